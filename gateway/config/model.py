@@ -1,0 +1,136 @@
+"""The typed shape of the gateway's one config file.
+
+Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`.
+Sources and sinks are mappings keyed by the name you give them; routes name
+the sinks they feed. Every component's own keys are documented in its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from gateway.config.schema import Component, Duration, Size, did_you_mean
+from gateway.core.topics import validate_filter
+
+Overflow = Literal["drop_oldest", "block"]
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """Identity and where the gateway keeps its data."""
+
+    id: str = "edge-stream"
+    data_dir: str = "./data"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    secret_key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class BufferSection:
+    """The SQLite store that holds every FlowFile until all its sinks have it."""
+
+    max_bytes: Size = 1 << 30
+    overflow: Overflow = "drop_oldest"
+    synchronous: Literal["normal", "full"] = "normal"
+    batch_max: int = 500
+    batch_linger: Duration = 0.005
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.max_bytes < 1 << 20:
+            yield "max_bytes", "must be at least 1MiB"
+        if not 1 <= self.batch_max <= 10000:
+            yield "batch_max", "must be between 1 and 10000"
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """The broker MQTT sources subscribe to by default.
+
+    `url: embedded` makes the gateway start and supervise a local Mosquitto
+    (the `mosquitto` package must be installed) listening on `embedded_listen`.
+    """
+
+    url: str = "embedded"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    embedded_listen: str = "127.0.0.1:1883"
+    keepalive: Duration = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.url != "embedded" and not self.url.startswith(("mqtt://", "mqtts://")):
+            yield "url", f"{self.url!r} must be 'embedded', mqtt://host:port or mqtts://host:port"
+
+
+@dataclass(frozen=True)
+class RouteSection:
+    """Sends every FlowFile whose topic matches `match` through processors to sinks."""
+
+    match: list[str]
+    sinks: list[str]
+    processors: list[Annotated[Any, Component("processor")]] = field(default_factory=list)
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for i, topic_filter in enumerate(self.match):
+            problem = validate_filter(topic_filter)
+            if problem:
+                yield f"match.{i}" if len(self.match) > 1 else "match", (
+                    f"{topic_filter!r} is not a valid MQTT topic filter: {problem}"
+                )
+        if not self.sinks:
+            yield "sinks", "a route needs at least one sink"
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The status page, JSON API and /metrics.
+
+    It listens on localhost unless `username` and `password` are set; asking for
+    another address without credentials is refused.
+    """
+
+    listen: str = "127.0.0.1:8080"
+    username: str | None = None
+    password: str | None = None
+    enabled: bool = True
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            yield "listen", f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080"
+        elif host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (
+            self.username and self.password
+        ):
+            yield "listen", (
+                f"listening on {host} needs web.username and web.password;"
+                " without them the page stays on 127.0.0.1"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole gateway configuration."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    buffer: BufferSection = field(default_factory=BufferSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    sources: dict[str, Annotated[Any, Component("source")]] = field(default_factory=dict)
+    routes: dict[str, RouteSection] = field(default_factory=dict)
+    sinks: dict[str, Annotated[Any, Component("sink")]] = field(default_factory=dict)
+    web: WebSection = field(default_factory=WebSection)
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for name, route in self.routes.items():
+            for i, sink in enumerate(route.sinks):
+                if sink not in self.sinks:
+                    yield f"routes.{name}.sinks.{i}", (
+                        f"no sink named {sink!r} is defined under sinks:"
+                        f"{did_you_mean(sink, self.sinks)}"
+                    )
+        for section in ("sources", "sinks", "routes"):
+            for name in getattr(self, section):
+                if not name or not all(c.isalnum() or c in "_-" for c in name):
+                    yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
+

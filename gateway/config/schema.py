@@ -1,0 +1,193 @@
+"""Turns plain config data into frozen, typed config objects, collecting every problem.
+
+Config classes are frozen dataclasses. Field types may be str, int, float,
+bool, `Duration`, `Size`, `Literal[...]`, `list[T]`, `dict[str, T]`, `T | None`,
+another config dataclass, or `Component("sink")` (a mapping whose `type` picks
+the config class from the registry). A class may define `check()` yielding
+`(key, message)` pairs for rules that span fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from gateway.config.units import parse_duration, parse_size
+
+Path = tuple[str | int, ...]
+
+
+class _Unit:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+DURATION = _Unit("duration")
+SIZE = _Unit("size")
+Duration = Annotated[float, DURATION]
+Size = Annotated[int, SIZE]
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """Marks a field holding a component config of one kind (source, processor, sink)."""
+
+    kind: str
+
+
+class Problems:
+    """Collected config problems, each with the key path it concerns."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Path, str]] = []
+
+    def add(self, path: Path, message: str) -> None:
+        self.items.append((path, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
+    """Convert `value` to type `tp`; on a problem record it and return None."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        for mark in marks:
+            if isinstance(mark, _Unit):
+                try:
+                    return (parse_duration if mark is DURATION else parse_size)(value)
+                except ValueError as err:
+                    problems.add(path, str(err))
+                    return None
+            if isinstance(mark, Component):
+                return build_component(mark.kind, value, path, problems)
+        return build(base, value, path, problems)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:
+            return build(others[0], value, path, problems)
+        for candidate in others:
+            trial = Problems()
+            result = build(candidate, value, path, trial)
+            if not trial:
+                return result
+        problems.add(path, f"expected one of {', '.join(_type_name(a) for a in others)}")
+        return None
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        hint = did_you_mean(str(value), [str(c) for c in choices])
+        allowed = ", ".join(repr(c) for c in choices)
+        problems.add(path, f"{value!r} is not one of {allowed}{hint}")
+        return None
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, str | dict) or not isinstance(value, list | tuple):
+            if item_tp is str and isinstance(value, str):
+                value = [value]
+            else:
+                problems.add(path, f"expected a list, got {type(value).__name__}")
+                return None
+        return tuple(build(item_tp, v, (*path, i), problems) for i, v in enumerate(value))
+    if origin is dict:
+        _, item_tp = get_args(tp)
+        if not isinstance(value, dict):
+            problems.add(path, f"expected a mapping of names, got {type(value).__name__}")
+            return None
+        return {str(k): build(item_tp, v, (*path, str(k)), problems) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path, problems)  # type: ignore[arg-type]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    problems.add(path, f"expected {_type_name(tp)}, got {value!r}")
+    return None
+
+
+def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return None
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in value:
+        if key not in fields:
+            problems.add((*path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
+    before = len(problems.items)
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name in value:
+            kwargs[name] = build(hints[name], value[name], (*path, name), problems)
+        elif (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        ):
+            problems.add((*path, name), "required key is missing")
+    if len(problems.items) > before:
+        return None
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        for key, message in check():
+            problems.add((*path, key) if key else path, message)
+    return obj
+
+
+def build_component(kind: str, value: Any, path: Path, problems: Problems) -> Any:
+    from gateway import registry
+
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping with a 'type', got {value!r}")
+        return None
+    type_name = value.get("type")
+    known = registry.types(kind)
+    if type_name is None:
+        problems.add((*path, "type"), f"required key is missing (one of {', '.join(known)})")
+        return None
+    entry = registry.find(kind, str(type_name))
+    if entry is None:
+        hint = did_you_mean(str(type_name), known)
+        problems.add((*path, "type"), f"unknown {kind} type {type_name!r}{hint}")
+        return None
+    return build_dataclass(entry.config, value, path, problems)
+
+
+def check_identifier(name: str) -> Iterator[str]:
+    """Yield a message if `name` is not a plain SQL identifier."""
+    if not name or not (name[0].isalpha() or name[0] == "_") or not all(
+        c.isalnum() or c == "_" for c in name
+    ) or not name.isascii() or len(name) > 63:
+        yield f"{name!r} is not a valid SQL identifier (letters, digits and _, not starting with a digit, at most 63)"

@@ -1,0 +1,42 @@
+"""Durations (`250ms`, `10s`, `5m`) and sizes (`512MiB`) as written in configs."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}  # fmt: skip
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `250ms`, `10s`, `5m`, `2h`, `1d` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '10s' or '250ms', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration such as '10s', '250ms' or '5m', got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `512MiB`, `1GiB`, `64KB` or a bare number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as '512MiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size such as '512MiB', '1GiB' or '64KB', got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])

@@ -1,0 +1,148 @@
+"""The contracts between the engine and the components it runs.
+
+A component does one job and nothing else: it never sleeps in its own retry
+loop, never schedules itself and never acknowledges data on its own. It raises
+`RetryableError` for transient trouble and `PermanentError` for what can never
+work; the engine owns backoff, scheduling, metrics, acks and dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from gateway.core.clock import SYSTEM_CLOCK, Clock
+from gateway.core.flowfile import FlowFile
+
+
+class ComponentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that names its component in every line."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['component']}: {msg}", kwargs  # type: ignore[index]
+
+
+@dataclass
+class Context:
+    """What a component gets from the engine: its name, a logger and a clock."""
+
+    name: str
+    kind: str
+    clock: Clock = SYSTEM_CLOCK
+    data_dir: str = "."
+    gateway_id: str = "edge-stream"
+    log: ComponentLog = field(init=False)
+    status: dict[str, Any] = field(default_factory=dict)
+    committed: Callable[[int, bytes], bool] = lambda slot, digest: False
+
+    def __post_init__(self) -> None:
+        self.log = ComponentLog(
+            logging.getLogger(f"gateway.{self.kind}"), {"component": f"{self.kind} {self.name}"}
+        )
+
+
+class Message(NamedTuple):
+    """A FlowFile handed to the engine, with what to do once it is durable.
+
+    `ack` runs after the transaction holding the FlowFile commits (MQTT PUBACK,
+    cursor advance). `dedupe`, a (slot, digest) pair such as an MQTT packet id
+    and a digest of topic and payload, is remembered with the commit so that a
+    redelivery of a message already stored is acknowledged without storing it
+    twice (see `Context.committed`). `reject`, when set, sends the FlowFile
+    straight to the dead-letter table with that reason (oversized, undecodable).
+    """
+
+    flowfile: FlowFile
+    ack: Callable[[], None] | None = None
+    dedupe: tuple[int, bytes] | None = None
+    reject: str | None = None
+
+
+class Source:
+    """Base for sources. Subclasses set `mode` and implement the matching calls.
+
+    mode "poll": the engine calls `poll()` every `interval` seconds.
+    mode "stream": the engine loops on `read()`, which waits for the next batch.
+    """
+
+    mode: ClassVar[str] = "poll"
+    interval: float = 1.0
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def connect(self) -> None:
+        """Open connections; raise RetryableError if the peer is not there yet."""
+
+    async def poll(self) -> list[FlowFile]:
+        """Read once (mode "poll")."""
+        raise NotImplementedError
+
+    async def read(self) -> list[Message]:
+        """Wait for and return the next batch (mode "stream")."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release everything; must be safe to call twice."""
+
+
+class Processor:
+    """Base for processors: `process` maps one FlowFile to zero or more.
+
+    An empty list filters the FlowFile out; raising PermanentError sends the
+    input to the dead-letter table with the error text as the reason.
+    Stateful processors also implement `state`/`restore` (kept in the store
+    with each batch) and `tick` (emit on time, e.g. closing a window).
+    """
+
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        raise NotImplementedError
+
+    def tick(self, now_ns: int) -> list[FlowFile]:
+        return []
+
+    def state(self) -> bytes | None:
+        return None
+
+    def restore(self, state: bytes) -> None:
+        pass
+
+
+class Rejected(NamedTuple):
+    """A FlowFile the upstream refused for good, with the reason."""
+
+    flowfile: FlowFile
+    reason: str
+
+
+class Sink:
+    """Base for sinks: `connect / write(batch) / close`.
+
+    `write` delivers the whole batch idempotently (keyed by FlowFile id) and
+    returns the FlowFiles the upstream refused for good; everything else in the
+    batch must be committed upstream when it returns. Raise RetryableError when
+    nothing or not everything could be confirmed: the engine retries the same
+    batch later, which the upstream must then ignore where it already has it.
+    """
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def connect(self) -> None:
+        """Open connections and prepare the target (create the table ...)."""
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release everything; must be safe to call twice."""

@@ -1,0 +1,23 @@
+"""The error tree every component raises from; the engine decides what each means."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid: refuse to start, or refuse the reload."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RetryableError(GatewayError):
+    """A transient failure (connection lost, timeout): back off and try again."""
+
+
+class PermanentError(GatewayError):
+    """This data or component can never succeed: dead-letter it or disable the component."""

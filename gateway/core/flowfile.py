@@ -1,0 +1,88 @@
+"""The FlowFile: one immutable piece of data moving through the gateway."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import NamedTuple
+
+_last_ms = 0
+_seq = 0
+_rand = random.Random()
+
+
+def uuid7() -> str:
+    """A time-ordered UUIDv7 string; ids made by one process sort in creation order.
+
+    Within one millisecond the 12-bit `rand_a` field is a counter, so ids stay
+    ordered at any rate; when the counter runs out the timestamp is borrowed
+    forward by a millisecond, and when the wall clock steps back we keep counting
+    from the last timestamp instead of going backwards.
+    """
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        _seq += 1
+        if _seq > 0xFFF:
+            _last_ms += 1
+            _seq = 0
+        ms = _last_ms
+    else:
+        _last_ms = ms
+        _seq = _rand.getrandbits(10)
+    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | _rand.getrandbits(62)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class FlowFile(NamedTuple):
+    """One reading or message.
+
+    `id` is a UUIDv7 string, `topic` the MQTT-style topic that routes it,
+    `attributes` str->str metadata, `content` the payload bytes, `created` the
+    creation time in ns since the epoch, `lineage` the ids of its parents.
+    FlowFiles are never changed: processors call `derive()` to make a child.
+    Treat `attributes` as read-only; `derive()` copies it.
+    """
+
+    id: str
+    topic: str
+    attributes: dict[str, str]
+    content: bytes
+    created: int
+    lineage: tuple[str, ...] = ()
+
+    @classmethod
+    def create(
+        cls,
+        topic: str,
+        content: bytes,
+        attributes: dict[str, str] | None = None,
+        created: int | None = None,
+    ) -> FlowFile:
+        """A new FlowFile with a fresh id and no parents."""
+        return cls(
+            uuid7(),
+            topic,
+            attributes if attributes is not None else {},
+            content,
+            created if created is not None else time.time_ns(),
+            (),
+        )
+
+    def derive(
+        self,
+        *,
+        topic: str | None = None,
+        content: bytes | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> FlowFile:
+        """A child of this FlowFile with a new id; unchanged fields are inherited."""
+        return FlowFile(
+            uuid7(),
+            self.topic if topic is None else topic,
+            dict(self.attributes) if attributes is None else attributes,
+            self.content if content is None else content,
+            self.created,
+            (self.id,),
+        )

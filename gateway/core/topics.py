@@ -1,0 +1,69 @@
+"""MQTT topic names and filters: validation and matching (MQTT 5.0 section 4.7)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def validate_filter(topic_filter: str) -> str | None:
+    """Return why `topic_filter` is not a valid MQTT topic filter, or None if it is."""
+    if not topic_filter:
+        return "a topic filter must not be empty"
+    if "\x00" in topic_filter:
+        return "a topic filter must not contain the NUL character"
+    if len(topic_filter.encode()) > 65535:
+        return "a topic filter is at most 65535 bytes"
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level and the last one (e.g. 'sensors/#')"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level (e.g. 'sensors/+/temp', not 'sensors/a+')"
+    return None
+
+
+def validate_topic(topic: str) -> str | None:
+    """Return why `topic` is not a valid topic name to publish on, or None."""
+    if not topic:
+        return "a topic must not be empty"
+    if "+" in topic or "#" in topic:
+        return "a topic name must not contain the wildcards '+' or '#'"
+    if "\x00" in topic:
+        return "a topic must not contain the NUL character"
+    return None
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """True if `topic` matches `topic_filter` under the MQTT rules.
+
+    `+` matches exactly one level, `#` the parent level and any number of
+    levels below it, and a filter that starts with a wildcard does not match
+    topics that start with `$` (such as `$SYS/...`).
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return True
+        if i >= len(t_levels):
+            return False
+        if f != "+" and f != t_levels[i]:
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+class TopicMatcher:
+    """Finds which of a fixed set of filters match a topic, with a bounded cache.
+
+    Topics repeat (a plant has a few thousand), so the answer for each topic is
+    computed once and remembered; the cache holds at most `cache_size` topics.
+    """
+
+    def __init__(self, filters: dict[str, str], cache_size: int = 65536) -> None:
+        self._filters = list(filters.items())
+        self.lookup = lru_cache(maxsize=cache_size)(self._compute)
+
+    def _compute(self, topic: str) -> tuple[str, ...]:
+        return tuple(name for name, f in self._filters if matches(f, topic))

@@ -1,0 +1,83 @@
+"""Finds component classes by kind and `type`: built-ins first, then plugins.
+
+A plugin package declares entry points in the group `edge_stream.components`
+named `<kind>.<type>` (for example `sink.kafka = my_pkg.kafka:KafkaSink`). The
+class carries its config dataclass as the attribute `Config`. Modules are
+imported only when a config uses them, which keeps the gateway small.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+BUILTINS: dict[tuple[str, str], str] = {
+    ("source", "mqtt"): "gateway.sources.mqtt:MqttSource",
+    ("source", "system"): "gateway.sources.system:SystemSource",
+    ("source", "modbus"): "gateway.sources.modbus:ModbusSource",
+    ("source", "serial"): "gateway.sources.serial:SerialSource",
+    ("processor", "json"): "gateway.processors.json:JsonProcessor",
+    ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
+    ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
+    ("sink", "postgres"): "gateway.sinks.postgres:PostgresSink",
+    ("sink", "file"): "gateway.sinks.file:FileSink",
+    ("sink", "mysql"): "gateway.sinks.mysql:MysqlSink",
+    ("sink", "redis"): "gateway.sinks.redis:RedisSink",
+    ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
+}
+
+GROUP = "edge_stream.components"
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    type: str
+    cls: Any
+
+    @property
+    def config(self) -> type:
+        return self.cls.Config  # type: ignore[no-any-return]
+
+
+@cache
+def _plugins() -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] = {}
+    for ep in entry_points(group=GROUP):
+        kind, _, type_name = ep.name.partition(".")
+        found[(kind, type_name)] = ep
+    return found
+
+
+def _available(kind: str, type_name: str) -> bool:
+    target = BUILTINS.get((kind, type_name))
+    if target is None:
+        return (kind, type_name) in _plugins()
+    try:
+        return importlib.util.find_spec(target.split(":")[0]) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def types(kind: str) -> list[str]:
+    """Every type name known for `kind`."""
+    names = {t for (k, t) in BUILTINS if k == kind and _available(k, t)}
+    names |= {t for (k, t) in _plugins() if k == kind}
+    return sorted(names)
+
+
+@cache
+def find(kind: str, type_name: str) -> Entry | None:
+    """The component registered as `type_name` for `kind`, or None."""
+    target = BUILTINS.get((kind, type_name))
+    if target is not None and _available(kind, type_name):
+        module, _, attr = target.partition(":")
+        return Entry(kind, type_name, getattr(importlib.import_module(module), attr))
+    ep = _plugins().get((kind, type_name))
+    if ep is not None:
+        return Entry(kind, type_name, ep.load())
+    return None

@@ -1,0 +1,466 @@
+"""The SQLite store: every FlowFile stays here until each of its sinks has it.
+
+One connection, driven from one dedicated thread, so that each micro-batch is
+a single call that runs a whole transaction (FlowFiles, dead letters,
+processor state, redelivery marks) and each sink read or cursor advance is one
+call too. aiosqlite would add a thread hop per statement; here it is one per
+batch.
+
+Tables
+  flowfiles     seq (AUTOINCREMENT: keys never repeat, even after the table
+                empties), the FlowFile, `sinks` (bit mask of the sinks that still
+                want it) and its size in bytes
+  sinks         name -> bit and cursor (the last seq delivered or skipped)
+  dead_letters  FlowFiles that can never be delivered, with the reason
+  state         processor state and source positions, by component name
+  inbound       (source, slot) -> digest of the last committed message, used to
+                recognise a broker's redelivery of a message already stored
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.core.errors import GatewayError
+from gateway.core.flowfile import FlowFile
+
+log = logging.getLogger("gateway.store")
+T = TypeVar("T")
+
+MAX_SINKS = 62
+ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS flowfiles (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    content BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    lineage TEXT NOT NULL,
+    sinks INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sinks (
+    name TEXT PRIMARY KEY,
+    bit INTEGER NOT NULL UNIQUE,
+    cursor INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    content BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    lineage TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    sink TEXT,
+    reason TEXT NOT NULL,
+    failed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,
+    value BLOB
+);
+CREATE TABLE IF NOT EXISTS inbound (
+    source TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (source, slot)
+) WITHOUT ROWID;
+"""
+
+_INSERT = (
+    "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DEAD = (
+    "INSERT INTO dead_letters (id, topic, attributes, content, created, lineage, origin, sink,"
+    " reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class StoreError(GatewayError):
+    """The store cannot write (disk full, damaged file)."""
+
+
+@dataclass
+class DeadLetter:
+    flowfile: FlowFile
+    origin: str
+    reason: str
+    sink: str | None = None
+
+
+@dataclass
+class Batch:
+    """What one ingest transaction writes."""
+
+    rows: list[tuple[FlowFile, int]]
+    dead: list[DeadLetter]
+    state: dict[str, bytes | None]
+    inbound: list[tuple[str, int, bytes]]
+
+
+def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
+    attrs = json.dumps(ff.attributes, separators=(",", ":")) if ff.attributes else "{}"
+    lineage = ",".join(ff.lineage)
+    size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
+    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
+
+
+def _decode(row: tuple[Any, ...]) -> FlowFile:
+    _, fid, topic, attrs, content, created, lineage = row[:7]
+    return FlowFile(
+        fid,
+        topic,
+        json.loads(attrs) if attrs != "{}" else {},
+        content,
+        created,
+        tuple(lineage.split(",")) if lineage else (),
+    )
+
+
+class Store:
+    """The durable buffer between ingest and the sinks.
+
+    `max_bytes` bounds what the FlowFiles take (content, topic, attributes and
+    a per-row overhead). When it is reached, `overflow="drop_oldest"` deletes
+    the oldest FlowFiles (counted and logged) and `overflow="block"` makes
+    `over_budget` true so the engine stops taking input until sinks drain.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 1 << 30,
+        overflow: str = "drop_oldest",
+        synchronous: str = "normal",
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self.synchronous = synchronous
+        self.bytes = 0
+        self.dropped = 0
+        self.dead_count = 0
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._bits: dict[str, int] = {}
+        self._cursors: dict[str, int] = {}
+        self._depth: dict[str, int] = {}
+        self._inbound: dict[tuple[str, int], bytes] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._last_maintenance = 0.0
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self, sinks: Iterable[str] = ()) -> None:
+        """Open (or create) the database and register the sinks in use."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        await self._call(self._open_sync, list(sinks))
+
+    def _open_sync(self, sinks: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            log.warning("store: SQLite refused WAL mode on %s (got %s)", self.path, mode)
+        db.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("PRAGMA journal_size_limit = 67108864")
+        db.execute("PRAGMA cache_size = -8192")
+        db.executescript(SCHEMA)
+        self._db = db
+        for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
+            self._bits[name] = bit
+            self._cursors[name] = cursor
+        for name in sinks:
+            self._register_sync(name)
+        self.bytes = db.execute("SELECT coalesce(sum(size), 0) FROM flowfiles").fetchone()[0]
+        self.dead_count = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        for name in self._bits:
+            self._depth[name] = self._count_sync(name)
+        for source, slot, digest in db.execute("SELECT source, slot, digest FROM inbound"):
+            self._inbound[(source, slot)] = digest
+
+    def _count_sync(self, name: str) -> int:
+        return int(
+            self._db.execute(  # type: ignore[union-attr]
+                "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?",
+                (self._cursors[name], 1 << self._bits[name]),
+            ).fetchone()[0]
+        )
+
+    def _register_sync(self, name: str) -> None:
+        if name in self._bits:
+            return
+        used = set(self._bits.values())
+        free = next((b for b in range(MAX_SINKS) if b not in used), None)
+        if free is None:
+            raise StoreError(f"at most {MAX_SINKS} sinks can share one store")
+        # A new sink starts at the current end: it does not receive old data.
+        end = self._db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]  # type: ignore[union-attr]
+        self._db.execute(  # type: ignore[union-attr]
+            "INSERT INTO sinks (name, bit, cursor) VALUES (?, ?, ?)", (name, free, end)
+        )
+        self._bits[name] = free
+        self._cursors[name] = end
+        self._depth[name] = 0
+
+    async def register_sinks(self, names: Iterable[str]) -> None:
+        for name in names:
+            await self._call(self._register_sync, name)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._call(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                log.warning("store: checkpoint at close failed: %s", err)
+            self._db.close()
+            self._db = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as err:
+            raise StoreError(f"store {self.path}: {err}") from err
+
+    # -- facts -----------------------------------------------------------
+
+    def bit(self, sink: str) -> int:
+        return 1 << self._bits[sink]
+
+    def depth(self, sink: str) -> int:
+        return self._depth.get(sink, 0)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.overflow == "block" and self.bytes >= self.max_bytes
+
+    def committed(self, source: str, slot: int, digest: bytes) -> bool:
+        """True if the last message committed from `source` in `slot` had this digest."""
+        return self._inbound.get((source, slot)) == digest
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) after every ingest commit."""
+        self._listeners.append(callback)
+
+    # -- ingest ------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> None:
+        """Write one micro-batch in one transaction; return once it is durable."""
+        encoded = [_encode(ff, mask) for ff, mask in batch.rows]
+        added = sum(row[7] for row in encoded)
+        await self._call(self._commit_sync, encoded, batch)
+        self.bytes += added
+        masks: dict[int, int] = {}
+        for _, mask in batch.rows:
+            masks[mask] = masks.get(mask, 0) + 1
+        for mask, count in masks.items():
+            for name, bit in self._bits.items():
+                if mask >> bit & 1:
+                    self._depth[name] += count
+        for source, slot, digest in batch.inbound:
+            self._inbound[(source, slot)] = digest
+        self.dead_count += len(batch.dead)
+        for callback in self._listeners:
+            callback()
+        if self.bytes > self.max_bytes and self.overflow == "drop_oldest":
+            await self._call(self._drop_oldest_sync)
+
+    def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch) -> None:
+        db = self._db
+        assert db is not None
+        now = time.time_ns()
+        db.execute("BEGIN")
+        try:
+            if encoded:
+                db.executemany(_INSERT, encoded)
+            if batch.dead:
+                db.executemany(_INSERT_DEAD, [self._dead_row(d, now) for d in batch.dead])
+            if batch.state:
+                db.executemany(
+                    "INSERT INTO state (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(batch.state.items()),
+                )
+            if batch.inbound:
+                db.executemany(
+                    "INSERT INTO inbound (source, slot, digest) VALUES (?, ?, ?)"
+                    " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
+                    batch.inbound,
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
+        ff = d.flowfile
+        attrs = json.dumps(ff.attributes, separators=(",", ":"))
+        lineage = ",".join(ff.lineage)
+        return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, d.origin, d.sink,
+                d.reason, now)  # fmt: skip
+
+    def _drop_oldest_sync(self) -> None:
+        db = self._db
+        assert db is not None
+        target = int(self.max_bytes * 0.95)
+        dropped = 0
+        db.execute("BEGIN")
+        try:
+            while self.bytes > target:
+                rows = db.execute(
+                    "SELECT seq, sinks, size FROM flowfiles ORDER BY seq LIMIT 1000"
+                ).fetchall()
+                if not rows:
+                    break
+                last = rows[-1][0]
+                for seq, mask, size in rows:
+                    self.bytes -= size
+                    for name, bit in self._bits.items():
+                        if mask >> bit & 1 and seq > self._cursors[name]:
+                            self._depth[name] -= 1
+                db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+                dropped += len(rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.dropped += dropped
+        log.error(
+            "store: the buffer reached its budget of %d bytes; dropped the %d oldest FlowFiles"
+            " (overflow: drop_oldest). Sinks are not keeping up or are down.",
+            self.max_bytes,
+            dropped,
+        )
+
+    # -- delivery ----------------------------------------------------------
+
+    async def read(self, sink: str, after: int, limit: int) -> tuple[list[tuple[int, FlowFile]], int]:
+        """The next FlowFiles for `sink` after seq `after`.
+
+        Returns the rows and the seq up to which this read saw everything for
+        the sink (so a sink with nothing to do can still move its cursor on).
+        """
+        return await self._call(self._read_sync, self.bit(sink), after, limit)
+
+    def _read_sync(self, mask: int, after: int, limit: int) -> tuple[list[tuple[int, FlowFile]], int]:
+        db = self._db
+        assert db is not None
+        rows = db.execute(
+            "SELECT seq, id, topic, attributes, content, created, lineage FROM flowfiles"
+            " WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
+            (after, mask, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            end = db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]
+            seen = max(end, after)
+        else:
+            seen = rows[-1][0]
+        return [(row[0], _decode(row)) for row in rows], seen
+
+    def cursor(self, sink: str) -> int:
+        return self._cursors[sink]
+
+    async def advance(self, sink: str, upto: int, delivered: int, dead: list[DeadLetter]) -> None:
+        """Move `sink`'s cursor to `upto` after a delivery, recording its dead letters."""
+        await self._call(self._advance_sync, sink, upto, dead)
+        self._cursors[sink] = upto
+        self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
+        self.dead_count += len(dead)
+
+    def _advance_sync(self, sink: str, upto: int, dead: list[DeadLetter]) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            if dead:
+                now = time.time_ns()
+                db.executemany(_INSERT_DEAD, [self._dead_row(d, now) for d in dead])
+            db.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (upto, sink))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- housekeeping --------------------------------------------------------
+
+    async def maintain(self, active: Iterable[str]) -> int:
+        """Delete what every active sink has, and keep the file and WAL small.
+
+        Returns the number of FlowFiles purged.
+        """
+        names = [n for n in active if n in self._cursors]
+        if not names:
+            return 0
+        upto = min(self._cursors[n] for n in names)
+        purged, freed = await self._call(self._purge_sync, upto)
+        self.bytes -= freed
+        return purged
+
+    def _purge_sync(self, upto: int) -> tuple[int, int]:
+        db = self._db
+        assert db is not None
+        row = db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (upto,)
+        ).fetchone()
+        if row[0]:
+            db.execute("DELETE FROM flowfiles WHERE seq <= ?", (upto,))
+        now = time.monotonic()
+        if now - self._last_maintenance > 5.0:
+            self._last_maintenance = now
+            db.execute("PRAGMA incremental_vacuum(2048)")
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(row[0]), int(row[1])
+
+    async def load_state(self) -> dict[str, bytes]:
+        rows = await self._call(
+            lambda: self._db.execute("SELECT name, value FROM state").fetchall()  # type: ignore[union-attr]
+        )
+        return {name: value for name, value in rows if value is not None}
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the store's thread (status page, CLI)."""
+        return await self._call(
+            lambda: self._db.execute(sql, params).fetchall()  # type: ignore[union-attr]
+        )
+
+
+def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A separate connection for the CLI, safe while the gateway runs (WAL)."""
+    if not Path(path).exists():
+        raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    db.execute("PRAGMA busy_timeout = 10000")
+    return db
+
