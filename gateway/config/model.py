@@ -134,3 +134,46 @@ class Config:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
 
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a sink groups FlowFiles: up to `max_rows`, waiting at most `linger` to fill."""
+
+    max_rows: int = 500
+    linger: Duration = 0.01
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not 1 <= self.max_rows <= 50000:
+            yield "max_rows", "must be between 1 and 50000"
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Capped exponential backoff with jitter, from `initial` up to `max`."""
+
+    initial: Duration = 0.5
+    max: Duration = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkConfig:
+    """Delivery settings every sink shares; each sink's config extends this class.
+
+    `rate_limit` (rows per second) paces delivery, e.g. while a backlog drains
+    over a thin uplink after an outage; `overflow` overrides `buffer.overflow`
+    for the FlowFiles routed to this sink.
+    """
+
+    type: str
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    rate_limit: float | None = None
+    overflow: Overflow | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """Keys every source shares; each source's config extends this class."""
+
+    type: str
