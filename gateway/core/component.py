@@ -33,6 +33,7 @@ class Context:
     clock: Clock = SYSTEM_CLOCK
     data_dir: str = "."
     gateway_id: str = "edge-stream"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     log: ComponentLog = field(init=False)
     status: dict[str, Any] = field(default_factory=dict)
     committed: Callable[[int, bytes], bool] = lambda slot, digest: False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 
@@ -61,9 +62,10 @@ class TopicMatcher:
     computed once and remembered; the cache holds at most `cache_size` topics.
     """
 
-    def __init__(self, filters: dict[str, str], cache_size: int = 65536) -> None:
-        self._filters = list(filters.items())
+    def __init__(self, filters: Iterable[tuple[str, str]], cache_size: int = 65536) -> None:
+        self._filters = list(filters)
         self.lookup = lru_cache(maxsize=cache_size)(self._compute)
 
     def _compute(self, topic: str) -> tuple[str, ...]:
-        return tuple(name for name, f in self._filters if matches(f, topic))
+        """The names (each once, in the order given) whose filter matches `topic`."""
+        return tuple(dict.fromkeys(name for name, f in self._filters if matches(f, topic)))

@@ -74,6 +74,15 @@ CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value BLOB
 );
+CREATE TABLE IF NOT EXISTS replay (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    content BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    lineage TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
     slot INTEGER NOT NULL,

@@ -1,0 +1,233 @@
+"""The `edge-stream` command.
+
+  edge-stream run -c config/gateway.yaml           run the gateway
+  edge-stream check-config -c FILE                 validate a config; exit 1 with the errors
+  edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
+  edge-stream secret encrypt [VALUE]               print ENC(...) for VALUE (or stdin)
+  edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
+  edge-stream store stats                          depth and oldest age per sink
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import secrets
+from gateway.config.load import load
+from gateway.config.model import Config
+from gateway.core.errors import ConfigError
+from gateway.store.sqlite import StoreError, open_readonly
+
+DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
+
+
+def _config(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as err:
+        print(f"edge-stream: {path}: the config has {len(err.problems)} problem(s):",
+              file=sys.stderr)  # fmt: skip
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import serve, setup_logging
+
+    config = _config(args.config)
+    setup_logging(args.log_level or config.gateway.log_level)
+    try:
+        return asyncio.run(serve(config, args.config))
+    except ConfigError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    print(f"{args.config}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
+          f"{len(config.sinks)} sinks)")  # fmt: skip
+    return 0
+
+
+def _key_file(args: argparse.Namespace) -> Path:
+    if args.key_file:
+        return Path(args.key_file)
+    import yaml
+
+    data_dir = "./data"
+    if Path(args.config).is_file():
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        gw = raw.get("gateway") or {}
+        if gw.get("secret_key_file"):
+            return Path(gw["secret_key_file"])
+        data_dir = gw.get("data_dir", data_dir)
+    return Path(data_dir) / "secret.key"
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    path = _key_file(args)
+    if args.action == "keygen":
+        try:
+            secrets.generate_key_file(path)
+        except FileExistsError:
+            print(f"edge-stream: {path} exists; not replacing a key that may be in use",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
+        return 0
+    key = secrets.load_key(path)
+    if key is None:
+        print(f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    value = args.value
+    if value is None:
+        value = getpass.getpass("value to encrypt: ") if sys.stdin.isatty() else sys.stdin.read()
+        value = value.rstrip("\n")
+    print(secrets.encrypt(value, key))
+    return 0
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    return Path(_config(args.config).gateway.data_dir) / "store.db"
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    db = open_readonly(_store_path(args))
+    if args.action == "list":
+        rows = db.execute(
+            "SELECT seq, id, topic, origin, reason, failed_at FROM dead_letters"
+            " ORDER BY seq DESC LIMIT ?", (args.limit,)
+        ).fetchall()  # fmt: skip
+        for seq, fid, topic, origin, reason, failed_at in reversed(rows):
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed_at / 1e9))
+            print(f"{seq:>7}  {when}  {fid}  {topic}  [{origin}]  {reason}")
+        total = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        print(f"{total} dead letter(s)")
+        return 0
+    if args.action == "show":
+        for seq in args.seq:
+            row = db.execute(
+                "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
+                " FROM dead_letters WHERE seq = ?", (seq,)
+            ).fetchone()  # fmt: skip
+            if row is None:
+                print(f"edge-stream: no dead letter {seq}", file=sys.stderr)
+                return 1
+            keys = ("seq", "id", "topic", "attributes", "content", "created", "origin", "sink",
+                    "reason")  # fmt: skip
+            item = dict(zip(keys, row, strict=True))
+            item["attributes"] = json.loads(item["attributes"])
+            item["content"] = item["content"].decode("utf-8", "backslashreplace")
+            print(json.dumps(item, indent=2))
+        return 0
+    where, params = _selection(args)
+    if args.action == "purge":
+        n = db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
+        print(f"purged {n} dead letter(s)")
+        return 0
+    # replay: back into the store for the sink that refused it; a refusal by a route's
+    # processor goes to the replay inbox, which the running gateway routes again.
+    db.execute("BEGIN IMMEDIATE")
+    rows = db.execute(
+        f"SELECT seq, id, topic, attributes, content, created, lineage, sink FROM dead_letters"
+        f" WHERE {where}", params
+    ).fetchall()  # fmt: skip
+    bits = dict(db.execute("SELECT name, bit FROM sinks").fetchall())
+    replayed = 0
+    for seq, fid, topic, attrs, content, created, lineage, sink in rows:
+        if sink is not None and sink in bits:
+            size = len(content) + len(attrs) + len(topic) + 96
+            db.execute(
+                "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks,"
+                " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (fid, topic, attrs, content, created, lineage, 1 << bits[sink], size),
+            )
+        else:
+            db.execute(
+                "INSERT INTO replay (id, topic, attributes, content, created, lineage)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (fid, topic, attrs, content, created, lineage)
+            )  # fmt: skip
+        db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+        replayed += 1
+    db.execute("COMMIT")
+    print(f"replayed {replayed} dead letter(s)")
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
+    if args.all:
+        return "1", ()
+    if not args.seq:
+        raise SystemExit("edge-stream: name dead letters by number, or use --all")
+    return f"seq IN ({','.join('?' * len(args.seq))})", tuple(args.seq)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    db = open_readonly(_store_path(args))
+    now = time.time_ns()
+    print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
+    for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks ORDER BY name"):
+        count, oldest = db.execute(
+            "SELECT count(*), min(created) FROM flowfiles WHERE seq > ? AND sinks & ?",
+            (cursor, 1 << bit),
+        ).fetchone()
+        age = f"{(now - oldest) / 1e9:.1f}s" if oldest else "-"
+        print(f"{name:<20} {count:>10} {age:>10}")
+    total, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM flowfiles").fetchone()
+    dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    print(f"{total} FlowFiles, {size / 1048576:.1f} MiB buffered; {dead} dead letter(s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML/JSON)")
+        return sp
+
+    run = with_config(sub.add_parser("run", help="run the gateway"))
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(fn=cmd_run)
+    with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(
+        fn=cmd_check
+    )
+    sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
+    sec.add_argument("action", choices=["keygen", "encrypt"])
+    sec.add_argument("value", nargs="?")
+    sec.add_argument("--key-file")
+    sec.set_defaults(fn=cmd_secret)
+    dl = with_config(sub.add_parser("dead-letters", help="inspect and replay dead letters"))
+    dl.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dl.add_argument("seq", nargs="*", type=int)
+    dl.add_argument("--all", action="store_true")
+    dl.add_argument("--limit", type=int, default=50)
+    dl.set_defaults(fn=cmd_dead_letters)
+    st = with_config(sub.add_parser("store", help="store statistics"))
+    st.add_argument("action", choices=["stats"])
+    st.set_defaults(fn=cmd_store)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except StoreError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The engine: builds the topology from the config and runs it.
+
+One ingest loop takes what sources hand over, routes it, and commits the
+routed FlowFiles, dead letters, processor state and redelivery marks in one
+store transaction; only then are the sources acknowledged. Each sink has a
+runner that delivers from the store and moves its cursor. Every loop belongs
+to one TaskGroup owned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway import registry
+from gateway.broker import EmbeddedBroker
+from gateway.config.model import Config, RetrySettings
+from gateway.core.component import Context, Processor, Sink, Source
+from gateway.core.errors import ConfigError
+from gateway.engine.router import Route, Router
+from gateway.engine.runner import Backoff, Ingest, SinkRunner, SourceRunner
+from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
+
+log = logging.getLogger("gateway.engine")
+
+INGEST_CAPACITY = 20000
+SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
+
+
+class Engine:
+    """Everything that runs inside one gateway process."""
+
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.data_dir = Path(config.gateway.data_dir)
+        self.store = Store(
+            self.data_dir / "store.db",
+            max_bytes=config.buffer.max_bytes,
+            overflow=config.buffer.overflow,
+            synchronous=config.buffer.synchronous,
+        )
+        self.ingest = Ingest(INGEST_CAPACITY)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.broker: EmbeddedBroker | None = None
+        self.sources: dict[str, SourceRunner] = {}
+        self.sinks: dict[str, SinkRunner] = {}
+        self.router: Router | None = None
+        self.started = time.time()
+        self.committed_batches = 0
+        self.ingested = 0
+        self.stop_requested = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.ready = asyncio.Event()
+        self.web_url: str | None = None
+
+    # -- building ----------------------------------------------------------
+
+    def _context(self, name: str, kind: str) -> Context:
+        return Context(
+            name=name,
+            kind=kind,
+            data_dir=str(self.data_dir),
+            gateway_id=self.config.gateway.id,
+            mqtt_url=self.broker.url if self.broker else self.config.mqtt.url,
+        )
+
+    def _build(self) -> None:
+        cfg = self.config
+        if cfg.mqtt.url == "embedded":
+            self.broker = EmbeddedBroker(str(self.data_dir), cfg.mqtt.embedded_listen)
+        for name, sink_cfg in cfg.sinks.items():
+            entry = registry.find("sink", sink_cfg.type)
+            assert entry is not None  # the config loader checked the type
+            sink: Sink = entry.cls(sink_cfg, self._context(name, "sink"))
+            self.sinks[name] = SinkRunner(name, sink, sink_cfg, self.store)
+        for name, src_cfg in cfg.sources.items():
+            entry = registry.find("source", src_cfg.type)
+            assert entry is not None
+            ctx = self._context(name, "source")
+            ctx.committed = (lambda n: lambda slot, digest: self.store.committed(n, slot, digest))(
+                name
+            )
+            source: Source = entry.cls(src_cfg, ctx)
+            self.sources[name] = SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate)
+
+    def _build_router(self) -> Router:
+        routes = []
+        for name, route_cfg in self.config.routes.items():
+            processors: list[tuple[str, Processor]] = []
+            for i, p_cfg in enumerate(route_cfg.processors):
+                entry = registry.find("processor", p_cfg.type)
+                assert entry is not None
+                label = f"route {name}: processor {i} ({p_cfg.type})"
+                processors.append((label, entry.cls(p_cfg, self._context(f"{name}.{i}", "processor"))))
+            mask = 0
+            for sink_name in route_cfg.sinks:
+                mask |= self.store.bit(sink_name)
+            routes.append(Route(name, tuple(route_cfg.match), processors, mask))
+        return Router(routes)
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`; then shut down in order and return."""
+        self._build()
+        await self.store.open(self.sinks)
+        self.router = self._build_router()
+        state = await self.store.load_state()
+        for label, processor in self.router.stateful():
+            if label in state:
+                processor.restore(state[label])
+        self.store.on_commit(self._wake_sinks)
+        web = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.broker:
+                    await self.broker.start()
+                    self._spawn(tg, "broker", self.broker.supervise)
+                if self.config.web.enabled:
+                    from gateway.web.server import WebServer
+
+                    web = WebServer(self, self.config.web)
+                    self.web_url = await web.start()
+                self._spawn(tg, "ingest", self._ingest_loop)
+                self._spawn(tg, "maintenance", self._maintenance_loop)
+                for name, runner in self.sinks.items():
+                    self._spawn(tg, f"sink {name}", runner.run)
+                for name, src in self.sources.items():
+                    self._spawn(tg, f"source {name}", src.run)
+                self.ready.set()
+                log.info(
+                    "engine: running with %d sources, %d routes, %d sinks; store %s",
+                    len(self.sources), len(self.router.routes), len(self.sinks), self.store.path,
+                )  # fmt: skip
+                await self.stop_requested.wait()
+                await self._shutdown()
+        finally:
+            if web is not None:
+                await web.stop()
+            if self.broker:
+                await self.broker.stop()
+            await self.store.close()
+        log.info("engine: stopped")
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        self._tasks[name] = tg.create_task(self._supervised(name, fn), name=name)
+
+    async def _supervised(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """The one boundary where unexpected errors are caught: log, count, restart."""
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = backoff.next()
+                log.exception("%s: crashed; restarting in %.1f s", name, delay)
+                await asyncio.sleep(delay)
+
+    async def _shutdown(self) -> None:
+        log.info("engine: stopping intake")
+        for name in list(self._tasks):
+            if name.startswith("source "):
+                self._tasks[name].cancel()
+        await asyncio.gather(*(t for n, t in self._tasks.items() if n.startswith("source ")),
+                             return_exceptions=True)  # fmt: skip
+        # Commit what is already handed over so its sources get their acks.
+        self._tasks["ingest"].cancel()
+        await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
+        while len(self.ingest):
+            await self._commit(await self.ingest.take(self.config.buffer.batch_max, 0))
+        for runner in self.sources.values():
+            await runner._close_quietly()
+        # Let each sink finish the batch it is writing, then close it.
+        for runner in self.sinks.values():
+            runner.stopping = True
+            runner.wake.set()
+        sink_tasks = [t for n, t in self._tasks.items() if n.startswith("sink ")]
+        done, pending = await asyncio.wait(sink_tasks, timeout=5.0) if sink_tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*sink_tasks, return_exceptions=True)
+        for runner in self.sinks.values():
+            await runner._close_quietly()
+        for name in ("maintenance", "broker"):
+            if name in self._tasks:
+                self._tasks[name].cancel()
+
+    # -- ingest ---------------------------------------------------------------
+
+    async def _ingest_loop(self) -> None:
+        limit = self.config.buffer.batch_max
+        linger = self.config.buffer.batch_linger
+        while True:
+            items = await self.ingest.take(limit, linger)
+            await self._commit(items)
+
+    async def _commit(self, items: list[tuple[str, Any]]) -> None:
+        assert self.router is not None
+        flowfiles = []
+        acks = []
+        inbound = []
+        dead: list[DeadLetter] = []
+        for source, msg in items:
+            if msg.ack is not None:
+                acks.append(msg.ack)
+            if msg.dedupe is not None:
+                inbound.append((source, msg.dedupe[0], msg.dedupe[1]))
+            if msg.reject is not None:
+                dead.append(DeadLetter(msg.flowfile, f"source {source}", msg.reject))
+            else:
+                flowfiles.append(msg.flowfile)
+        out: dict[str, list[Any]] = {}
+        self.router.run(flowfiles, out, dead)
+        state = {label: p.state() for label, p in self.router.stateful()}
+        batch = Batch([(ff, mask) for ff, mask in out.values()], dead, state, inbound)
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            if self.store.over_budget:
+                self.gate.clear()  # overflow: block -- stop polling and stop acking
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await self.store.commit(batch)
+                break
+            except StoreError as err:
+                delay = backoff.next()
+                log.error("engine: cannot commit to the store (%s); nothing is acknowledged,"
+                          " retrying in %.1f s", err, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+        if not self.gate.is_set():
+            self.gate.set()
+        self.committed_batches += 1
+        self.ingested += len(items)
+        for ack in acks:
+            ack()
+        if dead:
+            log.warning("engine: %d FlowFiles dead-lettered (first: %s: %s)", len(dead),
+                        dead[0].origin, dead[0].reason)  # fmt: skip
+
+    def _wake_sinks(self) -> None:
+        for runner in self.sinks.values():
+            runner.wake.set()
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.store.maintain(self.sinks)
+            except StoreError as err:
+                log.warning("engine: store maintenance failed: %s", err)
+
+    # -- status -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        router = self.router
+        return {
+            "gateway": {
+                "id": self.config.gateway.id,
+                "uptime_s": round(time.time() - self.started, 1),
+                "config": self.config_path,
+                "ingested": self.ingested,
+                "batches": self.committed_batches,
+            },
+            "broker": None if self.broker is None else {
+                "url": self.broker.url, "restarts": self.broker.restarts},
+            "store": {
+                "path": str(self.store.path),
+                "bytes": self.store.bytes,
+                "max_bytes": self.store.max_bytes,
+                "overflow": self.store.overflow,
+                "dropped": self.store.dropped,
+                "dead_letters": self.store.dead_count,
+                "blocked": not self.gate.is_set(),
+            },
+            "sources": {name: r.status() for name, r in self.sources.items()},
+            "routes": {} if router is None else {
+                name: {"match": list(r.filters), "sinks": [s for s in self.sinks
+                       if r.mask & self.store.bit(s)],
+                       "processors": [label for label, _ in r.processors]}
+                for name, r in router.routes.items()},
+            "sinks": {name: r.status() for name, r in self.sinks.items()},
+            "dead_letters": self.store.dead_count,
+            "unrouted": 0 if router is None else router.unrouted,
+        }  # fmt: skip
+
+
+def check_runtime(config: Config) -> None:
+    """Checks that need more than the schema (kept for the CLI's check-config)."""
+    if config.mqtt.url == "embedded" and any(
+        s.type == "mqtt" and getattr(s, "url", None) is None for s in config.sources.values()
+    ):
+        try:
+            EmbeddedBroker(config.gateway.data_dir, config.mqtt.embedded_listen)._binary()
+        except ConfigError:
+            raise

@@ -1,0 +1,229 @@
+"""Subscribes to MQTT topics and acknowledges each message only once it is stored.
+
+```yaml
+sources:
+  plant:
+    type: mqtt
+    topics: ["sensors/+/telemetry", "meters/#"]
+    qos: 1                    # 0, 1 or 2; 1 is the usual choice
+    # url: mqtt://10.0.0.2:1883   default: the top-level mqtt.url (or the embedded broker)
+    # client_id: pi-01-plant      default: edge-stream-<gateway id>-<source name>
+    # username: gw
+    # password: ENC(...)
+    # max_payload: 256KiB         larger messages go to the dead letters, truncated
+    # receive_maximum: 1000       QoS 1/2 messages the broker may have in flight to us
+    # session_expiry: 7d          how long the broker keeps our session while we are away
+```
+
+Each message becomes a FlowFile on its MQTT topic with the attributes
+`mqtt.topic`, `mqtt.qos`, `mqtt.retain` and `mqtt.user.<key>` for MQTT 5 user
+properties. With QoS 1 or 2 the PUBACK (PUBREC) is sent only after the batch
+holding the message is committed to the store, over a persistent session with
+a fixed client id: a crash before that makes the broker deliver it again, and
+a broker's redelivery of a message that was already stored (same packet id,
+topic and payload, DUP set) is acknowledged without storing it twice.
+
+What your broker needs: a persistent session keeps messages for the gateway
+while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
+default; set `max_queued_messages` (e.g. 1000000) and `max_queued_bytes` in
+mosquitto.conf, or messages beyond that are dropped by the broker during a
+gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway import mqtt
+from gateway.config.model import SourceConfig
+from gateway.config.schema import Duration, Size
+from gateway.core.component import Context, Message, Source
+from gateway.core.errors import RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.core.topics import validate_filter
+
+READ_BATCH = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSourceConfig(SourceConfig):
+    topics: list[str]
+    qos: Literal[0, 1, 2] = 1
+    url: str | None = None
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    max_payload: Size = 256 * 1024
+    receive_maximum: int = 1000
+    session_expiry: Duration = 7 * 86400.0
+    keepalive: Duration = 30.0
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.topics:
+            yield "topics", "subscribe to at least one topic filter"
+        for i, topic_filter in enumerate(self.topics):
+            problem = validate_filter(topic_filter)
+            if problem:
+                yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
+        if self.url is not None:
+            try:
+                mqtt.parse_url(self.url)
+            except ValueError as err:
+                yield "url", str(err)
+        if not 1 <= self.receive_maximum <= 65535:
+            yield "receive_maximum", "must be between 1 and 65535"
+
+
+def _digest(topic: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=12, person=topic.encode()[-16:]).digest()
+
+
+class MqttSource(Source):
+    """A persistent MQTT subscription whose acknowledgements follow the store's commits."""
+
+    Config = MqttSourceConfig
+    mode = "stream"
+
+    def __init__(self, config: MqttSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: MqttSourceConfig = config
+        self._client: Any = None
+        self._buffer: deque[Message] = deque()
+        self._ready = asyncio.Event()
+        self._lost: str | None = None
+        self._epoch = 0  # bumped when the broker starts a new session: old packet ids are void
+        self._pending: dict[int, bytes] = {}  # packet id -> digest, handed over, not yet acked
+        self._qos0_capacity = 10000
+        self.dropped_qos0 = 0
+        self.redeliveries = 0
+        self.oversized = 0
+        self._static_attrs = {"mqtt.qos": "0", "mqtt.retain": "0"}
+        self._client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
+
+    async def connect(self) -> None:
+        cfg = self.config
+        host, port, tls = mqtt.parse_url(cfg.url or self.ctx.mqtt_url)
+        client = mqtt.make_client(
+            self._client_id,
+            clean=False,
+            deliver=self._deliver,
+            session_expiry=int(cfg.session_expiry),
+            receive_maximum=cfg.receive_maximum,
+        )
+        if cfg.username:
+            client.set_auth_credentials(cfg.username, cfg.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        ssl_arg: Any = mqtt.tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else False
+        self._lost = None
+        try:
+            async with asyncio.timeout(15):
+                await client.connect(host, port, ssl=ssl_arg, keepalive=int(cfg.keepalive))
+        except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own error types
+            try:
+                await client.disconnect()
+            except Exception:  # noqa: S110 - the connection is already broken
+                pass
+            raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
+        self._client = client
+        for topic_filter in cfg.topics:
+            client.subscribe(topic_filter, qos=cfg.qos)
+        self.ctx.status["broker"] = f"{host}:{port}"
+        self.ctx.log.info("connected to %s:%d as %s", host, port, self._client_id)
+
+    def _on_connect(self, _client: Any, session_present: int, result: int, _props: Any) -> None:
+        if not session_present:
+            self._epoch += 1
+            self._pending.clear()
+
+    def _on_disconnect(self, _client: Any, packet: Any, exc: Any = None) -> None:
+        self._lost = "the connection to the MQTT broker was lost"
+        self._ready.set()
+
+    def _deliver(self, topic: str, payload: bytes, qos: int, props: dict[str, Any],
+                 mid: int | None) -> None:  # fmt: skip
+        """Called by gmqtt for each PUBLISH; must be quick and never block."""
+        if mid is None:
+            if len(self._buffer) >= self._qos0_capacity:
+                self.dropped_qos0 += 1
+                return
+        digest = None
+        if mid is not None:
+            digest = _digest(topic, payload)
+            if props.get("dup"):
+                if self._pending.get(mid) == digest:
+                    return  # the first copy is still on its way to the store; its ack covers this
+                if self.ctx.committed(mid, digest):
+                    self.redeliveries += 1
+                    mqtt.ack(self._client, mid, qos)
+                    return
+            self._pending[mid] = digest
+        attrs = {"mqtt.topic": topic, "mqtt.qos": str(qos),
+                 "mqtt.retain": "1" if props.get("retain") else "0"}  # fmt: skip
+        user = props.get("user_property")
+        if user:
+            for key, value in user:
+                attrs[f"mqtt.user.{key}"] = value
+        reject = None
+        if len(payload) > self.config.max_payload:
+            self.oversized += 1
+            reject = (f"payload of {len(payload)} bytes exceeds max_payload "
+                      f"({self.config.max_payload}); the first {self.config.max_payload} kept")  # fmt: skip
+            payload = payload[: self.config.max_payload]
+        ff = FlowFile.create(topic, payload, attrs)
+        if mid is None:
+            self._buffer.append(Message(ff, None, None, reject))
+        else:
+            ack = _Ack(self, mid, qos, self._epoch)
+            self._buffer.append(Message(ff, ack, (mid, digest), reject))  # type: ignore[arg-type]
+        self._ready.set()
+
+    async def read(self) -> list[Message]:
+        while not self._buffer:
+            if self._lost:
+                raise RetryableError(self._lost)
+            self._ready.clear()
+            await self._ready.wait()
+        buf = self._buffer
+        n = min(len(buf), READ_BATCH)
+        return [buf.popleft() for _ in range(n)]
+
+    def _ack(self, mid: int, qos: int, epoch: int) -> None:
+        if self._pending.get(mid) is not None:
+            del self._pending[mid]
+        client = self._client
+        if epoch != self._epoch or client is None or not mqtt.is_connected(client):
+            return  # the broker redelivers it (DUP) and we recognise it as stored
+        mqtt.ack(client, mid, qos)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await client.disconnect()
+            except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own types
+                self.ctx.log.debug("disconnect: %s", err)
+
+
+class _Ack:
+    """Sends the acknowledgement for one message once its batch is committed."""
+
+    __slots__ = ("epoch", "mid", "qos", "source")
+
+    def __init__(self, source: MqttSource, mid: int, qos: int, epoch: int) -> None:
+        self.source = source
+        self.mid = mid
+        self.qos = qos
+        self.epoch = epoch
+
+    def __call__(self) -> None:
+        self.source._ack(self.mid, self.qos, self.epoch)
