@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 from pathlib import Path
 
 from gateway.core.errors import ConfigError, RetryableError
 
 log = logging.getLogger("gateway.broker")
+PR_SET_PDEATHSIG = 1
 
 CONF = """\
 # Written by Edge Stream at each start; edit mqtt.* in the gateway config instead.
@@ -40,6 +43,19 @@ log_type error
 log_type warning
 connection_messages false
 """
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the gateway dies, even by SIGKILL.
+
+    Otherwise a killed gateway leaves its broker holding the port, and the
+    restarted gateway could not start its own.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 class EmbeddedBroker:
@@ -97,10 +113,14 @@ class EmbeddedBroker:
         self._check_port_free()
         conf = self._prepare()
         self._proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            binary,
+            "-c",
+            str(conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            preexec_fn=_die_with_parent,
+        )
         for _ in range(100):
             if self._proc.returncode is not None:
                 err = (await self._proc.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]
@@ -133,7 +153,9 @@ class EmbeddedBroker:
             if self._stopping:
                 return
             self.restarts += 1
-            log.error("broker: the embedded Mosquitto exited (code %s); restarting", proc.returncode)
+            log.error(
+                "broker: the embedded Mosquitto exited (code %s); restarting", proc.returncode
+            )
             self._proc = None
             await asyncio.sleep(1.0)
             try:

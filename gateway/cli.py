@@ -1,11 +1,11 @@
 """The `edge-stream` command.
 
-  edge-stream run -c config/gateway.yaml           run the gateway
-  edge-stream check-config -c FILE                 validate a config; exit 1 with the errors
-  edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
-  edge-stream secret encrypt [VALUE]               print ENC(...) for VALUE (or stdin)
-  edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
-  edge-stream store stats                          depth and oldest age per sink
+edge-stream run -c config/gateway.yaml           run the gateway
+edge-stream check-config -c FILE                 validate a config; exit 1 with the errors
+edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
+edge-stream secret encrypt [VALUE]               print ENC(...) for VALUE (or stdin)
+edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
+edge-stream store stats                          depth and oldest age per sink
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def _config(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as err:
-        print(f"edge-stream: {path}: the config has {len(err.problems)} problem(s):",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"edge-stream: {path}: the config has {len(err.problems)} problem(s):", file=sys.stderr
+        )
         for problem in err.problems:
             print(f"  {problem}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -53,8 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    print(f"{args.config}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
-          f"{len(config.sinks)} sinks)")  # fmt: skip
+    print(
+        f"{args.config}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
+        f"{len(config.sinks)} sinks)"
+    )
     return 0
 
 
@@ -79,15 +82,19 @@ def cmd_secret(args: argparse.Namespace) -> int:
         try:
             secrets.generate_key_file(path)
         except FileExistsError:
-            print(f"edge-stream: {path} exists; not replacing a key that may be in use",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"edge-stream: {path} exists; not replacing a key that may be in use",
+                file=sys.stderr,
+            )
             return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
         return 0
     key = secrets.load_key(path)
     if key is None:
-        print(f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
+            file=sys.stderr,
+        )
         return 1
     value = args.value
     if value is None:
@@ -106,8 +113,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = db.execute(
             "SELECT seq, id, topic, origin, reason, failed_at FROM dead_letters"
-            " ORDER BY seq DESC LIMIT ?", (args.limit,)
-        ).fetchall()  # fmt: skip
+            " ORDER BY seq DESC LIMIT ?",
+            (args.limit,),
+        ).fetchall()
         for seq, fid, topic, origin, reason, failed_at in reversed(rows):
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed_at / 1e9))
             print(f"{seq:>7}  {when}  {fid}  {topic}  [{origin}]  {reason}")
@@ -118,13 +126,23 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         for seq in args.seq:
             row = db.execute(
                 "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
-                " FROM dead_letters WHERE seq = ?", (seq,)
-            ).fetchone()  # fmt: skip
+                " FROM dead_letters WHERE seq = ?",
+                (seq,),
+            ).fetchone()
             if row is None:
                 print(f"edge-stream: no dead letter {seq}", file=sys.stderr)
                 return 1
-            keys = ("seq", "id", "topic", "attributes", "content", "created", "origin", "sink",
-                    "reason")  # fmt: skip
+            keys = (
+                "seq",
+                "id",
+                "topic",
+                "attributes",
+                "content",
+                "created",
+                "origin",
+                "sink",
+                "reason",
+            )
             item = dict(zip(keys, row, strict=True))
             item["attributes"] = json.loads(item["attributes"])
             item["content"] = item["content"].decode("utf-8", "backslashreplace")
@@ -140,8 +158,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     db.execute("BEGIN IMMEDIATE")
     rows = db.execute(
         f"SELECT seq, id, topic, attributes, content, created, lineage, sink FROM dead_letters"
-        f" WHERE {where}", params
-    ).fetchall()  # fmt: skip
+        f" WHERE {where}",
+        params,
+    ).fetchall()
     bits = dict(db.execute("SELECT name, bit FROM sinks").fetchall())
     replayed = 0
     for seq, fid, topic, attrs, content, created, lineage, sink in rows:
@@ -155,8 +174,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         else:
             db.execute(
                 "INSERT INTO replay (id, topic, attributes, content, created, lineage)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (fid, topic, attrs, content, created, lineage)
-            )  # fmt: skip
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (fid, topic, attrs, content, created, lineage),
+            )
         db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
         replayed += 1
     db.execute("COMMIT")

@@ -41,7 +41,9 @@ class EngineCollector:
             "edge_stream_sink_errors", "Delivery errors of each sink", labels=["sink"]
         )
         depth = GaugeMetricFamily(
-            "edge_stream_store_depth", "FlowFiles waiting in the store for each sink", labels=["sink"]
+            "edge_stream_store_depth",
+            "FlowFiles waiting in the store for each sink",
+            labels=["sink"],
         )
         for name, s in e.sinks.items():
             delivered.add_metric([name], s.delivered)
@@ -49,14 +51,20 @@ class EngineCollector:
             sink_errors.add_metric([name], s.errors)
             depth.add_metric([name], e.store.depth(name))
         yield from (produced, source_errors, delivered, rejected, sink_errors, depth)
-        yield GaugeMetricFamily("edge_stream_store_bytes", "Bytes the store holds",
-                                value=e.store.bytes)  # fmt: skip
-        yield CounterMetricFamily("edge_stream_store_dropped", "FlowFiles dropped by overflow",
-                                  value=e.store.dropped)  # fmt: skip
-        yield GaugeMetricFamily("edge_stream_dead_letters", "FlowFiles in the dead-letter table",
-                                value=e.store.dead_count)  # fmt: skip
-        yield CounterMetricFamily("edge_stream_ingested", "FlowFiles committed by ingest",
-                                  value=e.ingested)  # fmt: skip
+        yield GaugeMetricFamily(
+            "edge_stream_store_bytes", "Bytes the store holds", value=e.store.bytes
+        )
+        yield CounterMetricFamily(
+            "edge_stream_store_dropped", "FlowFiles dropped by overflow", value=e.store.dropped
+        )
+        yield GaugeMetricFamily(
+            "edge_stream_dead_letters",
+            "FlowFiles in the dead-letter table",
+            value=e.store.dead_count,
+        )
+        yield CounterMetricFamily(
+            "edge_stream_ingested", "FlowFiles committed by ingest", value=e.ingested
+        )
 
 
 def registry_for(engine: Engine) -> CollectorRegistry:

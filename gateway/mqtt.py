@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gmqtt import Client
-from gmqtt.mqtt.constants import MQTTv50
 
 # gmqtt reconnects while failed_connections <= reconnect_retries (-1 = forever);
 # any other negative number means never.
@@ -35,8 +34,9 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
-def make_client(client_id: str, *, clean: bool, deliver: Deliver, session_expiry: int,
-                receive_maximum: int) -> Client:  # fmt: skip
+def make_client(
+    client_id: str, *, clean: bool, deliver: Deliver, session_expiry: int, receive_maximum: int
+) -> Client:
     """A gmqtt client (MQTT 5) that hands every delivery to `deliver`.
 
     `deliver(topic, payload, qos, properties, packet_id)` runs on the event

@@ -50,8 +50,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _collect_lines(data: Any, key_lines: dict[int, dict[Any, int]], path: KeyPath,
-                   out: dict[KeyPath, int]) -> None:  # fmt: skip
+def _collect_lines(
+    data: Any, key_lines: dict[int, dict[Any, int]], path: KeyPath, out: dict[KeyPath, int]
+) -> None:
     if isinstance(data, dict):
         for key, line in key_lines.get(id(data), {}).items():
             out[(*path, str(key))] = line
@@ -145,9 +146,12 @@ def format_problem(source: str, lines: dict[KeyPath, int], path: KeyPath, messag
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 
 
-def load_data(data: dict[str, Any], source: str = "<config>",
-              lines: dict[KeyPath, int] | None = None,
-              environ: dict[str, str] | None = None) -> Config:  # fmt: skip
+def load_data(
+    data: dict[str, Any],
+    source: str = "<config>",
+    lines: dict[KeyPath, int] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
     """Validate config data (already parsed) into a Config, or raise ConfigError."""
     lines = lines or {}
     apply_env(data, dict(os.environ) if environ is None else environ)

@@ -76,8 +76,9 @@ class RouteSection:
         for i, topic_filter in enumerate(self.match):
             problem = validate_filter(topic_filter)
             if problem:
-                yield f"match.{i}" if len(self.match) > 1 else "match", (
-                    f"{topic_filter!r} is not a valid MQTT topic filter: {problem}"
+                yield (
+                    f"match.{i}" if len(self.match) > 1 else "match",
+                    (f"{topic_filter!r} is not a valid MQTT topic filter: {problem}"),
                 )
         if not self.sinks:
             yield "sinks", "a route needs at least one sink"
@@ -103,9 +104,12 @@ class WebSection:
         elif host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (
             self.username and self.password
         ):
-            yield "listen", (
-                f"listening on {host} needs web.username and web.password;"
-                " without them the page stays on 127.0.0.1"
+            yield (
+                "listen",
+                (
+                    f"listening on {host} needs web.username and web.password;"
+                    " without them the page stays on 127.0.0.1"
+                ),
             )
 
 
@@ -125,15 +129,17 @@ class Config:
         for name, route in self.routes.items():
             for i, sink in enumerate(route.sinks):
                 if sink not in self.sinks:
-                    yield f"routes.{name}.sinks.{i}", (
-                        f"no sink named {sink!r} is defined under sinks:"
-                        f"{did_you_mean(sink, self.sinks)}"
+                    yield (
+                        f"routes.{name}.sinks.{i}",
+                        (
+                            f"no sink named {sink!r} is defined under sinks:"
+                            f"{did_you_mean(sink, self.sinks)}"
+                        ),
                     )
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section):
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
-
 
 
 @dataclass(frozen=True)

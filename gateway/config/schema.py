@@ -152,9 +152,7 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
     for name, field in fields.items():
         if name in value:
             kwargs[name] = build(hints[name], value[name], (*path, name), problems)
-        elif (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        ):
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.add((*path, name), "required key is missing")
     if len(problems.items) > before:
         return None
@@ -187,7 +185,14 @@ def build_component(kind: str, value: Any, path: Path, problems: Problems) -> An
 
 def check_identifier(name: str) -> Iterator[str]:
     """Yield a message if `name` is not a plain SQL identifier."""
-    if not name or not (name[0].isalpha() or name[0] == "_") or not all(
-        c.isalnum() or c == "_" for c in name
-    ) or not name.isascii() or len(name) > 63:
-        yield f"{name!r} is not a valid SQL identifier (letters, digits and _, not starting with a digit, at most 63)"
+    if (
+        not name
+        or not (name[0].isalpha() or name[0] == "_")
+        or not all(c.isalnum() or c == "_" for c in name)
+        or not name.isascii()
+        or len(name) > 63
+    ):
+        yield (
+            f"{name!r} is not a valid SQL identifier"
+            " (letters, digits and _, not starting with a digit, at most 63)"
+        )

@@ -19,7 +19,7 @@ from typing import Any
 from gateway import registry
 from gateway.broker import EmbeddedBroker
 from gateway.config.model import Config, RetrySettings
-from gateway.core.component import Context, Processor, Sink, Source
+from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.core.errors import ConfigError
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Backoff, Ingest, SinkRunner, SourceRunner
@@ -97,7 +97,9 @@ class Engine:
                 entry = registry.find("processor", p_cfg.type)
                 assert entry is not None
                 label = f"route {name}: processor {i} ({p_cfg.type})"
-                processors.append((label, entry.cls(p_cfg, self._context(f"{name}.{i}", "processor"))))
+                processors.append(
+                    (label, entry.cls(p_cfg, self._context(f"{name}.{i}", "processor")))
+                )
             mask = 0
             for sink_name in route_cfg.sinks:
                 mask |= self.store.bit(sink_name)
@@ -136,8 +138,11 @@ class Engine:
                 self.ready.set()
                 log.info(
                     "engine: running with %d sources, %d routes, %d sinks; store %s",
-                    len(self.sources), len(self.router.routes), len(self.sinks), self.store.path,
-                )  # fmt: skip
+                    len(self.sources),
+                    len(self.router.routes),
+                    len(self.sinks),
+                    self.store.path,
+                )
                 await self.stop_requested.wait()
                 await self._shutdown()
         finally:
@@ -173,8 +178,9 @@ class Engine:
         for name in list(self._tasks):
             if name.startswith("source "):
                 self._tasks[name].cancel()
-        await asyncio.gather(*(t for n, t in self._tasks.items() if n.startswith("source ")),
-                             return_exceptions=True)  # fmt: skip
+        await asyncio.gather(
+            *(t for n, t in self._tasks.items() if n.startswith("source ")), return_exceptions=True
+        )
         # Commit what is already handed over so its sources get their acks.
         self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
@@ -187,7 +193,9 @@ class Engine:
             runner.stopping = True
             runner.wake.set()
         sink_tasks = [t for n, t in self._tasks.items() if n.startswith("sink ")]
-        done, pending = await asyncio.wait(sink_tasks, timeout=5.0) if sink_tasks else (set(), set())
+        _done, pending = (
+            await asyncio.wait(sink_tasks, timeout=5.0) if sink_tasks else (set(), set())
+        )
         for task in pending:
             task.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
@@ -206,7 +214,9 @@ class Engine:
             items = await self.ingest.take(limit, linger)
             await self._commit(items)
 
-    async def _commit(self, items: list[tuple[str, Any]]) -> None:
+    async def _commit(
+        self, items: list[tuple[str, Any]], replayed: list[int] | None = None
+    ) -> None:
         assert self.router is not None
         flowfiles = []
         acks = []
@@ -225,6 +235,8 @@ class Engine:
         self.router.run(flowfiles, out, dead)
         state = {label: p.state() for label, p in self.router.stateful()}
         batch = Batch([(ff, mask) for ff, mask in out.values()], dead, state, inbound)
+        if replayed:
+            batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
         while True:
             if self.store.over_budget:
@@ -236,8 +248,12 @@ class Engine:
                 break
             except StoreError as err:
                 delay = backoff.next()
-                log.error("engine: cannot commit to the store (%s); nothing is acknowledged,"
-                          " retrying in %.1f s", err, delay)  # fmt: skip
+                log.error(
+                    "engine: cannot commit to the store (%s); nothing is acknowledged,"
+                    " retrying in %.1f s",
+                    err,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         if not self.gate.is_set():
             self.gate.set()
@@ -246,8 +262,12 @@ class Engine:
         for ack in acks:
             ack()
         if dead:
-            log.warning("engine: %d FlowFiles dead-lettered (first: %s: %s)", len(dead),
-                        dead[0].origin, dead[0].reason)  # fmt: skip
+            log.warning(
+                "engine: %d FlowFiles dead-lettered (first: %s: %s)",
+                len(dead),
+                dead[0].origin,
+                dead[0].reason,
+            )
 
     def _wake_sinks(self) -> None:
         for runner in self.sinks.values():
@@ -258,6 +278,11 @@ class Engine:
             await asyncio.sleep(1.0)
             try:
                 await self.store.maintain(self.sinks)
+                replay = await self.store.take_replay(self.config.buffer.batch_max)
+                if replay:
+                    items = [("replay", Message(ff)) for _, ff in replay]
+                    await self._commit(items, [seq for seq, _ in replay])
+                    log.info("engine: routed %d replayed dead letters again", len(replay))
             except StoreError as err:
                 log.warning("engine: store maintenance failed: %s", err)
 
@@ -273,8 +298,9 @@ class Engine:
                 "ingested": self.ingested,
                 "batches": self.committed_batches,
             },
-            "broker": None if self.broker is None else {
-                "url": self.broker.url, "restarts": self.broker.restarts},
+            "broker": None
+            if self.broker is None
+            else {"url": self.broker.url, "restarts": self.broker.restarts},
             "store": {
                 "path": str(self.store.path),
                 "bytes": self.store.bytes,
@@ -285,15 +311,20 @@ class Engine:
                 "blocked": not self.gate.is_set(),
             },
             "sources": {name: r.status() for name, r in self.sources.items()},
-            "routes": {} if router is None else {
-                name: {"match": list(r.filters), "sinks": [s for s in self.sinks
-                       if r.mask & self.store.bit(s)],
-                       "processors": [label for label, _ in r.processors]}
-                for name, r in router.routes.items()},
+            "routes": {}
+            if router is None
+            else {
+                name: {
+                    "match": list(r.filters),
+                    "sinks": [s for s in self.sinks if r.mask & self.store.bit(s)],
+                    "processors": [label for label, _ in r.processors],
+                }
+                for name, r in router.routes.items()
+            },
             "sinks": {name: r.status() for name, r in self.sinks.items()},
             "dead_letters": self.store.dead_count,
             "unrouted": 0 if router is None else router.unrouted,
-        }  # fmt: skip
+        }
 
 
 def check_runtime(config: Config) -> None:

@@ -34,9 +34,11 @@ class Router:
         self.errors = 0
 
     def run(
-        self, flowfiles: list[FlowFile], out: dict[str, list[FlowFile | int]],
+        self,
+        flowfiles: list[FlowFile],
+        out: dict[str, list[FlowFile | int]],
         dead: list[DeadLetter],
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Route `flowfiles`, adding outputs to `out` (id -> [FlowFile, sink mask]).
 
         Outputs with the same id (the same FlowFile reaching several routes
@@ -74,5 +76,4 @@ class Router:
                         entry[1] = entry[1] | route.mask  # type: ignore[operator]
 
     def stateful(self) -> list[tuple[str, Processor]]:
-        return [(label, p) for r in self.routes.values() for label, p in r.processors
-                if p.stateful]  # fmt: skip
+        return [(label, p) for r in self.routes.values() for label, p in r.processors if p.stateful]

@@ -87,8 +87,9 @@ class Ingest:
 class SourceRunner:
     """Connects a source, drives it (poll on a schedule or read in a loop), reconnects."""
 
-    def __init__(self, name: str, source: Source, ingest: Ingest, retry: RetrySettings,
-                 gate: asyncio.Event) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, source: Source, ingest: Ingest, retry: RetrySettings, gate: asyncio.Event
+    ) -> None:
         self.name = name
         self.source = source
         self.ingest = ingest
@@ -233,15 +234,21 @@ class SinkRunner:
                 started = time.monotonic()
                 rejected = await self.sink.write([ff for _, ff in rows])
                 upto = seen if len(rows) < limit else rows[-1][0]
-                dead = [DeadLetter(r.flowfile, f"sink {self.name}", r.reason, self.name)
-                        for r in rejected]  # fmt: skip
+                dead = [
+                    DeadLetter(r.flowfile, f"sink {self.name}", r.reason, self.name)
+                    for r in rejected
+                ]
                 await self.store.advance(self.name, upto, len(rows) - len(dead), dead)
                 after = upto
                 self.delivered += len(rows) - len(dead)
                 if dead:
                     self.rejected += len(dead)
-                    log.warning("upstream refused %d FlowFiles; they are in the dead letters "
-                                "(first reason: %s)", len(dead), dead[0].reason)  # fmt: skip
+                    log.warning(
+                        "upstream refused %d FlowFiles; they are in the dead letters "
+                        "(first reason: %s)",
+                        len(dead),
+                        dead[0].reason,
+                    )
                 self.backoff.reset()
                 if self.state != "running":
                     log.info("delivering again")
@@ -268,8 +275,9 @@ class SinkRunner:
         self.state = "retrying"
         self.connected = False
         delay = self.backoff.next()
-        self.sink.ctx.log.warning("%s; retrying in %.1f s (depth %d)", reason, delay,
-                                  self.store.depth(self.name))  # fmt: skip
+        self.sink.ctx.log.warning(
+            "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
+        )
         await self._close_quietly()
         await asyncio.sleep(delay)
 

@@ -59,9 +59,19 @@ from gateway.core.flowfile import FlowFile
 from gateway.processors.json import MISSING, check_path, decode, kind, lookup, split_path
 
 Op = Literal[
-    "eq", "ne", "gt", "ge", "lt", "le", "in", "not_in",
-    "exists", "missing", "contains", "matches",
-]  # fmt: skip
+    "eq",
+    "ne",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "in",
+    "not_in",
+    "exists",
+    "missing",
+    "contains",
+    "matches",
+]
 OPS: tuple[str, ...] = Op.__args__  # type: ignore[attr-defined]
 _NO_VALUE = ("exists", "missing")
 _ORDER = ("gt", "ge", "lt", "le")
@@ -238,8 +248,9 @@ def _subject(cond: Condition) -> tuple[str, Get, bool]:
     return f"topic level {n}", get_level, True
 
 
-def _compile_group(all_of: tuple[Condition, ...] | list[Condition],
-                   any_of: tuple[Condition, ...] | list[Condition]) -> tuple[Test, bool]:  # fmt: skip
+def _compile_group(
+    all_of: tuple[Condition, ...] | list[Condition], any_of: tuple[Condition, ...] | list[Condition]
+) -> tuple[Test, bool]:
     compiled_all = [_compile(c) for c in all_of]
     compiled_any = [_compile(c) for c in any_of]
     reads = any(r for _, r in compiled_all) or any(r for _, r in compiled_any)
@@ -341,12 +352,15 @@ def _compile_op(op: str, value: Any, subject: str, get: Get, text: bool) -> Test
     raise AssertionError(f"unknown op {op}")  # refused by the Literal type on load
 
 
-def _compile_order(op: str, value: Any, get: Get, text: bool,
-                   wrong: Callable[[Any, str], PermanentError]) -> Test:  # fmt: skip
+def _compile_order(
+    op: str, value: Any, get: Get, text: bool, wrong: Callable[[Any, str], PermanentError]
+) -> Test:
     compare: Callable[[Any, Any], bool] = {
-        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
-        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-    }[op]  # fmt: skip
+        "gt": lambda a, b: a > b,
+        "ge": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b,
+        "le": lambda a, b: a <= b,
+    }[op]
     if isinstance(value, str):
 
         def test_text(ff: FlowFile, obj: Any) -> bool:

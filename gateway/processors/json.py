@@ -55,8 +55,15 @@ def _refuse_constant(name: str) -> NoReturn:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
-_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number",
-          float: "a number", bool: "true/false", type(None): "null"}  # fmt: skip
+_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    type(None): "null",
+}
 
 
 def kind(value: Any) -> str:
@@ -75,6 +82,10 @@ def decode(content: bytes) -> Any:
     except json.JSONDecodeError as err:
         if not content.strip():
             raise PermanentError("content is empty, expected JSON") from err
+        if content.startswith(b"\xef\xbb\xbf"):
+            raise PermanentError(
+                "content is not valid JSON: it starts with a byte order mark (U+FEFF)"
+            ) from err
         raise PermanentError(
             f"content is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from err

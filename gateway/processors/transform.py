@@ -141,8 +141,8 @@ def _placeholder(name: str) -> Getter:
         return _attribute_getter(rest, name)
     if head == "field" and rest and check_path(rest) is None:
         return _field_getter(rest, name)
-    hint = did_you_mean(head, ("topic", "attributes", "field")) if head not in (
-        "topic", "attributes", "field") else ""  # fmt: skip
+    known = ("topic", "attributes", "field")
+    hint = did_you_mean(head, known) if head not in known else ""
     allowed = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
     raise ValueError(f"unknown placeholder {{{name}}}{hint}; use {allowed}")
 
@@ -171,7 +171,9 @@ class Template:
                 literal = []
                 parts.append(_placeholder(m.group(1).strip()))
             else:
-                raise ValueError(f"unmatched {token!r} in {text!r} (write {token * 2} for a literal)")
+                raise ValueError(
+                    f"unmatched {token!r} in {text!r} (write {token * 2} for a literal)"
+                )
         literal.append(text[pos:])
         if any(literal):
             parts.append("".join(literal))
@@ -182,7 +184,7 @@ class Template:
             self.constant = ""
         elif len(parts) == 1 and isinstance(parts[0], str):
             self.constant = parts[0]
-        elif len(parts) == 1:
+        elif len(parts) == 1 and not isinstance(parts[0], str):
             self.single = parts[0]
 
     def sample(self) -> str:
@@ -356,8 +358,13 @@ class TransformProcessor(Processor):
         return [flowfile.derive(topic=topic, content=encode(obj))]
 
     @staticmethod
-    def _scale(obj: dict[str, Any], path: str, parts: tuple[str, ...],
-               factor: int | float, addend: int | float) -> None:  # fmt: skip
+    def _scale(
+        obj: dict[str, Any],
+        path: str,
+        parts: tuple[str, ...],
+        factor: int | float,
+        addend: int | float,
+    ) -> None:
         parent = lookup(obj, parts[:-1])
         key: Any = parts[-1]
         if type(parent) is list and key.isdigit() and int(key) < len(parent):

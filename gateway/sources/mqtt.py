@@ -130,7 +130,7 @@ class MqttSource(Source):
         except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own error types
             try:
                 await client.disconnect()
-            except Exception:  # noqa: S110 - the connection is already broken
+            except Exception:
                 pass
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
         self._client = client
@@ -148,13 +148,13 @@ class MqttSource(Source):
         self._lost = "the connection to the MQTT broker was lost"
         self._ready.set()
 
-    def _deliver(self, topic: str, payload: bytes, qos: int, props: dict[str, Any],
-                 mid: int | None) -> None:  # fmt: skip
+    def _deliver(
+        self, topic: str, payload: bytes, qos: int, props: dict[str, Any], mid: int | None
+    ) -> None:
         """Called by gmqtt for each PUBLISH; must be quick and never block."""
-        if mid is None:
-            if len(self._buffer) >= self._qos0_capacity:
-                self.dropped_qos0 += 1
-                return
+        if mid is None and len(self._buffer) >= self._qos0_capacity:
+            self.dropped_qos0 += 1
+            return
         digest = None
         if mid is not None:
             digest = _digest(topic, payload)
@@ -166,8 +166,11 @@ class MqttSource(Source):
                     mqtt.ack(self._client, mid, qos)
                     return
             self._pending[mid] = digest
-        attrs = {"mqtt.topic": topic, "mqtt.qos": str(qos),
-                 "mqtt.retain": "1" if props.get("retain") else "0"}  # fmt: skip
+        attrs = {
+            "mqtt.topic": topic,
+            "mqtt.qos": str(qos),
+            "mqtt.retain": "1" if props.get("retain") else "0",
+        }
         user = props.get("user_property")
         if user:
             for key, value in user:
@@ -175,8 +178,10 @@ class MqttSource(Source):
         reject = None
         if len(payload) > self.config.max_payload:
             self.oversized += 1
-            reject = (f"payload of {len(payload)} bytes exceeds max_payload "
-                      f"({self.config.max_payload}); the first {self.config.max_payload} kept")  # fmt: skip
+            reject = (
+                f"payload of {len(payload)} bytes exceeds max_payload "
+                f"({self.config.max_payload}); the first {self.config.max_payload} kept"
+            )
             payload = payload[: self.config.max_payload]
         ff = FlowFile.create(topic, payload, attrs)
         if mid is None:

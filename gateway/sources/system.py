@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config.model import SourceConfig
 from gateway.config.schema import Duration
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError
@@ -49,11 +50,10 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_topic
 
 
-@dataclass(frozen=True)
-class SystemSourceConfig:
+@dataclass(frozen=True, kw_only=True)
+class SystemSourceConfig(SourceConfig):
     """Keys of the `system` source."""
 
-    type: str
     interval: Duration = 10.0
     disk_path: str | None = None
 
@@ -115,8 +115,9 @@ class SystemSource(Source):
     async def connect(self) -> None:
         problem = validate_topic(self.topic)
         if problem:
-            raise PermanentError(f"gateway id {self.ctx.gateway_id!r} makes no valid topic: "
-                                 f"{problem}")  # fmt: skip
+            raise PermanentError(
+                f"gateway id {self.ctx.gateway_id!r} makes no valid topic: {problem}"
+            )
         # The baseline for the first cpu_percent; /proc reads are tiny and fast.
         self._last_cpu = _cpu_times(_read(self._proc / "stat"))
 
@@ -167,21 +168,25 @@ class SystemSource(Source):
             "memory_available_bytes": available,
             "memory_used_percent": (
                 _percent(total - available, total)
-                if total is not None and available is not None else None
-            ),  # fmt: skip
+                if total is not None and available is not None
+                else None
+            ),
             "swap_total_bytes": swap_total,
             "swap_used_bytes": (
-                swap_total - swap_free if swap_total is not None and swap_free is not None
-                else None
-            ),  # fmt: skip
+                swap_total - swap_free if swap_total is not None and swap_free is not None else None
+            ),
         }
 
     def _disk(self) -> dict[str, Any]:
         path = Path(self._disk_path).absolute()
         while not path.exists() and path != path.parent:  # data_dir may not exist yet
             path = path.parent
-        out: dict[str, Any] = {"disk_path": str(path), "disk_total_bytes": None,
-                               "disk_free_bytes": None, "disk_used_percent": None}  # fmt: skip
+        out: dict[str, Any] = {
+            "disk_path": str(path),
+            "disk_total_bytes": None,
+            "disk_free_bytes": None,
+            "disk_used_percent": None,
+        }
         try:
             st = os.statvfs(path)
         except OSError:

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,6 +121,7 @@ class Batch:
     dead: list[DeadLetter]
     state: dict[str, bytes | None]
     inbound: list[tuple[str, int, bytes]]
+    replayed: list[int] = field(default_factory=list)
 
 
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
@@ -325,18 +326,39 @@ class Store:
                     " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
                     batch.inbound,
                 )
+            if batch.replayed:
+                db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    async def take_replay(self, limit: int) -> list[tuple[int, FlowFile]]:
+        """Dead letters the CLI sent back for routing again (see `edge-stream dead-letters`)."""
+        rows = await self.query(
+            "SELECT seq, id, topic, attributes, content, created, lineage FROM replay"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [(row[0], _decode(row)) for row in rows]
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
         ff = d.flowfile
         attrs = json.dumps(ff.attributes, separators=(",", ":"))
         lineage = ",".join(ff.lineage)
-        return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, d.origin, d.sink,
-                d.reason, now)  # fmt: skip
+        return (
+            ff.id,
+            ff.topic,
+            attrs,
+            ff.content,
+            ff.created,
+            lineage,
+            d.origin,
+            d.sink,
+            d.reason,
+            now,
+        )
 
     def _drop_oldest_sync(self) -> None:
         db = self._db
@@ -351,14 +373,17 @@ class Store:
                 ).fetchall()
                 if not rows:
                     break
-                last = rows[-1][0]
+                last = 0
                 for seq, mask, size in rows:
+                    if self.bytes <= target:
+                        break
+                    last = seq
+                    dropped += 1
                     self.bytes -= size
                     for name, bit in self._bits.items():
                         if mask >> bit & 1 and seq > self._cursors[name]:
                             self._depth[name] -= 1
                 db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
-                dropped += len(rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -373,7 +398,9 @@ class Store:
 
     # -- delivery ----------------------------------------------------------
 
-    async def read(self, sink: str, after: int, limit: int) -> tuple[list[tuple[int, FlowFile]], int]:
+    async def read(
+        self, sink: str, after: int, limit: int
+    ) -> tuple[list[tuple[int, FlowFile]], int]:
         """The next FlowFiles for `sink` after seq `after`.
 
         Returns the rows and the seq up to which this read saw everything for
@@ -381,7 +408,9 @@ class Store:
         """
         return await self._call(self._read_sync, self.bit(sink), after, limit)
 
-    def _read_sync(self, mask: int, after: int, limit: int) -> tuple[list[tuple[int, FlowFile]], int]:
+    def _read_sync(
+        self, mask: int, after: int, limit: int
+    ) -> tuple[list[tuple[int, FlowFile]], int]:
         db = self._db
         assert db is not None
         rows = db.execute(
@@ -472,4 +501,3 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, timeout=10)
     db.execute("PRAGMA busy_timeout = 10000")
     return db
-

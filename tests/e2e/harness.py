@@ -1,0 +1,160 @@
+"""Runs the real `edge-stream` process for end-to-end tests, and an independent publisher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class GatewayProcess:
+    """One `edge-stream run` process on a config written from a dict."""
+
+    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+        self.folder = folder
+        self.web_port = free_port()
+        config.setdefault("gateway", {}).setdefault("data_dir", str(folder / "data"))
+        config.setdefault("gateway", {}).setdefault("id", "e2e")
+        config["web"] = {"listen": f"127.0.0.1:{self.web_port}"}
+        self.config_path = folder / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = folder / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, wait_sources: bool = True) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps it open
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        self.starts += 1
+        wait_for(self._healthy, 30, f"/healthz of the gateway (log: {self.log_path})")
+        if wait_sources:
+            wait_for(
+                lambda: all(s["state"] == "running" for s in self.status()["sources"].values()),
+                30,
+                "every source to be running",
+            )
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    def status(self) -> dict[str, Any]:
+        return self.get("/api/status")  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM; returns the exit code (the gateway must exit within 10 s)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"no exit 10 s after SIGTERM:\n{self.log()}") from None
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Publisher(threading.Thread):
+    """An independent paho-mqtt client publishing numbered QoS 1 messages.
+
+    Message n goes to `<prefix>/<n % topics>` with JSON {"seq": n}; `rate`
+    messages per second (0 = as fast as the broker takes them).
+    """
+
+    def __init__(self, port: int, count: int, topics: int, prefix: str, rate: float = 0) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.count = count
+        self.topics = topics
+        self.prefix = prefix
+        self.rate = rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{self.prefix}")
+            client.max_inflight_messages_set(200)
+            client.connect("127.0.0.1", self.port)
+            client.loop_start()
+            started = time.monotonic()
+            infos = []
+            for n in range(self.count):
+                topic = f"{self.prefix}/{n % self.topics}"
+                infos.append(client.publish(topic, json.dumps({"seq": n}), qos=1))
+                self.sent = n + 1
+                if self.rate:
+                    ahead = (n + 1) / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            for info in infos:
+                info.wait_for_publish(60)
+            client.disconnect()
+            client.loop_stop()
+        except BaseException as err:  # reported to the test thread by join_checked
+            self.error = err
+
+    def join_checked(self, timeout: float = 120) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the publisher did not finish"
+        if self.error is not None:
+            raise self.error

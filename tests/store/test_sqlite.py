@@ -1,0 +1,136 @@
+"""The SQLite store: group commit, cursors, retention, redelivery marks, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.core.flowfile import FlowFile
+from gateway.store.sqlite import Batch, DeadLetter, Store
+
+
+def ff(n: int, topic: str = "t/1", size: int = 10) -> FlowFile:
+    return FlowFile.create(topic, str(n).encode().ljust(size, b" "))
+
+
+def batch(
+    rows: list[tuple[FlowFile, int]], inbound: list[tuple[str, int, bytes]] | None = None
+) -> Batch:
+    return Batch(rows, [], {}, inbound or [])
+
+
+async def open_store(path: Path, sinks: tuple[str, ...] = ("a", "b"), **opts: object) -> Store:
+    store = Store(path / "store.db", **opts)  # type: ignore[arg-type]
+    await store.open(sinks)
+    return store
+
+
+async def test_each_sink_reads_its_own_rows_in_order(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    items = [(ff(i), a if i % 2 else a | b) for i in range(10)]
+    await store.commit(batch(items))
+    rows_a, seen_a = await store.read("a", store.cursor("a"), 100)
+    rows_b, _ = await store.read("b", store.cursor("b"), 100)
+    assert [f.id for _, f in rows_a] == [f.id for f, _ in items]
+    assert [f.id for _, f in rows_b] == [f.id for f, m in items if m & b]
+    assert store.depth("a") == 10 and store.depth("b") == 5
+    await store.advance("a", seen_a, len(rows_a), [])
+    assert store.depth("a") == 0
+    # b has not delivered yet, so nothing may be purged
+    assert await store.maintain(["a", "b"]) == 0
+    await store.close()
+
+
+async def test_cursor_survives_reopen_and_rows_keys_never_repeat(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(5)]))
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    assert await store.maintain(["a"]) == 5
+    last_seq = rows[-1][0]
+    await store.close()
+    # the table is empty now; a bare rowid would restart at 1 and collide with old cursors
+    store = await open_store(tmp_path, ("a",))
+    assert store.cursor("a") == last_seq
+    await store.commit(batch([(ff(9), store.bit("a"))]))
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert len(rows) == 1 and rows[0][0] > last_seq
+    await store.close()
+
+
+async def test_drop_oldest_keeps_the_store_within_its_budget(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="drop_oldest")
+    payload = 2000
+    for start in range(0, 2000, 100):
+        await store.commit(batch([(ff(i, size=payload), store.bit("a")) for i in
+                                  range(start, start + 100)]))  # fmt: skip
+    assert store.bytes <= 1 << 20
+    assert store.dropped > 0
+    rows, _ = await store.read("a", store.cursor("a"), 5000)
+    assert len(rows) == store.depth("a") == 2000 - store.dropped
+    # the newest survive, the oldest went
+    assert rows[-1][1].content.startswith(b"1999")
+    await store.close()
+
+
+async def test_block_reports_over_budget_until_sinks_drain(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="block")
+    while not store.over_budget:
+        await store.commit(batch([(ff(i, size=4000), store.bit("a")) for i in range(50)]))
+    assert store.dropped == 0
+    rows, seen = await store.read("a", store.cursor("a"), 100000)
+    await store.advance("a", seen, len(rows), [])
+    await store.maintain(["a"])
+    assert not store.over_budget and store.bytes == 0
+    await store.close()
+
+
+async def test_inbound_marks_recognise_a_redelivery_after_restart(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(1), store.bit("a"))], inbound=[("mqtt1", 7, b"digest")]))
+    assert store.committed("mqtt1", 7, b"digest")
+    await store.close()
+    store = await open_store(tmp_path, ("a",))
+    assert store.committed("mqtt1", 7, b"digest")
+    assert not store.committed("mqtt1", 7, b"other")
+    assert not store.committed("mqtt2", 7, b"digest")
+    await store.close()
+
+
+async def test_dead_letters_and_state_commit_with_the_batch(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    bad = ff(1)
+    await store.commit(
+        Batch(
+            [(ff(2), store.bit("a"))],
+            [DeadLetter(bad, "route r", "not JSON")],
+            {"route r: processor 0": b"state"},
+            [],
+        )  # fmt: skip
+    )
+    rows, seen = await store.read("a", store.cursor("a"), 10)
+    await store.advance("a", seen, 0, [DeadLetter(rows[0][1], "sink a", "refused", "a")])
+    assert store.dead_count == 2
+    got = await store.query("SELECT id, origin, reason, sink FROM dead_letters ORDER BY seq")
+    assert got == [(bad.id, "route r", "not JSON", None), (rows[0][1].id, "sink a", "refused", "a")]
+    assert await store.load_state() == {"route r: processor 0": b"state"}
+    await store.close()
+
+
+async def test_a_new_sink_starts_at_the_end(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
+    await store.register_sinks(["late"])
+    rows, _ = await store.read("late", store.cursor("late"), 10)
+    assert rows == []
+    await store.close()
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+async def test_synchronous_modes_open(tmp_path: Path, sync: str) -> None:
+    store = await open_store(tmp_path, ("a",), synchronous=sync)
+    assert (await store.query("PRAGMA journal_mode"))[0][0] == "wal"
+    await store.close()
+    await store.close()  # idempotent
