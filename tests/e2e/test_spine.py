@@ -31,12 +31,17 @@ def spine_config(mosquitto: Any, postgres: Any, table: str, **source: Any) -> di
     return {
         "mqtt": {"url": mosquitto.url},
         "sources": {
-            "plant": {"type": "mqtt", "topics": [f"{table}/#"], "qos": 1,
-                      "client_id": f"gw-{table}", **source},
+            "plant": {
+                "type": "mqtt",
+                "topics": [f"{table}/#"],
+                "qos": 1,
+                "client_id": f"gw-{table}",
+                **source,
+            },
         },
         "routes": {"readings": {"match": f"{table}/#", "sinks": ["warehouse"]}},
         "sinks": {"warehouse": {"type": "postgres", "dsn": postgres.dsn, "table": table}},
-    }  # fmt: skip
+    }
 
 
 def seq_counts(postgres: Any, table: str) -> tuple[int, int]:

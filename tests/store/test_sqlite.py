@@ -64,8 +64,9 @@ async def test_drop_oldest_keeps_the_store_within_its_budget(tmp_path: Path) -> 
     store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="drop_oldest")
     payload = 2000
     for start in range(0, 2000, 100):
-        await store.commit(batch([(ff(i, size=payload), store.bit("a")) for i in
-                                  range(start, start + 100)]))  # fmt: skip
+        await store.commit(
+            batch([(ff(i, size=payload), store.bit("a")) for i in range(start, start + 100)])
+        )
     assert store.bytes <= 1 << 20
     assert store.dropped > 0
     rows, _ = await store.read("a", store.cursor("a"), 5000)
@@ -108,7 +109,7 @@ async def test_dead_letters_and_state_commit_with_the_batch(tmp_path: Path) -> N
             [DeadLetter(bad, "route r", "not JSON")],
             {"route r: processor 0": b"state"},
             [],
-        )  # fmt: skip
+        )
     )
     rows, seen = await store.read("a", store.cursor("a"), 10)
     await store.advance("a", seen, 0, [DeadLetter(rows[0][1], "sink a", "refused", "a")])

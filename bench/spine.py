@@ -1,0 +1,207 @@
+"""End-to-end benchmark of the spine: MQTT broker -> gateway -> PostgreSQL.
+
+Broker, PostgreSQL, the gateway and the publishers all run as separate
+processes on this machine. Prints:
+  - sustained msgs/s from the first publish to the last row committed,
+  - p50/p99 publish->row latency at a paced 1,000 msg/s,
+  - gateway RSS idle and peak, and gateway CPU seconds per 10,000 messages.
+
+Usage: python bench/spine.py [--messages 200000] [--publishers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+import servers  # noqa: E402
+from harness import GatewayProcess, wait_for  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def count_rows(pg: servers.Postgres, table: str) -> int:
+    return int(pg.fetch(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def make_table(pg: servers.Postgres, table: str) -> None:
+    pg.execute(
+        f"CREATE TABLE {table} (id uuid PRIMARY KEY, topic text NOT NULL, ts timestamptz NOT NULL,"
+        " attributes jsonb NOT NULL, payload jsonb, raw bytea,"
+        " committed_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
+
+
+def throughput(
+    pg: servers.Postgres,
+    mq: servers.Mosquitto,
+    gw: GatewayProcess,
+    table: str,
+    total: int,
+    publishers: int,
+) -> dict[str, float]:
+    assert gw.proc is not None
+    pid = gw.proc.pid
+    per = total // publishers
+    files = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    for p in range(publishers):
+        lines = "\n".join(json.dumps({"seq": p * per + i, "v": i * 0.5}) for i in range(per))
+        f = tmp / f"pub{p}.txt"
+        f.write_text(lines + "\n")
+        files.append(f)
+    cpu0 = cpu_seconds(pid)
+    started = time.time()
+    procs = [
+        subprocess.Popen(
+            [
+                "mosquitto_pub",
+                "-p",
+                str(mq.port),
+                "-q",
+                "1",
+                "-t",
+                f"{table}/dev{p}/telemetry",
+                "-l",
+                "-i",
+                f"bench-pub-{p}",
+            ],
+            stdin=open(f, "rb"),  # noqa: SIM115
+        )
+        for p, f in enumerate(files)
+    ]
+    peak = 0.0
+    while count_rows(pg, table) < per * publishers:
+        peak = max(peak, rss_mb(pid))
+        time.sleep(0.2)
+        if time.time() - started > 600:
+            raise SystemExit("benchmark: rows did not all arrive within 600 s")
+    for proc in procs:
+        proc.wait()
+    last = pg.fetch(f"SELECT extract(epoch FROM max(committed_at)) FROM {table}")[0][0]
+    elapsed = float(last) - started
+    cpu = cpu_seconds(pid) - cpu0
+    n = per * publishers
+    return {
+        "messages": n,
+        "seconds": elapsed,
+        "msgs_per_s": n / elapsed,
+        "cpu_s_per_10k": cpu / n * 10_000,
+        "rss_peak_mb": max(peak, rss_mb(pid)),
+    }
+
+
+def latency(
+    pg: servers.Postgres, mq: servers.Mosquitto, table: str, rate: int, seconds: int
+) -> dict[str, float]:
+    import paho.mqtt.client as paho
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-latency")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", mq.port)
+    client.loop_start()
+    n = rate * seconds
+    start = time.time()
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        client.publish(f"{table}/lat/telemetry", json.dumps({"seq": i, "t": time.time()}), qos=1)
+    wait_for(lambda: count_rows(pg, table) >= n, 120, "latency rows")
+    client.disconnect()
+    client.loop_stop()
+    rows = pg.fetch(
+        f"SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY"
+        f" extract(epoch FROM committed_at) - (payload->>'t')::float8) FROM {table}"
+    )
+    p50, p99 = rows[0][0]
+    return {"messages": n, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--latency-seconds", type=int, default=20)
+    args = parser.parse_args()
+    workspace = servers.Workspace()
+    folder = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    try:
+        mq = workspace.mosquitto()
+        pg = workspace.postgres()
+        make_table(pg, "bench_tp")
+        make_table(pg, "bench_lat")
+        config = {
+            "mqtt": {"url": mq.url},
+            "sources": {
+                "plant": {
+                    "type": "mqtt",
+                    "topics": ["bench_tp/#", "bench_lat/#"],
+                    "qos": 1,
+                    "client_id": "bench-gw",
+                }
+            },
+            "routes": {
+                "tp": {"match": "bench_tp/#", "sinks": ["tp"]},
+                "lat": {"match": "bench_lat/#", "sinks": ["lat"]},
+            },
+            "sinks": {
+                "tp": {
+                    "type": "postgres",
+                    "dsn": pg.dsn,
+                    "table": "bench_tp",
+                    "batch": {"max_rows": 2000},
+                },
+                "lat": {"type": "postgres", "dsn": pg.dsn, "table": "bench_lat"},
+            },
+        }
+        gw = GatewayProcess(folder, config)
+        gw.start()
+        assert gw.proc is not None
+        time.sleep(3)
+        idle = rss_mb(gw.proc.pid)
+        lat = latency(pg, mq, "bench_lat", 1000, args.latency_seconds)
+        tp = throughput(pg, mq, gw, "bench_tp", args.messages, args.publishers)
+        peak = rss_mb(gw.proc.pid, "VmHWM")
+        gw.stop()
+        print("\n== Edge Stream spine benchmark: MQTT (QoS 1) -> gateway -> PostgreSQL ==")
+        print(f"machine: {os.cpu_count()} cores; all processes local")
+        print(
+            f"throughput: {tp['messages']} msgs in {tp['seconds']:.1f} s = "
+            f"{tp['msgs_per_s']:,.0f} msgs/s (target >= 20,000)"
+        )
+        print(f"cpu: {tp['cpu_s_per_10k']:.2f} CPU-s per 10k messages (target <= 1.0)")
+        print(
+            f"latency at 1,000 msg/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms"
+            " (target p99 <= 100 ms)"
+        )
+        print(f"rss: idle {idle:.1f} MB (target <= 50), peak {peak:.1f} MB (target <= 100)")
+    finally:
+        workspace.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The MQTT source against a real Mosquitto: acks only when told, redeliveries recognised."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from gateway.config.schema import Problems, build_dataclass
+from gateway.core.component import Context, Message
+from gateway.sources.mqtt import MqttSource, MqttSourceConfig
+
+
+def make_source(mosquitto: Any, client_id: str, committed: Any = None, **extra: Any) -> MqttSource:
+    problems = Problems()
+    raw = {"type": "mqtt", "topics": ["acks/#"], "qos": 1, "client_id": client_id,
+           "url": mosquitto.url, **extra}  # fmt: skip
+    config = build_dataclass(MqttSourceConfig, raw, (), problems)
+    assert not problems, problems.items
+    ctx = Context(name="plant", kind="source")
+    if committed is not None:
+        ctx.committed = committed
+    return MqttSource(config, ctx)
+
+
+def publish(mosquitto: Any, topic: str, payloads: list[bytes], qos: int = 1) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-pub")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    for p in payloads:
+        client.publish(topic, p, qos=qos).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+async def read_n(source: MqttSource, n: int) -> list[Message]:
+    got: list[Message] = []
+    async with asyncio.timeout(15):
+        while len(got) < n:
+            got.extend(await source.read())
+    return got
+
+
+async def test_unacknowledged_messages_come_back_and_acked_ones_do_not(mosquitto: Any) -> None:
+    first = make_source(mosquitto, "acks-1")
+    await first.connect()
+    await asyncio.to_thread(publish, mosquitto, "acks/a", [b"one", b"two", b"three"])
+    got = await read_n(first, 3)
+    assert [m.flowfile.content for m in got] == [b"one", b"two", b"three"]
+    assert got[0].flowfile.attributes["mqtt.topic"] == "acks/a"
+    assert got[0].flowfile.attributes["mqtt.qos"] == "1"
+    got[0].ack()  # only "one" is committed and acknowledged
+    await asyncio.sleep(0.3)
+    await first.close()
+
+    second = make_source(mosquitto, "acks-1")
+    await second.connect()
+    again = await read_n(second, 2)
+    assert sorted(m.flowfile.content for m in again) == [b"three", b"two"]
+    for m in again:
+        m.ack()
+    await asyncio.sleep(0.3)
+    await second.close()
+
+    third = make_source(mosquitto, "acks-1")
+    await third.connect()
+    await asyncio.to_thread(publish, mosquitto, "acks/a", [b"four"])
+    assert [m.flowfile.content for m in await read_n(third, 1)] == [b"four"]
+    await third.close()
+
+
+async def test_a_redelivery_of_a_stored_message_is_acked_without_a_flowfile(mosquitto: Any) -> None:
+    stored: set[tuple[int, bytes]] = set()
+    first = make_source(mosquitto, "acks-2")
+    await first.connect()
+    await asyncio.to_thread(publish, mosquitto, "acks/b", [b"x"])
+    (msg,) = await read_n(first, 1)
+    assert msg.dedupe is not None
+    stored.add(msg.dedupe)  # committed, but the gateway "died" before the PUBACK
+    await first.close()
+
+    second = make_source(mosquitto, "acks-2", committed=lambda s, d: (s, d) in stored)
+    await second.connect()
+    await asyncio.to_thread(publish, mosquitto, "acks/b", [b"y"])
+    got = await read_n(second, 1)
+    assert [m.flowfile.content for m in got] == [b"y"]
+    assert second.redeliveries == 1
+    await second.close()
+
+
+async def test_oversized_payload_is_rejected_with_a_reason(mosquitto: Any) -> None:
+    source = make_source(mosquitto, "acks-3", max_payload="1KiB")
+    await source.connect()
+    await asyncio.to_thread(publish, mosquitto, "acks/c", [b"z" * 5000])
+    (msg,) = await read_n(source, 1)
+    assert msg.reject is not None and "max_payload" in msg.reject
+    assert len(msg.flowfile.content) == 1024
+    await source.close()
