@@ -1,0 +1,65 @@
+"""The router: fan-out by topic filter, processors in order, dead letters, shared outputs."""
+
+from __future__ import annotations
+
+from gateway.core.component import Context, Processor
+from gateway.core.errors import PermanentError
+from gateway.core.flowfile import FlowFile
+from gateway.engine.router import Route, Router
+from gateway.store.sqlite import DeadLetter
+
+
+class Upper(Processor):
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        if flowfile.content == b"bad":
+            raise PermanentError("content is bad")
+        if flowfile.content == b"drop":
+            return []
+        return [flowfile.derive(content=flowfile.content.upper())]
+
+
+class Broken(Processor):
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        raise ZeroDivisionError("bug")
+
+
+def proc(cls: type[Processor]) -> tuple[str, Processor]:
+    return (f"route x: processor 0 ({cls.__name__})", cls(None, Context("p", "processor")))
+
+
+def run(router: Router, *flowfiles: FlowFile) -> tuple[dict[str, list], list[DeadLetter]]:
+    out: dict[str, list] = {}
+    dead: list[DeadLetter] = []
+    router.run(list(flowfiles), out, dead)
+    return out, dead
+
+
+def test_unchanged_flowfile_reaching_two_routes_is_stored_once_for_both() -> None:
+    router = Router([Route("a", ("plant/#",), [], 0b01), Route("b", ("plant/+/temp",), [], 0b10)])
+    f = FlowFile.create("plant/boiler/temp", b"1")
+    out, dead = run(router, f)
+    assert out == {f.id: [f, 0b11]} and dead == []
+
+
+def test_processors_derive_and_filter_and_dead_letter() -> None:
+    router = Router([Route("up", ("#",), [proc(Upper)], 0b1)])
+    ok, dropped, bad = (FlowFile.create("t", c) for c in (b"ok", b"drop", b"bad"))
+    out, dead = run(router, ok, dropped, bad)
+    ((child, mask),) = out.values()
+    assert child.content == b"OK" and child.lineage == (ok.id,) and mask == 0b1
+    assert [(d.flowfile.id, d.reason) for d in dead] == [(bad.id, "content is bad")]
+    assert dead[0].origin.startswith("route x: processor 0")
+
+
+def test_a_processor_bug_dead_letters_the_input_and_keeps_going() -> None:
+    router = Router([Route("b", ("#",), [proc(Broken)], 0b1), Route("c", ("#",), [], 0b10)])
+    f = FlowFile.create("t", b"1")
+    out, dead = run(router, f)
+    assert out == {f.id: [f, 0b10]}
+    assert "internal error" in dead[0].reason and router.errors == 1
+
+
+def test_unrouted_flowfiles_are_counted_not_stored() -> None:
+    router = Router([Route("a", ("a/#",), [], 0b1)])
+    out, dead = run(router, FlowFile.create("b/c", b""), FlowFile.create("$SYS/x", b""))
+    assert out == {} and dead == [] and router.unrouted == 2
