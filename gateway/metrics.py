@@ -69,5 +69,5 @@ class EngineCollector:
 
 def registry_for(engine: Engine) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+    registry.register(EngineCollector(engine))
     return registry

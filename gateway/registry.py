@@ -40,8 +40,8 @@ class Entry:
     cls: Any
 
     @property
-    def config(self) -> type:
-        return self.cls.Config  # type: ignore[no-any-return]
+    def config(self) -> Any:
+        return self.cls.Config
 
 
 @cache

@@ -156,7 +156,8 @@ def load_data(
     lines = lines or {}
     apply_env(data, dict(os.environ) if environ is None else environ)
     problems = Problems()
-    gateway = data.get("gateway") if isinstance(data.get("gateway"), dict) else {}
+    raw_gateway = data.get("gateway")
+    gateway: dict[str, Any] = raw_gateway if isinstance(raw_gateway, dict) else {}
     key_file = gateway.get("secret_key_file") or os.path.join(
         str(gateway.get("data_dir", "./data")), "secret.key"
     )

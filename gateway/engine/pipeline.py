@@ -186,12 +186,12 @@ class Engine:
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
         while len(self.ingest):
             await self._commit(await self.ingest.take(self.config.buffer.batch_max, 0))
-        for runner in self.sources.values():
-            await runner._close_quietly()
+        for source_runner in self.sources.values():
+            await source_runner.close()
         # Let each sink finish the batch it is writing, then close it.
-        for runner in self.sinks.values():
-            runner.stopping = True
-            runner.wake.set()
+        for sink_runner in self.sinks.values():
+            sink_runner.stopping = True
+            sink_runner.wake.set()
         sink_tasks = [t for n, t in self._tasks.items() if n.startswith("sink ")]
         _done, pending = (
             await asyncio.wait(sink_tasks, timeout=5.0) if sink_tasks else (set(), set())
@@ -199,8 +199,8 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
-        for runner in self.sinks.values():
-            await runner._close_quietly()
+        for sink_runner in self.sinks.values():
+            await sink_runner.close()
         for name in ("maintenance", "broker"):
             if name in self._tasks:
                 self._tasks[name].cancel()

@@ -127,13 +127,13 @@ class SourceRunner:
                 self._failed(str(err))
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1f s", err, delay)
-                await self._close_quietly()
+                await self.close()
                 await asyncio.sleep(delay)
             except PermanentError as err:
                 self._failed(str(err))
                 self.state = "failed"
                 log.error("stopped: %s (fix the config and reload)", err)
-                await self._close_quietly()
+                await self.close()
                 return
 
     def _failed(self, reason: str) -> None:
@@ -141,7 +141,7 @@ class SourceRunner:
         self.last_error = reason
         self.state = "retrying"
 
-    async def _close_quietly(self) -> None:
+    async def close(self) -> None:
         try:
             await self.source.close()
         except (RetryableError, PermanentError, OSError) as err:
@@ -264,7 +264,7 @@ class SinkRunner:
                 self.last_error = str(err)
                 self.state = "failed"
                 log.error("stopped delivering: %s; data stays buffered (fix and reload)", err)
-                await self._close_quietly()
+                await self.close()
                 return
             except StoreError as err:
                 await self._retry(f"store: {err}")
@@ -278,10 +278,10 @@ class SinkRunner:
         self.sink.ctx.log.warning(
             "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
         )
-        await self._close_quietly()
+        await self.close()
         await asyncio.sleep(delay)
 
-    async def _close_quietly(self) -> None:
+    async def close(self) -> None:
         try:
             await self.sink.close()
         except (RetryableError, PermanentError, OSError) as err:
