@@ -69,11 +69,17 @@ def make_client(
 
 def ack(client: Client, packet_id: int, qos: int) -> None:
     """Acknowledge a QoS 1 (PUBACK) or QoS 2 (PUBREC) delivery on the live connection."""
-    handler = client._package_handler
-    if qos == 2:
-        handler._send_pubrec(packet_id)
-    else:
-        handler._send_puback(packet_id)
+    ack_many(client, [(packet_id, qos)])
+
+
+# PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
+_ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
+
+
+def ack_many(client: Client, acks: list[tuple[int, int]]) -> None:
+    """Acknowledge many deliveries with one socket write (one syscall per batch)."""
+    data = b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks)
+    client._connection._protocol.write_data(data)
 
 
 def is_connected(client: Client) -> bool:

@@ -101,6 +101,7 @@ class MqttSource(Source):
         self._lost: str | None = None
         self._epoch = 0  # bumped when the broker starts a new session: old packet ids are void
         self._pending: dict[int, bytes] = {}  # packet id -> digest, handed over, not yet acked
+        self._acks: list[tuple[int, int]] = []  # committed, to be sent in one write
         self._qos0_capacity = 10000
         self.dropped_qos0 = 0
         self.redeliveries = 0
@@ -204,10 +205,18 @@ class MqttSource(Source):
     def _ack(self, mid: int, qos: int, epoch: int) -> None:
         if self._pending.get(mid) is not None:
             del self._pending[mid]
+        if epoch != self._epoch:
+            return  # a new session: that packet id means nothing to the broker any more
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+        self._acks.append((mid, qos))
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
         client = self._client
-        if epoch != self._epoch or client is None or not mqtt.is_connected(client):
-            return  # the broker redelivers it (DUP) and we recognise it as stored
-        mqtt.ack(client, mid, qos)
+        if client is None or not mqtt.is_connected(client):
+            return  # the broker redelivers these (DUP) and we recognise them as stored
+        mqtt.ack_many(client, acks)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -124,8 +124,24 @@ class Batch:
     replayed: list[int] = field(default_factory=list)
 
 
+_attrs_cache: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def _attrs_json(attributes: dict[str, str]) -> str:
+    """JSON for an attributes dict; the same few dicts repeat, so their text is cached."""
+    if not attributes:
+        return "{}"
+    key = tuple(attributes.items())
+    text = _attrs_cache.get(key)
+    if text is None:
+        if len(_attrs_cache) >= 8192:
+            _attrs_cache.clear()
+        text = _attrs_cache[key] = json.dumps(attributes, separators=(",", ":"))
+    return text
+
+
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
-    attrs = json.dumps(ff.attributes, separators=(",", ":")) if ff.attributes else "{}"
+    attrs = _attrs_json(ff.attributes)
     lineage = ",".join(ff.lineage)
     size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
     return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
