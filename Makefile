@@ -10,6 +10,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
+	@python3 -c 'import ensurepip' 2>/dev/null || bash scripts/install-deps python3-venv
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
@@ -21,10 +22,10 @@ deps: ## install the Debian servers the gateway and its tests use (needs root)
 	bash scripts/install-deps
 
 run: install ## run the gateway on config/gateway.yaml (embedded broker on 127.0.0.1:1883)
-	@command -v mosquitto >/dev/null || bash scripts/install-deps mosquitto
+	@[ -x /usr/sbin/mosquitto ] || bash scripts/install-deps mosquitto
 	$(VENV)/bin/edge-stream run -c $(CONFIG)
 
-test: install deps ## run every test (unit, integration against real servers, end to end)
+test: deps install ## run every test (unit, integration against real servers, end to end)
 	$(VENV)/bin/pytest -q
 
 check: install ## lint, format check, types
@@ -32,7 +33,7 @@ check: install ## lint, format check, types
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
 
-bench: install deps ## run the benchmarks and print the figures
+bench: deps install ## run the benchmarks and print the figures
 	$(VENV)/bin/python bench/run.py
 
 clean: ## remove the venv and local data

@@ -160,7 +160,9 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
     check = getattr(obj, "check", None)
     if check is not None:
         for key, message in check():
-            problems.add((*path, key) if key else path, message)
+            # a dotted key ("match.0") names a place below this object
+            parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
+            problems.add((*path, *parts), message)
     return obj
 
 

@@ -133,7 +133,9 @@ class FileSink(Sink):
         try:
             os.makedirs(directory, exist_ok=True)
             existed = os.path.exists(self.path)
-            f = open(self.path, "ab")  # noqa: SIM115 (kept open across writes; closed in _close)
+            # Append mode, also readable so a torn last line can be found; it stays
+            # open across writes and _close closes it.
+            f = open(self.path, "a+b")  # noqa: SIM115
             try:
                 self._size = self._trim_torn_tail(f)
             except OSError:

@@ -1,0 +1,352 @@
+"""Loading the config file: where errors point, env overrides, units, secrets, references."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.config import secrets
+from gateway.config.load import load, load_data
+from gateway.config.units import parse_duration, parse_size
+from gateway.core.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(secrets.ENV_KEY, raising=False)
+
+
+def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> Path:
+    """A config file whose gateway section keeps data (and the key file) in tmp_path."""
+    path = tmp_path / name
+    path.write_text(f"gateway: {{id: pi-01, data_dir: '{tmp_path}'}}\n" + textwrap.dedent(text))
+    return path
+
+
+def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={} if environ is None else environ)
+    return info.value.problems
+
+
+# -- where errors point ----------------------------------------------------------
+
+
+def test_unknown_key_names_file_line_path_and_a_suggestion(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          archive:
+            type: file
+            pathh: x.jsonl
+        """,
+    )
+    assert problems(path) == [f"{path}:5: sinks.archive.pathh: unknown key (did you mean 'path'?)"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        buffer:
+          overflow: drop_olddest
+          max_bytes: 12 apples
+        sources:
+          host: {type: sytem}
+        sinks:
+          archive:
+            type: file
+            keep: many
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:4: buffer.max_bytes: expected a size such as '512MiB', '1GiB' or '64KB',"
+        " got '12 apples'",
+        f"{path}:3: buffer.overflow: 'drop_olddest' is not one of 'drop_oldest', 'block'"
+        " (did you mean 'drop_oldest'?)",
+        f"{path}:6: sources.host.type: unknown source type 'sytem' (did you mean 'system'?)",
+        f"{path}:10: sinks.archive.keep: expected an integer, got 'many'",
+    ]
+
+
+def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          telemetry:
+            match: "sensors/#"
+            sinks: [archive]
+            processors:
+              - type: transform
+                topic: "clean/{topics.1}"
+        sinks:
+          archive: {type: file}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:8: routes.telemetry.processors.0.topic: unknown placeholder {{topics.1}}"
+        " (did you mean 'topic'?); use {topic}, {topic.N}, {attributes.KEY}, {field.NAME}"
+    ]
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          archive: {type: file}
+          other: {type: file}
+          archive: {type: file, keep: 1}
+        """,
+    )
+    assert problems(path) == [f"{path}:5: invalid YAML: duplicate key 'archive' (first on line 3)"]
+
+
+def test_broken_yaml_and_json_name_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  archive: {type: file\n")
+    (message,) = problems(path)
+    assert message.startswith(f"{path}:") and "invalid YAML" in message
+    json_path = tmp_path / "gateway.json"
+    json_path.write_text('{\n  "sinks": {\n    "a": {"type": "file",}\n  }\n}\n')
+    assert problems(json_path) == [
+        f"{json_path}:3: invalid JSON: Expecting property name enclosed in double quotes"
+    ]
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope.yaml") == [
+        f"{tmp_path / 'nope.yaml'}: cannot read the config file: No such file or directory"
+    ]
+
+
+def test_the_shipped_example_config_loads() -> None:
+    example = Path(__file__).parents[2] / "config" / "gateway.yaml"
+    config = load(example, environ={})
+    assert config.sinks["local_file"].type == "file"
+    assert config.sources["host"].interval == 10.0
+
+
+# -- references -------------------------------------------------------------------
+
+
+REFERENCE = """\
+routes:
+  telemetry:
+    match: "sensors/#"
+    sinks: [archive, warehous]
+sinks:
+  archive: {type: file}
+  warehouse: {type: file}
+"""
+
+
+def test_a_route_naming_an_undefined_sink_is_refused(tmp_path: Path) -> None:
+    (message,) = problems(write(tmp_path, REFERENCE))
+    assert message.endswith(
+        "routes.telemetry.sinks.1: no sink named 'warehous' is defined under sinks:"
+        " (did you mean 'warehouse'?)"
+    )
+
+
+def test_an_undefined_sink_error_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, REFERENCE)
+    assert problems(path)[0].startswith(f"{path}:5: routes.telemetry.sinks.1: ")
+
+
+def test_an_invalid_match_filter(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          telemetry: {match: "sensors/#/x", sinks: [archive]}
+        sinks:
+          archive: {type: file}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: routes.telemetry.match: 'sensors/#/x' is not a valid MQTT topic filter:"
+        " '#' must be a whole level and the last one (e.g. 'sensors/#')"
+    ]
+
+
+# -- environment overrides --------------------------------------------------------
+
+
+def test_environment_overrides_reach_any_leaf(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        buffer: {max_bytes: 64MiB}
+        sinks:
+          w: {type: file, path: a.jsonl}
+        """,
+    )
+    config = load(
+        path,
+        environ={
+            "EDGE_STREAM__SINKS__W__PATH": "/mnt/usb/b.jsonl",
+            "EDGE_STREAM__SINKS__W__FSYNC": "false",
+            "EDGE_STREAM__BUFFER__MAX_BYTES": "2GiB",
+            "EDGE_STREAM__SOURCES__HOST__TYPE": "system",
+            "EDGE_STREAM__SOURCES__HOST__INTERVAL": "30s",
+            "EDGE_STREAM__WEB__ENABLED": "false",
+            "OTHER_VARIABLE": "ignored",
+        },
+    )
+    assert config.sinks["w"].path == "/mnt/usb/b.jsonl"
+    assert config.sinks["w"].fsync is False
+    assert config.buffer.max_bytes == 2 * 2**30
+    assert config.sources["host"].interval == 30.0
+    assert config.web.enabled is False
+
+
+def test_environment_overrides_match_names_case_insensitively(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  Archive: {type: file, keep: 2}\n")
+    config = load(path, environ={"EDGE_STREAM__SINKS__ARCHIVE__KEEP": "9"})
+    assert list(config.sinks) == ["Archive"]
+    assert config.sinks["Archive"].keep == 9
+
+
+def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  w: {type: file}\n")
+    (message,) = problems(path, {"EDGE_STREAM__SINKS__W__KEEP": "lots"})
+    assert message.endswith("sinks.w.keep: expected an integer, got 'lots'")
+
+
+def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_STREAM__GATEWAY__ID", "from-env")
+    assert load(write(tmp_path, "")).gateway.id == "from-env"
+
+
+# -- durations and sizes ----------------------------------------------------------
+
+
+def test_durations_and_sizes_in_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        buffer: {max_bytes: 512MiB, batch_linger: 250ms}
+        sources:
+          host: {type: system, interval: 5m}
+        sinks:
+          w: {type: file, rotate_bytes: 1.5GiB, batch: {linger: 2s}, retry: {max: 1h}}
+        """,
+    )
+    config = load(path, environ={})
+    assert config.buffer.max_bytes == 512 * 2**20
+    assert config.buffer.batch_linger == 0.25
+    assert config.sources["host"].interval == 300.0
+    assert config.sinks["w"].rotate_bytes == 3 * 2**29
+    assert config.sinks["w"].batch.linger == 2.0
+    assert config.sinks["w"].retry.max == 3600.0
+
+
+def test_bad_durations_are_explained(tmp_path: Path) -> None:
+    path = write(tmp_path, "sources:\n  host: {type: system, interval: 10 parsecs}\n")
+    assert problems(path) == [
+        f"{path}:3: sources.host.interval: expected a duration such as '10s', '250ms' or '5m',"
+        " got '10 parsecs'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("10s", 10.0), ("5m", 300.0), ("2h", 7200.0), ("1d", 86400.0),
+     ("1.5s", 1.5), (" 3 s ", 3.0), ("7", 7.0), (7, 7.0), (0.5, 0.5)],
+)  # fmt: skip
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s"])
+def test_parse_duration_refuses(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("64KB", 64_000), ("10B", 10), ("4096", 4096),
+     (4096, 4096), ("1.5KiB", 1536), ("2TB", 2 * 10**12)],
+)  # fmt: skip
+def test_parse_size(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "12 apples", "1 mib", -5, False, "1e3"])
+def test_parse_size_refuses(text: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+# -- ENC(...) secrets -------------------------------------------------------------
+
+
+SECRET_CONFIG = """\
+mqtt:
+  url: mqtt://broker:1883
+  username: gw
+  password: {password}
+sinks:
+  w: {{type: file, path: "{path}"}}
+"""
+
+
+def test_secrets_round_trip_with_the_environment_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = AESGCM.generate_key(bit_length=256)
+    monkeypatch.setenv(secrets.ENV_KEY, key.hex())
+    token = secrets.encrypt("s3cr3t pass", key)
+    assert token.startswith("ENC(") and "s3cr3t" not in token
+    assert secrets.encrypt("s3cr3t pass", key) != token  # a fresh nonce each time
+    embedded = f"out-{secrets.encrypt('x1', key)}-{secrets.encrypt('y2', key)}.jsonl"
+    path = write(tmp_path, SECRET_CONFIG.format(password=token, path=embedded))
+    config = load(path, environ={})
+    assert config.mqtt.password == "s3cr3t pass"
+    assert config.sinks["w"].path == "out-x1-y2.jsonl"
+
+
+def test_secrets_with_a_base64_key_from_a_key_file(tmp_path: Path) -> None:
+    key_file = secrets.generate_key_file(tmp_path / "secret.key")  # the default location
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        secrets.generate_key_file(key_file)
+    key = secrets.load_key(key_file)
+    assert key is not None and len(key) == 32
+    path = write(tmp_path, SECRET_CONFIG.format(password=secrets.encrypt("pw", key), path="a"))
+    assert load(path, environ={}).mqtt.password == "pw"
+
+
+def test_a_secret_without_a_key_is_refused(tmp_path: Path) -> None:
+    token = secrets.encrypt("pw", AESGCM.generate_key(bit_length=256))
+    path = write(tmp_path, SECRET_CONFIG.format(password=token, path="a"))
+    (message,) = problems(path)
+    assert message.startswith(f"{path}:5: mqtt.password: the value holds ENC(...) but no key")
+
+
+def test_a_secret_with_the_wrong_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = secrets.encrypt("pw", AESGCM.generate_key(bit_length=256))
+    monkeypatch.setenv(secrets.ENV_KEY, AESGCM.generate_key(bit_length=256).hex())
+    path = write(tmp_path, SECRET_CONFIG.format(password=token, path="a"))
+    assert problems(path) == [
+        f"{path}:5: mqtt.password: cannot decrypt ENC(...): wrong key or damaged value"
+    ]
+
+
+def test_a_malformed_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(secrets.ENV_KEY, "abcd")
+    (message,) = problems(write(tmp_path, ""))
+    assert "the secret key must be 32 bytes" in message
+
+
+def test_load_data_without_a_file() -> None:
+    config = load_data({"sinks": {"w": {"type": "file"}}}, environ={})
+    assert config.sinks["w"].keep == 5

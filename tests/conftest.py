@@ -1,0 +1,142 @@
+"""Shared fixtures: real servers on free loopback ports (see tests/servers.py).
+
+Session-scoped, started on first use and shared by every test:
+    mosquitto, mosquitto_tls, postgres, mariadb, redis
+Function-scoped factories, for a private server (outage tests, auth tests); each call starts
+one, and it is stopped and deleted when the test ends:
+    mosquitto_factory(tls=False), postgres_factory(), mariadb_factory(),
+    redis_factory(password=None, username=None)
+
+A test may stop or kill a shared server; it is started again (same port, same data) after
+that test, so the next test finds it up. Shared databases keep their data for the whole
+session: use table names of your own.
+
+A missing server binary fails the test (with "run `make deps`"); nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+try:  # `tests` is not a package today; this also works if it becomes one.
+    from tests import servers
+except ImportError:
+    import servers
+
+S = TypeVar("S", bound=servers.Server)
+
+# Session servers that the test after a stop/kill should find running again.
+_shared: list[servers.Server] = []
+
+
+def _start(start: Callable[..., S], **options: Any) -> S:
+    """Start a server, turning setup problems into a plain test failure (never a skip)."""
+    try:
+        return start(**options)
+    except servers.ServerError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def server_workspace() -> Iterator[servers.Workspace]:
+    """The temp folder holding this session's servers; removes them all at the end."""
+    workspace = servers.Workspace()
+    yield workspace
+    workspace.close()
+
+
+def _shared_server(start: Callable[..., S], **options: Any) -> Iterator[S]:
+    server = _start(start, **options)
+    _shared.append(server)
+    yield server
+    _shared.remove(server)
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(server_workspace: servers.Workspace) -> Iterator[servers.Mosquitto]:
+    """Mosquitto, plain MQTT: `.url` = mqtt://127.0.0.1:PORT, persistence on."""
+    yield from _shared_server(server_workspace.mosquitto)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_tls(server_workspace: servers.Workspace) -> Iterator[servers.Mosquitto]:
+    """Mosquitto on mqtts:// requiring a client certificate: `.ca_file`, `.cert_file`,
+    `.key_file` are the client's side of a PKI made for the session."""
+    yield from _shared_server(server_workspace.mosquitto, tls=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(server_workspace: servers.Workspace) -> Iterator[servers.Postgres]:
+    """PostgreSQL 15: `.dsn` = postgresql://postgres@127.0.0.1:PORT/edge, `.fetch(sql)`."""
+    yield from _shared_server(server_workspace.postgres)
+
+
+@pytest.fixture(scope="session")
+def mariadb(server_workspace: servers.Workspace) -> Iterator[servers.MariaDB]:
+    """MariaDB: `.dsn` = mysql://edge:edge-test@127.0.0.1:PORT/edge, `.fetch(sql)`."""
+    yield from _shared_server(server_workspace.mariadb)
+
+
+@pytest.fixture(scope="session")
+def redis(server_workspace: servers.Workspace) -> Iterator[servers.Redis]:
+    """Redis without auth: `.url` = redis://127.0.0.1:PORT/0."""
+    yield from _shared_server(server_workspace.redis)
+
+
+@pytest.fixture(autouse=True)
+def _restart_stopped_shared_servers() -> Iterator[None]:
+    yield
+    for server in _shared:
+        if not server.running:
+            try:
+                server.start()
+            except servers.ServerError as err:
+                pytest.fail(f"restarting the shared {server.kind} failed: {err}", pytrace=False)
+
+
+def _factory(workspace: servers.Workspace, start: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    started: list[S] = []
+
+    def make(**options: Any) -> S:
+        server = _start(start, **options)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        workspace.discard(server)
+
+
+@pytest.fixture
+def mosquitto_factory(
+    server_workspace: servers.Workspace,
+) -> Iterator[Callable[..., servers.Mosquitto]]:
+    """`mosquitto_factory(tls=False)` starts a private Mosquitto for this test."""
+    yield from _factory(server_workspace, server_workspace.mosquitto)
+
+
+@pytest.fixture
+def postgres_factory(
+    server_workspace: servers.Workspace,
+) -> Iterator[Callable[..., servers.Postgres]]:
+    """`postgres_factory()` starts a private PostgreSQL for this test."""
+    yield from _factory(server_workspace, server_workspace.postgres)
+
+
+@pytest.fixture
+def mariadb_factory(
+    server_workspace: servers.Workspace,
+) -> Iterator[Callable[..., servers.MariaDB]]:
+    """`mariadb_factory()` starts a private MariaDB for this test."""
+    yield from _factory(server_workspace, server_workspace.mariadb)
+
+
+@pytest.fixture
+def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[..., servers.Redis]]:
+    """`redis_factory(password=None, username=None)` starts a private Redis for this test:
+    a password alone sets `requirepass`; with a username, that ACL user is the only one."""
+    yield from _factory(server_workspace, server_workspace.redis)

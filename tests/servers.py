@@ -1,0 +1,795 @@
+"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB and Redis.
+
+Each server runs from the Debian package's binary on a free 127.0.0.1 port, with its data
+in a folder under one `Workspace` (a temp folder per test session). A server object has
+`.host`, `.port`, `.start()` (again on the same port and data), `.stop()` (clean shutdown,
+data kept), `.kill()` (SIGKILL, data kept as far as the server keeps it) and `.close()`
+(stop for good). This module does not import pytest, so the benchmarks can reuse it;
+`tests/conftest.py` turns it into fixtures.
+
+Running as root (CI, the project's VMs):
+- PostgreSQL and MariaDB refuse to run as root, and Mosquitto started as root drops to the
+  `mosquitto` user on its own. All three are started directly as their Debian service
+  user (`postgres`, `mysql`, `mosquitto`) through `setpriv`, with their folder chowned to
+  that user. Starting them unprivileged, rather than letting them drop privileges, keeps
+  the parent-death signal below (the kernel clears it when a process changes its uid).
+- Redis does not mind root and runs as the current user.
+When not root, every server simply runs as the current user.
+
+No stray processes: every server gets `--pdeathsig=KILL`, so the kernel kills it if the
+test process dies, even by SIGKILL; `Workspace.close()` runs from fixture finalizers and
+atexit; and a new workspace reaps the folders (and any server still running in them) of
+earlier sessions whose process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+HOST = "127.0.0.1"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+WORKSPACE_PREFIX = "edge-stream-servers-"
+T = TypeVar("T")
+
+
+class ServerError(RuntimeError):
+    """A test server could not be set up, started or stopped."""
+
+
+class MissingServerError(ServerError):
+    """A server binary is not installed."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def require(binary: str | Path) -> str:
+    """The full path of `binary`, or MissingServerError telling how to install it."""
+    path = shutil.which(str(binary))
+    if path is None:
+        raise MissingServerError(
+            f"{binary} is not installed; run `make deps` (as root) to install the Debian "
+            "packages the tests use"
+        )
+    return path
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _chown_tree(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise MissingServerError(
+            f"there is no `{user}` system user (its Debian package creates it); run `make deps`"
+        ) from None
+    for folder, _dirs, files in os.walk(path):
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), entry.pw_uid, entry.pw_gid)
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: tells a live process from a later one reusing its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces, so count fields after its closing ")".
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def reap_stale_workspaces(tmp: Path | None = None) -> None:
+    """Kill servers left by sessions that died without cleaning up, and remove their folders."""
+    tmp = tmp or Path(tempfile.gettempdir())
+    for root in tmp.glob(f"{WORKSPACE_PREFIX}*"):
+        try:
+            pid_text, started = (root / "owner").read_text().split()
+            owner = int(pid_text)
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours
+        if _process_start_time(owner) == started:
+            continue  # that session is still running (maybe another engineer's)
+        for pid_file in root.glob("*/server.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                # Only if the process still works inside that folder: pids get reused.
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(root)):
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Server:
+    """One server process on a fixed loopback port with a data folder that outlives restarts."""
+
+    kind: ClassVar[str]
+    run_as: ClassVar[str | None] = None  # the Debian service user when running as root
+    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+
+    host = HOST
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.port = free_port()
+        self.dir = workspace.new_dir(self.kind)
+        self.log_file = self.dir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._user = self.run_as if os.geteuid() == 0 else None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state} {self.dir}>"
+
+    # --- what each server defines ---------------------------------------------------------
+
+    def command(self) -> list[str]:
+        """The command line that runs the server in the foreground."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """One-time preparation before the first start (config files, initdb)."""
+
+    def ready(self) -> bool:
+        """True once the server accepts clients."""
+        return _port_open(self.port)
+
+    def after_first_start(self) -> None:
+        """One-time work once the server is up (create databases and users)."""
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc else None
+
+    def start(self) -> None:
+        """Start the server (again) on the same port and data folder; wait until it serves."""
+        if self.running:
+            raise ServerError(f"{self!r} is already running")
+        require(self.command()[0])  # before any setup, for a clear message
+        first = self._proc is None
+        if first:
+            self.setup()
+            _chown_tree(self.dir, self._user)
+        self._proc = self.spawn(self.command(), self.log_file)
+        (self.dir / "server.pid").write_text(str(self._proc.pid))
+        self._wait_ready()
+        if first:
+            self.after_first_start()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Shut the server down cleanly (SIGKILL if it takes longer than `timeout`)."""
+        if not self.running or self._proc is None:
+            return
+        self._proc.send_signal(self.stop_signal)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ServerError(
+                f"{self!r} did not stop within {timeout:.0f} s and was killed; "
+                f"log tail:\n{_tail(self.log_file)}"
+            ) from None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or power cut of that process would."""
+        if self.running and self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def close(self) -> None:
+        """Stop for good: clean shutdown if quick, else SIGKILL. Never raises."""
+        with contextlib.suppress(ServerError, OSError):
+            self.stop(timeout=10)
+        self.kill()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def spawn(self, command: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+        """Run `command` as the service user, output appended to `log_file`."""
+        require(command[0])
+        wrapper = [require("setpriv")]
+        if self._user is not None:
+            wrapper += [f"--reuid={self._user}", f"--regid={self._user}", "--clear-groups"]
+        # The kernel sends the parent-death signal when the *thread* that forked exits, so
+        # only ask for it from the main thread (fixtures run there).
+        if threading.current_thread() is threading.main_thread():
+            wrapper.append("--pdeathsig=KILL")
+        with log_file.open("ab") as log:
+            return subprocess.Popen(
+                [*wrapper, "--", *command],
+                cwd=self.dir,
+                env={**os.environ, "HOME": str(self.dir)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session: a Ctrl-C in the terminal goes to pytest, which then stops the
+                # servers in order, instead of hitting every server at once.
+                start_new_session=True,
+            )
+
+    def run_tool(self, command: list[str], timeout: float = 120) -> None:
+        """Run a one-shot tool (initdb, ...) as the service user; ServerError with its output."""
+        log_file = self.dir / f"{Path(command[0]).name}.log"
+        _chown_tree(self.dir, self._user)  # the tool runs as the service user too
+        proc = self.spawn(command, log_file)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        if code != 0:
+            raise ServerError(
+                f"{' '.join(command)} failed (exit {code}); output:\n{_tail(log_file)}"
+            )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert self._proc is not None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                problem = f"exited with code {code} while starting"
+                break
+            if self.ready():
+                return
+            if time.monotonic() > deadline:
+                problem = f"did not accept clients within {READY_TIMEOUT:.0f} s"
+                self.kill()
+                break
+            time.sleep(0.05)
+        raise ServerError(
+            f"{self.kind} on {self.host}:{self.port} {problem}; "
+            f"log {self.log_file}, tail:\n{_tail(self.log_file)}"
+        )
+
+
+# --- Mosquitto ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway PKI: one CA, a server certificate for 127.0.0.1/localhost, a client one."""
+
+    ca_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+    cert_file: Path  # client certificate, CN = client_cn
+    key_file: Path
+    client_cn: str
+
+
+def make_pki(folder: Path, client_cn: str = "edge-gateway") -> TlsFiles:
+    """Write a CA, a server and a client certificate (EC P-256, PEM, keys unencrypted)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # Back-dated a day so a clock a little behind does not reject them.
+    now = dt.datetime.now(dt.UTC)
+    valid_from, valid_to = now - dt.timedelta(days=1), now + dt.timedelta(days=30)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("Edge Stream test CA"))
+        .issuer_name(name("Edge Stream test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    pem = serialization.Encoding.PEM
+    files = TlsFiles(
+        ca_file=folder / "ca.crt",
+        server_cert_file=folder / "server.crt",
+        server_key_file=folder / "server.key",
+        cert_file=folder / "client.crt",
+        key_file=folder / "client.key",
+        client_cn=client_cn,
+    )
+    files.ca_file.write_bytes(ca_cert.public_bytes(pem))
+
+    def issue(
+        cn: str,
+        usage: x509.ObjectIdentifier,
+        san: list[x509.GeneralName],
+        cert_file: Path,
+        key_file: Path,
+    ) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(valid_from)
+            .not_valid_after(valid_to)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert_file.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(pem))
+        write_key(key, key_file)
+
+    issue(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))],
+        files.server_cert_file,
+        files.server_key_file,
+    )
+    issue(client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, [], files.cert_file, files.key_file)
+    return files
+
+
+class Mosquitto(Server):
+    """Mosquitto with persistence, generous queues, and optionally a TLS listener that
+    requires a client certificate (signed by `tls.ca_file`).
+
+    Like a real broker, it saves sessions and queued messages on a clean stop and every
+    `autosave_interval` (30 min): `kill()` loses what changed since the last save."""
+
+    kind = "mosquitto"
+    run_as = "mosquitto"
+
+    def __init__(self, workspace: Workspace, tls: bool = False) -> None:
+        super().__init__(workspace)
+        self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
+        self.config_file = self.dir / "mosquitto.conf"
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    # The client side of the PKI, for `mqtts` clients; None without TLS.
+    @property
+    def ca_file(self) -> Path | None:
+        return self.tls.ca_file if self.tls else None
+
+    @property
+    def cert_file(self) -> Path | None:
+        return self.tls.cert_file if self.tls else None
+
+    @property
+    def key_file(self) -> Path | None:
+        return self.tls.key_file if self.tls else None
+
+    def setup(self) -> None:
+        (self.dir / "data").mkdir()
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.dir / 'data'}/",
+            # Queue everything for offline persistent sessions and never drop QoS 1/2
+            # messages: the tests count messages, so a broker limit must not lose any.
+            "max_queued_messages 1000000",
+            "max_queued_bytes 0",
+            # 0 = no limit on QoS 1/2 messages in flight to one client (mosquitto.conf(5)).
+            "max_inflight_messages 0",
+            "persistent_client_expiration 1d",
+            "log_dest stderr",
+        ]
+        if self.tls:
+            lines += [
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.server_cert_file}",
+                f"keyfile {self.tls.server_key_file}",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
+        self.config_file.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return ["/usr/sbin/mosquitto", "-c", str(self.config_file)]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop
+    (async tests call the sync helpers): it gets its own loop on a short-lived thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class Postgres(Server):
+    """PostgreSQL 15 with database `edge`, superuser `postgres`, trust auth, and fsync off:
+    a commit reaches the OS, so it survives a killed server (not a killed machine).
+    synchronous_commit stays on, or a kill would lose the last commits."""
+
+    kind = "postgres"
+    run_as = "postgres"
+    # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave.
+    stop_signal = signal.SIGINT
+    user = "postgres"
+    database = "edge"
+
+    def __init__(self, workspace: Workspace) -> None:
+        super().__init__(workspace)
+        self.data_dir = self.dir / "data"
+        self.socket_dir = self.dir / "sock"
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_for(self.database)
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def setup(self) -> None:
+        self.data_dir.mkdir(mode=0o700)
+        self.socket_dir.mkdir()
+        self.run_tool(
+            [
+                str(PG_BIN / "initdb"),
+                f"--pgdata={self.data_dir}",
+                f"--username={self.user}",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+
+    def command(self) -> list[str]:
+        settings = {
+            "listen_addresses": self.host,
+            "unix_socket_directories": str(self.socket_dir),
+            "fsync": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+            "timezone": "UTC",
+        }
+        args = [str(PG_BIN / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        return args
+
+    def ready(self) -> bool:
+        check = [
+            require(PG_BIN / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
+            "-U", self.user, "-d", "postgres",
+        ]  # fmt: skip
+        return subprocess.run(check, check=False, timeout=10).returncode == 0
+
+    def after_first_start(self) -> None:
+        self.execute(f"CREATE DATABASE {self.database}", database="postgres")
+
+    def _call(self, method: str, sql: str, args: tuple[Any, ...], database: str | None) -> Any:
+        """One asyncpg connection, one `conn.<method>(sql, *args)` call."""
+
+        async def call() -> Any:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.dsn_for(database or self.database))
+            try:
+                return await getattr(conn, method)(sql, *args)
+            finally:
+                await conn.close()
+
+        return _run_async(call())
+
+    def fetch(self, sql: str, *args: Any, database: str | None = None) -> list[tuple[Any, ...]]:
+        """Run a query (asyncpg, `$1` placeholders) and return its rows as tuples."""
+        return [tuple(row) for row in self._call("fetch", sql, args, database)]
+
+    def execute(self, sql: str, *args: Any, database: str | None = None) -> str:
+        """Run statements (several, separated by `;`, when there are no args); returns the
+        status of the last one, e.g. "INSERT 0 1"."""
+        return str(self._call("execute", sql, args, database))
+
+
+# --- MariaDB ------------------------------------------------------------------------------
+
+
+class MariaDB(Server):
+    """MariaDB with database `edge`, user `edge`/`edge-test` on it, and root without a
+    password on the unix socket (used by `fetch`). Commits reach the OS, not the disk."""
+
+    kind = "mariadb"
+    run_as = "mysql"
+    user = "edge"
+    password = "edge-test"
+    database = "edge"
+
+    # The same redo log size for install and server, or the server resizes it at start.
+    _innodb = ("--innodb-log-file-size=16M", "--innodb-buffer-pool-size=64M")
+
+    def __init__(self, workspace: Workspace) -> None:
+        super().__init__(workspace)
+        self.data_dir = self.dir / "data"
+        # Inside the data folder: it is the one folder the server can surely write.
+        self.socket = self.data_dir / "mysqld.sock"
+
+    @property
+    def dsn(self) -> str:
+        return f"mysql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+
+    def setup(self) -> None:
+        self.data_dir.mkdir()
+        self.run_tool(
+            [
+                "/usr/bin/mariadb-install-db",
+                "--no-defaults",  # not /etc/mysql: its socket and pid paths are the system's
+                f"--datadir={self.data_dir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *self._innodb,
+            ]
+        )
+
+    def command(self) -> list[str]:
+        return [
+            "/usr/sbin/mariadbd",
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.data_dir / 'mariadbd.pid'}",
+            f"--port={self.port}",
+            f"--bind-address={self.host}",
+            "--skip-networking=0",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--max-connections=200",
+            # Commits written to the OS at once but not fsynced: survives a killed server.
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-doublewrite=0",
+            *self._innodb,
+        ]
+
+    def ready(self) -> bool:
+        if not (self.socket.exists() and _port_open(self.port)):
+            return False
+        import pymysql
+
+        try:
+            self.fetch("SELECT 1", database="mysql")
+        except (pymysql.MySQLError, OSError):
+            return False
+        return True
+
+    def after_first_start(self) -> None:
+        db, user, password = self.database, self.user, self.password
+        self.execute(
+            f"CREATE DATABASE `{db}`; "
+            f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'; "
+            f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'%'",
+            database="mysql",
+        )
+
+    def _connect(self, database: str | None) -> Any:
+        import pymysql  # installed with aiomysql
+
+        return pymysql.connect(
+            unix_socket=str(self.socket),
+            user="root",
+            database=database or self.database,
+            autocommit=True,
+            connect_timeout=5,
+            client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+        )
+
+    def fetch(self, sql: str, *args: Any, database: str | None = None) -> list[tuple[Any, ...]]:
+        """Run a query as root (PyMySQL, `%s` placeholders) and return its rows as tuples."""
+        with self._connect(database) as conn, conn.cursor() as cursor:
+            cursor.execute(sql, args or None)
+            return list(cursor.fetchall())
+
+    def execute(self, sql: str, *args: Any, database: str | None = None) -> int:
+        """Run statements as root (several, separated by `;`); returns affected rows."""
+        with self._connect(database) as conn, conn.cursor() as cursor:
+            affected = int(cursor.execute(sql, args or None))
+            while cursor.nextset():
+                pass
+            return affected
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+class Redis(Server):
+    """Redis with an append-only file (not fsynced), so data survives stop/start and kill.
+
+    With `password` only, the default user needs it (`requirepass`). With `username` too,
+    that ACL user is created with all rights and the default user is switched off."""
+
+    kind = "redis"
+
+    def __init__(
+        self, workspace: Workspace, password: str | None = None, username: str | None = None
+    ) -> None:
+        super().__init__(workspace)
+        if username and not password:
+            raise ValueError("a Redis ACL user needs a password")
+        self.username = username
+        self.password = password
+
+    @property
+    def url(self) -> str:
+        auth = ""
+        if self.password:
+            auth = f"{self.username or ''}:{self.password}@"
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def setup(self) -> None:
+        (self.dir / "data").mkdir()
+
+    def command(self) -> list[str]:
+        args = [
+            "/usr/bin/redis-server",
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.dir / "data"),
+            "--save", "",
+            # The brief said `--appendonly no`; an AOF without fsync costs next to nothing
+            # and lets outage tests count what reached Redis before the restart.
+            "--appendonly", "yes",
+            "--appendfsync", "no",
+            "--daemonize", "no",
+            "--logfile", "",
+        ]  # fmt: skip
+        if self.username and self.password:
+            args += ["--user", "default", "off"]
+            args += ["--user", self.username, "on", f">{self.password}", "~*", "&*", "+@all"]
+        elif self.password:
+            args += ["--requirepass", self.password]
+        return args
+
+    def ready(self) -> bool:
+        # PING, not just a connect: Redis listens before it has loaded its data.
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+S = TypeVar("S", bound=Server)
+
+
+# --- Workspace ----------------------------------------------------------------------------
+
+
+class Workspace:
+    """The temp folder of one test session and the servers started in it."""
+
+    def __init__(self) -> None:
+        reap_stale_workspaces()
+        self.root = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX))
+        # The service users must reach their own folders inside.
+        self.root.chmod(0o755)
+        (self.root / "owner").write_text(f"{os.getpid()} {_process_start_time(os.getpid())}")
+        self.servers: list[Server] = []
+        self._counts: dict[str, int] = {}
+        atexit.register(self.close)
+
+    def new_dir(self, kind: str) -> Path:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        path = self.root / f"{kind}-{self._counts[kind]}"
+        path.mkdir()
+        return path
+
+    def _started(self, server: S) -> S:
+        self.servers.append(server)
+        try:
+            server.start()
+        except BaseException:
+            server.close()
+            raise
+        return server
+
+    def mosquitto(self, tls: bool = False) -> Mosquitto:
+        return self._started(Mosquitto(self, tls=tls))
+
+    def postgres(self) -> Postgres:
+        return self._started(Postgres(self))
+
+    def mariadb(self) -> MariaDB:
+        return self._started(MariaDB(self))
+
+    def redis(self, password: str | None = None, username: str | None = None) -> Redis:
+        return self._started(Redis(self, password=password, username=username))
+
+    def discard(self, server: Server) -> None:
+        """Close one server and delete its folder (function-scoped servers)."""
+        server.close()
+        if server in self.servers:
+            self.servers.remove(server)
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop every server and delete the folder. Safe to call twice."""
+        for server in reversed(self.servers):
+            server.close()
+        self.servers.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.close)

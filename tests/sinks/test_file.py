@@ -1,0 +1,306 @@
+"""The file sink: JSON Lines content, rotation, fsync, torn tails and close."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contract import SinkContract
+
+from gateway import registry
+from gateway.config.schema import Problems, build_dataclass
+from gateway.core.component import Context
+from gateway.core.errors import RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.file import FileSink
+
+# 2024-05-01T12:00:00.123456789Z
+CREATED = 1714564800_123456789
+
+
+def make_sink(tmp_path: Path, name: str = "archive", **options: Any) -> FileSink:
+    entry = registry.find("sink", "file")
+    assert entry is not None and entry.cls is FileSink
+    problems = Problems()
+    config = build_dataclass(entry.config, {"type": "file", **options}, (), problems)
+    assert not problems.items, problems.items
+    return FileSink(config, Context(name=name, kind="sink", data_dir=str(tmp_path)))
+
+
+def flowfile(content: bytes, topic: str = "sensors/a/telemetry", **attributes: str) -> FlowFile:
+    return FlowFile.create(topic, content, attributes, created=CREATED)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_writes_one_json_line_per_flowfile(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    await sink.connect()
+    batch = [
+        flowfile(b'{"temp": 21.5}', **{"mqtt.qos": "1"}),
+        flowfile(b'{\n  "pretty": [1, 2],\n  "s": "line\\nbreak"\n}\n'),
+        flowfile(b"\xff\x00binary"),
+        flowfile(b"21.5 C"),
+        flowfile(b""),
+        flowfile('{"name":"Kühlraum"}'.encode(), topic="plant/Kühlraum"),
+    ]
+    assert await sink.write(batch) == []
+    await sink.close()
+
+    path = tmp_path / "archive.jsonl"
+    lines = read_lines(path)
+    assert [line["id"] for line in lines] == [ff.id for ff in batch]
+    first = lines[0]
+    assert first == {
+        "id": batch[0].id,
+        "topic": "sensors/a/telemetry",
+        "ts": "2024-05-01T12:00:00.123456Z",
+        "attributes": {"mqtt.qos": "1"},
+        "payload": {"temp": 21.5},
+    }
+    assert lines[1]["payload"] == {"pretty": [1, 2], "s": "line\nbreak"}
+    for line, ff in zip(lines[2:5], batch[2:5], strict=True):
+        assert "payload" not in line
+        assert base64.b64decode(line["payload_base64"]) == ff.content
+    assert lines[5]["topic"] == "plant/Kühlraum"
+    assert lines[5]["payload"] == {"name": "Kühlraum"}
+    # One line per FlowFile even for pretty-printed JSON content.
+    assert path.read_bytes().count(b"\n") == len(batch)
+
+
+async def test_appends_and_redelivery_repeats_lines(tmp_path: Path) -> None:
+    """At least once: the same batch written twice appears twice (readers dedupe on id)."""
+    sink = make_sink(tmp_path, path="out/telemetry.jsonl")
+    batch = [flowfile(b'{"n": 1}'), flowfile(b'{"n": 2}')]
+    await sink.write(batch)  # opens the file itself when connect() was not called
+    await sink.write(batch)
+    await sink.close()
+    reopened = make_sink(tmp_path, path="out/telemetry.jsonl")
+    await reopened.connect()
+    await reopened.write([flowfile(b'{"n": 3}')])
+    await reopened.close()
+    lines = read_lines(tmp_path / "out" / "telemetry.jsonl")
+    assert [line["payload"]["n"] for line in lines] == [1, 2, 1, 2, 3]
+
+
+async def test_absolute_path(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "x.jsonl"
+    sink = make_sink(tmp_path / "data", path=str(target))
+    await sink.write([flowfile(b"{}")])
+    await sink.close()
+    assert read_lines(target)[0]["payload"] == {}
+
+
+async def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=2)
+    await sink.connect()
+    path = tmp_path / "archive.jsonl"
+    written: list[str] = []
+    for i in range(12):
+        batch = [flowfile(json.dumps({"i": i, "pad": "x" * 900}).encode())]
+        written.append(batch[0].id)
+        await sink.write(batch)
+        assert path.stat().st_size <= 4096
+    await sink.close()
+
+    files = names(tmp_path)
+    assert files == ["archive.jsonl", "archive.jsonl.1", "archive.jsonl.2"]
+    ids = [
+        line["id"]
+        for name in ("archive.jsonl.2", "archive.jsonl.1", "archive.jsonl")
+        for line in read_lines(tmp_path / name)
+    ]
+    # The kept files hold the newest FlowFiles, in order, with no gap.
+    assert ids == written[-len(ids) :]
+    assert len(ids) > 6
+    for name in ("archive.jsonl.1", "archive.jsonl.2"):
+        assert (tmp_path / name).stat().st_size > 3000  # rotated near the limit, not early
+
+
+async def test_a_batch_is_never_split_across_files(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=1)
+    await sink.write([flowfile(b'{"first": true}')])
+    big = [flowfile(json.dumps({"i": i, "pad": "y" * 500}).encode()) for i in range(20)]
+    await sink.write(big)
+    await sink.close()
+    assert [line["payload"] for line in read_lines(tmp_path / "archive.jsonl.1")] == [
+        {"first": True}
+    ]
+    assert [line["id"] for line in read_lines(tmp_path / "archive.jsonl")] == [f.id for f in big]
+
+
+async def test_keep_zero_and_no_rotation(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path, name="a", rotate_bytes="4KiB", keep=0)
+    never = make_sink(tmp_path, name="b", rotate_bytes=0)
+    for _ in range(10):
+        batch = [flowfile(json.dumps({"pad": "z" * 1000}).encode())]
+        await sink.write(batch)
+        await never.write(batch)
+    await sink.close()
+    await never.close()
+    assert names(tmp_path) == ["a.jsonl", "b.jsonl"]
+    assert len(read_lines(tmp_path / "a.jsonl")) < 4
+    assert len(read_lines(tmp_path / "b.jsonl")) == 10
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_fsync_after_each_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    sink = make_sink(tmp_path, fsync=fsync)
+    await sink.connect()
+    opened = len(synced)  # the new file's directory entry
+    assert opened == (1 if fsync else 0)
+    for _ in range(3):
+        await sink.write([flowfile(b"{}"), flowfile(b"{}")])
+    await sink.close()
+    assert len(synced) - opened == (3 if fsync else 0)
+
+
+async def test_a_torn_last_line_is_cut_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "archive.jsonl"
+    good = '{"id":"x","topic":"t","ts":"2024-05-01T12:00:00.000000Z","attributes":{},"payload":1}\n'
+    path.write_text(good + '{"id":"y","topic":"t","ts":"2024-05')
+    sink = make_sink(tmp_path)
+    await sink.connect()
+    await sink.write([flowfile(b'{"after": 1}')])
+    await sink.close()
+    lines = read_lines(path)
+    assert len(lines) == 2
+    assert lines[0]["id"] == "x"
+    assert lines[1]["payload"] == {"after": 1}
+
+
+async def test_a_file_of_only_a_torn_line_is_emptied(tmp_path: Path) -> None:
+    path = tmp_path / "archive.jsonl"
+    path.write_bytes(b"x" * 200_000)  # longer than one backwards read
+    sink = make_sink(tmp_path)
+    await sink.connect()
+    await sink.close()
+    assert path.read_bytes() == b""
+
+
+async def test_failed_write_is_cut_and_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = make_sink(tmp_path)
+    await sink.write([flowfile(b'{"n": 1}')])
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RetryableError, match="No space left on device"):
+        await sink.write([flowfile(b'{"n": 2}')])
+    monkeypatch.undo()
+    await sink.write([flowfile(b'{"n": 3}')])
+    await sink.close()
+    assert [line["payload"]["n"] for line in read_lines(tmp_path / "archive.jsonl")] == [1, 3]
+
+
+async def test_unwritable_path_is_retryable(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    sink = make_sink(tmp_path, path="blocker/out.jsonl")
+    with pytest.raises(RetryableError, match="cannot open"):
+        await sink.connect()
+    await sink.close()
+
+
+async def test_close_twice_and_empty_batch(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    await sink.close()  # never opened
+    await sink.connect()
+    assert await sink.write([]) == []
+    await sink.close()
+    await sink.close()
+    assert (tmp_path / "archive.jsonl").read_bytes() == b""
+
+
+class TestFileContract(SinkContract):
+    """The shared sink suite; the file sink is at least once (a redelivered batch repeats)."""
+
+    exactly_once = False
+
+    @pytest.fixture
+    def make_sink(self, tmp_path: Path) -> Callable[[], Any]:
+        async def make() -> FileSink:
+            sink = make_sink(tmp_path, rotate_bytes="64KiB", keep=100)
+            await sink.connect()
+            return sink
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, tmp_path: Path) -> Callable[[], list[str]]:
+        def fetch() -> list[str]:
+            return [
+                json.loads(line)["id"]
+                for path in sorted(tmp_path.glob("archive.jsonl*"))
+                for line in path.read_text().splitlines()
+            ]
+
+        return fetch
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], None]:
+        return lambda: None  # a file takes any bytes
+
+    @pytest.fixture
+    def outage(self, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Any]:
+        """The disk fails (EIO on every fsync) inside the block, and recovers after it."""
+
+        @contextlib.asynccontextmanager
+        async def down() -> AsyncIterator[None]:
+            def failing(fd: int) -> None:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+            with monkeypatch.context() as patch:
+                patch.setattr(os, "fsync", failing)
+                yield
+
+        return down
+
+
+def test_config_keys() -> None:
+    entry = registry.find("sink", "file")
+    assert entry is not None
+    problems = Problems()
+    cfg = build_dataclass(
+        entry.config,
+        {"type": "file", "rotate_bytes": "512MiB", "batch": {"max_rows": 50}},
+        (),
+        problems,
+    )
+    assert not problems.items
+    assert cfg.rotate_bytes == 512 * 2**20 and cfg.keep == 5 and cfg.fsync is True
+    assert cfg.batch.max_rows == 50
+    bad = {"type": "file", "rotate_bytes": 100, "keep": -1, "fsnyc": False, "path": "dir/"}
+    problems = Problems()
+    build_dataclass(entry.config, bad, ("sinks", "archive"), problems)
+    assert problems.items == [
+        (("sinks", "archive", "fsnyc"), "unknown key (did you mean 'fsync'?)"),
+        (("sinks", "archive", "path"), "'dir/' must name a file, e.g. telemetry.jsonl"),
+        (("sinks", "archive", "rotate_bytes"), "must be 0 (never rotate) or at least 4KiB"),
+        (("sinks", "archive", "keep"), "must be between 0 and 1000"),
+    ]
