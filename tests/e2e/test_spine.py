@@ -105,6 +105,10 @@ def test_bad_input_is_dead_lettered_with_reasons(
     table = "e2e_bad"
     config = spine_config(mosquitto, postgres, table, max_payload="1KiB")
     config["routes"]["readings"]["processors"] = [{"type": "json"}]
+    config["sinks"]["warehouse"]["columns"] = {
+        "payload": "payload",
+        "level": {"from": "field.level", "type": "integer"},
+    }
     gw = gateway_factory(config)
     gw.start()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pub-bad")
@@ -114,14 +118,14 @@ def test_bad_input_is_dead_lettered_with_reasons(
         json.dumps({"seq": 1}),
         "this is not json",
         json.dumps({"seq": 2, "pad": "x" * 2000}),  # over max_payload
-        '{"seq": 3, "text": "nul \\u0000 inside"}',  # valid JSON that jsonb refuses
+        json.dumps({"seq": 3, "level": "high"}),  # valid JSON the integer column refuses
         json.dumps({"seq": 4}),
     ]
     for m in messages:
         client.publish(f"{table}/line1", m, qos=1).wait_for_publish(10)
     client.disconnect()
     client.loop_stop()
-    wait_for(lambda: gw.status()["dead_letters"] >= 3, 30, "three dead letters")
+    wait_for(lambda: gw.status()["dead_letters"] >= 3, 30, f"three dead letters ({gw.log_path})")
     wait_for(lambda: seq_counts(postgres, table)[1] >= 2, 30, "the good rows")
     assert [r[0] for r in postgres.fetch(f"SELECT payload->>'seq' FROM {table} ORDER BY 1")] == [
         "1",
