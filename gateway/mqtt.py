@@ -82,6 +82,29 @@ def ack_many(client: Client, acks: list[tuple[int, int]]) -> None:
     client._connection._protocol.write_data(data)
 
 
+def pause_reading(client: Client) -> None:
+    """Stop reading from the socket: TCP back-pressure, so the broker holds the rest.
+
+    Mosquitto 2.0 does not keep to the client's Receive Maximum once
+    acknowledgements flow (it was seen sending tens of thousands of unacked
+    messages with a limit of 100), so the gateway bounds its intake itself.
+    """
+    connection = client._connection
+    if connection is not None and not connection._transport.is_closing():
+        connection._transport.pause_reading()
+        # asyncio's StreamReader resumes a transport it paused itself as soon as its
+        # buffer drains; make it forget that, so the pause holds until resume_reading.
+        reader = connection._protocol._stream_reader
+        if reader is not None:
+            reader._paused = False
+
+
+def resume_reading(client: Client) -> None:
+    connection = client._connection
+    if connection is not None and not connection._transport.is_closing():
+        connection._transport.resume_reading()
+
+
 def is_connected(client: Client) -> bool:
     return bool(client.is_connected)
 

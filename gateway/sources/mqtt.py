@@ -11,7 +11,8 @@ sources:
     # username: gw
     # password: ENC(...)
     # max_payload: 256KiB         larger messages go to the dead letters, truncated
-    # receive_maximum: 1000       QoS 1/2 messages the broker may have in flight to us
+    # receive_maximum: 1000       QoS 1/2 messages in flight to us, not yet stored; the
+    #                             gateway stops reading from the broker at this many
     # session_expiry: 7d          how long the broker keeps our session while we are away
 ```
 
@@ -102,6 +103,7 @@ class MqttSource(Source):
         self._epoch = 0  # bumped when the broker starts a new session: old packet ids are void
         self._pending: dict[int, bytes] = {}  # packet id -> digest, handed over, not yet acked
         self._acks: list[tuple[int, int]] = []  # committed, to be sent in one write
+        self._paused = False  # reading paused: receive_maximum messages are unacknowledged
         self._qos0_capacity = 10000
         self.dropped_qos0 = 0
         self.redeliveries = 0
@@ -135,6 +137,7 @@ class MqttSource(Source):
                 pass
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
         self._client = client
+        self._paused = False
         for topic_filter in cfg.topics:
             client.subscribe(topic_filter, qos=cfg.qos)
         self.ctx.status["broker"] = f"{host}:{port}"
@@ -167,6 +170,9 @@ class MqttSource(Source):
                     mqtt.ack(self._client, mid, qos)
                     return
             self._pending[mid] = digest
+            if len(self._pending) >= self.config.receive_maximum and not self._paused:
+                self._paused = True
+                mqtt.pause_reading(self._client)
         attrs = {
             "mqtt.topic": topic,
             "mqtt.qos": str(qos),
@@ -205,6 +211,10 @@ class MqttSource(Source):
     def _ack(self, mid: int, qos: int, epoch: int) -> None:
         if self._pending.get(mid) is not None:
             del self._pending[mid]
+            if self._paused and len(self._pending) <= self.config.receive_maximum // 2:
+                self._paused = False
+                if self._client is not None:
+                    mqtt.resume_reading(self._client)
         if epoch != self._epoch:
             return  # a new session: that packet id means nothing to the broker any more
         if not self._acks:

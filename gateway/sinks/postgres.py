@@ -1,0 +1,624 @@
+"""Writes FlowFiles into a PostgreSQL table, each exactly once, keyed by FlowFile id.
+
+Every batch goes in as ONE statement,
+`INSERT … SELECT … FROM unnest($1::uuid[], $2::text[], …) ON CONFLICT (id) DO NOTHING`,
+with every value bound as a parameter; a batch delivered again after a crash or
+a lost connection adds nothing. A row the table refuses (a value that does not
+fit a typed column, a `\\u0000` that jsonb cannot hold, a CHECK or NOT NULL
+constraint you added) is found by splitting the batch in halves; it goes to the
+dead-letter table with PostgreSQL's message and the rest of the batch is
+delivered. A lost connection, a timeout or a server shutting down makes the
+engine retry the whole batch later.
+
+The default table, created when missing unless `create_table: false`:
+
+  CREATE TABLE readings (
+    id         uuid PRIMARY KEY,      -- FlowFile id (UUIDv7, time-ordered)
+    topic      text NOT NULL,
+    ts         timestamptz NOT NULL,  -- FlowFile creation time
+    attributes jsonb NOT NULL,
+    payload    jsonb,                 -- the content when it is valid JSON, else NULL
+    raw        bytea                  -- the content bytes when it is not JSON, else NULL
+  )
+
+`columns:` replaces that layout with your own; `id uuid PRIMARY KEY` is always
+there. Each column names where its value comes from, written `name: source` or
+`name: {from: source, type: sql type}`:
+
+  id, topic, ts, attributes, payload, raw   as in the default table (fixed types)
+  topic.N              topic level N, counted from 0; negative counts from the end
+                       (sensors/dev1/telemetry: topic.1 is dev1, topic.-1 telemetry)
+  field.a.b            a field of the JSON content (a number picks a list item);
+                       strings are stored as is, objects and lists as JSON
+  attributes.KEY       one attribute
+
+A value that is missing (no such level, field or attribute, or content that is not
+JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text)
+and is one of: text, boolean, smallint, integer, bigint, real, double precision,
+numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
+`"21.5"` and `21.5` both fit double precision; a row whose value does not fit is
+refused alone. Table and column names are lowercase SQL identifiers (letters,
+digits, `_`), checked when the config is loaded and always quoted.
+
+When the sink starts it creates the table if needed and checks that it can write
+to it (columns, types, a unique index on id). It does not change an existing
+table: add a column yourself, or point `table` at a new one.
+
+Keys
+  type: postgres
+  dsn: postgresql://user:password@host:5432/database   (required; may be an
+                           ENC(...) secret; the password is never logged. Options
+                           such as ?sslmode=require are passed to asyncpg)
+  table: readings          the table, optionally schema.table (default readings)
+  create_table: true       create the table when it does not exist (default true)
+  columns: null            your own columns, see above (default: the table above)
+  pool_size: 1             connections, 1 or 2 (default 1)
+  timeout: 30s             the longest a connect or one statement may take before
+                           the connection is dropped and the batch retried (default 30s)
+  and the delivery keys every sink has: batch, retry, rate_limit, overflow.
+
+Examples
+  sinks:
+    warehouse:
+      type: postgres
+      dsn: "postgresql://gateway:ENC(...)@db.plant.lan:5432/telemetry"
+      batch: {max_rows: 1000}
+
+    climate:
+      type: postgres
+      dsn: "postgresql://gateway:ENC(...)@db.plant.lan/telemetry"
+      table: plant.climate
+      columns:
+        device: topic.1
+        at: ts
+        temperature: {from: field.temp, type: double precision}
+        humidity: {from: field.env.humidity, type: real}
+        site: attributes.site
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from gateway.config.model import SinkConfig
+from gateway.config.schema import Duration, check_identifier, did_you_mean
+from gateway.core.component import Context, Rejected, Sink
+from gateway.core.errors import ConfigError, PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+
+# --- config -------------------------------------------------------------------------------
+
+# Column types a `type:` may name, with a few spellings people use for them.
+TYPES: dict[str, str] = {
+    "text": "text",
+    "boolean": "boolean",
+    "bool": "boolean",
+    "smallint": "smallint",
+    "integer": "integer",
+    "int": "integer",
+    "bigint": "bigint",
+    "real": "real",
+    "double precision": "double precision",
+    "float": "double precision",
+    "numeric": "numeric",
+    "timestamptz": "timestamptz",
+    "timestamp with time zone": "timestamptz",
+    "date": "date",
+    "jsonb": "jsonb",
+    "uuid": "uuid",
+}
+
+# Sources with a value of a fixed type; the others (topic.N, field.*, attributes.*) are text.
+FIXED: dict[str, str] = {
+    "id": "uuid",
+    "topic": "text",
+    "ts": "timestamptz",
+    "attributes": "jsonb",
+    "payload": "jsonb",
+    "raw": "bytea",
+}
+_NOT_NULL = frozenset({"topic", "ts", "attributes"})
+_PREFIXES = ("topic.", "field.", "attributes.")
+
+DEFAULT_COLUMNS: dict[str, str] = {name: name for name in FIXED}
+
+_SOURCE_HELP = "id, topic, ts, attributes, payload, raw, topic.N, field.PATH or attributes.KEY"
+
+
+class Column(NamedTuple):
+    """One column of the table: its name, where its value comes from, its SQL type."""
+
+    name: str
+    source: str
+    type: str
+
+
+def _check_name(name: str) -> Iterator[str]:
+    yield from check_identifier(name)
+    if name != name.lower():
+        yield (
+            f"{name!r} must be lowercase: PostgreSQL folds unquoted names to lowercase,"
+            f" so every query would have to quote it (use {name.lower()!r})"
+        )
+
+
+def _parse_source(source: str) -> str | None:
+    """None if `source` is a valid column source, else what is wrong with it."""
+    if source in FIXED:
+        return None
+    prefix, dot, rest = source.partition(".")
+    if not dot or f"{prefix}." not in _PREFIXES:
+        return f"{source!r} is not a source: use {_SOURCE_HELP}{did_you_mean(source, FIXED)}"
+    if prefix == "topic":
+        try:
+            int(rest)
+        except ValueError:
+            return f"{source!r}: topic.N needs a level number, e.g. topic.1 or topic.-1"
+    elif prefix == "field" and not all(rest.split(".")):
+        return f"{source!r}: field.PATH needs field names separated by dots, e.g. field.env.temp"
+    elif prefix == "attributes" and not rest:
+        return f"{source!r}: attributes.KEY needs an attribute name"
+    return None
+
+
+def plan_columns(
+    columns: dict[str, str | dict[str, str]] | None,
+) -> tuple[list[Column], list[tuple[str, str]]]:
+    """The table's columns (id first) from a `columns:` mapping, and the problems found."""
+    problems: list[tuple[str, str]] = []
+    planned = [Column("id", "id", "uuid")]
+    if columns is not None and not columns:
+        problems.append(("columns", "name at least one column, or leave `columns` out"))
+    for name, spec in (DEFAULT_COLUMNS if columns is None else columns).items():
+        key = f"columns.{name}"
+        problems += [(key, message) for message in _check_name(name)]
+        if isinstance(spec, str):
+            source, sql_type = spec, None
+        else:
+            for unknown in set(spec) - {"from", "type"}:
+                hint = did_you_mean(unknown, ("from", "type"))
+                problems.append((f"{key}.{unknown}", f"unknown key{hint} (keys: from, type)"))
+            if "from" not in spec:
+                problems.append((f"{key}.from", f"required key is missing ({_SOURCE_HELP})"))
+                continue
+            source, sql_type = spec["from"], spec.get("type")
+        problem = _parse_source(source)
+        if problem:
+            problems.append((key, problem))
+            continue
+        fixed = FIXED.get(source)
+        if sql_type is None:
+            column_type = fixed or "text"
+        else:
+            column_type = TYPES.get(" ".join(sql_type.lower().split()), "")
+            if not column_type:
+                allowed = ", ".join(sorted(set(TYPES.values())))
+                problems.append(
+                    (
+                        f"{key}.type",
+                        f"{sql_type!r} is not a supported type{did_you_mean(sql_type, TYPES)}"
+                        f" (one of {allowed})",
+                    )
+                )
+                continue
+            if fixed and column_type != fixed:
+                problems.append((f"{key}.type", f"{source} is always {fixed}; leave `type` out"))
+                continue
+        if name == "id":
+            if source != "id":
+                problems.append((key, "'id' is always the FlowFile id; name this column otherwise"))
+            continue
+        planned.append(Column(name, source, column_type))
+    return planned, problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSinkConfig(SinkConfig):
+    """Keys of the `postgres` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    dsn: str = field(repr=False)  # may hold a password
+    table: str = "readings"
+    create_table: bool = True
+    columns: dict[str, str | dict[str, str]] | None = None
+    pool_size: int = 1
+    timeout: Duration = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        # Never quote the DSN back: it may hold a password.
+        if urlsplit(self.dsn).scheme not in ("postgresql", "postgres"):
+            yield "dsn", "must read postgresql://user:password@host:5432/database"
+        parts = self.table.split(".")
+        if len(parts) > 2:
+            yield "table", f"{self.table!r} must read table or schema.table"
+        for part in parts:
+            for message in _check_name(part):
+                yield "table", message
+        yield from plan_columns(self.columns)[1]
+        if not 1 <= self.pool_size <= 2:
+            yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
+        if self.timeout <= 0:
+            yield "timeout", "must be more than 0s"
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads/dumps with keyword arguments build a new codec on every call.
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+_NOT_JSON: Any = object()
+
+
+def _storable(value: Any) -> bool:
+    """False if jsonb cannot hold `value`: a NUL or a lone surrogate in a string."""
+    if isinstance(value, str):
+        return "\x00" not in value and (value.isascii() or not _has_surrogate(value))
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _parse(content: bytes) -> tuple[str | None, Any]:
+    """(the content as jsonb text or None, the parsed JSON value or _NOT_JSON)."""
+    try:
+        text = content.decode()
+        value = _loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None, _NOT_JSON
+    # Only a \\u escape can hide a NUL or a lone surrogate in valid UTF-8 JSON.
+    if "\\u" in text and not _storable(value):
+        return None, value
+    return text, value
+
+
+def _text(value: Any) -> str | None:
+    """A JSON value as column text: strings as they are, anything else as JSON."""
+    kind = type(value)
+    if kind is str or value is None:
+        return value  # type: ignore[no-any-return]
+    if kind is float or kind is int:
+        return repr(value)  # the JSON spelling, and far quicker than the encoder for numbers
+    if kind is bool:
+        return "true" if value else "false"
+    return _dumps(value)
+
+
+def _dig(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if type(value) is dict:
+            value = value.get(key)
+        elif type(value) is list:
+            try:
+                value = value[int(key)]
+            except (ValueError, IndexError):
+                return None
+        else:
+            return None
+    return value
+
+
+def _level(levels: list[str], n: int) -> str | None:
+    return levels[n] if -len(levels) <= n < len(levels) else None
+
+
+# How each source travels: (array type of its parameter, SQL expression around u.cN).
+def _transport(column: Column) -> tuple[str, str]:
+    source = column.source
+    if source in ("id", "topic", "raw"):
+        return FIXED[source], "{}"
+    if source == "ts":  # microseconds since the epoch, exact
+        return "int8", "timestamptz 'epoch' + {} * interval '1 microsecond'"
+    if column.type == "text":
+        return "text", "{}"
+    return "text", "{}::" + column.type
+
+
+class _Rows:
+    """Turns a batch into one list per column; the column-building is the hot path."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        sources = [c.source for c in columns]
+        self.needs_json = any(s in ("payload", "raw") or s.startswith("field.") for s in sources)
+        self.needs_levels = any(s.startswith("topic.") for s in sources)
+
+    def build(self, batch: list[FlowFile]) -> list[list[Any]]:
+        parsed = [_parse(ff.content) for ff in batch] if self.needs_json else []
+        levels = [ff.topic.split("/") for ff in batch] if self.needs_levels else []
+        out: list[list[Any]] = []
+        for column in self.columns:
+            source = column.source
+            if source == "id":
+                out.append([ff.id for ff in batch])
+            elif source == "topic":
+                out.append([ff.topic for ff in batch])
+            elif source == "ts":
+                out.append([ff.created // 1000 for ff in batch])
+            elif source == "attributes":
+                out.append([_dumps(ff.attributes) if ff.attributes else "{}" for ff in batch])
+            elif source == "payload":
+                out.append([text for text, _ in parsed])
+            elif source == "raw":
+                pairs = zip(batch, parsed, strict=True)
+                out.append([ff.content if text is None else None for ff, (text, _) in pairs])
+            elif source.startswith("topic."):
+                n = int(source[6:])
+                out.append([_level(parts, n) for parts in levels])
+            elif source.startswith("attributes."):
+                key = source[11:]
+                out.append([ff.attributes.get(key) for ff in batch])
+            else:  # field.PATH
+                path = tuple(source[6:].split("."))
+                if len(path) == 1:  # the common case, without a call per row
+                    key = path[0]
+                    dug = [v.get(key) if type(v) is dict else None for _, v in parsed]
+                else:
+                    dug = [_dig(v, path) for _, v in parsed]
+                if column.type == "jsonb":
+                    out.append([None if v is None else _dumps(v) for v in dug])
+                else:
+                    out.append([_text(v) for v in dug])
+        return out
+
+
+# --- errors -------------------------------------------------------------------------------
+
+# What one row's values can cause: data exceptions (22: bad input syntax, out of range,
+# untranslatable characters, asyncpg's own "invalid input for query argument"), integrity
+# violations (23: NOT NULL, CHECK, foreign keys, other unique indexes) and program limits
+# (54: a value too large for an index, JSON nested too deep).
+_ROW_ERRORS = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
+
+# The connection or the server is not usable right now (TimeoutError is an OSError).
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+)
+
+# The table or the configuration is wrong: no retry can fix it without an operator.
+_SETUP_ERRORS = (
+    asyncpg.exceptions.SyntaxOrAccessError,  # 42: no such table or column, no privilege
+    asyncpg.exceptions.InvalidSchemaNameError,  # 3F000: no such schema
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: no such database
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28: bad user or password
+    asyncpg.exceptions.ClientConfigurationError,  # bad DSN options
+)
+
+
+def _message(err: BaseException) -> str:
+    """The server's message on one line (with its DETAIL), cut to a sane length."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    sqlstate = getattr(err, "sqlstate", None)
+    if sqlstate:
+        text = f"{text} (SQLSTATE {sqlstate})"
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _server(dsn: str) -> str:
+    """host:port/database from a DSN, without user or password."""
+    try:
+        parts = urlsplit(dsn)
+        host, port = parts.hostname or "localhost", parts.port or 5432
+    except ValueError:
+        return "the configured server"
+    return f"{host}:{port}/{parts.path.lstrip('/') or '(default database)'}"
+
+
+async def _keep_session(conn: Any) -> None:
+    """Skip asyncpg's reset query on release: the sink changes no session state, and on
+    a slow uplink that query would cost a round trip per batch."""
+
+
+# --- the sink -----------------------------------------------------------------------------
+
+
+class PostgresSink(Sink):
+    """Inserts batches into one PostgreSQL table through a small asyncpg pool."""
+
+    Config = PostgresSinkConfig
+
+    def __init__(self, config: PostgresSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: PostgresSinkConfig = config
+        columns, problems = plan_columns(config.columns)
+        if problems:
+            raise ConfigError([f"{key}: {message}" for key, message in problems])
+        self.columns = columns
+        self.table = ".".join(f'"{part}"' for part in config.table.split("."))
+        self.server = _server(config.dsn)
+        self._rows = _Rows(columns)
+        self._insert_sql = self._insert_statement()
+        self._pool: Any = None  # asyncpg.Pool
+        self._lock = asyncio.Lock()
+
+    def _insert_statement(self) -> str:
+        names, params, exprs = [], [], []
+        for i, column in enumerate(self.columns, 1):
+            array_type, expr = _transport(column)
+            names.append(f'"{column.name}"')
+            params.append(f"${i}::{array_type}[]")
+            exprs.append(expr.format(f"u.c{i}"))
+        aliases = ", ".join(f"c{i}" for i in range(1, len(self.columns) + 1))
+        return (
+            f"INSERT INTO {self.table} ({', '.join(names)})"
+            f" SELECT {', '.join(exprs)}"
+            f" FROM unnest({', '.join(params)}) AS u({aliases})"
+            " ON CONFLICT (id) DO NOTHING"
+        )
+
+    def create_statement(self) -> str:
+        """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
+        lines = []
+        for column in self.columns:
+            line = f'"{column.name}" {column.type}'
+            if column.name == "id":
+                line += " PRIMARY KEY"
+            elif column.source in _NOT_NULL:
+                line += " NOT NULL"
+            lines.append(line)
+        return f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(lines)})"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, create the table if asked, and check that a batch can be written.
+
+        RetryableError if the server cannot be reached; PermanentError if it refuses us
+        (user, password, database) or the table cannot take our rows.
+        """
+        await self._ready(permanent=PermanentError)
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        """Insert the batch; return the rows PostgreSQL refused, with its message."""
+        if not batch:
+            return []
+        columns = self._rows.build(batch)
+        # After a lost connection: reconnect and check the table again. A table problem
+        # found now waits for the operator like an outage, rather than dead-lettering.
+        pool = await self._ready(permanent=RetryableError)
+        rejected: list[Rejected] = []
+        try:
+            async with pool.acquire() as conn:
+                await self._insert(conn, batch, columns, 0, len(batch), rejected)
+        except _CONNECTION_ERRORS as err:
+            self._drop(pool)
+            raise RetryableError(
+                f"lost the connection to {self.server} while writing {len(batch)} rows"
+                f" ({_message(err)}); the batch will be written again"
+            ) from err
+        except asyncpg.PostgresError as err:
+            # Not a row's fault (a dropped table, a deadlock, a read-only server):
+            # reconnect and check the table before the engine retries.
+            self._drop(pool)
+            raise RetryableError(
+                f"{self.server} did not take {len(batch)} rows into {self.config.table}:"
+                f" {_message(err)}"
+            ) from err
+        return rejected
+
+    async def close(self) -> None:
+        """Close the connections; safe to call twice, or without connect()."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                await pool.close()
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+            pool.terminate()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    async def _insert(
+        self,
+        conn: Any,
+        batch: list[FlowFile],
+        columns: list[list[Any]],
+        lo: int,
+        hi: int,
+        rejected: list[Rejected],
+    ) -> None:
+        """Insert rows lo..hi; when PostgreSQL refuses a value, halve until the row is found."""
+        args = columns if hi - lo == len(batch) else [values[lo:hi] for values in columns]
+        try:
+            # Same text every time: asyncpg prepares it once per connection and caches it.
+            await conn.execute(self._insert_sql, *args)
+        except _ROW_ERRORS as err:
+            if hi - lo == 1:
+                rejected.append(Rejected(batch[lo], f"postgres refused the row: {_message(err)}"))
+                return
+            mid = (lo + hi) // 2
+            await self._insert(conn, batch, columns, lo, mid, rejected)
+            await self._insert(conn, batch, columns, mid, hi, rejected)
+
+    async def _ready(self, permanent: type[Exception]) -> Any:
+        """The pool, opened and checked first if there is none; `permanent` is raised for
+        what needs an operator (PermanentError at connect, RetryableError in write)."""
+        async with self._lock:  # one opener; concurrent writes share its pool
+            if self._pool is None:
+                self._pool = await self._open(permanent)
+            return self._pool
+
+    async def _open(self, permanent: type[Exception]) -> Any:
+        config = self.config
+        try:
+            pool = await asyncpg.create_pool(
+                config.dsn,
+                min_size=1,
+                max_size=config.pool_size,
+                timeout=config.timeout,
+                command_timeout=config.timeout,
+                reset=_keep_session,
+                server_settings={"application_name": f"edge-stream {self.ctx.name}"},
+            )
+        except _SETUP_ERRORS as err:
+            raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
+        try:
+            async with pool.acquire() as conn:
+                await self._prepare_table(conn, permanent)
+        except _SETUP_ERRORS as err:
+            pool.terminate()
+            raise permanent(
+                f"cannot write to table {config.table} on {self.server}: {_message(err)};"
+                " fix the table or point `table` at a new one"
+            ) from err
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            pool.terminate()
+            raise RetryableError(
+                f"cannot prepare table {config.table} on {self.server}: {_message(err)}"
+            ) from err
+        except BaseException:  # PermanentError, cancellation: do not leak the pool
+            pool.terminate()
+            raise
+        self.ctx.status.update(server=self.server, table=config.table)
+        self.ctx.log.info("connected to %s, writing to table %s", self.server, config.table)
+        return pool
+
+    async def _prepare_table(self, conn: Any, permanent: type[Exception]) -> None:
+        if self.config.create_table:
+            await conn.execute(self.create_statement())
+        elif await conn.fetchval("SELECT to_regclass($1)", self.table) is None:
+            raise permanent(
+                f"table {self.config.table} does not exist on {self.server} and"
+                " `create_table` is false: create it, or set `create_table: true`"
+            )
+        # An empty batch checks columns, types, privileges and the unique index on id
+        # now, with a clear message, instead of failing every write later.
+        await conn.execute(self._insert_sql, *([] for _ in self.columns))
+
+    def _drop(self, pool: Any) -> None:
+        """Forget a broken pool; the next write reconnects and checks the table again."""
+        if self._pool is pool:
+            self._pool = None
+        pool.terminate()

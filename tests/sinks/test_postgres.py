@@ -1,0 +1,526 @@
+"""The postgres sink against a real PostgreSQL: the sink contract, then what is its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.postgres import PostgresSink, PostgresSinkConfig
+
+try:  # `tests` is not a package today; this also works if it becomes one.
+    from tests.servers import free_port
+    from tests.sinks.contract import SinkContract, write_until_delivered
+except ImportError:
+    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from servers import free_port  # type: ignore[no-redef]
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def config_problems(**keys: Any) -> tuple[Any, list[str]]:
+    """Build a postgres sink config as the loader does; (config or None, problems)."""
+    problems = Problems()
+    raw = {"type": "postgres", **keys}
+    config = build_component("sink", raw, ("sinks", "warehouse"), problems)
+    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+
+
+def make_config(dsn: str, **keys: Any) -> PostgresSinkConfig:
+    config, problems = config_problems(dsn=dsn, **keys)
+    assert problems == []
+    assert isinstance(config, PostgresSinkConfig)
+    return config
+
+
+def make_sink(dsn: str, **keys: Any) -> PostgresSink:
+    return PostgresSink(make_config(dsn, **keys), Context(name="warehouse", kind="sink"))
+
+
+@pytest.fixture
+def table() -> str:
+    """A table of this test's own: the shared server keeps every test's tables."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def sink_for(postgres: Any) -> AsyncIterator[Callable[..., Any]]:
+    """`await sink_for(**keys)`: a connected sink on the shared server, closed after."""
+    made: list[PostgresSink] = []
+
+    async def make(**keys: Any) -> PostgresSink:
+        sink = make_sink(postgres.dsn, **keys)
+        made.append(sink)
+        await sink.connect()
+        return sink
+
+    yield make
+    for sink in made:
+        await sink.close()
+
+
+# --- the contract -------------------------------------------------------------------------
+
+
+class TestPostgresContract(SinkContract):
+    @pytest.fixture
+    def make_sink(self, postgres: Any, table: str) -> Callable[[], Any]:
+        async def make() -> PostgresSink:
+            sink = make_sink(postgres.dsn, table=table)
+            await sink.connect()
+            return sink
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, postgres: Any, table: str) -> Callable[[], list[str]]:
+        return lambda: [row[0] for row in postgres.fetch(f'SELECT id::text FROM "{table}"')]
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], FlowFile]:
+        # PostgreSQL text cannot hold a NUL character.
+        return lambda: FlowFile.create("contract/bad\x00topic", b'{"temp": 1}')
+
+    @pytest.fixture
+    def outage(self, postgres: Any) -> Callable[[], Any]:
+        @contextlib.asynccontextmanager
+        async def down() -> AsyncIterator[None]:
+            # Called on the loop thread on purpose: servers.py asks for the parent-death
+            # signal only from the main thread. The pause is part of the outage.
+            postgres.stop()
+            try:
+                yield
+            finally:
+                postgres.start()
+
+        return down
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+async def test_default_table_keeps_json_as_jsonb_and_anything_else_as_bytes(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    cases = {
+        "json": FlowFile.create("s/a", b'{"temp": 21.5, "ok": true}', {"site": "north"}),
+        "pretty": FlowFile.create("s/b", b"  [1, 2,\n 3]\n"),
+        "binary": FlowFile.create("s/c", b"\x00\x01\xff"),
+        "text": FlowFile.create("s/d", b"hello"),
+        "empty": FlowFile.create("s/e", b""),
+        "nul_escape": FlowFile.create("s/f", b'{"a": "x\\u0000y"}'),  # JSON, but not jsonb
+        "lone_surrogate": FlowFile.create("s/g", b'["\\ud800"]'),
+        "nan": FlowFile.create("s/h", b"[NaN]"),
+        "latin1": FlowFile.create("s/i", '{"a": "é"}'.encode("latin-1")),
+    }
+    assert await sink.write(list(cases.values())) == []
+    rows = {
+        r[0]: r[1:]
+        for r in postgres.fetch(
+            f'SELECT id::text, topic, ts, attributes, payload, raw FROM "{table}"'
+        )
+    }
+    assert len(rows) == len(cases)
+    for name, ff in cases.items():
+        topic, ts, attributes, payload, raw = rows[ff.id]
+        assert topic == ff.topic, name
+        assert ts == EPOCH + dt.timedelta(microseconds=ff.created // 1000), name
+        assert json.loads(attributes) == ff.attributes, name
+        if name in ("json", "pretty"):
+            assert json.loads(payload) == json.loads(ff.content), name
+            assert raw is None, name
+        else:
+            assert payload is None, name
+            assert raw == ff.content, name
+    columns = postgres.fetch(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+        " WHERE table_name = $1 ORDER BY ordinal_position",
+        table,
+    )
+    assert columns == [
+        ("id", "uuid", "NO"),
+        ("topic", "text", "NO"),
+        ("ts", "timestamp with time zone", "NO"),
+        ("attributes", "jsonb", "NO"),
+        ("payload", "jsonb", "YES"),
+        ("raw", "bytea", "YES"),
+    ]
+
+
+async def test_columns_map_topic_levels_json_fields_and_attributes(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(
+        table=table,
+        columns={
+            "device": "topic.2",
+            "kind": "topic.-1",
+            "deep": "topic.9",
+            "temperature": {"from": "field.temp", "type": "double precision"},
+            "humidity": {"from": "field.env.humidity", "type": "real"},
+            "second": {"from": "field.readings.1", "type": "integer"},
+            "tags": "field.env.tags",
+            "env": {"from": "field.env", "type": "jsonb"},
+            "name": "field.name",
+            "site": "attributes.site",
+            "shift": {"from": "attributes.shift", "type": "smallint"},
+            "at": "ts",
+            "body": "payload",
+        },
+    )
+    body = {
+        "temp": 21.5,
+        "env": {"humidity": 40.25, "tags": ["a", "b"]},
+        "readings": [10, 20],
+        "name": "press 7",
+    }
+    full = FlowFile.create(
+        "plant/line3/press7/telemetry", json.dumps(body).encode(), {"site": "north", "shift": "2"}
+    )
+    sparse = FlowFile.create("plant/x", b"\x01 not json")
+    typed_as_text = FlowFile.create("plant/line1/p1/t", b'{"temp": "19.25", "readings": [1, "2"]}')
+    assert await sink.write([full, sparse, typed_as_text]) == []
+
+    rows = {
+        r[0]: r[1:]
+        for r in postgres.fetch(
+            "SELECT id::text, device, kind, deep, temperature, humidity, second, tags, env,"
+            f' name, site, shift, at, body FROM "{table}"'
+        )
+    }
+    device, kind, deep, temp, hum, second, tags, env, name, site, shift, at, payload = rows[full.id]
+    assert (device, kind, deep) == ("press7", "telemetry", None)
+    assert (temp, hum, second) == (21.5, 40.25, 20)
+    assert json.loads(tags) == ["a", "b"]
+    assert json.loads(env) == body["env"]
+    assert (name, site, shift) == ("press 7", "north", 2)
+    assert at == EPOCH + dt.timedelta(microseconds=full.created // 1000)
+    assert json.loads(payload) == body
+
+    assert rows[sparse.id][:3] == (None, "x", None)
+    assert rows[sparse.id][3:11] == (None,) * 8  # no JSON, no attributes: all NULL
+    assert rows[sparse.id][12] is None  # payload
+
+    # PostgreSQL converts: a JSON string "19.25" fits double precision, "2" an integer.
+    assert rows[typed_as_text.id][3] == 19.25
+    assert rows[typed_as_text.id][5] == 2
+
+    columns = postgres.fetch(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = $1 ORDER BY ordinal_position",
+        table,
+    )
+    assert columns[0] == ("id", "uuid")
+    assert dict(columns)["temperature"] == "double precision"
+    assert dict(columns)["tags"] == "text"
+    assert len(columns) == 14
+
+
+async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(
+        table=table,
+        columns={
+            "device": "topic.1",
+            "temperature": {"from": "field.temp", "type": "double precision"},
+            "level": {"from": "field.level", "type": "smallint"},
+            "note": "field.note",
+        },
+    )
+
+    def reading(i: int, **body: Any) -> FlowFile:
+        return FlowFile.create(f"s/dev{i}", json.dumps({"temp": i, "level": 1, **body}).encode())
+
+    batch = [reading(i) for i in range(64)]
+    batch[11] = reading(11, temp="hot")
+    batch[40] = reading(40, level=40000)
+    batch[41] = reading(41, note="a\x00b")  # text cannot hold a NUL
+    rejected = await sink.write(batch)
+
+    reasons = {r.flowfile.id: r.reason for r in rejected}
+    assert set(reasons) == {batch[11].id, batch[40].id, batch[41].id}
+    assert 'invalid input syntax for type double precision: "hot"' in reasons[batch[11].id]
+    assert "out of range" in reasons[batch[40].id]
+    assert "0x00" in reasons[batch[41].id]
+    stored = {r[0] for r in postgres.fetch(f'SELECT id::text FROM "{table}"')}
+    assert stored == {ff.id for i, ff in enumerate(batch) if i not in (11, 40, 41)}
+
+
+async def test_a_check_constraint_added_by_the_user_refuses_rows(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, temperature double precision'
+        " CHECK (temperature < 100))"
+    )
+    sink = await sink_for(
+        table=table, columns={"temperature": {"from": "field.t", "type": "double precision"}}
+    )
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "violates check constraint" in rejected[0].reason
+    assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2
+
+
+async def test_duplicate_ids_within_a_batch_are_stored_once(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    ff = FlowFile.create("s", b"{}")
+    assert await sink.write([ff, ff, ff]) == []
+    assert postgres.fetch(f'SELECT id::text FROM "{table}"') == [(ff.id,)]
+
+
+async def test_two_connections_take_concurrent_batches(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table, pool_size=2)
+    batches = [[FlowFile.create("s", b"{}") for _ in range(500)] for _ in range(4)]
+    assert await asyncio.gather(*(sink.write(b) for b in batches)) == [[]] * 4
+    assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2000
+
+
+async def test_schema_qualified_table(postgres: Any, table: str, sink_for: Any) -> None:
+    postgres.execute(f"CREATE SCHEMA IF NOT EXISTS {table}_s")
+    sink = await sink_for(table=f"{table}_s.readings")
+    ff = FlowFile.create("s", b"{}")
+    assert await sink.write([ff]) == []
+    assert postgres.fetch(f'SELECT id::text FROM "{table}_s"."readings"') == [(ff.id,)]
+
+
+# --- connections and outages --------------------------------------------------------------
+
+
+def crash(postgres: Any) -> None:
+    """Kill PostgreSQL as a crash of its host would: the postmaster and every backend.
+
+    `kill()` alone is not that: each backend runs in its own process group and serves
+    its client until it notices the postmaster is gone, so a write may still succeed.
+    """
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postgres.pid:
+                children.append(int(stat.parent.name))
+    postgres.kill()  # first, so that it cannot restart the backends killed next
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_killed_server_is_a_retryable_error_and_the_batch_arrives_once(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    batch = [FlowFile.create("s", json.dumps({"i": i}).encode()) for i in range(200)]
+    assert await sink.write(batch[:100]) == []
+    crash(postgres)
+    try:
+        with pytest.raises(RetryableError, match=r"127\.0\.0\.1"):
+            await sink.write(batch)
+    finally:
+        postgres.start()
+    assert await write_until_delivered(sink, batch) == []
+    ids = [r[0] for r in postgres.fetch(f'SELECT id::text FROM "{table}"')]
+    assert sorted(ids) == sorted(ff.id for ff in batch)
+
+
+async def test_a_dropped_table_is_created_again_on_the_next_write(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    assert await sink.write([FlowFile.create("s", b"{}")]) == []
+    postgres.execute(f'DROP TABLE "{table}"')
+    batch = [FlowFile.create("s", b"{}")]
+    with pytest.raises(RetryableError, match="does not exist"):
+        await sink.write(batch)
+    assert await sink.write(batch) == []
+    assert postgres.fetch(f'SELECT id::text FROM "{table}"') == [(batch[0].id,)]
+
+
+async def test_no_server_at_connect_is_retryable() -> None:
+    sink = make_sink(f"postgresql://gw:s3cret-pw@127.0.0.1:{free_port()}/edge", timeout="5s")
+    with pytest.raises(RetryableError) as caught:
+        await sink.connect()
+    assert "127.0.0.1" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+async def test_password_is_never_logged_or_shown(
+    postgres: Any, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = postgres.dsn.replace("postgres@", "postgres:s3cret-pw@")  # trust auth ignores it
+    caplog.set_level(logging.DEBUG)
+    sink = make_sink(dsn, table=table)
+    await sink.connect()
+    await sink.write([FlowFile.create("s", b"{}")])
+    await sink.close()
+    assert f"127.0.0.1:{postgres.port}/edge" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+    assert "s3cret-pw" not in repr(sink.config)
+    assert "s3cret-pw" not in str(sink.ctx.status)
+
+
+async def test_close_without_connect_and_twice() -> None:
+    sink = make_sink("postgresql://postgres@127.0.0.1:1/edge")
+    await sink.close()
+    await sink.close()
+
+
+# --- the table the sink finds -------------------------------------------------------------
+
+
+async def test_missing_table_without_create_table_is_a_permanent_error(
+    postgres: Any, table: str
+) -> None:
+    sink = make_sink(postgres.dsn, table=table, create_table=False)
+    with pytest.raises(PermanentError, match=f"table {table} does not exist.*create_table"):
+        await sink.connect()
+    assert postgres.fetch("SELECT to_regclass($1)::text", table) == [(None,)]
+    await sink.close()
+
+
+async def test_existing_table_is_used_as_it_is_without_create_table(
+    postgres: Any, table: str
+) -> None:
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text, extra int DEFAULT 7)'
+    )
+    sink = make_sink(postgres.dsn, table=table, create_table=False, columns={"device": "topic.0"})
+    await sink.connect()
+    ff = FlowFile.create("d1/x", b"{}")
+    assert await sink.write([ff]) == []
+    assert postgres.fetch(f'SELECT id::text, device, extra FROM "{table}"') == [(ff.id, "d1", 7)]
+    await sink.close()
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        ("(id uuid PRIMARY KEY, device text)", 'column "temperature" of relation'),
+        ("(id uuid, temperature double precision)", "ON CONFLICT"),
+        ("(id uuid PRIMARY KEY, temperature jsonb)", 'column "temperature" is of type jsonb'),
+    ],
+    ids=["missing-column", "id-not-unique", "wrong-type"],
+)
+async def test_an_existing_table_that_cannot_take_the_rows_is_a_permanent_error(
+    postgres: Any, table: str, ddl: str, message: str
+) -> None:
+    postgres.execute(f'CREATE TABLE "{table}" {ddl}')
+    sink = make_sink(
+        postgres.dsn,
+        table=table,
+        columns={"temperature": {"from": "field.t", "type": "double precision"}},
+    )
+    try:
+        with pytest.raises(PermanentError, match=f"cannot write to table {table}") as caught:
+            await sink.connect()
+    finally:
+        await sink.close()
+    assert message in str(caught.value)
+
+
+async def test_unknown_database_is_a_permanent_error(postgres: Any) -> None:
+    sink = make_sink(postgres.dsn_for("no_such_db"))
+    with pytest.raises(PermanentError, match="no_such_db"):
+        await sink.connect()
+    await sink.close()
+
+
+# --- config -------------------------------------------------------------------------------
+
+DSN = "postgresql://gw:s3cret-pw@db.example:5432/telemetry"
+
+
+@pytest.mark.parametrize(
+    ("keys", "where", "fragment"),
+    [
+        ({"table": "read-ings"}, "table", "'read-ings' is not a valid SQL identifier"),
+        ({"table": "Readings"}, "table", "must be lowercase"),
+        ({"table": "a.b.c"}, "table", "must read table or schema.table"),
+        ({"table": "public.1x"}, "table", "'1x' is not a valid SQL identifier"),
+        ({"table": 'x"; DROP TABLE y; --'}, "table", "is not a valid SQL identifier"),
+        ({"columns": {"bad name": "topic"}}, "columns.bad name", "not a valid SQL identifier"),
+        ({"columns": {"Temp": "topic"}}, "columns.Temp", "must be lowercase"),
+        ({"columns": {}}, "columns", "at least one column"),
+        ({"columns": {"t": "fields.temp"}}, "columns.t", "is not a source"),
+        ({"columns": {"t": "tpoic"}}, "columns.t", "did you mean 'topic'"),
+        ({"columns": {"t": "topic.x"}}, "columns.t", "topic.N needs a level number"),
+        ({"columns": {"t": "field."}}, "columns.t", "field.PATH needs field names"),
+        ({"columns": {"t": "field.a..b"}}, "columns.t", "field.PATH needs field names"),
+        ({"columns": {"t": "attributes."}}, "columns.t", "attributes.KEY needs"),
+        ({"columns": {"t": {"type": "text"}}}, "columns.t.from", "required key is missing"),
+        ({"columns": {"t": {"form": "topic"}}}, "columns.t.form", "did you mean 'from'"),
+        (
+            {"columns": {"t": {"from": "field.t", "type": "money"}}},
+            "columns.t.type",
+            "'money' is not a supported type",
+        ),
+        (
+            {"columns": {"t": {"from": "field.t", "type": "text); DROP TABLE x; --"}}},
+            "columns.t.type",
+            "is not a supported type",
+        ),
+        ({"columns": {"t": {"from": "ts", "type": "text"}}}, "columns.t.type", "always"),
+        ({"columns": {"id": "topic"}}, "columns.id", "always the FlowFile id"),
+        ({"pool_size": 3}, "pool_size", "must be 1 or 2"),
+        ({"pool_size": 0}, "pool_size", "must be 1 or 2"),
+        ({"dsn": "mysql://gw:s3cret-pw@db/x"}, "dsn", "must read postgresql://"),
+        ({"tabel": "x"}, "tabel", "did you mean 'table'"),
+    ],
+)
+def test_invalid_config_is_refused_when_loaded(
+    keys: dict[str, Any], where: str, fragment: str
+) -> None:
+    config, problems = config_problems(**{"dsn": DSN, **keys})
+    assert config is None or problems
+    assert any(p.startswith(f"sinks.warehouse.{where}: ") and fragment in p for p in problems), (
+        problems
+    )
+    assert not any("s3cret-pw" in p for p in problems)
+
+
+def test_dsn_is_required() -> None:
+    _, problems = config_problems()
+    assert problems == ["sinks.warehouse.dsn: required key is missing"]
+
+
+def test_valid_config_and_its_statements() -> None:
+    config = make_config(
+        DSN,
+        table="plant.climate",
+        columns={
+            "device": "topic.1",
+            "temperature": {"from": "field.temp", "type": "Double  Precision"},
+            "id": "id",
+        },
+        pool_size=2,
+        timeout="5s",
+    )
+    assert config.timeout == 5.0
+    assert "s3cret-pw" not in repr(config)
+    sink = PostgresSink(config, Context(name="warehouse", kind="sink"))
+    assert [c.name for c in sink.columns] == ["id", "device", "temperature"]
+    assert sink.create_statement() == (
+        'CREATE TABLE IF NOT EXISTS "plant"."climate" ("id" uuid PRIMARY KEY,'
+        ' "device" text, "temperature" double precision)'
+    )
+    assert sink.server == "db.example:5432/telemetry"
