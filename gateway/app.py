@@ -25,7 +25,6 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     # gmqtt logs every connection event at INFO and WARNING; our components say what matters.
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(config: Config, config_path: str | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The local web page, the JSON API and /metrics (aiohttp).
+"""The local web page, the JSON API and /metrics.
 
 GET /            the status page (HTML, refreshes itself)
 GET /healthz     200 "ok" while the engine runs (no credentials needed)
@@ -8,16 +8,23 @@ GET /metrics     Prometheus text format
 
 With `web.username`/`web.password` set, everything but /healthz asks for HTTP
 basic authentication; without them the server only listens on localhost.
+
+This is a small HTTP/1.1 server on asyncio streams rather than aiohttp: it
+answers a handful of GET requests for one local page, and aiohttp alone would
+add about 12 MB to a gateway that must idle under 50 MB on a Pi. Requests are
+bounded (8 KiB head, 10 s to send it, 64 connections at once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config.model import WebSection
@@ -27,72 +34,152 @@ from gateway.web.page import STATUS_PAGE
 if TYPE_CHECKING:
     from gateway.engine.pipeline import Engine
 
+MAX_HEAD = 8192
+HEAD_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+Response = tuple[int, str, bytes]
+
 
 class WebServer:
     def __init__(self, engine: Engine, config: WebSection) -> None:
         self.engine = engine
         self.config = config
         self.metrics = registry_for(engine)
-        self._runner: web.AppRunner | None = None
-
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/", self.page)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/api/status", self.api_status)
-        app.router.add_get("/api/dead-letters", self.api_dead_letters)
-        app.router.add_get("/metrics", self.metrics_text)
-        return app
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/healthz" or not (self.config.username and self.config.password):
-            return await handler(request)  # type: ignore[no-any-return]
-        expected = base64.b64encode(
-            f"{self.config.username}:{self.config.password}".encode()
-        ).decode()
-        given = request.headers.get("Authorization", "").removeprefix("Basic ").strip()
-        if not hmac.compare_digest(given, expected):
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="edge"'})
-        return await handler(request)  # type: ignore[no-any-return]
+        self._server: asyncio.Server | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._routes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Response]]] = {
+            "/": self.page,
+            "/healthz": self.healthz,
+            "/api/status": self.api_status,
+            "/api/dead-letters": self.api_dead_letters,
+            "/metrics": self.metrics_text,
+        }
+        self._expected_auth: str | None = None
+        if config.username and config.password:
+            token = f"{config.username}:{config.password}".encode()
+            self._expected_auth = "Basic " + base64.b64encode(token).decode()
 
     async def start(self) -> str:
         host, _, port = self.config.listen.rpartition(":")
-        host = host.strip("[]")
-        self._runner = web.AppRunner(self._app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, int(port))
-        await site.start()
+        self._server = await asyncio.start_server(
+            self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
+        )
         return f"http://{self.config.listen}"
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
-    async def page(self, _request: web.Request) -> web.Response:
-        return web.Response(text=STATUS_PAGE, content_type="text/html")
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._slots.locked():
+            writer.close()  # too many at once: refuse rather than queue without bound
+            return
+        async with self._slots:
+            try:
+                while await self._one_request(reader, writer):
+                    pass
+            except (
+                OSError,
+                TimeoutError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+            ):
+                pass  # a client that went away or sent garbage; nothing to report
+            finally:
+                writer.close()
 
-    async def healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            await self._send(writer, (400, "text/plain", b"bad request\n"), close=True)
+            return False
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        url = urlsplit(target)
+        handler = self._routes.get(url.path)
+        if method not in ("GET", "HEAD"):
+            response: Response = (405, "text/plain", b"only GET\n")
+        elif handler is None:
+            response = (404, "text/plain", b"not found\n")
+        elif url.path != "/healthz" and not self._authorized(headers.get("authorization", "")):
+            response = (401, "text/plain", b"credentials needed\n")
+        else:
+            response = await handler(parse_qs(url.query))
+        await self._send(writer, response, close=not keep, head_only=method == "HEAD")
+        return keep
 
-    async def api_status(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.engine.status(), dumps=lambda o: json.dumps(o, indent=1))
+    def _authorized(self, given: str) -> bool:
+        if self._expected_auth is None:
+            return True
+        return hmac.compare_digest(given.encode(), self._expected_auth.encode())
 
-    async def api_dead_letters(self, request: web.Request) -> web.Response:
+    async def _send(
+        self, writer: asyncio.StreamWriter, response: Response, close: bool, head_only: bool = False
+    ) -> None:
+        status, content_type, body = response
+        head = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+        ]
+        if status == 401:
+            head.append('WWW-Authenticate: Basic realm="edge-stream"')
+        if close:
+            head.append("Connection: close")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        if not head_only:
+            writer.write(body)
+        await writer.drain()
+
+    async def page(self, _query: dict[str, list[str]]) -> Response:
+        return 200, "text/html; charset=utf-8", STATUS_PAGE.encode()
+
+    async def healthz(self, _query: dict[str, list[str]]) -> Response:
+        return 200, "text/plain", b"ok\n"
+
+    async def api_status(self, _query: dict[str, list[str]]) -> Response:
+        return _json(self.engine.status())
+
+    async def api_dead_letters(self, query: dict[str, list[str]]) -> Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "50")), 1000))
+            limit = max(1, min(int(query.get("limit", ["50"])[0]), 1000))
         except ValueError:
-            raise web.HTTPBadRequest(text="limit must be a number") from None
+            return 400, "text/plain", b"limit must be a number\n"
         rows = await self.engine.store.query(
             "SELECT seq, id, topic, origin, reason, failed_at, length(content)"
             " FROM dead_letters ORDER BY seq DESC LIMIT ?",
             (limit,),
         )
         keys = ("seq", "id", "topic", "origin", "reason", "failed_at_ns", "bytes")
-        return web.json_response([dict(zip(keys, row, strict=True)) for row in rows])
+        return _json([dict(zip(keys, row, strict=True)) for row in rows])
 
-    async def metrics_text(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def metrics_text(self, _query: dict[str, list[str]]) -> Response:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)
+
+
+def _json(value: Any) -> Response:
+    return 200, "application/json", json.dumps(value, indent=1).encode()

@@ -1,0 +1,114 @@
+"""The status page, JSON API, /metrics and basic auth, served by a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.load import load_data
+from gateway.engine.pipeline import Engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_engine(tmp_path: Path, **web: Any) -> tuple[Engine, asyncio.Task[None], str]:
+    port = free_port()
+    config = load_data(
+        {
+            "gateway": {"id": "web-test", "data_dir": str(tmp_path)},
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"type": "file"}},
+            "web": {"listen": f"127.0.0.1:{port}", **web},
+        },
+        environ={},
+    )
+    engine = Engine(config)
+    task = asyncio.create_task(engine.run())
+    async with asyncio.timeout(10):
+        await engine.ready.wait()
+    return engine, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[str]:
+    engine, task, url = await start_engine(tmp_path)
+    yield url
+    engine.stop()
+    await task
+
+
+def get(url: str, auth: tuple[str, str] | None = None, method: str = "GET") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+async def test_status_api_page_metrics_and_health(served: str) -> None:
+    status, body = await asyncio.to_thread(get, f"{served}/api/status")
+    assert status == 200
+    data = json.loads(body)
+    assert data["gateway"]["id"] == "web-test"
+    assert data["sinks"]["out"]["type"] == "file" and data["sinks"]["out"]["depth"] == 0
+    assert data["routes"]["all"] == {"match": ["#"], "sinks": ["out"], "processors": []}
+    assert data["dead_letters"] == 0
+    status, body = await asyncio.to_thread(get, f"{served}/")
+    assert status == 200 and b"<title>Edge Stream</title>" in body
+    status, body = await asyncio.to_thread(get, f"{served}/metrics")
+    assert status == 200 and b'edge_stream_store_depth{sink="out"} 0.0' in body
+    assert await asyncio.to_thread(get, f"{served}/healthz") == (200, b"ok\n")
+    assert (await asyncio.to_thread(get, f"{served}/api/dead-letters?limit=5")) == (200, b"[]")
+    assert (await asyncio.to_thread(get, f"{served}/nope"))[0] == 404
+    assert (await asyncio.to_thread(get, f"{served}/healthz", None, "POST"))[0] == 405
+    assert (await asyncio.to_thread(get, f"{served}/api/dead-letters?limit=x"))[0] == 400
+
+
+async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> None:
+    host, port = served.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"\x00\x01garbage\r\n\r\n")
+    await writer.drain()
+    assert (await reader.read()).startswith(b"HTTP/1.1 400")
+    writer.close()
+    assert (await asyncio.to_thread(get, f"{served}/healthz"))[0] == 200
+
+
+async def test_credentials_are_required_everywhere_but_healthz(tmp_path: Path) -> None:
+    engine, task, url = await start_engine(tmp_path, username="tech", password="s3cret-pass")
+    try:
+        assert (await asyncio.to_thread(get, f"{url}/api/status"))[0] == 401
+        assert (await asyncio.to_thread(get, f"{url}/api/status", ("tech", "wrong")))[0] == 401
+        assert (await asyncio.to_thread(get, f"{url}/api/status", ("tech", "s3cret-pass")))[
+            0
+        ] == 200
+        assert (await asyncio.to_thread(get, f"{url}/healthz"))[0] == 200
+    finally:
+        engine.stop()
+        await task
+
+
+def test_listening_beyond_localhost_needs_credentials() -> None:
+    from gateway.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"needs web\.username and web\.password"):
+        load_data({"web": {"listen": "0.0.0.0:8080"}}, environ={})
+    load_data({"web": {"listen": "0.0.0.0:8080", "username": "a", "password": "b"}}, environ={})
