@@ -14,8 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+# cryptography is imported where it is used: most configs hold no secret, and it costs memory.
 
 ENV_KEY = "EDGE_STREAM_SECRET_KEY"
 _ENC = re.compile(r"ENC\(([A-Za-z0-9+/=_-]+)\)")
@@ -50,6 +49,8 @@ def generate_key_file(path: str | os.PathLike[str]) -> Path:
     """Write a new random key to `path` (mode 0600); refuse to overwrite one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(AESGCM.generate_key(bit_length=256).hex() + "\n")
@@ -57,12 +58,17 @@ def generate_key_file(path: str | os.PathLike[str]) -> Path:
 
 
 def encrypt(plaintext: str, key: bytes) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(12)
     sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), _AAD)
     return f"ENC({base64.urlsafe_b64encode(nonce + sealed).decode()})"
 
 
 def decrypt(token: str, key: bytes) -> str:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     raw = base64.urlsafe_b64decode(token)
     try:
         return AESGCM(key).decrypt(raw[:12], raw[12:], _AAD).decode()
