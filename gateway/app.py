@@ -35,12 +35,16 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     def on_signal(signum: int) -> None:
         nonlocal stops
         stops += 1
+        name = signal.Signals(signum).name
         if stops == 1:
-            log.info("gateway: %s received; stopping", signal.Signals(signum).name)
+            log.info("gateway: %s received; stopping", name)
             engine.stop()
-        else:
-            log.error("gateway: second %s; exiting now", signal.Signals(signum).name)
+        elif signum == signal.SIGINT:
+            # a second Ctrl-C means now; a repeated SIGTERM (make, a process group) does not
+            log.error("gateway: second SIGINT; exiting without finishing the shutdown")
             os._exit(1)
+        else:
+            log.info("gateway: %s received again; still stopping", name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

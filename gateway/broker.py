@@ -12,7 +12,6 @@ says otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
@@ -58,6 +57,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _reachable(folder: Path, uid: int, gid: int) -> bool:
+    """True if a user with `uid`/`gid` may enter every folder down to `folder`."""
+    for path in (folder, *folder.parents):
+        st = path.stat()
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if path != folder and not st.st_mode & bit:
+            return False
+    return True
+
+
 class EmbeddedBroker:
     """A supervised Mosquitto child process."""
 
@@ -86,13 +100,27 @@ class EmbeddedBroker:
     def _prepare(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(CONF.format(port=self.port, host=self.host, dir=self.dir))
+        text = CONF.format(port=self.port, host=self.host, dir=self.dir)
         if os.geteuid() == 0:
-            # Mosquitto started as root drops to the `mosquitto` user, which must own its files.
-            with contextlib.suppress(KeyError):
+            # Mosquitto started as root drops to the `mosquitto` user, which must own its
+            # files and be able to reach them; under a private folder (/root, a 0700 temp
+            # dir) it cannot, and would lose its persistence, so it keeps root there.
+            try:
                 user = pwd.getpwnam("mosquitto")
+            except KeyError:
+                user = None
+            if user is not None and _reachable(self.dir, user.pw_uid, user.pw_gid):
                 for path in (self.dir, *self.dir.iterdir()):
                     os.chown(path, user.pw_uid, user.pw_gid)
+            else:
+                text += "user root\n"
+                log.warning(
+                    "broker: %s is not reachable by the mosquitto user; the embedded broker"
+                    " runs as root (run the gateway as its own user, or use a data_dir"
+                    " such as /var/lib/edge-stream)",
+                    self.dir,
+                )
+        conf.write_text(text)
         return conf
 
     def _check_port_free(self) -> None:
