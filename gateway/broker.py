@@ -81,7 +81,7 @@ class EmbeddedBroker:
         self.port = int(port)
         self.dir = Path(data_dir).resolve() / "broker"
         self._proc: asyncio.subprocess.Process | None = None
-        self._stopping = False
+        self.stopping = False
         self.restarts = 0
 
     @property
@@ -165,7 +165,7 @@ class EmbeddedBroker:
 
     async def supervise(self) -> None:
         """Restart Mosquitto when it dies, until `stop()`."""
-        while not self._stopping:
+        while not self.stopping:
             proc = self._proc
             if proc is None:
                 await asyncio.sleep(5.0)
@@ -178,7 +178,7 @@ class EmbeddedBroker:
             async for line in proc.stderr:
                 log.warning("broker: %s", line.decode(errors="replace").rstrip())
             await proc.wait()
-            if self._stopping:
+            if self.stopping:
                 return
             self.restarts += 1
             log.error(
@@ -192,7 +192,7 @@ class EmbeddedBroker:
                 log.error("broker: %s", err)
 
     async def stop(self) -> None:
-        self._stopping = True
+        self.stopping = True
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return

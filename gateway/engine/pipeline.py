@@ -155,6 +155,8 @@ class Engine:
 
     def stop(self) -> None:
         self.stop_requested.set()
+        if self.broker is not None:
+            self.broker.stopping = True  # its own SIGTERM (same process group) is expected now
 
     def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks[name] = tg.create_task(self._supervised(name, fn), name=name)
