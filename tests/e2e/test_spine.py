@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 from harness import GatewayProcess, Publisher, wait_for
 
 
@@ -138,4 +140,35 @@ def test_bad_input_is_dead_lettered_with_reasons(
     assert "max_payload" in reasons
     assert "sink warehouse" in reasons
     assert gw.status()["sources"]["plant"]["state"] == "running"
+    assert gw.stop() == 0
+
+
+def test_reload_applies_a_valid_config_and_refuses_an_invalid_one(
+    mosquitto: Any, postgres: Any, gateway_factory: Any
+) -> None:
+    table = "e2e_reload"
+    total = 3000
+    config = spine_config(mosquitto, postgres, table)
+    gw = gateway_factory(config)
+    gw.start()
+    assert gw.proc is not None
+    publisher = Publisher(mosquitto.port, total, topics=5, prefix=table, rate=500)
+    publisher.start()
+    wait_for(lambda: publisher.sent >= 1000, 30, "1000 messages sent")
+    good = gw.config_path.read_text()
+    gw.config_path.write_text(good + "\nbogus_section: {}\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in gw.log(), 10, "the refusal in the log")
+    assert "bogus_section: unknown key" in gw.log()
+    assert gw.status()["sources"]["plant"]["state"] == "running"
+    config["routes"]["archive"] = {"match": f"{table}/#", "sinks": ["archive"]}
+    config["sinks"]["archive"] = {"type": "file", "path": "archive.jsonl"}
+    gw.config_path.write_text(yaml.safe_dump(config))
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "archive" in gw.status()["sinks"], 30, "the new sink after the reload")
+    publisher.join_checked()
+    wait_for(lambda: seq_counts(postgres, table)[1] >= total, 60, "every sequence number")
+    assert seq_counts(postgres, table) == (total, total)
+    archived = gw.folder / "data" / "archive.jsonl"
+    wait_for(lambda: archived.exists() and archived.read_text().count("\n") > 0, 30, "archive")
     assert gw.stop() == 0
