@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import NamedTuple
@@ -86,3 +87,24 @@ class FlowFile(NamedTuple):
             self.created,
             (self.id,),
         )
+
+
+_attributes_json: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def attributes_json(attributes: dict[str, str]) -> str:
+    """Compact JSON text of an attributes dict.
+
+    A gateway sees the same few attribute sets over and over (one per topic and
+    QoS), so their text is cached: a dict lookup instead of a JSON encoding per
+    FlowFile. The cache is cleared when it reaches 8192 entries.
+    """
+    if not attributes:
+        return "{}"
+    key = tuple(attributes.items())
+    text = _attributes_json.get(key)
+    if text is None:
+        if len(_attributes_json) >= 8192:
+            _attributes_json.clear()
+        text = _attributes_json[key] = json.dumps(attributes, separators=(",", ":"))
+    return text

@@ -91,7 +91,7 @@ from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration, check_identifier, did_you_mean
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import ConfigError, PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FlowFile, attributes_json
 
 # --- config -------------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class _Rows:
             elif source == "ts":
                 out.append([ff.created // 1000 for ff in batch])
             elif source == "attributes":
-                out.append([_dumps(ff.attributes) if ff.attributes else "{}" for ff in batch])
+                out.append([attributes_json(ff.attributes) for ff in batch])
             elif source == "payload":
                 out.append([text for text, _ in parsed])
             elif source == "raw":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.core.errors import GatewayError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FlowFile, attributes_json
 
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
@@ -124,24 +124,8 @@ class Batch:
     replayed: list[int] = field(default_factory=list)
 
 
-_attrs_cache: dict[tuple[tuple[str, str], ...], str] = {}
-
-
-def _attrs_json(attributes: dict[str, str]) -> str:
-    """JSON for an attributes dict; the same few dicts repeat, so their text is cached."""
-    if not attributes:
-        return "{}"
-    key = tuple(attributes.items())
-    text = _attrs_cache.get(key)
-    if text is None:
-        if len(_attrs_cache) >= 8192:
-            _attrs_cache.clear()
-        text = _attrs_cache[key] = json.dumps(attributes, separators=(",", ":"))
-    return text
-
-
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
-    attrs = _attrs_json(ff.attributes)
+    attrs = attributes_json(ff.attributes)
     lineage = ",".join(ff.lineage)
     size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
     return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
@@ -361,7 +345,7 @@ class Store:
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
         ff = d.flowfile
-        attrs = json.dumps(ff.attributes, separators=(",", ":"))
+        attrs = attributes_json(ff.attributes)
         lineage = ",".join(ff.lineage)
         return (
             ff.id,
