@@ -1,0 +1,299 @@
+"""Modbus data types and the request planner: pure functions, no I/O.
+
+A value occupies one bit (coils, discrete inputs, or one bit of a register) or
+`width` 16-bit registers. Multi-register values are decoded from the big-endian
+bytes of the block that was read: `byte_order` says whether each register holds
+its two bytes high-first ("big") or swapped ("little"), `word_order` whether the
+most significant register comes first ("big") or last ("little"). For a 32-bit
+value with bytes A (most significant) to D:
+
+    byte big,    word big    ABCD        byte little, word little  DCBA
+    byte big,    word little CDAB        byte little, word big     BADC
+
+and likewise ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA for 64-bit values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+# name -> (registers, struct code)
+NUMERIC_TYPES: dict[str, tuple[int, str]] = {
+    "int16": (1, "h"),
+    "uint16": (1, "H"),
+    "int32": (2, "i"),
+    "uint32": (2, "I"),
+    "int64": (4, "q"),
+    "uint64": (4, "Q"),
+    "float32": (2, "f"),
+    "float64": (4, "d"),
+}
+_STRING = re.compile(r"^string\((\d+)\)$")
+MAX_STRING = 240
+TYPE_NAMES = ("bool", *NUMERIC_TYPES, "string(N)")
+
+ORDER_ALIASES: dict[str, tuple[str, str]] = {
+    "ABCD": ("big", "big"),
+    "CDAB": ("big", "little"),
+    "BADC": ("little", "big"),
+    "DCBA": ("little", "little"),
+    "ABCDEFGH": ("big", "big"),
+    "GHEFCDAB": ("big", "little"),
+    "BADCFEHG": ("little", "big"),
+    "HGFEDCBA": ("little", "little"),
+}
+
+
+class TypeInfo(NamedTuple):
+    kind: str  # "bool", "int", "float" or "string"
+    width: int  # registers (0 for a bool, which needs one bit or one register)
+    code: str  # struct code, "" for bool and string
+    length: int  # characters for string(N)
+
+
+def parse_type(name: str) -> TypeInfo:
+    """TypeInfo for a type name; raise ValueError listing the valid names."""
+    if name == "bool":
+        return TypeInfo("bool", 0, "", 0)
+    if name in NUMERIC_TYPES:
+        width, code = NUMERIC_TYPES[name]
+        return TypeInfo("float" if code in "fd" else "int", width, code, 0)
+    m = _STRING.match(name)
+    if m:
+        length = int(m.group(1))
+        if not 1 <= length <= MAX_STRING:
+            raise ValueError(f"string length must be 1..{MAX_STRING}, got {length}")
+        return TypeInfo("string", (length + 1) // 2, "", length)
+    raise ValueError(f"unknown type {name!r} (one of {', '.join(TYPE_NAMES)})")
+
+
+def _swap_words(buf: bytes, start: int, width: int) -> bytes:
+    """The `width` registers at byte offset `start`, in reverse register order."""
+    return b"".join(buf[start + 2 * i : start + 2 * i + 2] for i in range(width - 1, -1, -1))
+
+
+def _swap_bytes(data: bytes) -> bytes:
+    out = bytearray(len(data))
+    out[0::2] = data[1::2]
+    out[1::2] = data[0::2]
+    return bytes(out)
+
+
+def _decimals(x: float) -> int:
+    exponent = Decimal(repr(x)).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def _short_float32(v: float) -> float:
+    """The shortest decimal that is the same float32: 23.4, not 23.399999618530273."""
+    if v != v or v in (math.inf, -math.inf):
+        return v
+    for digits in (6, 7, 8):
+        short = float(f"{v:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", short))[0] == v:
+            return short
+    return v
+
+
+Decoder = Callable[[bytes, Sequence[Any]], Any]
+
+
+def make_decoder(
+    info: TypeInfo,
+    offset: int,
+    *,
+    bits: bool,
+    bit: int | None = None,
+    byte_order: str = "big",
+    word_order: str = "big",
+    scale: float = 1.0,
+    add: float = 0.0,
+    precision: int | None = None,
+) -> Decoder:
+    """A function (block_bytes, block_values) -> value for one value in a block.
+
+    `offset` is the position in the block in registers (bits for bit tables);
+    `block_bytes` are the block's registers packed big-endian, `block_values`
+    the registers (or bits) as the device returned them.
+    """
+    if bits:
+        return lambda buf, values: bool(values[offset])
+    if info.kind == "bool":
+        if bit is None:
+            return lambda buf, values: values[offset] != 0
+        mask = 1 << bit
+        return lambda buf, values: bool(values[offset] & mask)
+    start = 2 * offset
+    if info.kind == "string":
+        end = start + 2 * info.width
+        length = info.length
+        if byte_order == "big":
+            return lambda buf, values: (
+                buf[start:end][:length].split(b"\x00", 1)[0].decode("utf-8", "replace")
+            )
+        return lambda buf, values: (
+            _swap_bytes(buf[start:end])[:length].split(b"\x00", 1)[0].decode("utf-8", "replace")
+        )
+
+    width, code = info.width, info.code
+    raw: Decoder
+    if width == 1 and byte_order == "big":
+        if code == "H":
+            raw = lambda buf, values: values[offset]  # noqa: E731
+        else:
+            raw = lambda buf, values: (  # noqa: E731
+                values[offset] - 0x10000 if values[offset] & 0x8000 else values[offset]
+            )
+    elif width == 1 or byte_order == word_order:
+        # ABCD reads as is; DCBA is the whole value reversed, i.e. little-endian.
+        unpack_from = struct.Struct((">" if byte_order == "big" else "<") + code).unpack_from
+        raw = lambda buf, values: unpack_from(buf, start)[0]  # noqa: E731
+    else:
+        # CDAB: registers reversed give ABCD. BADC: registers reversed give DCBA,
+        # which is ABCD read little-endian. Same for the 64-bit orders.
+        unpack = struct.Struct(("<" if byte_order == "little" else ">") + code).unpack
+        raw = lambda buf, values: unpack(_swap_words(buf, start, width))[0]  # noqa: E731
+
+    if code == "f":
+        base = raw
+        raw = lambda buf, values: _short_float32(base(buf, values))  # noqa: E731
+    if scale == 1.0 and add == 0.0 and precision is None:
+        return raw
+    if precision is None:
+        if info.kind == "int" and float(scale).is_integer() and float(add).is_integer():
+            iscale, iadd = int(scale), int(add)
+            return lambda buf, values: raw(buf, values) * iscale + iadd
+        precision = max(_decimals(scale), _decimals(add)) if info.kind == "int" else None
+    if precision is None:
+        return lambda buf, values: raw(buf, values) * scale + add
+    digits = precision
+    return lambda buf, values: round(raw(buf, values) * scale + add, digits)
+
+
+def encode(
+    info: TypeInfo,
+    value: Any,
+    *,
+    byte_order: str = "big",
+    word_order: str = "big",
+    scale: float = 1.0,
+    add: float = 0.0,
+) -> list[int]:
+    """Registers for an engineering value (a decoder's inverse); ValueError if it cannot fit."""
+    if info.kind == "string":
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        data = value.encode("utf-8")
+        if len(data) > info.length:
+            raise ValueError(f"{value!r} is longer than {info.length} bytes")
+        data = data.ljust(2 * info.width, b"\x00")
+        if byte_order == "little":
+            data = _swap_bytes(data)
+        return list(struct.unpack(f">{info.width}H", data))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    raw = (value - add) / scale if (scale != 1.0 or add != 0.0) else value
+    code = info.code
+    if info.kind == "int":
+        if isinstance(raw, float):
+            if not math.isfinite(raw):
+                raise ValueError(f"{value!r} is not a finite number")
+            raw = round(raw)
+        bits = 16 * info.width
+        if code.isupper():
+            lo, hi = 0, (1 << bits) - 1
+        else:
+            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if not lo <= raw <= hi:
+            raise ValueError(f"{value!r} is out of range for this register ({lo}..{hi} raw)")
+    else:
+        raw = float(raw)
+        if code == "f" and math.isfinite(raw) and abs(raw) > 3.4028234663852886e38:
+            raise ValueError(f"{value!r} is out of range for float32")
+    data = struct.pack(">" + code, raw)
+    if byte_order == "little":
+        data = _swap_bytes(data)
+    regs = list(struct.unpack(f">{info.width}H", data))
+    if word_order == "little":
+        regs.reverse()
+    return regs
+
+
+class Block(NamedTuple):
+    """One read request: `length` registers (or bits) from `start`, and which items it covers."""
+
+    start: int
+    length: int
+    items: tuple[int, ...]  # indexes into the planner's input
+    runs: tuple[tuple[int, int], ...]  # contiguous (start, count) runs without filler
+
+
+def plan(spans: Sequence[tuple[int, int]], max_count: int, max_gap: int) -> list[Block]:
+    """Merge (start, width) spans into as few reads as possible.
+
+    Spans sorted by address are merged while the block stays within `max_count`
+    and the hole to the next span is at most `max_gap`; overlapping spans share
+    a block. A span wider than `max_count` cannot be read and raises ValueError.
+    """
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], -spans[i][1]))
+    blocks: list[Block] = []
+    cur_start = cur_end = -1
+    cur_items: list[int] = []
+    runs: list[tuple[int, int]] = []
+    run_start = run_end = -1
+
+    def flush() -> None:
+        if cur_items:
+            all_runs = (*runs, (run_start, run_end - run_start))
+            blocks.append(Block(cur_start, cur_end - cur_start, tuple(cur_items), all_runs))
+
+    for i in order:
+        start, width = spans[i]
+        width = max(width, 1)
+        if width > max_count:
+            raise ValueError(f"a value of {width} registers exceeds the request limit {max_count}")
+        end = start + width
+        if cur_items and start - cur_end <= max_gap and max(end, cur_end) - cur_start <= max_count:
+            if start > run_end:
+                runs.append((run_start, run_end - run_start))
+                run_start = start
+            run_end = max(run_end, end)
+            cur_end = max(cur_end, end)
+            cur_items.append(i)
+            continue
+        flush()
+        cur_start, cur_end, cur_items = start, end, [i]
+        runs, run_start, run_end = [], start, end
+    flush()
+    return blocks
+
+
+def split_runs(spans: Sequence[tuple[int, int]], block: Block) -> list[Block]:
+    """The block re-planned without filler between its runs (for devices that refuse holes)."""
+    out: list[Block] = []
+    for run_start, run_count in block.runs:
+        run_end = run_start + run_count
+        items = tuple(i for i in block.items if run_start <= spans[i][0] < run_end)
+        out.append(Block(run_start, run_count, items, ((run_start, run_count),)))
+    return out
+
+
+def json_scalar(value: Any) -> str:
+    """A value as JSON text; NaN and infinities (not JSON) become null."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "null"
+    if value is None:
+        return "null"
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,365 @@
+"""Reads a serial port (or any pyserial URL) and cuts the stream into records.
+
+```yaml
+sources:
+  gps:
+    type: serial
+    port: /dev/ttyUSB0          # or socket://10.0.0.7:4001, rfc2217://10.0.0.7:2217
+    baudrate: 4800
+    framing: nmea               # line | regex | fixed | nmea
+    topic: "gps/{sentence}"     # default serial/{source}
+  scale:
+    type: serial
+    port: /dev/ttyACM0
+    baudrate: 9600
+    parity: E
+    bytesize: 7
+    framing: regex
+    pattern: '^(?P<status>ST|US),(?P<mode>GS|NT),\\s*(?P<weight>[-+0-9.]+)\\s*(?P<unit>\\w+)'
+```
+
+Port keys: `port`, `baudrate` (9600), `bytesize` (5-8, default 8), `parity`
+(N, E, O, M, S), `stopbits` (1, 1.5, 2), `flow_control` (none, rtscts,
+dsrdtr, xonxoff).
+
+Framing:
+- `line`: each line up to `terminator` (default "\\n"; "\\r\\n" and "\\r" work
+  too) becomes a FlowFile whose content is the line (surrounding whitespace
+  removed unless `strip: false`). With `encoding` (utf-8; `binary` to accept
+  any bytes), a line that is not valid text is garbage.
+- `regex`: each line is searched with `pattern`; its named groups become the
+  fields of a JSON object (numbers as numbers unless `convert: false`).
+- `fixed`: records of `length` bytes, content as received; with `sync` (hex,
+  e.g. "aa55") each record must start with those bytes and anything between
+  records is garbage.
+- `nmea`: NMEA 0183 sentences (`$...*hh`); the checksum is verified
+  (`require_checksum: true`), and GGA, RMC, GLL, VTG, GSA, ZDA and HDT are
+  parsed into named fields (lat/lon in signed decimal degrees, time, date,
+  speed, satellites ...); other sentences keep their `fields` as a list.
+  Content: `{"talker": "GP", "sentence": "GGA", "lat": 48.1173, ..., "raw": "$GPGGA,..."}`.
+
+`topic` may use `{source}` and, with nmea, `{talker}` and `{sentence}`.
+FlowFiles carry the attribute `serial.port` (and `nmea.talker`,
+`nmea.sentence`).
+
+Bad input never stops the source: garbage bytes, undecodable text, lines
+that do not match, bad NMEA checksums and lines longer than `max_length`
+(4096 bytes) go to the dead-letter table with the reason, keeping the raw
+bytes. An adapter that is unplugged is noticed (the read fails), reported,
+and opened again by the engine's reconnect once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import serial
+
+from gateway.config.model import SourceConfig
+from gateway.config.schema import Size
+from gateway.core.component import Context, Message, Source
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.core.topics import validate_topic
+from gateway.sources._serial_framing import (
+    FixedFramer,
+    LineFramer,
+    NmeaFramer,
+    Record,
+    RegexFramer,
+)
+
+READ_CHUNK = 65536
+THREAD_POLL = 0.2  # seconds a blocking read in a thread waits before looking again
+
+
+@dataclass(frozen=True, kw_only=True)
+class SerialSourceConfig(SourceConfig):
+    """Keys of the `serial` source (see the module documentation)."""
+
+    port: str
+    baudrate: int = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = 1
+    flow_control: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = "none"
+    framing: Literal["line", "regex", "fixed", "nmea"] = "line"
+    terminator: str = "\n"
+    strip: bool = True
+    encoding: str = "utf-8"
+    pattern: str | None = None
+    convert: bool = True
+    length: int | None = None
+    sync: str | None = None
+    require_checksum: bool = True
+    max_length: Size = 4096
+    topic: str = "serial/{source}"
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.port:
+            yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
+        if self.baudrate <= 0:
+            yield "baudrate", "must be positive"
+        if self.stopbits not in (1, 1.5, 2):
+            yield "stopbits", "must be 1, 1.5 or 2"
+        if not self.terminator:
+            yield "terminator", "must not be empty"
+        if self.encoding != "binary":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                yield "encoding", f"unknown encoding {self.encoding!r} (or 'binary')"
+        if not 16 <= self.max_length <= 1 << 20:
+            yield "max_length", "must be between 16 bytes and 1MiB"
+        if self.framing == "regex":
+            if not self.pattern:
+                yield "pattern", "framing: regex needs a pattern with named groups"
+            else:
+                try:
+                    compiled = re.compile(self.pattern)
+                except re.error as err:
+                    yield "pattern", f"not a valid regular expression: {err}"
+                else:
+                    if not compiled.groupindex:
+                        yield "pattern", "needs named groups, e.g. (?P<weight>[0-9.]+)"
+        elif self.pattern is not None:
+            yield "pattern", "only used with framing: regex"
+        if self.framing == "fixed":
+            if self.length is None or not 1 <= self.length <= self.max_length:
+                yield "length", "framing: fixed needs length: 1..max_length bytes"
+        elif self.length is not None:
+            yield "length", "only used with framing: fixed"
+        if self.sync is not None:
+            try:
+                sync = bytes.fromhex(self.sync)
+            except ValueError:
+                yield "sync", f"{self.sync!r} is not hex bytes, e.g. 'aa55'"
+            else:
+                if not sync or (self.length is not None and len(sync) > self.length):
+                    yield "sync", "must be 1..length bytes"
+            if self.framing != "fixed":
+                yield "sync", "only used with framing: fixed"
+        allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(self.topic) if f is not None}
+        except ValueError as err:
+            yield "topic", f"{self.topic!r} is not a valid template: {err}"
+            return
+        if names - allowed:
+            yield (
+                "topic",
+                (
+                    f"{self.topic!r} uses {', '.join(sorted(names - allowed))};"
+                    f" available: {', '.join('{' + a + '}' for a in sorted(allowed))}"
+                ),
+            )
+        else:
+            problem = validate_topic(self.topic.format(**{n: "x" for n in names}))
+            if problem:
+                yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
+
+
+def _unescape(text: str) -> bytes:
+    """The terminator as bytes; YAML may bring "\\r\\n" either escaped or literal."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
+
+
+class SerialSource(Source):
+    """A serial port read without blocking the loop, framed into records."""
+
+    Config = SerialSourceConfig
+    mode = "stream"
+
+    def __init__(self, config: SerialSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: SerialSourceConfig = config
+        self._serial: Any = None
+        self._fd: int | None = None
+        self._thread_read: asyncio.Future[bytes] | None = None
+        self._framer: Any = None
+        self._attrs = {"serial.port": config.port}
+        self._topics: dict[tuple[str, str], str] = {}
+        self._status: dict[str, Any] = {
+            "port": config.port,
+            "state": "closed",
+            "records": 0,
+            "rejected": 0,
+            "last_error": None,
+        }
+        ctx.status["serial"] = self._status
+
+    def _make_framer(self) -> Any:
+        cfg = self.config
+        if cfg.framing == "line":
+            return LineFramer(_unescape(cfg.terminator), cfg.max_length, cfg.encoding, cfg.strip)
+        if cfg.framing == "regex":
+            assert cfg.pattern is not None
+            return RegexFramer(
+                _unescape(cfg.terminator), cfg.max_length, cfg.encoding, cfg.pattern, cfg.convert
+            )
+        if cfg.framing == "fixed":
+            assert cfg.length is not None
+            return FixedFramer(cfg.length, bytes.fromhex(cfg.sync) if cfg.sync else None)
+        return NmeaFramer(cfg.max_length, cfg.require_checksum)
+
+    async def connect(self) -> None:
+        """Open the port; RetryableError while the device is missing."""
+        await self.close()
+        cfg = self.config
+        try:
+            port = serial.serial_for_url(
+                cfg.port,
+                baudrate=cfg.baudrate,
+                bytesize=cfg.bytesize,
+                parity=cfg.parity,
+                stopbits=int(cfg.stopbits) if cfg.stopbits != 1.5 else 1.5,
+                rtscts=cfg.flow_control == "rtscts",
+                dsrdtr=cfg.flow_control == "dsrdtr",
+                xonxoff=cfg.flow_control == "xonxoff",
+                timeout=0,
+            )
+        except ValueError as err:  # pyserial: settings this port or URL can never take
+            raise PermanentError(f"serial port {cfg.port}: {err}") from err
+        except (serial.SerialException, OSError) as err:
+            self._status.update(state="missing", last_error=str(err))
+            raise RetryableError(f"cannot open serial port {cfg.port}: {err}") from err
+        self._serial = port
+        if isinstance(port, serial.Serial) and hasattr(port, "fd"):
+            # A real tty or pty: read its file descriptor without blocking, woken by the loop.
+            self._fd = port.fd
+            os.set_blocking(port.fd, False)
+        else:
+            # socket://, rfc2217:// and other URL handlers have no file descriptor the
+            # loop can watch (rfc2217 runs its own thread); they are read in a worker
+            # thread with a short timeout, one read at a time.
+            port.timeout = THREAD_POLL
+        self._framer = self._make_framer()
+        self._status.update(state="open", last_error=None)
+        self.ctx.log.info("opened %s at %d baud (%s framing)", cfg.port, cfg.baudrate, cfg.framing)
+
+    async def read(self) -> list[Message]:
+        """Wait for bytes and return the records they complete (rejects included)."""
+        while True:
+            data = await self._next_chunk()
+            if data:
+                messages = self._to_messages(self._framer.feed(data))
+                if messages:
+                    return messages
+
+    async def _next_chunk(self) -> bytes:
+        if self._serial is None:
+            raise RetryableError(f"serial port {self.config.port} is not open")
+        try:
+            if self._fd is not None:
+                data = await self._read_fd(self._fd)
+                if not data:
+                    raise OSError("end of file: the device went away")
+                return data
+            if self._thread_read is None:
+                self._thread_read = asyncio.ensure_future(
+                    asyncio.to_thread(_blocking_read, self._serial)
+                )
+            try:
+                return await asyncio.shield(self._thread_read)
+            finally:
+                if self._thread_read.done():
+                    self._thread_read = None
+        except (OSError, serial.SerialException) as err:
+            self._status.update(state="lost", last_error=str(err))
+            self.ctx.log.warning("serial port %s lost: %s", self.config.port, err)
+            raise RetryableError(f"serial port {self.config.port} lost: {err}") from err
+
+    async def _read_fd(self, fd: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        # pyserial leaves the tty at VMIN=0, so an empty read means "nothing yet" when we
+        # just look, and "hung up" only when the loop said the port was readable.
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            data = b""
+        if data:
+            return data
+        ready: asyncio.Future[bytes] = loop.create_future()
+
+        def on_readable() -> None:
+            if ready.done():
+                return
+            try:
+                ready.set_result(os.read(fd, READ_CHUNK))
+            except BlockingIOError:
+                return
+            except OSError as err:
+                ready.set_exception(err)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            return await ready
+        finally:
+            loop.remove_reader(fd)
+
+    def _to_messages(self, records: list[Record]) -> list[Message]:
+        out: list[Message] = []
+        status = self._status
+        create = FlowFile.create
+        attrs = self._attrs
+        nmea = self.config.framing == "nmea"
+        for rec in records:
+            topic = self._topic(rec.talker, rec.sentence)
+            if rec.reject is not None:
+                status["rejected"] += 1
+                status["last_error"] = rec.reject
+                a = {**attrs, "serial.error": rec.reject}
+                out.append(Message(create(topic, rec.content, a), reject=rec.reject))
+                continue
+            status["records"] += 1
+            if nmea:
+                a = {**attrs, "nmea.talker": rec.talker, "nmea.sentence": rec.sentence}
+                out.append(Message(create(topic, rec.content, a)))
+            else:
+                out.append(Message(create(topic, rec.content, attrs)))
+        return out
+
+    def _topic(self, talker: str, sentence: str) -> str:
+        key = (talker, sentence)
+        topic = self._topics.get(key)
+        if topic is None:
+            fields = {"source": self.ctx.name, "talker": talker or "invalid",
+                      "sentence": sentence or "invalid"}  # fmt: skip
+            topic = self.config.topic.format(**fields)
+            if len(self._topics) < 1000:
+                self._topics[key] = topic
+        return topic
+
+    async def close(self) -> None:
+        port, self._serial = self._serial, None
+        self._fd = None
+        pending, self._thread_read = self._thread_read, None
+        if pending is not None:
+            # Let the worker thread's read (at most THREAD_POLL) end before closing under it.
+            try:
+                await asyncio.wait_for(asyncio.shield(pending), THREAD_POLL * 5)
+            except (TimeoutError, OSError, serial.SerialException):
+                pass
+        if port is not None:
+            try:
+                port.close()
+            except (OSError, serial.SerialException) as err:
+                self.ctx.log.debug("closing %s: %s", self.config.port, err)
+            self._status["state"] = "closed"
+
+
+def _blocking_read(port: Any) -> bytes:
+    """One read in a worker thread: wait up to the port timeout for a byte, then take the rest."""
+    first = port.read(1)
+    if not first:
+        return b""
+    waiting: int = port.in_waiting
+    rest: bytes = port.read(min(waiting, READ_CHUNK)) if waiting else b""
+    return bytes(first) + rest

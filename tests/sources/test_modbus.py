@@ -1,0 +1,654 @@
+"""The Modbus source against a real pymodbus server (the PLC), over TCP and RTU on a socat pty.
+
+Each test builds the source from plain config data, connects it and calls
+`read()` as the engine would; what counts is what reached the server (its
+request log, its registers) and what came out of `read()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from modbus_plc import PlcStore, layout, serve_rtu, serve_tcp, serve_udp
+from socat_pair import SocatPair
+
+from gateway.config.schema import Problems, build_dataclass
+from gateway.core.component import Context, Message
+from gateway.sources.modbus import ModbusSource, ModbusSourceConfig
+
+WAIT = 30.0  # generous: the machine may be loaded
+
+
+def make_config(raw: dict[str, Any]) -> ModbusSourceConfig:
+    problems = Problems()
+    config = build_dataclass(ModbusSourceConfig, {"type": "modbus", **raw}, (), problems)
+    assert not problems, problems.items
+    return config  # type: ignore[no-any-return]
+
+
+def make_source(raw: dict[str, Any], name: str = "plant", **ctx: Any) -> ModbusSource:
+    return ModbusSource(make_config(raw), Context(name=name, kind="source", **ctx))
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
+    problems = Problems()
+    build_dataclass(ModbusSourceConfig, {"type": "modbus", **raw}, (), problems)
+    return [".".join(map(str, path)) + ": " + msg for path, msg in problems.items]
+
+
+def values(messages: list[Message]) -> dict[str, Any]:
+    """topic -> decoded value (the last one per topic)."""
+    return {m.flowfile.topic: json.loads(m.flowfile.content)["value"] for m in messages}
+
+
+class Pump:
+    """Calls read() in the background as the engine would, keeping what comes out."""
+
+    def __init__(self, source: ModbusSource) -> None:
+        self.source = source
+        self.messages: list[Message] = []
+        self.batches = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Pump:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.source.read()
+            self.messages.extend(batch)
+            self.batches += 1
+            self._changed.set()
+
+    async def until(self, check: Callable[[list[Message]], bool], what: str) -> None:
+        async with asyncio.timeout(WAIT):
+            while not check(self.messages):
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                self._changed.clear()
+                await self._changed.wait()
+
+    def topic(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(m.flowfile.content) for m in self.messages if m.flowfile.topic == topic]
+
+
+@pytest.fixture
+async def plc() -> Any:
+    store = PlcStore(units=(1,))
+    server, port = await serve_tcp(store)
+    store.port = port  # type: ignore[attr-defined]
+    store.server = server  # type: ignore[attr-defined]
+    yield store
+    await store.server.shutdown()  # type: ignore[attr-defined] # (a test may have replaced it)
+
+
+# ---- values -------------------------------------------------------------------------
+
+ORDERS = {"ABCD": ("big", "big"), "CDAB": ("big", "little"), "BADC": ("little", "big"),
+          "DCBA": ("little", "little"), "ABCDEFGH": ("big", "big"),
+          "GHEFCDAB": ("big", "little"), "BADCFEHG": ("little", "big"),
+          "HGFEDCBA": ("little", "little")}  # fmt: skip
+WIDE = [("int32", "i", -123456789), ("uint32", "I", 4000000000), ("float32", "f", -12.75),
+        ("int64", "q", -9876543210123), ("uint64", "Q", 18000000000000000000),
+        ("float64", "d", 1234.5678)]  # fmt: skip
+
+
+async def test_every_type_and_order_decodes(plc: PlcStore) -> None:
+    registers: dict[str, Any] = {}
+    expected: dict[str, Any] = {}
+    address = 0
+
+    def put(name: str, regs: list[int], spec: dict[str, Any], value: Any) -> None:
+        nonlocal address
+        plc.set(1, "holding", address, regs)
+        registers[name] = {"address": address, **spec}
+        expected[f"modbus/plc1/{name}"] = value
+        address += len(regs)
+
+    for type_name, code, value in WIDE:
+        for order, (byte_order, word_order) in ORDERS.items():
+            if (len(order) == 8) != (code in "qQd"):
+                continue
+            regs = layout(code, value, order)
+            # the same value twice: once with byte_order/word_order, once with the alias
+            put(
+                f"{type_name}_{order}",
+                regs,
+                {"type": type_name, "byte_order": byte_order, "word_order": word_order},
+                value,
+            )
+            alias = {"type": type_name, "order": order}
+            put(f"{type_name}_{order}_alias", regs, alias, value)
+    put("int16", [0xFF85], {"type": "int16"}, -123)
+    put("int16_le", [0x85FF], {"type": "int16", "byte_order": "little"}, -123)
+    put("uint16", [0xFF85], {"type": "uint16"}, 65413)
+    put("scaled", [215], {"type": "int16", "scale": 0.1, "unit": "°C"}, 21.5)
+    put("offset", [1234], {"type": "uint16", "scale": 0.01, "offset": -10}, 2.34)
+    put("text", [0x4142, 0x4344, 0x4500], {"type": "string(6)"}, "ABCDE")
+    put("text_le", [0x4241, 0x4443, 0x0045], {"type": "string(6)", "byte_order": "little"}, "ABCDE")
+    put("flags", [0b1010], {"type": "bool", "bit": 1}, True)
+    registers["flag0"] = {"address": address - 1, "type": "bool", "bit": 0}
+    expected["modbus/plc1/flag0"] = False
+    plc.set(1, "input", 7, layout("f", 3.25, "CDAB"))
+    registers["in_f"] = {"table": "input", "address": 7, "type": "float32", "order": "CDAB"}
+    expected["modbus/plc1/in_f"] = 3.25
+    plc.set(1, "coil", 3, [True, False, True])
+    plc.set(1, "discrete", 100, [True])
+    for i, v in enumerate([True, False, True]):
+        registers[f"coil{i}"] = {"table": "coil", "address": 3 + i, "type": "bool"}
+        expected[f"modbus/plc1/coil{i}"] = v
+    registers["di"] = {"table": "discrete", "address": 100, "type": "bool"}
+    expected["modbus/plc1/di"] = True
+
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "1h", "registers": registers},  # type: ignore[attr-defined]
+        name="plc1",
+    )
+    await source.connect()
+    try:
+        async with asyncio.timeout(WAIT):
+            messages = await source.read()
+    finally:
+        await source.close()
+    got = values(messages)
+    assert got == expected
+    assert len(messages) == len(expected)
+    # planned: the holding values are contiguous (address registers): ceil(address / 125)
+    # requests, plus one each for the input register, the coils and the discrete input
+    holding = plc.reads(fc=3)
+    assert len(holding) == math.ceil(address / 125)
+    assert [r[1:] for r in plc.reads(fc=4)] == [(4, 7, 2)]
+    assert [r[1:] for r in plc.reads(fc=1)] == [(1, 3, 3)]
+    assert [r[1:] for r in plc.reads(fc=2)] == [(2, 100, 1)]
+    scaled = next(m for m in messages if m.flowfile.topic == "modbus/plc1/scaled")
+    body = json.loads(scaled.flowfile.content)
+    assert body["raw"] == [215] and body["unit"] == "°C" and body["ts"].endswith("Z")
+    address_text = str(registers["scaled"]["address"])
+    assert scaled.flowfile.attributes == {"device": "plc1", "register": "scaled", "unit_id": "1",
+                                          "table": "holding", "address": address_text}  # fmt: skip
+    wide = json.loads(
+        next(m for m in messages if m.flowfile.topic.endswith("uint32_CDAB")).flowfile.content
+    )
+    assert wide["raw"] == layout("I", 4000000000, "CDAB")
+    coil = json.loads(
+        next(m for m in messages if m.flowfile.topic.endswith("coil0")).flowfile.content
+    )
+    assert coil["raw"] == [True]
+
+
+async def test_planner_request_count_at_the_server(plc: PlcStore) -> None:
+    registers = {
+        "a": {"address": 1, "type": "uint16"},  # address_base 1: protocol address 0
+        "b": {"address": 2, "type": "int32"},  # 1..2, contiguous with a
+        "c": {"address": 12, "type": "uint16"},  # hole of 8 <= max_gap: same request
+        "d": {"address": 101, "type": "uint16"},  # hole of 88: a new request
+        **{f"w{i}": {"address": 201 + 2 * i, "type": "float32"} for i in range(70)},  # 140 regs
+        "slow": {"address": 51, "type": "uint16", "interval": "1h"},  # its own group
+        "i1": {"table": "input", "address": 1, "type": "uint16"},
+        "i2": {"table": "input", "address": 3, "type": "uint16"},
+    }
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "address_base": 1,  # type: ignore[attr-defined]
+                          "interval": "1h", "max_gap": 10, "registers": registers})  # fmt: skip
+    await source.connect()
+    try:
+        async with asyncio.timeout(WAIT):
+            messages = await source.read()
+    finally:
+        await source.close()
+    reads = sorted(r[1:] for r in plc.requests)
+    assert reads == sorted([
+        (3, 0, 12),  # a, b, c (with a hole of 8 read along)
+        (3, 50, 1),  # slow, at its own interval
+        (3, 100, 1),  # d
+        (3, 200, 124),  # 62 float32: as many as fit without splitting one
+        (3, 324, 16),  # the other 8
+        (4, 0, 3),  # i1, i2 and the register between
+    ])  # fmt: skip
+    assert len(messages) == len(registers)
+    assert source.requests == 6
+
+
+async def test_filled_hole_refused_by_the_device_is_split(plc: PlcStore) -> None:
+    plc.set(1, "holding", 0, [10, 11, 12, 13, 14, 15])
+    plc.holes[1] = {2, 3}  # these addresses do not exist on this device
+    registers = {"r0": {"address": 0}, "r1": {"address": 1}, "r4": {"address": 4},
+                 "r5": {"address": 5}}  # fmt: skip
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "50ms",  # type: ignore[attr-defined]
+                          "registers": registers})  # fmt: skip
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(values(ms)) == 4, "values after the split")
+    finally:
+        await source.close()
+    assert values(pump.messages) == {"modbus/plant/r0": 10, "modbus/plant/r1": 11,
+                                     "modbus/plant/r4": 14, "modbus/plant/r5": 15}  # fmt: skip
+    assert plc.requests[0][1:] == (3, 0, 6)
+    assert {r[1:] for r in plc.requests[1:3]} == {(3, 0, 2), (3, 4, 2)}
+    assert source.ctx.status["devices"]["plant"]["state"] == "online"
+
+
+async def test_groups_keep_their_own_intervals(plc: PlcStore) -> None:
+    registers = {
+        "fast": {"address": 0, "interval": "100ms"},
+        "slow": {"address": 50, "interval": "1s"},
+    }
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "registers": registers})  # type: ignore[attr-defined]
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/plant/slow")) >= 3, "3 slow polls")
+    finally:
+        await source.close()
+    fast = len(plc.reads(fc=3)) - len([r for r in plc.requests if r[2] == 50])
+    slow = len([r for r in plc.requests if r[2] == 50])
+    assert slow >= 3
+    assert fast >= 4 * slow  # nominally 10x; polls missed under load are skipped, not bunched
+
+
+async def test_report_by_exception(plc: PlcStore) -> None:
+    registers = {
+        "tick": {"address": 0},  # always sent: each read() returns one poll
+        "same": {"address": 1, "on_change": True},
+        "abs": {"address": 2, "type": "int16", "deadband": 5},
+        "pct": {"address": 3, "deadband_percent": 10},
+        "beat": {"address": 4, "on_change": True, "heartbeat": "400ms"},
+    }
+    plc.set(1, "holding", 0, [0, 7, 100, 100, 1])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": registers})  # fmt: skip
+    await source.connect()
+
+    async def poll() -> dict[str, Any]:
+        async with asyncio.timeout(WAIT):
+            return {k.rsplit("/", 1)[1]: v for k, v in values(await source.read()).items()}
+
+    try:
+        first = await poll()
+        assert first == {"tick": 0, "same": 7, "abs": 100, "pct": 100, "beat": 1}
+        plc.set(1, "holding", 0, [1, 7, 104, 109, 1])  # abs +4 (< 5), pct +9% (< 10%)
+        second = await poll()
+        if "beat" in second:  # the machine was slow enough for the heartbeat; poll again
+            second = await poll()
+        assert set(second) == {"tick"}
+        plc.set(1, "holding", 0, [2, 8, 106, 111, 1])  # same changed, abs +6, pct +11%
+        third = await poll()
+        assert third.keys() >= {"tick", "same", "abs", "pct"}
+        assert (third["same"], third["abs"], third["pct"]) == (8, 106, 111)
+        plc.set(1, "holding", 1, [8, 94])  # abs -12 from 106
+        assert (await poll())["abs"] == 94
+        # heartbeat: "beat" never changes, but is sent again after 400 ms of silence
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while "beat" not in await poll():
+            pass
+        assert loop.time() - start >= 0.3
+    finally:
+        await source.close()
+
+
+async def test_per_device_emit(plc: PlcStore) -> None:
+    plc.set(1, "holding", 0, [215, *layout("f", 2.5, "ABCD")])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "emit": "per_device",  # type: ignore[attr-defined]
+                          "registers": {"t": {"address": 0, "scale": 0.1},
+                                        "f": {"address": 1, "type": "float32"}}},
+                         name="boiler")  # fmt: skip
+    await source.connect()
+    try:
+        async with asyncio.timeout(WAIT):
+            (message,) = await source.read()
+    finally:
+        await source.close()
+    assert message.flowfile.topic == "modbus/boiler"
+    body = json.loads(message.flowfile.content)
+    assert body["device"] == "boiler" and body["values"] == {"t": 21.5, "f": 2.5}
+    assert message.flowfile.attributes == {"device": "boiler", "unit_id": "1"}
+
+
+async def test_udp_and_rtu_over_tcp_transports() -> None:
+    store = PlcStore(units=(1, 2))
+    store.set(1, "holding", 0, [11])
+    store.set(2, "holding", 0, [22])
+    udp_server, udp_port = await serve_udp(store)
+    rtu_server, rtu_port = await serve_tcp(store, rtu_framing=True)
+    one = {"v": {"address": 0}}
+    source = make_source({"devices": {
+        "viaudp": {"url": f"udp://127.0.0.1:{udp_port}", "unit": 1, "registers": one},
+        "viartu": {"url": f"rtu+tcp://127.0.0.1:{rtu_port}", "unit": 2, "registers": one},
+    }})  # fmt: skip
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(values(ms)) == 2, "both devices")
+    finally:
+        await source.close()
+        await udp_server.shutdown()
+        await rtu_server.shutdown()
+    assert values(pump.messages) == {"modbus/viaudp/v": 11, "modbus/viartu/v": 22}
+
+
+# ---- RTU on a pty -------------------------------------------------------------------
+
+
+@pytest.fixture
+def line(tmp_path: Path) -> Iterator[SocatPair]:
+    pair = SocatPair(tmp_path, "gateway", "plc").start()
+    yield pair
+    pair.stop()
+
+
+def rtu_config(line: SocatPair, **extra: Any) -> dict[str, Any]:
+    url = f"rtu://{line.a}?baudrate=115200"
+    regs = {"r0": {"address": 0}, "r1": {"address": 1}, "s": {"address": 2, "type": "int32"}}
+    return {
+        "interval": "100ms",
+        "timeout": "300ms",
+        "retries": 0,
+        "backoff_max": "1s",
+        "devices": {"m1": {"url": url, "unit": 1, "registers": regs},
+                    "m2": {"url": url, "unit": 2, "registers": regs}},
+        **extra,
+    }  # fmt: skip
+
+
+async def test_two_units_on_one_rtu_line(line: SocatPair) -> None:
+    store = PlcStore(units=(1, 2))
+    store.set(1, "holding", 0, [101, 102, *layout("i", -5, "ABCD")])
+    store.set(2, "holding", 0, [201, 202, *layout("i", 70000, "ABCD")])
+    server = await serve_rtu(store, line.b)
+    source = make_source(rtu_config(line, frame_delay="15ms"))
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/m2/s")) >= 10, "10 polls of m2")
+    finally:
+        await source.close()
+        await server.shutdown()
+    assert {v["value"] for v in pump.topic("modbus/m1/r0")} == {101}
+    assert {v["value"] for v in pump.topic("modbus/m1/s")} == {-5}
+    assert {v["value"] for v in pump.topic("modbus/m2/r1")} == {202}
+    assert {v["value"] for v in pump.topic("modbus/m2/s")} == {70000}
+    devices = source.ctx.status["devices"]
+    assert devices["m1"]["errors"] == 0 and devices["m2"]["errors"] == 0
+    assert devices["m1"]["state"] == devices["m2"]["state"] == "online"
+    assert store.max_busy == 1  # never two requests on the line at once
+    assert {r[2:] for r in store.requests} == {(0, 4)}  # one request per device and poll
+    # the line is kept silent for frame_delay between an answer and the next request
+    gaps = [b - a for a, b in zip(store.times, store.times[1:], strict=False)]
+    assert min(gaps) >= 0.015
+
+
+async def test_silent_unit_goes_offline_and_the_other_keeps_flowing(line: SocatPair) -> None:
+    store = PlcStore(units=(1, 2))
+    server = await serve_rtu(store, line.b)
+    source = make_source(rtu_config(line))
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/m2/r0")) >= 2, "m2 answering")
+            store.muted.add(2)
+            devices = source.ctx.status["devices"]
+            await pump.until(lambda ms: devices["m2"]["state"] == "offline", "m2 offline")
+            assert "no valid answer" in devices["m2"]["last_error"]
+            before = len(pump.topic("modbus/m1/r0"))
+            m2_before = len(pump.topic("modbus/m2/r0"))
+            await pump.until(
+                lambda ms: len(pump.topic("modbus/m1/r0")) >= before + 15, "m1 flowing"
+            )
+            assert len(pump.topic("modbus/m2/r0")) == m2_before
+            assert devices["m1"]["state"] == "online"
+            # back: m2 is polled again within its backoff (at most 1 s here)
+            store.muted.discard(2)
+            await pump.until(lambda ms: len(pump.topic("modbus/m2/r0")) > m2_before, "m2 back")
+            assert devices["m2"]["state"] == "online"
+    finally:
+        await source.close()
+        await server.shutdown()
+    # while m2 was silent, it was asked rarely (backoff), m1 at its pace
+    assert devices["m2"]["errors"] >= 1
+
+
+async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
+    other = PlcStore(units=(1,))
+    other.set(1, "holding", 0, [42])
+    other_server, other_port = await serve_tcp(other)
+    port = plc.port  # type: ignore[attr-defined]
+    one = {"v": {"address": 0}}
+    source = make_source({
+        "interval": "100ms", "timeout": "500ms", "backoff_max": "500ms",
+        "devices": {"a": {"url": f"tcp://127.0.0.1:{port}", "registers": one},
+                    "b": {"url": f"tcp://127.0.0.1:{other_port}", "registers": one}},
+    })  # fmt: skip
+    await source.connect()
+    devices = source.ctx.status["devices"]
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/a/v")) >= 2, "a answering")
+            await plc.server.shutdown()  # type: ignore[attr-defined]
+            await pump.until(lambda ms: devices["a"]["state"] == "offline", "a offline")
+            b_before = len(pump.topic("modbus/b/v"))
+            await pump.until(lambda ms: len(pump.topic("modbus/b/v")) >= b_before + 10, "b flowing")
+            plc.set(1, "holding", 0, [7])
+            server, _ = await serve_tcp(plc, port=port)
+            plc.server = server  # type: ignore[attr-defined]
+            await pump.until(
+                lambda ms: any(v["value"] == 7 for v in pump.topic("modbus/a/v")), "a back"
+            )
+            assert devices["a"]["state"] == "online"
+    finally:
+        await source.close()
+        await other_server.shutdown()
+
+
+# ---- write-back ---------------------------------------------------------------------
+
+
+class MqttProbe:
+    """An independent MQTT client (paho, in its own thread) to send commands and see results."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.loop = asyncio.get_running_loop()
+        self.received: list[tuple[str, bytes, bool]] = []
+        self.changed = asyncio.Event()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="modbus-probe")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        item = (msg.topic, bytes(msg.payload), bool(msg.retain))
+        self.loop.call_soon_threadsafe(self._add, item)
+
+    def _add(self, item: tuple[str, bytes, bool]) -> None:
+        self.received.append(item)
+        self.changed.set()
+
+    async def subscribe(self, topic: str) -> None:
+        self.subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        assert await asyncio.to_thread(self.subscribed.wait, WAIT)
+
+    async def command(self, topic: str, payload: Any) -> dict[str, Any]:
+        """Publish a command and wait for its result."""
+        seen = len(self.received)
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.client.publish(topic, data, qos=1)
+        async with asyncio.timeout(WAIT):
+            while True:
+                for t, p, _ in self.received[seen:]:
+                    if t == topic + "/result":
+                        return json.loads(p)  # type: ignore[no-any-return]
+                self.changed.clear()
+                await self.changed.wait()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_write_back_verified_at_the_server(plc: PlcStore, mosquitto: Any) -> None:
+    registers = {
+        "setpoint": {"address": 10, "type": "int16", "scale": 0.1, "writable": True},
+        "limit": {"address": 20, "type": "float32", "order": "CDAB", "writable": True},
+        "total": {"address": 30, "type": "uint32", "writable": True},
+        "pump": {"table": "coil", "address": 5, "type": "bool", "writable": True},
+        "enable": {"address": 40, "type": "bool", "bit": 2, "writable": True},
+        "label": {"address": 50, "type": "string(4)", "writable": True},
+        "measured": {"address": 60, "type": "int16"},
+    }
+    plc.set(1, "holding", 40, [0b1001])
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-test"}},
+        name="plc1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/plc1/#")
+    await source.connect()
+    table = plc.tables[1]
+    try:
+        async with Pump(source):
+            base = "modbus/plc1"
+            result = await probe.command(f"{base}/setpoint/set", 21.5)
+            assert result["ok"] is True and result["value"] == 21.5 and result["raw"] == [215]
+            assert table["holding"][10] == 215
+            assert plc.writes[-1][1] == 6  # FC 6 for one register
+
+            result = await probe.command(f"{base}/limit/set", {"value": -12.75, "id": "req-7"})
+            assert result["ok"] is True and result["id"] == "req-7" and result["value"] == -12.75
+            assert table["holding"][20:22] == layout("f", -12.75, "CDAB")
+            assert plc.writes[-1][1] == 16  # FC 16 for two
+
+            assert (await probe.command(f"{base}/total/set", 4000000000))["ok"] is True
+            assert table["holding"][30:32] == layout("I", 4000000000, "ABCD")
+
+            result = await probe.command(f"{base}/pump/set", True)
+            assert result["ok"] is True and result["value"] is True
+            assert table["coil"][5] is True
+            assert plc.writes[-1][1] == 5  # FC 5
+
+            result = await probe.command(f"{base}/enable/set", "on")
+            assert result["ok"] is True and result["value"] is True
+            assert table["holding"][40] == 0b1101  # only bit 2 changed
+
+            assert (await probe.command(f"{base}/label/set", b"AB1"))["ok"] is True
+            assert table["holding"][50:52] == [0x4142, 0x3100]
+
+            writes = len(plc.writes)
+            refused = await probe.command(f"{base}/measured/set", 5)
+            assert refused["ok"] is False and "not writable" in refused["error"]
+            too_big = await probe.command(f"{base}/setpoint/set", 5000)
+            assert too_big["ok"] is False and "out of range" in too_big["error"]
+            unknown = await probe.command(f"{base}/nothing/set", 1)
+            assert unknown["ok"] is False and "no register" in unknown["error"]
+            assert len(plc.writes) == writes  # none of these reached the device
+
+            # the device's state is published, retained
+            status = [json.loads(p) for t, p, _ in probe.received if t == f"{base}/status"]
+            assert status and status[-1]["state"] == "online"
+    finally:
+        probe.close()
+        await source.close()
+
+
+async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]
+         "registers": {"sp": {"address": 1, "writable": True}},
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-silent"}},
+        name="mute1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/mute1/#")
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(ms) >= 1, "first poll")
+            plc.muted.add(1)
+            result = await probe.command("modbus/mute1/sp/set", 3)
+            assert result["ok"] is False and "no valid answer" in result["error"]
+    finally:
+        probe.close()
+        await source.close()
+
+
+# ---- config ---------------------------------------------------------------------------
+
+
+def test_config_problems_name_the_key() -> None:
+    tcp = "tcp://127.0.0.1:5020"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"url": tcp, "registers": {"x": {"address": 0, "type": "int8"}}},
+         "registers.x.type: unknown type 'int8'"),
+        ({"url": tcp, "registers": {"x": {"table": "coil", "address": 0, "type": "int16"}}},
+         "registers.x.type: a coil holds one bit"),
+        ({"url": tcp, "registers": {"x": {"table": "input", "address": 0, "writable": True}}},
+         "registers.x.writable"),
+        ({"url": "http://x", "registers": {"x": {"address": 0}}},
+         "url: 'http://x': unknown scheme"),
+        ({"url": tcp, "registers": {"x": {"address": 0, "order": "CDAB", "byte_order": "big"}}},
+         "registers.x.order"),
+        ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
+         "registers.x.bit: must be 0..15"),
+        ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),
+        ({"url": tcp, "topic": "m/{devise}/{register}", "registers": {"x": {"address": 0}}},
+         "topic: 'm/{devise}/{register}' uses devise"),
+        ({"devices": {"a": {"url": "rtu:///dev/ttyS0?baudrate=9600",
+                            "registers": {"x": {"address": 0}}},
+                      "b": {"url": "rtu:///dev/ttyS0?baudrate=19200", "unit": 2,
+                            "registers": {"x": {"address": 0}}}}},
+         "devices.b.url: device 'a' uses the same port with other settings"),
+        ({"devices": {"a": {"url": tcp, "registers": {"x": {"address": 0}}},
+                      "b": {"url": tcp, "registers": {"x": {"address": 0}}}}},
+         "devices.b.unit: unit 1 on this port is also device 'a'"),
+        ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"topic": "m/{device}/set"}},
+         "writeback.topic: the command topic needs both"),
+        ({"url": "rtu:///dev/ttyS0?baud=9600", "registers": {"x": {"address": 0}}},
+         "unknown serial option 'baud'"),
+        ({"registers": {"x": {"address": 0}}}, "registers at the top level need url"),
+        ({"url": tcp, "address_base": 1, "registers": {"x": {"address": 0}}}, "below address_base"),
+    ]  # fmt: skip
+    for raw, expected in cases:
+        found = problems_of(raw)
+        assert any(expected in p for p in found), (expected, found)
+
+
+def test_the_registry_finds_the_source() -> None:
+    from gateway import registry
+
+    entry = registry.find("source", "modbus")
+    assert entry is not None and entry.cls is ModbusSource and entry.config is ModbusSourceConfig
+
+
+def test_the_documented_example_is_a_valid_config() -> None:
+    import yaml
+
+    import gateway.sources.modbus as module
+
+    assert module.__doc__ is not None
+    example = module.__doc__.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for name, raw in yaml.safe_load(example)["sources"].items():
+        assert problems_of({k: v for k, v in raw.items() if k != "type"}) == [], name
+        source = make_source({k: v for k, v in raw.items() if k != "type"}, name=name)
+        assert set(source.ctx.status["devices"]) == {"plc1", "meter3", "meter4"}

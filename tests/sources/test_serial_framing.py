@@ -1,0 +1,144 @@
+"""Framing of serial byte streams, as pure functions: lines, regex, fixed records, NMEA 0183."""
+
+from __future__ import annotations
+
+import json
+from functools import reduce
+from typing import Any
+
+import pytest
+
+from gateway.sources._serial_framing import (
+    FixedFramer,
+    LineFramer,
+    LineSplitter,
+    NmeaFramer,
+    Record,
+    RegexFramer,
+)
+
+
+def nmea(body: str) -> bytes:
+    """A sentence with its checksum, computed here independently of the gateway."""
+    checksum = reduce(lambda acc, ch: acc ^ ord(ch), body, 0)
+    return f"${body}*{checksum:02X}\r\n".encode()
+
+
+def feed_bytewise(framer: Any, data: bytes) -> list[Record]:
+    out: list[Record] = []
+    for i in range(len(data)):
+        out.extend(framer.feed(data[i : i + 1]))
+    return out
+
+
+def test_lines_split_across_reads_and_terminators() -> None:
+    framer = LineFramer(b"\r\n", 64, "utf-8", strip=True)
+    data = b"one\r\ntwo\r\n\r\nthree\r"
+    assert [r.content for r in feed_bytewise(framer, data)] == [b"one", b"two"]
+    assert [r.content for r in framer.feed(b"\n")] == [b"three"]
+
+
+def test_over_long_line_is_cut_reported_once_and_the_next_line_survives() -> None:
+    splitter = LineSplitter(b"\n", 8)
+    assert splitter.feed(b"0123456789") == [(b"01234567", True)]
+    assert splitter.feed(b"abcdefghij") == []  # still the same over-long line
+    assert splitter.feed(b"xyz\nok\n") == [(b"ok", False)]
+    framer = LineFramer(b"\n", 8, "utf-8", strip=True)
+    (rec, ok) = framer.feed(b"0123456789ABC\nfine\n")
+    assert rec.reject is not None and "max_length" in rec.reject and rec.content == b"01234567"
+    assert ok == Record(b"fine")
+
+
+def test_garbage_that_is_not_text_is_rejected() -> None:
+    framer = LineFramer(b"\n", 64, "utf-8", strip=True)
+    bad, good = framer.feed(b"\xff\xfe\x00junk\nok\n")
+    assert bad.reject is not None and "not utf-8 text" in bad.reject
+    assert bad.content == b"\xff\xfe\x00junk"
+    assert good == Record(b"ok")
+    binary = LineFramer(b"\n", 64, "binary", strip=False)
+    assert binary.feed(b"\xff\xfe\n") == [Record(b"\xff\xfe")]
+
+
+def test_regex_named_groups_become_fields() -> None:
+    pattern = r"^(?P<status>ST|US),(?P<mode>GS|NT),\s*(?P<weight>[-+0-9.]+)\s*(?P<unit>\w+)"
+    framer = RegexFramer(b"\n", 128, "ascii", pattern, convert=True)
+    ok, nomatch = framer.feed(b"ST,GS,  +12.50kg\r\nhello\n")
+    assert json.loads(ok.content) == {"status": "ST", "mode": "GS", "weight": 12.5, "unit": "kg"}
+    assert nomatch.reject is not None and "does not match" in nomatch.reject
+    raw = RegexFramer(b"\n", 128, "ascii", r"(?P<n>\d+)", convert=False)
+    assert json.loads(raw.feed(b"id 0042\n")[0].content) == {"n": "0042"}
+
+
+def test_fixed_records_with_sync_and_garbage() -> None:
+    framer = FixedFramer(6, bytes.fromhex("aa55"))
+    data = b"\x00\x01" + b"\xaa\x55abcd" + b"\xaa\x55ef" + b"gh" + b"\x13\xaa"
+    out = feed_bytewise(framer, data) + framer.feed(b"\x55wxyz")
+    assert [(r.content, r.reject is not None) for r in out] == [
+        (b"\x00", True), (b"\x01", True),  # bytes before the first sync, as they came
+        (b"\xaa\x55abcd", False), (b"\xaa\x55efgh", False),
+        (b"\x13", True), (b"\xaa\x55wxyz", False),
+    ]  # fmt: skip
+    plain = FixedFramer(4, None)
+    assert [r.content for r in plain.feed(b"abcdefghij")] == [b"abcd", b"efgh"]
+    assert [r.content for r in plain.feed(b"kl")] == [b"ijkl"]
+
+
+GGA = "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+RMC = "GPRMC,123519,A,4807.038,N,01131.000,W,022.4,084.4,230394,003.1,W"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (GGA, {"talker": "GP", "sentence": "GGA", "time": "12:35:19", "lat": 48.1173,
+               "lon": 11.5166667, "fix_quality": 1, "satellites": 8, "hdop": 0.9,
+               "altitude_m": 545.4, "geoid_separation_m": 46.9}),
+        (RMC, {"talker": "GP", "sentence": "RMC", "time": "12:35:19", "valid": True,
+               "lat": 48.1173, "lon": -11.5166667, "speed_knots": 22.4, "course_deg": 84.4,
+               "date": "1994-03-23", "datetime": "1994-03-23T12:35:19Z",
+               "magnetic_variation_deg": -3.1}),
+        ("GNGLL,3751.65,S,14507.36,E,225444,A", {"talker": "GN", "sentence": "GLL",
+               "lat": -37.8608333, "lon": 145.1226667, "time": "22:54:44", "valid": True}),
+        ("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K", {"talker": "GP", "sentence": "VTG",
+               "course_true_deg": 54.7, "course_magnetic_deg": 34.4, "speed_knots": 5.5,
+               "speed_kmh": 10.2}),
+        ("GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1", {"talker": "GP", "sentence": "GSA",
+               "mode": "A", "fix_type": 3, "satellites": [4, 5, 9, 12, 24], "pdop": 2.5,
+               "hdop": 1.3, "vdop": 2.1}),
+        ("GPZDA,201530.00,04,07,2002,00,00", {"talker": "GP", "sentence": "ZDA",
+               "time": "20:15:30.00", "day": 4, "month": 7, "year": 2002,
+               "datetime": "2002-07-04T20:15:30.00Z"}),
+        ("HEHDT,274.07,T", {"talker": "HE", "sentence": "HDT", "heading_deg": 274.07}),
+        ("PGRME,15.0,M,45.0,M,25.0,M", {"talker": "P", "sentence": "GRME",
+               "fields": ["15.0", "M", "45.0", "M", "25.0", "M"]}),
+    ],
+)  # fmt: skip
+def test_nmea_sentences_parsed(body: str, expected: dict[str, Any]) -> None:
+    (rec,) = NmeaFramer(256, True).feed(nmea(body))
+    assert rec.reject is None
+    data = json.loads(rec.content)
+    assert data.pop("raw") == nmea(body).decode().strip()
+    assert data == expected
+    assert (rec.talker, rec.sentence) == (expected["talker"], expected["sentence"])
+
+
+def test_nmea_bad_input_becomes_dead_letters() -> None:
+    framer = NmeaFramer(100, True)
+    good = nmea(GGA)
+    wrong = b"00" if not good.endswith(b"*00\r\n") else b"11"
+    bad_sum = good[:-4] + wrong + b"\r\n"
+    out = framer.feed(bad_sum + b"\x07\x00garbage" + good + b"no dollar here\r\n")
+    reasons = [r.reject for r in out]
+    assert reasons[0] is not None and "bad NMEA checksum" in reasons[0]
+    assert reasons[1] is not None and "before the NMEA sentence" in reasons[1]
+    assert out[1].content == b"\x07\x00garbage"
+    assert reasons[2] is None and json.loads(out[2].content)["sentence"] == "GGA"
+    assert reasons[3] is not None and "not an NMEA sentence" in reasons[3]
+    (missing,) = framer.feed(b"$GPHDT,274.07,T\r\n")
+    assert missing.reject is not None and "without a checksum" in missing.reject
+    (lenient,) = NmeaFramer(100, False).feed(b"$GPHDT,274.07,T\r\n")
+    assert json.loads(lenient.content)["heading_deg"] == 274.07
+    (malformed,) = framer.feed(nmea("GPRMC,12x519,A"))
+    assert malformed.reject is not None and "malformed RMC" in malformed.reject
+    (long,) = framer.feed(b"$" + b"A" * 200 + b"\r\n")
+    assert long.reject is not None and "max_length" in long.reject
