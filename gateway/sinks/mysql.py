@@ -1,0 +1,708 @@
+"""Writes FlowFiles into a MySQL or MariaDB table, each exactly once, keyed by FlowFile id.
+
+Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE id=id`
+with every value bound as a parameter, so a batch delivered again after a crash
+or a lost connection adds nothing: rows already there are left alone. The
+session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
+`NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
+hold (a string too long for its column, a number out of range, text in a
+numeric column) is refused instead of being silently cut, rounded or zeroed.
+The batch is then split in halves to find the refused rows: each goes to the
+dead-letter table with the server's message, the rest are delivered.
+(`INSERT IGNORE` is not used: it turns exactly those errors into warnings and
+stores the mangled value.) A lost connection, a timeout, a deadlock or a
+missing table makes the engine retry the whole batch later.
+
+The default table, created when missing unless `create_table: false` (the same
+layout as the postgres sink):
+
+  CREATE TABLE readings (
+    id         CHAR(36) CHARACTER SET ascii PRIMARY KEY,  -- or BINARY(16), see id_type
+    topic      TEXT NOT NULL,
+    ts         DATETIME(6) NOT NULL,  -- FlowFile creation time, UTC
+    attributes JSON NOT NULL,
+    payload    JSON,                  -- the content when it is valid UTF-8 JSON, else NULL
+    raw        LONGBLOB               -- the content bytes when it is not JSON, else NULL
+  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+
+`columns:` replaces that layout with your own; `id` is always there. Each column
+names where its value comes from, written `name: source` or
+`name: {from: source, type: sql type}`:
+
+  id, topic, ts, attributes, payload, raw   as in the default table (fixed types)
+  topic.N              topic level N, counted from 0; negative counts from the end
+                       (sensors/dev1/telemetry: topic.1 is dev1, topic.-1 telemetry)
+  field.a.b            a field of the JSON content (a number picks a list item);
+                       objects and lists are stored as JSON
+  attributes.KEY       one attribute
+
+A value that is missing (no such level, field or attribute, or content that is
+not JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default
+text) and is one of: text, boolean, smallint, integer, bigint, real, double
+precision, numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb
+(JSON), uuid (CHAR(36)); the MySQL names double, decimal, datetime and json work
+too. A row whose value does not fit its column is refused alone. Table and column
+names are SQL identifiers (letters, digits, `_`), checked when the config is
+loaded and always quoted.
+
+When the sink starts it creates the table if needed and checks that the columns
+exist. It does not change an existing table: add a column yourself, or point
+`table` at a new one. The session time zone is UTC, so `ts` and `NOW()` agree.
+
+Keys
+  type: mysql
+  dsn: mysql://user:password@host:3306/database   (required; URL-encode special
+                           characters in user and password; may be an ENC(...)
+                           secret; the password is never logged)
+  table: readings          the table (default readings)
+  create_table: true       create the table when it does not exist (default true)
+  columns: null            your own columns, see above (default: the table above)
+  id_type: char            the id column: char (CHAR(36), readable) or binary
+                           (BINARY(16), a smaller index) (default char)
+  ca_file: null            connect with TLS, verifying the server against this CA
+                           bundle (default: no TLS)
+  timeout: 30s             the longest a connect or one statement may take before
+                           the connection is dropped and the batch retried (default 30s)
+  and the delivery keys every sink has: batch, retry, rate_limit, overflow.
+
+Examples
+  sinks:
+    warehouse:
+      type: mysql
+      dsn: "mysql://gateway:ENC(...)@db.plant.lan:3306/telemetry"
+      batch: {max_rows: 1000}
+
+    climate:
+      type: mysql
+      dsn: "mysql://gateway:ENC(...)@db.plant.lan/telemetry"
+      table: climate
+      columns:
+        device: topic.1
+        at: ts
+        temperature: {from: field.temp, type: double}
+        site: attributes.site
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+from urllib.parse import unquote
+
+import aiomysql
+import pymysql
+from pymysql.converters import escape_string
+
+from gateway.config.model import SinkConfig
+from gateway.config.schema import Duration, check_identifier, did_you_mean
+from gateway.core.component import Context, Rejected, Sink
+from gateway.core.errors import ConfigError, PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+
+SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION"
+)
+
+# --- config -------------------------------------------------------------------------------
+
+# Column types a `type:` may name (the postgres sink's names, plus MySQL's own).
+TYPES: dict[str, str] = {
+    "text": "TEXT",
+    "boolean": "BOOLEAN",
+    "bool": "BOOLEAN",
+    "smallint": "SMALLINT",
+    "integer": "INT",
+    "int": "INT",
+    "bigint": "BIGINT",
+    "real": "FLOAT",
+    "float": "DOUBLE",
+    "double precision": "DOUBLE",
+    "double": "DOUBLE",
+    "numeric": "DECIMAL(38,10)",
+    "decimal": "DECIMAL(38,10)",
+    "timestamptz": "DATETIME(6)",
+    "timestamp with time zone": "DATETIME(6)",
+    "datetime": "DATETIME(6)",
+    "date": "DATE",
+    "jsonb": "JSON",
+    "json": "JSON",
+    "uuid": "CHAR(36) CHARACTER SET ascii",
+}
+
+# Sources with a value of a fixed type; the others (topic.N, field.*, attributes.*) are text.
+FIXED: dict[str, str] = {
+    "id": "",  # CHAR(36) or BINARY(16), from id_type
+    "topic": "TEXT",
+    "ts": "DATETIME(6)",
+    "attributes": "JSON",
+    "payload": "JSON",
+    "raw": "LONGBLOB",
+}
+_NOT_NULL = frozenset({"topic", "ts", "attributes"})
+_PREFIXES = ("topic.", "field.", "attributes.")
+DEFAULT_COLUMNS: dict[str, str] = {name: name for name in FIXED}
+_SOURCE_HELP = "id, topic, ts, attributes, payload, raw, topic.N, field.PATH or attributes.KEY"
+
+
+class Column(NamedTuple):
+    """One column of the table: its name, where its value comes from, its SQL type."""
+
+    name: str
+    source: str
+    type: str
+
+
+def _parse_source(source: str) -> str | None:
+    """None if `source` is a valid column source, else what is wrong with it."""
+    if source in FIXED:
+        return None
+    prefix, dot, rest = source.partition(".")
+    if not dot or f"{prefix}." not in _PREFIXES:
+        return f"{source!r} is not a source: use {_SOURCE_HELP}{did_you_mean(source, FIXED)}"
+    if prefix == "topic":
+        try:
+            int(rest)
+        except ValueError:
+            return f"{source!r}: topic.N needs a level number, e.g. topic.1 or topic.-1"
+    elif prefix == "field" and not all(rest.split(".")):
+        return f"{source!r}: field.PATH needs field names separated by dots, e.g. field.env.temp"
+    elif prefix == "attributes" and not rest:
+        return f"{source!r}: attributes.KEY needs an attribute name"
+    return None
+
+
+def plan_columns(
+    columns: dict[str, str | dict[str, str]] | None,
+) -> tuple[list[Column], list[tuple[str, str]]]:
+    """The table's columns (id first) from a `columns:` mapping, and the problems found."""
+    problems: list[tuple[str, str]] = []
+    planned = [Column("id", "id", "")]
+    if columns is not None and not columns:
+        problems.append(("columns", "name at least one column, or leave `columns` out"))
+    seen: set[str] = {"id"}
+    for name, spec in (DEFAULT_COLUMNS if columns is None else columns).items():
+        key = f"columns.{name}"
+        problems += [(key, message) for message in check_identifier(name)]
+        if name != "id" and name.lower() in seen:
+            problems.append((key, f"{name!r} is there twice (MySQL names ignore case)"))
+        seen.add(name.lower())
+        if isinstance(spec, str):
+            source, sql_type = spec, None
+        else:
+            for unknown in set(spec) - {"from", "type"}:
+                hint = did_you_mean(unknown, ("from", "type"))
+                problems.append((f"{key}.{unknown}", f"unknown key{hint} (keys: from, type)"))
+            if "from" not in spec:
+                problems.append((f"{key}.from", f"required key is missing ({_SOURCE_HELP})"))
+                continue
+            source, sql_type = spec["from"], spec.get("type")
+        problem = _parse_source(source)
+        if problem:
+            problems.append((key, problem))
+            continue
+        fixed = FIXED.get(source)
+        if sql_type is None:
+            column_type = fixed if fixed is not None else "TEXT"
+        elif fixed is not None:
+            problems.append((f"{key}.type", f"{source} has a fixed type; leave `type` out"))
+            continue
+        else:
+            column_type = TYPES.get(" ".join(sql_type.lower().split()), "")
+            if not column_type:
+                allowed = ", ".join(sorted(TYPES))
+                problems.append(
+                    (
+                        f"{key}.type",
+                        f"{sql_type!r} is not a supported type{did_you_mean(sql_type, TYPES)}"
+                        f" (one of {allowed})",
+                    )
+                )
+                continue
+        if name.lower() == "id":
+            if source != "id":
+                problems.append((key, "'id' is always the FlowFile id; name this column otherwise"))
+            continue
+        planned.append(Column(name, source, column_type))
+    return planned, problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class MysqlSinkConfig(SinkConfig):
+    """Keys of the `mysql` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    dsn: str = field(repr=False)  # holds a password
+    table: str = "readings"
+    create_table: bool = True
+    columns: dict[str, str | dict[str, str]] | None = None
+    id_type: Literal["char", "binary"] = "char"
+    ca_file: str | None = None
+    timeout: Duration = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        try:
+            parse_dsn(self.dsn)
+        except ValueError as err:
+            yield "dsn", str(err)  # never quotes the DSN back: it holds a password
+        for message in check_identifier(self.table):
+            yield "table", message
+        yield from plan_columns(self.columns)[1]
+        if self.timeout <= 0:
+            yield "timeout", "must be more than 0s"
+
+
+class Dsn(NamedTuple):
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def __repr__(self) -> str:  # never show the password
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+def parse_dsn(dsn: str) -> Dsn:
+    """Split `mysql://user:password@host:port/database`; ValueError if it is not one."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("mysql", "mariadb"):
+        raise ValueError("must read mysql://user:password@host:3306/database")
+    # The last '@' ends the user part, so a password holding '@' still parses.
+    userinfo, _, location = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hostport, _, database = location.partition("/")
+    if "?" in database:
+        raise ValueError("takes no ?options: use the sink's keys (ca_file, timeout)")
+    if hostport.startswith("["):  # [IPv6]:port
+        host, _, port = hostport[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            host, port = hostport, ""
+    if not host or not database or not user:
+        raise ValueError("must name a user, a host and a database: mysql://user:pw@host/db")
+    if port and not port.isdigit():
+        raise ValueError("the port must be a number")
+    return Dsn(host, int(port or 3306), unquote(user), unquote(password), database)
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads/dumps with keyword arguments build a new codec on every call.
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+_NOT_JSON: Any = object()
+_seconds: dict[int, str] = {}
+
+
+def _ts(created_ns: int) -> str:
+    """`YYYY-MM-DD HH:MM:SS.ffffff` in UTC; the date part is cached per second."""
+    second, micros = divmod(created_ns // 1000, 1_000_000)
+    prefix = _seconds.get(second)
+    if prefix is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        prefix = _seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return f"{prefix}.{micros:06d}"
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _parse(content: bytes) -> tuple[str | None, Any]:
+    """(the content as JSON text or None, the parsed value or _NOT_JSON)."""
+    try:
+        text = content.decode()
+        value = _loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None, _NOT_JSON
+    # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
+    if "\\u" in text and _has_surrogate(_dumps(value)):
+        return None, value
+    return text, value
+
+
+def _dig(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if type(value) is dict:
+            value = value.get(key)
+        elif type(value) is list:
+            try:
+                value = value[int(key)]
+            except (ValueError, IndexError):
+                return None
+        else:
+            return None
+    return value
+
+
+def _converter(sql_type: str) -> Callable[[Any], Any]:
+    """How a JSON value is bound for a column of `sql_type`."""
+    if sql_type == "JSON":
+        return lambda v: None if v is None else _dumps(v)
+    if sql_type == "TEXT":
+        return lambda v: v if v is None or type(v) is str else _dumps(v)
+    # Numbers, booleans and strings go as they are, for MySQL to convert or refuse.
+    return lambda v: _dumps(v) if isinstance(v, dict | list) else v
+
+
+def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, Any], Any]:
+    """(flowfile, content as JSON text or None, parsed content or None) -> column value."""
+    source = column.source
+    if source == "id":
+        if binary_id:
+            return lambda ff, text, doc: bytes.fromhex(ff.id.replace("-", ""))
+        return lambda ff, text, doc: ff.id
+    if source == "topic":
+        return lambda ff, text, doc: ff.topic
+    if source == "ts":
+        return lambda ff, text, doc: _ts(ff.created)
+    if source == "attributes":
+        return lambda ff, text, doc: _dumps(ff.attributes) if ff.attributes else "{}"
+    if source == "payload":
+        return lambda ff, text, doc: text
+    if source == "raw":
+        return lambda ff, text, doc: ff.content if text is None else None
+    if source.startswith("topic."):
+        n = int(source[6:])
+
+        def level(ff: FlowFile, text: str | None, doc: Any) -> Any:
+            levels = ff.topic.split("/")
+            return levels[n] if -len(levels) <= n < len(levels) else None
+
+        return level
+    convert = _converter(column.type)
+    if source.startswith("attributes."):
+        key = source[11:]
+        return lambda ff, text, doc: convert(ff.attributes.get(key))
+    path = tuple(source[6:].split("."))
+    return lambda ff, text, doc: convert(_dig(doc, path))
+
+
+def _literal(value: Any) -> str:
+    """One value as a MySQL literal.
+
+    The sink escapes values itself instead of passing them to aiomysql as arguments:
+    aiomysql 0.3 cannot escape bytes with PyMySQL 1.2 (it calls a helper PyMySQL
+    removed), and rendering a row in one expression is the cheaper hot loop. The
+    escaping is PyMySQL's (backslash style, which the session's sql_mode allows:
+    it never contains NO_BACKSLASH_ESCAPES); the connection is utf8mb4, where a
+    backslash cannot hide inside a multi-byte character.
+    """
+    if value is None:
+        return "NULL"
+    kind = type(value)
+    if kind is str:
+        return "'" + str(escape_string(value)) + "'"
+    if kind is bytes:
+        return "X'" + bytes(value).hex() + "'"
+    if kind is bool:
+        return "1" if value else "0"
+    if kind is int:
+        return str(value)
+    if kind is float and math.isfinite(value):
+        return repr(value)
+    # inf (JSON 1e999) and anything else go as text, for the column to take or refuse.
+    return "'" + str(escape_string(str(value))) + "'"
+
+
+class _Rows:
+    """Renders a batch as one `(…)` literal per row; this is the sink's hot loop."""
+
+    def __init__(self, columns: list[Column], binary_id: bool) -> None:
+        self.getters = [_getter(column, binary_id) for column in columns]
+        self.default = not binary_id and [c.source for c in columns] == list(DEFAULT_COLUMNS)
+
+    def build(self, batch: list[FlowFile]) -> list[str]:
+        if self.default:
+            return self._default(batch)
+        getters, literal, rows = self.getters, _literal, []
+        for ff in batch:
+            text, doc = _parse(ff.content)
+            if doc is _NOT_JSON:
+                doc = None
+            rows.append("(" + ",".join([literal(get(ff, text, doc)) for get in getters]) + ")")
+        return rows
+
+    @staticmethod
+    def _default(batch: list[FlowFile]) -> list[str]:
+        # The default layout without a call per column: most sinks use it. The id (a
+        # UUID string we made) and ts (digits and separators) need no escaping.
+        rows, escape = [], escape_string
+        for ff in batch:
+            text, _ = _parse(ff.content)
+            attributes = escape(_dumps(ff.attributes)) if ff.attributes else "{}"
+            content = (
+                "NULL,X'" + ff.content.hex() + "'" if text is None else f"'{escape(text)}',NULL"
+            )
+            rows.append(
+                f"('{ff.id}','{escape(ff.topic)}','{_ts(ff.created)}','{attributes}',{content})"
+            )
+        return rows
+
+
+# --- errors -------------------------------------------------------------------------------
+
+# Server errors about the values of one row: the batch is split to find the row, which is
+# dead-lettered. Any other server error is not the data's fault (a missing table, a lost
+# connection, a deadlock, a read-only server): the whole batch is retried later.
+ROW_ERRORS = frozenset(
+    {
+        1048,  # column cannot be null
+        1264,  # out of range value
+        1265,  # data truncated
+        1292,  # incorrect datetime/double value
+        1300,  # invalid character string
+        1366,  # incorrect value for column
+        1367,  # illegal value
+        1406,  # data too long
+        1411,  # incorrect value for function
+        1452,  # foreign key constraint fails
+        1690,  # value out of range
+        3140,  # invalid JSON text (MySQL)
+        3819,  # check constraint violated (MySQL)
+        4025,  # CONSTRAINT failed (MariaDB CHECK, JSON_VALID)
+    }
+)
+
+# The server refuses us, or the table cannot take our rows: an operator has to act.
+SETUP_ERRORS = frozenset(
+    {
+        1044,  # access denied to the database
+        1045,  # access denied (user or password)
+        1049,  # unknown database
+        1054,  # unknown column
+        1142,  # command denied on the table
+        1146,  # no such table
+        1364,  # a NOT NULL column without a default that we do not fill
+    }
+)
+
+
+def _code(err: BaseException) -> int | None:
+    args = getattr(err, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _message(err: BaseException) -> str:
+    """The server's message on one line with its error number, cut to a sane length."""
+    if isinstance(err, pymysql.MySQLError) and len(err.args) == 2:
+        text = f"{err.args[1]} (error {err.args[0]})"
+    elif isinstance(err, TimeoutError):
+        text = "timed out"
+    else:
+        text = str(err) or type(err).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+# --- the sink -----------------------------------------------------------------------------
+
+
+class _Cursor(aiomysql.Cursor):  # type: ignore[misc]
+    """A cursor that leaves server notes alone.
+
+    aiomysql answers every statement that has warnings with a SHOW WARNINGS round trip
+    and re-raises each as a Python warning. The notes we meet are expected ("table
+    already exists" from CREATE TABLE IF NOT EXISTS), and strict mode turns the warnings
+    that matter (truncation, bad values) into errors, which are handled.
+    """
+
+    async def _show_warnings(self, conn: Any) -> None:
+        return None
+
+
+class MysqlSink(Sink):
+    """Inserts batches into one MySQL/MariaDB table over one connection."""
+
+    Config = MysqlSinkConfig
+
+    def __init__(self, config: MysqlSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: MysqlSinkConfig = config
+        columns, problems = plan_columns(config.columns)
+        if problems:
+            raise ConfigError([f"{key}: {message}" for key, message in problems])
+        self.columns = columns
+        self.dsn = parse_dsn(config.dsn)
+        self._rows = _Rows(columns, config.id_type == "binary")
+        self._names = ",".join(f"`{c.name}`" for c in columns)
+        self._head = f"INSERT INTO `{config.table}` ({self._names}) VALUES "
+        self._conn: Any = None  # aiomysql.Connection
+        self._lock = asyncio.Lock()
+
+    def create_statement(self) -> str:
+        """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
+        id_type = (
+            "BINARY(16)" if self.config.id_type == "binary" else "CHAR(36) CHARACTER SET ascii"
+        )
+        lines = []
+        for column in self.columns:
+            if column.name == "id":
+                lines.append(f"`id` {id_type} NOT NULL PRIMARY KEY")
+            else:
+                null = " NOT NULL" if column.source in _NOT_NULL else " NULL"
+                lines.append(f"`{column.name}` {column.type}{null}")
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{self.config.table}` ({', '.join(lines)})"
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, create the table if asked, and check its columns.
+
+        RetryableError if the server cannot be reached; PermanentError if it refuses us
+        (user, password, database) or the table lacks our columns.
+        """
+        async with self._lock:
+            await self._open(permanent=PermanentError)
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        """Insert the batch; return the rows the server refused, with its message."""
+        if not batch:
+            return []
+        rows = self._rows.build(batch)
+        rejected: list[Rejected] = []
+        async with self._lock:
+            # After a lost connection: reconnect and check the table again. A table problem
+            # found now waits for the operator like an outage, rather than dead-lettering.
+            await self._open(permanent=RetryableError)
+            await self._insert(batch, rows, 0, len(rows), rejected)
+        return rejected
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice, or without connect()."""
+        async with self._lock:
+            self._drop()
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Drops the socket at once: no QUIT round trip to a server that may be gone.
+            conn.close()
+
+    async def _open(self, permanent: type[Exception]) -> None:
+        if self._conn is not None:
+            return
+        dsn, config = self.dsn, self.config
+        context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+        try:
+            async with asyncio.timeout(config.timeout):
+                conn = await aiomysql.connect(
+                    host=dsn.host,
+                    port=dsn.port,
+                    user=dsn.user,
+                    password=dsn.password,
+                    db=dsn.database,
+                    charset="utf8mb4",
+                    autocommit=True,
+                    ssl=context,
+                    connect_timeout=config.timeout,
+                    init_command=f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'",
+                )
+        except (pymysql.MySQLError, OSError, TimeoutError) as err:
+            kind = permanent if _code(err) in SETUP_ERRORS else RetryableError
+            raise kind(f"cannot connect to {dsn!r}: {_message(err)}") from err
+        self._conn = conn
+        try:
+            async with asyncio.timeout(config.timeout):
+                if config.create_table:
+                    await self._run(self.create_statement())
+                # Checks that the table and every column exist, with a clear message now
+                # rather than a failing write later.
+                await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
+                unique_id = await self._unique_id()
+        except (pymysql.MySQLError, OSError, TimeoutError) as err:
+            self._drop()
+            if _code(err) in SETUP_ERRORS:
+                hint = " (create_table is false)" if not config.create_table else ""
+                raise permanent(
+                    f"cannot write to table {config.table} on {dsn!r}: {_message(err)}{hint};"
+                    " fix the table or point `table` at a new one"
+                ) from err
+            raise RetryableError(
+                f"cannot prepare table {config.table} on {dsn!r}: {_message(err)}"
+            ) from err
+        if not unique_id:
+            self._drop()
+            raise permanent(
+                f"table {config.table} on {dsn!r} has no primary key or unique index on id"
+                " alone, so a batch written again would be stored twice; add one"
+                " (ALTER TABLE ... ADD PRIMARY KEY (id)) or point `table` at a new table"
+            )
+        self.ctx.status.update(server=repr(dsn), table=config.table)
+        self.ctx.log.info("connected to %r, writing to table %s", dsn, config.table)
+
+    async def _unique_id(self) -> bool:
+        """True if a primary key or unique index covers `id` alone (ON DUPLICATE KEY needs it)."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT index_name FROM information_schema.statistics"
+                " WHERE table_schema = DATABASE() AND table_name = %s AND non_unique = 0"
+                " GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = 'id'",
+                (self.config.table,),
+            )
+            return bool(await cursor.fetchall())
+
+    async def _run(self, sql: str, args: Any = None) -> None:
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(sql, args)
+
+    async def _insert(
+        self, batch: list[FlowFile], rows: list[str], lo: int, hi: int, rejected: list[Rejected]
+    ) -> None:
+        """Insert rows lo..hi; when the server refuses a value, halve until the row is found.
+
+        Each statement is its own transaction (autocommit; strict mode rolls a failed
+        statement back whole), so the parts that went in stay in, and a retry of the
+        batch skips them through ON DUPLICATE KEY.
+        """
+        sql = self._head + ",".join(rows[lo:hi]) + " ON DUPLICATE KEY UPDATE id=id"
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                await self._run(sql)
+            return
+        except UnicodeEncodeError as err:  # a lone surrogate in a topic or an attribute
+            reason = f"a value is not valid Unicode text ({err.reason})"
+        except pymysql.MySQLError as err:
+            if _code(err) not in ROW_ERRORS:
+                raise self._failed(len(batch), err) from err
+            reason = _message(err)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+            raise self._failed(len(batch), err) from err
+        if hi - lo == 1:
+            rejected.append(Rejected(batch[lo], f"mysql refused the row: {reason}"))
+            return
+        mid = (lo + hi) // 2
+        await self._insert(batch, rows, lo, mid, rejected)
+        await self._insert(batch, rows, mid, hi, rejected)
+
+    def _failed(self, size: int, err: BaseException) -> RetryableError:
+        """Not the data's fault: forget the connection; the engine retries the batch."""
+        self._drop()
+        return RetryableError(
+            f"{self.dsn!r} did not take {size} rows into {self.config.table}: {_message(err)};"
+            " the batch will be written again"
+        )

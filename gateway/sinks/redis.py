@@ -1,0 +1,490 @@
+"""Writes FlowFiles to Redis as stream entries, list items, per-topic hashes or pub/sub messages.
+
+Modes (`mode:`)
+  stream   XADD to the stream named by `key`, trimmed to about `maxlen` entries
+           (`MAXLEN ~`). Fields: id, topic, ts, attributes (JSON), payload (the
+           content bytes).
+  list     RPUSH the envelope (below) onto the list named by `key`, then LTRIM it
+           to the newest `maxlen` items.
+  hash     HSET the latest FlowFile per `key` (e.g. one hash per topic), fields as
+           in stream mode: a reader always finds the newest value of a topic.
+  publish  PUBLISH the envelope on the channel named by `key`. Redis keeps nothing
+           for pub/sub: a subscriber that is not connected misses the message.
+
+The envelope is one JSON object, as the file sink writes it:
+  {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
+   "attributes": {...}, "payload": {...}}
+with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+`value: payload` sends the content bytes alone instead.
+`ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds).
+
+Nothing is written twice. In stream, list and publish mode a batch runs as one
+Lua script (in a cluster, one per hash tag of the keys) that, for every FlowFile, does
+`SET NX` on `<dedupe_prefix>:seen:<id>` with a TTL of `dedupe_ttl` and writes
+only when that marker was new, atomically: a batch delivered again (after a
+crash, or a connection lost before Redis answered) adds nothing. The TTL must
+outlast the longest the gateway may stay down between writing a batch and
+recording it as delivered (default 7 days). Each marker costs Redis about
+150 bytes: at 100 FlowFiles/s a 7-day TTL holds about 9 GB, so lower
+`dedupe_ttl` for high rates (1d: 1.3 GB), or set `dedupe: false` and accept a
+duplicate after a crash. Give each sink that writes to the same Redis its own
+`dedupe_prefix` (the default, edge:<sink name>, does). Hash mode needs no
+marker: writing the same values again changes nothing.
+
+A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
+that FlowFile to the dead-letter table; the rest are delivered. Connection
+trouble, a server out of memory, still loading or a read-only replica are
+retried later.
+
+`key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
+gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
+e.g. a Redis Cluster hash tag `{{edge}}:{topic}`.
+
+With `cluster: true` the URL names any node of a Redis Cluster and the sink
+uses redis-py's cluster client; markers then carry the key's hash tag so that
+each script touches one slot.
+
+TLS: use a `rediss://` URL; `ca_file` verifies the server, `cert_file` and
+`key_file` present a client certificate. ACL users: `username` and `password`
+(or in the URL: `redis://user:password@host:6379/0`); the password may be an
+`ENC(...)` secret and is never logged.
+
+Keys
+  type: redis
+  url: redis://127.0.0.1:6379/0   (required) redis:// or rediss://
+  mode: stream             stream, list, hash or publish (default stream)
+  key: "edge:{topic}"      the stream, list, hash or channel (default edge:{topic})
+  maxlen: 100000           stream: about this many entries kept; list: exactly
+                           this many; 0 keeps everything (default 100000)
+  value: envelope          list and publish: envelope or payload (default envelope)
+  dedupe: true             the SET NX markers described above (default true)
+  dedupe_ttl: 7d           how long a marker lives (default 7d)
+  dedupe_prefix: null      marker prefix (default edge:<sink name>); give each sink
+                           writing to the same Redis its own prefix
+  cluster: false           the URL is a Redis Cluster node (default false)
+  username: null           ACL user (default: from the URL, else none)
+  password: null           password (default: from the URL, else none)
+  ca_file: null            CA bundle for rediss:// (default: the system's)
+  cert_file: null          client certificate (PEM) for rediss://
+  key_file: null           its private key (PEM)
+  connect_timeout: 10s     (default 10s)
+  timeout: 30s             the longest one batch may take (default 30s)
+  and the delivery keys every sink has: batch, retry, rate_limit, overflow.
+
+Example
+  sinks:
+    cache:  {type: redis, url: "redis://127.0.0.1:6379/0", mode: stream, maxlen: 500000}
+    latest: {type: redis, url: "rediss://cache.plant.lan:6380/0", mode: hash,
+             key: "site:{gateway}:{topic}", username: gw, password: "ENC(...)",
+             ca_file: /etc/edge-stream/ca.pem}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import string
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.config.model import SinkConfig
+from gateway.config.schema import Duration
+from gateway.core.component import Context, Rejected, Sink
+from gateway.core.errors import RetryableError
+from gateway.core.flowfile import FlowFile
+
+# KEYS: the target keys (streams, lists, channels), then one marker per row.
+# ARGV: mode, ttl, maxlen, number of targets, then one blob per row:
+#   "<target index>\0<id>\0<topic>\0<ts>\0<attributes>\0<payload bytes>" (stream) or
+#   "<target index>\0<value bytes>" (list, publish).
+# One blob per row rather than six arguments: packing arguments is most of the client's
+# work per row. Only the payload, last, may hold NUL bytes (a topic never does, the JSON
+# attributes escape it). A marker is set only together with a successful write, in one
+# atomic script, so a crash can never leave a marker without its entry.
+WRITE_ONCE = """
+local mode, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ntargets = tonumber(ARGV[4])
+local find, sub = string.find, string.sub
+local errors, pushed = {}, {}
+for row = 1, #ARGV - 4 do
+  local blob = ARGV[row + 4]
+  local p1 = find(blob, '\0', 1, true)
+  local target = KEYS[tonumber(sub(blob, 1, p1 - 1))]
+  local marker = KEYS[ntargets + row]
+  if redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
+    local r
+    if mode == 'stream' then
+      local p2 = find(blob, '\0', p1 + 1, true)
+      local p3 = find(blob, '\0', p2 + 1, true)
+      local p4 = find(blob, '\0', p3 + 1, true)
+      local p5 = find(blob, '\0', p4 + 1, true)
+      local id, topic = sub(blob, p1 + 1, p2 - 1), sub(blob, p2 + 1, p3 - 1)
+      local ts, attributes = sub(blob, p3 + 1, p4 - 1), sub(blob, p4 + 1, p5 - 1)
+      local payload = sub(blob, p5 + 1)
+      if maxlen > 0 then
+        r = redis.pcall('XADD', target, 'MAXLEN', '~', maxlen, '*', 'id', id, 'topic', topic,
+          'ts', ts, 'attributes', attributes, 'payload', payload)
+      else
+        r = redis.pcall('XADD', target, '*', 'id', id, 'topic', topic, 'ts', ts,
+          'attributes', attributes, 'payload', payload)
+      end
+    elseif mode == 'list' then
+      r = redis.pcall('RPUSH', target, sub(blob, p1 + 1))
+      if not (type(r) == 'table' and r.err) then pushed[target] = true end
+    else
+      r = redis.pcall('PUBLISH', target, sub(blob, p1 + 1))
+    end
+    if type(r) == 'table' and r.err then
+      redis.call('DEL', marker)
+      errors[#errors + 1] = row
+      errors[#errors + 1] = r.err
+    end
+  end
+end
+if maxlen > 0 then
+  for target in pairs(pushed) do redis.call('LTRIM', target, -maxlen, -1) end
+end
+return errors
+"""
+
+# Errors that say "not now" rather than "never": the batch is retried later.
+TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+_PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSinkConfig(SinkConfig):
+    """Keys of the `redis` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    url: str
+    mode: Literal["stream", "list", "hash", "publish"] = "stream"
+    key: str = "edge:{topic}"
+    maxlen: int = 100_000
+    value: Literal["envelope", "payload"] = "envelope"
+    dedupe: bool = True
+    dedupe_ttl: Duration = 7 * 86400.0
+    dedupe_prefix: str | None = None
+    cluster: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    connect_timeout: Duration = 10.0
+    timeout: Duration = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.url.startswith(("redis://", "rediss://")):
+            yield "url", f"{_safe_url(self.url)!r} must start with redis:// or rediss://"
+        elif not self.url.startswith("rediss://"):
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name):
+                    yield name, "needs TLS: use a rediss:// URL"
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.key) if name]
+        except ValueError as err:
+            yield "key", f"{self.key!r} is not a valid template: {err} (write {{{{ for a brace)"
+        else:
+            for name in fields:
+                if name not in _PLACEHOLDERS:
+                    yield (
+                        "key",
+                        (
+                            f"{self.key!r}: unknown placeholder {{{name}}}; use {{topic}}, "
+                            "{gateway} or {sink}, and {{ }} for literal braces"
+                        ),
+                    )
+        if self.maxlen < 0:
+            yield "maxlen", "must be 0 (keep everything) or more"
+        if self.dedupe_ttl < 1:
+            yield "dedupe_ttl", "must be at least 1s"
+        if self.dedupe_prefix is not None and (
+            not self.dedupe_prefix or any(c in self.dedupe_prefix for c in "{} ")
+        ):
+            yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
+        if self.connect_timeout <= 0 or self.timeout <= 0:
+            yield "timeout", "timeouts must be positive"
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{location}"
+
+
+def _hash_tag(key: str) -> str:
+    """The part of `key` Redis Cluster hashes (its {tag}, or all of it)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_seconds: dict[int, str] = {}
+
+
+def _ts(created_ns: int) -> str:
+    """RFC 3339 UTC with microseconds; the date part is cached per second."""
+    second, micros = divmod(created_ns // 1000, 1_000_000)
+    prefix = _seconds.get(second)
+    if prefix is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{prefix}.{micros:06d}Z"
+
+
+def envelope(ff: FlowFile) -> bytes:
+    """The FlowFile as one JSON object (payload inline when it is UTF-8 JSON)."""
+    head = (
+        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{_ts(ff.created)}",'
+        f'"attributes":{_dumps(ff.attributes)},'
+    )
+    try:
+        text = ff.content.decode()
+        _loads(text)
+    except (ValueError, RecursionError):
+        return f'{head}"payload_base64":"{base64.b64encode(ff.content).decode()}"}}'.encode()
+    return f'{head}"payload":{text}}}'.encode()
+
+
+class RedisSink(Sink):
+    """Pipelines each batch to one Redis server or cluster."""
+
+    Config = RedisSinkConfig
+
+    def __init__(self, config: RedisSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: RedisSinkConfig = config
+        self._client: Any = None
+        self._script_sha: str | None = None
+        # {gateway} and {sink} are fixed: resolve them now; {topic} is filled per FlowFile.
+        template = config.key.replace("{topic}", "\0")
+        template = template.format(gateway=ctx.gateway_id, sink=ctx.name)
+        self._key_parts = template.split("\0")
+        self._prefix = (config.dedupe_prefix or f"edge:{ctx.name}") + ":seen:"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self._open()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def _open(self) -> Any:
+        if self._client is not None:
+            return self._client
+        cfg = self.config
+        options: dict[str, Any] = {
+            "socket_connect_timeout": cfg.connect_timeout,
+            "socket_timeout": cfg.timeout,
+            # The engine owns retries and backoff; redis-py's own would hide an outage.
+            "retry": Retry(NoBackoff(), 1 if cfg.cluster else 0),
+        }
+        if cfg.username is not None:
+            options["username"] = cfg.username
+        if cfg.password is not None:
+            options["password"] = cfg.password
+        if cfg.url.startswith("rediss://"):
+            options.update(
+                ssl_ca_certs=cfg.ca_file, ssl_certfile=cfg.cert_file, ssl_keyfile=cfg.key_file
+            )
+        client: Any
+        try:
+            if cfg.cluster:
+                client = RedisCluster.from_url(cfg.url, **options)
+                await client.initialize()
+            else:
+                client = Redis.from_url(cfg.url, **options)
+                await client.ping()
+            if self._uses_script:
+                self._script_sha = await client.script_load(WRITE_ONCE)
+        except (redis_errors.RedisError, OSError) as err:
+            raise RetryableError(f"cannot connect to {_safe_url(cfg.url)}: {err}") from err
+        self._client = client
+        self.ctx.log.info("connected to %s (%s mode)", _safe_url(cfg.url), cfg.mode)
+        return client
+
+    @property
+    def _uses_script(self) -> bool:
+        return self.config.dedupe and self.config.mode != "hash"
+
+    async def _reset(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except (redis_errors.RedisError, OSError) as err:
+                self.ctx.log.debug("closing the broken connection failed: %s", err)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _key(self, topic: str) -> str:
+        parts = self._key_parts
+        return parts[0] if len(parts) == 1 else topic.join(parts)
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        if not batch:
+            return []
+        client = await self._open()
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                if self.config.mode == "hash":
+                    return await self._write_hashes(client, batch)
+                if self._uses_script:
+                    return await self._write_once(client, batch)
+                return await self._write_plain(client, batch)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
+            await self._reset()
+            raise RetryableError(f"lost {_safe_url(self.config.url)}: {err}") from err
+        except TimeoutError as err:
+            await self._reset()
+            raise RetryableError(
+                f"{_safe_url(self.config.url)} did not answer within {self.config.timeout:g}s"
+            ) from err
+        except redis_errors.RedisError as err:
+            # Not about one row (those come back inside the script's answer): OOM, LOADING,
+            # READONLY, cluster reconfiguring, NOSCRIPT after a failover ...
+            await self._reset()
+            raise RetryableError(f"{_safe_url(self.config.url)} refused the batch: {err}") from err
+
+    def _values(self, ff: FlowFile) -> tuple[Any, ...]:
+        if self.config.mode in ("stream", "hash"):
+            return (ff.id, ff.topic, _ts(ff.created), _dumps(ff.attributes), ff.content)
+        return (envelope(ff) if self.config.value == "envelope" else ff.content,)
+
+    async def _write_once(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:
+        """Stream, list, publish with markers: one script call per group of keys."""
+        cluster, stream = self.config.cluster, self.config.mode == "stream"
+        envelopes = self.config.value == "envelope"
+        groups: dict[str, tuple[dict[str, int], list[bytes], list[FlowFile]]] = {}
+        rejected = []
+        for ff in batch:
+            topic = ff.topic
+            if "\0" in topic:
+                rejected.append(Rejected(ff, "redis: the topic holds a NUL character"))
+                continue
+            key = self._key(topic)
+            # Standalone: one group for the batch. Cluster: one per hash tag (one slot).
+            tag = _hash_tag(key) if cluster else ""
+            group = groups.get(tag)
+            if group is None:
+                group = groups[tag] = ({}, [], [])
+            targets, blobs, rows = group
+            index = targets.get(key)
+            if index is None:
+                index = targets[key] = len(targets) + 1  # Lua counts from 1
+            if stream:
+                attributes = _dumps(ff.attributes) if ff.attributes else "{}"
+                head = f"{index}\0{ff.id}\0{topic}\0{_ts(ff.created)}\0{attributes}\0"
+                blobs.append(head.encode() + ff.content)
+            else:
+                blobs.append(b"%d\0%b" % (index, envelope(ff) if envelopes else ff.content))
+            rows.append(ff)
+        calls = []
+        for tag, (targets, blobs, rows) in groups.items():
+            marker = f"{self._prefix}{{{tag}}}:" if cluster else self._prefix
+            keys = [*targets, *(marker + ff.id for ff in rows)]
+            settings = (self.config.mode, int(self.config.dedupe_ttl), self.config.maxlen)
+            calls.append(self._evalsha(client, keys, (*settings, len(targets), *blobs)))
+        answers = await asyncio.gather(*calls)
+        for (_, _, rows), errors in zip(groups.values(), answers, strict=True):
+            for i in range(0, len(errors), 2):
+                rejected.append(self._refused(rows[int(errors[i]) - 1], errors[i + 1]))
+        return rejected
+
+    async def _evalsha(self, client: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+        try:
+            return await client.evalsha(self._script_sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            # The server restarted or failed over since connect: load the script again.
+            self._script_sha = await client.script_load(WRITE_ONCE)
+            return await client.evalsha(self._script_sha, len(keys), *keys, *args)
+
+    def _refused(self, ff: FlowFile, error: Any) -> Rejected:
+        text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+        if text.startswith(TRANSIENT):
+            # The rows before it are in and marked; the retry skips them.
+            raise redis_errors.ResponseError(text)
+        return Rejected(ff, f"redis {self.config.mode} {self._key(ff.topic)!r}: {text}")
+
+    async def _write_hashes(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:
+        latest: dict[str, FlowFile] = {}
+        for ff in batch:
+            latest[self._key(ff.topic)] = ff  # later FlowFiles overwrite earlier ones
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ff in latest.items():
+                fields = dict(
+                    zip(
+                        ("id", "topic", "ts", "attributes", "payload"),
+                        self._values(ff),
+                        strict=True,
+                    )
+                )
+                pipe.hset(key, mapping=fields)
+            answers = await pipe.execute(raise_on_error=False)
+        refused = {}
+        for key, answer in zip(latest, answers, strict=True):
+            if isinstance(answer, redis_errors.ResponseError):
+                refused[key] = self._refused(latest[key], answer.args[0] if answer.args else answer)
+            elif isinstance(answer, Exception):
+                raise answer
+        return [
+            Rejected(ff, refused[k].reason) for ff in batch if (k := self._key(ff.topic)) in refused
+        ]
+
+    async def _write_plain(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:
+        """Without markers: pipelined XADD / RPUSH+LTRIM / PUBLISH; at least once."""
+        mode, maxlen = self.config.mode, self.config.maxlen
+        keys = [self._key(ff.topic) for ff in batch]
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ff in zip(keys, batch, strict=True):
+                values = self._values(ff)
+                if mode == "stream":
+                    fields = dict(
+                        zip(("id", "topic", "ts", "attributes", "payload"), values, strict=True)
+                    )
+                    pipe.xadd(key, fields, maxlen=maxlen or None, approximate=True)
+                elif mode == "list":
+                    pipe.rpush(key, values[0])
+                else:
+                    pipe.publish(key, values[0])
+            if mode == "list" and maxlen:
+                for key in dict.fromkeys(keys):
+                    pipe.ltrim(key, -maxlen, -1)
+            answers = await pipe.execute(raise_on_error=False)
+        rejected = []
+        # zip stops at the batch's end: the LTRIM answers that follow are not rows.
+        for ff, answer in zip(batch, answers, strict=False):
+            if isinstance(answer, redis_errors.ResponseError):
+                rejected.append(self._refused(ff, answer.args[0] if answer.args else answer))
+            elif isinstance(answer, Exception):
+                raise answer
+        return rejected

@@ -1,0 +1,551 @@
+"""The mysql sink against a real MariaDB: the sink contract, then what is its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
+
+try:  # `tests` is not a package today; this also works if it becomes one.
+    from tests.servers import free_port
+    from tests.sinks.contract import SinkContract, write_until_delivered
+except ImportError:
+    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from servers import free_port  # type: ignore[no-redef]
+
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+def config_problems(**keys: Any) -> tuple[Any, list[str]]:
+    """Build a mysql sink config as the loader does; (config or None, problems)."""
+    problems = Problems()
+    config = build_component("sink", {"type": "mysql", **keys}, ("sinks", "db"), problems)
+    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+
+
+def make_sink(dsn: str, **keys: Any) -> MysqlSink:
+    config, problems = config_problems(dsn=dsn, **keys)
+    assert problems == []
+    assert isinstance(config, MysqlSinkConfig)
+    return MysqlSink(config, Context(name="db", kind="sink"))
+
+
+@pytest.fixture
+def table() -> str:
+    """A table of this test's own: the shared server keeps every test's tables."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def sink_for(mariadb: Any) -> AsyncIterator[Callable[..., Any]]:
+    """`await sink_for(**keys)`: a connected sink on the shared server, closed after."""
+    made: list[MysqlSink] = []
+
+    async def make(**keys: Any) -> MysqlSink:
+        sink = make_sink(mariadb.dsn, **keys)
+        made.append(sink)
+        await sink.connect()
+        return sink
+
+    yield make
+    for sink in made:
+        await sink.close()
+
+
+def ids(mariadb: Any, table: str) -> list[str]:
+    return [row[0] for row in mariadb.fetch(f"SELECT id FROM `{table}`")]
+
+
+# --- the contract -------------------------------------------------------------------------
+
+# A typed column, so that the server has a value to refuse: "hot" is no DOUBLE.
+CONTRACT_COLUMNS = {
+    "topic": "topic",
+    "ts": "ts",
+    "payload": "payload",
+    "raw": "raw",
+    "temp": {"from": "field.temp", "type": "double"},
+}
+
+
+class TestMysqlContract(SinkContract):
+    @pytest.fixture
+    def make_sink(self, mariadb: Any, table: str) -> Callable[[], Any]:
+        async def make() -> MysqlSink:
+            sink = make_sink(mariadb.dsn, table=table, columns=CONTRACT_COLUMNS)
+            await sink.connect()
+            return sink
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, mariadb: Any, table: str) -> Callable[[], list[str]]:
+        return lambda: ids(mariadb, table)
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], FlowFile]:
+        return lambda: FlowFile.create("contract/bad", b'{"temp": "hot"}')
+
+    @pytest.fixture
+    def outage(self, mariadb: Any) -> Callable[[], Any]:
+        @contextlib.asynccontextmanager
+        async def down() -> AsyncIterator[None]:
+            mariadb.stop()
+            try:
+                yield
+            finally:
+                mariadb.start()
+
+        return down
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+async def test_default_table_keeps_json_as_json_and_anything_else_as_bytes(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    cases = {
+        "json": FlowFile.create("s/a", b'{"temp": 21.5, "ok": true}', {"site": "north"}),
+        "pretty": FlowFile.create("s/b", b"  [1, 2,\n 3]\n"),
+        "nul_escape": FlowFile.create("s/f", b'{"a": "x\\u0000y"}'),  # MySQL JSON takes it
+        "unicode": FlowFile.create(
+            "s/\u00e9/\u6e29\u5ea6", '{"a": "\u00e9"}'.encode(), {"k": "\u00fc"}
+        ),
+        "binary": FlowFile.create("s/c", b"\x00\x01\xff"),
+        "text": FlowFile.create("s/d", b"hello"),
+        "empty": FlowFile.create("s/e", b""),
+        "lone_surrogate": FlowFile.create("s/g", b'["\\ud800"]'),
+        "nan": FlowFile.create("s/h", b"[NaN]"),
+        "latin1": FlowFile.create("s/i", '{"a": "\u00e9"}'.encode("latin-1")),
+    }
+    assert await sink.write(list(cases.values())) == []
+    rows = {
+        r[0]: r[1:]
+        for r in mariadb.fetch(f"SELECT id, topic, ts, attributes, payload, raw FROM `{table}`")
+    }
+    assert len(rows) == len(cases)
+    for name, ff in cases.items():
+        topic, ts, attributes, payload, raw = rows[ff.id]
+        assert topic == ff.topic, name
+        assert ts == EPOCH + dt.timedelta(microseconds=ff.created // 1000), name
+        assert json.loads(attributes) == ff.attributes, name
+        if name in ("json", "pretty", "nul_escape", "unicode"):
+            assert json.loads(payload) == json.loads(ff.content), name
+            assert raw is None, name
+        else:
+            assert payload is None, name
+            assert raw == ff.content, name
+    columns = mariadb.fetch(
+        "SELECT column_name, column_type, is_nullable, column_key FROM information_schema.columns"
+        " WHERE table_schema = 'edge' AND table_name = %s ORDER BY ordinal_position",
+        table,
+    )
+    assert columns == [
+        ("id", "char(36)", "NO", "PRI"),
+        ("topic", "text", "NO", ""),
+        ("ts", "datetime(6)", "NO", ""),
+        ("attributes", "longtext", "NO", ""),  # MariaDB's JSON: LONGTEXT CHECK (json_valid)
+        ("payload", "longtext", "YES", ""),
+        ("raw", "longblob", "YES", ""),
+    ]
+
+
+async def test_the_session_is_strict_and_in_utc(mariadb: Any, table: str, sink_for: Any) -> None:
+    sink = await sink_for(table=table)
+    async with sink._conn.cursor() as cursor:
+        await cursor.execute("SELECT @@SESSION.sql_mode, @@SESSION.time_zone")
+        mode, zone = await cursor.fetchone()
+    assert {"STRICT_ALL_TABLES", "NO_ZERO_DATE", "NO_ZERO_IN_DATE"} <= set(mode.split(","))
+    assert zone == "+00:00"
+
+
+async def test_strict_mode_refuses_a_value_that_would_be_truncated(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # A table of the user's with a short column: outside strict mode MariaDB would store
+    # "toolong" as "tool" with a warning; here that row is refused and the rest stored.
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, code VARCHAR(4))")
+    sink = await sink_for(table=table, create_table=False, columns={"code": "attributes.code"})
+    batch = [FlowFile.create("s", b"{}", {"code": f"c{i}"}) for i in range(30)]
+    batch[17] = FlowFile.create("s", b"{}", {"code": "toolong"})
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[17].id]
+    assert "Data too long for column 'code'" in rejected[0].reason
+    rows = dict(mariadb.fetch(f"SELECT id, code FROM `{table}`"))
+    assert rows == {ff.id: ff.attributes["code"] for ff in batch if ff is not batch[17]}
+    assert "tool" not in rows.values()
+
+
+async def test_columns_map_topic_levels_json_fields_and_attributes(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(
+        table=table,
+        columns={
+            "device": "topic.2",
+            "kind": "topic.-1",
+            "deep": "topic.9",
+            "temperature": {"from": "field.temp", "type": "double precision"},
+            "humidity": {"from": "field.env.humidity", "type": "real"},
+            "second": {"from": "field.readings.1", "type": "integer"},
+            "tags": "field.env.tags",
+            "env": {"from": "field.env", "type": "json"},
+            "name": "field.name",
+            "ok": {"from": "field.ok", "type": "boolean"},
+            "site": "attributes.site",
+            "shift": {"from": "attributes.shift", "type": "smallint"},
+            "at": "ts",
+            "body": "payload",
+        },
+    )
+    body = {
+        "temp": 21.5,
+        "env": {"humidity": 40.25, "tags": ["a", "b"]},
+        "readings": [10, 20],
+        "name": "press 7",
+        "ok": True,
+    }
+    full = FlowFile.create(
+        "plant/line3/press7/telemetry", json.dumps(body).encode(), {"site": "north", "shift": "2"}
+    )
+    sparse = FlowFile.create("plant/x", b"\x01 not json")
+    typed_as_text = FlowFile.create("plant/line1/p1/t", b'{"temp": "19.25", "readings": [1, "2"]}')
+    assert await sink.write([full, sparse, typed_as_text]) == []
+
+    rows = {
+        r[0]: r[1:]
+        for r in mariadb.fetch(
+            "SELECT id, device, kind, deep, temperature, humidity, second, tags, env,"
+            f" name, ok, site, shift, at, body FROM `{table}`"
+        )
+    }
+    device, kind, deep, temp, hum, second, tags, env, name, ok, site, shift, at, payload = rows[
+        full.id
+    ]
+    assert (device, kind, deep) == ("press7", "telemetry", None)
+    assert (temp, hum, second) == (21.5, 40.25, 20)
+    assert json.loads(tags) == ["a", "b"]
+    assert json.loads(env) == body["env"]
+    assert (name, ok, site, shift) == ("press 7", 1, "north", 2)
+    assert at == EPOCH + dt.timedelta(microseconds=full.created // 1000)
+    assert json.loads(payload) == body
+
+    assert rows[sparse.id][:3] == (None, "x", None)
+    assert rows[sparse.id][3:12] == (None,) * 9  # no JSON, no attributes: all NULL
+    assert rows[sparse.id][13] is None  # payload
+
+    # MariaDB converts a JSON string "19.25" to DOUBLE and "2" to INT.
+    assert rows[typed_as_text.id][3] == 19.25
+    assert rows[typed_as_text.id][5] == 2
+
+    columns = dict(
+        mariadb.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'edge' AND table_name = %s",
+            table,
+        )
+    )
+    assert columns["temperature"] == "double"
+    assert columns["tags"] == "text"
+    assert columns["shift"] == "smallint"
+    assert len(columns) == 15
+
+
+async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(
+        table=table,
+        columns={
+            "device": "topic.1",
+            "temperature": {"from": "field.temp", "type": "double"},
+            "level": {"from": "field.level", "type": "smallint"},
+            "day": {"from": "field.day", "type": "date"},
+        },
+    )
+
+    def reading(i: int, **body: Any) -> FlowFile:
+        doc = {"temp": i, "level": 1, "day": "2024-05-01", **body}
+        return FlowFile.create(f"s/dev{i}", json.dumps(doc).encode())
+
+    batch = [reading(i) for i in range(64)]
+    batch[11] = reading(11, temp="hot")
+    batch[40] = reading(40, level=40000)
+    batch[41] = reading(41, day="0000-00-00")  # NO_ZERO_DATE
+    batch[63] = reading(63, day="2024-02-30")
+    rejected = await sink.write(batch)
+
+    reasons = {r.flowfile.id: r.reason for r in rejected}
+    assert set(reasons) == {batch[11].id, batch[40].id, batch[41].id, batch[63].id}
+    assert "Incorrect double value: 'hot'" in reasons[batch[11].id]
+    assert "Out of range value for column 'level'" in reasons[batch[40].id]
+    assert "Incorrect date value" in reasons[batch[41].id]
+    assert "Incorrect date value" in reasons[batch[63].id]
+    assert set(ids(mariadb, table)) == {
+        ff.id for i, ff in enumerate(batch) if i not in (11, 40, 41, 63)
+    }
+
+
+async def test_a_check_constraint_added_by_the_user_refuses_rows(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, temperature DOUBLE"
+        " CHECK (temperature < 100))"
+    )
+    sink = await sink_for(
+        table=table,
+        create_table=False,
+        columns={"temperature": {"from": "field.t", "type": "double"}},
+    )
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "CONSTRAINT" in rejected[0].reason
+    assert len(ids(mariadb, table)) == 2
+
+
+async def test_a_lone_surrogate_in_an_attribute_rejects_only_that_row(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    batch = [FlowFile.create("s", b"{}", {"k": "v"}) for _ in range(5)]
+    batch[2] = FlowFile.create("s", b"{}", {"k": "bad \udc80"})
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[2].id]
+    # aiomysql sends it with surrogateescape, and utf8mb4 refuses the stray byte.
+    assert "Incorrect string value" in rejected[0].reason or "Unicode" in rejected[0].reason
+    assert len(ids(mariadb, table)) == 4
+
+
+async def test_duplicate_ids_within_a_batch_are_stored_once(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    ff = FlowFile.create("s", b"{}")
+    assert await sink.write([ff, ff, ff]) == []
+    assert ids(mariadb, table) == [ff.id]
+
+
+async def test_binary_ids_and_redelivery(mariadb: Any, table: str, sink_for: Any) -> None:
+    sink = await sink_for(table=table, id_type="binary")
+    batch = [FlowFile.create("s", json.dumps({"i": i}).encode()) for i in range(100)]
+    assert await sink.write(batch) == []
+    assert await sink.write(batch[50:] + batch[:10]) == []
+    rows = mariadb.fetch(f"SELECT HEX(id) FROM `{table}`")
+    assert sorted(str(uuid.UUID(r[0])) for r in rows) == sorted(ff.id for ff in batch)
+    assert mariadb.fetch(
+        "SELECT column_type FROM information_schema.columns WHERE table_schema = 'edge'"
+        " AND table_name = %s AND column_name = 'id'",
+        table,
+    ) == [("binary(16)",)]
+
+
+async def test_a_table_without_a_unique_id_is_refused(mariadb: Any, table: str) -> None:
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36), note TEXT)")
+    sink = make_sink(mariadb.dsn, table=table, create_table=False, columns={"note": "topic"})
+    with pytest.raises(PermanentError, match="no primary key or unique index on id"):
+        await sink.connect()
+    await sink.close()
+
+
+async def test_missing_table_without_create_table_is_a_permanent_error(
+    mariadb: Any, table: str
+) -> None:
+    sink = make_sink(mariadb.dsn, table=table, create_table=False)
+    with pytest.raises(PermanentError, match=f"table {table}.*doesn't exist.*create_table"):
+        await sink.connect()
+    assert mariadb.fetch("SHOW TABLES LIKE %s", table) == []
+    await sink.close()
+
+
+async def test_a_missing_column_is_a_permanent_error(mariadb: Any, table: str) -> None:
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT)")
+    sink = make_sink(mariadb.dsn, table=table, columns={"device": "topic.0", "temp": "field.t"})
+    with pytest.raises(PermanentError, match="Unknown column 'temp'"):
+        await sink.connect()
+    await sink.close()
+
+
+# --- connections and outages --------------------------------------------------------------
+
+
+async def test_a_killed_server_is_a_retryable_error_and_the_batch_arrives_once(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    batch = [FlowFile.create("s", json.dumps({"i": i}).encode()) for i in range(200)]
+    assert await sink.write(batch[:100]) == []
+    mariadb.kill()
+    try:
+        with pytest.raises(RetryableError, match=r"127\.0\.0\.1"):
+            await sink.write(batch)
+    finally:
+        mariadb.start()
+    assert await write_until_delivered(sink, batch) == []
+    assert sorted(ids(mariadb, table)) == sorted(ff.id for ff in batch)
+
+
+async def test_a_dropped_table_is_created_again_on_the_next_write(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    assert await sink.write([FlowFile.create("s", b"{}")]) == []
+    mariadb.execute(f"DROP TABLE `{table}`")
+    batch = [FlowFile.create("s", b"{}")]
+    with pytest.raises(RetryableError, match="doesn't exist"):
+        await sink.write(batch)
+    assert await sink.write(batch) == []
+    assert ids(mariadb, table) == [batch[0].id]
+
+
+async def test_a_statement_that_takes_too_long_is_retryable(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table, timeout="1s")
+    lock = make_sink(mariadb.dsn, table=table)
+    await lock.connect()
+    try:
+        # Another session holds a write lock on the table: the insert waits, then times out.
+        await lock._run(f"LOCK TABLES `{table}` WRITE")
+        with pytest.raises(RetryableError, match="timed out"):
+            await sink.write([FlowFile.create("s", b"{}")])
+    finally:
+        await lock.close()
+    ff = FlowFile.create("s", b"{}")
+    assert await write_until_delivered(sink, [ff]) == []
+    assert ff.id in ids(mariadb, table)
+
+
+async def test_no_server_at_connect_is_retryable() -> None:
+    sink = make_sink(f"mysql://gw:s3cret-pw@127.0.0.1:{free_port()}/edge", timeout="5s")
+    with pytest.raises(RetryableError) as caught:
+        await sink.connect()
+    assert "127.0.0.1" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+async def test_a_wrong_password_is_permanent_at_connect_and_never_shown(
+    mariadb: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dsn = mariadb.dsn.replace(":edge-test@", ":s3cret-pw@")
+    sink = make_sink(dsn)
+    with pytest.raises(PermanentError, match="Access denied") as caught:
+        await sink.connect()
+    # Later, from write(): the operator may fix the grant, so it is retried.
+    with pytest.raises(RetryableError, match="Access denied"):
+        await sink.write([FlowFile.create("s", b"{}")])
+    await sink.close()
+    for text in (str(caught.value), caplog.text, repr(sink.config), repr(sink.dsn)):
+        assert "s3cret-pw" not in text
+
+
+async def test_password_is_never_logged_or_shown(
+    mariadb: Any, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink = make_sink(mariadb.dsn, table=table)
+    await sink.connect()
+    await sink.write([FlowFile.create("s", b"{}")])
+    await sink.close()
+    assert f"127.0.0.1:{mariadb.port}/edge" in caplog.text
+    for text in (caplog.text, repr(sink.config), str(sink.ctx.status)):
+        assert mariadb.password not in text
+
+
+async def test_close_without_connect_and_twice() -> None:
+    sink = make_sink("mysql://edge:pw@127.0.0.1:1/edge")
+    await sink.close()
+    await sink.close()
+
+
+async def test_many_batches_keep_up(mariadb: Any, table: str, sink_for: Any) -> None:
+    """A smoke test of the batch path at size: 20 batches of 1000 rows, all stored."""
+    sink = await sink_for(table=table)
+    batches = [
+        [FlowFile.create(f"s/{i % 7}", json.dumps({"i": i}).encode()) for i in range(1000)]
+        for _ in range(20)
+    ]
+    for batch in batches:
+        assert await sink.write(batch) == []
+    assert mariadb.fetch(f"SELECT COUNT(*) FROM `{table}`") == [(20000,)]
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_dsn_parsing() -> None:
+    dsn = parse_dsn("mysql://gw:p%40ss:w/rd@db.lan:3307/telemetry")
+    assert dsn == ("db.lan", 3307, "gw", "p@ss:w/rd", "telemetry")
+    assert parse_dsn("mysql://gw:a@b@db/t") == ("db", 3306, "gw", "a@b", "t")
+    assert parse_dsn("mariadb://gw@[::1]:3310/t") == ("::1", 3310, "gw", "", "t")
+    assert "a@b" not in repr(parse_dsn("mysql://gw:a@b@db/t"))
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"dsn": "postgresql://gw:pw@db/t"}, "dsn: must read mysql://"),
+        ({"dsn": "mysql://gw:s3cret@db"}, "dsn: must name a user, a host and a database"),
+        ({"dsn": "mysql://gw:s3cret@db/t?ssl=1"}, "dsn: takes no ?options"),
+        ({"dsn": "mysql://gw:pw@db/t", "table": "read-ings"}, "table: 'read-ings' is not a valid"),
+        ({"dsn": "mysql://gw:pw@db/t", "columns": {"x": "feld.a"}}, "is not a source"),
+        ({"dsn": "mysql://gw:pw@db/t", "columns": {"x": "topic.one"}}, "needs a level number"),
+        (
+            {"dsn": "mysql://gw:pw@db/t", "columns": {"x": {"from": "field.a", "type": "blob"}}},
+            "'blob' is not a supported type",
+        ),
+        (
+            {"dsn": "mysql://gw:pw@db/t", "columns": {"x": {"from": "ts", "type": "date"}}},
+            "ts has a fixed type",
+        ),
+        ({"dsn": "mysql://gw:pw@db/t", "columns": {"id": "topic"}}, "'id' is always"),
+        ({"dsn": "mysql://gw:pw@db/t", "columns": {"a-b": "topic"}}, "not a valid SQL identifier"),
+        ({"dsn": "mysql://gw:pw@db/t", "id_type": "uuid"}, "'uuid' is not one of"),
+        ({"dsn": "mysql://gw:pw@db/t", "colums": {}}, "did you mean 'columns'"),
+    ],
+)
+def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> None:
+    _, problems = config_problems(**keys)
+    assert any(message in p for p in problems), problems
+    assert not any("s3cret" in p for p in problems)
+
+
+def test_create_statement_quotes_names_and_types() -> None:
+    sink = make_sink(
+        "mysql://gw:pw@db/t",
+        table="climate",
+        columns={"device": "topic.1", "temp": {"from": "field.t", "type": "Double  Precision"}},
+    )
+    assert sink.create_statement() == (
+        "CREATE TABLE IF NOT EXISTS `climate` (`id` CHAR(36) CHARACTER SET ascii NOT NULL"
+        " PRIMARY KEY, `device` TEXT NULL, `temp` DOUBLE NULL) ENGINE=InnoDB DEFAULT"
+        " CHARSET=utf8mb4"
+    )
+
+
+async def test_write_then_close_concurrently_is_safe(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    sink = await sink_for(table=table)
+    batch = [FlowFile.create("s", b"{}") for _ in range(50)]
+    results = await asyncio.gather(sink.write(batch), sink.close(), return_exceptions=True)
+    assert results[0] == []
+    assert len(ids(mariadb, table)) == 50
