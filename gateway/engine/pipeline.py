@@ -112,6 +112,9 @@ class Engine:
         """Run until `stop()`; then shut down in order and return."""
         self._build()
         await self.store.open(self.sinks)
+        self.store.set_overflow(
+            {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
+        )
         self.router = self._build_router()
         state = await self.store.load_state()
         for label, processor in self.router.stateful():
@@ -242,7 +245,9 @@ class Engine:
         backoff = Backoff(0.2, 10.0)
         while True:
             if self.store.over_budget:
-                self.gate.clear()  # overflow: block -- stop polling and stop acking
+                await self.store.make_room()
+            if self.store.over_budget:
+                self.gate.clear()  # full of data `block` sinks wait for: stop polling and acking
                 await asyncio.sleep(0.1)
                 continue
             try:

@@ -147,9 +147,11 @@ class Store:
     """The durable buffer between ingest and the sinks.
 
     `max_bytes` bounds what the FlowFiles take (content, topic, attributes and
-    a per-row overhead). When it is reached, `overflow="drop_oldest"` deletes
-    the oldest FlowFiles (counted and logged) and `overflow="block"` makes
-    `over_budget` true so the engine stops taking input until sinks drain.
+    a per-row overhead). When it is reached, the oldest FlowFiles are deleted
+    (counted and logged) unless a sink with overflow `block` still waits for
+    them; what is left for such sinks makes `over_budget` true, so the engine
+    stops taking input until they drain. `overflow` is the default policy,
+    `set_overflow` gives sinks their own.
     """
 
     def __init__(
@@ -175,6 +177,7 @@ class Store:
         self._inbound: dict[tuple[str, int], bytes] = {}
         self._listeners: list[Callable[[], None]] = []
         self._last_maintenance = 0.0
+        self._policies: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -271,7 +274,8 @@ class Store:
 
     @property
     def over_budget(self) -> bool:
-        return self.overflow == "block" and self.bytes >= self.max_bytes
+        """True when the budget is full of data that `block` sinks still wait for."""
+        return self.bytes >= self.max_bytes
 
     def committed(self, source: str, slot: int, digest: bytes) -> bool:
         """True if the last message committed from `source` in `slot` had this digest."""
@@ -301,8 +305,7 @@ class Store:
         self.dead_count += len(batch.dead)
         for callback in self._listeners:
             callback()
-        if self.bytes > self.max_bytes and self.overflow == "drop_oldest":
-            await self._call(self._drop_oldest_sync)
+        await self.make_room()
 
     def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch) -> None:
         db = self._db
@@ -360,40 +363,71 @@ class Store:
             now,
         )
 
+    async def make_room(self) -> None:
+        """Drop what may be dropped to get under the budget (see `_drop_oldest_sync`)."""
+        if self.bytes >= self.max_bytes:
+            await self._call(self._drop_oldest_sync)
+
+    def set_overflow(self, policies: dict[str, str]) -> None:
+        """Per-sink overflow policies (`block` or `drop_oldest`) that override the default."""
+        self._policies = dict(policies)
+
+    def _blocking(self) -> list[tuple[int, str]]:
+        return [
+            (bit, name)
+            for name, bit in self._bits.items()
+            if self._policies.get(name, self.overflow) == "block"
+        ]
+
     def _drop_oldest_sync(self) -> None:
+        """Make room by dropping the oldest FlowFiles no `block` sink still waits for.
+
+        What a `block` sink has not delivered yet is kept; if that alone fills the
+        budget, `over_budget` stays true and the engine stops taking input.
+        """
         db = self._db
         assert db is not None
+        blocking = self._blocking()
+        if len(blocking) == len(self._bits):
+            return
         target = int(self.max_bytes * 0.95)
-        dropped = 0
+        dropped: list[tuple[int]] = []
+        after = 0
+        scanned = 0
+        while self.bytes > target and scanned < 200_000:
+            rows = db.execute(
+                "SELECT seq, sinks, size FROM flowfiles WHERE seq > ? ORDER BY seq LIMIT 1000",
+                (after,),
+            ).fetchall()
+            if not rows:
+                break
+            scanned += len(rows)
+            after = rows[-1][0]
+            for seq, mask, size in rows:
+                if self.bytes <= target:
+                    break
+                if any(mask >> bit & 1 and seq > self._cursors[name] for bit, name in blocking):
+                    continue
+                dropped.append((seq,))
+                self.bytes -= size
+                for name, bit in self._bits.items():
+                    if mask >> bit & 1 and seq > self._cursors[name]:
+                        self._depth[name] -= 1
+        if not dropped:
+            return
         db.execute("BEGIN")
         try:
-            while self.bytes > target:
-                rows = db.execute(
-                    "SELECT seq, sinks, size FROM flowfiles ORDER BY seq LIMIT 1000"
-                ).fetchall()
-                if not rows:
-                    break
-                last = 0
-                for seq, mask, size in rows:
-                    if self.bytes <= target:
-                        break
-                    last = seq
-                    dropped += 1
-                    self.bytes -= size
-                    for name, bit in self._bits.items():
-                        if mask >> bit & 1 and seq > self._cursors[name]:
-                            self._depth[name] -= 1
-                db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+            db.executemany("DELETE FROM flowfiles WHERE seq = ?", dropped)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.dropped += dropped
+        self.dropped += len(dropped)
         log.error(
             "store: the buffer reached its budget of %d bytes; dropped the %d oldest FlowFiles"
             " (overflow: drop_oldest). Sinks are not keeping up or are down.",
             self.max_bytes,
-            dropped,
+            len(dropped),
         )
 
     # -- delivery ----------------------------------------------------------

@@ -135,3 +135,33 @@ async def test_synchronous_modes_open(tmp_path: Path, sync: str) -> None:
     assert (await store.query("PRAGMA journal_mode"))[0][0] == "wal"
     await store.close()
     await store.close()  # idempotent
+
+
+async def test_per_sink_overflow_drops_only_what_no_blocking_sink_waits_for(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("keep", "lossy"), max_bytes=1 << 20)
+    store.set_overflow({"keep": "block"})
+    keep, lossy = store.bit("keep"), store.bit("lossy")
+    # a third of the data is for the blocking sink, the rest only for the lossy one
+    for start in range(0, 1500, 100):
+        await store.commit(
+            batch(
+                [
+                    (ff(i, size=2000), keep if i % 3 == 0 else lossy)
+                    for i in range(start, start + 100)
+                ]
+            )
+        )
+    assert store.dropped > 0
+    assert store.depth("keep") == 500  # nothing the blocking sink waits for was dropped
+    rows, _ = await store.read("keep", store.cursor("keep"), 10_000)
+    assert len(rows) == 500
+    # once only blocking data is left and the budget is full, intake must stop
+    for start in range(1500, 2400, 100):
+        await store.commit(batch([(ff(i, size=2000), keep) for i in range(start, start + 100)]))
+    assert store.over_budget
+    rows, seen = await store.read("keep", store.cursor("keep"), 10_000)
+    await store.advance("keep", seen, len(rows), [])
+    await store.maintain(["keep", "lossy"])
+    await store.make_room()  # what is left waits only for the lossy sink: dropped
+    assert not store.over_budget
+    await store.close()
