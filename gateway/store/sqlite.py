@@ -178,6 +178,7 @@ class Store:
         self._listeners: list[Callable[[], None]] = []
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
+        self._futile: tuple[int, tuple[int, ...]] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -390,6 +391,9 @@ class Store:
         blocking = self._blocking()
         if len(blocking) == len(self._bits):
             return
+        state = (self.bytes, tuple(self._cursors.values()))
+        if state == self._futile:
+            return  # nothing changed since a scan that found nothing to drop
         target = int(self.max_bytes * 0.95)
         dropped: list[tuple[int]] = []
         after = 0
@@ -414,6 +418,7 @@ class Store:
                     if mask >> bit & 1 and seq > self._cursors[name]:
                         self._depth[name] -= 1
         if not dropped:
+            self._futile = state
             return
         db.execute("BEGIN")
         try:
