@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 MAX_SINKS = 62
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
+TAIL_MAX = 10_000  # newest FlowFiles kept in memory for sinks that are caught up
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flowfiles (
@@ -131,15 +132,19 @@ def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
     return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
 
 
+_attributes_of: dict[str, dict[str, str]] = {}
+
+
 def _decode(row: tuple[Any, ...]) -> FlowFile:
     _, fid, topic, attrs, content, created, lineage = row[:7]
+    # The same few attribute texts repeat; decode each once (FlowFiles never change them).
+    attributes = _attributes_of.get(attrs)
+    if attributes is None:
+        if len(_attributes_of) >= 8192:
+            _attributes_of.clear()
+        attributes = _attributes_of[attrs] = json.loads(attrs)
     return FlowFile(
-        fid,
-        topic,
-        json.loads(attrs) if attrs != "{}" else {},
-        content,
-        created,
-        tuple(lineage.split(",")) if lineage else (),
+        fid, topic, attributes, content, created, tuple(lineage.split(",")) if lineage else ()
     )
 
 
@@ -179,6 +184,8 @@ class Store:
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
         self._futile: tuple[int, tuple[int, ...]] | None = None
+        self._tail: list[tuple[int, FlowFile, int]] = []
+        self._tail_first = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -292,8 +299,10 @@ class Store:
         """Write one micro-batch in one transaction; return once it is durable."""
         encoded = [_encode(ff, mask) for ff, mask in batch.rows]
         added = sum(row[7] for row in encoded)
-        await self._call(self._commit_sync, encoded, batch)
+        last = await self._call(self._commit_sync, encoded, batch)
         self.bytes += added
+        if batch.rows:
+            self._remember(last - len(batch.rows) + 1, batch.rows)
         masks: dict[int, int] = {}
         for _, mask in batch.rows:
             masks[mask] = masks.get(mask, 0) + 1
@@ -308,14 +317,17 @@ class Store:
             callback()
         await self.make_room()
 
-    def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch) -> None:
+    def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch) -> int:
+        """Returns the seq of the last FlowFile inserted (they get consecutive seqs)."""
         db = self._db
         assert db is not None
         now = time.time_ns()
+        last = 0
         db.execute("BEGIN")
         try:
             if encoded:
                 db.executemany(_INSERT, encoded)
+                last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             if batch.dead:
                 db.executemany(_INSERT_DEAD, [self._dead_row(d, now) for d in batch.dead])
             if batch.state:
@@ -336,6 +348,26 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return int(last)
+
+    def _remember(self, first: int, rows: list[tuple[FlowFile, int]]) -> None:
+        """Keep the newest committed FlowFiles in memory, so caught-up sinks need no query.
+
+        The tail is a run of consecutive seqs; a gap (another process inserted, or
+        rows were dropped) starts it afresh.
+        """
+        tail = self._tail
+        if not tail or self._tail_first + len(tail) != first:
+            tail.clear()
+            self._tail_first = first
+        seq = first
+        for ff, mask in rows:
+            tail.append((seq, ff, mask))
+            seq += 1
+        if len(tail) > TAIL_MAX:
+            cut = len(tail) - TAIL_MAX // 2
+            del tail[:cut]
+            self._tail_first += cut
 
     async def take_replay(self, limit: int) -> list[tuple[int, FlowFile]]:
         """Dead letters the CLI sent back for routing again (see `edge-stream dead-letters`)."""
@@ -420,6 +452,7 @@ class Store:
         if not dropped:
             self._futile = state
             return
+        self._tail.clear()
         db.execute("BEGIN")
         try:
             db.executemany("DELETE FROM flowfiles WHERE seq = ?", dropped)
@@ -445,6 +478,17 @@ class Store:
         Returns the rows and the seq up to which this read saw everything for
         the sink (so a sink with nothing to do can still move its cursor on).
         """
+        tail = self._tail
+        first = self._tail_first
+        if tail and first - 1 <= after < first + len(tail):
+            bit = self.bit(sink)
+            rows = []
+            for seq, ff, mask in tail[after - first + 1 :]:
+                if mask & bit:
+                    rows.append((seq, ff))
+                    if len(rows) == limit:
+                        return rows, seq
+            return rows, first + len(tail) - 1
         return await self._call(self._read_sync, self.bit(sink), after, limit)
 
     def _read_sync(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -164,4 +165,43 @@ async def test_per_sink_overflow_drops_only_what_no_blocking_sink_waits_for(tmp_
     await store.maintain(["keep", "lossy"])
     await store.make_room()  # what is left waits only for the lossy sink: dropped
     assert not store.over_budget
+    await store.close()
+
+
+async def test_reads_from_the_memory_tail_match_reads_from_disk(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    for start in range(0, 600, 50):
+        await store.commit(
+            batch([(ff(i), a if i % 3 else a | b) for i in range(start, start + 50)])
+        )
+    for sink in ("a", "b"):
+        for after, limit in ((0, 1000), (0, 7), (store.cursor(sink) + 123, 40)):
+            from_memory = await store.read(sink, after, limit)
+            tail = list(store._tail)
+            store._tail.clear()
+            from_disk = await store.read(sink, after, limit)
+            store._tail.extend(tail)
+            assert [(s, f.id) for s, f in from_memory[0]] == [(s, f.id) for s, f in from_disk[0]]
+            assert from_memory[1] == from_disk[1]
+    await store.close()
+
+
+async def test_a_row_inserted_by_another_process_is_not_skipped(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
+    rows, seen = await store.read("a", store.cursor("a"), 10)
+    await store.advance("a", seen, len(rows), [])
+    # what `edge-stream dead-letters replay` does while the gateway runs
+    other = sqlite3.connect(tmp_path / "store.db")
+    other.execute(
+        "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+        " VALUES ('replayed', 't', '{}', x'00', 0, '', ?, 100)",
+        (store.bit("a"),),
+    )
+    other.commit()
+    other.close()
+    await store.commit(batch([(ff(9), store.bit("a"))]))
+    rows, _ = await store.read("a", store.cursor("a"), 10)
+    assert rows[0][1].id == "replayed" and len(rows) == 2
     await store.close()
