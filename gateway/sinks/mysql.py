@@ -97,7 +97,6 @@ from urllib.parse import unquote
 
 import aiomysql
 import pymysql
-from pymysql.converters import escape_string
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration, check_identifier, did_you_mean
@@ -360,8 +359,17 @@ def _converter(sql_type: str) -> Callable[[Any], Any]:
         return lambda v: None if v is None else _dumps(v)
     if sql_type == "TEXT":
         return lambda v: v if v is None or type(v) is str else _dumps(v)
-    # Numbers, booleans and strings go as they are, for MySQL to convert or refuse.
-    return lambda v: _dumps(v) if isinstance(v, dict | list) else v
+    return _as_is
+
+
+def _as_is(value: Any) -> Any:
+    """Numbers, booleans and strings go as they are, for MySQL to convert or refuse."""
+    if isinstance(value, dict | list):
+        return _dumps(value)
+    if type(value) is float and not math.isfinite(value):
+        # JSON 1e999 is inf, which the driver cannot bind: as text the column refuses it.
+        return str(value)
+    return value
 
 
 def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, Any], Any]:
@@ -397,66 +405,44 @@ def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, 
     return lambda ff, text, doc: convert(_dig(doc, path))
 
 
-def _literal(value: Any) -> str:
-    """One value as a MySQL literal.
-
-    The sink escapes values itself instead of passing them to aiomysql as arguments:
-    aiomysql 0.3 cannot escape bytes with PyMySQL 1.2 (it calls a helper PyMySQL
-    removed), and rendering a row in one expression is the cheaper hot loop. The
-    escaping is PyMySQL's (backslash style, which the session's sql_mode allows:
-    it never contains NO_BACKSLASH_ESCAPES); the connection is utf8mb4, where a
-    backslash cannot hide inside a multi-byte character.
-    """
-    if value is None:
-        return "NULL"
-    kind = type(value)
-    if kind is str:
-        return "'" + str(escape_string(value)) + "'"
-    if kind is bytes:
-        return "X'" + bytes(value).hex() + "'"
-    if kind is bool:
-        return "1" if value else "0"
-    if kind is int:
-        return str(value)
-    if kind is float and math.isfinite(value):
-        return repr(value)
-    # inf (JSON 1e999) and anything else go as text, for the column to take or refuse.
-    return "'" + str(escape_string(str(value))) + "'"
-
-
 class _Rows:
-    """Renders a batch as one `(…)` literal per row; this is the sink's hot loop."""
+    """The values of a batch, row after row in one flat list; this is the sink's hot loop.
+
+    The values are bound by the driver (`%s` placeholders), never written into the SQL
+    text by the sink.
+    """
 
     def __init__(self, columns: list[Column], binary_id: bool) -> None:
         self.getters = [_getter(column, binary_id) for column in columns]
+        self.width = len(columns)
         self.default = not binary_id and [c.source for c in columns] == list(DEFAULT_COLUMNS)
 
-    def build(self, batch: list[FlowFile]) -> list[str]:
+    def build(self, batch: list[FlowFile]) -> list[Any]:
         if self.default:
             return self._default(batch)
-        getters, literal, rows = self.getters, _literal, []
+        getters, values = self.getters, []
         for ff in batch:
             text, doc = _parse(ff.content)
             if doc is _NOT_JSON:
                 doc = None
-            rows.append("(" + ",".join([literal(get(ff, text, doc)) for get in getters]) + ")")
-        return rows
+            values += [get(ff, text, doc) for get in getters]
+        return values
 
     @staticmethod
-    def _default(batch: list[FlowFile]) -> list[str]:
-        # The default layout without a call per column: most sinks use it. The id (a
-        # UUID string we made) and ts (digits and separators) need no escaping.
-        rows, escape = [], escape_string
+    def _default(batch: list[FlowFile]) -> list[Any]:
+        # The default layout without a call per column: most sinks use it.
+        values: list[Any] = []
         for ff in batch:
             text, _ = _parse(ff.content)
-            attributes = escape(_dumps(ff.attributes)) if ff.attributes else "{}"
-            content = (
-                "NULL,X'" + ff.content.hex() + "'" if text is None else f"'{escape(text)}',NULL"
+            values += (
+                ff.id,
+                ff.topic,
+                _ts(ff.created),
+                _dumps(ff.attributes) if ff.attributes else "{}",
+                text,
+                ff.content if text is None else None,
             )
-            rows.append(
-                f"('{ff.id}','{escape(ff.topic)}','{_ts(ff.created)}','{attributes}',{content})"
-            )
-        return rows
+        return values
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -517,6 +503,23 @@ def _message(err: BaseException) -> str:
 # --- the sink -----------------------------------------------------------------------------
 
 
+def _driver_problem() -> str | None:
+    """Why the installed aiomysql cannot bind `bytes` values, or None if it can.
+
+    aiomysql 0.3 escapes bytes with `pymysql.converters.escape_bytes_prefixed`, which
+    PyMySQL 1.2 replaced with a string (aio-libs/aiomysql#1080): every row with bytes
+    (`raw`, a binary id) would fail. pyproject pins PyMySQL below 1.2; this catches an
+    environment that installed another version anyway.
+    """
+    helper = getattr(aiomysql.connection, "escape_bytes_prefixed", None)
+    if helper is None or callable(helper):
+        return None
+    return (
+        f"aiomysql {aiomysql.__version__} cannot send bytes with PyMySQL"
+        f" {pymysql.VERSION_STRING}; install PyMySQL>=1.1.1,<1.2"
+    )
+
+
 class _Cursor(aiomysql.Cursor):  # type: ignore[misc]
     """A cursor that leaves server notes alone.
 
@@ -546,6 +549,7 @@ class MysqlSink(Sink):
         self._rows = _Rows(columns, config.id_type == "binary")
         self._names = ",".join(f"`{c.name}`" for c in columns)
         self._head = f"INSERT INTO `{config.table}` ({self._names}) VALUES "
+        self._marks = "(" + ",".join(["%s"] * len(columns)) + ")"  # one row's placeholders
         self._conn: Any = None  # aiomysql.Connection
         self._lock = asyncio.Lock()
 
@@ -574,6 +578,9 @@ class MysqlSink(Sink):
         RetryableError if the server cannot be reached; PermanentError if it refuses us
         (user, password, database) or the table lacks our columns.
         """
+        problem = _driver_problem()
+        if problem:
+            raise PermanentError(problem)
         async with self._lock:
             await self._open(permanent=PermanentError)
 
@@ -581,13 +588,13 @@ class MysqlSink(Sink):
         """Insert the batch; return the rows the server refused, with its message."""
         if not batch:
             return []
-        rows = self._rows.build(batch)
+        values = self._rows.build(batch)
         rejected: list[Rejected] = []
         async with self._lock:
             # After a lost connection: reconnect and check the table again. A table problem
             # found now waits for the operator like an outage, rather than dead-lettering.
             await self._open(permanent=RetryableError)
-            await self._insert(batch, rows, 0, len(rows), rejected)
+            await self._insert(batch, values, 0, len(batch), rejected)
         return rejected
 
     async def close(self) -> None:
@@ -671,7 +678,7 @@ class MysqlSink(Sink):
             await cursor.execute(sql, args)
 
     async def _insert(
-        self, batch: list[FlowFile], rows: list[str], lo: int, hi: int, rejected: list[Rejected]
+        self, batch: list[FlowFile], values: list[Any], lo: int, hi: int, rejected: list[Rejected]
     ) -> None:
         """Insert rows lo..hi; when the server refuses a value, halve until the row is found.
 
@@ -679,10 +686,11 @@ class MysqlSink(Sink):
         statement back whole), so the parts that went in stay in, and a retry of the
         batch skips them through ON DUPLICATE KEY.
         """
-        sql = self._head + ",".join(rows[lo:hi]) + " ON DUPLICATE KEY UPDATE id=id"
+        width = self._rows.width
+        sql = self._head + ",".join([self._marks] * (hi - lo)) + " ON DUPLICATE KEY UPDATE id=id"
         try:
             async with asyncio.timeout(self.config.timeout):
-                await self._run(sql)
+                await self._run(sql, values[lo * width : hi * width])
             return
         except UnicodeEncodeError as err:  # a lone surrogate in a topic or an attribute
             reason = f"a value is not valid Unicode text ({err.reason})"
@@ -696,8 +704,8 @@ class MysqlSink(Sink):
             rejected.append(Rejected(batch[lo], f"mysql refused the row: {reason}"))
             return
         mid = (lo + hi) // 2
-        await self._insert(batch, rows, lo, mid, rejected)
-        await self._insert(batch, rows, mid, hi, rejected)
+        await self._insert(batch, values, lo, mid, rejected)
+        await self._insert(batch, values, mid, hi, rejected)
 
     def _failed(self, size: int, err: BaseException) -> RetryableError:
         """Not the data's fault: forget the connection; the engine retries the batch."""

@@ -288,16 +288,18 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     batch[40] = reading(40, level=40000)
     batch[41] = reading(41, day="0000-00-00")  # NO_ZERO_DATE
     batch[63] = reading(63, day="2024-02-30")
+    # JSON 1e999 reads as inf, which no DOUBLE holds.
+    batch[20] = FlowFile.create("s/dev20", b'{"temp": 1e999, "level": 1, "day": "2024-05-01"}')
     rejected = await sink.write(batch)
 
     reasons = {r.flowfile.id: r.reason for r in rejected}
-    assert set(reasons) == {batch[11].id, batch[40].id, batch[41].id, batch[63].id}
+    assert set(reasons) == {batch[11].id, batch[20].id, batch[40].id, batch[41].id, batch[63].id}
     assert "Incorrect double value: 'hot'" in reasons[batch[11].id]
     assert "Out of range value for column 'level'" in reasons[batch[40].id]
     assert "Incorrect date value" in reasons[batch[41].id]
     assert "Incorrect date value" in reasons[batch[63].id]
     assert set(ids(mariadb, table)) == {
-        ff.id for i, ff in enumerate(batch) if i not in (11, 40, 41, 63)
+        ff.id for i, ff in enumerate(batch) if i not in (11, 20, 40, 41, 63)
     }
 
 
@@ -354,6 +356,54 @@ async def test_binary_ids_and_redelivery(mariadb: Any, table: str, sink_for: Any
         " AND table_name = %s AND column_name = 'id'",
         table,
     ) == [("binary(16)",)]
+
+
+async def test_values_are_bound_as_parameters_never_written_into_the_sql(
+    mariadb: Any, table: str, sink_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = await sink_for(table=table)
+    statements: list[tuple[str, Any]] = []
+    run = sink._run
+
+    async def spy(sql: str, args: Any = None) -> None:
+        statements.append((sql, args))
+        await run(sql, args)
+
+    monkeypatch.setattr(sink, "_run", spy)
+    hostile = "x'); DROP TABLE `" + table + "`; -- \\' \" 100% %s %(a)s"
+    batch = [
+        FlowFile.create("s/" + hostile, b"\x00'\\%s\xff", {"q": hostile}),
+        FlowFile.create("s/ok", json.dumps({"q": hostile}).encode()),
+    ]
+    assert await sink.write(batch) == []
+    rows = {
+        r[0]: r[1:]
+        for r in mariadb.fetch(f"SELECT id, topic, attributes, payload, raw FROM `{table}`")
+    }
+    assert rows[batch[0].id] == (
+        batch[0].topic,
+        json.dumps({"q": hostile}, separators=(",", ":")),
+        None,
+        batch[0].content,
+    )
+    assert json.loads(rows[batch[1].id][2]) == {"q": hostile}
+    [(sql, args)] = statements
+    assert sql.count("%s") == len(args) == 12
+    assert "DROP" not in sql and "'" not in sql and batch[0].id not in sql
+    assert batch[0].content in args and batch[0].id in args
+
+
+async def test_a_driver_that_cannot_bind_bytes_is_refused_at_connect(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiomysql 0.3.2 with PyMySQL 1.2 (aio-libs/aiomysql#1080): bytes would fail every write.
+    import aiomysql.connection
+
+    monkeypatch.setattr(aiomysql.connection, "escape_bytes_prefixed", "DO NOT IMPORT THIS!!!")
+    sink = make_sink("mysql://edge:pw@127.0.0.1:1/edge", table=table)
+    with pytest.raises(PermanentError, match=r"install PyMySQL>=1\.1\.1,<1\.2"):
+        await sink.connect()
+    await sink.close()
 
 
 async def test_a_table_without_a_unique_id_is_refused(mariadb: Any, table: str) -> None:
