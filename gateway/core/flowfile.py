@@ -9,7 +9,12 @@ from typing import NamedTuple
 
 _last_ms = 0
 _seq = 0
-_rand = random.Random()
+_prefix = ""
+_randbits = random.Random().getrandbits
+
+
+def _ms_prefix(ms: int) -> str:
+    return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
 
 
 def uuid7() -> str:
@@ -18,22 +23,23 @@ def uuid7() -> str:
     Within one millisecond the 12-bit `rand_a` field is a counter, so ids stay
     ordered at any rate; when the counter runs out the timestamp is borrowed
     forward by a millisecond, and when the wall clock steps back we keep counting
-    from the last timestamp instead of going backwards.
+    from the last timestamp instead of going backwards. The text up to the
+    counter is made once per millisecond: this runs for every reading.
     """
-    global _last_ms, _seq
+    global _last_ms, _seq, _prefix
     ms = time.time_ns() // 1_000_000
-    if ms <= _last_ms:
+    if ms > _last_ms:
+        _last_ms = ms
+        _seq = _randbits(10)
+        _prefix = _ms_prefix(ms)
+    else:
         _seq += 1
         if _seq > 0xFFF:
             _last_ms += 1
             _seq = 0
-        ms = _last_ms
-    else:
-        _last_ms = ms
-        _seq = _rand.getrandbits(10)
-    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | _rand.getrandbits(62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            _prefix = _ms_prefix(_last_ms)
+    r = _randbits(62) | 0x8000000000000000  # the variant bits 10, then 62 random bits
+    return f"{_prefix}{_seq:03x}-{r >> 48:04x}-{r & 0xFFFFFFFFFFFF:012x}"
 
 
 class FlowFile(NamedTuple):

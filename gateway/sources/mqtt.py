@@ -34,7 +34,7 @@ gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +83,21 @@ class MqttSourceConfig(SourceConfig):
             yield "receive_maximum", "must be between 1 and 65535"
 
 
+_topic_crc: dict[str, int] = {}
+
+
 def _digest(topic: str, payload: bytes) -> bytes:
-    return hashlib.blake2b(payload, digest_size=12, person=topic.encode()[-16:]).digest()
+    """What identifies a message within one packet id: CRC-32 of topic and payload, and length.
+
+    It only has to tell a broker's redelivery (DUP set, same packet id) from a
+    different message, so a checksum is enough, and it runs for every message.
+    """
+    seed = _topic_crc.get(topic)
+    if seed is None:
+        if len(_topic_crc) >= 65536:
+            _topic_crc.clear()
+        seed = _topic_crc[topic] = zlib.crc32(topic.encode())
+    return ((zlib.crc32(payload, seed) << 32) | (len(payload) & 0xFFFFFFFF)).to_bytes(8, "big")
 
 
 class MqttSource(Source):
