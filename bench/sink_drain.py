@@ -109,7 +109,7 @@ def main() -> int:
             for mode in ("stream", "list", "hash", "publish"):
                 keys = {"type": "redis", "url": cache.url, "mode": mode, "maxlen": 0}
                 keys["key"] = f"{mode}:{{topic}}"
-                label = f"{mode} (write-once markers)" if mode != "hash" else "hash"
+                label = f"{mode} (dedupe window)" if mode != "hash" else "hash"
                 asyncio.run(drain(label, keys, rows, batch))
             keys = {"type": "redis", "url": cache.url, "mode": "stream", "dedupe": False}
             keys["key"] = "plain:{topic}"

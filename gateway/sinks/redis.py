@@ -19,17 +19,22 @@ with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
 `ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds).
 
 Nothing is written twice. In stream, list and publish mode a batch runs as one
-Lua script (in a cluster, one per hash tag of the keys) that, for every FlowFile, does
-`SET NX` on `<dedupe_prefix>:seen:<id>` with a TTL of `dedupe_ttl` and writes
-only when that marker was new, atomically: a batch delivered again (after a
-crash, or a connection lost before Redis answered) adds nothing. The TTL must
-outlast the longest the gateway may stay down between writing a batch and
-recording it as delivered (default 7 days). Each marker costs Redis about
-150 bytes: at 100 FlowFiles/s a 7-day TTL holds about 9 GB, so lower
-`dedupe_ttl` for high rates (1d: 1.3 GB), or set `dedupe: false` and accept a
-duplicate after a crash. Give each sink that writes to the same Redis its own
-`dedupe_prefix` (the default, edge:<sink name>, does). Hash mode needs no
-marker: writing the same values again changes nothing.
+Lua script that, for every FlowFile, writes it only if its id is not among the
+sink's most recent ids, and then records the id, atomically: a batch delivered
+again (after a crash, or a connection lost before Redis answered) adds nothing.
+The recent ids are a set, `<dedupe_prefix>:recent`, and the same ids in the order
+written, `<dedupe_prefix>:order`; the script forgets the oldest beyond
+`dedupe_window` ids. That is enough: the gateway only ever writes again the batch
+that was in flight when something failed, at most `batch.max_rows` FlowFiles, so
+the window must hold at least that many (default: 10 x batch.max_rows, at least
+10,000; about 120 bytes of Redis memory each, so about 1.2 MB). The keys have no
+TTL: with a `maxmemory-policy` that evicts any key (`allkeys-*`), Redis may drop
+them under memory pressure and a batch written again after that would be stored
+twice; `noeviction` or a `volatile-*` policy keeps them. Give each sink that
+writes to the same Redis its own `dedupe_prefix` (the default, edge:<sink name>,
+does), and keep it apart from the data keys. `dedupe: false` writes without the
+script (faster; a batch written again after a crash is stored twice). Hash mode
+needs no dedupe: writing the same values again changes nothing.
 
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
@@ -41,8 +46,12 @@ gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
 e.g. a Redis Cluster hash tag `{{edge}}:{topic}`.
 
 With `cluster: true` the URL names any node of a Redis Cluster and the sink
-uses redis-py's cluster client; markers then carry the key's hash tag so that
-each script touches one slot.
+uses redis-py's cluster client. A script may only touch keys of one hash slot,
+so the batch runs as one script per slot of its keys, and each slot has its own
+recent ids, `<dedupe_prefix>:{N}:recent` and `:order`, where {N} is a hash tag
+of that slot (a number chosen for it): one window per slot the data keys use.
+Put a hash tag in `key` (`{{edge}}:{topic}`) to keep every key, and the one
+window, in one slot.
 
 TLS: use a `rediss://` URL; `ca_file` verifies the server, `cert_file` and
 `key_file` present a client certificate. ACL users: `username` and `password`
@@ -57,10 +66,12 @@ Keys
   maxlen: 100000           stream: about this many entries kept; list: exactly
                            this many; 0 keeps everything (default 100000)
   value: envelope          list and publish: envelope or payload (default envelope)
-  dedupe: true             the SET NX markers described above (default true)
-  dedupe_ttl: 7d           how long a marker lives (default 7d)
-  dedupe_prefix: null      marker prefix (default edge:<sink name>); give each sink
-                           writing to the same Redis its own prefix
+  dedupe: true             skip FlowFiles written already, as described above
+                           (default true)
+  dedupe_window: null      how many recent ids to remember, at least batch.max_rows
+                           (default 10 x batch.max_rows, at least 10000)
+  dedupe_prefix: null      prefix of the recent-ids keys (default edge:<sink name>);
+                           give each sink writing to the same Redis its own prefix
   cluster: false           the URL is a Redis Cluster node (default false)
   username: null           ACL user (default: from the URL, else none)
   password: null           password (default: from the URL, else none)
@@ -95,6 +106,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration
@@ -102,34 +114,34 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
 
-# KEYS: the target keys (streams, lists, channels), then one marker per row.
-# ARGV: mode, ttl, maxlen, number of targets, then one blob per row:
+# KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
+# ARGV: mode, window, maxlen, then one blob per row:
 #   "<target index>\0<id>\0<topic>\0<ts>\0<attributes>\0<payload bytes>" (stream) or
-#   "<target index>\0<value bytes>" (list, publish).
+#   "<target index>\0<id>\0<value bytes>" (list, publish).
 # One blob per row rather than six arguments: packing arguments is most of the client's
-# work per row. Only the payload, last, may hold NUL bytes (a topic never does, the JSON
-# attributes escape it). A marker is set only together with a successful write, in one
-# atomic script, so a crash can never leave a marker without its entry.
+# work per row. Only the last part may hold NUL bytes (a topic never does, the JSON
+# attributes escape it). An id is recorded only together with a successful write, and
+# the oldest ids beyond the window are forgotten, all in one atomic script: a crash can
+# never leave an id recorded without its entry, nor an entry without its id.
 WRITE_ONCE = """
-local mode, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ntargets = tonumber(ARGV[4])
-local find, sub = string.find, string.sub
-local errors, pushed = {}, {}
-for row = 1, #ARGV - 4 do
-  local blob = ARGV[row + 4]
+local recent, order = KEYS[1], KEYS[2]
+local mode, window, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local find, sub, unpack, min = string.find, string.sub, unpack, math.min
+local errors, pushed, added, fresh = {}, {}, {}, {}
+for row = 1, #ARGV - 3 do
+  local blob = ARGV[row + 3]
   local p1 = find(blob, '\0', 1, true)
-  local target = KEYS[tonumber(sub(blob, 1, p1 - 1))]
-  local marker = KEYS[ntargets + row]
-  if redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
+  local p2 = find(blob, '\0', p1 + 1, true)
+  local id = sub(blob, p1 + 1, p2 - 1)
+  if not fresh[id] and redis.call('SISMEMBER', recent, id) == 0 then
+    local target = KEYS[tonumber(sub(blob, 1, p1 - 1)) + 2]
     local r
     if mode == 'stream' then
-      local p2 = find(blob, '\0', p1 + 1, true)
       local p3 = find(blob, '\0', p2 + 1, true)
       local p4 = find(blob, '\0', p3 + 1, true)
       local p5 = find(blob, '\0', p4 + 1, true)
-      local id, topic = sub(blob, p1 + 1, p2 - 1), sub(blob, p2 + 1, p3 - 1)
-      local ts, attributes = sub(blob, p3 + 1, p4 - 1), sub(blob, p4 + 1, p5 - 1)
-      local payload = sub(blob, p5 + 1)
+      local topic, ts = sub(blob, p2 + 1, p3 - 1), sub(blob, p3 + 1, p4 - 1)
+      local attributes, payload = sub(blob, p4 + 1, p5 - 1), sub(blob, p5 + 1)
       if maxlen > 0 then
         r = redis.pcall('XADD', target, 'MAXLEN', '~', maxlen, '*', 'id', id, 'topic', topic,
           'ts', ts, 'attributes', attributes, 'payload', payload)
@@ -138,20 +150,37 @@ for row = 1, #ARGV - 4 do
           'attributes', attributes, 'payload', payload)
       end
     elseif mode == 'list' then
-      r = redis.pcall('RPUSH', target, sub(blob, p1 + 1))
+      r = redis.pcall('RPUSH', target, sub(blob, p2 + 1))
       if not (type(r) == 'table' and r.err) then pushed[target] = true end
     else
-      r = redis.pcall('PUBLISH', target, sub(blob, p1 + 1))
+      r = redis.pcall('PUBLISH', target, sub(blob, p2 + 1))
     end
     if type(r) == 'table' and r.err then
-      redis.call('DEL', marker)
       errors[#errors + 1] = row
       errors[#errors + 1] = r.err
+    else
+      fresh[id] = true
+      added[#added + 1] = id
     end
   end
 end
 if maxlen > 0 then
   for target in pairs(pushed) do redis.call('LTRIM', target, -maxlen, -1) end
+end
+-- Record the new ids, then forget the oldest beyond the window (in chunks: unpack is
+-- limited by Lua's C stack).
+for i = 1, #added, 1000 do
+  local last = min(i + 999, #added)
+  redis.call('SADD', recent, unpack(added, i, last))
+  redis.call('RPUSH', order, unpack(added, i, last))
+end
+local excess = redis.call('LLEN', order) - window
+while excess > 0 do
+  local n = min(excess, 1000)
+  local old = redis.call('LRANGE', order, 0, n - 1)
+  redis.call('LTRIM', order, n, -1)
+  redis.call('SREM', recent, unpack(old))
+  excess = excess - n
 end
 return errors
 """
@@ -172,7 +201,7 @@ class RedisSinkConfig(SinkConfig):
     maxlen: int = 100_000
     value: Literal["envelope", "payload"] = "envelope"
     dedupe: bool = True
-    dedupe_ttl: Duration = 7 * 86400.0
+    dedupe_window: int | None = None
     dedupe_prefix: str | None = None
     cluster: bool = False
     username: str | None = None
@@ -208,8 +237,13 @@ class RedisSinkConfig(SinkConfig):
                     )
         if self.maxlen < 0:
             yield "maxlen", "must be 0 (keep everything) or more"
-        if self.dedupe_ttl < 1:
-            yield "dedupe_ttl", "must be at least 1s"
+        if self.dedupe_window is not None and self.dedupe_window < self.batch.max_rows:
+            yield (
+                "dedupe_window",
+                f"must be at least batch.max_rows ({self.batch.max_rows}): the batch in"
+                " flight when the gateway stopped must fit in it, or part of it is"
+                " written twice",
+            )
         if self.dedupe_prefix is not None and (
             not self.dedupe_prefix or any(c in self.dedupe_prefix for c in "{} ")
         ):
@@ -236,6 +270,36 @@ def _hash_tag(key: str) -> str:
         if end > start + 1:
             return key[start + 1 : end]
     return key
+
+
+_slot_tags: dict[int, str] = {}
+_next_tag = 0
+
+
+def slot_tag(slot: int) -> str:
+    """The smallest number (as text) that Redis Cluster hashes to `slot`.
+
+    The dedupe keys of a slot carry it as their hash tag, `{…}`, so that one script
+    touches one slot. The same slot always gets the same tag, in every process.
+    """
+    global _next_tag
+    while slot not in _slot_tags:
+        tag = str(_next_tag)
+        _next_tag += 1
+        _slot_tags.setdefault(key_slot(tag.encode()), tag)
+    return _slot_tags[slot]
+
+
+def _topic_problem(topic: str) -> str | None:
+    """Why a topic cannot name a Redis key, or None."""
+    if "\0" in topic:
+        return "the topic holds a NUL character"
+    if not topic.isascii():
+        try:
+            topic.encode()
+        except UnicodeEncodeError as err:
+            return f"the topic is not valid Unicode text ({err.reason})"
+    return None
 
 
 def _refuse_constant(name: str) -> None:
@@ -286,7 +350,8 @@ class RedisSink(Sink):
         template = config.key.replace("{topic}", "\0")
         template = template.format(gateway=ctx.gateway_id, sink=ctx.name)
         self._key_parts = template.split("\0")
-        self._prefix = (config.dedupe_prefix or f"edge:{ctx.name}") + ":seen:"
+        self._prefix = config.dedupe_prefix or f"edge:{ctx.name}"
+        self.window = config.dedupe_window or max(10 * config.batch.max_rows, 10_000)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -354,13 +419,26 @@ class RedisSink(Sink):
         if not batch:
             return []
         client = await self._open()
+        refused = []
+        if not all(ff.topic.isascii() and "\0" not in ff.topic for ff in batch):
+            # A topic that cannot name a key (rare): refuse those rows, write the rest.
+            rows = []
+            for ff in batch:
+                problem = _topic_problem(ff.topic)
+                if problem:
+                    refused.append(Rejected(ff, f"redis: {problem}"))
+                else:
+                    rows.append(ff)
+            batch = rows
+            if not batch:
+                return refused
         try:
             async with asyncio.timeout(self.config.timeout):
                 if self.config.mode == "hash":
-                    return await self._write_hashes(client, batch)
+                    return refused + await self._write_hashes(client, batch)
                 if self._uses_script:
-                    return await self._write_once(client, batch)
-                return await self._write_plain(client, batch)
+                    return refused + await self._write_once(client, batch)
+                return refused + await self._write_plain(client, batch)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
             await self._reset()
             raise RetryableError(f"lost {_safe_url(self.config.url)}: {err}") from err
@@ -380,23 +458,25 @@ class RedisSink(Sink):
             return (ff.id, ff.topic, _ts(ff.created), _dumps(ff.attributes), ff.content)
         return (envelope(ff) if self.config.value == "envelope" else ff.content,)
 
+    def dedupe_keys(self, slot: int | None = None) -> tuple[str, str]:
+        """The recent-ids set and the order list: the sink's, or in a cluster the slot's."""
+        prefix = self._prefix if slot is None else f"{self._prefix}:{{{slot_tag(slot)}}}"
+        return f"{prefix}:recent", f"{prefix}:order"
+
     async def _write_once(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:
-        """Stream, list, publish with markers: one script call per group of keys."""
+        """Stream, list, publish with dedupe: one script call (in a cluster, one per slot)."""
         cluster, stream = self.config.cluster, self.config.mode == "stream"
         envelopes = self.config.value == "envelope"
-        groups: dict[str, tuple[dict[str, int], list[bytes], list[FlowFile]]] = {}
-        rejected = []
+        groups: dict[int | None, tuple[dict[str, int], list[bytes], list[FlowFile]]] = {}
         for ff in batch:
             topic = ff.topic
-            if "\0" in topic:
-                rejected.append(Rejected(ff, "redis: the topic holds a NUL character"))
-                continue
             key = self._key(topic)
-            # Standalone: one group for the batch. Cluster: one per hash tag (one slot).
-            tag = _hash_tag(key) if cluster else ""
-            group = groups.get(tag)
+            # Standalone: one group for the batch. Cluster: one per slot (a script may
+            # touch the keys of one slot only).
+            slot = key_slot(key.encode()) if cluster else None
+            group = groups.get(slot)
             if group is None:
-                group = groups[tag] = ({}, [], [])
+                group = groups[slot] = ({}, [], [])
             targets, blobs, rows = group
             index = targets.get(key)
             if index is None:
@@ -406,19 +486,20 @@ class RedisSink(Sink):
                 head = f"{index}\0{ff.id}\0{topic}\0{_ts(ff.created)}\0{attributes}\0"
                 blobs.append(head.encode() + ff.content)
             else:
-                blobs.append(b"%d\0%b" % (index, envelope(ff) if envelopes else ff.content))
+                value = envelope(ff) if envelopes else ff.content
+                blobs.append(f"{index}\0{ff.id}\0".encode() + value)
             rows.append(ff)
-        calls = []
-        for tag, (targets, blobs, rows) in groups.items():
-            marker = f"{self._prefix}{{{tag}}}:" if cluster else self._prefix
-            keys = [*targets, *(marker + ff.id for ff in rows)]
-            settings = (self.config.mode, int(self.config.dedupe_ttl), self.config.maxlen)
-            calls.append(self._evalsha(client, keys, (*settings, len(targets), *blobs)))
+        settings = (self.config.mode, self.window, self.config.maxlen)
+        calls = [
+            self._evalsha(client, [*self.dedupe_keys(slot), *targets], (*settings, *blobs))
+            for slot, (targets, blobs, _) in groups.items()
+        ]
         answers = await asyncio.gather(*calls)
-        for (_, _, rows), errors in zip(groups.values(), answers, strict=True):
-            for i in range(0, len(errors), 2):
-                rejected.append(self._refused(rows[int(errors[i]) - 1], errors[i + 1]))
-        return rejected
+        return [
+            self._refused(rows[int(errors[i]) - 1], errors[i + 1])
+            for (_, _, rows), errors in zip(groups.values(), answers, strict=True)
+            for i in range(0, len(errors), 2)
+        ]
 
     async def _evalsha(self, client: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
@@ -431,7 +512,7 @@ class RedisSink(Sink):
     def _refused(self, ff: FlowFile, error: Any) -> Rejected:
         text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
         if text.startswith(TRANSIENT):
-            # The rows before it are in and marked; the retry skips them.
+            # The rows before it are in and recorded; the retry skips them.
             raise redis_errors.ResponseError(text)
         return Rejected(ff, f"redis {self.config.mode} {self._key(ff.topic)!r}: {text}")
 

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.redis import RedisSink, RedisSinkConfig
+from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests import servers
@@ -50,7 +51,10 @@ def make_sink(url: str, **keys: Any) -> RedisSink:
 
 @pytest.fixture
 def ns() -> str:
-    """A key namespace of this test's own: the shared server keeps every test's keys."""
+    """A key namespace of this test's own: the shared server keeps every test's keys.
+
+    The sink's data keys are `<ns>:<topic>`, its dedupe keys `<ns>-dedupe:...`.
+    """
     return f"t{uuid.uuid4().hex[:10]}"
 
 
@@ -68,7 +72,7 @@ async def sink_for(redis: Any, ns: str) -> AsyncIterator[Callable[..., Any]]:
     made: list[RedisSink] = []
 
     async def make(**keys: Any) -> RedisSink:
-        keys = {"key": f"{ns}:{{topic}}", "dedupe_prefix": ns, **keys}
+        keys = {"key": f"{ns}:{{topic}}", "dedupe_prefix": f"{ns}-dedupe", **keys}
         sink = make_sink(keys.pop("url", redis.url), **keys)
         made.append(sink)
         await sink.connect()
@@ -80,9 +84,15 @@ async def sink_for(redis: Any, ns: str) -> AsyncIterator[Callable[..., Any]]:
 
 
 async def data_keys(conn: Any, ns: str) -> list[bytes]:
-    """The keys the sink wrote data to (not its markers), sorted."""
-    keys = [k async for k in conn.scan_iter(f"{ns}:*", count=1000)]
-    return sorted(k for k in keys if b":seen:" not in k)
+    """The keys the sink wrote data to (not its dedupe keys), sorted."""
+    return sorted([k async for k in conn.scan_iter(f"{ns}:*", count=1000)])
+
+
+async def dedupe_state(conn: Any, ns: str) -> tuple[list[str], set[str]]:
+    """(the recent ids in the order written, the recent-ids set) of a standalone sink."""
+    order = [i.decode() for i in await conn.lrange(f"{ns}-dedupe:order", 0, -1)]
+    recent = {i.decode() for i in await conn.smembers(f"{ns}-dedupe:recent")}
+    return order, recent
 
 
 async def stream_ids(conn: Any, ns: str) -> list[str]:
@@ -110,7 +120,9 @@ class _RedisContract(SinkContract):
     @pytest.fixture
     def make_sink(self, redis: Any, ns: str) -> Callable[[], Any]:
         async def make() -> RedisSink:
-            sink = make_sink(redis.url, mode=self.mode, key=f"{ns}:{{topic}}", dedupe_prefix=ns)
+            sink = make_sink(
+                redis.url, mode=self.mode, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe"
+            )
             await sink.connect()
             return sink
 
@@ -201,18 +213,87 @@ def sink_ts(ff: FlowFile) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
-async def test_a_restarted_sink_skips_what_it_wrote_and_markers_expire(
-    client: Any, ns: str, sink_for: Any
-) -> None:
-    first = await sink_for(mode="stream", dedupe_ttl="1h")
+async def test_a_restarted_sink_skips_what_it_wrote(client: Any, ns: str, sink_for: Any) -> None:
+    first = await sink_for(mode="stream")
     batch = [FlowFile.create(f"s/{i % 4}", json.dumps({"i": i}).encode()) for i in range(200)]
     assert await first.write(batch[:120]) == []
     await first.close()  # as if the gateway died before moving its cursor
-    second = await sink_for(mode="stream", dedupe_ttl="1h")
+    second = await sink_for(mode="stream")
     assert await second.write(batch) == []
     assert Counter(await stream_ids(client, ns)) == Counter(ff.id for ff in batch)
-    ttl = await client.ttl(f"{ns}:seen:{batch[0].id}")
-    assert 3500 < ttl <= 3600
+    # The ids are recorded once each, in the order written, and never expire.
+    order, recent = await dedupe_state(client, ns)
+    assert order == [ff.id for ff in batch]
+    assert recent == set(order)
+    assert await client.ttl(f"{ns}-dedupe:recent") == -1
+    assert await client.ttl(f"{ns}-dedupe:order") == -1
+
+
+@pytest.mark.parametrize("mode", ["stream", "list", "publish"])
+async def test_the_recent_ids_never_exceed_the_window(
+    client: Any, ns: str, sink_for: Any, mode: str
+) -> None:
+    sink = await sink_for(mode=mode, batch={"max_rows": 100}, dedupe_window=250)
+    assert sink.window == 250
+    written: list[str] = []
+    for start in range(0, 1000, 100):
+        batch = [
+            FlowFile.create(f"s/{i % 3}", json.dumps({"i": i}).encode())
+            for i in range(start, start + 100)
+        ]
+        assert await sink.write(batch) == []
+        written += [ff.id for ff in batch]
+        order, recent = await dedupe_state(client, ns)
+        assert len(order) == len(recent) <= 250
+        assert order == written[-250:]  # the newest, oldest first
+        assert recent == set(order)
+        # The batch in flight, written again: nothing twice.
+        assert await sink.write(batch) == []
+        assert await dedupe_state(client, ns) == (order, recent)
+    if mode != "publish":
+        fetch = stream_ids if mode == "stream" else list_ids
+        assert Counter(await fetch(client, ns)) == Counter(written)
+    # Only the window bounds it: an id forgotten long ago would be written again.
+    assert await sink.write([FlowFile.create("s/0", b"{}")._replace(id=written[0])]) == []
+    if mode == "stream":
+        assert Counter(await stream_ids(client, ns))[written[0]] == 2
+
+
+async def test_redelivery_after_a_partial_write_writes_nothing_twice(
+    client: Any, ns: str, sink_for: Any
+) -> None:
+    # One key of the batch holds a string: its rows are refused, the rest written and
+    # recorded. Written again (the engine retried after a crash), nothing is added; the
+    # refused rows are refused again and never recorded.
+    await client.set(f"{ns}:busy", "not a stream")
+    sink = await sink_for(mode="stream", batch={"max_rows": 60}, dedupe_window=60)
+    batch = [
+        FlowFile.create("busy" if i % 7 == 3 else f"s/{i % 2}", json.dumps({"i": i}).encode())
+        for i in range(60)
+    ]
+    refused = {ff.id for ff in batch if ff.topic == "busy"}
+    for _ in range(3):
+        rejected = await sink.write(batch)
+        assert {r.flowfile.id for r in rejected} == refused
+        assert Counter(await stream_ids(client, ns)) == Counter(
+            ff.id for ff in batch if ff.id not in refused
+        )
+        order, recent = await dedupe_state(client, ns)
+        assert order == [ff.id for ff in batch if ff.id not in refused]
+        assert recent == set(order)
+
+
+async def test_the_recent_ids_take_little_memory(client: Any, ns: str, sink_for: Any) -> None:
+    sink = await sink_for(mode="stream", maxlen=10)
+    assert sink.window == 10_000  # the default for batch.max_rows 500
+    for start in range(0, 12_000, 500):
+        batch = [FlowFile.create("s", b"{}") for _ in range(start, start + 500)]
+        assert await sink.write(batch) == []
+    order, recent = await dedupe_state(client, ns)
+    assert len(order) == len(recent) == 10_000
+    used = await client.memory_usage(f"{ns}-dedupe:recent", samples=0)
+    used += await client.memory_usage(f"{ns}-dedupe:order", samples=0)
+    assert used < 10_000 * 150, used  # the window, whatever the rate or the uptime
 
 
 async def test_without_dedupe_a_redelivered_batch_is_written_twice(
@@ -224,7 +305,7 @@ async def test_without_dedupe_a_redelivered_batch_is_written_twice(
     assert await sink.write(batch) == []
     assert await sink.write(batch) == []
     assert Counter(await stream_ids(client, ns)) == Counter({ff.id: 2 for ff in batch})
-    assert [k async for k in client.scan_iter(f"{ns}:seen:*")] == []
+    assert [k async for k in client.scan_iter(f"{ns}-dedupe*")] == []
 
 
 async def test_stream_is_trimmed_to_about_maxlen(client: Any, ns: str, sink_for: Any) -> None:
@@ -330,7 +411,7 @@ async def test_publish_mode_reaches_a_subscriber_once(client: Any, ns: str, sink
 async def test_out_of_memory_is_retryable_and_nothing_is_lost(redis_factory: Any, ns: str) -> None:
     server = redis_factory()
     admin = aioredis.Redis.from_url(server.url)
-    sink = make_sink(server.url, mode="stream", key=f"{ns}:{{topic}}", dedupe_prefix=ns)
+    sink = make_sink(server.url, mode="stream", key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe")
     await sink.connect()
     try:
         batch = [FlowFile.create("s", json.dumps({"i": i}).encode()) for i in range(100)]
@@ -542,12 +623,24 @@ def redis_cluster(server_workspace: servers.Workspace) -> Iterator[list[ClusterN
         server_workspace.discard(node)
 
 
+async def cluster_dedupe_state(conn: Any, sink: RedisSink, slot: int) -> tuple[list[str], set[str]]:
+    recent, order = sink.dedupe_keys(slot)
+    # Both in the slot they dedupe, so one script touches one slot.
+    assert conn.keyslot(recent) == conn.keyslot(order) == slot
+    return (
+        [i.decode() for i in await conn.lrange(order, 0, -1)],
+        {i.decode() for i in await conn.smembers(recent)},
+    )
+
+
 @pytest.mark.parametrize("mode", ["stream", "list"])
 async def test_cluster_writes_every_slot_once(
     redis_cluster: list[ClusterNode], ns: str, mode: str
 ) -> None:
     url = f"redis://{redis_cluster[1].host}:{redis_cluster[1].port}/0"
-    sink = make_sink(url, cluster=True, mode=mode, key=f"{ns}:{{topic}}", dedupe_prefix=ns)
+    sink = make_sink(
+        url, cluster=True, mode=mode, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe"
+    )
     await sink.connect()
     topics = [f"dev{i}/t" for i in range(24)]  # spread over the three nodes' slots
     batch = [FlowFile.create(topics[i % 24], json.dumps({"i": i}).encode()) for i in range(480)]
@@ -559,24 +652,67 @@ async def test_cluster_writes_every_slot_once(
     conn = RedisCluster.from_url(url)
     try:
         found: list[str] = []
-        slots = set()
         for topic in topics:
             key = f"{ns}:{topic}"
-            slots.add(conn.keyslot(key))
             if mode == "stream":
                 found += [f[b"id"].decode() for _, f in await conn.xrange(key)]
             else:
                 found += [json.loads(v)["id"] for v in await conn.lrange(key, 0, -1)]
-            # The markers live in the slot of their key, so one script touches one slot.
-            ids = [ff.id for ff in batch if ff.topic == topic][:1]
-            marker = f"{ns}:seen:{{{key}}}:{ids[0]}"
-            assert conn.keyslot(marker) == conn.keyslot(key)
-            assert await conn.exists(marker) == 1
         nodes_used = {conn.get_node_from_key(f"{ns}:{t}").name for t in topics}
         assert len(nodes_used) == 3
         assert Counter(found) == Counter(ff.id for ff in batch)
+        # Each slot remembers the ids written to its keys, in the order written.
+        by_slot: dict[int, list[str]] = {}
+        for ff in batch:
+            by_slot.setdefault(conn.keyslot(f"{ns}:{ff.topic}"), []).append(ff.id)
+        assert len(by_slot) > 10
+        for slot, slot_ids in by_slot.items():
+            assert await cluster_dedupe_state(conn, sink, slot) == (slot_ids, set(slot_ids))
     finally:
         await conn.aclose()
+
+
+async def test_cluster_keys_with_one_hash_tag_share_one_window(
+    redis_cluster: list[ClusterNode], ns: str
+) -> None:
+    url = f"redis://{redis_cluster[2].host}:{redis_cluster[2].port}/0"
+    sink = make_sink(
+        url,
+        cluster=True,
+        key=f"{{{{{ns}}}}}:{{topic}}",
+        dedupe_prefix=f"{ns}-dedupe",
+        batch={"max_rows": 100},
+        dedupe_window=150,
+    )
+    await sink.connect()
+    batches = [
+        [FlowFile.create(f"dev{i % 9}/t", json.dumps({"i": i}).encode()) for i in range(n, n + 100)]
+        for n in range(0, 400, 100)
+    ]
+    try:
+        for batch in batches:
+            assert await sink.write(batch) == []
+            assert await sink.write(batch) == []
+    finally:
+        await sink.close()
+    conn = RedisCluster.from_url(url)
+    try:
+        slot = conn.keyslot(f"{{{ns}}}")
+        written = [ff.id for batch in batches for ff in batch]
+        assert await cluster_dedupe_state(conn, sink, slot) == (written[-150:], set(written[-150:]))
+        found = [
+            f[b"id"].decode() for i in range(9) for _, f in await conn.xrange(f"{{{ns}}}:dev{i}/t")
+        ]
+        assert Counter(found) == Counter(written)
+    finally:
+        await conn.aclose()
+
+
+def test_slot_tags_hash_to_their_slot() -> None:
+    for slot in (0, 1, 866, 5461, 10923, 16383):
+        tag = slot_tag(slot)
+        assert key_slot(f"edge:cache:{{{tag}}}:recent".encode()) == slot
+        assert slot_tag(slot) == tag  # the same every time
 
 
 async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> None:
@@ -611,7 +747,10 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         ({"url": "redis://cache", "mode": "set"}, "'set' is not one of"),
         ({"url": "redis://cache", "maxlen": -1}, "maxlen: must be 0"),
         ({"url": "redis://cache", "dedupe_prefix": "{x}"}, "without braces"),
-        ({"url": "redis://cache", "dedupe_ttl": "0s"}, "at least 1s"),
+        (
+            {"url": "redis://cache", "batch": {"max_rows": 1000}, "dedupe_window": 999},
+            "dedupe_window: must be at least batch.max_rows (1000)",
+        ),
     ],
 )
 def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> None:
@@ -626,13 +765,19 @@ def test_key_templates() -> None:
     assert make_sink("redis://cache", key="fixed")._key("a/b") == "fixed"
 
 
-async def test_a_topic_with_a_nul_is_refused_alone(client: Any, ns: str, sink_for: Any) -> None:
-    sink = await sink_for(mode="stream")
+@pytest.mark.parametrize("mode", ["stream", "list", "hash"])
+async def test_a_topic_that_cannot_name_a_key_is_refused_alone(
+    client: Any, ns: str, sink_for: Any, mode: str
+) -> None:
+    sink = await sink_for(mode=mode, key=f"{ns}:{{topic}}")
     batch = [
         FlowFile.create("s", b"{}"),
         FlowFile.create("s\x00x", b"{}"),
-        FlowFile.create("s", b"1"),
+        FlowFile.create("s/\udc80", b"{}"),  # a lone surrogate: no UTF-8 for it
+        FlowFile.create("s/\u00e9", b"1"),
     ]
     rejected = await sink.write(batch)
-    assert [r.flowfile.id for r in rejected] == [batch[1].id]
-    assert await stream_ids(client, ns) == [batch[0].id, batch[2].id]
+    assert [r.flowfile.id for r in rejected] == [batch[1].id, batch[2].id]
+    assert "NUL" in rejected[0].reason and "Unicode" in rejected[1].reason
+    assert await sink.write(batch[1:3]) == rejected
+    assert await data_keys(client, ns) == [f"{ns}:s".encode(), f"{ns}:s/\u00e9".encode()]
