@@ -34,21 +34,24 @@ gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from gateway import mqtt
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Duration, Size
 from gateway.core.component import Context, Message, Source
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_filter
+from gateway.mqtt import parse_url, tls_context
+from gateway.mqttwire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
+_QOS_TEXT = ("0", "1", "2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +79,7 @@ class MqttSourceConfig(SourceConfig):
                 yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
         if self.url is not None:
             try:
-                mqtt.parse_url(self.url)
+                parse_url(self.url)
             except ValueError as err:
                 yield "url", str(err)
         if not 1 <= self.receive_maximum <= 65535:
@@ -109,7 +112,7 @@ class MqttSource(Source):
     def __init__(self, config: MqttSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: MqttSourceConfig = config
-        self._client: Any = None
+        self._client: Subscriber | None = None
         self._buffer: deque[Message] = deque()
         self._ready = asyncio.Event()
         self._lost: str | None = None
@@ -121,77 +124,90 @@ class MqttSource(Source):
         self.dropped_qos0 = 0
         self.redeliveries = 0
         self.oversized = 0
-        self._static_attrs = {"mqtt.qos": "0", "mqtt.retain": "0"}
         self._client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
 
     async def connect(self) -> None:
         cfg = self.config
-        host, port, tls = mqtt.parse_url(cfg.url or self.ctx.mqtt_url)
-        client = mqtt.make_client(
-            self._client_id,
-            clean=False,
-            deliver=self._deliver,
-            session_expiry=int(cfg.session_expiry),
-            receive_maximum=cfg.receive_maximum,
-        )
-        if cfg.username:
-            client.set_auth_credentials(cfg.username, cfg.password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        ssl_arg: Any = mqtt.tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else False
+        host, port, tls = parse_url(cfg.url or self.ctx.mqtt_url)
         self._lost = None
         try:
             async with asyncio.timeout(15):
-                await client.connect(host, port, ssl=ssl_arg, keepalive=int(cfg.keepalive))
-        except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own error types
-            try:
-                await client.disconnect()
-            except Exception:
-                pass
+                client = Subscriber(self._deliver, self._on_lost)
+                self._client = client
+                self._paused = False
+                present = await client.open(
+                    host=host,
+                    port=port,
+                    client_id=self._client_id,
+                    clean_start=False,
+                    keepalive=int(cfg.keepalive),
+                    session_expiry=int(cfg.session_expiry),
+                    receive_maximum=cfg.receive_maximum,
+                    username=cfg.username,
+                    password=cfg.password,
+                    tls=tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else None,
+                )
+                if not present:
+                    # a new session: packet ids of the old one mean nothing to the broker now
+                    self._epoch += 1
+                    self._pending.clear()
+                granted = await client.subscribe([(f, cfg.qos) for f in cfg.topics])
+        except ConnectRefused as err:
+            if err.permanent:
+                raise PermanentError(f"MQTT broker {host}:{port}: {err}") from err
+            raise RetryableError(f"MQTT broker {host}:{port}: {err}") from err
+        except (OSError, TimeoutError, ssl.SSLError) as err:
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
-        self._client = client
-        self._paused = False
-        for topic_filter in cfg.topics:
-            client.subscribe(topic_filter, qos=cfg.qos)
+        refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
+        if refused:
+            self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
         self.ctx.status["broker"] = f"{host}:{port}"
-        self.ctx.log.info("connected to %s:%d as %s", host, port, self._client_id)
+        self.ctx.log.info(
+            "connected to %s:%d as %s (%s session)",
+            host,
+            port,
+            self._client_id,
+            "resumed" if present else "new",
+        )
 
-    def _on_connect(self, _client: Any, session_present: int, result: int, _props: Any) -> None:
-        if not session_present:
-            self._epoch += 1
-            self._pending.clear()
-
-    def _on_disconnect(self, _client: Any, packet: Any, exc: Any = None) -> None:
-        self._lost = "the connection to the MQTT broker was lost"
+    def _on_lost(self, reason: str) -> None:
+        self._lost = reason
         self._ready.set()
 
     def _deliver(
-        self, topic: str, payload: bytes, qos: int, props: dict[str, Any], mid: int | None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        dup: bool,
+        retain: bool,
+        user: list[tuple[str, str]] | None,
+        mid: int | None,
     ) -> None:
-        """Called by gmqtt for each PUBLISH; must be quick and never block."""
+        """Called for each PUBLISH as it is parsed; must be quick and never block."""
         if mid is None and len(self._buffer) >= self._qos0_capacity:
             self.dropped_qos0 += 1
             return
         digest = None
         if mid is not None:
             digest = _digest(topic, payload)
-            if props.get("dup"):
+            if dup:
                 if self._pending.get(mid) == digest:
                     return  # the first copy is still on its way to the store; its ack covers this
                 if self.ctx.committed(mid, digest):
                     self.redeliveries += 1
-                    mqtt.ack(self._client, mid, qos)
+                    self._acks_now(mid, qos)
                     return
             self._pending[mid] = digest
             if len(self._pending) >= self.config.receive_maximum and not self._paused:
                 self._paused = True
-                mqtt.pause_reading(self._client)
+                if self._client is not None:
+                    self._client.pause_reading()
         attrs = {
             "mqtt.topic": topic,
-            "mqtt.qos": str(qos),
-            "mqtt.retain": "1" if props.get("retain") else "0",
+            "mqtt.qos": _QOS_TEXT[qos],
+            "mqtt.retain": "1" if retain else "0",
         }
-        user = props.get("user_property")
         if user:
             for key, value in user:
                 attrs[f"mqtt.user.{key}"] = value
@@ -227,28 +243,35 @@ class MqttSource(Source):
             if self._paused and len(self._pending) <= self.config.receive_maximum // 2:
                 self._paused = False
                 if self._client is not None:
-                    mqtt.resume_reading(self._client)
+                    self._client.resume_reading()
         if epoch != self._epoch:
             return  # a new session: that packet id means nothing to the broker any more
         if not self._acks:
             asyncio.get_running_loop().call_soon(self._flush_acks)
         self._acks.append((mid, qos))
 
+    def _acks_now(self, mid: int, qos: int) -> None:
+        if self._client is not None:
+            self._client.ack([(mid, qos)])
+
     def _flush_acks(self) -> None:
         acks, self._acks = self._acks, []
         client = self._client
-        if client is None or not mqtt.is_connected(client):
+        if client is None or not client.connected:
             return  # the broker redelivers these (DUP) and we recognise them as stored
-        mqtt.ack_many(client, acks)
+        client.ack(acks)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                async with asyncio.timeout(5):
-                    await client.disconnect()
-            except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own types
-                self.ctx.log.debug("disconnect: %s", err)
+            if self._acks:
+                self._flush_acks_to(client)
+            client.close()
+
+    def _flush_acks_to(self, client: Subscriber) -> None:
+        acks, self._acks = self._acks, []
+        if client.connected:
+            client.ack(acks)
 
 
 class _Ack:

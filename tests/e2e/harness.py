@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,13 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except OSError as err:  # e.g. the status page is down while the gateway reloads
+            last = err
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
@@ -45,6 +52,8 @@ class GatewayProcess:
         config.setdefault("gateway", {}).setdefault("data_dir", str(folder / "data"))
         config.setdefault("gateway", {}).setdefault("id", "e2e")
         config["web"] = {"listen": f"127.0.0.1:{self.web_port}"}
+        self.data_dir = Path(config["gateway"]["data_dir"])
+        self.store_path = self.data_dir / "store.db"
         self.config_path = folder / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = folder / "gateway.log"
@@ -107,26 +116,87 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def rss_mb(self) -> float:
+        """The gateway's resident memory now (VmRSS), in MiB."""
+        assert self.proc is not None
+        return rss_mb(self.proc.pid)
+
+    def sink(self, name: str) -> dict[str, Any]:
+        """One sink's entry of /api/status (state, depth, delivered, ...)."""
+        return self.status()["sinks"][name]  # type: ignore[no-any-return]
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of process `pid`, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def store_pending(store_path: Path, sink: str) -> list[bytes]:
+    """The contents of the FlowFiles the store still holds for `sink` (beyond its cursor).
+
+    Reads the SQLite store directly, as `edge-stream store stats` does; safe while the
+    gateway runs (WAL) and after it was killed.
+    """
+    db = sqlite3.connect(store_path, timeout=10)
+    try:
+        row = db.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (sink,)).fetchone()
+        assert row is not None, f"no sink {sink!r} in {store_path}"
+        bit, cursor = row
+        rows = db.execute(
+            "SELECT content FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq",
+            (cursor, 1 << bit),
+        ).fetchall()
+    finally:
+        db.close()
+    return [bytes(r[0]) for r in rows]
+
+
+@contextlib.contextmanager
+def store_write_lock(store_path: Path) -> Iterator[None]:
+    """Hold the store's SQLite write lock (BEGIN IMMEDIATE) for the duration.
+
+    The gateway keeps reading (WAL), so a sink can still take a batch and write it
+    upstream, but it cannot record the delivery (move its cursor) until the lock is
+    released: a kill -9 meanwhile leaves a batch that is upstream AND still pending,
+    the case idempotent delivery exists for.
+    """
+    db = sqlite3.connect(store_path, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
 class Publisher(threading.Thread):
     """An independent paho-mqtt client publishing numbered QoS 1 messages.
 
-    Message n goes to `<prefix>/<n % topics>` with JSON {"seq": n}; `rate`
-    messages per second (0 = as fast as the broker takes them).
+    Message n goes to `<prefix>/<n % topics>` with JSON {"seq": n}, for n from `first`
+    to `first + count - 1`; `rate` messages per second (0 = as fast as the broker takes
+    them).
     """
 
-    def __init__(self, port: int, count: int, topics: int, prefix: str, rate: float = 0) -> None:
+    def __init__(
+        self, port: int, count: int, topics: int, prefix: str, rate: float = 0, first: int = 0
+    ) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.count = count
         self.topics = topics
         self.prefix = prefix
         self.rate = rate
+        self.first = first
         self.sent = 0
         self.error: BaseException | None = None
 
@@ -138,12 +208,13 @@ class Publisher(threading.Thread):
             client.loop_start()
             started = time.monotonic()
             infos = []
-            for n in range(self.count):
+            for i in range(self.count):
+                n = self.first + i
                 topic = f"{self.prefix}/{n % self.topics}"
                 infos.append(client.publish(topic, json.dumps({"seq": n}), qos=1))
-                self.sent = n + 1
+                self.sent = i + 1
                 if self.rate:
-                    ahead = (n + 1) / self.rate - (time.monotonic() - started)
+                    ahead = (i + 1) / self.rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
             for info in infos:

@@ -1,0 +1,432 @@
+"""A small MQTT 5 subscriber on asyncio, built for the gateway's MQTT source.
+
+Why not gmqtt here: the source must send each PUBACK only after the store has
+committed the batch holding the message, and send a whole batch of them in one
+write; it must stop reading from the socket when too much is unacknowledged
+(Mosquitto 2.0 was seen ignoring the client's Receive Maximum once acks flow);
+and every received message costs Python time on a Pi. gmqtt acknowledges when
+a per-message handler task returns, so getting this from it meant reaching
+into its internals, and its per-message path cost about as much as the rest of
+the gateway. This module does only what a subscriber needs: CONNECT (MQTT 5,
+persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, PUBLISH in
+at QoS 0/1/2 with user properties, PUBACK/PUBREC out in batches,
+PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing stays with gmqtt
+(`gateway.mqtt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
+
+# Packet types (high nibble of the first byte).
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+
+# Properties we read in PUBLISH and CONNACK, with how their value is encoded.
+_BYTE, _U16, _U32, _VARINT, _STR, _BIN, _PAIR = range(7)
+_PROPERTY_KINDS = {
+    0x01: _BYTE,
+    0x02: _U32,
+    0x03: _STR,
+    0x08: _STR,
+    0x09: _BIN,
+    0x0B: _VARINT,
+    0x11: _U32,
+    0x12: _STR,
+    0x13: _U16,
+    0x15: _STR,
+    0x16: _BIN,
+    0x17: _BYTE,
+    0x19: _BYTE,
+    0x1A: _STR,
+    0x1C: _STR,
+    0x1F: _STR,
+    0x21: _U16,
+    0x22: _U16,
+    0x23: _U16,
+    0x24: _BYTE,
+    0x25: _BYTE,
+    0x26: _PAIR,
+    0x27: _U32,
+    0x28: _BYTE,
+    0x29: _BYTE,
+    0x2A: _BYTE,
+}
+USER_PROPERTY = 0x26
+TOPIC_ALIAS = 0x23
+SERVER_KEEP_ALIVE = 0x13
+REASON_STRING = 0x1F
+
+# PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
+_ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
+
+Deliver = Callable[[str, bytes, int, bool, bool, list[tuple[str, str]] | None, int | None], None]
+
+
+class ProtocolError(Exception):
+    """The broker sent something this client cannot accept; the connection is closed."""
+
+
+class ConnectRefused(Exception):
+    """The broker answered CONNECT with a failure reason code."""
+
+    def __init__(self, code: int, reason: str | None) -> None:
+        self.code = code
+        text = f"the broker refused the connection (reason code 0x{code:02x}"
+        super().__init__(text + (f": {reason})" if reason else ")"))
+
+    @property
+    def permanent(self) -> bool:
+        # bad credentials, not authorized, banned, bad client id, bad auth method
+        return self.code in (0x85, 0x86, 0x87, 0x8A, 0x8C)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    return bytes((first_byte,)) + _varint(len(body)) + body
+
+
+def _read_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise IndexError
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise ProtocolError("malformed variable byte integer")
+
+
+def parse_properties(data: bytes, pos: int, end: int) -> dict[int, Any]:
+    """MQTT 5 properties between `pos` and `end`; user properties as a list of pairs."""
+    props: dict[int, Any] = {}
+    while pos < end:
+        ident = data[pos]
+        pos += 1
+        kind = _PROPERTY_KINDS.get(ident)
+        value: Any
+        if kind == _BYTE:
+            value, pos = data[pos], pos + 1
+        elif kind == _U16:
+            value, pos = (data[pos] << 8) | data[pos + 1], pos + 2
+        elif kind == _U32:
+            value, pos = struct.unpack_from("!I", data, pos)[0], pos + 4
+        elif kind == _VARINT:
+            value, pos = _read_varint(data, pos)
+        elif kind in (_STR, _BIN):
+            n = (data[pos] << 8) | data[pos + 1]
+            raw = data[pos + 2 : pos + 2 + n]
+            value, pos = (raw.decode() if kind == _STR else bytes(raw)), pos + 2 + n
+        elif kind == _PAIR:
+            n = (data[pos] << 8) | data[pos + 1]
+            key = data[pos + 2 : pos + 2 + n].decode()
+            pos += 2 + n
+            n = (data[pos] << 8) | data[pos + 1]
+            value = (key, data[pos + 2 : pos + 2 + n].decode())
+            pos += 2 + n
+            props.setdefault(ident, []).append(value)
+            continue
+        else:
+            raise ProtocolError(f"unknown property 0x{ident:02x}")
+        props[ident] = value
+    if pos != end:
+        raise ProtocolError("properties overrun their length")
+    return props
+
+
+class Subscriber(asyncio.Protocol):
+    """One connection to a broker, delivering PUBLISH packets to `deliver`.
+
+    `deliver(topic, payload, qos, dup, retain, user_properties, packet_id)` runs
+    on the event loop for every message and must not block; QoS 1/2 messages
+    stay unacknowledged until `ack` is called with their packet ids.
+    """
+
+    def __init__(self, deliver: Deliver, on_lost: Callable[[str], None]) -> None:
+        self._deliver = deliver
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._connack: asyncio.Future[tuple[bool, dict[int, Any]]] | None = None
+        self._subacks: dict[int, asyncio.Future[bytes]] = {}
+        self._aliases: dict[int, str] = {}
+        self._next_id = 0
+        self._keepalive = 0.0
+        self._last_in = 0.0
+        self._ping: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.closed_reason: str | None = None
+
+    # -- connecting ----------------------------------------------------------
+
+    async def open(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        clean_start: bool,
+        keepalive: int,
+        session_expiry: int,
+        receive_maximum: int,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> bool:
+        """Open the connection and complete CONNECT; returns whether the session was resumed.
+
+        Deliveries can start before this returns (a resumed session's queue
+        arrives right behind CONNACK).
+        """
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(
+            lambda: self, host, port, ssl=tls, server_hostname=host if tls else None
+        )
+        try:
+            return await self._handshake(
+                client_id,
+                clean_start,
+                keepalive,
+                session_expiry,
+                receive_maximum,
+                username,
+                password,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    async def _handshake(
+        self,
+        client_id: str,
+        clean_start: bool,
+        keepalive: int,
+        session_expiry: int,
+        receive_maximum: int,
+        username: str | None,
+        password: str | None,
+    ) -> bool:
+        flags = 0x02 if clean_start else 0
+        payload = _utf8(client_id)
+        if username is not None:
+            flags |= 0x80
+            payload += _utf8(username)
+            if password is not None:
+                flags |= 0x40
+                raw = password.encode()
+                payload += struct.pack("!H", len(raw)) + raw
+        props = b"\x11" + struct.pack("!I", session_expiry)
+        props += b"\x21" + struct.pack("!H", receive_maximum)
+        body = b"\x00\x04MQTT\x05" + bytes((flags,)) + struct.pack("!H", keepalive)
+        body += _varint(len(props)) + props + payload
+        loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
+        self._write(_packet(CONNECT << 4, body))
+        present, props_in = await self._connack
+        self._keepalive = float(props_in.get(SERVER_KEEP_ALIVE, keepalive))
+        if self._keepalive:
+            self._ping = loop.call_later(self._keepalive / 2, self._keep_alive)
+        return present
+
+    async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
+        """Subscribe to `(filter, qos)` pairs; returns the granted QoS (or error code) of each."""
+        self._next_id = self._next_id % 65535 + 1
+        packet_id = self._next_id
+        body = struct.pack("!H", packet_id) + b"\x00"
+        for topic_filter, qos in filters:
+            body += _utf8(topic_filter) + bytes((qos,))
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._subacks[packet_id] = future
+        self._write(_packet((SUBSCRIBE << 4) | 0x02, body))
+        return list(await future)
+
+    # -- acknowledging and flow control ---------------------------------------------
+
+    def ack(self, acks: list[tuple[int, int]]) -> None:
+        """PUBACK (QoS 1) / PUBREC (QoS 2) for many packet ids in one write."""
+        self._write(b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks))
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and self._paused:
+            self._paused = False
+            self._last_in = asyncio.get_running_loop().time()
+            self._transport.resume_reading()
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and self.closed_reason is None
+
+    def close(self) -> None:
+        """Send DISCONNECT (normal, keep the session) and close; safe to call twice."""
+        if self._transport is not None and self.closed_reason is None:
+            self._write(b"\xe0\x00")
+            self._lost("closed by the gateway")
+            self._transport.close()
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._last_in = asyncio.get_running_loop().time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(
+            f"the connection to the broker was lost: {exc}"
+            if exc
+            else "the broker closed the connection"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._last_in = asyncio.get_running_loop().time()
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= 2:
+                first = buf[pos]
+                # remaining length: a variable byte integer of 1 to 4 bytes
+                length = buf[pos + 1]
+                head = pos + 2
+                if length & 0x80:
+                    try:
+                        length, head = _read_varint(buf, pos + 1)
+                    except IndexError:
+                        break
+                if head + length > end:
+                    break
+                if first >> 4 == PUBLISH:
+                    self._publish(first, buf, head, head + length)
+                else:
+                    self._control(first, bytes(buf[head : head + length]))
+                pos = head + length
+        except (ProtocolError, IndexError, UnicodeDecodeError, struct.error) as err:
+            self._fail(f"malformed packet from the broker: {err}")
+            return
+        if pos:
+            del buf[:pos]
+
+    # -- packets in -----------------------------------------------------------------
+
+    def _publish(self, first: int, buf: bytearray, pos: int, end: int) -> None:
+        qos = (first >> 1) & 0x03
+        n = (buf[pos] << 8) | buf[pos + 1]
+        topic = buf[pos + 2 : pos + 2 + n].decode()
+        pos += 2 + n
+        mid = None
+        if qos:
+            mid = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+        plen = buf[pos]
+        user = None
+        if plen == 0:
+            pos += 1
+        else:
+            plen, start = _read_varint(buf, pos)
+            props = parse_properties(bytes(buf[start : start + plen]), 0, plen)
+            pos = start + plen
+            user = props.get(USER_PROPERTY)
+            alias = props.get(TOPIC_ALIAS)
+            if alias is not None:
+                if topic:
+                    self._aliases[alias] = topic
+                else:
+                    topic = self._aliases.get(alias, "")
+        if not topic or qos == 3:
+            raise ProtocolError("PUBLISH without a topic or with QoS 3")
+        self._deliver(
+            topic, bytes(buf[pos:end]), qos, bool(first & 0x08), bool(first & 0x01), user, mid
+        )
+
+    def _control(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == CONNACK:
+            if self._connack is None or self._connack.done():
+                raise ProtocolError("unexpected CONNACK")
+            present, code = body[0] & 0x01, body[1]
+            plen, start = _read_varint(body, 2) if len(body) > 2 else (0, 2)
+            props = parse_properties(body, start, start + plen)
+            if code >= 0x80:
+                self._connack.set_exception(ConnectRefused(code, props.get(REASON_STRING)))
+            else:
+                self._connack.set_result((bool(present), props))
+        elif kind == SUBACK:
+            packet_id = struct.unpack_from("!H", body)[0]
+            plen, start = _read_varint(body, 2)
+            future = self._subacks.pop(packet_id, None)
+            if future is not None and not future.done():
+                future.set_result(body[start + plen :])
+        elif kind == PUBREL:
+            self._write(b"\x70\x02" + body[:2])  # PUBCOMP: the message was stored at PUBREC
+        elif kind == PINGRESP:
+            pass
+        elif kind == DISCONNECT:
+            code = body[0] if body else 0
+            self._fail(f"the broker disconnected us (reason code 0x{code:02x})")
+        elif kind in (PUBACK, PUBREC, PUBCOMP):
+            pass  # we publish nothing on this connection
+        else:
+            raise ProtocolError(f"unexpected packet type {kind}")
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _keep_alive(self) -> None:
+        if self.closed_reason is not None:
+            return
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._last_in
+        if not self._paused and silent > self._keepalive * 1.5:
+            self._fail(f"no answer from the broker for {silent:.0f} s")
+            return
+        self._write(b"\xc0\x00")
+        self._ping = loop.call_later(self._keepalive / 2, self._keep_alive)
+
+    def _fail(self, reason: str) -> None:
+        self._lost(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _lost(self, reason: str) -> None:
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        if self._ping is not None:
+            self._ping.cancel()
+        error = ConnectionError(reason)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(error)
+        for future in self._subacks.values():
+            if not future.done():
+                future.set_exception(error)
+        self._subacks.clear()
+        self._on_lost(reason)
