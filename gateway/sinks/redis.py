@@ -39,7 +39,11 @@ needs no dedupe: writing the same values again changes nothing.
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
 trouble, a server out of memory, still loading or a read-only replica are
-retried later.
+retried later. A server that refuses the sink when it starts (user or password,
+a missing ACL permission, a TLS certificate either side does not trust, or
+`cluster: true` for a server that is no cluster node) stops it until the config
+is fixed; the same refusal on a reconnect while running is retried, since the
+operator may be changing the server's side.
 
 `key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
 gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
@@ -94,12 +98,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import ssl
 import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -107,11 +114,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
@@ -302,6 +310,52 @@ def _topic_problem(topic: str) -> str | None:
     return None
 
 
+# TLS alerts by which a server refuses the client's certificate (OpenSSL's reason names).
+_CERTIFICATE_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_UNKNOWN",
+    "UNKNOWN_CA",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+)
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """`err` and what caused it (redis-py wraps socket and TLS errors in its own)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def _refusal(err: BaseException) -> str | None:
+    """What in `err` says the server refuses us until an operator acts, or None."""
+    for cause in _chain(err):
+        if isinstance(cause, redis_errors.AuthenticationError):
+            return f"{cause} (check username and password)"
+        if isinstance(cause, redis_errors.NoPermissionError | redis_errors.AuthorizationError):
+            return f"{cause} (grant the ACL user the permission)"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted: {cause.verify_message} (check ca_file)"
+        if isinstance(cause, ssl.SSLError) and any(
+            alert in (cause.reason or "") for alert in _CERTIFICATE_ALERTS
+        ):
+            return (
+                f"it refused our TLS client certificate ({cause.reason}; check cert_file and"
+                " key_file)"
+            )
+        if isinstance(cause, redis_errors.ResponseError) and "cluster support disabled" in str(
+            cause
+        ):
+            return "it is not a Redis Cluster node (set cluster: false)"
+    return None
+
+
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
@@ -356,14 +410,22 @@ class RedisSink(Sink):
     # --- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        await self._open()
+        """Connect (and load the script).
+
+        RetryableError if the server cannot be reached or is not ready; PermanentError
+        if it refuses us: user or password, an ACL permission, a TLS certificate, or
+        `cluster: true` on a server that is no cluster node.
+        """
+        await self._open(permanent=PermanentError)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
-    async def _open(self) -> Any:
+    async def _open(self, permanent: type[Exception] = RetryableError) -> Any:
+        """The client, connected now if need be. From write(), a refusal is retried: the
+        operator may fix the password or the ACL while the data waits."""
         if self._client is not None:
             return self._client
         cfg = self.config
@@ -381,7 +443,7 @@ class RedisSink(Sink):
             options.update(
                 ssl_ca_certs=cfg.ca_file, ssl_certfile=cfg.cert_file, ssl_keyfile=cfg.key_file
             )
-        client: Any
+        client: Any = None
         try:
             if cfg.cluster:
                 client = RedisCluster.from_url(cfg.url, **options)
@@ -391,11 +453,52 @@ class RedisSink(Sink):
                 await client.ping()
             if self._uses_script:
                 self._script_sha = await client.script_load(WRITE_ONCE)
-        except (redis_errors.RedisError, OSError) as err:
-            raise RetryableError(f"cannot connect to {_safe_url(cfg.url)}: {err}") from err
+        except (redis_errors.RedisError, RedisClusterException, OSError) as err:
+            if client is not None:
+                with contextlib.suppress(redis_errors.RedisError, OSError):
+                    await client.aclose()
+            where = _safe_url(cfg.url)
+            refusal = _refusal(err)
+            if refusal is None and cfg.url.startswith("rediss://"):
+                refusal = await self._tls_refusal(err)
+            if refusal is not None:
+                raise permanent(f"{where} refused us: {refusal}") from err
+            raise RetryableError(f"cannot connect to {where}: {err}") from err
         self._client = client
         self.ctx.log.info("connected to %s (%s mode)", _safe_url(cfg.url), cfg.mode)
         return client
+
+    async def _tls_refusal(self, err: BaseException) -> str | None:
+        """After a connection reset during connect: did the server refuse our certificate?
+
+        With TLS 1.3 a server checks the client certificate after the handshake looks
+        done to the client, and its alert races with the client's first command: the
+        connection mostly ends in a bare reset. A second connection that sends nothing
+        receives the alert, if there is one.
+        """
+        if not any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in _chain(err)):
+            return None
+        cfg = self.config
+        parts = urlsplit(cfg.url)
+        context = ssl.create_default_context(cafile=cfg.ca_file)
+        if cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        try:
+            async with asyncio.timeout(min(cfg.connect_timeout, 2.0)):
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, parts.port or 6379, ssl=context
+                )
+                try:
+                    await reader.read(1)  # the server's alert, or nothing until the timeout
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except ssl.SSLError as probe:
+            return _refusal(probe)
+        except (OSError, TimeoutError):
+            pass
+        return None
 
     @property
     def _uses_script(self) -> bool:
@@ -447,7 +550,7 @@ class RedisSink(Sink):
             raise RetryableError(
                 f"{_safe_url(self.config.url)} did not answer within {self.config.timeout:g}s"
             ) from err
-        except redis_errors.RedisError as err:
+        except (redis_errors.RedisError, RedisClusterException) as err:
             # Not about one row (those come back inside the script's answer): OOM, LOADING,
             # READONLY, cluster reconfiguring, NOSCRIPT after a failover ...
             await self._reset()

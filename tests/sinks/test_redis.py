@@ -24,7 +24,7 @@ from redis.crc import key_slot
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
 
@@ -449,13 +449,71 @@ async def test_a_killed_server_is_retryable_and_the_batch_arrives_once(
         await conn.aclose()
 
 
-async def test_no_server_at_connect_is_retryable() -> None:
-    sink = make_sink(f"redis://:s3cret-pw@127.0.0.1:{servers.free_port()}/0", connect_timeout="2s")
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_no_server_at_connect_is_retryable(cluster: bool) -> None:
+    sink = make_sink(
+        f"redis://:s3cret-pw@127.0.0.1:{servers.free_port()}/0",
+        connect_timeout="2s",
+        cluster=cluster,
+    )
     with pytest.raises(RetryableError) as caught:
         await sink.connect()
     assert "127.0.0.1" in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)
     await sink.close()
+    await sink.close()
+
+
+async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_running(
+    redis_factory: Any, ns: str
+) -> None:
+    server = redis_factory(password="s3cret-pw")
+    wrong = make_sink(f"redis://:wrong-pw@{server.host}:{server.port}/0")
+    with pytest.raises(PermanentError, match="invalid username-password") as caught:
+        await wrong.connect()
+    assert "wrong-pw" not in str(caught.value)
+    await wrong.close()
+
+    sink = make_sink(server.url, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe")
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        await sink.connect()
+        batch = [FlowFile.create("s", b"{}")]
+        assert await sink.write(batch) == []
+        # The password changes under a running sink, and its connection drops: the
+        # operator is at work, so the sink retries rather than giving up.
+        await admin.config_set("requirepass", "new-pw")
+        await admin.client_kill_filter(skipme=True)
+        with pytest.raises(RetryableError):
+            await sink.write(batch)
+        with pytest.raises(RetryableError, match="check username and password"):
+            await sink.write(batch)
+    finally:
+        await sink.close()
+        await admin.aclose()
+
+
+async def test_an_acl_user_without_a_permission_it_needs_is_permanent(
+    redis_factory: Any, ns: str
+) -> None:
+    server = redis_factory(password="s3cret-pw")
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        await admin.acl_setuser(
+            "reader", enabled=True, passwords=["+r-pw"], keys=["*"], commands=["+@all", "-script"]
+        )
+    finally:
+        await admin.aclose()
+    sink = make_sink(f"redis://reader:r-pw@{server.host}:{server.port}/0", key=f"{ns}:{{topic}}")
+    with pytest.raises(PermanentError, match="grant the ACL user"):
+        await sink.connect()
+    await sink.close()
+
+
+async def test_cluster_true_for_a_plain_server_is_permanent(redis: Any) -> None:
+    sink = make_sink(redis.url, cluster=True)
+    with pytest.raises(PermanentError, match="not a Redis Cluster node"):
+        await sink.connect()
     await sink.close()
 
 
@@ -465,11 +523,14 @@ async def test_acl_user_and_password(
     caplog.set_level(logging.DEBUG)
     server = redis_factory(username="gateway", password="s3cret-pw")
     plain_url = f"redis://{server.host}:{server.port}/0"
-    wrong = make_sink(plain_url, username="gateway", password="wrong-pw")
-    with pytest.raises(RetryableError) as caught:
-        await wrong.connect()
-    assert "wrong-pw" not in str(caught.value)
-    await wrong.close()
+    for wrong in (
+        make_sink(plain_url, username="gateway", password="wrong-pw"),
+        make_sink(plain_url),  # no user and password at all
+    ):
+        with pytest.raises(PermanentError, match="check username and password") as caught:
+            await wrong.connect()
+        assert "wrong-pw" not in str(caught.value)
+        await wrong.close()
 
     for sink in (
         make_sink(plain_url, username="gateway", password="s3cret-pw", key=f"{ns}:{{topic}}"),
@@ -548,11 +609,29 @@ async def test_tls_with_a_client_certificate(tls_redis: TlsRedis, ns: str) -> No
     finally:
         await conn.aclose()
 
-    # Without a client certificate the server refuses the handshake.
-    anonymous = make_sink(tls_redis.url, key=f"{ns}:{{topic}}", ca_file=str(tls.ca_file))
-    with pytest.raises(RetryableError):
-        await anonymous.connect()
-    await anonymous.close()
+
+async def test_tls_certificates_refused_either_side_are_permanent(
+    tls_redis: TlsRedis, tmp_path: Any
+) -> None:
+    tls = tls_redis.tls
+    # Without a client certificate the server refuses us. With TLS 1.3 its alert races
+    # with our first command, so try a few times: it must be classified every time.
+    for _ in range(5):
+        anonymous = make_sink(tls_redis.url, ca_file=str(tls.ca_file))
+        with pytest.raises(PermanentError, match="refused our TLS client certificate"):
+            await anonymous.connect()
+        await anonymous.close()
+    # A server certificate signed by a CA we were not told to trust.
+    other = servers.make_pki(tmp_path / "other")
+    untrusting = make_sink(
+        tls_redis.url,
+        ca_file=str(other.ca_file),
+        cert_file=str(tls.cert_file),
+        key_file=str(tls.key_file),
+    )
+    with pytest.raises(PermanentError, match=r"certificate is not trusted.*check ca_file"):
+        await untrusting.connect()
+    await untrusting.close()
 
 
 # --- Redis Cluster ------------------------------------------------------------------------
