@@ -20,6 +20,13 @@ MQTT topic name, or a message larger than the broker's Maximum Packet Size goes
 to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
 0x97 Quota exceeded retries the batch later.
 
+A broker that refuses the sink when it starts (user name or password, client id,
+Not authorized, banned, a TLS certificate either side does not trust, TLS files
+that cannot be read) stops it until the config is fixed; the same refusal on a
+reconnect while running is retried, since the operator may be changing the
+broker's side. A broker that cannot be reached, is busy or unavailable is
+retried with backoff.
+
 The session is persistent by default (`clean_session: false` with a fixed
 client id, and an MQTT 5 Session Expiry Interval of `session_expiry`), so the
 broker keeps this client's state across reconnects. Reconnecting is the
@@ -71,35 +78,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import gmqtt
-from gmqtt.mqtt.handler import MQTTConnectError
-
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.mqtt import parse_url, tls_context
+from gateway.mqtt import (
+    CONNECT_ERRORS,
+    Publisher,
+    ack_promptly,
+    connect_refusal,
+    parse_url,
+    puback_reason,
+    tls_context,
+    tls_refusal,
+)
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
-# MQTT 5 PUBACK reason codes (spec 3.4.2.1); any other code >= 0x80 is "unspecified".
-REASONS = {
-    0x80: "Unspecified error",
-    0x83: "Implementation specific error",
-    0x87: "Not authorized",
-    0x90: "Topic Name invalid",
-    0x91: "Packet identifier in use",
-    0x97: "Quota exceeded",
-    0x99: "Payload format invalid",
-}
-# Refusals that may pass later: the batch is retried rather than dead-lettered.
+# PUBACK refusals that may pass later (Packet identifier in use, Quota exceeded): the
+# batch is retried rather than dead-lettered.
 RETRY_REASONS = frozenset({0x91, 0x97})
 
 
@@ -165,79 +168,6 @@ class MqttSinkConfig(SinkConfig):
             yield "timeout", "timeouts must be positive"
 
 
-class _Publisher(gmqtt.Client):  # type: ignore[misc]
-    """A gmqtt client for publishing at QoS 1 that reports every PUBACK with its reason code.
-
-    gmqtt 0.8.0 (pinned) keeps unacknowledged messages to resend them itself after
-    its own reconnect, and drops the PUBACK reason code. Here the engine reconnects
-    and redelivers the batch, so both are replaced: `reconnect` does nothing and a
-    PUBACK calls `on_puback(mid, reason_code)`.
-    """
-
-    def __init__(self, client_id: str, on_puback: Any, **kwargs: Any) -> None:
-        super().__init__(client_id, **kwargs)
-        self.on_puback = on_puback
-        handler = self._package_handler
-        free_id = handler.id_generator.free_id
-
-        def puback(cmd: int, packet: bytes) -> None:
-            mid = int.from_bytes(packet[:2], "big")
-            free_id(mid)
-            on_puback(mid, packet[2] if len(packet) > 2 else 0)
-
-        # The handler looks packet handlers up by name on itself, so this one is used.
-        handler._handle_puback_packet = puback
-
-    def ack_promptly(self) -> None:
-        """Have the kernel acknowledge each TCP segment from the broker at once (Linux).
-
-        A broker with Nagle's algorithm on (Mosquitto's default: set_tcp_nodelay false)
-        holds further PUBACKs back until its previous ones are acknowledged at the TCP
-        level, and while we wait for PUBACKs we send nothing an acknowledgement could
-        ride on, so the kernel delays it up to 40 ms: waiting for a batch's PUBACKs
-        stalled in 40 ms steps (2k instead of 25k messages/s). Setting TCP_QUICKACK
-        after each read sends the pending acknowledgement right away.
-        """
-        quickack = getattr(socket, "TCP_QUICKACK", None)
-        sock = self._connection._transport.get_extra_info("socket")
-        if quickack is None or sock is None:
-            return
-        protocol = self._connection._protocol
-        received = protocol.data_received
-
-        def data_received(data: bytes) -> None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-            received(data)
-
-        # The transport calls its protocol's data_received, so the instance attribute wins.
-        protocol.data_received = data_received
-
-    async def reconnect(self, delay: bool = False) -> None:
-        """The engine reconnects (with backoff); gmqtt's background reconnect stays off."""
-
-    def publish_qos1(self, topic: bytes, payload: bytes, retain: bool, properties: Any) -> int:
-        """Send one QoS 1 PUBLISH and return its packet id; nothing is kept for resending."""
-        message = gmqtt.Message(topic, payload, qos=1, retain=retain, **properties)
-        mid, _ = self._connection.publish(message)
-        return int(mid)
-
-    def closing(self) -> bool:
-        """True once the connection is closed or closing (before on_disconnect runs)."""
-        return bool(self._connection.is_closing())
-
-    @property
-    def receive_maximum(self) -> int:
-        """How many QoS 1 messages the broker takes unacknowledged (65535 unless it says)."""
-        value = self._package_handler._connack_properties.get("receive_maximum")
-        return int(value[0]) if value else 65535
-
-    @property
-    def maximum_packet_size(self) -> int | None:
-        value = self._package_handler._connack_properties.get("maximum_packet_size")
-        return int(value[0]) if value else None
-
-
 class MqttSink(Sink):
     """Publishes each batch over one MQTT connection and waits for all its PUBACKs."""
 
@@ -250,7 +180,7 @@ class MqttSink(Sink):
         self.client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
         template = config.topic.replace("{topic}", "\0")
         self._topic_parts = template.format(gateway=ctx.gateway_id, sink=ctx.name).split("\0")
-        self._client: _Publisher | None = None
+        self._client: Publisher | None = None
         self._lock = asyncio.Lock()
         # Packet id -> position in the batch being written, for messages not yet acked.
         self._inflight: dict[int, int] = {}
@@ -259,19 +189,27 @@ class MqttSink(Sink):
         self._wake_at = 0
         self._lost: str | None = None
         # The client being connected, and a future set if its connection drops meanwhile.
-        self._pending: tuple[_Publisher, asyncio.Future[None]] | None = None
+        self._pending: tuple[Publisher, asyncio.Future[None]] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        """Connect to the broker.
+
+        RetryableError if it cannot be reached or is not ready; PermanentError if it
+        refuses us: user name or password, client id, authorization, a TLS certificate
+        either side does not trust.
+        """
         async with self._lock:
-            await self._open()
+            await self._open(permanent=PermanentError)
 
     async def close(self) -> None:
         async with self._lock:
             await self._drop()
 
-    async def _open(self) -> _Publisher:
+    async def _open(self, permanent: type[Exception] = RetryableError) -> Publisher:
+        """The client, connected now if need be. From write(), a refusal is retried: the
+        operator may fix the credentials or the broker's ACL while the data waits."""
         if self._client is not None and self._lost is None:
             return self._client
         await self._drop()
@@ -279,7 +217,7 @@ class MqttSink(Sink):
         properties: dict[str, Any] = {}
         if cfg.protocol == 5 and not cfg.clean_session:
             properties["session_expiry_interval"] = int(cfg.session_expiry)
-        client = _Publisher(
+        client = Publisher(
             self.client_id, self._on_puback, clean_session=cfg.clean_session, **properties
         )
         client.on_disconnect = self._on_disconnect
@@ -287,28 +225,44 @@ class MqttSink(Sink):
         if cfg.username is not None:
             client.set_auth_credentials(cfg.username, cfg.password)
         where = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        context: Any = False
+        if self.tls:
+            try:
+                context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+            except OSError as err:  # ssl.SSLError included
+                raise permanent(
+                    f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
+                ) from err
         self._pending = (client, asyncio.get_running_loop().create_future())
         try:
-            context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if self.tls else False
             async with asyncio.timeout(cfg.connect_timeout):
                 await self._connect(client, context, self._pending[1])
         except TimeoutError as err:
-            await self._abandon(client)
+            await client.abandon()
             hint = " (does it speak MQTT 5? else set protocol: 4)" if cfg.protocol == 5 else ""
             raise RetryableError(
                 f"no answer from {where} within {cfg.connect_timeout:g}s{hint}"
             ) from err
-        except (OSError, MQTTConnectError) as err:
-            await self._abandon(client)
+        except CONNECT_ERRORS as err:
+            ended = await client.abandon()  # how it ended: a TLS alert, maybe
+            refusal = connect_refusal(err)
+            if refusal is None and ended is not None:
+                refusal = connect_refusal(ended)
+            if refusal is None and context and isinstance(err, ConnectionResetError):
+                # Dropped before the CONNACK: a refused client certificate, most likely.
+                wait = min(cfg.connect_timeout, 2.0)
+                refusal = await tls_refusal(self.host, self.port, context, wait)
+            if refusal is not None:
+                raise permanent(f"{where} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to {where}: {err}") from err
         finally:
             self._pending = None
-        client.ack_promptly()
+        ack_promptly(client)
         self._client, self._lost = client, None
         self.ctx.log.info("connected to %s as %s", where, self.client_id)
         return client
 
-    async def _connect(self, client: _Publisher, context: Any, lost: asyncio.Future[None]) -> None:
+    async def _connect(self, client: Publisher, context: Any, lost: asyncio.Future[None]) -> None:
         """`client.connect`, but give up as soon as the broker drops the connection.
 
         gmqtt would go on waiting for a CONNACK that can no longer come, e.g. after a
@@ -339,14 +293,6 @@ class MqttSink(Sink):
             " (a refused TLS client certificate? see the broker's log)"
         )
 
-    async def _abandon(self, client: _Publisher) -> None:
-        """Close a connection that never became usable, or broke, without sending anything."""
-        connection = client._connection
-        if connection is not None:
-            # Waiting for the close re-raises how the connection ended (a TLS alert ...).
-            with contextlib.suppress(OSError):
-                await connection.close()
-
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is None:
@@ -355,7 +301,7 @@ class MqttSink(Sink):
             with contextlib.suppress(OSError):
                 await client.disconnect()
         else:
-            await self._abandon(client)
+            await client.abandon()
 
     def _on_connect(self, client: Any, session_present: int, result: int, properties: Any) -> None:
         self.ctx.status.update(
@@ -423,7 +369,7 @@ class MqttSink(Sink):
                 self._refused.clear()
         return rejected
 
-    async def _publish(self, client: _Publisher, batch: list[FlowFile]) -> list[Rejected]:
+    async def _publish(self, client: Publisher, batch: list[FlowFile]) -> list[Rejected]:
         cfg = self.config
         window = min(cfg.max_inflight, client.receive_maximum - 1)
         # Wake the writer when half the window is free, not for every single PUBACK.
@@ -477,11 +423,11 @@ class MqttSink(Sink):
         if retry:
             raise RetryableError(
                 f"the broker refused {len(retry)} messages for now "
-                f"({_reason(retry[0])}); the batch will be sent again"
+                f"({puback_reason(retry[0])}); the batch will be sent again"
             )
         for position, code in sorted(self._refused.items()):
             rejected.append(
-                Rejected(batch[position], f"mqtt: the broker refused it: {_reason(code)}")
+                Rejected(batch[position], f"mqtt: the broker refused it: {puback_reason(code)}")
             )
         return rejected
 
@@ -494,7 +440,3 @@ def _topic_problem(topic: bytes) -> str | None:
     if len(topic) > 65535:
         return "the topic is longer than 65535 bytes"
     return None
-
-
-def _reason(code: int) -> str:
-    return f"{REASONS.get(code, 'error')} (0x{code:02x})"

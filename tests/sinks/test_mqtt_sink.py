@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import subprocess
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
 
@@ -456,11 +457,86 @@ async def test_tls_with_a_client_certificate(
     assert len(await collector.settled(at_least=200)) == 200
     assert "s3cret-pw" not in caplog.text
 
-    # The broker requires a client certificate: without one the handshake fails.
-    anonymous = make_sink(mosquitto_tls.url, ca_file=str(mosquitto_tls.ca_file))
-    with pytest.raises(RetryableError, match="cannot connect"):
-        await anonymous.connect()
-    await anonymous.close()
+
+async def test_tls_certificates_refused_either_side_are_permanent(
+    mosquitto_tls: servers.Mosquitto, tmp_path: Any
+) -> None:
+    # The broker requires a client certificate. With TLS 1.3 its alert races with our
+    # CONNECT and mostly arrives as a bare reset: it must be recognised every time.
+    for _ in range(5):
+        anonymous = make_sink(mosquitto_tls.url, ca_file=str(mosquitto_tls.ca_file))
+        with pytest.raises(PermanentError, match="refused our TLS client certificate"):
+            await anonymous.connect()
+        await anonymous.close()
+    # A broker certificate signed by a CA we were not told to trust.
+    other = servers.make_pki(tmp_path / "other")
+    untrusting = make_sink(
+        mosquitto_tls.url,
+        ca_file=str(other.ca_file),
+        cert_file=str(mosquitto_tls.cert_file),
+        key_file=str(mosquitto_tls.key_file),
+    )
+    with pytest.raises(PermanentError, match=r"certificate is not trusted.*check ca_file"):
+        await untrusting.connect()
+    await untrusting.close()
+    # TLS files that cannot be read.
+    missing = make_sink(mosquitto_tls.url, ca_file=str(tmp_path / "nowhere.pem"))
+    with pytest.raises(PermanentError, match="cannot use the TLS files"):
+        await missing.connect()
+    await missing.close()
+
+
+class PasswordMosquitto(servers.Mosquitto):
+    """Mosquitto that takes only the user `gw` with the password `s3cret-pw`."""
+
+    def setup(self) -> None:
+        super().setup()
+        passwords = self.dir / "passwords"
+        subprocess.run(
+            [servers.require("mosquitto_passwd"), "-b", "-c", str(passwords), "gw", "s3cret-pw"],
+            check=True,
+            capture_output=True,
+        )
+        passwords.chmod(0o644)  # the broker reads it as the mosquitto user
+        conf = self.config_file.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        self.config_file.write_text(f"{conf}password_file {passwords}\n")
+
+
+@pytest.fixture(scope="module")
+def password_broker(server_workspace: servers.Workspace) -> Iterator[PasswordMosquitto]:
+    try:
+        server = server_workspace._started(PasswordMosquitto(server_workspace))
+    except servers.ServerError as err:
+        pytest.fail(str(err), pytrace=False)
+    yield server
+    server_workspace.discard(server)
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_running(
+    password_broker: PasswordMosquitto, ns: str, protocol: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = password_broker.url
+    for keys in ({"username": "gw", "password": "wrong-pw"}, {}):
+        wrong = make_sink(url, protocol=protocol, **keys)
+        with pytest.raises(PermanentError, match=r"(?i)not authori[sz]ed") as caught:
+            await wrong.connect()
+        assert "wrong-pw" not in str(caught.value)
+        # From write() (a reconnect while running) the same refusal is retried: the
+        # operator may be changing the broker's password file.
+        with pytest.raises(RetryableError, match=r"(?i)not authori[sz]ed"):
+            await wrong.write([FlowFile.create("s", b"1")])
+        await wrong.close()
+    right = make_sink(
+        url, protocol=protocol, username="gw", password="s3cret-pw", topic=f"{ns}/{{topic}}"
+    )
+    await right.connect()
+    try:
+        assert await right.write([FlowFile.create("s", b"1")]) == []
+    finally:
+        await right.close()
+    assert "wrong-pw" not in caplog.text and "s3cret-pw" not in caplog.text
 
 
 # --- config -------------------------------------------------------------------------------
