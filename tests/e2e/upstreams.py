@@ -1,0 +1,306 @@
+"""What a sink writes to, seen from the test: start/stop it, and read back what arrived.
+
+Each upstream gives the sink config that points the gateway at it and reads back the
+sequence numbers of the messages (JSON {"seq": n}, see harness.Publisher) that reached
+it, duplicates included, so a test can tell "exactly once" from "at least once":
+
+    postgres  rows of a table (postgres sink, default layout)
+    mysql     rows of a table (mysql sink on MariaDB)
+    redis     entries of one stream (redis sink, stream mode)
+    mqtt      messages a subscriber got from a second broker (mqtt sink)
+    file      lines of a JSON Lines file and its rotated siblings (file sink)
+
+`stop()` makes the upstream unavailable as an outage would (the server shut down; for
+the file sink, its folder gone, as when a USB stick is pulled) and `start()` brings it
+back with what it held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import paho.mqtt.client as paho
+import pymysql
+import redis as redis_client
+from harness import wait_for
+
+
+class Upstream:
+    """The far side of one sink."""
+
+    kind: str
+    # True: SQL and Redis sinks promise effectively once; False: file and MQTT at least once.
+    exact: bool
+
+    def sink(self) -> dict[str, Any]:
+        """The sink's config keys (type, address, table/key/topic)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def seqs(self) -> list[int]:
+        """Every sequence number that arrived, once per arrival."""
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """How many rows/entries/messages arrived (cheaper than `seqs`; for polling)."""
+        return len(self.seqs())
+
+    def close(self) -> None:
+        """Release what the test side holds (connections, subscribers)."""
+
+
+class PostgresUpstream(Upstream):
+    kind = "postgres"
+    exact = True
+
+    def __init__(self, server: Any, table: str) -> None:
+        self.server = server
+        self.table = table
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "postgres", "dsn": self.server.dsn, "table": self.table}
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+    def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(self.server.fetch(sql))
+        except asyncpg.UndefinedTableError:  # created with the sink's first connection
+            return []
+
+    def seqs(self) -> list[int]:
+        return [int(r[0]) for r in self._fetch(f"SELECT payload->>'seq' FROM {self.table}")]
+
+    def count(self) -> int:
+        rows = self._fetch(f"SELECT count(*) FROM {self.table}")
+        return int(rows[0][0]) if rows else 0
+
+
+class MysqlUpstream(Upstream):
+    kind = "mysql"
+    exact = True
+
+    def __init__(self, server: Any, table: str) -> None:
+        self.server = server
+        self.table = table
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "mysql", "dsn": self.server.dsn, "table": self.table}
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+    def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(self.server.fetch(sql))
+        except pymysql.err.ProgrammingError as err:
+            if err.args[0] == 1146:  # no such table (yet)
+                return []
+            raise
+
+    def seqs(self) -> list[int]:
+        sql = f"SELECT JSON_VALUE(payload, '$.seq') FROM `{self.table}`"
+        return [int(r[0]) for r in self._fetch(sql)]
+
+    def count(self) -> int:
+        rows = self._fetch(f"SELECT count(*) FROM `{self.table}`")
+        return int(rows[0][0]) if rows else 0
+
+
+class RedisUpstream(Upstream):
+    """One Redis stream that keeps every entry (maxlen 0)."""
+
+    kind = "redis"
+    exact = True
+
+    def __init__(self, server: Any, key: str) -> None:
+        self.server = server
+        self.key = key
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "redis", "url": self.server.url, "mode": "stream", "key": self.key,
+                "maxlen": 0}  # fmt: skip
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+    def _client(self) -> redis_client.Redis:
+        return redis_client.Redis(host=self.server.host, port=self.server.port, socket_timeout=10)
+
+    def seqs(self) -> list[int]:
+        out: list[int] = []
+        with self._client() as r:
+            start = "-"
+            while True:
+                entries = r.xrange(self.key, start, "+", count=5000)
+                if start != "-":
+                    entries = entries[1:]  # the first is the last of the previous page
+                if not entries:
+                    return out
+                for _entry_id, fields in entries:
+                    out.append(int(json.loads(fields[b"payload"])["seq"]))
+                start = entries[-1][0].decode()
+
+    def count(self) -> int:
+        with self._client() as r:
+            return int(r.xlen(self.key))
+
+
+class MqttUpstream(Upstream):
+    """A second broker, and a subscriber with a persistent session counting what arrives.
+
+    The subscriber reconnects by itself after the broker restarts; the broker keeps
+    what arrives meanwhile for its session, so nothing published is missed.
+    """
+
+    kind = "mqtt"
+    exact = False
+
+    def __init__(self, broker: Any, root: str) -> None:
+        self.broker = broker
+        self.root = root
+        self.received: list[int] = []
+        self._subscribed = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{root}-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        wait_for(self._subscribed.is_set, 10, f"the subscription to {root}/# on {broker.url}")
+
+    def _on_connect(self, client: paho.Client, *_args: Any) -> None:
+        client.subscribe(f"{self.root}/#", qos=1)
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.received.append(int(json.loads(msg.payload)["seq"]))
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "mqtt", "url": self.broker.url, "topic": f"{self.root}/{{topic}}",
+                "client_id": f"gw-{self.root}"}  # fmt: skip
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    def start(self) -> None:
+        self.broker.start()
+
+    def seqs(self) -> list[int]:
+        return list(self.received)
+
+    def count(self) -> int:
+        return len(self.received)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class FileUpstream(Upstream):
+    """A JSON Lines file in a folder reached through a symlink, rotated every 32 KiB.
+
+    `stop()` points the symlink nowhere: the sink's next rotation or reopen fails, as
+    when the USB stick it writes to is pulled (a batch appended to the file it still
+    has open lands in the real folder all the same). `start()` points it back.
+    """
+
+    kind = "file"
+    exact = False
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.real = folder / f"{name}-real"
+        self.real.mkdir(parents=True)
+        self.link = folder / name
+        self.gone = folder / f"{name}-unplugged"
+        self._point(self.real)
+
+    def _point(self, target: Path) -> None:
+        tmp = self.link.with_name(self.link.name + ".new")
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, self.link)  # atomic: the sink never sees the link missing
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "file", "path": str(self.link / "out.jsonl"), "rotate_bytes": "32KiB",
+                "keep": 1000}  # fmt: skip
+
+    def stop(self) -> None:
+        self._point(self.gone)
+
+    def start(self) -> None:
+        self._point(self.real)
+
+    def _contents(self) -> list[bytes]:
+        """Every file's bytes, up to its last complete line (the sink may be writing)."""
+        for _ in range(100):
+            try:
+                out = []
+                for path in self.real.glob("out.jsonl*"):
+                    data = path.read_bytes()
+                    out.append(data[: data.rfind(b"\n") + 1])
+                return out
+            except FileNotFoundError:  # rotated under our feet: read again
+                continue
+        raise AssertionError(f"{self.real} keeps changing while read")
+
+    def seqs(self) -> list[int]:
+        return [
+            int(json.loads(line)["payload"]["seq"])
+            for data in self._contents()
+            for line in data.splitlines()
+        ]
+
+    def count(self) -> int:
+        return sum(data.count(b"\n") for data in self._contents())
+
+
+class FileOutput:
+    """A plain file sink that no test stops: the unaffected other sink of an outage test."""
+
+    kind = "file"
+    exact = False
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        self.path = data_dir / f"{name}.jsonl"
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "file", "path": str(self.path)}
+
+    def seqs(self) -> list[int]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data[: data.rfind(b"\n") + 1].splitlines()
+        return [int(json.loads(line)["payload"]["seq"]) for line in lines]
+
+    def count(self) -> int:
+        return self.path.read_bytes().count(b"\n") if self.path.exists() else 0
