@@ -99,10 +99,19 @@ import aiomysql
 import pymysql
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier, did_you_mean
+from gateway.config.schema import Duration, check_identifier
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import ConfigError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.sinks._columns import (
+    DEFAULT_COLUMNS,
+    NOT_NULL,
+    Column,
+    Dialect,
+    dig,
+    level,
+    plan_columns,
+)
 
 SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -135,7 +144,8 @@ TYPES: dict[str, str] = {
     "uuid": "CHAR(36) CHARACTER SET ascii",
 }
 
-# Sources with a value of a fixed type; the others (topic.N, field.*, attributes.*) are text.
+# The type of each source with a fixed type; the others (topic.N, field.*, attributes.*) are
+# TEXT unless a `type` says otherwise.
 FIXED: dict[str, str] = {
     "id": "",  # CHAR(36) or BINARY(16), from id_type
     "topic": "TEXT",
@@ -144,92 +154,17 @@ FIXED: dict[str, str] = {
     "payload": "JSON",
     "raw": "LONGBLOB",
 }
-_NOT_NULL = frozenset({"topic", "ts", "attributes"})
-_PREFIXES = ("topic.", "field.", "attributes.")
-DEFAULT_COLUMNS: dict[str, str] = {name: name for name in FIXED}
-_SOURCE_HELP = "id, topic, ts, attributes, payload, raw, topic.N, field.PATH or attributes.KEY"
+ID_TYPES = {"char": "CHAR(36) CHARACTER SET ascii", "binary": "BINARY(16)"}
 
-
-class Column(NamedTuple):
-    """One column of the table: its name, where its value comes from, its SQL type."""
-
-    name: str
-    source: str
-    type: str
-
-
-def _parse_source(source: str) -> str | None:
-    """None if `source` is a valid column source, else what is wrong with it."""
-    if source in FIXED:
-        return None
-    prefix, dot, rest = source.partition(".")
-    if not dot or f"{prefix}." not in _PREFIXES:
-        return f"{source!r} is not a source: use {_SOURCE_HELP}{did_you_mean(source, FIXED)}"
-    if prefix == "topic":
-        try:
-            int(rest)
-        except ValueError:
-            return f"{source!r}: topic.N needs a level number, e.g. topic.1 or topic.-1"
-    elif prefix == "field" and not all(rest.split(".")):
-        return f"{source!r}: field.PATH needs field names separated by dots, e.g. field.env.temp"
-    elif prefix == "attributes" and not rest:
-        return f"{source!r}: attributes.KEY needs an attribute name"
-    return None
-
-
-def plan_columns(
-    columns: dict[str, str | dict[str, str]] | None,
-) -> tuple[list[Column], list[tuple[str, str]]]:
-    """The table's columns (id first) from a `columns:` mapping, and the problems found."""
-    problems: list[tuple[str, str]] = []
-    planned = [Column("id", "id", "")]
-    if columns is not None and not columns:
-        problems.append(("columns", "name at least one column, or leave `columns` out"))
-    seen: set[str] = {"id"}
-    for name, spec in (DEFAULT_COLUMNS if columns is None else columns).items():
-        key = f"columns.{name}"
-        problems += [(key, message) for message in check_identifier(name)]
-        if name != "id" and name.lower() in seen:
-            problems.append((key, f"{name!r} is there twice (MySQL names ignore case)"))
-        seen.add(name.lower())
-        if isinstance(spec, str):
-            source, sql_type = spec, None
-        else:
-            for unknown in set(spec) - {"from", "type"}:
-                hint = did_you_mean(unknown, ("from", "type"))
-                problems.append((f"{key}.{unknown}", f"unknown key{hint} (keys: from, type)"))
-            if "from" not in spec:
-                problems.append((f"{key}.from", f"required key is missing ({_SOURCE_HELP})"))
-                continue
-            source, sql_type = spec["from"], spec.get("type")
-        problem = _parse_source(source)
-        if problem:
-            problems.append((key, problem))
-            continue
-        fixed = FIXED.get(source)
-        if sql_type is None:
-            column_type = fixed if fixed is not None else "TEXT"
-        elif fixed is not None:
-            problems.append((f"{key}.type", f"{source} has a fixed type; leave `type` out"))
-            continue
-        else:
-            column_type = TYPES.get(" ".join(sql_type.lower().split()), "")
-            if not column_type:
-                allowed = ", ".join(sorted(TYPES))
-                problems.append(
-                    (
-                        f"{key}.type",
-                        f"{sql_type!r} is not a supported type{did_you_mean(sql_type, TYPES)}"
-                        f" (one of {allowed})",
-                    )
-                )
-                continue
-        if name.lower() == "id":
-            if source != "id":
-                problems.append((key, "'id' is always the FlowFile id; name this column otherwise"))
-            continue
-        planned.append(Column(name, source, column_type))
-    return planned, problems
+DIALECT = Dialect(
+    name="MySQL",
+    types=TYPES,
+    shown_types=sorted(TYPES),
+    fixed=FIXED,
+    text="TEXT",
+    check_name=check_identifier,
+    fold_case=True,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,7 +186,7 @@ class MysqlSinkConfig(SinkConfig):
             yield "dsn", str(err)  # never quotes the DSN back: it holds a password
         for message in check_identifier(self.table):
             yield "table", message
-        yield from plan_columns(self.columns)[1]
+        yield from plan_columns(self.columns, DIALECT)[1]
         if self.timeout <= 0:
             yield "timeout", "must be more than 0s"
 
@@ -339,20 +274,6 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
     return text, value
 
 
-def _dig(value: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if type(value) is dict:
-            value = value.get(key)
-        elif type(value) is list:
-            try:
-                value = value[int(key)]
-            except (ValueError, IndexError):
-                return None
-        else:
-            return None
-    return value
-
-
 def _converter(sql_type: str) -> Callable[[Any], Any]:
     """How a JSON value is bound for a column of `sql_type`."""
     if sql_type == "JSON":
@@ -391,18 +312,13 @@ def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, 
         return lambda ff, text, doc: ff.content if text is None else None
     if source.startswith("topic."):
         n = int(source[6:])
-
-        def level(ff: FlowFile, text: str | None, doc: Any) -> Any:
-            levels = ff.topic.split("/")
-            return levels[n] if -len(levels) <= n < len(levels) else None
-
-        return level
+        return lambda ff, text, doc: level(ff.topic.split("/"), n)
     convert = _converter(column.type)
     if source.startswith("attributes."):
         key = source[11:]
         return lambda ff, text, doc: convert(ff.attributes.get(key))
     path = tuple(source[6:].split("."))
-    return lambda ff, text, doc: convert(_dig(doc, path))
+    return lambda ff, text, doc: convert(dig(doc, path))
 
 
 class _Rows:
@@ -541,7 +457,7 @@ class MysqlSink(Sink):
     def __init__(self, config: MysqlSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: MysqlSinkConfig = config
-        columns, problems = plan_columns(config.columns)
+        columns, problems = plan_columns(config.columns, DIALECT)
         if problems:
             raise ConfigError([f"{key}: {message}" for key, message in problems])
         self.columns = columns
@@ -555,16 +471,16 @@ class MysqlSink(Sink):
 
     def create_statement(self) -> str:
         """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
-        id_type = (
-            "BINARY(16)" if self.config.id_type == "binary" else "CHAR(36) CHARACTER SET ascii"
-        )
+        id_type = ID_TYPES[self.config.id_type]
         lines = []
         for column in self.columns:
             if column.name == "id":
                 lines.append(f"`id` {id_type} NOT NULL PRIMARY KEY")
             else:
-                null = " NOT NULL" if column.source in _NOT_NULL else " NULL"
-                lines.append(f"`{column.name}` {column.type}{null}")
+                # A second column may hold the id too: it takes the id's type.
+                sql_type = id_type if column.source == "id" else column.type
+                null = " NOT NULL" if column.source in NOT_NULL else " NULL"
+                lines.append(f"`{column.name}` {sql_type}{null}")
         return (
             f"CREATE TABLE IF NOT EXISTS `{self.config.table}` ({', '.join(lines)})"
             " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"

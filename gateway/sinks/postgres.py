@@ -82,16 +82,17 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier, did_you_mean
+from gateway.config.schema import Duration, check_identifier
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import ConfigError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
+from gateway.sinks._columns import NOT_NULL, Column, Dialect, dig, level, plan_columns
 
 # --- config -------------------------------------------------------------------------------
 
@@ -115,7 +116,8 @@ TYPES: dict[str, str] = {
     "uuid": "uuid",
 }
 
-# Sources with a value of a fixed type; the others (topic.N, field.*, attributes.*) are text.
+# The type of each source with a fixed type; the others (topic.N, field.*, attributes.*) are
+# text unless a `type` says otherwise.
 FIXED: dict[str, str] = {
     "id": "uuid",
     "topic": "text",
@@ -124,20 +126,6 @@ FIXED: dict[str, str] = {
     "payload": "jsonb",
     "raw": "bytea",
 }
-_NOT_NULL = frozenset({"topic", "ts", "attributes"})
-_PREFIXES = ("topic.", "field.", "attributes.")
-
-DEFAULT_COLUMNS: dict[str, str] = {name: name for name in FIXED}
-
-_SOURCE_HELP = "id, topic, ts, attributes, payload, raw, topic.N, field.PATH or attributes.KEY"
-
-
-class Column(NamedTuple):
-    """One column of the table: its name, where its value comes from, its SQL type."""
-
-    name: str
-    source: str
-    type: str
 
 
 def _check_name(name: str) -> Iterator[str]:
@@ -149,74 +137,14 @@ def _check_name(name: str) -> Iterator[str]:
         )
 
 
-def _parse_source(source: str) -> str | None:
-    """None if `source` is a valid column source, else what is wrong with it."""
-    if source in FIXED:
-        return None
-    prefix, dot, rest = source.partition(".")
-    if not dot or f"{prefix}." not in _PREFIXES:
-        return f"{source!r} is not a source: use {_SOURCE_HELP}{did_you_mean(source, FIXED)}"
-    if prefix == "topic":
-        try:
-            int(rest)
-        except ValueError:
-            return f"{source!r}: topic.N needs a level number, e.g. topic.1 or topic.-1"
-    elif prefix == "field" and not all(rest.split(".")):
-        return f"{source!r}: field.PATH needs field names separated by dots, e.g. field.env.temp"
-    elif prefix == "attributes" and not rest:
-        return f"{source!r}: attributes.KEY needs an attribute name"
-    return None
-
-
-def plan_columns(
-    columns: dict[str, str | dict[str, str]] | None,
-) -> tuple[list[Column], list[tuple[str, str]]]:
-    """The table's columns (id first) from a `columns:` mapping, and the problems found."""
-    problems: list[tuple[str, str]] = []
-    planned = [Column("id", "id", "uuid")]
-    if columns is not None and not columns:
-        problems.append(("columns", "name at least one column, or leave `columns` out"))
-    for name, spec in (DEFAULT_COLUMNS if columns is None else columns).items():
-        key = f"columns.{name}"
-        problems += [(key, message) for message in _check_name(name)]
-        if isinstance(spec, str):
-            source, sql_type = spec, None
-        else:
-            for unknown in set(spec) - {"from", "type"}:
-                hint = did_you_mean(unknown, ("from", "type"))
-                problems.append((f"{key}.{unknown}", f"unknown key{hint} (keys: from, type)"))
-            if "from" not in spec:
-                problems.append((f"{key}.from", f"required key is missing ({_SOURCE_HELP})"))
-                continue
-            source, sql_type = spec["from"], spec.get("type")
-        problem = _parse_source(source)
-        if problem:
-            problems.append((key, problem))
-            continue
-        fixed = FIXED.get(source)
-        if sql_type is None:
-            column_type = fixed or "text"
-        else:
-            column_type = TYPES.get(" ".join(sql_type.lower().split()), "")
-            if not column_type:
-                allowed = ", ".join(sorted(set(TYPES.values())))
-                problems.append(
-                    (
-                        f"{key}.type",
-                        f"{sql_type!r} is not a supported type{did_you_mean(sql_type, TYPES)}"
-                        f" (one of {allowed})",
-                    )
-                )
-                continue
-            if fixed and column_type != fixed:
-                problems.append((f"{key}.type", f"{source} is always {fixed}; leave `type` out"))
-                continue
-        if name == "id":
-            if source != "id":
-                problems.append((key, "'id' is always the FlowFile id; name this column otherwise"))
-            continue
-        planned.append(Column(name, source, column_type))
-    return planned, problems
+DIALECT = Dialect(
+    name="PostgreSQL",
+    types=TYPES,
+    shown_types=sorted(set(TYPES.values())),
+    fixed=FIXED,
+    text="text",
+    check_name=_check_name,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,7 +168,7 @@ class PostgresSinkConfig(SinkConfig):
         for part in parts:
             for message in _check_name(part):
                 yield "table", message
-        yield from plan_columns(self.columns)[1]
+        yield from plan_columns(self.columns, DIALECT)[1]
         if not 1 <= self.pool_size <= 2:
             yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
         if self.timeout <= 0:
@@ -305,24 +233,6 @@ def _text(value: Any) -> str | None:
     return _dumps(value)
 
 
-def _dig(value: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if type(value) is dict:
-            value = value.get(key)
-        elif type(value) is list:
-            try:
-                value = value[int(key)]
-            except (ValueError, IndexError):
-                return None
-        else:
-            return None
-    return value
-
-
-def _level(levels: list[str], n: int) -> str | None:
-    return levels[n] if -len(levels) <= n < len(levels) else None
-
-
 # How each source travels: (array type of its parameter, SQL expression around u.cN).
 def _transport(column: Column) -> tuple[str, str]:
     source = column.source
@@ -365,7 +275,7 @@ class _Rows:
                 out.append([ff.content if text is None else None for ff, (text, _) in pairs])
             elif source.startswith("topic."):
                 n = int(source[6:])
-                out.append([_level(parts, n) for parts in levels])
+                out.append([level(parts, n) for parts in levels])
             elif source.startswith("attributes."):
                 key = source[11:]
                 out.append([ff.attributes.get(key) for ff in batch])
@@ -375,7 +285,7 @@ class _Rows:
                     key = path[0]
                     dug = [v.get(key) if type(v) is dict else None for _, v in parsed]
                 else:
-                    dug = [_dig(v, path) for _, v in parsed]
+                    dug = [dig(v, path) for _, v in parsed]
                 if column.type == "jsonb":
                     out.append([None if v is None else _dumps(v) for v in dug])
                 else:
@@ -449,7 +359,7 @@ class PostgresSink(Sink):
     def __init__(self, config: PostgresSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: PostgresSinkConfig = config
-        columns, problems = plan_columns(config.columns)
+        columns, problems = plan_columns(config.columns, DIALECT)
         if problems:
             raise ConfigError([f"{key}: {message}" for key, message in problems])
         self.columns = columns
@@ -482,7 +392,7 @@ class PostgresSink(Sink):
             line = f'"{column.name}" {column.type}'
             if column.name == "id":
                 line += " PRIMARY KEY"
-            elif column.source in _NOT_NULL:
+            elif column.source in NOT_NULL:
                 line += " NOT NULL"
             lines.append(line)
         return f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(lines)})"

@@ -406,6 +406,25 @@ async def test_a_driver_that_cannot_bind_bytes_is_refused_at_connect(
     await sink.close()
 
 
+@pytest.mark.parametrize("id_type", ["char", "binary"])
+async def test_a_second_column_may_hold_the_id(
+    mariadb: Any, table: str, sink_for: Any, id_type: str
+) -> None:
+    columns = {"flowfile": "id", "at": {"from": "ts", "type": "datetime"}}
+    sink = await sink_for(table=table, id_type=id_type, columns=columns)
+    batch = [FlowFile.create("s", b"{}") for _ in range(3)]
+    assert await sink.write(batch) == []
+    rows = mariadb.fetch(f"SELECT HEX(id), HEX(flowfile) FROM `{table}`")
+    assert all(a == b for a, b in rows) and len(rows) == 3
+    types = mariadb.fetch(
+        "SELECT column_type FROM information_schema.columns WHERE table_schema = 'edge'"
+        " AND table_name = %s ORDER BY ordinal_position",
+        table,
+    )
+    expected = "char(36)" if id_type == "char" else "binary(16)"
+    assert types == [(expected,), (expected,), ("datetime(6)",)]
+
+
 async def test_a_table_without_a_unique_id_is_refused(mariadb: Any, table: str) -> None:
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36), note TEXT)")
     sink = make_sink(mariadb.dsn, table=table, create_table=False, columns={"note": "topic"})
@@ -564,8 +583,13 @@ def test_dsn_parsing() -> None:
         ),
         (
             {"dsn": "mysql://gw:pw@db/t", "columns": {"x": {"from": "ts", "type": "date"}}},
-            "ts has a fixed type",
+            "ts is always DATETIME(6); leave `type` out",
         ),
+        (
+            {"dsn": "mysql://gw:pw@db/t", "columns": {"x": {"from": "id", "type": "uuid"}}},
+            "id is always of a fixed type",
+        ),
+        ({"dsn": "mysql://gw:pw@db/t", "columns": {"At": "ts", "at": "ts"}}, "'at' is there twice"),
         ({"dsn": "mysql://gw:pw@db/t", "columns": {"id": "topic"}}, "'id' is always"),
         ({"dsn": "mysql://gw:pw@db/t", "columns": {"a-b": "topic"}}, "not a valid SQL identifier"),
         ({"dsn": "mysql://gw:pw@db/t", "id_type": "uuid"}, "'uuid' is not one of"),
