@@ -161,8 +161,9 @@ def test_outage_under_load_buffers_keeps_the_other_sink_going_and_delivers_once(
         state = gw.sink("under_test")["state"]
     finally:
         up.start()
-    report = "\n".join(f"  t={s[0]}s sent={s[1]} other={s[2]} (depth {s[3]}) depth={s[4]}"
-                       for s in samples)  # fmt: skip
+    report = "\n".join(
+        f"  t={s[0]}s sent={s[1]} other={s[2]} (depth {s[3]}) depth={s[4]}" for s in samples
+    )
     assert state != "running", f"the {kind} sink did not notice the outage:\n{report}"
     # The other sink kept delivering through the outage, with no backlog of its own...
     for before, after in itertools.pairwise(samples):

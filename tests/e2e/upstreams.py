@@ -136,8 +136,13 @@ class RedisUpstream(Upstream):
         self.key = key
 
     def sink(self) -> dict[str, Any]:
-        return {"type": "redis", "url": self.server.url, "mode": "stream", "key": self.key,
-                "maxlen": 0}  # fmt: skip
+        return {
+            "type": "redis",
+            "url": self.server.url,
+            "mode": "stream",
+            "key": self.key,
+            "maxlen": 0,
+        }
 
     def stop(self) -> None:
         self.server.stop()
@@ -205,8 +210,12 @@ class MqttUpstream(Upstream):
         self.received.append(int(json.loads(msg.payload)["seq"]))
 
     def sink(self) -> dict[str, Any]:
-        return {"type": "mqtt", "url": self.broker.url, "topic": f"{self.root}/{{topic}}",
-                "client_id": f"gw-{self.root}"}  # fmt: skip
+        return {
+            "type": "mqtt",
+            "url": self.broker.url,
+            "topic": f"{self.root}/{{topic}}",
+            "client_id": f"gw-{self.root}",
+        }
 
     def stop(self) -> None:
         self.broker.stop()
@@ -250,8 +259,12 @@ class FileUpstream(Upstream):
         os.replace(tmp, self.link)  # atomic: the sink never sees the link missing
 
     def sink(self) -> dict[str, Any]:
-        return {"type": "file", "path": str(self.link / "out.jsonl"), "rotate_bytes": "32KiB",
-                "keep": 1000}  # fmt: skip
+        return {
+            "type": "file",
+            "path": str(self.link / "out.jsonl"),
+            "rotate_bytes": "32KiB",
+            "keep": 1000,
+        }
 
     def stop(self) -> None:
         self._point(self.gone)

@@ -1,0 +1,605 @@
+"""The `edge-stream` command, run as a subprocess as a user runs it.
+
+check-config on good and bad files; secret keygen/encrypt and a gateway that logs in to
+PostgreSQL with the ENC(...) password; dead-letters list/show/replay/purge and store
+stats against the store of a real, running gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import paho.mqtt.client as paho
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from harness import GatewayProcess, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+# file:line: key.path: message
+PROBLEM = re.compile(r"^\s*(?P<file>[^:\s]+):(?P<line>\d+): (?P<path>[\w.-]+): (?P<message>.+)$")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `edge-stream ARGS` (as `python -m gateway.cli`); never raises on the exit code."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_STREAM")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def problems(stderr: str) -> list[tuple[str, int, str, str]]:
+    """The (file, line, key path, message) lines check-config printed."""
+    out = []
+    for line in stderr.splitlines():
+        m = PROBLEM.match(line)
+        if m:
+            out.append((m["file"], int(m["line"]), m["path"], m["message"]))
+    return out
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], GatewayProcess]]:
+    made: list[GatewayProcess] = []
+
+    def make(config: dict[str, Any]) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path, config)
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.close()
+
+
+def publish(port: int, messages: list[tuple[str, str]]) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-cli-{time.time_ns()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def mqtt_gateway(
+    mosquitto: Any, name: str, sinks: dict[str, Any], processors: list[Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "mqtt": {"url": mosquitto.url},
+        "sources": {
+            "plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1, "client_id": f"gw-{name}"}
+        },
+        "routes": {
+            "readings": {"match": f"{name}/#", "processors": processors or [], "sinks": list(sinks)}
+        },
+        "sinks": {k: {**v, "retry": {"initial": "200ms", "max": "1s"}} for k, v in sinks.items()},
+    }
+
+
+# -- check-config -----------------------------------------------------------------------
+
+GOOD = """\
+gateway: {id: pi-01, data_dir: ./data}
+mqtt: {url: "mqtt://127.0.0.1:1883"}
+sources:
+  plant: {type: mqtt, topics: ["sensors/+/telemetry"], qos: 1}
+routes:
+  telemetry:
+    match: "sensors/+/telemetry"
+    processors: [{type: json}]
+    sinks: [warehouse, archive]
+sinks:
+  warehouse: {type: postgres, dsn: "postgresql://gw@db/telemetry", table: readings}
+  archive: {type: file, path: telemetry.jsonl}
+"""
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(GOOD)
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: ok (1 sources, 1 routes, 2 sinks)" in result.stdout
+
+
+def test_check_config_names_file_line_and_key_path_of_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        GOOD.replace('match: "sensors/+/telemetry"', 'match: "sensors/#/telemetry"')
+        .replace("table: readings}", "table: read-ings}")
+        .replace("path: telemetry.jsonl}", "path: telemetry.jsonl, rotate_byte: 1MiB}")
+    )
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    found = {(line, key): message for _file, line, key, message in problems(result.stderr)}
+    assert all(f == str(path) for f, *_ in problems(result.stderr)), result.stderr
+    assert set(found) == {
+        (7, "routes.telemetry.match"),
+        (11, "sinks.warehouse.table"),
+        (12, "sinks.archive.rotate_byte"),
+    }, result.stderr
+    assert (
+        "'sensors/#/telemetry' is not a valid MQTT topic filter"
+        in found[(7, "routes.telemetry.match")]
+    )
+    assert "'read-ings' is not a valid SQL identifier" in found[(11, "sinks.warehouse.table")]
+    assert found[(12, "sinks.archive.rotate_byte")] == (
+        "unknown key (did you mean 'rotate_bytes'?)"
+    )
+    assert "the config has 3 problem(s)" in result.stderr
+
+
+def test_check_config_refuses_a_route_to_a_sink_that_is_not_defined(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("sinks: [warehouse, archive]", "sinks: [warehouse, archiv]"))
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert problems(result.stderr) == [
+        (
+            str(path),
+            9,
+            "routes.telemetry.sinks.1",
+            "no sink named 'archiv' is defined under sinks: (did you mean 'archive'?)",
+        )
+    ], result.stderr
+
+
+def test_check_config_refuses_duplicate_keys_and_bad_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(GOOD + "routes: {}\n")
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert f"{path}:13:" in result.stderr and "duplicate key 'routes'" in result.stderr
+    path.write_text("sinks: [unclosed\n")
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert "invalid YAML" in result.stderr
+    result = cli("check-config", "-c", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 1
+    assert "cannot read the config file" in result.stderr
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def pg_connects(dsn: str) -> str | None:
+    """None if a client logs in with `dsn`, else the server's error message."""
+
+    async def attempt() -> str | None:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+        except asyncpg.PostgresError as err:
+            return str(err)
+        await conn.close()
+        return None
+
+    return asyncio.run(attempt())
+
+
+@pytest.fixture
+def pg_password_role(postgres: Any) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL role that must give its password over TCP (the fixture trusts every
+    other user): the role-specific pg_hba.conf line goes first, so it is the one that
+    applies; it is removed again afterwards."""
+    role, password = f"gw_{uuid.uuid4().hex[:10]}", "s3cret-Pw-4-cli"
+    hba = postgres.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{original}")
+    postgres.execute(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}';"
+        f" GRANT USAGE, CREATE ON SCHEMA public TO {role}; SELECT pg_reload_conf()"
+    )
+    try:
+        yield role, password
+    finally:
+        hba.write_text(original)
+        postgres.execute("SELECT pg_reload_conf()")
+
+
+def test_secret_keygen_encrypt_and_the_gateway_logs_in_with_the_enc_password(
+    tmp_path: Path,
+    mosquitto: Any,
+    postgres: Any,
+    pg_password_role: tuple[str, str],
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+) -> None:
+    role, password = pg_password_role
+    where = f"127.0.0.1:{postgres.port}/{postgres.database}"
+    # The server really checks this role's password.
+    assert pg_connects(f"postgresql://{role}:{password}@{where}") is None
+    assert "password authentication failed" in str(
+        pg_connects(f"postgresql://{role}:wrong@{where}")
+    )
+
+    key = tmp_path / "keys" / "secret.key"
+    made = cli("secret", "keygen", "--key-file", str(key))
+    assert made.returncode == 0, made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    again = cli("secret", "keygen", "--key-file", str(key))
+    assert again.returncode == 1 and "exists" in again.stderr
+    sealed = cli("secret", "encrypt", password, "--key-file", str(key))
+    assert sealed.returncode == 0, sealed.stderr
+    enc = sealed.stdout.strip()
+    assert re.fullmatch(r"ENC\([A-Za-z0-9_=-]+\)", enc), enc
+    assert password not in enc
+    # The value may come on stdin too (no shell history); each encryption is fresh.
+    piped = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "secret", "encrypt", "--key-file", str(key)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    assert piped.stdout.strip().startswith("ENC(") and piped.stdout.strip() != enc
+
+    table = "cli_secret"
+    config = mqtt_gateway(
+        mosquitto,
+        table,
+        {
+            "warehouse": {
+                "type": "postgres",
+                "dsn": f"postgresql://{role}:{enc}@{where}",
+                "table": table,
+            }
+        },
+    )
+    config["gateway"] = {"secret_key_file": str(key)}
+    gw = gateway_factory(config)
+    checked = cli("check-config", "-c", str(gw.config_path))
+    assert checked.returncode == 0, checked.stderr
+    # Another key cannot open it, and says which value is at fault.
+    other_key = "11" * 32
+    refused = cli(
+        "check-config", "-c", str(gw.config_path), env={"EDGE_STREAM_SECRET_KEY": other_key}
+    )
+    assert refused.returncode == 1
+    assert [(p[2], p[3]) for p in problems(refused.stderr)] == [
+        ("sinks.warehouse.dsn", "cannot decrypt ENC(...): wrong key or damaged value")
+    ], refused.stderr
+
+    gw.start()
+    publish(mosquitto.port, [(f"{table}/a", json.dumps({"seq": n})) for n in range(5)])
+    wait_for(
+        lambda: len(pg_rows(postgres, f"SELECT 1 FROM {table}")) == 5, 30, "5 rows in PostgreSQL"
+    )
+    # The sink logged in as the role, with the decrypted password: it owns the table.
+    owner = postgres.fetch("SELECT tableowner FROM pg_tables WHERE tablename = $1", table)
+    assert owner == [(role,)]
+    assert gw.stop() == 0
+    assert password not in gw.log_path.read_text()
+
+
+def test_a_wrong_enc_password_is_refused_by_the_server_and_never_logged(
+    tmp_path: Path,
+    mosquitto: Any,
+    postgres: Any,
+    pg_password_role: tuple[str, str],
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+) -> None:
+    role, _password = pg_password_role
+    key = tmp_path / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    wrong = "not-the-Password-9"
+    enc = cli("secret", "encrypt", wrong, "--key-file", str(key)).stdout.strip()
+    where = f"127.0.0.1:{postgres.port}/{postgres.database}"
+    table = "cli_wrong_secret"
+    config = mqtt_gateway(
+        mosquitto,
+        table,
+        {
+            "warehouse": {
+                "type": "postgres",
+                "dsn": f"postgresql://{role}:{enc}@{where}",
+                "table": table,
+            }
+        },
+    )
+    config["gateway"] = {"secret_key_file": str(key)}
+    gw = gateway_factory(config)
+    gw.start()
+    publish(mosquitto.port, [(f"{table}/a", json.dumps({"seq": 1}))])
+    sink = wait_for(
+        lambda: (s := gw.sink("warehouse"))["last_error"] and s, 30, "the login to be refused"
+    )
+    assert "password authentication failed" in sink["last_error"]
+    assert sink["state"] != "running"
+    # The reading stays buffered for when the password is fixed.
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 1, 30, "the reading kept in the store")
+    assert gw.stop() == 0
+    assert wrong not in gw.log_path.read_text()
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+def pg_rows(postgres: Any, sql: str) -> list[tuple[Any, ...]]:
+    try:
+        return list(postgres.fetch(sql))
+    except asyncpg.UndefinedTableError:
+        return []
+
+
+LIST_LINE = re.compile(
+    r"^\s*(?P<seq>\d+)  (?P<when>\S+Z)  (?P<id>[0-9a-f-]{36})  (?P<topic>\S+)"
+    r"  \[(?P<origin>[^\]]+)\]  (?P<reason>.+)$"
+)
+
+
+def dead_letters(config: Path) -> list[dict[str, str]]:
+    result = cli("dead-letters", "list", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    items = [m.groupdict() for line in lines if (m := LIST_LINE.match(line))]
+    assert lines[-1] == f"{len(items)} dead letter(s)", result.stdout
+    return items
+
+
+def test_dead_letters_list_show_replay_and_purge_while_the_gateway_runs(
+    mosquitto: Any, postgres: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    table = "cli_dead"
+    columns = {"payload": "payload", "level": {"from": "field.level", "type": "integer"}}
+    config = mqtt_gateway(
+        mosquitto,
+        table,
+        {
+            "warehouse": {
+                "type": "postgres",
+                "dsn": postgres.dsn,
+                "table": table,
+                "columns": columns,
+            }
+        },
+        processors=[{"type": "json"}],
+    )
+    gw = gateway_factory(config)
+    gw.start()
+    publish(
+        mosquitto.port,
+        [
+            (f"{table}/line1", json.dumps({"seq": 1, "level": 3})),
+            (f"{table}/line1", "this is not json"),
+            (f"{table}/line2", json.dumps({"seq": 2, "level": "high"})),  # integer column
+            (f"{table}/line1", json.dumps({"seq": 3})),
+        ],
+    )
+    wait_for(lambda: gw.status()["dead_letters"] == 2, 30, "two dead letters")
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "the good rows delivered")
+    seqs_sql = f"SELECT payload->>'seq', level FROM {table} ORDER BY 1"
+    assert pg_rows(postgres, seqs_sql) == [("1", 3), ("3", None)]
+
+    # list
+    items = dead_letters(gw.config_path)
+    assert len(items) == 2
+    by_origin = {d["origin"]: d for d in items}
+    bad_json = by_origin["route readings: processor 0 (json)"]
+    refused = by_origin["sink warehouse"]
+    assert bad_json["topic"] == f"{table}/line1"
+    assert "not valid JSON" in bad_json["reason"]
+    assert refused["topic"] == f"{table}/line2"
+    assert "postgres refused the row" in refused["reason"] and "integer" in refused["reason"]
+
+    # show
+    shown = cli("dead-letters", "show", refused["seq"], "-c", str(gw.config_path))
+    assert shown.returncode == 0, shown.stderr
+    item = json.loads(shown.stdout)
+    assert item["id"] == refused["id"] and item["sink"] == "warehouse"
+    assert json.loads(item["content"]) == {"seq": 2, "level": "high"}
+    assert item["attributes"]["mqtt.topic"] == f"{table}/line2"
+    missing = cli("dead-letters", "show", "999999", "-c", str(gw.config_path))
+    assert missing.returncode == 1 and "no dead letter 999999" in missing.stderr
+    unnamed = cli("dead-letters", "replay", "-c", str(gw.config_path))
+    assert unnamed.returncode == 1 and "--all" in unnamed.stderr
+
+    # Fix the cause (the column's type, in the table and in the config; reload), then
+    # replay the refused row into the running gateway: it arrives, once.
+    postgres.execute(f"ALTER TABLE {table} ALTER COLUMN level TYPE text")
+    config["sinks"]["warehouse"]["columns"]["level"]["type"] = "text"
+    gw.config_path.write_text(yaml.safe_dump(config))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: gw.log().count(" is up; status page") == 2, 30, "the reload")
+    wait_for(lambda: gw.sink("warehouse")["state"] == "running", 30, "the sink after the reload")
+    replayed = cli("dead-letters", "replay", refused["seq"], "-c", str(gw.config_path))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "replayed 1 dead letter(s)"
+    wait_for(lambda: len(pg_rows(postgres, seqs_sql)) == 3, 30, "the replayed row")
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "depth 0")
+    assert [d["seq"] for d in dead_letters(gw.config_path)] == [bad_json["seq"]]
+    # Replaying bad JSON routes it again: the json processor refuses it again.
+    again = cli("dead-letters", "replay", bad_json["seq"], "-c", str(gw.config_path))
+    assert again.returncode == 0, again.stderr
+    wait_for(
+        lambda: [d["reason"] for d in dead_letters(gw.config_path)] == [bad_json["reason"]],
+        30,
+        "the bad JSON dead-lettered again, with the same reason",
+    )
+
+    # purge
+    purged = cli("dead-letters", "purge", "--all", "-c", str(gw.config_path))
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.strip() == "purged 1 dead letter(s)"
+    assert dead_letters(gw.config_path) == []
+
+    # Exactly once, also across a restart.
+    assert gw.stop() == 0
+    gw.start()
+    publish(mosquitto.port, [(f"{table}/line1", json.dumps({"seq": 4}))])
+    wait_for(lambda: len(pg_rows(postgres, seqs_sql)) == 4, 30, "the row after the restart")
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "depth 0")
+    assert pg_rows(postgres, seqs_sql) == [("1", "3"), ("2", "high"), ("3", None), ("4", None)]
+    assert gw.stop() == 0
+
+
+def refused_by_a_check_constraint(
+    mosquitto: Any, postgres: Any, make: Callable[[dict[str, Any]], GatewayProcess], table: str
+) -> tuple[GatewayProcess, str]:
+    """A running gateway whose PostgreSQL table refused one reading (level 42 breaks a
+    CHECK constraint, now dropped: the cause is fixed); returns it and that dead letter's
+    number. The gateway has delivered readings before, and then goes idle."""
+    postgres.execute(
+        f"CREATE TABLE {table} (id uuid PRIMARY KEY, payload jsonb,"
+        f" level integer CONSTRAINT {table}_small CHECK (level < 10))"
+    )
+    columns = {"payload": "payload", "level": {"from": "field.level", "type": "integer"}}
+    gw = make(
+        mqtt_gateway(
+            mosquitto,
+            table,
+            {
+                "warehouse": {
+                    "type": "postgres",
+                    "dsn": postgres.dsn,
+                    "table": table,
+                    "columns": columns,
+                }
+            },
+        )
+    )
+    gw.start()
+    readings = [{"seq": n, "level": 42 if n == 5 else n % 10} for n in range(10)]
+    publish(mosquitto.port, [(f"{table}/a", json.dumps(r)) for r in readings])
+    wait_for(lambda: gw.status()["dead_letters"] == 1, 30, "the refused reading")
+    wait_for(lambda: len(pg_rows(postgres, f"SELECT 1 FROM {table}")) == 9, 30, "9 readings")
+    [dead] = dead_letters(gw.config_path)
+    assert "violates check constraint" in dead["reason"], dead
+    postgres.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_small")
+    return gw, dead["seq"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: Store.read serves a caught-up sink from the in-memory tail"
+    " (gateway/store/sqlite.py, read) and never sees the row `dead-letters replay` inserted"
+    " behind it, until another reading is committed",
+)
+def test_a_replayed_dead_letter_reaches_the_sink_of_an_idle_gateway(
+    mosquitto: Any, postgres: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    table = "cli_replay_idle"
+    gw, seq = refused_by_a_check_constraint(mosquitto, postgres, gateway_factory, table)
+    replayed = cli("dead-letters", "replay", seq, "-c", str(gw.config_path))
+    assert replayed.returncode == 0, replayed.stderr
+    # No other reading arrives: the replayed one must go out on its own.
+    wait_for(
+        lambda: pg_rows(postgres, f"SELECT level FROM {table} WHERE payload->>'seq' = '5'"),
+        10,  # it takes well under a second when it works
+        "the replayed reading in PostgreSQL",
+    )
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "depth 0")
+    assert len(pg_rows(postgres, f"SELECT 1 FROM {table}")) == 10
+    assert gw.stop() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: the running store's dead_count and bytes are in-memory counters that"
+    " `dead-letters replay` (gateway/cli.py, cmd_dead_letters) changes behind its back:"
+    " the status keeps counting replayed dead letters and store.bytes goes negative",
+)
+def test_status_counts_follow_replay_and_purge_from_the_cli(
+    mosquitto: Any, postgres: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    table = "cli_replay_counts"
+    gw, seq = refused_by_a_check_constraint(mosquitto, postgres, gateway_factory, table)
+    assert cli("dead-letters", "replay", seq, "-c", str(gw.config_path)).returncode == 0
+    # A new reading, so that the replayed one goes out whatever the idle case does.
+    publish(mosquitto.port, [(f"{table}/a", json.dumps({"seq": 10, "level": 1}))])
+    wait_for(lambda: len(pg_rows(postgres, f"SELECT 1 FROM {table}")) == 11, 30, "11 readings")
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "depth 0")
+    # Everything delivered and purged: the store holds nothing, and says so.
+    wait_for(lambda: store_stats(gw.config_path)[1].startswith("0 FlowFiles"), 30, "an empty store")
+    wait_for(lambda: gw.status()["store"]["bytes"] <= 0, 10, "the purge seen by the gateway")
+    status = gw.status()
+    wrong = []
+    if status["dead_letters"] != 0:
+        wrong.append(f"dead_letters is {status['dead_letters']}, the store holds none")
+    if status["store"]["bytes"] != 0:
+        wrong.append(f"store.bytes is {status['store']['bytes']}, the store holds nothing")
+    assert not wrong, "; ".join(wrong)
+    assert gw.stop() == 0
+
+
+# -- store stats --------------------------------------------------------------------------
+
+STATS_LINE = re.compile(r"^(?P<sink>\S+)\s+(?P<waiting>\d+)\s+(?P<oldest>\S+)$")
+
+
+def store_stats(config: Path) -> tuple[dict[str, tuple[int, float | None]], str]:
+    result = cli("store", "stats", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["sink", "waiting", "oldest"], result.stdout
+    table: dict[str, tuple[int, float | None]] = {}
+    for line in lines[1:-1]:
+        m = STATS_LINE.match(line)
+        assert m, f"unexpected line {line!r} in:\n{result.stdout}"
+        oldest = None if m["oldest"] == "-" else float(m["oldest"].removesuffix("s"))
+        table[m["sink"]] = (int(m["waiting"]), oldest)
+    return table, lines[-1]
+
+
+def test_store_stats_shows_depth_and_oldest_age_per_sink_while_the_gateway_runs(
+    tmp_path: Path,
+    mosquitto: Any,
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+) -> None:
+    name = "cli_stats"
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/edge"  # nothing listens there
+    config = mqtt_gateway(
+        mosquitto,
+        name,
+        {
+            "warehouse": {"type": "postgres", "dsn": down, "table": name},
+            "archive": {"type": "file", "path": str(tmp_path / "archive.jsonl")},
+        },
+    )
+    gw = gateway_factory(config)
+    missing = cli("store", "stats", "-c", str(gw.config_path))
+    assert missing.returncode == 1 and "no store at" in missing.stderr
+    gw.start()
+    started = time.time()
+    publish(mosquitto.port, [(f"{name}/a", json.dumps({"seq": n})) for n in range(50)])
+    wait_for(lambda: gw.sink("warehouse")["depth"] == 50, 30, "50 waiting for the warehouse")
+    wait_for(lambda: gw.sink("archive")["depth"] == 0, 30, "the archive to have them all")
+
+    # The age grows while the upstream stays down.
+    stats, summary = wait_for(
+        lambda: (s := store_stats(gw.config_path))[0]["warehouse"][1] >= 1.0 and s,
+        30,
+        "the oldest age to pass one second",
+    )
+    assert set(stats) == {"warehouse", "archive"}
+    waiting, oldest = stats["warehouse"]
+    assert waiting == 50
+    assert oldest is not None and 1.0 <= oldest <= time.time() - started + 1.0
+    assert stats["archive"] == (0, None)
+    assert re.fullmatch(r"50 FlowFiles, [\d.]+ MiB buffered; 0 dead letter\(s\)", summary)
+    assert gw.sink("warehouse")["state"] != "running"
+    assert gw.stop() == 0
