@@ -120,6 +120,7 @@ class MqttSource(Source):
         self._pending: dict[int, bytes] = {}  # packet id -> digest, handed over, not yet acked
         self._acks: list[tuple[int, int]] = []  # committed, to be sent in one write
         self._paused = False  # reading paused: receive_maximum messages are unacknowledged
+        self._connecting = False
         self._qos0_capacity = 10000
         self.dropped_qos0 = 0
         self.redeliveries = 0
@@ -132,6 +133,7 @@ class MqttSource(Source):
         self._lost = None
         try:
             async with asyncio.timeout(15):
+                self._connecting = True
                 client = Subscriber(self._deliver, self._on_lost)
                 self._client = client
                 self._paused = False
@@ -153,11 +155,17 @@ class MqttSource(Source):
                     self._pending.clear()
                 granted = await client.subscribe([(f, cfg.qos) for f in cfg.topics])
         except ConnectRefused as err:
+            self._connecting = False
             if err.permanent:
                 raise PermanentError(f"MQTT broker {host}:{port}: {err}") from err
             raise RetryableError(f"MQTT broker {host}:{port}: {err}") from err
         except (OSError, TimeoutError, ssl.SSLError) as err:
+            self._connecting = False
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
+        self._connecting = False
+        if len(self._pending) >= cfg.receive_maximum:
+            self._paused = True
+            client.pause_reading()
         refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
@@ -199,7 +207,11 @@ class MqttSource(Source):
                     self._acks_now(mid, qos)
                     return
             self._pending[mid] = digest
-            if len(self._pending) >= self.config.receive_maximum and not self._paused:
+            if (
+                len(self._pending) >= self.config.receive_maximum
+                and not self._paused
+                and not self._connecting  # the SUBACK must still get through
+            ):
                 self._paused = True
                 if self._client is not None:
                     self._client.pause_reading()

@@ -97,3 +97,22 @@ async def test_oversized_payload_is_rejected_with_a_reason(mosquitto: Any) -> No
     assert msg.reject is not None and "max_payload" in msg.reject
     assert len(msg.flowfile.content) == 1024
     await source.close()
+
+
+async def test_a_resumed_session_with_a_backlog_beyond_receive_maximum(mosquitto: Any) -> None:
+    first = make_source(mosquitto, "acks-4", receive_maximum=10)
+    await first.connect()
+    await first.close()
+    await asyncio.to_thread(publish, mosquitto, "acks/d", [str(i).encode() for i in range(100)])
+    second = make_source(mosquitto, "acks-4", receive_maximum=10)
+    async with asyncio.timeout(15):
+        await second.connect()  # the backlog arrives before SUBACK; that must not stall us
+    got: list[Message] = []
+    async with asyncio.timeout(15):
+        while len(got) < 100:
+            batch = await second.read()
+            for m in batch:
+                m.ack()  # as the engine does after each commit
+            got.extend(batch)
+    assert sorted(int(m.flowfile.content) for m in got) == list(range(100))
+    await second.close()
