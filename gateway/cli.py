@@ -153,34 +153,18 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         n = db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
         print(f"purged {n} dead letter(s)")
         return 0
-    # replay: back into the store for the sink that refused it; a refusal by a route's
-    # processor goes to the replay inbox, which the running gateway routes again.
+    # replay: into the store's replay inbox, which the gateway takes in like new input: a
+    # refusal by a sink goes back to that sink, a refusal by a route is routed again.
     db.execute("BEGIN IMMEDIATE")
-    rows = db.execute(
-        f"SELECT seq, id, topic, attributes, content, created, lineage, sink FROM dead_letters"
-        f" WHERE {where}",
+    moved = db.execute(
+        "INSERT INTO replay (id, topic, attributes, content, created, lineage, sink)"
+        f" SELECT id, topic, attributes, content, created, lineage, sink FROM dead_letters"
+        f" WHERE {where} ORDER BY seq",
         params,
-    ).fetchall()
-    bits = dict(db.execute("SELECT name, bit FROM sinks").fetchall())
-    replayed = 0
-    for seq, fid, topic, attrs, content, created, lineage, sink in rows:
-        if sink is not None and sink in bits:
-            size = len(content) + len(attrs) + len(topic) + 96
-            db.execute(
-                "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks,"
-                " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (fid, topic, attrs, content, created, lineage, 1 << bits[sink], size),
-            )
-        else:
-            db.execute(
-                "INSERT INTO replay (id, topic, attributes, content, created, lineage)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (fid, topic, attrs, content, created, lineage),
-            )
-        db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-        replayed += 1
+    ).rowcount
+    db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
     db.execute("COMMIT")
-    print(f"replayed {replayed} dead letter(s)")
+    print(f"replayed {moved} dead letter(s)")
     return 0
 
 

@@ -220,7 +220,10 @@ class Engine:
             await self._commit(items)
 
     async def _commit(
-        self, items: list[tuple[str, Any]], replayed: list[int] | None = None
+        self,
+        items: list[tuple[str, Any]],
+        replayed: list[int] | None = None,
+        direct: list[tuple[Any, int]] | None = None,
     ) -> None:
         assert self.router is not None
         flowfiles = []
@@ -239,7 +242,10 @@ class Engine:
         out: dict[str, list[Any]] = {}
         self.router.run(flowfiles, out, dead)
         state = {label: p.state() for label, p in self.router.stateful()}
-        batch = Batch([(ff, mask) for ff, mask in out.values()], dead, state, inbound)
+        rows = [(ff, mask) for ff, mask in out.values()]
+        if direct:
+            rows.extend(direct)
+        batch = Batch(rows, dead, state, inbound)
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
@@ -280,16 +286,27 @@ class Engine:
         for runner in self.sinks.values():
             runner.wake.set()
 
+    async def _replay(self) -> None:
+        """Take dead letters sent back by the CLI: to their sink, or through the routes."""
+        replay = await self.store.take_replay(self.config.buffer.batch_max)
+        if not replay:
+            return
+        direct = [(ff, self.store.bit(sink)) for _, ff, sink in replay if sink in self.sinks]
+        again = [("replay", Message(ff)) for _, ff, sink in replay if sink not in self.sinks]
+        await self._commit(again, [seq for seq, _, _ in replay], direct)
+        await self.store.recount()  # the CLI took them out of the dead letters
+        log.info("engine: %d replayed dead letters are back in the store", len(replay))
+
     async def _maintenance_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.store.maintain(self.sinks)
-                replay = await self.store.take_replay(self.config.buffer.batch_max)
-                if replay:
-                    items = [("replay", Message(ff)) for _, ff in replay]
-                    await self._commit(items, [seq for seq, _ in replay])
-                    log.info("engine: routed %d replayed dead letters again", len(replay))
+                await self._replay()
+                ticks += 1
+                if ticks % 5 == 0:
+                    await self.store.recount()
             except StoreError as err:
                 log.warning("engine: store maintenance failed: %s", err)
 

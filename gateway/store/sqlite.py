@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS replay (
     attributes TEXT NOT NULL,
     content BLOB NOT NULL,
     created INTEGER NOT NULL,
-    lineage TEXT NOT NULL
+    lineage TEXT NOT NULL,
+    sink TEXT
 );
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
@@ -206,6 +207,8 @@ class Store:
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA cache_size = -8192")
         db.executescript(SCHEMA)
+        if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
+            db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
         self._db = db
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
@@ -369,14 +372,23 @@ class Store:
             del tail[:cut]
             self._tail_first += cut
 
-    async def take_replay(self, limit: int) -> list[tuple[int, FlowFile]]:
-        """Dead letters the CLI sent back for routing again (see `edge-stream dead-letters`)."""
+    async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None]]:
+        """Dead letters the CLI sent back (see `edge-stream dead-letters replay`).
+
+        Each comes with the sink that refused it, or None when a route refused it
+        and it must be routed again. The engine commits them like new input, so
+        the running gateway's counters and memory tail stay right.
+        """
         rows = await self.query(
-            "SELECT seq, id, topic, attributes, content, created, lineage FROM replay"
+            "SELECT seq, id, topic, attributes, content, created, lineage, sink FROM replay"
             " ORDER BY seq LIMIT ?",
             (limit,),
         )
-        return [(row[0], _decode(row)) for row in rows]
+        return [(row[0], _decode(row), row[7]) for row in rows]
+
+    async def recount(self) -> None:
+        """Re-read what the CLI may change behind the gateway's back (dead-letter count)."""
+        self.dead_count = (await self.query("SELECT count(*) FROM dead_letters"))[0][0]
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:

@@ -493,12 +493,6 @@ def refused_by_a_check_constraint(
     return gw, dead["seq"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: Store.read serves a caught-up sink from the in-memory tail"
-    " (gateway/store/sqlite.py, read) and never sees the row `dead-letters replay` inserted"
-    " behind it, until another reading is committed",
-)
 def test_a_replayed_dead_letter_reaches_the_sink_of_an_idle_gateway(
     mosquitto: Any, postgres: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
 ) -> None:
@@ -517,12 +511,6 @@ def test_a_replayed_dead_letter_reaches_the_sink_of_an_idle_gateway(
     assert gw.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: the running store's dead_count and bytes are in-memory counters that"
-    " `dead-letters replay` (gateway/cli.py, cmd_dead_letters) changes behind its back:"
-    " the status keeps counting replayed dead letters and store.bytes goes negative",
-)
 def test_status_counts_follow_replay_and_purge_from_the_cli(
     mosquitto: Any, postgres: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
 ) -> None:
