@@ -446,6 +446,7 @@ def test_dead_letters_list_show_replay_and_purge_while_the_gateway_runs(
     assert purged.returncode == 0, purged.stderr
     assert purged.stdout.strip() == "purged 1 dead letter(s)"
     assert dead_letters(gw.config_path) == []
+    wait_for(lambda: gw.status()["dead_letters"] == 0, 15, "the status page to count none")
 
     # Exactly once, also across a restart.
     assert gw.stop() == 0
