@@ -1,10 +1,10 @@
 """The one place that reaches into gmqtt (pinned in pyproject.toml).
 
-Receiving: gmqtt sends a PUBACK for a QoS 1/2 message when the message handler
-returns; Edge Stream needs to send it later, after the store commits the batch
-holding the message, without a task per message. `make_client` builds a gmqtt
-client whose QoS 1/2 deliveries call one plain function with the packet id,
-and `ack`/`ack_many` acknowledge packet ids on the live connection.
+Receiving (Modbus write-back commands): gmqtt sends a PUBACK for a QoS 1/2
+message when the message handler returns; `make_client` builds a gmqtt client
+whose QoS 1/2 deliveries call one plain function with the packet id, and
+`ack`/`ack_many` acknowledge packet ids when the caller is done. The MQTT
+source does not use gmqtt at all: see `gateway.mqttwire`.
 
 Publishing: `Publisher` sends QoS 1 messages and reports every PUBACK with its
 reason code, which gmqtt drops; `ack_promptly` keeps a broker's PUBACKs from
@@ -93,29 +93,6 @@ def ack_many(client: Client, acks: list[tuple[int, int]]) -> None:
     """Acknowledge many deliveries with one socket write (one syscall per batch)."""
     data = b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks)
     client._connection._protocol.write_data(data)
-
-
-def pause_reading(client: Client) -> None:
-    """Stop reading from the socket: TCP back-pressure, so the broker holds the rest.
-
-    Mosquitto 2.0 does not keep to the client's Receive Maximum once
-    acknowledgements flow (it was seen sending tens of thousands of unacked
-    messages with a limit of 100), so the gateway bounds its intake itself.
-    """
-    connection = client._connection
-    if connection is not None and not connection._transport.is_closing():
-        connection._transport.pause_reading()
-        # asyncio's StreamReader resumes a transport it paused itself as soon as its
-        # buffer drains; make it forget that, so the pause holds until resume_reading.
-        reader = connection._protocol._stream_reader
-        if reader is not None:
-            reader._paused = False
-
-
-def resume_reading(client: Client) -> None:
-    connection = client._connection
-    if connection is not None and not connection._transport.is_closing():
-        connection._transport.resume_reading()
 
 
 def is_connected(client: Client) -> bool:
