@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from itertools import repeat
 from typing import Any
 
 from gateway.config.model import RetrySettings, SinkConfig
@@ -61,11 +62,16 @@ class Ingest:
         return True
 
     async def put(self, source: str, messages: list[Message]) -> None:
-        for message in messages:
-            while len(self._items) >= self.capacity:
-                self._space.clear()
-                await self._space.wait()
-            self._items.append((source, message))
+        items = self._items
+        if len(items) + len(messages) <= self.capacity:  # the usual case: all at once
+            items.extend(zip(repeat(source), messages))
+        else:
+            for message in messages:
+                while len(items) >= self.capacity:
+                    self._ready.set()
+                    self._space.clear()
+                    await self._space.wait()
+                items.append((source, message))
         if messages:
             self._ready.set()
 

@@ -39,13 +39,14 @@ import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from time import time_ns
 from typing import Literal
 
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Duration, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FlowFile, uuid7
 from gateway.core.topics import validate_filter
 from gateway.mqtt import parse_url, tls_context
 from gateway.mqttwire import ConnectRefused, Subscriber
@@ -231,7 +232,7 @@ class MqttSource(Source):
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
             payload = payload[: self.config.max_payload]
-        ff = FlowFile.create(topic, payload, attrs)
+        ff = FlowFile(uuid7(), topic, attrs, payload, time_ns(), ())
         if mid is None:
             self._buffer.append(Message(ff, None, None, reject))
         else:
