@@ -146,7 +146,7 @@ class Config:
 class BatchSettings:
     """How a sink groups FlowFiles: up to `max_rows`, waiting at most `linger` to fill."""
 
-    max_rows: int = 500
+    max_rows: int = 1000
     linger: Duration = 0.01
 
     def check(self) -> Iterator[tuple[str, str]]:

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.config.model import RetrySettings, SinkConfig
 from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
 from gateway.store.sqlite import DeadLetter, Store, StoreError
 
 
@@ -193,6 +194,7 @@ class SinkRunner:
         self.rejected = 0
         self.stopping = False
         self.idle = asyncio.Event()
+        self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -208,6 +210,17 @@ class SinkRunner:
         return out
 
     async def run(self) -> None:
+        try:
+            await self._deliver_loop()
+        finally:
+            self._drop_read_ahead()
+
+    def _drop_read_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
+    async def _deliver_loop(self) -> None:
         log = self.sink.ctx.log
         limit = self.config.batch.max_rows
         linger = self.config.batch.linger
@@ -221,7 +234,11 @@ class SinkRunner:
                     self.connected = True
                     self.state = "running"
                     log.info("connected")
-                rows, seen = await self.store.read(self.name, after, limit)
+                ahead, self._ahead = self._ahead, None
+                if ahead is not None:
+                    rows, seen = await ahead
+                else:
+                    rows, seen = await self.store.read(self.name, after, limit)
                 if not rows:
                     if seen > after:
                         await self.store.advance(self.name, seen, 0, [])
@@ -238,6 +255,12 @@ class SinkRunner:
                     continue
                 self.idle.clear()
                 started = time.monotonic()
+                if len(rows) == limit:
+                    # read the next full batch while this one is written: a draining
+                    # backlog then costs the upstream's round trip and little else
+                    self._ahead = asyncio.ensure_future(
+                        self.store.read(self.name, rows[-1][0], limit)
+                    )
                 rejected = await self.sink.write([ff for _, ff in rows])
                 upto = seen if len(rows) < limit else rows[-1][0]
                 dead = [
@@ -263,17 +286,16 @@ class SinkRunner:
                     pause = len(rows) / rate - (time.monotonic() - started)
                     if pause > 0:
                         await asyncio.sleep(pause)
-            except RetryableError as err:
-                await self._retry(str(err))
-            except PermanentError as err:
-                self.errors += 1
-                self.last_error = str(err)
-                self.state = "failed"
-                log.error("stopped delivering: %s; data stays buffered (fix and reload)", err)
-                await self.close()
-                return
-            except StoreError as err:
-                await self._retry(f"store: {err}")
+            except (RetryableError, StoreError, PermanentError) as err:
+                self._drop_read_ahead()  # it followed a delivery that did not happen
+                if isinstance(err, PermanentError):
+                    self.errors += 1
+                    self.last_error = str(err)
+                    self.state = "failed"
+                    log.error("stopped delivering: %s; data stays buffered (fix and reload)", err)
+                    await self.close()
+                    return
+                await self._retry(str(err) if isinstance(err, RetryableError) else f"store: {err}")
 
     async def _retry(self, reason: str) -> None:
         self.errors += 1

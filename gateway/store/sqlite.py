@@ -40,6 +40,7 @@ T = TypeVar("T")
 MAX_SINKS = 62
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 TAIL_MAX = 10_000  # newest FlowFiles kept in memory for sinks that are caught up
+PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flowfiles (
@@ -562,11 +563,15 @@ class Store:
     def _purge_sync(self, upto: int) -> tuple[int, int]:
         db = self._db
         assert db is not None
-        row = db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (upto,)
-        ).fetchone()
-        if row[0]:
-            db.execute("DELETE FROM flowfiles WHERE seq <= ?", (upto,))
+        # At most PURGE_CHUNK rows a call, so a drained backlog does not hold up the
+        # store thread (sinks read and commit on it); the next call takes the rest.
+        first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
+        sizes = []
+        if first is not None and first <= upto:
+            sizes = db.execute(
+                "DELETE FROM flowfiles WHERE seq <= ? RETURNING size",
+                (min(upto, first + PURGE_CHUNK),),
+            ).fetchall()
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
@@ -574,7 +579,7 @@ class Store:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(row[0]), int(row[1])
+        return len(sizes), sum(size for (size,) in sizes)
 
     async def load_state(self) -> dict[str, bytes]:
         rows = await self._call(
