@@ -120,7 +120,7 @@ from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FlowFile, attributes_json
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
 # ARGV: mode, window, maxlen, then one blob per row:
@@ -558,7 +558,7 @@ class RedisSink(Sink):
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:
         if self.config.mode in ("stream", "hash"):
-            return (ff.id, ff.topic, _ts(ff.created), _dumps(ff.attributes), ff.content)
+            return (ff.id, ff.topic, _ts(ff.created), attributes_json(ff.attributes), ff.content)
         return (envelope(ff) if self.config.value == "envelope" else ff.content,)
 
     def dedupe_keys(self, slot: int | None = None) -> tuple[str, str]:
@@ -585,7 +585,7 @@ class RedisSink(Sink):
             if index is None:
                 index = targets[key] = len(targets) + 1  # Lua counts from 1
             if stream:
-                attributes = _dumps(ff.attributes) if ff.attributes else "{}"
+                attributes = attributes_json(ff.attributes)
                 head = f"{index}\0{ff.id}\0{topic}\0{_ts(ff.created)}\0{attributes}\0"
                 blobs.append(head.encode() + ff.content)
             else:
