@@ -23,13 +23,15 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import gmqtt
 from gmqtt import Client
 from gmqtt.mqtt.handler import MQTTConnectError
+
+from gateway.tls import certificate_refusal, error_chain
 
 # gmqtt reconnects while failed_connections <= reconnect_retries (-1 = forever);
 # any other negative number means never.
@@ -242,28 +244,6 @@ REFUSED_FOR_GOOD = frozenset(
     {1, 2, 4, 5, 0x81, 0x82, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C, 0x95, 0x9A, 0x9B, 0x9C, 0x9D}
 )
 
-# TLS alerts by which a server refuses the client's certificate (OpenSSL's reason names).
-CERTIFICATE_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "CERTIFICATE_UNKNOWN",
-    "UNKNOWN_CA",
-    "CERTIFICATE_EXPIRED",
-    "CERTIFICATE_REVOKED",
-    "UNSUPPORTED_CERTIFICATE",
-    "ACCESS_DENIED",
-)
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """`err` and what caused it."""
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        yield cause
-        cause = cause.__cause__ or cause.__context__
-
 
 def connect_refusal(err: BaseException) -> str | None:
     """Why the broker refuses us until an operator acts, from a connect error; else None.
@@ -272,18 +252,15 @@ def connect_refusal(err: BaseException) -> str | None:
     Not authorized under MQTT 5, 5 under 3.1.1), a broker certificate we do not trust,
     or a TLS alert refusing our client certificate.
     """
-    for cause in _chain(err):
+    for cause in error_chain(err):
         if isinstance(cause, MQTTConnectError):
             code = cause._code
             if code in REFUSED_FOR_GOOD:
                 return f"{cause.message} (CONNACK code {code:#04x})"
             return None
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"its TLS certificate is not trusted: {cause.verify_message} (check ca_file)"
-        if isinstance(cause, ssl.SSLError) and any(
-            alert in (cause.reason or "") for alert in CERTIFICATE_ALERTS
-        ):
-            return f"it refused our TLS client certificate ({cause.reason}; check cert_file)"
+        refusal = certificate_refusal(cause)
+        if refusal:
+            return refusal
     return None
 
 

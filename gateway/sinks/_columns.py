@@ -152,3 +152,12 @@ def dig(value: Any, path: tuple[str, ...]) -> Any:
 def level(levels: list[str], n: int) -> str | None:
     """Topic level `n` (negative counts from the end), or None if there is none."""
     return levels[n] if -len(levels) <= n < len(levels) else None
+
+
+def has_surrogate(text: str) -> bool:
+    """True if `text` holds a lone surrogate (valid in JSON escapes, refused by databases)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -109,6 +109,7 @@ from gateway.sinks._columns import (
     Column,
     Dialect,
     dig,
+    has_surrogate,
     level,
     plan_columns,
 )
@@ -253,14 +254,6 @@ def _ts(created_ns: int) -> str:
     return f"{prefix}.{micros:06d}"
 
 
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _parse(content: bytes) -> tuple[str | None, Any]:
     """(the content as JSON text or None, the parsed value or _NOT_JSON)."""
     try:
@@ -269,7 +262,7 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None, _NOT_JSON
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
-    if "\\u" in text and _has_surrogate(_dumps(value)):
+    if "\\u" in text and has_surrogate(_dumps(value)):
         return None, value
     return text, value
 

@@ -92,7 +92,15 @@ from gateway.config.schema import Duration, check_identifier
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import ConfigError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.sinks._columns import NOT_NULL, Column, Dialect, dig, level, plan_columns
+from gateway.sinks._columns import (
+    NOT_NULL,
+    Column,
+    Dialect,
+    dig,
+    has_surrogate,
+    level,
+    plan_columns,
+)
 
 # --- config -------------------------------------------------------------------------------
 
@@ -192,20 +200,12 @@ _NOT_JSON: Any = object()
 def _storable(value: Any) -> bool:
     """False if jsonb cannot hold `value`: a NUL or a lone surrogate in a string."""
     if isinstance(value, str):
-        return "\x00" not in value and (value.isascii() or not _has_surrogate(value))
+        return "\x00" not in value and (value.isascii() or not has_surrogate(value))
     if isinstance(value, dict):
         return all(_storable(k) and _storable(v) for k, v in value.items())
     if isinstance(value, list):
         return all(_storable(v) for v in value)
     return True
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _parse(content: bytes) -> tuple[str | None, Any]:

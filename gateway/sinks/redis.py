@@ -121,6 +121,7 @@ from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
+from gateway.tls import certificate_refusal, error_chain
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
 # ARGV: mode, window, maxlen, then one blob per row:
@@ -310,45 +311,16 @@ def _topic_problem(topic: str) -> str | None:
     return None
 
 
-# TLS alerts by which a server refuses the client's certificate (OpenSSL's reason names).
-_CERTIFICATE_ALERTS = (
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "CERTIFICATE_UNKNOWN",
-    "UNKNOWN_CA",
-    "CERTIFICATE_EXPIRED",
-    "CERTIFICATE_REVOKED",
-    "UNSUPPORTED_CERTIFICATE",
-    "ACCESS_DENIED",
-)
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """`err` and what caused it (redis-py wraps socket and TLS errors in its own)."""
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        yield cause
-        cause = cause.__cause__ or cause.__context__
-
-
 def _refusal(err: BaseException) -> str | None:
     """What in `err` says the server refuses us until an operator acts, or None."""
-    for cause in _chain(err):
+    for cause in error_chain(err):
         if isinstance(cause, redis_errors.AuthenticationError):
             return f"{cause} (check username and password)"
         if isinstance(cause, redis_errors.NoPermissionError | redis_errors.AuthorizationError):
             return f"{cause} (grant the ACL user the permission)"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"its TLS certificate is not trusted: {cause.verify_message} (check ca_file)"
-        if isinstance(cause, ssl.SSLError) and any(
-            alert in (cause.reason or "") for alert in _CERTIFICATE_ALERTS
-        ):
-            return (
-                f"it refused our TLS client certificate ({cause.reason}; check cert_file and"
-                " key_file)"
-            )
+        refusal = certificate_refusal(cause, "cert_file and key_file")
+        if refusal:
+            return refusal
         if isinstance(cause, redis_errors.ResponseError) and "cluster support disabled" in str(
             cause
         ):
@@ -476,7 +448,7 @@ class RedisSink(Sink):
         connection mostly ends in a bare reset. A second connection that sends nothing
         receives the alert, if there is one.
         """
-        if not any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in _chain(err)):
+        if not any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in error_chain(err)):
             return None
         cfg = self.config
         parts = urlsplit(cfg.url)
