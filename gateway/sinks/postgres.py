@@ -86,6 +86,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration, check_identifier
@@ -212,9 +213,17 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
     """(the content as jsonb text or None, the parsed JSON value or _NOT_JSON)."""
     try:
         text = content.decode()
-        value = _loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+    except UnicodeDecodeError:
         return None, _NOT_JSON
+    try:
+        # orjson is about four times faster; what it refuses (integers beyond 64 bits,
+        # lone surrogate escapes) gets a second opinion from the standard parser.
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        try:
+            value = _loads(text)
+        except (ValueError, RecursionError):  # JSONDecodeError included
+            return None, _NOT_JSON
     # Only a \\u escape can hide a NUL or a lone surrogate in valid UTF-8 JSON.
     if "\\u" in text and not _storable(value):
         return None, value
