@@ -96,6 +96,7 @@ class FlowFile(NamedTuple):
 
 
 _attributes_json: dict[tuple[tuple[str, str], ...], str] = {}
+_by_identity: dict[int, tuple[dict[str, str], str]] = {}
 
 
 def attributes_json(attributes: dict[str, str]) -> str:
@@ -107,10 +108,17 @@ def attributes_json(attributes: dict[str, str]) -> str:
     """
     if not attributes:
         return "{}"
+    same = _by_identity.get(id(attributes))
+    if same is not None and same[0] is attributes:
+        return same[1]  # a dict shared by many FlowFiles (the MQTT source does so)
     key = tuple(attributes.items())
     text = _attributes_json.get(key)
     if text is None:
         if len(_attributes_json) >= 8192:
             _attributes_json.clear()
         text = _attributes_json[key] = json.dumps(attributes, separators=(",", ":"))
+    if len(_by_identity) >= 8192:
+        _by_identity.clear()
+    # holding the dict keeps its id from being reused by another object meanwhile
+    _by_identity[id(attributes)] = (attributes, text)
     return text

@@ -122,6 +122,7 @@ class MqttSource(Source):
         self._acks: list[tuple[int, int]] = []  # committed, to be sent in one write
         self._paused = False  # reading paused: receive_maximum messages are unacknowledged
         self._connecting = False
+        self._shared_attrs: dict[tuple[str, int, bool], dict[str, str]] = {}
         self._qos0_capacity = 10000
         self.dropped_qos0 = 0
         self.redeliveries = 0
@@ -216,14 +217,26 @@ class MqttSource(Source):
                 self._paused = True
                 if self._client is not None:
                     self._client.pause_reading()
-        attrs = {
-            "mqtt.topic": topic,
-            "mqtt.qos": _QOS_TEXT[qos],
-            "mqtt.retain": "1" if retain else "0",
-        }
         if user:
+            attrs = {
+                "mqtt.topic": topic,
+                "mqtt.qos": _QOS_TEXT[qos],
+                "mqtt.retain": "1" if retain else "0",
+            }
             for key, value in user:
                 attrs[f"mqtt.user.{key}"] = value
+        else:
+            # FlowFiles never change their attributes, so one dict per topic and flags
+            # serves them all (and its JSON is then found by identity, see attributes_json)
+            attrs = self._shared_attrs.get((topic, qos, retain))  # type: ignore[assignment]
+            if attrs is None:
+                if len(self._shared_attrs) >= 4096:
+                    self._shared_attrs.clear()
+                attrs = self._shared_attrs[(topic, qos, retain)] = {
+                    "mqtt.topic": topic,
+                    "mqtt.qos": _QOS_TEXT[qos],
+                    "mqtt.retain": "1" if retain else "0",
+                }
         reject = None
         if len(payload) > self.config.max_payload:
             self.oversized += 1
