@@ -20,7 +20,6 @@ from gateway import registry
 from gateway.broker import EmbeddedBroker
 from gateway.config.model import Config, RetrySettings
 from gateway.core.component import Context, Message, Processor, Sink, Source
-from gateway.core.errors import ConfigError
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Backoff, Ingest, SinkRunner, SourceRunner
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
@@ -349,14 +348,3 @@ class Engine:
             "dead_letters": self.store.dead_count,
             "unrouted": 0 if router is None else router.unrouted,
         }
-
-
-def check_runtime(config: Config) -> None:
-    """Checks that need more than the schema (kept for the CLI's check-config)."""
-    if config.mqtt.url == "embedded" and any(
-        s.type == "mqtt" and getattr(s, "url", None) is None for s in config.sources.values()
-    ):
-        try:
-            EmbeddedBroker(config.gateway.data_dir, config.mqtt.embedded_listen)._binary()
-        except ConfigError:
-            raise
