@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gateway.config.schema import did_you_mean
+from gateway.core.errors import ConfigError
 
 # Sources with a value of a fixed type, in the order of the default table.
 FIXED_SOURCES = ("id", "topic", "ts", "attributes", "payload", "raw")
@@ -70,6 +71,16 @@ def parse_source(source: str) -> str | None:
     elif prefix == "attributes" and not rest:
         return f"{source!r}: attributes.KEY needs an attribute name"
     return None
+
+
+def columns_for(
+    columns: Mapping[str, str | Mapping[str, str]] | None, dialect: Dialect
+) -> list[Column]:
+    """The planned columns of a sink whose config was already checked; ConfigError if not."""
+    planned, problems = plan_columns(columns, dialect)
+    if problems:
+        raise ConfigError([f"{key}: {message}" for key, message in problems])
+    return planned
 
 
 def plan_columns(

@@ -101,13 +101,14 @@ import pymysql
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration, check_identifier
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import ConfigError, PermanentError, RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks._columns import (
     DEFAULT_COLUMNS,
     NOT_NULL,
     Column,
     Dialect,
+    columns_for,
     dig,
     has_surrogate,
     level,
@@ -450,10 +451,7 @@ class MysqlSink(Sink):
     def __init__(self, config: MysqlSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: MysqlSinkConfig = config
-        columns, problems = plan_columns(config.columns, DIALECT)
-        if problems:
-            raise ConfigError([f"{key}: {message}" for key, message in problems])
-        self.columns = columns
+        self.columns = columns = columns_for(config.columns, DIALECT)
         self.dsn = parse_dsn(config.dsn)
         self._rows = _Rows(columns, config.id_type == "binary")
         self._names = ",".join(f"`{c.name}`" for c in columns)

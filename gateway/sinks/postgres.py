@@ -91,12 +91,13 @@ import orjson
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Duration, check_identifier
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import ConfigError, PermanentError, RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.sinks._columns import (
     NOT_NULL,
     Column,
     Dialect,
+    columns_for,
     dig,
     has_surrogate,
     level,
@@ -368,10 +369,7 @@ class PostgresSink(Sink):
     def __init__(self, config: PostgresSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: PostgresSinkConfig = config
-        columns, problems = plan_columns(config.columns, DIALECT)
-        if problems:
-            raise ConfigError([f"{key}: {message}" for key, message in problems])
-        self.columns = columns
+        self.columns = columns = columns_for(config.columns, DIALECT)
         self.table = ".".join(f'"{part}"' for part in config.table.split("."))
         self.server = _server(config.dsn)
         self._rows = _Rows(columns)

@@ -35,6 +35,7 @@ Assertions are on what reached the server (`fetch_ids`), never on what the sink 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 from collections import Counter
@@ -64,6 +65,24 @@ async def write_until_delivered(sink: Sink, batch: list[FlowFile]) -> list[Rejec
                 return await sink.write(batch)
             except RetryableError:
                 await asyncio.sleep(0.2)
+
+
+def server_down(server: Any) -> Callable[[], Any]:
+    """An `outage` fixture value for a sink whose upstream is one of tests/servers.py's servers.
+
+    Stopping and starting runs on the loop thread on purpose: servers.py asks for the
+    parent-death signal only from the main thread, and the pause is part of the outage.
+    """
+
+    @contextlib.asynccontextmanager
+    async def down() -> AsyncIterator[None]:
+        server.stop()
+        try:
+            yield
+        finally:
+            server.start()
+
+    return down
 
 
 class SinkContract:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,9 +20,9 @@ from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests.servers import free_port
-    from tests.sinks.contract import SinkContract, write_until_delivered
+    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
 except ImportError:
-    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
     from servers import free_port  # type: ignore[no-redef]
 
 EPOCH = dt.datetime(1970, 1, 1)
@@ -101,15 +100,7 @@ class TestMysqlContract(SinkContract):
 
     @pytest.fixture
     def outage(self, mariadb: Any) -> Callable[[], Any]:
-        @contextlib.asynccontextmanager
-        async def down() -> AsyncIterator[None]:
-            mariadb.stop()
-            try:
-                yield
-            finally:
-                mariadb.start()
-
-        return down
+        return server_down(mariadb)
 
 
 # --- the table ----------------------------------------------------------------------------

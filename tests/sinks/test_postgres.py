@@ -24,9 +24,9 @@ from gateway.sinks.postgres import PostgresSink, PostgresSinkConfig
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests.servers import free_port
-    from tests.sinks.contract import SinkContract, write_until_delivered
+    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
 except ImportError:
-    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
     from servers import free_port  # type: ignore[no-redef]
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -97,17 +97,7 @@ class TestPostgresContract(SinkContract):
 
     @pytest.fixture
     def outage(self, postgres: Any) -> Callable[[], Any]:
-        @contextlib.asynccontextmanager
-        async def down() -> AsyncIterator[None]:
-            # Called on the loop thread on purpose: servers.py asks for the parent-death
-            # signal only from the main thread. The pause is part of the outage.
-            postgres.stop()
-            try:
-                yield
-            finally:
-                postgres.start()
-
-        return down
+        return server_down(postgres)
 
 
 # --- the table ----------------------------------------------------------------------------

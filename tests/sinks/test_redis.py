@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import random
@@ -30,10 +29,10 @@ from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests import servers
-    from tests.sinks.contract import SinkContract, write_until_delivered
+    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
 except ImportError:
     import servers  # type: ignore[no-redef]
-    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:
@@ -138,15 +137,7 @@ class _RedisContract(SinkContract):
 
     @pytest.fixture
     def outage(self, redis: Any) -> Callable[[], Any]:
-        @contextlib.asynccontextmanager
-        async def down() -> AsyncIterator[None]:
-            redis.stop()
-            try:
-                yield
-            finally:
-                redis.start()
-
-        return down
+        return server_down(redis)
 
 
 class TestRedisStreamContract(_RedisContract):
