@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,10 +96,44 @@ CREATE TABLE IF NOT EXISTS inbound (
 ) WITHOUT ROWID;
 """
 
-_INSERT = (
-    "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+_UPSERT_INBOUND = (
+    "INSERT INTO inbound (source, slot, digest)",
+    " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
 )
+_ROWS_PER_STATEMENT = 256
+
+
+@cache
+def _values_sql(head: str, width: int, rows: int, tail: str) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([one] * rows)}{tail}"
+
+
+def _insert_rows(
+    db: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]], tail: str = ""
+) -> None:
+    """INSERT `rows` with a few statements of up to 256 rows each.
+
+    The sqlite3 module lets go of the GIL around every step, and `executemany`
+    steps once per row: while the event loop keeps the other thread busy, each
+    step then waits up to the interpreter's switch interval (5 ms) to get the GIL
+    back, and a batch of a thousand rows takes seconds. A multi-row statement is
+    one step. The row counts are powers of two so that few statements are ever
+    prepared (the sqlite3 module caches them).
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    i, n = 0, len(rows)
+    while i < n:
+        k = _ROWS_PER_STATEMENT
+        while k > n - i:
+            k >>= 1
+        db.execute(_values_sql(head, width, k, tail), list(chain.from_iterable(rows[i : i + k])))
+        i += k
+
+
 _INSERT_DEAD = (
     "INSERT INTO dead_letters (id, topic, attributes, content, created, lineage, origin, sink,"
     " reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -330,7 +366,7 @@ class Store:
         db.execute("BEGIN")
         try:
             if encoded:
-                db.executemany(_INSERT, encoded)
+                _insert_rows(db, _INSERT, encoded)
                 last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             if batch.dead:
                 db.executemany(_INSERT_DEAD, [self._dead_row(d, now) for d in batch.dead])
@@ -341,11 +377,7 @@ class Store:
                     list(batch.state.items()),
                 )
             if batch.inbound:
-                db.executemany(
-                    "INSERT INTO inbound (source, slot, digest) VALUES (?, ?, ?)"
-                    " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
-                    batch.inbound,
-                )
+                _insert_rows(db, _UPSERT_INBOUND[0], batch.inbound, _UPSERT_INBOUND[1])
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
@@ -565,13 +597,16 @@ class Store:
         assert db is not None
         # At most PURGE_CHUNK rows a call, so a drained backlog does not hold up the
         # store thread (sinks read and commit on it); the next call takes the rest.
+        # Counted first and deleted in one statement: one SQLite step each (a
+        # RETURNING clause would step, and hand the GIL around, once per row).
         first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
-        sizes = []
+        purged = freed = 0
         if first is not None and first <= upto:
-            sizes = db.execute(
-                "DELETE FROM flowfiles WHERE seq <= ? RETURNING size",
-                (min(upto, first + PURGE_CHUNK),),
-            ).fetchall()
+            last = min(upto, first + PURGE_CHUNK)
+            purged, freed = db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (last,)
+            ).fetchone()
+            db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
@@ -579,7 +614,7 @@ class Store:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return len(sizes), sum(size for (size,) in sizes)
+        return int(purged), int(freed)
 
     async def load_state(self) -> dict[str, bytes]:
         rows = await self._call(
