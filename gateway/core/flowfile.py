@@ -38,8 +38,8 @@ def uuid7() -> str:
             _last_ms += 1
             _seq = 0
             _prefix = _ms_prefix(_last_ms)
-    r = _randbits(62) | 0x8000000000000000  # the variant bits 10, then 62 random bits
-    return f"{_prefix}{_seq:03x}-{r >> 48:04x}-{r & 0xFFFFFFFFFFFF:012x}"
+    # the variant bits 10, then 62 random bits (%-formatting is the quickest spelling)
+    return "%s%03x-%04x-%012x" % (_prefix, _seq, _randbits(14) | 0x8000, _randbits(48))  # noqa: UP031
 
 
 class FlowFile(NamedTuple):

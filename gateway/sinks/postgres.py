@@ -1,9 +1,11 @@
 """Writes FlowFiles into a PostgreSQL table, each exactly once, keyed by FlowFile id.
 
-Every batch goes in as ONE statement,
-`INSERT … SELECT … FROM unnest($1::uuid[], $2::text[], …) ON CONFLICT (id) DO NOTHING`,
-with every value bound as a parameter; a batch delivered again after a crash or
-a lost connection adds nothing. A row the table refuses (a value that does not
+Every batch goes in as ONE statement, `INSERT … SELECT … FROM ROWS FROM
+(json_array_elements_text($1::json), …) ON CONFLICT (id) DO NOTHING`: each column
+travels as one parameter, a JSON array of its values as text, which PostgreSQL
+splits and converts to the column's type. Every value is bound, none is spliced
+into the SQL; a batch delivered again after a crash or a lost connection adds
+nothing. A row the table refuses (a value that does not
 fit a typed column, a `\\u0000` that jsonb cannot hold, a CHECK or NOT NULL
 constraint you added) is found by splitting the batch in halves; it goes to the
 dead-letter table with PostgreSQL's message and the rest of the batch is
@@ -79,6 +81,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,16 +246,32 @@ def _text(value: Any) -> str | None:
     return _dumps(value)
 
 
-# How each source travels: (array type of its parameter, SQL expression around u.cN).
-def _transport(column: Column) -> tuple[str, str]:
+# How each column's value, arriving as text, becomes the column's type (u.cN is the text).
+def _convert(column: Column) -> str:
     source = column.source
-    if source in ("id", "topic", "raw"):
-        return FIXED[source], "{}"
     if source == "ts":  # microseconds since the epoch, exact
-        return "int8", "timestamptz 'epoch' + {} * interval '1 microsecond'"
+        return "timestamptz 'epoch' + {}::int8 * interval '1 microsecond'"
+    if source == "raw":
+        return "decode({}, 'base64')"
     if column.type == "text":
-        return "text", "{}"
-    return "text", "{}::" + column.type
+        return "{}"
+    return "{}::" + column.type
+
+
+def _base64(content: bytes) -> str:
+    return base64.b64encode(content).decode("ascii")
+
+
+def _json_array(values: list[Any]) -> str:
+    """One column of a batch as the JSON array its statement parameter carries.
+
+    One text parameter per column costs asyncpg a single encode, where an array
+    parameter costs it type checks on every element; PostgreSQL does the splitting.
+    """
+    try:
+        return orjson.dumps(values).decode()
+    except TypeError:  # a lone surrogate: escaped, and refused by the server row by row
+        return json.dumps(values)
 
 
 class _Rows:
@@ -282,7 +301,9 @@ class _Rows:
                 out.append([text for text, _ in parsed])
             elif source == "raw":
                 pairs = zip(batch, parsed, strict=True)
-                out.append([ff.content if text is None else None for ff, (text, _) in pairs])
+                out.append(
+                    [_base64(ff.content) if text is None else None for ff, (text, _) in pairs]
+                )
             elif source.startswith("topic."):
                 n = int(source[6:])
                 out.append([level(parts, n) for parts in levels])
@@ -380,15 +401,14 @@ class PostgresSink(Sink):
     def _insert_statement(self) -> str:
         names, params, exprs = [], [], []
         for i, column in enumerate(self.columns, 1):
-            array_type, expr = _transport(column)
             names.append(f'"{column.name}"')
-            params.append(f"${i}::{array_type}[]")
-            exprs.append(expr.format(f"u.c{i}"))
+            params.append(f"json_array_elements_text(${i}::json)")
+            exprs.append(_convert(column).format(f"u.c{i}"))
         aliases = ", ".join(f"c{i}" for i in range(1, len(self.columns) + 1))
         return (
             f"INSERT INTO {self.table} ({', '.join(names)})"
             f" SELECT {', '.join(exprs)}"
-            f" FROM unnest({', '.join(params)}) AS u({aliases})"
+            f" FROM ROWS FROM ({', '.join(params)}) AS u({aliases})"
             " ON CONFLICT (id) DO NOTHING"
         )
 
@@ -465,7 +485,8 @@ class PostgresSink(Sink):
         rejected: list[Rejected],
     ) -> None:
         """Insert rows lo..hi; when PostgreSQL refuses a value, halve until the row is found."""
-        args = columns if hi - lo == len(batch) else [values[lo:hi] for values in columns]
+        whole = hi - lo == len(batch)
+        args = [_json_array(values if whole else values[lo:hi]) for values in columns]
         try:
             # Same text every time: asyncpg prepares it once per connection and caches it.
             await conn.execute(self._insert_sql, *args)
@@ -532,7 +553,7 @@ class PostgresSink(Sink):
             )
         # An empty batch checks columns, types, privileges and the unique index on id
         # now, with a clear message, instead of failing every write later.
-        await conn.execute(self._insert_sql, *([] for _ in self.columns))
+        await conn.execute(self._insert_sql, *("[]" for _ in self.columns))
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

@@ -241,15 +241,17 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     batch[11] = reading(11, temp="hot")
     batch[40] = reading(40, level=40000)
     batch[41] = reading(41, note="a\x00b")  # text cannot hold a NUL
+    batch[50] = reading(50, note="\ud800")  # nor half a surrogate pair
     rejected = await sink.write(batch)
 
     reasons = {r.flowfile.id: r.reason for r in rejected}
-    assert set(reasons) == {batch[11].id, batch[40].id, batch[41].id}
+    assert set(reasons) == {batch[11].id, batch[40].id, batch[41].id, batch[50].id}
     assert 'invalid input syntax for type double precision: "hot"' in reasons[batch[11].id]
     assert "out of range" in reasons[batch[40].id]
-    assert "0x00" in reasons[batch[41].id]
+    assert "\\u0000 cannot be converted to text" in reasons[batch[41].id]
+    assert "surrogate" in reasons[batch[50].id]
     stored = {r[0] for r in postgres.fetch(f'SELECT id::text FROM "{table}"')}
-    assert stored == {ff.id for i, ff in enumerate(batch) if i not in (11, 40, 41)}
+    assert stored == {ff.id for i, ff in enumerate(batch) if i not in (11, 40, 41, 50)}
 
 
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
