@@ -13,8 +13,9 @@ Tables
   sinks         name -> bit and cursor (the last seq delivered or skipped)
   dead_letters  FlowFiles that can never be delivered, with the reason
   state         processor state and source positions, by component name
-  inbound       (source, slot) -> digest of the last committed message, used to
-                recognise a broker's redelivery of a message already stored
+  inbound       (source, slot) -> digest of the last committed message and its
+                number among that source's messages, used to recognise a broker's
+                redelivery of a message already stored
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ MAX_SINKS = 62
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 TAIL_MAX = 10_000  # newest FlowFiles kept in memory for sinks that are caught up
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
+# A redelivered message matches a stored one only if that one is among the source's
+# last REDELIVERY_WINDOW messages; see `committed`.
+REDELIVERY_WINDOW = 32_768
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flowfiles (
@@ -217,7 +221,8 @@ class Store:
         self._bits: dict[str, int] = {}
         self._cursors: dict[str, int] = {}
         self._depth: dict[str, int] = {}
-        self._inbound: dict[tuple[str, int], bytes] = {}
+        self._inbound: dict[tuple[str, int], bytes] = {}  # digest + number, 8 bytes each
+        self._numbered: dict[str, int] = {}  # source -> number of its last committed message
         self._listeners: list[Callable[[], None]] = []
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
@@ -256,8 +261,11 @@ class Store:
         self.dead_count = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         for name in self._bits:
             self._depth[name] = self._count_sync(name)
-        for source, slot, digest in db.execute("SELECT source, slot, digest FROM inbound"):
-            self._inbound[(source, slot)] = digest
+        for source, slot, mark in db.execute("SELECT source, slot, digest FROM inbound"):
+            self._inbound[(source, slot)] = mark
+            number = int.from_bytes(mark[8:16], "big")
+            if number > self._numbered.get(source, 0):
+                self._numbered[source] = number
 
     def _count_sync(self, name: str) -> int:
         return int(
@@ -326,8 +334,22 @@ class Store:
         return self.bytes >= self.max_bytes
 
     def committed(self, source: str, slot: int, digest: bytes) -> bool:
-        """True if the last message committed from `source` in `slot` had this digest."""
-        return self._inbound.get((source, slot)) == digest
+        """True if the last message committed from `source` in `slot` had this digest and
+        is recent: a redelivery of a message whose acknowledgement never arrived.
+
+        A slot (an MQTT packet id) comes round again after 65,535 messages, and a
+        sensor that repeats itself sends the same digest again: the broker's
+        redelivery of such a message, never stored, must not match the old one. The
+        messages whose acknowledgement was lost are the last few batches, so only a
+        mark among the source's last REDELIVERY_WINDOW messages counts.
+        """
+        mark = self._inbound.get((source, slot))
+        if mark is None or mark[:8] != digest:
+            return False
+        if len(mark) < 16:
+            return True  # written before marks were numbered
+        number = int.from_bytes(mark[8:16], "big")
+        return number > self._numbered.get(source, 0) - REDELIVERY_WINDOW
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) after every ingest commit."""
@@ -339,7 +361,12 @@ class Store:
         """Write one micro-batch in one transaction; return once it is durable."""
         encoded = [_encode(ff, mask) for ff, mask in batch.rows]
         added = sum(row[7] for row in encoded)
-        last = await self._call(self._commit_sync, encoded, batch)
+        marks = []
+        numbered = dict(self._numbered)
+        for source, slot, digest in batch.inbound:
+            number = numbered[source] = numbered.get(source, 0) + 1
+            marks.append((source, slot, digest + number.to_bytes(8, "big")))
+        last = await self._call(self._commit_sync, encoded, batch, marks)
         self.bytes += added
         if batch.rows:
             self._remember(last - len(batch.rows) + 1, batch.rows)
@@ -350,14 +377,17 @@ class Store:
             for name, bit in self._bits.items():
                 if mask >> bit & 1:
                     self._depth[name] += count
-        for source, slot, digest in batch.inbound:
-            self._inbound[(source, slot)] = digest
+        for source, slot, mark in marks:
+            self._inbound[(source, slot)] = mark
+        self._numbered = numbered
         self.dead_count += len(batch.dead)
         for callback in self._listeners:
             callback()
         await self.make_room()
 
-    def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch) -> int:
+    def _commit_sync(
+        self, encoded: list[tuple[Any, ...]], batch: Batch, marks: list[tuple[str, int, bytes]]
+    ) -> int:
         """Returns the seq of the last FlowFile inserted (they get consecutive seqs)."""
         db = self._db
         assert db is not None
@@ -376,8 +406,8 @@ class Store:
                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     list(batch.state.items()),
                 )
-            if batch.inbound:
-                _insert_rows(db, _UPSERT_INBOUND[0], batch.inbound, _UPSERT_INBOUND[1])
+            if marks:
+                _insert_rows(db, _UPSERT_INBOUND[0], marks, _UPSERT_INBOUND[1])
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")

@@ -91,13 +91,42 @@ async def test_block_reports_over_budget_until_sinks_drain(tmp_path: Path) -> No
 
 async def test_inbound_marks_recognise_a_redelivery_after_restart(tmp_path: Path) -> None:
     store = await open_store(tmp_path, ("a",))
-    await store.commit(batch([(ff(1), store.bit("a"))], inbound=[("mqtt1", 7, b"digest")]))
-    assert store.committed("mqtt1", 7, b"digest")
+    await store.commit(batch([(ff(1), store.bit("a"))], inbound=[("mqtt1", 7, b"digest-1")]))
+    assert store.committed("mqtt1", 7, b"digest-1")
     await store.close()
     store = await open_store(tmp_path, ("a",))
-    assert store.committed("mqtt1", 7, b"digest")
-    assert not store.committed("mqtt1", 7, b"other")
-    assert not store.committed("mqtt2", 7, b"digest")
+    assert store.committed("mqtt1", 7, b"digest-1")
+    assert not store.committed("mqtt1", 7, b"digest-2")
+    assert not store.committed("mqtt2", 7, b"digest-1")
+    await store.close()
+
+
+async def test_an_old_mark_does_not_match_a_repeated_message(tmp_path: Path) -> None:
+    """Packet id 7 comes round again after 65,535 messages; a sensor that sends the same
+    reading again must not have that new message taken for a redelivery of the old one."""
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([], inbound=[("mqtt1", 7, b"same-msg")]))
+    later = [("mqtt1", 8 + n % 60_000, b"other-mg") for n in range(40_000)]
+    await store.commit(batch([], inbound=later))
+    assert not store.committed("mqtt1", 7, b"same-msg")
+    assert store.committed("mqtt1", 8 + 39_999, b"other-mg")  # among the last messages
+    assert not store.committed("mqtt1", 8, b"other-mg")  # 39,999 messages ago
+    await store.close()
+    store = await open_store(tmp_path, ("a",))  # the numbering survives a restart
+    assert not store.committed("mqtt1", 7, b"same-msg")
+    assert store.committed("mqtt1", 8 + 39_999, b"other-mg")
+    await store.close()
+
+
+async def test_marks_written_before_they_were_numbered_still_match(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    db.execute("INSERT INTO inbound (source, slot, digest) VALUES ('mqtt1', 7, ?)", (b"8bytes!!",))
+    db.commit()
+    db.close()
+    store = await open_store(tmp_path, ("a",))
+    assert store.committed("mqtt1", 7, b"8bytes!!")
     await store.close()
 
 
