@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import paho.mqtt.client as paho  # noqa: E402
 import servers  # noqa: E402
 from harness import GatewayProcess, wait_for  # noqa: E402
+from load import Lanes  # noqa: E402
 from upstreams import MysqlUpstream, PostgresUpstream, RedisUpstream, Upstream  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -142,37 +143,17 @@ class PacedPublisher(threading.Thread):
 
 
 def publish_backlog(port: int, prefix: str, total: int, publishers: int, folder: Path) -> None:
-    """`total` readings {"seq": n, ...} with several `mosquitto_pub -l` processes."""
+    """`total` readings {"seq": n, ...} from several `mosquitto_pub -l` lanes."""
     per = total // publishers
-    procs = []
+    lanes = Lanes(port, folder)
     for p in range(publishers):
-        lines = "".join(
-            json.dumps({"seq": p * per + i, "temp": 20 + i % 10, "hum": 40 + i % 7}) + "\n"
-            for i in range(per)
-        )
-        path = folder / f"{prefix}-{p}.txt"
-        path.write_text(lines)
-        with path.open("rb") as stdin:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "mosquitto_pub",
-                        "-p",
-                        str(port),
-                        "-q",
-                        "1",
-                        "-t",
-                        f"{prefix}/dev{p}/telemetry",
-                        "-l",
-                        "-i",
-                        f"pub-{prefix}-{p}",
-                    ],
-                    stdin=stdin,
-                )
-            )
-    for proc in procs:
-        if proc.wait(600) != 0:
-            raise SystemExit(f"benchmark: mosquitto_pub exited with {proc.returncode}")
+        lines = [
+            json.dumps({"seq": s, "temp": 20 + s % 10, "hum": 40 + s % 7})
+            for s in range(p * per, (p + 1) * per)
+        ]
+        lanes.add(f"{prefix}/dev{p}/telemetry", f"pub-{prefix}-{p}", lines)
+    lanes.start()
+    lanes.join()
 
 
 def drain(

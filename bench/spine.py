@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 import servers  # noqa: E402
 from harness import GatewayProcess, wait_for  # noqa: E402
+from load import Lanes  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-SESSION_MAX = 50_000
 
 
 def cpu_seconds(pid: int) -> float:
@@ -42,6 +40,14 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def python_speed() -> float:
+    """Microseconds for sum(range(1000)) in this interpreter: a yardstick for the machine,
+    so figures taken on a busy or throttled host can be told apart."""
+    import timeit
+
+    return min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
 
 
 def count_rows(pg: servers.Postgres, table: str) -> int:
@@ -67,37 +73,13 @@ def throughput(
     assert gw.proc is not None
     pid = gw.proc.pid
     per = total // publishers
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    lanes: list[list[Path]] = []
+    lanes = Lanes(mq.port, Path(tempfile.mkdtemp(prefix="bench-")))
     for p in range(publishers):
-        # One mosquitto_pub session publishes at most SESSION_MAX messages: Mosquitto
-        # 2.0.11 drops a `mosquitto_pub -l` session after about 66,000 QoS 1 messages
-        # ("disconnected due to out of memory", and mosquitto_pub still exits 0).
-        lane = []
-        for c, first in enumerate(range(p * per, (p + 1) * per, SESSION_MAX)):
-            seqs = range(first, min(first + SESSION_MAX, (p + 1) * per))
-            f = tmp / f"pub{p}-{c}.txt"
-            f.write_text("".join(json.dumps({"seq": s, "v": s * 0.5}) + "\n" for s in seqs))
-            lane.append(f)
-        lanes.append(lane)
-
-    def publish(p: int, lane: list[Path]) -> None:
-        for c, f in enumerate(lane):
-            with open(f, "rb") as lines:
-                subprocess.run(
-                    [
-                        "mosquitto_pub", "-p", str(mq.port), "-q", "1",
-                        "-t", f"{table}/dev{p}/telemetry", "-l", "-i", f"bench-pub-{p}-{c}",
-                    ],
-                    stdin=lines,
-                    check=True,
-                )  # fmt: skip
-
+        lines = [json.dumps({"seq": s, "v": s * 0.5}) for s in range(p * per, (p + 1) * per)]
+        lanes.add(f"{table}/dev{p}/telemetry", f"bench-pub-{p}", lines)
     cpu0 = cpu_seconds(pid)
     started = time.time()
-    threads = [threading.Thread(target=publish, args=(p, lane)) for p, lane in enumerate(lanes)]
-    for t in threads:
-        t.start()
+    lanes.start()
     n = per * publishers
     peak = 0.0
     seen, moved = 0, time.monotonic()
@@ -105,14 +87,15 @@ def throughput(
         peak = max(peak, rss_mb(pid))
         if rows != seen:
             seen, moved = rows, time.monotonic()
+        elif lanes.errors:
+            lanes.join()  # raises with what went wrong
         elif time.monotonic() - moved > 30:
             raise SystemExit(
                 f"benchmark: stuck at {rows} of {n} rows for 30 s; see the broker's log"
                 f" under {mq.dir} and the gateway's log {gw.log_path}"
             )
         time.sleep(0.5)
-    for t in threads:
-        t.join()
+    lanes.join()
     last = pg.fetch(f"SELECT extract(epoch FROM max(committed_at)) FROM {table}")[0][0]
     elapsed = float(last) - started
     cpu = cpu_seconds(pid) - cpu0
@@ -200,7 +183,10 @@ def main() -> None:
         peak = rss_mb(gw.proc.pid, "VmHWM")
         gw.stop()
         print("\n== Edge Stream spine benchmark: MQTT (QoS 1) -> gateway -> PostgreSQL ==")
-        print(f"machine: {os.cpu_count()} cores; all processes local")
+        print(
+            f"machine: {os.cpu_count()} cores; all processes local;"
+            f" sum(range(1000)) takes {python_speed():.1f} µs here"
+        )
         print(
             f"throughput: {tp['messages']} msgs in {tp['seconds']:.1f} s = "
             f"{tp['msgs_per_s']:,.0f} msgs/s (target >= 20,000)"
