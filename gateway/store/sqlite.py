@@ -502,14 +502,18 @@ class Store:
         if state == self._futile:
             return  # nothing changed since a scan that found nothing to drop
         target = int(self.max_bytes * 0.95)
-        dropped: list[tuple[int]] = []
+        dropped: list[int] = []
         after = 0
         scanned = 0
         while self.bytes > target and scanned < 200_000:
-            rows = db.execute(
-                "SELECT seq, sinks, size FROM flowfiles WHERE seq > ? ORDER BY seq LIMIT 1000",
-                (after,),
-            ).fetchall()
+            # One step for the page (a row at a time would hand the GIL over per row).
+            rows = json.loads(
+                db.execute(
+                    "SELECT json_group_array(json_array(seq, sinks, size)) FROM (SELECT seq,"
+                    " sinks, size FROM flowfiles WHERE seq > ? ORDER BY seq LIMIT 1000)",
+                    (after,),
+                ).fetchone()[0]
+            )
             if not rows:
                 break
             scanned += len(rows)
@@ -519,7 +523,7 @@ class Store:
                     break
                 if any(mask >> bit & 1 and seq > self._cursors[name] for bit, name in blocking):
                     continue
-                dropped.append((seq,))
+                dropped.append(seq)
                 self.bytes -= size
                 for name, bit in self._bits.items():
                     if mask >> bit & 1 and seq > self._cursors[name]:
@@ -530,7 +534,10 @@ class Store:
         self._tail.clear()
         db.execute("BEGIN")
         try:
-            db.executemany("DELETE FROM flowfiles WHERE seq = ?", dropped)
+            db.execute(
+                "DELETE FROM flowfiles WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps(dropped),),
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
