@@ -13,6 +13,7 @@ sources:
     # max_payload: 256KiB         larger messages go to the dead letters, truncated
     # receive_maximum: 1000       QoS 1/2 messages in flight to us, not yet stored; the
     #                             gateway stops reading from the broker at this many
+    #                             (1 to 16384)
     # session_expiry: 7d          how long the broker keeps our session while we are away
 ```
 
@@ -83,8 +84,10 @@ class MqttSourceConfig(SourceConfig):
                 parse_url(self.url)
             except ValueError as err:
                 yield "url", str(err)
-        if not 1 <= self.receive_maximum <= 65535:
-            yield "receive_maximum", "must be between 1 and 65535"
+        if not 1 <= self.receive_maximum <= 16384:
+            # Beyond that, after a crash, a redelivery of a stored message could no longer
+            # be told from a new one (see REDELIVERY_WINDOW in gateway/store/sqlite.py).
+            yield "receive_maximum", "must be between 1 and 16384"
 
 
 _topic_crc: dict[str, int] = {}
