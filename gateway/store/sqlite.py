@@ -129,10 +129,12 @@ def _insert_rows(
     if not rows:
         return
     width = len(rows[0])
+    # SQLite before 3.32 binds at most 999 variables in a statement
+    most = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
     i, n = 0, len(rows)
     while i < n:
         k = _ROWS_PER_STATEMENT
-        while k > n - i:
+        while k > n - i or k > most:
             k >>= 1
         db.execute(_values_sql(head, width, k, tail), list(chain.from_iterable(rows[i : i + k])))
         i += k
@@ -361,8 +363,10 @@ class Store:
         """Write one micro-batch in one transaction; return once it is durable."""
         encoded = [_encode(ff, mask) for ff, mask in batch.rows]
         added = sum(row[7] for row in encoded)
+        # Numbers are taken now, before the await: a commit that overlaps this one (a
+        # dead-letter replay) must not hand out the same ones or undo these.
         marks = []
-        numbered = dict(self._numbered)
+        numbered = self._numbered
         for source, slot, digest in batch.inbound:
             number = numbered[source] = numbered.get(source, 0) + 1
             marks.append((source, slot, digest + number.to_bytes(8, "big")))
@@ -379,7 +383,6 @@ class Store:
                     self._depth[name] += count
         for source, slot, mark in marks:
             self._inbound[(source, slot)] = mark
-        self._numbered = numbered
         self.dead_count += len(batch.dead)
         for callback in self._listeners:
             callback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -115,6 +116,28 @@ async def test_an_old_mark_does_not_match_a_repeated_message(tmp_path: Path) -> 
     store = await open_store(tmp_path, ("a",))  # the numbering survives a restart
     assert not store.committed("mqtt1", 7, b"same-msg")
     assert store.committed("mqtt1", 8 + 39_999, b"other-mg")
+    await store.close()
+
+
+async def test_overlapping_commits_keep_the_marks_numbering(tmp_path: Path) -> None:
+    """A dead-letter replay commits while an ingest commit is still on the store thread."""
+    store = await open_store(tmp_path, ("a",))
+    first = batch([], inbound=[("mqtt1", 7, b"same-msg")])
+    await asyncio.gather(store.commit(first), store.commit(batch([])))
+    later = batch([], inbound=[("mqtt1", 8 + n % 60_000, b"other-mg") for n in range(40_000)])
+    await asyncio.gather(store.commit(later), store.commit(batch([])))
+    assert not store.committed("mqtt1", 7, b"same-msg")
+    await store.close()
+
+
+async def test_many_rows_fit_a_low_sqlite_variable_limit(tmp_path: Path) -> None:
+    """SQLite before 3.32 binds at most 999 variables in one statement."""
+    store = await open_store(tmp_path, ("a",))
+    assert store._db is not None
+    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    await store.commit(batch([(ff(n), store.bit("a")) for n in range(1000)]))
+    rows, _ = await store.read("a", 0, 2000)
+    assert [f.content.strip() for _, f in rows] == [str(n).encode() for n in range(1000)]
     await store.close()
 
 
