@@ -38,12 +38,14 @@ import asyncio
 import contextlib
 import inspect
 import json
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import pytest
 
+from gateway.config.schema import Problems, build_component
 from gateway.core.component import Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
@@ -52,9 +54,44 @@ from gateway.core.flowfile import FlowFile
 RECOVERY_SECONDS = 30.0
 
 
-async def _call(function: Callable[..., Any], *args: Any) -> Any:
-    result = function(*args)
+async def _call(function: Callable[..., Any], *args: Any, **keys: Any) -> Any:
+    result = function(*args, **keys)
     return await result if inspect.isawaitable(result) else result
+
+
+def config_problems(kind: str, name: str, **keys: Any) -> tuple[Any, list[str]]:
+    """Build sink `name` of `type: kind` as the config loader does: (config or None, problems)."""
+    problems = Problems()
+    config = build_component("sink", {"type": kind, **keys}, ("sinks", name), problems)
+    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+
+
+def unique_name() -> str:
+    """A table, key or topic prefix of one test's own: the servers are shared."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def connected(sink: Sink) -> Sink:
+    await sink.connect()
+    return sink
+
+
+@contextlib.asynccontextmanager
+async def closing(open_sink: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """`await opened(**keys)`: the sink `open_sink(**keys)` returns (sync or async); every
+    sink opened is closed on the way out."""
+    made: list[Sink] = []
+
+    async def opened(**keys: Any) -> Sink:
+        sink = await _call(open_sink, **keys)
+        made.append(sink)
+        return sink  # type: ignore[no-any-return]
+
+    try:
+        yield opened
+    finally:
+        for sink in made:
+            await sink.close()
 
 
 async def write_until_delivered(sink: Sink, batch: list[FlowFile]) -> list[Rejected]:
@@ -105,16 +142,8 @@ class SinkContract:
     @pytest.fixture
     async def sinks(self, make_sink: Callable[[], Any]) -> AsyncIterator[Callable[[], Any]]:
         """`await sinks()`: a connected sink from `make_sink`, closed after the test."""
-        made: list[Sink] = []
-
-        async def make() -> Sink:
-            sink = await _call(make_sink)
-            made.append(sink)
-            return sink  # type: ignore[no-any-return]
-
-        yield make
-        for sink in made:
-            await sink.close()
+        async with closing(make_sink) as opened:
+            yield opened
 
     @pytest.fixture
     def stored(self, fetch_ids: Callable[[], Any]) -> Callable[[], Any]:

@@ -11,7 +11,6 @@ import logging
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -28,16 +26,20 @@ from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests import servers
-    from tests.sinks.contract import SinkContract, write_until_delivered
+    from tests.sinks.contract import (
+        SinkContract,
+        unique_name,
+        write_until_delivered,
+    )
+    from tests.sinks.contract import config_problems as sink_config_problems
 except ImportError:
     import servers  # type: ignore[no-redef]
-    from contract import SinkContract, write_until_delivered  # type: ignore[no-redef]
+    from contract import SinkContract, unique_name, write_until_delivered  # type: ignore[no-redef]
+    from contract import config_problems as sink_config_problems
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:
-    problems = Problems()
-    config = build_component("sink", {"type": "mqtt", **keys}, ("sinks", "central"), problems)
-    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+    return sink_config_problems("mqtt", "central", **keys)
 
 
 def make_sink(url: str, **keys: Any) -> MqttSink:
@@ -49,8 +51,7 @@ def make_sink(url: str, **keys: Any) -> MqttSink:
 
 @pytest.fixture
 def ns() -> str:
-    """A topic prefix of this test's own: brokers are shared between tests."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    return unique_name()
 
 
 class Collector:

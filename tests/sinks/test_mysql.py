@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -20,19 +19,32 @@ from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests.servers import free_port
-    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
+    from tests.sinks.contract import (
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from tests.sinks.contract import config_problems as sink_config_problems
 except ImportError:
-    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
+    from contract import (  # type: ignore[no-redef]
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from contract import config_problems as sink_config_problems
     from servers import free_port  # type: ignore[no-redef]
 
 EPOCH = dt.datetime(1970, 1, 1)
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:
-    """Build a mysql sink config as the loader does; (config or None, problems)."""
-    problems = Problems()
-    config = build_component("sink", {"type": "mysql", **keys}, ("sinks", "db"), problems)
-    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+    return sink_config_problems("mysql", "db", **keys)
 
 
 def make_sink(dsn: str, **keys: Any) -> MysqlSink:
@@ -44,24 +56,14 @@ def make_sink(dsn: str, **keys: Any) -> MysqlSink:
 
 @pytest.fixture
 def table() -> str:
-    """A table of this test's own: the shared server keeps every test's tables."""
-    return f"t_{uuid.uuid4().hex[:12]}"
+    return unique_name()
 
 
 @pytest.fixture
 async def sink_for(mariadb: Any) -> AsyncIterator[Callable[..., Any]]:
     """`await sink_for(**keys)`: a connected sink on the shared server, closed after."""
-    made: list[MysqlSink] = []
-
-    async def make(**keys: Any) -> MysqlSink:
-        sink = make_sink(mariadb.dsn, **keys)
-        made.append(sink)
-        await sink.connect()
-        return sink
-
-    yield make
-    for sink in made:
-        await sink.close()
+    async with closing(lambda **keys: connected(make_sink(mariadb.dsn, **keys))) as opened:
+        yield opened
 
 
 def ids(mariadb: Any, table: str) -> list[str]:

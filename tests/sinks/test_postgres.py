@@ -9,14 +9,12 @@ import json
 import logging
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -24,20 +22,32 @@ from gateway.sinks.postgres import PostgresSink, PostgresSinkConfig
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests.servers import free_port
-    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
+    from tests.sinks.contract import (
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from tests.sinks.contract import config_problems as sink_config_problems
 except ImportError:
-    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
+    from contract import (  # type: ignore[no-redef]
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from contract import config_problems as sink_config_problems
     from servers import free_port  # type: ignore[no-redef]
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:
-    """Build a postgres sink config as the loader does; (config or None, problems)."""
-    problems = Problems()
-    raw = {"type": "postgres", **keys}
-    config = build_component("sink", raw, ("sinks", "warehouse"), problems)
-    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+    return sink_config_problems("postgres", "warehouse", **keys)
 
 
 def make_config(dsn: str, **keys: Any) -> PostgresSinkConfig:
@@ -53,24 +63,14 @@ def make_sink(dsn: str, **keys: Any) -> PostgresSink:
 
 @pytest.fixture
 def table() -> str:
-    """A table of this test's own: the shared server keeps every test's tables."""
-    return f"t_{uuid.uuid4().hex[:12]}"
+    return unique_name()
 
 
 @pytest.fixture
 async def sink_for(postgres: Any) -> AsyncIterator[Callable[..., Any]]:
     """`await sink_for(**keys)`: a connected sink on the shared server, closed after."""
-    made: list[PostgresSink] = []
-
-    async def make(**keys: Any) -> PostgresSink:
-        sink = make_sink(postgres.dsn, **keys)
-        made.append(sink)
-        await sink.connect()
-        return sink
-
-    yield make
-    for sink in made:
-        await sink.close()
+    async with closing(lambda **keys: connected(make_sink(postgres.dsn, **keys))) as opened:
+        yield opened
 
 
 # --- the contract -------------------------------------------------------------------------

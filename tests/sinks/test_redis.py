@@ -11,7 +11,6 @@ import random
 import socket
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -21,7 +20,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -29,16 +27,30 @@ from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
 
 try:  # `tests` is not a package today; this also works if it becomes one.
     from tests import servers
-    from tests.sinks.contract import SinkContract, server_down, write_until_delivered
+    from tests.sinks.contract import (
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from tests.sinks.contract import config_problems as sink_config_problems
 except ImportError:
     import servers  # type: ignore[no-redef]
-    from contract import SinkContract, server_down, write_until_delivered  # type: ignore[no-redef]
+    from contract import (  # type: ignore[no-redef]
+        SinkContract,
+        closing,
+        connected,
+        server_down,
+        unique_name,
+        write_until_delivered,
+    )
+    from contract import config_problems as sink_config_problems
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:
-    problems = Problems()
-    config = build_component("sink", {"type": "redis", **keys}, ("sinks", "cache"), problems)
-    return config, [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+    return sink_config_problems("redis", "cache", **keys)
 
 
 def make_sink(url: str, **keys: Any) -> RedisSink:
@@ -50,11 +62,9 @@ def make_sink(url: str, **keys: Any) -> RedisSink:
 
 @pytest.fixture
 def ns() -> str:
-    """A key namespace of this test's own: the shared server keeps every test's keys.
-
-    The sink's data keys are `<ns>:<topic>`, its dedupe keys `<ns>-dedupe:...`.
-    """
-    return f"t{uuid.uuid4().hex[:10]}"
+    """A key namespace of this test's own: data keys `<ns>:<topic>`, dedupe keys
+    `<ns>-dedupe:...`."""
+    return unique_name()
 
 
 @pytest.fixture
@@ -68,18 +78,13 @@ async def client(redis: Any) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def sink_for(redis: Any, ns: str) -> AsyncIterator[Callable[..., Any]]:
     """`await sink_for(**keys)`: a connected sink on the shared server, keys under `ns`."""
-    made: list[RedisSink] = []
 
-    async def make(**keys: Any) -> RedisSink:
+    def make(**keys: Any) -> RedisSink:
         keys = {"key": f"{ns}:{{topic}}", "dedupe_prefix": f"{ns}-dedupe", **keys}
-        sink = make_sink(keys.pop("url", redis.url), **keys)
-        made.append(sink)
-        await sink.connect()
-        return sink
+        return make_sink(keys.pop("url", redis.url), **keys)
 
-    yield make
-    for sink in made:
-        await sink.close()
+    async with closing(lambda **keys: connected(make(**keys))) as opened:
+        yield opened
 
 
 async def data_keys(conn: Any, ns: str) -> list[bytes]:
