@@ -42,7 +42,13 @@ import paho.mqtt.client as paho  # noqa: E402
 import servers  # noqa: E402
 from harness import GatewayProcess, wait_for  # noqa: E402
 from load import Lanes  # noqa: E402
-from upstreams import MysqlUpstream, PostgresUpstream, RedisUpstream, Upstream  # noqa: E402
+from upstreams import (  # noqa: E402
+    MqttRoot,
+    MysqlUpstream,
+    PostgresUpstream,
+    RedisUpstream,
+    Upstream,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGETS = {"postgres": 25_000, "mysql": 15_000, "redis": 30_000, "mqtt": 10_000}
@@ -55,19 +61,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-class MqttCounter(Upstream):
+class MqttCounter(MqttRoot):
     """The second broker; a `mosquitto_sub` process with a persistent session counts.
 
     The session (and its subscription) is made before the broker stops, so the broker
     queues for it whatever the gateway publishes before the counter reconnects.
     """
 
-    kind = "mqtt"
-    exact = False
-
     def __init__(self, broker: servers.Mosquitto, root: str, folder: Path) -> None:
-        self.broker = broker
-        self.root = root
+        super().__init__(broker, root)
         self.out = folder / f"{root}.sub"
         self.proc: subprocess.Popen[bytes] | None = None
         self._sub(["-W", "1"]).wait()  # subscribe once, persistently, then leave
@@ -76,9 +78,9 @@ class MqttCounter(Upstream):
         cmd = [
             "mosquitto_sub",
             "-h",
-            self.broker.host,
+            self.server.host,
             "-p",
-            str(self.broker.port),
+            str(self.server.port),
             "-q",
             "1",
             "-c",
@@ -91,19 +93,8 @@ class MqttCounter(Upstream):
         with self.out.open("ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
 
-    def sink(self) -> dict[str, Any]:
-        return {
-            "type": "mqtt",
-            "url": self.broker.url,
-            "topic": f"{self.root}/{{topic}}",
-            "client_id": f"gw-{self.root}",
-        }
-
-    def stop(self) -> None:
-        self.broker.stop()
-
     def start(self) -> None:
-        self.broker.start()
+        super().start()
         self.proc = self._sub([])
 
     def seqs(self) -> list[int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from harness import GatewayProcess, Publisher, wait_for
+from load import Lanes
 
 
 @pytest.fixture
@@ -184,26 +183,15 @@ def test_a_repeated_reading_survives_a_crash_after_packet_ids_came_round(
     was never stored, yet looks just like the one stored under its packet id a full
     round earlier: it must be stored, not taken for a redelivery."""
     table = "e2e_same"
-    total, session = 80_000, 40_000
+    total = 80_000
     gw = gateway_factory(spine_config(mosquitto, postgres, table))
     gw.start()
-    lines = tmp_path / "same.txt"
-    lines.write_text('{"v": 1}\n' * session)
-
-    def publish(n: int) -> None:  # mosquitto_pub -l sessions of 40k (see bench/load.py)
-        with lines.open("rb") as stdin:
-            subprocess.run(
-                ["mosquitto_pub", "-p", str(mosquitto.port), "-q", "1", "-t", f"{table}/dev",
-                 "-l", "-i", f"same-{n}"],
-                stdin=stdin, check=True, timeout=120,
-            )  # fmt: skip
-
-    publish(0)
-    second = threading.Thread(target=publish, args=(1,))
-    second.start()
+    lanes = Lanes(mosquitto.port, tmp_path)
+    lanes.add(f"{table}/dev", "same", ['{"v": 1}'] * total)
+    lanes.start()
     wait_for(lambda: gw.status()["gateway"]["ingested"] >= 70_000, 60, "70k ingested")
     gw.kill()  # while the rest is on its way
-    second.join()
+    lanes.join()
     gw.start()
     count = f"SELECT count(*) FROM {table}"
     try:

@@ -60,22 +60,29 @@ class Upstream:
         """Release what the test side holds (connections, subscribers)."""
 
 
-class PostgresUpstream(Upstream):
-    kind = "postgres"
-    exact = True
+class ServerUpstream(Upstream):
+    """An upstream that is one server the fixtures started: stopping it stops the server."""
 
-    def __init__(self, server: Any, table: str) -> None:
+    def __init__(self, server: Any) -> None:
         self.server = server
-        self.table = table
-
-    def sink(self) -> dict[str, Any]:
-        return {"type": "postgres", "dsn": self.server.dsn, "table": self.table}
 
     def stop(self) -> None:
         self.server.stop()
 
     def start(self) -> None:
         self.server.start()
+
+
+class PostgresUpstream(ServerUpstream):
+    kind = "postgres"
+    exact = True
+
+    def __init__(self, server: Any, table: str) -> None:
+        super().__init__(server)
+        self.table = table
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "postgres", "dsn": self.server.dsn, "table": self.table}
 
     def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
         try:
@@ -91,22 +98,16 @@ class PostgresUpstream(Upstream):
         return int(rows[0][0]) if rows else 0
 
 
-class MysqlUpstream(Upstream):
+class MysqlUpstream(ServerUpstream):
     kind = "mysql"
     exact = True
 
     def __init__(self, server: Any, table: str) -> None:
-        self.server = server
+        super().__init__(server)
         self.table = table
 
     def sink(self) -> dict[str, Any]:
         return {"type": "mysql", "dsn": self.server.dsn, "table": self.table}
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server.start()
 
     def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
         try:
@@ -125,14 +126,14 @@ class MysqlUpstream(Upstream):
         return int(rows[0][0]) if rows else 0
 
 
-class RedisUpstream(Upstream):
+class RedisUpstream(ServerUpstream):
     """One Redis stream that keeps every entry (maxlen 0)."""
 
     kind = "redis"
     exact = True
 
     def __init__(self, server: Any, key: str) -> None:
-        self.server = server
+        super().__init__(server)
         self.key = key
 
     def sink(self) -> dict[str, Any]:
@@ -143,12 +144,6 @@ class RedisUpstream(Upstream):
             "key": self.key,
             "maxlen": 0,
         }
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server.start()
 
     def _client(self) -> redis_client.Redis:
         return redis_client.Redis(host=self.server.host, port=self.server.port, socket_timeout=10)
@@ -172,19 +167,34 @@ class RedisUpstream(Upstream):
             return int(r.xlen(self.key))
 
 
-class MqttUpstream(Upstream):
-    """A second broker, and a subscriber with a persistent session counting what arrives.
-
-    The subscriber reconnects by itself after the broker restarts; the broker keeps
-    what arrives meanwhile for its session, so nothing published is missed.
-    """
+class MqttRoot(ServerUpstream):
+    """A second broker; the sink publishes under `root`. Subclasses count what arrives."""
 
     kind = "mqtt"
     exact = False
 
     def __init__(self, broker: Any, root: str) -> None:
-        self.broker = broker
+        super().__init__(broker)
         self.root = root
+
+    def sink(self) -> dict[str, Any]:
+        return {
+            "type": "mqtt",
+            "url": self.server.url,
+            "topic": f"{self.root}/{{topic}}",
+            "client_id": f"gw-{self.root}",
+        }
+
+
+class MqttUpstream(MqttRoot):
+    """A subscriber with a persistent session counts what arrives.
+
+    It reconnects by itself after the broker restarts; the broker keeps what arrives
+    meanwhile for its session, so nothing published is missed.
+    """
+
+    def __init__(self, broker: Any, root: str) -> None:
+        super().__init__(broker, root)
         self.received: list[int] = []
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -208,20 +218,6 @@ class MqttUpstream(Upstream):
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self.received.append(int(json.loads(msg.payload)["seq"]))
-
-    def sink(self) -> dict[str, Any]:
-        return {
-            "type": "mqtt",
-            "url": self.broker.url,
-            "topic": f"{self.root}/{{topic}}",
-            "client_id": f"gw-{self.root}",
-        }
-
-    def stop(self) -> None:
-        self.broker.stop()
-
-    def start(self) -> None:
-        self.broker.start()
 
     def seqs(self) -> list[int]:
         return list(self.received)

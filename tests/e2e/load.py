@@ -1,4 +1,4 @@
-"""Benchmark load: lines of text published at QoS 1 by `mosquitto_pub -l` processes.
+"""Load for benchmarks and tests: lines published at QoS 1 by `mosquitto_pub -l`.
 
 Each lane is one topic published in order, as fast as the broker takes it, by one
 `mosquitto_pub` at a time. A session publishes at most SESSION_MAX messages, then the
