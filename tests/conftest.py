@@ -17,6 +17,7 @@ A missing server binary fails the test (with "run `make deps`"); nothing is skip
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -140,3 +141,23 @@ def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[...,
     """`redis_factory(password=None, username=None)` starts a private Redis for this test:
     a password alone sets `requirepass`; with a username, that ACL user is the only one."""
     yield from _factory(server_workspace, server_workspace.redis)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Any]]:
+    """`gateway_factory(config)`: a `GatewayProcess` (tests/e2e/harness.py) on that config in
+    this test's folder; still running at the end of the test, it is killed."""
+    try:
+        from tests.e2e.harness import GatewayProcess
+    except ImportError:
+        from harness import GatewayProcess  # type: ignore[no-redef]
+    made: list[GatewayProcess] = []
+
+    def make(config: dict[str, Any]) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path, config)
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.close()

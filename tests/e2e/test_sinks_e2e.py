@@ -37,20 +37,6 @@ RSS_SLACK_MB = 30.0
 
 
 @pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], GatewayProcess]]:
-    made: list[GatewayProcess] = []
-
-    def make(config: dict[str, Any]) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path, config)
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.close()
-
-
-@pytest.fixture
 def upstream_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[str, str], Upstream]]:

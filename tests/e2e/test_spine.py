@@ -5,29 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 import yaml
-from harness import GatewayProcess, Publisher, wait_for
+from harness import Publisher, wait_for
 from load import Lanes
-
-
-@pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Any]:
-    made: list[GatewayProcess] = []
-
-    def make(config: dict[str, Any]) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path, config)
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.close()
 
 
 def spine_config(mosquitto: Any, postgres: Any, table: str, **source: Any) -> dict[str, Any]:
