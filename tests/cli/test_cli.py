@@ -57,20 +57,6 @@ def problems(stderr: str) -> list[tuple[str, int, str, str]]:
     return out
 
 
-@pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], GatewayProcess]]:
-    made: list[GatewayProcess] = []
-
-    def make(config: dict[str, Any]) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path, config)
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.close()
-
-
 def publish(port: int, messages: list[tuple[str, str]]) -> None:
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-cli-{time.time_ns()}")
     client.connect("127.0.0.1", port)
@@ -258,19 +244,7 @@ def test_secret_keygen_encrypt_and_the_gateway_logs_in_with_the_enc_password(
     assert piped.stdout.strip().startswith("ENC(") and piped.stdout.strip() != enc
 
     table = "cli_secret"
-    config = mqtt_gateway(
-        mosquitto,
-        table,
-        {
-            "warehouse": {
-                "type": "postgres",
-                "dsn": f"postgresql://{role}:{enc}@{where}",
-                "table": table,
-            }
-        },
-    )
-    config["gateway"] = {"secret_key_file": str(key)}
-    gw = gateway_factory(config)
+    gw = gateway_factory(secret_gateway(mosquitto, postgres, table, role, enc, key))
     checked = cli("check-config", "-c", str(gw.config_path))
     assert checked.returncode == 0, checked.stderr
     # Another key cannot open it, and says which value is at fault.
@@ -295,6 +269,20 @@ def test_secret_keygen_encrypt_and_the_gateway_logs_in_with_the_enc_password(
     assert password not in gw.log_path.read_text()
 
 
+def secret_gateway(
+    mosquitto: Any, postgres: Any, table: str, role: str, enc: str, key: Path
+) -> dict[str, Any]:
+    """A gateway config whose PostgreSQL DSN carries the password as `enc`, an ENC(...)
+    value sealed with the key in file `key`."""
+    where = f"127.0.0.1:{postgres.port}/{postgres.database}"
+    dsn = f"postgresql://{role}:{enc}@{where}"
+    config = mqtt_gateway(
+        mosquitto, table, {"warehouse": {"type": "postgres", "dsn": dsn, "table": table}}
+    )
+    config["gateway"] = {"secret_key_file": str(key)}
+    return config
+
+
 def test_a_wrong_enc_password_is_refused_by_the_server_and_never_logged(
     tmp_path: Path,
     mosquitto: Any,
@@ -307,21 +295,8 @@ def test_a_wrong_enc_password_is_refused_by_the_server_and_never_logged(
     assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
     wrong = "not-the-Password-9"
     enc = cli("secret", "encrypt", wrong, "--key-file", str(key)).stdout.strip()
-    where = f"127.0.0.1:{postgres.port}/{postgres.database}"
     table = "cli_wrong_secret"
-    config = mqtt_gateway(
-        mosquitto,
-        table,
-        {
-            "warehouse": {
-                "type": "postgres",
-                "dsn": f"postgresql://{role}:{enc}@{where}",
-                "table": table,
-            }
-        },
-    )
-    config["gateway"] = {"secret_key_file": str(key)}
-    gw = gateway_factory(config)
+    gw = gateway_factory(secret_gateway(mosquitto, postgres, table, role, enc, key))
     gw.start()
     publish(mosquitto.port, [(f"{table}/a", json.dumps({"seq": 1}))])
     sink = wait_for(
