@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test check lint bench clean
+.PHONY: help install deps run test faults check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run: install ## run the gateway on config/gateway.yaml (embedded broker on 127.0
 
 test: deps install ## run every test (unit, integration against real servers, end to end)
 	$(VENV)/bin/pytest -q
+
+faults: deps install ## run the long fault scenarios of tests/faults (docs/reliability.md)
+	$(VENV)/bin/pytest -q -m long tests/faults
 
 check: install ## lint, format check, types
 	$(VENV)/bin/ruff check gateway tests bench
