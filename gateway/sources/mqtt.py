@@ -467,6 +467,11 @@ class MqttSource(Source):
             self._ready.clear()
             await self._ready.wait()
         self._log_drops()
+        status = self.ctx.status
+        status["redeliveries"] = self.redeliveries
+        status["possible_duplicates"] = self.possible_duplicates
+        status["invalid"] = self.invalid
+        status["receive_paused"] = self.pauses
         buf = self._buffer
         n = min(len(buf), READ_BATCH)
         self.unacked += n
