@@ -264,7 +264,7 @@ class MqttSource(Source):
         except TimeoutError as err:
             self._connecting = False
             raise RetryableError(
-                f"timed out after {CONNECT_TIMEOUT:.0f} s connecting to MQTT broker {host}:{port}"
+                f"timed out after {CONNECT_TIMEOUT:g} s connecting to MQTT broker {host}:{port}"
             ) from err
         except (OSError, ssl.SSLError) as err:
             self._connecting = False

@@ -12,6 +12,7 @@ test drives it from its own event loop thread (`FakeBroker.start()`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import threading
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class FakeBroker:
         self.disconnect_codes: list[int] = []
         self._writer: asyncio.StreamWriter | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()
         self._client: str | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -140,7 +142,7 @@ class FakeBroker:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-            await writer.wait_closed()
+        await asyncio.gather(*self._serving, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -185,6 +187,9 @@ class FakeBroker:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = None
         self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         try:
             while True:
                 first = (await reader.readexactly(1))[0]
@@ -216,7 +221,10 @@ class FakeBroker:
                 self._writer = None
                 self._client = None
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
             self._writers.discard(writer)
+            self._serving.discard(task)
             self._notify()
 
     def _connect(self, body: bytes, writer: asyncio.StreamWriter) -> str:

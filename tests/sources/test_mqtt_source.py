@@ -9,7 +9,9 @@ import paho.mqtt.client as paho
 
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message, NoMarks
-from gateway.sources.mqtt import MqttSource, MqttSourceConfig
+from gateway.core.errors import RetryableError
+from gateway.sources import mqtt as mqtt_source
+from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
 
 
 def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:
@@ -130,3 +132,67 @@ async def test_a_resumed_session_with_a_backlog_beyond_receive_maximum(mosquitto
             got.extend(batch)
     assert sorted(int(m.flowfile.content) for m in got) == list(range(100))
     await second.close()
+
+
+def test_a_repeated_user_property_key_keeps_every_value() -> None:
+    attrs = {"mqtt.topic": "t"}
+    _user_attributes(attrs, [("k", "a"), ("k.1", "x"), ("k", "b"), ("k", "c")])
+    assert attrs == {
+        "mqtt.topic": "t",
+        "mqtt.user.k": "a",
+        "mqtt.user.k.1": "x",
+        "mqtt.user.k.2": "b",
+        "mqtt.user.k.3": "c",
+    }
+
+
+async def test_large_messages_pause_reading_at_receive_max_bytes(mosquitto: Any) -> None:
+    source = make_source(mosquitto, "bytes-1", receive_max_bytes="64KiB")
+    await source.connect()
+    payloads = [bytes([i]) * 20_000 for i in range(40)]  # 800 KB, far over the budget
+    await asyncio.to_thread(publish, mosquitto, "acks/big", payloads)
+    got = await read_n(source, 3)
+    await asyncio.sleep(0.5)  # what the broker can push while we hold the acks
+    while source._buffer:
+        got.extend(await source.read())
+    assert source.pauses >= 1
+    assert len(got) < 40  # reading stopped while 64 KiB were not acknowledged
+    # a read can bring in at most one socket read (256 KiB) beyond the budget
+    assert source.inflight_bytes <= 64 * 1024 + 256 * 1024 + 20_000
+    new = got
+    async with asyncio.timeout(15):
+        while True:
+            for m in new:
+                assert m.ack is not None
+                m.ack()  # as the engine does after each commit: reading resumes
+            if len(got) == 40:
+                break
+            new = await source.read()
+            got.extend(new)
+    assert sorted(m.flowfile.content[0] for m in got) == list(range(40))
+    await source.close()
+
+
+async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any) -> None:
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes CONNECT, never answers
+        writer.close()
+        await writer.wait_closed()
+        done.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(mqtt_source, "CONNECT_TIMEOUT", 0.3)
+    source = make_source(type("B", (), {"url": f"mqtt://127.0.0.1:{port}"}), "timeout-1")
+    try:
+        await source.connect()
+    except RetryableError as err:
+        assert str(err) == f"timed out after 0.3 s connecting to MQTT broker 127.0.0.1:{port}"
+    else:
+        raise AssertionError("connect() returned")
+    await source.close()
+    await done.wait()
+    server.close()
+    await server.wait_closed()
