@@ -28,9 +28,15 @@ class EngineCollector:
         source_errors = CounterMetricFamily(
             "edge_stream_source_errors", "Errors seen by each source", labels=["source"]
         )
+        dropped = CounterMetricFamily(
+            "edge_stream_source_dropped",
+            "Messages a source dropped before storing them (MQTT QoS 0 under load)",
+            labels=["source"],
+        )
         for name, r in e.sources.items():
             produced.add_metric([name], r.produced)
             source_errors.add_metric([name], r.errors)
+            dropped.add_metric([name], r.source.ctx.status.get("dropped", 0))
         delivered = CounterMetricFamily(
             "edge_stream_sink_delivered", "FlowFiles delivered by each sink", labels=["sink"]
         )
@@ -50,7 +56,7 @@ class EngineCollector:
             rejected.add_metric([name], s.rejected)
             sink_errors.add_metric([name], s.errors)
             depth.add_metric([name], e.store.depth(name))
-        yield from (produced, source_errors, delivered, rejected, sink_errors, depth)
+        yield from (produced, source_errors, dropped, delivered, rejected, sink_errors, depth)
         yield GaugeMetricFamily(
             "edge_stream_store_bytes", "Bytes the store holds", value=e.store.bytes
         )

@@ -12,6 +12,17 @@ persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, PUBLISH in
 at QoS 0/1/2 with user properties, PUBACK/PUBREC out in batches,
 PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing stays with gmqtt
 (`gateway.mqtt`).
+
+What closes the connection and what does not: a packet whose framing cannot be
+trusted (a remaining length or topic length that runs past the packet, QoS 3,
+a PUBREL without a packet id, a packet larger than the Maximum Packet Size we
+announced in CONNECT) closes it, since nothing after it can be read. A PUBLISH
+that is framed correctly but carries something MQTT forbids (a topic or user
+property that is not valid UTF-8, a topic with U+0000 or a wildcard, an unknown
+topic alias, properties that do not parse, packet id 0 at QoS 1/2) is handed to
+`reject` with the reason and the raw packet, and the connection stays: one bad
+message must not stop the ones behind it, and a broker would otherwise send it
+again on every reconnect.
 """
 
 from __future__ import annotations
@@ -60,11 +71,14 @@ USER_PROPERTY = 0x26
 TOPIC_ALIAS = 0x23
 SERVER_KEEP_ALIVE = 0x13
 REASON_STRING = 0x1F
+MAXIMUM_PACKET_SIZE = 0x27
 
 # PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
 _ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
 
 Deliver = Callable[[str, bytes, int, bool, bool, list[tuple[str, str]] | None, int | None], None]
+# reject(topic as far as it could be read, the raw packet, qos, dup, packet id, reason)
+Reject = Callable[[str, bytes, int, bool, int | None, str], None]
 
 
 class ProtocolError(Exception):
@@ -160,12 +174,27 @@ class Subscriber(asyncio.Protocol):
 
     `deliver(topic, payload, qos, dup, retain, user_properties, packet_id)` runs
     on the event loop for every message and must not block; QoS 1/2 messages
-    stay unacknowledged until `ack` is called with their packet ids.
+    stay unacknowledged until `ack` is called with their packet ids. A PUBLISH
+    that MQTT forbids but whose framing holds goes to `reject` instead (see the
+    module docstring); it is acknowledged like any other once `ack` is called.
+    `release(packet_id)` is called for each PUBREL (QoS 2); it must answer with
+    `complete` once the packet id is forgotten. Without it, PUBCOMP goes at once.
     """
 
-    def __init__(self, deliver: Deliver, on_lost: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        deliver: Deliver,
+        on_lost: Callable[[str], None],
+        *,
+        reject: Reject | None = None,
+        release: Callable[[int], None] | None = None,
+        maximum_packet_size: int = 0,
+    ) -> None:
         self._deliver = deliver
         self._on_lost = on_lost
+        self._reject = reject
+        self._release = release
+        self.maximum_packet_size = maximum_packet_size  # 0: no limit announced
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._connack: asyncio.Future[tuple[bool, dict[int, Any]]] | None = None
@@ -238,6 +267,8 @@ class Subscriber(asyncio.Protocol):
                 payload += struct.pack("!H", len(raw)) + raw
         props = b"\x11" + struct.pack("!I", session_expiry)
         props += b"\x21" + struct.pack("!H", receive_maximum)
+        if self.maximum_packet_size:
+            props += b"\x27" + struct.pack("!I", self.maximum_packet_size)
         body = b"\x00\x04MQTT\x05" + bytes((flags,)) + struct.pack("!H", keepalive)
         body += _varint(len(props)) + props + payload
         loop = asyncio.get_running_loop()
@@ -249,13 +280,19 @@ class Subscriber(asyncio.Protocol):
             self._ping = loop.call_later(self._keepalive / 2, self._keep_alive)
         return present
 
-    async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
-        """Subscribe to `(filter, qos)` pairs; returns the granted QoS (or error code) of each."""
+    async def subscribe(
+        self, filters: list[tuple[str, int]], retain_handling: int = 0
+    ) -> list[int]:
+        """Subscribe to `(filter, qos)` pairs; returns the granted QoS (or error code) of each.
+
+        `retain_handling` is the MQTT 5 subscription option: 0 sends retained
+        messages at every SUBSCRIBE, 1 only when the subscription is new, 2 never.
+        """
         self._next_id = self._next_id % 65535 + 1
         packet_id = self._next_id
         body = struct.pack("!H", packet_id) + b"\x00"
         for topic_filter, qos in filters:
-            body += _utf8(topic_filter) + bytes((qos,))
+            body += _utf8(topic_filter) + bytes((qos | (retain_handling << 4),))
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[packet_id] = future
         self._write(_packet((SUBSCRIBE << 4) | 0x02, body))
@@ -266,6 +303,10 @@ class Subscriber(asyncio.Protocol):
     def ack(self, acks: list[tuple[int, int]]) -> None:
         """PUBACK (QoS 1) / PUBREC (QoS 2) for many packet ids in one write."""
         self._write(b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks))
+
+    def complete(self, mids: list[int]) -> None:
+        """PUBCOMP for many QoS 2 packet ids in one write (after their PUBREL)."""
+        self._write(b"".join(b"\x70\x02" + mid.to_bytes(2, "big") for mid in mids))
 
     def pause_reading(self) -> None:
         if self._transport is not None and not self._paused:
@@ -319,6 +360,13 @@ class Subscriber(asyncio.Protocol):
                         length, head = _read_varint(buf, pos + 1)
                     except IndexError:
                         break
+                if self.maximum_packet_size and head - pos + length > self.maximum_packet_size:
+                    self._fail(
+                        f"the broker announced a packet of {head - pos + length} bytes, larger"
+                        f" than the Maximum Packet Size of {self.maximum_packet_size} we sent",
+                        0x95,
+                    )
+                    return
                 if head + length > end:
                     break
                 if first >> 4 == PUBLISH:
@@ -327,7 +375,7 @@ class Subscriber(asyncio.Protocol):
                     self._control(first, bytes(buf[head : head + length]))
                 pos = head + length
         except (ProtocolError, IndexError, UnicodeDecodeError, struct.error) as err:
-            self._fail(f"malformed packet from the broker: {err}")
+            self._fail(f"malformed packet from the broker: {err or type(err).__name__}", 0x81)
             return
         if pos:
             del buf[:pos]
@@ -336,33 +384,70 @@ class Subscriber(asyncio.Protocol):
 
     def _publish(self, first: int, buf: bytearray, pos: int, end: int) -> None:
         qos = (first >> 1) & 0x03
+        if qos == 3:
+            raise ProtocolError("PUBLISH with QoS 3")
+        body = pos
         n = (buf[pos] << 8) | buf[pos + 1]
-        topic = buf[pos + 2 : pos + 2 + n].decode()
+        raw_topic = buf[pos + 2 : pos + 2 + n]
         pos += 2 + n
         mid = None
         if qos:
             mid = (buf[pos] << 8) | buf[pos + 1]
             pos += 2
-        plen = buf[pos]
+        if pos >= end:
+            raise ProtocolError("PUBLISH shorter than its topic and packet id")
+        # The framing holds from here: what is wrong now is this message, not the stream.
+        problem = None
         user = None
-        if plen == 0:
+        try:
+            topic = raw_topic.decode()
+        except UnicodeDecodeError as err:
+            topic = raw_topic.decode(errors="backslashreplace")
+            problem = f"the topic is not valid UTF-8 ({err})"
+        if buf[pos] == 0:
             pos += 1
         else:
-            plen, start = _read_varint(buf, pos)
-            props = parse_properties(bytes(buf[start : start + plen]), 0, plen)
-            pos = start + plen
+            try:
+                plen, start = _read_varint(buf, pos)
+                if start + plen > end:
+                    raise ProtocolError("the properties run past the packet")
+                props = parse_properties(bytes(buf[start : start + plen]), 0, plen)
+            except UnicodeDecodeError as err:
+                problem = (
+                    f"a string in its properties (a user property?) is not valid UTF-8 ({err})"
+                )
+                props = {}
+                pos = end
+            except (ProtocolError, IndexError, struct.error) as err:
+                problem = f"its properties cannot be read ({err or type(err).__name__})"
+                props = {}
+                pos = end
+            else:
+                pos = start + plen
             user = props.get(USER_PROPERTY)
             alias = props.get(TOPIC_ALIAS)
-            if alias is not None:
+            if alias is not None and problem is None:
                 if topic:
                     self._aliases[alias] = topic
                 else:
                     topic = self._aliases.get(alias, "")
-        if not topic or qos == 3:
-            raise ProtocolError("PUBLISH without a topic or with QoS 3")
-        self._deliver(
-            topic, bytes(buf[pos:end]), qos, bool(first & 0x08), bool(first & 0x01), user, mid
-        )
+                    if not topic:
+                        problem = f"it uses topic alias {alias}, which was never set"
+        if problem is None:
+            if not topic:
+                problem = "it has no topic"
+            elif "\x00" in topic or "+" in topic or "#" in topic:
+                problem = f"its topic {topic!r} contains U+0000 or a wildcard"
+            elif mid == 0:
+                problem = f"it has packet id 0 at QoS {qos}, which cannot be acknowledged"
+        dup = bool(first & 0x08)
+        if problem is not None:
+            if self._reject is None:
+                raise ProtocolError(problem)
+            raw = bytes((first,)) + _varint(end - body) + bytes(buf[body:end])
+            self._reject(topic, raw, qos, dup, mid or None, f"invalid PUBLISH: {problem}")
+            return
+        self._deliver(topic, bytes(buf[pos:end]), qos, dup, bool(first & 0x01), user, mid)
 
     def _control(self, first: int, body: bytes) -> None:
         kind = first >> 4
@@ -383,7 +468,12 @@ class Subscriber(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_result(body[start + plen :])
         elif kind == PUBREL:
-            self._write(b"\x70\x02" + body[:2])  # PUBCOMP: the message was stored at PUBREC
+            if len(body) < 2 or not (mid := (body[0] << 8) | body[1]):
+                raise ProtocolError("PUBREL without a packet id")
+            if self._release is None:
+                self.complete([mid])  # the message was stored before PUBREC
+            else:
+                self._release(mid)
         elif kind == PINGRESP:
             pass
         elif kind == DISCONNECT:
@@ -411,10 +501,16 @@ class Subscriber(asyncio.Protocol):
         self._write(b"\xc0\x00")
         self._ping = loop.call_later(self._keepalive / 2, self._keep_alive)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, code: int | None = None) -> None:
+        """Close at once; with a reason code, tell the broker why (DISCONNECT) first."""
+        if code is not None and self.closed_reason is None:
+            self._write(bytes((DISCONNECT << 4, 1, code)))
         self._lost(reason)
         if self._transport is not None:
-            self._transport.abort()
+            if code is not None:
+                self._transport.close()  # lets the DISCONNECT out, reads nothing more
+            else:
+                self._transport.abort()
 
     def _lost(self, reason: str) -> None:
         if self.closed_reason is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.flowfile import FlowFile
@@ -22,6 +22,50 @@ class ComponentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"{self.extra['component']}: {msg}", kwargs  # type: ignore[index]
+
+
+# Flags a push source appends to a 8-byte `Message.dedupe` digest (a ninth byte).
+MARK_DUP = 0x01  # the broker sent it with DUP set: it says it may have sent it before
+MARK_QOS2 = 0x02  # MQTT QoS 2: held by packet id until PUBREL instead of matched by digest
+
+
+class InboundMarks(Protocol):
+    """What the store remembers for one push source about its inbound messages.
+
+    Implemented by `gateway.store.sqlite.SourceMarks`; see the MQTT source for use.
+    """
+
+    def committed(self, slot: int, digest: bytes) -> bool: ...
+
+    def ids_counted(self, more_than: int) -> bool: ...
+
+    def held(self) -> set[int]: ...
+
+    async def release(self, ids: list[int]) -> None: ...
+
+    async def new_session(self) -> None: ...
+
+
+class NoMarks:
+    """Remembers nothing: for a component run outside an engine (tests, tools)."""
+
+    def __init__(self) -> None:
+        self._held: set[int] = set()
+
+    def committed(self, slot: int, digest: bytes) -> bool:
+        return False
+
+    def ids_counted(self, more_than: int) -> bool:
+        return False
+
+    def held(self) -> set[int]:
+        return self._held
+
+    async def release(self, ids: list[int]) -> None:
+        self._held.difference_update(ids)
+
+    async def new_session(self) -> None:
+        self._held.clear()
 
 
 @dataclass
@@ -36,7 +80,7 @@ class Context:
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     log: ComponentLog = field(init=False)
     status: dict[str, Any] = field(default_factory=dict)
-    committed: Callable[[int, bytes], bool] = lambda slot, digest: False
+    marks: InboundMarks = field(default_factory=NoMarks)
 
     def __post_init__(self) -> None:
         self.log = ComponentLog(
@@ -51,7 +95,7 @@ class Message(NamedTuple):
     cursor advance). `dedupe`, a (slot, digest) pair such as an MQTT packet id
     and a digest of topic and payload, is remembered with the commit so that a
     redelivery of a message already stored is acknowledged without storing it
-    twice (see `Context.committed`). `reject`, when set, sends the FlowFile
+    twice (see `Context.marks`). `reject`, when set, sends the FlowFile
     straight to the dead-letter table with that reason (oversized, undecodable).
     """
 

@@ -82,9 +82,7 @@ class Engine:
             entry = registry.find("source", src_cfg.type)
             assert entry is not None
             ctx = self._context(name, "source")
-            ctx.committed = (lambda n: lambda slot, digest: self.store.committed(n, slot, digest))(
-                name
-            )
+            ctx.marks = self.store.marks(name)
             source: Source = entry.cls(src_cfg, ctx)
             self.sources[name] = SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate)
 

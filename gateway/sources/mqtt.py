@@ -10,20 +10,63 @@ sources:
     # client_id: pi-01-plant      default: edge-stream-<gateway id>-<source name>
     # username: gw
     # password: ENC(...)
-    # max_payload: 256KiB         larger messages go to the dead letters, truncated
+    # retained: new_subscription_only
+    #                             retained messages: sent by the broker when the subscription
+    #                             is new (MQTT 5 Retain Handling 1), `always` at every
+    #                             (re)subscribe (0: each reconnect stores them again), `never` (2)
+    # max_payload: 256KiB         larger messages go to the dead letters, truncated; the broker
+    #                             is told not to send packets over twice this (at least
+    #                             max_payload + 64KiB): it drops those itself (MQTT 5 Maximum
+    #                             Packet Size), and a broker that sends one anyway is disconnected
     # receive_maximum: 1000       QoS 1/2 messages in flight to us, not yet stored; the
     #                             gateway stops reading from the broker at this many
     #                             (1 to 16384)
+    # receive_max_bytes: 16MiB    the same bound in bytes of payload: reading stops while the
+    #                             messages not yet stored hold this much; QoS 0 messages
+    #                             beyond it are dropped (and counted)
     # session_expiry: 7d          how long the broker keeps our session while we are away
 ```
 
 Each message becomes a FlowFile on its MQTT topic with the attributes
 `mqtt.topic`, `mqtt.qos`, `mqtt.retain` and `mqtt.user.<key>` for MQTT 5 user
-properties. With QoS 1 or 2 the PUBACK (PUBREC) is sent only after the batch
-holding the message is committed to the store, over a persistent session with
-a fixed client id: a crash before that makes the broker deliver it again, and
-a broker's redelivery of a message that was already stored (same packet id,
-topic and payload, DUP set) is acknowledged without storing it twice.
+properties. A key that comes more than once keeps every value: the first under
+`mqtt.user.<key>`, the next ones under `mqtt.user.<key>.1`, `.2`, ... in order.
+
+What each QoS gets (the subscription's QoS; a message published at a lower
+QoS is delivered at that lower one):
+
+- QoS 0: at most once. Under load the gateway drops what it cannot take
+  (more than 10,000 messages or `receive_max_bytes` waiting); every drop is
+  counted (`dropped` in /api/status and on the status page,
+  `edge_stream_source_dropped` in /metrics) and logged, at most once every 30 s.
+- QoS 1: at least once, never lost. The PUBACK is sent only after the batch
+  holding the message is committed to the store, over a persistent session with
+  a fixed client id: a crash before that makes the broker deliver it again. A
+  crash between the commit and the PUBACK makes the broker redeliver (DUP set)
+  a message already stored. It is recognised, and not stored again, only when
+  that is provably safe: the store holds a message with the same packet id,
+  topic and payload among the source's last 32,768, and the broker has been
+  seen to hand out packet ids going forward, never reusing one, over more than
+  `receive_maximum` messages in a row (a counter, as Mosquitto does: such a
+  broker reuses an id only after 65,535 more, so a match is the same message).
+  A broker that reuses a freed packet id early (MQTT allows it) could send a
+  new message, identical to one just stored, under that one's id; when the
+  gateway sees such a reuse, or before it has seen enough ids, a redelivery
+  is stored again instead: a possible duplicate (counted as
+  `possible_duplicates`), never a loss. SQL and Redis sinks are keyed by
+  FlowFile id, so such a duplicate is a second row.
+- QoS 2: exactly once, by the protocol, with any broker: the packet ids the
+  gateway answered with PUBREC are written in the same commit as the messages,
+  a PUBLISH with such an id (DUP or not) is answered with PUBREC again and not
+  stored, and an id is forgotten (in its own commit) before the PUBCOMP that
+  lets the broker reuse it. A new session (Session Present 0) forgets them all.
+
+A PUBLISH that MQTT forbids but whose framing is sound (a topic or user
+property that is not valid UTF-8, a topic with U+0000 or a wildcard, an unknown
+topic alias, unreadable properties, packet id 0) goes to the dead letters with
+the reason, the raw packet as its content, and is acknowledged after the
+commit, so the messages behind it keep flowing (packet id 0 cannot be
+acknowledged). A packet whose framing is broken closes the connection.
 
 What your broker needs: a persistent session keeps messages for the gateway
 while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
@@ -45,15 +88,19 @@ from typing import Literal
 
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Duration, Size
-from gateway.core.component import Context, Message, Source
-from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
+from gateway.core.errors import GatewayError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, uuid7
 from gateway.core.topics import validate_filter
 from gateway.mqtt import parse_url, tls_context
 from gateway.mqttwire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
+CONNECT_TIMEOUT = 15.0
+QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
+DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops
 _QOS_TEXT = ("0", "1", "2")
+_RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +111,10 @@ class MqttSourceConfig(SourceConfig):
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
+    retained: Literal["new_subscription_only", "always", "never"] = "new_subscription_only"
     max_payload: Size = 256 * 1024
     receive_maximum: int = 1000
+    receive_max_bytes: Size = 16 * 1024 * 1024
     session_expiry: Duration = 7 * 86400.0
     keepalive: Duration = 30.0
     ca_file: str | None = None
@@ -88,6 +137,13 @@ class MqttSourceConfig(SourceConfig):
             # Beyond that, after a crash, a redelivery of a stored message could no longer
             # be told from a new one (see REDELIVERY_WINDOW in gateway/store/sqlite.py).
             yield "receive_maximum", "must be between 1 and 16384"
+        if self.receive_max_bytes < 64 * 1024:
+            yield "receive_max_bytes", "must be at least 64KiB"
+
+    @property
+    def maximum_packet_size(self) -> int:
+        """What we announce in CONNECT: room for max_payload and generous headers."""
+        return min(self.max_payload + max(self.max_payload, 64 * 1024), 268_435_455)
 
 
 _topic_crc: dict[str, int] = {}
@@ -103,8 +159,25 @@ def _digest(topic: str, payload: bytes) -> bytes:
     if seed is None:
         if len(_topic_crc) >= 65536:
             _topic_crc.clear()
-        seed = _topic_crc[topic] = zlib.crc32(topic.encode())
+        seed = _topic_crc[topic] = zlib.crc32(topic.encode(errors="surrogatepass"))
     return ((zlib.crc32(payload, seed) << 32) | (len(payload) & 0xFFFFFFFF)).to_bytes(8, "big")
+
+
+def _flags(qos: int, dup: bool) -> bytes:
+    """The byte after the digest that tells the store how to keep the mark."""
+    return bytes(((MARK_DUP if dup else 0) | (MARK_QOS2 if qos == 2 else 0),))
+
+
+def _user_attributes(attrs: dict[str, str], user: list[tuple[str, str]]) -> None:
+    """MQTT 5 user properties as attributes; a repeated key keeps every value (.1, .2 ...)."""
+    for key, value in user:
+        name = f"mqtt.user.{key}"
+        if name in attrs:
+            i = 1
+            while f"{name}.{i}" in attrs:
+                i += 1
+            name = f"{name}.{i}"
+        attrs[name] = value
 
 
 class MqttSource(Source):
@@ -121,25 +194,44 @@ class MqttSource(Source):
         self._ready = asyncio.Event()
         self._lost: str | None = None
         self._epoch = 0  # bumped when the broker starts a new session: old packet ids are void
-        self._pending: dict[int, bytes] = {}  # packet id -> digest, handed over, not yet acked
+        self._reset_due = False  # a new session began; the store's marks are still the old ones
+        # packet id -> (digest, bytes): handed over or about to be, not yet acked
+        self._pending: dict[int, tuple[bytes, int]] = {}
         self._acks: list[tuple[int, int]] = []  # committed, to be sent in one write
-        self._paused = False  # reading paused: receive_maximum messages are unacknowledged
+        self._releases: list[int] = []  # QoS 2 packet ids whose PUBREL came
+        self._held: set[int] = ctx.marks.held()  # QoS 2 ids stored and answered with PUBREC
+        self._paused = False  # reading paused: too much is unacknowledged
         self._connecting = False
         self._shared_attrs: dict[tuple[str, int, bool], dict[str, str]] = {}
-        self._qos0_capacity = 10000
+        self.inflight_bytes = 0  # payload bytes received and not yet committed
+        self.unacked = 0  # messages handed to the engine and not yet committed
+        self._drained = asyncio.Event()  # set when `unacked` comes down to 0
+        self.pauses = 0  # times reading stopped because too much was in flight
         self.dropped_qos0 = 0
+        self._drops_logged = 0
+        self._drop_logged_at = 0.0
         self.redeliveries = 0
+        self.possible_duplicates = 0
+        self.invalid = 0
         self.oversized = 0
         self._client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
+        ctx.status["dropped"] = 0
 
     async def connect(self) -> None:
         cfg = self.config
         host, port, tls = parse_url(cfg.url or self.ctx.mqtt_url)
         self._lost = None
+        self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
                 self._connecting = True
-                client = Subscriber(self._deliver, self._on_lost)
+                client = Subscriber(
+                    self._deliver,
+                    self._on_lost,
+                    reject=self._reject,
+                    release=self._on_release,
+                    maximum_packet_size=cfg.maximum_packet_size,
+                )
                 self._client = client
                 self._paused = False
                 present = await client.open(
@@ -158,19 +250,27 @@ class MqttSource(Source):
                     # a new session: packet ids of the old one mean nothing to the broker now
                     self._epoch += 1
                     self._pending.clear()
-                granted = await client.subscribe([(f, cfg.qos) for f in cfg.topics])
+                    self._reset_due = True
+                if self._reset_due:
+                    await self._forget_old_session()
+                granted = await client.subscribe(
+                    [(f, cfg.qos) for f in cfg.topics], _RETAIN_HANDLING[cfg.retained]
+                )
         except ConnectRefused as err:
             self._connecting = False
             if err.permanent:
                 raise PermanentError(f"MQTT broker {host}:{port}: {err}") from err
             raise RetryableError(f"MQTT broker {host}:{port}: {err}") from err
-        except (OSError, TimeoutError, ssl.SSLError) as err:
+        except TimeoutError as err:
+            self._connecting = False
+            raise RetryableError(
+                f"timed out after {CONNECT_TIMEOUT:g} s connecting to MQTT broker {host}:{port}"
+            ) from err
+        except (OSError, ssl.SSLError) as err:
             self._connecting = False
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
         self._connecting = False
-        if len(self._pending) >= cfg.receive_maximum:
-            self._paused = True
-            client.pause_reading()
+        self._check_pause()
         refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
@@ -183,9 +283,47 @@ class MqttSource(Source):
             "resumed" if present else "new",
         )
 
+    async def _forget_old_session(self) -> None:
+        """Clear the store's QoS 2 ids and redelivery marks once the old session's
+        messages are all committed (their marks must not outlive the clearing)."""
+        buffer = self._buffer
+        for i, msg in enumerate(buffer):
+            if msg.dedupe is not None:  # not handed over yet: store it without a mark
+                buffer[i] = msg._replace(dedupe=None)
+        self._drained.clear()
+        if self.unacked:
+            await self._drained.wait()
+        try:
+            await self.ctx.marks.new_session()
+        except GatewayError as err:
+            raise RetryableError(f"cannot clear the old session's packet ids: {err}") from err
+        self._reset_due = False
+
     def _on_lost(self, reason: str) -> None:
         self._lost = reason
         self._ready.set()
+
+    def _on_release(self, mid: int) -> None:
+        """PUBREL: the id is forgotten in a commit (in `read`), and only then PUBCOMP."""
+        if mid in self._held:
+            self._releases.append(mid)
+            self._ready.set()
+        elif self._client is not None:
+            self._client.complete([mid])  # nothing held under it (a new session cleared it)
+
+    def _check_pause(self) -> None:
+        if (
+            not self._paused
+            and not self._connecting  # the SUBACK must still get through
+            and (
+                len(self._pending) >= self.config.receive_maximum
+                or self.inflight_bytes >= self.config.receive_max_bytes
+            )
+        ):
+            self._paused = True
+            self.pauses += 1
+            if self._client is not None:
+                self._client.pause_reading()
 
     def _deliver(
         self,
@@ -198,36 +336,28 @@ class MqttSource(Source):
         mid: int | None,
     ) -> None:
         """Called for each PUBLISH as it is parsed; must be quick and never block."""
-        if mid is None and len(self._buffer) >= self._qos0_capacity:
-            self.dropped_qos0 += 1
-            return
-        digest = None
-        if mid is not None:
-            digest = _digest(topic, payload)
-            if dup:
-                if self._pending.get(mid) == digest:
-                    return  # the first copy is still on its way to the store; its ack covers this
-                if self.ctx.committed(mid, digest):
-                    self.redeliveries += 1
-                    self._acks_now(mid, qos)
-                    return
-            self._pending[mid] = digest
+        size = len(payload)
+        if mid is None:
             if (
-                len(self._pending) >= self.config.receive_maximum
-                and not self._paused
-                and not self._connecting  # the SUBACK must still get through
+                len(self._buffer) >= QOS0_CAPACITY
+                or self.inflight_bytes + size > self.config.receive_max_bytes
             ):
-                self._paused = True
-                if self._client is not None:
-                    self._client.pause_reading()
+                self._drop_qos0()
+                return
+            dedupe = None
+        else:
+            digest = _digest(topic, payload)
+            if not self._first_copy(mid, digest, qos, dup):
+                return
+            dedupe = (mid, digest + _flags(qos, dup))
+            self._pending[mid] = (digest, size)
         if user:
             attrs = {
                 "mqtt.topic": topic,
                 "mqtt.qos": _QOS_TEXT[qos],
                 "mqtt.retain": "1" if retain else "0",
             }
-            for key, value in user:
-                attrs[f"mqtt.user.{key}"] = value
+            _user_attributes(attrs, user)
         else:
             # FlowFiles never change their attributes, so one dict per topic and flags
             # serves them all (and its JSON is then found by identity, see attributes_json)
@@ -241,38 +371,140 @@ class MqttSource(Source):
                     "mqtt.retain": "1" if retain else "0",
                 }
         reject = None
-        if len(payload) > self.config.max_payload:
+        if size > self.config.max_payload:
             self.oversized += 1
             reject = (
-                f"payload of {len(payload)} bytes exceeds max_payload "
+                f"payload of {size} bytes exceeds max_payload "
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
             payload = payload[: self.config.max_payload]
         ff = FlowFile(uuid7(), topic, attrs, payload, time_ns(), ())
-        if mid is None:
-            self._buffer.append(Message(ff, None, None, reject))
+        self._hand(Message(ff, _Ack(self, mid, qos, self._epoch, size), dedupe, reject), size)
+
+    def _first_copy(self, mid: int, digest: bytes, qos: int, dup: bool) -> bool:
+        """False for a copy of a message that is stored or on its way to the store."""
+        entry = self._pending.get(mid)
+        if entry is not None and (qos == 2 or entry[0] == digest):
+            # still on its way to the store (from before a reconnect): its ack covers this;
+            # the broker cannot have reused an id we have not acknowledged
+            return False
+        if qos == 2:
+            if mid in self._held:  # stored, PUBREC sent, no PUBREL yet: answer again
+                self.redeliveries += 1
+                self._acks_now(mid, 2)
+                return False
+            return True
+        if dup and self.ctx.marks.committed(mid, digest):
+            if self.ctx.marks.ids_counted(self.config.receive_maximum):
+                self.redeliveries += 1
+                self._acks_now(mid, qos)
+                return False
+            self.possible_duplicates += 1  # cannot be told from a new identical message
+        return True
+
+    def _reject(
+        self, topic: str, raw: bytes, qos: int, dup: bool, mid: int | None, reason: str
+    ) -> None:
+        """A PUBLISH MQTT forbids, framed soundly: a dead letter, acknowledged once stored."""
+        self.invalid += 1
+        topic = topic.replace("\x00", "\\x00") or "mqtt/invalid"
+        dedupe = None
+        ack = None
+        if mid is not None:
+            digest = _digest(topic, raw[1:])  # not the first byte: its DUP flag changes
+            if not self._first_copy(mid, digest, qos, dup):
+                return
+            dedupe = (mid, digest + _flags(qos, dup))
+            self._pending[mid] = (digest, len(raw))
+        if mid is not None or not qos:
+            ack = _Ack(self, mid, qos, self._epoch, len(raw))
         else:
-            ack = _Ack(self, mid, qos, self._epoch)
-            self._buffer.append(Message(ff, ack, (mid, digest), reject))  # type: ignore[arg-type]
+            reason += " (packet id 0: it cannot be acknowledged, the broker may send it again)"
+            ack = _Ack(self, None, 0, self._epoch, len(raw))
+        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], "mqtt.invalid": "1"}
+        ff = FlowFile(uuid7(), topic, attrs, raw, time_ns(), ())
+        reason += "; the content is the raw PUBLISH packet"
+        self._hand(Message(ff, ack, dedupe, reason), len(raw))
+        self.ctx.log.warning("%s (topic %r); it goes to the dead letters", reason, topic)
+
+    def _hand(self, message: Message, size: int) -> None:
+        self._buffer.append(message)
+        self.inflight_bytes += size
+        if message.dedupe is not None:
+            self._check_pause()
         self._ready.set()
 
+    def _drop_qos0(self) -> None:
+        self.dropped_qos0 += 1
+        self.ctx.status["dropped"] = self.dropped_qos0
+        self._log_drops()
+
+    def _log_drops(self) -> None:
+        """At most one WARNING every DROP_LOG_INTERVAL seconds, with the count since the last."""
+        new = self.dropped_qos0 - self._drops_logged
+        if not new:
+            return
+        now = self.ctx.clock.monotonic()
+        if now - self._drop_logged_at < DROP_LOG_INTERVAL:
+            return
+        self._drop_logged_at = now
+        self._drops_logged = self.dropped_qos0
+        self.ctx.log.warning(
+            "dropped %d QoS 0 messages (%d in all): they arrived faster than the gateway"
+            " stores them, and QoS 0 allows dropping; subscribe with qos: 1 to keep every one",
+            new,
+            self.dropped_qos0,
+        )
+
     async def read(self) -> list[Message]:
-        while not self._buffer:
+        while True:
+            if self._releases:
+                await self._release()
+            if self._buffer:
+                break
             if self._lost:
                 raise RetryableError(self._lost)
             self._ready.clear()
             await self._ready.wait()
+        self._log_drops()
+        status = self.ctx.status
+        status["redeliveries"] = self.redeliveries
+        status["possible_duplicates"] = self.possible_duplicates
+        status["invalid"] = self.invalid
+        status["receive_paused"] = self.pauses
         buf = self._buffer
         n = min(len(buf), READ_BATCH)
+        self.unacked += n
         return [buf.popleft() for _ in range(n)]
 
-    def _ack(self, mid: int, qos: int, epoch: int) -> None:
+    async def _release(self) -> None:
+        """Forget QoS 2 packet ids whose PUBREL came, in a commit, then send PUBCOMP."""
+        ids, self._releases = self._releases, []
+        client = self._client
+        try:
+            await self.ctx.marks.release(ids)
+        except GatewayError as err:
+            raise RetryableError(f"cannot record the end of QoS 2 messages: {err}") from err
+        if client is not None and client is self._client and client.connected:
+            client.complete(ids)
+
+    def _ack(self, mid: int | None, qos: int, epoch: int, size: int) -> None:
+        self.unacked -= 1
+        if not self.unacked:
+            self._drained.set()
+        self.inflight_bytes -= size
+        if mid is None:
+            return  # QoS 0: nothing to send
         if self._pending.get(mid) is not None:
             del self._pending[mid]
-            if self._paused and len(self._pending) <= self.config.receive_maximum // 2:
-                self._paused = False
-                if self._client is not None:
-                    self._client.resume_reading()
+        if (
+            self._paused
+            and len(self._pending) <= self.config.receive_maximum // 2
+            and self.inflight_bytes <= self.config.receive_max_bytes // 2
+        ):
+            self._paused = False
+            if self._client is not None:
+                self._client.resume_reading()
         if epoch != self._epoch:
             return  # a new session: that packet id means nothing to the broker any more
         if not self._acks:
@@ -304,15 +536,18 @@ class MqttSource(Source):
 
 
 class _Ack:
-    """Sends the acknowledgement for one message once its batch is committed."""
+    """Runs once the message's batch is committed: PUBACK/PUBREC, and the bookkeeping."""
 
-    __slots__ = ("epoch", "mid", "qos", "source")
+    __slots__ = ("epoch", "mid", "qos", "size", "source")
 
-    def __init__(self, source: MqttSource, mid: int, qos: int, epoch: int) -> None:
+    def __init__(
+        self, source: MqttSource, mid: int | None, qos: int, epoch: int, size: int
+    ) -> None:
         self.source = source
         self.mid = mid
         self.qos = qos
         self.epoch = epoch
+        self.size = size
 
     def __call__(self) -> None:
-        self.source._ack(self.mid, self.qos, self.epoch)
+        self.source._ack(self.mid, self.qos, self.epoch, self.size)

@@ -16,6 +16,10 @@ Tables
   inbound       (source, slot) -> digest of the last committed message and its
                 number among that source's messages, used to recognise a broker's
                 redelivery of a message already stored
+  inbound_held  (source, packet id) of MQTT QoS 2 messages stored and answered with
+                PUBREC whose PUBREL has not come yet (see `SourceMarks`)
+  inbound_ids   per source: the last packet id the broker handed out, how many
+                times in a row its ids moved forward, and whether it ever reused one
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from gateway.core.component import MARK_DUP, MARK_QOS2
 from gateway.core.errors import GatewayError
 from gateway.core.flowfile import FlowFile, attributes_json
 
@@ -47,6 +52,20 @@ PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
 REDELIVERY_WINDOW = 32_768
+
+_MARKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbound_held (
+    source TEXT NOT NULL,
+    packet_id INTEGER NOT NULL,
+    PRIMARY KEY (source, packet_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbound_ids (
+    source TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    run INTEGER NOT NULL,
+    reused INTEGER NOT NULL
+);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flowfiles (
@@ -225,6 +244,8 @@ class Store:
         self._depth: dict[str, int] = {}
         self._inbound: dict[tuple[str, int], bytes] = {}  # digest + number, 8 bytes each
         self._numbered: dict[str, int] = {}  # source -> number of its last committed message
+        self._held: dict[str, set[int]] = {}  # QoS 2 packet ids between PUBREC and PUBREL
+        self._ids: dict[str, tuple[int, int, bool]] = {}  # source -> (last id, run, reused)
         self._listeners: list[Callable[[], None]] = []
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
@@ -268,6 +289,7 @@ class Store:
             number = int.from_bytes(mark[8:16], "big")
             if number > self._numbered.get(source, 0):
                 self._numbered[source] = number
+        self._open_marks_sync(db)
 
     def _count_sync(self, name: str) -> int:
         return int(
@@ -357,6 +379,96 @@ class Store:
         """Call `callback` (on the event loop) after every ingest commit."""
         self._listeners.append(callback)
 
+    # -- inbound marks: redeliveries, QoS 2 state, packet id evidence -----------
+
+    def marks(self, source: str) -> SourceMarks:
+        """The view of this store's inbound bookkeeping that source `source` gets."""
+        return SourceMarks(self, source)
+
+    def _open_marks_sync(self, db: sqlite3.Connection) -> None:
+        db.executescript(_MARKS_SCHEMA)
+        for source, packet_id in db.execute("SELECT source, packet_id FROM inbound_held"):
+            self._held.setdefault(source, set()).add(packet_id)
+        for source, last, run, reused in db.execute(
+            "SELECT source, last_id, run, reused FROM inbound_ids"
+        ):
+            self._ids[source] = (last, run, bool(reused))
+
+    def _marks_for(self, inbound: list[tuple[str, int, bytes]]) -> _Marks:
+        """What the commit writes for the inbound messages of a batch.
+
+        Numbers are taken now, before the commit's await: a commit that overlaps
+        this one (a dead-letter replay) must not hand out the same ones or undo
+        these. The packet id evidence is applied only once the commit is done, so
+        that a batch retried after a failed commit does not count its ids twice.
+        """
+        digests = []
+        held = []
+        ids: dict[str, tuple[int, int, bool]] = {}
+        numbered = self._numbered
+        for source, slot, digest in inbound:
+            flags = digest[8] if len(digest) > 8 else 0
+            if not flags & MARK_DUP:
+                state = ids.get(source) or self._ids.get(source) or (0, 0, False)
+                ids[source] = _next_id(state, slot)
+            if flags & MARK_QOS2:
+                held.append((source, slot))
+                continue
+            number = numbered[source] = numbered.get(source, 0) + 1
+            digests.append((source, slot, digest[:8] + number.to_bytes(8, "big")))
+        return _Marks(digests, held, ids)
+
+    @staticmethod
+    def _write_marks_sync(db: sqlite3.Connection, marks: _Marks) -> None:
+        """Part of the ingest transaction: the marks go in with the FlowFiles or not at all."""
+        if marks.digests:
+            _insert_rows(db, _UPSERT_INBOUND[0], marks.digests, _UPSERT_INBOUND[1])
+        if marks.held:
+            db.executemany(
+                "INSERT OR IGNORE INTO inbound_held (source, packet_id) VALUES (?, ?)", marks.held
+            )
+        if marks.ids:
+            db.executemany(
+                "INSERT INTO inbound_ids (source, last_id, run, reused) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (source) DO UPDATE SET last_id = excluded.last_id,"
+                " run = excluded.run, reused = excluded.reused",
+                [(source, *state) for source, state in marks.ids.items()],
+            )
+
+    def _marks_committed(self, marks: _Marks) -> None:
+        for source, slot, mark in marks.digests:
+            self._inbound[(source, slot)] = mark
+        for source, packet_id in marks.held:
+            self._held.setdefault(source, set()).add(packet_id)
+        self._ids.update(marks.ids)
+
+    def _release_sync(self, source: str, ids: list[int]) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "DELETE FROM inbound_held WHERE source = ? AND packet_id = ?",
+                [(source, i) for i in ids],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _new_session_sync(self, source: str) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM inbound_held WHERE source = ?", (source,))
+            db.execute("DELETE FROM inbound WHERE source = ?", (source,))
+            db.execute("UPDATE inbound_ids SET last_id = 0, run = 0 WHERE source = ?", (source,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     # -- ingest ------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> None:
@@ -365,11 +477,7 @@ class Store:
         added = sum(row[7] for row in encoded)
         # Numbers are taken now, before the await: a commit that overlaps this one (a
         # dead-letter replay) must not hand out the same ones or undo these.
-        marks = []
-        numbered = self._numbered
-        for source, slot, digest in batch.inbound:
-            number = numbered[source] = numbered.get(source, 0) + 1
-            marks.append((source, slot, digest + number.to_bytes(8, "big")))
+        marks = self._marks_for(batch.inbound)
         last = await self._call(self._commit_sync, encoded, batch, marks)
         self.bytes += added
         if batch.rows:
@@ -381,16 +489,13 @@ class Store:
             for name, bit in self._bits.items():
                 if mask >> bit & 1:
                     self._depth[name] += count
-        for source, slot, mark in marks:
-            self._inbound[(source, slot)] = mark
+        self._marks_committed(marks)
         self.dead_count += len(batch.dead)
         for callback in self._listeners:
             callback()
         await self.make_room()
 
-    def _commit_sync(
-        self, encoded: list[tuple[Any, ...]], batch: Batch, marks: list[tuple[str, int, bytes]]
-    ) -> int:
+    def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch, marks: _Marks) -> int:
         """Returns the seq of the last FlowFile inserted (they get consecutive seqs)."""
         db = self._db
         assert db is not None
@@ -409,8 +514,7 @@ class Store:
                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     list(batch.state.items()),
                 )
-            if marks:
-                _insert_rows(db, _UPSERT_INBOUND[0], marks, _UPSERT_INBOUND[1])
+            self._write_marks_sync(db, marks)
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
@@ -667,6 +771,73 @@ class Store:
         return await self._call(
             lambda: self._db.execute(sql, params).fetchall()  # type: ignore[union-attr]
         )
+
+
+class _Marks(NamedTuple):
+    """The inbound bookkeeping of one ingest commit (see `Store._marks_for`)."""
+
+    digests: list[tuple[str, int, bytes]]  # (source, slot, digest + number)
+    held: list[tuple[str, int]]  # (source, QoS 2 packet id) answered with PUBREC
+    ids: dict[str, tuple[int, int, bool]]  # source -> (last id, run, reused)
+
+
+def _next_id(state: tuple[int, int, bool], packet_id: int) -> tuple[int, int, bool]:
+    """The evidence about a broker's packet ids after it handed out `packet_id` (not DUP).
+
+    Ids run from 1 to 65535 and then come round. A step forward (by up to half
+    the range: gaps are fine, messages can expire in the broker) extends the
+    run; the same id again or a step back means the broker reuses ids it freed,
+    which is remembered for good.
+    """
+    last, run, reused = state
+    if last:
+        if 1 <= (packet_id - last) % 65535 < 32768:
+            run += 1
+        else:
+            run, reused = 0, True
+    return packet_id, run, reused
+
+
+class SourceMarks:
+    """One source's view of the store's inbound bookkeeping.
+
+    QoS 1: `committed` says whether a DUP redelivery matches a message stored
+    under that packet id recently, and `ids_counted` whether the broker's ids
+    have been seen to move forward, never reused, over more than a given number
+    of messages in a row (see gateway/sources/mqtt.py for why that makes the
+    match safe). QoS 2: `held` is the set of packet ids stored and answered with
+    PUBREC (written in the same commit as the FlowFiles); `release` forgets ids
+    in a commit of its own (before PUBCOMP); `new_session` forgets everything
+    the broker's old session could have sent again.
+    """
+
+    def __init__(self, store: Store, source: str) -> None:
+        self.store = store
+        self.source = source
+
+    def committed(self, slot: int, digest: bytes) -> bool:
+        return self.store.committed(self.source, slot, digest[:8])
+
+    def ids_counted(self, more_than: int) -> bool:
+        _last, run, reused = self.store._ids.get(self.source, (0, 0, False))
+        return not reused and run > more_than
+
+    def held(self) -> set[int]:
+        return self.store._held.setdefault(self.source, set())
+
+    async def release(self, ids: list[int]) -> None:
+        await self.store._call(self.store._release_sync, self.source, ids)
+        self.held().difference_update(ids)
+
+    async def new_session(self) -> None:
+        store = self.store
+        await store._call(store._new_session_sync, self.source)
+        self.held().clear()
+        for key in [k for k in store._inbound if k[0] == self.source]:
+            del store._inbound[key]
+        _last, _run, reused = store._ids.get(self.source, (0, 0, False))
+        if self.source in store._ids:
+            store._ids[self.source] = (0, 0, reused)
 
 
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:

@@ -35,9 +35,10 @@ async function refresh() {
       `${(st.bytes/1048576).toFixed(1)} of ${(st.max_bytes/1048576).toFixed(0)} MiB` +
       (st.blocked ? " (BLOCKED: buffer full)" : "") + ` - ${st.dropped} dropped - ` +
       `${s.dead_letters} dead letters`;
-    table("sources", ["name", "state", "produced", "errors", "last error"],
+    table("sources", ["name", "state", "produced", "dropped", "errors", "last error"],
       Object.entries(s.sources).map(([n, r]) => `<tr><td>${esc(n)}</td><td class=${cls(r.state)}>` +
-        `${esc(r.state)}</td><td>${r.produced}</td><td>${r.errors}</td><td>${esc(r.last_error)}</td></tr>`));
+        `${esc(r.state)}</td><td>${r.produced}</td><td class=${r.dropped ? "warn" : ""}>` +
+        `${r.dropped ?? 0}</td><td>${r.errors}</td><td>${esc(r.last_error)}</td></tr>`));
     table("sinks", ["name", "type", "state", "waiting", "delivered", "dead-lettered", "last error"],
       Object.entries(s.sinks).map(([n, r]) => `<tr><td>${esc(n)}</td><td>${esc(r.type)}</td>` +
         `<td class=${cls(r.state)}>${esc(r.state)}</td><td>${r.depth}</td><td>${r.delivered}</td>` +

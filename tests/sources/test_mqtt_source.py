@@ -8,19 +8,21 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from gateway.config.schema import Problems, build_dataclass
-from gateway.core.component import Context, Message
-from gateway.sources.mqtt import MqttSource, MqttSourceConfig
+from gateway.core.component import Context, Message, NoMarks
+from gateway.core.errors import RetryableError
+from gateway.sources import mqtt as mqtt_source
+from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
 
 
-def make_source(mosquitto: Any, client_id: str, committed: Any = None, **extra: Any) -> MqttSource:
+def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:
     problems = Problems()
     raw = {"type": "mqtt", "topics": ["acks/#"], "qos": 1, "client_id": client_id,
            "url": mosquitto.url, **extra}  # fmt: skip
     config = build_dataclass(MqttSourceConfig, raw, (), problems)
     assert not problems, problems.items
     ctx = Context(name="plant", kind="source")
-    if committed is not None:
-        ctx.committed = committed
+    if marks is not None:
+        ctx.marks = marks
     return MqttSource(config, ctx)
 
 
@@ -70,17 +72,31 @@ async def test_unacknowledged_messages_come_back_and_acked_ones_do_not(mosquitto
     await third.close()
 
 
+class Marks(NoMarks):
+    """Marks as the store keeps them, with a broker whose ids are known to count up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: set[tuple[int, bytes]] = set()
+
+    def committed(self, slot: int, digest: bytes) -> bool:
+        return (slot, digest[:8]) in self.stored
+
+    def ids_counted(self, more_than: int) -> bool:
+        return True
+
+
 async def test_a_redelivery_of_a_stored_message_is_acked_without_a_flowfile(mosquitto: Any) -> None:
-    stored: set[tuple[int, bytes]] = set()
+    marks = Marks()
     first = make_source(mosquitto, "acks-2")
     await first.connect()
     await asyncio.to_thread(publish, mosquitto, "acks/b", [b"x"])
     (msg,) = await read_n(first, 1)
     assert msg.dedupe is not None
-    stored.add(msg.dedupe)  # committed, but the gateway "died" before the PUBACK
+    marks.stored.add((msg.dedupe[0], msg.dedupe[1][:8]))  # committed, but no PUBACK went out
     await first.close()
 
-    second = make_source(mosquitto, "acks-2", committed=lambda s, d: (s, d) in stored)
+    second = make_source(mosquitto, "acks-2", marks)
     await second.connect()
     await asyncio.to_thread(publish, mosquitto, "acks/b", [b"y"])
     got = await read_n(second, 1)
@@ -116,3 +132,67 @@ async def test_a_resumed_session_with_a_backlog_beyond_receive_maximum(mosquitto
             got.extend(batch)
     assert sorted(int(m.flowfile.content) for m in got) == list(range(100))
     await second.close()
+
+
+def test_a_repeated_user_property_key_keeps_every_value() -> None:
+    attrs = {"mqtt.topic": "t"}
+    _user_attributes(attrs, [("k", "a"), ("k.1", "x"), ("k", "b"), ("k", "c")])
+    assert attrs == {
+        "mqtt.topic": "t",
+        "mqtt.user.k": "a",
+        "mqtt.user.k.1": "x",
+        "mqtt.user.k.2": "b",
+        "mqtt.user.k.3": "c",
+    }
+
+
+async def test_large_messages_pause_reading_at_receive_max_bytes(mosquitto: Any) -> None:
+    source = make_source(mosquitto, "bytes-1", receive_max_bytes="64KiB")
+    await source.connect()
+    payloads = [bytes([i]) * 20_000 for i in range(40)]  # 800 KB, far over the budget
+    await asyncio.to_thread(publish, mosquitto, "acks/big", payloads)
+    got = await read_n(source, 3)
+    await asyncio.sleep(0.5)  # what the broker can push while we hold the acks
+    while source._buffer:
+        got.extend(await source.read())
+    assert source.pauses >= 1
+    assert len(got) < 40  # reading stopped while 64 KiB were not acknowledged
+    # a read can bring in at most one socket read (256 KiB) beyond the budget
+    assert source.inflight_bytes <= 64 * 1024 + 256 * 1024 + 20_000
+    new = got
+    async with asyncio.timeout(15):
+        while True:
+            for m in new:
+                assert m.ack is not None
+                m.ack()  # as the engine does after each commit: reading resumes
+            if len(got) == 40:
+                break
+            new = await source.read()
+            got.extend(new)
+    assert sorted(m.flowfile.content[0] for m in got) == list(range(40))
+    await source.close()
+
+
+async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any) -> None:
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes CONNECT, never answers
+        writer.close()
+        await writer.wait_closed()
+        done.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(mqtt_source, "CONNECT_TIMEOUT", 0.3)
+    source = make_source(type("B", (), {"url": f"mqtt://127.0.0.1:{port}"}), "timeout-1")
+    try:
+        await source.connect()
+    except RetryableError as err:
+        assert str(err) == f"timed out after 0.3 s connecting to MQTT broker 127.0.0.1:{port}"
+    else:
+        raise AssertionError("connect() returned")
+    await source.close()
+    await done.wait()
+    server.close()
+    await server.wait_closed()

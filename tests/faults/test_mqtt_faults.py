@@ -1,0 +1,183 @@
+"""MQTT ingest under attack: reused packet ids, QoS 2 crashes, poison messages, retained
+messages and QoS 0 floods, against the real `edge-stream` process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from fakebroker import FakeBroker, publish_packet, utf8
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
+from harness import wait_for
+
+PAYLOAD = b'{"v": 1}'
+
+
+def file_config(url: str, name: str, qos: int = 1, **source: Any) -> dict[str, Any]:
+    return {
+        "mqtt": {"url": url},
+        "sources": {
+            "plant": {
+                "type": "mqtt",
+                "topics": [f"{name}/#"],
+                "qos": qos,
+                "client_id": f"gw-{name}",
+                **source,
+            }
+        },
+        "routes": {"all": {"match": f"{name}/#", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+    }
+
+
+def lines(gw: Any) -> list[dict[str, Any]]:
+    path = gw.data_dir / "out.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def connections(gw: Any) -> int:
+    return gw.log_path.read_text().count("connected to 127.0.0.1")
+
+
+def test_a_repeated_reading_under_a_reused_packet_id_is_stored(gateway_factory: Any) -> None:
+    """The issue's scenario: the same reading twice, the second under the packet id the
+    first freed, the gateway killed before reading it; the broker redelivers it (DUP)."""
+    broker = FakeBroker().start()
+    try:
+        gw = gateway_factory(file_config(broker.url, "reuse"))
+        gw.start()
+        mid = broker.publish("reuse/dev", PAYLOAD, 1)
+        broker.wait(lambda b: ("puback", mid) in b.acks, 10, "the first PUBACK")
+        wait_for(lambda: len(lines(gw)) == 1, 10, "the first reading")
+        gw.kill()
+        assert broker.sent_before_crash("gw-reuse", "reuse/dev", PAYLOAD, 1) == mid
+        gw.start()
+        broker.wait(lambda b: b.acks.count(("puback", mid)) == 2, 10, "the second PUBACK")
+        wait_for(lambda: len(lines(gw)) == 2, 10, "both readings in the file")
+        assert gw.status()["sources"]["plant"]["possible_duplicates"] == 1
+        assert gw.stop() == 0
+    finally:
+        broker.stop()
+
+
+def test_qos2_is_exactly_once_across_a_kill_between_pubrec_and_pubrel(
+    gateway_factory: Any,
+) -> None:
+    # The broker acts as if our PUBREC was lost: after the kill it sends the PUBLISH again.
+    broker = FakeBroker(send_pubrel=False, forget_pubrec=True).start()
+    try:
+        gw = gateway_factory(file_config(broker.url, "exactly", qos=2))
+        gw.start()
+        mid = broker.publish("exactly/dev", PAYLOAD, 2)
+        broker.wait(lambda b: ("pubrec", mid) in b.acks, 10, "the PUBREC")
+        wait_for(lambda: len(lines(gw)) == 1, 10, "the reading")
+        gw.kill()
+        gw.start()
+        broker.wait(lambda b: b.acks.count(("pubrec", mid)) == 2, 10, "PUBREC for the DUP")
+        broker.release(mid)
+        broker.wait(lambda b: ("pubcomp", mid) in b.acks, 10, "the PUBCOMP")
+        time.sleep(0.5)  # a duplicate would be in the file now
+        assert len(lines(gw)) == 1
+        # PUBCOMP freed the id: a new identical reading under it must be stored
+        gw.kill()
+        assert broker.sent_before_crash("gw-exactly", "exactly/dev", PAYLOAD, 2) == mid
+        gw.start()
+        broker.wait(lambda b: b.acks.count(("pubrec", mid)) == 3, 10, "the third PUBREC")
+        wait_for(lambda: len(lines(gw)) == 2, 10, "the new reading")
+        assert gw.stop() == 0
+    finally:
+        broker.stop()
+
+
+def test_a_poison_message_is_dead_lettered_and_acknowledged(gateway_factory: Any) -> None:
+    broker = FakeBroker().start()
+    try:
+        gw = gateway_factory(file_config(broker.url, "poison"))
+        gw.start()
+        bad_user = b"\x26" + utf8("ok") + b"\x00\x02\xc3\x28"  # a value that is not UTF-8
+        broker.send_raw(publish_packet("poison/dev", PAYLOAD, 1, 1, props=bad_user), 1, 1)
+        mid = broker.publish("poison/dev", b'{"v": 2}', 1)
+        broker.wait(lambda b: {("puback", 1), ("puback", mid)} <= set(b.acks), 10, "PUBACKs")
+        wait_for(lambda: len(lines(gw)) == 1, 10, "the message behind the poison")
+        assert lines(gw)[0]["payload"] == {"v": 2}
+        assert gw.status()["dead_letters"] == 1
+        (dead,) = gw.get("/api/dead-letters?limit=10")
+        assert "not valid UTF-8" in dead["reason"]
+        assert broker.connects == 1  # the connection stayed
+        assert gw.stop() == 0
+    finally:
+        broker.stop()
+
+
+def test_a_retained_message_is_stored_once_across_reloads_and_a_restart(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    name = f"retained{uuid.uuid4().hex[:8]}"
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{name}")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    client.publish(f"{name}/dev", PAYLOAD, qos=1, retain=True).wait_for_publish(10)
+    try:
+        gw = gateway_factory(file_config(mosquitto.url, name))
+        gw.start()
+        wait_for(lambda: len(lines(gw)) == 1, 10, "the retained message")
+        assert gw.proc is not None
+        for i in range(3):
+            gw.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda i=i: connections(gw) == i + 2, 30, f"reconnect after reload {i + 1}")
+        assert gw.stop() == 0
+        gw.start()
+        wait_for(lambda: connections(gw) == 5, 30, "the restart")
+        time.sleep(1.0)  # a retained message sent again would be in the file now
+        assert len(lines(gw)) == 1
+        assert gw.stop() == 0
+    finally:
+        client.publish(f"{name}/dev", b"", qos=1, retain=True).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+
+
+def metric(gw: Any, name: str) -> float:
+    url = f"http://127.0.0.1:{gw.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_qos0_flood_counts_every_drop(mosquitto: Any, gateway_factory: Any) -> None:
+    name = f"flood{uuid.uuid4().hex[:8]}"
+    sent = 400
+    # 16 KiB messages against a 64 KiB in-flight budget: most of a flood is dropped
+    gw = gateway_factory(file_config(mosquitto.url, name, qos=0, receive_max_bytes="64KiB"))
+    gw.start()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{name}")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    for i in range(sent):
+        client.publish(f"{name}/dev", b'{"i": %d, "pad": "%s"}' % (i, b"x" * 16384), qos=0)
+    client.disconnect()
+    client.loop_stop()
+
+    def settled() -> bool:
+        source = gw.status()["sources"]["plant"]
+        return source["produced"] + source["dropped"] == sent  # type: ignore[no-any-return]
+
+    wait_for(settled, 30, "every message stored or counted as dropped")
+    dropped = gw.status()["sources"]["plant"]["dropped"]
+    assert dropped > 0
+    wait_for(lambda: len(lines(gw)) == sent - dropped, 30, "the stored ones in the file")
+    assert metric(gw, 'edge_stream_source_dropped_total{source="plant"}') == dropped
+    assert "dropped" in gw.log_path.read_text() and "QoS 0 messages" in gw.log_path.read_text()
+    assert gw.stop() == 0
