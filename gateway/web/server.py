@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.broker import in_use
 from gateway.config.model import WebSection
+from gateway.core.errors import ConfigError
 from gateway.metrics import registry_for
 from gateway.web.page import STATUS_PAGE
 
@@ -69,11 +72,21 @@ class WebServer:
             self._expected_auth = "Basic " + base64.b64encode(token).decode()
 
     async def start(self) -> str:
-        host, _, port = self.config.listen.rpartition(":")
-        self._server = await asyncio.start_server(
-            self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
-        )
-        return f"http://{self.config.listen}"
+        """Listen on `web.listen`; an address that cannot be had is a ConfigError, one line."""
+        listen = self.config.listen
+        host, _, port = listen.rpartition(":")
+        try:
+            self._server = await asyncio.start_server(
+                self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
+            )
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(in_use("web.listen", listen)) from err
+            raise ConfigError(
+                f"web.listen {listen}: cannot listen there ({err.strerror or err});"
+                " set web.listen to an address of this machine, e.g. 127.0.0.1:8080"
+            ) from err
+        return f"http://{listen}"
 
     async def stop(self) -> None:
         if self._server is not None:
