@@ -298,8 +298,9 @@ async def probe(host: str, port: int) -> Found:
 def _leftover_pids(conf: Path) -> Iterator[int]:
     """Mosquitto processes still running on this gateway's own broker config.
 
-    A gateway killed by SIGKILL leaves its broker shutting down (PDEATHSIG sent it
-    SIGTERM); a restart right away must neither take it for a system broker nor fail.
+    A gateway killed by SIGKILL can leave its broker running: PDEATHSIG is cleared
+    when Mosquitto drops to the `mosquitto` user. A restart must neither take it for
+    a system broker nor fail on the port it holds.
     """
     wanted = str(conf).encode()
     for entry in Path("/proc").iterdir():
@@ -314,18 +315,19 @@ def _leftover_pids(conf: Path) -> Iterator[int]:
 
 
 async def wait_for_leftovers(conf: Path) -> None:
-    """Wait up to LEFTOVER_WAIT for a leftover of our own embedded broker to exit, then end it."""
+    """Stop a leftover of our own embedded broker: SIGTERM (it saves its sessions and
+    queued messages), and SIGKILL after LEFTOVER_WAIT seconds."""
     for attempt in range(int(LEFTOVER_WAIT / 0.05) + 100):
         pids = list(_leftover_pids(conf))
         if not pids:
             return
-        if attempt * 0.05 >= LEFTOVER_WAIT:
+        if attempt == 0 or attempt * 0.05 >= LEFTOVER_WAIT:
             for pid in pids:
                 log.warning(
-                    "broker: ending the embedded Mosquitto a previous run left (pid %d)", pid
+                    "broker: stopping the embedded Mosquitto a previous run left (pid %d)", pid
                 )
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
                 except OSError:
                     pass
         await asyncio.sleep(0.05)
