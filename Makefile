@@ -21,8 +21,9 @@ install: $(VENV)/.installed ## create the venv and install the gateway with its 
 deps: ## install the Debian servers the gateway and its tests use (needs root)
 	bash scripts/install-deps
 
-run: install ## run the gateway on config/gateway.yaml (embedded broker on 127.0.0.1:1883)
-	@[ -x /usr/sbin/mosquitto ] || bash scripts/install-deps mosquitto
+run: install ## run the gateway on config/gateway.yaml (MQTT on 127.0.0.1:1883)
+	@[ -x /usr/sbin/mosquitto ] && command -v mosquitto_pub >/dev/null \
+	  || bash scripts/install-deps mosquitto mosquitto-clients
 	$(VENV)/bin/edge-stream run -c $(CONFIG)
 
 test: deps install ## run every test (unit, integration against real servers, end to end)

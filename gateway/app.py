@@ -80,7 +80,13 @@ async def serve(config: Config, config_path: str | None = None) -> int:
         ready = asyncio.create_task(engine.ready.wait())
         await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
         if engine.ready.is_set() and engine.web_url:
-            log.info("gateway: %s is up; status page %s", engine.config.gateway.id, engine.web_url)
+            mqtt = f"; {engine.broker.describe()}" if engine.broker else ""
+            log.info(
+                "gateway: %s is up; status page %s%s",
+                engine.config.gateway.id,
+                engine.web_url,
+                mqtt,
+            )
         ready.cancel()
         await runner
         if pending is None or stops:

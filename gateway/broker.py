@@ -1,30 +1,64 @@
-"""The embedded broker: `mqtt.url: embedded` runs a local Mosquitto under the gateway.
+"""The gateway's own MQTT broker: `mqtt.url: auto` (the default) or `embedded`.
+
+`mqtt.url` names the broker that MQTT sources without a `url`, Modbus
+write-back and the like use (the gateway's broker):
+
+- `auto` (the default, and what config/gateway.yaml uses): the broker at
+  `mqtt.embedded_listen` (127.0.0.1:1883). If an MQTT broker already answers
+  there (the system's Mosquitto, which Debian's `mosquitto` package starts on
+  a machine with systemd), the gateway uses it and says so in one log line;
+  otherwise it starts its own Mosquitto there. Nothing is started when no
+  component uses the gateway's broker (a serial- or Modbus-only config).
+- `embedded`: always start and supervise a Mosquitto on `embedded_listen`,
+  even when no component of the gateway uses it (sensors may publish to it
+  for other subscribers). An address in use is an error.
+- `mqtt://host:port` or `mqtts://host:port`: a broker run elsewhere.
+
+`mqtt.embedded_listen` (host:port, default 127.0.0.1:1883) is where the
+embedded broker listens. An address another program holds stops the start
+with one line that says what to change.
 
 The gateway writes a mosquitto.conf under `<data_dir>/broker/`, starts
 `mosquitto` as a child process, restarts it if it dies and stops it on exit.
 The config keeps sessions and queued messages on disk (so sensors' QoS 1
 messages survive a broker restart) and raises Mosquitto's default queue limit
 of 1000 messages per offline client, which would otherwise drop data while the
-gateway restarts. It listens on 127.0.0.1:1883 unless `mqtt.embedded_listen`
-says otherwise.
+gateway restarts. A system Mosquitto used by `auto` keeps its own settings
+(see README, "What your MQTT broker needs").
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import pwd
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from gateway.core.errors import ConfigError, RetryableError
 
 log = logging.getLogger("gateway.broker")
 PR_SET_PDEATHSIG = 1
+PROBE_TIMEOUT = 2.0
+LEFTOVER_WAIT = 5.0  # seconds a leftover broker of a killed gateway gets to exit
+# MQTT 3.1.1 CONNECT: clean session, keepalive 10 s, client id "edge-stream-probe"; every
+# MQTT broker answers it with a CONNACK (0x20), whatever it thinks of anonymous clients.
+_PROBE_ID = b"edge-stream-probe"
+_PROBE_CONNECT = (
+    bytes([0x10, 12 + len(_PROBE_ID)])
+    + b"\x00\x04MQTT\x04\x02\x00\x0a"
+    + len(_PROBE_ID).to_bytes(2, "big")
+    + _PROBE_ID
+)
+_DISCONNECT = b"\xe0\x00"
 
 CONF = """\
 # Written by Edge Stream at each start; edit mqtt.* in the gateway config instead.
@@ -70,6 +104,10 @@ def _reachable(folder: Path, uid: int, gid: int) -> bool:
         if path != folder and not st.st_mode & bit:
             return False
     return True
+
+
+class PortInUse(RetryableError):
+    """Another program holds the address the embedded broker should listen on."""
 
 
 class EmbeddedBroker:
@@ -129,7 +167,8 @@ class EmbeddedBroker:
         try:
             probe.bind((self.host, self.port))
         except OSError as err:
-            raise RetryableError(
+            kind = PortInUse if err.errno == errno.EADDRINUSE else RetryableError
+            raise kind(
                 f"the embedded broker cannot listen on {self.host}:{self.port}: {err.strerror}"
                 " (is another MQTT broker running? stop it, or set mqtt.url to use it)"
             ) from err
@@ -162,6 +201,17 @@ class EmbeddedBroker:
             except OSError:
                 await asyncio.sleep(0.05)
         raise RetryableError(f"the embedded Mosquitto did not open {self.host}:{self.port}")
+
+    async def start_first(self) -> None:
+        """The first start: an address in use, or a Mosquitto that cannot start, is a
+        ConfigError (one line, and the process exits 1)."""
+        address = f"{self.host}:{self.port}"
+        try:
+            await self.start()
+        except PortInUse as err:
+            raise ConfigError(in_use("mqtt.embedded_listen", address)) from err
+        except RetryableError as err:
+            raise ConfigError(f"mqtt.embedded_listen {address}: {err}") from err
 
     async def supervise(self) -> None:
         """Restart Mosquitto when it dies, until `stop()`."""
@@ -203,3 +253,166 @@ class EmbeddedBroker:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+def in_use(key: str, address: str) -> str:
+    """The one line for an address another program holds."""
+    return f"{key} {address} is in use by another program; set {key} to a free address"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+Found = Literal["free", "mqtt", "other"]
+
+
+async def probe(host: str, port: int) -> Found:
+    """What listens on host:port: nothing, an MQTT broker, or another program."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return "free"
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            writer.write(_PROBE_CONNECT)
+            await writer.drain()
+            answer = await reader.readexactly(4)
+        if answer[0] == 0x20 and answer[1] == 2:
+            writer.write(_DISCONNECT)
+            await writer.drain()
+            return "mqtt"
+        return "other"
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return "other"
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+def _leftover_pids(conf: Path) -> Iterator[int]:
+    """Mosquitto processes still running on this gateway's own broker config.
+
+    A gateway killed by SIGKILL can leave its broker running: PDEATHSIG is cleared
+    when Mosquitto drops to the `mosquitto` user. A restart must neither take it for
+    a system broker nor fail on the port it holds.
+    """
+    wanted = str(conf).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(args) >= 3 and args[0].endswith(b"mosquitto") and args[1:3] == [b"-c", wanted]:
+            yield int(entry.name)
+
+
+async def wait_for_leftovers(conf: Path) -> None:
+    """Stop a leftover of our own embedded broker: SIGTERM (it saves its sessions and
+    queued messages), and SIGKILL after LEFTOVER_WAIT seconds."""
+    for attempt in range(int(LEFTOVER_WAIT / 0.05) + 100):
+        pids = list(_leftover_pids(conf))
+        if not pids:
+            return
+        if attempt == 0 or attempt * 0.05 >= LEFTOVER_WAIT:
+            for pid in pids:
+                log.warning(
+                    "broker: stopping the embedded Mosquitto a previous run left (pid %d)", pid
+                )
+                try:
+                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
+                except OSError:
+                    pass
+        await asyncio.sleep(0.05)
+
+
+def _points_at(url: Any, host: str, port: int) -> bool:
+    if not isinstance(url, str) or not url.startswith(("mqtt://", "mqtts://")):
+        return False
+    try:
+        parts = urlsplit(url)
+        url_port = parts.port or 1883
+    except ValueError:
+        return False
+    local = {"127.0.0.1", "localhost", "::1"}
+    same = parts.hostname == host or (parts.hostname in local and host in local | {"0.0.0.0"})
+    return same and url_port == port
+
+
+def broker_users(config: Any) -> list[str]:
+    """The components that use the gateway's broker (`mqtt.url: auto` or `embedded`):
+    an MQTT source without its own `url`, Modbus write-back without its own `url`, and any
+    MQTT source, sink or write-back whose `url` points at `mqtt.embedded_listen`."""
+    host, port = split_listen(config.mqtt.embedded_listen)
+    users = []
+    for kind in ("sources", "sinks"):
+        for name, cfg in getattr(config, kind).items():
+            urls = [getattr(cfg, "url", None)]
+            writeback = getattr(cfg, "writeback", None)
+            if writeback is not None and getattr(writeback, "enabled", False):
+                if writeback.url is None:
+                    users.append(f"{kind}.{name}.writeback")
+                    continue
+                urls.append(writeback.url)
+            own = kind == "sources" and getattr(cfg, "type", None) == "mqtt" and urls[0] is None
+            if own or any(_points_at(url, host, port) for url in urls):
+                users.append(f"{kind}.{name}")
+    return users
+
+
+class GatewayBroker:
+    """Which broker the gateway's components use, and the embedded one if it runs it."""
+
+    def __init__(self, url: str, embedded: EmbeddedBroker | None, users: list[str]) -> None:
+        self.url = url
+        self.embedded = embedded
+        self.users = users
+
+    def describe(self) -> str:
+        if self.embedded is not None:
+            return f"MQTT broker {self.url} (embedded)"
+        return f"MQTT broker {self.url}"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "embedded": self.embedded is not None,
+            "restarts": 0 if self.embedded is None else self.embedded.restarts,
+            "used_by": self.users,
+        }
+
+
+async def open_gateway_broker(config: Any, data_dir: str) -> GatewayBroker | None:
+    """Resolve `mqtt.url` and start the embedded broker if it is needed (see the module
+    doc). None when the gateway's broker is not used; ConfigError when it cannot start."""
+    mqtt = config.mqtt
+    users = broker_users(config)
+    if mqtt.url not in ("auto", "embedded"):
+        return GatewayBroker(mqtt.url, None, users) if users else None
+    if mqtt.url == "auto" and not users:
+        return None
+    broker = EmbeddedBroker(data_dir, mqtt.embedded_listen)
+    await wait_for_leftovers(broker.dir / "mosquitto.conf")
+    address = f"{broker.host}:{broker.port}"
+    found = await probe(broker.host, broker.port)
+    if found == "mqtt" and mqtt.url == "auto":
+        log.info(
+            "broker: an MQTT broker already answers on %s (the system's Mosquitto?); the gateway"
+            " uses it instead of starting its own (set mqtt.url: embedded to always start one)",
+            address,
+        )
+        return GatewayBroker(broker.url, None, users)
+    if found != "free":
+        what = "an MQTT broker" if found == "mqtt" else "another program"
+        key = "mqtt.embedded_listen"
+        hint = " (or mqtt.url: auto to use the broker there)" if found == "mqtt" else ""
+        raise ConfigError(f"{key} {address} is in use by {what}; set {key} to a free address{hint}")
+    await broker.start_first()
+    return GatewayBroker(broker.url, broker, users)

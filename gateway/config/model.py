@@ -46,13 +46,18 @@ class BufferSection:
 
 @dataclass(frozen=True)
 class MqttSection:
-    """The broker MQTT sources subscribe to by default.
+    """The gateway's broker: what MQTT sources without a `url` and Modbus write-back use.
 
-    `url: embedded` makes the gateway start and supervise a local Mosquitto
-    (the `mosquitto` package must be installed) listening on `embedded_listen`.
+    `url: auto` (the default): the broker at `embedded_listen`; one that already
+    answers there (the system's Mosquitto) is used, otherwise the gateway starts
+    its own Mosquitto there, and only when some component uses it.
+    `url: embedded`: always start and supervise a local Mosquitto (the
+    `mosquitto` package must be installed) on `embedded_listen`.
+    `url: mqtt://host:port` (or mqtts://): a broker run elsewhere.
+    gateway/broker.py says more.
     """
 
-    url: str = "embedded"
+    url: str = "auto"
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
@@ -60,8 +65,19 @@ class MqttSection:
     keepalive: Duration = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.url != "embedded" and not self.url.startswith(("mqtt://", "mqtts://")):
-            yield "url", f"{self.url!r} must be 'embedded', mqtt://host:port or mqtts://host:port"
+        if self.url not in ("auto", "embedded") and not self.url.startswith(
+            ("mqtt://", "mqtts://")
+        ):
+            yield (
+                "url",
+                f"{self.url!r} must be 'auto', 'embedded', mqtt://host:port or mqtts://host:port",
+            )
+        host, _, port = self.embedded_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            yield (
+                "embedded_listen",
+                f"{self.embedded_listen!r} must read host:port, e.g. 127.0.0.1:1883",
+            )
 
 
 @dataclass(frozen=True)

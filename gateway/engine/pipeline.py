@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import registry
-from gateway.broker import EmbeddedBroker
+from gateway.broker import GatewayBroker, open_gateway_broker
 from gateway.config.model import Config, RetrySettings
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.engine.router import Route, Router
@@ -46,7 +46,7 @@ class Engine:
         self.ingest = Ingest(INGEST_CAPACITY)
         self.gate = asyncio.Event()
         self.gate.set()
-        self.broker: EmbeddedBroker | None = None
+        self.broker: GatewayBroker | None = None
         self.sources: dict[str, SourceRunner] = {}
         self.sinks: dict[str, SinkRunner] = {}
         self.router: Router | None = None
@@ -71,8 +71,6 @@ class Engine:
 
     def _build(self) -> None:
         cfg = self.config
-        if cfg.mqtt.url == "embedded":
-            self.broker = EmbeddedBroker(str(self.data_dir), cfg.mqtt.embedded_listen)
         for name, sink_cfg in cfg.sinks.items():
             entry = registry.find("sink", sink_cfg.type)
             assert entry is not None  # the config loader checked the type
@@ -106,29 +104,33 @@ class Engine:
     # -- running -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until `stop()`; then shut down in order and return."""
-        self._build()
-        await self.store.open(self.sinks)
-        self.store.set_overflow(
-            {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
-        )
-        self.router = self._build_router()
-        state = await self.store.load_state()
-        for label, processor in self.router.stateful():
-            if label in state:
-                processor.restore(state[label])
-        self.store.on_commit(self._wake_sinks)
+        """Run until `stop()`; then shut down in order and return.
+
+        The broker and the web server start before any loop does: an address in use or
+        a missing Mosquitto is a ConfigError (one line, exit 1), not a traceback.
+        """
         web = None
         try:
-            async with asyncio.TaskGroup() as tg:
-                if self.broker:
-                    await self.broker.start()
-                    self._spawn(tg, "broker", self.broker.supervise)
-                if self.config.web.enabled:
-                    from gateway.web.server import WebServer
+            self.broker = await open_gateway_broker(self.config, str(self.data_dir))
+            self._build()
+            await self.store.open(self.sinks)
+            self.store.set_overflow(
+                {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
+            )
+            self.router = self._build_router()
+            state = await self.store.load_state()
+            for label, processor in self.router.stateful():
+                if label in state:
+                    processor.restore(state[label])
+            self.store.on_commit(self._wake_sinks)
+            if self.config.web.enabled:
+                from gateway.web.server import WebServer
 
-                    web = WebServer(self, self.config.web)
-                    self.web_url = await web.start()
+                web = WebServer(self, self.config.web)
+                self.web_url = await web.start()
+            async with asyncio.TaskGroup() as tg:
+                if self.broker is not None and self.broker.embedded is not None:
+                    self._spawn(tg, "broker", self.broker.embedded.supervise)
                 self._spawn(tg, "ingest", self._ingest_loop)
                 self._spawn(tg, "maintenance", self._maintenance_loop)
                 for name, runner in self.sinks.items():
@@ -148,15 +150,16 @@ class Engine:
         finally:
             if web is not None:
                 await web.stop()
-            if self.broker:
-                await self.broker.stop()
+            if self.broker is not None and self.broker.embedded is not None:
+                await self.broker.embedded.stop()
             await self.store.close()
         log.info("engine: stopped")
 
     def stop(self) -> None:
         self.stop_requested.set()
-        if self.broker is not None:
-            self.broker.stopping = True  # its own SIGTERM (same process group) is expected now
+        if self.broker is not None and self.broker.embedded is not None:
+            # its own SIGTERM (same process group) is expected now
+            self.broker.embedded.stopping = True
 
     def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks[name] = tg.create_task(self._supervised(name, fn), name=name)
@@ -319,9 +322,7 @@ class Engine:
                 "ingested": self.ingested,
                 "batches": self.committed_batches,
             },
-            "broker": None
-            if self.broker is None
-            else {"url": self.broker.url, "restarts": self.broker.restarts},
+            "broker": None if self.broker is None else self.broker.status(),
             "store": {
                 "path": str(self.store.path),
                 "bytes": self.store.bytes,

@@ -81,12 +81,12 @@ class LineFramer:
             if long:
                 out.append(Record(line, too_long(self.lines.max_length)))
                 continue
-            if self.strip:
-                line = line.strip()
-                if not line:
-                    continue
-            problem = _undecodable(line, self.encoding)
-            out.append(Record(line, problem) if problem else Record(line))
+            content = line.strip() if self.strip else line
+            if not content:
+                continue
+            problem = _undecodable(content, self.encoding)
+            # A dead letter keeps the line as it came, surrounding bytes included.
+            out.append(Record(line, problem) if problem else Record(content))
         return out
 
 
@@ -197,6 +197,11 @@ def _garbage(count: int) -> str:
 
 
 # ---- NMEA 0183 ------------------------------------------------------------
+
+
+# Spaces and tabs around a sentence are layout, not data; anything else (NUL included)
+# outside `$...*hh` is garbage and goes to the dead letters as it came.
+BLANK = b" \t"
 
 
 def nmea_checksum(body: bytes) -> int:
@@ -330,7 +335,8 @@ PARSERS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
 
 
 def parse_sentence(line: bytes, require_checksum: bool = True) -> list[Record]:
-    """Records for one line: the sentence (parsed, or rejected), after any leading garbage."""
+    """Records for one line: any leading garbage, the sentence (parsed, or rejected), any
+    trailing garbage; every byte of the line other than blanks around the sentence is kept."""
     out: list[Record] = []
     start = -1
     for marker in (b"$", b"!"):
@@ -339,13 +345,27 @@ def parse_sentence(line: bytes, require_checksum: bool = True) -> list[Record]:
             start = i
     if start < 0:
         return [Record(line, "not an NMEA sentence (no $ or !): garbage on the line?")]
-    if start > 0:
+    if line[:start].strip(BLANK):
         out.append(Record(line[:start], f"{start} bytes before the NMEA sentence: garbage?"))
     sentence = line[start:]
-    body = sentence[1:]
-    star = body.rfind(b"*")
+    star = sentence.rfind(b"*")
+    after = b""
     if star >= 0:
-        given = body[star + 1 : star + 3]
+        sentence, after = sentence[: star + 3], sentence[star + 3 :]
+    else:
+        sentence = sentence.rstrip(BLANK)
+    out.append(_sentence(sentence, star >= 0, require_checksum))
+    if after.strip(BLANK):
+        out.append(Record(after, f"{len(after)} bytes after the NMEA checksum: garbage?"))
+    return out
+
+
+def _sentence(sentence: bytes, has_checksum: bool, require_checksum: bool) -> Record:
+    """One `$...*hh` sentence: parsed, or rejected with the reason."""
+    body = sentence[1:]
+    if has_checksum:
+        star = body.rfind(b"*")
+        given = body[star + 1 :]
         body = body[:star]
         computed = nmea_checksum(body)
         try:
@@ -354,16 +374,13 @@ def parse_sentence(line: bytes, require_checksum: bool = True) -> list[Record]:
             ok = False
         if not ok:
             reason = f"bad NMEA checksum: the sentence says {given!r}, computed {computed:02X}"
-            out.append(Record(sentence, reason))
-            return out
+            return Record(sentence, reason)
     elif require_checksum:
-        out.append(Record(sentence, "NMEA sentence without a checksum (*hh)"))
-        return out
+        return Record(sentence, "NMEA sentence without a checksum (*hh)")
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError:
-        out.append(Record(sentence, "non-ASCII bytes in an NMEA sentence"))
-        return out
+        return Record(sentence, "non-ASCII bytes in an NMEA sentence")
     fields = text.split(",")
     address = fields[0]
     if address.startswith("P"):
@@ -371,8 +388,7 @@ def parse_sentence(line: bytes, require_checksum: bool = True) -> list[Record]:
     else:
         talker, kind = address[:2], address[2:]
     if not address.isalnum() or not kind:
-        out.append(Record(sentence, f"bad NMEA address field {address!r}"))
-        return out
+        return Record(sentence, f"bad NMEA address field {address!r}")
     data: dict[str, Any] = {"talker": talker, "sentence": kind}
     parser = PARSERS.get(kind)
     if parser is None:
@@ -381,11 +397,9 @@ def parse_sentence(line: bytes, require_checksum: bool = True) -> list[Record]:
         try:
             data.update(parser(fields[1:]))
         except (ValueError, IndexError) as err:
-            out.append(Record(sentence, f"malformed {kind} sentence: {err}", talker, kind))
-            return out
+            return Record(sentence, f"malformed {kind} sentence: {err}", talker, kind)
     data["raw"] = sentence.decode("ascii")
-    out.append(Record(json.dumps(data).encode(), None, talker, kind))
-    return out
+    return Record(json.dumps(data).encode(), None, talker, kind)
 
 
 class NmeaFramer:
@@ -401,7 +415,8 @@ class NmeaFramer:
             if long:
                 out.append(Record(line, too_long(self.lines.max_length)))
                 continue
-            line = line.strip(b"\r\n\x00 ")
-            if line:
+            if line.endswith(b"\r"):
+                line = line[:-1]  # the CR of the CR LF that ends every sentence
+            if line.strip(BLANK):
                 out.extend(parse_sentence(line, self.require_checksum))
         return out

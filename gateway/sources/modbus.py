@@ -80,7 +80,9 @@ that answers with a device-trouble exception (4, 5, 6, 8, 10, 11) is marked
 offline and retried after its interval, doubling up to `backoff_max` (30s);
 the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
-under `devices`, and with write-back enabled also published retained on
+under `devices`: `last_error` is what is wrong now and is cleared when an
+offline device answers again (`previous_error` and `last_error_at` keep the
+last one), and with write-back enabled also published retained on
 `modbus/<device>/status`.
 
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
@@ -642,6 +644,8 @@ class _Device:
             "unit": self.unit,
             "state": "unknown",
             "last_error": None,
+            "last_error_at": None,
+            "previous_error": None,
             "last_poll": None,
             "last_ok": None,
             "requests": 0,
@@ -996,6 +1000,8 @@ class ModbusSource(Source):
         dev.retry_at = 0.0
         status["state"] = "online"
         if was_offline:
+            # What kept it offline is over; the page keeps it as history, not as a problem.
+            status["previous_error"], status["last_error"] = status["last_error"], None
             self.ctx.log.warning("device %s is answering again", dev.name)
         else:
             self.ctx.log.info(
@@ -1008,7 +1014,7 @@ class ModbusSource(Source):
         dev.failures += 1
         dev.status["errors"] += 1
         dev.status["last_error"] = str(err)
-        dev.status["last_poll"] = _iso(self.ctx.clock.now_ns())
+        dev.status["last_poll"] = dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
         delay = min(dev.backoff_max, dev.min_interval * 2.0 ** min(dev.failures - 1, 20))
         dev.retry_at = now + delay
         if dev.online is False:
@@ -1053,6 +1059,7 @@ class ModbusSource(Source):
             )
             return
         dev.status["last_error"] = f"{names}: {err}"
+        dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
         if not req.refused:
             req.refused = True
             self.ctx.log.error(

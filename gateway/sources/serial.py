@@ -45,8 +45,12 @@ FlowFiles carry the attribute `serial.port` (and `nmea.talker`,
 Bad input never stops the source: garbage bytes, undecodable text, lines
 that do not match, bad NMEA checksums and lines longer than `max_length`
 (4096 bytes) go to the dead-letter table with the reason, keeping the raw
-bytes. An adapter that is unplugged is noticed (the read fails), reported,
-and opened again by the engine's reconnect once it is back.
+bytes as they came (only the terminator removed: surrounding whitespace and
+NUL bytes stay). With `nmea`, spaces and tabs around a sentence and blank
+lines are layout; any other byte outside `$...*hh` (a NUL before the `$`,
+say) is garbage and becomes a dead letter of its own, next to the sentence.
+An adapter that is unplugged is noticed (the read fails), reported once, and
+opened again by the engine's reconnect once it is back.
 """
 
 from __future__ import annotations
@@ -273,7 +277,7 @@ class SerialSource(Source):
                     self._thread_read = None
         except (OSError, serial.SerialException) as err:
             self._status.update(state="lost", last_error=str(err))
-            self.ctx.log.warning("serial port %s lost: %s", self.config.port, err)
+            # No log line here: the engine logs the error it is handed, once.
             raise RetryableError(f"serial port {self.config.port} lost: {err}") from err
 
     async def _read_fd(self, fd: int) -> bytes:

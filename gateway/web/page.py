@@ -34,7 +34,8 @@ async function refresh() {
       `up ${Math.round(s.gateway.uptime_s)} s - ${s.gateway.ingested} ingested - store ` +
       `${(st.bytes/1048576).toFixed(1)} of ${(st.max_bytes/1048576).toFixed(0)} MiB` +
       (st.blocked ? " (BLOCKED: buffer full)" : "") + ` - ${st.dropped} dropped - ` +
-      `${s.dead_letters} dead letters`;
+      `${s.dead_letters} dead letters` + (s.broker ? ` - MQTT broker ${s.broker.url}` +
+      (s.broker.embedded ? " (embedded)" : "") : "");
     table("sources", ["name", "state", "produced", "dropped", "errors", "last error"],
       Object.entries(s.sources).map(([n, r]) => `<tr><td>${esc(n)}</td><td class=${cls(r.state)}>` +
         `${esc(r.state)}</td><td>${r.produced}</td><td class=${r.dropped ? "warn" : ""}>` +

@@ -12,13 +12,17 @@ basic authentication; without them the server only listens on localhost.
 This is a small HTTP/1.1 server on asyncio streams rather than aiohttp: it
 answers a handful of GET requests for one local page, and aiohttp alone would
 add about 12 MB to a gateway that must idle under 50 MB on a Pi. Requests are
-bounded (8 KiB head, 10 s to send it, 64 connections at once).
+bounded (8 KiB head, 10 s to send it, 64 connections at once). When all 64 are
+taken, a new connection closes the one that has waited longest for a request
+(an idle keep-alive or a slow sender) rather than being refused, so a flood of
+idle or slow connections cannot lock out /healthz or the page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -27,7 +31,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.broker import in_use
 from gateway.config.model import WebSection
+from gateway.core.errors import ConfigError
 from gateway.metrics import registry_for
 from gateway.web.page import STATUS_PAGE
 
@@ -55,7 +61,9 @@ class WebServer:
         self.config = config
         self.metrics = registry_for(engine)
         self._server: asyncio.Server | None = None
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        # Open connections, and those waiting for a request head; both oldest first.
+        self._open: dict[asyncio.StreamWriter, None] = {}
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
         self._routes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Response]]] = {
             "/": self.page,
             "/healthz": self.healthz,
@@ -69,11 +77,21 @@ class WebServer:
             self._expected_auth = "Basic " + base64.b64encode(token).decode()
 
     async def start(self) -> str:
-        host, _, port = self.config.listen.rpartition(":")
-        self._server = await asyncio.start_server(
-            self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
-        )
-        return f"http://{self.config.listen}"
+        """Listen on `web.listen`; an address that cannot be had is a ConfigError, one line."""
+        listen = self.config.listen
+        host, _, port = listen.rpartition(":")
+        try:
+            self._server = await asyncio.start_server(
+                self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
+            )
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(in_use("web.listen", listen)) from err
+            raise ConfigError(
+                f"web.listen {listen}: cannot listen there ({err.strerror or err});"
+                " set web.listen to an address of this machine, e.g. 127.0.0.1:8080"
+            ) from err
+        return f"http://{listen}"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -82,29 +100,39 @@ class WebServer:
             self._server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._slots.locked():
-            writer.close()  # too many at once: refuse rather than queue without bound
-            return
-        async with self._slots:
-            try:
-                while await self._one_request(reader, writer):
-                    pass
-            except (
-                OSError,
-                TimeoutError,
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                ValueError,
-            ):
-                pass  # a client that went away or sent garbage; nothing to report
-            finally:
-                writer.close()
+        if len(self._open) >= MAX_CONNECTIONS:
+            if not self._waiting:
+                writer.close()  # all busy answering: refuse rather than queue without bound
+                return
+            # Make room by closing the connection that has waited longest for a request.
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            self._open.pop(oldest, None)
+            oldest.transport.abort()
+        self._open[writer] = None
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ):
+            pass  # a client that went away or sent garbage; nothing to report
+        finally:
+            self._open.pop(writer, None)
+            self._waiting.pop(writer, None)
+            writer.close()
 
     async def _one_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
+        self._waiting[writer] = None
         async with asyncio.timeout(HEAD_TIMEOUT):
             head = await reader.readuntil(b"\r\n\r\n")
+        self._waiting.pop(writer, None)
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):

@@ -444,6 +444,8 @@ async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
             await pump.until(lambda ms: len(pump.topic("modbus/a/v")) >= 2, "a answering")
             await plc.server.shutdown()  # type: ignore[attr-defined]
             await pump.until(lambda ms: devices["a"]["state"] == "offline", "a offline")
+            error, error_at = devices["a"]["last_error"], devices["a"]["last_error_at"]
+            assert error and error_at
             b_before = len(pump.topic("modbus/b/v"))
             await pump.until(lambda ms: len(pump.topic("modbus/b/v")) >= b_before + 10, "b flowing")
             plc.set(1, "holding", 0, [7])
@@ -453,6 +455,9 @@ async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
                 lambda ms: any(v["value"] == 7 for v in pump.topic("modbus/a/v")), "a back"
             )
             assert devices["a"]["state"] == "online"
+            assert devices["a"]["last_error"] is None  # back online: nothing is wrong now
+            assert devices["a"]["previous_error"] and devices["a"]["last_error_at"] >= error_at
+            assert devices["b"]["last_error"] is None
     finally:
         await source.close()
         await other_server.shutdown()

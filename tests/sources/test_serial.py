@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from socat_pair import SocatPair
 
+from gateway.config.model import RetrySettings
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message
 from gateway.core.errors import RetryableError
+from gateway.engine.runner import Ingest, SourceRunner
 from gateway.sources.serial import SerialSource, SerialSourceConfig
 
 WAIT = 30.0
@@ -158,6 +160,20 @@ async def test_nmea_framing(opened: Any) -> None:
     assert got[1].flowfile.content == corrupted.strip()
 
 
+async def test_nul_bytes_before_a_sentence_become_a_dead_letter(opened: Any) -> None:
+    make, writer = opened
+    source = await make(framing="nmea", baudrate=4800)
+    gga = nmea("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
+    writer.write(b"\x00\x00" + gga + b" \x00junk\x00 \r\n")
+    got = await read_n(source, 3)
+    assert [(m.flowfile.content, m.reject is not None) for m in got] == [
+        (b"\x00\x00", True),
+        (got[1].flowfile.content, False),
+        (b" \x00junk\x00 ", True),
+    ]
+    assert json.loads(got[1].flowfile.content)["sentence"] == "GGA"
+
+
 async def test_unplugged_adapter_is_noticed_and_reopened(cable: SocatPair) -> None:
     source = make_source(cable.a, baudrate=9600)
     await source.connect()
@@ -188,6 +204,39 @@ async def test_unplugged_adapter_is_noticed_and_reopened(cable: SocatPair) -> No
     finally:
         writer.close()
         await source.close()
+
+
+async def test_an_unplug_is_logged_once(cable: SocatPair, caplog: pytest.LogCaptureFixture) -> None:
+    source = make_source(cable.a, name="gps")
+    ingest = Ingest(100)
+    runner = SourceRunner("gps", source, ingest, RetrySettings(initial=5.0, max=5.0), gate())
+    task = asyncio.create_task(runner.run())
+    writer = Writer(cable.b)
+    try:
+        writer.write(b"before\n")
+        async with asyncio.timeout(WAIT):
+            assert [m.flowfile.content for _, m in await ingest.take(10, 0)] == [b"before"]
+        caplog.clear()
+        writer.close()
+        cable.stop()
+        for _ in range(int(WAIT * 100)):
+            if runner.state == "retrying":
+                break
+            await asyncio.sleep(0.01)
+        lost = [r for r in caplog.records if "lost" in r.getMessage()]
+        assert len(lost) == 1, [r.getMessage() for r in lost]
+        assert runner.last_error is not None and "lost" in runner.last_error
+    finally:
+        writer.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await source.close()
+
+
+def gate() -> asyncio.Event:
+    opened = asyncio.Event()
+    opened.set()
+    return opened
 
 
 async def test_socket_url_is_read_in_a_thread() -> None:

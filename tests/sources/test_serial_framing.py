@@ -142,3 +142,34 @@ def test_nmea_bad_input_becomes_dead_letters() -> None:
     assert malformed.reject is not None and "malformed RMC" in malformed.reject
     (long,) = framer.feed(b"$" + b"A" * 200 + b"\r\n")
     assert long.reject is not None and "max_length" in long.reject
+
+
+def test_a_dead_letter_keeps_the_bytes_around_the_line() -> None:
+    framer = LineFramer(b"\n", 64, "utf-8", strip=True)
+    bad, good = framer.feed(b" \x00\xff bad \t\x00 \n  fine \n")
+    assert bad.reject is not None and bad.content == b" \x00\xff bad \t\x00 "
+    assert good == Record(b"fine")  # a good line is still stripped, as documented
+
+
+def test_nul_bytes_around_an_nmea_sentence_are_garbage_not_dropped() -> None:
+    framer = NmeaFramer(200, True)
+    good = nmea(GGA)
+    out = framer.feed(b"\x00\x00" + good)
+    assert out[0].content == b"\x00\x00"
+    assert out[0].reject is not None and "2 bytes before the NMEA sentence" in out[0].reject
+    assert out[1].reject is None and json.loads(out[1].content)["sentence"] == "GGA"
+    assert len(out) == 2
+    # after the checksum, and a line that is nothing but garbage, kept as it came
+    trailing, nul_only, blank, spaced = (
+        framer.feed(good[:-2] + b"\x00 \r\n"),
+        framer.feed(b" \x00 \x00\r\n"),
+        framer.feed(b" \t\r\n\r\n"),
+        framer.feed(b"  " + good[:-2] + b"  \r\n"),
+    )
+    assert trailing[0].reject is None
+    assert trailing[1].reject is not None and trailing[1].content == b"\x00 "
+    assert "after the NMEA checksum" in trailing[1].reject
+    assert [(r.content, r.reject is not None) for r in nul_only] == [(b" \x00 \x00", True)]
+    assert blank == []  # blank lines carry nothing
+    assert len(spaced) == 1 and spaced[0].reject is None  # spaces around are layout
+    assert json.loads(spaced[0].content)["raw"] == good.decode().strip()
