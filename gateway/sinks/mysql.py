@@ -99,7 +99,7 @@ import aiomysql
 import pymysql
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier
+from gateway.config.schema import Duration, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -215,6 +215,9 @@ def parse_dsn(dsn: str) -> Dsn:
     hostport, _, database = location.partition("/")
     if "?" in database:
         raise ValueError("takes no ?options: use the sink's keys (ca_file, timeout)")
+    problem = check_location(hostport)
+    if problem:
+        raise ValueError(problem)
     if hostport.startswith("["):  # [IPv6]:port
         host, _, port = hostport[1:].partition("]")
         port = port.removeprefix(":")
@@ -224,8 +227,6 @@ def parse_dsn(dsn: str) -> Dsn:
             host, port = hostport, ""
     if not host or not database or not user:
         raise ValueError("must name a user, a host and a database: mysql://user:pw@host/db")
-    if port and not port.isdigit():
-        raise ValueError("the port must be a number")
     return Dsn(host, int(port or 3306), unquote(user), unquote(password), database)
 
 

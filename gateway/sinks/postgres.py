@@ -83,6 +83,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +93,7 @@ import asyncpg
 import orjson
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier
+from gateway.config.schema import Duration, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -172,9 +173,9 @@ class PostgresSinkConfig(SinkConfig):
     timeout: Duration = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        # Never quote the DSN back: it may hold a password.
-        if urlsplit(self.dsn).scheme not in ("postgresql", "postgres"):
-            yield "dsn", "must read postgresql://user:password@host:5432/database"
+        problem = dsn_problem(self.dsn)
+        if problem:
+            yield "dsn", problem
         parts = self.table.split(".")
         if len(parts) > 2:
             yield "table", f"{self.table!r} must read table or schema.table"
@@ -186,6 +187,22 @@ class PostgresSinkConfig(SinkConfig):
             yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
         if self.timeout <= 0:
             yield "timeout", "must be more than 0s"
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why `dsn` cannot be a PostgreSQL DSN (never quoting it: it may hold a password)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return "must read postgresql://user:password@host:5432/database"
+    # As in any URL (and for asyncpg), the authority ends at the first '/', '?' or '#';
+    # the last '@' in it ends the user part. Several hosts are separated by commas.
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hosts = authority.rpartition("@")[2]
+    for location in hosts.split(",") if hosts else ():
+        problem = check_location(location)
+        if problem:
+            return problem
+    return None
 
 
 # --- rows ---------------------------------------------------------------------------------
