@@ -50,7 +50,9 @@ Keys
   type: postgres
   dsn: postgresql://user:password@host:5432/database   (required; may be an
                            ENC(...) secret; the password is never logged. Options
-                           such as ?sslmode=require are passed to asyncpg)
+                           such as ?sslmode=require are passed to asyncpg. Checked
+                           when the config loads: the scheme, each host (an IPv6
+                           address in brackets, [::1]) and port (1-65535))
   table: readings          the table, optionally schema.table (default readings)
   create_table: true       create the table when it does not exist (default true)
   columns: null            your own columns, see above (default: the table above)
@@ -86,14 +88,14 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier, check_location
+from gateway.config.schema import Duration, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -161,34 +163,6 @@ DIALECT = Dialect(
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class PostgresSinkConfig(SinkConfig):
-    """Keys of the `postgres` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
-
-    dsn: str = field(repr=False)  # may hold a password
-    table: str = "readings"
-    create_table: bool = True
-    columns: dict[str, str | dict[str, str]] | None = None
-    pool_size: int = 1
-    timeout: Duration = 30.0
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        problem = dsn_problem(self.dsn)
-        if problem:
-            yield "dsn", problem
-        parts = self.table.split(".")
-        if len(parts) > 2:
-            yield "table", f"{self.table!r} must read table or schema.table"
-        for part in parts:
-            for message in _check_name(part):
-                yield "table", message
-        yield from plan_columns(self.columns, DIALECT)[1]
-        if not 1 <= self.pool_size <= 2:
-            yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
-        if self.timeout <= 0:
-            yield "timeout", "must be more than 0s"
-
-
 def dsn_problem(dsn: str) -> str | None:
     """Why `dsn` cannot be a PostgreSQL DSN (never quoting it: it may hold a password)."""
     scheme, sep, rest = dsn.partition("://")
@@ -203,6 +177,32 @@ def dsn_problem(dsn: str) -> str | None:
         if problem:
             return problem
     return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSinkConfig(SinkConfig):
+    """Keys of the `postgres` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    # May hold a password: never repr'd, never quoted back in a problem.
+    dsn: Annotated[str, Valid(dsn_problem)] = field(repr=False)
+    table: str = "readings"
+    create_table: bool = True
+    columns: dict[str, str | dict[str, str]] | None = None
+    pool_size: int = 1
+    timeout: Duration = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        parts = self.table.split(".")
+        if len(parts) > 2:
+            yield "table", f"{self.table!r} must read table or schema.table"
+        for part in parts:
+            for message in _check_name(part):
+                yield "table", message
+        yield from plan_columns(self.columns, DIALECT)[1]
+        if not 1 <= self.pool_size <= 2:
+            yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
+        if self.timeout <= 0:
+            yield "timeout", "must be more than 0s"
 
 
 # --- rows ---------------------------------------------------------------------------------
