@@ -223,9 +223,20 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _PrintVersion(argparse.Action):
+    """--version: read the package metadata only when asked (it costs every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"edge-stream {_version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
-    p.add_argument("--version", action="version", version=f"edge-stream {_version()}")
+    p.add_argument("--version", action=_PrintVersion, help="print the installed version")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
