@@ -32,11 +32,11 @@ def setup_logging(level: str) -> None:
 async def serve(config: Config, config_path: str | None = None) -> int:
     """Run engines until SIGTERM/SIGINT; SIGHUP reloads the config file.
 
-    A reload validates the file first: an invalid one is refused with its
-    errors and the running engine goes on. A valid one stops the running
-    engine the way SIGTERM does (everything handed over is committed first)
-    and starts a new one on the same store, so buffered data, sink cursors
-    and the broker session carry over: nothing is lost or sent twice.
+    A reload reads and validates the file first, in a worker thread: an invalid
+    one is refused with its errors and the running engine goes on, undisturbed.
+    A valid one stops the running engine the way SIGTERM does (everything handed
+    over is committed first) and starts a new one on the same store, so buffered
+    data, sink cursors and the broker session carry over: nothing is lost or sent twice.
     """
     loop = asyncio.get_running_loop()
     engine = Engine(config, config_path)
@@ -57,20 +57,47 @@ async def serve(config: Config, config_path: str | None = None) -> int:
         else:
             log.info("gateway: %s received again; still stopping", name)
 
+    reading: asyncio.Task[None] | None = None
+    read_again = False
+
+    async def reload() -> None:
+        nonlocal pending, read_again
+        assert config_path is not None
+        new: Config | None = None
+        read_again = True
+        while read_again and not stops:
+            read_again = False  # a SIGHUP while the file is read means: read it once more
+            try:
+                # Reading, parsing and validating walk the whole file (and decrypt its
+                # secrets): off the event loop, so that /healthz, MQTT keepalives and the
+                # sinks go on meanwhile. The loader bounds its size, depth and aliases.
+                new = await asyncio.to_thread(load, config_path)
+            except ConfigError as err:
+                new = None
+                log.error(
+                    "gateway: reload refused, the running config stays:\n  %s",
+                    "\n  ".join(err.problems),
+                )
+            except Exception as err:  # the reload boundary: the running config must stay
+                new = None
+                log.exception(
+                    "gateway: reload refused, the running config stays: reading %s failed: %s",
+                    config_path,
+                    err,
+                )
+        if new is not None and not stops:
+            pending = new
+            log.info("gateway: reloading %s", config_path)
+            engine.stop()
+
     def on_reload() -> None:
-        nonlocal pending
+        nonlocal reading, read_again
         if config_path is None or stops:
             return
-        try:
-            pending = load(config_path)
-        except ConfigError as err:
-            log.error(
-                "gateway: reload refused, the running config stays:\n  %s",
-                "\n  ".join(err.problems),
-            )
+        if reading is not None and not reading.done():
+            read_again = True
             return
-        log.info("gateway: reloading %s", config_path)
-        engine.stop()
+        reading = loop.create_task(reload(), name="reload")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -90,5 +117,8 @@ async def serve(config: Config, config_path: str | None = None) -> int:
         ready.cancel()
         await runner
         if pending is None or stops:
+            if reading is not None:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
             return 0
         engine, pending = Engine(pending, config_path), None

@@ -3,7 +3,8 @@
 edge-stream run -c config/gateway.yaml           run the gateway
 edge-stream check-config -c FILE                 validate a config; exit 1 with the errors
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
-edge-stream secret encrypt [VALUE]               print ENC(...) for VALUE (or stdin)
+edge-stream secret encrypt [VALUE] [-c FILE]     print ENC(...) for VALUE (or stdin)
+edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
 """
@@ -17,10 +18,12 @@ import json
 import os
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.config import secrets
-from gateway.config.load import load
+from gateway.config.load import apply_env, load, parse_text, read_text
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
 from gateway.store.sqlite import StoreError, open_readonly
@@ -28,16 +31,22 @@ from gateway.store.sqlite import StoreError, open_readonly
 DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
 
 
+def _refuse(err: ConfigError, path: str) -> NoReturn:
+    """Print a config's problems, one line each, and exit 1."""
+    if len(err.problems) == 1:
+        print(f"edge-stream: {err.problems[0]}", file=sys.stderr)
+    else:
+        print(f"edge-stream: {path}: the config has {len(err.problems)} problems:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def _config(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as err:
-        print(
-            f"edge-stream: {path}: the config has {len(err.problems)} problem(s):", file=sys.stderr
-        )
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _refuse(err, path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,18 +71,28 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _key_file(args: argparse.Namespace) -> Path:
+    """--key-file, else the config's gateway.secret_key_file, else <data_dir>/secret.key
+    (environment overrides apply; the rest of the config need not be valid yet)."""
     if args.key_file:
         return Path(args.key_file)
-    import yaml
-
-    data_dir = "./data"
-    if Path(args.config).is_file():
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        gw = raw.get("gateway") or {}
-        if gw.get("secret_key_file"):
-            return Path(gw["secret_key_file"])
-        data_dir = gw.get("data_dir", data_dir)
-    return Path(data_dir) / "secret.key"
+    if not Path(args.config).is_file():
+        return Path("./data/secret.key")
+    try:
+        data, _lines = parse_text(read_text(args.config), args.config)
+        apply_env(data, dict(os.environ))
+    except ConfigError as err:
+        _refuse(err, args.config)
+    gateway = data.get("gateway")
+    if gateway is None:
+        gateway = {}
+    elif not isinstance(gateway, dict):
+        _refuse(ConfigError(f"{args.config}: gateway: expected a mapping"), args.config)
+    key_file, data_dir = gateway.get("secret_key_file"), gateway.get("data_dir", "./data")
+    for name, value in (("secret_key_file", key_file), ("data_dir", data_dir)):
+        if value is not None and not isinstance(value, str):
+            message = f"{args.config}: gateway.{name}: expected a path, got {value!r}"
+            _refuse(ConfigError(message), args.config)
+    return Path(key_file) if key_file else Path(data_dir) / "secret.key"
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -89,7 +108,11 @@ def cmd_secret(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
         return 0
-    key = secrets.load_key(path)
+    try:
+        key = secrets.load_key(path)
+    except secrets.SecretError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
     if key is None:
         print(
             f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
@@ -193,8 +216,27 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return version("edge-stream")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+class _PrintVersion(argparse.Action):
+    """--version: read the package metadata only when asked (it costs every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"edge-stream {_version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
+    p.add_argument("--version", action=_PrintVersion, help="print the installed version")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -225,7 +267,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
+    # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
+    args, extra = p.parse_known_args(argv)
+    lone = extra[0] if len(extra) == 1 else "-"
+    if args.command == "secret" and args.value is None and not lone.startswith("-"):
+        args.value, extra = lone, []
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.fn(args))
     except StoreError as err:

@@ -7,11 +7,11 @@ the sinks they feed. Every component's own keys are documented in its module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from gateway.config.schema import Component, Duration, Size, did_you_mean
+from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -80,22 +80,22 @@ class MqttSection:
             )
 
 
+def _filter_problem(topic_filter: str) -> str | None:
+    problem = validate_filter(topic_filter)
+    if problem:
+        return f"{topic_filter!r} is not a valid MQTT topic filter: {problem}"
+    return None
+
+
 @dataclass(frozen=True)
 class RouteSection:
     """Sends every FlowFile whose topic matches `match` through processors to sinks."""
 
-    match: list[str]
+    match: list[Annotated[str, Valid(_filter_problem)]]
     sinks: list[str]
     processors: list[Annotated[Any, Component("processor")]] = field(default_factory=list)
 
     def check(self) -> Iterator[tuple[str, str]]:
-        for i, topic_filter in enumerate(self.match):
-            problem = validate_filter(topic_filter)
-            if problem:
-                yield (
-                    f"match.{i}" if len(self.match) > 1 else "match",
-                    (f"{topic_filter!r} is not a valid MQTT topic filter: {problem}"),
-                )
         if not self.sinks:
             yield "sinks", "a route needs at least one sink"
 
@@ -141,8 +141,15 @@ class Config:
     sinks: dict[str, Annotated[Any, Component("sink")]] = field(default_factory=dict)
     web: WebSection = field(default_factory=WebSection)
 
+    # The references between sections are checked even when a section has problems
+    # of its own; a field or an entry that failed is None here.
+    check_incomplete: ClassVar[bool] = True
+
     def check(self) -> Iterator[tuple[str, str]]:
-        for name, route in self.routes.items():
+        routes: Mapping[str, RouteSection | None] = self.routes or {}
+        for name, route in routes.items():
+            if route is None or self.sinks is None:
+                continue
             for i, sink in enumerate(route.sinks):
                 if sink not in self.sinks:
                     yield (
@@ -153,7 +160,7 @@ class Config:
                         ),
                     )
         for section in ("sources", "sinks", "routes"):
-            for name in getattr(self, section):
+            for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
 

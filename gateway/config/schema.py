@@ -3,17 +3,22 @@
 Config classes are frozen dataclasses. Field types may be str, int, float,
 bool, `Duration`, `Size`, `Literal[...]`, `list[T]`, `dict[str, T]`, `T | None`,
 another config dataclass, or `Component("sink")` (a mapping whose `type` picks
-the config class from the registry). A class may define `check()` yielding
-`(key, message)` pairs for rules that span fields.
+the config class from the registry). `Annotated[T, Valid(fn)]` checks one value
+on its own (`fn` returns a message or None), whatever else is wrong around it.
+A class may define `check()` yielding `(key, message)` pairs for rules that span
+fields; it runs once all the fields built, or, if the class sets
+`check_incomplete = True` (its check copes with None for a field that failed),
+in any case, so that every problem is reported in one pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from gateway.config.units import parse_duration, parse_size
@@ -37,6 +42,13 @@ class Component:
     """Marks a field holding a component config of one kind (source, processor, sink)."""
 
     kind: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Valid:
+    """Marks a value that must pass `test` (which returns a message, or None when fine)."""
+
+    test: Callable[[Any], str | None]
 
 
 class Problems:
@@ -76,7 +88,14 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
                     return None
             if isinstance(mark, Component):
                 return build_component(mark.kind, value, path, problems)
-        return build(base, value, path, problems)
+        result = build(base, value, path, problems)
+        for mark in marks:
+            if isinstance(mark, Valid) and result is not None:
+                message = mark.test(result)
+                if message:
+                    problems.add(path, message)
+                    return None
+        return result
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -102,11 +121,11 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, str | dict) or not isinstance(value, list | tuple):
-            if item_tp is str and isinstance(value, str):
-                value = [value]
-            else:
-                problems.add(path, f"expected a list, got {type(value).__name__}")
-                return None
+            if _base(item_tp) is str and isinstance(value, str):
+                # One string stands for a list of it; a problem with it is at this key.
+                return (build(item_tp, value, path, problems),)
+            problems.add(path, f"expected a list, got {type(value).__name__}")
+            return None
         return tuple(build(item_tp, v, (*path, i), problems) for i, v in enumerate(value))
     if origin is dict:
         _, item_tp = get_args(tp)
@@ -136,6 +155,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     return None
 
 
+def _base(tp: Any) -> Any:
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
+
+
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
     if value is None:
         value = {}
@@ -149,21 +172,29 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
             problems.add((*path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
     before = len(problems.items)
     kwargs: dict[str, Any] = {}
+    complete = True
     for name, field in fields.items():
         if name in value:
             kwargs[name] = build(hints[name], value[name], (*path, name), problems)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.add((*path, name), "required key is missing")
+            complete = False
     if len(problems.items) > before:
+        if complete and getattr(cls, "check_incomplete", False):
+            _run_check(cls(**kwargs), path, problems)  # None stands for each field that failed
         return None
     obj = cls(**kwargs)
+    _run_check(obj, path, problems)
+    return obj
+
+
+def _run_check(obj: Any, path: Path, problems: Problems) -> None:
     check = getattr(obj, "check", None)
     if check is not None:
         for key, message in check():
             # a dotted key ("match.0") names a place below this object
             parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
             problems.add((*path, *parts), message)
-    return obj
 
 
 def build_component(kind: str, value: Any, path: Path, problems: Problems) -> Any:
@@ -198,3 +229,30 @@ def check_identifier(name: str) -> Iterator[str]:
             f"{name!r} is not a valid SQL identifier"
             " (letters, digits and _, not starting with a digit, at most 63)"
         )
+
+
+def check_location(hostport: str) -> str | None:
+    """Why `host[:port]` from a DSN is not usable, or None. An IPv6 address is written
+    in brackets, `[::1]:5432`; a port is a number from 1 to 65535."""
+    port: str | None = None
+    if hostport.startswith("["):
+        host, bracket, rest = hostport[1:].partition("]")
+        if not bracket:
+            return f"{hostport!r}: an IPv6 address needs its closing ']', e.g. [::1]:5432"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"[{host}] is not an IPv6 address"
+        if rest:
+            if not rest.startswith(":"):
+                return f"{hostport!r}: only :port may follow the ']' of an IPv6 address"
+            port = rest[1:]
+    else:
+        host, colon, after = hostport.rpartition(":")
+        if colon:
+            if ":" in host:
+                return f"{hostport!r}: write an IPv6 address in brackets, e.g. [::1]:5432"
+            port = after
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port {port!r} must be a number from 1 to 65535"
+    return None

@@ -4,6 +4,11 @@ The key comes from `EDGE_STREAM_SECRET_KEY` (64 hex digits or base64) or from a
 key file (`gateway.secret_key_file`, default `<data_dir>/secret.key`) that
 `edge-stream secret keygen` writes with mode 0600. `edge-stream secret encrypt`
 prints the `ENC(...)` form of a value to paste into the config.
+
+Everything written `ENC(...)` must decrypt: an empty, cut-short or damaged value,
+or an `ENC(` without its `)`, is a config error naming the key; it is never
+used as literal text. A key that is there but unusable (not readable by the
+user the gateway runs as, not text, not 32 bytes) is an error naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from pathlib import Path
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
 
 ENV_KEY = "EDGE_STREAM_SECRET_KEY"
-_ENC = re.compile(r"ENC\(([A-Za-z0-9+/=_-]+)\)")
+# Anything written ENC(...) is meant as a secret: it must decrypt, or the config is refused.
+_ENC = re.compile(r"ENC\(([^)]*)\)")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+=*")
+_NONCE, _TAG = 12, 16
 _AAD = b"edge-stream secret v1"
 
 
@@ -37,12 +45,38 @@ def _decode_key(text: str) -> bytes:
 
 
 def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
-    """The key from the environment, else from `key_file` if it exists, else None."""
+    """The key from the environment, else from `key_file` if it exists, else None.
+
+    SecretError says what is wrong with a key that is there but cannot be used:
+    not readable by this user, not a file, not text, not 32 bytes.
+    """
     if os.environ.get(ENV_KEY):
-        return _decode_key(os.environ[ENV_KEY])
-    if key_file and Path(key_file).is_file():
-        return _decode_key(Path(key_file).read_text())
-    return None
+        try:
+            return _decode_key(os.environ[ENV_KEY])
+        except SecretError as err:
+            raise SecretError(f"{ENV_KEY}: {err}") from err
+    if not key_file or not os.path.lexists(key_file):
+        return None
+    try:
+        raw = Path(key_file).read_bytes()
+    except OSError as err:
+        hint = ""
+        if isinstance(err, PermissionError):
+            hint = " (the user the gateway runs as must be able to read it)"
+        raise SecretError(
+            f"cannot read the key file {key_file}: {err.strerror or err}{hint}"
+        ) from err
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as err:
+        raise SecretError(
+            f"the key file {key_file} is not text: byte {raw[err.start]:#04x} at offset"
+            f" {err.start}; it must hold 64 hex digits or base64"
+        ) from err
+    try:
+        return _decode_key(text)
+    except SecretError as err:
+        raise SecretError(f"the key file {key_file}: {err}") from err
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> Path:
@@ -65,13 +99,32 @@ def encrypt(plaintext: str, key: bytes) -> str:
     return f"ENC({base64.urlsafe_b64encode(nonce + sealed).decode()})"
 
 
+def _check_token(token: str) -> None:
+    if not token:
+        raise SecretError(
+            "ENC() is empty: paste the whole value that 'edge-stream secret encrypt' printed"
+        )
+    if not _TOKEN.fullmatch(token):
+        raise SecretError(
+            "ENC(...) holds characters that 'edge-stream secret encrypt' never writes"
+            " (it writes letters, digits, '-', '_' and '=')"
+        )
+
+
 def decrypt(token: str, key: bytes) -> str:
+    """The plaintext of the text inside ENC(...); SecretError if it is not one of ours."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    raw = base64.urlsafe_b64decode(token)
+    _check_token(token)
     try:
-        return AESGCM(key).decrypt(raw[:12], raw[12:], _AAD).decode()
+        raw = base64.urlsafe_b64decode(token)
+    except (ValueError, binascii.Error) as err:
+        raise SecretError("ENC(...) is cut short or damaged: it is not complete base64") from err
+    if len(raw) < _NONCE + _TAG:
+        raise SecretError("ENC(...) is too short to be an encrypted value: is it cut short?")
+    try:
+        return AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:], _AAD).decode()
     except (InvalidTag, ValueError) as err:
         raise SecretError("cannot decrypt ENC(...): wrong key or damaged value") from err
 
@@ -80,8 +133,17 @@ def has_secret(text: str) -> bool:
     return "ENC(" in text
 
 
+def check_form(text: str) -> None:
+    """SecretError if `text` holds an ENC( that is not a complete ENC(...)."""
+    if "ENC(" in _ENC.sub("", text):
+        raise SecretError("ENC( has no closing ')': paste the whole ENC(...) value")
+
+
 def reveal(text: str, key: bytes | None) -> str:
-    """Replace every ENC(...) inside `text` with its plaintext."""
+    """Replace every ENC(...) inside `text` with its plaintext; SecretError if one cannot be."""
+    check_form(text)
+    for match in _ENC.finditer(text):
+        _check_token(match.group(1))
     if key is None:
         raise SecretError(
             f"the value holds ENC(...) but no key is set: set {ENV_KEY} or create the key file"

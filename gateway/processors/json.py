@@ -6,8 +6,11 @@ line 1 column 1`. A valid one passes through unchanged (same id, same bytes),
 so put `json` first in a route to keep bad input away from the processors and
 sinks behind it.
 
-Strict JSON is required: `NaN`, `Infinity` and `-Infinity` are refused, since
-no database column and no other JSON parser takes them.
+Strict JSON is required: `NaN`, `Infinity` and `-Infinity` are refused, and so
+is a number too large to be finite (`1e999`), since no database column and no
+other JSON parser takes them: such content goes to the dead letters with the
+reason, e.g. `content is not valid JSON: the number 1e999 is too large (infinity
+is not allowed)`.
 
 Keys
   type: json
@@ -34,6 +37,7 @@ bad content with the same words.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -50,9 +54,17 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # a literal that overflows: 1e999, or a 400-digit number
+        shown = text if len(text) <= 24 else f"{text[:20]}..."
+        raise ValueError(f"the number {shown} is too large (infinity is not allowed)")
+    return value
+
+
 # Module-level codecs: json.loads/json.dumps with any keyword build a new
 # decoder/encoder on every call; these are built once and stay C-accelerated.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 _KINDS = {
@@ -89,7 +101,7 @@ def decode(content: bytes) -> Any:
         raise PermanentError(
             f"content is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from err
-    except ValueError as err:  # NaN/Infinity, or an integer longer than 4300 digits
+    except ValueError as err:  # NaN/Infinity, 1e999, or an integer longer than 4300 digits
         raise PermanentError(f"content is not valid JSON: {err}") from err
     except RecursionError as err:
         raise PermanentError("content is not valid JSON: nested too deeply") from err

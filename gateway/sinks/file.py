@@ -3,9 +3,11 @@
 Each line reads
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
    "attributes": {"mqtt.qos": "1"}, "payload": {"temp": 21.5}}
-`ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds).
-`payload` holds the content as JSON when it is valid UTF-8 JSON; otherwise the
-line has `payload_base64` with the raw bytes instead.
+`ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds). The
+content is written under one of three keys, so that a reader gets every byte back:
+  "payload": {"temp": 21.5}       content that is JSON, as that JSON (on one line)
+  "payload_text": "21.5 C"        other content that is valid UTF-8 text, as a string
+  "payload_base64": "/wA…"        any other bytes, base64-encoded (RFC 4648)
 
 Delivery is at least once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -253,5 +255,6 @@ class FileSink(Sink):
                     # Pretty-printed JSON: re-encode it on one line. Compact JSON is copied as is.
                     text = _dumps(value)
                 return f'{head}"payload":{text.strip()}}}\n'.encode()
+            return f'{head}"payload_text":{_dumps(text)}}}\n'.encode()
         encoded = base64.b64encode(content).decode()
         return f'{head}"payload_base64":"{encoded}"}}\n'.encode()

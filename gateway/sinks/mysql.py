@@ -53,7 +53,9 @@ Keys
   type: mysql
   dsn: mysql://user:password@host:3306/database   (required; URL-encode special
                            characters in user and password; may be an ENC(...)
-                           secret; the password is never logged)
+                           secret; the password is never logged. Checked when
+                           the config loads: the scheme, the host (an IPv6 address
+                           in brackets, [::1]) and the port (1-65535))
   table: readings          the table (default readings)
   create_table: true       create the table when it does not exist (default true)
   columns: null            your own columns, see above (default: the table above)
@@ -92,14 +94,14 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import unquote
 
 import aiomysql
 import pymysql
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier
+from gateway.config.schema import Duration, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -169,11 +171,21 @@ DIALECT = Dialect(
 )
 
 
+def dsn_problem(dsn: str) -> str | None:
+    """Why `dsn` cannot be a MySQL DSN (never quoting it: it holds a password)."""
+    try:
+        parse_dsn(dsn)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class MysqlSinkConfig(SinkConfig):
     """Keys of the `mysql` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
-    dsn: str = field(repr=False)  # holds a password
+    # Holds a password: never repr'd, never quoted back in a problem.
+    dsn: Annotated[str, Valid(dsn_problem)] = field(repr=False)
     table: str = "readings"
     create_table: bool = True
     columns: dict[str, str | dict[str, str]] | None = None
@@ -182,10 +194,6 @@ class MysqlSinkConfig(SinkConfig):
     timeout: Duration = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        try:
-            parse_dsn(self.dsn)
-        except ValueError as err:
-            yield "dsn", str(err)  # never quotes the DSN back: it holds a password
         for message in check_identifier(self.table):
             yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
@@ -215,6 +223,9 @@ def parse_dsn(dsn: str) -> Dsn:
     hostport, _, database = location.partition("/")
     if "?" in database:
         raise ValueError("takes no ?options: use the sink's keys (ca_file, timeout)")
+    problem = check_location(hostport)
+    if problem:
+        raise ValueError(problem)
     if hostport.startswith("["):  # [IPv6]:port
         host, _, port = hostport[1:].partition("]")
         port = port.removeprefix(":")
@@ -224,8 +235,6 @@ def parse_dsn(dsn: str) -> Dsn:
             host, port = hostport, ""
     if not host or not database or not user:
         raise ValueError("must name a user, a host and a database: mysql://user:pw@host/db")
-    if port and not port.isdigit():
-        raise ValueError("the port must be a number")
     return Dsn(host, int(port or 3306), unquote(user), unquote(password), database)
 
 

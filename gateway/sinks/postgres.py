@@ -50,7 +50,9 @@ Keys
   type: postgres
   dsn: postgresql://user:password@host:5432/database   (required; may be an
                            ENC(...) secret; the password is never logged. Options
-                           such as ?sslmode=require are passed to asyncpg)
+                           such as ?sslmode=require are passed to asyncpg. Checked
+                           when the config loads: the scheme, each host (an IPv6
+                           address in brackets, [::1]) and port (1-65535))
   table: readings          the table, optionally schema.table (default readings)
   create_table: true       create the table when it does not exist (default true)
   columns: null            your own columns, see above (default: the table above)
@@ -83,16 +85,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, check_identifier
+from gateway.config.schema import Duration, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -160,11 +163,28 @@ DIALECT = Dialect(
 )
 
 
+def dsn_problem(dsn: str) -> str | None:
+    """Why `dsn` cannot be a PostgreSQL DSN (never quoting it: it may hold a password)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return "must read postgresql://user:password@host:5432/database"
+    # As in any URL (and for asyncpg), the authority ends at the first '/', '?' or '#';
+    # the last '@' in it ends the user part. Several hosts are separated by commas.
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hosts = authority.rpartition("@")[2]
+    for location in hosts.split(",") if hosts else ():
+        problem = check_location(location)
+        if problem:
+            return problem
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class PostgresSinkConfig(SinkConfig):
     """Keys of the `postgres` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
-    dsn: str = field(repr=False)  # may hold a password
+    # May hold a password: never repr'd, never quoted back in a problem.
+    dsn: Annotated[str, Valid(dsn_problem)] = field(repr=False)
     table: str = "readings"
     create_table: bool = True
     columns: dict[str, str | dict[str, str]] | None = None
@@ -172,9 +192,6 @@ class PostgresSinkConfig(SinkConfig):
     timeout: Duration = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        # Never quote the DSN back: it may hold a password.
-        if urlsplit(self.dsn).scheme not in ("postgresql", "postgres"):
-            yield "dsn", "must read postgresql://user:password@host:5432/database"
         parts = self.table.split(".")
         if len(parts) > 2:
             yield "table", f"{self.table!r} must read table or schema.table"

@@ -11,9 +11,11 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +27,16 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 
+from gateway.config import secrets
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness import GatewayProcess, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # file:line: key.path: message
-PROBLEM = re.compile(r"^\s*(?P<file>[^:\s]+):(?P<line>\d+): (?P<path>[\w.-]+): (?P<message>.+)$")
+PROBLEM = re.compile(
+    r"^\s*(?:edge-stream: )?(?P<file>[^:\s]+):(?P<line>\d+): (?P<path>[\w.-]+): (?P<message>.+)$"
+)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -135,7 +141,7 @@ def test_check_config_names_file_line_and_key_path_of_every_problem(tmp_path: Pa
     assert found[(12, "sinks.archive.rotate_byte")] == (
         "unknown key (did you mean 'rotate_bytes'?)"
     )
-    assert "the config has 3 problem(s)" in result.stderr
+    assert "the config has 3 problems:" in result.stderr
 
 
 def test_check_config_refuses_a_route_to_a_sink_that_is_not_defined(tmp_path: Path) -> None:
@@ -168,7 +174,103 @@ def test_check_config_refuses_duplicate_keys_and_bad_yaml(tmp_path: Path) -> Non
     assert "cannot read the config file" in result.stderr
 
 
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"edge-stream {version('edge-stream')}\n"
+
+
+def test_a_single_problem_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(GOOD.replace("postgresql://gw@db/telemetry", "postgresql://gw@db:99999/t"))
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"edge-stream: {path}:11: sinks.warehouse.dsn: the port '99999' must be a number"
+        " from 1 to 65535\n"
+    )
+
+
 # -- secrets ------------------------------------------------------------------------------
+
+
+def test_secret_encrypt_takes_the_config_before_or_after_the_value(tmp_path: Path) -> None:
+    key = tmp_path / "k" / "secret.key"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{secret_key_file: '{key}'}}\n" + GOOD.split("\n", 1)[1])
+    assert cli("secret", "keygen", "-c", str(path)).returncode == 0
+    for args in (["-c", str(path), "pw-1"], ["pw-1", "-c", str(path)]):
+        sealed = cli("secret", "encrypt", *args)
+        assert sealed.returncode == 0, (args, sealed.stderr)
+        assert sealed.stdout.startswith("ENC("), args
+        plain = secrets.decrypt(sealed.stdout.strip()[4:-1], secrets.load_key(key) or b"")
+        assert plain == "pw-1"
+    extra = cli("secret", "encrypt", "a", "b", "-c", str(path))
+    assert extra.returncode == 2 and "unrecognized arguments: b" in extra.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", ":1: the config must be a mapping of sections"),
+        ("gateway: [a]\n", ": gateway: expected a mapping"),
+        ("gateway: {data_dir: [a]}\n", ": gateway.data_dir: expected a path, got ['a']"),
+        ('gateway: {id: "x\n', ":2: invalid YAML: "),
+    ],
+)
+def test_secret_commands_report_a_config_they_cannot_use_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    for args in (["encrypt", "pw", "-c", str(path)], ["keygen", "-c", str(path)]):
+        result = cli("secret", *args)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"edge-stream: {path}{message}"), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+NOBODY_CHECK = """
+import os, pwd, sys
+from gateway import cli, registry
+registry.find("sink", "file")  # imported while the interpreter's own files are readable
+nobody = pwd.getpwnam("nobody")
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)
+sys.exit(cli.main(["check-config", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_key_file_the_service_user_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """root made the key (mode 0600, here 0000) and the service runs as another user."""
+    folder = Path(tempfile.mkdtemp(prefix="edge-key-"))  # a folder `nobody` may enter
+    try:
+        folder.chmod(0o755)
+        key = folder / "secret.key"
+        key.write_text("ab" * 32 + "\n")
+        key.chmod(0o000)
+        path = folder / "gateway.yaml"
+        path.write_text(
+            f"gateway: {{secret_key_file: '{key}', data_dir: '{folder}'}}\n"
+            "sinks:\n  a: {type: file}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", NOBODY_CHECK, str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"edge-stream: {path}:1: gateway.secret_key_file: cannot read the key file {key}:"
+            " Permission denied (the user the gateway runs as must be able to read it)\n"
+        )
+    finally:
+        shutil.rmtree(folder)
 
 
 def pg_connects(dsn: str) -> str | None:

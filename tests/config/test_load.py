@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import secrets
-from gateway.config.load import load, load_data
+from gateway.config.load import load, load_data, parse_text
 from gateway.config.units import parse_duration, parse_size
 from gateway.core.errors import ConfigError
 
@@ -350,3 +350,260 @@ def test_a_malformed_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_load_data_without_a_file() -> None:
     config = load_data({"sinks": {"w": {"type": "file"}}}, environ={})
     assert config.sinks["w"].keep == 5
+
+
+# -- hostile and mistaken files: one line each, quickly --------------------------------
+
+
+def alias_bomb(levels: int = 9, width: int = 10) -> str:
+    """A few lines of YAML whose aliases stand for width**levels values."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, alias_bomb())  # 10**9 values in 9 lines
+    (message,) = problems(path)
+    # Refused at the alias that passes 100,000 repeated values: line 6 (l4, 10**5).
+    assert message == (
+        f"{path}:6: too many aliases: they repeat more than 100000 values (limit 100000);"
+        " write the values out or use fewer aliases"
+    )
+
+
+def test_aliases_and_merge_keys_within_the_limit_still_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        x-retry: &retry {initial: 1s, max: 1m}
+        x-file: &file {type: file, retry: *retry}
+        sinks:
+          a: {<<: *file, path: a.jsonl}
+          b: {<<: *file, path: b.jsonl, keep: 2}
+        """,
+    )
+    # The x- keys are not gateway keys; everything else the aliases built is fine.
+    assert [p.split(": ")[1] for p in problems(path)] == ["x-retry", "x-file"]
+    config = load_data(
+        {k: v for k, v in parse_text(path.read_text(), str(path))[0].items() if k[0] != "x"},
+        environ={},
+    )
+    assert config.sinks["b"].keep == 2 and config.sinks["a"].retry.max == 60.0
+
+
+@pytest.mark.parametrize("name", ["gateway.yaml", "gateway.json"])
+@pytest.mark.parametrize("levels", [65, 3000, 100_000])
+def test_deep_nesting_is_refused_without_a_recursion_error(
+    tmp_path: Path, name: str, levels: int
+) -> None:
+    path = tmp_path / name
+    path.write_text('{"gateway": {"id": ' + "[" * levels + "]" * levels + "}}\n")
+    assert problems(path) == [
+        f"{path}{':1' if name.endswith('yaml') else ''}: nested more than 64 levels deep (limit 64)"
+    ]
+
+
+def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("".join(f"{'  ' * n}k{n}:\n" for n in range(200)) + "  " * 200 + "x\n")
+    assert problems(path) == [f"{path}:64: nested more than 64 levels deep (limit 64)"]
+
+
+def test_a_file_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "# " + "x" * (1 << 20) + "\n")
+    assert problems(path) == [
+        f"{path}: the config is larger than 1 MiB (limit 1 MiB): is this the right file?"
+    ]
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"gateway:\n  id: K\xfchlraum\n")  # latin-1
+    assert problems(path) == [
+        f"{path}:2: the config is not UTF-8 text: byte 0xfc at column 8; save the file as UTF-8"
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "---\n", "{}\n"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    assert problems(path) == [
+        f"{path}:1: the config file is empty: it needs at least sources, routes and sinks"
+        " (config/gateway.yaml is an example to start from)"
+    ]
+
+
+def test_an_invalid_filter_is_reported_with_the_other_problems_of_its_route(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          telemetry:
+            match: ["ok/+", "sensors/#/x"]
+            sink: [archive]
+            sinks: [archive]
+          other: {match: "a/+", sinks: [archiv]}
+        sinks:
+          archive: {type: file, keep: many}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:5: routes.telemetry.sink: unknown key (did you mean 'sinks'?)",
+        f"{path}:4: routes.telemetry.match.1: 'sensors/#/x' is not a valid MQTT topic filter:"
+        " '#' must be a whole level and the last one (e.g. 'sensors/#')",
+        f"{path}:9: sinks.archive.keep: expected an integer, got 'many'",
+        f"{path}:7: routes.other.sinks.0: no sink named 'archiv' is defined under sinks:"
+        " (did you mean 'archive'?)",
+    ]
+
+
+def test_a_problem_from_an_environment_override_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  warehouse: {type: postgres, dsn: 'postgresql://gw@db/t'}\n")
+    environ = {
+        "EDGE_STREAM__SINKS__WAREHOUSE__DSN": "postgresql://gw@db:notaport/t",
+        "EDGE_STREAM__SINKS__WAREHOUSE__BATCH": "{max_rows: 0}",
+    }
+    assert problems(path, environ) == [
+        "EDGE_STREAM__SINKS__WAREHOUSE__BATCH: sinks.warehouse.batch.max_rows:"
+        " must be between 1 and 50000",
+        "EDGE_STREAM__SINKS__WAREHOUSE__DSN: sinks.warehouse.dsn: the port 'notaport' must be"
+        " a number from 1 to 65535",
+    ]
+
+
+def test_an_alias_bomb_in_an_environment_override_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks:\n  w: {type: file}\n")
+    bomb = "{" + ", ".join(f"l{n}: {line.split(': ', 1)[1]}" for n, line in
+                           enumerate(alias_bomb().splitlines())) + "}"  # fmt: skip
+    assert problems(path, {"EDGE_STREAM__SINKS__W__X": bomb}) == [
+        "EDGE_STREAM__SINKS__W__X: too many aliases: they repeat more than 100000 values"
+        " (limit 100000); write the values out or use fewer aliases"
+    ]
+
+
+# -- DSNs -----------------------------------------------------------------------------
+
+
+PORT = "must be a number from 1 to 65535"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("postgresql://gw:pw@db:notaport/t", f"the port 'notaport' {PORT}"),
+        ("postgresql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
+        ("postgresql://gw:pw@db:0/t", "the port '0' must be a number from 1 to 65535"),
+        ("postgresql://gw@[zz::1]:5432/t", "[zz::1] is not an IPv6 address"),
+        ("postgresql://gw@[::1/t",
+         "'[::1': an IPv6 address needs its closing ']', e.g. [::1]:5432"),
+        ("postgresql://gw@::1:5432/t",
+         "'::1:5432': write an IPv6 address in brackets, e.g. [::1]:5432"),
+        ("postgresql://a:5432,b:x/t", "the port 'x' must be a number from 1 to 65535"),
+        ("mysql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
+        ("mysql://gw:pw@db:port/t", "the port 'port' must be a number from 1 to 65535"),
+        ("mysql://gw:pw@[::g]:3306/t", "[::g] is not an IPv6 address"),
+    ],
+)  # fmt: skip
+def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
+    tmp_path: Path, dsn: str, message: str
+) -> None:
+    kind = "mysql" if dsn.startswith("mysql") else "postgres"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{dsn}'}}\n")
+    assert problems(path) == [f"{path}:3: sinks.db.dsn: {message}"]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://gw:p@ss:w@db.plant.lan:5432/telemetry",
+        "postgresql://gw:pw@[::1]:5432/t",
+        "postgresql://gw@[fe80::1%eth0]/t",
+        "postgres://gw@h1:5432,h2:5433/t?target_session_attrs=read-write",
+        "postgresql:///t?host=/var/run/postgresql",
+        "postgresql://gw@db/t",
+        "mysql://gw:p@ss:w@db:3306/t",
+        "mysql://gw:pw@[::1]:3306/t",
+        "mysql://gw:pw@db/t",
+    ],
+)
+def test_good_dsns_pass_the_check(tmp_path: Path, dsn: str) -> None:
+    kind = "mysql" if dsn.startswith("mysql") else "postgres"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{dsn}'}}\n")
+    assert load(path, environ={}).sinks["db"].dsn == dsn
+
+
+# -- secrets that are not what they look like ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ENC(abc)", "ENC(...) is cut short or damaged: it is not complete base64"),
+        ("ENC()", "ENC() is empty: paste the whole value that 'edge-stream secret encrypt'"
+                  " printed"),
+        ("ENC(!!x!!)", "ENC(...) holds characters that 'edge-stream secret encrypt' never"
+                       " writes (it writes letters, digits, '-', '_' and '=')"),
+        ("ENC(AAAA)", "ENC(...) is too short to be an encrypted value: is it cut short?"),
+        ("pre-ENC(abc", "ENC( has no closing ')': paste the whole ENC(...) value"),
+    ],
+)  # fmt: skip
+def test_a_value_that_looks_like_a_secret_must_be_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    key = AESGCM.generate_key(bit_length=256)
+    monkeypatch.setenv(secrets.ENV_KEY, key.hex())
+    path = write(tmp_path, SECRET_CONFIG.format(password=f"'{value}'", path="a"))
+    assert problems(path) == [f"{path}:5: mqtt.password: {message}"]
+
+
+def test_a_truncated_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = AESGCM.generate_key(bit_length=256)
+    monkeypatch.setenv(secrets.ENV_KEY, key.hex())
+    token = secrets.encrypt("s3cr3t", key)
+    for cut in (token[:-2] + ")", token[:-6] + ")", token[:20] + ")"):
+        path = write(tmp_path, SECRET_CONFIG.format(password=cut, path="a"))
+        (message,) = problems(path)
+        assert message.startswith(f"{path}:5: mqtt.password: ") and "ENC(" in message, message
+
+
+def test_a_bad_secret_is_reported_once_with_the_other_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(secrets.ENV_KEY, AESGCM.generate_key(bit_length=256).hex())
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          w: {type: postgres, dsn: "postgresql://gw:ENC(abc)@db/t", table: read-ings}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sinks.w.dsn: ENC(...) is cut short or damaged: it is not complete base64",
+        f"{path}:3: sinks.w.table: 'read-ings' is not a valid SQL identifier (letters, digits"
+        " and _, not starting with a digit, at most 63)",
+    ]
+
+
+def test_a_key_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    key_path = tmp_path / "secret.key"
+    key_path.mkdir()  # a directory where the key file should be
+    path = write(tmp_path, "sinks:\n  w: {type: file}\n")
+    assert problems(path) == [
+        f"{path}: cannot read the key file {key_path}: Is a directory"
+        " (the default key file, <data_dir>/secret.key)"
+    ]
+    key_path.rmdir()
+    key_path.write_bytes(b"\xff\xfe" + "ab".encode("utf-16-le") * 32)
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}', secret_key_file: '{key_path}'}}\n"
+        "sinks:\n  w: {type: file}\n"
+    )
+    assert problems(path) == [
+        f"{path}:1: gateway.secret_key_file: the key file {key_path} is not text: byte 0xff at"
+        " offset 0; it must hold 64 hex digits or base64"
+    ]

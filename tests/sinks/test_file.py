@@ -72,13 +72,31 @@ async def test_writes_one_json_line_per_flowfile(tmp_path: Path) -> None:
         "payload": {"temp": 21.5},
     }
     assert lines[1]["payload"] == {"pretty": [1, 2], "s": "line\nbreak"}
-    for line, ff in zip(lines[2:5], batch[2:5], strict=True):
-        assert "payload" not in line
-        assert base64.b64decode(line["payload_base64"]) == ff.content
+    assert "payload" not in lines[2]
+    assert base64.b64decode(lines[2]["payload_base64"]) == b"\xff\x00binary"
+    assert lines[3]["payload_text"] == "21.5 C"
+    assert lines[4]["payload_text"] == ""
     assert lines[5]["topic"] == "plant/Kühlraum"
     assert lines[5]["payload"] == {"name": "Kühlraum"}
     # One line per FlowFile even for pretty-printed JSON content.
     assert path.read_bytes().count(b"\n") == len(batch)
+
+
+async def test_text_that_is_not_json_is_written_as_text_and_other_bytes_as_base64(
+    tmp_path: Path,
+) -> None:
+    sink = make_sink(tmp_path)
+    texts = ["21.5 C", 'say "hi"\n\tand \\ bye', "Kühlraum: 4 °C ❄", "\x00\x1f nul", "NaN"]
+    binary = [b"\xff\xfe", "é".encode("latin-1"), b"ok\xc3", b"\xed\xa0\x80"]  # not UTF-8
+    batch = [flowfile(t.encode()) for t in texts] + [flowfile(b) for b in binary]
+    await sink.write(batch)
+    await sink.close()
+    lines = read_lines(tmp_path / "archive.jsonl")
+    assert [set(line) - {"id", "topic", "ts", "attributes"} for line in lines] == [
+        {"payload_text"}
+    ] * len(texts) + [{"payload_base64"}] * len(binary)
+    assert [line["payload_text"] for line in lines[: len(texts)]] == texts
+    assert [base64.b64decode(line["payload_base64"]) for line in lines[len(texts) :]] == binary
 
 
 async def test_appends_and_redelivery_repeats_lines(tmp_path: Path) -> None:
