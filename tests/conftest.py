@@ -4,7 +4,7 @@ Session-scoped, started on first use and shared by every test:
     mosquitto, mosquitto_tls, postgres, mariadb, redis
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
-    mosquitto_factory(tls=False), postgres_factory(), mariadb_factory(),
+    mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
     redis_factory(password=None, username=None)
 
 A test may stop or kill a shared server; it is started again (same port, same data) after
@@ -116,7 +116,8 @@ def _factory(workspace: servers.Workspace, start: Callable[..., S]) -> Iterator[
 def mosquitto_factory(
     server_workspace: servers.Workspace,
 ) -> Iterator[Callable[..., servers.Mosquitto]]:
-    """`mosquitto_factory(tls=False)` starts a private Mosquitto for this test."""
+    """`mosquitto_factory(tls=False, user=None)` starts a private Mosquitto for this test;
+    `user=(name, password)` makes it refuse everyone else."""
     yield from _factory(server_workspace, server_workspace.mosquitto)
 
 

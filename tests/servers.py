@@ -415,10 +415,13 @@ class Mosquitto(Server):
     kind = "mosquitto"
     run_as = "mosquitto"
 
-    def __init__(self, workspace: Workspace, tls: bool = False) -> None:
+    def __init__(
+        self, workspace: Workspace, tls: bool = False, user: tuple[str, str] | None = None
+    ) -> None:
         super().__init__(workspace)
         self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
         self.config_file = self.dir / "mosquitto.conf"
+        self.user = user  # (username, password): the only client allowed in
 
     @property
     def url(self) -> str:
@@ -441,7 +444,7 @@ class Mosquitto(Server):
         (self.dir / "data").mkdir()
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.user else 'true'}",
             "persistence true",
             f"persistence_location {self.dir / 'data'}/",
             # Queue everything for offline persistent sessions and never drop QoS 1/2
@@ -461,6 +464,16 @@ class Mosquitto(Server):
                 "require_certificate true",
                 "use_identity_as_username true",
             ]
+        if self.user:
+            passwords = self.dir / "passwords"
+            subprocess.run(
+                ["mosquitto_passwd", "-b", "-c", str(passwords), *self.user],
+                check=True,
+                capture_output=True,
+            )
+            shutil.chown(passwords, self.run_as, self.run_as)
+            passwords.chmod(0o600)
+            lines.append(f"password_file {passwords}")
         self.config_file.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
@@ -767,8 +780,8 @@ class Workspace:
             raise
         return server
 
-    def mosquitto(self, tls: bool = False) -> Mosquitto:
-        return self._started(Mosquitto(self, tls=tls))
+    def mosquitto(self, tls: bool = False, user: tuple[str, str] | None = None) -> Mosquitto:
+        return self._started(Mosquitto(self, tls=tls, user=user))
 
     def postgres(self) -> Postgres:
         return self._started(Postgres(self))

@@ -78,6 +78,11 @@ class Context:
     data_dir: str = "."
     gateway_id: str = "edge-stream"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # The top-level `mqtt` section's defaults for components on the gateway's broker.
+    mqtt_client_prefix: str = ""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_keepalive: float = 30.0
     log: ComponentLog = field(init=False)
     status: dict[str, Any] = field(default_factory=dict)
     marks: InboundMarks = field(default_factory=NoMarks)

@@ -67,6 +67,11 @@ class Engine:
             data_dir=str(self.data_dir),
             gateway_id=self.config.gateway.id,
             mqtt_url=self.broker.url if self.broker else self.config.mqtt.url,
+            mqtt_client_prefix=self.config.mqtt.client_id
+            or f"edge-stream-{self.config.gateway.id}",
+            mqtt_username=self.config.mqtt.username,
+            mqtt_password=self.config.mqtt.password,
+            mqtt_keepalive=self.config.mqtt.keepalive,
         )
 
     def _build(self) -> None:

@@ -88,7 +88,8 @@ last one), and with write-back enabled also published retained on
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
 `status_topic`, `client_id`, `username`, `password`): the source subscribes to
 `modbus/{device}/{register}/set` (`writeback.topic`) on the gateway's broker
-(`writeback.url`, default the top-level `mqtt.url`). The payload is a JSON
+(`writeback.url`, default the top-level `mqtt.url`, whose `username`, `password`
+and `client_id` prefix then apply unless write-back sets its own). The payload is a JSON
 value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`. Only
 registers marked `writable: true` are written: the value is converted to the
 register's type, scale and byte order, written (FC 5/6, or 15/16), read back
@@ -742,15 +743,19 @@ class ModbusSource(Source):
         if wb.enabled:
             from gateway.sources._modbus_mqtt import SideChannel
 
+            # on the gateway's broker, what write-back leaves unset comes from `mqtt:`
+            shared = wb.url is None
+            prefix = self.ctx.mqtt_client_prefix or f"edge-stream-{self.ctx.gateway_id}"
+
             self._channel = SideChannel(
                 self.ctx,
                 url=wb.url or self.ctx.mqtt_url,
-                client_id=wb.client_id or f"edge-stream-{self.ctx.gateway_id}-{self.ctx.name}-wb",
+                client_id=wb.client_id or f"{prefix}-{self.ctx.name}-wb",
                 set_topic=wb.topic,
                 result_topic=wb.result_topic,
                 status_topic=wb.status_topic,
-                username=wb.username,
-                password=wb.password,
+                username=wb.username or (self.ctx.mqtt_username if shared else None),
+                password=wb.password or (self.ctx.mqtt_password if shared else None),
                 submit=self._submit_write,
             )
             self._channel_failures = 0

@@ -6,10 +6,16 @@ sources:
     type: mqtt
     topics: ["sensors/+/telemetry", "meters/#"]
     qos: 1                    # 0, 1 or 2; 1 is the usual choice
-    # url: mqtt://10.0.0.2:1883   default: the top-level mqtt.url (or the embedded broker)
-    # client_id: pi-01-plant      default: edge-stream-<gateway id>-<source name>
-    # username: gw
-    # password: ENC(...)
+    # url: mqtt://10.0.0.2:1883   default: the gateway's broker (the top-level `mqtt:`)
+    # client_id: pi-01-plant      default: <mqtt.client_id>-<source name>, and
+    #                             mqtt.client_id defaults to edge-stream-<gateway id>
+    # username: gw                default on the gateway's broker: mqtt.username
+    # password: ENC(...)          default on the gateway's broker: mqtt.password
+    # keepalive: 30s              default: mqtt.keepalive on the gateway's broker, else 30s
+    # ca_file: /etc/ssl/ca.pem    for mqtts:// URLs: the CA that signed the broker's
+    #                             certificate (default: the system's CAs)
+    # cert_file: client.pem       a client certificate, for brokers that require one,
+    # key_file: client.key        and its private key
     # retained: new_subscription_only
     #                             retained messages: sent by the broker when the subscription
     #                             is new (MQTT 5 Retain Handling 1), `always` at every
@@ -116,7 +122,7 @@ class MqttSourceConfig(SourceConfig):
     receive_maximum: int = 1000
     receive_max_bytes: Size = 16 * 1024 * 1024
     session_expiry: Duration = 7 * 86400.0
-    keepalive: Duration = 30.0
+    keepalive: Duration | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -214,12 +220,20 @@ class MqttSource(Source):
         self.possible_duplicates = 0
         self.invalid = 0
         self.oversized = 0
-        self._client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
+        prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
+        self._client_id = config.client_id or f"{prefix}-{ctx.name}"
         ctx.status["dropped"] = 0
 
     async def connect(self) -> None:
         cfg = self.config
         host, port, tls = parse_url(cfg.url or self.ctx.mqtt_url)
+        # on the gateway's broker, what the source leaves unset comes from `mqtt:`
+        shared = cfg.url is None
+        username = cfg.username or (self.ctx.mqtt_username if shared else None)
+        password = cfg.password or (self.ctx.mqtt_password if shared else None)
+        keepalive = cfg.keepalive
+        if keepalive is None:
+            keepalive = self.ctx.mqtt_keepalive if shared else 30.0
         self._lost = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
@@ -239,11 +253,11 @@ class MqttSource(Source):
                     port=port,
                     client_id=self._client_id,
                     clean_start=False,
-                    keepalive=int(cfg.keepalive),
+                    keepalive=int(keepalive),
                     session_expiry=int(cfg.session_expiry),
                     receive_maximum=cfg.receive_maximum,
-                    username=cfg.username,
-                    password=cfg.password,
+                    username=username,
+                    password=password,
                     tls=tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else None,
                 )
                 if not present:

@@ -196,3 +196,50 @@ async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any)
     await done.wait()
     server.close()
     await server.wait_closed()
+
+
+async def test_the_gateway_broker_credentials_and_client_id_prefix_apply_to_its_sources(
+    mosquitto_factory: Any,
+) -> None:
+    """`mqtt.username`, `mqtt.password` and `mqtt.client_id` reach a source that sets none."""
+    broker = mosquitto_factory(user=("gw", "s3cret"))
+    problems = Problems()
+    raw = {"type": "mqtt", "topics": ["acks/#"], "qos": 1}
+    config = build_dataclass(MqttSourceConfig, raw, (), problems)
+    assert not problems, problems.items
+    ctx = Context(
+        name="plant",
+        kind="source",
+        mqtt_url=broker.url,
+        mqtt_client_prefix="site-7",
+        mqtt_username="gw",
+        mqtt_password="s3cret",
+        mqtt_keepalive=20.0,
+    )
+    source = MqttSource(config, ctx)
+    await source.connect()
+    try:
+        assert source._client_id == "site-7-plant"
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-pub-auth")
+        client.username_pw_set("gw", "s3cret")
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.publish("acks/auth", b"1", qos=1).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        got = await read_n(source, 1)
+        assert got[0].flowfile.content == b"1"
+    finally:
+        await source.close()
+
+    # a source with its own url does not send the gateway broker's credentials
+    raw = {"type": "mqtt", "topics": ["acks/#"], "url": broker.url}
+    config = build_dataclass(MqttSourceConfig, raw, (), problems)
+    elsewhere = MqttSource(config, ctx)
+    try:
+        await elsewhere.connect()
+    except Exception as err:
+        assert "not authorized" in str(err).lower() or "refused" in str(err).lower(), err
+    else:
+        await elsewhere.close()
+        raise AssertionError("a source with its own url connected with the gateway's password")
