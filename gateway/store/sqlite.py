@@ -21,13 +21,16 @@ Tables
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
@@ -42,7 +45,10 @@ T = TypeVar("T")
 
 MAX_SINKS = 62
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
-TAIL_MAX = 10_000  # newest FlowFiles kept in memory for sinks that are caught up
+# The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
+# of them and TAIL_MAX_BYTES of their contents (at 250 KB payloads that is 32, not 10,000).
+TAIL_MAX = 10_000
+TAIL_MAX_BYTES = 8 << 20
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -58,7 +64,8 @@ CREATE TABLE IF NOT EXISTS flowfiles (
     created INTEGER NOT NULL,
     lineage TEXT NOT NULL,
     sinks INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
@@ -100,7 +107,9 @@ CREATE TABLE IF NOT EXISTS inbound (
 ) WITHOUT ROWID;
 """
 
-_INSERT = "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+_INSERT = (
+    "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size, crc)"
+)
 _UPSERT_INBOUND = (
     "INSERT INTO inbound (source, slot, digest)",
     " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
@@ -146,6 +155,21 @@ _INSERT_DEAD = (
 )
 
 
+def _trim_heap() -> None:
+    """Return freed C heap to the system (glibc's malloc_trim); elsewhere, nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
 
@@ -169,11 +193,46 @@ class Batch:
     replayed: list[int] = field(default_factory=list)
 
 
+def _checksum(fid: str, topic: str, attrs: str, content: Any, created: int, lineage: str) -> int:
+    """CRC32 of a stored FlowFile's fields, as they are written to and read from SQLite."""
+    head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0".encode()
+    if not isinstance(content, bytes):  # damage can turn the column into TEXT
+        content = str(content).encode()
+    return zlib.crc32(content, zlib.crc32(head))
+
+
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
     attrs = attributes_json(ff.attributes)
     lineage = ",".join(ff.lineage)
     size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
-    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
+    crc = _checksum(ff.id, ff.topic, attrs, ff.content, ff.created, lineage)
+    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size, crc)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back after a failed write, so that the caller re-raises the real cause.
+
+    SQLite rolls a transaction back by itself on some errors (a full disk among
+    them); a ROLLBACK then fails with "cannot rollback - no transaction is
+    active", which must not replace the error that mattered.
+    """
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            log.warning("store: rollback after a failed write failed too: %s", err)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or roll back on any error and re-raise that error."""
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 _attributes_of: dict[str, dict[str, str]] = {}
@@ -229,8 +288,9 @@ class Store:
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
         self._futile: tuple[int, tuple[int, ...]] | None = None
-        self._tail: list[tuple[int, FlowFile, int]] = []
+        self._tail: list[tuple[int, FlowFile, int, int]] = []  # seq, FlowFile, sinks, size
         self._tail_first = 0
+        self.tail_bytes = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -253,6 +313,9 @@ class Store:
         db.executescript(SCHEMA)
         if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
+        if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:
+            # stores written before checksums: their rows keep crc NULL and are not checked
+            db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
         self._db = db
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
@@ -373,7 +436,7 @@ class Store:
         last = await self._call(self._commit_sync, encoded, batch, marks)
         self.bytes += added
         if batch.rows:
-            self._remember(last - len(batch.rows) + 1, batch.rows)
+            self._remember(last - len(batch.rows) + 1, batch.rows, [row[7] for row in encoded])
         masks: dict[int, int] = {}
         for _, mask in batch.rows:
             masks[mask] = masks.get(mask, 0) + 1
@@ -415,28 +478,42 @@ class Store:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return int(last)
 
-    def _remember(self, first: int, rows: list[tuple[FlowFile, int]]) -> None:
+    def _remember(self, first: int, rows: list[tuple[FlowFile, int]], sizes: list[int]) -> None:
         """Keep the newest committed FlowFiles in memory, so caught-up sinks need no query.
 
         The tail is a run of consecutive seqs; a gap (another process inserted, or
-        rows were dropped) starts it afresh.
+        rows were dropped) starts it afresh. It holds at most TAIL_MAX FlowFiles and
+        TAIL_MAX_BYTES of their sizes; past either, its older half goes.
         """
         tail = self._tail
         if not tail or self._tail_first + len(tail) != first:
             tail.clear()
+            self.tail_bytes = 0
             self._tail_first = first
         seq = first
-        for ff, mask in rows:
-            tail.append((seq, ff, mask))
+        for (ff, mask), size in zip(rows, sizes, strict=True):
+            tail.append((seq, ff, mask, size))
             seq += 1
-        if len(tail) > TAIL_MAX:
-            cut = len(tail) - TAIL_MAX // 2
+        self.tail_bytes += sum(sizes)
+        if len(tail) > TAIL_MAX or self.tail_bytes > TAIL_MAX_BYTES:
+            keep_rows, keep_bytes = TAIL_MAX // 2, TAIL_MAX_BYTES // 2
+            cut = max(0, len(tail) - keep_rows)
+            left = self.tail_bytes - sum(row[3] for row in tail[:cut])
+            while cut < len(tail) and left > keep_bytes:
+                left -= tail[cut][3]
+                cut += 1
             del tail[:cut]
+            self.tail_bytes = left
             self._tail_first += cut
+
+    def forget_tail(self) -> None:
+        """Let go of the in-memory tail (reads then come from disk until new commits)."""
+        self._tail.clear()
+        self.tail_bytes = 0
 
     async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None]]:
         """Dead letters the CLI sent back (see `edge-stream dead-letters replay`).
@@ -534,7 +611,7 @@ class Store:
         if not dropped:
             self._futile = state
             return
-        self._tail.clear()
+        self.forget_tail()
         db.execute("BEGIN")
         try:
             db.execute(
@@ -543,7 +620,7 @@ class Store:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self.dropped += len(dropped)
         log.error(
@@ -556,42 +633,91 @@ class Store:
     # -- delivery ----------------------------------------------------------
 
     async def read(
-        self, sink: str, after: int, limit: int
+        self, sink: str, after: int, limit: int, max_bytes: int | None = None
     ) -> tuple[list[tuple[int, FlowFile]], int]:
-        """The next FlowFiles for `sink` after seq `after`.
+        """The next FlowFiles for `sink` after seq `after`: at most `limit` of them and at
+        most `max_bytes` of their sizes, but always at least one, however large.
 
         Returns the rows and the seq up to which this read saw everything for
         the sink (so a sink with nothing to do can still move its cursor on).
+        A FlowFile read from disk whose checksum does not match what was stored
+        goes to the dead letters ("corrupt in store") instead of being returned.
         """
+        budget = (1 << 62) if max_bytes is None else max_bytes
         tail = self._tail
         first = self._tail_first
         if tail and first - 1 <= after < first + len(tail):
             bit = self.bit(sink)
-            rows = []
-            for seq, ff, mask in tail[after - first + 1 :]:
+            rows: list[tuple[int, FlowFile]] = []
+            taken = 0
+            for seq, ff, mask, size in tail[after - first + 1 :]:
                 if mask & bit:
+                    if rows and taken + size > budget:
+                        return rows, rows[-1][0]
                     rows.append((seq, ff))
+                    taken += size
                     if len(rows) == limit:
                         return rows, seq
             return rows, first + len(tail) - 1
-        return await self._call(self._read_sync, self.bit(sink), after, limit)
+        rows, seen, corrupt = await self._call(self._read_sync, sink, after, limit, budget)
+        if corrupt:
+            self.dead_count += len(corrupt)
+            self._depth[sink] = max(0, self._depth[sink] - len(corrupt))
+            log.error(
+                "store: %d FlowFile(s) for sink %s are corrupt in store (checksum mismatch;"
+                " first: seq %d, id %s); they are in the dead letters, not delivered",
+                len(corrupt),
+                sink,
+                corrupt[0][0],
+                corrupt[0][1],
+            )
+        return rows, seen
 
     def _read_sync(
-        self, mask: int, after: int, limit: int
-    ) -> tuple[list[tuple[int, FlowFile]], int]:
+        self, sink: str, after: int, limit: int, budget: int
+    ) -> tuple[list[tuple[int, FlowFile]], int, list[tuple[int, str]]]:
         db = self._db
         assert db is not None
-        rows = db.execute(
-            "SELECT seq, id, topic, attributes, content, created, lineage FROM flowfiles"
-            " WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
-            (after, mask, limit),
-        ).fetchall()
-        if len(rows) < limit:
+        cur = db.execute(
+            "SELECT seq, id, topic, attributes, content, created, lineage, size, crc"
+            " FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
+            (after, 1 << self._bits[sink], limit),
+        )
+        good: list[tuple[Any, ...]] = []
+        bad: list[tuple[Any, ...]] = []
+        taken = 0
+        cut = False
+        # Row by row (fetchall steps once per row too), so that a batch stops at its
+        # byte budget without having read the rows after it.
+        for row in cur:
+            if good and taken + row[7] > budget:
+                cut = True
+                break
+            if row[8] is not None and _checksum(*row[1:7]) != row[8]:
+                bad.append(row)
+            else:
+                good.append(row)
+                taken += row[7]
+        cur.close()
+        scanned = good + bad
+        if cut or len(scanned) == limit:
+            seen = max(row[0] for row in scanned)
+        else:
             end = db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]
             seen = max(end, after)
-        else:
-            seen = rows[-1][0]
-        return [(row[0], _decode(row)) for row in rows], seen
+        if bad:
+            now = time.time_ns()
+            reason = "corrupt in store: its checksum does not match what was stored"
+            with _transaction(db):
+                db.executemany(
+                    _INSERT_DEAD,
+                    [(*row[1:7], "store", sink, reason, now) for row in bad],
+                )
+        return (
+            [(row[0], _decode(row)) for row in good],
+            seen,
+            [(row[0], row[1]) for row in bad],
+        )
 
     def cursor(self, sink: str) -> int:
         return self._cursors[sink]
@@ -614,7 +740,7 @@ class Store:
             db.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (upto, sink))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     # -- housekeeping --------------------------------------------------------
@@ -655,6 +781,32 @@ class Store:
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(purged), int(freed)
+
+    async def release_memory(self) -> None:
+        """Give back what the last busy spell left in memory, once the gateway is idle.
+
+        The in-memory tail goes; SQLite keeps a copy of the values last bound to
+        each cached statement, so the insert statements are bound once more with
+        empty rows (in a transaction that is rolled back, nothing is written); then
+        the C heap is trimmed where the C library allows it.
+        """
+        self.forget_tail()
+        await self._call(self._release_sync)
+
+    def _release_sync(self) -> None:
+        db = self._db
+        assert db is not None
+        empty = ("", "", "", b"", 0, "", 0, 0, None)
+        db.execute("BEGIN")
+        try:
+            k = _ROWS_PER_STATEMENT
+            while k:
+                _insert_rows(db, _INSERT, [empty] * k)
+                k >>= 1
+            db.execute(_INSERT_DEAD, ("", "", "", b"", 0, "", "", None, "", 0))
+        finally:
+            _rollback(db)
+        _trim_heap()
 
     async def load_state(self) -> dict[str, bytes]:
         rows = await self._call(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.flowfile import FlowFile
-from gateway.store.sqlite import Batch, DeadLetter, Store
+from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store
 
 
 def ff(n: int, topic: str = "t/1", size: int = 10) -> FlowFile:
@@ -256,4 +256,45 @@ async def test_a_row_inserted_by_another_process_is_not_skipped(tmp_path: Path) 
     await store.commit(batch([(ff(9), store.bit("a"))]))
     rows, _ = await store.read("a", store.cursor("a"), 10)
     assert rows[0][1].id == "replayed" and len(rows) == 2
+    await store.close()
+
+
+async def test_the_memory_tail_stays_within_its_byte_budget(tmp_path: Path) -> None:
+    """At 250 KB payloads the tail must hold a few dozen FlowFiles, not 10,000."""
+    store = await open_store(tmp_path, ("a",))
+    for start in range(0, 200, 10):
+        await store.commit(
+            batch([(ff(i, size=250_000), store.bit("a")) for i in range(start, start + 10)])
+        )
+        held = sum(len(f.content) for _, f, _, _ in store._tail)
+        assert held <= store.tail_bytes <= TAIL_MAX_BYTES
+    assert store._tail, "the tail still serves caught-up sinks"
+    # what is left in the tail is the newest run, and reads from it still line up
+    rows, seen = await store.read("a", store.cursor("a"), 1000, 1 << 40)
+    assert len(rows) == 200 and seen == rows[-1][0]
+    await store.release_memory()
+    assert not store._tail and store.tail_bytes == 0
+    rows_again, _ = await store.read("a", store.cursor("a"), 1000, 1 << 40)
+    assert [f.id for _, f in rows_again] == [f.id for _, f in rows]
+    await store.close()
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+async def test_a_read_stays_within_max_bytes_unless_one_flowfile_is_larger(
+    tmp_path: Path, where: str
+) -> None:
+    store = await open_store(tmp_path, ("a",))
+    sizes = [100_000, 60_000, 250_000, 30_000, 900_000, 10_000, 10_000]
+    await store.commit(batch([(ff(i, size=n), store.bit("a")) for i, n in enumerate(sizes)]))
+    if where == "disk":
+        store.forget_tail()
+    after, batches = store.cursor("a"), []
+    while True:
+        rows, seen = await store.read("a", after, 1000, 300_000)
+        if not rows:
+            break
+        batches.append([len(f.content) for _, f in rows])
+        assert seen == rows[-1][0]
+        after = seen
+    assert batches == [[100_000, 60_000], [250_000, 30_000], [900_000], [10_000, 10_000]]
     await store.close()
