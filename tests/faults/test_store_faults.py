@@ -1,0 +1,119 @@
+"""Store faults: large payloads under a memory bound, a disk that fills and empties, and
+corrupt store files. Each runs the real `edge-stream` process against real servers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+import servers  # tests/ is on the path through its conftest.py
+from harness import GatewayProcess, wait_for
+
+MEMORY_BOUND_MB = 150
+IDLE_BOUND_MB = 80  # idle after the busy spell: memory goes back down (36 MB fresh)
+
+
+def publish(port: int, topic: str, first: int, count: int, size: int) -> None:
+    """Publish messages `first`..`first + count - 1` at QoS 1, each a JSON object of about
+    `size` bytes holding its number, and wait until the broker has acknowledged them all."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex}")
+    client.max_inflight_messages_set(20)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        pad = "x" * max(0, size - 40)
+        infos = [
+            client.publish(topic, json.dumps({"seq": n, "pad": pad}), qos=1)
+            for n in range(first, first + count)
+        ]
+        for info in infos:
+            info.wait_for_publish(120)
+            assert info.is_published(), "the broker did not acknowledge a publish"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def peak_rss_mb(gw: GatewayProcess) -> float:
+    """The gateway's peak resident memory so far (VmHWM in /proc), in MiB."""
+    assert gw.proc is not None
+    for line in Path(f"/proc/{gw.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def rows_and_distinct(pg: servers.Postgres, table: str) -> tuple[int, int]:
+    """Rows in `table` and distinct message numbers among them; (0, 0) before it exists."""
+    if pg.fetch("SELECT to_regclass($1)", table)[0][0] is None:
+        return 0, 0
+    count, distinct = pg.fetch(f"SELECT count(*), count(DISTINCT payload->>'seq') FROM {table}")[0]
+    return int(count), int(distinct)
+
+
+def pg_config(mq: servers.Mosquitto, pg: servers.Postgres, table: str) -> dict[str, Any]:
+    return {
+        "mqtt": {"url": mq.url},
+        "sources": {
+            "plant": {
+                "type": "mqtt",
+                "topics": [f"{table}/#"],
+                "qos": 1,
+                # In flight to the gateway at 250 KB: about the 16 MiB that the MQTT
+                # source's own byte bound (receive_max_bytes, issue 8 item 4, another
+                # branch) allows by default. The store's bounds are what is tested here.
+                "receive_maximum": 64,
+            }
+        },
+        "routes": {"all": {"match": f"{table}/#", "sinks": ["pg"]}},
+        "sinks": {"pg": {"type": "postgres", "dsn": pg.dsn, "table": table}},
+    }
+
+
+def large_payloads_stay_under_the_memory_bound(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    mosquitto: servers.Mosquitto,
+    postgres: servers.Postgres,
+    count: int,
+) -> None:
+    """250 KB payloads (under the default max_payload of 256 KiB) published while
+    PostgreSQL is down fill the store; once it is back they drain. The gateway's peak RSS
+    stays under MEMORY_BOUND_MB throughout, and every message arrives exactly once."""
+    table = f"mem{uuid.uuid4().hex[:10]}"
+    postgres.stop()
+    gw = gateway_factory(pg_config(mosquitto, postgres, table))
+    gw.start()
+    publish(mosquitto.port, f"{table}/big", 0, count, 250_000)
+    wait_for(lambda: gw.sink("pg")["depth"] >= count, 120, f"{count} FlowFiles in the store")
+    postgres.start()
+    wait_for(lambda: rows_and_distinct(postgres, table)[1] >= count, 300, "every row upstream")
+    assert rows_and_distinct(postgres, table) == (count, count)
+    peak = peak_rss_mb(gw)
+    assert peak < MEMORY_BOUND_MB, f"peak RSS {peak:.0f} MB (log: {gw.log_path})"
+    wait_for(lambda: gw.rss_mb() < IDLE_BOUND_MB, 30, f"RSS under {IDLE_BOUND_MB} MB when idle")
+
+
+def test_large_payloads_stay_under_the_memory_bound(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    mosquitto: servers.Mosquitto,
+    postgres: servers.Postgres,
+) -> None:
+    large_payloads_stay_under_the_memory_bound(gateway_factory, mosquitto, postgres, 600)
+
+
+@pytest.mark.long
+def test_large_payloads_stay_under_the_memory_bound_long(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    mosquitto: servers.Mosquitto,
+    postgres: servers.Postgres,
+) -> None:
+    """The figure of issue 8: 6,000 messages of 250 KB (1.16 GB RSS before the fix)."""
+    large_payloads_stay_under_the_memory_bound(gateway_factory, mosquitto, postgres, 6000)
