@@ -6,6 +6,7 @@ edge-stream secret keygen [-c FILE]              create the key for ENC(...) sec
 edge-stream secret encrypt [VALUE]               print ENC(...) for VALUE (or stdin)
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
+edge-stream store reset                          move a damaged store aside, start empty
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ def _selection(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    if args.action == "reset":
+        return _store_reset(_store_path(args))
     db = open_readonly(_store_path(args))
     now = time.time_ns()
     print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
@@ -190,6 +193,26 @@ def cmd_store(args: argparse.Namespace) -> int:
     total, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM flowfiles").fetchone()
     dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
     print(f"{total} FlowFiles, {size / 1048576:.1f} MiB buffered; {dead} dead letter(s)")
+    return 0
+
+
+def _store_reset(path: Path) -> int:
+    """Move the store (and its -wal and -shm files) aside, so the next start is empty."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+            moved.append(source.name)
+    if not moved:
+        print(f"no store at {path}; the gateway starts with an empty one")
+        return 0
+    print(
+        f"moved {', '.join(moved)} aside to {aside}; the gateway starts with an empty store"
+        " (stop it first if it is running)"
+    )
     return 0
 
 
@@ -219,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=50)
     dl.set_defaults(fn=cmd_dead_letters)
     st = with_config(sub.add_parser("store", help="store statistics"))
-    st.add_argument("action", choices=["stats"])
+    st.add_argument("action", choices=["stats", "reset"])
     st.set_defaults(fn=cmd_store)
     return p
 

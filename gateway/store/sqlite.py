@@ -44,6 +44,7 @@ log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 
 MAX_SINKS = 62
+APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 # The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
 # of them and TAIL_MAX_BYTES of their contents (at 250 KB payloads that is 32, not 10,000).
@@ -153,6 +154,60 @@ _INSERT_DEAD = (
     "INSERT INTO dead_letters (id, topic, attributes, content, created, lineage, origin, sink,"
     " reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _create(path: Path) -> None:
+    """Create an empty store: built under another name and renamed into place, so that a
+    store.db that exists is always a whole store (a crash midway leaves only the other)."""
+    new = path.with_name(path.name + ".new")
+    for leftover in (new, _wal(new), new.with_name(new.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(new, isolation_level=None)
+    try:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.executescript(SCHEMA)
+        db.execute("PRAGMA journal_mode = WAL")
+    finally:
+        db.close()  # the last connection checkpoints and removes the WAL
+    for target in (new, path.parent):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if target == new:
+            os.replace(new, path)
+
+
+def not_a_store(path: Path) -> str | None:
+    """Why the file at `path` is not an Edge Stream store, or None if it is one."""
+    if not path.exists():
+        return "is missing while its write-ahead log (-wal) is there"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with path.open("rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        return f"is not a SQLite database ({size} bytes that do not start as one)"
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+                return None
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        return f"cannot be read ({err})"
+    if not {"flowfiles", "sinks"} <= tables:
+        return "is a SQLite database without the store's tables"
+    return None  # a store written before the application id was set
 
 
 def _trim_heap() -> None:
@@ -301,6 +356,18 @@ class Store:
 
     def _open_sync(self, sinks: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or _wal(self.path).exists():
+            problem = not_a_store(self.path)
+            if problem:
+                raise StoreError(
+                    f"{self.path}: {problem}: not a valid Edge Stream store, so the gateway"
+                    " does not start on it (the FlowFiles it held cannot be read). To start"
+                    " with an empty store on purpose, stop the gateway and run"
+                    " `edge-stream store reset -c CONFIG`: it moves the file aside to"
+                    f" {self.path.name}.corrupt-<time>"
+                )
+        else:
+            _create(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -311,6 +378,8 @@ class Store:
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA cache_size = -8192")
         db.executescript(SCHEMA)
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores from before it
         if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
         if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:

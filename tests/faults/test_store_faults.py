@@ -4,6 +4,7 @@ corrupt store files. Each runs the real `edge-stream` process against real serve
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -117,3 +118,52 @@ def test_large_payloads_stay_under_the_memory_bound_long(
 ) -> None:
     """The figure of issue 8: 6,000 messages of 250 KB (1.16 GB RSS before the fix)."""
     large_payloads_stay_under_the_memory_bound(gateway_factory, mosquitto, postgres, 6000)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "is empty (0 bytes)"), (b"\x00garbage" * 512, "is not a SQLite database")],
+)
+def test_a_damaged_store_file_stops_the_start_until_it_is_reset(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    mosquitto: servers.Mosquitto,
+    tmp_path: Path,
+    content: bytes,
+    problem: str,
+) -> None:
+    """A store.db that exists but is no store: one clear line, exit code 1, the file left
+    alone; `edge-stream store reset` moves it aside and the next start is empty."""
+    out = tmp_path / "out.jsonl"
+    gw = gateway_factory(
+        {
+            "mqtt": {"url": mosquitto.url},
+            "sources": {"plant": {"type": "mqtt", "topics": ["damaged/#"], "qos": 1}},
+            "routes": {"all": {"match": "damaged/#", "sinks": ["file"]}},
+            "sinks": {"file": {"type": "file", "path": str(out)}},
+        }
+    )
+    gw.store_path.parent.mkdir(parents=True)
+    gw.store_path.write_bytes(content)
+    cli = [sys.executable, "-m", "gateway.cli"]
+    run = subprocess.run(
+        [*cli, "run", "-c", str(gw.config_path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert str(gw.store_path) in lines[0] and problem in lines[0]
+    assert "edge-stream store reset" in lines[0]
+    assert gw.store_path.read_bytes() == content
+    reset = subprocess.run(
+        [*cli, "store", "reset", "-c", str(gw.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    aside = list(gw.store_path.parent.glob("store.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == content, reset.stdout
+    gw.start()
+    publish(mosquitto.port, "damaged/1", 0, 3, 100)
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 3, 30, "3 lines")
+    assert gw.stop() == 0
