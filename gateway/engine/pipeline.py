@@ -259,8 +259,10 @@ class Engine:
         while True:
             if self.store.over_budget:
                 await self.store.make_room()
-            if self.store.over_budget:
-                self.gate.clear()  # full of data `block` sinks wait for: stop polling and acking
+            if self.store.over_budget or self.store.check_disk():
+                # full of data `block` sinks wait for, or the disk is short of space: stop
+                # polling and acking until sinks drain (the maintenance loop purges)
+                self.gate.clear()
                 await asyncio.sleep(0.1)
                 continue
             try:
@@ -348,6 +350,12 @@ class Engine:
                 "dropped": self.store.dropped,
                 "dead_letters": self.store.dead_count,
                 "blocked": not self.gate.is_set(),
+                "disk": {
+                    "full": self.store.disk_full,
+                    "free_bytes": self.store.disk_free,
+                    "store_bytes": self.store.store_file_bytes(),
+                    "reserve": self.store.reserve.exists(),
+                },
             },
             "sources": {name: r.status() for name, r in self.sources.items()},
             "routes": {}

@@ -44,6 +44,12 @@ log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 
 MAX_SINKS = 62
+# The disk under data_dir: a preallocated reserve file (store.reserve) is given up when
+# SQLite finds the disk full, so that sinks can still move their cursors and purge what
+# they delivered; intake pauses while less than DISK_LOW is free and resumes above DISK_OK.
+RESERVE_BYTES = 4 << 20
+DISK_LOW = 8 << 20
+DISK_OK = 16 << 20
 APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 # The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
@@ -154,6 +160,10 @@ _INSERT_DEAD = (
     "INSERT INTO dead_letters (id, topic, attributes, content, created, lineage, origin, sink,"
     " reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _is_full(err: sqlite3.Error) -> bool:
+    return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(err)
 
 
 def _wal(path: Path) -> Path:
@@ -346,6 +356,9 @@ class Store:
         self._tail: list[tuple[int, FlowFile, int, int]] = []  # seq, FlowFile, sinks, size
         self._tail_first = 0
         self.tail_bytes = 0
+        self.reserve = self.path.with_name("store.reserve")
+        self.disk_full = False
+        self.disk_free = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -375,7 +388,7 @@ class Store:
             log.warning("store: SQLite refused WAL mode on %s (got %s)", self.path, mode)
         db.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("PRAGMA journal_size_limit = 67108864")
+        db.execute("PRAGMA journal_size_limit = 8388608")  # what the WAL keeps after a reset
         db.execute("PRAGMA cache_size = -8192")
         db.executescript(SCHEMA)
         if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
@@ -386,6 +399,7 @@ class Store:
             # stores written before checksums: their rows keep crc NULL and are not checked
             db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
         self._db = db
+        self._keep_reserve_sync()
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
             self._cursors[name] = cursor
@@ -452,7 +466,88 @@ class Store:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as err:
+            if _is_full(err):
+                self.check_disk()
+                raise StoreError(
+                    f"store {self.path}: disk full ({self.disk_text()}): {err}"
+                ) from err
             raise StoreError(f"store {self.path}: {err}") from err
+
+    def _spared(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the store thread; if the disk is full, give up the reserve and run
+        it once more. For delivery only (cursors, purges): intake must not use the room."""
+        try:
+            return fn(*args)
+        except sqlite3.Error as err:
+            if not _is_full(err) or not self.reserve.exists():
+                raise
+            self.reserve.unlink()
+            log.warning(
+                "store: the disk under %s is full; gave up the %d MiB reserve so that"
+                " delivery can move its cursors and purge",
+                self.path.parent,
+                RESERVE_BYTES >> 20,
+            )
+            return fn(*args)
+
+    # -- the disk ------------------------------------------------------------
+
+    def store_file_bytes(self) -> int:
+        """What the store takes on disk: store.db and its WAL."""
+        total = 0
+        for path in (self.path, _wal(self.path)):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def disk_text(self) -> str:
+        return (
+            f"{self.disk_free / 1048576:.1f} MiB free on {self.path.parent},"
+            f" store {self.store_file_bytes() / 1048576:.1f} MiB (store.db and WAL)"
+        )
+
+    def check_disk(self) -> bool:
+        """Measure the free space under data_dir; True while it is too short for intake.
+
+        Intake pauses below DISK_LOW free and resumes above DISK_OK (plus the reserve,
+        when it was given up), so that delivery always has room to move cursors.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.disk_full
+        self.disk_free = st.f_bavail * st.f_frsize
+        if not self.disk_full and self.disk_free < DISK_LOW:
+            self.disk_full = True
+            log.error(
+                "store: disk full: %s; intake paused until %d MiB are free, sinks keep"
+                " delivering and purging",
+                self.disk_text(),
+                DISK_OK >> 20,
+            )
+        elif self.disk_full and self.disk_free > DISK_OK:
+            self.disk_full = False
+            log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
+        return self.disk_full
+
+    def _keep_reserve_sync(self) -> None:
+        """Create the reserve file when it is missing and there is room for it."""
+        if self.reserve.exists() or self.disk_full:
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < DISK_OK + RESERVE_BYTES:
+                return
+            fd = os.open(self.reserve.with_suffix(".new"), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(self.reserve.with_suffix(".new"), self.reserve)
+        except OSError as err:
+            log.warning("store: cannot keep the disk reserve %s: %s", self.reserve, err)
 
     # -- facts -----------------------------------------------------------
 
@@ -728,7 +823,9 @@ class Store:
                     if len(rows) == limit:
                         return rows, seq
             return rows, first + len(tail) - 1
-        rows, seen, corrupt = await self._call(self._read_sync, sink, after, limit, budget)
+        rows, seen, corrupt = await self._call(
+            self._spared, self._read_sync, sink, after, limit, budget
+        )
         if corrupt:
             self.dead_count += len(corrupt)
             self._depth[sink] = max(0, self._depth[sink] - len(corrupt))
@@ -793,7 +890,7 @@ class Store:
 
     async def advance(self, sink: str, upto: int, delivered: int, dead: list[DeadLetter]) -> None:
         """Move `sink`'s cursor to `upto` after a delivery, recording its dead letters."""
-        await self._call(self._advance_sync, sink, upto, dead)
+        await self._call(self._spared, self._advance_sync, sink, upto, dead)
         self._cursors[sink] = upto
         self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
         self.dead_count += len(dead)
@@ -823,11 +920,17 @@ class Store:
         if not names:
             return 0
         upto = min(self._cursors[n] for n in names)
-        purged, freed = await self._call(self._purge_sync, upto)
+        short = self.check_disk()
+        purged, freed = await self._call(self._spared, self._purge_sync, upto, short)
+        purged = int(purged)
         self.bytes -= freed
+        if short:
+            self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
 
-    def _purge_sync(self, upto: int) -> tuple[int, int]:
+    def _purge_sync(self, upto: int, short: bool = False) -> tuple[int, int]:
+        """Delete what every sink has; when the disk is short (`short`), also give the
+        freed pages and the WAL back to the file system at once."""
         db = self._db
         assert db is not None
         # At most PURGE_CHUNK rows a call, so a drained backlog does not hold up the
@@ -842,9 +945,14 @@ class Store:
                 "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (last,)
             ).fetchone()
             db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+        if short:
+            db.execute("PRAGMA incremental_vacuum")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return int(purged), int(freed)
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
+            self._keep_reserve_sync()
             db.execute("PRAGMA incremental_vacuum(2048)")
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
