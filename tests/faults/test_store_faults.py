@@ -4,10 +4,11 @@ corrupt store files. Each runs the real `edge-stream` process against real serve
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,68 @@ def test_a_damaged_store_file_stops_the_start_until_it_is_reset(
     publish(mosquitto.port, "damaged/1", 0, 3, 100)
     wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 3, 30, "3 lines")
     assert gw.stop() == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MB tmpfs (the tests run as root); unmounted at the end whatever happened."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until the file system has no room left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 512):  # then what is left, smaller than a chunk
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_stops_intake_but_not_delivery(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    mosquitto: servers.Mosquitto,
+    postgres: servers.Postgres,
+    small_disk: Path,
+) -> None:
+    """data_dir on 20 MB, PostgreSQL down: publishing fills the disk, then a filler file
+    takes the rest. With PostgreSQL back, delivery moves its cursors and purges although
+    the disk is full; once the filler goes, intake resumes by itself, and every message
+    arrives exactly once."""
+    table = f"disk{uuid.uuid4().hex[:10]}"
+    count = 2000
+    config = pg_config(mosquitto, postgres, table)
+    config["gateway"] = {"data_dir": str(small_disk / "data")}
+    postgres.stop()
+    gw = gateway_factory(config)
+    gw.start()
+    publish(mosquitto.port, f"{table}/x", 0, count, 10_000)  # 20 MB for a 20 MB disk
+    disk = wait_for(
+        lambda: gw.status()["store"]["disk"]["full"] and gw.status()["store"]["disk"],
+        60,
+        "the store to say the disk is full",
+    )
+    assert disk["free_bytes"] < 8 << 20 and disk["store_bytes"] > 0
+    assert "disk full" in gw.log_path.read_text()
+    stored = gw.sink("pg")["depth"]
+    assert 0 < stored < count, "intake paused before everything was in"
+    filler = small_disk / "filler"
+    fill(filler)
+    postgres.start()
+    wait_for(lambda: rows_and_distinct(postgres, table)[1] >= stored, 120, "the stored rows")
+    wait_for(lambda: gw.sink("pg")["depth"] == 0, 60, "the sink's cursor to move")
+    filler.unlink()
+    wait_for(lambda: rows_and_distinct(postgres, table)[1] >= count, 120, "every row")
+    assert rows_and_distinct(postgres, table) == (count, count)
+    wait_for(lambda: not gw.status()["store"]["disk"]["full"], 30, "intake to resume")
+    assert "cannot rollback" not in gw.log_path.read_text()
