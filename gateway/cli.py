@@ -7,6 +7,7 @@ edge-stream secret encrypt [VALUE] [-c FILE]     print ENC(...) for VALUE (or st
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
+edge-stream store reset                          move a damaged store aside, start empty
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def _selection(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    if args.action == "reset":
+        return _store_reset(_store_path(args))
     db = open_readonly(_store_path(args))
     now = time.time_ns()
     print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
@@ -234,6 +237,26 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
+def _store_reset(path: Path) -> int:
+    """Move the store (and its -wal and -shm files) aside, so the next start is empty."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+            moved.append(source.name)
+    if not moved:
+        print(f"no store at {path}; the gateway starts with an empty one")
+        return 0
+    print(
+        f"moved {', '.join(moved)} aside to {aside}; the gateway starts with an empty store"
+        " (stop it first if it is running)"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
@@ -261,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=50)
     dl.set_defaults(fn=cmd_dead_letters)
     st = with_config(sub.add_parser("store", help="store statistics"))
-    st.add_argument("action", choices=["stats"])
+    st.add_argument("action", choices=["stats", "reset"])
     st.set_defaults(fn=cmd_store)
     return p
 

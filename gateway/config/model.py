@@ -167,14 +167,26 @@ class Config:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a sink groups FlowFiles: up to `max_rows`, waiting at most `linger` to fill."""
+    """How a sink groups FlowFiles: up to `max_rows` and up to `max_bytes`, waiting at
+    most `linger` to fill.
+
+    batch:
+      max_rows: 1000      FlowFiles per write
+      max_bytes: 4MiB     their sizes (payload, topic, attributes) per write; a single
+                          FlowFile larger than this still goes, alone. The sink holds
+                          at most two batches in memory (one written, one read ahead).
+      linger: 10ms        how long to wait for a batch to fill
+    """
 
     max_rows: int = 1000
+    max_bytes: Size = 4 << 20
     linger: Duration = 0.01
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not 1 <= self.max_rows <= 50000:
             yield "max_rows", "must be between 1 and 50000"
+        if not 64 << 10 <= self.max_bytes <= 256 << 20:
+            yield "max_bytes", "must be between 64KiB and 256MiB"
 
 
 @dataclass(frozen=True)

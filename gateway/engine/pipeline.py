@@ -26,7 +26,13 @@ from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 log = logging.getLogger("gateway.engine")
 
+# The hand-over from sources to the commit loop holds at most INGEST_CAPACITY messages
+# and INGEST_MAX_BYTES of them; one commit takes at most buffer.batch_max messages and
+# COMMIT_MAX_BYTES. With 250 KB payloads that is 32 messages waiting and 16 per commit.
 INGEST_CAPACITY = 20000
+INGEST_MAX_BYTES = 8 << 20
+COMMIT_MAX_BYTES = 4 << 20
+IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 
 
@@ -43,7 +49,7 @@ class Engine:
             overflow=config.buffer.overflow,
             synchronous=config.buffer.synchronous,
         )
-        self.ingest = Ingest(INGEST_CAPACITY)
+        self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES)
         self.gate = asyncio.Event()
         self.gate.set()
         self.broker: GatewayBroker | None = None
@@ -195,7 +201,9 @@ class Engine:
         self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
         while len(self.ingest):
-            await self._commit(await self.ingest.take(self.config.buffer.batch_max, 0))
+            await self._commit(
+                await self.ingest.take(self.config.buffer.batch_max, 0, COMMIT_MAX_BYTES)
+            )
         for source_runner in self.sources.values():
             await source_runner.close()
         # Let each sink finish the batch it is writing, then close it.
@@ -221,7 +229,7 @@ class Engine:
         limit = self.config.buffer.batch_max
         linger = self.config.buffer.batch_linger
         while True:
-            items = await self.ingest.take(limit, linger)
+            items = await self.ingest.take(limit, linger, COMMIT_MAX_BYTES)
             await self._commit(items)
 
     async def _commit(
@@ -257,8 +265,10 @@ class Engine:
         while True:
             if self.store.over_budget:
                 await self.store.make_room()
-            if self.store.over_budget:
-                self.gate.clear()  # full of data `block` sinks wait for: stop polling and acking
+            if self.store.over_budget or self.store.check_disk():
+                # full of data `block` sinks wait for, or the disk is short of space: stop
+                # polling and acking until sinks drain (the maintenance loop purges)
+                self.gate.clear()
                 await asyncio.sleep(0.1)
                 continue
             try:
@@ -304,6 +314,8 @@ class Engine:
 
     async def _maintenance_loop(self) -> None:
         ticks = 0
+        activity = (-1, -1)
+        quiet = 0
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -312,6 +324,12 @@ class Engine:
                 ticks += 1
                 if ticks % 5 == 0:
                     await self.store.recount()
+                # After IDLE_RELEASE_S quiet seconds, give the memory of the busy spell back.
+                now = (self.committed_batches, sum(r.delivered for r in self.sinks.values()))
+                quiet = quiet + 1 if now == activity else 0
+                activity = now
+                if quiet == IDLE_RELEASE_S:
+                    await self.store.release_memory()
             except StoreError as err:
                 log.warning("engine: store maintenance failed: %s", err)
 
@@ -336,6 +354,12 @@ class Engine:
                 "dropped": self.store.dropped,
                 "dead_letters": self.store.dead_count,
                 "blocked": not self.gate.is_set(),
+                "disk": {
+                    "full": self.store.disk_full,
+                    "free_bytes": self.store.disk_free,
+                    "store_bytes": self.store.store_file_bytes(),
+                    "reserve": self.store.reserve.exists(),
+                },
             },
             "sources": {name: r.status() for name, r in self.sources.items()},
             "routes": {}

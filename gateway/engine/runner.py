@@ -38,16 +38,25 @@ class Backoff:
         self.attempt = 0
 
 
+def message_bytes(message: Message) -> int:
+    """What a message holding its FlowFile takes in memory, roughly: payload, topic, 200."""
+    return len(message.flowfile.content) + len(message.flowfile.topic) + 200
+
+
 class Ingest:
     """The bounded hand-over from sources to the engine's commit loop.
 
+    Bounded by count (`capacity`) and by bytes (`max_bytes`, see `message_bytes`):
+    one message is always let in when the hand-over is empty, however large.
     Push sources call `offer` (never blocks; False when full, for QoS 0 style
     drops); everything else awaits `put`, which waits while the buffer is full.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 1 << 62) -> None:
         self.capacity = capacity
-        self._items: deque[tuple[str, Message]] = deque()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: deque[tuple[str, Message, int]] = deque()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -55,38 +64,61 @@ class Ingest:
     def __len__(self) -> int:
         return len(self._items)
 
+    def _full(self, size: int) -> bool:
+        items = self._items
+        return len(items) >= self.capacity or (bool(items) and self.bytes + size > self.max_bytes)
+
     def offer(self, source: str, message: Message) -> bool:
-        if len(self._items) >= self.capacity:
+        size = message_bytes(message)
+        if self._full(size):
             return False
-        self._items.append((source, message))
+        self._items.append((source, message, size))
+        self.bytes += size
         self._ready.set()
         return True
 
     async def put(self, source: str, messages: list[Message]) -> None:
         items = self._items
-        if len(items) + len(messages) <= self.capacity:  # the usual case: all at once
-            items.extend(zip(repeat(source), messages))
+        sizes = [message_bytes(m) for m in messages]
+        total = sum(sizes)
+        if len(items) + len(messages) <= self.capacity and (
+            self.bytes + total <= self.max_bytes
+        ):  # the usual case: all at once
+            items.extend(zip(repeat(source), messages, sizes))
+            self.bytes += total
         else:
-            for message in messages:
-                while len(items) >= self.capacity:
+            for message, size in zip(messages, sizes, strict=True):
+                while self._full(size):
                     self._ready.set()
                     self._space.clear()
                     await self._space.wait()
-                items.append((source, message))
+                items.append((source, message, size))
+                self.bytes += size
         if messages:
             self._ready.set()
 
-    async def take(self, limit: int, linger: float) -> list[tuple[str, Message]]:
-        """Wait for at least one item, then give up to `limit`, lingering to fill."""
+    async def take(
+        self, limit: int, linger: float, max_bytes: int = 1 << 62
+    ) -> list[tuple[str, Message]]:
+        """Wait for at least one item, then give up to `limit` items and `max_bytes`
+        (at least one), lingering to fill."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        if len(self._items) < limit and linger > 0:
+        if len(self._items) < limit and self.bytes < max_bytes and linger > 0:
             await asyncio.sleep(linger)
         items = self._items
-        n = min(limit, len(items))
-        batch = [items.popleft() for _ in range(n)]
-        if len(items) < self.capacity:
+        batch: list[tuple[str, Message]] = []
+        taken = 0
+        while items and len(batch) < limit:
+            size = items[0][2]
+            if batch and taken + size > max_bytes:
+                break
+            source, message, _ = items.popleft()
+            batch.append((source, message))
+            taken += size
+        self.bytes -= taken
+        if not self._full(0):
             self._space.set()
         return batch
 
@@ -223,6 +255,7 @@ class SinkRunner:
     async def _deliver_loop(self) -> None:
         log = self.sink.ctx.log
         limit = self.config.batch.max_rows
+        max_bytes = self.config.batch.max_bytes
         linger = self.config.batch.linger
         rate = self.config.rate_limit
         after = self.store.cursor(self.name)
@@ -238,11 +271,13 @@ class SinkRunner:
                 if ahead is not None:
                     rows, seen = await ahead
                 else:
-                    rows, seen = await self.store.read(self.name, after, limit)
+                    rows, seen = await self.store.read(self.name, after, limit, max_bytes)
                 if not rows:
                     if seen > after:
                         await self.store.advance(self.name, seen, 0, [])
                         after = seen
+                    if ahead is not None:
+                        continue  # read while the last batch was written: look again now
                     self.idle.set()
                     self.wake.clear()
                     try:
@@ -255,14 +290,17 @@ class SinkRunner:
                     continue
                 self.idle.clear()
                 started = time.monotonic()
-                if len(rows) == limit:
-                    # read the next full batch while this one is written: a draining
-                    # backlog then costs the upstream's round trip and little else
+                if len(rows) == limit or (
+                    seen == rows[-1][0] and sum(len(ff.content) for _, ff in rows) > max_bytes // 2
+                ):
+                    # a full batch (by rows or bytes): read the next one while this one is
+                    # written, so a draining backlog costs the upstream's round trip and
+                    # little else; memory holds two batches at most
                     self._ahead = asyncio.ensure_future(
-                        self.store.read(self.name, rows[-1][0], limit)
+                        self.store.read(self.name, seen, limit, max_bytes)
                     )
                 rejected = await self.sink.write([ff for _, ff in rows])
-                upto = seen if len(rows) < limit else rows[-1][0]
+                upto = seen
                 dead = [
                     DeadLetter(r.flowfile, f"sink {self.name}", r.reason, self.name)
                     for r in rejected

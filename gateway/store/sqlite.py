@@ -25,13 +25,16 @@ Tables
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
@@ -46,8 +49,19 @@ log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 
 MAX_SINKS = 62
+# The disk under data_dir: a preallocated reserve file (store.reserve) is given up when
+# SQLite finds the disk full, so that sinks can still move their cursors and purge what
+# they delivered; intake pauses while less than DISK_LOW is free (the reserve counted as
+# free) and resumes above DISK_OK.
+RESERVE_BYTES = 4 << 20
+DISK_LOW = 8 << 20
+DISK_OK = 12 << 20
+APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
-TAIL_MAX = 10_000  # newest FlowFiles kept in memory for sinks that are caught up
+# The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
+# of them and TAIL_MAX_BYTES of their contents (at 250 KB payloads that is 32, not 10,000).
+TAIL_MAX = 10_000
+TAIL_MAX_BYTES = 8 << 20
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -77,7 +91,8 @@ CREATE TABLE IF NOT EXISTS flowfiles (
     created INTEGER NOT NULL,
     lineage TEXT NOT NULL,
     sinks INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
@@ -119,7 +134,9 @@ CREATE TABLE IF NOT EXISTS inbound (
 ) WITHOUT ROWID;
 """
 
-_INSERT = "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+_INSERT = (
+    "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size, crc)"
+)
 _UPSERT_INBOUND = (
     "INSERT INTO inbound (source, slot, digest)",
     " ON CONFLICT (source, slot) DO UPDATE SET digest = excluded.digest",
@@ -165,6 +182,79 @@ _INSERT_DEAD = (
 )
 
 
+def _is_full(err: sqlite3.Error) -> bool:
+    return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(err)
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _create(path: Path) -> None:
+    """Create an empty store: built under another name and renamed into place, so that a
+    store.db that exists is always a whole store (a crash midway leaves only the other)."""
+    new = path.with_name(path.name + ".new")
+    for leftover in (new, _wal(new), new.with_name(new.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(new, isolation_level=None)
+    try:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.executescript(SCHEMA)
+        db.execute("PRAGMA journal_mode = WAL")
+    finally:
+        db.close()  # the last connection checkpoints and removes the WAL
+    for target in (new, path.parent):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if target == new:
+            os.replace(new, path)
+
+
+def not_a_store(path: Path) -> str | None:
+    """Why the file at `path` is not an Edge Stream store, or None if it is one."""
+    if not path.exists():
+        return "is missing while its write-ahead log (-wal) is there"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with path.open("rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        return f"is not a SQLite database ({size} bytes that do not start as one)"
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+                return None
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        return f"cannot be read ({err})"
+    if not {"flowfiles", "sinks"} <= tables:
+        return "is a SQLite database without the store's tables"
+    return None  # a store written before the application id was set
+
+
+def _trim_heap() -> None:
+    """Return freed C heap to the system (glibc's malloc_trim); elsewhere, nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
 
@@ -188,11 +278,46 @@ class Batch:
     replayed: list[int] = field(default_factory=list)
 
 
+def _checksum(fid: str, topic: str, attrs: str, content: Any, created: int, lineage: str) -> int:
+    """CRC32 of a stored FlowFile's fields, as they are written to and read from SQLite."""
+    head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0".encode()
+    if not isinstance(content, bytes):  # damage can turn the column into TEXT
+        content = str(content).encode()
+    return zlib.crc32(content, zlib.crc32(head))
+
+
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
     attrs = attributes_json(ff.attributes)
     lineage = ",".join(ff.lineage)
     size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
-    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
+    crc = _checksum(ff.id, ff.topic, attrs, ff.content, ff.created, lineage)
+    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size, crc)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back after a failed write, so that the caller re-raises the real cause.
+
+    SQLite rolls a transaction back by itself on some errors (a full disk among
+    them); a ROLLBACK then fails with "cannot rollback - no transaction is
+    active", which must not replace the error that mattered.
+    """
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            log.warning("store: rollback after a failed write failed too: %s", err)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or roll back on any error and re-raise that error."""
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 _attributes_of: dict[str, dict[str, str]] = {}
@@ -250,8 +375,12 @@ class Store:
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
         self._futile: tuple[int, tuple[int, ...]] | None = None
-        self._tail: list[tuple[int, FlowFile, int]] = []
+        self._tail: list[tuple[int, FlowFile, int, int]] = []  # seq, FlowFile, sinks, size
         self._tail_first = 0
+        self.tail_bytes = 0
+        self.reserve = self.path.with_name("store.reserve")
+        self.disk_full = False
+        self.disk_free = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -262,6 +391,18 @@ class Store:
 
     def _open_sync(self, sinks: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or _wal(self.path).exists():
+            problem = not_a_store(self.path)
+            if problem:
+                raise StoreError(
+                    f"{self.path}: {problem}: not a valid Edge Stream store, so the gateway"
+                    " does not start on it (the FlowFiles it held cannot be read). To start"
+                    " with an empty store on purpose, stop the gateway and run"
+                    " `edge-stream store reset -c CONFIG`: it moves the file aside to"
+                    f" {self.path.name}.corrupt-<time>"
+                )
+        else:
+            _create(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -269,12 +410,22 @@ class Store:
             log.warning("store: SQLite refused WAL mode on %s (got %s)", self.path, mode)
         db.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("PRAGMA journal_size_limit = 67108864")
+        db.execute("PRAGMA journal_size_limit = 8388608")  # what the WAL keeps after a reset
+        # Debian builds SQLite with secure_delete on: every freed page is then written
+        # again, zeroed, through the WAL, so purging delivered data needed as much free
+        # disk as the data itself. FAST zeroes only what costs no extra writes.
+        db.execute("PRAGMA secure_delete = FAST")
         db.execute("PRAGMA cache_size = -8192")
         db.executescript(SCHEMA)
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores from before it
         if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
+        if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:
+            # stores written before checksums: their rows keep crc NULL and are not checked
+            db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
         self._db = db
+        self._keep_reserve_sync()
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
             self._cursors[name] = cursor
@@ -342,7 +493,90 @@ class Store:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as err:
+            if _is_full(err):
+                self.check_disk()
+                raise StoreError(
+                    f"store {self.path}: disk full ({self.disk_text()}): {err}"
+                ) from err
             raise StoreError(f"store {self.path}: {err}") from err
+
+    def _spared(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the store thread; if the disk is full, give up the reserve and run
+        it once more. For delivery only (cursors, purges): intake must not use the room."""
+        try:
+            return fn(*args)
+        except sqlite3.Error as err:
+            if not _is_full(err) or not self.reserve.exists():
+                raise
+            self.reserve.unlink()
+            log.warning(
+                "store: the disk under %s is full; gave up the %d MiB reserve so that"
+                " delivery can move its cursors and purge",
+                self.path.parent,
+                RESERVE_BYTES >> 20,
+            )
+            return fn(*args)
+
+    # -- the disk ------------------------------------------------------------
+
+    def store_file_bytes(self) -> int:
+        """What the store takes on disk: store.db and its WAL."""
+        total = 0
+        for path in (self.path, _wal(self.path)):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def disk_text(self) -> str:
+        return (
+            f"{self.disk_free / 1048576:.1f} MiB free on {self.path.parent},"
+            f" store {self.store_file_bytes() / 1048576:.1f} MiB (store.db and WAL)"
+        )
+
+    def check_disk(self) -> bool:
+        """Measure the free space under data_dir; True while it is too short for intake.
+
+        Intake pauses while less than DISK_LOW is free and resumes above DISK_OK (the
+        reserve file counts as free: it is there to be given up), so that delivery
+        always has room to move cursors and purge.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.disk_full
+        self.disk_free = st.f_bavail * st.f_frsize
+        room = self.disk_free + (RESERVE_BYTES if self.reserve.exists() else 0)
+        if not self.disk_full and room < DISK_LOW:
+            self.disk_full = True
+            log.error(
+                "store: disk full: %s; intake paused until %d MiB are free, sinks keep"
+                " delivering and purging",
+                self.disk_text(),
+                DISK_OK >> 20,
+            )
+        elif self.disk_full and room > DISK_OK:
+            self.disk_full = False
+            log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
+        return self.disk_full
+
+    def _keep_reserve_sync(self) -> None:
+        """Create the reserve file when it is missing and there is room for it."""
+        if self.reserve.exists() or self.disk_full:
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < DISK_OK + RESERVE_BYTES:
+                return
+            fd = os.open(self.reserve.with_suffix(".new"), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(self.reserve.with_suffix(".new"), self.reserve)
+        except OSError as err:
+            log.warning("store: cannot keep the disk reserve %s: %s", self.reserve, err)
 
     # -- facts -----------------------------------------------------------
 
@@ -481,7 +715,7 @@ class Store:
         last = await self._call(self._commit_sync, encoded, batch, marks)
         self.bytes += added
         if batch.rows:
-            self._remember(last - len(batch.rows) + 1, batch.rows)
+            self._remember(last - len(batch.rows) + 1, batch.rows, [row[7] for row in encoded])
         masks: dict[int, int] = {}
         for _, mask in batch.rows:
             masks[mask] = masks.get(mask, 0) + 1
@@ -519,28 +753,42 @@ class Store:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return int(last)
 
-    def _remember(self, first: int, rows: list[tuple[FlowFile, int]]) -> None:
+    def _remember(self, first: int, rows: list[tuple[FlowFile, int]], sizes: list[int]) -> None:
         """Keep the newest committed FlowFiles in memory, so caught-up sinks need no query.
 
         The tail is a run of consecutive seqs; a gap (another process inserted, or
-        rows were dropped) starts it afresh.
+        rows were dropped) starts it afresh. It holds at most TAIL_MAX FlowFiles and
+        TAIL_MAX_BYTES of their sizes; past either, its older half goes.
         """
         tail = self._tail
         if not tail or self._tail_first + len(tail) != first:
             tail.clear()
+            self.tail_bytes = 0
             self._tail_first = first
         seq = first
-        for ff, mask in rows:
-            tail.append((seq, ff, mask))
+        for (ff, mask), size in zip(rows, sizes, strict=True):
+            tail.append((seq, ff, mask, size))
             seq += 1
-        if len(tail) > TAIL_MAX:
-            cut = len(tail) - TAIL_MAX // 2
+        self.tail_bytes += sum(sizes)
+        if len(tail) > TAIL_MAX or self.tail_bytes > TAIL_MAX_BYTES:
+            keep_rows, keep_bytes = TAIL_MAX // 2, TAIL_MAX_BYTES // 2
+            cut = max(0, len(tail) - keep_rows)
+            left = self.tail_bytes - sum(row[3] for row in tail[:cut])
+            while cut < len(tail) and left > keep_bytes:
+                left -= tail[cut][3]
+                cut += 1
             del tail[:cut]
+            self.tail_bytes = left
             self._tail_first += cut
+
+    def forget_tail(self) -> None:
+        """Let go of the in-memory tail (reads then come from disk until new commits)."""
+        self._tail.clear()
+        self.tail_bytes = 0
 
     async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None]]:
         """Dead letters the CLI sent back (see `edge-stream dead-letters replay`).
@@ -638,7 +886,7 @@ class Store:
         if not dropped:
             self._futile = state
             return
-        self._tail.clear()
+        self.forget_tail()
         db.execute("BEGIN")
         try:
             db.execute(
@@ -647,7 +895,7 @@ class Store:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self.dropped += len(dropped)
         log.error(
@@ -660,49 +908,100 @@ class Store:
     # -- delivery ----------------------------------------------------------
 
     async def read(
-        self, sink: str, after: int, limit: int
+        self, sink: str, after: int, limit: int, max_bytes: int | None = None
     ) -> tuple[list[tuple[int, FlowFile]], int]:
-        """The next FlowFiles for `sink` after seq `after`.
+        """The next FlowFiles for `sink` after seq `after`: at most `limit` of them and at
+        most `max_bytes` of their sizes, but always at least one, however large.
 
         Returns the rows and the seq up to which this read saw everything for
         the sink (so a sink with nothing to do can still move its cursor on).
+        A FlowFile read from disk whose checksum does not match what was stored
+        goes to the dead letters ("corrupt in store") instead of being returned.
         """
+        budget = (1 << 62) if max_bytes is None else max_bytes
         tail = self._tail
         first = self._tail_first
         if tail and first - 1 <= after < first + len(tail):
             bit = self.bit(sink)
-            rows = []
-            for seq, ff, mask in tail[after - first + 1 :]:
+            rows: list[tuple[int, FlowFile]] = []
+            taken = 0
+            for seq, ff, mask, size in tail[after - first + 1 :]:
                 if mask & bit:
+                    if rows and taken + size > budget:
+                        return rows, rows[-1][0]
                     rows.append((seq, ff))
+                    taken += size
                     if len(rows) == limit:
                         return rows, seq
             return rows, first + len(tail) - 1
-        return await self._call(self._read_sync, self.bit(sink), after, limit)
+        rows, seen, corrupt = await self._call(
+            self._spared, self._read_sync, sink, after, limit, budget
+        )
+        if corrupt:
+            self.dead_count += len(corrupt)
+            self._depth[sink] = max(0, self._depth[sink] - len(corrupt))
+            log.error(
+                "store: %d FlowFile(s) for sink %s are corrupt in store (checksum mismatch;"
+                " first: seq %d, id %s); they are in the dead letters, not delivered",
+                len(corrupt),
+                sink,
+                corrupt[0][0],
+                corrupt[0][1],
+            )
+        return rows, seen
 
     def _read_sync(
-        self, mask: int, after: int, limit: int
-    ) -> tuple[list[tuple[int, FlowFile]], int]:
+        self, sink: str, after: int, limit: int, budget: int
+    ) -> tuple[list[tuple[int, FlowFile]], int, list[tuple[int, str]]]:
         db = self._db
         assert db is not None
-        rows = db.execute(
-            "SELECT seq, id, topic, attributes, content, created, lineage FROM flowfiles"
-            " WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
-            (after, mask, limit),
-        ).fetchall()
-        if len(rows) < limit:
+        cur = db.execute(
+            "SELECT seq, id, topic, attributes, content, created, lineage, size, crc"
+            " FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
+            (after, 1 << self._bits[sink], limit),
+        )
+        good: list[tuple[Any, ...]] = []
+        bad: list[tuple[Any, ...]] = []
+        taken = 0
+        cut = False
+        # Row by row (fetchall steps once per row too), so that a batch stops at its
+        # byte budget without having read the rows after it.
+        for row in cur:
+            if good and taken + row[7] > budget:
+                cut = True
+                break
+            if row[8] is not None and _checksum(*row[1:7]) != row[8]:
+                bad.append(row)
+            else:
+                good.append(row)
+                taken += row[7]
+        cur.close()
+        scanned = good + bad
+        if cut or len(scanned) == limit:
+            seen = max(row[0] for row in scanned)
+        else:
             end = db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]
             seen = max(end, after)
-        else:
-            seen = rows[-1][0]
-        return [(row[0], _decode(row)) for row in rows], seen
+        if bad:
+            now = time.time_ns()
+            reason = "corrupt in store: its checksum does not match what was stored"
+            with _transaction(db):
+                db.executemany(
+                    _INSERT_DEAD,
+                    [(*row[1:7], "store", sink, reason, now) for row in bad],
+                )
+        return (
+            [(row[0], _decode(row)) for row in good],
+            seen,
+            [(row[0], row[1]) for row in bad],
+        )
 
     def cursor(self, sink: str) -> int:
         return self._cursors[sink]
 
     async def advance(self, sink: str, upto: int, delivered: int, dead: list[DeadLetter]) -> None:
         """Move `sink`'s cursor to `upto` after a delivery, recording its dead letters."""
-        await self._call(self._advance_sync, sink, upto, dead)
+        await self._call(self._spared, self._advance_sync, sink, upto, dead)
         self._cursors[sink] = upto
         self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
         self.dead_count += len(dead)
@@ -718,7 +1017,7 @@ class Store:
             db.execute("UPDATE sinks SET cursor = ? WHERE name = ?", (upto, sink))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     # -- housekeeping --------------------------------------------------------
@@ -732,11 +1031,17 @@ class Store:
         if not names:
             return 0
         upto = min(self._cursors[n] for n in names)
-        purged, freed = await self._call(self._purge_sync, upto)
+        short = self.check_disk()
+        purged, freed = await self._call(self._spared, self._purge_sync, upto, short)
+        purged = int(purged)
         self.bytes -= freed
+        if short:
+            self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
 
-    def _purge_sync(self, upto: int) -> tuple[int, int]:
+    def _purge_sync(self, upto: int, short: bool = False) -> tuple[int, int]:
+        """Delete what every sink has; when the disk is short (`short`), also give the
+        freed pages and the WAL back to the file system at once."""
         db = self._db
         assert db is not None
         # At most PURGE_CHUNK rows a call, so a drained backlog does not hold up the
@@ -751,14 +1056,52 @@ class Store:
                 "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (last,)
             ).fetchone()
             db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+        if short:
+            # Give space back in small steps: the WAL first, then 1 MiB of free pages at a
+            # time, each followed by a checkpoint that shrinks the file (each step of the
+            # vacuum pragma frees one page: it is stepped to the end).
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for _ in range(64):
+                if not db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                db.execute("PRAGMA incremental_vacuum(256)").fetchall()
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return int(purged), int(freed)
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
-            db.execute("PRAGMA incremental_vacuum(2048)")
+            self._keep_reserve_sync()
+            db.execute("PRAGMA incremental_vacuum(2048)").fetchall()  # a page per step
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(purged), int(freed)
+
+    async def release_memory(self) -> None:
+        """Give back what the last busy spell left in memory, once the gateway is idle.
+
+        The in-memory tail goes; SQLite keeps a copy of the values last bound to
+        each cached statement, so the insert statements are bound once more with
+        empty rows (in a transaction that is rolled back, nothing is written); then
+        the C heap is trimmed where the C library allows it.
+        """
+        self.forget_tail()
+        await self._call(self._release_memory_sync)
+
+    def _release_memory_sync(self) -> None:
+        db = self._db
+        assert db is not None
+        empty = ("", "", "", b"", 0, "", 0, 0, None)
+        db.execute("BEGIN")
+        try:
+            k = _ROWS_PER_STATEMENT
+            while k:
+                _insert_rows(db, _INSERT, [empty] * k)
+                k >>= 1
+            db.execute(_INSERT_DEAD, ("", "", "", b"", 0, "", "", None, "", 0))
+        finally:
+            _rollback(db)
+        _trim_heap()
 
     async def load_state(self) -> dict[str, bytes]:
         rows = await self._call(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.flowfile import FlowFile
-from gateway.store.sqlite import Batch, DeadLetter, Store
+from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
 
 
 def ff(n: int, topic: str = "t/1", size: int = 10) -> FlowFile:
@@ -256,4 +256,135 @@ async def test_a_row_inserted_by_another_process_is_not_skipped(tmp_path: Path) 
     await store.commit(batch([(ff(9), store.bit("a"))]))
     rows, _ = await store.read("a", store.cursor("a"), 10)
     assert rows[0][1].id == "replayed" and len(rows) == 2
+    await store.close()
+
+
+async def test_the_memory_tail_stays_within_its_byte_budget(tmp_path: Path) -> None:
+    """At 250 KB payloads the tail must hold a few dozen FlowFiles, not 10,000."""
+    store = await open_store(tmp_path, ("a",))
+    for start in range(0, 200, 10):
+        await store.commit(
+            batch([(ff(i, size=250_000), store.bit("a")) for i in range(start, start + 10)])
+        )
+        held = sum(len(f.content) for _, f, _, _ in store._tail)
+        assert held <= store.tail_bytes <= TAIL_MAX_BYTES
+    assert store._tail, "the tail still serves caught-up sinks"
+    # what is left in the tail is the newest run, and reads from it still line up
+    rows, seen = await store.read("a", store.cursor("a"), 1000, 1 << 40)
+    assert len(rows) == 200 and seen == rows[-1][0]
+    await store.release_memory()
+    assert not store._tail and store.tail_bytes == 0
+    rows_again, _ = await store.read("a", store.cursor("a"), 1000, 1 << 40)
+    assert [f.id for _, f in rows_again] == [f.id for _, f in rows]
+    await store.close()
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+async def test_a_read_stays_within_max_bytes_unless_one_flowfile_is_larger(
+    tmp_path: Path, where: str
+) -> None:
+    store = await open_store(tmp_path, ("a",))
+    sizes = [100_000, 60_000, 250_000, 30_000, 900_000, 10_000, 10_000]
+    await store.commit(batch([(ff(i, size=n), store.bit("a")) for i, n in enumerate(sizes)]))
+    if where == "disk":
+        store.forget_tail()
+    after, batches = store.cursor("a"), []
+    while True:
+        rows, seen = await store.read("a", after, 1000, 300_000)
+        if not rows:
+            break
+        batches.append([len(f.content) for _, f in rows])
+        assert seen == rows[-1][0]
+        after = seen
+    assert batches == [[100_000, 60_000], [250_000, 30_000], [900_000], [10_000, 10_000]]
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"these are not the pages of a database\n" * 100, "is not a SQLite database"),
+        (b"SQLite format 3\x00" + b"\xff" * 4000, "cannot be read"),
+    ],
+)
+async def test_a_store_file_that_is_not_a_store_is_refused(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    (tmp_path / "store.db").write_bytes(content)
+    store = Store(tmp_path / "store.db")
+    with pytest.raises(StoreError) as caught:
+        await store.open(["a"])
+    await store.close()
+    message = str(caught.value)
+    assert problem in message and "edge-stream store reset" in message and "\n" not in message
+    assert (tmp_path / "store.db").read_bytes() == content, "the file is left as it was"
+
+
+async def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "store.db")
+    other.execute("CREATE TABLE notes (body TEXT)")
+    other.commit()
+    other.close()
+    store = Store(tmp_path / "store.db")
+    with pytest.raises(StoreError, match="without the store's tables"):
+        await store.open(["a"])
+    await store.close()
+
+
+async def test_a_new_data_dir_gets_a_whole_store(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "new" / "dir", ("a",))
+    await store.close()
+    assert not (tmp_path / "new" / "dir" / "store.db.new").exists()
+    store = await open_store(tmp_path / "new" / "dir", ("a",))  # and it opens again
+    await store.close()
+
+
+async def test_a_flipped_byte_in_a_stored_payload_is_dead_lettered_not_delivered(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path, ("a", "b"))
+    both = store.bit("a") | store.bit("b")
+    await store.commit(batch([(ff(i, size=100), both) for i in range(5)]))
+    await store.close()
+    # between runs, one byte of the third payload changes on disk
+    db = sqlite3.connect(tmp_path / "store.db")
+    seq, content = db.execute("SELECT seq, content FROM flowfiles ORDER BY seq").fetchall()[2]
+    flipped = content[:50] + bytes([content[50] ^ 0x01]) + content[51:]
+    db.execute("UPDATE flowfiles SET content = ? WHERE seq = ?", (flipped, seq))
+    db.commit()
+    db.close()
+    store = await open_store(tmp_path, ("a", "b"))
+    for sink in ("a", "b"):
+        rows, seen = await store.read(sink, store.cursor(sink), 100)
+        assert [s for s, _ in rows] == [s for s in range(seq - 2, seq + 3) if s != seq]
+        assert seen == seq + 2
+        await store.advance(sink, seen, len(rows), [])
+        assert store.depth(sink) == 0
+    dead = await store.query("SELECT sink, origin, reason, content FROM dead_letters")
+    assert sorted(d[0] for d in dead) == ["a", "b"]
+    assert all(d[1] == "store" and d[2].startswith("corrupt in store") for d in dead)
+    assert all(d[3] == flipped for d in dead) and store.dead_count == 2
+    await store.close()
+
+
+async def test_a_store_from_before_checksums_opens_and_delivers(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "store.db")
+    old.executescript(
+        "CREATE TABLE flowfiles (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+        " topic TEXT NOT NULL, attributes TEXT NOT NULL, content BLOB NOT NULL,"
+        " created INTEGER NOT NULL, lineage TEXT NOT NULL, sinks INTEGER NOT NULL,"
+        " size INTEGER NOT NULL);"
+        "CREATE TABLE sinks (name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,"
+        " cursor INTEGER NOT NULL);"
+        "INSERT INTO sinks VALUES ('a', 0, 0);"
+        "INSERT INTO flowfiles (id, topic, attributes, content, created, lineage, sinks, size)"
+        " VALUES ('old-1', 't/1', '{}', x'7b7d', 1, '', 1, 100);"
+    )
+    old.commit()
+    old.close()
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(1), store.bit("a"))]))
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert rows[0][1].id == "old-1" and len(rows) == 2
     await store.close()

@@ -1,0 +1,78 @@
+"""Runners: the ingest hand-over bounded by count and bytes, and sink batches by bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from gateway.config.model import BatchSettings, SinkConfig
+from gateway.core.component import Context, Message, Rejected, Sink
+from gateway.core.flowfile import FlowFile
+from gateway.engine.runner import Ingest, SinkRunner, message_bytes
+from gateway.store.sqlite import Batch, Store
+
+
+def msg(size: int) -> Message:
+    return Message(FlowFile.create("t/1", b"x" * size))
+
+
+async def test_ingest_holds_at_most_its_bytes_and_always_one_message() -> None:
+    one = message_bytes(msg(100_000))
+    ingest = Ingest(capacity=1000, max_bytes=3 * one)
+    await ingest.put("s", [msg(100_000) for _ in range(3)])
+    assert not ingest.offer("s", msg(100_000)), "a fourth would go past max_bytes"
+    blocked = asyncio.ensure_future(ingest.put("s", [msg(100_000), msg(100_000)]))
+    await asyncio.sleep(0.01)
+    assert not blocked.done() and len(ingest) == 3 and ingest.bytes <= 3 * one
+    got = await ingest.take(100, 0, max_bytes=2 * one)
+    assert len(got) == 2, "a take stops at its byte limit"
+    await asyncio.sleep(0.01)
+    assert len(ingest) == 3 and ingest.bytes <= 3 * one
+    await blocked
+    assert len(await ingest.take(100, 0)) == 3 and ingest.bytes == 0
+    # one message larger than the whole budget still gets through, alone
+    huge = Ingest(capacity=1000, max_bytes=1000)
+    assert huge.offer("s", msg(5000)) and not huge.offer("s", msg(1))
+    assert len(await huge.take(100, 0, max_bytes=10)) == 1 and huge.bytes == 0
+
+
+class Recording(Sink):
+    """A sink that remembers the sizes of the batches it was given."""
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.batches: list[list[int]] = []
+        self.expected = 0
+        self.all_there = asyncio.Event()
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        self.batches.append([len(f.content) for f in batch])
+        if sum(map(len, self.batches)) >= self.expected:
+            self.all_there.set()
+        return []
+
+
+async def test_a_sink_batch_never_exceeds_max_bytes_unless_one_flowfile_does(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    sizes = [200_000] * 12 + [1_500_000] + [50_000] * 30
+    rows = [(FlowFile.create("t/1", b"x" * n), store.bit("out")) for n in sizes]
+    for i in range(0, len(rows), 5):
+        await store.commit(Batch(rows[i : i + 5], [], {}, []))
+    config = SinkConfig(type="test", batch=BatchSettings(max_rows=1000, max_bytes=1 << 20))
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = len(sizes)
+    runner = SinkRunner("out", sink, config, store)
+    task = asyncio.ensure_future(runner.run())
+    await sink.all_there.wait()
+    runner.stopping = True
+    runner.wake.set()
+    await task
+    await store.close()
+    assert [n for b in sink.batches for n in b] == sizes, "all of them, in order, once"
+    for b in sink.batches:
+        assert len(b) == 1 or sum(b) <= 1 << 20, b
+    assert [1_500_000] in sink.batches
