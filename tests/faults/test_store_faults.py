@@ -69,10 +69,6 @@ def pg_config(mq: servers.Mosquitto, pg: servers.Postgres, table: str) -> dict[s
                 "type": "mqtt",
                 "topics": [f"{table}/#"],
                 "qos": 1,
-                # In flight to the gateway at 250 KB: about the 16 MiB that the MQTT
-                # source's own byte bound (receive_max_bytes, issue 8 item 4, another
-                # branch) allows by default. The store's bounds are what is tested here.
-                "receive_maximum": 64,
             }
         },
         "routes": {"all": {"match": f"{table}/#", "sinks": ["pg"]}},
