@@ -97,6 +97,10 @@ def large_payloads_stay_under_the_memory_bound(
     peak = peak_rss_mb(gw)
     assert peak < MEMORY_BOUND_MB, f"peak RSS {peak:.0f} MB (log: {gw.log_path})"
     wait_for(lambda: gw.rss_mb() < IDLE_BOUND_MB, 30, f"RSS under {IDLE_BOUND_MB} MB when idle")
+    print(
+        f"large payloads: {count} x 250 KB with PostgreSQL down then up, lost 0 duplicated 0,"
+        f" peak RSS {peak:.0f} MB, idle {gw.rss_mb():.0f} MB"
+    )
 
 
 def test_large_payloads_stay_under_the_memory_bound(

@@ -213,6 +213,11 @@ async def test_an_unplug_is_logged_once(cable: SocatPair, caplog: pytest.LogCapt
     task = asyncio.create_task(runner.run())
     writer = Writer(cable.b)
     try:
+        # write only once the port is open: opening it flushes what was waiting
+        for _ in range(int(WAIT * 100)):
+            if runner.state == "running":
+                break
+            await asyncio.sleep(0.01)
         writer.write(b"before\n")
         async with asyncio.timeout(WAIT):
             assert [m.flowfile.content for _, m in await ingest.take(10, 0)] == [b"before"]
