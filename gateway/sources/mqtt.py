@@ -507,10 +507,14 @@ class MqttSource(Source):
         if not self.unacked:
             self._drained.set()
         self.inflight_bytes -= size
-        if mid is None:
-            return  # QoS 0: nothing to send
-        if self._pending.get(mid) is not None:
-            del self._pending[mid]
+        # A message of an old session leaves `_pending` alone: it was cleared when the new
+        # session began, and an entry under the same id now is a new session's message.
+        if mid is not None and epoch == self._epoch:
+            self._pending.pop(mid, None)
+            if not self._acks:
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+            self._acks.append((mid, qos))
+        # any ack can end a pause (QoS 0 and invalid messages count in inflight_bytes too)
         if (
             self._paused
             and len(self._pending) <= self.config.receive_maximum // 2
@@ -519,11 +523,6 @@ class MqttSource(Source):
             self._paused = False
             if self._client is not None:
                 self._client.resume_reading()
-        if epoch != self._epoch:
-            return  # a new session: that packet id means nothing to the broker any more
-        if not self._acks:
-            asyncio.get_running_loop().call_soon(self._flush_acks)
-        self._acks.append((mid, qos))
 
     def _acks_now(self, mid: int, qos: int) -> None:
         if self._client is not None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message, NoMarks
 from gateway.core.errors import RetryableError
 from gateway.sources import mqtt as mqtt_source
 from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "faults"))
+from fakebroker import FakeBroker
 
 
 def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:
@@ -243,3 +250,53 @@ async def test_the_gateway_broker_credentials_and_client_id_prefix_apply_to_its_
     else:
         await elsewhere.close()
         raise AssertionError("a source with its own url connected with the gateway's password")
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBroker]:
+    broker = FakeBroker().start()
+    yield broker
+    broker.stop()
+
+
+def end_session(broker: FakeBroker, client_id: str) -> None:
+    """The broker forgets the session (it expired): the next CONNECT gets Session Present 0."""
+
+    async def forget() -> None:
+        broker.sessions.pop(client_id, None)
+
+    broker._call(forget)
+
+
+async def buffered(source: MqttSource, n: int) -> None:
+    """Wait until `n` messages are received and not read yet."""
+    async with asyncio.timeout(10):
+        while len(source._buffer) < n:
+            source._ready.clear()
+            await source._ready.wait()
+
+
+async def test_an_old_sessions_ack_leaves_the_new_sessions_packet_id_alone(
+    fake_broker: FakeBroker,
+) -> None:
+    source = make_source(fake_broker, "epoch-1", qos=2)
+    await source.connect()
+    fake_broker.publish("acks/e", b"old", 2)  # packet id 1 of the first session
+    await buffered(source, 1)  # received, not read yet
+    await source.close()
+    end_session(fake_broker, "epoch-1")
+    await source.connect()  # Session Present 0: packet ids start again
+    assert fake_broker.publish("acks/e", b"new", 2) == 1  # the same id, another message
+    await buffered(source, 2)
+    old, new = await source.read()
+    assert (old.flowfile.content, new.flowfile.content) == (b"old", b"new")
+    old.ack()  # committed: the old session's id 1 must not free the new session's
+    await source.close()
+    await source.connect()  # session resumed: the broker sends id 1 again, DUP set
+    fake_broker.publish("acks/e", b"end", 2)
+    got = await read_n(source, 1)
+    assert [m.flowfile.content for m in got] == [b"end"]  # "new" is not stored twice
+    for m in (new, *got):
+        m.ack()
+    assert (source.unacked, source.inflight_bytes, source._pending) == (0, 0, {})
+    await source.close()
