@@ -20,6 +20,8 @@ Tables
                 PUBREC whose PUBREL has not come yet (see `SourceMarks`)
   inbound_ids   per source: the last packet id the broker handed out, how many
                 times in a row its ids moved forward, and whether it ever reused one
+  inbound_numbered  per source: how many messages with a packet id it committed
+                (QoS 1 and 2: both use up ids; QoS 2 ones leave no `inbound` row)
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ CREATE TABLE IF NOT EXISTS inbound_ids (
     last_id INTEGER NOT NULL,
     run INTEGER NOT NULL,
     reused INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbound_numbered (
+    source TEXT PRIMARY KEY,
+    number INTEGER NOT NULL
 );
 """
 
@@ -627,6 +633,10 @@ class Store:
             "SELECT source, last_id, run, reused FROM inbound_ids"
         ):
             self._ids[source] = (last, run, bool(reused))
+        # QoS 2 messages are numbered but leave no row in `inbound`: the count is kept here
+        for source, number in db.execute("SELECT source, number FROM inbound_numbered"):
+            if number > self._numbered.get(source, 0):
+                self._numbered[source] = number
 
     def _marks_for(self, inbound: list[tuple[str, int, bytes]]) -> _Marks:
         """What the commit writes for the inbound messages of a batch.
@@ -640,17 +650,20 @@ class Store:
         held = []
         ids: dict[str, tuple[int, int, bool]] = {}
         numbered = self._numbered
+        counts: dict[str, int] = {}
         for source, slot, digest in inbound:
             flags = digest[8] if len(digest) > 8 else 0
             if not flags & MARK_DUP:
                 state = ids.get(source) or self._ids.get(source) or (0, 0, False)
                 ids[source] = _next_id(state, slot)
+            # Every message that used a packet id is numbered, QoS 2 too: the window of
+            # REDELIVERY_WINDOW messages stands for the ids the broker handed out since.
+            number = numbered[source] = counts[source] = numbered.get(source, 0) + 1
             if flags & MARK_QOS2:
                 held.append((source, slot))
-                continue
-            number = numbered[source] = numbered.get(source, 0) + 1
-            digests.append((source, slot, digest[:8] + number.to_bytes(8, "big")))
-        return _Marks(digests, held, ids)
+            else:
+                digests.append((source, slot, digest[:8] + number.to_bytes(8, "big")))
+        return _Marks(digests, held, ids, counts)
 
     @staticmethod
     def _write_marks_sync(db: sqlite3.Connection, marks: _Marks) -> None:
@@ -667,6 +680,12 @@ class Store:
                 " ON CONFLICT (source) DO UPDATE SET last_id = excluded.last_id,"
                 " run = excluded.run, reused = excluded.reused",
                 [(source, *state) for source, state in marks.ids.items()],
+            )
+        if marks.numbered:
+            db.executemany(
+                "INSERT INTO inbound_numbered (source, number) VALUES (?, ?)"
+                " ON CONFLICT (source) DO UPDATE SET number = max(number, excluded.number)",
+                list(marks.numbered.items()),
             )
 
     def _marks_committed(self, marks: _Marks) -> None:
@@ -1122,6 +1141,7 @@ class _Marks(NamedTuple):
     digests: list[tuple[str, int, bytes]]  # (source, slot, digest + number)
     held: list[tuple[str, int]]  # (source, QoS 2 packet id) answered with PUBREC
     ids: dict[str, tuple[int, int, bool]]  # source -> (last id, run, reused)
+    numbered: dict[str, int]  # source -> number of its last message in this commit
 
 
 def _next_id(state: tuple[int, int, bool], packet_id: int) -> tuple[int, int, bool]:
