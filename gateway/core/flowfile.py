@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from typing import NamedTuple
 
@@ -95,6 +96,27 @@ class FlowFile(NamedTuple):
         )
 
 
+# What a FlowFile holds besides its content, topic and attributes (the tuple, its id,
+# the Message and ack around it), counted per message by the byte bounds on the way in.
+FLOWFILE_OVERHEAD = 200
+
+
+def attributes_size(attributes: dict[str, str]) -> int:
+    """Bytes an attributes dict holds in memory: the dict and each key and value string.
+
+    Exact for what Python allocates (a string with one character above U+00FF takes
+    2 or 4 bytes for every character), unlike the length of its text.
+    """
+    size = sys.getsizeof(attributes)
+    getsizeof = sys.getsizeof
+    for key, value in attributes.items():
+        size += getsizeof(key) + getsizeof(value)
+    return size
+
+
+# Only small attribute sets are cached: those are the ones shared by many FlowFiles,
+# and a cache of 8192 large ones (MQTT user properties) would hold gigabytes.
+CACHED_JSON_MAX = 512
 _attributes_json: dict[tuple[tuple[str, str], ...], str] = {}
 _by_identity: dict[int, tuple[dict[str, str], str]] = {}
 
@@ -104,7 +126,8 @@ def attributes_json(attributes: dict[str, str]) -> str:
 
     A gateway sees the same few attribute sets over and over (one per topic and
     QoS), so their text is cached: a dict lookup instead of a JSON encoding per
-    FlowFile. The cache is cleared when it reaches 8192 entries.
+    FlowFile. The cache is cleared when it reaches 8192 entries, and holds no text
+    longer than CACHED_JSON_MAX.
     """
     if not attributes:
         return "{}"
@@ -114,9 +137,12 @@ def attributes_json(attributes: dict[str, str]) -> str:
     key = tuple(attributes.items())
     text = _attributes_json.get(key)
     if text is None:
+        text = json.dumps(attributes, separators=(",", ":"))
+        if len(text) > CACHED_JSON_MAX:
+            return text
         if len(_attributes_json) >= 8192:
             _attributes_json.clear()
-        text = _attributes_json[key] = json.dumps(attributes, separators=(",", ":"))
+        _attributes_json[key] = text
     if len(_by_identity) >= 8192:
         _by_identity.clear()
     # holding the dict keeps its id from being reused by another object meanwhile

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.config.model import RetrySettings, SinkConfig
 from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.store.sqlite import DeadLetter, Store, StoreError
 
 
@@ -38,9 +38,27 @@ class Backoff:
         self.attempt = 0
 
 
+# attributes dict id -> (the dict, its size): most FlowFiles share a few small dicts (the
+# MQTT source makes one per topic); holding the dict keeps its id from being reused
+_attribute_sizes: dict[int, tuple[dict[str, str], int]] = {}
+_CACHED_SIZE_MAX = 1024  # larger dicts are not shared (user properties): not kept
+
+
 def message_bytes(message: Message) -> int:
-    """What a message holding its FlowFile takes in memory, roughly: payload, topic, 200."""
-    return len(message.flowfile.content) + len(message.flowfile.topic) + 200
+    """What a message holding its FlowFile takes in memory, roughly: payload, topic,
+    attributes (MQTT user properties can be most of a message) and FLOWFILE_OVERHEAD."""
+    ff = message.flowfile
+    attributes = ff.attributes
+    cached = _attribute_sizes.get(id(attributes))
+    if cached is not None and cached[0] is attributes:
+        size = cached[1]
+    else:
+        size = attributes_size(attributes)
+        if size <= _CACHED_SIZE_MAX:
+            if len(_attribute_sizes) >= 4096:
+                _attribute_sizes.clear()
+            _attribute_sizes[id(attributes)] = (attributes, size)
+    return len(ff.content) + len(ff.topic) + size + FLOWFILE_OVERHEAD
 
 
 class Ingest:

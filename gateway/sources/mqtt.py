@@ -27,9 +27,10 @@ sources:
     # receive_maximum: 1000       QoS 1/2 messages in flight to us, not yet stored; the
     #                             gateway stops reading from the broker at this many
     #                             (1 to 16384)
-    # receive_max_bytes: 16MiB    the same bound in bytes of payload: reading stops while the
-    #                             messages not yet stored hold this much; QoS 0 messages
-    #                             beyond it are dropped (and counted)
+    # receive_max_bytes: 16MiB    the same bound in bytes: reading stops while the messages
+    #                             not yet stored hold this much (payload, topic, user
+    #                             properties and ~200 bytes each); QoS 0 messages beyond it
+    #                             are dropped (and counted)
     # session_expiry: 7d          how long the broker keeps our session while we are away
 ```
 
@@ -72,7 +73,10 @@ property that is not valid UTF-8, a topic with U+0000 or a wildcard, an unknown
 topic alias, unreadable properties, packet id 0) goes to the dead letters with
 the reason, the raw packet as its content, and is acknowledged after the
 commit, so the messages behind it keep flowing (packet id 0 cannot be
-acknowledged). A packet whose framing is broken closes the connection.
+acknowledged). Such messages count in the bounds above like any other (a QoS 0
+one beyond them is dropped and counted), and are logged at most once every 30 s,
+with the count since the last line. A packet whose framing is broken closes the
+connection.
 
 What your broker needs: a persistent session keeps messages for the gateway
 while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
@@ -96,7 +100,7 @@ from gateway.config.model import SourceConfig
 from gateway.config.schema import Duration, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile, uuid7
+from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
 from gateway.core.topics import validate_filter
 from gateway.mqtt import parse_url, tls_context
 from gateway.mqttwire import ConnectRefused, Subscriber
@@ -104,7 +108,8 @@ from gateway.mqttwire import ConnectRefused, Subscriber
 READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
 QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
-DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops
+DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or invalid ones)
+SHARED_ATTRS_BYTES = 1 << 20  # the attribute dicts shared per topic hold at most about this
 _QOS_TEXT = ("0", "1", "2")
 _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
 
@@ -208,8 +213,10 @@ class MqttSource(Source):
         self._held: set[int] = ctx.marks.held()  # QoS 2 ids stored and answered with PUBREC
         self._paused = False  # reading paused: too much is unacknowledged
         self._connecting = False
-        self._shared_attrs: dict[tuple[str, int, bool], dict[str, str]] = {}
-        self.inflight_bytes = 0  # payload bytes received and not yet committed
+        # (topic, qos, retain) -> the attributes dict its FlowFiles share, and its size
+        self._shared_attrs: dict[tuple[str, int, bool], tuple[dict[str, str], int]] = {}
+        self._shared_bytes = 0
+        self.inflight_bytes = 0  # bytes the messages received and not yet committed hold
         self.unacked = 0  # messages handed to the engine and not yet committed
         self._drained = asyncio.Event()  # set when `unacked` comes down to 0
         self.pauses = 0  # times reading stopped because too much was in flight
@@ -219,6 +226,9 @@ class MqttSource(Source):
         self.redeliveries = 0
         self.possible_duplicates = 0
         self.invalid = 0
+        self._invalid_logged = 0
+        self._invalid_logged_at = -DROP_LOG_INTERVAL  # the first one is logged at once
+        self._last_invalid = ("", "")
         self.oversized = 0
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
         self._client_id = config.client_id or f"{prefix}-{ctx.name}"
@@ -350,12 +360,36 @@ class MqttSource(Source):
         mid: int | None,
     ) -> None:
         """Called for each PUBLISH as it is parsed; must be quick and never block."""
-        size = len(payload)
+        if user:
+            attrs = {
+                "mqtt.topic": topic,
+                "mqtt.qos": _QOS_TEXT[qos],
+                "mqtt.retain": "1" if retain else "0",
+            }
+            _user_attributes(attrs, user)
+            attrs_size = attributes_size(attrs)
+        else:
+            # FlowFiles never change their attributes, so one dict per topic and flags
+            # serves them all (and its JSON is then found by identity, see attributes_json)
+            shared = self._shared_attrs.get((topic, qos, retain))
+            if shared is None:
+                if len(self._shared_attrs) >= 4096 or self._shared_bytes > SHARED_ATTRS_BYTES:
+                    self._shared_attrs.clear()
+                    self._shared_bytes = 0
+                attrs = {
+                    "mqtt.topic": topic,
+                    "mqtt.qos": _QOS_TEXT[qos],
+                    "mqtt.retain": "1" if retain else "0",
+                }
+                shared = self._shared_attrs[(topic, qos, retain)] = (attrs, attributes_size(attrs))
+                self._shared_bytes += shared[1]
+            attrs, attrs_size = shared
+        length = len(payload)
+        kept = min(length, self.config.max_payload)
+        # what the message holds until it is stored: user properties can be most of it
+        size = kept + len(topic) + attrs_size + FLOWFILE_OVERHEAD
         if mid is None:
-            if (
-                len(self._buffer) >= QOS0_CAPACITY
-                or self.inflight_bytes + size > self.config.receive_max_bytes
-            ):
+            if qos == 0 and self._qos0_full(size):
                 self._drop_qos0()
                 return
             dedupe = None
@@ -365,35 +399,23 @@ class MqttSource(Source):
                 return
             dedupe = (mid, digest + _flags(qos, dup))
             self._pending[mid] = (digest, size)
-        if user:
-            attrs = {
-                "mqtt.topic": topic,
-                "mqtt.qos": _QOS_TEXT[qos],
-                "mqtt.retain": "1" if retain else "0",
-            }
-            _user_attributes(attrs, user)
-        else:
-            # FlowFiles never change their attributes, so one dict per topic and flags
-            # serves them all (and its JSON is then found by identity, see attributes_json)
-            attrs = self._shared_attrs.get((topic, qos, retain))  # type: ignore[assignment]
-            if attrs is None:
-                if len(self._shared_attrs) >= 4096:
-                    self._shared_attrs.clear()
-                attrs = self._shared_attrs[(topic, qos, retain)] = {
-                    "mqtt.topic": topic,
-                    "mqtt.qos": _QOS_TEXT[qos],
-                    "mqtt.retain": "1" if retain else "0",
-                }
         reject = None
-        if size > self.config.max_payload:
+        if kept < length:
             self.oversized += 1
             reject = (
-                f"payload of {size} bytes exceeds max_payload "
+                f"payload of {length} bytes exceeds max_payload "
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
-            payload = payload[: self.config.max_payload]
+            payload = payload[:kept]
         ff = FlowFile(uuid7(), topic, attrs, payload, time_ns(), ())
-        self._hand(Message(ff, _Ack(self, mid, qos, self._epoch, size), dedupe, reject), size)
+        self._hand(Message(ff, _Ack(self, mid, qos, self._epoch, size), dedupe, reject), size, qos)
+
+    def _qos0_full(self, size: int) -> bool:
+        """Whether a QoS 0 message of `size` bytes must be dropped: too much is waiting."""
+        return (
+            len(self._buffer) >= QOS0_CAPACITY
+            or self.inflight_bytes + size > self.config.receive_max_bytes
+        )
 
     def _first_copy(self, mid: int, digest: bytes, qos: int, dup: bool) -> bool:
         """False for a copy of a message that is stored or on its way to the store."""
@@ -419,32 +441,41 @@ class MqttSource(Source):
     def _reject(
         self, topic: str, raw: bytes, qos: int, dup: bool, mid: int | None, reason: str
     ) -> None:
-        """A PUBLISH MQTT forbids, framed soundly: a dead letter, acknowledged once stored."""
-        self.invalid += 1
+        """A PUBLISH MQTT forbids, framed soundly: a dead letter, acknowledged once stored.
+
+        Bounded like `_deliver`: QoS 0 ones beyond the bounds are dropped (and counted),
+        QoS 1/2 ones (packet id 0 too) count towards the pause of reading.
+        """
         topic = topic.replace("\x00", "\\x00") or "mqtt/invalid"
+        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], "mqtt.invalid": "1"}
+        size = len(raw) + len(topic) + attributes_size(attrs) + FLOWFILE_OVERHEAD
         dedupe = None
-        ack = None
         if mid is not None:
             digest = _digest(topic, raw[1:])  # not the first byte: its DUP flag changes
             if not self._first_copy(mid, digest, qos, dup):
                 return
             dedupe = (mid, digest + _flags(qos, dup))
-            self._pending[mid] = (digest, len(raw))
-        if mid is not None or not qos:
-            ack = _Ack(self, mid, qos, self._epoch, len(raw))
+            self._pending[mid] = (digest, size)
+            ack = _Ack(self, mid, qos, self._epoch, size)
+        elif not qos:
+            if self._qos0_full(size):
+                self._drop_qos0()
+                return
+            ack = _Ack(self, None, 0, self._epoch, size)
         else:
             reason += " (packet id 0: it cannot be acknowledged, the broker may send it again)"
-            ack = _Ack(self, None, 0, self._epoch, len(raw))
-        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], "mqtt.invalid": "1"}
+            ack = _Ack(self, None, 0, self._epoch, size)
+        self.invalid += 1
         ff = FlowFile(uuid7(), topic, attrs, raw, time_ns(), ())
         reason += "; the content is the raw PUBLISH packet"
-        self._hand(Message(ff, ack, dedupe, reason), len(raw))
-        self.ctx.log.warning("%s (topic %r); it goes to the dead letters", reason, topic)
+        self._hand(Message(ff, ack, dedupe, reason), size, qos)
+        self._last_invalid = (reason, topic)
+        self._log_invalid()
 
-    def _hand(self, message: Message, size: int) -> None:
+    def _hand(self, message: Message, size: int, qos: int) -> None:
         self._buffer.append(message)
         self.inflight_bytes += size
-        if message.dedupe is not None:
+        if qos:  # QoS 0 is never paused for, but dropped (see `_qos0_full`)
             self._check_pause()
         self._ready.set()
 
@@ -470,6 +501,29 @@ class MqttSource(Source):
             self.dropped_qos0,
         )
 
+    def _log_invalid(self) -> None:
+        """Like `_log_drops`: at most one WARNING every DROP_LOG_INTERVAL seconds."""
+        new = self.invalid - self._invalid_logged
+        if not new:
+            return
+        now = self.ctx.clock.monotonic()
+        if now - self._invalid_logged_at < DROP_LOG_INTERVAL:
+            return
+        self._invalid_logged_at = now
+        self._invalid_logged = self.invalid
+        reason, topic = self._last_invalid
+        if new == 1:
+            self.ctx.log.warning("%s (topic %r); it goes to the dead letters", reason, topic)
+        else:
+            self.ctx.log.warning(
+                "%d invalid PUBLISH packets went to the dead letters (%d in all); the last:"
+                " %s (topic %r)",
+                new,
+                self.invalid,
+                reason,
+                topic,
+            )
+
     async def read(self) -> list[Message]:
         while True:
             if self._releases:
@@ -481,6 +535,7 @@ class MqttSource(Source):
             self._ready.clear()
             await self._ready.wait()
         self._log_drops()
+        self._log_invalid()
         status = self.ctx.status
         status["redeliveries"] = self.redeliveries
         status["possible_duplicates"] = self.possible_duplicates

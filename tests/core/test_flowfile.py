@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import pytest
 
 from gateway.core import flowfile as flowfile_module
-from gateway.core.flowfile import FlowFile, uuid7
+from gateway.core.flowfile import FlowFile, attributes_json, uuid7
 
 
 def _ms(u: str) -> int:
@@ -94,3 +95,17 @@ def test_empty_content_is_kept_not_inherited() -> None:
     parent = FlowFile.create("t", b"data")
     assert parent.derive(content=b"").content == b""
     assert parent.derive(topic="").topic == ""
+
+
+def test_large_attribute_sets_are_encoded_but_not_kept() -> None:
+    """Per-message MQTT user properties of 500 KB must not stay in the cache (8192 of them)."""
+    big = {"mqtt.user.pad": "p" * 500_000}
+    assert json.loads(attributes_json(big)) == big
+    assert id(big) not in flowfile_module._by_identity
+    assert all(
+        len(text) <= flowfile_module.CACHED_JSON_MAX
+        for text in flowfile_module._attributes_json.values()
+    )
+    small = {"mqtt.topic": "t/1"}
+    assert attributes_json(small) == '{"mqtt.topic":"t/1"}'
+    assert flowfile_module._by_identity[id(small)][0] is small  # the shared ones are

@@ -76,3 +76,15 @@ async def test_a_sink_batch_never_exceeds_max_bytes_unless_one_flowfile_does(
     for b in sink.batches:
         assert len(b) == 1 or sum(b) <= 1 << 20, b
     assert [1_500_000] in sink.batches
+
+
+def test_message_bytes_counts_the_attributes() -> None:
+    """Messages of one byte with 500 KB of MQTT user properties each must not pass as tiny:
+    an ingest bounded at 16 MiB takes about 33 of them, not 10,000 (5 GB)."""
+    heavy = Message(FlowFile.create("t/1", b"x", {"mqtt.user.pad": "p" * 500_000}))
+    assert message_bytes(heavy) > 500_000
+    ingest = Ingest(capacity=10_000, max_bytes=16 << 20)
+    assert sum(ingest.offer("s", heavy) for _ in range(100)) <= (16 << 20) // 500_000
+    shared = {"mqtt.topic": "t/1", "mqtt.qos": "1"}  # one dict, many FlowFiles
+    sizes = {message_bytes(Message(FlowFile.create("t/1", b"x", shared))) for _ in range(3)}
+    assert len(sizes) == 1 and sizes.pop() > 200

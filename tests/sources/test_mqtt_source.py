@@ -18,7 +18,7 @@ from gateway.sources import mqtt as mqtt_source
 from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "faults"))
-from fakebroker import FakeBroker
+from fakebroker import FakeBroker, publish_packet, utf8
 
 
 def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:
@@ -299,4 +299,66 @@ async def test_an_old_sessions_ack_leaves_the_new_sessions_packet_id_alone(
     for m in (new, *got):
         m.ack()
     assert (source.unacked, source.inflight_bytes, source._pending) == (0, 0, {})
+    await source.close()
+
+
+def user_property(key: str, value: str) -> bytes:
+    return b"\x26" + utf8(key) + utf8(value)
+
+
+async def test_user_properties_count_in_the_byte_bound(fake_broker: FakeBroker) -> None:
+    """Tiny payloads with 30 KiB of user properties each: the bound is on what is held."""
+    source = make_source(fake_broker, "bytes-user", qos=0, receive_max_bytes="64KiB")
+    await source.connect()
+    props = user_property("pad", "p" * 30_000)
+    fake_broker.send_raw(publish_packet("acks/u", b"1", 0, 0, props=props) * 100)
+    fake_broker.send_raw(publish_packet("acks/u", b"end", 1, 0x100))  # QoS 1: never dropped
+    await buffered(source, 3)
+    while source._buffer[-1].flowfile.content != b"end":
+        source._ready.clear()
+        await source._ready.wait()
+    assert source.dropped_qos0 == 100 - (len(source._buffer) - 1) >= 98
+    assert source.inflight_bytes <= 64 * 1024 + 30_000 + 1000  # the QoS 1 one comes on top
+    assert source._buffer[0].flowfile.attributes["mqtt.user.pad"] == "p" * 30_000
+    await source.close()
+
+
+async def test_invalid_qos0_messages_are_bounded_and_logged_once(
+    fake_broker: FakeBroker, caplog: Any
+) -> None:
+    source = make_source(fake_broker, "bytes-invalid", qos=0, receive_max_bytes="64KiB")
+    await source.connect()
+    bad = publish_packet("acks/\x00bad", b"b" * 1000, 0, 0)  # U+0000 in the topic
+    fake_broker.send_raw(bad * 1000)
+    fake_broker.send_raw(publish_packet("acks/v", b"end", 1, 0x100))
+    await buffered(source, 2)
+    while source._buffer[-1].flowfile.content != b"end":
+        source._ready.clear()
+        await source._ready.wait()
+    held = len(source._buffer) - 1
+    assert held < 64 and source.dropped_qos0 == 1000 - held and source.invalid == held
+    assert source.inflight_bytes <= 64 * 1024 + 1000
+    warnings = [r.getMessage() for r in caplog.records if "dead letters" in r.getMessage()]
+    assert len(warnings) == 1 and "U+0000" in warnings[0]
+    await source.close()
+
+
+async def test_packet_id_0_messages_pause_reading_at_receive_max_bytes(
+    fake_broker: FakeBroker,
+) -> None:
+    source = make_source(fake_broker, "bytes-pid0", receive_max_bytes="64KiB")
+    await source.connect()
+    fake_broker.send_raw(publish_packet("acks/z", b"z" * 1000, 1, 0) * 1000)  # 1 MB, id 0
+    await buffered(source, 60)
+    assert source.pauses == 1
+    # a read can bring in at most one socket read (256 KiB) beyond the budget
+    assert source.inflight_bytes <= 64 * 1024 + 256 * 1024 + 2000
+    got: list[Message] = []
+    async with asyncio.timeout(15):
+        while len(got) < 1000:  # each batch committed and acked: reading resumes
+            batch = await source.read()
+            for m in batch:
+                m.ack()
+            got.extend(batch)
+    assert all(m.reject and "packet id 0" in m.reject for m in got)
     await source.close()
