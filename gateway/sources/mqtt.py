@@ -247,17 +247,17 @@ class MqttSource(Source):
         self._lost = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
+            self._connecting = True
+            client = Subscriber(
+                self._deliver,
+                self._on_lost,
+                reject=self._reject,
+                release=self._on_release,
+                maximum_packet_size=cfg.maximum_packet_size,
+            )
+            self._client = client
+            self._paused = False
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                self._connecting = True
-                client = Subscriber(
-                    self._deliver,
-                    self._on_lost,
-                    reject=self._reject,
-                    release=self._on_release,
-                    maximum_packet_size=cfg.maximum_packet_size,
-                )
-                self._client = client
-                self._paused = False
                 present = await client.open(
                     host=host,
                     port=port,
@@ -270,13 +270,17 @@ class MqttSource(Source):
                     password=password,
                     tls=tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else None,
                 )
-                if not present:
-                    # a new session: packet ids of the old one mean nothing to the broker now
-                    self._epoch += 1
-                    self._pending.clear()
-                    self._reset_due = True
-                if self._reset_due:
-                    await self._forget_old_session()
+            if not present:
+                # a new session: packet ids of the old one mean nothing to the broker now
+                self._epoch += 1
+                self._pending.clear()
+                self._reset_due = True
+            if self._reset_due:
+                # Outside the connect timeout: this waits for the store, not for the broker.
+                await self._forget_old_session()
+                if not client.connected:
+                    raise RetryableError(f"MQTT broker {host}:{port}: {client.closed_reason}")
+            async with asyncio.timeout(CONNECT_TIMEOUT):
                 granted = await client.subscribe(
                     [(f, cfg.qos) for f in cfg.topics], _RETAIN_HANDLING[cfg.retained]
                 )
@@ -316,6 +320,11 @@ class MqttSource(Source):
                 buffer[i] = msg._replace(dedupe=None)
         self._drained.clear()
         if self.unacked:
+            self.ctx.log.info(
+                "the broker started a new session: waiting for %d messages of the old one"
+                " to be stored before subscribing",
+                self.unacked,
+            )
             await self._drained.wait()
         try:
             await self.ctx.marks.new_session()

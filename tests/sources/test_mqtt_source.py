@@ -362,3 +362,27 @@ async def test_packet_id_0_messages_pause_reading_at_receive_max_bytes(
             got.extend(batch)
     assert all(m.reject and "packet id 0" in m.reject for m in got)
     await source.close()
+
+
+async def test_a_slow_commit_after_a_new_session_is_not_a_connect_timeout(
+    fake_broker: FakeBroker, monkeypatch: Any, caplog: Any
+) -> None:
+    """Session Present 0: the old session's messages must be stored before subscribing;
+    waiting for that store is not waiting for the broker."""
+    caplog.set_level("INFO")
+    source = make_source(fake_broker, "slow-commit")
+    await source.connect()
+    fake_broker.publish("acks/s", b"old", 1)
+    (old,) = await read_n(source, 1)  # handed to the engine, its commit still running
+    await source.close()
+    end_session(fake_broker, "slow-commit")
+    monkeypatch.setattr(mqtt_source, "CONNECT_TIMEOUT", 0.2)
+    connecting = asyncio.ensure_future(source.connect())
+    await asyncio.sleep(0.6)  # the commit takes longer than the connect timeout
+    assert not connecting.done()
+    assert "waiting for 1 messages of the old one to be stored" in caplog.text
+    old.ack()
+    await connecting  # before: RetryableError "timed out after 0.2 s connecting"
+    fake_broker.publish("acks/s", b"new", 1)
+    assert [m.flowfile.content for m in await read_n(source, 1)] == [b"new"]
+    await source.close()
