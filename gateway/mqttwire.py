@@ -18,11 +18,15 @@ trusted (a remaining length or topic length that runs past the packet, QoS 3,
 a PUBREL without a packet id, a packet larger than the Maximum Packet Size we
 announced in CONNECT) closes it, since nothing after it can be read. A PUBLISH
 that is framed correctly but carries something MQTT forbids (a topic or user
-property that is not valid UTF-8, a topic with U+0000 or a wildcard, an unknown
-topic alias, properties that do not parse, packet id 0 at QoS 1/2) is handed to
-`reject` with the reason and the raw packet, and the connection stays: one bad
-message must not stop the ones behind it, and a broker would otherwise send it
-again on every reconnect.
+property that is not valid UTF-8, a topic with U+0000 or a wildcard, properties
+that do not parse, packet id 0 at QoS 1/2) is handed to `reject` with the reason
+and the raw packet, and the connection stays: one bad message must not stop the
+ones behind it, and a broker would otherwise send it again on every reconnect.
+
+Topic aliases: CONNECT announces no Topic Alias Maximum, so the broker may send
+none (MQTT 5, 3.3.2.3.4). A PUBLISH with one is a protocol error: DISCONNECT
+with reason code 0x94 (Topic Alias invalid), and the source reconnects. So there
+is no alias table to bound, and no message is read under a topic we cannot know.
 """
 
 from __future__ import annotations
@@ -82,7 +86,15 @@ Reject = Callable[[str, bytes, int, bool, int | None, str], None]
 
 
 class ProtocolError(Exception):
-    """The broker sent something this client cannot accept; the connection is closed."""
+    """The broker sent something this client cannot accept; the connection is closed.
+
+    `code` is the DISCONNECT reason code sent first: 0x81 (malformed packet) unless
+    the broker broke a rule of the protocol in a well-formed packet.
+    """
+
+    def __init__(self, message: str, code: int = 0x81) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConnectRefused(Exception):
@@ -199,7 +211,6 @@ class Subscriber(asyncio.Protocol):
         self._buf = bytearray()
         self._connack: asyncio.Future[tuple[bool, dict[int, Any]]] | None = None
         self._subacks: dict[int, asyncio.Future[bytes]] = {}
-        self._aliases: dict[int, str] = {}
         self._next_id = 0
         self._keepalive = 0.0
         self._last_in = 0.0
@@ -374,7 +385,11 @@ class Subscriber(asyncio.Protocol):
                 else:
                     self._control(first, bytes(buf[head : head + length]))
                 pos = head + length
-        except (ProtocolError, IndexError, UnicodeDecodeError, struct.error) as err:
+        except ProtocolError as err:
+            what = "malformed packet" if err.code == 0x81 else "protocol error"
+            self._fail(f"{what} from the broker: {err}", err.code)
+            return
+        except (IndexError, UnicodeDecodeError, struct.error) as err:
             self._fail(f"malformed packet from the broker: {err or type(err).__name__}", 0x81)
             return
         if pos:
@@ -425,14 +440,14 @@ class Subscriber(asyncio.Protocol):
             else:
                 pos = start + plen
             user = props.get(USER_PROPERTY)
-            alias = props.get(TOPIC_ALIAS)
-            if alias is not None and problem is None:
-                if topic:
-                    self._aliases[alias] = topic
-                else:
-                    topic = self._aliases.get(alias, "")
-                    if not topic:
-                        problem = f"it uses topic alias {alias}, which was never set"
+            if TOPIC_ALIAS in props:
+                # We announce no Topic Alias Maximum (0): MQTT 5 (3.3.2.3.4) makes any alias a
+                # protocol error, and accepting them would mean a table to bound.
+                raise ProtocolError(
+                    f"a PUBLISH uses topic alias {props[TOPIC_ALIAS]}, but we allow none"
+                    " (no Topic Alias Maximum in CONNECT)",
+                    0x94,
+                )
         if problem is None:
             if not topic:
                 problem = "it has no topic"

@@ -64,11 +64,9 @@ async def test_packets_split_anywhere_are_parsed_once_each() -> None:
     c = Collector()
     sub = Subscriber(c.deliver, c.on_lost)
     sub.connection_made(FakeTransport())  # type: ignore[arg-type]
-    user = b"\x26" + _utf8("site") + _utf8("north") + b"\x23\x00\x05"  # user property, alias 5
+    user = b"\x26" + _utf8("site") + _utf8("north") + b"\x02\x00\x00\x00\x3c"  # expiry 60
     big = b"x" * 300  # a remaining length of two bytes
-    stream = publish_packet("a/b", b"one", 1, 7, user) + publish_packet(
-        "", big, 2, 8, b"\x23\x00\x05"
-    )
+    stream = publish_packet("a/b", b"one", 1, 7, user) + publish_packet("a/b", big, 2, 8)
     for i in range(len(stream)):
         sub.data_received(stream[i : i + 1])
     assert c.got == [
@@ -112,7 +110,7 @@ async def test_forbidden_publish_is_rejected_with_its_raw_bytes_and_the_connecti
         publish_packet("a/1", b"p1", 1, 5, bad_user),
         publish_packet("a/\x002", b"p2", 1, 6),  # U+0000 in the topic
         publish_packet("a/3", b"p3", 1, 0),  # packet id 0 at QoS 1
-        publish_packet("", b"p4", 2, 7, b"\x23\x00\x09"),  # alias never set
+        publish_packet("a/4", b"p4", 2, 7, b"\x26\x00\x01k\x00\x05"),  # pair cut short
         _packet(0x32, b"\x00\x03a/\xff\x00\x08\x00p5"),  # topic not UTF-8
         publish_packet("a/ok", b"fine", 1, 8),
     ]
@@ -123,11 +121,24 @@ async def test_forbidden_publish_is_rejected_with_its_raw_bytes_and_the_connecti
     assert "user property?) is not valid UTF-8" in reasons[0]
     assert "U+0000" in reasons[1]
     assert "packet id 0" in reasons[2]
-    assert "topic alias 9" in reasons[3]
+    assert "properties cannot be read" in reasons[3]
     assert "topic is not valid UTF-8" in reasons[4]
     assert [r[4] for r in c.rejected] == [5, 6, None, 7, 8]
     assert c.rejected[0][1] == packets[0]  # the raw packet, whole
     assert all(r[0].startswith("a/") or r[0] == "" for r in c.rejected)
+
+
+async def test_a_topic_alias_is_a_protocol_error_since_we_allow_none() -> None:
+    """No Topic Alias Maximum in our CONNECT: MQTT 5 forbids the broker to send an alias."""
+    c = Collector()
+    sub, transport = fake_sub(c)
+    sub.data_received(
+        publish_packet("a/1", b"p1", 1, 5, b"\x23\x00\x01")  # sets alias 1
+        + publish_packet("", b"p2", 1, 6, b"\x23\x00\x01")  # uses it
+    )
+    assert c.got == [] and c.rejected == []  # nothing read under an alias
+    assert c.lost and "topic alias 1" in c.lost[0] and "protocol error" in c.lost[0]
+    assert transport.written == b"\xe0\x01\x94"  # DISCONNECT: Topic Alias invalid
 
 
 async def test_a_packet_larger_than_our_maximum_packet_size_closes_the_connection() -> None:

@@ -69,14 +69,15 @@ QoS is delivered at that lower one):
   lets the broker reuse it. A new session (Session Present 0) forgets them all.
 
 A PUBLISH that MQTT forbids but whose framing is sound (a topic or user
-property that is not valid UTF-8, a topic with U+0000 or a wildcard, an unknown
-topic alias, unreadable properties, packet id 0) goes to the dead letters with
+property that is not valid UTF-8, a topic with U+0000 or a wildcard,
+unreadable properties, packet id 0) goes to the dead letters with
 the reason, the raw packet as its content, and is acknowledged after the
 commit, so the messages behind it keep flowing (packet id 0 cannot be
 acknowledged). Such messages count in the bounds above like any other (a QoS 0
 one beyond them is dropped and counted), and are logged at most once every 30 s,
-with the count since the last line. A packet whose framing is broken closes the
-connection.
+with the count since the last line. A packet whose framing is broken, or a
+topic alias (the gateway allows none; MQTT 5 then forbids the broker to send
+one), closes the connection; the source reconnects.
 
 What your broker needs: a persistent session keeps messages for the gateway
 while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
