@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from gateway.core.component import MARK_DUP, MARK_QOS2
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, PermanentError
 from gateway.core.flowfile import FlowFile, attributes_json
 
 log = logging.getLogger("gateway.store")
@@ -260,6 +261,74 @@ _malloc_trim: Any = None
 
 class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
+
+
+class StoreDamaged(StoreError, PermanentError):
+    """SQLite found the store file damaged (SQLITE_CORRUPT): retrying cannot help; a sink
+    that meets it stops, shown as failed with this reason."""
+
+
+def _is_damaged(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(err)
+
+
+def damaged_text(path: Path, err: sqlite3.Error) -> str:
+    """The one line that says a store file is damaged and what to do about it."""
+    return (
+        f"store {path} is damaged ({err}): the FlowFiles in the damaged part cannot be"
+        " read. Stop the gateway and run `edge-stream store reset -c CONFIG` (it moves the"
+        f" file aside to {path.name}.corrupt-<time>; the gateway then starts empty)"
+    )
+
+
+# -- the data_dir lock ----------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+_locks: dict[Path, list[int]] = {}  # data_dir -> [fd, holders] for this process
+
+
+def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """Take the lock on `data_dir` (flock on <data_dir>/.lock) for this process.
+
+    A second gateway on the same data_dir, or `edge-stream store reset` while a
+    gateway runs, is refused by it. Holders in one process nest (a reload's new
+    engine takes it before the old one lets go); `let_go_data_dir` undoes one.
+    Returns the key to let go with.
+    """
+    key = Path(data_dir).resolve()
+    held = _locks.get(key)
+    if held is not None:
+        held[1] += 1
+        return key
+    key.mkdir(parents=True, exist_ok=True)
+    lock = key / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StoreError(
+                f"{key}: another Edge Stream process uses this data_dir (it holds {lock});"
+                " stop it first, or give this gateway its own gateway.data_dir"
+            ) from err
+        raise StoreError(f"{lock}: cannot lock the data_dir: {err}") from err
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[key] = [fd, 1]
+    return key
+
+
+def let_go_data_dir(key: Path) -> None:
+    """Undo one `hold_data_dir`; the last holder releases the lock."""
+    held = _locks.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _locks[key]
+        os.close(held[0])  # closing the only descriptor releases the flock
 
 
 @dataclass
@@ -535,6 +604,8 @@ class Store:
                 raise StoreError(
                     f"store {self.path}: disk full ({self.disk_text()}): {err}"
                 ) from err
+            if _is_damaged(err):
+                raise StoreDamaged(damaged_text(self.path, err)) from err
             raise StoreError(f"store {self.path}: {err}") from err
 
     def _spared(self, fn: Callable[..., T], *args: Any) -> T:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import _store_reset
 from gateway.core.component import MARK_QOS2
+from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
 
@@ -557,3 +559,34 @@ async def test_a_full_disk_is_named_when_qos2_ids_are_forgotten(
     assert "disk full" in str(err.value) and "cannot rollback" not in str(err.value)
     filler.unlink()
     await store.close()
+
+
+async def test_a_damaged_database_page_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """SQLite finds a page of the flowfiles table damaged (SQLITE_CORRUPT): the read does
+    not fail as a retryable error forever but as a permanent one (the sink stops, shown as
+    failed) whose one line names the store file and `edge-stream store reset`."""
+    store = await open_store(tmp_path, ("a",))
+    flowfiles = [ff(i, size=200) for i in range(500)]
+    await store.commit(batch([(f, store.bit("a")) for f in flowfiles]))
+    await store.close()
+    store = await open_store(tmp_path, ("a",))
+    await store.query("PRAGMA shrink_memory")  # what it read at open is read again
+    data = bytearray((tmp_path / "store.db").read_bytes())
+    page_size = (await store.query("PRAGMA page_size"))[0][0]
+    where = data.index(flowfiles[250].id.encode())
+    start = where - where % page_size
+    data[start : start + 16] = b"\xff" * 16  # the page header: not a b-tree page any more
+    with (tmp_path / "store.db").open("r+b") as f:
+        f.seek(start)
+        f.write(data[start : start + 16])
+    with pytest.raises(StoreError) as err:
+        await store.read("a", store.cursor("a"), 1000)
+    assert isinstance(err.value, PermanentError)
+    message = str(err.value)
+    assert str(tmp_path / "store.db") in message and "damaged" in message
+    assert "edge-stream store reset" in message and "\n" not in message
+    await store.close()
+    # and `store reset` takes it for damaged: no --force needed
+    assert _store_reset(tmp_path / "store.db") == 0
+    assert not (tmp_path / "store.db").exists()
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("store.db.corrupt-")]) == 1
