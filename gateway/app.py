@@ -12,6 +12,7 @@ from gateway.config.load import load
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
 from gateway.engine.pipeline import Engine
+from gateway.store.sqlite import hold_data_dir, let_go_data_dir
 
 log = logging.getLogger("gateway")
 
@@ -102,23 +103,31 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
-    while True:
-        runner = asyncio.create_task(engine.run(), name="engine")
-        ready = asyncio.create_task(engine.ready.wait())
-        await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if engine.ready.is_set() and engine.web_url:
-            mqtt = f"; {engine.broker.describe()}" if engine.broker else ""
-            log.info(
-                "gateway: %s is up; status page %s%s",
-                engine.config.gateway.id,
-                engine.web_url,
-                mqtt,
-            )
-        ready.cancel()
-        await runner
-        if pending is None or stops:
-            if reading is not None:
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
-            return 0
-        engine, pending = Engine(pending, config_path), None
+    # The data_dir stays locked across reloads (each engine also holds it while it runs),
+    # so that `edge-stream store reset` cannot slip in between two engines.
+    lock = hold_data_dir(engine.data_dir)
+    try:
+        while True:
+            runner = asyncio.create_task(engine.run(), name="engine")
+            ready = asyncio.create_task(engine.ready.wait())
+            await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if engine.ready.is_set() and engine.web_url:
+                mqtt = f"; {engine.broker.describe()}" if engine.broker else ""
+                log.info(
+                    "gateway: %s is up; status page %s%s",
+                    engine.config.gateway.id,
+                    engine.web_url,
+                    mqtt,
+                )
+            ready.cancel()
+            await runner
+            if pending is None or stops:
+                if reading is not None:
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+                return 0
+            engine, pending = Engine(pending, config_path), None
+            old, lock = lock, hold_data_dir(engine.data_dir)  # a new data_dir: lock it too
+            let_go_data_dir(old)
+    finally:
+        let_go_data_dir(lock)

@@ -7,7 +7,9 @@ edge-stream secret encrypt [VALUE] [-c FILE]     print ENC(...) for VALUE (or st
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
-edge-stream store reset                          move a damaged store aside, start empty
+edge-stream store reset [--force]                move a damaged store aside, start empty
+                                                 (--force: a valid one too; never while
+                                                 a gateway runs on the data_dir)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import getpass
 import json
 import os
+import sqlite3
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -27,7 +30,13 @@ from gateway.config import secrets
 from gateway.config.load import apply_env, load, parse_text, read_text
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
-from gateway.store.sqlite import StoreError, open_readonly
+from gateway.store.sqlite import (
+    StoreError,
+    hold_data_dir,
+    let_go_data_dir,
+    not_a_store,
+    open_readonly,
+)
 
 DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
 
@@ -202,7 +211,7 @@ def _selection(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
 
 def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "reset":
-        return _store_reset(_store_path(args))
+        return _store_reset(_store_path(args), args.force)
     db = open_readonly(_store_path(args))
     now = time.time_ns()
     print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
@@ -237,24 +246,65 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _store_reset(path: Path) -> int:
-    """Move the store (and its -wal and -shm files) aside, so the next start is empty."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    moved = []
-    for suffix in ("", "-wal", "-shm"):
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            source.rename(aside.with_name(aside.name + suffix))
-            moved.append(source.name)
-    if not moved:
+def _damage(path: Path) -> str | None:
+    """Why the store at `path` is damaged (header, tables, or SQLite's quick check of
+    every page), or None if it is whole."""
+    problem = not_a_store(path)
+    if problem is not None:
+        return problem
+    try:
+        db = open_readonly(path)
+        try:
+            found = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        return f"cannot be read ({err})"
+    return None if found == ["ok"] else f"is damaged ({'; '.join(found)})"
+
+
+def _store_reset(path: Path, force: bool = False) -> int:
+    """Move a damaged store (and its -wal and -shm files) aside, so the next start is
+    empty. Never while a gateway runs on the data_dir (it holds the data_dir's lock),
+    and a valid store only with --force."""
+    if not path.parent.is_dir():
         print(f"no store at {path}; the gateway starts with an empty one")
         return 0
-    print(
-        f"moved {', '.join(moved)} aside to {aside}; the gateway starts with an empty store"
-        " (stop it first if it is running)"
-    )
-    return 0
+    try:
+        lock = hold_data_dir(path.parent)
+    except StoreError as err:
+        print(f"edge-stream: store reset refused: {err}", file=sys.stderr)
+        return 1
+    try:
+        present = [
+            path.with_name(path.name + suffix)
+            for suffix in ("", "-wal", "-shm")
+            if path.with_name(path.name + suffix).exists()
+        ]
+        if not present:
+            print(f"no store at {path}; the gateway starts with an empty one")
+            return 0
+        problem = _damage(path)
+        if problem is None and not force:
+            print(
+                f"edge-stream: {path} is a valid store, not reset: it may hold data not"
+                " delivered yet (`edge-stream store stats` shows it). To start empty"
+                " anyway, add --force",
+                file=sys.stderr,
+            )
+            return 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for source in present:
+            source.rename(aside.with_name(aside.name + source.name[len(path.name) :]))
+        why = f"it {problem}" if problem else "--force"
+        print(
+            f"moved {', '.join(p.name for p in present)} aside to {aside} ({why});"
+            " the gateway starts with an empty store"
+        )
+        return 0
+    finally:
+        let_go_data_dir(lock)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -285,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
     dl.set_defaults(fn=cmd_dead_letters)
     st = with_config(sub.add_parser("store", help="store statistics"))
     st.add_argument("action", choices=["stats", "reset"])
+    st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
     st.set_defaults(fn=cmd_store)
     return p
 

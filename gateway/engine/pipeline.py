@@ -22,7 +22,14 @@ from gateway.config.model import Config, RetrySettings
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Backoff, Ingest, SinkRunner, SourceRunner
-from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
+from gateway.store.sqlite import (
+    Batch,
+    DeadLetter,
+    Store,
+    StoreError,
+    hold_data_dir,
+    let_go_data_dir,
+)
 
 log = logging.getLogger("gateway.engine")
 
@@ -118,9 +125,11 @@ class Engine:
         """Run until `stop()`; then shut down in order and return.
 
         The broker and the web server start before any loop does: an address in use or
-        a missing Mosquitto is a ConfigError (one line, exit 1), not a traceback.
+        a missing Mosquitto is a ConfigError (one line, exit 1), not a traceback. Before
+        them, the data_dir is locked: a second gateway on it is refused (StoreError).
         """
         web = None
+        lock = hold_data_dir(self.data_dir)
         try:
             self.broker = await open_gateway_broker(self.config, str(self.data_dir))
             self._build()
@@ -164,6 +173,7 @@ class Engine:
             if self.broker is not None and self.broker.embedded is not None:
                 await self.broker.embedded.stop()
             await self.store.close()
+            let_go_data_dir(lock)
         log.info("engine: stopped")
 
     def stop(self) -> None:

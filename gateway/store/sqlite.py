@@ -9,7 +9,8 @@ batch.
 Tables
   flowfiles     seq (AUTOINCREMENT: keys never repeat, even after the table
                 empties), the FlowFile, `sinks` (bit mask of the sinks that still
-                want it) and its size in bytes
+                want it), its size in bytes and `crc`, a CRC32 of all of these
+                (a row found corrupt loses the bit of the sink that read it)
   sinks         name -> bit and cursor (the last seq delivered or skipped)
   dead_letters  FlowFiles that can never be delivered, with the reason
   state         processor state and source positions, by component name
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from gateway.core.component import MARK_DUP, MARK_QOS2
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, PermanentError
 from gateway.core.flowfile import FlowFile, attributes_json
 
 log = logging.getLogger("gateway.store")
@@ -54,7 +57,8 @@ MAX_SINKS = 62
 # The disk under data_dir: a preallocated reserve file (store.reserve) is given up when
 # SQLite finds the disk full, so that sinks can still move their cursors and purge what
 # they delivered; intake pauses while less than DISK_LOW is free (the reserve counted as
-# free) and resumes above DISK_OK.
+# free) and resumes above DISK_OK once the reserve is back (it is made again as soon as
+# DISK_OK is free, which leaves DISK_OK counted as free with it).
 RESERVE_BYTES = 4 << 20
 DISK_LOW = 8 << 20
 DISK_OK = 12 << 20
@@ -265,6 +269,74 @@ class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
 
 
+class StoreDamaged(StoreError, PermanentError):
+    """SQLite found the store file damaged (SQLITE_CORRUPT): retrying cannot help; a sink
+    that meets it stops, shown as failed with this reason."""
+
+
+def _is_damaged(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(err)
+
+
+def damaged_text(path: Path, err: sqlite3.Error) -> str:
+    """The one line that says a store file is damaged and what to do about it."""
+    return (
+        f"store {path} is damaged ({err}): the FlowFiles in the damaged part cannot be"
+        " read. Stop the gateway and run `edge-stream store reset -c CONFIG` (it moves the"
+        f" file aside to {path.name}.corrupt-<time>; the gateway then starts empty)"
+    )
+
+
+# -- the data_dir lock ----------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+_locks: dict[Path, list[int]] = {}  # data_dir -> [fd, holders] for this process
+
+
+def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """Take the lock on `data_dir` (flock on <data_dir>/.lock) for this process.
+
+    A second gateway on the same data_dir, or `edge-stream store reset` while a
+    gateway runs, is refused by it. Holders in one process nest (a reload's new
+    engine takes it before the old one lets go); `let_go_data_dir` undoes one.
+    Returns the key to let go with.
+    """
+    key = Path(data_dir).resolve()
+    held = _locks.get(key)
+    if held is not None:
+        held[1] += 1
+        return key
+    key.mkdir(parents=True, exist_ok=True)
+    lock = key / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StoreError(
+                f"{key}: another Edge Stream process uses this data_dir (it holds {lock});"
+                " stop it first, or give this gateway its own gateway.data_dir"
+            ) from err
+        raise StoreError(f"{lock}: cannot lock the data_dir: {err}") from err
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _locks[key] = [fd, 1]
+    return key
+
+
+def let_go_data_dir(key: Path) -> None:
+    """Undo one `hold_data_dir`; the last holder releases the lock."""
+    held = _locks.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _locks[key]
+        os.close(held[0])  # closing the only descriptor releases the flock
+
+
 @dataclass
 class DeadLetter:
     flowfile: FlowFile
@@ -284,19 +356,52 @@ class Batch:
     replayed: list[int] = field(default_factory=list)
 
 
-def _checksum(fid: str, topic: str, attrs: str, content: Any, created: int, lineage: str) -> int:
-    """CRC32 of a stored FlowFile's fields, as they are written to and read from SQLite."""
-    head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0".encode()
-    if not isinstance(content, bytes):  # damage can turn the column into TEXT
+CRC_V2 = 1 << 32  # marks a checksum that covers the sinks mask and size too
+
+
+def _checksum(
+    fid: str,
+    topic: str,
+    attrs: str,
+    content: Any,
+    created: int,
+    lineage: str,
+    sinks: int | None = None,
+    size: int | None = None,
+) -> int:
+    """CRC32 of a stored FlowFile's fields, as they are written to and read from SQLite.
+
+    With `sinks` and `size` (every row written since they were covered), the result
+    carries CRC_V2 so that a reader knows which fields a stored checksum covers;
+    rows written before keep a bare CRC32 of the other fields.
+    """
+    head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0"
+    if sinks is not None:
+        head += f"{sinks}\0{size}\0"
+    if isinstance(content, str):  # damage can turn the column into TEXT
+        content = content.encode("utf-8", "surrogateescape")
+    elif not isinstance(content, bytes | bytearray | memoryview):
         content = str(content).encode()
-    return zlib.crc32(content, zlib.crc32(head))
+    crc = zlib.crc32(content, zlib.crc32(head.encode()))
+    return crc if sinks is None else crc | CRC_V2
+
+
+def _intact(row: tuple[Any, ...]) -> bool:
+    """Whether a row read as (seq, id, topic, attributes, content, created, lineage, size,
+    crc, sinks) matches its stored checksum (a row from before checksums has none)."""
+    _, fid, topic, attrs, content, created, lineage, size, crc, sinks = row
+    if crc is None:
+        return True
+    if int(crc) & CRC_V2:
+        return _checksum(fid, topic, attrs, content, created, lineage, sinks, size) == int(crc)
+    return _checksum(fid, topic, attrs, content, created, lineage) == int(crc)
 
 
 def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
     attrs = attributes_json(ff.attributes)
     lineage = ",".join(ff.lineage)
     size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
-    crc = _checksum(ff.id, ff.topic, attrs, ff.content, ff.created, lineage)
+    crc = _checksum(ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
     return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size, crc)
 
 
@@ -387,6 +492,7 @@ class Store:
         self.reserve = self.path.with_name("store.reserve")
         self.disk_full = False
         self.disk_free = 0
+        self._no_reserve = False  # the reserve cannot be made on this file system
 
     # -- lifecycle -------------------------------------------------------
 
@@ -504,6 +610,8 @@ class Store:
                 raise StoreError(
                     f"store {self.path}: disk full ({self.disk_text()}): {err}"
                 ) from err
+            if _is_damaged(err):
+                raise StoreDamaged(damaged_text(self.path, err)) from err
             raise StoreError(f"store {self.path}: {err}") from err
 
     def _spared(self, fn: Callable[..., T], *args: Any) -> T:
@@ -562,26 +670,38 @@ class Store:
                 self.disk_text(),
                 DISK_OK >> 20,
             )
-        elif self.disk_full and room > DISK_OK:
+        elif self.disk_full and room > DISK_OK and (self.reserve.exists() or self._no_reserve):
+            # The reserve first (the maintenance loop makes it again): without it the
+            # next full disk would leave delivery no room to move its cursors.
             self.disk_full = False
             log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
         return self.disk_full
 
     def _keep_reserve_sync(self) -> None:
-        """Create the reserve file when it is missing and there is room for it."""
-        if self.reserve.exists() or self.disk_full:
+        """Create the reserve file when it is missing and DISK_OK is free.
+
+        Also while intake is paused for a full disk: intake resumes only once the
+        reserve is back (see `check_disk`), and making it then changes nothing of
+        what counts as free.
+        """
+        if self.reserve.exists():
             return
+        new = self.reserve.with_suffix(".new")
         try:
             st = os.statvfs(self.path.parent)
-            if st.f_bavail * st.f_frsize < DISK_OK + RESERVE_BYTES:
+            if st.f_bavail * st.f_frsize < DISK_OK:
                 return
-            fd = os.open(self.reserve.with_suffix(".new"), os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(new, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)
             finally:
                 os.close(fd)
-            os.replace(self.reserve.with_suffix(".new"), self.reserve)
+            os.replace(new, self.reserve)
         except OSError as err:
+            new.unlink(missing_ok=True)
+            if err.errno != errno.ENOSPC:
+                # a file system that cannot hold it: intake must not wait for it forever
+                self._no_reserve = True
             log.warning("store: cannot keep the disk reserve %s: %s", self.reserve, err)
 
     # -- facts -----------------------------------------------------------
@@ -698,29 +818,19 @@ class Store:
     def _release_sync(self, source: str, ids: list[int]) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
-        try:
+        with _transaction(db):
             db.executemany(
                 "DELETE FROM inbound_held WHERE source = ? AND packet_id = ?",
                 [(source, i) for i in ids],
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _new_session_sync(self, source: str) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
-        try:
+        with _transaction(db):
             db.execute("DELETE FROM inbound_held WHERE source = ?", (source,))
             db.execute("DELETE FROM inbound WHERE source = ?", (source,))
             db.execute("UPDATE inbound_ids SET last_id = 0, run = 0 WHERE source = ?", (source,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # -- ingest ------------------------------------------------------------
 
@@ -935,7 +1045,8 @@ class Store:
         Returns the rows and the seq up to which this read saw everything for
         the sink (so a sink with nothing to do can still move its cursor on).
         A FlowFile read from disk whose checksum does not match what was stored
-        goes to the dead letters ("corrupt in store") instead of being returned.
+        goes to the dead letters ("corrupt in store") instead of being returned,
+        once per sink: its bit for `sink` is taken off in the same transaction.
         """
         budget = (1 << 62) if max_bytes is None else max_bytes
         tail = self._tail
@@ -957,8 +1068,11 @@ class Store:
             self._spared, self._read_sync, sink, after, limit, budget
         )
         if corrupt:
+            # Recorded once: the read took the sink's bit off these rows, so no later
+            # read (a retry, a dropped read-ahead) sees them again.
             self.dead_count += len(corrupt)
             self._depth[sink] = max(0, self._depth[sink] - len(corrupt))
+            self._unmark_tail(sink, {seq for seq, _ in corrupt})
             log.error(
                 "store: %d FlowFile(s) for sink %s are corrupt in store (checksum mismatch;"
                 " first: seq %d, id %s); they are in the dead letters, not delivered",
@@ -969,15 +1083,22 @@ class Store:
             )
         return rows, seen
 
+    def _unmark_tail(self, sink: str, seqs: set[int]) -> None:
+        bit = self.bit(sink)
+        for i, (seq, ff, mask, size) in enumerate(self._tail):
+            if seq in seqs:
+                self._tail[i] = (seq, ff, mask & ~bit, size)
+
     def _read_sync(
         self, sink: str, after: int, limit: int, budget: int
     ) -> tuple[list[tuple[int, FlowFile]], int, list[tuple[int, str]]]:
         db = self._db
         assert db is not None
+        bit = 1 << self._bits[sink]
         cur = db.execute(
-            "SELECT seq, id, topic, attributes, content, created, lineage, size, crc"
+            "SELECT seq, id, topic, attributes, content, created, lineage, size, crc, sinks"
             " FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT ?",
-            (after, 1 << self._bits[sink], limit),
+            (after, bit, limit),
         )
         good: list[tuple[Any, ...]] = []
         bad: list[tuple[Any, ...]] = []
@@ -989,11 +1110,11 @@ class Store:
             if good and taken + row[7] > budget:
                 cut = True
                 break
-            if row[8] is not None and _checksum(*row[1:7]) != row[8]:
-                bad.append(row)
-            else:
+            if _intact(row):
                 good.append(row)
                 taken += row[7]
+            else:
+                bad.append(row)
         cur.close()
         scanned = good + bad
         if cut or len(scanned) == limit:
@@ -1002,12 +1123,18 @@ class Store:
             end = db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]
             seen = max(end, after)
         if bad:
+            # Dead-lettered and taken off this sink in one transaction: the row stays for
+            # the other sinks (each records it once too) until the purge.
             now = time.time_ns()
             reason = "corrupt in store: its checksum does not match what was stored"
             with _transaction(db):
                 db.executemany(
                     _INSERT_DEAD,
                     [(*row[1:7], "store", sink, reason, now) for row in bad],
+                )
+                db.executemany(
+                    "UPDATE flowfiles SET sinks = sinks & ~? WHERE seq = ?",
+                    [(bit, row[0]) for row in bad],
                 )
         return (
             [(row[0], _decode(row)) for row in good],
@@ -1085,6 +1212,7 @@ class Store:
                     break
                 db.execute("PRAGMA incremental_vacuum(256)").fetchall()
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._keep_reserve_sync()  # before intake resumes (see `check_disk`)
             return int(purged), int(freed)
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:

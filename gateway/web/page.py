@@ -14,6 +14,7 @@ STATUS_PAGE = """<!doctype html>
 </style></head><body>
 <h1>Edge Stream <span id="gw" class="muted"></span></h1>
 <div id="summary" class="muted">loading...</div>
+<div id="alert" class="bad"></div>
 <h2>Sources</h2><table id="sources"></table>
 <h2>Sinks</h2><table id="sinks"></table>
 <h2>Routes</h2><table id="routes"></table>
@@ -36,6 +37,12 @@ async function refresh() {
       (st.blocked ? " (BLOCKED: buffer full)" : "") + ` - ${st.dropped} dropped - ` +
       `${s.dead_letters} dead letters` + (s.broker ? ` - MQTT broker ${s.broker.url}` +
       (s.broker.embedded ? " (embedded)" : "") : "");
+    const mib = n => (n/1048576).toFixed(1);
+    document.getElementById("alert").textContent = st.disk && st.disk.full ?
+      `DISK FULL: ${mib(st.disk.free_bytes)} MiB free under the data_dir, store ` +
+      `${mib(st.disk.store_bytes)} MiB (store.db and WAL)` +
+      (st.disk.reserve ? "" : ", reserve given up") +
+      ". Intake is paused; sinks keep delivering and purging. Free some space." : "";
     table("sources", ["name", "state", "produced", "dropped", "errors", "last error"],
       Object.entries(s.sources).map(([n, r]) => `<tr><td>${esc(n)}</td><td class=${cls(r.state)}>` +
         `${esc(r.state)}</td><td>${r.produced}</td><td class=${r.dropped ? "warn" : ""}>` +

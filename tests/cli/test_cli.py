@@ -669,3 +669,47 @@ def test_store_stats_shows_depth_and_oldest_age_per_sink_while_the_gateway_runs(
     assert re.fullmatch(r"50 FlowFiles, [\d.]+ MiB buffered; 0 dead letter\(s\)", summary)
     assert gw.sink("warehouse")["state"] != "running"
     assert gw.stop() == 0
+
+
+# -- store reset and the data_dir lock -----------------------------------------------------
+
+
+def test_store_reset_refuses_a_running_gateway_and_a_valid_store_without_force(
+    mosquitto: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    table = "cli_reset"
+    config = mqtt_gateway(mosquitto, table, {"archive": {"type": "file"}})
+    gw = gateway_factory(config)
+    gw.start()
+    publish(mosquitto.port, [(f"{table}/a", json.dumps({"seq": 1}))])
+    wait_for(lambda: gw.status()["gateway"]["ingested"] == 1, 30, "the reading stored")
+    for extra in ([], ["--force"]):
+        refused = cli("store", "reset", *extra, "-c", str(gw.config_path))
+        assert refused.returncode == 1, refused.stdout
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "another Edge Stream process uses this data_dir" in refused.stderr
+        assert str(gw.data_dir.resolve()) in refused.stderr
+    assert not list(gw.data_dir.glob("store.db.corrupt-*")), "the running store stays put"
+    # a second gateway on the same data_dir does not start either
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(gw.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another Edge Stream process uses this data_dir" in lines[0]
+    assert gw.status()["gateway"]["ingested"] == 1, "the first gateway runs on"
+    assert gw.stop() == 0
+    # stopped: a valid store still needs --force
+    valid = cli("store", "reset", "-c", str(gw.config_path))
+    assert valid.returncode == 1 and "is a valid store" in valid.stderr
+    assert "--force" in valid.stderr
+    assert len(valid.stderr.splitlines()) == 1
+    assert not list(gw.data_dir.glob("store.db.corrupt-*"))
+    forced = cli("store", "reset", "--force", "-c", str(gw.config_path))
+    assert forced.returncode == 0, forced.stderr
+    assert len(list(gw.data_dir.glob("store.db.corrupt-*"))) == 1
+    assert not gw.store_path.exists()

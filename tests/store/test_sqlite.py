@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import _store_reset
 from gateway.core.component import MARK_QOS2
+from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
 
@@ -406,3 +412,198 @@ async def test_qos2_messages_count_in_the_window_of_a_qos1_mark(tmp_path: Path) 
     await store.commit(batch([], inbound=[("mqtt1", 9, b"next-msg")]))
     assert store.committed("mqtt1", 9, b"next-msg")
     await store.close()
+
+
+def _flip_content(path: Path, index: int) -> tuple[int, bytes]:
+    """Change one byte of the `index`th stored payload behind the store's back."""
+    db = sqlite3.connect(path)
+    seq, content = db.execute("SELECT seq, content FROM flowfiles ORDER BY seq").fetchall()[index]
+    flipped = content[:50] + bytes([content[50] ^ 0x01]) + content[51:]
+    db.execute("UPDATE flowfiles SET content = ? WHERE seq = ?", (flipped, seq))
+    db.commit()
+    db.close()
+    return seq, flipped
+
+
+async def test_a_corrupt_row_read_again_is_dead_lettered_once(tmp_path: Path) -> None:
+    """Upstream down: the sink reads the same range again and again without moving its
+    cursor. The corrupt row is recorded once, and the depth counts it once."""
+    store = await open_store(tmp_path, ("a", "b"))
+    both = store.bit("a") | store.bit("b")
+    await store.commit(batch([(ff(i, size=100), both) for i in range(5)]))
+    await store.close()
+    seq, _ = _flip_content(tmp_path / "store.db", 2)
+    store = await open_store(tmp_path, ("a", "b"))
+    assert store.depth("a") == 5
+    for _ in range(3):
+        rows, seen = await store.read("a", store.cursor("a"), 100)
+        assert [s for s, _ in rows] == [s for s in range(seq - 2, seq + 3) if s != seq]
+        assert store.depth("a") == 4 and store.dead_count == 1
+    dead = await store.query("SELECT sink FROM dead_letters")
+    assert dead == [("a",)]
+    await store.close()
+    # after a restart too: the row is no longer waiting for a, still for b
+    store = await open_store(tmp_path, ("a", "b"))
+    assert store.depth("a") == 4 and store.depth("b") == 5 and store.dead_count == 1
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    assert len(rows) == 4 and store.dead_count == 1
+    await store.advance("a", seen, len(rows), [])
+    assert store.depth("a") == 0
+    rows, seen = await store.read("b", store.cursor("b"), 100)
+    rows, seen = await store.read("b", store.cursor("b"), 100)
+    assert len(rows) == 4 and store.depth("b") == 4 and store.dead_count == 2
+    await store.close()
+
+
+async def test_a_damaged_sinks_mask_or_size_is_caught(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a", "b"))
+    await store.commit(batch([(ff(i, size=100), store.bit("a")) for i in range(3)]))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    seqs = [row[0] for row in db.execute("SELECT seq FROM flowfiles ORDER BY seq")]
+    db.execute("UPDATE flowfiles SET sinks = 3 WHERE seq = ?", (seqs[0],))  # b's bit on
+    db.execute("UPDATE flowfiles SET size = size + 1 WHERE seq = ?", (seqs[1],))
+    db.commit()
+    db.close()
+    store = await open_store(tmp_path, ("a", "b"))
+    rows_b, _ = await store.read("b", store.cursor("b"), 100)
+    assert rows_b == [], "a FlowFile never routed to b is not delivered to it"
+    rows_a, _ = await store.read("a", store.cursor("a"), 100)
+    # the first row, once b's stray bit is gone, is whole again for a
+    assert [s for s, _ in rows_a] == [seqs[0], seqs[2]]
+    dead = await store.query("SELECT sink FROM dead_letters ORDER BY seq")
+    assert dead == [("b",), ("a",)]
+    await store.close()
+
+
+async def test_bytearray_content_is_not_taken_for_corrupt(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, ("a",))
+    content = bytearray(b'{"t": 21.5}')
+    await store.commit(batch([(FlowFile.create("t/1", content), store.bit("a"))]))  # type: ignore[arg-type]
+    store.forget_tail()  # read from disk, where the checksum is checked
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert [f.content for _, f in rows] == [b'{"t": 21.5}'] and store.dead_count == 0
+    await store.close()
+
+
+async def test_checksums_written_before_they_covered_sinks_and_size_still_match(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i, size=100), store.bit("a")) for i in range(2)]))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    for seq, fid, topic, attrs, content, created, lineage in db.execute(
+        "SELECT seq, id, topic, attributes, content, created, lineage FROM flowfiles"
+    ).fetchall():
+        head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0".encode()
+        crc = zlib.crc32(content, zlib.crc32(head))  # as the first stores wrote it
+        db.execute("UPDATE flowfiles SET crc = ? WHERE seq = ?", (crc, seq))
+    db.commit()
+    db.close()
+    store = await open_store(tmp_path, ("a",))
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert len(rows) == 2 and store.dead_count == 0
+    await store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB tmpfs (the tests run as root); unmounted at the end whatever happened."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def take_disk(path: Path, leave: int) -> None:
+    """Write a file at `path` that leaves about `leave` bytes free on its file system."""
+    st = os.statvfs(path.parent)
+    with path.open("wb") as f:
+        left = st.f_bavail * st.f_frsize - leave
+        while left > 0:
+            chunk = min(left, 1 << 20)
+            try:
+                f.write(b"\0" * chunk)
+                f.flush()
+            except OSError:
+                break
+            left -= chunk
+
+
+async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) -> None:
+    """A full disk took the reserve; once space comes back, intake resumes only with the
+    reserve made again, so the next full disk has one too."""
+    store = await open_store(small_disk, ("a",))
+    assert store.reserve.exists() and not store.check_disk()
+    for round_ in range(2):
+        filler = small_disk / "filler"
+        take_disk(filler, 2 << 20)
+        assert store.check_disk(), "less than DISK_LOW free, the reserve counted"
+        store.reserve.unlink()  # what the store does when SQLite finds the disk full
+        await store.maintain(["a"])
+        assert store.disk_full and not store.reserve.exists()
+        filler.unlink()  # the operator makes room: 20 MB free
+        while store.check_disk():
+            await store.maintain(["a"])  # the maintenance loop, once a second
+        assert store.reserve.exists(), f"round {round_}: intake resumed without the reserve"
+    await store.close()
+
+
+@pytest.mark.parametrize("action", ["release", "new_session"])
+async def test_a_full_disk_is_named_when_qos2_ids_are_forgotten(
+    small_disk: Path, action: str
+) -> None:
+    """SQLite rolls back by itself on a full disk: the error says "disk full", not that
+    a ROLLBACK after it found no transaction."""
+    store = await open_store(small_disk, ("a",))
+    held = [("src", i, b"d" * 8 + bytes([MARK_QOS2])) for i in range(1, 2001)]
+    await store.commit(batch([], held))
+    await store.close()
+    store = await open_store(small_disk, ("a",))
+    store.reserve.unlink()
+    filler = small_disk / "filler"
+    take_disk(filler, 0)
+    marks = store.marks("src")
+    with pytest.raises(StoreError) as err:
+        if action == "release":
+            await marks.release(list(range(1, 2001)))
+        else:
+            await marks.new_session()
+    assert "disk full" in str(err.value) and "cannot rollback" not in str(err.value)
+    filler.unlink()
+    await store.close()
+
+
+async def test_a_damaged_database_page_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """SQLite finds a page of the flowfiles table damaged (SQLITE_CORRUPT): the read does
+    not fail as a retryable error forever but as a permanent one (the sink stops, shown as
+    failed) whose one line names the store file and `edge-stream store reset`."""
+    store = await open_store(tmp_path, ("a",))
+    flowfiles = [ff(i, size=200) for i in range(500)]
+    await store.commit(batch([(f, store.bit("a")) for f in flowfiles]))
+    await store.close()
+    store = await open_store(tmp_path, ("a",))
+    await store.query("PRAGMA shrink_memory")  # what it read at open is read again
+    data = bytearray((tmp_path / "store.db").read_bytes())
+    page_size = (await store.query("PRAGMA page_size"))[0][0]
+    where = data.index(flowfiles[250].id.encode())
+    start = where - where % page_size
+    data[start : start + 16] = b"\xff" * 16  # the page header: not a b-tree page any more
+    with (tmp_path / "store.db").open("r+b") as f:
+        f.seek(start)
+        f.write(data[start : start + 16])
+    with pytest.raises(StoreError) as err:
+        await store.read("a", store.cursor("a"), 1000)
+    assert isinstance(err.value, PermanentError)
+    message = str(err.value)
+    assert str(tmp_path / "store.db") in message and "damaged" in message
+    assert "edge-stream store reset" in message and "\n" not in message
+    await store.close()
+    # and `store reset` takes it for damaged: no --force needed
+    assert _store_reset(tmp_path / "store.db") == 0
+    assert not (tmp_path / "store.db").exists()
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("store.db.corrupt-")]) == 1

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -112,3 +113,46 @@ def test_listening_beyond_localhost_needs_credentials() -> None:
     with pytest.raises(ConfigError, match=r"needs web\.username and web\.password"):
         load_data({"web": {"listen": "0.0.0.0:8080"}}, environ={})
     load_data({"web": {"listen": "0.0.0.0:8080", "username": "a", "password": "b"}}, environ={})
+
+
+# The page's own script, run by Node.js with a DOM of plain objects: what it would show.
+RENDER = """
+const fs = require("fs");
+const [html, status] = [fs.readFileSync(0, "utf8"), JSON.parse(process.argv[1])];
+const script = html.slice(html.indexOf("<script>") + 8, html.indexOf("</script>"));
+const shown = {};
+globalThis.document = {getElementById: id => (shown[id] ??= {textContent: "", innerHTML: ""})};
+globalThis.fetch = async url => ({json: async () => url.startsWith("api/status") ? status : []});
+globalThis.setInterval = () => 0;
+eval(script);
+process.once("beforeExit", () => console.log(JSON.stringify(shown)));  // refresh() is done
+"""
+
+
+def render(html: bytes, status: dict[str, Any]) -> dict[str, dict[str, str]]:
+    out = subprocess.run(
+        ["node", "-e", RENDER, json.dumps(status)],
+        input=html,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+async def test_the_status_page_says_disk_full_with_the_numbers(served: str) -> None:
+    _, page = await asyncio.to_thread(get, f"{served}/")
+    _, body = await asyncio.to_thread(get, f"{served}/api/status")
+    status = json.loads(body)
+    assert status["store"]["disk"]["full"] is False
+    shown = await asyncio.to_thread(render, page, status)
+    assert "web-test" in shown["gw"]["textContent"]
+    assert not any("DISK FULL" in e["textContent"] for e in shown.values())
+    # the same status as the store reports it once the disk is full
+    status["store"]["disk"].update(
+        full=True, free_bytes=3 * 1048576, store_bytes=15 * 1048576, reserve=False
+    )
+    shown = await asyncio.to_thread(render, page, status)
+    alert = next((e["textContent"] for e in shown.values() if "DISK" in e["textContent"]), "")
+    assert alert.startswith("DISK FULL: 3.0 MiB free") and "store 15.0 MiB" in alert
+    assert "reserve given up" in alert and "Intake is paused" in alert
