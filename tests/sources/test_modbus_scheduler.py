@@ -4,6 +4,8 @@ and the jobs the source runs in its TaskGroup."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from typing import Any
 
 import pytest
@@ -71,6 +73,18 @@ async def test_stop_cancels_the_jobs_and_waits_for_them() -> None:
     with pytest.raises(RuntimeError, match="between connect"):
         jobs.spawn(asyncio.sleep(0))
     await jobs.stop()  # twice is fine
+
+
+async def test_a_job_stopped_before_it_began_is_closed_quietly() -> None:
+    jobs = Jobs(lambda: None)
+    await jobs.start()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        job = jobs.spawn(asyncio.sleep(0))  # read() spawns, returns, and close() follows
+        await jobs.stop()
+        del job
+        gc.collect()
+    assert [w for w in seen if "never awaited" in str(w.message)] == []
 
 
 async def test_a_failing_job_keeps_its_error_and_cancels_nobody() -> None:

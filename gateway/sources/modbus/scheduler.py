@@ -70,9 +70,10 @@ async def wait(clock: Clock, wake: asyncio.Event, delay: float | None) -> None:
 class Job(Generic[T]):
     """One background job: its task, and once it has ended, its outcome."""
 
-    __slots__ = ("error", "task", "value")
+    __slots__ = ("coro", "error", "task", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.coro = coro
         self.task: asyncio.Task[None] | None = None
         self.value: T | None = None
         self.error: Exception | None = None
@@ -118,14 +119,14 @@ class Jobs:
         if self._group is None:
             coro.close()
             raise RuntimeError("the source's jobs run between connect() and close()")
-        job: Job[T] = Job()
-        job.task = self._group.create_task(self._run(job, coro))
+        job = Job(coro)
+        job.task = self._group.create_task(self._run(job))
         self._jobs.add(job)
         return job
 
-    async def _run(self, job: Job[T], coro: Coroutine[Any, Any, T]) -> None:
+    async def _run(self, job: Job[T]) -> None:
         try:
-            job.value = await coro
+            job.value = await job.coro
         except Exception as err:  # kept for the source to raise from read(); see the class
             job.error = err
         finally:
@@ -141,3 +142,5 @@ class Jobs:
                 job.task.cancel()
         if stack is not None:
             await stack.aclose()
+        for job in jobs:
+            job.coro.close()  # one cancelled before it began was never awaited: no warning
