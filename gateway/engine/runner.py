@@ -8,35 +8,17 @@ reporting, and no component sleeps in a retry loop of its own.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from itertools import repeat
 from typing import Any
 
 from gateway.config.model import RetrySettings, SinkConfig
+from gateway.core.backoff import Backoff as Backoff  # also imported from here by pipeline.py
 from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.store.sqlite import DeadLetter, Store, StoreError
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: each wait is random in [0, cap]."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = max(initial, 0.001)
-        self.maximum = max(maximum, self.initial)
-        self.attempt = 0
-
-    def next(self) -> float:
-        cap = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 32)
-        return random.uniform(self.initial / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
 
 # attributes dict id -> (the dict, its size): most FlowFiles share a few small dicts (the
 # MQTT source makes one per topic); holding the dict keeps its id from being reused

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from modbus_plc import layout as regs_for
 
-from gateway.sources import _modbus_codec as codec
+from gateway.sources.modbus import codec, planner
 
 
 def decode(type_name: str, regs: list[int], **kw: Any) -> Any:
@@ -138,32 +138,32 @@ def test_type_names() -> None:
 
 def test_planner_merges_runs_and_fills_small_gaps() -> None:
     spans = [(0, 1), (1, 2), (3, 1), (10, 1), (40, 2), (41, 1)]
-    blocks = codec.plan(spans, max_count=125, max_gap=8)
+    blocks = planner.plan(spans, max_count=125, max_gap=8)
     assert [(b.start, b.length) for b in blocks] == [(0, 11), (40, 2)]
     assert blocks[0].runs == ((0, 4), (10, 1))
     assert sorted(blocks[0].items) == [0, 1, 2, 3]
-    assert codec.plan(spans, max_count=125, max_gap=0)[0].length == 4
-    assert len(codec.plan(spans, max_count=125, max_gap=100)) == 1
+    assert planner.plan(spans, max_count=125, max_gap=0)[0].length == 4
+    assert len(planner.plan(spans, max_count=125, max_gap=100)) == 1
 
 
 def test_planner_never_exceeds_the_request_limit() -> None:
     spans = [(a, 1) for a in range(300)] + [(300, 2)]
-    blocks = codec.plan(spans, max_count=125, max_gap=10)
+    blocks = planner.plan(spans, max_count=125, max_gap=10)
     assert [(b.start, b.length) for b in blocks] == [(0, 125), (125, 125), (250, 52)]
     assert sum(len(b.items) for b in blocks) == len(spans)
     # a two-register value never straddles two requests
     spans = [(a, 2) for a in range(0, 300, 2)]
-    for b in codec.plan(spans, max_count=125, max_gap=0):
+    for b in planner.plan(spans, max_count=125, max_gap=0):
         assert b.length <= 125
         assert all(spans[i][0] + 2 <= b.start + b.length for i in b.items)
-    bits = codec.plan([(a, 1) for a in range(0, 5000, 2)], max_count=2000, max_gap=16)
+    bits = planner.plan([(a, 1) for a in range(0, 5000, 2)], max_count=2000, max_gap=16)
     assert all(b.length <= 2000 for b in bits)
     assert len(bits) == 3
 
 
 def test_split_runs() -> None:
     spans = [(0, 2), (5, 1), (6, 1), (20, 1)]
-    (block,) = codec.plan(spans, max_count=125, max_gap=20)
-    parts = codec.split_runs(spans, block)
+    (block,) = planner.plan(spans, max_count=125, max_gap=20)
+    parts = planner.split_runs(spans, block)
     assert [(p.start, p.length, p.items) for p in parts] == [(0, 2, (0,)), (5, 2, (1, 2)),
                                                               (20, 1, (3,))]  # fmt: skip

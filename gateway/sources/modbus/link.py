@@ -15,7 +15,9 @@ answered with a Modbus exception code).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,6 +122,22 @@ class LinkSpec:
         if self.kind == "rtu":
             return f"rtu://{self.path}"
         return f"{self.kind}://{self.host}:{self.port}"
+
+
+async def quiet_until(deadline: float) -> None:
+    """Keep the line silent until `deadline` (time.monotonic), precisely.
+
+    This is wire timing, not scheduling, so it uses real time rather than the
+    injected clock. The loop's timers wake up to a millisecond late (epoll counts
+    whole milliseconds), which at 115200 baud would cost half the 1.75 ms gap
+    again per request; so sleep until a millisecond before, then yield to other
+    tasks until the gap is over (at most ~1 ms of CPU per request).
+    """
+    remaining = deadline - time.monotonic()
+    if remaining > 0.0015:
+        await asyncio.sleep(remaining - 0.001)
+    while time.monotonic() < deadline:  # noqa: ASYNC110 - precision, see above
+        await asyncio.sleep(0)
 
 
 _SERIAL_KEYS = {"baudrate", "parity", "stopbits", "bytesize"}

@@ -1,4 +1,4 @@
-"""Modbus data types and the request planner: pure functions, no I/O.
+"""Modbus data types: decoding and encoding register values, pure functions, no I/O.
 
 A value occupies one bit (coils, discrete inputs, or one bit of a register) or
 `width` 16-bit registers. Multi-register values are decoded from the big-endian
@@ -225,65 +225,6 @@ def encode(
     return regs
 
 
-class Block(NamedTuple):
-    """One read request: `length` registers (or bits) from `start`, and which items it covers."""
-
-    start: int
-    length: int
-    items: tuple[int, ...]  # indexes into the planner's input
-    runs: tuple[tuple[int, int], ...]  # contiguous (start, count) runs without filler
-
-
-def plan(spans: Sequence[tuple[int, int]], max_count: int, max_gap: int) -> list[Block]:
-    """Merge (start, width) spans into as few reads as possible.
-
-    Spans sorted by address are merged while the block stays within `max_count`
-    and the hole to the next span is at most `max_gap`; overlapping spans share
-    a block. A span wider than `max_count` cannot be read and raises ValueError.
-    """
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], -spans[i][1]))
-    blocks: list[Block] = []
-    cur_start = cur_end = -1
-    cur_items: list[int] = []
-    runs: list[tuple[int, int]] = []
-    run_start = run_end = -1
-
-    def flush() -> None:
-        if cur_items:
-            all_runs = (*runs, (run_start, run_end - run_start))
-            blocks.append(Block(cur_start, cur_end - cur_start, tuple(cur_items), all_runs))
-
-    for i in order:
-        start, width = spans[i]
-        width = max(width, 1)
-        if width > max_count:
-            raise ValueError(f"a value of {width} registers exceeds the request limit {max_count}")
-        end = start + width
-        if cur_items and start - cur_end <= max_gap and max(end, cur_end) - cur_start <= max_count:
-            if start > run_end:
-                runs.append((run_start, run_end - run_start))
-                run_start = start
-            run_end = max(run_end, end)
-            cur_end = max(cur_end, end)
-            cur_items.append(i)
-            continue
-        flush()
-        cur_start, cur_end, cur_items = start, end, [i]
-        runs, run_start, run_end = [], start, end
-    flush()
-    return blocks
-
-
-def split_runs(spans: Sequence[tuple[int, int]], block: Block) -> list[Block]:
-    """The block re-planned without filler between its runs (for devices that refuse holes)."""
-    out: list[Block] = []
-    for run_start, run_count in block.runs:
-        run_end = run_start + run_count
-        items = tuple(i for i in block.items if run_start <= spans[i][0] < run_end)
-        out.append(Block(run_start, run_count, items, ((run_start, run_count),)))
-    return out
-
-
 def json_scalar(value: Any) -> str:
     """A value as JSON text; NaN and infinities (not JSON) become null."""
     if value is True:
@@ -297,3 +238,42 @@ def json_scalar(value: Any) -> str:
     if value is None:
         return "null"
     return json.dumps(value, ensure_ascii=False)
+
+
+_pack_cache: dict[int, Callable[..., bytes]] = {}
+
+
+def pack(regs: Sequence[int]) -> bytes:
+    """Registers as the big-endian bytes the decoders read."""
+    n = len(regs)
+    packer = _pack_cache.get(n)
+    if packer is None:
+        packer = _pack_cache[n] = struct.Struct(f">{n}H").pack
+    return packer(*regs)
+
+
+def as_bool(value: Any) -> bool:
+    """A write-back value for a coil or bit: true/false, 1/0, on/off; else ValueError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+        return value.lower() in ("true", "on", "1")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_command(payload: bytes) -> tuple[Any, Any]:
+    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        try:
+            return payload.decode("utf-8"), None
+        except UnicodeDecodeError as err:
+            raise ValueError("payload is neither JSON nor UTF-8 text") from err
+    if isinstance(data, dict):
+        if "value" not in data:
+            raise ValueError('a JSON object needs a "value" key')
+        return data["value"], data.get("id")
+    return data, None
