@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean
+from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean, mask_password
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -70,7 +70,8 @@ class MqttSection:
         ):
             yield (
                 "url",
-                f"{self.url!r} must be 'auto', 'embedded', mqtt://host:port or mqtts://host:port",
+                f"{mask_password(self.url)!r} must be 'auto', 'embedded', mqtt://host:port"
+                " or mqtts://host:port",
             )
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -471,8 +471,8 @@ def test_a_problem_from_an_environment_override_names_the_variable(tmp_path: Pat
     assert problems(path, environ) == [
         "EDGE_STREAM__SINKS__WAREHOUSE__BATCH: sinks.warehouse.batch.max_rows:"
         " must be between 1 and 50000",
-        "EDGE_STREAM__SINKS__WAREHOUSE__DSN: sinks.warehouse.dsn: the port 'notaport' must be"
-        " a number from 1 to 65535",
+        "EDGE_STREAM__SINKS__WAREHOUSE__DSN: sinks.warehouse.dsn: the port is not a number"
+        " from 1 to 65535",
     ]
 
 
@@ -489,24 +489,24 @@ def test_an_alias_bomb_in_an_environment_override_is_refused(tmp_path: Path) -> 
 # -- DSNs -----------------------------------------------------------------------------
 
 
-PORT = "must be a number from 1 to 65535"
+PORT = "the port is not a number from 1 to 65535"
+V6 = "write an IPv6 address in brackets, e.g. [::1]:5432"
+ENCODE = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
 
 
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [
-        ("postgresql://gw:pw@db:notaport/t", f"the port 'notaport' {PORT}"),
-        ("postgresql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
-        ("postgresql://gw:pw@db:0/t", "the port '0' must be a number from 1 to 65535"),
-        ("postgresql://gw@[zz::1]:5432/t", "[zz::1] is not an IPv6 address"),
-        ("postgresql://gw@[::1/t",
-         "'[::1': an IPv6 address needs its closing ']', e.g. [::1]:5432"),
-        ("postgresql://gw@::1:5432/t",
-         "'::1:5432': write an IPv6 address in brackets, e.g. [::1]:5432"),
-        ("postgresql://a:5432,b:x/t", "the port 'x' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@db:port/t", "the port 'port' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@[::g]:3306/t", "[::g] is not an IPv6 address"),
+        ("postgresql://gw:pw@db:notaport/t", PORT),
+        ("postgresql://gw:pw@db:99999/t", PORT),
+        ("postgresql://gw:pw@db:0/t", PORT),
+        ("postgresql://gw@[zz::1]:5432/t", "the host in brackets is not an IPv6 address"),
+        ("postgresql://gw@[::1/t", "an IPv6 address needs its closing ']', e.g. [::1]:5432"),
+        ("postgresql://gw@::1:5432/t", V6),
+        ("postgresql://a:5432,b:x/t", PORT),
+        ("mysql://gw:pw@db:99999/t", PORT),
+        ("mysql://gw:pw@db:port/t", PORT),
+        ("mysql://gw:pw@[::g]:3306/t", "the host in brackets is not an IPv6 address"),
     ],
 )  # fmt: skip
 def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
@@ -518,9 +518,36 @@ def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
 
 
 @pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        # The user part ends early at '#', '/' or '?', and the rest of the password reads
+        # as a port or a host: the message must quote none of it.
+        ("postgresql://gw:hunter2#x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hunter2/x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hunter2?x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hun:ter2/x@db/t", V6 + ENCODE),
+        ("postgresql://gw:[hunter2/x@db/t", PORT + ENCODE),
+        ("postgresql://gw:p@ss:w@db.plant.lan:5432/t", "has more than one '@'" + ENCODE),
+        ("mysql://gw:hunter2/t", PORT),  # the '@' forgotten
+        ("mysql://gw:hun:ter2/t", V6),
+    ],
+)  # fmt: skip
+def test_a_dsn_problem_never_quotes_the_password(tmp_path: Path, dsn: str, message: str) -> None:
+    kind = "mysql" if dsn.startswith("mysql") else "postgres"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{dsn}'}}\n")
+    assert problems(path) == [f"{path}:3: sinks.db.dsn: {message}"]
+    environ = {"EDGE_STREAM__SINKS__DB__DSN": dsn}
+    good = "mysql://gw@db/t" if kind == "mysql" else "postgresql://gw@db/t"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{good}'}}\n")
+    found = problems(path, environ)
+    assert found == [f"EDGE_STREAM__SINKS__DB__DSN: sinks.db.dsn: {message}"]
+    assert not any("hunter2" in line or "ter2" in line for line in found)
+
+
+@pytest.mark.parametrize(
     "dsn",
     [
-        "postgresql://gw:p@ss:w@db.plant.lan:5432/telemetry",
+        "postgresql://gw:p%40ss:w%2F%23@db.plant.lan:5432/telemetry",
         "postgresql://gw:pw@[::1]:5432/t",
         "postgresql://gw@[fe80::1%eth0]/t",
         "postgres://gw@h1:5432,h2:5433/t?target_session_attrs=read-write",
@@ -606,4 +633,12 @@ def test_a_key_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     assert problems(path) == [
         f"{path}:1: gateway.secret_key_file: the key file {key_path} is not text: byte 0xff at"
         " offset 0; it must hold 64 hex digits or base64"
+    ]
+
+
+def test_a_wrong_mqtt_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    path = write(tmp_path, "mqtt: {url: 'http://gw:s3cret-pw@broker:1883'}\n")
+    assert problems(path) == [
+        f"{path}:2: mqtt.url: 'http://gw:***@broker:1883' must be 'auto', 'embedded',"
+        " mqtt://host:port or mqtts://host:port"
     ]
