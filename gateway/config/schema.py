@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import types
 import typing
@@ -159,14 +160,21 @@ def _base(tp: Any) -> Any:
     return get_args(tp)[0] if get_origin(tp) is Annotated else tp
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A config class's type hints and init fields, worked out once per class: a Modbus
+    register map of thousands of entries builds the same class thousands of times."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         problems.add(path, f"expected a mapping, got {type(value).__name__} {value!r}")
         return None
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _fields(cls)
     for key in value:
         if key not in fields:
             problems.add((*path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
