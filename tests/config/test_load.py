@@ -728,3 +728,23 @@ def test_a_wrong_mqtt_url_is_shown_without_its_password(tmp_path: Path) -> None:
         f"{path}:2: mqtt.url: 'http://gw:***@broker:1883' must be 'auto', 'embedded',"
         " mqtt://host:port or mqtts://host:port"
     ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("[::1]:1883", None),
+        ("127.0.0.1:1883", None),
+        ("::1:1883", "'::1:1883': write an IPv6 address in brackets, e.g. [::1]:1883"),
+        ("[::zz]:1883", "[::zz] is not an IPv6 address, e.g. [::1]:1883"),
+        ("[::1:1883", "'[::1:1883': write an IPv6 address in brackets, e.g. [::1]:1883"),
+    ],
+)
+def test_embedded_listen_takes_an_ipv6_address_in_brackets(
+    tmp_path: Path, listen: str, message: str | None
+) -> None:
+    path = write(tmp_path, f"mqtt: {{embedded_listen: '{listen}'}}\n")
+    if message is None:
+        assert load(path, environ={}).mqtt.embedded_listen == listen
+    else:
+        assert problems(path) == [f"{path}:2: mqtt.embedded_listen: {message}"]
