@@ -80,12 +80,17 @@ async def serve(config: Config, config_path: str | None = None) -> int:
                     "\n  ".join(err.problems),
                 )
             except Exception as err:  # the reload boundary: the running config must stay
+                # The loader turns every mistake in the file into a ConfigError; this is a
+                # bug of ours, said in one line (the traceback at DEBUG, for a report).
                 new = None
-                log.exception(
-                    "gateway: reload refused, the running config stays: reading %s failed: %s",
+                log.error(
+                    "gateway: reload refused, the running config stays: reading %s failed"
+                    " (%s: %s); please report this",
                     config_path,
+                    type(err).__name__,
                     err,
                 )
+                log.debug("gateway: the reload failed here", exc_info=True)
         if new is not None and not stops:
             pending = new
             log.info("gateway: reloading %s", config_path)

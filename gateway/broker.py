@@ -14,12 +14,15 @@ write-back and the like use (the gateway's broker):
   for other subscribers). An address in use is an error.
 - `mqtt://host:port` or `mqtts://host:port`: a broker run elsewhere.
 
-`mqtt.embedded_listen` (host:port, default 127.0.0.1:1883) is where the
-embedded broker listens. An address another program holds stops the start
-with one line that says what to change.
+`mqtt.embedded_listen` (host:port, default 127.0.0.1:1883; an IPv6 address in
+brackets, [::1]:1883) is where the embedded broker listens. An address another
+program holds stops the start with one line that says what to change.
 
 The gateway writes a mosquitto.conf under `<data_dir>/broker/`, starts
-`mosquitto` as a child process, restarts it if it dies and stops it on exit.
+`mosquitto` as a child process, restarts it if it dies and stops it on exit:
+SIGTERM, then up to 60 s for it to save its sessions and queued messages (logged
+while it waits), SIGKILL only then. A Mosquitto that a killed gateway left
+running on the same config is stopped the same way before a new one starts.
 The config keeps sessions and queued messages on disk (so sensors' QoS 1
 messages survive a broker restart) and raises Mosquitto's default queue limit
 of 1000 messages per offline client, which would otherwise drop data while the
@@ -48,7 +51,11 @@ from gateway.core.errors import ConfigError, RetryableError
 log = logging.getLogger("gateway.broker")
 PR_SET_PDEATHSIG = 1
 PROBE_TIMEOUT = 2.0
-LEFTOVER_WAIT = 5.0  # seconds a leftover broker of a killed gateway gets to exit
+# Seconds Mosquitto gets to exit on SIGTERM, ours at shutdown or a leftover of a killed
+# gateway, before SIGKILL: it saves its sessions and queued messages first, and with a
+# large queue that takes a while on an SD card. Messages since its last autosave were
+# already PUBACKed to sensors: a SIGKILL while it saves loses them.
+STOP_WAIT = 60.0
 # MQTT 3.1.1 CONNECT: clean session, keepalive 10 s, client id "edge-stream-probe"; every
 # MQTT broker answers it with a CONNACK (0x20), whatever it thinks of anonymous clients.
 _PROBE_ID = b"edge-stream-probe"
@@ -113,10 +120,10 @@ class PortInUse(RetryableError):
 class EmbeddedBroker:
     """A supervised Mosquitto child process."""
 
-    def __init__(self, data_dir: str, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port)
+    def __init__(self, data_dir: str, listen: str, mode: str = "embedded") -> None:
+        self.host, self.port = split_listen(listen)
+        self.address = join_address(self.host, self.port)
+        self.mode = mode  # mqtt.url: embedded, or auto when no broker answered
         self.dir = Path(data_dir).resolve() / "broker"
         self._proc: asyncio.subprocess.Process | None = None
         self.stopping = False
@@ -124,12 +131,19 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"mqtt://{self.address}"
 
     def _binary(self) -> str:
         for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
             if candidate and os.access(candidate, os.X_OK):
                 return candidate
+        if self.mode == "auto":
+            raise ConfigError(
+                f"mqtt.url is 'auto' and no MQTT broker answers on {self.address}"
+                " (mqtt.embedded_listen), so the gateway would start its own, but Mosquitto"
+                " is not installed: run 'apt-get install mosquitto' (or 'make deps'), or"
+                " point mqtt.url at a broker"
+            )
         raise ConfigError(
             "mqtt.url is 'embedded' but Mosquitto is not installed:"
             " run 'apt-get install mosquitto' (or 'make deps'), or point mqtt.url at a broker"
@@ -169,7 +183,7 @@ class EmbeddedBroker:
         except OSError as err:
             kind = PortInUse if err.errno == errno.EADDRINUSE else RetryableError
             raise kind(
-                f"the embedded broker cannot listen on {self.host}:{self.port}: {err.strerror}"
+                f"the embedded broker cannot listen on {self.address}: {err.strerror}"
                 " (is another MQTT broker running? stop it, or set mqtt.url to use it)"
             ) from err
         finally:
@@ -196,16 +210,16 @@ class EmbeddedBroker:
                 _, writer = await asyncio.open_connection(self.host, self.port)
                 writer.close()
                 await writer.wait_closed()
-                log.info("broker: embedded Mosquitto listening on %s:%d", self.host, self.port)
+                log.info("broker: embedded Mosquitto listening on %s", self.address)
                 return
             except OSError:
                 await asyncio.sleep(0.05)
-        raise RetryableError(f"the embedded Mosquitto did not open {self.host}:{self.port}")
+        raise RetryableError(f"the embedded Mosquitto did not open {self.address}")
 
     async def start_first(self) -> None:
         """The first start: an address in use, or a Mosquitto that cannot start, is a
         ConfigError (one line, and the process exits 1)."""
-        address = f"{self.host}:{self.port}"
+        address = self.address
         try:
             await self.start()
         except PortInUse as err:
@@ -250,7 +264,22 @@ class EmbeddedBroker:
         try:
             async with asyncio.timeout(5):
                 await proc.wait()
+                return
         except TimeoutError:
+            log.warning(
+                "broker: waiting up to %.0fs for the embedded Mosquitto to save its queued"
+                " messages and exit",
+                STOP_WAIT,
+            )
+        try:
+            async with asyncio.timeout(STOP_WAIT - 5):
+                await proc.wait()
+        except TimeoutError:
+            log.error(
+                "broker: the embedded Mosquitto did not exit within %.0fs; killed (messages"
+                " since its last autosave may be lost)",
+                STOP_WAIT,
+            )
             proc.kill()
             await proc.wait()
 
@@ -261,8 +290,14 @@ def in_use(key: str, address: str) -> str:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
+    """(host, port) from `host:port` or `[IPv6]:port`, the host without its brackets."""
     host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.removeprefix("[").removesuffix("]") or "127.0.0.1", int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets (as in a URL)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 Found = Literal["free", "mqtt", "other"]
@@ -314,22 +349,47 @@ def _leftover_pids(conf: Path) -> Iterator[int]:
             yield int(entry.name)
 
 
-async def wait_for_leftovers(conf: Path) -> None:
-    """Stop a leftover of our own embedded broker: SIGTERM (it saves its sessions and
-    queued messages), and SIGKILL after LEFTOVER_WAIT seconds."""
-    for attempt in range(int(LEFTOVER_WAIT / 0.05) + 100):
+async def wait_for_leftovers(conf: Path, limit: float = STOP_WAIT) -> None:
+    """Stop a leftover of our own embedded broker: SIGTERM, then wait for it to exit (it
+    saves its sessions and queued messages, which sensors already had PUBACKs for), and
+    SIGKILL only after `limit` seconds."""
+    pids = list(_leftover_pids(conf))
+    if not pids:
+        return
+    for pid in pids:
+        log.warning(
+            "broker: stopping the embedded Mosquitto a previous run left (pid %d); waiting"
+            " up to %.0fs for it to save its queued messages and exit",
+            pid,
+            limit,
+        )
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    said = loop.time()
+    while pids and loop.time() < deadline:
+        await asyncio.sleep(0.05)
         pids = list(_leftover_pids(conf))
-        if not pids:
-            return
-        if attempt == 0 or attempt * 0.05 >= LEFTOVER_WAIT:
-            for pid in pids:
-                log.warning(
-                    "broker: stopping the embedded Mosquitto a previous run left (pid %d)", pid
-                )
-                try:
-                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
-                except OSError:
-                    pass
+        if pids and loop.time() - said >= 10:
+            said = loop.time()
+            log.warning("broker: still waiting for the previous embedded Mosquitto to exit")
+    for pid in pids:
+        log.error(
+            "broker: the embedded Mosquitto a previous run left (pid %d) did not exit within"
+            " %.0fs; killed (messages since its last autosave may be lost)",
+            pid,
+            limit,
+        )
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(100 if pids else 0):  # the port is free once it is gone
+        if not list(_leftover_pids(conf)):
+            break
         await asyncio.sleep(0.05)
 
 
@@ -398,9 +458,9 @@ async def open_gateway_broker(config: Any, data_dir: str) -> GatewayBroker | Non
         return GatewayBroker(mqtt.url, None, users) if users else None
     if mqtt.url == "auto" and not users:
         return None
-    broker = EmbeddedBroker(data_dir, mqtt.embedded_listen)
+    broker = EmbeddedBroker(data_dir, mqtt.embedded_listen, mqtt.url)
     await wait_for_leftovers(broker.dir / "mosquitto.conf")
-    address = f"{broker.host}:{broker.port}"
+    address = broker.address
     found = await probe(broker.host, broker.port)
     if found == "mqtt" and mqtt.url == "auto":
         log.info(

@@ -31,6 +31,7 @@ import gmqtt
 from gmqtt import Client
 from gmqtt.mqtt.handler import MQTTConnectError
 
+from gateway.config.schema import mask_password
 from gateway.tls import certificate_refusal, error_chain
 
 # gmqtt reconnects while failed_connections <= reconnect_retries (-1 = forever);
@@ -45,7 +46,9 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
     tls = parts.scheme == "mqtts"
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an mqtt://host:port or mqtts://host:port URL")
+        raise ValueError(
+            f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
+        )
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 

@@ -6,20 +6,30 @@ identifier`. Environment variables `EDGE_STREAM__SECTION__NAME__KEY=value`
 override `section.name.key` (the value is read as YAML, so `5`, `true`, `10s` work);
 a problem with such a value names the variable instead of a line.
 
-A config file is at most 1 MiB of UTF-8 text, nested at most 64 levels deep, and its
-YAML aliases (`*name`) may repeat at most 100,000 values in all: a file past these
-limits is refused with one line saying which limit, so that a mistaken or hostile
-file cannot freeze the gateway while it is read (the file is read off the event loop
-on a reload, and the running config stays).
+A config file is at most 256 KiB of UTF-8 text holding at most 50,000 values (each
+key, value, list and mapping counts one), nested at most 64 levels deep, and its YAML
+aliases (`*name`) may repeat at most 100,000 values in all: a file past these limits
+is refused with one line saying which limit, so that a mistaken or hostile file cannot
+freeze the gateway or fill its memory while it is read (the file is read off the event
+loop on a reload, and the running config stays). An environment override's value has
+the same limits. A real config is a few hundred lines: a large Modbus register map
+stays far below them.
+
+A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
+"0x"`) is refused with its line, or with the variable's name in an override.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from gateway.config import secrets
 from gateway.config.model import Config
@@ -30,31 +40,84 @@ from gateway.core.errors import ConfigError
 ENV_PREFIX = "EDGE_STREAM__"
 
 
-MAX_BYTES = 1 << 20
+MAX_BYTES = 256 << 10
+MAX_NODES = 50_000
 MAX_DEPTH = 64
 MAX_ALIAS_VALUES = 100_000
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep (limit {MAX_DEPTH})"
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"
+_TOO_LARGE = f"larger than {MAX_BYTES >> 10} KiB (limit {MAX_BYTES >> 10} KiB)"
 
 
 class _LimitError(yaml.MarkedYAMLError):
     """The document is past one of the limits; the message says which."""
 
 
-class _LineLoader(yaml.SafeLoader):
+class _ValueError(yaml.constructor.ConstructorError):
+    """YAML read a value fine but cannot build it: the message says why, at its line."""
+
+
+# Reading a 256 KiB file with PyYAML's pure-Python scanner and parser takes seconds on
+# a Pi; libyaml's (C) parser hands over the same events, with the same line marks, in
+# a fraction of that. Our composer and constructor stay in Python: they count the
+# limits below as the nodes arrive, and remember each key's line.
+if TYPE_CHECKING or not yaml.__with_libyaml__:
+    _Base = yaml.SafeLoader
+else:
+
+    class _Base(Composer, yaml.cyaml.CParser, SafeConstructor, Resolver):
+        def __init__(self, stream: str) -> None:
+            yaml.cyaml.CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+
+_KINDS = {
+    "timestamp": "date or time",
+    "int": "integer",
+    "float": "number",
+    "bool": "true or false",
+}
+
+
+class _LineLoader(_Base):
     """A YAML loader that remembers where each key is and refuses duplicate keys.
 
-    While composing it counts how deep the nodes nest and how many values the
-    aliases repeat (an alias to a list of 10 repeats 10 values, however often the
-    list is itself made of aliases): a few lines of nested aliases otherwise stand
-    for billions of values, which every later walk over the config would visit.
+    While composing it counts the nodes, how deep they nest and how many values
+    the aliases repeat (an alias to a list of 10 repeats 10 values, however often
+    the list is itself made of aliases): a few lines of nested aliases otherwise
+    stand for billions of values, which every later walk over the config would visit.
+    A value that cannot be built (TypeError, ValueError... from the constructor)
+    becomes a _ValueError at the node's line.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.key_lines: dict[int, dict[Any, int]] = {}
         self._depth = 0
+        self._nodes = 0
         self._values = 0  # values composed so far, counting each alias as what it repeats
         self._alias_values = 0
         self._sizes: dict[int, int] = {}  # id(node) -> values it stands for
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            # The constructor's own message may quote the value (a password, say): only
+            # the kind of value is named, and a date's reason (which quotes nothing).
+            short = node.tag.rpartition(":")[2] if node.tag.startswith("tag:yaml.org,") else ""
+            kind = _KINDS.get(short, f"!!{short}" if short else node.tag)
+            why = f" ({err})" if short == "timestamp" and isinstance(err, ValueError) else ""
+            raise _ValueError(
+                None,
+                None,
+                f"this value is not a valid {kind}{why}; to keep it as text, write it in quotes",
+                node.start_mark,
+            ) from err
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -72,12 +135,21 @@ class _LineLoader(yaml.SafeLoader):
                     event.start_mark,
                 )
             return node
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _LimitError(
+                None,
+                None,
+                f"more than {MAX_NODES} keys and values (limit {MAX_NODES}):"
+                " is this the right file?",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _LimitError(
                 None,
                 None,
-                f"nested more than {MAX_DEPTH} levels deep (limit {MAX_DEPTH})",
+                _TOO_DEEP,
                 self.peek_event().start_mark,  # type: ignore[no-untyped-call]
             )
         before = self._values
@@ -94,6 +166,14 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
     lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            raise _ValueError(
+                None,
+                None,
+                f"a key must be a name, not a {'mapping' if isinstance(key, dict) else 'list'}"
+                " (is a ':' or '?' out of place?)",
+                key_node.start_mark,
+            )
         if key in result:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -123,17 +203,23 @@ def _collect_lines(
             _collect_lines(value, key_lines, (*path, i), out)
 
 
-def _json_depth(data: Any) -> int:
-    """How deep JSON data nests, found without recursion."""
-    deepest, stack = 0, [(data, 1)]
-    while stack:
+def _json_size(data: Any) -> tuple[int, int]:
+    """How deep JSON data nests and how many keys and values it holds (as YAML counts
+    them), found without recursion; the walk stops past MAX_DEPTH or MAX_NODES."""
+    deepest, nodes, stack = 0, 0, [(data, 1)]
+    while stack and nodes <= MAX_NODES:
         value, depth = stack.pop()
+        nodes += 1
         if isinstance(value, dict | list):
             deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:
-                items = value.values() if isinstance(value, dict) else value
-                stack.extend((item, depth + 1) for item in items)
-    return deepest
+            if depth > MAX_DEPTH:
+                break
+            if isinstance(value, dict):
+                nodes += len(value)
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+    return deepest, nodes
 
 
 def _parse_json(text: str, source: str) -> Any:
@@ -142,13 +228,17 @@ def _parse_json(text: str, source: str) -> Any:
     except json.JSONDecodeError as err:
         raise ConfigError(f"{source}:{err.lineno}: invalid JSON: {err.msg}") from err
     except RecursionError as err:
-        raise ConfigError(
-            f"{source}: nested more than {MAX_DEPTH} levels deep (limit {MAX_DEPTH})"
-        ) from err
+        raise ConfigError(f"{source}: {_TOO_DEEP}") from err
     except ValueError as err:  # e.g. an integer longer than 4300 digits
         raise ConfigError(f"{source}: invalid JSON: {err}") from err
-    if _json_depth(data) > MAX_DEPTH:
-        raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep (limit {MAX_DEPTH})")
+    depth, nodes = _json_size(data)
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{source}: {_TOO_DEEP}")
+    if nodes > MAX_NODES:
+        raise ConfigError(
+            f"{source}: more than {MAX_NODES} keys and values (limit {MAX_NODES}):"
+            " is this the right file?"
+        )
     return data
 
 
@@ -156,16 +246,26 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
     loader = _LineLoader(text)
     try:
         return loader.get_single_data(), loader.key_lines
-    except _LimitError as err:
+    except (_LimitError, _ValueError) as err:
         mark = err.problem_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: {err.problem}") from err
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
+        if err.problem == _LIBYAML_TOO_DEEP:  # libyaml's own limit (1000), met scanning ahead
+            raise ConfigError(f"{where}: {_TOO_DEEP}") from err
         raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}") from err
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        raise ConfigError(
+            f"{source}:{line}: the config holds the control character U+{code:04X}"
+            " (only text, tabs and line breaks may be in it): is this the right file?"
+        ) from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: invalid YAML: {err}") from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{source}: invalid YAML: {first}") from err
     finally:
         loader.dispose()
 
@@ -174,13 +274,11 @@ def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, in
     """Parse YAML or JSON text into data plus a map of key path -> line number.
 
     ConfigError if the text is not YAML/JSON, not a mapping, or past the limits
-    on size, nesting and aliases (MAX_BYTES, MAX_DEPTH, MAX_ALIAS_VALUES).
+    on size, values, nesting and aliases (MAX_BYTES, MAX_NODES, MAX_DEPTH,
+    MAX_ALIAS_VALUES).
     """
     if len(text) > MAX_BYTES:  # characters: at least as many bytes
-        raise ConfigError(
-            f"{source}: the config is larger than {MAX_BYTES >> 20} MiB (limit {MAX_BYTES >> 20}"
-            " MiB): is this the right file?"
-        )
+        raise ConfigError(f"{source}: the config is {_TOO_LARGE}: is this the right file?")
     key_lines: dict[int, dict[Any, int]] = {}
     if source.endswith(".json"):
         data = _parse_json(text, source)
@@ -198,14 +296,18 @@ def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, in
 def _env_value(var: str, raw: str) -> Any:
     """An override's value read as YAML (so 5, true, 10s work), within the file's limits."""
     if len(raw) > MAX_BYTES:
-        raise ConfigError(f"{var}: the value is longer than {MAX_BYTES >> 20} MiB")
+        raise ConfigError(f"{var}: the value is {_TOO_LARGE}")
     loader = _LineLoader(raw)
     try:
         return loader.get_single_data()
-    except _LimitError as err:
+    except (_LimitError, _ValueError) as err:
         raise ConfigError(f"{var}: {err.problem}") from err
-    except yaml.YAMLError:
+    except yaml.MarkedYAMLError as err:
+        if err.problem == _LIBYAML_TOO_DEEP:
+            raise ConfigError(f"{var}: {_TOO_DEEP}") from err
         return raw  # not YAML: the text as it is
+    except yaml.YAMLError:
+        return raw
     finally:
         loader.dispose()
 
@@ -271,6 +373,9 @@ def format_problem(
         if line is not None:
             where = f"{source}:{line}"
             break
+    else:  # a key no line holds: made by an override of a key under it
+        made = [var for key, var in (env or {}).items() if path and key[: len(path)] == path]
+        where = made[0] if made else None
     dotted = ".".join(str(p) for p in path)
     where = where or source
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
@@ -332,10 +437,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the config file: {err.strerror or err}") from err
     if len(raw) > MAX_BYTES:
-        raise ConfigError(
-            f"{source}: the config is larger than {MAX_BYTES >> 20} MiB (limit {MAX_BYTES >> 20}"
-            " MiB): is this the right file?"
-        )
+        raise ConfigError(f"{source}: the config is {_TOO_LARGE}: is this the right file?")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -7,11 +7,12 @@ the sinks they feed. Every component's own keys are documented in its module.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean
+from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean, mask_password
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -54,6 +55,7 @@ class MqttSection:
     `url: embedded`: always start and supervise a local Mosquitto (the
     `mosquitto` package must be installed) on `embedded_listen`.
     `url: mqtt://host:port` (or mqtts://): a broker run elsewhere.
+    `embedded_listen` is host:port, an IPv6 address in brackets (`[::1]:1883`).
     gateway/broker.py says more.
     """
 
@@ -70,13 +72,24 @@ class MqttSection:
         ):
             yield (
                 "url",
-                f"{self.url!r} must be 'auto', 'embedded', mqtt://host:port or mqtts://host:port",
+                f"{mask_password(self.url)!r} must be 'auto', 'embedded', mqtt://host:port"
+                " or mqtts://host:port",
             )
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (
                 "embedded_listen",
                 f"{self.embedded_listen!r} must read host:port, e.g. 127.0.0.1:1883",
+            )
+        elif host.startswith("[") and host.endswith("]"):
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                yield "embedded_listen", f"{host} is not an IPv6 address, e.g. [::1]:1883"
+        elif ":" in host or "[" in host or "]" in host:
+            yield (
+                "embedded_listen",
+                f"{self.embedded_listen!r}: write an IPv6 address in brackets, e.g. [::1]:1883",
             )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import types
 import typing
@@ -159,14 +160,21 @@ def _base(tp: Any) -> Any:
     return get_args(tp)[0] if get_origin(tp) is Annotated else tp
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A config class's type hints and init fields, worked out once per class: a Modbus
+    register map of thousands of entries builds the same class thousands of times."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         problems.add(path, f"expected a mapping, got {type(value).__name__} {value!r}")
         return None
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _fields(cls)
     for key in value:
         if key not in fields:
             problems.add((*path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
@@ -233,26 +241,39 @@ def check_identifier(name: str) -> Iterator[str]:
 
 def check_location(hostport: str) -> str | None:
     """Why `host[:port]` from a DSN is not usable, or None. An IPv6 address is written
-    in brackets, `[::1]:5432`; a port is a number from 1 to 65535."""
+    in brackets, `[::1]:5432`; a port is a number from 1 to 65535.
+
+    The message never quotes the text: a password holding '#', '/', '?' or ':' ends the
+    user part early and its remainder then reads as a host or a port."""
     port: str | None = None
     if hostport.startswith("["):
         host, bracket, rest = hostport[1:].partition("]")
         if not bracket:
-            return f"{hostport!r}: an IPv6 address needs its closing ']', e.g. [::1]:5432"
+            return "an IPv6 address needs its closing ']', e.g. [::1]:5432"
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            return f"[{host}] is not an IPv6 address"
+            return "the host in brackets is not an IPv6 address"
         if rest:
             if not rest.startswith(":"):
-                return f"{hostport!r}: only :port may follow the ']' of an IPv6 address"
+                return "only :port may follow the ']' of an IPv6 address"
             port = rest[1:]
     else:
         host, colon, after = hostport.rpartition(":")
         if colon:
             if ":" in host:
-                return f"{hostport!r}: write an IPv6 address in brackets, e.g. [::1]:5432"
+                return "write an IPv6 address in brackets, e.g. [::1]:5432"
             port = after
     if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        return f"the port {port!r} must be a number from 1 to 65535"
+        return "the port is not a number from 1 to 65535"
     return None
+
+
+def mask_password(url: str) -> str:
+    """`url` with the password of its user part written `***`, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{location}"

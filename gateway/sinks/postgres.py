@@ -48,8 +48,10 @@ table: add a column yourself, or point `table` at a new one.
 
 Keys
   type: postgres
-  dsn: postgresql://user:password@host:5432/database   (required; may be an
-                           ENC(...) secret; the password is never logged. Options
+  dsn: postgresql://user:password@host:5432/database   (required; percent-encode
+                           #, /, ? and @ in user and password (%23, %2F, %3F, %40);
+                           may be an ENC(...) secret; the password is never logged
+                           nor quoted in an error. Options
                            such as ?sslmode=require are passed to asyncpg. Checked
                            when the config loads: the scheme, each host (an IPv6
                            address in brackets, [::1]) and port (1-65535))
@@ -163,18 +165,26 @@ DIALECT = Dialect(
 )
 
 
+_ENCODE_HINT = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+
+
 def dsn_problem(dsn: str) -> str | None:
     """Why `dsn` cannot be a PostgreSQL DSN (never quoting it: it may hold a password)."""
     scheme, sep, rest = dsn.partition("://")
     if not sep or scheme not in ("postgresql", "postgres"):
         return "must read postgresql://user:password@host:5432/database"
     # As in any URL (and for asyncpg), the authority ends at the first '/', '?' or '#';
-    # the last '@' in it ends the user part. Several hosts are separated by commas.
+    # asyncpg ends the user part at the first '@' in it. Several hosts are separated by
+    # commas.
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if authority.count("@") > 1:
+        return "has more than one '@'" + _ENCODE_HINT
     hosts = authority.rpartition("@")[2]
     for location in hosts.split(",") if hosts else ():
         problem = check_location(location)
         if problem:
+            if "@" in rest[len(authority) :]:  # the user part ended before its '@'
+                problem += _ENCODE_HINT
             return problem
     return None
 
@@ -539,6 +549,13 @@ class PostgresSink(Sink):
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
+        except ValueError as err:
+            # asyncpg could not read the DSN (an ?option it takes as a number, say). Its
+            # message may quote any part of the DSN, the password too: not shown.
+            raise permanent(
+                f"asyncpg cannot read the dsn for {self.server}: check its ?options"
+                " and percent-encode #, /, ? and @ in user and password"
+            ) from err
         try:
             async with pool.acquire() as conn:
                 await self._prepare_table(conn, permanent)

@@ -188,8 +188,7 @@ def test_a_single_problem_is_one_line(tmp_path: Path) -> None:
     result = cli("check-config", "-c", str(path))
     assert result.returncode == 1
     assert result.stderr == (
-        f"edge-stream: {path}:11: sinks.warehouse.dsn: the port '99999' must be a number"
-        " from 1 to 65535\n"
+        f"edge-stream: {path}:11: sinks.warehouse.dsn: the port is not a number from 1 to 65535\n"
     )
 
 

@@ -411,11 +411,97 @@ def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:
     assert problems(path) == [f"{path}:64: nested more than 64 levels deep (limit 64)"]
 
 
-def test_a_file_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "# " + "x" * (1 << 20) + "\n")
+def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "# " + "x" * (256 << 10) + "\n")
     assert problems(path) == [
-        f"{path}: the config is larger than 1 MiB (limit 1 MiB): is this the right file?"
+        f"{path}: the config is larger than 256 KiB (limit 256 KiB): is this the right file?"
     ]
+
+
+def test_a_file_of_more_than_50000_values_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    # 60,000 one-character values fit in 256 KiB; YAML counts the list, the key and the
+    # mapping too, so the 50,001st node is the 49,998th item.
+    path.write_text("gateway:\n  id: pi-01\nx: [" + ",".join(["1"] * 60_000) + "]\n")
+    assert problems(path) == [
+        f"{path}:3: more than 50000 keys and values (limit 50000): is this the right file?"
+    ]
+    json_path = tmp_path / "gateway.json"
+    json_path.write_text('{"x": [' + ",".join(["1"] * 60_000) + "]}")
+    assert problems(json_path) == [
+        f"{json_path}: more than 50000 keys and values (limit 50000): is this the right file?"
+    ]
+
+
+def test_the_c_parser_reads_the_file_and_gives_the_lines_errors_name(tmp_path: Path) -> None:
+    import yaml
+
+    from gateway.config.load import _LineLoader
+
+    # libyaml is what makes a large file quick to read; it must be the one in use here.
+    assert yaml.__with_libyaml__
+    assert any(base.__module__ == "yaml._yaml" for base in _LineLoader.__mro__)
+    cases = {
+        "a: 1\nb: [1,\nc: }\n": 3,  # a parser error
+        "a: 1\nb: 2\n  c: 3\n": 3,  # a scanner error
+        'a: 1\n\nb: "open\n': 4,  # the end of the stream, in a quoted scalar
+        "a: 1\nb: 2\nb: 3\n": 3,  # our duplicate key
+        "a: 1\nb: !!binary 'a'\n": 2,  # a constructor error
+        "a:\n  b:\n    c: !!int x\n": 3,  # ours: a value that cannot be built
+    }
+    for text, line in cases.items():
+        path = tmp_path / "gateway.yaml"
+        path.write_text(text)
+        (message,) = problems(path)
+        assert message.startswith(f"{path}:{line}: "), (text, message)
+
+
+HOSTILE = [
+    # (YAML, the line its problem is on, what the problem says)
+    ("{a: 1}: 2", 1, "a key must be a name, not a mapping (is a ':' or '?' out of place?)"),
+    ("? [a, b]\n: 1", 1, "a key must be a name, not a list (is a ':' or '?' out of place?)"),
+    ("x:\n  ? {a: 1}\n", 2, "a key must be a name, not a mapping"),
+    ("x: 2024-02-30", 1, "not a valid date or time (day is out of range for month)"),
+    ("x: 2024-01-01 25:00:00", 1, "not a valid date or time (hour must be in 0..23)"),
+    ("x: !!timestamp soon", 1, "not a valid date or time; "),
+    ('x: !!int "0x"', 1, "not a valid integer"),
+    ('x: !!int ""', 1, "not a valid integer"),
+    ("x: 0b_", 1, "not a valid integer"),
+    ("x: " + "1" * 5000, 1, "not a valid integer"),
+    ('x: !!float ""', 1, "not a valid number"),
+    ("x: !!bool perhaps", 1, "not a valid true or false"),
+    ("x: !<tag:yaml.org,2002:int> zz", 1, "not a valid integer"),
+    ("x: !!set {[a]: ~}", 1, "invalid YAML: found unhashable key"),
+    ("x: !!binary 'a'", 1, "invalid YAML: failed to decode base64 data"),
+    ("x: !!python/object:os.system {}", 1, "invalid YAML: could not determine a constructor"),
+    ("x: !!str [a]", 1, "invalid YAML: expected a scalar node, but found sequence"),
+    ("<<: 1", 1, "invalid YAML: expected a mapping or list of mappings for merging"),
+    ("x: *nope", 1, "invalid YAML: found undefined alias 'nope'"),
+    ("x: 1\n\x00", 2, "the config holds the control character U+0000"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "says"), HOSTILE)
+def test_a_value_yaml_cannot_build_is_one_line_with_its_line(
+    tmp_path: Path, text: str, line: int, says: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: pi-01}\nsinks:\n  w:\n    type: file\n" + text + "\n")
+    (message,) = problems(path)
+    assert message.startswith(f"{path}:{line + 4}: ") and says in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("text", "line", "says"), [h for h in HOSTILE if "YAML" not in h[2]])
+def test_a_value_yaml_cannot_build_in_an_override_names_the_variable(
+    tmp_path: Path, text: str, line: int, says: str
+) -> None:
+    path = write(tmp_path, "sinks:\n  w: {type: file}\n")
+    if "\x00" in text:
+        return  # an environment variable cannot hold a NUL
+    (message,) = problems(path, {"EDGE_STREAM__SINKS__W__PATH": text})
+    assert message.startswith("EDGE_STREAM__SINKS__W__PATH: ") and says in message
+    assert "\n" not in message
 
 
 def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
@@ -471,8 +557,8 @@ def test_a_problem_from_an_environment_override_names_the_variable(tmp_path: Pat
     assert problems(path, environ) == [
         "EDGE_STREAM__SINKS__WAREHOUSE__BATCH: sinks.warehouse.batch.max_rows:"
         " must be between 1 and 50000",
-        "EDGE_STREAM__SINKS__WAREHOUSE__DSN: sinks.warehouse.dsn: the port 'notaport' must be"
-        " a number from 1 to 65535",
+        "EDGE_STREAM__SINKS__WAREHOUSE__DSN: sinks.warehouse.dsn: the port is not a number"
+        " from 1 to 65535",
     ]
 
 
@@ -489,24 +575,24 @@ def test_an_alias_bomb_in_an_environment_override_is_refused(tmp_path: Path) -> 
 # -- DSNs -----------------------------------------------------------------------------
 
 
-PORT = "must be a number from 1 to 65535"
+PORT = "the port is not a number from 1 to 65535"
+V6 = "write an IPv6 address in brackets, e.g. [::1]:5432"
+ENCODE = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
 
 
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [
-        ("postgresql://gw:pw@db:notaport/t", f"the port 'notaport' {PORT}"),
-        ("postgresql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
-        ("postgresql://gw:pw@db:0/t", "the port '0' must be a number from 1 to 65535"),
-        ("postgresql://gw@[zz::1]:5432/t", "[zz::1] is not an IPv6 address"),
-        ("postgresql://gw@[::1/t",
-         "'[::1': an IPv6 address needs its closing ']', e.g. [::1]:5432"),
-        ("postgresql://gw@::1:5432/t",
-         "'::1:5432': write an IPv6 address in brackets, e.g. [::1]:5432"),
-        ("postgresql://a:5432,b:x/t", "the port 'x' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@db:99999/t", "the port '99999' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@db:port/t", "the port 'port' must be a number from 1 to 65535"),
-        ("mysql://gw:pw@[::g]:3306/t", "[::g] is not an IPv6 address"),
+        ("postgresql://gw:pw@db:notaport/t", PORT),
+        ("postgresql://gw:pw@db:99999/t", PORT),
+        ("postgresql://gw:pw@db:0/t", PORT),
+        ("postgresql://gw@[zz::1]:5432/t", "the host in brackets is not an IPv6 address"),
+        ("postgresql://gw@[::1/t", "an IPv6 address needs its closing ']', e.g. [::1]:5432"),
+        ("postgresql://gw@::1:5432/t", V6),
+        ("postgresql://a:5432,b:x/t", PORT),
+        ("mysql://gw:pw@db:99999/t", PORT),
+        ("mysql://gw:pw@db:port/t", PORT),
+        ("mysql://gw:pw@[::g]:3306/t", "the host in brackets is not an IPv6 address"),
     ],
 )  # fmt: skip
 def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
@@ -518,9 +604,36 @@ def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
 
 
 @pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        # The user part ends early at '#', '/' or '?', and the rest of the password reads
+        # as a port or a host: the message must quote none of it.
+        ("postgresql://gw:hunter2#x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hunter2/x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hunter2?x@db/t", PORT + ENCODE),
+        ("postgresql://gw:hun:ter2/x@db/t", V6 + ENCODE),
+        ("postgresql://gw:[hunter2/x@db/t", PORT + ENCODE),
+        ("postgresql://gw:p@ss:w@db.plant.lan:5432/t", "has more than one '@'" + ENCODE),
+        ("mysql://gw:hunter2/t", PORT),  # the '@' forgotten
+        ("mysql://gw:hun:ter2/t", V6),
+    ],
+)  # fmt: skip
+def test_a_dsn_problem_never_quotes_the_password(tmp_path: Path, dsn: str, message: str) -> None:
+    kind = "mysql" if dsn.startswith("mysql") else "postgres"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{dsn}'}}\n")
+    assert problems(path) == [f"{path}:3: sinks.db.dsn: {message}"]
+    environ = {"EDGE_STREAM__SINKS__DB__DSN": dsn}
+    good = "mysql://gw@db/t" if kind == "mysql" else "postgresql://gw@db/t"
+    path = write(tmp_path, f"sinks:\n  db: {{type: {kind}, dsn: '{good}'}}\n")
+    found = problems(path, environ)
+    assert found == [f"EDGE_STREAM__SINKS__DB__DSN: sinks.db.dsn: {message}"]
+    assert not any("hunter2" in line or "ter2" in line for line in found)
+
+
+@pytest.mark.parametrize(
     "dsn",
     [
-        "postgresql://gw:p@ss:w@db.plant.lan:5432/telemetry",
+        "postgresql://gw:p%40ss:w%2F%23@db.plant.lan:5432/telemetry",
         "postgresql://gw:pw@[::1]:5432/t",
         "postgresql://gw@[fe80::1%eth0]/t",
         "postgres://gw@h1:5432,h2:5433/t?target_session_attrs=read-write",
@@ -607,3 +720,31 @@ def test_a_key_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
         f"{path}:1: gateway.secret_key_file: the key file {key_path} is not text: byte 0xff at"
         " offset 0; it must hold 64 hex digits or base64"
     ]
+
+
+def test_a_wrong_mqtt_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    path = write(tmp_path, "mqtt: {url: 'http://gw:s3cret-pw@broker:1883'}\n")
+    assert problems(path) == [
+        f"{path}:2: mqtt.url: 'http://gw:***@broker:1883' must be 'auto', 'embedded',"
+        " mqtt://host:port or mqtts://host:port"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("[::1]:1883", None),
+        ("127.0.0.1:1883", None),
+        ("::1:1883", "'::1:1883': write an IPv6 address in brackets, e.g. [::1]:1883"),
+        ("[::zz]:1883", "[::zz] is not an IPv6 address, e.g. [::1]:1883"),
+        ("[::1:1883", "'[::1:1883': write an IPv6 address in brackets, e.g. [::1]:1883"),
+    ],
+)
+def test_embedded_listen_takes_an_ipv6_address_in_brackets(
+    tmp_path: Path, listen: str, message: str | None
+) -> None:
+    path = write(tmp_path, f"mqtt: {{embedded_listen: '{listen}'}}\n")
+    if message is None:
+        assert load(path, environ={}).mqtt.embedded_listen == listen
+    else:
+        assert problems(path) == [f"{path}:2: mqtt.embedded_listen: {message}"]

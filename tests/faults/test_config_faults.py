@@ -71,11 +71,29 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     ),
     "dsn_port": (
         (GOOD + "  pg: {type: postgres, dsn: 'postgresql://gw:pw@db:notaport/t'}\n").encode(),
-        ":4: sinks.pg.dsn: the port 'notaport' must be a number from 1 to 65535",
+        ":4: sinks.pg.dsn: the port is not a number from 1 to 65535",
+    ),
+    "dsn_password": (
+        (GOOD + "  pg: {type: postgres, dsn: 'postgresql://gw:hunter2#x@db/t'}\n").encode(),
+        ":4: sinks.pg.dsn: the port is not a number from 1 to 65535; a password holding"
+        " #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)",
     ),
     "dsn_ipv6": (
         (GOOD + "  my: {type: mysql, dsn: 'mysql://gw:pw@[fe80::zz]:3306/t'}\n").encode(),
-        ":4: sinks.my.dsn: [fe80::zz] is not an IPv6 address",
+        ":4: sinks.my.dsn: the host in brackets is not an IPv6 address",
+    ),
+    "mapping_as_key": (
+        (GOOD + "{a: 1}: 2\n").encode(),
+        ":4: a key must be a name, not a mapping (is a ':' or '?' out of place?)",
+    ),
+    "impossible_date": (
+        (GOOD + "x: 2024-02-30\n").encode(),
+        ":4: this value is not a valid date or time (day is out of range for month);"
+        " to keep it as text, write it in quotes",
+    ),
+    "too_many_values": (
+        (GOOD + "x: [" + ",".join(["1"] * 60_000) + "]\n").encode(),
+        ":4: more than 50000 keys and values (limit 50000): is this the right file?",
     ),
 }
 
@@ -139,6 +157,8 @@ def test_sighup_with_an_alias_bomb_or_a_damaged_secret_is_refused_while_the_gate
         "mqtt.password: ENC(...) is cut short or damaged": good.replace(
             "mqtt:\n", "mqtt:\n  username: gw\n  password: ENC(abc)\n"
         ),
+        "a key must be a name, not a mapping": good + "{a: 1}: 2\n",
+        "this value is not a valid date or time": good + "x: 2024-02-30\n",
     }
     for n, (refusal, text) in enumerate(hostile.items(), start=1):
         gw.config_path.write_text(text)

@@ -516,3 +516,14 @@ def test_valid_config_and_its_statements() -> None:
         ' "device" text, "temperature" double precision)'
     )
     assert sink.server == "db.example:5432/telemetry"
+
+
+async def test_a_dsn_asyncpg_cannot_read_is_permanent_and_not_quoted() -> None:
+    # The load check passes it (no host in the authority); asyncpg then fails on the
+    # ?port option with a ValueError, which must not escape as a traceback.
+    sink = make_sink("postgresql://gw:s3cret-pw@/edge?host=127.0.0.1&port=s3cret-pw")
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert "check its ?options" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
