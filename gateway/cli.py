@@ -22,6 +22,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Sized
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
@@ -71,11 +72,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _count(items: Sized, noun: str) -> str:
+    n = len(items)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(
-        f"{args.config}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
-        f"{len(config.sinks)} sinks)"
+        f"{args.config}: ok ({_count(config.sources, 'source')}, "
+        f"{_count(config.routes, 'route')}, {_count(config.sinks, 'sink')})"
     )
     return 0
 

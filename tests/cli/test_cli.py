@@ -113,7 +113,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     path.write_text(GOOD)
     result = cli("check-config", "-c", str(path))
     assert result.returncode == 0, result.stderr
-    assert f"{path}: ok (1 sources, 1 routes, 2 sinks)" in result.stdout
+    assert f"{path}: ok (1 source, 1 route, 2 sinks)" in result.stdout
 
 
 def test_check_config_names_file_line_and_key_path_of_every_problem(tmp_path: Path) -> None:
