@@ -4,7 +4,8 @@ One connection, driven from one dedicated thread, so that each micro-batch is
 a single call that runs a whole transaction (FlowFiles, dead letters,
 processor state, redelivery marks) and each sink read or cursor advance is one
 call too. aiosqlite would add a thread hop per statement; here it is one per
-batch.
+batch. What the CLI does to a store (dead letters, stats, reset) is in admin.py;
+between them, these two modules hold every SQL statement run on the store.
 
 Tables
   flowfiles     seq (AUTOINCREMENT: keys never repeat, even after the table

@@ -2,7 +2,8 @@
 
 check-config on good and bad files; secret keygen/encrypt and a gateway that logs in to
 PostgreSQL with the ENC(...) password; dead-letters list/show/replay/purge and store
-stats against the store of a real, running gateway.
+stats against the store of a real, running gateway; every line those commands and store
+reset print, on a store file with no gateway running.
 """
 
 from __future__ import annotations
