@@ -19,7 +19,6 @@ import asyncio
 import getpass
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Sized
@@ -31,13 +30,8 @@ from gateway.config import secrets
 from gateway.config.load import apply_env, load, parse_text, read_text
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
-from gateway.store.sqlite import (
-    StoreError,
-    hold_data_dir,
-    let_go_data_dir,
-    not_a_store,
-    open_readonly,
-)
+from gateway.store import admin
+from gateway.store.sqlite import StoreError
 
 DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
 
@@ -148,89 +142,81 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    db = open_readonly(_store_path(args))
-    if args.action == "list":
-        rows = db.execute(
-            "SELECT seq, id, topic, origin, reason, failed_at FROM dead_letters"
-            " ORDER BY seq DESC LIMIT ?",
-            (args.limit,),
-        ).fetchall()
-        for seq, fid, topic, origin, reason, failed_at in reversed(rows):
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed_at / 1e9))
-            print(f"{seq:>7}  {when}  {fid}  {topic}  [{origin}]  {reason}")
-        total = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        print(f"{total} dead letter(s)")
+    with admin.open_admin(_store_path(args)) as store:
+        if args.action == "list":
+            for d in reversed(store.dead_letters(args.limit)):
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at / 1e9))
+                print(f"{d.seq:>7}  {when}  {d.id}  {d.topic}  [{d.origin}]  {d.reason}")
+            print(f"{store.dead_letter_count()} dead letter(s)")
+            return 0
+        if args.action == "show":
+            for seq in args.seq:
+                record = store.dead_letter(seq)
+                if record is None:
+                    print(f"edge-stream: no dead letter {seq}", file=sys.stderr)
+                    return 1
+                item = {
+                    "seq": record.seq,
+                    "id": record.id,
+                    "topic": record.topic,
+                    "attributes": record.attributes,
+                    "content": record.content.decode("utf-8", "backslashreplace"),
+                    "created": record.created,
+                    "origin": record.origin,
+                    "sink": record.sink,
+                    "reason": record.reason,
+                }
+                print(json.dumps(item, indent=2))
+            return 0
+        seqs = _selection(args)
+        if args.action == "purge":
+            print(f"purged {store.purge(seqs)} dead letter(s)")
+            return 0
+        # replay: into the store's replay inbox, which the gateway takes in like new input:
+        # a refusal by a sink goes back to that sink, a refusal by a route is routed again.
+        print(f"replayed {store.replay(seqs)} dead letter(s)")
         return 0
-    if args.action == "show":
-        for seq in args.seq:
-            row = db.execute(
-                "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
-                " FROM dead_letters WHERE seq = ?",
-                (seq,),
-            ).fetchone()
-            if row is None:
-                print(f"edge-stream: no dead letter {seq}", file=sys.stderr)
-                return 1
-            keys = (
-                "seq",
-                "id",
-                "topic",
-                "attributes",
-                "content",
-                "created",
-                "origin",
-                "sink",
-                "reason",
-            )
-            item = dict(zip(keys, row, strict=True))
-            item["attributes"] = json.loads(item["attributes"])
-            item["content"] = item["content"].decode("utf-8", "backslashreplace")
-            print(json.dumps(item, indent=2))
-        return 0
-    where, params = _selection(args)
-    if args.action == "purge":
-        n = db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
-        print(f"purged {n} dead letter(s)")
-        return 0
-    # replay: into the store's replay inbox, which the gateway takes in like new input: a
-    # refusal by a sink goes back to that sink, a refusal by a route is routed again.
-    db.execute("BEGIN IMMEDIATE")
-    moved = db.execute(
-        "INSERT INTO replay (id, topic, attributes, content, created, lineage, sink)"
-        f" SELECT id, topic, attributes, content, created, lineage, sink FROM dead_letters"
-        f" WHERE {where} ORDER BY seq",
-        params,
-    ).rowcount
-    db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
-    db.execute("COMMIT")
-    print(f"replayed {moved} dead letter(s)")
-    return 0
 
 
-def _selection(args: argparse.Namespace) -> tuple[str, tuple[object, ...]]:
+def _selection(args: argparse.Namespace) -> list[int] | None:
+    """The dead letters named on the command line; None for --all."""
     if args.all:
-        return "1", ()
+        return None
     if not args.seq:
         raise SystemExit("edge-stream: name dead letters by number, or use --all")
-    return f"seq IN ({','.join('?' * len(args.seq))})", tuple(args.seq)
+    return list(args.seq)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "reset":
         return _store_reset(_store_path(args), args.force)
-    db = open_readonly(_store_path(args))
-    now = time.time_ns()
+    with admin.open_admin(_store_path(args)) as store:
+        now = time.time_ns()
+        stats = store.stats()
     print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
-    for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks ORDER BY name"):
-        count, oldest = db.execute(
-            "SELECT count(*), min(created) FROM flowfiles WHERE seq > ? AND sinks & ?",
-            (cursor, 1 << bit),
-        ).fetchone()
-        age = f"{(now - oldest) / 1e9:.1f}s" if oldest else "-"
-        print(f"{name:<20} {count:>10} {age:>10}")
-    total, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM flowfiles").fetchone()
-    dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-    print(f"{total} FlowFiles, {size / 1048576:.1f} MiB buffered; {dead} dead letter(s)")
+    for sink in stats.sinks:
+        age = f"{(now - sink.oldest) / 1e9:.1f}s" if sink.oldest else "-"
+        print(f"{sink.name:<20} {sink.waiting:>10} {age:>10}")
+    print(
+        f"{stats.flowfiles} FlowFiles, {stats.bytes / 1048576:.1f} MiB buffered;"
+        f" {stats.dead_letters} dead letter(s)"
+    )
+    return 0
+
+
+def _store_reset(path: Path, force: bool = False) -> int:
+    """`store reset`: move a damaged store aside (see `admin.reset`) and say what happened.
+    A refusal (a gateway runs on the data_dir, a valid store without --force) is a
+    StoreError, which `main` prints as one line."""
+    done = admin.reset(path, force)
+    if not done.moved:
+        print(f"no store at {path}; the gateway starts with an empty one")
+        return 0
+    why = f"it {done.problem}" if done.problem else "--force"
+    print(
+        f"moved {', '.join(p.name for p in done.moved)} aside to {done.aside} ({why});"
+        " the gateway starts with an empty store"
+    )
     return 0
 
 
@@ -250,67 +236,6 @@ class _PrintVersion(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
         print(f"edge-stream {_version()}")
         parser.exit()
-
-
-def _damage(path: Path) -> str | None:
-    """Why the store at `path` is damaged (header, tables, or SQLite's quick check of
-    every page), or None if it is whole."""
-    problem = not_a_store(path)
-    if problem is not None:
-        return problem
-    try:
-        db = open_readonly(path)
-        try:
-            found = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as err:
-        return f"cannot be read ({err})"
-    return None if found == ["ok"] else f"is damaged ({'; '.join(found)})"
-
-
-def _store_reset(path: Path, force: bool = False) -> int:
-    """Move a damaged store (and its -wal and -shm files) aside, so the next start is
-    empty. Never while a gateway runs on the data_dir (it holds the data_dir's lock),
-    and a valid store only with --force."""
-    if not path.parent.is_dir():
-        print(f"no store at {path}; the gateway starts with an empty one")
-        return 0
-    try:
-        lock = hold_data_dir(path.parent)
-    except StoreError as err:
-        print(f"edge-stream: store reset refused: {err}", file=sys.stderr)
-        return 1
-    try:
-        present = [
-            path.with_name(path.name + suffix)
-            for suffix in ("", "-wal", "-shm")
-            if path.with_name(path.name + suffix).exists()
-        ]
-        if not present:
-            print(f"no store at {path}; the gateway starts with an empty one")
-            return 0
-        problem = _damage(path)
-        if problem is None and not force:
-            print(
-                f"edge-stream: {path} is a valid store, not reset: it may hold data not"
-                " delivered yet (`edge-stream store stats` shows it). To start empty"
-                " anyway, add --force",
-                file=sys.stderr,
-            )
-            return 1
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-        for source in present:
-            source.rename(aside.with_name(aside.name + source.name[len(path.name) :]))
-        why = f"it {problem}" if problem else "--force"
-        print(
-            f"moved {', '.join(p.name for p in present)} aside to {aside} ({why});"
-            " the gateway starts with an empty store"
-        )
-        return 0
-    finally:
-        let_go_data_dir(lock)
 
 
 def parser() -> argparse.ArgumentParser:

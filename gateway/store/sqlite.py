@@ -4,7 +4,8 @@ One connection, driven from one dedicated thread, so that each micro-batch is
 a single call that runs a whole transaction (FlowFiles, dead letters,
 processor state, redelivery marks) and each sink read or cursor advance is one
 call too. aiosqlite would add a thread hop per statement; here it is one per
-batch.
+batch. What the CLI does to a store (dead letters, stats, reset) is in admin.py;
+between them, these two modules hold every SQL statement run on the store.
 
 Tables
   flowfiles     seq (AUTOINCREMENT: keys never repeat, even after the table
@@ -343,6 +344,35 @@ class DeadLetter:
     origin: str
     reason: str
     sink: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterSummary:
+    """One line of the dead-letter list: what failed, where, why and when (the
+    status API and `edge-stream dead-letters list`)."""
+
+    seq: int
+    id: str
+    topic: str
+    origin: str
+    sink: str | None  # the sink that refused it; None when a route did
+    reason: str
+    failed_at: int  # ns since the epoch
+    bytes: int  # of its content
+
+
+def newest_dead_letters(db: sqlite3.Connection, limit: int) -> list[DeadLetterSummary]:
+    """The newest `limit` dead letters, newest first."""
+    rows = db.execute(
+        "SELECT seq, id, topic, origin, sink, reason, failed_at, length(content)"
+        " FROM dead_letters ORDER BY seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [DeadLetterSummary(*row) for row in rows]
+
+
+def count_dead_letters(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
 
 @dataclass
@@ -926,7 +956,7 @@ class Store:
         and it must be routed again. The engine commits them like new input, so
         the running gateway's counters and memory tail stay right.
         """
-        rows = await self.query(
+        rows = await self._query(
             "SELECT seq, id, topic, attributes, content, created, lineage, sink FROM replay"
             " ORDER BY seq LIMIT ?",
             (limit,),
@@ -935,7 +965,7 @@ class Store:
 
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back (dead-letter count)."""
-        self.dead_count = (await self.query("SELECT count(*) FROM dead_letters"))[0][0]
+        self.dead_count = await self._call(count_dead_letters, self._db)
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
@@ -1256,8 +1286,12 @@ class Store:
         )
         return {name: value for name, value in rows if value is not None}
 
-    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query on the store's thread (status page, CLI)."""
+    async def dead_letters(self, limit: int) -> list[DeadLetterSummary]:
+        """The newest `limit` dead letters, newest first (the status API)."""
+        return await self._call(newest_dead_letters, self._db, limit)
+
+    async def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the store's thread (this module and its tests only)."""
         return await self._call(
             lambda: self._db.execute(sql, params).fetchall()  # type: ignore[union-attr]
         )
@@ -1329,12 +1363,3 @@ class SourceMarks:
         _last, _run, reused = store._ids.get(self.source, (0, 0, False))
         if self.source in store._ids:
             store._ids[self.source] = (0, 0, reused)
-
-
-def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A separate connection for the CLI, safe while the gateway runs (WAL)."""
-    if not Path(path).exists():
-        raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
-    db = sqlite3.connect(path, isolation_level=None, timeout=10)
-    db.execute("PRAGMA busy_timeout = 10000")
-    return db

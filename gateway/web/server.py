@@ -197,13 +197,20 @@ class WebServer:
             limit = max(1, min(int(query.get("limit", ["50"])[0]), 1000))
         except ValueError:
             return 400, "text/plain", b"limit must be a number\n"
-        rows = await self.engine.store.query(
-            "SELECT seq, id, topic, origin, reason, failed_at, length(content)"
-            " FROM dead_letters ORDER BY seq DESC LIMIT ?",
-            (limit,),
+        return _json(
+            [
+                {
+                    "seq": d.seq,
+                    "id": d.id,
+                    "topic": d.topic,
+                    "origin": d.origin,
+                    "reason": d.reason,
+                    "failed_at_ns": d.failed_at,
+                    "bytes": d.bytes,
+                }
+                for d in await self.engine.store.dead_letters(limit)
+            ]
         )
-        keys = ("seq", "id", "topic", "origin", "reason", "failed_at_ns", "bytes")
-        return _json([dict(zip(keys, row, strict=True)) for row in rows])
 
     async def metrics_text(self, _query: dict[str, list[str]]) -> Response:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)

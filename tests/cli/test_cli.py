@@ -2,7 +2,8 @@
 
 check-config on good and bad files; secret keygen/encrypt and a gateway that logs in to
 PostgreSQL with the ENC(...) password; dead-letters list/show/replay/purge and store
-stats against the store of a real, running gateway.
+stats against the store of a real, running gateway; every line those commands and store
+reset print, on a store file with no gateway running.
 """
 
 from __future__ import annotations
@@ -712,3 +713,212 @@ def test_store_reset_refuses_a_running_gateway_and_a_valid_store_without_force(
     assert forced.returncode == 0, forced.stderr
     assert len(list(gw.data_dir.glob("store.db.corrupt-*"))) == 1
     assert not gw.store_path.exists()
+
+
+# -- the store's commands on a store file, no gateway running: every line as printed -------
+
+
+def stored_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A config whose data_dir holds no store yet; returns (config path, store path)."""
+    data_dir = tmp_path / "data"
+    config = {
+        "gateway": {"id": "cli-store", "data_dir": str(data_dir)},
+        "mqtt": {"url": "mqtt://127.0.0.1:1"},
+        "routes": {"all": {"match": "#", "sinks": ["a", "b"]}},
+        "sinks": {"a": {"type": "file"}, "b": {"type": "file"}},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, data_dir / "store.db"
+
+
+def fill_store(path: Path) -> list[Any]:
+    """Three dead letters (refused by route r, by sink a, by sink b) and one FlowFile
+    waiting for each of sinks a and b; returns the dead letters' summaries, oldest first."""
+    from gateway.core.flowfile import FlowFile
+    from gateway.store.sqlite import Batch, DeadLetter, Store
+
+    async def fill() -> list[Any]:
+        store = Store(path)
+        await store.open(["a", "b"])
+        waiting = [FlowFile.create("t/w", b"w" * 1000) for _ in range(2)]
+        refused = [FlowFile.create(f"t/{n}", f"r\xe9ading {n}\n".encode(), {"n": n}) for n in "123"]
+        refused.append(FlowFile.create("t/4", b"\xff\xfe binary"))
+        await store.commit(
+            Batch(
+                [(waiting[0], store.bit("a")), (waiting[1], store.bit("b"))],
+                [
+                    DeadLetter(refused[0], "route r: processor 0 (json)", "not valid JSON"),
+                    DeadLetter(refused[1], "sink a", "refused by a", "a"),
+                    DeadLetter(refused[2], "sink b", "refused by b", "b"),
+                    DeadLetter(refused[3], "sink a", "binary", "a"),
+                ],
+                {},
+                [],
+            )
+        )
+        summaries = await store.dead_letters(10)
+        await store.close()
+        return list(reversed(summaries))
+
+    return asyncio.run(fill())
+
+
+def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) -> None:
+    config, store = stored_config(tmp_path)
+    assert cli("dead-letters", "list", "-c", str(config)).stderr == (
+        f"edge-stream: no store at {store}: has the gateway run with this data_dir?\n"
+    )
+    dead = fill_store(store)
+
+    listed = cli("dead-letters", "list", "--limit", "3", "-c", str(config))
+    assert listed.returncode == 0, listed.stderr
+
+    def line(d: Any) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at / 1e9))
+        return f"{d.seq:>7}  {when}  {d.id}  {d.topic}  [{d.origin}]  {d.reason}\n"
+
+    assert listed.stdout == "".join(line(d) for d in dead[1:]) + "4 dead letter(s)\n"
+
+    shown = cli("dead-letters", "show", str(dead[1].seq), str(dead[3].seq), "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (
+        "{\n"
+        f'  "seq": {dead[1].seq},\n'
+        f'  "id": "{dead[1].id}",\n'
+        '  "topic": "t/2",\n'
+        '  "attributes": {\n'
+        '    "n": "2"\n'
+        "  },\n"
+        '  "content": "r\\u00e9ading 2\\n",\n'
+        f'  "created": {fill_created(store, dead[1].seq)},\n'
+        '  "origin": "sink a",\n'
+        '  "sink": "a",\n'
+        '  "reason": "refused by a"\n'
+        "}\n"
+        "{\n"
+        f'  "seq": {dead[3].seq},\n'
+        f'  "id": "{dead[3].id}",\n'
+        '  "topic": "t/4",\n'
+        '  "attributes": {},\n'
+        '  "content": "\\\\xff\\\\xfe binary",\n'
+        f'  "created": {fill_created(store, dead[3].seq)},\n'
+        '  "origin": "sink a",\n'
+        '  "sink": "a",\n'
+        '  "reason": "binary"\n'
+        "}\n"
+    )
+    missing = cli("dead-letters", "show", "999999", "-c", str(config))
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == "edge-stream: no dead letter 999999\n"
+
+    for action in ("purge", "replay"):
+        unnamed = cli("dead-letters", action, "-c", str(config))
+        assert (unnamed.returncode, unnamed.stdout) == (1, "")
+        assert unnamed.stderr == "edge-stream: name dead letters by number, or use --all\n"
+
+    purged = cli("dead-letters", "purge", str(dead[3].seq), "999999", "-c", str(config))
+    assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n")
+    replayed = cli("dead-letters", "replay", str(dead[1].seq), "-c", str(config))
+    assert (replayed.returncode, replayed.stdout) == (0, "replayed 1 dead letter(s)\n")
+    left = cli("dead-letters", "list", "-c", str(config)).stdout
+    assert left == line(dead[0]) + line(dead[2]) + "2 dead letter(s)\n"
+    replayed = cli("dead-letters", "replay", "--all", "-c", str(config))
+    assert (replayed.returncode, replayed.stdout) == (0, "replayed 2 dead letter(s)\n")
+    assert cli("dead-letters", "purge", "--all", "-c", str(config)).stdout == (
+        "purged 0 dead letter(s)\n"
+    )
+    assert cli("dead-letters", "list", "-c", str(config)).stdout == "0 dead letter(s)\n"
+    # what replay moved waits in the replay inbox for the gateway, in the order it failed
+    from gateway.store.sqlite import Store
+
+    async def inbox() -> list[tuple[str, str | None]]:
+        s = Store(store)
+        await s.open()
+        try:
+            return [(f.id, sink) for _, f, sink in await s.take_replay(10)]
+        finally:
+            await s.close()
+
+    assert asyncio.run(inbox()) == [(dead[1].id, "a"), (dead[0].id, None), (dead[2].id, "b")]
+
+
+def fill_created(store: Path, seq: int) -> int:
+    """The `created` of dead letter `seq`, as the store holds it."""
+    from gateway.store.admin import open_admin
+
+    with open_admin(store) as admin:
+        record = admin.dead_letter(seq)
+    assert record is not None
+    return record.created
+
+
+STATS_HEAD = "sink                    waiting     oldest\n"
+
+
+def test_store_stats_prints_a_line_per_sink_and_the_totals(tmp_path: Path) -> None:
+    config, store = stored_config(tmp_path)
+    fill_store(store)
+    result = cli("store", "stats", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(STATS_HEAD)
+    lines = result.stdout[len(STATS_HEAD) :].splitlines(keepends=True)
+    assert len(lines) == 3, result.stdout
+    for name, text in zip("ab", lines[:2], strict=True):
+        assert re.fullmatch(rf"{name} {{29}}1 +\d+\.\ds\n", text), text
+        assert len(text) == 43, text  # 20 + 1 + 10 + 1 + 10 and the newline
+    assert lines[2] == "2 FlowFiles, 0.0 MiB buffered; 4 dead letter(s)\n"
+
+
+def test_the_store_commands_refuse_a_file_that_is_not_a_store_in_one_line(
+    tmp_path: Path,
+) -> None:
+    config, store = stored_config(tmp_path)
+    store.parent.mkdir()
+    store.write_bytes(b"these are not the pages of a database\n" * 100)
+    for command in (
+        ["store", "stats"],
+        ["dead-letters", "list"],
+        ["dead-letters", "purge", "--all"],
+    ):
+        refused = cli(*command, "-c", str(config))
+        assert (refused.returncode, refused.stdout) == (1, ""), command
+        assert refused.stderr.startswith(f"edge-stream: {store}: is not a SQLite database")
+        assert "edge-stream store reset" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert store.read_bytes() == b"these are not the pages of a database\n" * 100
+
+
+def test_store_reset_says_what_it_moved_and_why(tmp_path: Path) -> None:
+    config, store = stored_config(tmp_path)
+    nothing = cli("store", "reset", "-c", str(config))
+    assert (nothing.returncode, nothing.stdout) == (
+        0,
+        f"no store at {store}; the gateway starts with an empty one\n",
+    )
+    store.parent.mkdir()
+    store.write_bytes(b"these are not the pages of a database\n" * 100)
+    store.with_name("store.db-wal").write_bytes(b"")
+    damaged = cli("store", "reset", "-c", str(config))
+    assert damaged.returncode == 0, damaged.stderr
+    [aside] = store.parent.glob("store.db.corrupt-*[!l]")
+    assert damaged.stdout == (
+        f"moved store.db, store.db-wal aside to {aside} (it is not a SQLite database (3800"
+        " bytes that do not start as one)); the gateway starts with an empty store\n"
+    )
+    aside.unlink()
+    aside.with_name(aside.name + "-wal").unlink()
+    fill_store(store)
+    valid = cli("store", "reset", "-c", str(config))
+    assert (valid.returncode, valid.stdout) == (1, "")
+    assert valid.stderr == (
+        f"edge-stream: {store} is a valid store, not reset: it may hold data not delivered"
+        " yet (`edge-stream store stats` shows it). To start empty anyway, add --force\n"
+    )
+    forced = cli("store", "reset", "--force", "-c", str(config))
+    assert forced.returncode == 0, forced.stderr
+    [aside] = store.parent.glob("store.db.corrupt-*")
+    assert forced.stdout == (
+        f"moved store.db aside to {aside} (--force); the gateway starts with an empty store\n"
+    )
+    assert not store.exists()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import _store_reset
 from gateway.core.component import MARK_QOS2
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.store.admin import reset
 from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
 
 
@@ -174,7 +174,7 @@ async def test_dead_letters_and_state_commit_with_the_batch(tmp_path: Path) -> N
     rows, seen = await store.read("a", store.cursor("a"), 10)
     await store.advance("a", seen, 0, [DeadLetter(rows[0][1], "sink a", "refused", "a")])
     assert store.dead_count == 2
-    got = await store.query("SELECT id, origin, reason, sink FROM dead_letters ORDER BY seq")
+    got = await store._query("SELECT id, origin, reason, sink FROM dead_letters ORDER BY seq")
     assert got == [(bad.id, "route r", "not JSON", None), (rows[0][1].id, "sink a", "refused", "a")]
     assert await store.load_state() == {"route r: processor 0": b"state"}
     await store.close()
@@ -192,7 +192,7 @@ async def test_a_new_sink_starts_at_the_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sync", ["normal", "full"])
 async def test_synchronous_modes_open(tmp_path: Path, sync: str) -> None:
     store = await open_store(tmp_path, ("a",), synchronous=sync)
-    assert (await store.query("PRAGMA journal_mode"))[0][0] == "wal"
+    assert (await store._query("PRAGMA journal_mode"))[0][0] == "wal"
     await store.close()
     await store.close()  # idempotent
 
@@ -368,7 +368,7 @@ async def test_a_flipped_byte_in_a_stored_payload_is_dead_lettered_not_delivered
         assert seen == seq + 2
         await store.advance(sink, seen, len(rows), [])
         assert store.depth(sink) == 0
-    dead = await store.query("SELECT sink, origin, reason, content FROM dead_letters")
+    dead = await store._query("SELECT sink, origin, reason, content FROM dead_letters")
     assert sorted(d[0] for d in dead) == ["a", "b"]
     assert all(d[1] == "store" and d[2].startswith("corrupt in store") for d in dead)
     assert all(d[3] == flipped for d in dead) and store.dead_count == 2
@@ -439,7 +439,7 @@ async def test_a_corrupt_row_read_again_is_dead_lettered_once(tmp_path: Path) ->
         rows, seen = await store.read("a", store.cursor("a"), 100)
         assert [s for s, _ in rows] == [s for s in range(seq - 2, seq + 3) if s != seq]
         assert store.depth("a") == 4 and store.dead_count == 1
-    dead = await store.query("SELECT sink FROM dead_letters")
+    dead = await store._query("SELECT sink FROM dead_letters")
     assert dead == [("a",)]
     await store.close()
     # after a restart too: the row is no longer waiting for a, still for b
@@ -471,7 +471,7 @@ async def test_a_damaged_sinks_mask_or_size_is_caught(tmp_path: Path) -> None:
     rows_a, _ = await store.read("a", store.cursor("a"), 100)
     # the first row, once b's stray bit is gone, is whole again for a
     assert [s for s, _ in rows_a] == [seqs[0], seqs[2]]
-    dead = await store.query("SELECT sink FROM dead_letters ORDER BY seq")
+    dead = await store._query("SELECT sink FROM dead_letters ORDER BY seq")
     assert dead == [("b",), ("a",)]
     await store.close()
 
@@ -587,9 +587,9 @@ async def test_a_damaged_database_page_is_named_with_what_to_do(tmp_path: Path) 
     await store.commit(batch([(f, store.bit("a")) for f in flowfiles]))
     await store.close()
     store = await open_store(tmp_path, ("a",))
-    await store.query("PRAGMA shrink_memory")  # what it read at open is read again
+    await store._query("PRAGMA shrink_memory")  # what it read at open is read again
     data = bytearray((tmp_path / "store.db").read_bytes())
-    page_size = (await store.query("PRAGMA page_size"))[0][0]
+    page_size = (await store._query("PRAGMA page_size"))[0][0]
     where = data.index(flowfiles[250].id.encode())
     start = where - where % page_size
     data[start : start + 16] = b"\xff" * 16  # the page header: not a b-tree page any more
@@ -604,6 +604,6 @@ async def test_a_damaged_database_page_is_named_with_what_to_do(tmp_path: Path) 
     assert "edge-stream store reset" in message and "\n" not in message
     await store.close()
     # and `store reset` takes it for damaged: no --force needed
-    assert _store_reset(tmp_path / "store.db") == 0
+    assert reset(tmp_path / "store.db").problem is not None  # moved aside, without force
     assert not (tmp_path / "store.db").exists()
     assert len([n for n in os.listdir(tmp_path) if n.startswith("store.db.corrupt-")]) == 1

@@ -1,0 +1,279 @@
+"""The store seen from outside the gateway: what `edge-stream dead-letters` and
+`edge-stream store` do to it.
+
+`open_admin(path)` gives a `StoreAdmin` on its own SQLite connection, safe while
+a gateway runs on the same file (WAL): it lists, shows, replays and purges dead
+letters and counts what waits for each sink. Replay and purge write: replay moves
+dead letters into the store's replay inbox, which the running gateway takes in
+like new input (see `Store.take_replay`). `reset(path)` moves a damaged store
+aside, never while a gateway holds the data_dir.
+
+Together with sqlite.py this module holds every SQL statement the project runs on
+its store; the CLI and the web server call these functions and format the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gateway.store.sqlite import (
+    DeadLetterSummary,
+    StoreError,
+    count_dead_letters,
+    hold_data_dir,
+    let_go_data_dir,
+    newest_dead_letters,
+    not_a_store,
+)
+
+__all__ = [
+    "DeadLetterRecord",
+    "DeadLetterSummary",
+    "Reset",
+    "SinkBacklog",
+    "StoreAdmin",
+    "StoreStats",
+    "damage",
+    "open_admin",
+    "reset",
+]
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """One dead letter in full (`edge-stream dead-letters show`)."""
+
+    seq: int
+    id: str
+    topic: str
+    attributes: dict[str, str]
+    content: bytes
+    created: int  # ns since the epoch
+    origin: str
+    sink: str | None  # the sink that refused it; None when a route did
+    reason: str
+
+
+@dataclass(frozen=True)
+class SinkBacklog:
+    """What waits in the store for one sink."""
+
+    name: str
+    waiting: int
+    oldest: int | None  # `created` (ns) of the oldest waiting FlowFile; None when none waits
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """`edge-stream store stats`: per sink what waits, and the store's totals."""
+
+    sinks: list[SinkBacklog]  # by name
+    flowfiles: int
+    bytes: int  # what the FlowFiles count against buffer.max_bytes
+    dead_letters: int
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    db.execute("PRAGMA busy_timeout = 10000")
+    return db
+
+
+def open_admin(path: str | os.PathLike[str]) -> StoreAdmin:
+    """A `StoreAdmin` on the store at `path`, on a connection of its own.
+
+    Refuses with a one-line StoreError when there is no store there, or when
+    the file is not a valid Edge Stream store (the check the gateway's start
+    makes): nothing is written into a file that is not one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
+    problem = not_a_store(path)
+    if problem is not None:
+        raise StoreError(
+            f"{path}: {problem}: not a valid Edge Stream store. To start the gateway with"
+            " an empty one, stop it and run `edge-stream store reset -c CONFIG`: it moves"
+            f" the file aside to {path.name}.corrupt-<time>"
+        )
+    return StoreAdmin(_connect(path), path)
+
+
+class StoreAdmin:
+    """Dead letters and statistics of one store file, for the CLI.
+
+    Each method is one statement or one transaction in autocommit mode, so the
+    gateway running on the same file waits at most that long for it.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> StoreAdmin:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- dead letters ------------------------------------------------------------
+
+    def dead_letters(self, limit: int) -> list[DeadLetterSummary]:
+        """The newest `limit` dead letters, newest first."""
+        return newest_dead_letters(self.db, limit)
+
+    def dead_letter_count(self) -> int:
+        return count_dead_letters(self.db)
+
+    def dead_letter(self, seq: int) -> DeadLetterRecord | None:
+        """Dead letter number `seq`, or None if there is none by that number."""
+        row = self.db.execute(
+            "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
+            " FROM dead_letters WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return None
+        seq, fid, topic, attributes, content, created, origin, sink, reason = row
+        return DeadLetterRecord(
+            seq, fid, topic, json.loads(attributes), content, created, origin, sink, reason
+        )
+
+    def purge(self, seqs: Sequence[int] | None) -> int:
+        """Delete the dead letters numbered `seqs` (None: all of them); how many went."""
+        where, params = _selection(seqs)
+        return int(self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount)
+
+    def replay(self, seqs: Sequence[int] | None) -> int:
+        """Move the dead letters numbered `seqs` (None: all) into the replay inbox, in
+        one transaction; how many moved.
+
+        The gateway takes the inbox in like new input: one that a sink refused goes
+        back to that sink, one that a route refused is routed again.
+        """
+        where, params = _selection(seqs)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            moved = self.db.execute(
+                "INSERT INTO replay (id, topic, attributes, content, created, lineage, sink)"
+                " SELECT id, topic, attributes, content, created, lineage, sink FROM"
+                f" dead_letters WHERE {where} ORDER BY seq",
+                params,
+            ).rowcount
+            self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return int(moved)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        """What waits for each sink (count and oldest), and the store's totals."""
+        backlog = []
+        for name, bit, cursor in self.db.execute(
+            "SELECT name, bit, cursor FROM sinks ORDER BY name"
+        ).fetchall():
+            waiting, oldest = self.db.execute(
+                "SELECT count(*), min(created) FROM flowfiles WHERE seq > ? AND sinks & ?",
+                (cursor, 1 << bit),
+            ).fetchone()
+            backlog.append(SinkBacklog(name, waiting, oldest))
+        flowfiles, size = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles"
+        ).fetchone()
+        return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db))
+
+    def quick_check(self) -> list[str]:
+        """SQLite's quick check of every page, at most three problems; ["ok"] if whole."""
+        return [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
+
+
+def _selection(seqs: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
+    if seqs is None:
+        return "1", ()
+    return f"seq IN ({','.join('?' * len(seqs))})", tuple(seqs)
+
+
+# -- reset -----------------------------------------------------------------------------
+
+
+def damage(path: Path) -> str | None:
+    """Why the store at `path` is damaged (header, tables, or SQLite's quick check of
+    every page), or None if it is whole."""
+    problem = not_a_store(path)
+    if problem is not None:
+        return problem
+    try:
+        admin = StoreAdmin(_connect(path), path)
+        try:
+            found = admin.quick_check()
+        finally:
+            admin.close()
+    except sqlite3.DatabaseError as err:
+        return f"cannot be read ({err})"
+    return None if found == ["ok"] else f"is damaged ({'; '.join(found)})"
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What `reset` did."""
+
+    moved: list[Path]  # the files moved aside (store, -wal, -shm); empty: there was no store
+    aside: Path | None  # the new name of the store file
+    problem: str | None  # why it was damaged; None when a valid store went by force
+
+
+def reset(path: Path, force: bool = False) -> Reset:
+    """Move a damaged store (and its -wal and -shm files) aside, so that the next start
+    is empty.
+
+    Never while a gateway runs on the data_dir (it holds the data_dir's lock), and a
+    valid store only with `force`: both are refused with a one-line StoreError.
+    """
+    if not path.parent.is_dir():
+        return Reset([], None, None)
+    try:
+        lock = hold_data_dir(path.parent)
+    except StoreError as err:
+        raise StoreError(f"store reset refused: {err}") from err
+    try:
+        present = [
+            path.with_name(path.name + suffix)
+            for suffix in ("", "-wal", "-shm")
+            if path.with_name(path.name + suffix).exists()
+        ]
+        if not present:
+            return Reset([], None, None)
+        problem = damage(path)
+        if problem is None and not force:
+            raise StoreError(
+                f"{path} is a valid store, not reset: it may hold data not"
+                " delivered yet (`edge-stream store stats` shows it). To start empty"
+                " anyway, add --force"
+            )
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for source in present:
+            source.rename(aside.with_name(aside.name + source.name[len(path.name) :]))
+        return Reset(present, aside, problem)
+    finally:
+        let_go_data_dir(lock)
