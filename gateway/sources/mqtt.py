@@ -92,7 +92,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from time import time_ns
 from typing import Literal
@@ -233,7 +233,8 @@ class MqttSource(Source):
         self.oversized = 0
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
         self._client_id = config.client_id or f"{prefix}-{ctx.name}"
-        ctx.status["dropped"] = 0
+        self._broker_address: str | None = None  # host:port, once connected
+        self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
         cfg = self.config
@@ -303,7 +304,7 @@ class MqttSource(Source):
         refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
-        self.ctx.status["broker"] = f"{host}:{port}"
+        self._broker_address = f"{host}:{port}"
         self.ctx.log.info(
             "connected to %s:%d as %s (%s session)",
             host,
@@ -491,7 +492,7 @@ class MqttSource(Source):
 
     def _drop_qos0(self) -> None:
         self.dropped_qos0 += 1
-        self.ctx.status["dropped"] = self.dropped_qos0
+        self.dropped = self.dropped_qos0
         self._log_drops()
 
     def _log_drops(self) -> None:
@@ -546,11 +547,7 @@ class MqttSource(Source):
             await self._ready.wait()
         self._log_drops()
         self._log_invalid()
-        status = self.ctx.status
-        status["redeliveries"] = self.redeliveries
-        status["possible_duplicates"] = self.possible_duplicates
-        status["invalid"] = self.invalid
-        status["receive_paused"] = self.pauses
+        self._counted = True
         buf = self._buffer
         n = min(len(buf), READ_BATCH)
         self.unacked += n
@@ -611,6 +608,18 @@ class MqttSource(Source):
         acks, self._acks = self._acks, []
         if client.connected:
             client.ack(acks)
+
+    def status(self) -> Mapping[str, object]:
+        """QoS 0 drops, the broker once connected, and the redelivery counters."""
+        out: dict[str, object] = {"dropped": self.dropped}
+        if self._broker_address is not None:
+            out["broker"] = self._broker_address
+        if self._counted:
+            out["redeliveries"] = self.redeliveries
+            out["possible_duplicates"] = self.possible_duplicates
+            out["invalid"] = self.invalid
+            out["receive_paused"] = self.pauses
+        return out
 
 
 class _Ack:
