@@ -110,6 +110,7 @@ READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
 QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
 DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or invalid ones)
+CLOSE_WAIT = 2.0  # seconds close() waits for the broker to end the connection after DISCONNECT
 SHARED_ATTRS_BYTES = 1 << 20  # the attribute dicts shared per topic hold at most about this
 _QOS_TEXT = ("0", "1", "2")
 _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
@@ -602,7 +603,7 @@ class MqttSource(Source):
         if client is not None:
             if self._acks:
                 self._flush_acks_to(client)
-            client.close()
+            await client.disconnect(CLOSE_WAIT)
 
     def _flush_acks_to(self, client: Subscriber) -> None:
         acks, self._acks = self._acks, []
