@@ -79,6 +79,8 @@ class Engine:
         self.ingested = 0
         self.stop_requested = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._taking = False  # the ingest loop waits for items (holds none)
+        self._intake_closed = False
         self.ready = asyncio.Event()
 
     # -- building ----------------------------------------------------------
@@ -181,8 +183,12 @@ class Engine:
         await asyncio.gather(
             *(t for n, t in self._tasks.items() if n.startswith("source ")), return_exceptions=True
         )
-        # Commit what is already handed over so its sources get their acks.
-        self._tasks["ingest"].cancel()
+        # Commit what is already handed over so its sources get their acks. The ingest
+        # loop is cancelled only while it waits for items; a batch it has taken is
+        # committed and acked first (cancelled in the commit, it would be stored unacked).
+        self._intake_closed = True
+        if self._taking:
+            self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
         while len(self.ingest):
             await self._commit(
@@ -210,8 +216,11 @@ class Engine:
     async def _ingest_loop(self) -> None:
         limit = self.config.buffer.batch_max
         linger = self.config.buffer.batch_linger
-        while True:
+        while not self._intake_closed:
+            # take() removes items only after its last await: cancelled in it, it has none
+            self._taking = True
             items = await self.ingest.take(limit, linger, COMMIT_MAX_BYTES)
+            self._taking = False
             await self._commit(items)
 
     async def _commit(
