@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ class Engine:
     def stop(self) -> None:
         self.stop_requested.set()
 
-    def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Any) -> None:
+    def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks[name] = tg.create_task(supervised(name, fn, log, self.clock), name=name)
 
     async def _shutdown(self) -> None:
