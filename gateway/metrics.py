@@ -1,27 +1,27 @@
-"""Prometheus metrics, read from the engine's counters at scrape time.
+"""Prometheus metrics, read from the engine's status snapshot at scrape time.
 
-Counting happens once per batch in plain integers; this collector turns them
-into metric families only when /metrics is scraped, so the hot path pays nothing.
+Counting happens once per batch in plain integers; this collector turns the
+snapshot (`gateway.engine.status`) into metric families only when /metrics is
+scraped, so the hot path pays nothing. It reads whichever engine runs now: a
+reload swaps the engine behind the view, not the collector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-if TYPE_CHECKING:
-    from gateway.engine.pipeline import Engine
+from gateway.engine.status import StatusView
 
 
 class EngineCollector:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, view: StatusView) -> None:
+        self.view = view
 
     def collect(self) -> Iterator[Metric]:
-        e = self.engine
+        e = self.view.snapshot()
         produced = CounterMetricFamily(
             "edge_stream_source_flowfiles", "FlowFiles produced by each source", labels=["source"]
         )
@@ -36,7 +36,7 @@ class EngineCollector:
         for name, r in e.sources.items():
             produced.add_metric([name], r.produced)
             source_errors.add_metric([name], r.errors)
-            dropped.add_metric([name], r.source.ctx.status.get("dropped", 0))
+            dropped.add_metric([name], r.dropped)
         delivered = CounterMetricFamily(
             "edge_stream_sink_delivered", "FlowFiles delivered by each sink", labels=["sink"]
         )
@@ -53,9 +53,9 @@ class EngineCollector:
         )
         for name, s in e.sinks.items():
             delivered.add_metric([name], s.delivered)
-            rejected.add_metric([name], s.rejected)
+            rejected.add_metric([name], s.dead_lettered)
             sink_errors.add_metric([name], s.errors)
-            depth.add_metric([name], e.store.depth(name))
+            depth.add_metric([name], s.depth)
         yield from (produced, source_errors, dropped, delivered, rejected, sink_errors, depth)
         yield GaugeMetricFamily(
             "edge_stream_store_bytes", "Bytes the store holds", value=e.store.bytes
@@ -66,14 +66,14 @@ class EngineCollector:
         yield GaugeMetricFamily(
             "edge_stream_dead_letters",
             "FlowFiles in the dead-letter table",
-            value=e.store.dead_count,
+            value=e.store.dead_letters,
         )
         yield CounterMetricFamily(
-            "edge_stream_ingested", "FlowFiles committed by ingest", value=e.ingested
+            "edge_stream_ingested", "FlowFiles committed by ingest", value=e.gateway.ingested
         )
 
 
-def registry_for(engine: Engine) -> CollectorRegistry:
+def registry_for(view: StatusView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine))
+    registry.register(EngineCollector(view))
     return registry

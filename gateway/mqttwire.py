@@ -217,6 +217,7 @@ class Subscriber(asyncio.Protocol):
         self._ping: asyncio.TimerHandle | None = None
         self._paused = False
         self.closed_reason: str | None = None
+        self._gone: asyncio.Future[None] | None = None  # set when the connection is closed
 
     # -- connecting ----------------------------------------------------------
 
@@ -341,6 +342,31 @@ class Subscriber(asyncio.Protocol):
             self._lost("closed by the gateway")
             self._transport.close()
 
+    async def disconnect(self, wait: float) -> None:
+        """Send DISCONNECT (normal, keep the session), wait up to `wait` seconds for the broker
+        to close the connection, then close; safe to call twice.
+
+        A broker closes the connection once it has read the DISCONNECT, so it has then
+        read everything sent before it, the last PUBACKs among them: a connection opened
+        right after with the same client id (a reload) resumes a session in which those
+        messages are acknowledged, instead of taking the session over and being sent
+        them again.
+        """
+        transport = self._transport
+        if transport is None or self.closed_reason is not None:
+            return
+        self._gone = asyncio.get_running_loop().create_future()
+        self._write(b"\xe0\x00")
+        self._lost("closed by the gateway")
+        transport.resume_reading()  # the broker's end of the connection must be seen
+        try:
+            async with asyncio.timeout(wait):
+                await self._gone
+        except TimeoutError:
+            pass
+        finally:
+            transport.close()
+
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -348,6 +374,8 @@ class Subscriber(asyncio.Protocol):
         self._last_in = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         self._lost(
             f"the connection to the broker was lost: {exc}"
             if exc

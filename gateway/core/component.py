@@ -9,7 +9,7 @@ work; the engine owns backoff, scheduling, metrics, acks and dead letters.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -84,7 +84,6 @@ class Context:
     mqtt_password: str | None = None
     mqtt_keepalive: float = 30.0
     log: ComponentLog = field(init=False)
-    status: dict[str, Any] = field(default_factory=dict)
     marks: InboundMarks = field(default_factory=NoMarks)
 
     def __post_init__(self) -> None:
@@ -119,6 +118,9 @@ class Source:
 
     mode: ClassVar[str] = "poll"
     interval: float = 1.0
+    dropped: int = 0
+    """Messages this source dropped before handing them over (MQTT QoS 0 under load):
+    `edge_stream_source_dropped` in /metrics."""
 
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config
@@ -137,6 +139,12 @@ class Source:
 
     async def close(self) -> None:
         """Release everything; must be safe to call twice."""
+
+    def status(self) -> Mapping[str, object]:
+        """What this source adds to its entry in /api/status and on the status page,
+        after the engine's own keys (state, produced, errors, last_error). Values must
+        be JSON-serialisable; read on every request, so cheap. Default: nothing."""
+        return {}
 
 
 class Processor:
@@ -196,3 +204,9 @@ class Sink:
 
     async def close(self) -> None:
         """Release everything; must be safe to call twice."""
+
+    def status(self) -> Mapping[str, object]:
+        """What this sink adds to its entry in /api/status and on the status page, after
+        the engine's own keys (type, state, depth, delivered, dead_lettered, errors,
+        last_error). Values must be JSON-serialisable. Default: nothing."""
+        return {}

@@ -1,35 +1,40 @@
-"""The engine: builds the topology from the config and runs it.
+"""The engine: the topology built from the config (sources, routes, sinks), and its loops.
 
 One ingest loop takes what sources hand over, routes it, and commits the
 routed FlowFiles, dead letters, processor state and redelivery marks in one
 store transaction; only then are the sources acknowledged. Each sink has a
 runner that delivers from the store and moves its cursor. Every loop belongs
 to one TaskGroup owned here.
+
+The engine runs on a store it is given, opened, and never opens or closes
+one; the process services (the store, the embedded MQTT broker, the web
+server) belong to `gateway.app`, so that a reload swaps engines under them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from gateway import registry
-from gateway.broker import GatewayBroker, open_gateway_broker
 from gateway.config.model import Config, RetrySettings
+from gateway.core.backoff import Backoff
+from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.engine.router import Route, Router
-from gateway.engine.runner import Backoff, Ingest, SinkRunner, SourceRunner
-from gateway.store.sqlite import (
-    Batch,
-    DeadLetter,
-    Store,
-    StoreError,
-    hold_data_dir,
-    let_go_data_dir,
+from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
+from gateway.engine.status import (
+    BrokerStatus,
+    DiskStatus,
+    GatewayStatus,
+    RouteStatus,
+    Snapshot,
+    StoreStatus,
 )
+from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 log = logging.getLogger("gateway.engine")
 
@@ -41,35 +46,43 @@ INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
+SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
 
 
 class Engine:
-    """Everything that runs inside one gateway process."""
+    """The topology of one config, run on an open store: sources, routes, sinks."""
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        mqtt_url: str | None = None,
+        config_path: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
+        None when no component uses it."""
         self.config = config
         self.config_path = config_path
+        self.store = store
+        self.mqtt_url = mqtt_url
+        self.clock = clock
         self.data_dir = Path(config.gateway.data_dir)
-        self.store = Store(
-            self.data_dir / "store.db",
-            max_bytes=config.buffer.max_bytes,
-            overflow=config.buffer.overflow,
-            synchronous=config.buffer.synchronous,
-        )
-        self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES)
+        self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES, clock)
         self.gate = asyncio.Event()
         self.gate.set()
-        self.broker: GatewayBroker | None = None
         self.sources: dict[str, SourceRunner] = {}
         self.sinks: dict[str, SinkRunner] = {}
         self.router: Router | None = None
-        self.started = time.time()
+        self.started = clock.monotonic()
         self.committed_batches = 0
         self.ingested = 0
         self.stop_requested = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._taking = False  # the ingest loop waits for items (holds none)
+        self._intake_closed = False
         self.ready = asyncio.Event()
-        self.web_url: str | None = None
 
     # -- building ----------------------------------------------------------
 
@@ -77,9 +90,10 @@ class Engine:
         return Context(
             name=name,
             kind=kind,
+            clock=self.clock,
             data_dir=str(self.data_dir),
             gateway_id=self.config.gateway.id,
-            mqtt_url=self.broker.url if self.broker else self.config.mqtt.url,
+            mqtt_url=self.mqtt_url or self.config.mqtt.url,
             mqtt_client_prefix=self.config.mqtt.client_id
             or f"edge-stream-{self.config.gateway.id}",
             mqtt_username=self.config.mqtt.username,
@@ -93,14 +107,16 @@ class Engine:
             entry = registry.find("sink", sink_cfg.type)
             assert entry is not None  # the config loader checked the type
             sink: Sink = entry.cls(sink_cfg, self._context(name, "sink"))
-            self.sinks[name] = SinkRunner(name, sink, sink_cfg, self.store)
+            self.sinks[name] = SinkRunner(name, sink, sink_cfg, self.store, self.clock)
         for name, src_cfg in cfg.sources.items():
             entry = registry.find("source", src_cfg.type)
             assert entry is not None
             ctx = self._context(name, "source")
             ctx.marks = self.store.marks(name)
             source: Source = entry.cls(src_cfg, ctx)
-            self.sources[name] = SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate)
+            self.sources[name] = SourceRunner(
+                name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock
+            )
 
     def _build_router(self) -> Router:
         routes = []
@@ -122,82 +138,43 @@ class Engine:
     # -- running -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until `stop()`; then shut down in order and return.
-
-        The broker and the web server start before any loop does: an address in use or
-        a missing Mosquitto is a ConfigError (one line, exit 1), not a traceback. Before
-        them, the data_dir is locked: a second gateway on it is refused (StoreError).
-        """
-        web = None
-        lock = hold_data_dir(self.data_dir)
-        try:
-            self.broker = await open_gateway_broker(self.config, str(self.data_dir))
-            self._build()
-            await self.store.open(self.sinks)
-            self.store.set_overflow(
-                {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
+        """Build the topology on the store, run it until `stop()`, then shut it down in
+        order (intake, commit and ack what was handed over, sinks finish, close) and
+        return. The store stays open: it belongs to the caller."""
+        self._build()
+        await self.store.register_sinks(self.sinks)
+        self.store.set_overflow(
+            {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
+        )
+        self.router = self._build_router()
+        state = await self.store.load_state()
+        for label, processor in self.router.stateful():
+            if label in state:
+                processor.restore(state[label])
+        async with asyncio.TaskGroup() as tg:
+            self._spawn(tg, "ingest", self._ingest_loop)
+            self._spawn(tg, "maintenance", self._maintenance_loop)
+            for name, runner in self.sinks.items():
+                self._spawn(tg, f"sink {name}", runner.run)
+            for name, src in self.sources.items():
+                self._spawn(tg, f"source {name}", src.run)
+            self.ready.set()
+            log.info(
+                "engine: running with %d sources, %d routes, %d sinks; store %s",
+                len(self.sources),
+                len(self.router.routes),
+                len(self.sinks),
+                self.store.path,
             )
-            self.router = self._build_router()
-            state = await self.store.load_state()
-            for label, processor in self.router.stateful():
-                if label in state:
-                    processor.restore(state[label])
-            self.store.on_commit(self._wake_sinks)
-            if self.config.web.enabled:
-                from gateway.web.server import WebServer
-
-                web = WebServer(self, self.config.web)
-                self.web_url = await web.start()
-            async with asyncio.TaskGroup() as tg:
-                if self.broker is not None and self.broker.embedded is not None:
-                    self._spawn(tg, "broker", self.broker.embedded.supervise)
-                self._spawn(tg, "ingest", self._ingest_loop)
-                self._spawn(tg, "maintenance", self._maintenance_loop)
-                for name, runner in self.sinks.items():
-                    self._spawn(tg, f"sink {name}", runner.run)
-                for name, src in self.sources.items():
-                    self._spawn(tg, f"source {name}", src.run)
-                self.ready.set()
-                log.info(
-                    "engine: running with %d sources, %d routes, %d sinks; store %s",
-                    len(self.sources),
-                    len(self.router.routes),
-                    len(self.sinks),
-                    self.store.path,
-                )
-                await self.stop_requested.wait()
-                await self._shutdown()
-        finally:
-            if web is not None:
-                await web.stop()
-            if self.broker is not None and self.broker.embedded is not None:
-                await self.broker.embedded.stop()
-            await self.store.close()
-            let_go_data_dir(lock)
+            await self.stop_requested.wait()
+            await self._shutdown()
         log.info("engine: stopped")
 
     def stop(self) -> None:
         self.stop_requested.set()
-        if self.broker is not None and self.broker.embedded is not None:
-            # its own SIGTERM (same process group) is expected now
-            self.broker.embedded.stopping = True
 
     def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
-        self._tasks[name] = tg.create_task(self._supervised(name, fn), name=name)
-
-    async def _supervised(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
-        """The one boundary where unexpected errors are caught: log, count, restart."""
-        backoff = Backoff(1.0, 60.0)
-        while True:
-            try:
-                await fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = backoff.next()
-                log.exception("%s: crashed; restarting in %.1f s", name, delay)
-                await asyncio.sleep(delay)
+        self._tasks[name] = tg.create_task(supervised(name, fn, log, self.clock), name=name)
 
     async def _shutdown(self) -> None:
         log.info("engine: stopping intake")
@@ -207,8 +184,12 @@ class Engine:
         await asyncio.gather(
             *(t for n, t in self._tasks.items() if n.startswith("source ")), return_exceptions=True
         )
-        # Commit what is already handed over so its sources get their acks.
-        self._tasks["ingest"].cancel()
+        # Commit what is already handed over so its sources get their acks. The ingest
+        # loop is cancelled only while it waits for items; a batch it has taken is
+        # committed and acked first (cancelled in the commit, it would be stored unacked).
+        self._intake_closed = True
+        if self._taking:
+            self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
         while len(self.ingest):
             await self._commit(
@@ -222,24 +203,25 @@ class Engine:
             sink_runner.wake.set()
         sink_tasks = [t for n, t in self._tasks.items() if n.startswith("sink ")]
         _done, pending = (
-            await asyncio.wait(sink_tasks, timeout=5.0) if sink_tasks else (set(), set())
+            await asyncio.wait(sink_tasks, timeout=SINK_FINISH_S) if sink_tasks else (set(), set())
         )
         for task in pending:
             task.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         for sink_runner in self.sinks.values():
             await sink_runner.close()
-        for name in ("maintenance", "broker"):
-            if name in self._tasks:
-                self._tasks[name].cancel()
+        self._tasks["maintenance"].cancel()
 
     # -- ingest ---------------------------------------------------------------
 
     async def _ingest_loop(self) -> None:
         limit = self.config.buffer.batch_max
         linger = self.config.buffer.batch_linger
-        while True:
+        while not self._intake_closed:
+            # take() removes items only after its last await: cancelled in it, it has none
+            self._taking = True
             items = await self.ingest.take(limit, linger, COMMIT_MAX_BYTES)
+            self._taking = False
             await self._commit(items)
 
     async def _commit(
@@ -279,7 +261,7 @@ class Engine:
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()
-                await asyncio.sleep(0.1)
+                await self.clock.sleep(0.1)
                 continue
             try:
                 await self.store.commit(batch)
@@ -292,7 +274,8 @@ class Engine:
                     err,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
+        self._wake_sinks()
         if not self.gate.is_set():
             self.gate.set()
         self.committed_batches += 1
@@ -327,7 +310,7 @@ class Engine:
         activity = (-1, -1)
         quiet = 0
         while True:
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
             try:
                 await self.store.maintain(self.sinks)
                 await self._replay()
@@ -345,44 +328,47 @@ class Engine:
 
     # -- status -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def snapshot(self, broker: BrokerStatus | None = None) -> Snapshot:
+        """The typed status of this engine and its store; `broker` is the process's."""
         router = self.router
-        return {
-            "gateway": {
-                "id": self.config.gateway.id,
-                "uptime_s": round(time.time() - self.started, 1),
-                "config": self.config_path,
-                "ingested": self.ingested,
-                "batches": self.committed_batches,
-            },
-            "broker": None if self.broker is None else self.broker.status(),
-            "store": {
-                "path": str(self.store.path),
-                "bytes": self.store.bytes,
-                "max_bytes": self.store.max_bytes,
-                "overflow": self.store.overflow,
-                "dropped": self.store.dropped,
-                "dead_letters": self.store.dead_count,
-                "blocked": not self.gate.is_set(),
-                "disk": {
-                    "full": self.store.disk_full,
-                    "free_bytes": self.store.disk_free,
-                    "store_bytes": self.store.store_file_bytes(),
-                    "reserve": self.store.reserve.exists(),
-                },
-            },
-            "sources": {name: r.status() for name, r in self.sources.items()},
-            "routes": {}
+        store = self.store
+        bit = store.bit
+        return Snapshot(
+            gateway=GatewayStatus(
+                id=self.config.gateway.id,
+                uptime_s=round(self.clock.monotonic() - self.started, 1),
+                config=self.config_path,
+                ingested=self.ingested,
+                batches=self.committed_batches,
+            ),
+            broker=broker,
+            store=StoreStatus(
+                path=str(store.path),
+                bytes=store.bytes,
+                max_bytes=store.max_bytes,
+                overflow=store.overflow,
+                dropped=store.dropped,
+                dead_letters=store.dead_count,
+                blocked=not self.gate.is_set(),
+                disk=DiskStatus(
+                    full=store.disk_full,
+                    free_bytes=store.disk_free,
+                    store_bytes=store.store_file_bytes(),
+                    reserve=store.reserve.exists(),
+                ),
+            ),
+            sources={name: r.status() for name, r in self.sources.items()},
+            routes={}
             if router is None
             else {
-                name: {
-                    "match": list(r.filters),
-                    "sinks": [s for s in self.sinks if r.mask & self.store.bit(s)],
-                    "processors": [label for label, _ in r.processors],
-                }
+                name: RouteStatus(
+                    match=list(r.filters),
+                    sinks=[s for s in self.sinks if r.mask & bit(s)],
+                    processors=[label for label, _ in r.processors],
+                )
                 for name, r in router.routes.items()
             },
-            "sinks": {name: r.status() for name, r in self.sinks.items()},
-            "dead_letters": self.store.dead_count,
-            "unrouted": 0 if router is None else router.unrouted,
-        }
+            sinks={name: r.status() for name, r in self.sinks.items()},
+            dead_letters=store.dead_count,
+            unrouted=0 if router is None else router.unrouted,
+        )

@@ -2,22 +2,26 @@
 
 The engine owns these loops so that every component gets the same
 reconnects, capped exponential backoff with jitter, error counting and status
-reporting, and no component sleeps in a retry loop of its own.
+reporting, and no component sleeps in a retry loop of its own. Every wait that
+matters (backoff, poll pacing, rate limits, lingering) goes through the
+injected Clock, so tests drive time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from itertools import repeat
-from typing import Any
 
 from gateway.config.model import RetrySettings, SinkConfig
-from gateway.core.backoff import Backoff as Backoff  # also imported from here by pipeline.py
+from gateway.core.backoff import Backoff
+from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
+from gateway.engine.status import SinkStatus, SourceStatus
 from gateway.store.sqlite import DeadLetter, Store, StoreError
 
 # attributes dict id -> (the dict, its size): most FlowFiles share a few small dicts (the
@@ -52,9 +56,12 @@ class Ingest:
     drops); everything else awaits `put`, which waits while the buffer is full.
     """
 
-    def __init__(self, capacity: int, max_bytes: int = 1 << 62) -> None:
+    def __init__(
+        self, capacity: int, max_bytes: int = 1 << 62, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
+        self.clock = clock
         self.bytes = 0
         self._items: deque[tuple[str, Message, int]] = deque()
         self._ready = asyncio.Event()
@@ -106,7 +113,7 @@ class Ingest:
             self._ready.clear()
             await self._ready.wait()
         if len(self._items) < limit and self.bytes < max_bytes and linger > 0:
-            await asyncio.sleep(linger)
+            await self.clock.sleep(linger)
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0
@@ -127,11 +134,18 @@ class SourceRunner:
     """Connects a source, drives it (poll on a schedule or read in a loop), reconnects."""
 
     def __init__(
-        self, name: str, source: Source, ingest: Ingest, retry: RetrySettings, gate: asyncio.Event
+        self,
+        name: str,
+        source: Source,
+        ingest: Ingest,
+        retry: RetrySettings,
+        gate: asyncio.Event,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.name = name
         self.source = source
         self.ingest = ingest
+        self.clock = clock
         self.backoff = Backoff(retry.initial, retry.max)
         self.gate = gate  # cleared while the store is over budget with overflow: block
         self.state = "starting"
@@ -139,15 +153,15 @@ class SourceRunner:
         self.errors = 0
         self.produced = 0
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "state": self.state,
-            "produced": self.produced,
-            "errors": self.errors,
-            "last_error": self.last_error,
-        }
-        out.update(self.source.ctx.status)
-        return out
+    def status(self) -> SourceStatus:
+        return SourceStatus(
+            state=self.state,
+            produced=self.produced,
+            errors=self.errors,
+            last_error=self.last_error,
+            dropped=self.source.dropped,
+            extra=self.source.status(),
+        )
 
     async def run(self) -> None:
         log = self.source.ctx.log
@@ -167,7 +181,7 @@ class SourceRunner:
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1f s", err, delay)
                 await self.close()
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             except PermanentError as err:
                 self._failed(str(err))
                 self.state = "failed"
@@ -188,17 +202,18 @@ class SourceRunner:
 
     async def _poll_loop(self) -> None:
         interval = max(self.source.interval, 0.001)
-        next_due = time.monotonic()
+        clock = self.clock
+        next_due = clock.monotonic()
         while True:
             await self.gate.wait()
             flowfiles = await self.source.poll()
             self.produced += len(flowfiles)
             await self.ingest.put(self.name, [Message(ff) for ff in flowfiles])
             next_due += interval
-            now = time.monotonic()
+            now = clock.monotonic()
             if next_due < now:  # fell behind (slow device): skip missed ticks, keep the rate
                 next_due = now + interval - (now - next_due) % interval
-            await asyncio.sleep(next_due - now)
+            await clock.sleep(next_due - now)
 
     async def _read_loop(self) -> None:
         while True:
@@ -211,11 +226,19 @@ class SourceRunner:
 class SinkRunner:
     """Delivers one sink's FlowFiles from the store, oldest first, then moves its cursor."""
 
-    def __init__(self, name: str, sink: Sink, config: SinkConfig, store: Store) -> None:
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        config: SinkConfig,
+        store: Store,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.name = name
         self.sink = sink
         self.config = config
         self.store = store
+        self.clock = clock
         self.backoff = Backoff(config.retry.initial, config.retry.max)
         self.wake = asyncio.Event()
         self.state = "starting"
@@ -228,18 +251,17 @@ class SinkRunner:
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": self.config.type,
-            "state": self.state,
-            "depth": self.store.depth(self.name),
-            "delivered": self.delivered,
-            "dead_lettered": self.rejected,
-            "errors": self.errors,
-            "last_error": self.last_error,
-        }
-        out.update(self.sink.ctx.status)
-        return out
+    def status(self) -> SinkStatus:
+        return SinkStatus(
+            type=self.config.type,
+            state=self.state,
+            depth=self.store.depth(self.name),
+            delivered=self.delivered,
+            dead_lettered=self.rejected,
+            errors=self.errors,
+            last_error=self.last_error,
+            extra=self.sink.status(),
+        )
 
     async def run(self) -> None:
         try:
@@ -258,6 +280,7 @@ class SinkRunner:
         max_bytes = self.config.batch.max_bytes
         linger = self.config.batch.linger
         rate = self.config.rate_limit
+        clock = self.clock
         after = self.store.cursor(self.name)
         while not self.stopping:
             try:
@@ -286,10 +309,10 @@ class SinkRunner:
                     except TimeoutError:
                         pass
                     if linger > 0:
-                        await asyncio.sleep(linger)
+                        await clock.sleep(linger)
                     continue
                 self.idle.clear()
-                started = time.monotonic()
+                started = clock.monotonic()
                 if len(rows) == limit or (
                     seen == rows[-1][0] and sum(len(ff.content) for _, ff in rows) > max_bytes // 2
                 ):
@@ -321,9 +344,9 @@ class SinkRunner:
                     log.info("delivering again")
                 self.state = "running"
                 if rate:
-                    pause = len(rows) / rate - (time.monotonic() - started)
+                    pause = len(rows) / rate - (clock.monotonic() - started)
                     if pause > 0:
-                        await asyncio.sleep(pause)
+                        await clock.sleep(pause)
             except (RetryableError, StoreError, PermanentError) as err:
                 self._drop_read_ahead()  # it followed a delivery that did not happen
                 if isinstance(err, PermanentError):
@@ -345,10 +368,31 @@ class SinkRunner:
             "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
         )
         await self.close()
-        await asyncio.sleep(delay)
+        await self.clock.sleep(delay)
 
     async def close(self) -> None:
         try:
             await self.sink.close()
         except (RetryableError, PermanentError, OSError) as err:
             self.sink.ctx.log.warning("close failed: %s", err)
+
+
+async def supervised(
+    name: str,
+    fn: Callable[[], Awaitable[None]],
+    log: logging.Logger,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """The one boundary where unexpected errors are caught: log, count, restart `fn`
+    after a capped backoff. Returns when `fn` does."""
+    backoff = Backoff(1.0, 60.0)
+    while True:
+        try:
+            await fn()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = backoff.next()
+            log.exception("%s: crashed; restarting in %.1f s", name, delay)
+            await clock.sleep(delay)

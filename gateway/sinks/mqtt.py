@@ -79,7 +79,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -190,6 +190,11 @@ class MqttSink(Sink):
         self._lost: str | None = None
         # The client being connected, and a future set if its connection drops meanwhile.
         self._pending: tuple[Publisher, asyncio.Future[None]] | None = None
+        self._connected_as: dict[str, object] = {}  # broker, client id, session present
+
+    def status(self) -> Mapping[str, object]:
+        """The broker, the client id and whether the broker kept its session."""
+        return self._connected_as
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -304,11 +309,11 @@ class MqttSink(Sink):
             await client.abandon()
 
     def _on_connect(self, client: Any, session_present: int, result: int, properties: Any) -> None:
-        self.ctx.status.update(
-            broker=f"{self.host}:{self.port}",
-            client_id=self.client_id,
-            session_present=bool(session_present),
-        )
+        self._connected_as = {
+            "broker": f"{self.host}:{self.port}",
+            "client_id": self.client_id,
+            "session_present": bool(session_present),
+        }
 
     def _on_disconnect(self, client: Any, packet: Any = None, exc: Any = None) -> None:
         if self._pending is not None and client is self._pending[0]:

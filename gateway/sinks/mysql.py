@@ -92,7 +92,7 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import unquote
@@ -468,6 +468,7 @@ class MysqlSink(Sink):
         self._marks = "(" + ",".join(["%s"] * len(columns)) + ")"  # one row's placeholders
         self._conn: Any = None  # aiomysql.Connection
         self._lock = asyncio.Lock()
+        self._connected_to: dict[str, str] = {}  # server and table, once connected
 
     def create_statement(self) -> str:
         """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
@@ -512,6 +513,10 @@ class MysqlSink(Sink):
             await self._open(permanent=RetryableError)
             await self._insert(batch, values, 0, len(batch), rejected)
         return rejected
+
+    def status(self) -> Mapping[str, object]:
+        """The server (without its password) and the table, once connected."""
+        return self._connected_to
 
     async def close(self) -> None:
         """Close the connection; safe to call twice, or without connect()."""
@@ -575,7 +580,7 @@ class MysqlSink(Sink):
                 " alone, so a batch written again would be stored twice; add one"
                 " (ALTER TABLE ... ADD PRIMARY KEY (id)) or point `table` at a new table"
             )
-        self.ctx.status.update(server=repr(dsn), table=config.table)
+        self._connected_to = {"server": repr(dsn), "table": config.table}
         self.ctx.log.info("connected to %r, writing to table %s", dsn, config.table)
 
     async def _unique_id(self) -> bool:

@@ -88,7 +88,7 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -424,6 +424,7 @@ class PostgresSink(Sink):
         self._insert_sql = self._insert_statement()
         self._pool: Any = None  # asyncpg.Pool
         self._lock = asyncio.Lock()
+        self._connected_to: dict[str, str] = {}  # server and table, once connected
 
     def _insert_statement(self) -> str:
         names, params, exprs = [], [], []
@@ -488,6 +489,10 @@ class PostgresSink(Sink):
                 f" {_message(err)}"
             ) from err
         return rejected
+
+    def status(self) -> Mapping[str, object]:
+        """The server (without its password) and the table, once connected."""
+        return self._connected_to
 
     async def close(self) -> None:
         """Close the connections; safe to call twice, or without connect()."""
@@ -573,7 +578,7 @@ class PostgresSink(Sink):
         except BaseException:  # PermanentError, cancellation: do not leak the pool
             pool.terminate()
             raise
-        self.ctx.status.update(server=self.server, table=config.table)
+        self._connected_to = {"server": self.server, "table": config.table}
         self.ctx.log.info("connected to %s, writing to table %s", self.server, config.table)
         return pool
 

@@ -92,7 +92,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from time import time_ns
 from typing import Literal
@@ -110,6 +110,7 @@ READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
 QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
 DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or invalid ones)
+CLOSE_WAIT = 2.0  # seconds close() waits for the broker to end the connection after DISCONNECT
 SHARED_ATTRS_BYTES = 1 << 20  # the attribute dicts shared per topic hold at most about this
 _QOS_TEXT = ("0", "1", "2")
 _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
@@ -233,7 +234,8 @@ class MqttSource(Source):
         self.oversized = 0
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
         self._client_id = config.client_id or f"{prefix}-{ctx.name}"
-        ctx.status["dropped"] = 0
+        self._broker_address: str | None = None  # host:port, once connected
+        self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
         cfg = self.config
@@ -303,7 +305,7 @@ class MqttSource(Source):
         refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
-        self.ctx.status["broker"] = f"{host}:{port}"
+        self._broker_address = f"{host}:{port}"
         self.ctx.log.info(
             "connected to %s:%d as %s (%s session)",
             host,
@@ -491,7 +493,7 @@ class MqttSource(Source):
 
     def _drop_qos0(self) -> None:
         self.dropped_qos0 += 1
-        self.ctx.status["dropped"] = self.dropped_qos0
+        self.dropped = self.dropped_qos0
         self._log_drops()
 
     def _log_drops(self) -> None:
@@ -546,11 +548,7 @@ class MqttSource(Source):
             await self._ready.wait()
         self._log_drops()
         self._log_invalid()
-        status = self.ctx.status
-        status["redeliveries"] = self.redeliveries
-        status["possible_duplicates"] = self.possible_duplicates
-        status["invalid"] = self.invalid
-        status["receive_paused"] = self.pauses
+        self._counted = True
         buf = self._buffer
         n = min(len(buf), READ_BATCH)
         self.unacked += n
@@ -605,12 +603,24 @@ class MqttSource(Source):
         if client is not None:
             if self._acks:
                 self._flush_acks_to(client)
-            client.close()
+            await client.disconnect(CLOSE_WAIT)
 
     def _flush_acks_to(self, client: Subscriber) -> None:
         acks, self._acks = self._acks, []
         if client.connected:
             client.ack(acks)
+
+    def status(self) -> Mapping[str, object]:
+        """QoS 0 drops, the broker once connected, and the redelivery counters."""
+        out: dict[str, object] = {"dropped": self.dropped}
+        if self._broker_address is not None:
+            out["broker"] = self._broker_address
+        if self._counted:
+            out["redeliveries"] = self.redeliveries
+            out["possible_duplicates"] = self.possible_duplicates
+            out["invalid"] = self.invalid
+            out["receive_paused"] = self.pauses
+        return out
 
 
 class _Ack:

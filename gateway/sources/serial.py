@@ -60,7 +60,7 @@ import codecs
 import os
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -197,7 +197,6 @@ class SerialSource(Source):
             "rejected": 0,
             "last_error": None,
         }
-        ctx.status["serial"] = self._status
 
     def _make_framer(self) -> Any:
         cfg = self.config
@@ -357,6 +356,10 @@ class SerialSource(Source):
             except (OSError, serial.SerialException) as err:
                 self.ctx.log.debug("closing %s: %s", self.config.port, err)
             self._status["state"] = "closed"
+
+    def status(self) -> Mapping[str, object]:
+        """The port: its state (open, missing, lost, closed), records and rejects."""
+        return {"serial": dict(self._status)}
 
 
 def _blocking_read(port: Any) -> bytes:

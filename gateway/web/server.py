@@ -1,7 +1,7 @@
 """The local web page, the JSON API and /metrics.
 
 GET /            the status page (HTML, refreshes itself)
-GET /healthz     200 "ok" while the engine runs (no credentials needed)
+GET /healthz     200 "ok" while the gateway runs (no credentials needed)
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /metrics     Prometheus text format
@@ -26,7 +26,7 @@ import errno
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,11 +34,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.broker import in_use
 from gateway.config.model import WebSection
 from gateway.core.errors import ConfigError
+from gateway.engine.status import StatusView
 from gateway.metrics import registry_for
 from gateway.web.page import STATUS_PAGE
-
-if TYPE_CHECKING:
-    from gateway.engine.pipeline import Engine
 
 MAX_HEAD = 8192
 HEAD_TIMEOUT = 10.0
@@ -56,10 +54,13 @@ Response = tuple[int, str, bytes]
 
 
 class WebServer:
-    def __init__(self, engine: Engine, config: WebSection) -> None:
-        self.engine = engine
+    """Serves the running gateway through `view`, across reloads: a reload swaps the
+    engine behind the view, and the listening socket and open connections stay."""
+
+    def __init__(self, view: StatusView, config: WebSection) -> None:
+        self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
-        self.metrics = registry_for(engine)
+        self.metrics = registry_for(view)
         self._server: asyncio.Server | None = None
         # Open connections, and those waiting for a request head; both oldest first.
         self._open: dict[asyncio.StreamWriter, None] = {}
@@ -190,7 +191,7 @@ class WebServer:
         return 200, "text/plain", b"ok\n"
 
     async def api_status(self, _query: dict[str, list[str]]) -> Response:
-        return _json(self.engine.status())
+        return _json(self.engine.snapshot().to_json())
 
     async def api_dead_letters(self, query: dict[str, list[str]]) -> Response:
         try:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
-from harness import Publisher, wait_for
+from harness import Publisher, free_port, wait_for
 from load import Lanes
 
 
@@ -184,4 +187,85 @@ def test_a_repeated_reading_survives_a_crash_after_packet_ids_came_round(
         pass  # the count below says how many are missing
     time.sleep(1.0)  # a duplicate arriving late would show now
     assert postgres.fetch(count)[0][0] == total
+    assert gw.stop() == 0
+
+
+def mosquitto_children(pid: int) -> list[int]:
+    """The pids of the Mosquitto processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = stat.partition(") ")
+            if name.endswith("(mosquitto") and int(rest.split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def listening_inode(pid: int, port: int) -> str:
+    """The inode of the socket `pid` listens with on TCP `port` (from /proc)."""
+    own = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            own.add(target[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.partition(":")[2], 16) == port and inode in own:
+            return inode
+    raise AssertionError(f"pid {pid} does not listen on {port}")
+
+
+def healthz_on(connection: socket.socket) -> bytes:
+    """GET /healthz on a kept-alive connection; the response head and body."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"\r\n\r\nok\n"):
+        chunk = connection.recv(4096)
+        if not chunk:
+            raise AssertionError(f"the connection was closed after {answer!r}")
+        answer += chunk
+    return answer
+
+
+def test_a_reload_keeps_the_broker_process_and_the_web_socket(
+    postgres: Any, gateway_factory: Any, tmp_path: Path
+) -> None:
+    """SIGHUP swaps the engine under the running services: the embedded Mosquitto keeps
+    its pid, the web server its listening socket and an open keep-alive connection."""
+    table = "e2e_services"
+    broker_port = free_port()
+    config = spine_config(SimpleNamespace(url="embedded"), postgres, table)
+    config["mqtt"]["embedded_listen"] = f"127.0.0.1:{broker_port}"
+    gw = gateway_factory(config)
+    gw.start()
+    assert gw.proc is not None
+    pid = gw.proc.pid
+    wait_for(lambda: len(mosquitto_children(pid)) == 1, 10, "the embedded Mosquitto")
+    broker_pid = mosquitto_children(pid)[0]
+    web_inode = listening_inode(pid, gw.web_port)
+    with socket.create_connection(("127.0.0.1", gw.web_port), timeout=10) as kept:
+        assert healthz_on(kept).startswith(b"HTTP/1.1 200")
+        config["routes"]["archive"] = {"match": f"{table}/#", "sinks": ["archive"]}
+        config["sinks"]["archive"] = {"type": "file", "path": "archive.jsonl"}
+        gw.config_path.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: gw.log().count(" is up; status page") == 2, 30, "the reload")
+        assert "archive" in gw.status()["sinks"]
+        assert healthz_on(kept).startswith(b"HTTP/1.1 200"), "the same connection answers"
+    assert mosquitto_children(pid) == [broker_pid], "the same Mosquitto process"
+    assert listening_inode(pid, gw.web_port) == web_inode, "the same listening socket"
+    assert "restarting the web server" not in gw.log()
+    # the embedded broker still takes readings for the new engine
+    publisher = Publisher(broker_port, 50, topics=1, prefix=table, rate=500)
+    publisher.start()
+    publisher.join_checked()
+    wait_for(lambda: seq_counts(postgres, table)[1] >= 50, 30, "the readings after the reload")
     assert gw.stop() == 0

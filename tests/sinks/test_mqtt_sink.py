@@ -373,7 +373,7 @@ async def test_a_persistent_session_is_resumed(mosquitto: servers.Mosquitto, ns:
             )
             await sink.connect()
             assert await sink.write([FlowFile.create("s", b"1")]) == []
-            seen.append(sink.ctx.status["session_present"])
+            seen.append(sink.status()["session_present"])
             await sink.close()
         assert seen == expected, clean
 

@@ -528,7 +528,7 @@ async def test_password_is_never_logged_or_shown(
     await sink.write([FlowFile.create("s", b"{}")])
     await sink.close()
     assert f"127.0.0.1:{mariadb.port}/edge" in caplog.text
-    for text in (caplog.text, repr(sink.config), str(sink.ctx.status)):
+    for text in (caplog.text, repr(sink.config), str(sink.status())):
         assert mariadb.password not in text
 
 

@@ -368,7 +368,7 @@ async def test_password_is_never_logged_or_shown(
     assert f"127.0.0.1:{postgres.port}/edge" in caplog.text
     assert "s3cret-pw" not in caplog.text
     assert "s3cret-pw" not in repr(sink.config)
-    assert "s3cret-pw" not in str(sink.ctx.status)
+    assert "s3cret-pw" not in str(sink.status())
 
 
 async def test_close_without_connect_and_twice() -> None:

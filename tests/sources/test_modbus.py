@@ -243,7 +243,7 @@ async def test_filled_hole_refused_by_the_device_is_split(plc: PlcStore) -> None
                                      "modbus/plant/r4": 14, "modbus/plant/r5": 15}  # fmt: skip
     assert plc.requests[0][1:] == (3, 0, 6)
     assert {r[1:] for r in plc.requests[1:3]} == {(3, 0, 2), (3, 4, 2)}
-    assert source.ctx.status["devices"]["plant"]["state"] == "online"
+    assert source.status()["devices"]["plant"]["state"] == "online"
 
 
 async def test_groups_keep_their_own_intervals(plc: PlcStore) -> None:
@@ -386,7 +386,7 @@ async def test_two_units_on_one_rtu_line(line: SocatPair) -> None:
     assert {v["value"] for v in pump.topic("modbus/m1/s")} == {-5}
     assert {v["value"] for v in pump.topic("modbus/m2/r1")} == {202}
     assert {v["value"] for v in pump.topic("modbus/m2/s")} == {70000}
-    devices = source.ctx.status["devices"]
+    devices = source.status()["devices"]
     assert devices["m1"]["errors"] == 0 and devices["m2"]["errors"] == 0
     assert devices["m1"]["state"] == devices["m2"]["state"] == "online"
     assert store.max_busy == 1  # never two requests on the line at once
@@ -405,7 +405,7 @@ async def test_silent_unit_goes_offline_and_the_other_keeps_flowing(line: SocatP
         async with Pump(source) as pump:
             await pump.until(lambda ms: len(pump.topic("modbus/m2/r0")) >= 2, "m2 answering")
             store.muted.add(2)
-            devices = source.ctx.status["devices"]
+            devices = source.status()["devices"]
             await pump.until(lambda ms: devices["m2"]["state"] == "offline", "m2 offline")
             assert "no valid answer" in devices["m2"]["last_error"]
             before = len(pump.topic("modbus/m1/r0"))
@@ -438,7 +438,7 @@ async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
                     "b": {"url": f"tcp://127.0.0.1:{other_port}", "registers": one}},
     })  # fmt: skip
     await source.connect()
-    devices = source.ctx.status["devices"]
+    devices = source.status()["devices"]
     try:
         async with Pump(source) as pump:
             await pump.until(lambda ms: len(pump.topic("modbus/a/v")) >= 2, "a answering")
@@ -656,4 +656,4 @@ def test_the_documented_example_is_a_valid_config() -> None:
     for name, raw in yaml.safe_load(example)["sources"].items():
         assert problems_of({k: v for k, v in raw.items() if k != "type"}) == [], name
         source = make_source({k: v for k, v in raw.items() if k != "type"}, name=name)
-        assert set(source.ctx.status["devices"]) == {"plc1", "meter3", "meter4"}
+        assert set(source.status()["devices"]) == {"plc1", "meter3", "meter4"}

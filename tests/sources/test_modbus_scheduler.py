@@ -142,4 +142,4 @@ async def test_the_source_holds_no_task_after_close() -> None:
     await asyncio.gather(reader, return_exceptions=True)
     await source.close()
     assert asyncio.all_tasks() - before == set()
-    assert source.ctx.status["devices"]["plc"]["state"] == "offline"
+    assert source.status()["devices"]["plc"]["state"] == "offline"

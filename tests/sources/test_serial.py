@@ -105,7 +105,7 @@ async def test_line_framing_with_dead_letters(opened: Any) -> None:
     assert got[0].flowfile.attributes == {"serial.port": source.config.port}
     assert "max_length" in (got[2].reject or "")
     assert got[3].flowfile.attributes["serial.error"] == got[3].reject
-    status = source.ctx.status["serial"]
+    status = source.status()["serial"]
     assert (status["records"], status["rejected"], status["state"]) == (3, 2, "open")
 
 
@@ -188,11 +188,11 @@ async def test_unplugged_adapter_is_noticed_and_reopened(cable: SocatPair) -> No
         with pytest.raises(RetryableError, match="lost"):
             async with asyncio.timeout(WAIT):
                 await source.read()
-        assert source.ctx.status["serial"]["state"] == "lost"
+        assert source.status()["serial"]["state"] == "lost"
         await source.close()  # what the engine does before it reconnects
         with pytest.raises(RetryableError, match="cannot open"):
             await source.connect()
-        assert source.ctx.status["serial"]["state"] == "missing"
+        assert source.status()["serial"]["state"] == "missing"
 
         # plugged in again: same name, new device
         cable.start()
@@ -200,7 +200,7 @@ async def test_unplugged_adapter_is_noticed_and_reopened(cable: SocatPair) -> No
         writer = Writer(cable.b)
         writer.write(b"after\n")
         assert [m.flowfile.content for m in await read_n(source, 1)] == [b"after"]
-        assert source.ctx.status["serial"]["state"] == "open"
+        assert source.status()["serial"]["state"] == "open"
     finally:
         writer.close()
         await source.close()

@@ -1,4 +1,4 @@
-"""The status page, JSON API, /metrics and basic auth, served by a real engine."""
+"""The status page, JSON API, /metrics and basic auth, served by a real gateway."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.config.load import load_data
-from gateway.engine.pipeline import Engine
 
 
 def free_port() -> int:
@@ -25,7 +25,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_engine(tmp_path: Path, **web: Any) -> tuple[Engine, asyncio.Task[None], str]:
+async def start_gateway(tmp_path: Path, **web: Any) -> tuple[Gateway, asyncio.Task[None], str]:
     port = free_port()
     config = load_data(
         {
@@ -37,18 +37,18 @@ async def start_engine(tmp_path: Path, **web: Any) -> tuple[Engine, asyncio.Task
         },
         environ={},
     )
-    engine = Engine(config)
-    task = asyncio.create_task(engine.run())
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
     async with asyncio.timeout(10):
-        await engine.ready.wait()
-    return engine, task, f"http://127.0.0.1:{port}"
+        await gateway.ready.wait()
+    return gateway, task, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[str]:
-    engine, task, url = await start_engine(tmp_path)
+    gateway, task, url = await start_gateway(tmp_path)
     yield url
-    engine.stop()
+    gateway.stop()
     await task
 
 
@@ -94,7 +94,7 @@ async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> N
 
 
 async def test_credentials_are_required_everywhere_but_healthz(tmp_path: Path) -> None:
-    engine, task, url = await start_engine(tmp_path, username="tech", password="s3cret-pass")
+    gateway, task, url = await start_gateway(tmp_path, username="tech", password="s3cret-pass")
     try:
         assert (await asyncio.to_thread(get, f"{url}/api/status"))[0] == 401
         assert (await asyncio.to_thread(get, f"{url}/api/status", ("tech", "wrong")))[0] == 401
@@ -103,7 +103,7 @@ async def test_credentials_are_required_everywhere_but_healthz(tmp_path: Path) -
         ] == 200
         assert (await asyncio.to_thread(get, f"{url}/healthz"))[0] == 200
     finally:
-        engine.stop()
+        gateway.stop()
         await task
 
 

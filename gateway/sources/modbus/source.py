@@ -9,7 +9,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -97,7 +97,16 @@ class ModbusSource(Source):
         self._jobs = Jobs(self._wake.set)
         self._closed = False
         self.requests = 0
-        ctx.status["devices"] = {name: dev.status for name, dev in self._devices.items()}
+        self._writeback: str | None = None  # the write-back connection, once tried
+
+    def status(self) -> Mapping[str, object]:
+        """Each device's state and counters, and the write-back connection."""
+        out: dict[str, object] = {
+            "devices": {name: dev.status for name, dev in self._devices.items()}
+        }
+        if self._writeback is not None:
+            out["writeback"] = self._writeback
+        return out
 
     # ---- lifecycle ------------------------------------------------------
 
@@ -152,12 +161,12 @@ class ModbusSource(Source):
         except RetryableError as err:
             delay = self._channel_backoff.next()
             self._channel_retry_at = self.ctx.clock.monotonic() + delay
-            self.ctx.status["writeback"] = f"disconnected: {err}"
+            self._writeback = f"disconnected: {err}"
             self.ctx.log.warning("%s; write-back retried in %.0f s", err, delay)
             return
         self._channel_backoff.reset()
         self._channel_retry_at = NEVER
-        self.ctx.status["writeback"] = "connected"
+        self._writeback = "connected"
         for dev in self._devices.values():
             channel.publish_status(dev.name, self._public_state(dev))
 
@@ -222,7 +231,7 @@ class ModbusSource(Source):
             job.result()
         if self._channel_retry_at == NEVER and not channel.connected:
             self.ctx.log.warning("lost the write-back MQTT connection; reconnecting")
-            self.ctx.status["writeback"] = "disconnected"
+            self._writeback = "disconnected"
             self._channel_retry_at = now
         if self._channel_retry_at <= now:
             self._channel_retry_at = NEVER

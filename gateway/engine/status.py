@@ -1,0 +1,186 @@
+"""The typed status snapshot that /api/status, the status page and /metrics read.
+
+The engine fills in what it runs (sources, routes, sinks, the store and its own
+counters); the process around it (`gateway.app`) adds its broker. `to_json` is
+exactly the /api/status document, key for key: users' scripts read it.
+A component's own keys (`Source.status()`, `Sink.status()`) follow the
+engine's keys in its entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.store.sqlite import Store
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    id: str
+    uptime_s: float
+    config: str | None
+    ingested: int
+    batches: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "uptime_s": self.uptime_s,
+            "config": self.config,
+            "ingested": self.ingested,
+            "batches": self.batches,
+        }
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """The gateway's MQTT broker (`mqtt.url`), filled in by the process, not the engine."""
+
+    url: str
+    embedded: bool
+    restarts: int
+    used_by: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "embedded": self.embedded,
+            "restarts": self.restarts,
+            "used_by": list(self.used_by),
+        }
+
+
+@dataclass(frozen=True)
+class DiskStatus:
+    full: bool
+    free_bytes: int
+    store_bytes: int
+    reserve: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "full": self.full,
+            "free_bytes": self.free_bytes,
+            "store_bytes": self.store_bytes,
+            "reserve": self.reserve,
+        }
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    path: str
+    bytes: int
+    max_bytes: int
+    overflow: str
+    dropped: int
+    dead_letters: int
+    blocked: bool  # intake stopped: over budget with `block` sinks, or the disk short
+    disk: DiskStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "overflow": self.overflow,
+            "dropped": self.dropped,
+            "dead_letters": self.dead_letters,
+            "blocked": self.blocked,
+            "disk": self.disk.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    state: str
+    produced: int
+    errors: int
+    last_error: str | None
+    dropped: int = 0  # for /metrics; in the JSON only where the source reports it
+    extra: Mapping[str, object] = field(default_factory=dict)  # Source.status()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "produced": self.produced,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    match: list[str]
+    sinks: list[str]
+    processors: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"match": self.match, "sinks": self.sinks, "processors": self.processors}
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    type: str
+    state: str
+    depth: int
+    delivered: int
+    dead_lettered: int
+    errors: int
+    last_error: str | None
+    extra: Mapping[str, object] = field(default_factory=dict)  # Sink.status()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "state": self.state,
+            "depth": self.depth,
+            "delivered": self.delivered,
+            "dead_lettered": self.dead_lettered,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole gateway at one moment."""
+
+    gateway: GatewayStatus
+    broker: BrokerStatus | None
+    store: StoreStatus
+    sources: dict[str, SourceStatus]
+    routes: dict[str, RouteStatus]
+    sinks: dict[str, SinkStatus]
+    dead_letters: int
+    unrouted: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The /api/status document."""
+        return {
+            "gateway": self.gateway.to_json(),
+            "broker": None if self.broker is None else self.broker.to_json(),
+            "store": self.store.to_json(),
+            "sources": {name: s.to_json() for name, s in self.sources.items()},
+            "routes": {name: r.to_json() for name, r in self.routes.items()},
+            "sinks": {name: s.to_json() for name, s in self.sinks.items()},
+            "dead_letters": self.dead_letters,
+            "unrouted": self.unrouted,
+        }
+
+
+class StatusView(Protocol):
+    """What the web server and the metrics read: the running gateway, narrowly.
+
+    `gateway.app.Gateway` implements it; a reload swaps the engine behind it.
+    """
+
+    @property
+    def store(self) -> Store: ...
+
+    def snapshot(self) -> Snapshot: ...

@@ -1,0 +1,298 @@
+"""The engine and its runners driven by a fake clock, with fake in-memory components on a
+real store: ingest batching, acks after the commit, sink cursors, backoff, shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import registry
+from gateway.config.model import (
+    BatchSettings,
+    BufferSection,
+    Config,
+    GatewaySection,
+    RetrySettings,
+    RouteSection,
+    SinkConfig,
+    SourceConfig,
+    WebSection,
+)
+from gateway.core.clock import Clock
+from gateway.core.component import Context, Message, Rejected, Sink, Source
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.engine.pipeline import Engine
+from gateway.engine.runner import Ingest, SinkRunner
+from gateway.store.sqlite import Batch, Store
+
+
+class FakeClock(Clock):
+    """Time stands still until the test advances it; every sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def now_ns(self) -> int:
+        return int(self.now * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.now + max(seconds, 0.0), future)
+        self._sleepers.append(entry)
+        self.slept.append(seconds)
+        try:
+            await future
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for due, future in list(self._sleepers):
+            if due <= self.now and not future.done():
+                future.set_result(None)
+
+    async def sleeps(self, count: int) -> list[float]:
+        """Wait until `count` sleeps have begun; the durations so far."""
+        await until(lambda: len(self.slept) >= count)
+        return self.slept
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Let the loop run until `predicate` holds (a guard, not a measurement: 10 s)."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - predicates over plain fields, no event
+            await asyncio.sleep(0.001)
+
+
+def ff(n: int) -> FlowFile:
+    return FlowFile.create("plant/line1", str(n).encode())
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    yield store
+    await store.close()
+
+
+async def put(store: Store, count: int) -> None:
+    await store.commit(Batch([(ff(i), store.bit("out")) for i in range(count)], [], {}, []))
+
+
+# -- ingest ---------------------------------------------------------------------------
+
+
+async def test_ingest_gives_at_most_the_limit_and_lingers_on_the_clock() -> None:
+    clock = FakeClock()
+    ingest = Ingest(capacity=100, clock=clock)
+    await ingest.put("s", [Message(ff(i)) for i in range(7)])
+    assert len(await ingest.take(5, 0.05)) == 5, "a full batch goes at once"
+    assert clock.slept == [], "without lingering"
+    take = asyncio.ensure_future(ingest.take(5, 0.05))
+    assert await clock.sleeps(1) == [0.05]
+    await ingest.put("s", [Message(ff(i)) for i in range(2)])
+    assert not take.done(), "it lingers until the clock says so"
+    clock.advance(0.05)
+    assert len(await take) == 4, "what came while it lingered is in the batch"
+
+
+# -- acks after the commit, and shutdown order ----------------------------------------
+
+
+class FakeSource(Source):
+    """Hands over `script` batches, then waits for ever; records what happens."""
+
+    mode = "stream"
+    script: list[list[int]] = []
+    events: list[str] = []
+
+    async def read(self) -> list[Message]:
+        if not self.script:
+            await asyncio.Event().wait()
+        numbers = self.script.pop(0)
+        return [Message(ff(n), ack=self._acker(n)) for n in numbers]
+
+    def _acker(self, n: int) -> Callable[[], None]:
+        return lambda: self.events.append(f"ack {n}")
+
+    async def close(self) -> None:
+        self.events.append("source closed")
+
+
+class FakeSink(Sink):
+    """Holds each write until `release` is set; records what happens."""
+
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        self.events.append(f"write {len(batch)}")
+        await self.release.wait()
+        self.events.append("written")
+        return []
+
+    async def close(self) -> None:
+        self.events.append("sink closed")
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    events: list[str] = []
+    classes = {("source", "fake"): FakeSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(
+        registry, "find", lambda kind, name: registry.Entry(kind, name, classes[(kind, name)])
+    )
+    monkeypatch.setattr(FakeSource, "events", events)
+    monkeypatch.setattr(FakeSource, "script", [[1, 2, 3]])
+    monkeypatch.setattr(FakeSink, "events", events)
+    monkeypatch.setattr(FakeSink, "release", asyncio.Event())
+    return events
+
+
+def fake_config(tmp_path: Path) -> Config:
+    return Config(
+        gateway=GatewaySection(id="t", data_dir=str(tmp_path)),
+        buffer=BufferSection(batch_linger=0),
+        sources={"src": SourceConfig(type="fake")},
+        routes={"all": RouteSection(match=["#"], sinks=["out"])},
+        sinks={"out": SinkConfig(type="fake", batch=BatchSettings(linger=0))},
+        web=WebSection(enabled=False),
+    )
+
+
+async def test_acks_run_after_the_commit_and_shutdown_goes_in_order(
+    tmp_path: Path, store: Store, fakes: list[str]
+) -> None:
+    events = fakes
+    commit = store.commit
+
+    async def recorded_commit(batch: Batch) -> None:
+        await commit(batch)
+        events.append(f"commit {len(batch.rows)}")
+
+    store.commit = recorded_commit  # type: ignore[method-assign]
+    engine = Engine(fake_config(tmp_path), store, clock=FakeClock())
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "write 3" in events)
+    assert events == ["commit 3", "ack 1", "ack 2", "ack 3", "write 3"]
+    # handed over, not yet committed, when the stop comes: committed and acked first
+    engine.ingest.offer("src", Message(ff(4), ack=lambda: events.append("ack 4")))
+    engine.stop()
+    await until(lambda: "source closed" in events)
+    assert "written" not in events, "the sink is still writing its batch"
+    FakeSink.release.set()  # it finishes its batch, and is closed only then
+    async with asyncio.timeout(10):
+        await running
+    assert events[5:] == ["commit 1", "ack 4", "source closed", "written", "sink closed"]
+    assert store.cursor("out") > 0 and engine.sinks["out"].delivered == 3
+
+
+# -- a sink's cursor, backoff and permanent errors ------------------------------------
+
+
+class ScriptedSink(Sink):
+    """Each write takes the next outcome: an exception to raise, or rows to refuse."""
+
+    def __init__(self, config: Any, ctx: Context, outcomes: list[Any]) -> None:
+        super().__init__(config, ctx)
+        self.outcomes = outcomes
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        outcome = self.outcomes.pop(0) if self.outcomes else []
+        if isinstance(outcome, Exception):
+            raise outcome
+        return [Rejected(batch[i], "refused") for i in outcome]
+
+
+def runner_for(store: Store, sink_outcomes: list[Any], clock: Clock) -> SinkRunner:
+    config = SinkConfig(
+        type="test",
+        batch=BatchSettings(linger=0),
+        retry=RetrySettings(initial=0.5, max=4.0),
+    )
+    sink = ScriptedSink(config, Context("out", "sink"), sink_outcomes)
+    return SinkRunner("out", sink, config, store, clock)
+
+
+async def stop(runner: SinkRunner, task: asyncio.Future[None]) -> None:
+    runner.stopping = True
+    runner.wake.set()
+    async with asyncio.timeout(10):
+        await task
+
+
+async def test_the_cursor_moves_only_after_the_write_succeeds(store: Store) -> None:
+    start = store.cursor("out")
+    await put(store, 3)
+    runner = runner_for(store, [], FakeClock())
+    sink = runner.sink
+    assert isinstance(sink, ScriptedSink)
+    sink.gate = asyncio.Event()
+    task = asyncio.ensure_future(runner.run())
+    await until(lambda: sink.calls == 1)
+    assert store.cursor("out") == start and store.depth("out") == 3, "written, not confirmed"
+    sink.gate.set()
+    await until(lambda: runner.delivered == 3)
+    assert store.cursor("out") == start + 3 and store.depth("out") == 0
+    await stop(runner, task)
+
+
+async def test_a_failing_sink_backs_off_on_the_clock_doubling_up_to_its_cap(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # full jitter draws in [initial / 2, cap]: take the cap, so the sequence is exact
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
+    start = store.cursor("out")
+    await put(store, 3)
+    clock = FakeClock()
+    runner = runner_for(store, [RetryableError("upstream down")] * 6, clock)
+    task = asyncio.ensure_future(runner.run())
+    for n in range(1, 7):
+        await clock.sleeps(n)
+        assert runner.state == "retrying" and store.cursor("out") == start
+        clock.advance(clock.slept[-1])
+    await until(lambda: runner.delivered == 3)
+    assert clock.slept == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert runner.errors == 6 and runner.last_error == "upstream down"
+    assert runner.state == "running" and store.cursor("out") == start + 3
+    await stop(runner, task)
+
+
+async def test_refused_rows_are_dead_lettered_and_a_permanent_error_stops_the_sink(
+    store: Store,
+) -> None:
+    start = store.cursor("out")
+    await put(store, 3)
+    clock = FakeClock()
+    runner = runner_for(store, [[1]], clock)
+    task = asyncio.ensure_future(runner.run())
+    await until(lambda: runner.delivered == 2)
+    assert runner.rejected == 1 and store.dead_count == 1, "the refused one is a dead letter"
+    assert store.cursor("out") == start + 3
+    assert runner.status().dead_lettered == 1
+    await stop(runner, task)
+
+    await put(store, 2)
+    runner = runner_for(store, [PermanentError("table is gone")], clock)
+    async with asyncio.timeout(10):
+        await runner.run()  # returns: the sink is stopped, not retried
+    assert runner.state == "failed" and runner.last_error == "table is gone"
+    assert clock.slept == [], "no backoff for what can never work"
+    assert store.cursor("out") == start + 3 and store.depth("out") == 2, "the data stays"
