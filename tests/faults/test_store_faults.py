@@ -87,10 +87,13 @@ def large_payloads_stay_under_the_memory_bound(
     stays under MEMORY_BOUND_MB throughout, and every message arrives exactly once."""
     table = f"mem{uuid.uuid4().hex[:10]}"
     postgres.stop()
-    gw = gateway_factory(pg_config(mosquitto, postgres, table))
+    config = pg_config(mosquitto, postgres, table)
+    # the whole outage must fit the store's budget (6,000 x 250 KB is over the default 1GiB)
+    config["buffer"] = {"max_bytes": "2GiB"}
+    gw = gateway_factory(config)
     gw.start()
     publish(mosquitto.port, f"{table}/big", 0, count, 250_000)
-    wait_for(lambda: gw.sink("pg")["depth"] >= count, 120, f"{count} FlowFiles in the store")
+    wait_for(lambda: gw.sink("pg")["depth"] >= count, 300, f"{count} FlowFiles in the store")
     postgres.start()
     wait_for(lambda: rows_and_distinct(postgres, table)[1] >= count, 300, "every row upstream")
     assert rows_and_distinct(postgres, table) == (count, count)
