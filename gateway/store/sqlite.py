@@ -405,15 +405,28 @@ def _checksum(
     carries CRC_V2 so that a reader knows which fields a stored checksum covers;
     rows written before keep a bare CRC32 of the other fields.
     """
-    head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0"
-    if sinks is not None:
-        head += f"{sinks}\0{size}\0"
     if isinstance(content, str):  # damage can turn the column into TEXT
         content = content.encode("utf-8", "surrogateescape")
     elif not isinstance(content, bytes | bytearray | memoryview):
         content = str(content).encode()
-    crc = zlib.crc32(content, zlib.crc32(head.encode()))
-    return crc if sinks is None else crc | CRC_V2
+    if sinks is None:
+        head = f"{fid}\0{topic}\0{attrs}\0{created}\0{lineage}\0"
+        return zlib.crc32(content, zlib.crc32(head.encode()))
+    # Most FlowFiles share their topic and attributes text with many others: the CRC of
+    # those is computed once and continued with the fields of each FlowFile (this runs
+    # twice per FlowFile, on write and on read, so it is on the hot path).
+    start = _shared_crcs.get((topic, attrs))
+    if start is None:
+        if len(_shared_crcs) >= 4096:
+            _shared_crcs.clear()
+        start = _shared_crcs[(topic, attrs)] = zlib.crc32(f"{topic}\0{attrs}\0".encode())
+    own = f"{fid}\0{created}\0{lineage}\0{sinks}\0{size}\0"
+    return zlib.crc32(content, zlib.crc32(own.encode(), start)) | CRC_V2
+
+
+# (topic, attributes JSON) -> CRC32 of both, to continue from; bounded by count, and the
+# keys are strings the store's tail and the sources keep anyway
+_shared_crcs: dict[tuple[str, str], int] = {}
 
 
 def _intact(row: tuple[Any, ...]) -> bool:
