@@ -2,7 +2,7 @@
 that runs on them, logging and signals.
 
 `Gateway` opens the store, starts the gateway's broker (`mqtt.url`, see
-gateway/broker.py) and the web server, then runs an `Engine`, which is the
+gateway/mqtt/broker.py) and the web server, then runs an `Engine`, which is the
 topology only (sources, routes, sinks and their runners). A reload swaps the
 engine under the running services: the broker keeps its process and the web
 server its listening socket and open connections. A reload whose config
@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.config.load import load
 from gateway.config.model import Config
 from gateway.core.clock import SYSTEM_CLOCK, Clock
@@ -28,6 +27,7 @@ from gateway.core.errors import ConfigError
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import supervised
 from gateway.engine.status import BrokerStatus, Snapshot
+from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.store.sqlite import Store, hold_data_dir, let_go_data_dir
 from gateway.web.server import WebServer
 

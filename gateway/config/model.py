@@ -56,7 +56,7 @@ class MqttSection:
     `mosquitto` package must be installed) on `embedded_listen`.
     `url: mqtt://host:port` (or mqtts://): a broker run elsewhere.
     `embedded_listen` is host:port, an IPv6 address in brackets (`[::1]:1883`).
-    gateway/broker.py says more.
+    gateway/mqtt/broker.py says more.
     """
 
     url: str = "auto"

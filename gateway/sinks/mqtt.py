@@ -88,16 +88,15 @@ from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.mqtt import (
+from gateway.mqtt.client import (
     CONNECT_ERRORS,
     Publisher,
     ack_promptly,
     connect_refusal,
-    parse_url,
     puback_reason,
-    tls_context,
     tls_refusal,
 )
+from gateway.mqtt.urls import parse_url, tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 

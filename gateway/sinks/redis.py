@@ -121,7 +121,7 @@ from gateway.config.schema import Duration
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.tls import certificate_refusal, error_chain
+from gateway.core.tls import certificate_refusal, error_chain
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
 # ARGV: mode, window, maxlen, then one blob per row:

@@ -103,8 +103,8 @@ from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
 from gateway.core.topics import validate_filter
-from gateway.mqtt import parse_url, tls_context
-from gateway.mqttwire import ConnectRefused, Subscriber
+from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.wire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0

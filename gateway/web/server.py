@@ -31,11 +31,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.broker import in_use
 from gateway.config.model import WebSection
 from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
 from gateway.metrics import registry_for
+from gateway.mqtt.broker import in_use
 from gateway.web.page import STATUS_PAGE
 
 MAX_HEAD = 8192

@@ -1,7 +1,7 @@
 """The Modbus source's own MQTT connection: write-back commands in, results and status out.
 
 The engine does not hand sources an MQTT client, so the Modbus source keeps a
-small one (through `gateway.mqtt`, the one module that reaches into gmqtt). It
+small one (through `gateway.mqtt.client`, the one module that reaches into gmqtt). It
 subscribes to the write-back topic filter, hands each command to the source,
 publishes the result when the source replies, and publishes each device's
 state as a retained message. It never reconnects by itself: the source's
@@ -16,9 +16,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from gateway import mqtt
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
+from gateway.mqtt.client import ack, is_connected, make_client
+from gateway.mqtt.urls import parse_url, tls_context
 
 # submit(device, register, payload, reply) -> error text, or None when queued;
 # reply(result) is called exactly once for a queued command.
@@ -79,13 +80,13 @@ class SideChannel:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and mqtt.is_connected(self._client)
+        return self._client is not None and is_connected(self._client)
 
     async def connect(self) -> None:
         """Connect and subscribe, or raise RetryableError."""
         await self.close()
-        host, port, tls = mqtt.parse_url(self.url)
-        client = mqtt.make_client(
+        host, port, tls = parse_url(self.url)
+        client = make_client(
             self.client_id,
             clean=True,
             deliver=self._deliver,
@@ -96,7 +97,7 @@ class SideChannel:
             client.set_auth_credentials(self.username, self.password)
         self._subscribed.clear()
         client.on_subscribe = lambda *_args: self._subscribed.set()
-        ssl_arg: Any = mqtt.tls_context(None, None, None) if tls else False
+        ssl_arg: Any = tls_context(None, None, None) if tls else False
         try:
             async with asyncio.timeout(10):
                 await client.connect(host, port, ssl=ssl_arg, keepalive=30)
@@ -150,8 +151,8 @@ class SideChannel:
             done = True
             self.pending -= 1
             self._publish_result(client, device, register, result, response, correlation)
-            if mid is not None and mqtt.is_connected(client):
-                mqtt.ack(client, mid, qos)
+            if mid is not None and is_connected(client):
+                ack(client, mid, qos)
 
         self.pending += 1
         if m is None:
@@ -173,7 +174,7 @@ class SideChannel:
         response: Any,
         correlation: Any,
     ) -> None:
-        if not mqtt.is_connected(client):
+        if not is_connected(client):
             return
         body = {"device": device, "register": register, **result}
         data = json.dumps(body).encode()

@@ -14,8 +14,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.broker import EmbeddedBroker, wait_for_leftovers
 from gateway.core.errors import ConfigError
+from gateway.mqtt.broker import EmbeddedBroker, wait_for_leftovers
 
 try:
     from tests.servers import free_port
@@ -114,7 +114,7 @@ async def test_an_ipv6_embedded_listen_in_brackets_works(tmp_path: Path) -> None
 def test_mosquitto_missing_under_auto_says_auto(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.broker.os.access", lambda *_: False)
+    monkeypatch.setattr("gateway.mqtt.broker.os.access", lambda *_: False)
     with pytest.raises(ConfigError) as caught:
         EmbeddedBroker(str(tmp_path), "127.0.0.1:1883", "auto")._binary()
     assert str(caught.value).startswith(

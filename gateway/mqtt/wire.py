@@ -11,7 +11,7 @@ the gateway. This module does only what a subscriber needs: CONNECT (MQTT 5,
 persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, PUBLISH in
 at QoS 0/1/2 with user properties, PUBACK/PUBREC out in batches,
 PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing stays with gmqtt
-(`gateway.mqtt`).
+(`gateway.mqtt.client`).
 
 What closes the connection and what does not: a packet whose framing cannot be
 trusted (a remaining length or topic length that runs past the packet, QoS 3,
@@ -78,7 +78,7 @@ REASON_STRING = 0x1F
 MAXIMUM_PACKET_SIZE = 0x27
 
 # PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
-_ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
+ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
 
 Deliver = Callable[[str, bytes, int, bool, bool, list[tuple[str, str]] | None, int | None], None]
 # reject(topic as far as it could be read, the raw packet, qos, dup, packet id, reason)
@@ -314,7 +314,7 @@ class Subscriber(asyncio.Protocol):
 
     def ack(self, acks: list[tuple[int, int]]) -> None:
         """PUBACK (QoS 1) / PUBREC (QoS 2) for many packet ids in one write."""
-        self._write(b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks))
+        self._write(b"".join(ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks))
 
     def complete(self, mids: list[int]) -> None:
         """PUBCOMP for many QoS 2 packet ids in one write (after their PUBREL)."""

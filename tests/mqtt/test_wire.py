@@ -10,7 +10,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mqttwire import ConnectRefused, Subscriber, _packet, _utf8, _varint
+from gateway.mqtt.wire import ConnectRefused, Subscriber, _packet, _utf8, _varint
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, mid: int, props: bytes = b"") -> bytes:

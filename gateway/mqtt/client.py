@@ -4,7 +4,7 @@ Receiving (Modbus write-back commands): gmqtt sends a PUBACK for a QoS 1/2
 message when the message handler returns; `make_client` builds a gmqtt client
 whose QoS 1/2 deliveries call one plain function with the packet id, and
 `ack`/`ack_many` acknowledge packet ids when the caller is done. The MQTT
-source does not use gmqtt at all: see `gateway.mqttwire`.
+source does not use gmqtt at all: see `gateway.mqtt.wire`.
 
 Publishing: `Publisher` sends QoS 1 messages and reports every PUBACK with its
 reason code, which gmqtt drops; `ack_promptly` keeps a broker's PUBACKs from
@@ -25,31 +25,19 @@ import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import gmqtt
 from gmqtt import Client
 from gmqtt.mqtt.handler import MQTTConnectError
 
-from gateway.config.schema import mask_password
-from gateway.tls import certificate_refusal, error_chain
+from gateway.core.tls import certificate_refusal, error_chain
+from gateway.mqtt.wire import ACK_HEADER
 
 # gmqtt reconnects while failed_connections <= reconnect_retries (-1 = forever);
 # any other negative number means never.
 NO_RECONNECT = -2
 
 Deliver = Callable[[str, bytes, int, dict[str, Any], int | None], None]
-
-
-def parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host:port or mqtts://host:port."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(
-            f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
-        )
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 def make_client(
@@ -90,25 +78,14 @@ def ack(client: Client, packet_id: int, qos: int) -> None:
     ack_many(client, [(packet_id, qos)])
 
 
-# PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
-_ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
-
-
 def ack_many(client: Client, acks: list[tuple[int, int]]) -> None:
     """Acknowledge many deliveries with one socket write (one syscall per batch)."""
-    data = b"".join(_ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks)
+    data = b"".join(ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks)
     client._connection._protocol.write_data(data)
 
 
 def is_connected(client: Client) -> bool:
     return bool(client.is_connected)
-
-
-def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 # --- publishing ---------------------------------------------------------------------------
