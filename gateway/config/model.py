@@ -320,7 +320,7 @@ class BatchSettings:
 
     max_rows: Annotated[
         int,
-        Doc("The most FlowFiles one write takes.", example=1000),
+        Doc("The most FlowFiles one write takes."),
         Range(1, 50000, "must be between 1 and 50000"),
     ] = 1000
     max_bytes: Annotated[

@@ -177,8 +177,8 @@ def _default_text(field: dataclasses.Field[Any], tp: Any) -> str:
         value = field.default_factory()
     else:
         return "required"
-    if value is None or dataclasses.is_dataclass(value):
-        return ""
+    if not isinstance(value, str | int | float | list | tuple | dict):
+        return ""  # None, a mapping's defaults (below it), or a value that stands for unset
     return f"`{_value_text(value, _unit(tp))}`"
 
 
@@ -199,25 +199,41 @@ def _nested(tp: Any) -> tuple[str, type] | None:
     return None
 
 
-def keys(cls: type, prefix: str = "", seen: tuple[type, ...] = ()) -> Iterator[Key]:
-    """Every key of a config class, those of the mappings below it included."""
+def _ordered(cls: type) -> list[str]:
+    """A class's keys in order; a sink's own keys before the delivery keys all share."""
+    names = list(fields(cls)[1])
+    if issubclass(cls, SinkConfig) and cls is not SinkConfig:
+        shared = [n for n in fields(SinkConfig)[1] if n != "type"]
+        names = [n for n in names if n not in shared] + shared
+    return names
+
+
+def keys(cls: type, prefix: str = "", shown: dict[type, str] | None = None) -> Iterator[Key]:
+    """Every key of a config class, those of the mappings below it included; a class
+    met again (a device's registers, a group of conditions) refers to the first."""
+    shown = {cls: prefix} if shown is None else shown
     hints, fields_ = fields(cls)
-    for name, field in fields_.items():
+    for name in _ordered(cls):
         tp = hints[name]
         doc = _doc(tp)
         nested = _nested(tp)
         description = doc.text if doc else ""
-        if nested is not None and nested[1] in (*seen, cls):
-            description += " (each one takes the keys above)"
+        path = f"{prefix}{name}"
+        again = nested is not None and nested[1] in shown
+        if nested is not None and again and description:
+            first = shown[nested[1]]
+            where = f"`{first.rstrip('.')}`" if first else "this page"
+            description += f" Each takes the keys of {where}."
         yield Key(
-            f"{prefix}{name}",
+            path,
             type_text(tp),
-            _default_text(field, tp),
+            _default_text(fields_[name], tp),
             _bounds_text(tp),
             description,
         )
-        if nested is not None and nested[1] not in (*seen, cls):
-            yield from keys(nested[1], f"{prefix}{name}{nested[0]}", (*seen, cls))
+        if nested is not None and not again:
+            shown[nested[1]] = f"{path}{nested[0]}"
+            yield from keys(nested[1], f"{path}{nested[0]}", shown)
 
 
 def undocumented(cls: type) -> list[str]:
@@ -291,8 +307,10 @@ def example_config(entry: Described) -> dict[str, Any]:
 
 def component_page(entry: Described) -> str:
     cls = entry.cls.Config
+    module = sys.modules.get(entry.module)
+    file = getattr(module, "__file__", None) or ""
     path = entry.module.replace(".", "/")
-    where = f"{path}/__init__.py" if entry.module.count(".") > 2 else f"{path}.py"
+    where = f"{path}/__init__.py" if file.endswith("__init__.py") else f"{path}.py"
     lines = [
         f"# `{entry.type}` {entry.kind}",
         "",

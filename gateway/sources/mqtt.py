@@ -118,6 +118,8 @@ _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
 
 @dataclass(frozen=True, kw_only=True)
 class MqttSourceConfig(SourceConfig):
+    """Keys of the `mqtt` source (see the module documentation)."""
+
     topics: Annotated[
         list[str],
         Doc(
