@@ -90,7 +90,8 @@ class FileSinkConfig(SinkConfig):
         Size,
         Doc(
             "When a batch would take the file past this size it is renamed `<path>.1`"
-            " (older ones shift up to `.keep`) and a new one started; 0 never rotates."
+            " (older ones shift up to `.keep`) and a new one started; 0 never rotates,"
+            " any other size is at least 4KiB."
         ),
     ] = 64 << 20
     keep: Annotated[
