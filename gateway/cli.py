@@ -10,6 +10,9 @@ edge-stream store stats                          depth and oldest age per sink
 edge-stream store reset [--force]                move a damaged store aside, start empty
                                                  (--force: a valid one too; never while
                                                  a gateway runs on the data_dir)
+edge-stream docs [--out docs/reference]          write the config reference, a page per
+                                                 component, from the config schema
+edge-stream schema                               print the JSON Schema of the config file
 """
 
 from __future__ import annotations
@@ -220,6 +223,27 @@ def _store_reset(path: Path, force: bool = False) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from gateway import registry
+    from gateway.config import reference
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pages = reference.pages(registry.entries())
+    for name, text in pages.items():
+        (out / name).write_text(text, encoding="utf-8")
+    print(f"wrote {len(pages)} pages to {out}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway import registry
+    from gateway.config import reference
+
+    print(json.dumps(reference.json_schema(registry.entries()), indent=2, ensure_ascii=False))
+    return 0
+
+
 def _version() -> str:
     try:
         return version("edge-stream")
@@ -268,6 +292,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("action", choices=["stats", "reset"])
     st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
     st.set_defaults(fn=cmd_store)
+    docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
+    docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
+    docs.set_defaults(fn=cmd_docs)
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.set_defaults(fn=cmd_schema)
     return p
 
 

@@ -33,11 +33,17 @@ BUILTINS: dict[tuple[str, str], str] = {
 GROUP = "edge_stream.components"
 
 
+KINDS = ("source", "processor", "sink")
+
+
 @dataclass(frozen=True)
 class Entry:
+    """A component: its kind, its `type`, its class and the module that documents it."""
+
     kind: str
     type: str
     cls: Any
+    module: str = ""
 
     @property
     def config(self) -> Any:
@@ -76,8 +82,15 @@ def find(kind: str, type_name: str) -> Entry | None:
     target = BUILTINS.get((kind, type_name))
     if target is not None and _available(kind, type_name):
         module, _, attr = target.partition(":")
-        return Entry(kind, type_name, getattr(importlib.import_module(module), attr))
+        return Entry(kind, type_name, getattr(importlib.import_module(module), attr), module)
     ep = _plugins().get((kind, type_name))
     if ep is not None:
-        return Entry(kind, type_name, ep.load())
+        return Entry(kind, type_name, ep.load(), ep.module)
     return None
+
+
+def entries() -> list[Entry]:
+    """Every component that can be used, built-ins and plugins, by kind and type
+    (this imports them all: for the docs and the schema, not for running)."""
+    found = (find(kind, type_name) for kind in KINDS for type_name in types(kind))
+    return [entry for entry in found if entry is not None]

@@ -3,6 +3,8 @@
 Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`.
 Sources and sinks are mappings keyed by the name you give them; routes name
 the sinks they feed. Every component's own keys are documented in its module.
+Each key carries its description (`Doc`) and simple bounds (`Range`), from which
+`edge-stream docs` writes docs/reference/ and `edge-stream schema` the JSON Schema.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from gateway.config.schema import Component, Duration, Size, Valid, did_you_mean, mask_password
+from gateway.config.schema import (
+    Component,
+    Doc,
+    Duration,
+    Range,
+    Size,
+    Valid,
+    did_you_mean,
+    mask_password,
+)
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -22,27 +33,72 @@ Overflow = Literal["drop_oldest", "block"]
 class GatewaySection:
     """Identity and where the gateway keeps its data."""
 
-    id: str = "edge-stream"
-    data_dir: str = "./data"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    secret_key_file: str | None = None
+    id: Annotated[
+        str,
+        Doc(
+            "The gateway's name: the `{gateway}` of sink topics and keys, and part of the"
+            " default MQTT client ids (`edge-stream-<id>`).",
+            example="pi-01",
+        ),
+    ] = "edge-stream"
+    data_dir: Annotated[
+        str,
+        Doc(
+            "The folder of the store (`store.db`), the default secret key file and the"
+            " file sink's relative paths; one gateway at a time may run on it.",
+            example="/var/lib/edge-stream",
+        ),
+    ] = "./data"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        Doc("The least severe log lines written; `edge-stream run --log-level` overrides it."),
+    ] = "info"
+    secret_key_file: Annotated[
+        str | None,
+        Doc(
+            "The key that decrypts `ENC(...)` values (default `<data_dir>/secret.key`;"
+            " `EDGE_STREAM_SECRET_KEY` may hold the key instead)."
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
 class BufferSection:
     """The SQLite store that holds every FlowFile until all its sinks have it."""
 
-    max_bytes: Size = 1 << 30
-    overflow: Overflow = "drop_oldest"
-    synchronous: Literal["normal", "full"] = "normal"
-    batch_max: int = 500
-    batch_linger: Duration = 0.005
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if self.max_bytes < 1 << 20:
-            yield "max_bytes", "must be at least 1MiB"
-        if not 1 <= self.batch_max <= 10000:
-            yield "batch_max", "must be between 1 and 10000"
+    max_bytes: Annotated[
+        Size,
+        Doc(
+            "The store's budget: what the buffered FlowFiles may take (content, topic,"
+            " attributes and a per-row overhead).",
+            example="1GiB",
+        ),
+        Range(1 << 20, message="must be at least 1MiB"),
+    ] = 1 << 30
+    overflow: Annotated[
+        Overflow,
+        Doc(
+            "What happens when the budget is full: `drop_oldest` deletes the oldest"
+            " FlowFiles (counted and logged); `block` keeps them and stops taking input"
+            " (no acks, no polls) until the sinks drain. A sink may set its own."
+        ),
+    ] = "drop_oldest"
+    synchronous: Annotated[
+        Literal["normal", "full"],
+        Doc(
+            "SQLite's `synchronous`: `normal` keeps acknowledged data through a killed"
+            " process, `full` also through a power cut (slower commits)."
+        ),
+    ] = "normal"
+    batch_max: Annotated[
+        int,
+        Doc("The most messages one store transaction (one commit) takes in."),
+        Range(1, 10000, "must be between 1 and 10000"),
+    ] = 500
+    batch_linger: Annotated[
+        Duration,
+        Doc("How long a commit waits for more messages to fill its batch."),
+    ] = 0.005
 
 
 @dataclass(frozen=True)
@@ -59,12 +115,41 @@ class MqttSection:
     gateway/mqtt/broker.py says more.
     """
 
-    url: str = "auto"
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    embedded_listen: str = "127.0.0.1:1883"
-    keepalive: Duration = 30.0
+    url: Annotated[
+        str,
+        Doc(
+            "`auto`: the broker at `embedded_listen`, started by the gateway if none"
+            " answers there and some component needs one; `embedded`: always start one;"
+            " `mqtt://host:port` or `mqtts://host:port`: a broker run elsewhere.",
+            example="mqtt://127.0.0.1:1883",
+        ),
+    ] = "auto"
+    client_id: Annotated[
+        str | None,
+        Doc(
+            "The prefix of the client ids on this broker (default `edge-stream-<gateway"
+            " id>`); each source adds `-<source name>`."
+        ),
+    ] = None
+    username: Annotated[
+        str | None,
+        Doc("The user name of every component on this broker that sets none of its own."),
+    ] = None
+    password: Annotated[
+        str | None,
+        Doc("Its password (may be `ENC(...)`); never logged."),
+    ] = None
+    embedded_listen: Annotated[
+        str,
+        Doc(
+            "host:port of the embedded (or `auto`) broker; an IPv6 address in brackets,"
+            " `[::1]:1883`."
+        ),
+    ] = "127.0.0.1:1883"
+    keepalive: Annotated[
+        Duration,
+        Doc("The MQTT keepalive of the components on this broker that set none of their own."),
+    ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.url not in ("auto", "embedded") and not self.url.startswith(
@@ -104,9 +189,26 @@ def _filter_problem(topic_filter: str) -> str | None:
 class RouteSection:
     """Sends every FlowFile whose topic matches `match` through processors to sinks."""
 
-    match: list[Annotated[str, Valid(_filter_problem)]]
-    sinks: list[str]
-    processors: list[Annotated[Any, Component("processor")]] = field(default_factory=list)
+    match: Annotated[
+        list[Annotated[str, Valid(_filter_problem)]],
+        Doc(
+            "The MQTT topic filters (`+` one level, `#` the rest) a FlowFile's topic must"
+            " match, one or a list.",
+            example="sensors/+/telemetry",
+        ),
+    ]
+    sinks: Annotated[
+        list[str],
+        Doc("The names of the sinks (under `sinks:`) the route feeds.", example=["warehouse"]),
+    ]
+    processors: Annotated[
+        list[Annotated[Any, Component("processor")]],
+        Doc(
+            "Processors run in turn on each FlowFile, each picked by its `type` (see the"
+            " processor pages).",
+            example=[{"type": "json"}],
+        ),
+    ] = field(default_factory=list)
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.sinks:
@@ -121,10 +223,17 @@ class WebSection:
     another address without credentials is refused.
     """
 
-    listen: str = "127.0.0.1:8080"
-    username: str | None = None
-    password: str | None = None
-    enabled: bool = True
+    listen: Annotated[
+        str,
+        Doc(
+            "host:port of the status page; an address other than localhost needs"
+            " `username` and `password`.",
+            example="127.0.0.1:8080",
+        ),
+    ] = "127.0.0.1:8080"
+    username: Annotated[str | None, Doc("The user name the page and API ask for.")] = None
+    password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
+    enabled: Annotated[bool, Doc("Serve the page, the API and /metrics at all.")] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
         host, _, port = self.listen.rpartition(":")
@@ -146,13 +255,31 @@ class WebSection:
 class Config:
     """The whole gateway configuration."""
 
-    gateway: GatewaySection = field(default_factory=GatewaySection)
-    buffer: BufferSection = field(default_factory=BufferSection)
-    mqtt: MqttSection = field(default_factory=MqttSection)
-    sources: dict[str, Annotated[Any, Component("source")]] = field(default_factory=dict)
-    routes: dict[str, RouteSection] = field(default_factory=dict)
-    sinks: dict[str, Annotated[Any, Component("sink")]] = field(default_factory=dict)
-    web: WebSection = field(default_factory=WebSection)
+    gateway: Annotated[GatewaySection, Doc("Identity and where the gateway keeps its data.")] = (
+        field(default_factory=GatewaySection)
+    )
+    buffer: Annotated[
+        BufferSection, Doc("The SQLite store that holds every FlowFile until its sinks have it.")
+    ] = field(default_factory=BufferSection)
+    mqtt: Annotated[
+        MqttSection,
+        Doc("The gateway's broker, used by MQTT sources without a `url` and Modbus write-back."),
+    ] = field(default_factory=MqttSection)
+    sources: Annotated[
+        dict[str, Annotated[Any, Component("source")]],
+        Doc("The sources, by the name you give them; each picks its kind by `type`."),
+    ] = field(default_factory=dict)
+    routes: Annotated[
+        dict[str, RouteSection],
+        Doc("The routes, by name: which topics go through which processors to which sinks."),
+    ] = field(default_factory=dict)
+    sinks: Annotated[
+        dict[str, Annotated[Any, Component("sink")]],
+        Doc("The sinks, by the name routes use; each picks its kind by `type`."),
+    ] = field(default_factory=dict)
+    web: Annotated[WebSection, Doc("The status page, JSON API and /metrics.")] = field(
+        default_factory=WebSection
+    )
 
     # The references between sections are checked even when a section has problems
     # of its own; a field or an entry that failed is None here.
@@ -191,23 +318,28 @@ class BatchSettings:
       linger: 10ms        how long to wait for a batch to fill
     """
 
-    max_rows: int = 1000
-    max_bytes: Size = 4 << 20
-    linger: Duration = 0.01
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if not 1 <= self.max_rows <= 50000:
-            yield "max_rows", "must be between 1 and 50000"
-        if not 64 << 10 <= self.max_bytes <= 256 << 20:
-            yield "max_bytes", "must be between 64KiB and 256MiB"
+    max_rows: Annotated[
+        int,
+        Doc("The most FlowFiles one write takes."),
+        Range(1, 50000, "must be between 1 and 50000"),
+    ] = 1000
+    max_bytes: Annotated[
+        Size,
+        Doc(
+            "The most bytes (payload, topic, attributes) one write takes; a single larger"
+            " FlowFile still goes, alone. The sink holds at most two batches in memory."
+        ),
+        Range(64 << 10, 256 << 20, "must be between 64KiB and 256MiB"),
+    ] = 4 << 20
+    linger: Annotated[Duration, Doc("How long to wait for a batch to fill.")] = 0.01
 
 
 @dataclass(frozen=True)
 class RetrySettings:
     """Capped exponential backoff with jitter, from `initial` up to `max`."""
 
-    initial: Duration = 0.5
-    max: Duration = 30.0
+    initial: Annotated[Duration, Doc("The first wait after a failed write or connect.")] = 0.5
+    max: Annotated[Duration, Doc("The longest wait; each failure doubles it up to this.")] = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,15 +351,32 @@ class SinkConfig:
     for the FlowFiles routed to this sink.
     """
 
-    type: str
-    batch: BatchSettings = field(default_factory=BatchSettings)
-    retry: RetrySettings = field(default_factory=RetrySettings)
-    rate_limit: float | None = None
-    overflow: Overflow | None = None
+    type: Annotated[str, Doc("The kind of sink.")]
+    batch: Annotated[BatchSettings, Doc("How the sink groups FlowFiles into one write.")] = field(
+        default_factory=BatchSettings
+    )
+    retry: Annotated[
+        RetrySettings,
+        Doc("Capped exponential backoff with jitter between failed writes or connects."),
+    ] = field(default_factory=RetrySettings)
+    rate_limit: Annotated[
+        float | None,
+        Doc(
+            "At most this many FlowFiles per second (default: no limit), e.g. while a"
+            " backlog drains over a thin uplink."
+        ),
+    ] = None
+    overflow: Annotated[
+        Overflow | None,
+        Doc(
+            "Overrides `buffer.overflow` for the FlowFiles routed to this sink (default:"
+            " `buffer.overflow`)."
+        ),
+    ] = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class SourceConfig:
     """Keys every source shares; each source's config extends this class."""
 
-    type: str
+    type: Annotated[str, Doc("The kind of source.")]

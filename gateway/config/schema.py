@@ -5,10 +5,14 @@ bool, `Duration`, `Size`, `Literal[...]`, `list[T]`, `dict[str, T]`, `T | None`,
 another config dataclass, or `Component("sink")` (a mapping whose `type` picks
 the config class from the registry). `Annotated[T, Valid(fn)]` checks one value
 on its own (`fn` returns a message or None), whatever else is wrong around it.
-A class may define `check()` yielding `(key, message)` pairs for rules that span
-fields; it runs once all the fields built, or, if the class sets
-`check_incomplete = True` (its check copes with None for a field that failed),
-in any case, so that every problem is reported in one pass.
+
+The schema also carries the docs: `Doc("...", example=...)` describes a key (the
+reference pages in docs/reference/ and the JSON Schema are written from it, see
+`gateway.config.reference`), and `Range(low, high, message)` bounds a number, a size
+or a duration. A class may define `check()` yielding `(key, message)` pairs for rules
+that span fields. The bounds and `check()` run once all the fields built, or, if
+the class sets `check_incomplete = True` (its check copes with None for a field that
+failed), in any case, so that every problem is reported in one pass.
 """
 
 from __future__ import annotations
@@ -50,6 +54,47 @@ class Valid:
     """Marks a value that must pass `test` (which returns a message, or None when fine)."""
 
     test: Callable[[Any], str | None]
+
+
+_NO_EXAMPLE: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Doc:
+    """A key's description (a sentence or two, Markdown) and an example value as it is
+    written in a config file; the examples of a component's keys make its sample config,
+    so they must build together."""
+
+    text: str
+    example: Any = _NO_EXAMPLE
+
+    @property
+    def has_example(self) -> bool:
+        return self.example is not _NO_EXAMPLE
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds on a number, a size (bytes) or a duration (seconds): `low <= value <= high`
+    (`low < value` with `above=True`); either end may be open (None). `message` is the
+    problem reported for a value outside, at its key."""
+
+    low: float | None = None
+    high: float | None = None
+    message: str = ""
+    above: bool = False
+
+    def problem(self, value: float) -> str | None:
+        too_low = self.low is not None and (value <= self.low if self.above else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            return self.message or f"must be between {self.low} and {self.high}"
+        return None
+
+
+def marks(tp: Any) -> tuple[Any, ...]:
+    """The marks of an `Annotated` type (nested ones flattened), else ()."""
+    return tuple(get_args(tp)[1:]) if get_origin(tp) is Annotated else ()
 
 
 class Problems:
@@ -168,6 +213,19 @@ def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]
     return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
+def fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A config class's type hints (with their marks) and its keys, in order."""
+    return _fields(cls)
+
+
+@functools.cache
+def _bounds(cls: type) -> tuple[tuple[str, Range], ...]:
+    hints, fields = _fields(cls)
+    return tuple(
+        (name, mark) for name in fields for mark in marks(hints[name]) if isinstance(mark, Range)
+    )
+
+
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
     if value is None:
         value = {}
@@ -197,12 +255,29 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
 
 
 def _run_check(obj: Any, path: Path, problems: Problems) -> None:
+    """Report what the bounds and then `check()` find. A bound's problem goes before
+    the first of check()'s that concerns a later key, so that, as check() names the keys
+    about in their order, the problems read in the order of the keys."""
+    cls: type = obj.__class__
+    _, fields = _fields(cls)
+    order = {name: i for i, name in enumerate(fields)}
+    bounded: list[tuple[int, str, str]] = []
+    for name, bound in _bounds(cls):
+        value = getattr(obj, name)
+        message = None if value is None else bound.problem(value)
+        if message:
+            bounded.append((order[name], name, message))
     check = getattr(obj, "check", None)
-    if check is not None:
-        for key, message in check():
-            # a dotted key ("match.0") names a place below this object
-            parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
-            problems.add((*path, *parts), message)
+    for key, message in check() if check is not None else ():
+        at = order.get(key.partition(".")[0], -1)
+        while bounded and bounded[0][0] < at:
+            _, name, text = bounded.pop(0)
+            problems.add((*path, name), text)
+        # a dotted key ("match.0") names a place below this object
+        parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
+        problems.add((*path, *parts), message)
+    for _, name, text in bounded:
+        problems.add((*path, name), text)
 
 
 def build_component(kind: str, value: Any, path: Path, problems: Problems) -> Any:

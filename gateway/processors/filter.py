@@ -51,8 +51,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from gateway.config.schema import Doc
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -90,13 +91,34 @@ UNSET: Any = _Unset()
 class Condition:
     """One test on a field, attribute or topic, or a group of conditions."""
 
-    field: str | None = None
-    attribute: str | None = None
-    topic: str | int | None = None
-    op: Op | None = None
-    value: Any = UNSET
-    all: list[Condition] = dataclasses.field(default_factory=list)
-    any: list[Condition] = dataclasses.field(default_factory=list)
+    field: Annotated[
+        str | None, Doc("Test a JSON field; `a.b` reaches into objects, a number indexes an array.")
+    ] = None
+    attribute: Annotated[str | None, Doc("Test a FlowFile attribute (always text).")] = None
+    topic: Annotated[
+        str | int | None,
+        Doc(
+            "Test the topic: `all` for the whole topic, or a level number (0 is the"
+            " first, -1 the last)."
+        ),
+    ] = None
+    op: Annotated[
+        Op | None,
+        Doc(
+            "eq, ne, gt, ge, lt, le, in, not_in, exists, missing, contains, matches (a"
+            " regular expression)."
+        ),
+    ] = None
+    value: Annotated[
+        Any,
+        Doc("What the op compares with (a list for in and not_in; none for exists and missing)."),
+    ] = UNSET
+    all: Annotated[list[Condition], Doc("A group: every condition must hold.")] = dataclasses.field(
+        default_factory=list
+    )
+    any: Annotated[list[Condition], Doc("A group: at least one condition must hold.")] = (
+        dataclasses.field(default_factory=list)
+    )
 
     def check(self) -> Iterator[tuple[str, str]]:
         subjects = [k for k in ("field", "attribute", "topic") if getattr(self, k) is not None]
@@ -192,9 +214,15 @@ def _show(value: Any) -> str:
 class FilterProcessorConfig:
     """Keys of the `filter` processor."""
 
-    type: str
-    all: list[Condition] = dataclasses.field(default_factory=list)
-    any: list[Condition] = dataclasses.field(default_factory=list)
+    type: Annotated[str, Doc("The kind of processor.")]
+    all: Annotated[
+        list[Condition],
+        Doc("Conditions that must all hold.", example=[{"field": "temp", "op": "gt", "value": 30}]),
+    ] = dataclasses.field(default_factory=list)
+    any: Annotated[
+        list[Condition],
+        Doc("Conditions of which at least one must hold (with `all`, both must hold)."),
+    ] = dataclasses.field(default_factory=list)
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.all and not self.any:

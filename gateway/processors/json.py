@@ -40,8 +40,9 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+from gateway.config.schema import Doc
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -156,9 +157,22 @@ def lookup(value: Any, parts: tuple[str, ...]) -> Any:
 class JsonProcessorConfig:
     """Keys of the `json` processor."""
 
-    type: str
-    require_object: bool = True
-    required: list[str] = field(default_factory=list)
+    type: Annotated[str, Doc("The kind of processor.")]
+    require_object: Annotated[
+        bool,
+        Doc(
+            "The top level must be an object `{...}`; `false` also passes arrays,"
+            " strings, numbers, true/false and null."
+        ),
+    ] = True
+    required: Annotated[
+        list[str],
+        Doc(
+            "Fields that must be present; a dotted path `a.b` reaches into nested objects"
+            " and a number indexes an array (`values.0`). Needs require_object.",
+            example=["temp"],
+        ),
+    ] = field(default_factory=list)
 
     def check(self) -> Iterator[tuple[str, str]]:
         for i, path in enumerate(self.required):

@@ -54,9 +54,9 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from gateway.config.schema import did_you_mean
+from gateway.config.schema import Doc, did_you_mean
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -237,13 +237,38 @@ def _templates_in(value: Any) -> Iterator[str]:
 class TransformProcessorConfig:
     """Keys of the `transform` processor."""
 
-    type: str
-    rename: dict[str, str] = field(default_factory=dict)
-    drop: list[str] = field(default_factory=list)
-    scale: dict[str, int | float] = field(default_factory=dict)
-    offset: dict[str, int | float] = field(default_factory=dict)
-    set: dict[str, Any] = field(default_factory=dict)
-    topic: str | None = None
+    type: Annotated[str, Doc("The kind of processor.")]
+    rename: Annotated[
+        dict[str, str],
+        Doc(
+            "Move fields, old path to new path (a missing field is skipped).", example={"t": "temp"}
+        ),
+    ] = field(default_factory=dict)
+    drop: Annotated[list[str], Doc("Remove fields (a missing field is skipped).")] = field(
+        default_factory=list
+    )
+    scale: Annotated[
+        dict[str, int | float],
+        Doc(
+            "Multiply a number field (a missing one is skipped; one that is not a number"
+            " dead-letters the FlowFile).",
+            example={"temp": 0.1},
+        ),
+    ] = field(default_factory=dict)
+    offset: Annotated[
+        dict[str, int | float],
+        Doc("Add to a number field; with scale the result is value * scale + offset."),
+    ] = field(default_factory=dict)
+    set: Annotated[
+        dict[str, Any],
+        Doc(
+            "Set fields; a value may be a template: `{topic}`, `{topic.N}`,"
+            " `{attributes.KEY}`, `{field.NAME}`."
+        ),
+    ] = field(default_factory=dict)
+    topic: Annotated[
+        str | None, Doc("The output topic, a template like `set`'s (default: the input's topic).")
+    ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not (self.rename or self.drop or self.scale or self.offset or self.set or self.topic):

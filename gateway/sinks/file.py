@@ -44,10 +44,10 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Annotated
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Size
+from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
@@ -78,18 +78,40 @@ def _parse(text: str) -> object:
 class FileSinkConfig(SinkConfig):
     """Keys of the `file` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
-    path: str | None = None
-    rotate_bytes: Size = 64 << 20
-    keep: int = 5
-    fsync: bool = True
+    path: Annotated[
+        str | None,
+        Doc(
+            "The JSON Lines file; a relative path is under `gateway.data_dir` (default"
+            " `<data_dir>/<sink name>.jsonl`).",
+            example="telemetry.jsonl",
+        ),
+    ] = None
+    rotate_bytes: Annotated[
+        Size,
+        Doc(
+            "When a batch would take the file past this size it is renamed `<path>.1`"
+            " (older ones shift up to `.keep`) and a new one started; 0 never rotates,"
+            " any other size is at least 4KiB."
+        ),
+    ] = 64 << 20
+    keep: Annotated[
+        int,
+        Doc("Rotated files to keep; 0 keeps none."),
+        Range(0, 1000, "must be between 0 and 1000"),
+    ] = 5
+    fsync: Annotated[
+        bool,
+        Doc(
+            "Force each batch to disk before reporting it delivered; `false` is faster,"
+            " but an acknowledged batch can be lost on power loss."
+        ),
+    ] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.path is not None and (not self.path or self.path.endswith(os.sep)):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
         if 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
-        if not 0 <= self.keep <= 1000:
-            yield "keep", "must be between 0 and 1000"
 
 
 class FileSink(Sink):

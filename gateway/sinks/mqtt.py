@@ -81,10 +81,10 @@ import contextlib
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration
+from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -109,23 +109,59 @@ RETRY_REASONS = frozenset({0x91, 0x97})
 class MqttSinkConfig(SinkConfig):
     """Keys of the `mqtt` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
-    url: str
-    topic: str = "site/{gateway}/{topic}"
-    client_id: str | None = None
-    clean_session: bool = False
-    session_expiry: Duration = 86400.0
-    protocol: Literal[5, 4] = 5
-    max_inflight: int = 100
-    retain: bool = False
-    user_properties: bool = False
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    keepalive: Duration = 30.0
-    connect_timeout: Duration = 10.0
-    timeout: Duration = 30.0
+    url: Annotated[
+        str,
+        Doc(
+            "`mqtt://host:port` or `mqtts://host:port` of the upstream broker.",
+            example="mqtt://broker.example.com:1883",
+        ),
+    ]
+    topic: Annotated[
+        str,
+        Doc(
+            "The topic to publish on: `{topic}` is the FlowFile's topic, `{gateway}` the"
+            " gateway id, `{sink}` this sink's name."
+        ),
+    ] = "site/{gateway}/{topic}"
+    client_id: Annotated[
+        str | None, Doc("The client id (default `edge-stream-<gateway id>-<sink name>`).")
+    ] = None
+    clean_session: Annotated[
+        bool, Doc("Start a new session on every connect instead of keeping a persistent one.")
+    ] = False
+    session_expiry: Annotated[
+        Duration, Doc("MQTT 5: how long the broker keeps the session after a disconnect.")
+    ] = 86400.0
+    protocol: Annotated[Literal[5, 4], Doc("5 (MQTT 5) or 4 (MQTT 3.1.1).")] = 5
+    max_inflight: Annotated[
+        int,
+        Doc(
+            "Messages published and not yet acknowledged, at most (never more than the"
+            " broker's Receive Maximum)."
+        ),
+        Range(1, 65535, "must be between 1 and 65535"),
+    ] = 100
+    retain: Annotated[bool, Doc("Publish with the retain flag.")] = False
+    user_properties: Annotated[
+        bool, Doc("MQTT 5: send the attributes, plus the FlowFile `id`, as user properties.")
+    ] = False
+    username: Annotated[str | None, Doc("The user name to log in with.")] = None
+    password: Annotated[str | None, Doc("The password, may be `ENC(...)`; never logged.")] = None
+    ca_file: Annotated[
+        str | None,
+        Doc("CA bundle that verifies the broker, for `mqtts://` (default: the system's CAs)."),
+    ] = None
+    cert_file: Annotated[
+        str | None, Doc("Client certificate (PEM) for `mqtts://`; goes with `key_file`.")
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    keepalive: Annotated[
+        Duration, Doc("The MQTT keepalive."), Range(1, 65535, "must be between 1s and 65535s")
+    ] = 30.0
+    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
+    timeout: Annotated[
+        Duration, Doc("The longest a batch may wait for its PUBACKs before it is sent again.")
+    ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         try:
@@ -155,14 +191,10 @@ class MqttSinkConfig(SinkConfig):
                     )
             if any(c in self.topic for c in "+#\0"):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
-        if not 1 <= self.max_inflight <= 65535:
-            yield "max_inflight", "must be between 1 and 65535"
         if self.user_properties and self.protocol != 5:
             yield "user_properties", "needs MQTT 5 (protocol: 5)"
         if self.client_id is not None and not self.client_id:
             yield "client_id", "must not be empty"
-        if self.keepalive < 1 or self.keepalive > 65535:
-            yield "keepalive", "must be between 1s and 65535s"
         if self.connect_timeout <= 0 or self.timeout <= 0:
             yield "timeout", "timeouts must be positive"
 

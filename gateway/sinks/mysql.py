@@ -101,7 +101,7 @@ import aiomysql
 import pymysql
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, Valid, check_identifier, check_location
+from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -185,20 +185,49 @@ class MysqlSinkConfig(SinkConfig):
     """Keys of the `mysql` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
     # Holds a password: never repr'd, never quoted back in a problem.
-    dsn: Annotated[str, Valid(dsn_problem)] = field(repr=False)
-    table: str = "readings"
-    create_table: bool = True
-    columns: dict[str, str | dict[str, str]] | None = None
-    id_type: Literal["char", "binary"] = "char"
-    ca_file: str | None = None
-    timeout: Duration = 30.0
+    dsn: Annotated[
+        Annotated[str, Valid(dsn_problem)],
+        Doc(
+            "`mysql://user:password@host:3306/database`; URL-encode special characters in"
+            " user and password; may be an `ENC(...)` secret; the password is never"
+            " logged.",
+            example="mysql://gateway:secret@db.plant.lan:3306/telemetry",
+        ),
+    ] = field(repr=False)
+    table: Annotated[str, Doc("The table (a SQL identifier: letters, digits, `_`).")] = "readings"
+    create_table: Annotated[bool, Doc("Create the table when it does not exist.")] = True
+    columns: Annotated[
+        dict[str, str | dict[str, str]] | None,
+        Doc(
+            "Your own columns instead of the default table: `name: source` or `name:"
+            " {from: source, type: sql type}`; sources are id, topic, ts, attributes,"
+            " payload, raw, `topic.N`, `field.a.b`, `attributes.KEY` (default: the default"
+            " table)."
+        ),
+    ] = None
+    id_type: Annotated[
+        Literal["char", "binary"],
+        Doc(
+            "The id column: `char` (CHAR(36), readable) or `binary` (BINARY(16), a smaller index)."
+        ),
+    ] = "char"
+    ca_file: Annotated[
+        str | None,
+        Doc("Connect with TLS, verifying the server against this CA bundle (default: no TLS)."),
+    ] = None
+    timeout: Annotated[
+        Duration,
+        Doc(
+            "The longest a connect or one statement may take before the connection is"
+            " dropped and the batch retried."
+        ),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         for message in check_identifier(self.table):
             yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
-        if self.timeout <= 0:
-            yield "timeout", "must be more than 0s"
 
 
 class Dsn(NamedTuple):

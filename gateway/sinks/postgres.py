@@ -97,7 +97,7 @@ import asyncpg
 import orjson
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration, Valid, check_identifier, check_location
+from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -194,12 +194,41 @@ class PostgresSinkConfig(SinkConfig):
     """Keys of the `postgres` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
     # May hold a password: never repr'd, never quoted back in a problem.
-    dsn: Annotated[str, Valid(dsn_problem)] = field(repr=False)
-    table: str = "readings"
-    create_table: bool = True
-    columns: dict[str, str | dict[str, str]] | None = None
-    pool_size: int = 1
-    timeout: Duration = 30.0
+    dsn: Annotated[
+        Annotated[str, Valid(dsn_problem)],
+        Doc(
+            "`postgresql://user:password@host:5432/database`; percent-encode `#`, `/`,"
+            " `?` and `@` in user and password; may be an `ENC(...)` secret; the password"
+            " is never logged. Options such as `?sslmode=require` go to asyncpg.",
+            example="postgresql://gateway:secret@db.plant.lan:5432/telemetry",
+        ),
+    ] = field(repr=False)
+    table: Annotated[
+        str, Doc("The table, optionally `schema.table` (lowercase SQL identifiers).")
+    ] = "readings"
+    create_table: Annotated[bool, Doc("Create the table when it does not exist.")] = True
+    columns: Annotated[
+        dict[str, str | dict[str, str]] | None,
+        Doc(
+            "Your own columns instead of the default table: `name: source` or `name:"
+            " {from: source, type: sql type}`; sources are id, topic, ts, attributes,"
+            " payload, raw, `topic.N`, `field.a.b`, `attributes.KEY` (default: the default"
+            " table)."
+        ),
+    ] = None
+    pool_size: Annotated[
+        int,
+        Doc("Connections to the server."),
+        Range(1, 2, "must be 1 or 2 (one batch is written at a time)"),
+    ] = 1
+    timeout: Annotated[
+        Duration,
+        Doc(
+            "The longest a connect or one statement may take before the connection is"
+            " dropped and the batch retried."
+        ),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         parts = self.table.split(".")
@@ -209,10 +238,6 @@ class PostgresSinkConfig(SinkConfig):
             for message in _check_name(part):
                 yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
-        if not 1 <= self.pool_size <= 2:
-            yield "pool_size", "must be 1 or 2 (one batch is written at a time)"
-        if self.timeout <= 0:
-            yield "timeout", "must be more than 0s"
 
 
 # --- rows ---------------------------------------------------------------------------------

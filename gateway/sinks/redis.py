@@ -105,7 +105,7 @@ import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
@@ -117,7 +117,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Duration
+from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -204,22 +204,76 @@ _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 class RedisSinkConfig(SinkConfig):
     """Keys of the `redis` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
 
-    url: str
-    mode: Literal["stream", "list", "hash", "publish"] = "stream"
-    key: str = "edge:{topic}"
-    maxlen: int = 100_000
-    value: Literal["envelope", "payload"] = "envelope"
-    dedupe: bool = True
-    dedupe_window: int | None = None
-    dedupe_prefix: str | None = None
-    cluster: bool = False
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    connect_timeout: Duration = 10.0
-    timeout: Duration = 30.0
+    url: Annotated[
+        str,
+        Doc(
+            "`redis://host:6379/0` or `rediss://` (TLS); may hold `user:password@`.",
+            example="redis://127.0.0.1:6379/0",
+        ),
+    ]
+    mode: Annotated[
+        Literal["stream", "list", "hash", "publish"],
+        Doc(
+            "`stream` (XADD), `list` (RPUSH), `hash` (HSET, the latest FlowFile per key)"
+            " or `publish` (pub/sub, nothing kept).",
+            example="stream",
+        ),
+    ] = "stream"
+    key: Annotated[
+        str,
+        Doc(
+            "The stream, list, hash or channel: `{topic}`, `{gateway}`, `{sink}`; `{{`"
+            " and `}}` for literal braces."
+        ),
+    ] = "edge:{topic}"
+    maxlen: Annotated[
+        int,
+        Doc(
+            "`stream`: about this many entries kept; `list`: exactly this many; 0 keeps everything."
+        ),
+        Range(0, message="must be 0 (keep everything) or more"),
+    ] = 100_000
+    value: Annotated[
+        Literal["envelope", "payload"],
+        Doc("`list` and `publish`: the JSON envelope or the content bytes alone (`payload`)."),
+    ] = "envelope"
+    dedupe: Annotated[
+        bool,
+        Doc(
+            "Skip FlowFiles written already (their ids are among the recent ones);"
+            " `false` is faster, but a batch written again after a crash is stored twice."
+        ),
+    ] = True
+    dedupe_window: Annotated[
+        int | None,
+        Doc(
+            "How many recent ids to remember, at least `batch.max_rows` (default 10 x"
+            " `batch.max_rows`, at least 10000)."
+        ),
+    ] = None
+    dedupe_prefix: Annotated[
+        str | None,
+        Doc(
+            "Prefix of the recent-ids keys (default `edge:<sink name>`); give each sink"
+            " writing to the same Redis its own."
+        ),
+    ] = None
+    cluster: Annotated[bool, Doc("The URL names a node of a Redis Cluster.")] = False
+    username: Annotated[str | None, Doc("ACL user (default: from the URL, else none).")] = None
+    password: Annotated[
+        str | None,
+        Doc("Password, may be `ENC(...)` (default: from the URL, else none); never logged."),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Doc("CA bundle that verifies the server, for `rediss://` (default: the system's)."),
+    ] = None
+    cert_file: Annotated[
+        str | None, Doc("Client certificate (PEM) for `rediss://`; goes with `key_file`.")
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
+    timeout: Annotated[Duration, Doc("The longest one batch may take.")] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith(("redis://", "rediss://")):
@@ -244,8 +298,6 @@ class RedisSinkConfig(SinkConfig):
                             "{gateway} or {sink}, and {{ }} for literal braces"
                         ),
                     )
-        if self.maxlen < 0:
-            yield "maxlen", "must be 0 (keep everything) or more"
         if self.dedupe_window is not None and self.dedupe_window < self.batch.max_rows:
             yield (
                 "dedupe_window",

@@ -95,10 +95,10 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from time import time_ns
-from typing import Literal
+from typing import Annotated, Literal
 
 from gateway.config.model import SourceConfig
-from gateway.config.schema import Duration, Size
+from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
@@ -118,21 +118,102 @@ _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
 
 @dataclass(frozen=True, kw_only=True)
 class MqttSourceConfig(SourceConfig):
-    topics: list[str]
-    qos: Literal[0, 1, 2] = 1
-    url: str | None = None
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
-    retained: Literal["new_subscription_only", "always", "never"] = "new_subscription_only"
-    max_payload: Size = 256 * 1024
-    receive_maximum: int = 1000
-    receive_max_bytes: Size = 16 * 1024 * 1024
-    session_expiry: Duration = 7 * 86400.0
-    keepalive: Duration | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    """Keys of the `mqtt` source (see the module documentation)."""
+
+    topics: Annotated[
+        list[str],
+        Doc(
+            "The topic filters to subscribe to (`+` one level, `#` the rest), one or a"
+            " list; each message becomes a FlowFile on its own topic.",
+            example=["sensors/+/telemetry"],
+        ),
+    ]
+    qos: Annotated[
+        Literal[0, 1, 2],
+        Doc(
+            "The subscription's QoS: 0 at most once, 1 at least once (acked only once"
+            " stored), 2 exactly once.",
+            example=1,
+        ),
+    ] = 1
+    url: Annotated[
+        str | None,
+        Doc(
+            "`mqtt://host:port` or `mqtts://host:port` of the broker (default: the"
+            " gateway's broker, the top-level `mqtt:`)."
+        ),
+    ] = None
+    client_id: Annotated[
+        str | None,
+        Doc(
+            "The client id of the persistent session (default `<mqtt.client_id>-<source"
+            " name>`; `mqtt.client_id` defaults to `edge-stream-<gateway id>`)."
+        ),
+    ] = None
+    username: Annotated[
+        str | None, Doc("The user name (default on the gateway's broker: `mqtt.username`).")
+    ] = None
+    password: Annotated[
+        str | None,
+        Doc(
+            "The password, may be `ENC(...)` (default on the gateway's broker:"
+            " `mqtt.password`); never logged."
+        ),
+    ] = None
+    retained: Annotated[
+        Literal["new_subscription_only", "always", "never"],
+        Doc(
+            "Retained messages: `new_subscription_only` sent when the subscription is new"
+            " (MQTT 5 Retain Handling 1), `always` at every (re)subscribe, `never`."
+        ),
+    ] = "new_subscription_only"
+    max_payload: Annotated[
+        Size,
+        Doc(
+            "Larger messages go to the dead letters, truncated; the broker is told not to"
+            " send packets over twice this (at least this plus 64KiB)."
+        ),
+    ] = 256 * 1024
+    # At most 16384: beyond that, after a crash, a redelivery of a stored message could no
+    # longer be told from a new one (see REDELIVERY_WINDOW in gateway/store/sqlite.py).
+    receive_maximum: Annotated[
+        int,
+        Doc(
+            "QoS 1/2 messages in flight to the gateway and not yet stored; reading from"
+            " the broker stops at this many."
+        ),
+        Range(1, 16384, "must be between 1 and 16384"),
+    ] = 1000
+    receive_max_bytes: Annotated[
+        Size,
+        Doc(
+            "The same bound in bytes (payload, topic, user properties and about 200 bytes"
+            " each); QoS 0 messages beyond it are dropped and counted."
+        ),
+        Range(64 * 1024, message="must be at least 64KiB"),
+    ] = 16 * 1024 * 1024
+    session_expiry: Annotated[
+        Duration,
+        Doc(
+            "How long the broker keeps the session (and queues messages) while the gateway is away."
+        ),
+    ] = 7 * 86400.0
+    keepalive: Annotated[
+        Duration | None,
+        Doc("The MQTT keepalive (default: `mqtt.keepalive` on the gateway's broker, else 30s)."),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Doc(
+            "For `mqtts://`: the CA that signed the broker's certificate (default: the"
+            " system's CAs)."
+        ),
+    ] = None
+    cert_file: Annotated[
+        str | None,
+        Doc("A client certificate (PEM), for brokers that require one; goes with `key_file`."),
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.topics:
@@ -146,12 +227,6 @@ class MqttSourceConfig(SourceConfig):
                 parse_url(self.url)
             except ValueError as err:
                 yield "url", str(err)
-        if not 1 <= self.receive_maximum <= 16384:
-            # Beyond that, after a crash, a redelivery of a stored message could no longer
-            # be told from a new one (see REDELIVERY_WINDOW in gateway/store/sqlite.py).
-            yield "receive_maximum", "must be between 1 and 16384"
-        if self.receive_max_bytes < 64 * 1024:
-            yield "receive_max_bytes", "must be at least 64KiB"
 
     @property
     def maximum_packet_size(self) -> int:

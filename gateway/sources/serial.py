@@ -62,12 +62,12 @@ import re
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import serial
 
 from gateway.config.model import SourceConfig
-from gateway.config.schema import Size
+from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -88,29 +88,81 @@ THREAD_POLL = 0.2  # seconds a blocking read in a thread waits before looking ag
 class SerialSourceConfig(SourceConfig):
     """Keys of the `serial` source (see the module documentation)."""
 
-    port: str
-    baudrate: int = 9600
-    bytesize: Literal[5, 6, 7, 8] = 8
-    parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: float = 1
-    flow_control: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = "none"
-    framing: Literal["line", "regex", "fixed", "nmea"] = "line"
-    terminator: str = "\n"
-    strip: bool = True
-    encoding: str = "utf-8"
-    pattern: str | None = None
-    convert: bool = True
-    length: int | None = None
-    sync: str | None = None
-    require_checksum: bool = True
-    max_length: Size = 4096
-    topic: str = "serial/{source}"
+    port: Annotated[
+        str,
+        Doc(
+            "The serial device, or a pyserial URL (`socket://host:port`, `rfc2217://host:port`).",
+            example="/dev/ttyUSB0",
+        ),
+    ]
+    baudrate: Annotated[
+        int, Doc("Bits per second.", example=9600), Range(0, above=True, message="must be positive")
+    ] = 9600
+    bytesize: Annotated[Literal[5, 6, 7, 8], Doc("Data bits per character.")] = 8
+    parity: Annotated[
+        Literal["N", "E", "O", "M", "S"], Doc("Parity: none, even, odd, mark or space.")
+    ] = "N"
+    stopbits: Annotated[float, Doc("Stop bits: 1, 1.5 or 2.")] = 1
+    flow_control: Annotated[
+        Literal["none", "rtscts", "dsrdtr", "xonxoff"],
+        Doc("Hardware (RTS/CTS, DSR/DTR) or software (XON/XOFF) flow control."),
+    ] = "none"
+    framing: Annotated[
+        Literal["line", "regex", "fixed", "nmea"],
+        Doc(
+            "How the stream is cut into records: `line`, `regex` (a line's named groups"
+            " become JSON fields), `fixed` (`length` bytes) or `nmea` (NMEA 0183"
+            " sentences, parsed).",
+            example="line",
+        ),
+    ] = "line"
+    terminator: Annotated[
+        str, Doc("The end of a line (`line` and `regex` framing); `\\r\\n` and `\\r` work too.")
+    ] = "\n"
+    strip: Annotated[bool, Doc("Remove the whitespace around a line.")] = True
+    encoding: Annotated[
+        str,
+        Doc(
+            "The text encoding of lines; a line that is not valid text is garbage."
+            " `binary` accepts any bytes."
+        ),
+    ] = "utf-8"
+    pattern: Annotated[
+        str | None,
+        Doc(
+            "`regex` framing: a regular expression with named groups, searched in each"
+            " line; a line that does not match is a dead letter."
+        ),
+    ] = None
+    convert: Annotated[bool, Doc("`regex` framing: numbers in the groups become JSON numbers.")] = (
+        True
+    )
+    length: Annotated[
+        int | None, Doc("`fixed` framing: the record length in bytes (at most `max_length`).")
+    ] = None
+    sync: Annotated[
+        str | None,
+        Doc(
+            "`fixed` framing: hex bytes each record starts with (e.g. `aa55`); anything"
+            " between records is garbage."
+        ),
+    ] = None
+    require_checksum: Annotated[
+        bool, Doc("`nmea` framing: a sentence without a valid `*hh` checksum is a dead letter.")
+    ] = True
+    max_length: Annotated[
+        Size,
+        Doc("Longer records go to the dead letters."),
+        Range(16, 1 << 20, "must be between 16 bytes and 1MiB"),
+    ] = 4096
+    topic: Annotated[
+        str,
+        Doc("The FlowFiles' topic: `{source}`, and with `nmea` also `{talker}` and `{sentence}`."),
+    ] = "serial/{source}"
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.port:
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
-        if self.baudrate <= 0:
-            yield "baudrate", "must be positive"
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
         if not self.terminator:
@@ -120,8 +172,6 @@ class SerialSourceConfig(SourceConfig):
                 codecs.lookup(self.encoding)
             except LookupError:
                 yield "encoding", f"unknown encoding {self.encoding!r} (or 'binary')"
-        if not 16 <= self.max_length <= 1 << 20:
-            yield "max_length", "must be between 16 bytes and 1MiB"
         if self.framing == "regex":
             if not self.pattern:
                 yield "pattern", "framing: regex needs a pattern with named groups"

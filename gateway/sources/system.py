@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from gateway.config.model import SourceConfig
-from gateway.config.schema import Duration
+from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -54,12 +53,15 @@ from gateway.core.topics import validate_topic
 class SystemSourceConfig(SourceConfig):
     """Keys of the `system` source."""
 
-    interval: Duration = 10.0
-    disk_path: str | None = None
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if self.interval < 0.1:
-            yield "interval", "must be at least 100ms"
+    interval: Annotated[
+        Duration,
+        Doc("How often to read the gateway's health.", example="10s"),
+        Range(0.1, message="must be at least 100ms"),
+    ] = 10.0
+    disk_path: Annotated[
+        str | None,
+        Doc("Whose file system the `disk_*` values describe (default: `gateway.data_dir`)."),
+    ] = None
 
 
 def _read(path: Path) -> str | None:

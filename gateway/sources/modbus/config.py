@@ -10,10 +10,10 @@ from __future__ import annotations
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from gateway.config.model import SourceConfig
-from gateway.config.schema import Duration
+from gateway.config.schema import Doc, Duration, Range
 from gateway.core.topics import validate_topic
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.link import LinkSpec, parse_link_url
@@ -55,24 +55,80 @@ def _template_problem(template: str, allowed: set[str]) -> str | None:
 class RegisterConfig:
     """One value read from a device (see the module documentation for each key)."""
 
-    address: int
-    table: Table = "holding"
-    type: str = "uint16"
-    bit: int | None = None
-    byte_order: Order | None = None
-    word_order: Order | None = None
-    order: OrderAlias | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    precision: int | None = None
-    unit: str | None = None
-    interval: Duration | None = None
-    on_change: bool = False
-    deadband: float = 0.0
-    deadband_percent: float = 0.0
-    heartbeat: Duration | None = None
-    writable: bool = False
-    topic: str | None = None
+    address: Annotated[
+        int,
+        Doc("The register (or coil) address, counted from `address_base`.", example=0),
+        Range(0, 65536, "must be 0..65535 (65536 with address_base: 1)"),
+    ]
+    table: Annotated[
+        Table, Doc("Where the value is: `coil`, `discrete` (input), `holding` or `input` register.")
+    ] = "holding"
+    type: Annotated[
+        str,
+        Doc(
+            "bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, or"
+            " string(N) of N bytes.",
+            example="int16",
+        ),
+    ] = "uint16"
+    bit: Annotated[
+        int | None, Doc("A bool inside a holding or input register: its bit, 0 to 15.")
+    ] = None
+    byte_order: Annotated[
+        Order | None, Doc("The order of the two bytes in each register (default: the device's).")
+    ] = None
+    word_order: Annotated[
+        Order | None, Doc("The order of the registers of a wider value (default: the device's).")
+    ] = None
+    order: Annotated[
+        OrderAlias | None,
+        Doc(
+            "Both orders in one: ABCD, CDAB, BADC, DCBA, or for 64 bits ABCDEFGH,"
+            " GHEFCDAB, BADCFEHG, HGFEDCBA; not with byte_order or word_order."
+        ),
+    ] = None
+    scale: Annotated[
+        float,
+        Doc(
+            "value = raw * scale + offset; an integer with a decimal scale is rounded to"
+            " the scale's decimals.",
+            example=0.1,
+        ),
+    ] = 1.0
+    offset: Annotated[float, Doc("Added after `scale`.")] = 0.0
+    precision: Annotated[
+        int | None, Doc("Decimals to round the value to."), Range(0, 15, "must be 0..15")
+    ] = None
+    unit: Annotated[str | None, Doc("The unit written beside the value, e.g. `°C`.")] = None
+    interval: Annotated[
+        Duration | None,
+        Doc("This value's own poll rate (default: the device's interval)."),
+        Range(0.001, message="must be at least 1ms"),
+    ] = None
+    on_change: Annotated[bool, Doc("Send a value only when it differs from the last one sent.")] = (
+        False
+    )
+    deadband: Annotated[
+        float,
+        Doc(
+            "Send a number only when it moved more than this since the last one sent"
+            " (implies on_change)."
+        ),
+    ] = 0.0
+    deadband_percent: Annotated[float, Doc("The same in percent of the last value sent.")] = 0.0
+    heartbeat: Annotated[Duration | None, Doc("Send an unchanged value again after this long.")] = (
+        None
+    )
+    writable: Annotated[
+        bool, Doc("Accept write-back commands for this value (coils and holding registers only).")
+    ] = False
+    topic: Annotated[
+        str | None,
+        Doc(
+            "This value's topic (default: the source's `topic`): `{device}`,"
+            " `{register}`, `{unit}`, `{table}`."
+        ),
+    ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         try:
@@ -88,8 +144,6 @@ class RegisterConfig:
                 yield "bit", "bit selects a bool inside a holding or input register"
             elif not 0 <= self.bit <= 15:
                 yield "bit", "must be 0..15"
-        if not 0 <= self.address <= 65536:
-            yield "address", "must be 0..65535 (65536 with address_base: 1)"
         if self.order is not None and (self.byte_order or self.word_order):
             yield "order", "set either order or byte_order/word_order, not both"
         if self.order is not None and len(self.order) == 8 and info.width not in (0, 4):
@@ -98,12 +152,8 @@ class RegisterConfig:
             yield "scale", "must not be 0"
         if self.deadband < 0 or self.deadband_percent < 0:
             yield "deadband", "must not be negative"
-        if self.interval is not None and self.interval < 0.001:
-            yield "interval", "must be at least 1ms"
         if self.writable and self.table not in ("coil", "holding"):
             yield "writable", f"a {self.table} cannot be written (only coils and holding registers)"
-        if self.precision is not None and not 0 <= self.precision <= 15:
-            yield "precision", "must be 0..15"
         if self.topic is not None:
             problem = _template_problem(self.topic, _TOPIC_FIELDS)
             if problem:
@@ -132,36 +182,137 @@ _INHERITED = (
 class DeviceConfig:
     """One device: its URL, unit id and registers; other keys default to the source's."""
 
-    url: str
-    unit: int = 1
-    registers: dict[str, RegisterConfig]
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    retries: int | None = None
-    address_base: Literal[0, 1] | None = None
-    byte_order: Order | None = None
-    word_order: Order | None = None
-    max_gap: int | None = None
-    max_registers: int | None = None
-    max_bits: int | None = None
-    frame_delay: Duration | None = None
-    write_multiple: bool | None = None
-    emit: Emit | None = None
-    backoff_max: Duration | None = None
+    url: Annotated[
+        str,
+        Doc(
+            "`tcp://host:502`, `udp://host:502`, `rtu+tcp://host:port` or"
+            " `rtu:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1&bytesize=8`; devices"
+            " with the same URL share one connection."
+        ),
+    ]
+    unit: Annotated[
+        int, Doc("The Modbus unit (slave) id, 0 to 255 (1 to 247 on a serial line).")
+    ] = 1
+    registers: Annotated[
+        dict[str, RegisterConfig],
+        Doc("The values to read, by the name that becomes their topic level."),
+    ]
+    interval: Annotated[
+        Duration | None,
+        Doc("How often the registers are read. Default: the source's."),
+        Range(0.001, message="must be at least 1ms"),
+    ] = None
+    timeout: Annotated[
+        Duration | None,
+        Doc("How long one request may wait for its answer. Default: the source's."),
+        Range(0.001, 60, "must be between 1ms and 60s"),
+    ] = None
+    retries: Annotated[
+        int | None,
+        Doc(
+            "Requests sent again at once before the device counts as failing. Default:"
+            " the source's."
+        ),
+        Range(0, 10, "must be 0..10"),
+    ] = None
+    address_base: Annotated[
+        Literal[0, 1] | None,
+        Doc("0, or 1 when the device's manual counts addresses from 1. Default: the source's."),
+    ] = None
+    byte_order: Annotated[
+        Order | None, Doc("The order of the two bytes in each register. Default: the source's.")
+    ] = None
+    word_order: Annotated[
+        Order | None,
+        Doc("The order of the registers of a value wider than one. Default: the source's."),
+    ] = None
+    max_gap: Annotated[
+        int | None,
+        Doc(
+            "Holes of up to this many registers (or 16 times as many coils) between"
+            " values are read and thrown away rather than sending another request."
+            " Default: the source's."
+        ),
+        Range(0, 125, "must be 0..125"),
+    ] = None
+    max_registers: Annotated[
+        int | None,
+        Doc("Registers per request, at most. Default: the source's."),
+        Range(1, 125, "must be 1..125 (the Modbus limit)"),
+    ] = None
+    max_bits: Annotated[
+        int | None,
+        Doc("Coils or discrete inputs per request, at most. Default: the source's."),
+        Range(1, 2000, "must be 1..2000 (the Modbus limit)"),
+    ] = None
+    frame_delay: Annotated[
+        Duration | None,
+        Doc(
+            "On a serial line, the silence kept between an answer and the next request"
+            " (default: 3.5 characters, 1.75 ms above 19200 baud). Default: the source's."
+        ),
+    ] = None
+    write_multiple: Annotated[
+        bool | None,
+        Doc(
+            "Write-back with FC 15/16 (write multiple) even for one coil or register,"
+            " instead of FC 5/6. Default: the source's."
+        ),
+    ] = None
+    emit: Annotated[
+        Emit | None,
+        Doc(
+            "`per_value`: one FlowFile per value on `topic`; `per_device`: one per device"
+            " and poll on `device_topic`, with every value. Default: the source's."
+        ),
+    ] = None
+    backoff_max: Annotated[
+        Duration | None,
+        Doc(
+            "A device that fails is retried after its interval, doubling up to this."
+            " Default: the source's."
+        ),
+        Range(0.01, message="must be at least 10ms"),
+    ] = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class WritebackConfig:
     """Write-back commands over MQTT, and retained device status."""
 
-    enabled: bool = False
-    url: str | None = None
-    topic: str = "modbus/{device}/{register}/set"
-    result_topic: str = "modbus/{device}/{register}/set/result"
-    status_topic: str | None = "modbus/{device}/status"
-    client_id: str | None = None
-    username: str | None = None
-    password: str | None = None
+    enabled: Annotated[
+        bool,
+        Doc("Take write commands from MQTT and publish their results and the devices' status."),
+    ] = False
+    url: Annotated[
+        str | None,
+        Doc(
+            "The broker (default: the top-level `mqtt.url`, whose username, password and"
+            " client id prefix then apply unless set here)."
+        ),
+    ] = None
+    topic: Annotated[
+        str,
+        Doc(
+            "Where commands come: `{device}` and `{register}`, each a whole topic level;"
+            ' the payload is a JSON value or `{"value": ..., "id": ...}`.'
+        ),
+    ] = "modbus/{device}/{register}/set"
+    result_topic: Annotated[
+        str, Doc("Where the outcome of each command is published: `{device}`, `{register}`.")
+    ] = "modbus/{device}/{register}/set/result"
+    status_topic: Annotated[
+        str | None,
+        Doc("Where each device's state is published, retained: `{device}` (none: not published)."),
+    ] = "modbus/{device}/status"
+    client_id: Annotated[
+        str | None,
+        Doc("The client id (default: derived from `mqtt.client_id` and the source name)."),
+    ] = None
+    username: Annotated[
+        str | None, Doc("The user name (default on the gateway's broker: `mqtt.username`).")
+    ] = None
+    password: Annotated[str | None, Doc("The password, may be `ENC(...)`; never logged.")] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         for key in ("topic", "result_topic", "status_topic"):
@@ -185,26 +336,122 @@ class WritebackConfig:
 class ModbusSourceConfig(SourceConfig):
     """Keys of the `modbus` source: devices, or one device written flat."""
 
-    url: str | None = None
-    unit: int = 1
-    registers: dict[str, RegisterConfig] = field(default_factory=dict)
-    devices: dict[str, DeviceConfig] = field(default_factory=dict)
-    interval: Duration = 1.0
-    timeout: Duration = 1.0
-    retries: int = 1
-    address_base: Literal[0, 1] = 0
-    byte_order: Order = "big"
-    word_order: Order = "big"
-    max_gap: int = 16
-    max_registers: int = 125
-    max_bits: int = 2000
-    frame_delay: Duration | None = None
-    write_multiple: bool = False
-    emit: Emit = "per_value"
-    backoff_max: Duration = 30.0
-    topic: str = "modbus/{device}/{register}"
-    device_topic: str = "modbus/{device}"
-    writeback: WritebackConfig = field(default_factory=WritebackConfig)
+    url: Annotated[
+        str | None,
+        Doc(
+            "One device written flat: its URL (see `devices.<name>.url`); the device is"
+            " named after the source. Not with `devices`.",
+            example="tcp://10.0.0.5:502",
+        ),
+    ] = None
+    unit: Annotated[int, Doc("The flat device's unit id.")] = 1
+    registers: Annotated[
+        dict[str, RegisterConfig],
+        Doc(
+            "The flat device's registers, by name.",
+            example={"temperature": {"address": 0, "type": "int16", "scale": 0.1}},
+        ),
+    ] = field(default_factory=dict)
+    devices: Annotated[
+        dict[str, DeviceConfig],
+        Doc(
+            "The devices, by the name that becomes their topic level; each takes the keys"
+            " below and may override the source's settings."
+        ),
+    ] = field(default_factory=dict)
+    interval: Annotated[
+        Duration,
+        Doc("How often the registers are read. Each device may set its own.", example="1s"),
+        Range(0.001, message="must be at least 1ms"),
+    ] = 1.0
+    timeout: Annotated[
+        Duration,
+        Doc("How long one request may wait for its answer. Each device may set its own."),
+        Range(0.001, 60, "must be between 1ms and 60s"),
+    ] = 1.0
+    retries: Annotated[
+        int,
+        Doc(
+            "Requests sent again at once before the device counts as failing. Each device"
+            " may set its own."
+        ),
+        Range(0, 10, "must be 0..10"),
+    ] = 1
+    address_base: Annotated[
+        Literal[0, 1],
+        Doc(
+            "0, or 1 when the device's manual counts addresses from 1. Each device may set its own."
+        ),
+    ] = 0
+    byte_order: Annotated[
+        Order, Doc("The order of the two bytes in each register. Each device may set its own.")
+    ] = "big"
+    word_order: Annotated[
+        Order,
+        Doc("The order of the registers of a value wider than one. Each device may set its own."),
+    ] = "big"
+    max_gap: Annotated[
+        int,
+        Doc(
+            "Holes of up to this many registers (or 16 times as many coils) between"
+            " values are read and thrown away rather than sending another request. Each"
+            " device may set its own."
+        ),
+        Range(0, 125, "must be 0..125"),
+    ] = 16
+    max_registers: Annotated[
+        int,
+        Doc("Registers per request, at most. Each device may set its own."),
+        Range(1, 125, "must be 1..125 (the Modbus limit)"),
+    ] = 125
+    max_bits: Annotated[
+        int,
+        Doc("Coils or discrete inputs per request, at most. Each device may set its own."),
+        Range(1, 2000, "must be 1..2000 (the Modbus limit)"),
+    ] = 2000
+    frame_delay: Annotated[
+        Duration | None,
+        Doc(
+            "On a serial line, the silence kept between an answer and the next request"
+            " (default: 3.5 characters, 1.75 ms above 19200 baud). Each device may set its"
+            " own."
+        ),
+    ] = None
+    write_multiple: Annotated[
+        bool,
+        Doc(
+            "Write-back with FC 15/16 (write multiple) even for one coil or register,"
+            " instead of FC 5/6. Each device may set its own."
+        ),
+    ] = False
+    emit: Annotated[
+        Emit,
+        Doc(
+            "`per_value`: one FlowFile per value on `topic`; `per_device`: one per device"
+            " and poll on `device_topic`, with every value. Each device may set its own."
+        ),
+    ] = "per_value"
+    backoff_max: Annotated[
+        Duration,
+        Doc(
+            "A device that fails is retried after its interval, doubling up to this. Each"
+            " device may set its own."
+        ),
+        Range(0.01, message="must be at least 10ms"),
+    ] = 30.0
+    topic: Annotated[
+        str,
+        Doc(
+            "The topic of each value with `emit: per_value`: `{device}`, `{register}`,"
+            " `{unit}`, `{table}`."
+        ),
+    ] = "modbus/{device}/{register}"
+    device_topic: Annotated[
+        str, Doc("The topic of each device's values with `emit: per_device`: `{device}`, `{unit}`.")
+    ] = "modbus/{device}"
+    writeback: Annotated[
+        WritebackConfig, Doc("Write-back commands over MQTT, and retained device status.")
+    ] = field(default_factory=WritebackConfig)
 
     def device_configs(self, own_name: str) -> dict[str, DeviceConfig]:
         """Every device, the flat form included (named after the source)."""
@@ -235,7 +482,6 @@ class ModbusSourceConfig(SourceConfig):
             problem = _template_problem(template, allowed)
             if problem:
                 yield key, problem
-        yield from self._check_settings("", self)
         ports: dict[tuple[str, str, int], tuple[str, LinkSpec]] = {}
         units: dict[tuple[str, str, int], dict[int, str]] = {}
         devices = self.device_configs("source")
@@ -251,8 +497,6 @@ class ModbusSourceConfig(SourceConfig):
                 continue
             if not 0 <= dev.unit <= 255 or (spec.serial and dev.unit > 247):
                 yield f"{where}unit", "unit id must be 0..255 (1..247 on a serial line)"
-            if dev.url is not self.url:
-                yield from self._check_settings(where, dev)
             other = ports.get(spec.key)
             if other is not None and other[1] != spec:
                 yield (
@@ -287,19 +531,3 @@ class ModbusSourceConfig(SourceConfig):
                 problem = f"unit {dev.unit} on this port is also device {taken[dev.unit]!r}"
                 yield f"{where}unit", problem
             taken.setdefault(dev.unit, name)
-
-    def _check_settings(self, where: str, obj: Any) -> Iterator[tuple[str, str]]:
-        if obj.interval is not None and obj.interval < 0.001:
-            yield f"{where}interval", "must be at least 1ms"
-        if obj.timeout is not None and not 0.001 <= obj.timeout <= 60:
-            yield f"{where}timeout", "must be between 1ms and 60s"
-        if obj.retries is not None and not 0 <= obj.retries <= 10:
-            yield f"{where}retries", "must be 0..10"
-        if obj.max_gap is not None and not 0 <= obj.max_gap <= 125:
-            yield f"{where}max_gap", "must be 0..125"
-        if obj.max_registers is not None and not 1 <= obj.max_registers <= 125:
-            yield f"{where}max_registers", "must be 1..125 (the Modbus limit)"
-        if obj.max_bits is not None and not 1 <= obj.max_bits <= 2000:
-            yield f"{where}max_bits", "must be 1..2000 (the Modbus limit)"
-        if obj.backoff_max is not None and obj.backoff_max < 0.01:
-            yield f"{where}backoff_max", "must be at least 10ms"

@@ -1,0 +1,140 @@
+"""Every built-in component against the schema: a reference page, every key described,
+a sample config (from the keys' examples) that builds with no problem, and a JSON Schema
+that takes the shipped config, the README's example and every sample."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import jsonschema
+import pytest
+import yaml
+
+from gateway import registry
+from gateway.config import reference
+from gateway.config.load import load_data
+from gateway.config.model import Config
+from gateway.config.schema import Problems, build_component, build_dataclass, fields
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILTINS = sorted(registry.BUILTINS)
+
+
+def _entry(kind: str, type_name: str) -> registry.Entry:
+    entry = registry.find(kind, type_name)
+    assert entry is not None, f"{kind} {type_name} is not available"
+    return entry
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = reference.json_schema(registry.entries())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _errors(validator: jsonschema.Draft202012Validator, data: Any) -> list[str]:
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(data)
+    ]
+
+
+def test_every_builtin_is_available_and_has_a_page() -> None:
+    pages = reference.pages(registry.entries())
+    for kind, type_name in BUILTINS:
+        _entry(kind, type_name)
+        assert reference.page_name(kind, type_name) in pages
+        assert f"# `{type_name}` {kind}" in pages[reference.page_name(kind, type_name)]
+
+
+@pytest.mark.parametrize(("kind", "type_name"), BUILTINS)
+def test_every_key_of_a_builtin_is_described(kind: str, type_name: str) -> None:
+    assert reference.undocumented(_entry(kind, type_name).config) == []
+
+
+def test_every_key_of_the_top_level_sections_is_described() -> None:
+    assert reference.undocumented(Config) == []
+
+
+@pytest.mark.parametrize(("kind", "type_name"), BUILTINS)
+def test_the_sample_config_of_a_builtin_builds(kind: str, type_name: str) -> None:
+    sample = reference.sample(_entry(kind, type_name).config, type_name)
+    problems = Problems()
+    built = build_component(kind, sample, (f"{kind}s", "sample"), problems)
+    assert problems.items == []
+    assert built is not None and built.type == type_name
+
+
+@pytest.mark.parametrize(("kind", "type_name"), BUILTINS)
+def test_the_schema_takes_the_sample_config_of_a_builtin(
+    validator: jsonschema.Draft202012Validator, kind: str, type_name: str
+) -> None:
+    sample = reference.sample(_entry(kind, type_name).config, type_name)
+    if kind == "processor":
+        data = {"routes": {"r": {"match": "#", "sinks": ["s"], "processors": [sample]}}}
+    else:
+        data = {f"{kind}s": {"sample": sample}}
+    assert _errors(validator, data) == []
+
+
+def test_the_sample_of_each_top_level_section_builds() -> None:
+    hints, _ = fields(Config)
+    for section in ("gateway", "buffer", "mqtt", "web"):
+        cls = get_args(hints[section])[0]  # the class inside Annotated[...]
+        problems = Problems()
+        build_dataclass(cls, reference.sample(cls), (section,), problems)
+        assert problems.items == [], section
+
+
+def test_the_schema_takes_the_shipped_config(validator: jsonschema.Draft202012Validator) -> None:
+    data = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    assert _errors(validator, data) == []
+    load_data(data, environ={})  # and the gateway takes it too
+
+
+def test_the_schema_takes_the_readme_example(validator: jsonschema.Draft202012Validator) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The config file") :]
+    match = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    data = yaml.safe_load(match.group(1))
+    assert _errors(validator, data) == []
+
+
+def test_the_schema_refuses_what_the_gateway_refuses(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    bad = {
+        "buffer": {"batch_max": 0},
+        "sources": {"plant": {"type": "mqtt", "topics": ["a/#"], "qos": 3}},
+        "sinks": {
+            "w": {"type": "postgres", "dsn": "postgresql://db/t", "tabel": "x"},
+            "c": {"type": "redis"},
+            "z": {"type": "kafka"},
+        },
+    }
+    errors = _errors(validator, bad)
+    assert "buffer.batch_max: 0 is less than the minimum of 1" in errors
+    assert any(e.startswith("sources.plant.qos: 3 is not one of") for e in errors)
+    assert any(e.startswith("sinks.w: Additional properties") and "tabel" in e for e in errors)
+    assert "sinks.c: 'url' is a required property" in errors
+    assert any(e.startswith("sinks.z.type: 'kafka' is not one of") for e in errors)
+
+
+def test_the_schema_tells_components_apart_by_type() -> None:
+    schema = reference.json_schema(registry.entries())
+    sinks = schema["$defs"]["sinks"]
+    assert sinks["required"] == ["type"]
+    types = {branch["if"]["properties"]["type"]["const"] for branch in sinks["allOf"]}
+    assert types == {t for k, t in BUILTINS if k == "sink"}
+    postgres = schema["$defs"]["PostgresSinkConfig"]
+    assert postgres["properties"]["type"] == {
+        "const": "postgres",
+        "description": "The kind of sink.",
+    }
+    assert postgres["properties"]["pool_size"]["maximum"] == 2
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    json.dumps(schema)  # plain JSON throughout
