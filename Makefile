@@ -1,10 +1,11 @@
-# Edge Stream: `make run` starts the gateway, `make test` runs every test.
+# Edge Stream: `make run` starts the gateway, `make test` runs every test, `make test-fast`
+# only the unit layer.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test faults check lint bench clean
+.PHONY: help install deps run test test-fast faults check lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +29,9 @@ run: install ## run the gateway on config/gateway.yaml (MQTT on 127.0.0.1:1883)
 
 test: deps install ## run every test (unit, integration against real servers, end to end)
 	$(VENV)/bin/pytest -q
+
+test-fast: install ## run the unit layer only: pure logic, no server, no subprocess
+	$(VENV)/bin/pytest -q -m unit
 
 faults: deps install ## run the long fault scenarios of tests/faults (docs/reliability.md)
 	$(VENV)/bin/pytest -q -m long tests/faults

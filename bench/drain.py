@@ -35,14 +35,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+# Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
+# is this project's package (gmqtt installs a top-level `tests` package of its own).
+sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho  # noqa: E402
-import servers  # noqa: E402
-from harness import GatewayProcess, wait_for  # noqa: E402
-from load import Lanes  # noqa: E402
-from upstreams import (  # noqa: E402
+
+from tests import servers  # noqa: E402
+from tests.e2e.harness import GatewayProcess, wait_for  # noqa: E402
+from tests.e2e.load import Lanes  # noqa: E402
+from tests.e2e.upstreams import (  # noqa: E402
     MqttRoot,
     MysqlUpstream,
     PostgresUpstream,

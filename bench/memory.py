@@ -23,14 +23,15 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "faults"))
+# Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
+# is this project's package (gmqtt installs a top-level `tests` package of its own).
+sys.path.insert(0, str(ROOT))
 
-import servers  # noqa: E402
-from harness import GatewayProcess, wait_for  # noqa: E402
 from spine import python_speed  # noqa: E402
-from test_store_faults import peak_rss_mb, pg_config, publish, rows_and_distinct  # noqa: E402
+
+from tests import servers  # noqa: E402
+from tests.e2e.harness import GatewayProcess, wait_for  # noqa: E402
+from tests.faults.test_store_faults import peak_rss_mb, pg_config, publish, rows_and_distinct  # noqa: E402
 
 TARGET_MB = 150
 

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "sources"))
-
-from socat_pair import SocatPair  # noqa: E402
+# Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
+# is this project's package (gmqtt installs a top-level `tests` package of its own).
+sys.path.insert(0, str(ROOT))
 
 from gateway.config.schema import Problems, build_dataclass  # noqa: E402
 from gateway.core.component import Context  # noqa: E402
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig  # noqa: E402
+from tests.sources.socat_pair import SocatPair  # noqa: E402
 
 PLC = ROOT / "tests" / "sources" / "modbus_plc.py"
 DEVICES = 10

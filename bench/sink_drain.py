@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import servers  # noqa: E402
+# Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
+# is this project's package (gmqtt installs a top-level `tests` package of its own).
+sys.path.insert(0, str(ROOT))
 
 from gateway.config.schema import Problems, build_component  # noqa: E402
 from gateway.core.component import Context, Sink  # noqa: E402
 from gateway.core.flowfile import FlowFile  # noqa: E402
 from gateway.registry import find  # noqa: E402
+from tests import servers  # noqa: E402
 
 
 def readings(n: int) -> list[FlowFile]:

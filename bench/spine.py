@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+# Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
+# is this project's package (gmqtt installs a top-level `tests` package of its own).
+sys.path.insert(0, str(ROOT))
 
-import servers  # noqa: E402
-from harness import GatewayProcess, wait_for  # noqa: E402
-from load import Lanes  # noqa: E402
+from tests import servers  # noqa: E402
+from tests.e2e.harness import GatewayProcess, wait_for  # noqa: E402
+from tests.e2e.load import Lanes  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -22,10 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-try:  # `tests` is not a package today; this also works if it becomes one.
-    from tests import servers
-except ImportError:
-    import servers
+from tests import servers
+from tests.e2e.harness import GatewayProcess
 
 S = TypeVar("S", bound=servers.Server)
 
@@ -148,10 +146,6 @@ def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[...,
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Any]]:
     """`gateway_factory(config)`: a `GatewayProcess` (tests/e2e/harness.py) on that config in
     this test's folder; still running at the end of the test, it is killed."""
-    try:
-        from tests.e2e.harness import GatewayProcess
-    except ImportError:
-        from harness import GatewayProcess  # type: ignore[no-redef]
     made: list[GatewayProcess] = []
 
     def make(config: dict[str, Any]) -> GatewayProcess:
@@ -162,3 +156,35 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Any]]
     yield make
     for gw in made:
         gw.close()
+
+
+LAYERS = ("unit", "integration", "e2e")
+# Fixtures that start a server or the gateway process: a unit test may use none of them.
+_SERVER_FIXTURES = {
+    "server_workspace",
+    "mosquitto",
+    "mosquitto_tls",
+    "postgres",
+    "mariadb",
+    "redis",
+    "mosquitto_factory",
+    "postgres_factory",
+    "mariadb_factory",
+    "redis_factory",
+    "gateway_factory",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test belongs to exactly one layer (a `pytestmark` line in its file), and a
+    unit test starts no server, so that `make test-fast` stays fast and needs nothing."""
+    problems = []
+    for item in items:
+        layers = sorted({m.name for m in item.iter_markers() if m.name in LAYERS})
+        if len(layers) != 1:
+            found = ", ".join(layers) or "none"
+            problems.append(f"{item.nodeid}: needs one of {', '.join(LAYERS)} (has {found})")
+        elif layers == ["unit"] and (servers_used := _SERVER_FIXTURES & set(item.fixturenames)):
+            problems.append(f"{item.nodeid}: a unit test uses {', '.join(sorted(servers_used))}")
+    if problems:
+        raise pytest.UsageError("test layers (pytest markers):\n" + "\n".join(problems))

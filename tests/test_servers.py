@@ -12,11 +12,9 @@ import pymysql
 import pytest
 import redis as redis_lib
 
-try:
-    from tests import servers
-except ImportError:
-    import servers
+from tests import servers
 
+pytestmark = pytest.mark.integration
 
 # --- MQTT ---------------------------------------------------------------------------------
 

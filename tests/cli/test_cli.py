@@ -29,9 +29,9 @@ import pytest
 import yaml
 
 from gateway.config import secrets
+from tests.e2e.harness import GatewayProcess, free_port, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import GatewayProcess, free_port, wait_for
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 # file:line: key.path: message

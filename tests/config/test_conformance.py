@@ -19,6 +19,8 @@ from gateway.config.load import load_data
 from gateway.config.model import Config
 from gateway.config.schema import Problems, build_component, build_dataclass, fields
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = sorted(registry.BUILTINS)
 

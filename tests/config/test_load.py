@@ -13,6 +13,8 @@ from gateway.config.load import load, load_data, parse_text
 from gateway.config.units import parse_duration, parse_size
 from gateway.core.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _no_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:

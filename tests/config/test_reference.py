@@ -15,6 +15,8 @@ from gateway import cli, registry
 from gateway.config import reference
 from gateway.config.schema import Doc, Duration, Problems, Range, Size, build_dataclass
 
+pytestmark = pytest.mark.unit
+
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from gateway.core.backoff import Backoff
+
+pytestmark = pytest.mark.unit
 
 
 def test_without_jitter_the_wait_doubles_up_to_the_cap_and_reset_starts_over() -> None:

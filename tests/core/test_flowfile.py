@@ -11,6 +11,8 @@ import pytest
 from gateway.core import flowfile as flowfile_module
 from gateway.core.flowfile import FlowFile, attributes_json, uuid7
 
+pytestmark = pytest.mark.unit
+
 
 def _ms(u: str) -> int:
     return uuid.UUID(u).int >> 80

@@ -6,6 +6,8 @@ import pytest
 
 from gateway.core.topics import TopicMatcher, matches, validate_filter, validate_topic
 
+pytestmark = pytest.mark.unit
+
 # (filter, topic, matches?) -- the non-normative examples of MQTT 5.0 4.7.1 and 4.7.2.
 SPEC_EXAMPLES = [
     # 4.7.1.2 multi-level wildcard

@@ -4,7 +4,6 @@ for an address another program holds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -19,7 +18,11 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import yaml
-from harness import GatewayProcess, free_port, wait_for
+
+from tests.e2e.harness import GatewayProcess, free_port, wait_for
+from tests.sources.socat_pair import SocatPair
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,13 +148,7 @@ def test_with_a_mosquitto_already_on_the_port_the_shipped_config_uses_it(
 
 
 def test_a_serial_only_config_starts_no_broker(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "socat_pair", ROOT / "tests" / "sources" / "socat_pair.py"
-    )
-    assert spec is not None and spec.loader is not None
-    socat_pair = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(socat_pair)
-    pair = socat_pair.SocatPair(tmp_path, "ttyGW", "ttyDEV").start()
+    pair = SocatPair(tmp_path, "ttyGW", "ttyDEV").start()
     try:
         config = {  # no mqtt: section at all
             "sources": {"gps": {"type": "serial", "port": pair.a, "framing": "line"}},

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import GatewayProcess, Publisher, store_pending, store_write_lock, wait_for
-from upstreams import (
+
+from tests.e2e.harness import GatewayProcess, Publisher, store_pending, store_write_lock, wait_for
+from tests.e2e.upstreams import (
     FileOutput,
     FileUpstream,
     MqttUpstream,
@@ -28,6 +29,8 @@ from upstreams import (
     RedisUpstream,
     Upstream,
 )
+
+pytestmark = pytest.mark.e2e
 
 KINDS = ["postgres", "mysql", "redis", "mqtt", "file"]
 # Quick reconnects after an outage, so the tests wait less; the backoff is still exercised.

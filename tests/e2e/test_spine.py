@@ -12,9 +12,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 import yaml
-from harness import Publisher, free_port, wait_for
-from load import Lanes
+
+from tests.e2e.harness import Publisher, free_port, wait_for
+from tests.e2e.load import Lanes
+
+pytestmark = pytest.mark.e2e
 
 
 def spine_config(mosquitto: Any, postgres: Any, table: str, **source: Any) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import asyncpg
 import paho.mqtt.client as paho
 import pymysql
 import redis as redis_client
-from harness import wait_for
+
+from tests.e2e.harness import wait_for
 
 
 class Upstream:

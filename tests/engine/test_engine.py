@@ -30,6 +30,8 @@ from gateway.engine.pipeline import Engine
 from gateway.engine.runner import Ingest, SinkRunner
 from gateway.store.sqlite import Batch, Store
 
+pytestmark = pytest.mark.unit
+
 
 class FakeClock(Clock):
     """Time stands still until the test advances it; every sleep is recorded."""

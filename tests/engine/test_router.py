@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.engine.router import Route, Router
 from gateway.store.sqlite import DeadLetter
+
+pytestmark = pytest.mark.unit
 
 
 class Upper(Processor):

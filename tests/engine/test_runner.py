@@ -6,11 +6,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config.model import BatchSettings, SinkConfig
 from gateway.core.component import Context, Message, Rejected, Sink
 from gateway.core.flowfile import FlowFile
 from gateway.engine.runner import Ingest, SinkRunner, message_bytes
 from gateway.store.sqlite import Batch, Store
+
+pytestmark = pytest.mark.unit
 
 
 def msg(size: int) -> Message:

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from gateway.config import secrets
+from tests.e2e.harness import GatewayProcess, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import GatewayProcess, wait_for
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 

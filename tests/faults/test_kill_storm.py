@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import GatewayProcess, Publisher, rss_mb, wait_for
-from upstreams import FileUpstream, MysqlUpstream, PostgresUpstream, RedisUpstream, Upstream
+
+from tests.e2e.harness import GatewayProcess, Publisher, rss_mb, wait_for
+from tests.e2e.upstreams import (
+    FileUpstream,
+    MysqlUpstream,
+    PostgresUpstream,
+    RedisUpstream,
+    Upstream,
+)
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

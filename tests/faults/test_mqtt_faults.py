@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -15,10 +14,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from fakebroker import FakeBroker, publish_packet, utf8
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
-from harness import wait_for
+from tests.e2e.harness import wait_for
+from tests.faults.fakebroker import FakeBroker, publish_packet, utf8
+
+pytestmark = pytest.mark.e2e
 
 PAYLOAD = b'{"v": 1}'
 

@@ -15,9 +15,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
-import servers  # tests/ is on the path through its conftest.py
-from harness import GatewayProcess, wait_for
+from tests import servers
+from tests.e2e.harness import GatewayProcess, wait_for
+
+pytestmark = pytest.mark.e2e
 
 MEMORY_BOUND_MB = 150
 IDLE_BOUND_MB = 80  # idle after the busy spell: memory goes back down (36 MB fresh)

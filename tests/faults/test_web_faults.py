@@ -18,7 +18,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from harness import wait_for
+
+from tests.e2e.harness import wait_for
+
+pytestmark = pytest.mark.e2e
 
 HEALTHZ_BOUND = 2.0  # seconds a fresh client waits for /healthz
 

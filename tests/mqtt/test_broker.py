@@ -16,11 +16,9 @@ import pytest
 
 from gateway.core.errors import ConfigError
 from gateway.mqtt.broker import EmbeddedBroker, wait_for_leftovers
+from tests.servers import free_port
 
-try:
-    from tests.servers import free_port
-except ImportError:
-    from servers import free_port  # type: ignore[no-redef]
+pytestmark = pytest.mark.integration
 
 
 def start_mosquitto(broker: EmbeddedBroker, conf: Path) -> subprocess.Popen[bytes]:

@@ -7,10 +7,13 @@ import struct
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.mqtt.wire import ConnectRefused, Subscriber, _packet, _utf8, _varint
+
+pytestmark = pytest.mark.integration
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, mid: int, props: bytes = b"") -> bytes:

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from gateway.mqtt.wire import ConnectRefused, Subscriber, _packet, _utf8, _varint
 
+pytestmark = pytest.mark.unit
+
 # Bounded and reproducible: a fixed number of examples from a fixed seed, and a deadline
 # per example generous enough for a busy Pi, so that only a parser that spins trips it.
 FUZZ = settings(

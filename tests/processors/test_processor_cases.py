@@ -35,6 +35,8 @@ from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 
+pytestmark = pytest.mark.unit
+
 CASES = Path(__file__).parent / "testcases"
 
 

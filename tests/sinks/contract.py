@@ -17,7 +17,7 @@ written again may be stored twice. Override `good_flowfile` when the upstream ne
 particular kind of FlowFile. A sink whose upstream cannot be taken down at all may
 remove the outage case with `test_outage_then_recovery = None`, and say why.
 
-    from contract import SinkContract
+    from tests.sinks.contract import SinkContract
 
     class TestRedisContract(SinkContract):
         @pytest.fixture

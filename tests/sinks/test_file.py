@@ -7,12 +7,13 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+import resource
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from contract import SinkContract
 
 from gateway import registry
 from gateway.config.schema import Problems, build_dataclass
@@ -20,6 +21,9 @@ from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.file import FileSink
+from tests.sinks.contract import SinkContract
+
+pytestmark = pytest.mark.unit
 
 # 2024-05-01T12:00:00.123456789Z
 CREATED = 1714564800_123456789
@@ -284,9 +288,18 @@ class TestFileContract(SinkContract):
     def bad_flowfile(self) -> Callable[[], None]:
         return lambda: None  # a file takes any bytes
 
-    @pytest.fixture
-    def outage(self, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Any]:
-        """The disk fails (EIO on every fsync) inside the block, and recovers after it."""
+    @pytest.fixture(params=["disk_full", "fsync_eio"])
+    def outage(
+        self, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> Callable[[], Any]:
+        """Inside the block the disk fails, and it recovers after it: either the file
+        cannot grow (the kernel refuses the write, as on a full disk) or every fsync
+        fails with EIO."""
+
+        @contextlib.asynccontextmanager
+        async def full() -> AsyncIterator[None]:
+            with file_cannot_grow(tmp_path / "archive.jsonl"):
+                yield
 
         @contextlib.asynccontextmanager
         async def down() -> AsyncIterator[None]:
@@ -297,7 +310,22 @@ class TestFileContract(SinkContract):
                 patch.setattr(os, "fsync", failing)
                 yield
 
-        return down
+        return full if request.param == "disk_full" else down
+
+
+@contextlib.contextmanager
+def file_cannot_grow(path: Path) -> Iterator[None]:
+    """The file cannot grow, as on a full disk: writes fail with EFBIG instead of ENOSPC
+    (SIGXFSZ ignored, or it would kill the process). The limit is the whole test
+    process's, so it is lifted as soon as the block ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
 
 
 def test_config_keys() -> None:

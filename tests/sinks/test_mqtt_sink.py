@@ -23,19 +23,15 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.mqtt import MqttSink, MqttSinkConfig
+from tests import servers
+from tests.sinks.contract import (
+    SinkContract,
+    unique_name,
+    write_until_delivered,
+)
+from tests.sinks.contract import config_problems as sink_config_problems
 
-try:  # `tests` is not a package today; this also works if it becomes one.
-    from tests import servers
-    from tests.sinks.contract import (
-        SinkContract,
-        unique_name,
-        write_until_delivered,
-    )
-    from tests.sinks.contract import config_problems as sink_config_problems
-except ImportError:
-    import servers  # type: ignore[no-redef]
-    from contract import SinkContract, unique_name, write_until_delivered  # type: ignore[no-redef]
-    from contract import config_problems as sink_config_problems
+pytestmark = pytest.mark.integration
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:

@@ -16,29 +16,18 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
+from tests.servers import free_port
+from tests.sinks.contract import (
+    SinkContract,
+    closing,
+    connected,
+    server_down,
+    unique_name,
+    write_until_delivered,
+)
+from tests.sinks.contract import config_problems as sink_config_problems
 
-try:  # `tests` is not a package today; this also works if it becomes one.
-    from tests.servers import free_port
-    from tests.sinks.contract import (
-        SinkContract,
-        closing,
-        connected,
-        server_down,
-        unique_name,
-        write_until_delivered,
-    )
-    from tests.sinks.contract import config_problems as sink_config_problems
-except ImportError:
-    from contract import (  # type: ignore[no-redef]
-        SinkContract,
-        closing,
-        connected,
-        server_down,
-        unique_name,
-        write_until_delivered,
-    )
-    from contract import config_problems as sink_config_problems
-    from servers import free_port  # type: ignore[no-redef]
+pytestmark = pytest.mark.integration
 
 EPOCH = dt.datetime(1970, 1, 1)
 

@@ -24,29 +24,18 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
+from tests import servers
+from tests.sinks.contract import (
+    SinkContract,
+    closing,
+    connected,
+    server_down,
+    unique_name,
+    write_until_delivered,
+)
+from tests.sinks.contract import config_problems as sink_config_problems
 
-try:  # `tests` is not a package today; this also works if it becomes one.
-    from tests import servers
-    from tests.sinks.contract import (
-        SinkContract,
-        closing,
-        connected,
-        server_down,
-        unique_name,
-        write_until_delivered,
-    )
-    from tests.sinks.contract import config_problems as sink_config_problems
-except ImportError:
-    import servers  # type: ignore[no-redef]
-    from contract import (  # type: ignore[no-redef]
-        SinkContract,
-        closing,
-        connected,
-        server_down,
-        unique_name,
-        write_until_delivered,
-    )
-    from contract import config_problems as sink_config_problems
+pytestmark = pytest.mark.integration
 
 
 def config_problems(**keys: Any) -> tuple[Any, list[str]]:

@@ -17,12 +17,14 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from modbus_plc import PlcStore, layout, serve_rtu, serve_tcp, serve_udp
-from socat_pair import SocatPair
 
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig
+from tests.sources.modbus_plc import PlcStore, layout, serve_rtu, serve_tcp, serve_udp
+from tests.sources.socat_pair import SocatPair
+
+pytestmark = pytest.mark.integration
 
 WAIT = 30.0  # generous: the machine may be loaded
 

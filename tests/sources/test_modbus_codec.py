@@ -7,9 +7,11 @@ import struct
 from typing import Any
 
 import pytest
-from modbus_plc import layout as regs_for
 
 from gateway.sources.modbus import codec, planner
+from tests.sources.modbus_plc import layout as regs_for
+
+pytestmark = pytest.mark.unit
 
 
 def decode(type_name: str, regs: list[int], **kw: Any) -> Any:

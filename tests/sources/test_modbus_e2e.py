@@ -18,8 +18,9 @@ import paho.mqtt.client as paho
 import pytest
 
 # The end-to-end harness (the real gateway process) lives with the e2e tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import GatewayProcess, wait_for
+from tests.e2e.harness import GatewayProcess, wait_for
+
+pytestmark = pytest.mark.e2e
 
 PLC = Path(__file__).resolve().parent / "modbus_plc.py"
 

@@ -15,6 +15,8 @@ from gateway.sources.modbus import ModbusSourceConfig
 from gateway.sources.modbus.device import Device
 from gateway.sources.modbus.scheduler import NEVER, Group, Jobs, next_due
 
+pytestmark = pytest.mark.unit
+
 
 def device(**raw: Any) -> Device:
     problems = Problems()

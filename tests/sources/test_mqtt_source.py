@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -16,9 +14,9 @@ from gateway.core.component import Context, Message, NoMarks
 from gateway.core.errors import RetryableError
 from gateway.sources import mqtt as mqtt_source
 from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
+from tests.faults.fakebroker import FakeBroker, publish_packet, utf8
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "faults"))
-from fakebroker import FakeBroker, publish_packet, utf8
+pytestmark = pytest.mark.integration
 
 
 def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:

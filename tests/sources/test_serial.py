@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from socat_pair import SocatPair
 
 from gateway.config.model import RetrySettings
 from gateway.config.schema import Problems, build_dataclass
@@ -19,6 +18,9 @@ from gateway.core.component import Context, Message
 from gateway.core.errors import RetryableError
 from gateway.engine.runner import Ingest, SourceRunner
 from gateway.sources.serial import SerialSource, SerialSourceConfig
+from tests.sources.socat_pair import SocatPair
+
+pytestmark = pytest.mark.integration
 
 WAIT = 30.0
 

@@ -17,6 +17,8 @@ from gateway.sources._serial_framing import (
     RegexFramer,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def nmea(body: str) -> bytes:
     """A sentence with its checksum, computed here independently of the gateway."""

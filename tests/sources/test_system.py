@@ -16,6 +16,8 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.sources.system import SystemSource
 
+pytestmark = pytest.mark.unit
+
 MEMINFO = """MemTotal:        4000000 kB
 MemFree:          500000 kB
 MemAvailable:    3000000 kB

@@ -14,6 +14,8 @@ from gateway.core.flowfile import FlowFile
 from gateway.store.admin import open_admin, reset
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
+pytestmark = pytest.mark.integration
+
 
 def ff(n: int, topic: str = "t/1") -> FlowFile:
     return FlowFile.create(topic, f"reading {n}".encode(), {"n": str(n)})

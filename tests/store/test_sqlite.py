@@ -18,6 +18,8 @@ from gateway.core.flowfile import FlowFile
 from gateway.store.admin import reset
 from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
 
+pytestmark = pytest.mark.integration
+
 
 def ff(n: int, topic: str = "t/1", size: int = 10) -> FlowFile:
     return FlowFile.create(topic, str(n).encode().ljust(size, b" "))

@@ -18,6 +18,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.config.load import load_data
 
+pytestmark = pytest.mark.integration
+
 
 def free_port() -> int:
     with socket.socket() as s:
