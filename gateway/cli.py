@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `edge-stream schema | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
