@@ -117,6 +117,10 @@ class Ingest:
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0
+        if len(items) <= limit and self.bytes <= max_bytes:  # the usual case: all of it
+            batch = [(source, message) for source, message, _ in items]
+            items.clear()
+            taken = self.bytes
         while items and len(batch) < limit:
             size = items[0][2]
             if batch and taken + size > max_bytes:

@@ -253,7 +253,15 @@ def _digest(topic: str, payload: bytes) -> bytes:
 
 def _flags(qos: int, dup: bool) -> bytes:
     """The byte after the digest that tells the store how to keep the mark."""
-    return bytes(((MARK_DUP if dup else 0) | (MARK_QOS2 if qos == 2 else 0),))
+    return _FLAG_BYTES[(qos == 2) * 2 + dup]
+
+
+# _flags for (QoS 1, not DUP), (QoS 1, DUP), (QoS 2, not DUP), (QoS 2, DUP): once per message
+_FLAG_BYTES = tuple(
+    bytes(((MARK_DUP if dup else 0) | (MARK_QOS2 if qos2 else 0),))
+    for qos2 in (False, True)
+    for dup in (False, True)
+)
 
 
 def _user_attributes(attrs: dict[str, str], user: list[tuple[str, str]]) -> None:
@@ -482,9 +490,12 @@ class MqttSource(Source):
             dedupe = None
         else:
             digest = _digest(topic, payload)
-            if not self._first_copy(mid, digest, qos, dup):
+            # the usual message (QoS 1, first delivery, id not in flight) needs no lookups
+            if (dup or qos == 2 or mid in self._pending) and not self._first_copy(
+                mid, digest, qos, dup
+            ):
                 return
-            dedupe = (mid, digest + _flags(qos, dup))
+            dedupe = (mid, digest + _FLAG_BYTES[(qos == 2) * 2 + dup])
             self._pending[mid] = (digest, size)
         reject = None
         if kept < length:
@@ -562,7 +573,8 @@ class MqttSource(Source):
     def _hand(self, message: Message, size: int, qos: int) -> None:
         self._buffer.append(message)
         self.inflight_bytes += size
-        if qos:  # QoS 0 is never paused for, but dropped (see `_qos0_full`)
+        # QoS 0 is never paused for, but dropped (see `_qos0_full`)
+        if qos and not self._paused:
             self._check_pause()
         self._ready.set()
 

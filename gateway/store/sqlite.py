@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -420,9 +421,11 @@ def _checksum(
         if len(_shared_crcs) >= 4096:
             _shared_crcs.clear()
         start = _shared_crcs[(topic, attrs)] = zlib.crc32(f"{topic}\0{attrs}\0".encode())
-    own = f"{fid}\0{created}\0{lineage}\0{sinks}\0{size}\0"
-    return zlib.crc32(content, zlib.crc32(own.encode(), start)) | CRC_V2
+    own = _CRC_INTS.pack(created, sinks, size or 0) + f"{fid}\0{lineage}".encode()
+    return zlib.crc32(content, zlib.crc32(own, start)) | CRC_V2
 
+
+_CRC_INTS = struct.Struct("<qQq")  # created (ns), sinks mask, size: as the checksum takes them
 
 # (topic, attributes JSON) -> CRC32 of both, to continue from; bounded by count, and the
 # keys are strings the store's tail and the sources keep anyway
@@ -814,18 +817,34 @@ class Store:
         ids: dict[str, tuple[int, int, bool]] = {}
         numbered = self._numbered
         counts: dict[str, int] = {}
-        for source, slot, digest in inbound:
+        # Per source, the state is kept in locals while its messages run (a batch comes
+        # mostly from one source): this loop runs once per inbound message.
+        source = None
+        state = before = (0, 0, False)
+        number = 0
+        for name, slot, digest in inbound:
+            if name != source:
+                if source is not None:
+                    if state is not before:  # only a source that had a message not DUP
+                        ids[source] = state
+                    numbered[source] = counts[source] = number
+                source = name
+                state = before = ids.get(name) or self._ids.get(name) or (0, 0, False)
+                number = numbered.get(name, 0)
             flags = digest[8] if len(digest) > 8 else 0
             if not flags & MARK_DUP:
-                state = ids.get(source) or self._ids.get(source) or (0, 0, False)
-                ids[source] = _next_id(state, slot)
+                state = _next_id(state, slot)
             # Every message that used a packet id is numbered, QoS 2 too: the window of
             # REDELIVERY_WINDOW messages stands for the ids the broker handed out since.
-            number = numbered[source] = counts[source] = numbered.get(source, 0) + 1
+            number += 1
             if flags & MARK_QOS2:
-                held.append((source, slot))
+                held.append((name, slot))
             else:
-                digests.append((source, slot, digest[:8] + number.to_bytes(8, "big")))
+                digests.append((name, slot, digest[:8] + number.to_bytes(8, "big")))
+        if source is not None:
+            if state is not before:
+                ids[source] = state
+            numbered[source] = counts[source] = number
         return _Marks(digests, held, ids, counts)
 
     @staticmethod
