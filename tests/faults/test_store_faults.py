@@ -233,7 +233,10 @@ def test_a_full_disk_stops_intake_but_not_delivery(
     wait_for(lambda: rows_and_distinct(postgres, table)[1] >= stored, 120, "the stored rows")
     wait_for(lambda: gw.sink("pg")["depth"] == 0, 60, "the sink's cursor to move")
     filler.unlink()
-    wait_for(lambda: rows_and_distinct(postgres, table)[1] >= count, 120, "every row")
+    try:
+        wait_for(lambda: rows_and_distinct(postgres, table)[1] >= count, 240, "every row")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nstatus: {gw.status()}\n{gw.log()}") from None
     assert rows_and_distinct(postgres, table) == (count, count)
     wait_for(lambda: not gw.status()["store"]["disk"]["full"], 30, "intake to resume")
     assert "cannot rollback" not in gw.log_path.read_text()
