@@ -165,6 +165,7 @@ class Client(asyncio.Protocol):
         self.receive_maximum = 65535  # from CONNACK: QoS 1 messages the broker takes unacked
         self.maximum_packet_size: int | None = None  # from CONNACK, if the broker set one
         self.session_present = False
+        self._accepted = False  # the broker answered CONNECT with success
         self.closed_reason: str | None = None
         self.closed_error: BaseException | None = None  # how the connection ended, if in error
 
@@ -309,13 +310,7 @@ class Client(asyncio.Protocol):
 
     @property
     def connected(self) -> bool:
-        return (
-            self._transport is not None
-            and self.closed_reason is None
-            and self._connack is not None
-            and self._connack.done()
-            and not self._connack.exception()
-        )
+        return self._accepted and self.closed_reason is None
 
     def closing(self) -> bool:
         """True once the connection is closed or closing."""
@@ -445,6 +440,7 @@ class Client(asyncio.Protocol):
                 self.maximum_packet_size = int(props[MAXIMUM_PACKET_SIZE])
             if SERVER_KEEP_ALIVE in props:
                 self._keepalive = float(props[SERVER_KEEP_ALIVE])
+            self._accepted = True
             self._connack.set_result(bool(present))
         elif kind == PUBACK:
             raise ProtocolError("PUBACK without a packet id")
