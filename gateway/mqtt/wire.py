@@ -10,8 +10,8 @@ into its internals, and its per-message path cost about as much as the rest of
 the gateway. This module does only what a subscriber needs: CONNECT (MQTT 5,
 persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, PUBLISH in
 at QoS 0/1/2 with user properties, PUBACK/PUBREC out in batches,
-PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing stays with gmqtt
-(`gateway.mqtt.client`).
+PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing is `gateway.mqtt.client`,
+which shares this module's packet code.
 
 What closes the connection and what does not: a packet whose framing cannot be
 trusted (a remaining length or topic length that runs past the packet, QoS 3,

@@ -77,11 +77,11 @@ Example
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ssl
 import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range
@@ -90,11 +90,11 @@ from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.mqtt.client import (
     CONNECT_ERRORS,
-    Publisher,
-    ack_promptly,
+    Client,
     connect_refusal,
     puback_reason,
     tls_refusal,
+    user_properties,
 )
 from gateway.mqtt.urls import parse_url, tls_context
 
@@ -211,7 +211,7 @@ class MqttSink(Sink):
         self.client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
         template = config.topic.replace("{topic}", "\0")
         self._topic_parts = template.format(gateway=ctx.gateway_id, sink=ctx.name).split("\0")
-        self._client: Publisher | None = None
+        self._client: Client | None = None
         self._lock = asyncio.Lock()
         # Packet id -> position in the batch being written, for messages not yet acked.
         self._inflight: dict[int, int] = {}
@@ -219,8 +219,6 @@ class MqttSink(Sink):
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 0
         self._lost: str | None = None
-        # The client being connected, and a future set if its connection drops meanwhile.
-        self._pending: tuple[Publisher, asyncio.Future[None]] | None = None
         self._connected_as: dict[str, object] = {}  # broker, client id, session present
 
     def status(self) -> Mapping[str, object]:
@@ -243,25 +241,16 @@ class MqttSink(Sink):
         async with self._lock:
             await self._drop()
 
-    async def _open(self, permanent: type[Exception] = RetryableError) -> Publisher:
+    async def _open(self, permanent: type[Exception] = RetryableError) -> Client:
         """The client, connected now if need be. From write(), a refusal is retried: the
         operator may fix the credentials or the broker's ACL while the data waits."""
         if self._client is not None and self._lost is None:
             return self._client
         await self._drop()
         cfg = self.config
-        properties: dict[str, Any] = {}
-        if cfg.protocol == 5 and not cfg.clean_session:
-            properties["session_expiry_interval"] = int(cfg.session_expiry)
-        client = Publisher(
-            self.client_id, self._on_puback, clean_session=cfg.clean_session, **properties
-        )
-        client.on_disconnect = self._on_disconnect
-        client.on_connect = self._on_connect
-        if cfg.username is not None:
-            client.set_auth_credentials(cfg.username, cfg.password)
+        client = Client(on_puback=self._on_puback, on_lost=self._on_lost)
         where = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-        context: Any = False
+        context: ssl.SSLContext | None = None
         if self.tls:
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
@@ -269,20 +258,38 @@ class MqttSink(Sink):
                 raise permanent(
                     f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
                 ) from err
-        self._pending = (client, asyncio.get_running_loop().create_future())
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                await self._connect(client, context, self._pending[1])
+                # A connection the broker drops before its CONNACK (a refused TLS client
+                # certificate: with TLS 1.3 that alert arrives after the handshake looked
+                # done) ends the wait at once.
+                present = await client.open(
+                    self.host,
+                    self.port,
+                    client_id=self.client_id,
+                    clean_start=cfg.clean_session,
+                    keepalive=int(cfg.keepalive),
+                    protocol=cfg.protocol,
+                    session_expiry=(
+                        int(cfg.session_expiry)
+                        if cfg.protocol == 5 and not cfg.clean_session
+                        else 0
+                    ),
+                    username=cfg.username,
+                    password=cfg.password if cfg.username is not None else None,
+                    tls=context,
+                )
         except TimeoutError as err:
-            await client.abandon()
+            client.abort()
             hint = " (does it speak MQTT 5? else set protocol: 4)" if cfg.protocol == 5 else ""
             raise RetryableError(
                 f"no answer from {where} within {cfg.connect_timeout:g}s{hint}"
             ) from err
         except CONNECT_ERRORS as err:
-            ended = await client.abandon()  # how it ended: a TLS alert, maybe
+            client.abort()
             refusal = connect_refusal(err)
-            if refusal is None and ended is not None:
+            ended = client.closed_error  # how the connection ended: a TLS alert, maybe
+            if refusal is None and ended is not None and ended is not err:
                 refusal = connect_refusal(ended)
             if refusal is None and context and isinstance(err, ConnectionResetError):
                 # Dropped before the CONNACK: a refused client certificate, most likely.
@@ -291,68 +298,28 @@ class MqttSink(Sink):
             if refusal is not None:
                 raise permanent(f"{where} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to {where}: {err}") from err
-        finally:
-            self._pending = None
-        ack_promptly(client)
+        self._connected_as = {
+            "broker": f"{self.host}:{self.port}",
+            "client_id": self.client_id,
+            "session_present": present,
+        }
         self._client, self._lost = client, None
         self.ctx.log.info("connected to %s as %s", where, self.client_id)
         return client
-
-    async def _connect(self, client: Publisher, context: Any, lost: asyncio.Future[None]) -> None:
-        """`client.connect`, but give up as soon as the broker drops the connection.
-
-        gmqtt would go on waiting for a CONNACK that can no longer come, e.g. after a
-        broker refused our TLS client certificate (with TLS 1.3 that alert arrives
-        after the handshake looked done).
-        """
-        connecting = asyncio.ensure_future(
-            client.connect(
-                self.host,
-                self.port,
-                ssl=context,
-                keepalive=int(self.config.keepalive),
-                version=self.config.protocol,
-            )
-        )
-        try:
-            await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not connecting.done():
-                connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await connecting
-        if not connecting.cancelled():
-            connecting.result()  # OSError, MQTTConnectError
-            return
-        raise ConnectionResetError(
-            "the broker closed the connection before accepting it"
-            " (a refused TLS client certificate? see the broker's log)"
-        )
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is None:
             return
-        if self._lost is None and client.is_connected:
-            with contextlib.suppress(OSError):
-                await client.disconnect()
+        if self._lost is None:
+            client.close()  # DISCONNECT: the broker keeps the session
         else:
-            await client.abandon()
+            client.abort()
 
-    def _on_connect(self, client: Any, session_present: int, result: int, properties: Any) -> None:
-        self._connected_as = {
-            "broker": f"{self.host}:{self.port}",
-            "client_id": self.client_id,
-            "session_present": bool(session_present),
-        }
-
-    def _on_disconnect(self, client: Any, packet: Any = None, exc: Any = None) -> None:
-        if self._pending is not None and client is self._pending[0]:
-            if not self._pending[1].done():
-                self._pending[1].set_result(None)
-            return
-        if client is not self._client:
-            return
+    def _on_lost(self, reason: str) -> None:
+        client = self._client
+        if client is None or client.closed_reason is None:
+            return  # a client being connected, or one dropped before: nothing waits on it
         self._lost = "the connection was closed"
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -405,17 +372,16 @@ class MqttSink(Sink):
                 self._refused.clear()
         return rejected
 
-    async def _publish(self, client: Publisher, batch: list[FlowFile]) -> list[Rejected]:
+    async def _publish(self, client: Client, batch: list[FlowFile]) -> list[Rejected]:
         cfg = self.config
-        window = min(cfg.max_inflight, client.receive_maximum - 1)
+        window = max(1, min(cfg.max_inflight, client.receive_maximum))
         # Wake the writer when half the window is free, not for every single PUBACK.
         low = window // 2
         max_size = client.maximum_packet_size
         retain, with_properties = cfg.retain, cfg.user_properties
-        no_properties: dict[str, Any] = {}
         inflight, publish, topic_of = self._inflight, client.publish_qos1, self._topic
-        # The loop yields only when the window is full, so a lost connection shows here
-        # before gmqtt's disconnect callback has run.
+        # The loop yields only when the window is full; a connection lost meanwhile shows
+        # in self._lost or client.closing().
         closing = client.closing
         rejected: list[Rejected] = []
         for position, ff in enumerate(batch):
@@ -431,24 +397,24 @@ class MqttSink(Sink):
             except UnicodeEncodeError:
                 rejected.append(Rejected(ff, "mqtt: the topic is not valid Unicode text"))
                 continue
+            properties = b""
+            if with_properties:
+                try:
+                    properties = user_properties([("id", ff.id), *ff.attributes.items()])
+                except UnicodeEncodeError:
+                    rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
+                    continue
             problem = _topic_problem(topic)
             if (
                 problem is None
                 and max_size is not None
-                and len(topic) + len(ff.content) + 16 > max_size
+                and len(topic) + len(properties) + len(ff.content) + 16 > max_size
             ):
                 problem = f"larger than the broker's maximum packet size ({max_size} bytes)"
             if problem is not None:
                 rejected.append(Rejected(ff, f"mqtt: {problem}"))
                 continue
-            properties = no_properties
-            if with_properties:
-                pairs = [("id", ff.id), *ff.attributes.items()]
-                properties = {"user_property": pairs}
-            try:
-                inflight[publish(topic, ff.content, retain, properties)] = position
-            except UnicodeEncodeError:  # raised before gmqtt takes a packet id or sends
-                rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
+            inflight[publish(topic, ff.content, retain=retain, properties=properties)] = position
         await self._wait(0)
         if self._lost is not None:
             raise RetryableError(

@@ -1,7 +1,7 @@
 """The Modbus source's own MQTT connection: write-back commands in, results and status out.
 
 The engine does not hand sources an MQTT client, so the Modbus source keeps a
-small one (through `gateway.mqtt.client`, the one module that reaches into gmqtt). It
+small one (`gateway.mqtt.client.Client`). It
 subscribes to the write-back topic filter, hands each command to the source,
 publishes the result when the source replies, and publishes each device's
 state as a retained message. It never reconnects by itself: the source's
@@ -18,7 +18,12 @@ from typing import Any
 
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
-from gateway.mqtt.client import ack, is_connected, make_client
+from gateway.mqtt.client import (
+    CORRELATION_DATA,
+    RESPONSE_TOPIC,
+    Client,
+    binary_property,
+)
 from gateway.mqtt.urls import parse_url, tls_context
 
 # submit(device, register, payload, reply) -> error text, or None when queued;
@@ -73,66 +78,58 @@ class SideChannel:
         self.max_pending = max_pending
         self.pending = 0
         self._matcher = template_regex(set_topic)
-        self._client: Any = None
-        self._subscribed = asyncio.Event()
+        self._client: Client | None = None
         self.last_error: str | None = None
         self.commands = 0
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and is_connected(self._client)
+        return self._client is not None and self._client.connected
 
     async def connect(self) -> None:
         """Connect and subscribe, or raise RetryableError."""
         await self.close()
         host, port, tls = parse_url(self.url)
-        client = make_client(
-            self.client_id,
-            clean=True,
-            deliver=self._deliver,
-            session_expiry=0,
-            receive_maximum=self.max_pending,
-        )
-        if self.username:
-            client.set_auth_credentials(self.username, self.password)
-        self._subscribed.clear()
-        client.on_subscribe = lambda *_args: self._subscribed.set()
-        ssl_arg: Any = tls_context(None, None, None) if tls else False
+        client = Client(deliver=self._deliver)
         try:
             async with asyncio.timeout(10):
-                await client.connect(host, port, ssl=ssl_arg, keepalive=30)
-                client.subscribe(template_filter(self.set_topic), qos=1)
-                await self._subscribed.wait()
-        except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own error types
+                await client.open(
+                    host,
+                    port,
+                    client_id=self.client_id,
+                    clean_start=True,
+                    keepalive=30,
+                    receive_maximum=self.max_pending,
+                    username=self.username or None,
+                    password=self.password if self.username else None,
+                    tls=tls_context(None, None, None) if tls else None,
+                )
+                self._client = client  # deliveries may start right behind the SUBSCRIBE
+                await client.subscribe([(template_filter(self.set_topic), 1)])
+        except (OSError, TimeoutError, Exception) as err:
+            self._client = None
             self.last_error = f"cannot reach MQTT broker {host}:{port} for write-back: {err}"
-            try:
-                await client.disconnect()
-            except Exception:  # a half-open gmqtt client may fail in many ways; it is gone
-                pass
+            client.abort()
             raise RetryableError(self.last_error) from err
-        self._client = client
         self.last_error = None
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
-                async with asyncio.timeout(5):
-                    await client.disconnect()
-            except (OSError, TimeoutError, Exception) as err:  # gmqtt raises its own types
-                self.ctx.log.debug("write-back disconnect: %s", err)
+            client.close()
 
     def publish_status(self, device: str, state: dict[str, Any]) -> None:
         """Publish a device's state, retained, if connected."""
-        if self.status_topic is None or not self.connected:
+        client = self._client
+        if self.status_topic is None or client is None or not client.connected:
             return
         topic = self.status_topic.replace("{device}", device)
-        self._client.publish(topic, json.dumps(state).encode(), qos=1, retain=True)
+        client.publish(topic.encode(), json.dumps(state).encode(), qos=1, retain=True)
 
     def _deliver(
-        self, topic: str, payload: bytes, qos: int, props: dict[str, Any], mid: int | None
+        self, topic: str, payload: bytes, qos: int, props: dict[int, Any], mid: int | None
     ) -> None:
-        """Called by gmqtt on the loop for each command; queues it, never blocks."""
+        """Called on the loop for each command; queues it, never blocks."""
         client = self._client
         m = self._matcher.fullmatch(topic)
         if client is None:
@@ -140,8 +137,8 @@ class SideChannel:
         self.commands += 1
         device = m.group("device") if m else ""
         register = m.group("register") if m else ""
-        response = props.get("response_topic")
-        correlation = props.get("correlation_data")
+        response = props.get(RESPONSE_TOPIC)
+        correlation = props.get(CORRELATION_DATA)
         done = False
 
         def reply(result: dict[str, Any]) -> None:
@@ -151,8 +148,8 @@ class SideChannel:
             done = True
             self.pending -= 1
             self._publish_result(client, device, register, result, response, correlation)
-            if mid is not None and is_connected(client):
-                ack(client, mid, qos)
+            if mid is not None and client.connected:
+                client.ack([(mid, qos)])
 
         self.pending += 1
         if m is None:
@@ -167,21 +164,19 @@ class SideChannel:
 
     def _publish_result(
         self,
-        client: Any,
+        client: Client,
         device: str,
         register: str,
         result: dict[str, Any],
-        response: Any,
-        correlation: Any,
+        response: str | None,
+        correlation: bytes | None,
     ) -> None:
-        if not is_connected(client):
+        if not client.connected:
             return
         body = {"device": device, "register": register, **result}
         data = json.dumps(body).encode()
         topic = self.result_topic.replace("{device}", device).replace("{register}", register)
-        client.publish(topic, data, qos=1)
+        client.publish(topic.encode(), data, qos=1)
         if response:
-            extra: dict[str, Any] = {}
-            if correlation:
-                extra["correlation_data"] = correlation[0]
-            client.publish(response[0], data, qos=1, **extra)
+            extra = binary_property(CORRELATION_DATA, correlation) if correlation else b""
+            client.publish(response.encode(), data, qos=1, properties=extra)
