@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
-# is this project's package (gmqtt installs a top-level `tests` package of its own).
+# is this project's package, whatever `tests` package an installed library may ship.
 sys.path.insert(0, str(ROOT))
 
 from gateway.config.schema import Problems, build_component  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
-# is this project's package (gmqtt installs a top-level `tests` package of its own).
+# is this project's package, whatever `tests` package an installed library may ship.
 sys.path.insert(0, str(ROOT))
 
 from tests import servers  # noqa: E402

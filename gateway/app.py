@@ -43,8 +43,6 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # gmqtt logs every connection event at INFO and WARNING; our components say what matters.
-    logging.getLogger("gmqtt").setLevel(logging.ERROR)
 
 
 def _store_settings(config: Config) -> tuple[Any, ...]:
