@@ -4,5 +4,6 @@
 A library that installs a top-level `tests` package into site-packages (gmqtt, which the
 gateway once used, did) cannot shadow this one: pytest puts the repository first on
 `sys.path` (`pythonpath = ["."]` in pyproject.toml) and bench/ scripts do the same.
-Layers are pytest markers, one per test file (`unit`, `integration`, `e2e`); tests/conftest.py refuses a test without exactly one.
+Layers are pytest markers, one per test file (`unit`, `integration`, `e2e`);
+tests/conftest.py refuses a test without exactly one.
 """
