@@ -8,25 +8,38 @@ engine under the running services: the broker keeps its process and the web
 server its listening socket and open connections. A reload whose config
 changes `mqtt:` or `web:` (or `buffer:`, `gateway.data_dir`) sets up that
 service again, and says so in a log line.
+
+A reload has three triggers, all through one path (`Reloads`): SIGHUP, a change of
+the config file (`gateway.watch_config`, default true: the file's stat — mtime,
+size, inode — is polled every 0.5 s and a change that has held still for 1 s
+reloads, so an editor that saves by writing a new file and renaming it over the
+old one is noticed too; a change back to a text already tried is not read again),
+and `POST /api/config/reload` on the web server (`edge-stream reload`). An
+invalid file is refused with its errors and kept as the last reload's outcome in
+/api/status (`config.last_reload`); the running config stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config.load import load
+from gateway.config.load import load, read_text
 from gateway.config.model import Config
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import ConfigError
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import supervised
-from gateway.engine.status import BrokerStatus, Snapshot
+from gateway.engine.status import BrokerStatus, ConfigStatus, ReloadStatus, Snapshot
 from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.store.sqlite import Store, hold_data_dir, let_go_data_dir
 from gateway.web.server import WebServer
@@ -76,6 +89,12 @@ class Gateway:
         self._broker_task: asyncio.Task[None] | None = None
         self._pending: Config | None = None
         self._stopping = False
+        # The config file's state for /api/status; set by `Reloads`.
+        self.config_hash: str | None = None
+        self.loaded_at = time.time()
+        self.last_reload: ReloadStatus | None = None
+        # POST /api/config/reload: try a reload now, answer its outcome (set by `serve`).
+        self.reload_now: Callable[[], Any] | None = None
 
     # -- the view the web server and metrics read -----------------------------
 
@@ -87,7 +106,8 @@ class Gateway:
     def snapshot(self) -> Snapshot:
         assert self._engine is not None, "an engine exists before the web server starts"
         broker = None if self.broker is None else BrokerStatus(**self.broker.status())
-        return self._engine.snapshot(broker)
+        config = ConfigStatus(self.config_path, self.config_hash, self.loaded_at, self.last_reload)
+        return dataclasses.replace(self._engine.snapshot(broker), config=config)
 
     # -- control ---------------------------------------------------------------
 
@@ -239,7 +259,7 @@ class Gateway:
 
     async def _start_web(self) -> None:
         if self.config.web.enabled:
-            web = WebServer(self, self.config.web)
+            web = WebServer(self, self.config.web, reload=self.reload_now)
             self.web_url = await web.start()
             self.web = web
 
@@ -249,8 +269,171 @@ class Gateway:
             await web.stop()
 
 
+WATCH_INTERVAL = 0.5  # seconds between two looks at the config file's stat
+WATCH_SETTLE = 1.0  # a change must hold still this long before it is read
+
+Outcome = dict[str, Any]  # {"outcome": "applied"|"refused", "errors": [...]}
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed config file: mtime_ns, size, inode (None: it is missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Reloads:
+    """Every reload trigger (SIGHUP, the file watcher, the API) goes through here.
+
+    One attempt at a time: a trigger during an attempt asks for one more after it
+    (any number of them coalesce into one). An attempt reads and validates the file
+    in a worker thread; a valid config goes to `Gateway.reload`, an invalid one is
+    refused with its errors. Either way the outcome is the gateway's `last_reload`.
+    """
+
+    def __init__(self, gateway: Gateway, path: str | None, stopping: Callable[[], bool]) -> None:
+        self.gateway = gateway
+        self.path = path
+        self.stopping = stopping
+        self._task: asyncio.Task[None] | None = None
+        self._again: str | None = None  # the trigger of the attempt asked for meanwhile
+        self._waiting: list[asyncio.Future[Outcome]] = []  # API calls: the next attempt
+        self._tried_hash: str | None = None  # the text the last attempt read
+        self._stamp = None if path is None else _file_stamp(path)
+        if path is not None:
+            try:
+                text = read_text(path)
+            except ConfigError:  # unreadable: only the hash is missing then
+                text = None
+            if text is not None:
+                gateway.config_hash = self._tried_hash = _text_hash(text)
+
+    def request(self, trigger: str) -> asyncio.Future[Outcome] | None:
+        """Ask for an attempt; its outcome comes in the future (None: not reloading)."""
+        if self.path is None or self.stopping():
+            return None
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if self._task is not None and not self._task.done():
+            self._again = trigger
+        else:
+            self._task = asyncio.create_task(self._attempts(trigger), name="reload")
+        return future
+
+    async def api(self) -> Outcome:
+        future = self.request("api")
+        if future is None:
+            return {"outcome": "refused", "errors": ["the gateway is stopping"]}
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._answer({"outcome": "refused", "errors": ["the gateway is stopping"]})
+
+    def _answer(self, outcome: Outcome) -> None:
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _attempts(self, trigger: str | None) -> None:
+        while trigger is not None and not self.stopping():
+            self._again = None
+            # API calls made during this attempt wait for the next one (`_again`).
+            waiting, self._waiting = self._waiting, []
+            outcome = await self._attempt(trigger)
+            for future in waiting:
+                if not future.done():
+                    future.set_result(outcome)
+            trigger = self._again
+
+    async def _attempt(self, trigger: str) -> Outcome:
+        path = self.path
+        assert path is not None
+        self._stamp = _file_stamp(path)  # what this attempt reads; the watcher starts here
+        errors: list[str] = []
+        new: Config | None = None
+        try:
+            # Reading, parsing and validating walk the whole file (and decrypt its
+            # secrets): off the event loop, so that /healthz, MQTT keepalives and the
+            # sinks go on meanwhile. The loader bounds its size, depth and aliases.
+            new = await asyncio.to_thread(self._read_and_load, path)
+        except ConfigError as err:
+            errors = list(err.problems)
+            log.error(
+                "gateway: reload refused, the running config stays:\n  %s", "\n  ".join(errors)
+            )
+        except Exception as err:  # the reload boundary: the running config must stay
+            # The loader turns every mistake in the file into a ConfigError; this is a
+            # bug of ours, said in one line (the traceback at DEBUG, for a report).
+            errors = [f"reading {path} failed ({type(err).__name__}: {err}); please report this"]
+            log.error("gateway: reload refused, the running config stays: %s", errors[0])
+            log.debug("gateway: the reload failed here", exc_info=True)
+        now = time.time()
+        if new is not None and not self.stopping():
+            log.info("gateway: reloading %s (%s)", path, trigger)
+            self.gateway.config_hash = self._tried_hash
+            self.gateway.loaded_at = now
+            self.gateway.reload(new)
+            outcome = "applied"
+        else:
+            outcome = "refused"
+            if new is not None:
+                errors = ["the gateway is stopping"]
+        self.gateway.last_reload = ReloadStatus(now, trigger, outcome, errors)
+        return {"outcome": outcome, "errors": errors}
+
+    def _read_and_load(self, path: str) -> Config:
+        """In a worker thread: note the text's hash (refused or not), then load it."""
+        self._tried_hash = _text_hash(read_text(path))
+        return load(path)
+
+    async def watch(self) -> None:
+        """Poll the file's stat; a change that holds still for WATCH_SETTLE reloads."""
+        path = self.path
+        assert path is not None
+        seen: tuple[int, int, int] | None = None  # a change not yet settled
+        since = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if not self.gateway.config.gateway.watch_config or self.stopping():
+                self._stamp, seen = _file_stamp(path), None
+                continue
+            stamp = _file_stamp(path)
+            if stamp == self._stamp:
+                seen = None
+                continue
+            if stamp != seen:
+                seen, since = stamp, loop.time()  # changed (again): wait for it to settle
+                continue
+            if loop.time() - since < WATCH_SETTLE:
+                continue
+            seen = None
+            self._stamp = stamp
+            if stamp is None:
+                continue  # gone: the next file written there is a change
+            try:
+                digest = await asyncio.to_thread(lambda: _text_hash(read_text(path)))
+            except ConfigError:
+                digest = None  # unreadable now: the attempt says why
+            if digest is not None and digest == self._tried_hash:
+                continue  # touched, or already read (a SIGHUP came first)
+            log.info("gateway: %s changed; reloading it", path)
+            self.request("file")
+
+
 async def serve(config: Config, config_path: str | None = None) -> int:
-    """Run the gateway until SIGTERM/SIGINT; SIGHUP reloads the config file.
+    """Run the gateway until SIGTERM/SIGINT; SIGHUP, a change of the config file and
+    POST /api/config/reload reload it (see `Reloads`).
 
     A reload reads and validates the file first, in a worker thread: an invalid
     one is refused with its errors and the running engine goes on, undisturbed.
@@ -275,59 +458,24 @@ async def serve(config: Config, config_path: str | None = None) -> int:
         else:
             log.info("gateway: %s received again; still stopping", name)
 
-    reading: asyncio.Task[None] | None = None
-    read_again = False
-
-    async def reload() -> None:
-        nonlocal read_again
-        assert config_path is not None
-        new: Config | None = None
-        read_again = True
-        while read_again and not stops:
-            read_again = False  # a SIGHUP while the file is read means: read it once more
-            try:
-                # Reading, parsing and validating walk the whole file (and decrypt its
-                # secrets): off the event loop, so that /healthz, MQTT keepalives and the
-                # sinks go on meanwhile. The loader bounds its size, depth and aliases.
-                new = await asyncio.to_thread(load, config_path)
-            except ConfigError as err:
-                new = None
-                log.error(
-                    "gateway: reload refused, the running config stays:\n  %s",
-                    "\n  ".join(err.problems),
-                )
-            except Exception as err:  # the reload boundary: the running config must stay
-                # The loader turns every mistake in the file into a ConfigError; this is a
-                # bug of ours, said in one line (the traceback at DEBUG, for a report).
-                new = None
-                log.error(
-                    "gateway: reload refused, the running config stays: reading %s failed"
-                    " (%s: %s); please report this",
-                    config_path,
-                    type(err).__name__,
-                    err,
-                )
-                log.debug("gateway: the reload failed here", exc_info=True)
-        if new is not None and not stops:
-            log.info("gateway: reloading %s", config_path)
-            gateway.reload(new)
+    reloads = Reloads(gateway, config_path, lambda: stops > 0)
+    gateway.reload_now = reloads.api if config_path is not None else None
 
     def on_reload() -> None:
-        nonlocal reading, read_again
-        if config_path is None or stops:
-            return
-        if reading is not None and not reading.done():
-            read_again = True
-            return
-        reading = loop.create_task(reload(), name="reload")
+        reloads.request("sighup")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    watcher = None
+    if config_path is not None:
+        watcher = asyncio.create_task(reloads.watch(), name="config-watch")
     try:
         await gateway.run()
     finally:
-        if reading is not None:
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+        if watcher is not None:
+            watcher.cancel()
+        await reloads.close()
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
     return 0

@@ -2,6 +2,9 @@
 
 edge-stream run -c config/gateway.yaml           run the gateway
 edge-stream check-config -c FILE                 validate a config; exit 1 with the errors
+edge-stream reload -c FILE                       ask the gateway running on FILE (its
+                                                 web.listen) to read FILE again; exit 1
+                                                 when refused or when no gateway answers
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
 edge-stream secret encrypt [VALUE] [-c FILE]     print ENC(...) for VALUE (or stdin)
 edge-stream --version                            the installed version
@@ -19,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import getpass
 import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sized
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -81,6 +87,67 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{_count(config.routes, 'route')}, {_count(config.sinks, 'sink')})"
     )
     return 0
+
+
+def _reload_target(path: str) -> tuple[str, dict[str, str]]:
+    """The running gateway's reload URL and auth header, from the config's `web:`.
+
+    Read with the running gateway's eyes where possible; a file the gateway would
+    refuse still names its web address (parsed without validation), so that the
+    refusal is the gateway's to say."""
+    from gateway.config.model import WebSection
+
+    try:
+        web = load(path).web
+    except ConfigError as err:
+        try:
+            data, _ = parse_text(read_text(path), path)
+            apply_env(data, dict(os.environ))
+            raw = data.get("web") or {}
+            web = WebSection(**{k: raw[k] for k in ("listen", "username", "password") if k in raw})
+            if not isinstance(web.listen, str) or ":" not in web.listen:
+                raise ValueError
+        except (ConfigError, TypeError, ValueError, AttributeError):
+            _refuse(err, path)
+    if not web.enabled:
+        raise SystemExit(
+            f"edge-stream: {path}: web.enabled is false, so the gateway has no API to reload"
+            " through; send it SIGHUP instead"
+        )
+    host, _, port = web.listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    headers = {"Content-Length": "0"}
+    if web.username and web.password:
+        token = base64.b64encode(f"{web.username}:{web.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return f"http://{host}:{port}/api/config/reload", headers
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    url, headers = _reload_target(args.config)
+    request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as err:
+        print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
+        return 1
+    errors = [str(e) for e in answer.get("errors") or []]
+    if answer.get("outcome") == "applied":
+        print(f"{args.config}: reload applied")
+        return 0
+    print(f"edge-stream: {args.config}: reload refused: {'; '.join(errors)}", file=sys.stderr)
+    return 1
 
 
 def _key_file(args: argparse.Namespace) -> Path:
@@ -277,6 +344,9 @@ def parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(
         fn=cmd_check
     )
+    with_config(
+        sub.add_parser("reload", help="make the running gateway read its config file again")
+    ).set_defaults(fn=cmd_reload)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
     sec.add_argument("action", choices=["keygen", "encrypt"])
     sec.add_argument("value", nargs="?")

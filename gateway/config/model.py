@@ -60,6 +60,14 @@ class GatewaySection:
             " `EDGE_STREAM_SECRET_KEY` may hold the key instead)."
         ),
     ] = None
+    watch_config: Annotated[
+        bool,
+        Doc(
+            "Reload the config file when it changes (its stat is looked at every 0.5 s;"
+            " a change that holds still for 1 s is read, also a file renamed over it),"
+            " as SIGHUP does; an invalid file is refused and the running config stays."
+        ),
+    ] = True
 
 
 @dataclass(frozen=True)

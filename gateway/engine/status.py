@@ -1,7 +1,8 @@
 """The typed status snapshot that /api/status, the status page and /metrics read.
 
 The engine fills in what it runs (sources, routes, sinks, the store and its own
-counters); the process around it (`gateway.app`) adds its broker. `to_json` is
+counters); the process around it (`gateway.app`) adds its broker and the config
+file's state (`config`: path, hash, loaded_at and the last reload's outcome). `to_json` is
 exactly the /api/status document, key for key: users' scripts read it.
 A component's own keys (`Source.status()`, `Sink.status()`) follow the
 engine's keys in its entry.
@@ -49,6 +50,46 @@ class BrokerStatus:
             "embedded": self.embedded,
             "restarts": self.restarts,
             "used_by": list(self.used_by),
+        }
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """The last reload attempt: when, what asked for it, and whether it was applied."""
+
+    at: float  # unix time
+    trigger: str  # "sighup" | "file" | "api"
+    outcome: str  # "applied" | "refused"
+    errors: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "trigger": self.trigger,
+            "outcome": self.outcome,
+            "errors": list(self.errors),
+        }
+
+
+@dataclass(frozen=True)
+class ConfigStatus:
+    """The config file the gateway runs, filled in by the process, not the engine.
+
+    `hash` is the first 12 hex digits of the sha256 of the file's text as loaded;
+    `last_reload` is None until a reload was tried; a refused one keeps its errors here
+    (the "last refused" file) while the running config stays."""
+
+    path: str | None
+    hash: str | None
+    loaded_at: float  # unix time
+    last_reload: ReloadStatus | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "hash": self.hash,
+            "loaded_at": self.loaded_at,
+            "last_reload": None if self.last_reload is None else self.last_reload.to_json(),
         }
 
 
@@ -159,6 +200,7 @@ class Snapshot:
     sinks: dict[str, SinkStatus]
     dead_letters: int
     unrouted: int
+    config: ConfigStatus | None = None  # filled in by the process (gateway.app)
 
     def to_json(self) -> dict[str, Any]:
         """The /api/status document."""
@@ -171,6 +213,7 @@ class Snapshot:
             "sinks": {name: s.to_json() for name, s in self.sinks.items()},
             "dead_letters": self.dead_letters,
             "unrouted": self.unrouted,
+            "config": None if self.config is None else self.config.to_json(),
         }
 
 

@@ -5,6 +5,8 @@ GET /healthz     200 "ok" while the gateway runs (no credentials needed)
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /metrics     Prometheus text format
+POST /api/config/reload   read the config file again now (as SIGHUP does); answers
+                 {"outcome": "applied"|"refused", "errors": [...]} after the attempt
 
 With `web.username`/`web.password` set, everything but /healthz asks for HTTP
 basic authentication; without them the server only listens on localhost.
@@ -46,6 +48,7 @@ REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
+    413: "Content Too Large",
     405: "Method Not Allowed",
     503: "Service Unavailable",
 }
@@ -57,7 +60,12 @@ class WebServer:
     """Serves the running gateway through `view`, across reloads: a reload swaps the
     engine behind the view, and the listening socket and open connections stay."""
 
-    def __init__(self, view: StatusView, config: WebSection) -> None:
+    def __init__(
+        self,
+        view: StatusView,
+        config: WebSection,
+        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
         self.metrics = registry_for(view)
@@ -72,6 +80,7 @@ class WebServer:
             "/api/dead-letters": self.api_dead_letters,
             "/metrics": self.metrics_text,
         }
+        self._reload = reload  # POST /api/config/reload; None: not offered
         self._expected_auth: str | None = None
         if config.username and config.password:
             token = f"{config.username}:{config.password}".encode()
@@ -148,8 +157,25 @@ class WebServer:
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         url = urlsplit(target)
         handler = self._routes.get(url.path)
-        if method not in ("GET", "HEAD"):
-            response: Response = (405, "text/plain", b"only GET\n")
+        if url.path == "/api/config/reload":
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_HEAD:  # nothing is read from the body: bound it
+                await self._send(writer, (413, "text/plain", b"no body needed\n"), close=True)
+                return False
+            await reader.readexactly(length)
+            if method != "POST":
+                response: Response = (405, "text/plain", b"only POST\n")
+            elif self._reload is None:
+                response = (404, "text/plain", b"no config file to reload\n")
+            elif not self._authorized(headers.get("authorization", "")):
+                response = (401, "text/plain", b"credentials needed\n")
+            else:
+                response = _json(await self._reload())
+        elif method not in ("GET", "HEAD"):
+            response = (405, "text/plain", b"only GET\n")
         elif handler is None:
             response = (404, "text/plain", b"not found\n")
         elif url.path != "/healthz" and not self._authorized(headers.get("authorization", "")):

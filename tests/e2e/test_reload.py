@@ -1,0 +1,173 @@
+"""Reload triggers with the real process: a change of the config file (written in place
+or renamed over it), POST /api/config/reload and `edge-stream reload`; an invalid file
+is refused, its errors are in /api/status and the running config stays."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import GatewayProcess, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(**gateway: Any) -> dict[str, Any]:
+    return {
+        "gateway": dict(gateway),
+        "sources": {"host": {"type": "system", "interval": "1s"}},
+        "routes": {"all": {"match": "#", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+    }
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(tmp_path, _config())
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+def _edit(gw: GatewayProcess, change: Any) -> None:
+    """Rewrite the file in place with `change` applied to its data."""
+    data = yaml.safe_load(gw.config_path.read_text())
+    change(data)
+    gw.config_path.write_text(yaml.safe_dump(data))
+
+
+def _add_sink(name: str) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        data["sinks"][name] = {"type": "file", "path": f"{name}.jsonl"}
+        data["routes"]["all"]["sinks"].append(name)
+
+    return change
+
+
+def _reload(gw: GatewayProcess) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.web_port}/api/config/reload", data=b"", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+def _cli_reload(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "reload", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_valid_edit_is_applied_without_a_signal(gw: GatewayProcess) -> None:
+    before = gw.status()["config"]
+    assert before["path"] == str(gw.config_path) and len(before["hash"]) == 12
+    assert before["last_reload"] is None
+    _edit(gw, _add_sink("second"))
+    wait_for(lambda: "second" in gw.status()["sinks"], 10, "the new sink, without a signal")
+    config = gw.status()["config"]
+    assert config["last_reload"]["trigger"] == "file"
+    assert config["last_reload"]["outcome"] == "applied"
+    assert config["hash"] != before["hash"] and config["loaded_at"] > before["loaded_at"]
+
+
+def test_an_invalid_edit_is_refused_and_the_running_config_stays(gw: GatewayProcess) -> None:
+    loaded = gw.status()["config"]
+    _edit(gw, lambda data: data["sinks"]["out"].update(type="nowhere"))
+    last = wait_for(
+        lambda: gw.status()["config"]["last_reload"], 10, "the refused reload in /api/status"
+    )
+    assert last["trigger"] == "file" and last["outcome"] == "refused"
+    assert any("sinks.out" in e and "nowhere" in e for e in last["errors"]), last
+    status = gw.status()
+    assert status["config"]["hash"] == loaded["hash"]
+    assert status["sinks"]["out"]["state"] == "running"
+    assert "reload refused, the running config stays" in gw.log()
+    assert gw.log().count(" is up; status page") == 1
+
+
+def test_a_file_renamed_over_the_config_is_noticed(gw: GatewayProcess) -> None:
+    data = yaml.safe_load(gw.config_path.read_text())
+    _add_sink("renamed")(data)
+    new = gw.config_path.with_name("gateway.yaml.tmp")
+    new.write_text(yaml.safe_dump(data))
+    os.replace(new, gw.config_path)  # how editors save: a new inode under the old name
+    wait_for(lambda: "renamed" in gw.status()["sinks"], 10, "the sink of the renamed file")
+    assert gw.status()["config"]["last_reload"]["trigger"] == "file"
+
+
+def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, _config(watch_config=False))
+    gw.start()
+    try:
+        _edit(gw, lambda data: data["sinks"]["out"].update(type="nowhere"))
+        status, answer = _reload(gw)
+        assert status == 200 and answer["outcome"] == "refused", answer
+        assert any("nowhere" in e for e in answer["errors"]), answer
+        assert gw.status()["config"]["last_reload"]["trigger"] == "api"
+
+        _edit(gw, lambda data: data["sinks"]["out"].update(type="file"))
+        _edit(gw, _add_sink("by_api"))
+        assert _reload(gw) == (200, {"outcome": "applied", "errors": []})
+        wait_for(lambda: "by_api" in gw.status()["sinks"], 10, "the sink after the POST")
+        # watch_config: false, so only the POSTs reloaded
+        assert gw.log().count("reload refused") == 1
+    finally:
+        gw.close()
+
+
+def test_post_api_config_reload_needs_the_credentials(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, _config())
+    data = yaml.safe_load(gw.config_path.read_text())
+    data["web"].update(username="admin", password="s3cret-pass")
+    gw.config_path.write_text(yaml.safe_dump(data))
+    gw.start(wait_sources=False)
+    try:
+        assert _reload(gw)[0] == 401
+        # `edge-stream reload` takes them from the file
+        done = _cli_reload(gw.config_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{gw.config_path}: reload applied"
+        assert "s3cret-pass" not in done.stdout + done.stderr
+    finally:
+        gw.close()
+
+
+def test_the_reload_command_against_a_running_gateway(gw: GatewayProcess) -> None:
+    done = _cli_reload(gw.config_path)
+    assert (done.returncode, done.stdout.strip()) == (0, f"{gw.config_path}: reload applied")
+    _edit(gw, lambda data: data["sinks"]["out"].update(type="nowhere"))
+    done = _cli_reload(gw.config_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "reload refused" in lines[0] and "nowhere" in lines[0], lines
+    assert gw.status()["sinks"]["out"]["state"] == "running"
+
+
+def test_the_reload_command_when_no_gateway_runs(tmp_path: Path) -> None:
+    config = _config(data_dir=str(tmp_path / "data"))
+    config["web"] = {"listen": f"127.0.0.1:{free_port()}"}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = _cli_reload(path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge-stream: no gateway answers at"), lines
+    assert "Traceback" not in done.stderr
