@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -258,6 +259,60 @@ def test_secret_decrypt_and_a_value_from_stdin(tmp_path: Path) -> None:
         assert refused.returncode == 1
         assert refused.stderr.startswith(f"edge-stream: {message}"), refused.stderr
         assert refused.stderr.count("\n") == 1 and refused.stdout == ""
+
+
+# Makes the pseudo-terminal on fd argv[1] the controlling terminal of a new session, then
+# runs the rest of argv on it.
+ON_TTY = """
+import fcntl, os, sys, termios
+os.setsid()
+tty = int(sys.argv[1])
+fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+for n in (0, 1, 2):
+    os.dup2(tty, n)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def on_a_terminal(typed: str, *args: str) -> str:
+    """Run `edge-stream ARGS` on a pseudo-terminal, type `typed` at its prompt, and
+    return everything the terminal showed."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_STREAM")}
+    master, slave = pty.openpty()
+    command = [sys.executable, "-c", ON_TTY, str(slave), sys.executable, "-m"]
+    proc = subprocess.Popen(
+        [*command, "gateway.cli", *args],
+        cwd=ROOT,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        pass_fds=(slave,),
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        while b": " not in shown:
+            shown += os.read(master, 1024)
+        os.write(master, typed.encode() + b"\n")
+        while chunk := os.read(master, 1024):
+            shown += chunk
+    except OSError:  # EIO: the child has closed the terminal
+        pass
+    finally:
+        os.close(master)
+    assert proc.wait(60) == 0, shown
+    return shown.decode()
+
+
+def test_secret_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:
+    key = tmp_path / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    shown = on_a_terminal("Typed-Pw-7", "secret", "encrypt", "--key-file", str(key))
+    assert shown.startswith("value to encrypt: ")
+    assert "Typed-Pw-7" not in shown  # not echoed
+    (enc,) = re.findall(r"ENC\([A-Za-z0-9_=-]+\)", shown)
+    shown = on_a_terminal(enc, "secret", "decrypt", "-", "--key-file", str(key))
+    assert shown.startswith("value to decrypt: ") and enc not in shown
+    assert shown.split()[-1] == "Typed-Pw-7"
 
 
 def test_a_key_file_others_may_read_is_refused_by_every_command(tmp_path: Path) -> None:
