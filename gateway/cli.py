@@ -215,9 +215,10 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
                 f.flush()
                 os.fsync(f.fileno())
         # The key first: from here on a crash leaves the backups to put back by hand.
-        secrets.write_atomically(key_file, secrets.key_text(new).encode(), 0o600)
+        # resolve(): a symlinked config or key stays a symlink, its target is replaced.
+        secrets.write_atomically(key_file.resolve(), secrets.key_text(new).encode(), 0o600)
         mode = config.stat().st_mode & 0o777
-        secrets.write_atomically(config, rotated.encode("utf-8"), mode)
+        secrets.write_atomically(config.resolve(), rotated.encode("utf-8"), mode)
     except OSError as err:
         print(f"edge-stream: cannot rotate: {err}", file=sys.stderr)
         return 1
