@@ -6,7 +6,11 @@ edge-stream reload -c FILE                       ask the gateway running on FILE
                                                  web.listen) to read FILE again; exit 1
                                                  when refused or when no gateway answers
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
-edge-stream secret encrypt [VALUE] [-c FILE]     print ENC(...) for VALUE (or stdin)
+edge-stream secret encrypt [VALUE|-] [-c FILE]   print ENC(...) for VALUE (`-` or none:
+                                                 stdin, or a prompt without echo)
+edge-stream secret decrypt [VALUE|-] [-c FILE]   print the plaintext of an ENC(...) value
+edge-stream secret rotate -c FILE                a new key; re-encrypt FILE's ENC(...) values
+                                                 (backups FILE.bak-<time>, KEY.bak-<time>)
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
@@ -188,22 +192,109 @@ def cmd_secret(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
         return 0
+    if args.action == "rotate":
+        return _rotate(args, path)
+    key = _load_key(path)
+    if key is None:
+        return 1
+    value = args.value
+    if value is None or value == "-":
+        prompt = f"value to {args.action}: "
+        value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
+        value = value.rstrip("\n")
+    if args.action == "encrypt":
+        print(secrets.encrypt(value, key))
+        return 0
+    if not secrets.has_secret(value):
+        print("edge-stream: the value holds no ENC(...) to decrypt", file=sys.stderr)
+        return 1
+    try:
+        print(secrets.reveal(value, key))
+    except secrets.SecretError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_key(path: Path) -> bytes | None:
+    """The key (environment, else `path`); None after printing why there is none."""
     try:
         key = secrets.load_key(path)
     except secrets.SecretError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
-        return 1
+        return None
     if key is None:
         print(
             f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
             file=sys.stderr,
         )
+    return key
+
+
+def _rotate(args: argparse.Namespace, key_file: Path) -> int:
+    """A new key in `key_file` and every ENC(...) of the config re-encrypted with it; the
+    old file and key kept beside them (0600); each written atomically."""
+    config = Path(args.config)
+    if args.value is not None:
+        print("edge-stream: secret rotate takes no value, only -c FILE", file=sys.stderr)
+        return 2
+    if os.environ.get(secrets.ENV_KEY):
+        print(
+            f"edge-stream: the key comes from {secrets.ENV_KEY}: rotate works on a key file;"
+            f" unset {secrets.ENV_KEY} to rotate {key_file}",
+            file=sys.stderr,
+        )
         return 1
-    value = args.value
-    if value is None:
-        value = getpass.getpass("value to encrypt: ") if sys.stdin.isatty() else sys.stdin.read()
-        value = value.rstrip("\n")
-    print(secrets.encrypt(value, key))
+    old = _load_key(key_file)
+    if old is None:
+        return 1
+    try:
+        raw = config.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as err:
+        print(f"edge-stream: cannot read {config}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"edge-stream: {config}: the config file must be UTF-8", file=sys.stderr)
+        return 1
+    new = secrets.new_key()
+    try:
+        rotated, count = secrets.rotate_text(text, old, new)
+    except secrets.SecretError as err:
+        print(f"edge-stream: {config}: {err}; nothing changed", file=sys.stderr)
+        return 1
+    if count == 0:
+        print(f"edge-stream: {config} holds no ENC(...) value; nothing changed", file=sys.stderr)
+        return 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1, 100):  # a second rotation within the same second
+        config_backup = config.with_name(f"{config.name}.bak-{stamp}")
+        key_backup = key_file.with_name(f"{key_file.name}.bak-{stamp}")
+        if not (config_backup.exists() or key_backup.exists()):
+            break
+        stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"
+    try:
+        for backup, data in ((config_backup, raw), (key_backup, key_file.read_bytes())):
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        # The key first: from here on a crash leaves the backups to put back by hand.
+        # resolve(): a symlinked config or key stays a symlink, its target is replaced.
+        secrets.write_atomically(key_file.resolve(), secrets.key_text(new).encode(), 0o600)
+        mode = config.stat().st_mode & 0o777
+        secrets.write_atomically(config.resolve(), rotated.encode("utf-8"), mode)
+    except OSError as err:
+        print(f"edge-stream: cannot rotate: {err}", file=sys.stderr)
+        return 1
+    noun = "value" if count == 1 else "values"
+    print(
+        f"rotated {count} ENC(...) {noun} in {config} to a new key in {key_file}"
+        f" (old ones kept as {config_backup} and {key_backup}); a running gateway"
+        " picks it up on reload (SIGHUP)"
+    )
     return 0
 
 
@@ -348,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
-    sec.add_argument("action", choices=["keygen", "encrypt"])
+    sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
     sec.add_argument("value", nargs="?")
     sec.add_argument("--key-file")
     sec.set_defaults(fn=cmd_secret)
@@ -375,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
     # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
     args, extra = p.parse_known_args(argv)
-    lone = extra[0] if len(extra) == 1 else "-"
-    if args.command == "secret" and args.value is None and not lone.startswith("-"):
+    lone = extra[0] if len(extra) == 1 else "--"
+    if args.command == "secret" and args.value is None and (lone == "-" or lone[:1] != "-"):
         args.value, extra = lone, []
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -3,7 +3,12 @@
 The key comes from `EDGE_STREAM_SECRET_KEY` (64 hex digits or base64) or from a
 key file (`gateway.secret_key_file`, default `<data_dir>/secret.key`) that
 `edge-stream secret keygen` writes with mode 0600. `edge-stream secret encrypt`
-prints the `ENC(...)` form of a value to paste into the config.
+prints the `ENC(...)` form of a value to paste into the config, `secret decrypt`
+the plaintext of one, and `secret rotate` re-encrypts a config's values with a
+new key (see `rotate_text` and `write_atomically`).
+
+A key file that its group or other users may read is refused with the line
+`chmod 600 FILE` to run: the key opens every secret in the config.
 
 Everything written `ENC(...)` must decrypt: an empty, cut-short or damaged value,
 or an `ENC(` without its `)`, is a config error naming the key; it is never
@@ -17,6 +22,8 @@ import base64
 import binascii
 import os
 import re
+import stat
+import tempfile
 from pathlib import Path
 
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
@@ -74,9 +81,16 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
             f" {err.start}; it must hold 64 hex digits or base64"
         ) from err
     try:
-        return _decode_key(text)
+        key = _decode_key(text)
     except SecretError as err:
         raise SecretError(f"the key file {key_file}: {err}") from err
+    mode = stat.S_IMODE(os.stat(key_file).st_mode)
+    if mode & 0o044:
+        raise SecretError(
+            f"the key file {key_file} may be read by other users (mode {mode:04o}):"
+            f" run 'chmod 600 {key_file}'"
+        )
+    return key
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> Path:
@@ -86,9 +100,72 @@ def generate_key_file(path: str | os.PathLike[str]) -> Path:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
     with os.fdopen(fd, "w") as f:
-        f.write(AESGCM.generate_key(bit_length=256).hex() + "\n")
+        f.write(key_text(AESGCM.generate_key(bit_length=256)))
     return target
+
+
+def new_key() -> bytes:
+    """A fresh random 32-byte key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM.generate_key(bit_length=256)
+
+
+def key_text(key: bytes) -> str:
+    """The key as a key file holds it."""
+    return key.hex() + "\n"
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
+    """Replace `path` with `data` (file mode `mode`): a temp file beside it, fsync,
+    rename, fsync of the folder. A crash leaves the old file or the new one."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def rotate_text(text: str, old: bytes, new: bytes) -> tuple[str, int]:
+    """`text` with every ENC(...) re-encrypted from key `old` to key `new`, and how many.
+
+    Text-level, so comments and formatting survive (YAML or JSON alike: what
+    ENC(...) holds never needs quoting). An `ENC(` that is not a complete value,
+    or one that `old` cannot open, is a SecretError naming its line; a text such as
+    `ENC(...)` in a comment, which is not an encrypted value, is left as it is.
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            check_form(line)
+            for match in _ENC.finditer(line):
+                if _TOKEN.fullmatch(match.group(1)):
+                    decrypt(match.group(1), old)
+        except SecretError as err:
+            raise SecretError(f"line {number}: {err}") from err
+    count = 0
+
+    def swap(match: re.Match[str]) -> str:
+        nonlocal count
+        if not _TOKEN.fullmatch(match.group(1)):
+            return match.group(0)
+        count += 1
+        return encrypt(decrypt(match.group(1), old), new)
+
+    return _ENC.sub(swap, text), count
 
 
 def encrypt(plaintext: str, key: bytes) -> str:

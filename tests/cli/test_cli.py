@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -209,6 +210,219 @@ def test_secret_encrypt_takes_the_config_before_or_after_the_value(tmp_path: Pat
         assert plain == "pw-1"
     extra = cli("secret", "encrypt", "a", "b", "-c", str(path))
     assert extra.returncode == 2 and "unrecognized arguments: b" in extra.stderr
+
+
+def cli_in(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-stream ARGS` with `stdin` piped in."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_STREAM")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        env=environ,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_secret_decrypt_and_a_value_from_stdin(tmp_path: Path) -> None:
+    key = tmp_path / "k" / "secret.key"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{secret_key_file: '{key}'}}\n" + GOOD.split("\n", 1)[1])
+    no_key = cli("secret", "decrypt", "ENC(abc)", "-c", str(path))
+    assert no_key.returncode == 1
+    assert no_key.stderr == (
+        "edge-stream: no key: run 'edge-stream secret keygen' or set EDGE_STREAM_SECRET_KEY\n"
+    )
+    assert cli("secret", "keygen", "-c", str(path)).returncode == 0
+    # `-` (before or after -c) or no value at all: the value comes on stdin.
+    for args in (["-", "-c", str(path)], ["-c", str(path), "-"], ["-c", str(path)]):
+        sealed = cli_in("pw-2\n", "secret", "encrypt", *args)
+        assert sealed.returncode == 0, (args, sealed.stderr)
+        enc = sealed.stdout.strip()
+        assert secrets.decrypt(enc[4:-1], secrets.load_key(key) or b"") == "pw-2"
+        opened = cli_in(enc + "\n", "secret", "decrypt", *args)
+        assert (opened.returncode, opened.stdout, opened.stderr) == (0, "pw-2\n", ""), args
+    # On the command line, and inside a longer value such as a DSN.
+    for args in ([enc, "-c", str(path)], ["-c", str(path), f"postgresql://gw:{enc}@db/x"]):
+        opened = cli("secret", "decrypt", *args)
+        assert opened.returncode == 0, opened.stderr
+        assert opened.stdout.strip() in ("pw-2", "postgresql://gw:pw-2@db/x")
+    for value, message in [
+        ("plain", "the value holds no ENC(...) to decrypt"),
+        (secrets.encrypt("x", secrets.new_key()), "cannot decrypt ENC(...): wrong key or"),
+        ("ENC(abc", "ENC( has no closing ')'"),
+    ]:
+        refused = cli("secret", "decrypt", value, "-c", str(path))
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(f"edge-stream: {message}"), refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stdout == ""
+
+
+# Makes the pseudo-terminal on fd argv[1] the controlling terminal of a new session, then
+# runs the rest of argv on it.
+ON_TTY = """
+import fcntl, os, sys, termios
+os.setsid()
+tty = int(sys.argv[1])
+fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+for n in (0, 1, 2):
+    os.dup2(tty, n)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def on_a_terminal(typed: str, *args: str) -> str:
+    """Run `edge-stream ARGS` on a pseudo-terminal, type `typed` at its prompt, and
+    return everything the terminal showed."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_STREAM")}
+    master, slave = pty.openpty()
+    command = [sys.executable, "-c", ON_TTY, str(slave), sys.executable, "-m"]
+    proc = subprocess.Popen(
+        [*command, "gateway.cli", *args],
+        cwd=ROOT,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        pass_fds=(slave,),
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        while b": " not in shown:
+            shown += os.read(master, 1024)
+        os.write(master, typed.encode() + b"\n")
+        while chunk := os.read(master, 1024):
+            shown += chunk
+    except OSError:  # EIO: the child has closed the terminal
+        pass
+    finally:
+        os.close(master)
+    assert proc.wait(60) == 0, shown
+    return shown.decode()
+
+
+def test_secret_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:
+    key = tmp_path / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    shown = on_a_terminal("Typed-Pw-7", "secret", "encrypt", "--key-file", str(key))
+    assert shown.startswith("value to encrypt: ")
+    assert "Typed-Pw-7" not in shown  # not echoed
+    (enc,) = re.findall(r"ENC\([A-Za-z0-9_=-]+\)", shown)
+    shown = on_a_terminal(enc, "secret", "decrypt", "-", "--key-file", str(key))
+    assert shown.startswith("value to decrypt: ") and enc not in shown
+    assert shown.split()[-1] == "Typed-Pw-7"
+
+
+def test_a_key_file_others_may_read_is_refused_by_every_command(tmp_path: Path) -> None:
+    key = tmp_path / "secret.key"
+    path = tmp_path / "gateway.yaml"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    enc = cli("secret", "encrypt", "pw", "--key-file", str(key)).stdout.strip()
+    path.write_text(
+        f"gateway: {{secret_key_file: '{key}', data_dir: '{tmp_path}'}}\n"
+        f"sinks:\n  a: {{type: file, path: '{enc}'}}\n"
+    )
+    assert cli("check-config", "-c", str(path)).returncode == 0
+    key.chmod(0o644)
+    line = f"the key file {key} may be read by other users (mode 0644): run 'chmod 600 {key}'"
+    checked = cli("check-config", "-c", str(path))
+    assert (checked.returncode, checked.stderr) == (
+        1,
+        f"edge-stream: {path}:1: gateway.secret_key_file: {line}\n",
+    )
+    for action in (["encrypt", "x"], ["decrypt", enc], ["rotate"]):
+        result = cli("secret", *action, "-c", str(path))
+        assert (result.returncode, result.stderr) == (1, f"edge-stream: {line}\n"), action
+
+
+ROTATE_YAML = """\
+# keep this comment; ENC(...) values come from 'edge-stream secret encrypt'
+gateway: {{secret_key_file: '{key}', data_dir: '{data}'}}
+sinks:
+  a: {{type: file, path: "{a}"}}   # and this one
+  b:
+    type: file
+    path: '{b}'
+"""
+
+
+def test_secret_rotate_re_encrypts_the_config_and_keeps_backups(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    old_key = key.read_bytes()
+    a = cli("secret", "encrypt", "out-a.jsonl", "--key-file", str(key)).stdout.strip()
+    b = cli("secret", "encrypt", "out-b.jsonl", "--key-file", str(key)).stdout.strip()
+    path = tmp_path / "gateway.yaml"
+    original = ROTATE_YAML.format(key=key, data=tmp_path, a=a, b=b)
+    path.write_text(original)
+    path.chmod(0o640)
+    rotated = cli("secret", "rotate", "-c", str(path))
+    assert rotated.returncode == 0, rotated.stderr
+    config_backups = list(tmp_path.glob("gateway.yaml.bak-*"))
+    key_backups = list(key.parent.glob("secret.key.bak-*"))
+    assert len(config_backups) == 1 and len(key_backups) == 1
+    assert rotated.stdout == (
+        f"rotated 2 ENC(...) values in {path} to a new key in {key} (old ones kept as"
+        f" {config_backups[0]} and {key_backups[0]}); a running gateway picks it up on"
+        " reload (SIGHUP)\n"
+    )
+    assert rotated.stderr == ""
+    for backup, content in ((config_backups[0], original.encode()), (key_backups[0], old_key)):
+        assert backup.read_bytes() == content
+        assert backup.stat().st_mode & 0o777 == 0o600
+    assert key.read_bytes() != old_key and key.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o777 == 0o640
+    text = path.read_text()
+    a2, b2 = re.findall(r"ENC\([A-Za-z0-9_=-]+\)", text)
+    assert text == ROTATE_YAML.format(key=key, data=tmp_path, a=a2, b=b2)
+    assert [cli("secret", "decrypt", v, "-c", str(path)).stdout for v in (a2, b2)] == [
+        "out-a.jsonl\n",
+        "out-b.jsonl\n",
+    ]
+    # The old key no longer opens them; the config checks with the new one.
+    assert cli("secret", "decrypt", a2, "--key-file", str(key_backups[0])).returncode == 1
+    assert cli("check-config", "-c", str(path)).returncode == 0
+
+    # JSON too; a second rotation within the same second keeps its own backups.
+    json_path = tmp_path / "gateway.json"
+    json_path.write_text(json.dumps(yaml.safe_load(text), indent=2))
+    again = cli("secret", "rotate", "-c", str(json_path))
+    assert again.returncode == 0, again.stderr
+    assert cli("check-config", "-c", str(json_path)).returncode == 0
+    assert len(list(key.parent.glob("secret.key.bak-*"))) == 2
+    config = json.loads(json_path.read_text())
+    assert config["sinks"]["a"]["path"] != a2
+
+
+def test_secret_rotate_refuses_and_changes_nothing(tmp_path: Path) -> None:
+    key = tmp_path / "secret.key"
+    path = tmp_path / "gateway.yaml"
+    stranger = secrets.encrypt("x", secrets.new_key())
+    path.write_text(ROTATE_YAML.format(key=key, data=tmp_path, a="plain", b="plain"))
+    no_key = cli("secret", "rotate", "-c", str(path))
+    assert no_key.returncode == 1 and "no key: run 'edge-stream secret keygen'" in no_key.stderr
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    enc = cli("secret", "encrypt", "p", "--key-file", str(key)).stdout.strip()
+    key_before = key.read_bytes()
+    for a, b, message in [
+        ("plain", "plain", f"{path} holds no ENC(...) value; nothing changed"),
+        (
+            enc,
+            stranger,
+            f"{path}: line 7: cannot decrypt ENC(...): wrong key or damaged value; nothing changed",
+        ),
+    ]:
+        text = ROTATE_YAML.format(key=key, data=tmp_path, a=a, b=b)
+        path.write_text(text)
+        refused = cli("secret", "rotate", "-c", str(path))
+        assert (refused.returncode, refused.stderr) == (1, f"edge-stream: {message}\n")
+        assert path.read_text() == text and key.read_bytes() == key_before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml", "secret.key"]
+    from_env = cli("secret", "rotate", "-c", str(path), env={"EDGE_STREAM_SECRET_KEY": "11" * 32})
+    assert from_env.returncode == 1
+    assert "rotate works on a key file" in from_env.stderr and from_env.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
