@@ -5,6 +5,11 @@ edge-stream check-config -c FILE                 validate a config; exit 1 with 
 edge-stream reload -c FILE                       ask the gateway running on FILE (its
                                                  web.listen) to read FILE again; exit 1
                                                  when refused or when no gateway answers
+edge-stream config show -c FILE                  print the effective config (overrides
+                                                 applied, defaults filled in) as YAML,
+                                                 every secret written ***
+edge-stream config diff -c FILE NEWFILE          what NEWFILE would change, component by
+                                                 component; secrets shown as `changed`
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
 edge-stream secret encrypt [VALUE|-] [-c FILE]   print ENC(...) for VALUE (`-` or none:
                                                  stdin, or a prompt without echo)
@@ -37,7 +42,7 @@ import urllib.request
 from collections.abc import Sized
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gateway.config import secrets
 from gateway.config.load import apply_env, load, parse_text, read_text
@@ -90,6 +95,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({_count(config.sources, 'source')}, "
         f"{_count(config.routes, 'route')}, {_count(config.sinks, 'sink')})"
     )
+    return 0
+
+
+def _view(path: str) -> tuple[Config, dict[str, Any]]:
+    from gateway.config.view import load_view
+
+    try:
+        return load_view(path)
+    except ConfigError as err:
+        _refuse(err, path)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from gateway.config import view
+
+    config, raw = _view(args.config)
+    if args.action == "show":
+        if args.new is not None:
+            print("edge-stream: config show takes no NEWFILE (config diff does)", file=sys.stderr)
+            return 2
+        text = yaml.safe_dump(view.show(config, raw), sort_keys=False, allow_unicode=True)
+        sys.stdout.write(text)
+        return 0
+    if args.new is None:
+        print(
+            "edge-stream: config diff needs the new file: config diff -c FILE NEWFILE",
+            file=sys.stderr,
+        )
+        return 2
+    new, new_raw = _view(args.new)
+    lines = view.diff(config, raw, new, new_raw)
+    print("\n".join(lines) if lines else "no changes")
     return 0
 
 
@@ -438,6 +477,10 @@ def parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
+    conf = with_config(sub.add_parser("config", help="show a config, or what a new one changes"))
+    conf.add_argument("action", choices=["show", "diff"])
+    conf.add_argument("new", nargs="?", metavar="NEWFILE", help="diff: the new config file")
+    conf.set_defaults(fn=cmd_config)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
     sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
     sec.add_argument("value", nargs="?")
@@ -469,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     lone = extra[0] if len(extra) == 1 else "--"
     if args.command == "secret" and args.value is None and (lone == "-" or lone[:1] != "-"):
         args.value, extra = lone, []
+    if args.command == "config" and args.new is None and lone[:1] != "-":
+        args.new, extra = lone, []  # `config diff -c FILE NEWFILE`, the same way
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
