@@ -1136,3 +1136,64 @@ def test_store_reset_says_what_it_moved_and_why(tmp_path: Path) -> None:
         f"moved store.db aside to {aside} (--force); the gateway starts with an empty store\n"
     )
     assert not store.exists()
+
+
+# -- config show / diff -------------------------------------------------------------------
+
+
+def test_config_show_and_diff_never_print_a_secret(tmp_path: Path) -> None:
+    key = tmp_path / "k" / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+
+    def enc(value: str) -> str:
+        sealed = cli("secret", "encrypt", value, "--key-file", str(key))
+        assert sealed.returncode == 0, sealed.stderr
+        return sealed.stdout.strip()
+
+    def config(name: str, pg: str, web: str, log_level: str = "info") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f"gateway: {{secret_key_file: '{key}', log_level: {log_level}}}\n"
+            + GOOD.split("\n", 1)[1].replace("postgresql://gw@db", f"postgresql://gw:{pg}@db")
+            + f"web: {{username: admin, password: '{web}'}}\n"
+        )
+        return path
+
+    old = config("old.yaml", enc("Pg-Plain-1"), "Web-Plain-1")
+    new = config("new.yaml", enc("Pg-Plain-2"), enc("Web-Plain-2"), log_level="debug")
+    env = {"EDGE_STREAM__SINKS__ARCHIVE__PATH": enc("Archive-Plain.jsonl")}
+    show = cli("config", "show", "-c", str(old), env=env)
+    assert show.returncode == 0, show.stderr
+    shown = yaml.safe_load(show.stdout)
+    assert shown["sinks"]["warehouse"]["dsn"] == "postgresql://gw:***@db/telemetry"
+    assert shown["sinks"]["archive"]["path"] == "***"
+    assert shown["web"]["password"] == "***"
+    assert shown["sinks"]["warehouse"]["batch"]["max_rows"] == 1000  # defaults filled in
+    for args in (["-c", str(old), str(new)], [str(new), "-c", str(old)]):
+        changed = cli("config", "diff", *args)
+        assert changed.returncode == 0, changed.stderr
+        assert changed.stdout.splitlines() == [
+            "gateway.log_level: changed (info -> debug)",
+            "sinks.warehouse: changed (dsn changed)",
+            "web.password: changed",
+        ]
+    same = cli("config", "diff", "-c", str(old), str(old))
+    assert same.stdout == "no changes\n"
+    for result in (show, changed, same):
+        for plain in ("Plain", "ENC("):
+            assert plain not in result.stdout + result.stderr
+
+
+def test_config_show_and_diff_refuse_an_invalid_file_in_one_line(tmp_path: Path) -> None:
+    good = tmp_path / "gateway.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("table: readings}", "table: read-ings}"))
+    for args in (["show", "-c", str(bad)], ["diff", "-c", str(good), str(bad)]):
+        result = cli("config", *args)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert problems(result.stderr)[0][:3] == (str(bad), 11, "sinks.warehouse.table")
+    missing = cli("config", "diff", "-c", str(good))
+    assert missing.returncode == 2 and "config diff -c FILE NEWFILE" in missing.stderr

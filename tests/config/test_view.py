@@ -1,0 +1,150 @@
+"""config show / config diff logic: what is redacted, and how changes are described."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import secrets, view
+from gateway.core.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+KEY = secrets.new_key()
+
+BASE = """\
+gateway: {{data_dir: '{data}', log_level: info}}
+web: {{username: admin, password: {web_pw}}}
+sources:
+  plc1: {{type: mqtt, topics: ["a/#"], password: {mqtt_pw}}}
+routes:
+  all: {{match: "#", sinks: [warehouse]}}
+sinks:
+  warehouse: {{type: postgres, dsn: "{dsn}", table: readings}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(secrets.ENV_KEY, secrets.key_text(KEY))
+
+
+def write(tmp_path: Path, name: str, **values: str) -> Path:
+    fields = {
+        "data": str(tmp_path / "data"),
+        "web_pw": "Web-Plain-1",
+        "mqtt_pw": secrets.encrypt("Mqtt-Plain-1", KEY),
+        "dsn": f"postgresql://gw:{secrets.encrypt('Pg-Plain-1', KEY)}@db/x",
+    }
+    path = tmp_path / name
+    path.write_text(BASE.format(**{**fields, **values}))
+    return path
+
+
+def shown(path: Path, environ: dict[str, str] | None = None) -> tuple[dict, str]:
+    config, raw = view.load_view(path, environ or {})
+    data = view.show(config, raw)
+    return data, yaml.safe_dump(data)
+
+
+def test_show_redacts_enc_values_secret_keys_and_dsn_passwords(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml")
+    data, text = shown(path)
+    for plain in ("Web-Plain-1", "Mqtt-Plain-1", "Pg-Plain-1", "ENC("):
+        assert plain not in text
+    assert data["web"]["password"] == "***"  # a key named password
+    assert data["web"]["username"] == "admin"
+    assert data["sources"]["plc1"]["password"] == "***"  # written ENC(...)
+    assert data["sinks"]["warehouse"]["dsn"] == "postgresql://gw:***@db/x"
+    # Defaults filled in; unset secrets stay visibly unset.
+    assert data["sinks"]["warehouse"]["batch"]["max_rows"] == 1000
+    assert data["mqtt"]["password"] is None
+
+
+def test_show_redacts_a_plain_dsn_password_and_key_value_dsns(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", dsn="postgresql://gw:Plain-Dsn-9@db/x")
+    data, text = shown(path)
+    assert data["sinks"]["warehouse"]["dsn"] == "postgresql://gw:***@db/x"
+    assert "Plain-Dsn-9" not in text
+    assert view.redact({"dsn": "host=db user=gw password=Kv-9 dbname=x"}) == {
+        "dsn": "host=db user=gw password=*** dbname=x"
+    }
+    # Any depth, any of the names; booleans and empty values are not secrets.
+    assert view.redact({"a": {"b": [{"api_token": "T", "secret": 7, "use_token": True}]}}) == {
+        "a": {"b": [{"api_token": "***", "secret": "***", "use_token": True}]}
+    }
+    assert view.redact({"password": ""}) == {"password": ""}
+
+
+def test_show_applies_overrides_and_redacts_an_enc_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", web_pw="x")
+    env = {
+        "EDGE_STREAM__GATEWAY__LOG_LEVEL": "debug",
+        "EDGE_STREAM__SINKS__WAREHOUSE__TABLE": secrets.encrypt("env_table_plain", KEY),
+    }
+    data, text = shown(path, env)
+    assert data["gateway"]["log_level"] == "debug"
+    assert data["sinks"]["warehouse"]["table"] == "***"
+    assert "env_table_plain" not in text
+
+
+def test_an_invalid_config_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml")
+    path.write_text(path.read_text().replace("table: readings", "table: read-ings"))
+    with pytest.raises(ConfigError) as info:
+        view.load_view(path, {})
+    assert "sinks.warehouse.table" in str(info.value)
+
+
+def diff(tmp_path: Path, env: dict[str, str] | None = None, **new: str) -> list[str]:
+    old_config, old_raw = view.load_view(write(tmp_path, "old.yaml"), env or {})
+    new_config, new_raw = view.load_view(write(tmp_path, "new.yaml", **new), env or {})
+    return view.diff(old_config, old_raw, new_config, new_raw)
+
+
+def test_diff_of_equal_configs_is_empty_even_when_secrets_are_re_encrypted(
+    tmp_path: Path,
+) -> None:
+    # Each encrypt call gives a different ENC(...) text for the same plaintext.
+    assert diff(tmp_path) == []
+
+
+def test_diff_names_each_component_and_section_key(tmp_path: Path) -> None:
+    old = view.load_view(write(tmp_path, "old.yaml"), {})
+    path = write(tmp_path, "new.yaml")
+    path.write_text(
+        path.read_text()
+        .replace("log_level: info", "log_level: debug")
+        .replace("table: readings}", "table: readings, batch: {max_rows: 500}}")
+        .replace("  plc1: {type: mqtt", "  plc2: {type: mqtt")
+        .replace("routes:\n", "routes:\n  alarms: {match: 'alarm/#', sinks: [warehouse]}\n")
+    )
+    new = view.load_view(path, {})
+    assert view.diff(*old, *new) == [
+        "gateway.log_level: changed (info -> debug)",
+        "sources.plc1: removed",
+        "sources.plc2: added",
+        "routes.alarms: added",
+        "sinks.warehouse: changed (batch.max_rows 1000 -> 500)",
+    ]
+
+
+def test_a_changed_secret_shows_as_changed_never_its_text(tmp_path: Path) -> None:
+    lines = diff(
+        tmp_path,
+        web_pw="Web-Plain-2",
+        mqtt_pw=secrets.encrypt("Mqtt-Plain-2", KEY),
+        dsn=f"postgresql://gw:{secrets.encrypt('Pg-Plain-2', KEY)}@db/x",
+    )
+    assert lines == [
+        "sources.plc1: changed (password changed)",
+        "sinks.warehouse: changed (dsn changed)",
+        "web.password: changed",
+    ]
+    # A DSN whose visible part changed shows it, password still masked.
+    lines = diff(tmp_path, dsn=f"postgresql://gw:{secrets.encrypt('Pg-Plain-1', KEY)}@db2/x")
+    assert lines == [
+        "sinks.warehouse: changed (dsn postgresql://gw:***@db/x -> postgresql://gw:***@db2/x)"
+    ]
