@@ -44,6 +44,11 @@ log = logging.getLogger("gateway.engine")
 INGEST_CAPACITY = 20000
 INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
+# Near a full disk a commit is kept small: its pages go to the WAL and then to the file,
+# so the last commit before intake pauses must not take the room that delivery needs to
+# move its cursors and purge.
+SHORT_DISK_FREE = 48 << 20
+SHORT_DISK_COMMIT_BYTES = 256 << 10
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
@@ -220,7 +225,12 @@ class Engine:
         while not self._intake_closed:
             # take() removes items only after its last await: cancelled in it, it has none
             self._taking = True
-            items = await self.ingest.take(limit, linger, COMMIT_MAX_BYTES)
+            most = (
+                COMMIT_MAX_BYTES
+                if self.store.disk_free > SHORT_DISK_FREE
+                else SHORT_DISK_COMMIT_BYTES
+            )
+            items = await self.ingest.take(limit, linger, most)
             self._taking = False
             await self._commit(items)
 
