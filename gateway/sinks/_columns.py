@@ -13,8 +13,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gateway.config.schema import did_you_mean
+from gateway.config.schema import Doc, did_you_mean
 from gateway.core.errors import ConfigError
+
+# The `columns:` key's description, shared by the SQL sinks that take it.
+COLUMNS_DOC = Doc(
+    "Your own columns instead of the default table: `name: source` or `name:"
+    " {from: source, type: sql type}`; sources are id, topic, ts, attributes,"
+    " payload, raw, `topic.N`, `field.a.b`, `attributes.KEY` (default: the default"
+    " table)."
+)
 
 # Sources with a value of a fixed type, in the order of the default table.
 FIXED_SOURCES = ("id", "topic", "ts", "attributes", "payload", "raw")

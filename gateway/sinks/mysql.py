@@ -106,6 +106,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks._columns import (
+    COLUMNS_DOC,
     DEFAULT_COLUMNS,
     NOT_NULL,
     Column,
@@ -196,15 +197,7 @@ class MysqlSinkConfig(SinkConfig):
     ] = field(repr=False)
     table: Annotated[str, Doc("The table (a SQL identifier: letters, digits, `_`).")] = "readings"
     create_table: Annotated[bool, Doc("Create the table when it does not exist.")] = True
-    columns: Annotated[
-        dict[str, str | dict[str, str]] | None,
-        Doc(
-            "Your own columns instead of the default table: `name: source` or `name:"
-            " {from: source, type: sql type}`; sources are id, topic, ts, attributes,"
-            " payload, raw, `topic.N`, `field.a.b`, `attributes.KEY` (default: the default"
-            " table)."
-        ),
-    ] = None
+    columns: Annotated[dict[str, str | dict[str, str]] | None, COLUMNS_DOC] = None
     id_type: Annotated[
         Literal["char", "binary"],
         Doc(

@@ -102,6 +102,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.sinks._columns import (
+    COLUMNS_DOC,
     NOT_NULL,
     Column,
     Dialect,
@@ -207,15 +208,7 @@ class PostgresSinkConfig(SinkConfig):
         str, Doc("The table, optionally `schema.table` (lowercase SQL identifiers).")
     ] = "readings"
     create_table: Annotated[bool, Doc("Create the table when it does not exist.")] = True
-    columns: Annotated[
-        dict[str, str | dict[str, str]] | None,
-        Doc(
-            "Your own columns instead of the default table: `name: source` or `name:"
-            " {from: source, type: sql type}`; sources are id, topic, ts, attributes,"
-            " payload, raw, `topic.N`, `field.a.b`, `attributes.KEY` (default: the default"
-            " table)."
-        ),
-    ] = None
+    columns: Annotated[dict[str, str | dict[str, str]] | None, COLUMNS_DOC] = None
     pool_size: Annotated[
         int,
         Doc("Connections to the server."),
