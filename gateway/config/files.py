@@ -1,0 +1,141 @@
+"""Writing the config file: atomically, keeping the versions it replaces.
+
+Every program-made change of the config file (an edit through the API, a signed
+remote config, `config rollback`) goes through `save`: the text that is about to
+be replaced is kept under `<data_dir>/config-history/`, then the new text is
+written to a temporary file beside the config, fsynced and renamed over it, so a
+power cut leaves either the old file or the new one, never half of one. The
+file's mode is kept (a config holding ENC() values is often 0600).
+
+A kept version is named `<UTC time>-<hash>.<ext>`, the hash being the first 12
+hex digits of the text's SHA-256 (the `config.hash` of /api/status); the newest
+KEEP_VERSIONS are kept.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.core.errors import ConfigError
+
+KEEP_VERSIONS = 20
+HISTORY_DIR = "config-history"
+
+
+def text_hash(text: str) -> str:
+    """The config text's identity: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Version:
+    """One kept version of the config file."""
+
+    name: str  # the file name under config-history/, which `config rollback` takes
+    path: Path
+    saved_at: float  # when it was replaced (seconds since the epoch)
+    hash: str
+
+
+def history_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / HISTORY_DIR
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync the
+    folder. The old file's mode is kept (0600 for a new file)."""
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
+    """Copy the config file's current text into config-history/ (None: no file yet),
+    then drop the oldest versions beyond KEEP_VERSIONS."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    folder = history_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.3f}"[1:]
+    digest = text_hash(text)
+    ext = source.suffix or ".yaml"
+    kept = folder / f"{stamp}Z-{digest}{ext}"
+    write_atomic(kept, text)
+    os.chmod(kept, 0o600)
+    for old in versions(data_dir)[KEEP_VERSIONS:]:
+        old.path.unlink(missing_ok=True)
+    return Version(kept.name, kept, now, digest)
+
+
+def save(path: str | Path, text: str, data_dir: str | Path) -> Version | None:
+    """Keep the current text as a version, then write `text` atomically in its place.
+    Returns the kept version (None when there was no file)."""
+    kept = keep_version(path, data_dir)
+    write_atomic(path, text)
+    return kept
+
+
+def versions(data_dir: str | Path) -> list[Version]:
+    """The kept versions, newest first."""
+    folder = history_dir(data_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        stem = entry.name.rsplit(".", 1)[0]
+        stamp, _, digest = stem.rpartition("-")
+        try:
+            saved = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
+        except ValueError:
+            continue
+        found.append(Version(entry.name, entry, saved, digest))
+    found.sort(key=lambda v: v.name, reverse=True)
+    return found
+
+
+def find_version(data_dir: str | Path, name: str | None) -> Version:
+    """The version called `name` (or whose hash starts with it); None: the newest.
+    A ConfigError names what exists when none matches."""
+    kept = versions(data_dir)
+    if not kept:
+        raise ConfigError(f"no kept config versions under {history_dir(data_dir)}")
+    if name is None:
+        return kept[0]
+    for v in kept:
+        if v.name == name or v.hash.startswith(name) or v.name.startswith(name):
+            return v
+    raise ConfigError(
+        f"no kept config version {name!r} under {history_dir(data_dir)};"
+        f" `edge-stream config versions` lists them"
+    )
