@@ -38,10 +38,11 @@ from gateway.config.model import Config
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import ConfigError
 from gateway.engine.pipeline import Engine
+from gateway.engine.plan import plan
 from gateway.engine.runner import supervised
 from gateway.engine.status import BrokerStatus, ConfigStatus, ReloadStatus, Snapshot
 from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
-from gateway.store.sqlite import Store, hold_data_dir, let_go_data_dir
+from gateway.store.sqlite import Store, StoreError, hold_data_dir, let_go_data_dir
 from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway")
@@ -88,7 +89,9 @@ class Gateway:
         self._running: Engine | None = None
         self._broker_task: asyncio.Task[None] | None = None
         self._pending: Config | None = None
+        self._next: asyncio.Future[bool] | None = None  # a restart: the next engine is ready
         self._stopping = False
+        self.log_level_override: str | None = None  # `run --log-level` wins over the file
         # The config file's state for /api/status; set by `Reloads`.
         self.config_hash: str | None = None
         self.loaded_at = time.time()
@@ -120,15 +123,90 @@ class Gateway:
         if self._running is not None:
             self._running.stop()
 
-    def reload(self, config: Config) -> None:
-        """Swap in an engine for `config` (already valid): the running one stops the way
-        SIGTERM stops it (everything handed over is committed first), the next one starts
-        on the same store, so buffered data, sink cursors and broker sessions carry over."""
+    async def apply(self, config: Config) -> tuple[str, list[str], list[str]]:
+        """Apply `config` (already valid); returns (outcome, errors, changes).
+
+        As a diff when it can (see gateway/engine/plan.py): only the sources, routes and
+        sinks that changed are stopped and started, the rest runs on, and settings that
+        need no restart are applied in place (the log level, the web server, sink
+        delivery settings, batch sizes). If a started component fails outright, the
+        previous config is applied again: "rolled_back", with the failures as errors.
+
+        When the change reaches every component or the store (gateway.id, data_dir,
+        `mqtt`, the store's settings), a new engine runs instead: the running one stops
+        the way SIGTERM stops it (everything handed over is committed first), the next
+        starts on the same store, so buffered data, sink cursors and broker sessions
+        carry over.
+        """
         if self._stopping:
+            return "refused", ["the gateway is stopping"], []
+        old = self.config
+        work = plan(old, config)
+        changes = list(work.changes)
+        services = _broker_plan(config) != _broker_plan(old) or (
+            _store_settings(config) != _store_settings(old)
+        )
+        if config.web != old.web:
+            changes.append("web changed")
+        if config.gateway.log_level != old.gateway.log_level:
+            changes.append(
+                f"gateway.log_level {old.gateway.log_level} -> {config.gateway.log_level}"
+            )
+        engine = self._running
+        if work.restart or services or engine is None or not engine.ready.is_set():
+            self._next = asyncio.get_running_loop().create_future()
+            self._pending = config
+            if engine is not None:
+                engine.stop()
+            started = await asyncio.shield(self._next)
+            if not started:
+                return "refused", ["the gateway is stopping"], changes
+            return "applied", [], changes
+        failures = await engine.apply(config, work)
+        if failures:
+            log.error(
+                "gateway: the new config failed to start; the previous one is restored:\n  %s",
+                "\n  ".join(failures),
+            )
+            await engine.apply(old, plan(config, old), check=False)
+            return "rolled_back", failures, changes
+        self.config = config
+        if self.log_level_override is None:
+            logging.getLogger().setLevel(config.gateway.log_level.upper())
+        if self.broker is not None:
+            self.broker.users = broker_users(config)
+        if config.web != old.web:
+            log.info("gateway: the reload changes web; restarting the web server")
+            await self._stop_web()
+            await self._start_web()
+        if changes:
+            log.info("gateway: config applied: %s", "; ".join(changes))
+        else:
+            log.info("gateway: config applied: nothing the gateway runs changed")
+        return "applied", [], changes
+
+    async def record(
+        self,
+        at: float,
+        config_hash: str | None,
+        trigger: str,
+        outcome: str,
+        changes: list[str],
+        errors: list[str],
+    ) -> None:
+        """Keep a reload's record in the store (`edge-stream config history`)."""
+        store = self._store
+        if store is None:
             return
-        self._pending = config
-        if self._running is not None:
-            self._running.stop()
+        try:
+            await store.record_reload(at, config_hash, trigger, outcome, changes, errors)
+        except StoreError as err:
+            log.warning("gateway: cannot record the reload in the store: %s", err)
+
+    def _engine_started(self, ok: bool) -> None:
+        future, self._next = self._next, None
+        if future is not None and not future.done():
+            future.set_result(ok)
 
     # -- running ---------------------------------------------------------------
 
@@ -153,6 +231,7 @@ class Gateway:
                     return
                 lock = await self._switch(new, lock)
         finally:
+            self._engine_started(False)
             await self._stop_web()
             await self._stop_broker()
             await self._close_store()
@@ -183,7 +262,11 @@ class Gateway:
             ready.cancel()
         if engine.ready.is_set():
             self._engine = engine
+            first = not self.ready.is_set()
             self.ready.set()
+            self._engine_started(True)
+            if first:
+                await self.record(time.time(), self.config_hash, "start", "applied", [], [])
             if self.web_url:
                 mqtt = f"; {self.broker.describe()}" if self.broker else ""
                 log.info(
@@ -200,6 +283,8 @@ class Gateway:
     async def _switch(self, new: Config, lock: Path) -> Path:
         """Set up again the services whose settings the reload changes; keep the others."""
         old, self.config = self.config, new
+        if self.log_level_override is None:
+            logging.getLogger().setLevel(new.gateway.log_level.upper())
         if new.gateway.data_dir != old.gateway.data_dir:
             held, lock = lock, hold_data_dir(new.gateway.data_dir)  # a new data_dir: lock it
             let_go_data_dir(held)
@@ -377,19 +462,22 @@ class Reloads:
             errors = [f"reading {path} failed ({type(err).__name__}: {err}); please report this"]
             log.error("gateway: reload refused, the running config stays: %s", errors[0])
             log.debug("gateway: the reload failed here", exc_info=True)
-        now = time.time()
+        changes: list[str] = []
+        tried = self._tried_hash
         if new is not None and not self.stopping():
             log.info("gateway: reloading %s (%s)", path, trigger)
-            self.gateway.config_hash = self._tried_hash
-            self.gateway.loaded_at = now
-            self.gateway.reload(new)
-            outcome = "applied"
+            outcome, errors, changes = await self.gateway.apply(new)
+            if outcome == "applied":
+                self.gateway.config_hash = tried
+                self.gateway.loaded_at = time.time()
         else:
             outcome = "refused"
             if new is not None:
                 errors = ["the gateway is stopping"]
-        self.gateway.last_reload = ReloadStatus(now, trigger, outcome, errors)
-        return {"outcome": outcome, "errors": errors}
+        now = time.time()
+        self.gateway.last_reload = ReloadStatus(now, trigger, outcome, errors, changes)
+        await self.gateway.record(now, tried, trigger, outcome, changes, errors)
+        return {"outcome": outcome, "errors": errors, "changes": changes}
 
     def _read_and_load(self, path: str) -> Config:
         """In a worker thread: note the text's hash (refused or not), then load it."""
@@ -431,7 +519,9 @@ class Reloads:
             self.request("file")
 
 
-async def serve(config: Config, config_path: str | None = None) -> int:
+async def serve(
+    config: Config, config_path: str | None = None, log_level: str | None = None
+) -> int:
     """Run the gateway until SIGTERM/SIGINT; SIGHUP, a change of the config file and
     POST /api/config/reload reload it (see `Reloads`).
 
@@ -442,6 +532,7 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     """
     loop = asyncio.get_running_loop()
     gateway = Gateway(config, config_path)
+    gateway.log_level_override = log_level
     stops = 0
 
     def on_signal(signum: int) -> None:

@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config)
     setup_logging(args.log_level or config.gateway.log_level)
     try:
-        return asyncio.run(serve(config, args.config))
+        return asyncio.run(serve(config, args.config, args.log_level))
     except ConfigError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
         return 1
@@ -112,6 +112,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gateway.config import view
 
+    if args.action == "history":
+        return _config_history(args)
     config, raw = _view(args.config)
     if args.action == "show":
         if args.new is not None:
@@ -129,6 +131,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     new, new_raw = _view(args.new)
     lines = view.diff(config, raw, new, new_raw)
     print("\n".join(lines) if lines else "no changes")
+    return 0
+
+
+def _config_history(args: argparse.Namespace) -> int:
+    """`config history`: the reloads the gateway recorded in its store, oldest first."""
+    with admin.open_admin(_store_path(args)) as store:
+        records = store.reload_history(args.limit)
+    if not records:
+        print("no reloads recorded yet")
+        return 0
+    for r in records:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at))
+        what = "; ".join(r.changes) if r.changes else "no component changed"
+        line = f"{when}  {r.trigger:<8} {r.outcome:<11} {r.hash or '-':<12}  {what}"
+        if r.errors:
+            line += "  errors: " + "; ".join(r.errors)
+        print(line)
     return 0
 
 
@@ -390,6 +409,11 @@ def _selection(args: argparse.Namespace) -> list[int] | None:
 def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "reset":
         return _store_reset(_store_path(args), args.force)
+    if args.action == "drop-sink":
+        return _drop_sink(args)
+    if args.name is not None:
+        print(f"edge-stream: store {args.action} takes no NAME", file=sys.stderr)
+        return 2
     with admin.open_admin(_store_path(args)) as store:
         now = time.time_ns()
         stats = store.stats()
@@ -401,6 +425,25 @@ def cmd_store(args: argparse.Namespace) -> int:
         f"{stats.flowfiles} FlowFiles, {stats.bytes / 1048576:.1f} MiB buffered;"
         f" {stats.dead_letters} dead letter(s)"
     )
+    return 0
+
+
+def _drop_sink(args: argparse.Namespace) -> int:
+    """`store drop-sink NAME`: forget a sink removed from the config, and its backlog."""
+    if args.name is None:
+        print("edge-stream: store drop-sink needs the sink's name", file=sys.stderr)
+        return 2
+    config = _config(args.config)
+    if args.name in config.sinks:
+        print(
+            f"edge-stream: sink {args.name!r} is in {args.config}; remove it from the config"
+            " (and reload) before dropping what waits for it",
+            file=sys.stderr,
+        )
+        return 1
+    with admin.open_admin(_store_path(args)) as store:
+        waiting = store.drop_sink(args.name)
+    print(f"dropped sink {args.name!r} and the {waiting} FlowFile(s) that waited for it")
     return 0
 
 
@@ -478,8 +521,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
     conf = with_config(sub.add_parser("config", help="show a config, or what a new one changes"))
-    conf.add_argument("action", choices=["show", "diff"])
+    conf.add_argument("action", choices=["show", "diff", "history"])
     conf.add_argument("new", nargs="?", metavar="NEWFILE", help="diff: the new config file")
+    conf.add_argument("--limit", type=int, default=50, help="history: how many (default 50)")
     conf.set_defaults(fn=cmd_config)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
     sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
@@ -493,7 +537,8 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=50)
     dl.set_defaults(fn=cmd_dead_letters)
     st = with_config(sub.add_parser("store", help="store statistics"))
-    st.add_argument("action", choices=["stats", "reset"])
+    st.add_argument("action", choices=["stats", "reset", "drop-sink"])
+    st.add_argument("name", nargs="?", metavar="NAME", help="drop-sink: the removed sink")
     st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
     st.set_defaults(fn=cmd_store)
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")

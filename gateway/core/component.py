@@ -205,6 +205,14 @@ class Sink:
     async def close(self) -> None:
         """Release everything; must be safe to call twice."""
 
+    def update(self, config: Any) -> bool:
+        """A reload changed only the delivery settings the engine applies itself (`batch`,
+        `retry`, `rate_limit`, `overflow`): take `config` without a restart and return
+        True, or return False to be stopped and started anew (a sink whose own behaviour
+        depends on one of them)."""
+        self.config = config
+        return True
+
     def status(self) -> Mapping[str, object]:
         """What this sink adds to its entry in /api/status and on the status page, after
         the engine's own keys (type, state, depth, delivered, dead_lettered, errors,

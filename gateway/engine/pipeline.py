@@ -24,6 +24,7 @@ from gateway.config.model import Config, RetrySettings
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
+from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
 from gateway.engine.status import (
@@ -52,6 +53,8 @@ SHORT_DISK_COMMIT_BYTES = 256 << 10
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
+DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
+START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 
 
 class Engine:
@@ -85,7 +88,9 @@ class Engine:
         self.ingested = 0
         self.stop_requested = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
         self._taking = False  # the ingest loop waits for items (holds none)
+        self._committing: dict[str, int] = {}  # source -> commits under way holding its items
         self._intake_closed = False
         self.ready = asyncio.Event()
 
@@ -109,23 +114,34 @@ class Engine:
     def _build(self) -> None:
         cfg = self.config
         for name, sink_cfg in cfg.sinks.items():
-            entry = registry.find("sink", sink_cfg.type)
-            assert entry is not None  # the config loader checked the type
-            sink: Sink = entry.cls(sink_cfg, self._context(name, "sink"))
-            self.sinks[name] = SinkRunner(name, sink, sink_cfg, self.store, self.clock)
+            self.sinks[name] = self._sink_runner(name, sink_cfg)
         for name, src_cfg in cfg.sources.items():
-            entry = registry.find("source", src_cfg.type)
-            assert entry is not None
-            ctx = self._context(name, "source")
-            ctx.marks = self.store.marks(name)
-            source: Source = entry.cls(src_cfg, ctx)
-            self.sources[name] = SourceRunner(
-                name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock
-            )
+            self.sources[name] = self._source_runner(name, src_cfg)
 
-    def _build_router(self) -> Router:
+    def _sink_runner(self, name: str, sink_cfg: Any) -> SinkRunner:
+        entry = registry.find("sink", sink_cfg.type)
+        assert entry is not None  # the config loader checked the type
+        sink: Sink = entry.cls(sink_cfg, self._context(name, "sink"))
+        return SinkRunner(name, sink, sink_cfg, self.store, self.clock)
+
+    def _source_runner(self, name: str, src_cfg: Any) -> SourceRunner:
+        entry = registry.find("source", src_cfg.type)
+        assert entry is not None
+        ctx = self._context(name, "source")
+        ctx.marks = self.store.marks(name)
+        source: Source = entry.cls(src_cfg, ctx)
+        return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
+
+    def _build_router(
+        self, reuse: Router | None = None, keep: frozenset[str] = frozenset()
+    ) -> Router:
+        """The router of this engine's config; routes named in `keep` are taken from
+        `reuse` as they are (their processors keep their state in memory)."""
         routes = []
         for name, route_cfg in self.config.routes.items():
+            if reuse is not None and name in keep and name in reuse.routes:
+                routes.append(reuse.routes[name])
+                continue
             processors: list[tuple[str, Processor]] = []
             for i, p_cfg in enumerate(route_cfg.processors):
                 entry = registry.find("processor", p_cfg.type)
@@ -138,7 +154,10 @@ class Engine:
             for sink_name in route_cfg.sinks:
                 mask |= self.store.bit(sink_name)
             routes.append(Route(name, tuple(route_cfg.match), processors, mask))
-        return Router(routes)
+        router = Router(routes)
+        if reuse is not None:
+            router.unrouted, router.errors = reuse.unrouted, reuse.errors
+        return router
 
     # -- running -------------------------------------------------------------
 
@@ -148,15 +167,14 @@ class Engine:
         return. The store stays open: it belongs to the caller."""
         self._build()
         await self.store.register_sinks(self.sinks)
-        self.store.set_overflow(
-            {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
-        )
+        self._store_policies()
         self.router = self._build_router()
         state = await self.store.load_state()
         for label, processor in self.router.stateful():
             if label in state:
                 processor.restore(state[label])
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             self._spawn(tg, "ingest", self._ingest_loop)
             self._spawn(tg, "maintenance", self._maintenance_loop)
             for name, runner in self.sinks.items():
@@ -173,6 +191,7 @@ class Engine:
             )
             await self.stop_requested.wait()
             await self._shutdown()
+        self._tg = None
         log.info("engine: stopped")
 
     def stop(self) -> None:
@@ -217,12 +236,141 @@ class Engine:
             await sink_runner.close()
         self._tasks["maintenance"].cancel()
 
+    # -- reload by diff -------------------------------------------------------
+
+    def _store_policies(self) -> None:
+        """Tell the store which sinks run now and their overflow policies; a sink it
+        knows that is not among them is a removed one, whose backlog it keeps."""
+        self.store.set_overflow(
+            {name: r.config.overflow for name, r in self.sinks.items() if r.config.overflow}
+        )
+        self.store.set_active(self.sinks)
+
+    async def apply(self, config: Config, plan: Plan, check: bool = True) -> list[str]:
+        """Apply `config` to this running engine as `plan` says (see gateway/engine/plan.py):
+        stop what was removed or changed, start what was added or changed, update sinks in
+        place, build the router again reusing unchanged routes. Everything else runs on.
+
+        With `check`, the started components get START_CHECK_S to fail outright (a
+        PermanentError: a port that cannot be opened, a DSN refused as malformed); the
+        failures are returned, one line each, and the caller rolls back by applying the
+        previous config. A component that merely cannot connect yet retries as usual.
+        """
+        assert self._tg is not None and self.router is not None, "apply() on a running engine"
+        assert plan.restart is None, "a restart is the caller's: run a new engine"
+        old, self.config = self.config, config
+        failures: list[str] = []
+        # Sinks first learn their bits, so that the new router may route to them at once.
+        await self.store.register_sinks(plan.sinks_start)
+        if plan.routes:
+            keep = frozenset(n for n, r in config.routes.items() if old.routes.get(n) == r)
+            try:
+                router = self._build_router(self.router, keep)
+                state = await self.store.load_state()
+                running = {id(p) for _, p in self.router.stateful()}
+                for label, processor in router.stateful():
+                    if label in state and id(processor) not in running:
+                        processor.restore(state[label])  # a changed route's last checkpoint
+                self.router = router  # between two commits: each takes the router once
+            except Exception as err:  # a processor refused its config: roll back
+                failures.append(f"routes: {err}")
+        for name in plan.sources_stop:
+            await self._stop_source(name)
+        for name in plan.sinks_stop:
+            await self._stop_sink(name)
+        for name in plan.sinks_update:
+            runner = self.sinks[name]
+            if runner.sink.update(config.sinks[name]):
+                runner.update(config.sinks[name])
+            else:  # the sink cannot take it in place: a new one
+                await self._stop_sink(name)
+                plan.sinks_start.append(name)
+        started: list[tuple[str, SinkRunner | SourceRunner]] = []
+        for name in plan.sinks_start:
+            try:
+                sink_runner = self._sink_runner(name, config.sinks[name])
+            except Exception as err:
+                failures.append(f"sink {name}: {err}")
+                continue
+            self.sinks[name] = sink_runner
+            self._spawn(self._tg, f"sink {name}", sink_runner.run)
+            started.append((f"sink {name}", sink_runner))
+        self._store_policies()
+        for name in plan.sources_start:
+            try:
+                source_runner = self._source_runner(name, config.sources[name])
+            except Exception as err:
+                failures.append(f"source {name}: {err}")
+                continue
+            self.sources[name] = source_runner
+            self._spawn(self._tg, f"source {name}", source_runner.run)
+            started.append((f"source {name}", source_runner))
+        if check and started and not failures:
+            failures.extend(await self._start_check(started))
+        self._wake_sinks()
+        return failures
+
+    async def _start_check(self, started: list[tuple[str, SinkRunner | SourceRunner]]) -> list[str]:
+        """Wait until each started component has connected, is retrying, or failed for
+        good (at most START_CHECK_S); the ones that failed for good, one line each."""
+        deadline = self.clock.monotonic() + START_CHECK_S
+        while self.clock.monotonic() < deadline:
+            if all(r.state not in ("starting", "connecting") for _, r in started):
+                break
+            await asyncio.sleep(0.02)
+        return [
+            f"{what}: {r.last_error or 'failed to start'}"
+            for what, r in started
+            if r.state == "failed"
+        ]
+
+    async def _stop_source(self, name: str) -> None:
+        """Stop a source's intake, let what it handed over commit and be acknowledged
+        (at most DRAIN_S), then close it."""
+        runner = self.sources.pop(name, None)
+        task = self._tasks.pop(f"source {name}", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drain(name)
+        if runner is not None:
+            await runner.close()
+
+    async def _drain(self, source: str) -> None:
+        deadline = self.clock.monotonic() + DRAIN_S
+        while self.clock.monotonic() < deadline:
+            if source not in self._committing and not self.ingest.holds(source):
+                return
+            await asyncio.sleep(0.01)
+        log.warning(
+            "engine: source %s: what it handed over is not committed after %.0f s; closing"
+            " it anyway (unacknowledged messages are sent again by their sender)",
+            source,
+            DRAIN_S,
+        )
+
+    async def _stop_sink(self, name: str) -> None:
+        """Let a sink finish the batch it is writing (at most SINK_FINISH_S), then close it.
+        Its cursor stays in the store where its last delivery left it."""
+        runner = self.sinks.pop(name, None)
+        task = self._tasks.pop(f"sink {name}", None)
+        if runner is None:
+            return
+        runner.stopping = True
+        runner.wake.set()
+        if task is not None:
+            _done, pending = await asyncio.wait({task}, timeout=SINK_FINISH_S)
+            for late in pending:
+                late.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await runner.close()
+
     # -- ingest ---------------------------------------------------------------
 
     async def _ingest_loop(self) -> None:
-        limit = self.config.buffer.batch_max
-        linger = self.config.buffer.batch_linger
         while not self._intake_closed:
+            limit = self.config.buffer.batch_max  # read each time: a reload may change them
+            linger = self.config.buffer.batch_linger
             # take() removes items only after its last await: cancelled in it, it has none
             self._taking = True
             most = (
@@ -235,6 +383,29 @@ class Engine:
             await self._commit(items)
 
     async def _commit(
+        self,
+        items: list[tuple[str, Any]],
+        replayed: list[int] | None = None,
+        direct: list[tuple[Any, int]] | None = None,
+    ) -> None:
+        """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
+        sources count as committing, so that a reload closes a source only after the acks
+        of everything it handed over (see `_drain`)."""
+        sources = {source for source, _ in items}
+        committing = self._committing
+        for source in sources:
+            committing[source] = committing.get(source, 0) + 1
+        try:
+            await self._store_batch(items, replayed, direct)
+        finally:
+            for source in sources:
+                left = committing[source] - 1
+                if left:
+                    committing[source] = left
+                else:
+                    del committing[source]
+
+    async def _store_batch(
         self,
         items: list[tuple[str, Any]],
         replayed: list[int] | None = None,
@@ -366,6 +537,7 @@ class Engine:
                     store_bytes=store.store_file_bytes(),
                     reserve=store.reserve.exists(),
                 ),
+                removed_sinks=store.removed_sinks(),
             ),
             sources={name: r.status() for name, r in self.sources.items()},
             routes={}

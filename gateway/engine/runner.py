@@ -71,6 +71,10 @@ class Ingest:
     def __len__(self) -> int:
         return len(self._items)
 
+    def holds(self, source: str) -> bool:
+        """True while messages of `source` wait here (a scan: for reloads, not per message)."""
+        return any(item[0] == source for item in self._items)
+
     def _full(self, size: int) -> bool:
         items = self._items
         return len(items) >= self.capacity or (bool(items) and self.bytes + size > self.max_bytes)
@@ -255,6 +259,12 @@ class SinkRunner:
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
 
+    def update(self, config: SinkConfig) -> None:
+        """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
+        delivery loop reads them for its next batch."""
+        self.config = config
+        self.backoff = Backoff(config.retry.initial, config.retry.max)
+
     def status(self) -> SinkStatus:
         return SinkStatus(
             type=self.config.type,
@@ -280,13 +290,14 @@ class SinkRunner:
 
     async def _deliver_loop(self) -> None:
         log = self.sink.ctx.log
-        limit = self.config.batch.max_rows
-        max_bytes = self.config.batch.max_bytes
-        linger = self.config.batch.linger
-        rate = self.config.rate_limit
         clock = self.clock
         after = self.store.cursor(self.name)
         while not self.stopping:
+            config = self.config  # read each time: a reload may update it in place
+            limit = config.batch.max_rows
+            max_bytes = config.batch.max_bytes
+            linger = config.batch.linger
+            rate = config.rate_limit
             try:
                 if not self.connected:
                     self.state = "connecting"

@@ -58,9 +58,10 @@ class ReloadStatus:
     """The last reload attempt: when, what asked for it, and whether it was applied."""
 
     at: float  # unix time
-    trigger: str  # "sighup" | "file" | "api"
-    outcome: str  # "applied" | "refused"
+    trigger: str  # "sighup" | "file" | "api" | ...
+    outcome: str  # "applied" | "refused" | "rolled_back"
     errors: list[str]
+    changes: list[str] = field(default_factory=list)  # "sink warehouse changed", ...
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class ReloadStatus:
             "trigger": self.trigger,
             "outcome": self.outcome,
             "errors": list(self.errors),
+            "changes": list(self.changes),
         }
 
 
@@ -119,6 +121,8 @@ class StoreStatus:
     dead_letters: int
     blocked: bool  # intake stopped: over budget with `block` sinks, or the disk short
     disk: DiskStatus
+    # sinks removed from the config whose backlog the store keeps: name -> FlowFiles waiting
+    removed_sinks: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +134,7 @@ class StoreStatus:
             "dead_letters": self.dead_letters,
             "blocked": self.blocked,
             "disk": self.disk.to_json(),
+            "removed_sinks": {n: {"depth": d} for n, d in self.removed_sinks.items()},
         }
 
 

@@ -431,6 +431,13 @@ class RedisSink(Sink):
         self._prefix = config.dedupe_prefix or f"edge:{ctx.name}"
         self.window = config.dedupe_window or max(10 * config.batch.max_rows, 10_000)
 
+    def update(self, config: RedisSinkConfig) -> bool:
+        """In place unless the dedupe window follows `batch.max_rows` and that changed."""
+        if config.dedupe_window is None and config.batch.max_rows != self.config.batch.max_rows:
+            return False
+        self.config = config
+        return True
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> None:

@@ -37,6 +37,7 @@ from gateway.store.sqlite import (
 __all__ = [
     "DeadLetterRecord",
     "DeadLetterSummary",
+    "ReloadRecord",
     "Reset",
     "SinkBacklog",
     "StoreAdmin",
@@ -79,6 +80,18 @@ class StoreStats:
     flowfiles: int
     bytes: int  # what the FlowFiles count against buffer.max_bytes
     dead_letters: int
+
+
+@dataclass(frozen=True)
+class ReloadRecord:
+    """One reload attempt (`edge-stream config history`)."""
+
+    at: float  # unix time
+    hash: str | None  # the config text's hash (its ENC() values as written, never plaintext)
+    trigger: str  # start, sighup, file, api, edit, remote, rollback
+    outcome: str  # applied, refused, rolled_back
+    changes: list[str]  # "sink warehouse changed", ...
+    errors: list[str]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -201,6 +214,47 @@ class StoreAdmin:
             "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles"
         ).fetchone()
         return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db))
+
+    def drop_sink(self, name: str) -> int:
+        """Forget a sink that is no longer in the config, with what waited for it (the
+        count is returned). A running gateway notices within 5 s (`Store.recount`)."""
+        row = self.db.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
+            raise StoreError(
+                f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
+            )
+        bit, cursor = row
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = self.db.execute(
+                "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)
+            ).fetchone()[0]
+            # its bit may go to a new sink: no row may carry it any more
+            self.db.execute(
+                "UPDATE flowfiles SET sinks = sinks & ? WHERE sinks & ?", (~(1 << bit), 1 << bit)
+            )
+            self.db.execute("DELETE FROM sinks WHERE name = ?", (name,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return int(waiting)
+
+    def reload_history(self, limit: int) -> list[ReloadRecord]:
+        """The newest `limit` reload records, oldest first."""
+        try:
+            rows = self.db.execute(
+                "SELECT at, hash, trigger, outcome, changes, errors FROM config_history"
+                " ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # a store from before the history: none yet
+            return []
+        return [
+            ReloadRecord(at, h, trigger, outcome, json.loads(changes), json.loads(errors))
+            for at, h, trigger, outcome, changes, errors in reversed(rows)
+        ]
 
     def quick_check(self) -> list[str]:
         """SQLite's quick check of every page, at most three problems; ["ok"] if whole."""

@@ -70,6 +70,7 @@ ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 # of them and TAIL_MAX_BYTES of their contents (at 250 KB payloads that is 32, not 10,000).
 TAIL_MAX = 10_000
 TAIL_MAX_BYTES = 8 << 20
+HISTORY_KEEP = 1000  # reload records kept (`edge-stream config history`)
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -94,6 +95,15 @@ CREATE TABLE IF NOT EXISTS inbound_numbered (
 """
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS config_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    hash TEXT,
+    trigger TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    changes TEXT NOT NULL,
+    errors TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS flowfiles (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
@@ -531,6 +541,9 @@ class Store:
         self._listeners: list[Callable[[], None]] = []
         self._last_maintenance = 0.0
         self._policies: dict[str, str] = {}
+        self._active: set[str] | None = None  # the sinks the engine runs (None: all known)
+        self._swept = 0  # purge: every row up to here that no removed sink holds is gone
+        self._pins: list[tuple[int, int]] | None = None  # the removed sinks' (bit, cursor)
         self._futile: tuple[int, tuple[int, ...]] | None = None
         self._tail: list[tuple[int, FlowFile, int, int]] = []  # seq, FlowFile, sinks, size
         self._tail_first = 0
@@ -995,9 +1008,54 @@ class Store:
         )
         return [(row[0], _decode(row), row[7]) for row in rows]
 
+    async def record_reload(
+        self,
+        at: float,
+        config_hash: str | None,
+        trigger: str,
+        outcome: str,
+        changes: list[str],
+        errors: list[str],
+    ) -> None:
+        """Keep one reload's record (`edge-stream config history`); the newest
+        HISTORY_KEEP are kept. `errors` must hold no secret (the loader masks them)."""
+        await self._call(
+            self._spared,
+            self._record_reload_sync,
+            (at, config_hash, trigger, outcome, json.dumps(changes), json.dumps(errors)),
+        )
+
+    def _record_reload_sync(self, row: tuple[Any, ...]) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        try:
+            db.execute(
+                "INSERT INTO config_history (at, hash, trigger, outcome, changes, errors)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            db.execute(
+                "DELETE FROM config_history WHERE seq <= (SELECT max(seq) FROM config_history) - ?",
+                (HISTORY_KEEP,),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
     async def recount(self) -> None:
-        """Re-read what the CLI may change behind the gateway's back (dead-letter count)."""
+        """Re-read what the CLI may change behind the gateway's back: the dead-letter
+        count, and removed sinks that `edge-stream store drop-sink` dropped."""
         self.dead_count = await self._call(count_dead_letters, self._db)
+        known = await self._query("SELECT name FROM sinks")
+        if len(known) != len(self._bits):
+            names = {row[0] for row in known}
+            for name in [n for n in self._bits if n not in names]:
+                if self._active is None or name not in self._active:
+                    del self._bits[name]
+                    self._cursors.pop(name, None)
+                    self._depth.pop(name, None)
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
@@ -1026,11 +1084,27 @@ class Store:
         """Per-sink overflow policies (`block` or `drop_oldest`) that override the default."""
         self._policies = dict(policies)
 
+    def set_active(self, names: Iterable[str]) -> None:
+        """The sinks the engine runs now. A sink the store knows that is not among them
+        was removed from the config: what it has not delivered is kept (purge passes it
+        by) until `edge-stream store drop-sink NAME`, or until the sink is added back and
+        resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
+        self._active = set(names)
+
+    def removed_sinks(self) -> dict[str, int]:
+        """Sinks known to the store but not run now, with what waits for each."""
+        active = self._active
+        if active is None:
+            return {}
+        return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
+
     def _blocking(self) -> list[tuple[int, str]]:
+        active = self._active
         return [
             (bit, name)
             for name, bit in self._bits.items()
             if self._policies.get(name, self.overflow) == "block"
+            and (active is None or name in active)
         ]
 
     def _drop_oldest_sync(self) -> None:
@@ -1239,15 +1313,24 @@ class Store:
         if not names:
             return 0
         upto = min(self._cursors[n] for n in names)
+        running = set(names)
+        # A removed sink holds the rows it has not delivered (see `set_active`).
+        pins = [
+            (self._bits[n], self._cursors[n])
+            for n in self._bits
+            if n not in running and self._depth.get(n, 0) > 0
+        ]
         short = self.check_disk()
-        purged, freed = await self._call(self._spared, self._purge_sync, upto, short)
+        purged, freed = await self._call(self._spared, self._purge_sync, upto, short, pins)
         purged = int(purged)
         self.bytes -= freed
         if short:
             self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
 
-    def _purge_sync(self, upto: int, short: bool = False) -> tuple[int, int]:
+    def _purge_sync(
+        self, upto: int, short: bool = False, pins: list[tuple[int, int]] | None = None
+    ) -> tuple[int, int]:
         """Delete what every sink has; when the disk is short (`short`), also give the
         freed pages and the WAL back to the file system at once."""
         db = self._db
@@ -1256,14 +1339,34 @@ class Store:
         # store thread (sinks read and commit on it); the next call takes the rest.
         # Counted first and deleted in one statement: one SQLite step each (a
         # RETURNING clause would step, and hand the GIL around, once per row).
-        first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
         purged = freed = 0
-        if first is not None and first <= upto:
-            last = min(upto, first + PURGE_CHUNK)
-            purged, freed = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?", (last,)
-            ).fetchone()
-            db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+        if pins != self._pins:
+            self._pins, self._swept = pins, 0  # a sink removed, added back or dropped: rescan
+        if pins:
+            # Rows a removed sink still waits for stay; the window moves past them.
+            first = db.execute(
+                "SELECT min(seq) FROM flowfiles WHERE seq > ?", (self._swept,)
+            ).fetchone()[0]
+            if first is not None and first <= upto:
+                last = min(upto, first + PURGE_CHUNK)
+                held = " OR ".join(f"(seq > {int(c)} AND sinks & {1 << int(b)})" for b, c in pins)
+                where = f"seq >= ? AND seq <= ? AND NOT ({held})"
+                purged, freed = db.execute(
+                    f"SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE {where}",
+                    (first, last),
+                ).fetchone()
+                db.execute(f"DELETE FROM flowfiles WHERE {where}", (first, last))
+                self._swept = last
+        else:
+            first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
+            if first is not None and first <= upto:
+                last = min(upto, first + PURGE_CHUNK)
+                purged, freed = db.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?",
+                    (last,),
+                ).fetchone()
+                db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
+
         if short:
             # Give space back in small steps: the WAL first, then 1 MiB of free pages at a
             # time, each followed by a checkpoint that shrinks the file (each step of the

@@ -715,7 +715,7 @@ def test_dead_letters_list_show_replay_and_purge_while_the_gateway_runs(
     gw.config_path.write_text(yaml.safe_dump(config))
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: gw.log().count(" is up; status page") == 2, 30, "the reload")
+    wait_for(lambda: gw.log().count("gateway: config applied") == 1, 30, "the reload")
     wait_for(lambda: gw.sink("warehouse")["state"] == "running", 30, "the sink after the reload")
     replayed = cli("dead-letters", "replay", refused["seq"], "-c", str(gw.config_path))
     assert replayed.returncode == 0, replayed.stderr

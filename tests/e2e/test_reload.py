@@ -82,6 +82,7 @@ def test_a_valid_edit_is_applied_without_a_signal(gw: GatewayProcess) -> None:
     assert before["last_reload"] is None
     _edit(gw, _add_sink("second"))
     wait_for(lambda: "second" in gw.status()["sinks"], 10, "the new sink, without a signal")
+    wait_for(lambda: gw.status()["config"]["last_reload"] is not None, 10, "the reload's outcome")
     config = gw.status()["config"]
     assert config["last_reload"]["trigger"] == "file"
     assert config["last_reload"]["outcome"] == "applied"
@@ -125,7 +126,14 @@ def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
 
         _edit(gw, lambda data: data["sinks"]["out"].update(type="file"))
         _edit(gw, _add_sink("by_api"))
-        assert _reload(gw) == (200, {"outcome": "applied", "errors": []})
+        assert _reload(gw) == (
+            200,
+            {
+                "outcome": "applied",
+                "errors": [],
+                "changes": ["sink by_api added", "route all changed"],
+            },
+        )
         wait_for(lambda: "by_api" in gw.status()["sinks"], 10, "the sink after the POST")
         # watch_config: false, so only the POSTs reloaded
         assert gw.log().count("reload refused") == 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 
 from tests.e2e.harness import wait_for
 from tests.faults.fakebroker import FakeBroker, publish_packet, utf8
@@ -130,11 +131,15 @@ def test_a_retained_message_is_stored_once_across_reloads_and_a_restart(
     client.loop_start()
     client.publish(f"{name}/dev", PAYLOAD, qos=1, retain=True).wait_for_publish(10)
     try:
-        gw = gateway_factory(file_config(mosquitto.url, name))
+        config = file_config(mosquitto.url, name)
+        gw = gateway_factory(config)
         gw.start()
         wait_for(lambda: len(lines(gw)) == 1, 10, "the retained message")
         assert gw.proc is not None
         for i in range(3):
+            # a reload that changes the source: it is started anew and subscribes again
+            config["sources"]["plant"]["keepalive"] = 30 + i
+            gw.config_path.write_text(yaml.safe_dump(config))
             gw.proc.send_signal(signal.SIGHUP)
             wait_for(lambda i=i: connections(gw) == i + 2, 30, f"reconnect after reload {i + 1}")
         assert gw.stop() == 0
