@@ -21,6 +21,7 @@ A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -400,9 +401,15 @@ class _Secrets:
                 message = _DID_YOU_MEAN.sub("", message)
             if len(plaintext) >= self._SHORT or near:
                 # In any case: a check may quote the value lowercased ("use 'name'").
-                pattern = "|".join(re.escape(f) for f in sorted(set(forms), key=len, reverse=True))
-                message = re.sub(pattern, lambda _: shown, message, flags=re.IGNORECASE)
+                longest_first = sorted(set(forms), key=len, reverse=True)
+                pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+                # A replacement string would read "\\1" in `shown` as a group reference.
+                message = pattern.sub(functools.partial(_replacement, shown), message)
         return message
+
+
+def _replacement(shown: str, _match: re.Match[str]) -> str:
+    return shown
 
 
 def _encoded(text: str) -> tuple[str, ...]:
@@ -420,7 +427,7 @@ _KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 def _passwords(text: str) -> list[str]:
     """The passwords in a DSN or URL's user part and in `password=...`."""
     found = [m.group(1).strip("'") for m in _KV_PASSWORD.finditer(text)]
-    scheme, sep, rest = text.partition("://")
+    _, sep, rest = text.partition("://")
     userinfo, at, _ = rest.rpartition("@")
     if sep and at and ":" in userinfo:
         found.append(userinfo.partition(":")[2])

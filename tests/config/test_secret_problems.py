@@ -82,11 +82,13 @@ def test_a_short_secret_and_a_suggestion_close_to_it(tmp_path: Path, key: bytes)
           w: {{type: redis, url: "redis://h/0", mode: "{secrets.encrypt("strem", key)}"}}
         """,
     )
-    assert messages[0].endswith("gateway.log_level: 'ENC(...)' is not one of 'debug', 'info',"
-                                " 'warning', 'error'")
+    assert messages[0].endswith(
+        "gateway.log_level: 'ENC(...)' is not one of 'debug', 'info', 'warning', 'error'"
+    )
     # "did you mean 'stream'?" would tell how the secret reads
-    assert messages[1].endswith("sinks.w.mode: 'ENC(...)' is not one of 'stream', 'list',"
-                                " 'hash', 'publish'")
+    assert messages[1].endswith(
+        "sinks.w.mode: 'ENC(...)' is not one of 'stream', 'list', 'hash', 'publish'"
+    )
 
 
 def test_a_dsn_password_piece_read_as_a_port_is_not_quoted(tmp_path: Path, key: bytes) -> None:
@@ -101,10 +103,14 @@ def test_a_dsn_password_piece_read_as_a_port_is_not_quoted(tmp_path: Path, key: 
         sinks:
           w: {{type: postgres, dsn: "postgresql://gw:{enc}@127.0.0.1:5432/x"}}
           m: {{type: mqtt, topic: out, url: "mqtts://gw:{enc}@127.0.0.1:1883"}}
+          r: {{type: redis, url: "redis://gw:{enc}@127.0.0.1:6379/0"}}
         """,
     )
     assert_hidden(messages, secret, "'pw'", "Plain")
-    assert any("sources.s.url: 'mqtt://u:***@[::1' is not an mqtt://" in m for m in messages)
+    joined = "\n".join(messages)
+    assert "sources.s.url: 'mqtt://u:***@[::1' is not an mqtt://" in joined
+    assert "sinks.m.url: 'mqtts://gw:***@127.0.0.1:1883' is not an mqtt://" in joined
+    assert "sinks.r.url: the port is not a number from 1 to 65535; a password holding" in joined
 
 
 def test_a_plain_password_key_is_masked(tmp_path: Path) -> None:
