@@ -21,8 +21,11 @@ A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import urllib.parse
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -342,16 +345,120 @@ def _match_key(node: dict[str, Any], part: str) -> str:
     return part.lower()
 
 
-def _reveal_secrets(data: Any, key: bytes | None, path: KeyPath, problems: Problems) -> Any:
+class _Secrets:
+    """The secrets of a config being loaded, so that no problem message quotes one.
+
+    Each is a plaintext and what a message shows instead: a value written ENC(...) (its
+    whole revealed text is shown as the file writes it, `ENC(...)` for each secret in
+    it, and each secret alone as `ENC(...)`), the value of a key named like a password
+    (`***`), and the password of a DSN or URL (`***`). Messages are scrubbed at the
+    root, whatever check wrote them: a quoted value (`'...'`, as `!r` writes it, also
+    inside a longer quoted text), the text itself and its percent-encoded forms.
+    """
+
+    _SHORT = 4  # a shorter plaintext is replaced alone only in its own key's messages
+
+    def __init__(self, no_key: str = "") -> None:
+        self.items: list[tuple[str, str, KeyPath]] = []
+        self.no_key = no_key  # the problem of a value written ENC(...) when there is no key
+        self.no_key_said = False
+
+    def no_key_problem(self) -> str:
+        """What is wrong with a value written ENC(...) when there is no key: said in
+        full once, the values after it refer to it."""
+        if self.no_key_said:
+            return "the value holds ENC(...) but there is no key (see the first such line)"
+        self.no_key_said = True
+        return self.no_key
+
+    def add(self, path: KeyPath, plaintext: str, shown: str) -> None:
+        if plaintext and plaintext != shown:
+            self.items.append((plaintext, shown, path))
+
+    def add_value(self, path: KeyPath, value: Any) -> None:
+        """Record a plain (not ENC) value that is a secret by its key's name or holds a
+        password in its URL or `password=` part."""
+        if any(secrets.is_secret_key(p) for p in path) and isinstance(value, str | int | float):
+            if not isinstance(value, bool):
+                self.add(path, str(value), "***")
+            return
+        if not isinstance(value, str):
+            return
+        for password in _passwords(value):
+            self.add(path, password, "***")
+            self.add(path, urllib.parse.unquote(password), "***")
+
+    def scrub(self, path: KeyPath, message: str) -> str:
+        """`message` (a problem at `path`) with every secret replaced by its shown form."""
+        for plaintext, shown, where in sorted(self.items, key=lambda i: -len(i[0])):
+            forms = (plaintext, repr(plaintext)[1:-1], *_encoded(plaintext))
+            folded = message.casefold()
+            if not any(f.casefold() in folded for f in forms):
+                continue
+            message = message.replace(repr(plaintext), repr(shown))
+            near = path[: len(where)] == where or where[: len(path)] == path
+            if where == path:  # a suggestion close to the secret tells how it reads
+                message = _DID_YOU_MEAN.sub("", message)
+            if len(plaintext) >= self._SHORT or near:
+                # In any case: a check may quote the value lowercased ("use 'name'").
+                longest_first = sorted(set(forms), key=len, reverse=True)
+                pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+                # A replacement string would read "\\1" in `shown` as a group reference.
+                message = pattern.sub(functools.partial(_replacement, shown), message)
+        return message
+
+
+def _replacement(shown: str, _match: re.Match[str]) -> str:
+    return shown
+
+
+def _encoded(text: str) -> tuple[str, ...]:
+    return tuple(
+        f
+        for f in {urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text, safe="")}
+        if f != text
+    )
+
+
+_DID_YOU_MEAN = re.compile(r" \(did you mean '[^']*'\?\)")
+_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
+
+
+def _passwords(text: str) -> list[str]:
+    """The passwords in a DSN or URL's user part and in `password=...`."""
+    found = [m.group(1).strip("'") for m in _KV_PASSWORD.finditer(text)]
+    _, sep, rest = text.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    return found
+
+
+def _reveal_secrets(
+    data: Any, key: bytes | None, path: KeyPath, problems: Problems, found: _Secrets
+) -> Any:
     if isinstance(data, dict):
-        return {k: _reveal_secrets(v, key, (*path, str(k)), problems) for k, v in data.items()}
+        return {
+            k: _reveal_secrets(v, key, (*path, str(k)), problems, found) for k, v in data.items()
+        }
     if isinstance(data, list):
-        return [_reveal_secrets(v, key, (*path, i), problems) for i, v in enumerate(data)]
+        return [_reveal_secrets(v, key, (*path, i), problems, found) for i, v in enumerate(data)]
     if isinstance(data, str) and secrets.has_secret(data):
         try:
-            return secrets.reveal(data, key)
+            revealed = secrets.reveal(data, key)
+        except secrets.NoKeyError:
+            problems.add(path, found.no_key_problem())
+            return data
         except secrets.SecretError as err:
             problems.add(path, str(err))
+            return data
+        assert key is not None  # reveal refuses an ENC(...) without a key
+        found.add(path, revealed, secrets.masked_form(data))
+        for plaintext in secrets.plaintexts(data, key):
+            found.add(path, plaintext, "ENC(...)")
+        found.add_value(path, revealed)
+        return revealed
+    found.add_value(path, data)
     return data
 
 
@@ -414,7 +521,14 @@ def load_data(
         key = secrets.load_key(str(key_file))
     except secrets.SecretError as err:
         raise ConfigError(_key_problem(source, lines, gateway, err)) from err
-    data = _reveal_secrets(data, key, (), problems)
+    config_arg = "FILE" if source.startswith("<") else source
+    found = _Secrets(
+        f"the value holds ENC(...) but there is no key: put the key it was encrypted with in"
+        f" {key_file} (mode 0600) or set {secrets.ENV_KEY}; to start anew, make a key with"
+        f" 'edge-stream secret keygen -c {config_arg}' and encrypt the value again"
+        f" with 'edge-stream secret encrypt -c {config_arg}'"
+    )
+    data = _reveal_secrets(data, key, (), problems, found)
     secret_problems = list(problems.items)
     config = build_dataclass(Config, data, (), problems)
     # A value whose secret could not be revealed is reported once, for the secret.
@@ -424,7 +538,9 @@ def load_data(
         if not any(path[: len(s)] == s for s, _ in secret_problems)
     ]
     if items or config is None:
-        raise ConfigError([format_problem(source, lines, p, m, env) for p, m in items])
+        raise ConfigError(
+            [format_problem(source, lines, p, found.scrub(p, m), env) for p, m in items]
+        )
     return config  # type: ignore[no-any-return]
 
 

@@ -40,6 +40,10 @@ class SecretError(ValueError):
     """A secret could not be decrypted, or no key is available."""
 
 
+class NoKeyError(SecretError):
+    """A value holds ENC(...) and there is no key at all."""
+
+
 def _decode_key(text: str) -> bytes:
     text = text.strip()
     try:
@@ -210,6 +214,25 @@ def has_secret(text: str) -> bool:
     return "ENC(" in text
 
 
+SECRET_NAMES = ("password", "secret", "token")
+
+
+def is_secret_key(name: object) -> bool:
+    """A key whose value is a secret by its name: password, secret, token, *_password..."""
+    key = str(name).lower()
+    return any(key == s or key.endswith(f"_{s}") for s in SECRET_NAMES)
+
+
+def plaintexts(text: str, key: bytes) -> list[str]:
+    """The plaintext of each ENC(...) inside `text` (which `reveal` opened already)."""
+    return [decrypt(m.group(1), key) for m in _ENC.finditer(text)]
+
+
+def masked_form(text: str) -> str:
+    """`text` with each ENC(...) written `ENC(...)`: how a problem quotes a secret's value."""
+    return _ENC.sub("ENC(...)", text)
+
+
 def check_form(text: str) -> None:
     """SecretError if `text` holds an ENC( that is not a complete ENC(...)."""
     if "ENC(" in _ENC.sub("", text):
@@ -222,7 +245,7 @@ def reveal(text: str, key: bytes | None) -> str:
     for match in _ENC.finditer(text):
         _check_token(match.group(1))
     if key is None:
-        raise SecretError(
+        raise NoKeyError(
             f"the value holds ENC(...) but no key is set: set {ENV_KEY} or create the key file"
             " with 'edge-stream secret keygen'"
         )

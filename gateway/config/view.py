@@ -27,20 +27,14 @@ from gateway.config import secrets
 from gateway.config.load import apply_env, load_data, parse_file
 from gateway.config.model import Config
 from gateway.config.schema import mask_password
+from gateway.config.secrets import is_secret_key
 
 REDACTED = "***"
-_SECRET_NAMES = ("password", "secret", "token")
 _ENC = re.compile(r"ENC\([^)]*\)")
 _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 _COLLECTIONS = ("sources", "routes", "sinks")
 _MAX_SHOWN = 200  # characters of one value in a diff line
 _ABSENT = object()
-
-
-def is_secret_key(name: object) -> bool:
-    """A key whose value is a secret by its name: password, secret, token, *_password..."""
-    key = str(name).lower()
-    return any(key == s or key.endswith(f"_{s}") for s in _SECRET_NAMES)
 
 
 def load_view(

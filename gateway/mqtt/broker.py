@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.config.schema import mask_password
 from gateway.core.errors import ConfigError, RetryableError
 
 log = logging.getLogger("gateway.broker")
@@ -437,12 +438,12 @@ class GatewayBroker:
 
     def describe(self) -> str:
         if self.embedded is not None:
-            return f"MQTT broker {self.url} (embedded)"
-        return f"MQTT broker {self.url}"
+            return f"MQTT broker {mask_password(self.url)} (embedded)"
+        return f"MQTT broker {mask_password(self.url)}"
 
     def status(self) -> dict[str, Any]:
         return {
-            "url": self.url,
+            "url": mask_password(self.url),  # mqtt.url may be written with user:password@
             "embedded": self.embedded is not None,
             "restarts": 0 if self.embedded is None else self.embedded.restarts,
             "used_by": self.users,

@@ -9,14 +9,28 @@ from gateway.config.schema import mask_password
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host:port or mqtts://host:port."""
-    parts = urlsplit(url)
+    """(host, port, tls) from mqtt://host:port or mqtts://host:port.
+
+    ValueError's message quotes the URL with its password masked, and nothing else of
+    it: urllib's own messages quote the port's text, which is a piece of the password
+    when one holds '/', '?', '#' or '@'."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        # Not chained (`from None`): a traceback would print urllib's message, which
+        # quotes the piece of the password that reads as the port.
+        raise ValueError(
+            f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
+            " (the port is not a number from 1 to 65535; a password holding #, /, ? or @"
+            " must be percent-encoded: %23, %2F, %3F, %40)"
+        ) from None
     tls = parts.scheme == "mqtts"
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError(
             f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
         )
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:

@@ -59,8 +59,8 @@ window, in one slot.
 
 TLS: use a `rediss://` URL; `ca_file` verifies the server, `cert_file` and
 `key_file` present a client certificate. ACL users: `username` and `password`
-(or in the URL: `redis://user:password@host:6379/0`); the password may be an
-`ENC(...)` secret and is never logged.
+(or in the URL: `redis://user:password@host:6379/0`, with #, /, ? and @ in them
+percent-encoded); the password may be an `ENC(...)` secret and is never logged.
 
 Keys
   type: redis
@@ -100,6 +100,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import ssl
 import string
 import time
@@ -117,7 +118,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range
+from gateway.config.schema import Doc, Duration, Range, check_location
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -207,7 +208,8 @@ class RedisSinkConfig(SinkConfig):
     url: Annotated[
         str,
         Doc(
-            "`redis://host:6379/0` or `rediss://` (TLS); may hold `user:password@`.",
+            "`redis://host:6379/0` or `rediss://` (TLS); may hold `user:password@`"
+            " (percent-encode `#`, `/`, `?` and `@` in them: `%23`, `%2F`, `%3F`, `%40`).",
             example="redis://127.0.0.1:6379/0",
         ),
     ]
@@ -278,6 +280,8 @@ class RedisSinkConfig(SinkConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith(("redis://", "rediss://")):
             yield "url", f"{_safe_url(self.url)!r} must start with redis:// or rediss://"
+        elif problem := _location_problem(self.url):
+            yield "url", problem
         elif not self.url.startswith("rediss://"):
             for name in ("ca_file", "cert_file", "key_file"):
                 if getattr(self, name):
@@ -311,6 +315,21 @@ class RedisSinkConfig(SinkConfig):
             yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
         if self.connect_timeout <= 0 or self.timeout <= 0:
             yield "timeout", "timeouts must be positive"
+
+
+def _location_problem(url: str) -> str | None:
+    """Why the host and port of `url` are not usable, or None; never quoting the URL: a
+    password holding '/', '?' or '#' ends the user part early (in redis-py too) and its
+    remainder then reads as the host or the port."""
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hint = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+    if authority.count("@") > 1:
+        return "has more than one '@'" + hint
+    problem = check_location(authority.rpartition("@")[2])
+    if problem and "@" in rest[len(authority) :]:  # the user part ended before its '@'
+        problem += hint
+    return problem
 
 
 def _safe_url(url: str) -> str:
@@ -484,6 +503,13 @@ class RedisSink(Sink):
                 await client.ping()
             if self._uses_script:
                 self._script_sha = await client.script_load(WRITE_ONCE)
+        except ValueError:
+            # redis-py could not read the URL. Its message, and so a chained traceback,
+            # may quote a piece of the password: neither is shown.
+            raise permanent(
+                f"redis-py cannot read the url {_safe_url(cfg.url)}: percent-encode #, /, ?"
+                " and @ in user and password"
+            ) from None
         except (redis_errors.RedisError, RedisClusterException, OSError) as err:
             if client is not None:
                 with contextlib.suppress(redis_errors.RedisError, OSError):

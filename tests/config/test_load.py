@@ -329,7 +329,9 @@ def test_a_secret_without_a_key_is_refused(tmp_path: Path) -> None:
     token = secrets.encrypt("pw", AESGCM.generate_key(bit_length=256))
     path = write(tmp_path, SECRET_CONFIG.format(password=token, path="a"))
     (message,) = problems(path)
-    assert message.startswith(f"{path}:5: mqtt.password: the value holds ENC(...) but no key")
+    assert message.startswith(
+        f"{path}:5: mqtt.password: the value holds ENC(...) but there is no key"
+    )
 
 
 def test_a_secret_with_the_wrong_key_is_refused(

@@ -1,0 +1,34 @@
+"""Broker URLs: parsed without I/O, and never printed with their password."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.mqtt.broker import GatewayBroker
+from gateway.mqtt.urls import parse_url
+
+pytestmark = pytest.mark.unit
+
+
+def test_parse_url() -> None:
+    assert parse_url("mqtt://broker:1884") == ("broker", 1884, False)
+    assert parse_url("mqtts://u:p%2Fw@broker") == ("broker", 8883, True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mqtt://u:Pw0rdQz/Pw0rdQz@host:1883", "mqtt://u:Pw0rdQz#x@host", "mqtt://u:p@host:99999"],
+)
+def test_a_bad_url_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_url(url)
+    assert "Pw0rdQz" not in str(caught.value) and "p@" not in str(caught.value)
+    assert "'mqtt://u:***@" in str(caught.value)
+    assert caught.value.__cause__ is None  # a traceback would print urllib's message
+
+
+def test_the_gateway_broker_is_shown_without_its_password() -> None:
+    broker = GatewayBroker("mqtt://gw:Pw0rdQz@10.0.0.5:1883", None, ["sources.plant"])
+    assert broker.describe() == "MQTT broker mqtt://gw:***@10.0.0.5:1883"
+    assert broker.status()["url"] == "mqtt://gw:***@10.0.0.5:1883"
+    assert broker.url == "mqtt://gw:Pw0rdQz@10.0.0.5:1883"  # what the components connect to
