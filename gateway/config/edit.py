@@ -59,6 +59,10 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MISSING = object()
 
 
+class NoSuchComponent(ConfigError):
+    """The component to remove is not in the file."""
+
+
 def check_name(section: str, name: str) -> None:
     """A component name an edit may write: ConfigError (one line) otherwise."""
     if section not in SECTIONS:
@@ -95,7 +99,7 @@ def remove_component(text: str, section: str, name: str, source: str) -> str:
     old_data, _ = parse_text(text, source)
     old_section = old_data.get(section)
     if not isinstance(old_section, dict) or name not in old_section:
-        raise ConfigError(f"{source}: no {_NOUNS[section]} named {name!r} under {section}:")
+        raise NoSuchComponent(f"{source}: no {_NOUNS[section]} named {name!r} under {section}:")
     if source.endswith(".json"):
         new_text = _json_set(text, section, name, _MISSING)
     else:
