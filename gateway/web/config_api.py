@@ -71,7 +71,7 @@ class ConfigApi:
         """Answer one request (already authorized, its body read and bounded)."""
         if method not in self.allowed(url_path):
             allowed = " or ".join(self.allowed(url_path))
-            return 405, "text/plain", f"only {allowed} here\n".encode()
+            return _answer(405, errors=[f"{url_path}: only {allowed} here"])
         if self.path is None or self._reload is None:
             return _answer(
                 409,
