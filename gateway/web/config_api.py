@@ -23,7 +23,8 @@ when it names them:
                   config file (a gateway started without `-c FILE`)
 413               a body over 256 KiB
 422 refused       the new config is invalid; the errors name the key paths
-                  (`gw.yaml: routes.r1.sinks.0: no sink named 'x' is defined under sinks:`); nothing is written
+                  (`gw.yaml: routes.r1.sinks.0: no sink named 'x' is defined under
+                  sinks:`); nothing is written
 
 One edit at a time; the file work runs in a worker thread.
 """
