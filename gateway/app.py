@@ -344,7 +344,9 @@ class Gateway:
 
     async def _start_web(self) -> None:
         if self.config.web.enabled:
-            web = WebServer(self, self.config.web, reload=self.reload_now)
+            web = WebServer(
+                self, self.config.web, reload=self.reload_now, config_path=self.config_path
+            )
             self.web_url = await web.start()
             self.web = web
 

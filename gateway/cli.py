@@ -10,6 +10,13 @@ edge-stream config show -c FILE                  print the effective config (ove
                                                  every secret written ***
 edge-stream config diff -c FILE NEWFILE          what NEWFILE would change, component by
                                                  component; secrets shown as `changed`
+edge-stream config versions -c FILE              the kept versions of FILE (name, time,
+                                                 hash), newest first: the texts that API
+                                                 edits and rollbacks replaced
+edge-stream config rollback -c FILE [VERSION]    put a kept version back (default: the
+                                                 newest), validated first; the current
+                                                 text is kept too; a running gateway is
+                                                 asked to reload
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
 edge-stream secret encrypt [VALUE|-] [-c FILE]   print ENC(...) for VALUE (`-` or none:
                                                  stdin, or a prompt without echo)
@@ -114,6 +121,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     if args.action == "history":
         return _config_history(args)
+    if args.action in ("versions", "rollback"):
+        return _config_versions(args)
     config, raw = _view(args.config)
     if args.action == "show":
         if args.new is not None:
@@ -149,6 +158,88 @@ def _config_history(args: argparse.Namespace) -> int:
             line += "  errors: " + "; ".join(r.errors)
         print(line)
     return 0
+
+
+def _data_dir(path: str) -> str:
+    """The config's gateway.data_dir (overrides applied), read without validating the
+    rest: a rollback is for a file that no longer loads, too."""
+    try:
+        return load(path).gateway.data_dir
+    except ConfigError as err:
+        try:
+            data, _ = parse_text(read_text(path), path)
+            apply_env(data, dict(os.environ))
+        except ConfigError:
+            _refuse(err, path)
+        gateway = data.get("gateway")
+        data_dir = gateway.get("data_dir", "./data") if isinstance(gateway, dict) else "./data"
+        if not isinstance(data_dir, str):
+            _refuse(err, path)
+        return data_dir
+
+
+def _config_versions(args: argparse.Namespace) -> int:
+    """`config versions` and `config rollback [VERSION]`."""
+    from gateway.config import edit, files
+
+    data_dir = _data_dir(args.config)
+    if args.action == "versions":
+        if args.new is not None:
+            print("edge-stream: config versions takes no argument", file=sys.stderr)
+            return 2
+        kept = files.versions(data_dir)
+        for v in kept:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.saved_at))
+            print(f"{v.name}  {when}  {v.hash}")
+        print(f"{_count(kept, 'kept version')} under {files.history_dir(data_dir)}")
+        return 0
+    try:
+        version = files.find_version(data_dir, args.new)
+        text = read_text(version.path)
+        edit.validate(text, str(version.path))
+    except ConfigError as err:
+        _refuse(err, args.config)
+    try:
+        current = read_text(args.config)
+    except ConfigError:
+        current = None
+    if current == text:
+        print(f"{args.config} already holds {version.name}; nothing to restore")
+        return 0
+    replaced = files.save(args.config, text, data_dir)
+    also = f"; the text it replaced is kept as {replaced.name}" if replaced else ""
+    print(f"{args.config}: restored {version.name}{also}")
+    return _reload_after_rollback(args.config)
+
+
+def _reload_after_rollback(path: str) -> int:
+    """Ask a running gateway to apply the restored file; none answering is fine."""
+    try:
+        url, headers = _reload_target(path)
+    except SystemExit:  # web.enabled is false: no API to ask
+        print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
+        return 0
+    request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as err:
+        print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError):
+        print(f"no gateway answers at {url}; the restored file is used at the next start")
+        return 0
+    outcome = str(answer.get("outcome"))
+    if outcome == "applied":
+        print("the running gateway applied it")
+        return 0
+    errors = "; ".join(str(e) for e in answer.get("errors") or [])
+    print(
+        f"edge-stream: the running gateway did not apply it ({outcome}): {errors};"
+        " `config rollback` again puts the text before back",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _reload_target(path: str) -> tuple[str, dict[str, str]]:
@@ -520,10 +611,19 @@ def parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
-    conf = with_config(sub.add_parser("config", help="show a config, or what a new one changes"))
-    conf.add_argument("action", choices=["show", "diff", "history"])
-    conf.add_argument("new", nargs="?", metavar="NEWFILE", help="diff: the new config file")
+    conf = with_config(
+        sub.add_parser(
+            "config", help="show a config, what a new one changes, its versions and reloads"
+        )
+    )
+    conf.add_argument("action", choices=["show", "diff", "history", "versions", "rollback"])
     conf.add_argument("--limit", type=int, default=50, help="history: how many (default 50)")
+    conf.add_argument(
+        "new",
+        nargs="?",
+        metavar="NEWFILE|VERSION",
+        help="diff: the new config file; rollback: the kept version (default: the newest)",
+    )
     conf.set_defaults(fn=cmd_config)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
     sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])

@@ -7,6 +7,14 @@ GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /metrics     Prometheus text format
 POST /api/config/reload   read the config file again now (as SIGHUP does); answers
                  {"outcome": "applied"|"refused", "errors": [...]} after the attempt
+GET /api/config  the config file's effective config, every secret written ***
+PUT|DELETE /api/config/{sources|routes|sinks}/NAME   add, change or remove one
+                 component in the config file (its comments and layout kept),
+                 validated, written with the old text kept, then applied as a
+                 reload: {"outcome", "errors", "version"}; 422 with the key paths
+                 when invalid, 409 (the file put back) when not applied, 413 for
+                 a body over 256 KiB. The logic is config_api.py's; this server
+                 only reads the body and checks the credentials.
 
 With `web.username`/`web.password` set, everything but /healthz asks for HTTP
 basic authentication; without them the server only listens on localhost.
@@ -38,6 +46,7 @@ from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
 from gateway.metrics import registry_for
 from gateway.mqtt.broker import in_use
+from gateway.web.config_api import MAX_BODY, ConfigApi
 from gateway.web.page import STATUS_PAGE
 
 MAX_HEAD = 8192
@@ -48,8 +57,10 @@ REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
-    413: "Content Too Large",
     405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
     503: "Service Unavailable",
 }
 
@@ -65,6 +76,7 @@ class WebServer:
         view: StatusView,
         config: WebSection,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
@@ -81,6 +93,7 @@ class WebServer:
             "/metrics": self.metrics_text,
         }
         self._reload = reload  # POST /api/config/reload; None: not offered
+        self.config_api = ConfigApi(config_path, reload)  # /api/config, its edits
         self._expected_auth: str | None = None
         if config.username and config.password:
             token = f"{config.username}:{config.password}".encode()
@@ -157,7 +170,12 @@ class WebServer:
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         url = urlsplit(target)
         handler = self._routes.get(url.path)
-        if url.path == "/api/config/reload":
+        if self.config_api.serves(url.path):
+            answer = await self._config_request(method, url.path, headers, reader, writer)
+            if answer is None:
+                return False  # answered and closed
+            response: Response = answer
+        elif url.path == "/api/config/reload":
             try:
                 length = int(headers.get("content-length", "0"))
             except ValueError:
@@ -167,7 +185,7 @@ class WebServer:
                 return False
             await reader.readexactly(length)
             if method != "POST":
-                response: Response = (405, "text/plain", b"only POST\n")
+                response = (405, "text/plain", b"only POST\n")
             elif self._reload is None:
                 response = (404, "text/plain", b"no config file to reload\n")
             elif not self._authorized(headers.get("authorization", "")):
@@ -184,6 +202,31 @@ class WebServer:
             response = await handler(parse_qs(url.query))
         await self._send(writer, response, close=not keep, head_only=method == "HEAD")
         return keep
+
+    async def _config_request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> Response | None:
+        """/api/config and its components (config_api.py); None when the answer was
+        sent and the connection closed (a body too large, no credentials)."""
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            length = -1
+        if "transfer-encoding" in headers or not 0 <= length <= MAX_BODY:
+            limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
+            await self._send(writer, (413, "text/plain", limit.encode()), close=True)
+            return None
+        if not self._authorized(headers.get("authorization", "")):
+            await self._send(writer, (401, "text/plain", b"credentials needed\n"), close=True)
+            return None
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            body = await reader.readexactly(length)
+        return await self.config_api.handle(method, path, body)
 
     def _authorized(self, given: str) -> bool:
         if self._expected_auth is None:

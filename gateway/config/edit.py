@@ -1,0 +1,461 @@
+"""Programmatic edits of the config file that keep the user's text: add, change or
+remove one source, route or sink by name.
+
+`set_component(text, section, name, value)` and `remove_component(text, section, name)`
+take the file's text and give back the new text; `edit_file` reads the file, makes
+the change, validates the result with the loader `check-config` uses and writes it
+through `files.save` (the replaced text kept under `<data_dir>/config-history/`). A
+change the loader refuses raises ConfigError with its key paths and writes nothing.
+
+In a YAML file only the lines of the edited component change: the file is read with
+ruamel.yaml's round-trip loader to find where each component starts and ends, and
+the new component, written by ruamel.yaml in the file's own indentation, replaces
+exactly those lines. Every other byte (comments at the top, between components,
+inline and at the end, key order, quoting, blank lines) stays as it was. Comment
+lines right above a component and right below it (at its key's indentation or
+less) belong to the text around it: changing or removing the component leaves
+them. Within a changed component, the keys keep their order and the values that did
+not change keep their form (quotes, `10s`, flow or block style, comments). A file
+whose section is written in flow style (`sinks: {a: {...}}`) or empty is written
+back whole by ruamel.yaml, which keeps its comments but may change its spacing.
+
+A JSON file is written back as formatted JSON (indent 2).
+
+Secrets: the file's `ENC(...)` values are never decrypted here, so the file keeps
+them as they were. A value sent for a secret is written as sent (it may be an
+`ENC(...)` text). A value sent as its redacted form, as `config show` and `GET
+/api/config` print it (`***`, `postgresql://gw:***@db/x`), keeps the file's value:
+a page can send back what it was shown. A `***` with no value to keep is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import re
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError as RuamelError
+from ruamel.yaml.scalarstring import SingleQuotedScalarString
+from ruamel.yaml.tokens import CommentToken
+from ruamel.yaml.util import load_yaml_guess_indent
+
+from gateway.config import files
+from gateway.config.load import load_data, parse_text, read_text
+from gateway.config.model import Config
+from gateway.config.view import REDACTED, redact
+from gateway.core.errors import ConfigError
+
+SECTIONS = ("sources", "routes", "sinks")
+_NOUNS = {"sources": "source", "routes": "route", "sinks": "sink"}
+MAX_NAME = 128
+_RESOLVER = yaml.resolver.Resolver()  # PyYAML's (YAML 1.1), the one the loader reads with
+_STR_TAG = "tag:yaml.org,2002:str"
+_MISSING = object()
+
+
+class NoSuchComponent(ConfigError):
+    """The component to remove is not in the file."""
+
+
+def check_name(section: str, name: str) -> None:
+    """A component name an edit may write: ConfigError (one line) otherwise."""
+    if section not in SECTIONS:
+        raise ConfigError(f"{section!r} is not a section that holds components ({SECTIONS})")
+    if not name or len(name) > MAX_NAME:
+        raise ConfigError(f"a {_NOUNS[section]} name has 1 to {MAX_NAME} characters")
+    if not name.isprintable() or name != name.strip():
+        raise ConfigError(f"a {_NOUNS[section]} name is printable text without outer spaces")
+
+
+def set_component(text: str, section: str, name: str, value: dict[str, Any], source: str) -> str:
+    """`text` with `section.name` added or replaced by `value` (plain data, as from JSON).
+
+    `source` is the file's name (`.json`: a JSON file). ConfigError if the text cannot
+    be read, or a redacted value has nothing to keep."""
+    check_name(section, name)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section}.{name}: expected a mapping of the component's keys")
+    old_data, _ = parse_text(text, source)
+    old_section = old_data.get(section)
+    old = old_section.get(name, _MISSING) if isinstance(old_section, dict) else _MISSING
+    expected = _unredact(value, old, (section, name))
+    if source.endswith(".json"):
+        new_text = _json_set(text, section, name, expected)
+    else:
+        new_text = _yaml_edit(text, section, name, expected, old)
+    _verify(text, new_text, source, section, name, expected)
+    return new_text
+
+
+def remove_component(text: str, section: str, name: str, source: str) -> str:
+    """`text` without `section.name`; ConfigError if there is no such component."""
+    check_name(section, name)
+    old_data, _ = parse_text(text, source)
+    old_section = old_data.get(section)
+    if not isinstance(old_section, dict) or name not in old_section:
+        raise NoSuchComponent(f"{source}: no {_NOUNS[section]} named {name!r} under {section}:")
+    if source.endswith(".json"):
+        new_text = _json_set(text, section, name, _MISSING)
+    else:
+        new_text = _yaml_edit(text, section, name, _MISSING, old_section[name])
+    _verify(text, new_text, source, section, name, _MISSING)
+    return new_text
+
+
+def validate(text: str, source: str, environ: dict[str, str] | None = None) -> Config:
+    """Load `text` as the gateway would (environment overrides, ENC(...) secrets); the
+    errors name the file and the key path (no line: the text is not in the file yet)."""
+    data, _lines = parse_text(text, source)
+    return load_data(data, source, {}, environ)
+
+
+def edit_file(
+    path: str | os.PathLike[str],
+    section: str,
+    name: str,
+    value: dict[str, Any] | None,
+    environ: dict[str, str] | None = None,
+) -> tuple[str, files.Version | None]:
+    """Set (`value`) or remove (None) one component of the file at `path`, validate the
+    result and write it with `files.save`. Returns the text it replaced and the kept
+    version of it. ConfigError, and nothing written, if the result is refused.
+
+    Blocking (reads, validates, fsyncs): call it in a worker thread."""
+    source = str(path)
+    old_text = read_text(path)
+    if value is None:
+        new_text = remove_component(old_text, section, name, source)
+    else:
+        new_text = set_component(old_text, section, name, value, source)
+    config = validate(new_text, source, environ)
+    kept = files.save(source, new_text, config.gateway.data_dir)
+    return old_text, kept
+
+
+# -- redacted values ------------------------------------------------------------
+
+
+def _unredact(value: Any, old: Any, path: tuple[str | int, ...]) -> Any:
+    """`value` with every redacted leaf replaced by the old value it stands for."""
+    return _unredact_leaf(value, old, path, None)
+
+
+def _unredact_leaf(value: Any, old: Any, path: tuple[str | int, ...], key: str | None) -> Any:
+    if isinstance(value, dict):
+        old_map = old if isinstance(old, dict) else {}
+        return {
+            k: _unredact_leaf(v, old_map.get(k, _MISSING), (*path, str(k)), str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        old_list = old if isinstance(old, list) and len(old) == len(value) else None
+        return [
+            _unredact_leaf(v, old_list[i] if old_list else _MISSING, (*path, i), key)
+            for i, v in enumerate(value)
+        ]
+    if isinstance(value, str) and REDACTED in value:
+        if old is not _MISSING and old != value and redact(old, old, key) == value:
+            return old
+        if value == REDACTED:
+            dotted = ".".join(str(p) for p in path)
+            raise ConfigError(
+                f"{dotted}: {REDACTED!r} stands for a secret that is not in the file;"
+                " send the value itself or its ENC(...) text"
+            )
+    return value
+
+
+# -- JSON -------------------------------------------------------------------------
+
+
+def _json_set(text: str, section: str, name: str, value: Any) -> str:
+    data = json.loads(text) if text.strip() else {}
+    components = data.get(section)
+    if not isinstance(components, dict):
+        components = data[section] = {}
+    if value is _MISSING:
+        del components[name]
+    else:
+        components[name] = _ordered_like(components.get(name), value)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _ordered_like(old: Any, new: Any) -> Any:
+    """`new` with the keys `old` had first, in old's order (the user's order stays)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    keys = [k for k in old if k in new] + [k for k in new if k not in old]
+    return {k: _ordered_like(old.get(k), new[k]) for k in keys}
+
+
+# -- YAML ---------------------------------------------------------------------------
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 4096  # a long value stays on its line, as the user wrote it
+    return y
+
+
+def _yaml_edit(text: str, section: str, name: str, value: Any, old_plain: Any) -> str:
+    y = _yaml()
+    try:
+        _guess, indent, dash = load_yaml_guess_indent(text)
+        doc = y.load(text)  # again: the guess does not keep the quotes
+    except RuamelError as err:  # the loader read it; ruamel.yaml's stricter reading did not
+        raise ConfigError(f"cannot edit this file programmatically: {err}") from err
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, CommentedMap):
+        raise ConfigError("the config must be a mapping of sections")
+    # The indentation of the file's components (ruamel.yaml's guess looks at the first
+    # nested block only, which may be a list's); a list's dash offset is its guess.
+    indent = _component_indent(doc) or indent or 2
+    dash = min(dash or 0, indent)
+    y.indent(mapping=indent, sequence=dash + 2, offset=dash)
+    components = doc.get(section)
+    old_node = components.get(name, _MISSING) if isinstance(components, dict) else _MISSING
+    node = None
+    if value is not _MISSING:
+        # ruamel.yaml hangs the lines after a component (blank, comments) on its last
+        # value, and would write them again with it: in a splice they stay in the text.
+        trimmed = copy.deepcopy(old_node)
+        _drop_tail(trimmed)
+        node = _merge(trimmed, old_plain, value)
+    spliced = _splice(text, y, doc, indent, section, name, node)
+    if spliced is not None:
+        return spliced
+    if value is not _MISSING:
+        node = _merge(old_node, old_plain, value)
+    # Flow style, an empty section, a layout we do not splice: ruamel.yaml writes it all.
+    if not isinstance(components, CommentedMap):
+        components = doc[section] = CommentedMap()
+    if value is _MISSING:
+        del components[name]
+    else:
+        components[name] = node
+    out = io.StringIO()
+    y.dump(doc, out)
+    return out.getvalue()
+
+
+def _component_indent(doc: CommentedMap) -> int | None:
+    """The column of the component names in the file's block sections (None: none)."""
+    for section in SECTIONS:
+        components = doc.get(section)
+        if isinstance(components, CommentedMap) and components and not components.fa.flow_style():
+            return int(components.lc.key(next(iter(components)))[1])
+    return None
+
+
+def _splice(
+    text: str, y: YAML, doc: CommentedMap, indent: int, section: str, name: str, node: Any
+) -> str | None:
+    """The text with only the component's lines replaced (node None: removed); None when
+    the file's layout is not one this can do line by line."""
+    lines = text.splitlines(keepends=True)
+    if doc.fa.flow_style():
+        return None
+    components = doc.get(section, _MISSING)
+    if components is _MISSING:  # no such section yet: append it
+        if node is None:
+            return None
+        chunk = _dump(y, {section: {name: node}})
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        return "".join(lines) + chunk
+    if doc.lc.key(section)[1] != 0:
+        return None
+    section_line = doc.lc.key(section)[0]
+    # The section's own line, when it is `sinks:` or `sinks: {}` (a comment may follow).
+    head = re.fullmatch(
+        rf"({re.escape(section)}:)[ \t]*(?:\{{\}})?[ \t]*(#.*)?\n?", lines[section_line]
+    )
+
+    def section_head(empty: bool) -> str:
+        assert head is not None
+        comment = f"  {head[2]}" if head[2] else ""
+        return f"{head[1]}{' {}' if empty else ''}{comment}\n"
+
+    if not components and head and node is not None:  # `sinks:` or `sinks: {}`: fill it
+        chunk = _dump(y, {section: {name: node}}).split("\n", 1)[1]
+        lines[section_line] = section_head(empty=False)
+        return "".join(lines[: section_line + 1]) + chunk + "".join(lines[section_line + 1 :])
+    if not isinstance(components, CommentedMap) or not components or components.fa.flow_style():
+        return None
+    keys = list(components)
+    columns = {components.lc.key(k)[1] for k in keys}
+    if columns != {indent}:
+        return None
+    later = [doc.lc.key(k)[0] for k in doc if doc.lc.key(k)[0] > section_line]
+    section_end = min(later) if later else len(lines)
+
+    def span(index: int) -> tuple[int, int, int]:
+        """Where the component's lines start and end, and where the lines after it that
+        belong to what follows (blank, comments) end."""
+        start = components.lc.key(keys[index])[0]
+        end = components.lc.key(keys[index + 1])[0] if index + 1 < len(keys) else section_end
+        return start, _trim(lines, start, end, indent), end
+
+    tail: list[str] = []
+    if name in components:
+        index = keys.index(name)
+        start, end, after = span(index)
+        if node is None:
+            if len(keys) == 1:  # the section is left empty: `sinks: {}`
+                if head is None:
+                    return None
+                lines[section_line] = section_head(empty=True)
+            return "".join(lines[:start] + lines[end:])
+        tail = lines[end:after]  # see _drop_tail; in case a comment escaped it
+    else:
+        if node is None:
+            return None
+        start = end = span(len(keys) - 1)[1]
+    chunk_lines = _dump(y, {section: {name: node}}).splitlines(keepends=True)[1:]
+    chunk_lines = _without_block(chunk_lines, [t for t in tail if t.strip()])
+    chunk = "".join(chunk_lines[: _trim(chunk_lines, 0, len(chunk_lines), indent)])
+    if start > 0 and not lines[start - 1].endswith("\n"):
+        lines[start - 1] += "\n"
+    return "".join(lines[:start]) + chunk + "".join(lines[end:])
+
+
+def _drop_tail(node: Any) -> None:
+    """Cut the comment lines ruamel.yaml keeps after the last value under `node` down
+    to that value's own inline comment."""
+    while isinstance(node, CommentedMap | CommentedSeq) and node:
+        last: Any = next(reversed(node)) if isinstance(node, CommentedMap) else len(node) - 1
+        slots = node.ca.items.get(last)
+        where = 2 if isinstance(node, CommentedMap) else 0
+        token = slots[where] if slots and len(slots) > where else None
+        if isinstance(token, CommentToken):
+            own = token.value.split("\n", 1)[0]
+            if own.strip():
+                token.value = own + "\n"
+            else:
+                slots[where] = None
+        node = node[last]
+
+
+def _without_block(lines: list[str], block: list[str]) -> list[str]:
+    """`lines` less the last run of lines that equal `block` (blank lines aside)."""
+    if not block:
+        return lines
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    for n in range(len(filled) - len(block), -1, -1):
+        run = filled[n : n + len(block)]
+        if [lines[i] for i in run] == block:
+            drop = set(range(run[0], run[-1] + 1))
+            return [line for i, line in enumerate(lines) if i not in drop]
+    return lines
+
+
+def _trim(lines: list[str], start: int, end: int, indent: int) -> int:
+    """`end` moved up past the blank lines and the comment lines indented `indent` or
+    less: they belong to what follows the component, not to it."""
+    while end > start + 1:
+        line = lines[end - 1]
+        stripped = line.lstrip(" ")
+        if stripped.strip() and not (
+            stripped.startswith("#") and len(line) - len(stripped) <= indent
+        ):
+            break
+        end -= 1
+    return end
+
+
+def _dump(y: YAML, data: dict[str, Any]) -> str:
+    wrapper = CommentedMap()
+    for key, value in data.items():
+        inner = CommentedMap()
+        for k, v in value.items():
+            inner[k] = v
+        wrapper[key] = inner
+    out = io.StringIO()
+    y.dump(wrapper, out)
+    return out.getvalue()
+
+
+def _merge(old: Any, old_plain: Any, new: Any) -> Any:
+    """The node to write for `new`: the old node changed in place where it can be, so
+    that unchanged values keep their form and the keys their order; new values made
+    ready for ruamel.yaml (a string the loader would read as another type is quoted)."""
+    if isinstance(new, dict):
+        if not isinstance(old, CommentedMap):
+            return _convert(new)
+        plain_map = old_plain if isinstance(old_plain, dict) else {}
+        for key in [k for k in old if k not in new]:
+            del old[key]
+        for key, value in new.items():
+            old[key] = _merge(old.get(key, _MISSING), plain_map.get(key, _MISSING), value)
+        return old
+    if isinstance(new, list):
+        if isinstance(old, CommentedSeq) and isinstance(old_plain, list) and len(old) == len(new):
+            for i, value in enumerate(new):
+                old[i] = _merge(old[i], old_plain[i], value)
+            return old
+        seq = _convert(new)
+        if isinstance(old, CommentedSeq):
+            seq.fa.set_flow_style() if old.fa.flow_style() else seq.fa.set_block_style()
+        return seq
+    if old is not _MISSING and _same(old_plain, new):
+        return old  # as the user wrote it
+    return _convert(new)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _convert(value: Any) -> Any:
+    if isinstance(value, dict):
+        node = CommentedMap()
+        for k, v in value.items():
+            node[str(k)] = _convert(v)
+        return node
+    if isinstance(value, list):
+        seq = CommentedSeq(_convert(v) for v in value)
+        if all(not isinstance(v, dict | list) for v in value):
+            seq.fa.set_flow_style()  # `sinks: [a, b]`, as people write them
+        return seq
+    if isinstance(value, str) and _reads_as(value) != _STR_TAG:
+        return SingleQuotedScalarString(value)  # `yes`, `1_000`, `2024-01-01` stay text
+    return value
+
+
+def _reads_as(text: str) -> str:
+    """The tag PyYAML (the loader's YAML 1.1) gives `text` written plain."""
+    tag: str = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    return tag
+
+
+def _verify(
+    old_text: str, new_text: str, source: str, section: str, name: str, expected: Any
+) -> None:
+    """The new text reads (with the loader's own parser) as the old one with exactly this
+    change: a guard against a writer that says something else than was meant."""
+    old, _ = parse_text(old_text, source)
+    try:
+        new, _ = parse_text(new_text, source)
+    except ConfigError:
+        new = None
+    want = copy.deepcopy(old)
+    components = want.get(section)
+    if not isinstance(components, dict):
+        components = want[section] = {}
+    if expected is _MISSING:
+        components.pop(name, None)
+    else:
+        components[name] = expected
+    if new != want:
+        raise ConfigError(
+            f"{source}: {section}.{name}: the edited file would not read back as sent;"
+            " nothing was written (please report this, with the value sent)"
+        )

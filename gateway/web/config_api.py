@@ -1,0 +1,158 @@
+"""The config API: read the effective config, and add, change or remove one source,
+route or sink of the config file, which is then applied like a reload.
+
+GET    /api/config                 {"path", "hash", "config"}: the file's effective
+                                   config (overrides applied, defaults filled in), every
+                                   secret written *** (as `edge-stream config show`)
+PUT    /api/config/SECTION/NAME    body: the component's config as a JSON object
+DELETE /api/config/SECTION/NAME    SECTION is sources, routes or sinks
+
+A PUT or DELETE changes the file with `gateway.config.edit` (only the component's lines
+change; comments and formatting stay), validates the result as `check-config` does,
+writes it atomically (the replaced text kept under `<data_dir>/config-history/`) and
+asks the gateway to reload (as POST /api/config/reload). The answer is
+{"outcome", "errors", "version"} (`version`: the kept version of the replaced text,
+which `edge-stream config rollback VERSION` restores), plus the reload's `changes`
+when it names them:
+
+200 applied       the new config runs
+400               the body is not a JSON object, or a name is not usable
+404               DELETE of a component that is not there; an unknown section
+409 refused / rolled_back   the gateway did not apply it (the errors say why); the
+                  file is put back as it was, so that it says what runs. Also: no
+                  config file (a gateway started without `-c FILE`)
+413               a body over 256 KiB
+422 refused       the new config is invalid; the errors name the key paths
+                  (`gw.yaml: routes.r1.sinks.0: no sink named 'x' is defined under
+                  sinks:`); nothing is written
+
+One edit at a time; the file work runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from gateway.config import edit, files
+from gateway.config.load import read_text
+from gateway.core.errors import ConfigError
+
+log = logging.getLogger("gateway.web")
+
+MAX_BODY = 256 << 10
+PREFIX = "/api/config/"
+
+Response = tuple[int, str, bytes]
+Reload = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class ConfigApi:
+    """Serves /api/config for the config file at `path` (None: the gateway has none),
+    applying edits through `reload` (the gateway's POST /api/config/reload path)."""
+
+    def __init__(self, path: str | None, reload: Reload | None) -> None:
+        self.path = path
+        self._reload = reload
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def serves(path: str) -> bool:
+        return path == "/api/config" or (path.startswith(PREFIX) and path != PREFIX + "reload")
+
+    @staticmethod
+    def allowed(path: str) -> tuple[str, ...]:
+        return ("GET", "HEAD") if path == "/api/config" else ("PUT", "DELETE")
+
+    async def handle(self, method: str, url_path: str, body: bytes) -> Response:
+        """Answer one request (already authorized, its body read and bounded)."""
+        if method not in self.allowed(url_path):
+            allowed = " or ".join(self.allowed(url_path))
+            return _answer(405, errors=[f"{url_path}: only {allowed} here"])
+        if self.path is None or self._reload is None:
+            return _answer(
+                409,
+                errors=[
+                    "the gateway was started without a config file (-c FILE),"
+                    " so there is no file to show or edit"
+                ],
+            )
+        if url_path == "/api/config":
+            return await self._show(self.path)
+        parts = url_path[len(PREFIX) :].split("/")
+        if len(parts) != 2 or parts[0] not in edit.SECTIONS:
+            return _answer(
+                404, errors=[f"no such config API path; use {PREFIX}{{sources|routes|sinks}}/NAME"]
+            )
+        section, name = parts[0], unquote(parts[1])
+        try:
+            edit.check_name(section, name)
+        except ConfigError as err:
+            return _answer(400, errors=list(err.problems))
+        value = None
+        if method == "PUT":
+            try:
+                value = json.loads(body)
+            except (ValueError, RecursionError):
+                value = None
+            if not isinstance(value, dict):
+                return _answer(400, errors=[f"{section}.{name}: the body must be a JSON object"])
+        async with self._lock:
+            return await self._edit(self.path, self._reload, section, name, value)
+
+    async def _show(self, path: str) -> Response:
+        try:
+            # Reads, validates and decrypts the whole file: off the event loop.
+            shown = await asyncio.to_thread(_show, path)
+        except ConfigError as err:
+            return _answer(409, errors=list(err.problems))
+        return 200, "application/json", json.dumps(shown, indent=1).encode()
+
+    async def _edit(
+        self, path: str, reload: Reload, section: str, name: str, value: dict[str, Any] | None
+    ) -> Response:
+        try:
+            # Read, change, validate (decrypting secrets) and fsync: in a worker thread.
+            old_text, kept = await asyncio.to_thread(edit.edit_file, path, section, name, value)
+        except edit.NoSuchComponent as err:
+            return _answer(404, errors=list(err.problems))
+        except ConfigError as err:
+            return _answer(422, errors=list(err.problems))
+        version = None if kept is None else kept.name
+        what = f"{section}.{name} {'removed' if value is None else 'written'}"
+        log.info("web: %s in %s through the API (old text kept as %s)", what, path, version)
+        outcome = await reload()
+        result = str(outcome.get("outcome", "refused"))
+        errors = [str(e) for e in outcome.get("errors") or []]
+        extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
+        if result == "applied":
+            return _answer(200, result, errors, version, **extra)
+        # Not running: put the text back, so that the file says what runs.
+        await asyncio.to_thread(files.write_atomic, path, old_text)
+        log.warning(
+            "web: the gateway did not apply %s (%s); %s is back as it was", what, result, path
+        )
+        return _answer(409, result, errors, version, **extra)
+
+
+def _show(path: str) -> dict[str, Any]:
+    from gateway.config.view import load_view, show
+
+    text = read_text(path)
+    config, raw = load_view(path)
+    return {"path": path, "hash": files.text_hash(text), "config": show(config, raw)}
+
+
+def _answer(
+    status: int,
+    outcome: str = "refused",
+    errors: list[str] | None = None,
+    version: str | None = None,
+    **extra: Any,
+) -> Response:
+    body = {"outcome": outcome, "errors": errors or [], "version": version, **extra}
+    return status, "application/json", json.dumps(body, indent=1).encode()

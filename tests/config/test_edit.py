@@ -1,0 +1,253 @@
+"""config/edit.py: edits of one component keep every other byte of the user's file."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import edit, files
+from gateway.config.load import load
+from gateway.core.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+HAND_WRITTEN = """\
+# Edge Stream on the line-3 gateway.
+# Keep this file in git: see ops/README.
+gateway:  {id: line-3, data_dir: DATA}   # the SD card's data partition
+
+sources:
+  # the plant's broker feeds everything
+  plant:   {type: mqtt, url: "mqtt://127.0.0.1:1", topics: ["sensors/+/telemetry"], qos: 1}
+  host:                       # the Pi itself
+    type: system
+    interval: 10s             # often enough for the dashboard
+
+routes:
+  telemetry:
+    match: "sensors/+/telemetry"
+    sinks: [ archive ]        # spaces inside the brackets are the user's
+
+  # alarms go to both
+  alarms:
+    match: 'alarms/#'
+    sinks:
+      - archive
+      - cache
+
+sinks:
+  archive:
+    type: file
+    path: 'archive.jsonl'     # single quotes kept
+    rotate_bytes: 64MiB
+
+  # a second copy, kept short
+  cache: {type: file, path: "cache.jsonl", keep: 2}
+
+# web stays on localhost
+web: {listen: "127.0.0.1:0"}
+# end of file
+"""
+
+
+@pytest.fixture
+def text(tmp_path: Path) -> str:
+    return HAND_WRITTEN.replace("DATA", str(tmp_path / "data"))
+
+
+def _changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    """The lines removed from `before` and added in `after`, line by line."""
+    removed, added = [], []
+    for line in difflib.ndiff(before.splitlines(), after.splitlines()):
+        if line.startswith("- "):
+            removed.append(line[2:])
+        elif line.startswith("+ "):
+            added.append(line[2:])
+    return removed, added
+
+
+def _outside(text: str, first: str, last: str) -> str:
+    """`text` less the lines from the one holding `first` to the one holding `last`."""
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if first in line)
+    end = next(i for i in range(start, len(lines)) if last in lines[i])
+    return "".join(lines[:start] + lines[end + 1 :])
+
+
+def test_adding_a_route_only_adds_its_lines(text: str) -> None:
+    new = edit.set_component(
+        text, "routes", "hosts", {"match": "system/#", "sinks": ["cache"]}, "gw.yaml"
+    )
+    removed, added = _changed_lines(text, new)
+    assert removed == []
+    assert added == ["  hosts:", "    match: system/#", "    sinks: [cache]"]
+    # placed after the last route, before the blank line and `sinks:`
+    assert _outside(new, "  hosts:", "sinks: [cache]") == text
+    assert yaml.safe_load(new)["routes"]["hosts"] == {"match": "system/#", "sinks": ["cache"]}
+
+
+def test_changing_a_sink_keeps_its_unchanged_values_and_everything_around(text: str) -> None:
+    value = {"type": "file", "path": "archive.jsonl", "rotate_bytes": "128MiB", "keep": 3}
+    new = edit.set_component(text, "sinks", "archive", value, "gw.yaml")
+    removed, added = _changed_lines(text, new)
+    assert removed == ["    rotate_bytes: 64MiB"]
+    assert added == ["    rotate_bytes: 128MiB", "    keep: 3"]
+    assert "path: 'archive.jsonl'     # single quotes kept" in new
+    assert yaml.safe_load(new)["sinks"]["archive"] == value
+
+
+def test_changing_a_flow_style_sink_keeps_it_on_one_line(text: str) -> None:
+    value = {"type": "file", "path": "cache.jsonl", "keep": 5}
+    new = edit.set_component(text, "sinks", "cache", value, "gw.yaml")
+    removed, added = _changed_lines(text, new)
+    assert removed == ['  cache: {type: file, path: "cache.jsonl", keep: 2}']
+    assert added == ['  cache: {type: file, path: "cache.jsonl", keep: 5}']
+
+
+def test_deleting_a_source_removes_only_its_lines(text: str) -> None:
+    new = edit.remove_component(text, "sources", "host", "gw.yaml")
+    removed, added = _changed_lines(text, new)
+    assert added == []
+    assert removed == [
+        "  host:                       # the Pi itself",
+        "    type: system",
+        "    interval: 10s             # often enough for the dashboard",
+    ]
+    # every other comment of the file is still there
+    assert [line for line in text.splitlines() if "#" in line and line not in removed] == [
+        line for line in new.splitlines() if "#" in line
+    ]
+    assert "sources:\n  # the plant's broker feeds everything\n  plant:" in new
+
+
+def test_all_three_edits_in_a_row_keep_every_comment(text: str, tmp_path: Path) -> None:
+    new = edit.set_component(
+        text, "routes", "hosts", {"match": "system/#", "sinks": ["cache"]}, "gw.yaml"
+    )
+    new = edit.set_component(
+        new, "sinks", "cache", {"type": "file", "path": "c2.jsonl", "keep": 2}, "gw.yaml"
+    )
+    new = edit.remove_component(new, "sources", "plant", "gw.yaml")
+    comments = [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]
+    for comment in comments:
+        if "'alarms/" in comment or "sensors/" in comment or "plant" in comment:
+            continue  # a `#` inside a value, or the removed source's own line
+        assert comment in new
+    path = tmp_path / "gw.yaml"
+    path.write_text(new)
+    config = load(path, environ={})
+    assert set(config.sources) == {"host"} and set(config.routes) == {
+        "telemetry",
+        "alarms",
+        "hosts",
+    }
+
+
+def test_a_string_the_loader_would_read_as_another_type_is_quoted(text: str) -> None:
+    value = {"type": "file", "path": "yes", "keep": 1}
+    new = edit.set_component(text, "sinks", "odd", value, "gw.yaml")
+    assert yaml.safe_load(new)["sinks"]["odd"] == value
+    assert "path: 'yes'" in new
+
+
+def test_a_new_section_is_appended(tmp_path: Path) -> None:
+    text = "# only a comment and a gateway\ngateway: {id: x}\n"
+    new = edit.set_component(text, "sinks", "out", {"type": "file"}, "gw.yaml")
+    assert new == text + "sinks:\n  out:\n    type: file\n"
+
+
+def test_removing_the_last_component_leaves_an_empty_section(text: str) -> None:
+    new = edit.remove_component(text, "sources", "host", "gw.yaml")
+    new = edit.remove_component(new, "sources", "plant", "gw.yaml")
+    assert yaml.safe_load(new)["sources"] == {}
+    assert "# end of file" in new and "# web stays on localhost" in new
+
+
+def test_removing_what_is_not_there_names_it(text: str) -> None:
+    with pytest.raises(ConfigError, match="no source named 'nope'"):
+        edit.remove_component(text, "sources", "nope", "gw.yaml")
+
+
+def test_json_is_written_back_as_formatted_json() -> None:
+    text = json.dumps(
+        {
+            "sources": {"host": {"type": "system"}},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"path": "o.jsonl", "type": "file"}},
+        }
+    )
+    new = edit.set_component(
+        text, "sinks", "out", {"type": "file", "path": "p.jsonl", "keep": 1}, "gw.json"
+    )
+    new = edit.set_component(new, "routes", "two", {"match": "a/#", "sinks": ["out"]}, "gw.json")
+    data = json.loads(new)
+    assert new == json.dumps(data, indent=2) + "\n"
+    assert list(data["sinks"]["out"]) == ["path", "type", "keep"]  # the file's key order first
+    assert data["sinks"]["out"]["path"] == "p.jsonl"
+    assert list(data["routes"]) == ["all", "two"]
+    assert (
+        "host"
+        not in json.loads(edit.remove_component(new, "sources", "host", "gw.json"))["sources"]
+    )
+
+
+def test_enc_values_stay_encrypted_and_a_redacted_value_keeps_the_file_s(text: str) -> None:
+    secret = "ENC(AAAAbm90IGEgcmVhbCBzZWNyZXQ=)"
+    text = text.replace('url: "mqtt://127.0.0.1:1"', f'url: "mqtt://u:{secret}@127.0.0.1:1"')
+    value = {
+        "type": "mqtt",
+        "url": "mqtt://u:***@127.0.0.1:1",  # as `config show` and GET /api/config show it
+        "topics": ["sensors/+/telemetry"],
+        "qos": 0,
+    }
+    new = edit.set_component(text, "sources", "plant", value, "gw.yaml")
+    assert secret in new
+    assert yaml.safe_load(new)["sources"]["plant"]["url"] == f"mqtt://u:{secret}@127.0.0.1:1"
+    sent = {"type": "file", "path": "x", "password": "ENC(c2VudA==)"}
+    assert "password: ENC(c2VudA==)" in edit.set_component(text, "sinks", "s", sent, "gw.yaml")
+    with pytest.raises(ConfigError, match=r"sinks\.s\.password: '\*\*\*' stands for a secret"):
+        edit.set_component(text, "sinks", "s", {**sent, "password": "***"}, "gw.yaml")
+
+
+def test_a_refused_edit_writes_nothing(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        edit.edit_file(path, "routes", "r1", {"match": "a/#", "sinks": ["x"]}, environ={})
+    assert any("routes.r1.sinks" in p and "'x'" in p for p in refused.value.problems)
+    assert path.read_text() == text
+    assert files.versions(tmp_path / "data") == []
+
+
+def test_an_accepted_edit_keeps_the_old_text_as_a_version(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    old, kept = edit.edit_file(path, "sources", "host", None, environ={})
+    assert old == text and kept is not None
+    assert kept.path.read_text() == text
+    assert "host:" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("section", "name"), [("web", "x"), ("sinks", ""), ("sinks", " a"), ("sinks", "a\nb")]
+)
+def test_bad_names_are_refused(text: str, section: str, name: str) -> None:
+    value: dict[str, Any] = {"type": "file"}
+    with pytest.raises(ConfigError):
+        edit.set_component(text, section, name, value, "gw.yaml")
+
+
+@pytest.mark.parametrize("line", ["sinks:", "sinks: {}", "sinks: {}   # none yet", "sinks:  # x"])
+def test_an_empty_section_is_filled_in_place(line: str) -> None:
+    text = f"# head\ngateway: {{id: x}}\n{line}\n# tail\nweb: {{listen: '127.0.0.1:0'}}\n"
+    new = edit.set_component(text, "sinks", "out", {"type": "file"}, "gw.yaml")
+    comment = line.partition("#")[2]
+    head = "sinks:" + (f"  #{comment}" if comment else "")
+    assert new == text.replace(line + "\n", f"{head}\n  out:\n    type: file\n")
+    back = edit.remove_component(new, "sinks", "out", "gw.yaml")
+    assert back == text.replace(line + "\n", head.replace("sinks:", "sinks: {}") + "\n")

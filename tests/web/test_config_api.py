@@ -1,0 +1,140 @@
+"""The config API's answers through the web server of a real (in-process) gateway: an
+edit the gateway does not apply puts the file back, bodies are bounded, credentials
+and methods are checked, and a gateway without a config file says so."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import files
+from gateway.config.load import load
+from tests.web.test_web import free_port
+
+pytestmark = pytest.mark.integration
+
+TEXT = """\
+# a comment to keep
+gateway: {id: api-test, data_dir: DATA}
+mqtt: {url: "mqtt://127.0.0.1:1"}
+routes:
+  all: {match: "#", sinks: [out]}   # inline
+sinks:
+  out: {type: file}
+web: {listen: "LISTEN"AUTH}
+"""
+
+Reload = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _serve(
+    tmp_path: Path, reload: Reload | None, with_path: bool = True, auth: str = ""
+) -> tuple[Gateway, asyncio.Task[None], str, Path]:
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    text = TEXT.replace("DATA", str(tmp_path / "data")).replace("LISTEN", f"127.0.0.1:{port}")
+    path.write_text(text.replace("AUTH", auth))
+    gateway = Gateway(load(path, environ={}), str(path) if with_path else None)
+    gateway.reload_now = reload
+    task = asyncio.create_task(gateway.run())
+    async with asyncio.timeout(10):
+        await gateway.ready.wait()
+    return gateway, task, f"http://127.0.0.1:{port}", path
+
+
+@pytest.fixture
+async def stop() -> AsyncIterator[list[tuple[Gateway, asyncio.Task[None]]]]:
+    running: list[tuple[Gateway, asyncio.Task[None]]] = []
+    yield running
+    for gateway, task in running:
+        gateway.stop()
+        await task
+
+
+def _call(
+    url: str, method: str, body: bytes | None = None, auth: tuple[str, str] | None = None
+) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+async def test_an_edit_the_gateway_rolls_back_puts_the_file_back(
+    tmp_path: Path, stop: list[Any]
+) -> None:
+    calls = []
+
+    async def rolled_back() -> dict[str, Any]:
+        # what the engine answers when a changed sink fails to start
+        calls.append(path.read_text())
+        return {"outcome": "rolled_back", "errors": ["sinks.two: cannot start"], "changes": []}
+
+    gateway, task, url, path = await _serve(tmp_path, rolled_back)
+    stop.append((gateway, task))
+    before = path.read_text()
+    body = json.dumps({"type": "file", "path": "two.jsonl"}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/sinks/two", "PUT", body)
+    assert status == 409, answer
+    assert answer["outcome"] == "rolled_back" and answer["errors"] == ["sinks.two: cannot start"]
+    assert "  two:" in calls[0]  # the reload saw the edited file
+    assert path.read_text() == before  # and it is back as it was
+    assert [v.name for v in files.versions(tmp_path / "data")] == [answer["version"]]
+
+
+async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any]) -> None:
+    async def applied() -> dict[str, Any]:
+        return {"outcome": "applied", "errors": []}
+
+    gateway, task, url, path = await _serve(
+        tmp_path, applied, auth=', username: admin, password: "s3cret-pass"'
+    )
+    stop.append((gateway, task))
+    before = path.read_text()
+    sink = f"{url}/api/config/sinks/two"
+    creds = ("admin", "s3cret-pass")
+    good = json.dumps({"type": "file"}).encode()
+    assert (await asyncio.to_thread(_call, sink, "PUT", good))[0] == 401
+    big = json.dumps({"type": "file", "path": "x" * (300 << 10)}).encode()
+    assert (await asyncio.to_thread(_call, sink, "PUT", big, creds))[0] == 413
+    assert (await asyncio.to_thread(_call, sink, "POST", good, creds))[0] == 405
+    assert (await asyncio.to_thread(_call, f"{url}/api/config", "PUT", good, creds))[0] == 405
+    status, answer = await asyncio.to_thread(_call, sink, "PUT", b"[1, 2]", creds)
+    assert status == 400 and "JSON object" in answer["errors"][0]
+    status, _ = await asyncio.to_thread(_call, f"{url}/api/config/webs/x", "PUT", good, creds)
+    assert status == 404
+    assert path.read_text() == before
+    status, shown = await asyncio.to_thread(_call, f"{url}/api/config", "GET", None, creds)
+    assert status == 200 and shown["config"]["web"]["password"] == "***"
+    assert "s3cret-pass" not in json.dumps(shown)
+    status, answer = await asyncio.to_thread(_call, sink, "PUT", good, creds)
+    assert (status, answer["outcome"]) == (200, "applied")
+    assert "# a comment to keep" in path.read_text() and "  two:" in path.read_text()
+
+
+async def test_without_a_config_file_there_is_nothing_to_edit(
+    tmp_path: Path, stop: list[Any]
+) -> None:
+    gateway, task, url, _ = await _serve(tmp_path, None, with_path=False)
+    stop.append((gateway, task))
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config", "GET")
+    assert status == 409 and "without a config file" in answer["errors"][0]
