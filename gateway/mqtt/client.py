@@ -166,6 +166,7 @@ class Client(asyncio.Protocol):
         self.maximum_packet_size: int | None = None  # from CONNACK, if the broker set one
         self.session_present = False
         self._accepted = False  # the broker answered CONNECT with success
+        self._max_in = 0  # the Maximum Packet Size we announced (0: none)
         self.closed_reason: str | None = None
         self.closed_error: BaseException | None = None  # how the connection ended, if in error
 
@@ -182,6 +183,7 @@ class Client(asyncio.Protocol):
         protocol: int = 5,
         session_expiry: int = 0,
         receive_maximum: int = 0,
+        maximum_packet_size: int = 0,
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
@@ -193,6 +195,7 @@ class Client(asyncio.Protocol):
         refuses. The connection is closed when this raises.
         """
         self.protocol = protocol
+        self._max_in = maximum_packet_size
         loop = asyncio.get_running_loop()
         await loop.create_connection(
             lambda: self, host, port, ssl=tls, server_hostname=host if tls else None
@@ -214,6 +217,8 @@ class Client(asyncio.Protocol):
                     props += b"\x11" + struct.pack("!I", session_expiry)
                 if receive_maximum:
                     props += b"\x21" + struct.pack("!H", receive_maximum)
+                if maximum_packet_size:  # the broker sends nothing larger (3.1.2.11.4)
+                    props += b"\x27" + struct.pack("!I", maximum_packet_size)
                 body += _varint(len(props)) + props
             self._connack = loop.create_future()
             self._write(_packet(0x10, body + payload))
@@ -380,6 +385,8 @@ class Client(asyncio.Protocol):
                         length, head = _read_varint(buf, pos + 1)
                     except IndexError:
                         break
+                    if self._max_in and head - pos + length > self._max_in:
+                        raise ProtocolError(f"a packet of {length} bytes, over our maximum")
                 if head + length > end:
                     break
                 if first == 0x40 and length >= 2:  # PUBACK, the usual packet here
