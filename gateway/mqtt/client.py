@@ -136,7 +136,8 @@ class Client(asyncio.Protocol):
     `on_puback(packet_id, reason_code)` runs for every PUBACK (0 = success; 3.1.1
     PUBACKs have none). `deliver` runs for every PUBLISH received; a QoS 1 one is
     acknowledged only when the caller calls `ack`. `on_lost(reason)` runs once
-    when the connection ends, whoever ended it.
+    when the connection ends, whoever ended it. `max_packet_in` bounds what one
+    received packet may take in memory.
     """
 
     def __init__(
@@ -145,6 +146,7 @@ class Client(asyncio.Protocol):
         on_puback: Callable[[int, int], None] | None = None,
         deliver: Deliver | None = None,
         on_lost: Callable[[str], None] | None = None,
+        max_packet_in: int = 0,
     ) -> None:
         self._on_puback = on_puback
         self._deliver = deliver
@@ -166,7 +168,10 @@ class Client(asyncio.Protocol):
         self.maximum_packet_size: int | None = None  # from CONNACK, if the broker set one
         self.session_present = False
         self._accepted = False  # the broker answered CONNECT with success
-        self._max_in = 0  # the Maximum Packet Size we announced (0: none)
+        # A packet announcing more than this many bytes closes the connection before its
+        # body is buffered (0: no limit). Not announced as Maximum Packet Size in CONNECT:
+        # Mosquitto 2.0 was seen holding such a message back and delivering nothing after it.
+        self._max_in = max_packet_in
         self.closed_reason: str | None = None
         self.closed_error: BaseException | None = None  # how the connection ended, if in error
 
@@ -183,7 +188,6 @@ class Client(asyncio.Protocol):
         protocol: int = 5,
         session_expiry: int = 0,
         receive_maximum: int = 0,
-        maximum_packet_size: int = 0,
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
@@ -195,7 +199,6 @@ class Client(asyncio.Protocol):
         refuses. The connection is closed when this raises.
         """
         self.protocol = protocol
-        self._max_in = maximum_packet_size
         loop = asyncio.get_running_loop()
         await loop.create_connection(
             lambda: self, host, port, ssl=tls, server_hostname=host if tls else None
@@ -217,8 +220,6 @@ class Client(asyncio.Protocol):
                     props += b"\x11" + struct.pack("!I", session_expiry)
                 if receive_maximum:
                     props += b"\x21" + struct.pack("!H", receive_maximum)
-                if maximum_packet_size:  # the broker sends nothing larger (3.1.2.11.4)
-                    props += b"\x27" + struct.pack("!I", maximum_packet_size)
                 body += _varint(len(props)) + props
             self._connack = loop.create_future()
             self._write(_packet(0x10, body + payload))
@@ -385,8 +386,8 @@ class Client(asyncio.Protocol):
                         length, head = _read_varint(buf, pos + 1)
                     except IndexError:
                         break
-                    if self._max_in and head - pos + length > self._max_in:
-                        raise ProtocolError(f"a packet of {length} bytes, over our maximum")
+                    if self._max_in and length > self._max_in:
+                        raise ProtocolError(f"a packet of {length} bytes (at most {self._max_in})")
                 if head + length > end:
                     break
                 if first == 0x40 and length >= 2:  # PUBACK, the usual packet here

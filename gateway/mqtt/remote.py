@@ -3,10 +3,12 @@
 One small connection (`gateway.mqtt.client.Client`, the project's own client: the
 channel needs SUBSCRIBE, QoS 1 in with a late PUBACK, and retained QoS 1 out, all of
 which it has, so no second MQTT library is loaded into the gateway) to
-`remote_config.broker`. It subscribes to `edge-stream/<id>/config/set` at QoS 1 on a
-persistent session (a config pushed while the gateway is away arrives when it is
-back), with Receive Maximum 1 and a Maximum Packet Size just above MAX_PAYLOAD, so
-at most one document is in memory. Each document is handled in turn
+`remote_config.broker`. It subscribes to `edge-stream/<id>/config/set` at QoS 1 with
+Receive Maximum 1, so the broker sends the next document only once the last one is
+answered. A packet larger than MAX_PACKET closes the connection before its body is
+read; the session is clean (a config pushed while the gateway is away is not kept
+for it; `config/active` tells the fleet what each gateway runs), so the broker
+forgets that packet and the channel reconnects without it. Each document is handled in turn
 (gateway/config/remote.py checks and applies it), answered on `.../config/result`
 and then acknowledged; after each apply, and on each connect, the active config's
 version and hash go out retained on `.../config/active`.
@@ -43,7 +45,10 @@ log = logging.getLogger("gateway.remote_config")
 MAX_PACKET = remote.MAX_PAYLOAD + (16 << 10)  # the envelope plus topic and header
 QUEUE = 4  # documents waiting (QoS 0 ones are not flow-controlled by Receive Maximum)
 IDLE = 1.0  # seconds between two looks at whether the settings changed
-SESSION_EXPIRY = 86400  # the broker keeps our subscription and queued documents a day
+
+
+class _Lost(Exception):
+    """An established connection ended (said as a warning; the channel reconnects)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,10 @@ class RemoteConfig:
                 state_dir = data_dir
             try:
                 await self._session(plan, backoff)
+            except _Lost as err:
+                self._trouble(
+                    f"the connection to the remote config broker ended: {err}", error=False
+                )
             except ConfigError as err:
                 self._trouble(str(err), error=True)
             except (OSError, ConnectRefused, TimeoutError) as err:
@@ -167,18 +176,20 @@ class RemoteConfig:
         key = await asyncio.to_thread(remote.load_public_key, settings.public_key or "")
         self._lost.clear()
         self._queue = asyncio.Queue(QUEUE)
-        client = Client(deliver=self._deliver, on_lost=lambda _reason: self._lost.set())
+        client = Client(
+            deliver=self._deliver,
+            on_lost=lambda _reason: self._lost.set(),
+            max_packet_in=MAX_PACKET,
+        )
         self._client = client
         async with asyncio.timeout(10):
             await client.open(
                 host,
                 port,
                 client_id=plan.client_id,
-                clean_start=False,
+                clean_start=True,
                 keepalive=30,
-                session_expiry=SESSION_EXPIRY,
                 receive_maximum=1,
-                maximum_packet_size=MAX_PACKET,
                 username=settings.username,
                 password=settings.password if settings.username else None,
                 tls=context,
@@ -220,7 +231,7 @@ class RemoteConfig:
                     self._publish_active(client, plan.gateway_id)
                 if mid is not None:
                     client.ack([(mid, qos)])
-        raise ConnectionError(client.closed_reason or "the connection ended")
+        raise _Lost(client.closed_reason or "closed")
 
     async def _next(self) -> tuple[bytes, int, int | None] | None:
         """The next document, or None after IDLE seconds (or when the connection ends)."""
