@@ -159,7 +159,7 @@ def _apply(
     settled: list[str] = []
 
     async def reload() -> dict[str, Any]:
-        read.append(path.read_text())
+        read.append(await asyncio.to_thread(path.read_text))
         return {"outcome": outcome, "errors": [] if outcome == "applied" else ["it failed"]}
 
     answer, applied = asyncio.run(
@@ -189,9 +189,7 @@ def test_a_good_document_is_saved_with_history_and_its_version_kept(tmp_path: Pa
 
 
 @pytest.mark.parametrize("outcome", ["refused", "rolled_back"])
-def test_a_reload_that_does_not_apply_puts_the_old_text_back(
-    tmp_path: Path, outcome: str
-) -> None:
+def test_a_reload_that_does_not_apply_puts_the_old_text_back(tmp_path: Path, outcome: str) -> None:
     path, data_dir = _setup(tmp_path)
     old = path.read_text()
     new = old.replace("out.jsonl", "b.jsonl")
