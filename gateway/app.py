@@ -14,7 +14,9 @@ the config file (`gateway.watch_config`, default true: the file's stat — mtime
 size, inode — is polled every 0.5 s and a change that has held still for 1 s
 reloads, so an editor that saves by writing a new file and renaming it over the
 old one is noticed too; a change back to a text already tried is not read again),
-and `POST /api/config/reload` on the web server (`edge-stream reload`). An
+and `POST /api/config/reload` on the web server (`edge-stream reload`); a signed
+remote config (gateway/mqtt/remote.py) is written to the file and tried the same way
+(trigger "remote"). An
 invalid file is refused with its errors and kept as the last reload's outcome in
 /api/status (`config.last_reload`); the running config stays.
 """
@@ -40,8 +42,15 @@ from gateway.core.errors import ConfigError
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
 from gateway.engine.runner import supervised
-from gateway.engine.status import BrokerStatus, ConfigStatus, ReloadStatus, Snapshot
+from gateway.engine.status import (
+    BrokerStatus,
+    ConfigStatus,
+    ReloadStatus,
+    RemoteConfigStatus,
+    Snapshot,
+)
 from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
+from gateway.mqtt.remote import RemoteConfig
 from gateway.store.sqlite import Store, StoreError, hold_data_dir, let_go_data_dir
 from gateway.web.server import WebServer
 
@@ -98,6 +107,7 @@ class Gateway:
         self.last_reload: ReloadStatus | None = None
         # POST /api/config/reload: try a reload now, answer its outcome (set by `serve`).
         self.reload_now: Callable[[], Any] | None = None
+        self.remote: RemoteConfig | None = None  # the remote config channel (set by `serve`)
 
     # -- the view the web server and metrics read -----------------------------
 
@@ -110,7 +120,10 @@ class Gateway:
         assert self._engine is not None, "an engine exists before the web server starts"
         broker = None if self.broker is None else BrokerStatus(**self.broker.status())
         config = ConfigStatus(self.config_path, self.config_hash, self.loaded_at, self.last_reload)
-        return dataclasses.replace(self._engine.snapshot(broker), config=config)
+        remote = None if self.remote is None else RemoteConfigStatus(**self.remote.status())
+        return dataclasses.replace(
+            self._engine.snapshot(broker), config=config, remote_config=remote
+        )
 
     # -- control ---------------------------------------------------------------
 
@@ -359,7 +372,8 @@ class Gateway:
 WATCH_INTERVAL = 0.5  # seconds between two looks at the config file's stat
 WATCH_SETTLE = 1.0  # a change must hold still this long before it is read
 
-Outcome = dict[str, Any]  # {"outcome": "applied"|"refused", "errors": [...]}
+# {"outcome": "applied"|"refused"|"rolled_back", "errors": [...], "changes": [...]?}
+Outcome = dict[str, Any]
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:
@@ -413,11 +427,18 @@ class Reloads:
             self._task = asyncio.create_task(self._attempts(trigger), name="reload")
         return future
 
-    async def api(self) -> Outcome:
-        future = self.request("api")
+    async def api(self, trigger: str = "api") -> Outcome:
+        """Attempt a reload now and answer its outcome (the API; "remote": a signed config)."""
+        future = self.request(trigger)
         if future is None:
             return {"outcome": "refused", "errors": ["the gateway is stopping"]}
         return await asyncio.shield(future)
+
+    def settle(self, text: str) -> None:
+        """The file was put back to `text` (a remote config not applied): not a change."""
+        assert self.path is not None
+        self._stamp = _file_stamp(self.path)
+        self._tried_hash = _text_hash(text)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -521,6 +542,19 @@ class Reloads:
             self.request("file")
 
 
+def _remote_config(gateway: Gateway, reloads: Reloads, path: str) -> RemoteConfig:
+    """The remote config channel (idle unless `remote_config.enabled`)."""
+    return RemoteConfig(
+        config=lambda: gateway.config,
+        broker_url=lambda: None if gateway.broker is None else gateway.broker.url,
+        config_hash=lambda: gateway.config_hash,
+        config_path=path,
+        reload=lambda: reloads.api("remote"),
+        settle=reloads.settle,
+        ready=gateway.ready,
+    )
+
+
 async def serve(
     config: Config, config_path: str | None = None, log_level: str | None = None
 ) -> int:
@@ -560,15 +594,21 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
-    watcher = None
+    watcher = channel = None
     if config_path is not None:
         watcher = asyncio.create_task(reloads.watch(), name="config-watch")
+        gateway.remote = _remote_config(gateway, reloads, config_path)
+        channel = asyncio.create_task(
+            supervised("remote_config", gateway.remote.run, log), name="remote-config"
+        )
     try:
         await gateway.run()
     finally:
         if watcher is not None:
             watcher.cancel()
         await reloads.close()
-        if watcher is not None:
-            await asyncio.gather(watcher, return_exceptions=True)
+        for task in (watcher, channel):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     return 0

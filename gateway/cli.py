@@ -17,6 +17,13 @@ edge-stream config rollback -c FILE [VERSION]    put a kept version back (defaul
                                                  newest), validated first; the current
                                                  text is kept too; a running gateway is
                                                  asked to reload
+edge-stream config keygen-signing --out KEY      an Ed25519 key pair for remote config
+                                                 (KEY 0600, KEY.pub for the gateways)
+edge-stream config sign FILE --key KEY --gateway ID [--version N]
+                                                 print the signed envelope of FILE
+edge-stream config push FILE --key KEY --gateway ID --broker URL [--version N]
+                                                 publish it, wait for the gateway's answer;
+                                                 exit 0 only if applied
 edge-stream secret keygen [-c FILE]              create the key for ENC(...) secrets
 edge-stream secret encrypt [VALUE|-] [-c FILE]   print ENC(...) for VALUE (`-` or none:
                                                  stdin, or a prompt without echo)
@@ -123,6 +130,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return _config_history(args)
     if args.action in ("versions", "rollback"):
         return _config_versions(args)
+    if args.action in REMOTE_ACTIONS:
+        return cmd_config_remote(args)
     config, raw = _view(args.config)
     if args.action == "show":
         if args.new is not None:
@@ -238,6 +247,93 @@ def _reload_after_rollback(path: str) -> int:
         f"edge-stream: the running gateway did not apply it ({outcome}): {errors};"
         " `config rollback` again puts the text before back",
         file=sys.stderr,
+    )
+    return 1
+
+
+# --- remote config: the operator's side (keygen-signing, sign, push) ---------------------
+
+REMOTE_ACTIONS = ("keygen-signing", "sign", "push")
+PUSH_PASSWORD_ENV = "EDGE_STREAM_PUSH_PASSWORD"
+
+
+def cmd_config_remote(args: argparse.Namespace) -> int:
+    """`config keygen-signing --out KEY`, `config sign FILE`, `config push FILE`."""
+    from gateway.config import remote
+
+    try:
+        if args.action == "keygen-signing":
+            if not args.out:
+                print("edge-stream: config keygen-signing needs --out PRIVATE", file=sys.stderr)
+                return 2
+            public, b64 = remote.keygen(args.out)
+            print(f"wrote {args.out} (0600, keep it secret) and {public}")
+            print(f"public key (remote_config.public_key takes the file or this): {b64}")
+            return 0
+        if args.new is None or not args.key or not args.gateway:
+            print(
+                f"edge-stream: config {args.action} needs FILE --key PRIVATE --gateway ID"
+                + (" --broker URL" if args.action == "push" else ""),
+                file=sys.stderr,
+            )
+            return 2
+        number = args.remote_version if args.remote_version is not None else int(time.time())
+        document = remote.Document(
+            args.gateway, number, remote.format_of(args.new), read_text(args.new)
+        )
+        parse_text(document.config, args.new)  # a syntax error is found here, not on the device
+        envelope = remote.sign(document, remote.load_private_key(args.key))
+        if args.action == "sign":
+            print(envelope.decode())
+            return 0
+        if not args.broker:
+            print("edge-stream: config push needs --broker URL", file=sys.stderr)
+            return 2
+        return _push(args, envelope, number)
+    except ConfigError as err:
+        print(f"edge-stream: {err.problems[0]}", file=sys.stderr)
+        return 1
+
+
+def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
+    from gateway.mqtt.remote import push
+
+    try:
+        answer = asyncio.run(
+            push(
+                envelope,
+                gateway_id=args.gateway,
+                version=number,
+                url=args.broker,
+                username=args.username,
+                password=os.environ.get(PUSH_PASSWORD_ENV),
+                ca_file=args.ca_file,
+                cert_file=args.cert_file,
+                key_file=args.cert_key,
+                wait=args.timeout,
+            )
+        )
+    except ValueError as err:  # the URL
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(
+            f"edge-stream: {args.gateway}: no answer within {args.timeout:g} s (is the gateway"
+            " running with remote_config enabled on that broker?)",
+            file=sys.stderr,
+        )
+        return 1
+    outcome = str(answer.get("outcome"))
+    line = f"{args.gateway}: config version {answer.get('version')} {outcome.replace('_', ' ')}"
+    if outcome == "applied":
+        changes = answer.get("changes")
+        print(
+            f"{line} (hash {answer.get('hash')})"
+            + (f"; changed {', '.join(changes)}" if changes else "")
+        )
+        return 0
+    print(
+        f"edge-stream: {line}: {'; '.join(map(str, answer.get('errors') or []))}", file=sys.stderr
     )
     return 1
 
@@ -616,15 +712,21 @@ def parser() -> argparse.ArgumentParser:
             "config", help="show a config, what a new one changes, its versions and reloads"
         )
     )
-    conf.add_argument("action", choices=["show", "diff", "history", "versions", "rollback"])
+    conf.add_argument(
+        "action", choices=["show", "diff", "history", "versions", "rollback", *REMOTE_ACTIONS]
+    )
     conf.add_argument("--limit", type=int, default=50, help="history: how many (default 50)")
     conf.add_argument(
         "new",
         nargs="?",
-        metavar="NEWFILE|VERSION",
-        help="diff: the new config file; rollback: the kept version (default: the newest)",
+        metavar="NEWFILE|VERSION|FILE",
+        help=(
+            "diff: the new config file; rollback: the kept version (default: the newest);"
+            " sign, push: the config file to send"
+        ),
     )
     conf.set_defaults(fn=cmd_config)
+    _remote_options(conf)
     sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
     sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
     sec.add_argument("value", nargs="?")
@@ -647,6 +749,24 @@ def parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
     schema.set_defaults(fn=cmd_schema)
     return p
+
+
+def _remote_options(conf: argparse.ArgumentParser) -> None:
+    """Options of `config keygen-signing | sign | push` (the remote config's operator side)."""
+    conf.add_argument("--out", help="keygen-signing: the private key file to write")
+    conf.add_argument("--key", help="sign/push: the Ed25519 private key (PEM)")
+    conf.add_argument("--gateway", help="sign/push: the gateway id the document is for")
+    conf.add_argument(
+        "--version", dest="remote_version", type=int, help="sign/push: default: unix time now"
+    )
+    conf.add_argument("--broker", help="push: mqtt://host:port or mqtts://host:port")
+    conf.add_argument(
+        "--username", help=f"push: MQTT user name (password from ${PUSH_PASSWORD_ENV})"
+    )
+    conf.add_argument("--ca-file", help="push: CA bundle for mqtts://")
+    conf.add_argument("--cert-file", help="push: client certificate for mqtts://")
+    conf.add_argument("--cert-key", help="push: its private key")
+    conf.add_argument("--timeout", type=float, default=30.0, help="push: seconds to wait")
 
 
 def main(argv: list[str] | None = None) -> int:

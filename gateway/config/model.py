@@ -1,6 +1,7 @@
 """The typed shape of the gateway's one config file.
 
-Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`.
+Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`,
+`remote_config`.
 Sources and sinks are mappings keyed by the name you give them; routes name
 the sinks they feed. Every component's own keys are documented in its module.
 Each key carries its description (`Doc`) and simple bounds (`Range`), from which
@@ -24,6 +25,7 @@ from gateway.config.schema import (
     did_you_mean,
     mask_password,
 )
+from gateway.core.errors import ConfigError
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -260,6 +262,66 @@ class WebSection:
 
 
 @dataclass(frozen=True)
+class RemoteConfigSection:
+    """Signed configs pushed from a fleet server over MQTT (off by default).
+
+    The gateway subscribes to `edge-stream/<gateway id>/config/set`; a document
+    signed with the Ed25519 key whose public half is `public_key`, for this
+    gateway and with a version above the last applied, is written to the config
+    file (the old text kept under config-history/) and applied as a reload. The
+    outcome goes to `edge-stream/<id>/config/result`, the active config's
+    version and hash (retained) to `edge-stream/<id>/config/active`.
+    `edge-stream config keygen-signing`, `config sign` and `config push` are the
+    operator's side. gateway/config/remote.py says more.
+    """
+
+    enabled: Annotated[
+        bool, Doc("Take signed configs from `broker`; without it nothing is subscribed.")
+    ] = False
+    broker: Annotated[
+        str | None,
+        Doc(
+            "`mqtt://host:port` or `mqtts://host:port` of the fleet's broker (default: the"
+            " gateway's broker, `mqtt.url`).",
+            example="mqtts://fleet.example.com:8883",
+        ),
+    ] = None
+    public_key: Annotated[
+        str | None,
+        Doc(
+            "The file of the Ed25519 public key that signs configs: PEM, or its 32 bytes in"
+            " base64 (`edge-stream config keygen-signing` writes one). Needed when enabled.",
+            example="/etc/edge-stream/fleet.pub",
+        ),
+    ] = None
+    username: Annotated[str | None, Doc("The user name on `broker`.")] = None
+    password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
+    ca_file: Annotated[
+        str | None, Doc("CA bundle that verifies an mqtts:// broker (default: the system's).")
+    ] = None
+    cert_file: Annotated[str | None, Doc("Client certificate (PEM) for mqtts://.")] = None
+    key_file: Annotated[str | None, Doc("Its private key (PEM).")] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.broker is not None and not self.broker.startswith(("mqtt://", "mqtts://")):
+            yield (
+                "broker",
+                f"{mask_password(self.broker)!r} must be mqtt://host:port or mqtts://host:port",
+            )
+        if not self.enabled:
+            return
+        if not self.public_key:
+            yield "public_key", "remote_config needs the public key file that signs configs"
+            return
+        from gateway.config.remote import load_public_key  # cryptography, only when enabled
+
+        try:
+            load_public_key(self.public_key)
+        except ConfigError as err:
+            yield "public_key", str(err)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -288,6 +350,10 @@ class Config:
     web: Annotated[WebSection, Doc("The status page, JSON API and /metrics.")] = field(
         default_factory=WebSection
     )
+    remote_config: Annotated[
+        RemoteConfigSection,
+        Doc("Signed configs pushed from a fleet server over MQTT (off by default)."),
+    ] = field(default_factory=RemoteConfigSection)
 
     # The references between sections are checked even when a section has problems
     # of its own; a field or an entry that failed is None here.

@@ -96,6 +96,26 @@ class ConfigStatus:
 
 
 @dataclass(frozen=True)
+class RemoteConfigStatus:
+    """The remote config channel (`remote_config`), filled in by the process."""
+
+    enabled: bool
+    connected: bool
+    last_version: int | None  # the last remote version applied
+    last_outcome: str | None  # "applied" | "refused" | "rolled_back" of the last document
+    last_error: str | None  # why the channel is not connected, if it is not
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "connected": self.connected,
+            "last_version": self.last_version,
+            "last_outcome": self.last_outcome,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
 class DiskStatus:
     full: bool
     free_bytes: int
@@ -206,6 +226,7 @@ class Snapshot:
     dead_letters: int
     unrouted: int
     config: ConfigStatus | None = None  # filled in by the process (gateway.app)
+    remote_config: RemoteConfigStatus | None = None  # likewise
 
     def to_json(self) -> dict[str, Any]:
         """The /api/status document."""
@@ -219,6 +240,7 @@ class Snapshot:
             "dead_letters": self.dead_letters,
             "unrouted": self.unrouted,
             "config": None if self.config is None else self.config.to_json(),
+            "remote_config": None if self.remote_config is None else self.remote_config.to_json(),
         }
 
 

@@ -410,7 +410,8 @@ def _points_at(url: Any, host: str, port: int) -> bool:
 def broker_users(config: Any) -> list[str]:
     """The components that use the gateway's broker (`mqtt.url: auto` or `embedded`):
     an MQTT source without its own `url`, Modbus write-back without its own `url`, and any
-    MQTT source, sink or write-back whose `url` points at `mqtt.embedded_listen`."""
+    MQTT source, sink or write-back whose `url` points at `mqtt.embedded_listen`; and
+    `remote_config` without its own `broker` (or one pointing there)."""
     host, port = split_listen(config.mqtt.embedded_listen)
     users = []
     for kind in ("sources", "sinks"):
@@ -425,6 +426,13 @@ def broker_users(config: Any) -> list[str]:
             own = kind == "sources" and getattr(cfg, "type", None) == "mqtt" and urls[0] is None
             if own or any(_points_at(url, host, port) for url in urls):
                 users.append(f"{kind}.{name}")
+    remote = getattr(config, "remote_config", None)
+    if (
+        remote is not None
+        and remote.enabled
+        and (remote.broker is None or _points_at(remote.broker, host, port))
+    ):
+        users.append("remote_config")
     return users
 
 

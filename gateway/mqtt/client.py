@@ -136,7 +136,8 @@ class Client(asyncio.Protocol):
     `on_puback(packet_id, reason_code)` runs for every PUBACK (0 = success; 3.1.1
     PUBACKs have none). `deliver` runs for every PUBLISH received; a QoS 1 one is
     acknowledged only when the caller calls `ack`. `on_lost(reason)` runs once
-    when the connection ends, whoever ended it.
+    when the connection ends, whoever ended it. `max_packet_in` bounds what one
+    received packet may take in memory.
     """
 
     def __init__(
@@ -145,6 +146,7 @@ class Client(asyncio.Protocol):
         on_puback: Callable[[int, int], None] | None = None,
         deliver: Deliver | None = None,
         on_lost: Callable[[str], None] | None = None,
+        max_packet_in: int = 0,
     ) -> None:
         self._on_puback = on_puback
         self._deliver = deliver
@@ -166,6 +168,10 @@ class Client(asyncio.Protocol):
         self.maximum_packet_size: int | None = None  # from CONNACK, if the broker set one
         self.session_present = False
         self._accepted = False  # the broker answered CONNECT with success
+        # A packet announcing more than this many bytes closes the connection before its
+        # body is buffered (0: no limit). Not announced as Maximum Packet Size in CONNECT:
+        # Mosquitto 2.0 was seen holding such a message back and delivering nothing after it.
+        self._max_in = max_packet_in
         self.closed_reason: str | None = None
         self.closed_error: BaseException | None = None  # how the connection ended, if in error
 
@@ -380,6 +386,8 @@ class Client(asyncio.Protocol):
                         length, head = _read_varint(buf, pos + 1)
                     except IndexError:
                         break
+                    if self._max_in and length > self._max_in:
+                        raise ProtocolError(f"a packet of {length} bytes (at most {self._max_in})")
                 if head + length > end:
                     break
                 if first == 0x40 and length >= 2:  # PUBACK, the usual packet here
