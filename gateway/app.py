@@ -489,6 +489,8 @@ class Reloads:
         tried = self._tried_hash
         if new is not None and not self.stopping():
             log.info("gateway: reloading %s (%s)", path, trigger)
+            # while it applies (stopping and starting components, the start check):
+            self.gateway.last_reload = ReloadStatus(time.time(), trigger, "applying", [])
             outcome, errors, changes = await self.gateway.apply(new)
             if outcome == "applied":
                 self.gateway.config_hash = tried

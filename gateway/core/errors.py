@@ -19,5 +19,12 @@ class RetryableError(GatewayError):
     """A transient failure (connection lost, timeout): back off and try again."""
 
 
+class MissingError(RetryableError):
+    """What the config names does not exist (a serial port, a host name that does not
+    resolve). Retried like any RetryableError (an adapter may be plugged in later), but a
+    reload that starts a component on it is rolled back: the new config names a thing
+    that is not there."""
+
+
 class PermanentError(GatewayError):
     """This data or component can never succeed: dead-letter it or disable the component."""

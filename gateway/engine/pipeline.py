@@ -251,10 +251,12 @@ class Engine:
         stop what was removed or changed, start what was added or changed, update sinks in
         place, build the router again reusing unchanged routes. Everything else runs on.
 
-        With `check`, the started components get START_CHECK_S to fail outright (a
-        PermanentError: a port that cannot be opened, a DSN refused as malformed); the
-        failures are returned, one line each, and the caller rolls back by applying the
-        previous config. A component that merely cannot connect yet retries as usual.
+        With `check`, the started components get START_CHECK_S to fail outright: a
+        PermanentError (a server that refuses the credentials, a DSN that cannot be read)
+        or a MissingError (a serial port or a host name that does not exist). The failures
+        are returned, one line each, and the caller rolls back by applying the previous
+        config. A component that merely cannot connect yet (refused, timed out) is no
+        failure: it retries as usual.
         """
         assert self._tg is not None and self.router is not None, "apply() on a running engine"
         assert plan.restart is None, "a restart is the caller's: run a new engine"
@@ -321,7 +323,7 @@ class Engine:
         return [
             f"{what}: {r.last_error or 'failed to start'}"
             for what, r in started
-            if r.state == "failed"
+            if r.state == "failed" or r.missing
         ]
 
     async def _stop_source(self, name: str) -> None:

@@ -19,7 +19,7 @@ from gateway.config.model import RetrySettings, SinkConfig
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Message, Sink, Source
-from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.engine.status import SinkStatus, SourceStatus
 from gateway.store.sqlite import DeadLetter, Store, StoreError
@@ -160,6 +160,7 @@ class SourceRunner:
         self.last_error: str | None = None
         self.errors = 0
         self.produced = 0
+        self.missing = False  # the last error was a MissingError (see `Engine.apply`)
 
     def status(self) -> SourceStatus:
         return SourceStatus(
@@ -179,6 +180,7 @@ class SourceRunner:
                 self.state = "connecting"
                 await self.source.connect()
                 self.state = "running"
+                self.missing = False
                 self.backoff.reset()
                 if self.source.mode == "poll":
                     await self._poll_loop()
@@ -186,6 +188,7 @@ class SourceRunner:
                     await self._read_loop()
             except RetryableError as err:
                 self._failed(str(err))
+                self.missing = isinstance(err, MissingError)
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1f s", err, delay)
                 await self.close()
@@ -255,6 +258,7 @@ class SinkRunner:
         self.errors = 0
         self.delivered = 0
         self.rejected = 0
+        self.missing = False  # the last error was a MissingError (see `Engine.apply`)
         self.stopping = False
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
@@ -303,6 +307,7 @@ class SinkRunner:
                     self.state = "connecting"
                     await self.sink.connect()
                     self.connected = True
+                    self.missing = False
                     self.state = "running"
                     log.info("connected")
                 ahead, self._ahead = self._ahead, None
@@ -371,6 +376,7 @@ class SinkRunner:
                     log.error("stopped delivering: %s; data stays buffered (fix and reload)", err)
                     await self.close()
                     return
+                self.missing = isinstance(err, MissingError)
                 await self._retry(str(err) if isinstance(err, RetryableError) else f"store: {err}")
 
     async def _retry(self, reason: str) -> None:

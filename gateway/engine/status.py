@@ -59,7 +59,7 @@ class ReloadStatus:
 
     at: float  # unix time
     trigger: str  # "sighup" | "file" | "api" | ...
-    outcome: str  # "applied" | "refused" | "rolled_back"
+    outcome: str  # "applied" | "refused" | "rolled_back" | "applying" (under way)
     errors: list[str]
     changes: list[str] = field(default_factory=list)  # "sink warehouse changed", ...
 

@@ -88,6 +88,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -99,7 +100,7 @@ import orjson
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.sinks._columns import (
     COLUMNS_DOC,
@@ -570,6 +571,10 @@ class PostgresSink(Sink):
             )
         except _SETUP_ERRORS as err:
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
+        except socket.gaierror as err:
+            raise MissingError(
+                f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
+            ) from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
         except ValueError as err:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import errno
 import os
 import re
 import string
@@ -69,7 +70,7 @@ import serial
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
-from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_topic
 from gateway.sources._serial_framing import (
@@ -282,6 +283,8 @@ class SerialSource(Source):
             raise PermanentError(f"serial port {cfg.port}: {err}") from err
         except (serial.SerialException, OSError) as err:
             self._status.update(state="missing", last_error=str(err))
+            if getattr(err, "errno", None) == errno.ENOENT:
+                raise MissingError(f"cannot open serial port {cfg.port}: no such device") from err
             raise RetryableError(f"cannot open serial port {cfg.port}: {err}") from err
         self._serial = port
         if isinstance(port, serial.Serial) and hasattr(port, "fd"):

@@ -609,3 +609,48 @@ async def test_a_damaged_database_page_is_named_with_what_to_do(tmp_path: Path) 
     assert reset(tmp_path / "store.db").problem is not None  # moved aside, without force
     assert not (tmp_path / "store.db").exists()
     assert len([n for n in os.listdir(tmp_path) if n.startswith("store.db.corrupt-")]) == 1
+
+
+async def test_a_removed_sink_keeps_its_backlog_through_purges_until_dropped(
+    tmp_path: Path,
+) -> None:
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    await store.commit(batch([(ff(i), a | b) for i in range(10)]))
+    rows, seen = await store.read("b", store.cursor("b"), 4)
+    await store.advance("b", seen, len(rows), [])  # b has 4 of them, then is removed
+    store.set_active(["a"])
+    assert store.removed_sinks() == {"b": 6}
+    await store.commit(batch([(ff(i), a) for i in range(10, 20)]))  # routed to a only
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    # what a has is purged, except the 6 that b still waits for
+    assert await store.maintain(["a"]) == 14
+    assert await store.maintain(["a"]) == 0
+    rows, _ = await store.read("b", store.cursor("b"), 100)
+    assert [f.content for _, f in rows] == [ff(i).content for i in range(4, 10)]
+    # dropped from outside (the CLI): the running store lets go of them
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b") == 6
+        with pytest.raises(StoreError, match="knows no sink 'b'"):
+            admin.drop_sink("b")
+    await store.recount()
+    assert store.removed_sinks() == {}
+    assert await store.maintain(["a"]) == 6
+    assert store.bytes == 0
+    await store.close()
+
+
+async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    await store.commit(batch([(ff(i), a | b) for i in range(5)]))
+    store.set_active(["a"])
+    await store.commit(batch([(ff(i), a) for i in range(5, 8)]))
+    store.set_active(["a", "b"])
+    await store.register_sinks(["b"])
+    rows, _ = await store.read("b", store.cursor("b"), 100)
+    assert [f.content for _, f in rows] == [ff(i).content for i in range(5)]
+    await store.close()
