@@ -216,6 +216,13 @@ class Gateway:
         except StoreError as err:
             log.warning("gateway: cannot record the reload in the store: %s", err)
 
+    async def refused_remotely(self, config_hash: str | None, errors: list[str]) -> None:
+        """A remote config document refused before it reached the reload path (its
+        signature, version, gateway or contents): shown and recorded like a reload."""
+        now = time.time()
+        self.last_reload = ReloadStatus(now, "remote", "refused", errors)
+        await self.record(now, config_hash, "remote", "refused", [], errors)
+
     def _engine_started(self, ok: bool) -> None:
         future, self._next = self._next, None
         if future is not None and not future.done():
@@ -554,6 +561,7 @@ def _remote_config(gateway: Gateway, reloads: Reloads, path: str) -> RemoteConfi
         reload=lambda: reloads.api("remote"),
         settle=reloads.settle,
         ready=gateway.ready,
+        refused=gateway.refused_remotely,
     )
 
 

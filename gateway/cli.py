@@ -329,7 +329,7 @@ def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
         changes = answer.get("changes")
         print(
             f"{line} (hash {answer.get('hash')})"
-            + (f"; changed {', '.join(changes)}" if changes else "")
+            + (f"; {', '.join(changes)}" if changes else "")
         )
         return 0
     print(

@@ -80,6 +80,7 @@ class RemoteConfig:
         reload: Callable[[], Awaitable[remote.Outcome]],
         settle: Callable[[str], None],
         ready: asyncio.Event,
+        refused: Callable[[str | None, list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._broker_url = broker_url
@@ -87,6 +88,7 @@ class RemoteConfig:
         self._config_path = config_path
         self._reload = reload
         self._settle = settle
+        self._refused = refused  # a document refused before any reload: (hash, errors)
         self._ready = ready
         self._queue: asyncio.Queue[tuple[bytes, int, int | None]] = asyncio.Queue(QUEUE)
         self._client: Client | None = None
@@ -260,6 +262,13 @@ class RemoteConfig:
     async def _handle(self, payload: bytes, gateway_id: str, key: Any) -> dict[str, Any]:
         version: int | None = None
         digest: str | None = None
+        reloaded = False
+
+        async def reload() -> remote.Outcome:
+            nonlocal reloaded
+            reloaded = True  # the reload path shows and records its own outcome
+            return await self._reload()
+
         try:
             document = remote.open_envelope(payload, key, gateway_id)
             version, digest = document.version, text_hash(document.config)
@@ -269,12 +278,14 @@ class RemoteConfig:
                 config_path=self._config_path,
                 data_dir=self._config().gateway.data_dir,
                 last_version=last,
-                reload=self._reload,
+                reload=reload,
                 settle=self._settle,
             )
         except remote.Refused as err:
             version = err.version
             outcome, applied = {"outcome": "refused", "errors": list(err.problems)}, None
+        if not reloaded and self._refused is not None:
+            await self._refused(digest, [str(e) for e in outcome.get("errors") or []])
         if applied is not None:
             self.state = applied
         self.last_outcome = str(outcome.get("outcome"))

@@ -195,7 +195,18 @@ def test_bad_documents_are_refused_and_nothing_changes(
             assert status["config"]["hash"] == digest
             assert status["sinks"]["out"]["state"] == "running"
             assert status["remote_config"]["last_version"] == 10
+            last = status["config"]["last_reload"]
+            assert last["trigger"] == "remote" and last["outcome"] == "refused", last
+            assert any(message in e for e in last["errors"]), (message, last)
         assert files.versions(gw.data_dir) == kept
+        history = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "config", "history", "-c", str(gw.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.splitlines()
+        refusals = [line for line in history if line.split()[1:3] == ["remote", "refused"]]
+        assert len(refusals) == len(cases), history
         # past what the gateway reads at all: it drops the connection before reading the
         # body, and reconnects (a clean session: the broker forgets that message)
         fleet.client.publish(remote.set_topic(gid), b"{" * (2 << 20), qos=1).wait_for_publish(10)
@@ -238,7 +249,7 @@ def test_config_push_from_the_command_line(
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith(f"{gid}: config version ") and line.endswith(
-        f" applied (hash {files.text_hash(new.read_text())})"
+        f" applied (hash {files.text_hash(new.read_text())}); sink out changed"
     ), line
     wait_for(lambda: _lines(gw.data_dir / "pushed.jsonl") >= 1, 20, "readings in pushed.jsonl")
     assert gw.config_path.read_text() == new.read_text()
