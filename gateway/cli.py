@@ -328,8 +328,7 @@ def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
     if outcome == "applied":
         changes = answer.get("changes")
         print(
-            f"{line} (hash {answer.get('hash')})"
-            + (f"; {', '.join(changes)}" if changes else "")
+            f"{line} (hash {answer.get('hash')})" + (f"; {', '.join(changes)}" if changes else "")
         )
         return 0
     print(
@@ -392,10 +391,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
         return 1
     errors = [str(e) for e in answer.get("errors") or []]
+    changes = [str(c) for c in answer.get("changes") or []]
     if answer.get("outcome") == "applied":
-        print(f"{args.config}: reload applied")
+        print(f"{args.config}: reload applied" + (f": {'; '.join(changes)}" if changes else ""))
         return 0
-    print(f"edge-stream: {args.config}: reload refused: {'; '.join(errors)}", file=sys.stderr)
+    outcome = "rolled back" if answer.get("outcome") == "rolled_back" else "refused"
+    print(f"edge-stream: {args.config}: reload {outcome}: {'; '.join(errors)}", file=sys.stderr)
     return 1
 
 

@@ -167,6 +167,14 @@ def test_post_api_config_reload_needs_the_credentials(tmp_path: Path) -> None:
 def test_the_reload_command_against_a_running_gateway(gw: GatewayProcess) -> None:
     done = _cli_reload(gw.config_path)
     assert (done.returncode, done.stdout.strip()) == (0, f"{gw.config_path}: reload applied")
+    # what it applied, with the file watcher off (it could apply the change first)
+    _edit(gw, lambda data: data["gateway"].update(watch_config=False))
+    assert _cli_reload(gw.config_path).returncode == 0
+    _edit(gw, _add_sink("by_cli"))
+    done = _cli_reload(gw.config_path)
+    assert done.stdout.strip() == (
+        f"{gw.config_path}: reload applied: sink by_cli added; route all changed"
+    ), done.stderr
     _edit(gw, lambda data: data["sinks"]["out"].update(type="nowhere"))
     done = _cli_reload(gw.config_path)
     assert done.returncode == 1
