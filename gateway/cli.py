@@ -58,7 +58,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gateway.config import secrets
+from gateway.config import files, secrets
 from gateway.config.load import apply_env, load, parse_text, read_text
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
@@ -189,7 +189,7 @@ def _data_dir(path: str) -> str:
 
 def _config_versions(args: argparse.Namespace) -> int:
     """`config versions` and `config rollback [VERSION]`."""
-    from gateway.config import edit, files
+    from gateway.config import edit
 
     data_dir = _data_dir(args.config)
     if args.action == "versions":
@@ -228,14 +228,8 @@ def _reload_after_rollback(path: str) -> int:
     except SystemExit:  # web.enabled is false: no API to ask
         print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
         return 0
-    request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read(1 << 20))
-    except urllib.error.HTTPError as err:
-        print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError):
+    answer, _reason = _ask_reload(url, headers)
+    if answer is None:
         print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
     outcome = str(answer.get("outcome"))
@@ -377,17 +371,24 @@ def _reload_target(path: str) -> tuple[str, dict[str, str]]:
     return f"http://{host}:{port}/api/config/reload", headers
 
 
-def cmd_reload(args: argparse.Namespace) -> int:
-    url, headers = _reload_target(args.config)
+def _ask_reload(url: str, headers: dict[str, str]) -> tuple[dict[str, Any] | None, object]:
+    """POST the reload URL: (the gateway's answer, None), or (None, why) when no gateway
+    answers. An HTTP error answer is said in one line, and exits 1."""
     request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read(1 << 20))
+            return json.loads(response.read(1 << 20)), None
     except urllib.error.HTTPError as err:
         print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
-        return 1
+        raise SystemExit(1) from None
     except (OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
+        return None, getattr(err, "reason", err)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    url, headers = _reload_target(args.config)
+    answer, reason = _ask_reload(url, headers)
+    if answer is None:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
         return 1
     errors = [str(e) for e in answer.get("errors") or []]
@@ -529,9 +530,9 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
                 os.fsync(f.fileno())
         # The key first: from here on a crash leaves the backups to put back by hand.
         # resolve(): a symlinked config or key stays a symlink, its target is replaced.
-        secrets.write_atomically(key_file.resolve(), secrets.key_text(new).encode(), 0o600)
+        files.write_atomic(key_file.resolve(), secrets.key_text(new), 0o600)
         mode = config.stat().st_mode & 0o777
-        secrets.write_atomically(config.resolve(), rotated.encode("utf-8"), mode)
+        files.write_atomic(config.resolve(), rotated, mode)
     except OSError as err:
         print(f"edge-stream: cannot rotate: {err}", file=sys.stderr)
         return 1

@@ -47,20 +47,22 @@ def history_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / HISTORY_DIR
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync the
-    folder. The old file's mode is kept (0600 for a new file)."""
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data` (text is written as UTF-8): a temp file in the same
+    folder, fsync, rename, fsync of the folder, so a crash leaves the old file or the new
+    one. The file gets `mode`; without one, the old file's (0600 for a new file)."""
     target = Path(path)
-    try:
-        mode = target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o600
+    if mode is None:
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o600
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.fchmod(fd, mode)  # before the data: a secret is never readable by others
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
-            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -5,7 +5,7 @@ key file (`gateway.secret_key_file`, default `<data_dir>/secret.key`) that
 `edge-stream secret keygen` writes with mode 0600. `edge-stream secret encrypt`
 prints the `ENC(...)` form of a value to paste into the config, `secret decrypt`
 the plaintext of one, and `secret rotate` re-encrypts a config's values with a
-new key (see `rotate_text` and `write_atomically`).
+new key (see `rotate_text`; gateway/config/files.py writes the files).
 
 A key file that its group or other users may read is refused with the line
 `chmod 600 FILE` to run: the key opens every secret in the config.
@@ -23,7 +23,6 @@ import binascii
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
@@ -120,28 +119,6 @@ def new_key() -> bytes:
 def key_text(key: bytes) -> str:
     """The key as a key file holds it."""
     return key.hex() + "\n"
-
-
-def write_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """Replace `path` with `data` (file mode `mode`): a temp file beside it, fsync,
-    rename, fsync of the folder. A crash leaves the old file or the new one."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def rotate_text(text: str, old: bytes, new: bytes) -> tuple[str, int]:

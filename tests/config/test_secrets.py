@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import secrets
+from gateway.config import files, secrets
 from gateway.config.load import load
 from gateway.core.errors import ConfigError
 
@@ -105,12 +105,12 @@ def test_rotate_refuses_a_value_the_old_key_cannot_open_naming_its_line() -> Non
         secrets.rotate_text(YAML.format(a="ENC(abc", b="x"), old, other)
 
 
-def test_write_atomically_replaces_with_the_mode_and_leaves_no_temp_file(
+def test_write_atomic_replaces_with_the_mode_and_leaves_no_temp_file(
     tmp_path: Path,
 ) -> None:
     target = tmp_path / "gateway.yaml"
     target.write_text("old\n")
-    secrets.write_atomically(target, b"new\n", 0o640)
+    files.write_atomic(target, b"new\n", 0o640)
     assert target.read_text() == "new\n"
     assert target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml"]
