@@ -552,6 +552,7 @@ class Store:
         self.disk_full = False
         self.disk_free = 0
         self._no_reserve = False  # the reserve cannot be made on this file system
+        self._oldest: dict[str, int] = {}  # sink -> `created` (ns) of its oldest waiting FlowFile
 
     # -- lifecycle -------------------------------------------------------
 
@@ -694,13 +695,55 @@ class Store:
 
     def store_file_bytes(self) -> int:
         """What the store takes on disk: store.db and its WAL."""
-        total = 0
+        return sum(self.file_sizes())
+
+    def file_sizes(self) -> tuple[int, int]:
+        """The sizes of store.db and of its WAL (0 for a file that is not there)."""
+        sizes = []
         for path in (self.path, _wal(self.path)):
             try:
-                total += path.stat().st_size
+                sizes.append(path.stat().st_size)
             except FileNotFoundError:
-                pass
-        return total
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    # -- the oldest waiting FlowFile of each sink (backlog age) -----------------
+
+    def oldest_age(self, sink: str) -> float | None:
+        """Seconds since the oldest FlowFile waiting for `sink` was made (its `created`),
+        as `refresh_oldest` last found it; None when none waits."""
+        if not self._depth.get(sink):
+            return None
+        created = self._oldest.get(sink)
+        if created is None:
+            return None
+        return max(0.0, round((time.time_ns() - created) / 1e9, 3))
+
+    async def refresh_oldest(self, sinks: Iterable[str]) -> None:
+        """Find the oldest waiting FlowFile of each sink with a backlog: in the memory
+        tail when the sink's cursor is in it, else one indexed query (by seq) per sink."""
+        for sink in sinks:
+            if sink not in self._bits or not self._depth.get(sink):
+                self._oldest.pop(sink, None)
+                continue
+            after = self._cursors[sink]
+            tail, first = self._tail, self._tail_first
+            if tail and first - 1 <= after < first + len(tail):
+                bit = self.bit(sink)
+                found = next(
+                    (ff.created for _, ff, mask, _ in tail[after - first + 1 :] if mask & bit), None
+                )
+                if found is not None:
+                    self._oldest[sink] = found
+                continue
+            rows = await self._query(
+                "SELECT created FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT 1",
+                (after, 1 << self._bits[sink]),
+            )
+            if rows:
+                self._oldest[sink] = int(rows[0][0])
+            else:
+                self._oldest.pop(sink, None)
 
     def disk_text(self) -> str:
         return (
