@@ -26,6 +26,7 @@ from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
+from gateway.core.topics import TopicWatch
 from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
@@ -70,14 +71,17 @@ class Engine:
         mqtt_url: str | None = None,
         config_path: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        watch: TopicWatch | None = None,
     ) -> None:
         """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
-        None when no component uses it."""
+        None when no component uses it. `watch` is told the topics of what commits, while
+        it watches some filter (the `no_data` alerts)."""
         self.config = config
         self.config_path = config_path
         self.store = store
         self.mqtt_url = mqtt_url
         self.clock = clock
+        self.watch = watch
         self.data_dir = Path(config.gateway.data_dir)
         self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES, clock)
         self.gate = asyncio.Event()
@@ -469,6 +473,9 @@ class Engine:
         if not replayed:  # a replayed dead letter's age is not a commit's latency
             self.commit_latency.add_ages(time.time_ns(), [m.flowfile.created for _, m in items])
             self.commit_batches.add(len(items))
+        watch = self.watch
+        if watch is not None and watch.filters:
+            watch.note(ff.topic for ff in flowfiles)
         for ack in acks:
             ack()
         if dead:

@@ -71,6 +71,7 @@ ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 TAIL_MAX = 10_000
 TAIL_MAX_BYTES = 8 << 20
 HISTORY_KEEP = 1000  # reload records kept (`edge-stream config history`)
+ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved), sent or not
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -147,6 +148,17 @@ CREATE TABLE IF NOT EXISTS replay (
     created INTEGER NOT NULL,
     lineage TEXT NOT NULL,
     sink TEXT
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    key TEXT PRIMARY KEY,
+    fired_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    body TEXT NOT NULL,
+    pending TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
@@ -1086,6 +1098,70 @@ class Store:
         except BaseException:
             _rollback(db)
             raise
+
+    # -- alerts (gateway/alerts.py) ------------------------------------------
+
+    async def alert_state(
+        self, recent: int
+    ) -> tuple[list[tuple[str, float, str]], list[tuple[int, float, str, list[str]]]]:
+        """The active alerts (key, fired_at, body JSON) and the newest `recent` events,
+        oldest first (seq, at, body JSON, the notifiers it is still to go to); events
+        still pending for a notifier come whatever their age."""
+        active = await self._query("SELECT key, fired_at, body FROM alerts ORDER BY fired_at")
+        rows = await self._query(
+            "SELECT seq, at, body, pending FROM alert_events WHERE seq > coalesce("
+            "(SELECT max(seq) FROM alert_events), 0) - ? OR pending != '[]' ORDER BY seq",
+            (recent,),
+        )
+        return (
+            [(r[0], r[1], r[2]) for r in active],
+            [(r[0], r[1], r[2], json.loads(r[3])) for r in rows],
+        )
+
+    async def alert_event(
+        self, key: str, at: float, body: str, firing: bool, pending: list[str]
+    ) -> int:
+        """Record an alert firing (it becomes active) or resolving (it stops being
+        active) and its event for `pending` notifiers, in one transaction; the event's seq."""
+        return await self._call(
+            self._spared, self._alert_event_sync, key, at, body, firing, json.dumps(pending)
+        )
+
+    def _alert_event_sync(self, key: str, at: float, body: str, firing: bool, pending: str) -> int:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            if firing:
+                db.execute(
+                    "INSERT OR REPLACE INTO alerts (key, fired_at, body) VALUES (?, ?, ?)",
+                    (key, at, body),
+                )
+            else:
+                db.execute("DELETE FROM alerts WHERE key = ?", (key,))
+            seq = int(
+                db.execute(
+                    "INSERT INTO alert_events (at, body, pending) VALUES (?, ?, ?)",
+                    (at, body, pending),
+                ).lastrowid
+                or 0
+            )
+            db.execute("DELETE FROM alert_events WHERE seq <= ?", (seq - ALERT_EVENTS_KEEP,))
+        return seq
+
+    async def alert_sent(self, seq: int, notifier: str) -> None:
+        """`notifier` has sent event `seq` (or gave it up): it is no longer pending there."""
+        await self._call(self._spared, self._alert_sent_sync, seq, notifier)
+
+    def _alert_sent_sync(self, seq: int, notifier: str) -> None:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            row = db.execute("SELECT pending FROM alert_events WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                left = [n for n in json.loads(row[0]) if n != notifier]
+                db.execute(
+                    "UPDATE alert_events SET pending = ? WHERE seq = ?", (json.dumps(left), seq)
+                )
 
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back: the dead-letter
