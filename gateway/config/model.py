@@ -444,7 +444,7 @@ class WebhookSettings:
     ] = 1000
     retry: Annotated[
         RetrySettings, Doc("Capped exponential backoff with jitter between failed POSTs.")
-    ] = field(default_factory=lambda: RetrySettings(initial=1.0, max=300.0))
+    ] = field(default_factory=lambda: RetrySettings())
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.url is not None and not self.url.startswith(("http://", "https://")):
@@ -630,7 +630,7 @@ class SinkConfig:
     retry: Annotated[
         RetrySettings,
         Doc("Capped exponential backoff with jitter between failed writes or connects."),
-    ] = field(default_factory=RetrySettings)
+    ] = field(default_factory=lambda: RetrySettings())
     rate_limit: Annotated[
         float | None,
         Doc(
