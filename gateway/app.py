@@ -35,10 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.alerts import Alerts
 from gateway.config.load import load, read_text
 from gateway.config.model import Config
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import ConfigError
+from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
 from gateway.engine.runner import supervised
@@ -49,8 +51,10 @@ from gateway.engine.status import (
     RemoteConfigStatus,
     Snapshot,
 )
+from gateway.metrics import ProcessStats
 from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.mqtt.remote import RemoteConfig
+from gateway.mqtt.status import StatusChannel
 from gateway.store.sqlite import Store, StoreError, hold_data_dir, let_go_data_dir
 from gateway.web.server import WebServer
 
@@ -108,6 +112,16 @@ class Gateway:
         # POST /api/config/reload: try a reload now, answer its outcome (set by `serve`).
         self.reload_now: Callable[[], Any] | None = None
         self.remote: RemoteConfig | None = None  # the remote config channel (set by `serve`)
+        # /metrics' process figures; the status topics; the alerts (see gateway/alerts.py)
+        self.process = ProcessStats()
+        self.watch = TopicWatch()
+        self.status = StatusChannel(
+            config=lambda: self.config,
+            broker_url=lambda: None if self.broker is None else self.broker.url,
+            stats=self.stats,
+            ready=self.ready,
+        )
+        self.alerts = Alerts(self, lambda: self.config, self.ready, self.watch, self.status.send)
 
     # -- the view the web server and metrics read -----------------------------
 
@@ -122,8 +136,41 @@ class Gateway:
         config = ConfigStatus(self.config_path, self.config_hash, self.loaded_at, self.last_reload)
         remote = None if self.remote is None else RemoteConfigStatus(**self.remote.status())
         return dataclasses.replace(
-            self._engine.snapshot(broker), config=config, remote_config=remote
+            self._engine.snapshot(broker),
+            config=config,
+            remote_config=remote,
+            alerts=self.alerts.console(),
         )
+
+    def stats(self) -> dict[str, Any]:
+        """The summary published on `edge-stream/<id>/stats` (gateway/mqtt/status.py)."""
+        snap = self.snapshot()
+        return {
+            "gateway": snap.gateway.id,
+            "at": time.time(),
+            "uptime_s": round(time.monotonic() - self.process.started, 1),
+            "ingested": snap.gateway.ingested,
+            "sources": {
+                n: {"state": s.state, "produced": s.produced, "errors": s.errors}
+                for n, s in snap.sources.items()
+            },
+            "sinks": {
+                n: {
+                    "state": s.state,
+                    "delivered": s.delivered,
+                    "depth": s.depth,
+                    "oldest_age_s": s.oldest_age_s,
+                    "errors": s.errors,
+                }
+                for n, s in snap.sinks.items()
+            },
+            "store": {
+                "bytes": snap.store.bytes,
+                "max_bytes": snap.store.max_bytes,
+                "dead_letters": snap.store.dead_letters,
+            },
+            "alerts": sorted(self.alerts.active),
+        }
 
     # -- control ---------------------------------------------------------------
 
@@ -240,10 +287,17 @@ class Gateway:
         between two engines.
         """
         lock = hold_data_dir(self.config.gateway.data_dir)
+        services: list[asyncio.Task[None]] = []
         try:
             await self._start_broker()
             await self._open_store()
             await self._start_web()
+            for name, fn in (
+                ("event-loop lag", self.process.run),
+                ("status", self.status.run),
+                ("alerts", self.alerts.run),
+            ):
+                services.append(asyncio.create_task(supervised(name, fn, log), name=name))
             while True:
                 await self._run_engine()
                 new, self._pending = self._pending, None
@@ -252,6 +306,10 @@ class Gateway:
                 lock = await self._switch(new, lock)
         finally:
             self._engine_started(False)
+            await self.status.close()  # `offline` (retained), before the broker stops
+            for task in services:
+                task.cancel()
+            await asyncio.gather(*services, return_exceptions=True)
             await self._stop_web()
             await self._stop_broker()
             await self._close_store()
@@ -264,6 +322,7 @@ class Gateway:
             mqtt_url=None if self.broker is None else self.broker.url,
             config_path=self.config_path,
             clock=self.clock,
+            watch=self.watch,
         )
         self._running = engine
         if self._engine is None:

@@ -1,7 +1,7 @@
 """The typed shape of the gateway's one config file.
 
 Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`,
-`remote_config`.
+`remote_config`, `status`, `alerts`.
 Sources and sinks are mappings keyed by the name you give them; routes name
 the sinks they feed. Every component's own keys are documented in its module.
 Each key carries its description (`Doc`) and simple bounds (`Range`), from which
@@ -11,6 +11,7 @@ Each key carries its description (`Doc`) and simple bounds (`Range`), from which
 from __future__ import annotations
 
 import ipaddress
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -322,6 +323,195 @@ class RemoteConfigSection:
 
 
 @dataclass(frozen=True)
+class StatusSection:
+    """The gateway's own topics on its broker: `edge-stream/<id>/status` and `.../stats`.
+
+    On the gateway's broker (`mqtt.url`; nothing is published when the gateway has
+    none), a retained `online` goes to `edge-stream/<id>/status` on connect, with a
+    retained `offline` as the connection's last will: when the gateway dies (kill -9,
+    power cut, network gone) the broker itself says `offline`; a clean stop says it too.
+    Every `stats_interval` a retained JSON summary (per source, route and sink counters,
+    the store's bytes and dead letters, uptime, active alerts) goes to
+    `edge-stream/<id>/stats`. The alerts' MQTT notifier publishes on this connection.
+    """
+
+    enabled: Annotated[
+        bool, Doc("Publish the status topic (with its last will) and the stats at all.")
+    ] = True
+    stats_interval: Annotated[
+        Duration,
+        Doc("How often the retained summary goes to `edge-stream/<id>/stats`; `0s`: never."),
+        Range(0, 86400, "must be between 0s (off) and 1 day"),
+    ] = 60.0
+
+
+AlertCondition = Literal[
+    "sink_backlog", "sink_failing", "source_offline", "no_data", "dead_letters", "store_budget"
+]
+ALERT_CONDITIONS: tuple[str, ...] = typing.get_args(AlertCondition)
+# The built-in rules (`alerts.defaults`), each named after its condition, with the
+# thresholds of AlertRule; `no_data` needs a topic, so it is not among them.
+DEFAULT_ALERTS: tuple[str, ...] = (
+    "sink_backlog",
+    "sink_failing",
+    "source_offline",
+    "dead_letters",
+    "store_budget",
+)
+# `for` when a rule sets none: the conditions that say "for X" take X from it.
+DEFAULT_FOR = {"sink_failing": 300.0, "source_offline": 300.0, "no_data": 300.0}
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One alert: a condition on the gateway's own state with a threshold, that must
+    hold for `for` before the alert fires; it resolves once it has not held for 5 s.
+
+    Conditions, each per component (the alert's subject): `sink_backlog` (the oldest
+    FlowFile waiting for a sink is older than `older_than`), `sink_failing` (a sink
+    fails to deliver: retrying or stopped), `source_offline` (a source is not running,
+    or a Modbus device is offline), `no_data` (no FlowFile on `topic` for `for`),
+    `dead_letters` (more than `per_minute` FlowFiles dead-lettered in the last minute),
+    `store_budget` (the store holds more than `percent` of `buffer.max_bytes`).
+    """
+
+    condition: Annotated[
+        AlertCondition | None,
+        Doc(
+            "What is watched; default: the rule's name when it names a condition"
+            " (`sink_backlog: {older_than: 5m}` changes the built-in rule)."
+        ),
+    ] = None
+    for_: Annotated[
+        Duration | None,
+        Doc(
+            "How long the condition must hold before the alert fires (default 0s; 5m for"
+            " `sink_failing`, `source_offline` and `no_data`, whose threshold it is)."
+        ),
+    ] = None
+    older_than: Annotated[
+        Duration,
+        Doc("`sink_backlog`: the age of the oldest waiting FlowFile that is too old."),
+    ] = 600.0
+    per_minute: Annotated[
+        int,
+        Doc("`dead_letters`: more than this many dead letters in a minute fire."),
+        Range(0, None, "must be 0 or more"),
+    ] = 10
+    percent: Annotated[
+        float,
+        Doc("`store_budget`: the share of `buffer.max_bytes` the store may fill."),
+        Range(0, 100, "must be between 0 and 100"),
+    ] = 90.0
+    topic: Annotated[
+        str | None,
+        Doc("`no_data`: the MQTT topic filter that must see data.", example="sensors/#"),
+    ] = None
+    components: Annotated[
+        list[str],
+        Doc(
+            "The sinks, sources or Modbus devices (by name) the rule watches; default: all"
+            " of the condition's kind."
+        ),
+    ] = field(default_factory=list)
+    enabled: Annotated[bool, Doc("`false` turns the rule (a built-in one too) off.")] = True
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.condition == "no_data" and not self.topic:
+            yield "topic", "a no_data rule needs the topic filter it watches"
+        if self.topic:
+            problem = _filter_problem(self.topic)
+            if problem:
+                yield "topic", problem
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """An HTTP endpoint that gets every alert event as a JSON POST."""
+
+    url: Annotated[
+        str | None,
+        Doc(
+            "`http://` or `https://` URL the events are POSTed to (default: no webhook).",
+            example="https://hooks.example.com/edge-stream",
+        ),
+    ] = None
+    timeout: Annotated[Duration, Doc("How long one POST may take.")] = 10.0
+    queue: Annotated[
+        int,
+        Doc("Events kept for the webhook while it is down; past it the oldest are dropped."),
+        Range(1, 10000, "must be between 1 and 10000"),
+    ] = 1000
+    retry: Annotated[
+        RetrySettings, Doc("Capped exponential backoff with jitter between failed POSTs.")
+    ] = field(default_factory=lambda: RetrySettings())
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            yield "url", f"{mask_password(self.url)!r} must be an http:// or https:// URL"
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    """Alerts on the gateway's own state: rules, and where firing and resolved go.
+
+    Each rule's alert fires once when its condition has held for `for`, and
+    resolves once; both events go to every notifier (`mqtt_topic`, `webhook`) and
+    to the console (`alerts` in /api/status). Alert state is kept in the store, so
+    a restart neither fires an active alert again nor forgets it. The built-in
+    rules (`defaults`) are sink_backlog (older than 10m), sink_failing (5m),
+    source_offline (5m), dead_letters (more than 10 a minute) and store_budget
+    (90%); a rule under `rules:` with the same name changes or (`enabled: false`)
+    turns one off.
+    """
+
+    enabled: Annotated[bool, Doc("Evaluate the rules at all.")] = True
+    defaults: Annotated[bool, Doc("Run the built-in rules (each can be changed by name).")] = True
+    rules: Annotated[
+        dict[str, AlertRule],
+        Doc(
+            "Rules by name; a name that is a condition needs no `condition`.",
+            example={"warehouse_behind": {"condition": "sink_backlog", "older_than": "5m"}},
+        ),
+    ] = field(default_factory=dict)
+    mqtt_topic: Annotated[
+        str | None,
+        Doc(
+            "The topic of the events on the gateway's broker (`{gateway}`: the gateway id);"
+            " `null`: none. Needs `status.enabled`."
+        ),
+    ] = "edge-stream/{gateway}/alerts"
+    webhook: Annotated[
+        WebhookSettings, Doc("An HTTP endpoint that gets every event as a JSON POST.")
+    ] = field(default_factory=WebhookSettings)
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for name, rule in (self.rules or {}).items():
+            if rule is None:
+                continue
+            if rule.condition is None and name not in ALERT_CONDITIONS:
+                yield (
+                    f"rules.{name}.condition",
+                    f"required when the rule's name is not a condition (one of"
+                    f" {', '.join(ALERT_CONDITIONS)})",
+                )
+
+    def effective(self) -> dict[str, tuple[str, AlertRule]]:
+        """The rules that run: name -> (condition, rule), built-ins first."""
+        if not self.enabled:
+            return {}
+        rules: dict[str, AlertRule] = {}
+        if self.defaults:
+            rules.update({name: AlertRule() for name in DEFAULT_ALERTS})
+        rules.update(self.rules)
+        return {
+            name: (rule.condition or name, rule)
+            for name, rule in rules.items()
+            if rule.enabled and (rule.condition or name) in ALERT_CONDITIONS
+        }
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -354,6 +544,14 @@ class Config:
         RemoteConfigSection,
         Doc("Signed configs pushed from a fleet server over MQTT (off by default)."),
     ] = field(default_factory=RemoteConfigSection)
+    status: Annotated[
+        StatusSection,
+        Doc("The gateway's status (with a last will) and stats topics on its broker."),
+    ] = field(default_factory=StatusSection)
+    alerts: Annotated[
+        AlertsSection,
+        Doc("Alerts on the gateway's own state, to MQTT, a webhook and the console."),
+    ] = field(default_factory=AlertsSection)
 
     # The references between sections are checked even when a section has problems
     # of its own; a field or an entry that failed is None here.
@@ -432,7 +630,7 @@ class SinkConfig:
     retry: Annotated[
         RetrySettings,
         Doc("Capped exponential backoff with jitter between failed writes or connects."),
-    ] = field(default_factory=RetrySettings)
+    ] = field(default_factory=lambda: RetrySettings())
     rate_limit: Annotated[
         float | None,
         Doc(

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import functools
 import ipaddress
+import keyword
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -205,12 +206,22 @@ def _base(tp: Any) -> Any:
     return get_args(tp)[0] if get_origin(tp) is Annotated else tp
 
 
+def key_of(name: str) -> str:
+    """The config key of a field: its name, but `for` for a field named `for_` (a Python
+    keyword cannot be a field's name)."""
+    if name.endswith("_") and keyword.iskeyword(name[:-1]):
+        return name[:-1]
+    return name
+
+
 @functools.cache
 def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-    """A config class's type hints and init fields, worked out once per class: a Modbus
-    register map of thousands of entries builds the same class thousands of times."""
+    """A config class's type hints and init fields, by config key (see `key_of`), worked
+    out once per class: a Modbus register map of thousands of entries builds the same
+    class thousands of times."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return hints, {f.name: f for f in dataclasses.fields(cls) if f.init}
+    init = [f for f in dataclasses.fields(cls) if f.init]
+    return {key_of(f.name): hints[f.name] for f in init}, {key_of(f.name): f for f in init}
 
 
 def fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
@@ -241,7 +252,7 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
     complete = True
     for name, field in fields.items():
         if name in value:
-            kwargs[name] = build(hints[name], value[name], (*path, name), problems)
+            kwargs[field.name] = build(hints[name], value[name], (*path, name), problems)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.add((*path, name), "required key is missing")
             complete = False
@@ -263,7 +274,7 @@ def _run_check(obj: Any, path: Path, problems: Problems) -> None:
     order = {name: i for i, name in enumerate(fields)}
     bounded: list[tuple[int, str, str]] = []
     for name, bound in _bounds(cls):
-        value = getattr(obj, name)
+        value = getattr(obj, fields[name].name)
         message = None if value is None else bound.problem(value)
         if message:
             bounded.append((order[name], name, message))

@@ -26,7 +26,7 @@ from typing import Any
 from gateway.config import secrets
 from gateway.config.load import apply_env, load_data, parse_file
 from gateway.config.model import Config
-from gateway.config.schema import mask_password
+from gateway.config.schema import key_of, mask_password
 from gateway.config.secrets import is_secret_key
 
 REDACTED = "***"
@@ -55,7 +55,7 @@ def plain(value: Any) -> Any:
     """A loaded config (or part of one) as YAML-ready data: dicts, lists, scalars."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: plain(getattr(value, f.name))
+            key_of(f.name): plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if not f.name.startswith("_")
         }

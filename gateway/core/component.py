@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.flowfile import FlowFile
+from gateway.core.histogram import Buckets
 
 
 class ComponentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -144,6 +145,12 @@ class Source:
         """What this source adds to its entry in /api/status and on the status page,
         after the engine's own keys (state, produced, errors, last_error). Values must
         be JSON-serialisable; read on every request, so cheap. Default: nothing."""
+        return {}
+
+    def histograms(self) -> Mapping[str, Buckets]:
+        """Histograms this source keeps per part of itself (a Modbus source: each
+        device's poll latency), by the part's configured name, for /metrics. Default:
+        none."""
         return {}
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 
@@ -69,3 +70,39 @@ class TopicMatcher:
     def _compute(self, topic: str) -> tuple[str, ...]:
         """The names (each once, in the order given) whose filter matches `topic`."""
         return tuple(dict.fromkeys(name for name, f in self._filters if matches(f, topic)))
+
+
+class TopicWatch:
+    """When a FlowFile was last seen on each of a few topic filters (the `no_data` alerts).
+
+    The engine calls `note` with each committed batch, only while some filter is
+    watched; a filter seen less than NOTE_EVERY seconds ago is not looked for again,
+    so a busy topic costs one match a half second, not one per FlowFile.
+    """
+
+    NOTE_EVERY = 0.5
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self.filters: dict[str, float] = {}  # filter -> monotonic time last seen (or watched)
+
+    def set(self, filters: set[str]) -> None:
+        """Watch these filters (a new one counts from now)."""
+        if set(self.filters) != filters:
+            now = self._monotonic()
+            self.filters = {f: self.filters.get(f, now) for f in filters}
+
+    def last_seen(self, topic_filter: str, default: float) -> float:
+        return self.filters.get(topic_filter, default)
+
+    def note(self, topics: Iterable[str]) -> None:
+        now = self._monotonic()
+        looking = [f for f, seen in self.filters.items() if now - seen >= self.NOTE_EVERY]
+        if not looking:
+            return
+        for topic in topics:
+            for f in [f for f in looking if matches(f, topic)]:
+                self.filters[f] = now
+                looking.remove(f)
+            if not looking:
+                return

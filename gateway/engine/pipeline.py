@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from gateway.config.model import Config, RetrySettings
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
+from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
+from gateway.core.topics import TopicWatch
 from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
@@ -68,14 +71,17 @@ class Engine:
         mqtt_url: str | None = None,
         config_path: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        watch: TopicWatch | None = None,
     ) -> None:
         """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
-        None when no component uses it."""
+        None when no component uses it. `watch` is told the topics of what commits, while
+        it watches some filter (the `no_data` alerts)."""
         self.config = config
         self.config_path = config_path
         self.store = store
         self.mqtt_url = mqtt_url
         self.clock = clock
+        self.watch = watch
         self.data_dir = Path(config.gateway.data_dir)
         self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES, clock)
         self.gate = asyncio.Event()
@@ -86,6 +92,9 @@ class Engine:
         self.started = clock.monotonic()
         self.committed_batches = 0
         self.ingested = 0
+        # for /metrics: the age of each FlowFile when its commit is done, and commit sizes
+        self.commit_latency = Buckets(LATENCY_BOUNDS)
+        self.commit_batches = Buckets(BATCH_BOUNDS)
         self.stop_requested = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -463,6 +472,12 @@ class Engine:
             self.gate.set()
         self.committed_batches += 1
         self.ingested += len(items)
+        if not replayed:  # a replayed dead letter's age is not a commit's latency
+            self.commit_latency.add_ages(time.time_ns(), [m.flowfile.created for _, m in items])
+            self.commit_batches.add(len(items))
+        watch = self.watch
+        if watch is not None and watch.filters:
+            watch.note(ff.topic for ff in flowfiles)
         for ack in acks:
             ack()
         if dead:
@@ -496,6 +511,7 @@ class Engine:
             await self.clock.sleep(1.0)
             try:
                 await self.store.maintain(self.sinks)
+                await self.store.refresh_oldest(self.sinks)
                 await self._replay()
                 ticks += 1
                 if ticks % 5 == 0:
@@ -516,6 +532,7 @@ class Engine:
         router = self.router
         store = self.store
         bit = store.bit
+        files = store.file_sizes()
         return Snapshot(
             gateway=GatewayStatus(
                 id=self.config.gateway.id,
@@ -523,6 +540,8 @@ class Engine:
                 config=self.config_path,
                 ingested=self.ingested,
                 batches=self.committed_batches,
+                commit_latency=self.commit_latency,
+                commit_batches=self.commit_batches,
             ),
             broker=broker,
             store=StoreStatus(
@@ -539,6 +558,8 @@ class Engine:
                     store_bytes=store.store_file_bytes(),
                     reserve=store.reserve.exists(),
                 ),
+                file_bytes=files[0],
+                wal_bytes=files[1],
                 removed_sinks=store.removed_sinks(),
             ),
             sources={name: r.status() for name, r in self.sources.items()},
@@ -549,6 +570,10 @@ class Engine:
                     match=list(r.filters),
                     sinks=[s for s in self.sinks if r.mask & bit(s)],
                     processors=[label for label, _ in r.processors],
+                    received=r.received,
+                    emitted=r.emitted,
+                    dead_lettered=r.dead_lettered,
+                    errors=r.errors,
                 )
                 for name, r in router.routes.items()
             },

@@ -22,6 +22,12 @@ class Route:
     filters: tuple[str, ...]
     processors: list[tuple[str, Processor]]
     mask: int
+    # counted for /metrics: FlowFiles that matched, that came out of the processors,
+    # that a processor refused (dead-lettered) and that a processor failed on (a bug)
+    received: int = 0
+    emitted: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
 
 
 class Router:
@@ -53,6 +59,7 @@ class Router:
                 continue
             for name in names:
                 route = by_name[name]
+                route.received += 1
                 items = [ff]
                 for label, processor in route.processors:
                     if not items:
@@ -62,12 +69,16 @@ class Router:
                         try:
                             next_items.extend(processor.process(item))
                         except PermanentError as err:
+                            route.dead_lettered += 1
                             dead.append(DeadLetter(item, label, str(err)))
                         except Exception as err:  # the supervisor boundary for processors
                             self.errors += 1
+                            route.errors += 1
+                            route.dead_lettered += 1
                             processor.ctx.log.exception("failed on FlowFile %s", item.id)
                             dead.append(DeadLetter(item, label, f"internal error: {err!r}"))
                     items = next_items
+                route.emitted += len(items)
                 for item in items:
                     entry = out.get(item.id)
                     if entry is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from itertools import repeat
@@ -21,6 +22,7 @@ from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
+from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.engine.status import SinkStatus, SourceStatus
 from gateway.store.sqlite import DeadLetter, Store, StoreError
 
@@ -159,6 +161,7 @@ class SourceRunner:
         self.state = "starting"
         self.last_error: str | None = None
         self.errors = 0
+        self.errors_by_kind: dict[str, int] = {}  # "retryable" | "permanent" -> count
         self.produced = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
 
@@ -170,6 +173,9 @@ class SourceRunner:
             last_error=self.last_error,
             dropped=self.source.dropped,
             extra=self.source.status(),
+            errors_by_kind=dict(self.errors_by_kind),
+            histograms=self.source.histograms(),
+            type=getattr(self.source.config, "type", ""),
         )
 
     async def run(self) -> None:
@@ -187,21 +193,22 @@ class SourceRunner:
                 else:
                     await self._read_loop()
             except RetryableError as err:
-                self._failed(str(err))
+                self._failed(str(err), "retryable")
                 self.missing = isinstance(err, MissingError)
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1f s", err, delay)
                 await self.close()
                 await self.clock.sleep(delay)
             except PermanentError as err:
-                self._failed(str(err))
+                self._failed(str(err), "permanent")
                 self.state = "failed"
                 log.error("stopped: %s (fix the config and reload)", err)
                 await self.close()
                 return
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, kind: str) -> None:
         self.errors += 1
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.last_error = reason
         self.state = "retrying"
 
@@ -259,6 +266,10 @@ class SinkRunner:
         self.delivered = 0
         self.rejected = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
+        self.errors_by_kind: dict[str, int] = {}  # "retryable" | "permanent" | "store"
+        # for /metrics: the age of each FlowFile when delivered, and the size of each write
+        self.latency = Buckets(LATENCY_BOUNDS)
+        self.batch_sizes = Buckets(BATCH_BOUNDS)
         self.stopping = False
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
@@ -279,6 +290,10 @@ class SinkRunner:
             errors=self.errors,
             last_error=self.last_error,
             extra=self.sink.status(),
+            oldest_age_s=self.store.oldest_age(self.name),
+            errors_by_kind=dict(self.errors_by_kind),
+            latency=self.latency,
+            batch_sizes=self.batch_sizes,
         )
 
     async def run(self) -> None:
@@ -351,6 +366,13 @@ class SinkRunner:
                 await self.store.advance(self.name, upto, len(rows) - len(dead), dead)
                 after = upto
                 self.delivered += len(rows) - len(dead)
+                self.batch_sizes.add(len(rows))
+                if dead:
+                    refused = {d.flowfile.id for d in dead}
+                    created = [ff.created for _, ff in rows if ff.id not in refused]
+                else:
+                    created = [ff.created for _, ff in rows]
+                self.latency.add_ages(time.time_ns(), created)
                 if dead:
                     self.rejected += len(dead)
                     log.warning(
@@ -370,14 +392,20 @@ class SinkRunner:
             except (RetryableError, StoreError, PermanentError) as err:
                 self._drop_read_ahead()  # it followed a delivery that did not happen
                 if isinstance(err, PermanentError):
+                    self._count_error("permanent")
                     self.errors += 1
                     self.last_error = str(err)
                     self.state = "failed"
                     log.error("stopped delivering: %s; data stays buffered (fix and reload)", err)
                     await self.close()
                     return
+                retryable = isinstance(err, RetryableError)
                 self.missing = isinstance(err, MissingError)
-                await self._retry(str(err) if isinstance(err, RetryableError) else f"store: {err}")
+                self._count_error("retryable" if retryable else "store")
+                await self._retry(str(err) if retryable else f"store: {err}")
+
+    def _count_error(self, kind: str) -> None:
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     async def _retry(self, reason: str) -> None:
         self.errors += 1

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.core.histogram import Buckets
 from gateway.store.sqlite import Store
 
 
@@ -24,6 +25,10 @@ class GatewayStatus:
     config: str | None
     ingested: int
     batches: int
+    # for /metrics: the age of each FlowFile when its batch committed, and batch sizes
+    commit_latency: Buckets | None = None
+    commit_batches: Buckets | None = None
+    version: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,6 +146,8 @@ class StoreStatus:
     dead_letters: int
     blocked: bool  # intake stopped: over budget with `block` sinks, or the disk short
     disk: DiskStatus
+    file_bytes: int = 0  # store.db alone (for /metrics)
+    wal_bytes: int = 0  # its write-ahead log
     # sinks removed from the config whose backlog the store keeps: name -> FlowFiles waiting
     removed_sinks: dict[str, int] = field(default_factory=dict)
 
@@ -166,6 +173,11 @@ class SourceStatus:
     last_error: str | None
     dropped: int = 0  # for /metrics; in the JSON only where the source reports it
     extra: Mapping[str, object] = field(default_factory=dict)  # Source.status()
+    # for /metrics only: errors by kind ("retryable", "permanent"), the source's histograms
+    # (Source.histograms()) and its type
+    errors_by_kind: Mapping[str, int] = field(default_factory=dict)
+    histograms: Mapping[str, Buckets] = field(default_factory=dict)
+    type: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -183,6 +195,11 @@ class RouteStatus:
     match: list[str]
     sinks: list[str]
     processors: list[str]
+    # for /metrics only
+    received: int = 0
+    emitted: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"match": self.match, "sinks": self.sinks, "processors": self.processors}
@@ -198,12 +215,19 @@ class SinkStatus:
     errors: int
     last_error: str | None
     extra: Mapping[str, object] = field(default_factory=dict)  # Sink.status()
+    oldest_age_s: float | None = None  # the oldest FlowFile waiting for it (None: none waits)
+    # for /metrics only: errors by kind ("retryable", "permanent", "store"), the age of each
+    # FlowFile when delivered and the size of each write
+    errors_by_kind: Mapping[str, int] = field(default_factory=dict)
+    latency: Buckets | None = None
+    batch_sizes: Buckets | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": self.type,
             "state": self.state,
             "depth": self.depth,
+            "oldest_age_s": self.oldest_age_s,
             "delivered": self.delivered,
             "dead_lettered": self.dead_lettered,
             "errors": self.errors,
@@ -227,6 +251,7 @@ class Snapshot:
     unrouted: int
     config: ConfigStatus | None = None  # filled in by the process (gateway.app)
     remote_config: RemoteConfigStatus | None = None  # likewise
+    alerts: Mapping[str, Any] | None = None  # likewise: {"active": [...], "recent": [...]}
 
     def to_json(self) -> dict[str, Any]:
         """The /api/status document."""
@@ -241,6 +266,7 @@ class Snapshot:
             "unrouted": self.unrouted,
             "config": None if self.config is None else self.config.to_json(),
             "remote_config": None if self.remote_config is None else self.remote_config.to_json(),
+            "alerts": None if self.alerts is None else dict(self.alerts),
         }
 
 

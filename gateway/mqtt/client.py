@@ -3,7 +3,7 @@
 `Client` is one connection on asyncio, sharing its packet code with
 `gateway.mqtt.wire` (the MQTT source's subscriber). It speaks MQTT 5 and 3.1.1
 (`protocol=4`): CONNECT (clean start or a persistent session with its Session
-Expiry Interval, Receive Maximum, credentials, TLS), PUBLISH out at QoS 0/1 with
+Expiry Interval, Receive Maximum, credentials, TLS, a last will), PUBLISH out at QoS 0/1 with
 MQTT 5 properties, every PUBACK reported with its reason code (`on_puback`),
 SUBSCRIBE, PUBLISH in at QoS 0/1 with its properties (`deliver`), PUBACKs out
 when the caller is done (`ack`), keepalive and DISCONNECT. It never reconnects
@@ -191,8 +191,12 @@ class Client(asyncio.Protocol):
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        will: tuple[str, bytes, int, bool] | None = None,
     ) -> bool:
         """Connect and complete CONNECT; returns whether the broker kept our session.
+
+        `will` is the last will (topic, payload, qos, retain) the broker publishes when
+        the connection ends without a DISCONNECT (the process killed, the link lost).
 
         Raises OSError (ssl.SSLError and ConnectionError included) when the
         connection fails or ends before CONNACK, ConnectRefused when the broker
@@ -206,6 +210,12 @@ class Client(asyncio.Protocol):
         try:
             flags = 0x02 if clean_start else 0
             payload = _utf8(client_id)
+            if will is not None:
+                will_topic, will_payload, will_qos, will_retain = will
+                flags |= 0x04 | (will_qos << 3) | (0x20 if will_retain else 0)
+                if protocol == 5:
+                    payload += b"\x00"  # no will properties
+                payload += _utf8(will_topic) + struct.pack("!H", len(will_payload)) + will_payload
             if username is not None:
                 flags |= 0x80
                 payload += _utf8(username)

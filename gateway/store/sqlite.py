@@ -71,6 +71,7 @@ ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 TAIL_MAX = 10_000
 TAIL_MAX_BYTES = 8 << 20
 HISTORY_KEEP = 1000  # reload records kept (`edge-stream config history`)
+ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved), sent or not
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -147,6 +148,17 @@ CREATE TABLE IF NOT EXISTS replay (
     created INTEGER NOT NULL,
     lineage TEXT NOT NULL,
     sink TEXT
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    key TEXT PRIMARY KEY,
+    fired_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    body TEXT NOT NULL,
+    pending TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
@@ -552,6 +564,7 @@ class Store:
         self.disk_full = False
         self.disk_free = 0
         self._no_reserve = False  # the reserve cannot be made on this file system
+        self._oldest: dict[str, int] = {}  # sink -> `created` (ns) of its oldest waiting FlowFile
 
     # -- lifecycle -------------------------------------------------------
 
@@ -694,13 +707,55 @@ class Store:
 
     def store_file_bytes(self) -> int:
         """What the store takes on disk: store.db and its WAL."""
-        total = 0
+        return sum(self.file_sizes())
+
+    def file_sizes(self) -> tuple[int, int]:
+        """The sizes of store.db and of its WAL (0 for a file that is not there)."""
+        sizes = []
         for path in (self.path, _wal(self.path)):
             try:
-                total += path.stat().st_size
+                sizes.append(path.stat().st_size)
             except FileNotFoundError:
-                pass
-        return total
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    # -- the oldest waiting FlowFile of each sink (backlog age) -----------------
+
+    def oldest_age(self, sink: str) -> float | None:
+        """Seconds since the oldest FlowFile waiting for `sink` was made (its `created`),
+        as `refresh_oldest` last found it; None when none waits."""
+        if not self._depth.get(sink):
+            return None
+        created = self._oldest.get(sink)
+        if created is None:
+            return None
+        return max(0.0, round((time.time_ns() - created) / 1e9, 3))
+
+    async def refresh_oldest(self, sinks: Iterable[str]) -> None:
+        """Find the oldest waiting FlowFile of each sink with a backlog: in the memory
+        tail when the sink's cursor is in it, else one indexed query (by seq) per sink."""
+        for sink in sinks:
+            if sink not in self._bits or not self._depth.get(sink):
+                self._oldest.pop(sink, None)
+                continue
+            after = self._cursors[sink]
+            tail, first = self._tail, self._tail_first
+            if tail and first - 1 <= after < first + len(tail):
+                bit = self.bit(sink)
+                found = next(
+                    (ff.created for _, ff, mask, _ in tail[after - first + 1 :] if mask & bit), None
+                )
+                if found is not None:
+                    self._oldest[sink] = found
+                continue
+            rows = await self._query(
+                "SELECT created FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT 1",
+                (after, 1 << self._bits[sink]),
+            )
+            if rows:
+                self._oldest[sink] = int(rows[0][0])
+            else:
+                self._oldest.pop(sink, None)
 
     def disk_text(self) -> str:
         return (
@@ -1043,6 +1098,70 @@ class Store:
         except BaseException:
             _rollback(db)
             raise
+
+    # -- alerts (gateway/alerts.py) ------------------------------------------
+
+    async def alert_state(
+        self, recent: int
+    ) -> tuple[list[tuple[str, float, str]], list[tuple[int, float, str, list[str]]]]:
+        """The active alerts (key, fired_at, body JSON) and the newest `recent` events,
+        oldest first (seq, at, body JSON, the notifiers it is still to go to); events
+        still pending for a notifier come whatever their age."""
+        active = await self._query("SELECT key, fired_at, body FROM alerts ORDER BY fired_at")
+        rows = await self._query(
+            "SELECT seq, at, body, pending FROM alert_events WHERE seq > coalesce("
+            "(SELECT max(seq) FROM alert_events), 0) - ? OR pending != '[]' ORDER BY seq",
+            (recent,),
+        )
+        return (
+            [(r[0], r[1], r[2]) for r in active],
+            [(r[0], r[1], r[2], json.loads(r[3])) for r in rows],
+        )
+
+    async def alert_event(
+        self, key: str, at: float, body: str, firing: bool, pending: list[str]
+    ) -> int:
+        """Record an alert firing (it becomes active) or resolving (it stops being
+        active) and its event for `pending` notifiers, in one transaction; the event's seq."""
+        return await self._call(
+            self._spared, self._alert_event_sync, key, at, body, firing, json.dumps(pending)
+        )
+
+    def _alert_event_sync(self, key: str, at: float, body: str, firing: bool, pending: str) -> int:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            if firing:
+                db.execute(
+                    "INSERT OR REPLACE INTO alerts (key, fired_at, body) VALUES (?, ?, ?)",
+                    (key, at, body),
+                )
+            else:
+                db.execute("DELETE FROM alerts WHERE key = ?", (key,))
+            seq = int(
+                db.execute(
+                    "INSERT INTO alert_events (at, body, pending) VALUES (?, ?, ?)",
+                    (at, body, pending),
+                ).lastrowid
+                or 0
+            )
+            db.execute("DELETE FROM alert_events WHERE seq <= ?", (seq - ALERT_EVENTS_KEEP,))
+        return seq
+
+    async def alert_sent(self, seq: int, notifier: str) -> None:
+        """`notifier` has sent event `seq` (or gave it up): it is no longer pending there."""
+        await self._call(self._spared, self._alert_sent_sync, seq, notifier)
+
+    def _alert_sent_sync(self, seq: int, notifier: str) -> None:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            row = db.execute("SELECT pending FROM alert_events WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                left = [n for n in json.loads(row[0]) if n != notifier]
+                db.execute(
+                    "UPDATE alert_events SET pending = ? WHERE seq = ?", (json.dumps(left), seq)
+                )
 
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back: the dead-letter

@@ -5,6 +5,7 @@ GET /healthz     200 "ok" while the gateway runs (no credentials needed)
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /metrics     Prometheus text format
+GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 POST /api/config/reload   read the config file again now (as SIGHUP does); answers
                  {"outcome": "applied"|"refused", "errors": [...]} after the attempt
 GET /api/config  the config file's effective config, every secret written ***
@@ -44,7 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.config.model import WebSection
 from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
-from gateway.metrics import registry_for
+from gateway.metrics import metrics_json, registry_for
 from gateway.mqtt.broker import in_use
 from gateway.web.config_api import MAX_BODY, ConfigApi
 from gateway.web.page import STATUS_PAGE
@@ -91,6 +92,7 @@ class WebServer:
             "/api/status": self.api_status,
             "/api/dead-letters": self.api_dead_letters,
             "/metrics": self.metrics_text,
+            "/api/metrics": self.api_metrics,
         }
         self._reload = reload  # POST /api/config/reload; None: not offered
         self.config_api = ConfigApi(config_path, reload)  # /api/config, its edits
@@ -284,6 +286,9 @@ class WebServer:
 
     async def metrics_text(self, _query: dict[str, list[str]]) -> Response:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)
+
+    async def api_metrics(self, _query: dict[str, list[str]]) -> Response:
+        return _json(metrics_json(self.metrics))
 
 
 def _json(value: Any) -> Response:

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from gateway.core.backoff import Backoff
+from gateway.core.histogram import LATENCY_BOUNDS, Buckets
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.config import DeviceConfig, ModbusSourceConfig, RegisterConfig
 from gateway.sources.modbus.link import parse_link_url
@@ -168,6 +169,7 @@ class Device:
         # offline: retried after its shortest interval, doubling up to backoff_max
         self.backoff = Backoff(self.min_interval, self.backoff_max, jitter=False)
         self.retry_at = 0.0
+        self.poll_latency = Buckets(LATENCY_BOUNDS)  # seconds per poll of one group, for /metrics
         self.status: dict[str, Any] = {
             "url": self.spec.describe(),
             "unit": self.unit,

@@ -18,6 +18,7 @@ from gateway.core.backoff import Backoff
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.histogram import Buckets
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.config import ModbusSourceConfig
 from gateway.sources.modbus.device import Device, Value
@@ -107,6 +108,10 @@ class ModbusSource(Source):
         if self._writeback is not None:
             out["writeback"] = self._writeback
         return out
+
+    def histograms(self) -> Mapping[str, Buckets]:
+        """Each device's poll latency (a group's requests, first sent to last answered)."""
+        return {name: dev.poll_latency for name, dev in self._devices.items()}
 
     # ---- lifecycle ------------------------------------------------------
 
@@ -245,8 +250,11 @@ class ModbusSource(Source):
             dev = group.device
             if group.due > now or dev.retry_at > now:
                 continue
-            group.start(self.ctx.clock.monotonic())
+            started = self.ctx.clock.monotonic()
+            group.start(started)
             await self._poll_group(bus, group, out)
+            if group.device.online:
+                group.device.poll_latency.add(self.ctx.clock.monotonic() - started)
         return out
 
     async def _serve_writes(self, bus: Bus) -> None:

@@ -1,0 +1,395 @@
+"""Alerts on the gateway's own state (`alerts:`), sent to MQTT, a webhook and the console.
+
+Every EVAL_INTERVAL the rules (`AlertsSection.effective`) are held against the
+status snapshot. Each rule watches subjects (a sink, a source, a Modbus device,
+a topic filter, the store); an alert (rule, subject) fires once its condition
+has held for the rule's `for`, and resolves once the condition has not held for
+RESOLVE_HOLD (so that a sink between two reconnects does not resolve and fire
+again). Firing and resolving are each recorded in the store in one transaction
+with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
+event is sent once to each notifier: the MQTT topic (on the status connection,
+gateway/mqtt/status.py, acknowledged by PUBACK) and the webhook (a JSON POST with
+aiohttp's client, retried with capped backoff and jitter). An event not yet sent
+stays pending in the store, so a restart sends it then; each notifier's queue
+is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
+
+After a restart the active alerts come back from the store: they do not fire
+again, and resolve (once) when their condition is gone. Evaluation starts WARMUP
+seconds after the engine runs, so that components have had a first try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from gateway.config.model import DEFAULT_FOR, AlertRule, Config
+from gateway.core.backoff import Backoff
+from gateway.core.topics import TopicWatch
+from gateway.engine.status import Snapshot, StatusView
+
+log = logging.getLogger("gateway.alerts")
+
+EVAL_INTERVAL = 1.0
+RESOLVE_HOLD = 5.0
+WARMUP = 3.0
+RECENT = 50  # events the console shows
+MQTT_QUEUE = 1000
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Notifier:
+    """One destination of alert events: a bounded queue, sent in order, each once."""
+
+    def __init__(
+        self,
+        name: str,
+        send: Callable[[dict[str, Any]], Awaitable[bool | None]],
+        done: Callable[[int, str], Awaitable[None]],
+        size: Callable[[], int],
+        retry: Callable[[], tuple[float, float]],
+    ) -> None:
+        self.name = name
+        self._send = send  # True: sent; False: try again later; None: refused, give up
+        self._done = done
+        self._size = size
+        self._retry = retry
+        self._queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._ready = asyncio.Event()
+        self.last_error: str | None = None
+
+    async def put(self, seq: int, body: dict[str, Any]) -> None:
+        self._queue.append((seq, body))
+        while len(self._queue) > self._size():
+            old, _ = self._queue.popleft()
+            log.error(
+                "alerts: %s: more than %d events wait; dropped the oldest", self.name, self._size()
+            )
+            await self._done(old, self.name)
+        self._ready.set()
+
+    async def run(self) -> None:
+        backoff: Backoff | None = None
+        while True:
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            seq, body = self._queue[0]
+            outcome = await self._send(body)
+            if outcome is False:
+                if backoff is None:
+                    backoff = Backoff(*self._retry())
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff = None
+            if self._queue and self._queue[0][0] == seq:
+                self._queue.popleft()
+            await self._done(seq, self.name)
+
+
+class Alerts:
+    """Evaluates the rules against `view` and sends the events (see the module doc)."""
+
+    def __init__(
+        self,
+        view: StatusView,
+        config: Callable[[], Config],
+        ready: asyncio.Event,
+        watch: TopicWatch,
+        mqtt_send: Callable[[str, bytes], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.view = view
+        self._config = config
+        self._ready = ready
+        self.watch = watch
+        self._mqtt_send = mqtt_send
+        self.active: dict[str, dict[str, Any]] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._pending: dict[str, float] = {}  # key -> monotonic time the condition began
+        self._clear: dict[str, float] = {}  # active key -> since when it has not held
+        self._dead: deque[tuple[float, int]] = deque()  # (monotonic, new dead letters)
+        self._dead_total: int | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.notifiers = {
+            "mqtt": Notifier(
+                "mqtt", self._send_mqtt, self._sent, lambda: MQTT_QUEUE, lambda: (1.0, 60.0)
+            ),
+            "webhook": Notifier(
+                "webhook",
+                self._send_webhook,
+                self._sent,
+                lambda: self._config().alerts.webhook.queue,
+                self._webhook_retry,
+            ),
+        }
+        self.loaded = asyncio.Event()
+
+    # -- what the console and the stats read ------------------------------------
+
+    def console(self) -> dict[str, Any]:
+        """`alerts` in /api/status: the active alerts and the newest events, newest first."""
+        return {
+            "active": sorted(self.active.values(), key=lambda a: a["fired_at"], reverse=True),
+            "recent": list(reversed(self.recent)),
+        }
+
+    # -- running ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._ready.wait()
+        await self._load()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for notifier in self.notifiers.values():
+                    tg.create_task(notifier.run(), name=f"alerts {notifier.name}")
+                tg.create_task(self._evaluate_loop(), name="alerts")
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    async def _load(self) -> None:
+        active, events = await self.view.store.alert_state(RECENT)
+        for key, _fired_at, body in active:
+            self.active[key] = json.loads(body)
+        for seq, _at, body, pending in events:
+            event = json.loads(body)
+            self.recent.append(event)
+            for name in pending:
+                if name in self.notifiers:
+                    await self.notifiers[name].put(seq, event)
+        if self.active:
+            log.info("alerts: %d active alert(s) kept from before the restart", len(self.active))
+        self.loaded.set()
+
+    async def _evaluate_loop(self) -> None:
+        await asyncio.sleep(WARMUP)
+        while True:
+            await self.evaluate(self.view.snapshot(), time.monotonic())
+            await asyncio.sleep(EVAL_INTERVAL)
+
+    async def evaluate(self, snap: Snapshot, now: float) -> None:
+        """Hold every rule against `snap` at monotonic time `now`; fire and resolve."""
+        settings = self._config().alerts
+        rules = settings.effective()
+        self.watch.set(
+            {rule.topic for cond, rule in rules.values() if cond == "no_data" and rule.topic}
+        )
+        new_dead = self._new_dead_letters(snap, now)
+        holding: dict[str, tuple[str, str, AlertRule, str, Any, str]] = {}
+        for name, (condition, rule) in rules.items():
+            for subject, (value, message) in self._holding(
+                condition, rule, snap, now, new_dead
+            ).items():
+                holding[f"{name}:{subject}"] = (name, condition, rule, subject, value, message)
+        for key, (name, condition, rule, subject, value, message) in holding.items():
+            self._clear.pop(key, None)
+            if key in self.active:
+                continue
+            since = self._pending.setdefault(key, now)
+            wait = 0.0 if condition == "no_data" else rule.for_
+            if wait is None:
+                wait = DEFAULT_FOR.get(condition, 0.0)
+            if now - since >= wait:
+                self._pending.pop(key, None)
+                await self._fire(key, name, condition, subject, value, message)
+        for key in [k for k in self._pending if k not in holding]:
+            del self._pending[key]
+        for key in [k for k in self.active if k not in holding]:
+            since = self._clear.setdefault(key, now)
+            if now - since >= RESOLVE_HOLD:
+                self._clear.pop(key, None)
+                await self._resolve(key)
+
+    def _new_dead_letters(self, snap: Snapshot, now: float) -> int:
+        """Dead letters added in the last minute (the table's count only grows but for
+        replays and purges, which start the count afresh)."""
+        total = snap.store.dead_letters
+        if self._dead_total is not None and total >= self._dead_total:
+            self._dead.append((now, total - self._dead_total))
+        self._dead_total = total
+        while self._dead and self._dead[0][0] < now - 60.0:
+            self._dead.popleft()
+        return sum(n for _, n in self._dead)
+
+    def _holding(
+        self, condition: str, rule: AlertRule, snap: Snapshot, now: float, new_dead: int
+    ) -> dict[str, tuple[Any, str]]:
+        """The subjects for which `condition` holds now: subject -> (value, message)."""
+        picked = set(rule.components)
+        out: dict[str, tuple[Any, str]] = {}
+        if condition == "sink_backlog":
+            for name, s in snap.sinks.items():
+                age = s.oldest_age_s
+                if (not picked or name in picked) and age is not None and age > rule.older_than:
+                    out[name] = (
+                        age,
+                        f"sink {name} is {_age(age)} behind: {s.depth} FlowFiles wait, the"
+                        f" oldest longer than {_age(rule.older_than)}",
+                    )
+        elif condition == "sink_failing":
+            for name, s in snap.sinks.items():
+                failing = s.state in ("retrying", "failed") or (
+                    s.state == "connecting" and s.last_error is not None
+                )
+                if (not picked or name in picked) and failing:
+                    out[name] = (s.state, f"sink {name} cannot deliver: {s.last_error}")
+        elif condition == "source_offline":
+            for name, src in snap.sources.items():
+                down = src.state in ("retrying", "failed") or (
+                    src.state == "connecting" and src.last_error is not None
+                )
+                if (not picked or name in picked) and down:
+                    out[name] = (src.state, f"source {name} is offline: {src.last_error}")
+                devices = src.extra.get("devices")
+                if isinstance(devices, dict):
+                    for dev, st in devices.items():
+                        if (
+                            (not picked or dev in picked or name in picked)
+                            and isinstance(st, dict)
+                            and st.get("state") == "offline"
+                        ):
+                            out[f"{name}/{dev}"] = (
+                                "offline",
+                                f"Modbus device {dev} of source {name} is offline:"
+                                f" {st.get('last_error')}",
+                            )
+        elif condition == "no_data" and rule.topic:
+            quiet = now - self.watch.last_seen(rule.topic, now)
+            wait = rule.for_ if rule.for_ is not None else DEFAULT_FOR["no_data"]
+            if quiet >= wait:
+                out[rule.topic] = (
+                    round(quiet, 1),
+                    f"no data on {rule.topic} for {_age(quiet)}",
+                )
+        elif condition == "dead_letters":
+            if new_dead > rule.per_minute:
+                out["store"] = (
+                    new_dead,
+                    f"{new_dead} FlowFiles dead-lettered in the last minute (more than"
+                    f" {rule.per_minute})",
+                )
+        elif condition == "store_budget":
+            st = snap.store
+            used = 100.0 * st.bytes / st.max_bytes if st.max_bytes else 0.0
+            if used > rule.percent:
+                out["store"] = (
+                    round(used, 1),
+                    f"the store holds {used:.0f}% of its budget (more than {rule.percent:g}%)",
+                )
+        return out
+
+    # -- events ------------------------------------------------------------------
+
+    async def _fire(
+        self, key: str, rule: str, condition: str, subject: str, value: Any, message: str
+    ) -> None:
+        at = time.time()
+        body = {
+            "gateway": self._config().gateway.id,
+            "key": key,
+            "rule": rule,
+            "condition": condition,
+            "subject": subject,
+            "state": "firing",
+            "message": message,
+            "value": value,
+            "fired_at": at,
+            "resolved_at": None,
+            "at": at,
+        }
+        log.warning("alerts: firing %s: %s", key, message)
+        self.active[key] = body
+        await self._emit(key, body, firing=True)
+
+    async def _resolve(self, key: str) -> None:
+        at = time.time()
+        body = {**self.active.pop(key), "state": "resolved", "resolved_at": at, "at": at}
+        log.info("alerts: resolved %s (fired %s ago)", key, _age(at - body["fired_at"]))
+        await self._emit(key, body, firing=False)
+
+    def _targets(self) -> list[str]:
+        config = self._config()
+        targets = []
+        if config.alerts.mqtt_topic and config.status.enabled and self._mqtt_send is not None:
+            targets.append("mqtt")
+        if config.alerts.webhook.url:
+            targets.append("webhook")
+        return targets
+
+    async def _emit(self, key: str, body: dict[str, Any], firing: bool) -> None:
+        targets = self._targets()
+        seq = await self.view.store.alert_event(key, body["at"], json.dumps(body), firing, targets)
+        self.recent.append(body)
+        for name in targets:
+            await self.notifiers[name].put(seq, body)
+
+    async def _sent(self, seq: int, notifier: str) -> None:
+        await self.view.store.alert_sent(seq, notifier)
+
+    # -- the notifiers ------------------------------------------------------------
+
+    async def _send_mqtt(self, body: dict[str, Any]) -> bool | None:
+        config = self._config()
+        topic = config.alerts.mqtt_topic
+        if not topic or self._mqtt_send is None:
+            return None  # turned off since: nothing to send it to
+        topic = topic.replace("{gateway}", config.gateway.id)
+        return await self._mqtt_send(topic, json.dumps(body).encode())
+
+    def _webhook_retry(self) -> tuple[float, float]:
+        retry = self._config().alerts.webhook.retry
+        return retry.initial, retry.max
+
+    async def _send_webhook(self, body: dict[str, Any]) -> bool | None:
+        notifier = self.notifiers["webhook"]
+        settings = self._config().alerts.webhook
+        if not settings.url:
+            return None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                settings.url, json=body, timeout=aiohttp.ClientTimeout(total=settings.timeout)
+            ) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            self._webhook_trouble(
+                notifier, f"cannot POST to the webhook: {err or type(err).__name__}"
+            )
+            return False
+        if status < 300:
+            if notifier.last_error is not None:
+                log.info("alerts: the webhook takes events again")
+            notifier.last_error = None
+            return True
+        if 400 <= status < 500 and status not in (408, 429):
+            log.error(
+                "alerts: the webhook refused the event %s with HTTP %d; not sent again",
+                body.get("key"),
+                status,
+            )
+            return None
+        self._webhook_trouble(notifier, f"the webhook answered HTTP {status}")
+        return False
+
+    @staticmethod
+    def _webhook_trouble(notifier: Notifier, message: str) -> None:
+        if message != notifier.last_error:
+            log.warning("alerts: %s; retrying with backoff", message)
+        notifier.last_error = message

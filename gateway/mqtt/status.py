@@ -1,0 +1,214 @@
+"""The gateway's own topics on its broker: `edge-stream/<id>/status` and `.../stats`.
+
+One small connection (the project's own `gateway.mqtt.client.Client`) to the
+gateway's broker, opened with a last will: a retained `offline` on
+`edge-stream/<id>/status`, which the broker publishes itself when the connection
+ends without a DISCONNECT (the process killed, the board unplugged). On connect a
+retained `online` replaces it; a clean stop publishes `offline` before it
+disconnects. Every `status.stats_interval` a retained JSON summary goes to
+`edge-stream/<id>/stats`. The alerts' MQTT notifier (gateway/alerts.py) sends on this
+connection through `send`.
+
+A broker that is away never stops the gateway: the channel reconnects with capped
+exponential backoff and jitter; a reload that changes the broker, the gateway id or
+`status` reconnects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config.model import Config
+from gateway.core.backoff import Backoff
+from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
+from gateway.mqtt.urls import parse_url, tls_context
+
+log = logging.getLogger("gateway.status")
+
+PUBACK_WAIT = 10.0  # seconds a QoS 1 publish may wait for its PUBACK
+IDLE = 1.0  # seconds between two looks at the settings and the stats' due time
+
+
+def status_topic(gateway_id: str) -> str:
+    return f"edge-stream/{gateway_id}/status"
+
+
+def stats_topic(gateway_id: str) -> str:
+    return f"edge-stream/{gateway_id}/stats"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    url: str
+    gateway_id: str
+    client_id: str
+    username: str | None
+    password: str | None
+    keepalive: int
+
+
+class StatusChannel:
+    """`run()` until cancelled, once `ready` is set; `close()` says `offline` cleanly.
+
+    `broker_url` gives the gateway's broker (None: the gateway has none running, then
+    `mqtt.url` if it names one); `stats` gives the summary published on the stats topic.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], Config],
+        broker_url: Callable[[], str | None],
+        stats: Callable[[], dict[str, Any]],
+        ready: asyncio.Event,
+    ) -> None:
+        self._config = config
+        self._broker_url = broker_url
+        self._stats = stats
+        self._ready = ready
+        self._client: Client | None = None
+        self._acks: dict[int, asyncio.Future[int]] = {}
+        self._lost = asyncio.Event()
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _plan(self) -> _Plan | None:
+        config = self._config()
+        if not config.status.enabled:
+            return None
+        url = self._broker_url()
+        if url is None and config.mqtt.url.startswith(("mqtt://", "mqtts://")):
+            url = config.mqtt.url
+        if url is None:
+            return None
+        prefix = config.mqtt.client_id or f"edge-stream-{config.gateway.id}"
+        return _Plan(
+            url,
+            config.gateway.id,
+            f"{prefix}-status",
+            config.mqtt.username,
+            config.mqtt.password,
+            int(config.mqtt.keepalive),
+        )
+
+    async def run(self) -> None:
+        await self._ready.wait()
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            plan = self._plan()
+            if plan is None:
+                await asyncio.sleep(IDLE)
+                continue
+            try:
+                await self._session(plan, backoff)
+            except (OSError, ConnectRefused, TimeoutError, ConnectionError) as err:
+                host, port, _ = parse_url(plan.url)
+                refusal = connect_refusal(err)
+                message = f"cannot publish the status on {host}:{port}: {refusal or err}"
+                if message != self.last_error:
+                    (log.error if refusal else log.warning)("status: %s; retrying", message)
+                self.last_error = message
+            finally:
+                self._drop()
+            if self._plan() == plan:
+                await asyncio.sleep(backoff.next())
+
+    async def _session(self, plan: _Plan, backoff: Backoff) -> None:
+        host, port, tls = parse_url(plan.url)
+        context = tls_context(None, None, None) if tls else None
+        self._lost.clear()
+        client = Client(on_puback=self._puback, on_lost=lambda _reason: self._lost.set())
+        self._client = client
+        topic = status_topic(plan.gateway_id)
+        async with asyncio.timeout(10):
+            await client.open(
+                host,
+                port,
+                client_id=plan.client_id,
+                clean_start=True,
+                keepalive=plan.keepalive,
+                username=plan.username,
+                password=plan.password if plan.username else None,
+                tls=context,
+                will=(topic, b"offline", 1, True),
+            )
+        backoff.reset()
+        self.last_error = None
+        log.info("status: %s is online on %s:%d", topic, host, port)
+        client.publish(topic.encode(), b"online", qos=1, retain=True)
+        loop = asyncio.get_running_loop()
+        next_stats = loop.time()
+        while not client.closing():
+            interval = self._config().status.stats_interval
+            if interval and loop.time() >= next_stats:
+                body = json.dumps(self._stats(), separators=(",", ":")).encode()
+                client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
+                next_stats = loop.time() + interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE):
+                    await self._lost.wait()
+            if self._plan() != plan:
+                log.info("status: the settings changed; reconnecting")
+                await self._goodbye(client, topic)
+                return
+        raise ConnectionError(client.closed_reason or "closed")
+
+    def _puback(self, mid: int, reason: int) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason)
+
+    async def send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Publish at QoS 1 and wait for the PUBACK; False if not connected, refused or
+        not acknowledged in time (the caller sends it again later)."""
+        client = self._client
+        if client is None or not client.connected:
+            return False
+        mid = client.publish_qos1(topic.encode(), payload, retain=retain)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks[mid] = future
+        try:
+            async with asyncio.timeout(PUBACK_WAIT):
+                reason = await asyncio.shield(future)
+        except TimeoutError:
+            return False
+        finally:
+            self._acks.pop(mid, None)
+        return reason < 0x80
+
+    async def _goodbye(self, client: Client, topic: str) -> None:
+        """Say `offline` (retained) and wait a little for the broker to take it."""
+        if not client.connected:
+            return
+        mid = client.publish_qos1(topic.encode(), b"offline", retain=True)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks[mid] = future
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await future
+
+    async def close(self) -> None:
+        """A clean stop: `offline` on the status topic, then DISCONNECT."""
+        client = self._client
+        plan = self._plan()
+        if client is not None and plan is not None:
+            await self._goodbye(client, status_topic(plan.gateway_id))
+        self._drop()
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        for future in self._acks.values():
+            if not future.done():
+                future.cancel()
+        self._acks.clear()
+        if client is not None:
+            client.close()
