@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["spine.py", "sink_postgres.py", "sink_drain.py", "drain.py", "modbus.py", "memory.py"]
+BENCHES = [
+    "spine.py",
+    "sink_postgres.py",
+    "sink_drain.py",
+    "drain.py",
+    "modbus.py",
+    "memory.py",
+    "reload.py",
+]
 
 
 def main() -> int:

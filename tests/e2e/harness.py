@@ -184,11 +184,19 @@ class Publisher(threading.Thread):
 
     Message n goes to `<prefix>/<n % topics>` with JSON {"seq": n}, for n from `first`
     to `first + count - 1`; `rate` messages per second (0 = as fast as the broker takes
-    them).
+    them). With `stamp`, the JSON also holds "sent": the wall-clock time in ns at which
+    the message was handed to the client (to compare with the FlowFile's creation time).
     """
 
     def __init__(
-        self, port: int, count: int, topics: int, prefix: str, rate: float = 0, first: int = 0
+        self,
+        port: int,
+        count: int,
+        topics: int,
+        prefix: str,
+        rate: float = 0,
+        first: int = 0,
+        stamp: bool = False,
     ) -> None:
         super().__init__(daemon=True)
         self.port = port
@@ -197,6 +205,7 @@ class Publisher(threading.Thread):
         self.prefix = prefix
         self.rate = rate
         self.first = first
+        self.stamp = stamp
         self.sent = 0
         self.error: BaseException | None = None
 
@@ -211,7 +220,10 @@ class Publisher(threading.Thread):
             for i in range(self.count):
                 n = self.first + i
                 topic = f"{self.prefix}/{n % self.topics}"
-                infos.append(client.publish(topic, json.dumps({"seq": n}), qos=1))
+                body: dict[str, int] = {"seq": n}
+                if self.stamp:
+                    body["sent"] = time.time_ns()
+                infos.append(client.publish(topic, json.dumps(body), qos=1))
                 self.sent = i + 1
                 if self.rate:
                     ahead = (i + 1) / self.rate - (time.monotonic() - started)
