@@ -138,8 +138,10 @@ def _stores(storm: Storm) -> dict[str, tuple[int, int]]:
 
 
 def reload_storm(
-    name: str, reloads: int, mosquitto: Any, postgres: Any, gateway_factory: Any
+    name: str, reloads: int, mosquitto: Any, postgres: Any, gateway_factory: Any, timed: bool
 ) -> str:
+    """`reloads` SIGHUPs under load; every check of the issue. With `timed`, the intake
+    pause is also held to one batch (the figures are printed either way)."""
     seconds = 0.6 * reloads + 3  # ~0.6 s between reloads, load before and after
     total = int(RATE * seconds)
     run = f"{name}_{uuid.uuid4().hex[:6]}"
@@ -307,17 +309,18 @@ def reload_storm(
         + ", ".join(f"{kind} {ms:.0f} ms" for kind, ms in sorted(took.items()))
     )
     print(summary)
-    assert longest <= bound, f"intake paused {longest:.2f} s, more than one batch ({bound} s)"
-    assert stall <= bound, f"commits stood still {stall:.2f} s, more than one batch ({bound} s)"
+    if timed:  # `make faults` only: `make test` runs on busy machines and times nothing
+        assert longest <= bound, f"intake paused {longest:.2f} s, more than one batch ({bound} s)"
+        assert stall <= bound, f"commits stood still {stall:.2f} s, more than one batch ({bound} s)"
     return summary
 
 
 def test_reloads_under_load_lose_nothing_and_keep_the_connection(
     mosquitto: Any, postgres: Any, gateway_factory: Any
 ) -> None:
-    reload_storm("reloads_short", 20, mosquitto, postgres, gateway_factory)
+    reload_storm("reloads_short", 20, mosquitto, postgres, gateway_factory, timed=False)
 
 
 @pytest.mark.long
 def test_a_hundred_reloads_under_load(mosquitto: Any, postgres: Any, gateway_factory: Any) -> None:
-    reload_storm("reloads_long", 100, mosquitto, postgres, gateway_factory)
+    reload_storm("reloads_long", 100, mosquitto, postgres, gateway_factory, timed=True)
