@@ -177,6 +177,7 @@ class Gateway:
     def stop(self) -> None:
         """Stop for good (SIGTERM): the engine shuts down in order, then the services."""
         self._stopping = True
+        self.status.stopping = True
         if self.broker is not None and self.broker.embedded is not None:
             # its own SIGTERM (same process group) is expected now
             self.broker.embedded.stopping = True

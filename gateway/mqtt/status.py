@@ -76,6 +76,7 @@ class StatusChannel:
         self._acks: dict[int, asyncio.Future[int]] = {}
         self._lost = asyncio.Event()
         self.last_error: str | None = None
+        self.stopping = False  # the gateway stops: a lost connection is expected
 
     @property
     def connected(self) -> bool:
@@ -114,7 +115,9 @@ class StatusChannel:
                 host, port, _ = parse_url(plan.url)
                 refusal = connect_refusal(err)
                 message = f"cannot publish the status on {host}:{port}: {refusal or err}"
-                if message != self.last_error:
+                if self.stopping:  # the embedded broker may go first: expected, not news
+                    log.debug("status: %s while stopping", message)
+                elif message != self.last_error:
                     (log.error if refusal else log.warning)("status: %s; retrying", message)
                 self.last_error = message
             finally:
