@@ -127,11 +127,12 @@ def set_user(path: Path, name: str, role: str, password: str) -> bool:
     when the user was new."""
     users = read_users(path)
     new = name not in users
+    if not new:
+        os.chmod(path, 0o600)  # write_atomic keeps the old mode
     users[name] = User(name, role, hash_password(password))
     text = "".join(f"{u.name}:{u.role}:{u.hash}\n" for u in users.values())
     path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, text)
-    os.chmod(path, 0o600)
+    files.write_atomic(path, text)  # a new file is 0600
     return new
 
 
