@@ -268,10 +268,12 @@ class WebServer:
         path = request.path
         if path == "/healthz":
             return await handler(request)
-        if not access.host_allowed(request.host, self._hosts):
+        # The header itself: aiohttp's request.host would look the machine's name up.
+        host = request.headers.get("Host")
+        if host is not None and not access.host_allowed(host, self._hosts):
             return _text(
                 421,
-                f"this gateway does not answer to the name {request.host[:100]!r};"
+                f"this gateway does not answer to the name {host[:100]!r};"
                 " add it to web.allowed_hosts\n",
                 close=True,
             )
@@ -306,7 +308,7 @@ class WebServer:
             origin = request.headers.get("Referer")
         if origin is None:
             return not required
-        return access.same_origin(origin, request.scheme, request.host)
+        return access.same_origin(origin, request.scheme, request.headers.get("Host", ""))
 
     def _unauthorized(self, request: web.Request) -> web.Response:
         response = _text(401, "credentials needed\n", close=True)
