@@ -153,3 +153,7 @@ def test_beyond_localhost_the_config_needs_an_account(tmp_path: Path) -> None:
 def test_https_needs_both_the_certificate_and_its_key() -> None:
     with pytest.raises(ConfigError, match=r"web\.tls_key: HTTPS needs both"):
         load_data({"web": {"tls_cert": "/etc/c.pem"}}, environ={})
+
+
+def test_the_dummy_hash_is_the_hash_of_its_text() -> None:
+    assert access.hash_password("no such user", salt=bytes(16)) == access._DUMMY_HASH
