@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.alerts import Alerts
 from gateway.config.load import load, read_text
@@ -56,7 +56,9 @@ from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.mqtt.remote import RemoteConfig
 from gateway.mqtt.status import StatusChannel
 from gateway.store.sqlite import Store, StoreError, hold_data_dir, let_go_data_dir
-from gateway.web.server import WebServer
+
+if TYPE_CHECKING:
+    from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway")
 
@@ -424,8 +426,17 @@ class Gateway:
 
     async def _start_web(self) -> None:
         if self.config.web.enabled:
+            # Imported here: aiohttp costs ~11 MB of RSS, not paid with web.enabled false.
+            from gateway.web.access import users_path
+            from gateway.web.server import WebServer
+
+            users = users_path(self.config.web.users_file, self.config.gateway.data_dir)
             web = WebServer(
-                self, self.config.web, reload=self.reload_now, config_path=self.config_path
+                self,
+                self.config.web,
+                reload=self.reload_now,
+                config_path=self.config_path,
+                users_file=users,
             )
             self.web_url = await web.start()
             self.web = web

@@ -36,6 +36,10 @@ edge-stream store stats                          depth and oldest age per sink
 edge-stream store reset [--force]                move a damaged store aside, start empty
                                                  (--force: a valid one too; never while
                                                  a gateway runs on the data_dir)
+edge-stream web passwd USER [--role viewer|operator] [-c FILE]
+                                                 add a console user or set its password
+                                                 (asked twice; or one line on stdin) in
+                                                 web.users_file (default <data_dir>/web-users)
 edge-stream docs [--out docs/reference]          write the config reference, a page per
                                                  component, from the config schema
 edge-stream schema                               print the JSON Schema of the config file
@@ -49,6 +53,7 @@ import base64
 import getpass
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -224,11 +229,11 @@ def _config_versions(args: argparse.Namespace) -> int:
 def _reload_after_rollback(path: str) -> int:
     """Ask a running gateway to apply the restored file; none answering is fine."""
     try:
-        url, headers = _reload_target(path)
+        url, headers, context = _reload_target(path)
     except SystemExit:  # web.enabled is false: no API to ask
         print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
         return 0
-    answer, _reason = _ask_reload(url, headers)
+    answer, _reason = _ask_reload(url, headers, context)
     if answer is None:
         print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
@@ -331,7 +336,7 @@ def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
     return 1
 
 
-def _reload_target(path: str) -> tuple[str, dict[str, str]]:
+def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
     """The running gateway's reload URL and auth header, from the config's `web:`.
 
     Read with the running gateway's eyes where possible; a file the gateway would
@@ -346,7 +351,8 @@ def _reload_target(path: str) -> tuple[str, dict[str, str]]:
             data, _ = parse_text(read_text(path), path)
             apply_env(data, dict(os.environ))
             raw = data.get("web") or {}
-            web = WebSection(**{k: raw[k] for k in ("listen", "username", "password") if k in raw})
+            keys = ("listen", "username", "password", "tls_cert", "tls_key")
+            web = WebSection(**{k: raw[k] for k in keys if k in raw})
             if not isinstance(web.listen, str) or ":" not in web.listen:
                 raise ValueError
         except (ConfigError, TypeError, ValueError, AttributeError):
@@ -368,15 +374,30 @@ def _reload_target(path: str) -> tuple[str, dict[str, str]]:
     if web.username and web.password:
         token = base64.b64encode(f"{web.username}:{web.password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    return f"http://{host}:{port}/api/config/reload", headers
+    context = None
+    if web.tls_cert:
+        # The gateway's own certificate is the one trusted (self-signed ones included);
+        # the name is not checked, as the address is this machine's.
+        try:
+            context = ssl.create_default_context(cafile=web.tls_cert)
+        except (OSError, ssl.SSLError) as err:
+            raise SystemExit(
+                f"edge-stream: web.tls_cert {web.tls_cert}: cannot read it ({err})"
+            ) from err
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    scheme = "https" if web.tls_cert else "http"
+    return f"{scheme}://{host}:{port}/api/config/reload", headers, context
 
 
-def _ask_reload(url: str, headers: dict[str, str]) -> tuple[dict[str, Any] | None, object]:
+def _ask_reload(
+    url: str, headers: dict[str, str], context: ssl.SSLContext | None
+) -> tuple[dict[str, Any] | None, object]:
     """POST the reload URL: (the gateway's answer, None), or (None, why) when no gateway
     answers. An HTTP error answer is said in one line, and exits 1."""
     request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
             return json.loads(response.read(1 << 20)), None
     except urllib.error.HTTPError as err:
         print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
@@ -386,8 +407,8 @@ def _ask_reload(url: str, headers: dict[str, str]) -> tuple[dict[str, Any] | Non
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    url, headers = _reload_target(args.config)
-    answer, reason = _ask_reload(url, headers)
+    url, headers, context = _reload_target(args.config)
+    answer, reason = _ask_reload(url, headers, context)
     if answer is None:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
         return 1
@@ -460,6 +481,59 @@ def cmd_secret(args: argparse.Namespace) -> int:
     except secrets.SecretError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _users_file(args: argparse.Namespace) -> Path:
+    """The config's web.users_file, else <data_dir>/web-users, read without validating the
+    rest (a config that listens beyond localhost is refused until a user exists)."""
+    from gateway.web.access import users_path
+
+    if not Path(args.config).is_file():
+        return users_path(None, "./data")
+    try:
+        data, _lines = parse_text(read_text(args.config), args.config)
+        apply_env(data, dict(os.environ))
+    except ConfigError as err:
+        _refuse(err, args.config)
+    found: dict[str, Any] = {}
+    for section, key, default in (("gateway", "data_dir", "./data"), ("web", "users_file", None)):
+        value = (data.get(section) or {}).get(key, default)
+        if value is not None and not isinstance(value, str):
+            message = f"{args.config}: {section}.{key}: expected a path, got {value!r}"
+            _refuse(ConfigError(message), args.config)
+        found[key] = value
+    return users_path(found["users_file"], found["data_dir"])
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from gateway.web import access
+
+    problem = access.check_user_name(args.user)
+    if problem:
+        print(f"edge-stream: {problem}", file=sys.stderr)
+        return 1
+    path = _users_file(args)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("edge-stream: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("edge-stream: a console password has at least 8 characters", file=sys.stderr)
+        return 1
+    try:
+        new = access.set_user(path, args.user, args.role, password)
+    except ConfigError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"edge-stream: {path}: cannot write it ({err.strerror or err})", file=sys.stderr)
+        return 1
+    what = "added" if new else "changed"
+    print(f"{path}: {what} {args.user} ({args.role}); a running gateway uses it at once")
     return 0
 
 
@@ -745,6 +819,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("name", nargs="?", metavar="NAME", help="drop-sink: the removed sink")
     st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
     st.set_defaults(fn=cmd_store)
+    webp = with_config(sub.add_parser("web", help="console users"))
+    webp.add_argument("action", choices=["passwd"])
+    webp.add_argument("user", metavar="USER")
+    webp.add_argument("--role", choices=["viewer", "operator"], default="viewer")
+    webp.set_defaults(fn=cmd_web)
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
     docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
     docs.set_defaults(fn=cmd_docs)

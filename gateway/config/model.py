@@ -11,6 +11,7 @@ Each key carries its description (`Doc`) and simple bounds (`Range`), from which
 from __future__ import annotations
 
 import ipaddress
+import os
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -228,38 +229,92 @@ class RouteSection:
 
 @dataclass(frozen=True)
 class WebSection:
-    """The status page, JSON API and /metrics.
+    """The console: status page, JSON API, live events and /metrics.
 
-    It listens on localhost unless `username` and `password` are set; asking for
-    another address without credentials is refused.
+    It listens on localhost unless credentials are set (`username` and `password`, or a
+    user in the users file, see `edge-stream web passwd`); asking for another address
+    without them is refused.
     """
 
     listen: Annotated[
         str,
         Doc(
-            "host:port of the status page; an address other than localhost needs"
-            " `username` and `password`.",
+            "host:port of the console; an address other than localhost needs credentials:"
+            " `username` and `password`, or a user in `users_file`.",
             example="127.0.0.1:8080",
         ),
     ] = "127.0.0.1:8080"
-    username: Annotated[str | None, Doc("The user name the page and API ask for.")] = None
+    username: Annotated[
+        str | None,
+        Doc("An operator account's name, asked for by the login page and HTTP basic auth."),
+    ] = None
     password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
     enabled: Annotated[bool, Doc("Serve the page, the API and /metrics at all.")] = True
+    users_file: Annotated[
+        str | None,
+        Doc(
+            "The console's users and their scrypt hashes, one a line, written by"
+            " `edge-stream web passwd USER --role viewer|operator` (default:"
+            " `<data_dir>/web-users`, mode 0600).",
+            example="/var/lib/edge-stream/web-users",
+        ),
+    ] = None
+    allowed_hosts: Annotated[
+        list[str],
+        Doc(
+            "More names the console may be reached by (the `Host` of a request), besides"
+            " IP addresses, `localhost`, the listen host and this machine's name; a"
+            " request for any other name is refused (DNS rebinding).",
+            example=["gateway.plant.example"],
+        ),
+    ] = field(default_factory=list)
+    metrics_open: Annotated[
+        bool,
+        Doc(
+            "Serve /metrics without credentials (for a Prometheus without them); the"
+            " rest of the console still asks."
+        ),
+    ] = False
+    tls_cert: Annotated[
+        str | None,
+        Doc(
+            "A PEM certificate (chain) file: serve HTTPS with it; needs `tls_key`.",
+            example="/etc/edge-stream/console.crt",
+        ),
+    ] = None
+    tls_key: Annotated[
+        str | None,
+        Doc("The PEM private key file of `tls_cert`.", example="/etc/edge-stream/console.key"),
+    ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             yield "listen", f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080"
-        elif host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (
-            self.username and self.password
-        ):
-            yield (
-                "listen",
-                (
-                    f"listening on {host} needs web.username and web.password;"
-                    " without them the page stays on 127.0.0.1"
-                ),
-            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            yield missing, "HTTPS needs both web.tls_cert and web.tls_key"
+
+    @property
+    def local_only(self) -> bool:
+        """Whether `listen` is a loopback address."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host in ("localhost", "localhost.localdomain"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def _has_console_users(path: str) -> bool:
+    """Whether the console users file at `path` has a user (gateway/web/access.py
+    reads it in full)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(":scrypt$" in line for line in f.read(1 << 20).splitlines())
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -575,6 +630,19 @@ class Config:
             for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
+        web = self.web
+        if web is not None and web.enabled and not web.local_only:
+            users_file = web.users_file or os.path.join(
+                self.gateway.data_dir if self.gateway else "./data", "web-users"
+            )
+            if not (web.username and web.password) and not _has_console_users(users_file):
+                host = web.listen.rpartition(":")[0]
+                yield (
+                    "web.listen",
+                    f"listening on {host} needs web.username and web.password, or a user in"
+                    f" {users_file} (`edge-stream web passwd USER`); without them the"
+                    " console stays on 127.0.0.1",
+                )
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,38 @@
-"""The local web page, the JSON API and /metrics.
+"""The console's HTTP server (aiohttp): the page, the JSON API, live events and /metrics.
 
-GET /            the status page (HTML, refreshes itself)
-GET /healthz     200 "ok" while the gateway runs (no credentials needed)
+GET /            the status page; its script and style are files of gateway/web/static/
+                 (GET /static/NAME), since the Content-Security-Policy allows no inline script
+GET /login       the login page;  POST /login  {"username", "password"} as JSON or a form:
+                 sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /)
+POST /logout     ends the session
+GET /healthz     200 "ok" while the gateway runs (always open: no credentials, any Host)
+GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
+GET /api/events  Server-Sent Events: the /api/status document each second it changes
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
-GET /metrics     Prometheus text format
+GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 POST /api/config/reload   read the config file again now (as SIGHUP does); answers
-                 {"outcome": "applied"|"refused", "errors": [...]} after the attempt
-GET /api/config  the config file's effective config, every secret written ***
-PUT|DELETE /api/config/{sources|routes|sinks}/NAME   add, change or remove one
-                 component in the config file (its comments and layout kept),
-                 validated, written with the old text kept, then applied as a
-                 reload: {"outcome", "errors", "version"}; 422 with the key paths
-                 when invalid, 409 (the file put back) when not applied, 413 for
-                 a body over 256 KiB. The logic is config_api.py's; this server
-                 only reads the body and checks the credentials.
+                 {"outcome": "applied"|"refused"|"rolled_back", "errors": [...]}
+GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
+                 (config_api.py; a body of at most 256 KiB)
 
-With `web.username`/`web.password` set, everything but /healthz asks for HTTP
-basic authentication; without them the server only listens on localhost.
+Access (gateway/web/access.py): with no account (neither `web.username`/`web.password`
+nor a user in the users file) the console is open, and only on localhost. Otherwise every
+request but /healthz, /login and /static/ needs a session cookie (HttpOnly, SameSite=Strict)
+or HTTP basic auth; a viewer may only read. A request that changes something (any method
+but GET and HEAD) from a browser's page of another origin is refused; one made with a
+session cookie also needs the session's CSRF token in `X-CSRF-Token` and an Origin or
+Referer of this server. Basic auth (scripts, `edge-stream reload`) needs no token. Failed
+logins are rate-limited per client address. A request whose Host is a name this gateway
+does not know is refused (DNS rebinding). A 401 closes the connection.
 
-This is a small HTTP/1.1 server on asyncio streams rather than aiohttp: it
-answers a handful of GET requests for one local page, and aiohttp alone would
-add about 12 MB to a gateway that must idle under 50 MB on a Pi. Requests are
-bounded (8 KiB head, 10 s to send it, 64 connections at once). When all 64 are
-taken, a new connection closes the one that has waited longest for a request
-(an idle keep-alive or a slow sender) rather than being refused, so a flood of
-idle or slow connections cannot lock out /healthz or the page.
+Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
+request head for 10 s is closed (idle keep-alive and slow senders alike); at most 256
+connections, and when all are taken a new one closes the one that has waited longest for a
+request, so a flood of idle or slow connections cannot lock out /healthz or a user; at
+most 16 event streams, each sending only the newest document (a paused reader holds
+nothing, and is closed after 30 s without progress).
 """
 
 from __future__ import annotations
@@ -34,12 +40,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import hashlib
 import hmac
 import json
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config.model import WebSection
@@ -47,25 +64,57 @@ from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
 from gateway.metrics import metrics_json, registry_for
 from gateway.mqtt.broker import in_use
+from gateway.web import access
 from gateway.web.config_api import MAX_BODY, ConfigApi
-from gateway.web.page import STATUS_PAGE
+from gateway.web.page import LOGIN_PAGE, STATUS_PAGE
+
+log = logging.getLogger("gateway.web")
 
 MAX_HEAD = 8192
-HEAD_TIMEOUT = 10.0
-MAX_CONNECTIONS = 64
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Content Too Large",
-    422: "Unprocessable Content",
-    503: "Service Unavailable",
+HEAD_TIMEOUT = 10.0  # seconds a connection may take to send a request head, or idle
+MAX_CONNECTIONS = 256
+MAX_STREAMS = 16
+STREAM_WRITE_TIMEOUT = 30.0
+STREAM_PING = 15.0  # seconds between comments on a quiet event stream
+LOGIN_BODY = 8192
+BASIC_CACHE = 32  # checked basic-auth headers kept, so that scripts do not pay scrypt
+BASIC_TTL = 300.0
+COOKIE = "edge_stream_session"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+STATIC_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 
-Response = tuple[int, str, bytes]
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("gateway.web") / "static"
+    found = {}
+    for item in folder.iterdir():
+        kind = STATIC_TYPES.get(os.path.splitext(item.name)[1])
+        if kind and item.is_file():
+            found[item.name] = (item.read_bytes(), kind)
+    return found
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who made a request: `auth` is session, basic or open (no accounts exist)."""
+
+    user: str
+    role: str
+    auth: str
+    csrf: str | None = None
+    token: str | None = None
+
+
+IDENTITY = web.RequestKey("identity", Identity)
 
 
 class WebServer:
@@ -78,197 +127,376 @@ class WebServer:
         config: WebSection,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         config_path: str | None = None,
+        users_file: Path | None = None,
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
         self.metrics = registry_for(view)
-        self._server: asyncio.Server | None = None
-        # Open connections, and those waiting for a request head; both oldest first.
-        self._open: dict[asyncio.StreamWriter, None] = {}
-        self._waiting: dict[asyncio.StreamWriter, None] = {}
-        self._routes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Response]]] = {
-            "/": self.page,
-            "/healthz": self.healthz,
-            "/api/status": self.api_status,
-            "/api/dead-letters": self.api_dead_letters,
-            "/metrics": self.metrics_text,
-            "/api/metrics": self.api_metrics,
-        }
         self._reload = reload  # POST /api/config/reload; None: not offered
         self.config_api = ConfigApi(config_path, reload)  # /api/config, its edits
-        self._expected_auth: str | None = None
-        if config.username and config.password:
-            token = f"{config.username}:{config.password}".encode()
-            self._expected_auth = "Basic " + base64.b64encode(token).decode()
+        path = users_file or access.users_path(config.users_file, "./data")
+        self.users = access.Users(path, config.username, config.password)
+        self.sessions = access.Sessions()
+        self.limiter = access.LoginLimiter()
+        self._scrypt = asyncio.Semaphore(2)  # 16 MiB each: bound the memory of checks
+        self._basic_ok: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._basic_salt = os.urandom(16)
+        self._hosts = self._known_hosts()
+        self._static = _static_files()
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._busy: set[web.RequestHandler] = set()  # answering a request now
+        self._evicting: set[web.RequestHandler] = set()
+        self._streams = 0
+        self._closing = asyncio.Event()
+        self._status_doc: tuple[float, bytes] = (-1.0, b"")
+        self.secure = bool(config.tls_cert)
+
+    def _known_hosts(self) -> set[str]:
+        hosts = {h.lower() for h in self.config.allowed_hosts}
+        listen_host = self.config.listen.rpartition(":")[0].strip("[]")
+        if listen_host:
+            hosts.add(listen_host.lower())
+        name = socket.gethostname().lower()
+        hosts |= {name, f"{name}.local"}
+        return hosts
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+        add = app.router.add_route
+        app.router.add_get("/", self.page)
+        app.router.add_get("/login", self.login_page)
+        add("POST", "/login", self.login)
+        add("POST", "/logout", self.logout)
+        app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/api/session", self.api_session)
+        app.router.add_get("/api/status", self.api_status)
+        app.router.add_get("/api/events", self.api_events)
+        app.router.add_get("/api/dead-letters", self.api_dead_letters)
+        app.router.add_get("/metrics", self.metrics_text)
+        app.router.add_get("/api/metrics", self.api_metrics)
+        add("*", "/api/config/reload", self.api_reload)
+        add("*", "/api/config", self.api_config)
+        add("*", "/api/config/{tail:.+}", self.api_config)
+        app.on_response_prepare.append(self._headers)
+        return app
 
     async def start(self) -> str:
         """Listen on `web.listen`; an address that cannot be had is a ConfigError, one line."""
         listen = self.config.listen
         host, _, port = listen.rpartition(":")
+        context = self._tls() if self.secure else None
+        runner = web.AppRunner(
+            self._app(),
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=HEAD_TIMEOUT,
+            max_line_size=MAX_HEAD,
+            max_field_size=MAX_HEAD,
+            max_headers=40,
+            shutdown_timeout=2.0,
+        )
+        await runner.setup()
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(
-                self._connection, host.strip("[]"), int(port), limit=MAX_HEAD
+            self._listener = await loop.create_server(
+                self._admit, host.strip("[]"), int(port), ssl=context, backlog=128
             )
         except OSError as err:
+            await runner.cleanup()
             if err.errno == errno.EADDRINUSE:
                 raise ConfigError(in_use("web.listen", listen)) from err
             raise ConfigError(
                 f"web.listen {listen}: cannot listen there ({err.strerror or err});"
                 " set web.listen to an address of this machine, e.g. 127.0.0.1:8080"
             ) from err
-        return f"http://{listen}"
+        self._runner = runner
+        return f"{'https' if self.secure else 'http'}://{listen}"
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
+        except (OSError, ssl.SSLError) as err:
+            reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
+            raise ConfigError(
+                f"web.tls_cert {self.config.tls_cert}, web.tls_key {self.config.tls_key}:"
+                f" cannot use them ({reason}); give a PEM certificate and its key"
+            ) from err
+        return context
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        self._closing.set()  # event streams end
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._open) >= MAX_CONNECTIONS:
-            if not self._waiting:
-                writer.close()  # all busy answering: refuse rather than queue without bound
-                return
-            # Make room by closing the connection that has waited longest for a request.
-            oldest = next(iter(self._waiting))
-            del self._waiting[oldest]
-            self._open.pop(oldest, None)
-            oldest.transport.abort()
-        self._open[writer] = None
+    # -- connections ------------------------------------------------------------------
+
+    def _admit(self) -> asyncio.BaseProtocol:
+        """A protocol for a new connection; when all slots are taken, make room by closing
+        the connection that has waited longest for a request (idle or slow to send)."""
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        connections = server.connections  # oldest first
+        if len(connections) >= MAX_CONNECTIONS:
+            self._evicting &= set(connections)
+            oldest = next(
+                (c for c in connections if c not in self._busy and c not in self._evicting), None
+            )
+            if oldest is None:
+                return _Refused()  # every slot is answering: refuse rather than queue
+            self._evicting.add(oldest)
+            oldest.force_close()
+        return server()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self._busy.add(request.protocol)
         try:
-            while await self._one_request(reader, writer):
-                pass
-        except (
-            OSError,
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-        ):
-            pass  # a client that went away or sent garbage; nothing to report
+            return await self._checked(request, handler)
         finally:
-            self._open.pop(writer, None)
-            self._waiting.pop(writer, None)
-            writer.close()
+            self._busy.discard(request.protocol)
 
-    async def _one_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        self._waiting[writer] = None
-        async with asyncio.timeout(HEAD_TIMEOUT):
-            head = await reader.readuntil(b"\r\n\r\n")
-        self._waiting.pop(writer, None)
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await self._send(writer, (400, "text/plain", b"bad request\n"), close=True)
-            return False
-        method, target, version = parts
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        url = urlsplit(target)
-        handler = self._routes.get(url.path)
-        if self.config_api.serves(url.path):
-            answer = await self._config_request(method, url.path, headers, reader, writer)
-            if answer is None:
-                return False  # answered and closed
-            response: Response = answer
-        elif url.path == "/api/config/reload":
-            try:
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_HEAD:  # nothing is read from the body: bound it
-                await self._send(writer, (413, "text/plain", b"no body needed\n"), close=True)
-                return False
-            await reader.readexactly(length)
-            if method != "POST":
-                response = (405, "text/plain", b"only POST\n")
-            elif self._reload is None:
-                response = (404, "text/plain", b"no config file to reload\n")
-            elif not self._authorized(headers.get("authorization", "")):
-                response = (401, "text/plain", b"credentials needed\n")
-            else:
-                response = _json(await self._reload())
-        elif method not in ("GET", "HEAD"):
-            response = (405, "text/plain", b"only GET\n")
-        elif handler is None:
-            response = (404, "text/plain", b"not found\n")
-        elif url.path != "/healthz" and not self._authorized(headers.get("authorization", "")):
-            response = (401, "text/plain", b"credentials needed\n")
-        else:
-            response = await handler(parse_qs(url.query))
-        await self._send(writer, response, close=not keep, head_only=method == "HEAD")
-        return keep
+    async def _checked(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        path = request.path
+        if path == "/healthz":
+            return await handler(request)
+        # The header itself: aiohttp's request.host would look the machine's name up.
+        host = request.headers.get("Host")
+        if host is not None and not access.host_allowed(host, self._hosts):
+            return _text(
+                421,
+                f"this gateway does not answer to the name {host[:100]!r};"
+                " add it to web.allowed_hosts\n",
+                close=True,
+            )
+        changes = request.method not in SAFE_METHODS
+        if changes and not self._same_origin(request, required=False):
+            return _text(403, "refused: the request comes from a page of another origin\n")
+        if path.startswith("/static/") or path == "/login":
+            return await handler(request)
+        identity = await self._identity(request)
+        if isinstance(identity, web.StreamResponse):
+            return identity
+        if identity is None:
+            if path == "/metrics" and self.config.metrics_open:
+                return await handler(request)
+            if path == "/" and request.method in SAFE_METHODS:
+                raise web.HTTPSeeOther("/login")
+            return self._unauthorized(request)
+        request[IDENTITY] = identity
+        if changes and path != "/logout" and identity.role != "operator":
+            return _text(403, f"{identity.user} is a viewer; changing this needs an operator\n")
+        if changes and identity.auth == "session":
+            if not self._same_origin(request, required=True):
+                return _text(403, "refused: no Origin or Referer of this server\n")
+            given = request.headers.get("X-CSRF-Token", "")
+            if not identity.csrf or not _equal(given, identity.csrf):
+                return _text(403, "refused: a missing or wrong X-CSRF-Token\n")
+        return await handler(request)
 
-    async def _config_request(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> Response | None:
-        """/api/config and its components (config_api.py); None when the answer was
-        sent and the connection closed (a body too large, no credentials)."""
+    def _same_origin(self, request: web.Request, required: bool) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None or origin == "null":
+            origin = request.headers.get("Referer")
+        if origin is None:
+            return not required
+        return access.same_origin(origin, request.scheme, request.headers.get("Host", ""))
+
+    def _unauthorized(self, request: web.Request) -> web.Response:
+        response = _text(401, "credentials needed\n", close=True)
+        if COOKIE not in request.cookies:  # an expired session: the page goes to /login
+            response.headers["WWW-Authenticate"] = 'Basic realm="edge-stream"'
+        return response
+
+    async def _identity(self, request: web.Request) -> Identity | web.StreamResponse | None:
+        token = request.cookies.get(COOKIE)
+        if token:
+            session = self.sessions.get(token)
+            role = self.users.role(session.user) if session else None
+            if session is not None and role is not None:
+                return Identity(session.user, role, "session", session.csrf, token)
+        header = request.headers.get("Authorization", "")
+        if header:
+            return await self._basic(request, header)
+        if not self.users.required:
+            return Identity("", "operator", "open")
+        return None
+
+    async def _basic(self, request: web.Request, header: str) -> Identity | web.StreamResponse:
+        key = hashlib.sha256(self._basic_salt + header.encode()).digest()
+        known = self._basic_ok.get(key)
+        if known is not None and time.monotonic() < known[1]:
+            role = self.users.role(known[0])
+            if role is not None:
+                return Identity(known[0], role, "basic")
+        scheme, _, value = header.partition(" ")
         try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            length = -1
-        if "transfer-encoding" in headers or not 0 <= length <= MAX_BODY:
-            limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
-            await self._send(writer, (413, "text/plain", limit.encode()), close=True)
-            return None
-        if not self._authorized(headers.get("authorization", "")):
-            await self._send(writer, (401, "text/plain", b"credentials needed\n"), close=True)
-            return None
-        async with asyncio.timeout(HEAD_TIMEOUT):
-            body = await reader.readexactly(length)
-        return await self.config_api.handle(method, path, body)
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            sep = ""
+        if scheme.lower() != "basic" or not sep:
+            return self._unauthorized(request)
+        role_or_wait = await self._try_password(request, user, password)
+        if isinstance(role_or_wait, web.StreamResponse):
+            return role_or_wait
+        self._basic_ok[key] = (user, time.monotonic() + BASIC_TTL)
+        while len(self._basic_ok) > BASIC_CACHE:
+            self._basic_ok.popitem(last=False)
+        return Identity(user, role_or_wait, "basic")
 
-    def _authorized(self, given: str) -> bool:
-        if self._expected_auth is None:
-            return True
-        return hmac.compare_digest(given.encode(), self._expected_auth.encode())
+    async def _try_password(
+        self, request: web.Request, user: str, password: str
+    ) -> str | web.StreamResponse:
+        """The role of a right password; a 429 while the client must wait; a 401."""
+        client = request.remote or "?"
+        wait = self.limiter.wait(client)
+        if wait > 0:
+            response = _text(429, "too many failed logins; try again later\n", close=True)
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        async with self._scrypt:
+            role = await self.users.check(user, password)
+        if role is None:
+            self.limiter.failed(client)
+            log.warning("web: a failed login as %r from %s", user[:64], client)
+            return self._unauthorized(request)
+        return role
 
-    async def _send(
-        self, writer: asyncio.StreamWriter, response: Response, close: bool, head_only: bool = False
-    ) -> None:
-        status, content_type, body = response
-        head = [
-            f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}",
-            f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "X-Content-Type-Options: nosniff",
-        ]
-        if status == 401:
-            head.append('WWW-Authenticate: Basic realm="edge-stream"')
-        if close:
-            head.append("Connection: close")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-        if not head_only:
-            writer.write(body)
-        await writer.drain()
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers["Content-Security-Policy"] = CSP
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Referrer-Policy"] = "same-origin"
+        headers.setdefault("Cache-Control", "no-store")
 
-    async def page(self, _query: dict[str, list[str]]) -> Response:
-        return 200, "text/html; charset=utf-8", STATUS_PAGE.encode()
+    # -- pages and login ------------------------------------------------------------------
 
-    async def healthz(self, _query: dict[str, list[str]]) -> Response:
-        return 200, "text/plain", b"ok\n"
+    async def page(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(body=STATUS_PAGE.encode(), content_type="text/html", charset="utf-8")
 
-    async def api_status(self, _query: dict[str, list[str]]) -> Response:
+    async def login_page(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(body=LOGIN_PAGE.encode(), content_type="text/html", charset="utf-8")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        found = self._static.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, kind = found
+        return web.Response(body=body, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        if request.content_length is None or request.content_length > LOGIN_BODY:
+            return _text(413, f"a login body of at most {LOGIN_BODY} bytes\n", close=True)
+        body = await request.read()
+        form = request.content_type != "application/json"
+        fields: dict[str, Any] = {}
+        try:
+            if form:
+                fields = {k: v[0] for k, v in parse_qs(body.decode(), max_num_fields=8).items()}
+            else:
+                loaded = json.loads(body)
+                fields = loaded if isinstance(loaded, dict) else {}
+        except (ValueError, UnicodeDecodeError):
+            pass
+        user, password = fields.get("username"), fields.get("password")
+        if not isinstance(user, str) or not isinstance(password, str):
+            return _json({"errors": ["give username and password"]}, 400)
+        if not self.users.required:
+            return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
+        role = await self._try_password(request, user, password)
+        if isinstance(role, web.StreamResponse):
+            if role.status == 401:
+                role = _json({"errors": ["wrong user name or password"]}, 401)
+                role.force_close()
+            return role
+        token, session = self.sessions.create(user)
+        log.info("web: %s logged in (%s) from %s", user, role, request.remote)
+        answer: web.Response
+        if form:
+            answer = web.Response(status=303, headers={"Location": "/"})
+        else:
+            answer = _json({"user": user, "role": role, "csrf": session.csrf})
+        answer.set_cookie(
+            COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/"
+        )
+        return answer
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        identity = request[IDENTITY]
+        if identity.token:
+            self.sessions.drop(identity.token)
+        answer = _json({"user": identity.user, "logged_out": True})
+        answer.del_cookie(COOKIE, path="/")
+        return answer
+
+    async def api_session(self, request: web.Request) -> web.StreamResponse:
+        identity = request[IDENTITY]
+        doc: dict[str, Any] = {"user": identity.user, "role": identity.role, "auth": identity.auth}
+        if identity.csrf:
+            doc["csrf"] = identity.csrf
+        return _json(doc)
+
+    # -- the API ----------------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.StreamResponse:
+        return _text(200, "ok\n")
+
+    async def api_status(self, _request: web.Request) -> web.StreamResponse:
         return _json(self.engine.snapshot().to_json())
 
-    async def api_dead_letters(self, query: dict[str, list[str]]) -> Response:
+    def _status_now(self) -> bytes:
+        """The status document, made at most once a second whatever the number of streams."""
+        made, doc = self._status_doc
+        now = time.monotonic()
+        if now - made >= 0.9:
+            doc = json.dumps(self.engine.snapshot().to_json(), separators=(",", ":")).encode()
+            self._status_doc = (now, doc)
+        return doc
+
+    async def api_events(self, request: web.Request) -> web.StreamResponse:
+        if self._streams >= MAX_STREAMS:
+            return _text(503, f"at most {MAX_STREAMS} event streams at once\n")
+        self._streams += 1
         try:
-            limit = max(1, min(int(query.get("limit", ["50"])[0]), 1000))
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+            )
+            await response.prepare(request)
+            last, quiet_since = b"", time.monotonic()
+            while not self._closing.is_set():
+                doc = self._status_now()
+                if doc != last or time.monotonic() - quiet_since > STREAM_PING:
+                    # The newest document only: a reader that does not keep up skips some.
+                    async with asyncio.timeout(STREAM_WRITE_TIMEOUT):
+                        await response.write(b"data: " + doc + b"\n\n" if doc != last else b":\n\n")
+                    last, quiet_since = doc, time.monotonic()
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._closing.wait()
+                except TimeoutError:
+                    pass
+        except (ConnectionError, TimeoutError):
+            pass  # the reader went away or stopped reading
+        finally:
+            self._streams -= 1
+        return response
+
+    async def api_dead_letters(self, request: web.Request) -> web.StreamResponse:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "50")), 1000))
         except ValueError:
-            return 400, "text/plain", b"limit must be a number\n"
+            return _text(400, "limit must be a number\n")
         return _json(
             [
                 {
@@ -284,12 +512,56 @@ class WebServer:
             ]
         )
 
-    async def metrics_text(self, _query: dict[str, list[str]]) -> Response:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)
+    async def metrics_text(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
-    async def api_metrics(self, _query: dict[str, list[str]]) -> Response:
+    async def api_reload(self, request: web.Request) -> web.StreamResponse:
+        if (request.content_length or 0) > MAX_HEAD or request.headers.get("Transfer-Encoding"):
+            return _text(413, "no body needed\n", close=True)
+        if request.method != "POST":
+            return _text(405, "only POST\n")
+        if self._reload is None:
+            return _text(404, "no config file to reload\n")
+        return _json(await self._reload())
+
+    async def api_config(self, request: web.Request) -> web.StreamResponse:
+        length = request.content_length
+        if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
+            limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
+            return _text(413, limit, close=True)
+        body = await request.read()
+        status, content_type, answer = await self.config_api.handle(
+            request.method, request.path, body
+        )
+        return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+
+    async def api_metrics(self, _request: web.Request) -> web.StreamResponse:
         return _json(metrics_json(self.metrics))
 
 
-def _json(value: Any) -> Response:
-    return 200, "application/json", json.dumps(value, indent=1).encode()
+class _Refused(asyncio.Protocol):
+    """A connection turned away at once: every slot is busy answering."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def _equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _text(status: int, text: str, close: bool = False) -> web.Response:
+    response = web.Response(status=status, text=text, content_type="text/plain")
+    if close:
+        response.force_close()
+    return response
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(value, indent=1).encode(),
+        headers={"Content-Type": "application/json"},
+    )

@@ -51,7 +51,7 @@ class GatewayProcess:
         self.web_port = free_port()
         config.setdefault("gateway", {}).setdefault("data_dir", str(folder / "data"))
         config.setdefault("gateway", {}).setdefault("id", "e2e")
-        config["web"] = {"listen": f"127.0.0.1:{self.web_port}"}
+        config["web"] = {**config.get("web", {}), "listen": f"127.0.0.1:{self.web_port}"}
         self.data_dir = Path(config["gateway"]["data_dir"])
         self.store_path = self.data_dir / "store.db"
         self.config_path = folder / "gateway.yaml"

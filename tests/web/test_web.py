@@ -90,7 +90,7 @@ async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> N
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"\x00\x01garbage\r\n\r\n")
     await writer.drain()
-    assert (await reader.read()).startswith(b"HTTP/1.1 400")
+    assert (await reader.read()).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     writer.close()
     assert (await asyncio.to_thread(get, f"{served}/healthz"))[0] == 200
 
@@ -117,24 +117,32 @@ def test_listening_beyond_localhost_needs_credentials() -> None:
     load_data({"web": {"listen": "0.0.0.0:8080", "username": "a", "password": "b"}}, environ={})
 
 
-# The page's own script, run by Node.js with a DOM of plain objects: what it would show.
+# The page's own script (served from package data), run by Node.js with a DOM of plain
+# objects and an EventSource that delivers one status document: what it would show.
 RENDER = """
 const fs = require("fs");
-const [html, status] = [fs.readFileSync(0, "utf8"), JSON.parse(process.argv[1])];
-const script = html.slice(html.indexOf("<script>") + 8, html.indexOf("</script>"));
+const [script, status] = [fs.readFileSync(0, "utf8"), JSON.parse(process.argv[1])];
+const dead = JSON.parse(process.argv[2] || "[]");
 const shown = {};
-globalThis.document = {getElementById: id => (shown[id] ??= {textContent: "", innerHTML: ""})};
-globalThis.fetch = async url => ({json: async () => url.startsWith("api/status") ? status : []});
-globalThis.setInterval = () => 0;
+globalThis.document = {getElementById: id => (shown[id] ??= {
+  textContent: "", innerHTML: "", hidden: false, addEventListener: () => 0})};
+globalThis.location = {href: ""};
+globalThis.fetch = async url => ({status: 200, json: async () =>
+  url.startsWith("api/session") ? {user: "", role: "operator", auth: "open"} : dead});
+let source = null;
+globalThis.EventSource = class { constructor(url) { this.url = url; source = this; } };
 eval(script);
-process.once("beforeExit", () => console.log(JSON.stringify(shown)));  // refresh() is done
+source.onmessage({data: JSON.stringify(status)});
+process.once("beforeExit", () => console.log(JSON.stringify(shown)));  // render() is done
 """
 
 
-def render(html: bytes, status: dict[str, Any]) -> dict[str, dict[str, str]]:
+def render(
+    script: bytes, status: dict[str, Any], dead: list[dict[str, Any]] | None = None
+) -> dict[str, dict[str, str]]:
     out = subprocess.run(
-        ["node", "-e", RENDER, json.dumps(status)],
-        input=html,
+        ["node", "-e", RENDER, json.dumps(status), json.dumps(dead or [])],
+        input=script,
         capture_output=True,
         timeout=30,
         check=True,
@@ -143,7 +151,7 @@ def render(html: bytes, status: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 async def test_the_status_page_says_disk_full_with_the_numbers(served: str) -> None:
-    _, page = await asyncio.to_thread(get, f"{served}/")
+    _, page = await asyncio.to_thread(get, f"{served}/static/status.js")
     _, body = await asyncio.to_thread(get, f"{served}/api/status")
     status = json.loads(body)
     assert status["store"]["disk"]["full"] is False
@@ -158,3 +166,20 @@ async def test_the_status_page_says_disk_full_with_the_numbers(served: str) -> N
     alert = next((e["textContent"] for e in shown.values() if "DISK" in e["textContent"]), "")
     assert alert.startswith("DISK FULL: 3.0 MiB free") and "store 15.0 MiB" in alert
     assert "reserve given up" in alert and "Intake is paused" in alert
+
+
+async def test_markup_from_outside_is_shown_as_text(served: str) -> None:
+    _, script = await asyncio.to_thread(get, f"{served}/static/status.js")
+    _, body = await asyncio.to_thread(get, f"{served}/api/status")
+    status = json.loads(body)
+    evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    status["sinks"]["out"]["last_error"] = f"cannot write {evil}"
+    status["routes"]["all"]["match"] = [f"plant/{evil}/#"]
+    status["sources"] = {"in": {"state": evil, "produced": evil, "errors": 0, "last_error": evil}}
+    status["dead_letters"] = 1
+    dead = [{"id": "1", "topic": f"t/{evil}", "origin": "sink out", "reason": f"payload {evil}"}]
+    shown = await asyncio.to_thread(render, script, status, dead)
+    html = "".join(e["innerHTML"] for e in shown.values())
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert html.count("&lt;script&gt;") == 6
+    assert "<script" not in html and "<img" not in html

@@ -1,0 +1,354 @@
+"""Who may use the console: users and their scrypt hashes, sessions, login rate limits,
+and the Host and Origin checks. No aiohttp here; the server (server.py) applies it.
+
+The users file (`web.users_file`, default `<data_dir>/web-users`, mode 0600) holds one
+user a line, written by `edge-stream web passwd USER [--role viewer|operator]`:
+
+    USER:ROLE:scrypt$N$r$p$SALT$HASH        (SALT and HASH base64)
+
+Two roles: `viewer` reads every page and API; `operator` also changes things (config
+edits, reload, and whatever else changes state). `web.username`/`web.password` in the
+config is one more operator, checked before the file. The server reads the file again
+when it changes, so `web passwd` needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import files
+from gateway.core.errors import ConfigError
+
+ROLES = ("viewer", "operator")
+USERS_FILE = "web-users"  # under gateway.data_dir unless web.users_file names another
+
+# scrypt cost: 16 MiB and ~50 ms per check on a Pi 4; logins are rate-limited per client.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
+MAX_USERS_FILE = 1 << 20
+
+Monotonic = Callable[[], float]
+
+
+def users_path(users_file: str | None, data_dir: str) -> Path:
+    """The users file a config names: `web.users_file`, else `<data_dir>/web-users`."""
+    return Path(users_file) if users_file else Path(data_dir) / USERS_FILE
+
+
+def check_user_name(name: str) -> str | None:
+    """A problem with `name` as a console user name, or None."""
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
+        return f"user name {name!r}: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+    return None
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """The scrypt hash of `password` as the users file stores it."""
+    salt = salt if salt is not None else os.urandom(16)
+    _give_back_scrypt_memory()
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+_MMAP_THRESHOLD_SET = False
+
+
+def _give_back_scrypt_memory() -> None:
+    """Make glibc hand scrypt's 16 MiB back to the system when it is freed.
+
+    glibc raises its mmap threshold to the size of each large block freed, so after the
+    first check the next 16 MiB come from a heap arena and stay there: every worker
+    thread that ever checked a password would keep 16 MiB (measured: idle RSS 58 MB ->
+    74 MB after one login, 107 MB after five at once). A fixed threshold turns that off."""
+    global _MMAP_THRESHOLD_SET
+    if _MMAP_THRESHOLD_SET:
+        return
+    _MMAP_THRESHOLD_SET = True
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(2 << 20))  # M_MMAP_THRESHOLD: 2 MiB
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a hash written by `hash_password` (slow: run it off the
+    event loop)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt" or not (1 < int(n) <= 1 << 20 and 0 < int(r) <= 32):
+            return False
+        want = base64.b64decode(digest, validate=True)
+        _give_back_scrypt_memory()
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=256 << 20,
+        )
+    except (ValueError, MemoryError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    hash: str
+
+
+def parse_users(text: str, where: str) -> dict[str, User]:
+    """The users of a users file's text; a malformed line is a ConfigError naming it."""
+    users: dict[str, User] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        role, _, hashed = rest.partition(":")
+        if check_user_name(name) or role not in ROLES or not hashed.startswith("scrypt$"):
+            raise ConfigError(
+                f"{where}:{number}: not a console user line (USER:ROLE:scrypt$...);"
+                " write users with `edge-stream web passwd USER`"
+            )
+        users[name] = User(name, role, hashed)
+    return users
+
+
+def read_users(path: Path) -> dict[str, User]:
+    """The users in the file at `path`; none when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_USERS_FILE + 1)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the console users file ({err})") from err
+    if len(text) > MAX_USERS_FILE:
+        raise ConfigError(f"{path}: the console users file is over 1 MiB")
+    return parse_users(text, str(path))
+
+
+def set_user(path: Path, name: str, role: str, password: str) -> bool:
+    """Add or change one user of the users file (written atomically, mode 0600); True
+    when the user was new."""
+    users = read_users(path)
+    new = name not in users
+    if not new:
+        os.chmod(path, 0o600)  # write_atomic keeps the old mode
+    users[name] = User(name, role, hash_password(password))
+    text = "".join(f"{u.name}:{u.role}:{u.hash}\n" for u in users.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(path, text)  # a new file is 0600
+    return new
+
+
+class Users:
+    """The console's accounts: the config's `web.username`/`web.password` (an operator)
+    and the users file, read again when its stat changes."""
+
+    def __init__(self, path: Path, username: str | None, password: str | None) -> None:
+        self.path = path
+        self._config_user = (username, password) if username and password else None
+        self._stat: tuple[int, int, int] | None = None
+        self._users: dict[str, User] = {}
+
+    def _file_users(self) -> dict[str, User]:
+        try:
+            st = os.stat(self.path)
+            stat: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stat = None
+        if stat != self._stat:
+            self._users = read_users(self.path) if stat is not None else {}
+            self._stat = stat
+        return self._users
+
+    @property
+    def required(self) -> bool:
+        """Whether the console asks for credentials at all (any account exists)."""
+        return self._config_user is not None or bool(self._file_users())
+
+    def role(self, name: str) -> str | None:
+        """The current role of an account, None when it is gone."""
+        if self._config_user is not None and name == self._config_user[0]:
+            return "operator"
+        user = self._file_users().get(name)
+        return user.role if user else None
+
+    async def check(self, name: str, password: str) -> str | None:
+        """The role of `name` when `password` is its password, else None."""
+        if self._config_user is not None and name == self._config_user[0]:
+            ok = hmac.compare_digest(password.encode(), self._config_user[1].encode())
+            return "operator" if ok else None
+        user = self._file_users().get(name)
+        # scrypt takes ~50 ms of CPU: in a worker thread. An unknown name costs the same.
+        ok = await asyncio.to_thread(verify_password, password, user.hash if user else _DUMMY_HASH)
+        return user.role if ok and user is not None else None
+
+
+# hash_password("no such user", salt=bytes(16)), checked for an unknown name
+_DUMMY_HASH = (
+    "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$uRMxBjDlrxAU4KfwWeVeJGpGDPW5pIkkPOaTSynRzQM="
+)
+
+
+@dataclass
+class Session:
+    user: str
+    csrf: str
+    created: float
+    seen: float
+
+
+class Sessions:
+    """Login sessions by their cookie value: at most `limit` (the least recently used
+    goes first), each ending `idle` seconds after its last request or `lifetime` after
+    the login."""
+
+    def __init__(
+        self,
+        limit: int = 64,
+        idle: float = 2 * 3600,
+        lifetime: float = 12 * 3600,
+        clock: Monotonic = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.idle = idle
+        self.lifetime = lifetime
+        self._clock = clock
+        self._by_token: OrderedDict[str, Session] = OrderedDict()
+
+    def create(self, user: str) -> tuple[str, Session]:
+        now = self._clock()
+        token = secrets.token_urlsafe(32)
+        session = Session(user, secrets.token_urlsafe(32), now, now)
+        self._by_token[token] = session
+        while len(self._by_token) > self.limit:
+            self._by_token.popitem(last=False)
+        return token, session
+
+    def get(self, token: str) -> Session | None:
+        session = self._by_token.get(token)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.seen > self.idle or now - session.created > self.lifetime:
+            del self._by_token[token]
+            return None
+        session.seen = now
+        self._by_token.move_to_end(token)
+        return session
+
+    def drop(self, token: str) -> None:
+        self._by_token.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class LoginLimiter:
+    """Failed logins per client address: `burst` at once, then one each `every` seconds.
+    The table holds at most `limit` addresses; when full, the one seen longest ago goes."""
+
+    burst: int = 5
+    every: float = 10.0
+    limit: int = 1024
+    clock: Monotonic = time.monotonic
+    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
+
+    def _bucket(self, client: str) -> _Bucket:
+        now = self.clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = _Bucket(float(self.burst), now)
+            while len(self._buckets) > self.limit:
+                self._buckets.popitem(last=False)
+        else:
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
+            bucket.at = now
+            self._buckets.move_to_end(client)
+        return bucket
+
+    def wait(self, client: str) -> float:
+        """Seconds before `client` may try again; 0 when it may now."""
+        bucket = self._bucket(client)
+        return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) * self.every
+
+    def failed(self, client: str) -> None:
+        bucket = self._bucket(client)
+        bucket.tokens = max(0.0, bucket.tokens - 1)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+LOCAL_NAMES = ("localhost", "localhost.localdomain")
+
+
+def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
+    """Whether a request's Host names this gateway: an IP address (an address cannot be
+    rebound by a DNS answer), `localhost`, or one of `allowed` (the listen host, the
+    machine's name and `web.allowed_hosts`), without the port, case-insensitive."""
+    host = host_header.strip().lower()
+    if not host:
+        return False
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in LOCAL_NAMES or name in {a.lower().rstrip(".") for a in allowed}
+
+
+def same_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """Whether an Origin (or a Referer's scheme://host[:port]) is this server's own."""
+    scheme_given, sep, rest = origin.partition("://")
+    if not sep:
+        return False
+    given_host = rest.split("/", 1)[0].lower()
+    own = host_header.strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return scheme_given.lower() == scheme and (
+        given_host == own or given_host == own.removesuffix(default) or given_host + default == own
+    )
+
+
+def loopback(host: str) -> bool:
+    """Whether a listen host is this machine only."""
+    host = host.strip("[]")
+    if host in LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

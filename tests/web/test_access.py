@@ -1,0 +1,159 @@
+"""Console access rules: password hashes, the users file, sessions, the login limiter,
+the Host and Origin checks, and the config's refusal of an open console beyond localhost."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import load_data
+from gateway.core.errors import ConfigError
+from gateway.web import access
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_password_hash_is_salted_scrypt_and_checks_only_the_password() -> None:
+    first, second = access.hash_password("correct horse"), access.hash_password("correct horse")
+    assert first.startswith("scrypt$16384$8$1$") and first != second
+    assert "correct horse" not in first
+    assert access.verify_password("correct horse", first)
+    assert not access.verify_password("correct horsE", first)
+    assert not access.verify_password("x", "scrypt$oops")
+    assert not access.verify_password("x", "md5$1$2$3$4$5")
+
+
+def test_the_users_file_is_written_0600_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "web-users"
+    assert access.set_user(path, "ann", "operator", "pass-word-1") is True
+    assert access.set_user(path, "bob", "viewer", "pass-word-2") is True
+    assert access.set_user(path, "ann", "viewer", "pass-word-3") is False
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    users = access.read_users(path)
+    assert {u.name: u.role for u in users.values()} == {"ann": "viewer", "bob": "viewer"}
+    assert "pass-word" not in path.read_text()
+    assert access.verify_password("pass-word-3", users["ann"].hash)
+    path.chmod(0o644)
+    access.set_user(path, "bob", "operator", "pass-word-4")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert access.read_users(tmp_path / "none") == {}
+
+
+def test_a_malformed_users_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "web-users"
+    path.write_text("# users\nann:operator:scrypt$1\nbob:root:scrypt$1\n")
+    with pytest.raises(ConfigError, match=r"web-users:3: not a console user line"):
+        access.read_users(path)
+
+
+async def test_users_are_checked_against_the_config_account_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "web-users"
+    users = access.Users(path, "tech", "config-pass")
+    assert users.required
+    assert await users.check("tech", "config-pass") == "operator"
+    assert await users.check("tech", "wrong") is None
+    assert await users.check("ann", "ann-pass-1") is None
+    access.set_user(path, "ann", "viewer", "ann-pass-1")
+    assert await users.check("ann", "ann-pass-1") == "viewer"  # read again on change
+    assert users.role("ann") == "viewer" and users.role("nobody") is None
+    assert not access.Users(tmp_path / "none", None, None).required
+    assert access.Users(path, None, None).required
+
+
+def test_sessions_are_bounded_and_expire() -> None:
+    clock = Clock()
+    sessions = access.Sessions(limit=3, idle=60, lifetime=300, clock=clock)
+    tokens = [sessions.create(f"u{i}")[0] for i in range(5)]
+    assert len(sessions) == 3
+    assert sessions.get(tokens[0]) is None and sessions.get(tokens[1]) is None
+    kept = sessions.get(tokens[4])
+    assert kept is not None and kept.user == "u4" and len(kept.csrf) >= 32
+    clock.now += 59
+    assert sessions.get(tokens[4]) is not None  # seen: the idle time starts again
+    clock.now += 59
+    assert sessions.get(tokens[3]) is None  # idle for 118 s
+    for _ in range(4):
+        assert sessions.get(tokens[4]) is not None
+        clock.now += 59
+    assert clock.now - 1000 > 300
+    assert sessions.get(tokens[4]) is None  # over its lifetime, though seen a minute ago
+    token, _ = sessions.create("u5")
+    sessions.drop(token)
+    assert sessions.get(token) is None
+
+
+def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
+    clock = Clock()
+    limiter = access.LoginLimiter(burst=5, every=10, limit=100, clock=clock)
+    for _ in range(5):
+        assert limiter.wait("10.0.0.1") == 0
+        limiter.failed("10.0.0.1")
+    assert limiter.wait("10.0.0.1") == pytest.approx(10)
+    assert limiter.wait("10.0.0.2") == 0  # another client is not held back
+    clock.now += 10
+    assert limiter.wait("10.0.0.1") == 0
+    limiter.failed("10.0.0.1")
+    assert limiter.wait("10.0.0.1") > 0
+    for i in range(1000):
+        limiter.failed(f"10.1.{i // 256}.{i % 256}")
+    assert len(limiter) == 100
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("127.0.0.1:8080", True),
+        ("[::1]:8080", True),
+        ("10.0.0.5", True),
+        ("localhost:8080", True),
+        ("gw.plant.example:8080", True),
+        ("GW.Plant.Example.", True),
+        ("evil.example:8080", False),
+        ("127.0.0.1.evil.example", False),
+        ("", False),
+    ],
+)
+def test_the_host_must_be_an_address_or_a_known_name(host: str, ok: bool) -> None:
+    assert access.host_allowed(host, ["gw.plant.example"]) is ok
+
+
+def test_same_origin_compares_scheme_host_and_port() -> None:
+    assert access.same_origin("http://10.0.0.5:8080", "http", "10.0.0.5:8080")
+    assert access.same_origin("http://10.0.0.5:8080/page?x", "http", "10.0.0.5:8080")
+    assert access.same_origin("https://gw", "https", "gw:443")
+    assert not access.same_origin("https://10.0.0.5:8080", "http", "10.0.0.5:8080")
+    assert not access.same_origin("http://evil.example", "http", "10.0.0.5:8080")
+    assert not access.same_origin("http://10.0.0.5:8081", "http", "10.0.0.5:8080")
+    assert not access.same_origin("null", "http", "10.0.0.5:8080")
+
+
+def test_beyond_localhost_the_config_needs_an_account(tmp_path: Path) -> None:
+    base = {"gateway": {"data_dir": str(tmp_path)}}
+    with pytest.raises(ConfigError, match=r"needs web\.username and web\.password, or a user in"):
+        load_data({**base, "web": {"listen": "0.0.0.0:8080"}}, environ={})
+    load_data({**base, "web": {"listen": "127.0.0.2:8080"}}, environ={})  # loopback
+    load_data({**base, "web": {"listen": "0.0.0.0:8080", "enabled": False}}, environ={})
+    access.set_user(tmp_path / "web-users", "ann", "viewer", "ann-pass-1")
+    load_data({**base, "web": {"listen": "0.0.0.0:8080"}}, environ={})
+    other = tmp_path / "other-users"
+    with pytest.raises(ConfigError, match=r"other-users"):
+        load_data({**base, "web": {"listen": "[::]:8080", "users_file": str(other)}}, environ={})
+
+
+def test_https_needs_both_the_certificate_and_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"web\.tls_key: HTTPS needs both"):
+        load_data({"web": {"tls_cert": "/etc/c.pem"}}, environ={})
+
+
+def test_the_dummy_hash_is_the_hash_of_its_text() -> None:
+    assert access.hash_password("no such user", salt=bytes(16)) == access._DUMMY_HASH

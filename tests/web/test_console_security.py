@@ -1,0 +1,442 @@
+"""The console's access rules through a real (in-process) gateway's web server: logins,
+sessions, CSRF and Origin checks, roles, the login limiter, the Host check, headers, TLS,
+event streams, and secrets that never appear in an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.app import Gateway, Reloads
+from gateway.config.load import load
+from gateway.web import access
+from tests.web.test_web import free_port
+
+pytestmark = pytest.mark.integration
+
+WEB_PASS = "PLAINTEXT-web-pass-123"
+DB_PASS = "PLAINTEXT-db-pass-456"
+TEXT = """\
+gateway: {id: sec-test, data_dir: DATA}
+mqtt: {url: "mqtt://127.0.0.1:1"}
+routes:
+  all: {match: "#", sinks: [out, db]}
+sinks:
+  out: {type: file}
+  db: {type: postgres, dsn: "postgresql://gw:DBPASS@127.0.0.1:1/x", table: readings}
+web:
+  listen: "LISTEN"
+  username: tech
+  password: "WEBPASS"
+EXTRA
+"""
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    path: Path
+    data: Path
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def _start(tmp_path: Path, extra: str = "") -> tuple[Gateway, asyncio.Task[None], Served]:
+    port = free_port()
+    data = tmp_path / "data"
+    text = (
+        TEXT.replace("DATA", str(data))
+        .replace("LISTEN", f"127.0.0.1:{port}")
+        .replace("WEBPASS", WEB_PASS)
+        .replace("DBPASS", DB_PASS)
+        .replace("EXTRA", extra)
+    )
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    access.set_user(data / "web-users", "olga", "operator", "olga-pass-1")
+    access.set_user(data / "web-users", "vic", "viewer", "vic-pass-1")
+    gateway = Gateway(load(path, environ={}), str(path))
+    gateway.reload_now = Reloads(gateway, str(path), lambda: False).api
+    task = asyncio.create_task(gateway.run())
+    async with asyncio.timeout(10):
+        await gateway.ready.wait()
+    scheme = "https" if "tls_cert" in extra else "http"
+    return gateway, task, Served(f"{scheme}://127.0.0.1:{port}", port, path, data)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    gateway, task, info = await _start(tmp_path)
+    yield info
+    gateway.stop()
+    await task
+
+
+async def call(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    basic: tuple[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Answer:
+    """One request on a fresh connection, no cookie jar: every header is the test's."""
+    headers = dict(headers or {})
+    if basic:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic).encode()).decode()
+    kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
+    if isinstance(body, dict):
+        kwargs["json"] = body
+    elif body is not None:
+        kwargs["data"] = body
+    if ssl_context is not None:
+        kwargs["ssl"] = ssl_context
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.request(method, url, **kwargs) as response,
+    ):
+        return Answer(response.status, response.headers, await response.read())
+
+
+async def login(served: Served, user: str, password: str) -> tuple[str, str]:
+    """The session cookie value and the CSRF token of a login."""
+    answer = await call(
+        f"{served.url}/login", "POST", body={"username": user, "password": password}
+    )
+    assert answer.status == 200, answer.body
+    cookie = answer.headers["Set-Cookie"]
+    token = re.match(r"edge_stream_session=([^;]+);", cookie)
+    assert token, cookie
+    return token.group(1), answer.json()["csrf"]
+
+
+async def test_a_login_sets_an_httponly_strict_session_cookie(served: Served) -> None:
+    answer = await call(f"{served.url}/login", "POST", body={"username": "olga", "password": "x"})
+    assert answer.status == 401 and "Set-Cookie" not in answer.headers
+    answer = await call(
+        f"{served.url}/login", "POST", body={"username": "olga", "password": "olga-pass-1"}
+    )
+    assert answer.status == 200
+    assert answer.json()["user"] == "olga" and answer.json()["role"] == "operator"
+    cookie = answer.headers["Set-Cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "secure" not in cookie  # plain HTTP here; see the TLS test
+    token, csrf = await login(served, "olga", "olga-pass-1")
+    me = await call(f"{served.url}/api/session", headers={"Cookie": f"edge_stream_session={token}"})
+    assert me.json() == {"user": "olga", "role": "operator", "auth": "session", "csrf": csrf}
+    status = await call(
+        f"{served.url}/api/status", headers={"Cookie": f"edge_stream_session={token}"}
+    )
+    assert status.status == 200 and status.json()["gateway"]["id"] == "sec-test"
+    # a form login (no script) goes to the page
+    form = await call(
+        f"{served.url}/login",
+        "POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=b"username=vic&password=vic-pass-1",
+    )
+    assert form.status == 303 and form.headers["Location"] == "/"
+    assert "edge_stream_session=" in form.headers["Set-Cookie"]
+    # without credentials: the page sends the browser to the login page, the API says 401
+    assert (await call(f"{served.url}/")).status == 303
+    assert (await call(f"{served.url}/api/status")).status == 401
+    assert (await call(f"{served.url}/login")).status == 200
+    # logging out ends the session
+    cookie_header = {"Cookie": f"edge_stream_session={token}"}
+    out = await call(
+        f"{served.url}/logout",
+        "POST",
+        headers={**cookie_header, "X-CSRF-Token": csrf, "Origin": served.url},
+    )
+    assert out.status == 200
+    assert (await call(f"{served.url}/api/status", headers=cookie_header)).status == 401
+
+
+async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> None:
+    token, csrf = await login(served, "olga", "olga-pass-1")
+    cookie = {"Cookie": f"edge_stream_session={token}"}
+    reload = f"{served.url}/api/config/reload"
+    no_token = await call(reload, "POST", headers={**cookie, "Origin": served.url})
+    assert no_token.status == 403 and b"X-CSRF-Token" in no_token.body
+    wrong = await call(
+        reload, "POST", headers={**cookie, "Origin": served.url, "X-CSRF-Token": "x"}
+    )
+    assert wrong.status == 403
+    foreign = {**cookie, "X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+    assert (await call(reload, "POST", headers=foreign)).status == 403
+    referer = {**cookie, "X-CSRF-Token": csrf, "Referer": "http://evil.example/x"}
+    assert (await call(reload, "POST", headers=referer)).status == 403
+    nothing = await call(reload, "POST", headers={**cookie, "X-CSRF-Token": csrf})
+    assert nothing.status == 403 and b"Origin or Referer" in nothing.body
+    put = await call(
+        f"{served.url}/api/config/sinks/extra",
+        "PUT",
+        headers={**cookie, "Origin": "http://evil.example", "X-CSRF-Token": csrf},
+        body={"type": "file"},
+    )
+    assert put.status == 403 and "extra" not in served.path.read_text()
+    ok = await call(reload, "POST", headers={**cookie, "X-CSRF-Token": csrf, "Origin": served.url})
+    assert ok.status == 200 and ok.json()["outcome"] == "applied"
+    ok = await call(
+        reload,
+        "POST",
+        headers={**cookie, "X-CSRF-Token": csrf, "Referer": f"{served.url}/"},
+    )
+    assert ok.status == 200
+    # HTTP basic auth (scripts, `edge-stream reload`) needs no token, but no foreign page
+    assert (await call(reload, "POST", basic=("tech", WEB_PASS))).status == 200
+    assert (await call(reload, "POST", basic=("olga", "olga-pass-1"))).status == 200
+    cross = await call(
+        reload, "POST", basic=("tech", WEB_PASS), headers={"Origin": "http://evil.example"}
+    )
+    assert cross.status == 403
+
+
+async def test_a_viewer_can_read_but_not_change(served: Served) -> None:
+    token, csrf = await login(served, "vic", "vic-pass-1")
+    headers = {"Cookie": f"edge_stream_session={token}", "X-CSRF-Token": csrf, "Origin": served.url}
+    assert (await call(f"{served.url}/api/status", headers=headers)).status == 200
+    assert (await call(f"{served.url}/api/config", headers=headers)).status == 200
+    assert (await call(f"{served.url}/api/dead-letters", headers=headers)).status == 200
+    before = served.path.read_text()
+    for method, path, body in (
+        ("POST", "/api/config/reload", None),
+        ("PUT", "/api/config/sinks/extra", {"type": "file"}),
+        ("DELETE", "/api/config/sinks/out", None),
+    ):
+        answer = await call(f"{served.url}{path}", method, headers=headers, body=body)
+        assert answer.status == 403 and b"viewer" in answer.body, (path, answer)
+    basic = await call(f"{served.url}/api/config/reload", "POST", basic=("vic", "vic-pass-1"))
+    assert basic.status == 403
+    assert served.path.read_text() == before
+
+
+async def test_wrong_passwords_are_rate_limited(served: Served) -> None:
+    login_url = f"{served.url}/login"
+    for _ in range(5):
+        answer = await call(login_url, "POST", body={"username": "olga", "password": "guess"})
+        assert answer.status == 401
+    limited = await call(login_url, "POST", body={"username": "olga", "password": "olga-pass-1"})
+    assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+    basic = await call(f"{served.url}/api/status", basic=("tech", "guess"))
+    assert basic.status == 429
+    # the session of an earlier login still works; /healthz is never limited
+    assert (await call(f"{served.url}/healthz")).status == 200
+
+
+async def test_a_foreign_host_is_refused(tmp_path: Path) -> None:
+    gateway, task, served = await _start(tmp_path, "  allowed_hosts: [gw.plant.example]")
+    try:
+        basic = ("tech", WEB_PASS)
+        for host, status in (
+            ("evil.example", 421),
+            (f"evil.example:{served.port}", 421),
+            (f"127.0.0.1:{served.port}", 200),
+            (f"localhost:{served.port}", 200),
+            (f"gw.plant.example:{served.port}", 200),
+        ):
+            answer = await call(f"{served.url}/api/status", headers={"Host": host}, basic=basic)
+            assert answer.status == status, (host, answer)
+        foreign_login = await call(
+            f"{served.url}/login",
+            "POST",
+            headers={"Host": "evil.example"},
+            body={"username": "tech", "password": WEB_PASS},
+        )
+        assert foreign_login.status == 421 and "Set-Cookie" not in foreign_login.headers
+        assert (await call(f"{served.url}/healthz", headers={"Host": "evil.example"})).status == 200
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_every_answer_carries_the_security_headers(served: Served) -> None:
+    basic = ("tech", WEB_PASS)
+    page = await call(f"{served.url}/", basic=basic)
+    for answer in (page, await call(f"{served.url}/login"), await call(f"{served.url}/nope")):
+        csp = answer.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Referrer-Policy"] == "same-origin"
+    for html in (page.body, (await call(f"{served.url}/login")).body):
+        assert not re.search(rb"<script(?![^>]*\bsrc=)", html)  # no inline script
+        assert b"<style" not in html and b" on" not in html.replace(b" onl", b"")
+    script = await call(f"{served.url}/static/status.js")
+    assert script.status == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert (await call(f"{served.url}/static/nope.js")).status == 404
+
+
+async def test_a_401_closes_the_connection(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # to the end: the server closed the connection
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401") and b"Connection: close" in answer
+
+
+async def test_metrics_are_behind_credentials_unless_opened(tmp_path: Path) -> None:
+    gateway, task, served = await _start(tmp_path / "a")
+    try:
+        assert (await call(f"{served.url}/metrics")).status == 401
+        assert (await call(f"{served.url}/metrics", basic=("vic", "vic-pass-1"))).status == 200
+    finally:
+        gateway.stop()
+        await task
+    gateway, task, served = await _start(tmp_path / "b", "  metrics_open: true")
+    try:
+        answer = await call(f"{served.url}/metrics")
+        assert answer.status == 200 and b"edge_stream_store_depth" in answer.body
+        assert (await call(f"{served.url}/api/status")).status == 401
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_events_stream_the_status_and_are_bounded(served: Served) -> None:
+    auth = "Basic " + base64.b64encode(f"tech:{WEB_PASS}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        streams = []
+        for _ in range(16):
+            response = await session.get(f"{served.url}/api/events")
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "text/event-stream"
+            streams.append(response)
+        first = await streams[0].content.readline()
+        assert first.startswith(b"data: ")
+        assert json.loads(first[6:])["gateway"]["id"] == "sec-test"
+        second = [await streams[0].content.readline() for _ in range(3)]
+        assert second[0] == b"\n" and second[1].startswith(b"data: ")  # the next second's
+        over = await session.get(f"{served.url}/api/events")
+        assert over.status == 503
+        over.release()
+        streams.pop().close()
+        await asyncio.sleep(1.5)  # the server notices at its next write
+        again = await session.get(f"{served.url}/api/events")
+        assert again.status == 200
+        again.close()
+        for response in streams:
+            response.close()
+
+
+async def test_no_answer_carries_a_secret(served: Served) -> None:
+    token, _csrf = await login(served, "tech", WEB_PASS)
+    cookie = {"Cookie": f"edge_stream_session={token}"}
+    await asyncio.sleep(1.5)  # the postgres sink has failed to connect by now
+    seen = []
+    for path in (
+        "/",
+        "/login",
+        "/api/session",
+        "/api/status",
+        "/api/config",
+        "/api/dead-letters",
+        "/metrics",
+        "/static/status.js",
+        "/nope",
+    ):
+        answer = await call(f"{served.url}{path}", headers=cookie)
+        seen.append(answer.body)
+        assert answer.status in (200, 404), (path, answer)
+    config = json.loads(seen[4])["config"]
+    assert config["web"]["password"] == "***" and "***" in config["sinks"]["db"]["dsn"]
+    for wrong in (
+        (await call(f"{served.url}/api/status", basic=("tech", "nope"))).body,
+        (
+            await call(f"{served.url}/login", "POST", body={"username": "tech", "password": "x"})
+        ).body,
+    ):
+        seen.append(wrong)
+    auth = "Basic " + base64.b64encode(f"tech:{WEB_PASS}".encode()).decode()
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": auth}) as session,
+        session.get(f"{served.url}/api/events") as response,
+    ):
+        seen.append(await response.content.readline())
+    for body in seen:
+        assert WEB_PASS.encode() not in body and DB_PASS.encode() not in body
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "console.crt", folder / "console.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_the_console_serves_https_with_a_certificate_file(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path / "pki")
+    extra = f'  tls_cert: "{cert}"\n  tls_key: "{key}"'
+    gateway, task, served = await _start(tmp_path, extra)
+    try:
+        assert gateway.web_url == served.url and served.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(cert))
+        answer = await call(f"{served.url}/healthz", ssl_context=trust)
+        assert answer.status == 200 and answer.body == b"ok\n"
+        answer = await call(
+            f"{served.url}/login",
+            "POST",
+            body={"username": "olga", "password": "olga-pass-1"},
+            ssl_context=trust,
+        )
+        assert answer.status == 200 and "secure" in answer.headers["Set-Cookie"].lower()
+        with pytest.raises(aiohttp.ClientError):
+            await call(f"http://127.0.0.1:{served.port}/healthz")  # no plain HTTP
+    finally:
+        gateway.stop()
+        await task
