@@ -41,6 +41,7 @@ from gateway.config.model import Config
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import ConfigError
 from gateway.core.topics import TopicWatch
+from gateway.engine.console import SERIES_EVERY, Series, TopicsSeen
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
 from gateway.engine.runner import supervised
@@ -117,6 +118,8 @@ class Gateway:
         # /metrics' process figures; the status topics; the alerts (see gateway/alerts.py)
         self.process = ProcessStats()
         self.watch = TopicWatch()
+        self.topics = TopicsSeen()  # the console's topic tree
+        self.series = Series()  # the console's sparklines
         self.status = StatusChannel(
             config=lambda: self.config,
             broker_url=lambda: None if self.broker is None else self.broker.url,
@@ -266,6 +269,20 @@ class Gateway:
         except StoreError as err:
             log.warning("gateway: cannot record the reload in the store: %s", err)
 
+    def route_match(self, topic: str) -> list[str]:
+        """The routes of the running config whose filters match `topic`."""
+        engine = self._engine
+        if engine is None or engine.router is None:
+            return []
+        return engine.router.match(topic)
+
+    async def _sample_series(self) -> None:
+        """A point of every series each SERIES_EVERY seconds (the console's sparklines)."""
+        while True:
+            await asyncio.sleep(SERIES_EVERY)
+            if self._engine is not None:
+                self.series.sample(self.snapshot())
+
     async def refused_remotely(self, config_hash: str | None, errors: list[str]) -> None:
         """A remote config document refused before it reached the reload path (its
         signature, version, gateway or contents): shown and recorded like a reload."""
@@ -299,6 +316,7 @@ class Gateway:
                 ("event-loop lag", self.process.run),
                 ("status", self.status.run),
                 ("alerts", self.alerts.run),
+                ("series", self._sample_series),
             ):
                 services.append(asyncio.create_task(supervised(name, fn, log), name=name))
             while True:
@@ -326,6 +344,7 @@ class Gateway:
             config_path=self.config_path,
             clock=self.clock,
             watch=self.watch,
+            topics=self.topics,
         )
         self._running = engine
         if self._engine is None:

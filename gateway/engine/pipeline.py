@@ -27,6 +27,7 @@ from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
+from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
@@ -72,6 +73,7 @@ class Engine:
         config_path: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         watch: TopicWatch | None = None,
+        topics: TopicsSeen | None = None,
     ) -> None:
         """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
         None when no component uses it. `watch` is told the topics of what commits, while
@@ -82,6 +84,7 @@ class Engine:
         self.mqtt_url = mqtt_url
         self.clock = clock
         self.watch = watch
+        self.topics = topics  # the console's topics seen, told of each commit
         self.data_dir = Path(config.gateway.data_dir)
         self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES, clock)
         self.gate = asyncio.Event()
@@ -478,6 +481,8 @@ class Engine:
         watch = self.watch
         if watch is not None and watch.filters:
             watch.note(ff.topic for ff in flowfiles)
+        if self.topics is not None:
+            self.topics.note(flowfiles)
         for ack in acks:
             ack()
         if dead:

@@ -86,5 +86,9 @@ class Router:
                     else:
                         entry[1] = entry[1] | route.mask  # type: ignore[operator]
 
+    def match(self, topic: str) -> list[str]:
+        """The routes whose filters match `topic` (the console's "which routes" box)."""
+        return list(self._matcher.lookup(topic))
+
     def stateful(self) -> list[tuple[str, Processor]]:
         return [(label, p) for r in self.routes.values() for label, p in r.processors if p.stateful]
