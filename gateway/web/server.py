@@ -12,6 +12,8 @@ GET /api/events  Server-Sent Events: the /api/status document each second it cha
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
+GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
+                 the console's topic tree, route matching and sparklines (console_api.py)
 POST /api/config/reload   read the config file again now (as SIGHUP does); answers
                  {"outcome": "applied"|"refused"|"rolled_back", "errors": [...]}
 GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
@@ -64,7 +66,7 @@ from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
 from gateway.metrics import metrics_json, registry_for
 from gateway.mqtt.broker import in_use
-from gateway.web import access
+from gateway.web import access, console_api
 from gateway.web.config_api import MAX_BODY, ConfigApi
 from gateway.web.page import LOGIN_PAGE, STATUS_PAGE
 
@@ -176,6 +178,9 @@ class WebServer:
         app.router.add_get("/api/dead-letters", self.api_dead_letters)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/api/metrics", self.api_metrics)
+        app.router.add_get("/api/topics", self.api_console)
+        app.router.add_get("/api/routes/match", self.api_console)
+        app.router.add_get("/api/series", self.api_console)
         add("*", "/api/config/reload", self.api_reload)
         add("*", "/api/config", self.api_config)
         add("*", "/api/config/{tail:.+}", self.api_config)
@@ -536,6 +541,17 @@ class WebServer:
             request.method, request.path, body
         )
         return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+
+    async def api_console(self, request: web.Request) -> web.StreamResponse:
+        """/api/topics, /api/routes/match, /api/series (gateway/web/console_api.py)."""
+        view: Any = self.engine
+        if request.path == "/api/topics":
+            status, body = console_api.topics(view, request.query)
+        elif request.path == "/api/routes/match":
+            status, body = console_api.route_match(view, request.query)
+        else:
+            status, body = console_api.series(view)
+        return _json(body, status)
 
     async def api_metrics(self, _request: web.Request) -> web.StreamResponse:
         return _json(metrics_json(self.metrics))
