@@ -113,7 +113,9 @@ class Gateway:
         self.loaded_at = time.time()
         self.last_reload: ReloadStatus | None = None
         # POST /api/config/reload: try a reload now, answer its outcome (set by `serve`).
-        self.reload_now: Callable[[], Any] | None = None
+        self.reload_now: Callable[[str], Any] | None = None
+        # The config file was put back to this text (a refused edit): no change to reload.
+        self.settle_config: Callable[[str], None] | None = None
         self.remote: RemoteConfig | None = None  # the remote config channel (set by `serve`)
         # /metrics' process figures; the status topics; the alerts (see gateway/alerts.py)
         self.process = ProcessStats()
@@ -456,6 +458,7 @@ class Gateway:
                 reload=self.reload_now,
                 config_path=self.config_path,
                 users_file=users,
+                settle=self.settle_config,
             )
             self.web_url = await web.start()
             self.web = web
@@ -687,6 +690,7 @@ async def serve(
 
     reloads = Reloads(gateway, config_path, lambda: stops > 0)
     gateway.reload_now = reloads.api if config_path is not None else None
+    gateway.settle_config = reloads.settle if config_path is not None else None
 
     def on_reload() -> None:
         reloads.request("sighup")

@@ -230,6 +230,7 @@ def _reload_after_rollback(path: str) -> int:
     """Ask a running gateway to apply the restored file; none answering is fine."""
     try:
         url, headers, context = _reload_target(path)
+        url += "?trigger=rollback"
     except SystemExit:  # web.enabled is false: no API to ask
         print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
         return 0

@@ -48,16 +48,22 @@ MAX_BODY = 256 << 10
 PREFIX = "/api/config/"
 
 Response = tuple[int, str, bytes]
-Reload = Callable[[], Awaitable[dict[str, Any]]]
+Reload = Callable[[str], Awaitable[dict[str, Any]]]  # a reload attempt, by trigger
 
 
 class ConfigApi:
     """Serves /api/config for the config file at `path` (None: the gateway has none),
     applying edits through `reload` (the gateway's POST /api/config/reload path)."""
 
-    def __init__(self, path: str | None, reload: Reload | None) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        reload: Reload | None,
+        settle: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self._reload = reload
+        self._settle = settle  # the file was put back to this text: no change to reload
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -125,7 +131,7 @@ class ConfigApi:
         version = None if kept is None else kept.name
         what = f"{section}.{name} {'removed' if value is None else 'written'}"
         log.info("web: %s in %s through the API (old text kept as %s)", what, path, version)
-        outcome = await reload()
+        outcome = await reload("edit")
         result = str(outcome.get("outcome", "refused"))
         errors = [str(e) for e in outcome.get("errors") or []]
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
@@ -133,6 +139,8 @@ class ConfigApi:
             return _answer(200, result, errors, version, **extra)
         # Not running: put the text back, so that the file says what runs.
         await asyncio.to_thread(files.write_atomic, path, old_text)
+        if self._settle is not None:
+            self._settle(old_text)
         log.warning(
             "web: the gateway did not apply %s (%s); %s is back as it was", what, result, path
         )

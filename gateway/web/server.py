@@ -127,15 +127,16 @@ class WebServer:
         self,
         view: StatusView,
         config: WebSection,
-        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        reload: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
         config_path: str | None = None,
         users_file: Path | None = None,
+        settle: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
         self.metrics = registry_for(view)
         self._reload = reload  # POST /api/config/reload; None: not offered
-        self.config_api = ConfigApi(config_path, reload)  # /api/config, its edits
+        self.config_api = ConfigApi(config_path, reload, settle)  # /api/config, its edits
         path = users_file or access.users_path(config.users_file, "./data")
         self.users = access.Users(path, config.username, config.password)
         self.sessions = access.Sessions()
@@ -529,7 +530,9 @@ class WebServer:
             return _text(405, "only POST\n")
         if self._reload is None:
             return _text(404, "no config file to reload\n")
-        return _json(await self._reload())
+        # `edge-stream config rollback` says what it is, for the history
+        trigger = "rollback" if request.query.get("trigger") == "rollback" else "api"
+        return _json(await self._reload(trigger))
 
     async def api_config(self, request: web.Request) -> web.StreamResponse:
         length = request.content_length

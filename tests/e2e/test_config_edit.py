@@ -102,6 +102,8 @@ def test_edits_through_the_api_apply_and_keep_the_file(gw: GatewayProcess) -> No
 
     status, answer = _call(gw, "DELETE", "/api/config/sources/spare")
     assert (status, answer["outcome"]) == (200, "applied"), answer
+    assert answer["changes"] == ["source spare removed"], answer
+    assert gw.status()["config"]["last_reload"]["trigger"] == "edit"
     wait_for(lambda: "spare" not in gw.status()["sources"], 20, "the removed source gone")
 
     text = gw.config_path.read_text()
@@ -138,7 +140,7 @@ def test_edits_through_the_api_apply_and_keep_the_file(gw: GatewayProcess) -> No
     assert "the running gateway applied it" in rolled.stdout
     assert "spare:" in gw.config_path.read_text()
     wait_for(lambda: "spare" in gw.status()["sources"], 20, "the source back after rollback")
-    assert gw.status()["config"]["last_reload"]["trigger"] == "api"
+    assert gw.status()["config"]["last_reload"]["trigger"] == "rollback"
     assert "4 kept versions" in _cli("versions", "-c", str(gw.config_path)).stdout
 
     # the oldest version is the hand-written file itself

@@ -33,7 +33,7 @@ sinks:
 web: {listen: "LISTEN"AUTH}
 """
 
-Reload = Callable[[], Awaitable[dict[str, Any]]]
+Reload = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 async def _serve(
@@ -84,7 +84,7 @@ async def test_an_edit_the_gateway_rolls_back_puts_the_file_back(
 ) -> None:
     calls = []
 
-    async def rolled_back() -> dict[str, Any]:
+    async def rolled_back(_trigger: str) -> dict[str, Any]:
         # what the engine answers when a changed sink fails to start
         calls.append(path.read_text())
         return {"outcome": "rolled_back", "errors": ["sinks.two: cannot start"], "changes": []}
@@ -102,7 +102,7 @@ async def test_an_edit_the_gateway_rolls_back_puts_the_file_back(
 
 
 async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any]) -> None:
-    async def applied() -> dict[str, Any]:
+    async def applied(_trigger: str) -> dict[str, Any]:
         return {"outcome": "applied", "errors": []}
 
     gateway, task, url, path = await _serve(
