@@ -41,6 +41,12 @@ def file_config(url: str, name: str, qos: int = 1, **source: Any) -> dict[str, A
     }
 
 
+def on_fake(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` for the fake broker, which scripts one subscriber: no status connection."""
+    config["status"] = {"enabled": False}
+    return config
+
+
 def lines(gw: Any) -> list[dict[str, Any]]:
     path = gw.data_dir / "out.jsonl"
     if not path.exists():
@@ -57,7 +63,7 @@ def test_a_repeated_reading_under_a_reused_packet_id_is_stored(gateway_factory: 
     first freed, the gateway killed before reading it; the broker redelivers it (DUP)."""
     broker = FakeBroker().start()
     try:
-        gw = gateway_factory(file_config(broker.url, "reuse"))
+        gw = gateway_factory(on_fake(file_config(broker.url, "reuse")))
         gw.start()
         mid = broker.publish("reuse/dev", PAYLOAD, 1)
         broker.wait(lambda b: ("puback", mid) in b.acks, 10, "the first PUBACK")
@@ -79,7 +85,7 @@ def test_qos2_is_exactly_once_across_a_kill_between_pubrec_and_pubrel(
     # The broker acts as if our PUBREC was lost: after the kill it sends the PUBLISH again.
     broker = FakeBroker(send_pubrel=False, forget_pubrec=True).start()
     try:
-        gw = gateway_factory(file_config(broker.url, "exactly", qos=2))
+        gw = gateway_factory(on_fake(file_config(broker.url, "exactly", qos=2)))
         gw.start()
         mid = broker.publish("exactly/dev", PAYLOAD, 2)
         broker.wait(lambda b: ("pubrec", mid) in b.acks, 10, "the PUBREC")
@@ -105,7 +111,7 @@ def test_qos2_is_exactly_once_across_a_kill_between_pubrec_and_pubrel(
 def test_a_poison_message_is_dead_lettered_and_acknowledged(gateway_factory: Any) -> None:
     broker = FakeBroker().start()
     try:
-        gw = gateway_factory(file_config(broker.url, "poison"))
+        gw = gateway_factory(on_fake(file_config(broker.url, "poison")))
         gw.start()
         bad_user = b"\x26" + utf8("ok") + b"\x00\x02\xc3\x28"  # a value that is not UTF-8
         broker.send_raw(publish_packet("poison/dev", PAYLOAD, 1, 1, props=bad_user), 1, 1)

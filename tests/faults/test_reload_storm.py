@@ -87,7 +87,8 @@ class Storm:
 
         def outcome() -> dict[str, Any] | None:
             status = gw.status()
-            return status if status["config"]["last_reload"] != last else None
+            now = status["config"]["last_reload"]
+            return status if now != last and now["outcome"] != "applying" else None
 
         applied = wait_for(outcome, 30, f"the outcome of a {kind} reload", interval=0.01)
         reload = applied["config"]["last_reload"]
