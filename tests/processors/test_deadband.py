@@ -11,7 +11,7 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.flowfile import FlowFile
 from gateway.processors.deadband import DeadbandProcessor
-from tests.processors.test_window import S, FakeClock
+from tests.processors.test_window import FakeClock, S
 
 pytestmark = pytest.mark.unit
 
