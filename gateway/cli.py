@@ -33,6 +33,9 @@ edge-stream secret rotate -c FILE                a new key; re-encrypt FILE's EN
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
+edge-stream state list|show|reset [COMPONENT]    processors' kept state (windows, deadband),
+                                                 named ROUTE.N; reset on a running gateway
+                                                 is done by it within seconds
 edge-stream store reset [--force]                move a damaged store aside, start empty
                                                  (--force: a valid one too; never while
                                                  a gateway runs on the data_dir)
@@ -692,6 +695,36 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
+    if args.action != "list" and args.component is None:
+        print(f"edge-stream: state {args.action} needs a component (ROUTE.N)", file=sys.stderr)
+        return 2
+    with admin.open_admin(_store_path(args)) as store:
+        if args.action == "list":
+            for item in store.states():
+                print(f"{item.component:<24} {item.keys:>8} keys {item.bytes:>12} bytes")
+            return 0
+        known = [item.component for item in store.states()]
+        if args.component not in known:
+            print(
+                f"edge-stream: no state for {args.component!r}"
+                f" (there is for: {', '.join(known) or 'none'})",
+                file=sys.stderr,
+            )
+            return 1
+        if args.action == "show":
+            for key, value in store.state(args.component, args.limit):
+                print(f"{key}  {value.decode('utf-8', 'backslashreplace')}")
+            return 0
+        outcome = store.reset_state(args.component)
+    if outcome == "asked":
+        print(f"asked the running gateway to reset the state of {args.component}")
+    else:
+        print(f"reset the state of {args.component}")
+    return 0
+
+
 def _drop_sink(args: argparse.Namespace) -> int:
     """`store drop-sink NAME`: forget a sink removed from the config, and its backlog."""
     if args.name is None:
@@ -825,6 +858,11 @@ def parser() -> argparse.ArgumentParser:
     webp.add_argument("user", metavar="USER")
     webp.add_argument("--role", choices=["viewer", "operator"], default="viewer")
     webp.set_defaults(fn=cmd_web)
+    state = with_config(sub.add_parser("state", help="processors' kept state (windows)"))
+    state.add_argument("action", choices=["list", "show", "reset"])
+    state.add_argument("component", nargs="?", metavar="COMPONENT", help="ROUTE.N")
+    state.add_argument("--limit", type=int, default=100, help="show: how many keys")
+    state.set_defaults(fn=cmd_state)
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
     docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
     docs.set_defaults(fn=cmd_docs)

@@ -23,6 +23,8 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
+    ("processor", "window"): "gateway.processors.window:WindowProcessor",
+    ("processor", "deadband"): "gateway.processors.deadband:DeadbandProcessor",
     ("sink", "postgres"): "gateway.sinks.postgres:PostgresSink",
     ("sink", "file"): "gateway.sinks.file:FileSink",
     ("sink", "mysql"): "gateway.sinks.mysql:MysqlSink",

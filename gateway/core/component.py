@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.flowfile import FlowFile
 from gateway.core.histogram import Buckets
+from gateway.core.state import State
 
 
 class ComponentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -161,9 +162,16 @@ class Processor:
     input to the dead-letter table with the error text as the reason.
     Stateful processors also implement `state`/`restore` (kept in the store
     with each batch) and `tick` (emit on time, e.g. closing a window).
+
+    A processor with much state keeps it in `kv`, a key/value `State` (see
+    gateway/core/state.py): the engine loads it from the store before the first
+    FlowFile, calls `restored()`, and writes only its changed keys with each batch.
+    The engine calls `tick(now_ns)` about once a second on every stateful
+    processor and commits what it returns like a batch's outputs.
     """
 
     stateful: ClassVar[bool] = False
+    kv: State | None = None
 
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config
@@ -180,6 +188,9 @@ class Processor:
 
     def restore(self, state: bytes) -> None:
         pass
+
+    def restored(self) -> None:
+        """`kv` now holds the last checkpoint (or was reset): rebuild what derives from it."""
 
 
 class Rejected(NamedTuple):

@@ -59,6 +59,7 @@ SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
 DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
+TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
 
 
 class Engine:
@@ -104,6 +105,10 @@ class Engine:
         self._taking = False  # the ingest loop waits for items (holds none)
         self._committing: dict[str, int] = {}  # source -> commits under way holding its items
         self._intake_closed = False
+        # One commit at a time: processor state is taken at each commit, and the store
+        # must receive those changes in the order they were taken (ingest, timers, replay).
+        self._commit_lock = asyncio.Lock()
+        self._ticking = False  # the timer loop is committing (shutdown lets it finish)
         self.ready = asyncio.Event()
 
     # -- building ----------------------------------------------------------
@@ -185,9 +190,12 @@ class Engine:
         for label, processor in self.router.stateful():
             if label in state:
                 processor.restore(state[label])
+        await self._load_kv([p for _, p in self.router.stateful()])
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self._spawn(tg, "ingest", self._ingest_loop)
+            if self.router.stateful():
+                self._spawn(tg, "timers", self._tick_loop)
             self._spawn(tg, "maintenance", self._maintenance_loop)
             for name, runner in self.sinks.items():
                 self._spawn(tg, f"sink {name}", runner.run)
@@ -209,6 +217,13 @@ class Engine:
     def stop(self) -> None:
         self.stop_requested.set()
 
+    async def _load_kv(self, processors: list[Processor]) -> None:
+        """Give each processor's key/value state its last checkpoint from the store."""
+        for processor in processors:
+            if processor.kv is not None:
+                processor.kv.restore(await self.store.load_kv(processor.kv.component))
+                processor.restored()
+
     def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks[name] = tg.create_task(supervised(name, fn, log, self.clock), name=name)
 
@@ -227,6 +242,11 @@ class Engine:
         if self._taking:
             self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
+        timers = self._tasks.get("timers")
+        if timers is not None:  # cancelled between commits only, like the ingest loop
+            if not self._ticking:
+                timers.cancel()
+            await asyncio.gather(timers, return_exceptions=True)
         while len(self.ingest):
             await self._commit(
                 await self.ingest.take(self.config.buffer.batch_max, 0, COMMIT_MAX_BYTES)
@@ -282,12 +302,16 @@ class Engine:
                 router = self._build_router(self.router, keep)
                 state = await self.store.load_state()
                 running = {id(p) for _, p in self.router.stateful()}
-                for label, processor in router.stateful():
-                    if label in state and id(processor) not in running:
+                fresh = [(lb, p) for lb, p in router.stateful() if id(p) not in running]
+                for label, processor in fresh:
+                    if label in state:
                         processor.restore(state[label])  # a changed route's last checkpoint
+                await self._load_kv([p for _, p in fresh])
                 self.router = router  # between two commits: each takes the router once
             except Exception as err:  # a processor refused its config: roll back
                 failures.append(f"routes: {err}")
+            if self.router.stateful() and "timers" not in self._tasks:
+                self._spawn(self._tg, "timers", self._tick_loop)
         for name in plan.sources_stop:
             await self._stop_source(name)
         for name in plan.sinks_stop:
@@ -401,6 +425,8 @@ class Engine:
         items: list[tuple[str, Any]],
         replayed: list[int] | None = None,
         direct: list[tuple[Any, int]] | None = None,
+        tick: bool = False,
+        resets: list[str] | None = None,
     ) -> None:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
@@ -410,7 +436,8 @@ class Engine:
         for source in sources:
             committing[source] = committing.get(source, 0) + 1
         try:
-            await self._store_batch(items, replayed, direct)
+            async with self._commit_lock:
+                await self._store_batch(items, replayed, direct, tick, resets)
         finally:
             for source in sources:
                 left = committing[source] - 1
@@ -424,6 +451,8 @@ class Engine:
         items: list[tuple[str, Any]],
         replayed: list[int] | None = None,
         direct: list[tuple[Any, int]] | None = None,
+        tick: bool = False,
+        resets: list[str] | None = None,
     ) -> None:
         assert self.router is not None
         flowfiles = []
@@ -440,12 +469,30 @@ class Engine:
             else:
                 flowfiles.append(msg.flowfile)
         out: dict[str, list[Any]] = {}
-        self.router.run(flowfiles, out, dead)
-        state = {label: p.state() for label, p in self.router.stateful()}
+        if flowfiles:
+            self.router.run(flowfiles, out, dead)
+        if tick:
+            self.router.tick(self.clock.now_ns(), out, dead)
+        for _, p in self.router.stateful() if resets else ():
+            if p.kv is not None and p.kv.component in resets:  # type: ignore[operator]
+                p.kv.clear()
+                p.kv.forget_changes()  # the store deletes all its rows in this commit
+                p.restored()
+        state: dict[str, bytes | None] = {}
+        kv: list[tuple[str, str, int, bytes | None]] = []
+        for label, p in self.router.stateful():
+            blob = p.state()
+            if blob is not None:
+                state[label] = blob
+            if p.kv is not None:
+                component = p.kv.component
+                kv.extend((component, key, seq, value) for key, seq, value in p.kv.changes())
         rows = [(ff, mask) for ff, mask in out.values()]
         if direct:
             rows.extend(direct)
-        batch = Batch(rows, dead, state, inbound)
+        if not (items or rows or dead or state or kv or resets or replayed):
+            return  # a timer that closed nothing
+        batch = Batch(rows, dead, state, inbound, kv=kv, resets=resets or [])
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
@@ -475,7 +522,7 @@ class Engine:
             self.gate.set()
         self.committed_batches += 1
         self.ingested += len(items)
-        if not replayed:  # a replayed dead letter's age is not a commit's latency
+        if items and not replayed:  # a replayed dead letter's age is not a commit's latency
             self.commit_latency.add_ages(time.time_ns(), [m.flowfile.created for _, m in items])
             self.commit_batches.add(len(items))
         watch = self.watch
@@ -508,6 +555,25 @@ class Engine:
         await self.store.recount()  # the CLI took them out of the dead letters
         log.info("engine: %d replayed dead letters are back in the store", len(replay))
 
+    async def _tick_loop(self) -> None:
+        """Run the stateful processors' timers every TICK_S and commit what they emit."""
+        while not self._intake_closed:
+            await self.clock.sleep(TICK_S)
+            self._ticking = True
+            try:
+                await self._commit([], tick=True)
+            finally:
+                self._ticking = False
+
+    async def _reset_state(self) -> None:
+        """Forget the state of the components `edge-stream state reset` named: in memory
+        now, in the store with the commit that also takes the request away."""
+        resets = await self.store.take_resets()
+        if not resets or self.router is None:
+            return
+        await self._commit([], resets=resets)
+        log.info("engine: state of %s reset", ", ".join(resets))
+
     async def _maintenance_loop(self) -> None:
         ticks = 0
         activity = (-1, -1)
@@ -518,6 +584,7 @@ class Engine:
                 await self.store.maintain(self.sinks)
                 await self.store.refresh_oldest(self.sinks)
                 await self._replay()
+                await self._reset_state()
                 ticks += 1
                 if ticks % 5 == 0:
                     await self.store.recount()

@@ -90,5 +90,47 @@ class Router:
         """The routes whose filters match `topic` (the console's "which routes" box)."""
         return list(self._matcher.lookup(topic))
 
+    def tick(
+        self, now_ns: int, out: dict[str, list[FlowFile | int]], dead: list[DeadLetter]
+    ) -> None:
+        """Call `tick` on every stateful processor; what one emits (a window closed by
+        its timer) goes on through the processors after it to the route's sinks."""
+        for route in self.routes.values():
+            procs = route.processors
+            for i, (_label, processor) in enumerate(procs):
+                if not processor.stateful:
+                    continue
+                try:
+                    items = processor.tick(now_ns)
+                except Exception:  # the supervisor boundary for processors
+                    self.errors += 1
+                    route.errors += 1
+                    processor.ctx.log.exception("failed on its timer")
+                    continue
+                for later_label, later in procs[i + 1 :]:
+                    if not items:
+                        break
+                    next_items: list[FlowFile] = []
+                    for item in items:
+                        try:
+                            next_items.extend(later.process(item))
+                        except PermanentError as err:
+                            route.dead_lettered += 1
+                            dead.append(DeadLetter(item, later_label, str(err)))
+                        except Exception as err:
+                            self.errors += 1
+                            route.errors += 1
+                            route.dead_lettered += 1
+                            later.ctx.log.exception("failed on FlowFile %s", item.id)
+                            dead.append(DeadLetter(item, later_label, f"internal error: {err!r}"))
+                    items = next_items
+                route.emitted += len(items)
+                for item in items:
+                    entry = out.get(item.id)
+                    if entry is None:
+                        out[item.id] = [item, route.mask]
+                    else:
+                        entry[1] = entry[1] | route.mask  # type: ignore[operator]
+
     def stateful(self) -> list[tuple[str, Processor]]:
         return [(label, p) for r in self.routes.values() for label, p in r.processors if p.stateful]

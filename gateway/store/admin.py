@@ -40,6 +40,7 @@ __all__ = [
     "ReloadRecord",
     "Reset",
     "SinkBacklog",
+    "StateSummary",
     "StoreAdmin",
     "StoreStats",
     "damage",
@@ -61,6 +62,15 @@ class DeadLetterRecord:
     origin: str
     sink: str | None  # the sink that refused it; None when a route did
     reason: str
+
+
+@dataclass(frozen=True)
+class StateSummary:
+    """One component's key/value state (`edge-stream state list`)."""
+
+    component: str
+    keys: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,52 @@ class StoreAdmin:
             ReloadRecord(at, h, trigger, outcome, json.loads(changes), json.loads(errors))
             for at, h, trigger, outcome, changes, errors in reversed(rows)
         ]
+
+    # -- processor state -----------------------------------------------------------
+
+    def states(self) -> list[StateSummary]:
+        """Every component with key/value state: its keys and their bytes, by name."""
+        try:
+            rows = self.db.execute(
+                "SELECT component, count(*), coalesce(sum(length(key) + length(value)), 0)"
+                " FROM state_kv GROUP BY component ORDER BY component"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a store from before key/value state
+            return []
+        return [StateSummary(c, n, size) for c, n, size in rows]
+
+    def state(self, component: str, limit: int) -> list[tuple[str, bytes]]:
+        """The first `limit` keys of `component`'s state (oldest first), with their values."""
+        try:
+            rows = self.db.execute(
+                "SELECT key, value FROM state_kv WHERE component = ? ORDER BY seq LIMIT ?",
+                (component, limit),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [(k, v) for k, v in rows]
+
+    def reset_state(self, component: str, running: bool | None = None) -> str:
+        """Forget `component`'s state: "done" when no gateway runs on the store (deleted
+        here), "asked" when one does (its engine forgets it in memory and in the store
+        with its next commit, within a second or two; see `Store.take_resets`).
+        `running` None: told by the data_dir's lock."""
+        if running is None:
+            try:
+                lock = hold_data_dir(self.path.parent)
+            except StoreError:
+                running = True
+            else:
+                let_go_data_dir(lock)
+                running = False
+        if running:
+            self.db.execute(
+                "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
+                (component,),
+            )
+            return "asked"
+        self.db.execute("DELETE FROM state_kv WHERE component = ?", (component,))
+        return "done"
 
     def quick_check(self) -> list[str]:
         """SQLite's quick check of every page, at most three problems; ["ok"] if whole."""

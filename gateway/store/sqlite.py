@@ -15,6 +15,10 @@ Tables
   sinks         name -> bit and cursor (the last seq delivered or skipped)
   dead_letters  FlowFiles that can never be delivered, with the reason
   state         processor state and source positions, by component name
+  state_kv      key/value state of components (`gateway.core.state`): one row per
+                key, written with the batch that changed it; `seq` keeps key age
+  state_reset   components whose state `edge-stream state reset` asked the running
+                gateway to forget (it does so in its next commit)
   inbound       (source, slot) -> digest of the last committed message and its
                 number among that source's messages, used to recognise a broker's
                 redelivery of a message already stored
@@ -138,6 +142,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value BLOB
+);
+CREATE TABLE IF NOT EXISTS state_kv (
+    component TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (component, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state_reset (
+    component TEXT PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS replay (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -407,6 +421,9 @@ class Batch:
     state: dict[str, bytes | None]
     inbound: list[tuple[str, int, bytes]]
     replayed: list[int] = field(default_factory=list)
+    # key/value state changes: (component, key, seq, value or None to delete)
+    kv: list[tuple[str, str, int, bytes | None]] = field(default_factory=list)
+    resets: list[str] = field(default_factory=list)  # components whose state goes
 
 
 CRC_V2 = 1 << 32  # marks a checksum that covers the sinks mask and size too
@@ -1007,6 +1024,10 @@ class Store:
                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     list(batch.state.items()),
                 )
+            if batch.resets:
+                self._reset_state_sync(db, batch.resets)
+            if batch.kv:
+                self._write_kv_sync(db, batch.kv)
             self._write_marks_sync(db, marks)
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
@@ -1015,6 +1036,39 @@ class Store:
             _rollback(db)
             raise
         return int(last)
+
+    @staticmethod
+    def _reset_state_sync(db: sqlite3.Connection, components: list[str]) -> None:
+        rows = [(c,) for c in components]
+        db.executemany("DELETE FROM state_kv WHERE component = ?", rows)
+        db.executemany("DELETE FROM state_reset WHERE component = ?", rows)
+
+    @staticmethod
+    def _write_kv_sync(
+        db: sqlite3.Connection, kv: list[tuple[str, str, int, bytes | None]]
+    ) -> None:
+        gone = [(c, k) for c, k, _, v in kv if v is None]
+        if gone:
+            db.executemany("DELETE FROM state_kv WHERE component = ? AND key = ?", gone)
+        put = [row for row in kv if row[3] is not None]
+        if put:
+            db.executemany(
+                "INSERT INTO state_kv (component, key, seq, value) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (component, key) DO UPDATE SET value = excluded.value",
+                put,
+            )
+
+    async def load_kv(self, component: str) -> list[tuple[str, int, bytes]]:
+        """The checkpointed key/value state of `component`: (key, seq, value) rows."""
+        rows = await self._query(
+            "SELECT key, seq, value FROM state_kv WHERE component = ? ORDER BY seq", (component,)
+        )
+        return [(k, s, v) for k, s, v in rows]
+
+    async def take_resets(self) -> list[str]:
+        """Components `edge-stream state reset` named while this gateway ran; the engine
+        forgets their state and deletes the request in one commit (`Batch.resets`)."""
+        return [row[0] for row in await self._query("SELECT component FROM state_reset")]
 
     def _remember(self, first: int, rows: list[tuple[FlowFile, int]], sizes: list[int]) -> None:
         """Keep the newest committed FlowFiles in memory, so caught-up sinks need no query.

@@ -1,0 +1,168 @@
+"""Key/value state of one component, kept in memory and checkpointed with its batch.
+
+A stateful processor (or source) keeps what it must remember (the open windows
+of a `window` processor, the last value sent per field of a `deadband`) in a
+`State`: get, put and delete by key, scoped to the component. The engine takes
+the keys changed since the last checkpoint (`changes`) and writes them in the
+same store transaction as the outputs of the batch that changed them, so a
+gateway killed at any point restarts from a state that matches what it stored.
+Only changed keys are written: 10,000 open windows cost one row each on the
+commit that touched them, not a rewrite of everything.
+
+State is bounded by a byte budget. Over it, the oldest keys (the first put) are
+evicted and counted; the owner takes them with `take_evicted` and decides what
+eviction means (a window closes early and is emitted). Keys starting with `~` (the
+owner's own bookkeeping) are never evicted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# What one key costs besides its value: the dict slots, the key string, the size
+# and order bookkeeping (an estimate, to keep the budget honest for small values).
+KEY_OVERHEAD = 120
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+
+
+def decode_json(data: bytes) -> Any:
+    return json.loads(data)
+
+
+class State:
+    """The key/value state of the component `component`, at most `max_bytes`.
+
+    Values are JSON-encodable Python objects, encoded only when checkpointed. A
+    value changed in place must be `put` again so that the next checkpoint writes
+    it. `size(value)` estimates a value's bytes in memory (default: its encoded
+    length, which costs an encode per put: give a cheap one for hot paths).
+    """
+
+    def __init__(
+        self,
+        component: str,
+        max_bytes: int,
+        size: Callable[[Any], int] | None = None,
+    ) -> None:
+        self.component = component
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.evicted = 0  # keys evicted over the budget since start
+        self._size = size or (lambda value: len(encode_json(value)))
+        self._data: dict[str, Any] = {}  # oldest first
+        self._sizes: dict[str, int] = {}
+        self._seqs: dict[str, int] = {}
+        self._seq = 0
+        self._dirty: set[str] = set()
+        self._evicted_items: list[tuple[str, Any]] = []
+
+    # -- the processor's side ----------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def keys(self) -> Iterator[str]:
+        """Keys, oldest first."""
+        return iter(list(self._data))
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """(key, value) pairs, oldest first."""
+        return iter(list(self._data.items()))
+
+    def put(self, key: str, value: Any) -> None:
+        """Set `key` (a new key is the newest; an existing one keeps its age), then
+        evict the oldest other keys while over the budget."""
+        size = self._size(value) + len(key) + KEY_OVERHEAD
+        old = self._sizes.get(key)
+        if old is None:
+            self._seq += 1
+            self._seqs[key] = self._seq
+            old = 0
+        self._data[key] = value
+        self._sizes[key] = size
+        self.bytes += size - old
+        self._dirty.add(key)
+        if self.bytes > self.max_bytes:
+            self._evict(key)
+
+    def delete(self, key: str) -> None:
+        if key in self._data:
+            del self._data[key]
+            self.bytes -= self._sizes.pop(key)
+            del self._seqs[key]
+            self._dirty.add(key)
+
+    def clear(self) -> None:
+        """Forget every key (each one is deleted at the next checkpoint)."""
+        self._dirty.update(self._data)
+        self._data.clear()
+        self._sizes.clear()
+        self._seqs.clear()
+        self.bytes = 0
+
+    def take_evicted(self) -> list[tuple[str, Any]]:
+        """The (key, value) pairs evicted over the budget since the last call."""
+        taken, self._evicted_items = self._evicted_items, []
+        return taken
+
+    def _evict(self, keep: str) -> None:
+        for key in list(self._data):
+            if self.bytes <= self.max_bytes:
+                return
+            if key == keep or key[:1] == "~":
+                continue
+            value = self._data[key]
+            self.delete(key)
+            self._evicted_items.append((key, value))
+            self.evicted += 1
+
+    # -- the engine's side ----------------------------------------------------------
+
+    def changes(self) -> list[tuple[str, int, bytes | None]]:
+        """(key, seq, encoded value or None for a deleted key) of every key changed
+        since the last call; the engine writes them with the batch."""
+        if not self._dirty:
+            return []
+        data, seqs = self._data, self._seqs
+        out: list[tuple[str, int, bytes | None]] = [
+            (key, seqs[key], encode_json(data[key])) if key in data else (key, 0, None)
+            for key in self._dirty
+        ]
+        self._dirty.clear()
+        return out
+
+    def forget_changes(self) -> None:
+        """Drop the pending changes (the store forgot this component: see reset)."""
+        self._dirty.clear()
+
+    def snapshot(self) -> list[tuple[str, int, bytes]]:
+        """Every key as (key, seq, encoded value), oldest first."""
+        return [(k, self._seqs[k], encode_json(v)) for k, v in self._data.items()]
+
+    def restore(self, rows: list[tuple[str, int, bytes]]) -> None:
+        """Replace the state with checkpointed rows (key, seq, encoded value); nothing
+        is dirty afterwards. Rows over the budget (a smaller budget than before) are
+        evicted like new ones."""
+        self.clear()
+        self._dirty.clear()
+        for key, seq, data in sorted(rows, key=lambda row: row[1]):
+            value = decode_json(data)
+            self._data[key] = value
+            size = self._size(value) + len(key) + KEY_OVERHEAD
+            self._sizes[key] = size
+            self.bytes += size
+            self._seqs[key] = seq
+            self._seq = max(self._seq, seq)
+        if self.bytes > self.max_bytes and self._data:
+            self._evict(next(reversed(self._data)))

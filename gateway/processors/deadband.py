@@ -1,0 +1,180 @@
+"""Report by exception: passes a reading only when a field moved beyond its deadband.
+
+Per group (by default the topic), the processor remembers the values it last
+let through. A reading passes when any configured field moved more than its
+band since then (or has not been seen yet); otherwise it is dropped (filtered,
+not an error). A field missing from a reading is not compared; one that is not
+a number dead-letters the reading.
+
+  fields: {temp: {absolute: 0.5}, pressure: {percent: 2}}
+    absolute   passes when |new - last| > absolute
+    percent    passes when |new - last| > |last| * percent / 100 (any change
+               when the last value was 0)
+    both given: passes when either is exceeded
+  heartbeat: 5m    after this long without passing anything for a group, the
+                   last reading received is sent again (a new FlowFile, the same
+                   content), even when no new reading arrives (checked every second)
+
+State: per group the last values sent and the last reading (`max_state` bounds
+it; over it the oldest groups are forgotten, so their next reading passes). It
+is written to the store with each batch, like the window processor's.
+
+Example
+  processors:
+    - type: deadband
+      fields: {temp: {absolute: 0.5}, humidity: {percent: 5}}
+      heartbeat: 10m
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.component import Context, Processor
+from gateway.core.errors import PermanentError
+from gateway.core.flowfile import FlowFile
+from gateway.core.state import State
+from gateway.processors.json import MISSING, check_path, decode_object, kind, lookup, split_path
+from gateway.processors.window import _check_group, _grouper
+
+
+@dataclass(frozen=True)
+class Band:
+    """The deadband of one field."""
+
+    absolute: Annotated[
+        float | None,
+        Doc("Pass when the value moved more than this."),
+        Range(0, None, "must not be negative"),
+    ] = None
+    percent: Annotated[
+        float | None,
+        Doc("Pass when the value moved more than this percentage of the last one sent."),
+        Range(0, None, "must not be negative"),
+    ] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.absolute is None and self.percent is None:
+            yield "", "give absolute, percent or both"
+
+
+@dataclass(frozen=True)
+class DeadbandProcessorConfig:
+    """Keys of the `deadband` processor."""
+
+    type: Annotated[str, Doc("The kind of processor.")]
+    fields: Annotated[
+        dict[str, Band],
+        Doc(
+            "Per JSON field, its band: `{absolute: 0.5}`, `{percent: 2}` or both.",
+            example={"temp": {"absolute": 0.5}},
+        ),
+    ]
+    heartbeat: Annotated[
+        Duration | None,
+        Doc("Send the last reading again after this long without sending one (default: never)."),
+        Range(0, None, "must be more than 0", above=True),
+    ] = None
+    group_by: Annotated[
+        str, Doc("topic, topic.N or field.PATH: whose readings are compared (default: topic).")
+    ] = "topic"
+    max_state: Annotated[
+        Size,
+        Doc("The state budget; over it the oldest groups are forgotten (counted)."),
+        Range(4096, None, "must be at least 4096 bytes"),
+    ] = 16 << 20
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.fields:
+            yield "fields", "give at least one field with its band, e.g. {temp: {absolute: 0.5}}"
+        for path in self.fields:
+            problem = check_path(path)
+            if problem:
+                yield f"fields.{path}", problem
+        problem = _check_group(self.group_by)
+        if problem:
+            yield "group_by", problem
+
+
+class DeadbandProcessor(Processor):
+    """Drops readings whose fields stayed within their deadbands; sends heartbeats."""
+
+    Config = DeadbandProcessorConfig
+    stateful = True
+
+    def __init__(self, config: DeadbandProcessorConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: DeadbandProcessorConfig = config
+        self._fields = [(p, split_path(p), b.absolute, b.percent) for p, b in config.fields.items()]
+        self._group = _grouper(config.group_by)
+        self._heartbeat = round(config.heartbeat * 1e9) if config.heartbeat else None
+        self.kv = State(ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2)
+
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        obj = decode_object(flowfile.content, "deadband")
+        values: dict[str, Any] = {}
+        for path, parts, _, _ in self._fields:
+            v = lookup(obj, parts)
+            if v is MISSING or v is None:
+                continue
+            if type(v) not in (int, float):
+                shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+                raise PermanentError(
+                    f"field {path!r} is {kind(v)} ({shown}), deadband needs a number"
+                )
+            values[path] = v
+        group = self._group(flowfile, obj)
+        kv = self.kv
+        assert kv is not None
+        now = self.ctx.clock.now_ns()
+        entry = kv.get(group)
+        passes = entry is None or self._moved(entry["v"], values)
+        if not passes and self._heartbeat is not None and now - entry["at"] >= self._heartbeat:
+            passes = True
+        record = {
+            "v": entry["v"] if entry is not None else {},
+            "at": entry["at"] if entry is not None else now,
+            "c": flowfile.content.decode("utf-8", "replace"),
+            "t": flowfile.topic,
+            "a": flowfile.attributes,
+        }
+        if passes:
+            record["v"] = {**record["v"], **values}
+            record["at"] = now
+        kv.put(group, record)
+        return [flowfile] if passes else []
+
+    def _moved(self, last: dict[str, Any], values: dict[str, Any]) -> bool:
+        for path, _, absolute, percent in self._fields:
+            if path not in values:
+                continue
+            if path not in last:
+                return True
+            new, old = values[path], last[path]
+            change = abs(new - old)
+            if absolute is not None and change > absolute:
+                return True
+            if percent is not None:
+                if old == 0 and change > 0:
+                    return True
+                if change > abs(old) * percent / 100:
+                    return True
+        return False
+
+    def tick(self, now_ns: int) -> list[FlowFile]:
+        if self._heartbeat is None:
+            return []
+        kv = self.kv
+        assert kv is not None
+        out = []
+        for group, entry in kv.items():
+            if now_ns - entry["at"] >= self._heartbeat:
+                entry["at"] = now_ns
+                kv.put(group, entry)
+                out.append(
+                    FlowFile.create(entry["t"], entry["c"].encode(), dict(entry["a"]), now_ns)
+                )
+        return out

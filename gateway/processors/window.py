@@ -1,0 +1,798 @@
+"""Aggregates JSON fields over time or count windows, one FlowFile per window and group.
+
+Kinds
+  tumbling   fixed, back-to-back time windows of `size` (1m: 12:00-12:01, 12:01-12:02 ...)
+  hopping    time windows of `size` starting every `every` (size 5m every 1m: each
+             reading is in 5 windows)
+  session    a window per burst of activity: it ends `gap` after the group's last
+             reading (readings closer than `gap` share a window)
+  count      every `count` readings of a group; with `slide: M`, every M readings over
+             the last `count` (sliding)
+
+Time
+  time: processing   the gateway's clock when the reading arrives (the default)
+  time: event        the reading's own time, from `time_field` (a JSON field) or
+                     `time_attribute`: a number of seconds, milliseconds, micro- or
+                     nanoseconds since the epoch (told apart by size) or ISO 8601 text
+                     (UTC when no offset is given)
+With event time, the watermark is the newest event time seen minus
+`allowed_lateness`; a window closes once the watermark passes its end. A reading
+whose windows have all closed is late: counted and dropped, or dead-lettered with
+`late: dead_letter`. When no reading has raised the watermark for `idle`, it moves
+on with the gateway's clock, so that windows close even when data stops.
+Processing-time windows close on the gateway's clock (checked every second).
+Windows close in order of their end (then start, then group). Count windows close
+on their count only.
+
+Groups
+  group_by: topic          one set of windows per topic
+  group_by: topic.N        per topic level N (0 is the first, -1 the last)
+  group_by: field.PATH     per value of a JSON field
+  (not set)                one set of windows for everything
+
+Aggregates, per field: `aggregates: {temp: [avg, min, max]}`
+  count sum avg min max first last stddev rate    constant memory per window
+  median percentile(P)                             a bounded buffer per window:
+       exact up to `max_values` readings, then a deterministic sample of that many
+`stddev` is the population standard deviation (Welford's method); `rate` is
+(last - first) per second between the first and last reading's times (null with
+fewer than two times); `first` and `last` are by time (ties: by arrival).
+
+Output: one FlowFile per closed window and group, JSON:
+  {"group": "plant/1", "start": "2024-05-01T12:00:00.000Z", "end": "...",
+   "count": 60, "temp": {"avg": 21.5, "min": 20.1, "max": 23.0, "p95": 22.8}}
+A field with no number in a window has {"count": 0} and null aggregates. A window
+closed early because the state budget (`max_state`) was full has "early": true.
+The topic is `topic`, a template with `{topic}` (the topic of the window's first
+reading), `{topic.N}` and `{group}`. Its lineage holds the ids of its inputs (the
+first and last when there are more than 16) and the attribute `window.inputs` their
+count. Its id is made from the window, its group and the processor, so an output
+sent again after a restart is recognised by idempotent sinks.
+
+State: open windows live in the processor's state (one key per window and group),
+written to the store with each batch, so a gateway killed mid-window continues it
+after a restart (`edge-stream state show ROUTE.N`).
+
+Example
+  processors:
+    - type: window
+      kind: tumbling
+      size: 1m
+      time: event
+      time_field: ts
+      allowed_lateness: 5s
+      group_by: topic
+      aggregates: {temp: [avg, min, max, count, "percentile(95)"]}
+      topic: "{topic}/agg/1m"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.component import Context, Processor
+from gateway.core.errors import PermanentError
+from gateway.core.flowfile import FlowFile
+from gateway.core.state import State
+from gateway.core.topics import validate_topic
+from gateway.processors.json import MISSING, check_path, decode_object, encode, kind, lookup
+from gateway.processors.json import split_path as _split
+
+SIMPLE = ("count", "sum", "avg", "min", "max", "first", "last", "stddev", "median", "rate")
+_PERCENTILE = re.compile(r"^percentile\(\s*(\d+(?:\.\d+)?)\s*\)$")
+LINEAGE_MAX = 16
+META = "~meta"
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+# One field's running statistics in a window (a JSON list, so it checkpoints as is):
+N, SUM, MIN, MAX, FIRST, TFIRST, LAST, TLAST, MEAN, M2, VALUES = range(11)
+
+
+def aggregate_name(spec: str) -> str | None:
+    """The output key of an aggregate spec (`p95` for percentile(95)); None if unknown."""
+    if spec in SIMPLE:
+        return spec
+    m = _PERCENTILE.match(spec)
+    if m and 0 <= float(m.group(1)) <= 100:
+        return f"p{float(m.group(1)):g}"
+    return None
+
+
+def _check_group(group_by: str) -> str | None:
+    if group_by == "topic":
+        return None
+    if group_by.startswith("topic."):
+        if re.fullmatch(r"-?\d+", group_by[6:]):
+            return None
+        return f"{group_by!r}: topic.N needs a level number (0 is the first, -1 the last)"
+    if group_by.startswith("field."):
+        return check_path(group_by[6:])
+    return f"{group_by!r} must be topic, topic.N or field.PATH"
+
+
+@dataclass(frozen=True)
+class WindowProcessorConfig:
+    """Keys of the `window` processor."""
+
+    type: Annotated[str, Doc("The kind of processor.")]
+    aggregates: Annotated[
+        dict[str, list[str]],
+        Doc(
+            "Per JSON field, the aggregates to compute: count, sum, avg, min, max, first,"
+            " last, stddev, median, percentile(P), rate.",
+            example={"temp": ["avg", "min", "max", "count", "percentile(95)"]},
+        ),
+    ]
+    kind: Annotated[
+        Literal["tumbling", "hopping", "session", "count"],
+        Doc("tumbling, hopping (sliding time windows), session (gap) or count."),
+    ] = "tumbling"
+    size: Annotated[
+        Duration | None,
+        Doc("tumbling and hopping: the length of a window.", example="1m"),
+        Range(0, None, "must be more than 0", above=True),
+    ] = None
+    every: Annotated[
+        Duration | None,
+        Doc("hopping: how often a window starts (at most `size`)."),
+        Range(0, None, "must be more than 0", above=True),
+    ] = None
+    gap: Annotated[
+        Duration | None,
+        Doc("session: the quiet time after a group's last reading that ends its window."),
+        Range(0, None, "must be more than 0", above=True),
+    ] = None
+    count: Annotated[
+        int | None,
+        Doc("count: readings per window."),
+        Range(1, 1_000_000, "must be between 1 and 1000000"),
+    ] = None
+    slide: Annotated[
+        int | None,
+        Doc("count: emit every `slide` readings over the last `count` (default: `count`)."),
+        Range(1, 1_000_000, "must be between 1 and 1000000"),
+    ] = None
+    time: Annotated[
+        Literal["processing", "event"],
+        Doc("processing (the gateway's clock) or event (the reading's own time)."),
+    ] = "processing"
+    time_field: Annotated[
+        str | None, Doc("event time: the JSON field holding the reading's time.")
+    ] = None
+    time_attribute: Annotated[
+        str | None, Doc("event time: the attribute holding the reading's time.")
+    ] = None
+    allowed_lateness: Annotated[
+        Duration, Doc("event time: how far behind the newest event time a reading may be.")
+    ] = 0.0
+    late: Annotated[
+        Literal["drop", "dead_letter"],
+        Doc("What happens to a late reading (counted either way): drop or dead_letter."),
+    ] = "drop"
+    idle: Annotated[
+        Duration,
+        Doc(
+            "event time: after this long without a reading raising the watermark, it"
+            " moves on with the clock (windows close when data stops)."
+        ),
+        Range(0, None, "must be more than 0", above=True),
+    ] = 10.0
+    group_by: Annotated[
+        str | None,
+        Doc("topic, topic.N or field.PATH: one set of windows per value (default: one)."),
+    ] = None
+    topic: Annotated[
+        str,
+        Doc("The output topic: a template with {topic}, {topic.N} and {group}."),
+    ] = "{topic}/agg"
+    max_values: Annotated[
+        int,
+        Doc("median and percentile: values kept per window and field (exact up to it)."),
+        Range(1, 10_000_000, "must be between 1 and 10000000"),
+    ] = 10_000
+    max_state: Annotated[
+        Size,
+        Doc("The state budget (open windows); over it the oldest windows close early (counted)."),
+        Range(4096, None, "must be at least 4096 bytes"),
+    ] = 64 << 20
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.aggregates:
+            yield "aggregates", "give at least one field with its aggregates, e.g. {temp: [avg]}"
+        for path, specs in self.aggregates.items():
+            problem = check_path(path)
+            if problem:
+                yield f"aggregates.{path}", problem
+            if not specs:
+                yield f"aggregates.{path}", "name at least one aggregate"
+            for spec in specs:
+                if aggregate_name(spec) is None:
+                    yield (
+                        f"aggregates.{path}",
+                        f"unknown aggregate {spec!r} (one of {', '.join(SIMPLE)},"
+                        " percentile(P) with P from 0 to 100)",
+                    )
+        needs = {
+            "tumbling": ("size",),
+            "hopping": ("size", "every"),
+            "session": ("gap",),
+            "count": ("count",),
+        }[self.kind]
+        for key in needs:
+            if getattr(self, key) is None:
+                yield key, f"a {self.kind} window needs {key}"
+        for key in ("size", "every", "gap", "count", "slide"):
+            if key not in needs and key != "slide" and getattr(self, key) is not None:
+                yield key, f"a {self.kind} window takes no {key}"
+        if self.slide is not None and self.kind != "count":
+            yield "slide", "only count windows take slide"
+        if self.kind == "count" and self.slide and self.count and self.slide > self.count:
+            yield "slide", "must be at most count"
+        if self.kind == "count" and self.slide and self.count and self.count > 100_000:
+            yield "count", "a sliding count window keeps at most 100000 readings"
+        if self.kind == "hopping" and self.size and self.every and self.every > self.size:
+            yield "every", "must be at most size"
+        if self.time == "event":
+            if (self.time_field is None) == (self.time_attribute is None):
+                yield "time_field", "event time needs one of time_field or time_attribute"
+            elif self.time_field is not None and check_path(self.time_field):
+                yield "time_field", str(check_path(self.time_field))
+        elif self.time_field is not None or self.time_attribute is not None:
+            yield "time", "time_field and time_attribute need time: event"
+        if self.group_by is not None:
+            problem = _check_group(self.group_by)
+            if problem:
+                yield "group_by", problem
+        for m in _PLACEHOLDER.finditer(self.topic):
+            name = m.group(1)
+            if name not in ("topic", "group") and not re.fullmatch(r"topic\.-?\d+", name):
+                yield (
+                    "topic",
+                    f"unknown placeholder {{{name}}} (use {{topic}}, {{topic.N}}, {{group}})",
+                )
+        sample = _PLACEHOLDER.sub("x", self.topic)
+        problem = validate_topic(sample)
+        if problem:
+            yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
+
+
+def parse_time(value: Any) -> int:
+    """A reading's time in ns since the epoch, from a number (s, ms, us or ns, told apart
+    by size) or ISO 8601 text; PermanentError when it is neither."""
+    if type(value) in (int, float) and math.isfinite(value):
+        number = float(value)
+        x = abs(number)
+        if x < 1e11:
+            return round(number * 1_000_000) * 1000
+        if x < 1e14:
+            return round(number * 1000) * 1000
+        if x < 1e17:
+            return round(number) * 1000
+        return int(value)
+    if type(value) is str:
+        try:
+            return parse_time(float(value))
+        except ValueError:
+            pass
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+            return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    raise PermanentError(
+        f"the time is {kind(value)} ({str(value)[:40]}), window needs seconds, ms, us or ns"
+        " since the epoch or ISO 8601 text"
+    )
+
+
+def iso(ns: int) -> str:
+    """ns since the epoch as ISO 8601 UTC with milliseconds."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+
+
+# -- per-field statistics -----------------------------------------------------
+
+
+def new_stats(keep: bool) -> list[Any]:
+    return [0, 0, None, None, None, 0, None, 0, 0.0, 0.0, [] if keep else None]
+
+
+def add_value(s: list[Any], v: float, t: int, max_values: int) -> None:
+    n = s[N] = s[N] + 1
+    s[SUM] += v
+    if n == 1:
+        s[MIN] = s[MAX] = s[FIRST] = s[LAST] = v
+        s[TFIRST] = s[TLAST] = t
+    else:
+        if v < s[MIN]:
+            s[MIN] = v
+        if v > s[MAX]:
+            s[MAX] = v
+        if t < s[TFIRST]:
+            s[FIRST], s[TFIRST] = v, t
+        if t >= s[TLAST]:
+            s[LAST], s[TLAST] = v, t
+    d = v - s[MEAN]
+    s[MEAN] += d / n
+    s[M2] += d * (v - s[MEAN])
+    values = s[VALUES]
+    if values is not None:
+        if len(values) < max_values:
+            values.append(v)
+        else:  # a deterministic sample (the same after a restart): replace slot j
+            j = (n * 0x9E3779B97F4A7C15 >> 7) % n
+            if j < max_values:
+                values[j] = v
+
+
+def merge_stats(a: list[Any], b: list[Any], max_values: int) -> list[Any]:
+    """The statistics of two windows' readings together (sessions that meet)."""
+    if b[N] == 0:
+        return a
+    if a[N] == 0:
+        return b
+    n = a[N] + b[N]
+    out = list(a)
+    out[N] = n
+    out[SUM] = a[SUM] + b[SUM]
+    out[MIN] = min(a[MIN], b[MIN])
+    out[MAX] = max(a[MAX], b[MAX])
+    if b[TFIRST] < a[TFIRST]:
+        out[FIRST], out[TFIRST] = b[FIRST], b[TFIRST]
+    if b[TLAST] >= a[TLAST]:
+        out[LAST], out[TLAST] = b[LAST], b[TLAST]
+    delta = b[MEAN] - a[MEAN]
+    out[MEAN] = a[MEAN] + delta * b[N] / n
+    out[M2] = a[M2] + b[M2] + delta * delta * a[N] * b[N] / n
+    if a[VALUES] is not None:
+        out[VALUES] = (a[VALUES] + b[VALUES])[:max_values]
+    return out
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, Any]:
+    n = s[N]
+    out: dict[str, Any] = {}
+    for name, p in names:
+        if name == "count":
+            out[name] = n
+        elif n == 0:
+            out[name] = None
+        elif name == "sum":
+            out[name] = s[SUM]
+        elif name == "avg":
+            out[name] = s[SUM] / n
+        elif name == "min":
+            out[name] = s[MIN]
+        elif name == "max":
+            out[name] = s[MAX]
+        elif name == "first":
+            out[name] = s[FIRST]
+        elif name == "last":
+            out[name] = s[LAST]
+        elif name == "stddev":
+            out[name] = math.sqrt(max(s[M2], 0.0) / n)
+        elif name == "rate":
+            span = s[TLAST] - s[TFIRST]
+            out[name] = (s[LAST] - s[FIRST]) / (span / 1e9) if span > 0 else None
+        else:  # median, pP
+            out[name] = percentile(s[VALUES], 50.0 if p is None else p)
+    return out
+
+
+def _stats_size(acc: dict[str, Any]) -> int:
+    size = 400 + 40 * len(acc.get("i", ()))
+    for s in acc["f"].values():
+        size += 260
+        if s[VALUES] is not None:
+            size += 32 * len(s[VALUES])
+    for row in acc.get("buf", ()):
+        size += 120 + 32 * len(row[1])
+    return size
+
+
+# -- the processor --------------------------------------------------------------
+
+
+class WindowProcessor(Processor):
+    """Aggregates fields over tumbling, hopping, session or count windows per group."""
+
+    Config = WindowProcessorConfig
+    stateful = True
+
+    def __init__(self, config: WindowProcessorConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: WindowProcessorConfig = config
+        c = config
+        self._fields = [(path, _split(path)) for path in c.aggregates]
+        self._names = {
+            path: [(aggregate_name(spec) or spec, _p(spec)) for spec in specs]
+            for path, specs in c.aggregates.items()
+        }
+        self._keep = {
+            path: any(n == "median" or n.startswith("p") for n, _ in names)
+            for path, names in self._names.items()
+        }
+        self._size = round(c.size * 1e9) if c.size else 0
+        self._every = round(c.every * 1e9) if c.every else self._size
+        self._gap = round(c.gap * 1e9) if c.gap else 0
+        self._lateness = round(c.allowed_lateness * 1e9)
+        self._event = c.time == "event"
+        self._time_path = _split(c.time_field) if c.time_field else None
+        self._group = _grouper(c.group_by)
+        self.kv = State(ctx.name, c.max_state, size=self._state_size)
+        self.late = 0
+        self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
+        self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
+        self._meta: dict[str, Any] = {"wm": None, "mx": None, "late": 0}
+        self._mono_at_max = ctx.clock.monotonic()
+
+    @staticmethod
+    def _state_size(value: Any) -> int:
+        return 200 if "f" not in value else _stats_size(value)
+
+    # -- state ------------------------------------------------------------------------
+
+    def restored(self) -> None:
+        kv = self.kv
+        assert kv is not None
+        self._heap = []
+        self._sessions = {}
+        self._meta = kv.get(META) or {"wm": None, "mx": None, "late": 0}
+        self.late = self._meta.get("late", 0)
+        self._mono_at_max = self.ctx.clock.monotonic()
+        for key, acc in kv.items():
+            if key == META or self.config.kind == "count":
+                continue
+            self._heap.append((acc["e"], acc["s"], acc["g"], key))
+            if self.config.kind == "session":
+                self._sessions.setdefault(acc["g"], []).append(key)
+        heapq.heapify(self._heap)
+
+    # -- input ------------------------------------------------------------------------
+
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        obj = decode_object(flowfile.content, "window")
+        values: list[Any] = []
+        for path, parts in self._fields:
+            v = lookup(obj, parts)
+            if v is MISSING or v is None:
+                values.append(None)
+            elif type(v) in (int, float):
+                values.append(v)
+            else:
+                shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+                raise PermanentError(
+                    f"field {path!r} is {kind(v)} ({shown}), window needs a number"
+                )
+        group = self._group(flowfile, obj)
+        kv = self.kv
+        assert kv is not None
+        out: list[FlowFile] = []
+        if self._event:
+            t = self._event_time(flowfile, obj)
+        else:
+            t = self.ctx.clock.now_ns()
+            out.extend(self._close_until(t))
+        if self.config.kind == "count":
+            out.extend(self._add_count(group, flowfile, t, values))
+        elif self.config.kind == "session":
+            if not self._add_session(group, flowfile, t, values):
+                return self._late(flowfile, t)
+        elif not self._add_timed(group, flowfile, t, values):
+            return self._late(flowfile, t)
+        if self._event:
+            meta = self._meta
+            if meta["mx"] is None or t > meta["mx"]:
+                meta["mx"] = t
+                self._mono_at_max = self.ctx.clock.monotonic()
+                wm = t - self._lateness
+                if meta["wm"] is None or wm > meta["wm"]:
+                    meta["wm"] = wm
+                kv.put(META, meta)
+                out.extend(self._close_until(meta["wm"]))
+        out.extend(self._emit(acc, early=True) for key, acc in kv.take_evicted() if key != META)
+        return out
+
+    def tick(self, now_ns: int) -> list[FlowFile]:
+        if self.config.kind == "count":
+            return []
+        if not self._event:
+            return self._close_until(now_ns)
+        meta = self._meta
+        if meta["mx"] is None:
+            return []
+        quiet = self.ctx.clock.monotonic() - self._mono_at_max
+        if quiet < self.config.idle:
+            return []
+        wm = meta["mx"] + round(quiet * 1e9) - self._lateness
+        if meta["wm"] is not None and wm <= meta["wm"]:
+            return []
+        meta["wm"] = wm
+        assert self.kv is not None
+        self.kv.put(META, meta)
+        return self._close_until(wm)
+
+    def _late(self, flowfile: FlowFile, t: int) -> list[FlowFile]:
+        self.late += 1
+        self._meta["late"] = self.late
+        assert self.kv is not None
+        self.kv.put(META, self._meta)
+        if self.config.late == "dead_letter":
+            raise PermanentError(
+                f"late: its time {iso(t)} is behind the watermark {iso(self._meta['wm'])}"
+                " and its windows are closed"
+            )
+        return []
+
+    def _event_time(self, flowfile: FlowFile, obj: Any) -> int:
+        if self._time_path is not None:
+            value = lookup(obj, self._time_path)
+            if value is MISSING:
+                raise PermanentError(f"the time field {self.config.time_field!r} is missing")
+            return parse_time(value)
+        name = self.config.time_attribute or ""
+        text = flowfile.attributes.get(name)
+        if text is None:
+            raise PermanentError(f"the time attribute {name!r} is missing")
+        return parse_time(text)
+
+    def _new_acc(self, group: str, start: int, end: int, flowfile: FlowFile) -> dict[str, Any]:
+        return {
+            "g": group,
+            "s": start,
+            "e": end,
+            "n": 0,
+            "t": flowfile.topic,
+            "i": [],
+            "li": "",
+            "f": {path: new_stats(self._keep[path]) for path, _ in self._fields},
+        }
+
+    def _add(self, acc: dict[str, Any], flowfile: FlowFile, t: int, values: list[Any]) -> None:
+        acc["n"] += 1
+        if len(acc["i"]) < LINEAGE_MAX:
+            acc["i"].append(flowfile.id)
+        acc["li"] = flowfile.id
+        stats = acc["f"]
+        most = self.config.max_values
+        for (path, _), v in zip(self._fields, values, strict=True):
+            if v is not None:
+                add_value(stats[path], v, t, most)
+
+    def _add_timed(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
+        kv = self.kv
+        assert kv is not None
+        wm = self._meta["wm"] if self._event else None
+        size, every = self._size, self._every
+        start = t - t % every
+        placed = False
+        while start > t - size:
+            end = start + size
+            if wm is None or end > wm:
+                key = f"{start}|{group}"
+                acc = kv.get(key)
+                if acc is None:
+                    acc = self._new_acc(group, start, end, flowfile)
+                    heapq.heappush(self._heap, (end, start, group, key))
+                self._add(acc, flowfile, t, values)
+                kv.put(key, acc)
+                placed = True
+            start -= every
+        return placed
+
+    def _add_session(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
+        kv = self.kv
+        assert kv is not None
+        gap = self._gap
+        wm = self._meta["wm"] if self._event else None
+        if wm is not None and t + gap <= wm:
+            return False
+        keys = self._sessions.setdefault(group, [])
+        near = [k for k in keys if k in kv and kv.get(k)["s"] - gap <= t < kv.get(k)["e"]]
+        acc = self._new_acc(group, t, t + gap, flowfile)
+        for k in near:
+            other = kv.get(k)
+            acc = self._merge(other, acc) if other["s"] <= acc["s"] else self._merge(acc, other)
+            kv.delete(k)
+        self._add(acc, flowfile, t, values)
+        acc["s"] = min(acc["s"], t)
+        acc["e"] = max(acc["e"], t + gap)
+        key = f"{acc['s']}|{group}"
+        self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
+        kv.put(key, acc)
+        heapq.heappush(self._heap, (acc["e"], acc["s"], group, key))
+        return True
+
+    def _merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        most = self.config.max_values
+        ids = (a["i"] + b["i"])[:LINEAGE_MAX]
+        return {
+            "g": a["g"],
+            "s": min(a["s"], b["s"]),
+            "e": max(a["e"], b["e"]),
+            "n": a["n"] + b["n"],
+            "t": a["t"],
+            "i": ids,
+            "li": b["li"] or a["li"],
+            "f": {p: merge_stats(a["f"][p], b["f"][p], most) for p in a["f"]},
+        }
+
+    def _add_count(
+        self, group: str, flowfile: FlowFile, t: int, values: list[Any]
+    ) -> list[FlowFile]:
+        kv = self.kv
+        assert kv is not None
+        c = self.config
+        assert c.count is not None
+        key = f"c|{group}"
+        acc = kv.get(key)
+        if c.slide is None or c.slide == c.count:
+            if acc is None:
+                acc = self._new_acc(group, t, t, flowfile)
+                acc["w"] = 0
+            elif acc["n"] == 0:
+                acc["s"] = acc["e"] = t
+                acc["t"] = flowfile.topic
+            self._add(acc, flowfile, t, values)
+            acc["s"], acc["e"] = min(acc["s"], t), max(acc["e"], t)
+            if acc["n"] < c.count:
+                kv.put(key, acc)
+                return []
+            done = self._emit(acc)
+            fresh = self._new_acc(group, t, t, flowfile)
+            fresh["w"] = acc["w"] + 1
+            kv.put(key, fresh)
+            return [done]
+        # sliding: the last `count` readings, emitted every `slide`
+        if acc is None:
+            acc = {"g": group, "w": 0, "k": 0, "buf": [], "f": {}}
+        acc["buf"].append([t, values, flowfile.id, flowfile.topic])
+        if len(acc["buf"]) > c.count:
+            del acc["buf"][0]
+        acc["k"] += 1
+        out = []
+        if acc["k"] >= c.slide:
+            acc["k"] = 0
+            out.append(self._emit(self._from_buffer(acc)))
+            acc["w"] += 1
+        kv.put(key, acc)
+        return out
+
+    def _from_buffer(self, acc: dict[str, Any]) -> dict[str, Any]:
+        buf = acc["buf"]
+        first = buf[0]
+        ff = FlowFile(first[2], first[3], {}, b"", 0)
+        window = self._new_acc(acc["g"], min(r[0] for r in buf), max(r[0] for r in buf), ff)
+        window["w"] = acc["w"]
+        for t, values, fid, topic in buf:
+            self._add(window, FlowFile(fid, topic, {}, b"", 0), t, values)
+        return window
+
+    # -- output -------------------------------------------------------------------------
+
+    def _close_until(self, wm: int) -> list[FlowFile]:
+        heap = self._heap
+        kv = self.kv
+        assert kv is not None
+        out = []
+        while heap and heap[0][0] <= wm:
+            end, _start, group, key = heapq.heappop(heap)
+            acc = kv.get(key)
+            if acc is None or acc["e"] != end:
+                continue  # evicted, or a session that grew since
+            out.append(self._emit(acc))
+            kv.delete(key)
+            if self.config.kind == "session":
+                keys = self._sessions.get(group)
+                if keys is not None and key in keys:
+                    keys.remove(key)
+                    if not keys:
+                        del self._sessions[group]
+        return out
+
+    def _emit(self, acc: dict[str, Any], early: bool = False) -> FlowFile:
+        body: dict[str, Any] = {
+            "group": acc["g"],
+            "start": iso(acc["s"]),
+            "end": iso(acc["e"]),
+            "count": acc["n"],
+        }
+        for path, _ in self._fields:
+            body[path] = results(acc["f"][path], self._names[path])
+        if early:
+            body["early"] = True
+        ids = acc["i"]
+        lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
+        topic = self._topic(acc["t"], acc["g"])
+        return FlowFile(
+            self._id(acc),
+            topic,
+            {"window.inputs": str(acc["n"])},
+            encode(body),
+            self.ctx.clock.now_ns(),
+            lineage,
+        )
+
+    def _topic(self, topic: str, group: str) -> str:
+        levels = topic.split("/")
+
+        def fill(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name == "topic":
+                return topic
+            if name == "group":
+                return group
+            n = int(name[6:])
+            if -len(levels) <= n < len(levels):
+                return levels[n]
+            raise PermanentError(f"the topic {topic!r} has no level {n} for {self.config.topic!r}")
+
+        text = _PLACEHOLDER.sub(fill, self.config.topic)
+        problem = validate_topic(text)
+        if problem:
+            raise PermanentError(f"topic {text!r} made from {self.config.topic!r}: {problem}")
+        return text
+
+    def _id(self, acc: dict[str, Any]) -> str:
+        """A UUID-shaped id made from the window (time-ordered by its end), so the same
+        window emitted again after a restart has the same id."""
+        what = f"{self.ctx.name}\0{acc['g']}\0{acc['s']}\0{acc['e']}\0{acc.get('w', '')}"
+        h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
+        ms = max(acc["e"], 0) // 1_000_000
+        return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"
+
+
+def _p(spec: str) -> float | None:
+    m = _PERCENTILE.match(spec)
+    return float(m.group(1)) if m else None
+
+
+def _grouper(group_by: str | None) -> Any:
+    if group_by is None:
+        return lambda ff, obj: ""
+    if group_by == "topic":
+        return lambda ff, obj: ff.topic
+    if group_by.startswith("topic."):
+        n = int(group_by[6:])
+
+        def level(ff: FlowFile, obj: Any) -> str:
+            levels = ff.topic.split("/")
+            if -len(levels) <= n < len(levels):
+                return levels[n]
+            raise PermanentError(f"the topic {ff.topic!r} has no level {n} to group by")
+
+        return level
+    parts = _split(group_by[6:])
+
+    def by_field(ff: FlowFile, obj: Any) -> str:
+        v = lookup(obj, parts)
+        if v is MISSING:
+            raise PermanentError(f"the group_by field {group_by[6:]!r} is missing")
+        return v if type(v) is str else encode(v).decode()
+
+    return by_field

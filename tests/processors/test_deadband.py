@@ -1,0 +1,64 @@
+"""The deadband processor: absolute and percent bands, heartbeat by timer, state restore."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context
+from gateway.core.flowfile import FlowFile
+from gateway.processors.deadband import DeadbandProcessor
+from tests.processors.test_window import FakeClock, S
+
+pytestmark = pytest.mark.unit
+
+
+def make(config: dict[str, Any], clock: FakeClock) -> DeadbandProcessor:
+    problems = Problems()
+    cfg = build_component("processor", {"type": "deadband", **config}, ("p",), problems)
+    assert not problems.items, problems.items
+    return DeadbandProcessor(cfg, Context("r.0", "processor", clock=clock))
+
+
+def passed(p: DeadbandProcessor, topic: str, **fields: Any) -> bool:
+    return bool(p.process(FlowFile.create(topic, json.dumps(fields).encode())))
+
+
+def test_absolute_and_percent_bands_per_field_and_topic() -> None:
+    p = make({"fields": {"t": {"absolute": 0.5}, "h": {"percent": 10}}}, FakeClock())
+    assert passed(p, "a", t=20.0, h=50)  # first reading
+    assert not passed(p, "a", t=20.4, h=54)
+    assert passed(p, "a", t=20.6, h=50)  # t moved 0.6 from the last sent (20.0)
+    assert not passed(p, "a", t=20.9, h=54.9)
+    assert passed(p, "a", t=20.9, h=55.1)  # h moved more than 10 % of 50
+    assert passed(p, "b", t=20.9, h=55.1), "another topic has its own last values"
+    assert not passed(p, "a", other=1), "no configured field: nothing moved"
+
+
+def test_heartbeat_sends_the_last_reading_again_after_the_silence() -> None:
+    clock = FakeClock()
+    p = make({"fields": {"t": {"absolute": 1}}, "heartbeat": "1m"}, clock)
+    assert passed(p, "a", t=1)
+    clock.ns += 30 * S
+    assert not passed(p, "a", t=1.5)
+    assert p.tick(clock.ns) == []
+    clock.ns += 31 * S
+    [beat] = p.tick(clock.ns)
+    assert beat.topic == "a" and json.loads(beat.content) == {"t": 1.5}
+    assert p.tick(clock.ns + S) == [], "the silence starts again"
+
+
+def test_a_restart_from_the_checkpoint_keeps_the_last_values() -> None:
+    clock = FakeClock()
+    p = make({"fields": {"t": {"absolute": 1}}}, clock)
+    assert passed(p, "a", t=1)
+    assert p.kv is not None
+    rows = [(k, s, v) for k, s, v in p.kv.changes() if v is not None]
+    again = make({"fields": {"t": {"absolute": 1}}}, clock)
+    assert again.kv is not None
+    again.kv.restore(rows)
+    again.restored()
+    assert not passed(again, "a", t=1.5)

@@ -1,0 +1,462 @@
+"""The window processor against a straightforward reference computation (hypothesis).
+
+The reference keeps, for each window, the plain list of its readings and computes
+every aggregate from that list with the statistics module; it simulates the
+watermark only to know which readings are late and which sessions are closed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.clock import Clock
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError
+from gateway.core.flowfile import FlowFile
+from gateway.processors.window import WindowProcessor, iso
+
+pytestmark = pytest.mark.unit
+
+S = 1_000_000_000
+AGGS = ["count", "sum", "avg", "min", "max", "first", "last", "stddev", "median"]
+AGGS += ["percentile(90)", "rate"]
+BASE = 1_700_000_000 * S  # event times near 2023, in ns
+
+
+class FakeClock(Clock):
+    def __init__(self) -> None:
+        self.ns = BASE
+        self.mono = 1000.0
+
+    def now_ns(self) -> int:
+        return self.ns
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+def make(config: dict[str, Any], clock: Clock | None = None) -> WindowProcessor:
+    problems = Problems()
+    cfg = build_component("processor", {"type": "window", **config}, ("p",), problems)
+    assert not problems.items, problems.items
+    return WindowProcessor(cfg, Context("r.0", "processor", clock=clock or FakeClock()))
+
+
+def reading(t_ns: int, group: str, value: int | None) -> FlowFile:
+    body: dict[str, Any] = {"ts": t_ns / S}
+    if value is not None:
+        body["v"] = value
+    return FlowFile.create(f"dev/{group}", json.dumps(body).encode())
+
+
+def outputs(flowfiles: list[FlowFile]) -> list[dict[str, Any]]:
+    return [json.loads(ff.content) for ff in flowfiles]
+
+
+def expected(group: str, start: int, end: int, rows: list[tuple[int, int | None]]) -> dict:
+    """One window's output computed from its readings (time, value)."""
+    values = [v for _, v in rows if v is not None]
+    timed = sorted(((t, v) for t, v in rows if v is not None), key=lambda r: r[0])
+    stats: dict[str, Any] = {"count": len(values)}
+    if values:
+        span = (timed[-1][0] - timed[0][0]) / S
+        stats.update(
+            sum=sum(values),
+            avg=sum(values) / len(values),
+            min=min(values),
+            max=max(values),
+            first=timed[0][1],
+            last=timed[-1][1],
+            stddev=statistics.pstdev(values),
+            median=statistics.median(values),
+            p90=values[0]
+            if len(values) == 1
+            else statistics.quantiles(values, n=10, method="inclusive")[8],
+            rate=(timed[-1][1] - timed[0][1]) / span if span > 0 else None,
+        )
+    else:
+        stats.update({k: None for k in AGGS[1:-2]}, p90=None, rate=None)
+    return {
+        "group": f"dev/{group}",
+        "start": iso(start),
+        "end": iso(end),
+        "count": len(rows),
+        "v": stats,
+    }
+
+
+def same(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    if set(got) != set(want):
+        return False
+    for key, w in want.items():
+        g = got[key]
+        if isinstance(w, dict):
+            if not same(g, w):
+                return False
+        elif isinstance(w, float) or isinstance(g, float):
+            if g is None or w is None or not math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6):
+                return False
+        elif g != w:
+            return False
+    return True
+
+
+def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    key = lambda o: (o["end"], o["start"], o["group"])  # noqa: E731
+    got, want = sorted(got, key=key), sorted(want, key=key)
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want, strict=True):
+        assert same(g, w), (g, w)
+
+
+# Readings: distinct event times (ties in first/last are by arrival, not compared here),
+# in any order, over a few groups, some without the field.
+events = st.lists(
+    st.tuples(
+        st.integers(0, 600_000),  # ms after BASE
+        st.sampled_from("abc"),
+        st.one_of(st.none(), st.integers(-1000, 1000)),
+    ),
+    min_size=1,
+    max_size=60,
+    unique_by=lambda e: e[0],
+)
+
+
+def reference_timed(
+    evs: list[tuple[int, str, int | None]], size: int, every: int, lateness: int
+) -> tuple[list[dict[str, Any]], int]:
+    windows: dict[tuple[str, int], list[tuple[int, int | None]]] = {}
+    wm: int | None = None
+    mx: int | None = None
+    late = 0
+    for t, g, v in evs:
+        aligned = t - t % every  # windows start at multiples of `every` since the epoch
+        starts = [aligned - k * every for k in range(size // every + 2)]
+        starts = [s for s in starts if s <= t < s + size]
+        open_ = [s for s in starts if wm is None or s + size > wm]
+        if not open_:
+            late += 1
+            continue
+        for s in open_:
+            windows.setdefault((g, s), []).append((t, v))
+        if mx is None or t > mx:
+            mx = t
+            wm = t - lateness if wm is None else max(wm, t - lateness)
+    return [expected(g, s, s + size, rows) for (g, s), rows in windows.items()], late
+
+
+def run(processor: WindowProcessor, evs: list[tuple[int, str, int | None]]) -> list[FlowFile]:
+    out = []
+    for t, g, v in evs:
+        out.extend(processor.process(reading(t, g, v)))
+    return out
+
+
+def flush(processor: WindowProcessor, clock: FakeClock) -> list[FlowFile]:
+    """Data stops: the idle timer moves the watermark on and closes everything."""
+    clock.mono += 10_000
+    return processor.tick(clock.ns)
+
+
+def assert_in_order(out: list[FlowFile]) -> None:
+    ends = [(o["end"], o["start"]) for o in outputs(out)]
+    assert ends == sorted(ends)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    evs=events,
+    kind=st.sampled_from(["tumbling", "hopping"]),
+    size_s=st.sampled_from([10, 60, 90]),
+    hops=st.sampled_from([1, 2, 3]),
+    lateness_s=st.sampled_from([0, 5, 30]),
+)
+def test_time_windows_match_the_reference(
+    evs: list[tuple[int, str, int | None]], kind: str, size_s: int, hops: int, lateness_s: int
+) -> None:
+    evs = [(BASE + ms * 1_000_000, g, v) for ms, g, v in evs]
+    size = size_s * S
+    every = size // hops if kind == "hopping" else size
+    config = {
+        "kind": kind,
+        "size": size_s,
+        "time": "event",
+        "time_field": "ts",
+        "allowed_lateness": lateness_s,
+        "group_by": "topic",
+        "aggregates": {"v": AGGS},
+    }
+    if kind == "hopping":
+        config["every"] = size_s / hops
+    clock = FakeClock()
+    processor = make(config, clock)
+    out = run(processor, evs) + flush(processor, clock)
+    want, late = reference_timed(evs, size, every, lateness_s * S)
+    assert_same(outputs(out), want)
+    assert processor.late == late
+    assert_in_order(out)
+    assert processor.kv is not None and len(processor.kv) <= 1  # only the watermark is left
+
+
+def reference_sessions(
+    evs: list[tuple[int, str, int | None]], gap: int, lateness: int
+) -> tuple[list[dict[str, Any]], int]:
+    open_: dict[str, list[list[tuple[int, int | None]]]] = {}
+    done: list[dict[str, Any]] = []
+    wm: int | None = None
+    mx: int | None = None
+    late = 0
+
+    def span(rows: list[tuple[int, int | None]]) -> tuple[int, int]:
+        return min(t for t, _ in rows), max(t for t, _ in rows) + gap
+
+    for t, g, v in evs:
+        if wm is not None and t + gap <= wm:
+            late += 1
+            continue
+        sessions = open_.setdefault(g, [])
+        near = [s for s in sessions if span(s)[0] - gap <= t < span(s)[1]]
+        merged = [(t, v)] + [row for s in near for row in s]
+        open_[g] = [s for s in sessions if s not in near] + [merged]
+        if mx is None or t > mx:
+            mx = t
+            wm = t - lateness if wm is None else max(wm, t - lateness)
+            for group, ss in open_.items():
+                for s in [s for s in ss if span(s)[1] <= wm]:
+                    ss.remove(s)
+                    done.append(expected(group, *span(s), s))
+    for group, ss in open_.items():
+        done.extend(expected(group, *span(s), s) for s in ss)
+    return done, late
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(evs=events, gap_s=st.sampled_from([5, 30, 120]), lateness_s=st.sampled_from([0, 10]))
+def test_session_windows_match_the_reference(
+    evs: list[tuple[int, str, int | None]], gap_s: int, lateness_s: int
+) -> None:
+    evs = [(BASE + ms * 1_000_000, g, v) for ms, g, v in evs]
+    config = {
+        "kind": "session",
+        "gap": gap_s,
+        "time": "event",
+        "time_field": "ts",
+        "allowed_lateness": lateness_s,
+        "group_by": "topic",
+        "aggregates": {"v": AGGS},
+    }
+    clock = FakeClock()
+    processor = make(config, clock)
+    out = run(processor, evs) + flush(processor, clock)
+    want, late = reference_sessions(evs, gap_s * S, lateness_s * S)
+    assert_same(outputs(out), want)
+    assert processor.late == late
+    assert_in_order(out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(evs=events, n=st.integers(1, 7), slide=st.one_of(st.none(), st.integers(1, 7)))
+def test_count_windows_match_the_reference(
+    evs: list[tuple[int, str, int | None]], n: int, slide: int | None
+) -> None:
+    if slide is not None and slide > n:
+        slide = n
+    evs = [(BASE + ms * 1_000_000, g, v) for ms, g, v in evs]
+    config: dict[str, Any] = {"kind": "count", "count": n, "group_by": "topic"}
+    config["time"] = "event"
+    config["time_field"] = "ts"
+    config["aggregates"] = {"v": AGGS}
+    if slide is not None:
+        config["slide"] = slide
+    processor = make(config)
+    got = outputs(run(processor, evs))
+    want = []
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    for t, g, v in evs:
+        rows = seen.setdefault(g, [])
+        rows.append((t, v))
+        if slide is None or slide == n:
+            if len(rows) == n:
+                want.append(expected(g, min(r[0] for r in rows), max(r[0] for r in rows), rows))
+                rows.clear()
+        elif (sum(1 for e in evs[: evs.index((t, g, v)) + 1] if e[1] == g)) % slide == 0:
+            last = rows[-n:]
+            want.append(expected(g, min(r[0] for r in last), max(r[0] for r in last), last))
+    assert_same(got, want)
+
+
+class Store:
+    """What the store keeps of a processor's state: the changes of every commit."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[int, bytes]] = {}
+
+    def commit(self, processor: WindowProcessor) -> None:
+        assert processor.kv is not None
+        for key, seq, value in processor.kv.changes():
+            if value is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = (seq, value)
+
+    def restore(self, processor: WindowProcessor) -> None:
+        assert processor.kv is not None
+        processor.kv.restore([(k, s, v) for k, (s, v) in self.rows.items()])
+        processor.restored()
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    evs=events,
+    kind=st.sampled_from(["tumbling", "hopping", "session", "count"]),
+    cut=st.integers(0, 60),
+    batch=st.integers(1, 5),
+)
+def test_a_restart_from_the_checkpoint_gives_the_same_outputs(
+    evs: list[tuple[int, str, int | None]], kind: str, cut: int, batch: int
+) -> None:
+    evs = [(BASE + ms * 1_000_000, g, v) for ms, g, v in evs]
+    config: dict[str, Any] = {
+        "kind": kind,
+        "time": "event",
+        "time_field": "ts",
+        "allowed_lateness": 5,
+        "group_by": "topic.1",
+        "aggregates": {"v": AGGS},
+    }
+    config.update(
+        {
+            "tumbling": {"size": 60},
+            "hopping": {"size": 60, "every": 20},
+            "session": {"gap": 30},
+            "count": {"count": 3, "slide": 2},
+        }[kind]
+    )
+    clock = FakeClock()
+    whole = make(config, clock)
+    want = run(whole, evs) + flush(whole, clock)
+
+    # the same readings in commits of `batch`; killed after the commit holding `cut`
+    store = Store()
+    first = make(config, clock)
+    cut = min(cut, len(evs))
+    cut -= cut % batch
+    got = []
+    for i in range(0, cut, batch):
+        got.extend(run(first, evs[i : i + batch]))
+        store.commit(first)
+    first.process(reading(*evs[cut])) if cut < len(evs) else None  # lost: never committed
+    second = make(config, clock)
+    store.restore(second)
+    got += run(second, evs[cut:]) + flush(second, clock)
+    assert [ff.id for ff in got] == [ff.id for ff in want]
+    assert [ff.content for ff in got] == [ff.content for ff in want]
+
+
+def test_processing_time_windows_close_by_timer_without_new_data() -> None:
+    clock = FakeClock()
+    processor = make(
+        {"kind": "tumbling", "size": "10s", "aggregates": {"v": ["count", "max"]}}, clock
+    )
+    start = BASE - BASE % (10 * S)
+    clock.ns = start + 1 * S
+    assert processor.process(FlowFile.create("t", b'{"v": 1}')) == []
+    clock.ns = start + 9 * S
+    assert processor.process(FlowFile.create("t", b'{"v": 5}')) == []
+    assert processor.tick(start + 9 * S) == []
+    clock.ns = start + 10 * S
+    [out] = processor.tick(clock.ns)
+    assert json.loads(out.content) == {
+        "group": "",
+        "start": iso(start),
+        "end": iso(start + 10 * S),
+        "count": 2,
+        "v": {"count": 2, "max": 5},
+    }
+    assert out.topic == "t/agg"
+    assert out.attributes == {"window.inputs": "2"}
+    assert processor.tick(clock.ns + 60 * S) == []
+
+
+def test_late_readings_are_counted_and_dead_lettered_when_asked() -> None:
+    processor = make(
+        {
+            "kind": "tumbling",
+            "size": "1m",
+            "time": "event",
+            "time_field": "ts",
+            "late": "dead_letter",
+            "aggregates": {"v": ["count"]},
+        }
+    )
+    processor.process(reading(BASE + 200 * S, "a", 1))
+    with pytest.raises(PermanentError, match="late: its time"):
+        processor.process(reading(BASE, "a", 1))
+    assert processor.late == 1
+
+
+def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
+    processor = make(
+        {
+            "kind": "tumbling",
+            "size": "1h",
+            "group_by": "field.id",
+            "max_state": 8192,
+            "aggregates": {"v": ["count"]},
+        }
+    )
+    out = []
+    for i in range(100):
+        out += processor.process(FlowFile.create("t", json.dumps({"id": i, "v": 1}).encode()))
+    assert out, "no window closed early"
+    bodies = outputs(out)
+    assert all(b["early"] for b in bodies)
+    assert bodies[0]["group"] == "0"  # the oldest first
+    assert processor.kv is not None and processor.kv.bytes <= 8192
+    assert processor.kv.evicted == len(out)
+
+
+def test_output_ids_are_the_same_for_the_same_window() -> None:
+    def once() -> list[str]:
+        clock = FakeClock()
+        p = make(
+            {
+                "kind": "tumbling",
+                "size": "1m",
+                "time": "event",
+                "time_field": "ts",
+                "aggregates": {"v": ["sum"]},
+            },
+            clock,
+        )
+        return [ff.id for ff in run(p, [(BASE, "a", 1), (BASE + 120 * S, "a", 2)])]
+
+    first, second = once(), once()
+    assert first == second and len(first) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"kind": "tumbling", "aggregates": {"v": ["avg"]}}, "a tumbling window needs size"),
+        ({"kind": "hopping", "size": 60, "aggregates": {"v": ["avg"]}}, "needs every"),
+        ({"size": 60, "aggregates": {"v": ["mean"]}}, "unknown aggregate 'mean'"),
+        ({"size": 60, "aggregates": {"v": ["percentile(101)"]}}, "unknown aggregate"),
+        ({"size": 60, "time": "event", "aggregates": {"v": ["avg"]}}, "needs one of time_field"),
+        ({"size": 60, "topic": "{nope}/x", "aggregates": {"v": ["avg"]}}, "unknown placeholder"),
+        ({"size": 60, "group_by": "device", "aggregates": {"v": ["avg"]}}, "must be topic"),
+    ],
+)
+def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:
+    problems = Problems()
+    build_component("processor", {"type": "window", **config}, ("p",), problems)
+    assert any(message in m for _, m in problems.items), problems.items
