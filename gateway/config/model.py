@@ -655,6 +655,10 @@ class SourceConfig:
     type: Annotated[str, Doc("The kind of source.")]
 
 
+def _schedule_problem(value: str | None) -> str | None:
+    return None if value is None else cron_problem(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleKeys:
     """The keys of a polled source's schedule (`interval` is the source's own key)."""
@@ -667,7 +671,7 @@ class ScheduleKeys:
             " used. Default: none, poll every `interval`.",
             example="*/5 * * * *",
         ),
-        Valid(lambda v: None if v is None else cron_problem(v)),
+        Valid(_schedule_problem),
     ] = None
     jitter: Annotated[
         Duration,

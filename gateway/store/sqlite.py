@@ -14,7 +14,7 @@ Tables
                 (a row found corrupt loses the bit of the sink that read it)
   sinks         name -> bit and cursor (the last seq delivered or skipped)
   dead_letters  FlowFiles that can never be delivered, with the reason
-  state         processor state and source positions, by component name
+  state         processor state, by component name
   inbound       (source, slot) -> digest of the last committed message and its
                 number among that source's messages, used to recognise a broker's
                 redelivery of a message already stored
@@ -24,6 +24,8 @@ Tables
                 times in a row its ids moved forward, and whether it ever reused one
   inbound_numbered  per source: how many messages with a packet id it committed
                 (QoS 1 and 2: both use up ids; QoS 2 ones leave no `inbound` row)
+  positions     per source: where it stopped reading (a database cursor, a stream
+                entry id), written with the commit of the data it read up to there
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ CREATE TABLE IF NOT EXISTS alert_events (
     at REAL NOT NULL,
     body TEXT NOT NULL,
     pending TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY,
+    position BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
@@ -407,6 +413,7 @@ class Batch:
     state: dict[str, bytes | None]
     inbound: list[tuple[str, int, bytes]]
     replayed: list[int] = field(default_factory=list)
+    positions: dict[str, bytes] = field(default_factory=dict)  # source -> its new position
 
 
 CRC_V2 = 1 << 32  # marks a checksum that covers the sinks mask and size too
@@ -1008,6 +1015,12 @@ class Store:
                     list(batch.state.items()),
                 )
             self._write_marks_sync(db, marks)
+            if batch.positions:
+                db.executemany(
+                    "INSERT INTO positions (source, position) VALUES (?, ?)"
+                    " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                    list(batch.positions.items()),
+                )
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
@@ -1539,6 +1552,15 @@ class Store:
             lambda: self._db.execute("SELECT name, value FROM state").fetchall()  # type: ignore[union-attr]
         )
         return {name: value for name, value in rows if value is not None}
+
+    async def position(self, source: str) -> bytes | None:
+        """The position last committed for `source` (see `Batch.positions`), or None."""
+        rows = await self._call(
+            lambda: self._db.execute(  # type: ignore[union-attr]
+                "SELECT position FROM positions WHERE source = ?", (source,)
+            ).fetchall()
+        )
+        return bytes(rows[0][0]) if rows else None
 
     async def dead_letters(self, limit: int) -> list[DeadLetterSummary]:
         """The newest `limit` dead letters, newest first (the status API)."""
