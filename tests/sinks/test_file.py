@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import csv
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -106,7 +106,8 @@ async def test_text_that_is_not_json_is_written_as_text_and_other_bytes_as_base6
 
 
 async def test_appends_and_redelivery_repeats_lines(tmp_path: Path) -> None:
-    """At least once: the same batch written twice appears twice (readers dedupe on id)."""
+    """Within one run the same batch written twice appears twice (a reopened sink leaves
+    out only what is at the end of its file: see the test of a restart below)."""
     sink = make_sink(tmp_path, path="out/telemetry.jsonl")
     batch = [flowfile(b'{"n": 1}'), flowfile(b'{"n": 2}')]
     await sink.write(batch)  # opens the file itself when connect() was not called
