@@ -7,22 +7,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.config.load import load_data
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.engine.pipeline import Engine
 from gateway.registry import find
-from gateway.store.sqlite import Store
 from tests.servers import free_port
 from tests.sinks.contract import unique_name
+from tests.sources.engine_run import lines, stop, until
 
 pytestmark = pytest.mark.integration
 
@@ -69,68 +67,6 @@ class Db:
 def db(request: pytest.FixtureRequest) -> Db:
     server = request.getfixturevalue("mariadb" if request.param == "mysql" else "postgres")
     return Db(request.param, server)
-
-
-def config_for(tmp_path: Path, source: dict[str, Any]) -> Any:
-    return load_data(
-        {
-            "gateway": {"id": "t", "data_dir": str(tmp_path)},
-            "buffer": {"batch_linger": "0s"},
-            "sources": {"rows": source},
-            "routes": {"all": {"match": ["#"], "sinks": ["out"]}},
-            "sinks": {"out": {"type": "file", "path": "out.jsonl", "batch": {"linger": "0s"}}},
-            "web": {"enabled": False},
-        },
-        environ={},
-    )
-
-
-def lines(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "out.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-async def until(check: Callable[[], bool]) -> None:
-    """Let the loop run until `check` holds (a guard, not a measurement: 30 s)."""
-    async with asyncio.timeout(30):
-        while not check():  # noqa: ASYNC110 - checks over files and fields, no event
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def run_engine(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """`engine = await run_engine(source_keys)`, and `await stop()` on it; a store that
-    stays in tmp_path across engines, as across restarts."""
-    running: list[tuple[Engine, asyncio.Future[None], Store]] = []
-
-    async def start(source: dict[str, Any]) -> Engine:
-        store = Store(tmp_path / "store.db")
-        await store.open(["out"])
-        engine = Engine(config_for(tmp_path, source), store)
-        task = asyncio.ensure_future(engine.run())
-        await engine.ready.wait()
-        running.append((engine, task, store))
-        STOPS[id(engine)] = task
-        return engine
-
-    yield start
-    for engine, task, store in running:
-        if not task.done():
-            engine.stop()
-            await task
-            await store.close()
-
-
-STOPS: dict[int, asyncio.Future[None]] = {}
-
-
-async def stop(engine: Engine) -> None:
-    """Stop as the gateway does on SIGTERM: what was read is committed first."""
-    engine.stop()
-    await STOPS.pop(id(engine))
-    await engine.store.close()
 
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
