@@ -155,7 +155,8 @@ class FileSinkConfig(SinkConfig):
         Literal["jsonl", "csv"],
         Doc(
             "`jsonl`: one JSON object per line (id, topic, ts, attributes, payload);"
-            " `csv`: a header line, then one line per FlowFile with `columns`."
+            " `csv`: a header line, then one line per FlowFile with `columns`.",
+            example="csv",
         ),
     ] = "jsonl"
     columns: Annotated[
