@@ -16,6 +16,7 @@ BENCHES = [
     "memory.py",
     "reload.py",
     "window.py",
+    "sources.py",
 ]
 
 

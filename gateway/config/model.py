@@ -28,6 +28,7 @@ from gateway.config.schema import (
     mask_password,
 )
 from gateway.core.errors import ConfigError
+from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter
 
 Overflow = Literal["drop_oldest", "block"]
@@ -720,3 +721,48 @@ class SourceConfig:
     """Keys every source shares; each source's config extends this class."""
 
     type: Annotated[str, Doc("The kind of source.")]
+
+
+def _schedule_problem(value: str | None) -> str | None:
+    return None if value is None else cron_problem(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleKeys:
+    """The keys of a polled source's schedule (`interval` is the source's own key)."""
+
+    schedule: Annotated[
+        str | None,
+        Doc(
+            "A cron schedule in UTC (`minute hour day month weekday`, an optional 6th field"
+            " for seconds) at whose times the source polls; when set, `interval` is not"
+            " used. Default: none, poll every `interval`.",
+            example="*/5 * * * *",
+        ),
+        Valid(_schedule_problem),
+    ] = None
+    jitter: Annotated[
+        Duration,
+        Doc(
+            "Delay each poll by a random time up to this, so that many gateways on one"
+            " schedule do not query the same server at the same instant (default: 0s).",
+            example="5s",
+        ),
+        Range(0, message="must not be negative"),
+    ] = 0.0
+    missed: Annotated[
+        Literal["skip", "catch_up"],
+        Doc(
+            "What to do when poll times passed without a poll (a poll slower than the"
+            " interval, intake blocked by a full buffer, the clock jumping forward):"
+            " `skip` waits for the next time ahead; `catch_up` polls once at once for all"
+            " of them, then keeps to the schedule. Missed times are counted in"
+            " `missed_runs` in /api/status."
+        ),
+    ] = "skip"
+
+    def poll_schedule(self, interval: float) -> Schedule:
+        """The runtime schedule of these keys with the source's `interval`."""
+        return Schedule(
+            interval=interval, cron=self.schedule, jitter=self.jitter, missed=self.missed
+        )

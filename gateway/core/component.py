@@ -9,13 +9,14 @@ work; the engine owns backoff, scheduling, metrics, acks and dead letters.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.flowfile import FlowFile
 from gateway.core.histogram import Buckets
+from gateway.core.schedule import Schedule
 from gateway.core.state import State
 
 
@@ -70,6 +71,10 @@ class NoMarks:
         self._held.clear()
 
 
+async def _no_position() -> bytes | None:
+    return None
+
+
 @dataclass
 class Context:
     """What a component gets from the engine: its name, a logger and a clock."""
@@ -87,6 +92,8 @@ class Context:
     mqtt_keepalive: float = 30.0
     log: ComponentLog = field(init=False)
     marks: InboundMarks = field(default_factory=NoMarks)
+    # The source position committed last with this source's data (see `Message.position`).
+    position: Callable[[], Awaitable[bytes | None]] = field(default=_no_position)
 
     def __post_init__(self) -> None:
         self.log = ComponentLog(
@@ -103,23 +110,32 @@ class Message(NamedTuple):
     redelivery of a message already stored is acknowledged without storing it
     twice (see `Context.marks`). `reject`, when set, sends the FlowFile
     straight to the dead-letter table with that reason (oversized, undecodable).
+    `position`, when set, is the source's position just after this message (a
+    database cursor, a stream entry id): the store keeps the last one of each
+    source with the commit holding the message, and `Context.position` reads it
+    back when the source starts again, so a restart neither misses nor repeats.
     """
 
     flowfile: FlowFile
     ack: Callable[[], None] | None = None
     dedupe: tuple[int, bytes] | None = None
     reject: str | None = None
+    position: bytes | None = None
 
 
 class Source:
     """Base for sources. Subclasses set `mode` and implement the matching calls.
 
-    mode "poll": the engine calls `poll()` every `interval` seconds.
+    mode "poll": the engine calls `poll_messages()` (by default: `poll()`) every
+    `interval` seconds, or at the times of `schedule` when the source sets one; while
+    `backlog` is True after a poll (a page limit was reached), it polls again at once.
     mode "stream": the engine loops on `read()`, which waits for the next batch.
     """
 
     mode: ClassVar[str] = "poll"
     interval: float = 1.0
+    schedule: Schedule | None = None
+    backlog: bool = False
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
     `edge_stream_source_dropped` in /metrics."""
@@ -134,6 +150,11 @@ class Source:
     async def poll(self) -> list[FlowFile]:
         """Read once (mode "poll")."""
         raise NotImplementedError
+
+    async def poll_messages(self) -> list[Message]:
+        """Read once (mode "poll"), as messages: a source that acks or keeps a position
+        overrides this instead of `poll`."""
+        return [Message(ff) for ff in await self.poll()]
 
     async def read(self) -> list[Message]:
         """Wait for and return the next batch (mode "stream")."""

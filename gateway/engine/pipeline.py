@@ -14,6 +14,7 @@ server) belong to `gateway.app`, so that a reload swaps engines under them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -146,6 +147,7 @@ class Engine:
         assert entry is not None
         ctx = self._context(name, "source")
         ctx.marks = self.store.marks(name)
+        ctx.position = functools.partial(self.store.position, name)
         source: Source = entry.cls(src_cfg, ctx)
         return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
 
@@ -459,9 +461,12 @@ class Engine:
         acks = []
         inbound = []
         dead: list[DeadLetter] = []
+        positions: dict[str, bytes] = {}
         for source, msg in items:
             if msg.ack is not None:
                 acks.append(msg.ack)
+            if msg.position is not None:
+                positions[source] = msg.position  # the last one of the batch stands
             if msg.dedupe is not None:
                 inbound.append((source, msg.dedupe[0], msg.dedupe[1]))
             if msg.reject is not None:
@@ -490,9 +495,9 @@ class Engine:
         rows = [(ff, mask) for ff, mask in out.values()]
         if direct:
             rows.extend(direct)
-        if not (items or rows or dead or state or kv or resets or replayed):
+        if not (items or rows or dead or state or kv or resets or replayed or positions):
             return  # a timer that closed nothing
-        batch = Batch(rows, dead, state, inbound, kv=kv, resets=resets or [])
+        batch = Batch(rows, dead, state, inbound, kv=kv, resets=resets or [], positions=positions)
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from itertools import repeat
 
 from gateway.config.model import RetrySettings, SinkConfig
@@ -23,6 +24,7 @@ from gateway.core.component import Message, Sink, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
+from gateway.core.schedule import WALL_CHECK_S, Schedule
 from gateway.engine.status import SinkStatus, SourceStatus
 from gateway.store.sqlite import DeadLetter, Store, StoreError
 
@@ -164,6 +166,21 @@ class SourceRunner:
         self.errors_by_kind: dict[str, int] = {}  # "retryable" | "permanent" -> count
         self.produced = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
+        self.schedule: Schedule | None = None  # a polled source's, once it polls
+
+    def _extra(self) -> Mapping[str, object]:
+        extra = self.source.status()
+        schedule = self.schedule
+        if schedule is None:
+            return extra
+        clock = self.clock
+        at = schedule.next_run_wall(clock.monotonic(), clock.now_ns() / 1e9)
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+        return {
+            **extra,
+            "next_run": when.replace("+00:00", "Z"),
+            "missed_runs": schedule.missed_runs,
+        }
 
     def status(self) -> SourceStatus:
         return SourceStatus(
@@ -172,7 +189,7 @@ class SourceRunner:
             errors=self.errors,
             last_error=self.last_error,
             dropped=self.source.dropped,
-            extra=self.source.status(),
+            extra=self._extra(),
             errors_by_kind=dict(self.errors_by_kind),
             histograms=self.source.histograms(),
             type=getattr(self.source.config, "type", ""),
@@ -218,20 +235,44 @@ class SourceRunner:
         except (RetryableError, PermanentError, OSError) as err:
             self.source.ctx.log.warning("close failed: %s", err)
 
+    def _schedule(self) -> Schedule:
+        return self.source.schedule or Schedule(interval=self.source.interval)
+
     async def _poll_loop(self) -> None:
-        interval = max(self.source.interval, 0.001)
         clock = self.clock
-        next_due = clock.monotonic()
+        schedule = self.schedule
+        if schedule is None:
+            schedule = self.schedule = self._schedule()
+            due = schedule.first(clock.monotonic(), clock.now_ns() / 1e9)
+        else:  # back after an error and the backoff: the run that failed goes again now
+            due = schedule.due = clock.now_ns() / 1e9 if schedule.wall else clock.monotonic()
         while True:
-            await self.gate.wait()
-            flowfiles = await self.source.poll()
-            self.produced += len(flowfiles)
-            await self.ingest.put(self.name, [Message(ff) for ff in flowfiles])
-            next_due += interval
-            now = clock.monotonic()
-            if next_due < now:  # fell behind (slow device): skip missed ticks, keep the rate
-                next_due = now + interval - (now - next_due) % interval
-            await clock.sleep(next_due - now)
+            await self._sleep_until(schedule, due)
+            while True:  # a source with a backlog (a page limit reached) goes on at once
+                await self.gate.wait()
+                messages = await self.source.poll_messages()
+                self.produced += len(messages)
+                await self.ingest.put(self.name, messages)
+                if not self.source.backlog:
+                    break
+            due = schedule.next(clock.monotonic(), clock.now_ns() / 1e9)
+
+    async def _sleep_until(self, schedule: Schedule, due: float) -> None:
+        """Sleep on the clock until `due`: monotonic seconds, or wall seconds for a cron
+        schedule, whose wall clock is read again at least every WALL_CHECK_S (it may
+        jump: NTP at boot on a board without an RTC)."""
+        clock = self.clock
+        while True:
+            if schedule.wall:
+                left = min(due - clock.now_ns() / 1e9, WALL_CHECK_S)
+            else:
+                left = due - clock.monotonic()
+            if left <= 0:
+                due = schedule.settle(clock.monotonic(), clock.now_ns() / 1e9)
+                if due <= (clock.now_ns() / 1e9 if schedule.wall else clock.monotonic()):
+                    return
+                continue
+            await clock.sleep(left)
 
     async def _read_loop(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Appends FlowFiles to a JSON Lines file, one object per line, with size-based rotation.
+"""Appends FlowFiles to a JSON Lines or CSV file, one per line, rotated by size and time.
 
 Each line reads
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
@@ -9,21 +9,41 @@ content is written under one of three keys, so that a reader gets every byte bac
   "payload_text": "21.5 C"        other content that is valid UTF-8 text, as a string
   "payload_base64": "/wA…"        any other bytes, base64-encoded (RFC 4648)
 
-Delivery is at least once: a batch is written with one append and, with
+`format: csv` writes a header line and then one line per FlowFile with the
+`columns` you name (default `id, topic, ts, payload`), each written `source`
+or `header: source` with these sources:
+  id, topic, ts, attributes, payload   as above (payload: the content as text, or
+                                       base64 when it is not UTF-8)
+  topic.N                              topic level N (negative counts from the end)
+  field.a.b                            a field of the JSON content (objects, lists
+                                       as JSON)
+  attributes.KEY                       one attribute
+A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
+break inside a value is written as the two characters `\n` (or `\r`), so that a
+line is always one FlowFile. A file whose header is not the configured one (the
+columns changed) is rotated away when the sink opens it.
+
+Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
-gateway stops between that and moving the sink's cursor, the batch is
-written again after the restart, so a reader may see the same `id` twice;
-de-duplicate on `id` if that matters. A line cut short by a power loss is
-removed when the sink next opens the file (that batch was not yet reported
-delivered, so it is written again in full).
+gateway stops between that and moving the sink's cursor, the batch comes
+again after the restart; the sink then reads the ids at the end of its file
+and leaves out the FlowFiles already there (in CSV, when `id` is one of the
+columns; without it, a reader may see a line twice). A line cut short by a
+power loss is removed when the sink next opens the file (that batch was not
+yet reported delivered, so it is written again in full).
 
 Keys
   type: file
   path: telemetry.jsonl    the file; a relative path is under gateway.data_dir
                            (default: <data_dir>/<sink name>.jsonl)
+  format: jsonl            or csv (default jsonl)
+  columns: [id, ts, device: field.device]   csv only: the columns, in order
   rotate_bytes: 64MiB      when a batch would take the file past this size, it is
                            renamed <path>.1 (older ones shift to .2 … .keep) and a
                            new file started; 0 never rotates (default 64MiB)
+  rotate_interval: 1h      also rotate a file this long after it was started (or
+                           opened, after a restart), at its next write; 0 never
+                           (default 0)
   keep: 5                  rotated files to keep; 0 keeps none (default 5)
   fsync: true              force each batch to disk before reporting it delivered
                            (default true; false is faster but an acknowledged
@@ -33,24 +53,30 @@ Keys
 Example
   sinks:
     archive: {type: file, path: /mnt/usb/telemetry.jsonl, rotate_bytes: 256MiB, keep: 10}
+    table:   {type: file, path: readings.csv, format: csv, rotate_interval: 1h,
+              columns: [id, ts, device: topic.1, temp: field.temp]}
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import csv
+import io
 import json
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Annotated
+from typing import IO, Annotated, Any, Literal
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Range, Size
+from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.sinks._columns import dig, level
 
 _TAIL_CHUNK = 65536
 
@@ -74,6 +100,45 @@ def _parse(text: str) -> object:
         return _NOT_JSON
 
 
+CSV_DEFAULT = ["id", "topic", "ts", "payload"]
+_FIXED = ("id", "topic", "ts", "attributes", "payload")
+_LEVEL = re.compile(r"topic\.(-?\d+)$")
+
+
+def csv_columns(columns: list[str | dict[str, str]] | None) -> list[tuple[str, str]]:
+    """(header, source) of each CSV column."""
+    out: list[tuple[str, str]] = []
+    for column in columns if columns is not None else CSV_DEFAULT:
+        if isinstance(column, dict):
+            out.extend((str(k), str(v)) for k, v in column.items())
+        else:
+            out.append((column, column))
+    return out
+
+
+def _source_problem(source: str) -> str | None:
+    if source in _FIXED or _LEVEL.match(source):
+        return None
+    for prefix in ("field.", "attributes."):
+        if source.startswith(prefix) and len(source) > len(prefix):
+            return None
+    return (
+        f"{source!r} is not a column source: id, topic, ts, attributes, payload, topic.N,"
+        " field.NAME or attributes.KEY"
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else _dumps(value)
+    if "\n" in text or "\r" in text:
+        text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class FileSinkConfig(SinkConfig):
     """Keys of the `file` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
@@ -81,9 +146,28 @@ class FileSinkConfig(SinkConfig):
     path: Annotated[
         str | None,
         Doc(
-            "The JSON Lines file; a relative path is under `gateway.data_dir` (default"
-            " `<data_dir>/<sink name>.jsonl`).",
+            "The file; a relative path is under `gateway.data_dir` (default"
+            " `<data_dir>/<sink name>.jsonl`, or `.csv`).",
             example="telemetry.jsonl",
+        ),
+    ] = None
+    format: Annotated[
+        Literal["jsonl", "csv"],
+        Doc(
+            "`jsonl`: one JSON object per line (id, topic, ts, attributes, payload);"
+            " `csv`: a header line, then one line per FlowFile with `columns`.",
+            example="csv",
+        ),
+    ] = "jsonl"
+    columns: Annotated[
+        list[str | dict[str, str]] | None,
+        Doc(
+            "CSV only: the columns in order, each `source` or `{header: source}`; a source"
+            " is `id`, `topic`, `ts`, `attributes`, `payload`, `topic.N` (a topic level),"
+            " `field.a.b` (a JSON field) or `attributes.KEY`. Keep `id` among them: it is"
+            " how a batch sent again after a crash is recognised. Default:"
+            " `[id, topic, ts, payload]`.",
+            example=["id", "ts", {"device": "topic.1"}, {"temp": "field.temp"}],
         ),
     ] = None
     rotate_bytes: Annotated[
@@ -94,6 +178,15 @@ class FileSinkConfig(SinkConfig):
             " any other size is at least 4KiB."
         ),
     ] = 64 << 20
+    rotate_interval: Annotated[
+        Duration,
+        Doc(
+            "Also rotate a file at its first write this long after it was started (or"
+            " opened, after a restart); 0 rotates by size only.",
+            example="1h",
+        ),
+        Range(0, message="must not be negative"),
+    ] = 0.0
     keep: Annotated[
         int,
         Doc("Rotated files to keep; 0 keeps none."),
@@ -112,6 +205,20 @@ class FileSinkConfig(SinkConfig):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
         if 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
+        if self.columns is not None:
+            if self.format != "csv":
+                yield "columns", "applies to format: csv only"
+            if not self.columns:
+                yield "columns", "needs at least one column"
+            headers: set[str] = set()
+            for i, column in enumerate(self.columns):
+                for header, source in csv_columns([column]):
+                    problem = _source_problem(source)
+                    if problem:
+                        yield f"columns.{i}", problem
+                    if header in headers:
+                        yield f"columns.{i}", f"header {header!r} is used twice"
+                    headers.add(header)
 
 
 class FileSink(Sink):
@@ -122,12 +229,32 @@ class FileSink(Sink):
     def __init__(self, config: FileSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: FileSinkConfig = config
-        self.path = os.path.join(ctx.data_dir, config.path or f"{ctx.name}.jsonl")
+        self.csv = config.format == "csv"
+        self.path = os.path.join(
+            ctx.data_dir, config.path or f"{ctx.name}.{'csv' if self.csv else 'jsonl'}"
+        )
         self._file: IO[bytes] | None = None
         self._size = 0
         self._lock = asyncio.Lock()
         self._second = -1
         self._second_text = ""
+        self._started = 0.0  # monotonic: when the current file was started or opened
+        # Ids at the end of the file when it was opened: a batch sent again after a crash
+        # starts with them, and they are left out (None once a new FlowFile is written).
+        self._recent: set[str] | None = None
+        columns = csv_columns(config.columns)
+        self._header = b""
+        self._id_column: int | None = None
+        self._cells: list[Callable[[FlowFile, list[str], Any], Any]] = []
+        if self.csv:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerow([h for h, _ in columns])
+            self._header = out.getvalue().encode()
+            self._cells = [self._getter(source) for _, source in columns]
+            sources = [source for _, source in columns]
+            self._id_column = sources.index("id") if "id" in sources else None
+            self._needs_json = any(src.startswith("field.") for src in sources)
+            self._needs_levels = any(_LEVEL.match(src) for src in sources)
 
     async def connect(self) -> None:
         async with self._lock:
@@ -162,14 +289,69 @@ class FileSink(Sink):
             f = open(self.path, "a+b")  # noqa: SIM115
             try:
                 self._size = self._trim_torn_tail(f)
+                if self.csv and self._size and not self._has_header(f):
+                    f.close()
+                    self._shift_old_files()  # the columns changed: start a file of its own
+                    self.ctx.log.info("the columns changed: %s starts anew", self.path)
+                    existed = False
+                    f = open(self.path, "a+b")  # noqa: SIM115
+                    self._size = 0
+                if self._size == 0 and self._header:
+                    f.write(self._header)
+                    f.flush()
+                    self._size = len(self._header)
+                if self._recent is None and self._size > len(self._header):
+                    self._recent = self._tail_ids(f, self._size)
             except OSError:
                 f.close()
                 raise
         except OSError as err:
             raise RetryableError(f"cannot open {self.path}: {err.strerror or err}") from err
         self._file = f
+        self._started = self.ctx.clock.monotonic()
         if not existed and self.config.fsync:
             self._sync_directory(directory)
+
+    def _has_header(self, f: IO[bytes]) -> bool:
+        head = os.pread(f.fileno(), len(self._header), 0)
+        return head == self._header
+
+    def _tail_ids(self, f: IO[bytes], size: int) -> set[str]:
+        """The ids of the last lines of the file, as many as one batch may hold."""
+        rows = self.config.batch.max_rows
+        # a batch holds at most max_bytes of content, and a line less than 3x its content
+        # (base64, escapes) plus its head; read that much of the end at most
+        span = min(size, 3 * self.config.batch.max_bytes + rows * 1024)
+        chunks: list[bytes] = []
+        start, newlines = size, 0
+        while start > size - span and newlines <= rows:  # back from the end, a chunk a time
+            step = min(_TAIL_CHUNK, start - (size - span))
+            start -= step
+            chunk = os.pread(f.fileno(), step, start)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+        tail = b"".join(reversed(chunks))
+        lines = tail.split(b"\n")[:-1]  # the file ends with a newline
+        if start > 0:
+            lines = lines[1:]  # the first one may be cut
+        ids: set[str] = set()
+        for line in lines[-rows:]:
+            found = self._line_id(line)
+            if found:
+                ids.add(found)
+        return ids
+
+    def _line_id(self, line: bytes) -> str | None:
+        if not self.csv:
+            match = _JSONL_ID.match(line)
+            return match.group(1).decode() if match else None
+        if self._id_column is None or line + b"\n" == self._header:
+            return None
+        try:
+            cells = next(csv.reader([line.decode()]))
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            return None
+        return cells[self._id_column] if self._id_column < len(cells) else None
 
     @staticmethod
     def _trim_torn_tail(f: IO[bytes]) -> int:
@@ -189,11 +371,32 @@ class FileSink(Sink):
         return end
 
     def _write(self, batch: list[FlowFile]) -> None:
-        data = b"".join([self._line(ff) for ff in batch])
         if self._file is None:
             self._open()
+        recent = self._recent
+        if recent is not None:
+            skip = 0
+            while skip < len(batch) and batch[skip].id in recent:
+                skip += 1
+            if skip:
+                self.ctx.log.info(
+                    "left out %d FlowFiles already at the end of %s (written before a restart)",
+                    skip,
+                    self.path,
+                )
+                batch = batch[skip:]
+            if batch:
+                self._recent = None
+            if not batch:
+                return
+        data = self._lines(batch) if self.csv else b"".join([self._line(ff) for ff in batch])
         limit = self.config.rotate_bytes
-        if limit and self._size and self._size + len(data) > limit:
+        written = self._size > len(self._header)
+        if (written and limit and self._size + len(data) > limit) or (
+            written
+            and self.config.rotate_interval
+            and self.ctx.clock.monotonic() - self._started >= self.config.rotate_interval
+        ):
             self._rotate()
         f = self._file
         assert f is not None
@@ -224,6 +427,11 @@ class FileSink(Sink):
 
     def _rotate(self) -> None:
         self._close()
+        self._shift_old_files()
+        self._open()
+        self.ctx.log.info("rotated %s (keeping %d old files)", self.path, self.config.keep)
+
+    def _shift_old_files(self) -> None:
         keep = self.config.keep
         try:
             if keep == 0:
@@ -236,8 +444,6 @@ class FileSink(Sink):
                 os.replace(self.path, f"{self.path}.1")
         except OSError as err:
             raise RetryableError(f"cannot rotate {self.path}: {err.strerror or err}") from err
-        self._open()
-        self.ctx.log.info("rotated %s (keeping %d old files)", self.path, keep)
 
     def _close(self) -> None:
         f, self._file = self._file, None
@@ -280,3 +486,55 @@ class FileSink(Sink):
             return f'{head}"payload_text":{_dumps(text)}}}\n'.encode()
         encoded = base64.b64encode(content).decode()
         return f'{head}"payload_base64":"{encoded}"}}\n'.encode()
+
+    # -- CSV ----------------------------------------------------------------------------
+
+    def _getter(self, source: str) -> Callable[[FlowFile, list[str], Any], Any]:
+        if source == "id":
+            return lambda ff, _levels, _value: ff.id
+        if source == "topic":
+            return lambda ff, _levels, _value: ff.topic
+        if source == "ts":
+            return lambda ff, _levels, _value: self._timestamp(ff.created)
+        if source == "attributes":
+            return lambda ff, _levels, _value: _dumps(ff.attributes)
+        if source == "payload":
+            return lambda ff, _levels, _value: _payload_text(ff.content)
+        match = _LEVEL.match(source)
+        if match:
+            n = int(match.group(1))
+            return lambda _ff, levels, _value: level(levels, n)
+        if source.startswith("attributes."):
+            key = source.removeprefix("attributes.")
+            return lambda ff, _levels, _value: ff.attributes.get(key)
+        path = tuple(source.removeprefix("field.").split("."))
+        return lambda _ff, _levels, value: dig(value, path)
+
+    def _lines(self, batch: list[FlowFile]) -> bytes:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        cells = self._cells
+        for ff in batch:
+            value = None
+            if self._needs_json:
+                try:
+                    value = _parse(ff.content.decode())
+                except UnicodeDecodeError:
+                    value = None
+            levels = ff.topic.split("/") if self._needs_levels else []
+            writer.writerow([_cell(get(ff, levels, value)) for get in cells])
+        return out.getvalue().encode()
+
+
+_JSONL_ID = re.compile(rb'\{"id":"([^"\\]+)"')
+
+
+def _payload_text(content: bytes) -> str:
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(content).decode()
+    value = _parse(text)
+    if value is not _NOT_JSON and ("\n" in text or "\r" in text):
+        return str(_dumps(value))  # pretty-printed JSON, on one line
+    return text.strip() if value is not _NOT_JSON else text

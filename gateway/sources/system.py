@@ -24,7 +24,12 @@ an unprivileged process may still use.
 Keys
   type: system
   interval: 10s            how often to read (default 10s)
+  schedule: "*/5 * * * *"  or read at these times (cron, UTC); jitter, missed: see below
   disk_path: /data         whose file system to report (default: gateway.data_dir)
+
+`schedule`, `jitter` and `missed` work as for every polled source (README,
+"Schedules"): a cron schedule instead of the interval, a random delay, and what
+to do about poll times that passed.
 
 Example
   sources:
@@ -41,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError
@@ -50,7 +55,7 @@ from gateway.core.topics import validate_topic
 
 
 @dataclass(frozen=True, kw_only=True)
-class SystemSourceConfig(SourceConfig):
+class SystemSourceConfig(ScheduleKeys, SourceConfig):
     """Keys of the `system` source."""
 
     interval: Annotated[
@@ -108,6 +113,7 @@ class SystemSource(Source):
         super().__init__(config, ctx)
         self.config: SystemSourceConfig = config
         self.interval = config.interval
+        self.schedule = config.poll_schedule(config.interval)
         self.topic = f"system/{ctx.gateway_id}"
         self._proc = Path(root, "proc")
         self._thermal = Path(root, "sys", "class", "thermal")

@@ -14,7 +14,7 @@ Tables
                 (a row found corrupt loses the bit of the sink that read it)
   sinks         name -> bit and cursor (the last seq delivered or skipped)
   dead_letters  FlowFiles that can never be delivered, with the reason
-  state         processor state and source positions, by component name
+  state         processor state (blobs), by component name
   state_kv      key/value state of components (`gateway.core.state`): one row per
                 key, written with the batch that changed it; `seq` keeps key age
   state_reset   components whose state `edge-stream state reset` asked the running
@@ -28,6 +28,8 @@ Tables
                 times in a row its ids moved forward, and whether it ever reused one
   inbound_numbered  per source: how many messages with a packet id it committed
                 (QoS 1 and 2: both use up ids; QoS 2 ones leave no `inbound` row)
+  positions     per source: where it stopped reading (a database cursor, a stream
+                entry id), written with the commit of the data it read up to there
 """
 
 from __future__ import annotations
@@ -173,6 +175,10 @@ CREATE TABLE IF NOT EXISTS alert_events (
     at REAL NOT NULL,
     body TEXT NOT NULL,
     pending TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY,
+    position BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inbound (
     source TEXT NOT NULL,
@@ -424,6 +430,7 @@ class Batch:
     # key/value state changes: (component, key, seq, value or None to delete)
     kv: list[tuple[str, str, int, bytes | None]] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)  # components whose state goes
+    positions: dict[str, bytes] = field(default_factory=dict)  # source -> its new position
 
 
 CRC_V2 = 1 << 32  # marks a checksum that covers the sinks mask and size too
@@ -1029,6 +1036,12 @@ class Store:
             if batch.kv:
                 self._write_kv_sync(db, batch.kv)
             self._write_marks_sync(db, marks)
+            if batch.positions:
+                db.executemany(
+                    "INSERT INTO positions (source, position) VALUES (?, ?)"
+                    " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                    list(batch.positions.items()),
+                )
             if batch.replayed:
                 db.executemany("DELETE FROM replay WHERE seq = ?", [(s,) for s in batch.replayed])
             db.execute("COMMIT")
@@ -1593,6 +1606,15 @@ class Store:
             lambda: self._db.execute("SELECT name, value FROM state").fetchall()  # type: ignore[union-attr]
         )
         return {name: value for name, value in rows if value is not None}
+
+    async def position(self, source: str) -> bytes | None:
+        """The position last committed for `source` (see `Batch.positions`), or None."""
+        rows = await self._call(
+            lambda: self._db.execute(  # type: ignore[union-attr]
+                "SELECT position FROM positions WHERE source = ?", (source,)
+            ).fetchall()
+        )
+        return bytes(rows[0][0]) if rows else None
 
     async def dead_letters(self, limit: int) -> list[DeadLetterSummary]:
         """The newest `limit` dead letters, newest first (the status API)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 
 from gateway import registry
 from gateway.config.schema import Problems, build_dataclass
+from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
@@ -104,7 +106,8 @@ async def test_text_that_is_not_json_is_written_as_text_and_other_bytes_as_base6
 
 
 async def test_appends_and_redelivery_repeats_lines(tmp_path: Path) -> None:
-    """At least once: the same batch written twice appears twice (readers dedupe on id)."""
+    """Within one run the same batch written twice appears twice (a reopened sink leaves
+    out only what is at the end of its file: see the test of a restart below)."""
     sink = make_sink(tmp_path, path="out/telemetry.jsonl")
     batch = [flowfile(b'{"n": 1}'), flowfile(b'{"n": 2}')]
     await sink.write(batch)  # opens the file itself when connect() was not called
@@ -350,3 +353,131 @@ def test_config_keys() -> None:
         (("sinks", "archive", "rotate_bytes"), "must be 0 (never rotate) or at least 4KiB"),
         (("sinks", "archive", "keep"), "must be between 0 and 1000"),
     ]
+
+
+# -- CSV, time rotation, a batch sent again after a restart ----------------------------
+
+
+class StepClock(Clock):
+    """Monotonic time that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def csv_sink(tmp_path: Path, clock: Clock | None = None, **options: Any) -> FileSink:
+    entry = registry.find("sink", "file")
+    assert entry is not None
+    problems = Problems()
+    config = build_dataclass(
+        entry.config, {"type": "file", "format": "csv", **options}, (), problems
+    )
+    assert not problems.items, problems.items
+    ctx = Context(name="table", kind="sink", data_dir=str(tmp_path))
+    if clock is not None:
+        ctx.clock = clock
+    return FileSink(config, ctx)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    return list(csv.reader(path.read_text().splitlines()))
+
+
+async def test_csv_writes_a_header_and_the_configured_columns(tmp_path: Path) -> None:
+    columns = ["id", "ts", {"device": "topic.1"}, {"temp": "field.temp"}, "attributes.unit"]
+    sink = csv_sink(tmp_path, columns=columns)
+    batch = [
+        flowfile(b'{"temp": 21.5}', unit="C"),
+        flowfile(b'{"temp": "a, \\"quoted\\"\\nline"}', topic="sensors/b/telemetry"),
+        flowfile(b"not json", topic="x"),
+        flowfile(b'{"temp": {"inner": [1, true]}}'),
+    ]
+    await sink.write(batch)
+    await sink.close()
+    path = tmp_path / "table.csv"
+    rows = read_csv(path)
+    assert rows[0] == ["id", "ts", "device", "temp", "attributes.unit"]
+    assert rows[1] == [batch[0].id, "2024-05-01T12:00:00.123456Z", "a", "21.5", "C"]
+    assert rows[2][2:4] == ["b", 'a, "quoted"\\nline'], "quoted; a line break as \\n"
+    assert rows[3][2:] == ["", "", ""], "missing values are empty cells"
+    assert rows[4][3] == '{"inner":[1,true]}'
+    assert path.read_bytes().count(b"\n") == 5, "one line per FlowFile"
+    default = csv_sink(tmp_path, path="plain.csv")
+    await default.write([flowfile(b'{"a": 1}'), flowfile(b"\xff")])
+    await default.close()
+    plain = read_csv(tmp_path / "plain.csv")
+    assert plain[0] == ["id", "topic", "ts", "payload"]
+    assert plain[1][3] == '{"a": 1}' and base64.b64decode(plain[2][3]) == b"\xff"
+
+
+async def test_csv_columns_that_changed_start_a_new_file(tmp_path: Path) -> None:
+    first = csv_sink(tmp_path, columns=["id", "topic"])
+    await first.write([flowfile(b"1")])
+    await first.close()
+    second = csv_sink(tmp_path, columns=["id", "payload"])
+    await second.write([flowfile(b"2")])
+    await second.close()
+    assert read_csv(tmp_path / "table.csv.1")[0] == ["id", "topic"]
+    assert [r[1] for r in read_csv(tmp_path / "table.csv")] == ["payload", "2"]
+
+
+async def test_files_rotate_by_time_and_by_size_with_their_header(tmp_path: Path) -> None:
+    clock = StepClock()
+    sink = csv_sink(tmp_path, clock, rotate_interval="1h", rotate_bytes="4KiB", keep=10)
+    await sink.write([flowfile(b"1")])
+    clock.now += 3599
+    await sink.write([flowfile(b"2")])
+    assert names(tmp_path) == ["table.csv"]
+    clock.now += 1
+    await sink.write([flowfile(b"3")])
+    assert names(tmp_path) == ["table.csv", "table.csv.1"]
+    await sink.write([flowfile(b"x" * 3000), flowfile(b"y" * 3000)])  # past 4KiB
+    await sink.close()
+    assert names(tmp_path) == ["table.csv", "table.csv.1", "table.csv.2"]
+    for name in names(tmp_path):
+        assert read_csv(tmp_path / name)[0] == ["id", "topic", "ts", "payload"]
+    assert [r[3] for r in read_csv(tmp_path / "table.csv.2")[1:]] == ["1", "2"]
+    assert [r[3][:1] for r in read_csv(tmp_path / "table.csv")[1:]] == ["x", "y"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_batch_sent_again_after_a_restart_is_not_written_twice(
+    tmp_path: Path, fmt: str
+) -> None:
+    """The gateway died after the write and before the cursor moved: the next run sends
+    the batch again (a prefix of what it reads), and the sink leaves out what is there."""
+    ffs = [flowfile(f'{{"n": {n}}}'.encode()) for n in range(6)]
+    first = make_sink(tmp_path, format=fmt, path=f"out.{fmt}")
+    await first.write(ffs[:4])
+    await first.close()
+    again = make_sink(tmp_path, format=fmt, path=f"out.{fmt}")
+    await again.connect()
+    await again.write(ffs[:2])  # the batch again, cut smaller this time
+    await again.write(ffs[2:6])
+    await again.write(ffs[4:5])  # after new ones, a repeat is written: at least once
+    await again.close()
+    text = (tmp_path / f"out.{fmt}").read_text()
+    written = [ff.id for ff in ffs if ff.id in text]
+    assert written == [ff.id for ff in ffs]
+    assert [text.count(ff.id) for ff in ffs] == [1, 1, 1, 1, 2, 1]
+
+
+def test_csv_keys_are_checked() -> None:
+    entry = registry.find("sink", "file")
+    assert entry is not None
+    problems = Problems()
+    build_dataclass(
+        entry.config,
+        {"type": "file", "format": "csv", "columns": ["id", "field.", {"a": "id", "b": "x"}]},
+        ("sinks", "t"),
+        problems,
+    )
+    text = [f"{'.'.join(map(str, p))}: {m}" for p, m in problems.items]
+    assert "sinks.t.columns.1: 'field.' is not a column source" in text[0]
+    assert any("'x' is not a column source" in t for t in text)
+    problems = Problems()
+    build_dataclass(entry.config, {"type": "file", "columns": ["id"]}, ("sinks", "t"), problems)
+    assert problems.items[0][1] == "applies to format: csv only"

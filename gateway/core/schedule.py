@@ -1,0 +1,134 @@
+"""When a polled source runs: every `interval`, or at the times of a cron expression.
+
+No I/O and no sleeping here: `Schedule` answers "when is the next run" from the
+times it is given, and the source runner sleeps on the injected Clock, so tests
+drive time. An interval runs on the monotonic clock (a wall clock that jumps at
+boot, on a board without an RTC, does not bunch or stall the polls); a cron
+expression names wall-clock times (UTC), so it is measured on the wall clock and
+the runner re-reads it at least every `WALL_CHECK_S` while it waits.
+
+A run is *missed* when its time passed without it (a poll slower than the
+interval, the store blocking intake, the wall clock jumping forward). `missed:
+skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
+once at once for all the missed ones, then keeps to the schedule.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
+MISSED = ("skip", "catch_up")
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why `expression` is not a usable cron schedule, or None."""
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        return (
+            f"{expression!r} is not a cron schedule: it needs 5 fields (minute hour day month"
+            " weekday) or 6 (with seconds last), e.g. '*/5 * * * *'"
+        )
+    if not croniter.is_valid(expression):
+        return f"{expression!r} is not a valid cron schedule, e.g. '*/5 * * * *'"
+    return None
+
+
+class Schedule:
+    """The times of one polled source's runs.
+
+    Interval mode: `first` is now, each next run `interval` after the previous one's
+    time (not after its end, so the rate holds). Cron mode: the times of `cron` in UTC,
+    the first one after the start. Each run is delayed by a random 0..`jitter` seconds,
+    drawn when its time is computed (so the time shown in the status is the real one).
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float,
+        cron: str | None = None,
+        jitter: float = 0.0,
+        missed: str = "skip",
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        assert missed in MISSED
+        self.interval = max(interval, 0.001)
+        self.cron = cron
+        self.jitter = max(jitter, 0.0)
+        self.missed = missed
+        self._rand = rand
+        self._slot = 0.0  # the time of the current run without its jitter (mono or wall s)
+        self.due = 0.0  # when the current run starts: monotonic (interval) or wall (cron) s
+        self.missed_runs = 0  # how many run times were skipped or folded into a catch-up
+
+    @property
+    def wall(self) -> bool:
+        """True when `due` is wall-clock seconds (cron), False when monotonic (interval)."""
+        return self.cron is not None
+
+    def _jittered(self, slot: float) -> float:
+        self._slot = slot
+        self.due = slot + (self._rand() * self.jitter if self.jitter else 0.0)
+        return self.due
+
+    def _cron_after(self, wall: float) -> float:
+        assert self.cron is not None
+        start = datetime.fromtimestamp(wall, UTC)
+        return float(croniter(self.cron, start).get_next(float))
+
+    def first(self, mono: float, wall: float) -> float:
+        """The first run's `due`, for a source started at `mono` / `wall`."""
+        if self.cron is None:
+            return self._jittered(mono)
+        return self._jittered(self._cron_after(wall))
+
+    def next(self, mono: float, wall: float) -> float:
+        """The next run's `due`, once the current run ended at `mono` / `wall`."""
+        if self.cron is None:
+            slot = self._slot + self.interval
+            if slot >= mono:
+                return self._jittered(slot)
+            behind = int((mono - slot) // self.interval) + 1  # run times now passed
+            self.missed_runs += behind
+            if self.missed == "catch_up":
+                return self._jittered(mono)
+            # keep the grid: the next of its times still ahead
+            return self._jittered(slot + behind * self.interval)
+        slot = self._cron_after(self._slot)
+        if slot > wall:
+            return self._jittered(slot)
+        passed = slot
+        count = 0
+        while slot <= wall and count < 100_000:  # bounded: a clock leap of years
+            passed, count = slot, count + 1
+            slot = self._cron_after(slot)
+        self.missed_runs += count
+        if self.missed == "catch_up":
+            # one run now stands for all of them; the schedule goes on after the last
+            self._slot = passed
+            self.due = wall
+            return wall
+        return self._jittered(slot)
+
+    def settle(self, mono: float, wall: float) -> float:
+        """At the wake-up for the current run: its `due`, or, when the following run's
+        time (and its jitter) passed as well (the process slept through it, the wall clock
+        jumped), the due that the missed-run policy gives instead; the current run is
+        then missed too. A due not ahead of now means: run now."""
+        now = wall if self.cron is not None else mono
+        following = (
+            self._cron_after(self._slot) if self.cron is not None else (self._slot + self.interval)
+        )
+        if following + self.jitter >= now:
+            return self.due
+        self.missed_runs += 1
+        return self.next(mono, wall)
+
+    def next_run_wall(self, mono: float, wall: float) -> float:
+        """`due` as wall-clock seconds (for the status page)."""
+        return self.due if self.cron is not None else wall + (self.due - mono)

@@ -1,0 +1,402 @@
+"""What the `mysql` and `postgres` sources share: incremental reads by a cursor column.
+
+Each poll reads the rows after the source's position, in the order of the cursor
+column (and of the tie-breaking `key` column, for a cursor that repeats, such
+as a timestamp), at most `page_size` of them. Each row becomes a FlowFile whose
+content is the row as a JSON object and whose topic comes from a template with
+the row's values. Each FlowFile carries the position just after its row
+(`Message.position`): the store keeps it in the transaction that holds the row,
+so a gateway killed at any moment starts again exactly after the last row it
+stored. While a poll fills its page, the engine polls again at once (a backlog
+drains at the speed of the store, not one page per interval).
+
+The dialects differ only in how they quote names, write parameters and talk
+to the server; see `Dialect` and the two source modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import string
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import orjson
+
+from gateway.config.model import ScheduleKeys, SourceConfig
+from gateway.config.schema import Doc, Duration, Range, check_identifier
+from gateway.core.component import Context, Message, Source
+from gateway.core.errors import PermanentError
+from gateway.core.flowfile import FlowFile
+from gateway.core.topics import validate_topic
+
+Page = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
+POSITION_VERSION = 1
+PAGE_MAX = 10_000
+
+
+def _template_fields(template: str) -> Iterator[str]:
+    """The names a topic template uses; ValueError for a bad one or a field with
+    attribute or index access ({x.y}, {x[0]}) or a conversion or a format spec."""
+    for _text, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"topic template field {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} must be a plain column name, e.g. {{id}}"
+            )
+        yield name
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqlSourceKeys(ScheduleKeys, SourceConfig):
+    """The keys the `mysql` and `postgres` sources share (each adds `dsn`)."""
+
+    table: Annotated[
+        str,
+        Doc(
+            "The table to read (a SQL identifier: letters, digits, `_`).",
+            example="orders",
+        ),
+    ]
+    cursor: Annotated[
+        str,
+        Doc(
+            "The column that orders the rows and marks how far the source has read: an"
+            " auto-increment id, or a timestamp set when a row is written (then also set"
+            " `key`). Rows are read in its order; a row whose cursor value is below one"
+            " already read (a transaction that committed late) is not seen.",
+            example="id",
+        ),
+    ]
+    key: Annotated[
+        str | None,
+        Doc(
+            "A unique column that breaks ties between rows with the same `cursor` value"
+            " (needed when the cursor is a timestamp): rows are read in (`cursor`, `key`)"
+            " order and the position holds both. Default: none, `cursor` is unique.",
+            example="id",
+        ),
+    ] = None
+    columns: Annotated[
+        list[str] | None,
+        Doc(
+            "The columns each FlowFile holds (default: all of them); `cursor` and `key`"
+            " are always read.",
+            example=["id", "device", "value", "created_at"],
+        ),
+    ] = None
+    page_size: Annotated[
+        int,
+        Doc("At most this many rows per query; a full page is followed by the next at once."),
+        Range(1, PAGE_MAX, message=f"must be between 1 and {PAGE_MAX}"),
+    ] = 500
+    topic: Annotated[
+        str,
+        Doc(
+            "The topic of each row's FlowFile: a template with `{column}` for a column's"
+            " value, `{table}` and `{source}`. A value's `/`, `+`, `#` become `_`, so that"
+            " it stays one topic level.",
+            example="db/{table}/{device}",
+        ),
+    ] = "db/{table}"
+    start: Annotated[
+        Literal["beginning", "end"],
+        Doc(
+            "Where a source with no stored position starts: `beginning` reads the rows"
+            " already in the table, `end` only the rows added after it starts."
+        ),
+    ] = "beginning"
+    interval: Annotated[
+        Duration,
+        Doc("How often to look for new rows (unless `schedule` is set).", example="5s"),
+        Range(0.01, message="must be at least 10ms"),
+    ] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("The longest a connect or one query may take before it is retried."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for key in ("table", "cursor", "key"):
+            name = getattr(self, key)
+            if name is not None:
+                for message in check_identifier(name):
+                    yield key, message
+        for i, column in enumerate(self.columns or ()):
+            for message in check_identifier(column):
+                yield f"columns.{i}", message
+        try:
+            fields = set(_template_fields(self.topic))
+        except ValueError as err:
+            yield "topic", str(err)
+            return
+        if self.columns is not None:
+            known = {*self.columns, self.cursor, self.key, "table", "source"}
+            for name in sorted(fields - known):
+                yield "topic", f"{{{name}}} is not one of the columns read"
+        probe = string.Formatter().vformat(self.topic, (), _Probe())
+        problem = validate_topic(probe)
+        if problem:
+            yield "topic", problem
+
+
+class _Probe(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "x"
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what a database row may hold beyond JSON's own types."""
+    if isinstance(value, Decimal):
+        return str(value)  # exact: a float would round a NUMERIC(38,10)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode()
+    if isinstance(value, uuid.UUID | set | frozenset):
+        return str(value) if isinstance(value, uuid.UUID) else sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _encode_value(value: Any) -> Any:
+    """A cursor value as JSON that `_decode_value` turns back into the same type."""
+    if isinstance(value, dt.datetime):
+        return {"datetime": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"date": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, uuid.UUID):
+        return {"uuid": str(value)}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        ((kind, text),) = value.items()
+        if kind == "datetime":
+            return dt.datetime.fromisoformat(text)
+        if kind == "date":
+            return dt.date.fromisoformat(text)
+        if kind == "decimal":
+            return Decimal(text)
+        if kind == "bytes":
+            return bytes.fromhex(text)
+        if kind == "uuid":
+            return uuid.UUID(text)
+        raise ValueError(kind)
+    return value
+
+
+def _level(value: Any) -> str:
+    text = value.isoformat() if isinstance(value, dt.date) else str(value)
+    return text.replace("/", "_").replace("+", "_").replace("#", "_").replace("\0", "_") or "_"
+
+
+# --- the source ----------------------------------------------------------------------------
+
+
+class Dialect:
+    """How one database is spoken to: implemented by the `mysql` and `postgres` sources."""
+
+    def quote(self, name: str) -> str:
+        raise NotImplementedError
+
+    def param(self, n: int) -> str:
+        """The placeholder of the n-th parameter (from 1)."""
+        raise NotImplementedError
+
+
+class IncrementalSource(Source):
+    """Reads a table in pages after a stored position; see the module docstring.
+
+    Subclasses implement `connect`, `close`, `_fetch(sql, args) -> (names, rows)` and the
+    dialect (`quote`, `param`).
+    """
+
+    mode = "poll"
+
+    def __init__(self, config: SqlSourceKeys, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: SqlSourceKeys = config
+        self.interval = config.interval
+        self.schedule = config.poll_schedule(config.interval)
+        self._after: tuple[Any, ...] | None = None  # cursor (and key) of the last row read
+        self._loaded = False  # the stored position was read (once: it then lives here)
+        self.rows = 0
+        self.pages = 0
+        self._attributes = {"table": config.table, "source": ctx.name}
+        self._fields = set(_template_fields(config.topic))
+
+    # dialect, implemented by the subclasses
+    def quote(self, name: str) -> str:
+        raise NotImplementedError
+
+    def param(self, n: int) -> str:
+        raise NotImplementedError
+
+    async def _fetch(
+        self, sql: str, args: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        raise NotImplementedError
+
+    # -- queries -----------------------------------------------------------------------
+
+    def _order(self) -> list[str]:
+        config = self.config
+        return [config.cursor] if config.key is None else [config.cursor, config.key]
+
+    def select_sql(self, first: bool) -> str:
+        """The page query: after the position (or from the start, when `first`)."""
+        config, q, p = self.config, self.quote, self.param
+        order = self._order()
+        if config.columns is None:
+            names = "*"
+        else:
+            wanted = list(dict.fromkeys([*config.columns, *order]))
+            names = ", ".join(q(c) for c in wanted)
+        sql = f"SELECT {names} FROM {q(config.table)}"
+        if not first:
+            if config.key is None:
+                sql += f" WHERE {q(config.cursor)} > {p(1)}"
+            else:
+                c, k = q(config.cursor), q(config.key)
+                sql += f" WHERE ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
+        by = ", ".join(q(c) for c in order)
+        limit = 1 if first else (2 if config.key is None else 4)
+        return f"{sql} ORDER BY {by} LIMIT {p(limit)}"
+
+    def end_sql(self) -> str:
+        """The position of the newest row (for `start: end`)."""
+        q = self.quote
+        order = self._order()
+        names = ", ".join(q(c) for c in order)
+        by = ", ".join(f"{q(c)} DESC" for c in order)
+        return f"SELECT {names} FROM {q(self.config.table)} ORDER BY {by} LIMIT {self.param(1)}"
+
+    # -- positions ---------------------------------------------------------------------
+
+    def _position(self, after: tuple[Any, ...]) -> bytes:
+        config = self.config
+        return orjson.dumps(
+            {
+                "v": POSITION_VERSION,
+                "table": config.table,
+                "order": self._order(),
+                "after": [_encode_value(v) for v in after],
+            }
+        )
+
+    async def _load_position(self) -> None:
+        stored = await self.ctx.position()
+        if stored is not None:
+            try:
+                data = orjson.loads(stored)
+                if data.get("table") == self.config.table and data.get("order") == self._order():
+                    self._after = tuple(_decode_value(v) for v in data["after"])
+                    return
+                self.ctx.log.warning(
+                    "the stored position is for table %s ordered by %s, not this one; starting"
+                    " at the %s of table %s",
+                    data.get("table"),
+                    ", ".join(data.get("order") or ()),
+                    self.config.start,
+                    self.config.table,
+                )
+            except (ValueError, TypeError, KeyError) as err:
+                self.ctx.log.warning(
+                    "the stored position cannot be read (%s); starting at the %s",
+                    err,
+                    self.config.start,
+                )
+        if self.config.start == "end":
+            _names, rows = await self._fetch(self.end_sql(), [1])
+            self._after = tuple(rows[0]) if rows else None
+
+    # -- polling -----------------------------------------------------------------------
+
+    async def poll(self) -> list[FlowFile]:
+        return [m.flowfile for m in await self.poll_messages()]
+
+    async def poll_messages(self) -> list[Message]:
+        config = self.config
+        if not self._loaded:
+            await self._load_position()
+            self._loaded = True
+        limit = config.page_size
+        if self._after is None:
+            names, rows = await self._fetch(self.select_sql(True), [limit])
+        elif config.key is None:
+            names, rows = await self._fetch(self.select_sql(False), [self._after[0], limit])
+        else:
+            c, k = self._after
+            names, rows = await self._fetch(self.select_sql(False), [c, c, k, limit])
+        self.backlog = len(rows) >= limit
+        if not rows:
+            return []
+        self.pages += 1
+        index = [names.index(c) for c in self._order()]
+        messages = []
+        now = self.ctx.clock.now_ns()
+        topic_of = self._topic_maker(names)
+        for row in rows:
+            record = dict(zip(names, row, strict=True))
+            try:
+                content = orjson.dumps(record, default=_json_default)
+            except TypeError as err:
+                raise PermanentError(
+                    f"table {config.table}: a row holds a value with no JSON form ({err})"
+                ) from err
+            after = tuple(row[i] for i in index)
+            messages.append(
+                Message(
+                    FlowFile.create(topic_of(record), content, self._attributes, now),
+                    position=self._position(after),
+                )
+            )
+            self._after = after
+        self.rows += len(rows)
+        return messages
+
+    def _topic_maker(self, names: list[str]) -> Any:
+        config = self.config
+        template = config.topic
+        if not self._fields:
+            return lambda record: template
+        missing = self._fields - {*names, "table", "source"}
+        if missing:
+            raise PermanentError(
+                f"topic {template!r} names {', '.join(sorted(missing))}, which table"
+                f" {config.table} does not have; fix `topic` or `columns`"
+            )
+        fixed = {"table": _level(config.table), "source": _level(self.ctx.name)}
+
+        def topic(record: dict[str, Any]) -> str:
+            values = {name: _level(record[name]) for name in self._fields if name in record}
+            return template.format_map({**fixed, **values})
+
+        return topic
+
+    def status(self) -> dict[str, object]:
+        after = self._after
+        return {
+            "table": self.config.table,
+            "rows": self.rows,
+            "position": None if after is None else [_encode_value(v) for v in after],
+        }

@@ -1,0 +1,147 @@
+"""Reads new rows of a PostgreSQL table, each exactly once, as JSON FlowFiles.
+
+The same source as `mysql` (read its documentation: cursor, key, pages, topic
+template, positions committed with the rows), spoken to PostgreSQL through
+asyncpg: names double-quoted (checked identifiers), values bound as `$n`
+parameters. `numeric` is a string in the JSON, `timestamptz` ISO 8601, `bytea`
+text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text.
+
+Keys
+  type: postgres
+  dsn: postgresql://user:password@host:5432/database   (required; may be ENC(...))
+  table, cursor, key, columns, page_size, topic, start, interval, schedule, jitter,
+  missed, timeout: as for the `mysql` source
+
+Example
+  sources:
+    events: {type: postgres, dsn: "postgresql://gw@db/plant", table: events,
+             cursor: created_at, key: id, topic: "plant/events/{line}"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import asyncpg
+
+from gateway.config.schema import Doc, Valid
+from gateway.core.component import Context
+from gateway.core.errors import MissingError, PermanentError, RetryableError
+from gateway.sinks.postgres import _server, dsn_problem
+from gateway.sources._sql import IncrementalSource, SqlSourceKeys
+
+# The server refuses us or the table is not what the config says: an operator has to act.
+_SETUP_ERRORS = (
+    asyncpg.exceptions.SyntaxOrAccessError,  # 42: no such table or column, no privilege
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: no such database
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28: bad user or password
+    asyncpg.exceptions.ClientConfigurationError,
+)
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSourceConfig(SqlSourceKeys):
+    """Keys of the `postgres` source."""
+
+    # May hold a password: never repr'd, never quoted back in a problem.
+    dsn: Annotated[
+        Annotated[str, Valid(dsn_problem)],
+        Doc(
+            "`postgresql://user:password@host:5432/database` (asyncpg's DSN; `?sslmode=`"
+            " and the like work); may be an `ENC(...)` secret; the password is never"
+            " logged.",
+            example="postgresql://gateway:secret@db.plant.lan:5432/plant",
+        ),
+    ] = field(repr=False)
+
+
+def _message(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    sqlstate = getattr(err, "sqlstate", None)
+    if sqlstate:
+        text = f"{text} (SQLSTATE {sqlstate})"
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+class PostgresSource(IncrementalSource):
+    """Polls a PostgreSQL table by its cursor column; see the `mysql` source."""
+
+    Config = PostgresSourceConfig
+
+    def __init__(self, config: PostgresSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: PostgresSourceConfig = config
+        self.server = _server(config.dsn)
+        self._conn: Any = None
+
+    def quote(self, name: str) -> str:
+        return f'"{name}"'  # names are checked identifiers (letters, digits, _)
+
+    def param(self, n: int) -> str:
+        return f"${n}"
+
+    async def connect(self) -> None:
+        config = self.config
+        try:
+            self._conn = await asyncpg.connect(
+                config.dsn,
+                timeout=config.timeout,
+                command_timeout=config.timeout,
+                server_settings={"application_name": f"edge-stream {self.ctx.name}"},
+            )
+        except _SETUP_ERRORS as err:
+            raise PermanentError(f"{self.server} refused the connection: {_message(err)}") from err
+        except socket.gaierror as err:
+            raise MissingError(
+                f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
+            ) from err
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
+        except ValueError as err:  # its message may quote the password: not shown
+            raise PermanentError(
+                f"asyncpg cannot read the dsn for {self.server}: check its ?options"
+                " and percent-encode #, /, ? and @ in user and password"
+            ) from err
+        self.ctx.log.info("connected to %s, reading table %s", self.server, config.table)
+
+    async def _fetch(
+        self, sql: str, args: Sequence[Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        if self._conn is None:
+            raise RetryableError(f"not connected to {self.server}")
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                statement = await self._conn.prepare(sql)
+                names = [a.name for a in statement.get_attributes()]
+                rows = await statement.fetch(*args)
+        except _SETUP_ERRORS as err:
+            await self._drop()
+            raise PermanentError(
+                f"cannot read table {self.config.table} on {self.server}: {_message(err)}"
+            ) from err
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            await self._drop()
+            raise RetryableError(
+                f"reading table {self.config.table} on {self.server} failed: {_message(err)}"
+            ) from err
+        return names, [tuple(r) for r in rows]
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # at once: no goodbye to a server that may be gone
+
+    async def close(self) -> None:
+        await self._drop()

@@ -1,0 +1,182 @@
+"""Poll schedules: interval and cron times, jitter, the missed-run policies, and the source
+runner driving a polled source on a fake clock (wall clock jumps included)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.config.model import RetrySettings
+from gateway.core.clock import Clock
+from gateway.core.component import Context, Source
+from gateway.core.flowfile import FlowFile
+from gateway.core.schedule import Schedule, cron_problem
+from gateway.engine.runner import Ingest, SourceRunner
+
+pytestmark = pytest.mark.unit
+
+
+def wall(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def test_an_interval_keeps_its_grid_and_skips_missed_times() -> None:
+    s = Schedule(interval=10.0)
+    assert s.first(100.0, 0.0) == 100.0
+    assert s.next(101.0, 0.0) == 110.0, "the next time counts from the last time, not its end"
+    # a poll that took 25 s: the times 120 and 130 passed; skip waits for 140
+    assert s.next(135.0, 0.0) == 140.0
+    assert s.missed_runs == 2
+
+
+def test_an_interval_catches_up_once() -> None:
+    s = Schedule(interval=10.0, missed="catch_up")
+    s.first(100.0, 0.0)
+    assert s.next(135.0, 0.0) == 135.0, "one run at once for the missed ones"
+    assert s.next(136.0, 0.0) == 145.0, "then the schedule again, from that run"
+    assert s.missed_runs == 3
+
+
+def test_jitter_delays_each_run_within_its_bound_and_keeps_the_rate() -> None:
+    draws = iter([0.5, 1.0, 0.0])
+    s = Schedule(interval=10.0, jitter=4.0, rand=lambda: next(draws))
+    assert s.first(100.0, 0.0) == 102.0
+    assert s.next(103.0, 0.0) == 114.0, "jitter is added to the time, not to the grid"
+    assert s.next(115.0, 0.0) == 120.0
+
+
+def test_cron_times_are_utc_wall_times() -> None:
+    s = Schedule(interval=1.0, cron="*/5 * * * *")
+    assert s.wall
+    assert s.first(0.0, wall("2024-03-01T10:02:30")) == wall("2024-03-01T10:05:00")
+    assert s.next(0.0, wall("2024-03-01T10:05:01")) == wall("2024-03-01T10:10:00")
+    seconds = Schedule(interval=1.0, cron="* * * * * */15")
+    assert seconds.first(0.0, wall("2024-03-01T10:02:31")) == wall("2024-03-01T10:02:45")
+
+
+def test_cron_missed_times_skip_or_catch_up_once() -> None:
+    skip = Schedule(interval=1.0, cron="0 * * * *")
+    skip.first(0.0, wall("2024-03-01T09:30:00"))
+    # the run of 10:00 ended with the wall clock at 13:20: 11:00 .. 13:00 passed
+    assert skip.next(0.0, wall("2024-03-01T13:20:00")) == wall("2024-03-01T14:00:00")
+    assert skip.missed_runs == 3
+    catch = Schedule(interval=1.0, cron="0 * * * *", missed="catch_up")
+    catch.first(0.0, wall("2024-03-01T09:30:00"))
+    assert catch.next(0.0, wall("2024-03-01T13:20:00")) == wall("2024-03-01T13:20:00")
+    assert catch.next(0.0, wall("2024-03-01T13:20:05")) == wall("2024-03-01T14:00:00")
+
+
+def test_bad_cron_expressions_are_explained() -> None:
+    assert cron_problem("*/5 * * * *") is None
+    assert "5 fields" in (cron_problem("*/5 * *") or "")
+    assert "not a valid cron" in (cron_problem("61 * * * *") or "")
+
+
+class FakeClock(Clock):
+    """Monotonic and wall time that stand still until the test moves them."""
+
+    def __init__(self, mono: float, wall_s: float) -> None:
+        self.mono = mono
+        self.wall_s = wall_s
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def now_ns(self) -> int:
+        return int(self.wall_s * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.mono + max(seconds, 0.0), future)
+        self._sleepers.append(entry)
+        try:
+            await future
+        finally:
+            self._sleepers.remove(entry)
+
+    def advance(self, seconds: float, wall_jump: float = 0.0) -> None:
+        self.mono += seconds
+        self.wall_s += seconds + wall_jump
+        for due, future in list(self._sleepers):
+            if due <= self.mono and not future.done():
+                future.set_result(None)
+
+
+class Counting(Source):
+    """A polled source that records the wall time of each poll."""
+
+    def __init__(self, clock: FakeClock, schedule: Schedule, backlog_polls: int = 0) -> None:
+        super().__init__(None, Context("counting", "source", clock=clock))
+        self.clock = clock
+        self.schedule = schedule
+        self.polls: list[float] = []
+        self.backlog_polls = backlog_polls
+
+    async def poll(self) -> list[FlowFile]:
+        self.polls.append(self.clock.wall_s)
+        self.backlog = self.backlog_polls > 0
+        self.backlog_polls -= 1
+        return [FlowFile.create("t/1", b"x")]
+
+
+async def steps(clock: FakeClock, seconds: float, by: float = 1.0, wall_jump: float = 0.0) -> None:
+    for _ in range(int(seconds / by)):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        clock.advance(by, wall_jump)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def run_with(source: Counting, clock: FakeClock) -> tuple[SourceRunner, asyncio.Task[None]]:
+    runner = SourceRunner(
+        "counting", source, Ingest(10_000), RetrySettings(), asyncio.Event(), clock
+    )
+    runner.gate.set()
+    return runner, asyncio.ensure_future(runner.run())
+
+
+async def test_the_runner_polls_at_cron_times_and_shows_the_next_run() -> None:
+    clock = FakeClock(1000.0, wall("2024-03-01T10:03:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="*/5 * * * *"))
+    runner, task = await run_with(source, clock)
+    await steps(clock, 60)
+    assert source.polls == [], "no poll at start: the first cron time is 10:05"
+    assert runner.status().to_json()["next_run"] == "2024-03-01T10:05:00.000Z"
+    await steps(clock, 10 * 60, by=5.0)
+    assert source.polls == [wall("2024-03-01T10:05:00"), wall("2024-03-01T10:10:00")]
+    assert runner.status().to_json()["next_run"] == "2024-03-01T10:15:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_runner_notices_a_wall_clock_jump_and_catches_up_once() -> None:
+    clock = FakeClock(1000.0, wall("2024-03-01T09:59:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="0 * * * *", missed="catch_up"))
+    runner, task = await run_with(source, clock)
+    await steps(clock, 61)
+    assert source.polls == [wall("2024-03-01T10:00:00")]
+    # NTP sets the clock three hours ahead while the runner sleeps toward 11:00
+    await steps(clock, 60, by=60.0, wall_jump=3 * 3600.0)
+    await steps(clock, 5)
+    assert len(source.polls) == 2, "one catch-up run, not three"
+    assert runner.status().to_json()["missed_runs"] >= 2
+    assert runner.status().to_json()["next_run"] == "2024-03-01T14:00:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_source_with_a_backlog_is_polled_again_at_once() -> None:
+    clock = FakeClock(1000.0, wall("2024-03-01T10:00:00"))
+    source = Counting(clock, Schedule(interval=30.0), backlog_polls=3)
+    runner, task = await run_with(source, clock)
+    await steps(clock, 1)
+    assert len(source.polls) == 4, "three full pages, then the last one, without waiting"
+    await steps(clock, 30)
+    assert len(source.polls) == 5
+    assert runner.produced == 5
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,205 @@
+"""The `redis` source against a real Redis: a stream through a consumer group (XACK after the
+commit, the entries of a crash sorted out by the committed position, XAUTOCLAIM of a dead
+consumer's entries) and a list (BLMOVE into a processing list, removed after the commit)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from redis import Redis as SyncRedis
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context, Message
+from gateway.engine.pipeline import Engine
+from gateway.sources.redis import RedisSource, RedisSourceConfig, entry_flowfile_id
+from gateway.store.sqlite import Batch, Store
+from tests.sinks.contract import unique_name
+from tests.sources.engine_run import lines, stop, until
+
+pytestmark = pytest.mark.integration
+
+
+def build(**keys: Any) -> tuple[Any, list[str]]:
+    problems = Problems()
+    config = build_component("source", {"type": "redis", **keys}, ("sources", "r"), problems)
+    return config, [f"{'.'.join(map(str, p))}: {m}" for p, m in problems.items]
+
+
+def make(url: str, committed: list[bytes | None], **keys: Any) -> RedisSource:
+    """A source whose store position is `committed[0]` (what a restart would read)."""
+    config, problems = build(url=url, block="100ms", **keys)
+    assert problems == [], problems
+    assert isinstance(config, RedisSourceConfig)
+    ctx = Context("r", "source", gateway_id="gw1")
+
+    async def position() -> bytes | None:
+        return committed[0]
+
+    ctx.position = position
+    return RedisSource(config, ctx)
+
+
+def commit(messages: list[Message], committed: list[bytes | None]) -> None:
+    """What the engine does once the store committed `messages`: keep the last position,
+    then run the acks."""
+    for m in messages:
+        if m.position is not None:
+            committed[0] = m.position
+    for m in messages:
+        assert m.ack is not None
+        m.ack()
+
+
+async def crash(source: RedisSource) -> None:
+    """The connection goes as with a killed process: nothing more is sent on it."""
+    client, source._client = source._client, None
+    await client.aclose()
+
+
+async def read_all(source: RedisSource, rounds: int = 5) -> list[Message]:
+    out: list[Message] = []
+    for _ in range(rounds):
+        out.extend(await source.read())
+    return out
+
+
+async def test_a_stream_entry_is_acked_after_the_commit_and_a_crash_repeats_nothing(
+    redis: Any,
+) -> None:
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"device": f"d{i % 2}", "v": str(i)}).decode() for i in range(10)]
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=4, topic="plant/{device}/{missing}")
+    await source.connect()
+    first = await source.read()
+    assert [m.flowfile.attributes["redis.id"] for m in first] == ids[:4]
+    assert orjson.loads(first[0].flowfile.content) == {"device": "d0", "v": "0"}
+    assert first[0].flowfile.topic == "plant/d0/_"
+    assert first[0].flowfile.id == entry_flowfile_id(key, ids[0], "gw1/r")
+    second = await source.read()
+    assert r.xpending(key, "edge-stream")["pending"] == 8, "nothing acked before the commit"
+    commit(first, committed)
+    await source.read()  # acks go out with the next read
+    assert r.xpending(key, "edge-stream")["pending"] == 6
+    # the store commits `second` and the gateway dies before its XACK; 2 more were read
+    # and never committed
+    commit(second, committed)
+    source._to_ack.clear()  # the acks died with the process
+    await crash(source)
+    restarted = make(redis.url, committed, key=key, count=4)
+    await restarted.connect()
+    again = await read_all(restarted)
+    assert [m.flowfile.attributes["redis.id"] for m in again] == ids[8:], (
+        "the committed ones are not read again; the others are"
+    )
+    commit(again, committed)
+    await restarted.read()
+    assert r.xpending(key, "edge-stream")["pending"] == 0
+    assert restarted.skipped == 4
+    await restarted.close()
+
+
+async def test_entries_a_dead_consumer_left_pending_are_claimed(redis: Any) -> None:
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    r.xgroup_create(key, "edge-stream", "0", mkstream=True)
+    ids = [r.xadd(key, {"payload": f"{i}"}).decode() for i in range(3)]
+    r.xreadgroup("edge-stream", "dead", {key: ">"})  # read, never acknowledged
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, claim_idle="1s", field="payload")
+    await source.connect()
+    assert await read_all(source, 2) == [], "not idle long enough yet"
+    await asyncio.sleep(1.1)
+    source._next_claim = 0.0
+    got = await read_all(source, 2)
+    assert [m.flowfile.content for m in got] == [b"0", b"1", b"2"]
+    assert [m.position for m in got] == [None] * 3, "a taken-over entry moves no position"
+    assert got[0].flowfile.id == entry_flowfile_id(key, ids[0], "gw1/r")
+    commit(got, committed)
+    await source.read()
+    assert r.xpending(key, "edge-stream")["pending"] == 0
+    assert source.status()["claimed"] == 3
+    await source.close()
+
+
+async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
+    redis: Any,
+) -> None:
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    r.rpush(key, *[f"item{i}" for i in range(10)])
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, mode="list", count=4)
+    await source.connect()
+    first = await source.read()
+    second = await source.read()
+    assert [m.flowfile.content for m in first + second] == [f"item{i}".encode() for i in range(8)]
+    assert r.llen(f"{key}:processing") == 8 and r.llen(key) == 2
+    commit(first, committed)
+    await source.read()  # removes the 4 committed, moves the last 2
+    assert r.llen(f"{key}:processing") == 6
+    # second is committed, the gateway dies before removing it; the last 2 never committed
+    commit(second, committed)
+    source._to_remove = 0  # the removal died with the process
+    await crash(source)
+    restarted = make(redis.url, committed, key=key, mode="list", count=4)
+    await restarted.connect()
+    again = await read_all(restarted)
+    assert [m.flowfile.content for m in again] == [b"item8", b"item9"]
+    r.rpush(key, "item10")
+    newer = await read_all(restarted, 2)
+    assert [m.flowfile.content for m in newer] == [b"item10"]
+    commit(again + newer, committed)
+    await restarted.read()
+    assert r.llen(f"{key}:processing") == 0 and committed[0] == b"11"
+    assert int(r.get(f"{key}:processing:done") or 0) == 11
+    await restarted.close()
+
+
+async def test_a_stream_runs_in_the_engine_once_each_across_a_restart(
+    redis: Any, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    for i in range(30):
+        r.xadd(key, {"n": str(i)})
+    source = {"type": "redis", "url": redis.url, "key": key, "count": 7, "block": "100ms"}
+    engine: Engine = await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 30)
+    assert engine.snapshot().sources["rows"].to_json()["read"] == 30
+    await stop(engine)
+    for i in range(30, 40):
+        r.xadd(key, {"n": str(i)})
+    await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 40)
+    await asyncio.sleep(0.5)
+    assert [int(x["payload"]["n"]) for x in lines(tmp_path)] == list(range(40))
+    assert r.xpending(key, "edge-stream")["pending"] == 0
+
+
+def test_keys_are_checked() -> None:
+    _config, problems = build(url="http://x", key="k", mode="list", topic="a/{device}")
+    assert problems[0].startswith("sources.r.url: must read redis://")
+    assert "a list item has no fields" in problems[1]
+    _config, problems = build(url="redis://h:1/0", key="k", count=0)
+    assert problems == ["sources.r.count: must be between 1 and 10000"]
+
+
+async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:
+    """The store facility the sources use: the last position of a batch is kept with it."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    assert await store.position("r") is None
+    await store.commit(Batch([], [], {}, [], positions={"r": b"5-0"}))
+    await store.commit(Batch([], [], {}, [], positions={"other": b"x"}))
+    await store.close()
+    reopened = Store(tmp_path / "store.db")
+    await reopened.open(["out"])
+    assert await reopened.position("r") == b"5-0"
+    await reopened.close()
