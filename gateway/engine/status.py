@@ -37,6 +37,7 @@ class GatewayStatus:
             "config": self.config,
             "ingested": self.ingested,
             "batches": self.batches,
+            "version": self.version,
         }
 
 
