@@ -181,7 +181,7 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         )
         sender.join()
         assert len(seen) >= 2, f"the count was shown as it rose, not only at the end: {seen}"
-        assert "/s" in text(browser, "[data-rate='sink archive']")
+        assert "/s" in text(browser, "[data-rate='emitted lines']")
         browser.find_element(By.CSS_SELECTOR, 'g.node[data-node="sink warehouse"]').click()
         wait_for(lambda: '"table"' in text(browser, "#node-config"), 10, "the sink's config")
         assert table in text(browser, "#node-config")

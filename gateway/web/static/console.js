@@ -16,7 +16,7 @@
   let me = {user: "", role: "viewer", auth: "open"};
   let status = null; // the newest /api/status document
   let previous = null; // the one before, with the time it came: for rates
-  let rates = {source: {}, sink: {}};
+  let rates = {source: {}, sink: {}, route: {}, emitted: {}};
   let config = null; // GET /api/config: the effective config, secrets ***
   let configHash = null;
   let page = "overview";
@@ -160,7 +160,12 @@
       const now = performance.now();
       if (previous) {
         const dt = (now - previous.at) / 1000;
-        rates = {source: {}, sink: {}};
+        rates = {source: {}, sink: {}, route: {}, emitted: {}};
+        const per = (now, before, key) => before ? Math.max(0, num(now[key]) - num(before[key])) / dt : 0;
+        for (const [n, r] of Object.entries(doc.routes)) {
+          rates.route[n] = per(r, previous.doc.routes[n], "received");
+          rates.emitted[n] = per(r, previous.doc.routes[n], "emitted");
+        }
         for (const [n, s] of Object.entries(doc.sources)) {
           const before = previous.doc.sources[n];
           rates.source[n] = before ? Math.max(0, num(s.produced) - num(before.produced)) / dt : 0;
@@ -311,13 +316,15 @@
       edges.append(label);
     };
     for (const [rn, r] of Object.entries(s.routes)) {
-      for (const sn of Object.keys(s.sources)) {
-        if (feeds(sn, r)) {
-          const src = config && config.sources ? config.sources[sn] : null;
-          edge("source " + sn, "route " + rn, "source", sn, !(src && src.topics));
-        }
+      // an edge's rate: what the route took in (on its feeding
+      // edge when one source feeds it; several: unknown per edge) and what it handed on
+      const from = Object.keys(s.sources).filter(sn => feeds(sn, r));
+      for (const sn of from) {
+        const src = config && config.sources ? config.sources[sn] : null;
+        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : "none", rn,
+          !(src && src.topics));
       }
-      for (const k of r.sinks) if (pos["sink " + k]) edge("route " + rn, "sink " + k, "sink", k);
+      for (const k of r.sinks) if (pos["sink " + k]) edge("route " + rn, "sink " + k, "emitted", rn);
     }
     g.append(edges);
     for (const [key, [nx, ny]] of Object.entries(pos)) {
@@ -331,7 +338,10 @@
       if (kind === "route") {
         const r = s.routes[name];
         sub = cut(r.match.join(", "), 28);
-        const procs = r.processors.length ? r.processors.join(" → ") : "no processors";
+        const conf = config && config.routes ? config.routes[name] : null;
+        const types = conf ? (conf.processors || []).map(p => p.type) :
+          r.processors.map(label => (/\(([^)]*)\)/.exec(label) || [, label])[1]);
+        const procs = types.length ? types.join(" → ") : "no processors";
         node.append(svg("text", {x: 10, y: 51, class: "small"}, cut(procs, 30)));
       } else {
         node.append(svg("text", {x: 10, y: 51, class: "small", "data-state": key}));
@@ -362,7 +372,7 @@
     const s = status;
     for (const label of $("graph").querySelectorAll("[data-rate]")) {
       const [kind, ...rest] = label.dataset.rate.split(" ");
-      const r = rates[kind][rest.join(" ")];
+      const r = (rates[kind] || {})[rest.join(" ")];
       label.textContent = r === undefined ? "" : W.rate(r);
     }
     for (const t of $("graph").querySelectorAll("[data-state]")) {
@@ -372,7 +382,7 @@
       if (!entry) continue;
       let word = entry.state;
       if (kind === "sink") word += ` · ${num(entry.delivered)} delivered`;
-      else word += ` · ${num(entry.produced)} in`;
+      else word += ` · ${num(entry.produced)} in · ${W.rate(rates.source[name])}`;
       t.textContent = word;
       t.setAttribute("class", "small " + W.stateClass(entry.state));
       const node = t.parentNode;

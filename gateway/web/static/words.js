@@ -90,8 +90,8 @@ const Words = (() => {
   function verdict(s) {
     const problems = [];
     const disk = s.store && s.store.disk;
-    if (disk && disk.full) problems.push("the disk is full: intake is paused");
-    else if (s.store && s.store.blocked) problems.push("the store is full: intake is paused");
+    if (disk && disk.full) problems.push("Disk full: intake is paused");
+    else if (s.store && s.store.blocked) problems.push("Store full: intake is paused");
     for (const [name, src] of Object.entries(s.sources || {})) {
       if (src.state === "failed") problems.push(`${name} failed`);
       else if (src.state !== "running") problems.push(`${name} ${src.state || "offline"}`);
@@ -112,9 +112,7 @@ const Words = (() => {
     if (!problems.length && active.length) {
       problems.push(`${active.length} alert${active.length > 1 ? "s" : ""} active`);
     }
-    if (!problems.length) return "All flowing";
-    const first = problems[0].charAt(0).toUpperCase() + problems[0].slice(1);
-    return [first, ...problems.slice(1)].join("; ");
+    return problems.length ? problems.join("; ") : "All flowing";
   }
 
   /** "healthy" | "problem" for the verdict's style (the words carry the meaning). */
