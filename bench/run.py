@@ -15,6 +15,7 @@ BENCHES = [
     "modbus.py",
     "memory.py",
     "reload.py",
+    "console.py",
 ]
 
 

@@ -70,7 +70,9 @@ class Publisher:
     """One paho client for the test's messages (QoS 1, each waited for)."""
 
     def __init__(self, port: int) -> None:
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"ui-{uuid.uuid4().hex}")
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"ui-{uuid.uuid4().hex}"
+        )
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -221,6 +223,7 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         wait_for(lambda: f"routes.{route}: added" in text(browser, "#route-changes"), 10, "diff")
         assert "+    - warehouse" in text(browser, "#route-diff")
         assert text(browser, "#route-errors") == ""
+        browser.execute_script("document.getElementById('route-form').scrollIntoView()")
         shot(browser, tmp_path, "route-editor")
         browser.find_element(By.ID, "apply").click()
         wait_for(lambda: text(browser, "#route-outcome").startswith("Applied"), 20, "applied")

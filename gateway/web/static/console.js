@@ -12,6 +12,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const PAGES = ["overview", "pipeline", "topics", "editor", "sinks", "devices", "dead", "alerts"];
   const PROCESSOR_TYPES = ["json", "transform", "filter"];
+  const SECONDARY = {class: "secondary"};
 
   let me = {user: "", role: "viewer", auth: "open"};
   let status = null; // the newest /api/status document
@@ -585,9 +586,9 @@
         JSON.stringify(settings, null, 1) : "{}", attrs: {id: setId, rows: 3},
       on: {input: clearResult}}),
       el("div", {class: "row"},
-        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }),
-        button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }),
-        button("Remove", () => { li.remove(); clearResult(); })));
+        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }, SECONDARY),
+        button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }, SECONDARY),
+        button("Remove", () => { li.remove(); clearResult(); }, SECONDARY)));
     list.append(li);
   }
 
