@@ -223,8 +223,10 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         wait_for(lambda: f"routes.{route}: added" in text(browser, "#route-changes"), 10, "diff")
         assert "+    - warehouse" in text(browser, "#route-diff")
         assert text(browser, "#route-errors") == ""
+        browser.set_window_size(1280, 1500)
         browser.execute_script("document.getElementById('route-form').scrollIntoView()")
         shot(browser, tmp_path, "route-editor")
+        browser.set_window_size(1280, 900)
         browser.find_element(By.ID, "apply").click()
         wait_for(lambda: text(browser, "#route-outcome").startswith("Applied"), 20, "applied")
         assert f"route {route}" in text(browser, "#route-outcome")  # what restarted
@@ -249,6 +251,15 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         wait_for(lambda: row(browser, "dead", seq) is None and
                  browser.find_elements(By.CSS_SELECTOR, "#dead tr[data-key]"), 20,
                  "the replayed letter, dead-lettered anew")  # fmt: skip
+
+        # readable at 360 px: no page is wider than the phone (tables scroll in their box)
+        browser.set_window_size(360, 740)
+        for page in ("overview", "pipeline", "topics", "editor", "sinks", "dead"):
+            browser.get(f"{base}/#{page}")
+            find(browser, f"#page-{page}:not([hidden])")
+            wide = browser.execute_script("return document.documentElement.scrollWidth")
+            assert wide <= browser.execute_script("return window.innerWidth"), page
+        shot(browser, tmp_path, "phone-overview")
 
         # nothing from outside ran as script
         assert browser.execute_script("return window.pwned === undefined")
