@@ -1,6 +1,6 @@
 """The console's HTTP server (aiohttp): the page, the JSON API, live events and /metrics.
 
-GET /            the status page; its script and style are files of gateway/web/static/
+GET /            the console (one page); its script and style are files of gateway/web/static/
                  (GET /static/NAME), since the Content-Security-Policy allows no inline script
 GET /login       the login page;  POST /login  {"username", "password"} as JSON or a form:
                  sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /)
