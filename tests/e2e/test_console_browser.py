@@ -15,6 +15,8 @@ import base64
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
@@ -267,4 +269,48 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         assert not browser.find_elements(By.CSS_SELECTOR, "main img")
     finally:
         pub.close()
+    assert gw.stop() == 0
+
+
+def test_a_viewer_reads_every_page_but_cannot_edit(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver, tmp_path: Path
+) -> None:
+    name = f"uiv{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "client_id": f"gw-{name}"}},
+        "routes": {"lines": {"match": f"{name}/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    added = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "web", "passwd", "vic", "-c", str(gw.config_path)],
+        input="viewer-pass-1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    gw.start(wait_sources=False)
+    base = f"http://127.0.0.1:{gw.web_port}"
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "username").send_keys("vic")
+    browser.find_element(By.ID, "password").send_keys("viewer-pass-1")
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    wait_for(lambda: text(browser, "#who") == "vic (viewer)", 15, "logged in as a viewer")
+    browser.get(f"{base}/#editor?route=lines")
+    wait_for(lambda: browser.find_element(By.ID, "route-match").get_attribute("value")
+             == f"{name}/#", 10, "the route, shown")  # fmt: skip
+    assert "viewer" in text(browser, "#page-editor .viewer-note")
+    for control in ("check", "apply", "remove-route", "add-processor"):
+        button = browser.find_element(By.ID, control)
+        assert button.get_attribute("disabled") is not None, control
+    assert "Needs an operator" in (
+        browser.find_element(By.ID, "check").get_attribute("title") or ""
+    )
+    browser.get(f"{base}/#dead")
+    find(browser, "#page-dead:not([hidden])")
+    assert browser.find_element(By.ID, "dead-replay-all").get_attribute("disabled") is not None
+    assert browser.find_element(By.ID, "dead-purge-all").get_attribute("disabled") is not None
+    browser.get(f"{base}/#pipeline")
+    find(browser, 'g.node[data-node="sink archive"]')  # reading works
     assert gw.stop() == 0
