@@ -17,6 +17,7 @@ BENCHES = [
     "reload.py",
     "window.py",
     "sources.py",
+    "console.py",
 ]
 
 

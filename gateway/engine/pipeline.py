@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import registry
+from gateway import __version__, registry
 from gateway.config.model import Config, RetrySettings
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
@@ -619,6 +619,7 @@ class Engine:
                 batches=self.committed_batches,
                 commit_latency=self.commit_latency,
                 commit_batches=self.commit_batches,
+                version=__version__,
             ),
             broker=broker,
             store=StoreStatus(

@@ -37,6 +37,7 @@ class GatewayStatus:
             "config": self.config,
             "ingested": self.ingested,
             "batches": self.batches,
+            "version": self.version,
         }
 
 
@@ -195,14 +196,20 @@ class RouteStatus:
     match: list[str]
     sinks: list[str]
     processors: list[str]
-    # for /metrics only
-    received: int = 0
-    emitted: int = 0
+    received: int = 0  # FlowFiles its filters took
+    emitted: int = 0  # FlowFiles it handed to its sinks (the console's edge rates)
     dead_lettered: int = 0
-    errors: int = 0
+    errors: int = 0  # for /metrics only
 
     def to_json(self) -> dict[str, Any]:
-        return {"match": self.match, "sinks": self.sinks, "processors": self.processors}
+        return {
+            "match": self.match,
+            "sinks": self.sinks,
+            "processors": self.processors,
+            "received": self.received,
+            "emitted": self.emitted,
+            "dead_lettered": self.dead_lettered,
+        }
 
 
 @dataclass(frozen=True)

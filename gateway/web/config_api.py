@@ -6,6 +6,16 @@ GET    /api/config                 {"path", "hash", "config"}: the file's effect
                                    secret written *** (as `edge-stream config show`)
 PUT    /api/config/SECTION/NAME    body: the component's config as a JSON object
 DELETE /api/config/SECTION/NAME    SECTION is sources, routes or sinks
+PUT|DELETE ...?check=1             show before apply: validate the edit and answer what
+                                   it would change, writing nothing: {"outcome":
+                                   "checked", "errors", "changes" (as `config diff`),
+                                   "diff" (a unified diff of the component's effective
+                                   config, secrets ***)}; 422 with the errors if invalid
+GET    /api/config/versions        {"versions": [{"name", "saved_at", "hash"}]}: the kept
+                                   versions, newest first (as `config versions`)
+POST   /api/config/rollback        body {"version": NAME} (default: the newest): put that
+                                   version back and apply it (as `config rollback`); the
+                                   text it replaced is kept in turn
 
 A PUT or DELETE changes the file with `gateway.config.edit` (only the component's lines
 change; comments and formatting stay), validates the result as `check-config` does,
@@ -32,20 +42,24 @@ One edit at a time; the file work runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 from gateway.config import edit, files
-from gateway.config.load import read_text
+from gateway.config.load import apply_env, load_data, parse_text, read_text
 from gateway.core.errors import ConfigError
 
 log = logging.getLogger("gateway.web")
 
 MAX_BODY = 256 << 10
 PREFIX = "/api/config/"
+VERSIONS = PREFIX + "versions"
+ROLLBACK = PREFIX + "rollback"
 
 Response = tuple[int, str, bytes]
 Reload = Callable[[str], Awaitable[dict[str, Any]]]  # a reload attempt, by trigger
@@ -72,9 +86,13 @@ class ConfigApi:
 
     @staticmethod
     def allowed(path: str) -> tuple[str, ...]:
-        return ("GET", "HEAD") if path == "/api/config" else ("PUT", "DELETE")
+        if path in ("/api/config", VERSIONS):
+            return ("GET", "HEAD")
+        return ("POST",) if path == ROLLBACK else ("PUT", "DELETE")
 
-    async def handle(self, method: str, url_path: str, body: bytes) -> Response:
+    async def handle(
+        self, method: str, url_path: str, body: bytes, check: bool = False
+    ) -> Response:
         """Answer one request (already authorized, its body read and bounded)."""
         if method not in self.allowed(url_path):
             allowed = " or ".join(self.allowed(url_path))
@@ -89,6 +107,11 @@ class ConfigApi:
             )
         if url_path == "/api/config":
             return await self._show(self.path)
+        if url_path == VERSIONS:
+            return await self._versions(self.path)
+        if url_path == ROLLBACK:
+            async with self._lock:
+                return await self._rollback(self.path, self._reload, body)
         parts = url_path[len(PREFIX) :].split("/")
         if len(parts) != 2 or parts[0] not in edit.SECTIONS:
             return _answer(
@@ -107,8 +130,59 @@ class ConfigApi:
                 value = None
             if not isinstance(value, dict):
                 return _answer(400, errors=[f"{section}.{name}: the body must be a JSON object"])
+        if check:
+            return await self._check(self.path, section, name, value)
         async with self._lock:
             return await self._edit(self.path, self._reload, section, name, value)
+
+    async def _check(
+        self, path: str, section: str, name: str, value: dict[str, Any] | None
+    ) -> Response:
+        try:
+            # Reads, changes and validates (decrypting secrets): in a worker thread.
+            changes, text_diff = await asyncio.to_thread(_preview, path, section, name, value)
+        except edit.NoSuchComponent as err:
+            return _answer(404, errors=list(err.problems))
+        except ConfigError as err:
+            return _answer(422, errors=list(err.problems))
+        return _answer(200, "checked", changes=changes, diff=text_diff)
+
+    async def _versions(self, path: str) -> Response:
+        try:
+            kept = await asyncio.to_thread(_kept_versions, path)
+        except ConfigError as err:
+            return _answer(409, errors=list(err.problems))
+        return 200, "application/json", json.dumps({"versions": kept}, indent=1).encode()
+
+    async def _rollback(self, path: str, reload: Reload, body: bytes) -> Response:
+        try:
+            asked = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError):
+            asked = None
+        name = asked.get("version") if isinstance(asked, dict) else None
+        if not isinstance(asked, dict) or not isinstance(name, str | None):
+            return _answer(400, errors=['the body: {"version": NAME} or nothing (the newest)'])
+        try:
+            old_text, restored, kept = await asyncio.to_thread(_restore, path, name)
+        except ConfigError as err:
+            return _answer(409, errors=list(err.problems))
+        version = None if kept is None else kept.name
+        if old_text is None:
+            return _answer(200, "unchanged", [f"{path} already holds {restored}"], version)
+        log.info(
+            "web: %s restored in %s through the API (old text kept as %s)", restored, path, version
+        )
+        outcome = await reload()
+        result = str(outcome.get("outcome", "refused"))
+        errors = [str(e) for e in outcome.get("errors") or []]
+        extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
+        if result == "applied":
+            return _answer(200, result, errors, version, restored=restored, **extra)
+        await asyncio.to_thread(files.write_atomic, path, old_text)
+        log.warning(
+            "web: the gateway did not apply %s (%s); %s is back as it was", restored, result, path
+        )
+        return _answer(409, result, errors, version, restored=restored, **extra)
 
     async def _show(self, path: str) -> Response:
         try:
@@ -145,6 +219,66 @@ class ConfigApi:
             "web: the gateway did not apply %s (%s); %s is back as it was", what, result, path
         )
         return _answer(409, result, errors, version, **extra)
+
+
+def _preview(
+    path: str, section: str, name: str, value: dict[str, Any] | None
+) -> tuple[list[str], str]:
+    """What setting (or removing) one component would change: `config diff` lines, and a
+    unified diff of the component's effective config (secrets redacted)."""
+    import difflib
+
+    import yaml
+
+    from gateway.config.view import diff, load_view, show
+
+    old, old_raw = load_view(path)
+    text = read_text(path)
+    if value is None:
+        new_text = edit.remove_component(text, section, name, path)
+    else:
+        new_text = edit.set_component(text, section, name, value, path)
+    data, _lines = parse_text(new_text, path)
+    new_raw = copy.deepcopy(data)
+    new = load_data(data, path, {}, dict(os.environ))
+    apply_env(new_raw, dict(os.environ))
+
+    def component(config: Any, raw: dict[str, Any]) -> list[str]:
+        shown = show(config, raw).get(section, {}).get(name)
+        if shown is None:
+            return []
+        return yaml.safe_dump({section: {name: shown}}, sort_keys=False).splitlines()
+
+    lines = difflib.unified_diff(
+        component(old, old_raw), component(new, new_raw), "running", "new", lineterm=""
+    )
+    return diff(old, old_raw, new, new_raw), "\n".join(lines)
+
+
+def _data_dir(path: str) -> str:
+    from gateway.config.load import load
+
+    return load(path).gateway.data_dir
+
+
+def _kept_versions(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": v.name, "saved_at": v.saved_at, "hash": v.hash}
+        for v in files.versions(_data_dir(path))
+    ]
+
+
+def _restore(path: str, name: str | None) -> tuple[str | None, str, files.Version | None]:
+    """Put kept version `name` back in `path` (as `config rollback`): the text it
+    replaced (None: it already held that), the version's name, the kept old text."""
+    data_dir = _data_dir(path)
+    version = files.find_version(data_dir, name)
+    text = read_text(version.path)
+    edit.validate(text, str(version.path))
+    current = read_text(path)
+    if current == text:
+        return None, version.name, None
+    return current, version.name, files.save(path, text, data_dir)
 
 
 def _show(path: str) -> dict[str, Any]:

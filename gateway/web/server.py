@@ -1,6 +1,6 @@
 """The console's HTTP server (aiohttp): the page, the JSON API, live events and /metrics.
 
-GET /            the status page; its script and style are files of gateway/web/static/
+GET /            the console (one page); its script and style are files of gateway/web/static/
                  (GET /static/NAME), since the Content-Security-Policy allows no inline script
 GET /login       the login page;  POST /login  {"username", "password"} as JSON or a form:
                  sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /)
@@ -10,6 +10,10 @@ GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/events  Server-Sent Events: the /api/status document each second it changes
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
+GET /api/dead-letters/SEQ        one in full: its content as text, or as hex when it is
+                 not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
+POST /api/dead-letters/replay|purge  body {"seqs": [SEQ, ...]} or {"all": true}: as
+                 `edge-stream dead-letters replay|purge` (operators); answers {"count"}
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
@@ -66,6 +70,8 @@ from gateway.core.errors import ConfigError
 from gateway.engine.status import StatusView
 from gateway.metrics import metrics_json, registry_for
 from gateway.mqtt.broker import in_use
+from gateway.store import admin
+from gateway.store.sqlite import StoreError
 from gateway.web import access, console_api
 from gateway.web.config_api import MAX_BODY, ConfigApi
 from gateway.web.page import LOGIN_PAGE, STATUS_PAGE
@@ -83,6 +89,7 @@ BASIC_CACHE = 32  # checked basic-auth headers kept, so that scripts do not pay 
 BASIC_TTL = 300.0
 COOKIE = "edge_stream_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_SHOWN = 64 << 10  # bytes of a dead letter's content shown
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -177,6 +184,8 @@ class WebServer:
         app.router.add_get("/api/status", self.api_status)
         app.router.add_get("/api/events", self.api_events)
         app.router.add_get("/api/dead-letters", self.api_dead_letters)
+        app.router.add_get("/api/dead-letters/{seq:[0-9]+}", self.api_dead_letter)
+        add("POST", "/api/dead-letters/{action:replay|purge}", self.api_dead_letters_act)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/api/metrics", self.api_metrics)
         app.router.add_get("/api/topics", self.api_console)
@@ -518,6 +527,58 @@ class WebServer:
             ]
         )
 
+    async def api_dead_letter(self, request: web.Request) -> web.StreamResponse:
+        seq = int(request.match_info["seq"])
+        record = await asyncio.to_thread(self._store_admin, lambda a: a.dead_letter(seq))
+        if isinstance(record, web.Response):
+            return record
+        if record is None:
+            return _json({"errors": [f"no dead letter {seq}"]}, 404)
+        return _json({
+            "seq": record.seq,
+            "id": record.id,
+            "topic": record.topic,
+            "attributes": record.attributes,
+            "created_ns": record.created,
+            "origin": record.origin,
+            "sink": record.sink,
+            "reason": record.reason,
+            "bytes": len(record.content),
+            **_content(record.content),
+        })  # fmt: skip
+
+    async def api_dead_letters_act(self, request: web.Request) -> web.StreamResponse:
+        action = request.match_info["action"]
+        if (request.content_length or 0) > LOGIN_BODY:
+            return _text(413, f"a body of at most {LOGIN_BODY} bytes\n", close=True)
+        try:
+            asked = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            asked = None
+        seqs = asked.get("seqs") if isinstance(asked, dict) else None
+        if isinstance(asked, dict) and asked.get("all") is True and seqs is None:
+            chosen: list[int] | None = None
+        elif isinstance(seqs, list) and seqs and all(type(n) is int for n in seqs):
+            chosen = seqs
+        else:
+            return _json({"errors": ['the body: {"seqs": [SEQ, ...]} or {"all": true}']}, 400)
+        count = await asyncio.to_thread(
+            self._store_admin, lambda a: a.replay(chosen) if action == "replay" else a.purge(chosen)
+        )
+        if isinstance(count, web.Response):
+            return count
+        log.info("web: %s %s dead letter(s) through the console", action, count)
+        return _json({"action": action, "count": count})
+
+    def _store_admin(self, do: Callable[[admin.StoreAdmin], Any]) -> Any:
+        """`do` on a store admin connection of its own, as the CLI does (blocking: call it
+        in a worker thread)."""
+        try:
+            with admin.open_admin(self.engine.store.path) as store:
+                return do(store)
+        except StoreError as err:
+            return _json({"errors": [str(err)]}, 409)
+
     async def metrics_text(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -541,7 +602,7 @@ class WebServer:
             return _text(413, limit, close=True)
         body = await request.read()
         status, content_type, answer = await self.config_api.handle(
-            request.method, request.path, body
+            request.method, request.path, body, check=request.query.get("check") == "1"
         )
         return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
 
@@ -565,6 +626,17 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.abort()  # type: ignore[attr-defined]
+
+
+def _content(content: bytes) -> dict[str, Any]:
+    """A payload for the console: text when it is UTF-8, hex otherwise; at most 64 KiB."""
+    shown = content[:MAX_SHOWN]
+    try:
+        out: dict[str, Any] = {"content": shown.decode()}
+    except UnicodeDecodeError:
+        out = {"content_hex": shown.hex()}
+    out["truncated"] = len(content) > MAX_SHOWN
+    return out
 
 
 def _equal(a: str, b: str) -> bool:

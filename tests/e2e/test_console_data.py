@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
+import urllib.request
 import uuid
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
 from tests.e2e.harness import wait_for
@@ -40,4 +43,52 @@ def test_topics_seen_and_the_routes_they_match(mosquitto: Any, gateway_factory: 
     refused.value.close()
     series = gw.get("/api/series")
     assert series["interval_s"] == 10 and isinstance(series["series"], dict)
+    assert gw.stop() == 0
+
+
+def _post(gw: Any, path: str, body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.web_port}{path}", data=body, method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def test_a_dead_letter_in_full_as_hex_then_purged(mosquitto: Any, gateway_factory: Any) -> None:
+    name = f"dead{uuid.uuid4().hex[:8]}"
+    config = base(mosquitto, name)
+    config["routes"]["first"]["processors"] = [{"type": "json"}]
+    gw = gateway_factory(config)
+    gw.start()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{name}")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.publish(f"{name}/a", b"\xff\x00<b>", qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    dead = wait_for(lambda: gw.get("/api/dead-letters"), 20, "a dead letter")
+    seq = dead[0]["seq"]
+    one = gw.get(f"/api/dead-letters/{seq}")
+    assert one["content_hex"] == "ff003c623e" and "content" not in one
+    assert (
+        one["topic"] == f"{name}/a"
+        and "not valid UTF-8" in one["reason"]
+        and one["truncated"] is False
+    )
+    assert _post(gw, "/api/dead-letters/purge", b'{"seqs": "all"}')[0] == 400
+    assert _post(gw, "/api/dead-letters/purge", json.dumps({"seqs": [seq]}).encode()) == (
+        200,
+        {"action": "purge", "count": 1},
+    )
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        gw.get(f"/api/dead-letters/{seq}")
+    assert gone.value.code == 404
+    gone.value.close()
     assert gw.stop() == 0

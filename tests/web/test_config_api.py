@@ -138,3 +138,68 @@ async def test_without_a_config_file_there_is_nothing_to_edit(
     stop.append((gateway, task))
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config", "GET")
     assert status == 409 and "without a config file" in answer["errors"][0]
+
+
+async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: list[Any]) -> None:
+    calls: list[str] = []
+
+    async def applied() -> dict[str, Any]:
+        calls.append(path.read_text())
+        return {"outcome": "applied", "errors": [], "changes": ["route alarms added"]}
+
+    gateway, task, url, path = await _serve(tmp_path, applied)
+    stop.append((gateway, task))
+    before = path.read_text()
+    route = f"{url}/api/config/routes/alarms"
+    body = json.dumps({"match": "alarms/#", "sinks": ["out"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{route}?check=1", "PUT", body)
+    assert status == 200, answer
+    assert answer["outcome"] == "checked" and answer["changes"] == ["routes.alarms: added"]
+    assert "+  alarms:" in answer["diff"] and "+    - alarms/#" in answer["diff"]
+    wrong = json.dumps({"match": "alarms/#", "sinks": ["nope"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{route}?check=1", "PUT", wrong)
+    assert status == 422 and "routes.alarms.sinks.0" in answer["errors"][0]
+    status, answer = await asyncio.to_thread(
+        _call, f"{url}/api/config/routes/all?check=1", "DELETE"
+    )
+    assert status == 200 and answer["changes"] == ["routes.all: removed"]
+    assert "-  all:" in answer["diff"]
+    assert path.read_text() == before and calls == []  # nothing written, nothing applied
+    assert files.versions(tmp_path / "data") == []
+
+
+async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[Any]) -> None:
+    outcomes = ["applied"]
+
+    async def reload() -> dict[str, Any]:
+        return {"outcome": outcomes[0], "errors": [], "changes": ["route alarms"]}
+
+    gateway, task, url, path = await _serve(tmp_path, reload)
+    stop.append((gateway, task))
+    original = path.read_text()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
+    assert status == 200 and answer == {"versions": []}
+    body = json.dumps({"match": "alarms/#", "sinks": ["out"]}).encode()
+    status, put = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
+    assert status == 200, put
+    edited = path.read_text()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
+    assert [v["name"] for v in answer["versions"]] == [put["version"]]
+    assert answer["versions"][0]["hash"] == files.text_hash(original)
+    # the gateway refuses the rolled-back text: the file stays as it runs
+    outcomes[0] = "refused"
+    asked = json.dumps({"version": put["version"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert status == 409 and answer["outcome"] == "refused" and path.read_text() == edited
+    outcomes[0] = "applied"
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert status == 200 and answer["outcome"] == "applied", answer
+    assert answer["restored"] == put["version"] and path.read_text() == original
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert status == 200 and answer["outcome"] == "unchanged"  # it holds that text already
+    status, answer = await asyncio.to_thread(
+        _call, f"{url}/api/config/rollback", "POST", b'{"version": "nope"}'
+    )
+    assert status == 409 and "no kept config version 'nope'" in answer["errors"][0]
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", b"[1]")
+    assert status == 400

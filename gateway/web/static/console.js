@@ -1,0 +1,906 @@
+// The console: one page, a view per hash (#overview, #pipeline, #topics, #editor, #sinks,
+// #devices, #dead, #alerts). The /api/status document arrives over Server-Sent Events and
+// updates the numbers in place; the other answers are read when their page is open.
+// Everything from outside (names, topics, payloads, errors) is set as text (textContent,
+// never innerHTML), binary payloads as hex. A hidden tab closes its stream and polls
+// nothing. Words (verdict, ages, sizes) come from words.js.
+"use strict";
+(() => {
+  const W = Words;
+  const $ = id => document.getElementById(id);
+  const num = n => Number(n) || 0;
+  const SVG = "http://www.w3.org/2000/svg";
+  const PAGES = ["overview", "pipeline", "topics", "editor", "sinks", "devices", "dead", "alerts"];
+  const PROCESSOR_TYPES = ["json", "transform", "filter"];
+  const SECONDARY = {class: "secondary"};
+
+  let me = {user: "", role: "viewer", auth: "open"};
+  let status = null; // the newest /api/status document
+  let previous = null; // the one before, with the time it came: for rates
+  let rates = {source: {}, sink: {}, route: {}, emitted: {}};
+  let config = null; // GET /api/config: the effective config, secrets ***
+  let configHash = null;
+  let page = "overview";
+  let selected = null; // the pipeline's chosen node: {kind, name}
+  let events = null;
+  let timer = null; // the open page's polling (topics, devices)
+  let deadCount = -1;
+  let deadAt = 0;
+  let pending = null; // the checked edit Apply sends: {method, name, body, key}
+
+  // -- building DOM: text only ------------------------------------------------------
+
+  /** An element; `props`: class, text, attrs {name: value}, on {event: fn}; children are
+   * nodes or strings (text nodes). */
+  function el(tag, props, ...kids) {
+    const node = document.createElement(tag);
+    props = props || {};
+    if (props.class) node.className = props.class;
+    if (props.text !== undefined) node.textContent = String(props.text);
+    for (const [k, v] of Object.entries(props.attrs || {})) {
+      if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const [k, fn] of Object.entries(props.on || {})) node.addEventListener(k, fn);
+    for (const kid of kids) {
+      if (kid !== null && kid !== undefined) {
+        node.append(typeof kid === "string" ? document.createTextNode(kid) : kid);
+      }
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  const button = (label, fn, opts) => {
+    opts = opts || {};
+    const b = el("button", {text: label, class: opts.class, attrs: {type: "button"},
+      on: {click: fn}});
+    if (opts.edit) guard(b);
+    return b;
+  };
+
+  /** An editing control: disabled, with the reason, for a viewer. */
+  function guard(control) {
+    control.dataset.edit = "1";
+    if (me.role !== "operator") {
+      control.disabled = true;
+      control.title = "Needs an operator: you are signed in as a viewer";
+    }
+    return control;
+  }
+
+  function guardAll() {
+    for (const c of document.querySelectorAll("[data-edit]")) guard(c);
+    for (const n of document.querySelectorAll(".viewer-note")) n.hidden = me.role === "operator";
+  }
+
+  function state(word) {
+    return el("span", {class: "state " + W.stateClass(word), text: word || "unknown"});
+  }
+
+  /** Rows of `tbody` kept by key: a row is made once and its cells' text updated in place,
+   * so that nothing jumps and a focused button stays. A cell: a string, {text, cls}, or a
+   * function making a node (called once, when the row is made). */
+  function syncRows(tbody, items, empty) {
+    const rows = tbody._rows || (tbody._rows = new Map());
+    const seen = new Set();
+    let at = 0;
+    for (const [key, cells] of items) {
+      seen.add(key);
+      let tr = rows.get(key);
+      if (!tr) {
+        tr = el("tr", {attrs: {"data-key": key}});
+        for (const c of cells) {
+          const td = el("td");
+          if (typeof c === "function") td.append(c());
+          tr.append(td);
+        }
+        rows.set(key, tr);
+      }
+      cells.forEach((c, i) => {
+        if (typeof c === "function") return;
+        const td = tr.children[i];
+        const text = c !== null && typeof c === "object" ? c.text : c;
+        const cls = c !== null && typeof c === "object" ? (c.cls || "") : "";
+        if (td.textContent !== String(text ?? "")) td.textContent = String(text ?? "");
+        if (td.className !== cls) td.className = cls;
+        if (c && c.title !== undefined) td.title = c.title;
+      });
+      if (tbody.children[at] !== tr) tbody.insertBefore(tr, tbody.children[at] || null);
+      at++;
+    }
+    for (const [key, tr] of rows) {
+      if (!seen.has(key)) { tr.remove(); rows.delete(key); }
+    }
+    let none = tbody.querySelector("tr.none");
+    if (!items.length && !none) {
+      const cols = tbody.parentElement.querySelectorAll("th").length || 1;
+      none = el("tr", {class: "none"}, el("td", {class: "muted", text: empty || "none",
+        attrs: {colspan: cols}}));
+      tbody.append(none);
+    } else if (items.length && none) none.remove();
+  }
+
+  // -- talking to the gateway -------------------------------------------------------
+
+  async function api(method, path, body) {
+    const init = {method, credentials: "same-origin", headers: {}};
+    if (method !== "GET") init.headers["X-CSRF-Token"] = me.csrf || "";
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers["Content-Type"] = "application/json";
+    }
+    const answer = await fetch(path, init);
+    if (answer.status === 401) { location.href = "login"; throw new Error("logged out"); }
+    const type = answer.headers.get("Content-Type") || "";
+    const data = type.includes("json") ? await answer.json() : {errors: [await answer.text()]};
+    return {status: answer.status, ok: answer.ok, data};
+  }
+
+  async function loadConfig(force) {
+    const hash = status && status.config ? status.config.hash : null;
+    if (config && !force && hash === configHash) return config;
+    const answer = await api("GET", "api/config");
+    config = answer.ok ? answer.data.config : {sources: {}, routes: {}, sinks: {}};
+    configHash = hash;
+    return config;
+  }
+
+  // -- the live stream --------------------------------------------------------------
+
+  function connect() {
+    if (events) return;
+    events = new EventSource("api/events");
+    events.onmessage = e => {
+      const doc = JSON.parse(e.data);
+      const now = performance.now();
+      if (previous) {
+        const dt = (now - previous.at) / 1000;
+        rates = {source: {}, sink: {}, route: {}, emitted: {}};
+        const per = (now, before, key) => before ? Math.max(0, num(now[key]) - num(before[key])) / dt : 0;
+        for (const [n, r] of Object.entries(doc.routes)) {
+          rates.route[n] = per(r, previous.doc.routes[n], "received");
+          rates.emitted[n] = per(r, previous.doc.routes[n], "emitted");
+        }
+        for (const [n, s] of Object.entries(doc.sources)) {
+          const before = previous.doc.sources[n];
+          rates.source[n] = before ? Math.max(0, num(s.produced) - num(before.produced)) / dt : 0;
+        }
+        for (const [n, s] of Object.entries(doc.sinks)) {
+          const before = previous.doc.sinks[n];
+          rates.sink[n] = before ? Math.max(0, num(s.delivered) - num(before.delivered)) / dt : 0;
+        }
+      }
+      previous = {doc, at: now};
+      status = doc;
+      $("live").textContent = "live";
+      $("live").className = "ok";
+      render();
+    };
+    events.onerror = () => {
+      $("live").textContent = "cannot reach the gateway; trying again...";
+      $("live").className = "bad";
+      whoAmI().catch(() => {});
+    };
+  }
+
+  function disconnect() {
+    if (events) { events.close(); events = null; }
+    previous = null;
+  }
+
+  // -- pages ------------------------------------------------------------------------
+
+  function show(name) {
+    const [base, query] = name.split("?");
+    page = PAGES.includes(base) ? base : "overview";
+    for (const p of PAGES) $("page-" + p).hidden = p !== page;
+    for (const a of document.querySelectorAll("nav a")) {
+      if (a.getAttribute("href") === "#" + page) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    clearInterval(timer);
+    timer = null;
+    if (page === "topics") { pollTopics(); timer = setInterval(pollTopics, 2000); }
+    if (page === "devices") { pollDevices(); timer = setInterval(pollDevices, 5000); }
+    if (page === "editor") openEditor(new URLSearchParams(query || ""));
+    if (page === "dead") { deadCount = -1; }
+    if (page === "pipeline" && selected) showNode(selected.kind, selected.name);
+    render();
+  }
+
+  function render() {
+    if (!status) return;
+    $("gw").textContent = status.gateway.id;
+    const verdict = W.verdict(status);
+    $("verdict-top").textContent = verdict;
+    $("verdict-top").className = verdict === "All flowing" ? "ok" : "bad";
+    $("disk").textContent = W.diskBanner(status);
+    if (page === "overview") renderOverview();
+    if (page === "pipeline") renderPipeline();
+    if (page === "sinks") renderSinks();
+    if (page === "devices") renderDevices();
+    if (page === "dead") renderDead();
+    if (page === "alerts") renderAlerts();
+    if (page === "editor") renderEditorLive();
+  }
+
+  // Overview --------------------------------------------------------------------------
+
+  function renderOverview() {
+    const s = status;
+    const c = s.config || {};
+    const r = c.last_reload;
+    const verdict = W.verdict(s);
+    $("verdict").textContent = verdict;
+    $("verdict").className = "verdict " + (verdict === "All flowing" ? "ok" : "bad");
+    const facts = [
+      ["Gateway", s.gateway.id],
+      ["Version", s.gateway.version || ""],
+      ["Up for", W.ago(s.gateway.uptime_s)],
+      ["Ingested", String(num(s.gateway.ingested))],
+      ["Config", (c.path || "none") + (c.hash ? " (hash " + c.hash + ")" : "")],
+      ["Last reload", r ? `${r.outcome} (${r.trigger}, ${W.when(r.at)})` : "none since start"],
+      ["What changed", r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
+      ["Reload errors", r && r.errors.length ? r.errors.join("; ") : ""],
+      ["MQTT broker", s.broker ? s.broker.url + (s.broker.embedded ? " (embedded)" : "") : ""],
+      ["Store", `${W.bytes(s.store.bytes)} of ${W.bytes(s.store.max_bytes)}, ` +
+        `${num(s.store.dropped)} dropped, ${num(s.dead_letters)} dead letters`],
+    ];
+    const dl = $("facts");
+    if (dl.children.length !== facts.length * 2) {
+      dl.replaceChildren(...facts.flatMap(([k]) => [el("dt", {text: k}), el("dd")]));
+    }
+    facts.forEach(([, v], i) => { dl.children[2 * i + 1].textContent = v; });
+    const active = (s.alerts && s.alerts.active) || [];
+    syncRows($("overview-alerts"), active.map(a => [a.key,
+      [{text: "firing", cls: "bad"}, a.message, W.ago(Date.now() / 1000 - a.fired_at) + " ago"]]),
+    "no active alerts");
+  }
+
+  // Pipeline --------------------------------------------------------------------------
+
+  let graphShape = "";
+  const NODE_W = 210;
+  const NODE_H = 58;
+  const GAP = 76;
+
+  function feeds(sourceName, route) {
+    const src = config && config.sources ? config.sources[sourceName] : null;
+    const topics = src && Array.isArray(src.topics) ? src.topics : null;
+    if (!topics) return true; // it names no topic filters: it may feed any route
+    return topics.some(t => route.match.some(m => W.overlap(t, m)));
+  }
+
+  function renderPipeline() {
+    const s = status;
+    const shape = JSON.stringify([Object.keys(s.sources), s.routes, Object.keys(s.sinks),
+      configHash]);
+    if (shape !== graphShape) {
+      graphShape = shape;
+      loadConfig().then(() => buildGraph()).catch(() => buildGraph());
+    }
+    updateGraph();
+    if (selected) updateNode();
+  }
+
+  function buildGraph() {
+    const s = status;
+    const cols = [Object.keys(s.sources), Object.keys(s.routes), Object.keys(s.sinks)];
+    const height = Math.max(1, ...cols.map(c => c.length)) * GAP + 40;
+    const width = 3 * NODE_W + 2 * 150 + 20;
+    const g = $("graph");
+    g.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    g.replaceChildren();
+    const pos = {};
+    const x = [10, 10 + NODE_W + 150, 10 + 2 * (NODE_W + 150)];
+    cols.forEach((names, ci) => {
+      const top = (height - names.length * GAP) / 2 + (GAP - NODE_H) / 2;
+      names.forEach((n, i) => { pos[["source", "route", "sink"][ci] + " " + n] = [x[ci], top + i * GAP]; });
+    });
+    const edges = svg("g", {class: "edges"});
+    const edge = (from, to, kind, name, dashed) => {
+      const [x1, y1] = pos[from];
+      const [x2, y2] = pos[to];
+      const a = [x1 + NODE_W, y1 + NODE_H / 2];
+      const b = [x2, y2 + NODE_H / 2];
+      const mid = (a[0] + b[0]) / 2;
+      edges.append(svg("path", {d: `M${a[0]},${a[1]} C${mid},${a[1]} ${mid},${b[1]} ${b[0]},${b[1]}`,
+        class: "edge" + (dashed ? " maybe" : "")}));
+      const label = svg("text", {x: mid, y: (a[1] + b[1]) / 2 - 4, class: "rate",
+        "text-anchor": "middle", "data-rate": kind + " " + name});
+      edges.append(label);
+    };
+    for (const [rn, r] of Object.entries(s.routes)) {
+      // an edge's rate: what the route took in (on its feeding
+      // edge when one source feeds it; several: unknown per edge) and what it handed on
+      const from = Object.keys(s.sources).filter(sn => feeds(sn, r));
+      for (const sn of from) {
+        const src = config && config.sources ? config.sources[sn] : null;
+        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : "none", rn,
+          !(src && src.topics));
+      }
+      for (const k of r.sinks) if (pos["sink " + k]) edge("route " + rn, "sink " + k, "emitted", rn);
+    }
+    g.append(edges);
+    for (const [key, [nx, ny]] of Object.entries(pos)) {
+      const [kind, ...rest] = key.split(" ");
+      const name = rest.join(" ");
+      const node = svg("g", {class: "node", tabindex: "0", role: "button",
+        transform: `translate(${nx},${ny})`, "data-node": key});
+      node.append(svg("rect", {width: NODE_W, height: NODE_H, rx: 6}));
+      node.append(svg("text", {x: 10, y: 19, class: "name"}, cut(name, 24)));
+      let sub = kind;
+      if (kind === "route") {
+        const r = s.routes[name];
+        sub = cut(r.match.join(", "), 28);
+        const conf = config && config.routes ? config.routes[name] : null;
+        const types = conf ? (conf.processors || []).map(p => p.type) :
+          r.processors.map(label => (/\(([^)]*)\)/.exec(label) || [, label])[1]);
+        const procs = types.length ? types.join(" → ") : "no processors";
+        node.append(svg("text", {x: 10, y: 51, class: "small"}, cut(procs, 30)));
+      } else {
+        node.append(svg("text", {x: 10, y: 51, class: "small", "data-state": key}));
+        const entry = kind === "source" ? s.sources[name] : s.sinks[name];
+        const type = entry.type || (config && config.sources && config.sources[name] ?
+          config.sources[name].type : "");
+        sub = type ? `${kind} · ${type}` : kind;
+      }
+      node.append(svg("text", {x: 10, y: 35, class: "small muted"}, sub));
+      node.append(svg("title", {"data-title": key}, name));
+      node.setAttribute("aria-label", `${kind} ${name}`);
+      const open = () => showNode(kind, name);
+      node.addEventListener("click", open);
+      node.addEventListener("keydown", e => {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); }
+      });
+      g.append(node);
+    }
+    updateGraph();
+  }
+
+  const cut = (text, n) => {
+    const t = String(text ?? "");
+    return t.length > n ? t.slice(0, n - 1) + "…" : t;
+  };
+
+  function updateGraph() {
+    const s = status;
+    for (const label of $("graph").querySelectorAll("[data-rate]")) {
+      const [kind, ...rest] = label.dataset.rate.split(" ");
+      const r = (rates[kind] || {})[rest.join(" ")];
+      label.textContent = r === undefined ? "" : W.rate(r);
+    }
+    for (const t of $("graph").querySelectorAll("[data-state]")) {
+      const [kind, ...rest] = t.dataset.state.split(" ");
+      const name = rest.join(" ");
+      const entry = kind === "source" ? s.sources[name] : s.sinks[name];
+      if (!entry) continue;
+      let word = entry.state;
+      if (kind === "sink") word += ` · ${num(entry.delivered)} delivered`;
+      else word += ` · ${num(entry.produced)} in · ${W.rate(rates.source[name])}`;
+      t.textContent = word;
+      t.setAttribute("class", "small " + W.stateClass(entry.state));
+      const node = t.parentNode;
+      node.setAttribute("class", "node " + W.stateClass(entry.state));
+      node.querySelector("title").textContent =
+        `${name}: ${entry.state}` + (entry.last_error ? ` - ${entry.last_error}` : "");
+      node.setAttribute("aria-label", `${kind} ${name}, ${entry.state}` +
+        (entry.last_error ? `, last error: ${entry.last_error}` : ""));
+    }
+  }
+
+  async function showNode(kind, name) {
+    selected = {kind, name};
+    for (const n of $("graph").querySelectorAll(".node")) {
+      n.classList.toggle("chosen", n.dataset.node === kind + " " + name);
+    }
+    $("node").hidden = false;
+    $("node-title").textContent = `${kind} ${name}`;
+    const conf = await loadConfig().catch(() => null);
+    const section = conf ? conf[kind + "s"] : null;
+    $("node-config").textContent = section && section[name] ?
+      JSON.stringify(section[name], null, 2) : "(not in the config file)";
+    updateNode();
+    const answer = await api("GET", "api/series").catch(() => null);
+    if (answer && answer.ok) drawSparks(kind, name, answer.data);
+  }
+
+  function updateNode() {
+    const {kind, name} = selected;
+    const entry = kind === "source" ? status.sources[name] :
+      (kind === "sink" ? status.sinks[name] : status.routes[name]);
+    if (!entry) { $("node-state").textContent = "gone from the running config"; return; }
+    $("node-state").replaceChildren(entry.state ? state(entry.state) : "",
+      entry.last_error ? ` last error: ${entry.last_error}` : "");
+    const rows = Object.entries(entry).filter(([, v]) => v === null || typeof v !== "object" ||
+      Array.isArray(v)).map(([k, v]) => [k, [k, Array.isArray(v) ? v.join(", ") :
+      (k.endsWith("_s") && v !== null ? W.ago(v) : String(v ?? ""))]]);
+    if (rates[kind] && rates[kind][name] !== undefined) {
+      rows.push(["rate", ["rate now", W.rate(rates[kind][name])]]);
+    }
+    syncRows($("node-counters"), rows);
+  }
+
+  function drawSparks(kind, name, data) {
+    const box = $("node-sparks");
+    box.replaceChildren();
+    const step = num(data.interval_s) || 10;
+    for (const [key, points] of Object.entries(data.series || {})) {
+      if (!key.startsWith(`${kind} ${name} `)) continue;
+      const counter = !key.endsWith(" depth");
+      const values = counter ? points.slice(1).map((v, i) => Math.max(0, v - points[i]) / step) :
+        points;
+      box.append(spark(key.slice(kind.length + name.length + 2) + (counter ? " per second" : ""),
+        values));
+    }
+    if (!box.children.length) box.append(el("p", {class: "muted", text: "no points yet"}));
+  }
+
+  function spark(label, values) {
+    const w = 300;
+    const h = 40;
+    const max = Math.max(1e-9, ...values);
+    const pts = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * w},` +
+      `${h - (v / max) * (h - 2) - 1}`).join(" ");
+    const pic = svg("svg", {viewBox: `0 0 ${w} ${h}`, class: "spark", role: "img",
+      "aria-label": `${label}, last 15 minutes`});
+    pic.append(svg("polyline", {points: pts || "0,39", fill: "none"}));
+    const last = values.length ? values[values.length - 1] : 0;
+    return el("figure", {}, pic, el("figcaption", {text:
+      `${label}: now ${Math.round(last * 10) / 10}, top ${Math.round(max * 10) / 10} (15 min)`}));
+  }
+
+  // Topics ----------------------------------------------------------------------------
+
+  async function pollTopics() {
+    if (document.hidden) return;
+    const filter = $("topic-filter").value.trim() || "#";
+    const answer = await api("GET", "api/topics?limit=500&filter=" + encodeURIComponent(filter))
+      .catch(() => null);
+    if (!answer) return;
+    if (!answer.ok) {
+      $("topic-note").textContent = (answer.data.errors || []).join("; ");
+      return;
+    }
+    const d = answer.data;
+    $("topic-note").textContent = `${d.topics.length} of ${d.seen} topics seen lately` +
+      ` (kept: at most ${d.kept_at_most})`;
+    const now = Date.now() / 1000;
+    const items = [];
+    let parents = [];
+    for (const t of d.topics) {
+      const levels = t.topic.split("/");
+      // a heading row for each level not shown yet: the tree
+      for (let i = 0; i < levels.length - 1; i++) {
+        const prefix = levels.slice(0, i + 1).join("/");
+        if (parents[i] !== prefix) {
+          parents = parents.slice(0, i);
+          parents[i] = prefix;
+          items.push(["dir " + prefix, [{text: levels[i] + "/", cls: `level l${Math.min(i, 6)}`,
+            title: prefix}, "", "", "", "", "", () => ""]]);
+        }
+      }
+      parents = parents.slice(0, levels.length - 1);
+      const payload = t.payload_hex !== undefined ? "hex " + W.hexLines(t.payload_hex).split("\n")
+        .map(l => l.slice(8)).join(" ") : t.payload;
+      items.push(["topic " + t.topic, [
+        {text: levels[levels.length - 1] || "(empty)", cls: `leaf l${Math.min(levels.length - 1, 6)}`,
+          title: t.topic},
+        W.rate(t.rate), String(t.count),
+        {text: cut(payload, 120) + (t.truncated ? " …" : ""), cls: "payload", title: payload},
+        W.ago(now - t.last_seen) + " ago",
+        {text: t.routes.length ? t.routes.join(", ") : "no route", cls: t.routes.length ? "" : "warn"},
+        () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
+      ]]);
+    }
+    syncRows($("topics"), items, "no topics seen yet");
+    for (const tr of $("topics").children) {
+      const key = tr.dataset.key || "";
+      if (key.startsWith("topic ")) tr.firstChild.setAttribute("aria-label", key.slice(6));
+    }
+  }
+
+  function routeTopic(topic) {
+    location.hash = "#editor?topic=" + encodeURIComponent(topic);
+  }
+
+  async function whichRoutes(e) {
+    e.preventDefault();
+    const topic = $("match-topic").value.trim();
+    const answer = await api("GET", "api/routes/match?topic=" + encodeURIComponent(topic));
+    const out = $("match-result");
+    if (!answer.ok) { out.textContent = (answer.data.errors || []).join("; "); return; }
+    const routes = answer.data.routes;
+    out.replaceChildren(routes.length ? `${topic} goes to: ${routes.join(", ")} ` :
+      `No route takes ${topic}. `, button("Route this topic", () => routeTopic(topic),
+      {edit: true}));
+  }
+
+  // Route editor ----------------------------------------------------------------------
+
+  async function openEditor(query) {
+    await loadConfig(true).catch(() => {});
+    renderRouteList();
+    loadVersions();
+    const topic = query.get("topic");
+    const route = query.get("route");
+    if (topic) {
+      const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
+        .slice(-40) || "new");
+      fillForm(name, {match: [topic], processors: [], sinks: []}, true);
+    } else if (route && config && config.routes[route]) {
+      fillForm(route, config.routes[route], false);
+    } else if (!$("route-name").value) {
+      fillForm("", {match: [], processors: [], sinks: []}, true);
+    }
+  }
+
+  function renderRouteList() {
+    const routes = config && config.routes ? Object.entries(config.routes) : [];
+    syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
+      (r.sinks || []).join(", "), () => button("Edit", () => {
+        location.hash = "#editor?route=" + encodeURIComponent(n);
+      })]]), "no routes");
+  }
+
+  function fillForm(name, route, isNew) {
+    $("route-name").value = name;
+    $("route-name").readOnly = !isNew;
+    $("route-title").textContent = isNew ? "New route" : `Route ${name}`;
+    $("route-match").value = (route.match || []).join("\n");
+    $("processors").replaceChildren();
+    for (const p of route.processors || []) addProcessor(p);
+    renderSinkChoice(route.sinks || []);
+    $("remove-route").hidden = isNew;
+    clearResult();
+  }
+
+  function renderSinkChoice(chosen) {
+    const names = Object.keys((config && config.sinks) || (status && status.sinks) || {});
+    $("route-sinks").replaceChildren(el("legend", {text: "Target sinks"}),
+      ...names.map(n => el("label", {class: "check"},
+        el("input", {attrs: {type: "checkbox", value: n, name: "sink", checked: chosen.includes(n)},
+          on: {change: clearResult}}),
+        ` ${n}` + (config && config.sinks[n] ? ` (${config.sinks[n].type})` : ""))));
+    if (!names.length) $("route-sinks").append(el("p", {class: "muted", text: "no sinks"}));
+  }
+
+  function addProcessor(p) {
+    const list = $("processors");
+    const {type, ...settings} = p || {type: "json"};
+    const index = list.children.length;
+    const typeId = `proc-type-${Date.now()}-${index}`;
+    const setId = typeId + "-settings";
+    const li = el("li", {class: "processor"},
+      el("label", {text: "Type", attrs: {for: typeId}}),
+      el("input", {class: "ptype", attrs: {id: typeId, list: "processor-types", value: type || ""},
+        on: {input: clearResult}}),
+      el("label", {text: "Settings (JSON)", attrs: {for: setId}}),
+      el("textarea", {class: "psettings", text: Object.keys(settings).length ?
+        JSON.stringify(settings, null, 1) : "{}", attrs: {id: setId, rows: 3},
+      on: {input: clearResult}}),
+      el("div", {class: "row"},
+        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }, SECONDARY),
+        button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }, SECONDARY),
+        button("Remove", () => { li.remove(); clearResult(); }, SECONDARY)));
+    list.append(li);
+  }
+
+  /** The form as the route's config; null (and the problem shown) when a field is wrong. */
+  function formRoute() {
+    const problems = [];
+    const processors = [];
+    [...$("processors").children].forEach((li, i) => {
+      const type = li.querySelector(".ptype").value.trim();
+      let settings = {};
+      try {
+        settings = JSON.parse(li.querySelector(".psettings").value || "{}");
+        if (typeof settings !== "object" || Array.isArray(settings) || settings === null) throw 0;
+      } catch (e) {
+        problems.push(`processors.${i}: the settings must be a JSON object, e.g. {"field": "x"}`);
+        settings = {};
+      }
+      processors.push({type, ...settings});
+    });
+    const route = {
+      match: $("route-match").value.split("\n").map(s => s.trim()).filter(Boolean),
+      sinks: [...$("route-sinks").querySelectorAll("input:checked")].map(i => i.value),
+      processors,
+    };
+    return {route, problems};
+  }
+
+  function clearResult() {
+    pending = null;
+    $("apply").disabled = true;
+    $("apply").dataset.why = "check first";
+    for (const n of document.querySelectorAll("#page-editor [aria-invalid]")) {
+      n.removeAttribute("aria-invalid");
+    }
+    $("route-errors").replaceChildren();
+    $("route-preview").hidden = true;
+  }
+
+  function showErrors(name, errors) {
+    const list = $("route-errors");
+    list.replaceChildren(...errors.map(e => el("li", {text: e})));
+    // point at the field each key path names
+    const fields = {match: "route-match", sinks: "route-sinks", processors: "processors"};
+    for (const e of errors) {
+      const m = String(e).match(new RegExp(`routes\\.${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}` +
+        "\\.(match|sinks|processors)(?:\\.(\\d+))?"));
+      const key = m ? m[1] : (/^processors\.(\d+)/.exec(e) ? "processors" : null);
+      if (!key) continue;
+      let node = $(fields[key]);
+      const index = m ? m[2] : (/^processors\.(\d+)/.exec(e) || [])[1];
+      if (key === "processors" && index !== undefined && node.children[index]) {
+        node = node.children[index];
+      }
+      node.setAttribute("aria-invalid", "true");
+    }
+  }
+
+  async function check(method) {
+    clearResult();
+    const name = $("route-name").value.trim();
+    if (!name) { showErrors("", ["name: give the route a name (letters, digits, _)"]); return; }
+    const {route, problems} = formRoute();
+    if (problems.length) { showErrors(name, problems); return; }
+    const path = "api/config/routes/" + encodeURIComponent(name);
+    const body = method === "PUT" ? route : undefined;
+    $("route-status").textContent = "checking...";
+    const answer = await api(method, path + "?check=1", body);
+    $("route-status").textContent = "";
+    if (!answer.ok) {
+      showErrors(name, answer.data.errors || [`HTTP ${answer.status}`]);
+      return;
+    }
+    $("route-preview").hidden = false;
+    $("route-changes").replaceChildren(...(answer.data.changes.length ? answer.data.changes :
+      ["nothing changes"]).map(c => el("li", {text: c})));
+    $("route-diff").textContent = answer.data.diff || "(no difference)";
+    pending = {method, path, body, name};
+    $("apply").disabled = me.role !== "operator";
+    $("apply").textContent = method === "DELETE" ? `Apply: remove ${name}` : `Apply ${name}`;
+  }
+
+  async function apply() {
+    if (!pending) return;
+    const {method, path, body, name} = pending;
+    $("apply").disabled = true;
+    $("route-status").textContent = "applying...";
+    const answer = await api(method, path, body);
+    $("route-status").textContent = "";
+    pending = null;
+    const d = answer.data;
+    const changed = (d.changes && d.changes.length) ? d.changes : [];
+    const out = $("route-outcome");
+    if (answer.ok) {
+      out.className = "ok";
+      out.textContent = `Applied (${method === "DELETE" ? "removed" : "written"} ${name}). ` +
+        (changed.length ? `Restarted or changed: ${changed.join("; ")}. ` : "") +
+        "Everything else kept running." + (d.version ? ` The old file is kept as ${d.version}.` : "");
+      $("route-preview").hidden = true;
+      await loadConfig(true).catch(() => {});
+      renderRouteList();
+      loadVersions();
+      if (method === "DELETE") fillForm("", {match: [], processors: [], sinks: []}, true);
+      else $("route-name").readOnly = true;
+    } else {
+      out.className = "bad";
+      out.textContent = `Not applied (${d.outcome || answer.status}); the file is as it was.`;
+      showErrors(name, d.errors || []);
+    }
+  }
+
+  async function loadVersions() {
+    const answer = await api("GET", "api/config/versions").catch(() => null);
+    const versions = answer && answer.ok ? answer.data.versions : [];
+    syncRows($("versions"), versions.slice(0, 20).map(v => [v.name, [W.when(v.saved_at), v.hash,
+      v.name, () => button("Roll back to this", () => rollback(v.name), {edit: true})]]),
+    "no kept versions yet: each edit keeps the text it replaced");
+  }
+
+  async function rollback(name) {
+    if (!confirm(`Put version ${name} back and apply it?`)) return;
+    const answer = await api("POST", "api/config/rollback", {version: name});
+    const out = $("route-outcome");
+    const d = answer.data;
+    out.className = answer.ok ? "ok" : "bad";
+    out.textContent = answer.ok ? `Rolled back to ${name} (${d.outcome}).` +
+      (d.changes && d.changes.length ? ` Restarted or changed: ${d.changes.join("; ")}.` : "") :
+      `Not rolled back (${d.outcome || answer.status}): ${(d.errors || []).join("; ")}`;
+    await loadConfig(true).catch(() => {});
+    renderRouteList();
+    loadVersions();
+  }
+
+  function renderEditorLive() {
+    const r = status.config && status.config.last_reload;
+    $("editor-reload").textContent = r ? `Last reload: ${r.outcome} (${r.trigger}, ` +
+      `${W.when(r.at)})` + (r.changes.length ? ` - ${r.changes.join("; ")}` : "") : "";
+  }
+
+  // Sinks and store -------------------------------------------------------------------
+
+  function renderSinks() {
+    const s = status;
+    syncRows($("sinks"), Object.entries(s.sinks).map(([n, k]) => [n, [n, k.type,
+      {text: k.state, cls: W.stateClass(k.state)}, String(num(k.depth)),
+      {text: k.oldest_age_s === null || k.oldest_age_s === undefined ? "" : W.ago(k.oldest_age_s),
+        cls: num(k.oldest_age_s) >= 60 ? "bad" : ""},
+      String(num(k.delivered)), W.rate(rates.sink[n]), String(num(k.dead_lettered)),
+      String(num(k.errors)), {text: k.last_error || "", cls: "error-text"}]]), "no sinks");
+    const st = s.store;
+    $("store-meter").max = num(st.max_bytes) || 1;
+    $("store-meter").value = num(st.bytes);
+    $("store-text").textContent = `${W.bytes(st.bytes)} of ${W.bytes(st.max_bytes)} ` +
+      `(${Math.round(100 * num(st.bytes) / (num(st.max_bytes) || 1))}%), overflow: ` +
+      `${st.overflow}, ${num(st.dropped)} dropped` + (st.blocked ? ", intake BLOCKED" : "") +
+      `; disk: ${W.bytes(st.disk.free_bytes)} free`;
+    syncRows($("removed-sinks"), Object.entries(st.removed_sinks || {}).map(([n, r]) =>
+      [n, [n, String(num(r.depth))]]), "none: no removed sink left a backlog");
+  }
+
+  // Devices ---------------------------------------------------------------------------
+
+  let pollLatency = {};
+
+  async function pollDevices() {
+    if (document.hidden) return;
+    const answer = await api("GET", "api/metrics").catch(() => null);
+    const family = answer && answer.ok ? answer.data.edge_stream_modbus_poll_seconds : null;
+    const sums = {};
+    for (const sample of (family ? family.samples : [])) {
+      const key = `${sample.labels.source} ${sample.labels.device}`;
+      sums[key] = sums[key] || {};
+      if (sample.name.endsWith("_sum")) sums[key].sum = sample.value;
+      if (sample.name.endsWith("_count")) sums[key].count = sample.value;
+    }
+    pollLatency = {};
+    for (const [k, v] of Object.entries(sums)) {
+      if (v.count) pollLatency[k] = (1000 * v.sum) / v.count;
+    }
+    renderDevices();
+  }
+
+  function renderDevices() {
+    if (!status) return;
+    const devices = [];
+    const ports = [];
+    for (const [sn, src] of Object.entries(status.sources)) {
+      for (const [dn, d] of Object.entries(src.devices || {})) {
+        const latency = pollLatency[`${sn} ${dn}`];
+        const requests = num(d.requests);
+        devices.push([`${sn} ${dn}`, [dn, sn, {text: d.state, cls: W.stateClass(d.state)},
+          d.url || "", String(d.unit ?? ""),
+          latency === undefined ? "" : `${latency.toFixed(1)} ms`,
+          requests ? `${(100 * num(d.errors) / requests).toFixed(1)}% (${num(d.errors)} of ${requests})` : "",
+          d.last_ok || "", {text: d.last_error || "", cls: "error-text"}]]);
+      }
+      if (src.serial) {
+        const p = src.serial;
+        const extra = Object.entries(p).filter(([k]) => !["state", "last_error", "port"].includes(k))
+          .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+        ports.push([sn, [sn, p.port || p.device || "", {text: p.state, cls: W.stateClass(p.state)},
+          extra, {text: p.last_error || "", cls: "error-text"}]]);
+      }
+    }
+    syncRows($("devices"), devices, "no Modbus devices in the config");
+    syncRows($("ports"), ports, "no serial ports in the config");
+  }
+
+  // Dead letters ----------------------------------------------------------------------
+
+  async function renderDead() {
+    const count = num(status.dead_letters);
+    $("dead-count").textContent = `${count} dead letter${count === 1 ? "" : "s"}`;
+    // again when the count changes, and every few seconds (a replay can leave it equal)
+    if (count === deadCount && performance.now() - deadAt < 3000) return;
+    deadCount = count;
+    deadAt = performance.now();
+    const answer = await api("GET", "api/dead-letters?limit=100").catch(() => null);
+    if (!answer || !answer.ok) return;
+    syncRows($("dead"), answer.data.map(d => [String(d.seq), [String(d.seq),
+      W.when(d.failed_at_ns / 1e9), {text: d.topic, cls: "topic"}, d.origin,
+      {text: d.reason, cls: "error-text"}, W.bytes(d.bytes),
+      () => button("Open", () => openDead(d.seq))]]), "no dead letters");
+  }
+
+  async function openDead(seq) {
+    const answer = await api("GET", `api/dead-letters/${seq}`);
+    const box = $("dead-one");
+    box.hidden = false;
+    if (!answer.ok) { $("dead-fields").textContent = (answer.data.errors || []).join("; "); return; }
+    const d = answer.data;
+    $("dead-title").textContent = `Dead letter ${d.seq}`;
+    const fields = [["topic", d.topic], ["id", d.id], ["where", d.origin], ["sink", d.sink || ""],
+      ["reason", d.reason], ["created", W.when(d.created_ns / 1e9)], ["size", W.bytes(d.bytes)],
+      ["attributes", JSON.stringify(d.attributes)]];
+    $("dead-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {text: k}),
+      el("dd", {text: v})]));
+    const binary = d.content_hex !== undefined;
+    $("dead-kind").textContent = (binary ? "Content (binary, as hex)" : "Content (text)") +
+      (d.truncated ? ", first 64 KiB" : "");
+    $("dead-content").textContent = binary ? W.hexLines(d.content_hex) : d.content;
+    $("dead-outcome").textContent = "";
+    $("dead-replay").onclick = () => deadAction("replay", [d.seq]);
+    $("dead-purge").onclick = () => deadAction("purge", [d.seq]);
+    $("dead-title").focus();
+  }
+
+  async function deadAction(action, seqs) {
+    if (action === "purge" && !confirm(seqs ? `Delete dead letter ${seqs.join(", ")} for good?` :
+      "Delete every dead letter for good?")) return;
+    const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true});
+    const out = $("dead-outcome");
+    out.className = answer.ok ? "ok" : "bad";
+    out.textContent = answer.ok ? (action === "replay" ?
+      `Replayed ${answer.data.count}: the gateway takes it in again like new input.` :
+      `Purged ${answer.data.count}.`) : (answer.data.errors || []).join("; ");
+    deadCount = -1;
+  }
+
+  // Alerts ----------------------------------------------------------------------------
+
+  function renderAlerts() {
+    const a = status.alerts || {active: [], recent: []};
+    const now = Date.now() / 1000;
+    syncRows($("alerts-active"), a.active.map(x => [x.key, [{text: "firing", cls: "bad"},
+      x.subject, x.message, `${W.when(x.fired_at)} (${W.ago(now - x.fired_at)} ago)`, x.rule]]),
+    "no active alerts");
+    syncRows($("alerts-recent"), a.recent.map((x, i) => [`${x.key} ${x.at} ${i}`, [
+      {text: x.state, cls: W.stateClass(x.state)}, x.subject, x.message, W.when(x.fired_at),
+      x.resolved_at ? W.when(x.resolved_at) : ""]]), "no alerts yet");
+  }
+
+  // -- start --------------------------------------------------------------------------
+
+  async function whoAmI() {
+    const answer = await fetch("api/session", {credentials: "same-origin"});
+    if (answer.status === 401) { location.href = "login"; return; }
+    me = await answer.json();
+    $("who").textContent = me.auth === "open" ? "open console (localhost, no accounts)" :
+      `${me.user} (${me.role})`;
+    $("logout").hidden = me.auth !== "session";
+    guardAll();
+  }
+
+  function start() {
+    $("logout").addEventListener("click", async () => {
+      await api("POST", "logout").catch(() => {});
+      location.href = "login";
+    });
+    $("topic-filter-form").addEventListener("submit", e => { e.preventDefault(); pollTopics(); });
+    $("match-form").addEventListener("submit", whichRoutes);
+    $("add-processor").addEventListener("click", () => { addProcessor(); clearResult(); });
+    $("check").addEventListener("click", () => check("PUT"));
+    $("remove-route").addEventListener("click", () => check("DELETE"));
+    $("apply").addEventListener("click", apply);
+    $("new-route").addEventListener("click", () => fillForm("", {match: [], processors: [], sinks: []}, true));
+    $("route-match").addEventListener("input", clearResult);
+    $("route-name").addEventListener("input", clearResult);
+    $("dead-replay-all").addEventListener("click", () => deadAction("replay", null));
+    $("dead-purge-all").addEventListener("click", () => deadAction("purge", null));
+    $("processor-types").replaceChildren(...PROCESSOR_TYPES.map(t => el("option", {attrs: {value: t}})));
+    for (const b of document.querySelectorAll("#check, #apply, #remove-route, #add-processor," +
+      " #dead-replay, #dead-purge, #dead-replay-all, #dead-purge-all")) b.dataset.edit = "1";
+    window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+    document.addEventListener("visibilitychange", () => {
+      // a paused tab costs nothing: no stream, no polling
+      if (document.hidden) disconnect(); else { connect(); show(location.hash.slice(1)); }
+    });
+    whoAmI().then(() => {
+      connect();
+      show(location.hash.slice(1) || "overview");
+    }).catch(e => { $("live").textContent = "cannot reach the gateway: " + e; });
+  }
+
+  start();
+})();
