@@ -172,13 +172,15 @@ class ConfigApi:
         log.info(
             "web: %s restored in %s through the API (old text kept as %s)", restored, path, version
         )
-        outcome = await reload()
+        outcome = await reload("rollback")
         result = str(outcome.get("outcome", "refused"))
         errors = [str(e) for e in outcome.get("errors") or []]
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
         if result == "applied":
             return _answer(200, result, errors, version, restored=restored, **extra)
         await asyncio.to_thread(files.write_atomic, path, old_text)
+        if self._settle is not None:
+            self._settle(old_text)
         log.warning(
             "web: the gateway did not apply %s (%s); %s is back as it was", restored, result, path
         )

@@ -143,7 +143,7 @@ async def test_without_a_config_file_there_is_nothing_to_edit(
 async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: list[Any]) -> None:
     calls: list[str] = []
 
-    async def applied() -> dict[str, Any]:
+    async def applied(_trigger: str) -> dict[str, Any]:
         calls.append(path.read_text())
         return {"outcome": "applied", "errors": [], "changes": ["route alarms added"]}
 
@@ -171,7 +171,7 @@ async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: l
 async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[Any]) -> None:
     outcomes = ["applied"]
 
-    async def reload() -> dict[str, Any]:
+    async def reload(_trigger: str) -> dict[str, Any]:
         return {"outcome": outcomes[0], "errors": [], "changes": ["route alarms"]}
 
     gateway, task, url, path = await _serve(tmp_path, reload)
