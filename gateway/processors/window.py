@@ -30,7 +30,10 @@ Groups
   group_by: field.PATH     per value of a JSON field
   (not set)                one set of windows for everything
 
-Aggregates, per field: `aggregates: {temp: [avg, min, max]}`
+Aggregates, per field: `aggregates: {temp: [avg, min, max]}`. A field's value is a
+JSON number or text holding one (`"21.5"`: Redis stream fields and DECIMAL columns
+arrive as text); a missing field or null is left out; anything else dead-letters
+the reading.
   count sum avg min max first last stddev rate    constant memory per window
   median percentile(P)                             a bounded buffer per window:
        exact up to `max_values` readings, then a deterministic sample of that many
@@ -484,6 +487,8 @@ class WindowProcessor(Processor):
                 values.append(None)
             elif type(v) in (int, float):
                 values.append(v)
+            elif type(v) is str and (number := _number(v)) is not None:
+                values.append(number)
             else:
                 shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
                 raise PermanentError(
@@ -765,6 +770,15 @@ class WindowProcessor(Processor):
         h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
         ms = max(acc["e"], 0) // 1_000_000
         return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"
+
+
+def _number(text: str) -> float | None:
+    """The finite number a text holds (a Redis stream field, a DECIMAL column), else None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _p(spec: str) -> float | None:
