@@ -54,7 +54,12 @@ sent again after a restart is recognised by idempotent sinks.
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
-after a restart (`edge-stream state show ROUTE.N`).
+after a restart (`edge-stream state show ROUTE.N`). The state also holds a
+fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
+time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
+reload that changed one of them drops the open windows made under the old config
+(counted as `dropped`, one log line) instead of mixing them with the new ones.
+Changing only topic, allowed_lateness, late, idle or max_state keeps them.
 
 Example
   processors:
@@ -73,6 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import math
 import re
 import time
@@ -95,6 +101,20 @@ _PERCENTILE = re.compile(r"^percentile\(\s*(\d+(?:\.\d+)?)\s*\)$")
 LINEAGE_MAX = 16
 META = "~meta"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+# The config keys that shape the open windows: a change to one drops them (see State).
+SHAPE = (
+    "kind", "size", "every", "gap", "count", "slide", "time", "time_field",
+    "time_attribute", "group_by", "aggregates", "max_values",
+)  # fmt: skip
+
+
+def fingerprint(config: WindowProcessorConfig) -> str:
+    """A short digest of the keys of `config` that shape its windows."""
+    shape = {key: getattr(config, key) for key in SHAPE}
+    text = json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
 
 # One field's running statistics in a window (a JSON list, so it checkpoints as is):
 N, SUM, MIN, MAX, FIRST, TFIRST, LAST, TLAST, MEAN, M2, VALUES = range(11)
@@ -449,10 +469,15 @@ class WindowProcessor(Processor):
         self._group = _grouper(c.group_by)
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
+        self.dropped = 0  # open windows dropped because the config that made them changed
+        self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
-        self._meta: dict[str, Any] = {"wm": None, "mx": None, "late": 0}
+        self._meta: dict[str, Any] = self._fresh_meta()
         self._mono_at_max = ctx.clock.monotonic()
+
+    def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
+        return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
 
     @staticmethod
     def _state_size(value: Any) -> int:
@@ -465,8 +490,25 @@ class WindowProcessor(Processor):
         assert kv is not None
         self._heap = []
         self._sessions = {}
-        self._meta = kv.get(META) or {"wm": None, "mx": None, "late": 0}
-        self.late = self._meta.get("late", 0)
+        meta = kv.get(META) or self._fresh_meta()
+        self.late = meta.get("late", 0)
+        self.dropped = meta.get("dropped", 0)
+        # State from before fingerprints (no "fp") is taken as made by this config.
+        if meta.get("fp", self._fp) != self._fp:
+            windows = len(kv) - (META in kv)
+            kv.clear()
+            self.dropped += windows
+            meta = self._fresh_meta(self.late, self.dropped)
+            self.ctx.log.warning(
+                "one of %s changed since the state was written: %d open windows made"
+                " under the old config were dropped, not emitted",
+                ", ".join(SHAPE),
+                windows,
+            )
+        if META in kv and meta.get("fp") != self._fp:
+            meta["fp"] = self._fp
+            kv.put(META, meta)
+        self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
         for key, acc in kv.items():
             if key == META or self.config.kind == "count":
@@ -567,6 +609,9 @@ class WindowProcessor(Processor):
         return parse_time(text)
 
     def _new_acc(self, group: str, start: int, end: int, flowfile: FlowFile) -> dict[str, Any]:
+        kv = self.kv
+        if kv is not None and META not in kv:  # the fingerprint goes with the first window
+            kv.put(META, self._meta)
         return {
             "g": group,
             "s": start,
