@@ -651,6 +651,9 @@ class Engine:
                     emitted=r.emitted,
                     dead_lettered=r.dead_lettered,
                     errors=r.errors,
+                    processor_state={  # by ROUTE.N, the name `edge-stream state` knows
+                        p.ctx.name: shown for _, p in r.processors if (shown := p.status())
+                    },
                 )
                 for name, r in router.routes.items()
             },

@@ -200,9 +200,16 @@ class RouteStatus:
     emitted: int = 0
     dead_lettered: int = 0
     errors: int = 0
+    # Processor.status() of each processor that has one, by ROUTE.N (a window's late, early...)
+    processor_state: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"match": self.match, "sinks": self.sinks, "processors": self.processors}
+        return {
+            "match": self.match,
+            "sinks": self.sinks,
+            "processors": self.processors,
+            "processor_state": {label: dict(s) for label, s in self.processor_state.items()},
+        }
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,7 @@ class WindowProcessor(Processor):
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
         self.dropped = 0  # open windows dropped because the config that made them changed
+        self.early = 0  # windows closed early over the state budget, since start
         self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
@@ -478,6 +479,19 @@ class WindowProcessor(Processor):
 
     def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
         return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
+
+    def status(self) -> dict[str, object]:
+        """open windows, late readings, windows closed early (over `max_state`) and
+        dropped (a config change), with the state's keys, bytes and evictions."""
+        kv = self.kv
+        assert kv is not None
+        return {
+            "open": len(kv) - (META in kv),
+            "late": self.late,
+            "early": self.early,
+            "dropped": self.dropped,
+            **super().status(),
+        }
 
     @staticmethod
     def _state_size(value: Any) -> int:
@@ -562,7 +576,10 @@ class WindowProcessor(Processor):
                     meta["wm"] = wm
                 kv.put(META, meta)
                 out.extend(self._close_until(meta["wm"]))
-        out.extend(self._emit(acc, early=True) for key, acc in kv.take_evicted() if key != META)
+        evicted = [acc for key, acc in kv.take_evicted() if key != META]
+        if evicted:
+            self.early += len(evicted)
+            out.extend(self._emit(acc, early=True) for acc in evicted)
         return out
 
     def tick(self, now_ns: int) -> list[FlowFile]:

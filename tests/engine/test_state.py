@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from gateway.core.component import Message
 from gateway.core.flowfile import FlowFile
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
+from gateway.metrics import metrics_json, registry_for
 from gateway.store import admin
 from gateway.store.sqlite import Store
 from tests.engine.test_engine import FakeClock, until
@@ -211,3 +213,57 @@ async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     again.router = again._build_router()
     await again._load_kv([p for _, p in again.router.stateful()])
     assert again.router.stateful()[0][1].dropped == 2  # type: ignore[attr-defined]
+
+
+async def test_late_early_and_evicted_counts_are_in_the_status_and_the_metrics(
+    tmp_path: Path, store: Store
+) -> None:
+    text = RELOADED.replace(
+        "{{type: window, size: {size}, group_by: field.id,",
+        "{{type: window, size: {size}, group_by: field.id, time: event, time_field: t,"
+        " max_state: 4096,",
+    ).format(data=tmp_path, size="10s", topic="agg")
+    engine = Engine(validate(text, "gateway.yaml"), store, clock=FakeClock())
+    engine.router = engine._build_router()
+    await engine._load_kv([p for _, p in engine.router.stateful()])
+
+    def message(device: int, t: int) -> tuple[str, Message]:
+        body = json.dumps({"id": device, "v": 1, "t": t}).encode()
+        return "src", Message(FlowFile.create("plant/x", body))
+
+    # 40 groups in one window: over 4096 bytes the oldest close early; then one late reading
+    await engine._commit([message(device, 1_000) for device in range(40)])
+    await engine._commit([message(1, 2_000), message(2, 1_000)])
+    shown = engine.snapshot().to_json()["routes"]["agg"]["processor_state"]["agg.0"]
+    assert shown["late"] == 1 and shown["open"] == 1, shown
+    assert shown["early"] == shown["evicted"] > 0, shown
+    assert shown["state_keys"] == 2 and shown["state_bytes"] > 0, shown  # the window and ~meta
+    closed_on_time = 40 - shown["early"]
+    assert len(await outputs(store)) == 40 and closed_on_time > 0
+
+    class View:
+        store = engine.store
+
+        def snapshot(self) -> Any:
+            return engine.snapshot()
+
+    doc = metrics_json(registry_for(View()))
+    labels = {"route": "agg", "processor": "agg.0"}
+
+    def sample(family: str, name: str) -> float:
+        (value,) = [
+            s["value"]
+            for s in doc[family]["samples"]
+            if s["name"] == name and s["labels"] == labels
+        ]
+        return float(value)
+
+    assert sample("edge_stream_window_late", "edge_stream_window_late_total") == 1
+    early = sample("edge_stream_window_early_closed", "edge_stream_window_early_closed_total")
+    assert early == shown["early"]
+    assert (
+        sample("edge_stream_processor_state_evicted", "edge_stream_processor_state_evicted_total")
+        == early
+    )
+    assert sample("edge_stream_window_open", "edge_stream_window_open") == 1
+    assert sample("edge_stream_window_dropped", "edge_stream_window_dropped_total") == 0

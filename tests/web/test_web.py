@@ -72,7 +72,12 @@ async def test_status_api_page_metrics_and_health(served: str) -> None:
     data = json.loads(body)
     assert data["gateway"]["id"] == "web-test"
     assert data["sinks"]["out"]["type"] == "file" and data["sinks"]["out"]["depth"] == 0
-    assert data["routes"]["all"] == {"match": ["#"], "sinks": ["out"], "processors": []}
+    assert data["routes"]["all"] == {
+        "match": ["#"],
+        "sinks": ["out"],
+        "processors": [],
+        "processor_state": {},
+    }
     assert data["dead_letters"] == 0
     status, body = await asyncio.to_thread(get, f"{served}/")
     assert status == 200 and b"<title>Edge Stream</title>" in body
