@@ -259,6 +259,7 @@ class Snapshot:
     config: ConfigStatus | None = None  # filled in by the process (gateway.app)
     remote_config: RemoteConfigStatus | None = None  # likewise
     alerts: Mapping[str, Any] | None = None  # likewise: {"active": [...], "recent": [...]}
+    replication: Mapping[str, Any] | None = None  # state.replicate: Replicator.status()
 
     def to_json(self) -> dict[str, Any]:
         """The /api/status document."""
@@ -274,6 +275,7 @@ class Snapshot:
             "config": None if self.config is None else self.config.to_json(),
             "remote_config": None if self.remote_config is None else self.remote_config.to_json(),
             "alerts": None if self.alerts is None else dict(self.alerts),
+            "replication": None if self.replication is None else dict(self.replication),
         }
 
 
