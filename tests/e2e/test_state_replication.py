@@ -6,11 +6,15 @@ in the middle of a window, once its last readings are committed and replicated.
 Gateway B, same config, empty store, starts, restores the open windows from Redis,
 and gets the rest of the readings. Every window, those A emitted and those B
 emitted (the one A died in among them), equals the window of an uninterrupted run.
+
+And while Redis is down the gateway runs on (windows delivered, status `down`); once
+Redis is back the replica catches up to what the store holds.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -137,3 +141,39 @@ def test_a_standby_continues_the_windows_from_the_redis_replica(
 
 def redis_client(url: str) -> Any:
     return redis.Redis.from_url(url)
+
+
+def test_the_gateway_runs_on_while_redis_is_down_and_the_replica_catches_up(
+    tmp_path: Path, mosquitto: Any, redis_factory: Any, gateway_factory: Any
+) -> None:
+    server = redis_factory()
+    replica = {"redis": server.url, "timeout": "1s"}
+    gw = gateway_factory(config("out", tmp_path, mosquitto.url, replica))
+    gw.start()
+    publish(mosquitto.port, 200, 0)  # windows 0-100 and 100-200 (open)
+    wait_for(lambda: gw.status()["replication"]["state"] == "up", 30, "replication up")
+    server.stop()
+    publish(mosquitto.port, 200, 200)  # closes windows while Redis is down
+    wait_for(lambda: gw.status()["replication"]["state"] == "down", 30, "replication down")
+    wait_for(lambda: len(outputs(tmp_path / "out")) >= 3 * TOPICS, 30, "windows delivered")
+    assert gw.status()["replication"]["last_error"]
+    server.start()
+    wait_for(
+        lambda: (
+            gw.status()["replication"]["state"] == "up"
+            and gw.status()["replication"]["pending"] == 0
+        ),
+        60,
+        "replication caught up",
+    )
+    stored = sqlite_state(gw.store_path)
+    client = redis_client(server.url)
+    copied = {k.decode(): v for k, v in client.hgetall("edge-stream:plant:state:minute.0").items()}
+    assert stored and {k: v.split(b":", 1)[1] for k, v in copied.items()} == stored
+    assert gw.stop() == 0
+
+
+def sqlite_state(path: Path) -> dict[str, bytes]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, value FROM state_kv WHERE component = 'minute.0'")
+        return {k: bytes(v) for k, v in rows}
