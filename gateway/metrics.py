@@ -159,6 +159,7 @@ class EngineCollector:
             route_dead.add_metric([name], rt.dead_lettered)
             route_errors.add_metric([name], rt.errors)
         yield from (route_in, route_out, route_dead, route_errors)
+        yield from _processor_families(e.routes)
         yield CounterMetricFamily(
             "edge_stream_unrouted", "FlowFiles no route matched", value=e.unrouted
         )
@@ -284,6 +285,34 @@ class EngineCollector:
         build = InfoMetricFamily("edge_stream_build", "The gateway's version and Python")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
+
+
+# Processor.status() counts as metric families: (key, name, type, help); labels route
+# and processor (ROUTE.N). A processor without the key has no sample.
+PROCESSOR_METRICS = (
+    ("state_keys", "edge_stream_processor_state_keys", "gauge", "Keys in a processor's state"),
+    ("state_bytes", "edge_stream_processor_state_bytes", "gauge", "Bytes of its state (estimate)"),
+    ("evicted", "edge_stream_processor_state_evicted", "counter", "State keys evicted over budget"),
+    ("open", "edge_stream_window_open", "gauge", "Open windows of a window processor"),
+    ("late", "edge_stream_window_late", "counter", "Late readings (dropped or dead-lettered)"),
+    ("early", "edge_stream_window_early_closed", "counter", "Windows closed early (max_state)"),
+    ("dropped", "edge_stream_window_dropped", "counter", "Open windows dropped: config changed"),
+)
+
+
+def _processor_families(routes: Any) -> Iterator[Metric]:
+    for key, name, kind, text in PROCESSOR_METRICS:
+        family: Metric
+        if kind == "gauge":
+            family = GaugeMetricFamily(name, text, labels=["route", "processor"])
+        else:
+            family = CounterMetricFamily(name, text, labels=["route", "processor"])
+        for route, rt in routes.items():
+            for label, shown in rt.processor_state.items():
+                value = shown.get(key)
+                if isinstance(value, int | float):
+                    family.add_metric([route, label], value)
+        yield family
 
 
 def registry_for(view: StatusView, process: ProcessStats | None = None) -> CollectorRegistry:

@@ -1,7 +1,7 @@
 """The typed shape of the gateway's one config file.
 
 Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`,
-`remote_config`, `status`, `alerts`.
+`remote_config`, `status`, `alerts`, `state`.
 Sources and sinks are mappings keyed by the name you give them; routes name
 the sinks they feed. Every component's own keys are documented in its module.
 Each key carries its description (`Doc`) and simple bounds (`Range`), from which
@@ -568,6 +568,66 @@ class AlertsSection:
 
 
 @dataclass(frozen=True)
+class ReplicateSettings:
+    """Where the processors' state is copied for a standby gateway."""
+
+    redis: Annotated[
+        str | None,
+        Doc(
+            "`redis://` or `rediss://` URL (the password may be `ENC(...)`; never logged)"
+            " of the Redis that gets each checkpoint's state changes (default: none).",
+            example="redis://standby-store:6379/0",
+        ),
+    ] = None
+    prefix: Annotated[
+        str,
+        Doc(
+            "The hash of a component is `<prefix>:<component>` (`{gateway}`: the gateway"
+            " id); a standby uses the same config, so the same keys."
+        ),
+    ] = "edge-stream:{gateway}:state"
+    max_pending: Annotated[
+        int,
+        Doc(
+            "State changes held for Redis while it is slow or down; past it they are"
+            " dropped and the whole state is copied again once Redis is back."
+        ),
+        Range(100, 10_000_000, "must be between 100 and 10000000"),
+    ] = 100_000
+    timeout: Annotated[
+        Duration,
+        Doc("How long one write to Redis may take."),
+        Range(0, None, "must be more than 0", above=True),
+    ] = 5.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
+            yield "redis", f"{mask_password(self.redis)!r} must be a redis:// or rediss:// URL"
+
+
+@dataclass(frozen=True)
+class StateSection:
+    """The processors' state (open windows, deadband values) beyond the local store.
+
+    With `replicate.redis`, each checkpoint's state changes are written to Redis
+    after the local commit, one hash per component, pipelined and bounded: when
+    Redis is slow or down the gateway runs on, says so in /api/status
+    (`replication`), and once Redis is back catches up (from the current state
+    when more than `max_pending` changes piled up). A gateway that starts with an
+    empty store and this setting restores the state from Redis: a standby with
+    the same config continues the windows of a gateway that died. It may lose
+    the changes of the last commits the dead gateway had not yet copied
+    (`replication.pending` shows how many are in flight), and whatever the dead
+    gateway stored but its sinks had not delivered (that stays in its store).
+    """
+
+    replicate: Annotated[
+        ReplicateSettings,
+        Doc("Copy each checkpoint's state changes to Redis for a standby gateway."),
+    ] = field(default_factory=ReplicateSettings)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole gateway configuration."""
 
@@ -608,6 +668,10 @@ class Config:
         AlertsSection,
         Doc("Alerts on the gateway's own state, to MQTT, a webhook and the console."),
     ] = field(default_factory=AlertsSection)
+    state: Annotated[
+        StateSection,
+        Doc("The processors' state: replicated to Redis for a standby gateway (off by default)."),
+    ] = field(default_factory=StateSection)
 
     # The references between sections are checked even when a section has problems
     # of its own; a field or an entry that failed is None here.

@@ -30,7 +30,9 @@ from gateway.config.model import Config, SinkConfig
 from gateway.config.schema import DURATION, SIZE, Component, Doc, Range, fields, marks
 
 KINDS = ("source", "processor", "sink")
-SECTIONS = ("gateway", "buffer", "mqtt", "web", "routes", "remote_config", "status", "alerts")
+SECTIONS = (
+    "gateway", "buffer", "mqtt", "web", "routes", "remote_config", "status", "alerts", "state"
+)  # fmt: skip
 _DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 _SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$"
 _GENERATED = (

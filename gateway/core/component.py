@@ -213,6 +213,14 @@ class Processor:
     def restored(self) -> None:
         """`kv` now holds the last checkpoint (or was reset): rebuild what derives from it."""
 
+    def status(self) -> dict[str, object]:
+        """Counts for /api/status and /metrics (empty: nothing to show). A processor with
+        `kv` shows its state: keys, bytes and keys evicted over the budget since start."""
+        if self.kv is None:
+            return {}
+        kv = self.kv
+        return {"state_keys": len(kv), "state_bytes": kv.bytes, "evicted": kv.evicted}
+
 
 class Rejected(NamedTuple):
     """A FlowFile the upstream refused for good, with the reason."""

@@ -142,6 +142,10 @@ class State:
         self._dirty.clear()
         return out
 
+    def mark_all_changed(self) -> None:
+        """Have the next checkpoint write every key (state restored from elsewhere)."""
+        self._dirty.update(self._data)
+
     def forget_changes(self) -> None:
         """Drop the pending changes (the store forgot this component: see reset)."""
         self._dirty.clear()

@@ -14,12 +14,15 @@ server) belong to `gateway.app`, so that a reload swaps engines under them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from gateway import __version__, registry
 from gateway.config.model import Config, RetrySettings
@@ -30,6 +33,7 @@ from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
+from gateway.engine.replicate import Replicator
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
 from gateway.engine.status import (
@@ -60,6 +64,7 @@ SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
 DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
+REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
 
 
@@ -94,6 +99,7 @@ class Engine:
         self.sources: dict[str, SourceRunner] = {}
         self.sinks: dict[str, SinkRunner] = {}
         self.router: Router | None = None
+        self.replicator: Replicator | None = None  # state.replicate.redis
         self.started = clock.monotonic()
         self.committed_batches = 0
         self.ingested = 0
@@ -193,9 +199,22 @@ class Engine:
             if label in state:
                 processor.restore(state[label])
         await self._load_kv([p for _, p in self.router.stateful()])
+        replicate = self.config.state.replicate
+        if replicate.redis is not None:
+            self.replicator = Replicator(
+                replicate,
+                self.config.gateway.id,
+                self._kv_components,
+                self.store.load_kv,
+                self.clock,
+            )
+            if not await self.store.has_state():
+                await self._restore_from_replica(self.replicator)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self._spawn(tg, "ingest", self._ingest_loop)
+            if self.replicator is not None:
+                self._spawn(tg, "replication", self.replicator.run)
             if self.router.stateful():
                 self._spawn(tg, "timers", self._tick_loop)
             self._spawn(tg, "maintenance", self._maintenance_loop)
@@ -218,6 +237,46 @@ class Engine:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    def _kv_components(self) -> list[str]:
+        router = self.router
+        stateful = [] if router is None else router.stateful()
+        return [p.kv.component for _, p in stateful if p.kv is not None]
+
+    async def _restore_from_replica(self, replicator: Replicator) -> None:
+        """The store is empty: take the processors' state from the Redis replica (a
+        standby taking over) and write it to the store at once."""
+        assert self.router is not None
+        keys = components = 0
+        for _, processor in self.router.stateful():
+            kv = processor.kv
+            if kv is None:
+                continue
+            try:
+                rows = await replicator.load(kv.component)
+            except (RedisError, OSError, TimeoutError) as err:
+                log.error(
+                    "engine: the store is empty and the state replica in %s cannot be read"
+                    " (%s); starting without the state of the gateway it replicates",
+                    replicator.status()["redis"],
+                    err,
+                )
+                return
+            if rows:
+                kv.restore(rows)
+                kv.mark_all_changed()
+                processor.restored()
+                keys += len(rows)
+                components += 1
+        if keys:
+            log.info(
+                "engine: the store was empty; restored %d state keys of %d components from"
+                " the replica in %s",
+                keys,
+                components,
+                replicator.status()["redis"],
+            )
+            await self._commit([])
 
     async def _load_kv(self, processors: list[Processor]) -> None:
         """Give each processor's key/value state its last checkpoint from the store."""
@@ -268,6 +327,14 @@ class Engine:
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         for sink_runner in self.sinks.values():
             await sink_runner.close()
+        replication = self._tasks.get("replication")
+        if replication is not None and self.replicator is not None:
+            # the last commits' state changes get a moment to reach the replica
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPLICA_FINISH_S):
+                    while self.replicator.busy():  # noqa: ASYNC110 - a few polls at exit
+                        await asyncio.sleep(0.05)
+            replication.cancel()
         self._tasks["maintenance"].cancel()
 
     # -- reload by diff -------------------------------------------------------
@@ -512,6 +579,8 @@ class Engine:
                 continue
             try:
                 await self.store.commit(batch)
+                if self.replicator is not None and (kv or resets):
+                    self.replicator.offer(kv, resets or [])
                 break
             except StoreError as err:
                 delay = backoff.next()
@@ -652,10 +721,14 @@ class Engine:
                     emitted=r.emitted,
                     dead_lettered=r.dead_lettered,
                     errors=r.errors,
+                    processor_state={  # by ROUTE.N, the name `edge-stream state` knows
+                        p.ctx.name: shown for _, p in r.processors if (shown := p.status())
+                    },
                 )
                 for name, r in router.routes.items()
             },
             sinks={name: r.status() for name, r in self.sinks.items()},
             dead_letters=store.dead_count,
+            replication=None if self.replicator is None else self.replicator.status(),
             unrouted=0 if router is None else router.unrouted,
         )

@@ -77,6 +77,8 @@ def _restart_reason(old: Config, new: Config) -> str | None:
         return "gateway.data_dir changed"
     if old.mqtt != new.mqtt:
         return "mqtt changed"
+    if old.state != new.state:
+        return "state changed"
     a, b = old.buffer, new.buffer
     if (a.max_bytes, a.overflow, a.synchronous) != (b.max_bytes, b.overflow, b.synchronous):
         return "the store's settings (buffer) changed"

@@ -200,6 +200,8 @@ class RouteStatus:
     emitted: int = 0  # FlowFiles it handed to its sinks (the console's edge rates)
     dead_lettered: int = 0
     errors: int = 0  # for /metrics only
+    # Processor.status() of each processor that has one, by ROUTE.N (a window's late, early...)
+    processor_state: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +211,7 @@ class RouteStatus:
             "received": self.received,
             "emitted": self.emitted,
             "dead_lettered": self.dead_lettered,
+            "processor_state": {label: dict(s) for label, s in self.processor_state.items()},
         }
 
 
@@ -259,6 +262,7 @@ class Snapshot:
     config: ConfigStatus | None = None  # filled in by the process (gateway.app)
     remote_config: RemoteConfigStatus | None = None  # likewise
     alerts: Mapping[str, Any] | None = None  # likewise: {"active": [...], "recent": [...]}
+    replication: Mapping[str, Any] | None = None  # state.replicate: Replicator.status()
 
     def to_json(self) -> dict[str, Any]:
         """The /api/status document."""
@@ -274,6 +278,7 @@ class Snapshot:
             "config": None if self.config is None else self.config.to_json(),
             "remote_config": None if self.remote_config is None else self.remote_config.to_json(),
             "alerts": None if self.alerts is None else dict(self.alerts),
+            "replication": None if self.replication is None else dict(self.replication),
         }
 
 

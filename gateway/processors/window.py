@@ -30,7 +30,10 @@ Groups
   group_by: field.PATH     per value of a JSON field
   (not set)                one set of windows for everything
 
-Aggregates, per field: `aggregates: {temp: [avg, min, max]}`
+Aggregates, per field: `aggregates: {temp: [avg, min, max]}`. A field's value is a
+JSON number or text holding one (`"21.5"`: Redis stream fields and DECIMAL columns
+arrive as text); a missing field or null is left out; anything else dead-letters
+the reading.
   count sum avg min max first last stddev rate    constant memory per window
   median percentile(P)                             a bounded buffer per window:
        exact up to `max_values` readings, then a deterministic sample of that many
@@ -51,7 +54,12 @@ sent again after a restart is recognised by idempotent sinks.
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
-after a restart (`edge-stream state show ROUTE.N`).
+after a restart (`edge-stream state show ROUTE.N`). The state also holds a
+fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
+time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
+reload that changed one of them drops the open windows made under the old config
+(counted as `dropped`, one log line) instead of mixing them with the new ones.
+Changing only topic, allowed_lateness, late, idle or max_state keeps them.
 
 Example
   processors:
@@ -70,6 +78,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import math
 import re
 import time
@@ -92,6 +101,20 @@ _PERCENTILE = re.compile(r"^percentile\(\s*(\d+(?:\.\d+)?)\s*\)$")
 LINEAGE_MAX = 16
 META = "~meta"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+# The config keys that shape the open windows: a change to one drops them (see State).
+SHAPE = (
+    "kind", "size", "every", "gap", "count", "slide", "time", "time_field",
+    "time_attribute", "group_by", "aggregates", "max_values",
+)  # fmt: skip
+
+
+def fingerprint(config: WindowProcessorConfig) -> str:
+    """A short digest of the keys of `config` that shape its windows."""
+    shape = {key: getattr(config, key) for key in SHAPE}
+    text = json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
 
 # One field's running statistics in a window (a JSON list, so it checkpoints as is):
 N, SUM, MIN, MAX, FIRST, TFIRST, LAST, TLAST, MEAN, M2, VALUES = range(11)
@@ -446,10 +469,29 @@ class WindowProcessor(Processor):
         self._group = _grouper(c.group_by)
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
+        self.dropped = 0  # open windows dropped because the config that made them changed
+        self.early = 0  # windows closed early over the state budget, since start
+        self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
-        self._meta: dict[str, Any] = {"wm": None, "mx": None, "late": 0}
+        self._meta: dict[str, Any] = self._fresh_meta()
         self._mono_at_max = ctx.clock.monotonic()
+
+    def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
+        return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
+
+    def status(self) -> dict[str, object]:
+        """open windows, late readings, windows closed early (over `max_state`) and
+        dropped (a config change), with the state's keys, bytes and evictions."""
+        kv = self.kv
+        assert kv is not None
+        return {
+            "open": len(kv) - (META in kv),
+            "late": self.late,
+            "early": self.early,
+            "dropped": self.dropped,
+            **super().status(),
+        }
 
     @staticmethod
     def _state_size(value: Any) -> int:
@@ -462,8 +504,25 @@ class WindowProcessor(Processor):
         assert kv is not None
         self._heap = []
         self._sessions = {}
-        self._meta = kv.get(META) or {"wm": None, "mx": None, "late": 0}
-        self.late = self._meta.get("late", 0)
+        meta = kv.get(META) or self._fresh_meta()
+        self.late = meta.get("late", 0)
+        self.dropped = meta.get("dropped", 0)
+        # State from before fingerprints (no "fp") is taken as made by this config.
+        if meta.get("fp", self._fp) != self._fp:
+            windows = len(kv) - (META in kv)
+            kv.clear()
+            self.dropped += windows
+            meta = self._fresh_meta(self.late, self.dropped)
+            self.ctx.log.warning(
+                "one of %s changed since the state was written: %d open windows made"
+                " under the old config were dropped, not emitted",
+                ", ".join(SHAPE),
+                windows,
+            )
+        if META in kv and meta.get("fp") != self._fp:
+            meta["fp"] = self._fp
+            kv.put(META, meta)
+        self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
         for key, acc in kv.items():
             if key == META or self.config.kind == "count":
@@ -484,6 +543,8 @@ class WindowProcessor(Processor):
                 values.append(None)
             elif type(v) in (int, float):
                 values.append(v)
+            elif type(v) is str and (number := _number(v)) is not None:
+                values.append(number)
             else:
                 shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
                 raise PermanentError(
@@ -515,7 +576,10 @@ class WindowProcessor(Processor):
                     meta["wm"] = wm
                 kv.put(META, meta)
                 out.extend(self._close_until(meta["wm"]))
-        out.extend(self._emit(acc, early=True) for key, acc in kv.take_evicted() if key != META)
+        evicted = [acc for key, acc in kv.take_evicted() if key != META]
+        if evicted:
+            self.early += len(evicted)
+            out.extend(self._emit(acc, early=True) for acc in evicted)
         return out
 
     def tick(self, now_ns: int) -> list[FlowFile]:
@@ -562,6 +626,9 @@ class WindowProcessor(Processor):
         return parse_time(text)
 
     def _new_acc(self, group: str, start: int, end: int, flowfile: FlowFile) -> dict[str, Any]:
+        kv = self.kv
+        if kv is not None and META not in kv:  # the fingerprint goes with the first window
+            kv.put(META, self._meta)
         return {
             "g": group,
             "s": start,
@@ -765,6 +832,15 @@ class WindowProcessor(Processor):
         h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
         ms = max(acc["e"], 0) // 1_000_000
         return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"
+
+
+def _number(text: str) -> float | None:
+    """The finite number a text holds (a Redis stream field, a DECIMAL column), else None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _p(spec: str) -> float | None:

@@ -1078,6 +1078,10 @@ class Store:
         )
         return [(k, s, v) for k, s, v in rows]
 
+    async def has_state(self) -> bool:
+        """Whether any component has key/value state here (an empty store has none)."""
+        return bool(await self._query("SELECT 1 FROM state_kv LIMIT 1"))
+
     async def take_resets(self) -> list[str]:
         """Components `edge-stream state reset` named while this gateway ran; the engine
         forgets their state and deletes the request in one commit (`Batch.resets`)."""

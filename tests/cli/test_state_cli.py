@@ -53,7 +53,8 @@ def test_state_list_show_and_reset_through_the_running_gateway(
     def listed() -> str:
         return cli("state", "list", "-c", config).stdout
 
-    wait_for(lambda: "hourly.0" in listed() and " 2 keys" in listed(), 20, "two open windows")
+    # two open windows and the window's bookkeeping (~meta: its config's fingerprint)
+    wait_for(lambda: "hourly.0" in listed() and " 3 keys" in listed(), 20, "two open windows")
     shown = cli("state", "show", "hourly.0", "-c", config)
     assert shown.returncode == 0 and "|st/a" in shown.stdout and "|st/b" in shown.stdout
     reset = cli("state", "reset", "hourly.0", "-c", config)

@@ -3,17 +3,24 @@
 MySQL -> file: rows are inserted into MariaDB while the gateway streams them into
 rotated CSV files; the gateway is killed with SIGKILL twice on the way; every row is
 in the files exactly once.
+
+Redis -> database aggregation: readings are XADDed to a Redis stream while the gateway
+aggregates them per device per minute into PostgreSQL; killed with SIGKILL twice with
+windows open, the minute rows equal those of an uninterrupted run on the same input
+(and those computed here from the readings).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from tests.e2e.harness import wait_for
@@ -104,3 +111,109 @@ def test_mysql_to_file_survives_two_kills_with_every_row_once(
     assert first["customer"] == "c0" and first["amount"] == "0.25"
     assert len(list(data.glob("orders.csv.*"))) >= 2, "rotated on the way"
     assert gw.starts == 3
+
+
+DEVICES = 3
+READINGS = 1800  # one every 0.5 s of event time: 15 minutes, 45 minute rows
+T0 = 1_714_560_000  # a whole minute (2024-05-01T10:40:00Z)
+
+
+def reading(i: int) -> dict[str, str]:
+    """Reading i, as text like any Redis stream field."""
+    return {
+        "device": f"d{i % DEVICES}",
+        "ts": f"{T0 + i * 0.5}",
+        "temp": f"{20 + (i * 7 % 50) / 10}",
+    }
+
+
+def expected_rows() -> list[tuple[Any, ...]]:
+    """(device, minute start in s, count, avg, min, max) computed from the readings."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for i in range(READINGS):
+        r = reading(i)
+        minute = int(float(r["ts"])) // 60 * 60
+        groups.setdefault((r["device"], minute), []).append(float(r["temp"]))
+    return sorted(
+        (device, minute, len(v), sum(v) / len(v), min(v), max(v))
+        for (device, minute), v in groups.items()
+    )
+
+
+class Feeder(threading.Thread):
+    """XADDs readings[first:last] in small chunks, a little at a time."""
+
+    def __init__(self, url: str, key: str, first: int, last: int) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.key, self.first, self.last = key, first, last
+        self.sent = first
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.sent < self.last:
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(self.sent, min(self.sent + 10, self.last)):
+                    pipe.xadd(self.key, reading(i))  # type: ignore[arg-type]
+                pipe.execute()
+                self.sent = min(self.sent + 10, self.last)
+                time.sleep(0.02)
+        except BaseException as err:
+            self.error = err
+
+
+def aggregation_run(
+    redis_url: str, postgres: Any, gateway_factory: Any, folder: Path, kills: int
+) -> list[tuple[Any, ...]]:
+    """Feed every reading (then one far ahead that closes every minute) through the
+    example pipeline, killing the gateway `kills` times with windows open; the rows."""
+    key, table = unique_name(), unique_name()
+    config = yaml.safe_load((EXAMPLES / "redis-aggregation.yaml").read_text())
+    config["gateway"]["data_dir"] = str(folder / key)  # a store of its own
+    config["sources"]["readings"].update(url=redis_url, key=key, block="100ms")
+    config["sinks"]["warehouse"].update(dsn=postgres.dsn, table=table)
+    gw = gateway_factory(config)
+    gw.start()
+    feeder = Feeder(redis_url, key, 0, READINGS)
+    feeder.start()
+
+    def rows() -> list[tuple[Any, ...]]:
+        try:
+            return postgres.fetch(  # type: ignore[no-any-return]
+                f"SELECT device, extract(epoch FROM minute)::bigint, readings, temp_avg,"
+                f" temp_min, temp_max FROM {table} ORDER BY 1, 2"
+            )
+        except Exception:  # the sink has not created the table yet
+            return []
+
+    for k in range(kills):
+        # kill while readings are still coming: minutes done, the current ones open
+        wait_for(lambda k=k: len(rows()) >= 6 * (k + 1), 60, f"{6 * (k + 1)} minute rows")
+        assert feeder.sent < READINGS, "the feeder finished before the kill"
+        gw.kill()
+        gw.start()
+    feeder.join(120)
+    assert feeder.error is None and feeder.sent == READINGS
+    Feeder(redis_url, key, READINGS, READINGS).client.xadd(
+        key, {"device": "end", "ts": str(T0 + 100_000), "temp": "0"}
+    )
+    want = DEVICES * 15
+    wait_for(lambda: len(rows()) >= want, 60, f"{want} minute rows")
+    time.sleep(1.0)  # a row too many would show by now
+    assert gw.stop() == 0
+    assert gw.starts == kills + 1
+    return rows()
+
+
+def test_redis_to_postgres_aggregation_gives_the_same_minutes_when_killed(
+    redis: Any, postgres: Any, gateway_factory: Any, tmp_path: Path
+) -> None:
+    killed = aggregation_run(redis.url, postgres, gateway_factory, tmp_path, kills=2)
+    calm = aggregation_run(redis.url, postgres, gateway_factory, tmp_path, kills=0)
+    assert killed == calm, "the minute rows of the killed run differ from the calm run's"
+    want = expected_rows()
+    assert len(killed) == len(want) == DEVICES * 15
+    for got, exp in zip(killed, want, strict=True):
+        assert got[:3] == exp[:3], (got, exp)
+        assert all(math.isclose(g, e, rel_tol=1e-9) for g, e in zip(got[3:], exp[3:], strict=True))

@@ -1,15 +1,19 @@
 """Processor key/value state on a real store: written with the batch that changed it (only
 the changed keys), restored by a new engine, closed by the engine's timer, reset through
-the store's inbox like a dead-letter replay."""
+the store's inbox like a dead-letter replay, dropped when a reload changed the window."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.config.edit import validate
 from gateway.config.model import (
     BufferSection,
     Config,
@@ -22,9 +26,11 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Message
 from gateway.core.flowfile import FlowFile
 from gateway.engine.pipeline import Engine
+from gateway.engine.plan import plan
+from gateway.metrics import metrics_json, registry_for
 from gateway.store import admin
 from gateway.store.sqlite import Store
-from tests.engine.test_engine import FakeClock
+from tests.engine.test_engine import FakeClock, until
 
 pytestmark = pytest.mark.unit
 
@@ -94,6 +100,7 @@ async def test_state_is_committed_with_the_batch_restored_and_closed_by_the_time
     assert sorted(await rows(store)) == [
         ("agg.0", "2000000000000000000|1"),
         ("agg.0", "2000000000000000000|2"),
+        ("agg.0", "~meta"),  # the window's bookkeeping: its config's fingerprint
     ]
     # only the changed key is written by the next commit
     written: list[object] = []
@@ -120,7 +127,7 @@ async def test_state_is_committed_with_the_batch_restored_and_closed_by_the_time
         ("1", {"count": 2, "sum": 11}),
         ("2", {"count": 2, "sum": 8}),
     ]
-    assert await rows(store) == []
+    assert await rows(store) == [("agg.0", "~meta")]
 
 
 async def test_state_reset_goes_through_the_running_engine(tmp_path: Path, store: Store) -> None:
@@ -128,11 +135,135 @@ async def test_state_reset_goes_through_the_running_engine(tmp_path: Path, store
     engine = await started(config(tmp_path), store, clock)
     await engine._commit([reading(1, 5), reading(2, 7)])
     with admin.open_admin(store.path) as a:
-        assert [(s.component, s.keys) for s in a.states()] == [("agg.0", 2)]
+        assert [(s.component, s.keys) for s in a.states()] == [("agg.0", 3)]
         assert a.reset_state("agg.0", running=True) == "asked"
-    assert len(await rows(store)) == 2, "the running gateway does it, not the CLI"
+    assert len(await rows(store)) == 3, "the running gateway does it, not the CLI"
     await engine._reset_state()
     assert await rows(store) == []
     processor = engine.router.stateful()[0][1]  # type: ignore[union-attr]
     assert processor.kv is not None and len(processor.kv) == 0
     assert await store._query("SELECT * FROM state_reset") == []
+
+
+RELOADED = """
+gateway: {{id: t, data_dir: {data}}}
+buffer: {{batch_linger: 0}}
+web: {{enabled: false}}
+routes:
+  agg:
+    match: "#"
+    processors:
+      - {{type: window, size: {size}, group_by: field.id, aggregates: {{v: [count, sum]}},
+         topic: {topic}}}
+    sinks: [out]
+sinks:
+  out: {{type: file, path: {data}/out.jsonl}}
+"""
+
+
+async def test_a_reload_that_changes_the_window_drops_its_open_windows(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cfg(size: str, topic: str = "agg") -> Config:
+        text = RELOADED.format(data=tmp_path, size=size, topic=topic)
+        return validate(text, "gateway.yaml")
+
+    def window() -> object:
+        return engine.router.stateful()[0][1]  # type: ignore[union-attr]
+
+    clock = FakeClock()
+    clock.now = 2_000_000_000.0
+    first = cfg("10s")
+    engine = Engine(first, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    async with asyncio.timeout(10):
+        await engine.ready.wait()
+    for message in (reading(1, 5), reading(2, 7)):
+        engine.ingest.offer(*message)
+    async with asyncio.timeout(10):
+        while len(await rows(store)) < 3:  # noqa: ASYNC110 - polls the store, no event
+            await asyncio.sleep(0.01)
+    # only the output topic changes: the open windows are kept
+    same_shape = cfg("10s", topic="other")
+    assert await engine.apply(same_shape, plan(first, same_shape)) == []
+    assert len(window().kv) == 3 and window().dropped == 0  # type: ignore[attr-defined]
+    # the window size changes: windows of 10 s are not continued as windows of 20 s
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        bigger = cfg("20s", topic="other")
+        assert await engine.apply(bigger, plan(same_shape, bigger)) == []
+    assert window().dropped == 2  # type: ignore[attr-defined]
+    assert list(window().kv.keys()) == []  # type: ignore[attr-defined]
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "2 open windows" in dropped[0], dropped
+    engine.ingest.offer(*reading(1, 1))
+    await until(lambda: len(window().kv) == 2)  # the new window and the fingerprint
+    clock.now += 20
+    await engine._commit([], tick=True)
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+    got = [o for o in await outputs(store) if o.get("group") == "1"]
+    # one window of 20 s (from 03:33:20) with the reading after the reload, none before it
+    assert [(o["v"], o["end"]) for o in got] == [
+        ({"count": 1, "sum": 1}, "2033-05-18T03:33:40.000Z")
+    ]
+    # a new engine on the same store keeps the count
+    again = Engine(bigger, store, clock=clock)
+    again.router = again._build_router()
+    await again._load_kv([p for _, p in again.router.stateful()])
+    assert again.router.stateful()[0][1].dropped == 2  # type: ignore[attr-defined]
+
+
+async def test_late_early_and_evicted_counts_are_in_the_status_and_the_metrics(
+    tmp_path: Path, store: Store
+) -> None:
+    text = RELOADED.replace(
+        "{{type: window, size: {size}, group_by: field.id,",
+        "{{type: window, size: {size}, group_by: field.id, time: event, time_field: t,"
+        " max_state: 4096,",
+    ).format(data=tmp_path, size="10s", topic="agg")
+    engine = Engine(validate(text, "gateway.yaml"), store, clock=FakeClock())
+    engine.router = engine._build_router()
+    await engine._load_kv([p for _, p in engine.router.stateful()])
+
+    def message(device: int, t: int) -> tuple[str, Message]:
+        body = json.dumps({"id": device, "v": 1, "t": t}).encode()
+        return "src", Message(FlowFile.create("plant/x", body))
+
+    # 40 groups in one window: over 4096 bytes the oldest close early; then one late reading
+    await engine._commit([message(device, 1_000) for device in range(40)])
+    await engine._commit([message(1, 2_000), message(2, 1_000)])
+    shown = engine.snapshot().to_json()["routes"]["agg"]["processor_state"]["agg.0"]
+    assert shown["late"] == 1 and shown["open"] == 1, shown
+    assert shown["early"] == shown["evicted"] > 0, shown
+    assert shown["state_keys"] == 2 and shown["state_bytes"] > 0, shown  # the window and ~meta
+    closed_on_time = 40 - shown["early"]
+    assert len(await outputs(store)) == 40 and closed_on_time > 0
+
+    class View:
+        store = engine.store
+
+        def snapshot(self) -> Any:
+            return engine.snapshot()
+
+    doc = metrics_json(registry_for(View()))
+    labels = {"route": "agg", "processor": "agg.0"}
+
+    def sample(family: str, name: str) -> float:
+        (value,) = [
+            s["value"]
+            for s in doc[family]["samples"]
+            if s["name"] == name and s["labels"] == labels
+        ]
+        return float(value)
+
+    assert sample("edge_stream_window_late", "edge_stream_window_late_total") == 1
+    early = sample("edge_stream_window_early_closed", "edge_stream_window_early_closed_total")
+    assert early == shown["early"]
+    assert (
+        sample("edge_stream_processor_state_evicted", "edge_stream_processor_state_evicted_total")
+        == early
+    )
+    assert sample("edge_stream_window_open", "edge_stream_window_open") == 1
+    assert sample("edge_stream_window_dropped", "edge_stream_window_dropped_total") == 0

@@ -404,6 +404,17 @@ def test_late_readings_are_counted_and_dead_lettered_when_asked() -> None:
     assert processor.late == 1
 
 
+def test_numbers_in_text_are_aggregated_and_other_text_is_refused() -> None:
+    """Redis stream fields and DECIMAL columns arrive as text: "21.5" is a number."""
+    processor = make({"kind": "count", "count": 2, "aggregates": {"v": ["sum", "max"]}})
+    assert processor.process(FlowFile.create("t", b'{"v": "21.5"}')) == []
+    (out,) = processor.process(FlowFile.create("t", b'{"v": 1}'))
+    assert json.loads(out.content)["v"] == {"sum": 22.5, "max": 21.5}
+    for text in ("warm", "nan", "inf"):
+        with pytest.raises(PermanentError, match="window needs a number"):
+            processor.process(FlowFile.create("t", json.dumps({"v": text}).encode()))
+
+
 def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     processor = make(
         {

@@ -79,6 +79,7 @@ async def test_status_api_page_metrics_and_health(served: str) -> None:
         "received": 0,
         "emitted": 0,
         "dead_lettered": 0,
+        "processor_state": {},
     }
     assert data["dead_letters"] == 0
     status, body = await asyncio.to_thread(get, f"{served}/")
