@@ -68,6 +68,18 @@ REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to ca
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
 
 
+async def stop_task(task: asyncio.Task[None], every: float = 1.0) -> None:
+    """Cancel `task` and wait until it has ended, cancelling it again every `every`
+    seconds: a library may swallow one cancellation (Python 3.11's asyncio.timeout does
+    when its own deadline falls at the same moment; seen with redis-py's read timeout,
+    after which the source went on reading and the shutdown waited for ever)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()  # retrieved: an error of its own was logged by `supervised`
+
+
 class Engine:
     """The topology of one config, run on an open store: sources, routes, sinks."""
 
@@ -290,11 +302,8 @@ class Engine:
 
     async def _shutdown(self) -> None:
         log.info("engine: stopping intake")
-        for name in list(self._tasks):
-            if name.startswith("source "):
-                self._tasks[name].cancel()
         await asyncio.gather(
-            *(t for n, t in self._tasks.items() if n.startswith("source ")), return_exceptions=True
+            *(stop_task(t) for n, t in self._tasks.items() if n.startswith("source "))
         )
         # Commit what is already handed over so its sources get their acks. The ingest
         # loop is cancelled only while it waits for items; a batch it has taken is
@@ -322,8 +331,7 @@ class Engine:
         _done, pending = (
             await asyncio.wait(sink_tasks, timeout=SINK_FINISH_S) if sink_tasks else (set(), set())
         )
-        for task in pending:
-            task.cancel()
+        await asyncio.gather(*(stop_task(task) for task in pending))
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         for sink_runner in self.sinks.values():
             await sink_runner.close()
@@ -334,8 +342,8 @@ class Engine:
                 async with asyncio.timeout(REPLICA_FINISH_S):
                     while self.replicator.busy():  # noqa: ASYNC110 - a few polls at exit
                         await asyncio.sleep(0.05)
-            replication.cancel()
-        self._tasks["maintenance"].cancel()
+            await stop_task(replication)
+        await stop_task(self._tasks["maintenance"])
 
     # -- reload by diff -------------------------------------------------------
 
@@ -437,8 +445,7 @@ class Engine:
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)
         await self._drain(name)
         if runner is not None:
             await runner.close()
@@ -466,10 +473,8 @@ class Engine:
         runner.stopping = True
         runner.wake.set()
         if task is not None:
-            _done, pending = await asyncio.wait({task}, timeout=SINK_FINISH_S)
-            for late in pending:
-                late.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=SINK_FINISH_S)
+            await stop_task(task)
         await runner.close()
 
     # -- ingest ---------------------------------------------------------------
