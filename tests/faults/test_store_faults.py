@@ -21,7 +21,10 @@ from tests.e2e.harness import GatewayProcess, wait_for
 pytestmark = pytest.mark.e2e
 
 MEMORY_BOUND_MB = 150
-IDLE_BOUND_MB = 80  # idle after the busy spell: memory goes back down (36 MB fresh)
+# Idle after the busy spell, memory goes back down: to at most this much above what the
+# same gateway took fresh (36 MB when this was set at 80 MB; 58 MB since the console runs
+# on aiohttp, with metrics and alerts).
+IDLE_SLACK_MB = 44
 
 
 def publish(port: int, topic: str, first: int, count: int, size: int) -> None:
@@ -93,6 +96,7 @@ def large_payloads_stay_under_the_memory_bound(
     config["buffer"] = {"max_bytes": "2GiB"}
     gw = gateway_factory(config)
     gw.start()
+    fresh = gw.rss_mb()
     publish(mosquitto.port, f"{table}/big", 0, count, 250_000)
     wait_for(lambda: gw.sink("pg")["depth"] >= count, 300, f"{count} FlowFiles in the store")
     postgres.start()
@@ -100,10 +104,11 @@ def large_payloads_stay_under_the_memory_bound(
     assert rows_and_distinct(postgres, table) == (count, count)
     peak = peak_rss_mb(gw)
     assert peak < MEMORY_BOUND_MB, f"peak RSS {peak:.0f} MB (log: {gw.log_path})"
-    wait_for(lambda: gw.rss_mb() < IDLE_BOUND_MB, 30, f"RSS under {IDLE_BOUND_MB} MB when idle")
+    bound = fresh + IDLE_SLACK_MB
+    wait_for(lambda: gw.rss_mb() < bound, 30, f"RSS under {bound:.0f} MB when idle")
     print(
         f"large payloads: {count} x 250 KB with PostgreSQL down then up, lost 0 duplicated 0,"
-        f" peak RSS {peak:.0f} MB, idle {gw.rss_mb():.0f} MB"
+        f" peak RSS {peak:.0f} MB, idle {gw.rss_mb():.0f} MB (fresh {fresh:.0f} MB)"
     )
 
 
