@@ -36,9 +36,9 @@ class Notifier:
         # "@name" is a socket in the abstract namespace (a leading NUL byte).
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval: float | None = None
-        if self.address and usec.isdigit() and int(usec) > 0:
-            if not pid or (pid.isdigit() and int(pid) == os.getpid()):
-                self.watchdog_interval = int(usec) / 1e6 / 2
+        for_us = not pid or (pid.isdigit() and int(pid) == os.getpid())
+        if self.address and usec.isdigit() and int(usec) > 0 and for_us:
+            self.watchdog_interval = int(usec) / 1e6 / 2
         self._sock: socket.socket | None = None
         self._warned = False
 
