@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test test-fast faults check lint bench clean
+.PHONY: help install deps run test test-fast faults check lint bench clean preflight image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,16 @@ check: install ## lint, format check, types
 
 bench: deps install ## run the benchmarks and print the figures
 	$(VENV)/bin/python bench/run.py
+
+preflight: ## check (and set up) what `make image` needs: root, binfmt_misc with qemu-aarch64, tools
+	bash scripts/build-image preflight
+
+image: install ## build the arm64 appliance image: build/edge-stream-<version>-arm64.img.xz (root)
+	PYTHON=$(abspath $(PY)) bash scripts/build-image
+
+image-test: install ## boot that image under qemu-system-aarch64 and check it from outside
+	bash scripts/install-deps qemu-system-arm openssh-client mtools fdisk xz-utils
+	$(PY) scripts/image_test.py
 
 clean: ## remove the venv and local data
 	rm -rf $(VENV) data .pytest_cache

@@ -56,6 +56,7 @@ from gateway.metrics import ProcessStats
 from gateway.mqtt.broker import GatewayBroker, broker_users, open_gateway_broker
 from gateway.mqtt.remote import RemoteConfig
 from gateway.mqtt.status import StatusChannel
+from gateway.notify import Notifier
 from gateway.store.sqlite import Store, StoreError, hold_data_dir, let_go_data_dir
 
 if TYPE_CHECKING:
@@ -91,7 +92,11 @@ class Gateway:
     `StatusView`: the snapshot of the engine that runs now, and the store."""
 
     def __init__(
-        self, config: Config, config_path: str | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        config: Config,
+        config_path: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        notify: Notifier | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -129,6 +134,8 @@ class Gateway:
             ready=self.ready,
         )
         self.alerts = Alerts(self, lambda: self.config, self.ready, self.watch, self.status.send)
+        # systemd's notify socket (READY, STATUS); idle without NOTIFY_SOCKET
+        self.notify = notify if notify is not None else Notifier({})
 
     # -- the view the web server and metrics read -----------------------------
 
@@ -368,6 +375,7 @@ class Gateway:
             first = not self.ready.is_set()
             self.ready.set()
             self._engine_started(True)
+            self.notify.send(*(["READY=1"] if first else []), "STATUS=" + self.status_line())
             if first:
                 await self.record(time.time(), self.config_hash, "start", "applied", [], [])
             if self.web_url:
@@ -382,6 +390,14 @@ class Gateway:
             await running
         finally:
             self._running = None
+
+    def status_line(self) -> str:
+        """The STATUS line `systemctl status` shows while an engine runs."""
+        c = self.config
+        text = f"running: {len(c.sources)} sources, {len(c.routes)} routes, {len(c.sinks)} sinks"
+        if self.last_reload is not None:
+            text += f"; last reload {self.last_reload.outcome.replace('_', ' ')}"
+        return text
 
     async def _switch(self, new: Config, lock: Path) -> Path:
         """Set up again the services whose settings the reload changes; keep the others."""
@@ -591,6 +607,7 @@ class Reloads:
             log.info("gateway: reloading %s (%s)", path, trigger)
             # while it applies (stopping and starting components, the start check):
             self.gateway.last_reload = ReloadStatus(time.time(), trigger, "applying", [])
+            self.gateway.notify.status(f"reloading {path} ({trigger})")
             outcome, errors, changes = await self.gateway.apply(new)
             if outcome == "applied":
                 self.gateway.config_hash = tried
@@ -601,6 +618,8 @@ class Reloads:
                 errors = ["the gateway is stopping"]
         now = time.time()
         self.gateway.last_reload = ReloadStatus(now, trigger, outcome, errors, changes)
+        if self.gateway.ready.is_set() and not self.stopping():
+            self.gateway.notify.status(self.gateway.status_line())
         await self.gateway.record(now, tried, trigger, outcome, changes, errors)
         return {"outcome": outcome, "errors": errors, "changes": changes}
 
@@ -670,7 +689,9 @@ async def serve(
     broker and web server.
     """
     loop = asyncio.get_running_loop()
-    gateway = Gateway(config, config_path)
+    notify = Notifier()
+    notify.status("starting: store, broker, web server")
+    gateway = Gateway(config, config_path, notify=notify)
     gateway.log_level_override = log_level
     stops = 0
 
@@ -680,6 +701,7 @@ async def serve(
         name = signal.Signals(signum).name
         if stops == 1:
             log.info("gateway: %s received; stopping", name)
+            notify.send("STOPPING=1", "STATUS=stopping")
             gateway.stop()
         elif signum == signal.SIGINT:
             # a second Ctrl-C means now; a repeated SIGTERM (make, a process group) does not
@@ -698,6 +720,8 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    # Pings from a task on the loop: a loop stuck in a blocking call misses them.
+    watchdog = asyncio.create_task(supervised("watchdog", notify.watchdog, log), name="watchdog")
     watcher = channel = None
     if config_path is not None:
         watcher = asyncio.create_task(reloads.watch(), name="config-watch")
@@ -711,8 +735,9 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
         await reloads.close()
-        for task in (watcher, channel):
+        for task in (watcher, channel, watchdog):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        notify.close()
     return 0
