@@ -20,9 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, registry
 from gateway.config.model import Config, RetrySettings
@@ -33,7 +31,6 @@ from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
-from gateway.engine.replicate import Replicator
 from gateway.engine.router import Route, Router
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
 from gateway.engine.status import (
@@ -45,6 +42,9 @@ from gateway.engine.status import (
     StoreStatus,
 )
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
+
+if TYPE_CHECKING:
+    from gateway.engine.replicate import Replicator
 
 log = logging.getLogger("gateway.engine")
 
@@ -213,6 +213,9 @@ class Engine:
         await self._load_kv([p for _, p in self.router.stateful()])
         replicate = self.config.state.replicate
         if replicate.redis is not None:
+            # redis-py takes ~5 MB: only a gateway that replicates loads it
+            from gateway.engine.replicate import Replicator
+
             self.replicator = Replicator(
                 replicate,
                 self.config.gateway.id,
@@ -256,6 +259,8 @@ class Engine:
         return [p.kv.component for _, p in stateful if p.kv is not None]
 
     async def _restore_from_replica(self, replicator: Replicator) -> None:
+        from redis.exceptions import RedisError
+
         """The store is empty: take the processors' state from the Redis replica (a
         standby taking over) and write it to the store at once."""
         assert self.router is not None
