@@ -60,31 +60,7 @@ class Router:
             for name in names:
                 route = by_name[name]
                 route.received += 1
-                items = [ff]
-                for label, processor in route.processors:
-                    if not items:
-                        break
-                    next_items: list[FlowFile] = []
-                    for item in items:
-                        try:
-                            next_items.extend(processor.process(item))
-                        except PermanentError as err:
-                            route.dead_lettered += 1
-                            dead.append(DeadLetter(item, label, str(err)))
-                        except Exception as err:  # the supervisor boundary for processors
-                            self.errors += 1
-                            route.errors += 1
-                            route.dead_lettered += 1
-                            processor.ctx.log.exception("failed on FlowFile %s", item.id)
-                            dead.append(DeadLetter(item, label, f"internal error: {err!r}"))
-                    items = next_items
-                route.emitted += len(items)
-                for item in items:
-                    entry = out.get(item.id)
-                    if entry is None:
-                        out[item.id] = [item, route.mask]
-                    else:
-                        entry[1] = entry[1] | route.mask  # type: ignore[operator]
+                self._emit(route, self._through(route, [ff], route.processors, dead), out)
 
     def match(self, topic: str) -> list[str]:
         """The routes whose filters match `topic` (the console's "which routes" box)."""
@@ -107,30 +83,45 @@ class Router:
                     route.errors += 1
                     processor.ctx.log.exception("failed on its timer")
                     continue
-                for later_label, later in procs[i + 1 :]:
-                    if not items:
-                        break
-                    next_items: list[FlowFile] = []
-                    for item in items:
-                        try:
-                            next_items.extend(later.process(item))
-                        except PermanentError as err:
-                            route.dead_lettered += 1
-                            dead.append(DeadLetter(item, later_label, str(err)))
-                        except Exception as err:
-                            self.errors += 1
-                            route.errors += 1
-                            route.dead_lettered += 1
-                            later.ctx.log.exception("failed on FlowFile %s", item.id)
-                            dead.append(DeadLetter(item, later_label, f"internal error: {err!r}"))
-                    items = next_items
-                route.emitted += len(items)
-                for item in items:
-                    entry = out.get(item.id)
-                    if entry is None:
-                        out[item.id] = [item, route.mask]
-                    else:
-                        entry[1] = entry[1] | route.mask  # type: ignore[operator]
+                self._emit(route, self._through(route, items, procs[i + 1 :], dead), out)
+
+    def _through(
+        self,
+        route: Route,
+        items: list[FlowFile],
+        processors: list[tuple[str, Processor]],
+        dead: list[DeadLetter],
+    ) -> list[FlowFile]:
+        """`items` through `processors` in order; what one refuses goes to `dead`."""
+        for label, processor in processors:
+            if not items:
+                break
+            next_items: list[FlowFile] = []
+            for item in items:
+                try:
+                    next_items.extend(processor.process(item))
+                except PermanentError as err:
+                    route.dead_lettered += 1
+                    dead.append(DeadLetter(item, label, str(err)))
+                except Exception as err:  # the supervisor boundary for processors
+                    self.errors += 1
+                    route.errors += 1
+                    route.dead_lettered += 1
+                    processor.ctx.log.exception("failed on FlowFile %s", item.id)
+                    dead.append(DeadLetter(item, label, f"internal error: {err!r}"))
+            items = next_items
+        return items
+
+    @staticmethod
+    def _emit(route: Route, items: list[FlowFile], out: dict[str, list[FlowFile | int]]) -> None:
+        """Add a route's outputs to `out`: one entry per id, with the union of sinks."""
+        route.emitted += len(items)
+        for item in items:
+            entry = out.get(item.id)
+            if entry is None:
+                out[item.id] = [item, route.mask]
+            else:
+                entry[1] = entry[1] | route.mask  # type: ignore[operator]
 
     def stateful(self) -> list[tuple[str, Processor]]:
         return [(label, p) for r in self.routes.values() for label, p in r.processors if p.stateful]
