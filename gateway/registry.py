@@ -33,6 +33,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "mysql"): "gateway.sinks.mysql:MysqlSink",
     ("sink", "redis"): "gateway.sinks.redis:RedisSink",
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
+    ("sink", "amqp"): "gateway.sinks.amqp:AmqpSink",
 }
 
 GROUP = "edge_stream.components"

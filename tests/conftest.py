@@ -1,7 +1,7 @@
 """Shared fixtures: real servers on free loopback ports (see tests/servers.py).
 
 Session-scoped, started on first use and shared by every test:
-    mosquitto, mosquitto_tls, postgres, mariadb, redis
+    mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
     mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
@@ -86,6 +86,12 @@ def redis(server_workspace: servers.Workspace) -> Iterator[servers.Redis]:
     yield from _shared_server(server_workspace.redis)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq(server_workspace: servers.Workspace) -> Iterator[servers.RabbitMQ]:
+    """RabbitMQ: `.url` = amqp://edge:edge-test@127.0.0.1:PORT/edge, `.messages(queue)`."""
+    yield from _shared_server(server_workspace.rabbitmq)
+
+
 @pytest.fixture(autouse=True)
 def _restart_stopped_shared_servers() -> Iterator[None]:
     yield
@@ -167,6 +173,7 @@ _SERVER_FIXTURES = {
     "postgres",
     "mariadb",
     "redis",
+    "rabbitmq",
     "mosquitto_factory",
     "postgres_factory",
     "mariadb_factory",

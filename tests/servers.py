@@ -1,4 +1,4 @@
-"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB and Redis.
+"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB, Redis and RabbitMQ.
 
 Each server runs from the Debian package's binary on a free 127.0.0.1 port, with its data
 in a folder under one `Workspace` (a temp folder per test session). A server object has
@@ -14,6 +14,7 @@ Running as root (CI, the project's VMs):
   that user. Starting them unprivileged, rather than letting them drop privileges, keeps
   the parent-death signal below (the kernel clears it when a process changes its uid).
 - Redis does not mind root and runs as the current user.
+- RabbitMQ runs as `rabbitmq` (its Erlang cookie must belong to the user running it).
 When not root, every server simply runs as the current user.
 
 No stray processes: every server gets `--pdeathsig=KILL`, so the kernel kills it if the
@@ -144,6 +145,7 @@ class Server:
 
     kind: ClassVar[str]
     run_as: ClassVar[str | None] = None  # the Debian service user when running as root
+    ready_timeout: ClassVar[float] = READY_TIMEOUT
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
     host = HOST
@@ -174,6 +176,10 @@ class Server:
 
     def after_first_start(self) -> None:
         """One-time work once the server is up (create databases and users)."""
+
+    def environment(self) -> dict[str, str]:
+        """Variables the server and its tools run with, besides the test process's own."""
+        return {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -242,7 +248,7 @@ class Server:
             return subprocess.Popen(
                 [*wrapper, "--", *command],
                 cwd=self.dir,
-                env={**os.environ, "HOME": str(self.dir)},
+                env={**os.environ, "HOME": str(self.dir), **self.environment()},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -268,7 +274,7 @@ class Server:
             )
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         assert self._proc is not None
         while True:
             code = self._proc.poll()
@@ -278,7 +284,7 @@ class Server:
             if self.ready():
                 return
             if time.monotonic() > deadline:
-                problem = f"did not accept clients within {READY_TIMEOUT:.0f} s"
+                problem = f"did not accept clients within {self.ready_timeout:.0f} s"
                 self.kill()
                 break
             time.sleep(0.05)
@@ -746,6 +752,140 @@ class Redis(Server):
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
+# --- RabbitMQ -----------------------------------------------------------------------------
+
+
+class RabbitMQ(Server):
+    """RabbitMQ (Debian's 3.10) as a private Erlang node: its own node name, AMQP port,
+    distribution port and epmd (on a port of its own, started here and stopped with it),
+    its own data, log, config and plugins (none) in its folder. Vhost `edge` with user
+    `edge`/`edge-test`, created by the broker on its first boot (`default_user`).
+
+    The broker's script runs `erl` directly (RABBITMQ_ALLOW_INPUT with `-noinput`), so the
+    process started is the Erlang VM: SIGTERM is RabbitMQ's clean shutdown, and the
+    parent-death signal reaches the VM itself. It takes 10 to 35 s to start here."""
+
+    kind = "rabbitmq"
+    run_as = "rabbitmq"
+    ready_timeout = 90.0
+    user = "edge"
+    password = "edge-test"
+    vhost = "edge"
+
+    def __init__(self, workspace: Workspace) -> None:
+        super().__init__(workspace)
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"es-test-{os.getpid()}-{self.dir.name}@localhost"
+        self._epmd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.user, self.password)
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/{self.vhost}"
+
+    def setup(self) -> None:
+        for folder in ("mnesia", "log"):
+            (self.dir / folder).mkdir()
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {self.host}:{self.port}\n"
+            f"default_vhost = {self.vhost}\n"
+            f"default_user = {self.user}\n"
+            f"default_pass = {self.password}\n"
+            "default_user_tags.administrator = true\n"
+            "log.console = true\n"
+            "log.console.level = warning\n"
+            "log.file = false\n"
+            # The tests' disks may be small; no alarm that blocks publishers at 50 MB free.
+            "disk_free_limit.absolute = 1MB\n"
+        )
+
+    def environment(self) -> dict[str, str]:
+        erl_args = [
+            "-noinput",
+            "-start_epmd", "false",
+            "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
+            "-kernel", "inet_dist_listen_min", str(self.dist_port),
+            "-kernel", "inet_dist_listen_max", str(self.dist_port),
+        ]  # fmt: skip
+        return {
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
+            "RABBITMQ_ALLOW_INPUT": "1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(erl_args),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": self.host,
+        }
+
+    def command(self) -> list[str]:
+        return ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
+
+    def start(self) -> None:
+        if self._epmd is None or self._epmd.poll() is not None:
+            self._epmd = super().spawn(
+                [require("epmd"), "-port", str(self.epmd_port), "-address", self.host],
+                self.dir / "epmd.log",
+            )
+            deadline = time.monotonic() + 10
+            while not _port_open(self.epmd_port):
+                if self._epmd.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"epmd on port {self.epmd_port} did not start")
+                time.sleep(0.02)
+        super().start()
+
+    def ready(self) -> bool:
+        # The AMQP greeting answered with Connection.Start: a method frame (type 1).
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                sock.settimeout(5)
+                reply = sock.recv(8)
+        except OSError:
+            return False
+        return reply[:1] == b"\x01"
+
+    def messages(self, queue: str) -> list[tuple[str | None, bytes]]:
+        """(message_id, body) of every message ready in `queue`, oldest first, left in it
+        (read without acknowledging; closing the connection puts them back)."""
+        return _run_async(self._messages(queue))
+
+    async def _messages(self, queue: str) -> list[tuple[str | None, bytes]]:
+        import aio_pika
+
+        connection = await aio_pika.connect(self.url)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=0)
+            declared = await channel.declare_queue(queue, passive=True)
+            total = declared.declaration_result.message_count or 0
+            found: list[tuple[str | None, bytes]] = []
+            if total:
+                async with declared.iterator() as messages:
+                    async for message in messages:
+                        found.append((message.message_id, message.body))
+                        if len(found) >= total:
+                            break
+            return found
+        finally:
+            await connection.close()
+
+    def close(self) -> None:
+        super().close()
+        epmd, self._epmd = self._epmd, None
+        if epmd is not None and epmd.poll() is None:
+            epmd.kill()
+            epmd.wait()
+
+
 S = TypeVar("S", bound=Server)
 
 
@@ -791,6 +931,9 @@ class Workspace:
 
     def redis(self, password: str | None = None, username: str | None = None) -> Redis:
         return self._started(Redis(self, password=password, username=username))
+
+    def rabbitmq(self) -> RabbitMQ:
+        return self._started(RabbitMQ(self))
 
     def discard(self, server: Server) -> None:
         """Close one server and delete its folder (function-scoped servers)."""

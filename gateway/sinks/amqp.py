@@ -1,0 +1,692 @@
+"""Publishes FlowFiles to a RabbitMQ exchange (AMQP 0-9-1), persistent, with publisher confirms.
+
+Every FlowFile becomes one persistent message (delivery mode 2) published to
+`exchange` with a routing key made from `routing_key` (default `{topic}`). The
+FlowFile's topic goes in with its MQTT levels joined by `.`, the word separator
+of topic exchanges: `sensors/a/telemetry` becomes `sensors.a.telemetry`, so a
+queue bound with `sensors.*.telemetry` or `sensors.#` gets it. A `.` inside a
+level would split it in two, so it becomes `_` (`v1.2` -> `v1_2`).
+`topic_separator: "/"` keeps the topic as it is (for a direct exchange, say).
+
+Each message carries the FlowFile id as `message_id`, its creation time as
+`timestamp` (whole seconds, as AMQP has it), the gateway id as `app_id`,
+`content_type: application/json` when the content is JSON, and as headers the
+FlowFile's attributes plus `topic` (the MQTT topic) and `ts` (the creation time
+in RFC 3339 UTC with microseconds); an attribute named `topic` or `ts` gives way
+to those. The body is the content bytes.
+
+A batch counts as delivered, and the sink's cursor moves on, only after the
+broker confirmed every message of it (publisher confirms). At most
+`max_inflight` messages, and `max_inflight_bytes` of content, wait for their
+confirm at any time. A broker that answers a publish with a nack (a queue full
+with `overflow: reject-publish`, an internal error), a connection or channel
+lost, a broker restarting, or confirms missing after `timeout` make the whole
+batch go again after a reconnect: delivery is **at least once**. A batch sent
+again after a crash or an outage may reach a queue twice; every copy has the
+same `message_id`, by which consumers drop repeats.
+
+Messages are published `mandatory`: one that no queue is bound to take comes
+back from the broker. With `unroutable: dead_letter` (the default) it goes to
+the dead-letter table with the broker's reason and its routing key, and the
+rest of the batch is delivered; with `unroutable: drop` it is counted
+(`unroutable` in /api/status) and dropped, as the broker itself would drop it
+without `mandatory`. An exchange with an alternate exchange routes such
+messages there instead, and nothing comes back. A routing key longer than 255
+bytes, or content larger than 128 MiB (RabbitMQ's largest message), goes to the
+dead-letter table.
+
+At connect the sink declares the exchange (`declare: true`, the default: type
+`exchange_type`, `durable`), or with `declare: false` checks that it exists.
+With `queue` set it also declares that durable queue and binds it to the
+exchange with `binding_key`, so that messages are kept even before any
+consumer came. `exchange: ""` is the broker's default exchange, which routes
+a message to the queue named by its routing key (and takes no binding).
+
+A broker that refuses the sink when it starts (user or password, no access to
+the virtual host, a missing permission to declare, an exchange that exists with
+another type, a TLS certificate either side does not trust) stops it until the
+config is fixed, with one line saying so; the same refusal on a reconnect while
+running is retried, since the operator may be changing the broker's side. A
+broker that cannot be reached or is restarting is retried with backoff.
+
+The URL is `amqp://user:password@host:5672/vhost` or `amqps://` (TLS, port
+5671 by default); percent-encode `/` in the vhost (`%2F` is the vhost `/`, the
+default when the path is empty) and `#`, `/`, `?`, `@` in user and password.
+`username` and `password` override the URL's; the password may be an
+`ENC(...)` secret and is never logged. `ca_file` verifies the broker (default:
+the system's CAs), `cert_file` and `key_file` present a client certificate.
+
+Keys
+  type: amqp
+  url: amqp://gw:secret@rabbit:5672/plant   (required) amqp:// or amqps://
+  exchange: edge           the exchange: {gateway} and {sink} may be used; ""
+                           is the default exchange (default edge)
+  exchange_type: topic     topic, direct, fanout or headers, for declaring it
+                           (default topic)
+  declare: true            declare the exchange at connect; false: it must
+                           exist (default true)
+  durable: true            the exchange declared survives a broker restart
+                           (default true)
+  queue: null              a durable queue to declare and bind (default none)
+  binding_key: "#"         how `queue` is bound to the exchange (default #)
+  routing_key: "{topic}"   {topic}, {gateway}, {sink} (default {topic})
+  topic_separator: "."     what the MQTT level separator `/` becomes in
+                           {topic}: "." or "/" (kept) (default ".")
+  unroutable: dead_letter  a message no queue takes: dead_letter or drop
+                           (default dead_letter)
+  max_inflight: 256        messages published and not yet confirmed (default 256)
+  max_inflight_bytes: 8MiB their content, at most (one larger message still
+                           goes, alone) (default 8MiB)
+  username: null           (default: from the URL, else guest)
+  password: null           (default: from the URL, else guest)
+  ca_file: null            CA bundle for amqps:// (default: the system's)
+  cert_file: null          client certificate (PEM) for amqps://
+  key_file: null           its private key (PEM)
+  connect_timeout: 10s     (default 10s)
+  timeout: 30s             the longest a batch may wait for its confirms (default 30s)
+  and the delivery keys every sink has: batch, retry, rate_limit, overflow.
+
+Example
+  sinks:
+    fleet:
+      type: amqp
+      url: amqps://rabbit.plant.lan/plant
+      username: pi-01
+      password: ENC(...)
+      exchange: telemetry
+      routing_key: "{gateway}.{topic}"
+      ca_file: /etc/edge-stream/ca.pem
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import string
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq import exceptions as amqp_errors
+from yarl import URL
+
+from gateway.config.model import SinkConfig
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.component import Context, Rejected, Sink
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.core.tls import certificate_refusal, error_chain
+from gateway.mqtt.urls import tls_context
+
+_PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
+_REPLY = re.compile(r"(\d+ )?[A-Z_]+ - ")
+_EXCHANGE_NAME = re.compile(r"[A-Za-z0-9_.:\-]*")
+MAX_KEY_BYTES = 255  # exchange names and routing keys are AMQP short strings
+MAX_BODY_BYTES = 128 << 20  # RabbitMQ's max_message_size, default and upper bound
+
+# Losing the connection or the channel, a broker going down, frames that cannot be
+# sent: the batch goes again after a reconnect.
+LOST = (
+    amqp_errors.AMQPError,
+    amqp_errors.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+)
+
+# aiormq logs a failed connect at ERROR, without saying whose; the sink reports it itself
+# (one line per retry, with its name). Quiet unless someone set that logger on purpose.
+_aiormq_log = logging.getLogger("aiormq.connection")
+if _aiormq_log.level == logging.NOTSET:
+    _aiormq_log.setLevel(logging.CRITICAL)
+
+
+def _placeholders(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmqpSinkConfig(SinkConfig):
+    """Keys of the `amqp` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    url: Annotated[
+        str,
+        Doc(
+            "`amqp://user:password@host:5672/vhost` or `amqps://` (TLS); `%2F` is the vhost"
+            " `/` (the default for an empty path).",
+            example="amqp://edge:secret@127.0.0.1:5672/plant",
+        ),
+    ]
+    exchange: Annotated[
+        str,
+        Doc(
+            'The exchange to publish to; `{gateway}` and `{sink}` may be used; `""` is the'
+            " default exchange (routing key = queue name)."
+        ),
+    ] = "edge"
+    exchange_type: Annotated[
+        Literal["topic", "direct", "fanout", "headers"],
+        Doc("The exchange's type, for declaring it."),
+    ] = "topic"
+    declare: Annotated[
+        bool,
+        Doc("Declare the exchange at connect (`false`: it must exist, which is checked)."),
+    ] = True
+    durable: Annotated[bool, Doc("The exchange declared survives a broker restart.")] = True
+    queue: Annotated[
+        str | None,
+        Doc("A durable queue to declare at connect and bind to the exchange with `binding_key`."),
+    ] = None
+    binding_key: Annotated[str, Doc("How `queue` is bound to the exchange.")] = "#"
+    routing_key: Annotated[
+        str,
+        Doc(
+            "The routing key: `{topic}` (its levels joined by `topic_separator`),"
+            " `{gateway}`, `{sink}`."
+        ),
+    ] = "{topic}"
+    topic_separator: Annotated[
+        Literal[".", "/"],
+        Doc(
+            'What the MQTT level separator becomes in `{topic}`: `"."` (topic exchanges;'
+            ' a `.` inside a level becomes `_`) or `"/"` (the topic as it is).'
+        ),
+    ] = "."
+    unroutable: Annotated[
+        Literal["dead_letter", "drop"],
+        Doc(
+            "A message no queue takes (the broker returns it): `dead_letter` it with the"
+            " reason, or `drop` it (counted in /api/status)."
+        ),
+    ] = "dead_letter"
+    max_inflight: Annotated[
+        int,
+        Doc("Messages published and not yet confirmed, at most."),
+        Range(1, 10000, "must be between 1 and 10000"),
+    ] = 256
+    max_inflight_bytes: Annotated[
+        Size,
+        Doc(
+            "Content published and not yet confirmed, at most (a single larger message"
+            " still goes, alone)."
+        ),
+        Range(64 << 10, 256 << 20, "must be between 64KiB and 256MiB"),
+    ] = 8 << 20
+    username: Annotated[str | None, Doc("The user (default: from the URL, else guest).")] = None
+    password: Annotated[
+        str | None,
+        Doc("The password, may be `ENC(...)` (default: from the URL); never logged."),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Doc("CA bundle that verifies the broker, for `amqps://` (default: the system's CAs)."),
+    ] = None
+    cert_file: Annotated[
+        str | None, Doc("Client certificate (PEM) for `amqps://`; goes with `key_file`.")
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    connect_timeout: Annotated[
+        Duration, Doc("The longest a connect may take."), Range(0, above=True)
+    ] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("The longest a batch may wait for its confirms before it is sent again."),
+        Range(0, above=True),
+    ] = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        problem = _url_problem(self.url)
+        if problem:
+            yield "url", problem
+        elif not self.url.startswith("amqps://"):
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name):
+                    yield name, "needs TLS: use an amqps:// URL"
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
+        yield from _template_problems("exchange", self.exchange, {"gateway", "sink"})
+        yield from _template_problems("routing_key", self.routing_key, _PLACEHOLDERS)
+        example = self.exchange.replace("{gateway}", "g").replace("{sink}", "s")
+        if not _EXCHANGE_NAME.fullmatch(example):
+            yield (
+                "exchange",
+                f"{self.exchange!r}: an exchange name has letters, digits, -, _, . and : only",
+            )
+        elif self.declare and example.startswith("amq."):
+            yield (
+                "exchange",
+                f"{self.exchange!r}: amq.* exchanges exist already and cannot be declared;"
+                " set declare: false",
+            )
+        if self.queue is not None:
+            if not self.queue or len(self.queue.encode()) > MAX_KEY_BYTES:
+                yield "queue", "must be 1 to 255 bytes long"
+            elif self.queue.startswith("amq."):
+                yield "queue", f"{self.queue!r}: amq.* names are the broker's own"
+        if len(self.binding_key.encode()) > MAX_KEY_BYTES:
+            yield "binding_key", "must be at most 255 bytes long"
+
+
+def _url_problem(url: str) -> str | None:
+    if not url.startswith(("amqp://", "amqps://")):
+        return f"{_safe_url(url)!r} must start with amqp:// or amqps://"
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except ValueError:
+        return (
+            f"{_safe_url(url)} is not a valid URL (percent-encode #, /, ? and @ in user and"
+            " password)"
+        )
+    if not parsed.host:
+        return f"{_safe_url(url)} names no host"
+    if port is not None and not 0 < port < 65536:
+        return f"{_safe_url(url)}: the port must be between 1 and 65535"
+    if parsed.path.count("/") > 1:
+        return f"{_safe_url(url)}: write a vhost holding / percent-encoded (%2F)"
+    return None
+
+
+def _template_problems(
+    key: str, template: str, allowed: frozenset[str] | set[str]
+) -> Iterator[tuple[str, str]]:
+    try:
+        names = _placeholders(template)
+    except ValueError as err:
+        yield key, f"{template!r} is not a valid template: {err} (write {{{{ for a brace)"
+        return
+    for name in names:
+        if name not in allowed:
+            choices = ", ".join(f"{{{n}}}" for n in sorted(allowed))
+            yield key, f"{template!r}: unknown placeholder {{{name}}}; use {choices}"
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{location}"
+
+
+_seconds: dict[int, str] = {}
+
+
+def _ts(created_ns: int) -> str:
+    """RFC 3339 UTC with microseconds; the date part is cached per second."""
+    second, micros = divmod(created_ns // 1000, 1_000_000)
+    prefix = _seconds.get(second)
+    if prefix is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{prefix}.{micros:06d}Z"
+
+
+def _is_json(content: bytes) -> bool:
+    try:
+        orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+class _ByteWindow:
+    """Admits publishes while their bytes in flight stay under a limit, first come first
+    served (so a batch goes out in its order); one larger than the limit goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def enter(self, size: int) -> None:
+        if not self._waiting and (self.used == 0 or self.used + size <= self.limit):
+            self.used += size
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(size)  # admitted just as it was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((size, waiter))
+            raise
+
+    def leave(self, size: int) -> None:
+        self.used -= size
+        while self._waiting:
+            size, waiter = self._waiting[0]
+            if waiter.cancelled():
+                self._waiting.popleft()
+                continue
+            if self.used and self.used + size > self.limit:
+                return
+            self._waiting.popleft()
+            self.used += size
+            waiter.set_result(None)
+
+
+class AmqpSink(Sink):
+    """Publishes each batch on one channel with publisher confirms, and waits for them all."""
+
+    Config = AmqpSinkConfig
+
+    def __init__(self, config: AmqpSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: AmqpSinkConfig = config
+        self.exchange_name = config.exchange.format(gateway=ctx.gateway_id, sink=ctx.name)
+        template = config.routing_key.replace("{topic}", "\0")
+        self._key_parts = template.format(gateway=ctx.gateway_id, sink=ctx.name).split("\0")
+        url = URL(config.url)
+        if config.username is not None:
+            url = url.with_user(config.username)
+        if config.password is not None:
+            url = url.with_password(config.password)
+        self._url = url
+        self.where = _safe_url(config.url)
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._lock = asyncio.Lock()
+        self.unroutable = 0  # messages returned and dropped (unroutable: drop)
+
+    def status(self) -> Mapping[str, object]:
+        """The broker, the exchange, and the messages dropped as unroutable."""
+        return {"broker": self.where, "exchange": self.exchange_name, "unroutable": self.unroutable}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, open a channel with publisher confirms, declare or check the exchange
+        (and the queue).
+
+        RetryableError if the broker cannot be reached or is starting; PermanentError if it
+        refuses us: user or password, the vhost, a permission, an exchange or queue that
+        exists with other settings or does not exist, a TLS certificate.
+        """
+        async with self._lock:
+            await self._open(permanent=PermanentError)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._exchange = None
+        if connection is not None and not connection.is_closed:
+            try:
+                await connection.close()
+            except (*LOST, TimeoutError) as err:
+                self.ctx.log.debug("closing the broken connection failed: %s", err)
+
+    def _usable(self) -> AbstractExchange | None:
+        if (
+            self._exchange is None
+            or self._channel is None
+            or self._channel.is_closed
+            or self._connection is None
+            or self._connection.is_closed
+        ):
+            return None
+        return self._exchange
+
+    async def _open(self, permanent: type[Exception] = RetryableError) -> AbstractExchange:
+        """The exchange on a live channel, connected now if need be. From write(), a refusal
+        is retried: the operator may fix the password or the permissions while data waits."""
+        exchange = self._usable()
+        if exchange is not None:
+            return exchange
+        await self._drop()
+        cfg = self.config
+        context: ssl.SSLContext | None = None
+        if self._url.scheme == "amqps":
+            try:
+                context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+            except OSError as err:  # ssl.SSLError included
+                raise permanent(
+                    f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
+                ) from err
+        connection: AbstractConnection | None = None
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                connection = await aio_pika.connect(
+                    self._url,
+                    ssl_context=context,
+                    client_properties={
+                        "connection_name": f"edge-stream {self.ctx.gateway_id} {self.ctx.name}"
+                    },
+                )
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                exchange = await self._prepare(channel)
+        except TimeoutError as err:
+            await _abandon(connection)
+            raise RetryableError(
+                f"no answer from {self.where} within {cfg.connect_timeout:g}s"
+            ) from err
+        except (*LOST, ValueError) as err:
+            await _abandon(connection)
+            refusal = self._refusal(err)
+            if refusal is not None:
+                raise permanent(f"{self.where} refused us: {refusal}") from err
+            raise RetryableError(f"cannot connect to {self.where}: {_reason(err)}") from err
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+        self.ctx.log.info("connected to %s, exchange %r", self.where, self.exchange_name)
+        return exchange
+
+    async def _prepare(self, channel: AbstractChannel) -> AbstractExchange:
+        cfg = self.config
+        name = self.exchange_name
+        exchange: AbstractExchange
+        if not name:
+            exchange = channel.default_exchange
+        elif cfg.declare:
+            exchange = await channel.declare_exchange(
+                name, type=aio_pika.ExchangeType(cfg.exchange_type), durable=cfg.durable
+            )
+        else:
+            exchange = await channel.get_exchange(name, ensure=True)  # passive: must exist
+        if cfg.queue is not None:
+            queue = await channel.declare_queue(cfg.queue, durable=True)
+            if name:
+                await queue.bind(exchange, routing_key=cfg.binding_key)
+        return exchange
+
+    def _refusal(self, err: BaseException) -> str | None:
+        """What in `err` says the broker refuses us until an operator acts, or None."""
+        for cause in error_chain(err):
+            if isinstance(cause, amqp_errors.ProbableAuthenticationError):
+                return f"{_reason(cause)} (check username and password)"
+            if isinstance(cause, amqp_errors.AuthenticationError):
+                return f"{_reason(cause)} (no common login mechanism)"
+            if isinstance(cause, amqp_errors.ConnectionNotAllowed) or (
+                # aiormq 7 reports the broker's Connection.Close in answer to
+                # Connection.Open (530 NOT_ALLOWED) as an unexpected frame, its text lost.
+                isinstance(cause, amqp_errors.InvalidFrameError)
+                and "Connection.OpenOk" in str(cause)
+                and "Connection.Close" in str(cause)
+            ):
+                return (
+                    f"no access to the vhost {self._url.path[1:] or '/'!r} (check the URL's"
+                    " vhost, and the user's permissions on it)"
+                )
+            if isinstance(cause, amqp_errors.ChannelAccessRefused):
+                return (
+                    f"{_reason(cause)} (grant the user the permission, or declare the"
+                    " exchange and queue on the broker and set declare: false)"
+                )
+            if isinstance(cause, amqp_errors.ChannelNotFoundEntity):
+                return f"{_reason(cause)} (create it, or set declare: true)"
+            if isinstance(cause, amqp_errors.ChannelPreconditionFailed):
+                return (
+                    f"{_reason(cause)} (it exists with other settings: match exchange_type"
+                    " and durable to it, or set declare: false)"
+                )
+            refusal = certificate_refusal(cause, "cert_file and key_file")
+            if refusal:
+                return refusal
+        return None
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _routing_key(self, topic: str) -> str:
+        parts = self._key_parts
+        if len(parts) == 1:
+            return parts[0]
+        if self.config.topic_separator == ".":
+            topic = topic.replace(".", "_").replace("/", ".")
+        return topic.join(parts)
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        if not batch:
+            return []
+        async with self._lock:
+            exchange = await self._open()
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    return await self._publish(exchange, batch)
+            except TimeoutError as err:
+                await self._drop()
+                raise RetryableError(
+                    f"{self.where} did not confirm the batch of {len(batch)} within"
+                    f" {self.config.timeout:g}s; it will be sent again (at least once)"
+                ) from err
+            except LOST as err:
+                await self._drop()
+                raise RetryableError(
+                    f"lost {self.where}: {_reason(err)}; the batch will be sent again"
+                    " (at least once)"
+                ) from err
+
+    async def _publish(self, exchange: AbstractExchange, batch: list[FlowFile]) -> list[Rejected]:
+        cfg = self.config
+        gateway = self.ctx.gateway_id
+        rejected: list[Rejected] = []
+        returned: list[tuple[int, str]] = []
+        nacked: list[str] = []
+        lost: list[BaseException] = []
+        window = _ByteWindow(cfg.max_inflight_bytes)
+        pending = iter(range(len(batch)))
+        persistent = aio_pika.DeliveryMode.PERSISTENT
+
+        async def worker() -> None:
+            # Each worker takes the next FlowFile of the batch: at most max_inflight
+            # publishes wait for their confirm, one per worker.
+            for position in pending:
+                if lost:
+                    return
+                ff = batch[position]
+                key = self._routing_key(ff.topic)
+                problem = _message_problem(key, ff)
+                if problem is not None:
+                    rejected.append(Rejected(ff, f"amqp: {problem}"))
+                    continue
+                headers: dict[str, Any] = {
+                    **ff.attributes,
+                    "topic": ff.topic,
+                    "ts": _ts(ff.created),
+                }
+                message = aio_pika.Message(
+                    ff.content,
+                    headers=headers,
+                    content_type="application/json" if _is_json(ff.content) else None,
+                    delivery_mode=persistent,
+                    message_id=ff.id,
+                    timestamp=ff.created // 1_000_000_000,
+                    app_id=gateway,
+                )
+                size = len(ff.content)
+                await window.enter(size)
+                try:
+                    await exchange.publish(message, key, mandatory=True)
+                except amqp_errors.PublishError as err:
+                    returned.append((position, _return_reason(err)))
+                except amqp_errors.DeliveryError as err:
+                    nacked.append(_reason(err))
+                except LOST as err:
+                    lost.append(err)
+                    return
+                finally:
+                    window.leave(size)
+
+        workers = min(cfg.max_inflight, len(batch))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(worker())
+        if lost:
+            raise lost[0]
+        if nacked:
+            raise RetryableError(
+                f"{self.where} refused {len(nacked)} of {len(batch)} messages for now (nack:"
+                f" {nacked[0]}); the batch will be sent again (at least once)"
+            )
+        if returned:
+            returned.sort()
+            if cfg.unroutable == "drop":
+                self.unroutable += len(returned)
+                self.ctx.log.warning(
+                    "dropped %d messages no queue takes (first: routing key %r: %s)",
+                    len(returned),
+                    self._routing_key(batch[returned[0][0]].topic),
+                    returned[0][1],
+                )
+            else:
+                for position, reason in returned:
+                    ff = batch[position]
+                    rejected.append(
+                        Rejected(
+                            ff,
+                            f"amqp: exchange {self.exchange_name!r} has no queue for routing key"
+                            f" {self._routing_key(ff.topic)!r} ({reason})",
+                        )
+                    )
+        return rejected
+
+
+def _message_problem(key: str, ff: FlowFile) -> str | None:
+    try:
+        key_bytes = len(key.encode())
+    except UnicodeEncodeError:
+        return "the topic is not valid Unicode text"
+    if key_bytes > MAX_KEY_BYTES:
+        return f"the routing key is {key_bytes} bytes long, longer than AMQP's 255"
+    if len(ff.content) > MAX_BODY_BYTES:
+        return f"{len(ff.content)} bytes is larger than RabbitMQ's largest message (128 MiB)"
+    return None
+
+
+def _return_reason(err: amqp_errors.PublishError) -> str:
+    frame = err.frame
+    code, text = getattr(frame, "reply_code", None), getattr(frame, "reply_text", None)
+    return f"{code} {text}" if code is not None else "returned"
+
+
+def _reason(err: BaseException) -> str:
+    """A short text for an aiormq error (their str() is the bare args tuple)."""
+    if isinstance(err, amqp_errors.DeliveryError) and err.frame is not None:
+        return type(err.frame).__name__
+    if isinstance(err, amqp_errors.AMQPError):
+        text = " ".join(str(a) for a in err.args if a is not None and a != "")
+        if _REPLY.match(text):
+            return text  # the broker's own words: "ACCESS_REFUSED - Login was refused ..."
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return str(err) or type(err).__name__
+
+
+async def _abandon(connection: AbstractConnection | None) -> None:
+    if connection is not None and not connection.is_closed:
+        with contextlib.suppress(*LOST, TimeoutError):
+            await connection.close()

@@ -1,0 +1,267 @@
+"""The amqp sink against a real RabbitMQ: the sink contract, then what is its own (message
+properties, routing keys, unroutable messages, nacks, declaring, refusals)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.amqp import AmqpSink, AmqpSinkConfig
+from tests import servers
+from tests.sinks.contract import SinkContract, closing, connected, server_down, unique_name
+from tests.sinks.contract import config_problems as sink_config_problems
+
+pytestmark = pytest.mark.integration
+
+
+def config_problems(**keys: Any) -> tuple[Any, list[str]]:
+    return sink_config_problems("amqp", "fleet", **keys)
+
+
+def make_sink(url: str, **keys: Any) -> AmqpSink:
+    config, problems = config_problems(url=url, **keys)
+    assert problems == []
+    assert isinstance(config, AmqpSinkConfig)
+    return AmqpSink(config, Context(name="fleet", kind="sink", gateway_id="pi-01"))
+
+
+@pytest.fixture
+def ns() -> str:
+    """An exchange and queue name of this test's own: the broker is shared."""
+    return unique_name()
+
+
+@pytest.fixture
+async def sink_for(rabbitmq: Any, ns: str) -> AsyncIterator[Callable[..., Any]]:
+    """`await sink_for(**keys)`: a connected sink on exchange `ns`, with queue `ns` bound
+    to it by `#` unless the keys say otherwise."""
+
+    def make(**keys: Any) -> AmqpSink:
+        keys = {"exchange": ns, "queue": ns, **keys}
+        return make_sink(keys.pop("url", rabbitmq.url), **keys)
+
+    async with closing(lambda **keys: connected(make(**keys))) as opened:
+        yield opened
+
+
+async def messages(rabbitmq: servers.RabbitMQ, queue: str) -> list[Any]:
+    """Every message in `queue` with all its properties, left in it."""
+    connection = await aio_pika.connect(rabbitmq.url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        total = declared.declaration_result.message_count or 0
+        found = []
+        while len(found) < total:
+            message = await declared.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            found.append(message)
+        return found
+    finally:
+        await connection.close()
+
+
+# --- the contract -------------------------------------------------------------------------
+
+
+class TestAmqpContract(SinkContract):
+    exactly_once = False  # a batch sent again reaches the queue again (same message_id)
+
+    @pytest.fixture
+    def make_sink(self, rabbitmq: Any, ns: str) -> Callable[[], Any]:
+        async def make() -> AmqpSink:
+            # Only the contract's topics are routed: another one comes back unroutable.
+            sink = make_sink(rabbitmq.url, exchange=ns, queue=ns, binding_key="contract.#")
+            await sink.connect()
+            return sink
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, rabbitmq: Any, ns: str) -> Callable[[], Any]:
+        return lambda: [message_id for message_id, _ in rabbitmq.messages(ns)]
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], FlowFile]:
+        # No queue is bound to take `other.bad`: the broker returns it.
+        return lambda: FlowFile.create("other/bad", b'{"temp": 1}')
+
+    @pytest.fixture
+    def outage(self, rabbitmq: Any) -> Callable[[], Any]:
+        return server_down(rabbitmq)
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+async def test_a_message_carries_the_flowfile(rabbitmq: Any, ns: str, sink_for: Any) -> None:
+    sink = await sink_for()
+    created = 1_714_564_800_123_456_789
+    json_ff = FlowFile.create(
+        "plant/line.2/temp", b'{"temp": 21.5}', {"site": "north", "topic": "x"}, created=created
+    )
+    binary_ff = FlowFile.create("plant/a", b"\x00\xff raw", {})
+    assert await sink.write([json_ff, binary_ff]) == []
+    first, second = await messages(rabbitmq, ns)
+    assert first.body == b'{"temp": 21.5}'
+    assert first.message_id == json_ff.id
+    assert first.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert first.timestamp == dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
+    assert first.content_type == "application/json"
+    assert first.app_id == "pi-01"
+    # MQTT levels joined by dots; the dot inside a level became _.
+    assert first.routing_key == "plant.line_2.temp"
+    assert first.exchange == ns
+    assert first.headers == {
+        "site": "north",
+        "topic": "plant/line.2/temp",  # the topic wins over an attribute of that name
+        "ts": "2024-05-01T12:00:00.123456Z",
+    }
+    assert second.body == b"\x00\xff raw"
+    assert second.message_id == binary_ff.id
+    assert second.content_type is None
+    assert second.routing_key == "plant.a"
+
+
+async def test_routing_key_template_and_slash_separator(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    sink = await sink_for(
+        exchange_type="direct",
+        routing_key="{gateway}/{sink}/{topic}",
+        topic_separator="/",
+        binding_key="pi-01/fleet/plant/a.b",
+    )
+    ff = FlowFile.create("plant/a.b", b"1")
+    assert await sink.write([ff]) == []
+    (message,) = await messages(rabbitmq, ns)
+    assert message.routing_key == "pi-01/fleet/plant/a.b"
+    assert message.message_id == ff.id
+
+
+async def test_the_default_exchange_routes_by_queue_name(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    sink = await sink_for(exchange="", routing_key=ns)
+    batch = [FlowFile.create(f"plant/{i}", b"{}") for i in range(5)]
+    assert await sink.write(batch) == []
+    assert [m.message_id for m in await messages(rabbitmq, ns)] == [ff.id for ff in batch]
+
+
+async def test_a_batch_keeps_its_order_with_a_small_window(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # Big messages and a window of 64KiB: most wait for the window, in their order.
+    sink = await sink_for(max_inflight=50, max_inflight_bytes="64KiB")
+    batch = [FlowFile.create("plant/a", bytes([i % 256]) * (20_000 + i)) for i in range(60)]
+    assert await sink.write(batch) == []
+    found = rabbitmq.messages(ns)
+    assert [message_id for message_id, _ in found] == [ff.id for ff in batch]
+    assert [body for _, body in found] == [ff.content for ff in batch]
+
+
+async def test_unroutable_drop_counts_and_delivers_the_rest(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    sink = await sink_for(binding_key="plant.#", unroutable="drop")
+    good = [FlowFile.create("plant/a", b"{}") for _ in range(3)]
+    lost = [FlowFile.create("other/a", b"{}") for _ in range(2)]
+    assert await sink.write([good[0], *lost, *good[1:]]) == []
+    assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in good]
+    assert sink.status()["unroutable"] == 2
+
+
+async def test_a_nack_sends_the_batch_again(rabbitmq: Any, ns: str, sink_for: Any) -> None:
+    sink = await sink_for(queue=None)
+    # A queue that refuses publishes beyond 10 messages: the broker nacks the rest.
+    connection = await aio_pika.connect(rabbitmq.url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(
+        ns, durable=True, arguments={"x-max-length": 10, "x-overflow": "reject-publish"}
+    )
+    await queue.bind(ns, "#")
+    try:
+        batch = [FlowFile.create("plant/a", json.dumps({"seq": i}).encode()) for i in range(15)]
+        with pytest.raises(RetryableError, match=r"refused 5 of 15 messages for now \(nack"):
+            await sink.write(batch)
+        await queue.purge()
+        # Sent again (the engine retries): all of it fits now.
+        with pytest.raises(RetryableError):
+            await sink.write(batch)  # 15 > 10 still: nacked again, nothing is lost
+        await queue.purge()
+        assert await sink.write(batch[:10]) == []
+        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch[:10]]
+    finally:
+        await connection.close()
+
+
+# --- declaring and refusals ---------------------------------------------------------------
+
+
+async def test_declare_false_needs_an_existing_exchange(rabbitmq: Any, ns: str) -> None:
+    sink = make_sink(rabbitmq.url, exchange=ns, declare=False)
+    with pytest.raises(PermanentError) as refused:
+        await sink.connect()
+    message = str(refused.value)
+    assert f"no exchange '{ns}' in vhost 'edge'" in message
+    assert "set declare: true" in message
+    assert "\n" not in message
+    await sink.close()
+    # Once it exists, the same config connects.
+    declared = make_sink(rabbitmq.url, exchange=ns)
+    await declared.connect()
+    await declared.close()
+    await sink.connect()
+    await sink.close()
+
+
+async def test_an_exchange_of_another_type_is_refused_for_good(rabbitmq: Any, ns: str) -> None:
+    first = make_sink(rabbitmq.url, exchange=ns, exchange_type="topic")
+    await first.connect()
+    await first.close()
+    other = make_sink(rabbitmq.url, exchange=ns, exchange_type="fanout")
+    with pytest.raises(PermanentError, match=r"inequivalent arg 'type'.*match exchange_type"):
+        await other.connect()
+    await other.close()
+
+
+async def test_a_refused_password_is_permanent_and_not_shown(rabbitmq: Any, ns: str) -> None:
+    secret = "Wr0ng-pa55-@#"
+    sink = make_sink(rabbitmq.url, exchange=ns, username="edge", password=secret)
+    with pytest.raises(PermanentError) as refused:
+        await sink.connect()
+    message = str(refused.value)
+    assert "ACCESS_REFUSED" in message and "check username and password" in message
+    assert secret not in message and "Wr0ng" not in message
+    assert "\n" not in message
+    # On a reconnect while running the same refusal is retried (the operator may be
+    # changing the broker's side).
+    with pytest.raises(RetryableError, match="ACCESS_REFUSED"):
+        await sink.write([FlowFile.create("plant/a", b"{}")])
+    await sink.close()
+
+
+async def test_a_vhost_without_access_is_refused_for_good(rabbitmq: Any) -> None:
+    url = rabbitmq.url.rsplit("/", 1)[0] + "/nowhere"
+    sink = make_sink(url)
+    with pytest.raises(PermanentError, match="refused us") as refused:
+        await sink.connect()
+    assert rabbitmq.password not in str(refused.value)
+    await sink.close()
+
+
+async def test_nobody_listening_is_retryable() -> None:
+    sink = make_sink(f"amqp://edge:secret@127.0.0.1:{servers.free_port()}/edge")
+    with pytest.raises(RetryableError, match="cannot connect to amqp://edge:\\*\\*\\*@") as err:
+        await sink.connect()
+    assert "secret" not in str(err.value)
+    await sink.close()
