@@ -853,6 +853,24 @@ class RabbitMQ(Server):
             return False
         return reply[:1] == b"\x01"
 
+    def depth(self, queue: str) -> int:
+        """How many messages are ready in `queue`; 0 if there is no such queue yet."""
+        return _run_async(self._depth(queue))
+
+    async def _depth(self, queue: str) -> int:
+        import aio_pika
+        from aiormq.exceptions import ChannelNotFoundEntity
+
+        connection = await aio_pika.connect(self.url)
+        try:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            return declared.declaration_result.message_count or 0
+        except ChannelNotFoundEntity:
+            return 0
+        finally:
+            await connection.close()
+
     def messages(self, queue: str) -> list[tuple[str | None, bytes]]:
         """(message_id, body) of every message ready in `queue`, oldest first, left in it
         (read without acknowledging; closing the connection puts them back)."""

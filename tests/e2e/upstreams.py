@@ -8,6 +8,7 @@ it, duplicates included, so a test can tell "exactly once" from "at least once":
     mysql     rows of a table (mysql sink on MariaDB)
     redis     entries of one stream (redis sink, stream mode)
     mqtt      messages a subscriber got from a second broker (mqtt sink)
+    amqp      messages in a RabbitMQ queue bound to the sink's exchange (amqp sink)
     file      lines of a JSON Lines file and its rotated siblings (file sink)
 
 `stop()` makes the upstream unavailable as an outage would (the server shut down; for
@@ -314,3 +315,26 @@ class FileOutput:
 
     def count(self) -> int:
         return self.path.read_bytes().count(b"\n") if self.path.exists() else 0
+
+
+class AmqpUpstream(ServerUpstream):
+    """A RabbitMQ exchange of its own and a durable queue bound to it by `#` (the sink
+    declares both); the queue is read without consuming it."""
+
+    kind = "amqp"
+    exact = False
+
+    def __init__(self, server: Any, name: str) -> None:
+        super().__init__(server)
+        self.name = name
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "amqp", "url": self.server.url, "exchange": self.name, "queue": self.name}
+
+    def seqs(self) -> list[int]:
+        if not self.server.depth(self.name):
+            return []
+        return [int(json.loads(body)["seq"]) for _, body in self.server.messages(self.name)]
+
+    def count(self) -> int:
+        return int(self.server.depth(self.name))
