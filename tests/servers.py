@@ -1,4 +1,5 @@
-"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB and Redis.
+"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB and Redis (and asyncua's
+OPC UA server, a Python script).
 
 Each server runs from the Debian package's binary on a free 127.0.0.1 port, with its data
 in a folder under one `Workspace` (a temp folder per test session). A server object has
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -746,6 +748,38 @@ class Redis(Server):
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
+class OpcuaServer(Server):
+    """asyncua's OPC UA server, running tests/sources/opcua_server.py (see its docstring for
+    the variables it serves); `options` are its command-line flags (`--cert`, `--user`...)."""
+
+    kind = "opcua"
+
+    def __init__(self, workspace: Workspace, options: list[str] | None = None) -> None:
+        super().__init__(workspace)
+        self.options = list(options or [])
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/"
+
+    def command(self) -> list[str]:
+        script = Path(__file__).parent / "sources" / "opcua_server.py"
+        return [sys.executable, str(script), "--port", str(self.port), *self.options]
+
+    def _readies(self) -> int:
+        """How many times the script said `ready` in its log (kept across restarts)."""
+        if not self.log_file.exists():
+            return 0
+        return self.log_file.read_text(errors="replace").splitlines().count("ready")
+
+    def start(self) -> None:
+        self._want = self._readies() + 1
+        super().start()
+
+    def ready(self) -> bool:
+        return self._readies() >= self._want
+
+
 S = TypeVar("S", bound=Server)
 
 
@@ -791,6 +825,9 @@ class Workspace:
 
     def redis(self, password: str | None = None, username: str | None = None) -> Redis:
         return self._started(Redis(self, password=password, username=username))
+
+    def opcua(self, options: list[str] | None = None) -> OpcuaServer:
+        return self._started(OpcuaServer(self, options))
 
     def discard(self, server: Server) -> None:
         """Close one server and delete its folder (function-scoped servers)."""
