@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
-from asyncua.crypto.permission_rules import User, UserRole
 
 NAMESPACE = "urn:edge-stream:test"
 
@@ -57,11 +57,10 @@ VARIABLES: dict[str, tuple[Any, ua.VariantType]] = {
 
 def make_certificate(folder: Path, name: str, uri: str, server: bool) -> tuple[Path, Path]:
     """A self-signed OPC UA application certificate (DER) and key (PEM) in `folder`."""
+    from asyncua.crypto.cert_gen import generate_private_key, generate_self_signed_app_certificate
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from asyncua.crypto.cert_gen import generate_private_key, generate_self_signed_app_certificate
 
     key = generate_private_key()
     cert = generate_self_signed_app_certificate(
@@ -92,7 +91,11 @@ class OneUser(UserManager):
         self.password = password
 
     def get_user(
-        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
     ) -> User | None:
         if username == self.name and password == self.password:
             return User(role=UserRole.User)
@@ -125,12 +128,15 @@ async def serve(args: argparse.Namespace) -> None:
         store = TrustStore([Path(args.trust)], [])
         await store.load()
         validator = CertificateValidator(
-            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT,
+            CertificateValidatorOptions.TRUSTED_VALIDATION
+            | CertificateValidatorOptions.PEER_CLIENT,
             store,
         )
         server.set_certificate_validator(validator)
     ns = await server.register_namespace(NAMESPACE)
-    plant = await server.nodes.objects.add_object(ua.NodeId("Plant", ns), ua.QualifiedName("Plant", ns))
+    plant = await server.nodes.objects.add_object(
+        ua.NodeId("Plant", ns), ua.QualifiedName("Plant", ns)
+    )
     for name, (value, vtype) in VARIABLES.items():
         var = await plant.add_variable(
             ua.NodeId(name, ns), ua.QualifiedName(name, ns), ua.Variant(value, vtype)
@@ -138,21 +144,30 @@ async def serve(args: argparse.Namespace) -> None:
         await var.set_writable()
     bench = []
     if args.items:
-        folder = await server.nodes.objects.add_object(ua.NodeId("Bench", ns), ua.QualifiedName("Bench", ns))
+        folder = await server.nodes.objects.add_object(
+            ua.NodeId("Bench", ns), ua.QualifiedName("Bench", ns)
+        )
         for i in range(args.items):
             bench.append(
                 await folder.add_variable(
-                    ua.NodeId(f"V{i}", ns), ua.QualifiedName(f"V{i}", ns), ua.Variant(0.0, ua.VariantType.Double)
+                    ua.NodeId(f"V{i}", ns),
+                    ua.QualifiedName(f"V{i}", ns),
+                    ua.Variant(0.0, ua.VariantType.Double),
                 )
             )
     async with server:
         print("ready", flush=True)
         tick = 0
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
-            await asyncio.sleep(args.period)
+            # on a fixed grid: a tick that took longer than the period is followed at once
+            next_at += args.period
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             if bench:
                 tick += 1
-                # the server's own write path, one call per item: what a PLC driver does
+                # the server's own write path, one call per item: what a PLC driver does;
+                # each value is the tick's number, so a client can count the ticks it saw
                 for node in bench:
                     await server.write_attribute_value(
                         node.nodeid, ua.DataValue(ua.Variant(float(tick), ua.VariantType.Double))

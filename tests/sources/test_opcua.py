@@ -1,4 +1,4 @@
-"""The OPC UA source against a real asyncua server (a separate process, tests/sources/opcua_server.py).
+"""The OPC UA source against a real asyncua server (tests/sources/opcua_server.py, a process).
 
 The test changes the server's variables through a second client (the server's own
 write path) and checks what came out of the source's `read()`, what /api/status says
@@ -86,7 +86,9 @@ def pki(workspace: servers.Workspace) -> dict[str, Path]:
     folder = workspace.root / "pki"
     server_cert, server_key = make_certificate(folder / "server", "server", "urn:test:server", True)
     client_cert, client_key = make_certificate(folder / "client", "gw", "urn:test:gw", False)
-    stranger_cert, stranger_key = make_certificate(folder / "other", "stranger", "urn:test:x", False)
+    stranger_cert, stranger_key = make_certificate(
+        folder / "other", "stranger", "urn:test:x", False
+    )
     trusted = folder / "trusted"
     trusted.mkdir()
     (trusted / "gw-cert.der").write_bytes(client_cert.read_bytes())
@@ -187,7 +189,9 @@ async def test_every_type_arrives_then_its_changes(
     stamp = datetime(2024, 6, 1, 8, 30, 15, 250000, tzinfo=UTC)
     for name in INITIAL_JSON:  # a test before may have changed them
         await write(writer, name, VARIABLES[name][0], stamp)
-    source = make_source({"url": plain_server.url, "nodes": all_nodes(), "publishing_interval": "50ms"})
+    source = make_source(
+        {"url": plain_server.url, "nodes": all_nodes(), "publishing_interval": "50ms"}
+    )
     async with Pump(source) as pump:
         await pump.until(lambda: all(pump.values(f"opcua/s1/{n}") for n in INITIAL_JSON))
         for name, expected in INITIAL_JSON.items():
@@ -197,7 +201,11 @@ async def test_every_type_arrives_then_its_changes(
         assert body["type"] == "Double" and body["status"] == "Good" and body["status_code"] == 0
         assert body["source_ts"] == "2024-06-01T08:30:15.250Z", body
         assert body["server_ts"] is None or body["server_ts"].endswith("Z"), body
-        assert first.flowfile.attributes == {"source": "s1", "node": "Double", "node_id": "ns=2;s=Double"}
+        assert first.flowfile.attributes == {
+            "source": "s1",
+            "node": "Double",
+            "node_id": "ns=2;s=Double",
+        }
 
         for name, (value, _) in CHANGED.items():
             await write(writer, name, value)
@@ -316,7 +324,9 @@ async def test_server_restart_marks_offline_then_online_and_resubscribes(
 
         def counters() -> list[Any]:
             return [
-                json.loads(r["payload"])["value"] if isinstance(r["payload"], str) else r["payload"]["value"]
+                json.loads(r["payload"])["value"]
+                if isinstance(r["payload"], str)
+                else r["payload"]["value"]
                 for r in lines(tmp_path)
                 if r["topic"] == "opcua/rows/counter"
             ]
@@ -373,7 +383,9 @@ async def test_an_untrusted_certificate_is_refused_clearly(
 async def test_the_wrong_server_certificate_is_refused_clearly(
     secure_server: servers.OpcuaServer, pki: dict[str, Path]
 ) -> None:
-    source = make_source(secure_raw(secure_server, pki, server_certificate=str(pki["stranger_cert"])))
+    source = make_source(
+        secure_raw(secure_server, pki, server_certificate=str(pki["stranger_cert"]))
+    )
     with pytest.raises(PermanentError) as raised:
         await source.connect()
     assert "server_certificate" in str(raised.value) and "\n" not in str(raised.value)
@@ -395,7 +407,9 @@ async def test_a_refused_password_is_permanent_and_never_shown(
 async def test_unreachable_server_is_retryable_and_offline() -> None:
     from gateway.core.errors import RetryableError
 
-    source = make_source({"url": f"opc.tcp://127.0.0.1:{servers.free_port()}/", "nodes": {"x": {"node": "i=2258"}}})
+    source = make_source(
+        {"url": f"opc.tcp://127.0.0.1:{servers.free_port()}/", "nodes": {"x": {"node": "i=2258"}}}
+    )
     with pytest.raises(RetryableError, match="connection refused"):
         await source.connect()
     assert source.status()["connected"] is False
@@ -454,7 +468,10 @@ async def test_write_back_converts_writes_reads_back_and_answers(
             result = results["dbl" if name == "Double" else name]
             assert result["ok"] is True, result
         assert results["locked"]["ok"] is False and "not writable" in results["locked"]["error"]
-        assert results["too-big"]["ok"] is False and "out of range for Int16" in results["too-big"]["error"]
+        assert (
+            results["too-big"]["ok"] is False
+            and "out of range for Int16" in results["too-big"]["error"]
+        )
         # verified at the server, through the other client
         read = {n: await writer.get_node(f"ns=2;s={n}").read_value() for n in commands}
         assert read["Bool"] is True and read["Int16"] == -123 and read["UInt64"] == 2**64 - 1

@@ -94,9 +94,9 @@ class NodeConfig:
         ),
         Range(0, 100, "must be 0..100"),
     ] = None
-    writable: Annotated[
-        bool, Doc("Accept write-back commands for this node (default: false).")
-    ] = False
+    writable: Annotated[bool, Doc("Accept write-back commands for this node (default: false).")] = (
+        False
+    )
     topic: Annotated[
         str | None,
         Doc("This node's topic (default: the source's `topic` template)."),
@@ -165,8 +165,13 @@ class OpcuaWritebackConfig:
             if problem:
                 yield key, problem
         levels = self.topic.split("/")
-        if "{node}" not in levels or any("{" in lv and lv not in ("{source}", "{node}") for lv in levels):
-            yield "topic", "the command topic needs {node} (and may have {source}), each a whole level"
+        if "{node}" not in levels or any(
+            "{" in lv and lv not in ("{source}", "{node}") for lv in levels
+        ):
+            yield (
+                "topic",
+                "the command topic needs {node} (and may have {source}), each a whole level",
+            )
         if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
             yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
 
@@ -220,7 +225,10 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     ] = "opcua/{source}/{node}"
     security_policy: Annotated[
         Literal["None", "Basic256Sha256"],
-        Doc("`None` or `Basic256Sha256` (then `certificate`, `private_key` and `server_certificate`)."),
+        Doc(
+            "`None` or `Basic256Sha256` (then `certificate`, `private_key` and"
+            " `server_certificate`)."
+        ),
     ] = "None"
     security_mode: Annotated[
         Literal["Sign", "SignAndEncrypt"],
@@ -233,7 +241,9 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
             " Its subject alternative name URI is the application URI the gateway announces."
         ),
     ] = None
-    private_key: Annotated[str | None, Doc("The client certificate's private key (PEM or DER file).")] = None
+    private_key: Annotated[
+        str | None, Doc("The client certificate's private key (PEM or DER file).")
+    ] = None
     private_key_password: Annotated[
         str | None, Doc("The private key's password, if it has one; may be `ENC(...)`.")
     ] = None
@@ -245,7 +255,9 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
         ),
     ] = None
     username: Annotated[str | None, Doc("User name (default: anonymous).")] = None
-    password: Annotated[str | None, Doc("The user's password, may be `ENC(...)`; never logged.")] = None
+    password: Annotated[
+        str | None, Doc("The user's password, may be `ENC(...)`; never logged.")
+    ] = None
     timeout: Annotated[
         Duration,
         Doc("The longest a connection or one request may take."),
@@ -279,7 +291,8 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
             if not name or not set(name) <= _NAME_CHARS:
                 yield (
                     f"nodes.{name}",
-                    f"{name!r}: names use letters, digits, '_', '-' and '.' (they become topic levels)",
+                    f"{name!r}: names use letters, digits, '_', '-' and '.'"
+                    " (they become topic levels)",
                 )
             ident = node.node or f"path:{node.path}"
             if ident in seen:

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from asyncua import Client, Node, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
 from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
@@ -73,6 +76,24 @@ def _der(path: str) -> bytes:
 
         return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
     return data
+
+
+def _application_uri(path: str) -> str | None:
+    """The URI in a certificate's subject alternative name (a few KB read once per
+    connection: not worth a thread)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    cert = (
+        x509.load_pem_x509_certificate(data)
+        if data.lstrip().startswith(b"-----")
+        else x509.load_der_x509_certificate(data)
+    )
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
 
 
 async def _wait(clock: Clock, wake: asyncio.Event, delay: float) -> None:
@@ -167,7 +188,9 @@ class OpcuaSource(Source):
     def __init__(self, config: OpcuaSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: OpcuaSourceConfig = config
-        self.nodes = {name: NodeState(name, n, config, ctx.name) for name, n in config.nodes.items()}
+        self.nodes = {
+            name: NodeState(name, n, config, ctx.name) for name, n in config.nodes.items()
+        }
         self.polled = [s for s in self.nodes.values() if s.mode == "poll"]
         self.schedule = config.poll_schedule(config.interval) if self.polled else None
         self.interval = config.interval
@@ -249,10 +272,17 @@ class OpcuaSource(Source):
         was_offline = self.server["last_error"] is not None
         self.server.update(state="online", connected_at=values.iso_now())
         if was_offline:
-            self.server["previous_error"], self.server["last_error"] = self.server["last_error"], None
-            self.ctx.log.warning("OPC UA server %s is answering again; subscriptions renewed", self._where)
+            self.server["previous_error"], self.server["last_error"] = (
+                self.server["last_error"],
+                None,
+            )
+            self.ctx.log.warning(
+                "OPC UA server %s is answering again; subscriptions renewed", self._where
+            )
         else:
-            self.ctx.log.info("connected to OPC UA server %s (%s)", self._where, cfg.security_policy)
+            self.ctx.log.info(
+                "connected to OPC UA server %s (%s)", self._where, cfg.security_policy
+            )
         if self.schedule is not None:
             clock = self.ctx.clock
             self._due = self.schedule.first(clock.monotonic(), clock.now_ns() / 1e9)
@@ -265,20 +295,9 @@ class OpcuaSource(Source):
         cfg = self.config
         assert cfg.certificate and cfg.private_key and cfg.server_certificate
         try:
-            with open(cfg.certificate, "rb") as f:
-                data = f.read()
-            cert = (
-                x509.load_pem_x509_certificate(data)
-                if data.lstrip().startswith(b"-----")
-                else x509.load_der_x509_certificate(data)
-            )
-            try:
-                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-                if uris:
-                    client.application_uri = uris[0]  # servers check it against the certificate
-            except x509.ExtensionNotFound:
-                pass
+            uri = _application_uri(cfg.certificate)
+            if uri:
+                client.application_uri = uri  # servers check it against the certificate
             mode = getattr(ua.MessageSecurityMode, cfg.security_mode)
             await client.set_security(
                 security_policies.SecurityPolicyBasic256Sha256,
@@ -322,7 +341,8 @@ class OpcuaSource(Source):
             if name in USER_REFUSED:
                 who = repr(self.config.username) if self.config.username else "anonymous"
                 return PermanentError(
-                    f"OPC UA server {where} refused user {who} ({name}); check username and password"
+                    f"OPC UA server {where} refused user {who} ({name});"
+                    " check username and password"
                 )
             if name in CERT_REFUSED:
                 return PermanentError(
@@ -346,10 +366,10 @@ class OpcuaSource(Source):
 
     def _offline(self, err: RetryableError | PermanentError) -> RetryableError | PermanentError:
         if self.server["state"] == "online":
-            self.ctx.log.error("OPC UA server %s went away: %s; reconnecting with backoff", self._where, err)
-        self.server.update(
-            state="offline", last_error=str(err), last_error_at=values.iso_now()
-        )
+            self.ctx.log.error(
+                "OPC UA server %s went away: %s; reconnecting with backoff", self._where, err
+            )
+        self.server.update(state="offline", last_error=str(err), last_error_at=values.iso_now())
         return err
 
     async def _resolve(self, client: Client) -> None:
@@ -360,7 +380,9 @@ class OpcuaSource(Source):
         for s in self.nodes.values():
             s.error = None
             if s.config.path is not None:
-                levels = [lv if ":" in lv else f"0:{lv}" for lv in s.config.path.strip("/").split("/")]
+                levels = [
+                    lv if ":" in lv else f"0:{lv}" for lv in s.config.path.strip("/").split("/")
+                ]
                 try:
                     s.node = await client.nodes.objects.get_child(levels)
                 except UaStatusCodeError as err:
@@ -371,16 +393,19 @@ class OpcuaSource(Source):
                 s.node = client.get_node(s.node_id)
         live = [s for s in self.nodes.values() if s.error is None and s.node is not None]
         ids = [s.node.nodeid for s in live if s.node is not None]
-        types = await client.uaclient.read_attributes(ids, ua.AttributeIds.DataType)
-        ranks = await client.uaclient.read_attributes(ids, ua.AttributeIds.ValueRank)
+        types = await client.uaclient.read_attributes(ids, AttributeIds.DataType)
+        ranks = await client.uaclient.read_attributes(ids, AttributeIds.ValueRank)
         for s, dt, rank in zip(live, types, ranks, strict=True):
-            if not dt.StatusCode.is_good():
-                s.error = f"node {s.node_id} not readable ({values.status_name(dt.StatusCode)})"
+            code = dt.StatusCode
+            if code is not None and not code.is_good():
+                s.error = f"node {s.node_id} not readable ({values.status_name(code)})"
                 continue
             type_id = dt.Value.Value if dt.Value is not None else None
             s.vtype = None
-            if isinstance(type_id, ua.NodeId) and type_id.NamespaceIndex == 0 and isinstance(
-                type_id.Identifier, int
+            if (
+                isinstance(type_id, ua.NodeId)
+                and type_id.NamespaceIndex == 0
+                and isinstance(type_id.Identifier, int)
             ):
                 try:
                     s.vtype = ua.VariantType(type_id.Identifier)
@@ -407,13 +432,15 @@ class OpcuaSource(Source):
             assert s.node is not None
             item = ua.ReadValueId()
             item.NodeId = s.node.nodeid
-            item.AttributeId = ua.AttributeIds.Value
+            item.AttributeId = AttributeIds.Value
             params = ua.MonitoringParameters()
             params.ClientHandle = s.handle
             sampling = s.config.sampling_interval
             if sampling is None:
                 sampling = cfg.sampling_interval
-            params.SamplingInterval = (sampling if sampling is not None else cfg.publishing_interval) * 1000.0
+            params.SamplingInterval = (
+                sampling if sampling is not None else cfg.publishing_interval
+            ) * 1000.0
             params.QueueSize = cfg.queue_size
             params.DiscardOldest = True
             if s.config.deadband is not None:
@@ -463,7 +490,9 @@ class OpcuaSource(Source):
 
     async def _connection_lost(self, err: Exception) -> None:
         """asyncua's watchdog saw the connection end: `read` raises, the engine reconnects."""
-        self._lost = f"lost the connection to OPC UA server {self._where}: {err or type(err).__name__}"
+        self._lost = (
+            f"lost the connection to OPC UA server {self._where}: {err or type(err).__name__}"
+        )
         self._wake.set()
 
     # ---- asyncua's subscription handler ----------------------------------
@@ -478,7 +507,9 @@ class OpcuaSource(Source):
         """The server ended the subscription (or the connection died under it)."""
         code = getattr(status, "Status", None)
         if code is not None and not code.is_good() and self._lost is None:
-            self._lost = f"OPC UA server {self._where} ended the subscription ({values.status_name(code)})"
+            self._lost = (
+                f"OPC UA server {self._where} ended the subscription ({values.status_name(code)})"
+            )
             self._wake.set()
 
     def _message(self, s: NodeState, dv: ua.DataValue) -> Message | None:
@@ -575,12 +606,14 @@ class OpcuaSource(Source):
             item = ua.ReadValueId()
             assert s.node is not None
             item.NodeId = s.node.nodeid
-            item.AttributeId = ua.AttributeIds.Value
+            item.AttributeId = AttributeIds.Value
             params.NodesToRead.append(item)
         try:
             results = await client.uaclient.read(params)
         except (UaError, OSError, TimeoutError) as err:
-            raise self._offline(RetryableError(f"reading from OPC UA server {self._where}: {err}")) from err
+            raise self._offline(
+                RetryableError(f"reading from OPC UA server {self._where}: {err}")
+            ) from err
         out = []
         for s, dv in zip(nodes, results, strict=True):
             message = self._message(s, dv)
@@ -665,7 +698,11 @@ class OpcuaSource(Source):
         except ValueError as err:
             return {**result, "ok": False, "error": str(err)}
         except UaStatusCodeError as err:
-            return {**result, "ok": False, "error": f"the server refused the write ({_code_name(err)})"}
+            return {
+                **result,
+                "ok": False,
+                "error": f"the server refused the write ({_code_name(err)})",
+            }
         except (UaError, OSError, TimeoutError) as err:
             return {**result, "ok": False, "error": f"OPC UA server {self._where}: {err}"}
         ok = values.same(value, back, s.vtype)

@@ -125,7 +125,14 @@ def convert(requested: Any, vtype: VT, array: bool) -> Any:
             return requested
         if isinstance(requested, int | float) and requested in (0, 1):
             return bool(requested)
-        if isinstance(requested, str) and requested.lower() in ("true", "false", "on", "off", "1", "0"):
+        if isinstance(requested, str) and requested.lower() in (
+            "true",
+            "false",
+            "on",
+            "off",
+            "1",
+            "0",
+        ):
             return requested.lower() in ("true", "on", "1")
         raise ValueError(f"expected true or false, got {requested!r}")
     if vtype in INT_RANGES:
