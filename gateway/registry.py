@@ -23,6 +23,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "mysql"): "gateway.sources.mysql:MysqlSource",
     ("source", "postgres"): "gateway.sources.postgres:PostgresSource",
     ("source", "redis"): "gateway.sources.redis:RedisSource",
+    ("source", "opcua"): "gateway.sources.opcua:OpcuaSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",

@@ -1,4 +1,5 @@
-"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB, Redis and RabbitMQ.
+"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB, Redis and RabbitMQ (and
+asyncua's OPC UA server, a Python script).
 
 Each server runs from the Debian package's binary on a free 127.0.0.1 port, with its data
 in a folder under one `Workspace` (a temp folder per test session). A server object has
@@ -37,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -904,6 +906,38 @@ class RabbitMQ(Server):
             epmd.wait()
 
 
+class OpcuaServer(Server):
+    """asyncua's OPC UA server, running tests/sources/opcua_server.py (see its docstring for
+    the variables it serves); `options` are its command-line flags (`--cert`, `--user`...)."""
+
+    kind = "opcua"
+
+    def __init__(self, workspace: Workspace, options: list[str] | None = None) -> None:
+        super().__init__(workspace)
+        self.options = list(options or [])
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/"
+
+    def command(self) -> list[str]:
+        script = Path(__file__).parent / "sources" / "opcua_server.py"
+        return [sys.executable, str(script), "--port", str(self.port), *self.options]
+
+    def _readies(self) -> int:
+        """How many times the script said `ready` in its log (kept across restarts)."""
+        if not self.log_file.exists():
+            return 0
+        return self.log_file.read_text(errors="replace").splitlines().count("ready")
+
+    def start(self) -> None:
+        self._want = self._readies() + 1
+        super().start()
+
+    def ready(self) -> bool:
+        return self._readies() >= self._want
+
+
 S = TypeVar("S", bound=Server)
 
 
@@ -952,6 +986,9 @@ class Workspace:
 
     def rabbitmq(self) -> RabbitMQ:
         return self._started(RabbitMQ(self))
+
+    def opcua(self, options: list[str] | None = None) -> OpcuaServer:
+        return self._started(OpcuaServer(self, options))
 
     def discard(self, server: Server) -> None:
         """Close one server and delete its folder (function-scoped servers)."""

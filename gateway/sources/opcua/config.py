@@ -1,0 +1,309 @@
+"""The `opcua` source's config: the server, its security, the nodes, write-back.
+
+Strict, frozen dataclasses read by `gateway.config.schema`; `check()` reports every
+problem with the key it belongs to. The user documentation is the package's
+(`gateway.sources.opcua`). Nothing here imports asyncua: a config is checked without it.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from gateway.config.model import ScheduleKeys, SourceConfig
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.topics import validate_topic
+
+# ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
+NODE_ID = re.compile(
+    r"(?:ns=\d+;)?(?:i=\d+|s=.+|g=[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
+    r"-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|b=[A-Za-z0-9+/=]+)"
+)
+# one level of a browse path: an optional namespace index and a browse name
+PATH_LEVEL = re.compile(r"(?:\d+:)?[^/:]+")
+_NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
+
+
+def template_problem(template: str, allowed: set[str]) -> str | None:
+    """Why `template` is no usable topic template with these placeholders, or None."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as err:
+        return f"{template!r} is not a valid template: {err}"
+    unknown = names - allowed
+    if unknown:
+        return (
+            f"{template!r} uses {', '.join(sorted(unknown))};"
+            f" available: {', '.join('{' + a + '}' for a in sorted(allowed))}"
+        )
+    problem = validate_topic(template.format(**{k: "x" for k in names}))
+    if problem:
+        return f"{template!r} does not make a valid topic: {problem}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """One variable read from the server (see the package documentation for each key)."""
+
+    node: Annotated[
+        str | None,
+        Doc(
+            "The node id: `ns=2;s=Temperature`, `ns=2;i=1001`, `i=2258`"
+            " (`g=` a GUID, `b=` opaque bytes in base64). Either this or `path`.",
+            example="ns=2;s=Temperature",
+        ),
+    ] = None
+    path: Annotated[
+        str | None,
+        Doc(
+            "Or a browse path from the Objects folder: browse names separated by `/`, each"
+            " with its namespace index (`2:Plant/2:Line1/2:Temperature`; no index: 0). It is"
+            " resolved to a node id at each connection."
+        ),
+    ] = None
+    mode: Annotated[
+        Literal["subscribe", "poll"] | None,
+        Doc(
+            "`subscribe` (monitored item: the server reports changes) or `poll` (read on"
+            " the source's `interval`/`schedule`). Default: the source's `mode`."
+        ),
+    ] = None
+    sampling_interval: Annotated[
+        Duration | None,
+        Doc("How often the server samples this node (default: the source's)."),
+        Range(0, message="must not be negative"),
+    ] = None
+    deadband: Annotated[
+        float | None,
+        Doc(
+            "Subscribed numbers only: the server reports a change only when the value moved"
+            " more than this (an absolute OPC UA deadband filter, applied by the server)."
+        ),
+        Range(0, message="must not be negative"),
+    ] = None
+    deadband_percent: Annotated[
+        float | None,
+        Doc(
+            "Numbers only: a value is sent only when it moved more than this percentage of"
+            " the last value sent (applied by the source, as the Modbus source does; not"
+            " the server's EURange-based percent deadband, which many servers lack)."
+        ),
+        Range(0, 100, "must be 0..100"),
+    ] = None
+    writable: Annotated[bool, Doc("Accept write-back commands for this node (default: false).")] = (
+        False
+    )
+    topic: Annotated[
+        str | None,
+        Doc("This node's topic (default: the source's `topic` template)."),
+    ] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if (self.node is None) == (self.path is None):
+            yield "node", "give either `node` (a node id) or `path` (a browse path), not both"
+        if self.node is not None and not NODE_ID.fullmatch(self.node):
+            yield (
+                "node",
+                f"{self.node!r} is not an OPC UA node id; write e.g. ns=2;s=Temperature or"
+                " ns=2;i=1001",
+            )
+        if self.path is not None:
+            levels = self.path.strip("/").split("/")
+            bad = [lv for lv in levels if not PATH_LEVEL.fullmatch(lv)]
+            if bad or not self.path.strip("/"):
+                yield (
+                    "path",
+                    f"{self.path!r} is not a browse path; write e.g. 2:Plant/2:Temperature",
+                )
+        if self.topic is not None:
+            problem = validate_topic(self.topic)
+            if problem:
+                yield "topic", problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpcuaWritebackConfig:
+    """Write-back commands over MQTT."""
+
+    enabled: Annotated[
+        bool, Doc("Take write commands from MQTT for the nodes marked `writable`.")
+    ] = False
+    url: Annotated[
+        str | None,
+        Doc(
+            "The broker (default: the top-level `mqtt.url`, whose username, password and"
+            " client id prefix then apply unless set here)."
+        ),
+    ] = None
+    topic: Annotated[
+        str,
+        Doc(
+            "Where commands come: `{source}` and `{node}` (the node's name in this config),"
+            ' each a whole topic level; the payload is a JSON value or `{"value": ...,'
+            ' "id": ...}`.'
+        ),
+    ] = "opcua/{source}/{node}/set"
+    result_topic: Annotated[
+        str, Doc("Where the outcome of each command is published: `{source}`, `{node}`.")
+    ] = "opcua/{source}/{node}/set/result"
+    client_id: Annotated[
+        str | None,
+        Doc("The client id (default: derived from `mqtt.client_id` and the source name)."),
+    ] = None
+    username: Annotated[
+        str | None, Doc("The user name (default on the gateway's broker: `mqtt.username`).")
+    ] = None
+    password: Annotated[str | None, Doc("The password, may be `ENC(...)`; never logged.")] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for key in ("topic", "result_topic"):
+            problem = template_problem(getattr(self, key), {"source", "node"})
+            if problem:
+                yield key, problem
+        levels = self.topic.split("/")
+        if "{node}" not in levels or any(
+            "{" in lv and lv not in ("{source}", "{node}") for lv in levels
+        ):
+            yield (
+                "topic",
+                "the command topic needs {node} (and may have {source}), each a whole level",
+            )
+        if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
+            yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
+    """Keys of the `opcua` source."""
+
+    url: Annotated[
+        str,
+        Doc("The server's endpoint URL.", example="opc.tcp://10.0.0.7:4840"),
+    ]
+    nodes: Annotated[
+        dict[str, NodeConfig],
+        Doc(
+            "The variables to read, by name (the name is the `{node}` of topics and"
+            " write-back commands: letters, digits, `_`, `-`, `.`).",
+            example={"temperature": {"node": "ns=2;s=Temperature", "deadband": 0.5}},
+        ),
+    ]
+    mode: Annotated[
+        Literal["subscribe", "poll"],
+        Doc("How nodes are read unless they say otherwise: `subscribe` or `poll`."),
+    ] = "subscribe"
+    publishing_interval: Annotated[
+        Duration,
+        Doc("How often the server sends the changes of subscribed nodes.", example="1s"),
+        Range(0.01, message="must be at least 10ms"),
+    ] = 1.0
+    sampling_interval: Annotated[
+        Duration | None,
+        Doc("How often the server samples subscribed nodes (default: `publishing_interval`)."),
+        Range(0, message="must not be negative"),
+    ] = None
+    queue_size: Annotated[
+        int,
+        Doc(
+            "Changes the server keeps per node between two publishes (1: only the latest;"
+            " more: every change within the publishing interval, oldest dropped first)."
+        ),
+        Range(1, 10_000, "must be 1..10000"),
+    ] = 1
+    interval: Annotated[
+        Duration,
+        Doc("How often polled nodes are read (or see `schedule`).", example="10s"),
+        Range(0.05, message="must be at least 50ms"),
+    ] = 10.0
+    topic: Annotated[
+        str,
+        Doc("The topic of each value: `{source}`, `{node}` (the node's name in this config)."),
+    ] = "opcua/{source}/{node}"
+    security_policy: Annotated[
+        Literal["None", "Basic256Sha256"],
+        Doc(
+            "`None` or `Basic256Sha256` (then `certificate`, `private_key` and"
+            " `server_certificate`)."
+        ),
+    ] = "None"
+    security_mode: Annotated[
+        Literal["Sign", "SignAndEncrypt"],
+        Doc("With `Basic256Sha256`: `Sign` or `SignAndEncrypt`."),
+    ] = "SignAndEncrypt"
+    certificate: Annotated[
+        str | None,
+        Doc(
+            "The gateway's client certificate (PEM or DER file); the server must trust it."
+            " Its subject alternative name URI is the application URI the gateway announces."
+        ),
+    ] = None
+    private_key: Annotated[
+        str | None, Doc("The client certificate's private key (PEM or DER file).")
+    ] = None
+    private_key_password: Annotated[
+        str | None, Doc("The private key's password, if it has one; may be `ENC(...)`.")
+    ] = None
+    server_certificate: Annotated[
+        str | None,
+        Doc(
+            "The server's certificate (PEM or DER file): the only one the gateway talks to"
+            " (a server presenting another one is refused)."
+        ),
+    ] = None
+    username: Annotated[str | None, Doc("User name (default: anonymous).")] = None
+    password: Annotated[
+        str | None, Doc("The user's password, may be `ENC(...)`; never logged.")
+    ] = None
+    timeout: Annotated[
+        Duration,
+        Doc("The longest a connection or one request may take."),
+        Range(0.1, message="must be at least 100ms"),
+    ] = 5.0
+    watchdog: Annotated[
+        Duration,
+        Doc("How often the connection is checked when nothing else is sent."),
+        Range(0.1, message="must be at least 100ms"),
+    ] = 2.0
+    max_queue_bytes: Annotated[
+        Size,
+        Doc(
+            "Values received but not yet taken by the gateway, in bytes; beyond it the"
+            " oldest are dropped and counted (`dropped`)."
+        ),
+        Range(64 * 1024, message="must be at least 64KiB"),
+    ] = 4 * 1024 * 1024
+    writeback: Annotated[
+        OpcuaWritebackConfig,
+        Doc("Write-back: MQTT commands written to nodes marked `writable`."),
+    ] = field(default_factory=OpcuaWritebackConfig)
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.url.startswith("opc.tcp://"):
+            yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
+        if not self.nodes:
+            yield "nodes", "name at least one node to read"
+        seen: dict[str, str] = {}
+        for name, node in self.nodes.items():
+            if not name or not set(name) <= _NAME_CHARS:
+                yield (
+                    f"nodes.{name}",
+                    f"{name!r}: names use letters, digits, '_', '-' and '.'"
+                    " (they become topic levels)",
+                )
+            ident = node.node or f"path:{node.path}"
+            if ident in seen:
+                yield f"nodes.{name}", f"reads the same node as {seen[ident]!r}"
+            seen[ident] = name
+        problem = template_problem(self.topic, {"source", "node"})
+        if problem:
+            yield "topic", problem
+        if self.security_policy != "None":
+            for key in ("certificate", "private_key", "server_certificate"):
+                if getattr(self, key) is None:
+                    yield key, f"security_policy {self.security_policy} needs `{key}` (a file)"
+        if self.password is not None and self.username is None:
+            yield "password", "a password needs a `username`"

@@ -1,0 +1,93 @@
+"""The `opcua` source's config checks and its value conversions (no server)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from asyncua import ua
+
+from gateway.config.schema import Problems, build_dataclass
+from gateway.sources.opcua import OpcuaSourceConfig
+from gateway.sources.opcua.values import convert, float32, plain
+
+pytestmark = pytest.mark.unit
+
+VT = ua.VariantType
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
+    problems = Problems()
+    build_dataclass(OpcuaSourceConfig, {"type": "opcua", **raw}, (), problems)
+    return [".".join(map(str, path)) + ": " + msg for path, msg in problems.items]
+
+
+def test_a_valid_config_has_no_problems() -> None:
+    raw = {
+        "url": "opc.tcp://h:4840",
+        "nodes": {"a": {"node": "ns=2;s=A"}, "b": {"path": "2:P/2:B"}},
+    }
+    assert problems_of(raw) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"url": "http://h", "nodes": {"a": {"node": "i=1"}}}, "url: 'http://h' must read opc.tcp"),
+        ({"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=2;x=1"}}}, "not an OPC UA node id"),
+        ({"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "path": "2:A"}}}, "not both"),
+        ({"url": "opc.tcp://h", "nodes": {"a b": {"node": "i=1"}}}, "names use letters"),
+        (
+            {
+                "url": "opc.tcp://h",
+                "nodes": {"a": {"node": "i=1"}},
+                "security_policy": "Basic256Sha256",
+            },
+            "needs `server_certificate`",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "password": "x"},
+            "needs a `username`",
+        ),
+        (
+            {
+                "url": "opc.tcp://h",
+                "nodes": {"a": {"node": "i=1"}},
+                "writeback": {"topic": "x/set"},
+            },
+            "needs {node}",
+        ),
+    ],
+)
+def test_config_mistakes_are_named(raw: dict[str, Any], expected: str) -> None:
+    assert any(expected in p for p in problems_of(raw)), problems_of(raw)
+
+
+def test_conversions_for_write_back() -> None:
+    assert convert("on", VT.Boolean, False) is True
+    assert convert(12.0, VT.Int16, False) == 12
+    assert convert("0x10", VT.UInt16, False) == 16
+    assert convert([1, 2.5], VT.Double, True) == [1.0, 2.5]
+    assert convert("AQID", VT.ByteString, False) == b"\x01\x02\x03"
+    assert convert("2030-01-02T03:04:05Z", VT.DateTime, False) == datetime(
+        2030, 1, 2, 3, 4, 5, tzinfo=UTC
+    )
+    for value, vtype, array, message in [
+        (1.5, VT.Int32, False, "expected an integer"),
+        (-1, VT.UInt32, False, "out of range"),
+        (True, VT.Double, False, "expected a number"),
+        (5, VT.String, False, "expected a string"),
+        ("%%", VT.ByteString, False, "base64"),
+        (1, VT.Double, True, "expected a JSON array"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            convert(value, vtype, array)
+
+
+def test_values_as_json() -> None:
+    assert plain(b"\x00\xff") == "AP8="
+    assert plain(float("nan")) is None and plain([1.0, math.inf]) == [1.0, None]
+    assert plain(datetime(2024, 1, 1, tzinfo=UTC)) == "2024-01-01T00:00:00.000Z"
+    assert float32(0.10000000149011612) == 0.1
