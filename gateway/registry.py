@@ -23,6 +23,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "mysql"): "gateway.sources.mysql:MysqlSource",
     ("source", "postgres"): "gateway.sources.postgres:PostgresSource",
     ("source", "redis"): "gateway.sources.redis:RedisSource",
+    ("source", "nats"): "gateway.sources.nats:NatsSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
@@ -33,6 +34,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "mysql"): "gateway.sinks.mysql:MysqlSink",
     ("sink", "redis"): "gateway.sinks.redis:RedisSink",
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
+    ("sink", "nats"): "gateway.sinks.nats:NatsSink",
 }
 
 GROUP = "edge_stream.components"
