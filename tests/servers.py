@@ -846,6 +846,11 @@ class NatsCluster:
                 node.start()
         self.wait_healthy()
 
+    def stop(self) -> None:
+        """Stop every node cleanly (data kept): the whole cluster is down."""
+        for node in self.nodes:
+            node.stop()
+
     def wait_healthy(self, timeout: float = READY_TIMEOUT) -> None:
         """Until every running node says JetStream is current and a meta leader is known."""
         deadline = time.monotonic() + timeout

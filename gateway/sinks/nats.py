@@ -81,7 +81,7 @@ Keys
   max_in_flight: 1000                messages awaiting their acknowledgement
   max_in_flight_bytes: 8MiB          their bytes
   connect_timeout: 10s
-  timeout: 30s                       the longest one batch may take
+  timeout: 10s                       the longest one batch may take
   and the delivery keys every sink has: batch, retry, rate_limit, overflow.
 
 Example
@@ -234,6 +234,10 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
     """
     options: dict[str, Any] = {
         "allow_reconnect": False,
+        # One server per connect call, tried at most twice, at once: with fewer attempts
+        # nats-py retries it forever, with a wait it sleeps 2 s between them.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0,
         "connect_timeout": cfg.connect_timeout,
         "name": f"edge-stream {ctx.gateway_id} {ctx.kind} {ctx.name}",
         "pending_size": 4 << 20,
@@ -267,8 +271,11 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         url = url.replace("tls://", "nats://", 1) if "tls" in options else url
         nc = nats.NATS()
         try:
-            await nc.connect(servers=[url], error_cb=quiet, **options)
+            async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
+                await nc.connect(servers=[url], error_cb=quiet, **options)
         except (OSError, TimeoutError, nats_errors.Error, ssl.SSLError) as err:
+            if isinstance(err, nats_errors.NoServersError) and nc.last_error is not None:
+                err = nc.last_error  # what went wrong on the last attempt
             with contextlib.suppress(Exception):
                 await nc.close()
             refusal = _refusal(err)
@@ -352,7 +359,7 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         Duration,
         Doc("The longest one batch may take, publishes and acknowledgements."),
         Range(0.1, 3600, message="must be between 100ms and 1h"),
-    ] = 30.0
+    ] = 10.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         yield from self.connection_problems()
