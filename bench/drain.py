@@ -1,8 +1,9 @@
 """Drain rate after an outage, end to end: 200,000 buffered messages through the real gateway.
 
 For each sink (postgres, mysql on MariaDB, redis in stream mode, mqtt to a second
-Mosquitto, nats into a 3-replica JetStream stream on a 3-node cluster), one `edge-stream run` process takes messages from a broker: the upstream of
-the sink is stopped, --messages readings are published with several `mosquitto_pub -l`
+Mosquitto, nats into a 3-replica JetStream stream on a 3-node cluster), one
+`edge-stream run` process takes messages from a broker: the upstream of the sink is
+stopped, --messages readings are published with several `mosquitto_pub -l`
 processes and buffered in the gateway's store, then the upstream is started again and
 the time until the last row is delivered is measured (the gateway's /api/status, polled
 every 20 ms: the sink's depth back at 0). Meanwhile a paced ingest of --live msg/s goes

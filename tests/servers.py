@@ -793,9 +793,7 @@ class Nats(Server):
                 f" routes: [{routes}] }}"
             )
         if self.user:
-            lines.append(
-                f'authorization {{ user: "{self.user[0]}", password: "{self.user[1]}" }}'
-            )
+            lines.append(f'authorization {{ user: "{self.user[0]}", password: "{self.user[1]}" }}')
         elif self.token:
             lines.append(f'authorization {{ token: "{self.token}" }}')
         self.config_file.write_text("\n".join(lines) + "\n")
@@ -865,7 +863,9 @@ class NatsCluster:
                 pass
             if time.monotonic() > deadline:
                 tails = "\n".join(f"{n.name}: {_tail(n.log_file, 10)}" for n in self.nodes)
-                raise ServerError(f"the NATS cluster is not healthy after {timeout:.0f} s:\n{tails}")
+                raise ServerError(
+                    f"the NATS cluster is not healthy after {timeout:.0f} s:\n{tails}"
+                )
             time.sleep(0.1)
 
     def leader(self, stream: str, account: str = "$G") -> str | None:

@@ -104,10 +104,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import nats
 from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js import errors as js_errors
@@ -139,9 +139,9 @@ class NatsConnection:
         ),
     ]
     user: Annotated[str | None, Doc("User name (with `password`).")] = None
-    password: Annotated[
-        str | None, Doc("Password, may be `ENC(...)`; never logged.")
-    ] = dataclasses.field(default=None, repr=False)
+    password: Annotated[str | None, Doc("Password, may be `ENC(...)`; never logged.")] = (
+        dataclasses.field(default=None, repr=False)
+    )
     token: Annotated[
         str | None, Doc("Token (instead of user and password), may be `ENC(...)`; never logged.")
     ] = dataclasses.field(default=None, repr=False)
@@ -269,19 +269,20 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
     problems = []
     for url in cfg.servers:
         url = url.replace("tls://", "nats://", 1) if "tls" in options else url
-        nc = nats.NATS()
+        nc = NatsClient()
         try:
             async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
                 await nc.connect(servers=[url], error_cb=quiet, **options)
         except (OSError, TimeoutError, nats_errors.Error, ssl.SSLError) as err:
+            cause: BaseException = err
             if isinstance(err, nats_errors.NoServersError) and nc.last_error is not None:
-                err = nc.last_error  # what went wrong on the last attempt
+                cause = nc.last_error  # what went wrong on the last attempt
             with contextlib.suppress(Exception):
                 await nc.close()
-            refusal = _refusal(err)
+            refusal = _refusal(cause)
             if refusal is not None:
                 raise permanent(f"{url} refused us: {refusal}") from None
-            problems.append(f"{url}: {_describe(err)}")
+            problems.append(f"{url}: {_describe(cause)}")
             continue
         return nc
     raise RetryableError(f"cannot connect to NATS: {'; '.join(problems)}")
@@ -308,9 +309,7 @@ class StreamSettings:
     ] = 1
     storage: Annotated[Literal["file", "memory"], Doc("`file` or `memory`.")] = "file"
     max_bytes: Annotated[Size | None, Doc("The stream's size limit (default: none).")] = None
-    max_age: Annotated[
-        Duration | None, Doc("The oldest message kept (default: no limit).")
-    ] = None
+    max_age: Annotated[Duration | None, Doc("The oldest message kept (default: no limit).")] = None
     max_msg_size: Annotated[
         Size | None, Doc("The largest message the stream takes (default: the server's).")
     ] = None
@@ -352,7 +351,10 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
     ] = 1000
     max_in_flight_bytes: Annotated[
         Size,
-        Doc("At most this many bytes awaiting their acknowledgement (one larger message still goes)."),
+        Doc(
+            "At most this many bytes awaiting their acknowledgement (one larger message"
+            " still goes)."
+        ),
         Range(64 << 10, 1 << 30, message="must be between 64KiB and 1GiB"),
     ] = 8 << 20
     timeout: Annotated[
@@ -700,7 +702,7 @@ class NatsSink(Sink):
                 await state.progress.wait()
 
     async def _sort_no_responders(self, nc: Any, batch: list[FlowFile], state: _Batch) -> None:
-        """"No responders" means no stream listens on the subject: none covers it (refused
+        """ "No responders" means no stream listens on the subject: none covers it (refused
         for good) or its stream has no leader right now (an election: retried)."""
         js = nc.jetstream(timeout=min(self.config.timeout, 5.0))
         verdicts: dict[str, str | None] = {}

@@ -130,7 +130,10 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
             return
         for name in names:
             if name not in _PLACEHOLDERS:
-                yield "topic", f"unknown placeholder {{{name}}}; use {{subject}}, {{stream}}, {{source}}"
+                yield (
+                    "topic",
+                    f"unknown placeholder {{{name}}}; use {{subject}}, {{stream}}, {{source}}",
+                )
                 return
         problem = validate_topic(self.topic.format(subject="s", stream="s", source="s"))
         if problem:
@@ -216,7 +219,10 @@ class NatsSource(Source):
             raise RetryableError(f"stream {cfg.stream}: {_describe(err)}") from err
         self._nc = nc
         self.ctx.log.info(
-            "reading stream %s as consumer %s on %s", cfg.stream, self.durable, nc.connected_url.netloc
+            "reading stream %s as consumer %s on %s",
+            cfg.stream,
+            self.durable,
+            nc.connected_url.netloc,
         )
 
     @staticmethod
@@ -264,7 +270,9 @@ class NatsSource(Source):
         if meta.num_delivered and meta.num_delivered > 1:
             self.redelivered += 1
         topic = cfg.topic.format(
-            subject=subject_topic(msg.subject), stream=_level(cfg.stream), source=_level(self.ctx.name)
+            subject=subject_topic(msg.subject),
+            stream=_level(cfg.stream),
+            source=_level(self.ctx.name),
         )
         ff = FlowFile(
             message_flowfile_id(meta.stream or cfg.stream, seq, ms, self._scope),

@@ -166,11 +166,11 @@ async def test_stream_leader_killed_while_publishing_every_message_once(
     nats_cluster: servers.NatsCluster, ns: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     stream = ns.upper()
-    batches = [[FlowFile.create(f"load/{b}", f'{{"seq": {b * 200 + i}}}'.encode()) for i in range(200)]
-               for b in range(30)]  # fmt: skip
-    async with closing(
-        lambda: connected(make_sink(nats_cluster.urls, **stream_keys(ns)))
-    ) as op:
+    batches = [
+        [FlowFile.create(f"load/{b}", f'{{"seq": {b * 200 + i}}}'.encode()) for i in range(200)]
+        for b in range(30)
+    ]
+    async with closing(lambda: connected(make_sink(nats_cluster.urls, **stream_keys(ns)))) as op:
         sink = await op()
         retried = 0
         for n, batch in enumerate(batches):
@@ -217,7 +217,9 @@ async def test_refused_token_is_a_permanent_error_and_the_right_one_delivers(
         await make_sink([server.url], token="nope").connect()
     keys = stream_keys(ns)
     keys["create_stream"]["replicas"] = 1
-    async with closing(lambda: connected(make_sink([server.url], token="s3cret-token", **keys))) as op:
+    async with closing(
+        lambda: connected(make_sink([server.url], token="s3cret-token", **keys))
+    ) as op:
         sink = await op()
         assert await sink.write([FlowFile.create("a/b", b"1")]) == []
 
