@@ -842,7 +842,8 @@ class NatsCluster:
         for node in self.nodes:
             if not node.running:
                 node.start()
-        self.wait_healthy()
+        # After a full stop every stream elects its leader again: slower on a busy machine.
+        self.wait_healthy(timeout=2 * READY_TIMEOUT)
 
     def stop(self) -> None:
         """Stop every node cleanly (data kept): the whole cluster is down."""
