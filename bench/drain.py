@@ -1,9 +1,10 @@
 """Drain rate after an outage, end to end: 200,000 buffered messages through the real gateway.
 
 For each sink (postgres, mysql on MariaDB, redis in stream mode, mqtt to a second
-Mosquitto, amqp to RabbitMQ: a topic exchange and one durable queue bound by `#`), one
-`edge-stream run` process takes messages from a broker: the upstream of
-the sink is stopped, --messages readings are published with several `mosquitto_pub -l`
+Mosquitto, amqp to RabbitMQ: a topic exchange and one durable queue bound by `#`, nats
+into a 3-replica JetStream stream on a 3-node cluster), one `edge-stream run` process
+takes messages from a broker: the upstream of the sink is stopped, --messages readings
+are published with several `mosquitto_pub -l`
 processes and buffered in the gateway's store, then the upstream is started again and
 the time until the last row is delivered is measured (the gateway's /api/status, polled
 every 20 ms: the sink's depth back at 0). Meanwhile a paced ingest of --live msg/s goes
@@ -15,10 +16,11 @@ row delivered, so it includes the sink's reconnect (its retry backoff is set to
 100 ms .. 500 ms here; the default, up to 30 s, would measure the backoff instead).
 
 Targets on the project's 2-core machine: Postgres >= 25k rows/s, MySQL >= 15k rows/s,
-Redis >= 30k entries/s, MQTT >= 10k msg/s, AMQP >= 10k msg/s (persistent, confirmed).
+Redis >= 30k entries/s, MQTT >= 10k msg/s, AMQP >= 10k msg/s (persistent, confirmed),
+NATS >= 10k msg/s.
 
 Usage: python bench/drain.py [--messages 200000] [--publishers 4] [--live 500]
-                             [--only postgres,mysql,redis,mqtt,amqp] [--batch N]
+                             [--only postgres,mysql,redis,mqtt,amqp,nats] [--batch N]
 """
 
 from __future__ import annotations
@@ -49,19 +51,28 @@ from tests.e2e.upstreams import (  # noqa: E402
     AmqpUpstream,
     MqttRoot,
     MysqlUpstream,
+    NatsUpstream,
     PostgresUpstream,
     RedisUpstream,
     Upstream,
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
-TARGETS = {"postgres": 25_000, "mysql": 15_000, "redis": 30_000, "mqtt": 10_000, "amqp": 10_000}
+TARGETS = {
+    "postgres": 25_000,
+    "mysql": 15_000,
+    "redis": 30_000,
+    "mqtt": 10_000,
+    "amqp": 10_000,
+    "nats": 10_000,
+}
 UNITS = {
     "postgres": "rows/s",
     "mysql": "rows/s",
     "redis": "entries/s",
     "mqtt": "msg/s",
     "amqp": "msg/s",
+    "nats": "msg/s",
 }
 
 
@@ -255,7 +266,7 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--live", type=float, default=500)
     parser.add_argument("--batch", type=int, default=None, help="sink batch.max_rows")
-    parser.add_argument("--only", default="postgres,mysql,redis,mqtt,amqp")
+    parser.add_argument("--only", default="postgres,mysql,redis,mqtt,amqp,nats")
     args = parser.parse_args()
     kinds = [k for k in TARGETS if k in args.only.split(",")]
     workspace = servers.Workspace()
@@ -274,6 +285,8 @@ def main() -> int:
                 up = RedisUpstream(workspace.redis(), table)
             elif kind == "amqp":
                 up = AmqpUpstream(workspace.rabbitmq(), table)
+            elif kind == "nats":
+                up = NatsUpstream(workspace.nats_cluster(), table)
             else:
                 up = MqttCounter(workspace.mosquitto(), table, folder)
             try:

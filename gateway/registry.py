@@ -24,6 +24,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "postgres"): "gateway.sources.postgres:PostgresSource",
     ("source", "redis"): "gateway.sources.redis:RedisSource",
     ("source", "opcua"): "gateway.sources.opcua:OpcuaSource",
+    ("source", "nats"): "gateway.sources.nats:NatsSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
@@ -35,6 +36,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "redis"): "gateway.sinks.redis:RedisSink",
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
     ("sink", "amqp"): "gateway.sinks.amqp:AmqpSink",
+    ("sink", "nats"): "gateway.sinks.nats:NatsSink",
 }
 
 GROUP = "edge_stream.components"

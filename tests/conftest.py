@@ -1,11 +1,11 @@
 """Shared fixtures: real servers on free loopback ports (see tests/servers.py).
 
 Session-scoped, started on first use and shared by every test:
-    mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq
+    mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq, nats_cluster
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
     mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
-    redis_factory(password=None, username=None)
+    redis_factory(password=None, username=None), nats_factory(user=None, token=None)
 
 A test may stop or kill a shared server; it is started again (same port, same data) after
 that test, so the next test finds it up. Shared databases keep their data for the whole
@@ -92,6 +92,21 @@ def rabbitmq(server_workspace: servers.Workspace) -> Iterator[servers.RabbitMQ]:
     yield from _shared_server(server_workspace.rabbitmq)
 
 
+@pytest.fixture(scope="session")
+def nats_cluster(server_workspace: servers.Workspace) -> Iterator[servers.NatsCluster]:
+    """Three JetStream nodes in one cluster: `.urls`, `.leader(stream)`, `.node(name)`; a
+    node a test stopped or killed is started again after it."""
+    try:
+        cluster = server_workspace.nats_cluster()
+    except servers.ServerError as err:
+        pytest.fail(str(err), pytrace=False)
+    _shared.extend(cluster.nodes)
+    yield cluster
+    for node in cluster.nodes:
+        _shared.remove(node)
+    cluster.close()
+
+
 @pytest.fixture(autouse=True)
 def _restart_stopped_shared_servers() -> Iterator[None]:
     yield
@@ -149,6 +164,13 @@ def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[...,
 
 
 @pytest.fixture
+def nats_factory(server_workspace: servers.Workspace) -> Iterator[Callable[..., servers.Nats]]:
+    """`nats_factory(user=None, token=None)` starts a private single JetStream server for
+    this test; `user=(name, password)` or `token` makes it refuse everyone else."""
+    yield from _factory(server_workspace, server_workspace.nats)
+
+
+@pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Any]]:
     """`gateway_factory(config)`: a `GatewayProcess` (tests/e2e/harness.py) on that config in
     this test's folder; still running at the end of the test, it is killed."""
@@ -178,6 +200,8 @@ _SERVER_FIXTURES = {
     "postgres_factory",
     "mariadb_factory",
     "redis_factory",
+    "nats_cluster",
+    "nats_factory",
     "gateway_factory",
 }
 

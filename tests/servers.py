@@ -1,5 +1,5 @@
-"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB, Redis and RabbitMQ (and
-asyncua's OPC UA server, a Python script).
+"""Real Debian servers for the tests: Mosquitto, PostgreSQL, MariaDB, Redis, RabbitMQ and a NATS
+cluster (and asyncua's OPC UA server, a Python script).
 
 Each server runs from the Debian package's binary on a free 127.0.0.1 port, with its data
 in a folder under one `Workspace` (a temp folder per test session). A server object has
@@ -938,6 +938,151 @@ class OpcuaServer(Server):
         return self._readies() >= self._want
 
 
+# --- NATS ---------------------------------------------------------------------------------
+
+
+class Nats(Server):
+    """One `nats-server` with JetStream (file store in its folder), alone or as a node of a
+    `NatsCluster`. `user=(name, password)` or `token` makes it refuse everyone else.
+    `.monitor(path)` reads its HTTP monitoring endpoint (/jsz, /healthz ...) as JSON."""
+
+    kind = "nats"
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        name: str = "n1",
+        user: tuple[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
+        super().__init__(workspace)
+        self.name = name
+        self.user = user
+        self.token = token
+        self.http_port = free_port()
+        self.cluster_port = free_port()
+        self.routes: list[int] = []  # the other nodes' cluster ports
+        self.config_file = self.dir / "nats.conf"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def setup(self) -> None:
+        store = self.dir / "jetstream"
+        store.mkdir()
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: {self.host}:{self.port}",
+            f"http: {self.host}:{self.http_port}",
+            # Small limits: a test that fills the disk must not fill the machine's.
+            f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 2GB }}',
+        ]
+        if self.routes:
+            routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+            lines.append(
+                f"cluster {{ name: edge, listen: {self.host}:{self.cluster_port},"
+                f" routes: [{routes}] }}"
+            )
+        if self.user:
+            lines.append(f'authorization {{ user: "{self.user[0]}", password: "{self.user[1]}" }}')
+        elif self.token:
+            lines.append(f'authorization {{ token: "{self.token}" }}')
+        self.config_file.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return ["/usr/sbin/nats-server", "-c", str(self.config_file)]
+
+    def monitor(self, path: str) -> Any:
+        """GET http://127.0.0.1:<http port><path> as JSON."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        if self.routes:
+            return True  # a node alone cannot be healthy: NatsCluster waits for them all
+        try:
+            return bool(self.monitor("/healthz").get("status") == "ok")
+        except (OSError, ValueError):
+            return False
+
+
+class NatsCluster:
+    """Three (or `size`) JetStream nodes routed to each other on loopback ports.
+
+    `.urls` lists every node's client URL; `.leader(stream)` names the node that leads a
+    stream (from /jsz); `.node(name)` finds a node to `kill()` and `start()` again."""
+
+    def __init__(self, workspace: Workspace, size: int = 3) -> None:
+        self.nodes = [Nats(workspace, name=f"n{i + 1}") for i in range(size)]
+        for node in self.nodes:
+            node.routes = [n.cluster_port for n in self.nodes if n is not node]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def node(self, name: str) -> Nats:
+        return next(n for n in self.nodes if n.name == name)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.start()
+        # After a full stop every stream elects its leader again: slower on a busy machine.
+        self.wait_healthy(timeout=2 * READY_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop every node cleanly (data kept): the whole cluster is down."""
+        for node in self.nodes:
+            node.stop()
+
+    def wait_healthy(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until every running node says JetStream is current and a meta leader is known."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                running = [n for n in self.nodes if n.running]
+                if all(n.monitor("/healthz").get("status") == "ok" for n in running) and all(
+                    n.monitor("/jsz").get("meta_cluster", {}).get("leader") for n in running
+                ):
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"{n.name}: {_tail(n.log_file, 10)}" for n in self.nodes)
+                raise ServerError(
+                    f"the NATS cluster is not healthy after {timeout:.0f} s:\n{tails}"
+                )
+            time.sleep(0.1)
+
+    def leader(self, stream: str, account: str = "$G") -> str | None:
+        """The name of the node leading `stream` now, or None (no leader elected)."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:
+                jsz = node.monitor(f"/jsz?acc={account}&streams=true")
+            except (OSError, ValueError):
+                continue
+            for detail in jsz.get("account_details") or []:
+                for info in detail.get("stream_detail") or []:
+                    if info.get("name") == stream:
+                        leader = (info.get("cluster") or {}).get("leader")
+                        if leader:
+                            return str(leader)
+        return None
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
 S = TypeVar("S", bound=Server)
 
 
@@ -989,6 +1134,19 @@ class Workspace:
 
     def opcua(self, options: list[str] | None = None) -> OpcuaServer:
         return self._started(OpcuaServer(self, options))
+
+    def nats(self, user: tuple[str, str] | None = None, token: str | None = None) -> Nats:
+        return self._started(Nats(self, user=user, token=token))
+
+    def nats_cluster(self, size: int = 3) -> NatsCluster:
+        cluster = NatsCluster(self, size)
+        self.servers.extend(cluster.nodes)
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
 
     def discard(self, server: Server) -> None:
         """Close one server and delete its folder (function-scoped servers)."""

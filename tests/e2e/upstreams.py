@@ -10,6 +10,7 @@ it, duplicates included, so a test can tell "exactly once" from "at least once":
     mqtt      messages a subscriber got from a second broker (mqtt sink)
     amqp      messages in a RabbitMQ queue bound to the sink's exchange (amqp sink)
     file      lines of a JSON Lines file and its rotated siblings (file sink)
+    nats      messages of one JetStream stream on a 3-node cluster (nats sink)
 
 `stop()` makes the upstream unavailable as an outage would (the server shut down; for
 the file sink, its folder gone, as when a USB stick is pulled) and `start()` brings it
@@ -338,3 +339,61 @@ class AmqpUpstream(ServerUpstream):
 
     def count(self) -> int:
         return int(self.server.depth(self.name))
+
+
+class NatsUpstream(Upstream):
+    """One JetStream stream (3 replicas) on the session's 3-node cluster; `stop()` stops
+    the whole cluster. Counts by message: the stream's duplicate window must drop a
+    FlowFile published again, so a repeated seq is a duplicate the sink let through."""
+
+    kind = "nats"
+    exact = True
+
+    def __init__(self, cluster: Any, name: str) -> None:
+        self.cluster = cluster
+        self.stream = name.upper()
+        self.subject = f"{name}.{{topic}}"
+        self.prefix = name
+
+    def sink(self) -> dict[str, Any]:
+        return {
+            "type": "nats",
+            "servers": self.cluster.urls,
+            "subject": self.subject,
+            "create_stream": {"name": self.stream, "replicas": 3, "duplicate_window": "10m"},
+        }
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def _messages(self) -> list[Any]:
+        import asyncio
+
+        from tests.sinks.test_nats import stream_messages
+
+        return asyncio.run(stream_messages(self.cluster.urls, self.stream))
+
+    def seqs(self) -> list[int]:
+        return [int(json.loads(m.data)["seq"]) for m in self._messages()]
+
+    def count(self) -> int:
+        import asyncio
+
+        import nats
+
+        async def messages() -> int:
+            nc = await nats.connect(servers=self.cluster.urls, allow_reconnect=False)
+            try:
+                return int((await nc.jetstream().stream_info(self.stream)).state.messages)
+            except nats.js.errors.NotFoundError:
+                return 0
+            finally:
+                await nc.close()
+
+        try:
+            return asyncio.run(messages())
+        except (OSError, TimeoutError, nats.errors.Error):  # down or electing: none to count
+            return 0

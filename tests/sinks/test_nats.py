@@ -1,0 +1,269 @@
+"""The nats sink against a real 3-node JetStream cluster: the sink contract, then what is its
+own (subjects and headers, the stream created or checked, a stream leader killed while
+publishing, refused credentials, config validation)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import nats
+import pytest
+from nats.js import api as js_api
+
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.nats import NatsSink, NatsSinkConfig, topic_tokens
+from tests import servers
+from tests.sinks.contract import SinkContract, closing, connected, unique_name
+from tests.sinks.contract import config_problems as sink_config_problems
+
+pytestmark = pytest.mark.integration
+
+MAX_MSG = 4096  # the test streams' max_msg_size: a larger FlowFile is refused for good
+
+
+def config_problems(**keys: Any) -> tuple[Any, list[str]]:
+    return sink_config_problems("nats", "fleet", **keys)
+
+
+def make_sink(servers_: list[str], **keys: Any) -> NatsSink:
+    config, problems = config_problems(servers=servers_, **keys)
+    assert problems == []
+    assert isinstance(config, NatsSinkConfig)
+    return NatsSink(config, Context(name="fleet", kind="sink", gateway_id="pi-01"))
+
+
+def stream_keys(ns: str, **more: Any) -> dict[str, Any]:
+    """Sink keys for a stream of this test's own: stream `<NS>`, subjects `<ns>.>`."""
+    stream = {"name": ns.upper(), "replicas": 3, "max_msg_size": MAX_MSG, **more}
+    # A short timeout: a stream still electing its leader after a restart drops what is
+    # published to it, and the retry comes after the timeout.
+    return {"subject": f"{ns}.{{gateway}}.{{topic}}", "create_stream": stream, "timeout": "3s"}
+
+
+async def stream_messages(urls: list[str], stream: str) -> list[Any]:
+    """Every message in `stream` (an ephemeral consumer reads it from the start)."""
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        try:
+            total = (await js.stream_info(stream)).state.messages
+        except nats.js.errors.NotFoundError:
+            return []
+        found: list[Any] = []
+        if not total:
+            return found
+        sub = await js.pull_subscribe(
+            "", stream=stream, config=js_api.ConsumerConfig(ack_policy=js_api.AckPolicy.NONE)
+        )
+        while len(found) < total:
+            try:
+                found += await sub.fetch(min(total - len(found), 1000), timeout=5)
+            except nats.errors.TimeoutError:
+                break
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    return unique_name()
+
+
+class TestNatsContract(SinkContract):
+    @pytest.fixture
+    def make_sink(self, nats_cluster: servers.NatsCluster, ns: str) -> Callable[[], Any]:
+        async def make() -> NatsSink:
+            return await connected(make_sink(nats_cluster.urls, **stream_keys(ns)))  # type: ignore[return-value]
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, nats_cluster: servers.NatsCluster, ns: str) -> Callable[[], Any]:
+        async def fetch() -> list[str]:
+            found = await stream_messages(nats_cluster.urls, ns.upper())
+            return [m.headers["Nats-Msg-Id"] for m in found]
+
+        return fetch
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], FlowFile]:
+        # Larger than the stream's max_msg_size: JetStream refuses it, the rest goes in.
+        return lambda: FlowFile.create("contract/big", b"x" * (MAX_MSG * 2))
+
+    @pytest.fixture
+    def outage(self, nats_cluster: servers.NatsCluster) -> Callable[[], Any]:
+        @contextlib.asynccontextmanager
+        async def down() -> AsyncIterator[None]:
+            nats_cluster.stop()
+            try:
+                yield
+            finally:
+                nats_cluster.start()
+
+        return down
+
+
+# --- what is the nats sink's own ------------------------------------------------------------
+
+
+async def test_subject_and_headers_carry_topic_time_and_attributes(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    async with closing(lambda: connected(make_sink(nats_cluster.urls, **stream_keys(ns)))) as op:
+        sink = await op()
+        topics = ["sensors/line 1/temp.c", "/lead", "a//b", "x/*/>/100%"]
+        batch = [FlowFile.create(t, b'{"v": 1}', {"unit": "°C"}) for t in topics]
+        assert await sink.write(batch) == []
+    found = await stream_messages(nats_cluster.urls, ns.upper())
+    assert [m.subject for m in found] == [
+        f"{ns}.pi-01.sensors.line%201.temp%2Ec",
+        f"{ns}.pi-01._.lead",
+        f"{ns}.pi-01.a._.b",
+        f"{ns}.pi-01.x.%2A.%3E.100%25",
+    ]
+    assert [unquote(m.headers["Edge-Topic"]) for m in found] == topics
+    assert [m.headers["Nats-Msg-Id"] for m in found] == [ff.id for ff in batch]
+    assert all(m.headers["Edge-Attributes"] == '{"unit":"°C"}' for m in found)
+    assert all(m.headers["Edge-Ts"].endswith("Z") and m.data == b'{"v": 1}' for m in found)
+    assert topic_tokens("a/b.c") == "a.b%2Ec"
+
+
+async def test_no_stream_for_the_subject_is_a_refusal_per_flowfile(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    async with closing(
+        lambda: connected(make_sink(nats_cluster.urls, subject=f"{ns}.nowhere.{{topic}}"))
+    ) as op:
+        sink = await op()
+        batch = [FlowFile.create(f"t/{i}", b"1") for i in range(3)]
+        rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in batch]
+    assert all(f"no stream takes subject {ns}.nowhere.t." in r.reason for r in rejected)
+
+
+async def test_an_existing_stream_with_other_subjects_stops_the_sink(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    nc = await nats.connect(servers=nats_cluster.urls)
+    await nc.jetstream().add_stream(js_api.StreamConfig(name=ns.upper(), subjects=["elsewhere.>"]))
+    await nc.close()
+    sink = make_sink(nats_cluster.urls, **stream_keys(ns))
+    with pytest.raises(PermanentError, match=rf"stream {ns.upper()} exists with subjects"):
+        await sink.connect()
+    await sink.close()
+
+
+async def test_stream_leader_killed_while_publishing_every_message_once(
+    nats_cluster: servers.NatsCluster, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = ns.upper()
+    batches = [
+        [FlowFile.create(f"load/{b}", f'{{"seq": {b * 200 + i}}}'.encode()) for i in range(200)]
+        for b in range(30)
+    ]
+    async with closing(lambda: connected(make_sink(nats_cluster.urls, **stream_keys(ns)))) as op:
+        sink = await op()
+        retried = 0
+        for n, batch in enumerate(batches):
+            if n == 10:
+                leader = nats_cluster.leader(stream)
+                assert leader is not None
+                nats_cluster.node(leader).kill()
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        assert await sink.write(batch) == []
+                        break
+                    except RetryableError:
+                        retried += 1
+                        await asyncio.sleep(0.2)
+    assert retried > 0, "killing the leader should have failed a write"
+    new_leader = nats_cluster.leader(stream)
+    assert new_leader not in (None, leader)
+    found = await stream_messages(nats_cluster.urls, stream)
+    ids = [m.headers["Nats-Msg-Id"] for m in found]
+    assert sorted(ids) == sorted(ff.id for batch in batches for ff in batch)
+
+
+async def test_refused_password_is_one_clear_permanent_error(
+    nats_factory: Callable[..., servers.Nats],
+) -> None:
+    server = nats_factory(user=("gw", "right-secret"))
+    sink = make_sink([server.url], user="gw", password="wrong-secret")
+    with pytest.raises(PermanentError) as refused:
+        await sink.connect()
+    text = str(refused.value)
+    assert "refused us: authorization violation" in text
+    assert "wrong-secret" not in text and "\n" not in text
+    good = make_sink([server.url], user="gw", password="right-secret")
+    await good.connect()
+    await good.close()
+
+
+async def test_refused_token_is_a_permanent_error_and_the_right_one_delivers(
+    nats_factory: Callable[..., servers.Nats], ns: str
+) -> None:
+    server = nats_factory(token="s3cret-token")
+    with pytest.raises(PermanentError, match="authorization violation"):
+        await make_sink([server.url], token="nope").connect()
+    keys = stream_keys(ns)
+    keys["create_stream"]["replicas"] = 1
+    async with closing(
+        lambda: connected(make_sink([server.url], token="s3cret-token", **keys))
+    ) as op:
+        sink = await op()
+        assert await sink.write([FlowFile.create("a/b", b"1")]) == []
+
+
+async def test_several_servers_the_first_down_the_next_one_taken(
+    nats_cluster: servers.NatsCluster, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"nats://127.0.0.1:{servers.free_port()}"
+    caplog.set_level(logging.INFO)
+    async with closing(
+        lambda: connected(make_sink([dead, *nats_cluster.urls], **stream_keys(ns)))
+    ) as op:
+        sink = await op()
+        assert await sink.write([FlowFile.create("a/b", b"1")]) == []
+    assert "connected to 127.0.0.1:" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"servers": ["http://x:4222"]}, "servers[0]: must read nats://host:4222"),
+        ({"servers": ["nats://x:99999"]}, "the port is not a number"),
+        ({"servers": ["nats://gw:pw@x:4222"]}, "not in the URL"),
+        ({"servers": []}, "name at least one server"),
+        ({"subject": "edge.{topic}.*"}, "no wildcards"),
+        ({"subject": "edge..{topic}"}, "no empty tokens"),
+        ({"subject": "edge.{device}"}, "unknown placeholder {device}"),
+        ({"subject": "edge {topic}"}, "no spaces"),
+        ({"user": "gw"}, "user and password go together"),
+        ({"token": "t", "user": "gw", "password": "p"}, "use one way to log in"),
+        ({"create_stream": {"name": "A.B"}}, "a stream name has no spaces"),
+        ({"create_stream": {"name": "A", "subjects": ["a.>.b"]}}, "'>' the whole last token"),
+        ({"max_in_flight": 0}, "max_in_flight: must be between 1 and 100000"),
+    ],
+)
+def test_config_problems(keys: dict[str, Any], message: str) -> None:
+    keys = {"servers": ["nats://127.0.0.1:4222"], **keys}
+    _config, problems = config_problems(**keys)
+    assert any(message in p for p in problems), problems
+
+
+def test_a_password_is_not_in_the_config_repr() -> None:
+    config, problems = config_problems(
+        servers=["nats://127.0.0.1:4222"], user="gw", password="hunter2-secret"
+    )
+    assert problems == []
+    assert "hunter2-secret" not in repr(config)
