@@ -341,6 +341,43 @@ async def test_server_restart_marks_offline_then_online_and_resubscribes(
         workspace.discard(server)
 
 
+async def test_values_not_taken_are_dropped_oldest_first_counted_and_logged(
+    workspace: servers.Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 100 variables the server changes every 50 ms, each value its tick's number; the
+    # source is connected but nothing calls read(): the engine is not taking values
+    server = workspace.opcua(["--items", "100", "--period", "0.05"])
+    try:
+        source = make_source(
+            {
+                "url": server.url,
+                "publishing_interval": "50ms",
+                "max_queue_bytes": "64KiB",
+                "nodes": {f"v{i}": {"node": f"ns=2;s=V{i}"} for i in range(100)},
+            }
+        )
+        await source.connect()
+        try:
+            # each tick is 100 values: past 200 dropped, the first tick's are surely gone
+            await until(lambda: source.dropped >= 200)
+            assert source.status()["queue_bytes"] <= 64 * 1024
+            taken = await source.read()
+            size = sum(len(m.flowfile.content) + len(m.flowfile.topic) for m in taken)
+            assert 0 < size <= 64 * 1024
+            # every value the subscription brought was either dropped or is taken now
+            assert source.values == source.dropped + len(taken)
+            ticks = [json.loads(m.flowfile.content)["value"] for m in taken]
+            assert min(ticks) > 0  # the oldest (the initial values, tick 0) went
+            assert source.status()["queue_bytes"] == 0  # all taken: room again
+        finally:
+            await source.close()
+    finally:
+        workspace.discard(server)
+    said = [r for r in caplog.records if "not taking values fast enough" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", said  # once, not per value
+    assert "dropped the oldest" in said[0].getMessage()
+
+
 def secure_raw(server: servers.OpcuaServer, pki: dict[str, Path], **over: Any) -> dict[str, Any]:
     return {
         "url": server.url,
