@@ -1,4 +1,4 @@
-"""Our MQTT client for publishing (the MQTT sink) and the Modbus write-back's connection.
+"""Our MQTT client for publishing (the MQTT sink) and write-back's connection (`commands`).
 
 `Client` is one connection on asyncio, sharing its packet code with
 `gateway.mqtt.wire` (the MQTT source's subscriber). It speaks MQTT 5 and 3.1.1

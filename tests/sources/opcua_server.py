@@ -5,7 +5,7 @@ test can kill it and start it again on the same port. It serves, under
 `Objects/2:Plant` in namespace `urn:edge-stream:test`, one writable variable of
 each type the source claims, with string node ids `ns=2;s=<Name>`:
 
-  Bool, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float, Double, String,
+  Bool, SByte, Byte, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float, Double, String,
   DateTime, ByteString, DoubleArray (Double[]), Int32Array (Int32[]), Counter (Int32)
 
 Tests change them with a second client (the server's own write path). With
@@ -38,6 +38,8 @@ NAMESPACE = "urn:edge-stream:test"
 # name -> (initial value, variant type)
 VARIABLES: dict[str, tuple[Any, ua.VariantType]] = {
     "Bool": (False, ua.VariantType.Boolean),
+    "SByte": (-7, ua.VariantType.SByte),
+    "Byte": (200, ua.VariantType.Byte),
     "Int16": (-5, ua.VariantType.Int16),
     "UInt16": (5, ua.VariantType.UInt16),
     "Int32": (-70000, ua.VariantType.Int32),

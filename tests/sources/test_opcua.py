@@ -36,6 +36,8 @@ SCALARS = [n for n in VARIABLES if not n.endswith("Array") and n != "Counter"]
 # what each type's initial value looks like in the FlowFile's JSON
 INITIAL_JSON = {
     "Bool": False,
+    "SByte": -7,
+    "Byte": 200,
     "Int16": -5,
     "UInt16": 5,
     "Int32": -70000,
@@ -53,6 +55,8 @@ INITIAL_JSON = {
 # a changed value per type, as written by the test's client, and as JSON
 CHANGED: dict[str, tuple[Any, Any]] = {
     "Bool": (True, True),
+    "SByte": (-128, -128),
+    "Byte": (255, 255),
     "Int16": (-32768, -32768),
     "UInt16": (65535, 65535),
     "Int32": (2**31 - 1, 2**31 - 1),
@@ -337,6 +341,43 @@ async def test_server_restart_marks_offline_then_online_and_resubscribes(
         workspace.discard(server)
 
 
+async def test_values_not_taken_are_dropped_oldest_first_counted_and_logged(
+    workspace: servers.Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 100 variables the server changes every 50 ms, each value its tick's number; the
+    # source is connected but nothing calls read(): the engine is not taking values
+    server = workspace.opcua(["--items", "100", "--period", "0.05"])
+    try:
+        source = make_source(
+            {
+                "url": server.url,
+                "publishing_interval": "50ms",
+                "max_queue_bytes": "64KiB",
+                "nodes": {f"v{i}": {"node": f"ns=2;s=V{i}"} for i in range(100)},
+            }
+        )
+        await source.connect()
+        try:
+            # each tick is 100 values: past 200 dropped, the first tick's are surely gone
+            await until(lambda: source.dropped >= 200)
+            assert source.status()["queue_bytes"] <= 64 * 1024
+            taken = await source.read()
+            size = sum(len(m.flowfile.content) + len(m.flowfile.topic) for m in taken)
+            assert 0 < size <= 64 * 1024
+            # every value the subscription brought was either dropped or is taken now
+            assert source.values == source.dropped + len(taken)
+            ticks = [json.loads(m.flowfile.content)["value"] for m in taken]
+            assert min(ticks) > 0  # the oldest (the initial values, tick 0) went
+            assert source.status()["queue_bytes"] == 0  # all taken: room again
+        finally:
+            await source.close()
+    finally:
+        workspace.discard(server)
+    said = [r for r in caplog.records if "not taking values fast enough" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", said  # once, not per value
+    assert "dropped the oldest" in said[0].getMessage()
+
+
 def secure_raw(server: servers.OpcuaServer, pki: dict[str, Path], **over: Any) -> dict[str, Any]:
     return {
         "url": server.url,
@@ -442,6 +483,8 @@ async def test_write_back_converts_writes_reads_back_and_answers(
     probe.on_subscribe = lambda *a: subscribed.set()
     commands = {
         "Bool": "true",
+        "SByte": "-100",
+        "Byte": "250",
         "Int16": "-123",
         "UInt64": str(2**64 - 1),
         "Float": "0.25",
@@ -462,7 +505,18 @@ async def test_write_back_converts_writes_reads_back_and_answers(
                 probe.publish(f"opcua/plc/{name}/set", payload, qos=1)
             probe.publish("opcua/plc/locked/set", "1", qos=1)
             probe.publish("opcua/plc/Int16/set", '{"value": 70000, "id": "too-big"}', qos=1)
-            wanted = {*commands, "dbl", "locked", "too-big"} - {"Double"}
+            # the one-byte types: one past each end of their range is refused, unwritten
+            out_of_range = {
+                "sbyte-low": ("SByte", -129),
+                "sbyte-high": ("SByte", 128),
+                "byte-low": ("Byte", -1),
+                "byte-high": ("Byte", 256),
+            }
+            for ident, (name, value) in out_of_range.items():
+                probe.publish(
+                    f"opcua/plc/{name}/set", json.dumps({"value": value, "id": ident}), qos=1
+                )
+            wanted = {*commands, "dbl", "locked", "too-big", *out_of_range} - {"Double"}
             await pump.until(lambda: wanted <= set(results))
         for name in commands:
             result = results["dbl" if name == "Double" else name]
@@ -472,9 +526,13 @@ async def test_write_back_converts_writes_reads_back_and_answers(
             results["too-big"]["ok"] is False
             and "out of range for Int16" in results["too-big"]["error"]
         )
+        for ident, (name, _) in out_of_range.items():
+            result = results[ident]
+            assert result["ok"] is False and f"out of range for {name}" in result["error"], result
         # verified at the server, through the other client
         read = {n: await writer.get_node(f"ns=2;s={n}").read_value() for n in commands}
         assert read["Bool"] is True and read["Int16"] == -123 and read["UInt64"] == 2**64 - 1
+        assert read["SByte"] == -100 and read["Byte"] == 250  # the refused ones left them so
         assert read["Float"] == 0.25 and read["Double"] == 6.5 and read["String"] == "written"
         assert read["DateTime"].replace(tzinfo=UTC) == datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
         assert read["ByteString"] == b"\x01\x02\x03" and read["Int32Array"] == [4, 5, 6]

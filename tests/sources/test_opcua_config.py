@@ -69,6 +69,9 @@ def test_conversions_for_write_back() -> None:
     assert convert("on", VT.Boolean, False) is True
     assert convert(12.0, VT.Int16, False) == 12
     assert convert("0x10", VT.UInt16, False) == 16
+    assert convert(-128, VT.SByte, False) == -128 and convert(127.0, VT.SByte, False) == 127
+    assert convert(0, VT.Byte, False) == 0 and convert("0xff", VT.Byte, False) == 255
+    assert convert([0, 255], VT.Byte, True) == [0, 255]
     assert convert([1, 2.5], VT.Double, True) == [1.0, 2.5]
     assert convert("AQID", VT.ByteString, False) == b"\x01\x02\x03"
     assert convert("2030-01-02T03:04:05Z", VT.DateTime, False) == datetime(
@@ -77,6 +80,12 @@ def test_conversions_for_write_back() -> None:
     for value, vtype, array, message in [
         (1.5, VT.Int32, False, "expected an integer"),
         (-1, VT.UInt32, False, "out of range"),
+        (-129, VT.SByte, False, r"-129 is out of range for SByte \(-128\.\.127\)"),
+        (128, VT.SByte, False, "out of range for SByte"),
+        (-1, VT.Byte, False, r"-1 is out of range for Byte \(0\.\.255\)"),
+        (256, VT.Byte, False, "out of range for Byte"),
+        ("0x100", VT.Byte, False, "256 is out of range for Byte"),
+        (1.5, VT.Byte, False, r"expected an integer \(Byte\)"),
         (True, VT.Double, False, "expected a number"),
         (5, VT.String, False, "expected a string"),
         ("%%", VT.ByteString, False, "base64"),

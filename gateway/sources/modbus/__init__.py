@@ -103,8 +103,9 @@ while the engine is reading from the source.
 Inside: `config` (the keys above), `planner` (which reads cover the values),
 `scheduler` (when each group is due; the jobs polling each port), `device`
 (values, decoders, report-by-exception, online state), `codec` (data types and
-byte orders), `link` (pymodbus, reached only there, at a pinned version),
-`writeback` (the MQTT side channel) and `source` (`ModbusSource`).
+byte orders), `link` (pymodbus, reached only there, at a pinned version) and
+`source` (`ModbusSource`); write-back's MQTT connection is `gateway.mqtt.commands`,
+shared with the OPC UA source.
 """
 
 from gateway.sources.modbus.config import (

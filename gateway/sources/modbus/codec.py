@@ -261,19 +261,3 @@ def as_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
         return value.lower() in ("true", "on", "1")
     raise ValueError(f"expected true or false, got {value!r}")
-
-
-def parse_command(payload: bytes) -> tuple[Any, Any]:
-    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string."""
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        try:
-            return payload.decode("utf-8"), None
-        except UnicodeDecodeError as err:
-            raise ValueError("payload is neither JSON nor UTF-8 text") from err
-    if isinstance(data, dict):
-        if "value" not in data:
-            raise ValueError('a JSON object needs a "value" key')
-        return data["value"], data.get("id")
-    return data, None

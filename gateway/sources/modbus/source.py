@@ -19,6 +19,7 @@ from gateway.core.component import Context, Message, Source
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.histogram import Buckets
+from gateway.mqtt.commands import CommandChannel, parse_command
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.config import ModbusSourceConfig
 from gateway.sources.modbus.device import Device, Value
@@ -130,19 +131,17 @@ class ModbusSource(Source):
         await asyncio.gather(*(self._open(bus) for bus in self._buses.values()))
         wb = self.config.writeback
         if wb.enabled:
-            from gateway.sources.modbus.writeback import SideChannel
-
             # on the gateway's broker, what write-back leaves unset comes from `mqtt:`
             shared = wb.url is None
             prefix = self.ctx.mqtt_client_prefix or f"edge-stream-{self.ctx.gateway_id}"
 
-            self._channel = SideChannel(
+            self._channel = CommandChannel(
                 self.ctx,
                 url=wb.url or self.ctx.mqtt_url,
                 client_id=wb.client_id or f"{prefix}-{self.ctx.name}-wb",
                 set_topic=wb.topic,
                 result_topic=wb.result_topic,
-                status_topic=wb.status_topic,
+                fields=("device", "register"),
                 username=wb.username or (self.ctx.mqtt_username if shared else None),
                 password=wb.password or (self.ctx.mqtt_password if shared else None),
                 submit=self._submit_write,
@@ -173,7 +172,7 @@ class ModbusSource(Source):
         self._channel_retry_at = NEVER
         self._writeback = "connected"
         for dev in self._devices.values():
-            channel.publish_status(dev.name, self._public_state(dev))
+            self._publish_status(dev)
 
     async def close(self) -> None:
         self._closed = True
@@ -357,6 +356,14 @@ class ModbusSource(Source):
 
     # ---- device state ---------------------------------------------------
 
+    def _publish_status(self, dev: Device) -> None:
+        """With write-back on, publish a device's state on `status_topic`, retained."""
+        topic = self.config.writeback.status_topic
+        if self._channel is not None and topic is not None:
+            self._channel.publish(
+                topic.replace("{device}", dev.name), self._public_state(dev), retain=True
+            )
+
     def _public_state(self, dev: Device) -> dict[str, Any]:
         s = dev.status
         return {
@@ -384,8 +391,7 @@ class ModbusSource(Source):
             self.ctx.log.info(
                 "device %s (%s unit %d) is online", dev.name, dev.spec.describe(), dev.unit
             )
-        if self._channel is not None:
-            self._channel.publish_status(dev.name, self._public_state(dev))
+        self._publish_status(dev)
 
     def _device_failed(self, dev: Device, err: Exception, now: float) -> None:
         dev.status["errors"] += 1
@@ -407,8 +413,7 @@ class ModbusSource(Source):
             err,
             dev.backoff_max,
         )
-        if self._channel is not None:
-            self._channel.publish_status(dev.name, self._public_state(dev))
+        self._publish_status(dev)
 
     def _request_refused(self, group: Group, req: Request[Value], err: DeviceException) -> None:
         dev = group.device
@@ -444,8 +449,9 @@ class ModbusSource(Source):
     # ---- write-back -----------------------------------------------------
 
     def _submit_write(
-        self, device: str, register: str, payload: bytes, reply: Callable[[dict[str, Any]], None]
+        self, fields: Mapping[str, str], payload: bytes, reply: Callable[[dict[str, Any]], None]
     ) -> str | None:
+        device, register = fields["device"], fields["register"]
         dev = self._devices.get(device)
         if dev is None:
             return f"no device named {device!r}"
@@ -465,7 +471,7 @@ class ModbusSource(Source):
         dev, v = cmd.device, cmd.register
         result: dict[str, Any] = {}
         try:
-            requested, ident = codec.parse_command(cmd.payload)
+            requested, ident = parse_command(cmd.payload)
             if ident is not None:
                 result["id"] = ident
             result["requested"] = requested

@@ -99,9 +99,9 @@ one): `{"node": "setpoint", "ok": true, "value": 21.5, "requested": 21.5, "ts": 
 `{"ok": false, "error": "..."}`. Commands are carried out between two reads of the
 source, so they take effect while the engine is reading from it.
 
-Inside: `config` (the keys), `values` (OPC UA values to JSON and back), `channel` (the
-MQTT side channel of write-back) and `source` (`OpcuaSource`, the only user of asyncua's
-client).
+Inside: `config` (the keys), `values` (OPC UA values to JSON and back) and `source`
+(`OpcuaSource`, the only user of asyncua's client); write-back's MQTT connection is
+`gateway.mqtt.commands`, shared with the Modbus source.
 """
 
 from gateway.sources.opcua.config import NodeConfig, OpcuaSourceConfig, OpcuaWritebackConfig

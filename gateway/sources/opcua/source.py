@@ -7,7 +7,6 @@ only here and in `values` (pinned in pyproject.toml: its client API moved in 2.0
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.mqtt.commands import CommandChannel, parse_command
 from gateway.sources.opcua import values
 from gateway.sources.opcua.config import NodeConfig, OpcuaSourceConfig
 
@@ -113,22 +113,6 @@ async def _wait(clock: Clock, wake: asyncio.Event, delay: float) -> None:
         sleeper.cancel()
 
 
-def parse_command(payload: bytes) -> tuple[Any, Any]:
-    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string."""
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        try:
-            return payload.decode("utf-8"), None
-        except UnicodeDecodeError as err:
-            raise ValueError("payload is neither JSON nor UTF-8 text") from err
-    if isinstance(data, dict):
-        if "value" not in data:
-            raise ValueError('a JSON object needs a "value" key')
-        return data["value"], data.get("id")
-    return data, None
-
-
 class NodeState:
     """One configured node: where it is, where its values go, what it last sent."""
 
@@ -179,6 +163,52 @@ class Write:
         self.reply = reply
 
 
+class ValueQueue:
+    """Subscribed values the engine has not taken yet, at most `max_bytes` of them
+    (content and topic). Beyond it the oldest are dropped and counted, and `warn(total)`
+    is called at most every 30 s of `clock` time: the gateway is not taking values (its
+    buffer is full with `overflow: block`) while the server keeps sending."""
+
+    def __init__(self, max_bytes: int, clock: Clock, warn: Callable[[int], None]) -> None:
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.warn = warn
+        self.bytes = 0
+        self.dropped = 0
+        self._messages: deque[Message] = deque()
+        self._warned_at = -NEVER
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def push(self, message: Message) -> int:
+        """Queue one value; how many of the oldest it pushed out."""
+        self._messages.append(message)
+        self.bytes += self._size(message)
+        dropped = 0
+        while self.bytes > self.max_bytes and self._messages:
+            self.bytes -= self._size(self._messages.popleft())
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            now = self.clock.monotonic()
+            if now - self._warned_at >= DROP_LOG_EVERY_S:
+                self._warned_at = now
+                self.warn(self.dropped)
+        return dropped
+
+    def take(self) -> list[Message]:
+        """Every queued value, oldest first; the queue is empty after."""
+        out = list(self._messages)
+        self._messages.clear()
+        self.bytes = 0
+        return out
+
+    @staticmethod
+    def _size(message: Message) -> int:
+        return len(message.flowfile.content) + len(message.flowfile.topic)
+
+
 class OpcuaSource(Source):
     """Reads an OPC UA server's variables by subscription or poll; see the package docs."""
 
@@ -196,14 +226,12 @@ class OpcuaSource(Source):
         self.interval = config.interval
         self._client: Client | None = None
         self._by_handle: dict[int, NodeState] = {}
-        self._queue: deque[Message] = deque()
-        self._queue_bytes = 0
+        self._queue = ValueQueue(config.max_queue_bytes, ctx.clock, self._dropping)
         self._wake = asyncio.Event()
         self._lost: str | None = None
         self._writes: deque[Write] = deque()
         self._closed = True
         self._due = NEVER
-        self._last_drop_log = -NEVER
         self._channel: Any = None
         self._channel_retry_at = NEVER
         self._channel_backoff = Backoff(1.0, 30.0, jitter=False)
@@ -226,7 +254,7 @@ class OpcuaSource(Source):
             "connected": self.server["state"] == "online",
             "server": dict(self.server),
             "values": self.values,
-            "queue_bytes": self._queue_bytes,
+            "queue_bytes": self._queue.bytes,
             "nodes": {
                 s.name: {"node_id": s.node_id, "mode": s.mode, "values": s.values, "error": s.error}
                 for s in self.nodes.values()
@@ -530,30 +558,15 @@ class OpcuaSource(Source):
         message = self._message(s, dv)
         if message is None:
             return
-        ff = message.flowfile
-        self._queue.append(message)
-        self._queue_bytes += len(ff.content) + len(ff.topic)
-        if self._queue_bytes > self.config.max_queue_bytes:
-            self._shed()
+        self.dropped += self._queue.push(message)
         self._wake.set()
 
-    def _shed(self) -> None:
-        """The gateway is not taking values (its buffer is full, `overflow: block`): drop
-        the oldest, count them, and say so at most every 30 s."""
-        dropped = 0
-        while self._queue and self._queue_bytes > self.config.max_queue_bytes:
-            ff = self._queue.popleft().flowfile
-            self._queue_bytes -= len(ff.content) + len(ff.topic)
-            dropped += 1
-        self.dropped += dropped
-        now = time.monotonic()
-        if now - self._last_drop_log >= DROP_LOG_EVERY_S:
-            self._last_drop_log = now
-            self.ctx.log.error(
-                "the gateway is not taking values fast enough: dropped the oldest (%d so far);"
-                " raise max_queue_bytes or the buffer, or slow the publishing interval",
-                self.dropped,
-            )
+    def _dropping(self, dropped: int) -> None:
+        self.ctx.log.error(
+            "the gateway is not taking values fast enough: dropped the oldest (%d so far);"
+            " raise max_queue_bytes or the buffer, or slow the publishing interval",
+            dropped,
+        )
 
     # ---- the loop the engine drives -------------------------------------
 
@@ -575,10 +588,7 @@ class OpcuaSource(Source):
             ):
                 out = await self._poll()
                 self._due = self.schedule.next(clock.monotonic(), clock.now_ns() / 1e9)
-            if self._queue:
-                out.extend(self._queue)
-                self._queue.clear()
-                self._queue_bytes = 0
+            out.extend(self._queue.take())
             if out:
                 return out
             self._wake.clear()
@@ -624,8 +634,6 @@ class OpcuaSource(Source):
     # ---- write-back -----------------------------------------------------
 
     def _make_channel(self) -> None:
-        from gateway.sources.opcua.channel import CommandChannel
-
         wb = self.config.writeback
         shared = wb.url is None
         prefix = self.ctx.mqtt_client_prefix or f"edge-stream-{self.ctx.gateway_id}"
@@ -636,6 +644,7 @@ class OpcuaSource(Source):
             client_id=wb.client_id or f"{prefix}-{src}-wb",
             set_topic=wb.topic.replace("{source}", src),
             result_topic=wb.result_topic.replace("{source}", src),
+            fields=("node",),
             username=wb.username or (self.ctx.mqtt_username if shared else None),
             password=wb.password or (self.ctx.mqtt_password if shared else None),
             submit=self._submit_write,
@@ -653,8 +662,9 @@ class OpcuaSource(Source):
         self._channel_retry_at = NEVER
 
     def _submit_write(
-        self, node: str, payload: bytes, reply: Callable[[dict[str, Any]], None]
+        self, fields: Mapping[str, str], payload: bytes, reply: Callable[[dict[str, Any]], None]
     ) -> str | None:
+        node = fields["node"]
         s = self.nodes.get(node)
         if s is None:
             return f"source {self.ctx.name!r} has no node named {node!r}"
