@@ -5,7 +5,8 @@ Session-scoped, started on first use and shared by every test:
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
     mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
-    redis_factory(password=None, username=None), nats_factory(user=None, token=None)
+    redis_factory(password=None, username=None),
+    nats_factory(user=None, token=None, nkey=None, tls=False)
 
 A test may stop or kill a shared server; it is started again (same port, same data) after
 that test, so the next test finds it up. Shared databases keep their data for the whole
@@ -165,8 +166,9 @@ def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[...,
 
 @pytest.fixture
 def nats_factory(server_workspace: servers.Workspace) -> Iterator[Callable[..., servers.Nats]]:
-    """`nats_factory(user=None, token=None)` starts a private single JetStream server for
-    this test; `user=(name, password)` or `token` makes it refuse everyone else."""
+    """`nats_factory(user=None, token=None, nkey=None, tls=False)` starts a private single
+    JetStream server for this test; `user=(name, password)`, `token` or `nkey` (a user's
+    public NKey) makes it refuse everyone else; `tls` serves TLS with `.tls` (TlsFiles)."""
     yield from _factory(server_workspace, server_workspace.nats)
 
 

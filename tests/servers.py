@@ -943,7 +943,9 @@ class OpcuaServer(Server):
 
 class Nats(Server):
     """One `nats-server` with JetStream (file store in its folder), alone or as a node of a
-    `NatsCluster`. `user=(name, password)` or `token` makes it refuse everyone else.
+    `NatsCluster`. `user=(name, password)`, `token` or `nkey` (a user's public NKey, `U...`)
+    makes it refuse everyone else. `tls=True` serves TLS only, with a certificate from a
+    throwaway PKI (`.tls`, as Mosquitto's) and requires a client certificate signed by it.
     `.monitor(path)` reads its HTTP monitoring endpoint (/jsz, /healthz ...) as JSON."""
 
     kind = "nats"
@@ -954,11 +956,15 @@ class Nats(Server):
         name: str = "n1",
         user: tuple[str, str] | None = None,
         token: str | None = None,
+        nkey: str | None = None,
+        tls: bool = False,
     ) -> None:
         super().__init__(workspace)
         self.name = name
         self.user = user
         self.token = token
+        self.nkey = nkey
+        self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
         self.http_port = free_port()
         self.cluster_port = free_port()
         self.routes: list[int] = []  # the other nodes' cluster ports
@@ -966,7 +972,7 @@ class Nats(Server):
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def setup(self) -> None:
         store = self.dir / "jetstream"
@@ -988,6 +994,14 @@ class Nats(Server):
             lines.append(f'authorization {{ user: "{self.user[0]}", password: "{self.user[1]}" }}')
         elif self.token:
             lines.append(f'authorization {{ token: "{self.token}" }}')
+        elif self.nkey:
+            lines.append(f'authorization {{ users: [{{ nkey: "{self.nkey}" }}] }}')
+        if self.tls:
+            lines.append(
+                f'tls {{ cert_file: "{self.tls.server_cert_file}",'
+                f' key_file: "{self.tls.server_key_file}", ca_file: "{self.tls.ca_file}",'
+                " verify: true, timeout: 5 }"
+            )
         self.config_file.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
@@ -1135,8 +1149,9 @@ class Workspace:
     def opcua(self, options: list[str] | None = None) -> OpcuaServer:
         return self._started(OpcuaServer(self, options))
 
-    def nats(self, user: tuple[str, str] | None = None, token: str | None = None) -> Nats:
-        return self._started(Nats(self, user=user, token=token))
+    def nats(self, **options: Any) -> Nats:
+        """A single JetStream server; `options` as `Nats` takes them (user, token, nkey, tls)."""
+        return self._started(Nats(self, **options))
 
     def nats_cluster(self, size: int = 3) -> NatsCluster:
         cluster = NatsCluster(self, size)

@@ -39,16 +39,21 @@ connection lost, no server reachable, no acknowledgement within `timeout`, a str
 that has no leader right now (an election after a node failed: NATS answers "no
 responders", and the sink asks the cluster whether a stream covers the subject to
 tell that from a missing stream), a stream full that discards new messages, and
-any 5xx answer. A server that refuses the credentials or the TLS certificate when the
-sink starts stops it until the config is fixed (one line, no secret); the same
-refusal while running is retried, since the operator may be changing the server.
+any 5xx answer. A server that refuses the credentials, or whose TLS certificate
+`ca_file` does not trust, when the sink starts stops it until the config is fixed (one
+line, no secret); the same refusal while running is retried, since the operator may be
+changing the server. A server that refuses our client certificate (or wants one and
+gets none) may say so with a TLS alert (stopped, as above) or, under TLS 1.3, just
+close the connection: that reads as a lost connection and is retried.
 
 Servers: `servers` lists one or more `nats://host:4222` (or `tls://`) URLs of the
 cluster; the sink connects to the first that answers, in that order, and on trouble
 tries them all again with the engine's backoff.
 
 Credentials: `user` and `password`, or `token`, or an NKey seed file (`nkey_seed_file`),
-or a credentials file (`creds_file`, a user JWT and its seed, as `nsc` writes it).
+or a credentials file (`creds_file`, a user JWT and its seed, as `nsc` writes it; the
+tests cover user and password, token, NKey seed and TLS, not yet a creds file, which
+needs a server in operator mode).
 Password and token may be `ENC(...)` secrets and are never logged. TLS: a `tls://` URL
 or `ca_file` turns it on; `cert_file` and `key_file` present a client certificate.
 
@@ -225,6 +230,15 @@ def _describe(err: BaseException) -> str:
     return f"{name}: {text}" if text and name not in text else (text or name)
 
 
+async def close_connection(nc: Any) -> None:
+    """Close `nc`, errors ignored, within 2 s: after a failed TLS handshake nats-py waits
+    for the plain stream's close forever (asyncio moved its socket to the TLS transport,
+    which closed it), so a refused certificate would hang the connect."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2):
+            await nc.close()
+
+
 async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exception]) -> Any:
     """A NATS connection to the first server of `cfg.servers` that answers.
 
@@ -277,8 +291,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
             cause: BaseException = err
             if isinstance(err, nats_errors.NoServersError) and nc.last_error is not None:
                 cause = nc.last_error  # what went wrong on the last attempt
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_connection(nc)
             refusal = _refusal(cause)
             if refusal is not None:
                 raise permanent(f"{url} refused us: {refusal}") from None
@@ -479,8 +492,7 @@ class NatsSink(Sink):
     async def close(self) -> None:
         nc, self._nc = self._nc, None
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_connection(nc)
 
     async def _open(self, permanent: type[Exception] = RetryableError) -> Any:
         if self._nc is not None and self._nc.is_connected:
@@ -495,12 +507,10 @@ class NatsSink(Sink):
             if cfg.create_stream is not None:
                 await self._ensure_stream(nc, cfg.create_stream, permanent)
         except (OSError, TimeoutError, nats_errors.Error) as err:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_connection(nc)
             raise RetryableError(f"NATS: {_describe(err)}") from err
         except BaseException:
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_connection(nc)
             raise
         self._nc = nc
         self.ctx.log.info(

@@ -65,7 +65,13 @@ from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_topic
-from gateway.sinks.nats import NatsConnection, _describe, _subject_problem, open_connection
+from gateway.sinks.nats import (
+    NatsConnection,
+    _describe,
+    _subject_problem,
+    close_connection,
+    open_connection,
+)
 
 BATCH_MAX = 10_000
 _PLACEHOLDERS = ("subject", "stream", "source")
@@ -227,8 +233,7 @@ class NatsSource(Source):
 
     @staticmethod
     async def _drop(nc: Any) -> None:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        await close_connection(nc)
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

@@ -372,7 +372,7 @@ class NatsUpstream(Upstream):
     def _messages(self) -> list[Any]:
         import asyncio
 
-        from tests.sinks.test_nats import stream_messages
+        from tests.nats_helpers import stream_messages
 
         return asyncio.run(stream_messages(self.cluster.urls, self.stream))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -20,6 +21,7 @@ from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.nats import NatsSink, NatsSinkConfig, topic_tokens
 from tests import servers
+from tests.nats_helpers import new_nkey, stream_messages
 from tests.sinks.contract import SinkContract, closing, connected, unique_name
 from tests.sinks.contract import config_problems as sink_config_problems
 
@@ -45,32 +47,6 @@ def stream_keys(ns: str, **more: Any) -> dict[str, Any]:
     # A short timeout: a stream still electing its leader after a restart drops what is
     # published to it, and the retry comes after the timeout.
     return {"subject": f"{ns}.{{gateway}}.{{topic}}", "create_stream": stream, "timeout": "3s"}
-
-
-async def stream_messages(urls: list[str], stream: str) -> list[Any]:
-    """Every message in `stream` (an ephemeral consumer reads it from the start)."""
-    nc = await nats.connect(servers=urls)
-    try:
-        js = nc.jetstream()
-        try:
-            total = (await js.stream_info(stream)).state.messages
-        except nats.js.errors.NotFoundError:
-            return []
-        found: list[Any] = []
-        if not total:
-            return found
-        sub = await js.pull_subscribe(
-            "", stream=stream, config=js_api.ConsumerConfig(ack_policy=js_api.AckPolicy.NONE)
-        )
-        while len(found) < total:
-            try:
-                found += await sub.fetch(min(total - len(found), 1000), timeout=5)
-            except nats.errors.TimeoutError:
-                break
-        await sub.unsubscribe()
-        return found
-    finally:
-        await nc.close()
 
 
 @pytest.fixture
@@ -222,6 +198,92 @@ async def test_refused_token_is_a_permanent_error_and_the_right_one_delivers(
     ) as op:
         sink = await op()
         assert await sink.write([FlowFile.create("a/b", b"1")]) == []
+
+
+def single_stream_keys(ns: str) -> dict[str, Any]:
+    keys = stream_keys(ns)
+    keys["create_stream"]["replicas"] = 1
+    return keys
+
+
+async def assert_delivers(sink_: Callable[[], NatsSink], ns: str, urls: list[str], **tls: Any) -> None:
+    """The sink connects, creates its stream and writes one FlowFile that the stream holds."""
+    async with closing(lambda: connected(sink_())) as op:
+        sink = await op()
+        ff = FlowFile.create("a/b", b"1")
+        assert await sink.write([ff]) == []
+    found = await stream_messages(urls, ns.upper(), **tls)
+    assert [m.headers["Nats-Msg-Id"] for m in found] == [ff.id]
+
+
+def one_line_refusal(err: PermanentError, *secrets: str) -> str:
+    text = str(err)
+    assert "\n" not in text and "Traceback" not in text, text
+    for secret in secrets:
+        assert secret not in text, text
+    return text
+
+
+async def test_nkey_seed_file_logs_in_and_a_wrong_one_is_refused(
+    nats_factory: Callable[..., servers.Nats], ns: str, tmp_path: Any
+) -> None:
+    key, other = new_nkey(), new_nkey()
+    server = nats_factory(nkey=key.public)
+    right = str(key.write_seed(tmp_path / "gw.nk"))
+    wrong = str(other.write_seed(tmp_path / "other.nk"))
+    with pytest.raises(PermanentError) as refused:
+        await make_sink([server.url], nkey_seed_file=wrong).connect()
+    text = one_line_refusal(refused.value, other.seed, key.seed)
+    assert "refused us: authorization violation" in text
+    with pytest.raises(PermanentError, match=r"nkey_seed_file .*missing\.nk cannot be read"):
+        await make_sink([server.url], nkey_seed_file=str(tmp_path / "missing.nk")).connect()
+    await assert_delivers(
+        lambda: make_sink([server.url], nkey_seed_file=right, **single_stream_keys(ns)),
+        ns,
+        [server.url],
+        nkeys_seed=right,
+    )
+
+
+async def test_tls_with_a_client_certificate_delivers_and_wrong_trust_is_refused(
+    nats_factory: Callable[..., servers.Nats], ns: str, tmp_path: Any
+) -> None:
+    server = nats_factory(tls=True)
+    pki = server.tls
+    assert pki is not None and server.url.startswith("tls://")
+    client = {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}
+    # No ca_file: the system's CAs do not know the test CA.
+    with pytest.raises(PermanentError) as untrusted:
+        await make_sink([server.url], **client).connect()
+    text = one_line_refusal(untrusted.value)
+    assert "its TLS certificate is not trusted" in text and "check ca_file" in text, text
+    # A CA that did not sign the server's certificate: refused the same way.
+    stranger = servers.make_pki(tmp_path / "stranger")
+    with pytest.raises(PermanentError, match="its TLS certificate is not trusted"):
+        await make_sink([server.url], ca_file=str(stranger.ca_file), **client).connect()
+    # Trusted server, but a client certificate of another CA, or none: the server refuses
+    # us. Under TLS 1.3 it may say so (an alert: permanent) or just close (retried).
+    foreign = {"cert_file": str(stranger.cert_file), "key_file": str(stranger.key_file)}
+    for keys in (foreign, {}):
+        with pytest.raises((PermanentError, RetryableError)) as refused:
+            await make_sink([server.url], ca_file=str(pki.ca_file), **keys).connect()
+        text = str(refused.value)
+        assert "\n" not in text
+        assert (
+            "refused our TLS client certificate" in text
+            if isinstance(refused.value, PermanentError)
+            else "Connection lost" in text
+        ), text
+    ssl_context = ssl.create_default_context(cafile=str(pki.ca_file))
+    ssl_context.load_cert_chain(str(pki.cert_file), str(pki.key_file))
+    await assert_delivers(
+        lambda: make_sink(
+            [server.url], ca_file=str(pki.ca_file), **client, **single_stream_keys(ns)
+        ),
+        ns,
+        [server.url.replace("tls://", "nats://")],
+        tls=ssl_context,
+    )
 
 
 async def test_several_servers_the_first_down_the_next_one_taken(
