@@ -1,0 +1,137 @@
+"""The nats source against the real JetStream cluster: an acknowledgement only after the
+store's commit (what was read and not committed comes again, with the same FlowFile ids),
+and a missing stream (retried; a reload that names one is rolled back)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js import api as js_api
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context, Message
+from gateway.core.errors import MissingError
+from gateway.engine.plan import plan
+from gateway.sources.nats import NatsSource, NatsSourceConfig
+from tests import servers
+from tests.sinks.contract import unique_name
+from tests.sources.engine_run import config_for, lines, run_engine, stop, until
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["run_engine"]
+
+
+def make_source(urls: list[str], stream: str, **keys: Any) -> NatsSource:
+    problems = Problems()
+    raw = {"type": "nats", "servers": urls, "stream": stream, "wait": "200ms", **keys}
+    config = build_component("source", raw, ("sources", "fleet"), problems)
+    assert problems.items == []
+    assert isinstance(config, NatsSourceConfig)
+    return NatsSource(config, Context(name="fleet", kind="source", gateway_id="pi-01"))
+
+
+async def publish(urls: list[str], stream: str, count: int, create: bool = True) -> None:
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        if create:
+            await js.add_stream(
+                js_api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"], num_replicas=1)
+            )
+        for seq in range(count):
+            await js.publish(f"{stream.lower()}.dev{seq % 2}", json.dumps({"seq": seq}).encode())
+    finally:
+        await nc.close()
+
+
+async def read_n(source: NatsSource, n: int) -> list[Message]:
+    got: list[Message] = []
+    async with asyncio.timeout(30):
+        while len(got) < n:
+            got += await source.read()
+    return got
+
+
+async def test_read_and_not_committed_comes_again_with_the_same_ids(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 10)
+    first = make_source(nats_cluster.urls, stream, ack_wait="1s", batch=10)
+    await first.connect()
+    try:
+        read = await read_n(first, 10)
+    finally:
+        await first.close()  # stopped before the commit: nothing acknowledged
+    assert [json.loads(m.flowfile.content)["seq"] for m in read] == list(range(10))
+    assert {m.flowfile.attributes["nats.delivered"] for m in read} == {"1"}
+    assert read[0].flowfile.topic == f"{stream.lower()}/dev0"
+
+    again = make_source(nats_cluster.urls, stream, ack_wait="1s", batch=10)
+    await again.connect()
+    try:
+        redelivered = await read_n(again, 10)  # after ack_wait, JetStream sends them again
+        assert [m.flowfile.id for m in redelivered] == [m.flowfile.id for m in read]
+        assert {m.flowfile.attributes["nats.delivered"] for m in redelivered} == {"2"}
+        assert again.status()["redelivered"] == 10
+        for m in redelivered:  # the engine calls these after the store's commit
+            m.ack()
+    finally:
+        await again.close()  # sends the acknowledgements
+
+    last = make_source(nats_cluster.urls, stream, ack_wait="1s", batch=10)
+    await last.connect()
+    try:
+        await asyncio.sleep(1.5)  # past ack_wait: anything unacknowledged would come again
+        assert await last.read() == []
+    finally:
+        await last.close()
+
+
+async def test_through_the_engine_committed_messages_are_acknowledged(
+    nats_cluster: servers.NatsCluster, run_engine: Any, tmp_path: Path
+) -> None:
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 20)
+    keys = {"type": "nats", "servers": nats_cluster.urls, "stream": stream, "ack_wait": "1s"}
+    engine = await run_engine(keys)
+    await until(lambda: len(lines(tmp_path)) == 20)
+    await stop(engine)
+    ids = [line["id"] for line in lines(tmp_path)]
+    assert len(set(ids)) == 20
+    # The same durable consumer finds nothing left: every committed message was acked.
+    engine = await run_engine(keys)
+    await asyncio.sleep(2)  # past ack_wait
+    assert len(lines(tmp_path)) == 20
+    await stop(engine)
+
+
+async def test_a_missing_stream_is_retried_and_a_reload_naming_one_rolled_back(
+    nats_cluster: servers.NatsCluster, run_engine: Any, tmp_path: Path
+) -> None:
+    stream = unique_name().upper()
+    source = make_source(nats_cluster.urls, stream)
+    with pytest.raises(MissingError, match=f"stream {stream} does not exist"):
+        await source.connect()
+    await publish(nats_cluster.urls, stream, 3)  # created later: the retry finds it
+    await source.connect()
+    try:
+        assert len(await read_n(source, 3)) == 3
+    finally:
+        await source.close()
+
+    there = {"type": "nats", "servers": nats_cluster.urls, "stream": stream}
+    engine = await run_engine(there)
+    old = engine.config
+    new = config_for(tmp_path, {**there, "stream": f"{stream}X"})
+    failures = await engine.apply(new, plan(old, new))
+    assert any(f"stream {stream}X does not exist" in f for f in failures), failures
+    await engine.apply(old, plan(new, old), check=False)  # the caller rolls back so
+    assert engine.sources["rows"].source.config.stream == stream  # type: ignore[attr-defined]
+    await stop(engine)
