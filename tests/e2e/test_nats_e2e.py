@@ -4,7 +4,8 @@ The nats sink: kill -9 of the gateway while it drains a backlog into a 3-replica
 leaves every message in the stream once (the same scenario as test_sinks_e2e.py runs
 for the other sinks). The nats source: messages published to a stream reach PostgreSQL,
 and a kill -9 of the gateway while it reads leaves every message there once (the
-source's FlowFile ids come from the stream sequence; the table is keyed by id).
+source's FlowFile ids come from the stream sequence; the table is keyed by id). A
+refused password stops the sink with one line, no traceback, no password.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,3 +121,46 @@ def test_source_kill_9_while_reading_every_message_once_in_postgres(
     rows = up.server.fetch(f"SELECT DISTINCT topic FROM {name} ORDER BY topic")  # type: ignore[attr-defined]
     assert [r[0] for r in rows] == [f"fleet/{name}/dev{i}/telemetry" for i in range(5)]
     assert gw.stop() == 0
+
+
+def test_a_refused_password_stops_the_sink_with_one_clear_line(
+    mosquitto: Any,
+    nats_factory: Callable[..., servers.Nats],
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+) -> None:
+    name = unique_name()
+    secret = f"n0t-{uuid.uuid4().hex[:8]}-pw"
+    server = nats_factory(user=("gw", "the-right-one"))
+    config = {
+        "mqtt": {"url": mosquitto.url},
+        "sources": {
+            "plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1, "client_id": name}
+        },
+        "routes": {"readings": {"match": f"{name}/#", "sinks": ["fleet"]}},
+        "sinks": {
+            "fleet": {
+                "type": "nats",
+                "servers": [server.url],
+                "subject": f"{name}.{{topic}}",
+                "user": "gw",
+                "password": secret,
+                "retry": {"initial": "200ms", "max": "1s"},
+            }
+        },
+    }
+    gw = gateway_factory(config)
+    gw.start()
+    wait_for(lambda: gw.sink("fleet")["state"] == "failed", 30, "the sink to stop")
+    status = gw.sink("fleet")
+    error = status["last_error"]
+    assert "refused us: authorization violation" in error and "\n" not in error, error
+    errors = status["errors"]
+    time.sleep(2.0)  # it stops for good: no retries
+    assert gw.sink("fleet")["errors"] == errors
+    whole = json.dumps(gw.status())
+    assert gw.stop() == 0
+    log = gw.log_path.read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "authorization violation" in line]
+    assert len(refused) == 1, log
+    assert "Traceback" not in log, log
+    assert secret not in log and secret not in whole, log
