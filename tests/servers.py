@@ -943,7 +943,8 @@ class OpcuaServer(Server):
 
 class Nats(Server):
     """One `nats-server` with JetStream (file store in its folder), alone or as a node of a
-    `NatsCluster`. `user=(name, password)`, `token` or `nkey` (a user's public NKey, `U...`)
+    `NatsCluster`. `user=(name, password)`, `token`, `nkey` (a user's public NKey, `U...`)
+    or `operator` (operator-mode config lines: JWT accounts, users log in with creds files)
     makes it refuse everyone else. `tls=True` serves TLS only, with a certificate from a
     throwaway PKI (`.tls`, as Mosquitto's) and requires a client certificate signed by it.
     `.monitor(path)` reads its HTTP monitoring endpoint (/jsz, /healthz ...) as JSON."""
@@ -958,12 +959,14 @@ class Nats(Server):
         token: str | None = None,
         nkey: str | None = None,
         tls: bool = False,
+        operator: list[str] | None = None,
     ) -> None:
         super().__init__(workspace)
         self.name = name
         self.user = user
         self.token = token
         self.nkey = nkey
+        self.operator = operator  # config lines of operator mode (tests/nats_helpers.py)
         self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
         self.http_port = free_port()
         self.cluster_port = free_port()
@@ -996,6 +999,8 @@ class Nats(Server):
             lines.append(f'authorization {{ token: "{self.token}" }}')
         elif self.nkey:
             lines.append(f'authorization {{ users: [{{ nkey: "{self.nkey}" }}] }}')
+        elif self.operator:
+            lines += self.operator
         if self.tls:
             lines.append(
                 f'tls {{ cert_file: "{self.tls.server_cert_file}",'

@@ -51,9 +51,8 @@ cluster; the sink connects to the first that answers, in that order, and on trou
 tries them all again with the engine's backoff.
 
 Credentials: `user` and `password`, or `token`, or an NKey seed file (`nkey_seed_file`),
-or a credentials file (`creds_file`, a user JWT and its seed, as `nsc` writes it; the
-tests cover user and password, token, NKey seed and TLS, not yet a creds file, which
-needs a server in operator mode).
+or a credentials file (`creds_file`, a user JWT and its seed, as `nsc` writes it, for a
+server in operator mode).
 Password and token may be `ENC(...)` secrets and are never logged. TLS: a `tls://` URL
 or `ca_file` turns it on; `cert_file` and `key_file` present a client certificate.
 

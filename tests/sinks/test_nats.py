@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import nats
+import nkeys
 import pytest
 from nats.js import api as js_api
 
@@ -21,7 +22,7 @@ from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.nats import NatsSink, NatsSinkConfig, topic_tokens
 from tests import servers
-from tests.nats_helpers import new_nkey, stream_messages
+from tests.nats_helpers import new_nkey, new_operator, stream_messages
 from tests.sinks.contract import SinkContract, closing, connected, unique_name
 from tests.sinks.contract import config_problems as sink_config_problems
 
@@ -242,6 +243,29 @@ async def test_nkey_seed_file_logs_in_and_a_wrong_one_is_refused(
         ns,
         [server.url],
         nkeys_seed=right,
+    )
+
+
+async def test_creds_file_logs_in_and_one_of_an_unknown_account_is_refused(
+    nats_factory: Callable[..., servers.Nats], ns: str, tmp_path: Any
+) -> None:
+    setup = new_operator()  # JWT accounts: the server trusts the operator's
+    server = nats_factory(operator=setup.server_config())
+    user, stranger = new_nkey(), new_nkey()
+    right = tmp_path / "gw.creds"
+    right.write_text(setup.creds(user))
+    # A user signed by an account the operator never issued.
+    wrong = tmp_path / "wrong.creds"
+    wrong.write_text(setup.creds(stranger, account=new_nkey(nkeys.PREFIX_BYTE_ACCOUNT)))
+    with pytest.raises(PermanentError) as refused:
+        await make_sink([server.url], creds_file=str(wrong)).connect()
+    text = one_line_refusal(refused.value, stranger.seed, user.seed)
+    assert "refused us: authorization violation" in text
+    await assert_delivers(
+        lambda: make_sink([server.url], creds_file=str(right), **single_stream_keys(ns)),
+        ns,
+        [server.url],
+        user_credentials=str(right),
     )
 
 
