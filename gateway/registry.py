@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 BUILTINS: dict[tuple[str, str], str] = {
@@ -57,6 +56,8 @@ class Entry:
 
 @cache
 def _plugins() -> dict[tuple[str, str], Any]:
+    from importlib.metadata import entry_points  # ~0.8 MB: only to look for a plugin
+
     found: dict[tuple[str, str], Any] = {}
     for ep in entry_points(group=GROUP):
         kind, _, type_name = ep.name.partition(".")
