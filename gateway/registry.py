@@ -56,7 +56,7 @@ class Entry:
 
 @cache
 def _plugins() -> dict[tuple[str, str], Any]:
-    from importlib.metadata import entry_points  # ~0.8 MB: only to look for a plugin
+    from importlib.metadata import entry_points  # 0.2 MB of RSS: only for plugins
 
     found: dict[tuple[str, str], Any] = {}
     for ep in entry_points(group=GROUP):

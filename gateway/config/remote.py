@@ -20,8 +20,8 @@ reload is refused or rolled back, the previous text is written back and the vers
 does not advance.
 
 This module does no MQTT (gateway/mqtt/remote.py does); it is also the operator's
-side: key generation and signing for the CLI. cryptography (~9 MB resident: its Rust
-extension links its own OpenSSL) is imported when a key is read or made, so only by a
+side: key generation and signing for the CLI. cryptography (8.6 MB of RSS: its Rust
+extension carries its own OpenSSL) is imported when a key is read or made, so only by a
 gateway with `remote_config` on.
 """
 

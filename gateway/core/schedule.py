@@ -6,8 +6,8 @@ drive time. An interval runs on the monotonic clock (a wall clock that jumps at
 boot, on a board without an RTC, does not bunch or stall the polls); a cron
 expression names wall-clock times (UTC), so it is measured on the wall clock and
 the runner re-reads it at least every `WALL_CHECK_S` while it waits.
-croniter (with dateutil, ~2.5 MB resident) is imported only once a cron expression
-is checked or used: most gateways poll on an interval and never pay for it.
+croniter (with dateutil: 0.4 MB more RSS for an idle gateway) is imported only once a
+cron expression is checked or used: most gateways poll on an interval and never pay for it.
 
 A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:

@@ -112,7 +112,7 @@ class ConfigApi:
         if url_path == ROLLBACK:
             async with self._lock:
                 return await self._rollback(self.path, self._reload, body)
-        # ruamel.yaml (~1.8 MB resident) comes with `edit`: only once someone edits
+        # ruamel.yaml (0.8 MB of RSS) comes with `edit`: only once someone edits
         from gateway.config import edit
 
         parts = url_path[len(PREFIX) :].split("/")

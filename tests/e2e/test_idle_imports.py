@@ -20,13 +20,14 @@ from tests.e2e.harness import GatewayProcess, wait_for
 pytestmark = pytest.mark.e2e
 
 # Libraries a gateway with an MQTT source, a PostgreSQL sink and the console does not
-# need until a config or a request asks for them (and their resident cost, measured):
+# need until a config or a request asks for them, and what each adds to the idle RSS
+# (docs/design-notes.md):
 LAZY = {
-    "cryptography": "ENC() secrets, remote_config (~9 MB)",
-    "prometheus_client": "a scrape of /metrics or /api/metrics (~4.4 MB)",
-    "croniter": "a cron `schedule:` (~2.5 MB with dateutil)",
-    "ruamel": "an edit through the config API (~1.8 MB)",
-    "importlib.metadata": "--version, a component type that is not built in (~0.8 MB)",
+    "cryptography": "remote_config, ENC() secrets (8.6 MB)",
+    "prometheus_client": "a scrape of /metrics or /api/metrics (0.6 MB)",
+    "croniter": "a cron `schedule:` (0.4 MB with dateutil)",
+    "ruamel": "an edit through the config API (0.8 MB)",
+    "importlib.metadata": "--version, a component type that is not built in (0.2 MB)",
 }
 
 _IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", re.MULTILINE)
