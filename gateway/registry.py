@@ -23,6 +23,8 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "mysql"): "gateway.sources.mysql:MysqlSource",
     ("source", "postgres"): "gateway.sources.postgres:PostgresSource",
     ("source", "redis"): "gateway.sources.redis:RedisSource",
+    ("source", "http"): "gateway.sources.http:HttpSource",
+    ("source", "rest"): "gateway.sources.rest:RestSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
@@ -33,6 +35,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "mysql"): "gateway.sinks.mysql:MysqlSink",
     ("sink", "redis"): "gateway.sinks.redis:RedisSink",
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
+    ("sink", "http"): "gateway.sinks.http:HttpSink",
 }
 
 GROUP = "edge_stream.components"
