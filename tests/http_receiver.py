@@ -10,7 +10,8 @@ So what it stored survives a stop and a start (the outage tests).
 POST /_control {"status": 500, "times": 2, "body": "...", "headers": {...}} answers
 the next `times` requests (default: all until changed) with that status, body and headers,
 then 200 again. A path holding `/refuse` is always answered 400 (the contract's bad
-FlowFile). GET /_received returns the stored requests as a JSON array.
+FlowFile). GET of another path answers {"data": {"readings": [...]}}: the JSON
+bodies POSTed to that path so far (an API for the rest source). GET /_received returns the stored requests as a JSON array.
 """
 
 from __future__ import annotations
@@ -39,7 +40,18 @@ def main() -> None:
         lines = store.read_text().splitlines()
         return web.json_response([json.loads(line) for line in lines])
 
+    async def feed(request: web.Request) -> web.Response:
+        readings = []
+        if store.exists():
+            for line in store.read_text().splitlines():
+                record = json.loads(line)
+                if record["path"] == request.path and record["method"] == "POST":
+                    readings.append(json.loads(record["body"]))
+        return web.json_response({"data": {"readings": readings}})
+
     async def take(request: web.Request) -> web.Response:
+        if request.method == "GET" and answer["status"] == 200:
+            return await feed(request)
         body = await request.read()
         status = answer["status"]
         response = web.Response(status=status, text=answer["body"] or "", headers=answer["headers"])

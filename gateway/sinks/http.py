@@ -83,7 +83,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
@@ -417,7 +417,8 @@ class HttpSink(Sink):
         return url, [ff for ff, _ in items], body, "application/json"
 
     def _too_large(self, size: int) -> str:
-        return f"http: the request body would be {size} bytes, more than max_body ({self.config.max_body})"
+        limit = self.config.max_body
+        return f"http: the request body would be {size} bytes, more than max_body ({limit})"
 
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         if not batch:

@@ -93,7 +93,7 @@ async def test_a_500_then_200_delivers_everything(
     sink = await sink_for()
     batch = [FlowFile.create("plant/a", json.dumps({"i": i}).encode()) for i in range(20)]
     http_receiver.control(500, times=1, body="busy")
-    with pytest.raises(RetryableError, match="answered 500.*busy"):
+    with pytest.raises(RetryableError, match=r"answered 500.*busy"):
         await sink.write(batch)
     assert http_receiver.received() == []
     assert await sink.write(batch) == []
