@@ -768,7 +768,8 @@ class HttpReceiver(Server):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         with urllib.request.urlopen(request, timeout=30) as answer:
-            return json.loads(answer.read())
+            raw = answer.read()
+            return json.loads(raw) if raw else None
 
     def control(self, status: int = 200, times: int | None = None, **more: Any) -> None:
         """Answer the next `times` requests (None: all) with `status`; `body` and

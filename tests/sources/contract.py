@@ -51,7 +51,6 @@ Assertions are on what reached the store (out.jsonl) and on what the peer was to
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -133,7 +132,7 @@ class SourceContract:
         if await producer.confirmed(tag) is None:
             return
         async with asyncio.timeout(30):
-            while not await producer.confirmed(tag):
+            while not await producer.confirmed(tag):  # noqa: ASYNC110 - the peer's view
                 await asyncio.sleep(0.05)
 
     def assert_stored(self, tmp_path: Path, tag: str, n: int) -> None:
