@@ -11,7 +11,8 @@ POST /_control {"status": 500, "times": 2, "body": "...", "headers": {...}} answ
 the next `times` requests (default: all until changed) with that status, body and headers,
 then 200 again. A path holding `/refuse` is always answered 400 (the contract's bad
 FlowFile). GET of another path answers {"data": {"readings": [...]}}: the JSON
-bodies POSTed to that path so far (an API for the rest source). GET /_received returns the stored requests as a JSON array.
+bodies POSTed to that path so far (an API for the rest source). GET /_received
+returns the stored requests as a JSON array.
 """
 
 from __future__ import annotations

@@ -443,8 +443,8 @@ class SinkRunner:
                 retryable = isinstance(err, RetryableError)
                 self.missing = isinstance(err, MissingError)
                 self._count_error("retryable" if retryable else "store")
-                after = err.after if isinstance(err, RetryLater) else 0.0
-                await self._retry(str(err) if retryable else f"store: {err}", after)
+                told = err.after if isinstance(err, RetryLater) else 0.0
+                await self._retry(str(err) if retryable else f"store: {err}", told)
 
     def _count_error(self, kind: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
