@@ -90,8 +90,9 @@ class HttpSourceConfig(SourceConfig):
         list[str],
         Doc(
             "The bearer tokens a client may send (`Authorization: Bearer <token>`); at least"
-            " one; each may be `ENC(...)`, never logged.",
-            example=["ENC(...)"],
+            " one, each of 16 characters or more; write them `ENC(...)` (`edge-stream secret"
+            " encrypt`), never logged.",
+            example=["a-long-random-token-0123"],
         ),
     ]
     listen: Annotated[

@@ -90,4 +90,5 @@ def test_ingest_is_durable_and_the_webhook_delivers(
     refused = gw.status()["sources"]["api"]["refused"]
     assert refused == {"401": 1, "413": 1, "415": 1, "400": 2}
     assert TOKEN not in gw.log_path.read_text()
+    assert TOKEN not in json.dumps(gw.get("/api/config"))  # the config view masks `tokens`
     assert gw.stop() == 0
