@@ -24,6 +24,8 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "redis"): "gateway.sources.redis:RedisSource",
     ("source", "opcua"): "gateway.sources.opcua:OpcuaSource",
     ("source", "nats"): "gateway.sources.nats:NatsSource",
+    ("source", "http"): "gateway.sources.http:HttpSource",
+    ("source", "rest"): "gateway.sources.rest:RestSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
@@ -36,6 +38,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
     ("sink", "amqp"): "gateway.sinks.amqp:AmqpSink",
     ("sink", "nats"): "gateway.sinks.nats:NatsSink",
+    ("sink", "http"): "gateway.sinks.http:HttpSink",
 }
 
 GROUP = "edge_stream.components"

@@ -6,6 +6,7 @@ Function-scoped factories, for a private server (outage tests, auth tests); each
 one, and it is stopped and deleted when the test ends:
     mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
     redis_factory(password=None, username=None), nats_factory(user=None, token=None)
+Function-scoped: http_receiver (a webhook receiver of the test's own).
 
 A test may stop or kill a shared server; it is started again (same port, same data) after
 that test, so the next test finds it up. Shared databases keep their data for the whole
@@ -171,6 +172,15 @@ def nats_factory(server_workspace: servers.Workspace) -> Iterator[Callable[..., 
 
 
 @pytest.fixture
+def http_receiver(server_workspace: servers.Workspace) -> Iterator[servers.HttpReceiver]:
+    """A webhook receiver of this test's own (tests/http_receiver.py): `.url`,
+    `.control(status, times)`, `.received()`."""
+    server = _start(server_workspace.http_receiver)
+    yield server
+    server_workspace.discard(server)
+
+
+@pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Any]]:
     """`gateway_factory(config)`: a `GatewayProcess` (tests/e2e/harness.py) on that config in
     this test's folder; still running at the end of the test, it is killed."""
@@ -202,6 +212,7 @@ _SERVER_FIXTURES = {
     "redis_factory",
     "nats_cluster",
     "nats_factory",
+    "http_receiver",
     "gateway_factory",
 }
 
