@@ -17,10 +17,13 @@ row delivered, so it includes the sink's reconnect (its retry backoff is set to
 
 Targets on the project's 2-core machine: Postgres >= 25k rows/s, MySQL >= 15k rows/s,
 Redis >= 30k entries/s, MQTT >= 10k msg/s, AMQP >= 10k msg/s (persistent, confirmed),
-NATS >= 10k msg/s.
+NATS >= 10k msg/s. `http` (the webhook sink, batches POSTed as JSON arrays to a local
+aiohttp receiver in its own process that appends each request to a file; at least once,
+so `arrived` may exceed the count) has no target of the project's; 10k msg/s is printed
+as a yardstick.
 
 Usage: python bench/drain.py [--messages 200000] [--publishers 4] [--live 500]
-                             [--only postgres,mysql,redis,mqtt,amqp,nats] [--batch N]
+                             [--only postgres,mysql,redis,mqtt,amqp,nats,http] [--batch N]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from tests.e2e.harness import GatewayProcess, wait_for  # noqa: E402
 from tests.e2e.load import Lanes  # noqa: E402
 from tests.e2e.upstreams import (  # noqa: E402
     AmqpUpstream,
+    HttpUpstream,
     MqttRoot,
     MysqlUpstream,
     NatsUpstream,
@@ -65,6 +69,7 @@ TARGETS = {
     "mqtt": 10_000,
     "amqp": 10_000,
     "nats": 10_000,
+    "http": 10_000,
 }
 UNITS = {
     "postgres": "rows/s",
@@ -73,6 +78,7 @@ UNITS = {
     "mqtt": "msg/s",
     "amqp": "msg/s",
     "nats": "msg/s",
+    "http": "msg/s",
 }
 
 
@@ -266,7 +272,7 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--live", type=float, default=500)
     parser.add_argument("--batch", type=int, default=None, help="sink batch.max_rows")
-    parser.add_argument("--only", default="postgres,mysql,redis,mqtt,amqp,nats")
+    parser.add_argument("--only", default="postgres,mysql,redis,mqtt,amqp,nats,http")
     args = parser.parse_args()
     kinds = [k for k in TARGETS if k in args.only.split(",")]
     workspace = servers.Workspace()
@@ -287,6 +293,8 @@ def main() -> int:
                 up = AmqpUpstream(workspace.rabbitmq(), table)
             elif kind == "nats":
                 up = NatsUpstream(workspace.nats_cluster(), table)
+            elif kind == "http":
+                up = HttpUpstream(workspace.http_receiver())
             else:
                 up = MqttCounter(workspace.mosquitto(), table, folder)
             try:

@@ -7,6 +7,7 @@ processes on this machine. Prints:
   - gateway RSS idle and peak, and gateway CPU seconds per 10,000 messages.
 
 Usage: python bench/spine.py [--messages 200000] [--publishers 4]
+       python bench/spine.py --idle-only 5   (only the idle RSS, of 5 fresh gateways)
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ is on the path: the repository comes first, so that `tests`
@@ -137,11 +140,59 @@ def latency(
     return {"messages": n, "p50_ms": p50 * 1000, "p99_ms": p99 * 1000}
 
 
+def gateway_config(mq: servers.Mosquitto, pg: servers.Postgres) -> dict[str, Any]:
+    """The benchmarked gateway: MQTT QoS 1 into two PostgreSQL sinks, the console on
+    (tests/e2e/harness.py gives it a web port)."""
+    return {
+        "mqtt": {"url": mq.url},
+        "sources": {
+            "plant": {
+                "type": "mqtt",
+                "topics": ["bench_tp/#", "bench_lat/#"],
+                "qos": 1,
+                "client_id": "bench-gw",
+            }
+        },
+        "routes": {
+            "tp": {"match": "bench_tp/#", "sinks": ["tp"]},
+            "lat": {"match": "bench_lat/#", "sinks": ["lat"]},
+        },
+        "sinks": {
+            "tp": {
+                "type": "postgres",
+                "dsn": pg.dsn,
+                "table": "bench_tp",
+                "batch": {"max_rows": 2000},
+            },
+            "lat": {"type": "postgres", "dsn": pg.dsn, "table": "bench_lat"},
+        },
+    }
+
+
+def idle_rss(folder: Path, mq: servers.Mosquitto, pg: servers.Postgres) -> float:
+    """RSS of a freshly started gateway once idle, as main() measures it: 3 s after start."""
+    gw = GatewayProcess(folder, gateway_config(mq, pg))
+    gw.start()
+    try:
+        assert gw.proc is not None
+        time.sleep(3)
+        return rss_mb(gw.proc.pid)
+    finally:
+        gw.stop()
+        gw.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--latency-seconds", type=int, default=20)
+    parser.add_argument(
+        "--idle-only",
+        type=int,
+        metavar="RUNS",
+        help="only the idle RSS, of RUNS fresh gateways (median, and each run)",
+    )
     args = parser.parse_args()
     workspace = servers.Workspace()
     folder = Path(tempfile.mkdtemp(prefix="bench-gw-"))
@@ -150,30 +201,20 @@ def main() -> None:
         pg = workspace.postgres()
         make_table(pg, "bench_tp")
         make_table(pg, "bench_lat")
-        config = {
-            "mqtt": {"url": mq.url},
-            "sources": {
-                "plant": {
-                    "type": "mqtt",
-                    "topics": ["bench_tp/#", "bench_lat/#"],
-                    "qos": 1,
-                    "client_id": "bench-gw",
-                }
-            },
-            "routes": {
-                "tp": {"match": "bench_tp/#", "sinks": ["tp"]},
-                "lat": {"match": "bench_lat/#", "sinks": ["lat"]},
-            },
-            "sinks": {
-                "tp": {
-                    "type": "postgres",
-                    "dsn": pg.dsn,
-                    "table": "bench_tp",
-                    "batch": {"max_rows": 2000},
-                },
-                "lat": {"type": "postgres", "dsn": pg.dsn, "table": "bench_lat"},
-            },
-        }
+        if args.idle_only:
+            runs = [
+                idle_rss(Path(tempfile.mkdtemp(prefix="bench-gw-")), mq, pg)
+                for _ in range(args.idle_only)
+            ]
+            print("\n== Edge Stream idle memory: the spine benchmark's gateway, console on ==")
+            print(
+                f"machine: {os.cpu_count()} cores; all processes local;"
+                f" sum(range(1000)) takes {python_speed():.1f} µs here"
+            )
+            shown = ", ".join(f"{r:.1f}" for r in runs)
+            print(f"rss: idle {statistics.median(runs):.1f} MB median ({shown}) (target <= 50)")
+            return
+        config = gateway_config(mq, pg)
         gw = GatewayProcess(folder, config)
         gw.start()
         assert gw.proc is not None

@@ -26,14 +26,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import DEFAULT_FOR, AlertRule, Config
 from gateway.core.backoff import Backoff
 from gateway.core.topics import TopicWatch
 from gateway.engine.status import Snapshot, StatusView
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("gateway.alerts")
 
@@ -361,6 +362,8 @@ class Alerts:
         settings = self._config().alerts.webhook
         if not settings.url:
             return None
+        import aiohttp  # ~12 MB of RSS when the console is off: only to post to a webhook
+
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:

@@ -62,7 +62,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sized
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -782,6 +781,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # 0.2 MB of RSS: only when asked
+
     try:
         return version("edge-stream")
     except PackageNotFoundError:  # run from a source tree that was never installed

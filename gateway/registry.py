@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 BUILTINS: dict[tuple[str, str], str] = {
@@ -25,6 +24,8 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("source", "redis"): "gateway.sources.redis:RedisSource",
     ("source", "opcua"): "gateway.sources.opcua:OpcuaSource",
     ("source", "nats"): "gateway.sources.nats:NatsSource",
+    ("source", "http"): "gateway.sources.http:HttpSource",
+    ("source", "rest"): "gateway.sources.rest:RestSource",
     ("processor", "json"): "gateway.processors.json:JsonProcessor",
     ("processor", "transform"): "gateway.processors.transform:TransformProcessor",
     ("processor", "filter"): "gateway.processors.filter:FilterProcessor",
@@ -37,6 +38,7 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("sink", "mqtt"): "gateway.sinks.mqtt:MqttSink",
     ("sink", "amqp"): "gateway.sinks.amqp:AmqpSink",
     ("sink", "nats"): "gateway.sinks.nats:NatsSink",
+    ("sink", "http"): "gateway.sinks.http:HttpSink",
 }
 
 GROUP = "edge_stream.components"
@@ -61,6 +63,8 @@ class Entry:
 
 @cache
 def _plugins() -> dict[tuple[str, str], Any]:
+    from importlib.metadata import entry_points  # 0.2 MB of RSS: only for plugins
+
     found: dict[tuple[str, str], Any] = {}
     for ep in entry_points(group=GROUP):
         kind, _, type_name = ep.name.partition(".")

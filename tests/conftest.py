@@ -6,7 +6,8 @@ Function-scoped factories, for a private server (outage tests, auth tests); each
 one, and it is stopped and deleted when the test ends:
     mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
     redis_factory(password=None, username=None),
-    nats_factory(user=None, token=None, nkey=None, tls=False)
+    nats_factory(user=None, token=None, nkey=None, tls=False, operator=None)
+Function-scoped: http_receiver (a webhook receiver of the test's own).
 
 A test may stop or kill a shared server; it is started again (same port, same data) after
 that test, so the next test finds it up. Shared databases keep their data for the whole
@@ -166,10 +167,20 @@ def redis_factory(server_workspace: servers.Workspace) -> Iterator[Callable[...,
 
 @pytest.fixture
 def nats_factory(server_workspace: servers.Workspace) -> Iterator[Callable[..., servers.Nats]]:
-    """`nats_factory(user=None, token=None, nkey=None, tls=False)` starts a private single
-    JetStream server for this test; `user=(name, password)`, `token` or `nkey` (a user's
-    public NKey) makes it refuse everyone else; `tls` serves TLS with `.tls` (TlsFiles)."""
+    """`nats_factory(user=None, token=None, nkey=None, tls=False, operator=None)` starts a
+    private single JetStream server for this test; `user=(name, password)`, `token`, `nkey`
+    (a user's public NKey) or `operator` (tests/nats_helpers.py's `Operator.server_config()`)
+    makes it refuse everyone else; `tls` serves TLS with `.tls` (TlsFiles)."""
     yield from _factory(server_workspace, server_workspace.nats)
+
+
+@pytest.fixture
+def http_receiver(server_workspace: servers.Workspace) -> Iterator[servers.HttpReceiver]:
+    """A webhook receiver of this test's own (tests/http_receiver.py): `.url`,
+    `.control(status, times)`, `.received()`."""
+    server = _start(server_workspace.http_receiver)
+    yield server
+    server_workspace.discard(server)
 
 
 @pytest.fixture
@@ -204,6 +215,7 @@ _SERVER_FIXTURES = {
     "redis_factory",
     "nats_cluster",
     "nats_factory",
+    "http_receiver",
     "gateway_factory",
 }
 

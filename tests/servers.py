@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import pwd
 import shutil
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -1102,6 +1104,38 @@ class NatsCluster:
             node.close()
 
 
+class HttpReceiver(Server):
+    """A webhook receiver (tests/http_receiver.py, aiohttp) that stores what it receives in
+    its folder, so the requests it took survive stop and start; `control()` makes it answer
+    with another status (500, 400, 429 ...) and `received()` reads back what it stored."""
+
+    kind = "http"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        script = Path(__file__).with_name("http_receiver.py")
+        return [sys.executable, str(script), str(self.port), str(self.dir)]
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            raw = answer.read()
+            return json.loads(raw) if raw else None
+
+    def control(self, status: int = 200, times: int | None = None, **more: Any) -> None:
+        """Answer the next `times` requests (None: all) with `status`; `body` and
+        `headers` may be given too."""
+        self._call("POST", "/_control", {"status": status, "times": times, **more})
+
+    def received(self) -> list[dict[str, Any]]:
+        """The requests answered 2xx so far: method, path, raw_path, query, headers, body."""
+        return self._call("GET", "/_received")  # type: ignore[no-any-return]
+
+
 S = TypeVar("S", bound=Server)
 
 
@@ -1167,6 +1201,9 @@ class Workspace:
             cluster.close()
             raise
         return cluster
+
+    def http_receiver(self) -> HttpReceiver:
+        return self._started(HttpReceiver(self))
 
     def discard(self, server: Server) -> None:
         """Close one server and delete its folder (function-scoped servers)."""

@@ -20,7 +20,9 @@ reload is refused or rolled back, the previous text is written back and the vers
 does not advance.
 
 This module does no MQTT (gateway/mqtt/remote.py does); it is also the operator's
-side: key generation and signing for the CLI.
+side: key generation and signing for the CLI. cryptography (8.6 MB of RSS: its Rust
+extension carries its own OpenSSL) is imported when a key is read or made, so only by a
+gateway with `remote_config` on.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import files
 from gateway.config.load import MAX_BYTES, load_data, parse_text, read_text
 from gateway.config.model import Config
 from gateway.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 MAX_PAYLOAD = 1 << 20  # bytes of one envelope
 STATE_FILE = "remote-config.json"
@@ -96,6 +100,9 @@ class Document:
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file or a file holding its 32 bytes in base64."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         raw = Path(path).read_bytes()[:4096]
     except OSError as err:
@@ -122,6 +129,9 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """The operator's Ed25519 signing key (PEM, as `config keygen-signing` writes it)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         raw = Path(path).read_bytes()[:4096]
     except OSError as err:
@@ -138,6 +148,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 def keygen(out: str | Path) -> tuple[Path, str]:
     """Write a new private key to `out` (0600, never over an existing file) and its public
     key to `out`.pub (PEM); returns that path and the public key in base64."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Path(out)
     public = private.with_name(private.name + ".pub")
     key = Ed25519PrivateKey.generate()
@@ -213,6 +226,8 @@ def open_envelope(payload: bytes, key: Ed25519PublicKey, gateway_id: str) -> Doc
     if "signature" not in envelope:
         raise Refused("the document is not signed", claimed)
     signature = _b64(envelope.get("signature"), "signature")
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(signature, data)
     except InvalidSignature as err:

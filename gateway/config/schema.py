@@ -298,13 +298,15 @@ def build_component(kind: str, value: Any, path: Path, problems: Problems) -> An
         problems.add(path, f"expected a mapping with a 'type', got {value!r}")
         return None
     type_name = value.get("type")
-    known = registry.types(kind)
+    # registry.types() reads the installed packages' metadata for plugins (importlib.metadata,
+    # 0.2 MB of RSS): only when a type is missing or unknown
     if type_name is None:
+        known = registry.types(kind)
         problems.add((*path, "type"), f"required key is missing (one of {', '.join(known)})")
         return None
     entry = registry.find(kind, str(type_name))
     if entry is None:
-        hint = did_you_mean(str(type_name), known)
+        hint = did_you_mean(str(type_name), registry.types(kind))
         problems.add((*path, "type"), f"unknown {kind} type {type_name!r}{hint}")
         return None
     return build_dataclass(entry.config, value, path, problems)

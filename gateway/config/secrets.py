@@ -191,7 +191,7 @@ def has_secret(text: str) -> bool:
     return "ENC(" in text
 
 
-SECRET_NAMES = ("password", "secret", "token")
+SECRET_NAMES = ("password", "secret", "token", "tokens")  # tokens: the http source
 
 
 def is_secret_key(name: object) -> bool:

@@ -94,6 +94,9 @@ class Context:
     marks: InboundMarks = field(default_factory=NoMarks)
     # The source position committed last with this source's data (see `Message.position`).
     position: Callable[[], Awaitable[bytes | None]] = field(default=_no_position)
+    # False while the engine takes no input (store full with overflow: block, disk short):
+    # a push source that can refuse (HTTP 503) asks before taking a message in.
+    accepting: Callable[[], bool] = field(default=lambda: True)
 
     def __post_init__(self) -> None:
         self.log = ComponentLog(

@@ -19,6 +19,15 @@ class RetryableError(GatewayError):
     """A transient failure (connection lost, timeout): back off and try again."""
 
 
+class RetryLater(RetryableError):
+    """A transient failure whose peer said when to come back (HTTP 429/503 Retry-After):
+    the engine waits at least `after` seconds, within the retry cap."""
+
+    def __init__(self, message: str, after: float) -> None:
+        super().__init__(message)
+        self.after = after
+
+
 class MissingError(RetryableError):
     """What the config names does not exist (a serial port, a host name that does not
     resolve). Retried like any RetryableError (an adapter may be plugged in later), but a

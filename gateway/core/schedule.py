@@ -6,6 +6,8 @@ drive time. An interval runs on the monotonic clock (a wall clock that jumps at
 boot, on a board without an RTC, does not bunch or stall the polls); a cron
 expression names wall-clock times (UTC), so it is measured on the wall clock and
 the runner re-reads it at least every `WALL_CHECK_S` while it waits.
+croniter (with dateutil: 0.4 MB more RSS for an idle gateway) is imported only once a
+cron expression is checked or used: most gateways poll on an interval and never pay for it.
 
 A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:
@@ -19,8 +21,6 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from croniter import croniter
-
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
 
@@ -33,6 +33,8 @@ def cron_problem(expression: str) -> str | None:
             f"{expression!r} is not a cron schedule: it needs 5 fields (minute hour day month"
             " weekday) or 6 (with seconds last), e.g. '*/5 * * * *'"
         )
+    from croniter import croniter
+
     if not croniter.is_valid(expression):
         return f"{expression!r} is not a valid cron schedule, e.g. '*/5 * * * *'"
     return None
@@ -78,6 +80,8 @@ class Schedule:
 
     def _cron_after(self, wall: float) -> float:
         assert self.cron is not None
+        from croniter import croniter
+
         start = datetime.fromtimestamp(wall, UTC)
         return float(croniter(self.cron, start).get_next(float))
 

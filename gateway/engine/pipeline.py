@@ -166,6 +166,7 @@ class Engine:
         ctx = self._context(name, "source")
         ctx.marks = self.store.marks(name)
         ctx.position = functools.partial(self.store.position, name)
+        ctx.accepting = self.gate.is_set
         source: Source = entry.cls(src_cfg, ctx)
         return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
 

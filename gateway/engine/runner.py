@@ -21,7 +21,7 @@ from gateway.config.model import RetrySettings, SinkConfig
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Message, Sink, Source
-from gateway.core.errors import MissingError, PermanentError, RetryableError
+from gateway.core.errors import MissingError, PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.schedule import WALL_CHECK_S, Schedule
@@ -443,17 +443,19 @@ class SinkRunner:
                 retryable = isinstance(err, RetryableError)
                 self.missing = isinstance(err, MissingError)
                 self._count_error("retryable" if retryable else "store")
-                await self._retry(str(err) if retryable else f"store: {err}")
+                told = err.after if isinstance(err, RetryLater) else 0.0
+                await self._retry(str(err) if retryable else f"store: {err}", told)
 
     def _count_error(self, kind: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
-    async def _retry(self, reason: str) -> None:
+    async def _retry(self, reason: str, after: float = 0.0) -> None:
         self.errors += 1
         self.last_error = reason
         self.state = "retrying"
         self.connected = False
-        delay = self.backoff.next()
+        # the upstream said when to come back (Retry-After): not sooner, within the cap
+        delay = max(self.backoff.next(), min(after, self.config.retry.max))
         self.sink.ctx.log.warning(
             "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
         )

@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.config import edit, files
+from gateway.config import files
 from gateway.config.load import apply_env, load_data, parse_text, read_text
 from gateway.core.errors import ConfigError
 
@@ -112,6 +112,9 @@ class ConfigApi:
         if url_path == ROLLBACK:
             async with self._lock:
                 return await self._rollback(self.path, self._reload, body)
+        # ruamel.yaml (0.8 MB of RSS) comes with `edit`: only once someone edits
+        from gateway.config import edit
+
         parts = url_path[len(PREFIX) :].split("/")
         if len(parts) != 2 or parts[0] not in edit.SECTIONS:
             return _answer(
@@ -138,6 +141,8 @@ class ConfigApi:
     async def _check(
         self, path: str, section: str, name: str, value: dict[str, Any] | None
     ) -> Response:
+        from gateway.config import edit
+
         try:
             # Reads, changes and validates (decrypting secrets): in a worker thread.
             changes, text_diff = await asyncio.to_thread(_preview, path, section, name, value)
@@ -197,6 +202,8 @@ class ConfigApi:
     async def _edit(
         self, path: str, reload: Reload, section: str, name: str, value: dict[str, Any] | None
     ) -> Response:
+        from gateway.config import edit
+
         try:
             # Read, change, validate (decrypting secrets) and fsync: in a worker thread.
             old_text, kept = await asyncio.to_thread(edit.edit_file, path, section, name, value)
@@ -232,6 +239,7 @@ def _preview(
 
     import yaml
 
+    from gateway.config import edit
     from gateway.config.view import diff, load_view, show
 
     old, old_raw = load_view(path)
@@ -273,6 +281,8 @@ def _kept_versions(path: str) -> list[dict[str, Any]]:
 def _restore(path: str, name: str | None) -> tuple[str | None, str, files.Version | None]:
     """Put kept version `name` back in `path` (as `config rollback`): the text it
     replaced (None: it already held that), the version's name, the kept old text."""
+    from gateway.config import edit
+
     data_dir = _data_dir(path)
     version = files.find_version(data_dir, name)
     text = read_text(version.path)

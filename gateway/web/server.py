@@ -59,11 +59,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config.model import WebSection
 from gateway.core.errors import ConfigError
@@ -75,6 +74,9 @@ from gateway.store.sqlite import StoreError
 from gateway.web import access, console_api
 from gateway.web.config_api import MAX_BODY, ConfigApi
 from gateway.web.page import LOGIN_PAGE, STATUS_PAGE
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("gateway.web")
 
@@ -141,7 +143,7 @@ class WebServer:
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
-        self.metrics = registry_for(view)
+        self._metrics: CollectorRegistry | None = None  # made at the first scrape
         self._reload = reload  # POST /api/config/reload; None: not offered
         self.config_api = ConfigApi(config_path, reload, settle)  # /api/config, its edits
         path = users_file or access.users_path(config.users_file, "./data")
@@ -579,7 +581,16 @@ class WebServer:
         except StoreError as err:
             return _json({"errors": [str(err)]}, 409)
 
+    @property
+    def metrics(self) -> CollectorRegistry:
+        """The metrics registry, made (and prometheus_client imported) at the first scrape."""
+        if self._metrics is None:
+            self._metrics = registry_for(self.engine)
+        return self._metrics
+
     async def metrics_text(self, _request: web.Request) -> web.StreamResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         return web.Response(
             body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -129,6 +129,23 @@ class MysqlUpstream(ServerUpstream):
         return int(rows[0][0]) if rows else 0
 
 
+class HttpUpstream(ServerUpstream):
+    """A webhook receiver (tests/http_receiver.py) that the http sink POSTs batches to."""
+
+    kind = "http"
+    exact = False  # at least once: a request whose answer was lost is sent again
+
+    def sink(self) -> dict[str, Any]:
+        return {"type": "http", "url": f"{self.server.url}/in/{{topic.0}}"}
+
+    def seqs(self) -> list[int]:
+        return [
+            int(element["payload"]["seq"])
+            for request in self.server.received()
+            for element in json.loads(request["body"])
+        ]
+
+
 class RedisUpstream(ServerUpstream):
     """One Redis stream that keeps every entry (maxlen 0)."""
 

@@ -19,6 +19,7 @@ from gateway.engine.pipeline import Engine
 from gateway.sources.redis import RedisSource, RedisSourceConfig, entry_flowfile_id
 from gateway.store.sqlite import Batch, Store
 from tests.sinks.contract import unique_name
+from tests.sources.contract import SourceContract
 from tests.sources.engine_run import lines, stop, until
 
 pytestmark = pytest.mark.integration
@@ -203,3 +204,49 @@ async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> N
     await reopened.open(["out"])
     assert await reopened.position("r") == b"5-0"
     await reopened.close()
+
+
+class RedisStreamProducer:
+    """XADDs entries; they are confirmed once the group has read and acknowledged them
+    all (nothing pending, the group's last delivered id at the last entry)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.r = SyncRedis.from_url(url)
+        self.key = key
+        self.last: dict[str, bytes] = {}
+
+    async def send(self, tag: str, n: int) -> None:
+        for i in range(n):
+            self.last[tag] = self.r.xadd(self.key, {"tag": tag, "seq": str(i)})
+
+    async def confirmed(self, tag: str) -> bool | None:
+        groups = {g["name"]: g for g in self.r.xinfo_groups(self.key)}
+        group = groups.get(b"edge-stream")
+        if group is None or group["pending"]:
+            return False
+        last = self.last[tag].decode().split("-")
+        delivered = group["last-delivered-id"].decode().split("-")
+        return tuple(map(int, delivered)) >= tuple(map(int, last))
+
+    async def close(self) -> None:
+        self.r.close()
+
+
+class TestRedisSourceContract(SourceContract):
+    """An existing source in the source contract: a stream through a consumer group."""
+
+    @pytest.fixture
+    def key(self) -> str:
+        return unique_name()
+
+    @pytest.fixture
+    def source_keys(self, redis: Any, key: str) -> dict[str, Any]:
+        return {"type": "redis", "url": redis.url, "key": key, "block": "100ms"}
+
+    @pytest.fixture
+    def producer(self, redis: Any, key: str) -> RedisStreamProducer:
+        return RedisStreamProducer(redis.url, key)
+
+    @pytest.fixture
+    def topic_of(self, key: str) -> Callable[[str, int], str]:
+        return lambda tag, seq: f"redis/{key}"

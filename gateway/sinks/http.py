@@ -1,0 +1,484 @@
+"""POSTs FlowFiles to an HTTP endpoint (a webhook): a JSON array per batch, or one request each.
+
+`mode: batch` (the default) sends each batch as one JSON array of envelopes,
+`mode: each` one request per FlowFile (its envelope, or with `body: payload` its
+content bytes as they are). The envelope is the one the file and Redis sinks write:
+  {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
+   "attributes": {...}, "payload": {...}}
+with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+
+`url` is a template: `{topic}` is the FlowFile's topic (each level percent-encoded,
+the `/` between levels kept), `{topic.N}` its level N (from 0; negative counts from
+the end), `{gateway}` the gateway id, `{sink}` this sink's name; `{{` and `}}` are
+literal braces. In batch mode the FlowFiles of a batch that resolve to different
+URLs go in one request per URL. A request body is at most `max_body` bytes: a batch
+whose envelopes are larger goes in several requests, in order; a single FlowFile
+larger than that is dead-lettered.
+
+Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
+`<first id>..<last id>` of the FlowFiles in the request (batch mode). Delivery is
+**at least once**: a request whose answer was lost (a timeout, a connection cut,
+a gateway killed before it moved its cursor) is sent again with the same key and
+body, and a batch retried after a failure part-way sends its earlier requests again.
+A receiver that must not see a FlowFile twice dedupes by the key (batch mode: by
+the `id` of each element).
+
+Answers: 2xx is delivered. 408, 429, 5xx, a connection refused or cut and a
+timeout are retried later, with the engine's backoff (a `Retry-After` of a 429 or
+503, in seconds or as an HTTP date, is waited at least, up to `retry.max`). 401,
+403 and 407 say the credentials are wrong, which is no fault of the data: the sink
+stops, the data stays buffered, fix the config and reload. Any other 4xx, and a
+3xx (redirects are not followed: set `url` to the new place), is final for the
+FlowFiles of that request: they go to the dead letters with the status and the
+first `error_body` bytes of the answer. In batch mode that is the whole request
+(the receiver did not say which element it refused); use `mode: each` where one
+bad FlowFile must not take its neighbours with it.
+
+Authentication: `bearer_token` (an `Authorization: Bearer` header) or `username`
+and `password` (basic auth), and any `headers`; the token, the password and header
+values may be `ENC(...)` secrets and are never logged nor shown in a dead letter's
+reason. TLS: an `https://` URL; `ca_file` verifies the server (default: the
+system's CAs), `cert_file` and `key_file` present a client certificate,
+`verify: false` turns verification off (testing only).
+
+Keys
+  type: http
+  url: https://hooks.example.com/in/{topic}  (required) the URL template
+  mode: batch              batch (a JSON array per request) or each (default batch)
+  body: envelope           each mode: envelope, or payload (the content bytes)
+  content_type: application/json  each mode with body: payload (default application/json)
+  method: POST             POST or PUT (default POST)
+  headers: {}              more request headers (values may be ENC(...))
+  bearer_token: null       sends Authorization: Bearer <token>
+  username: null           basic auth user (with password)
+  password: null
+  ca_file: null            CA bundle for https:// (default: the system's)
+  cert_file: null          client certificate (PEM); goes with key_file
+  key_file: null
+  verify: true             verify the server's certificate (default true)
+  max_body: 4MiB           the largest request body (default 4MiB)
+  concurrency: 4           requests in flight at once (default 4)
+  error_body: 512          bytes of a refusing answer kept in the dead letter (default 512)
+  connect_timeout: 10s     (default 10s)
+  timeout: 30s             the longest one request may take (default 30s)
+  and the delivery keys every sink has: batch, retry, rate_limit, overflow.
+
+Example
+  sinks:
+    hook:
+      type: http
+      url: "https://ingest.example.com/v1/{gateway}/{topic}"
+      bearer_token: "ENC(...)"
+      batch: {max_rows: 500, max_bytes: 1MiB}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+from yarl import URL
+
+from gateway.config.model import SinkConfig
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.component import Context, Rejected, Sink
+from gateway.core.errors import PermanentError, RetryableError, RetryLater
+from gateway.core.flowfile import FlowFile, attributes_json
+
+_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_LEVEL = re.compile(r"topic\.(-?\d+)")
+_RETRY = frozenset({408, 429})
+_CREDENTIALS = frozenset({401, 403, 407})
+
+
+def compile_template(template: str) -> list[str | tuple[str, int | None]]:
+    """`template` as literal text and fields: ("topic", None) for {topic}, ("topic", n)
+    for {topic.n}, ("gateway"|"sink", None); ValueError for anything else."""
+    parts: list[str | tuple[str, int | None]] = []
+    at = 0
+    for m in _FIELD.finditer(template):
+        parts.append(template[at : m.start()])
+        at = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            parts.append(token[0])
+        elif token in ("{", "}"):
+            raise ValueError(f"a lone {token!r} (write {token}{token} for a literal brace)")
+        else:
+            name = m.group(1)
+            level = _LEVEL.fullmatch(name)
+            if level:
+                parts.append(("topic", int(level.group(1))))
+            elif name in ("topic", "gateway", "sink"):
+                parts.append((name, None))
+            else:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}}; use {{topic}}, {{topic.N}}, {{gateway}}"
+                    " or {sink}, and {{ }} for literal braces"
+                )
+    parts.append(template[at:])
+    return [p for p in parts if p != ""]
+
+
+def safe_url(url: str) -> str:
+    """`url` without a password or query string, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.username:
+        host = f"{parts.username}:***@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def retry_after(value: str | None, now: float) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or 0."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - now)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _ts(created_ns: int) -> str:
+    second, micros = divmod(created_ns // 1000, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{micros:06d}Z"
+
+
+def envelope(ff: FlowFile) -> bytes:
+    """The FlowFile as one JSON object (payload inline when it is UTF-8 JSON)."""
+    head = (
+        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{_ts(ff.created)}",'
+        f'"attributes":{attributes_json(ff.attributes)},'
+    )
+    try:
+        text = ff.content.decode()
+        _loads(text)
+    except (ValueError, RecursionError):
+        return f'{head}"payload_base64":"{base64.b64encode(ff.content).decode()}"}}'.encode()
+    return f'{head}"payload":{text}}}'.encode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSinkConfig(SinkConfig):
+    """Keys of the `http` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
+
+    url: Annotated[
+        str,
+        Doc(
+            "`http://` or `https://` URL template: `{topic}` (levels percent-encoded),"
+            " `{topic.N}` (level N from 0, negative from the end), `{gateway}`, `{sink}`;"
+            " `{{` and `}}` for literal braces.",
+            example="https://hooks.example.com/in/{topic}",
+        ),
+    ]
+    mode: Annotated[
+        Literal["batch", "each"],
+        Doc("`batch`: a JSON array of envelopes per request; `each`: one request per FlowFile."),
+    ] = "batch"
+    body: Annotated[
+        Literal["envelope", "payload"],
+        Doc("`mode: each`: send the envelope, or the FlowFile's content bytes as they are."),
+    ] = "envelope"
+    content_type: Annotated[str, Doc("The Content-Type of `body: payload` requests.")] = (
+        "application/json"
+    )
+    method: Annotated[Literal["POST", "PUT"], Doc("The request method.")] = "POST"
+    headers: Annotated[
+        dict[str, str],
+        Doc("More request headers; values may be `ENC(...)` and are never logged."),
+    ] = field(default_factory=dict)
+    bearer_token: Annotated[
+        str | None,
+        Doc("Sends `Authorization: Bearer <token>`; may be `ENC(...)`, never logged."),
+    ] = None
+    username: Annotated[str | None, Doc("Basic auth user (with `password`).")] = None
+    password: Annotated[
+        str | None, Doc("Basic auth password; may be `ENC(...)`, never logged.")
+    ] = None
+    ca_file: Annotated[
+        str | None, Doc("CA bundle that verifies an https:// server (default: the system's).")
+    ] = None
+    cert_file: Annotated[
+        str | None, Doc("Client certificate (PEM) for https://; goes with `key_file`.")
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    verify: Annotated[
+        bool, Doc("Verify the server's certificate; `false` is for testing only.")
+    ] = True
+    max_body: Annotated[
+        Size,
+        Doc(
+            "The largest request body: a batch beyond it goes in several requests; a single"
+            " FlowFile beyond it is dead-lettered."
+        ),
+        Range(1024, 256 << 20, "must be between 1KiB and 256MiB"),
+    ] = 4 << 20
+    concurrency: Annotated[
+        int,
+        Doc("Requests in flight at once (each mode, or a batch split by URL or size)."),
+        Range(1, 64, "must be between 1 and 64"),
+    ] = 4
+    error_body: Annotated[
+        int,
+        Doc("Bytes of a refusing answer's body kept in the dead letter's reason."),
+        Range(0, 65536, "must be between 0 and 65536"),
+    ] = 512
+    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
+    timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.url.startswith(("http://", "https://")):
+            yield "url", f"{safe_url(self.url)!r} must start with http:// or https://"
+        else:
+            try:
+                parts = compile_template(self.url)
+            except ValueError as err:
+                yield "url", f"{safe_url(self.url)!r}: {err}"
+            else:
+                head = parts[0] if parts and isinstance(parts[0], str) else ""
+                if not urlsplit(head).hostname:
+                    yield "url", "the host must be written out (no placeholder in it)"
+                if "@" in urlsplit(head).netloc:
+                    yield "url", "put credentials in username and password, not in the url"
+            if not self.url.startswith("https://"):
+                for name in ("ca_file", "cert_file", "key_file"):
+                    if getattr(self, name):
+                        yield name, "needs TLS: use an https:// URL"
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
+        if self.bearer_token is not None and (self.username or self.password):
+            yield "bearer_token", "use bearer_token or username and password, not both"
+        if bool(self.username) != bool(self.password):
+            yield "username", "basic auth needs both username and password"
+        if self.username and ":" in self.username:
+            yield "username", "a basic auth user name cannot hold ':'"
+        if self.body == "payload" and self.mode != "each":
+            yield "body", "body: payload needs mode: each (a batch is a JSON array)"
+        if self.connect_timeout <= 0 or self.timeout <= 0:
+            yield "timeout", "timeouts must be positive"
+        for name in self.headers:
+            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                yield f"headers.{name}", "is not a valid HTTP header name"
+
+
+class HttpSink(Sink):
+    """Sends each batch (or each FlowFile) to a webhook with aiohttp's client."""
+
+    Config = HttpSinkConfig
+
+    def __init__(self, config: HttpSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: HttpSinkConfig = config
+        self._session: aiohttp.ClientSession | None = None
+        parts = compile_template(config.url)
+        fixed = {"gateway": ctx.gateway_id, "sink": ctx.name}
+        # {gateway} and {sink} are fixed: resolve them now; the topic is filled per FlowFile.
+        self._parts: list[str | int | None] = []
+        for part in parts:
+            if isinstance(part, str) or part[0] != "topic":
+                text = part if isinstance(part, str) else quote(fixed[part[0]], safe="")
+                if self._parts and isinstance(self._parts[-1], str):
+                    self._parts[-1] += text
+                else:
+                    self._parts.append(text)
+            else:
+                self._parts.append(part[1])
+        self._static = len(self._parts) == 1 and isinstance(self._parts[0], str)
+        headers = {"User-Agent": "edge-stream", **config.headers}
+        if config.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {config.bearer_token}"
+        elif config.username and config.password:
+            pair = f"{config.username}:{config.password}".encode()
+            headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+        self._headers = headers
+        self.requests = 0
+        self.refused = 0
+
+    def update(self, config: HttpSinkConfig) -> bool:
+        self.config = config
+        return True
+
+    async def connect(self) -> None:
+        """Make the client (nothing is sent: a webhook may have no address to probe);
+        PermanentError for TLS files that cannot be read."""
+        if self._session is not None:
+            return
+        cfg = self.config
+        tls: ssl.SSLContext | bool = True
+        if cfg.url.startswith("https://"):
+            if not cfg.verify:
+                tls = False
+            else:
+                try:
+                    tls = ssl.create_default_context(cafile=cfg.ca_file)
+                    if cfg.cert_file:
+                        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+                except (OSError, ssl.SSLError) as err:
+                    raise PermanentError(f"cannot read the TLS files: {err}") from err
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=tls),
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),
+            headers=self._headers,
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def status(self) -> dict[str, object]:
+        return {"url": safe_url(self.config.url), "requests": self.requests}
+
+    # --- writing --------------------------------------------------------------------------
+
+    def url_of(self, topic: str) -> str:
+        """The request URL of a FlowFile on `topic` (levels percent-encoded)."""
+        if self._static:
+            return self._parts[0]  # type: ignore[return-value]
+        levels = topic.split("/")
+        out = []
+        for part in self._parts:
+            if isinstance(part, str):
+                out.append(part)
+            elif part is None:
+                out.append("/".join(quote(level, safe="") for level in levels))
+            elif -len(levels) <= part < len(levels):
+                out.append(quote(levels[part], safe=""))
+        return "".join(out)
+
+    def _requests(
+        self, batch: list[FlowFile]
+    ) -> tuple[list[tuple[str, list[FlowFile], bytes, str]], list[Rejected]]:
+        """The requests of `batch`: (url, FlowFiles, body, content type), in order."""
+        cfg = self.config
+        requests: list[tuple[str, list[FlowFile], bytes, str]] = []
+        refused: list[Rejected] = []
+        if cfg.mode == "each":
+            for ff in batch:
+                if cfg.body == "payload":
+                    body, kind = ff.content, cfg.content_type
+                else:
+                    body, kind = envelope(ff), "application/json"
+                if len(body) > cfg.max_body:
+                    refused.append(Rejected(ff, self._too_large(len(body))))
+                else:
+                    requests.append((self.url_of(ff.topic), [ff], body, kind))
+            return requests, refused
+        groups: dict[str, list[tuple[FlowFile, bytes]]] = {}
+        for ff in batch:
+            body = envelope(ff)
+            if len(body) + 2 > cfg.max_body:
+                refused.append(Rejected(ff, self._too_large(len(body) + 2)))
+                continue
+            groups.setdefault(self.url_of(ff.topic), []).append((ff, body))
+        for url, items in groups.items():
+            start, size = 0, 2
+            for i, (_, body) in enumerate(items):
+                if i > start and size + len(body) + 1 > cfg.max_body:
+                    requests.append(self._array(url, items[start:i]))
+                    start, size = i, 2
+                size += len(body) + 1
+            requests.append(self._array(url, items[start:]))
+        return requests, refused
+
+    @staticmethod
+    def _array(
+        url: str, items: list[tuple[FlowFile, bytes]]
+    ) -> tuple[str, list[FlowFile], bytes, str]:
+        body = b"[" + b",".join(b for _, b in items) + b"]"
+        return url, [ff for ff, _ in items], body, "application/json"
+
+    def _too_large(self, size: int) -> str:
+        limit = self.config.max_body
+        return f"http: the request body would be {size} bytes, more than max_body ({limit})"
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        if not batch:
+            return []
+        if self._session is None:
+            await self.connect()
+        requests, refused = self._requests(batch)
+        if not requests:
+            return refused
+        pending = iter(requests)
+        results: list[list[Rejected]] = []
+
+        async def worker() -> None:
+            for request in pending:  # shared: each request is taken by one worker
+                results.append(await self._send(*request))
+
+        workers = min(self.config.concurrency, len(requests))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return refused + [r for rejected in results for r in rejected]
+
+    async def _send(
+        self, url: str, flowfiles: list[FlowFile], body: bytes, kind: str
+    ) -> list[Rejected]:
+        """One request; the FlowFiles it refused for good, or a raised error."""
+        session = self._session
+        assert session is not None
+        key = flowfiles[0].id if len(flowfiles) == 1 else f"{flowfiles[0].id}..{flowfiles[-1].id}"
+        where = f"{self.config.method} {safe_url(url)}"
+        try:
+            async with session.request(
+                self.config.method,
+                URL(url, encoded=True),
+                data=body,
+                headers={"Content-Type": kind, "Idempotency-Key": key},
+                allow_redirects=False,
+            ) as answer:
+                status = answer.status
+                if 200 <= status < 300:
+                    await answer.read()
+                    self.requests += 1
+                    return []
+                text = ""
+                if self.config.error_body:
+                    raw = await answer.content.read(self.config.error_body)
+                    text = raw.decode("utf-8", "replace").strip()
+                reason = f"{where} answered {status} {answer.reason or ''}".rstrip()
+                if text:
+                    reason += f": {' '.join(text.split())}"
+                if status >= 500 or status in _RETRY:
+                    after = retry_after(answer.headers.get("Retry-After"), time.time())
+                    if after > 0:
+                        raise RetryLater(f"{reason} (retry after {after:g} s)", after)
+                    raise RetryableError(reason)
+                if status in _CREDENTIALS:
+                    raise PermanentError(f"{reason} (check bearer_token, username and password)")
+                if 300 <= status < 400:
+                    reason += " (redirects are not followed: set url to the new place)"
+                self.refused += len(flowfiles)
+                return [Rejected(ff, reason) for ff in flowfiles]
+        except (aiohttp.ClientError, OSError) as err:
+            raise RetryableError(f"{where} failed: {err or type(err).__name__}") from err
+        except TimeoutError as err:
+            raise RetryableError(f"{where} did not answer within {self.config.timeout:g}s") from err

@@ -1,0 +1,368 @@
+"""Takes JSON posted to `POST /ingest/<topic>` on a listener of its own; 200 means stored.
+
+A client POSTs a JSON object, or an array of them, to `/ingest/<topic...>`:
+each object becomes one FlowFile on that topic (the path after /ingest/,
+percent-decoded; `prefix` is put in front) whose content is the object's JSON.
+The answer is sent only after the store has committed every FlowFile of the
+request: **200 means durable**, as a PUBACK is for the MQTT source; it reads
+{"stored": 2, "ids": ["0190…", "0190…"]}. A gateway killed before the commit
+sends no answer and the client sends again: delivery is at least once (a request
+whose answer was lost on the way back is stored again when sent again).
+
+Refusals, each a one-line JSON body {"error": "..."}; nothing of a refused
+request is stored:
+  401  no `Authorization: Bearer <token>`, or not one of `tokens` (compared in
+       constant time)
+  413  a body larger than `max_body`
+  415  a Content-Type other than application/json (or `…+json`)
+  400  a body that is not JSON, not an object or an array of objects, or a topic
+       that is no valid MQTT topic name (empty, `+`, `#`, NUL)
+  404  another path; 405 another method than POST
+  503  the gateway takes no input now (the buffer is full with `overflow: block`,
+       the disk is short), or `max_requests` requests or `max_in_flight` bytes
+       are waiting for their commit already, or the source is stopping; with
+       `Retry-After` (seconds). A request not confirmed within `ack_timeout`
+       is answered 503 too; it may still be stored, so sending it again may
+       store it twice (at least once).
+
+The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
+console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
+`tls_key` (HTTPS), or put a reverse proxy in front. Tokens may be `ENC(...)`
+secrets and are never logged; at least one is required.
+
+Keys
+  type: http
+  listen: 127.0.0.1:8088   host:port of the listener (default 127.0.0.1:8088)
+  tokens: [ENC(...)]       (required) the bearer tokens a client may send
+  prefix: ""               put in front of every topic, e.g. "http/" (default none)
+  max_body: 1MiB           the largest request body (default 1MiB)
+  max_requests: 64         requests waiting for their commit at once (default 64)
+  max_in_flight: 16MiB     their bodies' bytes at most (default 16MiB)
+  ack_timeout: 30s         the longest a request waits for its commit (default 30s)
+  tls_cert: null           PEM certificate (chain): serve HTTPS; with tls_key
+  tls_key: null            its private key (PEM)
+
+Example
+  sources:
+    api: {type: http, listen: "0.0.0.0:8088", tokens: ["ENC(...)"], prefix: "http/",
+          tls_cert: /etc/edge-stream/ingest.crt, tls_key: /etc/edge-stream/ingest.key}
+
+  curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+       -d '{"temp": 21.5}' https://gateway:8088/ingest/sensors/line1/temp
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import json
+import ssl
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from aiohttp import web
+
+from gateway.config.model import SourceConfig
+from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.core.component import Context, Message, Source
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.core.topics import validate_topic
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSourceConfig(SourceConfig):
+    """Keys of the `http` source."""
+
+    tokens: Annotated[
+        list[str],
+        Doc(
+            "The bearer tokens a client may send (`Authorization: Bearer <token>`); at least"
+            " one, each of 16 characters or more; write them `ENC(...)` (`edge-stream secret"
+            " encrypt`), never logged.",
+            example=["a-long-random-token-0123"],
+        ),
+    ]
+    listen: Annotated[
+        str,
+        Doc(
+            "host:port of the source's own listener (not the console's); an IPv6 address"
+            " in brackets.",
+            example="127.0.0.1:8088",
+        ),
+    ] = "127.0.0.1:8088"
+    prefix: Annotated[str, Doc("Put in front of every topic, e.g. `http/` (default: none).")] = ""
+    max_body: Annotated[
+        Size,
+        Doc("The largest request body; a larger one is answered 413."),
+        Range(16, 256 << 20, "must be between 16 bytes and 256MiB"),
+    ] = 1 << 20
+    max_requests: Annotated[
+        int,
+        Doc("Requests waiting for their commit at once; more are answered 503."),
+        Range(1, 10000, "must be between 1 and 10000"),
+    ] = 64
+    max_in_flight: Annotated[
+        Size,
+        Doc("The bytes of the bodies waiting for their commit; more are answered 503."),
+        Range(1024, 1 << 30, "must be between 1KiB and 1GiB"),
+    ] = 16 << 20
+    ack_timeout: Annotated[
+        Duration,
+        Doc(
+            "The longest a request waits for its commit before it is answered 503 (it may"
+            " still be stored)."
+        ),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
+    tls_cert: Annotated[
+        str | None, Doc("A PEM certificate (chain) file: serve HTTPS with it; needs `tls_key`.")
+    ] = None
+    tls_key: Annotated[str | None, Doc("The PEM private key file of `tls_cert`.")] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        problem = check_location(self.listen)
+        if problem or not self.listen.rpartition(":")[0] or ":" not in self.listen:
+            yield "listen", problem or f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8088"
+        if not self.tokens:
+            yield "tokens", "the ingest endpoint needs at least one bearer token"
+        for i, token in enumerate(self.tokens):
+            if len(token) < 16 or any(c.isspace() for c in token):
+                yield f"tokens.{i}", "a token needs at least 16 characters and no spaces"
+        if self.prefix:
+            problem = validate_topic(self.prefix + "x")
+            if problem:
+                yield "prefix", problem
+        if bool(self.tls_cert) != bool(self.tls_key):
+            yield "tls_cert", "HTTPS needs both tls_cert and tls_key"
+
+
+class _Request:
+    """One accepted request: its messages and the answer waiting for their commit."""
+
+    __slots__ = ("answer", "messages", "size")
+
+    def __init__(self, messages: list[Message], size: int, answer: asyncio.Future[None]) -> None:
+        self.messages = messages
+        self.size = size
+        self.answer = answer
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_dumps({"error": message}).encode() + b"\n",
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class HttpSource(Source):
+    """An aiohttp listener whose requests are answered after the store commit."""
+
+    Config = HttpSourceConfig
+    mode = "stream"
+
+    def __init__(self, config: HttpSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: HttpSourceConfig = config
+        self._tokens = [t.encode() for t in config.tokens]
+        self._runner: web.AppRunner | None = None
+        self._waiting: deque[_Request] = deque()  # accepted, not yet handed to the engine
+        self._unanswered: set[asyncio.Future[None]] = set()
+        self._ready = asyncio.Event()
+        self._in_flight = 0  # bytes of the requests waiting for their commit
+        self.requests = 0
+        self.refused: dict[str, int] = {}
+        self.url = ""
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Listen on `listen`; RetryableError if the address is taken (another process
+        may let it go), PermanentError if it can never be had or the TLS files are bad."""
+        if self._runner is not None:
+            return
+        cfg = self.config
+        context = None
+        if cfg.tls_cert:
+            try:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            except (OSError, ssl.SSLError) as err:
+                raise PermanentError(
+                    f"cannot use tls_cert {cfg.tls_cert} and tls_key {cfg.tls_key}: {err}"
+                ) from err
+        app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
+        app.router.add_route("*", "/ingest/{topic:.*}", self._ingest)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        host, _, port = cfg.listen.rpartition(":")
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=context).start()
+        except OSError as err:
+            await runner.cleanup()
+            if err.errno == errno.EADDRINUSE:
+                raise RetryableError(
+                    f"cannot listen on {cfg.listen}: the address is in use"
+                ) from err
+            raise PermanentError(
+                f"cannot listen on {cfg.listen} ({err.strerror or err}): set listen to an"
+                " address of this machine"
+            ) from err
+        self._runner = runner
+        self.url = f"{'https' if context else 'http'}://{cfg.listen}/ingest/"
+        self.ctx.log.info("listening on %s", self.url)
+
+    async def read(self) -> list[Message]:
+        while not self._waiting:
+            self._ready.clear()
+            await self._ready.wait()
+        messages: list[Message] = []
+        while self._waiting:
+            messages.extend(self._waiting.popleft().messages)
+        return messages
+
+    async def close(self) -> None:
+        """Answer every request still waiting 503, then stop listening. Safe twice."""
+        for request in self._waiting:
+            if not request.answer.done():
+                request.answer.set_exception(
+                    ConnectionAbortedError("the source is stopping; nothing of it is stored")
+                )
+        self._waiting.clear()
+        for answer in self._unanswered:  # handed over, not confirmed: the engine stopped
+            if not answer.done():
+                answer.set_exception(
+                    ConnectionAbortedError("the source is stopping; it may be stored")
+                )
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "listen": self.config.listen,
+            "requests": self.requests,
+            "waiting_bytes": self._in_flight,
+            "refused": dict(self.refused),
+        }
+
+    # --- requests -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _one_line(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own refusals (404, 405, 413) as one-line JSON errors too."""
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            return self._refuse(err.status, err.reason)
+
+    def _refuse(self, status: int, message: str, **headers: str) -> web.Response:
+        self.refused[str(status)] = self.refused.get(str(status), 0) + 1
+        return _error(status, message, **headers)
+
+    def _busy(self, message: str) -> web.Response:
+        return self._refuse(503, message, **{"Retry-After": "1"})
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        token = given.strip().encode()
+        # every token compared, in constant time each: the answer time tells nothing
+        found = False
+        for known in self._tokens:
+            found |= hmac.compare_digest(token, known)
+        return found
+
+    async def _ingest(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.config
+        if request.method != "POST":
+            return self._refuse(405, "use POST", Allow="POST")
+        if not self._authorized(request):
+            return self._refuse(
+                401, "missing or unknown bearer token", **{"WWW-Authenticate": "Bearer"}
+            )
+        kind = request.content_type
+        if kind != "application/json" and not kind.endswith("+json"):
+            return self._refuse(415, f"Content-Type must be application/json, not {kind!r}")
+        length = request.content_length
+        if length is not None and length > cfg.max_body:
+            return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
+        path = request.match_info["topic"]
+        topic = cfg.prefix + path
+        problem = validate_topic(topic) if path else "the path names no topic: /ingest/<topic>"
+        if problem:
+            return self._refuse(400, f"bad topic {topic!r}: {problem}")
+        if not self.ctx.accepting():
+            return self._busy("the gateway's buffer is full; send again later")
+        if len(self._unanswered) >= cfg.max_requests:
+            return self._busy(f"{cfg.max_requests} requests are waiting already")
+        body = await request.content.read(cfg.max_body + 1)
+        if len(body) > cfg.max_body:
+            return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
+        if self._in_flight + len(body) > cfg.max_in_flight and self._in_flight:
+            return self._busy(f"{cfg.max_in_flight} bytes are waiting already")
+        try:
+            flowfiles = self._flowfiles(topic, body)
+        except ValueError as err:
+            return self._refuse(400, str(err))
+        if not flowfiles:
+            return web.json_response({"stored": 0, "ids": []})
+        return await self._store(flowfiles, len(body))
+
+    def _flowfiles(self, topic: str, body: bytes) -> list[FlowFile]:
+        try:
+            value = _loads(body.decode())
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"the body is not JSON: {err}") from None
+        now = self.ctx.clock.now_ns()
+        if isinstance(value, dict):
+            return [FlowFile.create(topic, body.strip(), {}, now)]
+        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            return [FlowFile.create(topic, _dumps(item).encode(), {}, now) for item in value]
+        raise ValueError("the body must be a JSON object or an array of objects")
+
+    async def _store(self, flowfiles: list[FlowFile], size: int) -> web.StreamResponse:
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def committed() -> None:  # the engine calls it after the commit holding them all
+            if not answer.done():
+                answer.set_result(None)
+
+        # Commits are in order: the last message's ack says the whole request is stored.
+        messages = [Message(ff) for ff in flowfiles[:-1]]
+        messages.append(Message(flowfiles[-1], ack=committed))
+        self._waiting.append(_Request(messages, size, answer))
+        self._unanswered.add(answer)
+        self._in_flight += size
+        self._ready.set()
+        try:
+            async with asyncio.timeout(self.config.ack_timeout):
+                await asyncio.shield(answer)
+        except TimeoutError:
+            return self._busy(
+                f"not confirmed within {self.config.ack_timeout:g}s; it may be stored"
+            )
+        except ConnectionAbortedError as err:
+            return self._busy(str(err))
+        finally:
+            self._unanswered.discard(answer)
+            self._in_flight -= size
+        self.requests += 1
+        return web.json_response({"stored": len(flowfiles), "ids": [ff.id for ff in flowfiles]})

@@ -1,0 +1,346 @@
+"""Polls a REST API: GETs a URL on an interval or schedule, one FlowFile per selected item.
+
+Each poll GETs `url` and reads the answer as JSON; `select` picks the items
+(below), and each item becomes one FlowFile whose content is the item's JSON and
+whose topic comes from `topic`, a template with `{field}` for a field of the item
+(its `/`, `+` and `#` become `_`, so that it stays one topic level) and `{source}`
+for this source's name. An item without a field the template needs, or that is
+no object while the template needs one, goes to the dead letters.
+
+`select` is a small path language (a subset of JSONPath):
+  (empty)            the whole answer
+  $                  the whole answer (`$.` may start any path)
+  data.readings      the key `readings` of the key `data`
+  items[0]           the first element of the array `items` (negative: from the end)
+  items[*]           every element of the array `items` (or every value of an object)
+  sites[*].meters    the key `meters` of every element of `sites`
+  ["odd key"]        a key that is no plain name, in double quotes
+What the path selects last is the items: an array selected last gives one item
+per element (so `data.readings` and `data.readings[*]` mean the same), anything
+else one item. A path that finds nothing gives no item.
+
+A poll is a snapshot: every poll emits what the API answers then, so an item the
+API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
+`deadband` processor, or select only new items with the API's own query
+parameters). Delivery into the store is at least once.
+
+Failures: a connection refused or cut, a timeout or a 5xx answer is retried with the
+engine's backoff (counted in `errors` in /api/status). A 4xx answer or a body
+that is no JSON is logged once when it starts (and when it changes), counted in
+`failures` and `last_status` in /api/status, and the next poll tries again on
+schedule. An answer larger than `max_body` counts as a failure.
+
+Keys
+  type: rest
+  url: https://api.example.com/v1/readings  (required) http:// or https://
+  interval: 60s            how often to poll (default 60s)
+  schedule: "*/5 * * * *"  or poll at these times (cron, UTC); jitter, missed: as for
+                           every polled source (README, "Schedules")
+  select: "data.readings"  which items become FlowFiles (default: the whole answer)
+  topic: "rest/{source}"   the topic template (default rest/{source})
+  headers: {}              request headers (values may be ENC(...))
+  bearer_token: null       sends Authorization: Bearer <token>
+  username: null           basic auth user (with password)
+  password: null
+  ca_file: null            CA bundle for https:// (default: the system's)
+  verify: true             verify the server's certificate (default true)
+  max_body: 8MiB           the largest answer read (default 8MiB)
+  timeout: 30s             the longest one request may take (default 30s)
+
+Example
+  sources:
+    weather:
+      type: rest
+      url: "https://api.example.com/v1/stations/12/readings"
+      interval: 5m
+      select: "$.readings[*]"
+      topic: "weather/{station}/{kind}"
+      bearer_token: "ENC(...)"
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import aiohttp
+
+from gateway.config.model import ScheduleKeys, SourceConfig
+from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.component import Context, Message, Source
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.flowfile import FlowFile
+from gateway.core.topics import validate_topic
+
+_STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_SAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
+
+Step = str | int | None  # a key, an index, None for [*]
+
+
+def parse_select(path: str) -> list[Step]:
+    """The steps of a `select` path; ValueError saying where it is wrong."""
+    text = path.strip()
+    if text.startswith("$"):
+        text = text[1:]
+    steps: list[Step] = []
+    at = 0
+    while at < len(text):
+        m = _STEP.match(text, at)
+        if m is None:
+            raise ValueError(
+                f"cannot read {path!r} at {text[at:]!r}: use keys (a.b), indexes ([0]),"
+                ' [*] and ["odd key"]'
+            )
+        if m.group(1) is not None:
+            steps.append(m.group(1))
+        elif m.group(2) is not None:
+            steps.append(int(m.group(2)))
+        elif m.group(3) is not None:
+            steps.append(json.loads(f'"{m.group(3)}"'))
+        else:
+            steps.append(None)
+        at = m.end()
+    return steps
+
+
+def select(value: Any, steps: list[Step]) -> list[Any]:
+    """The items `steps` pick from `value` (see the module docstring)."""
+    current = [value]
+    for step in steps:
+        found: list[Any] = []
+        for item in current:
+            if step is None:
+                if isinstance(item, list):
+                    found.extend(item)
+                elif isinstance(item, dict):
+                    found.extend(item.values())
+            elif isinstance(step, int):
+                if isinstance(item, list) and -len(item) <= step < len(item):
+                    found.append(item[step])
+            elif isinstance(item, dict) and step in item:
+                found.append(item[step])
+        current = found
+    if steps and steps[-1] is None:
+        return current
+    items: list[Any] = []
+    for item in current:
+        if isinstance(item, list):
+            items.extend(item)
+        else:
+            items.append(item)
+    return items
+
+
+def _template_fields(template: str) -> list[str]:
+    names = []
+    for _text, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or spec or conversion or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+            raise ValueError(f"topic template field {{{name}}} must be a plain field name")
+        names.append(name)
+    return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestSourceConfig(ScheduleKeys, SourceConfig):
+    """Keys of the `rest` source."""
+
+    url: Annotated[
+        str,
+        Doc(
+            "The `http://` or `https://` URL to GET.", example="https://api.example.com/v1/readings"
+        ),
+    ]
+    interval: Annotated[
+        Duration,
+        Doc("How often to poll (unless `schedule` is set).", example="60s"),
+        Range(0.05, message="must be at least 50ms"),
+    ] = 60.0
+    select: Annotated[
+        str,
+        Doc(
+            "Which items of the answer become FlowFiles: a path such as `data.readings`,"
+            " `$.items[*]`, `sites[*].meters`, `items[0]` (default: the whole answer).",
+            example="$.items[*]",
+        ),
+    ] = ""
+    topic: Annotated[
+        str,
+        Doc(
+            "The topic of each item: `{field}` for a field of the item (`/`, `+`, `#` become"
+            " `_`), `{source}` for this source's name.",
+            example="rest/{device}",
+        ),
+    ] = "rest/{source}"
+    headers: Annotated[
+        dict[str, str], Doc("Request headers; values may be `ENC(...)`, never logged.")
+    ] = field(default_factory=dict)
+    bearer_token: Annotated[
+        str | None, Doc("Sends `Authorization: Bearer <token>`; may be `ENC(...)`.")
+    ] = None
+    username: Annotated[str | None, Doc("Basic auth user (with `password`).")] = None
+    password: Annotated[str | None, Doc("Basic auth password; may be `ENC(...)`.")] = None
+    ca_file: Annotated[
+        str | None, Doc("CA bundle that verifies an https:// server (default: the system's).")
+    ] = None
+    verify: Annotated[bool, Doc("Verify the server's certificate; `false` for testing only.")] = (
+        True
+    )
+    max_body: Annotated[
+        Size,
+        Doc("The largest answer read; a larger one counts as a failure."),
+        Range(1024, 256 << 20, "must be between 1KiB and 256MiB"),
+    ] = 8 << 20
+    timeout: Annotated[
+        Duration,
+        Doc("The longest one request may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not self.url.startswith(("http://", "https://")):
+            yield "url", "must start with http:// or https://"
+        elif "@" in self.url.partition("://")[2].partition("/")[0]:
+            yield "url", "put credentials in username and password, not in the url"
+        try:
+            parse_select(self.select)
+        except ValueError as err:
+            yield "select", str(err)
+        try:
+            _template_fields(self.topic)
+        except ValueError as err:
+            yield "topic", str(err)
+        if self.bearer_token is not None and (self.username or self.password):
+            yield "bearer_token", "use bearer_token or username and password, not both"
+        if bool(self.username) != bool(self.password):
+            yield "username", "basic auth needs both username and password"
+
+
+class RestSource(Source):
+    """GETs a URL on a schedule and turns the selected items into FlowFiles."""
+
+    Config = RestSourceConfig
+    mode = "poll"
+
+    def __init__(self, config: RestSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: RestSourceConfig = config
+        self.interval = config.interval
+        self.schedule = config.poll_schedule(config.interval)
+        self._steps = parse_select(config.select)
+        self._fields = [f for f in _template_fields(config.topic) if f != "source"]
+        self._topic = config.topic.replace(
+            "{source}", ctx.name.replace("{", "{{").replace("}", "}}")
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self.failures = 0
+        self.last_status: str | None = None
+        self.polls = 0
+
+    async def connect(self) -> None:
+        if self._session is not None:
+            return
+        cfg = self.config
+        tls: ssl.SSLContext | bool = True
+        if cfg.url.startswith("https://"):
+            if not cfg.verify:
+                tls = False
+            else:
+                try:
+                    tls = ssl.create_default_context(cafile=cfg.ca_file)
+                except (OSError, ssl.SSLError) as err:
+                    raise PermanentError(f"cannot read ca_file {cfg.ca_file}: {err}") from err
+        headers = {"User-Agent": "edge-stream", "Accept": "application/json", **cfg.headers}
+        if cfg.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
+        elif cfg.username and cfg.password:
+            pair = f"{cfg.username}:{cfg.password}".encode()
+            headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, ssl=tls),
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+            headers=headers,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def status(self) -> dict[str, object]:
+        return {"polls": self.polls, "failures": self.failures, "last_status": self.last_status}
+
+    def _failed(self, what: str) -> list[Message]:
+        """A failure retried on the next poll: counted always, logged when it changes."""
+        self.failures += 1
+        if what != self.last_status:
+            self.ctx.log.warning("GET %s: %s; trying again at the next poll", self._where, what)
+        self.last_status = what
+        return []
+
+    @property
+    def _where(self) -> str:
+        return self.config.url.partition("?")[0]
+
+    async def poll_messages(self) -> list[Message]:
+        if self._session is None:
+            await self.connect()
+        assert self._session is not None
+        cfg = self.config
+        self.polls += 1
+        try:
+            async with self._session.get(cfg.url, allow_redirects=True) as answer:
+                status = answer.status
+                if status >= 500 or status in (408, 429):
+                    raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
+                if status >= 300:
+                    return self._failed(f"answered {status} {answer.reason or ''}".rstrip())
+                body = await answer.content.read(cfg.max_body + 1)
+        except (aiohttp.ClientError, OSError) as err:
+            raise RetryableError(f"GET {self._where} failed: {err or type(err).__name__}") from err
+        except TimeoutError as err:
+            raise RetryableError(
+                f"GET {self._where} did not answer within {cfg.timeout:g}s"
+            ) from err
+        if len(body) > cfg.max_body:
+            return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            return self._failed(f"the answer is not JSON ({err})")
+        if self.last_status is not None:
+            self.ctx.log.info("GET %s answers again", self._where)
+        self.last_status = None
+        now = self.ctx.clock.now_ns()
+        return [self._message(item, now) for item in select(value, self._steps)]
+
+    def _message(self, item: Any, now: int) -> Message:
+        content = _dumps(item).encode()
+        values: dict[str, str] = {}
+        reject = None
+        if self._fields and not isinstance(item, dict):
+            reject = f"the item is no object: it has no fields for the topic {self.config.topic!r}"
+        elif self._fields:
+            missing = [f for f in self._fields if f not in item]
+            if missing:
+                reject = f"the item has no field {missing[0]!r} for the topic {self.config.topic!r}"
+            else:
+                for f in self._fields:
+                    text = item[f] if isinstance(item[f], str) else _dumps(item[f])
+                    values[f] = text.translate(_SAFE)
+        topic = f"rest/{self.ctx.name}"
+        if reject is None:
+            topic = self._topic.format(**values)
+            problem = validate_topic(topic)
+            if problem:
+                reject, topic = f"topic {topic!r}: {problem}", f"rest/{self.ctx.name}"
+        return Message(FlowFile.create(topic, content, {}, now), reject=reject)

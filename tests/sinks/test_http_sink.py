@@ -1,0 +1,229 @@
+"""The http (webhook) sink against a real aiohttp receiver in its own process: the sink
+contract in both modes, then what is its own (URL templates, auth, Idempotency-Key, 5xx
+then 2xx, 4xx to the dead letters, Retry-After, body bound, config problems)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.core.component import Context
+from gateway.core.errors import PermanentError, RetryableError, RetryLater
+from gateway.core.flowfile import FlowFile
+from gateway.sinks.http import HttpSink, HttpSinkConfig, compile_template, retry_after
+from tests import servers
+from tests.sinks.contract import SinkContract, closing, connected, server_down
+from tests.sinks.contract import config_problems as sink_config_problems
+
+pytestmark = pytest.mark.integration
+
+
+def config_problems(**keys: Any) -> tuple[Any, list[str]]:
+    return sink_config_problems("http", "hook", **keys)
+
+
+def make_sink(**keys: Any) -> HttpSink:
+    config, problems = config_problems(**keys)
+    assert problems == []
+    assert isinstance(config, HttpSinkConfig)
+    return HttpSink(config, Context(name="hook", kind="sink", gateway_id="pi-01"))
+
+
+def envelopes(receiver: servers.HttpReceiver) -> list[dict[str, Any]]:
+    """Every envelope the receiver took, once per copy received."""
+    out: list[dict[str, Any]] = []
+    for request in receiver.received():
+        body = json.loads(request["body"])
+        out.extend(body if isinstance(body, list) else [body])
+    return out
+
+
+@pytest.fixture
+async def sink_for(http_receiver: servers.HttpReceiver) -> AsyncIterator[Callable[..., Any]]:
+    """`await sink_for(**keys)`: a connected sink on this test's receiver."""
+
+    def make(**keys: Any) -> HttpSink:
+        return make_sink(**{"url": f"{http_receiver.url}/in/{{topic.0}}", **keys})
+
+    async with closing(lambda **keys: connected(make(**keys))) as opened:
+        yield opened
+
+
+class TestHttpBatchContract(SinkContract):
+    """Batch mode: a JSON array per request. The receiver stores every request it
+    answers 2xx, so a batch sent again shows twice: at least once."""
+
+    exactly_once = False
+    mode = "batch"
+
+    @pytest.fixture
+    def make_sink(self, http_receiver: servers.HttpReceiver) -> Callable[[], Any]:
+        async def make() -> HttpSink:
+            # topic level 0 in the path: the bad FlowFile's /refuse goes in its own request
+            url = f"{http_receiver.url}/in/{{topic.0}}"
+            return await connected(make_sink(url=url, mode=self.mode))
+
+        return make
+
+    @pytest.fixture
+    def fetch_ids(self, http_receiver: servers.HttpReceiver) -> Callable[[], list[str]]:
+        return lambda: [e["id"] for e in envelopes(http_receiver)]
+
+    @pytest.fixture
+    def bad_flowfile(self) -> Callable[[], FlowFile]:
+        return lambda: FlowFile.create("refuse/this", b'{"x": 1}')
+
+    @pytest.fixture
+    def outage(self, http_receiver: servers.HttpReceiver) -> Callable[[], Any]:
+        return server_down(http_receiver)
+
+
+class TestHttpEachContract(TestHttpBatchContract):
+    """Each mode: one request per FlowFile."""
+
+    mode = "each"
+
+
+async def test_a_500_then_200_delivers_everything(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for()
+    batch = [FlowFile.create("plant/a", json.dumps({"i": i}).encode()) for i in range(20)]
+    http_receiver.control(500, times=1, body="busy")
+    with pytest.raises(RetryableError, match=r"answered 500.*busy"):
+        await sink.write(batch)
+    assert http_receiver.received() == []
+    assert await sink.write(batch) == []
+    assert [e["id"] for e in envelopes(http_receiver)] == [ff.id for ff in batch]
+    assert [e["payload"] for e in envelopes(http_receiver)] == [{"i": i} for i in range(20)]
+
+
+async def test_a_400_dead_letters_the_batch_with_status_and_body(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for()
+    batch = [FlowFile.create("plant/a", b"{}") for _ in range(5)]
+    http_receiver.control(400, times=1, body="field 'temp' missing " + "x" * 5000)
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in batch]
+    reason = rejected[0].reason
+    assert "answered 400" in reason and "field 'temp' missing" in reason
+    assert len(reason) < 700  # the body is cut to error_body (512) bytes
+    assert http_receiver.received() == []
+
+
+async def test_each_mode_a_400_refuses_only_its_flowfile(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for(mode="each", concurrency=1)
+    good = [FlowFile.create("plant/a", b"{}") for _ in range(4)]
+    bad = FlowFile.create("refuse", b"{}")
+    rejected = await sink.write([*good[:2], bad, *good[2:]])
+    assert [r.flowfile.id for r in rejected] == [bad.id]
+    assert [e["id"] for e in envelopes(http_receiver)] == [ff.id for ff in good]
+
+
+async def test_429_with_retry_after_is_retried_later(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for()
+    http_receiver.control(429, times=1, headers={"Retry-After": "7"})
+    with pytest.raises(RetryLater) as caught:
+        await sink.write([FlowFile.create("plant/a", b"{}")])
+    assert caught.value.after == 7.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+
+
+async def test_wrong_credentials_stop_the_sink_and_keep_the_data(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for(bearer_token="s3cret-token")
+    http_receiver.control(401, times=1)
+    with pytest.raises(PermanentError) as caught:
+        await sink.write([FlowFile.create("plant/a", b"{}")])
+    assert "401" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+async def test_headers_auth_idempotency_key_and_url_template(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for(
+        url=f"{http_receiver.url}/gw/{{gateway}}/{{sink}}/{{topic}}/last/{{topic.-1}}",
+        headers={"X-Site": "north"},
+        bearer_token="tok-1",
+    )
+    a = FlowFile.create("plant/line 1/temp%", b"{}")
+    b = FlowFile.create("plant/line 1/temp%", b"[1]")
+    c = FlowFile.create("other", b"not json")
+    assert await sink.write([a, b, c]) == []
+    got = {r["raw_path"]: r for r in http_receiver.received()}
+    first = got["/gw/pi-01/hook/plant/line%201/temp%25/last/temp%25"]
+    assert first["headers"]["Idempotency-Key"] == f"{a.id}..{b.id}"
+    assert first["headers"]["Authorization"] == "Bearer tok-1"
+    assert first["headers"]["X-Site"] == "north"
+    assert [e["id"] for e in json.loads(first["body"])] == [a.id, b.id]
+    single = got["/gw/pi-01/hook/other/last/other"]
+    assert single["headers"]["Idempotency-Key"] == c.id
+    assert json.loads(single["body"])[0]["payload_base64"]
+
+
+async def test_each_mode_payload_body_and_basic_auth(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for(
+        mode="each", body="payload", content_type="text/plain", username="u", password="p"
+    )
+    ff = FlowFile.create("plant/a", b"raw bytes")
+    assert await sink.write([ff]) == []
+    (request,) = http_receiver.received()
+    assert request["body"] == "raw bytes"
+    assert request["headers"]["Content-Type"] == "text/plain"
+    assert request["headers"]["Authorization"] == "Basic dTpw"
+    assert request["headers"]["Idempotency-Key"] == ff.id
+
+
+async def test_a_batch_beyond_max_body_goes_in_several_requests(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    sink = await sink_for(max_body="2KiB", concurrency=1)
+    batch = [FlowFile.create("plant/a", json.dumps({"pad": "x" * 300}).encode()) for _ in range(12)]
+    huge = FlowFile.create("plant/a", b'"' + b"y" * 4000 + b'"')
+    rejected = await sink.write([*batch, huge])
+    assert [r.flowfile.id for r in rejected] == [huge.id]
+    assert "max_body" in rejected[0].reason
+    requests = http_receiver.received()
+    assert len(requests) > 1
+    assert all(len(r["body"]) <= 2048 for r in requests)
+    assert [e["id"] for e in envelopes(http_receiver)] == [ff.id for ff in batch]
+
+
+async def test_connection_refused_is_retryable(sink_for: Any) -> None:
+    sink = await sink_for(url=f"http://127.0.0.1:{servers.free_port()}/x")
+    with pytest.raises(RetryableError, match="failed"):
+        await sink.write([FlowFile.create("plant/a", b"{}")])
+
+
+def test_config_problems() -> None:
+    assert config_problems(url="ftp://x/y")[1] == [
+        "sinks.hook.url: 'ftp://x/y' must start with http:// or https://"
+    ]
+    assert "unknown placeholder {device}" in config_problems(url="http://h/{device}")[1][0]
+    assert "no placeholder" in config_problems(url="http://{topic}/x")[1][0]
+    problems = config_problems(url="http://u:pw@h/x")[1]
+    assert problems == ["sinks.hook.url: put credentials in username and password, not in the url"]
+    assert "body: payload needs mode: each" in config_problems(url="http://h", body="payload")[1][0]
+    assert (
+        "not both"
+        in config_problems(url="http://h", bearer_token="t", username="u", password="p")[1][0]
+    )
+    assert compile_template("http://h/{{x}}/{topic.2}") == [
+        "http://h/",
+        "{",
+        "x",
+        "}",
+        "/",
+        ("topic", 2),
+    ]

@@ -1,0 +1,227 @@
+"""The contract every source keeps, as one suite each source's tests reuse against its real peer.
+
+What it proves, through a real engine and store (tests/sources/engine_run.py: the source
+is named `rows`, routed to a JSON Lines file sink at tmp_path/out.jsonl):
+
+- what the peer sends reaches the store as FlowFiles (unique ids, the topic the source
+  documents, the content);
+- the source acknowledges only after the store commit: while commits fail, the peer
+  is told nothing, and once they work again everything arrives and is acknowledged;
+- killed before the commit (the engine cancelled with no orderly stop, the source's
+  sockets closed as the kernel would), nothing is lost: a new engine on the same store
+  gets it all (the broker redelivers, the client sends again, the poll repeats);
+- stopped and started again, it resumes: what was sent meanwhile arrives, what was
+  stored before is not stored again (unless `at_least_once`);
+- `close` is idempotent and quick, and a closed source connects again.
+
+To join, subclass `SourceContract` in a test module (the class name starts with `Test`)
+and provide three fixtures:
+
+    source_keys   -> dict: the source's config keys (`type` included), as under
+                     `sources.rows`; the same keys for every engine of one test
+    producer      -> a `Producer` (below) that sends items through the source's peer
+    topic_of      -> callable (tag, seq) -> str: the topic the source gives that item
+
+and set `at_least_once = True` for a source that may store an item again after a restart
+(a snapshot poll, a client that sends a request again whose answer it lost).
+
+A `Producer` has three async methods; each item's JSON content carries {"tag": tag,
+"seq": i} (values may arrive as text: a Redis stream entry's fields are text):
+
+    send(tag, n)      hand n items to the peer: publish them, insert them, or for a
+                      client that waits for its answer (HTTP) start sending them in the
+                      background, retrying until they are confirmed (as a real client
+                      does); returns at once
+    confirmed(tag)    True once the peer knows that every item of `tag` is stored (every
+                      PUBACK, every 200, every XACK), False before; None when the peer
+                      cannot tell (a polled API): the ack cases then check the data only
+    close()           stop what `send` started
+
+    class TestRedisSourceContract(SourceContract):
+        @pytest.fixture
+        def source_keys(self, redis, key): return {"type": "redis", "url": redis.url, ...}
+        @pytest.fixture
+        def producer(self, redis, key): return RedisProducer(redis.url, key)
+        @pytest.fixture
+        def topic_of(self, key): return lambda tag, seq: f"redis/{key}"
+
+Assertions are on what reached the store (out.jsonl) and on what the peer was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context, Source
+from gateway.engine.pipeline import Engine, stop_task
+from gateway.registry import find
+from gateway.store.sqlite import StoreError
+from tests.sources.engine_run import STOPS, lines, stop, until
+
+
+class Producer(Protocol):
+    async def send(self, tag: str, n: int) -> None: ...
+
+    async def confirmed(self, tag: str) -> bool | None: ...
+
+    async def close(self) -> None: ...
+
+
+def items(tmp_path: Path, tag: str) -> list[dict[str, Any]]:
+    """The stored records (out.jsonl lines) of the items sent with `tag`."""
+    found = []
+    for record in lines(tmp_path):
+        payload = record.get("payload")
+        if isinstance(payload, dict) and payload.get("tag") == tag:
+            found.append(record)
+    return found
+
+
+def seqs(tmp_path: Path, tag: str) -> Counter[int]:
+    return Counter(int(r["payload"]["seq"]) for r in items(tmp_path, tag))
+
+
+async def kill(engine: Engine) -> None:
+    """As a kill -9 would leave it: the engine cancelled without its orderly stop (nothing
+    handed over is committed), the source's sockets closed (the kernel does that), the
+    store closed (SQLite keeps what was committed)."""
+    task = STOPS.pop(id(engine))
+    await stop_task(task)  # type: ignore[arg-type]
+    for runner in engine.sources.values():
+        await runner.source.close()
+    for sink in engine.sinks.values():
+        await sink.sink.close()
+    await engine.store.close()
+
+
+def failing_commits(engine: Engine) -> Callable[[], None]:
+    """Make every store commit of `engine` fail (the engine retries with backoff, acks
+    nothing); returns the call that heals it."""
+    store = engine.store
+    real = store.commit
+
+    async def refuse(*args: Any, **keys: Any) -> None:
+        raise StoreError("disk I/O error (the contract suite's)")
+
+    store.commit = refuse  # type: ignore[method-assign]
+
+    def heal() -> None:
+        store.commit = real  # type: ignore[method-assign]
+
+    return heal
+
+
+class SourceContract:
+    """The cases every source must pass; see the module docstring for how to plug one in."""
+
+    at_least_once: ClassVar[bool] = False
+
+    @pytest.fixture
+    async def sending(self, producer: Producer) -> AsyncIterator[Producer]:
+        yield producer
+        await producer.close()
+
+    async def wait_confirmed(self, producer: Producer, tag: str) -> None:
+        if await producer.confirmed(tag) is None:
+            return
+        async with asyncio.timeout(30):
+            while not await producer.confirmed(tag):  # noqa: ASYNC110 - the peer's view
+                await asyncio.sleep(0.05)
+
+    def assert_stored(self, tmp_path: Path, tag: str, n: int) -> None:
+        counts = seqs(tmp_path, tag)
+        if self.at_least_once:
+            assert set(counts) == set(range(n))
+        else:
+            assert counts == Counter(range(n))
+
+    # --- the cases ------------------------------------------------------------------------
+
+    async def test_items_reach_the_store(
+        self,
+        tmp_path: Path,
+        run_engine: Any,
+        source_keys: dict[str, Any],
+        sending: Producer,
+        topic_of: Callable[[str, int], str],
+    ) -> None:
+        await run_engine(source_keys)
+        await sending.send("a", 20)
+        await until(lambda: set(seqs(tmp_path, "a")) == set(range(20)))
+        await self.wait_confirmed(sending, "a")
+        stored = items(tmp_path, "a")
+        assert len({r["id"] for r in stored}) == len(stored)
+        assert all(len(r["id"]) == 36 for r in stored)
+        for record in stored:
+            assert record["topic"] == topic_of("a", int(record["payload"]["seq"]))
+        self.assert_stored(tmp_path, "a", 20)
+
+    async def test_acknowledged_only_after_the_commit(
+        self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
+    ) -> None:
+        engine = await run_engine(source_keys)
+        heal = failing_commits(engine)
+        try:
+            await sending.send("b", 10)
+            runner = engine.sources["rows"]
+            await until(lambda: runner.produced >= 10)  # handed over to the engine
+            await asyncio.sleep(0.3)  # a commit attempt (and its failure) happens meanwhile
+            assert await sending.confirmed("b") in (False, None)
+            assert seqs(tmp_path, "b") == Counter()
+        finally:
+            heal()  # else the engine's stop would wait for a commit for ever
+        await until(lambda: set(seqs(tmp_path, "b")) == set(range(10)))
+        await self.wait_confirmed(sending, "b")
+        self.assert_stored(tmp_path, "b", 10)
+
+    async def test_killed_before_the_commit_loses_nothing(
+        self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
+    ) -> None:
+        engine = await run_engine(source_keys)
+        failing_commits(engine)
+        await sending.send("c", 10)
+        await until(lambda: engine.sources["rows"].produced >= 10)
+        await kill(engine)
+        assert seqs(tmp_path, "c") == Counter()
+        await run_engine(source_keys)
+        await until(lambda: set(seqs(tmp_path, "c")) == set(range(10)))
+        await self.wait_confirmed(sending, "c")
+        await asyncio.sleep(0.3)  # a duplicate, if any, would land now
+        self.assert_stored(tmp_path, "c", 10)
+
+    async def test_a_restart_resumes(
+        self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
+    ) -> None:
+        engine = await run_engine(source_keys)
+        await sending.send("d", 10)
+        await until(lambda: set(seqs(tmp_path, "d")) == set(range(10)))
+        await self.wait_confirmed(sending, "d")
+        await stop(engine)
+        await sending.send("e", 10)  # while the gateway is down
+        await run_engine(source_keys)
+        await until(lambda: set(seqs(tmp_path, "e")) == set(range(10)))
+        await self.wait_confirmed(sending, "e")
+        await asyncio.sleep(0.3)
+        self.assert_stored(tmp_path, "d", 10)
+        self.assert_stored(tmp_path, "e", 10)
+
+    async def test_close_is_idempotent_and_quick(self, source_keys: dict[str, Any]) -> None:
+        problems = Problems()
+        config = build_component("source", dict(source_keys), ("sources", "rows"), problems)
+        assert problems.items == []
+        entry = find("source", source_keys["type"])
+        assert entry is not None
+        source: Source = entry.cls(config, Context("rows", "source"))
+        async with asyncio.timeout(10):  # a guard, not a measurement
+            await source.connect()
+            await source.close()
+            await source.close()
+            await source.connect()  # a closed source connects again (a restart)
+            await source.close()

@@ -1,0 +1,227 @@
+"""The http (ingest) source with a real aiohttp client: the source contract, then its own
+answers (401, 413, 415, 400, 404, 405, 503 while the engine takes no input) and that
+nothing of a refused request is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context
+from gateway.sources.http import HttpSource
+from tests.servers import free_port
+from tests.sources.contract import SourceContract
+from tests.sources.engine_run import lines, until
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "contract-token-0123456789"
+
+
+class HttpProducer:
+    """A client that POSTs each item as its own request, all at once, sending again on
+    anything but a 200 (connection refused, 503), as a real client does."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = aiohttp.ClientSession()
+        self.tasks: dict[str, list[asyncio.Task[None]]] = {}
+
+    async def _post(self, tag: str, seq: int) -> None:
+        body = json.dumps({"tag": tag, "seq": seq}).encode()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        while True:
+            try:
+                url = f"{self.url}/ingest/in/{tag}"
+                async with self.session.post(url, data=body, headers=headers) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError):
+                pass
+            await asyncio.sleep(0.1)
+
+    async def send(self, tag: str, n: int) -> None:
+        self.tasks[tag] = [asyncio.ensure_future(self._post(tag, i)) for i in range(n)]
+
+    async def confirmed(self, tag: str) -> bool | None:
+        return all(t.done() for t in self.tasks[tag])
+
+    async def close(self) -> None:
+        for tasks in self.tasks.values():
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.session.close()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+class TestHttpSourceContract(SourceContract):
+    @pytest.fixture
+    def source_keys(self, port: int) -> dict[str, Any]:
+        return {"type": "http", "listen": f"127.0.0.1:{port}", "tokens": [TOKEN]}
+
+    @pytest.fixture
+    async def producer(self, port: int) -> HttpProducer:
+        return HttpProducer(f"http://127.0.0.1:{port}")
+
+    @pytest.fixture
+    def topic_of(self) -> Callable[[str, int], str]:
+        return lambda tag, seq: f"in/{tag}"
+
+
+def make_source(**keys: Any) -> HttpSource:
+    problems = Problems()
+    config = build_component("source", {"type": "http", **keys}, ("sources", "api"), problems)
+    assert problems.items == []
+    return HttpSource(config, Context("api", "source"))
+
+
+@pytest.fixture
+async def ingest(port: int, tmp_path: Path, run_engine: Any) -> AsyncIterator[Callable[..., Any]]:
+    """`await ingest(path, body, headers)` -> (status, JSON answer) against a source in
+    a running engine; out.jsonl holds what was stored."""
+    keys = {
+        "type": "http",
+        "listen": f"127.0.0.1:{port}",
+        "tokens": ["another-token-0123456789", TOKEN],
+        "max_body": "1KiB",
+        "prefix": "api/",
+    }
+    engine = await run_engine(keys)
+    await until(lambda: engine.sources["rows"].state == "running")  # listening
+    session = aiohttp.ClientSession()
+
+    async def call(
+        path: str, body: Any = None, headers: dict[str, str] | None = None, method: str = "POST"
+    ) -> tuple[int, Any]:
+        sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        sent.update(headers or {})
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with session.request(
+            method, f"http://127.0.0.1:{port}{path}", data=data, headers=sent
+        ) as answer:
+            text = await answer.read()
+            assert text.count(b"\n") <= 1  # one line
+            return answer.status, json.loads(text)
+
+    call.engine = engine  # type: ignore[attr-defined]
+    yield call
+    await session.close()
+
+
+async def test_an_object_and_an_array_are_stored_and_answered_with_their_ids(
+    ingest: Any, tmp_path: Path
+) -> None:
+    status, answer = await ingest("/ingest/plant/line%201/temp", {"temp": 21.5})
+    assert status == 200 and answer["stored"] == 1
+    # the answer came after the commit: the record is in the store's sink file by now
+    await until(lambda: len(lines(tmp_path)) == 1)
+    (record,) = lines(tmp_path)
+    assert record["id"] == answer["ids"][0]
+    assert record["topic"] == "api/plant/line 1/temp"
+    assert record["payload"] == {"temp": 21.5}
+    status, answer = await ingest("/ingest/plant/b", [{"i": 1}, {"i": 2}, {"i": 3}])
+    assert status == 200 and answer["stored"] == 3
+    await until(lambda: len(lines(tmp_path)) == 4)
+    assert [r["payload"] for r in lines(tmp_path)[1:]] == [{"i": 1}, {"i": 2}, {"i": 3}]
+    assert (await ingest("/ingest/plant/b", []))[0] == 200
+
+
+async def test_refusals_store_nothing(ingest: Any, tmp_path: Path) -> None:
+    cases = [
+        (401, "/ingest/a", {"x": 1}, {"Authorization": "Bearer wrong-token-0123456789"}),
+        (401, "/ingest/a", {"x": 1}, {"Authorization": ""}),
+        (401, "/ingest/a", {"x": 1}, {"Authorization": f"Basic {TOKEN}"}),
+        (413, "/ingest/a", {"x": "y" * 2000}, {}),
+        (415, "/ingest/a", {"x": 1}, {"Content-Type": "text/plain"}),
+        (400, "/ingest/a", b"{not json", {}),
+        (400, "/ingest/a", b"NaN", {}),
+        (400, "/ingest/a", [{"x": 1}, 2], {}),  # an array with a non-object: none stored
+        (400, "/ingest/a", "text", {}),
+        (400, "/ingest/a/%2B/b", {"x": 1}, {}),
+        (400, "/ingest/a/%23", {"x": 1}, {}),
+        (400, "/ingest/", {"x": 1}, {}),
+        (404, "/other", {"x": 1}, {}),
+    ]
+    for status, path, body, headers in cases:
+        got, answer = await ingest(path, body, headers)
+        assert (got, path) == (status, path)
+        assert isinstance(answer["error"], str) and answer["error"]
+        assert TOKEN not in answer["error"]
+    got, answer = await ingest("/ingest/a", None, method="GET")
+    assert got == 405
+    await asyncio.sleep(0.2)
+    assert lines(tmp_path) == []
+    status = ingest.engine.snapshot().sources["rows"].to_json()
+    assert status["refused"]["401"] == 3 and status["refused"]["400"] == 7
+
+
+async def test_503_with_retry_after_while_the_engine_takes_no_input(port: int) -> None:
+    source = make_source(listen=f"127.0.0.1:{port}", tokens=[TOKEN])
+    source.ctx.accepting = lambda: False  # the engine's gate: store full, overflow: block
+    await source.connect()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/ingest/a",
+                json={"x": 1},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert answer.status == 503
+            assert answer.headers["Retry-After"] == "1"
+    finally:
+        await source.close()
+
+
+async def test_a_request_not_taken_yet_is_answered_503_when_the_source_closes(
+    port: int,
+) -> None:
+    source = make_source(listen=f"127.0.0.1:{port}", tokens=[TOKEN])
+    await source.connect()
+    async with aiohttp.ClientSession() as session:
+        post = asyncio.ensure_future(
+            session.post(
+                f"http://127.0.0.1:{port}/ingest/a",
+                json={"x": 1},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+        )
+        await until(lambda: bool(source._waiting))
+        await source.close()
+        answer = await post
+        assert answer.status == 503
+        assert "nothing of it is stored" in (await answer.json())["error"]
+        answer.release()
+    with contextlib.suppress(Exception):
+        await source.close()
+
+
+def test_keys_are_checked() -> None:
+    def problems(**keys: Any) -> list[str]:
+        found = Problems()
+        build_component("source", {"type": "http", **keys}, ("sources", "api"), found)
+        return [f"{'.'.join(map(str, p))}: {m}" for p, m in found.items]
+
+    assert any("tokens" in p for p in problems())
+    assert problems(tokens=[]) == [
+        "sources.api.tokens: the ingest endpoint needs at least one bearer token"
+    ]
+    assert problems(tokens=["short"]) == [
+        "sources.api.tokens.0: a token needs at least 16 characters and no spaces"
+    ]
+    assert "prefix" in problems(tokens=[TOKEN], prefix="a/#/")[0]
+    assert "listen" in problems(tokens=[TOKEN], listen="nohost")[0]

@@ -1,0 +1,157 @@
+"""The rest (poll) source against a real HTTP API (tests/http_receiver.py serves the JSON
+bodies POSTed to a path back on a GET of it): the source contract (a snapshot poll: at
+least once), then the select paths, topic templates, 4xx and bad answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.schema import Problems, build_component
+from gateway.core.component import Context
+from gateway.core.errors import RetryableError
+from gateway.sources.rest import RestSource, parse_select, select
+from tests import servers
+from tests.sources.contract import SourceContract
+
+pytestmark = pytest.mark.integration
+
+
+def post(receiver: servers.HttpReceiver, path: str, body: Any) -> None:
+    receiver._call("POST", path, body)
+
+
+class ApiProducer:
+    """Adds items to the API's answer: a poll sees them from then on (never confirmed:
+    an API does not learn what was stored)."""
+
+    def __init__(self, receiver: servers.HttpReceiver) -> None:
+        self.receiver = receiver
+
+    async def send(self, tag: str, n: int) -> None:
+        for i in range(n):
+            post(self.receiver, "/feed", {"tag": tag, "seq": i, "device": f"d{i % 2}"})
+
+    async def confirmed(self, tag: str) -> bool | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+class TestRestSourceContract(SourceContract):
+    at_least_once = True  # every poll emits the API's whole answer again
+
+    @pytest.fixture
+    def source_keys(self, http_receiver: servers.HttpReceiver) -> dict[str, Any]:
+        return {
+            "type": "rest",
+            "url": f"{http_receiver.url}/feed",
+            "interval": "100ms",
+            "select": "$.data.readings[*]",
+            "topic": "api/{device}/{tag}",
+        }
+
+    @pytest.fixture
+    def producer(self, http_receiver: servers.HttpReceiver) -> ApiProducer:
+        return ApiProducer(http_receiver)
+
+    @pytest.fixture
+    def topic_of(self) -> Callable[[str, int], str]:
+        return lambda tag, seq: f"api/d{seq % 2}/{tag}"
+
+
+def make_source(**keys: Any) -> RestSource:
+    problems = Problems()
+    config = build_component("source", {"type": "rest", **keys}, ("sources", "api"), problems)
+    assert problems.items == []
+    return RestSource(config, Context("api", "source"))
+
+
+def test_select_paths() -> None:
+    doc = {
+        "data": {"readings": [{"v": 1}, {"v": 2}]},
+        "sites": [{"meters": [1, 2]}, {"meters": [3]}, {"x": 0}],
+        "odd key": {"a": 1},
+    }
+    assert select(doc, parse_select("data.readings")) == [{"v": 1}, {"v": 2}]
+    assert select(doc, parse_select("$.data.readings[*]")) == [{"v": 1}, {"v": 2}]
+    assert select(doc, parse_select("data.readings[-1]")) == [{"v": 2}]
+    assert select(doc, parse_select("sites[*].meters")) == [1, 2, 3]
+    assert select(doc, parse_select('["odd key"].a')) == [1]
+    assert select(doc, parse_select("")) == [doc]
+    assert select(doc, parse_select("$")) == [doc]
+    assert select(doc, parse_select("missing.path")) == []
+    assert select([1, [2, 3]], parse_select("[*]")) == [1, [2, 3]]
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_select("data..x")
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_select("items[x]")
+
+
+async def test_items_topics_and_rejects(http_receiver: servers.HttpReceiver) -> None:
+    post(http_receiver, "/api", {"dev": "a/b", "v": 1})
+    post(http_receiver, "/api", {"v": 2})
+    source = make_source(
+        url=f"{http_receiver.url}/api", select="data.readings", topic="r/{dev}", bearer_token="t"
+    )
+    await source.connect()
+    try:
+        first, second = await source.poll_messages()
+    finally:
+        await source.close()
+    assert first.flowfile.topic == "r/a_b" and first.reject is None
+    assert json.loads(first.flowfile.content) == {"dev": "a/b", "v": 1}
+    assert second.reject is not None and "no field 'dev'" in second.reject
+    (request,) = [r for r in http_receiver.received() if r["path"] == "/api"][:1]
+    assert request["method"] == "POST"  # the GETs are not stored; auth checked below
+
+
+async def test_a_4xx_is_counted_and_logged_once_a_5xx_is_retried(
+    http_receiver: servers.HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = make_source(url=f"{http_receiver.url}/api")
+    await source.connect()
+    try:
+        http_receiver.control(404)
+        with caplog.at_level(logging.WARNING):
+            assert await source.poll_messages() == []
+            assert await source.poll_messages() == []
+        assert source.status()["failures"] == 2
+        assert source.status()["last_status"] == "answered 404 Not Found"
+        assert len([r for r in caplog.records if "404" in r.getMessage()]) == 1
+        http_receiver.control(503)
+        with pytest.raises(RetryableError, match="503"):
+            await source.poll_messages()
+        http_receiver.control(200)
+        assert len(await source.poll_messages()) == 1  # the whole (empty) answer
+        assert source.status()["last_status"] is None
+    finally:
+        await source.close()
+
+
+async def test_an_unreachable_api_is_retryable() -> None:
+    source = make_source(url=f"http://127.0.0.1:{servers.free_port()}/x")
+    await source.connect()
+    try:
+        with pytest.raises(RetryableError, match="failed"):
+            await source.poll_messages()
+    finally:
+        await source.close()
+
+
+def test_keys_are_checked(tmp_path: Path) -> None:
+    def problems(**keys: Any) -> list[str]:
+        found = Problems()
+        build_component("source", {"type": "rest", **keys}, ("sources", "api"), found)
+        return [f"{'.'.join(map(str, p))}: {m}" for p, m in found.items]
+
+    assert problems(url="ftp://x") == ["sources.api.url: must start with http:// or https://"]
+    assert "select" in problems(url="http://h/x", select="a[")[0]
+    assert "topic" in problems(url="http://h/x", topic="r/{a.b}")[0]
+    assert "username" in problems(url="http://h/x", username="u")[0]
