@@ -260,7 +260,10 @@ class NatsSource(Source):
             await self._settle()
             try:
                 msgs = await sub.fetch(self.config.batch, timeout=self.config.wait)
-            except nats_errors.TimeoutError:
+            except TimeoutError:
+                # Nothing within `wait`: nats-py says so with its own TimeoutError or, when
+                # the wait ran out between its two pull requests, asyncio's. A connection
+                # that died shows at the next read (not connected).
                 return []
         except (OSError, TimeoutError, nats_errors.Error) as err:
             await self.close()

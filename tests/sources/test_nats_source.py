@@ -1,11 +1,13 @@
-"""The nats source against the real JetStream cluster: an acknowledgement only after the
-store's commit (what was read and not committed comes again, with the same FlowFile ids),
-and a missing stream (retried; a reload that names one is rolled back)."""
+"""The nats source against the real JetStream cluster: the source contract, an
+acknowledgement only after the store's commit (what was read and not committed comes
+again, with the same FlowFile ids), and a missing stream (retried; a reload that names
+one is rolled back)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,10 @@ from gateway.engine.plan import plan
 from gateway.sources.nats import NatsSource, NatsSourceConfig
 from tests import servers
 from tests.sinks.contract import unique_name
-from tests.sources.engine_run import config_for, lines, run_engine, stop, until
+from tests.sources.contract import SourceContract
+from tests.sources.engine_run import config_for, lines, stop, until
 
 pytestmark = pytest.mark.integration
-
-__all__ = ["run_engine"]
 
 
 def make_source(urls: list[str], stream: str, **keys: Any) -> NatsSource:
@@ -135,3 +136,83 @@ async def test_a_missing_stream_is_retried_and_a_reload_naming_one_rolled_back(
     await engine.apply(old, plan(new, old), check=False)  # the caller rolls back so
     assert engine.sources["rows"].source.config.stream == stream  # type: ignore[attr-defined]
     await stop(engine)
+
+
+class NatsProducer:
+    """Publishes into the test's stream; a tag is confirmed
+    once the consumer's acknowledgement floor reached its last message."""
+
+    def __init__(self, urls: list[str], stream: str, durable: str) -> None:
+        self.urls = urls
+        self.stream = stream
+        self.durable = durable
+        self.last: dict[str, int] = {}
+        self.nc: Any = None
+
+    async def _js(self) -> Any:
+        if self.nc is None:
+            self.nc = await nats.connect(servers=self.urls)
+        return self.nc.jetstream()
+
+    async def send(self, tag: str, n: int) -> None:
+        js = await self._js()
+        for i in range(n):
+            content = json.dumps({"tag": tag, "seq": i}).encode()
+            ack = await js.publish(f"{self.stream.lower()}.{tag}.{i}", content)
+            self.last[tag] = ack.seq
+
+    async def confirmed(self, tag: str) -> bool | None:
+        js = await self._js()
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        return bool(info.ack_floor.stream_seq >= self.last[tag])
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+class TestNatsSourceContract(SourceContract):
+    """A durable pull consumer on a stream of the test's own."""
+
+    @pytest.fixture
+    async def stream(self, nats_cluster: servers.NatsCluster) -> str:
+        name = unique_name().upper()
+        await publish(nats_cluster.urls, name, 0)  # the stream, empty
+        return name
+
+    @pytest.fixture
+    def source_keys(self, nats_cluster: servers.NatsCluster, stream: str) -> dict[str, Any]:
+        return {
+            "type": "nats",
+            "servers": nats_cluster.urls,
+            "stream": stream,
+            "durable": "contract",
+            "wait": "100ms",
+            "ack_wait": "2s",
+            "topic": "fleet/{subject}",
+        }
+
+    @pytest.fixture
+    def producer(self, nats_cluster: servers.NatsCluster, stream: str) -> NatsProducer:
+        return NatsProducer(nats_cluster.urls, stream, "contract")
+
+    @pytest.fixture
+    def topic_of(self, stream: str) -> Callable[[str, int], str]:
+        return lambda tag, seq: f"fleet/{stream.lower()}/{tag}/{seq}"
+
+
+async def test_an_idle_stream_reads_empty_without_dropping_the_connection(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 0)
+    source = make_source(nats_cluster.urls, stream, wait="50ms")
+    await source.connect()
+    try:
+        for _ in range(40):  # each read waits `wait` for nothing: no error, no reconnect
+            assert await source.read() == []
+    finally:
+        await source.close()
