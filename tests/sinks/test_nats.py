@@ -207,7 +207,9 @@ def single_stream_keys(ns: str) -> dict[str, Any]:
     return keys
 
 
-async def assert_delivers(sink_: Callable[[], NatsSink], ns: str, urls: list[str], **tls: Any) -> None:
+async def assert_delivers(
+    sink_: Callable[[], NatsSink], ns: str, urls: list[str], **tls: Any
+) -> None:
     """The sink connects, creates its stream and writes one FlowFile that the stream holds."""
     async with closing(lambda: connected(sink_())) as op:
         sink = await op()

@@ -84,9 +84,7 @@ def test_secrets_are_not_in_the_config_repr() -> None:
     assert "t0ken-secret" not in repr(config)
 
 
-@pytest.mark.parametrize(
-    "topic", ["sensors/line 1/temp.c", "a//b", "x/*/>/100%", "/lead", "plain"]
-)
+@pytest.mark.parametrize("topic", ["sensors/line 1/temp.c", "a//b", "x/*/>/100%", "/lead", "plain"])
 def test_a_subject_the_sink_wrote_reads_back_as_its_topic(topic: str) -> None:
     back = subject_topic(topic_tokens(topic))
     expected = "/".join(level or "_" for level in topic.split("/"))
