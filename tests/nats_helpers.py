@@ -3,6 +3,7 @@ throwaway NKeys for the login tests."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -19,7 +20,19 @@ from nats.js import api as js_api
 
 async def stream_messages(urls: list[str], stream: str, **connect: Any) -> list[Any]:
     """Every message in `stream` (an ephemeral consumer reads it from the start); `connect`
-    goes to `nats.connect` (tls, credentials)."""
+    goes to `nats.connect` (tls, credentials). A JetStream request that times out is asked
+    again for 30 s: after a node was killed, the cluster may still be electing leaders."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await _stream_messages(urls, stream, **connect)
+        except TimeoutError:  # nats-py's, or asyncio's from a fetch
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _stream_messages(urls: list[str], stream: str, **connect: Any) -> list[Any]:
     nc = await nats.connect(servers=urls, **connect)
     try:
         js = nc.jetstream()
@@ -36,7 +49,7 @@ async def stream_messages(urls: list[str], stream: str, **connect: Any) -> list[
         while len(found) < total:
             try:
                 found += await sub.fetch(min(total - len(found), 1000), timeout=5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's or, between its two pull requests, asyncio's
                 break
         await sub.unsubscribe()
         return found

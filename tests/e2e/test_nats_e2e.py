@@ -155,7 +155,7 @@ def test_a_refused_password_stops_the_sink_with_one_clear_line(
     error = status["last_error"]
     assert "refused us: authorization violation" in error and "\n" not in error, error
     errors = status["errors"]
-    time.sleep(2.0)  # it stops for good: no retries
+    time.sleep(1.5)  # it stops for good: no retries (the retry max is 1 s)
     assert gw.sink("fleet")["errors"] == errors
     whole = json.dumps(gw.status())
     assert gw.stop() == 0

@@ -108,7 +108,7 @@ async def test_through_the_engine_committed_messages_are_acknowledged(
     assert len(set(ids)) == 20
     # The same durable consumer finds nothing left: every committed message was acked.
     engine = await run_engine(keys)
-    await asyncio.sleep(2)  # past ack_wait
+    await asyncio.sleep(1.3)  # past ack_wait
     assert len(lines(tmp_path)) == 20
     await stop(engine)
 
@@ -212,7 +212,7 @@ async def test_an_idle_stream_reads_empty_without_dropping_the_connection(
     source = make_source(nats_cluster.urls, stream, wait="50ms")
     await source.connect()
     try:
-        for _ in range(40):  # each read waits `wait` for nothing: no error, no reconnect
+        for _ in range(60):  # each read waits `wait` for nothing: no error, no reconnect
             assert await source.read() == []
     finally:
         await source.close()
