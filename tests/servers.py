@@ -821,6 +821,9 @@ class RabbitMQ(Server):
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
             "RABBITMQ_ALLOW_INPUT": "1",
+            # The prelaunch checks this port, 25672 by default, whatever -kernel says:
+            # without it, a second broker on the machine refuses to start.
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(erl_args),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": self.host,
