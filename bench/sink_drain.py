@@ -5,8 +5,8 @@ buffered, and the sink writes them in batches of --batch, one after another, as 
 engine does. Starts throwaway servers as the tests do (tests/servers.py): MariaDB,
 Redis, Mosquitto with a subscriber (mosquitto_sub, another process) that must
 receive every message, and RabbitMQ (a topic exchange and a durable queue bound by `#`
-that must hold every message; persistent messages, publisher confirms). Prints rows/s and the CPU seconds this process spent per 10k
-rows, for each sink and mode.
+that must hold every message; persistent messages, publisher confirms). Prints rows/s
+and the CPU seconds this process spent per 10k rows, for each sink and mode.
 
 Targets on the project's 2-core machine: MySQL >= 15k rows/s, Redis >= 30k entries/s,
 MQTT >= 10k msg/s, AMQP >= 10k msg/s.
