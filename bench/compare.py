@@ -509,9 +509,13 @@ def main() -> None:
     for name, _ in systems:
         print(line(name, medians[name]))
     es, nr = medians["Edge Stream"], medians["Node-RED"]
+    ratios = [
+        e["msgs_per_s"] / n["msgs_per_s"]
+        for e, n in zip(results["Edge Stream"], results["Node-RED"], strict=True)
+    ]
     print(
         f"Edge Stream / Node-RED: {es['msgs_per_s'] / nr['msgs_per_s']:.2f}x msgs/s"
-        " (target >= 2), "
+        f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x; target >= 2), "
         f"{es['cpu_s_per_10k'] / nr['cpu_s_per_10k']:.2f}x CPU-s per 10k,"
         f" {es['rss_peak_mb'] / nr['rss_peak_mb']:.2f}x RSS peak"
     )
