@@ -128,6 +128,13 @@ class SourceContract:
         yield producer
         await producer.close()
 
+    async def start(self, run_engine: Any, source_keys: dict[str, Any]) -> Engine:
+        """An engine whose source has connected: a peer may keep nothing for a source it
+        has never seen (an MQTT broker queues only for a session that exists)."""
+        engine: Engine = await run_engine(source_keys)
+        await until(lambda: engine.sources["rows"].state == "running")
+        return engine
+
     async def wait_confirmed(self, producer: Producer, tag: str) -> None:
         if await producer.confirmed(tag) is None:
             return
@@ -152,7 +159,7 @@ class SourceContract:
         sending: Producer,
         topic_of: Callable[[str, int], str],
     ) -> None:
-        await run_engine(source_keys)
+        await self.start(run_engine, source_keys)
         await sending.send("a", 20)
         await until(lambda: set(seqs(tmp_path, "a")) == set(range(20)))
         await self.wait_confirmed(sending, "a")
@@ -166,7 +173,7 @@ class SourceContract:
     async def test_acknowledged_only_after_the_commit(
         self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
     ) -> None:
-        engine = await run_engine(source_keys)
+        engine = await self.start(run_engine, source_keys)
         heal = failing_commits(engine)
         try:
             await sending.send("b", 10)
@@ -184,13 +191,13 @@ class SourceContract:
     async def test_killed_before_the_commit_loses_nothing(
         self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
     ) -> None:
-        engine = await run_engine(source_keys)
+        engine = await self.start(run_engine, source_keys)
         failing_commits(engine)
         await sending.send("c", 10)
         await until(lambda: engine.sources["rows"].produced >= 10)
         await kill(engine)
         assert seqs(tmp_path, "c") == Counter()
-        await run_engine(source_keys)
+        await self.start(run_engine, source_keys)
         await until(lambda: set(seqs(tmp_path, "c")) == set(range(10)))
         await self.wait_confirmed(sending, "c")
         await asyncio.sleep(0.3)  # a duplicate, if any, would land now
@@ -199,13 +206,13 @@ class SourceContract:
     async def test_a_restart_resumes(
         self, tmp_path: Path, run_engine: Any, source_keys: dict[str, Any], sending: Producer
     ) -> None:
-        engine = await run_engine(source_keys)
+        engine = await self.start(run_engine, source_keys)
         await sending.send("d", 10)
         await until(lambda: set(seqs(tmp_path, "d")) == set(range(10)))
         await self.wait_confirmed(sending, "d")
         await stop(engine)
         await sending.send("e", 10)  # while the gateway is down
-        await run_engine(source_keys)
+        await self.start(run_engine, source_keys)
         await until(lambda: set(seqs(tmp_path, "e")) == set(range(10)))
         await self.wait_confirmed(sending, "e")
         await asyncio.sleep(0.3)
