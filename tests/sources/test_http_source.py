@@ -141,6 +141,11 @@ async def ingest(ingest_with: Any) -> Callable[..., Any]:
     return two
 
 
+async def test_the_engine_commits_its_requests_without_lingering(ingest_with: Any) -> None:
+    ingest = await ingest_with()
+    assert ingest.engine.ingest.waiters == {"rows"}  # see Ingest.take
+
+
 async def test_an_object_and_an_array_are_stored_and_answered_with_their_ids(
     ingest: Any, tmp_path: Path
 ) -> None:
