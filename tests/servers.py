@@ -1133,6 +1133,11 @@ class HttpReceiver(Server):
         """The requests answered 2xx so far: method, path, raw_path, query, headers, body."""
         return self._call("GET", "/_received")  # type: ignore[no-any-return]
 
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request but /refuse ones, whatever its answer: at (time.monotonic() on
+        arrival), status, path, key (Idempotency-Key)."""
+        return self._call("GET", "/_requests")  # type: ignore[no-any-return]
+
 
 S = TypeVar("S", bound=Server)
 
