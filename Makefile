@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test test-fast faults check lint bench clean preflight image image-test
+.PHONY: help install deps run test test-fast faults check lint bench bench-compare clean preflight image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ check: install ## lint, format check, types
 
 bench: deps install ## run the benchmarks and print the figures
 	$(VENV)/bin/python bench/run.py
+
+bench-compare: deps install ## Edge Stream against Node-RED's batched flow in one run (bench/compare.py)
+	@command -v npm >/dev/null || bash scripts/install-deps npm
+	$(VENV)/bin/python bench/compare.py
 
 preflight: ## check (and set up) what `make image` needs: root, binfmt_misc with qemu-aarch64, tools
 	bash scripts/build-image preflight

@@ -1,16 +1,17 @@
-"""Drain rate of the mysql, redis and mqtt sinks: a backlog of readings written in batches.
+"""Drain rate of the mysql, redis, mqtt and amqp sinks: a backlog of readings written in batches.
 
 As after an outage: --rows FlowFiles (small JSON readings, as sensors send) are already
 buffered, and the sink writes them in batches of --batch, one after another, as the
 engine does. Starts throwaway servers as the tests do (tests/servers.py): MariaDB,
-Redis, and Mosquitto with a subscriber (mosquitto_sub, another process) that must
-receive every message. Prints rows/s and the CPU seconds this process spent per 10k
-rows, for each sink and mode.
+Redis, Mosquitto with a subscriber (mosquitto_sub, another process) that must
+receive every message, and RabbitMQ (a topic exchange and a durable queue bound by `#`
+that must hold every message; persistent messages, publisher confirms). Prints rows/s
+and the CPU seconds this process spent per 10k rows, for each sink and mode.
 
 Targets on the project's 2-core machine: MySQL >= 15k rows/s, Redis >= 30k entries/s,
-MQTT >= 10k msg/s.
+MQTT >= 10k msg/s, AMQP >= 10k msg/s.
 
-Usage: python bench/sink_drain.py [--rows 200000] [--batch 500] [--only mysql,redis,mqtt]
+Usage: python bench/sink_drain.py [--rows 200000] [--batch 500] [--only mysql,redis,mqtt,amqp]
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def main() -> int:
                 out, _ = counter.communicate(timeout=60)
                 received = out.count(b"\n")
                 assert received == rows, f"the subscriber got {received} of {rows}"
+        if "amqp" in only:
+            rabbit = workspace.rabbitmq()
+            print(f"amqp (RabbitMQ on {rabbit.host}:{rabbit.port}, persistent, confirms):")
+            name = f"drain{stamp}"
+            keys = {"type": "amqp", "url": rabbit.url, "exchange": name, "queue": name}
+            asyncio.run(drain("topic exchange, one queue", keys, rows, batch))
+            held = rabbit.depth(name)
+            assert held == rows, f"the queue holds {held} of {rows}"
     finally:
         workspace.close()
     return 0

@@ -9,7 +9,11 @@ So what it stored survives a stop and a start (the outage tests).
 
 POST /_control {"status": 500, "times": 2, "body": "...", "headers": {...}} answers
 the next `times` requests (default: all until changed) with that status, body and headers,
-then 200 again. A path holding `/refuse` is always answered 400 (the contract's bad
+then 200 again. Every request answered so (not the GETs of the feed below, not
+/refuse paths), whatever its status, is also logged to
+FOLDER/requests.jsonl as {"at": time.monotonic() on arrival, "status", "path",
+"key": its Idempotency-Key}; GET /_requests returns them (the Retry-After test reads
+the spacing of the attempts). A path holding `/refuse` is always answered 400 (the contract's bad
 FlowFile). GET of another path answers {"data": {"readings": [...]}}: the JSON
 bodies POSTed to that path so far (an API for the rest source). GET /_received
 returns the stored requests as a JSON array.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from aiohttp import web
 def main() -> None:
     port, folder = int(sys.argv[1]), Path(sys.argv[2])
     store = folder / "received.jsonl"
+    attempts = folder / "requests.jsonl"
     answer: dict[str, Any] = {"status": 200, "times": None, "body": "", "headers": {}}
 
     async def control(request: web.Request) -> web.Response:
@@ -41,6 +47,12 @@ def main() -> None:
         lines = store.read_text().splitlines()
         return web.json_response([json.loads(line) for line in lines])
 
+    async def requests(request: web.Request) -> web.Response:
+        if not attempts.exists():
+            return web.json_response([])
+        lines = attempts.read_text().splitlines()
+        return web.json_response([json.loads(line) for line in lines])
+
     async def feed(request: web.Request) -> web.Response:
         readings = []
         if store.exists():
@@ -51,6 +63,7 @@ def main() -> None:
         return web.json_response({"data": {"readings": readings}})
 
     async def take(request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         if request.method == "GET" and answer["status"] == 200:
             return await feed(request)
         body = await request.read()
@@ -62,6 +75,10 @@ def main() -> None:
             answer["times"] -= 1
             if answer["times"] <= 0:
                 answer.update({"status": 200, "times": None, "body": "", "headers": {}})
+        with attempts.open("a") as f:
+            key = request.headers.get("Idempotency-Key")
+            logged = {"at": arrived, "status": status, "path": request.path, "key": key}
+            f.write(json.dumps(logged) + "\n")
         if 200 <= status < 300:
             record = {
                 "method": request.method,
@@ -78,6 +95,7 @@ def main() -> None:
     app = web.Application(client_max_size=1 << 30)
     app.router.add_post("/_control", control)
     app.router.add_get("/_received", received)
+    app.router.add_get("/_requests", requests)
     app.router.add_route("*", "/{tail:.*}", take)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 

@@ -763,7 +763,9 @@ class RabbitMQ(Server):
     """RabbitMQ (Debian's 3.10) as a private Erlang node: its own node name, AMQP port,
     distribution port and epmd (on a port of its own, started here and stopped with it),
     its own data, log, config and plugins (none) in its folder. Vhost `edge` with user
-    `edge`/`edge-test`, created by the broker on its first boot (`default_user`).
+    `edge`/`edge-test`, created by the broker on its first boot (`default_user`). A TLS
+    listener too (`tls_url`, amqps://), with a test CA (`tls`): it asks for a client
+    certificate and checks one that comes, but takes a client without one.
 
     The broker's script runs `erl` directly (RABBITMQ_ALLOW_INPUT with `-noinput`), so the
     process started is the Erlang VM: SIGTERM is RabbitMQ's clean shutdown, and the
@@ -782,6 +784,12 @@ class RabbitMQ(Server):
         self.epmd_port = free_port()
         self.node = f"es-test-{os.getpid()}-{self.dir.name}@localhost"
         self._epmd: subprocess.Popen[bytes] | None = None
+        self.tls_port = free_port()
+        self.tls = make_pki(self.dir / "tls")
+
+    @property
+    def tls_url(self) -> str:
+        return f"amqps://{self.user}:{self.password}@{self.host}:{self.tls_port}/{self.vhost}"
 
     @property
     def url(self) -> str:
@@ -797,6 +805,12 @@ class RabbitMQ(Server):
         (self.dir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = {self.host}:{self.port}\n"
+            f"listeners.ssl.1 = {self.host}:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca_file}\n"
+            f"ssl_options.certfile = {self.tls.server_cert_file}\n"
+            f"ssl_options.keyfile = {self.tls.server_key_file}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
             f"default_vhost = {self.vhost}\n"
             f"default_user = {self.user}\n"
             f"default_pass = {self.password}\n"
@@ -825,6 +839,9 @@ class RabbitMQ(Server):
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
             "RABBITMQ_ALLOW_INPUT": "1",
+            # The prelaunch checks this port, 25672 by default, whatever -kernel says:
+            # without it, a second broker on the machine refuses to start.
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(erl_args),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": self.host,
@@ -1134,6 +1151,11 @@ class HttpReceiver(Server):
     def received(self) -> list[dict[str, Any]]:
         """The requests answered 2xx so far: method, path, raw_path, query, headers, body."""
         return self._call("GET", "/_received")  # type: ignore[no-any-return]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request but /refuse ones, whatever its answer: at (time.monotonic() on
+        arrival), status, path, key (Idempotency-Key)."""
+        return self._call("GET", "/_requests")  # type: ignore[no-any-return]
 
 
 S = TypeVar("S", bound=Server)

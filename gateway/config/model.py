@@ -110,7 +110,10 @@ class BufferSection:
     ] = 500
     batch_linger: Annotated[
         Duration,
-        Doc("How long a commit waits for more messages to fill its batch."),
+        Doc(
+            "How long a commit waits for more messages to fill its batch (not while only"
+            " senders that wait for the commit, such as HTTP clients, have handed data over)."
+        ),
     ] = 0.005
 
 

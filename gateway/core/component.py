@@ -142,6 +142,10 @@ class Source:
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
     `edge_stream_source_dropped` in /metrics."""
+    waits: ClassVar[bool] = False
+    """True when whoever sent a message is blocked until its commit (an HTTP client
+    waiting for its answer): while only such messages are handed over, the engine
+    commits them without `batch_linger` (see `Ingest.take`)."""
 
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config

@@ -168,6 +168,10 @@ class Engine:
         ctx.position = functools.partial(self.store.position, name)
         ctx.accepting = self.gate.is_set
         source: Source = entry.cls(src_cfg, ctx)
+        if source.waits:
+            self.ingest.waiters.add(name)
+        else:  # a reload may have given the name to another type
+            self.ingest.waiters.discard(name)
         return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
 
     def _build_router(

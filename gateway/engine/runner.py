@@ -71,6 +71,7 @@ class Ingest:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self.waiters: set[str] = set()  # names of the sources whose senders wait (Source.waits)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -116,12 +117,19 @@ class Ingest:
         self, limit: int, linger: float, max_bytes: int = 1 << 62
     ) -> list[tuple[str, Message]]:
         """Wait for at least one item, then give up to `limit` items and `max_bytes`
-        (at least one), lingering to fill."""
+        (at least one), lingering to fill, unless every item waiting was handed over by a
+        source in `waiters`: their senders are blocked until this commit, so lingering
+        would add its time to each answer and gather little (a client sends its next
+        request only after its answer). What such senders send during one commit then
+        goes into the next: batches grow with the load, as in any group commit. A
+        stream (MQTT, a poll) handed over anything: linger as always."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
         if len(self._items) < limit and self.bytes < max_bytes and linger > 0:
-            await self.clock.sleep(linger)
+            waiters = self.waiters
+            if not (waiters and all(item[0] in waiters for item in self._items)):
+                await self.clock.sleep(linger)
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0

@@ -102,22 +102,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import datetime as dt
 import re
 import ssl
 import string
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from aiormq import exceptions as amqp_errors
+from pamqp import commands as spec
 from yarl import URL
 
+from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
@@ -127,25 +126,13 @@ from gateway.core.tls import certificate_refusal, error_chain
 from gateway.mqtt.urls import tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
-_REPLY = re.compile(r"(\d+ )?[A-Z_]+ - ")
 _EXCHANGE_NAME = re.compile(r"[A-Za-z0-9_.:\-]*")
 MAX_KEY_BYTES = 255  # exchange names and routing keys are AMQP short strings
 MAX_BODY_BYTES = 128 << 20  # RabbitMQ's max_message_size, default and upper bound
 
 # Losing the connection or the channel, a broker going down, frames that cannot be
 # sent: the batch goes again after a reconnect.
-LOST = (
-    amqp_errors.AMQPError,
-    amqp_errors.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-)
-
-# aiormq logs a failed connect at ERROR, without saying whose; the sink reports it itself
-# (one line per retry, with its name). Quiet unless someone set that logger on purpose.
-_aiormq_log = logging.getLogger("aiormq.connection")
-if _aiormq_log.level == logging.NOTSET:
-    _aiormq_log.setLevel(logging.CRITICAL)
+LOST = (AmqpError, OSError)
 
 
 def _placeholders(template: str) -> list[str]:
@@ -341,17 +328,32 @@ def _is_json(content: bytes) -> bool:
 
 
 class _ByteWindow:
-    """Admits publishes while their bytes in flight stay under a limit, first come first
-    served (so a batch goes out in its order); one larger than the limit goes alone."""
+    """Admits publishes while their bytes in flight stay under a limit (and their number
+    under `count`, if set), first come first served (so a batch goes out in its order);
+    one larger than the limit goes alone. After `fail(error)`, every waiter, and every
+    later `enter` and `drained`, raises that error."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, count: int = 0) -> None:
         self.limit = limit
+        self.count = count  # 0: no limit on the number
         self.used = 0
+        self.inside = 0
+        self.error: BaseException | None = None
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._empty: asyncio.Future[None] | None = None
+
+    def _admits(self, size: int) -> bool:
+        return not self.inside or (
+            (not self.count or self.inside < self.count) and self.used + size <= self.limit
+        )
 
     async def enter(self, size: int) -> None:
-        if not self._waiting and (self.used == 0 or self.used + size <= self.limit):
+        """Returns at once (without yielding to the loop) when there is room."""
+        if self.error is not None:
+            raise self.error
+        if not self._waiting and self._admits(size):
             self.used += size
+            self.inside += 1
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append((size, waiter))
@@ -367,16 +369,50 @@ class _ByteWindow:
 
     def leave(self, size: int) -> None:
         self.used -= size
+        self.inside -= 1
         while self._waiting:
             size, waiter = self._waiting[0]
             if waiter.cancelled():
                 self._waiting.popleft()
                 continue
-            if self.used and self.used + size > self.limit:
+            if not self._admits(size):
                 return
             self._waiting.popleft()
             self.used += size
+            self.inside += 1
             waiter.set_result(None)
+        if not self.inside and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until nothing is in flight."""
+        while self.inside and self.error is None:
+            self._empty = asyncio.get_running_loop().create_future()
+            await self._empty
+        if self.error is not None:
+            raise self.error
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = error
+        for _, waiter in self._waiting:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiting.clear()
+        if self._empty is not None and not self._empty.done():
+            self._empty.set_exception(error)
+
+
+class _Batch:
+    """The batch being published: its messages awaiting their confirm (delivery tag ->
+    size, in the order sent), the nacks and the returns so far."""
+
+    def __init__(self, window: _ByteWindow) -> None:
+        self.window = window
+        self.sizes: OrderedDict[int, int] = OrderedDict()
+        self.nacked = 0
+        self.returned: list[tuple[str | None, str]] = []  # (message_id, reason)
 
 
 class AmqpSink(Sink):
@@ -397,9 +433,8 @@ class AmqpSink(Sink):
             url = url.with_password(config.password)
         self._url = url
         self.where = _safe_url(config.url)
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
+        self._client: Publisher | None = None
+        self._batch: _Batch | None = None
         self._lock = asyncio.Lock()
         self.unroutable = 0  # messages returned and dropped (unroutable: drop)
 
@@ -425,120 +460,122 @@ class AmqpSink(Sink):
             await self._drop()
 
     async def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        self._channel = self._exchange = None
-        if connection is not None and not connection.is_closed:
-            try:
-                await connection.close()
-            except (*LOST, TimeoutError) as err:
-                self.ctx.log.debug("closing the broken connection failed: %s", err)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
-    def _usable(self) -> AbstractExchange | None:
-        if (
-            self._exchange is None
-            or self._channel is None
-            or self._channel.is_closed
-            or self._connection is None
-            or self._connection.is_closed
-        ):
-            return None
-        return self._exchange
-
-    async def _open(self, permanent: type[Exception] = RetryableError) -> AbstractExchange:
-        """The exchange on a live channel, connected now if need be. From write(), a refusal
-        is retried: the operator may fix the password or the permissions while data waits."""
-        exchange = self._usable()
-        if exchange is not None:
-            return exchange
+    async def _open(self, permanent: type[Exception] = RetryableError) -> Publisher:
+        """A live connection, made now if need be. From write(), a refusal is retried: the
+        operator may fix the password or the permissions while data waits."""
+        client = self._client
+        if client is not None and not client.closing():
+            return client
         await self._drop()
         cfg = self.config
+        url = self._url
         context: ssl.SSLContext | None = None
-        if self._url.scheme == "amqps":
+        if url.scheme == "amqps":
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
             except OSError as err:  # ssl.SSLError included
                 raise permanent(
                     f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
                 ) from err
-        connection: AbstractConnection | None = None
+        client = Publisher(on_confirm=self._confirmed, on_return=self._returned, on_lost=self._lost)
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                connection = await aio_pika.connect(
-                    self._url,
-                    ssl_context=context,
+                await client.open(
+                    url.host or "",
+                    url.explicit_port or (5671 if context else 5672),
+                    vhost=vhost_of(url.raw_path),
+                    username=url.user or "guest",
+                    password=url.password or "guest",
+                    tls=context,
                     client_properties={
                         "connection_name": f"edge-stream {self.ctx.gateway_id} {self.ctx.name}"
                     },
                 )
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                exchange = await self._prepare(channel)
+                await self._prepare(client)
         except TimeoutError as err:
-            await _abandon(connection)
+            client.abort()
             raise RetryableError(
                 f"no answer from {self.where} within {cfg.connect_timeout:g}s"
             ) from err
-        except (*LOST, ValueError) as err:
-            await _abandon(connection)
+        except LOST as err:
+            client.abort()
             refusal = self._refusal(err)
             if refusal is not None:
                 raise permanent(f"{self.where} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to {self.where}: {_reason(err)}") from err
-        self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._client = client
         self.ctx.log.info("connected to %s, exchange %r", self.where, self.exchange_name)
-        return exchange
+        return client
 
-    async def _prepare(self, channel: AbstractChannel) -> AbstractExchange:
+    async def _prepare(self, client: Publisher) -> None:
         cfg = self.config
         name = self.exchange_name
-        exchange: AbstractExchange
-        if not name:
-            exchange = channel.default_exchange
-        elif cfg.declare:
-            exchange = await channel.declare_exchange(
-                name, type=aio_pika.ExchangeType(cfg.exchange_type), durable=cfg.durable
+        if name:  # "" is the default exchange: always there, never declared
+            declare = spec.Exchange.Declare(
+                exchange=name,
+                exchange_type=cfg.exchange_type,
+                durable=cfg.durable,
+                passive=not cfg.declare,  # declare: false: it must exist
             )
-        else:
-            exchange = await channel.get_exchange(name, ensure=True)  # passive: must exist
+            await client.call(declare, spec.Exchange.DeclareOk)
         if cfg.queue is not None:
-            queue = await channel.declare_queue(cfg.queue, durable=True)
+            await client.call(
+                spec.Queue.Declare(queue=cfg.queue, durable=True), spec.Queue.DeclareOk
+            )
             if name:
-                await queue.bind(exchange, routing_key=cfg.binding_key)
-        return exchange
+                bind = spec.Queue.Bind(queue=cfg.queue, exchange=name, routing_key=cfg.binding_key)
+                await client.call(bind, spec.Queue.BindOk)
 
     def _refusal(self, err: BaseException) -> str | None:
         """What in `err` says the broker refuses us until an operator acts, or None."""
         for cause in error_chain(err):
-            if isinstance(cause, amqp_errors.ProbableAuthenticationError):
-                return f"{_reason(cause)} (check username and password)"
-            if isinstance(cause, amqp_errors.AuthenticationError):
-                return f"{_reason(cause)} (no common login mechanism)"
-            if isinstance(cause, amqp_errors.ConnectionNotAllowed) or (
-                # aiormq 7 reports the broker's Connection.Close in answer to
-                # Connection.Open (530 NOT_ALLOWED) as an unexpected frame, its text lost.
-                isinstance(cause, amqp_errors.InvalidFrameError)
-                and "Connection.OpenOk" in str(cause)
-                and "Connection.Close" in str(cause)
-            ):
-                return (
-                    f"no access to the vhost {self._url.path[1:] or '/'!r} (check the URL's"
-                    " vhost, and the user's permissions on it)"
-                )
-            if isinstance(cause, amqp_errors.ChannelAccessRefused):
-                return (
-                    f"{_reason(cause)} (grant the user the permission, or declare the"
-                    " exchange and queue on the broker and set declare: false)"
-                )
-            if isinstance(cause, amqp_errors.ChannelNotFoundEntity):
-                return f"{_reason(cause)} (create it, or set declare: true)"
-            if isinstance(cause, amqp_errors.ChannelPreconditionFailed):
-                return (
-                    f"{_reason(cause)} (it exists with other settings: match exchange_type"
-                    " and durable to it, or set declare: false)"
-                )
+            if isinstance(cause, BrokerClosed):
+                refusal = _REFUSALS.get((cause.scope, cause.code))
+                if refusal is None:
+                    return None  # the broker shutting down (320), an error of its own ...
+                if cause.code == 530:
+                    refusal = refusal.format(vhost=vhost_of(self._url.raw_path))
+                return f"{_reason(cause)} ({refusal})"
+            if isinstance(cause, LoginRefused):
+                return f"{cause} (no common login mechanism)"
             refusal = certificate_refusal(cause, "cert_file and key_file")
             if refusal:
                 return refusal
         return None
+
+    # --- confirms, returns (called by the client as frames come in) -----------------------
+
+    def _confirmed(self, tag: int, multiple: bool, ack: bool) -> None:
+        state = self._batch
+        if state is None:
+            return
+        sizes, leave = state.sizes, state.window.leave
+        if multiple:
+            while sizes:
+                first = next(iter(sizes))
+                if first > tag:
+                    break
+                leave(sizes.pop(first))
+                if not ack:
+                    state.nacked += 1
+        else:
+            size = sizes.pop(tag, None)
+            if size is not None:
+                leave(size)
+                if not ack:
+                    state.nacked += 1
+
+    def _returned(self, code: int, text: str, message_id: str | None) -> None:
+        if self._batch is not None:
+            self._batch.returned.append((message_id, f"{code} {text}"))
+
+    def _lost(self, error: BaseException) -> None:
+        if self._batch is not None:
+            self._batch.window.fail(error)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -554,10 +591,10 @@ class AmqpSink(Sink):
         if not batch:
             return []
         async with self._lock:
-            exchange = await self._open()
+            client = await self._open()
             try:
                 async with asyncio.timeout(self.config.timeout):
-                    return await self._publish(exchange, batch)
+                    return await self._publish(client, batch)
             except TimeoutError as err:
                 await self._drop()
                 raise RetryableError(
@@ -571,70 +608,54 @@ class AmqpSink(Sink):
                     " (at least once)"
                 ) from err
 
-    async def _publish(self, exchange: AbstractExchange, batch: list[FlowFile]) -> list[Rejected]:
+    async def _publish(self, client: Publisher, batch: list[FlowFile]) -> list[Rejected]:
         cfg = self.config
+        exchange = self.exchange_name
         gateway = self.ctx.gateway_id
         rejected: list[Rejected] = []
-        returned: list[tuple[int, str]] = []
-        nacked: list[str] = []
-        lost: list[BaseException] = []
-        window = _ByteWindow(cfg.max_inflight_bytes)
-        pending = iter(range(len(batch)))
-        persistent = aio_pika.DeliveryMode.PERSISTENT
-
-        async def worker() -> None:
-            # Each worker takes the next FlowFile of the batch: at most max_inflight
-            # publishes wait for their confirm, one per worker.
-            for position in pending:
-                if lost:
-                    return
-                ff = batch[position]
+        window = _ByteWindow(cfg.max_inflight_bytes, cfg.max_inflight)
+        state = self._batch = _Batch(window)
+        sizes = state.sizes
+        properties = spec.Basic.Properties
+        try:
+            # Publishes go out as the window admits them: those queued in one turn of the
+            # event loop in one socket write (the client corks them), the next ones as
+            # confirms make room.
+            for ff in batch:
                 key = self._routing_key(ff.topic)
                 problem = _message_problem(key, ff)
                 if problem is not None:
                     rejected.append(Rejected(ff, f"amqp: {problem}"))
                     continue
-                headers: dict[str, Any] = {
-                    **ff.attributes,
-                    "topic": ff.topic,
-                    "ts": _ts(ff.created),
-                }
-                message = aio_pika.Message(
-                    ff.content,
-                    headers=headers,
-                    content_type="application/json" if _is_json(ff.content) else None,
-                    delivery_mode=persistent,
+                content = ff.content
+                created = ff.created
+                props = properties(
+                    content_type="application/json" if _is_json(content) else None,
+                    delivery_mode=2,  # persistent
                     message_id=ff.id,
-                    timestamp=ff.created // 1_000_000_000,
+                    timestamp=_timestamp(created),
                     app_id=gateway,
+                    headers={**ff.attributes, "topic": ff.topic, "ts": _ts(created)},
                 )
-                size = len(ff.content)
+                size = len(content)
                 await window.enter(size)
-                try:
-                    await exchange.publish(message, key, mandatory=True)
-                except amqp_errors.PublishError as err:
-                    returned.append((position, _return_reason(err)))
-                except amqp_errors.DeliveryError as err:
-                    nacked.append(_reason(err))
-                except LOST as err:
-                    lost.append(err)
-                    return
-                finally:
-                    window.leave(size)
-
-        workers = min(cfg.max_inflight, len(batch))
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(worker())
-        if lost:
-            raise lost[0]
-        if nacked:
+                sizes[client.publish(exchange, key, content, props)] = size
+            await window.drained()
+        finally:
+            self._batch = None
+        if state.nacked:
             raise RetryableError(
-                f"{self.where} refused {len(nacked)} of {len(batch)} messages for now (nack:"
-                f" {nacked[0]}); the batch will be sent again (at least once)"
+                f"{self.where} refused {state.nacked} of {len(batch)} messages for now (nack:"
+                " a queue full with overflow reject-publish, or an error of the broker's);"
+                " the batch will be sent again (at least once)"
             )
-        if returned:
-            returned.sort()
+        if state.returned:
+            positions = {ff.id: position for position, ff in enumerate(batch)}
+            returned = sorted(
+                (positions[message_id], reason)
+                for message_id, reason in state.returned
+                if message_id in positions
+            )
             if cfg.unroutable == "drop":
                 self.unroutable += len(returned)
                 self.ctx.log.warning(
@@ -656,6 +677,30 @@ class AmqpSink(Sink):
         return rejected
 
 
+# Reply codes by which the broker refuses us until an operator acts (a missing
+# permission, a wrong password ...), and what to do about each. Others (320 the broker
+# shutting down, 541 an internal error) are retried.
+_REFUSALS = {
+    ("connection", 403): "check username and password",
+    ("connection", 530): (
+        "no access to the vhost {vhost!r} (check the URL's vhost, and the user's permissions on it)"
+    ),
+    ("channel", 403): (
+        "grant the user the permission, or declare the exchange and queue on the broker and"
+        " set declare: false"
+    ),
+    ("channel", 404): "create it, or set declare: true",
+    ("channel", 406): (
+        "it exists with other settings: match exchange_type and durable to it, or set"
+        " declare: false"
+    ),
+}
+
+
+def _timestamp(created_ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(created_ns // 1_000_000_000, dt.UTC)
+
+
 def _message_problem(key: str, ff: FlowFile) -> str | None:
     try:
         key_bytes = len(key.encode())
@@ -668,25 +713,9 @@ def _message_problem(key: str, ff: FlowFile) -> str | None:
     return None
 
 
-def _return_reason(err: amqp_errors.PublishError) -> str:
-    frame = err.frame
-    code, text = getattr(frame, "reply_code", None), getattr(frame, "reply_text", None)
-    return f"{code} {text}" if code is not None else "returned"
-
-
 def _reason(err: BaseException) -> str:
-    """A short text for an aiormq error (their str() is the bare args tuple)."""
-    if isinstance(err, amqp_errors.DeliveryError) and err.frame is not None:
-        return type(err.frame).__name__
-    if isinstance(err, amqp_errors.AMQPError):
-        text = " ".join(str(a) for a in err.args if a is not None and a != "")
-        if _REPLY.match(text):
-            return text  # the broker's own words: "ACCESS_REFUSED - Login was refused ..."
-        return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    """A short text for an error: the broker's own words when it closed on us
+    ("ACCESS_REFUSED - Login was refused ...")."""
+    if isinstance(err, BrokerClosed):
+        return err.text or f"the broker closed the {err.scope} ({err.code})"
     return str(err) or type(err).__name__
-
-
-async def _abandon(connection: AbstractConnection | None) -> None:
-    if connection is not None and not connection.is_closed:
-        with contextlib.suppress(*LOST, TimeoutError):
-            await connection.close()

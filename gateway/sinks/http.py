@@ -18,10 +18,12 @@ larger than that is dead-lettered.
 Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
 `<first id>..<last id>` of the FlowFiles in the request (batch mode). Delivery is
 **at least once**: a request whose answer was lost (a timeout, a connection cut,
-a gateway killed before it moved its cursor) is sent again with the same key and
-body, and a batch retried after a failure part-way sends its earlier requests again.
-A receiver that must not see a FlowFile twice dedupes by the key (batch mode: by
-the `id` of each element).
+a gateway killed before it moved its cursor) is sent again, and a batch retried
+after a failure part-way sends its earlier requests again. In each mode a FlowFile
+comes again with the same key and body; in batch mode a batch read again may hold
+more FlowFiles than the first try (what arrived meanwhile), so its key and body can
+differ. A receiver that must not see a FlowFile twice dedupes by the key (each
+mode) or by the `id` of each element (batch mode).
 
 Answers: 2xx is delivered. 408, 429, 5xx, a connection refused or cut and a
 timeout are retried later, with the engine's backoff (a `Retry-After` of a 429 or

@@ -25,6 +25,13 @@ request is stored:
        is answered 503 too; it may still be stored, so sending it again may
        store it twice (at least once).
 
+Throughput: each client waits for its answer, so lingering to fill a batch
+(`buffer.batch_linger`) would only delay it. While nothing but HTTP requests waits for
+the commit, the engine commits at once; the requests that arrive during one commit go
+together in the next. A stream (an MQTT source) handing data over at the same time
+brings the linger back for that batch. For more requests per second, send from more
+clients at once, or send arrays (one request, one commit, many FlowFiles).
+
 The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
 `tls_key` (HTTPS), or put a reverse proxy in front. Tokens may be `ENC(...)`
@@ -174,6 +181,7 @@ class HttpSource(Source):
 
     Config = HttpSourceConfig
     mode = "stream"
+    waits = True  # each client waits for its answer: commit without lingering
 
     def __init__(self, config: HttpSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

@@ -28,6 +28,7 @@ import asyncpg
 import paho.mqtt.client as paho
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -101,14 +102,24 @@ def find(driver: WebDriver, css: str, timeout: float = 15) -> WebElement:
 
 
 def text(driver: WebDriver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    """The first match's text; the page redraws as data streams in, so an element found
+    may be replaced before its text is read: then look it up again."""
+    for _ in range(5):
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
+    return ""
 
 
 def row(driver: WebDriver, tbody: str, key: str) -> WebElement | None:
     for tr in driver.find_elements(By.CSS_SELECTOR, f"#{tbody} tr"):
-        if tr.get_attribute("data-key") == key:
-            return tr
+        try:
+            if tr.get_attribute("data-key") == key:
+                return tr
+        except StaleElementReferenceException:  # redrawn meanwhile: the caller polls again
+            return None
     return None
 
 

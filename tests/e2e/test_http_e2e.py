@@ -92,3 +92,43 @@ def test_ingest_is_durable_and_the_webhook_delivers(
     assert TOKEN not in gw.log_path.read_text()
     assert TOKEN not in json.dumps(gw.get("/api/config"))  # the config view masks `tokens`
     assert gw.stop() == 0
+
+
+def test_the_webhook_waits_as_long_as_retry_after_says(
+    gateway_factory: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    """A 429 with Retry-After: 2, then a 503 with Retry-After: 1: the sink's own backoff
+    (100 ms) would come back much sooner; the receiver's log shows each retry came at
+    least that long after the refused attempt, with the same Idempotency-Key, and then
+    everything arrived."""
+    port = free_port()
+    gw = gateway_factory(
+        {
+            "sources": {"api": {"type": "http", "listen": f"127.0.0.1:{port}", "tokens": [TOKEN]}},
+            "routes": {"all": {"match": "#", "sinks": ["hook"]}},
+            "sinks": {
+                "hook": {
+                    "type": "http",
+                    "url": f"{http_receiver.url}/in",
+                    "retry": {"initial": "100ms", "max": "10s"},
+                }
+            },
+        }
+    )
+    gw.start()
+    http_receiver.control(429, times=1, headers={"Retry-After": "2"})
+    status, answer = post(port, "/ingest/plant/r", b'[{"r": 1}, {"r": 2}, {"r": 3}]')
+    assert status == 200, answer
+    wait_for(lambda: http_receiver.requests(), 30, "the first attempt")
+    http_receiver.control(503, times=1, headers={"Retry-After": "1"})
+    wait_for(lambda: set(received_ids(http_receiver)) >= set(answer["ids"]), 30, "the batch")
+    first, second, third = http_receiver.requests()
+    assert [first["status"], second["status"], third["status"]] == [429, 503, 200]
+    assert second["at"] - first["at"] >= 2.0
+    assert third["at"] - second["at"] >= 1.0
+    assert (
+        first["key"] == second["key"] == third["key"] == f"{answer['ids'][0]}..{answer['ids'][2]}"
+    )
+    assert received_ids(http_receiver) == answer["ids"]
+    assert "retry after 2 s" in gw.log_path.read_text()
+    assert gw.stop() == 0

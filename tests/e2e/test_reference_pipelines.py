@@ -141,23 +141,36 @@ def expected_rows() -> list[tuple[Any, ...]]:
 
 
 class Feeder(threading.Thread):
-    """XADDs readings[first:last] in small chunks, a little at a time."""
+    """XADDs readings[first:last] in small chunks, a little at a time, up to `limit`: the
+    test raises it stage by stage, so a kill always finds the feeder paused mid-stream
+    with minutes still open, however slow the machine."""
 
     def __init__(self, url: str, key: str, first: int, last: int) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(url)
         self.key, self.first, self.last = key, first, last
         self.sent = first
+        self.limit = last
+        self.raised = threading.Event()
         self.error: BaseException | None = None
+
+    def feed_up_to(self, limit: int) -> None:
+        self.limit = limit
+        self.raised.set()
 
     def run(self) -> None:
         try:
             while self.sent < self.last:
+                if self.sent >= self.limit:
+                    self.raised.wait(1.0)
+                    self.raised.clear()
+                    continue
                 pipe = self.client.pipeline(transaction=False)
-                for i in range(self.sent, min(self.sent + 10, self.last)):
+                end = min(self.sent + 10, self.limit)
+                for i in range(self.sent, end):
                     pipe.xadd(self.key, reading(i))  # type: ignore[arg-type]
                 pipe.execute()
-                self.sent = min(self.sent + 10, self.last)
+                self.sent = end
                 time.sleep(0.02)
         except BaseException as err:
             self.error = err
@@ -176,6 +189,8 @@ def aggregation_run(
     gw = gateway_factory(config)
     gw.start()
     feeder = Feeder(redis_url, key, 0, READINGS)
+    stage = READINGS // (kills + 1)
+    feeder.limit = stage
     feeder.start()
 
     def rows() -> list[tuple[Any, ...]]:
@@ -188,11 +203,14 @@ def aggregation_run(
             return []
 
     for k in range(kills):
-        # kill while readings are still coming: minutes done, the current ones open
-        wait_for(lambda k=k: len(rows()) >= 6 * (k + 1), 60, f"{6 * (k + 1)} minute rows")
-        assert feeder.sent < READINGS, "the feeder finished before the kill"
+        # kill mid-stream: the feeder paused at the end of this stage, its minutes done
+        # but the last (within the allowed lateness), the current ones open
+        done = DEVICES * (stage * (k + 1) // 120 - 1)  # 120 readings a minute
+        wait_for(lambda done=done: len(rows()) >= done, 60, f"{done} minute rows")
         gw.kill()
         gw.start()
+        feeder.feed_up_to(READINGS if k == kills - 1 else stage * (k + 2))
+    feeder.feed_up_to(READINGS)
     feeder.join(120)
     assert feeder.error is None and feeder.sent == READINGS
     Feeder(redis_url, key, READINGS, READINGS).client.xadd(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config.model import BatchSettings, SinkConfig
+from gateway.core.clock import Clock
 from gateway.core.component import Context, Message, Rejected, Sink
 from gateway.core.flowfile import FlowFile
 from gateway.engine.runner import Ingest, SinkRunner, message_bytes
@@ -39,6 +40,32 @@ async def test_ingest_holds_at_most_its_bytes_and_always_one_message() -> None:
     huge = Ingest(capacity=1000, max_bytes=1000)
     assert huge.offer("s", msg(5000)) and not huge.offer("s", msg(1))
     assert len(await huge.take(100, 0, max_bytes=10)) == 1 and huge.bytes == 0
+
+
+class Sleeps(Clock):
+    """A clock that records the sleeps asked of it (and sleeps none)."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+async def test_ingest_lingers_unless_only_senders_that_wait_handed_over() -> None:
+    clock = Sleeps()
+    ingest = Ingest(capacity=1000, clock=clock)
+    ingest.waiters.add("api")  # an http source: each client waits for its commit
+    await ingest.put("api", [msg(10), msg(10)])
+    assert len(await ingest.take(100, 0.005)) == 2
+    assert clock.sleeps == [], "nobody who handed these over can add more: commit at once"
+    await ingest.put("api", [msg(10)])
+    assert ingest.offer("plant", msg(10))  # an MQTT stream handed something over too
+    assert len(await ingest.take(100, 0.005)) == 2
+    assert clock.sleeps == [0.005]
+    ingest.offer("plant", msg(10))  # a stream alone, as without any waiting source
+    assert len(await ingest.take(100, 0.005)) == 1
+    assert clock.sleeps == [0.005, 0.005]
 
 
 class Recording(Sink):

@@ -169,6 +169,19 @@ async def test_a_batch_keeps_its_order_with_a_small_window(
     assert [body for _, body in found] == [ff.content for ff in batch]
 
 
+async def test_a_message_larger_than_a_frame_and_an_empty_one(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # RabbitMQ's frames are at most 128 KiB: 300 kB goes as three body frames; an empty
+    # message has none.
+    sink = await sink_for()
+    big = FlowFile.create("plant/a", bytes(range(256)) * 1200)
+    empty = FlowFile.create("plant/b", b"")
+    assert await sink.write([big, empty]) == []
+    found = rabbitmq.messages(ns)
+    assert found == [(big.id, big.content), (empty.id, b"")]
+
+
 async def test_unroutable_drop_counts_and_delivers_the_rest(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:
@@ -256,6 +269,30 @@ async def test_a_vhost_without_access_is_refused_for_good(rabbitmq: Any) -> None
     with pytest.raises(PermanentError, match="refused us") as refused:
         await sink.connect()
     assert rabbitmq.password not in str(refused.value)
+    await sink.close()
+
+
+async def test_amqps_with_the_ca_and_a_client_certificate(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    tls = rabbitmq.tls
+    sink = await sink_for(
+        url=rabbitmq.tls_url,
+        ca_file=str(tls.ca_file),
+        cert_file=str(tls.cert_file),
+        key_file=str(tls.key_file),
+    )
+    batch = [FlowFile.create("plant/a", json.dumps({"seq": i}).encode()) for i in range(3)]
+    assert await sink.write(batch) == []
+    assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch]
+
+
+async def test_amqps_without_the_ca_is_refused_for_good(rabbitmq: Any, ns: str) -> None:
+    sink = make_sink(rabbitmq.tls_url, exchange=ns)  # the system's CAs: not the test CA
+    with pytest.raises(PermanentError, match=r"refused us: .*not trusted.*check ca_file") as err:
+        await sink.connect()
+    assert rabbitmq.password not in str(err.value)
+    assert "\n" not in str(err.value)
     await sink.close()
 
 

@@ -153,3 +153,30 @@ async def test_a_cancelled_waiter_leaves_the_window_consistent() -> None:
     assert window.used == 0
     await window.enter(10)
     assert window.used == 10
+
+
+async def test_the_window_bounds_the_number_in_flight_too() -> None:
+    window = _ByteWindow(1000, count=2)
+    await window.enter(1)
+    await window.enter(1)
+    third = asyncio.ensure_future(window.enter(1))
+    await asyncio.sleep(0)
+    assert not third.done()  # two in flight: the third waits, though bytes are free
+    window.leave(1)
+    await third
+    assert (window.inside, window.used) == (2, 2)
+
+
+async def test_a_failed_window_wakes_its_waiters_with_the_error() -> None:
+    window = _ByteWindow(10)
+    await window.enter(10)
+    waiting = asyncio.ensure_future(window.enter(5))
+    drained = asyncio.ensure_future(window.drained())
+    await asyncio.sleep(0)
+    lost = ConnectionResetError("the broker closed the connection")
+    window.fail(lost)
+    for future in (waiting, drained):
+        with pytest.raises(ConnectionResetError):
+            await future
+    with pytest.raises(ConnectionResetError):
+        await window.enter(1)  # nothing more goes out on a lost connection

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.sources.http import HttpSource
 from tests.servers import free_port
-from tests.sources.contract import SourceContract
+from tests.sources.contract import SourceContract, failing_commits
 from tests.sources.engine_run import lines, until
 
 pytestmark = pytest.mark.integration
@@ -89,36 +90,60 @@ def make_source(**keys: Any) -> HttpSource:
 
 
 @pytest.fixture
-async def ingest(port: int, tmp_path: Path, run_engine: Any) -> AsyncIterator[Callable[..., Any]]:
-    """`await ingest(path, body, headers)` -> (status, JSON answer) against a source in
-    a running engine; out.jsonl holds what was stored."""
-    keys = {
-        "type": "http",
-        "listen": f"127.0.0.1:{port}",
-        "tokens": ["another-token-0123456789", TOKEN],
-        "max_body": "1KiB",
-        "prefix": "api/",
-    }
-    engine = await run_engine(keys)
-    await until(lambda: engine.sources["rows"].state == "running")  # listening
+async def ingest_with(port: int, run_engine: Any) -> AsyncIterator[Callable[..., Any]]:
+    """`ingest = await ingest_with(**keys)`: then `await ingest(path, body, headers)` ->
+    (status, JSON answer, headers) against a source with those keys in a running engine
+    (`ingest.engine`); out.jsonl holds what was stored. A body of bytes is sent as it is,
+    an async iterator of bytes chunked (no Content-Length), anything else as JSON."""
     session = aiohttp.ClientSession()
 
-    async def call(
-        path: str, body: Any = None, headers: dict[str, str] | None = None, method: str = "POST"
-    ) -> tuple[int, Any]:
-        sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        sent.update(headers or {})
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        async with session.request(
-            method, f"http://127.0.0.1:{port}{path}", data=data, headers=sent
-        ) as answer:
-            text = await answer.read()
-            assert text.count(b"\n") <= 1  # one line
-            return answer.status, json.loads(text)
+    async def start(**more: Any) -> Callable[..., Any]:
+        keys = {"type": "http", "listen": f"127.0.0.1:{port}", "tokens": [TOKEN], **more}
+        engine = await run_engine(keys)
+        await until(lambda: engine.sources["rows"].state == "running")  # listening
 
-    call.engine = engine  # type: ignore[attr-defined]
-    yield call
+        async def call(
+            path: str,
+            body: Any = None,
+            headers: dict[str, str] | None = None,
+            method: str = "POST",
+        ) -> tuple[int, Any, Any]:
+            sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            sent.update(headers or {})
+            data = body if isinstance(body, bytes | AsyncIterator) else json.dumps(body).encode()
+            async with session.request(
+                method, f"http://127.0.0.1:{port}{path}", data=data, headers=sent
+            ) as answer:
+                text = await answer.read()
+                assert text.count(b"\n") <= 1  # one line
+                return answer.status, json.loads(text), answer.headers
+
+        call.engine = engine  # type: ignore[attr-defined]
+        return call
+
+    yield start
     await session.close()
+
+
+@pytest.fixture
+async def ingest(ingest_with: Any) -> Callable[..., Any]:
+    """`await ingest(path, body, headers)` -> (status, JSON answer) against a source in
+    a running engine (max_body 1KiB, prefix api/); out.jsonl holds what was stored."""
+    call = await ingest_with(
+        tokens=["another-token-0123456789", TOKEN], max_body="1KiB", prefix="api/"
+    )
+
+    async def two(*args: Any, **keys: Any) -> tuple[int, Any]:
+        status, answer, _ = await call(*args, **keys)
+        return status, answer
+
+    two.engine = call.engine  # type: ignore[attr-defined]
+    return two
+
+
+async def test_the_engine_commits_its_requests_without_lingering(ingest_with: Any) -> None:
+    ingest = await ingest_with()
+    assert ingest.engine.ingest.waiters == {"rows"}  # see Ingest.take
 
 
 async def test_an_object_and_an_array_are_stored_and_answered_with_their_ids(
@@ -225,3 +250,98 @@ def test_keys_are_checked() -> None:
     ]
     assert "prefix" in problems(tokens=[TOKEN], prefix="a/#/")[0]
     assert "listen" in problems(tokens=[TOKEN], listen="nohost")[0]
+
+
+def of_size(n: int, tag: str = "x") -> bytes:
+    """A JSON object of exactly `n` bytes: {"tag":"x","pad":"yyy..."}."""
+    head = json.dumps({"tag": tag, "pad": ""}, separators=(",", ":")).encode()
+    body = head[:-2] + b"y" * (n - len(head)) + b'"}'
+    assert len(body) == n
+    return body
+
+
+async def chunked(body: bytes) -> AsyncIterator[bytes]:
+    """`body` in two chunks: sent with Transfer-Encoding: chunked, no Content-Length."""
+    yield body[:10]
+    yield body[10:]
+
+
+def tags(tmp_path: Path) -> Counter[str]:
+    return Counter(r["payload"]["tag"] for r in lines(tmp_path))
+
+
+async def test_a_body_of_max_body_bytes_is_taken_one_byte_more_is_413(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    ingest = await ingest_with(max_body="1KiB")
+    for send in (lambda b: b, chunked):  # with a Content-Length, and chunked without
+        status, answer, _ = await ingest("/ingest/a", send(of_size(1024, "at")))
+        assert status == 200, answer
+        status, answer, _ = await ingest("/ingest/a", send(of_size(1025, "over")))
+        assert status == 413 and "1024 bytes" in answer["error"]
+    await until(lambda: len(lines(tmp_path)) == 2)
+    await asyncio.sleep(0.2)
+    assert tags(tmp_path) == Counter({"at": 2})
+    assert [len(json.dumps(r["payload"], separators=(",", ":"))) for r in lines(tmp_path)] == [
+        1024,
+        1024,
+    ]
+
+
+async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    ingest = await ingest_with(max_requests=2)
+    engine = ingest.engine
+    source = engine.sources["rows"].source
+    heal = failing_commits(engine)  # the requests wait for a commit that does not come
+    try:
+        waiting = [
+            asyncio.ensure_future(ingest("/ingest/a", [{"tag": "w1"}, {"tag": "w1"}])),
+            asyncio.ensure_future(ingest("/ingest/a", {"tag": "w2"})),
+        ]
+        await until(lambda: len(source._unanswered) == 2)
+        refused = [{"tag": "late"}, {"tag": "late"}, {"tag": "late"}]
+        status, answer, headers = await ingest("/ingest/a", refused)
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert answer["error"] == "2 requests are waiting already"
+        assert not any(t.done() for t in waiting)
+        assert lines(tmp_path) == []
+    finally:
+        heal()
+    assert [(await t)[0] for t in waiting] == [200, 200]
+    assert source._unanswered == set() and source._in_flight == 0
+    status, answer, _ = await ingest("/ingest/a", refused)  # sent again: taken whole
+    assert status == 200 and answer["stored"] == 3
+    await until(lambda: len(lines(tmp_path)) == 6)
+    await asyncio.sleep(0.2)
+    assert tags(tmp_path) == Counter({"w1": 2, "w2": 1, "late": 3})
+
+
+async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_is_taken(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    ingest = await ingest_with(max_in_flight="1KiB", max_body="1KiB")
+    engine = ingest.engine
+    source = engine.sources["rows"].source
+    heal = failing_commits(engine)
+    try:
+        first = asyncio.ensure_future(ingest("/ingest/a", of_size(700, "first")))
+        await until(lambda: source._in_flight == 700)
+        big = b"[" + of_size(200, "big") + b"," + of_size(200, "big") + b"]"  # 403 bytes
+        status, answer, headers = await ingest("/ingest/a", big)
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert answer["error"] == "1024 bytes are waiting already"
+        small = asyncio.ensure_future(ingest("/ingest/a", of_size(300, "small")))  # fits
+        await until(lambda: source._in_flight == 1000)
+        assert not first.done() and not small.done()
+        assert lines(tmp_path) == []
+    finally:
+        heal()
+    assert [(await first)[0], (await small)[0]] == [200, 200]
+    assert source._in_flight == 0
+    status, answer, _ = await ingest("/ingest/a", big)
+    assert status == 200 and answer["stored"] == 2
+    await until(lambda: len(lines(tmp_path)) == 4)
+    await asyncio.sleep(0.2)
+    assert tags(tmp_path) == Counter({"first": 1, "small": 1, "big": 2})

@@ -2,7 +2,8 @@
 
 The test changes the server's variables through a second client (the server's own
 write path) and checks what came out of the source's `read()`, what /api/status says
-through a real engine, and, for write-back, what the server holds afterwards.
+through a real engine, and, for write-back, what the server holds afterwards. The
+source joins the source contract as a live-value source (tests/sources/contract.py).
 One plain server and one secure server are shared by the module (each takes ~2 s to start).
 """
 
@@ -26,6 +27,7 @@ from gateway.core.component import Context, Message
 from gateway.core.errors import PermanentError
 from gateway.sources.opcua import OpcuaSource, OpcuaSourceConfig
 from tests import servers
+from tests.sources.contract import SourceContract
 from tests.sources.engine_run import lines, stop, until
 from tests.sources.opcua_server import VARIABLES, make_certificate
 
@@ -185,6 +187,60 @@ async def write(client: Client, name: str, value: Any, ts: datetime | None = Non
     vtype = VARIABLES[name][1]
     dv = ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=ts)
     await client.get_node(f"ns=2;s={name}").write_value(dv)
+
+
+class OpcuaProducer:
+    """Writes each item's JSON text into the server's String variable, one write after
+    the other, as a PLC driver updates a value. Nobody acknowledges anything to an OPC UA
+    server: `confirmed` is None."""
+
+    def __init__(self, url: str) -> None:
+        self.client = Client(url)
+        self.connected = False
+
+    async def send(self, tag: str, n: int) -> None:
+        if not self.connected:
+            await self.client.connect()
+            self.connected = True
+        for seq in range(n):
+            await write(self.client, "String", json.dumps({"tag": tag, "seq": seq}))
+
+    async def confirmed(self, tag: str) -> bool | None:
+        return None
+
+    async def close(self) -> None:
+        if self.connected:
+            await self.client.disconnect()
+
+
+class TestOpcuaSourceContract(SourceContract):
+    """Live values: see the contract's docstring. The server keeps every change of the
+    node between two publishes (`queue_size`), so what is written while the source runs
+    arrives whole; across a kill or a stop, the current value."""
+
+    live_values = True
+    at_least_once = True
+
+    @pytest.fixture
+    def source_keys(self, plain_server: servers.OpcuaServer) -> dict[str, Any]:
+        return {"type": "opcua", "url": plain_server.url,
+                "nodes": {"item": {"node": "ns=2;s=String"}},
+                "publishing_interval": "50ms", "sampling_interval": "0s",
+                "queue_size": 100}  # fmt: skip
+
+    @pytest.fixture
+    def producer(self, plain_server: servers.OpcuaServer) -> OpcuaProducer:
+        return OpcuaProducer(plain_server.url)
+
+    @pytest.fixture
+    def topic_of(self) -> Callable[[str, int], str]:
+        return lambda tag, seq: "opcua/rows/item"
+
+    def payload_of(self, record: dict[str, Any]) -> Any:
+        value = record["payload"].get("value")
+        if not isinstance(value, str) or not value.startswith("{"):
+            return None  # the value some test before left
+        return json.loads(value)
 
 
 async def test_every_type_arrives_then_its_changes(
