@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import chain, count
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -1124,7 +1124,12 @@ class Store:
             self.tail_bytes = 0
             self._tail_first = first
         tail.extend(
-            [(seq, ff, mask, size) for seq, (ff, mask), size in zip(count(first), rows, sizes)]
+            [
+                (seq, ff, mask, size)
+                for seq, (ff, mask), size in zip(
+                    range(first, first + len(rows)), rows, sizes, strict=True
+                )
+            ]
         )
         self.tail_bytes += sum(sizes)
         if len(tail) > TAIL_MAX or self.tail_bytes > TAIL_MAX_BYTES:
