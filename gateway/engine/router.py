@@ -60,7 +60,16 @@ class Router:
             for name in names:
                 route = by_name[name]
                 route.received += 1
-                self._emit(route, self._through(route, [ff], route.processors, dead), out)
+                if route.processors:
+                    self._emit(route, self._through(route, [ff], route.processors, dead), out)
+                    continue
+                # a route without processors (the usual one): `_emit` of [ff], inline
+                route.emitted += 1
+                entry = out.get(ff.id)
+                if entry is None:
+                    out[ff.id] = [ff, route.mask]
+                else:
+                    entry[1] = entry[1] | route.mask  # type: ignore[operator]
 
     def match(self, topic: str) -> list[str]:
         """The routes whose filters match `topic` (the console's "which routes" box)."""

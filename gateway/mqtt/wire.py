@@ -79,6 +79,8 @@ MAXIMUM_PACKET_SIZE = 0x27
 
 # PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
 ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
+# the same with room for the packet id: a PUBACK/PUBREC is one big-endian 32-bit word
+ACK_WORD = {1: 0x40020000, 2: 0x50020000}
 
 Deliver = Callable[[str, bytes, int, bool, bool, list[tuple[str, str]] | None, int | None], None]
 # reject(topic as far as it could be read, the raw packet, qos, dup, packet id, reason)
@@ -314,7 +316,7 @@ class Subscriber(asyncio.Protocol):
 
     def ack(self, acks: list[tuple[int, int]]) -> None:
         """PUBACK (QoS 1) / PUBREC (QoS 2) for many packet ids in one write."""
-        self._write(b"".join(ACK_HEADER[qos] + mid.to_bytes(2, "big") for mid, qos in acks))
+        self._write(struct.pack(f">{len(acks)}I", *[ACK_WORD[qos] | mid for mid, qos in acks]))
 
     def complete(self, mids: list[int]) -> None:
         """PUBCOMP for many QoS 2 packet ids in one write (after their PUBREL)."""

@@ -113,6 +113,11 @@ DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or 
 CLOSE_WAIT = 2.0  # seconds close() waits for the broker to end the connection after DISCONNECT
 SHARED_ATTRS_BYTES = 1 << 20  # the attribute dicts shared per topic hold at most about this
 _QOS_TEXT = ("0", "1", "2")
+# `_deliver` builds its FlowFile and Message with tuple.__new__, not through the
+# NamedTuples' own __new__ (a Python call each, per message): their fields must stay these
+_tuple_new = tuple.__new__
+assert FlowFile._fields == ("id", "topic", "attributes", "content", "created", "lineage")
+assert Message._fields == ("flowfile", "ack", "dedupe", "reject", "position")
 _RETAIN_HANDLING = {"always": 0, "new_subscription_only": 1, "never": 2}
 
 
@@ -505,8 +510,9 @@ class MqttSource(Source):
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
             payload = payload[:kept]
-        ff = FlowFile(uuid7(), topic, attrs, payload, time_ns(), ())
-        self._hand(Message(ff, _Ack(self, mid, qos, self._epoch, size), dedupe, reject), size, qos)
+        ff = _tuple_new(FlowFile, (uuid7(), topic, attrs, payload, time_ns(), ()))
+        ack = _Ack(self, mid, qos, self._epoch, size)
+        self._hand(_tuple_new(Message, (ff, ack, dedupe, reject, None)), size, qos)
 
     def _qos0_full(self, size: int) -> bool:
         """Whether a QoS 0 message of `size` bytes must be dropped: too much is waiting."""

@@ -489,12 +489,35 @@ def _intact(row: tuple[Any, ...]) -> bool:
     return _checksum(fid, topic, attrs, content, created, lineage) == int(crc)
 
 
-def _encode(ff: FlowFile, mask: int) -> tuple[Any, ...]:
-    attrs = attributes_json(ff.attributes)
-    lineage = ",".join(ff.lineage)
-    size = len(ff.content) + len(attrs) + len(ff.topic) + ROW_OVERHEAD
-    crc = _checksum(ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size)
-    return (ff.id, ff.topic, attrs, ff.content, ff.created, lineage, mask, size, crc)
+def _encode_rows(rows: list[tuple[FlowFile, int]]) -> list[tuple[Any, ...]]:
+    """The flowfiles rows to INSERT for (FlowFile, sinks mask) pairs, with size and checksum.
+
+    This runs for every FlowFile stored, so `_checksum` is inlined for the usual row
+    (bytes content, a topic and attributes whose CRC is cached), and FlowFiles that
+    share their attributes dict with the one before (the MQTT source's) reuse its JSON.
+    """
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    pack = _CRC_INTS.pack
+    crc32 = zlib.crc32
+    shared = _shared_crcs
+    last: dict[str, str] | None = None
+    attrs = ""
+    for ff, mask in rows:
+        fid, topic, attributes, content, created, parents = ff
+        if attributes is not last:
+            attrs = attributes_json(attributes)
+            last = attributes
+        lineage = ",".join(parents) if parents else ""
+        size = len(content) + len(attrs) + len(topic) + ROW_OVERHEAD
+        start = shared.get((topic, attrs)) if type(content) is bytes else None
+        if start is None:
+            crc = _checksum(fid, topic, attrs, content, created, lineage, mask, size)
+        else:
+            own = pack(created, mask, size) + f"{fid}\0{lineage}".encode()
+            crc = crc32(content, crc32(own, start)) | CRC_V2
+        append((fid, topic, attrs, content, created, lineage, mask, size, crc))
+    return out
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -990,15 +1013,16 @@ class Store:
 
     async def commit(self, batch: Batch) -> None:
         """Write one micro-batch in one transaction; return once it is durable."""
-        encoded = [_encode(ff, mask) for ff, mask in batch.rows]
-        added = sum(row[7] for row in encoded)
+        encoded = _encode_rows(batch.rows)
+        sizes = [row[7] for row in encoded]
+        added = sum(sizes)
         # Numbers are taken now, before the await: a commit that overlaps this one (a
         # dead-letter replay) must not hand out the same ones or undo these.
         marks = self._marks_for(batch.inbound)
         last = await self._call(self._commit_sync, encoded, batch, marks)
         self.bytes += added
         if batch.rows:
-            self._remember(last - len(batch.rows) + 1, batch.rows, [row[7] for row in encoded])
+            self._remember(last - len(batch.rows) + 1, batch.rows, sizes)
         masks: dict[int, int] = {}
         for _, mask in batch.rows:
             masks[mask] = masks.get(mask, 0) + 1
@@ -1099,10 +1123,14 @@ class Store:
             tail.clear()
             self.tail_bytes = 0
             self._tail_first = first
-        seq = first
-        for (ff, mask), size in zip(rows, sizes, strict=True):
-            tail.append((seq, ff, mask, size))
-            seq += 1
+        tail.extend(
+            [
+                (seq, ff, mask, size)
+                for seq, (ff, mask), size in zip(
+                    range(first, first + len(rows)), rows, sizes, strict=True
+                )
+            ]
+        )
         self.tail_bytes += sum(sizes)
         if len(tail) > TAIL_MAX or self.tail_bytes > TAIL_MAX_BYTES:
             keep_rows, keep_bytes = TAIL_MAX // 2, TAIL_MAX_BYTES // 2
