@@ -280,9 +280,9 @@ def report(r: dict[str, Any]) -> None:
     """Print what `measure` found, each figure with its target."""
     tp = r["throughput"]
     print(f"machine: {os.cpu_count()} cores; all processes local; {r['machine']}")
-    cpus = r["affinity"]
-    print(f"CPUs: gateway {','.join(cpus['gateway'])}, broker {','.join(cpus['broker'])},"
-          f" database {','.join(cpus['database'])} (Cpus_allowed_list of every thread)")  # fmt: skip
+    cpus = {name: ",".join(lists) for name, lists in r["affinity"].items()}
+    print(f"CPUs: gateway {cpus['gateway']}, broker {cpus['broker']},"
+          f" database {cpus['database']} (Cpus_allowed_list of every thread)")  # fmt: skip
     print(
         f"throughput: {tp['messages']} msgs in {tp['seconds']:.1f} s = "
         f"{tp['msgs_per_s']:,.0f} msgs/s (target >= {TARGET_MSGS_PER_S:,};"
