@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # is this project's package, whatever `tests` package an installed library may ship.
 sys.path.insert(0, str(ROOT))
 
-from bench.spine import count_rows, cpu_seconds, machine, make_table  # noqa: E402
+from bench.spine import count_rows, cpu_seconds, machine, make_table, yardstick  # noqa: E402
 from gateway.config.schema import Problems, build_dataclass  # noqa: E402
 from gateway.core.component import Context  # noqa: E402
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig  # noqa: E402
@@ -262,6 +262,7 @@ def gateway_run(seconds: float, interval: str = "10ms") -> dict[str, Any]:
         "plc_cpu": plc_cpu,
         "cpu_s_per_10k_values": cpu / (made * per_poll) * 10_000 if made else float("inf"),
         "machine": machine(),
+        "yardstick": yardstick(),
     }
 
 
