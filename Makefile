@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test test-fast faults check lint bench bench-compare clean preflight image image-test
+.PHONY: help install deps run test test-fast faults check lint bench bench-targets bench-compare clean preflight image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,8 +41,13 @@ check: install ## lint, format check, types
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
 
-bench: deps install ## run the benchmarks and print the figures
+bench: deps install ## run the benchmarks and print the figures, the issue's targets last
+	@command -v npm >/dev/null || bash scripts/install-deps npm
 	$(VENV)/bin/python bench/run.py
+
+bench-targets: deps install ## every performance target with its figure, met or missed (bench/targets.py)
+	@command -v npm >/dev/null || bash scripts/install-deps npm
+	$(VENV)/bin/python bench/targets.py
 
 bench-compare: deps install ## Edge Stream against Node-RED's batched flow in one run (bench/compare.py)
 	@command -v npm >/dev/null || bash scripts/install-deps npm

@@ -8,13 +8,21 @@ runs: at the issue's target load (every device every 100 ms = 10,000
 registers/s) to see the CPU it costs, and flat out (interval 1 ms) to see the
 ceiling. CPU is this process's (the gateway side) and, separately, the PLC's.
 
+Through the gateway (the issue 15 target): the same 10 devices polled every 10 ms by
+a real `edge-stream run` process, `emit: per_device` (one FlowFile per device and poll,
+with its 85 values), routed into PostgreSQL. After --seconds the PLC stops answering
+and reports the reads it answered (every poll is one read of 100 registers); every one
+of them must arrive as exactly one row (no merging, no loss). Prints the polls made
+against the 10 ms grid (the scheduler skips polls it missed rather than bunching them),
+and the gateway process's CPU from the window's start to its last row, per 10k values.
+
 RTU: two units on one socat pty pair at 115200 baud 8N1. A pty moves bytes at
 memory speed, so the PLC process answers no sooner than a real line would
 (request + 3.5-character gap + answer on the wire). The wire limit per request
 is (request bytes + answer bytes) x 10 bits / baud + two 1.75 ms gaps; the
 gateway is measured against it, flat out.
 
-Usage: python bench/modbus.py [--seconds 10] [--skip-rtu] [--skip-tcp]
+Usage: python bench/modbus.py [--seconds 10] [--skip-rtu] [--skip-tcp] [--skip-gateway]
 """
 
 from __future__ import annotations
@@ -36,15 +44,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # is this project's package, whatever `tests` package an installed library may ship.
 sys.path.insert(0, str(ROOT))
 
+from bench.spine import count_rows, cpu_seconds, machine, make_table, yardstick  # noqa: E402
 from gateway.config.schema import Problems, build_dataclass  # noqa: E402
 from gateway.core.component import Context  # noqa: E402
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig  # noqa: E402
+from tests import servers  # noqa: E402
+from tests.e2e.harness import GatewayProcess, wait_for  # noqa: E402
 from tests.sources.socat_pair import SocatPair  # noqa: E402
 
 PLC = ROOT / "tests" / "sources" / "modbus_plc.py"
 DEVICES = 10
 REGISTERS = 100
 BAUD = 115200
+TARGET_CPU_PER_10K_VALUES = 0.1
 
 
 def device_registers() -> dict[str, Any]:
@@ -125,6 +137,14 @@ def plc_stats(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(proc.stdout.readline())  # type: ignore[no-any-return]
 
 
+def mute_plc(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Stop every unit answering; the reads answered until then."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("mute\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())  # type: ignore[no-any-return]
+
+
 def stop_plc(proc: subprocess.Popen[str]) -> None:
     assert proc.stdin is not None
     proc.stdin.close()
@@ -168,6 +188,104 @@ async def bench_tcp(seconds: float) -> None:
         stop_plc(proc)
 
 
+def gateway_run(seconds: float, interval: str = "10ms") -> dict[str, Any]:
+    """10 devices polled by a real gateway into PostgreSQL: polls made, rows, CPU."""
+    regs = device_registers()
+    table = "modbus_rows"
+    proc, info = start_plc(["tcp", "--devices", str(DEVICES), "--registers", str(REGISTERS)])
+    workspace = servers.Workspace()
+    try:
+        pg = workspace.postgres()
+        make_table(pg, table)
+        config = {
+            "sources": {
+                "plant": {
+                    "type": "modbus",
+                    "interval": interval,
+                    "timeout": "1s",
+                    "emit": "per_device",
+                    "devices": {
+                        f"plc{i}": {"url": f"tcp://127.0.0.1:{port}", "registers": regs}
+                        for i, port in enumerate(info["ports"])
+                    },
+                }
+            },
+            "routes": {"all": {"match": "modbus/#", "sinks": ["db"]}},
+            "sinks": {
+                "db": {
+                    "type": "postgres",
+                    "dsn": pg.dsn,
+                    "table": table,
+                    "batch": {"max_rows": 2000},
+                }
+            },
+        }
+        gw = GatewayProcess(Path(tempfile.mkdtemp(prefix="bench-modbus-")), config)
+        gw.start()
+        try:
+            assert gw.proc is not None
+            pid = gw.proc.pid
+            wait_for(lambda: count_rows(pg, table), 30, f"the first Modbus rows in {table}")
+            time.sleep(2)
+            cpu0, polls0, t0 = cpu_seconds(pid), plc_stats(proc)["requests"], time.monotonic()
+            plc0 = cpu_of(proc.pid)
+            time.sleep(seconds)
+            polls, t1 = mute_plc(proc)["requests"], time.monotonic()
+            plc_cpu = cpu_of(proc.pid) - plc0
+            seen, moved = -1, time.monotonic()
+            while (rows := count_rows(pg, table)) < polls and time.monotonic() - moved < 10:
+                if rows != seen:
+                    seen, moved = rows, time.monotonic()
+                time.sleep(0.2)
+            cpu = cpu_seconds(pid) - cpu0
+            time.sleep(1)  # a duplicate would come now
+            rows = count_rows(pg, table)
+            devices = gw.status()["sources"]["plant"].get("devices", {})
+        finally:
+            gw.stop()
+            gw.close()
+    finally:
+        workspace.close()
+        stop_plc(proc)
+    per_poll = len(regs)
+    made = polls - polls0
+    grid = DEVICES * (t1 - t0) / (float(interval.removesuffix("ms")) / 1000)
+    return {
+        "seconds": t1 - t0,
+        "polls": polls,
+        "rows": rows,
+        "source_values": sum(d.get("values", 0) for d in devices.values()),
+        "values_per_poll": per_poll,
+        "window_polls": made,
+        "grid_polls": grid,
+        "cpu": cpu,
+        "plc_cpu": plc_cpu,
+        "cpu_s_per_10k_values": cpu / (made * per_poll) * 10_000 if made else float("inf"),
+        "machine": machine(),
+        "yardstick": yardstick(),
+    }
+
+
+def report_gateway(r: dict[str, Any]) -> None:
+    per_poll = r["values_per_poll"]
+    print(f"TCP through the gateway into PostgreSQL, {DEVICES} devices x {REGISTERS} registers"
+          f" ({per_poll} values) every 10 ms, one FlowFile per device and poll:")  # fmt: skip
+    made, grid = r["window_polls"], r["grid_polls"]
+    print(f"  polls in {r['seconds']:.1f} s: {made:,} of {grid:,.0f} on the grid"
+          f" ({100 * made / grid:.0f}%; the rest skipped as missed),"
+          f" {made * per_poll / r['seconds']:,.0f} values/s")  # fmt: skip
+    verdict = "every poll forwarded" if r["rows"] == r["polls"] else "NOT every poll forwarded"
+    source = r["source_values"] / per_poll
+    print(f"  reads answered by the PLC {r['polls']:,}, rows in PostgreSQL {r['rows']:,}"
+          f" ({verdict}); the source counted {source:,.0f} polls")  # fmt: skip
+    share = 100 * r["plc_cpu"] / r["seconds"]
+    per10k = r["cpu_s_per_10k_values"]
+    target = TARGET_CPU_PER_10K_VALUES
+    print(f"  gateway CPU {r['cpu']:.2f} s = {per10k:.3f} CPU-s per 10k values"
+          f" (target <= {target}); PLC process {share:.0f}% of a core")  # fmt: skip
+    print(f"  {r['machine']}")
+
+
 async def bench_rtu(seconds: float) -> None:
     request_bytes = 8  # unit, fc, address(2), count(2), crc(2)
     answer_bytes = 5 + 2 * REGISTERS  # unit, fc, byte count, data, crc(2)
@@ -209,10 +327,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--skip-tcp", action="store_true")
     parser.add_argument("--skip-rtu", action="store_true")
+    parser.add_argument("--skip-gateway", action="store_true")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; gateway and PLC in separate processes")
     if not args.skip_tcp:
         await bench_tcp(args.seconds)
+    if not args.skip_gateway:
+        report_gateway(await asyncio.to_thread(gateway_run, args.seconds))
     if not args.skip_rtu:
         await bench_rtu(args.seconds)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -7,7 +7,8 @@ it as a separate process:
     python tests/sources/modbus_plc.py rtu --port /dev/pts/7 --units 1,2 --pace 115200
 
 It prints one JSON line ({"ports": [...]} or {"ready": true}), then serves until
-its stdin closes; the line `stats` on stdin makes it print its request counts.
+its stdin closes; the line `stats` on stdin makes it print its request counts, and
+`mute` makes every unit stop answering (then prints them: the reads it answered).
 
 The datastore is our own (`PlcStore`), handed to pymodbus's server in place of
 its simulator: it holds plain tables per unit id, logs every request (so tests
@@ -233,7 +234,10 @@ async def _main() -> None:
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
-        if line.strip() == b"stats":
+        if line.strip() == b"mute":
+            for store in stores:
+                store.muted.update(store.tables)
+        if line.strip() in (b"stats", b"mute"):
             print(json.dumps(stats(stores)), flush=True)
     for server in servers:
         await server.shutdown()
