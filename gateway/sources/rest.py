@@ -60,6 +60,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -304,7 +305,10 @@ class RestSource(Source):
                     raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
                 if status >= 300:
                     return self._failed(f"answered {status} {answer.reason or ''}".rstrip())
-                body = await answer.content.read(cfg.max_body + 1)
+                try:  # read(n) would return what has arrived so far: one chunk of it
+                    body = await answer.content.readexactly(cfg.max_body + 1)
+                except asyncio.IncompleteReadError as err:  # the end came first: all of it
+                    body = err.partial
         except (aiohttp.ClientError, OSError) as err:
             raise RetryableError(f"GET {self._where} failed: {err or type(err).__name__}") from err
         except TimeoutError as err:

@@ -135,6 +135,20 @@ async def test_a_4xx_is_counted_and_logged_once_a_5xx_is_retried(
         await source.close()
 
 
+async def test_a_large_answer_is_read_whole(http_receiver: servers.HttpReceiver) -> None:
+    # ~600 KB comes in several pieces: all of them are read, not only the first
+    for i in range(300):
+        post(http_receiver, "/large", {"seq": i, "pad": "x" * 2000})
+    source = make_source(url=f"{http_receiver.url}/large", select="data.readings")
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+    finally:
+        await source.close()
+    assert source.status()["last_status"] is None
+    assert [json.loads(m.flowfile.content)["seq"] for m in messages] == list(range(300))
+
+
 async def test_an_unreachable_api_is_retryable() -> None:
     source = make_source(url=f"http://127.0.0.1:{servers.free_port()}/x")
     await source.connect()
