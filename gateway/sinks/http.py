@@ -480,7 +480,7 @@ class HttpSink(Sink):
                     reason += " (redirects are not followed: set url to the new place)"
                 self.refused += len(flowfiles)
                 return [Rejected(ff, reason) for ff in flowfiles]
-        except (aiohttp.ClientError, OSError) as err:
-            raise RetryableError(f"{where} failed: {err or type(err).__name__}") from err
-        except TimeoutError as err:
+        except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(f"{where} did not answer within {self.config.timeout:g}s") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise RetryableError(f"{where} failed: {str(err) or type(err).__name__}") from err

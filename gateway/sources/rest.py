@@ -309,12 +309,13 @@ class RestSource(Source):
                     body = await answer.content.readexactly(cfg.max_body + 1)
                 except asyncio.IncompleteReadError as err:  # the end came first: all of it
                     body = err.partial
-        except (aiohttp.ClientError, OSError) as err:
-            raise RetryableError(f"GET {self._where} failed: {err or type(err).__name__}") from err
-        except TimeoutError as err:
+        except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(
                 f"GET {self._where} did not answer within {cfg.timeout:g}s"
             ) from err
+        except (aiohttp.ClientError, OSError) as err:
+            what = str(err) or type(err).__name__
+            raise RetryableError(f"GET {self._where} failed: {what}") from err
         if len(body) > cfg.max_body:
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:

@@ -4,6 +4,7 @@ then 2xx, 4xx to the dead letters, Retry-After, body bound, config problems)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -204,6 +205,22 @@ async def test_connection_refused_is_retryable(sink_for: Any) -> None:
     sink = await sink_for(url=f"http://127.0.0.1:{servers.free_port()}/x")
     with pytest.raises(RetryableError, match="failed"):
         await sink.write([FlowFile.create("plant/a", b"{}")])
+
+
+async def test_a_server_that_never_answers_is_a_timeout_said_so(sink_for: Any) -> None:
+    # a listener that takes the connection and never answers (the log said "failed: ")
+    taken: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
+        with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
+            await sink.write([FlowFile.create("plant/a", b"{}")])
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
 
 
 def test_config_problems() -> None:

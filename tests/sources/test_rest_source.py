@@ -4,6 +4,7 @@ least once), then the select paths, topic templates, 4xx and bad answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -157,6 +158,24 @@ async def test_an_unreachable_api_is_retryable() -> None:
             await source.poll_messages()
     finally:
         await source.close()
+
+
+async def test_an_api_that_never_answers_is_a_timeout_said_so() -> None:
+    # a listener that takes the connection and never answers (the log said "failed: ")
+    taken: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    source = make_source(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
+    await source.connect()
+    try:
+        with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
+            await source.poll_messages()
+    finally:
+        await source.close()
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
 
 
 def test_keys_are_checked(tmp_path: Path) -> None:
