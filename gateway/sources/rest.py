@@ -217,9 +217,16 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         except ValueError as err:
             yield "select", str(err)
         try:
-            _template_fields(self.topic)
+            names = _template_fields(self.topic)
         except ValueError as err:
             yield "topic", str(err)
+        else:  # the fields' values cannot hold a wildcard: the text around them must not either
+            problem = validate_topic(self.topic.format(**dict.fromkeys(names, "x")))
+            if problem:
+                yield "topic", f"{self.topic!r}: {problem}"
+        for name in self.headers:
+            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                yield f"headers.{name}", "is not a valid HTTP header name"
         if self.bearer_token is not None and (self.username or self.password):
             yield "bearer_token", "use bearer_token or username and password, not both"
         if bool(self.username) != bool(self.password):
