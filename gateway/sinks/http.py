@@ -101,6 +101,7 @@ _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LEVEL = re.compile(r"topic\.(-?\d+)")
 _RETRY = frozenset({408, 429})
 _CREDENTIALS = frozenset({401, 403, 407})
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 
 
 def compile_template(template: str) -> list[str | tuple[str, int | None]]:
@@ -139,8 +140,9 @@ def safe_url(url: str) -> str:
     except ValueError:
         return "(an unreadable URL)"
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    port = parts.netloc.rpartition("@")[2].rpartition(":")[2]  # as written: .port may raise
+    if port.isdigit():
+        host = f"{host}:{port}"
     if parts.username:
         host = f"{parts.username}:***@{host}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -269,6 +271,12 @@ class HttpSinkConfig(SinkConfig):
                     yield "url", "the host must be written out (no placeholder in it)"
                 if "@" in urlsplit(head).netloc:
                     yield "url", "put credentials in username and password, not in the url"
+                try:
+                    port = urlsplit(head).port
+                except ValueError:
+                    port = 0
+                if port is not None and not 0 < port < 65536:
+                    yield "url", "the port must be a number from 1 to 65535"
             if not self.url.startswith("https://"):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):
@@ -285,9 +293,16 @@ class HttpSinkConfig(SinkConfig):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.connect_timeout <= 0 or self.timeout <= 0:
             yield "timeout", "timeouts must be positive"
-        for name in self.headers:
+        for name, value in self.headers.items():
             if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 yield f"headers.{name}", "is not a valid HTTP header name"
+            elif _CONTROL.search(value):
+                yield (
+                    f"headers.{name}",
+                    "a header value cannot hold a line break or control character",
+                )
+        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
+            yield "bearer_token", "cannot hold a line break or control character"
 
 
 class HttpSink(Sink):

@@ -69,6 +69,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -81,6 +82,7 @@ from gateway.core.topics import validate_topic
 
 _STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 _SAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 Step = str | int | None  # a key, an index, None for [*]
@@ -212,6 +214,15 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             yield "url", "must start with http:// or https://"
         elif "@" in self.url.partition("://")[2].partition("/")[0]:
             yield "url", "put credentials in username and password, not in the url"
+        else:
+            try:
+                port = urlsplit(self.url).port
+            except ValueError:
+                port = 0
+            if not urlsplit(self.url).hostname:
+                yield "url", "names no host"
+            if port is not None and not 0 < port < 65536:
+                yield "url", "the port must be a number from 1 to 65535"
         try:
             parse_select(self.select)
         except ValueError as err:
@@ -224,9 +235,16 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             problem = validate_topic(self.topic.format(**dict.fromkeys(names, "x")))
             if problem:
                 yield "topic", f"{self.topic!r}: {problem}"
-        for name in self.headers:
+        for name, value in self.headers.items():
             if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 yield f"headers.{name}", "is not a valid HTTP header name"
+            elif _CONTROL.search(value):
+                yield (
+                    f"headers.{name}",
+                    "a header value cannot hold a line break or control character",
+                )
+        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
+            yield "bearer_token", "cannot hold a line break or control character"
         if self.bearer_token is not None and (self.username or self.password):
             yield "bearer_token", "use bearer_token or username and password, not both"
         if bool(self.username) != bool(self.password):

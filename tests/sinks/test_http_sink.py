@@ -14,7 +14,13 @@ import pytest
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.http import HttpSink, HttpSinkConfig, compile_template, retry_after
+from gateway.sinks.http import (
+    HttpSink,
+    HttpSinkConfig,
+    compile_template,
+    retry_after,
+    safe_url,
+)
 from tests import servers
 from tests.sinks.contract import SinkContract, closing, connected, server_down
 from tests.sinks.contract import config_problems as sink_config_problems
@@ -236,6 +242,16 @@ def test_config_problems() -> None:
         "not both"
         in config_problems(url="http://h", bearer_token="t", username="u", password="p")[1][0]
     )
+    # these passed the check and then crashed the sink on every write, with a traceback
+    assert config_problems(url="http://h:99999/x")[1] == [
+        "sinks.hook.url: the port must be a number from 1 to 65535"
+    ]
+    assert config_problems(url="http://h/x", headers={"X-Key": "secret\nmore"})[1] == [
+        "sinks.hook.headers.X-Key: a header value cannot hold a line break or control character"
+    ]
+    assert "bearer_token" in config_problems(url="http://h/x", bearer_token="t\r\n")[1][0]
+    assert config_problems(url="http://h:8080/x", headers={"X-Key": "a\tb"})[1] == []
+    assert safe_url("http://h:99999/x?token=t") == "http://h:99999/x"
     assert compile_template("http://h/{{x}}/{topic.2}") == [
         "http://h/",
         "{",

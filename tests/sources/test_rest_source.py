@@ -194,6 +194,13 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     ]
     assert "topic" in problems(url="http://h/x", topic="a/+")[0]
     assert problems(url="http://h/x", topic="a/{dev}/{source}") == []
+    assert problems(url="http://h:99999/x") == [
+        "sources.api.url: the port must be a number from 1 to 65535"
+    ]
+    assert problems(url="http:///x") == ["sources.api.url: names no host"]
+    assert problems(url="http://h/x", headers={"X-Key": "secret\nmore"}) == [
+        "sources.api.headers.X-Key: a header value cannot hold a line break or control character"
+    ]
     assert problems(url="http://h/x", headers={"bad header": "v"}) == [
         "sources.api.headers.bad header: is not a valid HTTP header name"
     ]
