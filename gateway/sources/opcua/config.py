@@ -12,6 +12,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
@@ -103,7 +104,9 @@ class NodeConfig:
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if (self.node is None) == (self.path is None):
+        if self.node is None and self.path is None:
+            yield "node", "give `node` (a node id) or `path` (a browse path)"
+        elif self.node is not None and self.path is not None:
             yield "node", "give either `node` (a node id) or `path` (a browse path), not both"
         if self.node is not None and not NODE_ID.fullmatch(self.node):
             yield (
@@ -284,6 +287,15 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith("opc.tcp://"):
             yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
+        else:
+            try:
+                port = urlsplit(self.url).port
+            except ValueError:
+                port = 0
+            if port is not None and not 0 < port < 65536:
+                yield "url", "the port must be a number from 1 to 65535"
+            elif not urlsplit(self.url).hostname:
+                yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
         if not self.nodes:
             yield "nodes", "name at least one node to read"
         seen: dict[str, str] = {}
