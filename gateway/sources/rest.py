@@ -5,7 +5,8 @@ Each poll GETs `url` and reads the answer as JSON; `select` picks the items
 whose topic comes from `topic`, a template with `{field}` for a field of the item
 (its `/`, `+` and `#` become `_`, so that it stays one topic level) and `{source}`
 for this source's name. An item without a field the template needs, or that is
-no object while the template needs one, goes to the dead letters.
+no object while the template needs one, goes to the dead letters. NaN and
+Infinity in an answer (no JSON, but some APIs send them) become null.
 
 `select` is a small path language (a subset of JSONPath):
   (empty)            the whole answer
@@ -344,7 +345,8 @@ class RestSource(Source):
         if len(body) > cfg.max_body:
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:
-            value = json.loads(body)
+            # NaN and Infinity, which some APIs send, are no JSON: null keeps the content JSON
+            value = json.loads(body, parse_constant=lambda _: None)
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             return self._failed(f"the answer is not JSON ({err})")
         if self.last_status is not None:

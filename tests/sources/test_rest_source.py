@@ -150,6 +150,22 @@ async def test_a_large_answer_is_read_whole(http_receiver: servers.HttpReceiver)
     assert [json.loads(m.flowfile.content)["seq"] for m in messages] == list(range(300))
 
 
+async def test_nan_and_infinity_in_an_answer_become_null(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # they are no JSON (the receiver sends them as Python's json does): the items' content
+    # was {"v":NaN}, which no JSON reader takes
+    for v in (float("nan"), float("-inf"), 1.5):
+        post(http_receiver, "/nan", {"v": v})
+    source = make_source(url=f"{http_receiver.url}/nan", select="data.readings")
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+    finally:
+        await source.close()
+    assert [m.flowfile.content for m in messages] == [b'{"v":null}', b'{"v":null}', b'{"v":1.5}']
+
+
 async def test_an_unreachable_api_is_retryable() -> None:
     source = make_source(url=f"http://127.0.0.1:{servers.free_port()}/x")
     await source.connect()
