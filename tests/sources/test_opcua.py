@@ -307,6 +307,24 @@ async def test_polled_nodes_by_path_and_id_follow_the_server(
         assert not pump.values("opcua/s1/missing")
 
 
+async def test_poll_times_missed_are_counted_in_the_status(
+    plain_server: servers.OpcuaServer,
+) -> None:
+    # the docs say missed times are counted in missed_runs in /api/status: it was absent
+    source = make_source(
+        {"url": plain_server.url, "mode": "poll", "interval": "50ms", "nodes": all_nodes()}
+    )
+    await source.connect()
+    try:
+        assert await source.read()  # the first poll
+        assert source.status()["missed_runs"] == 0
+        await asyncio.sleep(0.3)  # the engine took nothing meanwhile (a full buffer)
+        assert await source.read()
+        assert source.status()["missed_runs"] >= 3
+    finally:
+        await source.close()
+
+
 async def test_deadbands_absolute_at_the_server_and_percent_at_the_source(
     plain_server: servers.OpcuaServer, writer: Client
 ) -> None:

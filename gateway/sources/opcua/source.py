@@ -262,6 +262,8 @@ class OpcuaSource(Source):
         }
         if self._channel is not None:
             out["writeback"] = "connected" if self._channel.connected else "disconnected"
+        if self.schedule is not None:  # polled nodes: the engine does not run this schedule
+            out["missed_runs"] = self.schedule.missed_runs
         return out
 
     # ---- lifecycle ------------------------------------------------------
