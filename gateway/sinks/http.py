@@ -8,9 +8,10 @@ content bytes as they are). The envelope is the one the file and Redis sinks wri
 with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
 
 `url` is a template: `{topic}` is the FlowFile's topic (each level percent-encoded,
-the `/` between levels kept), `{topic.N}` its level N (from 0; negative counts from
-the end), `{gateway}` the gateway id, `{sink}` this sink's name; `{{` and `}}` are
-literal braces. In batch mode the FlowFiles of a batch that resolve to different
+`.` and `..` levels too, so that no topic leads out of the url's path; the `/` between
+levels kept), `{topic.N}` its level N (from 0; negative counts from the end; empty
+when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sink's
+name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that resolve to different
 URLs go in one request per URL. A request body is at most `max_body` bytes: a batch
 whose envelopes are larger goes in several requests, in order; a single FlowFile
 larger than that is dead-lettered.
@@ -133,6 +134,15 @@ def compile_template(template: str) -> list[str | tuple[str, int | None]]:
     return [p for p in parts if p != ""]
 
 
+def _level(level: str) -> str:
+    """A topic level percent-encoded for a URL path; `.` and `..` too, which a server
+    would otherwise take as "this folder" and "the folder above" (a device publishing
+    on `../../admin` must not move the request out of the url's path)."""
+    if level in (".", ".."):
+        return level.replace(".", "%2E")
+    return quote(level, safe="")
+
+
 def safe_url(url: str) -> str:
     """`url` without a password or query string, for messages."""
     try:
@@ -196,9 +206,9 @@ class HttpSinkConfig(SinkConfig):
     url: Annotated[
         str,
         Doc(
-            "`http://` or `https://` URL template: `{topic}` (levels percent-encoded),"
-            " `{topic.N}` (level N from 0, negative from the end), `{gateway}`, `{sink}`;"
-            " `{{` and `}}` for literal braces.",
+            "`http://` or `https://` URL template: `{topic}` (levels percent-encoded,"
+            " `..` too), `{topic.N}` (level N from 0, negative from the end; empty if the"
+            " topic has none), `{gateway}`, `{sink}`; `{{` and `}}` for literal braces.",
             example="https://hooks.example.com/in/{topic}",
         ),
     ]
@@ -380,15 +390,15 @@ class HttpSink(Sink):
         """The request URL of a FlowFile on `topic` (levels percent-encoded)."""
         if self._static:
             return self._parts[0]  # type: ignore[return-value]
-        levels = topic.split("/")
+        levels = [_level(level) for level in topic.split("/")]
         out = []
         for part in self._parts:
             if isinstance(part, str):
                 out.append(part)
             elif part is None:
-                out.append("/".join(quote(level, safe="") for level in levels))
+                out.append("/".join(levels))
             elif -len(levels) <= part < len(levels):
-                out.append(quote(levels[part], safe=""))
+                out.append(levels[part])
         return "".join(out)
 
     def _requests(

@@ -175,6 +175,10 @@ async def test_headers_auth_idempotency_key_and_url_template(
     single = got["/gw/pi-01/hook/other/last/other"]
     assert single["headers"]["Idempotency-Key"] == c.id
     assert json.loads(single["body"])[0]["payload_base64"]
+    # a topic's `..` levels stay inside the url's path (they were sent as they are)
+    assert await sink.write([FlowFile.create("../../admin/..", b"{}")]) == []
+    paths = [r["raw_path"] for r in http_receiver.received()]
+    assert "/gw/pi-01/hook/%2E%2E/%2E%2E/admin/%2E%2E/last/%2E%2E" in paths
 
 
 async def test_each_mode_payload_body_and_basic_auth(
