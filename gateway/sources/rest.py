@@ -250,6 +250,8 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             yield "bearer_token", "use bearer_token or username and password, not both"
         if bool(self.username) != bool(self.password):
             yield "username", "basic auth needs both username and password"
+        if self.username and ":" in self.username:
+            yield "username", "a basic auth user name cannot hold ':'"
 
 
 class RestSource(Source):

@@ -204,6 +204,7 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     assert "select" in problems(url="http://h/x", select="a[")[0]
     assert "topic" in problems(url="http://h/x", topic="r/{a.b}")[0]
     assert "username" in problems(url="http://h/x", username="u")[0]
+    assert "cannot hold ':'" in problems(url="http://h/x", username="a:b", password="p")[0]
     # a template whose own text holds a wildcard would dead-letter every item
     assert problems(url="http://h/x", topic="a/#/{dev}") == [
         "sources.api.topic: 'a/#/{dev}': a topic name must not contain the wildcards '+' or '#'"
