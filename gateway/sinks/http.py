@@ -11,10 +11,10 @@ with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
 `.` and `..` levels too, so that no topic leads out of the url's path; the `/` between
 levels kept), `{topic.N}` its level N (from 0; negative counts from the end; empty
 when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sink's
-name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that resolve to different
-URLs go in one request per URL. A request body is at most `max_body` bytes: a batch
-whose envelopes are larger goes in several requests, in order; a single FlowFile
-larger than that is dead-lettered.
+name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that
+resolve to different URLs go in one request per URL. A request body is at most
+`max_body` bytes: a batch whose envelopes are larger goes in several requests, in
+order; a single FlowFile larger than that is dead-lettered.
 
 Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
 `<first id>..<last id>` of the FlowFiles in the request (batch mode). Delivery is
