@@ -358,7 +358,10 @@ class RestSource(Source):
         return [self._message(item, now) for item in select(value, self._steps)]
 
     def _message(self, item: Any, now: int) -> Message:
-        content = _dumps(item).encode()
+        try:
+            content = _dumps(item).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"), valid JSON: keep it escaped
+            content = json.dumps(item, separators=(",", ":")).encode()
         values: dict[str, str] = {}
         reject = None
         if self._fields and not isinstance(item, dict):
@@ -370,7 +373,8 @@ class RestSource(Source):
             else:
                 for f in self._fields:
                     text = item[f] if isinstance(item[f], str) else _dumps(item[f])
-                    values[f] = text.translate(_SAFE)
+                    # a lone surrogate cannot be UTF-8: written as its escape
+                    values[f] = text.translate(_SAFE).encode("utf-8", "backslashreplace").decode()
         topic = f"rest/{self.ctx.name}"
         if reject is None:
             topic = self._topic.format(**values)

@@ -166,6 +166,23 @@ async def test_nan_and_infinity_in_an_answer_become_null(
     assert [m.flowfile.content for m in messages] == [b'{"v":null}', b'{"v":null}', b'{"v":1.5}']
 
 
+async def test_a_lone_surrogate_in_an_answer_does_not_crash_the_source(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # "\ud800" is valid JSON but no UTF-8: the source crashed on every poll, nothing stored
+    post(http_receiver, "/sur", {"dev": "a\ud800", "v": 1})  # sent and served escaped
+    post(http_receiver, "/sur", {"dev": "b", "v": 2})
+    source = make_source(url=f"{http_receiver.url}/sur", select="data.readings", topic="r/{dev}")
+    await source.connect()
+    try:
+        first, second = await source.poll_messages()
+    finally:
+        await source.close()
+    assert json.loads(first.flowfile.content) == {"dev": "a\ud800", "v": 1}
+    assert first.flowfile.topic == "r/a\\ud800" and first.reject is None
+    assert second.flowfile.topic == "r/b"
+
+
 async def test_an_unreachable_api_is_retryable() -> None:
     source = make_source(url=f"http://127.0.0.1:{servers.free_port()}/x")
     await source.connect()
