@@ -294,6 +294,8 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
                 port = 0
             if port is not None and not 0 < port < 65536:
                 yield "url", "the port must be a number from 1 to 65535"
+            elif "@" in urlsplit(self.url).netloc:  # it would show on the status page
+                yield "url", "put credentials in username and password, not in the url"
             elif not urlsplit(self.url).hostname:
                 yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
         if not self.nodes:
