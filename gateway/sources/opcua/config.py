@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.topics import validate_topic
+from gateway.mqtt.urls import parse_url
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
 NODE_ID = re.compile(
@@ -177,6 +178,11 @@ class OpcuaWritebackConfig:
             )
         if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
             yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
+        elif self.url is not None:
+            try:  # what the write-back connection will read (a bad port crashed it)
+                parse_url(self.url)
+            except ValueError as err:
+                yield "url", str(err)
 
 
 @dataclass(frozen=True, kw_only=True)
