@@ -222,6 +222,8 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
                 port = 0
             if not urlsplit(self.url).hostname:
                 yield "url", "names no host"
+            if self.ca_file and not self.url.startswith("https://"):
+                yield "ca_file", "needs TLS: use an https:// URL"
             if port is not None and not 0 < port < 65536:
                 yield "url", "the port must be a number from 1 to 65535"
         try:

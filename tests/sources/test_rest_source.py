@@ -232,6 +232,10 @@ def test_keys_are_checked(tmp_path: Path) -> None:
         "sources.api.url: the port must be a number from 1 to 65535"
     ]
     assert problems(url="http:///x") == ["sources.api.url: names no host"]
+    # it was ignored: the API was polled in plain HTTP
+    assert problems(url="http://h/x", ca_file=str(tmp_path)) == [
+        "sources.api.ca_file: needs TLS: use an https:// URL"
+    ]
     assert problems(url="http://h/x", headers={"X-Key": "secret\nmore"}) == [
         "sources.api.headers.X-Key: a header value cannot hold a line break or control character"
     ]
