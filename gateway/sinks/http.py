@@ -8,12 +8,13 @@ content bytes as they are). The envelope is the one the file and Redis sinks wri
 with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
 
 `url` is a template: `{topic}` is the FlowFile's topic (each level percent-encoded,
-the `/` between levels kept), `{topic.N}` its level N (from 0; negative counts from
-the end), `{gateway}` the gateway id, `{sink}` this sink's name; `{{` and `}}` are
-literal braces. In batch mode the FlowFiles of a batch that resolve to different
-URLs go in one request per URL. A request body is at most `max_body` bytes: a batch
-whose envelopes are larger goes in several requests, in order; a single FlowFile
-larger than that is dead-lettered.
+`.` and `..` levels too, so that no topic leads out of the url's path; the `/` between
+levels kept), `{topic.N}` its level N (from 0; negative counts from the end; empty
+when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sink's
+name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that
+resolve to different URLs go in one request per URL. A request body is at most
+`max_body` bytes: a batch whose envelopes are larger goes in several requests, in
+order; a single FlowFile larger than that is dead-lettered.
 
 Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
 `<first id>..<last id>` of the FlowFiles in the request (batch mode). Delivery is
@@ -101,6 +102,7 @@ _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LEVEL = re.compile(r"topic\.(-?\d+)")
 _RETRY = frozenset({408, 429})
 _CREDENTIALS = frozenset({401, 403, 407})
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 
 
 def compile_template(template: str) -> list[str | tuple[str, int | None]]:
@@ -132,6 +134,15 @@ def compile_template(template: str) -> list[str | tuple[str, int | None]]:
     return [p for p in parts if p != ""]
 
 
+def _level(level: str) -> str:
+    """A topic level percent-encoded for a URL path; `.` and `..` too, which a server
+    would otherwise take as "this folder" and "the folder above" (a device publishing
+    on `../../admin` must not move the request out of the url's path)."""
+    if level in (".", ".."):
+        return level.replace(".", "%2E")
+    return quote(level, safe="")
+
+
 def safe_url(url: str) -> str:
     """`url` without a password or query string, for messages."""
     try:
@@ -139,8 +150,9 @@ def safe_url(url: str) -> str:
     except ValueError:
         return "(an unreadable URL)"
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    port = parts.netloc.rpartition("@")[2].rpartition(":")[2]  # as written: .port may raise
+    if port.isdigit():
+        host = f"{host}:{port}"
     if parts.username:
         host = f"{parts.username}:***@{host}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -194,9 +206,9 @@ class HttpSinkConfig(SinkConfig):
     url: Annotated[
         str,
         Doc(
-            "`http://` or `https://` URL template: `{topic}` (levels percent-encoded),"
-            " `{topic.N}` (level N from 0, negative from the end), `{gateway}`, `{sink}`;"
-            " `{{` and `}}` for literal braces.",
+            "`http://` or `https://` URL template: `{topic}` (levels percent-encoded,"
+            " `..` too), `{topic.N}` (level N from 0, negative from the end; empty if the"
+            " topic has none), `{gateway}`, `{sink}`; `{{` and `}}` for literal braces.",
             example="https://hooks.example.com/in/{topic}",
         ),
     ]
@@ -269,6 +281,12 @@ class HttpSinkConfig(SinkConfig):
                     yield "url", "the host must be written out (no placeholder in it)"
                 if "@" in urlsplit(head).netloc:
                     yield "url", "put credentials in username and password, not in the url"
+                try:
+                    port = urlsplit(head).port
+                except ValueError:
+                    port = 0
+                if port is not None and not 0 < port < 65536:
+                    yield "url", "the port must be a number from 1 to 65535"
             if not self.url.startswith("https://"):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):
@@ -285,9 +303,16 @@ class HttpSinkConfig(SinkConfig):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.connect_timeout <= 0 or self.timeout <= 0:
             yield "timeout", "timeouts must be positive"
-        for name in self.headers:
+        for name, value in self.headers.items():
             if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 yield f"headers.{name}", "is not a valid HTTP header name"
+            elif _CONTROL.search(value):
+                yield (
+                    f"headers.{name}",
+                    "a header value cannot hold a line break or control character",
+                )
+        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
+            yield "bearer_token", "cannot hold a line break or control character"
 
 
 class HttpSink(Sink):
@@ -365,15 +390,15 @@ class HttpSink(Sink):
         """The request URL of a FlowFile on `topic` (levels percent-encoded)."""
         if self._static:
             return self._parts[0]  # type: ignore[return-value]
-        levels = topic.split("/")
+        levels = [_level(level) for level in topic.split("/")]
         out = []
         for part in self._parts:
             if isinstance(part, str):
                 out.append(part)
             elif part is None:
-                out.append("/".join(quote(level, safe="") for level in levels))
+                out.append("/".join(levels))
             elif -len(levels) <= part < len(levels):
-                out.append(quote(levels[part], safe=""))
+                out.append(levels[part])
         return "".join(out)
 
     def _requests(
@@ -480,7 +505,7 @@ class HttpSink(Sink):
                     reason += " (redirects are not followed: set url to the new place)"
                 self.refused += len(flowfiles)
                 return [Rejected(ff, reason) for ff in flowfiles]
-        except (aiohttp.ClientError, OSError) as err:
-            raise RetryableError(f"{where} failed: {err or type(err).__name__}") from err
-        except TimeoutError as err:
+        except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(f"{where} did not answer within {self.config.timeout:g}s") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise RetryableError(f"{where} failed: {str(err) or type(err).__name__}") from err

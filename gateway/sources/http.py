@@ -321,7 +321,10 @@ class HttpSource(Source):
             return self._busy("the gateway's buffer is full; send again later")
         if len(self._unanswered) >= cfg.max_requests:
             return self._busy(f"{cfg.max_requests} requests are waiting already")
-        body = await request.content.read(cfg.max_body + 1)
+        try:  # read(n) would return what has arrived so far: one chunk of a longer body
+            body = await request.content.readexactly(cfg.max_body + 1)
+        except asyncio.IncompleteReadError as err:  # the end came first: the whole body
+            body = err.partial
         if len(body) > cfg.max_body:
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
         if self._in_flight + len(body) > cfg.max_in_flight and self._in_flight:

@@ -5,7 +5,8 @@ Each poll GETs `url` and reads the answer as JSON; `select` picks the items
 whose topic comes from `topic`, a template with `{field}` for a field of the item
 (its `/`, `+` and `#` become `_`, so that it stays one topic level) and `{source}`
 for this source's name. An item without a field the template needs, or that is
-no object while the template needs one, goes to the dead letters.
+no object while the template needs one, goes to the dead letters. NaN and
+Infinity in an answer (no JSON, but some APIs send them) become null.
 
 `select` is a small path language (a subset of JSONPath):
   (empty)            the whole answer
@@ -60,6 +61,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -68,6 +70,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -80,6 +83,7 @@ from gateway.core.topics import validate_topic
 
 _STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 _SAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 Step = str | int | None  # a key, an index, None for [*]
@@ -211,18 +215,45 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             yield "url", "must start with http:// or https://"
         elif "@" in self.url.partition("://")[2].partition("/")[0]:
             yield "url", "put credentials in username and password, not in the url"
+        else:
+            try:
+                port = urlsplit(self.url).port
+            except ValueError:
+                port = 0
+            if not urlsplit(self.url).hostname:
+                yield "url", "names no host"
+            if self.ca_file and not self.url.startswith("https://"):
+                yield "ca_file", "needs TLS: use an https:// URL"
+            if port is not None and not 0 < port < 65536:
+                yield "url", "the port must be a number from 1 to 65535"
         try:
             parse_select(self.select)
         except ValueError as err:
             yield "select", str(err)
         try:
-            _template_fields(self.topic)
+            names = _template_fields(self.topic)
         except ValueError as err:
             yield "topic", str(err)
+        else:  # the fields' values cannot hold a wildcard: the text around them must not either
+            problem = validate_topic(self.topic.format(**dict.fromkeys(names, "x")))
+            if problem:
+                yield "topic", f"{self.topic!r}: {problem}"
+        for name, value in self.headers.items():
+            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                yield f"headers.{name}", "is not a valid HTTP header name"
+            elif _CONTROL.search(value):
+                yield (
+                    f"headers.{name}",
+                    "a header value cannot hold a line break or control character",
+                )
+        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
+            yield "bearer_token", "cannot hold a line break or control character"
         if self.bearer_token is not None and (self.username or self.password):
             yield "bearer_token", "use bearer_token or username and password, not both"
         if bool(self.username) != bool(self.password):
             yield "username", "basic auth needs both username and password"
+        if self.username and ":" in self.username:
+            yield "username", "a basic auth user name cannot hold ':'"
 
 
 class RestSource(Source):
@@ -304,17 +335,22 @@ class RestSource(Source):
                     raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
                 if status >= 300:
                     return self._failed(f"answered {status} {answer.reason or ''}".rstrip())
-                body = await answer.content.read(cfg.max_body + 1)
-        except (aiohttp.ClientError, OSError) as err:
-            raise RetryableError(f"GET {self._where} failed: {err or type(err).__name__}") from err
-        except TimeoutError as err:
+                try:  # read(n) would return what has arrived so far: one chunk of it
+                    body = await answer.content.readexactly(cfg.max_body + 1)
+                except asyncio.IncompleteReadError as err:  # the end came first: all of it
+                    body = err.partial
+        except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(
                 f"GET {self._where} did not answer within {cfg.timeout:g}s"
             ) from err
+        except (aiohttp.ClientError, OSError) as err:
+            what = str(err) or type(err).__name__
+            raise RetryableError(f"GET {self._where} failed: {what}") from err
         if len(body) > cfg.max_body:
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:
-            value = json.loads(body)
+            # NaN and Infinity, which some APIs send, are no JSON: null keeps the content JSON
+            value = json.loads(body, parse_constant=lambda _: None)
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             return self._failed(f"the answer is not JSON ({err})")
         if self.last_status is not None:
@@ -324,7 +360,10 @@ class RestSource(Source):
         return [self._message(item, now) for item in select(value, self._steps)]
 
     def _message(self, item: Any, now: int) -> Message:
-        content = _dumps(item).encode()
+        try:
+            content = _dumps(item).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"), valid JSON: keep it escaped
+            content = json.dumps(item, separators=(",", ":")).encode()
         values: dict[str, str] = {}
         reject = None
         if self._fields and not isinstance(item, dict):
@@ -336,7 +375,8 @@ class RestSource(Source):
             else:
                 for f in self._fields:
                     text = item[f] if isinstance(item[f], str) else _dumps(item[f])
-                    values[f] = text.translate(_SAFE)
+                    # a lone surrogate cannot be UTF-8: written as its escape
+                    values[f] = text.translate(_SAFE).encode("utf-8", "backslashreplace").decode()
         topic = f"rest/{self.ctx.name}"
         if reject is None:
             topic = self._topic.format(**values)

@@ -4,6 +4,7 @@ then 2xx, 4xx to the dead letters, Retry-After, body bound, config problems)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,7 +14,13 @@ import pytest
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.http import HttpSink, HttpSinkConfig, compile_template, retry_after
+from gateway.sinks.http import (
+    HttpSink,
+    HttpSinkConfig,
+    compile_template,
+    retry_after,
+    safe_url,
+)
 from tests import servers
 from tests.sinks.contract import SinkContract, closing, connected, server_down
 from tests.sinks.contract import config_problems as sink_config_problems
@@ -168,6 +175,10 @@ async def test_headers_auth_idempotency_key_and_url_template(
     single = got["/gw/pi-01/hook/other/last/other"]
     assert single["headers"]["Idempotency-Key"] == c.id
     assert json.loads(single["body"])[0]["payload_base64"]
+    # a topic's `..` levels stay inside the url's path (they were sent as they are)
+    assert await sink.write([FlowFile.create("../../admin/..", b"{}")]) == []
+    paths = [r["raw_path"] for r in http_receiver.received()]
+    assert "/gw/pi-01/hook/%2E%2E/%2E%2E/admin/%2E%2E/last/%2E%2E" in paths
 
 
 async def test_each_mode_payload_body_and_basic_auth(
@@ -206,6 +217,22 @@ async def test_connection_refused_is_retryable(sink_for: Any) -> None:
         await sink.write([FlowFile.create("plant/a", b"{}")])
 
 
+async def test_a_server_that_never_answers_is_a_timeout_said_so(sink_for: Any) -> None:
+    # a listener that takes the connection and never answers (the log said "failed: ")
+    taken: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
+        with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
+            await sink.write([FlowFile.create("plant/a", b"{}")])
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
+
+
 def test_config_problems() -> None:
     assert config_problems(url="ftp://x/y")[1] == [
         "sinks.hook.url: 'ftp://x/y' must start with http:// or https://"
@@ -219,6 +246,16 @@ def test_config_problems() -> None:
         "not both"
         in config_problems(url="http://h", bearer_token="t", username="u", password="p")[1][0]
     )
+    # these passed the check and then crashed the sink on every write, with a traceback
+    assert config_problems(url="http://h:99999/x")[1] == [
+        "sinks.hook.url: the port must be a number from 1 to 65535"
+    ]
+    assert config_problems(url="http://h/x", headers={"X-Key": "secret\nmore"})[1] == [
+        "sinks.hook.headers.X-Key: a header value cannot hold a line break or control character"
+    ]
+    assert "bearer_token" in config_problems(url="http://h/x", bearer_token="t\r\n")[1][0]
+    assert config_problems(url="http://h:8080/x", headers={"X-Key": "a\tb"})[1] == []
+    assert safe_url("http://h:99999/x?token=t") == "http://h:99999/x"
     assert compile_template("http://h/{{x}}/{topic.2}") == [
         "http://h/",
         "{",

@@ -288,6 +288,24 @@ async def test_a_body_of_max_body_bytes_is_taken_one_byte_more_is_413(
     ]
 
 
+async def test_a_body_arriving_in_several_pieces_is_read_whole(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    # A large POST comes in several TCP segments: the whole body is read, not the first piece.
+    body = of_size(60_000, "slow")
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for at in range(0, len(body), 20_000):
+            yield body[at : at + 20_000]
+            await asyncio.sleep(0.05)
+
+    ingest = await ingest_with()
+    status, answer, _ = await ingest("/ingest/a", trickle())
+    assert status == 200, answer
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert tags(tmp_path) == Counter({"slow": 1})
+
+
 async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken(
     ingest_with: Any, tmp_path: Path
 ) -> None:

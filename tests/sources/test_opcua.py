@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -305,6 +307,24 @@ async def test_polled_nodes_by_path_and_id_follow_the_server(
         assert not pump.values("opcua/s1/missing")
 
 
+async def test_poll_times_missed_are_counted_in_the_status(
+    plain_server: servers.OpcuaServer,
+) -> None:
+    # the docs say missed times are counted in missed_runs in /api/status: it was absent
+    source = make_source(
+        {"url": plain_server.url, "mode": "poll", "interval": "50ms", "nodes": all_nodes()}
+    )
+    await source.connect()
+    try:
+        assert await source.read()  # the first poll
+        assert source.status()["missed_runs"] == 0
+        await asyncio.sleep(0.3)  # the engine took nothing meanwhile (a full buffer)
+        assert await source.read()
+        assert source.status()["missed_runs"] >= 3
+    finally:
+        await source.close()
+
+
 async def test_deadbands_absolute_at_the_server_and_percent_at_the_source(
     plain_server: servers.OpcuaServer, writer: Client
 ) -> None:
@@ -393,6 +413,33 @@ async def test_server_restart_marks_offline_then_online_and_resubscribes(
 
         await until(lambda: 7 in counters())  # resubscribed: the change after the restart arrives
         await stop(engine)
+    finally:
+        workspace.discard(server)
+
+
+async def test_a_server_that_stops_answering_is_said_so(workspace: servers.Workspace) -> None:
+    # a hung server (SIGSTOP): the error said "reading from OPC UA server ...: " and no more
+    server = workspace.opcua()
+    source = make_source(
+        {
+            "url": server.url,
+            "mode": "poll",
+            "interval": "100ms",
+            "timeout": "300ms",
+            "watchdog": "10s",
+            "nodes": {"counter": {"node": "ns=2;s=Counter"}},
+        }
+    )
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda: bool(pump.values("opcua/s1/counter")))
+            assert server._proc is not None
+            os.kill(server._proc.pid, signal.SIGSTOP)
+            try:
+                await until(lambda: pump.error is not None)
+            finally:
+                os.kill(server._proc.pid, signal.SIGCONT)
+        assert "no answer within 0.3s" in str(pump.error), pump.error
     finally:
         workspace.discard(server)
 

@@ -38,7 +38,21 @@ def test_a_valid_config_has_no_problems() -> None:
         ({"url": "http://h", "nodes": {"a": {"node": "i=1"}}}, "url: 'http://h' must read opc.tcp"),
         ({"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=2;x=1"}}}, "not an OPC UA node id"),
         ({"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "path": "2:A"}}}, "not both"),
+        ({"url": "opc.tcp://h", "nodes": {"a": {}}}, "nodes.a.node: give `node` (a node id) or"),
         ({"url": "opc.tcp://h", "nodes": {"a b": {"node": "i=1"}}}, "names use letters"),
+        # passed the check, then the gateway died at start with a traceback
+        ({"url": "opc.tcp://h:99999", "nodes": {"a": {"node": "i=1"}}}, "from 1 to 65535"),
+        ({"url": "opc.tcp://:4840", "nodes": {"a": {"node": "i=1"}}}, "names no host"),
+        (  # passed the check, then the source crashed with a traceback at each start
+            {
+                "url": "opc.tcp://h",
+                "nodes": {"a": {"node": "i=1"}},
+                "writeback": {"url": "mqtt://u:pw@h:99999"},
+            },
+            "writeback.url: 'mqtt://u:***@h:99999' is not an mqtt://host:port",
+        ),
+        # the password was shown in /api/status (server.url)
+        ({"url": "opc.tcp://u:pw@h:4840", "nodes": {"a": {"node": "i=1"}}}, "not in the url"),
         (
             {
                 "url": "opc.tcp://h",

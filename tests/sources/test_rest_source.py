@@ -4,6 +4,7 @@ least once), then the select paths, topic templates, 4xx and bad answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -135,6 +136,53 @@ async def test_a_4xx_is_counted_and_logged_once_a_5xx_is_retried(
         await source.close()
 
 
+async def test_a_large_answer_is_read_whole(http_receiver: servers.HttpReceiver) -> None:
+    # ~600 KB comes in several pieces: all of them are read, not only the first
+    for i in range(300):
+        post(http_receiver, "/large", {"seq": i, "pad": "x" * 2000})
+    source = make_source(url=f"{http_receiver.url}/large", select="data.readings")
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+    finally:
+        await source.close()
+    assert source.status()["last_status"] is None
+    assert [json.loads(m.flowfile.content)["seq"] for m in messages] == list(range(300))
+
+
+async def test_nan_and_infinity_in_an_answer_become_null(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # they are no JSON (the receiver sends them as Python's json does): the items' content
+    # was {"v":NaN}, which no JSON reader takes
+    for v in (float("nan"), float("-inf"), 1.5):
+        post(http_receiver, "/nan", {"v": v})
+    source = make_source(url=f"{http_receiver.url}/nan", select="data.readings")
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+    finally:
+        await source.close()
+    assert [m.flowfile.content for m in messages] == [b'{"v":null}', b'{"v":null}', b'{"v":1.5}']
+
+
+async def test_a_lone_surrogate_in_an_answer_does_not_crash_the_source(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # "\ud800" is valid JSON but no UTF-8: the source crashed on every poll, nothing stored
+    post(http_receiver, "/sur", {"dev": "a\ud800", "v": 1})  # sent and served escaped
+    post(http_receiver, "/sur", {"dev": "b", "v": 2})
+    source = make_source(url=f"{http_receiver.url}/sur", select="data.readings", topic="r/{dev}")
+    await source.connect()
+    try:
+        first, second = await source.poll_messages()
+    finally:
+        await source.close()
+    assert json.loads(first.flowfile.content) == {"dev": "a\ud800", "v": 1}
+    assert first.flowfile.topic == "r/a\\ud800" and first.reject is None
+    assert second.flowfile.topic == "r/b"
+
+
 async def test_an_unreachable_api_is_retryable() -> None:
     source = make_source(url=f"http://127.0.0.1:{servers.free_port()}/x")
     await source.connect()
@@ -143,6 +191,24 @@ async def test_an_unreachable_api_is_retryable() -> None:
             await source.poll_messages()
     finally:
         await source.close()
+
+
+async def test_an_api_that_never_answers_is_a_timeout_said_so() -> None:
+    # a listener that takes the connection and never answers (the log said "failed: ")
+    taken: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    source = make_source(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
+    await source.connect()
+    try:
+        with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
+            await source.poll_messages()
+    finally:
+        await source.close()
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
 
 
 def test_keys_are_checked(tmp_path: Path) -> None:
@@ -155,3 +221,24 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     assert "select" in problems(url="http://h/x", select="a[")[0]
     assert "topic" in problems(url="http://h/x", topic="r/{a.b}")[0]
     assert "username" in problems(url="http://h/x", username="u")[0]
+    assert "cannot hold ':'" in problems(url="http://h/x", username="a:b", password="p")[0]
+    # a template whose own text holds a wildcard would dead-letter every item
+    assert problems(url="http://h/x", topic="a/#/{dev}") == [
+        "sources.api.topic: 'a/#/{dev}': a topic name must not contain the wildcards '+' or '#'"
+    ]
+    assert "topic" in problems(url="http://h/x", topic="a/+")[0]
+    assert problems(url="http://h/x", topic="a/{dev}/{source}") == []
+    assert problems(url="http://h:99999/x") == [
+        "sources.api.url: the port must be a number from 1 to 65535"
+    ]
+    assert problems(url="http:///x") == ["sources.api.url: names no host"]
+    # it was ignored: the API was polled in plain HTTP
+    assert problems(url="http://h/x", ca_file=str(tmp_path)) == [
+        "sources.api.ca_file: needs TLS: use an https:// URL"
+    ]
+    assert problems(url="http://h/x", headers={"X-Key": "secret\nmore"}) == [
+        "sources.api.headers.X-Key: a header value cannot hold a line break or control character"
+    ]
+    assert problems(url="http://h/x", headers={"bad header": "v"}) == [
+        "sources.api.headers.bad header: is not a valid HTTP header name"
+    ]

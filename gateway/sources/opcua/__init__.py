@@ -73,7 +73,8 @@ config is reloaded, so a refused login never hammers a server that may lock the 
 Status (`/api/status`, this source's entry): `connected` (true while the session is
 up), `server` (`url`, `state` online/offline/connecting, `last_error` while offline,
 `previous_error` once it answers again, `last_error_at`, `connected_at`), `values`,
-`queue_bytes`, and each node's `node_id`, `mode`, `values` and `error` (a node the
+`queue_bytes`, `missed_runs` (with polled nodes: poll times passed without a poll,
+see `missed`), and each node's `node_id`, `mode`, `values` and `error` (a node the
 server does not have: logged once, left out until the next connection, the others go
 on).
 

@@ -12,10 +12,12 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.topics import validate_topic
+from gateway.mqtt.urls import parse_url
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
 NODE_ID = re.compile(
@@ -103,7 +105,9 @@ class NodeConfig:
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if (self.node is None) == (self.path is None):
+        if self.node is None and self.path is None:
+            yield "node", "give `node` (a node id) or `path` (a browse path)"
+        elif self.node is not None and self.path is not None:
             yield "node", "give either `node` (a node id) or `path` (a browse path), not both"
         if self.node is not None and not NODE_ID.fullmatch(self.node):
             yield (
@@ -174,6 +178,11 @@ class OpcuaWritebackConfig:
             )
         if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
             yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
+        elif self.url is not None:
+            try:  # what the write-back connection will read (a bad port crashed it)
+                parse_url(self.url)
+            except ValueError as err:
+                yield "url", str(err)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +293,17 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith("opc.tcp://"):
             yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
+        else:
+            try:
+                port = urlsplit(self.url).port
+            except ValueError:
+                port = 0
+            if port is not None and not 0 < port < 65536:
+                yield "url", "the port must be a number from 1 to 65535"
+            elif "@" in urlsplit(self.url).netloc:  # it would show on the status page
+                yield "url", "put credentials in username and password, not in the url"
+            elif not urlsplit(self.url).hostname:
+                yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
         if not self.nodes:
             yield "nodes", "name at least one node to read"
         seen: dict[str, str] = {}

@@ -262,6 +262,8 @@ class OpcuaSource(Source):
         }
         if self._channel is not None:
             out["writeback"] = "connected" if self._channel.connected else "disconnected"
+        if self.schedule is not None:  # polled nodes: the engine does not run this schedule
+            out["missed_runs"] = self.schedule.missed_runs
         return out
 
     # ---- lifecycle ------------------------------------------------------
@@ -296,7 +298,9 @@ class OpcuaSource(Source):
                 await self._subscribe(client)
         except (UaError, OSError, TimeoutError) as err:
             await self._disconnect()
-            raise self._offline(RetryableError(f"OPC UA server {self._where}: {err}")) from err
+            raise self._offline(
+                RetryableError(f"OPC UA server {self._where}: {self._why(err)}")
+            ) from err
         was_offline = self.server["last_error"] is not None
         self.server.update(state="online", connected_at=values.iso_now())
         if was_offline:
@@ -361,6 +365,12 @@ class OpcuaSource(Source):
                     " connect: put the server's own certificate there"
                 )
             )
+
+    def _why(self, err: BaseException) -> str:
+        """What went wrong, never empty (a TimeoutError's text is)."""
+        if isinstance(err, TimeoutError):
+            return f"no answer within {self.config.timeout:g}s"
+        return str(err) or type(err).__name__
 
     def _connect_error(self, err: BaseException) -> RetryableError | PermanentError:
         where = self._where
@@ -518,9 +528,7 @@ class OpcuaSource(Source):
 
     async def _connection_lost(self, err: Exception) -> None:
         """asyncua's watchdog saw the connection end: `read` raises, the engine reconnects."""
-        self._lost = (
-            f"lost the connection to OPC UA server {self._where}: {err or type(err).__name__}"
-        )
+        self._lost = f"lost the connection to OPC UA server {self._where}: {self._why(err)}"
         self._wake.set()
 
     # ---- asyncua's subscription handler ----------------------------------
@@ -622,7 +630,7 @@ class OpcuaSource(Source):
             results = await client.uaclient.read(params)
         except (UaError, OSError, TimeoutError) as err:
             raise self._offline(
-                RetryableError(f"reading from OPC UA server {self._where}: {err}")
+                RetryableError(f"reading from OPC UA server {self._where}: {self._why(err)}")
             ) from err
         out = []
         for s, dv in zip(nodes, results, strict=True):
@@ -714,7 +722,11 @@ class OpcuaSource(Source):
                 "error": f"the server refused the write ({_code_name(err)})",
             }
         except (UaError, OSError, TimeoutError) as err:
-            return {**result, "ok": False, "error": f"OPC UA server {self._where}: {err}"}
+            return {
+                **result,
+                "ok": False,
+                "error": f"OPC UA server {self._where}: {self._why(err)}",
+            }
         ok = values.same(value, back, s.vtype)
         shown = values.plain(values.float32(back) if s.vtype == ua.VariantType.Float else back)
         result.update(ok=ok, value=shown)
