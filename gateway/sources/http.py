@@ -5,7 +5,9 @@ each object becomes one FlowFile on that topic (the path after /ingest/,
 percent-decoded; `prefix` is put in front) whose content is the object's JSON.
 The answer is sent only after the store has committed every FlowFile of the
 request: **200 means durable**, as a PUBACK is for the MQTT source; it reads
-{"stored": 2, "ids": ["0190…", "0190…"]}. A gateway killed before the commit
+{"stored": 2, "ids": ["0190…", "0190…"]}, or for more than 100 FlowFiles
+{"stored": 5000, "first": "0190…", "last": "0190…"} (the ids of one request are
+in order). A gateway killed before the commit
 sends no answer and the client sends again: delivery is at least once (a request
 whose answer was lost on the way back is stored again when sent again).
 
@@ -13,14 +15,15 @@ Refusals, each a one-line JSON body {"error": "..."}; nothing of a refused
 request is stored:
   401  no `Authorization: Bearer <token>`, or not one of `tokens` (compared in
        constant time)
-  413  a body larger than `max_body`
+  413  a body larger than `max_body`, or whose FlowFiles would hold more than
+       `max_in_flight` bytes in memory (see below): send fewer objects at once
   415  a Content-Type other than application/json (or `…+json`)
   400  a body that is not JSON, not an object or an array of objects, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
        the disk is short), or `max_requests` requests or `max_in_flight` bytes
-       are waiting for their commit already, or the source is stopping; with
+       of FlowFiles are waiting for their commit already, or the source is stopping; with
        `Retry-After` (seconds). A request not confirmed within `ack_timeout`
        is answered 503 too; it may still be stored, so sending it again may
        store it twice (at least once).
@@ -31,6 +34,13 @@ the commit, the engine commits at once; the requests that arrive during one comm
 together in the next. A stream (an MQTT source) handing data over at the same time
 brings the linger back for that batch. For more requests per second, send from more
 clients at once, or send arrays (one request, one commit, many FlowFiles).
+
+Memory: the requests waiting for their commit are bounded by what their FlowFiles
+hold in memory, counted as the MQTT source counts a message: content, topic and
+about 260 bytes more per FlowFile. So a body of many tiny objects counts far more
+than its length (1MiB of `{}` is 350k FlowFiles, about 90MB: refused 413 with the
+default `max_in_flight`); one request is parsed at a time (briefly up to about 30
+times `max_body`).
 
 The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
@@ -44,7 +54,7 @@ Keys
   prefix: ""               put in front of every topic, e.g. "http/" (default none)
   max_body: 1MiB           the largest request body (default 1MiB)
   max_requests: 64         requests waiting for their commit at once (default 64)
-  max_in_flight: 16MiB     their bodies' bytes at most (default 16MiB)
+  max_in_flight: 16MiB     their FlowFiles' bytes in memory at most (default 16MiB)
   ack_timeout: 30s         the longest a request waits for its commit (default 30s)
   tls_cert: null           PEM certificate (chain): serve HTTPS; with tls_key
   tls_key: null            its private key (PEM)
@@ -76,7 +86,7 @@ from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
 from gateway.core.topics import validate_topic
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -87,6 +97,12 @@ def _refuse_constant(name: str) -> None:
 
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
+
+
+class _TooLarge(Exception):
+    """A request whose FlowFiles would hold more than max_in_flight bytes: 413."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +139,11 @@ class HttpSourceConfig(SourceConfig):
     ] = 64
     max_in_flight: Annotated[
         Size,
-        Doc("The bytes of the bodies waiting for their commit; more are answered 503."),
+        Doc(
+            "The bytes the FlowFiles of the requests waiting for their commit hold in"
+            " memory (content, topic and about 260 bytes each); more are answered 503, a"
+            " request holding more on its own 413."
+        ),
         Range(1024, 1 << 30, "must be between 1KiB and 1GiB"),
     ] = 16 << 20
     ack_timeout: Annotated[
@@ -330,24 +350,56 @@ class HttpSource(Source):
         if self._in_flight + len(body) > cfg.max_in_flight and self._in_flight:
             return self._busy(f"{cfg.max_in_flight} bytes are waiting already")
         try:
-            flowfiles = self._flowfiles(topic, body)
+            flowfiles, size = self._flowfiles(topic, body)
         except ValueError as err:
             return self._refuse(400, str(err))
+        except _TooLarge as err:
+            return self._refuse(413, str(err))
         if not flowfiles:
             return web.json_response({"stored": 0, "ids": []})
-        return await self._store(flowfiles, len(body))
+        if self._in_flight + size > cfg.max_in_flight and self._in_flight:
+            return self._busy(f"{cfg.max_in_flight} bytes are waiting already")
+        return await self._store(flowfiles, size)
 
-    def _flowfiles(self, topic: str, body: bytes) -> list[FlowFile]:
+    def _flowfiles(self, topic: str, body: bytes) -> tuple[list[FlowFile], int]:
+        """The request's FlowFiles and the bytes they hold in memory (as the MQTT source
+        counts a message: content, topic, attributes and FLOWFILE_OVERHEAD each);
+        _TooLarge beyond `max_in_flight`, before making more of them."""
         try:
             value = _loads(body.decode())
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             raise ValueError(f"the body is not JSON: {err}") from None
-        now = self.ctx.clock.now_ns()
         if isinstance(value, dict):
-            return [FlowFile.create(topic, body.strip(), {}, now)]
-        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
-            return [FlowFile.create(topic, _dumps(item).encode(), {}, now) for item in value]
-        raise ValueError("the body must be a JSON object or an array of objects")
+            items = None
+        elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            items = value
+        else:
+            raise ValueError("the body must be a JSON object or an array of objects")
+        limit = self.config.max_in_flight
+        each = len(topic) + attributes_size({}) + FLOWFILE_OVERHEAD
+        count = 1 if items is None else len(items)
+        if count * each > limit:  # even if the objects were empty
+            raise _TooLarge(self._too_large(count, count * each))
+        now = self.ctx.clock.now_ns()
+        if items is None:
+            content = body.strip()
+            return [FlowFile.create(topic, content, {}, now)], each + len(content)
+        flowfiles = []
+        size = 0
+        for item in items:
+            ff = FlowFile.create(topic, _dumps(item).encode(), {}, now)
+            size += each + len(ff.content)
+            if size > limit:
+                raise _TooLarge(self._too_large(count, size, at_least=True))
+            flowfiles.append(ff)
+        return flowfiles, size
+
+    def _too_large(self, count: int, size: int, at_least: bool = False) -> str:
+        return (
+            f"the body's {count} objects would take {'more than ' if at_least else ''}"
+            f"{size} bytes in memory, more than max_in_flight ({self.config.max_in_flight}):"
+            " send fewer objects per request"
+        )
 
     async def _store(self, flowfiles: list[FlowFile], size: int) -> web.StreamResponse:
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -376,4 +428,8 @@ class HttpSource(Source):
             self._unanswered.discard(answer)
             self._in_flight -= size
         self.requests += 1
+        if len(flowfiles) > MAX_IDS:  # a bounded answer: the ids of one request are in order
+            return web.json_response(
+                {"stored": len(flowfiles), "first": flowfiles[0].id, "last": flowfiles[-1].id}
+            )
         return web.json_response({"stored": len(flowfiles), "ids": [ff.id for ff in flowfiles]})

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
+from gateway.core.flowfile import FLOWFILE_OVERHEAD, attributes_size
 from gateway.sources.http import HttpSource
 from tests.servers import free_port
 from tests.sources.contract import SourceContract, failing_commits
@@ -339,19 +340,20 @@ async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken
 async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_is_taken(
     ingest_with: Any, tmp_path: Path
 ) -> None:
-    ingest = await ingest_with(max_in_flight="1KiB", max_body="1KiB")
+    ingest = await ingest_with(max_in_flight="2KiB", max_body="2KiB")
     engine = ingest.engine
     source = engine.sources["rows"].source
+    each = len("a") + attributes_size({}) + FLOWFILE_OVERHEAD  # a FlowFile besides its content
     heal = failing_commits(engine)
     try:
-        first = asyncio.ensure_future(ingest("/ingest/a", of_size(700, "first")))
-        await until(lambda: source._in_flight == 700)
-        big = b"[" + of_size(200, "big") + b"," + of_size(200, "big") + b"]"  # 403 bytes
+        first = asyncio.ensure_future(ingest("/ingest/a", of_size(1000, "first")))
+        await until(lambda: source._in_flight == 1000 + each)
+        big = b"[" + b",".join([of_size(250, "big")] * 3) + b"]"  # 754 bytes, 3 FlowFiles
         status, answer, headers = await ingest("/ingest/a", big)
         assert status == 503 and headers["Retry-After"] == "1"
-        assert answer["error"] == "1024 bytes are waiting already"
-        small = asyncio.ensure_future(ingest("/ingest/a", of_size(300, "small")))  # fits
-        await until(lambda: source._in_flight == 1000)
+        assert answer["error"] == "2048 bytes are waiting already"
+        small = asyncio.ensure_future(ingest("/ingest/a", of_size(500, "small")))  # fits
+        await until(lambda: source._in_flight == 1500 + 2 * each)
         assert not first.done() and not small.done()
         assert lines(tmp_path) == []
     finally:
@@ -359,7 +361,32 @@ async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_i
     assert [(await first)[0], (await small)[0]] == [200, 200]
     assert source._in_flight == 0
     status, answer, _ = await ingest("/ingest/a", big)
-    assert status == 200 and answer["stored"] == 2
-    await until(lambda: len(lines(tmp_path)) == 4)
+    assert status == 200 and answer["stored"] == 3
+    await until(lambda: len(lines(tmp_path)) == 5)
     await asyncio.sleep(0.2)
-    assert tags(tmp_path) == Counter({"first": 1, "small": 1, "big": 2})
+    assert tags(tmp_path) == Counter({"first": 1, "small": 1, "big": 3})
+
+
+async def test_a_body_of_tiny_objects_is_bounded_by_their_memory_not_its_length(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    """1MiB of `{}` is 350k FlowFiles, ~90MB in memory: over the default max_in_flight
+    (16MiB) it is refused 413 in one line, nothing stored; an array that fits is stored
+    and answered with its first and last id, not a list of thousands."""
+    ingest = await ingest_with()
+    tiny = b"[" + b",".join([b"{}"] * ((1 << 20) // 3)) + b"]"
+    status, answer, _ = await ingest("/ingest/a", tiny)
+    assert status == 413
+    assert answer["error"].startswith("the body's 349525 objects would take ")
+    assert answer["error"].endswith(
+        "more than max_in_flight (16777216): send fewer objects per request"
+    )
+    many = [{"i": i} for i in range(5000)]  # 5000 FlowFiles, ~1.4MB in memory: fits
+    status, answer, _ = await ingest("/ingest/a", many)
+    assert status == 200 and answer["stored"] == 5000 and "ids" not in answer
+    await until(lambda: len(lines(tmp_path)) == 5000)
+    stored = lines(tmp_path)
+    assert (answer["first"], answer["last"]) == (stored[0]["id"], stored[-1]["id"])
+    assert [r["payload"] for r in stored] == many
+    status, answer, _ = await ingest("/ingest/a", many[:100])  # up to 100: every id
+    assert status == 200 and len(answer["ids"]) == 100
