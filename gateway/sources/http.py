@@ -20,13 +20,16 @@ request is stored:
   415  a Content-Type other than application/json (or `…+json`)
   400  a body that is not JSON, not an object or an array of objects, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL)
+  414  a topic longer than 4096 bytes (UTF-8, prefix included)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
        the disk is short), or `max_requests` requests or `max_in_flight` bytes
-       of FlowFiles are waiting for their commit already, or the source is stopping; with
-       `Retry-After` (seconds). A request not confirmed within `ack_timeout`
-       is answered 503 too; it may still be stored, so sending it again may
-       store it twice (at least once).
+       of FlowFiles are waiting for their commit already, or the source is
+       stopping; with `Retry-After` (seconds). A request not confirmed within
+       `ack_timeout` is answered 503 too; it may still be stored, so sending it
+       again may store it twice (at least once).
+The one exception: a request line over 64KiB, or a header line over 8KiB, is
+refused 400 by the HTTP layer (aiohttp) before the source sees it, in plain text.
 
 Throughput: each client waits for its answer, so lingering to fill a batch
 (`buffer.batch_linger`) would only delay it. While nothing but HTTP requests waits for
@@ -98,6 +101,11 @@ def _refuse_constant(name: str) -> None:
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
+MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
+# aiohttp's limit on the request line (8190 by default) answers a longer line itself, in
+# plain text: room for a MAX_TOPIC topic percent-encoded (3 bytes a byte), so that a
+# topic too long is ours to refuse, in JSON
+MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
 
 
@@ -235,7 +243,13 @@ class HttpSource(Source):
                 ) from err
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
         app.router.add_route("*", "/ingest/{topic:.*}", self._ingest)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            max_line_size=MAX_LINE,
+        )
         await runner.setup()
         host, _, port = cfg.listen.rpartition(":")
         try:
@@ -334,6 +348,8 @@ class HttpSource(Source):
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
         path = request.match_info["topic"]
         topic = cfg.prefix + path
+        if len(topic.encode(errors="replace")) > MAX_TOPIC:
+            return self._refuse(414, f"the topic is longer than {MAX_TOPIC} bytes")
         problem = validate_topic(topic) if path else "the path names no topic: /ingest/<topic>"
         if problem:
             return self._refuse(400, f"bad topic {topic!r}: {problem}")

@@ -390,3 +390,16 @@ async def test_a_body_of_tiny_objects_is_bounded_by_their_memory_not_its_length(
     assert [r["payload"] for r in stored] == many
     status, answer, _ = await ingest("/ingest/a", many[:100])  # up to 100: every id
     assert status == 200 and len(answer["ids"]) == 100
+
+
+async def test_a_long_topic_is_refused_in_one_json_line_not_aiohttp_plain_text(
+    ingest: Any, tmp_path: Path
+) -> None:
+    """Over aiohttp's own request line limit (8190 bytes) the answer was its plain-text
+    400 echoing the path; a topic over 4096 bytes is refused by the source, in JSON."""
+    for path in ("/ingest/" + "t" * 10_000, "/ingest/" + "%C3%A9" * 2100):  # é: 2 bytes
+        status, answer = await ingest(path, {"x": 1})
+        assert status == 414 and answer == {"error": "the topic is longer than 4096 bytes"}
+    status, answer = await ingest("/ingest/" + "t" * 4092, {"x": 1})  # api/ + 4092: 4096
+    assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 1)
