@@ -19,7 +19,8 @@ request is stored:
        `max_in_flight` bytes in memory (see below): send fewer objects at once
   415  a Content-Type other than application/json (or `…+json`)
   400  a body that is not JSON, not an object or an array of objects, or a topic
-       that is no valid MQTT topic name (empty, `+`, `#`, NUL)
+       that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
+       lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
@@ -107,6 +108,16 @@ MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 # topic too long is ours to refuse, in JSON
 MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
+
+
+def _encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON of `value`; ValueError for a lone surrogate (`\\ud800`): valid
+    JSON text, but no Unicode (a database's JSON type, a UTF-8 encoder refuse it)."""
+    try:
+        return _dumps(value).encode()
+    except UnicodeEncodeError as err:
+        found = err.object[err.start : err.end].encode("unicode_escape").decode()
+        raise ValueError(f"the body holds a lone surrogate {found}: not valid Unicode") from None
 
 
 class _TooLarge(Exception):
@@ -398,12 +409,14 @@ class HttpSource(Source):
             raise _TooLarge(self._too_large(count, count * each))
         now = self.ctx.clock.now_ns()
         if items is None:
+            if b"\\u" in body:  # an escaped lone surrogate is JSON, but no text to store
+                _encode(value)
             content = body.strip()
             return [FlowFile.create(topic, content, {}, now)], each + len(content)
         flowfiles = []
         size = 0
         for item in items:
-            ff = FlowFile.create(topic, _dumps(item).encode(), {}, now)
+            ff = FlowFile.create(topic, _encode(item), {}, now)
             size += each + len(ff.content)
             if size > limit:
                 raise _TooLarge(self._too_large(count, size, at_least=True))

@@ -403,3 +403,17 @@ async def test_a_long_topic_is_refused_in_one_json_line_not_aiohttp_plain_text(
     status, answer = await ingest("/ingest/" + "t" * 4092, {"x": 1})  # api/ + 4092: 4096
     assert status == 200 and answer["stored"] == 1
     await until(lambda: len(lines(tmp_path)) == 1)
+
+
+async def test_a_lone_surrogate_is_refused_in_an_object_as_in_an_array(
+    ingest: Any, tmp_path: Path
+) -> None:
+    """It was stored from an object body and refused 400 from an array."""
+    error = {"error": "the body holds a lone surrogate \\ud800: not valid Unicode"}
+    for body in (b'{"a":"\\ud800"}', b'[{"a":"\\ud800"}]', b'{"a":{"b":["\\ud800"]}}'):
+        assert await ingest("/ingest/a", body) == (400, error)
+    for body in (b'{"a":"\\ud83d\\ude00"}', b'[{"a":"\\ud83d\\ude00"}]'):  # a pair: one emoji
+        status, answer = await ingest("/ingest/a", body)
+        assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 2)
+    assert [r["payload"] for r in lines(tmp_path)] == [{"a": "\U0001f600"}] * 2
