@@ -26,7 +26,8 @@ more FlowFiles than the first try (what arrived meanwhile), so its key and body 
 differ. A receiver that must not see a FlowFile twice dedupes by the key (each
 mode) or by the `id` of each element (batch mode).
 
-Answers: 2xx is delivered. 408, 429, 5xx, a connection refused or cut and a
+Answers: 2xx is delivered (of its body, the first 64KiB are read and dropped; a
+longer one closes the connection). 408, 429, 5xx, a connection refused or cut and a
 timeout are retried later, with the engine's backoff (a `Retry-After` of a 429 or
 503, in seconds or as an HTTP date, is waited at least, up to `retry.max`). 401,
 403 and 407 say the credentials are wrong, which is no fault of the data: the sink
@@ -102,6 +103,9 @@ _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LEVEL = re.compile(r"topic\.(-?\d+)")
 _RETRY = frozenset({408, 429})
 _CREDENTIALS = frozenset({401, 403, 407})
+# Of a 2xx answer's body (nobody reads it), read and dropped so the connection can serve
+# the next request; a longer body is left unread and the connection closed.
+_ANSWER_READ = 64 << 10
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 
 
@@ -484,7 +488,9 @@ class HttpSink(Sink):
             ) as answer:
                 status = answer.status
                 if 200 <= status < 300:
-                    await answer.read()
+                    left = _ANSWER_READ
+                    while left > 0 and (chunk := await answer.content.read(left)):
+                        left -= len(chunk)
                     self.requests += 1
                     return []
                 text = ""

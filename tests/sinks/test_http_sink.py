@@ -5,6 +5,7 @@ then 2xx, 4xx to the dead letters, Retry-After, body bound, config problems)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -264,3 +265,30 @@ def test_config_problems() -> None:
         "/",
         ("topic", 2),
     ]
+
+
+async def test_a_2xx_answer_body_is_read_bounded(sink_for: Any) -> None:
+    """A 200 whose body never ends was read whole (all of it in memory) until the
+    timeout, and the batch sent again; now 64KiB of it are read and dropped."""
+    taken: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")  # no length
+        with contextlib.suppress(ConnectionError):  # until the client hangs up
+            while not writer.is_closing():  # a body without end, as fast as it is taken
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(url=f"http://127.0.0.1:{port}/x", timeout="2s")
+        assert await sink.write([FlowFile.create("plant/a", b"{}")]) == []
+        assert sink.requests == 1
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
