@@ -31,7 +31,9 @@ longer one closes the connection). 408, 429, 5xx, a connection refused or cut an
 timeout are retried later, with the engine's backoff (a `Retry-After` of a 429 or
 503, in seconds or as an HTTP date, is waited at least, up to `retry.max`). 401,
 403 and 407 say the credentials are wrong, which is no fault of the data: the sink
-stops, the data stays buffered, fix the config and reload. Any other 4xx, and a
+stops, the data stays buffered, fix the config and reload; so does a server
+certificate that does not verify (`ca_file`) or a client certificate the server
+refuses (`cert_file`, `key_file`). Any other 4xx, and a
 3xx (redirects are not followed: set `url` to the new place), is final for the
 FlowFiles of that request: they go to the dead letters with the status and the
 first `error_body` bytes of the answer. In batch mode that is the whole request
@@ -98,6 +100,7 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile, attributes_json
+from gateway.core.tls import certificate_refusal, error_chain
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LEVEL = re.compile(r"topic\.(-?\d+)")
@@ -514,4 +517,10 @@ class HttpSink(Sink):
         except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(f"{where} did not answer within {self.config.timeout:g}s") from err
         except (aiohttp.ClientError, OSError) as err:
+            for cause in error_chain(err):  # retrying cannot fix a certificate
+                if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+                    cause = cause.certificate_error  # the ssl error: aiohttp's holds no text
+                refusal = certificate_refusal(cause, "cert_file and key_file")
+                if refusal:
+                    raise PermanentError(f"{where}: {refusal}") from err
             raise RetryableError(f"{where} failed: {str(err) or type(err).__name__}") from err

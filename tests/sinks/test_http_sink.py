@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,6 +289,41 @@ async def test_a_2xx_answer_body_is_read_bounded(sink_for: Any) -> None:
         sink = await sink_for(url=f"http://127.0.0.1:{port}/x", timeout="2s")
         assert await sink.write([FlowFile.create("plant/a", b"{}")]) == []
         assert sink.requests == 1
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
+    sink_for: Any, tmp_path: Path
+) -> None:
+    """It was retried for ever; retrying cannot fix a certificate: PermanentError."""
+    pki = servers.make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
+    taken: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    ff = FlowFile.create("plant/a", b"{}")
+    try:
+        sink = await sink_for(url=f"https://127.0.0.1:{port}/x")  # the system's CAs
+        with pytest.raises(PermanentError) as raised:
+            await sink.write([ff])
+        message = str(raised.value)
+        assert message.startswith(f"POST https://127.0.0.1:{port}/x: its TLS certificate is")
+        assert message.endswith("(check ca_file)") and "\n" not in message
+        trusting = await sink_for(url=f"https://127.0.0.1:{port}/x", ca_file=str(pki.ca_file))
+        assert await trusting.write([ff]) == []  # the same server, its CA given: delivered
     finally:
         server.close()
         for writer in taken:
