@@ -33,6 +33,17 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
+def url_problem(url: str) -> str | None:
+    """Why check-config refuses `url` as a broker URL (what `parse_url` will refuse when
+    connecting: a bad port crashed a write-back at start), in one line, password masked;
+    None if it reads."""
+    try:
+        parse_url(url)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     if cert_file:

@@ -633,6 +633,12 @@ def test_config_problems_name_the_key() -> None:
          "writeback.topic: the command topic needs both"),
         ({"url": "rtu:///dev/ttyS0?baud=9600", "registers": {"x": {"address": 0}}},
          "unknown serial option 'baud'"),
+        # passed the check, then the source crashed with a traceback at each start
+        ({"url": tcp, "registers": {"x": {"address": 0}},
+          "writeback": {"url": "mqtt://u:pw@h:99999"}},
+         "writeback.url: 'mqtt://u:***@h:99999' is not an mqtt://host:port"),
+        ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"url": "http://u:pw@h"}},
+         "writeback.url: 'http://u:***@h' is not an mqtt://host:port"),
         ({"registers": {"x": {"address": 0}}}, "registers at the top level need url"),
         ({"url": tcp, "address_base": 1, "registers": {"x": {"address": 0}}}, "below address_base"),
     ]  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.topics import validate_topic
+from gateway.mqtt.urls import url_problem
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.link import LinkSpec, parse_link_url
 
@@ -328,8 +329,9 @@ class WritebackConfig:
                 yield "topic", "{device} and {register} must each be a whole topic level"
         if "{device}" not in self.topic or "{register}" not in self.topic:
             yield "topic", "the command topic needs both {device} and {register}"
-        if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
-            yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
+        problem = None if self.url is None else url_problem(self.url)
+        if problem:  # a bad port passed here and crashed the source at start
+            yield "url", problem
 
 
 @dataclass(frozen=True, kw_only=True)

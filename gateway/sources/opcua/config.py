@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.topics import validate_topic
-from gateway.mqtt.urls import parse_url
+from gateway.mqtt.urls import url_problem
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
 NODE_ID = re.compile(
@@ -176,13 +176,9 @@ class OpcuaWritebackConfig:
                 "topic",
                 "the command topic needs {node} (and may have {source}), each a whole level",
             )
-        if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://")):
-            yield "url", f"{self.url!r} must be mqtt://host:port or mqtts://host:port"
-        elif self.url is not None:
-            try:  # what the write-back connection will read (a bad port crashed it)
-                parse_url(self.url)
-            except ValueError as err:
-                yield "url", str(err)
+        problem = None if self.url is None else url_problem(self.url)
+        if problem:
+            yield "url", problem
 
 
 @dataclass(frozen=True, kw_only=True)
