@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import DEFAULT_FOR, AlertRule, Config
 from gateway.core.backoff import Backoff
+from gateway.core.errors import error_text
 from gateway.core.topics import TopicWatch
 from gateway.engine.status import Snapshot, StatusView
 
@@ -371,10 +372,13 @@ class Alerts:
                 settings.url, json=body, timeout=aiohttp.ClientTimeout(total=settings.timeout)
             ) as response:
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
             self._webhook_trouble(
-                notifier, f"cannot POST to the webhook: {err or type(err).__name__}"
+                notifier, f"the webhook did not answer within {settings.timeout:g}s"
             )
+            return False
+        except (aiohttp.ClientError, OSError) as err:
+            self._webhook_trouble(notifier, f"cannot POST to the webhook: {error_text(err)}")
             return False
         if status < 300:
             if notifier.last_error is not None:

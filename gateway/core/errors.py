@@ -37,3 +37,9 @@ class MissingError(RetryableError):
 
 class PermanentError(GatewayError):
     """This data or component can never succeed: dead-letter it or disable the component."""
+
+
+def error_text(err: BaseException) -> str:
+    """An exception's message on one line, or its class name when it has none (a
+    timeout's or a dropped connection's str() is empty: "failed: " said nothing)."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -98,7 +98,7 @@ from yarl import URL
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import PermanentError, RetryableError, RetryLater
+from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
 
@@ -523,4 +523,4 @@ class HttpSink(Sink):
                 refusal = certificate_refusal(cause, "cert_file and key_file")
                 if refusal:
                     raise PermanentError(f"{where}: {refusal}") from err
-            raise RetryableError(f"{where} failed: {str(err) or type(err).__name__}") from err
+            raise RetryableError(f"{where} failed: {error_text(err)}") from err

@@ -164,3 +164,32 @@ def test_backlog_alert_fires_once_and_resolves_once_across_a_kill(
     finally:
         watcher.close()
         gw.close()
+
+
+async def test_a_webhook_that_never_answers_is_logged_as_a_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log said "cannot POST to the webhook: " and nothing after (a timeout's str()
+    is empty); it now says what happened."""
+    from types import SimpleNamespace
+
+    from gateway.alerts import Alerts
+
+    taken: list[asyncio.StreamWriter] = []  # takes the connection, never answers
+    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    webhook = SimpleNamespace(url=f"http://127.0.0.1:{port}/hook", timeout=0.2, queue=10)
+    config = SimpleNamespace(alerts=SimpleNamespace(webhook=webhook))
+    alerts = Alerts(None, lambda: config, asyncio.Event(), None)  # type: ignore[arg-type]
+    try:
+        with caplog.at_level("WARNING", logger="gateway.alerts"):
+            assert await alerts._send_webhook({"key": "k"}) is False
+        assert alerts.notifiers["webhook"].last_error == "the webhook did not answer within 0.2s"
+        assert "the webhook did not answer within 0.2s; retrying with backoff" in caplog.text
+    finally:
+        assert alerts._session is not None
+        await alerts._session.close()
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
