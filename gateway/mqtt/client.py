@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.errors import error_text
 from gateway.core.tls import certificate_refusal, error_chain
 from gateway.mqtt.wire import (
     ACK_HEADER,
@@ -414,7 +415,7 @@ class Client(asyncio.Protocol):
             self._fail(f"malformed packet from the broker: {err}")
             return
         except (IndexError, UnicodeDecodeError, struct.error) as err:
-            self._fail(f"malformed packet from the broker: {err or type(err).__name__}")
+            self._fail(f"malformed packet from the broker: {error_text(err)}")
             return
         if pos:
             del buf[:pos]

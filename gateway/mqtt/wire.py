@@ -37,6 +37,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.errors import error_text
+
 # Packet types (high nibble of the first byte).
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
@@ -420,7 +422,7 @@ class Subscriber(asyncio.Protocol):
             self._fail(f"{what} from the broker: {err}", err.code)
             return
         except (IndexError, UnicodeDecodeError, struct.error) as err:
-            self._fail(f"malformed packet from the broker: {err or type(err).__name__}", 0x81)
+            self._fail(f"malformed packet from the broker: {error_text(err)}", 0x81)
             return
         if pos:
             del buf[:pos]
@@ -464,7 +466,7 @@ class Subscriber(asyncio.Protocol):
                 props = {}
                 pos = end
             except (ProtocolError, IndexError, struct.error) as err:
-                problem = f"its properties cannot be read ({err or type(err).__name__})"
+                problem = f"its properties cannot be read ({error_text(err)})"
                 props = {}
                 pos = end
             else:
