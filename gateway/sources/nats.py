@@ -5,7 +5,9 @@ The source fetches up to `batch` messages at a time from the durable consumer
 only new messages, `deliver`, optionally filtered by `subject`), and acknowledges a
 message only after the store committed its FlowFile (the acks go out with the next
 fetch, or at a stop). A message not acknowledged within `ack_wait` (the gateway was
-killed, or stopped taking data) is delivered again by JetStream.
+killed, or stopped taking data) is delivered again by JetStream. The consumer
+outlives restarts and reloads: a changed `subject`, `ack_wait` or `batch` updates it at
+connect (its position is kept; `deliver` only matters to a consumer not yet created).
 
 Each message's FlowFile id is made from the stream's name and the message's stream
 sequence (and this gateway and source): a message delivered again gets the same id,
@@ -48,6 +50,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import string
 from collections.abc import Iterator
@@ -195,6 +198,7 @@ class NatsSource(Source):
             js = nc.jetstream(timeout=max(cfg.connect_timeout, 5.0))
             consumer = js_api.ConsumerConfig(
                 durable_name=self.durable,
+                filter_subject=cfg.subject or None,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=cfg.ack_wait,
                 deliver_policy=(
@@ -203,6 +207,7 @@ class NatsSource(Source):
                 # Never more out than one fetch and the one waiting for its commit.
                 max_ack_pending=2 * cfg.batch,
             )
+            await self._update_consumer(js, consumer)
             self._sub = await js.pull_subscribe(
                 cfg.subject or "",
                 durable=self.durable,
@@ -230,6 +235,45 @@ class NatsSource(Source):
             self.durable,
             nc.connected_url.netloc,
         )
+
+    async def _update_consumer(self, js: Any, wanted: js_api.ConsumerConfig) -> None:
+        """Bring an existing durable consumer in line with `subject`, `ack_wait` and
+        `batch`: nats-py's pull_subscribe binds to it as it is, so a changed key would
+        otherwise be ignored. (`deliver` stays: it is where a new consumer starts.)"""
+        cfg = self.config
+        try:
+            info = await js.consumer_info(cfg.stream, self.durable)
+        except js_errors.NotFoundError:
+            return  # no consumer (or no stream): pull_subscribe creates it (or says so)
+        have = info.config
+        changed = [
+            f"{key} {old!r} -> {new!r}"
+            for key, old, new in (
+                ("subject", have.filter_subject or None, wanted.filter_subject),
+                ("ack_wait", have.ack_wait, wanted.ack_wait),
+                ("max_ack_pending", have.max_ack_pending, wanted.max_ack_pending),
+            )
+            if old != new
+        ]
+        if not changed:
+            return
+        updated = dataclasses.replace(
+            have,
+            filter_subject=wanted.filter_subject,
+            ack_wait=wanted.ack_wait,
+            max_ack_pending=wanted.max_ack_pending,
+        )
+        try:
+            await js.add_consumer(cfg.stream, config=updated)
+        except js_errors.APIError as err:
+            if err.code is not None and err.code < 500:
+                raise PermanentError(
+                    f"stream {cfg.stream}: consumer {self.durable} exists with other settings"
+                    f" ({'; '.join(changed)}) and NATS does not change them"
+                    f" ({err.description}): delete the consumer or set another durable"
+                ) from err
+            raise
+        self.ctx.log.info("updated consumer %s: %s", self.durable, "; ".join(changed))
 
     @staticmethod
     async def _drop(nc: Any) -> None:

@@ -216,3 +216,31 @@ async def test_an_idle_stream_reads_empty_without_dropping_the_connection(
             assert await source.read() == []
     finally:
         await source.close()
+
+
+async def test_a_changed_subject_ack_wait_or_batch_updates_the_existing_consumer(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """The durable consumer outlives a restart or a reload: the source's new keys must reach
+    it (nats-py binds to an existing consumer as it is, and the old filter went on)."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 10)
+    first = make_source(nats_cluster.urls, stream, subject=f"{stream.lower()}.dev0", batch=10)
+    await first.connect()
+    await first.close()
+
+    second = make_source(
+        nats_cluster.urls, stream, subject=f"{stream.lower()}.dev1", batch=20, ack_wait="7s"
+    )
+    await second.connect()
+    try:
+        read = await read_n(second, 5)
+    finally:
+        await second.close()
+    assert {m.flowfile.topic for m in read} == {f"{stream.lower()}/dev1"}
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        info = await nc.jetstream().consumer_info(stream, second.durable)
+    finally:
+        await nc.close()
+    assert (info.config.ack_wait, info.config.max_ack_pending) == (7.0, 40)
