@@ -220,12 +220,14 @@ class AmqpSinkConfig(SinkConfig):
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
     connect_timeout: Annotated[
-        Duration, Doc("The longest a connect may take."), Range(0, above=True)
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest a batch may wait for its confirms before it is sent again."),
-        Range(0, above=True),
+        Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -241,7 +243,9 @@ class AmqpSinkConfig(SinkConfig):
         yield from _template_problems("exchange", self.exchange, {"gateway", "sink"})
         yield from _template_problems("routing_key", self.routing_key, _PLACEHOLDERS)
         example = self.exchange.replace("{gateway}", "g").replace("{sink}", "s")
-        if not _EXCHANGE_NAME.fullmatch(example):
+        if len(example.encode()) > MAX_KEY_BYTES:
+            yield "exchange", f"must be at most {MAX_KEY_BYTES} bytes long"
+        elif not _EXCHANGE_NAME.fullmatch(example):
             yield (
                 "exchange",
                 f"{self.exchange!r}: an exchange name has letters, digits, -, _, . and : only",
@@ -257,6 +261,10 @@ class AmqpSinkConfig(SinkConfig):
                 yield "queue", "must be 1 to 255 bytes long"
             elif self.queue.startswith("amq."):
                 yield "queue", f"{self.queue!r}: amq.* names are the broker's own"
+        with contextlib.suppress(ValueError, KeyError, IndexError):  # reported above
+            fixed = self.routing_key.format(topic="", gateway="", sink="")
+            if len(fixed.encode()) > MAX_KEY_BYTES:
+                yield "routing_key", f"must be at most {MAX_KEY_BYTES} bytes long"
         if len(self.binding_key.encode()) > MAX_KEY_BYTES:
             yield "binding_key", "must be at most 255 bytes long"
 
