@@ -276,8 +276,12 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         if path and not os.access(path, os.R_OK):
             raise permanent(f"{name} {path} cannot be read")
 
-    async def quiet(_err: Exception) -> None:
-        """nats-py reports errors here as well as raising them: the caller handles them."""
+    reported: list[Exception] = []
+
+    async def quiet(err: Exception) -> None:
+        """nats-py reports errors here as well as raising them, the caller handles them;
+        only here does it say why a connect found no server (refused, unreachable...)."""
+        reported[:] = [err]
 
     problems = []
     for url in cfg.servers:
@@ -288,8 +292,10 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
                 await nc.connect(servers=[url], error_cb=quiet, **options)
         except (OSError, TimeoutError, nats_errors.Error, ssl.SSLError) as err:
             cause: BaseException = err
-            if isinstance(err, nats_errors.NoServersError) and nc.last_error is not None:
-                cause = nc.last_error  # what went wrong on the last attempt
+            if isinstance(err, nats_errors.NoServersError):
+                # What went wrong on the last attempt (nc.last_error says "no servers").
+                last = nc.last_error
+                cause = reported[0] if reported else last if last is not None else err
             await close_connection(nc)
             refusal = _refusal(cause)
             if refusal is not None:

@@ -325,6 +325,16 @@ async def test_several_servers_the_first_down_the_next_one_taken(
     assert "connected to 127.0.0.1:" in caplog.text
 
 
+async def test_no_server_answering_says_why() -> None:
+    """Not just nats-py's "no servers available for connection": the reason."""
+    dead = f"nats://127.0.0.1:{servers.free_port()}"
+    sink = make_sink([dead])
+    with pytest.raises(RetryableError) as caught:
+        await sink.connect()
+    assert f"{dead}: ConnectionRefusedError" in str(caught.value)
+    assert "no servers available" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
