@@ -3,6 +3,7 @@ properties, routing keys, unroutable messages, nacks, declaring, refusals)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
@@ -302,3 +303,26 @@ async def test_nobody_listening_is_retryable() -> None:
         await sink.connect()
     assert "secret" not in str(err.value)
     await sink.close()
+
+
+async def test_a_server_that_is_not_an_amqp_broker_is_named_so() -> None:
+    """E.g. the URL names RabbitMQ's management port (HTTP): this said "a frame of
+    1345270062 bytes from the broker"."""
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(8)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = make_sink(f"amqp://edge:secret@127.0.0.1:{port}/edge")
+        with pytest.raises(RetryableError, match="does not speak AMQP 0-9-1") as err:
+            await sink.connect()
+        assert "b'HTTP/1.1 400 Bad'" in str(err.value) and "secret" not in str(err.value)
+        await sink.close()
+    finally:
+        server.close()
+        await server.wait_closed()
