@@ -57,7 +57,8 @@ Password and token may be `ENC(...)` secrets and are never logged. TLS: a `tls:/
 or `ca_file` turns it on; `cert_file` and `key_file` present a client certificate.
 
 `create_stream` (optional) makes the stream at connect when it does not exist, with
-its `subjects` (default: the subject template with `{topic}` as `>`), `retention`,
+its `subjects` (default: the subject template with `{topic}` as `>`, so `{topic}`
+must begin a token), `retention`,
 `replicas`, `max_bytes`, `max_age`, `max_msg_size`, `storage` and
 `duplicate_window`. When it exists, its subjects are checked (they must include the
 ones given: else the sink stops with the difference); other settings that differ are
@@ -128,6 +129,9 @@ _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # JetStream error codes (err_code) that mean "not now": the stream is full and discards
 # new messages (it may be trimmed or enlarged), or the server lacks resources.
 _FULL = frozenset({10047, 10077, 10078})
+# Refusals of a stream's creation that come with a 5xx code but will not change by
+# themselves: more replicas than a server alone (not in a cluster) can keep.
+_NEVER = frozenset({10074})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,6 +404,17 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         problem = _subject_problem(probe, wildcards=False)
         if problem:
             yield "subject", f"{self.subject!r}: {problem}"
+            return
+        head, found, _ = self.subject.partition("{topic}")
+        defaults = self.create_stream is not None and not self.create_stream.subjects
+        if defaults and found and head and not head.endswith("."):
+            # 'pre{topic}' makes 'pre<first level>.…': no wildcard covers that.
+            yield (
+                "subject",
+                f"{self.subject!r}: {{topic}} does not begin a token, so create_stream"
+                " has no default subjects for it; put a '.' before {topic} or list"
+                " create_stream.subjects",
+            )
 
 
 def _subject_problem(subject: str, wildcards: bool) -> str | None:
@@ -555,7 +570,7 @@ class NatsSink(Sink):
             try:
                 await js.add_stream(wanted)
             except js_errors.APIError as err:
-                if err.code is not None and err.code < 500:
+                if (err.code is not None and err.code < 500) or err.err_code in _NEVER:
                     raise permanent(
                         f"cannot create stream {settings.name}: {err.description}"
                     ) from None

@@ -201,6 +201,15 @@ async def test_refused_token_is_a_permanent_error_and_the_right_one_delivers(
         assert await sink.write([FlowFile.create("a/b", b"1")]) == []
 
 
+async def test_more_replicas_than_a_lone_server_keeps_is_refused_for_good(
+    nats_factory: Callable[..., servers.Nats], ns: str
+) -> None:
+    """NATS answers 500 to it; it was retried for ever."""
+    server = nats_factory()
+    with pytest.raises(PermanentError, match="replicas > 1 not supported"):
+        await make_sink([server.url], **stream_keys(ns)).connect()
+
+
 def single_stream_keys(ns: str) -> dict[str, Any]:
     keys = stream_keys(ns)
     keys["create_stream"]["replicas"] = 1
@@ -351,6 +360,8 @@ async def test_no_server_answering_says_why() -> None:
         ({"create_stream": {"name": "A.B"}}, "a stream name has no spaces"),
         ({"create_stream": {"name": "A", "subjects": ["a.>.b"]}}, "'>' the whole last token"),
         ({"max_in_flight": 0}, "max_in_flight: must be between 1 and 100000"),
+        # The stream made for it took 'pre.>': every FlowFile was dead-lettered.
+        ({"subject": "pre{topic}", "create_stream": {"name": "A"}}, "does not begin a token"),
     ],
 )
 def test_config_problems(keys: dict[str, Any], message: str) -> None:
