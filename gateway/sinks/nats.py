@@ -600,6 +600,8 @@ class NatsSink(Sink):
                 ("replicas", "num_replicas"),
                 ("storage", "storage"),
                 ("max_bytes", "max_bytes"),
+                ("max_age", "max_age"),
+                ("max_msg_size", "max_msg_size"),
                 ("duplicate_window", "duplicate_window"),
             )
             if getattr(have, attr) != getattr(wanted, attr)

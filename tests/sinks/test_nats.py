@@ -210,6 +210,27 @@ async def test_more_replicas_than_a_lone_server_keeps_is_refused_for_good(
         await make_sink([server.url], **stream_keys(ns)).connect()
 
 
+async def test_an_existing_stream_with_other_settings_is_left_with_a_warning(
+    nats_factory: Callable[..., servers.Nats], ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every create_stream setting that differs is named (max_age and max_msg_size were
+    silently left alone)."""
+    server = nats_factory()
+    nc = await nats.connect(servers=[server.url])
+    stream = js_api.StreamConfig(
+        name=ns.upper(), subjects=[f"{ns}.pi-01.>"], max_age=3600, max_msg_size=100
+    )
+    await nc.jetstream().add_stream(stream)
+    await nc.close()
+    keys = single_stream_keys(ns)
+    keys["create_stream"]["max_age"] = "2h"
+    sink = make_sink([server.url], **keys)
+    await sink.connect()
+    await sink.close()
+    assert "max_age 3600.0 (config: 7200.0)" in caplog.text
+    assert f"max_msg_size 100 (config: {MAX_MSG})" in caplog.text
+
+
 def single_stream_keys(ns: str) -> dict[str, Any]:
     keys = stream_keys(ns)
     keys["create_stream"]["replicas"] = 1
