@@ -208,6 +208,12 @@ class Publisher(asyncio.Protocol):
 
     # -- publishing ----------------------------------------------------------------------
 
+    @property
+    def frame_payload_max(self) -> int:
+        """The most bytes one frame carries (the broker's frame_max less the framing): a
+        message's content header, its properties, must fit in one."""
+        return self._body_max
+
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
     ) -> int:

@@ -32,8 +32,9 @@ rest of the batch is delivered; with `unroutable: drop` it is counted
 (`unroutable` in /api/status) and dropped, as the broker itself would drop it
 without `mandatory`. An exchange with an alternate exchange routes such
 messages there instead, and nothing comes back. A routing key longer than 255
-bytes, or content larger than 128 MiB (RabbitMQ's largest message), goes to the
-dead-letter table.
+bytes, content larger than 128 MiB (RabbitMQ's largest message), or attributes
+(MQTT user properties, say) too large for the one frame AMQP gives a message's
+headers (128 KiB with RabbitMQ's default `frame_max`) go to the dead-letter table.
 
 At connect the sink declares the exchange (`declare: true`, the default: type
 `exchange_type`, `durable`), or with `declare: false` checks that it exists.
@@ -114,6 +115,8 @@ from typing import Annotated, Literal
 
 import orjson
 from pamqp import commands as spec
+from pamqp import frame as pframe
+from pamqp.header import ContentHeader
 from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
@@ -645,6 +648,10 @@ class AmqpSink(Sink):
                     app_id=gateway,
                     headers={**ff.attributes, "topic": ff.topic, "ts": _ts(created)},
                 )
+                problem = _header_problem(ff, props, client.frame_payload_max)
+                if problem is not None:
+                    rejected.append(Rejected(ff, f"amqp: {problem}"))
+                    continue
                 size = len(content)
                 await window.enter(size)
                 sizes[client.publish(exchange, key, content, props)] = size
@@ -719,6 +726,27 @@ def _message_problem(key: str, ff: FlowFile) -> str | None:
     if len(ff.content) > MAX_BODY_BYTES:
         return f"{len(ff.content)} bytes is larger than RabbitMQ's largest message (128 MiB)"
     return None
+
+
+def _header_problem(ff: FlowFile, props: spec.Basic.Properties, limit: int) -> str | None:
+    """Why the message's properties do not fit in the one frame AMQP gives them (the
+    broker would close the connection, and the batch would fail for ever), or None."""
+    # An upper bound of the headers' encoded size (at most 4 bytes a character, 6 of
+    # framing an entry, 512 for the other properties); measured only when near the limit.
+    bound = 512 + 4 * len(ff.topic) * 2 + len(ff.attributes) * 6
+    bound += 4 * sum(len(key) + len(value) for key, value in ff.attributes.items())
+    if bound <= limit:
+        return None
+    try:
+        size = len(pframe.marshal(ContentHeader(0, len(ff.content), props), 1)) - 8
+    except ValueError as err:  # UnicodeEncodeError included
+        return f"its attributes cannot be sent as AMQP headers: {err}"
+    if size <= limit:
+        return None
+    return (
+        f"its attributes and topic make a {size}-byte AMQP header, more than the broker's"
+        f" frame size allows ({limit} bytes)"
+    )
 
 
 def _reason(err: BaseException) -> str:

@@ -183,6 +183,21 @@ async def test_a_message_larger_than_a_frame_and_an_empty_one(
     assert found == [(big.id, big.content), (empty.id, b"")]
 
 
+async def test_attributes_too_large_for_a_frame_are_refused_alone(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # 240 kB of MQTT user properties: the broker closed the connection (FRAME_ERROR) at
+    # every try, and the FlowFiles behind it never went.
+    sink = await sink_for()
+    huge = FlowFile.create("plant/a", b"1", {f"mqtt.user.p{i}": "v" * 60_000 for i in range(4)})
+    large = FlowFile.create("plant/b", b"2", {"mqtt.user.p": "v" * 100_000})
+    after = FlowFile.create("plant/c", b"3")
+    rejected = await sink.write([huge, large, after])
+    assert [r.flowfile.id for r in rejected] == [huge.id]
+    assert "more than the broker's frame size allows (131064 bytes)" in rejected[0].reason
+    assert [m for m, _ in rabbitmq.messages(ns)] == [large.id, after.id]
+
+
 async def test_unroutable_drop_counts_and_delivers_the_rest(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:
