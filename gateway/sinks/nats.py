@@ -125,6 +125,11 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
 
 SUBJECT_MAX = 2048
+# Bytes of a message's headers besides their values: "NATS/1.0\r\n", "Nats-Msg-Id: ",
+# "Edge-Topic: ", "Edge-Ts: " with a CRLF each, the closing CRLF; "Edge-Attributes: "
+# and its CRLF when there are attributes.
+_HEADER_LINES = 10 + 15 + 14 + 11 + 2
+_ATTRIBUTES_LINE = 19
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # JetStream error codes (err_code) that mean "not now": the stream is full and discards
 # new messages (it may be trimmed or enlarged), or the server lacks resources.
@@ -676,7 +681,13 @@ class NatsSink(Sink):
                         headers["Edge-Attributes"] = json.dumps(
                             ff.attributes, ensure_ascii=False, separators=(",", ":")
                         )
-                    size = len(ff.content) + len(subject) + sum(map(len, headers.values())) + 64
+                    # What the server counts against max_payload: headers and content, in
+                    # bytes ("NATS/1.0" and each "Key: value", CRLF each, a CRLF at the
+                    # end). One larger makes the server close the connection.
+                    size = len(ff.content) + _HEADER_LINES + len(headers["Edge-Topic"])
+                    size += len(ff.id) + len(headers["Edge-Ts"])
+                    if ff.attributes:
+                        size += len(headers["Edge-Attributes"].encode()) + _ATTRIBUTES_LINE
                     if len(subject.encode()) > SUBJECT_MAX:
                         state.answers[index] = f"its subject is longer than {SUBJECT_MAX} bytes"
                         continue

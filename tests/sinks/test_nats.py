@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -229,6 +230,36 @@ async def test_an_existing_stream_with_other_settings_is_left_with_a_warning(
     await sink.close()
     assert "max_age 3600.0 (config: 7200.0)" in caplog.text
     assert f"max_msg_size 100 (config: {MAX_MSG})" in caplog.text
+
+
+async def test_max_payload_counts_the_headers_in_bytes(
+    nats_factory: Callable[..., servers.Nats], ns: str
+) -> None:
+    """The server counts headers and content in bytes against max_payload, and closes the
+    connection on a message over it: a FlowFile with non-ASCII attributes, counted in
+    characters, slipped under and its batch failed for ever ("lost the NATS connection")."""
+    server = nats_factory()
+    keys = {"subject": f"{ns}.{{topic}}", "create_stream": {"name": ns.upper()}, "timeout": "3s"}
+    attributes = {"note": "°" * 20_000}
+    encoded = json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = (
+        b"NATS/1.0\r\n"
+        + b"Nats-Msg-Id: " + b"0" * 36 + b"\r\n"
+        + b"Edge-Topic: a/b\r\n"
+        + b"Edge-Ts: 2026-01-01T00:00:00.000000Z\r\n"
+        + b"Edge-Attributes: " + encoded + b"\r\n"
+        + b"\r\n"
+    )  # fmt: skip
+    async with closing(lambda: connected(make_sink([server.url], **keys))) as op:
+        sink = await op()
+        room = sink._nc.max_payload - len(headers)
+        fits = FlowFile.create("a/b", b"x" * room, attributes)
+        over = FlowFile.create("a/b", b"x" * (room + 1), attributes)
+        rejected = await sink.write([fits, over, FlowFile.create("a/c", b"1")])
+        assert [r.flowfile.id for r in rejected] == [over.id]
+        assert "larger than the server's max_payload" in rejected[0].reason
+    found = await stream_messages([server.url], ns.upper())
+    assert [len(m.data) for m in found] == [room, 1]
 
 
 def single_stream_keys(ns: str) -> dict[str, Any]:
