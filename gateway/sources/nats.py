@@ -284,15 +284,18 @@ class NatsSource(Source):
         self._sub = None
         if nc is not None:
             with contextlib.suppress(OSError, TimeoutError, nats_errors.Error):
-                await self._settle()  # what is committed: acknowledged now
+                await self._settle(nc)  # what is committed: acknowledged now
                 await nc.flush(timeout=2)
             await self._drop(nc)
 
-    async def _settle(self) -> None:
-        """Acknowledge what the store has committed since the last fetch."""
+    async def _settle(self, nc: Any) -> None:
+        """Acknowledge what the store has committed since the last fetch, on `nc`: a
+        message read before a reconnect is acknowledged on the new connection (msg.ack()
+        would use its own, closed one, and fail every read after), JetStream takes an ack
+        on a message's reply subject from any connection."""
         while self._to_ack:
             msg = self._to_ack[0]
-            await msg.ack()
+            await nc.publish(msg.reply, b"+ACK")
             self._to_ack.pop(0)
 
     async def read(self) -> list[Message]:
@@ -301,7 +304,7 @@ class NatsSource(Source):
             await self.close()
             raise RetryableError(f"not connected to NATS (stream {self.config.stream})")
         try:
-            await self._settle()
+            await self._settle(nc)
             try:
                 msgs = await sub.fetch(self.config.batch, timeout=self.config.wait)
             except TimeoutError:

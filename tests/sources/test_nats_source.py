@@ -17,7 +17,7 @@ from nats.js import api as js_api
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context, Message
-from gateway.core.errors import MissingError
+from gateway.core.errors import MissingError, RetryableError
 from gateway.engine.plan import plan
 from gateway.sources.nats import NatsSource, NatsSourceConfig
 from tests import servers
@@ -244,3 +244,36 @@ async def test_a_changed_subject_ack_wait_or_batch_updates_the_existing_consumer
     finally:
         await nc.close()
     assert (info.config.ack_wait, info.config.max_ack_pending) == (7.0, 40)
+
+
+async def test_what_was_committed_before_a_lost_connection_is_acked_after_it(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """The acks of messages committed while the connection was lost went out on that closed
+    connection: every read after the reconnect failed ("connection closed"), for ever."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 10)
+    source = make_source(nats_cluster.urls, stream, batch=5)
+    await source.connect()
+    try:
+        for message in await read_n(source, 5):
+            message.ack()  # committed (as the engine does), acked with the next fetch
+        await source._nc.close()  # the connection is lost
+        with pytest.raises(RetryableError):
+            await source.read()
+        await source.connect()
+        more = await read_n(source, 5)
+    finally:
+        await source.close()
+    assert [m.flowfile.attributes["nats.seq"] for m in more] == [str(s) for s in range(6, 11)]
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        js = nc.jetstream()
+        info = await js.consumer_info(stream, source.durable)
+        deadline = asyncio.get_running_loop().time() + 30
+        while info.ack_floor.stream_seq < 5 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            info = await js.consumer_info(stream, source.durable)
+    finally:
+        await nc.close()
+    assert info.ack_floor.stream_seq == 5  # the first five, committed, are acknowledged
