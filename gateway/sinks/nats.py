@@ -202,6 +202,19 @@ class NatsConnection:
             yield "cert_file", "cert_file and key_file go together"
 
 
+class _Client(NatsClient):
+    """nats-py's client, but a message whose subject is not UTF-8 (NATS lets any client
+    publish one) comes with its bad bytes written `\\xNN`: nats-py's decode raised in
+    its read loop, which then stopped, and the connection read nothing more, silently."""
+
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    ) -> Any:
+        return super()._build_message(
+            sid, subject.decode(errors="backslashreplace").encode(), reply, data, headers
+        )
+
+
 def _url_problem(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("nats", "tls"):
@@ -295,7 +308,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
     problems = []
     for url in cfg.servers:
         url = url.replace("tls://", "nats://", 1) if "tls" in options else url
-        nc = NatsClient()
+        nc = _Client()
         try:
             async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
                 await nc.connect(servers=[url], error_cb=quiet, **options)

@@ -17,7 +17,8 @@ MQTT sinks may see it twice (at least once).
 The FlowFile holds the message's payload as its content; its topic comes from
 `topic`: `{subject}` is the subject with its tokens as topic levels (`.` becomes `/`,
 each token percent-decoded, as the nats sink encodes them, and `/`, `+`, `#` inside a
-token replaced by `_`), `{stream}` the stream, `{source}` this source's name.
+token replaced by `_`; a byte that is not UTF-8 is written `\\xNN`), `{stream}` the
+stream, `{source}` this source's name.
 Attributes: `nats.subject`, `nats.stream`, `nats.seq` (the stream sequence) and
 `nats.delivered` (how often JetStream has delivered it).
 

@@ -277,3 +277,33 @@ async def test_what_was_committed_before_a_lost_connection_is_acked_after_it(
     finally:
         await nc.close()
     assert info.ack_floor.stream_seq == 5  # the first five, committed, are acknowledged
+
+
+async def test_a_subject_that_is_not_utf8_is_read_escaped_and_the_rest_follows(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """Any client may publish one (NATS does not check): nats-py's read loop died on it and
+    the source read nothing more, silently."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 1)
+    host, port = nats_cluster.urls[0].removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    subject = f"{stream.lower()}.bad".encode() + b"\xff"
+    writer.write(b"CONNECT {}\r\nSUB _INBOX.t 1\r\nPUB " + subject + b" _INBOX.t 1\r\nx\r\n")
+    await writer.drain()
+    while b'"seq"' not in await reader.readline():  # the stream's answer
+        pass
+    writer.close()
+    await publish(nats_cluster.urls, stream, 1, create=False)
+    source = make_source(nats_cluster.urls, stream)
+    await source.connect()
+    try:
+        read = await read_n(source, 3)
+    finally:
+        await source.close()
+    assert [m.flowfile.topic for m in read] == [
+        f"{stream.lower()}/dev0",
+        f"{stream.lower()}/bad\\xff",
+        f"{stream.lower()}/dev0",
+    ]
