@@ -92,7 +92,10 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
     ] = None
     durable: Annotated[
         str | None,
-        Doc("The durable consumer's name (default `edge-<gateway id>-<source name>`)."),
+        Doc(
+            "The durable consumer's name (default `edge-<gateway id>-<source name>`, any"
+            " character but a letter, digit, `-` or `_` written `_`)."
+        ),
     ] = None
     deliver: Annotated[
         Literal["all", "new"],
