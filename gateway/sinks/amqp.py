@@ -104,6 +104,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import re
 import ssl
 import string
@@ -486,6 +487,10 @@ class AmqpSink(Sink):
         url = self._url
         context: ssl.SSLContext | None = None
         if url.scheme == "amqps":
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(cfg, name)
+                if path and not os.access(path, os.R_OK):
+                    raise permanent(f"{name} {path} cannot be read")
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
             except OSError as err:  # ssl.SSLError included

@@ -251,6 +251,15 @@ def _describe(err: BaseException) -> str:
     return f"{name}: {text}" if text and name not in text else (text or name)
 
 
+def _check_readable(cfg: Any, keys: tuple[str, ...], permanent: type[Exception]) -> None:
+    """Raise `permanent` naming the first of these file keys whose file cannot be read
+    (OpenSSL's own error names no file)."""
+    for name in keys:
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise permanent(f"{name} {path} cannot be read")
+
+
 async def close_connection(nc: Any) -> None:
     """Close `nc`, errors ignored, within 2 s: after a failed TLS handshake nats-py waits
     for the plain stream's close forever (asyncio moved its socket to the TLS transport,
@@ -286,6 +295,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
     elif cfg.creds_file:
         options["user_credentials"] = cfg.creds_file
     if _tls_on(cfg):
+        _check_readable(cfg, ("ca_file", "cert_file", "key_file"), permanent)
         try:
             context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.cert_file:
@@ -293,10 +303,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         except (OSError, ssl.SSLError) as err:
             raise permanent(f"cannot read the TLS files: {err}") from None
         options["tls"] = context
-    for name in ("nkey_seed_file", "creds_file"):
-        path = getattr(cfg, name)
-        if path and not os.access(path, os.R_OK):
-            raise permanent(f"{name} {path} cannot be read")
+    _check_readable(cfg, ("nkey_seed_file", "creds_file"), permanent)
 
     reported: list[Exception] = []
 

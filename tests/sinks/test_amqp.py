@@ -341,3 +341,11 @@ async def test_a_server_that_is_not_an_amqp_broker_is_named_so() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_missing_tls_file_is_named() -> None:
+    """OpenSSL said "[Errno 2] No such file or directory", naming no file."""
+    sink = make_sink("amqps://edge:secret@127.0.0.1:1/edge", ca_file="/nonexistent/ca.pem")
+    with pytest.raises(PermanentError, match=r"^ca_file /nonexistent/ca\.pem cannot be read$"):
+        await sink.connect()
+    await sink.close()

@@ -396,6 +396,13 @@ async def test_no_server_answering_says_why() -> None:
     assert "no servers available" not in str(caught.value)
 
 
+async def test_a_missing_tls_file_is_named() -> None:
+    """OpenSSL said "[Errno 2] No such file or directory", naming no file."""
+    sink = make_sink(["tls://127.0.0.1:1"], ca_file="/nonexistent/ca.pem")
+    with pytest.raises(PermanentError, match=r"^ca_file /nonexistent/ca\.pem cannot be read$"):
+        await sink.connect()
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
