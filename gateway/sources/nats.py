@@ -299,7 +299,8 @@ class NatsSource(Source):
         on a message's reply subject from any connection."""
         while self._to_ack:
             msg = self._to_ack[0]
-            await nc.publish(msg.reply, b"+ACK")
+            if msg.reply:  # (a JetStream message always has one)
+                await nc.publish(msg.reply, b"+ACK")
             self._to_ack.pop(0)
 
     async def read(self) -> list[Message]:
