@@ -322,9 +322,13 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         except (OSError, TimeoutError, nats_errors.Error, ssl.SSLError) as err:
             cause: BaseException = err
             if isinstance(err, nats_errors.NoServersError):
-                # What went wrong on the last attempt (nc.last_error says "no servers").
+                # What went wrong on the last attempt: nc.last_error, unless it only says
+                # "no servers" (a refused connect), then what nats-py told error_cb.
                 last = nc.last_error
-                cause = reported[0] if reported else last if last is not None else err
+                if last is not None and not isinstance(last, nats_errors.NoServersError):
+                    cause = last
+                elif reported:
+                    cause = reported[0]
             await close_connection(nc)
             refusal = _refusal(cause)
             if refusal is not None:
