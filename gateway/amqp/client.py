@@ -45,6 +45,7 @@ _ACK_BODY = struct.Struct(">QB")  # delivery tag, bits (multiple)
 _BODY_HEAD = struct.Struct(">BHI")
 _BODY_HEAD_CHANNEL = (3, CHANNEL)
 MAX_FRAME_IN = 1 << 20  # a frame larger than this from the broker is refused
+_FRAME_KINDS = frozenset({1, 2, 3, 8})  # method, content header, body, heartbeat
 
 
 class AmqpError(Exception):
@@ -207,6 +208,12 @@ class Publisher(asyncio.Protocol):
 
     # -- publishing ----------------------------------------------------------------------
 
+    @property
+    def frame_payload_max(self) -> int:
+        """The most bytes one frame carries (the broker's frame_max less the framing): a
+        message's content header, its properties, must fit in one."""
+        return self._body_max
+
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties
     ) -> int:
@@ -300,6 +307,13 @@ class Publisher(asyncio.Protocol):
         try:
             while end - pos >= 8:
                 kind, channel, size = _FRAME_HEAD.unpack_from(buf, pos)
+                if kind not in _FRAME_KINDS:
+                    # An HTTP server (RabbitMQ's management port), another protocol or
+                    # another AMQP version ("AMQP\0\0\x09\x01" and close).
+                    raise AmqpError(
+                        "the server does not speak AMQP 0-9-1 (it answered"
+                        f" {bytes(buf[pos : pos + 16])!r}); check the URL's host and port"
+                    )
                 if size > MAX_FRAME_IN:
                     raise AmqpError(f"a frame of {size} bytes from the broker")
                 stop = pos + 7 + size + 1

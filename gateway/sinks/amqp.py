@@ -32,8 +32,9 @@ rest of the batch is delivered; with `unroutable: drop` it is counted
 (`unroutable` in /api/status) and dropped, as the broker itself would drop it
 without `mandatory`. An exchange with an alternate exchange routes such
 messages there instead, and nothing comes back. A routing key longer than 255
-bytes, or content larger than 128 MiB (RabbitMQ's largest message), goes to the
-dead-letter table.
+bytes, content larger than 128 MiB (RabbitMQ's largest message), or attributes
+(MQTT user properties, say) too large for the one frame AMQP gives a message's
+headers (128 KiB with RabbitMQ's default `frame_max`) go to the dead-letter table.
 
 At connect the sink declares the exchange (`declare: true`, the default: type
 `exchange_type`, `durable`), or with `declare: false` checks that it exists.
@@ -103,6 +104,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import re
 import ssl
 import string
@@ -114,6 +116,8 @@ from typing import Annotated, Literal
 
 import orjson
 from pamqp import commands as spec
+from pamqp import frame as pframe
+from pamqp.header import ContentHeader
 from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
@@ -220,12 +224,14 @@ class AmqpSinkConfig(SinkConfig):
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
     connect_timeout: Annotated[
-        Duration, Doc("The longest a connect may take."), Range(0, above=True)
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest a batch may wait for its confirms before it is sent again."),
-        Range(0, above=True),
+        Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -241,7 +247,9 @@ class AmqpSinkConfig(SinkConfig):
         yield from _template_problems("exchange", self.exchange, {"gateway", "sink"})
         yield from _template_problems("routing_key", self.routing_key, _PLACEHOLDERS)
         example = self.exchange.replace("{gateway}", "g").replace("{sink}", "s")
-        if not _EXCHANGE_NAME.fullmatch(example):
+        if len(example.encode()) > MAX_KEY_BYTES:
+            yield "exchange", f"must be at most {MAX_KEY_BYTES} bytes long"
+        elif not _EXCHANGE_NAME.fullmatch(example):
             yield (
                 "exchange",
                 f"{self.exchange!r}: an exchange name has letters, digits, -, _, . and : only",
@@ -257,6 +265,10 @@ class AmqpSinkConfig(SinkConfig):
                 yield "queue", "must be 1 to 255 bytes long"
             elif self.queue.startswith("amq."):
                 yield "queue", f"{self.queue!r}: amq.* names are the broker's own"
+        with contextlib.suppress(ValueError, KeyError, IndexError):  # reported above
+            fixed = self.routing_key.format(topic="", gateway="", sink="")
+            if len(fixed.encode()) > MAX_KEY_BYTES:
+                yield "routing_key", f"must be at most {MAX_KEY_BYTES} bytes long"
         if len(self.binding_key.encode()) > MAX_KEY_BYTES:
             yield "binding_key", "must be at most 255 bytes long"
 
@@ -475,6 +487,10 @@ class AmqpSink(Sink):
         url = self._url
         context: ssl.SSLContext | None = None
         if url.scheme == "amqps":
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(cfg, name)
+                if path and not os.access(path, os.R_OK):
+                    raise permanent(f"{name} {path} cannot be read")
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
             except OSError as err:  # ssl.SSLError included
@@ -637,6 +653,10 @@ class AmqpSink(Sink):
                     app_id=gateway,
                     headers={**ff.attributes, "topic": ff.topic, "ts": _ts(created)},
                 )
+                problem = _header_problem(ff, props, client.frame_payload_max)
+                if problem is not None:
+                    rejected.append(Rejected(ff, f"amqp: {problem}"))
+                    continue
                 size = len(content)
                 await window.enter(size)
                 sizes[client.publish(exchange, key, content, props)] = size
@@ -711,6 +731,27 @@ def _message_problem(key: str, ff: FlowFile) -> str | None:
     if len(ff.content) > MAX_BODY_BYTES:
         return f"{len(ff.content)} bytes is larger than RabbitMQ's largest message (128 MiB)"
     return None
+
+
+def _header_problem(ff: FlowFile, props: spec.Basic.Properties, limit: int) -> str | None:
+    """Why the message's properties do not fit in the one frame AMQP gives them (the
+    broker would close the connection, and the batch would fail for ever), or None."""
+    # An upper bound of the headers' encoded size (at most 4 bytes a character, 6 of
+    # framing an entry, 512 for the other properties); measured only when near the limit.
+    bound = 512 + 4 * len(ff.topic) * 2 + len(ff.attributes) * 6
+    bound += 4 * sum(len(key) + len(value) for key, value in ff.attributes.items())
+    if bound <= limit:
+        return None
+    try:
+        size = len(pframe.marshal(ContentHeader(0, len(ff.content), props), 1)) - 8
+    except ValueError as err:  # UnicodeEncodeError included
+        return f"its attributes cannot be sent as AMQP headers: {err}"
+    if size <= limit:
+        return None
+    return (
+        f"its attributes and topic make a {size}-byte AMQP header, more than the broker's"
+        f" frame size allows ({limit} bytes)"
+    )
 
 
 def _reason(err: BaseException) -> str:

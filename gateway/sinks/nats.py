@@ -57,7 +57,8 @@ Password and token may be `ENC(...)` secrets and are never logged. TLS: a `tls:/
 or `ca_file` turns it on; `cert_file` and `key_file` present a client certificate.
 
 `create_stream` (optional) makes the stream at connect when it does not exist, with
-its `subjects` (default: the subject template with `{topic}` as `>`), `retention`,
+its `subjects` (default: the subject template with `{topic}` as `>`, so `{topic}`
+must begin a token), `retention`,
 `replicas`, `max_bytes`, `max_age`, `max_msg_size`, `storage` and
 `duplicate_window`. When it exists, its subjects are checked (they must include the
 ones given: else the sink stops with the difference); other settings that differ are
@@ -124,10 +125,18 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
 
 SUBJECT_MAX = 2048
+# Bytes of a message's headers besides their values: "NATS/1.0\r\n", "Nats-Msg-Id: ",
+# "Edge-Topic: ", "Edge-Ts: " with a CRLF each, the closing CRLF; "Edge-Attributes: "
+# and its CRLF when there are attributes.
+_HEADER_LINES = 10 + 15 + 14 + 11 + 2
+_ATTRIBUTES_LINE = 19
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # JetStream error codes (err_code) that mean "not now": the stream is full and discards
 # new messages (it may be trimmed or enlarged), or the server lacks resources.
 _FULL = frozenset({10047, 10077, 10078})
+# Refusals of a stream's creation that come with a 5xx code but will not change by
+# themselves: more replicas than a server alone (not in a cluster) can keep.
+_NEVER = frozenset({10074})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +202,19 @@ class NatsConnection:
             yield "cert_file", "cert_file and key_file go together"
 
 
+class _Client(NatsClient):
+    """nats-py's client, but a message whose subject is not UTF-8 (NATS lets any client
+    publish one) comes with its bad bytes written `\\xNN`: nats-py's decode raised in
+    its read loop, which then stopped, and the connection read nothing more, silently."""
+
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    ) -> Any:
+        return super()._build_message(
+            sid, subject.decode(errors="backslashreplace").encode(), reply, data, headers
+        )
+
+
 def _url_problem(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("nats", "tls"):
@@ -227,6 +249,15 @@ def _describe(err: BaseException) -> str:
     text = str(err).strip()
     name = type(err).__name__
     return f"{name}: {text}" if text and name not in text else (text or name)
+
+
+def _check_readable(cfg: Any, keys: tuple[str, ...], permanent: type[Exception]) -> None:
+    """Raise `permanent` naming the first of these file keys whose file cannot be read
+    (OpenSSL's own error names no file)."""
+    for name in keys:
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise permanent(f"{name} {path} cannot be read")
 
 
 async def close_connection(nc: Any) -> None:
@@ -264,6 +295,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
     elif cfg.creds_file:
         options["user_credentials"] = cfg.creds_file
     if _tls_on(cfg):
+        _check_readable(cfg, ("ca_file", "cert_file", "key_file"), permanent)
         try:
             context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.cert_file:
@@ -271,25 +303,32 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         except (OSError, ssl.SSLError) as err:
             raise permanent(f"cannot read the TLS files: {err}") from None
         options["tls"] = context
-    for name in ("nkey_seed_file", "creds_file"):
-        path = getattr(cfg, name)
-        if path and not os.access(path, os.R_OK):
-            raise permanent(f"{name} {path} cannot be read")
+    _check_readable(cfg, ("nkey_seed_file", "creds_file"), permanent)
 
-    async def quiet(_err: Exception) -> None:
-        """nats-py reports errors here as well as raising them: the caller handles them."""
+    reported: list[Exception] = []
+
+    async def quiet(err: Exception) -> None:
+        """nats-py reports errors here as well as raising them, the caller handles them;
+        only here does it say why a connect found no server (refused, unreachable...)."""
+        reported[:] = [err]
 
     problems = []
     for url in cfg.servers:
         url = url.replace("tls://", "nats://", 1) if "tls" in options else url
-        nc = NatsClient()
+        nc = _Client()
         try:
             async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
                 await nc.connect(servers=[url], error_cb=quiet, **options)
         except (OSError, TimeoutError, nats_errors.Error, ssl.SSLError) as err:
             cause: BaseException = err
-            if isinstance(err, nats_errors.NoServersError) and nc.last_error is not None:
-                cause = nc.last_error  # what went wrong on the last attempt
+            if isinstance(err, nats_errors.NoServersError):
+                # What went wrong on the last attempt: nc.last_error, unless it only says
+                # "no servers" (a refused connect), then what nats-py told error_cb.
+                last = nc.last_error
+                if last is not None and not isinstance(last, nats_errors.NoServersError):
+                    cause = last
+                elif reported:
+                    cause = reported[0]
             await close_connection(nc)
             refusal = _refusal(cause)
             if refusal is not None:
@@ -394,6 +433,17 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         problem = _subject_problem(probe, wildcards=False)
         if problem:
             yield "subject", f"{self.subject!r}: {problem}"
+            return
+        head, found, _ = self.subject.partition("{topic}")
+        defaults = self.create_stream is not None and not self.create_stream.subjects
+        if defaults and found and head and not head.endswith("."):
+            # 'pre{topic}' makes 'pre<first level>.…': no wildcard covers that.
+            yield (
+                "subject",
+                f"{self.subject!r}: {{topic}} does not begin a token, so create_stream"
+                " has no default subjects for it; put a '.' before {topic} or list"
+                " create_stream.subjects",
+            )
 
 
 def _subject_problem(subject: str, wildcards: bool) -> str | None:
@@ -549,7 +599,7 @@ class NatsSink(Sink):
             try:
                 await js.add_stream(wanted)
             except js_errors.APIError as err:
-                if err.code is not None and err.code < 500:
+                if (err.code is not None and err.code < 500) or err.err_code in _NEVER:
                     raise permanent(
                         f"cannot create stream {settings.name}: {err.description}"
                     ) from None
@@ -579,6 +629,8 @@ class NatsSink(Sink):
                 ("replicas", "num_replicas"),
                 ("storage", "storage"),
                 ("max_bytes", "max_bytes"),
+                ("max_age", "max_age"),
+                ("max_msg_size", "max_msg_size"),
                 ("duplicate_window", "duplicate_window"),
             )
             if getattr(have, attr) != getattr(wanted, attr)
@@ -653,7 +705,13 @@ class NatsSink(Sink):
                         headers["Edge-Attributes"] = json.dumps(
                             ff.attributes, ensure_ascii=False, separators=(",", ":")
                         )
-                    size = len(ff.content) + len(subject) + sum(map(len, headers.values())) + 64
+                    # What the server counts against max_payload: headers and content, in
+                    # bytes ("NATS/1.0" and each "Key: value", CRLF each, a CRLF at the
+                    # end). One larger makes the server close the connection.
+                    size = len(ff.content) + _HEADER_LINES + len(headers["Edge-Topic"])
+                    size += len(ff.id) + len(headers["Edge-Ts"])
+                    if ff.attributes:
+                        size += len(headers["Edge-Attributes"].encode()) + _ATTRIBUTES_LINE
                     if len(subject.encode()) > SUBJECT_MAX:
                         state.answers[index] = f"its subject is longer than {SUBJECT_MAX} bytes"
                         continue

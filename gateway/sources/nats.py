@@ -5,7 +5,9 @@ The source fetches up to `batch` messages at a time from the durable consumer
 only new messages, `deliver`, optionally filtered by `subject`), and acknowledges a
 message only after the store committed its FlowFile (the acks go out with the next
 fetch, or at a stop). A message not acknowledged within `ack_wait` (the gateway was
-killed, or stopped taking data) is delivered again by JetStream.
+killed, or stopped taking data) is delivered again by JetStream. The consumer
+outlives restarts and reloads: a changed `subject`, `ack_wait` or `batch` updates it at
+connect (its position is kept; `deliver` only matters to a consumer not yet created).
 
 Each message's FlowFile id is made from the stream's name and the message's stream
 sequence (and this gateway and source): a message delivered again gets the same id,
@@ -15,7 +17,8 @@ MQTT sinks may see it twice (at least once).
 The FlowFile holds the message's payload as its content; its topic comes from
 `topic`: `{subject}` is the subject with its tokens as topic levels (`.` becomes `/`,
 each token percent-decoded, as the nats sink encodes them, and `/`, `+`, `#` inside a
-token replaced by `_`), `{stream}` the stream, `{source}` this source's name.
+token replaced by `_`; a byte that is not UTF-8 is written `\\xNN`), `{stream}` the
+stream, `{source}` this source's name.
 Attributes: `nats.subject`, `nats.stream`, `nats.seq` (the stream sequence) and
 `nats.delivered` (how often JetStream has delivered it).
 
@@ -48,6 +51,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import string
 from collections.abc import Iterator
@@ -88,7 +92,10 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
     ] = None
     durable: Annotated[
         str | None,
-        Doc("The durable consumer's name (default `edge-<gateway id>-<source name>`)."),
+        Doc(
+            "The durable consumer's name (default `edge-<gateway id>-<source name>`, any"
+            " character but a letter, digit, `-` or `_` written `_`)."
+        ),
     ] = None
     deliver: Annotated[
         Literal["all", "new"],
@@ -195,6 +202,7 @@ class NatsSource(Source):
             js = nc.jetstream(timeout=max(cfg.connect_timeout, 5.0))
             consumer = js_api.ConsumerConfig(
                 durable_name=self.durable,
+                filter_subject=cfg.subject or None,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=cfg.ack_wait,
                 deliver_policy=(
@@ -203,6 +211,7 @@ class NatsSource(Source):
                 # Never more out than one fetch and the one waiting for its commit.
                 max_ack_pending=2 * cfg.batch,
             )
+            await self._update_consumer(js, consumer)
             self._sub = await js.pull_subscribe(
                 cfg.subject or "",
                 durable=self.durable,
@@ -231,6 +240,45 @@ class NatsSource(Source):
             nc.connected_url.netloc,
         )
 
+    async def _update_consumer(self, js: Any, wanted: js_api.ConsumerConfig) -> None:
+        """Bring an existing durable consumer in line with `subject`, `ack_wait` and
+        `batch`: nats-py's pull_subscribe binds to it as it is, so a changed key would
+        otherwise be ignored. (`deliver` stays: it is where a new consumer starts.)"""
+        cfg = self.config
+        try:
+            info = await js.consumer_info(cfg.stream, self.durable)
+        except js_errors.NotFoundError:
+            return  # no consumer (or no stream): pull_subscribe creates it (or says so)
+        have = info.config
+        changed = [
+            f"{key} {old!r} -> {new!r}"
+            for key, old, new in (
+                ("subject", have.filter_subject or None, wanted.filter_subject),
+                ("ack_wait", have.ack_wait, wanted.ack_wait),
+                ("max_ack_pending", have.max_ack_pending, wanted.max_ack_pending),
+            )
+            if old != new
+        ]
+        if not changed:
+            return
+        updated = dataclasses.replace(
+            have,
+            filter_subject=wanted.filter_subject,
+            ack_wait=wanted.ack_wait,
+            max_ack_pending=wanted.max_ack_pending,
+        )
+        try:
+            await js.add_consumer(cfg.stream, config=updated)
+        except js_errors.APIError as err:
+            if err.code is not None and err.code < 500:
+                raise PermanentError(
+                    f"stream {cfg.stream}: consumer {self.durable} exists with other settings"
+                    f" ({'; '.join(changed)}) and NATS does not change them"
+                    f" ({err.description}): delete the consumer or set another durable"
+                ) from err
+            raise
+        self.ctx.log.info("updated consumer %s: %s", self.durable, "; ".join(changed))
+
     @staticmethod
     async def _drop(nc: Any) -> None:
         await close_connection(nc)
@@ -240,15 +288,19 @@ class NatsSource(Source):
         self._sub = None
         if nc is not None:
             with contextlib.suppress(OSError, TimeoutError, nats_errors.Error):
-                await self._settle()  # what is committed: acknowledged now
+                await self._settle(nc)  # what is committed: acknowledged now
                 await nc.flush(timeout=2)
             await self._drop(nc)
 
-    async def _settle(self) -> None:
-        """Acknowledge what the store has committed since the last fetch."""
+    async def _settle(self, nc: Any) -> None:
+        """Acknowledge what the store has committed since the last fetch, on `nc`: a
+        message read before a reconnect is acknowledged on the new connection (msg.ack()
+        would use its own, closed one, and fail every read after), JetStream takes an ack
+        on a message's reply subject from any connection."""
         while self._to_ack:
             msg = self._to_ack[0]
-            await msg.ack()
+            if msg.reply:  # (a JetStream message always has one)
+                await nc.publish(msg.reply, b"+ACK")
             self._to_ack.pop(0)
 
     async def read(self) -> list[Message]:
@@ -257,7 +309,7 @@ class NatsSource(Source):
             await self.close()
             raise RetryableError(f"not connected to NATS (stream {self.config.stream})")
         try:
-            await self._settle()
+            await self._settle(nc)
             try:
                 msgs = await sub.fetch(self.config.batch, timeout=self.config.wait)
             except TimeoutError:

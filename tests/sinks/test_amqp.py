@@ -3,6 +3,7 @@ properties, routing keys, unroutable messages, nacks, declaring, refusals)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
@@ -182,6 +183,21 @@ async def test_a_message_larger_than_a_frame_and_an_empty_one(
     assert found == [(big.id, big.content), (empty.id, b"")]
 
 
+async def test_attributes_too_large_for_a_frame_are_refused_alone(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # 240 kB of MQTT user properties: the broker closed the connection (FRAME_ERROR) at
+    # every try, and the FlowFiles behind it never went.
+    sink = await sink_for()
+    huge = FlowFile.create("plant/a", b"1", {f"mqtt.user.p{i}": "v" * 60_000 for i in range(4)})
+    large = FlowFile.create("plant/b", b"2", {"mqtt.user.p": "v" * 100_000})
+    after = FlowFile.create("plant/c", b"3")
+    rejected = await sink.write([huge, large, after])
+    assert [r.flowfile.id for r in rejected] == [huge.id]
+    assert "more than the broker's frame size allows (131064 bytes)" in rejected[0].reason
+    assert [m for m, _ in rabbitmq.messages(ns)] == [large.id, after.id]
+
+
 async def test_unroutable_drop_counts_and_delivers_the_rest(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:
@@ -301,4 +317,35 @@ async def test_nobody_listening_is_retryable() -> None:
     with pytest.raises(RetryableError, match="cannot connect to amqp://edge:\\*\\*\\*@") as err:
         await sink.connect()
     assert "secret" not in str(err.value)
+    await sink.close()
+
+
+async def test_a_server_that_is_not_an_amqp_broker_is_named_so() -> None:
+    """E.g. the URL names RabbitMQ's management port (HTTP): this said "a frame of
+    1345270062 bytes from the broker"."""
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(8)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = make_sink(f"amqp://edge:secret@127.0.0.1:{port}/edge")
+        with pytest.raises(RetryableError, match="does not speak AMQP 0-9-1") as err:
+            await sink.connect()
+        assert "b'HTTP/1.1 400 Bad'" in str(err.value) and "secret" not in str(err.value)
+        await sink.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_missing_tls_file_is_named() -> None:
+    """OpenSSL said "[Errno 2] No such file or directory", naming no file."""
+    sink = make_sink("amqps://edge:secret@127.0.0.1:1/edge", ca_file="/nonexistent/ca.pem")
+    with pytest.raises(PermanentError, match=r"^ca_file /nonexistent/ca\.pem cannot be read$"):
+        await sink.connect()
     await sink.close()

@@ -78,6 +78,12 @@ def test_the_defaults_build() -> None:
         ({"max_inflight": 0}, "sinks.fleet.max_inflight: must be between 1 and 10000"),
         ({"max_inflight_bytes": "1KiB"}, "sinks.fleet.max_inflight_bytes: must be between"),
         ({"exchnage": "x"}, "did you mean 'exchange'"),
+        # The broker takes names and keys of at most 255 bytes (a longer exchange crashed
+        # the sink at connect); a zero timeout said "must be between 0 and None".
+        ({"exchange": "e" * 256}, "sinks.fleet.exchange: must be at most 255 bytes long"),
+        ({"routing_key": "k" * 250 + ".{topic}." + "k" * 6}, "sinks.fleet.routing_key: must be at"),
+        ({"timeout": "0s"}, "sinks.fleet.timeout: must be more than 0s"),
+        ({"connect_timeout": "0s"}, "sinks.fleet.connect_timeout: must be more than 0s"),
     ],
 )
 def test_config_problems(keys: dict[str, Any], expected: str) -> None:

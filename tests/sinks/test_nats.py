@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -201,6 +202,66 @@ async def test_refused_token_is_a_permanent_error_and_the_right_one_delivers(
         assert await sink.write([FlowFile.create("a/b", b"1")]) == []
 
 
+async def test_more_replicas_than_a_lone_server_keeps_is_refused_for_good(
+    nats_factory: Callable[..., servers.Nats], ns: str
+) -> None:
+    """NATS answers 500 to it; it was retried for ever."""
+    server = nats_factory()
+    with pytest.raises(PermanentError, match="replicas > 1 not supported"):
+        await make_sink([server.url], **stream_keys(ns)).connect()
+
+
+async def test_an_existing_stream_with_other_settings_is_left_with_a_warning(
+    nats_factory: Callable[..., servers.Nats], ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every create_stream setting that differs is named (max_age and max_msg_size were
+    silently left alone)."""
+    server = nats_factory()
+    nc = await nats.connect(servers=[server.url])
+    stream = js_api.StreamConfig(
+        name=ns.upper(), subjects=[f"{ns}.pi-01.>"], max_age=3600, max_msg_size=100
+    )
+    await nc.jetstream().add_stream(stream)
+    await nc.close()
+    keys = single_stream_keys(ns)
+    keys["create_stream"]["max_age"] = "2h"
+    sink = make_sink([server.url], **keys)
+    await sink.connect()
+    await sink.close()
+    assert "max_age 3600.0 (config: 7200.0)" in caplog.text
+    assert f"max_msg_size 100 (config: {MAX_MSG})" in caplog.text
+
+
+async def test_max_payload_counts_the_headers_in_bytes(
+    nats_factory: Callable[..., servers.Nats], ns: str
+) -> None:
+    """The server counts headers and content in bytes against max_payload, and closes the
+    connection on a message over it: a FlowFile with non-ASCII attributes, counted in
+    characters, slipped under and its batch failed for ever ("lost the NATS connection")."""
+    server = nats_factory()
+    keys = {"subject": f"{ns}.{{topic}}", "create_stream": {"name": ns.upper()}, "timeout": "3s"}
+    attributes = {"note": "°" * 20_000}
+    encoded = json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = (
+        b"NATS/1.0\r\n"
+        + b"Nats-Msg-Id: " + b"0" * 36 + b"\r\n"
+        + b"Edge-Topic: a/b\r\n"
+        + b"Edge-Ts: 2026-01-01T00:00:00.000000Z\r\n"
+        + b"Edge-Attributes: " + encoded + b"\r\n"
+        + b"\r\n"
+    )  # fmt: skip
+    async with closing(lambda: connected(make_sink([server.url], **keys))) as op:
+        sink = await op()
+        room = sink._nc.max_payload - len(headers)
+        fits = FlowFile.create("a/b", b"x" * room, attributes)
+        over = FlowFile.create("a/b", b"x" * (room + 1), attributes)
+        rejected = await sink.write([fits, over, FlowFile.create("a/c", b"1")])
+        assert [r.flowfile.id for r in rejected] == [over.id]
+        assert "larger than the server's max_payload" in rejected[0].reason
+    found = await stream_messages([server.url], ns.upper())
+    assert [len(m.data) for m in found] == [room, 1]
+
+
 def single_stream_keys(ns: str) -> dict[str, Any]:
     keys = stream_keys(ns)
     keys["create_stream"]["replicas"] = 1
@@ -325,6 +386,23 @@ async def test_several_servers_the_first_down_the_next_one_taken(
     assert "connected to 127.0.0.1:" in caplog.text
 
 
+async def test_no_server_answering_says_why() -> None:
+    """Not just nats-py's "no servers available for connection": the reason."""
+    dead = f"nats://127.0.0.1:{servers.free_port()}"
+    sink = make_sink([dead])
+    with pytest.raises(RetryableError) as caught:
+        await sink.connect()
+    assert f"{dead}: ConnectionRefusedError" in str(caught.value)
+    assert "no servers available" not in str(caught.value)
+
+
+async def test_a_missing_tls_file_is_named() -> None:
+    """OpenSSL said "[Errno 2] No such file or directory", naming no file."""
+    sink = make_sink(["tls://127.0.0.1:1"], ca_file="/nonexistent/ca.pem")
+    with pytest.raises(PermanentError, match=r"^ca_file /nonexistent/ca\.pem cannot be read$"):
+        await sink.connect()
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
@@ -341,6 +419,8 @@ async def test_several_servers_the_first_down_the_next_one_taken(
         ({"create_stream": {"name": "A.B"}}, "a stream name has no spaces"),
         ({"create_stream": {"name": "A", "subjects": ["a.>.b"]}}, "'>' the whole last token"),
         ({"max_in_flight": 0}, "max_in_flight: must be between 1 and 100000"),
+        # The stream made for it took 'pre.>': every FlowFile was dead-lettered.
+        ({"subject": "pre{topic}", "create_stream": {"name": "A"}}, "does not begin a token"),
     ],
 )
 def test_config_problems(keys: dict[str, Any], message: str) -> None:

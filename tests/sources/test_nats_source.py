@@ -17,7 +17,7 @@ from nats.js import api as js_api
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context, Message
-from gateway.core.errors import MissingError
+from gateway.core.errors import MissingError, RetryableError
 from gateway.engine.plan import plan
 from gateway.sources.nats import NatsSource, NatsSourceConfig
 from tests import servers
@@ -216,3 +216,94 @@ async def test_an_idle_stream_reads_empty_without_dropping_the_connection(
             assert await source.read() == []
     finally:
         await source.close()
+
+
+async def test_a_changed_subject_ack_wait_or_batch_updates_the_existing_consumer(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """The durable consumer outlives a restart or a reload: the source's new keys must reach
+    it (nats-py binds to an existing consumer as it is, and the old filter went on)."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 10)
+    first = make_source(nats_cluster.urls, stream, subject=f"{stream.lower()}.dev0", batch=10)
+    await first.connect()
+    await first.close()
+
+    second = make_source(
+        nats_cluster.urls, stream, subject=f"{stream.lower()}.dev1", batch=20, ack_wait="7s"
+    )
+    await second.connect()
+    try:
+        read = await read_n(second, 5)
+    finally:
+        await second.close()
+    assert {m.flowfile.topic for m in read} == {f"{stream.lower()}/dev1"}
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        info = await nc.jetstream().consumer_info(stream, second.durable)
+    finally:
+        await nc.close()
+    assert (info.config.ack_wait, info.config.max_ack_pending) == (7.0, 40)
+
+
+async def test_what_was_committed_before_a_lost_connection_is_acked_after_it(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """The acks of messages committed while the connection was lost went out on that closed
+    connection: every read after the reconnect failed ("connection closed"), for ever."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 10)
+    source = make_source(nats_cluster.urls, stream, batch=5)
+    await source.connect()
+    try:
+        for message in await read_n(source, 5):
+            message.ack()  # committed (as the engine does), acked with the next fetch
+        await source._nc.close()  # the connection is lost
+        with pytest.raises(RetryableError):
+            await source.read()
+        await source.connect()
+        more = await read_n(source, 5)
+    finally:
+        await source.close()
+    assert [m.flowfile.attributes["nats.seq"] for m in more] == [str(s) for s in range(6, 11)]
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        js = nc.jetstream()
+        info = await js.consumer_info(stream, source.durable)
+        deadline = asyncio.get_running_loop().time() + 30
+        while info.ack_floor.stream_seq < 5 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            info = await js.consumer_info(stream, source.durable)
+    finally:
+        await nc.close()
+    assert info.ack_floor.stream_seq == 5  # the first five, committed, are acknowledged
+
+
+async def test_a_subject_that_is_not_utf8_is_read_escaped_and_the_rest_follows(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """Any client may publish one (NATS does not check): nats-py's read loop died on it and
+    the source read nothing more, silently."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 1)
+    host, port = nats_cluster.urls[0].removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    subject = f"{stream.lower()}.bad".encode() + b"\xff"
+    writer.write(b"CONNECT {}\r\nSUB _INBOX.t 1\r\nPUB " + subject + b" _INBOX.t 1\r\nx\r\n")
+    await writer.drain()
+    while b'"seq"' not in await reader.readline():  # the stream's answer
+        pass
+    writer.close()
+    await publish(nats_cluster.urls, stream, 1, create=False)
+    source = make_source(nats_cluster.urls, stream)
+    await source.connect()
+    try:
+        read = await read_n(source, 3)
+    finally:
+        await source.close()
+    assert [m.flowfile.topic for m in read] == [
+        f"{stream.lower()}/dev0",
+        f"{stream.lower()}/bad\\xff",
+        f"{stream.lower()}/dev0",
+    ]
