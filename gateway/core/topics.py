@@ -32,6 +32,11 @@ def validate_topic(topic: str) -> str | None:
         return "a topic name must not contain the wildcards '+' or '#'"
     if "\x00" in topic:
         return "a topic must not contain the NUL character"
+    if not topic.isascii():
+        try:
+            topic.encode()
+        except UnicodeEncodeError:
+            return "a topic must be valid Unicode text (it holds a lone surrogate)"
     return None
 
 
