@@ -33,8 +33,8 @@ test: deps install ## run every test (unit, integration against real servers, en
 test-fast: install ## run the unit layer only: pure logic, no server, no subprocess
 	$(VENV)/bin/pytest -q -m unit
 
-faults: deps install ## run the long fault scenarios of tests/faults (docs/reliability.md)
-	$(VENV)/bin/pytest -q -m long tests/faults
+faults: deps install ## run the long scenarios (`long` marker: tests/faults, the other sinks' e2e outages; docs/reliability.md)
+	$(VENV)/bin/pytest -q -m long tests
 
 check: install ## lint, format check, types
 	$(VENV)/bin/ruff check gateway tests bench
