@@ -97,9 +97,11 @@ from yarl import URL
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
 from gateway.core.flowfile import FlowFile, attributes_json
+from gateway.core.http_headers import auth_problems
 from gateway.core.tls import certificate_refusal, error_chain
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -109,7 +111,6 @@ _CREDENTIALS = frozenset({401, 403, 407})
 # Of a 2xx answer's body (nobody reads it), read and dropped so the connection can serve
 # the next request; a longer body is left unread and the connection closed.
 _ANSWER_READ = 64 << 10
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 
 
 def compile_template(template: str) -> list[str | tuple[str, int | None]]:
@@ -187,15 +188,10 @@ _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _ts(created_ns: int) -> str:
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{micros:06d}Z"
-
-
 def envelope(ff: FlowFile) -> bytes:
     """The FlowFile as one JSON object (payload inline when it is UTF-8 JSON)."""
     head = (
-        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{_ts(ff.created)}",'
+        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{rfc3339(ff.created)}",'
         f'"attributes":{attributes_json(ff.attributes)},'
     )
     try:
@@ -300,26 +296,11 @@ class HttpSinkConfig(SinkConfig):
                         yield name, "needs TLS: use an https:// URL"
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
-        if self.bearer_token is not None and (self.username or self.password):
-            yield "bearer_token", "use bearer_token or username and password, not both"
-        if bool(self.username) != bool(self.password):
-            yield "username", "basic auth needs both username and password"
-        if self.username and ":" in self.username:
-            yield "username", "a basic auth user name cannot hold ':'"
+        yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
         if self.body == "payload" and self.mode != "each":
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.connect_timeout <= 0 or self.timeout <= 0:
             yield "timeout", "timeouts must be positive"
-        for name, value in self.headers.items():
-            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-                yield f"headers.{name}", "is not a valid HTTP header name"
-            elif _CONTROL.search(value):
-                yield (
-                    f"headers.{name}",
-                    "a header value cannot hold a line break or control character",
-                )
-        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
-            yield "bearer_token", "cannot hold a line break or control character"
 
 
 class HttpSink(Sink):

@@ -79,11 +79,11 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.http_headers import auth_problems
 from gateway.core.topics import validate_topic
 
 _STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 _SAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 Step = str | int | None  # a key, an index, None for [*]
@@ -238,22 +238,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             problem = validate_topic(self.topic.format(**dict.fromkeys(names, "x")))
             if problem:
                 yield "topic", f"{self.topic!r}: {problem}"
-        for name, value in self.headers.items():
-            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-                yield f"headers.{name}", "is not a valid HTTP header name"
-            elif _CONTROL.search(value):
-                yield (
-                    f"headers.{name}",
-                    "a header value cannot hold a line break or control character",
-                )
-        if self.bearer_token is not None and _CONTROL.search(self.bearer_token):
-            yield "bearer_token", "cannot hold a line break or control character"
-        if self.bearer_token is not None and (self.username or self.password):
-            yield "bearer_token", "use bearer_token or username and password, not both"
-        if bool(self.username) != bool(self.password):
-            yield "username", "basic auth needs both username and password"
-        if self.username and ":" in self.username:
-            yield "username", "a basic auth user name cannot hold ':'"
+        yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
 
 
 class RestSource(Source):
