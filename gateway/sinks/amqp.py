@@ -108,7 +108,6 @@ import os
 import re
 import ssl
 import string
-import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -123,6 +122,7 @@ from yarl import URL
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -315,20 +315,6 @@ def _safe_url(url: str) -> str:
         return url
     user = userinfo.partition(":")[0]
     return f"{scheme}{sep}{user}:***@{location}"
-
-
-_seconds: dict[int, str] = {}
-
-
-def _ts(created_ns: int) -> str:
-    """RFC 3339 UTC with microseconds; the date part is cached per second."""
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{micros:06d}Z"
 
 
 def _is_json(content: bytes) -> bool:
@@ -651,7 +637,7 @@ class AmqpSink(Sink):
                     message_id=ff.id,
                     timestamp=_timestamp(created),
                     app_id=gateway,
-                    headers={**ff.attributes, "topic": ff.topic, "ts": _ts(created)},
+                    headers={**ff.attributes, "topic": ff.topic, "ts": rfc3339(created)},
                 )
                 problem = _header_problem(ff, props, client.frame_payload_max)
                 if problem is not None:

@@ -105,7 +105,6 @@ import json
 import os
 import ssl
 import string
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -119,6 +118,7 @@ from nats.js import errors as js_errors
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -483,19 +483,6 @@ def topic_tokens(topic: str) -> str:
     return ".".join(token(level) for level in topic.split("/"))
 
 
-_seconds: dict[int, str] = {}
-
-
-def _ts(created_ns: int) -> str:
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{micros:06d}Z"
-
-
 class _Batch:
     """The acknowledgements one write awaits: per index, None (waiting), "" (stored) or
     the reason a message was refused; `retry` when one answer says "not now"."""
@@ -699,7 +686,7 @@ class NatsSink(Sink):
                     headers = {
                         "Nats-Msg-Id": ff.id,
                         "Edge-Topic": quote(ff.topic, safe="/"),
-                        "Edge-Ts": _ts(ff.created),
+                        "Edge-Ts": rfc3339(ff.created),
                     }
                     if ff.attributes:
                         headers["Edge-Attributes"] = json.dumps(

@@ -103,7 +103,6 @@ import json
 import re
 import ssl
 import string
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -119,6 +118,7 @@ from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, check_location
+from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -405,24 +405,12 @@ def _refuse_constant(name: str) -> None:
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-_seconds: dict[int, str] = {}
-
-
-def _ts(created_ns: int) -> str:
-    """RFC 3339 UTC with microseconds; the date part is cached per second."""
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{micros:06d}Z"
 
 
 def envelope(ff: FlowFile) -> bytes:
     """The FlowFile as one JSON object (payload inline when it is UTF-8 JSON)."""
     head = (
-        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{_ts(ff.created)}",'
+        f'{{"id":"{ff.id}","topic":{_dumps(ff.topic)},"ts":"{rfc3339(ff.created)}",'
         f'"attributes":{_dumps(ff.attributes)},'
     )
     try:
@@ -615,7 +603,13 @@ class RedisSink(Sink):
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:
         if self.config.mode in ("stream", "hash"):
-            return (ff.id, ff.topic, _ts(ff.created), attributes_json(ff.attributes), ff.content)
+            return (
+                ff.id,
+                ff.topic,
+                rfc3339(ff.created),
+                attributes_json(ff.attributes),
+                ff.content,
+            )
         return (envelope(ff) if self.config.value == "envelope" else ff.content,)
 
     def dedupe_keys(self, slot: int | None = None) -> tuple[str, str]:
@@ -643,7 +637,7 @@ class RedisSink(Sink):
                 index = targets[key] = len(targets) + 1  # Lua counts from 1
             if stream:
                 attributes = attributes_json(ff.attributes)
-                head = f"{index}\0{ff.id}\0{topic}\0{_ts(ff.created)}\0{attributes}\0"
+                head = f"{index}\0{ff.id}\0{topic}\0{rfc3339(ff.created)}\0{attributes}\0"
                 blobs.append(head.encode() + ff.content)
             else:
                 value = envelope(ff) if envelopes else ff.content
