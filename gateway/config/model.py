@@ -715,15 +715,21 @@ class Config:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a sink groups FlowFiles: up to `max_rows` and up to `max_bytes`, waiting at
-    most `linger` to fill.
+    """How a sink groups FlowFiles: up to `max_rows` and up to `max_bytes`; an idle sink
+    woken by new FlowFiles waits `linger` for more before it writes.
 
     batch:
       max_rows: 1000      FlowFiles per write
       max_bytes: 4MiB     their sizes (payload, topic, attributes) per write; a single
                           FlowFile larger than this still goes, alone. The sink holds
                           at most two batches in memory (one written, one read ahead).
-      linger: 10ms        how long to wait for a batch to fill
+      linger: 0s          how long an idle sink, woken by new FlowFiles, waits for
+                          more before it writes. 0 writes at once: what arrives while
+                          a write is under way forms the next batch, and the store's
+                          commits already group what came in within
+                          buffer.batch_linger. A longer linger means fewer, larger
+                          writes at low rates (a metered or far upstream), at that
+                          much latency; a sink with a backlog never lingers.
     """
 
     max_rows: Annotated[
@@ -739,7 +745,14 @@ class BatchSettings:
         ),
         Range(64 << 10, 256 << 20, "must be between 64KiB and 256MiB"),
     ] = 4 << 20
-    linger: Annotated[Duration, Doc("How long to wait for a batch to fill.")] = 0.01
+    linger: Annotated[
+        Duration,
+        Doc(
+            "How long an idle sink, woken by new FlowFiles, waits for more before it writes"
+            " (0: at once; what arrives during a write forms the next batch). Longer means"
+            " fewer, larger writes at low rates, at that much latency."
+        ),
+    ] = 0.0
 
 
 @dataclass(frozen=True)

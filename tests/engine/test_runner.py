@@ -119,3 +119,31 @@ def test_message_bytes_counts_the_attributes() -> None:
     shared = {"mqtt.topic": "t/1", "mqtt.qos": "1"}  # one dict, many FlowFiles
     sizes = {message_bytes(Message(FlowFile.create("t/1", b"x", shared))) for _ in range(3)}
     assert len(sizes) == 1 and sizes.pop() > 200
+
+
+@pytest.mark.parametrize(("linger", "sleeps"), [(None, []), (0.25, [0.25])])
+async def test_an_idle_sink_woken_writes_at_once_unless_it_is_told_to_linger(
+    tmp_path: Path, linger: float | None, sleeps: list[float]
+) -> None:
+    """Lingering after a wake adds its time to every FlowFile's way upstream at low
+    rates; by default the sink writes what the store committed at once."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    batch = BatchSettings() if linger is None else BatchSettings(linger=linger)
+    config = SinkConfig(type="test", batch=batch)
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = 3
+    clock = Sleeps()
+    runner = SinkRunner("out", sink, config, store, clock=clock)
+    task = asyncio.ensure_future(runner.run())
+    await runner.idle.wait()  # nothing to do yet: waiting for a wake
+    rows = [(FlowFile.create("t/1", b"x"), store.bit("out")) for _ in range(3)]
+    await store.commit(Batch(rows, [], {}, []))
+    runner.wake.set()
+    await sink.all_there.wait()
+    runner.stopping = True
+    runner.wake.set()
+    await task
+    await store.close()
+    assert sink.batches == [[1, 1, 1]]
+    assert [s for s in clock.sleeps if s] == sleeps
