@@ -72,6 +72,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def open_connections(port: int) -> int:
+    """How many TCP sockets of this process are open to 127.0.0.1:`port` (Linux /proc): 0
+    once a client's close() has really closed its socket, whatever state the kernel keeps."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                fields = row.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
 def require(binary: str | Path) -> str:
     """The full path of `binary`, or MissingServerError telling how to install it."""
     path = shutil.which(str(binary))

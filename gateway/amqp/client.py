@@ -109,6 +109,7 @@ class Publisher(asyncio.Protocol):
         self._last_in = 0.0
         self._beat: asyncio.TimerHandle | None = None
         self._closed = False
+        self._gone: asyncio.Future[None] | None = None  # done when the socket is closed
         self.closed_error: BaseException | None = None
 
     # -- connecting ----------------------------------------------------------------------
@@ -264,20 +265,35 @@ class Publisher(asyncio.Protocol):
         return self._closed or self._transport is None or self._transport.is_closing()
 
     async def close(self, wait: float = 1.0) -> None:
-        """Connection.Close, then wait up to `wait` s for the broker's CloseOk; safe twice."""
-        if self._closed or self._transport is None:
+        """Connection.Close, wait up to `wait` s for the broker's CloseOk, then until the
+        socket is closed (see `wait_closed`); safe twice, and after the connection ended."""
+        if not self._closed and self._transport is not None:
+            self._send(
+                0,
+                spec.Connection.Close(
+                    reply_code=200, reply_text="Normal shutdown", class_id=0, method_id=0
+                ),
+            )
+            with contextlib.suppress(AmqpError, OSError, TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._answer(spec.Connection.CloseOk)
+            self._lost(AmqpError("closed by the gateway"))
+            self._transport.close()
+        await self.wait_closed(wait)
+
+    async def wait_closed(self, wait: float = 1.0) -> None:
+        """Return once the socket of a closed or aborted connection is closed, aborting it
+        after `wait` s. A TLS connection closes its socket only after the close_notify
+        exchange, some turns of the event loop later: without this, a connection closed
+        just before its loop stopped kept its socket open until the garbage collector
+        found it (an "unclosed transport" ResourceWarning)."""
+        gone, transport = self._gone, self._transport
+        if gone is None or transport is None or gone.done():
             return
-        self._send(
-            0,
-            spec.Connection.Close(
-                reply_code=200, reply_text="Normal shutdown", class_id=0, method_id=0
-            ),
-        )
-        with contextlib.suppress(AmqpError, OSError, TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._answer(spec.Connection.CloseOk)
-        self._lost(AmqpError("closed by the gateway"))
-        self._transport.close()
+        await asyncio.wait([gone], timeout=wait)
+        if not gone.done():
+            transport.abort()
+            await asyncio.wait([gone], timeout=wait)
 
     def abort(self) -> None:
         """Close at once, sending nothing more; safe to call twice."""
@@ -289,9 +305,13 @@ class Publisher(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._last_in = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._last_in = loop.time()
+        self._gone = loop.create_future()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         self._lost(
             ConnectionResetError(f"the connection to the broker was lost: {exc}")
             if exc

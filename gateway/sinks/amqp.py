@@ -500,11 +500,13 @@ class AmqpSink(Sink):
                 await self._prepare(client)
         except TimeoutError as err:
             client.abort()
+            await client.wait_closed()
             raise RetryableError(
                 f"no answer from {self.where} within {cfg.connect_timeout:g}s"
             ) from err
         except LOST as err:
             client.abort()
+            await client.wait_closed()
             refusal = self._refusal(err)
             if refusal is not None:
                 raise permanent(f"{self.where} refused us: {refusal}") from err

@@ -307,9 +307,29 @@ async def test_amqps_without_the_ca_is_refused_for_good(rabbitmq: Any, ns: str) 
     sink = make_sink(rabbitmq.tls_url, exchange=ns)  # the system's CAs: not the test CA
     with pytest.raises(PermanentError, match=r"refused us: .*not trusted.*check ca_file") as err:
         await sink.connect()
+    assert servers.open_connections(rabbitmq.tls_port) == 0  # the failed connect's socket
     assert rabbitmq.password not in str(err.value)
     assert "\n" not in str(err.value)
     await sink.close()
+
+
+async def test_close_returns_once_the_socket_is_closed(rabbitmq: Any, ns: str) -> None:
+    """A TLS socket closes after the close_notify exchange, some turns of the event loop
+    after the transport's close(): close() returned before, and a sink closed just before
+    its event loop stopped left the socket to the garbage collector (an "unclosed
+    transport" ResourceWarning failing a later test). A plain one closed a turn later."""
+    tls = rabbitmq.tls
+    keys = {"ca_file": str(tls.ca_file), "cert_file": str(tls.cert_file)}
+    for url, port, more in (
+        (rabbitmq.url, rabbitmq.port, {}),
+        (rabbitmq.tls_url, rabbitmq.tls_port, {**keys, "key_file": str(tls.key_file)}),
+    ):
+        sink = make_sink(url, exchange=ns, queue=ns, **more)
+        await sink.connect()
+        assert await sink.write([FlowFile.create("plant/a", b"{}")]) == []
+        assert servers.open_connections(port) == 1
+        await sink.close()
+        assert servers.open_connections(port) == 0, url
 
 
 async def test_nobody_listening_is_retryable() -> None:
