@@ -22,6 +22,7 @@ import difflib
 import functools
 import ipaddress
 import keyword
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -189,6 +190,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # YAML's .nan and .inf: no band, scale or threshold means anything with them.
+                problems.add(path, f"{value!r} is not a finite number")
+                return None
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -265,10 +265,41 @@ def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s"])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s", float("nan"), float("inf")]
+)
 def test_parse_duration_refuses(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
+    # YAML's .nan and .inf passed check-config; a window of size .nan then crashed the
+    # gateway at start with a traceback, and a deadband of .nan never passed a reading.
+    path = write(
+        tmp_path,
+        """\
+        sources:
+          host: {type: system, interval: .inf}
+        routes:
+          r:
+            match: "#"
+            sinks: [o]
+            processors:
+              - {type: window, size: .nan, aggregates: {t: [avg]}}
+              - {type: deadband, fields: {t: {absolute: .nan, percent: .inf}}}
+        sinks:
+          o: {type: file, path: x.jsonl}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms',"
+        " got inf",
+        f"{path}:9: routes.r.processors.0.size: expected a duration such as '10s' or '250ms',"
+        " got nan",
+        f"{path}:10: routes.r.processors.1.fields.t.absolute: nan is not a finite number",
+        f"{path}:10: routes.r.processors.1.fields.t.percent: inf is not a finite number",
+    ]
 
 
 @pytest.mark.parametrize(
