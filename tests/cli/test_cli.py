@@ -1030,6 +1030,16 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
         unnamed = cli("dead-letters", action, "-c", str(config))
         assert (unnamed.returncode, unnamed.stdout) == (1, "")
         assert unnamed.stderr == "edge-stream: name dead letters by number, or use --all\n"
+    # `show` with no number printed nothing and exited 0; a --limit below 1 printed
+    # nothing (0) or everything (-1, as SQLite reads LIMIT -1)
+    unnamed = cli("dead-letters", "show", "-c", str(config))
+    assert (unnamed.returncode, unnamed.stdout) == (2, "")
+    assert unnamed.stderr == "edge-stream: dead-letters show needs their numbers (N ...)\n"
+    for limit in ("0", "-1"):
+        for args in (("dead-letters", "list"), ("state", "show", "r.0"), ("config", "history")):
+            refused = cli(*args, "--limit", limit, "-c", str(config))
+            assert (refused.returncode, refused.stdout) == (2, ""), args
+            assert refused.stderr.endswith(f"argument --limit: must be at least 1, got {limit}\n")
 
     purged = cli("dead-letters", "purge", str(dead[3].seq), "999999", "-c", str(config))
     assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n")
