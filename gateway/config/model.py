@@ -24,6 +24,7 @@ from gateway.config.schema import (
     Range,
     Size,
     Valid,
+    check_location,
     did_you_mean,
     mask_password,
 )
@@ -292,12 +293,23 @@ class WebSection:
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            yield "listen", f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080"
+        problem = self.listen_problem()
+        if problem:
+            yield "listen", problem
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             yield missing, "HTTPS needs both web.tls_cert and web.tls_key"
+
+    def listen_problem(self) -> str | None:
+        """Why `listen` is no host:port to listen on, or None (a port over 65535 passed
+        check-config and the web server then crashed at start with a traceback)."""
+        problem = check_location(self.listen)
+        host, colon, _ = self.listen.rpartition(":")
+        if not problem and (not colon or not host or self.listen.endswith("]")):
+            problem = "it has no port"
+        if problem:
+            return f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080 ({problem})"
+        return None
 
     @property
     def local_only(self) -> bool:
@@ -699,7 +711,7 @@ class Config:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
         web = self.web
-        if web is not None and web.enabled and not web.local_only:
+        if web is not None and web.enabled and not web.listen_problem() and not web.local_only:
             users_file = web.users_file or os.path.join(
                 self.gateway.data_dir if self.gateway else "./data", "web-users"
             )

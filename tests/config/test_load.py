@@ -303,6 +303,24 @@ def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("listen", "why"),
+    [("127.0.0.1:99999", "the port is not a number from 1 to 65535"),
+     ("8080", "it has no port"), (":8080", "it has no port"), ("[::1]", "it has no port"),
+     ("::1:8080", "write an IPv6 address in brackets, e.g. [::1]:5432")],
+)  # fmt: skip
+def test_a_web_listen_that_cannot_be_listened_on_is_one_line(
+    tmp_path: Path, listen: str, why: str
+) -> None:
+    # 127.0.0.1:99999 passed check-config and the web server crashed at start with a
+    # traceback (OverflowError from bind); '8080' gave a second line "listening on  needs
+    # web.username ..." for the same key.
+    path = write(tmp_path, f"web: {{listen: '{listen}'}}\n")
+    assert problems(path) == [
+        f"{path}:2: web.listen: {listen!r} must read host:port, e.g. 127.0.0.1:8080 ({why})"
+    ]
+
+
+@pytest.mark.parametrize(
     ("text", "size"),
     [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("64KB", 64_000), ("10B", 10), ("4096", 4096),
      (4096, 4096), ("1.5KiB", 1536), ("2TB", 2 * 10**12)],
