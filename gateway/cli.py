@@ -841,9 +841,7 @@ def parser() -> argparse.ArgumentParser:
     conf.add_argument(
         "action", choices=["show", "diff", "history", "versions", "rollback", *REMOTE_ACTIONS]
     )
-    conf.add_argument(
-        "--limit", type=_positive, default=50, help="history: how many (default 50)"
-    )
+    conf.add_argument("--limit", type=_positive, default=50, help="history: how many (default 50)")
     conf.add_argument(
         "new",
         nargs="?",

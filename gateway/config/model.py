@@ -31,6 +31,7 @@ from gateway.config.schema import (
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter
+from gateway.mqtt.urls import url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -43,7 +44,8 @@ class GatewaySection:
         str,
         Doc(
             "The gateway's name: the `{gateway}` of sink topics and keys, and part of the"
-            " default MQTT client ids (`edge-stream-<id>`).",
+            " default MQTT client ids (`edge-stream-<id>`). One level of MQTT topics"
+            " (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`.",
             example="pi-01",
         ),
     ] = "edge-stream"
@@ -74,6 +76,20 @@ class GatewaySection:
             " as SIGHUP does; an invalid file is refused and the running config stays."
         ),
     ] = True
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        # The id is one level of the status, stats, alerts and remote-config topics
+        # (edge-stream/<id>/status): 'a+b' passed check-config and the status topic was
+        # then refused by the broker for ever.
+        bad = sorted({c for c in self.id if c in "/+#" or not c.isprintable()})
+        if not self.id or bad:
+            what = ", ".join(repr(c) for c in bad) if bad else "nothing"
+            yield (
+                "id",
+                f"{self.id!r} holds {what}: the id is one level of MQTT topics"
+                " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
+                " control characters",
+            )
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class MqttSection:
     keepalive: Annotated[
         Duration,
         Doc("The MQTT keepalive of the components on this broker that set none of their own."),
+        Range(0, 65535, "must be between 0s (none) and 65535s, MQTT's limit"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -177,6 +194,11 @@ class MqttSection:
                 f"{mask_password(self.url)!r} must be 'auto', 'embedded', mqtt://host:port"
                 " or mqtts://host:port",
             )
+        elif self.url not in ("auto", "embedded"):
+            # mqtt://h:99999 or mqtt:// passed check-config; the sources crashed at start
+            problem = url_problem(self.url)
+            if problem:
+                yield "url", problem
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (

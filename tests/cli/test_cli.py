@@ -1207,3 +1207,20 @@ def test_config_show_and_diff_refuse_an_invalid_file_in_one_line(tmp_path: Path)
         assert problems(result.stderr)[0][:3] == (str(bad), 11, "sinks.warehouse.table")
     missing = cli("config", "diff", "-c", str(good))
     assert missing.returncode == 2 and "config diff -c FILE NEWFILE" in missing.stderr
+
+
+def test_run_on_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path: Path) -> None:
+    # It stopped with mkdir's FileExistsError traceback.
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a folder")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{data_dir: '{in_the_way}'}}\nweb: {{enabled: false}}\n"
+        "sinks: {o: {type: file, path: x.jsonl}}\n"
+    )
+    result = cli("run", "-c", str(config))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"edge-stream: gateway.data_dir {in_the_way}: cannot use it as the gateway's folder"
+        " (it is a file, not a folder); give a folder the gateway may write\n"
+    )

@@ -293,12 +293,39 @@ def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
         """,
     )
     assert problems(path) == [
-        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms',"
-        " got inf",
+        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms', got inf",
         f"{path}:9: routes.r.processors.0.size: expected a duration such as '10s' or '250ms',"
         " got nan",
         f"{path}:10: routes.r.processors.1.fields.t.absolute: nan is not a finite number",
         f"{path}:10: routes.r.processors.1.fields.t.percent: inf is not a finite number",
+    ]
+
+
+def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Path) -> None:
+    # Each passed check-config: mqtt.url's port and a keepalive over MQTT's 16 bits then
+    # crashed the MQTT source at start with a traceback (ValueError, struct.error), and
+    # an id with '+' made a status topic the broker refused for ever.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:99999", keepalive: 100000h}
+        sources:
+          plant: {type: mqtt, topics: ["a/#"], keepalive: 70000s, session_expiry: 50000d}
+        """,
+    )
+    path.write_text(path.read_text().replace("id: pi-01", "id: 'pi+01'"))
+    limit = "must be between 0s (none) and 65535s, MQTT's limit"
+    assert problems(path) == [
+        f"{path}:1: gateway.id: 'pi+01' holds '+': the id is one level of MQTT topics"
+        " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or control"
+        " characters",
+        f"{path}:2: mqtt.url: 'mqtt://127.0.0.1:99999' is not an mqtt://host:port or"
+        " mqtts://host:port URL (the port is not a number from 1 to 65535; a password"
+        " holding #, /, ? or @ must be percent-encoded: %23, %2F, %3F, %40)",
+        f"{path}:2: mqtt.keepalive: {limit}",
+        f"{path}:4: sources.plant.session_expiry: must be between 0s and 4294967295s"
+        " (136 years), MQTT's limit",
+        f"{path}:4: sources.plant.keepalive: {limit}",
     ]
 
 
