@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gateway.config.schema import (
     check_location,
     did_you_mean,
     mask_password,
+    redis_url_problem,
 )
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
@@ -638,8 +640,14 @@ class ReplicateSettings:
     ] = 5.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
-            yield "redis", f"{mask_password(self.redis)!r} must be a redis:// or rediss:// URL"
+        # redis://h:99999/0 passed check-config and the gateway crashed at start with
+        # urllib's traceback; a prefix {nope} was written as is into every key.
+        problem = None if self.redis is None else redis_url_problem(self.redis)
+        if problem:
+            yield "redis", problem
+        unknown = sorted(set(re.findall(r"\{([^{}]*)\}", self.prefix)) - {"gateway"})
+        if unknown:
+            yield "prefix", f"unknown placeholder {{{unknown[0]}}} (use {{gateway}})"
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,31 @@ def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Pa
     ]
 
 
+def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
+    # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
+    # at start with urllib's "Port out of range" traceback; a database that is no number
+    # passed for the replica, the redis sink and source; a prefix's unknown placeholder
+    # was written as is into every key.
+    path = write(
+        tmp_path,
+        """\
+        state:
+          replicate: {redis: "redis://127.0.0.1:99999/0", prefix: "es:{gateway}:{nope}"}
+        sources:
+          s: {type: redis, url: "redis://127.0.0.1:6379/abc", key: k}
+        sinks:
+          o: {type: redis, url: "redis://127.0.0.1/0x1"}
+        """,
+    )
+    no_db = "the database after the host's '/' is not a number (redis://host:6379/0)"
+    assert problems(path) == [
+        f"{path}:5: sources.s.url: {no_db}",
+        f"{path}:7: sinks.o.url: {no_db}",
+        f"{path}:3: state.replicate.redis: the port is not a number from 1 to 65535",
+        f"{path}:3: state.replicate.prefix: unknown placeholder {{nope}} (use {{gateway}})",
+    ]
+
+
 @pytest.mark.parametrize(
     ("listen", "why"),
     [("127.0.0.1:99999", "the port is not a number from 1 to 65535"),
