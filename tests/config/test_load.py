@@ -220,6 +220,35 @@ def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:
     assert message.endswith("sinks.w.keep: expected an integer, got 'lots'")
 
 
+def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
+    # EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE replaced the whole processors list with
+    # a mapping: "routes.r.processors: expected a list, got dict", at the file's line.
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          r:
+            match: "a/#"
+            sinks: [o]
+            processors: [{type: json}, {type: window, size: 1m, aggregates: {t: [avg]}}]
+        sinks:
+          o: {type: file, path: x.jsonl}
+        """,
+    )
+    config = load(path, environ={"EDGE_STREAM__ROUTES__R__PROCESSORS__1__SIZE": "5m"})
+    assert [p.type for p in config.routes["r"].processors] == ["json", "window"]
+    assert config.routes["r"].processors[1].size == 300.0
+    var = "EDGE_STREAM__ROUTES__R__PROCESSORS__1__SIZE"
+    assert problems(path, {var: "5 parsecs"}) == [
+        f"{var}: routes.r.processors.1.size: expected a duration such as '10s', '250ms' or"
+        " '5m', got '5 parsecs'"
+    ]
+    var = "EDGE_STREAM__ROUTES__R__PROCESSORS__2__SIZE"
+    assert problems(path, {var: "5m"}) == [
+        f"{var}: routes.r.processors is a list of 2; '2' is not an index in it (0 to 1)"
+    ]
+
+
 def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_STREAM__GATEWAY__ID", "from-env")
     assert load(write(tmp_path, "")).gateway.id == "from-env"
