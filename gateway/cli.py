@@ -635,6 +635,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{store.dead_letter_count()} dead letter(s)")
             return 0
         if args.action == "show":
+            if not args.seq:
+                print("edge-stream: dead-letters show needs their numbers (N ...)", file=sys.stderr)
+                return 2
             for seq in args.seq:
                 record = store.dead_letter(seq)
                 if record is None:
@@ -800,6 +803,18 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a --limit of 0 printed nothing, and a
+    negative one everything, as SQLite reads LIMIT -1)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
@@ -826,7 +841,7 @@ def parser() -> argparse.ArgumentParser:
     conf.add_argument(
         "action", choices=["show", "diff", "history", "versions", "rollback", *REMOTE_ACTIONS]
     )
-    conf.add_argument("--limit", type=int, default=50, help="history: how many (default 50)")
+    conf.add_argument("--limit", type=_positive, default=50, help="history: how many (default 50)")
     conf.add_argument(
         "new",
         nargs="?",
@@ -847,7 +862,7 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("action", choices=["list", "show", "replay", "purge"])
     dl.add_argument("seq", nargs="*", type=int)
     dl.add_argument("--all", action="store_true")
-    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--limit", type=_positive, default=50, help="list: how many (default 50)")
     dl.set_defaults(fn=cmd_dead_letters)
     st = with_config(sub.add_parser("store", help="store statistics"))
     st.add_argument("action", choices=["stats", "reset", "drop-sink"])
@@ -862,7 +877,7 @@ def parser() -> argparse.ArgumentParser:
     state = with_config(sub.add_parser("state", help="processors' kept state (windows)"))
     state.add_argument("action", choices=["list", "show", "reset"])
     state.add_argument("component", nargs="?", metavar="COMPONENT", help="ROUTE.N")
-    state.add_argument("--limit", type=int, default=100, help="show: how many keys")
+    state.add_argument("--limit", type=_positive, default=100, help="show: how many keys")
     state.set_defaults(fn=cmd_state)
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
     docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")

@@ -324,18 +324,39 @@ def apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[KeyPath, st
         parts = [p for p in var[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
-        node: dict[str, Any] = data
-        path: list[str] = []
+        node: dict[str, Any] | list[Any] = data
+        path: list[Any] = []  # as problems name it: a list's index is an int
         for part in parts[:-1]:
-            key = _match_key(node, part)
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
+            key, child = _step(var, node, part, path)
+            if not isinstance(child, dict | list):
+                child = {}
+                node[key] = child
+            node = child
             path.append(key)
-        key = _match_key(node, parts[-1])
+        key, _ = _step(var, node, parts[-1], path)
         node[key] = _env_value(var, raw)
         changed[(*path, key)] = var
     return changed
+
+
+def _step(
+    var: str, node: dict[str, Any] | list[Any], part: str, path: list[Any]
+) -> tuple[Any, Any]:
+    """The key (a list's index) that `part` names in `node`, and what is there now. An
+    override of a list's item (EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE) replaced the
+    whole list with a mapping, and the problem then named the file's line."""
+    if isinstance(node, list):
+        if not (part.isascii() and part.isdigit() and int(part) < len(node)):
+            where = ".".join(str(p) for p in path)
+            raise ConfigError(
+                f"{var}: {where} is a list of {len(node)}; {part!r} is not an index in it"
+                f" (0 to {len(node) - 1})"
+                if node
+                else f"{var}: {where} is an empty list; there is no item to override"
+            )
+        return int(part), node[int(part)]
+    key = _match_key(node, part)
+    return key, node.get(key)
 
 
 def _match_key(node: dict[str, Any], part: str) -> str:

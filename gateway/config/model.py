@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,12 +25,15 @@ from gateway.config.schema import (
     Range,
     Size,
     Valid,
+    check_location,
     did_you_mean,
     mask_password,
+    redis_url_problem,
 )
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter
+from gateway.mqtt.urls import url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -42,7 +46,8 @@ class GatewaySection:
         str,
         Doc(
             "The gateway's name: the `{gateway}` of sink topics and keys, and part of the"
-            " default MQTT client ids (`edge-stream-<id>`).",
+            " default MQTT client ids (`edge-stream-<id>`). One level of MQTT topics"
+            " (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`.",
             example="pi-01",
         ),
     ] = "edge-stream"
@@ -73,6 +78,20 @@ class GatewaySection:
             " as SIGHUP does; an invalid file is refused and the running config stays."
         ),
     ] = True
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        # The id is one level of the status, stats, alerts and remote-config topics
+        # (edge-stream/<id>/status): 'a+b' passed check-config and the status topic was
+        # then refused by the broker for ever.
+        bad = sorted({c for c in self.id if c in "/+#" or not c.isprintable()})
+        if not self.id or bad:
+            what = ", ".join(repr(c) for c in bad) if bad else "nothing"
+            yield (
+                "id",
+                f"{self.id!r} holds {what}: the id is one level of MQTT topics"
+                " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
+                " control characters",
+            )
 
 
 @dataclass(frozen=True)
@@ -165,6 +184,7 @@ class MqttSection:
     keepalive: Annotated[
         Duration,
         Doc("The MQTT keepalive of the components on this broker that set none of their own."),
+        Range(0, 65535, "must be between 0s (none) and 65535s, MQTT's limit"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -176,6 +196,11 @@ class MqttSection:
                 f"{mask_password(self.url)!r} must be 'auto', 'embedded', mqtt://host:port"
                 " or mqtts://host:port",
             )
+        elif self.url not in ("auto", "embedded"):
+            # mqtt://h:99999 or mqtt:// passed check-config; the sources crashed at start
+            problem = url_problem(self.url)
+            if problem:
+                yield "url", problem
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (
@@ -292,12 +317,23 @@ class WebSection:
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            yield "listen", f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080"
+        problem = self.listen_problem()
+        if problem:
+            yield "listen", problem
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             yield missing, "HTTPS needs both web.tls_cert and web.tls_key"
+
+    def listen_problem(self) -> str | None:
+        """Why `listen` is no host:port to listen on, or None (a port over 65535 passed
+        check-config and the web server then crashed at start with a traceback)."""
+        problem = check_location(self.listen)
+        host, colon, _ = self.listen.rpartition(":")
+        if not problem and (not colon or not host or self.listen.endswith("]")):
+            problem = "it has no port"
+        if problem:
+            return f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080 ({problem})"
+        return None
 
     @property
     def local_only(self) -> bool:
@@ -604,8 +640,14 @@ class ReplicateSettings:
     ] = 5.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
-            yield "redis", f"{mask_password(self.redis)!r} must be a redis:// or rediss:// URL"
+        # redis://h:99999/0 passed check-config and the gateway crashed at start with
+        # urllib's traceback; a prefix {nope} was written as is into every key.
+        problem = None if self.redis is None else redis_url_problem(self.redis)
+        if problem:
+            yield "redis", problem
+        unknown = sorted(set(re.findall(r"\{([^{}]*)\}", self.prefix)) - {"gateway"})
+        if unknown:
+            yield "prefix", f"unknown placeholder {{{unknown[0]}}} (use {{gateway}})"
 
 
 @dataclass(frozen=True)
@@ -699,7 +741,7 @@ class Config:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
                     yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
         web = self.web
-        if web is not None and web.enabled and not web.local_only:
+        if web is not None and web.enabled and not web.listen_problem() and not web.local_only:
             users_file = web.users_file or os.path.join(
                 self.gateway.data_dir if self.gateway else "./data", "web-users"
             )

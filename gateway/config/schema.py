@@ -22,6 +22,8 @@ import difflib
 import functools
 import ipaddress
 import keyword
+import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -189,6 +191,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # YAML's .nan and .inf: no band, scale or threshold means anything with them.
+                problems.add(path, f"{value!r} is not a finite number")
+                return None
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -354,6 +360,36 @@ def check_location(hostport: str) -> str | None:
             port = after
     if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         return "the port is not a number from 1 to 65535"
+    return None
+
+
+def url_location_problem(url: str) -> str | None:
+    """Why the host and port of `url` (scheme://[user[:password]@]host[:port]/...) are not
+    usable, or None; never quoting the URL: a password holding '/', '?' or '#' ends the
+    user part early (in redis-py too) and its remainder then reads as the host or port."""
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    hint = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+    if authority.count("@") > 1:
+        return "has more than one '@'" + hint
+    problem = check_location(authority.rpartition("@")[2])
+    if problem and "@" in rest[len(authority) :]:  # the user part ended before its '@'
+        problem += hint
+    return problem
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` is no redis:// or rediss:// URL redis-py can connect with, or None: its
+    host and port as `url_location_problem`, and a database number after the '/'."""
+    if not url.startswith(("redis://", "rediss://")):
+        return f"{mask_password(url)!r} must be a redis:// or rediss:// URL"
+    problem = url_location_problem(url)
+    if problem:
+        return problem
+    rest = url.partition("://")[2]
+    path = re.split(r"[?#]", rest, maxsplit=1)[0].rpartition("@")[2].partition("/")[2]
+    if path and not (path.isascii() and path.isdigit()):
+        return "the database after the host's '/' is not a number (redis://host:6379/0)"
     return None
 
 

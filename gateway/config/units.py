@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -26,6 +27,9 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as '10s' or '250ms', got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            # YAML's .nan and .inf: a window or an interval of them cannot be scheduled.
+            raise ValueError(f"expected a duration such as '10s' or '250ms', got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)

@@ -42,7 +42,7 @@ Example
       rename: {t: temp}
       scale: {temp: 0.1}
       offset: {temp: -40}
-      set: {device: "{topic.1}", source: "{attributes.mqtt.client}"}
+      set: {device: "{topic.1}", qos: "{attributes.mqtt.qos}"}
       drop: [raw]
       topic: "clean/{topic.1}/temperature"
 """
@@ -262,8 +262,10 @@ class TransformProcessorConfig:
     set: Annotated[
         dict[str, Any],
         Doc(
-            "Set fields; a value may be a template: `{topic}`, `{topic.N}`,"
-            " `{attributes.KEY}`, `{field.NAME}`."
+            "Set fields, after rename, drop, scale and offset; a value may be a template:"
+            " `{topic}`, `{topic.N}`, `{attributes.KEY}`, `{field.NAME}`, which read the"
+            " input as it arrived (before any change); a missing one dead-letters the"
+            " FlowFile, and a value that is one placeholder keeps its JSON type."
         ),
     ] = field(default_factory=dict)
     topic: Annotated[

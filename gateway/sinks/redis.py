@@ -100,7 +100,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import re
 import ssl
 import string
 from collections.abc import Iterator
@@ -117,7 +116,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, check_location
+from gateway.config.schema import Doc, Duration, Range, redis_url_problem
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -317,19 +316,9 @@ class RedisSinkConfig(SinkConfig):
             yield "timeout", "timeouts must be positive"
 
 
-def _location_problem(url: str) -> str | None:
-    """Why the host and port of `url` are not usable, or None; never quoting the URL: a
-    password holding '/', '?' or '#' ends the user part early (in redis-py too) and its
-    remainder then reads as the host or the port."""
-    rest = url.partition("://")[2]
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    hint = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
-    if authority.count("@") > 1:
-        return "has more than one '@'" + hint
-    problem = check_location(authority.rpartition("@")[2])
-    if problem and "@" in rest[len(authority) :]:  # the user part ended before its '@'
-        problem += hint
-    return problem
+# Host, port and database number (redis://h:6379/abc passed check-config); the scheme is
+# checked before.
+_location_problem = redis_url_problem
 
 
 def _safe_url(url: str) -> str:

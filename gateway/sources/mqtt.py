@@ -202,10 +202,12 @@ class MqttSourceConfig(SourceConfig):
         Doc(
             "How long the broker keeps the session (and queues messages) while the gateway is away."
         ),
+        Range(0, 2**32 - 1, "must be between 0s and 4294967295s (136 years), MQTT's limit"),
     ] = 7 * 86400.0
     keepalive: Annotated[
         Duration | None,
         Doc("The MQTT keepalive (default: `mqtt.keepalive` on the gateway's broker, else 30s)."),
+        Range(0, 65535, "must be between 0s (none) and 65535s, MQTT's limit"),
     ] = None
     ca_file: Annotated[
         str | None,

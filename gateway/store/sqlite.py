@@ -351,7 +351,17 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
     if held is not None:
         held[1] += 1
         return key
-    key.mkdir(parents=True, exist_ok=True)
+    try:
+        if key.exists() and not key.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+        key.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        # A file named as the data_dir, or a folder the gateway may not create, stopped
+        # the start with a traceback.
+        raise StoreError(
+            f"gateway.data_dir {key}: cannot use it as the gateway's folder"
+            f" ({err.strerror or err}); give a folder the gateway may write"
+        ) from err
     lock = key / LOCK_NAME
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -1030,6 +1030,16 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
         unnamed = cli("dead-letters", action, "-c", str(config))
         assert (unnamed.returncode, unnamed.stdout) == (1, "")
         assert unnamed.stderr == "edge-stream: name dead letters by number, or use --all\n"
+    # `show` with no number printed nothing and exited 0; a --limit below 1 printed
+    # nothing (0) or everything (-1, as SQLite reads LIMIT -1)
+    unnamed = cli("dead-letters", "show", "-c", str(config))
+    assert (unnamed.returncode, unnamed.stdout) == (2, "")
+    assert unnamed.stderr == "edge-stream: dead-letters show needs their numbers (N ...)\n"
+    for limit in ("0", "-1"):
+        for args in (("dead-letters", "list"), ("state", "show", "r.0"), ("config", "history")):
+            refused = cli(*args, "--limit", limit, "-c", str(config))
+            assert (refused.returncode, refused.stdout) == (2, ""), args
+            assert refused.stderr.endswith(f"argument --limit: must be at least 1, got {limit}\n")
 
     purged = cli("dead-letters", "purge", str(dead[3].seq), "999999", "-c", str(config))
     assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n")
@@ -1197,3 +1207,20 @@ def test_config_show_and_diff_refuse_an_invalid_file_in_one_line(tmp_path: Path)
         assert problems(result.stderr)[0][:3] == (str(bad), 11, "sinks.warehouse.table")
     missing = cli("config", "diff", "-c", str(good))
     assert missing.returncode == 2 and "config diff -c FILE NEWFILE" in missing.stderr
+
+
+def test_run_on_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path: Path) -> None:
+    # It stopped with mkdir's FileExistsError traceback.
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a folder")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{data_dir: '{in_the_way}'}}\nweb: {{enabled: false}}\n"
+        "sinks: {o: {type: file, path: x.jsonl}}\n"
+    )
+    result = cli("run", "-c", str(config))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"edge-stream: gateway.data_dir {in_the_way}: cannot use it as the gateway's folder"
+        " (it is a file, not a folder); give a folder the gateway may write\n"
+    )

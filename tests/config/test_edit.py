@@ -50,7 +50,7 @@ sinks:
   cache: {type: file, path: "cache.jsonl", keep: 2}
 
 # web stays on localhost
-web: {listen: "127.0.0.1:0"}
+web: {listen: "127.0.0.1:18080"}
 # end of file
 """
 
@@ -244,7 +244,7 @@ def test_bad_names_are_refused(text: str, section: str, name: str) -> None:
 
 @pytest.mark.parametrize("line", ["sinks:", "sinks: {}", "sinks: {}   # none yet", "sinks:  # x"])
 def test_an_empty_section_is_filled_in_place(line: str) -> None:
-    text = f"# head\ngateway: {{id: x}}\n{line}\n# tail\nweb: {{listen: '127.0.0.1:0'}}\n"
+    text = f"# head\ngateway: {{id: x}}\n{line}\n# tail\nweb: {{listen: '127.0.0.1:18080'}}\n"
     new = edit.set_component(text, "sinks", "out", {"type": "file"}, "gw.yaml")
     comment = line.partition("#")[2]
     head = "sinks:" + (f"  #{comment}" if comment else "")

@@ -220,6 +220,35 @@ def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:
     assert message.endswith("sinks.w.keep: expected an integer, got 'lots'")
 
 
+def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
+    # EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE replaced the whole processors list with
+    # a mapping: "routes.r.processors: expected a list, got dict", at the file's line.
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          r:
+            match: "a/#"
+            sinks: [o]
+            processors: [{type: json}, {type: window, size: 1m, aggregates: {t: [avg]}}]
+        sinks:
+          o: {type: file, path: x.jsonl}
+        """,
+    )
+    config = load(path, environ={"EDGE_STREAM__ROUTES__R__PROCESSORS__1__SIZE": "5m"})
+    assert [p.type for p in config.routes["r"].processors] == ["json", "window"]
+    assert config.routes["r"].processors[1].size == 300.0
+    var = "EDGE_STREAM__ROUTES__R__PROCESSORS__1__SIZE"
+    assert problems(path, {var: "5 parsecs"}) == [
+        f"{var}: routes.r.processors.1.size: expected a duration such as '10s', '250ms' or"
+        " '5m', got '5 parsecs'"
+    ]
+    var = "EDGE_STREAM__ROUTES__R__PROCESSORS__2__SIZE"
+    assert problems(path, {var: "5m"}) == [
+        f"{var}: routes.r.processors is a list of 2; '2' is not an index in it (0 to 1)"
+    ]
+
+
 def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_STREAM__GATEWAY__ID", "from-env")
     assert load(write(tmp_path, "")).gateway.id == "from-env"
@@ -265,10 +294,111 @@ def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s"])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s", float("nan"), float("inf")]
+)
 def test_parse_duration_refuses(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
+    # YAML's .nan and .inf passed check-config; a window of size .nan then crashed the
+    # gateway at start with a traceback, and a deadband of .nan never passed a reading.
+    path = write(
+        tmp_path,
+        """\
+        sources:
+          host: {type: system, interval: .inf}
+        routes:
+          r:
+            match: "#"
+            sinks: [o]
+            processors:
+              - {type: window, size: .nan, aggregates: {t: [avg]}}
+              - {type: deadband, fields: {t: {absolute: .nan, percent: .inf}}}
+        sinks:
+          o: {type: file, path: x.jsonl}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms', got inf",
+        f"{path}:9: routes.r.processors.0.size: expected a duration such as '10s' or '250ms',"
+        " got nan",
+        f"{path}:10: routes.r.processors.1.fields.t.absolute: nan is not a finite number",
+        f"{path}:10: routes.r.processors.1.fields.t.percent: inf is not a finite number",
+    ]
+
+
+def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Path) -> None:
+    # Each passed check-config: mqtt.url's port and a keepalive over MQTT's 16 bits then
+    # crashed the MQTT source at start with a traceback (ValueError, struct.error), and
+    # an id with '+' made a status topic the broker refused for ever.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:99999", keepalive: 100000h}
+        sources:
+          plant: {type: mqtt, topics: ["a/#"], keepalive: 70000s, session_expiry: 50000d}
+        """,
+    )
+    path.write_text(path.read_text().replace("id: pi-01", "id: 'pi+01'"))
+    limit = "must be between 0s (none) and 65535s, MQTT's limit"
+    assert problems(path) == [
+        f"{path}:1: gateway.id: 'pi+01' holds '+': the id is one level of MQTT topics"
+        " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or control"
+        " characters",
+        f"{path}:2: mqtt.url: 'mqtt://127.0.0.1:99999' is not an mqtt://host:port or"
+        " mqtts://host:port URL (the port is not a number from 1 to 65535; a password"
+        " holding #, /, ? or @ must be percent-encoded: %23, %2F, %3F, %40)",
+        f"{path}:2: mqtt.keepalive: {limit}",
+        f"{path}:4: sources.plant.session_expiry: must be between 0s and 4294967295s"
+        " (136 years), MQTT's limit",
+        f"{path}:4: sources.plant.keepalive: {limit}",
+    ]
+
+
+def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
+    # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
+    # at start with urllib's "Port out of range" traceback; a database that is no number
+    # passed for the replica, the redis sink and source; a prefix's unknown placeholder
+    # was written as is into every key.
+    path = write(
+        tmp_path,
+        """\
+        state:
+          replicate: {redis: "redis://127.0.0.1:99999/0", prefix: "es:{gateway}:{nope}"}
+        sources:
+          s: {type: redis, url: "redis://127.0.0.1:6379/abc", key: k}
+        sinks:
+          o: {type: redis, url: "redis://127.0.0.1/0x1"}
+        """,
+    )
+    no_db = "the database after the host's '/' is not a number (redis://host:6379/0)"
+    assert problems(path) == [
+        f"{path}:5: sources.s.url: {no_db}",
+        f"{path}:7: sinks.o.url: {no_db}",
+        f"{path}:3: state.replicate.redis: the port is not a number from 1 to 65535",
+        f"{path}:3: state.replicate.prefix: unknown placeholder {{nope}} (use {{gateway}})",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "why"),
+    [("127.0.0.1:99999", "the port is not a number from 1 to 65535"),
+     ("8080", "it has no port"), (":8080", "it has no port"), ("[::1]", "it has no port"),
+     ("::1:8080", "write an IPv6 address in brackets, e.g. [::1]:5432")],
+)  # fmt: skip
+def test_a_web_listen_that_cannot_be_listened_on_is_one_line(
+    tmp_path: Path, listen: str, why: str
+) -> None:
+    # 127.0.0.1:99999 passed check-config and the web server crashed at start with a
+    # traceback (OverflowError from bind); '8080' gave a second line "listening on  needs
+    # web.username ..." for the same key.
+    path = write(tmp_path, f"web: {{listen: '{listen}'}}\n")
+    assert problems(path) == [
+        f"{path}:2: web.listen: {listen!r} must read host:port, e.g. 127.0.0.1:8080 ({why})"
+    ]
 
 
 @pytest.mark.parametrize(
