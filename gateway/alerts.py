@@ -124,6 +124,8 @@ class Alerts:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._pending: dict[str, float] = {}  # key -> monotonic time the condition began
         self._clear: dict[str, float] = {}  # active key -> since when it has not held
+        # active no_data key -> when its topic was last seen as it fired (or was loaded)
+        self._silent_since: dict[str, float] = {}
         self._dead: deque[tuple[float, int]] = deque()  # (monotonic, new dead letters)
         self._dead_total: int | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -166,6 +168,9 @@ class Alerts:
                 self._session = None
 
     async def _load(self) -> None:
+        # Dead letters count from here, not from the first evaluation after WARMUP: bad
+        # input in the gateway's first seconds counts too (those from before a restart not).
+        self._dead_total = self.view.store.dead_count
         active, events = await self.view.store.alert_state(RECENT)
         for key, _fired_at, body in active:
             self.active[key] = json.loads(body)
@@ -196,7 +201,7 @@ class Alerts:
         holding: dict[str, tuple[str, str, AlertRule, str, Any, str]] = {}
         for name, (condition, rule) in rules.items():
             for subject, (value, message) in self._holding(
-                condition, rule, snap, now, new_dead
+                name, condition, rule, snap, now, new_dead
             ).items():
                 holding[f"{name}:{subject}"] = (name, condition, rule, subject, value, message)
         for key, (name, condition, rule, subject, value, message) in holding.items():
@@ -214,15 +219,18 @@ class Alerts:
             del self._pending[key]
         for key in [k for k in self.active if k not in holding]:
             since = self._clear.setdefault(key, now)
-            if now - since >= RESOLVE_HOLD:
+            # A silence is over when data comes: no hold (the next one must last `for`).
+            hold = 0.0 if self.active[key].get("condition") == "no_data" else RESOLVE_HOLD
+            if now - since >= hold:
                 self._clear.pop(key, None)
+                self._silent_since.pop(key, None)
                 await self._resolve(key)
 
     def _new_dead_letters(self, snap: Snapshot, now: float) -> int:
         """Dead letters added in the last minute (the table's count only grows but for
         replays and purges, which start the count afresh)."""
         total = snap.store.dead_letters
-        if self._dead_total is not None and total >= self._dead_total:
+        if self._dead_total is not None and total > self._dead_total:
             self._dead.append((now, total - self._dead_total))
         self._dead_total = total
         while self._dead and self._dead[0][0] < now - 60.0:
@@ -230,7 +238,13 @@ class Alerts:
         return sum(n for _, n in self._dead)
 
     def _holding(
-        self, condition: str, rule: AlertRule, snap: Snapshot, now: float, new_dead: int
+        self,
+        name: str,
+        condition: str,
+        rule: AlertRule,
+        snap: Snapshot,
+        now: float,
+        new_dead: int,
     ) -> dict[str, tuple[Any, str]]:
         """The subjects for which `condition` holds now: subject -> (value, message)."""
         picked = set(rule.components)
@@ -272,13 +286,18 @@ class Alerts:
                                 f" {st.get('last_error')}",
                             )
         elif condition == "no_data" and rule.topic:
-            quiet = now - self.watch.last_seen(rule.topic, now)
+            seen = self.watch.last_seen(rule.topic, now)
+            quiet = now - seen
             wait = rule.for_ if rule.for_ is not None else DEFAULT_FOR["no_data"]
-            if quiet >= wait:
-                out[rule.topic] = (
-                    round(quiet, 1),
-                    f"no data on {rule.topic} for {_age(quiet)}",
-                )
+            key = f"{name}:{rule.topic}"
+            if key in self.active:
+                # Firing, it holds until data comes, however short `for` is (quiet again
+                # for `for` before the next evaluation, a message would go unseen).
+                silent = seen <= self._silent_since.setdefault(key, seen)
+            else:
+                silent = quiet >= wait
+            if silent:
+                out[rule.topic] = (round(quiet, 1), f"no data on {rule.topic} for {_age(quiet)}")
         elif condition == "dead_letters":
             if new_dead > rule.per_minute:
                 out["store"] = (
@@ -317,6 +336,8 @@ class Alerts:
         }
         log.warning("alerts: firing %s: %s", key, message)
         self.active[key] = body
+        if condition == "no_data":
+            self._silent_since[key] = self.watch.last_seen(subject, 0.0)
         await self._emit(key, body, firing=True)
 
     async def _resolve(self, key: str) -> None:

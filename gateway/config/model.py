@@ -585,6 +585,10 @@ class AlertsSection:
             if rule is None:
                 continue
             if rule.condition is None and name not in ALERT_CONDITIONS:
+                close = did_you_mean(name, ALERT_CONDITIONS)
+                if close:  # a built-in rule's name mistyped
+                    yield f"rules.{name}", f"no built-in rule is named {name!r}{close}"
+                    continue
                 yield (
                     f"rules.{name}.condition",
                     f"required when the rule's name is not a condition (one of"
@@ -722,6 +726,38 @@ class Config:
     # of its own; a field or an entry that failed is None here.
     check_incomplete: ClassVar[bool] = True
 
+    def _check_alert_components(self) -> Iterator[tuple[str, str]]:
+        """An alert rule's `components` name sinks, or sources and Modbus devices, that
+        exist: a mistyped name would leave the rule watching nothing, silently."""
+        if self.alerts is None:
+            return
+        sinks = set(self.sinks or {})
+        sources = set(self.sources or {})
+        for source in (self.sources or {}).values():
+            devices = getattr(source, "devices", None)
+            if isinstance(devices, Mapping):
+                sources.update(devices)
+        for name, rule in (self.alerts.rules or {}).items():
+            if rule is None or not rule.components:
+                continue
+            condition = rule.condition or name
+            if condition in ("sink_backlog", "sink_failing"):
+                known, what = sinks, "sink"
+            elif condition == "source_offline":
+                known, what = sources, "source or Modbus device"
+            else:
+                yield (
+                    f"alerts.rules.{name}.components",
+                    "only sink_backlog, sink_failing and source_offline rules watch components",
+                )
+                continue
+            for i, component in enumerate(rule.components):
+                if component not in known:
+                    yield (
+                        f"alerts.rules.{name}.components.{i}",
+                        f"no {what} named {component!r} is defined{did_you_mean(component, known)}",
+                    )
+
     def check(self) -> Iterator[tuple[str, str]]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
@@ -736,6 +772,7 @@ class Config:
                             f"{did_you_mean(sink, self.sinks)}"
                         ),
                     )
+        yield from self._check_alert_components()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):

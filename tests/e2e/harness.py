@@ -241,3 +241,28 @@ class Publisher(threading.Thread):
         assert not self.is_alive(), "the publisher did not finish"
         if self.error is not None:
             raise self.error
+
+
+class Watcher:
+    """A paho subscriber to `edge-stream/<id>/#` that keeps (topic, payload, retain)."""
+
+    def __init__(self, port: int, gateway_id: str) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"watch-{gateway_id}")
+        client.on_message = lambda _c, _u, m: self.messages.append(
+            (m.topic, bytes(m.payload), bool(m.retain))
+        )
+        client.connect("127.0.0.1", port)
+        client.subscribe(f"edge-stream/{gateway_id}/#", qos=1)
+        client.loop_start()
+        self.client = client
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [p for t, p, _ in list(self.messages) if t == topic]
+
+    def alerts(self, topic: str, state: str) -> list[dict[str, Any]]:
+        return [e for e in (json.loads(p) for p in self.payloads(topic)) if e["state"] == state]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

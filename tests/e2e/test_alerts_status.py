@@ -10,11 +10,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from aiohttp import web
 
-from tests.e2e.harness import GatewayProcess, Publisher, free_port, wait_for
+from tests.e2e.harness import GatewayProcess, Publisher, Watcher, free_port, wait_for
 from tests.e2e.upstreams import PostgresUpstream
 
 pytestmark = pytest.mark.e2e
@@ -59,31 +58,6 @@ class WebhookReceiver:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
-
-
-class Watcher:
-    """A paho subscriber to `edge-stream/<id>/#` that keeps (topic, payload, retain)."""
-
-    def __init__(self, port: int, gateway_id: str) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"watch-{gateway_id}")
-        client.on_message = lambda _c, _u, m: self.messages.append(
-            (m.topic, bytes(m.payload), bool(m.retain))
-        )
-        client.connect("127.0.0.1", port)
-        client.subscribe(f"edge-stream/{gateway_id}/#", qos=1)
-        client.loop_start()
-        self.client = client
-
-    def payloads(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in list(self.messages) if t == topic]
-
-    def alerts(self, topic: str, state: str) -> list[dict[str, Any]]:
-        return [e for e in (json.loads(p) for p in self.payloads(topic)) if e["state"] == state]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture

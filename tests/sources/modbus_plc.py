@@ -4,6 +4,7 @@ In the tests it runs in-process (`serve_tcp`, `serve_rtu`); the benchmark starts
 it as a separate process:
 
     python tests/sources/modbus_plc.py tcp --devices 10 --registers 100
+    python tests/sources/modbus_plc.py tcp --tcp-port 5020   (again on the port it had)
     python tests/sources/modbus_plc.py rtu --port /dev/pts/7 --units 1,2 --pace 115200
 
 It prints one JSON line ({"ports": [...]} or {"ready": true}), then serves until
@@ -203,6 +204,9 @@ async def _main() -> None:
     parser.add_argument("--devices", type=int, default=1, help="tcp: one server port each")
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--port", help="rtu: the serial port (pty) to serve on")
+    parser.add_argument(
+        "--tcp-port", type=int, default=0, help="tcp, one device: serve on this port (a restart)"
+    )
     parser.add_argument("--units", default="1", help="rtu: unit ids, comma separated")
     parser.add_argument("--pace", type=int, default=0, help="rtu: answer at this baud rate")
     args = parser.parse_args()
@@ -216,7 +220,7 @@ async def _main() -> None:
         for _ in range(args.devices):
             store = PlcStore(units=(1,))
             fill_pattern(store, 1, args.registers)
-            server, port = await serve_tcp(store)
+            server, port = await serve_tcp(store, port=args.tcp_port)
             stores.append(store)
             servers.append(server)
             ports.append(port)

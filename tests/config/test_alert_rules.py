@@ -1,0 +1,70 @@
+"""The `alerts:` section's own checks: rule names and the components a rule watches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import load
+from gateway.core.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+HEAD = """\
+gateway: {id: t}
+sources:
+  field: {type: mqtt, topics: ["a/#"]}
+  plc: {type: modbus, devices: {plc1: {url: "tcp://127.0.0.1:502", registers: {a: {address: 1}}}}}
+sinks:
+  db: {type: file, path: /tmp/x.jsonl}
+alerts:
+  rules:
+"""
+
+
+def problem(tmp_path: Path, rules: str) -> str:
+    path = tmp_path / "g.yaml"
+    path.write_text(HEAD + rules)
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    return str(info.value).replace(str(path), "g.yaml")
+
+
+def test_a_mistyped_built_in_rule_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    """It said only that `condition` was required, as for a rule of one's own."""
+    assert problem(tmp_path, "    sink_backlogg: {older_than: 5m}\n") == (
+        "g.yaml:9: alerts.rules.sink_backlogg: no built-in rule is named 'sink_backlogg'"
+        " (did you mean 'sink_backlog'?)"
+    )
+
+
+def test_a_rule_of_ones_own_needs_a_condition(tmp_path: Path) -> None:
+    assert "alerts.rules.late.condition: required when" in problem(
+        tmp_path, "    late: {older_than: 5m}\n"
+    )
+
+
+def test_components_must_name_what_the_rule_watches(tmp_path: Path) -> None:
+    """A mistyped name was taken: the rule then watched nothing, silently."""
+    assert problem(tmp_path, "    sink_failing: {components: [dbb]}\n") == (
+        "g.yaml:9: alerts.rules.sink_failing.components.0: no sink named 'dbb' is defined"
+        " (did you mean 'db'?)"
+    )
+    assert "no source or Modbus device named 'plc2'" in problem(
+        tmp_path, "    source_offline: {components: [plc1, field, plc2]}\n"
+    )
+    assert "only sink_backlog, sink_failing and source_offline rules watch components" in (
+        problem(tmp_path, "    store_budget: {components: [db]}\n")
+    )
+
+
+def test_components_may_name_sinks_sources_and_modbus_devices(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        HEAD
+        + "    sink_backlog: {components: [db]}\n"
+        + "    source_offline: {components: [field, plc, plc1]}\n"
+    )
+    rules = load(path, environ={}).alerts.effective()
+    assert list(rules["source_offline"][1].components) == ["field", "plc", "plc1"]

@@ -1,0 +1,131 @@
+"""The alert rules' logic (gateway/alerts.py) on hand-made status snapshots and a fake
+clock; end to end, through the real gateway and servers: tests/e2e/test_alerts_rules.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.alerts import Alerts
+from gateway.config.load import load_data
+from gateway.config.model import Config
+from gateway.core.topics import TopicWatch
+
+pytestmark = pytest.mark.unit
+
+
+class FakeStore:
+    """What Alerts asks of the store: the kept state and the events it records."""
+
+    def __init__(self, dead_count: int = 0) -> None:
+        self.dead_count = dead_count
+        self.events: list[dict[str, Any]] = []
+
+    async def alert_state(self, recent: int) -> tuple[list[Any], list[Any]]:
+        return [], []
+
+    async def alert_event(
+        self, key: str, at: float, body: str, firing: bool, targets: list[str]
+    ) -> int:
+        self.events.append(json.loads(body))
+        return len(self.events)
+
+    async def alert_sent(self, seq: int, notifier: str) -> None:
+        pass
+
+
+def snapshot(dead_letters: int = 0, sinks: dict[str, Any] | None = None) -> Any:
+    store = SimpleNamespace(dead_letters=dead_letters, bytes=0, max_bytes=1 << 20)
+    return SimpleNamespace(store=store, sinks=sinks or {}, sources={})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(rules: dict[str, Any], store: FakeStore, clock: Clock) -> Alerts:
+    config: Config = load_data(
+        {"gateway": {"id": "t", "data_dir": "/nonexistent"}, "alerts": {"rules": rules}},
+        environ={},
+    )
+    view = SimpleNamespace(store=store)
+    return Alerts(view, lambda: config, asyncio.Event(), TopicWatch(clock))  # type: ignore[arg-type]
+
+
+async def test_dead_letters_in_the_first_seconds_count() -> None:
+    """The count started at the first evaluation, WARMUP (3 s) after the engine ran: a
+    malformed message right after the start never fired the dead-letter alert."""
+    store, clock = FakeStore(dead_count=4), Clock()  # 4 from before a restart
+    alerts = make({"dead_letters": {"per_minute": 0}}, store, clock)
+    await alerts._load()
+    await alerts.evaluate(snapshot(dead_letters=5), clock.now)  # one came during the warm-up
+    assert [(e["key"], e["state"], e["value"]) for e in store.events] == [
+        ("dead_letters:store", "firing", 1)
+    ]
+
+
+async def test_dead_letters_from_before_a_restart_do_not_count() -> None:
+    store, clock = FakeStore(dead_count=4), Clock()
+    alerts = make({"dead_letters": {"per_minute": 0}}, store, clock)
+    await alerts._load()
+    await alerts.evaluate(snapshot(dead_letters=4), clock.now)
+    assert store.events == []
+
+
+async def test_a_no_data_alert_resolves_with_one_message_whatever_its_for() -> None:
+    """With `for` under the 5 s resolve hold, one message never resolved a no_data
+    alert: the topic was quiet again (the condition held) before 5 s had passed."""
+    store, clock = FakeStore(), Clock()
+    alerts = make({"quiet": {"condition": "no_data", "topic": "a/#", "for": "1s"}}, store, clock)
+    await alerts._load()
+    for _ in range(3):
+        await alerts.evaluate(snapshot(), clock.now)
+        clock.now += 1.0
+    assert [(e["key"], e["state"]) for e in store.events] == [("quiet:a/#", "firing")]
+    alerts.watch.note(["a/b"])  # one FlowFile on the topic
+    for _ in range(8):
+        clock.now += 1.0
+        await alerts.evaluate(snapshot(), clock.now)
+    states = [e["state"] for e in store.events]
+    # resolved at the next evaluation; the new silence fires anew after `for`, once
+    assert states == ["firing", "resolved", "firing"], states
+    assert store.events[1]["resolved_at"] is not None
+
+
+async def test_a_no_data_alert_kept_from_before_a_restart_resolves_when_data_comes() -> None:
+    store, clock = FakeStore(), Clock()
+    alerts = make({"quiet": {"condition": "no_data", "topic": "a/#", "for": "1s"}}, store, clock)
+    await alerts._load()
+    alerts.active["quiet:a/#"] = {"key": "quiet:a/#", "condition": "no_data", "fired_at": 1.0}
+    for _ in range(3):
+        await alerts.evaluate(snapshot(), clock.now)
+        clock.now += 1.0
+    assert store.events == []  # still quiet: still active, not fired again
+    alerts.watch.note(["a/x"])
+    clock.now += 1.0
+    await alerts.evaluate(snapshot(), clock.now)
+    assert [(e["key"], e["state"]) for e in store.events] == [("quiet:a/#", "resolved")]
+
+
+async def test_a_sink_alert_still_waits_5_s_before_it_resolves() -> None:
+    store, clock = FakeStore(), Clock()
+    alerts = make({"sink_failing": {"for": "1s"}}, store, clock)
+    await alerts._load()
+    failing = SimpleNamespace(state="retrying", last_error="down", oldest_age_s=None, depth=0)
+    ok = SimpleNamespace(state="running", last_error=None, oldest_age_s=None, depth=0)
+    for sink in (failing, failing, failing, ok, ok, ok, ok, ok):
+        await alerts.evaluate(snapshot(sinks={"db": sink}), clock.now)
+        clock.now += 1.0
+    assert [e["state"] for e in store.events] == ["firing"]  # 4 s without: not yet
+    for _ in range(2):
+        await alerts.evaluate(snapshot(sinks={"db": ok}), clock.now)
+        clock.now += 1.0
+    assert [e["state"] for e in store.events] == ["firing", "resolved"]
