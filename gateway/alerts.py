@@ -21,6 +21,7 @@ seconds after the engine runs, so that components have had a first try.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -72,6 +73,7 @@ class Notifier:
         self._retry = retry
         self._queue: deque[tuple[int, dict[str, Any]]] = deque()
         self._ready = asyncio.Event()
+        self._again = asyncio.Event()
         self.last_error: str | None = None
 
     async def put(self, seq: int, body: dict[str, Any]) -> None:
@@ -83,6 +85,10 @@ class Notifier:
             )
             await self._done(old, self.name)
         self._ready.set()
+
+    def again(self) -> None:
+        """The destination is back: try the waiting event now, not after the backoff."""
+        self._again.set()
 
     async def run(self) -> None:
         backoff: Backoff | None = None
@@ -96,7 +102,10 @@ class Notifier:
             if outcome is False:
                 if backoff is None:
                     backoff = Backoff(*self._retry())
-                await asyncio.sleep(backoff.next())
+                self._again.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff.next()):
+                        await self._again.wait()
                 continue
             backoff = None
             if self._queue and self._queue[0][0] == seq:

@@ -129,3 +129,33 @@ async def test_a_sink_alert_still_waits_5_s_before_it_resolves() -> None:
         await alerts.evaluate(snapshot(sinks={"db": ok}), clock.now)
         clock.now += 1.0
     assert [e["state"] for e in store.events] == ["firing", "resolved"]
+
+
+async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_is_told() -> None:
+    """The MQTT event waited for its next retry (backoff up to 60 s) after the gateway's
+    broker was back; the status connection now says so (`again`)."""
+    from gateway.alerts import Notifier
+
+    outcomes = [False, True]
+    sent: list[dict[str, Any]] = []
+    done: list[int] = []
+
+    async def send(body: dict[str, Any]) -> bool:
+        sent.append(body)
+        return outcomes.pop(0)
+
+    async def mark(seq: int, name: str) -> None:
+        done.append(seq)
+
+    notifier = Notifier("mqtt", send, mark, lambda: 10, lambda: (30.0, 60.0))
+    await notifier.put(1, {"key": "k"})
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(notifier.run())
+        while not sent:
+            await asyncio.sleep(0.01)
+        notifier.again()  # well before the 30 s backoff
+        async with asyncio.timeout(5):
+            while not done:
+                await asyncio.sleep(0.01)
+        task.cancel()
+    assert len(sent) == 2 and done == [1]

@@ -77,6 +77,8 @@ class StatusChannel:
         self._lost = asyncio.Event()
         self.last_error: str | None = None
         self.stopping = False  # the gateway stops: a lost connection is expected
+        # told when the connection is up again (the alerts' MQTT events wait for it)
+        self.on_online: Callable[[], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -103,7 +105,9 @@ class StatusChannel:
 
     async def run(self) -> None:
         await self._ready.wait()
-        backoff = Backoff(1.0, 60.0)
+        # The gateway's own broker, usually local: at most 10 s between attempts, so that
+        # `online` and the alert events that waited follow soon after it is back.
+        backoff = Backoff(1.0, 10.0)
         while True:
             plan = self._plan()
             if plan is None:
@@ -148,6 +152,8 @@ class StatusChannel:
         self.last_error = None
         log.info("status: %s is online on %s:%d", topic, host, port)
         client.publish(topic.encode(), b"online", qos=1, retain=True)
+        if self.on_online is not None:
+            self.on_online()
         loop = asyncio.get_running_loop()
         next_stats = loop.time()
         while not client.closing():

@@ -310,3 +310,56 @@ def test_the_dead_letter_alert_resolves_a_minute_later_and_each_event_came_once(
         for events in (rig.webhook(state), rig.mqtt(state)):
             assert [k for k in keys(events) if not k.startswith("quiet_beat:")] == once, state
     assert not any(e["rule"] == "dead_letters" for e in rig.webhook("firing"))
+
+
+@pytest.mark.long
+def test_a_source_offline_alert_on_the_gateways_own_broker_reaches_mqtt_when_it_is_back(
+    gateway_factory: Any, mosquitto_factory: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    """One broker for everything, as in the README's first config: stopped, the MQTT
+    source goes offline and the alert's MQTT event must wait for the broker; it then
+    comes promptly (it waited behind a backoff of up to a minute), and once. `long`: 30 s."""
+    gid = "alertsolo"
+    broker = mosquitto_factory()
+    topic = f"edge-stream/{gid}/alerts"
+    gw: GatewayProcess = gateway_factory(
+        {
+            "gateway": {"id": gid},
+            "mqtt": {"url": broker.url},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{gid}/#"], "qos": 1}},
+            "alerts": {
+                "defaults": False,
+                "rules": {"source_offline": {"for": "1s"}},
+                "webhook": {"url": http_receiver.url + "/hook"},
+            },
+        }
+    )
+    gw.start()
+    watcher: Watcher | None = None
+    try:
+
+        def hooked(state: str) -> list[str]:
+            bodies = [json.loads(r["body"]) for r in http_receiver.received()]
+            return [b["key"] for b in bodies if b["state"] == state]
+
+        broker.stop()
+        wait_for(lambda: hooked("firing"), 30, "the webhook's firing event")
+        assert [a["key"] for a in gw.status()["alerts"]["active"]] == ["source_offline:plant"]
+        time.sleep(12)  # an outage of a while: the retries back off
+        broker.start()
+        watcher = Watcher(broker.port, gid)  # (the gateway reconnects after 1 s at the soonest)
+        # It came 22 s after the broker in a run before the fix (the status connection and
+        # the event each retried with backoff up to 60 s); now within the status
+        # connection's 10 s.
+        wait_for(lambda: watcher.alerts(topic, "firing"), 15, "the MQTT firing event")
+        # resolved after the source's own reconnect (its backoff) and 5 s without trouble
+        wait_for(lambda: watcher.alerts(topic, "resolved"), 40, "the MQTT resolved event")
+        assert hooked("resolved") == ["source_offline:plant"]
+        time.sleep(2)
+        assert [e["key"] for e in watcher.alerts(topic, "firing")] == ["source_offline:plant"]
+        assert len(watcher.alerts(topic, "resolved")) == 1 and hooked("firing") == hooked(
+            "resolved"
+        )
+    finally:
+        if watcher is not None:
+            watcher.close()
