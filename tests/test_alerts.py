@@ -138,24 +138,23 @@ async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_
 
     outcomes = [False, True]
     sent: list[dict[str, Any]] = []
-    done: list[int] = []
+    tried, delivered = asyncio.Event(), asyncio.Event()
 
     async def send(body: dict[str, Any]) -> bool:
         sent.append(body)
+        tried.set()
         return outcomes.pop(0)
 
     async def mark(seq: int, name: str) -> None:
-        done.append(seq)
+        delivered.set()
 
     notifier = Notifier("mqtt", send, mark, lambda: 10, lambda: (30.0, 60.0))
     await notifier.put(1, {"key": "k"})
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(notifier.run())
-        while not sent:
-            await asyncio.sleep(0.01)
+        await tried.wait()
         notifier.again()  # well before the 30 s backoff
         async with asyncio.timeout(5):
-            while not done:
-                await asyncio.sleep(0.01)
+            await delivered.wait()
         task.cancel()
-    assert len(sent) == 2 and done == [1]
+    assert len(sent) == 2
