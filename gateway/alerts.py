@@ -289,7 +289,9 @@ class Alerts:
                             and isinstance(st, dict)
                             and st.get("state") == "offline"
                         ):
-                            out[f"{name}/{dev}"] = (
+                            # a device written flat is named after its source: one subject
+                            subject = name if dev == name else f"{name}/{dev}"
+                            out[subject] = (
                                 "offline",
                                 f"Modbus device {dev} of source {name} is offline:"
                                 f" {st.get('last_error')}",

@@ -158,3 +158,22 @@ async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_
             await delivered.wait()
         task.cancel()
     assert len(sent) == 2
+
+
+async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_source() -> None:
+    store, clock = FakeStore(), Clock()
+    alerts = make({"source_offline": {"for": "0s"}}, store, clock)
+    await alerts._load()
+    offline = {"state": "offline", "last_error": "cannot connect"}
+    running = SimpleNamespace(state="running", last_error=None)
+    sources = {
+        "line": SimpleNamespace(**vars(running), extra={"devices": {"plc1": offline}}),
+        "pump": SimpleNamespace(**vars(running), extra={"devices": {"pump": offline}}),
+    }
+    snap = snapshot()
+    snap.sources = sources
+    await alerts.evaluate(snap, clock.now)
+    assert sorted(e["key"] for e in store.events) == [
+        "source_offline:line/plc1",
+        "source_offline:pump",  # written flat (url: at the top): named after its source
+    ]

@@ -32,7 +32,7 @@ from gateway.config.schema import (
 )
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
-from gateway.core.topics import validate_filter
+from gateway.core.topics import validate_filter, validate_topic
 from gateway.mqtt.urls import url_problem
 
 Overflow = Literal["drop_oldest", "block"]
@@ -581,6 +581,13 @@ class AlertsSection:
     ] = field(default_factory=WebhookSettings)
 
     def check(self) -> Iterator[tuple[str, str]]:
+        if self.mqtt_topic is not None:
+            topic = self.mqtt_topic.replace("{gateway}", "id")
+            problem = validate_topic(topic)
+            if problem is None and ("{" in topic or "}" in topic):
+                problem = "only {gateway} is replaced (by the gateway id)"
+            if problem:
+                yield "mqtt_topic", f"{self.mqtt_topic!r} is not a topic to publish on: {problem}"
         for name, rule in (self.rules or {}).items():
             if rule is None:
                 continue

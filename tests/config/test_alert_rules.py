@@ -68,3 +68,21 @@ def test_components_may_name_sinks_sources_and_modbus_devices(tmp_path: Path) ->
     )
     rules = load(path, environ={}).alerts.effective()
     assert list(rules["source_offline"][1].components) == ["field", "plc", "plc1"]
+
+
+def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
+    """A wildcard was taken: the broker then drops the status connection at each event."""
+    path = tmp_path / "g.yaml"
+    for topic, expected in {
+        "plant/+/alerts": "must not contain the wildcards '+' or '#'",
+        "edge-stream/{id}/alerts": "only {gateway} is replaced (by the gateway id)",
+    }.items():
+        path.write_text(f"gateway: {{id: t}}\nalerts:\n  mqtt_topic: {topic!r}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path, environ={})
+        assert f"g.yaml:3: alerts.mqtt_topic: {topic!r} is not a topic to publish on" in str(
+            info.value
+        )
+        assert expected in str(info.value)
+    path.write_text("gateway: {id: t}\nalerts:\n  mqtt_topic: 'site/{gateway}/alarms'\n")
+    assert load(path, environ={}).alerts.mqtt_topic == "site/{gateway}/alarms"
