@@ -460,13 +460,15 @@ DEFAULT_FOR = {"sink_failing": 300.0, "source_offline": 300.0, "no_data": 300.0}
 @dataclass(frozen=True)
 class AlertRule:
     """One alert: a condition on the gateway's own state with a threshold, that must
-    hold for `for` before the alert fires; it resolves once it has not held for 5 s.
+    hold for `for` before the alert fires; it resolves once it has not held for 5 s
+    (a `no_data` alert: as soon as data comes on its topic).
 
     Conditions, each per component (the alert's subject): `sink_backlog` (the oldest
     FlowFile waiting for a sink is older than `older_than`), `sink_failing` (a sink
     fails to deliver: retrying or stopped), `source_offline` (a source is not running,
-    or a Modbus device is offline), `no_data` (no FlowFile on `topic` for `for`),
-    `dead_letters` (more than `per_minute` FlowFiles dead-lettered in the last minute),
+    or a Modbus device is offline: subject `<source>/<device>`), `no_data` (no FlowFile
+    on `topic` for `for`), `dead_letters` (more than `per_minute` FlowFiles
+    dead-lettered in the last minute: it resolves about a minute after them),
     `store_budget` (the store holds more than `percent` of `buffer.max_bytes`).
     """
 
@@ -505,8 +507,8 @@ class AlertRule:
     components: Annotated[
         list[str],
         Doc(
-            "The sinks, sources or Modbus devices (by name) the rule watches; default: all"
-            " of the condition's kind."
+            "The sinks (`sink_backlog`, `sink_failing`) or sources and Modbus devices"
+            " (`source_offline`), by name, the rule watches; default: all of them."
         ),
     ] = field(default_factory=list)
     enabled: Annotated[bool, Doc("`false` turns the rule (a built-in one too) off.")] = True
@@ -552,8 +554,9 @@ class AlertsSection:
 
     Each rule's alert fires once when its condition has held for `for`, and
     resolves once; both events go to every notifier (`mqtt_topic`, `webhook`) and
-    to the console (`alerts` in /api/status). Alert state is kept in the store, so
-    a restart neither fires an active alert again nor forgets it. The built-in
+    to the console (`alerts` in /api/status); docs/metrics.md tells the details.
+    Alert state is kept in the store, so a restart neither fires an active alert
+    again nor forgets it. The built-in
     rules (`defaults`) are sink_backlog (older than 10m), sink_failing (5m),
     source_offline (5m), dead_letters (more than 10 a minute) and store_budget
     (90%); a rule under `rules:` with the same name changes or (`enabled: false`)
