@@ -597,7 +597,11 @@ class AlertsSection:
             if rule.condition is None and name not in ALERT_CONDITIONS:
                 close = did_you_mean(name, ALERT_CONDITIONS)
                 if close:  # a built-in rule's name mistyped
-                    yield f"rules.{name}", f"no built-in rule is named {name!r}{close}"
+                    yield (
+                        f"rules.{name}",
+                        f"no built-in rule is named {name!r}{close}; a rule of your own"
+                        " needs a condition:",
+                    )
                     continue
                 yield (
                     f"rules.{name}.condition",

@@ -35,7 +35,7 @@ def test_a_mistyped_built_in_rule_is_named_with_a_suggestion(tmp_path: Path) -> 
     """It said only that `condition` was required, as for a rule of one's own."""
     assert problem(tmp_path, "    sink_backlogg: {older_than: 5m}\n") == (
         "g.yaml:9: alerts.rules.sink_backlogg: no built-in rule is named 'sink_backlogg'"
-        " (did you mean 'sink_backlog'?)"
+        " (did you mean 'sink_backlog'?); a rule of your own needs a condition:"
     )
 
 
