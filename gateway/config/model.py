@@ -522,6 +522,17 @@ class AlertRule:
                 yield "topic", problem
 
 
+# Each threshold key and the condition it belongs to; another rule ignoring it silently
+# would hide a mistake (`sink_failing: {older_than: 1m}`).
+_THRESHOLD_OF = {
+    "older_than": "sink_backlog",
+    "per_minute": "dead_letters",
+    "percent": "store_budget",
+    "topic": "no_data",
+}
+_RULE_DEFAULTS = {key: getattr(AlertRule(), key) for key in _THRESHOLD_OF}
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     """An HTTP endpoint that gets every alert event as a JSON POST."""
@@ -608,6 +619,15 @@ class AlertsSection:
                     f"required when the rule's name is not a condition (one of"
                     f" {', '.join(ALERT_CONDITIONS)})",
                 )
+                continue
+            condition = rule.condition or name
+            for key, owner in _THRESHOLD_OF.items():
+                if condition != owner and getattr(rule, key) != _RULE_DEFAULTS[key]:
+                    # a value of its default there is harmless: it cannot be told from none
+                    yield (
+                        f"rules.{name}.{key}",
+                        f"applies to {owner} rules only; this one watches {condition}",
+                    )
 
     def effective(self) -> dict[str, tuple[str, AlertRule]]:
         """The rules that run: name -> (condition, rule), built-ins first."""

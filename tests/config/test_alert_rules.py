@@ -86,3 +86,17 @@ def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
         assert expected in str(info.value)
     path.write_text("gateway: {id: t}\nalerts:\n  mqtt_topic: 'site/{gateway}/alarms'\n")
     assert load(path, environ={}).alerts.mqtt_topic == "site/{gateway}/alarms"
+
+
+def test_a_threshold_of_another_condition_is_refused(tmp_path: Path) -> None:
+    """`sink_failing: {older_than: 1m}` was taken and the value ignored, silently."""
+    assert problem(tmp_path, "    sink_failing: {for: 1s, older_than: 1m}\n") == (
+        "g.yaml:9: alerts.rules.sink_failing.older_than: applies to sink_backlog rules only;"
+        " this one watches sink_failing"
+    )
+    assert "alerts.rules.late.percent: applies to store_budget rules only" in problem(
+        tmp_path, "    late: {condition: source_offline, percent: 50}\n"
+    )
+    assert "alerts.rules.sink_backlog.topic: applies to no_data rules only" in problem(
+        tmp_path, "    sink_backlog: {topic: a/b}\n"
+    )
