@@ -562,13 +562,22 @@ class PostgresSink(Sink):
         try:
             pool = await asyncpg.create_pool(
                 config.dsn,
-                min_size=1,
+                # No floor: with one, asyncpg reconnects in the background while the
+                # server is down and logs a traceback at each try. Connections are opened
+                # when a write needs them and kept while they work.
+                min_size=0,
+                max_inactive_connection_lifetime=0,
                 max_size=config.pool_size,
                 timeout=config.timeout,
                 command_timeout=config.timeout,
                 reset=_keep_session,
                 server_settings={"application_name": f"edge-stream {self.ctx.name}"},
             )
+            try:
+                conn = await pool.acquire()  # the first connection, made here
+            except BaseException:
+                pool.terminate()
+                raise
         except _SETUP_ERRORS as err:
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
         except socket.gaierror as err:
@@ -585,8 +594,10 @@ class PostgresSink(Sink):
                 " and percent-encode #, /, ? and @ in user and password"
             ) from err
         try:
-            async with pool.acquire() as conn:
+            try:
                 await self._prepare_table(conn, permanent)
+            finally:
+                await pool.release(conn)
         except _SETUP_ERRORS as err:
             pool.terminate()
             raise permanent(
