@@ -275,7 +275,9 @@ class WebSection:
     ] = "127.0.0.1:8080"
     username: Annotated[
         str | None,
-        Doc("An operator account's name, asked for by the login page and HTTP basic auth."),
+        Doc(
+            "An operator account's name (no ':'), asked for by the login page and HTTP basic auth."
+        ),
     ] = None
     password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
     enabled: Annotated[bool, Doc("Serve the page, the API and /metrics at all.")] = True
@@ -320,6 +322,16 @@ class WebSection:
         problem = self.listen_problem()
         if problem:
             yield "listen", problem
+        # HTTP basic auth sends "user:password" and splits at the first ':', so a name
+        # holding one could never log in that way; a control character cannot be typed.
+        bad = sorted({c for c in self.username or "" if c == ":" or not c.isprintable()})
+        if bad:
+            yield (
+                "username",
+                f"{self.username!r} holds {', '.join(repr(c) for c in bad)}: a console user"
+                " name has no ':' (HTTP basic auth sends user:password) and no control"
+                " characters",
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             yield missing, "HTTPS needs both web.tls_cert and web.tls_key"

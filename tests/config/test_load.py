@@ -402,6 +402,21 @@ def test_a_web_listen_that_cannot_be_listened_on_is_one_line(
 
 
 @pytest.mark.parametrize(
+    ("written", "problem"), [(r"a:b", r"'a:b' holds ':'"), (r"a\tb", r"'a\tb' holds '\t'")]
+)
+def test_a_web_username_basic_auth_cannot_send_is_refused(
+    tmp_path: Path, written: str, problem: str
+) -> None:
+    # 'a:b' passed check-config, and HTTP basic auth (user:password, split at the first
+    # ':') could then never log that operator in.
+    path = write(tmp_path, f'web: {{username: "{written}", password: long-enough}}\n')
+    assert problems(path) == [
+        f"{path}:2: web.username: {problem}: a console user name has no ':' (HTTP basic"
+        " auth sends user:password) and no control characters"
+    ]
+
+
+@pytest.mark.parametrize(
     ("text", "size"),
     [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("64KB", 64_000), ("10B", 10), ("4096", 4096),
      (4096, 4096), ("1.5KiB", 1536), ("2TB", 2 * 10**12)],
