@@ -20,7 +20,8 @@ With event time, the watermark is the newest event time seen minus
 whose windows have all closed is late: counted and dropped, or dead-lettered with
 `late: dead_letter`. When no reading has raised the watermark for `idle`, it moves
 on with the gateway's clock, so that windows close even when data stops.
-Processing-time windows close on the gateway's clock (checked every second).
+Processing-time windows close on the gateway's clock (checked every second): no
+reading is late, and allowed_lateness, late and idle are refused without time: event.
 Windows close in order of their end (then start, then group). Count windows close
 on their count only.
 
@@ -199,7 +200,9 @@ class WindowProcessorConfig:
     ] = 0.0
     late: Annotated[
         Literal["drop", "dead_letter"],
-        Doc("What happens to a late reading (counted either way): drop or dead_letter."),
+        Doc(
+            "event time: what happens to a late reading (counted either way): drop or dead_letter."
+        ),
     ] = "drop"
     idle: Annotated[
         Duration,
@@ -269,8 +272,18 @@ class WindowProcessorConfig:
                 yield "time_field", "event time needs one of time_field or time_attribute"
             elif self.time_field is not None and check_path(self.time_field):
                 yield "time_field", str(check_path(self.time_field))
-        elif self.time_field is not None or self.time_attribute is not None:
-            yield "time", "time_field and time_attribute need time: event"
+        else:
+            if self.time_field is not None or self.time_attribute is not None:
+                yield "time", "time_field and time_attribute need time: event"
+            # Processing-time windows close on the gateway's clock: no reading is ever late
+            # and no watermark waits, so these would be ignored without a word.
+            for key, default in (("allowed_lateness", 0.0), ("late", "drop"), ("idle", 10.0)):
+                if getattr(self, key) != default:
+                    yield (
+                        key,
+                        "is for event time and needs time: event (processing-time windows"
+                        " close on the gateway's clock and no reading is ever late)",
+                    )
         if self.group_by is not None:
             problem = _check_group(self.group_by)
             if problem:

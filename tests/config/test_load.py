@@ -416,6 +416,35 @@ def test_a_web_username_basic_auth_cannot_send_is_refused(
     ]
 
 
+def test_event_time_keys_on_a_processing_time_window_are_refused(tmp_path: Path) -> None:
+    # allowed_lateness and late passed check-config with processing time and did nothing
+    # (no reading is late on the gateway's clock), while time_field was refused.
+    path = write(
+        tmp_path,
+        """\
+        sinks: {f: {type: file, path: out.jsonl}}
+        routes:
+          r:
+            match: "a/#"
+            processors:
+              - type: window
+                size: 1m
+                allowed_lateness: 5s
+                late: dead_letter
+                aggregates: {v: [avg]}
+            sinks: [f]
+        """,
+    )
+    why = (
+        "is for event time and needs time: event (processing-time windows close on the"
+        " gateway's clock and no reading is ever late)"
+    )
+    assert problems(path) == [
+        f"{path}:9: routes.r.processors.0.allowed_lateness: {why}",
+        f"{path}:10: routes.r.processors.0.late: {why}",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("64KB", 64_000), ("10B", 10), ("4096", 4096),

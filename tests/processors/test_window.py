@@ -465,6 +465,9 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "time": "event", "aggregates": {"v": ["avg"]}}, "needs one of time_field"),
         ({"size": 60, "topic": "{nope}/x", "aggregates": {"v": ["avg"]}}, "unknown placeholder"),
         ({"size": 60, "group_by": "device", "aggregates": {"v": ["avg"]}}, "must be topic"),
+        ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
+        ({"size": 60, "late": "dead_letter", "aggregates": {"v": ["avg"]}}, "needs time: event"),
+        ({"size": 60, "idle": 30, "aggregates": {"v": ["avg"]}}, "needs time: event"),
     ],
 )
 def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:
