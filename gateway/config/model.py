@@ -252,6 +252,8 @@ class RouteSection:
     ] = field(default_factory=list)
 
     def check(self) -> Iterator[tuple[str, str]]:
+        if not self.match:  # `match: []` matched nothing, and the route sat there unused
+            yield "match", "a route needs at least one topic filter, e.g. sensors/+/telemetry"
         if not self.sinks:
             yield "sinks", "a route needs at least one sink"
 

@@ -176,6 +176,23 @@ def test_an_invalid_match_filter(tmp_path: Path) -> None:
     ]
 
 
+def test_an_empty_match_list_is_refused(tmp_path: Path) -> None:
+    # `match: []` passed check-config and the route then matched nothing, silently.
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          telemetry: {match: [], sinks: [archive]}
+        sinks:
+          archive: {type: file}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: routes.telemetry.match: a route needs at least one topic filter, e.g."
+        " sensors/+/telemetry"
+    ]
+
+
 # -- environment overrides --------------------------------------------------------
 
 
