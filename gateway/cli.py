@@ -474,6 +474,12 @@ def cmd_secret(args: argparse.Namespace) -> int:
         value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
         value = value.rstrip("\n")
     if args.action == "encrypt":
+        if not value:  # an ENC() of nothing would stand in the config for a secret
+            print(
+                "edge-stream: secret encrypt: the value is empty; nothing encrypted",
+                file=sys.stderr,
+            )
+            return 2
         print(secrets.encrypt(value, key))
         return 0
     if not secrets.has_secret(value):

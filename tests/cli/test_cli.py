@@ -210,6 +210,15 @@ def test_secret_encrypt_takes_the_config_before_or_after_the_value(tmp_path: Pat
         assert plain == "pw-1"
     extra = cli("secret", "encrypt", "a", "b", "-c", str(path))
     assert extra.returncode == 2 and "unrecognized arguments: b" in extra.stderr
+    # An empty value made an ENC() of nothing: refused, from the command line or stdin.
+    for empty in (
+        cli("secret", "encrypt", "", "-c", str(path)),
+        cli_in("\n", "secret", "encrypt", "-c", str(path)),
+    ):
+        assert (empty.returncode, empty.stdout) == (2, "")
+        assert (
+            empty.stderr == "edge-stream: secret encrypt: the value is empty; nothing encrypted\n"
+        )
 
 
 def cli_in(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
