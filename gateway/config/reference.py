@@ -28,6 +28,7 @@ import yaml
 
 from gateway.config.model import Config, SinkConfig
 from gateway.config.schema import DURATION, SIZE, Component, Doc, Range, fields, marks
+from gateway.config.units import duration_text
 
 KINDS = ("source", "processor", "sink")
 SECTIONS = (
@@ -103,17 +104,6 @@ def size_text(n: float) -> str:
         if n and n % factor == 0:
             return f"{int(n // factor)}{unit}"
     return str(int(n))
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds as a config writes them: 7d, 5m, 30s, 250ms."""
-    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= factor and seconds % factor == 0:
-            return f"{int(seconds // factor)}{unit}"
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    ms = round(seconds * 1000, 6)
-    return f"{ms:g}ms"
 
 
 def _value_text(value: Any, unit: Any) -> str:

@@ -51,3 +51,14 @@ def parse_size(value: object) -> int:
     if not m:
         raise ValueError(f"expected a size such as '512MiB', '1GiB' or '64KB', got {value!r}")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a config writes them: 7d, 5m, 30s, 250ms."""
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    ms = round(seconds * 1000, 6)
+    return f"{ms:g}ms"

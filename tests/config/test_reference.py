@@ -12,7 +12,7 @@ from typing import Annotated
 import pytest
 
 from gateway import cli, registry
-from gateway.config import reference
+from gateway.config import reference, units
 from gateway.config.schema import Doc, Duration, Problems, Range, Size, build_dataclass
 
 pytestmark = pytest.mark.unit
@@ -124,7 +124,7 @@ def test_sizes_and_durations_read_as_configs_write_them() -> None:
         "4097",
         "0",
     ]
-    assert [reference.duration_text(s) for s in (7 * 86400, 300, 30, 0.005, 0.0015)] == [
+    assert [units.duration_text(s) for s in (7 * 86400, 300, 30, 0.005, 0.0015)] == [
         "7d",
         "5m",
         "30s",

@@ -428,7 +428,7 @@ async def test_silent_unit_goes_offline_and_the_other_keeps_flowing(line: SocatP
     assert devices["m2"]["errors"] >= 1
 
 
-async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
+async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCaptureFixture) -> None:
     other = PlcStore(units=(1,))
     other.set(1, "holding", 0, [42])
     other_server, other_port = await serve_tcp(other)
@@ -448,6 +448,9 @@ async def test_tcp_device_lost_and_back(plc: PlcStore) -> None:
             await pump.until(lambda ms: devices["a"]["state"] == "offline", "a offline")
             error, error_at = devices["a"]["last_error"], devices["a"]["last_error_at"]
             assert error and error_at
+            # the backoff as the config reads it (it printed "up to 0 s" with %.0f)
+            offline = [r.getMessage() for r in caplog.records if "is offline" in r.getMessage()]
+            assert offline and offline[0].endswith("; retrying with backoff up to 500ms")
             b_before = len(pump.topic("modbus/b/v"))
             await pump.until(lambda ms: len(pump.topic("modbus/b/v")) >= b_before + 10, "b flowing")
             plc.set(1, "holding", 0, [7])

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from gateway.config.units import duration_text
 from gateway.core.backoff import Backoff
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import RetryableError
@@ -406,12 +407,12 @@ class ModbusSource(Source):
         for v in dev.values.values():
             v.forget()  # on return, every value is sent again
         self.ctx.log.error(
-            "device %s (%s unit %d) is offline: %s; retrying with backoff up to %.0f s",
+            "device %s (%s unit %d) is offline: %s; retrying with backoff up to %s",
             dev.name,
             dev.spec.describe(),
             dev.unit,
             err,
-            dev.backoff_max,
+            duration_text(dev.backoff_max),  # as the config reads it: 500ms, not "0 s"
         )
         self._publish_status(dev)
 
