@@ -481,7 +481,7 @@ class AlertRule:
     FlowFile waiting for a sink is older than `older_than`), `sink_failing` (a sink
     fails to deliver: retrying or stopped), `source_offline` (a source is not running,
     or a Modbus device is offline: subject `<source>/<device>`), `no_data` (no FlowFile
-    on `topic` for `for`), `dead_letters` (more than `per_minute` FlowFiles
+    from a source on `topic` for `for`), `dead_letters` (more than `per_minute` FlowFiles
     dead-lettered in the last minute: it resolves about a minute after them),
     `store_budget` (the store holds more than `percent` of `buffer.max_bytes`).
     """
@@ -516,7 +516,11 @@ class AlertRule:
     ] = 90.0
     topic: Annotated[
         str | None,
-        Doc("`no_data`: the MQTT topic filter that must see data.", example="sensors/#"),
+        Doc(
+            "`no_data`: the MQTT topic filter that must see data: FlowFiles from the"
+            " sources, by the topic they arrive on (what processors make does not count).",
+            example="sensors/#",
+        ),
     ] = None
     components: Annotated[
         list[str],

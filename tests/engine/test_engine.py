@@ -4,8 +4,10 @@ real store: ingest batching, acks after the commit, sink cursors, backoff, shutd
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,9 +25,10 @@ from gateway.config.model import (
     WebSection,
 )
 from gateway.core.clock import Clock
-from gateway.core.component import Context, Message, Rejected, Sink, Source
+from gateway.core.component import Context, Message, Processor, Rejected, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import Ingest, SinkRunner
 from gateway.store.sqlite import Batch, Store
@@ -199,6 +202,42 @@ async def test_acks_run_after_the_commit_and_shutdown_goes_in_order(
         await running
     assert events[5:] == ["commit 1", "ack 4", "source closed", "written", "sink closed"]
     assert store.cursor("out") > 0 and engine.sinks["out"].delivered == 3
+
+
+class Relabel(Processor):
+    """Derives each FlowFile onto another topic, as a window or a transform does."""
+
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        return [flowfile.derive(topic=f"derived/{flowfile.topic}")]
+
+
+async def test_no_data_watches_what_sources_hand_over_not_what_processors_make(
+    tmp_path: Path, store: Store, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/metrics.md says so: a no_data rule on a processor's output topic never sees data.
+    find = registry.find
+    monkeypatch.setattr(
+        registry,
+        "find",
+        lambda kind, name: (
+            registry.Entry(kind, name, Relabel) if kind == "processor" else find(kind, name)
+        ),
+    )
+    route = RouteSection(match=["#"], sinks=["out"], processors=[SimpleNamespace(type="relabel")])
+    config = dataclasses.replace(fake_config(tmp_path), routes={"all": route})
+    clock = FakeClock()
+    watch = TopicWatch(clock.monotonic)
+    watch.set({"plant/#", "derived/#"})
+    clock.advance(60)
+    engine = Engine(config, store, clock=clock, watch=watch)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "write 3" in fakes)  # the derived FlowFiles reach the sink
+    assert watch.last_seen("plant/#", 0) == clock.now
+    assert watch.last_seen("derived/#", 0) == clock.now - 60
+    engine.stop()
+    FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
 
 
 # -- a sink's cursor, backoff and permanent errors ------------------------------------
