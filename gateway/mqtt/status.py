@@ -32,6 +32,7 @@ from gateway.mqtt.urls import parse_url, tls_context
 log = logging.getLogger("gateway.status")
 
 PUBACK_WAIT = 10.0  # seconds a QoS 1 publish may wait for its PUBACK
+LOST = 0x100  # not an MQTT reason code: the connection ended before the PUBACK came
 IDLE = 1.0  # seconds between two looks at the settings and the stats' due time
 
 
@@ -215,9 +216,14 @@ class StatusChannel:
 
     def _drop(self) -> None:
         client, self._client = self._client, None
+        # Answered, not cancelled: the waiters (close()'s goodbye, an alert in send) are
+        # other tasks, and a cancelled future raised CancelledError in them. run() drops
+        # the channel when its connection goes, also while close() waits for the PUBACK of
+        # `offline` (the broker stopping, another gateway taking over the client id): the
+        # error left close() and cut the gateway's shutdown short, with a traceback.
         for future in self._acks.values():
             if not future.done():
-                future.cancel()
+                future.set_result(LOST)
         self._acks.clear()
         if client is not None:
             client.close()

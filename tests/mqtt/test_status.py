@@ -1,0 +1,70 @@
+"""The status channel (gateway.mqtt.status) on a real Mosquitto: its connection lost while
+a publish waits for its PUBACK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.config.model import Config, GatewaySection
+from gateway.mqtt.status import StatusChannel
+from tests import servers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def lost(
+    mosquitto_factory: Callable[..., servers.Mosquitto],
+) -> AsyncIterator[tuple[StatusChannel, Callable[[], None]]]:
+    """A status channel online on a private broker that is then stopped (SIGSTOP): no
+    PUBACK comes while it stands; the second item kills it, which drops the connection."""
+    broker = mosquitto_factory()
+    config = Config(gateway=GatewaySection(id="status-lost"))
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(
+        config=lambda: config, broker_url=lambda: broker.url, stats=dict, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    async with asyncio.timeout(10):
+        while not channel.connected:  # noqa: ASYNC110 - a guard on our own flag
+            await asyncio.sleep(0.01)
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        yield channel, broker.kill
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_stop_whose_goodbye_loses_the_connection_ends_cleanly(lost: Any) -> None:
+    # Seen as a CancelledError traceback at a SIGTERM stop: close() waits for the PUBACK
+    # of its `offline`, the connection goes (here the broker dies; there another gateway
+    # took over the status client id), run() drops the channel and cancelled the future
+    # close() waited on. The CancelledError then left close(), which the gateway awaits
+    # in its shutdown: the web server, the broker and the store were left unclosed.
+    channel, kill = lost
+    channel.stopping = True
+    closing = asyncio.ensure_future(channel.close())
+    await asyncio.sleep(0)  # close() has published `offline` and waits for its PUBACK
+    kill()
+    async with asyncio.timeout(10):
+        await closing  # returns: no CancelledError
+    assert not channel.connected
+
+
+async def test_a_send_whose_connection_is_lost_says_not_sent(lost: Any) -> None:
+    # The same cancelled future ended the alerts' MQTT notifier for good, silently.
+    channel, kill = lost
+    sending = asyncio.ensure_future(channel.send("alerts/x", b"{}"))
+    await asyncio.sleep(0)
+    kill()
+    async with asyncio.timeout(10):
+        assert await sending is False
