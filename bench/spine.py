@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,32 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent busy since boot (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its children that are running (a database's backends)."""
+    total = cpu_seconds(pid)
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (child / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            total += (int(stat[11]) + int(stat[12])) / TICKS
+    return total
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have ended (the publishers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mb(pid: int, key: str = "VmRSS") -> float:
@@ -115,6 +142,8 @@ def throughput(
         lines = [json.dumps({"seq": s, "v": s * 0.5}) for s in range(p * per, (p + 1) * per)]
         lanes.add(f"{table}/dev{p}/telemetry", f"bench-pub-{p}", lines)
     cpu0 = cpu_seconds(pid)
+    others0 = (cpu_seconds(mq.pid or 0), tree_cpu_seconds(pg.pid or 0), machine_busy_seconds())
+    pubs0 = children_cpu_seconds()
     started = time.time()
     lanes.start()
     n = per * publishers
@@ -132,16 +161,30 @@ def throughput(
                 f" under {mq.dir} and the gateway's log {gw.log_path}"
             )
         time.sleep(0.5)
+    cpu = cpu_seconds(pid) - cpu0
+    window = time.time() - started
+    broker = cpu_seconds(mq.pid or 0) - others0[0]
+    database = tree_cpu_seconds(pg.pid or 0) - others0[1]
+    busy = machine_busy_seconds() - others0[2]
     lanes.join()
+    publishing = children_cpu_seconds() - pubs0  # the mosquitto_pub processes, reaped
     last = pg.fetch(f"SELECT extract(epoch FROM max(committed_at)) FROM {table}")[0][0]
     elapsed = float(last) - started
-    cpu = cpu_seconds(pid) - cpu0
+    per_10k = 10_000 / n
     return {
         "messages": n,
         "seconds": elapsed,
         "msgs_per_s": n / elapsed,
-        "cpu_s_per_10k": cpu / n * 10_000,
+        "cpu_s_per_10k": cpu * per_10k,
         "rss_peak_mb": max(peak, rss_mb(pid)),
+        # Where the machine's CPU went while it ran (to the last row seen, at most 0.5 s
+        # after it): the gateway, the broker, the database, the publishers, and the rest
+        # (this script, anything else on the machine).
+        "busy_share": busy / (window * (os.cpu_count() or 1)),
+        "broker_s_per_10k": broker * per_10k,
+        "database_s_per_10k": database * per_10k,
+        "publishers_s_per_10k": publishing * per_10k,
+        "rest_s_per_10k": (busy - cpu - broker - database - publishing) * per_10k,
     }
 
 
@@ -331,6 +374,13 @@ def report(r: dict[str, Any]) -> None:
         f" pinned to one core >= {TARGET_PINNED_MSGS_PER_S:,})"
     )
     print(f"cpu: {tp['cpu_s_per_10k']:.2f} CPU-s per 10k messages (target <= {TARGET_CPU_PER_10K})")
+    print(
+        f"the machine meanwhile: {tp['busy_share']:.0%} of its {os.cpu_count()} CPUs busy;"
+        f" per 10k messages the gateway {tp['cpu_s_per_10k']:.2f}, broker"
+        f" {tp['broker_s_per_10k']:.2f}, database {tp['database_s_per_10k']:.2f},"
+        f" publishers {tp['publishers_s_per_10k']:.2f}, the rest (this script, other"
+        f" work) {tp['rest_s_per_10k']:.2f} CPU-s"
+    )
     for lat in r["latency"]:
         target = TARGET_P99_MS.get(lat["rate"])
         print(
