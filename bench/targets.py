@@ -2,7 +2,8 @@
 
 Runs the pieces the other benches measure, each on fresh servers, and prints a table at
 the end (`make bench-targets`; `make bench` runs it last):
-  - bench/spine.py: MQTT QoS 1 -> store -> PostgreSQL from 4 `mosquitto_pub`, the
+  - bench/spine.py: MQTT QoS 1 -> store -> PostgreSQL from 4 `mosquitto_pub` (the
+    median of --repeat runs: one run's figure may be a third off on this machine), the
     gateway's CPU per 10k messages, its RSS idle (console on) and peak, publish -> row
     latency at a paced 1,000 and 10,000 msg/s;
   - bench/spine.py --pin: the same load with the gateway alone on one CPU (`taskset -c 1`),
@@ -15,7 +16,7 @@ in Python at the end of that piece (about 14 µs on the project's machine when q
 figure taken at load 6 and 40 µs says more about the machine than about the gateway.
 "No regression anywhere else" is what the other benches of `make bench` print.
 
-Usage: python bench/targets.py [--messages 200000] [--latency-seconds 20]
+Usage: python bench/targets.py [--messages 200000] [--latency-seconds 20] [--repeat 3]
                                [--modbus-seconds 20] [--pin 1] [--skip-compare]
 """
 
@@ -160,6 +161,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=200_000, help="spine runs (200000)")
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--latency-seconds", type=int, default=20)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="spine throughput runs, the median counts (3)"
+    )
     parser.add_argument("--modbus-seconds", type=float, default=20.0)
     parser.add_argument("--compare-messages", type=int, default=50_000)
     parser.add_argument("--pin", type=int, default=1, help="the pinned gateway's CPU (1)")
@@ -193,13 +197,17 @@ def main() -> int:
 
 
 def spine_piece(args: argparse.Namespace) -> dict[str, Any]:
-    r = spine.measure(args.messages, args.publishers, (1000, 10_000), args.latency_seconds)
+    r = spine.measure(
+        args.messages, args.publishers, (1000, 10_000), args.latency_seconds, repeat=args.repeat
+    )
     spine.report(r)
     return r
 
 
 def pinned(args: argparse.Namespace) -> dict[str, Any]:
-    r = spine.measure(args.messages, args.publishers, (), args.latency_seconds, pin=args.pin)
+    r = spine.measure(
+        args.messages, args.publishers, (), args.latency_seconds, pin=args.pin, repeat=args.repeat
+    )
     spine.report(r)
     return r
 
