@@ -200,6 +200,14 @@ class Gateway:
                 n: {"state": s.state, "produced": s.produced, "errors": s.errors}
                 for n, s in snap.sources.items()
             },
+            "routes": {
+                n: {
+                    "received": r.received,
+                    "emitted": r.emitted,
+                    "dead_lettered": r.dead_lettered,
+                }
+                for n, r in snap.routes.items()
+            },
             "sinks": {
                 n: {
                     "state": s.state,
