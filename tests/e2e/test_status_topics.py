@@ -47,6 +47,10 @@ def test_status_and_stats_topics_across_a_kill(gateway_factory: Any, mosquitto: 
         )
         stats = [s for s in _stats(watcher, gid) if s["ingested"] == N][-1]
         assert stats["gateway"] == gid
+        assert set(stats) == {  # as docs/metrics.md lists them
+            *("gateway", "at", "uptime_s", "ingested", "sources", "routes", "sinks"),
+            *("store", "alerts"),
+        }
         assert stats["sources"]["plant"]["produced"] == N
         assert stats["routes"]["r"]["received"] == N  # "per source, route and sink counters"
         assert stats["sinks"]["f"]["state"] == "running"
