@@ -281,7 +281,8 @@ class Engine:
 
                 log.error(
                     "engine: the store is empty and the state replica in %s cannot be read"
-                    " (%s); starting without the state of the gateway it replicates",
+                    " (%s); starting without the state of the gateway it replicates (its"
+                    " own state replaces the replica once Redis answers)",
                     replicator.status()["redis"],
                     describe(err, replicator.settings.timeout),
                 )
