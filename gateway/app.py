@@ -297,7 +297,23 @@ class Gateway:
         if config.web != old.web:
             log.info("gateway: the reload changes web; restarting the web server")
             await self._stop_web()
-            await self._start_web()
+            try:
+                await self._start_web()
+            except (ConfigError, OSError) as err:
+                # web.listen in use: the old config, its web server included, comes back
+                # rather than a gateway without its page answering no one
+                log.error(
+                    "gateway: the new config failed to start; the previous one is restored:\n  %s",
+                    err,
+                )
+                self.config = old
+                if self.log_level_override is None:
+                    logging.getLogger().setLevel(old.gateway.log_level.upper())
+                if self.broker is not None:
+                    self.broker.users = broker_users(old)
+                await engine.apply(old, plan(config, old), check=False)
+                await self._start_web()
+                return "rolled_back", [str(err)], changes
         if self.settles_heap:
             settle_heap()
         if changes:
