@@ -24,6 +24,7 @@ invalid file is refused with its errors and kept as the last reload's outcome in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -139,6 +140,8 @@ class Gateway:
         self._broker_task: asyncio.Task[None] | None = None
         self._pending: Config | None = None
         self._next: asyncio.Future[bool] | None = None  # a restart: the next engine is ready
+        # Why the last restart's services could not be set up (the old config runs again).
+        self._switch_failures: list[str] = []
         self._stopping = False
         self.log_level_override: str | None = None  # `run --log-level` wins over the file
         # The config file's state for /api/status; set by `Reloads`.
@@ -197,6 +200,14 @@ class Gateway:
                 n: {"state": s.state, "produced": s.produced, "errors": s.errors}
                 for n, s in snap.sources.items()
             },
+            "routes": {
+                n: {
+                    "received": r.received,
+                    "emitted": r.emitted,
+                    "dead_lettered": r.dead_lettered,
+                }
+                for n, r in snap.routes.items()
+            },
             "sinks": {
                 n: {
                     "state": s.state,
@@ -240,7 +251,8 @@ class Gateway:
         `mqtt`, the store's settings), a new engine runs instead: the running one stops
         the way SIGTERM stops it (everything handed over is committed first), the next
         starts on the same store, so buffered data, sink cursors and broker sessions
-        carry over.
+        carry over. If its services cannot be set up (a data_dir the gateway may not
+        use, a broker port in use), the previous config starts again: "rolled_back".
         """
         if self._stopping:
             return "refused", ["the gateway is stopping"], []
@@ -263,8 +275,11 @@ class Gateway:
             if engine is not None:
                 engine.stop()
             started = await asyncio.shield(self._next)
+            failures, self._switch_failures = self._switch_failures, []
             if not started:
                 return "refused", ["the gateway is stopping"], changes
+            if failures:
+                return "rolled_back", failures, changes
             return "applied", [], changes
         failures = await engine.apply(config, work)
         if failures:
@@ -282,7 +297,23 @@ class Gateway:
         if config.web != old.web:
             log.info("gateway: the reload changes web; restarting the web server")
             await self._stop_web()
-            await self._start_web()
+            try:
+                await self._start_web()
+            except (ConfigError, OSError) as err:
+                # web.listen in use: the old config, its web server included, comes back
+                # rather than a gateway without its page answering no one
+                log.error(
+                    "gateway: the new config failed to start; the previous one is restored:\n  %s",
+                    err,
+                )
+                self.config = old
+                if self.log_level_override is None:
+                    logging.getLogger().setLevel(old.gateway.log_level.upper())
+                if self.broker is not None:
+                    self.broker.users = broker_users(old)
+                await engine.apply(old, plan(config, old), check=False)
+                await self._start_web()
+                return "rolled_back", [str(err)], changes
         if self.settles_heap:
             settle_heap()
         if changes:
@@ -364,7 +395,17 @@ class Gateway:
                 new, self._pending = self._pending, None
                 if new is None or self._stopping:
                     return
-                lock = await self._switch(new, lock)
+                try:
+                    lock = await self._switch(new, lock)
+                except (ConfigError, StoreError, OSError) as err:
+                    # A data_dir the gateway may not use, a broker port in use: the
+                    # previous config starts again rather than the gateway exiting.
+                    self._switch_failures = [str(err)]
+                    log.error(
+                        "gateway: the new config failed to start; the previous one is"
+                        " restored:\n  %s",
+                        err,
+                    )
         finally:
             self._engine_started(False)
             await self.status.close()  # `offline` (retained), before the broker stops
@@ -433,32 +474,59 @@ class Gateway:
         return text
 
     async def _switch(self, new: Config, lock: Path) -> Path:
-        """Set up again the services whose settings the reload changes; keep the others."""
-        old, self.config = self.config, new
+        """Set up again the services whose settings the reload changes; keep the others.
+
+        If one cannot be set up (ConfigError, StoreError, OSError), the ones already
+        changed are set up again from the running config, which stays, and the error is
+        raised."""
+        old = self.config
+        held = lock
+        if new.gateway.data_dir != old.gateway.data_dir:
+            lock = hold_data_dir(new.gateway.data_dir)  # a new data_dir: lock it first
+        done: list[str] = []
+        try:
+            await self._set_up(old, new, done)
+        except (ConfigError, StoreError, OSError):
+            if lock != held:
+                let_go_data_dir(lock)
+            with contextlib.suppress(ConfigError, StoreError, OSError):
+                await self._set_up(new, old, [], again=done)
+            # Whatever could not be set up again is tried by the next start; an
+            # error here leaves the gateway as an outright start failure would.
+            raise
+        if lock != held:
+            let_go_data_dir(held)
+        return lock
+
+    async def _set_up(
+        self, old: Config, new: Config, done: list[str], again: list[str] | None = None
+    ) -> None:
+        """Make `new` the running config and restart the services it changes (or, with
+        `again`, those named in it), naming each in `done` before touching it."""
+        self.config = new
         if self.log_level_override is None:
             logging.getLogger().setLevel(new.gateway.log_level.upper())
-        if new.gateway.data_dir != old.gateway.data_dir:
-            held, lock = lock, hold_data_dir(new.gateway.data_dir)  # a new data_dir: lock it
-            let_go_data_dir(held)
-        web = new.web != old.web
-        broker = _broker_plan(new) != _broker_plan(old)
-        store = _store_settings(new) != _store_settings(old)
+        web = new.web != old.web if again is None else "web" in again
+        broker = _broker_plan(new) != _broker_plan(old) if again is None else "broker" in again
+        store = _store_settings(new) != _store_settings(old) if again is None else "store" in again
         if web:
             log.info("gateway: the reload changes web; restarting the web server")
+            done.append("web")
             await self._stop_web()
         if broker:
             log.info("gateway: the reload changes mqtt; setting up the gateway's broker again")
+            done.append("broker")
             await self._stop_broker()
             await self._start_broker()
         elif self.broker is not None:
             self.broker.users = broker_users(new)
         if store:
             log.info("gateway: the reload changes the store settings; reopening the store")
+            done.append("store")
             await self._close_store()
             await self._open_store()
         if web:
             await self._start_web()
-        return lock
 
     # -- the services --------------------------------------------------------
 

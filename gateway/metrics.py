@@ -62,6 +62,12 @@ class ProcessStats:
             self._recent.append(self.lag)
 
 
+# The kinds of error docs/metrics.md lists: each is exported (0 until one happens), so
+# that a scrape shows every documented series and rate() has a start.
+SOURCE_ERROR_KINDS = ("retryable", "permanent")
+SINK_ERROR_KINDS = ("retryable", "permanent", "store")
+
+
 def open_sockets() -> int:
     """Sockets this process holds open (its connections and listeners), from /proc."""
     count = 0
@@ -129,8 +135,8 @@ class EngineCollector:
             info.add_metric([name, "source"], {"type": r.type})
             produced.add_metric([name], r.produced)
             source_errors.add_metric([name], r.errors)
-            for kind, n in sorted(r.errors_by_kind.items()):
-                source_kinds.add_metric([name, kind], n)
+            for kind in sorted({*SOURCE_ERROR_KINDS, *r.errors_by_kind}):
+                source_kinds.add_metric([name, kind], r.errors_by_kind.get(kind, 0))
             dropped.add_metric([name], r.dropped)
             for part, buckets in r.histograms.items():
                 _histogram(poll, [name, part], buckets)
@@ -210,8 +216,8 @@ class EngineCollector:
             delivered.add_metric([name], s.delivered)
             rejected.add_metric([name], s.dead_lettered)
             sink_errors.add_metric([name], s.errors)
-            for kind, n in sorted(s.errors_by_kind.items()):
-                sink_kinds.add_metric([name, kind], n)
+            for kind in sorted({*SINK_ERROR_KINDS, *s.errors_by_kind}):
+                sink_kinds.add_metric([name, kind], s.errors_by_kind.get(kind, 0))
             up.add_metric([name], 1 if s.state == "running" else 0)
             depth.add_metric([name], s.depth)
             oldest.add_metric([name], s.oldest_age_s or 0.0)

@@ -345,6 +345,8 @@ async def apply(
     except asyncio.CancelledError:
         files.write_atomic(config_path, old)  # stopping meanwhile: the file must not change
         raise
+    except ConfigError as err:  # the reload path gave up with an error, not an outcome
+        outcome = {"outcome": "rolled_back", "errors": list(err.problems)}
     if outcome.get("outcome") != "applied":
         await asyncio.to_thread(files.write_atomic, config_path, old)
         settle(old)

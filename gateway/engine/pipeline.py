@@ -277,11 +277,14 @@ class Engine:
             try:
                 rows = await replicator.load(kv.component)
             except (RedisError, OSError, TimeoutError) as err:
+                from gateway.engine.replicate import describe  # loaded with Replicator
+
                 log.error(
                     "engine: the store is empty and the state replica in %s cannot be read"
-                    " (%s); starting without the state of the gateway it replicates",
+                    " (%s); starting without the state of the gateway it replicates (its"
+                    " own state replaces the replica once Redis answers)",
                     replicator.status()["redis"],
-                    err,
+                    describe(err, replicator.settings.timeout),
                 )
                 return
             if rows:

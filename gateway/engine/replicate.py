@@ -45,6 +45,13 @@ def safe_url(url: str) -> str:
     return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{location}" if at else url
 
 
+def describe(err: BaseException, timeout: float) -> str:
+    """One line for a failed Redis call; a timeout says how long it waited."""
+    if isinstance(err, TimeoutError) and not str(err):
+        return f"no answer within {timeout:g} s (state.replicate.timeout)"
+    return str(err) or type(err).__name__
+
+
 def encode(seq: int, value: bytes) -> bytes:
     return b"%d:" % seq + value
 
@@ -159,7 +166,7 @@ class Replicator:
                             await self._copy_all()
                         await self._flush()
                 except (redis_errors.RedisError, OSError, TimeoutError) as err:
-                    text = str(err) or type(err).__name__
+                    text = describe(err, self.settings.timeout)
                     if self.state != "down":
                         log.warning(
                             "engine: cannot replicate the state to %s (%s); the gateway runs"

@@ -526,6 +526,9 @@ class WindowProcessor(Processor):
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
+            # the counts (late, dropped) are kept across restarts: they stay in the
+            # state even while no window is open
+            kv.put(META, meta)
             self.ctx.log.warning(
                 "one of %s changed since the state was written: %d open windows made"
                 " under the old config were dropped, not emitted",

@@ -160,6 +160,8 @@ def _apply(
 
     async def reload() -> dict[str, Any]:
         read.append(await asyncio.to_thread(path.read_text))
+        if outcome == "raises":  # the reload path gave up with an error, not an outcome
+            raise ConfigError("web.listen 127.0.0.1:80 is in use by another program")
         return {"outcome": outcome, "errors": [] if outcome == "applied" else ["it failed"]}
 
     answer, applied = asyncio.run(
@@ -188,13 +190,14 @@ def test_a_good_document_is_saved_with_history_and_its_version_kept(tmp_path: Pa
     assert applied.hash == files.text_hash(new)
 
 
-@pytest.mark.parametrize("outcome", ["refused", "rolled_back"])
+@pytest.mark.parametrize("outcome", ["refused", "rolled_back", "raises"])
 def test_a_reload_that_does_not_apply_puts_the_old_text_back(tmp_path: Path, outcome: str) -> None:
     path, data_dir = _setup(tmp_path)
     old = path.read_text()
     new = old.replace("out.jsonl", "b.jsonl")
     answer, applied, read, settled = _apply(path, data_dir, _doc(9, config=new), 4, outcome)
-    assert answer["outcome"] == outcome and read == [new]
+    assert answer["outcome"] == outcome.replace("raises", "rolled_back") and read == [new]
+    assert answer["errors"], answer
     assert path.read_text() == old and settled == [old]
     assert applied is None and remote.read_state(data_dir) is None
 

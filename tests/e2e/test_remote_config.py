@@ -286,3 +286,54 @@ def test_the_gateway_runs_while_the_remote_broker_is_away(
         assert gw.status()["sinks"]["out"]["state"] == "running"
     finally:
         gw.close()
+
+
+def test_a_config_whose_data_dir_cannot_be_used_is_rolled_back_and_the_gateway_runs_on(
+    gw: GatewayProcess, mosquitto: Mosquitto, signing: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    # A change of data_dir restarts the engine on new services; one the gateway may not
+    # use stopped the whole gateway (exit 1) instead of rolling back.
+    key, _ = signing
+    gid = _gateway_id(gw)
+    text, digest = gw.config_path.read_text(), gw.status()["config"]["hash"]
+    blocker = gw.folder / "a-file"
+    blocker.write_text("not a folder\n")
+    bad = _text(gw, lambda d: d["gateway"].update(data_dir=str(blocker / "data")))
+    fleet = Fleet(mosquitto.url, gid)
+    try:
+        answer = fleet.push(remote.sign(remote.Document(gid, 20, "yaml", bad), key))
+    finally:
+        fleet.close()
+    assert answer["outcome"] == "rolled_back", answer
+    assert any("gateway.data_dir" in e for e in answer["errors"]), answer
+    assert gw.proc is not None and gw.proc.poll() is None, gw.log()
+    assert gw.config_path.read_text() == text
+    status = wait_for(lambda: gw.status(), 20, "the status page after the rollback")
+    assert status["config"]["hash"] == digest
+    assert status["remote_config"]["last_version"] is None
+    assert status["config"]["last_reload"]["outcome"] == "rolled_back"
+    before = _lines(gw.data_dir / "a.jsonl")
+    wait_for(lambda: _lines(gw.data_dir / "a.jsonl") > before, 20, "readings after it")
+
+
+def test_a_config_whose_web_address_is_in_use_is_rolled_back_with_the_page_kept(
+    gw: GatewayProcess, mosquitto: Mosquitto, signing: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    # The reload stopped the web server, failed to start the new one, and went no
+    # further: no answer on config/result, the new text kept, no status page at all.
+    key, _ = signing
+    gid = _gateway_id(gw)
+    text, digest = gw.config_path.read_text(), gw.status()["config"]["hash"]
+    taken = f"127.0.0.1:{mosquitto.port}"
+    bad = _text(gw, lambda d: d["web"].update(listen=taken))
+    fleet = Fleet(mosquitto.url, gid)
+    try:
+        answer = fleet.push(remote.sign(remote.Document(gid, 30, "yaml", bad), key))
+    finally:
+        fleet.close()
+    assert answer["outcome"] == "rolled_back", answer
+    assert any("web.listen" in e for e in answer["errors"]), answer
+    assert gw.config_path.read_text() == text
+    status = wait_for(lambda: gw.status(), 20, "the status page on its old address")
+    assert status["config"]["hash"] == digest
+    assert status["config"]["last_reload"]["outcome"] == "rolled_back"

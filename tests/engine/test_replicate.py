@@ -1,0 +1,41 @@
+"""The state replicator against a real Redis that stops answering for a while (CLIENT
+PAUSE): the gateway's side says so in one line, with the timeout it waited."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis as redis_sync
+
+from gateway.config.model import ReplicateSettings
+from gateway.core.clock import SYSTEM_CLOCK
+from gateway.engine.replicate import Replicator
+
+pytestmark = pytest.mark.integration
+
+
+async def _rows(component: str) -> list[tuple[str, int, bytes]]:
+    return [("k", 1, b"{}")]
+
+
+async def test_a_redis_that_does_not_answer_is_said_with_the_timeout(redis: Any) -> None:
+    settings = ReplicateSettings(redis=redis.url, prefix="t-{gateway}", timeout=0.3)
+    replicator = Replicator(settings, "gw", lambda: ["r.0"], _rows, SYSTEM_CLOCK)
+    admin = redis_sync.Redis.from_url(redis.url)
+    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    task = asyncio.ensure_future(replicator.run())
+    try:
+        async with asyncio.timeout(10):
+            while replicator.state != "down":  # noqa: ASYNC110 - the task sets it
+                await asyncio.sleep(0.02)
+        assert replicator.last_error == "no answer within 0.3 s (state.replicate.timeout)"
+        async with asyncio.timeout(10):
+            while replicator.state != "up":  # noqa: ASYNC110 - back once the pause ends
+                await asyncio.sleep(0.05)
+        assert admin.hgetall("t-gw:r.0") == {b"k": b"1:{}"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        admin.close()
