@@ -34,6 +34,18 @@ class _Topic:
         self.rate = 0.0  # FlowFiles per second over the last RATE_EVERY seconds
 
 
+def preview_text(shown: bytes, cut: bool) -> str | None:
+    """`shown` as text when it is UTF-8, else None (show it as hex). When `shown` is the
+    first part of a longer payload (`cut`), the cut may fall inside a character: the
+    character's first bytes are then dropped, so that long text is still shown as text."""
+    try:
+        return shown.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if cut and err.reason == "unexpected end of data" and len(shown) - err.start < 4:
+            return shown[: err.start].decode("utf-8")  # the bytes before decoded already
+        return None
+
+
 class TopicsSeen:
     """The topics of what the engine committed lately (the console's topic tree): per
     topic the FlowFiles counted, the rate, when last seen and the start of the last
@@ -100,10 +112,11 @@ class TopicsSeen:
                 "truncated": entry.size > len(entry.payload),
                 "routes": routes(topic),
             }
-            try:
-                row["payload"] = entry.payload.decode("utf-8")
-            except UnicodeDecodeError:
+            text = preview_text(entry.payload, row["truncated"])
+            if text is None:
                 row["payload_hex"] = entry.payload.hex()
+            else:
+                row["payload"] = text
             out.append(row)
         return out
 

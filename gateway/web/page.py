@@ -103,6 +103,7 @@ STATUS_PAGE = """<!doctype html>
   <tbody id="dead"></tbody></table></div>
  <div id="dead-one" class="panel" hidden><h3 id="dead-title" tabindex="-1"></h3>
   <dl id="dead-fields" class="facts"></dl><h4 id="dead-kind"></h4><pre id="dead-content"></pre>
+  <p id="dead-all" hidden><a id="dead-download" download>Download all of it</a></p>
   <p class="row"><button id="dead-replay" type="button">Replay</button>
    <button id="dead-purge" type="button">Purge...</button>
    <span id="dead-outcome" role="status"></span></p></div>

@@ -12,6 +12,7 @@ GET /api/events  Server-Sent Events: the /api/status document each second it cha
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /api/dead-letters/SEQ        one in full: its content as text, or as hex when it is
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
+GET /api/dead-letters/SEQ/content  its whole content as a file (application/octet-stream)
 POST /api/dead-letters/replay|purge  body {"seqs": [SEQ, ...]} or {"all": true}: as
                  `edge-stream dead-letters replay|purge` (operators); answers {"count"}
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
@@ -66,6 +67,7 @@ from aiohttp import web
 
 from gateway.config.model import WebSection
 from gateway.core.errors import ConfigError
+from gateway.engine.console import preview_text
 from gateway.engine.status import StatusView
 from gateway.metrics import metrics_json, registry_for
 from gateway.mqtt.broker import in_use
@@ -187,6 +189,7 @@ class WebServer:
         app.router.add_get("/api/events", self.api_events)
         app.router.add_get("/api/dead-letters", self.api_dead_letters)
         app.router.add_get("/api/dead-letters/{seq:[0-9]+}", self.api_dead_letter)
+        app.router.add_get("/api/dead-letters/{seq:[0-9]+}/content", self.api_dead_letter_content)
         add("POST", "/api/dead-letters/{action:replay|purge}", self.api_dead_letters_act)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/api/metrics", self.api_metrics)
@@ -549,6 +552,23 @@ class WebServer:
             **_content(record.content),
         })  # fmt: skip
 
+    async def api_dead_letter_content(self, request: web.Request) -> web.StreamResponse:
+        """The whole content, past the 64 KiB the console shows: a download, never a page
+        (outside bytes are not rendered by the browser: nosniff and an attachment)."""
+        seq = int(request.match_info["seq"])
+        record = await asyncio.to_thread(self._store_admin, lambda a: a.dead_letter(seq))
+        if isinstance(record, web.Response):
+            return record
+        if record is None:
+            return _json({"errors": [f"no dead letter {seq}"]}, 404)
+        return web.Response(
+            body=record.content,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="dead-letter-{seq}.bin"',
+            },
+        )
+
     async def api_dead_letters_act(self, request: web.Request) -> web.StreamResponse:
         action = request.match_info["action"]
         if (request.content_length or 0) > LOGIN_BODY:
@@ -642,11 +662,10 @@ class _Refused(asyncio.Protocol):
 def _content(content: bytes) -> dict[str, Any]:
     """A payload for the console: text when it is UTF-8, hex otherwise; at most 64 KiB."""
     shown = content[:MAX_SHOWN]
-    try:
-        out: dict[str, Any] = {"content": shown.decode()}
-    except UnicodeDecodeError:
-        out = {"content_hex": shown.hex()}
-    out["truncated"] = len(content) > MAX_SHOWN
+    cut = len(content) > MAX_SHOWN
+    text = preview_text(shown, cut)
+    out: dict[str, Any] = {"content_hex": shown.hex()} if text is None else {"content": text}
+    out["truncated"] = cut
     return out
 
 

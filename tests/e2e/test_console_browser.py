@@ -32,6 +32,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
@@ -188,6 +189,9 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
             find(browser, f'g.node[data-node="{node}"]')
         assert browser.find_elements(By.CSS_SELECTOR, "#graph path.edge")
         wait_for(lambda: delivered(browser, "archive") == 0, 10, "archive at 0 delivered")
+        # a node keeps the keyboard focus while the counts change (the graph is not redrawn)
+        focused = browser.find_element(By.CSS_SELECTOR, 'g.node[data-node="route lines"]')
+        browser.execute_script("arguments[0].focus()", focused)
         sender = threading.Thread(target=pub.send, args=(f"{name}/line/1", '{"t": 20.5}', 30))
         sender.start()
         seen = {0}
@@ -196,6 +200,9 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         )
         sender.join()
         assert len(seen) >= 2, f"the count was shown as it rose, not only at the end: {seen}"
+        assert browser.execute_script("return document.activeElement === arguments[0]", focused)
+        focused.send_keys(Keys.ENTER)  # the keyboard opens a node as a click does
+        wait_for(lambda: text(browser, "#node-title") == "route lines", 10, "the route's panel")
         assert "/s" in text(browser, "[data-rate='emitted lines']")
         browser.find_element(By.CSS_SELECTOR, 'g.node[data-node="sink warehouse"]').click()
         wait_for(lambda: '"table"' in text(browser, "#node-config"), 10, "the sink's config")

@@ -70,11 +70,23 @@ def test_a_dead_letter_in_full_as_hex_then_purged(mosquitto: Any, gateway_factor
     client.loop_start()
     try:
         client.publish(f"{name}/a", b"\xff\x00<b>", qos=1).wait_for_publish(10)
+        client.publish(f"{name}/a", "€" * 30000, qos=1).wait_for_publish(10)
     finally:
         client.disconnect()
         client.loop_stop()
-    dead = wait_for(lambda: gw.get("/api/dead-letters"), 20, "a dead letter")
-    seq = dead[0]["seq"]
+    dead = wait_for(lambda: len(d := gw.get("/api/dead-letters")) == 2 and d, 20, "2 letters")
+    seq = next(d["seq"] for d in dead if d["bytes"] == 5)
+    # long text: the first 64 KiB, still text though the cut falls inside a character ...
+    euro = next(d["seq"] for d in dead if d["bytes"] == 90000)
+    long = gw.get(f"/api/dead-letters/{euro}")
+    assert long["truncated"] and long["bytes"] == 90000 and long["content"] == "€" * 21845
+    # ... and all of it as a download, never as a page
+    url = f"http://127.0.0.1:{gw.web_port}/api/dead-letters/{euro}/content"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        assert answer.read() == "€".encode() * 30000
+        assert answer.headers["Content-Type"] == "application/octet-stream"
+        assert answer.headers["Content-Disposition"].startswith("attachment")
+    assert _post(gw, "/api/dead-letters/purge", json.dumps({"seqs": [euro]}).encode())[0] == 200
     one = gw.get(f"/api/dead-letters/{seq}")
     assert one["content_hex"] == "ff003c623e" and "content" not in one
     assert (

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.core.flowfile import FlowFile
-from gateway.engine.console import PREVIEW, SERIES_POINTS, Series, TopicsSeen
+from gateway.engine.console import PREVIEW, SERIES_POINTS, Series, TopicsSeen, preview_text
 from gateway.engine.status import GatewayStatus, SinkStatus, Snapshot, SourceStatus
 from gateway.web import console_api
 
@@ -39,6 +39,18 @@ def test_topics_are_counted_rated_and_previewed() -> None:
     assert rows["plant/a"]["size"] == 1000 and rows["plant/a"]["last_seen"] == clock.now
     assert rows["plant/b"]["payload_hex"] == "ff00" and "payload" not in rows["plant/b"]
     assert rows["plant/b"]["routes"] == ["r1"]
+
+
+def test_long_text_cut_inside_a_character_is_still_shown_as_text() -> None:
+    """A preview cut at PREVIEW bytes can fall inside a multi-byte character: the text
+    must not turn into hex for that (a euro sign is 3 bytes; 256 is not a multiple)."""
+    seen = TopicsSeen(clock=Clock())
+    seen.note([ff("plant/euro", "€".encode() * 200), ff("plant/bad", b"ok" + b"\xff" * 300)])
+    rows = {r["topic"]: r for r in seen.rows(lambda t: True, lambda t: [], 10)}
+    assert rows["plant/euro"]["payload"] == "€" * (PREVIEW // 3)
+    assert rows["plant/euro"]["truncated"] and "payload_hex" not in rows["plant/euro"]
+    assert "payload" not in rows["plant/bad"]  # binary stays hex
+    assert preview_text("€".encode()[:2], cut=False) is None  # whole, yet broken: hex
 
 
 def test_topics_seen_stay_within_their_limit() -> None:

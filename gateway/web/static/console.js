@@ -279,8 +279,11 @@
 
   function renderPipeline() {
     const s = status;
-    const shape = JSON.stringify([Object.keys(s.sources), s.routes, Object.keys(s.sinks),
-      configHash]);
+    // the graph's shape: names, matches, processors and sinks, not the counts (rebuilding
+    // on each event would lose the keyboard focus and the chosen node every second)
+    const routes = Object.entries(s.routes).map(([n, r]) => [n, r.match, r.processors, r.sinks]);
+    const shape = JSON.stringify([Object.keys(s.sources), routes, Object.keys(s.sinks),
+      s.config ? s.config.hash : null]);
     if (shape !== graphShape) {
       graphShape = shape;
       loadConfig().then(() => buildGraph()).catch(() => buildGraph());
@@ -331,7 +334,8 @@
     for (const [key, [nx, ny]] of Object.entries(pos)) {
       const [kind, ...rest] = key.split(" ");
       const name = rest.join(" ");
-      const node = svg("g", {class: "node", tabindex: "0", role: "button",
+      const chosen = selected && key === selected.kind + " " + selected.name;
+      const node = svg("g", {class: "node" + (chosen ? " chosen" : ""), tabindex: "0", role: "button",
         transform: `translate(${nx},${ny})`, "data-node": key});
       node.append(svg("rect", {width: NODE_W, height: NODE_H, rx: 6}));
       node.append(svg("text", {x: 10, y: 19, class: "name"}, cut(name, 24)));
@@ -388,6 +392,8 @@
       t.setAttribute("class", "small " + W.stateClass(entry.state));
       const node = t.parentNode;
       node.setAttribute("class", "node " + W.stateClass(entry.state));
+      node.classList.toggle("chosen", !!selected && node.dataset.node === selected.kind + " " +
+        selected.name);
       node.querySelector("title").textContent =
         `${name}: ${entry.state}` + (entry.last_error ? ` - ${entry.last_error}` : "");
       node.setAttribute("aria-label", `${kind} ${name}, ${entry.state}` +
@@ -493,7 +499,8 @@
         {text: levels[levels.length - 1] || "(empty)", cls: `leaf l${Math.min(levels.length - 1, 6)}`,
           title: t.topic},
         W.rate(t.rate), String(t.count),
-        {text: cut(payload, 120) + (t.truncated ? " …" : ""), cls: "payload", title: payload},
+        {text: payload === "" ? "(empty)" : (payload.length > 120 ? cut(payload, 120) :
+          payload + (t.truncated ? "…" : "")), cls: "payload", title: payload},
         W.ago(now - t.last_seen) + " ago",
         {text: t.routes.length ? t.routes.join(", ") : "no route", cls: t.routes.length ? "" : "warn"},
         () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
@@ -829,6 +836,10 @@
     $("dead-kind").textContent = (binary ? "Content (binary, as hex)" : "Content (text)") +
       (d.truncated ? ", first 64 KiB" : "");
     $("dead-content").textContent = binary ? W.hexLines(d.content_hex) : d.content;
+    // shown: the first 64 KiB; the whole content is a download
+    $("dead-all").hidden = !d.truncated;
+    $("dead-download").href = `api/dead-letters/${d.seq}/content`;
+    $("dead-download").textContent = `Download all ${W.bytes(d.bytes)} (${d.bytes} bytes)`;
     $("dead-outcome").textContent = "";
     $("dead-replay").onclick = () => deadAction("replay", [d.seq]);
     $("dead-purge").onclick = () => deadAction("purge", [d.seq]);
