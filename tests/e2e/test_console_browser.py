@@ -297,7 +297,8 @@ def test_a_viewer_reads_every_page_but_cannot_edit(
     gw = gateway_factory({
         "mqtt": {"url": mosquitto.url},
         "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "client_id": f"gw-{name}"}},
-        "routes": {"lines": {"match": f"{name}/#", "sinks": ["archive"]}},
+        "routes": {"lines": {"match": f"{name}/#", "processors": [{"type": "json"}],
+                             "sinks": ["archive"]}},
         "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
     })  # fmt: skip
     added = subprocess.run(
@@ -322,6 +323,8 @@ def test_a_viewer_reads_every_page_but_cannot_edit(
     for control in ("check", "apply", "remove-route", "add-processor"):
         button = browser.find_element(By.ID, control)
         assert button.get_attribute("disabled") is not None, control
+    moves = browser.find_elements(By.CSS_SELECTOR, "#processors button")  # Up, Down, Remove
+    assert len(moves) == 3 and all(b.get_attribute("disabled") is not None for b in moves)
     assert "Needs an operator" in (
         browser.find_element(By.ID, "check").get_attribute("title") or ""
     )

@@ -12,7 +12,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const PAGES = ["overview", "pipeline", "topics", "editor", "sinks", "devices", "dead", "alerts"];
   const PROCESSOR_TYPES = ["json", "transform", "filter"];
-  const SECONDARY = {class: "secondary"};
+  const SECONDARY_EDIT = {class: "secondary", edit: true};
 
   let me = {user: "", role: "viewer", auth: "open"};
   let status = null; // the newest /api/status document
@@ -593,9 +593,9 @@
         JSON.stringify(settings, null, 1) : "{}", attrs: {id: setId, rows: 3},
       on: {input: clearResult}}),
       el("div", {class: "row"},
-        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }, SECONDARY),
-        button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }, SECONDARY),
-        button("Remove", () => { li.remove(); clearResult(); }, SECONDARY)));
+        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }, SECONDARY_EDIT),
+        button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }, SECONDARY_EDIT),
+        button("Remove", () => { li.remove(); clearResult(); }, SECONDARY_EDIT)));
     list.append(li);
   }
 
