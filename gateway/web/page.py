@@ -97,7 +97,8 @@ STATUS_PAGE = """<!doctype html>
  <p class="viewer-note warn" hidden>You are signed in as a viewer: replay and purge need an operator.</p>
  <p class="row"><span id="dead-count"></span>
   <button id="dead-replay-all" type="button">Replay all</button>
-  <button id="dead-purge-all" type="button">Purge all...</button></p>
+  <button id="dead-purge-all" type="button">Purge all...</button>
+  <span id="dead-all-outcome" role="status"></span></p>
  <div class="scroll"><table><thead><tr><th>No.</th><th>Failed at</th><th>Topic</th><th>Where</th>
   <th>Reason</th><th>Size</th><th><span class="sr">Action</span></th></tr></thead>
   <tbody id="dead"></tbody></table></div>

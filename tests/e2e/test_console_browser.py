@@ -253,7 +253,12 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         assert f"{route}:" in gw.config_path.read_text()
         pub.send(f"{name}/new/temp", '{"t": 8}', 5)
         wait_for(lambda: rows_in(postgres, table) == 5, 30, "5 rows in PostgreSQL")
-        find(browser, "#versions tr[data-key] button")  # the replaced text is kept
+        # the replaced text is kept; rolling back to it removes the route, from the form too
+        find(browser, "#versions tr[data-key] button").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#route-outcome").startswith("Rolled back"), 20, "undone")
+        assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
+        assert row(browser, "route-list", route) is None and row(browser, "route-list", "lines")
 
         # a dead letter: opened (text, not markup) and replayed
         pub.send(f"{name}/bad/{MARKUP}", f"not json {MARKUP}")
@@ -271,6 +276,9 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         wait_for(lambda: row(browser, "dead", seq) is None and
                  browser.find_elements(By.CSS_SELECTOR, "#dead tr[data-key]"), 20,
                  "the replayed letter, dead-lettered anew")  # fmt: skip
+        browser.find_element(By.ID, "dead-purge-all").click()  # said where it can be seen
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#dead-all-outcome").startswith("Purged"), 10, "purged")
 
         # readable at 360 px: no page is wider than the phone (tables scroll in their box)
         browser.set_window_size(360, 740)

@@ -726,6 +726,13 @@
     await loadConfig(true).catch(() => {});
     renderRouteList();
     loadVersions();
+    if (answer.ok) {
+      // the form shows the route as it now is: a route the old version lacks is gone
+      const shown = $("route-name").value.trim();
+      const now = config && config.routes ? config.routes[shown] : null;
+      if (now) fillForm(shown, now, false);
+      else fillForm("", {match: [], processors: [], sinks: []}, true);
+    }
   }
 
   function renderEditorLive() {
@@ -850,7 +857,9 @@
     if (action === "purge" && !confirm(seqs ? `Delete dead letter ${seqs.join(", ")} for good?` :
       "Delete every dead letter for good?")) return;
     const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true});
-    const out = $("dead-outcome");
+    // one letter: said in its open panel; all of them: beside the buttons (the panel may
+    // be hidden, and then the outcome would be too)
+    const out = $(seqs ? "dead-outcome" : "dead-all-outcome");
     out.className = answer.ok ? "ok" : "bad";
     out.textContent = answer.ok ? (action === "replay" ?
       `Replayed ${answer.data.count}: the gateway takes it in again like new input.` :
