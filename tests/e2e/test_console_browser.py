@@ -288,6 +288,13 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
             wide = browser.execute_script("return document.documentElement.scrollWidth")
             assert wide <= browser.execute_script("return window.innerWidth"), page
         shot(browser, tmp_path, "phone-overview")
+        # ... nor when a check shows a long topic filter (a JSON list, without a space)
+        browser.get(f"{base}/#editor?route=lines")
+        find(browser, "#route-match").send_keys("\n" + f"{name}/" + "long-level/" * 12 + "#")
+        browser.find_element(By.ID, "check").click()
+        wait_for(lambda: "routes.lines: changed" in text(browser, "#route-changes"), 10, "diff")
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= browser.execute_script("return window.innerWidth"), "the checked edit"
 
         # nothing from outside ran as script
         assert browser.execute_script("return window.pwned === undefined")
