@@ -236,6 +236,7 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         assert route == f"route_{name}_new_temp"
         browser.find_element(By.ID, "check").click()  # no sink chosen: refused inline
         wait_for(lambda: f"routes.{route}" in text(browser, "#route-errors"), 10, "the error")
+        assert "sink" in text(browser, "#route-sinks .field-error")  # next to the field it names
         assert browser.find_element(By.ID, "apply").get_attribute("disabled") is not None
         browser.find_element(By.CSS_SELECTOR, "#route-sinks input[value=warehouse]").click()
         browser.find_element(By.ID, "add-processor").click()

@@ -629,7 +629,9 @@
     $("apply").dataset.why = "check first";
     for (const n of document.querySelectorAll("#page-editor [aria-invalid]")) {
       n.removeAttribute("aria-invalid");
+      n.removeAttribute("aria-describedby");
     }
+    for (const n of document.querySelectorAll("#page-editor .field-error")) n.remove();
     $("route-errors").replaceChildren();
     $("route-preview").hidden = true;
   }
@@ -650,6 +652,12 @@
         node = node.children[index];
       }
       node.setAttribute("aria-invalid", "true");
+      // the message also next to the field it names (inside a fieldset or a processor)
+      const id = `field-error-${document.querySelectorAll(".field-error").length}`;
+      const note = el("p", {class: "field-error", text: e, attrs: {id}});
+      if (node.tagName === "LI" || node.tagName === "FIELDSET") node.append(note);
+      else node.after(note);
+      node.setAttribute("aria-describedby", id);
     }
   }
 
