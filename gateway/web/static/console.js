@@ -661,6 +661,11 @@
     }
   }
 
+  /** A request that got no answer (the gateway restarting, the network gone): said as an
+   * error, so that "checking..." or "applying..." does not stay forever. */
+  const unreachable = err => ({status: 0, ok: false, data: {errors: [
+    `no answer from the gateway (${err.message}); see the route list and History for what it has`]}});
+
   async function check(method) {
     clearResult();
     const name = $("route-name").value.trim();
@@ -670,7 +675,7 @@
     const path = "api/config/routes/" + encodeURIComponent(name);
     const body = method === "PUT" ? route : undefined;
     $("route-status").textContent = "checking...";
-    const answer = await api(method, path + "?check=1", body);
+    const answer = await api(method, path + "?check=1", body).catch(unreachable);
     $("route-status").textContent = "";
     if (!answer.ok) {
       showErrors(name, answer.data.errors || [`HTTP ${answer.status}`]);
@@ -690,7 +695,7 @@
     const {method, path, body, name} = pending;
     $("apply").disabled = true;
     $("route-status").textContent = "applying...";
-    const answer = await api(method, path, body);
+    const answer = await api(method, path, body).catch(unreachable);
     $("route-status").textContent = "";
     pending = null;
     const d = answer.data;
@@ -709,7 +714,8 @@
       else $("route-name").readOnly = true;
     } else {
       out.className = "bad";
-      out.textContent = `Not applied (${d.outcome || answer.status}); the file is as it was.`;
+      out.textContent = answer.status === 0 ? d.errors[0] :
+        `Not applied (${d.outcome || answer.status}); the file is as it was.`;
       showErrors(name, d.errors || []);
     }
   }
