@@ -798,6 +798,9 @@
     renderDevices();
   }
 
+  /** An ISO time from the status document, written as the console writes times. */
+  const iso = t => (t && !Number.isNaN(Date.parse(t)) ? W.when(Date.parse(t) / 1000) : (t || ""));
+
   function renderDevices() {
     if (!status) return;
     const devices = [];
@@ -810,7 +813,8 @@
           d.url || "", String(d.unit ?? ""),
           latency === undefined ? "" : `${latency.toFixed(1)} ms`,
           requests ? `${(100 * num(d.errors) / requests).toFixed(1)}% (${num(d.errors)} of ${requests})` : "",
-          d.last_ok || "", {text: d.last_error || "", cls: "error-text"}]]);
+          iso(d.last_ok), {text: d.last_error ? d.last_error +
+            (d.last_error_at ? ` (${iso(d.last_error_at)})` : "") : "", cls: "error-text"}]]);
       }
       if (src.serial) {
         const p = src.serial;
