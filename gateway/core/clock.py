@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 
 class Clock:
@@ -22,16 +23,23 @@ class Clock:
 SYSTEM_CLOCK = Clock()
 
 
-_seconds: dict[int, str] = {}
+def utc_text(date_format: str, suffix: str = "") -> Callable[[int], str]:
+    """A formatter of ns since the epoch as UTC text, `date_format` (strftime) then
+    `.ffffff` microseconds and `suffix`; the part up to the second is cached per second
+    (at most 4096 kept), since it runs for every row a sink writes."""
+    seconds: dict[int, str] = {}
+
+    def text(created_ns: int) -> str:
+        second, micros = divmod(created_ns // 1000, 1_000_000)
+        prefix = seconds.get(second)
+        if prefix is None:
+            if len(seconds) > 4096:
+                seconds.clear()
+            prefix = seconds[second] = time.strftime(date_format, time.gmtime(second))
+        return f"{prefix}.{micros:06d}{suffix}"
+
+    return text
 
 
-def rfc3339(created_ns: int) -> str:
-    """`created_ns` (ns since the epoch) as RFC 3339 UTC with microseconds, as the sinks
-    write a FlowFile's `ts`; the date part is cached per second (at most 4096 kept)."""
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        prefix = _seconds[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{micros:06d}Z"
+# A FlowFile's time as the redis, nats, amqp and http sinks write its `ts`: RFC 3339 UTC.
+rfc3339 = utc_text("%Y-%m-%dT%H:%M:%S", "Z")

@@ -91,7 +91,6 @@ import asyncio
 import json
 import math
 import ssl
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
@@ -102,6 +101,7 @@ import pymysql
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
+from gateway.core.clock import utc_text
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -272,18 +272,8 @@ _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _NOT_JSON: Any = object()
-_seconds: dict[int, str] = {}
-
-
-def _ts(created_ns: int) -> str:
-    """`YYYY-MM-DD HH:MM:SS.ffffff` in UTC; the date part is cached per second."""
-    second, micros = divmod(created_ns // 1000, 1_000_000)
-    prefix = _seconds.get(second)
-    if prefix is None:
-        if len(_seconds) > 4096:
-            _seconds.clear()
-        prefix = _seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    return f"{prefix}.{micros:06d}"
+# `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: what a DATETIME(6) column takes
+_ts = utc_text("%Y-%m-%d %H:%M:%S")
 
 
 def _parse(content: bytes) -> tuple[str | None, Any]:

@@ -532,13 +532,19 @@ class WebServer:
             ]
         )
 
-    async def api_dead_letter(self, request: web.Request) -> web.StreamResponse:
+    async def _dead_letter(self, request: web.Request) -> Any:
+        """The dead letter the path's SEQ names, or the answer to give instead (404, or
+        the store's own refusal)."""
         seq = int(request.match_info["seq"])
         record = await asyncio.to_thread(self._store_admin, lambda a: a.dead_letter(seq))
-        if isinstance(record, web.Response):
-            return record
         if record is None:
             return _json({"errors": [f"no dead letter {seq}"]}, 404)
+        return record
+
+    async def api_dead_letter(self, request: web.Request) -> web.StreamResponse:
+        record = await self._dead_letter(request)
+        if isinstance(record, web.Response):
+            return record
         return _json({
             "seq": record.seq,
             "id": record.id,
@@ -555,17 +561,14 @@ class WebServer:
     async def api_dead_letter_content(self, request: web.Request) -> web.StreamResponse:
         """The whole content, past the 64 KiB the console shows: a download, never a page
         (outside bytes are not rendered by the browser: nosniff and an attachment)."""
-        seq = int(request.match_info["seq"])
-        record = await asyncio.to_thread(self._store_admin, lambda a: a.dead_letter(seq))
+        record = await self._dead_letter(request)
         if isinstance(record, web.Response):
             return record
-        if record is None:
-            return _json({"errors": [f"no dead letter {seq}"]}, 404)
         return web.Response(
             body=record.content,
             headers={
                 "Content-Type": "application/octet-stream",
-                "Content-Disposition": f'attachment; filename="dead-letter-{seq}.bin"',
+                "Content-Disposition": f'attachment; filename="dead-letter-{record.seq}.bin"',
             },
         )
 

@@ -11,7 +11,7 @@ import queue
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,25 +293,13 @@ def test_a_config_whose_data_dir_cannot_be_used_is_rolled_back_and_the_gateway_r
 ) -> None:
     # A change of data_dir restarts the engine on new services; one the gateway may not
     # use stopped the whole gateway (exit 1) instead of rolling back.
-    key, _ = signing
-    gid = _gateway_id(gw)
-    text, digest = gw.config_path.read_text(), gw.status()["config"]["hash"]
     blocker = gw.folder / "a-file"
     blocker.write_text("not a folder\n")
-    bad = _text(gw, lambda d: d["gateway"].update(data_dir=str(blocker / "data")))
-    fleet = Fleet(mosquitto.url, gid)
-    try:
-        answer = fleet.push(remote.sign(remote.Document(gid, 20, "yaml", bad), key))
-    finally:
-        fleet.close()
-    assert answer["outcome"] == "rolled_back", answer
-    assert any("gateway.data_dir" in e for e in answer["errors"]), answer
-    assert gw.proc is not None and gw.proc.poll() is None, gw.log()
-    assert gw.config_path.read_text() == text
-    status = wait_for(lambda: gw.status(), 20, "the status page after the rollback")
-    assert status["config"]["hash"] == digest
+    status = _push_rolled_back(
+        gw, mosquitto, signing, 20, "gateway.data_dir",
+        lambda d: d["gateway"].update(data_dir=str(blocker / "data")),
+    )  # fmt: skip
     assert status["remote_config"]["last_version"] is None
-    assert status["config"]["last_reload"]["outcome"] == "rolled_back"
     before = _lines(gw.data_dir / "a.jsonl")
     wait_for(lambda: _lines(gw.data_dir / "a.jsonl") > before, 20, "readings after it")
 
@@ -321,19 +309,37 @@ def test_a_config_whose_web_address_is_in_use_is_rolled_back_with_the_page_kept(
 ) -> None:
     # The reload stopped the web server, failed to start the new one, and went no
     # further: no answer on config/result, the new text kept, no status page at all.
+    taken = f"127.0.0.1:{mosquitto.port}"
+    _push_rolled_back(
+        gw, mosquitto, signing, 30, "web.listen", lambda d: d["web"].update(listen=taken)
+    )
+
+
+def _push_rolled_back(
+    gw: GatewayProcess,
+    mosquitto: Mosquitto,
+    signing: tuple[Ed25519PrivateKey, Path],
+    version: int,
+    key_path: str,
+    change: Callable[[dict[str, Any]], object],
+) -> dict[str, Any]:
+    """Push the gateway's config with `change` made, signed as `version`, and check that
+    it was rolled back on an error naming `key_path`: the gateway runs on, with its file
+    and config hash as before. Returns the status page after it."""
     key, _ = signing
     gid = _gateway_id(gw)
     text, digest = gw.config_path.read_text(), gw.status()["config"]["hash"]
-    taken = f"127.0.0.1:{mosquitto.port}"
-    bad = _text(gw, lambda d: d["web"].update(listen=taken))
     fleet = Fleet(mosquitto.url, gid)
     try:
-        answer = fleet.push(remote.sign(remote.Document(gid, 30, "yaml", bad), key))
+        document = remote.Document(gid, version, "yaml", _text(gw, change))
+        answer = fleet.push(remote.sign(document, key))
     finally:
         fleet.close()
     assert answer["outcome"] == "rolled_back", answer
-    assert any("web.listen" in e for e in answer["errors"]), answer
+    assert any(key_path in e for e in answer["errors"]), answer
+    assert gw.proc is not None and gw.proc.poll() is None, gw.log()
     assert gw.config_path.read_text() == text
-    status = wait_for(lambda: gw.status(), 20, "the status page on its old address")
+    status = wait_for(lambda: gw.status(), 20, "the status page after the rollback")
     assert status["config"]["hash"] == digest
     assert status["config"]["last_reload"]["outcome"] == "rolled_back"
+    return status

@@ -161,6 +161,22 @@ sinks:
 """
 
 
+async def two_windows_open(
+    config: Config, store: Store, clock: FakeClock
+) -> tuple[Engine, asyncio.Future[None]]:
+    """A running engine on `config` whose window holds two groups, committed."""
+    engine = Engine(config, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    async with asyncio.timeout(10):
+        await engine.ready.wait()
+    for message in (reading(1, 5), reading(2, 7)):
+        engine.ingest.offer(*message)
+    async with asyncio.timeout(10):
+        while len(await rows(store)) < 3:  # noqa: ASYNC110 - polls the store, no event
+            await asyncio.sleep(0.01)
+    return engine, running
+
+
 async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -174,15 +190,7 @@ async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     clock = FakeClock()
     clock.now = 2_000_000_000.0
     first = cfg("10s")
-    engine = Engine(first, store, clock=clock)
-    running = asyncio.ensure_future(engine.run())
-    async with asyncio.timeout(10):
-        await engine.ready.wait()
-    for message in (reading(1, 5), reading(2, 7)):
-        engine.ingest.offer(*message)
-    async with asyncio.timeout(10):
-        while len(await rows(store)) < 3:  # noqa: ASYNC110 - polls the store, no event
-            await asyncio.sleep(0.01)
+    engine, running = await two_windows_open(first, store, clock)
     # only the output topic changes: the open windows are kept
     same_shape = cfg("10s", topic="other")
     assert await engine.apply(same_shape, plan(first, same_shape)) == []
@@ -226,15 +234,7 @@ async def test_the_dropped_count_outlives_a_restart_with_no_window_open(
     clock = FakeClock()
     clock.now = 2_000_000_000.0
     first = cfg("10s")
-    engine = Engine(first, store, clock=clock)
-    running = asyncio.ensure_future(engine.run())
-    async with asyncio.timeout(10):
-        await engine.ready.wait()
-    for message in (reading(1, 5), reading(2, 7)):
-        engine.ingest.offer(*message)
-    async with asyncio.timeout(10):
-        while len(await rows(store)) < 3:  # noqa: ASYNC110 - polls the store, no event
-            await asyncio.sleep(0.01)
+    engine, running = await two_windows_open(first, store, clock)
     bigger = cfg("20s")
     assert await engine.apply(bigger, plan(first, bigger)) == []
     await engine._commit([], tick=True)  # the engine's timer, each second
