@@ -27,7 +27,9 @@ sink's name), e.g. `plant.{gateway}.{topic}`. Each MQTT topic level becomes one 
 token (`/` becomes `.`). Inside a token, what NATS does not allow in one is
 percent-encoded: `.` is `%2E`, a space `%20`, `*` `%2A`, `>` `%3E`, a control
 character `%XX`, and `%` itself `%25`, so different topics never share a subject;
-an empty level (`a//b`, a leading `/`) becomes `_`. `{gateway}` and `{sink}` are
+an empty level (`a//b`, a leading `/`) becomes `_`. A subject that starts with
+`{topic}` never starts with `$` (`%24` instead), so no topic reaches the server's
+own subjects (`$JS.API...`, `$SYS...`). `{gateway}` and `{sink}` are
 encoded the same way. So `sensors/line 1/temp.c` from gateway `pi-01` goes to
 `plant.pi-01.sensors.line%201.temp%2Ec`. A subject longer than 2048 bytes is refused.
 
@@ -669,7 +671,13 @@ class NatsSink(Sink):
 
     def subject_of(self, topic: str) -> str:
         parts = self._subject_parts
-        return parts[0] if len(parts) == 1 else topic_tokens(topic).join(parts)
+        if len(parts) == 1:
+            return parts[0]
+        subject = topic_tokens(topic).join(parts)
+        if not parts[0] and subject[:1] == "$":
+            # A topic never names a system subject ($JS.API..., $SYS..., $KV...).
+            subject = "%24" + subject[1:]
+        return subject
 
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         if not batch:

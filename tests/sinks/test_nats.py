@@ -437,3 +437,35 @@ def test_a_password_is_not_in_the_config_repr() -> None:
     )
     assert problems == []
     assert "hunter2-secret" not in repr(config)
+
+
+async def test_a_topic_never_reaches_the_servers_own_subjects(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    """With `subject: "{topic}"`, a topic `$JS/API/STREAM/DELETE/X` is not a JetStream API
+    request: its subject starts with %24, and stream X is still there."""
+    victim = ns.upper() + "_VICTIM"
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        await nc.jetstream().add_stream(name=victim, subjects=[f"{ns}.victim.>"])
+    finally:
+        await nc.close()
+    stream = {"name": ns.upper(), "subjects": ["%24JS.>", "%24SYS.>"], "replicas": 3}
+    keys = {"subject": "{topic}", "create_stream": stream, "timeout": "3s"}
+    async with closing(lambda: connected(make_sink(nats_cluster.urls, **keys))) as op:
+        sink = await op()
+        topics = [f"$JS/API/STREAM/DELETE/{victim}", "$SYS/REQ/SERVER/PING"]
+        assert await sink.write([FlowFile.create(t, b"{}") for t in topics]) == []
+    found = await stream_messages(nats_cluster.urls, ns.upper())
+    assert [m.subject for m in found] == [
+        f"%24JS.API.STREAM.DELETE.{victim}",
+        "%24SYS.REQ.SERVER.PING",
+    ]
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        assert (await nc.jetstream().stream_info(victim)).config.name == victim
+    finally:
+        await nc.close()
+    # a `$` anywhere else in the topic, or after a prefix of the template's, is just a character
+    prefixed = make_sink(nats_cluster.urls, subject="edge.{topic}")
+    assert prefixed.subject_of("$JS/API") == "edge.$JS.API"
