@@ -426,6 +426,7 @@ class Gateway:
             clock=self.clock,
             watch=self.watch,
             topics=self.topics,
+            first=self._engine is None,
         )
         self._running = engine
         if self._engine is None:

@@ -694,6 +694,16 @@ class ReplicateSettings:
         Doc("How long one write to Redis may take."),
         Range(0, None, "must be more than 0", above=True),
     ] = 5.0
+    restore_wait: Annotated[
+        Duration,
+        Doc(
+            "A gateway that starts with an empty store reads its state from Redis before its"
+            " first batch; while Redis does not answer it waits up to this long (sources not"
+            " started: the broker keeps their messages), then starts without that state."
+            " 0: do not wait."
+        ),
+        Range(0, 86_400, "must be between 0 and 1d"),
+    ] = 60.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         # redis://h:99999/0 passed check-config and the gateway crashed at start with

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, registry
 from gateway.config.model import Config, RetrySettings
+from gateway.config.units import duration_text
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
@@ -93,11 +94,14 @@ class Engine:
         clock: Clock = SYSTEM_CLOCK,
         watch: TopicWatch | None = None,
         topics: TopicsSeen | None = None,
+        first: bool = False,
     ) -> None:
         """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
         None when no component uses it. `watch` is told the topics of what commits, while
-        it watches some filter (the `no_data` alerts)."""
+        it watches some filter (the `no_data` alerts). `first`: the process's first engine
+        (not a reload's), the one that waits for the state replica (`restore_wait`)."""
         self.config = config
+        self.first = first
         self.config_path = config_path
         self.store = store
         self.mqtt_url = mqtt_url
@@ -264,29 +268,58 @@ class Engine:
         return [p.kv.component for _, p in stateful if p.kv is not None]
 
     async def _restore_from_replica(self, replicator: Replicator) -> None:
+        """The store is empty: take the processors' state from the Redis replica (a
+        standby taking over) and write it to the store at once. At the process's start,
+        while Redis does not answer, wait for it up to `restore_wait` (or a stop)."""
         from redis.exceptions import RedisError
 
-        """The store is empty: take the processors' state from the Redis replica (a
-        standby taking over) and write it to the store at once."""
-        assert self.router is not None
-        keys = components = 0
-        for _, processor in self.router.stateful():
-            kv = processor.kv
-            if kv is None:
-                continue
-            try:
-                rows = await replicator.load(kv.component)
-            except (RedisError, OSError, TimeoutError) as err:
-                from gateway.engine.replicate import describe  # loaded with Replicator
+        from gateway.engine.replicate import describe  # loaded with Replicator
 
-                log.error(
-                    "engine: the store is empty and the state replica in %s cannot be read"
-                    " (%s); starting without the state of the gateway it replicates (its"
-                    " own state replaces the replica once Redis answers)",
-                    replicator.status()["redis"],
-                    describe(err, replicator.settings.timeout),
-                )
-                return
+        assert self.router is not None
+
+        stateful = [(p, p.kv) for _, p in self.router.stateful() if p.kv is not None]
+        if not stateful:
+            return
+        wait = replicator.settings.restore_wait if self.first else 0.0
+        deadline = self.clock.monotonic() + wait
+        backoff = Backoff(0.5, 5.0)
+        told = False
+        while True:
+            try:
+                loaded = [await replicator.load(kv.component) for _, kv in stateful]
+                break
+            except (RedisError, OSError, TimeoutError) as err:
+                where = replicator.status()["redis"]
+                error = describe(err, replicator.settings.timeout)
+                left = deadline - self.clock.monotonic()
+                if self.stop_requested.is_set():
+                    return  # stopped while waiting: nothing ran, nothing to restore
+                if left <= 0:
+                    log.error(
+                        "engine: the store is empty and the state replica in %s cannot be"
+                        " read (%s); starting without the state of the gateway it"
+                        " replicates (its own state replaces the replica once Redis answers)",
+                        where,
+                        error,
+                    )
+                    return
+                if not told:
+                    told = True
+                    log.warning(
+                        "engine: the store is empty and the state replica in %s cannot be"
+                        " read (%s); waiting up to %s for it before starting the sources"
+                        " (state.replicate.restore_wait)",
+                        where,
+                        error,
+                        duration_text(wait),
+                    )
+                stop = asyncio.ensure_future(self.stop_requested.wait())
+                try:
+                    await asyncio.wait({stop}, timeout=min(backoff.next(), left))
+                finally:
+                    stop.cancel()
+        keys = components = 0
+        for (processor, kv), rows in zip(stateful, loaded, strict=True):
             if rows:
                 kv.restore(rows)
                 kv.mark_all_changed()

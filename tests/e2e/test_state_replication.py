@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,43 @@ def test_a_standby_continues_the_windows_from_the_redis_replica(
     # what Redis holds is B's state now (B replicated on)
     client = redis_client(redis.url)
     assert client.hlen(f"{replica['prefix'].replace('{gateway}', 'plant')}:minute.0") >= 1
+
+
+def test_a_standby_started_while_redis_is_down_waits_for_the_replica(
+    tmp_path: Path, mosquitto: Any, redis_factory: Any, gateway_factory: Any
+) -> None:
+    """Redis is down as the standby starts: it waits (`restore_wait`), sources not
+    started, and restores the windows once Redis answers, rather than starting empty and
+    then replacing the replica with its own state."""
+    server = redis_factory()
+    replica = {"redis": server.url, "timeout": "1s", "restore_wait": "2m"}
+    a = gateway_factory(config("a", tmp_path, mosquitto.url, replica))
+    a.start()
+    publish(mosquitto.port, SWITCH, 0)
+    wait_for(
+        lambda: (
+            a.status()["gateway"]["ingested"] == SWITCH
+            and a.status()["replication"]["pending"] == 0
+            and not a.status()["replication"]["full_copy_due"]
+        ),
+        30,
+        "A's readings committed and replicated",
+    )
+    a.kill()
+    server.stop()
+    b = gateway_factory(config("b", tmp_path, mosquitto.url, replica))
+    log = b.folder / "gateway.log"
+    starting = threading.Thread(target=b.start, daemon=True)
+    starting.start()  # returns once healthy, that is once the engine runs
+    wait_for(lambda: log.exists() and "restore_wait" in log.read_text(), 30, "the wait logged")
+    assert "waiting up to 2m" in log.read_text()
+    assert starting.is_alive(), "B waits for the replica"
+    server.start()
+    starting.join(60)
+    assert not starting.is_alive()
+    assert window_state(b)["open"] == TOPICS, "B restored A's open windows once Redis answered"
+    assert "restored" in log.read_text() and "starting without" not in log.read_text()
+    assert b.stop() == 0
 
 
 def redis_client(url: str) -> Any:
