@@ -14,9 +14,10 @@ The first copy after the gateway starts is such a full copy too.
 
 A gateway that starts with an empty store and this setting reads the hashes back
 (`load`) before its first batch: a standby continues the windows of the gateway
-that died. While Redis does not answer it waits for it, up to `restore_wait`. What it may lose: the changes of the last commits the dead gateway
-had not copied yet (`replication.pending`), and what the dead gateway stored but
-its sinks had not delivered.
+that died. While Redis does not answer it waits for it, up to `restore_wait`.
+What it may lose: the changes of the last commits the dead gateway had not copied
+yet (`replication.pending`), and what the dead gateway stored but its sinks had not
+delivered.
 """
 
 from __future__ import annotations
