@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.alerts import Alerts
 from gateway.config.load import load, read_text
 from gateway.config.model import Config
+from gateway.config.view import changed_keys
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.errors import ConfigError
 from gateway.core.topics import TopicWatch
@@ -73,6 +74,9 @@ log = logging.getLogger("gateway")
 # fifth of the gateway's CPU went to the collector (bench/spine.py, issue 15: 1.0 of
 # 5.0 CPU-s over 100k messages, 1,150 collections; 0.26 s and 125 with this and the freeze).
 GC_YOUNG_THRESHOLD = 20_000
+MAX_KEYS_SHOWN = 6  # keys named in a reload's line for a changed section
+# Sections the engine's plan reports (gateway: id and data_dir; the process's keys below)
+ENGINE_SECTIONS = frozenset({"gateway", "buffer", "mqtt", "sources", "routes", "sinks", "state"})
 
 
 def settle_heap() -> None:
@@ -110,6 +114,44 @@ def _store_settings(config: Config) -> tuple[Any, ...]:
 def _broker_plan(config: Config) -> tuple[Any, ...]:
     """What `open_gateway_broker` decides from: a reload that keeps it keeps the broker."""
     return (config.mqtt, config.gateway.data_dir, bool(broker_users(config)))
+
+
+def process_changes(old: Config, new: Config) -> list[str]:
+    """What a reload changes besides the engine's plan (gateway/engine/plan.py: sources,
+    routes, sinks, buffer batching and what restarts the engine), one line each.
+
+    That is every other section (`web`, `status`, `remote_config`, `alerts`, any later
+    one) and the gateway's own keys. All of it is taken without a restart of the engine: the web
+    server restarts (`web`); the status and remote config channels read their settings
+    every second and reconnect when their connection's settings changed (`status`,
+    `remote_config`); the alerts read theirs at each evaluation; the log level,
+    `watch_config` and the key file (which opened this very config's ENC(...) values)
+    are read where they are used. Sections are said by the keys that changed, not their
+    values: a value may be a secret."""
+    lines = []
+    for key in ("log_level", "watch_config", "secret_key_file"):
+        before, after = getattr(old.gateway, key), getattr(new.gateway, key)
+        if before != after:
+            lines.append(f"gateway.{key} {_said(before)} -> {_said(after)}")
+    for field in dataclasses.fields(Config):
+        section = field.name
+        before, after = getattr(old, section), getattr(new, section)
+        if section in ENGINE_SECTIONS or before == after:
+            continue
+        keys = changed_keys(before, after)
+        if len(keys) > MAX_KEYS_SHOWN:
+            keys[MAX_KEYS_SHOWN - 1 :] = ["..."]
+        detail = f" ({', '.join(keys)})" if keys else ""
+        restarted = "; the web server restarted" if section == "web" else ""
+        lines.append(f"{section} changed{detail}{restarted}")
+    return lines
+
+
+def _said(value: object) -> str:
+    """A setting as the config file writes it."""
+    if value is None:
+        return "unset"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class Gateway:
@@ -258,16 +300,10 @@ class Gateway:
             return "refused", ["the gateway is stopping"], []
         old = self.config
         work = plan(old, config)
-        changes = list(work.changes)
+        changes = list(work.changes) + process_changes(old, config)
         services = _broker_plan(config) != _broker_plan(old) or (
             _store_settings(config) != _store_settings(old)
         )
-        if config.web != old.web:
-            changes.append("web changed")
-        if config.gateway.log_level != old.gateway.log_level:
-            changes.append(
-                f"gateway.log_level {old.gateway.log_level} -> {config.gateway.log_level}"
-            )
         engine = self._running
         if work.restart or services or engine is None or not engine.ready.is_set():
             self._next = asyncio.get_running_loop().create_future()

@@ -377,7 +377,9 @@ class _Secrets:
     inside a longer quoted text), the text itself and its percent-encoded forms.
     """
 
-    _SHORT = 4  # a shorter plaintext is replaced alone only in its own key's messages
+    # A shorter plaintext is replaced only in its own key's messages, and there only as a
+    # whole token (a word of its own, or set off by punctuation as in a DSN's `:ab@`).
+    _SHORT = 4
 
     def __init__(self, no_key: str = "") -> None:
         self.items: list[tuple[str, str, KeyPath]] = []
@@ -420,13 +422,25 @@ class _Secrets:
             near = path[: len(where)] == where or where[: len(path)] == path
             if where == path:  # a suggestion close to the secret tells how it reads
                 message = _DID_YOU_MEAN.sub("", message)
-            if len(plaintext) >= self._SHORT or near:
+            short = len(plaintext) < self._SHORT
+            if not short or near:
                 # In any case: a check may quote the value lowercased ("use 'name'").
                 longest_first = sorted(set(forms), key=len, reverse=True)
-                pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+                # A short one only as a whole token: "ab" is not hidden inside "about"
+                # (which would then read "***out" and tell how the secret starts).
+                alone = _alone if short else re.escape
+                pattern = re.compile("|".join(map(alone, longest_first)), re.IGNORECASE)
                 # A replacement string would read "\\1" in `shown` as a group reference.
                 message = pattern.sub(functools.partial(_replacement, shown), message)
         return message
+
+
+def _alone(form: str) -> str:
+    """A pattern of `form` where it is not part of a longer word: no letter or digit
+    right before a letter or digit that starts it, nor right after one that ends it."""
+    before = r"(?<![^\W_])" if form[:1].isalnum() else ""
+    after = r"(?![^\W_])" if form[-1:].isalnum() else ""
+    return before + re.escape(form) + after
 
 
 def _replacement(shown: str, _match: re.Match[str]) -> str:

@@ -120,6 +120,13 @@ def _leaves(data: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], An
     return {prefix: data}
 
 
+def changed_keys(old: Any, new: Any) -> list[str]:
+    """The key paths (`webhook.url`, `rules.backlog.for`) where two loaded sections (or
+    any two values `plain` takes) differ: names only, so that no secret is shown."""
+    a, b = _leaves(plain(old)), _leaves(plain(new))
+    return [".".join(p) for p in [*a, *(p for p in b if p not in a)] if a.get(p) != b.get(p)]
+
+
 def _text(value: Any) -> str:
     if value is _ABSENT:
         text = "absent"

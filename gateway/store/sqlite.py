@@ -676,6 +676,8 @@ class Store:
         self.dead_count = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         for name in self._bits:
             self._depth[name] = self._count_sync(name)
+            if self._depth[name]:
+                self._oldest[name] = self._oldest_sync(name)
         for source, slot, mark in db.execute("SELECT source, slot, digest FROM inbound"):
             self._inbound[(source, slot)] = mark
             number = int.from_bytes(mark[8:16], "big")
@@ -690,6 +692,14 @@ class Store:
                 (self._cursors[name], 1 << self._bits[name]),
             ).fetchone()[0]
         )
+
+    def _oldest_sync(self, name: str) -> int:
+        """`created` of the oldest FlowFile waiting for `name` (0 when none waits)."""
+        row = self._db.execute(  # type: ignore[union-attr]
+            "SELECT created FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT 1",
+            (self._cursors[name], 1 << self._bits[name]),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def _register_sync(self, name: str) -> None:
         if name in self._bits:
@@ -788,6 +798,24 @@ class Store:
             return None
         return max(0.0, round((time.time_ns() - created) / 1e9, 3))
 
+    def _note_oldest(self, rows: list[tuple[FlowFile, int]], masks: dict[int, int]) -> None:
+        """Before the depths count this commit: a sink whose backlog was empty (or has no
+        oldest known yet) gets its first FlowFile of this commit as its oldest now, not
+        at the next `refresh_oldest`, so that while something waits its age is a number."""
+        union = 0
+        for mask in masks:
+            union |= mask
+        missing = {
+            bit: name
+            for name, bit in self._bits.items()
+            if union >> bit & 1 and (not self._depth.get(name) or name not in self._oldest)
+        }
+        for ff, mask in rows:
+            if not missing:
+                break
+            for bit in [b for b in missing if mask >> b & 1]:
+                self._oldest[missing.pop(bit)] = ff.created
+
     async def refresh_oldest(self, sinks: Iterable[str]) -> None:
         """Find the oldest waiting FlowFile of each sink with a backlog: in the memory
         tail when the sink's cursor is in it, else one indexed query (by seq) per sink."""
@@ -811,7 +839,8 @@ class Store:
             )
             if rows:
                 self._oldest[sink] = int(rows[0][0])
-            else:
+            elif not self._depth.get(sink):
+                # (a commit after the query may have noted a new oldest: keep it)
                 self._oldest.pop(sink, None)
 
     def disk_text(self) -> str:
@@ -1036,6 +1065,7 @@ class Store:
         masks: dict[int, int] = {}
         for _, mask in batch.rows:
             masks[mask] = masks.get(mask, 0) + 1
+        self._note_oldest(batch.rows, masks)
         for mask, count in masks.items():
             for name, bit in self._bits.items():
                 if mask >> bit & 1:
@@ -1514,6 +1544,8 @@ class Store:
         await self._call(self._spared, self._advance_sync, sink, upto, dead)
         self._cursors[sink] = upto
         self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
+        if not self._depth[sink]:
+            self._oldest.pop(sink, None)  # the next commit notes the new oldest
         self.dead_count += len(dead)
 
     def _advance_sync(self, sink: str, upto: int, dead: list[DeadLetter]) -> None:

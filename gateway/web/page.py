@@ -1,12 +1,13 @@
 """The console's HTML documents. They carry no script and no style of their own: the
 Content-Security-Policy allows only the files of gateway/web/static/ (words.js,
-console.js, login.js, console.css), served at /static/NAME."""
+console.js, login.js, console.css, favicon.svg), served at /static/NAME."""
 
 STATUS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Edge Stream</title>
 <link rel="stylesheet" href="static/console.css">
+<link rel="icon" href="static/favicon.svg" type="image/svg+xml">
 <script src="static/words.js" defer></script>
 <script src="static/console.js" defer></script>
 </head><body>
@@ -124,6 +125,7 @@ LOGIN_PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Edge Stream - log in</title>
 <link rel="stylesheet" href="static/console.css">
+<link rel="icon" href="static/favicon.svg" type="image/svg+xml">
 <script src="static/login.js" defer></script>
 </head><body>
 <h1>Edge Stream</h1>

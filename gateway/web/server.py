@@ -6,6 +6,8 @@ GET /login       the login page;  POST /login  {"username", "password"} as JSON 
                  sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /)
 POST /logout     ends the session
 GET /healthz     200 "ok" while the gateway runs (always open: no credentials, any Host)
+GET /favicon.ico the console's icon (static/favicon.svg, also linked by the pages as
+                 `<link rel="icon">`): open, as /static/ is, and cached for a day
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/events  Server-Sent Events: the /api/status document each second it changes
@@ -24,15 +26,16 @@ POST /api/config/reload   read the config file again now (as SIGHUP does); answe
 GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
                  (config_api.py; a body of at most 256 KiB)
 
-Access (gateway/web/access.py): with no account (neither `web.username`/`web.password`
-nor a user in the users file) the console is open, and only on localhost. Otherwise every
-request but /healthz, /login and /static/ needs a session cookie (HttpOnly, SameSite=Strict)
-or HTTP basic auth; a viewer may only read. A request that changes something (any method
-but GET and HEAD) from a browser's page of another origin is refused; one made with a
-session cookie also needs the session's CSRF token in `X-CSRF-Token` and an Origin or
-Referer of this server. Basic auth (scripts, `edge-stream reload`) needs no token. Failed
-logins are rate-limited per client address. A request whose Host is a name this gateway
-does not know is refused (DNS rebinding). A 401 closes the connection.
+Access (gateway/web/access.py): with no account (neither `web.username`/`web.password` nor
+a user in the users file) the console is open, and only on localhost. Otherwise every
+request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
+SameSite=Strict) or HTTP basic auth; a viewer may only read. A request that changes
+something (any method but GET and HEAD) from a browser's page of another origin is
+refused; one made with a session cookie also needs the session's CSRF token in
+`X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
+`edge-stream reload`) needs no token. Failed logins are rate-limited per client address.
+A request whose Host is a name this gateway does not know is refused (DNS rebinding).
+A 401 closes the connection.
 
 Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
 request head for 10 s is closed (idle keep-alive and slow senders alike); at most 256
@@ -94,6 +97,8 @@ BASIC_TTL = 300.0
 COOKIE = "edge_stream_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 MAX_SHOWN = 64 << 10  # bytes of a dead letter's content shown
+ICON = "favicon.svg"  # of static/: what GET /favicon.ico answers
+ICON_CACHE = "public, max-age=86400"  # browsers ask for it with every page otherwise
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -184,6 +189,7 @@ class WebServer:
         add("POST", "/logout", self.logout)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/favicon.ico", self.favicon)
         app.router.add_get("/api/session", self.api_session)
         app.router.add_get("/api/status", self.api_status)
         app.router.add_get("/api/events", self.api_events)
@@ -302,7 +308,7 @@ class WebServer:
         changes = request.method not in SAFE_METHODS
         if changes and not self._same_origin(request, required=False):
             return _text(403, "refused: the request comes from a page of another origin\n")
-        if path.startswith("/static/") or path == "/login":
+        if path.startswith("/static/") or path in ("/login", "/favicon.ico"):
             return await handler(request)
         identity = await self._identity(request)
         if isinstance(identity, web.StreamResponse):
@@ -414,6 +420,10 @@ class WebServer:
             raise web.HTTPNotFound()
         body, kind = found
         return web.Response(body=body, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
+    async def favicon(self, _request: web.Request) -> web.StreamResponse:
+        body, kind = self._static[ICON]
+        return web.Response(body=body, headers={"Content-Type": kind, "Cache-Control": ICON_CACHE})
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is None or request.content_length > LOGIN_BODY:

@@ -162,6 +162,24 @@ def test_every_form_of_the_plaintext_is_scrubbed() -> None:
     assert found.scrub(("sinks", "w", "batch"), "line 1 is bad") == "line 1 is bad"
 
 
+def test_a_short_secret_is_masked_only_as_a_whole_token(tmp_path: Path) -> None:
+    # A one- or two-letter password was masked inside other words of its key's messages:
+    # "the port is not a number" read "th*** port is not a numb***r" for the password "e".
+    messages = problems(tmp_path, 'sinks: {w: {type: redis, url: "redis://gw:e@h:99999/0"}}\n')
+    assert messages[0].endswith("sinks.w.url: the port is not a number from 1 to 65535")
+    found = _Secrets()
+    at = ("web", "password")
+    found.add(at, "ab", "***")
+    assert found.scrub(at, "ab: about 'ab', AB, :ab@, ab1 x_ab") == (
+        "***: about '***', ***, :***@, ab1 x_***"
+    )
+    found.add(at, "!", "***")  # no letter or digit to stand apart from: masked anywhere
+    assert found.scrub(at, "a!b") == "a***b"
+    # a longer one is still masked anywhere, inside words too
+    found.add(at, PLAIN, "***")
+    assert found.scrub(at, f"x{PLAIN.lower()}y and aboutab") == "x***y and aboutab"
+
+
 def test_a_secret_without_a_key_says_where_the_key_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

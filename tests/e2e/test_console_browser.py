@@ -351,3 +351,47 @@ def test_a_viewer_reads_every_page_but_cannot_edit(
     browser.get(f"{base}/#pipeline")
     find(browser, 'g.node[data-node="sink archive"]')  # reading works
     assert gw.stop() == 0
+
+
+def test_a_route_name_error_is_shown_beside_the_name_field(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Errors about a route's name were listed but not placed beside the Name field, as
+    # the errors of the other fields are.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor")  # no account: open on localhost
+    wait_for(lambda: row(browser, "route-list", "lines"), 15, "the route list")
+    name = browser.find_element(By.ID, "route-name")
+
+    def beside_name() -> str:
+        return text(browser, "#route-name + .field-error")
+
+    # refused by the gateway's check: `routes.bad name: names use letters, ...`
+    name.send_keys("bad name")
+    browser.find_element(By.ID, "route-match").send_keys("plant/x")
+    browser.find_element(By.CSS_SELECTOR, "#route-sinks input[value=archive]").click()
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: "names use letters" in beside_name(), 10, "the name's error beside it")
+    assert "routes.bad name" in text(browser, "#route-errors")
+    assert name.get_attribute("aria-invalid") == "true"
+    note = browser.find_element(By.CSS_SELECTOR, "#route-name + .field-error")
+    assert name.get_attribute("aria-describedby") == note.get_attribute("id")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#route-match[aria-invalid]")
+    # a new route under a name in use would replace that route: said before any request
+    name.clear()
+    name.send_keys("lines")
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: "exists already" in beside_name(), 10, "the name in use, beside it")
+    assert browser.find_element(By.ID, "apply").get_attribute("disabled") is not None
+    assert gw.config_path.read_text().count("plant/x") == 0
+    # no name at all
+    name.clear()
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: "give the route a name" in beside_name(), 10, "the missing name")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".field-error")) == 1
+    assert gw.stop() == 0

@@ -227,3 +227,41 @@ def test_a_removed_sink_keeps_its_backlog_until_dropped(
     unknown = cli("store", "drop-sink", "slow", "-c", str(gw.config_path))
     assert unknown.returncode == 1 and "knows no sink 'slow'" in unknown.stderr
     assert gw.stop() == 0
+
+
+def test_a_reload_of_the_process_sections_says_what_changed_and_takes_effect(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    # A reload that changed only `status`, `remote_config` or `alerts` said no change.
+    name = f"proc{uuid.uuid4().hex[:8]}"
+    config = base(mosquitto, name)
+    config["gateway"] = {"id": name}
+    gw = gateway_factory(config)
+    gw.start()
+    said: list[bytes] = []  # the gateway's retained status topic, as it changes
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"w-{uuid.uuid4().hex}")
+    watcher.on_message = lambda _c, _u, message: said.append(message.payload)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(f"edge-stream/{name}/status", qos=1)
+    watcher.loop_start()
+    try:
+        wait_for(lambda: said[-1:] == [b"online"], 20, "the status topic says online")
+        config["status"] = {"enabled": False}
+        config["remote_config"] = {"broker": "mqtt://127.0.0.1:1"}
+        config["alerts"] = {"enabled": False}
+        config["gateway"]["watch_config"] = False
+        last = reload(gw, config)
+        assert last["outcome"] == "applied", last
+        assert last["changes"] == [
+            "gateway.watch_config true -> false",
+            "remote_config changed (broker)",
+            "status changed (enabled)",
+            "alerts changed (enabled)",
+        ]
+        # and it took effect: the status channel said offline and let its connection go
+        wait_for(lambda: said[-1:] == [b"offline"], 20, "the status topic says offline")
+        assert "remote_config changed (broker); status changed (enabled)" in gw.log()
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert gw.stop() == 0

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -653,4 +654,29 @@ async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None
     await store.register_sinks(["b"])
     rows, _ = await store.read("b", store.cursor("b"), 100)
     assert [f.content for _, f in rows] == [ff(i).content for i in range(5)]
+    await store.close()
+
+
+async def test_the_oldest_age_is_a_number_whenever_something_waits(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    assert store.oldest_age("a") is None
+    first = FlowFile.create("t/1", b"x", created=time.time_ns() - 3600 * 10**9)
+    await store.commit(batch([(first, a), (ff(1), a | b)]))
+    # at once, before the maintenance loop's refresh_oldest: a number, the first one's age
+    age_a, age_b = store.oldest_age("a"), store.oldest_age("b")
+    assert age_a is not None and 3600 <= age_a < 3600 * 2
+    assert age_b is not None and age_b < 3600
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    assert store.oldest_age("a") is None
+    # a new backlog after an empty one: its own oldest, not the delivered one's
+    await store.commit(batch([(ff(2), a)]))
+    age_a = store.oldest_age("a")
+    assert age_a is not None and age_a < 3600
+    await store.close()
+    # a store opened with a backlog knows its oldest before any refresh too
+    store = await open_store(tmp_path)
+    age_a, age_b = store.oldest_age("a"), store.oldest_age("b")
+    assert age_a is not None and age_a < 3600 and age_b is not None and age_b < 3600
     await store.close()

@@ -293,6 +293,22 @@ async def test_every_answer_carries_the_security_headers(served: Served) -> None
     assert (await call(f"{served.url}/static/nope.js")).status == 404
 
 
+async def test_the_icon_needs_no_login_and_the_pages_link_it(served: Served) -> None:
+    # Browsers ask for /favicon.ico with every page, before a login too: it answered 401
+    # (with a basic-auth challenge) or, on an open console, 404.
+    icon = await call(f"{served.url}/favicon.ico")
+    assert icon.status == 200 and icon.headers["Content-Type"] == "image/svg+xml"
+    assert icon.body.startswith(b"<svg") and len(icon.body) < 1024
+    assert "max-age=" in icon.headers["Cache-Control"]
+    assert "WWW-Authenticate" not in icon.headers
+    assert icon.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await call(f"{served.url}/static/favicon.svg")).body == icon.body
+    assert (await call(f"{served.url}/favicon.ico", headers={"Host": "evil.example"})).status == 421
+    page = await call(f"{served.url}/", basic=("tech", WEB_PASS))
+    for html in (page.body, (await call(f"{served.url}/login")).body):
+        assert b'<link rel="icon" href="static/favicon.svg" type="image/svg+xml">' in html
+
+
 async def test_a_401_closes_the_connection(served: Served) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
     try:

@@ -639,15 +639,19 @@
   function showErrors(name, errors) {
     const list = $("route-errors");
     list.replaceChildren(...errors.map(e => el("li", {text: e})));
-    // point at the field each key path names
-    const fields = {match: "route-match", sinks: "route-sinks", processors: "processors"};
+    // point at the field each key path names; `routes.NAME:` itself is about the name
+    const fields = {name: "route-name", match: "route-match", sinks: "route-sinks",
+      processors: "processors"};
+    const path = new RegExp(`routes\\.${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}` +
+      "(?:\\.(match|sinks|processors)(?:\\.(\\d+))?|(?=:))");
     for (const e of errors) {
-      const m = String(e).match(new RegExp(`routes\\.${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}` +
-        "\\.(match|sinks|processors)(?:\\.(\\d+))?"));
-      const key = m ? m[1] : (/^processors\.(\d+)/.exec(e) ? "processors" : null);
+      const m = String(e).match(path);
+      const own = /^processors\.(\d+)/.exec(e);
+      const key = m ? m[1] || "name" : own ? "processors" :
+        /^name:|\broute name\b/.test(e) ? "name" : null;
       if (!key) continue;
       let node = $(fields[key]);
-      const index = m ? m[2] : (/^processors\.(\d+)/.exec(e) || [])[1];
+      const index = m ? m[2] : (own || [])[1];
       if (key === "processors" && index !== undefined && node.children[index]) {
         node = node.children[index];
       }
@@ -670,6 +674,13 @@
     clearResult();
     const name = $("route-name").value.trim();
     if (!name) { showErrors("", ["name: give the route a name (letters, digits, _)"]); return; }
+    if (method === "PUT" && !$("route-name").readOnly && config && config.routes &&
+        Object.hasOwn(config.routes, name)) {
+      // a new route under a name in use would replace that route
+      showErrors(name, [`name: a route named ${name} exists already; choose another name,` +
+        " or edit that route from the list"]);
+      return;
+    }
     const {route, problems} = formRoute();
     if (problems.length) { showErrors(name, problems); return; }
     const path = "api/config/routes/" + encodeURIComponent(name);
