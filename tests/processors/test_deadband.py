@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
+from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.processors.deadband import DeadbandProcessor
 from tests.processors.test_window import FakeClock, S
@@ -62,3 +63,14 @@ def test_a_restart_from_the_checkpoint_keeps_the_last_values() -> None:
     again.kv.restore(rows)
     again.restored()
     assert not passed(again, "a", t=1.5)
+
+
+def test_an_integer_past_a_doubles_range_is_refused_and_the_group_goes_on() -> None:
+    """Such an integer once passed, then every later reading of its group failed with
+    an internal error (an OverflowError comparing it with a float), for ever."""
+    p = make({"fields": {"t": {"percent": 5}}}, FakeClock())
+    assert passed(p, "a", t=1.5)
+    with pytest.raises(PermanentError, match=r"field 't' is a number \(1000.*deadband needs"):
+        p.process(FlowFile.create("a", b'{"t": 1' + b"0" * 400 + b"}"))
+    assert passed(p, "a", t=2.5)
+    assert not passed(p, "a", t=2.55)
