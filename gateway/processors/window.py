@@ -47,14 +47,15 @@ Output: one FlowFile per closed window and group, JSON:
   {"group": "plant/1", "start": "2024-05-01T12:00:00.000Z", "end": "...",
    "count": 60, "temp": {"avg": 21.5, "min": 20.1, "max": 23.0, "p95": 22.8}}
 A field with no number in a window has {"count": 0} and null aggregates; an
-aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity. A window
+aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
+(avg is then the running mean). A window
 closed early because the state budget (`max_state`) was full has "early": true.
 The topic is `topic`, a template with `{topic}` (the topic of the window's first
 reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
-with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage holds the ids of its inputs (the
-first and last when there are more than 16) and the attribute `window.inputs` their
-count. Its id is made from the window, its group and the processor, so an output
-sent again after a restart is recognised by idempotent sinks.
+with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
+holds the ids of its inputs (the first and last when there are more than 16) and the
+attribute `window.inputs` their count. Its id is made from the window, its group and
+the processor, so an output sent again after a restart is recognised by idempotent sinks.
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
@@ -443,7 +444,8 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
         elif name == "sum":
             out[name] = s[SUM]
         elif name == "avg":
-            out[name] = s[SUM] / n
+            avg = s[SUM] / n
+            out[name] = avg if math.isfinite(avg) else s[MEAN]  # a sum past 1.8e308
         elif name == "min":
             out[name] = s[MIN]
         elif name == "max":

@@ -433,20 +433,20 @@ def test_a_window_past_a_doubles_range_closes_with_null_and_the_others_with_it()
     processor.process(FlowFile.create("a", b'{"v": 1}'))
     processor.process(FlowFile.create("b", b'{"v": 1e308}'))
     clock.ns = start + 2 * S
-    processor.process(FlowFile.create("b", b'{"v": -1e308}'))
     processor.process(FlowFile.create("b", b'{"v": 1e308}'))
     processor.process(FlowFile.create("b", b'{"v": 1e308}'))
+    processor.process(FlowFile.create("b", b'{"v": 1.5e308}'))
     out = outputs(processor.tick(start + 10 * S))
     assert [b["group"] for b in out] == ["a", "b"]
     assert out[0]["v"]["sum"] == 1
     assert out[1]["v"] == {
         "count": 4,
         "sum": None,
-        "avg": None,
-        "max": 1e308,
+        "avg": 1.125e308,  # the running mean, when the sum is past a double's range
+        "max": 1.5e308,
         "stddev": None,
         "median": 1e308,
-        "rate": 0.0,
+        "rate": 5e307,
     }
     assert processor.status()["open"] == 0
 
