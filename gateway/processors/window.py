@@ -14,7 +14,7 @@ Time
   time: event        the reading's own time, from `time_field` (a JSON field) or
                      `time_attribute`: a number of seconds, milliseconds, micro- or
                      nanoseconds since the epoch (told apart by size) or ISO 8601 text
-                     (UTC when no offset is given)
+                     (UTC when no offset is given), within the years 1 to 9999
 With event time, the watermark is the newest event time seen minus
 `allowed_lateness`; a window closes once the watermark passes its end. A reading
 whose windows have all closed is late: counted and dropped, or dead-lettered with
@@ -324,9 +324,25 @@ class WindowProcessorConfig:
             yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
 
 
+# Event times are kept within the years 1 to 9999: what an output's ISO 8601 `start` and
+# `end` can say (the C library's gmtime fails further out).
+TIME_MIN = -62_135_596_800 * 1_000_000_000  # 0001-01-01T00:00:00Z
+TIME_MAX = 253_402_300_800 * 1_000_000_000  # 10000-01-01T00:00:00Z
+
+
 def parse_time(value: Any) -> int:
     """A reading's time in ns since the epoch, from a number (s, ms, us or ns, told apart
-    by size) or ISO 8601 text; PermanentError when it is neither."""
+    by size) or ISO 8601 text; PermanentError when it is neither, or outside the years 1
+    to 9999."""
+    ns = _parse_time(value)
+    if not TIME_MIN <= ns < TIME_MAX:
+        raise PermanentError(
+            f"the time {shown(value)} is outside the years 1 to 9999, which a window can hold"
+        )
+    return ns
+
+
+def _parse_time(value: Any) -> int:
     if type(value) in (int, float) and math.isfinite(value):
         number = float(value)
         x = abs(number)
@@ -339,7 +355,7 @@ def parse_time(value: Any) -> int:
         return int(value)
     if type(value) is str:
         try:
-            return parse_time(float(value))
+            return _parse_time(float(value))
         except ValueError:
             pass
         try:
@@ -352,7 +368,7 @@ def parse_time(value: Any) -> int:
             delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
             return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
     raise PermanentError(
-        f"the time is {kind(value)} ({str(value)[:40]}), window needs seconds, ms, us or ns"
+        f"the time is {kind(value)} ({shown(value)}), window needs seconds, ms, us or ns"
         " since the epoch or ISO 8601 text"
     )
 

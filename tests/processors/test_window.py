@@ -497,6 +497,30 @@ def test_a_group_that_json_cannot_write_is_refused_with_the_default_topic() -> N
     assert json.loads(out.content)["group"] == "\u00e9"
 
 
+@pytest.mark.parametrize("ts", ["1e300", "-1e300", "-62135596801", '"10000-01-01T00:00:00"'])
+def test_an_event_time_past_the_years_1_to_9999_is_refused(ts: str) -> None:
+    """Such a time was taken: its window could never be written (gmtime fails), so the
+    timer failed on it every second once the watermark passed its end."""
+    clock = FakeClock()
+    processor = make(
+        {
+            "size": "10s",
+            "time": "event",
+            "time_field": "ts",
+            "group_by": "topic",
+            "aggregates": {"v": ["count"]},
+        },
+        clock,
+    )
+    processor.process(FlowFile.create("a", b'{"ts": 1000, "v": 1}'))
+    with pytest.raises(PermanentError, match=r"outside the years 1 to 9999|ISO 8601"):
+        processor.process(FlowFile.create("b", b'{"ts": %s, "v": 1}' % ts.encode()))
+    clock.mono += 11  # idle: the watermark moves on with the clock
+    [out] = processor.tick(clock.now_ns())
+    assert json.loads(out.content)["group"] == "a"
+    assert processor.status()["open"] == 0
+
+
 def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     processor = make(
         {
