@@ -3,7 +3,7 @@
 Kinds
   tumbling   fixed, back-to-back time windows of `size` (1m: 12:00-12:01, 12:01-12:02 ...)
   hopping    time windows of `size` starting every `every` (size 5m every 1m: each
-             reading is in 5 windows)
+             reading is in 5 windows; at most 1000)
   session    a window per burst of activity: it ends `gap` after the group's last
              reading (readings closer than `gap` share a window)
   count      every `count` readings of a group; with `slide: M`, every M readings over
@@ -113,6 +113,7 @@ from gateway.processors.json import split_path as _split
 SIMPLE = ("count", "sum", "avg", "min", "max", "first", "last", "stddev", "median", "rate")
 _PERCENTILE = re.compile(r"^percentile\(\s*(\d+(?:\.\d+)?)\s*\)$")
 LINEAGE_MAX = 16
+HOPS_MAX = 1000  # hopping: the most windows one reading may be in (size / every)
 NEEDS_NUMBER = "window needs a number (within ±1.8e308)"
 # The window's own keys in an output: an aggregated field may not take one of them.
 OUTPUT_KEYS = ("group", "start", "end", "count", "early")
@@ -183,7 +184,7 @@ class WindowProcessorConfig:
     ] = None
     every: Annotated[
         Duration | None,
-        Doc("hopping: how often a window starts (at most `size`)."),
+        Doc("hopping: how often a window starts (at most `size`, at least `size` / 1000)."),
         Range(0, None, "must be more than 0", above=True),
     ] = None
     gap: Annotated[
@@ -288,8 +289,17 @@ class WindowProcessorConfig:
             yield "slide", "must be at most count"
         if self.kind == "count" and self.slide and self.count and self.count > 100_000:
             yield "count", "a sliding count window keeps at most 100000 readings"
-        if self.kind == "hopping" and self.size and self.every and self.every > self.size:
-            yield "every", "must be at most size"
+        if self.kind == "hopping" and self.size and self.every:
+            if self.every > self.size:
+                yield "every", "must be at most size"
+            elif (hops := math.ceil(round(self.size / self.every, 9))) > HOPS_MAX:
+                # each reading goes into every open window: `every: 1ms` for `1m` is
+                # 60000 windows, over half a second of work per reading
+                yield (
+                    "every",
+                    f"each reading would be in {hops} windows (size / every); at most"
+                    f" {HOPS_MAX}: make every longer",
+                )
         if self.time == "event":
             if (self.time_field is None) == (self.time_attribute is None):
                 yield "time_field", "event time needs one of time_field or time_attribute"

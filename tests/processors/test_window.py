@@ -574,6 +574,11 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "late": "dead_letter", "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "idle": 30, "aggregates": {"v": ["avg"]}}, "needs time: event"),
+        # `1ms` meant as `1m`: 60000 windows per reading, half a second of work each
+        (
+            {"kind": "hopping", "size": "1m", "every": "1ms", "aggregates": {"v": ["avg"]}},
+            "each reading would be in 60000 windows (size / every); at most 1000",
+        ),
         # an aggregated field named like a key of the output would overwrite it
         ({"size": 60, "aggregates": {"count": ["sum"]}}, "'count' is a key of the window's"),
         ({"size": 60, "aggregates": {"start": ["max"]}}, "rename the field first"),
