@@ -74,3 +74,13 @@ def test_an_integer_past_a_doubles_range_is_refused_and_the_group_goes_on() -> N
         p.process(FlowFile.create("a", b'{"t": 1' + b"0" * 400 + b"}"))
     assert passed(p, "a", t=2.5)
     assert not passed(p, "a", t=2.55)
+
+
+def test_a_group_that_is_no_valid_text_is_refused() -> None:
+    """A lone surrogate in the group_by field became a state key that SQLite could not
+    store: the gateway's ingest crashed on the commit and then took in nothing more."""
+    p = make({"fields": {"t": {"absolute": 1}}, "group_by": "field.dev"}, FakeClock())
+    with pytest.raises(PermanentError, match="lone surrogate"):
+        p.process(FlowFile.create("a", b'{"dev": "\\ud800", "t": 1}'))
+    assert passed(p, "a", dev="ok", t=1)
+    assert p.kv is not None and list(p.kv.keys()) == ["ok"]
