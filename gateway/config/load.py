@@ -37,7 +37,7 @@ from yaml.resolver import Resolver
 from gateway.config import secrets
 from gateway.config.model import Config
 from gateway.config.schema import Path as KeyPath
-from gateway.config.schema import Problems, build_dataclass
+from gateway.config.schema import Problems, WrittenFloat, build_dataclass
 from gateway.core.errors import ConfigError
 
 ENV_PREFIX = "EDGE_STREAM__"
@@ -196,17 +196,25 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 # a signed exponent (`1.0e-3`). YAML 1.2, JSON and ruamel.yaml, which writes the config
 # API's edits, take them as numbers: without this, `scale: {temp: 1e-3}` was refused
 # and an API edit holding 0.00001 (written `1e-05`) did not read back.
+# Such a number remembers its text (WrittenFloat), so that a text key given `1e5`
+# unquoted, a password say, still reads "1e5" and not "100000.0".
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
-_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+_EXPONENT_TAG = "tag:edge-stream,2026:exponent-float"
+_LineLoader.add_implicit_resolver(_EXPONENT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def _construct_written_float(loader: _LineLoader, node: yaml.ScalarNode) -> WrittenFloat:
+    return WrittenFloat(loader.construct_scalar(node))
+
+
+_LineLoader.add_constructor(_EXPONENT_TAG, _construct_written_float)
 
 
 class _PlainResolver(Resolver):
     """The loader's resolver alone: which type a plain scalar reads as."""
 
 
-_PlainResolver.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
-)
+_PlainResolver.add_implicit_resolver(_EXPONENT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 _PLAIN = _PlainResolver()
 
 

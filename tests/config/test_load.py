@@ -975,3 +975,25 @@ def test_numbers_with_an_exponent_are_numbers(tmp_path: Path) -> None:
     assert json_.required == ("1e3",), "quoted, it stays text"
     data, _ = parse_text("a: [1e3, 1e, e3, 1e3x, 10, 1.5, 0x1F, 1_000, yes]\n", "x.yaml")
     assert data == {"a": [1000.0, "1e", "e3", "1e3x", 10, 1.5, 31, 1000, True]}
+
+
+def test_a_text_key_given_an_exponent_number_keeps_its_text(tmp_path: Path) -> None:
+    """`1e5` reads as a number, but a key that takes text (a password, the gateway id)
+    keeps what was written, "1e5", not "100000.0"; a count written 1e3 is 1000."""
+    path = write(
+        tmp_path,
+        """\
+        sources:
+          s: {type: mqtt, topics: ["a/#"], client_id: 12e3}
+        mqtt: {url: "mqtt://127.0.0.1:1883", username: u, password: 1e5}
+        sinks:
+          out: {type: file, path: out.jsonl, batch: {max_rows: 1e3}}
+        routes:
+          r: {match: "a/#", sinks: [out], processors: [{type: transform, set: {k: [2e1]}}]}
+        """,
+    )
+    config = load(path, environ={})
+    assert config.sources["s"].client_id == "12e3" and config.mqtt.password == "1e5"
+    assert config.sinks["out"].batch.max_rows == 1000
+    value = config.routes["r"].processors[0].set["k"][0]
+    assert value == 20.0 and type(value) is float, "no remembered text left in a value"
