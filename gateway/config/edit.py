@@ -37,7 +37,6 @@ import os
 import re
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError as RuamelError
@@ -46,7 +45,7 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from gateway.config import files
-from gateway.config.load import load_data, parse_text, read_text
+from gateway.config.load import load_data, parse_text, plain_tag, read_text
 from gateway.config.model import Config
 from gateway.config.view import REDACTED, redact
 from gateway.core.errors import ConfigError
@@ -54,7 +53,6 @@ from gateway.core.errors import ConfigError
 SECTIONS = ("sources", "routes", "sinks")
 _NOUNS = {"sources": "source", "routes": "route", "sinks": "sink"}
 MAX_NAME = 128
-_RESOLVER = yaml.resolver.Resolver()  # PyYAML's (YAML 1.1), the one the loader reads with
 _STR_TAG = "tag:yaml.org,2002:str"
 _MISSING = object()
 
@@ -431,9 +429,8 @@ def _convert(value: Any) -> Any:
 
 
 def _reads_as(text: str) -> str:
-    """The tag PyYAML (the loader's YAML 1.1) gives `text` written plain."""
-    tag: str = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-    return tag
+    """The tag the loader (PyYAML's YAML 1.1, and 1.2's `1e3` floats) gives `text` plain."""
+    return plain_tag(text)
 
 
 def _verify(

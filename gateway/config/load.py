@@ -37,7 +37,7 @@ from yaml.resolver import Resolver
 from gateway.config import secrets
 from gateway.config.model import Config
 from gateway.config.schema import Path as KeyPath
-from gateway.config.schema import Problems, build_dataclass
+from gateway.config.schema import Problems, WrittenFloat, build_dataclass
 from gateway.core.errors import ConfigError
 
 ENV_PREFIX = "EDGE_STREAM__"
@@ -191,6 +191,37 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 (PyYAML) reads `1e-3`, `1e6` and `2.5e3` as text: its floats need a dot and
+# a signed exponent (`1.0e-3`). YAML 1.2, JSON and ruamel.yaml, which writes the config
+# API's edits, take them as numbers: without this, `scale: {temp: 1e-3}` was refused
+# and an API edit holding 0.00001 (written `1e-05`) did not read back.
+# Such a number remembers its text (WrittenFloat), so that a text key given `1e5`
+# unquoted, a password say, still reads "1e5" and not "100000.0".
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+_EXPONENT_TAG = "tag:edge-stream,2026:exponent-float"
+_LineLoader.add_implicit_resolver(_EXPONENT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def _construct_written_float(loader: _LineLoader, node: yaml.ScalarNode) -> WrittenFloat:
+    return WrittenFloat(loader.construct_scalar(node))
+
+
+_LineLoader.add_constructor(_EXPONENT_TAG, _construct_written_float)
+
+
+class _PlainResolver(Resolver):
+    """The loader's resolver alone: which type a plain scalar reads as."""
+
+
+_PlainResolver.add_implicit_resolver(_EXPONENT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+_PLAIN = _PlainResolver()
+
+
+def plain_tag(text: str) -> str:
+    """The tag the loader gives `text` written plain (`yes` -> bool, `1e3` -> float)."""
+    tag: str = _PLAIN.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    return tag
 
 
 def _collect_lines(

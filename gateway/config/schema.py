@@ -123,6 +123,30 @@ def _type_name(tp: Any) -> str:
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+class WrittenFloat(float):
+    """A number the config wrote with an exponent (`1e-3`, `1e6`; see config/load.py),
+    which remembers its text: a text key given `1e5` unquoted (a password, an id) keeps
+    "1e5", as YAML 1.1 read it, rather than "100000.0". `build` never lets it out."""
+
+    text: str
+
+    def __new__(cls, text: str) -> WrittenFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _plain_numbers(value: Any) -> Any:
+    """`value` with every WrittenFloat inside made a float."""
+    if isinstance(value, WrittenFloat):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain_numbers(v) for v in value)
+    return value
+
+
 def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     """Convert `value` to type `tp`; on a problem record it and return None."""
     origin = get_origin(tp)
@@ -185,7 +209,7 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path, problems)  # type: ignore[arg-type]
     if tp is Any:
-        return value
+        return _plain_numbers(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -199,9 +223,13 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, WrittenFloat) and value.is_integer():
+            return int(value)  # 1e4
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, WrittenFloat):
+            return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
     problems.add(path, f"expected {_type_name(tp)}, got {value!r}")

@@ -132,6 +132,7 @@ class Engine:
         # must receive those changes in the order they were taken (ingest, timers, replay).
         self._commit_lock = asyncio.Lock()
         self._ticking = False  # the timer loop is committing (shutdown lets it finish)
+        self._unowned_told: set[str] = set()  # kept state owned by no processor, logged
         self.ready = asyncio.Event()
 
     # -- building ----------------------------------------------------------
@@ -220,6 +221,7 @@ class Engine:
             if label in state:
                 processor.restore(state[label])
         await self._load_kv([p for _, p in self.router.stateful()])
+        await self._warn_unowned_state()
         replicate = self.config.state.replicate
         if replicate.redis is not None:
             # redis-py takes ~5 MB: only a gateway that replicates loads it
@@ -261,6 +263,25 @@ class Engine:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    async def _warn_unowned_state(self) -> None:
+        """Say once which kept state no processor owns any more: a state is named ROUTE.N,
+        so a processor added, removed or moved before a window in its route (or the route
+        renamed or removed) leaves the window's open windows behind, not continued."""
+        owned = set(self._kv_components())
+        for name, keys in (await self.store.kv_components()).items():
+            if name in owned or name in self._unowned_told:
+                continue
+            self._unowned_told.add(name)
+            log.warning(
+                "engine: the kept state %s (%d keys: open windows, deadband values) belongs"
+                " to no processor now (one was added, removed or moved in its route, or"
+                " the route was renamed or removed), so it is not continued; 'edge-stream"
+                " state reset %s' forgets it",
+                name,
+                keys,
+                name,
+            )
 
     def _kv_components(self) -> list[str]:
         router = self.router
@@ -431,6 +452,7 @@ class Engine:
                         processor.restore(state[label])  # a changed route's last checkpoint
                 await self._load_kv([p for _, p in fresh])
                 self.router = router  # between two commits: each takes the router once
+                await self._warn_unowned_state()
             except Exception as err:  # a processor refused its config: roll back
                 failures.append(f"routes: {err}")
             if self.router.stateful() and "timers" not in self._tasks:

@@ -3,8 +3,8 @@
 Per group (by default the topic), the processor remembers the values it last
 let through. A reading passes when any configured field moved more than its
 band since then (or has not been seen yet); otherwise it is dropped (filtered,
-not an error). A field missing from a reading is not compared; one that is not
-a number dead-letters the reading.
+not an error). A field missing from a reading (or null) is not compared; one that
+is not a number, or an integer past a double's ±1.8e308, dead-letters the reading.
 
   fields: {temp: {absolute: 0.5}, pressure: {percent: 2}}
     absolute   passes when |new - last| > absolute
@@ -37,7 +37,16 @@ from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.state import State
-from gateway.processors.json import MISSING, check_path, decode_object, kind, lookup, split_path
+from gateway.processors.json import (
+    FLOAT_MAX,
+    MISSING,
+    check_path,
+    decode_object,
+    kind,
+    lookup,
+    shown,
+    split_path,
+)
 from gateway.processors.window import _check_group, _grouper
 
 
@@ -120,10 +129,11 @@ class DeadbandProcessor(Processor):
             v = lookup(obj, parts)
             if v is MISSING or v is None:
                 continue
-            if type(v) not in (int, float):
-                shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            if type(v) is not float and not (type(v) is int and -FLOAT_MAX <= v <= FLOAT_MAX):
+                # (an integer past a double's range could not be compared with a float)
                 raise PermanentError(
-                    f"field {path!r} is {kind(v)} ({shown}), deadband needs a number"
+                    f"field {path!r} is {kind(v)} ({shown(v)}), deadband needs a number"
+                    " (within ±1.8e308)"
                 )
             values[path] = v
         group = self._group(flowfile, obj)

@@ -57,7 +57,7 @@ from gateway.config.schema import Doc
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
-from gateway.processors.json import MISSING, check_path, decode, kind, lookup, split_path
+from gateway.processors.json import MISSING, check_path, decode, kind, lookup, shown, split_path
 
 Op = Literal[
     "eq",
@@ -205,11 +205,6 @@ def _key(value: Any) -> tuple[bool, Any]:
     return (type(value) is bool, value)
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 @dataclasses.dataclass(frozen=True)
 class FilterProcessorConfig:
     """Keys of the `filter` processor."""
@@ -300,7 +295,7 @@ def _compile_op(op: str, value: Any, subject: str, get: Get, text: bool) -> Test
     """The test for one op on one subject; `text` subjects are attributes and topic levels."""
 
     def wrong(v: Any, need: str) -> PermanentError:
-        return PermanentError(f"{subject} is {kind(v)} ({_show(v)}), op {op} needs {need}")
+        return PermanentError(f"{subject} is {kind(v)} ({shown(v)}), op {op} needs {need}")
 
     if op == "exists":
         return lambda ff, obj: get(ff, obj) is not MISSING

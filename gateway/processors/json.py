@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
@@ -48,6 +49,9 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 
 MISSING: Any = object()
+FLOAT_MAX = int(sys.float_info.max)
+"""The largest integer a JSON number may hold for the processors that compute with it
+(JSON integers are exact and unbounded; a double is not)."""
 """What `lookup` returns for a path that is not there (None is JSON null)."""
 
 
@@ -82,6 +86,18 @@ _KINDS = {
 def kind(value: Any) -> str:
     """The JSON name of a value's type, with its article: 'an object', 'a number' ..."""
     return _KINDS.get(type(value), type(value).__name__)
+
+
+def shown(value: Any) -> str:
+    """A value for a message, as JSON writes it (`true`, `null`, `{"a":1}`), cut at 40
+    characters."""
+    try:
+        text = _ENCODER.encode(value)
+    except (ValueError, TypeError):
+        text = repr(value)
+    if not text.isascii():  # a lone surrogate (`"\ud800"`) must not reach the log or store
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def decode(content: bytes) -> Any:

@@ -68,6 +68,7 @@ from gateway.processors.json import (
     encode,
     kind,
     lookup,
+    shown,
     split_path,
 )
 
@@ -400,8 +401,16 @@ class TransformProcessor(Processor):
             return
         value = parent[key]
         if type(value) not in (int, float):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise PermanentError(
-                f"field {path!r} is {kind(value)} ({shown}), scale/offset need a number"
+                f"field {path!r} is {kind(value)} ({shown(value)}), scale/offset need a number"
             )
-        parent[key] = value * factor + addend
+        try:
+            result = value * factor + addend
+        except OverflowError:  # an integer past a double's range times a float
+            result = math.inf
+        if type(result) is float and not math.isfinite(result):
+            raise PermanentError(
+                f"field {path!r} ({shown(value)}) * {factor:g} + {addend:g} is past the range"
+                " of a JSON number (±1.8e308)"
+            )
+        parent[key] = result

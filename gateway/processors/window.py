@@ -3,7 +3,7 @@
 Kinds
   tumbling   fixed, back-to-back time windows of `size` (1m: 12:00-12:01, 12:01-12:02 ...)
   hopping    time windows of `size` starting every `every` (size 5m every 1m: each
-             reading is in 5 windows)
+             reading is in 5 windows; at most 1000)
   session    a window per burst of activity: it ends `gap` after the group's last
              reading (readings closer than `gap` share a window)
   count      every `count` readings of a group; with `slide: M`, every M readings over
@@ -14,7 +14,7 @@ Time
   time: event        the reading's own time, from `time_field` (a JSON field) or
                      `time_attribute`: a number of seconds, milliseconds, micro- or
                      nanoseconds since the epoch (told apart by size) or ISO 8601 text
-                     (UTC when no offset is given)
+                     (UTC when no offset is given), within the years 1 to 9999
 With event time, the watermark is the newest event time seen minus
 `allowed_lateness`; a window closes once the watermark passes its end. A reading
 whose windows have all closed is late: counted and dropped, or dead-lettered with
@@ -33,8 +33,9 @@ Groups
 
 Aggregates, per field: `aggregates: {temp: [avg, min, max]}`. A field's value is a
 JSON number or text holding one (`"21.5"`: Redis stream fields and DECIMAL columns
-arrive as text); a missing field or null is left out; anything else dead-letters
-the reading.
+arrive as text); a missing field or null is left out; anything else (an integer
+past a double's ±1.8e308 too) dead-letters the reading. An aggregated field may not
+be named group, start, end, count or early (the window's own keys; rename it first).
   count sum avg min max first last stddev rate    constant memory per window
   median percentile(P)                             a bounded buffer per window:
        exact up to `max_values` readings, then a deterministic sample of that many
@@ -45,13 +46,16 @@ fewer than two times); `first` and `last` are by time (ties: by arrival).
 Output: one FlowFile per closed window and group, JSON:
   {"group": "plant/1", "start": "2024-05-01T12:00:00.000Z", "end": "...",
    "count": 60, "temp": {"avg": 21.5, "min": 20.1, "max": 23.0, "p95": 22.8}}
-A field with no number in a window has {"count": 0} and null aggregates. A window
+A field with no number in a window has {"count": 0} and null aggregates; an
+aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
+(avg is then the running mean). A window
 closed early because the state budget (`max_state`) was full has "early": true.
 The topic is `topic`, a template with `{topic}` (the topic of the window's first
-reading), `{topic.N}` and `{group}`. Its lineage holds the ids of its inputs (the
-first and last when there are more than 16) and the attribute `window.inputs` their
-count. Its id is made from the window, its group and the processor, so an output
-sent again after a restart is recognised by idempotent sinks.
+reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
+with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
+holds the ids of its inputs (the first and last when there are more than 16) and the
+attribute `window.inputs` their count. Its id is made from the window, its group and
+the processor, so an output sent again after a restart is recognised by idempotent sinks.
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
@@ -94,12 +98,25 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.state import State
 from gateway.core.topics import validate_topic
-from gateway.processors.json import MISSING, check_path, decode_object, encode, kind, lookup
+from gateway.processors.json import (
+    FLOAT_MAX,
+    MISSING,
+    check_path,
+    decode_object,
+    encode,
+    kind,
+    lookup,
+    shown,
+)
 from gateway.processors.json import split_path as _split
 
 SIMPLE = ("count", "sum", "avg", "min", "max", "first", "last", "stddev", "median", "rate")
 _PERCENTILE = re.compile(r"^percentile\(\s*(\d+(?:\.\d+)?)\s*\)$")
 LINEAGE_MAX = 16
+HOPS_MAX = 1000  # hopping: the most windows one reading may be in (size / every)
+NEEDS_NUMBER = "window needs a number (within ±1.8e308)"
+# The window's own keys in an output: an aggregated field may not take one of them.
+OUTPUT_KEYS = ("group", "start", "end", "count", "early")
 META = "~meta"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -167,7 +184,7 @@ class WindowProcessorConfig:
     ] = None
     every: Annotated[
         Duration | None,
-        Doc("hopping: how often a window starts (at most `size`)."),
+        Doc("hopping: how often a window starts (at most `size`, at least `size` / 1000)."),
         Range(0, None, "must be more than 0", above=True),
     ] = None
     gap: Annotated[
@@ -238,6 +255,13 @@ class WindowProcessorConfig:
             problem = check_path(path)
             if problem:
                 yield f"aggregates.{path}", problem
+            if path in OUTPUT_KEYS:
+                yield (
+                    f"aggregates.{path}",
+                    f"{path!r} is a key of the window's output ({', '.join(OUTPUT_KEYS)}):"
+                    " rename the field first, e.g. a transform with"
+                    f" rename: {{{path}: {path}_value}}",
+                )
             if not specs:
                 yield f"aggregates.{path}", "name at least one aggregate"
             for spec in specs:
@@ -265,8 +289,17 @@ class WindowProcessorConfig:
             yield "slide", "must be at most count"
         if self.kind == "count" and self.slide and self.count and self.count > 100_000:
             yield "count", "a sliding count window keeps at most 100000 readings"
-        if self.kind == "hopping" and self.size and self.every and self.every > self.size:
-            yield "every", "must be at most size"
+        if self.kind == "hopping" and self.size and self.every:
+            if self.every > self.size:
+                yield "every", "must be at most size"
+            elif (hops := math.ceil(round(self.size / self.every, 9))) > HOPS_MAX:
+                # each reading goes into every open window: `every: 1ms` for `1m` is
+                # 60000 windows, over half a second of work per reading
+                yield (
+                    "every",
+                    f"each reading would be in {hops} windows (size / every); at most"
+                    f" {HOPS_MAX}: make every longer",
+                )
         if self.time == "event":
             if (self.time_field is None) == (self.time_attribute is None):
                 yield "time_field", "event time needs one of time_field or time_attribute"
@@ -301,9 +334,25 @@ class WindowProcessorConfig:
             yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
 
 
+# Event times are kept within the years 1 to 9999: what an output's ISO 8601 `start` and
+# `end` can say (the C library's gmtime fails further out).
+TIME_MIN = -62_135_596_800 * 1_000_000_000  # 0001-01-01T00:00:00Z
+TIME_MAX = 253_402_300_800 * 1_000_000_000  # 10000-01-01T00:00:00Z
+
+
 def parse_time(value: Any) -> int:
     """A reading's time in ns since the epoch, from a number (s, ms, us or ns, told apart
-    by size) or ISO 8601 text; PermanentError when it is neither."""
+    by size) or ISO 8601 text; PermanentError when it is neither, or outside the years 1
+    to 9999."""
+    ns = _parse_time(value)
+    if not TIME_MIN <= ns < TIME_MAX:
+        raise PermanentError(
+            f"the time {shown(value)} is outside the years 1 to 9999, which a window can hold"
+        )
+    return ns
+
+
+def _parse_time(value: Any) -> int:
     if type(value) in (int, float) and math.isfinite(value):
         number = float(value)
         x = abs(number)
@@ -316,7 +365,7 @@ def parse_time(value: Any) -> int:
         return int(value)
     if type(value) is str:
         try:
-            return parse_time(float(value))
+            return _parse_time(float(value))
         except ValueError:
             pass
         try:
@@ -329,7 +378,7 @@ def parse_time(value: Any) -> int:
             delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
             return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
     raise PermanentError(
-        f"the time is {kind(value)} ({str(value)[:40]}), window needs seconds, ms, us or ns"
+        f"the time is {kind(value)} ({shown(value)}), window needs seconds, ms, us or ns"
         " since the epoch or ISO 8601 text"
     )
 
@@ -421,7 +470,8 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
         elif name == "sum":
             out[name] = s[SUM]
         elif name == "avg":
-            out[name] = s[SUM] / n
+            avg = s[SUM] / n
+            out[name] = avg if math.isfinite(avg) else s[MEAN]  # a sum past 1.8e308
         elif name == "min":
             out[name] = s[MIN]
         elif name == "max":
@@ -437,6 +487,9 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
             out[name] = (s[LAST] - s[FIRST]) / (span / 1e9) if span > 0 else None
         else:  # median, pP
             out[name] = percentile(s[VALUES], 50.0 if p is None else p)
+        value = out[name]
+        if type(value) is float and not math.isfinite(value):
+            out[name] = None  # past a double's range (a sum of 1e308s): JSON has no infinity
     return out
 
 
@@ -480,6 +533,8 @@ class WindowProcessor(Processor):
         self._event = c.time == "event"
         self._time_path = _split(c.time_field) if c.time_field else None
         self._group = _grouper(c.group_by)
+        # `{topic}` alone always makes a valid topic; a level or the group may not.
+        self._check_topic = _PLACEHOLDER.search(c.topic.replace("{topic}", "")) is not None
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
         self.dropped = 0  # open windows dropped because the config that made them changed
@@ -557,16 +612,17 @@ class WindowProcessor(Processor):
             v = lookup(obj, parts)
             if v is MISSING or v is None:
                 values.append(None)
-            elif type(v) in (int, float):
+            elif type(v) is float or (type(v) is int and -FLOAT_MAX <= v <= FLOAT_MAX):
                 values.append(v)
             elif type(v) is str and (number := _number(v)) is not None:
                 values.append(number)
             else:
-                shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-                raise PermanentError(
-                    f"field {path!r} is {kind(v)} ({shown}), window needs a number"
-                )
+                raise PermanentError(f"field {path!r} is {kind(v)} ({shown(v)}), {NEEDS_NUMBER}")
         group = self._group(flowfile, obj)
+        if self._check_topic:
+            # The window's output topic comes from its first reading: a reading whose
+            # topic or group cannot make one is refused now, not when its window closes.
+            self._topic(flowfile.topic, group)
         kv = self.kv
         assert kv is not None
         out: list[FlowFile] = []
@@ -788,7 +844,19 @@ class WindowProcessor(Processor):
             acc = kv.get(key)
             if acc is None or acc["e"] != end:
                 continue  # evicted, or a session that grew since
-            out.append(self._emit(acc))
+            try:
+                out.append(self._emit(acc))
+            except PermanentError as err:
+                # Never expected (readings that could not make an output are refused as
+                # they come), but one window must not take the others closing with it
+                # down, nor stay open for ever.
+                self.ctx.log.error(
+                    "the window %s-%s of group %r could not be emitted and is lost: %s",
+                    iso(acc["s"]),
+                    iso(acc["e"]),
+                    acc["g"],
+                    err,
+                )
             kv.delete(key)
             if self.config.kind == "session":
                 keys = self._sessions.get(group)
@@ -885,6 +953,16 @@ def _grouper(group_by: str | None) -> Any:
         v = lookup(obj, parts)
         if v is MISSING:
             raise PermanentError(f"the group_by field {group_by[6:]!r} is missing")
-        return v if type(v) is str else encode(v).decode()
+        if type(v) is not str:
+            return encode(v).decode()
+        if not v.isascii():
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise PermanentError(
+                    f"the group_by field {group_by[6:]!r} is not valid Unicode text"
+                    " (it holds a lone surrogate)"
+                ) from None
+        return v
 
     return by_field

@@ -1142,6 +1142,11 @@ class Store:
         )
         return [(k, s, v) for k, s, v in rows]
 
+    async def kv_components(self) -> dict[str, int]:
+        """The components with key/value state here, and how many keys each has."""
+        rows = await self._query("SELECT component, COUNT(*) FROM state_kv GROUP BY component")
+        return {name: count for name, count in rows}
+
     async def has_state(self) -> bool:
         """Whether any component has key/value state here (an empty store has none)."""
         return bool(await self._query("SELECT 1 FROM state_kv LIMIT 1"))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.config import edit, files
-from gateway.config.load import load
+from gateway.config.load import load, parse_text
 from gateway.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -251,3 +251,19 @@ def test_an_empty_section_is_filled_in_place(line: str) -> None:
     assert new == text.replace(line + "\n", f"{head}\n  out:\n    type: file\n")
     back = edit.remove_component(new, "sinks", "out", "gw.yaml")
     assert back == text.replace(line + "\n", head.replace("sinks:", "sinks: {}") + "\n")
+
+
+def test_small_and_large_numbers_and_exponent_text_read_back_as_sent(text: str) -> None:
+    """ruamel.yaml writes 0.00001 as `1e-05`, which YAML 1.1 reads as text: such an edit
+    was refused ("would not read back as sent"); the text "1e3" must stay quoted."""
+    value = {
+        "match": "sc/#",
+        "sinks": ["archive"],
+        "processors": [
+            {"type": "transform", "scale": {"v": 0.00001}, "set": {"tag": "1e3"}},
+            {"type": "filter", "all": [{"field": "v", "op": "lt", "value": 1e20}]},
+        ],
+    }
+    new = edit.set_component(text, "routes", "sc", value, "gw.yaml")
+    assert "'1e3'" in new
+    assert parse_text(new, "gw.yaml")[0]["routes"]["sc"] == value

@@ -943,3 +943,57 @@ def test_embedded_listen_takes_an_ipv6_address_in_brackets(
         assert load(path, environ={}).mqtt.embedded_listen == listen
     else:
         assert problems(path) == [f"{path}:2: mqtt.embedded_listen: {message}"]
+
+
+def test_numbers_with_an_exponent_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads `1e-3` as text (its floats need a dot and a signed exponent);
+    people, JSON, YAML 1.2 and the config API's writer (ruamel.yaml: 0.00001 is
+    `1e-05`) do not. `scale: {temp: 1e-3}` was refused, and `value: 1e3` compared
+    readings with the text "1e3"."""
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          out: {type: file, path: out.jsonl}
+        routes:
+          r:
+            match: "a/#"
+            sinks: [out]
+            processors:
+              - {type: transform, scale: {temp: 1e-3}, offset: {temp: -2.5E+2}, set: {k: 1e3}}
+              - {type: deadband, fields: {temp: {absolute: 5e-1}}}
+              - {type: filter, all: [{field: temp, op: lt, value: 1e6}]}
+              - {type: json, required: ["1e3"]}
+        """,
+    )
+    config = load(path, environ={})
+    transform, deadband, filter_, json_ = config.routes["r"].processors
+    assert transform.scale == {"temp": 0.001} and transform.offset == {"temp": -250.0}
+    assert transform.set == {"k": 1000.0}
+    assert deadband.fields["temp"].absolute == 0.5
+    assert filter_.all[0].value == 1e6
+    assert json_.required == ("1e3",), "quoted, it stays text"
+    data, _ = parse_text("a: [1e3, 1e, e3, 1e3x, 10, 1.5, 0x1F, 1_000, yes]\n", "x.yaml")
+    assert data == {"a": [1000.0, "1e", "e3", "1e3x", 10, 1.5, 31, 1000, True]}
+
+
+def test_a_text_key_given_an_exponent_number_keeps_its_text(tmp_path: Path) -> None:
+    """`1e5` reads as a number, but a key that takes text (a password, the gateway id)
+    keeps what was written, "1e5", not "100000.0"; a count written 1e3 is 1000."""
+    path = write(
+        tmp_path,
+        """\
+        sources:
+          s: {type: mqtt, topics: ["a/#"], client_id: 12e3}
+        mqtt: {url: "mqtt://127.0.0.1:1883", username: u, password: 1e5}
+        sinks:
+          out: {type: file, path: out.jsonl, batch: {max_rows: 1e3}}
+        routes:
+          r: {match: "a/#", sinks: [out], processors: [{type: transform, set: {k: [2e1]}}]}
+        """,
+    )
+    config = load(path, environ={})
+    assert config.sources["s"].client_id == "12e3" and config.mqtt.password == "1e5"
+    assert config.sinks["out"].batch.max_rows == 1000
+    value = config.routes["r"].processors[0].set["k"][0]
+    assert value == 20.0 and type(value) is float, "no remembered text left in a value"

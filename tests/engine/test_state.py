@@ -223,6 +223,32 @@ async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     assert again.router.stateful()[0][1].dropped == 2  # type: ignore[attr-defined]
 
 
+async def test_state_left_behind_by_a_processor_moved_in_its_route_is_named_once(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A json processor put before the window renames its state agg.0 -> agg.1: the open
+    windows of agg.0 are not continued. That was silent (no log line, no count, the
+    state kept in the store for ever); now a WARNING names it and how to forget it."""
+    first = validate(RELOADED.format(data=tmp_path, size="10s", topic="agg"), "gateway.yaml")
+    text = RELOADED.format(data=tmp_path, size="10s", topic="agg")
+    moved_text = text.replace("    processors:\n", "    processors:\n      - {type: json}\n")
+    moved = validate(moved_text, "gateway.yaml")
+    clock = FakeClock()
+    clock.now = 2_000_000_000.0
+    engine, running = await two_windows_open(first, store, clock)
+    with caplog.at_level(logging.WARNING):
+        assert await engine.apply(moved, plan(first, moved)) == []
+        assert await engine.apply(first, plan(moved, first)) == []  # back: agg.0 is owned
+        assert await engine.apply(moved, plan(first, moved)) == []  # told once already
+    told = [r.getMessage() for r in caplog.records if "belongs to no processor" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "the kept state agg.0 (3 keys" in told[0]
+    assert "'edge-stream state reset agg.0'" in told[0]
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
 async def test_the_dropped_count_outlives_a_restart_with_no_window_open(
     tmp_path: Path, store: Store
 ) -> None:

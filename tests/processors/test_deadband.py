@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
+from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.processors.deadband import DeadbandProcessor
 from tests.processors.test_window import FakeClock, S
@@ -62,3 +63,24 @@ def test_a_restart_from_the_checkpoint_keeps_the_last_values() -> None:
     again.kv.restore(rows)
     again.restored()
     assert not passed(again, "a", t=1.5)
+
+
+def test_an_integer_past_a_doubles_range_is_refused_and_the_group_goes_on() -> None:
+    """Such an integer once passed, then every later reading of its group failed with
+    an internal error (an OverflowError comparing it with a float), for ever."""
+    p = make({"fields": {"t": {"percent": 5}}}, FakeClock())
+    assert passed(p, "a", t=1.5)
+    with pytest.raises(PermanentError, match=r"field 't' is a number \(1000.*deadband needs"):
+        p.process(FlowFile.create("a", b'{"t": 1' + b"0" * 400 + b"}"))
+    assert passed(p, "a", t=2.5)
+    assert not passed(p, "a", t=2.55)
+
+
+def test_a_group_that_is_no_valid_text_is_refused() -> None:
+    """A lone surrogate in the group_by field became a state key that SQLite could not
+    store: the gateway's ingest crashed on the commit and then took in nothing more."""
+    p = make({"fields": {"t": {"absolute": 1}}, "group_by": "field.dev"}, FakeClock())
+    with pytest.raises(PermanentError, match="lone surrogate"):
+        p.process(FlowFile.create("a", b'{"dev": "\\ud800", "t": 1}'))
+    assert passed(p, "a", dev="ok", t=1)
+    assert p.kv is not None and list(p.kv.keys()) == ["ok"]

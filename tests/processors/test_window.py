@@ -415,6 +415,112 @@ def test_numbers_in_text_are_aggregated_and_other_text_is_refused() -> None:
             processor.process(FlowFile.create("t", json.dumps({"v": text}).encode()))
 
 
+def test_a_window_past_a_doubles_range_closes_with_null_and_the_others_with_it() -> None:
+    """A sum of 1e308s is infinity, which JSON cannot hold: that aggregate is null.
+    It once failed the whole timer, so the other group's window, closing on the same
+    tick, was lost and this one stayed open for ever."""
+    clock = FakeClock()
+    processor = make(
+        {
+            "size": "10s",
+            "group_by": "topic",
+            "aggregates": {"v": ["count", "sum", "avg", "max", "stddev", "median", "rate"]},
+        },
+        clock,
+    )
+    start = BASE - BASE % (10 * S)
+    clock.ns = start + S
+    processor.process(FlowFile.create("a", b'{"v": 1}'))
+    processor.process(FlowFile.create("b", b'{"v": 1e308}'))
+    clock.ns = start + 2 * S
+    processor.process(FlowFile.create("b", b'{"v": 1e308}'))
+    processor.process(FlowFile.create("b", b'{"v": 1e308}'))
+    processor.process(FlowFile.create("b", b'{"v": 1.5e308}'))
+    out = outputs(processor.tick(start + 10 * S))
+    assert [b["group"] for b in out] == ["a", "b"]
+    assert out[0]["v"]["sum"] == 1
+    assert out[1]["v"] == {
+        "count": 4,
+        "sum": None,
+        "avg": 1.125e308,  # the running mean, when the sum is past a double's range
+        "max": 1.5e308,
+        "stddev": None,
+        "median": 1e308,
+        "rate": 5e307,
+    }
+    assert processor.status()["open"] == 0
+
+
+def test_an_integer_past_a_doubles_range_is_refused_and_the_window_goes_on() -> None:
+    processor = make({"kind": "count", "count": 2, "aggregates": {"v": ["sum", "avg"]}})
+    assert processor.process(FlowFile.create("t", b'{"v": 1}')) == []
+    with pytest.raises(PermanentError, match=r"field 'v' is a number \(1000.*window needs a"):
+        processor.process(FlowFile.create("t", b'{"v": 1' + b"0" * 400 + b"}"))
+    (out,) = processor.process(FlowFile.create("t", b'{"v": 3}'))
+    assert json.loads(out.content)["v"] == {"sum": 4, "avg": 2.0}
+
+
+def test_a_reading_that_cannot_make_the_output_topic_is_refused_as_it_comes() -> None:
+    """The topic of a window comes from its first reading; one without the level the
+    template names, or whose group is no topic level, is dead-lettered at once, and
+    the windows of the other readings close as usual."""
+    clock = FakeClock()
+    processor = make(
+        {
+            "size": "10s",
+            "group_by": "field.dev",
+            "topic": "agg/{topic.2}/{group}",
+            "aggregates": {"v": ["count"]},
+        },
+        clock,
+    )
+    start = BASE - BASE % (10 * S)
+    clock.ns = start + S
+    processor.process(FlowFile.create("p/x/1", b'{"dev": "a", "v": 1}'))
+    with pytest.raises(PermanentError, match="has no level 2"):
+        processor.process(FlowFile.create("p/x", b'{"dev": "a", "v": 1}'))
+    with pytest.raises(PermanentError, match="wildcards"):
+        processor.process(FlowFile.create("p/x/1", b'{"dev": "a/+", "v": 1}'))
+    with pytest.raises(PermanentError, match="lone surrogate"):
+        processor.process(FlowFile.create("p/x/1", b'{"dev": "\\ud800", "v": 1}'))
+    [out] = processor.tick(start + 10 * S)
+    assert out.topic == "agg/1/a" and json.loads(out.content)["count"] == 1
+    assert processor.status()["open"] == 0
+
+
+def test_a_group_that_json_cannot_write_is_refused_with_the_default_topic() -> None:
+    processor = make({"kind": "count", "count": 1, "group_by": "field.dev",
+                      "aggregates": {"v": ["count"]}})  # fmt: skip
+    with pytest.raises(PermanentError, match="lone surrogate"):
+        processor.process(FlowFile.create("t", b'{"dev": "\\udc00", "v": 1}'))
+    [out] = processor.process(FlowFile.create("t", b'{"dev": "\\u00e9", "v": 1}'))
+    assert json.loads(out.content)["group"] == "\u00e9"
+
+
+@pytest.mark.parametrize("ts", ["1e300", "-1e300", "-62135596801", '"10000-01-01T00:00:00"'])
+def test_an_event_time_past_the_years_1_to_9999_is_refused(ts: str) -> None:
+    """Such a time was taken: its window could never be written (gmtime fails), so the
+    timer failed on it every second once the watermark passed its end."""
+    clock = FakeClock()
+    processor = make(
+        {
+            "size": "10s",
+            "time": "event",
+            "time_field": "ts",
+            "group_by": "topic",
+            "aggregates": {"v": ["count"]},
+        },
+        clock,
+    )
+    processor.process(FlowFile.create("a", b'{"ts": 1000, "v": 1}'))
+    with pytest.raises(PermanentError, match=r"outside the years 1 to 9999|ISO 8601"):
+        processor.process(FlowFile.create("b", b'{"ts": %s, "v": 1}' % ts.encode()))
+    clock.mono += 11  # idle: the watermark moves on with the clock
+    [out] = processor.tick(clock.now_ns())
+    assert json.loads(out.content)["group"] == "a"
+    assert processor.status()["open"] == 0
+
+
 def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     processor = make(
         {
@@ -468,6 +574,14 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "late": "dead_letter", "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "idle": 30, "aggregates": {"v": ["avg"]}}, "needs time: event"),
+        # `1ms` meant as `1m`: 60000 windows per reading, half a second of work each
+        (
+            {"kind": "hopping", "size": "1m", "every": "1ms", "aggregates": {"v": ["avg"]}},
+            "each reading would be in 60000 windows (size / every); at most 1000",
+        ),
+        # an aggregated field named like a key of the output would overwrite it
+        ({"size": 60, "aggregates": {"count": ["sum"]}}, "'count' is a key of the window's"),
+        ({"size": 60, "aggregates": {"start": ["max"]}}, "rename the field first"),
     ],
 )
 def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:

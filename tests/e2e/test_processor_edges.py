@@ -1,0 +1,121 @@
+"""Readings at the edges of what a number is, through the real gateway's processors.
+
+A new user's acceptance run: a window, a deadband and a transform on a real Mosquitto,
+fed numbers past a double's range. Each such reading is dead-lettered with its reason
+or aggregated to null; no window is lost, no group stops, no traceback is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.e2e.harness import wait_for
+
+pytestmark = pytest.mark.e2e
+
+BIG = '{"v": 1' + "0" * 400 + "}"  # a JSON integer past a double's 1.8e308
+
+
+def publish(port: int, messages: list[tuple[str, str]]) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def outputs(path: Path) -> dict[str, list[Any]]:
+    """The payloads written to the file sink, by topic."""
+    out: dict[str, list[Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            out.setdefault(row["topic"], []).append(row["payload"])
+    return out
+
+
+def test_numbers_past_a_doubles_range_lose_no_window_and_stop_no_group(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    n = f"edge{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory(
+        {
+            "mqtt": {"url": mosquitto.url},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
+            "routes": {
+                "win": {
+                    "match": f"{n}/w/+",
+                    "processors": [
+                        {
+                            "type": "window",
+                            "size": "1s",
+                            "group_by": "topic",
+                            "aggregates": {"v": ["count", "sum", "max"]},
+                        }
+                    ],
+                    "sinks": ["out"],
+                },
+                "band": {
+                    "match": f"{n}/d/+",
+                    "processors": [{"type": "deadband", "fields": {"v": {"percent": 5}}}],
+                    "sinks": ["out"],
+                },
+                "milli": {
+                    "match": f"{n}/s/+",
+                    "processors": [{"type": "transform", "scale": {"v": 0.001}}],
+                    "sinks": ["out"],
+                },
+            },
+            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+        }
+    )
+    # written as people write it: YAML 1.1 alone would read 1e-3 as text
+    text = gw.config_path.read_text()
+    assert "v: 0.001" in text
+    gw.config_path.write_text(text.replace("v: 0.001", "v: 1e-3"))
+    gw.start()
+    publish(
+        mosquitto.port,
+        [
+            (f"{n}/w/a", '{"v": 1}'),
+            (f"{n}/w/b", '{"v": 1e308}'),
+            (f"{n}/w/b", '{"v": 1e308}'),
+            (f"{n}/w/c", BIG),
+            (f"{n}/d/a", '{"v": 1}'),
+            (f"{n}/d/a", BIG),
+            (f"{n}/d/a", '{"v": 2}'),
+            (f"{n}/s/a", '{"v": 2500}'),
+            (f"{n}/s/a", BIG),
+        ],
+    )
+    out_file = gw.data_dir / "out.jsonl"
+    wait_for(
+        lambda: {f"{n}/w/a/agg", f"{n}/w/b/agg"} <= outputs(out_file).keys(),
+        20,
+        "both windows closed",
+    )
+    got = outputs(out_file)
+    assert [w["v"] for w in got[f"{n}/w/a/agg"]] == [{"count": 1, "sum": 1, "max": 1}]
+    assert [w["v"] for w in got[f"{n}/w/b/agg"]] == [{"count": 2, "sum": None, "max": 1e308}]
+    assert got[f"{n}/d/a"] == [{"v": 1}, {"v": 2}], "the group went on after the bad one"
+    assert got[f"{n}/s/a"] == [{"v": 2.5}]
+    reasons = [d["reason"] for d in gw.get("/api/dead-letters")]
+    assert len(reasons) == 3, reasons
+    for why in (
+        "window needs a number (within ±1.8e308)",
+        "deadband needs a number (within ±1.8e308)",
+        "* 0.001 + 0 is past the range of a JSON number",
+    ):
+        assert sum(why in reason for reason in reasons) == 1, (why, reasons)
+    assert gw.status()["routes"]["win"]["processor_state"]["win.0"]["open"] == 0
+    assert "Traceback" not in gw.log_path.read_text()
