@@ -41,7 +41,11 @@ not JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default
 text) and is one of: text, boolean, smallint, integer, bigint, real, double
 precision, numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb
 (JSON), uuid (CHAR(36)); the MySQL names double, decimal, datetime and json work
-too. A row whose value does not fit its column is refused alone. Table and column
+too. A timestamptz or date value may be written as RFC 3339 / ISO 8601
+(`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
+it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
+itself refuses the `T`, the `Z` and offsets). A row whose value does not fit its
+column is refused alone. Table and column
 names are SQL identifiers (letters, digits, `_`), checked when the config is
 loaded and always quoted.
 
@@ -88,6 +92,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
 import ssl
@@ -295,7 +300,37 @@ def _converter(sql_type: str) -> Callable[[Any], Any]:
         return lambda v: None if v is None else _dumps(v)
     if sql_type == "TEXT":
         return lambda v: v if v is None or type(v) is str else _dumps(v)
+    if sql_type == "DATETIME(6)":
+        return _datetime
+    if sql_type == "DATE":
+        return _date
     return _as_is
+
+
+def _iso(value: str) -> dt.datetime | None:
+    """An RFC 3339 / ISO 8601 text as a datetime, or None when it is not one."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _datetime(value: Any) -> Any:
+    """RFC 3339 text (`T`, `Z`, an offset) as the UTC `YYYY-MM-DD HH:MM:SS.ffffff` that a
+    DATETIME(6) takes; anything else as it is, for MySQL to take or refuse."""
+    if type(value) is str and (when := _iso(value)) is not None:
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        return when.isoformat(" ", "microseconds")
+    return _as_is(value)
+
+
+def _date(value: Any) -> Any:
+    """An ISO 8601 date or date-time text as the day it names (as PostgreSQL's date
+    does); anything else as it is."""
+    if type(value) is str and len(value) > 10 and (when := _iso(value)) is not None:
+        return when.date().isoformat()
+    return _as_is(value)
 
 
 def _as_is(value: Any) -> Any:

@@ -285,6 +285,36 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     }
 
 
+async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # MariaDB itself refuses the `T`, the `Z` and offsets; the postgres sink takes them.
+    sink = await sink_for(
+        table=table,
+        columns={
+            "at": {"from": "field.at", "type": "timestamptz"},
+            "day": {"from": "field.day", "type": "date"},
+        },
+    )
+    cases = {
+        "2024-05-01T12:00:00Z": dt.datetime(2024, 5, 1, 12),
+        "2024-05-01T14:00:00.25+02:00": dt.datetime(2024, 5, 1, 12, 0, 0, 250000),
+        "2024-05-01T12:00:00.123456": dt.datetime(2024, 5, 1, 12, 0, 0, 123456),
+        "2024-05-01 12:00:00": dt.datetime(2024, 5, 1, 12),
+    }
+    batch = [
+        FlowFile.create("s/a", json.dumps({"at": text, "day": text}).encode()) for text in cases
+    ]
+    wrong = FlowFile.create("s/b", b'{"at": "2024-05-01T25:00:00Z"}')
+    rejected = await sink.write([*batch, wrong])
+
+    assert [r.flowfile.id for r in rejected] == [wrong.id]
+    assert "Incorrect datetime value" in rejected[0].reason
+    rows = dict((r[0], r[1:]) for r in mariadb.fetch(f"SELECT id, at, day FROM `{table}`"))
+    for ff, expected in zip(batch, cases.values(), strict=True):
+        assert rows[ff.id] == (expected, dt.date(2024, 5, 1))
+
+
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
