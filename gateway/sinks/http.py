@@ -2,10 +2,11 @@
 
 `mode: batch` (the default) sends each batch as one JSON array of envelopes,
 `mode: each` one request per FlowFile (its envelope, or with `body: payload` its
-content bytes as they are). The envelope is the one the file and Redis sinks write:
+content bytes as they are). The envelope is the one the Redis sink writes:
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
    "attributes": {...}, "payload": {...}}
-with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+with `payload` the content when it is UTF-8 JSON, else `payload_base64` (also for
+text that is not JSON, such as `21.5 C`, which the file sink writes as `payload_text`).
 
 `url` is a template: `{topic}` is the FlowFile's topic (each level percent-encoded,
 `.` and `..` levels too, so that no topic leads out of the url's path; the `/` between

@@ -11,10 +11,11 @@ Modes (`mode:`)
   publish  PUBLISH the envelope on the channel named by `key`. Redis keeps nothing
            for pub/sub: a subscriber that is not connected misses the message.
 
-The envelope is one JSON object, as the file sink writes it:
+The envelope is one JSON object, like a line of the file sink:
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
    "attributes": {...}, "payload": {...}}
-with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+with `payload` the content when it is UTF-8 JSON, else `payload_base64` (also for
+text that is not JSON, such as `21.5 C`, which the file sink writes as `payload_text`).
 `value: payload` sends the content bytes alone instead.
 `ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds).
 
