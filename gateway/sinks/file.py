@@ -19,7 +19,7 @@ or `header: source` with these sources:
                                        as JSON)
   attributes.KEY                       one attribute
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
-break inside a value is written as the two characters `\n` (or `\r`), so that a
+break inside a value is written as the two characters `\\n` (or `\\r`), so that a
 line is always one FlowFile. A file whose header is not the configured one (the
 columns changed) is rotated away when the sink opens it.
 
