@@ -95,6 +95,7 @@ import asyncio
 import datetime as dt
 import json
 import math
+import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -411,6 +412,17 @@ class _Rows:
         return values
 
 
+def _tls_context(ca_file: str, permanent: type[Exception]) -> ssl.SSLContext:
+    """The TLS context verifying the server against `ca_file`; `permanent` names the file
+    when it cannot be read or holds no certificate (OpenSSL's own error names none)."""
+    if not os.access(ca_file, os.R_OK):
+        raise permanent(f"ca_file {ca_file} cannot be read")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError) as err:  # ssl.SSLError included
+        raise permanent(f"cannot use ca_file {ca_file}: {err}") from err
+
+
 # --- errors -------------------------------------------------------------------------------
 
 # Server errors about the values of one row: the batch is split to find the row, which is
@@ -582,7 +594,7 @@ class MysqlSink(Sink):
         if self._conn is not None:
             return
         dsn, config = self.dsn, self.config
-        context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+        context = _tls_context(config.ca_file, permanent) if config.ca_file else None
         try:
             async with asyncio.timeout(config.timeout):
                 conn = await aiomysql.connect(

@@ -101,6 +101,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import ssl
 import string
 from collections.abc import Iterator
@@ -123,6 +124,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.mqtt.urls import tls_context
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
 # ARGV: mode, window, maxlen, then one blob per row:
@@ -411,6 +413,22 @@ def envelope(ff: FlowFile) -> bytes:
     return f'{head}"payload":{text}}}'.encode()
 
 
+def _check_tls_files(cfg: RedisSinkConfig, permanent: type[Exception]) -> None:
+    """Raise `permanent` when ca_file, cert_file or key_file cannot be read or used (else
+    redis-py says "Error 2 connecting to host:port", as if the server were missing)."""
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise permanent(f"{name} {path} cannot be read")
+    if cfg.ca_file or cfg.cert_file:
+        try:
+            tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+        except OSError as err:  # ssl.SSLError included
+            raise permanent(
+                f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
+            ) from err
+
+
 class RedisSink(Sink):
     """Pipelines each batch to one Redis server or cluster."""
 
@@ -468,6 +486,7 @@ class RedisSink(Sink):
         if cfg.password is not None:
             options["password"] = cfg.password
         if cfg.url.startswith("rediss://"):
+            _check_tls_files(cfg, permanent)
             options.update(
                 ssl_ca_certs=cfg.ca_file, ssl_certfile=cfg.cert_file, ssl_keyfile=cfg.key_file
             )

@@ -522,6 +522,24 @@ async def test_no_server_at_connect_is_retryable() -> None:
     await sink.close()
 
 
+@pytest.mark.parametrize("content", [None, "not a certificate"])
+async def test_a_ca_file_that_cannot_be_used_is_permanent_at_connect(
+    tmp_path: Any, content: str | None
+) -> None:
+    # Before: the sink crashed with OpenSSL's traceback, again and again.
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
+    sink = make_sink(
+        f"mysql://gw:s3cret-pw@127.0.0.1:{free_port()}/edge", ca_file=str(ca_file), timeout="5s"
+    )
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert str(ca_file) in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
 async def test_a_wrong_password_is_permanent_at_connect_and_never_shown(
     mariadb: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
