@@ -44,7 +44,11 @@ digits, `_`), checked when the config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that it can write
 to it (columns, types, a unique index on id). It does not change an existing
-table: add a column yourself, or point `table` at a new one.
+table: add a column yourself, or point `table` at a new one. A wrong password, a
+missing database, schema or table (with `create_table: false`), a table of another
+shape, or a TLS file of the dsn (`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with
+sslmode verify-ca or verify-full) that cannot be read stops the sink with one line
+until the config is fixed, the data kept in the buffer.
 
 Keys
   type: postgres
@@ -87,12 +91,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
@@ -391,6 +397,27 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
 
+# OpenSSL's libraries whose errors are about the files the dsn names, not the server.
+_TLS_FILE_ERRORS = frozenset({"PEM", "X509", "X509V3", "ASN1"})
+
+
+def _tls_files(dsn: str) -> list[tuple[str, str]]:
+    """The files that the dsn's ?sslcert and ?sslkey (and, with sslmode verify-ca or
+    verify-full, ?sslrootcert) name: asyncpg reads them at every connect, and says only
+    "No such file or directory" when one is missing."""
+    try:
+        options = dict(parse_qsl(urlsplit(dsn).query))
+    except ValueError:
+        return []
+    mode = options.get("sslmode", "prefer")
+    if mode == "disable":
+        return []
+    keys = ["sslcert", "sslkey"]
+    if mode in ("verify-ca", "verify-full"):
+        keys.insert(0, "sslrootcert")  # else a missing one only means no verification
+    return [(k, options[k]) for k in keys if options.get(k) and options[k] != "system"]
+
+
 # The table or the configuration is wrong: no retry can fix it without an operator.
 _SETUP_ERRORS = (
     asyncpg.exceptions.SyntaxOrAccessError,  # 42: no such table or column, no privilege
@@ -559,6 +586,9 @@ class PostgresSink(Sink):
 
     async def _open(self, permanent: type[Exception]) -> Any:
         config = self.config
+        for name, path in _tls_files(config.dsn):
+            if not os.access(path, os.R_OK):
+                raise permanent(f"{name} {path} (in the dsn) cannot be read")
         try:
             pool = await asyncpg.create_pool(
                 config.dsn,
@@ -580,6 +610,12 @@ class PostgresSink(Sink):
                 raise
         except _SETUP_ERRORS as err:
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
+        except ssl.SSLError as err:
+            if err.library in _TLS_FILE_ERRORS:  # a file of the dsn holds no usable PEM
+                raise permanent(
+                    f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
+                ) from err
+            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
         except socket.gaierror as err:
             raise MissingError(
                 f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"

@@ -345,6 +345,38 @@ async def test_no_server_at_connect_is_retryable() -> None:
     await sink.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("sslmode=verify-full&sslrootcert={missing}", "sslrootcert {missing} (in the dsn) cannot"),
+        ("sslcert={missing}&sslkey={missing}", "sslcert {missing} (in the dsn) cannot be read"),
+        ("sslmode=verify-ca&sslrootcert={text}", "cannot use the TLS files of the dsn"),
+    ],
+)
+async def test_tls_files_of_the_dsn_that_cannot_be_used_are_permanent_at_connect(
+    postgres: Any, tmp_path: Any, options: str, expected: str
+) -> None:
+    # Before: retried forever as "[Errno 2] No such file or directory", naming no file.
+    files = {"missing": str(tmp_path / "missing.pem"), "text": str(tmp_path / "ca.pem")}
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    dsn = postgres.dsn.replace("postgres@", "postgres:s3cret-pw@") + "?" + options.format(**files)
+    sink = make_sink(dsn, timeout="5s")
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert expected.format(**files) in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+async def test_a_missing_sslrootcert_without_verification_is_no_error(
+    postgres: Any, tmp_path: Any, table: str
+) -> None:
+    # sslmode prefer (the default) does not verify: libpq and asyncpg take no root file.
+    sink = make_sink(f"{postgres.dsn}?sslrootcert={tmp_path / 'missing.pem'}", table=table)
+    await sink.connect()
+    await sink.close()
+
+
 async def test_password_is_never_logged_or_shown(
     postgres: Any, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
