@@ -41,10 +41,12 @@ A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
 trouble, a server out of memory, still loading or a read-only replica are
 retried later. A server that refuses the sink when it starts (user or password,
-a missing ACL permission, a TLS certificate either side does not trust, or
-`cluster: true` for a server that is no cluster node) stops it until the config
-is fixed; the same refusal on a reconnect while running is retried, since the
-operator may be changing the server's side.
+a missing ACL permission, a TLS certificate either side does not trust, a
+database number beyond its `databases`, or `cluster: true` for a server that is
+no cluster node) stops it until the config is fixed; TLS files (`ca_file`,
+`cert_file`, `key_file`) that cannot be read do too; the same refusal on a
+reconnect while running is retried, since the operator may be changing the
+server's side.
 
 `key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
 gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
@@ -388,6 +390,11 @@ def _refusal(err: BaseException) -> str | None:
             cause
         ):
             return "it is not a Redis Cluster node (set cluster: false)"
+        if isinstance(cause, redis_errors.ResponseError) and "DB index is out of range" in str(
+            cause
+        ):
+            # SELECT n beyond the server's `databases` (16 by default)
+            return f"{cause} (the url's /N is beyond the server's `databases`)"
     return None
 
 

@@ -464,6 +464,16 @@ async def test_tls_files_that_cannot_be_read_are_permanent_at_connect(
     await sink.close()
 
 
+async def test_a_database_number_the_server_does_not_have_is_permanent_at_connect(
+    redis: Any,
+) -> None:
+    # Before: retried forever ("DB index is out of range").
+    sink = make_sink(redis.url.rsplit("/", 1)[0] + "/99")
+    with pytest.raises(PermanentError, match="DB index is out of range"):
+        await sink.connect()
+    await sink.close()
+
+
 async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_running(
     redis_factory: Any, ns: str
 ) -> None:
