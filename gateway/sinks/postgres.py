@@ -155,8 +155,9 @@ FIXED: dict[str, str] = {
 
 
 def _check_name(name: str) -> Iterator[str]:
-    yield from check_identifier(name)
-    if name != name.lower():
+    problems = list(check_identifier(name))
+    yield from problems
+    if name != name.lower() and not problems:  # else `use 'bad-name'` would name no identifier
         yield (
             f"{name!r} must be lowercase: PostgreSQL folds unquoted names to lowercase,"
             f" so every query would have to quote it (use {name.lower()!r})"

@@ -511,6 +511,15 @@ def test_invalid_config_is_refused_when_loaded(
     assert not any("s3cret-pw" in p for p in problems)
 
 
+def test_a_name_that_is_no_identifier_gets_one_problem_and_no_invalid_suggestion() -> None:
+    # Before: a second line said "must be lowercase ... (use 'bad-name')", no identifier.
+    _, problems = config_problems(dsn=DSN, columns={"Bad-Name": "topic"})
+    assert problems == [
+        "sinks.warehouse.columns.Bad-Name: 'Bad-Name' is not a valid SQL identifier"
+        " (letters, digits and _, not starting with a digit, at most 63)"
+    ]
+
+
 def test_dsn_is_required() -> None:
     _, problems = config_problems()
     assert problems == ["sinks.warehouse.dsn: required key is missing"]
