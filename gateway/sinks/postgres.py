@@ -97,7 +97,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
@@ -231,13 +231,18 @@ class PostgresSinkConfig(SinkConfig):
         Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
 
+    # The table and the columns are checked even when another key (the dsn) has a problem
+    # of its own, so that every problem is reported at once; a key that failed is None.
+    check_incomplete: ClassVar[bool] = True
+
     def check(self) -> Iterator[tuple[str, str]]:
-        parts = self.table.split(".")
-        if len(parts) > 2:
-            yield "table", f"{self.table!r} must read table or schema.table"
-        for part in parts:
-            for message in _check_name(part):
-                yield "table", message
+        if self.table is not None:
+            parts = self.table.split(".")
+            if len(parts) > 2:
+                yield "table", f"{self.table!r} must read table or schema.table"
+            for part in parts:
+                for message in _check_name(part):
+                    yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
 
 
