@@ -272,7 +272,10 @@ class HttpSinkConfig(SinkConfig):
     timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if not self.url.startswith(("http://", "https://")):
+        # A key that failed is None here (its problem is reported already).
+        if self.url is None:
+            pass
+        elif not self.url.startswith(("http://", "https://")):
             yield "url", f"{safe_url(self.url)!r} must start with http:// or https://"
         else:
             try:
@@ -297,10 +300,11 @@ class HttpSinkConfig(SinkConfig):
                         yield name, "needs TLS: use an https:// URL"
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
-        yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
-        if self.body == "payload" and self.mode != "each":
+        headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
+        yield from auth_problems(headers, self.bearer_token, self.username, self.password)
+        if self.body == "payload" and self.mode not in (None, "each"):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
-        if self.connect_timeout <= 0 or self.timeout <= 0:
+        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
 

@@ -99,7 +99,7 @@ import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import unquote
 
 import aiomysql
@@ -222,10 +222,6 @@ class MysqlSinkConfig(SinkConfig):
         ),
         Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
-
-    # The table and the columns are checked even when another key (the dsn) has a problem
-    # of its own, so that every problem is reported at once; a key that failed is None.
-    check_incomplete: ClassVar[bool] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.table is not None:

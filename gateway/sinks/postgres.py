@@ -97,7 +97,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
@@ -230,10 +230,6 @@ class PostgresSinkConfig(SinkConfig):
         ),
         Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
-
-    # The table and the columns are checked even when another key (the dsn) has a problem
-    # of its own, so that every problem is reported at once; a key that failed is None.
-    check_incomplete: ClassVar[bool] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.table is not None:

@@ -282,7 +282,10 @@ class RedisSinkConfig(SinkConfig):
     timeout: Annotated[Duration, Doc("The longest one batch may take.")] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if not self.url.startswith(("redis://", "rediss://")):
+        # A key that failed is None here (its problem is reported already).
+        if self.url is None:
+            pass
+        elif not self.url.startswith(("redis://", "rediss://")):
             yield "url", f"{_safe_url(self.url)!r} must start with redis:// or rediss://"
         elif problem := _location_problem(self.url):
             yield "url", problem
@@ -293,7 +296,7 @@ class RedisSinkConfig(SinkConfig):
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(self.key) if name]
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.key or "") if name]
         except ValueError as err:
             yield "key", f"{self.key!r} is not a valid template: {err} (write {{{{ for a brace)"
         else:
@@ -306,7 +309,11 @@ class RedisSinkConfig(SinkConfig):
                             "{gateway} or {sink}, and {{ }} for literal braces"
                         ),
                     )
-        if self.dedupe_window is not None and self.dedupe_window < self.batch.max_rows:
+        if (
+            self.dedupe_window is not None
+            and self.batch is not None
+            and self.dedupe_window < self.batch.max_rows
+        ):
             yield (
                 "dedupe_window",
                 f"must be at least batch.max_rows ({self.batch.max_rows}): the batch in"
@@ -317,7 +324,7 @@ class RedisSinkConfig(SinkConfig):
             not self.dedupe_prefix or any(c in self.dedupe_prefix for c in "{} ")
         ):
             yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
-        if self.connect_timeout <= 0 or self.timeout <= 0:
+        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
 
