@@ -50,7 +50,9 @@ names are SQL identifiers (letters, digits, `_`), checked when the config is
 loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that the columns
-exist. It does not change an existing table: add a column yourself, or point
+exist, that a primary key or unique index is on id alone, and that no NOT NULL
+column without a default is one the sink does not write (else every row would
+be refused). It does not change an existing table: add a column yourself, or point
 `table` at a new one. The session time zone is UTC, so `ts` and `NOW()` agree.
 
 Keys
@@ -622,6 +624,7 @@ class MysqlSink(Sink):
                 # rather than a failing write later.
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
+                unfilled = await self._unfilled()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS:
@@ -640,6 +643,13 @@ class MysqlSink(Sink):
                 " alone, so a batch written again would be stored twice; add one"
                 " (ALTER TABLE ... ADD PRIMARY KEY (id)) or point `table` at a new table"
             )
+        if unfilled:
+            self._drop()
+            raise permanent(
+                f"table {config.table} on {dsn!r} has NOT NULL columns without a default"
+                f" that the sink does not write ({', '.join(unfilled)}), so every row would"
+                " be refused; give them a default, allow NULL, or point `table` at a new table"
+            )
         self._connected_to = {"server": repr(dsn), "table": config.table}
         self.ctx.log.info("connected to %r, writing to table %s", dsn, config.table)
 
@@ -653,6 +663,21 @@ class MysqlSink(Sink):
                 (self.config.table,),
             )
             return bool(await cursor.fetchall())
+
+    async def _unfilled(self) -> list[str]:
+        """The table's NOT NULL columns without a default (nor generated, nor
+        auto-increment) that the sink does not write: MySQL refuses every row then."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = DATABASE() AND table_name = %s AND is_nullable = 'NO'"
+                " AND column_default IS NULL AND extra NOT LIKE '%%auto_increment%%'"
+                " AND extra NOT LIKE '%%GENERATED%%' ORDER BY ordinal_position",
+                (self.config.table,),
+            )
+            rows = await cursor.fetchall()
+        written = {column.name.lower() for column in self.columns}
+        return [name for (name,) in rows if name.lower() not in written]
 
     async def _run(self, sql: str, args: Any = None) -> None:
         async with self._conn.cursor(_Cursor) as cursor:

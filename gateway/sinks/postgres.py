@@ -42,13 +42,14 @@ numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 refused alone. Table and column names are lowercase SQL identifiers (letters,
 digits, `_`), checked when the config is loaded and always quoted.
 
-When the sink starts it creates the table if needed and checks that it can write
-to it (columns, types, a unique index on id). It does not change an existing
-table: add a column yourself, or point `table` at a new one. A wrong password, a
-missing database, schema or table (with `create_table: false`), a table of another
-shape, or a TLS file of the dsn (`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with
-sslmode verify-ca or verify-full) that cannot be read stops the sink with one line
-until the config is fixed, the data kept in the buffer.
+When the sink starts it creates the table if needed and checks that it can write to
+it (columns, types, a unique index on id, no NOT NULL column without a default that
+it does not write). It does not change an existing table: add a column yourself, or
+point `table` at a new one. A wrong password, a missing database, schema or table
+(with `create_table: false`), a table of another shape, or a TLS file of the dsn
+(`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full)
+that cannot be read stops the sink with one line until the config is fixed, the data
+kept in the buffer.
 
 Keys
   type: postgres
@@ -665,6 +666,23 @@ class PostgresSink(Sink):
         # An empty batch checks columns, types, privileges and the unique index on id
         # now, with a clear message, instead of failing every write later.
         await conn.execute(self._insert_sql, *("[]" for _ in self.columns))
+        # A NOT NULL column without a default that the sink does not write would refuse
+        # every row, each to the dead letters: the table's shape, not the data's fault.
+        unfilled = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1)"
+            " AND attnum > 0 AND NOT attisdropped AND attnotnull AND NOT atthasdef"
+            " AND attidentity = '' AND attgenerated = '' AND NOT attname = ANY($2::text[])"
+            " ORDER BY attnum",
+            self.table,
+            [column.name for column in self.columns],
+        )
+        if unfilled:
+            names = ", ".join(row[0] for row in unfilled)
+            raise permanent(
+                f"table {self.config.table} on {self.server} has NOT NULL columns without a"
+                f" default that the sink does not write ({names}), so every row would be"
+                " refused; give them a default, allow NULL, or point `table` at a new table"
+            )
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

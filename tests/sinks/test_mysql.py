@@ -463,6 +463,22 @@ async def test_a_missing_column_is_a_permanent_error(mariadb: Any, table: str) -
     await sink.close()
 
 
+async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # Before: every batch was retried forever ("Field 'site' doesn't have a default value").
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT, site TEXT NOT NULL,"
+        " zone VARCHAR(8) NOT NULL DEFAULT 'a', n INT NOT NULL AUTO_INCREMENT UNIQUE,"
+        " g INT AS (1) VIRTUAL)"
+    )
+    sink = make_sink(mariadb.dsn, table=table, columns={"device": "topic.0"})
+    with pytest.raises(PermanentError, match=r"without a default .*\(site\)"):
+        await sink.connect()
+    await sink.close()
+    await sink_for(table=table, columns={"device": "topic.0", "SITE": "topic.1"})
+
+
 # --- connections and outages --------------------------------------------------------------
 
 

@@ -451,6 +451,24 @@ async def test_an_existing_table_that_cannot_take_the_rows_is_a_permanent_error(
     assert message in str(caught.value)
 
 
+async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    # Before: every FlowFile went to the dead letters ("null value in column site").
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text, site text NOT NULL,'
+        " zone text NOT NULL DEFAULT 'a', n serial, g int GENERATED ALWAYS AS (1) STORED)"
+    )
+    sink = make_sink(postgres.dsn, table=table, columns={"device": "topic.0"})
+    try:
+        with pytest.raises(PermanentError, match=r"without a default .*\(site\)"):
+            await sink.connect()
+    finally:
+        await sink.close()
+    # Written by the sink, or with a default, generated or serial: fine.
+    await sink_for(table=table, columns={"device": "topic.0", "site": "topic.1"})
+
+
 async def test_unknown_database_is_a_permanent_error(postgres: Any) -> None:
     sink = make_sink(postgres.dsn_for("no_such_db"))
     with pytest.raises(PermanentError, match="no_such_db"):
