@@ -44,7 +44,8 @@ bad FlowFile must not take its neighbours with it.
 Authentication: `bearer_token` (an `Authorization: Bearer` header) or `username`
 and `password` (basic auth), and any `headers`; the token, the password and header
 values may be `ENC(...)` secrets and are never logged nor shown in a dead letter's
-reason. TLS: an `https://` URL; `ca_file` verifies the server (default: the
+reason (an answer's body that quotes one, of 4 characters or more, shows `***`
+instead). TLS: an `https://` URL; `ca_file` verifies the server (default: the
 system's CAs), `cert_file` and `key_file` present a client certificate,
 `verify: false` turns verification off (testing only).
 
@@ -338,12 +339,29 @@ class HttpSink(Sink):
             pair = f"{config.username}:{config.password}".encode()
             headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
         self._headers = headers
+        # What an answer's body may echo back (an error page quoting the request's
+        # headers) and must not reach a dead letter, a log line or the status page.
+        secrets = {config.bearer_token, config.password, *config.headers.values()}
+        secrets |= {value for name, value in headers.items() if name == "Authorization"}
+        secrets |= {value.split(" ", 1)[-1] for value in list(secrets) if value}
+        self._secrets = sorted((v for v in secrets if v and len(v) >= 4), key=len, reverse=True)
         self.requests = 0
         self.refused = 0
 
     def update(self, config: HttpSinkConfig) -> bool:
         self.config = config
         return True
+
+    def _redact(self, text: str) -> str:
+        """`text` with every secret of the sink written `***`, also one cut short at its
+        end (an answer's body is read up to `error_body` bytes)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        for secret in self._secrets:
+            for size in range(len(secret) - 1, 3, -1):
+                if text.endswith(secret[:size]):
+                    return text[:-size] + "***"
+        return text
 
     async def connect(self) -> None:
         """Make the client (nothing is sent: a webhook may have no address to probe);
@@ -486,6 +504,7 @@ class HttpSink(Sink):
                 if self.config.error_body:
                     raw = await answer.content.read(self.config.error_body)
                     text = raw.decode("utf-8", "replace").strip()
+                    text = self._redact(text)
                 reason = f"{where} answered {status} {answer.reason or ''}".rstrip()
                 if text:
                     reason += f": {' '.join(text.split())}"
