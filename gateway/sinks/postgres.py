@@ -3,14 +3,14 @@
 Every batch goes in as ONE statement, `INSERT … SELECT … FROM ROWS FROM
 (json_array_elements_text($1::json), …) ON CONFLICT (id) DO NOTHING`: each column
 travels as one parameter, a JSON array of its values as text, which PostgreSQL
-splits and converts to the column's type. Every value is bound, none is spliced
-into the SQL; a batch delivered again after a crash or a lost connection adds
-nothing. A row the table refuses (a value that does not
-fit a typed column, a `\\u0000` that jsonb cannot hold, a CHECK or NOT NULL
-constraint you added) is found by splitting the batch in halves; it goes to the
-dead-letter table with PostgreSQL's message and the rest of the batch is
-delivered. A lost connection, a timeout or a server shutting down makes the
-engine retry the whole batch later.
+splits and converts to the column's type. Every value is bound, none is spliced into
+the SQL; a batch delivered again after a crash or a lost connection adds nothing. A
+row the table refuses (a value that does not fit a typed column, a field holding
+`\\u0000`, which text and jsonb columns cannot hold, a CHECK or NOT NULL constraint
+you added) is found by splitting the batch in halves; it goes to the dead-letter
+table with PostgreSQL's message and the rest of the batch is delivered. A lost
+connection, a timeout or a server shutting down makes the engine retry the whole
+batch later.
 
 The default table, created when missing unless `create_table: false`:
 
@@ -22,6 +22,8 @@ The default table, created when missing unless `create_table: false`:
     payload    jsonb,                 -- the content when it is valid JSON, else NULL
     raw        bytea                  -- the content bytes when it is not JSON, else NULL
   )
+(JSON that jsonb cannot hold, a `\\u0000` or a lone surrogate such as `\\ud800` in a
+string, counts as not JSON here: it is kept whole in raw.)
 
 `columns:` replaces that layout with your own; `id uuid PRIMARY KEY` is always
 there. Each column names where its value comes from, written `name: source` or
