@@ -36,18 +36,19 @@ names where its value comes from, written `name: source` or
                        objects and lists are stored as JSON
   attributes.KEY       one attribute
 
-A value that is missing (no such level, field or attribute, or content that is
-not JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default
-text) and is one of: text, boolean, smallint, integer, bigint, real, double
-precision, numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb
-(JSON), uuid (CHAR(36)); the MySQL names double, decimal, datetime and json work
-too. A timestamptz or date value may be written as RFC 3339 / ISO 8601
+A value that is missing (no such level, field or attribute, or content that is not
+JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text)
+and is one of: text, boolean, smallint, integer, bigint, real, double precision,
+numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb (JSON), uuid
+(CHAR(36)); the MySQL names double, decimal, datetime and json work too. A
+timestamptz or date value may be written as RFC 3339 / ISO 8601
 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
 it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
-itself refuses the `T`, the `Z` and offsets). A row whose value does not fit its
-column is refused alone. Table and column
-names are SQL identifiers (letters, digits, `_`), checked when the config is
-loaded and always quoted.
+itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A row whose
+value does not fit its column is refused alone. Table and column names are SQL
+identifiers (letters, digits, `_`), checked when the config is loaded and always
+quoted.
 
 When the sink starts it creates the table if needed and checks that the columns
 exist, that a primary key or unique index is on id alone, and that no NOT NULL
@@ -308,7 +309,26 @@ def _converter(sql_type: str) -> Callable[[Any], Any]:
         return _datetime
     if sql_type == "DATE":
         return _date
+    if sql_type == "BOOLEAN":
+        return _boolean
     return _as_is
+
+
+# The texts PostgreSQL takes for a boolean; MySQL's BOOLEAN (TINYINT) takes none of them.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "t", "yes", "y", "on", "1"), 1),
+    **dict.fromkeys(("false", "f", "no", "n", "off", "0"), 0),
+}
+
+
+def _boolean(value: Any) -> Any:
+    """`"true"`, `"off"` ... (any case) as 1 or 0, as the postgres sink takes them;
+    anything else as it is, for MySQL to take or refuse."""
+    if type(value) is str:
+        flag = _BOOLEANS.get(value.strip().lower())
+        if flag is not None:
+            return flag
+    return _as_is(value)
 
 
 def _iso(value: str) -> dt.datetime | None:

@@ -315,6 +315,21 @@ async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(
         assert rows[ff.id] == (expected, dt.date(2024, 5, 1))
 
 
+async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # MariaDB refuses "true" for its BOOLEAN (a TINYINT); PostgreSQL takes it.
+    sink = await sink_for(table=table, columns={"ok": {"from": "field.ok", "type": "boolean"}})
+    values = {"true": 1, " Yes": 1, "ON": 1, "t": 1, "1": 1, "false": 0, "No": 0, "off": 0}
+    batch = [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in values]
+    batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (True, False)]
+    wrong = FlowFile.create("s/b", b'{"ok": "maybe"}')
+    rejected = await sink.write([*batch, wrong])
+    assert [r.flowfile.id for r in rejected] == [wrong.id]
+    rows = dict(mariadb.fetch(f"SELECT id, ok FROM `{table}`"))
+    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0]
+
+
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
