@@ -46,7 +46,7 @@ from gateway.core.errors import ConfigError
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import SERIES_EVERY, Series, TopicsSeen
 from gateway.engine.pipeline import Engine
-from gateway.engine.plan import plan
+from gateway.engine.plan import Plan, plan
 from gateway.engine.runner import supervised
 from gateway.engine.status import (
     BrokerStatus,
@@ -317,6 +317,15 @@ class Gateway:
             if failures:
                 return "rolled_back", failures, changes
             return "applied", [], changes
+        # A sink that stopped for good (a refused password, a missing table) says "fix
+        # and reload": the fix may be on the server's side, with the config unchanged, so
+        # the reload starts it again. Whether it then works is its own affair, not the
+        # reload's: it is no reason to roll back.
+        stopped = [
+            name
+            for name, runner in engine.sinks.items()
+            if runner.state == "failed" and name in config.sinks and name not in work.sinks_start
+        ]
         failures = await engine.apply(config, work)
         if failures:
             log.error(
@@ -325,6 +334,10 @@ class Gateway:
             )
             await engine.apply(old, plan(config, old), check=False)
             return "rolled_back", failures, changes
+        if stopped:
+            again = Plan(sinks_stop=list(stopped), sinks_start=list(stopped))
+            await engine.apply(config, again, check=False)
+            changes.extend(f"sink {name} started again (it had stopped)" for name in stopped)
         self.config = config
         if self.log_level_override is None:
             logging.getLogger().setLevel(config.gateway.log_level.upper())

@@ -112,6 +112,8 @@ def plan_columns(
                     (key, f"{name!r} is there twice ({dialect.name} names ignore case)")
                 )
             seen.add(name.lower())
+        if spec is None:
+            continue  # a value of the wrong type, reported where it is
         if isinstance(spec, str):
             source, sql_type = spec, None
         else:

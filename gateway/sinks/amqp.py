@@ -235,42 +235,49 @@ class AmqpSinkConfig(SinkConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        problem = _url_problem(self.url)
+        # A key that failed is None here (its problem is reported already).
+        problem = _url_problem(self.url) if self.url is not None else None
         if problem:
             yield "url", problem
-        elif not self.url.startswith("amqps://"):
+        elif self.url is not None and not self.url.startswith("amqps://"):
             for name in ("ca_file", "cert_file", "key_file"):
                 if getattr(self, name):
                     yield name, "needs TLS: use an amqps:// URL"
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
-        yield from _template_problems("exchange", self.exchange, {"gateway", "sink"})
-        yield from _template_problems("routing_key", self.routing_key, _PLACEHOLDERS)
-        example = self.exchange.replace("{gateway}", "g").replace("{sink}", "s")
-        if len(example.encode()) > MAX_KEY_BYTES:
-            yield "exchange", f"must be at most {MAX_KEY_BYTES} bytes long"
-        elif not _EXCHANGE_NAME.fullmatch(example):
-            yield (
-                "exchange",
-                f"{self.exchange!r}: an exchange name has letters, digits, -, _, . and : only",
-            )
-        elif self.declare and example.startswith("amq."):
-            yield (
-                "exchange",
-                f"{self.exchange!r}: amq.* exchanges exist already and cannot be declared;"
-                " set declare: false",
-            )
+        if self.exchange is not None:
+            yield from _template_problems("exchange", self.exchange, {"gateway", "sink"})
+        if self.routing_key is not None:
+            yield from _template_problems("routing_key", self.routing_key, _PLACEHOLDERS)
+        if self.exchange is not None:
+            yield from self._exchange_problems(self.exchange)
         if self.queue is not None:
             if not self.queue or len(self.queue.encode()) > MAX_KEY_BYTES:
                 yield "queue", "must be 1 to 255 bytes long"
             elif self.queue.startswith("amq."):
                 yield "queue", f"{self.queue!r}: amq.* names are the broker's own"
         with contextlib.suppress(ValueError, KeyError, IndexError):  # reported above
-            fixed = self.routing_key.format(topic="", gateway="", sink="")
+            fixed = (self.routing_key or "").format(topic="", gateway="", sink="")
             if len(fixed.encode()) > MAX_KEY_BYTES:
                 yield "routing_key", f"must be at most {MAX_KEY_BYTES} bytes long"
-        if len(self.binding_key.encode()) > MAX_KEY_BYTES:
+        if self.binding_key is not None and len(self.binding_key.encode()) > MAX_KEY_BYTES:
             yield "binding_key", "must be at most 255 bytes long"
+
+    def _exchange_problems(self, exchange: str) -> Iterator[tuple[str, str]]:
+        example = exchange.replace("{gateway}", "g").replace("{sink}", "s")
+        if len(example.encode()) > MAX_KEY_BYTES:
+            yield "exchange", f"must be at most {MAX_KEY_BYTES} bytes long"
+        elif not _EXCHANGE_NAME.fullmatch(example):
+            yield (
+                "exchange",
+                f"{exchange!r}: an exchange name has letters, digits, -, _, . and : only",
+            )
+        elif self.declare and example.startswith("amq."):
+            yield (
+                "exchange",
+                f"{exchange!r}: amq.* exchanges exist already and cannot be declared;"
+                " set declare: false",
+            )
 
 
 def _url_problem(url: str) -> str | None:

@@ -19,7 +19,7 @@ or `header: source` with these sources:
                                        as JSON)
   attributes.KEY                       one attribute
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
-break inside a value is written as the two characters `\n` (or `\r`), so that a
+break inside a value is written as the two characters `\\n` (or `\\r`), so that a
 line is always one FlowFile. A file whose header is not the configured one (the
 columns changed) is rotated away when the sink opens it.
 
@@ -203,15 +203,17 @@ class FileSinkConfig(SinkConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if self.path is not None and (not self.path or self.path.endswith(os.sep)):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
-        if 0 < self.rotate_bytes < 4096:
+        if self.rotate_bytes is not None and 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
         if self.columns is not None:
-            if self.format != "csv":
+            if self.format is not None and self.format != "csv":
                 yield "columns", "applies to format: csv only"
             if not self.columns:
                 yield "columns", "needs at least one column"
             headers: set[str] = set()
             for i, column in enumerate(self.columns):
+                if column is None:
+                    continue  # of the wrong type, reported where it is
                 for header, source in csv_columns([column]):
                     problem = _source_problem(source)
                     if problem:

@@ -2,10 +2,11 @@
 
 `mode: batch` (the default) sends each batch as one JSON array of envelopes,
 `mode: each` one request per FlowFile (its envelope, or with `body: payload` its
-content bytes as they are). The envelope is the one the file and Redis sinks write:
+content bytes as they are). The envelope is the one the Redis sink writes:
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
    "attributes": {...}, "payload": {...}}
-with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+with `payload` the content when it is UTF-8 JSON, else `payload_base64` (also for
+text that is not JSON, such as `21.5 C`, which the file sink writes as `payload_text`).
 
 `url` is a template: `{topic}` is the FlowFile's topic (each level percent-encoded,
 `.` and `..` levels too, so that no topic leads out of the url's path; the `/` between
@@ -43,7 +44,8 @@ bad FlowFile must not take its neighbours with it.
 Authentication: `bearer_token` (an `Authorization: Bearer` header) or `username`
 and `password` (basic auth), and any `headers`; the token, the password and header
 values may be `ENC(...)` secrets and are never logged nor shown in a dead letter's
-reason. TLS: an `https://` URL; `ca_file` verifies the server (default: the
+reason (an answer's body that quotes one, of 4 characters or more, shows `***`
+instead). TLS: an `https://` URL; `ca_file` verifies the server (default: the
 system's CAs), `cert_file` and `key_file` present a client certificate,
 `verify: false` turns verification off (testing only).
 
@@ -271,7 +273,10 @@ class HttpSinkConfig(SinkConfig):
     timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if not self.url.startswith(("http://", "https://")):
+        # A key that failed is None here (its problem is reported already).
+        if self.url is None:
+            pass
+        elif not self.url.startswith(("http://", "https://")):
             yield "url", f"{safe_url(self.url)!r} must start with http:// or https://"
         else:
             try:
@@ -296,10 +301,11 @@ class HttpSinkConfig(SinkConfig):
                         yield name, "needs TLS: use an https:// URL"
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
-        yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
-        if self.body == "payload" and self.mode != "each":
+        headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
+        yield from auth_problems(headers, self.bearer_token, self.username, self.password)
+        if self.body == "payload" and self.mode not in (None, "each"):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
-        if self.connect_timeout <= 0 or self.timeout <= 0:
+        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
 
@@ -333,12 +339,29 @@ class HttpSink(Sink):
             pair = f"{config.username}:{config.password}".encode()
             headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
         self._headers = headers
+        # What an answer's body may echo back (an error page quoting the request's
+        # headers) and must not reach a dead letter, a log line or the status page.
+        secrets = {config.bearer_token, config.password, *config.headers.values()}
+        secrets |= {value for name, value in headers.items() if name == "Authorization"}
+        secrets |= {value.split(" ", 1)[-1] for value in list(secrets) if value}
+        self._secrets = sorted((v for v in secrets if v and len(v) >= 4), key=len, reverse=True)
         self.requests = 0
         self.refused = 0
 
     def update(self, config: HttpSinkConfig) -> bool:
         self.config = config
         return True
+
+    def _redact(self, text: str) -> str:
+        """`text` with every secret of the sink written `***`, also one cut short at its
+        end (an answer's body is read up to `error_body` bytes)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        for secret in self._secrets:
+            for size in range(len(secret) - 1, 3, -1):
+                if text.endswith(secret[:size]):
+                    return text[:-size] + "***"
+        return text
 
     async def connect(self) -> None:
         """Make the client (nothing is sent: a webhook may have no address to probe);
@@ -481,6 +504,7 @@ class HttpSink(Sink):
                 if self.config.error_body:
                     raw = await answer.content.read(self.config.error_body)
                     text = raw.decode("utf-8", "replace").strip()
+                    text = self._redact(text)
                 reason = f"{where} answered {status} {answer.reason or ''}".rstrip()
                 if text:
                     reason += f": {' '.join(text.split())}"

@@ -164,8 +164,9 @@ class MqttSinkConfig(SinkConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        # A key that failed is None here (its problem is reported already).
         try:
-            _, _, tls = parse_url(self.url)
+            _, _, tls = parse_url(self.url) if self.url is not None else (None, None, True)
         except ValueError as err:
             yield "url", str(err)
         else:
@@ -175,8 +176,9 @@ class MqttSinkConfig(SinkConfig):
                         yield name, "needs TLS: use an mqtts:// URL"
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
+        topic = self.topic or ""
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(self.topic) if name]
+            fields = [name for _, name, _, _ in string.Formatter().parse(topic) if name]
         except ValueError as err:
             yield "topic", f"{self.topic!r} is not a valid template: {err}"
         else:
@@ -189,13 +191,13 @@ class MqttSinkConfig(SinkConfig):
                             "use {topic}, {gateway} or {sink}"
                         ),
                     )
-            if any(c in self.topic for c in "+#\0"):
+            if any(c in topic for c in "+#\0"):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
-        if self.user_properties and self.protocol != 5:
+        if self.user_properties and self.protocol not in (None, 5):
             yield "user_properties", "needs MQTT 5 (protocol: 5)"
         if self.client_id is not None and not self.client_id:
             yield "client_id", "must not be empty"
-        if self.connect_timeout <= 0 or self.timeout <= 0:
+        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
 

@@ -36,17 +36,24 @@ names where its value comes from, written `name: source` or
                        objects and lists are stored as JSON
   attributes.KEY       one attribute
 
-A value that is missing (no such level, field or attribute, or content that is
-not JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default
-text) and is one of: text, boolean, smallint, integer, bigint, real, double
-precision, numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb
-(JSON), uuid (CHAR(36)); the MySQL names double, decimal, datetime and json work
-too. A row whose value does not fit its column is refused alone. Table and column
-names are SQL identifiers (letters, digits, `_`), checked when the config is
-loaded and always quoted.
+A value that is missing (no such level, field or attribute, or content that is not
+JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text)
+and is one of: text, boolean, smallint, integer, bigint, real, double precision,
+numeric (DECIMAL(38,10)), timestamptz (DATETIME(6), UTC), date, jsonb (JSON), uuid
+(CHAR(36)); the MySQL names double, decimal, datetime and json work too. A
+timestamptz or date value may be written as RFC 3339 / ISO 8601
+(`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
+it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
+itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A row whose
+value does not fit its column is refused alone. Table and column names are SQL
+identifiers (letters, digits, `_`), checked when the config is loaded and always
+quoted.
 
 When the sink starts it creates the table if needed and checks that the columns
-exist. It does not change an existing table: add a column yourself, or point
+exist, that a primary key or unique index is on id alone, and that no NOT NULL
+column without a default is one the sink does not write (else every row would
+be refused). It does not change an existing table: add a column yourself, or point
 `table` at a new one. The session time zone is UTC, so `ts` and `NOW()` agree.
 
 Keys
@@ -88,8 +95,10 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
+import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -218,8 +227,9 @@ class MysqlSinkConfig(SinkConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        for message in check_identifier(self.table):
-            yield "table", message
+        if self.table is not None:
+            for message in check_identifier(self.table):
+                yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
 
 
@@ -295,7 +305,56 @@ def _converter(sql_type: str) -> Callable[[Any], Any]:
         return lambda v: None if v is None else _dumps(v)
     if sql_type == "TEXT":
         return lambda v: v if v is None or type(v) is str else _dumps(v)
+    if sql_type == "DATETIME(6)":
+        return _datetime
+    if sql_type == "DATE":
+        return _date
+    if sql_type == "BOOLEAN":
+        return _boolean
     return _as_is
+
+
+# The texts PostgreSQL takes for a boolean; MySQL's BOOLEAN (TINYINT) takes none of them.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "t", "yes", "y", "on", "1"), 1),
+    **dict.fromkeys(("false", "f", "no", "n", "off", "0"), 0),
+}
+
+
+def _boolean(value: Any) -> Any:
+    """`"true"`, `"off"` ... (any case) as 1 or 0, as the postgres sink takes them;
+    anything else as it is, for MySQL to take or refuse."""
+    if type(value) is str:
+        flag = _BOOLEANS.get(value.strip().lower())
+        if flag is not None:
+            return flag
+    return _as_is(value)
+
+
+def _iso(value: str) -> dt.datetime | None:
+    """An RFC 3339 / ISO 8601 text as a datetime, or None when it is not one."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _datetime(value: Any) -> Any:
+    """RFC 3339 text (`T`, `Z`, an offset) as the UTC `YYYY-MM-DD HH:MM:SS.ffffff` that a
+    DATETIME(6) takes; anything else as it is, for MySQL to take or refuse."""
+    if type(value) is str and (when := _iso(value)) is not None:
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        return when.isoformat(" ", "microseconds")
+    return _as_is(value)
+
+
+def _date(value: Any) -> Any:
+    """An ISO 8601 date or date-time text as the day it names (as PostgreSQL's date
+    does); anything else as it is."""
+    if type(value) is str and len(value) > 10 and (when := _iso(value)) is not None:
+        return when.date().isoformat()
+    return _as_is(value)
 
 
 def _as_is(value: Any) -> Any:
@@ -374,6 +433,17 @@ class _Rows:
                 ff.content if text is None else None,
             )
         return values
+
+
+def _tls_context(ca_file: str, permanent: type[Exception]) -> ssl.SSLContext:
+    """The TLS context verifying the server against `ca_file`; `permanent` names the file
+    when it cannot be read or holds no certificate (OpenSSL's own error names none)."""
+    if not os.access(ca_file, os.R_OK):
+        raise permanent(f"ca_file {ca_file} cannot be read")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError) as err:  # ssl.SSLError included
+        raise permanent(f"cannot use ca_file {ca_file}: {err}") from err
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -547,7 +617,7 @@ class MysqlSink(Sink):
         if self._conn is not None:
             return
         dsn, config = self.dsn, self.config
-        context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+        context = _tls_context(config.ca_file, permanent) if config.ca_file else None
         try:
             async with asyncio.timeout(config.timeout):
                 conn = await aiomysql.connect(
@@ -574,6 +644,7 @@ class MysqlSink(Sink):
                 # rather than a failing write later.
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
+                unfilled = await self._unfilled()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS:
@@ -592,6 +663,13 @@ class MysqlSink(Sink):
                 " alone, so a batch written again would be stored twice; add one"
                 " (ALTER TABLE ... ADD PRIMARY KEY (id)) or point `table` at a new table"
             )
+        if unfilled:
+            self._drop()
+            raise permanent(
+                f"table {config.table} on {dsn!r} has NOT NULL columns without a default"
+                f" that the sink does not write ({', '.join(unfilled)}), so every row would"
+                " be refused; give them a default, allow NULL, or point `table` at a new table"
+            )
         self._connected_to = {"server": repr(dsn), "table": config.table}
         self.ctx.log.info("connected to %r, writing to table %s", dsn, config.table)
 
@@ -605,6 +683,21 @@ class MysqlSink(Sink):
                 (self.config.table,),
             )
             return bool(await cursor.fetchall())
+
+    async def _unfilled(self) -> list[str]:
+        """The table's NOT NULL columns without a default (nor generated, nor
+        auto-increment) that the sink does not write: MySQL refuses every row then."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = DATABASE() AND table_name = %s AND is_nullable = 'NO'"
+                " AND column_default IS NULL AND extra NOT LIKE '%%auto_increment%%'"
+                " AND extra NOT LIKE '%%GENERATED%%' ORDER BY ordinal_position",
+                (self.config.table,),
+            )
+            rows = await cursor.fetchall()
+        written = {column.name.lower() for column in self.columns}
+        return [name for (name,) in rows if name.lower() not in written]
 
     async def _run(self, sql: str, args: Any = None) -> None:
         async with self._conn.cursor(_Cursor) as cursor:

@@ -180,9 +180,12 @@ class NatsConnection:
     ] = 10.0
 
     def connection_problems(self) -> Iterator[tuple[str, str]]:
-        if not self.servers:
+        # A key that failed is None here (its problem is reported already).
+        if self.servers is not None and not self.servers:
             yield "servers", "name at least one server, e.g. [nats://127.0.0.1:4222]"
-        for i, url in enumerate(self.servers):
+        for i, url in enumerate(self.servers or ()):
+            if url is None:
+                continue
             problem = _url_problem(url)
             if problem:
                 yield f"servers[{i}]", problem
@@ -418,6 +421,8 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
 
     def check(self) -> Iterator[tuple[str, str]]:
         yield from self.connection_problems()
+        if self.subject is None:
+            return
         try:
             fields = [n for _, n, _, _ in string.Formatter().parse(self.subject) if n is not None]
         except ValueError as err:

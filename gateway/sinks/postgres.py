@@ -3,14 +3,14 @@
 Every batch goes in as ONE statement, `INSERT … SELECT … FROM ROWS FROM
 (json_array_elements_text($1::json), …) ON CONFLICT (id) DO NOTHING`: each column
 travels as one parameter, a JSON array of its values as text, which PostgreSQL
-splits and converts to the column's type. Every value is bound, none is spliced
-into the SQL; a batch delivered again after a crash or a lost connection adds
-nothing. A row the table refuses (a value that does not
-fit a typed column, a `\\u0000` that jsonb cannot hold, a CHECK or NOT NULL
-constraint you added) is found by splitting the batch in halves; it goes to the
-dead-letter table with PostgreSQL's message and the rest of the batch is
-delivered. A lost connection, a timeout or a server shutting down makes the
-engine retry the whole batch later.
+splits and converts to the column's type. Every value is bound, none is spliced into
+the SQL; a batch delivered again after a crash or a lost connection adds nothing. A
+row the table refuses (a value that does not fit a typed column, a field holding
+`\\u0000`, which text and jsonb columns cannot hold, a CHECK or NOT NULL constraint
+you added) is found by splitting the batch in halves; it goes to the dead-letter
+table with PostgreSQL's message and the rest of the batch is delivered. A lost
+connection, a timeout or a server shutting down makes the engine retry the whole
+batch later.
 
 The default table, created when missing unless `create_table: false`:
 
@@ -22,6 +22,8 @@ The default table, created when missing unless `create_table: false`:
     payload    jsonb,                 -- the content when it is valid JSON, else NULL
     raw        bytea                  -- the content bytes when it is not JSON, else NULL
   )
+(JSON that jsonb cannot hold, a `\\u0000` or a lone surrogate such as `\\ud800` in a
+string, counts as not JSON here: it is kept whole in raw.)
 
 `columns:` replaces that layout with your own; `id uuid PRIMARY KEY` is always
 there. Each column names where its value comes from, written `name: source` or
@@ -42,9 +44,14 @@ numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 refused alone. Table and column names are lowercase SQL identifiers (letters,
 digits, `_`), checked when the config is loaded and always quoted.
 
-When the sink starts it creates the table if needed and checks that it can write
-to it (columns, types, a unique index on id). It does not change an existing
-table: add a column yourself, or point `table` at a new one.
+When the sink starts it creates the table if needed and checks that it can write to
+it (columns, types, a unique index on id, no NOT NULL column without a default that
+it does not write). It does not change an existing table: add a column yourself, or
+point `table` at a new one. A wrong password, a missing database, schema or table
+(with `create_table: false`), a table of another shape, or a TLS file of the dsn
+(`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full)
+that cannot be read stops the sink with one line until the config is fixed, the data
+kept in the buffer.
 
 Keys
   type: postgres
@@ -87,12 +94,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
@@ -149,8 +158,9 @@ FIXED: dict[str, str] = {
 
 
 def _check_name(name: str) -> Iterator[str]:
-    yield from check_identifier(name)
-    if name != name.lower():
+    problems = list(check_identifier(name))
+    yield from problems
+    if name != name.lower() and not problems:  # else `use 'bad-name'` would name no identifier
         yield (
             f"{name!r} must be lowercase: PostgreSQL folds unquoted names to lowercase,"
             f" so every query would have to quote it (use {name.lower()!r})"
@@ -225,12 +235,13 @@ class PostgresSinkConfig(SinkConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        parts = self.table.split(".")
-        if len(parts) > 2:
-            yield "table", f"{self.table!r} must read table or schema.table"
-        for part in parts:
-            for message in _check_name(part):
-                yield "table", message
+        if self.table is not None:
+            parts = self.table.split(".")
+            if len(parts) > 2:
+                yield "table", f"{self.table!r} must read table or schema.table"
+            for part in parts:
+                for message in _check_name(part):
+                    yield "table", message
         yield from plan_columns(self.columns, DIALECT)[1]
 
 
@@ -390,6 +401,27 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
+
+# OpenSSL's libraries whose errors are about the files the dsn names, not the server.
+_TLS_FILE_ERRORS = frozenset({"PEM", "X509", "X509V3", "ASN1"})
+
+
+def _tls_files(dsn: str) -> list[tuple[str, str]]:
+    """The files that the dsn's ?sslcert and ?sslkey (and, with sslmode verify-ca or
+    verify-full, ?sslrootcert) name: asyncpg reads them at every connect, and says only
+    "No such file or directory" when one is missing."""
+    try:
+        options = dict(parse_qsl(urlsplit(dsn).query))
+    except ValueError:
+        return []
+    mode = options.get("sslmode", "prefer")
+    if mode == "disable":
+        return []
+    keys = ["sslcert", "sslkey"]
+    if mode in ("verify-ca", "verify-full"):
+        keys.insert(0, "sslrootcert")  # else a missing one only means no verification
+    return [(k, options[k]) for k in keys if options.get(k) and options[k] != "system"]
+
 
 # The table or the configuration is wrong: no retry can fix it without an operator.
 _SETUP_ERRORS = (
@@ -559,6 +591,9 @@ class PostgresSink(Sink):
 
     async def _open(self, permanent: type[Exception]) -> Any:
         config = self.config
+        for name, path in _tls_files(config.dsn):
+            if not os.access(path, os.R_OK):
+                raise permanent(f"{name} {path} (in the dsn) cannot be read")
         try:
             pool = await asyncpg.create_pool(
                 config.dsn,
@@ -580,6 +615,12 @@ class PostgresSink(Sink):
                 raise
         except _SETUP_ERRORS as err:
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
+        except ssl.SSLError as err:
+            if err.library in _TLS_FILE_ERRORS:  # a file of the dsn holds no usable PEM
+                raise permanent(
+                    f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
+                ) from err
+            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
         except socket.gaierror as err:
             raise MissingError(
                 f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
@@ -627,6 +668,23 @@ class PostgresSink(Sink):
         # An empty batch checks columns, types, privileges and the unique index on id
         # now, with a clear message, instead of failing every write later.
         await conn.execute(self._insert_sql, *("[]" for _ in self.columns))
+        # A NOT NULL column without a default that the sink does not write would refuse
+        # every row, each to the dead letters: the table's shape, not the data's fault.
+        unfilled = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1)"
+            " AND attnum > 0 AND NOT attisdropped AND attnotnull AND NOT atthasdef"
+            " AND attidentity = '' AND attgenerated = '' AND NOT attname = ANY($2::text[])"
+            " ORDER BY attnum",
+            self.table,
+            [column.name for column in self.columns],
+        )
+        if unfilled:
+            names = ", ".join(row[0] for row in unfilled)
+            raise permanent(
+                f"table {self.config.table} on {self.server} has NOT NULL columns without a"
+                f" default that the sink does not write ({names}), so every row would be"
+                " refused; give them a default, allow NULL, or point `table` at a new table"
+            )
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

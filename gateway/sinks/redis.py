@@ -11,10 +11,11 @@ Modes (`mode:`)
   publish  PUBLISH the envelope on the channel named by `key`. Redis keeps nothing
            for pub/sub: a subscriber that is not connected misses the message.
 
-The envelope is one JSON object, as the file sink writes it:
+The envelope is one JSON object, like a line of the file sink:
   {"id": "0190…", "topic": "sensors/a/telemetry", "ts": "2024-05-01T12:00:00.123456Z",
    "attributes": {...}, "payload": {...}}
-with `payload` the content when it is UTF-8 JSON, else `payload_base64`.
+with `payload` the content when it is UTF-8 JSON, else `payload_base64` (also for
+text that is not JSON, such as `21.5 C`, which the file sink writes as `payload_text`).
 `value: payload` sends the content bytes alone instead.
 `ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds).
 
@@ -40,10 +41,12 @@ A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
 trouble, a server out of memory, still loading or a read-only replica are
 retried later. A server that refuses the sink when it starts (user or password,
-a missing ACL permission, a TLS certificate either side does not trust, or
-`cluster: true` for a server that is no cluster node) stops it until the config
-is fixed; the same refusal on a reconnect while running is retried, since the
-operator may be changing the server's side.
+a missing ACL permission, a TLS certificate either side does not trust, a
+database number beyond its `databases`, or `cluster: true` for a server that is
+no cluster node) stops it until the config is fixed; TLS files (`ca_file`,
+`cert_file`, `key_file`) that cannot be read do too; the same refusal on a
+reconnect while running is retried, since the operator may be changing the
+server's side.
 
 `key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
 gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
@@ -100,6 +103,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import ssl
 import string
 from collections.abc import Iterator
@@ -122,6 +126,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.mqtt.urls import tls_context
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
 # ARGV: mode, window, maxlen, then one blob per row:
@@ -277,7 +282,10 @@ class RedisSinkConfig(SinkConfig):
     timeout: Annotated[Duration, Doc("The longest one batch may take.")] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if not self.url.startswith(("redis://", "rediss://")):
+        # A key that failed is None here (its problem is reported already).
+        if self.url is None:
+            pass
+        elif not self.url.startswith(("redis://", "rediss://")):
             yield "url", f"{_safe_url(self.url)!r} must start with redis:// or rediss://"
         elif problem := _location_problem(self.url):
             yield "url", problem
@@ -288,7 +296,7 @@ class RedisSinkConfig(SinkConfig):
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(self.key) if name]
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.key or "") if name]
         except ValueError as err:
             yield "key", f"{self.key!r} is not a valid template: {err} (write {{{{ for a brace)"
         else:
@@ -301,7 +309,11 @@ class RedisSinkConfig(SinkConfig):
                             "{gateway} or {sink}, and {{ }} for literal braces"
                         ),
                     )
-        if self.dedupe_window is not None and self.dedupe_window < self.batch.max_rows:
+        if (
+            self.dedupe_window is not None
+            and self.batch is not None
+            and self.dedupe_window < self.batch.max_rows
+        ):
             yield (
                 "dedupe_window",
                 f"must be at least batch.max_rows ({self.batch.max_rows}): the batch in"
@@ -312,7 +324,7 @@ class RedisSinkConfig(SinkConfig):
             not self.dedupe_prefix or any(c in self.dedupe_prefix for c in "{} ")
         ):
             yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
-        if self.connect_timeout <= 0 or self.timeout <= 0:
+        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
 
@@ -385,6 +397,11 @@ def _refusal(err: BaseException) -> str | None:
             cause
         ):
             return "it is not a Redis Cluster node (set cluster: false)"
+        if isinstance(cause, redis_errors.ResponseError) and "DB index is out of range" in str(
+            cause
+        ):
+            # SELECT n beyond the server's `databases` (16 by default)
+            return f"{cause} (the url's /N is beyond the server's `databases`)"
     return None
 
 
@@ -408,6 +425,22 @@ def envelope(ff: FlowFile) -> bytes:
     except (ValueError, RecursionError):
         return f'{head}"payload_base64":"{base64.b64encode(ff.content).decode()}"}}'.encode()
     return f'{head}"payload":{text}}}'.encode()
+
+
+def _check_tls_files(cfg: RedisSinkConfig, permanent: type[Exception]) -> None:
+    """Raise `permanent` when ca_file, cert_file or key_file cannot be read or used (else
+    redis-py says "Error 2 connecting to host:port", as if the server were missing)."""
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise permanent(f"{name} {path} cannot be read")
+    if cfg.ca_file or cfg.cert_file:
+        try:
+            tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+        except OSError as err:  # ssl.SSLError included
+            raise permanent(
+                f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
+            ) from err
 
 
 class RedisSink(Sink):
@@ -467,6 +500,7 @@ class RedisSink(Sink):
         if cfg.password is not None:
             options["password"] = cfg.password
         if cfg.url.startswith("rediss://"):
+            _check_tls_files(cfg, permanent)
             options.update(
                 ssl_ca_certs=cfg.ca_file, ssl_certfile=cfg.cert_file, ssl_keyfile=cfg.key_file
             )

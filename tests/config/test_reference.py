@@ -5,6 +5,7 @@ marks do what the docs say."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -131,3 +132,12 @@ def test_sizes_and_durations_read_as_configs_write_them() -> None:
         "5ms",
         "1.5ms",
     ]
+
+
+def test_every_component_guide_reads_as_written() -> None:
+    # A module docstring is a component's user guide: an escape such as `\r` written in
+    # it must reach the reader as the two characters, not as a control character.
+    for entry in registry.entries():
+        guide = sys.modules[entry.module].__doc__ or ""
+        controls = sorted({hex(ord(c)) for c in guide if ord(c) < 32 and c != "\n"})
+        assert controls == [], f"{entry.module}'s guide holds control characters {controls}"

@@ -40,6 +40,22 @@ def assert_hidden(messages: list[str], *plaintexts: str) -> None:
                 assert form.lower() not in message.lower(), message
 
 
+def test_a_hint_that_quotes_the_value_lowercased_shows_it_as_enc(
+    tmp_path: Path, key: bytes
+) -> None:
+    upper = "Plant7Readings"  # an SQL identifier, but not lowercase
+    enc = secrets.encrypt(upper, key)
+    messages = problems(
+        tmp_path,
+        f"""\
+        sinks:
+          w: {{type: postgres, dsn: "postgresql://gw@127.0.0.1/x", table: "{enc}"}}
+        """,
+    )
+    assert_hidden(messages, upper)
+    assert any("sinks.w.table: 'ENC(...)' must be lowercase" in m for m in messages), messages
+
+
 def test_a_value_quoted_by_any_check_is_shown_as_enc(tmp_path: Path, key: bytes) -> None:
     enc = secrets.encrypt(PLAIN, key)
     messages = problems(
@@ -66,7 +82,6 @@ def test_a_value_quoted_by_any_check_is_shown_as_enc(tmp_path: Path, key: bytes)
         "sources.t.qos: 'ENC(...)' is not one of 0, 1, 2",
         "routes.r.sinks.1: no sink named 'ENC(...)'",
         "sinks.w.table: 'ENC(...)' is not a valid SQL identifier",
-        "sinks.w.table: 'ENC(...)' must be lowercase",  # its hint quoted the lowercased text
         "sinks.f.batch.max_rows: expected an integer, got 'ENC(...)'",
         "sinks.r2.url: 'ENC(...)' must start with redis://",
     ):

@@ -5,6 +5,7 @@ then 2xx, 4xx to the dead letters, Retry-After, body bound, config problems)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -123,6 +124,35 @@ async def test_a_400_dead_letters_the_batch_with_status_and_body(
     assert "answered 400" in reason and "field 'temp' missing" in reason
     assert len(reason) < 700  # the body is cut to error_body (512) bytes
     assert http_receiver.received() == []
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"bearer_token": "tok-s3cret-0123456789"},
+        {"username": "gw", "password": "pw-s3cret-0123456789"},
+    ],
+)
+async def test_an_answer_that_echoes_the_credentials_shows_them_nowhere(
+    sink_for: Any, http_receiver: servers.HttpReceiver, auth: dict[str, str]
+) -> None:
+    # Before: the body went as it was into the dead letter, the log and the status page.
+    sink = await sink_for(headers={"X-Api-Key": "hdr-s3cret-42"}, error_body=100, **auth)
+    secret = auth.get("bearer_token") or auth["password"]
+    # the Authorization header's value as sent: the token, or user:password in base64
+    sent = secret if "bearer_token" in auth else base64.b64encode(f"gw:{secret}".encode())
+    basic = sent if isinstance(sent, str) else sent.decode()
+    echo = f"got {secret} {basic} hdr-s3cret-42 "
+    http_receiver.control(400, times=1, body=echo + "x" * (100 - len(echo) - 5) + secret)
+    rejected = await sink.write([FlowFile.create("plant/a", b"{}")])
+    http_receiver.control(500, times=1, body=echo)
+    with pytest.raises(RetryableError) as caught:
+        await sink.write([FlowFile.create("plant/a", b"{}")])
+    for text in (rejected[0].reason, str(caught.value)):
+        assert "s3cret" not in text and basic not in text, text
+        assert "***" in text
+    # The body is cut at error_body bytes, inside the last copy: its start is hidden too.
+    assert rejected[0].reason.endswith("x***"), rejected[0].reason
 
 
 async def test_each_mode_a_400_refuses_only_its_flowfile(

@@ -285,6 +285,51 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     }
 
 
+async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # MariaDB itself refuses the `T`, the `Z` and offsets; the postgres sink takes them.
+    sink = await sink_for(
+        table=table,
+        columns={
+            "at": {"from": "field.at", "type": "timestamptz"},
+            "day": {"from": "field.day", "type": "date"},
+        },
+    )
+    cases = {
+        "2024-05-01T12:00:00Z": dt.datetime(2024, 5, 1, 12),
+        "2024-05-01T14:00:00.25+02:00": dt.datetime(2024, 5, 1, 12, 0, 0, 250000),
+        "2024-05-01T12:00:00.123456": dt.datetime(2024, 5, 1, 12, 0, 0, 123456),
+        "2024-05-01 12:00:00": dt.datetime(2024, 5, 1, 12),
+    }
+    batch = [
+        FlowFile.create("s/a", json.dumps({"at": text, "day": text}).encode()) for text in cases
+    ]
+    wrong = FlowFile.create("s/b", b'{"at": "2024-05-01T25:00:00Z"}')
+    rejected = await sink.write([*batch, wrong])
+
+    assert [r.flowfile.id for r in rejected] == [wrong.id]
+    assert "Incorrect datetime value" in rejected[0].reason
+    rows = dict((r[0], r[1:]) for r in mariadb.fetch(f"SELECT id, at, day FROM `{table}`"))
+    for ff, expected in zip(batch, cases.values(), strict=True):
+        assert rows[ff.id] == (expected, dt.date(2024, 5, 1))
+
+
+async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # MariaDB refuses "true" for its BOOLEAN (a TINYINT); PostgreSQL takes it.
+    sink = await sink_for(table=table, columns={"ok": {"from": "field.ok", "type": "boolean"}})
+    values = {"true": 1, " Yes": 1, "ON": 1, "t": 1, "1": 1, "false": 0, "No": 0, "off": 0}
+    batch = [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in values]
+    batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (True, False)]
+    wrong = FlowFile.create("s/b", b'{"ok": "maybe"}')
+    rejected = await sink.write([*batch, wrong])
+    assert [r.flowfile.id for r in rejected] == [wrong.id]
+    rows = dict(mariadb.fetch(f"SELECT id, ok FROM `{table}`"))
+    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0]
+
+
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
@@ -433,6 +478,22 @@ async def test_a_missing_column_is_a_permanent_error(mariadb: Any, table: str) -
     await sink.close()
 
 
+async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # Before: every batch was retried forever ("Field 'site' doesn't have a default value").
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT, site TEXT NOT NULL,"
+        " zone VARCHAR(8) NOT NULL DEFAULT 'a', n INT NOT NULL AUTO_INCREMENT UNIQUE,"
+        " g INT AS (1) VIRTUAL)"
+    )
+    sink = make_sink(mariadb.dsn, table=table, columns={"device": "topic.0"})
+    with pytest.raises(PermanentError, match=r"without a default .*\(site\)"):
+        await sink.connect()
+    await sink.close()
+    await sink_for(table=table, columns={"device": "topic.0", "SITE": "topic.1"})
+
+
 # --- connections and outages --------------------------------------------------------------
 
 
@@ -492,6 +553,24 @@ async def test_no_server_at_connect_is_retryable() -> None:
     await sink.close()
 
 
+@pytest.mark.parametrize("content", [None, "not a certificate"])
+async def test_a_ca_file_that_cannot_be_used_is_permanent_at_connect(
+    tmp_path: Any, content: str | None
+) -> None:
+    # Before: the sink crashed with OpenSSL's traceback, again and again.
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
+    sink = make_sink(
+        f"mysql://gw:s3cret-pw@127.0.0.1:{free_port()}/edge", ca_file=str(ca_file), timeout="5s"
+    )
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert str(ca_file) in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
 async def test_a_wrong_password_is_permanent_at_connect_and_never_shown(
     mariadb: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -540,6 +619,30 @@ async def test_many_batches_keep_up(mariadb: Any, table: str, sink_for: Any) -> 
 
 
 # --- config -------------------------------------------------------------------------------
+
+
+def test_a_bad_dsn_hides_no_other_problem_of_the_sink() -> None:
+    # Before: only the dsn's problem was reported; the table and columns were not checked.
+    _, problems = config_problems(
+        dsn="mysql://gw:s3cret-pw@db:99999/x",
+        table="read-ings",
+        columns={"t": {"from": "field.t", "type": "doubel"}},
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "sinks.db.dsn",
+        "sinks.db.table",
+        "sinks.db.columns.t.type",
+    ], problems
+    assert not any("s3cret-pw" in p for p in problems)
+    # A key of the wrong type is None for the check, which copes.
+    _, problems = config_problems(
+        dsn="mysql://gw:s3cret-pw@db:99999/x", table=5, columns={"t": "tpoic"}
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "sinks.db.dsn",
+        "sinks.db.table",
+        "sinks.db.columns.t",
+    ], problems
 
 
 def test_dsn_parsing() -> None:

@@ -345,6 +345,38 @@ async def test_no_server_at_connect_is_retryable() -> None:
     await sink.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("sslmode=verify-full&sslrootcert={missing}", "sslrootcert {missing} (in the dsn) cannot"),
+        ("sslcert={missing}&sslkey={missing}", "sslcert {missing} (in the dsn) cannot be read"),
+        ("sslmode=verify-ca&sslrootcert={text}", "cannot use the TLS files of the dsn"),
+    ],
+)
+async def test_tls_files_of_the_dsn_that_cannot_be_used_are_permanent_at_connect(
+    postgres: Any, tmp_path: Any, options: str, expected: str
+) -> None:
+    # Before: retried forever as "[Errno 2] No such file or directory", naming no file.
+    files = {"missing": str(tmp_path / "missing.pem"), "text": str(tmp_path / "ca.pem")}
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    dsn = postgres.dsn.replace("postgres@", "postgres:s3cret-pw@") + "?" + options.format(**files)
+    sink = make_sink(dsn, timeout="5s")
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert expected.format(**files) in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+async def test_a_missing_sslrootcert_without_verification_is_no_error(
+    postgres: Any, tmp_path: Any, table: str
+) -> None:
+    # sslmode prefer (the default) does not verify: libpq and asyncpg take no root file.
+    sink = make_sink(f"{postgres.dsn}?sslrootcert={tmp_path / 'missing.pem'}", table=table)
+    await sink.connect()
+    await sink.close()
+
+
 async def test_password_is_never_logged_or_shown(
     postgres: Any, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -419,6 +451,24 @@ async def test_an_existing_table_that_cannot_take_the_rows_is_a_permanent_error(
     assert message in str(caught.value)
 
 
+async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    # Before: every FlowFile went to the dead letters ("null value in column site").
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text, site text NOT NULL,'
+        " zone text NOT NULL DEFAULT 'a', n serial, g int GENERATED ALWAYS AS (1) STORED)"
+    )
+    sink = make_sink(postgres.dsn, table=table, columns={"device": "topic.0"})
+    try:
+        with pytest.raises(PermanentError, match=r"without a default .*\(site\)"):
+            await sink.connect()
+    finally:
+        await sink.close()
+    # Written by the sink, or with a default, generated or serial: fine.
+    await sink_for(table=table, columns={"device": "topic.0", "site": "topic.1"})
+
+
 async def test_unknown_database_is_a_permanent_error(postgres: Any) -> None:
     sink = make_sink(postgres.dsn_for("no_such_db"))
     with pytest.raises(PermanentError, match="no_such_db"):
@@ -477,6 +527,39 @@ def test_invalid_config_is_refused_when_loaded(
         problems
     )
     assert not any("s3cret-pw" in p for p in problems)
+
+
+def test_a_name_that_is_no_identifier_gets_one_problem_and_no_invalid_suggestion() -> None:
+    # Before: a second line said "must be lowercase ... (use 'bad-name')", no identifier.
+    _, problems = config_problems(dsn=DSN, columns={"Bad-Name": "topic"})
+    assert problems == [
+        "sinks.warehouse.columns.Bad-Name: 'Bad-Name' is not a valid SQL identifier"
+        " (letters, digits and _, not starting with a digit, at most 63)"
+    ]
+
+
+def test_a_bad_dsn_hides_no_other_problem_of_the_sink() -> None:
+    # Before: only the dsn's problem was reported; the table and columns were not checked.
+    _, problems = config_problems(
+        dsn="postgresql://gw:s3cret-pw@db:99999/x",
+        table="read-ings",
+        columns={"t": {"from": "field.t", "type": "doubel"}},
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "sinks.warehouse.dsn",
+        "sinks.warehouse.table",
+        "sinks.warehouse.columns.t.type",
+    ], problems
+    assert not any("s3cret-pw" in p for p in problems)
+    # A key of the wrong type is None for the check, which copes.
+    _, problems = config_problems(
+        dsn="postgresql://gw:s3cret-pw@db:99999/x", table=5, columns={"t": "tpoic"}
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "sinks.warehouse.dsn",
+        "sinks.warehouse.table",
+        "sinks.warehouse.columns.t",
+    ], problems
 
 
 def test_dsn_is_required() -> None:

@@ -449,6 +449,31 @@ async def test_no_server_at_connect_is_retryable(cluster: bool) -> None:
     await sink.close()
 
 
+@pytest.mark.parametrize("key", ["ca_file", "cert_file"])
+async def test_tls_files_that_cannot_be_read_are_permanent_at_connect(
+    tmp_path: Any, key: str
+) -> None:
+    # Before: retried forever as "Error 2 connecting to 127.0.0.1:PORT. No such file".
+    missing = str(tmp_path / "missing.pem")
+    files = {"cert_file": missing, "key_file": missing} if key == "cert_file" else {key: missing}
+    sink = make_sink(f"rediss://:s3cret-pw@127.0.0.1:{servers.free_port()}/0", **files)
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert f"{key} {missing} cannot be read" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+async def test_a_database_number_the_server_does_not_have_is_permanent_at_connect(
+    redis: Any,
+) -> None:
+    # Before: retried forever ("DB index is out of range").
+    sink = make_sink(redis.url.rsplit("/", 1)[0] + "/99")
+    with pytest.raises(PermanentError, match="DB index is out of range"):
+        await sink.connect()
+    await sink.close()
+
+
 async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_running(
     redis_factory: Any, ns: str
 ) -> None:
