@@ -453,19 +453,22 @@ def _key_file(args: argparse.Namespace) -> Path:
 def cmd_secret(args: argparse.Namespace) -> int:
     path = _key_file(args)
     if args.action == "keygen":
-        try:
-            secrets.generate_key_file(path)
-        except FileExistsError:
+        if os.path.lexists(path):
             print(
                 f"edge-stream: {path} exists; not replacing a key that may be in use",
                 file=sys.stderr,
             )
             return 1
+        try:
+            secrets.generate_key_file(path)
+        except OSError as err:  # a folder that cannot be made or written, a file in the way
+            print(f"edge-stream: {_cannot_write(path, err)}", file=sys.stderr)
+            return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
         return 0
     if args.action == "rotate":
         return _rotate(args, path)
-    key = _load_key(path)
+    key = _load_key(path, _keygen_hint(args))
     if key is None:
         return 1
     value = args.value
@@ -546,8 +549,30 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_key(path: Path) -> bytes | None:
-    """The key (environment, else `path`); None after printing why there is none."""
+def _cannot_write(path: Path, err: OSError) -> str:
+    """Why `path` (a file, or a folder to fill) could not be written, in one line."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        for part in (*reversed(path.parents), path):
+            if part.exists() and not part.is_dir():
+                what = "it" if part == path else str(part)
+                return f"cannot write {path}: {what} is a file, not a folder"
+    where = Path(err.filename) if err.filename else path
+    because = err.strerror or str(err)
+    return f"cannot write {path}: {because}" + ("" if where == path else f" ({where})")
+
+
+def _keygen_hint(args: argparse.Namespace) -> str:
+    """The keygen command that makes the key file these arguments look for."""
+    if args.key_file:
+        return f"edge-stream secret keygen --key-file {args.key_file}"
+    if Path(args.config).is_file():
+        return f"edge-stream secret keygen -c {args.config}"
+    return "edge-stream secret keygen"
+
+
+def _load_key(path: Path, hint: str) -> bytes | None:
+    """The key (environment, else `path`); None after printing why there is none, naming
+    the key file looked for and the command (`hint`) that makes that one."""
     try:
         key = secrets.load_key(path)
     except secrets.SecretError as err:
@@ -555,7 +580,7 @@ def _load_key(path: Path) -> bytes | None:
         return None
     if key is None:
         print(
-            f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
+            f"edge-stream: no key: there is no {path}; run '{hint}' or set {secrets.ENV_KEY}",
             file=sys.stderr,
         )
     return key
@@ -575,7 +600,7 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
             file=sys.stderr,
         )
         return 1
-    old = _load_key(key_file)
+    old = _load_key(key_file, _keygen_hint(args))
     if old is None:
         return 1
     try:
@@ -773,10 +798,14 @@ def cmd_docs(args: argparse.Namespace) -> int:
     from gateway.config import reference
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     pages = reference.pages(registry.entries())
-    for name, text in pages.items():
-        (out / name).write_text(text, encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in pages.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(f"edge-stream: {_cannot_write(out, err)}", file=sys.stderr)
+        return 1
     print(f"wrote {len(pages)} pages to {out}")
     return 0
 
