@@ -26,7 +26,8 @@ Framing:
 - `line`: each line up to `terminator` (default "\\n"; "\\r\\n" and "\\r" work
   too) becomes a FlowFile whose content is the line (surrounding whitespace
   removed unless `strip: false`). With `encoding` (utf-8; `binary` to accept
-  any bytes), a line that is not valid text is garbage.
+  any bytes), a line that is not valid text is garbage; a line in another
+  encoding (`latin-1`, `cp1252` ...) is stored as UTF-8 text.
 - `regex`: each line is searched with `pattern`; its named groups become the
   fields of a JSON object (numbers as numbers unless `convert: false`).
 - `fixed`: records of `length` bytes, content as received; with `sync` (hex,
@@ -124,8 +125,9 @@ class SerialSourceConfig(SourceConfig):
     encoding: Annotated[
         str,
         Doc(
-            "The text encoding of lines; a line that is not valid text is garbage."
-            " `binary` accepts any bytes."
+            "The text encoding of lines (e.g. `latin-1`), stored as UTF-8; a line that is"
+            " not valid text is garbage. `binary` accepts any bytes and keeps them as they"
+            " came."
         ),
     ] = "utf-8"
     pattern: Annotated[
@@ -173,6 +175,12 @@ class SerialSourceConfig(SourceConfig):
                 codecs.lookup(self.encoding)
             except LookupError:
                 yield "encoding", f"unknown encoding {self.encoding!r} (or 'binary')"
+            else:
+                try:  # hex, base64, rot13 ...: codecs, but no text encodings (bytes.decode
+                    b"a".decode(self.encoding, "replace")  # refuses them: the source crashed)
+                except LookupError:
+                    text = f"{self.encoding!r} is not a text encoding (e.g. utf-8, latin-1)"
+                    yield "encoding", text + " or 'binary'"
         if self.framing == "regex":
             if not self.pattern:
                 yield "pattern", "framing: regex needs a pattern with named groups"
