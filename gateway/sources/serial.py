@@ -121,13 +121,13 @@ class SerialSourceConfig(SourceConfig):
     terminator: Annotated[
         str, Doc("The end of a line (`line` and `regex` framing); `\\r\\n` and `\\r` work too.")
     ] = "\n"
-    strip: Annotated[bool, Doc("Remove the whitespace around a line.")] = True
+    strip: Annotated[bool, Doc("`line` framing: remove the whitespace around a line.")] = True
     encoding: Annotated[
         str,
         Doc(
-            "The text encoding of lines (e.g. `latin-1`), stored as UTF-8; a line that is"
-            " not valid text is garbage. `binary` accepts any bytes and keeps them as they"
-            " came."
+            "The text encoding of lines (`line` and `regex` framing, e.g. `latin-1`), stored"
+            " as UTF-8; a line that is not valid text is garbage. `binary` accepts any bytes"
+            " and keeps them as they came."
         ),
     ] = "utf-8"
     pattern: Annotated[
@@ -168,8 +168,18 @@ class SerialSourceConfig(SourceConfig):
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
+        terminator = b"\n"
         if not self.terminator:
             yield "terminator", "must not be empty"
+        else:
+            try:
+                terminator = _unescape(self.terminator)
+            except (UnicodeDecodeError, UnicodeEncodeError) as err:  # "\\x", "€"
+                yield (
+                    "terminator",
+                    f"'{self.terminator}' is no byte string ({err.reason}): write bytes as"
+                    " characters or escapes such as \\r, \\n, \\t or \\x1e",
+                )
         if self.encoding != "binary":
             try:
                 codecs.lookup(self.encoding)
@@ -209,6 +219,16 @@ class SerialSourceConfig(SourceConfig):
                     yield "sync", "must be 1..length bytes"
             if self.framing != "fixed":
                 yield "sync", "only used with framing: fixed"
+        # A key another framing reads, set away from its default here, would be ignored.
+        for key, changed, framings in (
+            ("terminator", terminator != b"\n", ("line", "regex")),
+            ("encoding", self.encoding != "utf-8", ("line", "regex")),
+            ("strip", not self.strip, ("line",)),
+            ("convert", not self.convert, ("regex",)),
+            ("require_checksum", not self.require_checksum, ("nmea",)),
+        ):
+            if changed and self.framing not in framings:
+                yield key, f"only used with framing: {' or '.join(framings)}"
         allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
         try:
             names = {f for _, f, _, _ in string.Formatter().parse(self.topic) if f is not None}
