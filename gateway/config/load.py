@@ -423,7 +423,12 @@ class _Secrets:
             if len(plaintext) >= self._SHORT or near:
                 # In any case: a check may quote the value lowercased ("use 'name'").
                 longest_first = sorted(set(forms), key=len, reverse=True)
-                pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+                alternatives = "|".join(map(re.escape, longest_first))
+                if len(plaintext) < self._SHORT:
+                    # "t" alone, not the t of every word: "use bearer_token or username
+                    # and password, not both" read "use bearer_***oken ... no*** bo***h"
+                    alternatives = f"(?<![^\\W_])(?:{alternatives})(?![^\\W_])"
+                pattern = re.compile(alternatives, re.IGNORECASE)
                 # A replacement string would read "\\1" in `shown` as a group reference.
                 message = pattern.sub(functools.partial(_replacement, shown), message)
         return message
