@@ -403,7 +403,19 @@ def _ask_reload(
         with urllib.request.urlopen(request, timeout=60, context=context) as response:
             return json.loads(response.read(1 << 20)), None
     except urllib.error.HTTPError as err:
-        print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
+        err.close()  # it holds the answer's connection
+        hint = ""
+        if err.code in (401, 403):
+            # the console's accounts are all in web.users_file, or web.username is a viewer
+            hint = (
+                "; reload asks with web.username and web.password from the config (an"
+                " operator): set them, or send the gateway SIGHUP (systemctl reload"
+                " edge-stream)"
+            )
+        print(
+            f"edge-stream: {url}: the gateway answered {err.code} {err.reason}{hint}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     except (OSError, ValueError) as err:
         return None, getattr(err, "reason", err)
