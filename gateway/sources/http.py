@@ -32,8 +32,10 @@ request is stored:
        stopping; with `Retry-After` (seconds). A request not confirmed within
        `ack_timeout` is answered 503 too; it may still be stored, so sending it
        again may store it twice (at least once).
-The one exception: a request line over 64KiB, or a header line over 8KiB, is
-refused 400 by the HTTP layer (aiohttp) before the source sees it, in plain text.
+The one exception: a request that is no valid HTTP (a request line over 64KiB, a
+header line over 8KiB, a malformed header or chunk) is refused 400 by the HTTP layer
+(aiohttp) before the source sees it, in plain text; it is logged at DEBUG only, as is a
+client that goes before its body came.
 
 Throughput: each client waits for its answer, so lingering to fill a batch
 (`buffer.batch_linger`) would only delay it. While nothing but HTTP requests waits for
@@ -81,6 +83,7 @@ import asyncio
 import errno
 import hmac
 import json
+import logging
 import ssl
 import zlib
 from collections import deque
@@ -89,6 +92,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
@@ -225,6 +229,21 @@ def _decoded(body: bytes, wbits: int, limit: int) -> bytes:
     return data
 
 
+class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for the listener: a request it cannot parse (a bad header, a
+    broken chunk) or a client gone mid-request is the client's doing, logged at DEBUG in
+    one line; it was an ERROR with a traceback, which any client could fill the log with.
+    Anything else (a fault of the source) stays an ERROR with its traceback."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError | ConnectionError):
+            text = str(error).replace("\n", " ")
+            self.debug("%s: %s", str(msg) % args if args else msg, " ".join(text.split()))
+            return
+        super().exception(msg, *args, **kwargs)
+
+
 def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(
         status=status,
@@ -283,6 +302,7 @@ class HttpSource(Source):
             # own decoding answered an encoding it lacks (br, zstd) in plain text with an
             # ERROR traceback in the log, and a broken gzip body 500.
             auto_decompress=False,
+            logger=_ClientErrors(self.ctx.log),
         )
         await runner.setup()
         host, _, port = cfg.listen.rpartition(":")
@@ -400,6 +420,8 @@ class HttpSource(Source):
             body = await request.content.readexactly(cfg.max_body + 1)
         except asyncio.IncompleteReadError as err:  # the end came first: the whole body
             body = err.partial
+        except ConnectionError:  # the client went before its body was in: nobody to answer
+            return self._refuse(400, "the client closed the connection before its body came")
         if len(body) <= cfg.max_body and _CODINGS[coding]:
             try:
                 body = _decoded(body, _CODINGS[coding], cfg.max_body)

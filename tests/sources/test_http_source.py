@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -447,3 +448,34 @@ async def test_a_compressed_body_is_taken_or_refused_in_one_json_line(
     await until(lambda: len(lines(tmp_path)) == 2)
     await asyncio.sleep(0.2)
     assert [r["payload"] for r in lines(tmp_path)] == [{"x": 1}, {"x": 1}]
+
+
+async def test_a_request_that_is_no_http_or_a_client_gone_is_no_error_in_the_log(
+    ingest: Any, port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client could write ERROR lines with aiohttp's tracebacks into the gateway's log:
+    a malformed header or chunk ("Error handling request"), or a connection closed before
+    its body came (ConnectionResetError out of the source's read)."""
+    auth = f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n".encode()
+    requests = [
+        b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + auth
+        + b"\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ]
+    for raw in requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        answer = await reader.read()  # aiohttp answers 400 and closes
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 ")
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n" + auth + b"\r\n{}")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the source waits for the rest of the body
+    writer.close()
+    await asyncio.sleep(0.3)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [r.getMessage() for r in loud]
+    # the source still answers
+    assert (await ingest("/ingest/a", {"x": 1}))[0] == 200
