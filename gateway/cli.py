@@ -133,6 +133,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gateway.config import view
 
+    if args.action in ("history", "keygen-signing") and args.new is not None:
+        print(f"edge-stream: config {args.action} takes no argument", file=sys.stderr)
+        return 2
     if args.action == "history":
         return _config_history(args)
     if args.action in ("versions", "rollback"):
@@ -670,6 +673,22 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
+    if args.action == "list" and (args.seq or args.all):
+        print(
+            "edge-stream: dead-letters list takes no numbers and no --all"
+            " (--limit N: how many, default 50)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.action == "show" and args.all:
+        print("edge-stream: dead-letters show takes numbers, not --all", file=sys.stderr)
+        return 2
+    if args.action in ("replay", "purge") and args.all and args.seq:
+        print(
+            f"edge-stream: dead-letters {args.action} takes numbers or --all, not both",
+            file=sys.stderr,
+        )
+        return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for d in reversed(store.dead_letters(args.limit)):
@@ -744,6 +763,11 @@ def cmd_state(args: argparse.Namespace) -> int:
     """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
     if args.action != "list" and args.component is None:
         print(f"edge-stream: state {args.action} needs a component (ROUTE.N)", file=sys.stderr)
+        return 2
+    if args.action == "list" and args.component is not None:
+        print(
+            "edge-stream: state list takes no component (state show ROUTE.N does)", file=sys.stderr
+        )
         return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
