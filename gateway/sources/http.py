@@ -94,7 +94,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -185,6 +185,9 @@ class HttpSourceConfig(SourceConfig):
         str | None, Doc("A PEM certificate (chain) file: serve HTTPS with it; needs `tls_key`.")
     ] = None
     tls_key: Annotated[str | None, Doc("The PEM private key file of `tls_cert`.")] = None
+
+    def claims(self) -> list[Claim]:
+        return [listen_claim("listen", self.listen)]
 
     def check(self) -> Iterator[tuple[str, str]]:
         problem = check_location(self.listen)

@@ -68,7 +68,7 @@ from typing import Annotated, Any, Literal
 
 import serial
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
@@ -162,6 +162,11 @@ class SerialSourceConfig(SourceConfig):
         str,
         Doc("The FlowFiles' topic: `{source}`, and with `nmea` also `{talker}` and `{sentence}`."),
     ] = "serial/{source}"
+
+    def claims(self) -> list[Claim]:
+        if not self.port or "://" in self.port:  # socket://, rfc2217://: a server's
+            return []
+        return [serial_claim("port", self.port)]
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.port:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.topics import validate_topic
 from gateway.mqtt.urls import url_problem
@@ -464,6 +464,19 @@ class ModbusSourceConfig(SourceConfig):
     def setting(self, device: DeviceConfig, key: str) -> Any:
         value = getattr(device, key)
         return getattr(self, key) if value is None else value
+
+    def claims(self) -> list[Claim]:
+        """The serial ports of its rtu:// devices (devices of this source share them)."""
+        found: dict[tuple[str, str, str], Claim] = {}
+        for name, dev in self.device_configs("source").items():
+            try:
+                spec = parse_link_url(dev.url)
+            except ValueError:
+                continue
+            if spec.serial:
+                claim = serial_claim("url" if self.url else f"devices.{name}.url", spec.path)
+                found.setdefault(claim.identity, claim)
+        return list(found.values())
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.url is None and not self.devices:
