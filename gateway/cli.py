@@ -480,6 +480,12 @@ def cmd_secret(args: argparse.Namespace) -> int:
             print(f"edge-stream: {_cannot_write(path, err)}", file=sys.stderr)
             return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
+        if os.environ.get(secrets.ENV_KEY):
+            print(
+                f"edge-stream: note: {secrets.ENV_KEY} is set, and comes first: every command"
+                f" and the gateway use it, not {path}, until it is unset",
+                file=sys.stderr,
+            )
         return 0
     if args.action == "rotate":
         return _rotate(args, path)

@@ -73,3 +73,18 @@ def test_a_missing_key_names_the_file_looked_for_and_the_keygen_that_makes_it(
         f"edge-stream: no key: there is no {tmp_path / 'data' / 'secret.key'}; run"
         f" 'edge-stream secret keygen -c {config}' or set EDGE_STREAM_SECRET_KEY\n"
     )
+
+
+def test_keygen_says_when_the_environment_key_will_be_used_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the new file was written and then ignored by every command, without a word
+    monkeypatch.setenv("EDGE_STREAM_SECRET_KEY", "00" * 32)
+    key = tmp_path / "secret.key"
+    code, out, err = run(capsys, "secret", "keygen", "--key-file", str(key))
+    assert code == 0 and key.exists()
+    assert out == f"wrote a new key to {key} (mode 0600); keep a copy somewhere safe\n"
+    assert err == (
+        "edge-stream: note: EDGE_STREAM_SECRET_KEY is set, and comes first: every command"
+        f" and the gateway use it, not {key}, until it is unset\n"
+    )
