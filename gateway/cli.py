@@ -133,6 +133,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gateway.config import view
 
+    if args.action in ("history", "keygen-signing") and args.new is not None:
+        print(f"edge-stream: config {args.action} takes no argument", file=sys.stderr)
+        return 2
     if args.action == "history":
         return _config_history(args)
     if args.action in ("versions", "rollback"):
@@ -403,7 +406,19 @@ def _ask_reload(
         with urllib.request.urlopen(request, timeout=60, context=context) as response:
             return json.loads(response.read(1 << 20)), None
     except urllib.error.HTTPError as err:
-        print(f"edge-stream: {url}: the gateway answered {err.code} {err.reason}", file=sys.stderr)
+        err.close()  # it holds the answer's connection
+        hint = ""
+        if err.code in (401, 403):
+            # the console's accounts are all in web.users_file, or web.username is a viewer
+            hint = (
+                "; reload asks with web.username and web.password from the config (an"
+                " operator): set them, or send the gateway SIGHUP (systemctl reload"
+                " edge-stream)"
+            )
+        print(
+            f"edge-stream: {url}: the gateway answered {err.code} {err.reason}{hint}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     except (OSError, ValueError) as err:
         return None, getattr(err, "reason", err)
@@ -453,19 +468,28 @@ def _key_file(args: argparse.Namespace) -> Path:
 def cmd_secret(args: argparse.Namespace) -> int:
     path = _key_file(args)
     if args.action == "keygen":
-        try:
-            secrets.generate_key_file(path)
-        except FileExistsError:
+        if os.path.lexists(path):
             print(
                 f"edge-stream: {path} exists; not replacing a key that may be in use",
                 file=sys.stderr,
             )
             return 1
+        try:
+            secrets.generate_key_file(path)
+        except OSError as err:  # a folder that cannot be made or written, a file in the way
+            print(f"edge-stream: {_cannot_write(path, err)}", file=sys.stderr)
+            return 1
         print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe")
+        if os.environ.get(secrets.ENV_KEY):
+            print(
+                f"edge-stream: note: {secrets.ENV_KEY} is set, and comes first: every command"
+                f" and the gateway use it, not {path}, until it is unset",
+                file=sys.stderr,
+            )
         return 0
     if args.action == "rotate":
         return _rotate(args, path)
-    key = _load_key(path)
+    key = _load_key(path, _keygen_hint(args))
     if key is None:
         return 1
     value = args.value
@@ -546,8 +570,30 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_key(path: Path) -> bytes | None:
-    """The key (environment, else `path`); None after printing why there is none."""
+def _cannot_write(path: Path, err: OSError) -> str:
+    """Why `path` (a file, or a folder to fill) could not be written, in one line."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        for part in (*reversed(path.parents), path):
+            if part.exists() and not part.is_dir():
+                what = "it" if part == path else str(part)
+                return f"cannot write {path}: {what} is a file, not a folder"
+    where = Path(err.filename) if err.filename else path
+    because = err.strerror or str(err)
+    return f"cannot write {path}: {because}" + ("" if where == path else f" ({where})")
+
+
+def _keygen_hint(args: argparse.Namespace) -> str:
+    """The keygen command that makes the key file these arguments look for."""
+    if args.key_file:
+        return f"edge-stream secret keygen --key-file {args.key_file}"
+    if Path(args.config).is_file():
+        return f"edge-stream secret keygen -c {args.config}"
+    return "edge-stream secret keygen"
+
+
+def _load_key(path: Path, hint: str) -> bytes | None:
+    """The key (environment, else `path`); None after printing why there is none, naming
+    the key file looked for and the command (`hint`) that makes that one."""
     try:
         key = secrets.load_key(path)
     except secrets.SecretError as err:
@@ -555,7 +601,7 @@ def _load_key(path: Path) -> bytes | None:
         return None
     if key is None:
         print(
-            f"edge-stream: no key: run 'edge-stream secret keygen' or set {secrets.ENV_KEY}",
+            f"edge-stream: no key: there is no {path}; run '{hint}' or set {secrets.ENV_KEY}",
             file=sys.stderr,
         )
     return key
@@ -575,7 +621,7 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
             file=sys.stderr,
         )
         return 1
-    old = _load_key(key_file)
+    old = _load_key(key_file, _keygen_hint(args))
     if old is None:
         return 1
     try:
@@ -633,6 +679,22 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
+    if args.action == "list" and (args.seq or args.all):
+        print(
+            "edge-stream: dead-letters list takes no numbers and no --all"
+            " (--limit N: how many, default 50)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.action == "show" and args.all:
+        print("edge-stream: dead-letters show takes numbers, not --all", file=sys.stderr)
+        return 2
+    if args.action in ("replay", "purge") and args.all and args.seq:
+        print(
+            f"edge-stream: dead-letters {args.action} takes numbers or --all, not both",
+            file=sys.stderr,
+        )
+        return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for d in reversed(store.dead_letters(args.limit)):
@@ -708,6 +770,11 @@ def cmd_state(args: argparse.Namespace) -> int:
     if args.action != "list" and args.component is None:
         print(f"edge-stream: state {args.action} needs a component (ROUTE.N)", file=sys.stderr)
         return 2
+    if args.action == "list" and args.component is not None:
+        print(
+            "edge-stream: state list takes no component (state show ROUTE.N does)", file=sys.stderr
+        )
+        return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for item in store.states():
@@ -773,10 +840,14 @@ def cmd_docs(args: argparse.Namespace) -> int:
     from gateway.config import reference
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     pages = reference.pages(registry.entries())
-    for name, text in pages.items():
-        (out / name).write_text(text, encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in pages.items():
+            (out / name).write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(f"edge-stream: {_cannot_write(out, err)}", file=sys.stderr)
+        return 1
     print(f"wrote {len(pages)} pages to {out}")
     return 0
 

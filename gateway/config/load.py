@@ -256,9 +256,28 @@ def _json_size(data: Any) -> tuple[int, int]:
     return deepest, nodes
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object that writes one key twice (json.loads would keep the last)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def _parse_json(text: str, source: str) -> Any:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as err:  # refused as in YAML; reading it as YAML names the lines
+        try:
+            _parse_yaml(text, source)
+        except ConfigError as found:
+            raise ConfigError(str(found).replace("invalid YAML", "invalid JSON", 1)) from err
+        raise ConfigError(f"{source}: invalid JSON: {err}") from err
     except json.JSONDecodeError as err:
         raise ConfigError(f"{source}:{err.lineno}: invalid JSON: {err.msg}") from err
     except RecursionError as err:
@@ -316,14 +335,20 @@ def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, in
     key_lines: dict[int, dict[Any, int]] = {}
     if source.endswith(".json"):
         data = _parse_json(text, source)
+        shape = data
+        try:  # JSON is YAML: read again by the line-keeping loader, for the keys' lines
+            shape, key_lines = _parse_yaml(text, source)
+        except ConfigError:  # a JSON file YAML reads otherwise (a repeated key): no lines
+            pass
     else:
         data, key_lines = _parse_yaml(text, source)
+        shape = data
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping of sections")
     lines: dict[KeyPath, int] = {}
-    _collect_lines(data, key_lines, (), lines)
+    _collect_lines(shape, key_lines, (), lines)
     return data, lines
 
 

@@ -820,6 +820,32 @@ class Config:
                         f"no {what} named {component!r} is defined{did_you_mean(component, known)}",
                     )
 
+    def _check_claims(self) -> Iterator[tuple[str, str]]:
+        """One serial port, one source; one address, one listener (a source's or the
+        console's): the second would retry forever ("cannot connect", "in use")."""
+        taken: list[tuple[Claim, str]] = []  # (claim, whose)
+        web = self.web
+        if web is not None and web.enabled and not web.listen_problem():
+            taken.append((listen_claim("listen", web.listen), "web.listen (the console)"))
+        for name, source in (self.sources or {}).items():
+            if source is None:
+                continue
+            for claim in source.claims():
+                other = next((who for held, who in taken if _claims_clash(held, claim)), None)
+                if other is None:
+                    taken.append((claim, f"source {name!r}"))
+                    continue
+                hint = (
+                    "; Modbus devices on one line go under one source's devices:"
+                    if claim.identity[0] == "serial"
+                    else ""
+                )
+                yield (
+                    f"sources.{name}.{claim.key}",
+                    f"the {claim.shown} is also used by {other}: only one of them can open"
+                    f" it{hint}",
+                )
+
     def check(self) -> Iterator[tuple[str, str]]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
@@ -835,6 +861,7 @@ class Config:
                         ),
                     )
         yield from self._check_alert_components()
+        yield from self._check_claims()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):
@@ -946,6 +973,46 @@ class SourceConfig:
     """Keys every source shares; each source's config extends this class."""
 
     type: Annotated[str, Doc("The kind of source.")]
+
+    def claims(self) -> list[Claim]:
+        """What this source holds that no other component can hold at the same time: a
+        serial port, a listening address. Two sources claiming one are refused by the
+        config check; otherwise the second could never open it and retried forever."""
+        return []
+
+
+class Claim(typing.NamedTuple):
+    """A serial port or listening address a component holds: the key that names it, how
+    the config writes it, and what it is (for comparing)."""
+
+    key: str
+    shown: str
+    identity: tuple[str, str, str]
+
+
+def serial_claim(key: str, port: str) -> Claim:
+    """A serial port: symbolic links resolved, so that /dev/serial/by-id/... and the
+    /dev/ttyUSB0 it points to are one port."""
+    return Claim(key, f"serial port {port}", ("serial", os.path.realpath(port), ""))
+
+
+def listen_claim(key: str, listen: str) -> Claim:
+    """A host:port listened on (an IPv6 host in brackets, as configs write it)."""
+    host, _, port = listen.rpartition(":")
+    return Claim(key, f"address {listen}", ("address", host.strip("[]"), port))
+
+
+def _claims_clash(a: Claim, b: Claim) -> bool:
+    """The same serial port, or addresses on one port where one of them listens on every
+    address (0.0.0.0, ::)."""
+    kind_a, where_a, port_a = a.identity
+    kind_b, where_b, port_b = b.identity
+    if kind_a != kind_b or port_a != port_b:
+        return False
+    anywhere = ("", "0.0.0.0", "::", "*")
+    return where_a == where_b or (
+        kind_a == "address" and (where_a in anywhere or where_b in anywhere)
+    )
 
 
 def _schedule_problem(value: str | None) -> str | None:

@@ -37,6 +37,12 @@ def cron_problem(expression: str) -> str | None:
 
     if not croniter.is_valid(expression):
         return f"{expression!r} is not a valid cron schedule, e.g. '*/5 * * * *'"
+    from croniter import CroniterBadDateError
+
+    try:  # valid fields that no date has (31 February) leave no time to run at
+        croniter(expression, datetime(2024, 1, 1, tzinfo=UTC)).get_next(float)
+    except CroniterBadDateError:
+        return f"{expression!r} names no date that exists (such as 30 February): it never runs"
     return None
 
 

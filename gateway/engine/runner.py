@@ -212,10 +212,13 @@ class SourceRunner:
                 await self.source.connect()
                 self.state = "running"
                 self.missing = False
-                self.backoff.reset()
                 if self.source.mode == "poll":
+                    # A polled source's connect proves little (a REST source's is a client
+                    # session): its backoff resets after a poll that worked, or an API that
+                    # answers 500 was asked again every half second whatever the interval.
                     await self._poll_loop()
                 else:
+                    self.backoff.reset()
                     await self._read_loop()
             except RetryableError as err:
                 self._failed(str(err), "retryable")
@@ -259,6 +262,7 @@ class SourceRunner:
             while True:  # a source with a backlog (a page limit reached) goes on at once
                 await self.gate.wait()
                 messages = await self.source.poll_messages()
+                self.backoff.reset()
                 self.produced += len(messages)
                 await self.ingest.put(self.name, messages)
                 if not self.source.backlog:

@@ -8,6 +8,7 @@ the dead-letter table.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable
@@ -68,11 +69,15 @@ def too_long(limit: int) -> str:
 
 
 class LineFramer:
-    """`framing: line` — each line as it is (text checked against `encoding`)."""
+    """`framing: line` — each line as text in `encoding`, stored as UTF-8 (`binary`: as it
+    came)."""
 
     def __init__(self, terminator: bytes, max_length: int, encoding: str, strip: bool) -> None:
         self.lines = LineSplitter(terminator, max_length)
         self.encoding = None if encoding == "binary" else encoding
+        # A line in another encoding (latin-1, cp1252 ...) is written as UTF-8 text, as the
+        # regex framing's fields are: kept in its own bytes, every sink would see binary.
+        self.transcode = self.encoding is not None and codecs.lookup(self.encoding).name != "utf-8"
         self.strip = strip
 
     def feed(self, data: bytes) -> list[Record]:
@@ -86,7 +91,12 @@ class LineFramer:
                 continue
             problem = _undecodable(content, self.encoding)
             # A dead letter keeps the line as it came, surrounding bytes included.
-            out.append(Record(line, problem) if problem else Record(content))
+            if problem:
+                out.append(Record(line, problem))
+            elif self.transcode and self.encoding:
+                out.append(Record(content.decode(self.encoding).encode("utf-8")))
+            else:
+                out.append(Record(content))
         return out
 
 

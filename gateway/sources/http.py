@@ -15,10 +15,13 @@ Refusals, each a one-line JSON body {"error": "..."}; nothing of a refused
 request is stored:
   401  no `Authorization: Bearer <token>`, or not one of `tokens` (compared in
        constant time)
-  413  a body larger than `max_body`, or whose FlowFiles would hold more than
-       `max_in_flight` bytes in memory (see below): send fewer objects at once
-  415  a Content-Type other than application/json (or `…+json`)
-  400  a body that is not JSON, not an object or an array of objects, or a topic
+  413  a body larger than `max_body` (as sent, and once decompressed), or whose
+       FlowFiles would hold more than `max_in_flight` bytes in memory (see below):
+       send fewer objects at once
+  415  a Content-Type other than application/json (or `…+json`), or a
+       Content-Encoding other than gzip, deflate or none
+  400  a body that is not JSON, not an object or an array of objects, a gzip or
+       deflate body that does not decompress, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
@@ -29,8 +32,10 @@ request is stored:
        stopping; with `Retry-After` (seconds). A request not confirmed within
        `ack_timeout` is answered 503 too; it may still be stored, so sending it
        again may store it twice (at least once).
-The one exception: a request line over 64KiB, or a header line over 8KiB, is
-refused 400 by the HTTP layer (aiohttp) before the source sees it, in plain text.
+The one exception: a request that is no valid HTTP (a request line over 64KiB, a
+header line over 8KiB, a malformed header or chunk) is refused 400 by the HTTP layer
+(aiohttp) before the source sees it, in plain text; it is logged at DEBUG only, as is a
+client that goes before its body came.
 
 Throughput: each client waits for its answer, so lingering to fill a batch
 (`buffer.batch_linger`) would only delay it. While nothing but HTTP requests waits for
@@ -78,15 +83,18 @@ import asyncio
 import errno
 import hmac
 import json
+import logging
 import ssl
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -178,6 +186,9 @@ class HttpSourceConfig(SourceConfig):
     ] = None
     tls_key: Annotated[str | None, Doc("The PEM private key file of `tls_cert`.")] = None
 
+    def claims(self) -> list[Claim]:
+        return [listen_claim("listen", self.listen)]
+
     def check(self) -> Iterator[tuple[str, str]]:
         problem = check_location(self.listen)
         if problem or not self.listen.rpartition(":")[0] or ":" not in self.listen:
@@ -204,6 +215,36 @@ class _Request:
         self.messages = messages
         self.size = size
         self.answer = answer
+
+
+# Content-Encoding -> zlib's wbits for it (0: the body as it is). HTTP's deflate is the
+# zlib format; 47 also takes a gzip header, as senders mix them up.
+_CODINGS = {"identity": 0, "gzip": 31, "x-gzip": 31, "deflate": 47}
+
+
+def _decoded(body: bytes, wbits: int, limit: int) -> bytes:
+    """`body` decompressed, at most `limit` + 1 bytes of it (more: the caller's 413);
+    zlib.error when it is no complete stream of that format."""
+    unzip = zlib.decompressobj(wbits)
+    data = unzip.decompress(body, limit + 1)
+    if len(data) <= limit and not unzip.eof:
+        raise zlib.error("the compressed data ends early")
+    return data
+
+
+class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for the listener: a request it cannot parse (a bad header, a
+    broken chunk) or a client gone mid-request is the client's doing, logged at DEBUG in
+    one line; it was an ERROR with a traceback, which any client could fill the log with.
+    Anything else (a fault of the source) stays an ERROR with its traceback."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError | ConnectionError):
+            text = str(error).replace("\n", " ")
+            self.debug("%s: %s", str(msg) % args if args else msg, " ".join(text.split()))
+            return
+        super().exception(msg, *args, **kwargs)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -260,6 +301,11 @@ class HttpSource(Source):
             access_log=None,
             shutdown_timeout=1.0,
             max_line_size=MAX_LINE,
+            # The body is read as sent and gzip/deflate undone here (_decoded): aiohttp's
+            # own decoding answered an encoding it lacks (br, zstd) in plain text with an
+            # ERROR traceback in the log, and a broken gzip body 500.
+            auto_decompress=False,
+            logger=_ClientErrors(self.ctx.log),
         )
         await runner.setup()
         host, _, port = cfg.listen.rpartition(":")
@@ -354,6 +400,11 @@ class HttpSource(Source):
         kind = request.content_type
         if kind != "application/json" and not kind.endswith("+json"):
             return self._refuse(415, f"Content-Type must be application/json, not {kind!r}")
+        coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding not in _CODINGS:
+            return self._refuse(
+                415, f"Content-Encoding must be gzip, deflate or none, not {coding!r}"
+            )
         length = request.content_length
         if length is not None and length > cfg.max_body:
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
@@ -372,6 +423,13 @@ class HttpSource(Source):
             body = await request.content.readexactly(cfg.max_body + 1)
         except asyncio.IncompleteReadError as err:  # the end came first: the whole body
             body = err.partial
+        except ConnectionError:  # the client went before its body was in: nobody to answer
+            return self._refuse(400, "the client closed the connection before its body came")
+        if len(body) <= cfg.max_body and _CODINGS[coding]:
+            try:
+                body = _decoded(body, _CODINGS[coding], cfg.max_body)
+            except zlib.error as err:
+                return self._refuse(400, f"the body is not valid {coding}: {err}")
         if len(body) > cfg.max_body:
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
         if self._in_flight + len(body) > cfg.max_in_flight and self._in_flight:

@@ -26,7 +26,8 @@ Framing:
 - `line`: each line up to `terminator` (default "\\n"; "\\r\\n" and "\\r" work
   too) becomes a FlowFile whose content is the line (surrounding whitespace
   removed unless `strip: false`). With `encoding` (utf-8; `binary` to accept
-  any bytes), a line that is not valid text is garbage.
+  any bytes), a line that is not valid text is garbage; a line in another
+  encoding (`latin-1`, `cp1252` ...) is stored as UTF-8 text.
 - `regex`: each line is searched with `pattern`; its named groups become the
   fields of a JSON object (numbers as numbers unless `convert: false`).
 - `fixed`: records of `length` bytes, content as received; with `sync` (hex,
@@ -67,7 +68,7 @@ from typing import Annotated, Any, Literal
 
 import serial
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
@@ -120,12 +121,13 @@ class SerialSourceConfig(SourceConfig):
     terminator: Annotated[
         str, Doc("The end of a line (`line` and `regex` framing); `\\r\\n` and `\\r` work too.")
     ] = "\n"
-    strip: Annotated[bool, Doc("Remove the whitespace around a line.")] = True
+    strip: Annotated[bool, Doc("`line` framing: remove the whitespace around a line.")] = True
     encoding: Annotated[
         str,
         Doc(
-            "The text encoding of lines; a line that is not valid text is garbage."
-            " `binary` accepts any bytes."
+            "The text encoding of lines (`line` and `regex` framing, e.g. `latin-1`), stored"
+            " as UTF-8; a line that is not valid text is garbage. `binary` accepts any bytes"
+            " and keeps them as they came."
         ),
     ] = "utf-8"
     pattern: Annotated[
@@ -161,18 +163,39 @@ class SerialSourceConfig(SourceConfig):
         Doc("The FlowFiles' topic: `{source}`, and with `nmea` also `{talker}` and `{sentence}`."),
     ] = "serial/{source}"
 
+    def claims(self) -> list[Claim]:
+        if not self.port or "://" in self.port:  # socket://, rfc2217://: a server's
+            return []
+        return [serial_claim("port", self.port)]
+
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.port:
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
+        terminator = b"\n"
         if not self.terminator:
             yield "terminator", "must not be empty"
+        else:
+            try:
+                terminator = _unescape(self.terminator)
+            except (UnicodeDecodeError, UnicodeEncodeError) as err:  # "\\x", "€"
+                yield (
+                    "terminator",
+                    f"'{self.terminator}' is no byte string ({err.reason}): write bytes as"
+                    " characters or escapes such as \\r, \\n, \\t or \\x1e",
+                )
         if self.encoding != "binary":
             try:
                 codecs.lookup(self.encoding)
             except LookupError:
                 yield "encoding", f"unknown encoding {self.encoding!r} (or 'binary')"
+            else:
+                try:  # hex, base64, rot13 ...: codecs, but no text encodings (bytes.decode
+                    b"a".decode(self.encoding, "replace")  # refuses them: the source crashed)
+                except LookupError:
+                    text = f"{self.encoding!r} is not a text encoding (e.g. utf-8, latin-1)"
+                    yield "encoding", text + " or 'binary'"
         if self.framing == "regex":
             if not self.pattern:
                 yield "pattern", "framing: regex needs a pattern with named groups"
@@ -201,6 +224,16 @@ class SerialSourceConfig(SourceConfig):
                     yield "sync", "must be 1..length bytes"
             if self.framing != "fixed":
                 yield "sync", "only used with framing: fixed"
+        # A key another framing reads, set away from its default here, would be ignored.
+        for key, changed, framings in (
+            ("terminator", terminator != b"\n", ("line", "regex")),
+            ("encoding", self.encoding != "utf-8", ("line", "regex")),
+            ("strip", not self.strip, ("line",)),
+            ("convert", not self.convert, ("regex",)),
+            ("require_checksum", not self.require_checksum, ("nmea",)),
+        ):
+            if changed and self.framing not in framings:
+                yield key, f"only used with framing: {' or '.join(framings)}"
         allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
         try:
             names = {f for _, f, _, _ in string.Formatter().parse(self.topic) if f is not None}

@@ -243,7 +243,8 @@ def test_secret_decrypt_and_a_value_from_stdin(tmp_path: Path) -> None:
     no_key = cli("secret", "decrypt", "ENC(abc)", "-c", str(path))
     assert no_key.returncode == 1
     assert no_key.stderr == (
-        "edge-stream: no key: run 'edge-stream secret keygen' or set EDGE_STREAM_SECRET_KEY\n"
+        f"edge-stream: no key: there is no {key}; run 'edge-stream secret keygen -c {path}'"
+        " or set EDGE_STREAM_SECRET_KEY\n"
     )
     assert cli("secret", "keygen", "-c", str(path)).returncode == 0
     # `-` (before or after -c) or no value at all: the value comes on stdin.
@@ -411,7 +412,8 @@ def test_secret_rotate_refuses_and_changes_nothing(tmp_path: Path) -> None:
     stranger = secrets.encrypt("x", secrets.new_key())
     path.write_text(ROTATE_YAML.format(key=key, data=tmp_path, a="plain", b="plain"))
     no_key = cli("secret", "rotate", "-c", str(path))
-    assert no_key.returncode == 1 and "no key: run 'edge-stream secret keygen'" in no_key.stderr
+    assert no_key.returncode == 1
+    assert f"no key: there is no {key}; run 'edge-stream secret keygen -c {path}'" in no_key.stderr
     assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
     enc = cli("secret", "encrypt", "p", "--key-file", str(key)).stdout.strip()
     key_before = key.read_bytes()

@@ -997,3 +997,28 @@ def test_a_text_key_given_an_exponent_number_keeps_its_text(tmp_path: Path) -> N
     assert config.sinks["out"].batch.max_rows == 1000
     value = config.routes["r"].processors[0].set["k"][0]
     assert value == 20.0 and type(value) is float, "no remembered text left in a value"
+
+
+def test_a_json_config_names_the_line_of_each_problem_and_refuses_a_repeated_key(
+    tmp_path: Path,
+) -> None:
+    """A JSON file's problems had no line ("j.json: sources.h.type: ..."), and a key
+    written twice in one object was taken silently, the first one dropped."""
+    path = tmp_path / "gateway.json"
+    path.write_text(
+        '{"gateway": {"id": "x", "data_dir": "d"},\n'
+        ' "sources": {\n'
+        '   "h": {"type": "sistem", "disk_path": "a\\/b\\u00e9"}},\n'
+        ' "routes": {"r": {"match": "#", "sinks": ["nope"]}}\n'
+        "}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load(str(path))
+    assert err.value.problems == [
+        f"{path}:3: sources.h.type: unknown source type 'sistem' (did you mean 'system'?)",
+        f"{path}:4: routes.r.sinks.0: no sink named 'nope' is defined under sinks:",
+    ]
+    path.write_text('{"sources": {"h": {"type": "system", "interval": "1x"},\n\t"h": {}}}\n')
+    with pytest.raises(ConfigError) as err:
+        load(str(path))
+    assert err.value.problems == [f"{path}:2: invalid JSON: duplicate key 'h' (first on line 1)"]

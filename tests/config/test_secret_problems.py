@@ -218,3 +218,13 @@ def test_a_secret_without_a_key_says_where_the_key_goes(
         f"{path}:4: sinks.w.path: the value holds ENC(...) but there is no key (see the first"
         " such line)",
     ]
+
+
+def test_a_short_secret_is_replaced_where_it_stands_alone_not_inside_words() -> None:
+    found = _Secrets()
+    at = ("sources", "api", "bearer_token")
+    found.add(at, "t", "***")
+    # was "use bearer_***oken or username and password, no*** bo***h"
+    message = "use bearer_token or username and password, not both"
+    assert found.scrub(at, message) == message
+    assert found.scrub(at, "got t, T and [t]; 't' too") == "got ***, *** and [***]; '***' too"

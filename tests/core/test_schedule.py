@@ -72,6 +72,13 @@ def test_bad_cron_expressions_are_explained() -> None:
     assert cron_problem("*/5 * * * *") is None
     assert "5 fields" in (cron_problem("*/5 * *") or "")
     assert "not a valid cron" in (cron_problem("61 * * * *") or "")
+    # valid fields, no date: passed the check, then the source crashed at each start
+    # (CroniterBadDateError, with a traceback) and never polled
+    for never in ("0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"):
+        assert cron_problem(never) == (
+            f"{never!r} names no date that exists (such as 30 February): it never runs"
+        )
+    assert cron_problem("0 0 29 2 *") is None  # leap days come
 
 
 class FakeClock(Clock):

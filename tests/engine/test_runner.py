@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config.model import BatchSettings, SinkConfig
+from gateway.config.model import BatchSettings, RetrySettings, SinkConfig, SourceConfig
 from gateway.core.clock import Clock
-from gateway.core.component import Context, Message, Rejected, Sink
+from gateway.core.component import Context, Message, Rejected, Sink, Source
+from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.engine.runner import Ingest, SinkRunner, message_bytes
+from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, message_bytes
 from gateway.store.sqlite import Batch, Store
 
 pytestmark = pytest.mark.unit
@@ -147,3 +149,66 @@ async def test_an_idle_sink_woken_writes_at_once_unless_it_is_told_to_linger(
     await store.close()
     assert sink.batches == [[1, 1, 1]]
     assert [s for s in clock.sleeps if s] == sleeps
+
+
+class Ticking(Clock):
+    """Time that passes only by sleeping on it (at once); every sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def now_ns(self) -> int:
+        return int(self.now * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+class Failing(Source):
+    """A polled source that connects at once and whose polls fail `failures` times."""
+
+    mode = "poll"
+    interval = 60.0
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(SourceConfig(type="test"), Context("api", "source"))
+        self.failures = failures
+        self.polls = 0
+        self.done = asyncio.Event()
+
+    async def poll(self) -> list[FlowFile]:
+        self.polls += 1
+        if self.polls <= self.failures:
+            raise RetryableError("answered 500 Internal Server Error")
+        if self.done.is_set():  # the test looks now: poll no more
+            await asyncio.Event().wait()
+        self.done.set()
+        return [FlowFile.create("t/1", b"{}")]
+
+
+async def test_a_polled_source_that_connects_but_fails_its_polls_backs_off_doubling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backoff was reset at each connect, which a REST source always passes: an API
+    answering 500 was polled again after 0.25-0.5 s forever, with an interval of 1m."""
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
+    clock = Ticking()
+    source = Failing(failures=5)
+    runner = SourceRunner(
+        "api", source, Ingest(capacity=100), RetrySettings(0.5, 30.0), asyncio.Event(), clock
+    )
+    runner.gate.set()
+    task = asyncio.ensure_future(runner.run())
+    await asyncio.wait_for(source.done.wait(), 10)
+    assert clock.sleeps[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert runner.errors == 5 and runner.state == "running"
+    assert runner.backoff.next() == 0.5, "a poll that worked starts the backoff over"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

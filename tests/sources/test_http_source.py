@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import logging
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -417,3 +420,62 @@ async def test_a_lone_surrogate_is_refused_in_an_object_as_in_an_array(
         assert status == 200 and answer["stored"] == 1
     await until(lambda: len(lines(tmp_path)) == 2)
     assert [r["payload"] for r in lines(tmp_path)] == [{"a": "\U0001f600"}] * 2
+
+
+async def test_a_compressed_body_is_taken_or_refused_in_one_json_line(
+    ingest: Any, tmp_path: Path
+) -> None:
+    """A broken gzip body was answered 500 in plain text, and a Content-Encoding aiohttp
+    lacks (br, zstd) 400 in plain text, each with an ERROR traceback in the log."""
+    one = json.dumps({"x": 1}).encode()
+    assert (await ingest("/ingest/a", gzip.compress(one), {"Content-Encoding": "gzip"}))[0] == 200
+    assert (await ingest("/ingest/a", zlib.compress(one), {"Content-Encoding": "deflate"}))[
+        0
+    ] == 200
+    # max_body (1KiB) holds for what the body decompresses to
+    big = json.dumps({"x": "y" * 2000}).encode()
+    status, answer = await ingest("/ingest/a", gzip.compress(big), {"Content-Encoding": "gzip"})
+    assert (status, answer) == (413, {"error": "the body is larger than 1024 bytes"})
+    for body in (b"not gzip at all", gzip.compress(one)[:-6]):
+        status, answer = await ingest("/ingest/a", body, {"Content-Encoding": "gzip"})
+        assert status == 400 and answer["error"].startswith("the body is not valid gzip: ")
+    for coding in ("br", "zstd", "compress"):
+        status, answer = await ingest("/ingest/a", b"\x00\x01", {"Content-Encoding": coding})
+        assert (status, answer) == (
+            415,
+            {"error": f"Content-Encoding must be gzip, deflate or none, not {coding!r}"},
+        )
+    await until(lambda: len(lines(tmp_path)) == 2)
+    await asyncio.sleep(0.2)
+    assert [r["payload"] for r in lines(tmp_path)] == [{"x": 1}, {"x": 1}]
+
+
+async def test_a_request_that_is_no_http_or_a_client_gone_is_no_error_in_the_log(
+    ingest: Any, port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any client could write ERROR lines with aiohttp's tracebacks into the gateway's log:
+    a malformed header or chunk ("Error handling request"), or a connection closed before
+    its body came (ConnectionResetError out of the source's read)."""
+    auth = f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n".encode()
+    requests = [
+        b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + auth
+        + b"\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ]
+    for raw in requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        answer = await reader.read()  # aiohttp answers 400 and closes
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 ")
+        writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /ingest/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n" + auth + b"\r\n{}")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the source waits for the rest of the body
+    writer.close()
+    await asyncio.sleep(0.3)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [r.getMessage() for r in loud]
+    # the source still answers
+    assert (await ingest("/ingest/a", {"x": 1}))[0] == 200

@@ -175,3 +175,18 @@ def test_nul_bytes_around_an_nmea_sentence_are_garbage_not_dropped() -> None:
     assert blank == []  # blank lines carry nothing
     assert len(spaced) == 1 and spaced[0].reject is None  # spaces around are layout
     assert json.loads(spaced[0].content)["raw"] == good.decode().strip()
+
+
+def test_a_line_in_another_encoding_is_stored_as_utf8_text() -> None:
+    # `encoding: latin-1` used to keep the line's own bytes: b"caf\xe9", which no sink
+    # could show as text (the file sink wrote it as base64)
+    framer = LineFramer(b"\n", 64, "latin-1", strip=True)
+    assert framer.feed(b" caf\xe9 \n") == [Record("café".encode())]
+    assert LineFramer(b"\n", 64, "cp1252", strip=True).feed(b"\x80 5\n") == [Record("€ 5".encode())]
+    # UTF-8 (however it is spelled) and binary lines stay as they came
+    for encoding in ("utf-8", "UTF8", "binary"):
+        framer = LineFramer(b"\n", 64, encoding, strip=True)
+        assert framer.feed("café\n".encode()) == [Record("café".encode())], encoding
+    # what is no text in the encoding stays garbage, with its own bytes
+    (bad,) = LineFramer(b"\n", 64, "ascii", strip=True).feed(b"caf\xe9\n")
+    assert bad.content == b"caf\xe9" and bad.reject is not None

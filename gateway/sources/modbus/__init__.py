@@ -35,9 +35,11 @@ Device URLs: `tcp://host:502`, `udp://host:502`, `rtu+tcp://host:port` (RTU
 frames through a serial-to-TCP converter) and
 `rtu:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1&bytesize=8`. Devices
 with the same URL (host and port, or serial port) share one connection and
-are asked one request at a time; on a serial line the source keeps the
-inter-frame silence (`frame_delay`, default 3.5 characters, 1.75 ms above
-19200 baud) between the end of one answer and the next request.
+are asked one request at a time (a serial port belongs to one source: a second
+source, Modbus or serial, naming it is refused by the config check); on a
+serial line the source keeps the inter-frame silence (`frame_delay`, default
+3.5 characters, 1.75 ms above 19200 baud) between the end of one answer and
+the next request.
 
 Device keys (each may also be set once for all devices at the source level):
 `interval` (1s), `timeout` (1s, per request), `retries` (1: requests sent

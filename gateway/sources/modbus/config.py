@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.topics import validate_topic
 from gateway.mqtt.urls import url_problem
@@ -465,6 +465,19 @@ class ModbusSourceConfig(SourceConfig):
         value = getattr(device, key)
         return getattr(self, key) if value is None else value
 
+    def claims(self) -> list[Claim]:
+        """The serial ports of its rtu:// devices (devices of this source share them)."""
+        found: dict[tuple[str, str, str], Claim] = {}
+        for name, dev in self.device_configs("source").items():
+            try:
+                spec = parse_link_url(dev.url)
+            except ValueError:
+                continue
+            if spec.serial:
+                claim = serial_claim("url" if self.url else f"devices.{name}.url", spec.path)
+                found.setdefault(claim.identity, claim)
+        return list(found.values())
+
     def check(self) -> Iterator[tuple[str, str]]:
         if self.url is None and not self.devices:
             yield (
@@ -475,8 +488,6 @@ class ModbusSourceConfig(SourceConfig):
             yield "url", "give either url: (one device) or devices:, not both"
         if self.url is None and self.registers:
             yield "registers", "registers at the top level need url: (or move them under devices:)"
-        if self.url is not None and not self.registers:
-            yield "registers", "list at least one register"
         for key, template, allowed in (
             ("topic", self.topic, _TOPIC_FIELDS),
             ("device_topic", self.device_topic, {"device", "unit"}),
@@ -497,7 +508,10 @@ class ModbusSourceConfig(SourceConfig):
             except ValueError as err:
                 yield f"{where}url", str(err)
                 continue
-            if not 0 <= dev.unit <= 255 or (spec.serial and dev.unit > 247):
+            # On a serial line (rtu://, or rtu+tcp:// through a converter to one) 0 is the
+            # broadcast address, which no device answers, and 248..255 are reserved.
+            on_line = spec.kind in ("rtu", "rtu+tcp")
+            if not 0 <= dev.unit <= 255 or (on_line and not 1 <= dev.unit <= 247):
                 yield f"{where}unit", "unit id must be 0..255 (1..247 on a serial line)"
             other = ports.get(spec.key)
             if other is not None and other[1] != spec:

@@ -153,6 +153,8 @@ def parse_link_url(url: str) -> LinkSpec:
                 raise ValueError(f"{url!r} has no host; write {scheme}://host:port")
             if parts.query or parts.path not in ("", "/"):
                 raise ValueError(f"{url!r}: a {scheme} URL is just {scheme}://host:port")
+            if parts.port == 0:
+                raise ValueError(f"{url!r}: the port must be 1 to 65535 (default 502)")
             return LinkSpec(kind=scheme, host=parts.hostname, port=parts.port or 502)  # type: ignore[arg-type]
         if scheme == "rtu":
             path = (parts.netloc + parts.path) if parts.netloc else parts.path
@@ -165,6 +167,8 @@ def parse_link_url(url: str) -> LinkSpec:
                 if key not in _SERIAL_KEYS:
                     known = ", ".join(sorted(_SERIAL_KEYS))
                     raise ValueError(f"{url!r}: unknown serial option {key!r} (use {known})")
+                if key != "parity" and not value.isdigit():
+                    raise ValueError(f"{url!r}: {key} must be a whole number, not {value!r}")
                 options[key] = value
             spec = LinkSpec(
                 kind="rtu",

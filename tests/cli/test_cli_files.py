@@ -1,0 +1,90 @@
+"""The commands that write files (secret keygen, docs) and the key they look for: a path
+they cannot write, or a key file that is not there, is one line saying which file and
+what to do, never a traceback. Run in-process (`gateway.cli.main`), no server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keygen_and_docs_where_a_file_stands_for_a_folder_say_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder\n")
+
+    key = blocker / "keys" / "secret.key"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key)) == (
+        1,
+        "",
+        f"edge-stream: cannot write {key}: {blocker} is a file, not a folder\n",
+    )
+    assert run(capsys, "docs", "--out", str(blocker)) == (
+        1,
+        "",
+        f"edge-stream: cannot write {blocker}: it is a file, not a folder\n",
+    )
+    # an existing key is still never replaced
+    assert run(capsys, "secret", "keygen", "--key-file", str(blocker)) == (
+        1,
+        "",
+        f"edge-stream: {blocker} exists; not replacing a key that may be in use\n",
+    )
+    assert blocker.read_text() == "a file, not a folder\n"
+
+
+def test_a_missing_key_names_the_file_looked_for_and_the_keygen_that_makes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "k" / "my.key"
+    code, out, err = run(capsys, "secret", "encrypt", "v", "--key-file", str(key))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"edge-stream: no key: there is no {key}; run 'edge-stream secret keygen"
+        f" --key-file {key}' or set EDGE_STREAM_SECRET_KEY\n"
+    )
+    # the command it names makes the key that encrypt then finds
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    code, out, err = run(capsys, "secret", "encrypt", "v", "--key-file", str(key))
+    assert (code, err) == (0, "") and out.startswith("ENC(")
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\n")
+    code, out, err = run(capsys, "secret", "decrypt", "ENC(abc)", "-c", str(config))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"edge-stream: no key: there is no {tmp_path / 'data' / 'secret.key'}; run"
+        f" 'edge-stream secret keygen -c {config}' or set EDGE_STREAM_SECRET_KEY\n"
+    )
+
+
+def test_keygen_says_when_the_environment_key_will_be_used_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the new file was written and then ignored by every command, without a word
+    monkeypatch.setenv("EDGE_STREAM_SECRET_KEY", "00" * 32)
+    key = tmp_path / "secret.key"
+    code, out, err = run(capsys, "secret", "keygen", "--key-file", str(key))
+    assert code == 0 and key.exists()
+    assert out == f"wrote a new key to {key} (mode 0600); keep a copy somewhere safe\n"
+    assert err == (
+        "edge-stream: note: EDGE_STREAM_SECRET_KEY is set, and comes first: every command"
+        f" and the gateway use it, not {key}, until it is unset\n"
+    )

@@ -1,0 +1,75 @@
+"""One serial port, one source; one address, one listener: check-config refuses a config
+whose second source could never open its port or address. These all passed the check,
+then the second retried forever ("cannot connect to rtu://...", "the address is in use")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import load
+from gateway.core.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "abcdefghijklmnopqrstu"
+
+
+def problems(tmp_path: Path, sources: str, web: str = "{enabled: false}") -> list[str]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path}/data'}}\nweb: {web}\nsources:\n{sources}"
+    )
+    try:
+        load(str(path))
+    except ConfigError as err:
+        return [p.split(": ", 1)[1] for p in err.problems]
+    return []
+
+
+def test_two_sources_on_one_serial_port_are_refused(tmp_path: Path) -> None:
+    link = tmp_path / "by-id"
+    os.symlink("/dev/ttyS7", link)  # /dev/serial/by-id/... names the same port
+    found = problems(
+        tmp_path,
+        "  a: {type: modbus, url: 'rtu:///dev/ttyS7?baudrate=9600', registers: {x: {address: 0}}}\n"
+        f"  b: {{type: serial, port: {link}}}\n"
+        "  c:\n"
+        "    type: modbus\n"
+        "    devices:\n"
+        "      m1: {url: 'rtu:///dev/ttyS7', unit: 2, registers: {x: {address: 0}}}\n"
+        "      m2: {url: 'rtu:///dev/ttyS8', unit: 2, registers: {x: {address: 0}}}\n"
+        "  d: {type: serial, port: 'socket://127.0.0.1:4001'}\n"
+        "  e: {type: serial, port: 'socket://127.0.0.1:4001'}\n",
+    )
+    line = (
+        "is also used by source 'a': only one of them can open it; Modbus devices on one"
+        " line go under one source's devices:"
+    )
+    assert found == [
+        f"sources.b.port: the serial port {link} {line}",
+        f"sources.c.devices.m1.url: the serial port /dev/ttyS7 {line}",
+    ]
+
+
+def test_a_listener_on_the_address_of_another_is_refused(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        f"  a: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:18080'}}\n"
+        f"  b: {{type: http, tokens: [{TOKEN}], listen: '0.0.0.0:8089'}}\n"
+        f"  c: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:8089'}}\n"
+        f"  d: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:8090'}}\n",
+        web="{listen: '127.0.0.1:18080'}",
+    )
+    assert found == [
+        "sources.a.listen: the address 127.0.0.1:18080 is also used by web.listen (the"
+        " console): only one of them can open it",
+        "sources.c.listen: the address 127.0.0.1:8089 is also used by source 'b': only one"
+        " of them can open it",
+    ]
+    assert (
+        problems(tmp_path, f"  a: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:8080'}}\n")
+        == []
+    )

@@ -1,0 +1,53 @@
+"""Modbus source config checks that need no device: what check-config says, once, with
+the key it is about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.config.schema import Problems, build_dataclass
+from gateway.sources.modbus import ModbusSourceConfig
+
+pytestmark = pytest.mark.unit
+
+ONE = {"x": {"address": 0}}
+
+
+def problems_of(raw: dict[str, Any]) -> list[str]:
+    problems = Problems()
+    build_dataclass(ModbusSourceConfig, {"type": "modbus", **raw}, (), problems)
+    return [".".join(map(str, path)) + ": " + msg for path, msg in problems.items]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # 0 is the broadcast address on a serial line: accepted, then never answered
+        ({"url": "rtu:///dev/ttyS0", "unit": 0, "registers": ONE},
+         "unit: unit id must be 0..255 (1..247 on a serial line)"),
+        ({"url": "rtu+tcp://127.0.0.1:4001", "unit": 0, "registers": ONE},
+         "unit: unit id must be 0..255 (1..247 on a serial line)"),
+        ({"devices": {"m": {"url": "rtu:///dev/ttyS0", "unit": 0, "registers": ONE}}},
+         "devices.m.unit: unit id must be 0..255 (1..247 on a serial line)"),
+        # was "is not a valid device URL: invalid literal for int() with base 10: 'abc'"
+        ({"url": "rtu:///dev/ttyS0?baudrate=abc", "registers": ONE},
+         "url: 'rtu:///dev/ttyS0?baudrate=abc': baudrate must be a whole number, not 'abc'"),
+        ({"url": "rtu:///dev/ttyS0?stopbits=1.5", "registers": ONE},
+         "url: 'rtu:///dev/ttyS0?stopbits=1.5': stopbits must be a whole number, not '1.5'"),
+        # port 0 was taken as "no port" and polled 502
+        ({"url": "tcp://127.0.0.1:0", "registers": ONE},
+         "url: 'tcp://127.0.0.1:0': the port must be 1 to 65535 (default 502)"),
+        # was said twice
+        ({"url": "tcp://127.0.0.1:5020", "registers": {}},
+         "registers: list at least one register"),
+    ],
+)  # fmt: skip
+def test_a_problem_is_said_once_with_its_key(raw: dict[str, Any], expected: str) -> None:
+    assert problems_of(raw) == [expected]
+
+
+def test_unit_0_stays_valid_over_tcp() -> None:
+    assert problems_of({"url": "tcp://127.0.0.1:5020", "unit": 0, "registers": ONE}) == []
+    assert problems_of({"url": "rtu:///dev/ttyS0", "unit": 247, "registers": ONE}) == []
