@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import paho.mqtt.client as paho
 import pytest
 import yaml
 
 from gateway.config import secrets
 from tests.e2e.harness import GatewayProcess, free_port, wait_for
+from tests.e2e.harness import publish_qos1 as publish
 
 pytestmark = pytest.mark.e2e
 
@@ -63,18 +63,6 @@ def problems(stderr: str) -> list[tuple[str, int, str, str]]:
         if m:
             out.append((m["file"], int(m["line"]), m["path"], m["message"]))
     return out
-
-
-def publish(port: int, messages: list[tuple[str, str]]) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-cli-{time.time_ns()}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def mqtt_gateway(

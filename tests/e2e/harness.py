@@ -179,6 +179,19 @@ def store_write_lock(store_path: Path) -> Iterator[None]:
         db.close()
 
 
+def publish_qos1(port: int, messages: list[tuple[str, str]]) -> None:
+    """Publish (topic, payload) pairs at QoS 1 in order, each acknowledged by the broker."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{time.time_ns()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Publisher(threading.Thread):
     """An independent paho-mqtt client publishing numbered QoS 1 messages.
 

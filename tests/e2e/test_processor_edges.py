@@ -12,26 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 
+from tests.e2e.harness import publish_qos1 as publish
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 
 BIG = '{"v": 1' + "0" * 400 + "}"  # a JSON integer past a double's 1.8e308
-
-
-def publish(port: int, messages: list[tuple[str, str]]) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        for topic, payload in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def outputs(path: Path) -> dict[str, list[Any]]:
