@@ -992,6 +992,9 @@ def main(argv: list[str] | None = None) -> int:
         args.value, extra = lone, []
     if args.command == "config" and args.new is None and lone[:1] != "-":
         args.new, extra = lone, []  # `config diff -c FILE NEWFILE`, the same way
+    if args.command == "dead-letters" and extra and all(x.isdigit() for x in extra):
+        # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
+        args.seq, extra = [*args.seq, *map(int, extra)], []
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -1040,8 +1040,9 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
             assert (refused.returncode, refused.stdout) == (2, ""), args
             assert refused.stderr.endswith(f"argument --limit: must be at least 1, got {limit}\n")
 
-    purged = cli("dead-letters", "purge", str(dead[3].seq), "999999", "-c", str(config))
-    assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n")
+    # the numbers after -c FILE as well as before it (argparse left those over)
+    purged = cli("dead-letters", "purge", str(dead[3].seq), "-c", str(config), "999999")
+    assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n"), purged.stderr
     replayed = cli("dead-letters", "replay", str(dead[1].seq), "-c", str(config))
     assert (replayed.returncode, replayed.stdout) == (0, "replayed 1 dead letter(s)\n")
     left = cli("dead-letters", "list", "-c", str(config)).stdout
