@@ -317,14 +317,21 @@ class Gateway:
             if failures:
                 return "rolled_back", failures, changes
             return "applied", [], changes
-        # A sink that stopped for good (a refused password, a missing table) says "fix
-        # and reload": the fix may be on the server's side, with the config unchanged, so
-        # the reload starts it again. Whether it then works is its own affair, not the
-        # reload's: it is no reason to roll back.
+        # A sink or source that stopped for good (a refused password, a missing table)
+        # says "fix and reload": the fix may be on the server's side, with the config
+        # unchanged, so the reload starts it again. Whether it then works is its own
+        # affair, not the reload's: it is no reason to roll back.
         stopped = [
             name
             for name, runner in engine.sinks.items()
             if runner.state == "failed" and name in config.sinks and name not in work.sinks_start
+        ]
+        stopped_sources = [
+            name
+            for name, source in engine.sources.items()
+            if source.state == "failed"
+            and name in config.sources
+            and name not in work.sources_start
         ]
         failures = await engine.apply(config, work)
         if failures:
@@ -334,10 +341,18 @@ class Gateway:
             )
             await engine.apply(old, plan(config, old), check=False)
             return "rolled_back", failures, changes
-        if stopped:
-            again = Plan(sinks_stop=list(stopped), sinks_start=list(stopped))
+        if stopped or stopped_sources:
+            again = Plan(
+                sinks_stop=list(stopped),
+                sinks_start=list(stopped),
+                sources_stop=list(stopped_sources),
+                sources_start=list(stopped_sources),
+            )
             await engine.apply(config, again, check=False)
             changes.extend(f"sink {name} started again (it had stopped)" for name in stopped)
+            changes.extend(
+                f"source {name} started again (it had stopped)" for name in stopped_sources
+            )
         self.config = config
         if self.log_level_override is None:
             logging.getLogger().setLevel(config.gateway.log_level.upper())
