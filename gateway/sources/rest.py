@@ -144,8 +144,18 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
 
 
 def _template_fields(template: str) -> list[str]:
+    """The fields a topic template uses; ValueError, in one line of ours rather than
+    Python's format-string text, for a lone brace or a field that is no plain name."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        brace = "}" if "Single '}'" in str(err) else "{"
+        raise ValueError(
+            f"{template!r} has a lone {brace!r}: a field is written {{name}},"
+            " a literal brace {{ or }}"
+        ) from None
     names = []
-    for _text, name, spec, conversion in string.Formatter().parse(template):
+    for _text, name, spec, conversion in parts:
         if name is None:
             continue
         if not name or spec or conversion or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
@@ -181,7 +191,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         str,
         Doc(
             "The topic of each item: `{field}` for a field of the item (`/`, `+`, `#` become"
-            " `_`), `{source}` for this source's name.",
+            " `_`), `{source}` for this source's name, `{{` and `}}` for a literal brace.",
             example="rest/{device}",
         ),
     ] = "rest/{source}"

@@ -220,6 +220,16 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     assert problems(url="ftp://x") == ["sources.api.url: must start with http:// or https://"]
     assert "select" in problems(url="http://h/x", select="a[")[0]
     assert "topic" in problems(url="http://h/x", topic="r/{a.b}")[0]
+    # a lone brace: one line of ours, not Python's format-string error text
+    assert problems(url="http://h/x", topic="r/{dev") == [
+        "sources.api.topic: 'r/{dev' has a lone '{': a field is written {name},"
+        " a literal brace {{ or }}"
+    ]
+    assert problems(url="http://h/x", topic="r/dev}") == [
+        "sources.api.topic: 'r/dev}' has a lone '}': a field is written {name},"
+        " a literal brace {{ or }}"
+    ]
+    assert problems(url="http://h/x", topic="r/{{dev}}") == []
     assert "username" in problems(url="http://h/x", username="u")[0]
     assert "cannot hold ':'" in problems(url="http://h/x", username="a:b", password="p")[0]
     # a template whose own text holds a wildcard would dead-letter every item
