@@ -19,7 +19,12 @@ that time is too short to measure). `temperature_c` is the hottest thermal
 zone and `temperatures_c` lists each zone by its type; both are absent on
 machines without thermal zones. A value the kernel does not offer is null.
 `disk_*` describe the file system holding `disk_path`; the free space is what
-an unprivileged process may still use.
+an unprivileged process may still use. A `disk_path` that cannot be read (it does
+not exist: a mount point's folder removed, a typing error) gives null `disk_*`
+values under that `disk_path`, never another disk's figures; the source's status
+shows why as `disk_error`, and the log says it once as a warning (and once, as
+info, when the path can be read again). A mount point whose disk is not mounted is
+an empty folder of the disk holding it: that disk's figures are what it shows.
 
 Keys
   type: system
@@ -65,7 +70,10 @@ class SystemSourceConfig(ScheduleKeys, SourceConfig):
     ] = 10.0
     disk_path: Annotated[
         str | None,
-        Doc("Whose file system the `disk_*` values describe (default: `gateway.data_dir`)."),
+        Doc(
+            "Whose file system the `disk_*` values describe (default: `gateway.data_dir`);"
+            " one that cannot be read gives null values and `disk_error` in the status."
+        ),
     ] = None
 
 
@@ -119,6 +127,10 @@ class SystemSource(Source):
         self._thermal = Path(root, "sys", "class", "thermal")
         self._disk_path = config.disk_path or ctx.data_dir
         self._last_cpu: tuple[int, int] | None = None
+        self._disk_error: str | None = None  # why disk_path cannot be read; logged once
+
+    def status(self) -> dict[str, object]:
+        return {} if self._disk_error is None else {"disk_error": self._disk_error}
 
     async def connect(self) -> None:
         problem = validate_topic(self.topic)
@@ -187,8 +199,9 @@ class SystemSource(Source):
 
     def _disk(self) -> dict[str, Any]:
         path = Path(self._disk_path).absolute()
-        while not path.exists() and path != path.parent:  # data_dir may not exist yet
-            path = path.parent
+        if self.config.disk_path is None:  # data_dir may not exist yet: the disk to hold it
+            while not path.exists() and path != path.parent:
+                path = path.parent
         out: dict[str, Any] = {
             "disk_path": str(path),
             "disk_total_bytes": None,
@@ -197,8 +210,16 @@ class SystemSource(Source):
         }
         try:
             st = os.statvfs(path)
-        except OSError:
+        except OSError as err:
+            # Null values under the path asked for: not its parent's disk's figures.
+            problem = f"disk_path {str(path)!r} cannot be read: {err.strerror or err}"
+            if problem != self._disk_error:
+                self.ctx.log.warning("%s; the disk_* values are null", problem)
+            self._disk_error = problem
             return out
+        if self._disk_error is not None:
+            self.ctx.log.info("disk_path %r can be read again", str(path))
+            self._disk_error = None
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         free = st.f_bavail * st.f_frsize
         out["disk_total_bytes"] = st.f_blocks * st.f_frsize

@@ -122,16 +122,48 @@ async def test_first_poll_without_a_baseline_uses_the_time_since_boot(tmp_path: 
 async def test_missing_files_give_null(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    source = make(tmp_path, empty, disk_path=str(tmp_path / "not" / "yet" / "there"))
+    source = make(tmp_path / "not" / "yet" / "there", empty)
     await source.connect()
     reading = json.loads((await source.poll())[0].content)
     for key in ("cpu_percent", "load_1m", "memory_total_bytes", "memory_used_percent",
                 "swap_used_bytes", "uptime_s"):  # fmt: skip
         assert reading[key] is None, key
     assert "temperature_c" not in reading and "temperatures_c" not in reading
-    # A data directory that does not exist yet reports its nearest existing parent.
+    # A data directory that does not exist yet reports the disk that is to hold it.
     assert reading["disk_path"] == str(tmp_path)
     assert reading["disk_total_bytes"] > 0
+    assert source.status() == {}
+
+
+async def test_a_disk_path_that_does_not_exist(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the nearest existing parent's disk ('/' for an unmounted /mnt/usb) was
+    # reported, silently. Now: null values under the path asked for, the reason in the
+    # status, one warning in the log, one info when it is back.
+    usb = tmp_path / "usb"
+    source = make(tmp_path, fake_root(tmp_path), disk_path=str(usb))
+    await source.connect()
+    with caplog.at_level("INFO"):
+        for _ in range(3):
+            reading = json.loads((await source.poll())[0].content)
+            assert reading["disk_path"] == str(usb)
+            assert reading["disk_total_bytes"] is None and reading["disk_free_bytes"] is None
+            assert reading["disk_used_percent"] is None
+        problem = f"disk_path {str(usb)!r} cannot be read: No such file or directory"
+        assert source.status() == {"disk_error": problem}
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert [r.getMessage() for r in warnings] == [
+            f"source host: {problem}; the disk_* values are null"
+        ]
+
+        usb.mkdir()
+        reading = json.loads((await source.poll())[0].content)
+        assert reading["disk_path"] == str(usb) and reading["disk_total_bytes"] > 0
+        assert source.status() == {}
+        assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == [
+            f"source host: disk_path {str(usb)!r} can be read again"
+        ]
 
 
 async def test_old_kernel_without_memavailable(tmp_path: Path) -> None:
