@@ -146,6 +146,11 @@ class Source:
     """True when whoever sent a message is blocked until its commit (an HTTP client
     waiting for its answer): while only such messages are handed over, the engine
     commits them without `batch_linger` (see `Ingest.take`)."""
+    quiet_retries: ClassVar[bool] = False
+    """True when an outage is worth one warning, not one at every retry (an unplugged
+    serial adapter, reconnected at the backoff's pace for as long as it is away): the
+    engine logs the first failure of an outage as a warning, the next ones until a
+    connect works at debug level; the source logs at info level when it is back."""
 
     def __init__(self, config: Any, ctx: Context) -> None:
         self.config = config

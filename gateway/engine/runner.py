@@ -175,6 +175,7 @@ class SourceRunner:
         self.produced = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
         self.schedule: Schedule | None = None  # a polled source's, once it polls
+        self.outage = False  # failed since its last connect (see Source.quiet_retries)
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -212,6 +213,7 @@ class SourceRunner:
                 await self.source.connect()
                 self.state = "running"
                 self.missing = False
+                self.outage = False
                 if self.source.mode == "poll":
                     # A polled source's connect proves little (a REST source's is a client
                     # session): its backoff resets after a poll that worked, or an API that
@@ -224,7 +226,13 @@ class SourceRunner:
                 self._failed(str(err), "retryable")
                 self.missing = isinstance(err, MissingError)
                 delay = self.backoff.next()
-                log.warning("%s; retrying in %.1f s", err, delay)
+                if not self.source.quiet_retries:
+                    log.warning("%s; retrying in %.1f s", err, delay)
+                elif self.outage:  # said when it began; the status shows the latest
+                    log.debug("%s; retrying in %.1f s", err, delay)
+                else:
+                    log.warning("%s; retrying in %.1f s, quietly until it is back", err, delay)
+                self.outage = True
                 await self.close()
                 await self.clock.sleep(delay)
             except PermanentError as err:

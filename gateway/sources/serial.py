@@ -50,8 +50,11 @@ bytes as they came (only the terminator removed: surrounding whitespace and
 NUL bytes stay). With `nmea`, spaces and tabs around a sentence and blank
 lines are layout; any other byte outside `$...*hh` (a NUL before the `$`,
 say) is garbage and becomes a dead letter of its own, next to the sentence.
-An adapter that is unplugged is noticed (the read fails), reported once, and
-opened again by the engine's reconnect once it is back.
+An adapter that is unplugged (or a port missing at start) is noticed (the read
+or the open fails) and logged once as a warning; the engine tries to open it
+again at the backoff's pace (0.5 s doubling up to 30 s), each attempt logged at
+debug level only and shown in the status (`last_error`, `serial.state`
+`missing`), and it is logged at info level ("opened ...") once it is back.
 """
 
 from __future__ import annotations
@@ -264,6 +267,7 @@ class SerialSource(Source):
 
     Config = SerialSourceConfig
     mode = "stream"
+    quiet_retries = True  # an unplugged adapter: one warning, not one every 30 s
 
     def __init__(self, config: SerialSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

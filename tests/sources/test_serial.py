@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator
 from functools import reduce
@@ -235,6 +236,57 @@ async def test_an_unplug_is_logged_once(cable: SocatPair, caplog: pytest.LogCapt
         assert runner.last_error is not None and "lost" in runner.last_error
     finally:
         writer.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await source.close()
+
+
+async def test_an_adapter_away_is_one_warning_and_back_one_info(
+    cable: SocatPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The docstring said "reported once"; the engine logged a warning at every retry of
+    # the open ("cannot open serial port ...: no such device; retrying in 30.0 s"), for
+    # as long as the adapter was away. Now: one warning when it goes, the retries at
+    # debug level (the status shows the latest), one info when it is back.
+    source = make_source(cable.a, name="gps")
+    runner = SourceRunner("gps", source, Ingest(100), RetrySettings(0.01, 0.01), gate())
+    task = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            while runner.state != "running":  # noqa: ASYNC110 - the runner's own field
+                await asyncio.sleep(0.01)
+        caplog.set_level(logging.DEBUG, logger="gateway")
+        caplog.clear()
+        cable.stop()
+        async with asyncio.timeout(WAIT):
+            while runner.errors < 5:  # noqa: ASYNC110 - the lost read, then 4 opens
+                await asyncio.sleep(0.01)
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 20]
+        assert len(said) == 1 and said[0][0] == "WARNING", said
+        assert "lost" in said[0][1] and "quietly until it is back" in said[0][1]
+        retries = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+        assert len(retries) >= 4 and all("no such device" in m for m in retries), retries
+        assert runner.last_error is not None and "no such device" in runner.last_error
+
+        caplog.clear()
+        cable.start()
+        async with asyncio.timeout(WAIT):
+            while runner.state != "running":  # noqa: ASYNC110 - the runner's own field
+                await asyncio.sleep(0.01)
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 20]
+        assert [level for level, _ in said] == ["INFO"] and "opened" in said[0][1], said
+        # gone again: a warning again, once
+        caplog.clear()
+        cable.stop()
+        async with asyncio.timeout(WAIT):
+            while runner.state != "retrying":  # noqa: ASYNC110 - the runner's own field
+                await asyncio.sleep(0.01)
+        errors = runner.errors
+        async with asyncio.timeout(WAIT):
+            while runner.errors < errors + 3:  # noqa: ASYNC110 - the runner's own field
+                await asyncio.sleep(0.01)
+        assert [r.levelname for r in caplog.records if r.levelno >= 20] == ["WARNING"]
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await source.close()
