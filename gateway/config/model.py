@@ -700,9 +700,10 @@ class ReplicateSettings:
             "A gateway that starts with an empty store reads its state from Redis before its"
             " first batch; while Redis does not answer it waits up to this long (sources not"
             " started: the broker keeps their messages), then starts without that state."
-            " 0: do not wait."
+            " 0: do not wait. At most 2m: systemd gives the start 3 minutes"
+            " (TimeoutStartSec in systemd/edge-stream.service)."
         ),
-        Range(0, 86_400, "must be between 0 and 1d"),
+        Range(0, 120, "must be between 0 and 2m"),
     ] = 60.0
 
     def check(self) -> Iterator[tuple[str, str]]:

@@ -135,6 +135,13 @@ class WrittenFloat(float):
         number.text = text
         return number
 
+    # As written, in messages and wherever the raw config is read as text (the secrets
+    # to mask): "1e5", not "100000.0".
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
 
 def _plain_numbers(value: Any) -> Any:
     """`value` with every WrittenFloat inside made a float."""
@@ -186,7 +193,7 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value in choices:
-            return value
+            return choices[choices.index(value)]  # the choice itself: 1, not a 1e0 as written
         hint = did_you_mean(str(value), [str(c) for c in choices])
         allowed = ", ".join(repr(c) for c in choices)
         problems.add(path, f"{value!r} is not one of {allowed}{hint}")
@@ -223,8 +230,8 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, WrittenFloat) and value.is_integer():
-            return int(value)  # 1e4
+        if isinstance(value, WrittenFloat) and value.is_integer() and abs(value) <= 2**53:
+            return int(value)  # 1e4; past 2**53 a float holds no exact integer
     elif tp is str:
         if isinstance(value, str):
             return value

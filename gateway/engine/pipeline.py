@@ -314,7 +314,11 @@ class Engine:
                 error = describe(err, replicator.settings.timeout)
                 left = deadline - self.clock.monotonic()
                 if self.stop_requested.is_set():
-                    return  # stopped while waiting: nothing ran, nothing to restore
+                    # Stopped while waiting: the engine starts and stops at once, and must
+                    # not copy its empty state over the replica meanwhile.
+                    await replicator.close()
+                    self.replicator = None
+                    return
                 if left <= 0:
                     log.error(
                         "engine: the store is empty and the state replica in %s cannot be"

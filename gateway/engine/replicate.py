@@ -153,6 +153,12 @@ class Replicator:
             data = await self.client().hgetall(self.key(component))  # type: ignore[misc]
         return [(k.decode(), *decode(v)) for k, v in data.items()]
 
+    async def close(self) -> None:
+        """Let go of the Redis client, for a replicator whose task never ran."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
     # -- the task ------------------------------------------------------------------------
 
     async def run(self) -> None:

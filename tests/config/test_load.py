@@ -997,6 +997,17 @@ def test_a_text_key_given_an_exponent_number_keeps_its_text(tmp_path: Path) -> N
     assert config.sinks["out"].batch.max_rows == 1000
     value = config.routes["r"].processors[0].set["k"][0]
     assert value == 20.0 and type(value) is float, "no remembered text left in a value"
+    path = write(tmp_path, 'sources:\n  s: {type: mqtt, topics: ["a/#"], qos: 1e0}\n')
+    qos = load(path, environ={}).sources["s"].qos
+    assert qos == 1 and type(qos) is int, "a choice is the choice itself"
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          out: {type: file, path: out.jsonl, batch: {max_rows: 1e23}}
+        """,
+    )
+    assert problems(path) == [f"{path}:3: sinks.out.batch.max_rows: expected an integer, got 1e23"]
 
 
 def test_a_json_config_names_the_line_of_each_problem_and_refuses_a_repeated_key(

@@ -13,6 +13,7 @@ Redis is back the replica catches up to what the store holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -175,6 +176,27 @@ def test_a_standby_started_while_redis_is_down_waits_for_the_replica(
     assert window_state(b)["open"] == TOPICS, "B restored A's open windows once Redis answered"
     assert "restored" in log.read_text() and "starting without" not in log.read_text()
     assert b.stop() == 0
+
+
+def test_a_stop_while_waiting_for_the_replica_stops_at_once(
+    tmp_path: Path, mosquitto: Any, redis_factory: Any, gateway_factory: Any
+) -> None:
+    server = redis_factory()
+    server.stop()
+    replica = {"redis": server.url, "timeout": "1s", "restore_wait": "2m"}
+    gw = gateway_factory(config("w", tmp_path, mosquitto.url, replica))
+    log = gw.folder / "gateway.log"
+    starting = threading.Thread(target=_start_quietly, args=(gw,), daemon=True)
+    starting.start()
+    wait_for(lambda: log.exists() and "restore_wait" in log.read_text(), 30, "the wait logged")
+    assert gw.stop() == 0
+    text = log.read_text()
+    assert "starting without" not in text and "Traceback" not in text
+
+
+def _start_quietly(gw: GatewayProcess) -> None:
+    with contextlib.suppress(AssertionError):  # it stops before it is healthy
+        gw.start()
 
 
 def redis_client(url: str) -> Any:

@@ -457,7 +457,8 @@ async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
     # Before: every FlowFile went to the dead letters ("null value in column site").
     postgres.execute(
         f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text, site text NOT NULL,'
-        " zone text NOT NULL DEFAULT 'a', n serial, g int GENERATED ALWAYS AS (1) STORED)"
+        " zone text NOT NULL DEFAULT 'a', n serial, g int GENERATED ALWAYS AS (1) STORED,"
+        " k int GENERATED ALWAYS AS IDENTITY)"
     )
     sink = make_sink(postgres.dsn, table=table, columns={"device": "topic.0"})
     try:
@@ -465,7 +466,7 @@ async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
             await sink.connect()
     finally:
         await sink.close()
-    # Written by the sink, or with a default, generated or serial: fine.
+    # Written by the sink, or with a default, generated, identity or serial: fine.
     await sink_for(table=table, columns={"device": "topic.0", "site": "topic.1"})
 
 
