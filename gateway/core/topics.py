@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import string
 import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+
+# What string.Formatter().parse yields: literal text, field name, format spec, conversion.
+TemplatePart = tuple[str, str | None, str | None, str | None]
+
+
+def template_parts(template: str) -> list[TemplatePart]:
+    """The parts of a topic template (as string.Formatter().parse gives them); ValueError,
+    in one line of ours rather than Python's format-string text, for a lone brace."""
+    try:
+        return list(string.Formatter().parse(template))
+    except ValueError:
+        # "Single '}' encountered", "Single '{' encountered", "expected '}' before end of
+        # string": all a brace that is neither a field's nor doubled.
+        lone = _lone_brace(template)
+        raise ValueError(
+            f"{template!r} has a lone {lone!r}: a field is written {{name}},"
+            " a literal brace {{ or }}"
+        ) from None
+
+
+def _lone_brace(template: str) -> str:
+    """The first brace of `template` that is neither doubled nor part of a {field}."""
+    i = 0
+    while i < len(template):
+        c = template[i]
+        if c in "{}" and template[i + 1 : i + 2] == c:
+            i += 2
+        elif c == "}":
+            return "}"
+        elif c == "{":
+            end = template.find("}", i + 1)
+            if end < 0 or "{" in template[i + 1 : end]:
+                return "{"
+            i = end + 1
+        else:
+            i += 1
+    return "{"
 
 
 def validate_filter(topic_filter: str) -> str | None:

@@ -44,7 +44,8 @@ Keys
   rotate_interval: 1h      also rotate a file this long after it was started (or
                            opened, after a restart), at its next write; 0 never
                            (default 0)
-  keep: 5                  rotated files to keep; 0 keeps none (default 5)
+  keep: 5                  rotated files to keep; 0 keeps none (default 5);
+                           only with rotate_bytes or rotate_interval
   fsync: true              force each batch to disk before reporting it delivered
                            (default true; false is faster but an acknowledged
                            batch can be lost on power loss)
@@ -189,7 +190,7 @@ class FileSinkConfig(SinkConfig):
     ] = 0.0
     keep: Annotated[
         int,
-        Doc("Rotated files to keep; 0 keeps none."),
+        Doc("Rotated files to keep; 0 keeps none. Only with `rotate_bytes` or `rotate_interval`."),
         Range(0, 1000, "must be between 0 and 1000"),
     ] = 5
     fsync: Annotated[
@@ -205,6 +206,8 @@ class FileSinkConfig(SinkConfig):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
         if self.rotate_bytes is not None and 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
+        if self.keep not in (None, 5) and self.rotate_bytes == 0 and self.rotate_interval == 0:
+            yield "keep", "keep applies only with rotation (rotate_bytes or rotate_interval)"
         if self.columns is not None:
             if self.format is not None and self.format != "csv":
                 yield "columns", "applies to format: csv only"

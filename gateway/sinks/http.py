@@ -225,9 +225,13 @@ class HttpSinkConfig(SinkConfig):
         Literal["envelope", "payload"],
         Doc("`mode: each`: send the envelope, or the FlowFile's content bytes as they are."),
     ] = "envelope"
-    content_type: Annotated[str, Doc("The Content-Type of `body: payload` requests.")] = (
-        "application/json"
-    )
+    content_type: Annotated[
+        str,
+        Doc(
+            "The Content-Type of `body: payload` requests (envelopes are always"
+            " `application/json`)."
+        ),
+    ] = "application/json"
     method: Annotated[Literal["POST", "PUT"], Doc("The request method.")] = "POST"
     headers: Annotated[
         dict[str, str],
@@ -305,6 +309,8 @@ class HttpSinkConfig(SinkConfig):
         yield from auth_problems(headers, self.bearer_token, self.username, self.password)
         if self.body == "payload" and self.mode not in (None, "each"):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
+        if self.content_type not in (None, "application/json") and self.body == "envelope":
+            yield "content_type", "content_type applies only with body: payload"
         if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 

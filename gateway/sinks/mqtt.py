@@ -47,7 +47,8 @@ Keys
   client_id: null          (default edge-stream-<gateway id>-<sink name>)
   clean_session: false     start a new session on every connect (default false)
   session_expiry: 1d       MQTT 5: how long the broker keeps the session
-                           after a disconnect (default 1d)
+                           after a disconnect; not with protocol: 4 or
+                           clean_session: true (default 1d)
   protocol: 5              5 (MQTT 5) or 4 (MQTT 3.1.1) (default 5)
   max_inflight: 100        messages published but not yet acknowledged (default 100)
   retain: false            publish with the retain flag (default false)
@@ -130,7 +131,11 @@ class MqttSinkConfig(SinkConfig):
         bool, Doc("Start a new session on every connect instead of keeping a persistent one.")
     ] = False
     session_expiry: Annotated[
-        Duration, Doc("MQTT 5: how long the broker keeps the session after a disconnect.")
+        Duration,
+        Doc(
+            "MQTT 5: how long the broker keeps the session after a disconnect; only with"
+            " `protocol: 5` and `clean_session: false` (MQTT 3.1.1 has no session expiry)."
+        ),
     ] = 86400.0
     protocol: Annotated[Literal[5, 4], Doc("5 (MQTT 5) or 4 (MQTT 3.1.1).")] = 5
     max_inflight: Annotated[
@@ -195,6 +200,19 @@ class MqttSinkConfig(SinkConfig):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
         if self.user_properties and self.protocol not in (None, 5):
             yield "user_properties", "needs MQTT 5 (protocol: 5)"
+        if self.session_expiry not in (None, 86400.0):
+            if self.protocol == 4:
+                yield (
+                    "session_expiry",
+                    "session_expiry applies only with protocol: 5 (MQTT 3.1.1 has no"
+                    " session expiry)",
+                )
+            elif self.clean_session:
+                yield (
+                    "session_expiry",
+                    "session_expiry applies only with clean_session: false (a clean"
+                    " session is not kept)",
+                )
         if self.client_id is not None and not self.client_id:
             yield "client_id", "must not be empty"
         if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):

@@ -48,10 +48,12 @@ When the sink starts it creates the table if needed and checks that it can write
 it (columns, types, a unique index on id, no NOT NULL column without a default that
 it does not write). It does not change an existing table: add a column yourself, or
 point `table` at a new one. A wrong password, a missing database, schema or table
-(with `create_table: false`), a table of another shape, or a TLS file of the dsn
+(with `create_table: false`), a table of another shape, a TLS file of the dsn
 (`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full)
-that cannot be read stops the sink with one line until the config is fixed, the data
-kept in the buffer.
+that cannot be read, a server without TLS when the dsn's sslmode requires it
+(require, verify-ca, verify-full), or a setting of the dsn's `?options=-c name=value`
+that the server refuses (`statement_timeout=abc`, an unknown name) stops the sink
+with one line until the config is fixed, the data kept in the buffer.
 
 Keys
   type: postgres
@@ -402,6 +404,31 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
 
+# A setting of the dsn's ?options=-c name=value that the server refuses when a connection
+# starts: a value it cannot read (statement_timeout=abc) or a setting fixed at server start
+# (shared_buffers). Only the dsn can change that. (An unknown setting is 42704, a
+# SyntaxOrAccessError, among _SETUP_ERRORS.)
+_OPTION_ERRORS = (
+    asyncpg.exceptions.InvalidParameterValueError,  # 22023
+    asyncpg.exceptions.CantChangeRuntimeParamError,  # 55P02
+)
+
+
+def _tls_refused(err: OSError) -> bool:
+    """Whether asyncpg could not connect because the server answered its TLS request
+    with "no TLS here" and the sslmode (require, verify-ca, verify-full) does not allow
+    going on without: asyncpg says so only in its message, on a plain ConnectionError.
+    (Any other ConnectionError, or this one worded otherwise, stays a retry.)"""
+    return type(err) is ConnectionError and "rejected SSL upgrade" in str(err)
+
+
+def _sslmode(dsn: str) -> str | None:
+    try:
+        return dict(parse_qsl(urlsplit(dsn).query)).get("sslmode")
+    except ValueError:
+        return None
+
+
 # OpenSSL's libraries whose errors are about the files the dsn names, not the server.
 _TLS_FILE_ERRORS = frozenset({"PEM", "X509", "X509V3", "ASN1"})
 
@@ -615,6 +642,19 @@ class PostgresSink(Sink):
                 raise
         except _SETUP_ERRORS as err:
             raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
+        except _OPTION_ERRORS as err:
+            raise permanent(
+                f"{self.server} refused a setting of the dsn's ?options: {_message(err)}"
+            ) from err
+        except ConnectionError as err:
+            if _tls_refused(err):
+                mode = _sslmode(config.dsn)
+                needs = f"the dsn's sslmode={mode}" if mode else "PGSSLMODE"
+                raise permanent(
+                    f"{self.server} does not offer TLS, which {needs} requires: turn ssl on"
+                    " in the server, or use sslmode=prefer (TLS if offered) or disable"
+                ) from err
+            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
         except ssl.SSLError as err:
             if err.library in _TLS_FILE_ERRORS:  # a file of the dsn holds no usable PEM
                 raise permanent(

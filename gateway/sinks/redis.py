@@ -71,7 +71,8 @@ Keys
   mode: stream             stream, list, hash or publish (default stream)
   key: "edge:{topic}"      the stream, list, hash or channel (default edge:{topic})
   maxlen: 100000           stream: about this many entries kept; list: exactly
-                           this many; 0 keeps everything (default 100000)
+                           this many; 0 keeps everything (default 100000);
+                           not for hash and publish
   value: envelope          list and publish: envelope or payload (default envelope)
   dedupe: true             skip FlowFiles written already, as described above
                            (default true)
@@ -235,13 +236,17 @@ class RedisSinkConfig(SinkConfig):
     maxlen: Annotated[
         int,
         Doc(
-            "`stream`: about this many entries kept; `list`: exactly this many; 0 keeps everything."
+            "`stream`: about this many entries kept; `list`: exactly this many; 0 keeps"
+            " everything. Not used by `hash` and `publish`."
         ),
         Range(0, message="must be 0 (keep everything) or more"),
     ] = 100_000
     value: Annotated[
         Literal["envelope", "payload"],
-        Doc("`list` and `publish`: the JSON envelope or the content bytes alone (`payload`)."),
+        Doc(
+            "`list` and `publish`: the JSON envelope or the content bytes alone (`payload`);"
+            " `stream` and `hash` always write the fields id, topic, ts, attributes, payload."
+        ),
     ] = "envelope"
     dedupe: Annotated[
         bool,
@@ -326,6 +331,11 @@ class RedisSinkConfig(SinkConfig):
             yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
         if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
+        # Set away from its default in a mode that does not read it, a key would be ignored.
+        if self.value not in (None, "envelope") and self.mode in ("stream", "hash"):
+            yield "value", "value applies only with mode: list or publish"
+        if self.maxlen not in (None, 100_000) and self.mode in ("hash", "publish"):
+            yield "maxlen", "maxlen applies only with mode: stream or list"
 
 
 # Host, port and database number (redis://h:6379/abc passed check-config); the scheme is

@@ -32,7 +32,7 @@ from gateway.config.schema import Doc, Duration, Range, check_identifier
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 
 Page = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
 POSITION_VERSION = 1
@@ -42,7 +42,7 @@ PAGE_MAX = 10_000
 def _template_fields(template: str) -> Iterator[str]:
     """The names a topic template uses; ValueError for a bad one or a field with
     attribute or index access ({x.y}, {x[0]}) or a conversion or a format spec."""
-    for _text, name, spec, conversion in string.Formatter().parse(template):
+    for _text, name, spec, conversion in template_parts(template):
         if name is None:
             continue
         if not name.isidentifier() or spec or conversion:
@@ -101,7 +101,7 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
         Doc(
             "The topic of each row's FlowFile: a template with `{column}` for a column's"
             " value, `{table}` and `{source}`. A value's `/`, `+`, `#` become `_`, so that"
-            " it stays one topic level.",
+            " it stays one topic level; `{{` and `}}` for a literal brace.",
             example="db/{table}/{device}",
         ),
     ] = "db/{table}"

@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -68,7 +67,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 from gateway.sinks.nats import (
     NatsConnection,
     _describe,
@@ -119,7 +118,8 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
     topic: Annotated[
         str,
         Doc(
-            "The topic template: `{subject}` (tokens as levels), `{stream}`, `{source}`.",
+            "The topic template: `{subject}` (tokens as levels), `{stream}`, `{source}`;"
+            " `{{` and `}}` for a literal brace.",
             example="fleet/{subject}",
         ),
     ] = "{subject}"
@@ -137,9 +137,9 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
         ):
             yield "durable", f"{self.durable!r}: a consumer name has no spaces, '.', '*', '>', '/'"
         try:
-            names = [n for _, n, _, _ in string.Formatter().parse(self.topic) if n is not None]
+            names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
         except ValueError as err:
-            yield "topic", f"not a template: {err}"
+            yield "topic", str(err)
             return
         for name in names:
             if name not in _PLACEHOLDERS:

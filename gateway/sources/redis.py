@@ -75,7 +75,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 from gateway.sinks.redis import _location_problem, _refusal, _safe_url
 
 COUNT_MAX = 10_000
@@ -141,7 +141,7 @@ class RedisSourceConfig(SourceConfig):
         str,
         Doc(
             "The topic template: `{key}`, `{source}`, and in stream mode `{FIELD}` for a"
-            " field of the entry.",
+            " field of the entry; `{{` and `}}` for a literal brace.",
             example="plant/{device}/telemetry",
         ),
     ] = "redis/{key}"
@@ -165,9 +165,9 @@ class RedisSourceConfig(SourceConfig):
             if problem:
                 yield "url", problem
         try:
-            names = [n for _, n, _, _ in string.Formatter().parse(self.topic) if n is not None]
+            names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
         except ValueError as err:
-            yield "topic", f"not a template: {err}"
+            yield "topic", str(err)
             return
         for name in names:
             if not name.isidentifier():

@@ -66,7 +66,6 @@ import base64
 import json
 import re
 import ssl
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -80,7 +79,7 @@ from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.http_headers import auth_problems
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 
 _STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -146,16 +145,8 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
 def _template_fields(template: str) -> list[str]:
     """The fields a topic template uses; ValueError, in one line of ours rather than
     Python's format-string text, for a lone brace or a field that is no plain name."""
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as err:
-        brace = "}" if "Single '}'" in str(err) else "{"
-        raise ValueError(
-            f"{template!r} has a lone {brace!r}: a field is written {{name}},"
-            " a literal brace {{ or }}"
-        ) from None
     names = []
-    for _text, name, spec, conversion in parts:
+    for _text, name, spec, conversion in template_parts(template):
         if name is None:
             continue
         if not name or spec or conversion or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):

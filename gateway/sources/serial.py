@@ -64,7 +64,6 @@ import codecs
 import errno
 import os
 import re
-import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -76,7 +75,7 @@ from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 from gateway.sources._serial_framing import (
     FixedFramer,
     LineFramer,
@@ -163,7 +162,10 @@ class SerialSourceConfig(SourceConfig):
     ] = 4096
     topic: Annotated[
         str,
-        Doc("The FlowFiles' topic: `{source}`, and with `nmea` also `{talker}` and `{sentence}`."),
+        Doc(
+            "The FlowFiles' topic: `{source}`, and with `nmea` also `{talker}` and"
+            " `{sentence}`; `{{` and `}}` for a literal brace."
+        ),
     ] = "serial/{source}"
 
     def claims(self) -> list[Claim]:
@@ -239,9 +241,9 @@ class SerialSourceConfig(SourceConfig):
                 yield key, f"only used with framing: {' or '.join(framings)}"
         allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
         try:
-            names = {f for _, f, _, _ in string.Formatter().parse(self.topic) if f is not None}
+            names = {f for _, f, _, _ in template_parts(self.topic) if f is not None}
         except ValueError as err:
-            yield "topic", f"{self.topic!r} is not a valid template: {err}"
+            yield "topic", str(err)
             return
         if names - allowed:
             yield (

@@ -19,7 +19,7 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.postgres import PostgresSink, PostgresSinkConfig
-from tests.servers import free_port
+from tests.servers import free_port, make_pki
 from tests.sinks.contract import (
     SinkContract,
     closing,
@@ -364,6 +364,36 @@ async def test_tls_files_of_the_dsn_that_cannot_be_used_are_permanent_at_connect
     with pytest.raises(PermanentError) as caught:
         await sink.connect()
     assert expected.format(**files) in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    await sink.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("sslmode=require", "does not offer TLS, which the dsn's sslmode=require requires"),
+        ("sslmode=verify-full&sslrootcert={ca}", "which the dsn's sslmode=verify-full requires"),
+        (
+            "options=-c statement_timeout=abc",
+            "refused a setting of the dsn's ?options: invalid value for parameter"
+            ' "statement_timeout": "abc" (SQLSTATE 22023)',
+        ),
+        ("options=-c%20shared_buffers%3D1MB", 'parameter "shared_buffers" cannot be changed'),
+    ],
+)
+async def test_a_dsn_the_server_can_never_accept_is_permanent_at_connect(
+    postgres: Any, tmp_path: Path, options: str, expected: str
+) -> None:
+    # Before: retried forever ("rejected SSL upgrade", "invalid value for parameter"), as if
+    # the server were down; the test server runs without TLS.
+    if "{ca}" in options:
+        options = options.format(ca=make_pki(tmp_path).ca_file)
+    dsn = postgres.dsn.replace("postgres@", "postgres:s3cret-pw@") + "?" + options
+    sink = make_sink(dsn, timeout="5s")
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)
     await sink.close()
 

@@ -54,7 +54,7 @@ def test_a_valid_config_has_no_problems_and_its_defaults() -> None:
         ({"wait": "10ms"}, "wait: must be between 50ms and 60s"),
         ({"ack_wait": "500ms"}, "ack_wait: must be between 1s and 1h"),
         ({"topic": "fleet/{device}"}, "unknown placeholder {device}"),
-        ({"topic": "fleet/{subject"}, "topic: not a template"),
+        ({"topic": "fleet/{subject"}, "topic: 'fleet/{subject' has a lone '{'"),
         ({"topic": "fleet/+/{subject}"}, "topic"),
         ({"servers": []}, "name at least one server"),
         ({"servers": ["nats://gw:pw@h:4222"]}, "not in the URL"),

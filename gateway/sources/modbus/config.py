@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 from gateway.mqtt.urls import url_problem
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.link import LinkSpec, parse_link_url
@@ -36,9 +36,9 @@ def _name_problem(name: str) -> str | None:
 
 def _template_problem(template: str, allowed: set[str]) -> str | None:
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        names = {f for _, f, _, _ in template_parts(template) if f is not None}
     except ValueError as err:
-        return f"{template!r} is not a valid template: {err}"
+        return str(err)
     unknown = names - allowed
     if unknown:
         return (
@@ -445,7 +445,7 @@ class ModbusSourceConfig(SourceConfig):
         str,
         Doc(
             "The topic of each value with `emit: per_value`: `{device}`, `{register}`,"
-            " `{unit}`, `{table}`."
+            " `{unit}`, `{table}`; `{{` and `}}` for a literal brace."
         ),
     ] = "modbus/{device}/{register}"
     device_topic: Annotated[

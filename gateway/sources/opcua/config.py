@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
-from gateway.core.topics import validate_topic
+from gateway.core.topics import template_parts, validate_topic
 from gateway.mqtt.urls import url_problem
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
@@ -32,9 +32,9 @@ _NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
 def template_problem(template: str, allowed: set[str]) -> str | None:
     """Why `template` is no usable topic template with these placeholders, or None."""
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        names = {f for _, f, _, _ in template_parts(template) if f is not None}
     except ValueError as err:
-        return f"{template!r} is not a valid template: {err}"
+        return str(err)
     unknown = names - allowed
     if unknown:
         return (
@@ -226,7 +226,10 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     ] = 10.0
     topic: Annotated[
         str,
-        Doc("The topic of each value: `{source}`, `{node}` (the node's name in this config)."),
+        Doc(
+            "The topic of each value: `{source}`, `{node}` (the node's name in this config);"
+            " `{{` and `}}` for a literal brace."
+        ),
     ] = "opcua/{source}/{node}"
     security_policy: Annotated[
         Literal["None", "Basic256Sha256"],

@@ -1,0 +1,51 @@
+"""Every source's topic template with a lone { or } is refused at check-config in one
+line of ours, naming the brace, instead of Python's format-string text ("Single '}'
+encountered in format string", "expected '}' before end of string")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway import registry
+from gateway.config import reference
+from gateway.config.schema import Problems, build_component
+
+pytestmark = pytest.mark.unit
+
+SOURCES = [
+    entry
+    for entry in registry.entries()
+    if entry.kind == "source" and "topic" in reference.fields(entry.config)[1]
+]
+
+
+def problems_of(entry: Any, topic: str) -> list[str]:
+    problems = Problems()
+    keys = {**reference.sample(entry.config, entry.type), "topic": topic}
+    build_component("source", keys, ("sources", "s"), problems)
+    return [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items]
+
+
+def test_the_sources_with_a_topic_template() -> None:
+    assert {e.type for e in SOURCES} >= {
+        "serial", "modbus", "opcua", "postgres", "mysql", "rest", "redis", "nats"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", SOURCES, ids=lambda e: e.type)
+@pytest.mark.parametrize(
+    ("topic", "brace"),
+    [("r/{dev", "{"), ("r/dev}", "}"), ("r/}{x}", "}"), ("r/{{x}", "}"), ("r/{x}/{", "{")],
+)
+def test_a_lone_brace_is_named_in_one_line(entry: Any, topic: str, brace: str) -> None:
+    assert problems_of(entry, topic) == [
+        f"sources.s.topic: {topic!r} has a lone {brace!r}: a field is written {{name}},"
+        " a literal brace {{ or }}"
+    ]
+
+
+@pytest.mark.parametrize("entry", SOURCES, ids=lambda e: e.type)
+def test_a_doubled_brace_is_a_literal_one(entry: Any) -> None:
+    assert problems_of(entry, "r/{{x}}") == []
