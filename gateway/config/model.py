@@ -994,7 +994,11 @@ class Claim(typing.NamedTuple):
 def serial_claim(key: str, port: str) -> Claim:
     """A serial port: symbolic links resolved, so that /dev/serial/by-id/... and the
     /dev/ttyUSB0 it points to are one port."""
-    return Claim(key, f"serial port {port}", ("serial", os.path.realpath(port), ""))
+    try:
+        where = os.path.realpath(port)
+    except ValueError:  # a NUL in the path: refused by the source's own check
+        where = port
+    return Claim(key, f"serial port {port}", ("serial", where, ""))
 
 
 def listen_claim(key: str, listen: str) -> Claim:
@@ -1005,15 +1009,34 @@ def listen_claim(key: str, listen: str) -> Claim:
 
 def _claims_clash(a: Claim, b: Claim) -> bool:
     """The same serial port, or addresses on one port where one of them listens on every
-    address (0.0.0.0, ::)."""
+    address of the other's family: 0.0.0.0 on every IPv4 one, :: on every IPv6 one (the
+    gateway's listeners are IPv6-only, so 0.0.0.0 and :: share a port), an empty host on
+    all. A host name may be either family."""
     kind_a, where_a, port_a = a.identity
     kind_b, where_b, port_b = b.identity
     if kind_a != kind_b or port_a != port_b:
         return False
-    anywhere = ("", "0.0.0.0", "::", "*")
-    return where_a == where_b or (
-        kind_a == "address" and (where_a in anywhere or where_b in anywhere)
-    )
+    if where_a == where_b:
+        return True
+    if kind_a != "address":
+        return False
+    families_a, families_b = _families(where_a), _families(where_b)
+    for wildcard, other in ((where_a, families_b), (where_b, families_a)):
+        if wildcard in ("", "*") or (wildcard == "0.0.0.0" and "4" in other):
+            return True
+        if wildcard == "::" and "6" in other:
+            return True
+    return False
+
+
+def _families(host: str) -> str:
+    """The address families a listen host may bind: "4", "6" or both for a name."""
+    if host in ("", "*"):
+        return "46"
+    try:
+        return str(ipaddress.ip_address(host).version)
+    except ValueError:
+        return "46"
 
 
 def _schedule_problem(value: str | None) -> str | None:

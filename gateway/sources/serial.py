@@ -176,6 +176,8 @@ class SerialSourceConfig(SourceConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.port:
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
+        elif "\x00" in self.port:
+            yield "port", "a serial device's path holds no NUL character"
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
         terminator = b"\n"

@@ -4,6 +4,7 @@ then the second retried forever ("cannot connect to rtu://...", "the address is 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -73,3 +74,36 @@ def test_a_listener_on_the_address_of_another_is_refused(tmp_path: Path) -> None
         problems(tmp_path, f"  a: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:8080'}}\n")
         == []
     )
+
+
+def test_ipv4_and_ipv6_listeners_share_a_port_and_a_nul_in_a_port_is_refused(
+    tmp_path: Path,
+) -> None:
+    """0.0.0.0 and [::] on one port both open (the listeners are IPv6-only, as asyncio
+    makes them), so they are not refused; [::1] under [::] is. A NUL in a serial port's
+    path crashed the check with a traceback (os.path.realpath)."""
+    found = problems(
+        tmp_path,
+        f"  a: {{type: http, tokens: [{TOKEN}], listen: '0.0.0.0:18081'}}\n"
+        f"  b: {{type: http, tokens: [{TOKEN}], listen: '[::]:18081'}}\n"
+        f"  c: {{type: http, tokens: [{TOKEN}], listen: '[::1]:18081'}}\n"
+        '  s: {type: serial, port: "/dev/tty\\0X"}\n'
+        '  m: {type: modbus, url: "rtu:///dev/tty\\0Y", registers: {x: {address: 0}}}\n',
+    )
+    assert sorted(found) == [
+        "sources.c.listen: the address [::1]:18081 is also used by source 'b': only one"
+        " of them can open it",
+        "sources.m.url: 'rtu:///dev/tty\\x00Y': a serial port's path holds no NUL character",
+        "sources.s.port: a serial device's path holds no NUL character",
+    ]
+
+    async def both() -> None:
+        loop = asyncio.get_running_loop()
+        six = await loop.create_server(asyncio.Protocol, "::", 0)
+        port = six.sockets[0].getsockname()[1]
+        four = await loop.create_server(asyncio.Protocol, "0.0.0.0", port)
+        for server in (six, four):
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(both())

@@ -162,6 +162,8 @@ def parse_link_url(url: str) -> LinkSpec:
                 raise ValueError(
                     f"{url!r} has no serial port; write rtu:///dev/ttyUSB0?baudrate=9600"
                 )
+            if "\x00" in path:
+                raise ValueError(f"{url!r}: a serial port's path holds no NUL character")
             options: dict[str, Any] = {}
             for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
                 if key not in _SERIAL_KEYS:
