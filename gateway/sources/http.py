@@ -224,12 +224,23 @@ _CODINGS = {"identity": 0, "gzip": 31, "x-gzip": 31, "deflate": 47}
 
 def _decoded(body: bytes, wbits: int, limit: int) -> bytes:
     """`body` decompressed, at most `limit` + 1 bytes of it (more: the caller's 413);
-    zlib.error when it is no complete stream of that format."""
-    unzip = zlib.decompressobj(wbits)
-    data = unzip.decompress(body, limit + 1)
-    if len(data) <= limit and not unzip.eof:
-        raise zlib.error("the compressed data ends early")
-    return data
+    zlib.error when it is no complete stream of that format. A gzip body may be several
+    members one after another (as `cat a.gz b.gz` makes): each is decoded in turn; bytes
+    after the end of a deflate stream, or that start no gzip member, are refused."""
+    out = bytearray()
+    rest = body
+    while True:
+        unzip = zlib.decompressobj(wbits)
+        out += unzip.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit:
+            return bytes(out)
+        if not unzip.eof:
+            raise zlib.error("the compressed data ends early")
+        rest = unzip.unused_data
+        if not rest:
+            return bytes(out)
+        if wbits == 0 or not rest.startswith(b"\x1f\x8b"):  # not another gzip member
+            raise zlib.error("bytes follow the end of the compressed data")
 
 
 class _ClientErrors(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -436,18 +436,22 @@ async def test_a_compressed_body_is_taken_or_refused_in_one_json_line(
     big = json.dumps({"x": "y" * 2000}).encode()
     status, answer = await ingest("/ingest/a", gzip.compress(big), {"Content-Encoding": "gzip"})
     assert (status, answer) == (413, {"error": "the body is larger than 1024 bytes"})
-    for body in (b"not gzip at all", gzip.compress(one)[:-6]):
+    for body in (b"not gzip at all", gzip.compress(one)[:-6], gzip.compress(one) + b"junk"):
         status, answer = await ingest("/ingest/a", body, {"Content-Encoding": "gzip"})
         assert status == 400 and answer["error"].startswith("the body is not valid gzip: ")
+    # a body of two gzip members (`cat a.gz b.gz`) is the two decoded one after the other:
+    # only the first was read, and its part of the array answered 200
+    two = gzip.compress(b'[{"x": 2},') + gzip.compress(b'{"x": 3}]')
+    assert (await ingest("/ingest/a", two, {"Content-Encoding": "gzip"}))[0] == 200
     for coding in ("br", "zstd", "compress"):
         status, answer = await ingest("/ingest/a", b"\x00\x01", {"Content-Encoding": coding})
         assert (status, answer) == (
             415,
             {"error": f"Content-Encoding must be gzip, deflate or none, not {coding!r}"},
         )
-    await until(lambda: len(lines(tmp_path)) == 2)
+    await until(lambda: len(lines(tmp_path)) == 4)
     await asyncio.sleep(0.2)
-    assert [r["payload"] for r in lines(tmp_path)] == [{"x": 1}, {"x": 1}]
+    assert [r["payload"] for r in lines(tmp_path)] == [{"x": 1}, {"x": 1}, {"x": 2}, {"x": 3}]
 
 
 async def test_a_request_that_is_no_http_or_a_client_gone_is_no_error_in_the_log(
