@@ -39,6 +39,7 @@ from gateway.config.model import Config
 from gateway.config.schema import Path as KeyPath
 from gateway.config.schema import Problems, WrittenFloat, build_dataclass
 from gateway.core.errors import ConfigError
+from gateway.core.redact import written_forms
 
 ENV_PREFIX = "EDGE_STREAM__"
 
@@ -504,11 +505,7 @@ def _replacement(shown: str, _match: re.Match[str]) -> str:
 
 
 def _encoded(text: str) -> tuple[str, ...]:
-    return tuple(
-        f
-        for f in {urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text, safe="")}
-        if f != text
-    )
+    return tuple(f for f in written_forms(text) if f != text)
 
 
 _DID_YOU_MEAN = re.compile(r" \(did you mean '[^']*'\?\)")

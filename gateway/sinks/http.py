@@ -104,6 +104,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.http_headers import auth_problems
+from gateway.core.redact import written_forms
 from gateway.core.tls import certificate_refusal, error_chain
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -350,7 +351,11 @@ class HttpSink(Sink):
         secrets = {config.bearer_token, config.password, *config.headers.values()}
         secrets |= {value for name, value in headers.items() if name == "Authorization"}
         secrets |= {value.split(" ", 1)[-1] for value in list(secrets) if value}
-        self._secrets = sorted((v for v in secrets if v and len(v) >= 4), key=len, reverse=True)
+        forms = {f for v in secrets if v and len(v) >= 4 for f in written_forms(v)}
+        self._secrets = sorted(forms, key=len, reverse=True)
+        self._secret = (
+            re.compile("|".join(map(re.escape, self._secrets)), re.IGNORECASE) if forms else None
+        )
         self.requests = 0
         self.refused = 0
 
@@ -361,11 +366,13 @@ class HttpSink(Sink):
     def _redact(self, text: str) -> str:
         """`text` with every secret of the sink written `***`, also one cut short at its
         end (an answer's body is read up to `error_body` bytes)."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
+        if self._secret is None:
+            return text
+        text = self._secret.sub("***", text)  # any case: %2F and %2f are one escape
+        folded = text.casefold()
         for secret in self._secrets:
             for size in range(len(secret) - 1, 3, -1):
-                if text.endswith(secret[:size]):
+                if folded.endswith(secret[:size].casefold()):
                     return text[:-size] + "***"
         return text
 

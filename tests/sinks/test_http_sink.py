@@ -155,6 +155,25 @@ async def test_an_answer_that_echoes_the_credentials_shows_them_nowhere(
     assert rejected[0].reason.endswith("x***"), rejected[0].reason
 
 
+async def test_an_echo_of_an_escaped_secret_is_hidden_too(
+    sink_for: Any, http_receiver: servers.HttpReceiver
+) -> None:
+    """An error page quotes the token JSON-escaped (PHP writes `\\/`), percent-encoded
+    (%2F or %2f) or HTML-escaped: each copy was shown whole."""
+    token = "s3cr/et+pw&<x>"
+    sink = await sink_for(bearer_token=token, error_body=1000)
+    echoes = [
+        json.dumps({"token": token})[1:-1].replace("/", "\\/"),
+        "token=s3cr%2Fet%2Bpw%26%3Cx%3E",
+        "token=s3cr%2fet%2bpw%26%3cx%3e",
+        "<p>s3cr/et+pw&amp;&lt;x&gt;</p>",
+    ]
+    http_receiver.control(400, times=1, body=" | ".join(echoes))
+    rejected = await sink.write([FlowFile.create("plant/a", b"{}")])
+    reason = rejected[0].reason
+    assert "s3cr" not in reason and reason.count("***") == len(echoes), reason
+
+
 async def test_each_mode_a_400_refuses_only_its_flowfile(
     sink_for: Any, http_receiver: servers.HttpReceiver
 ) -> None:
