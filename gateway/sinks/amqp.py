@@ -107,7 +107,6 @@ import datetime as dt
 import os
 import re
 import ssl
-import string
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -127,6 +126,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.core.topics import template_parts
 from gateway.mqtt.urls import tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
@@ -140,7 +140,7 @@ LOST = (AmqpError, OSError)
 
 
 def _placeholders(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    return [name for _, name, _, _ in template_parts(template) if name is not None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,7 +306,7 @@ def _template_problems(
     try:
         names = _placeholders(template)
     except ValueError as err:
-        yield key, f"{template!r} is not a valid template: {err} (write {{{{ for a brace)"
+        yield key, str(err)
         return
     for name in names:
         if name not in allowed:

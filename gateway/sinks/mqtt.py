@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -89,6 +88,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.topics import template_parts
 from gateway.mqtt.client import (
     CONNECT_ERRORS,
     Client,
@@ -183,9 +183,9 @@ class MqttSinkConfig(SinkConfig):
             yield "cert_file", "cert_file and key_file go together"
         topic = self.topic or ""
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(topic) if name]
+            fields = [name for _, name, _, _ in template_parts(topic) if name]
         except ValueError as err:
-            yield "topic", f"{self.topic!r} is not a valid template: {err}"
+            yield "topic", str(err)
         else:
             for name in fields:
                 if name not in _PLACEHOLDERS:

@@ -106,7 +106,6 @@ import dataclasses
 import json
 import os
 import ssl
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -125,6 +124,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.core.topics import template_parts
 
 SUBJECT_MAX = 2048
 # Bytes of a message's headers besides their values: "NATS/1.0\r\n", "Nats-Msg-Id: ",
@@ -424,9 +424,9 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         if self.subject is None:
             return
         try:
-            fields = [n for _, n, _, _ in string.Formatter().parse(self.subject) if n is not None]
+            fields = [n for _, n, _, _ in template_parts(self.subject) if n is not None]
         except ValueError as err:
-            yield "subject", f"{self.subject!r} is not a valid template: {err}"
+            yield "subject", str(err)
             return
         for name in fields:
             if name not in _PLACEHOLDERS:

@@ -106,7 +106,6 @@ import contextlib
 import json
 import os
 import ssl
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -127,6 +126,7 @@ from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.core.topics import template_parts
 from gateway.mqtt.urls import tls_context
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
@@ -301,9 +301,9 @@ class RedisSinkConfig(SinkConfig):
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(self.key or "") if name]
+            fields = [name for _, name, _, _ in template_parts(self.key or "") if name]
         except ValueError as err:
-            yield "key", f"{self.key!r} is not a valid template: {err} (write {{{{ for a brace)"
+            yield "key", str(err)
         else:
             for name in fields:
                 if name not in _PLACEHOLDERS:

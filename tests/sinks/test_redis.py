@@ -832,7 +832,7 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         ({"url": "redis://cache", "ca_file": "/ca.pem"}, "ca_file: needs TLS"),
         ({"url": "rediss://cache", "cert_file": "/c.pem"}, "cert_file and key_file go together"),
         ({"url": "redis://cache", "key": "edge:{device}"}, "unknown placeholder {device}"),
-        ({"url": "redis://cache", "key": "edge:{topic"}, "is not a valid template"),
+        ({"url": "redis://cache", "key": "edge:{topic"}, "has a lone '{'"),
         ({"url": "redis://cache", "mode": "set"}, "'set' is not one of"),
         ({"url": "redis://cache", "maxlen": -1}, "maxlen: must be 0"),
         ({"url": "redis://cache", "dedupe_prefix": "{x}"}, "without braces"),

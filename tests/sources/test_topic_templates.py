@@ -49,3 +49,20 @@ def test_a_lone_brace_is_named_in_one_line(entry: Any, topic: str, brace: str) -
 @pytest.mark.parametrize("entry", SOURCES, ids=lambda e: e.type)
 def test_a_doubled_brace_is_a_literal_one(entry: Any) -> None:
     assert problems_of(entry, "r/{{x}}") == []
+
+
+# The sinks' templates: the mqtt sink's topic, the redis sink's key, the amqp sink's
+# exchange and routing key, the nats sink's subject.
+SINK_TEMPLATES = [("mqtt", "topic"), ("redis", "key"), ("amqp", "routing_key"), ("nats", "subject")]
+
+
+@pytest.mark.parametrize(("kind", "key"), SINK_TEMPLATES)
+def test_a_sink_template_with_a_lone_brace_is_named_in_one_line(kind: str, key: str) -> None:
+    entry = next(e for e in registry.entries() if e.kind == "sink" and e.type == kind)
+    problems = Problems()
+    keys = {**reference.sample(entry.config, entry.type), key: "r.{dev"}
+    build_component("sink", keys, ("sinks", "s"), problems)
+    assert [f"{'.'.join(map(str, path))}: {message}" for path, message in problems.items] == [
+        f"sinks.s.{key}: 'r.{{dev' has a lone '{{': a field is written {{name}},"
+        " a literal brace {{ or }}"
+    ]
