@@ -75,7 +75,7 @@ Keys
                            not for hash and publish
   value: envelope          list and publish: envelope or payload (default envelope)
   dedupe: true             skip FlowFiles written already, as described above
-                           (default true; the three dedupe keys are not for hash)
+                           (default true)
   dedupe_window: null      how many recent ids to remember, at least batch.max_rows
                            (default 10 x batch.max_rows, at least 10000)
   dedupe_prefix: null      prefix of the recent-ids keys (default edge:<sink name>);
@@ -253,7 +253,6 @@ class RedisSinkConfig(SinkConfig):
         Doc(
             "Skip FlowFiles written already (their ids are among the recent ones);"
             " `false` is faster, but a batch written again after a crash is stored twice."
-            " Not with `mode: hash`, which writing again leaves as it was."
         ),
     ] = True
     dedupe_window: Annotated[
@@ -337,14 +336,6 @@ class RedisSinkConfig(SinkConfig):
             yield "value", "value applies only with mode: list or publish"
         if self.maxlen not in (None, 100_000) and self.mode in ("hash", "publish"):
             yield "maxlen", "maxlen applies only with mode: stream or list"
-        if self.mode == "hash":  # a hash written again changes nothing: no recent ids kept
-            for key, value, default in (
-                ("dedupe", self.dedupe, True),
-                ("dedupe_window", self.dedupe_window, None),
-                ("dedupe_prefix", self.dedupe_prefix, None),
-            ):
-                if value not in (None, default):
-                    yield key, f"{key} applies only with mode: stream, list or publish"
 
 
 # Host, port and database number (redis://h:6379/abc passed check-config); the scheme is
