@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +145,17 @@ def process_changes(old: Config, new: Config) -> list[str]:
         restarted = "; the web server restarted" if section == "web" else ""
         lines.append(f"{section} changed{detail}{restarted}")
     return lines
+
+
+def _stopped_for_good(
+    runners: Mapping[str, Any], kept: Mapping[str, Any], starting: list[str]
+) -> list[str]:
+    """The runners that stopped for good, still in the config and not started anyway."""
+    return [
+        name
+        for name, runner in runners.items()
+        if runner.state == "failed" and name in kept and name not in starting
+    ]
 
 
 def _said(value: object) -> str:
@@ -321,18 +332,8 @@ class Gateway:
         # says "fix and reload": the fix may be on the server's side, with the config
         # unchanged, so the reload starts it again. Whether it then works is its own
         # affair, not the reload's: it is no reason to roll back.
-        stopped = [
-            name
-            for name, runner in engine.sinks.items()
-            if runner.state == "failed" and name in config.sinks and name not in work.sinks_start
-        ]
-        stopped_sources = [
-            name
-            for name, source in engine.sources.items()
-            if source.state == "failed"
-            and name in config.sources
-            and name not in work.sources_start
-        ]
+        stopped = _stopped_for_good(engine.sinks, config.sinks, work.sinks_start)
+        stopped_sources = _stopped_for_good(engine.sources, config.sources, work.sources_start)
         failures = await engine.apply(config, work)
         if failures:
             log.error(

@@ -57,3 +57,21 @@ def test_a_key_that_fails_hides_no_problem_of_another_key(entry: Any) -> None:
     _, problems = config_problems(entry.type, "s", **{**sample(entry), **failing, **checked})
     keys = sorted({p.split(":")[0].removeprefix("sinks.s.") for p in problems})
     assert keys == sorted([*failing, *checked]), problems
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_bad_dsn_hides_no_other_problem_of_a_sql_sink(kind: str) -> None:
+    # Before: only the dsn's problem was reported; the table and columns were not checked.
+    dsn = f"{'postgresql' if kind == 'postgres' else 'mysql'}://gw:s3cret-pw@db:99999/x"
+    for keys, last in (
+        ({"table": "read-ings", "columns": {"t": {"from": "field.t", "type": "doubel"}}},
+         "columns.t.type"),
+        ({"table": 5, "columns": {"t": "tpoic"}}, "columns.t"),  # a wrong type is None
+    ):  # fmt: skip
+        _, problems = config_problems(kind, "db", dsn=dsn, **keys)
+        assert [p.split(":")[0] for p in problems] == [
+            "sinks.db.dsn",
+            "sinks.db.table",
+            f"sinks.db.{last}",
+        ], problems
+        assert not any("s3cret-pw" in p for p in problems)

@@ -621,30 +621,6 @@ async def test_many_batches_keep_up(mariadb: Any, table: str, sink_for: Any) -> 
 # --- config -------------------------------------------------------------------------------
 
 
-def test_a_bad_dsn_hides_no_other_problem_of_the_sink() -> None:
-    # Before: only the dsn's problem was reported; the table and columns were not checked.
-    _, problems = config_problems(
-        dsn="mysql://gw:s3cret-pw@db:99999/x",
-        table="read-ings",
-        columns={"t": {"from": "field.t", "type": "doubel"}},
-    )
-    assert [p.split(":")[0] for p in problems] == [
-        "sinks.db.dsn",
-        "sinks.db.table",
-        "sinks.db.columns.t.type",
-    ], problems
-    assert not any("s3cret-pw" in p for p in problems)
-    # A key of the wrong type is None for the check, which copes.
-    _, problems = config_problems(
-        dsn="mysql://gw:s3cret-pw@db:99999/x", table=5, columns={"t": "tpoic"}
-    )
-    assert [p.split(":")[0] for p in problems] == [
-        "sinks.db.dsn",
-        "sinks.db.table",
-        "sinks.db.columns.t",
-    ], problems
-
-
 def test_dsn_parsing() -> None:
     dsn = parse_dsn("mysql://gw:p%40ss:w/rd@db.lan:3307/telemetry")
     assert dsn == ("db.lan", 3307, "gw", "p@ss:w/rd", "telemetry")

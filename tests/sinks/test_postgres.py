@@ -569,30 +569,6 @@ def test_a_name_that_is_no_identifier_gets_one_problem_and_no_invalid_suggestion
     ]
 
 
-def test_a_bad_dsn_hides_no_other_problem_of_the_sink() -> None:
-    # Before: only the dsn's problem was reported; the table and columns were not checked.
-    _, problems = config_problems(
-        dsn="postgresql://gw:s3cret-pw@db:99999/x",
-        table="read-ings",
-        columns={"t": {"from": "field.t", "type": "doubel"}},
-    )
-    assert [p.split(":")[0] for p in problems] == [
-        "sinks.warehouse.dsn",
-        "sinks.warehouse.table",
-        "sinks.warehouse.columns.t.type",
-    ], problems
-    assert not any("s3cret-pw" in p for p in problems)
-    # A key of the wrong type is None for the check, which copes.
-    _, problems = config_problems(
-        dsn="postgresql://gw:s3cret-pw@db:99999/x", table=5, columns={"t": "tpoic"}
-    )
-    assert [p.split(":")[0] for p in problems] == [
-        "sinks.warehouse.dsn",
-        "sinks.warehouse.table",
-        "sinks.warehouse.columns.t",
-    ], problems
-
-
 def test_dsn_is_required() -> None:
     _, problems = config_problems()
     assert problems == ["sinks.warehouse.dsn: required key is missing"]
