@@ -404,8 +404,17 @@ class RemoteConfigSection:
             example="/etc/edge-stream/fleet.pub",
         ),
     ] = None
-    username: Annotated[str | None, Doc("The user name on `broker`.")] = None
-    password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
+    username: Annotated[
+        str | None,
+        Doc("The user name on `broker` (default on the gateway's broker: `mqtt.username`)."),
+    ] = None
+    password: Annotated[
+        str | None,
+        Doc(
+            "Its password (may be `ENC(...)`; default on the gateway's broker:"
+            " `mqtt.password`); never logged."
+        ),
+    ] = None
     ca_file: Annotated[
         str | None, Doc("CA bundle that verifies an mqtts:// broker (default: the system's).")
     ] = None

@@ -59,6 +59,9 @@ class _Plan:
     url: str
     gateway_id: str
     client_id: str
+    username: str | None
+    password: str | None
+    keepalive: int
 
 
 class RemoteConfig:
@@ -117,7 +120,21 @@ class RemoteConfig:
         if url is None:
             return None
         prefix = config.mqtt.client_id or f"edge-stream-{config.gateway.id}"
-        return _Plan(settings, url, config.gateway.id, f"{prefix}-remote-config")
+        username, password, keepalive = settings.username, settings.password, 30
+        if settings.broker is None:
+            # on the gateway's broker, what remote_config leaves unset comes from `mqtt:`
+            username = username or config.mqtt.username
+            password = password or config.mqtt.password
+            keepalive = int(config.mqtt.keepalive)
+        return _Plan(
+            settings,
+            url,
+            config.gateway.id,
+            f"{prefix}-remote-config",
+            username,
+            password,
+            keepalive,
+        )
 
     async def run(self) -> None:
         await self._ready.wait()
@@ -190,10 +207,10 @@ class RemoteConfig:
                 port,
                 client_id=plan.client_id,
                 clean_start=True,
-                keepalive=30,
+                keepalive=plan.keepalive,
                 receive_maximum=1,
-                username=settings.username,
-                password=settings.password if settings.username else None,
+                username=plan.username,
+                password=plan.password if plan.username else None,
                 tls=context,
             )
             granted = await client.subscribe([(remote.set_topic(plan.gateway_id), 1)])

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 class Fleet:
     """The fleet server's side, on paho: publishes envelopes, reads the gateway's topics."""
 
-    def __init__(self, url: str, gateway_id: str) -> None:
+    def __init__(self, url: str, gateway_id: str, user: tuple[str, str] | None = None) -> None:
         host, _, port = url.removeprefix("mqtt://").rpartition(":")
         self.gateway_id = gateway_id
         self.messages: queue.Queue[tuple[str, dict[str, Any], bool]] = queue.Queue()
@@ -40,6 +40,8 @@ class Fleet:
             protocol=paho.MQTTv5,
         )
         self.client.on_message = self._on_message
+        if user is not None:
+            self.client.username_pw_set(*user)
         self.client.connect(host, int(port))
         self.client.loop_start()
         self.subscribe(remote.result_topic(gateway_id))
@@ -266,6 +268,35 @@ def test_config_push_from_the_command_line(
     # the same version again: a replay
     done = _push(str(new), *common, "--version", "1")
     assert done.returncode == 1 and "not newer" in done.stderr, done.stderr
+
+
+def test_on_the_gateway_broker_the_channel_logs_in_with_the_mqtt_credentials(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    signing: tuple[Ed25519PrivateKey, Path],
+) -> None:
+    # Without remote_config.broker the channel used the gateway's broker but not the
+    # mqtt.username and mqtt.password every other component there uses: refused (0x87).
+    user = ("gw", "fleet-pw-123")
+    broker = mosquitto_factory(user=user)
+    config = _config(tmp_path, broker.url, signing[1], "a.jsonl")
+    del config["remote_config"]["broker"]
+    config["mqtt"] = {"url": broker.url, "username": user[0], "password": user[1]}
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    try:
+        wait_for(lambda: gw.status()["remote_config"]["connected"], 20, "the channel")
+        gid = _gateway_id(gw)
+        new = _text(gw, lambda d: d["sinks"]["out"].update(path="b.jsonl"))
+        fleet = Fleet(broker.url, gid, user=user)
+        try:
+            answer = fleet.push(remote.sign(remote.Document(gid, 5, "yaml", new), signing[0]))
+        finally:
+            fleet.close()
+        assert answer["outcome"] == "applied", answer
+        assert gw.config_path.read_text() == new
+    finally:
+        gw.close()
 
 
 def test_the_gateway_runs_while_the_remote_broker_is_away(
