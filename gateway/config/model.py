@@ -427,6 +427,10 @@ class RemoteConfigSection:
                 "broker",
                 f"{mask_password(self.broker)!r} must be mqtt://host:port or mqtts://host:port",
             )
+        elif self.broker is not None:
+            problem = url_problem(self.broker)
+            if problem:
+                yield "broker", problem
         if not self.enabled:
             return
         if not self.public_key:

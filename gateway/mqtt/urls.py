@@ -9,7 +9,8 @@ from gateway.config.schema import mask_password
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host:port or mqtts://host:port.
+    """(host, port, tls) from mqtt://host:port or mqtts://host:port (no user info: a
+    user name or password in it is refused, never silently dropped).
 
     ValueError's message quotes the URL with its password masked, and nothing else of
     it: urllib's own messages quote the port's text, which is a piece of the password
@@ -29,6 +30,12 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError(
             f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
+        )
+    if parts.username is not None or parts.password is not None:
+        # They were silently ignored: the broker then refused an anonymous client.
+        raise ValueError(
+            f"{mask_password(url)!r}: an MQTT URL takes no user name or password;"
+            " set them in the username and password keys"
         )
     return parts.hostname, port or (8883 if tls else 1883), tls
 

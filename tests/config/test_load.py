@@ -375,6 +375,31 @@ def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Pa
     ]
 
 
+def test_mqtt_urls_with_a_user_name_or_password_are_refused(tmp_path: Path) -> None:
+    # The user info was dropped without a word: check-config said ok, then the broker
+    # refused the anonymous client (Not authorized) and the gateway's status showed why not.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://gw:Pw0rdQz@127.0.0.1:1883"}
+        sources:
+          plant: {type: mqtt, topics: ["a/#"], url: "mqtts://gw:Pw0rdQz@broker"}
+        routes:
+          r: {match: "a/#", sinks: [up]}
+        sinks:
+          up: {type: mqtt, url: "mqtt://gw@upstream:1883"}
+        remote_config: {broker: "mqtt://fleet:Pw0rdQz@fleet:1883"}
+        """,
+    )
+    hint = "an MQTT URL takes no user name or password; set them in the username and password keys"
+    assert problems(path) == [
+        f"{path}:2: mqtt.url: 'mqtt://gw:***@127.0.0.1:1883': {hint}",
+        f"{path}:4: sources.plant.url: 'mqtts://gw:***@broker': {hint}",
+        f"{path}:8: sinks.up.url: 'mqtt://gw@upstream:1883': {hint}",
+        f"{path}:9: remote_config.broker: 'mqtt://fleet:***@fleet:1883': {hint}",
+    ]
+
+
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
     # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
     # at start with urllib's "Port out of range" traceback; a database that is no number
