@@ -1386,6 +1386,7 @@ class Store:
             return  # nothing changed since a scan that found nothing to drop
         target = int(self.max_bytes * 0.95)
         dropped: list[int] = []
+        lost = 0  # of them, those a sink still waited for (the others were delivered)
         after = 0
         scanned = 0
         while self.bytes > target and scanned < 200_000:
@@ -1408,9 +1409,12 @@ class Store:
                     continue
                 dropped.append(seq)
                 self.bytes -= size
+                waited = False
                 for name, bit in self._bits.items():
                     if mask >> bit & 1 and seq > self._cursors[name]:
                         self._depth[name] -= 1
+                        waited = True
+                lost += waited
         if not dropped:
             self._futile = state
             return
@@ -1425,13 +1429,16 @@ class Store:
         except BaseException:
             _rollback(db)
             raise
-        self.dropped += len(dropped)
-        log.error(
-            "store: the buffer reached its budget of %d bytes; dropped the %d oldest FlowFiles"
-            " (overflow: drop_oldest). Sinks are not keeping up or are down.",
-            self.max_bytes,
-            len(dropped),
-        )
+        # Rows every sink had delivered (not yet purged) go too, but lose nothing: only
+        # what a sink still waited for counts as dropped and is logged.
+        self.dropped += lost
+        if lost:
+            log.error(
+                "store: the buffer reached its budget of %d bytes; dropped the %d oldest"
+                " FlowFiles (overflow: drop_oldest). Sinks are not keeping up or are down.",
+                self.max_bytes,
+                lost,
+            )
 
     # -- delivery ----------------------------------------------------------
 

@@ -88,6 +88,23 @@ async def test_drop_oldest_keeps_the_store_within_its_budget(tmp_path: Path) -> 
     await store.close()
 
 
+async def test_drop_oldest_counts_only_what_a_sink_still_waited_for(tmp_path: Path) -> None:
+    # Delivered rows not yet purged were dropped too and counted (and logged at ERROR) as
+    # lost: `dropped` said more was lost than was, so delivered + dropped > received.
+    store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="drop_oldest")
+    await store.commit(batch([(ff(i, size=2000), store.bit("a")) for i in range(100)]))
+    rows, seen = await store.read("a", store.cursor("a"), 1000)
+    await store.advance("a", seen, len(rows), [])  # delivered; the purge has not run yet
+    for start in range(100, 2000, 100):
+        await store.commit(
+            batch([(ff(i, size=2000), store.bit("a")) for i in range(start, start + 100)])
+        )
+    rows, _ = await store.read("a", store.cursor("a"), 5000)
+    assert store.dropped > 0
+    assert len(rows) + store.dropped == 1900  # every undelivered one: kept or dropped
+    await store.close()
+
+
 async def test_block_reports_over_budget_until_sinks_drain(tmp_path: Path) -> None:
     store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="block")
     while not store.over_budget:
