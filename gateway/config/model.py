@@ -970,8 +970,10 @@ class SinkConfig:
         float | None,
         Doc(
             "At most this many FlowFiles per second (default: no limit), e.g. while a"
-            " backlog drains over a thin uplink."
+            " backlog drains over a thin uplink; a write then takes at most one second's"
+            " worth."
         ),
+        Range(0, None, "must be more than 0 (leave it out for no limit)", above=True),
     ] = None
     overflow: Annotated[
         Overflow | None,

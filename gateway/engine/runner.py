@@ -378,6 +378,10 @@ class SinkRunner:
             max_bytes = config.batch.max_bytes
             linger = config.batch.linger
             rate = config.rate_limit
+            if rate:
+                # A batch holds at most one second's worth, so that no second carries more
+                # than rate_limit (a whole batch went at once, then the pause came).
+                limit = min(limit, max(1, int(rate)))
             try:
                 if not self.connected:
                     self.state = "connecting"

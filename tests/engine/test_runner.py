@@ -170,6 +170,39 @@ class Ticking(Clock):
         await asyncio.sleep(0)
 
 
+async def test_rate_limit_holds_in_every_second_not_only_on_average(tmp_path: Path) -> None:
+    # A whole batch (up to batch.max_rows) went at once and the pause came after it:
+    # with rate_limit 10, fifty FlowFiles reached the upstream within the same instant.
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    rows = [(FlowFile.create("t/1", b"x"), store.bit("out")) for _ in range(50)]
+    await store.commit(Batch(rows, [], {}, []))
+    config = SinkConfig(type="test", rate_limit=10)
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = 50
+    clock = Ticking()
+    sent_at: list[tuple[float, int]] = []
+    write = sink.write
+
+    async def timed(batch: list[FlowFile]) -> list[Rejected]:
+        sent_at.append((clock.now, len(batch)))
+        return await write(batch)
+
+    sink.write = timed  # type: ignore[method-assign]
+    runner = SinkRunner("out", sink, config, store, clock=clock)
+    task = asyncio.ensure_future(runner.run())
+    await sink.all_there.wait()
+    runner.stopping = True
+    runner.wake.set()
+    await task
+    await store.close()
+    assert sum(n for _, n in sent_at) == 50
+    start = sent_at[0][0]
+    for second in range(6):
+        within = sum(n for t, n in sent_at if start + second <= t < start + second + 1)
+        assert within <= 10, (second, sent_at)
+
+
 class Failing(Source):
     """A polled source that connects at once and whose polls fail `failures` times."""
 
