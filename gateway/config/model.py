@@ -33,7 +33,7 @@ from gateway.config.schema import (
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter, validate_topic
-from gateway.mqtt.urls import url_problem
+from gateway.mqtt.urls import parse_url, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -860,6 +860,61 @@ class Config:
                     f" it{hint}",
                 )
 
+    def _check_client_ids(self) -> Iterator[tuple[str, str]]:
+        """One MQTT client id per broker: two clients with the same one take the session
+        from each other for ever (each connect closes the other), and share its
+        subscriptions. Sources, sinks and the gateway's own status and remote config
+        clients, by their effective ids."""
+        gateway, mqtt = self.gateway, self.mqtt
+        if gateway is None or mqtt is None:
+            return
+        if mqtt.url in ("auto", "embedded"):
+            own: str | None = f"mqtt://{mqtt.embedded_listen}"
+        else:
+            own = None if url_problem(mqtt.url) else mqtt.url
+        prefix = mqtt.client_id or f"edge-stream-{gateway.id}"
+        taken: dict[tuple[str, int, str], str] = {}
+
+        def claim(url: str | None, client_id: str, key: str, who: str) -> Iterator[tuple[str, str]]:
+            if url is None or url_problem(url):
+                return
+            host, port, _ = parse_url(url)
+            where = (host.lower(), port, client_id)
+            if where in taken:
+                yield (
+                    key,
+                    f"{client_id!r} on {host}:{port} is the MQTT client id of {taken[where]} too:"
+                    " the broker lets only one of them connect at a time (give each its own"
+                    " client_id)",
+                )
+            else:
+                taken[where] = who
+
+        status = self.status
+        if status is not None and status.enabled:
+            yield from claim(own, f"{prefix}-status", "status", "the status topics")
+        remote = self.remote_config
+        if remote is not None and remote.enabled:
+            yield from claim(
+                remote.broker or own, f"{prefix}-remote-config", "remote_config", "remote_config"
+            )
+        for name, source in (self.sources or {}).items():
+            if source is not None and source.type == "mqtt":
+                url = getattr(source, "url", None)
+                client_id = getattr(source, "client_id", None) or f"{prefix}-{name}"
+                yield from claim(
+                    url or own, client_id, f"sources.{name}.client_id", f"source {name!r}"
+                )
+        for name, sink in (self.sinks or {}).items():
+            if sink is not None and sink.type == "mqtt":
+                client_id = getattr(sink, "client_id", None) or f"edge-stream-{gateway.id}-{name}"
+                yield from claim(
+                    getattr(sink, "url", None),
+                    client_id,
+                    f"sinks.{name}.client_id",
+                    f"sink {name!r}",
+                )
+
     def check(self) -> Iterator[tuple[str, str]]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
@@ -876,6 +931,7 @@ class Config:
                     )
         yield from self._check_alert_components()
         yield from self._check_claims()
+        yield from self._check_client_ids()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):

@@ -125,7 +125,11 @@ class MqttSinkConfig(SinkConfig):
         ),
     ] = "site/{gateway}/{topic}"
     client_id: Annotated[
-        str | None, Doc("The client id (default `edge-stream-<gateway id>-<sink name>`).")
+        str | None,
+        Doc(
+            "The client id (default `edge-stream-<gateway id>-<sink name>`); no other client"
+            " of the config may use it on the same broker."
+        ),
     ] = None
     clean_session: Annotated[
         bool, Doc("Start a new session on every connect instead of keeping a persistent one.")

@@ -152,7 +152,8 @@ class MqttSourceConfig(SourceConfig):
         str | None,
         Doc(
             "The client id of the persistent session (default `<mqtt.client_id>-<source"
-            " name>`; `mqtt.client_id` defaults to `edge-stream-<gateway id>`)."
+            " name>`; `mqtt.client_id` defaults to `edge-stream-<gateway id>`); no other"
+            " client of the config may use it on the same broker."
         ),
     ] = None
     username: Annotated[

@@ -400,6 +400,37 @@ def test_mqtt_urls_with_a_user_name_or_password_are_refused(tmp_path: Path) -> N
     ]
 
 
+def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path: Path) -> None:
+    # check-config said ok; the two then closed each other's connection for ever (a
+    # session taken over at each connect) and shared one session's subscriptions, so
+    # one source stored the other's topics.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          a: {type: mqtt, topics: ["a/#"], client_id: same}
+          b: {type: mqtt, topics: ["b/#"], client_id: same}
+          status: {type: mqtt, topics: ["c/#"]}
+          central: {type: mqtt, topics: ["d/#"], url: "mqtt://127.0.0.1:1884"}
+          elsewhere: {type: mqtt, topics: ["e/#"], url: "mqtt://10.0.0.9:1883", client_id: same}
+        routes:
+          r: {match: "#", sinks: [central]}
+        sinks:
+          central: {type: mqtt, url: "mqtt://127.0.0.1:1884"}
+        """,
+    )
+    tail = "the broker lets only one of them connect at a time (give each its own client_id)"
+    assert problems(path) == [
+        f"{path}:5: sources.b.client_id: 'same' on 127.0.0.1:1883 is the MQTT client id of"
+        f" source 'a' too: {tail}",
+        f"{path}:6: sources.status.client_id: 'edge-stream-pi-01-status' on 127.0.0.1:1883 is"
+        f" the MQTT client id of the status topics too: {tail}",
+        f"{path}:12: sinks.central.client_id: 'edge-stream-pi-01-central' on 127.0.0.1:1884 is"
+        f" the MQTT client id of source 'central' too: {tail}",
+    ]
+
+
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
     # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
     # at start with urllib's "Port out of range" traceback; a database that is no number
