@@ -915,6 +915,24 @@ class Config:
                     f"sink {name!r}",
                 )
 
+    def _check_tls_files(self) -> Iterator[tuple[str, str]]:
+        """An MQTT source on the gateway's broker (no `url`) with TLS files needs that
+        broker to be mqtts://: otherwise they were silently unused, the source on plain
+        MQTT."""
+        mqtt = self.mqtt
+        if mqtt is None or mqtt.url.startswith("mqtts://"):
+            return
+        for name, source in (self.sources or {}).items():
+            if source is None or source.type != "mqtt" or getattr(source, "url", None):
+                continue
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(source, key, None):
+                    yield (
+                        f"sources.{name}.{key}",
+                        f"needs TLS: the gateway's broker (mqtt.url {mqtt.url!r}) is not"
+                        " mqtts://; set url: mqtts://host:port here, or mqtt.url",
+                    )
+
     def check(self) -> Iterator[tuple[str, str]]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
@@ -932,6 +950,7 @@ class Config:
         yield from self._check_alert_components()
         yield from self._check_claims()
         yield from self._check_client_ids()
+        yield from self._check_tls_files()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if not name or not all(c.isalnum() or c in "_-" for c in name):

@@ -202,6 +202,9 @@ class MqttSinkConfig(SinkConfig):
                     )
             if any(c in topic for c in "+#\0"):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
+            if self.topic is not None and not topic:
+                # every message went to the dead letters: "the topic is empty"
+                yield "topic", "must not be empty (default site/{gateway}/{topic})"
         if self.user_properties and self.protocol not in (None, 5):
             yield "user_properties", "needs MQTT 5 (protocol: 5)"
         if self.session_expiry not in (None, 86400.0):

@@ -95,7 +95,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from time import time_ns
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
@@ -223,18 +223,29 @@ class MqttSourceConfig(SourceConfig):
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
 
+    # check() runs even when a key failed (None there), so that one mistake hides no other.
+    check_incomplete: ClassVar[bool] = True
+
     def check(self) -> Iterator[tuple[str, str]]:
-        if not self.topics:
-            yield "topics", "subscribe to at least one topic filter"
-        for i, topic_filter in enumerate(self.topics):
-            problem = validate_filter(topic_filter)
-            if problem:
-                yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
+        if self.topics is not None:
+            if not self.topics:
+                yield "topics", "subscribe to at least one topic filter"
+            for i, topic_filter in enumerate(self.topics):
+                problem = validate_filter(topic_filter)
+                if problem:
+                    yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
         if self.url is not None:
             try:
-                parse_url(self.url)
+                _, _, tls = parse_url(self.url)
             except ValueError as err:
                 yield "url", str(err)
+            else:
+                # They were silently unused: the source spoke plain MQTT.
+                for name in ("ca_file", "cert_file", "key_file"):
+                    if not tls and getattr(self, name):
+                        yield name, "needs TLS: use an mqtts:// URL"
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
 
     @property
     def maximum_packet_size(self) -> int:

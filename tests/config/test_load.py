@@ -431,6 +431,36 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
     ]
 
 
+def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: Path) -> None:
+    # One bad key of an MQTT source hid every other problem of it (receive_maximum 0
+    # here); TLS files on plain mqtt:// were silently unused (the source spoke plain
+    # MQTT), and a cert_file without its key_file failed only at each connect.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          a: {type: mqtt, topics: ["a/#"], retained: sometimes, receive_maximum: 0}
+          b: {type: mqtt, topics: ["b/#"], url: "mqtt://broker:1883", ca_file: /ca.pem}
+          c: {type: mqtt, topics: ["c/#"], url: "mqtts://broker", cert_file: /c.pem}
+          d: {type: mqtt, topics: ["d/#"], ca_file: /ca.pem}
+          e: {type: mqtt, topics: ["e/#"], url: "mqtts://broker", ca_file: /ca.pem}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:4: sources.a.retained: 'sometimes' is not one of 'new_subscription_only',"
+        " 'always', 'never'",
+        f"{path}:4: sources.a.receive_maximum: must be between 1 and 16384",
+        f"{path}:5: sources.b.ca_file: needs TLS: use an mqtts:// URL",
+        f"{path}:6: sources.c.cert_file: cert_file and key_file go together",
+        f"{path}:7: sources.d.ca_file: needs TLS: the gateway's broker (mqtt.url"
+        " 'mqtt://127.0.0.1:1883') is not mqtts://; set url: mqtts://host:port here, or"
+        " mqtt.url",
+    ]
+    path.write_text(path.read_text().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"))
+    assert not any("sources.d." in p for p in problems(path))
+
+
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
     # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
     # at start with urllib's "Port out of range" traceback; a database that is no number

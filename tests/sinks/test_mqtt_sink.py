@@ -547,6 +547,7 @@ async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_runnin
         ({"url": "mqtts://b", "cert_file": "/c.pem"}, "cert_file and key_file go together"),
         ({"url": "mqtt://b", "topic": "site/{site}/{topic}"}, "unknown placeholder {site}"),
         ({"url": "mqtt://b", "topic": "site/+/{topic}"}, "no wildcards"),
+        ({"url": "mqtt://b", "topic": ""}, "topic: must not be empty"),
         ({"url": "mqtt://b", "max_inflight": 0}, "max_inflight: must be between 1 and 65535"),
         ({"url": "mqtt://b", "protocol": 3}, "3 is not one of 5, 4"),
         ({"url": "mqtt://b", "protocol": 4, "user_properties": True}, "needs MQTT 5"),
