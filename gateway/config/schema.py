@@ -194,7 +194,11 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
         choices = get_args(tp)
         if value in choices:
             return choices[choices.index(value)]  # the choice itself: 1, not a 1e0 as written
-        hint = did_you_mean(str(value), [str(c) for c in choices])
+        if isinstance(value, str) and any(str(c) == value for c in choices):
+            # qos: "1" read "(did you mean '1'?)": say what differs
+            hint = f" (a number: write {value} without quotes)"
+        else:
+            hint = did_you_mean(str(value), [str(c) for c in choices])
         allowed = ", ".join(repr(c) for c in choices)
         problems.add(path, f"{value!r} is not one of {allowed}{hint}")
         return None

@@ -461,6 +461,14 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert not any("sources.d." in p for p in problems(path))
 
 
+def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None:
+    # It read "'1' is not one of 0, 1, 2 (did you mean '1'?)".
+    path = write(tmp_path, 'sources:\n  a: {type: mqtt, topics: ["a/#"], qos: "1"}\n')
+    assert problems(path) == [
+        f"{path}:3: sources.a.qos: '1' is not one of 0, 1, 2 (a number: write 1 without quotes)"
+    ]
+
+
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
     # state.replicate.redis redis://h:99999/0 passed check-config and the gateway crashed
     # at start with urllib's "Port out of range" traceback; a database that is no number
