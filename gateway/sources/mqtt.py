@@ -79,6 +79,9 @@ with the count since the last line. A packet whose framing is broken, or a
 topic alias (the gateway allows none; MQTT 5 then forbids the broker to send
 one), closes the connection; the source reconnects.
 
+TLS files (`ca_file`, `cert_file`, `key_file`) that cannot be read stop the
+source, named in its error, until the config is fixed and reloaded.
+
 What your broker needs: a persistent session keeps messages for the gateway
 while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
 default; set `max_queued_messages` (e.g. 1000000) and `max_queued_bytes` in
@@ -349,6 +352,21 @@ class MqttSource(Source):
         keepalive = cfg.keepalive
         if keepalive is None:
             keepalive = self.ctx.mqtt_keepalive if shared else 30.0
+        context: ssl.SSLContext | None = None
+        if tls:
+            try:
+                context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+            except OSError as err:  # ssl.SSLError included
+                # It said "[Errno 2] No such file or directory", naming no file, retried
+                # for ever; as the MQTT sink does, the source stops until it is fixed.
+                files = ", ".join(
+                    f"{name} {value!r}"
+                    for name in ("ca_file", "cert_file", "key_file")
+                    if (value := getattr(cfg, name))
+                )
+                raise PermanentError(
+                    f"cannot use the TLS files ({files or 'the system CAs'}): {err}"
+                ) from err
         self._lost = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
@@ -373,7 +391,7 @@ class MqttSource(Source):
                     receive_maximum=cfg.receive_maximum,
                     username=username,
                     password=password,
-                    tls=tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file) if tls else None,
+                    tls=context,
                 )
             if not present:
                 # a new session: packet ids of the old one mean nothing to the broker now

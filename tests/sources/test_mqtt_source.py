@@ -13,7 +13,7 @@ import pytest
 
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message, NoMarks
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.sources import mqtt as mqtt_source
 from gateway.sources.mqtt import MqttSource, MqttSourceConfig, _user_attributes
 from tests.faults.fakebroker import FakeBroker, publish_packet, utf8
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def make_source(mosquitto: Any, client_id: str, marks: Any = None, **extra: Any) -> MqttSource:
     problems = Problems()
     raw = {"type": "mqtt", "topics": ["acks/#"], "qos": 1, "client_id": client_id,
-           "url": mosquitto.url, **extra}  # fmt: skip
+           "url": mosquitto.url if mosquitto else None, **extra}  # fmt: skip
     config = build_dataclass(MqttSourceConfig, raw, (), problems)
     assert not problems, problems.items
     ctx = Context(name="plant", kind="source")
@@ -247,6 +247,14 @@ async def test_large_messages_pause_reading_at_receive_max_bytes(mosquitto: Any)
             got.extend(new)
     assert sorted(m.flowfile.content[0] for m in got) == list(range(40))
     await source.close()
+
+
+async def test_tls_files_that_cannot_be_read_stop_the_source_naming_them(tmp_path: Any) -> None:
+    # It said "[Errno 2] No such file or directory", naming no file, and retried for ever.
+    missing = str(tmp_path / "ca.pem")
+    source = make_source(None, "gw-tls-files", url="mqtts://127.0.0.1:1", ca_file=missing)
+    with pytest.raises(PermanentError, match=f"cannot use the TLS files \\(ca_file '{missing}'\\)"):
+        await source.connect()
 
 
 async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any) -> None:
