@@ -155,7 +155,8 @@ class MqttSection:
         Doc(
             "`auto`: the broker at `embedded_listen`, started by the gateway if none"
             " answers there and some component needs one; `embedded`: always start one;"
-            " `mqtt://host:port` or `mqtts://host:port`: a broker run elsewhere.",
+            " `mqtt://host:port` or `mqtts://host:port`: a broker run elsewhere (it may hold"
+            " `user:password@`, percent-encoded, which `username` and `password` override).",
             example="mqtt://127.0.0.1:1883",
         ),
     ] = "auto"
@@ -392,7 +393,8 @@ class RemoteConfigSection:
         str | None,
         Doc(
             "`mqtt://host:port` or `mqtts://host:port` of the fleet's broker (default: the"
-            " gateway's broker, `mqtt.url`).",
+            " gateway's broker, `mqtt.url`); it may hold `user:password@` (percent-encoded),"
+            " which `username` and `password` override.",
             example="mqtts://fleet.example.com:8883",
         ),
     ] = None

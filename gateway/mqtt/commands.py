@@ -25,7 +25,7 @@ from typing import Any
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.mqtt.client import CORRELATION_DATA, RESPONSE_TOPIC, Client, binary_property
-from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.urls import login, parse_url, tls_context
 
 Reply = Callable[[dict[str, Any]], None]
 # submit(fields, payload, reply) -> error text, or None when queued; `fields` holds each
@@ -131,6 +131,7 @@ class CommandChannel:
         """Connect and subscribe, or raise RetryableError."""
         await self.close()
         host, port, tls = parse_url(self.url)
+        username, password = login(self.url, self.username, self.password)
         client = Client(deliver=self._deliver)
         try:
             async with asyncio.timeout(10):
@@ -141,8 +142,8 @@ class CommandChannel:
                     clean_start=True,
                     keepalive=30,
                     receive_maximum=self.max_pending,
-                    username=self.username or None,
-                    password=self.password if self.username else None,
+                    username=username or None,
+                    password=password if username else None,
                     tls=tls_context(None, None, None) if tls else None,
                 )
                 self._client = client  # deliveries may start right behind the SUBSCRIBE

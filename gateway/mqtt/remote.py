@@ -38,7 +38,7 @@ from gateway.config.model import Config, RemoteConfigSection
 from gateway.core.backoff import Backoff
 from gateway.core.errors import ConfigError
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
-from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.urls import login, parse_url, tls_context
 
 log = logging.getLogger("gateway.remote_config")
 
@@ -126,6 +126,7 @@ class RemoteConfig:
             username = username or config.mqtt.username
             password = password or config.mqtt.password
             keepalive = int(config.mqtt.keepalive)
+        username, password = login(url, username, password)
         return _Plan(
             settings,
             url,
@@ -364,6 +365,7 @@ async def push(
     Raises ConfigError when the broker cannot be reached or refuses us, TimeoutError when
     no answer came within `wait` seconds."""
     host, port, tls = parse_url(url)
+    username, password = login(url, username, password)
     answers: asyncio.Queue[bytes] = asyncio.Queue(16)
 
     def deliver(

@@ -27,7 +27,7 @@ from typing import Any
 from gateway.config.model import Config
 from gateway.core.backoff import Backoff
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
-from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.urls import login, parse_url, tls_context
 
 log = logging.getLogger("gateway.status")
 
@@ -95,12 +95,13 @@ class StatusChannel:
         if url is None:
             return None
         prefix = config.mqtt.client_id or f"edge-stream-{config.gateway.id}"
+        username, password = login(url, config.mqtt.username, config.mqtt.password)
         return _Plan(
             url,
             config.gateway.id,
             f"{prefix}-status",
-            config.mqtt.username,
-            config.mqtt.password,
+            username,
+            password,
             int(config.mqtt.keepalive),
         )
 

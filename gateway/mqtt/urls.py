@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway.config.schema import mask_password
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host:port or mqtts://host:port (no user info: a
-    user name or password in it is refused, never silently dropped).
+    """(host, port, tls) from mqtt://host:port or mqtts://host:port (a user name and
+    password in it are for `login`).
 
     ValueError's message quotes the URL with its password masked, and nothing else of
     it: urllib's own messages quote the port's text, which is a piece of the password
@@ -31,13 +31,18 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(
             f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
         )
-    if parts.username is not None or parts.password is not None:
-        # They were silently ignored: the broker then refused an anonymous client.
-        raise ValueError(
-            f"{mask_password(url)!r}: an MQTT URL takes no user name or password;"
-            " set them in the username and password keys"
-        )
     return parts.hostname, port or (8883 if tls else 1883), tls
+
+
+def login(url: str, username: str | None, password: str | None) -> tuple[str | None, str | None]:
+    """The user name and password to connect with: those given (the config's keys) or,
+    where none is, those the URL holds (mqtt://user:password@host, percent-decoded)."""
+    parts = urlsplit(url)
+    if not username and parts.username:
+        username = unquote(parts.username)
+    if not password and parts.password:
+        password = unquote(parts.password)
+    return username, password
 
 
 def url_problem(url: str) -> str | None:

@@ -97,7 +97,7 @@ from gateway.mqtt.client import (
     tls_refusal,
     user_properties,
 )
-from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.urls import login, parse_url, tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
@@ -113,7 +113,8 @@ class MqttSinkConfig(SinkConfig):
     url: Annotated[
         str,
         Doc(
-            "`mqtt://host:port` or `mqtts://host:port` of the upstream broker.",
+            "`mqtt://host:port` or `mqtts://host:port` of the upstream broker; it may hold"
+            " `user:password@` (percent-encoded), which `username` and `password` override.",
             example="mqtt://broker.example.com:1883",
         ),
     ]
@@ -285,6 +286,7 @@ class MqttSink(Sink):
                 raise permanent(
                     f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
                 ) from err
+        username, password = login(cfg.url, cfg.username, cfg.password)
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 # A connection the broker drops before its CONNACK (a refused TLS client
@@ -302,8 +304,8 @@ class MqttSink(Sink):
                         if cfg.protocol == 5 and not cfg.clean_session
                         else 0
                     ),
-                    username=cfg.username,
-                    password=cfg.password if cfg.username is not None else None,
+                    username=username,
+                    password=password if username is not None else None,
                     tls=context,
                 )
         except TimeoutError as err:

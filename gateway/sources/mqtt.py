@@ -106,7 +106,7 @@ from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
 from gateway.core.topics import validate_filter
-from gateway.mqtt.urls import parse_url, tls_context
+from gateway.mqtt.urls import login, parse_url, tls_context
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
@@ -148,7 +148,8 @@ class MqttSourceConfig(SourceConfig):
         str | None,
         Doc(
             "`mqtt://host:port` or `mqtts://host:port` of the broker (default: the"
-            " gateway's broker, the top-level `mqtt:`)."
+            " gateway's broker, the top-level `mqtt:`); it may hold `user:password@`"
+            " (percent-encoded), which `username` and `password` override."
         ),
     ] = None
     client_id: Annotated[
@@ -344,11 +345,14 @@ class MqttSource(Source):
 
     async def connect(self) -> None:
         cfg = self.config
-        host, port, tls = parse_url(cfg.url or self.ctx.mqtt_url)
-        # on the gateway's broker, what the source leaves unset comes from `mqtt:`
+        url = cfg.url or self.ctx.mqtt_url
+        host, port, tls = parse_url(url)
+        # on the gateway's broker, what the source leaves unset comes from `mqtt:`; then
+        # from the URL (mqtt://user:password@host)
         shared = cfg.url is None
         username = cfg.username or (self.ctx.mqtt_username if shared else None)
         password = cfg.password or (self.ctx.mqtt_password if shared else None)
+        username, password = login(url, username, password)
         keepalive = cfg.keepalive
         if keepalive is None:
             keepalive = self.ctx.mqtt_keepalive if shared else 30.0

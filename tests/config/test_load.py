@@ -375,28 +375,14 @@ def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Pa
     ]
 
 
-def test_mqtt_urls_with_a_user_name_or_password_are_refused(tmp_path: Path) -> None:
-    # The user info was dropped without a word: check-config said ok, then the broker
-    # refused the anonymous client (Not authorized) and the gateway's status showed why not.
-    path = write(
-        tmp_path,
-        """\
-        mqtt: {url: "mqtt://gw:Pw0rdQz@127.0.0.1:1883"}
-        sources:
-          plant: {type: mqtt, topics: ["a/#"], url: "mqtts://gw:Pw0rdQz@broker"}
-        routes:
-          r: {match: "a/#", sinks: [up]}
-        sinks:
-          up: {type: mqtt, url: "mqtt://gw@upstream:1883"}
-        remote_config: {broker: "mqtt://fleet:Pw0rdQz@fleet:1883"}
-        """,
-    )
-    hint = "an MQTT URL takes no user name or password; set them in the username and password keys"
+def test_the_remote_config_broker_url_is_checked(tmp_path: Path) -> None:
+    # Only its scheme was checked: mqtt://h:99999 passed check-config, then the channel
+    # logged a ValueError traceback ("remote_config: crashed; restarting") for ever.
+    path = write(tmp_path, 'remote_config: {broker: "mqtt://fleet:Pw0rdQz@fleet:99999"}\n')
     assert problems(path) == [
-        f"{path}:2: mqtt.url: 'mqtt://gw:***@127.0.0.1:1883': {hint}",
-        f"{path}:4: sources.plant.url: 'mqtts://gw:***@broker': {hint}",
-        f"{path}:8: sinks.up.url: 'mqtt://gw@upstream:1883': {hint}",
-        f"{path}:9: remote_config.broker: 'mqtt://fleet:***@fleet:1883': {hint}",
+        f"{path}:2: remote_config.broker: 'mqtt://fleet:***@fleet:99999' is not an"
+        " mqtt://host:port or mqtts://host:port URL (the port is not a number from 1 to"
+        " 65535; a password holding #, /, ? or @ must be percent-encoded: %23, %2F, %3F, %40)"
     ]
 
 

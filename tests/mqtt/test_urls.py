@@ -5,25 +5,23 @@ from __future__ import annotations
 import pytest
 
 from gateway.mqtt.broker import GatewayBroker
-from gateway.mqtt.urls import parse_url
+from gateway.mqtt.urls import login, parse_url
 
 pytestmark = pytest.mark.unit
 
 
 def test_parse_url() -> None:
     assert parse_url("mqtt://broker:1884") == ("broker", 1884, False)
-    assert parse_url("mqtts://broker") == ("broker", 8883, True)
+    assert parse_url("mqtts://u:p%2Fw@broker") == ("broker", 8883, True)
 
 
-@pytest.mark.parametrize(
-    "url", ["mqtts://u:Pw0rdQz%2Fw@broker", "mqtt://gw:Pw0rdQz@broker:1883", "mqtt://gw@broker"]
-)
-def test_a_user_name_or_password_in_the_url_is_refused_not_ignored(url: str) -> None:
+def test_a_user_name_and_password_in_the_url_are_used_unless_the_keys_give_them() -> None:
     # They were dropped without a word: the client connected anonymously and the broker
-    # answered Not authorized, while check-config said ok.
-    with pytest.raises(ValueError, match="set them in the username and password keys") as caught:
-        parse_url(url)
-    assert "Pw0rdQz" not in str(caught.value)
+    # answered Not authorized, while the startup line showed mqtt://gw:***@host.
+    assert login("mqtts://u:p%2Fw@broker", None, None) == ("u", "p/w")
+    assert login("mqtt://gw@broker", None, "key-pw") == ("gw", "key-pw")
+    assert login("mqtt://gw:url-pw@broker", "other", "key-pw") == ("other", "key-pw")
+    assert login("mqtt://broker", None, None) == (None, None)
 
 
 @pytest.mark.parametrize(
