@@ -183,6 +183,8 @@ class MqttSourceConfig(SourceConfig):
             "Larger messages go to the dead letters, truncated; the broker is told not to"
             " send packets over twice this (at least this plus 64KiB)."
         ),
+        # 0 passed and sent every message that had a payload to the dead letters
+        Range(1, message="must be at least 1 byte"),
     ] = 256 * 1024
     # At most 16384: beyond that, after a crash, a redelivery of a stored message could no
     # longer be told from a new one (see REDELIVERY_WINDOW in gateway/store/sqlite.py).

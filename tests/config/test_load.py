@@ -426,7 +426,7 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
         """\
         mqtt: {url: "mqtt://127.0.0.1:1883"}
         sources:
-          a: {type: mqtt, topics: ["a/#"], retained: sometimes, receive_maximum: 0}
+          a: {type: mqtt, topics: ["a/#"], retained: sometimes, max_payload: 0, receive_maximum: 0}
           b: {type: mqtt, topics: ["b/#"], url: "mqtt://broker:1883", ca_file: /ca.pem}
           c: {type: mqtt, topics: ["c/#"], url: "mqtts://broker", cert_file: /c.pem}
           d: {type: mqtt, topics: ["d/#"], ca_file: /ca.pem}
@@ -436,6 +436,7 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert problems(path) == [
         f"{path}:4: sources.a.retained: 'sometimes' is not one of 'new_subscription_only',"
         " 'always', 'never'",
+        f"{path}:4: sources.a.max_payload: must be at least 1 byte",
         f"{path}:4: sources.a.receive_maximum: must be between 1 and 16384",
         f"{path}:5: sources.b.ca_file: needs TLS: use an mqtts:// URL",
         f"{path}:6: sources.c.cert_file: cert_file and key_file go together",
