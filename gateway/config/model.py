@@ -402,7 +402,8 @@ class RemoteConfigSection:
         str | None,
         Doc(
             "The file of the Ed25519 public key that signs configs: PEM, or its 32 bytes in"
-            " base64 (`edge-stream config keygen-signing` writes one). Needed when enabled.",
+            " base64 (`edge-stream config keygen-signing` writes one), or those 32 bytes in"
+            " base64 written here instead of a file. Needed when enabled.",
             example="/etc/edge-stream/fleet.pub",
         ),
     ] = None

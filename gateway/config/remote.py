@@ -99,13 +99,17 @@ class Document:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file or a file holding its 32 bytes in base64."""
+    """An Ed25519 public key from a PEM file or a file holding its 32 bytes in base64, or
+    those 32 bytes in base64 given instead of a file (as `config keygen-signing` says)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
         raw = Path(path).read_bytes()[:4096]
     except OSError as err:
+        inline = _base64_key(str(path))
+        if inline is not None:
+            return Ed25519PublicKey.from_public_bytes(inline)
         raise ConfigError(
             f"cannot read the public key {path}: {err.strerror or err}; `edge-stream config"
             " keygen-signing` makes a key pair"
@@ -125,6 +129,15 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     if len(data) != 32:
         raise ConfigError(f"{path}: {len(data)} bytes after base64, an Ed25519 public key has 32")
     return Ed25519PublicKey.from_public_bytes(data)
+
+
+def _base64_key(text: str) -> bytes | None:
+    """The 32 bytes of a key written in base64, or None if `text` is not that."""
+    try:
+        data = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if len(data) == 32 else None
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

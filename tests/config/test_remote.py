@@ -50,6 +50,12 @@ def test_keygen_writes_a_private_key_0600_and_a_public_key_the_gateway_reads(
     assert from_pem.public_bytes(*raw) == from_raw.public_bytes(*raw)
     with pytest.raises(ConfigError, match="never overwrites"):
         remote.keygen(tmp_path / "op.key")
+    # keygen-signing prints it saying "remote_config.public_key takes the file or this";
+    # written in the config instead of a file name, it was "cannot read the public key"
+    inline = remote.load_public_key(b64)
+    assert inline.public_bytes(*raw) == from_pem.public_bytes(*raw)
+    with pytest.raises(ConfigError, match="cannot read the public key"):
+        remote.load_public_key(base64.b64encode(b"x" * 31).decode())
 
 
 @pytest.mark.parametrize(
