@@ -479,6 +479,57 @@ def _server(dsn: str) -> str:
     return f"{host}:{port}/{parts.path.lstrip('/') or '(default database)'}"
 
 
+def tls_file_problem(dsn: str) -> str | None:
+    """Which TLS file of the dsn cannot be read, in one line, or None (see `_tls_files`)."""
+    for name, path in _tls_files(dsn):
+        if not os.access(path, os.R_OK):
+            return f"{name} {path} (in the dsn) cannot be read"
+    return None
+
+
+# What asyncpg.connect or create_pool may raise for a connection it could not make.
+CONNECT_ERRORS = (*_CONNECTION_ERRORS, asyncpg.PostgresError, ValueError)
+
+
+def connect_error(
+    err: BaseException, server: str, dsn: str, permanent: type[Exception]
+) -> Exception:
+    """What one of CONNECT_ERRORS from asyncpg's connect means, in one line: `permanent`
+    for what only the dsn, the user or the server's setup can fix (a refused login, a
+    database that does not exist, a setting of ?options the server refuses, TLS the
+    sslmode requires but the server does not offer, a TLS file holding no PEM, a dsn
+    asyncpg cannot read), MissingError for a host name that does not resolve, else
+    RetryableError. Shared by the postgres sink and source."""
+    if isinstance(err, _SETUP_ERRORS):
+        return permanent(f"{server} refused the connection: {_message(err)}")
+    if isinstance(err, _OPTION_ERRORS):
+        return permanent(f"{server} refused a setting of the dsn's ?options: {_message(err)}")
+    if isinstance(err, ConnectionError) and _tls_refused(err):
+        mode = _sslmode(dsn)
+        needs = f"the dsn's sslmode={mode}" if mode else "PGSSLMODE"
+        return permanent(
+            f"{server} does not offer TLS, which {needs} requires: turn ssl on"
+            " in the server, or use sslmode=prefer (TLS if offered) or disable"
+        )
+    if isinstance(err, ssl.SSLError) and err.library in _TLS_FILE_ERRORS:
+        # a file of the dsn holds no usable PEM
+        return permanent(
+            f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
+        )
+    if isinstance(err, socket.gaierror):
+        return MissingError(
+            f"cannot connect to {server}: its host name does not resolve ({err.strerror})"
+        )
+    if isinstance(err, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
+        return RetryableError(f"cannot connect to {server}: {_message(err)}")
+    # asyncpg could not read the DSN (an ?option it takes as a number, say). Its message
+    # may quote any part of the DSN, the password too: not shown.
+    return permanent(
+        f"asyncpg cannot read the dsn for {server}: check its ?options"
+        " and percent-encode #, /, ? and @ in user and password"
+    )
+
+
 async def _keep_session(conn: Any) -> None:
     """Skip asyncpg's reset query on release: the sink changes no session state, and on
     a slow uplink that query would cost a round trip per batch."""
@@ -618,9 +669,9 @@ class PostgresSink(Sink):
 
     async def _open(self, permanent: type[Exception]) -> Any:
         config = self.config
-        for name, path in _tls_files(config.dsn):
-            if not os.access(path, os.R_OK):
-                raise permanent(f"{name} {path} (in the dsn) cannot be read")
+        problem = tls_file_problem(config.dsn)
+        if problem:
+            raise permanent(problem)
         try:
             pool = await asyncpg.create_pool(
                 config.dsn,
@@ -640,40 +691,8 @@ class PostgresSink(Sink):
             except BaseException:
                 pool.terminate()
                 raise
-        except _SETUP_ERRORS as err:
-            raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
-        except _OPTION_ERRORS as err:
-            raise permanent(
-                f"{self.server} refused a setting of the dsn's ?options: {_message(err)}"
-            ) from err
-        except ConnectionError as err:
-            if _tls_refused(err):
-                mode = _sslmode(config.dsn)
-                needs = f"the dsn's sslmode={mode}" if mode else "PGSSLMODE"
-                raise permanent(
-                    f"{self.server} does not offer TLS, which {needs} requires: turn ssl on"
-                    " in the server, or use sslmode=prefer (TLS if offered) or disable"
-                ) from err
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except ssl.SSLError as err:
-            if err.library in _TLS_FILE_ERRORS:  # a file of the dsn holds no usable PEM
-                raise permanent(
-                    f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
-                ) from err
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except socket.gaierror as err:
-            raise MissingError(
-                f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
-            ) from err
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except ValueError as err:
-            # asyncpg could not read the DSN (an ?option it takes as a number, say). Its
-            # message may quote any part of the DSN, the password too: not shown.
-            raise permanent(
-                f"asyncpg cannot read the dsn for {self.server}: check its ?options"
-                " and percent-encode #, /, ? and @ in user and password"
-            ) from err
+        except CONNECT_ERRORS as err:
+            raise connect_error(err, self.server, config.dsn, permanent) from err
         try:
             try:
                 await self._prepare_table(conn, permanent)
