@@ -18,8 +18,9 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.registry import find
+from gateway.sources.mysql import MysqlSource
 from gateway.sources.postgres import PostgresSource
-from tests.servers import free_port
+from tests.servers import free_port, make_pki
 from tests.sinks.contract import unique_name
 from tests.sources.engine_run import lines, stop, until
 
@@ -231,3 +232,33 @@ async def test_a_dsn_the_postgres_server_can_never_accept_stops_the_source(
     assert expected.format(**files) in str(caught.value)
     assert "\n" not in str(caught.value) and "s3cret-pw" not in str(caught.value)
     await source.close()
+
+
+@pytest.mark.parametrize("ca", ["test CA", "missing", "not a certificate"])
+async def test_a_ca_file_the_mysql_source_cannot_use_stops_it(
+    mariadb: Any, tmp_path: Path, ca: str
+) -> None:
+    # Before: the test CA against the test server (no TLS) read in plain text without a
+    # word, the ca_file ignored; a missing file or one that is no certificate crashed the
+    # source with OpenSSL's traceback at every restart. The mysql sink stops on each.
+    ca_file = tmp_path / "ca.pem"
+    if ca == "test CA":
+        ca_file = Path(make_pki(tmp_path).ca_file)
+        expected = "does not offer TLS, which ca_file requires"
+    elif ca == "missing":
+        expected = f"ca_file {ca_file} cannot be read"
+    else:
+        ca_file.write_text(ca)
+        expected = f"cannot use ca_file {ca_file}"
+    config, problems = build(
+        "mysql", dsn=mariadb.dsn, table="t", cursor="id", ca_file=str(ca_file), timeout="5s"
+    )
+    assert problems == []
+    source = MysqlSource(config, Context("rows", "source"))
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await source.connect()
+    finally:
+        await source.close()  # a connection made in plain text is closed at once
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value) and "edge-test" not in str(caught.value)
