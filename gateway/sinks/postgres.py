@@ -61,7 +61,10 @@ Keys
                            #, /, ? and @ in user and password (%23, %2F, %3F, %40);
                            may be an ENC(...) secret; the password is never logged
                            nor quoted in an error. Options
-                           such as ?sslmode=require are passed to asyncpg. Checked
+                           such as ?sslmode=require are passed to asyncpg;
+                           ?sslrootcert=system verifies the server against the
+                           system's CAs (OpenSSL's default CA file, SSL_CERT_FILE
+                           if set) and takes sslmode=verify-full only. Checked
                            when the config loads: the scheme, each host (an IPv6
                            address in brackets, [::1]) and port (1-65535))
   table: readings          the table, optionally schema.table (default readings)
@@ -103,7 +106,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 import asyncpg
 import orjson
@@ -200,7 +203,59 @@ def dsn_problem(dsn: str) -> str | None:
             if "@" in rest[len(authority) :]:  # the user part ended before its '@'
                 problem += _ENCODE_HINT
             return problem
+    options = _options(dsn)
+    if options.get("sslrootcert") == "system" and options.get("sslmode", _SYSTEM_MODE) != (
+        _SYSTEM_MODE
+    ):
+        # libpq refuses it too: any public CA signs certificates for any host, so only the
+        # host name check makes the system's CAs vouch for the server.
+        return (
+            f"sslrootcert=system needs sslmode={_SYSTEM_MODE} (or no sslmode), not"
+            f" sslmode={options['sslmode']}: the system's CAs trust any host they signed for"
+        )
     return None
+
+
+def _options(dsn: str) -> dict[str, str]:
+    """The ?options of a dsn ({} if they cannot be read)."""
+    try:
+        return dict(parse_qsl(urlsplit(dsn).query))
+    except ValueError:
+        return {}
+
+
+# libpq's sslmode with sslrootcert=system: its default then, and the only one it takes.
+_SYSTEM_MODE = "verify-full"
+
+
+def connect_dsn(dsn: str) -> tuple[str, str | None]:
+    """The dsn as asyncpg is given it, and why it cannot be, in one line, or None.
+
+    `sslrootcert=system` means the system's trusted CAs, as for libpq; asyncpg (0.32)
+    takes it for a file named "system" ("No such file or directory"). It is given
+    OpenSSL's default CA file instead (SSL_CERT_FILE, else the system's bundle, as
+    libpq's OpenSSL reads it), with sslmode=verify-full when the dsn names no sslmode
+    (libpq's default with system). Shared by the postgres sink and source.
+    """
+    head, sep, query = dsn.partition("?")
+    if not sep or _options(dsn).get("sslrootcert") != "system":
+        return dsn, None
+    roots = ssl.get_default_verify_paths().cafile
+    if roots is None or not os.access(roots, os.R_OK):
+        return dsn, (
+            "sslrootcert=system (in the dsn): this system has no CA bundle that OpenSSL"
+            " reads (install ca-certificates, or set SSL_CERT_FILE or sslrootcert to a CA file)"
+        )
+    query, hash_, fragment = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if unquote_plus(key) == "sslrootcert" and unquote_plus(value) == "system":
+            item = f"sslrootcert={quote(roots, safe='/')}"
+        items.append(item)
+    if "sslmode" not in _options(dsn):
+        items.append(f"sslmode={_SYSTEM_MODE}")
+    return f"{head}?{'&'.join(items)}{hash_}{fragment}", None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,10 +478,7 @@ def _tls_refused(err: OSError) -> bool:
 
 
 def _sslmode(dsn: str) -> str | None:
-    try:
-        return dict(parse_qsl(urlsplit(dsn).query)).get("sslmode")
-    except ValueError:
-        return None
+    return _options(dsn).get("sslmode")
 
 
 # OpenSSL's libraries whose errors are about the files the dsn names, not the server.
@@ -437,16 +489,14 @@ def _tls_files(dsn: str) -> list[tuple[str, str]]:
     """The files that the dsn's ?sslcert and ?sslkey (and, with sslmode verify-ca or
     verify-full, ?sslrootcert) name: asyncpg reads them at every connect, and says only
     "No such file or directory" when one is missing."""
-    try:
-        options = dict(parse_qsl(urlsplit(dsn).query))
-    except ValueError:
-        return []
+    options = _options(dsn)
     mode = options.get("sslmode", "prefer")
     if mode == "disable":
         return []
     keys = ["sslcert", "sslkey"]
     if mode in ("verify-ca", "verify-full"):
         keys.insert(0, "sslrootcert")  # else a missing one only means no verification
+    # (sslrootcert=system is the system's CAs: connect_dsn)
     return [(k, options[k]) for k in keys if options.get(k) and options[k] != "system"]
 
 
@@ -669,12 +719,13 @@ class PostgresSink(Sink):
 
     async def _open(self, permanent: type[Exception]) -> Any:
         config = self.config
-        problem = tls_file_problem(config.dsn)
+        dsn, problem = connect_dsn(config.dsn)
+        problem = problem or tls_file_problem(config.dsn)
         if problem:
             raise permanent(problem)
         try:
             pool = await asyncpg.create_pool(
-                config.dsn,
+                dsn,
                 # No floor: with one, asyncpg reconnects in the background while the
                 # server is down and logs a traceback at each try. Connections are opened
                 # when a write needs them and kept while they work.

@@ -39,6 +39,7 @@ from gateway.sinks.postgres import (
     CONNECT_ERRORS,
     _message,
     _server,
+    connect_dsn,
     connect_error,
     dsn_problem,
     tls_file_problem,
@@ -97,12 +98,13 @@ class PostgresSource(IncrementalSource):
 
     async def connect(self) -> None:
         config = self.config
-        problem = tls_file_problem(config.dsn)
+        dsn, problem = connect_dsn(config.dsn)
+        problem = problem or tls_file_problem(config.dsn)
         if problem:
             raise PermanentError(problem)
         try:
             self._conn = await asyncpg.connect(
-                config.dsn,
+                dsn,
                 timeout=config.timeout,
                 command_timeout=config.timeout,
                 server_settings={"application_name": f"edge-stream {self.ctx.name}"},
