@@ -214,6 +214,21 @@ def test_enc_values_stay_encrypted_and_a_redacted_value_keeps_the_file_s(text: s
         edit.set_component(text, "sinks", "s", {**sent, "password": "***"}, "gw.yaml")
 
 
+def test_a_masked_password_with_no_file_value_behind_it_is_refused(text: str) -> None:
+    # The file's URL has no password, or another host: `***` would become the password.
+    for url in ("mqtt://u:***@127.0.0.1:1", "mqtt://u:***@10.0.0.9:1883"):
+        value = {"type": "mqtt", "url": url, "topics": ["sensors/+/telemetry"]}
+        with pytest.raises(ConfigError, match=r"sources\.plant\.url: its password '\*\*\*'"):
+            edit.set_component(text, "sources", "plant", value, "gw.yaml")
+    dsn = "host=db user=gw password=*** dbname=x"
+    sink = {"type": "postgres", "dsn": dsn, "table": "t"}
+    with pytest.raises(ConfigError, match=r"sinks\.pg\.dsn: its password"):
+        edit.set_component(text, "sinks", "pg", sink, "gw.yaml")
+    # *** elsewhere in text is no password: a topic may hold it.
+    route = {"match": "a/***", "sinks": ["archive"]}
+    assert "a/***" in edit.set_component(text, "routes", "stars", route, "gw.yaml")
+
+
 def test_a_refused_edit_writes_nothing(text: str, tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(text)
