@@ -222,6 +222,10 @@ class Engine:
                 processor.restore(state[label])
         await self._load_kv([p for _, p in self.router.stateful()])
         await self._warn_unowned_state()
+        # Resets `edge-stream state reset` left (made while no gateway ran, or asked as
+        # one stopped): done before any reading, and they mean the store is not empty,
+        # so the Redis replica (which still holds that state) is not restored over them.
+        resets = await self.store.take_resets()
         replicate = self.config.state.replicate
         if replicate.redis is not None:
             # redis-py takes ~5 MB: only a gateway that replicates loads it
@@ -234,8 +238,11 @@ class Engine:
                 self.store.load_kv,
                 self.clock,
             )
-            if not await self.store.has_state():
+            if not resets and not await self.store.has_state():
                 await self._restore_from_replica(self.replicator)
+        if resets:
+            await self._commit([], resets=resets)
+            log.info("engine: state of %s reset", ", ".join(resets))
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self._spawn(tg, "ingest", self._ingest_loop)
