@@ -146,6 +146,11 @@ class State:
         """Have the next checkpoint write every key (state restored from elsewhere)."""
         self._dirty.update(self._data)
 
+    def discard(self, keys: list[str]) -> None:
+        """Have the next checkpoint delete `keys`, which this state does not hold (rows
+        in the store that were not restored)."""
+        self._dirty.update(k for k in keys if k not in self._data)
+
     def forget_changes(self) -> None:
         """Drop the pending changes (the store forgot this component: see reset)."""
         self._dirty.clear()

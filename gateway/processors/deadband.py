@@ -157,6 +157,9 @@ class DeadbandProcessor(Processor):
         kv.put(group, record)
         return [flowfile] if passes else []
 
+    def owns_state(self, key: str, value: Any) -> bool:
+        return isinstance(value, dict) and {"v", "at", "c"} <= value.keys()
+
     def _moved(self, last: dict[str, Any], values: dict[str, Any]) -> bool:
         for path, _, absolute, percent in self._fields:
             if path not in values:
