@@ -141,7 +141,7 @@ class Source:
     backlog: bool = False
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
-    `edge_stream_source_dropped` in /metrics."""
+    `edge_stream_source_dropped_total` in /metrics."""
     waits: ClassVar[bool] = False
     """True when whoever sent a message is blocked until its commit (an HTTP client
     waiting for its answer): while only such messages are handed over, the engine
