@@ -120,7 +120,11 @@ class DeadbandProcessor(Processor):
         self._fields = [(p, split_path(p), b.absolute, b.percent) for p, b in config.fields.items()]
         self._group = _grouper(config.group_by)
         self._heartbeat = round(config.heartbeat * 1e9) if config.heartbeat else None
-        self.kv = State(ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2)
+        # Its keys are groups (topics, field values) from outside: none is bookkeeping
+        # kept over the budget, whatever its first character.
+        self.kv = State(
+            ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2, bookkeeping=False
+        )
 
     def process(self, flowfile: FlowFile) -> list[FlowFile]:
         obj = decode_object(flowfile.content, "deadband")
