@@ -1075,8 +1075,9 @@ class ScheduleKeys:
         str | None,
         Doc(
             "A cron schedule in UTC (`minute hour day month weekday`, an optional 6th field"
-            " for seconds) at whose times the source polls; when set, `interval` is not"
-            " used. Default: none, poll every `interval`.",
+            " after weekday for seconds: `* * * * * */10` every 10 s) at whose times the"
+            " source polls; when set, `interval` is not used. Default: none, poll every"
+            " `interval`.",
             example="*/5 * * * *",
         ),
         Valid(_schedule_problem),
