@@ -4,7 +4,7 @@ Session-scoped, started on first use and shared by every test:
     mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq, nats_cluster
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
-    mosquitto_factory(tls=False, user=None), postgres_factory(), mariadb_factory(),
+    mosquitto_factory(tls=False, user=None), postgres_factory(tls=False), mariadb_factory(),
     redis_factory(password=None, username=None),
     nats_factory(user=None, token=None, nkey=None, tls=False, operator=None)
 Function-scoped: http_receiver (a webhook receiver of the test's own).
@@ -146,7 +146,8 @@ def mosquitto_factory(
 def postgres_factory(
     server_workspace: servers.Workspace,
 ) -> Iterator[Callable[..., servers.Postgres]]:
-    """`postgres_factory()` starts a private PostgreSQL for this test."""
+    """`postgres_factory(tls=False)` starts a private PostgreSQL for this test; `tls=True`
+    turns ssl on with a certificate from a throwaway PKI (`.tls.ca_file` trusts it)."""
     yield from _factory(server_workspace, server_workspace.postgres)
 
 

@@ -523,7 +523,9 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
 class Postgres(Server):
     """PostgreSQL 15 with database `edge`, superuser `postgres`, trust auth, and fsync off:
     a commit reaches the OS, so it survives a killed server (not a killed machine).
-    synchronous_commit stays on, or a kill would lose the last commits."""
+    synchronous_commit stays on, or a kill would lose the last commits. `tls=True` turns
+    ssl on with a server certificate from a throwaway PKI (`.tls`; plain connections
+    are still taken)."""
 
     kind = "postgres"
     run_as = "postgres"
@@ -532,10 +534,11 @@ class Postgres(Server):
     user = "postgres"
     database = "edge"
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, tls: bool = False) -> None:
         super().__init__(workspace)
         self.data_dir = self.dir / "data"
         self.socket_dir = self.dir / "sock"
+        self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
 
     @property
     def dsn(self) -> str:
@@ -568,6 +571,10 @@ class Postgres(Server):
             "max_connections": "200",
             "timezone": "UTC",
         }
+        if self.tls:
+            settings["ssl"] = "on"
+            settings["ssl_cert_file"] = str(self.tls.server_cert_file)
+            settings["ssl_key_file"] = str(self.tls.server_key_file)
         args = [str(PG_BIN / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
@@ -1215,8 +1222,8 @@ class Workspace:
     def mosquitto(self, tls: bool = False, user: tuple[str, str] | None = None) -> Mosquitto:
         return self._started(Mosquitto(self, tls=tls, user=user))
 
-    def postgres(self) -> Postgres:
-        return self._started(Postgres(self))
+    def postgres(self, tls: bool = False) -> Postgres:
+        return self._started(Postgres(self, tls=tls))
 
     def mariadb(self) -> MariaDB:
         return self._started(MariaDB(self))

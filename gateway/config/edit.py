@@ -160,13 +160,25 @@ def _unredact_leaf(value: Any, old: Any, path: tuple[str | int, ...], key: str |
     if isinstance(value, str) and REDACTED in value:
         if old is not _MISSING and old != value and redact(old, old, key) == value:
             return old
+        dotted = ".".join(str(p) for p in path)
         if value == REDACTED:
-            dotted = ".".join(str(p) for p in path)
             raise ConfigError(
                 f"{dotted}: {REDACTED!r} stands for a secret that is not in the file;"
                 " send the value itself or its ENC(...) text"
             )
+        if _MASKED_PASSWORD.search(value):
+            # A DSN or URL as GET showed it, but not the file's: its password would be
+            # written as the three characters `***`.
+            raise ConfigError(
+                f"{dotted}: its password {REDACTED!r} stands for a secret, and the file has"
+                " no value that reads so; send the whole value with its password or its"
+                " ENC(...) text"
+            )
     return value
+
+
+# A password written *** in a URL's user info (`//gw:***@db`) or a `password=***` pair.
+_MASKED_PASSWORD = re.compile(r"//[^/@\s]*:\*\*\*@|\bpassword\s*=\s*\*\*\*(?!\S)", re.IGNORECASE)
 
 
 # -- JSON -------------------------------------------------------------------------

@@ -127,16 +127,26 @@ def versions(data_dir: str | Path) -> list[Version]:
 
 
 def find_version(data_dir: str | Path, name: str | None) -> Version:
-    """The version called `name` (or whose hash starts with it); None: the newest.
-    A ConfigError names what exists when none matches."""
+    """The version called `name` (or whose name or hash starts with it); None: the
+    newest. A ConfigError names what exists when none matches, and refuses a start that
+    fits versions of different texts (it would pick one of them silently)."""
     kept = versions(data_dir)
     if not kept:
         raise ConfigError(f"no kept config versions under {history_dir(data_dir)}")
     if name is None:
         return kept[0]
     for v in kept:
-        if v.name == name or v.hash.startswith(name) or v.name.startswith(name):
+        if v.name == name:
             return v
+    fits = [v for v in kept if name and (v.hash.startswith(name) or v.name.startswith(name))]
+    if len({v.hash for v in fits}) > 1:
+        raise ConfigError(
+            f"{name!r} is the start of {len(fits)} kept config versions of different texts"
+            f" ({', '.join(v.name for v in fits[:3])}{', ...' if len(fits) > 3 else ''});"
+            " give more of the name or hash (`edge-stream config versions` lists them)"
+        )
+    if fits:
+        return fits[0]  # the newest of the same text
     raise ConfigError(
         f"no kept config version {name!r} under {history_dir(data_dir)};"
         f" `edge-stream config versions` lists them"

@@ -165,9 +165,13 @@ class _LineLoader(_Base):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # A key written here overrides the same key merged in by `<<: *anchor` (YAML's
+    # merge keys); only a key written twice here is a duplicate.
+    own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     result: dict[Any, Any] = {}
     lines: dict[Any, int] = {}
+    merged: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, Hashable):
@@ -178,7 +182,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
                 " (is a ':' or '?' out of place?)",
                 key_node.start_mark,
             )
-        if key in result:
+        if id(key_node) not in own:
+            merged.add(key)
+        elif key in merged:
+            merged.discard(key)
+        elif key in result:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,

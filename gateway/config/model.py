@@ -30,6 +30,7 @@ from gateway.config.schema import (
     mask_password,
     redis_url_problem,
 )
+from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter, validate_topic
@@ -936,6 +937,23 @@ class Config:
                         " mqtts://; set url: mqtts://host:port here, or mqtt.url",
                     )
 
+    def _check_served_tls(self) -> Iterator[tuple[str, str]]:
+        """The certificate and key files the console and the sources serve HTTPS with can
+        be read and used: else check-config passed and only the start failed."""
+        served: list[tuple[str, str, str]] = []  # (where, certificate, key)
+        for name, source in (self.sources or {}).items():
+            files = None if source is None else source.served_tls()
+            if files is not None:
+                served.append((f"sources.{name}", *files))
+        web = self.web
+        if web is not None and web.enabled and web.tls_cert and web.tls_key:
+            served.append(("web", web.tls_cert, web.tls_key))
+        for where, cert, key in served:
+            try:
+                served_tls(cert, key)
+            except ServedTlsError as err:
+                yield f"{where}.{err.key}", str(err)
+
     def check(self) -> Iterator[tuple[str, str]]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
@@ -952,6 +970,7 @@ class Config:
                     )
         yield from self._check_alert_components()
         yield from self._check_claims()
+        yield from self._check_served_tls()
         yield from self._check_client_ids()
         yield from self._check_tls_files()
         for section in ("sources", "sinks", "routes"):
@@ -1074,6 +1093,11 @@ class SourceConfig:
         config check; otherwise the second could never open it and retried forever."""
         return []
 
+    def served_tls(self) -> tuple[str, str] | None:
+        """The PEM certificate and key files this source serves HTTPS with, or None: the
+        config check reads them (`gateway/config/tls.py`), as it reads the console's."""
+        return None
+
 
 class Claim(typing.NamedTuple):
     """A serial port or listening address a component holds: the key that names it, how
@@ -1144,8 +1168,9 @@ class ScheduleKeys:
         str | None,
         Doc(
             "A cron schedule in UTC (`minute hour day month weekday`, an optional 6th field"
-            " for seconds) at whose times the source polls; when set, `interval` is not"
-            " used. Default: none, poll every `interval`.",
+            " after weekday for seconds: `* * * * * */10` every 10 s) at whose times the"
+            " source polls; when set, `interval` is not used. Default: none, poll every"
+            " `interval`.",
             example="*/5 * * * *",
         ),
         Valid(_schedule_problem),

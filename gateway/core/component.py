@@ -141,7 +141,7 @@ class Source:
     backlog: bool = False
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
-    `edge_stream_source_dropped` in /metrics."""
+    `edge_stream_source_dropped_total` in /metrics."""
     waits: ClassVar[bool] = False
     """True when whoever sent a message is blocked until its commit (an HTTP client
     waiting for its answer): while only such messages are handed over, the engine
@@ -224,6 +224,13 @@ class Processor:
 
     def restored(self) -> None:
         """`kv` now holds the last checkpoint (or was reset): rebuild what derives from it."""
+
+    def owns_state(self, key: str, value: Any) -> bool:
+        """Whether a kept `kv` pair is of this processor's making. A state is named
+        ROUTE.N, so a processor added or removed before another leaves the state of one
+        type where one of another type now stands (a deadband put before a window): the
+        engine drops such a state rather than let this processor misread it."""
+        return True
 
     def status(self) -> dict[str, object]:
         """Counts for /api/status and /metrics (empty: nothing to show). A processor with

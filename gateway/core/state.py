@@ -12,7 +12,8 @@ commit that touched them, not a rewrite of everything.
 State is bounded by a byte budget. Over it, the oldest keys (the first put) are
 evicted and counted; the owner takes them with `take_evicted` and decides what
 eviction means (a window closes early and is emitted). Keys starting with `~` (the
-owner's own bookkeeping) are never evicted.
+owner's own bookkeeping) are never evicted, unless the owner's keys are data it does not
+choose (a deadband's are topics or field values): `bookkeeping=False`.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ class State:
         component: str,
         max_bytes: int,
         size: Callable[[Any], int] | None = None,
+        bookkeeping: bool = True,
     ) -> None:
         self.component = component
+        self._pinned = "~" if bookkeeping else None  # the first character of kept keys
         self.max_bytes = max_bytes
         self.bytes = 0
         self.evicted = 0  # keys evicted over the budget since start
@@ -120,7 +123,7 @@ class State:
         for key in list(self._data):
             if self.bytes <= self.max_bytes:
                 return
-            if key == keep or key[:1] == "~":
+            if key == keep or key[:1] == self._pinned:
                 continue
             value = self._data[key]
             self.delete(key)
@@ -145,6 +148,11 @@ class State:
     def mark_all_changed(self) -> None:
         """Have the next checkpoint write every key (state restored from elsewhere)."""
         self._dirty.update(self._data)
+
+    def discard(self, keys: list[str]) -> None:
+        """Have the next checkpoint delete `keys`, which this state does not hold (rows
+        in the store that were not restored)."""
+        self._dirty.update(k for k in keys if k not in self._data)
 
     def forget_changes(self) -> None:
         """Drop the pending changes (the store forgot this component: see reset)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,33 @@ DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages ma
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
+
+
+def _own_rows(
+    processor: Processor, rows: list[tuple[str, int, bytes]]
+) -> list[tuple[str, int, bytes]]:
+    """`rows` (a kept state: key, seq, JSON value) when `processor` made them; else an
+    empty list, with a WARNING: the state of another type of processor is left at this
+    ROUTE.N (a deadband put before a window), and reading it would fail or mislead."""
+    for key, _, data in rows:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            value = None
+        if not processor.owns_state(key, value):
+            break
+    else:
+        return rows
+    log.warning(
+        "engine: the kept state %s (%d keys) was not written by the %s processor now at"
+        " %s (a processor was added or removed before it in its route); it is dropped,"
+        " not continued",
+        processor.ctx.name,
+        len(rows),
+        getattr(processor.config, "type", type(processor).__name__),
+        processor.ctx.name,
+    )
+    return []
 
 
 async def stop_task(task: asyncio.Task[None], every: float = 1.0) -> None:
@@ -222,6 +250,10 @@ class Engine:
                 processor.restore(state[label])
         await self._load_kv([p for _, p in self.router.stateful()])
         await self._warn_unowned_state()
+        # Resets `edge-stream state reset` left (made while no gateway ran, or asked as
+        # one stopped): done before any reading, and they mean the store is not empty,
+        # so the Redis replica (which still holds that state) is not restored over them.
+        resets = await self.store.take_resets()
         replicate = self.config.state.replicate
         if replicate.redis is not None:
             # redis-py takes ~5 MB: only a gateway that replicates loads it
@@ -234,8 +266,11 @@ class Engine:
                 self.store.load_kv,
                 self.clock,
             )
-            if not await self.store.has_state():
+            if not resets and not await self.store.has_state():
                 await self._restore_from_replica(self.replicator)
+        if resets:
+            await self._commit([], resets=resets)
+            log.info("engine: state of %s reset", ", ".join(resets))
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             self._spawn(tg, "ingest", self._ingest_loop)
@@ -345,6 +380,7 @@ class Engine:
                     stop.cancel()
         keys = components = 0
         for (processor, kv), rows in zip(stateful, loaded, strict=True):
+            rows = _own_rows(processor, rows)
             if rows:
                 kv.restore(rows)
                 kv.mark_all_changed()
@@ -365,7 +401,11 @@ class Engine:
         """Give each processor's key/value state its last checkpoint from the store."""
         for processor in processors:
             if processor.kv is not None:
-                processor.kv.restore(await self.store.load_kv(processor.kv.component))
+                rows = await self.store.load_kv(processor.kv.component)
+                own = _own_rows(processor, rows)
+                processor.kv.restore(own)
+                if own is not rows:  # another processor's: deleted with the next commit
+                    processor.kv.discard([key for key, _, _ in rows])
                 processor.restored()
 
     def _spawn(self, tg: asyncio.TaskGroup, name: str, fn: Callable[[], Awaitable[None]]) -> None:

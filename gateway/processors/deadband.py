@@ -120,7 +120,11 @@ class DeadbandProcessor(Processor):
         self._fields = [(p, split_path(p), b.absolute, b.percent) for p, b in config.fields.items()]
         self._group = _grouper(config.group_by)
         self._heartbeat = round(config.heartbeat * 1e9) if config.heartbeat else None
-        self.kv = State(ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2)
+        # Its keys are groups (topics, field values) from outside: none is bookkeeping
+        # kept over the budget, whatever its first character.
+        self.kv = State(
+            ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2, bookkeeping=False
+        )
 
     def process(self, flowfile: FlowFile) -> list[FlowFile]:
         obj = decode_object(flowfile.content, "deadband")
@@ -156,6 +160,9 @@ class DeadbandProcessor(Processor):
             record["at"] = now
         kv.put(group, record)
         return [flowfile] if passes else []
+
+    def owns_state(self, key: str, value: Any) -> bool:
+        return isinstance(value, dict) and {"v", "at", "c"} <= value.keys()
 
     def _moved(self, last: dict[str, Any], values: dict[str, Any]) -> bool:
         for path, _, absolute, percent in self._fields:

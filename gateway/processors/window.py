@@ -567,6 +567,11 @@ class WindowProcessor(Processor):
 
     # -- state ------------------------------------------------------------------------
 
+    def owns_state(self, key: str, value: Any) -> bool:
+        if key == META:
+            return isinstance(value, dict) and "wm" in value
+        return isinstance(value, dict) and "g" in value and "f" in value
+
     def restored(self) -> None:
         kv = self.kv
         assert kv is not None

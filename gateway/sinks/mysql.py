@@ -69,7 +69,9 @@ Keys
   id_type: char            the id column: char (CHAR(36), readable) or binary
                            (BINARY(16), a smaller index) (default char)
   ca_file: null            connect with TLS, verifying the server against this CA
-                           bundle (default: no TLS)
+                           bundle (default: no TLS); a server that does not offer
+                           TLS, or a file that cannot be read or holds no
+                           certificate, stops the sink with one line
   timeout: 30s             the longest a connect or one statement may take before
                            the connection is dropped and the batch retried (default 30s)
   and the delivery keys every sink has: batch, retry, rate_limit, overflow.
@@ -107,6 +109,7 @@ from urllib.parse import unquote
 
 import aiomysql
 import pymysql
+from pymysql.constants import CLIENT
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
@@ -254,7 +257,7 @@ def parse_dsn(dsn: str) -> Dsn:
     user, _, password = userinfo.partition(":")
     hostport, _, database = location.partition("/")
     if "?" in database:
-        raise ValueError("takes no ?options: use the sink's keys (ca_file, timeout)")
+        raise ValueError("takes no ?options: use the keys ca_file and timeout")
     problem = check_location(hostport)
     if problem:
         raise ValueError(problem)
@@ -435,15 +438,29 @@ class _Rows:
         return values
 
 
-def _tls_context(ca_file: str, permanent: type[Exception]) -> ssl.SSLContext:
+def tls_context(ca_file: str, permanent: type[Exception]) -> ssl.SSLContext:
     """The TLS context verifying the server against `ca_file`; `permanent` names the file
-    when it cannot be read or holds no certificate (OpenSSL's own error names none)."""
+    when it cannot be read or holds no certificate (OpenSSL's own error names none).
+    Shared by the mysql sink and source."""
     if not os.access(ca_file, os.R_OK):
         raise permanent(f"ca_file {ca_file} cannot be read")
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ValueError) as err:  # ssl.SSLError included
         raise permanent(f"cannot use ca_file {ca_file}: {err}") from err
+
+
+def plain_text_problem(conn: Any, dsn: Dsn) -> str | None:
+    """Why a connection opened with a ca_file is not TLS, or None. aiomysql goes on in
+    plain text, without a word, when the server does not offer TLS: the ca_file was
+    ignored and nothing verified the server. Only the server's setup or the config can
+    change that. Shared by the mysql sink and source."""
+    if conn.server_capabilities & CLIENT.SSL:
+        return None
+    return (
+        f"{dsn!r} does not offer TLS, which ca_file requires: turn TLS on in the server"
+        " (ssl_cert and ssl_key), or remove ca_file"
+    )
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -617,7 +634,7 @@ class MysqlSink(Sink):
         if self._conn is not None:
             return
         dsn, config = self.dsn, self.config
-        context = _tls_context(config.ca_file, permanent) if config.ca_file else None
+        context = tls_context(config.ca_file, permanent) if config.ca_file else None
         try:
             async with asyncio.timeout(config.timeout):
                 conn = await aiomysql.connect(
@@ -636,6 +653,10 @@ class MysqlSink(Sink):
             kind = permanent if _code(err) in SETUP_ERRORS else RetryableError
             raise kind(f"cannot connect to {dsn!r}: {_message(err)}") from err
         self._conn = conn
+        problem = plain_text_problem(conn, dsn) if context is not None else None
+        if problem:
+            self._drop()
+            raise permanent(problem)
         try:
             async with asyncio.timeout(config.timeout):
                 if config.create_table:

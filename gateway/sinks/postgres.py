@@ -61,7 +61,10 @@ Keys
                            #, /, ? and @ in user and password (%23, %2F, %3F, %40);
                            may be an ENC(...) secret; the password is never logged
                            nor quoted in an error. Options
-                           such as ?sslmode=require are passed to asyncpg. Checked
+                           such as ?sslmode=require are passed to asyncpg;
+                           ?sslrootcert=system verifies the server against the
+                           system's CAs (OpenSSL's default CA file, SSL_CERT_FILE
+                           if set) and takes sslmode=verify-full only. Checked
                            when the config loads: the scheme, each host (an IPv6
                            address in brackets, [::1]) and port (1-65535))
   table: readings          the table, optionally schema.table (default readings)
@@ -103,7 +106,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 import asyncpg
 import orjson
@@ -200,7 +203,59 @@ def dsn_problem(dsn: str) -> str | None:
             if "@" in rest[len(authority) :]:  # the user part ended before its '@'
                 problem += _ENCODE_HINT
             return problem
+    options = _options(dsn)
+    if options.get("sslrootcert") == "system" and options.get("sslmode", _SYSTEM_MODE) != (
+        _SYSTEM_MODE
+    ):
+        # libpq refuses it too: any public CA signs certificates for any host, so only the
+        # host name check makes the system's CAs vouch for the server.
+        return (
+            f"sslrootcert=system needs sslmode={_SYSTEM_MODE} (or no sslmode), not"
+            f" sslmode={options['sslmode']}: the system's CAs trust any host they signed for"
+        )
     return None
+
+
+def _options(dsn: str) -> dict[str, str]:
+    """The ?options of a dsn ({} if they cannot be read)."""
+    try:
+        return dict(parse_qsl(urlsplit(dsn).query))
+    except ValueError:
+        return {}
+
+
+# libpq's sslmode with sslrootcert=system: its default then, and the only one it takes.
+_SYSTEM_MODE = "verify-full"
+
+
+def connect_dsn(dsn: str) -> tuple[str, str | None]:
+    """The dsn as asyncpg is given it, and why it cannot be, in one line, or None.
+
+    `sslrootcert=system` means the system's trusted CAs, as for libpq; asyncpg (0.32)
+    takes it for a file named "system" ("No such file or directory"). It is given
+    OpenSSL's default CA file instead (SSL_CERT_FILE, else the system's bundle, as
+    libpq's OpenSSL reads it), with sslmode=verify-full when the dsn names no sslmode
+    (libpq's default with system). Shared by the postgres sink and source.
+    """
+    head, sep, query = dsn.partition("?")
+    if not sep or _options(dsn).get("sslrootcert") != "system":
+        return dsn, None
+    roots = ssl.get_default_verify_paths().cafile
+    if roots is None or not os.access(roots, os.R_OK):
+        return dsn, (
+            "sslrootcert=system (in the dsn): this system has no CA bundle that OpenSSL"
+            " reads (install ca-certificates, or set SSL_CERT_FILE or sslrootcert to a CA file)"
+        )
+    query, hash_, fragment = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if unquote_plus(key) == "sslrootcert" and unquote_plus(value) == "system":
+            item = f"sslrootcert={quote(roots, safe='/')}"
+        items.append(item)
+    if "sslmode" not in _options(dsn):
+        items.append(f"sslmode={_SYSTEM_MODE}")
+    return f"{head}?{'&'.join(items)}{hash_}{fragment}", None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,10 +478,7 @@ def _tls_refused(err: OSError) -> bool:
 
 
 def _sslmode(dsn: str) -> str | None:
-    try:
-        return dict(parse_qsl(urlsplit(dsn).query)).get("sslmode")
-    except ValueError:
-        return None
+    return _options(dsn).get("sslmode")
 
 
 # OpenSSL's libraries whose errors are about the files the dsn names, not the server.
@@ -437,16 +489,14 @@ def _tls_files(dsn: str) -> list[tuple[str, str]]:
     """The files that the dsn's ?sslcert and ?sslkey (and, with sslmode verify-ca or
     verify-full, ?sslrootcert) name: asyncpg reads them at every connect, and says only
     "No such file or directory" when one is missing."""
-    try:
-        options = dict(parse_qsl(urlsplit(dsn).query))
-    except ValueError:
-        return []
+    options = _options(dsn)
     mode = options.get("sslmode", "prefer")
     if mode == "disable":
         return []
     keys = ["sslcert", "sslkey"]
     if mode in ("verify-ca", "verify-full"):
         keys.insert(0, "sslrootcert")  # else a missing one only means no verification
+    # (sslrootcert=system is the system's CAs: connect_dsn)
     return [(k, options[k]) for k in keys if options.get(k) and options[k] != "system"]
 
 
@@ -477,6 +527,57 @@ def _server(dsn: str) -> str:
     except ValueError:
         return "the configured server"
     return f"{host}:{port}/{parts.path.lstrip('/') or '(default database)'}"
+
+
+def tls_file_problem(dsn: str) -> str | None:
+    """Which TLS file of the dsn cannot be read, in one line, or None (see `_tls_files`)."""
+    for name, path in _tls_files(dsn):
+        if not os.access(path, os.R_OK):
+            return f"{name} {path} (in the dsn) cannot be read"
+    return None
+
+
+# What asyncpg.connect or create_pool may raise for a connection it could not make.
+CONNECT_ERRORS = (*_CONNECTION_ERRORS, asyncpg.PostgresError, ValueError)
+
+
+def connect_error(
+    err: BaseException, server: str, dsn: str, permanent: type[Exception]
+) -> Exception:
+    """What one of CONNECT_ERRORS from asyncpg's connect means, in one line: `permanent`
+    for what only the dsn, the user or the server's setup can fix (a refused login, a
+    database that does not exist, a setting of ?options the server refuses, TLS the
+    sslmode requires but the server does not offer, a TLS file holding no PEM, a dsn
+    asyncpg cannot read), MissingError for a host name that does not resolve, else
+    RetryableError. Shared by the postgres sink and source."""
+    if isinstance(err, _SETUP_ERRORS):
+        return permanent(f"{server} refused the connection: {_message(err)}")
+    if isinstance(err, _OPTION_ERRORS):
+        return permanent(f"{server} refused a setting of the dsn's ?options: {_message(err)}")
+    if isinstance(err, ConnectionError) and _tls_refused(err):
+        mode = _sslmode(dsn)
+        needs = f"the dsn's sslmode={mode}" if mode else "PGSSLMODE"
+        return permanent(
+            f"{server} does not offer TLS, which {needs} requires: turn ssl on"
+            " in the server, or use sslmode=prefer (TLS if offered) or disable"
+        )
+    if isinstance(err, ssl.SSLError) and err.library in _TLS_FILE_ERRORS:
+        # a file of the dsn holds no usable PEM
+        return permanent(
+            f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
+        )
+    if isinstance(err, socket.gaierror):
+        return MissingError(
+            f"cannot connect to {server}: its host name does not resolve ({err.strerror})"
+        )
+    if isinstance(err, (*_CONNECTION_ERRORS, asyncpg.PostgresError)):
+        return RetryableError(f"cannot connect to {server}: {_message(err)}")
+    # asyncpg could not read the DSN (an ?option it takes as a number, say). Its message
+    # may quote any part of the DSN, the password too: not shown.
+    return permanent(
+        f"asyncpg cannot read the dsn for {server}: check its ?options"
+        " and percent-encode #, /, ? and @ in user and password"
+    )
 
 
 async def _keep_session(conn: Any) -> None:
@@ -618,12 +719,13 @@ class PostgresSink(Sink):
 
     async def _open(self, permanent: type[Exception]) -> Any:
         config = self.config
-        for name, path in _tls_files(config.dsn):
-            if not os.access(path, os.R_OK):
-                raise permanent(f"{name} {path} (in the dsn) cannot be read")
+        dsn, problem = connect_dsn(config.dsn)
+        problem = problem or tls_file_problem(config.dsn)
+        if problem:
+            raise permanent(problem)
         try:
             pool = await asyncpg.create_pool(
-                config.dsn,
+                dsn,
                 # No floor: with one, asyncpg reconnects in the background while the
                 # server is down and logs a traceback at each try. Connections are opened
                 # when a write needs them and kept while they work.
@@ -640,40 +742,8 @@ class PostgresSink(Sink):
             except BaseException:
                 pool.terminate()
                 raise
-        except _SETUP_ERRORS as err:
-            raise permanent(f"{self.server} refused the connection: {_message(err)}") from err
-        except _OPTION_ERRORS as err:
-            raise permanent(
-                f"{self.server} refused a setting of the dsn's ?options: {_message(err)}"
-            ) from err
-        except ConnectionError as err:
-            if _tls_refused(err):
-                mode = _sslmode(config.dsn)
-                needs = f"the dsn's sslmode={mode}" if mode else "PGSSLMODE"
-                raise permanent(
-                    f"{self.server} does not offer TLS, which {needs} requires: turn ssl on"
-                    " in the server, or use sslmode=prefer (TLS if offered) or disable"
-                ) from err
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except ssl.SSLError as err:
-            if err.library in _TLS_FILE_ERRORS:  # a file of the dsn holds no usable PEM
-                raise permanent(
-                    f"cannot use the TLS files of the dsn (sslrootcert, sslcert, sslkey): {err}"
-                ) from err
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except socket.gaierror as err:
-            raise MissingError(
-                f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
-            ) from err
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except ValueError as err:
-            # asyncpg could not read the DSN (an ?option it takes as a number, say). Its
-            # message may quote any part of the DSN, the password too: not shown.
-            raise permanent(
-                f"asyncpg cannot read the dsn for {self.server}: check its ?options"
-                " and percent-encode #, /, ? and @ in user and password"
-            ) from err
+        except CONNECT_ERRORS as err:
+            raise connect_error(err, self.server, config.dsn, permanent) from err
         try:
             try:
                 await self._prepare_table(conn, permanent)

@@ -53,8 +53,10 @@ times `max_body`).
 
 The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
-`tls_key` (HTTPS), or put a reverse proxy in front. Tokens may be `ENC(...)`
-secrets and are never logged; at least one is required.
+`tls_key` (HTTPS), or put a reverse proxy in front; the config check reads them,
+as it reads the console's (a file that cannot be read, holds no PEM certificate or
+key, a key that is not the certificate's or asks for a passphrase: one line). Tokens
+may be `ENC(...)` secrets and are never logged; at least one is required.
 
 Keys
   type: http
@@ -84,7 +86,6 @@ import errno
 import hmac
 import json
 import logging
-import ssl
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -96,6 +97,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
@@ -188,6 +190,9 @@ class HttpSourceConfig(SourceConfig):
 
     def claims(self) -> list[Claim]:
         return [listen_claim("listen", self.listen)]
+
+    def served_tls(self) -> tuple[str, str] | None:
+        return (self.tls_cert, self.tls_key) if self.tls_cert and self.tls_key else None
 
     def check(self) -> Iterator[tuple[str, str]]:
         problem = check_location(self.listen)
@@ -296,14 +301,11 @@ class HttpSource(Source):
             return
         cfg = self.config
         context = None
-        if cfg.tls_cert:
+        if cfg.tls_cert and cfg.tls_key:
             try:
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            except (OSError, ssl.SSLError) as err:
-                raise PermanentError(
-                    f"cannot use tls_cert {cfg.tls_cert} and tls_key {cfg.tls_key}: {err}"
-                ) from err
+                context = served_tls(cfg.tls_cert, cfg.tls_key)
+            except ServedTlsError as err:  # the config check read them; changed since
+                raise PermanentError(f"{err.key}: {err}") from err
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
         app.router.add_route("*", "/ingest/{topic:.*}", self._ingest)
         runner = web.AppRunner(

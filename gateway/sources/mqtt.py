@@ -45,7 +45,7 @@ QoS is delivered at that lower one):
 - QoS 0: at most once. Under load the gateway drops what it cannot take
   (more than 10,000 messages or `receive_max_bytes` waiting); every drop is
   counted (`dropped` in /api/status and on the status page,
-  `edge_stream_source_dropped` in /metrics) and logged, at most once every 30 s.
+  `edge_stream_source_dropped_total` in /metrics) and logged, at most once every 30 s.
 - QoS 1: at least once, never lost. The PUBACK is sent only after the batch
   holding the message is committed to the store, over a persistent session with
   a fixed client id: a crash before that makes the broker deliver it again. A

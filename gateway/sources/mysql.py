@@ -34,7 +34,9 @@ Keys
   interval: 10s            how often to look for new rows
   schedule: "*/5 * * * *"  or at these times (cron, UTC); jitter, missed: README
   timeout: 30s             the longest a connect or a query may take
-  ca_file: /etc/ssl/db.pem connect with TLS, verifying against this CA
+  ca_file: /etc/ssl/db.pem connect with TLS, verifying against this CA; a server that
+                           does not offer TLS, or a file that cannot be read or holds
+                           no certificate, stops the source with one line
 
 Example
   sources:
@@ -45,7 +47,6 @@ Example
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -56,7 +57,13 @@ import pymysql
 from gateway.config.schema import Doc, Valid
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
-from gateway.sinks.mysql import SETUP_ERRORS, dsn_problem, parse_dsn
+from gateway.sinks.mysql import (
+    SETUP_ERRORS,
+    dsn_problem,
+    parse_dsn,
+    plain_text_problem,
+    tls_context,
+)
 from gateway.sources._sql import IncrementalSource, SqlSourceKeys
 
 
@@ -115,7 +122,7 @@ class MysqlSource(IncrementalSource):
 
     async def connect(self) -> None:
         dsn, config = self.dsn, self.config
-        context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
+        context = tls_context(config.ca_file, PermanentError) if config.ca_file else None
         try:
             async with asyncio.timeout(config.timeout):
                 self._conn = await aiomysql.connect(
@@ -133,6 +140,10 @@ class MysqlSource(IncrementalSource):
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             kind = PermanentError if _code(err) in SETUP_ERRORS else RetryableError
             raise kind(f"cannot connect to {dsn!r}: {_message(err)}") from err
+        problem = plain_text_problem(self._conn, dsn) if context is not None else None
+        if problem:
+            self._drop()
+            raise PermanentError(problem)
         self.ctx.log.info("connected to %r, reading table %s", dsn, config.table)
 
     async def _fetch(

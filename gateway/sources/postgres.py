@@ -5,6 +5,11 @@ template, positions committed with the rows), spoken to PostgreSQL through
 asyncpg: names double-quoted (checked identifiers), values bound as `$n`
 parameters. `numeric` is a string in the JSON, `timestamptz` ISO 8601, `bytea`
 text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text.
+A dsn the server can never accept stops the source with one line, as it stops the
+`postgres` sink: a wrong password or database, a TLS file of the dsn (`?sslcert=`,
+`?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full) that cannot
+be read, a server without TLS when the dsn's sslmode requires it, a setting of
+`?options=-c name=value` that the server refuses.
 
 Keys
   type: postgres
@@ -21,7 +26,6 @@ Example
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -30,8 +34,16 @@ import asyncpg
 
 from gateway.config.schema import Doc, Valid
 from gateway.core.component import Context
-from gateway.core.errors import MissingError, PermanentError, RetryableError
-from gateway.sinks.postgres import _server, dsn_problem
+from gateway.core.errors import PermanentError, RetryableError
+from gateway.sinks.postgres import (
+    CONNECT_ERRORS,
+    _message,
+    _server,
+    connect_dsn,
+    connect_error,
+    dsn_problem,
+    tls_file_problem,
+)
 from gateway.sources._sql import IncrementalSource, SqlSourceKeys
 
 # The server refuses us or the table is not what the config says: an operator has to act.
@@ -67,14 +79,6 @@ class PostgresSourceConfig(SqlSourceKeys):
     ] = field(repr=False)
 
 
-def _message(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    sqlstate = getattr(err, "sqlstate", None)
-    if sqlstate:
-        text = f"{text} (SQLSTATE {sqlstate})"
-    return text if len(text) <= 600 else text[:597] + "..."
-
-
 class PostgresSource(IncrementalSource):
     """Polls a PostgreSQL table by its cursor column; see the `mysql` source."""
 
@@ -94,26 +98,20 @@ class PostgresSource(IncrementalSource):
 
     async def connect(self) -> None:
         config = self.config
+        dsn, problem = connect_dsn(config.dsn)
+        problem = problem or tls_file_problem(config.dsn)
+        if problem:
+            raise PermanentError(problem)
         try:
             self._conn = await asyncpg.connect(
-                config.dsn,
+                dsn,
                 timeout=config.timeout,
                 command_timeout=config.timeout,
                 server_settings={"application_name": f"edge-stream {self.ctx.name}"},
             )
-        except _SETUP_ERRORS as err:
-            raise PermanentError(f"{self.server} refused the connection: {_message(err)}") from err
-        except socket.gaierror as err:
-            raise MissingError(
-                f"cannot connect to {self.server}: its host name does not resolve ({err.strerror})"
-            ) from err
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
-            raise RetryableError(f"cannot connect to {self.server}: {_message(err)}") from err
-        except ValueError as err:  # its message may quote the password: not shown
-            raise PermanentError(
-                f"asyncpg cannot read the dsn for {self.server}: check its ?options"
-                " and percent-encode #, /, ? and @ in user and password"
-            ) from err
+        except CONNECT_ERRORS as err:
+            # The same line as the postgres sink's for the same dsn.
+            raise connect_error(err, self.server, config.dsn, PermanentError) from err
         self.ctx.log.info("connected to %s, reading table %s", self.server, config.table)
 
     async def _fetch(

@@ -292,9 +292,11 @@ class StoreAdmin:
 
     def reset_state(self, component: str, running: bool | None = None) -> str:
         """Forget `component`'s state: "done" when no gateway runs on the store (deleted
-        here), "asked" when one does (its engine forgets it in memory and in the store
-        with its next commit, within a second or two; see `Store.take_resets`).
-        `running` None: told by the data_dir's lock."""
+        here, and the request left for the next start, whose engine then does not restore
+        the Redis replica over it and replaces the replica's copy), "asked" when one does
+        (its engine forgets it in memory and in the store with its next commit, within a
+        second or two; see `Store.take_resets`). `running` None: told by the data_dir's
+        lock."""
         if running is None:
             try:
                 lock = hold_data_dir(self.path.parent)
@@ -303,11 +305,11 @@ class StoreAdmin:
             else:
                 let_go_data_dir(lock)
                 running = False
+        self.db.execute(
+            "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
+            (component,),
+        )
         if running:
-            self.db.execute(
-                "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
-                (component,),
-            )
             return "asked"
         self.db.execute("DELETE FROM state_kv WHERE component = ?", (component,))
         return "done"

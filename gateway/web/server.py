@@ -69,6 +69,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway.config.model import WebSection
+from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.engine.console import preview_text
 from gateway.engine.status import StatusView
@@ -245,16 +246,10 @@ class WebServer:
         return f"{'https' if self.secure else 'http'}://{listen}"
 
     def _tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
-        except (OSError, ssl.SSLError) as err:
-            reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
-            raise ConfigError(
-                f"web.tls_cert {self.config.tls_cert}, web.tls_key {self.config.tls_key}:"
-                f" cannot use them ({reason}); give a PEM certificate and its key"
-            ) from err
-        return context
+        try:  # the config check read them; they may have changed since
+            return served_tls(str(self.config.tls_cert), str(self.config.tls_key))
+        except ServedTlsError as err:
+            raise ConfigError(f"web.{err.key}: {err}") from err
 
     async def stop(self) -> None:
         self._closing.set()  # event streams end

@@ -27,10 +27,12 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from gateway.config import secrets
 from tests.e2e.harness import GatewayProcess, free_port, wait_for
 from tests.e2e.harness import publish_qos1 as publish
+from tests.servers import make_pki
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +147,85 @@ def test_check_config_refuses_a_route_to_a_sink_that_is_not_defined(tmp_path: Pa
             9,
             "routes.telemetry.sinks.1",
             "no sink named 'archiv' is defined under sinks: (did you mean 'archive'?)",
+        )
+    ], result.stderr
+
+
+def test_check_config_reads_the_tls_files_of_the_http_source_and_the_console(
+    tmp_path: Path,
+) -> None:
+    # Before: check-config said ok; only `run` failed (the console), or the http source
+    # stopped once the gateway ran.
+    pki = make_pki(tmp_path / "pki")
+    text = tmp_path / "text.pem"
+    text.write_text("not a certificate")
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(pki.server_key_file.read_bytes(), None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass-phrase"),
+        )
+    )
+    missing = tmp_path / "missing.crt"
+    token = "0123456789abcdef0123"
+
+    def write(api: tuple[Path, Path], ingest: tuple[Path, Path], web: tuple[Path, Path]) -> Path:
+        sources = "".join(
+            f"  {name}:\n    type: http\n    listen: 127.0.0.1:{port}\n"
+            f"    tokens: [{token}]\n    tls_cert: {cert}\n    tls_key: {key}\n"
+            for name, port, (cert, key) in (("api", 18088, api), ("ingest", 18089, ingest))
+        )
+        text = GOOD.replace("routes:\n", sources + "routes:\n", 1)
+        path = tmp_path / "tls.yaml"
+        path.write_text(text + f"web:\n  tls_cert: {web[0]}\n  tls_key: {web[1]}\n")
+        return path
+
+    def line(path: Path, start: str, key: str) -> int:
+        """The line of `key` (as `  key:` or `    key:`) after the line starting `start`."""
+        lines = path.read_text().splitlines()
+        first = next(n for n, text in enumerate(lines) if text.startswith(start))
+        return next(n for n in range(first, len(lines)) if lines[n].strip().startswith(key)) + 1
+
+    good = (pki.server_cert_file, pki.server_key_file)
+    result = cli("check-config", "-c", str(write(good, good, good)))
+    assert result.returncode == 0, result.stderr
+
+    path = write(
+        (missing, pki.server_key_file), (pki.server_cert_file, pki.key_file), (text, encrypted)
+    )
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert problems(result.stderr) == [
+        (
+            str(path),
+            line(path, "  api:", "tls_cert:"),
+            "sources.api.tls_cert",
+            f"{missing} cannot be read (No such file or directory)",
+        ),
+        (
+            str(path),
+            line(path, "  ingest:", "tls_key:"),
+            "sources.ingest.tls_key",
+            f"{pki.key_file} is not the key of tls_cert {pki.server_cert_file}",
+        ),
+        (
+            str(path),
+            line(path, "web:", "tls_cert:"),
+            "web.tls_cert",
+            f"{text} holds no PEM certificate",
+        ),
+    ], result.stderr
+
+    path = write(good, good, (pki.server_cert_file, encrypted))
+    result = cli("check-config", "-c", str(path))
+    assert problems(result.stderr) == [
+        (
+            str(path),
+            line(path, "web:", "tls_key:"),
+            "web.tls_key",
+            f"{encrypted} is encrypted (it asks for a passphrase): give the key without one",
         )
     ], result.stderr
 

@@ -214,6 +214,21 @@ def test_enc_values_stay_encrypted_and_a_redacted_value_keeps_the_file_s(text: s
         edit.set_component(text, "sinks", "s", {**sent, "password": "***"}, "gw.yaml")
 
 
+def test_a_masked_password_with_no_file_value_behind_it_is_refused(text: str) -> None:
+    # The file's URL has no password, or another host: `***` would become the password.
+    for url in ("mqtt://u:***@127.0.0.1:1", "mqtt://u:***@10.0.0.9:1883"):
+        value = {"type": "mqtt", "url": url, "topics": ["sensors/+/telemetry"]}
+        with pytest.raises(ConfigError, match=r"sources\.plant\.url: its password '\*\*\*'"):
+            edit.set_component(text, "sources", "plant", value, "gw.yaml")
+    dsn = "host=db user=gw password=*** dbname=x"
+    sink = {"type": "postgres", "dsn": dsn, "table": "t"}
+    with pytest.raises(ConfigError, match=r"sinks\.pg\.dsn: its password"):
+        edit.set_component(text, "sinks", "pg", sink, "gw.yaml")
+    # *** elsewhere in text is no password: a topic may hold it.
+    route = {"match": "a/***", "sinks": ["archive"]}
+    assert "a/***" in edit.set_component(text, "routes", "stars", route, "gw.yaml")
+
+
 def test_a_refused_edit_writes_nothing(text: str, tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(text)
@@ -267,3 +282,23 @@ def test_small_and_large_numbers_and_exponent_text_read_back_as_sent(text: str) 
     new = edit.set_component(text, "routes", "sc", value, "gw.yaml")
     assert "'1e3'" in new
     assert parse_text(new, "gw.yaml")[0]["routes"]["sc"] == value
+
+
+def test_a_version_named_by_a_start_that_fits_different_texts_is_refused(tmp_path: Path) -> None:
+    # `config rollback 2026` (or a short hash) put back the newest of the versions it fits,
+    # silently; now it says which ones it fits. A start that fits one text still works.
+    folder = files.history_dir(tmp_path)
+    folder.mkdir(parents=True)
+    one, two = files.text_hash("a: 1\n"), files.text_hash("b: 1\n")
+    assert one[0] != two[0]
+    for stamp, digest in (("000001", one), ("000002", two), ("000003", one)):
+        (folder / f"20260101T{stamp}.000Z-{digest}.yaml").write_text("a: 1\n")
+    kept = files.versions(tmp_path)  # newest first
+    with pytest.raises(ConfigError, match=r"'2026' is the start of 3 kept config versions"):
+        files.find_version(tmp_path, "2026")
+    with pytest.raises(ConfigError, match="no kept config version ''"):
+        files.find_version(tmp_path, "")
+    assert files.find_version(tmp_path, one[:1]) == kept[0]  # the same text twice: the newest
+    assert files.find_version(tmp_path, two[:3]) == kept[1]
+    assert files.find_version(tmp_path, kept[2].name) == kept[2]
+    assert files.find_version(tmp_path, None) == kept[0]

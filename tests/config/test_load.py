@@ -669,6 +669,29 @@ def test_aliases_and_merge_keys_within_the_limit_still_work(tmp_path: Path) -> N
     assert config.sinks["b"].keep == 2 and config.sinks["a"].retry.max == 60.0
 
 
+def test_a_key_written_beside_a_merge_key_overrides_the_merged_one() -> None:
+    # YAML merge keys: `b: {<<: *a, path: b.jsonl}` takes a's keys, its own `path` wins.
+    # That was refused as "duplicate key 'path'": a config sharing a sink's settings
+    # through an anchor could not start.
+    text = textwrap.dedent(
+        """\
+        sinks:
+          a: &base
+            type: file
+            path: a.jsonl
+          b:
+            <<: *base
+            path: b.jsonl
+          c: {<<: [*base, {keep: 3}], keep: 2}
+        """
+    )
+    data, _ = parse_text(text, "gw.yaml")
+    assert data["sinks"]["b"] == {"type": "file", "path": "b.jsonl"}
+    assert data["sinks"]["c"] == {"type": "file", "path": "a.jsonl", "keep": 2}
+    with pytest.raises(ConfigError, match=r"gw.yaml:3: invalid YAML: duplicate key 'p'"):
+        parse_text("a: &x {p: 1}\nb: {<<: *x, p: 2,\n  p: 3}\n", "gw.yaml")
+
+
 @pytest.mark.parametrize("name", ["gateway.yaml", "gateway.json"])
 @pytest.mark.parametrize("levels", [65, 3000, 100_000])
 def test_deep_nesting_is_refused_without_a_recursion_error(

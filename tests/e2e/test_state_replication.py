@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.cli.test_cli import cli
 from tests.e2e.harness import GatewayProcess, Publisher, wait_for
 from tests.sinks.contract import unique_name
 
@@ -139,6 +140,37 @@ def test_a_standby_continues_the_windows_from_the_redis_replica(
     # what Redis holds is B's state now (B replicated on)
     client = redis_client(redis.url)
     assert client.hlen(f"{replica['prefix'].replace('{gateway}', 'plant')}:minute.0") >= 1
+
+
+def test_a_state_reset_while_the_gateway_is_stopped_is_not_undone_by_the_replica(
+    tmp_path: Path, mosquitto: Any, redis: Any, gateway_factory: Any
+) -> None:
+    """`edge-stream state reset` on a stopped gateway empties its store's state; the
+    next start must not take that store for an empty one and restore the replica's copy
+    of the reset windows, and the replica then holds the reset state too."""
+    replica = {"redis": redis.url, "prefix": f"{unique_name()}:{{gateway}}"}
+    gw = gateway_factory(config("r", tmp_path, mosquitto.url, replica))
+    gw.start()
+    publish(mosquitto.port, 50, 0)  # the windows 0-100, one per topic, open
+
+    def copied() -> bool:
+        rep = gw.status()["replication"]
+        return rep["state"] == "up" and rep["pending"] == 0 and not rep["full_copy_due"]
+
+    wait_for(lambda: gw.status()["gateway"]["ingested"] == 50 and copied(), 30, "replicated")
+    assert window_state(gw)["open"] == TOPICS
+    assert gw.stop() == 0
+    reset = cli("state", "reset", "minute.0", "-c", str(gw.config_path))
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout == "reset the state of minute.0\n"
+
+    gw.start()
+    assert window_state(gw)["open"] == 0, "the reset windows came back from the replica"
+    assert "restored" not in gw.log_path.read_text()
+    key = f"{replica['prefix'].replace('{gateway}', 'plant')}:minute.0"
+    wait_for(lambda: copied() and redis_client(redis.url).hlen(key) == 0, 30, "replica reset")
+    assert "minute.0" not in cli("state", "list", "-c", str(gw.config_path)).stdout
+    assert gw.stop() == 0
 
 
 def test_a_standby_started_while_redis_is_down_waits_for_the_replica(

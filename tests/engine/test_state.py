@@ -249,6 +249,43 @@ async def test_state_left_behind_by_a_processor_moved_in_its_route_is_named_once
         await running
 
 
+async def test_a_stateful_processor_put_where_another_kept_its_state_drops_that_state(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadband put before the window takes the name agg.0, where the window's open
+    windows are kept: it read them as its own and failed (KeyError 'c': the reload rolled
+    back with "routes: 'c'", a restart stopped with a traceback). Now that state is
+    dropped with a WARNING and deleted from the store, and the window put back at agg.0
+    does not read the deadband's either."""
+    text = RELOADED.format(data=tmp_path, size="10s", topic="agg")
+    first = validate(text, "gateway.yaml")
+    deadband = "      - {type: deadband, fields: {v: {absolute: 1}}}\n"
+    second = validate(text.replace("    processors:\n", "    processors:\n" + deadband), "gw.yaml")
+    clock = FakeClock()
+    clock.now = 2_000_000_000.0
+    engine, running = await two_windows_open(first, store, clock)
+    with caplog.at_level(logging.WARNING):
+        assert await engine.apply(second, plan(first, second)) == []
+        engine.ingest.offer(*reading(3, 9))
+        async with asyncio.timeout(10):
+            while ("agg.0", "plant/x") not in await rows(store):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert sorted(k for c, k in await rows(store) if c == "agg.0") == ["plant/x"]
+        assert await engine.apply(first, plan(second, first)) == []
+    told = [r.getMessage() for r in caplog.records if "was not written by" in r.getMessage()]
+    assert told == [
+        "engine: the kept state agg.0 (3 keys) was not written by the deadband processor now"
+        " at agg.0 (a processor was added or removed before it in its route); it is dropped,"
+        " not continued",
+        "engine: the kept state agg.0 (1 keys) was not written by the window processor now"
+        " at agg.0 (a processor was added or removed before it in its route); it is dropped,"
+        " not continued",
+    ]
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
 async def test_the_dropped_count_outlives_a_restart_with_no_window_open(
     tmp_path: Path, store: Store
 ) -> None:

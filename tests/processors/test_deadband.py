@@ -84,3 +84,13 @@ def test_a_group_that_is_no_valid_text_is_refused() -> None:
         p.process(FlowFile.create("a", b'{"dev": "\\ud800", "t": 1}'))
     assert passed(p, "a", dev="ok", t=1)
     assert p.kv is not None and list(p.kv.keys()) == ["ok"]
+
+
+def test_groups_whose_topic_starts_with_a_tilde_are_held_to_max_state_too() -> None:
+    # State keys starting with `~` are an owner's bookkeeping, never evicted; a deadband's
+    # keys are topics from outside, so `~1`, `~2`, ... grew its state past max_state.
+    p = make({"fields": {"t": {"absolute": 1}}, "max_state": "4KiB"}, FakeClock())
+    for i in range(200):
+        assert passed(p, f"~{i}", t=1)
+    assert p.kv is not None
+    assert p.kv.bytes <= 4096 and p.kv.evicted > 150

@@ -16,7 +16,7 @@ from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
-from tests.servers import free_port
+from tests.servers import free_port, make_pki
 from tests.sinks.contract import (
     SinkContract,
     closing,
@@ -569,6 +569,23 @@ async def test_a_ca_file_that_cannot_be_used_is_permanent_at_connect(
     assert str(ca_file) in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)
     await sink.close()
+
+
+async def test_a_ca_file_with_a_server_without_tls_is_permanent_at_connect(
+    mariadb: Any, tmp_path: Any
+) -> None:
+    # Before: aiomysql went on in plain text without a word, the ca_file ignored (the test
+    # server runs without TLS); the postgres sink stops on sslmode=require there.
+    sink = make_sink(mariadb.dsn, ca_file=str(make_pki(tmp_path).ca_file), timeout="5s")
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await sink.connect()
+    finally:
+        await sink.close()  # a connection made in plain text is closed at once
+    assert f"127.0.0.1:{mariadb.port}/edge does not offer TLS, which ca_file requires" in str(
+        caught.value
+    )
+    assert "edge-test" not in str(caught.value)
 
 
 async def test_a_wrong_password_is_permanent_at_connect_and_never_shown(

@@ -407,6 +407,44 @@ async def test_a_missing_sslrootcert_without_verification_is_no_error(
     await sink.close()
 
 
+@pytest.mark.parametrize(
+    "options", ["sslmode=verify-full&sslrootcert=system", "sslrootcert=system"]
+)
+async def test_sslrootcert_system_verifies_the_server_against_the_systems_cas(
+    postgres_factory: Callable[..., Any],
+    tmp_path: Path,
+    table: str,
+    monkeypatch: pytest.MonkeyPatch,
+    options: str,
+) -> None:
+    # Before: with verify-full, asyncpg read 'system' as a file name ("[Errno 2] No such
+    # file or directory"), retried forever; without an sslmode (prefer) nothing was
+    # verified, where libpq verifies the host name (its sslmode with system). OpenSSL's
+    # default CA file is the system's bundle unless SSL_CERT_FILE names another: here
+    # the test CA that signed the server's certificate.
+    server = postgres_factory(tls=True)
+    assert server.tls is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.tls.ca_file))
+    sink = make_sink(f"{server.dsn}?{options}", table=table, timeout="5s")
+    try:
+        await sink.connect()
+        assert await sink.write([FlowFile.create("s", b"{}")]) == []
+        encrypted = server.fetch(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+            " WHERE a.application_name = 'edge-stream warehouse'"
+        )
+        assert encrypted == [(True,)]
+    finally:
+        await sink.close()
+    # Verified (verify-full, libpq's sslmode with system): a server the system's CAs did
+    # not sign is refused.
+    monkeypatch.setenv("SSL_CERT_FILE", str(make_pki(tmp_path).ca_file))
+    sink = make_sink(f"{server.dsn}?{options}", table=table, timeout="5s")
+    with pytest.raises(RetryableError, match="CERTIFICATE_VERIFY_FAILED"):
+        await sink.connect()
+    await sink.close()
+
+
 async def test_password_is_never_logged_or_shown(
     postgres: Any, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -546,6 +584,11 @@ DSN = "postgresql://gw:s3cret-pw@db.example:5432/telemetry"
         ({"pool_size": 3}, "pool_size", "must be 1 or 2"),
         ({"pool_size": 0}, "pool_size", "must be 1 or 2"),
         ({"dsn": "mysql://gw:s3cret-pw@db/x"}, "dsn", "must read postgresql://"),
+        (
+            {"dsn": f"{DSN}?sslrootcert=system&sslmode=require"},
+            "dsn",
+            "sslrootcert=system needs sslmode=verify-full (or no sslmode), not sslmode=require",
+        ),
         ({"tabel": "x"}, "tabel", "did you mean 'table'"),
     ],
 )

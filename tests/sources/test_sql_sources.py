@@ -18,7 +18,9 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.registry import find
-from tests.servers import free_port
+from gateway.sources.mysql import MysqlSource
+from gateway.sources.postgres import PostgresSource
+from tests.servers import free_port, make_pki
 from tests.sinks.contract import unique_name
 from tests.sources.engine_run import lines, stop, until
 
@@ -200,3 +202,63 @@ async def test_a_missing_table_stops_the_source_and_a_down_server_is_retried(db:
         await source.connect()
     assert str(port) in str(err.value) and "edge-test" not in str(err.value)
     await source.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("sslmode=require", "does not offer TLS, which the dsn's sslmode=require requires"),
+        (
+            "options=-c statement_timeout=abc",
+            "refused a setting of the dsn's ?options: invalid value for parameter",
+        ),
+        ("sslcert={missing}&sslkey={missing}", "sslcert {missing} (in the dsn) cannot be read"),
+        ("sslmode=verify-ca&sslrootcert={text}", "cannot use the TLS files of the dsn"),
+    ],
+)
+async def test_a_dsn_the_postgres_server_can_never_accept_stops_the_source(
+    postgres: Any, tmp_path: Path, options: str, expected: str
+) -> None:
+    # Before: each was retried forever with a warning, as if the server were down (the
+    # postgres sink stops on them); the test server runs without TLS.
+    files = {"missing": str(tmp_path / "missing.pem"), "text": str(tmp_path / "ca.pem")}
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    dsn = postgres.dsn.replace("postgres@", "postgres:s3cret-pw@") + "?" + options.format(**files)
+    config, problems = build("postgres", dsn=dsn, table="t", cursor="id", timeout="5s")
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    with pytest.raises(PermanentError) as caught:
+        await source.connect()
+    assert expected.format(**files) in str(caught.value)
+    assert "\n" not in str(caught.value) and "s3cret-pw" not in str(caught.value)
+    await source.close()
+
+
+@pytest.mark.parametrize("ca", ["test CA", "missing", "not a certificate"])
+async def test_a_ca_file_the_mysql_source_cannot_use_stops_it(
+    mariadb: Any, tmp_path: Path, ca: str
+) -> None:
+    # Before: the test CA against the test server (no TLS) read in plain text without a
+    # word, the ca_file ignored; a missing file or one that is no certificate crashed the
+    # source with OpenSSL's traceback at every restart. The mysql sink stops on each.
+    ca_file = tmp_path / "ca.pem"
+    if ca == "test CA":
+        ca_file = Path(make_pki(tmp_path).ca_file)
+        expected = "does not offer TLS, which ca_file requires"
+    elif ca == "missing":
+        expected = f"ca_file {ca_file} cannot be read"
+    else:
+        ca_file.write_text(ca)
+        expected = f"cannot use ca_file {ca_file}"
+    config, problems = build(
+        "mysql", dsn=mariadb.dsn, table="t", cursor="id", ca_file=str(ca_file), timeout="5s"
+    )
+    assert problems == []
+    source = MysqlSource(config, Context("rows", "source"))
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await source.connect()
+    finally:
+        await source.close()  # a connection made in plain text is closed at once
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value) and "edge-test" not in str(caught.value)

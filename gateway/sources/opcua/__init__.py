@@ -82,7 +82,7 @@ Back-pressure: subscribed values wait in a queue of at most `max_queue_bytes` (4
 until the engine takes them. While the gateway's buffer is full with `overflow: block`
 the engine stops taking them and polled nodes are not read (their missed times are
 skipped); subscribed values keep coming from the server, so beyond `max_queue_bytes`
-the oldest are dropped, counted in `dropped` (`edge_stream_source_dropped` in
+the oldest are dropped, counted in `dropped` (`edge_stream_source_dropped_total` in
 /metrics) and logged at most every 30 s. The server's own queue (`queue_size` per
 node) is bounded by the server.
 
