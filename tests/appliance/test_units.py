@@ -94,6 +94,30 @@ def test_gateway_service_keeps_the_serial_ports() -> None:
     assert keys["Type"] == "notify" and int(keys["WatchdogSec"]) > 0
 
 
+# The serial device groups the unit allows whose driver is a loadable module (Debian's
+# and the Pi's kernels build the 8250 and PL011 UARTs, ttyS and ttyAMA, in).
+SERIAL_MODULES = {"ttyUSB": "usbserial", "ttyACM": "cdc_acm"}
+
+
+def test_the_usb_serial_drivers_are_loaded_before_the_gateway_starts() -> None:
+    """systemd resolves `DeviceAllow=char-GROUP` against /proc/devices when the unit
+    starts and drops a group it cannot find: without the driver loaded then (no adapter
+    plugged in at boot), an adapter plugged in later could never be opened. The unit
+    loads each such driver first (modprobe@), as systemd.resource-control(5) advises."""
+    text = (REPO / "systemd/edge-stream.service").read_text()
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values.setdefault(key, []).extend(value.split())
+    groups = {v.removeprefix("char-") for v in values["DeviceAllow"] if v.startswith("char-")}
+    assert groups >= set(SERIAL_MODULES)
+    for group, module in SERIAL_MODULES.items():
+        unit = f"modprobe@{module}.service"
+        assert unit in values.get("Wants", []), f"char-{group} needs {unit} in Wants="
+        assert unit in values.get("After", []), f"char-{group} needs {unit} in After="
+
+
 def _service_setup_commands() -> list[list[str]]:
     """The commands README "Running it as a service" gives for a machine without the image."""
     readme = (REPO / "README.md").read_text()
