@@ -325,6 +325,30 @@ async def test_per_device_emit(plc: PlcStore) -> None:
     assert message.flowfile.attributes == {"device": "boiler", "unit_id": "1"}
 
 
+async def test_per_device_emit_is_one_flowfile_per_poll_whatever_the_intervals(
+    plc: PlcStore,
+) -> None:
+    """Values with their own `interval` are another request group; at a poll where several
+    groups of the device are due, they came out as one FlowFile each."""
+    plc.set(1, "holding", 0, [7, 8])
+    plc.set(1, "input", 100, [9])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "emit": "per_device",  # type: ignore[attr-defined]
+                          "interval": "1s",
+                          "registers": {"fast": {"address": 0},
+                                        "slow": {"address": 1, "interval": "10s"},
+                                        "other": {"table": "input", "address": 100}}},
+                         name="boiler")  # fmt: skip
+    await source.connect()
+    try:
+        async with asyncio.timeout(WAIT):
+            messages = await source.read()
+    finally:
+        await source.close()
+    assert [json.loads(m.flowfile.content)["values"] for m in messages] == [
+        {"fast": 7, "other": 9, "slow": 8}
+    ]
+
+
 async def test_udp_and_rtu_over_tcp_transports() -> None:
     store = PlcStore(units=(1, 2))
     store.set(1, "holding", 0, [11])
