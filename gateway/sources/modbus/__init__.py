@@ -85,8 +85,9 @@ offline and retried after its interval, doubling up to `backoff_max` (30s);
 the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
 under `devices`: `last_error` is what is wrong now and is cleared when an
-offline device answers again (`previous_error` and `last_error_at` keep the
-last one), and with write-back enabled also published retained on
+offline device answers again, or a read the device refused (illegal data address:
+check the register map) is answered again (`previous_error` and `last_error_at`
+keep the last one), and with write-back enabled also published retained on
 `modbus/<device>/status`.
 
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,

@@ -330,6 +330,8 @@ class ModbusSource(Source):
             ts = _iso(created)
             answered = created, ts
             self._device_ok(dev, ts)
+            if req.refused is not None:
+                self._request_answered(dev, req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
         return answered
 
@@ -447,10 +449,11 @@ class ModbusSource(Source):
                 len(parts),
             )
             return
-        dev.status["last_error"] = f"{names}: {err}"
+        problem = f"{names}: {err}"
+        dev.status["last_error"] = problem
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
-        if not req.refused:
-            req.refused = True
+        if req.refused is None:
+            req.refused = problem
             self.ctx.log.error(
                 "device %s refuses %s %d+%d (%s): %s; check the register map",
                 dev.name,
@@ -460,6 +463,23 @@ class ModbusSource(Source):
                 names,
                 err,
             )
+
+    def _request_answered(self, dev: Device, req: Request[Value]) -> None:
+        """A read the device refused is answered again (its register map was fixed)."""
+        problem, req.refused = req.refused, None
+        status = dev.status
+        if status["last_error"] == problem:
+            # What was wrong is over; the page keeps it as history, not as a problem.
+            status["previous_error"], status["last_error"] = problem, None
+        names = ", ".join(v.name for v, _, _ in req.items)
+        self.ctx.log.warning(
+            "device %s answers %s %d+%d (%s) again",
+            dev.name,
+            req.table,
+            req.start,
+            req.count,
+            names,
+        )
 
     # ---- write-back -----------------------------------------------------
 
