@@ -42,10 +42,19 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         # was said twice
         ({"url": "tcp://127.0.0.1:5020", "registers": {}},
          "registers: list at least one register"),
+        # YAML reads `none` as text: every device's status went retained to topic "none"
+        ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "none"}},
+         "writeback.status_topic: 'none' would be a topic; write status_topic: null (no quotes)"
+         " to publish no status"),
     ],
 )  # fmt: skip
 def test_a_problem_is_said_once_with_its_key(raw: dict[str, Any], expected: str) -> None:
     assert problems_of(raw) == [expected]
+
+
+def test_a_null_status_topic_publishes_no_status() -> None:
+    raw = {"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": None}}
+    assert problems_of(raw) == []
 
 
 def test_unit_0_stays_valid_over_tcp() -> None:
