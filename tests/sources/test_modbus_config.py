@@ -36,6 +36,10 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
          "url: 'rtu:///dev/ttyS0?baudrate=abc': baudrate must be a whole number, not 'abc'"),
         ({"url": "rtu:///dev/ttyS0?stopbits=1.5", "registers": ONE},
          "url: 'rtu:///dev/ttyS0?stopbits=1.5': stopbits must be a whole number, not '1.5'"),
+        # read as the relative path dev/ttyUSB0: offline for good, and no claim on the port
+        ({"url": "rtu://dev/ttyUSB0?baudrate=19200", "registers": ONE},
+         "url: 'rtu://dev/ttyUSB0?baudrate=19200': the serial port needs its full path, e.g."
+         " rtu:///dev/ttyUSB0 (three slashes)"),
         # port 0 was taken as "no port" and polled 502
         ({"url": "tcp://127.0.0.1:0", "registers": ONE},
          "url: 'tcp://127.0.0.1:0': the port must be 1 to 65535 (default 502)"),
