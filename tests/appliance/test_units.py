@@ -4,6 +4,7 @@ and the gateway's service keeps an exposure of at most 3.0 in `systemd-analyze s
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -91,3 +92,79 @@ def test_gateway_service_keeps_the_serial_ports() -> None:
     assert "PrivateDevices" not in keys
     assert keys["SupplementaryGroups"] == "dialout"
     assert keys["Type"] == "notify" and int(keys["WatchdogSec"]) > 0
+
+
+# The serial device groups the unit allows whose driver is a loadable module (Debian's
+# and the Pi's kernels build the 8250 and PL011 UARTs, ttyS and ttyAMA, in).
+SERIAL_MODULES = {"ttyUSB": "usbserial", "ttyACM": "cdc_acm"}
+
+
+def test_the_usb_serial_drivers_are_loaded_before_the_gateway_starts() -> None:
+    """systemd resolves `DeviceAllow=char-GROUP` against /proc/devices when the unit
+    starts and drops a group it cannot find: without the driver loaded then (no adapter
+    plugged in at boot), an adapter plugged in later could never be opened. The unit
+    loads each such driver first (modprobe@), as systemd.resource-control(5) advises."""
+    text = (REPO / "systemd/edge-stream.service").read_text()
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values.setdefault(key, []).extend(value.split())
+    groups = {v.removeprefix("char-") for v in values["DeviceAllow"] if v.startswith("char-")}
+    assert groups >= set(SERIAL_MODULES)
+    for group, module in SERIAL_MODULES.items():
+        unit = f"modprobe@{module}.service"
+        assert unit in values.get("Wants", []), f"char-{group} needs {unit} in Wants="
+        assert unit in values.get("After", []), f"char-{group} needs {unit} in After="
+
+
+def _service_setup_commands() -> list[list[str]]:
+    """The commands README "Running it as a service" gives for a machine without the image."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running it as a service", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert found, "README 'Running it as a service' gives no setup commands"
+    commands: list[list[str]] = []
+    for line in found.group(1).splitlines():
+        for part in line.split("&&"):
+            if part.strip():
+                commands.append(shlex.split(part))
+    return commands
+
+
+def test_the_readme_setup_makes_what_the_unit_needs(tmp_path: Path) -> None:
+    """What the unit names (its user and group, the venv's program, the config file and
+    its folder) is what README's setup commands make, and the user they add is one
+    `useradd` accepts (run against a copy of this machine's user files)."""
+    text = (REPO / "systemd/edge-stream.service").read_text()
+    unit = dict(line.split("=", 1) for line in text.splitlines() if "=" in line[:40])
+    user, group = unit["User"], unit["Group"]
+    exec_start = unit["ExecStart"].split()
+    program, config = exec_start[0], exec_start[exec_start.index("-c") + 1]
+    commands = _service_setup_commands()
+
+    adds = [c for c in commands if c[0] == "useradd"]
+    assert adds and adds[0][-1] == user, commands
+    assert "--user-group" in adds[0] and group == user
+    venvs = [c[-1] for c in commands if c[:3] == ["python3", "-m", "venv"]]
+    assert [f"{v}/bin/edge-stream" for v in venvs] == [program]
+    installs = [c for c in commands if c[0] == "install"]
+    folder = f"/etc/{unit['ConfigurationDirectory']}"
+    assert any("-d" in c and c[-1] == folder and c[c.index("-o") + 1] == user for c in installs)
+    assert any(c[-1] == config and c[c.index("-o") + 1] == user for c in installs)
+    assert any(c[-2:] == ["systemd/edge-stream.service", "/etc/systemd/system/edge-stream.service"]
+               for c in installs)  # fmt: skip
+    assert ["systemctl", "enable", "--now", "edge-stream"] in commands
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        if Path("/etc", name).exists():
+            shutil.copy(Path("/etc", name), root / "etc" / name)
+    result = subprocess.run(
+        ["useradd", "--root", str(root), *adds[0][1:]], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    passwd = (root / "etc/passwd").read_text().splitlines()
+    assert any(line.startswith(f"{user}:") for line in passwd)
+    assert any(line.startswith(f"{group}:") for line in (root / "etc/group").read_text().split())

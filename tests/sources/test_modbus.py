@@ -248,6 +248,33 @@ async def test_filled_hole_refused_by_the_device_is_split(plc: PlcStore) -> None
     assert source.status()["devices"]["plant"]["state"] == "online"
 
 
+async def test_a_refused_register_answered_again_is_no_error_any_more(
+    plc: PlcStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`last_error` is what is wrong now: once the device answers a read it refused
+    (its register map was fixed), the refusal moves to `previous_error`."""
+    plc.set(1, "holding", 0, [10])
+    plc.set(1, "holding", 50, [50])
+    plc.holes[1] = {50}
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "50ms",  # type: ignore[attr-defined]
+                          "registers": {"ok": {"address": 0}, "bad": {"address": 50}}})  # fmt: skip
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(ms) >= 2, "two polls")
+            refusal = device["last_error"]
+            assert refusal and "bad" in refusal and "illegal data address" in refusal
+            plc.holes[1] = set()
+            await pump.until(lambda ms: "modbus/plant/bad" in values(ms), "bad answered")
+    finally:
+        await source.close()
+    assert device["state"] == "online"
+    assert device["last_error"] is None and device["previous_error"] == refusal
+    said = [r.getMessage() for r in caplog.records if "(bad)" in r.getMessage()]
+    assert said[-1].endswith("device plant answers holding 50+1 (bad) again"), said
+
+
 async def test_groups_keep_their_own_intervals(plc: PlcStore) -> None:
     registers = {
         "fast": {"address": 0, "interval": "100ms"},
@@ -323,6 +350,30 @@ async def test_per_device_emit(plc: PlcStore) -> None:
     body = json.loads(message.flowfile.content)
     assert body["device"] == "boiler" and body["values"] == {"t": 21.5, "f": 2.5}
     assert message.flowfile.attributes == {"device": "boiler", "unit_id": "1"}
+
+
+async def test_per_device_emit_is_one_flowfile_per_poll_whatever_the_intervals(
+    plc: PlcStore,
+) -> None:
+    """Values with their own `interval` are another request group; at a poll where several
+    groups of the device are due, they came out as one FlowFile each."""
+    plc.set(1, "holding", 0, [7, 8])
+    plc.set(1, "input", 100, [9])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "emit": "per_device",  # type: ignore[attr-defined]
+                          "interval": "1s",
+                          "registers": {"fast": {"address": 0},
+                                        "slow": {"address": 1, "interval": "10s"},
+                                        "other": {"table": "input", "address": 100}}},
+                         name="boiler")  # fmt: skip
+    await source.connect()
+    try:
+        async with asyncio.timeout(WAIT):
+            messages = await source.read()
+    finally:
+        await source.close()
+    assert [json.loads(m.flowfile.content)["values"] for m in messages] == [
+        {"fast": 7, "other": 9, "slow": 8}
+    ]
 
 
 async def test_udp_and_rtu_over_tcp_transports() -> None:

@@ -36,16 +36,29 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
          "url: 'rtu:///dev/ttyS0?baudrate=abc': baudrate must be a whole number, not 'abc'"),
         ({"url": "rtu:///dev/ttyS0?stopbits=1.5", "registers": ONE},
          "url: 'rtu:///dev/ttyS0?stopbits=1.5': stopbits must be a whole number, not '1.5'"),
+        # read as the relative path dev/ttyUSB0: offline for good, and no claim on the port
+        ({"url": "rtu://dev/ttyUSB0?baudrate=19200", "registers": ONE},
+         "url: 'rtu://dev/ttyUSB0?baudrate=19200': the serial port needs its full path, e.g."
+         " rtu:///dev/ttyUSB0 (three slashes)"),
         # port 0 was taken as "no port" and polled 502
         ({"url": "tcp://127.0.0.1:0", "registers": ONE},
          "url: 'tcp://127.0.0.1:0': the port must be 1 to 65535 (default 502)"),
         # was said twice
         ({"url": "tcp://127.0.0.1:5020", "registers": {}},
          "registers: list at least one register"),
+        # YAML reads `none` as text: every device's status went retained to topic "none"
+        ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "none"}},
+         "writeback.status_topic: 'none' would be a topic; write status_topic: null (no quotes)"
+         " to publish no status"),
     ],
 )  # fmt: skip
 def test_a_problem_is_said_once_with_its_key(raw: dict[str, Any], expected: str) -> None:
     assert problems_of(raw) == [expected]
+
+
+def test_a_null_status_topic_publishes_no_status() -> None:
+    raw = {"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": None}}
+    assert problems_of(raw) == []
 
 
 def test_unit_0_stays_valid_over_tcp() -> None:

@@ -75,7 +75,9 @@ Output (`emit: per_value`, the default): one FlowFile per value on
 `{"value": 21.5, "raw": [215], "unit": "°C", "ts": "2024-05-01T12:00:00.123Z"}`
 and attributes `device`, `register`, `unit_id`, `table`, `address`. With
 `emit: per_device`: one FlowFile per device and poll on `modbus/<device>`
-(`device_topic`) with `{"device": ..., "ts": ..., "values": {name: value}}`.
+(`device_topic`) with `{"device": ..., "ts": ..., "values": {name: value}}`: every
+value read at that poll, whatever its `interval` (a 10s value joins the 1s values
+every tenth poll).
 
 A device that does not answer (after `retries`), whose connection fails, or
 that answers with a device-trouble exception (4, 5, 6, 8, 10, 11) is marked
@@ -83,8 +85,9 @@ offline and retried after its interval, doubling up to `backoff_max` (30s);
 the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
 under `devices`: `last_error` is what is wrong now and is cleared when an
-offline device answers again (`previous_error` and `last_error_at` keep the
-last one), and with write-back enabled also published retained on
+offline device answers again, or a read the device refused (illegal data address:
+check the register map) is answered again (`previous_error` and `last_error_at`
+keep the last one), and with write-back enabled also published retained on
 `modbus/<device>/status`.
 
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,

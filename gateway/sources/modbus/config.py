@@ -304,7 +304,7 @@ class WritebackConfig:
     ] = "modbus/{device}/{register}/set/result"
     status_topic: Annotated[
         str | None,
-        Doc("Where each device's state is published, retained: `{device}` (none: not published)."),
+        Doc("Where each device's state is published, retained: `{device}`; `null`: not published."),
     ] = "modbus/{device}/status"
     client_id: Annotated[
         str | None,
@@ -316,6 +316,13 @@ class WritebackConfig:
     password: Annotated[str | None, Doc("The password, may be `ENC(...)`; never logged.")] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
+        if self.status_topic is not None and self.status_topic.lower() in ("none", "null"):
+            # YAML reads `none` as text: every device's status went retained to topic "none"
+            yield (
+                "status_topic",
+                f"{self.status_topic!r} would be a topic; write status_topic: null (no quotes)"
+                " to publish no status",
+            )
         for key in ("topic", "result_topic", "status_topic"):
             template = getattr(self, key)
             if template is None:

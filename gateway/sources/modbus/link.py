@@ -162,6 +162,13 @@ def parse_link_url(url: str) -> LinkSpec:
                 raise ValueError(
                     f"{url!r} has no serial port; write rtu:///dev/ttyUSB0?baudrate=9600"
                 )
+            if not path.startswith("/"):
+                # rtu://dev/ttyUSB0 named "dev/ttyUSB0", opened relative to the working
+                # folder: never there, and not seen as the port /dev/ttyUSB0 by the claims
+                raise ValueError(
+                    f"{url!r}: the serial port needs its full path, e.g."
+                    " rtu:///dev/ttyUSB0 (three slashes)"
+                )
             if "\x00" in path:
                 raise ValueError(f"{url!r}: a serial port's path holds no NUL character")
             options: dict[str, Any] = {}

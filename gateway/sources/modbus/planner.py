@@ -107,7 +107,7 @@ class Request(Generic[V]):
         self.count = block.length
         self.runs = block.runs
         self.gapped = len(block.runs) > 1
-        self.refused = False
+        self.refused: str | None = None  # why the device refuses this read, while it does
         # (value, offset in the block, decoder) for each value in the block
         self.items: list[tuple[V, int, Decoder]] = [
             (v, v.protocol_address - block.start, v.decoder_at(v.protocol_address - block.start))

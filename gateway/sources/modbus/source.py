@@ -245,6 +245,9 @@ class ModbusSource(Source):
     async def _run_bus(self, bus: Bus, now: float) -> list[Message]:
         """Serve pending writes, then poll every group of this port that is due at `now`."""
         out: list[Message] = []
+        # emit: per_device: one FlowFile per device and poll, also when the device's
+        # values have several intervals and more than one of its groups is due now
+        per_device: dict[Device, tuple[list[str], tuple[int, str]]] = {}
         await self._serve_writes(bus)
         for group in bus.groups:
             dev = group.device
@@ -252,9 +255,22 @@ class ModbusSource(Source):
                 continue
             started = self.ctx.clock.monotonic()
             group.start(started)
-            await self._poll_group(bus, group, out)
+            if dev.emit == "per_device":
+                values, stamp = per_device.get(dev, ([], (0, "")))
+                answered = await self._poll_group(bus, group, out, values)
+                per_device[dev] = values, answered or stamp
+            else:
+                await self._poll_group(bus, group, out, None)
             if group.device.online:
                 group.device.poll_latency.add(self.ctx.clock.monotonic() - started)
+        for dev, (values, (created, ts)) in per_device.items():
+            if values:
+                content = (
+                    f'{{"device":{dev.json_name},"ts":"{ts}","values":{{{",".join(values)}}}}}'
+                ).encode()
+                out.append(
+                    Message(FlowFile.create(dev.device_topic, content, dev.device_attrs, created))
+                )
         return out
 
     async def _serve_writes(self, bus: Bus) -> None:
@@ -282,12 +298,15 @@ class ModbusSource(Source):
                         bus.last_io = time.monotonic()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _poll_group(self, bus: Bus, group: Group, out: list[Message]) -> None:
+    async def _poll_group(
+        self, bus: Bus, group: Group, out: list[Message], per_device: list[str] | None
+    ) -> tuple[int, str] | None:
+        """Poll one group: its values go to `out`, or with `emit: per_device` into
+        `per_device` (name:value JSON members). The time of the last answer, if any."""
         dev = group.device
         clock = self.ctx.clock
         link = bus.link
-        per_device: list[str] | None = [] if dev.emit == "per_device" else None
-        created, ts = 0, ""
+        answered: tuple[int, str] | None = None
         for req in list(group.requests):
             if bus.writes:
                 await self._serve_writes(bus)
@@ -309,15 +328,12 @@ class ModbusSource(Source):
             now = clock.monotonic()
             created = clock.now_ns()
             ts = _iso(created)
+            answered = created, ts
             self._device_ok(dev, ts)
+            if req.refused is not None:
+                self._request_answered(dev, req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
-        if per_device:
-            content = (
-                f'{{"device":{dev.json_name},"ts":"{ts}","values":{{{",".join(per_device)}}}}}'
-            ).encode()
-            out.append(
-                Message(FlowFile.create(dev.device_topic, content, dev.device_attrs, created))
-            )
+        return answered
 
     def _emit(
         self,
@@ -433,10 +449,11 @@ class ModbusSource(Source):
                 len(parts),
             )
             return
-        dev.status["last_error"] = f"{names}: {err}"
+        problem = f"{names}: {err}"
+        dev.status["last_error"] = problem
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
-        if not req.refused:
-            req.refused = True
+        if req.refused is None:
+            req.refused = problem
             self.ctx.log.error(
                 "device %s refuses %s %d+%d (%s): %s; check the register map",
                 dev.name,
@@ -446,6 +463,23 @@ class ModbusSource(Source):
                 names,
                 err,
             )
+
+    def _request_answered(self, dev: Device, req: Request[Value]) -> None:
+        """A read the device refused is answered again (its register map was fixed)."""
+        problem, req.refused = req.refused, None
+        status = dev.status
+        if status["last_error"] == problem:
+            # What was wrong is over; the page keeps it as history, not as a problem.
+            status["previous_error"], status["last_error"] = problem, None
+        names = ", ".join(v.name for v, _, _ in req.items)
+        self.ctx.log.warning(
+            "device %s answers %s %d+%d (%s) again",
+            dev.name,
+            req.table,
+            req.start,
+            req.count,
+            names,
+        )
 
     # ---- write-back -----------------------------------------------------
 
