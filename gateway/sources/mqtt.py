@@ -13,9 +13,11 @@ sources:
     # password: ENC(...)          default on the gateway's broker: mqtt.password
     # keepalive: 30s              default: mqtt.keepalive on the gateway's broker, else 30s
     # ca_file: /etc/ssl/ca.pem    for mqtts:// URLs: the CA that signed the broker's
-    #                             certificate (default: the system's CAs)
+    #                             certificate (default on the gateway's broker:
+    #                             mqtt.ca_file, else the system's CAs)
     # cert_file: client.pem       a client certificate, for brokers that require one,
-    # key_file: client.key        and its private key
+    # key_file: client.key        and its private key (default on the gateway's broker:
+    #                             mqtt.cert_file and mqtt.key_file)
     # retained: new_subscription_only
     #                             retained messages: sent by the broker when the subscription
     #                             is new (MQTT 5 Retain Handling 1), `always` at every
@@ -106,7 +108,7 @@ from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
 from gateway.core.topics import validate_filter
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url, tls_files
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
@@ -219,13 +221,16 @@ class MqttSourceConfig(SourceConfig):
     ca_file: Annotated[
         str | None,
         Doc(
-            "For `mqtts://`: the CA that signed the broker's certificate (default: the"
-            " system's CAs)."
+            "For `mqtts://`: the CA that signed the broker's certificate (default on the"
+            " gateway's broker: `mqtt.ca_file`, else the system's CAs)."
         ),
     ] = None
     cert_file: Annotated[
         str | None,
-        Doc("A client certificate (PEM), for brokers that require one; goes with `key_file`."),
+        Doc(
+            "A client certificate (PEM), for brokers that require one; goes with `key_file`"
+            " (default on the gateway's broker: `mqtt.cert_file` and `mqtt.key_file`)."
+        ),
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
 
@@ -360,19 +365,16 @@ class MqttSource(Source):
             keepalive = self.ctx.mqtt_keepalive if shared else 30.0
         context: ssl.SSLContext | None = None
         if tls:
+            files = tls_files(
+                (cfg.ca_file, cfg.cert_file, cfg.key_file),
+                self.ctx.mqtt_tls_files if shared else None,
+            )
             try:
-                context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-            except OSError as err:  # ssl.SSLError included
+                context = files_tls_context(files)
+            except TlsFilesError as err:
                 # It said "[Errno 2] No such file or directory", naming no file, retried
                 # for ever; as the MQTT sink does, the source stops until it is fixed.
-                files = ", ".join(
-                    f"{name} {value!r}"
-                    for name in ("ca_file", "cert_file", "key_file")
-                    if (value := getattr(cfg, name))
-                )
-                raise PermanentError(
-                    f"cannot use the TLS files ({files or 'the system CAs'}): {err}"
-                ) from err
+                raise PermanentError(str(err)) from err
         self._lost = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
