@@ -81,6 +81,14 @@ with the count since the last line. A packet whose framing is broken, or a
 topic alias (the gateway allows none; MQTT 5 then forbids the broker to send
 one), closes the connection; the source reconnects.
 
+Two kinds of dead letters hold something other than the message: one over
+`max_payload` keeps only its first `max_payload` bytes (attribute
+`content.truncated: max_payload`), a forbidden PUBLISH is the raw packet
+(attribute `mqtt.invalid: "1"`). `edge-stream dead-letters replay` (and the
+console's Replay) leaves them in the dead letters and says how many and why:
+their content would reach the sinks as if it were the reading. They can still
+be listed, shown, downloaded and purged.
+
 TLS files (`ca_file`, `cert_file`, `key_file`) that cannot be read stop the
 source, named in its error, until the config is fixed and reloaded.
 
@@ -106,7 +114,14 @@ from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
-from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
+from gateway.core.flowfile import (
+    CONTENT_TRUNCATED,
+    FLOWFILE_OVERHEAD,
+    MQTT_INVALID,
+    FlowFile,
+    attributes_size,
+    uuid7,
+)
 from gateway.core.topics import validate_filter
 from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url, tls_files
 from gateway.mqtt.wire import ConnectRefused, Subscriber
@@ -550,6 +565,8 @@ class MqttSource(Source):
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
             payload = payload[:kept]
+            # its own dict (the topic's is shared): the mark keeps it out of a replay
+            attrs = {**attrs, CONTENT_TRUNCATED: "max_payload"}
         ff = _tuple_new(FlowFile, (uuid7(), topic, attrs, payload, time_ns(), ()))
         ack = _Ack(self, mid, qos, self._epoch, size)
         self._hand(_tuple_new(Message, (ff, ack, dedupe, reject, None)), size, qos)
@@ -591,7 +608,7 @@ class MqttSource(Source):
         QoS 1/2 ones (packet id 0 too) count towards the pause of reading.
         """
         topic = topic.replace("\x00", "\\x00") or "mqtt/invalid"
-        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], "mqtt.invalid": "1"}
+        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], MQTT_INVALID: "1"}
         size = len(raw) + len(topic) + attributes_size(attrs) + FLOWFILE_OVERHEAD
         dedupe = None
         if mid is not None:
