@@ -730,7 +730,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             return 0
         # replay: into the store's replay inbox, which the gateway takes in like new input:
         # a refusal by a sink goes back to that sink, a refusal by a route is routed again.
-        print(f"replayed {store.replay(seqs)} dead letter(s)")
+        replayed = store.replay(seqs)
+        print(f"replayed {replayed.count} dead letter(s)")
+        note = replayed.note()
+        if note:
+            print(note)
         return 0
 
 

@@ -148,6 +148,10 @@ class MqttSection:
     `mosquitto` package must be installed) on `embedded_listen`.
     `url: mqtt://host:port` (or mqtts://): a broker run elsewhere.
     `embedded_listen` is host:port, an IPv6 address in brackets (`[::1]:1883`).
+    `client_id`, `username`, `password`, `keepalive` and, with mqtts://, `ca_file`,
+    `cert_file` and `key_file` are the defaults of every client on this broker: the
+    status topics (and the alerts sent over MQTT), the remote config channel without a
+    `broker`, MQTT sources without a `url` and write-back without a `url`.
     gateway/mqtt/broker.py says more.
     """
 
@@ -176,6 +180,21 @@ class MqttSection:
         str | None,
         Doc("Its password (may be `ENC(...)`); never logged."),
     ] = None
+    ca_file: Annotated[
+        str | None,
+        Doc(
+            "For `mqtts://`: the CA that signed the broker's certificate, for every component"
+            " on this broker that sets none of its own (default: the system's CAs)."
+        ),
+    ] = None
+    cert_file: Annotated[
+        str | None,
+        Doc(
+            "For `mqtts://`: a client certificate (PEM), for every component on this broker"
+            " that sets none of its own; goes with `key_file`."
+        ),
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
     embedded_listen: Annotated[
         str,
         Doc(
@@ -203,6 +222,17 @@ class MqttSection:
             problem = url_problem(self.url)
             if problem:
                 yield "url", problem
+        if not self.url.startswith("mqtts://"):
+            # The status topics, write-back and the sources on this broker would speak
+            # plain MQTT, the files silently unused.
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name):
+                    yield (
+                        name,
+                        f"needs TLS: url {mask_password(self.url)!r} is not mqtts://host:port",
+                    )
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (
@@ -420,9 +450,19 @@ class RemoteConfigSection:
         ),
     ] = None
     ca_file: Annotated[
-        str | None, Doc("CA bundle that verifies an mqtts:// broker (default: the system's).")
+        str | None,
+        Doc(
+            "CA bundle that verifies an mqtts:// broker (default on the gateway's broker:"
+            " `mqtt.ca_file`, else the system's)."
+        ),
     ] = None
-    cert_file: Annotated[str | None, Doc("Client certificate (PEM) for mqtts://.")] = None
+    cert_file: Annotated[
+        str | None,
+        Doc(
+            "Client certificate (PEM) for mqtts:// (default on the gateway's broker:"
+            " `mqtt.cert_file` and `mqtt.key_file`)."
+        ),
+    ] = None
     key_file: Annotated[str | None, Doc("Its private key (PEM).")] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -768,7 +808,11 @@ class Config:
     ] = field(default_factory=BufferSection)
     mqtt: Annotated[
         MqttSection,
-        Doc("The gateway's broker, used by MQTT sources without a `url` and Modbus write-back."),
+        Doc(
+            "The gateway's broker, used by the status topics, the alerts sent over MQTT, the"
+            " remote config without a `broker`, MQTT sources without a `url` and write-back"
+            " without a `url`."
+        ),
     ] = field(default_factory=MqttSection)
     sources: Annotated[
         dict[str, Annotated[Any, Component("source")]],

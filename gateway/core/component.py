@@ -90,6 +90,8 @@ class Context:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_keepalive: float = 30.0
+    # mqtt.ca_file, mqtt.cert_file, mqtt.key_file (see gateway.mqtt.urls.tls_files)
+    mqtt_tls_files: tuple[str | None, str | None, str | None] = (None, None, None)
     log: ComponentLog = field(init=False)
     marks: InboundMarks = field(default_factory=NoMarks)
     # The source position committed last with this source's data (see `Message.position`).

@@ -28,10 +28,12 @@ def error_chain(err: BaseException) -> Iterator[BaseException]:
         cause = cause.__cause__ or cause.__context__
 
 
-def certificate_refusal(cause: BaseException, key_hint: str = "cert_file") -> str | None:
+def certificate_refusal(
+    cause: BaseException, key_hint: str = "cert_file", ca_hint: str = "ca_file"
+) -> str | None:
     """Why `cause` means a certificate problem that retrying cannot fix, or None."""
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"its TLS certificate is not trusted: {cause.verify_message} (check ca_file)"
+        return f"its TLS certificate is not trusted: {cause.verify_message} (check {ca_hint})"
     if isinstance(cause, ssl.SSLError) and any(
         alert in (cause.reason or "") for alert in CERTIFICATE_ALERTS
     ):

@@ -178,6 +178,11 @@ class Engine:
             mqtt_username=self.config.mqtt.username,
             mqtt_password=self.config.mqtt.password,
             mqtt_keepalive=self.config.mqtt.keepalive,
+            mqtt_tls_files=(
+                self.config.mqtt.ca_file,
+                self.config.mqtt.cert_file,
+                self.config.mqtt.key_file,
+            ),
         )
 
     def _build(self) -> None:

@@ -535,12 +535,13 @@ REFUSED_FOR_GOOD = frozenset(
 )
 
 
-def connect_refusal(err: BaseException) -> str | None:
+def connect_refusal(err: BaseException, keys: str = "") -> str | None:
     """Why the broker refuses us until an operator acts, from a connect error; else None.
 
     A CONNACK code in REFUSED_FOR_GOOD (Mosquitto answers a wrong password with 0x87
     Not authorized under MQTT 5, 5 under 3.1.1), a broker certificate we do not trust,
-    or a TLS alert refusing our client certificate.
+    or a TLS alert refusing our client certificate. `keys` prefixes the TLS keys the
+    message tells to check (`mqtt.`: the gateway's broker's).
     """
     for cause in error_chain(err):
         if isinstance(cause, ConnectRefused):
@@ -548,7 +549,7 @@ def connect_refusal(err: BaseException) -> str | None:
             if code in REFUSED_FOR_GOOD:
                 return f"{cause.message} (CONNACK code {code:#04x})"
             return None
-        refusal = certificate_refusal(cause)
+        refusal = certificate_refusal(cause, f"{keys}cert_file", f"{keys}ca_file")
         if refusal:
             return refusal
     return None

@@ -25,7 +25,14 @@ from typing import Any
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.mqtt.client import CORRELATION_DATA, RESPONSE_TOPIC, Client, binary_property
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import (
+    NO_TLS_FILES,
+    TlsFilesError,
+    files_tls_context,
+    login,
+    parse_url,
+    tls_files,
+)
 
 Reply = Callable[[dict[str, Any]], None]
 # submit(fields, payload, reply) -> error text, or None when queued; `fields` holds each
@@ -107,7 +114,10 @@ class CommandChannel:
         password: str | None,
         submit: Submit,
         max_pending: int = 100,
+        shared_tls_files: tuple[str | None, str | None, str | None] | None = None,
     ) -> None:
+        """`shared_tls_files`: on the gateway's broker, mqtt.ca_file, mqtt.cert_file and
+        mqtt.key_file (write-back has no TLS files of its own)."""
         self.ctx = ctx
         self.url = url
         self.client_id = client_id
@@ -118,6 +128,7 @@ class CommandChannel:
         self.password = password
         self.submit = submit
         self.max_pending = max_pending
+        self.tls_files = tls_files(NO_TLS_FILES, shared_tls_files)
         self.pending = 0
         self.commands = 0
         self.last_error: str | None = None
@@ -132,6 +143,11 @@ class CommandChannel:
         await self.close()
         host, port, tls = parse_url(self.url)
         username, password = login(self.url, self.username, self.password)
+        try:
+            context = files_tls_context(self.tls_files) if tls else None
+        except TlsFilesError as err:
+            self.last_error = f"write-back on MQTT broker {host}:{port}: {err}"
+            raise RetryableError(self.last_error) from err
         client = Client(deliver=self._deliver)
         try:
             async with asyncio.timeout(10):
@@ -144,7 +160,7 @@ class CommandChannel:
                     receive_maximum=self.max_pending,
                     username=username or None,
                     password=password if username else None,
-                    tls=tls_context(None, None, None) if tls else None,
+                    tls=context,
                 )
                 self._client = client  # deliveries may start right behind the SUBSCRIBE
                 await client.subscribe([(self.topics.filter, 1)])

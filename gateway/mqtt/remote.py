@@ -38,7 +38,15 @@ from gateway.config.model import Config, RemoteConfigSection
 from gateway.core.backoff import Backoff
 from gateway.core.errors import ConfigError
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import (
+    TlsFile,
+    TlsFilesError,
+    files_tls_context,
+    login,
+    parse_url,
+    tls_context,
+    tls_files,
+)
 
 log = logging.getLogger("gateway.remote_config")
 
@@ -62,6 +70,7 @@ class _Plan:
     username: str | None
     password: str | None
     keepalive: int
+    tls_files: tuple[TlsFile, TlsFile, TlsFile]
 
 
 class RemoteConfig:
@@ -121,12 +130,16 @@ class RemoteConfig:
             return None
         prefix = config.mqtt.client_id or f"edge-stream-{config.gateway.id}"
         username, password, keepalive = settings.username, settings.password, 30
+        mqtt = config.mqtt
+        shared = None
         if settings.broker is None:
             # on the gateway's broker, what remote_config leaves unset comes from `mqtt:`
-            username = username or config.mqtt.username
-            password = password or config.mqtt.password
-            keepalive = int(config.mqtt.keepalive)
+            username = username or mqtt.username
+            password = password or mqtt.password
+            keepalive = int(mqtt.keepalive)
+            shared = (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
         username, password = login(url, username, password)
+        own = (settings.ca_file, settings.cert_file, settings.key_file)
         return _Plan(
             settings,
             url,
@@ -135,6 +148,7 @@ class RemoteConfig:
             username,
             password,
             keepalive,
+            tls_files(own, shared, "remote_config."),
         )
 
     async def run(self) -> None:
@@ -190,9 +204,9 @@ class RemoteConfig:
         context = None
         if tls:
             try:
-                context = tls_context(settings.ca_file, settings.cert_file, settings.key_file)
-            except OSError as err:
-                raise ConfigError(f"remote_config: cannot read the TLS files: {err}") from err
+                context = files_tls_context(plan.tls_files)
+            except TlsFilesError as err:
+                raise ConfigError(f"remote_config: {err}") from err
         key = await asyncio.to_thread(remote.load_public_key, settings.public_key or "")
         self._lost.clear()
         self._queue = asyncio.Queue(QUEUE)

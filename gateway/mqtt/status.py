@@ -27,7 +27,15 @@ from typing import Any
 from gateway.config.model import Config
 from gateway.core.backoff import Backoff
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import (
+    NO_TLS_FILES,
+    TlsFile,
+    TlsFilesError,
+    files_tls_context,
+    login,
+    parse_url,
+    tls_files,
+)
 
 log = logging.getLogger("gateway.status")
 
@@ -52,6 +60,7 @@ class _Plan:
     username: str | None
     password: str | None
     keepalive: int
+    tls_files: tuple[TlsFile, TlsFile, TlsFile]
 
 
 class StatusChannel:
@@ -95,14 +104,16 @@ class StatusChannel:
         if url is None:
             return None
         prefix = config.mqtt.client_id or f"edge-stream-{config.gateway.id}"
-        username, password = login(url, config.mqtt.username, config.mqtt.password)
+        mqtt = config.mqtt
+        username, password = login(url, mqtt.username, mqtt.password)
         return _Plan(
             url,
             config.gateway.id,
             f"{prefix}-status",
             username,
             password,
-            int(config.mqtt.keepalive),
+            int(mqtt.keepalive),
+            tls_files(NO_TLS_FILES, (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)),
         )
 
     async def run(self) -> None:
@@ -117,9 +128,12 @@ class StatusChannel:
                 continue
             try:
                 await self._session(plan, backoff)
-            except (OSError, ConnectRefused, TimeoutError, ConnectionError) as err:
+            except (OSError, ConnectRefused, TimeoutError, ConnectionError, TlsFilesError) as err:
                 host, port, _ = parse_url(plan.url)
-                refusal = connect_refusal(err)
+                # a file that cannot be read waits for the operator, as a refusal does
+                refusal = (
+                    str(err) if isinstance(err, TlsFilesError) else connect_refusal(err, "mqtt.")
+                )
                 message = f"cannot publish the status on {host}:{port}: {refusal or err}"
                 if self.stopping:  # the embedded broker may go first: expected, not news
                     log.debug("status: %s while stopping", message)
@@ -133,7 +147,7 @@ class StatusChannel:
 
     async def _session(self, plan: _Plan, backoff: Backoff) -> None:
         host, port, tls = parse_url(plan.url)
-        context = tls_context(None, None, None) if tls else None
+        context = files_tls_context(plan.tls_files) if tls else None
         self._lost.clear()
         client = Client(on_puback=self._puback, on_lost=lambda _reason: self._lost.set())
         self._client = client

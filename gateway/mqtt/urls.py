@@ -61,3 +61,44 @@ def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None
     if cert_file:
         context.load_cert_chain(cert_file, key_file)
     return context
+
+
+# (the config key that names it, its path or None): what a TLS error message quotes
+TlsFile = tuple[str, str | None]
+NO_TLS_FILES: tuple[str | None, str | None, str | None] = (None, None, None)
+
+
+class TlsFilesError(Exception):
+    """The TLS files cannot be read or used; the message (one line) names each by its key."""
+
+
+def tls_files(
+    own: tuple[str | None, str | None, str | None],
+    shared: tuple[str | None, str | None, str | None] | None,
+    prefix: str = "",
+) -> tuple[TlsFile, TlsFile, TlsFile]:
+    """The ca_file, cert_file and key_file a client uses, with the keys that set them:
+    its own (`own`, under `prefix`) and, on the gateway's broker (`shared`: `mqtt.ca_file`,
+    `mqtt.cert_file`, `mqtt.key_file`), those of `mqtt:` where it sets none; cert_file and
+    key_file go as a pair."""
+    ca, cert, key = own
+    files = ((f"{prefix}ca_file", ca), (f"{prefix}cert_file", cert), (f"{prefix}key_file", key))
+    if shared is None:
+        return files
+    if not ca:
+        files = (("mqtt.ca_file", shared[0]), files[1], files[2])
+    if not cert and not key:
+        files = (files[0], ("mqtt.cert_file", shared[1]), ("mqtt.key_file", shared[2]))
+    return files
+
+
+def files_tls_context(files: tuple[TlsFile, TlsFile, TlsFile]) -> ssl.SSLContext:
+    """`tls_context` of `files` (see `tls_files`); TlsFilesError names them when one cannot
+    be read or used (OSError said "[Errno 2] No such file or directory", naming none)."""
+    try:
+        return tls_context(files[0][1], files[1][1], files[2][1])
+    except OSError as err:  # ssl.SSLError included
+        named = ", ".join(f"{key} {path!r}" for key, path in files if path)
+        raise TlsFilesError(
+            f"cannot use the TLS files ({named or 'the system CAs'}): {err}"
+        ) from err

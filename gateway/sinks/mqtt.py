@@ -4,6 +4,9 @@ This is how gateways meet at a central broker (EMQX, HiveMQ, Mosquitto): every
 FlowFile becomes one PUBLISH, QoS 1, on a topic made from `topic` (default
 `site/{gateway}/{topic}`, so `sensors/a/telemetry` on gateway pi-01 goes out as
 `site/pi-01/sensors/a/telemetry`), with the content bytes as the payload.
+A sink publishing to the broker and topics that an MQTT source of the same
+gateway subscribes to (`#`, say) feeds its output back in, a loop that sends
+every message round again: give it a topic outside the source's filters.
 
 A batch counts as delivered, and the sink's cursor moves on, only after the
 broker has sent a PUBACK for every message of it; at most `max_inflight`

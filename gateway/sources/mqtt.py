@@ -13,9 +13,11 @@ sources:
     # password: ENC(...)          default on the gateway's broker: mqtt.password
     # keepalive: 30s              default: mqtt.keepalive on the gateway's broker, else 30s
     # ca_file: /etc/ssl/ca.pem    for mqtts:// URLs: the CA that signed the broker's
-    #                             certificate (default: the system's CAs)
+    #                             certificate (default on the gateway's broker:
+    #                             mqtt.ca_file, else the system's CAs)
     # cert_file: client.pem       a client certificate, for brokers that require one,
-    # key_file: client.key        and its private key
+    # key_file: client.key        and its private key (default on the gateway's broker:
+    #                             mqtt.cert_file and mqtt.key_file)
     # retained: new_subscription_only
     #                             retained messages: sent by the broker when the subscription
     #                             is new (MQTT 5 Retain Handling 1), `always` at every
@@ -79,6 +81,14 @@ with the count since the last line. A packet whose framing is broken, or a
 topic alias (the gateway allows none; MQTT 5 then forbids the broker to send
 one), closes the connection; the source reconnects.
 
+Two kinds of dead letters hold something other than the message: one over
+`max_payload` keeps only its first `max_payload` bytes (attribute
+`content.truncated: max_payload`), a forbidden PUBLISH is the raw packet
+(attribute `mqtt.invalid: "1"`). `edge-stream dead-letters replay` (and the
+console's Replay) leaves them in the dead letters and says how many and why:
+their content would reach the sinks as if it were the reading. They can still
+be listed, shown, downloaded and purged.
+
 TLS files (`ca_file`, `cert_file`, `key_file`) that cannot be read stop the
 source, named in its error, until the config is fixed and reloaded.
 
@@ -104,9 +114,16 @@ from gateway.config.model import SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
-from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size, uuid7
+from gateway.core.flowfile import (
+    CONTENT_TRUNCATED,
+    FLOWFILE_OVERHEAD,
+    MQTT_INVALID,
+    FlowFile,
+    attributes_size,
+    uuid7,
+)
 from gateway.core.topics import validate_filter
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url, tls_files
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
@@ -219,13 +236,16 @@ class MqttSourceConfig(SourceConfig):
     ca_file: Annotated[
         str | None,
         Doc(
-            "For `mqtts://`: the CA that signed the broker's certificate (default: the"
-            " system's CAs)."
+            "For `mqtts://`: the CA that signed the broker's certificate (default on the"
+            " gateway's broker: `mqtt.ca_file`, else the system's CAs)."
         ),
     ] = None
     cert_file: Annotated[
         str | None,
-        Doc("A client certificate (PEM), for brokers that require one; goes with `key_file`."),
+        Doc(
+            "A client certificate (PEM), for brokers that require one; goes with `key_file`"
+            " (default on the gateway's broker: `mqtt.cert_file` and `mqtt.key_file`)."
+        ),
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
 
@@ -360,19 +380,16 @@ class MqttSource(Source):
             keepalive = self.ctx.mqtt_keepalive if shared else 30.0
         context: ssl.SSLContext | None = None
         if tls:
+            files = tls_files(
+                (cfg.ca_file, cfg.cert_file, cfg.key_file),
+                self.ctx.mqtt_tls_files if shared else None,
+            )
             try:
-                context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-            except OSError as err:  # ssl.SSLError included
+                context = files_tls_context(files)
+            except TlsFilesError as err:
                 # It said "[Errno 2] No such file or directory", naming no file, retried
                 # for ever; as the MQTT sink does, the source stops until it is fixed.
-                files = ", ".join(
-                    f"{name} {value!r}"
-                    for name in ("ca_file", "cert_file", "key_file")
-                    if (value := getattr(cfg, name))
-                )
-                raise PermanentError(
-                    f"cannot use the TLS files ({files or 'the system CAs'}): {err}"
-                ) from err
+                raise PermanentError(str(err)) from err
         self._lost = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
@@ -548,6 +565,8 @@ class MqttSource(Source):
                 f"({self.config.max_payload}); the first {self.config.max_payload} kept"
             )
             payload = payload[:kept]
+            # its own dict (the topic's is shared): the mark keeps it out of a replay
+            attrs = {**attrs, CONTENT_TRUNCATED: "max_payload"}
         ff = _tuple_new(FlowFile, (uuid7(), topic, attrs, payload, time_ns(), ()))
         ack = _Ack(self, mid, qos, self._epoch, size)
         self._hand(_tuple_new(Message, (ff, ack, dedupe, reject, None)), size, qos)
@@ -589,7 +608,7 @@ class MqttSource(Source):
         QoS 1/2 ones (packet id 0 too) count towards the pause of reading.
         """
         topic = topic.replace("\x00", "\\x00") or "mqtt/invalid"
-        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], "mqtt.invalid": "1"}
+        attrs = {"mqtt.topic": topic, "mqtt.qos": _QOS_TEXT[qos], MQTT_INVALID: "1"}
         size = len(raw) + len(topic) + attributes_size(attrs) + FLOWFILE_OVERHEAD
         dedupe = None
         if mid is not None:

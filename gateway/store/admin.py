@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
     DeadLetterSummary,
     StoreError,
@@ -38,6 +39,7 @@ __all__ = [
     "DeadLetterRecord",
     "DeadLetterSummary",
     "ReloadRecord",
+    "Replayed",
     "Reset",
     "SinkBacklog",
     "StateSummary",
@@ -47,6 +49,37 @@ __all__ = [
     "open_admin",
     "reset",
 ]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What `StoreAdmin.replay` did: `count` dead letters moved to the replay inbox;
+    `kept`: why the others asked for were left (their content is not the message) ->
+    how many."""
+
+    count: int
+    kept: dict[str, int]
+
+    def note(self) -> str | None:
+        """One line on those left, or None when every one asked for was replayed."""
+        if not self.kept:
+            return None
+        left = sum(self.kept.values())
+        if len(self.kept) == 1:
+            why = next(iter(self.kept))
+        else:
+            why = ", ".join(f"{n} {reason}" for reason, n in self.kept.items())
+        return (
+            f"{left} dead letter(s) not replayed: their content is not the message: {why}"
+            " (they stay: list, show or purge them)"
+        )
+
+
+# What a source marks a dead letter whose content is not the message with (see
+# gateway.core.flowfile): such ones are never replayed.
+_TRUNCATED = f"json_extract(attributes, '$.\"{CONTENT_TRUNCATED}\"')"
+_INVALID = f"json_extract(attributes, '$.\"{MQTT_INVALID}\"')"
+_REPLAYABLE = f"({_TRUNCATED} IS NULL AND {_INVALID} IS NULL)"
 
 
 @dataclass(frozen=True)
@@ -183,14 +216,16 @@ class StoreAdmin:
         where, params = _selection(seqs)
         return int(self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount)
 
-    def replay(self, seqs: Sequence[int] | None) -> int:
+    def replay(self, seqs: Sequence[int] | None) -> Replayed:
         """Move the dead letters numbered `seqs` (None: all) into the replay inbox, in
-        one transaction; how many moved.
+        one transaction; how many moved, and how many were left because their content is
+        not the message (marked `content.truncated` or `mqtt.invalid` when written).
 
         The gateway takes the inbox in like new input: one that a sink refused goes
         back to that sink, one that a route refused is routed again.
         """
-        where, params = _selection(seqs)
+        chosen, params = _selection(seqs)
+        where = f"({chosen}) AND {_REPLAYABLE}"
         self.db.execute("BEGIN IMMEDIATE")
         try:
             moved = self.db.execute(
@@ -200,12 +235,22 @@ class StoreAdmin:
                 params,
             ).rowcount
             self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            left = self.db.execute(
+                f"SELECT {_TRUNCATED}, count(*) FROM dead_letters"
+                f" WHERE ({chosen}) AND NOT {_REPLAYABLE} GROUP BY 1 ORDER BY 1 NULLS LAST",
+                params,
+            ).fetchall()
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
-        return int(moved)
+        # not truncated, so marked invalid: the raw packet
+        kept = {
+            "the raw invalid packet" if cut is None else f"truncated to {cut}": int(n)
+            for cut, n in left
+        }
+        return Replayed(int(moved), kept)
 
     # -- statistics ----------------------------------------------------------------
 

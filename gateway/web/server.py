@@ -16,7 +16,8 @@ GET /api/dead-letters/SEQ        one in full: its content as text, or as hex whe
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
 GET /api/dead-letters/SEQ/content  its whole content as a file (application/octet-stream)
 POST /api/dead-letters/replay|purge  body {"seqs": [SEQ, ...]} or {"all": true}: as
-                 `edge-stream dead-letters replay|purge` (operators); answers {"count"}
+                 `edge-stream dead-letters replay|purge` (operators); answers {"count"},
+                 and for a replay {"note"}: null, or the line on those not replayed
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
@@ -603,13 +604,21 @@ class WebServer:
             chosen = seqs
         else:
             return _json({"errors": ['the body: {"seqs": [SEQ, ...]} or {"all": true}']}, 400)
-        count = await asyncio.to_thread(
+        done = await asyncio.to_thread(
             self._store_admin, lambda a: a.replay(chosen) if action == "replay" else a.purge(chosen)
         )
-        if isinstance(count, web.Response):
-            return count
-        log.info("web: %s %s dead letter(s) through the console", action, count)
-        return _json({"action": action, "count": count})
+        if isinstance(done, web.Response):
+            return done
+        if isinstance(done, admin.Replayed):
+            note = done.note()
+            log.info(
+                "web: replay %s dead letter(s) through the console%s",
+                done.count,
+                f"; {note}" if note else "",
+            )
+            return _json({"action": action, "count": done.count, "note": note})
+        log.info("web: %s %s dead letter(s) through the console", action, done)
+        return _json({"action": action, "count": done})
 
     def _store_admin(self, do: Callable[[admin.StoreAdmin], Any]) -> Any:
         """`do` on a store admin connection of its own, as the CLI does (blocking: call it

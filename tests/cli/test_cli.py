@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -827,6 +828,60 @@ def test_dead_letters_list_show_replay_and_purge_while_the_gateway_runs(
     wait_for(lambda: gw.sink("warehouse")["depth"] == 0, 30, "depth 0")
     assert pg_rows(postgres, seqs_sql) == [("1", "3"), ("2", "high"), ("3", None), ("4", None)]
     assert gw.stop() == 0
+
+
+def test_a_dead_letter_truncated_to_max_payload_is_not_replayed(
+    mosquitto: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    # A message over max_payload is dead-lettered with its first max_payload bytes only;
+    # replay sent those bytes on to the sinks as if they were the reading, and removed
+    # the dead letter. Now it stays, and replay says so in one line.
+    name = f"cut{uuid.uuid4().hex[:8]}"
+    config = mqtt_gateway(mosquitto, name, {"out": {"type": "file", "path": "out.jsonl"}})
+    config["sources"]["plant"]["max_payload"] = 64
+    config["routes"]["readings"]["processors"] = [{"type": "json"}]
+    gw = gateway_factory(config)
+    gw.start()
+    big = json.dumps({"reading": "x" * 100})
+    publish(mosquitto.port, [(f"{name}/big", big), (f"{name}/bad", "not json")])
+    wait_for(lambda: gw.status()["dead_letters"] == 2, 30, "two dead letters")
+    by_topic = {d["topic"]: d for d in dead_letters(gw.config_path)}
+    cut, bad = by_topic[f"{name}/big"], by_topic[f"{name}/bad"]
+    assert "exceeds max_payload" in cut["reason"]
+    note = (
+        "1 dead letter(s) not replayed: their content is not the message: truncated to"
+        " max_payload (they stay: list, show or purge them)"
+    )
+
+    replayed = cli("dead-letters", "replay", cut["seq"], "-c", str(gw.config_path))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.splitlines() == ["replayed 0 dead letter(s)", note]
+    # --all replays the other one (the json processor refuses it again) and not this one
+    replayed = cli("dead-letters", "replay", "--all", "-c", str(gw.config_path))
+    assert replayed.stdout.splitlines() == ["replayed 1 dead letter(s)", note]
+    wait_for(
+        lambda: len(d := dead_letters(gw.config_path)) == 2 and d[1]["seq"] != bad["seq"],
+        30,
+        "the bad JSON dead-lettered again",
+    )
+    assert dead_letters(gw.config_path)[0] == cut  # still there, as it was
+    shown = cli("dead-letters", "show", cut["seq"], "-c", str(gw.config_path))
+    item = json.loads(shown.stdout)
+    assert item["content"] == big[:64] and item["attributes"]["content.truncated"] == "max_payload"
+
+    # the console's Replay (the API) leaves it too
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.web_port}/api/dead-letters/replay",
+        data=json.dumps({"seqs": [int(cut["seq"])]}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.loads(answer.read()) == {"action": "replay", "count": 0, "note": note}
+    purged = cli("dead-letters", "purge", cut["seq"], "-c", str(gw.config_path))
+    assert purged.stdout.strip() == "purged 1 dead letter(s)"
+    assert gw.stop() == 0
+    assert (gw.data_dir / "out.jsonl").read_text() == ""  # nothing ever reached the sink
 
 
 def refused_by_a_check_constraint(

@@ -448,6 +448,34 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert not any("sources.d." in p for p in problems(path))
 
 
+def test_mqtt_tls_files_need_mqtts_and_a_cert_needs_its_key(tmp_path: Path) -> None:
+    # The gateway's broker had no TLS files: with a private CA the status topics never
+    # connected. Its new ones are checked as a source's are.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883", ca_file: /ca.pem, cert_file: /c.pem}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: mqtt.ca_file: needs TLS: url 'mqtt://127.0.0.1:1883' is not mqtts://host:port",
+        f"{path}:2: mqtt.cert_file: needs TLS: url 'mqtt://127.0.0.1:1883' is not"
+        " mqtts://host:port",
+        f"{path}:2: mqtt.cert_file: cert_file and key_file go together",
+    ]
+    path = write(tmp_path, "mqtt: {url: auto, key_file: /c.key}\n")
+    assert problems(path) == [
+        f"{path}:2: mqtt.key_file: needs TLS: url 'auto' is not mqtts://host:port",
+        f"{path}:2: mqtt.cert_file: cert_file and key_file go together",
+    ]
+    path = write(
+        tmp_path,
+        "mqtt: {url: mqtts://127.0.0.1:8883, ca_file: /ca.pem, cert_file: /c.pem,"
+        " key_file: /c.key}\n",
+    )
+    assert load(path, environ={}).mqtt.ca_file == "/ca.pem"
+
+
 def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None:
     # It read "'1' is not one of 0, 1, 2 (did you mean '1'?)".
     path = write(tmp_path, 'sources:\n  a: {type: mqtt, topics: ["a/#"], qos: "1"}\n')

@@ -62,3 +62,48 @@ def test_the_login_in_an_mqtt_url_is_used_by_every_client(
         gw.stop()
     assert USER[1] not in gw.log_path.read_text()
     assert f"mqtt://{USER[0]}:***@127.0.0.1:{broker.port}" in gw.log_path.read_text()
+
+
+def test_mqtt_tls_files_are_used_by_every_client_on_the_gateways_broker(
+    tmp_path: Path, mosquitto_tls: Mosquitto
+) -> None:
+    # `mqtt:` had no ca_file: with a broker whose certificate a private CA signed, the
+    # status topics never connected ("not trusted ... check ca_file", a key `mqtt:` did
+    # not have). Here the broker also requires a client certificate.
+    assert mosquitto_tls.ca_file and mosquitto_tls.cert_file and mosquitto_tls.key_file
+    gid = "mqtt-tls-files"
+    public_key, _ = remote.keygen(tmp_path / "fleet.key")
+    gw = GatewayProcess(
+        tmp_path,
+        {
+            "gateway": {"id": gid},
+            "mqtt": {
+                "url": mosquitto_tls.url,
+                "ca_file": str(mosquitto_tls.ca_file),
+                "cert_file": str(mosquitto_tls.cert_file),
+                "key_file": str(mosquitto_tls.key_file),
+            },
+            # the source, the status topics and the remote config take them from `mqtt:`
+            "remote_config": {"enabled": True, "public_key": str(public_key)},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{gid}/#"], "qos": 1}},
+            "routes": {"r": {"match": f"{gid}/#", "sinks": ["f"]}},
+            "sinks": {"f": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+        },
+    )
+    got: list[tuple[str, bytes]] = []
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{gid}-watch")
+    watcher.tls_set(
+        str(mosquitto_tls.ca_file), str(mosquitto_tls.cert_file), str(mosquitto_tls.key_file)
+    )
+    watcher.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload)))
+    watcher.connect("127.0.0.1", mosquitto_tls.port)
+    watcher.subscribe(f"edge-stream/{gid}/status", 1)
+    watcher.loop_start()
+    try:
+        gw.start()  # waits for the source to run: it connects with mqtt's TLS files
+        wait_for(lambda: (f"edge-stream/{gid}/status", b"online") in got, 20, "the status topic")
+        wait_for(lambda: gw.status()["remote_config"]["connected"], 20, "the remote config")
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        gw.stop()

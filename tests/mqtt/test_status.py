@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, GatewaySection
+from gateway.config.model import Config, GatewaySection, MqttSection
 from gateway.mqtt.status import StatusChannel
 from tests import servers
 
@@ -68,3 +68,28 @@ async def test_a_send_whose_connection_is_lost_says_not_sent(lost: Any) -> None:
     kill()
     async with asyncio.timeout(10):
         assert await sending is False
+
+
+async def test_mqtt_tls_files_that_cannot_be_read_are_named_in_the_error(tmp_path: Any) -> None:
+    # The status channel had no TLS files; those of `mqtt:` that cannot be read are named
+    # by their keys (an OSError said "No such file or directory", naming none).
+    missing = str(tmp_path / "ca.pem")
+    config = Config(
+        gateway=GatewaySection(id="status-tls"),
+        mqtt=MqttSection(url="mqtts://127.0.0.1:1", ca_file=missing),
+    )
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(config=lambda: config, broker_url=lambda: None, stats=dict, ready=ready)
+    running = asyncio.ensure_future(channel.run())
+    try:
+        async with asyncio.timeout(10):
+            while channel.last_error is None:  # noqa: ASYNC110 - a guard on our own flag
+                await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert channel.last_error.startswith(
+        f"cannot publish the status on 127.0.0.1:1: cannot use the TLS files (mqtt.ca_file"
+        f" {missing!r}): "
+    )

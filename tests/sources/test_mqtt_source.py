@@ -257,6 +257,21 @@ async def test_tls_files_that_cannot_be_read_stop_the_source_naming_them(tmp_pat
         await source.connect()
 
 
+async def test_tls_files_from_mqtt_that_cannot_be_read_are_named_by_their_mqtt_keys(
+    tmp_path: Any,
+) -> None:
+    # On the gateway's broker a source without TLS files of its own uses mqtt.ca_file...;
+    # the error names the key the operator wrote.
+    missing = str(tmp_path / "ca.pem")
+    source = make_source(None, "gw-tls-shared")
+    source.ctx.mqtt_url = "mqtts://127.0.0.1:1"
+    source.ctx.mqtt_tls_files = (missing, None, None)
+    with pytest.raises(
+        PermanentError, match=f"cannot use the TLS files \\(mqtt.ca_file '{missing}'\\)"
+    ):
+        await source.connect()
+
+
 async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any) -> None:
     done = asyncio.Event()
 

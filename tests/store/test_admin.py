@@ -118,7 +118,7 @@ async def test_replay_goes_back_to_the_sink_that_refused_or_through_the_routes(
     store, dead = await store_with_dead_letters(tmp_path)
     with open_admin(store.path) as admin:
         by_route, by_a, _by_b = reversed(admin.dead_letters(10))
-        assert admin.replay([by_a.seq, by_route.seq]) == 2
+        assert admin.replay([by_a.seq, by_route.seq]).count == 2
         assert [d.id for d in admin.dead_letters(10)] == [dead[2].id]
     replayed = await store.take_replay(10)
     # in the order they failed; each with the sink that refused it, None: route again
@@ -129,8 +129,61 @@ async def test_replay_goes_back_to_the_sink_that_refused_or_through_the_routes(
     await store.recount()
     assert store.dead_count == 1
     with open_admin(store.path) as admin:
-        assert admin.replay(None) == 1 and admin.dead_letter_count() == 0
+        assert admin.replay(None).count == 1 and admin.dead_letter_count() == 0
     assert [(f.id, sink) for _, f, sink in await store.take_replay(10)][-1] == (dead[2].id, "b")
+    await store.close()
+
+
+async def test_replay_leaves_the_dead_letters_whose_content_is_not_the_message(
+    tmp_path: Path,
+) -> None:
+    # An MQTT message cut to max_payload, or the raw packet of an invalid PUBLISH, went
+    # on to the sinks as if it were the reading, and the dead letter was removed.
+    store = Store(tmp_path / "store.db")
+    await store.open(["a"])
+    cut = FlowFile.create("t/cut", b"first bytes", {"content.truncated": "max_payload"})
+    raw = FlowFile.create("t/raw", b"\x32\x0a", {"mqtt.invalid": "1", "mqtt.qos": "1"})
+    good, refused = ff(1), ff(2)
+    await store.commit(
+        Batch(
+            [],
+            [
+                DeadLetter(cut, "source plant", "payload of 300000 bytes exceeds max_payload"),
+                DeadLetter(raw, "source plant", "topic is not valid UTF-8"),
+                DeadLetter(refused, "sink a", "refused by a", "a"),
+                DeadLetter(good, "sink a", "refused by a", "a"),
+            ],
+            {},
+            [],
+        )
+    )
+    with open_admin(store.path) as admin:
+        seqs = {d.id: d.seq for d in admin.dead_letters(10)}
+        one = admin.replay([seqs[cut.id], seqs[good.id]])
+        assert (one.count, one.kept) == (1, {"truncated to max_payload": 1})
+        assert one.note() == (
+            "1 dead letter(s) not replayed: their content is not the message: truncated to"
+            " max_payload (they stay: list, show or purge them)"
+        )
+        every = admin.replay(None)
+        assert (every.count, every.kept) == (
+            1,
+            {"truncated to max_payload": 1, "the raw invalid packet": 1},
+        )
+        assert every.note() == (
+            "2 dead letter(s) not replayed: their content is not the message: 1 truncated to"
+            " max_payload, 1 the raw invalid packet (they stay: list, show or purge them)"
+        )
+        assert {d.id for d in admin.dead_letters(10)} == {cut.id, raw.id}
+        assert admin.replay(None).note() is not None and admin.dead_letter_count() == 2
+        nothing = admin.replay([seqs[good.id]])  # gone already: nothing to say
+        assert (nothing.count, nothing.note()) == (0, None)
+        # shown and purged as any other
+        record = admin.dead_letter(seqs[raw.id])
+        assert record is not None and record.content == b"\x32\x0a"
+        assert admin.purge(None) == 2
+    # what went to the replay inbox: the two others, in the order they were replayed
+    assert [f.id for _, f, _ in await store.take_replay(10)] == [good.id, refused.id]
     await store.close()
 
 

@@ -655,6 +655,7 @@ class OpcuaSource(Source):
             fields=("node",),
             username=wb.username or (self.ctx.mqtt_username if shared else None),
             password=wb.password or (self.ctx.mqtt_password if shared else None),
+            shared_tls_files=self.ctx.mqtt_tls_files if shared else None,
             submit=self._submit_write,
         )
 

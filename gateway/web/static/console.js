@@ -891,7 +891,8 @@
     const out = $(seqs ? "dead-outcome" : "dead-all-outcome");
     out.className = answer.ok ? "ok" : "bad";
     out.textContent = answer.ok ? (action === "replay" ?
-      `Replayed ${answer.data.count}: the gateway takes it in again like new input.` :
+      `Replayed ${answer.data.count}: the gateway takes it in again like new input.` +
+      (answer.data.note ? ` ${answer.data.note}.` : "") :
       `Purged ${answer.data.count}.`) : (answer.data.errors || []).join("; ");
     deadCount = -1;
   }
