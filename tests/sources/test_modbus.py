@@ -21,6 +21,7 @@ import pytest
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig
+from tests.sources.late_device import LateDevice, PtyServer, TcpServer
 from tests.sources.modbus_plc import PlcStore, layout, serve_rtu, serve_tcp, serve_udp
 from tests.sources.socat_pair import SocatPair
 
@@ -477,6 +478,48 @@ async def test_silent_unit_goes_offline_and_the_other_keeps_flowing(line: SocatP
         await server.shutdown()
     # while m2 was silent, it was asked rarely (backoff), m1 at its pace
     assert devices["m2"]["errors"] >= 1
+
+
+@pytest.mark.parametrize("transport", ["rtu", "rtu+tcp"])
+async def test_a_late_answer_is_not_taken_for_the_next_request(
+    line: SocatPair, transport: str
+) -> None:
+    # RTU answers carry no transaction id: the answer to a timed-out request, arriving
+    # while the next request waits, looked like its answer (same unit, function and
+    # count), and block b was published with block a's values, from then on.
+    device = LateDevice(1, {0: 11, 1: 12, 100: 21, 101: 22}, delay=0.3, late=1, late_delay=0.8)
+    tcp: TcpServer | None = None
+    pty: PtyServer | None = None
+    if transport == "rtu":
+        pty = PtyServer(device, line.b)
+        url = f"rtu://{line.a}?baudrate=115200"
+    else:
+        tcp = await TcpServer(device).start()
+        url = f"rtu+tcp://127.0.0.1:{tcp.port}"
+    regs = {"a0": {"address": 0}, "a1": {"address": 1},
+            "b0": {"address": 100}, "b1": {"address": 101}}  # fmt: skip
+    source = make_source(
+        {"url": url, "interval": "100ms", "timeout": "600ms", "retries": 1, "registers": regs},
+        name="slow",
+    )
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/slow/b1")) >= 3, "3 polls")
+    finally:
+        await source.close()
+        if pty is not None:
+            pty.close()
+        if tcp is not None:
+            await tcp.close()
+    published = {
+        name: {v["value"] for v in pump.topic(f"modbus/slow/{name}")}
+        for name in ("a0", "a1", "b0", "b1")
+    }
+    assert published == {"a0": {11}, "a1": {12}, "b0": {21}, "b1": {22}}
+    # the first request was sent again (retries: 1) and answered; the device stayed online
+    assert device.requests[:2] == [(0, 2), (0, 2)]
+    assert source.status()["devices"]["slow"]["state"] == "online"
 
 
 async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCaptureFixture) -> None:

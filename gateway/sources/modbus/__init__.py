@@ -39,7 +39,10 @@ are asked one request at a time (a serial port belongs to one source: a second
 source, Modbus or serial, naming it is refused by the config check); on a
 serial line the source keeps the inter-frame silence (`frame_delay`, default
 3.5 characters, 1.75 ms above 19200 baud) between the end of one answer and
-the next request.
+the next request. RTU answers (`rtu://`, `rtu+tcp://`) carry no transaction
+id, so after an unanswered request the line stays quiet for one more `timeout`
+and whatever arrives then is dropped: a device slower than `timeout` costs
+polls, never a late answer published under the next request's registers.
 
 Device keys (each may also be set once for all devices at the source level):
 `interval` (1s), `timeout` (1s, per request), `retries` (1: requests sent

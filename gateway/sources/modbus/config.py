@@ -375,14 +375,21 @@ class ModbusSourceConfig(SourceConfig):
     ] = 1.0
     timeout: Annotated[
         Duration,
-        Doc("How long one request may wait for its answer. Each device may set its own."),
+        Doc(
+            "How long one request may wait for its answer. Each device may set its own."
+            " On an RTU line (rtu://, rtu+tcp://) an unanswered request is followed by one"
+            " more `timeout` of silence before anything else is sent: RTU answers carry no"
+            " transaction id, and a late answer must not be taken for the next request's"
+            " (what arrives meanwhile is dropped). Set it above the device's slowest answer."
+        ),
         Range(0.001, 60, "must be between 1ms and 60s"),
     ] = 1.0
     retries: Annotated[
         int,
         Doc(
             "Requests sent again at once before the device counts as failing. Each device"
-            " may set its own."
+            " may set its own. On an RTU line a request is sent again only after one more"
+            " `timeout` of silence (see timeout), so each retry costs two timeouts there."
         ),
         Range(0, 10, "must be 0..10"),
     ] = 1
