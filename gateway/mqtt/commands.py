@@ -6,9 +6,12 @@ commands (Modbus, OPC UA) keeps a small one (`gateway.mqtt.client.Client`) throu
 each a whole topic level, become `+`), hands each command to the source with the
 placeholders' values, publishes the result when the source replies (on the result
 topic template and on an MQTT 5 response topic if the command has one), and
-acknowledges the command then. It never reconnects by itself: the source calls
-`connect()` again when its retry time comes. `parse_command` reads a command's
-payload: a JSON value or `{"value": ..., "id": ...}`.
+acknowledges the command then. A source may give it a last will (one retained
+message, since MQTT has one per connection) for the broker to publish if the
+connection ends without a DISCONNECT: the process killed, the network lost. It
+never reconnects by itself: the source calls `connect()` again when its retry
+time comes. `parse_command` reads a command's payload: a JSON value or
+`{"value": ..., "id": ...}`.
 
 Nothing here knows a field protocol (no pymodbus, no asyncua): the sources bring
 their own `submit`.
@@ -107,6 +110,7 @@ class CommandChannel:
         password: str | None,
         submit: Submit,
         max_pending: int = 100,
+        will: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.url = url
@@ -118,6 +122,8 @@ class CommandChannel:
         self.password = password
         self.submit = submit
         self.max_pending = max_pending
+        # published retained by the broker if the connection ends without a DISCONNECT
+        self.will = will
         self.pending = 0
         self.commands = 0
         self.last_error: str | None = None
@@ -145,6 +151,7 @@ class CommandChannel:
                     username=username or None,
                     password=password if username else None,
                     tls=tls_context(None, None, None) if tls else None,
+                    will=self._will(),
                 )
                 self._client = client  # deliveries may start right behind the SUBSCRIBE
                 await client.subscribe([(self.topics.filter, 1)])
@@ -155,7 +162,14 @@ class CommandChannel:
             raise RetryableError(self.last_error) from err
         self.last_error = None
 
+    def _will(self) -> tuple[str, bytes, int, bool] | None:
+        if self.will is None:
+            return None
+        topic, body = self.will
+        return topic, json.dumps(body).encode(), 1, True
+
     async def close(self) -> None:
+        """Disconnect cleanly (the broker then drops the last will); safe to call twice."""
         client, self._client = self._client, None
         if client is not None:
             client.close()

@@ -697,6 +697,53 @@ async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosqu
         await source.close()
 
 
+async def test_a_stopped_source_leaves_offline_on_the_status_topics(mosquitto: Any) -> None:
+    # The retained status said "online" for ever after the gateway stopped.
+    store = PlcStore(units=(1, 2))
+    server, port = await serve_tcp(store)
+    url = f"tcp://127.0.0.1:{port}"
+    one = {"v": {"address": 0}}
+    source = make_source(
+        {"interval": "200ms",
+         "devices": {"d1": {"url": url, "registers": one},
+                     "d2": {"url": url, "unit": 2, "registers": one}},
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-stop"}},
+        name="stop1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/+/status")
+    await source.connect()
+
+    def last_state(device: str) -> str | None:
+        found = [json.loads(p) for t, p, _ in probe.received if t == f"modbus/{device}/status"]
+        return found[-1]["state"] if found else None
+
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: last_state("d1") == last_state("d2") == "online", "online")
+    finally:
+        await source.close()
+        probe.close()
+        await server.shutdown()
+    # what a client subscribing later is told: retained, offline, and why
+    later = MqttProbe(mosquitto.url)
+    try:
+        await later.subscribe("modbus/+/status")  # (other tests' devices' too)
+        mine = {"modbus/d1/status", "modbus/d2/status"}
+        async with asyncio.timeout(WAIT):
+            while not mine <= {t for t, _, retained in later.received if retained}:
+                later.changed.clear()
+                await later.changed.wait()
+    finally:
+        later.close()
+    told = [(t, p) for t, p, _ in later.received if t in mine]
+    assert len(told) == 2, told
+    for topic, payload in told:
+        status = json.loads(payload)
+        assert status["state"] == "offline", (topic, status)
+        assert status["last_error"] == "not polled: the source stopped" and status["last_ok"]
+
+
 # ---- config ---------------------------------------------------------------------------
 
 

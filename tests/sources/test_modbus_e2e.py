@@ -119,3 +119,50 @@ def test_modbus_values_reach_postgres_and_write_back_lands(
         client.loop_stop()
         client.disconnect()
         gw.close()
+
+
+def test_the_device_status_says_offline_after_a_stop_and_after_a_kill(
+    tmp_path: Path, mosquitto: Any, plc_port: int
+) -> None:
+    # The retained modbus/<device>/status kept saying "online" once the gateway was gone.
+    config = {
+        "mqtt": {"url": mosquitto.url},
+        "sources": {
+            "plant": {
+                "type": "modbus",
+                "interval": "200ms",
+                "devices": {
+                    "plc1": {
+                        "url": f"tcp://127.0.0.1:{plc_port}",
+                        "registers": {"v": {"address": 3}},
+                    }
+                },
+                "writeback": {"enabled": True, "client_id": "e2e-modbus-will"},
+            }
+        },
+        "routes": {"readings": {"match": "modbus/+/+", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+    }
+    gw = GatewayProcess(tmp_path, config)
+    states: list[dict[str, Any]] = []
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="e2e-modbus-status")
+    subscribed = threading.Event()
+    client.on_message = lambda _c, _u, msg: states.append(json.loads(msg.payload))
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.subscribe("modbus/plc1/status", qos=1)
+        assert subscribed.wait(30)
+        for end in (gw.kill, gw.stop):
+            gw.start()
+            wait_for(lambda: states and states[-1]["state"] == "online", 30,
+                     f"plc1 online on its status topic (log: {gw.log_path})")  # fmt: skip
+            end()
+            wait_for(lambda: states[-1]["state"] == "offline", 30,
+                     f"plc1 offline after {end.__name__} (log: {gw.log_path})")  # fmt: skip
+            assert "not polled" in states[-1]["last_error"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        gw.close()

@@ -91,7 +91,11 @@ under `devices`: `last_error` is what is wrong now and is cleared when an
 offline device answers again, or a read the device refused (illegal data address:
 check the register map) is answered again (`previous_error` and `last_error_at`
 keep the last one), and with write-back enabled also published retained on
-`modbus/<device>/status`.
+`modbus/<device>/status` (`{"state", "last_error", "last_ok", "unit"}`). When the
+source stops, each device's status becomes `"state": "offline"`; a source with one
+device also leaves it as its connection's last will, so a killed gateway leaves
+`offline` too (one will per MQTT connection: with several devices, only a clean stop
+does).
 
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
 `status_topic`, `client_id`, `username`, `password`): the source subscribes to

@@ -304,7 +304,13 @@ class WritebackConfig:
     ] = "modbus/{device}/{register}/set/result"
     status_topic: Annotated[
         str | None,
-        Doc("Where each device's state is published, retained: `{device}`; `null`: not published."),
+        Doc(
+            "Where each device's state is published, retained: `{device}`; `null`: not"
+            " published. A stopping source publishes `offline` for each device; with one"
+            " device, a last will also leaves `offline` if the gateway is killed (MQTT"
+            " allows one will per connection, so with several a killed gateway leaves"
+            " their last states)."
+        ),
     ] = "modbus/{device}/status"
     client_id: Annotated[
         str | None,

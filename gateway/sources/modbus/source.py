@@ -146,6 +146,7 @@ class ModbusSource(Source):
                 username=wb.username or (self.ctx.mqtt_username if shared else None),
                 password=wb.password or (self.ctx.mqtt_password if shared else None),
                 submit=self._submit_write,
+                will=self._status_will(),
             )
             self._channel_backoff.reset()
             await self._connect_channel()
@@ -191,6 +192,9 @@ class ModbusSource(Source):
                 bus.writes.popleft().reply({"ok": False, "error": "source is closing"})
         self._channel_job = None
         if self._channel is not None:
+            # Not polled any more: say so, retained, instead of the last "online".
+            for dev in self._devices.values():
+                self._publish_status(dev, stopped="not polled: the source stopped")
             await self._channel.close()
             self._channel = None
 
@@ -373,20 +377,40 @@ class ModbusSource(Source):
 
     # ---- device state ---------------------------------------------------
 
-    def _publish_status(self, dev: Device) -> None:
-        """With write-back on, publish a device's state on `status_topic`, retained."""
+    def _publish_status(self, dev: Device, stopped: str | None = None) -> None:
+        """With write-back on, publish a device's state on `status_topic`, retained;
+        with `stopped`, "offline" for that reason (the source no longer polls it)."""
         topic = self.config.writeback.status_topic
         if self._channel is not None and topic is not None:
             self._channel.publish(
-                topic.replace("{device}", dev.name), self._public_state(dev), retain=True
+                topic.replace("{device}", dev.name), self._public_state(dev, stopped), retain=True
             )
 
-    def _public_state(self, dev: Device) -> dict[str, Any]:
+    def _public_state(self, dev: Device, stopped: str | None = None) -> dict[str, Any]:
         s = dev.status
         return {
-            "state": s["state"],
-            "last_error": s["last_error"],
+            "state": s["state"] if stopped is None else "offline",
+            "last_error": s["last_error"] if stopped is None else stopped,
             "last_ok": s["last_ok"],
+            "unit": dev.unit,
+        }
+
+    def _status_will(self) -> tuple[str, dict[str, Any]] | None:
+        """The write-back connection's last will: "offline" on the status topic, if the
+        source has one status topic (one device). MQTT gives a connection one will, so
+        with several devices a killed gateway leaves their last states (a clean stop
+        publishes "offline" for each)."""
+        topic = self.config.writeback.status_topic
+        if topic is None:
+            return None
+        topics = {topic.replace("{device}", name): dev for name, dev in self._devices.items()}
+        if len(topics) != 1:
+            return None
+        [(one, dev)] = topics.items()
+        return one, {
+            "state": "offline",
+            "last_error": "not polled: the gateway's connection to the broker ended",
+            "last_ok": None,
             "unit": dev.unit,
         }
 
