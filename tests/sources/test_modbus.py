@@ -276,6 +276,37 @@ async def test_a_refused_register_answered_again_is_no_error_any_more(
     assert said[-1].endswith("device plant answers holding 50+1 (bad) again"), said
 
 
+async def test_a_device_refusing_every_read_is_online_and_says_what_it_refuses(
+    plc: PlcStore,
+) -> None:
+    # It stayed "unknown" though it answers (exception 2 to each read).
+    plc.holes[1] = {50, 300}
+    regs = {"flow": {"address": 50}, "level": {"address": 300}}
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "50ms",  # type: ignore[attr-defined]
+                          "registers": regs})  # fmt: skip
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        async with Pump(source) as pump:
+            async with asyncio.timeout(WAIT):
+                # read() returns nothing to wake us (no values): look at the status
+                while device["errors"] < 4:  # noqa: ASYNC110 - both reads refused, twice
+                    await asyncio.sleep(0.02)
+            assert device["state"] == "online"
+            error = device["last_error"]
+            assert error and error.count("illegal data address") == 2, error
+            assert error.startswith("flow: ") and "; level: " in error, error
+            assert device["last_poll"] and device["last_ok"] is None  # answered, no values
+            plc.holes[1] = {300}  # flow's address exists now: only level is refused
+            await pump.until(lambda ms: "modbus/plant/flow" in values(ms), "flow answered")
+            assert device["last_error"].startswith("level: "), device["last_error"]
+            assert "flow" not in device["last_error"]
+    finally:
+        await source.close()
+    assert {r[1:] for r in plc.requests} >= {(3, 50, 1), (3, 300, 1)}
+    assert set(values(pump.messages)) == {"modbus/plant/flow"}
+
+
 async def test_groups_keep_their_own_intervals(plc: PlcStore) -> None:
     registers = {
         "fast": {"address": 0, "interval": "100ms"},

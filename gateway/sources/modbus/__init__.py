@@ -89,7 +89,8 @@ the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
 under `devices`: `last_error` is what is wrong now and is cleared when an
 offline device answers again, or a read the device refused (illegal data address:
-check the register map) is answered again (`previous_error` and `last_error_at`
+check the register map; a device that refuses reads answers, so it is online, with
+every refused read named in `last_error`) is answered again (`previous_error` and `last_error_at`
 keep the last one), and with write-back enabled also published retained on
 `modbus/<device>/status` (`{"state", "last_error", "last_ok", "unit"}`). When the
 source stops, each device's status becomes `"state": "offline"`; a source with one

@@ -327,7 +327,11 @@ class ModbusSource(Source):
                 if err.device_trouble:
                     self._device_failed(dev, err, clock.monotonic())
                     break
+                # A refusal is an answer: the device is there, its register map is wrong.
+                news = self._device_answered(dev, _iso(clock.now_ns()))
                 self._request_refused(group, req, err)
+                if news:
+                    self._publish_status(dev)
                 continue
             now = clock.monotonic()
             created = clock.now_ns()
@@ -415,10 +419,17 @@ class ModbusSource(Source):
         }
 
     def _device_ok(self, dev: Device, ts: str) -> None:
+        dev.status["last_ok"] = ts
+        if self._device_answered(dev, ts):
+            self._publish_status(dev)
+
+    def _device_answered(self, dev: Device, ts: str) -> bool:
+        """The device answered (values or a refusal): it is online. True when that is
+        news (the caller publishes the status, once its last_error is right)."""
         status = dev.status
-        status["last_poll"] = status["last_ok"] = ts
+        status["last_poll"] = ts
         if dev.online:
-            return
+            return False
         was_offline = dev.online is False
         dev.online = True
         dev.backoff.reset()
@@ -432,7 +443,7 @@ class ModbusSource(Source):
             self.ctx.log.info(
                 "device %s (%s unit %d) is online", dev.name, dev.spec.describe(), dev.unit
             )
-        self._publish_status(dev)
+        return True
 
     def _device_failed(self, dev: Device, err: Exception, now: float) -> None:
         dev.status["errors"] += 1
@@ -474,10 +485,11 @@ class ModbusSource(Source):
             )
             return
         problem = f"{names}: {err}"
-        dev.status["last_error"] = problem
+        first = req.refused is None
+        req.refused = problem
+        dev.status["last_error"] = self._refusals(dev)
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
-        if req.refused is None:
-            req.refused = problem
+        if first:
             self.ctx.log.error(
                 "device %s refuses %s %d+%d (%s): %s; check the register map",
                 dev.name,
@@ -488,13 +500,29 @@ class ModbusSource(Source):
                 err,
             )
 
+    def _refusals(self, dev: Device) -> str | None:
+        """Every read of `dev` it refuses now, "names: error", joined with "; "."""
+        found = [
+            req.refused
+            for g in self._buses[dev.spec.key].groups
+            if g.device is dev
+            for req in g.requests
+            if req.refused is not None
+        ]
+        return "; ".join(found) if found else None
+
     def _request_answered(self, dev: Device, req: Request[Value]) -> None:
         """A read the device refused is answered again (its register map was fixed)."""
-        problem, req.refused = req.refused, None
+        before = self._refusals(dev)
+        req.refused = None
         status = dev.status
-        if status["last_error"] == problem:
-            # What was wrong is over; the page keeps it as history, not as a problem.
-            status["previous_error"], status["last_error"] = problem, None
+        if status["last_error"] == before:
+            remaining = self._refusals(dev)
+            if remaining is None:
+                # What was wrong is over; the page keeps it as history, not as a problem.
+                status["previous_error"], status["last_error"] = before, None
+            else:
+                status["last_error"] = remaining
         names = ", ".join(v.name for v, _, _ in req.items)
         self.ctx.log.warning(
             "device %s answers %s %d+%d (%s) again",
