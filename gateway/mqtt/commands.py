@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,10 +38,26 @@ Reply = Callable[[dict[str, Any]], None]
 Submit = Callable[[Mapping[str, str], bytes, Reply], str | None]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a value to write (nor valid JSON); send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large to be a number; send a finite number")
+    return value
+
+
 def parse_command(payload: bytes) -> tuple[Any, Any]:
-    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string."""
+    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string.
+
+    NaN, Infinity and numbers too large for a float are refused (ValueError): Python's
+    json reads them, but they are not JSON, no device setting means them, and echoing
+    one back would make the result invalid JSON.
+    """
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError):
         try:
             return payload.decode("utf-8"), None
@@ -80,6 +97,25 @@ class TopicTemplate:
             return None
         groups = m.groupdict()
         return {name: groups[name] for name in self.names if name in groups}
+
+
+def _finite(body: Any) -> Any:
+    """`body` with every NaN or infinite float in it replaced by None."""
+    if isinstance(body, float):
+        return body if math.isfinite(body) else None
+    if isinstance(body, Mapping):
+        return {k: _finite(v) for k, v in body.items()}
+    if isinstance(body, list | tuple):
+        return [_finite(v) for v in body]
+    return body
+
+
+def dump(body: Mapping[str, Any]) -> bytes:
+    """`body` as valid JSON: a non-finite float (no JSON for it) becomes null."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(body), allow_nan=False).encode()
 
 
 def fill(template: str, fields: Mapping[str, str]) -> str:
@@ -178,7 +214,7 @@ class CommandChannel:
         """Publish `body` as JSON at QoS 1 if connected (a source's own status, say)."""
         client = self._client
         if client is not None and client.connected:
-            client.publish(topic.encode(), json.dumps(body).encode(), qos=1, retain=retain)
+            client.publish(topic.encode(), dump(body), qos=1, retain=retain)
 
     def _deliver(
         self, topic: str, payload: bytes, qos: int, props: dict[int, Any], mid: int | None
@@ -201,7 +237,7 @@ class CommandChannel:
             done = True
             self.pending -= 1
             if client.connected:
-                body = json.dumps({**fields, **result}).encode()
+                body = dump({**fields, **result})
                 result_topic = fill(self.result_topic, fields)
                 client.publish(result_topic.encode(), body, qos=1)
                 if response:

@@ -707,6 +707,50 @@ async def test_write_back_verified_at_the_server(plc: PlcStore, mosquitto: Any) 
         await source.close()
 
 
+def strict_json(payload: bytes) -> Any:
+    """JSON as the standard has it: NaN and Infinity are not (Python's json reads them)."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in {payload!r} is not JSON")
+
+    return json.loads(payload, parse_constant=refuse)
+
+
+async def test_a_nan_or_infinite_write_is_refused_and_the_result_is_json(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    # The result echoed "requested": NaN (not JSON), and a float register got NaN written.
+    registers = {
+        "limit": {"address": 20, "type": "float32", "writable": True},
+        "setpoint": {"address": 10, "type": "int16", "writable": True},
+    }
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-nan"}},
+        name="nan1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/nan1/+/set/result")
+    await source.connect()
+    try:
+        async with Pump(source):
+            for register, payload in [("limit", b"NaN"), ("setpoint", b"NaN"),
+                                      ("limit", b'{"value": Infinity, "id": 7}'),
+                                      ("limit", b"-Infinity"), ("limit", b"1e999")]:  # fmt: skip
+                seen = len(probe.received)
+                result = await probe.command(f"modbus/nan1/{register}/set", payload)
+                raw = next(p for t, p, _ in probe.received[seen:] if t.endswith("/result"))
+                assert strict_json(raw) == result, raw
+                assert result["ok"] is False and "finite number" in result["error"], result
+                assert "requested" not in result
+            good = await probe.command("modbus/nan1/limit/set", 1.5)
+            assert good["ok"] is True and good["value"] == 1.5
+    finally:
+        probe.close()
+        await source.close()
+    assert plc.writes == [(1, 16, 20, layout("f", 1.5, "ABCD"))]  # only the finite one
+
+
 async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
     source = make_source(
         {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]

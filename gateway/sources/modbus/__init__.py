@@ -103,7 +103,8 @@ Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
 `modbus/{device}/{register}/set` (`writeback.topic`) on the gateway's broker
 (`writeback.url`, default the top-level `mqtt.url`, whose `username`, `password`
 and `client_id` prefix then apply unless write-back sets its own). The payload is a JSON
-value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`. Only
+value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`; `NaN`,
+`Infinity` and numbers beyond a float are refused (not JSON, no setting). Only
 registers marked `writable: true` are written: the value is converted to the
 register's type, scale and byte order, written (FC 5/6, or 15/16), read back
 and compared, and the outcome published on `modbus/{device}/{register}/set/result`
