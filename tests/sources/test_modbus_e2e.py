@@ -7,6 +7,7 @@ poll carries the new value into PostgreSQL.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 
 # The end-to-end harness (the real gateway process) lives with the e2e tests.
 from tests.e2e.harness import GatewayProcess, wait_for
@@ -165,4 +167,51 @@ def test_the_device_status_says_offline_after_a_stop_and_after_a_kill(
     finally:
         client.loop_stop()
         client.disconnect()
+        gw.close()
+
+
+def test_a_reload_to_a_missing_serial_port_is_applied_the_device_offline(
+    tmp_path: Path, plc_port: int
+) -> None:
+    # As the README says: unlike other components, a Modbus device on a serial port
+    # that does not exist does not roll the reload back; it is offline, retried with
+    # backoff, and the source's other devices are polled meanwhile.
+    plc1 = {"url": f"tcp://127.0.0.1:{plc_port}", "registers": {"v": {"address": 3}}}
+    config: dict[str, Any] = {
+        "sources": {"plant": {"type": "modbus", "interval": "200ms", "devices": {"plc1": plc1}}},
+        "routes": {"readings": {"match": "modbus/+/+", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+    }
+    gw = GatewayProcess(tmp_path, config)
+    out = gw.data_dir / "out.jsonl"
+
+    def polls() -> int:
+        return out.read_text().count('"modbus/plc1/v"') if out.exists() else 0
+
+    try:
+        gw.start()
+        before = gw.status()["config"]["last_reload"]
+        ghost = {"url": f"rtu://{tmp_path / 'no-such-tty'}", "registers": {"v": {"address": 0}}}
+        config["sources"]["plant"]["devices"]["ghost"] = ghost
+        gw.config_path.write_text(yaml.safe_dump(config))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        last = wait_for(
+            lambda: (
+                (r := gw.status()["config"]["last_reload"]) != before
+                and r["outcome"] != "applying"
+                and r
+            ),
+            30,
+            "the reload's outcome",
+        )
+        assert last["outcome"] == "applied", last
+        devices = gw.status()["sources"]["plant"]["devices"]
+        assert devices["ghost"]["state"] == "offline"
+        assert "no-such-tty" in devices["ghost"]["last_error"]
+        seen = polls()
+        wait_for(lambda: polls() >= seen + 3, 30, f"plc1 polled on (log: {gw.log_path})")
+        assert gw.status()["sources"]["plant"]["devices"]["plc1"]["state"] == "online"
+        assert gw.stop() == 0
+    finally:
         gw.close()

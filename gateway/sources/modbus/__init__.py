@@ -82,7 +82,8 @@ and attributes `device`, `register`, `unit_id`, `table`, `address`. With
 value read at that poll, whatever its `interval` (a 10s value joins the 1s values
 every tenth poll).
 
-A device that does not answer (after `retries`), whose connection fails, or
+A device that does not answer (after `retries`), whose connection fails (its
+serial port or host name does not exist, too: a reload is not rolled back for it), or
 that answers with a device-trouble exception (4, 5, 6, 8, 10, 11) is marked
 offline and retried after its interval, doubling up to `backoff_max` (30s);
 the other devices, on its port or elsewhere, keep their schedule. Its state
