@@ -6,9 +6,12 @@ commands (Modbus, OPC UA) keeps a small one (`gateway.mqtt.client.Client`) throu
 each a whole topic level, become `+`), hands each command to the source with the
 placeholders' values, publishes the result when the source replies (on the result
 topic template and on an MQTT 5 response topic if the command has one), and
-acknowledges the command then. It never reconnects by itself: the source calls
-`connect()` again when its retry time comes. `parse_command` reads a command's
-payload: a JSON value or `{"value": ..., "id": ...}`.
+acknowledges the command then. A source may give it a last will (one retained
+message, since MQTT has one per connection) for the broker to publish if the
+connection ends without a DISCONNECT: the process killed, the network lost. It
+never reconnects by itself: the source calls `connect()` again when its retry
+time comes. `parse_command` reads a command's payload: a JSON value or
+`{"value": ..., "id": ...}`.
 
 Nothing here knows a field protocol (no pymodbus, no asyncua): the sources bring
 their own `submit`.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,10 +45,26 @@ Reply = Callable[[dict[str, Any]], None]
 Submit = Callable[[Mapping[str, str], bytes, Reply], str | None]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a value to write (nor valid JSON); send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large to be a number; send a finite number")
+    return value
+
+
 def parse_command(payload: bytes) -> tuple[Any, Any]:
-    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string."""
+    """(value, id) from a JSON value or {"value": ..., "id": ...}; bare text is a string.
+
+    NaN, Infinity and numbers too large for a float are refused (ValueError): Python's
+    json reads them, but they are not JSON, no device setting means them, and echoing
+    one back would make the result invalid JSON.
+    """
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError):
         try:
             return payload.decode("utf-8"), None
@@ -86,6 +106,25 @@ class TopicTemplate:
         return {name: groups[name] for name in self.names if name in groups}
 
 
+def _finite(body: Any) -> Any:
+    """`body` with every NaN or infinite float in it replaced by None."""
+    if isinstance(body, float):
+        return body if math.isfinite(body) else None
+    if isinstance(body, Mapping):
+        return {k: _finite(v) for k, v in body.items()}
+    if isinstance(body, list | tuple):
+        return [_finite(v) for v in body]
+    return body
+
+
+def dump(body: Mapping[str, Any]) -> bytes:
+    """`body` as valid JSON: a non-finite float (no JSON for it) becomes null."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(body), allow_nan=False).encode()
+
+
 def fill(template: str, fields: Mapping[str, str]) -> str:
     """A topic template with each `{name}` of `fields` replaced by its value."""
     for name, value in fields.items():
@@ -115,6 +154,7 @@ class CommandChannel:
         submit: Submit,
         max_pending: int = 100,
         shared_tls_files: tuple[str | None, str | None, str | None] | None = None,
+        will: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """`shared_tls_files`: on the gateway's broker, mqtt.ca_file, mqtt.cert_file and
         mqtt.key_file (write-back has no TLS files of its own)."""
@@ -129,6 +169,8 @@ class CommandChannel:
         self.submit = submit
         self.max_pending = max_pending
         self.tls_files = tls_files(NO_TLS_FILES, shared_tls_files)
+        # published retained by the broker if the connection ends without a DISCONNECT
+        self.will = will
         self.pending = 0
         self.commands = 0
         self.last_error: str | None = None
@@ -161,6 +203,7 @@ class CommandChannel:
                     username=username or None,
                     password=password if username else None,
                     tls=context,
+                    will=self._will(),
                 )
                 self._client = client  # deliveries may start right behind the SUBSCRIBE
                 await client.subscribe([(self.topics.filter, 1)])
@@ -171,7 +214,14 @@ class CommandChannel:
             raise RetryableError(self.last_error) from err
         self.last_error = None
 
+    def _will(self) -> tuple[str, bytes, int, bool] | None:
+        if self.will is None:
+            return None
+        topic, body = self.will
+        return topic, json.dumps(body).encode(), 1, True
+
     async def close(self) -> None:
+        """Disconnect cleanly (the broker then drops the last will); safe to call twice."""
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -180,7 +230,7 @@ class CommandChannel:
         """Publish `body` as JSON at QoS 1 if connected (a source's own status, say)."""
         client = self._client
         if client is not None and client.connected:
-            client.publish(topic.encode(), json.dumps(body).encode(), qos=1, retain=retain)
+            client.publish(topic.encode(), dump(body), qos=1, retain=retain)
 
     def _deliver(
         self, topic: str, payload: bytes, qos: int, props: dict[int, Any], mid: int | None
@@ -203,7 +253,7 @@ class CommandChannel:
             done = True
             self.pending -= 1
             if client.connected:
-                body = json.dumps({**fields, **result}).encode()
+                body = dump({**fields, **result})
                 result_topic = fill(self.result_topic, fields)
                 client.publish(result_topic.encode(), body, qos=1)
                 if response:

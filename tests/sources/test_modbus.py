@@ -21,6 +21,7 @@ import pytest
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.component import Context, Message
 from gateway.sources.modbus import ModbusSource, ModbusSourceConfig
+from tests.sources.late_device import LateDevice, PtyServer, TcpServer
 from tests.sources.modbus_plc import PlcStore, layout, serve_rtu, serve_tcp, serve_udp
 from tests.sources.socat_pair import SocatPair
 
@@ -275,6 +276,37 @@ async def test_a_refused_register_answered_again_is_no_error_any_more(
     assert said[-1].endswith("device plant answers holding 50+1 (bad) again"), said
 
 
+async def test_a_device_refusing_every_read_is_online_and_says_what_it_refuses(
+    plc: PlcStore,
+) -> None:
+    # It stayed "unknown" though it answers (exception 2 to each read).
+    plc.holes[1] = {50, 300}
+    regs = {"flow": {"address": 50}, "level": {"address": 300}}
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "50ms",  # type: ignore[attr-defined]
+                          "registers": regs})  # fmt: skip
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        async with Pump(source) as pump:
+            async with asyncio.timeout(WAIT):
+                # read() returns nothing to wake us (no values): look at the status
+                while device["errors"] < 4:  # noqa: ASYNC110 - both reads refused, twice
+                    await asyncio.sleep(0.02)
+            assert device["state"] == "online"
+            error = device["last_error"]
+            assert error and error.count("illegal data address") == 2, error
+            assert error.startswith("flow: ") and "; level: " in error, error
+            assert device["last_poll"] and device["last_ok"] is None  # answered, no values
+            plc.holes[1] = {300}  # flow's address exists now: only level is refused
+            await pump.until(lambda ms: "modbus/plant/flow" in values(ms), "flow answered")
+            assert device["last_error"].startswith("level: "), device["last_error"]
+            assert "flow" not in device["last_error"]
+    finally:
+        await source.close()
+    assert {r[1:] for r in plc.requests} >= {(3, 50, 1), (3, 300, 1)}
+    assert set(values(pump.messages)) == {"modbus/plant/flow"}
+
+
 async def test_groups_keep_their_own_intervals(plc: PlcStore) -> None:
     registers = {
         "fast": {"address": 0, "interval": "100ms"},
@@ -479,6 +511,48 @@ async def test_silent_unit_goes_offline_and_the_other_keeps_flowing(line: SocatP
     assert devices["m2"]["errors"] >= 1
 
 
+@pytest.mark.parametrize("transport", ["rtu", "rtu+tcp"])
+async def test_a_late_answer_is_not_taken_for_the_next_request(
+    line: SocatPair, transport: str
+) -> None:
+    # RTU answers carry no transaction id: the answer to a timed-out request, arriving
+    # while the next request waits, looked like its answer (same unit, function and
+    # count), and block b was published with block a's values, from then on.
+    device = LateDevice(1, {0: 11, 1: 12, 100: 21, 101: 22}, delay=0.3, late=1, late_delay=0.8)
+    tcp: TcpServer | None = None
+    pty: PtyServer | None = None
+    if transport == "rtu":
+        pty = PtyServer(device, line.b)
+        url = f"rtu://{line.a}?baudrate=115200"
+    else:
+        tcp = await TcpServer(device).start()
+        url = f"rtu+tcp://127.0.0.1:{tcp.port}"
+    regs = {"a0": {"address": 0}, "a1": {"address": 1},
+            "b0": {"address": 100}, "b1": {"address": 101}}  # fmt: skip
+    source = make_source(
+        {"url": url, "interval": "100ms", "timeout": "600ms", "retries": 1, "registers": regs},
+        name="slow",
+    )
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(pump.topic("modbus/slow/b1")) >= 3, "3 polls")
+    finally:
+        await source.close()
+        if pty is not None:
+            pty.close()
+        if tcp is not None:
+            await tcp.close()
+    published = {
+        name: {v["value"] for v in pump.topic(f"modbus/slow/{name}")}
+        for name in ("a0", "a1", "b0", "b1")
+    }
+    assert published == {"a0": {11}, "a1": {12}, "b0": {21}, "b1": {22}}
+    # the first request was sent again (retries: 1) and answered; the device stayed online
+    assert device.requests[:2] == [(0, 2), (0, 2)]
+    assert source.status()["devices"]["slow"]["state"] == "online"
+
+
 async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCaptureFixture) -> None:
     other = PlcStore(units=(1,))
     other.set(1, "holding", 0, [42])
@@ -633,6 +707,50 @@ async def test_write_back_verified_at_the_server(plc: PlcStore, mosquitto: Any) 
         await source.close()
 
 
+def strict_json(payload: bytes) -> Any:
+    """JSON as the standard has it: NaN and Infinity are not (Python's json reads them)."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in {payload!r} is not JSON")
+
+    return json.loads(payload, parse_constant=refuse)
+
+
+async def test_a_nan_or_infinite_write_is_refused_and_the_result_is_json(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    # The result echoed "requested": NaN (not JSON), and a float register got NaN written.
+    registers = {
+        "limit": {"address": 20, "type": "float32", "writable": True},
+        "setpoint": {"address": 10, "type": "int16", "writable": True},
+    }
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-nan"}},
+        name="nan1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/nan1/+/set/result")
+    await source.connect()
+    try:
+        async with Pump(source):
+            for register, payload in [("limit", b"NaN"), ("setpoint", b"NaN"),
+                                      ("limit", b'{"value": Infinity, "id": 7}'),
+                                      ("limit", b"-Infinity"), ("limit", b"1e999")]:  # fmt: skip
+                seen = len(probe.received)
+                result = await probe.command(f"modbus/nan1/{register}/set", payload)
+                raw = next(p for t, p, _ in probe.received[seen:] if t.endswith("/result"))
+                assert strict_json(raw) == result, raw
+                assert result["ok"] is False and "finite number" in result["error"], result
+                assert "requested" not in result
+            good = await probe.command("modbus/nan1/limit/set", 1.5)
+            assert good["ok"] is True and good["value"] == 1.5
+    finally:
+        probe.close()
+        await source.close()
+    assert plc.writes == [(1, 16, 20, layout("f", 1.5, "ABCD"))]  # only the finite one
+
+
 async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
     source = make_source(
         {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]
@@ -652,6 +770,53 @@ async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosqu
     finally:
         probe.close()
         await source.close()
+
+
+async def test_a_stopped_source_leaves_offline_on_the_status_topics(mosquitto: Any) -> None:
+    # The retained status said "online" for ever after the gateway stopped.
+    store = PlcStore(units=(1, 2))
+    server, port = await serve_tcp(store)
+    url = f"tcp://127.0.0.1:{port}"
+    one = {"v": {"address": 0}}
+    source = make_source(
+        {"interval": "200ms",
+         "devices": {"d1": {"url": url, "registers": one},
+                     "d2": {"url": url, "unit": 2, "registers": one}},
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-stop"}},
+        name="stop1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/+/status")
+    await source.connect()
+
+    def last_state(device: str) -> str | None:
+        found = [json.loads(p) for t, p, _ in probe.received if t == f"modbus/{device}/status"]
+        return found[-1]["state"] if found else None
+
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: last_state("d1") == last_state("d2") == "online", "online")
+    finally:
+        await source.close()
+        probe.close()
+        await server.shutdown()
+    # what a client subscribing later is told: retained, offline, and why
+    later = MqttProbe(mosquitto.url)
+    try:
+        await later.subscribe("modbus/+/status")  # (other tests' devices' too)
+        mine = {"modbus/d1/status", "modbus/d2/status"}
+        async with asyncio.timeout(WAIT):
+            while not mine <= {t for t, _, retained in later.received if retained}:
+                later.changed.clear()
+                await later.changed.wait()
+    finally:
+        later.close()
+    told = [(t, p) for t, p, _ in later.received if t in mine]
+    assert len(told) == 2, told
+    for topic, payload in told:
+        status = json.loads(payload)
+        assert status["state"] == "offline", (topic, status)
+        assert status["last_error"] == "not polled: the source stopped" and status["last_ok"]
 
 
 # ---- config ---------------------------------------------------------------------------

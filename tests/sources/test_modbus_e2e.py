@@ -7,6 +7,7 @@ poll carries the new value into PostgreSQL.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 
 # The end-to-end harness (the real gateway process) lives with the e2e tests.
 from tests.e2e.harness import GatewayProcess, wait_for
@@ -118,4 +120,98 @@ def test_modbus_values_reach_postgres_and_write_back_lands(
     finally:
         client.loop_stop()
         client.disconnect()
+        gw.close()
+
+
+def test_the_device_status_says_offline_after_a_stop_and_after_a_kill(
+    tmp_path: Path, mosquitto: Any, plc_port: int
+) -> None:
+    # The retained modbus/<device>/status kept saying "online" once the gateway was gone.
+    config = {
+        "mqtt": {"url": mosquitto.url},
+        "sources": {
+            "plant": {
+                "type": "modbus",
+                "interval": "200ms",
+                "devices": {
+                    "plc1": {
+                        "url": f"tcp://127.0.0.1:{plc_port}",
+                        "registers": {"v": {"address": 3}},
+                    }
+                },
+                "writeback": {"enabled": True, "client_id": "e2e-modbus-will"},
+            }
+        },
+        "routes": {"readings": {"match": "modbus/+/+", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+    }
+    gw = GatewayProcess(tmp_path, config)
+    states: list[dict[str, Any]] = []
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="e2e-modbus-status")
+    subscribed = threading.Event()
+    client.on_message = lambda _c, _u, msg: states.append(json.loads(msg.payload))
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.subscribe("modbus/plc1/status", qos=1)
+        assert subscribed.wait(30)
+        for end in (gw.kill, gw.stop):
+            gw.start()
+            wait_for(lambda: states and states[-1]["state"] == "online", 30,
+                     f"plc1 online on its status topic (log: {gw.log_path})")  # fmt: skip
+            end()
+            wait_for(lambda: states[-1]["state"] == "offline", 30,
+                     f"plc1 offline after {end.__name__} (log: {gw.log_path})")  # fmt: skip
+            assert "not polled" in states[-1]["last_error"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        gw.close()
+
+
+def test_a_reload_to_a_missing_serial_port_is_applied_the_device_offline(
+    tmp_path: Path, plc_port: int
+) -> None:
+    # As the README says: unlike other components, a Modbus device on a serial port
+    # that does not exist does not roll the reload back; it is offline, retried with
+    # backoff, and the source's other devices are polled meanwhile.
+    plc1 = {"url": f"tcp://127.0.0.1:{plc_port}", "registers": {"v": {"address": 3}}}
+    config: dict[str, Any] = {
+        "sources": {"plant": {"type": "modbus", "interval": "200ms", "devices": {"plc1": plc1}}},
+        "routes": {"readings": {"match": "modbus/+/+", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+    }
+    gw = GatewayProcess(tmp_path, config)
+    out = gw.data_dir / "out.jsonl"
+
+    def polls() -> int:
+        return out.read_text().count('"modbus/plc1/v"') if out.exists() else 0
+
+    try:
+        gw.start()
+        before = gw.status()["config"]["last_reload"]
+        ghost = {"url": f"rtu://{tmp_path / 'no-such-tty'}", "registers": {"v": {"address": 0}}}
+        config["sources"]["plant"]["devices"]["ghost"] = ghost
+        gw.config_path.write_text(yaml.safe_dump(config))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        last = wait_for(
+            lambda: (
+                (r := gw.status()["config"]["last_reload"]) != before
+                and r["outcome"] != "applying"
+                and r
+            ),
+            30,
+            "the reload's outcome",
+        )
+        assert last["outcome"] == "applied", last
+        devices = gw.status()["sources"]["plant"]["devices"]
+        assert devices["ghost"]["state"] == "offline"
+        assert "no-such-tty" in devices["ghost"]["last_error"]
+        seen = polls()
+        wait_for(lambda: polls() >= seen + 3, 30, f"plc1 polled on (log: {gw.log_path})")
+        assert gw.status()["sources"]["plant"]["devices"]["plc1"]["state"] == "online"
+        assert gw.stop() == 0
+    finally:
         gw.close()

@@ -39,7 +39,10 @@ are asked one request at a time (a serial port belongs to one source: a second
 source, Modbus or serial, naming it is refused by the config check); on a
 serial line the source keeps the inter-frame silence (`frame_delay`, default
 3.5 characters, 1.75 ms above 19200 baud) between the end of one answer and
-the next request.
+the next request. RTU answers (`rtu://`, `rtu+tcp://`) carry no transaction
+id, so after an unanswered request the line stays quiet for one more `timeout`
+and whatever arrives then is dropped: a device slower than `timeout` costs
+polls, never a late answer published under the next request's registers.
 
 Device keys (each may also be set once for all devices at the source level):
 `interval` (1s), `timeout` (1s, per request), `retries` (1: requests sent
@@ -79,23 +82,30 @@ and attributes `device`, `register`, `unit_id`, `table`, `address`. With
 value read at that poll, whatever its `interval` (a 10s value joins the 1s values
 every tenth poll).
 
-A device that does not answer (after `retries`), whose connection fails, or
+A device that does not answer (after `retries`), whose connection fails (its
+serial port or host name does not exist, too: a reload is not rolled back for it), or
 that answers with a device-trouble exception (4, 5, 6, 8, 10, 11) is marked
 offline and retried after its interval, doubling up to `backoff_max` (30s);
 the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
 under `devices`: `last_error` is what is wrong now and is cleared when an
 offline device answers again, or a read the device refused (illegal data address:
-check the register map) is answered again (`previous_error` and `last_error_at`
+check the register map; a device that refuses reads answers, so it is online, with
+every refused read named in `last_error`) is answered again (`previous_error` and `last_error_at`
 keep the last one), and with write-back enabled also published retained on
-`modbus/<device>/status`.
+`modbus/<device>/status` (`{"state", "last_error", "last_ok", "unit"}`). When the
+source stops, each device's status becomes `"state": "offline"`; a source with one
+device also leaves it as its connection's last will, so a killed gateway leaves
+`offline` too (one will per MQTT connection: with several devices, only a clean stop
+does).
 
 Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
 `status_topic`, `client_id`, `username`, `password`): the source subscribes to
 `modbus/{device}/{register}/set` (`writeback.topic`) on the gateway's broker
 (`writeback.url`, default the top-level `mqtt.url`, whose `username`, `password`
 and `client_id` prefix then apply unless write-back sets its own). The payload is a JSON
-value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`. Only
+value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`; `NaN`,
+`Infinity` and numbers beyond a float are refused (not JSON, no setting). Only
 registers marked `writable: true` are written: the value is converted to the
 register's type, scale and byte order, written (FC 5/6, or 15/16), read back
 and compared, and the outcome published on `modbus/{device}/{register}/set/result`

@@ -304,7 +304,13 @@ class WritebackConfig:
     ] = "modbus/{device}/{register}/set/result"
     status_topic: Annotated[
         str | None,
-        Doc("Where each device's state is published, retained: `{device}`; `null`: not published."),
+        Doc(
+            "Where each device's state is published, retained: `{device}`; `null`: not"
+            " published. A stopping source publishes `offline` for each device; with one"
+            " device, a last will also leaves `offline` if the gateway is killed (MQTT"
+            " allows one will per connection, so with several a killed gateway leaves"
+            " their last states)."
+        ),
     ] = "modbus/{device}/status"
     client_id: Annotated[
         str | None,
@@ -375,14 +381,21 @@ class ModbusSourceConfig(SourceConfig):
     ] = 1.0
     timeout: Annotated[
         Duration,
-        Doc("How long one request may wait for its answer. Each device may set its own."),
+        Doc(
+            "How long one request may wait for its answer. Each device may set its own."
+            " On an RTU line (rtu://, rtu+tcp://) an unanswered request is followed by one"
+            " more `timeout` of silence before anything else is sent: RTU answers carry no"
+            " transaction id, and a late answer must not be taken for the next request's"
+            " (what arrives meanwhile is dropped). Set it above the device's slowest answer."
+        ),
         Range(0.001, 60, "must be between 1ms and 60s"),
     ] = 1.0
     retries: Annotated[
         int,
         Doc(
             "Requests sent again at once before the device counts as failing. Each device"
-            " may set its own."
+            " may set its own. On an RTU line a request is sent again only after one more"
+            " `timeout` of silence (see timeout), so each retry costs two timeouts there."
         ),
         Range(0, 10, "must be 0..10"),
     ] = 1

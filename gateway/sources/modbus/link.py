@@ -11,6 +11,13 @@ reconnect logic of its own (the source's scheduler decides when to try again)
 and turns every failure into one of two errors: `LinkError` (no usable answer:
 timeout, connection lost, garbled frame) or `DeviceException` (the device
 answered with a Modbus exception code).
+
+RTU answers carry no transaction id, so after a request went unanswered on an
+RTU line (`rtu://`, `rtu+tcp://`) the link keeps the line quiet for one more
+reply wait before it raises: a late answer to that request arrives while no
+request is waiting, and pymodbus drops it ("received pdu without a
+corresponding request") instead of handing it to the next request as its
+answer, which would publish one block's values under another block's names.
 """
 
 from __future__ import annotations
@@ -106,6 +113,12 @@ class LinkSpec:
     @property
     def serial(self) -> bool:
         return self.kind == "rtu"
+
+    @property
+    def untagged(self) -> bool:
+        """RTU frames (on a serial port or tunnelled over TCP) carry no transaction id:
+        an answer cannot be told from the answer to an earlier request."""
+        return self.kind in ("rtu", "rtu+tcp")
 
     @property
     def char_bits(self) -> int:
@@ -273,6 +286,16 @@ class Link:
         if client is not None:
             client.close()
 
+    async def _drain(self, reply_wait: float) -> None:
+        """After an unanswered request on an RTU line: let its late answer arrive unasked.
+
+        The caller holds the port, so nothing is sent meanwhile; what arrives finds no
+        request waiting and is dropped by pymodbus (and a partial frame is cleared when
+        the next request is sent). Wire timing, so real time, not the injected clock.
+        """
+        if self.spec.untagged and self.connected:
+            await asyncio.sleep(reply_wait)
+
     async def _execute(self, call: Any, what: str, reply_wait: float) -> Any:
         client = self._client
         if client is None or not client.connected:
@@ -285,6 +308,8 @@ class Link:
         except ModbusException as err:
             if not client.connected:
                 self.close()
+            else:
+                await self._drain(reply_wait)
             raise LinkError(f"{what}: no valid answer within {reply_wait:g}s ({err})") from err
         except (TimeoutError, OSError) as err:
             self.close()
@@ -327,6 +352,7 @@ class Link:
         # A late answer to an earlier, timed-out request can look like an answer to
         # this one on a serial line (RTU frames carry no transaction id).
         if len(values) != count:
+            await self._drain(reply_wait)
             raise LinkError(f"{what}: answer carries {len(values)} values, expected {count}")
         return values
 

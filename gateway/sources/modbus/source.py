@@ -147,6 +147,7 @@ class ModbusSource(Source):
                 password=wb.password or (self.ctx.mqtt_password if shared else None),
                 shared_tls_files=self.ctx.mqtt_tls_files if shared else None,
                 submit=self._submit_write,
+                will=self._status_will(),
             )
             self._channel_backoff.reset()
             await self._connect_channel()
@@ -192,6 +193,9 @@ class ModbusSource(Source):
                 bus.writes.popleft().reply({"ok": False, "error": "source is closing"})
         self._channel_job = None
         if self._channel is not None:
+            # Not polled any more: say so, retained, instead of the last "online".
+            for dev in self._devices.values():
+                self._publish_status(dev, stopped="not polled: the source stopped")
             await self._channel.close()
             self._channel = None
 
@@ -324,7 +328,11 @@ class ModbusSource(Source):
                 if err.device_trouble:
                     self._device_failed(dev, err, clock.monotonic())
                     break
+                # A refusal is an answer: the device is there, its register map is wrong.
+                news = self._device_answered(dev, _iso(clock.now_ns()))
                 self._request_refused(group, req, err)
+                if news:
+                    self._publish_status(dev)
                 continue
             now = clock.monotonic()
             created = clock.now_ns()
@@ -374,28 +382,55 @@ class ModbusSource(Source):
 
     # ---- device state ---------------------------------------------------
 
-    def _publish_status(self, dev: Device) -> None:
-        """With write-back on, publish a device's state on `status_topic`, retained."""
+    def _publish_status(self, dev: Device, stopped: str | None = None) -> None:
+        """With write-back on, publish a device's state on `status_topic`, retained;
+        with `stopped`, "offline" for that reason (the source no longer polls it)."""
         topic = self.config.writeback.status_topic
         if self._channel is not None and topic is not None:
             self._channel.publish(
-                topic.replace("{device}", dev.name), self._public_state(dev), retain=True
+                topic.replace("{device}", dev.name), self._public_state(dev, stopped), retain=True
             )
 
-    def _public_state(self, dev: Device) -> dict[str, Any]:
+    def _public_state(self, dev: Device, stopped: str | None = None) -> dict[str, Any]:
         s = dev.status
         return {
-            "state": s["state"],
-            "last_error": s["last_error"],
+            "state": s["state"] if stopped is None else "offline",
+            "last_error": s["last_error"] if stopped is None else stopped,
             "last_ok": s["last_ok"],
             "unit": dev.unit,
         }
 
+    def _status_will(self) -> tuple[str, dict[str, Any]] | None:
+        """The write-back connection's last will: "offline" on the status topic, if the
+        source has one status topic (one device). MQTT gives a connection one will, so
+        with several devices a killed gateway leaves their last states (a clean stop
+        publishes "offline" for each)."""
+        topic = self.config.writeback.status_topic
+        if topic is None:
+            return None
+        topics = {topic.replace("{device}", name): dev for name, dev in self._devices.items()}
+        if len(topics) != 1:
+            return None
+        [(one, dev)] = topics.items()
+        return one, {
+            "state": "offline",
+            "last_error": "not polled: the gateway's connection to the broker ended",
+            "last_ok": None,
+            "unit": dev.unit,
+        }
+
     def _device_ok(self, dev: Device, ts: str) -> None:
+        dev.status["last_ok"] = ts
+        if self._device_answered(dev, ts):
+            self._publish_status(dev)
+
+    def _device_answered(self, dev: Device, ts: str) -> bool:
+        """The device answered (values or a refusal): it is online. True when that is
+        news (the caller publishes the status, once its last_error is right)."""
         status = dev.status
-        status["last_poll"] = status["last_ok"] = ts
+        status["last_poll"] = ts
         if dev.online:
-            return
+            return False
         was_offline = dev.online is False
         dev.online = True
         dev.backoff.reset()
@@ -409,7 +444,7 @@ class ModbusSource(Source):
             self.ctx.log.info(
                 "device %s (%s unit %d) is online", dev.name, dev.spec.describe(), dev.unit
             )
-        self._publish_status(dev)
+        return True
 
     def _device_failed(self, dev: Device, err: Exception, now: float) -> None:
         dev.status["errors"] += 1
@@ -451,10 +486,11 @@ class ModbusSource(Source):
             )
             return
         problem = f"{names}: {err}"
-        dev.status["last_error"] = problem
+        first = req.refused is None
+        req.refused = problem
+        dev.status["last_error"] = self._refusals(dev)
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
-        if req.refused is None:
-            req.refused = problem
+        if first:
             self.ctx.log.error(
                 "device %s refuses %s %d+%d (%s): %s; check the register map",
                 dev.name,
@@ -465,13 +501,29 @@ class ModbusSource(Source):
                 err,
             )
 
+    def _refusals(self, dev: Device) -> str | None:
+        """Every read of `dev` it refuses now, "names: error", joined with "; "."""
+        found = [
+            req.refused
+            for g in self._buses[dev.spec.key].groups
+            if g.device is dev
+            for req in g.requests
+            if req.refused is not None
+        ]
+        return "; ".join(found) if found else None
+
     def _request_answered(self, dev: Device, req: Request[Value]) -> None:
         """A read the device refused is answered again (its register map was fixed)."""
-        problem, req.refused = req.refused, None
+        before = self._refusals(dev)
+        req.refused = None
         status = dev.status
-        if status["last_error"] == problem:
-            # What was wrong is over; the page keeps it as history, not as a problem.
-            status["previous_error"], status["last_error"] = problem, None
+        if status["last_error"] == before:
+            remaining = self._refusals(dev)
+            if remaining is None:
+                # What was wrong is over; the page keeps it as history, not as a problem.
+                status["previous_error"], status["last_error"] = before, None
+            else:
+                status["last_error"] = remaining
         names = ", ".join(v.name for v, _, _ in req.items)
         self.ctx.log.warning(
             "device %s answers %s %d+%d (%s) again",
