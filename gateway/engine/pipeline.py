@@ -690,10 +690,14 @@ class Engine:
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
+        # Only data waits for room. A commit of state alone (the resets and the replica's
+        # restore done before the sinks start) would otherwise wait for sinks that are not
+        # running yet, and the gateway would never start.
+        data = bool(items or rows or dead or tick)
         while True:
-            if self.store.over_budget:
+            if data and self.store.over_budget:
                 await self.store.make_room()
-            if self.store.over_budget or self.store.check_disk():
+            if data and (self.store.over_budget or self.store.check_disk()):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()

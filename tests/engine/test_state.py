@@ -29,7 +29,7 @@ from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
 from gateway.metrics import metrics_json, registry_for
 from gateway.store import admin
-from gateway.store.sqlite import Store
+from gateway.store.sqlite import Batch, Store
 from tests.engine.test_engine import FakeClock, until
 
 pytestmark = pytest.mark.unit
@@ -362,3 +362,40 @@ async def test_late_early_and_evicted_counts_are_in_the_status_and_the_metrics(
     )
     assert sample("edge_stream_window_open", "edge_stream_window_open") == 1
     assert sample("edge_stream_window_dropped", "edge_stream_window_dropped_total") == 0
+
+
+async def test_a_state_reset_left_for_the_next_start_does_not_wait_for_a_full_buffer(
+    tmp_path: Path,
+) -> None:
+    """The resets `state reset` leaves for the next start are committed before the sinks
+    run; with the buffer full of data a `block` sink waits for, that commit waited for
+    room only the sinks could make, and the gateway never started (nor stopped)."""
+    text = RELOADED.format(data=tmp_path, size="10s", topic="agg").replace(
+        "buffer: {batch_linger: 0}", "buffer: {batch_linger: 0, max_bytes: 1MiB, overflow: block}"
+    )
+    cfg = validate(text, "gateway.yaml")
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    first = Engine(cfg, store, clock=FakeClock())
+    first.router = first._build_router()
+    await first._commit([reading(1, 5)])
+    bit = store.bit("out")
+    full = [(FlowFile.create("plant/y", b'{"v": 1}' + b" " * 2000), bit) for _ in range(600)]
+    await store.commit(Batch(full, [], {}, []))
+    assert store.over_budget
+    await store.close()
+    with admin.open_admin(tmp_path / "store.db") as a:
+        assert a.reset_state("agg.0", running=False) == "done"
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    try:
+        engine = Engine(cfg, store, clock=FakeClock())
+        running = asyncio.ensure_future(engine.run())
+        async with asyncio.timeout(10):
+            await engine.ready.wait()
+        assert await rows(store) == []
+        engine.stop()
+        async with asyncio.timeout(10):
+            await running
+    finally:
+        await store.close()
