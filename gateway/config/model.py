@@ -169,7 +169,9 @@ class MqttSection:
         str | None,
         Doc(
             "The prefix of the client ids on this broker (default `edge-stream-<gateway"
-            " id>`); each source adds `-<source name>`."
+            " id>`); each source adds `-<source name>`, the status topics' client adds"
+            " `.status` and the remote config channel's `.remote-config` (a component name"
+            " has no `.`, so a source named `status` keeps its own session)."
         ),
     ] = None
     username: Annotated[
@@ -911,8 +913,9 @@ class Config:
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:
         """One MQTT client id per broker: two clients with the same one take the session
         from each other for ever (each connect closes the other), and share its
-        subscriptions. Sources, sinks and the gateway's own status and remote config
-        clients, by their effective ids."""
+        subscriptions. Sources and sinks, by their effective ids. The gateway's own status
+        and remote config clients are `<prefix>.status` and `<prefix>.remote-config`,
+        which no default id can be (a component name has no `.`)."""
         gateway, mqtt = self.gateway, self.mqtt
         if gateway is None or mqtt is None:
             return
@@ -938,14 +941,6 @@ class Config:
             else:
                 taken[where] = who
 
-        status = self.status
-        if status is not None and status.enabled:
-            yield from claim(own, f"{prefix}-status", "status", "the status topics")
-        remote = self.remote_config
-        if remote is not None and remote.enabled:
-            yield from claim(
-                remote.broker or own, f"{prefix}-remote-config", "remote_config", "remote_config"
-            )
         for name, source in (self.sources or {}).items():
             if source is not None and source.type == "mqtt":
                 url = getattr(source, "url", None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config import secrets
 from gateway.config.load import load, load_data, parse_text
@@ -397,7 +400,6 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
         sources:
           a: {type: mqtt, topics: ["a/#"], client_id: same}
           b: {type: mqtt, topics: ["b/#"], client_id: same}
-          status: {type: mqtt, topics: ["c/#"]}
           central: {type: mqtt, topics: ["d/#"], url: "mqtt://127.0.0.1:1884"}
           elsewhere: {type: mqtt, topics: ["e/#"], url: "mqtt://10.0.0.9:1883", client_id: same}
         routes:
@@ -410,11 +412,35 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
     assert problems(path) == [
         f"{path}:5: sources.b.client_id: 'same' on 127.0.0.1:1883 is the MQTT client id of"
         f" source 'a' too: {tail}",
-        f"{path}:6: sources.status.client_id: 'edge-stream-pi-01-status' on 127.0.0.1:1883 is"
-        f" the MQTT client id of the status topics too: {tail}",
-        f"{path}:12: sinks.central.client_id: 'edge-stream-pi-01-central' on 127.0.0.1:1884 is"
+        f"{path}:11: sinks.central.client_id: 'edge-stream-pi-01-central' on 127.0.0.1:1884 is"
         f" the MQTT client id of source 'central' too: {tail}",
     ]
+
+
+def test_mqtt_sources_named_status_or_remote_config_keep_their_own_client_ids(
+    tmp_path: Path,
+) -> None:
+    # The status topics' client was `<prefix>-status`, the id of a source named `status`
+    # (devices/+/status): its clean start wiped the source's persistent session, and
+    # then the config was refused with advice nobody could follow (status has no
+    # client_id). The gateway's own clients now use `.`, which no component name has.
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+        remote_config: {{enabled: true, public_key: "{base64.b64encode(raw).decode()}"}}
+        sources:
+          status: {{type: mqtt, topics: ["devices/+/status"]}}
+          remote-config: {{type: mqtt, topics: ["devices/+/config"]}}
+        routes:
+          r: {{match: "#", sinks: [out]}}
+        sinks:
+          out: {{type: file, path: out.jsonl}}
+        """,
+    )
+    config = load(path, environ={})
+    assert set(config.sources) == {"status", "remote-config"}
 
 
 def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: Path) -> None:
