@@ -1105,11 +1105,12 @@ class SinkConfig:
     rate_limit: Annotated[
         float | None,
         Doc(
-            "At most this many FlowFiles per second (default: no limit), e.g. while a"
-            " backlog drains over a thin uplink; a write then takes at most one second's"
-            " worth."
+            "At most this many FlowFiles per second (default, or 0: no limit), e.g. while a"
+            " backlog drains over a thin uplink. A write then takes at most one second's"
+            " worth (at least one FlowFile), so a whole number holds in every second; a"
+            " fraction holds on average (2.5: two FlowFiles, then 0.8 s; 0.5: one, then 2 s)."
         ),
-        Range(0, None, "must be more than 0 (leave it out for no limit)", above=True),
+        Range(0, None, "must be 0 (no limit) or more"),
     ] = None
     overflow: Annotated[
         Overflow | None,

@@ -1191,3 +1191,22 @@ def test_a_json_config_names_the_line_of_each_problem_and_refuses_a_repeated_key
     with pytest.raises(ConfigError) as err:
         load(str(path))
     assert err.value.problems == [f"{path}:2: invalid JSON: duplicate key 'h' (first on line 1)"]
+
+
+def test_a_sink_rate_limit_of_0_is_no_limit_and_a_negative_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    # rate_limit: 0 always meant no limit (the runner paces only a rate it has); refusing
+    # it since a change of the same day kept an upgraded gateway with it from starting.
+    text = """\
+        sources:
+          in: {{type: mqtt, topics: ["a/#"]}}
+        routes:
+          r: {{match: "#", sinks: [out]}}
+        sinks:
+          out: {{type: file, path: out.jsonl, rate_limit: {rate}}}
+        """
+    config = load(write(tmp_path, text.format(rate=0)), environ={})
+    assert config.sinks["out"].rate_limit == 0
+    path = write(tmp_path, text.format(rate=-1))
+    assert problems(path) == [f"{path}:7: sinks.out.rate_limit: must be 0 (no limit) or more"]
