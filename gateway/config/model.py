@@ -34,7 +34,7 @@ from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter, validate_topic
-from gateway.mqtt.urls import parse_url, url_problem
+from gateway.mqtt.urls import client_cert_problems, parse_url, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -193,10 +193,14 @@ class MqttSection:
         str | None,
         Doc(
             "For `mqtts://`: a client certificate (PEM), for every component on this broker"
-            " that sets none of its own; goes with `key_file`."
+            " that sets none of its own; its key is `key_file`, or without one in this file"
+            " too (a combined PEM)."
         ),
     ] = None
-    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    key_file: Annotated[
+        str | None,
+        Doc("The client certificate's private key (PEM; default: read from `cert_file`)."),
+    ] = None
     embedded_listen: Annotated[
         str,
         Doc(
@@ -233,8 +237,7 @@ class MqttSection:
                         name,
                         f"needs TLS: url {mask_password(self.url)!r} is not mqtts://host:port",
                     )
-        if bool(self.cert_file) != bool(self.key_file):
-            yield "cert_file", "cert_file and key_file go together"
+        yield from client_cert_problems(self.cert_file, self.key_file)
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (
@@ -462,10 +465,13 @@ class RemoteConfigSection:
         str | None,
         Doc(
             "Client certificate (PEM) for mqtts:// (default on the gateway's broker:"
-            " `mqtt.cert_file` and `mqtt.key_file`)."
+            " `mqtt.cert_file` and `mqtt.key_file`); its key is `key_file`, or without one"
+            " in this file too (a combined PEM)."
         ),
     ] = None
-    key_file: Annotated[str | None, Doc("Its private key (PEM).")] = None
+    key_file: Annotated[
+        str | None, Doc("Its private key (PEM; default: read from `cert_file`).")
+    ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.broker is not None and not self.broker.startswith(("mqtt://", "mqtts://")):
@@ -477,6 +483,7 @@ class RemoteConfigSection:
             problem = url_problem(self.broker)
             if problem:
                 yield "broker", problem
+        yield from client_cert_problems(self.cert_file, self.key_file)
         if not self.enabled:
             return
         if not self.public_key:
