@@ -123,7 +123,7 @@ def files_tls_context(files: tuple[TlsFile, TlsFile, TlsFile]) -> ssl.SSLContext
     be read or used (OSError said "[Errno 2] No such file or directory", naming none)."""
     try:
         return tls_context(files[0][1], files[1][1], files[2][1])
-    except OSError as err:  # ssl.SSLError included
+    except (OSError, ValueError) as err:  # ssl.SSLError included; ValueError: a NUL in a path
         named = ", ".join(f"{key} {path!r}" for key, path in files if path)
         raise TlsFilesError(
             f"cannot use the TLS files ({named or 'the system CAs'}): {err}"

@@ -292,7 +292,7 @@ class MqttSink(Sink):
         if self.tls:
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-            except OSError as err:  # ssl.SSLError included
+            except (OSError, ValueError) as err:  # ssl.SSLError; ValueError: a NUL in a path
                 raise permanent(
                     f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
                 ) from err

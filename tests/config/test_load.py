@@ -1244,3 +1244,22 @@ def test_a_sink_rate_limit_of_0_is_no_limit_and_a_negative_one_is_refused(
     assert config.sinks["out"].rate_limit == 0
     path = write(tmp_path, text.format(rate=-1))
     assert problems(path) == [f"{path}:7: sinks.out.rate_limit: must be 0 (no limit) or more"]
+
+
+def test_a_served_tls_path_with_a_nul_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # open() raises ValueError ("embedded null byte") for such a path, which the check
+    # did not catch: check-config ended in a traceback.
+    path = write(
+        tmp_path,
+        """\
+        web:
+          enabled: true
+          listen: "127.0.0.1:18090"
+          tls_cert: "/etc/edge-stream/web\\0.crt"
+          tls_key: /etc/edge-stream/web.key
+        """,
+    )
+    assert [p for p in problems(path) if "web." in p] == [
+        f"{path}:5: web.tls_cert: '/etc/edge-stream/web\\x00.crt' cannot be read (the path"
+        " holds a NUL)"
+    ]

@@ -509,11 +509,12 @@ async def test_tls_certificates_refused_either_side_are_permanent(
     with pytest.raises(PermanentError, match=r"certificate is not trusted.*check ca_file"):
         await untrusting.connect()
     await untrusting.close()
-    # TLS files that cannot be read.
-    missing = make_sink(mosquitto_tls.url, ca_file=str(tmp_path / "nowhere.pem"))
-    with pytest.raises(PermanentError, match="cannot use the TLS files"):
-        await missing.connect()
-    await missing.close()
+    # TLS files that cannot be read, or whose path holds a NUL (a ValueError crashed it).
+    for ca_file in (str(tmp_path / "nowhere.pem"), "/etc/ca\0.pem"):
+        missing = make_sink(mosquitto_tls.url, ca_file=ca_file)
+        with pytest.raises(PermanentError, match="cannot use the TLS files"):
+            await missing.connect()
+        await missing.close()
 
 
 class PasswordMosquitto(servers.Mosquitto):
