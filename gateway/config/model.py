@@ -34,7 +34,7 @@ from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter, validate_topic
-from gateway.mqtt.urls import parse_url, url_problem
+from gateway.mqtt.urls import client_cert_problems, parse_url, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -169,7 +169,9 @@ class MqttSection:
         str | None,
         Doc(
             "The prefix of the client ids on this broker (default `edge-stream-<gateway"
-            " id>`); each source adds `-<source name>`."
+            " id>`); each source adds `-<source name>`, the status topics' client adds"
+            " `.status` and the remote config channel's `.remote-config` (a component name"
+            " has no `.`, so a source named `status` keeps its own session)."
         ),
     ] = None
     username: Annotated[
@@ -191,10 +193,14 @@ class MqttSection:
         str | None,
         Doc(
             "For `mqtts://`: a client certificate (PEM), for every component on this broker"
-            " that sets none of its own; goes with `key_file`."
+            " that sets none of its own; its key is `key_file`, or without one in this file"
+            " too (a combined PEM)."
         ),
     ] = None
-    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    key_file: Annotated[
+        str | None,
+        Doc("The client certificate's private key (PEM; default: read from `cert_file`)."),
+    ] = None
     embedded_listen: Annotated[
         str,
         Doc(
@@ -231,8 +237,7 @@ class MqttSection:
                         name,
                         f"needs TLS: url {mask_password(self.url)!r} is not mqtts://host:port",
                     )
-        if bool(self.cert_file) != bool(self.key_file):
-            yield "cert_file", "cert_file and key_file go together"
+        yield from client_cert_problems(self.cert_file, self.key_file)
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             yield (
@@ -460,10 +465,13 @@ class RemoteConfigSection:
         str | None,
         Doc(
             "Client certificate (PEM) for mqtts:// (default on the gateway's broker:"
-            " `mqtt.cert_file` and `mqtt.key_file`)."
+            " `mqtt.cert_file` and `mqtt.key_file`); its key is `key_file`, or without one"
+            " in this file too (a combined PEM)."
         ),
     ] = None
-    key_file: Annotated[str | None, Doc("Its private key (PEM).")] = None
+    key_file: Annotated[
+        str | None, Doc("Its private key (PEM; default: read from `cert_file`).")
+    ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.broker is not None and not self.broker.startswith(("mqtt://", "mqtts://")):
@@ -475,6 +483,7 @@ class RemoteConfigSection:
             problem = url_problem(self.broker)
             if problem:
                 yield "broker", problem
+        yield from client_cert_problems(self.cert_file, self.key_file)
         if not self.enabled:
             return
         if not self.public_key:
@@ -911,8 +920,9 @@ class Config:
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:
         """One MQTT client id per broker: two clients with the same one take the session
         from each other for ever (each connect closes the other), and share its
-        subscriptions. Sources, sinks and the gateway's own status and remote config
-        clients, by their effective ids."""
+        subscriptions. Sources and sinks, by their effective ids. The gateway's own status
+        and remote config clients are `<prefix>.status` and `<prefix>.remote-config`,
+        which no default id can be (a component name has no `.`)."""
         gateway, mqtt = self.gateway, self.mqtt
         if gateway is None or mqtt is None:
             return
@@ -938,14 +948,6 @@ class Config:
             else:
                 taken[where] = who
 
-        status = self.status
-        if status is not None and status.enabled:
-            yield from claim(own, f"{prefix}-status", "status", "the status topics")
-        remote = self.remote_config
-        if remote is not None and remote.enabled:
-            yield from claim(
-                remote.broker or own, f"{prefix}-remote-config", "remote_config", "remote_config"
-            )
         for name, source in (self.sources or {}).items():
             if source is not None and source.type == "mqtt":
                 url = getattr(source, "url", None)
@@ -1110,11 +1112,12 @@ class SinkConfig:
     rate_limit: Annotated[
         float | None,
         Doc(
-            "At most this many FlowFiles per second (default: no limit), e.g. while a"
-            " backlog drains over a thin uplink; a write then takes at most one second's"
-            " worth."
+            "At most this many FlowFiles per second (default, or 0: no limit), e.g. while a"
+            " backlog drains over a thin uplink. A write then takes at most one second's"
+            " worth (at least one FlowFile), so a whole number holds in every second; a"
+            " fraction holds on average (2.5: two FlowFiles, then 0.8 s; 0.5: one, then 2 s)."
         ),
-        Range(0, None, "must be more than 0 (leave it out for no limit)", above=True),
+        Range(0, None, "must be 0 (no limit) or more"),
     ] = None
     overflow: Annotated[
         Overflow | None,

@@ -36,6 +36,8 @@ def _peek(key: str, path: str) -> bytes:
             return f.read(_PEEK)
     except OSError as err:
         raise ServedTlsError(key, f"{path} cannot be read ({err.strerror or err})") from err
+    except ValueError as err:  # open() refuses a path with a NUL in it
+        raise ServedTlsError(key, f"{path!r} cannot be read (the path holds a NUL)") from err
 
 
 def served_tls(cert: str, key: str) -> ssl.SSLContext:

@@ -378,9 +378,10 @@ class SinkRunner:
             max_bytes = config.batch.max_bytes
             linger = config.batch.linger
             rate = config.rate_limit
-            if rate:
+            if rate:  # None or 0: no limit
                 # A batch holds at most one second's worth, so that no second carries more
-                # than rate_limit (a whole batch went at once, then the pause came).
+                # than rate_limit (a whole batch went at once, then the pause came); a
+                # fraction holds on average (2.5: two, then 0.8 s), as documented.
                 limit = min(limit, max(1, int(rate)))
             try:
                 if not self.connected:

@@ -144,7 +144,7 @@ class RemoteConfig:
             settings,
             url,
             config.gateway.id,
-            f"{prefix}-remote-config",
+            f"{prefix}.remote-config",
             username,
             password,
             keepalive,

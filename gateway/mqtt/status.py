@@ -109,7 +109,7 @@ class StatusChannel:
         return _Plan(
             url,
             config.gateway.id,
-            f"{prefix}-status",
+            f"{prefix}.status",
             username,
             password,
             int(mqtt.keepalive),

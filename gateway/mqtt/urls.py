@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 from gateway.config.schema import mask_password
@@ -63,6 +64,31 @@ def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None
     return context
 
 
+# A PEM certificate chain and its key are a few kB; a look this far tells what a file holds.
+_PEEK = 1 << 20
+
+
+def client_cert_problems(cert_file: str | None, key_file: str | None) -> Iterator[tuple[str, str]]:
+    """The config check of a client certificate: `key_file` needs its `cert_file`; a
+    `cert_file` alone is a combined PEM (`load_cert_chain` reads the key from it), so it
+    must hold a private key too. A file that cannot be read is left to the connect, whose
+    error names it, as for a pair."""
+    if key_file and not cert_file:
+        yield "key_file", "key_file needs the cert_file whose key it is"
+    elif cert_file and not key_file:
+        try:
+            with open(cert_file, "rb") as f:
+                text = f.read(_PEEK)
+        except (OSError, ValueError):  # ValueError: a path with a NUL
+            return
+        if b"PRIVATE KEY-----" not in text:
+            yield (
+                "cert_file",
+                f"{cert_file} holds no private key: set key_file, or put the key in this"
+                " file after the certificate (PEM)",
+            )
+
+
 # (the config key that names it, its path or None): what a TLS error message quotes
 TlsFile = tuple[str, str | None]
 NO_TLS_FILES: tuple[str | None, str | None, str | None] = (None, None, None)
@@ -97,7 +123,7 @@ def files_tls_context(files: tuple[TlsFile, TlsFile, TlsFile]) -> ssl.SSLContext
     be read or used (OSError said "[Errno 2] No such file or directory", naming none)."""
     try:
         return tls_context(files[0][1], files[1][1], files[2][1])
-    except OSError as err:  # ssl.SSLError included
+    except (OSError, ValueError) as err:  # ssl.SSLError included; ValueError: a NUL in a path
         named = ", ".join(f"{key} {path!r}" for key, path in files if path)
         raise TlsFilesError(
             f"cannot use the TLS files ({named or 'the system CAs'}): {err}"

@@ -37,7 +37,8 @@ engine's job (capped exponential backoff with jitter); the MQTT library's own
 reconnect loop is off.
 
 TLS: an `mqtts://` URL; `ca_file` verifies the broker (default: the system's
-CAs), `cert_file` and `key_file` present a client certificate. `username` and
+CAs), `cert_file` and `key_file` present a client certificate (`cert_file` alone: a
+combined PEM holding the key too). `username` and
 `password` log in; the password may be an `ENC(...)` secret and is never
 logged.
 
@@ -61,7 +62,7 @@ Keys
   password: null
   ca_file: null            CA bundle for mqtts:// (default: the system's)
   cert_file: null          client certificate (PEM) for mqtts://
-  key_file: null           its private key (PEM)
+  key_file: null           its private key (PEM) (default: read from cert_file)
   keepalive: 30s           (default 30s)
   connect_timeout: 10s     (default 10s)
   timeout: 30s             the longest a batch may wait for its PUBACKs (default 30s)
@@ -100,7 +101,7 @@ from gateway.mqtt.client import (
     tls_refusal,
     user_properties,
 )
-from gateway.mqtt.urls import login, parse_url, tls_context
+from gateway.mqtt.urls import client_cert_problems, login, parse_url, tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
@@ -165,9 +166,16 @@ class MqttSinkConfig(SinkConfig):
         Doc("CA bundle that verifies the broker, for `mqtts://` (default: the system's CAs)."),
     ] = None
     cert_file: Annotated[
-        str | None, Doc("Client certificate (PEM) for `mqtts://`; goes with `key_file`.")
+        str | None,
+        Doc(
+            "Client certificate (PEM) for `mqtts://`; its key is `key_file`, or without one"
+            " in this file too (a combined PEM)."
+        ),
     ] = None
-    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    key_file: Annotated[
+        str | None,
+        Doc("The client certificate's private key (PEM; default: read from `cert_file`)."),
+    ] = None
     keepalive: Annotated[
         Duration, Doc("The MQTT keepalive."), Range(1, 65535, "must be between 1s and 65535s")
     ] = 30.0
@@ -187,8 +195,7 @@ class MqttSinkConfig(SinkConfig):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):
                         yield name, "needs TLS: use an mqtts:// URL"
-        if bool(self.cert_file) != bool(self.key_file):
-            yield "cert_file", "cert_file and key_file go together"
+        yield from client_cert_problems(self.cert_file, self.key_file)
         topic = self.topic or ""
         try:
             fields = [name for _, name, _, _ in template_parts(topic) if name]
@@ -285,7 +292,7 @@ class MqttSink(Sink):
         if self.tls:
             try:
                 context = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
-            except OSError as err:  # ssl.SSLError included
+            except (OSError, ValueError) as err:  # ssl.SSLError; ValueError: a NUL in a path
                 raise permanent(
                     f"cannot use the TLS files (ca_file, cert_file, key_file): {err}"
                 ) from err

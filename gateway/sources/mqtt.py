@@ -16,8 +16,9 @@ sources:
     #                             certificate (default on the gateway's broker:
     #                             mqtt.ca_file, else the system's CAs)
     # cert_file: client.pem       a client certificate, for brokers that require one,
-    # key_file: client.key        and its private key (default on the gateway's broker:
-    #                             mqtt.cert_file and mqtt.key_file)
+    # key_file: client.key        and its private key (default: read from cert_file;
+    #                             on the gateway's broker: mqtt.cert_file and
+    #                             mqtt.key_file)
     # retained: new_subscription_only
     #                             retained messages: sent by the broker when the subscription
     #                             is new (MQTT 5 Retain Handling 1), `always` at every
@@ -123,7 +124,14 @@ from gateway.core.flowfile import (
     uuid7,
 )
 from gateway.core.topics import validate_filter
-from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url, tls_files
+from gateway.mqtt.urls import (
+    TlsFilesError,
+    client_cert_problems,
+    files_tls_context,
+    login,
+    parse_url,
+    tls_files,
+)
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
 READ_BATCH = 2000
@@ -243,11 +251,15 @@ class MqttSourceConfig(SourceConfig):
     cert_file: Annotated[
         str | None,
         Doc(
-            "A client certificate (PEM), for brokers that require one; goes with `key_file`"
-            " (default on the gateway's broker: `mqtt.cert_file` and `mqtt.key_file`)."
+            "A client certificate (PEM), for brokers that require one; its key is"
+            " `key_file`, or without one in this file too (a combined PEM) (default on the"
+            " gateway's broker: `mqtt.cert_file` and `mqtt.key_file`)."
         ),
     ] = None
-    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    key_file: Annotated[
+        str | None,
+        Doc("The client certificate's private key (PEM; default: read from `cert_file`)."),
+    ] = None
 
     # check() runs even when a key failed (None there), so that one mistake hides no other.
     check_incomplete: ClassVar[bool] = True
@@ -270,8 +282,7 @@ class MqttSourceConfig(SourceConfig):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if not tls and getattr(self, name):
                         yield name, "needs TLS: use an mqtts:// URL"
-        if bool(self.cert_file) != bool(self.key_file):
-            yield "cert_file", "cert_file and key_file go together"
+        yield from client_cert_problems(self.cert_file, self.key_file)
 
     @property
     def maximum_packet_size(self) -> int:

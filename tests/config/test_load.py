@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config import secrets
 from gateway.config.load import load, load_data, parse_text
@@ -397,7 +400,6 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
         sources:
           a: {type: mqtt, topics: ["a/#"], client_id: same}
           b: {type: mqtt, topics: ["b/#"], client_id: same}
-          status: {type: mqtt, topics: ["c/#"]}
           central: {type: mqtt, topics: ["d/#"], url: "mqtt://127.0.0.1:1884"}
           elsewhere: {type: mqtt, topics: ["e/#"], url: "mqtt://10.0.0.9:1883", client_id: same}
         routes:
@@ -410,17 +412,41 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
     assert problems(path) == [
         f"{path}:5: sources.b.client_id: 'same' on 127.0.0.1:1883 is the MQTT client id of"
         f" source 'a' too: {tail}",
-        f"{path}:6: sources.status.client_id: 'edge-stream-pi-01-status' on 127.0.0.1:1883 is"
-        f" the MQTT client id of the status topics too: {tail}",
-        f"{path}:12: sinks.central.client_id: 'edge-stream-pi-01-central' on 127.0.0.1:1884 is"
+        f"{path}:11: sinks.central.client_id: 'edge-stream-pi-01-central' on 127.0.0.1:1884 is"
         f" the MQTT client id of source 'central' too: {tail}",
     ]
+
+
+def test_mqtt_sources_named_status_or_remote_config_keep_their_own_client_ids(
+    tmp_path: Path,
+) -> None:
+    # The status topics' client was `<prefix>-status`, the id of a source named `status`
+    # (devices/+/status): its clean start wiped the source's persistent session, and
+    # then the config was refused with advice nobody could follow (status has no
+    # client_id). The gateway's own clients now use `.`, which no component name has.
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+        remote_config: {{enabled: true, public_key: "{base64.b64encode(raw).decode()}"}}
+        sources:
+          status: {{type: mqtt, topics: ["devices/+/status"]}}
+          remote-config: {{type: mqtt, topics: ["devices/+/config"]}}
+        routes:
+          r: {{match: "#", sinks: [out]}}
+        sinks:
+          out: {{type: file, path: out.jsonl}}
+        """,
+    )
+    config = load(path, environ={})
+    assert set(config.sources) == {"status", "remote-config"}
 
 
 def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: Path) -> None:
     # One bad key of an MQTT source hid every other problem of it (receive_maximum 0
     # here); TLS files on plain mqtt:// were silently unused (the source spoke plain
-    # MQTT), and a cert_file without its key_file failed only at each connect.
+    # MQTT), and a key_file without its cert_file failed only at each connect.
     path = write(
         tmp_path,
         """\
@@ -428,7 +454,7 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
         sources:
           a: {type: mqtt, topics: ["a/#"], retained: sometimes, max_payload: 0, receive_maximum: 0}
           b: {type: mqtt, topics: ["b/#"], url: "mqtt://broker:1883", ca_file: /ca.pem}
-          c: {type: mqtt, topics: ["c/#"], url: "mqtts://broker", cert_file: /c.pem}
+          c: {type: mqtt, topics: ["c/#"], url: "mqtts://broker", key_file: /c.key}
           d: {type: mqtt, topics: ["d/#"], ca_file: /ca.pem}
           e: {type: mqtt, topics: ["e/#"], url: "mqtts://broker", ca_file: /ca.pem}
         """,
@@ -439,7 +465,7 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
         f"{path}:4: sources.a.max_payload: must be at least 1 byte",
         f"{path}:4: sources.a.receive_maximum: must be between 1 and 16384",
         f"{path}:5: sources.b.ca_file: needs TLS: use an mqtts:// URL",
-        f"{path}:6: sources.c.cert_file: cert_file and key_file go together",
+        f"{path}:6: sources.c.key_file: key_file needs the cert_file whose key it is",
         f"{path}:7: sources.d.ca_file: needs TLS: the gateway's broker (mqtt.url"
         " 'mqtt://127.0.0.1:1883') is not mqtts://; set url: mqtts://host:port here, or"
         " mqtt.url",
@@ -448,7 +474,7 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert not any("sources.d." in p for p in problems(path))
 
 
-def test_mqtt_tls_files_need_mqtts_and_a_cert_needs_its_key(tmp_path: Path) -> None:
+def test_mqtt_tls_files_need_mqtts_and_a_key_needs_its_cert(tmp_path: Path) -> None:
     # The gateway's broker had no TLS files: with a private CA the status topics never
     # connected. Its new ones are checked as a source's are.
     path = write(
@@ -461,12 +487,11 @@ def test_mqtt_tls_files_need_mqtts_and_a_cert_needs_its_key(tmp_path: Path) -> N
         f"{path}:2: mqtt.ca_file: needs TLS: url 'mqtt://127.0.0.1:1883' is not mqtts://host:port",
         f"{path}:2: mqtt.cert_file: needs TLS: url 'mqtt://127.0.0.1:1883' is not"
         " mqtts://host:port",
-        f"{path}:2: mqtt.cert_file: cert_file and key_file go together",
     ]
     path = write(tmp_path, "mqtt: {url: auto, key_file: /c.key}\n")
     assert problems(path) == [
         f"{path}:2: mqtt.key_file: needs TLS: url 'auto' is not mqtts://host:port",
-        f"{path}:2: mqtt.cert_file: cert_file and key_file go together",
+        f"{path}:2: mqtt.key_file: key_file needs the cert_file whose key it is",
     ]
     path = write(
         tmp_path,
@@ -474,6 +499,41 @@ def test_mqtt_tls_files_need_mqtts_and_a_cert_needs_its_key(tmp_path: Path) -> N
         " key_file: /c.key}\n",
     )
     assert load(path, environ={}).mqtt.ca_file == "/ca.pem"
+
+
+def test_a_cert_file_alone_is_a_combined_pem_that_must_hold_the_key(tmp_path: Path) -> None:
+    # load_cert_chain(cert, None) reads the key from the certificate file, so a combined
+    # PEM in cert_file worked; a check of the same day refused a cert_file without
+    # key_file. Now allowed wherever the MQTT TLS keys are, if the file holds a key.
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n"
+    (tmp_path / "combined.pem").write_text(cert + key)
+    (tmp_path / "cert.pem").write_text(cert)
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    text = """\
+        mqtt: {url: "mqtts://127.0.0.1:8883", cert_file: PEM}
+        remote_config:
+          enabled: true
+          public_key: "KEY"
+          cert_file: PEM
+        sources:
+          a: {type: mqtt, topics: ["a/#"], url: "mqtts://broker", cert_file: PEM}
+        routes:
+          r: {match: "#", sinks: [central]}
+        sinks:
+          central: {type: mqtt, url: "mqtts://central", cert_file: PEM}
+        """.replace("KEY", base64.b64encode(raw).decode())
+    path = write(tmp_path, text.replace("PEM", str(tmp_path / "combined.pem")))
+    assert load(path, environ={}).mqtt.cert_file == str(tmp_path / "combined.pem")
+    pem = tmp_path / "cert.pem"
+    path = write(tmp_path, text.replace("PEM", str(pem)))
+    tail = "holds no private key: set key_file, or put the key in this file after the certificate"
+    assert problems(path) == [
+        f"{path}:2: mqtt.cert_file: {pem} {tail} (PEM)",
+        f"{path}:8: sources.a.cert_file: {pem} {tail} (PEM)",
+        f"{path}:12: sinks.central.cert_file: {pem} {tail} (PEM)",
+        f"{path}:6: remote_config.cert_file: {pem} {tail} (PEM)",
+    ]
 
 
 def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None:
@@ -1165,3 +1225,41 @@ def test_a_json_config_names_the_line_of_each_problem_and_refuses_a_repeated_key
     with pytest.raises(ConfigError) as err:
         load(str(path))
     assert err.value.problems == [f"{path}:2: invalid JSON: duplicate key 'h' (first on line 1)"]
+
+
+def test_a_sink_rate_limit_of_0_is_no_limit_and_a_negative_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    # rate_limit: 0 always meant no limit (the runner paces only a rate it has); refusing
+    # it since a change of the same day kept an upgraded gateway with it from starting.
+    text = """\
+        sources:
+          in: {{type: mqtt, topics: ["a/#"]}}
+        routes:
+          r: {{match: "#", sinks: [out]}}
+        sinks:
+          out: {{type: file, path: out.jsonl, rate_limit: {rate}}}
+        """
+    config = load(write(tmp_path, text.format(rate=0)), environ={})
+    assert config.sinks["out"].rate_limit == 0
+    path = write(tmp_path, text.format(rate=-1))
+    assert problems(path) == [f"{path}:7: sinks.out.rate_limit: must be 0 (no limit) or more"]
+
+
+def test_a_served_tls_path_with_a_nul_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # open() raises ValueError ("embedded null byte") for such a path, which the check
+    # did not catch: check-config ended in a traceback.
+    path = write(
+        tmp_path,
+        """\
+        web:
+          enabled: true
+          listen: "127.0.0.1:18090"
+          tls_cert: "/etc/edge-stream/web\\0.crt"
+          tls_key: /etc/edge-stream/web.key
+        """,
+    )
+    assert [p for p in problems(path) if "web." in p] == [
+        f"{path}:5: web.tls_cert: '/etc/edge-stream/web\\x00.crt' cannot be read (the path"
+        " holds a NUL)"
+    ]

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, GatewaySection, MqttSection
+from gateway.config.model import Config, GatewaySection, MqttSection, RemoteConfigSection
+from gateway.config.remote import Outcome
+from gateway.mqtt.remote import RemoteConfig
 from gateway.mqtt.status import StatusChannel
 from tests import servers
 
@@ -93,3 +95,34 @@ async def test_mqtt_tls_files_that_cannot_be_read_are_named_in_the_error(tmp_pat
         f"cannot publish the status on 127.0.0.1:1: cannot use the TLS files (mqtt.ca_file"
         f" {missing!r}): "
     )
+
+
+async def test_the_gateway_s_own_client_ids_are_none_a_component_can_have() -> None:
+    # `<prefix>-status` and `<prefix>-remote-config` were the default ids of MQTT sources
+    # named `status` or `remote-config` (names may hold `-`): the status client's clean
+    # start wiped such a source's persistent session. A component name has no `.`.
+    config = Config(
+        gateway=GatewaySection(id="pi-01"),
+        remote_config=RemoteConfigSection(enabled=True, public_key="unused"),
+    )
+    ready = asyncio.Event()
+    status = StatusChannel(
+        config=lambda: config, broker_url=lambda: "mqtt://127.0.0.1:1", stats=dict, ready=ready
+    )
+    plan = status._plan()
+    assert plan is not None and plan.client_id == "edge-stream-pi-01.status"
+
+    async def reload() -> Outcome:
+        raise AssertionError("not called")
+
+    channel = RemoteConfig(
+        config=lambda: config,
+        broker_url=lambda: "mqtt://127.0.0.1:1",
+        config_hash=lambda: None,
+        config_path="unused.yaml",
+        reload=reload,
+        settle=lambda text: None,
+        ready=ready,
+    )
+    remote_plan = channel._plan()
+    assert remote_plan is not None and remote_plan.client_id == "edge-stream-pi-01.remote-config"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.mqtt.broker import GatewayBroker
-from gateway.mqtt.urls import login, parse_url
+from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +41,10 @@ def test_the_gateway_broker_is_shown_without_its_password() -> None:
     assert broker.describe() == "MQTT broker mqtt://gw:***@10.0.0.5:1883"
     assert broker.status()["url"] == "mqtt://gw:***@10.0.0.5:1883"
     assert broker.url == "mqtt://gw:Pw0rdQz@10.0.0.5:1883"  # what the components connect to
+
+
+def test_a_tls_file_path_with_a_nul_is_a_tls_files_error() -> None:
+    # open() raises ValueError ("embedded null byte"), not OSError: the MQTT source and
+    # the status channel crashed on it instead of naming the file in their error.
+    with pytest.raises(TlsFilesError, match=r"cannot use the TLS files \(ca_file '/ca\\x00"):
+        files_tls_context((("ca_file", "/ca\0.pem"), ("cert_file", None), ("key_file", None)))

@@ -455,6 +455,39 @@ async def test_tls_with_a_client_certificate(
     assert "s3cret-pw" not in caplog.text
 
 
+async def test_tls_with_a_combined_pem_as_cert_file_alone(
+    mosquitto_tls: servers.Mosquitto, ns: str, collect: Any, tmp_path: Any
+) -> None:
+    # load_cert_chain(cert, None) reads the key from the certificate file, so a combined
+    # PEM in cert_file worked; a check of the same day refused a cert_file without key_file.
+    assert mosquitto_tls.cert_file is not None and mosquitto_tls.key_file is not None
+    combined = tmp_path / "client-and-key.pem"
+    combined.write_bytes(mosquitto_tls.cert_file.read_bytes() + mosquitto_tls.key_file.read_bytes())
+    collector = collect(mosquitto_tls, ns)
+    sink = make_sink(
+        mosquitto_tls.url,
+        topic=f"{ns}/{{topic}}",
+        ca_file=str(mosquitto_tls.ca_file),
+        cert_file=str(combined),
+    )
+    await sink.connect()
+    try:
+        assert await sink.write([FlowFile.create("s", b"1")]) == []
+    finally:
+        await sink.close()
+    assert len(await collector.settled(at_least=1)) == 1
+    # A certificate alone holds no key: said at the config check, naming the file.
+    _, problems = config_problems(
+        url=mosquitto_tls.url,
+        ca_file=str(mosquitto_tls.ca_file),
+        cert_file=str(mosquitto_tls.cert_file),
+    )
+    assert problems == [
+        f"sinks.central.cert_file: {mosquitto_tls.cert_file} holds no private key: set"
+        " key_file, or put the key in this file after the certificate (PEM)"
+    ]
+
+
 async def test_tls_certificates_refused_either_side_are_permanent(
     mosquitto_tls: servers.Mosquitto, tmp_path: Any
 ) -> None:
@@ -476,11 +509,12 @@ async def test_tls_certificates_refused_either_side_are_permanent(
     with pytest.raises(PermanentError, match=r"certificate is not trusted.*check ca_file"):
         await untrusting.connect()
     await untrusting.close()
-    # TLS files that cannot be read.
-    missing = make_sink(mosquitto_tls.url, ca_file=str(tmp_path / "nowhere.pem"))
-    with pytest.raises(PermanentError, match="cannot use the TLS files"):
-        await missing.connect()
-    await missing.close()
+    # TLS files that cannot be read, or whose path holds a NUL (a ValueError crashed it).
+    for ca_file in (str(tmp_path / "nowhere.pem"), "/etc/ca\0.pem"):
+        missing = make_sink(mosquitto_tls.url, ca_file=ca_file)
+        with pytest.raises(PermanentError, match="cannot use the TLS files"):
+            await missing.connect()
+        await missing.close()
 
 
 class PasswordMosquitto(servers.Mosquitto):
@@ -544,7 +578,7 @@ async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_runnin
     [
         ({"url": "tcp://broker:1883"}, "url: 'tcp://broker:1883' is not an mqtt://"),
         ({"url": "mqtt://b", "ca_file": "/ca.pem"}, "ca_file: needs TLS"),
-        ({"url": "mqtts://b", "cert_file": "/c.pem"}, "cert_file and key_file go together"),
+        ({"url": "mqtts://b", "key_file": "/c.key"}, "key_file needs the cert_file whose key"),
         ({"url": "mqtt://b", "topic": "site/{site}/{topic}"}, "unknown placeholder {site}"),
         ({"url": "mqtt://b", "topic": "site/+/{topic}"}, "no wildcards"),
         ({"url": "mqtt://b", "topic": ""}, "topic: must not be empty"),

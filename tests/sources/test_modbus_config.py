@@ -46,9 +46,9 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         # was said twice
         ({"url": "tcp://127.0.0.1:5020", "registers": {}},
          "registers: list at least one register"),
-        # YAML reads `none` as text: every device's status went retained to topic "none"
-        ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "none"}},
-         "writeback.status_topic: 'none' would be a topic; write status_topic: null (no quotes)"
+        # a quoted "null" is text: every device's status went retained to topic "null"
+        ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
+         "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"
          " to publish no status"),
     ],
 )  # fmt: skip
@@ -59,6 +59,23 @@ def test_a_problem_is_said_once_with_its_key(raw: dict[str, Any], expected: str)
 def test_a_null_status_topic_publishes_no_status() -> None:
     raw = {"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": None}}
     assert problems_of(raw) == []
+
+
+@pytest.mark.parametrize("written", ["none", "None", "NONE"])
+def test_a_status_topic_of_none_as_text_is_null(written: str) -> None:
+    # The older docs said "(none: not published)", and YAML reads `none` as text: such a
+    # config was refused since a change of the same day (before it, every device's status
+    # went retained to the topic "none"). It now means null, quietly.
+    raw = {
+        "type": "modbus",
+        "url": "tcp://127.0.0.1:5020",
+        "registers": ONE,
+        "writeback": {"enabled": True, "status_topic": written},
+    }
+    problems = Problems()
+    config = build_dataclass(ModbusSourceConfig, raw, (), problems)
+    assert problems.items == []
+    assert config.writeback.status_topic is None
 
 
 def test_unit_0_stays_valid_over_tcp() -> None:

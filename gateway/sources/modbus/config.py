@@ -305,11 +305,11 @@ class WritebackConfig:
     status_topic: Annotated[
         str | None,
         Doc(
-            "Where each device's state is published, retained: `{device}`; `null`: not"
-            " published. A stopping source publishes `offline` for each device; with one"
-            " device, a last will also leaves `offline` if the gateway is killed (MQTT"
-            " allows one will per connection, so with several a killed gateway leaves"
-            " their last states)."
+            "Where each device's state is published, retained: `{device}`; `null` or `none`"
+            " (any case): not published. A stopping source publishes `offline` for each"
+            " device; with one device, a last will also leaves `offline` if the gateway is"
+            " killed (MQTT allows one will per connection, so with several a killed gateway"
+            " leaves their last states)."
         ),
     ] = "modbus/{device}/status"
     client_id: Annotated[
@@ -321,9 +321,15 @@ class WritebackConfig:
     ] = None
     password: Annotated[str | None, Doc("The password, may be `ENC(...)`; never logged.")] = None
 
+    def __post_init__(self) -> None:
+        # YAML reads `none` as text; older docs said "(none: not published)", so configs
+        # hold it: it means null (before, every device's status went retained to "none").
+        if isinstance(self.status_topic, str) and self.status_topic.lower() == "none":
+            object.__setattr__(self, "status_topic", None)
+
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.status_topic is not None and self.status_topic.lower() in ("none", "null"):
-            # YAML reads `none` as text: every device's status went retained to topic "none"
+        if self.status_topic is not None and self.status_topic.lower() == "null":
+            # a quoted "null" is text: every device's status would go retained to "null"
             yield (
                 "status_topic",
                 f"{self.status_topic!r} would be a topic; write status_topic: null (no quotes)"
