@@ -327,7 +327,11 @@ class IncrementalSource(Source):
                 )
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
-            self._after = tuple(rows[0]) if rows else None
+            if rows:
+                # kept at once: a restart before the next row must not skip what came
+                # meanwhile by taking the end again
+                self._after = tuple(rows[0])
+                await self.ctx.save_position(self._position(self._after))
 
     # -- polling -----------------------------------------------------------------------
 

@@ -262,3 +262,28 @@ async def test_a_ca_file_the_mysql_source_cannot_use_stops_it(
         await source.close()  # a connection made in plain text is closed at once
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value) and "edge-test" not in str(caught.value)
+
+
+async def test_start_at_the_end_keeps_its_place_across_a_restart_before_any_new_row(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    table = unique_name()
+    db.create(table)
+    db.insert(table, [("old", 1, T0)] * 3)
+    source = {
+        "type": db.kind,
+        "dsn": db.dsn,
+        "table": table,
+        "cursor": "id",
+        "start": "end",
+        "interval": "100ms",
+    }
+    engine = await run_engine(source)
+    await until(lambda: engine.snapshot().sources["rows"].to_json()["position"] == [3])
+    await stop(engine)
+    db.insert(table, [("while-down", 2, T0)] * 2)  # added after it started: to be read
+    engine = await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    db.insert(table, [("new", 3, T0)])
+    await until(lambda: len(lines(tmp_path)) >= 3)
+    assert [x["payload"]["id"] for x in lines(tmp_path)] == [4, 5, 6]
