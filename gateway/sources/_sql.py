@@ -70,7 +70,8 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
             "The column that orders the rows and marks how far the source has read: an"
             " auto-increment id, or a timestamp set when a row is written (then also set"
             " `key`). Rows are read in its order; a row whose cursor value is below one"
-            " already read (a transaction that committed late) is not seen.",
+            " already read (a transaction that committed late) is not seen, nor is a row"
+            " whose cursor (or `key`) is NULL.",
             example="id",
         ),
     ]
@@ -271,13 +272,15 @@ class IncrementalSource(Source):
         else:
             wanted = list(dict.fromkeys([*config.columns, *order]))
             names = ", ".join(q(c) for c in wanted)
-        sql = f"SELECT {names} FROM {q(config.table)}"
+        # a NULL cursor or key sorts first (MySQL) or last (PostgreSQL) and compares with
+        # nothing: read as the position, no row would ever come after it
+        sql = f"SELECT {names} FROM {q(config.table)} WHERE {self._not_null()}"
         if not first:
             if config.key is None:
-                sql += f" WHERE {q(config.cursor)} > {p(1)}"
+                sql += f" AND {q(config.cursor)} > {p(1)}"
             else:
                 c, k = q(config.cursor), q(config.key)
-                sql += f" WHERE ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
+                sql += f" AND ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
         by = ", ".join(q(c) for c in order)
         limit = 1 if first else (2 if config.key is None else 4)
         return f"{sql} ORDER BY {by} LIMIT {p(limit)}"
@@ -288,7 +291,13 @@ class IncrementalSource(Source):
         order = self._order()
         names = ", ".join(q(c) for c in order)
         by = ", ".join(f"{q(c)} DESC" for c in order)
-        return f"SELECT {names} FROM {q(self.config.table)} ORDER BY {by} LIMIT {self.param(1)}"
+        return (
+            f"SELECT {names} FROM {q(self.config.table)} WHERE {self._not_null()}"
+            f" ORDER BY {by} LIMIT {self.param(1)}"
+        )
+
+    def _not_null(self) -> str:
+        return " AND ".join(f"{self.quote(c)} IS NOT NULL" for c in self._order())
 
     # -- positions ---------------------------------------------------------------------
 

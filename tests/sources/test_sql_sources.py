@@ -287,3 +287,25 @@ async def test_start_at_the_end_keeps_its_place_across_a_restart_before_any_new_
     db.insert(table, [("new", 3, T0)])
     await until(lambda: len(lines(tmp_path)) >= 3)
     assert [x["payload"]["id"] for x in lines(tmp_path)] == [4, 5, 6]
+
+
+async def test_rows_with_no_cursor_value_are_passed_over_without_stalling(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    table = unique_name()
+    q = "`" if db.kind == "mysql" else '"'
+    db.server.execute(f"CREATE TABLE {q}{table}{q} (name VARCHAR(20), seq INT)")
+
+    def insert(name: str, seq: int | None) -> None:
+        value = "NULL" if seq is None else str(seq)
+        db.server.execute(f"INSERT INTO {q}{table}{q} (name, seq) VALUES ('{name}', {value})")
+
+    insert("no-seq", None)
+    insert("one", 1)
+    source = {"type": db.kind, "dsn": db.dsn, "table": table, "cursor": "seq"}
+    source["interval"] = "100ms"
+    engine = await run_engine(source)
+    await until(lambda: engine.snapshot().sources["rows"].to_json()["position"] == [1])
+    insert("two", 2)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["payload"]["name"] for x in lines(tmp_path)] == ["one", "two"]
