@@ -142,6 +142,21 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
     return items
 
 
+_QUERY = re.compile(r"""(https?://[^\s'"?#]*)[?#][^\s'"]*""")
+
+
+def _failure(err: BaseException) -> str:
+    """A failed GET in one line, without the query of any URL in it (it may hold an API
+    key): aiohttp's redirect errors read `0, message='', url='http://host/x?key=...'`."""
+    if isinstance(err, aiohttp.TooManyRedirects):
+        what = f"too many redirects ({len(err.history)})"
+    elif isinstance(err, aiohttp.ClientResponseError):
+        what = f"{err.status} {err.message}".strip()
+    else:
+        what = " ".join(str(err).split()) or type(err).__name__
+    return _QUERY.sub(r"\1", what)
+
+
 def _template_fields(template: str) -> list[str]:
     """The fields a topic template uses; ValueError, in one line of ours rather than
     Python's format-string text, for a lone brace or a field that is no plain name."""
@@ -330,8 +345,7 @@ class RestSource(Source):
                 f"GET {self._where} did not answer within {cfg.timeout:g}s"
             ) from err
         except (aiohttp.ClientError, OSError) as err:
-            what = str(err) or type(err).__name__
-            raise RetryableError(f"GET {self._where} failed: {what}") from err
+            raise RetryableError(f"GET {self._where} failed: {_failure(err)}") from err
         if len(body) > cfg.max_body:
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:

@@ -252,3 +252,21 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     assert problems(url="http://h/x", headers={"bad header": "v"}) == [
         "sources.api.headers.bad header: is not a valid HTTP header name"
     ]
+
+
+async def test_a_redirect_loop_is_said_in_one_line_without_the_query(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # an API key in the query must not reach the log or /api/status, as `_where` intends
+    source = make_source(url=f"{http_receiver.url}/api?api_key=s3cret-key")
+    await source.connect()
+    try:
+        http_receiver.control(302, headers={"Location": "/api?api_key=s3cret-key&again=1"})
+        with pytest.raises(RetryableError) as caught:
+            await source.poll_messages()
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    text = str(caught.value)
+    assert "s3cret" not in text and "\n" not in text
+    assert text == f"GET {http_receiver.url}/api failed: too many redirects (10)"
