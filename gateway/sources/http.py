@@ -20,7 +20,8 @@ request is stored:
        send fewer objects at once
   415  a Content-Type other than application/json (or `…+json`), or a
        Content-Encoding other than gzip, deflate or none
-  400  a body that is not JSON, not an object or an array of objects, a gzip or
+  400  a body that is not JSON (NaN, Infinity or a number beyond a double, such as
+       1e999, neither), not an object or an array of objects, a gzip or
        deflate body that does not decompress, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
@@ -86,6 +87,7 @@ import errno
 import hmac
 import json
 import logging
+import math
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -110,7 +112,16 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+def _finite(text: str) -> float:
+    """A JSON number as a float; ValueError for one beyond a double (`1e999`): Python
+    reads it as infinity, which an array's objects were stored as (`Infinity`, no JSON)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is beyond the range of a double")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite).decode
 
 MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 # aiohttp's limit on the request line (8190 by default) answers a longer line itself, in

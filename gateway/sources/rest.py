@@ -6,7 +6,8 @@ whose topic comes from `topic`, a template with `{field}` for a field of the ite
 (its `/`, `+` and `#` become `_`, so that it stays one topic level) and `{source}`
 for this source's name. An item without a field the template needs, or that is
 no object while the template needs one, goes to the dead letters. NaN and
-Infinity in an answer (no JSON, but some APIs send them) become null.
+Infinity in an answer (no JSON, but some APIs send them) become null, and so does a
+number beyond the range of a double (`1e999`).
 
 `select` is a small path language (a subset of JSONPath):
   (empty)            the whole answer
@@ -64,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import re
 import ssl
 from collections.abc import Iterator
@@ -143,6 +145,13 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
 
 
 _QUERY = re.compile(r"""(https?://[^\s'"?#]*)[?#][^\s'"]*""")
+
+
+def _finite(text: str) -> float | None:
+    """A JSON number; None for one beyond a double (`1e999`), as for Infinity: Python
+    reads it as infinity, which the content held as `Infinity` (no JSON)."""
+    value = float(text)
+    return None if math.isinf(value) else value
 
 
 def _failure(err: BaseException) -> str:
@@ -350,7 +359,7 @@ class RestSource(Source):
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:
             # NaN and Infinity, which some APIs send, are no JSON: null keeps the content JSON
-            value = json.loads(body, parse_constant=lambda _: None)
+            value = json.loads(body, parse_constant=lambda _: None, parse_float=_finite)
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             return self._failed(f"the answer is not JSON ({err})")
         if self.last_status is not None:

@@ -422,6 +422,19 @@ async def test_a_lone_surrogate_is_refused_in_an_object_as_in_an_array(
     assert [r["payload"] for r in lines(tmp_path)] == [{"a": "\U0001f600"}] * 2
 
 
+async def test_a_number_beyond_a_double_is_refused_not_stored_as_infinity(
+    ingest: Any, tmp_path: Path
+) -> None:
+    """An array's object was stored as {"a":Infinity}, which is no JSON."""
+    error = {"error": "the body is not JSON: the number 1e999 is beyond the range of a double"}
+    for body in (b'[{"a":1e999}]', b'{"a":1e999}', b'[{"a":{"b":[1e999]}}]'):
+        assert await ingest("/ingest/a", body) == (400, error)
+    status, answer = await ingest("/ingest/a", b'[{"a":1e308,"b":-2.5e-320}]')
+    assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert [r["payload"] for r in lines(tmp_path)] == [{"a": 1e308, "b": -2.5e-320}]
+
+
 async def test_a_compressed_body_is_taken_or_refused_in_one_json_line(
     ingest: Any, tmp_path: Path
 ) -> None:

@@ -166,6 +166,21 @@ async def test_nan_and_infinity_in_an_answer_become_null(
     assert [m.flowfile.content for m in messages] == [b'{"v":null}', b'{"v":null}', b'{"v":1.5}']
 
 
+async def test_a_number_beyond_a_double_becomes_null_as_infinity_does(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # read as infinity, it was written back as {"v":Infinity}: no JSON
+    http_receiver.control(203, body='{"v":1e999,"w":[-2e308,1e308]}')
+    source = make_source(url=f"{http_receiver.url}/big")
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    assert message.flowfile.content == b'{"v":null,"w":[null,1e+308]}'
+
+
 async def test_a_lone_surrogate_in_an_answer_does_not_crash_the_source(
     http_receiver: servers.HttpReceiver,
 ) -> None:
