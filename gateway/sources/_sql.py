@@ -101,8 +101,9 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
         str,
         Doc(
             "The topic of each row's FlowFile: a template with `{column}` for a column's"
-            " value, `{table}` and `{source}`. A value's `/`, `+`, `#` become `_`, so that"
-            " it stays one topic level; `{{` and `}}` for a literal brace.",
+            " value (written as in the row's JSON: NULL `null`), `{table}` and `{source}`."
+            " A value's `/`, `+`, `#` become `_`, so that it stays one topic level; `{{`"
+            " and `}}` for a literal brace.",
             example="db/{table}/{device}",
         ),
     ] = "db/{table}"
@@ -206,7 +207,16 @@ def _decode_value(value: Any) -> Any:
 
 
 def _level(value: Any) -> str:
-    text = value.isoformat() if isinstance(value, dt.date) else str(value)
+    """A value as one topic level, written as in the row's JSON (NULL `null`, a boolean
+    `true`, bytes as text or base64; it read `None`, `True`, `b'...'`)."""
+    if value is None or isinstance(value, bool):
+        text = orjson.dumps(value).decode()
+    elif isinstance(value, dt.date | dt.time):
+        text = value.isoformat()
+    elif isinstance(value, bytes | bytearray | memoryview):
+        text = _json_default(value)
+    else:
+        text = str(value)
     return text.replace("/", "_").replace("+", "_").replace("#", "_").replace("\0", "_") or "_"
 
 

@@ -309,3 +309,19 @@ async def test_rows_with_no_cursor_value_are_passed_over_without_stalling(
     insert("two", 2)
     await until(lambda: len(lines(tmp_path)) >= 2)
     assert [x["payload"]["name"] for x in lines(tmp_path)] == ["one", "two"]
+
+
+async def test_a_topic_level_from_null_or_bytes_reads_as_in_the_json(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """They read `None` and `b'ab'`: Python's text, not the row's."""
+    table = unique_name()
+    q, blob = ("`", "VARBINARY(8)") if db.kind == "mysql" else ('"', "BYTEA")
+    db.server.execute(f"CREATE TABLE {q}{table}{q} (id INT PRIMARY KEY, tag {blob}, name TEXT)")
+    ab = "'ab'" if db.kind == "mysql" else "'ab'::bytea"
+    db.server.execute(f"INSERT INTO {q}{table}{q} VALUES (1, NULL, NULL), (2, {ab}, 'x')")
+    source = {"type": db.kind, "dsn": db.dsn, "table": table, "cursor": "id"}
+    source["topic"] = "t/{tag}/{name}"
+    await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["topic"] for x in lines(tmp_path)] == ["t/null/null", "t/ab/x"]
