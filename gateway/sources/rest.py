@@ -21,6 +21,10 @@ What the path selects last is the items: an array selected last gives one item
 per element (so `data.readings` and `data.readings[*]` mean the same), anything
 else one item. A path that finds nothing gives no item.
 
+An answer's items are handed over 1000 at a time (the next thousand at once, before
+the next GET), so that a large answer of many small items holds only a page of
+FlowFiles in memory.
+
 A poll is a snapshot: every poll emits what the API answers then, so an item the
 API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
 `deadband` processor, or select only new items with the API's own query
@@ -144,6 +148,7 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
     return items
 
 
+PAGE = 1000  # items of an answer handed over at once; the rest follow at once, in order
 _QUERY = re.compile(r"""(https?://[^\s'"?#]*)[?#][^\s'"]*""")
 
 
@@ -283,6 +288,9 @@ class RestSource(Source):
             "{source}", ctx.name.replace("{", "{{").replace("}", "}}")
         )
         self._session: aiohttp.ClientSession | None = None
+        self._items: list[Any] = []  # the last answer's items not handed over yet
+        self._next = 0
+        self._read_at = 0
         self.failures = 0
         self.last_status: str | None = None
         self.polls = 0
@@ -333,6 +341,8 @@ class RestSource(Source):
         return self.config.url.partition("?")[0]
 
     async def poll_messages(self) -> list[Message]:
+        if self._next < len(self._items):
+            return self._page()
         if self._session is None:
             await self.connect()
         assert self._session is not None
@@ -365,8 +375,20 @@ class RestSource(Source):
         if self.last_status is not None:
             self.ctx.log.info("GET %s answers again", self._where)
         self.last_status = None
-        now = self.ctx.clock.now_ns()
-        return [self._message(item, now) for item in select(value, self._steps)]
+        self._read_at = self.ctx.clock.now_ns()
+        self._items, self._next = select(value, self._steps), 0
+        return self._page()
+
+    def _page(self) -> list[Message]:
+        """The next PAGE items of the answer as messages; `backlog` while more are left
+        (the engine asks again at once). An answer of a million tiny items made a million
+        FlowFiles at once: half a GB, and the gateway deaf for most of a minute."""
+        items = self._items[self._next : self._next + PAGE]
+        self._next += len(items)
+        self.backlog = self._next < len(self._items)
+        if not self.backlog:
+            self._items, self._next = [], 0
+        return [self._message(item, self._read_at) for item in items]
 
     def _message(self, item: Any, now: int) -> Message:
         try:

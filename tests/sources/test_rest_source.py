@@ -16,7 +16,7 @@ import pytest
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
-from gateway.sources.rest import RestSource, parse_select, select
+from gateway.sources.rest import PAGE, RestSource, parse_select, select
 from tests import servers
 from tests.sources.contract import SourceContract
 
@@ -285,3 +285,29 @@ async def test_a_redirect_loop_is_said_in_one_line_without_the_query(
     text = str(caught.value)
     assert "s3cret" not in text and "\n" not in text
     assert text == f"GET {http_receiver.url}/api failed: too many redirects (10)"
+
+
+async def test_an_answer_of_many_items_is_handed_over_a_page_at_a_time(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    """All of them made FlowFiles at once: a million tiny items, half a GB."""
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(2500)]))
+    source = make_source(url=f"{http_receiver.url}/many")
+    await source.connect()
+    try:
+        pages = []
+        while True:
+            pages.append(
+                [json.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+            if not source.backlog:
+                break
+        assert source.status()["polls"] == 1
+        http_receiver.control(203, body='[{"n": "again"}]')
+        (again,) = await source.poll_messages()  # the next poll GETs again
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    assert [len(p) for p in pages] == [PAGE, PAGE, 500]
+    assert [n for p in pages for n in p] == list(range(2500))
+    assert json.loads(again.flowfile.content) == {"n": "again"} and not source.backlog
