@@ -28,8 +28,9 @@ request is stored:
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
-       the disk is short), or `max_requests` requests or `max_in_flight` bytes
-       of FlowFiles are waiting for their commit already, or the source is
+       the disk is short), or `max_requests` requests are being read or waiting
+       for their commit, or `max_in_flight` bytes of FlowFiles are waiting for
+       their commit already, or the source is
        stopping; with `Retry-After` (seconds). A request not confirmed within
        `ack_timeout` is answered 503 too; it may still be stored, so sending it
        again may store it twice (at least once).
@@ -50,7 +51,8 @@ hold in memory, counted as the MQTT source counts a message: content, topic and
 about 260 bytes more per FlowFile. So a body of many tiny objects counts far more
 than its length (1MiB of `{}` is 350k FlowFiles, about 90MB: refused 413 with the
 default `max_in_flight`); one request is parsed at a time (briefly up to about 30
-times `max_body`).
+times `max_body`). Bodies being received count among `max_requests` too, so that
+many clients sending at once hold at most `max_requests` times `max_body` bytes.
 
 The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
@@ -65,7 +67,7 @@ Keys
   tokens: [ENC(...)]       (required) the bearer tokens a client may send
   prefix: ""               put in front of every topic, e.g. "http/" (default none)
   max_body: 1MiB           the largest request body (default 1MiB)
-  max_requests: 64         requests waiting for their commit at once (default 64)
+  max_requests: 64         requests being read or waiting for their commit (default 64)
   max_in_flight: 16MiB     their FlowFiles' bytes in memory at most (default 16MiB)
   ack_timeout: 30s         the longest a request waits for its commit (default 30s)
   tls_cert: null           PEM certificate (chain): serve HTTPS; with tls_key
@@ -174,7 +176,10 @@ class HttpSourceConfig(SourceConfig):
     ] = 1 << 20
     max_requests: Annotated[
         int,
-        Doc("Requests waiting for their commit at once; more are answered 503."),
+        Doc(
+            "Requests being read or waiting for their commit at once; more are answered"
+            " 503 (so bodies in memory stay within `max_requests` times `max_body`)."
+        ),
         Range(1, 10000, "must be between 1 and 10000"),
     ] = 64
     max_in_flight: Annotated[
@@ -299,6 +304,7 @@ class HttpSource(Source):
         self._unanswered: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._in_flight = 0  # bytes of the requests waiting for their commit
+        self._reading = 0  # requests whose body is being read
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.url = ""
@@ -441,14 +447,19 @@ class HttpSource(Source):
             return self._refuse(400, f"bad topic {topic!r}: {problem}")
         if not self.ctx.accepting():
             return self._busy("the gateway's buffer is full; send again later")
-        if len(self._unanswered) >= cfg.max_requests:
-            return self._busy(f"{cfg.max_requests} requests are waiting already")
+        # the bodies being read count too: each holds up to max_body bytes, and as many
+        # clients as care to send at once held that many (150 of 1MiB: +150MB)
+        if len(self._unanswered) + self._reading >= cfg.max_requests:
+            return self._busy(f"{cfg.max_requests} requests are being read or waiting already")
+        self._reading += 1
         try:  # read(n) would return what has arrived so far: one chunk of a longer body
             body = await request.content.readexactly(cfg.max_body + 1)
         except asyncio.IncompleteReadError as err:  # the end came first: the whole body
             body = err.partial
         except ConnectionError:  # the client went before its body was in: nobody to answer
             return self._refuse(400, "the client closed the connection before its body came")
+        finally:  # no await from here until _store counts it among _unanswered
+            self._reading -= 1
         if len(body) <= cfg.max_body and _CODINGS[coding]:
             try:
                 body = _decoded(body, _CODINGS[coding], cfg.max_body)

@@ -326,7 +326,7 @@ async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken
         refused = [{"tag": "late"}, {"tag": "late"}, {"tag": "late"}]
         status, answer, headers = await ingest("/ingest/a", refused)
         assert status == 503 and headers["Retry-After"] == "1"
-        assert answer["error"] == "2 requests are waiting already"
+        assert answer["error"] == "2 requests are being read or waiting already"
         assert not any(t.done() for t in waiting)
         assert lines(tmp_path) == []
     finally:
@@ -338,6 +338,38 @@ async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken
     await until(lambda: len(lines(tmp_path)) == 6)
     await asyncio.sleep(0.2)
     assert tags(tmp_path) == Counter({"w1": 2, "w2": 1, "late": 3})
+
+
+async def test_bodies_being_received_count_among_max_requests(
+    ingest_with: Any, port: int, tmp_path: Path
+) -> None:
+    """Each holds up to max_body bytes until it is in: any number of clients sending at
+    once held that many (150 bodies of 1MiB on their way: 150MB more)."""
+    ingest = await ingest_with(max_requests=2)
+    source = ingest.engine.sources["rows"].source
+    head = (
+        "POST /ingest/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    senders = []
+    for _ in range(2):  # half a body each, the rest not yet
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b'{"tag": "slow"' + b" " * 36)
+        await writer.drain()
+        senders.append((reader, writer))
+    await until(lambda: source._reading == 2)
+    status, answer, headers = await ingest("/ingest/a", {"tag": "late"})
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert answer["error"] == "2 requests are being read or waiting already"
+    for reader, writer in senders:  # the rest of each body: both stored
+        writer.write(b" " * 49 + b"}")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+    status, answer, _ = await ingest("/ingest/a", {"tag": "late"})
+    assert status == 200 and source._reading == 0
+    await until(lambda: len(lines(tmp_path)) == 3)
+    assert tags(tmp_path) == Counter({"slow": 2, "late": 1})
 
 
 async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_is_taken(
