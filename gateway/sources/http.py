@@ -26,6 +26,7 @@ request is stored:
        that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
+  408  no byte of the body came for 30 s (a client gone mid-body without closing)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
        the disk is short), or `max_requests` requests are being read or waiting
@@ -131,6 +132,20 @@ MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 # topic too long is ours to refuse, in JSON
 MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
+BODY_IDLE = 30.0  # seconds without a byte of a body coming: the request is answered 408
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, up to `limit` bytes of it; TimeoutError when no byte comes for BODY_IDLE
+    seconds (read(n) returns what has arrived so far: one chunk of a longer body)."""
+    body = bytearray()
+    while len(body) < limit:
+        async with asyncio.timeout(BODY_IDLE):
+            chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _encode(value: Any) -> bytes:
@@ -452,12 +467,12 @@ class HttpSource(Source):
         if len(self._unanswered) + self._reading >= cfg.max_requests:
             return self._busy(f"{cfg.max_requests} requests are being read or waiting already")
         self._reading += 1
-        try:  # read(n) would return what has arrived so far: one chunk of a longer body
-            body = await request.content.readexactly(cfg.max_body + 1)
-        except asyncio.IncompleteReadError as err:  # the end came first: the whole body
-            body = err.partial
+        try:
+            body = await _read_body(request, cfg.max_body + 1)
         except ConnectionError:  # the client went before its body was in: nobody to answer
             return self._refuse(400, "the client closed the connection before its body came")
+        except TimeoutError:  # gone without a word (a link lost): it held a place of max_requests
+            return self._refuse(408, f"no byte of the body came for {BODY_IDLE:g}s")
         finally:  # no await from here until _store counts it among _unanswered
             self._reading -= 1
         if len(body) <= cfg.max_body and _CODINGS[coding]:

@@ -21,6 +21,7 @@ import pytest
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, attributes_size
+from gateway.sources import http as http_source
 from gateway.sources.http import HttpSource
 from tests.servers import free_port
 from tests.sources.contract import SourceContract, failing_commits
@@ -370,6 +371,33 @@ async def test_bodies_being_received_count_among_max_requests(
     assert status == 200 and source._reading == 0
     await until(lambda: len(lines(tmp_path)) == 3)
     assert tags(tmp_path) == Counter({"slow": 2, "late": 1})
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_frees_its_place(
+    ingest_with: Any, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client gone mid-body without closing (a lost link) held its place among
+    max_requests for good: that many such clients, and every request was 503."""
+    monkeypatch.setattr(http_source, "BODY_IDLE", 0.3)
+    ingest = await ingest_with(max_requests=1)
+    source = ingest.engine.sources["rows"].source
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        "POST /ingest/gone HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    await writer.drain()
+    async with asyncio.timeout(30):  # a guard: it sends nothing more, ever
+        status_line = await reader.readline()
+        body = (await reader.read()).partition(b"\r\n\r\n")[2]
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert json.loads(body) == {"error": "no byte of the body came for 0.3s"}
+    assert source._reading == 0
+    status, answer, _ = await ingest("/ingest/a", {"tag": "next"})
+    assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert tags(tmp_path) == Counter({"next": 1})
 
 
 async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_is_taken(
