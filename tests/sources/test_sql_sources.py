@@ -10,7 +10,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiomysql
+import asyncpg
 import orjson
 import pytest
 
@@ -325,3 +328,40 @@ async def test_a_topic_level_from_null_or_bytes_reads_as_in_the_json(
     await run_engine(source)
     await until(lambda: len(lines(tmp_path)) >= 2)
     assert [x["topic"] for x in lines(tmp_path)] == ["t/null/null", "t/ab/x"]
+
+
+async def test_a_query_that_takes_longer_than_timeout_says_so(db: Db) -> None:
+    """It read 'failed: TimeoutError'."""
+    table = unique_name()
+    db.create(table)
+    entry = find("source", db.kind)
+    assert entry is not None
+    config, problems = build(db.kind, dsn=db.dsn, table=table, cursor="id", timeout="300ms")
+    assert problems == []
+    source = entry.cls(config, Context("rows", "source"))
+    await source.connect()
+    if db.kind == "mysql":  # another session holds the table: the SELECT waits
+        url = urlsplit(db.dsn)
+        holder: Any = await aiomysql.connect(
+            host=url.hostname,
+            port=url.port,
+            user=url.username,
+            password=url.password or "",
+            db=url.path.strip("/"),
+        )
+        async with holder.cursor() as cursor:
+            await cursor.execute(f"LOCK TABLES `{table}` WRITE")
+    else:
+        holder = await asyncpg.connect(db.dsn)
+        await holder.execute(f'BEGIN; LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+    try:
+        with pytest.raises(RetryableError) as caught:
+            await source.poll_messages()
+    finally:
+        await source.close()
+        result = holder.close()
+        if result is not None:
+            await result
+    text = str(caught.value)
+    assert text.startswith(f"reading table {table} on ")
+    assert text.endswith(": no answer within timeout (0.3s)")
