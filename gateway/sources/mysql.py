@@ -157,7 +157,7 @@ class MysqlSource(IncrementalSource):
                     await cursor.execute(sql, tuple(args))
                     rows = await cursor.fetchall()
                     names = [d[0] for d in cursor.description or ()]
-        except TimeoutError as err:  # its text is empty: "failed: TimeoutError" said little
+        except TimeoutError as err:  # "failed: timed out" named no setting
             self._drop()
             raise RetryableError(
                 f"reading table {self.config.table} on {self.dsn!r}: no answer within"

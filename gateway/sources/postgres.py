@@ -124,7 +124,7 @@ class PostgresSource(IncrementalSource):
                 statement = await self._conn.prepare(sql)
                 names = [a.name for a in statement.get_attributes()]
                 rows = await statement.fetch(*args)
-        except TimeoutError as err:  # its text is empty: "failed: TimeoutError" said little
+        except TimeoutError as err:  # "failed: timed out" named no setting
             await self._drop()
             raise RetryableError(
                 f"reading table {self.config.table} on {self.server}: no answer within"

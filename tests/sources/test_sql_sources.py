@@ -331,7 +331,7 @@ async def test_a_topic_level_from_null_or_bytes_reads_as_in_the_json(
 
 
 async def test_a_query_that_takes_longer_than_timeout_says_so(db: Db) -> None:
-    """It read 'failed: TimeoutError'."""
+    """It read 'failed: timed out' (PostgreSQL), 'failed: TimeoutError' (MySQL)."""
     table = unique_name()
     db.create(table)
     entry = find("source", db.kind)
