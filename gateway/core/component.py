@@ -75,6 +75,10 @@ async def _no_position() -> bytes | None:
     return None
 
 
+async def _keep_no_position(position: bytes) -> None:
+    return None
+
+
 @dataclass
 class Context:
     """What a component gets from the engine: its name, a logger and a clock."""
@@ -96,6 +100,9 @@ class Context:
     marks: InboundMarks = field(default_factory=NoMarks)
     # The source position committed last with this source's data (see `Message.position`).
     position: Callable[[], Awaitable[bytes | None]] = field(default=_no_position)
+    # Commits a position with no data (a source that starts at the end of what is there
+    # already): a restart then starts there, not at the end of what is there by then.
+    save_position: Callable[[bytes], Awaitable[None]] = field(default=_keep_no_position)
     # False while the engine takes no input (store full with overflow: block, disk short):
     # a push source that can refuse (HTTP 503) asks before taking a message in.
     accepting: Callable[[], bool] = field(default=lambda: True)

@@ -204,6 +204,7 @@ class Engine:
         ctx = self._context(name, "source")
         ctx.marks = self.store.marks(name)
         ctx.position = functools.partial(self.store.position, name)
+        ctx.save_position = functools.partial(self._save_position, name)
         ctx.accepting = self.gate.is_set
         source: Source = entry.cls(src_cfg, ctx)
         if source.waits:
@@ -211,6 +212,11 @@ class Engine:
         else:  # a reload may have given the name to another type
             self.ingest.waiters.discard(name)
         return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
+
+    async def _save_position(self, source: str, position: bytes) -> None:
+        """Commit `position` as `source`'s, with no data (see `Context.save_position`)."""
+        async with self._commit_lock:
+            await self.store.commit(Batch([], [], {}, [], positions={source: position}))
 
     def _build_router(
         self, reuse: Router | None = None, keep: frozenset[str] = frozenset()

@@ -18,7 +18,8 @@ resolve to different URLs go in one request per URL. A request body is at most
 order; a single FlowFile larger than that is dead-lettered.
 
 Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
-`<first id>..<last id>` of the FlowFiles in the request (batch mode). Delivery is
+`<first id>..<last id>` of the FlowFiles in the request (batch mode; the id alone
+when the request holds one). Delivery is
 **at least once**: a request whose answer was lost (a timeout, a connection cut,
 a gateway killed before it moved its cursor) is sent again, and a batch retried
 after a failure part-way sends its earlier requests again. In each mode a FlowFile

@@ -70,7 +70,8 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
             "The column that orders the rows and marks how far the source has read: an"
             " auto-increment id, or a timestamp set when a row is written (then also set"
             " `key`). Rows are read in its order; a row whose cursor value is below one"
-            " already read (a transaction that committed late) is not seen.",
+            " already read (a transaction that committed late) is not seen, nor is a row"
+            " whose cursor (or `key`) is NULL.",
             example="id",
         ),
     ]
@@ -100,8 +101,9 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
         str,
         Doc(
             "The topic of each row's FlowFile: a template with `{column}` for a column's"
-            " value, `{table}` and `{source}`. A value's `/`, `+`, `#` become `_`, so that"
-            " it stays one topic level; `{{` and `}}` for a literal brace.",
+            " value (written as in the row's JSON: NULL `null`), `{table}` and `{source}`."
+            " A value's `/`, `+`, `#` become `_`, so that it stays one topic level; `{{`"
+            " and `}}` for a literal brace.",
             example="db/{table}/{device}",
         ),
     ] = "db/{table}"
@@ -205,7 +207,16 @@ def _decode_value(value: Any) -> Any:
 
 
 def _level(value: Any) -> str:
-    text = value.isoformat() if isinstance(value, dt.date) else str(value)
+    """A value as one topic level, written as in the row's JSON (NULL `null`, a boolean
+    `true`, bytes as text or base64; it read `None`, `True`, `b'...'`)."""
+    if value is None or isinstance(value, bool):
+        text = orjson.dumps(value).decode()
+    elif isinstance(value, dt.date | dt.time):
+        text = value.isoformat()
+    elif isinstance(value, bytes | bytearray | memoryview):
+        text = _json_default(value)
+    else:
+        text = str(value)
     return text.replace("/", "_").replace("+", "_").replace("#", "_").replace("\0", "_") or "_"
 
 
@@ -271,13 +282,15 @@ class IncrementalSource(Source):
         else:
             wanted = list(dict.fromkeys([*config.columns, *order]))
             names = ", ".join(q(c) for c in wanted)
-        sql = f"SELECT {names} FROM {q(config.table)}"
+        # a NULL cursor or key sorts first (MySQL) or last (PostgreSQL) and compares with
+        # nothing: read as the position, no row would ever come after it
+        sql = f"SELECT {names} FROM {q(config.table)} WHERE {self._not_null()}"
         if not first:
             if config.key is None:
-                sql += f" WHERE {q(config.cursor)} > {p(1)}"
+                sql += f" AND {q(config.cursor)} > {p(1)}"
             else:
                 c, k = q(config.cursor), q(config.key)
-                sql += f" WHERE ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
+                sql += f" AND ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
         by = ", ".join(q(c) for c in order)
         limit = 1 if first else (2 if config.key is None else 4)
         return f"{sql} ORDER BY {by} LIMIT {p(limit)}"
@@ -288,7 +301,13 @@ class IncrementalSource(Source):
         order = self._order()
         names = ", ".join(q(c) for c in order)
         by = ", ".join(f"{q(c)} DESC" for c in order)
-        return f"SELECT {names} FROM {q(self.config.table)} ORDER BY {by} LIMIT {self.param(1)}"
+        return (
+            f"SELECT {names} FROM {q(self.config.table)} WHERE {self._not_null()}"
+            f" ORDER BY {by} LIMIT {self.param(1)}"
+        )
+
+    def _not_null(self) -> str:
+        return " AND ".join(f"{self.quote(c)} IS NOT NULL" for c in self._order())
 
     # -- positions ---------------------------------------------------------------------
 
@@ -327,7 +346,11 @@ class IncrementalSource(Source):
                 )
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
-            self._after = tuple(rows[0]) if rows else None
+            if rows:
+                # kept at once: a restart before the next row must not skip what came
+                # meanwhile by taking the end again
+                self._after = tuple(rows[0])
+                await self.ctx.save_position(self._position(self._after))
 
     # -- polling -----------------------------------------------------------------------
 

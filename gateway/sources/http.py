@@ -20,15 +20,18 @@ request is stored:
        send fewer objects at once
   415  a Content-Type other than application/json (or `…+json`), or a
        Content-Encoding other than gzip, deflate or none
-  400  a body that is not JSON, not an object or an array of objects, a gzip or
+  400  a body that is not JSON (NaN, Infinity or a number beyond a double, such as
+       1e999, neither), not an object or an array of objects, a gzip or
        deflate body that does not decompress, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
+  408  no byte of the body came for 30 s (a client gone mid-body without closing)
   404  another path; 405 another method than POST
   503  the gateway takes no input now (the buffer is full with `overflow: block`,
-       the disk is short), or `max_requests` requests or `max_in_flight` bytes
-       of FlowFiles are waiting for their commit already, or the source is
+       the disk is short), or `max_requests` requests are being read or waiting
+       for their commit, or `max_in_flight` bytes of FlowFiles are waiting for
+       their commit already, or the source is
        stopping; with `Retry-After` (seconds). A request not confirmed within
        `ack_timeout` is answered 503 too; it may still be stored, so sending it
        again may store it twice (at least once).
@@ -49,7 +52,8 @@ hold in memory, counted as the MQTT source counts a message: content, topic and
 about 260 bytes more per FlowFile. So a body of many tiny objects counts far more
 than its length (1MiB of `{}` is 350k FlowFiles, about 90MB: refused 413 with the
 default `max_in_flight`); one request is parsed at a time (briefly up to about 30
-times `max_body`).
+times `max_body`). Bodies being received count among `max_requests` too, so that
+many clients sending at once hold at most `max_requests` times `max_body` bytes.
 
 The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
@@ -64,7 +68,7 @@ Keys
   tokens: [ENC(...)]       (required) the bearer tokens a client may send
   prefix: ""               put in front of every topic, e.g. "http/" (default none)
   max_body: 1MiB           the largest request body (default 1MiB)
-  max_requests: 64         requests waiting for their commit at once (default 64)
+  max_requests: 64         requests being read or waiting for their commit (default 64)
   max_in_flight: 16MiB     their FlowFiles' bytes in memory at most (default 16MiB)
   ack_timeout: 30s         the longest a request waits for its commit (default 30s)
   tls_cert: null           PEM certificate (chain): serve HTTPS; with tls_key
@@ -86,6 +90,7 @@ import errno
 import hmac
 import json
 import logging
+import math
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -110,7 +115,16 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+def _finite(text: str) -> float:
+    """A JSON number as a float; ValueError for one beyond a double (`1e999`): Python
+    reads it as infinity, which an array's objects were stored as (`Infinity`, no JSON)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is beyond the range of a double")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite).decode
 
 MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 # aiohttp's limit on the request line (8190 by default) answers a longer line itself, in
@@ -118,6 +132,20 @@ MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 # topic too long is ours to refuse, in JSON
 MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
+BODY_IDLE = 30.0  # seconds without a byte of a body coming: the request is answered 408
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, up to `limit` bytes of it; TimeoutError when no byte comes for BODY_IDLE
+    seconds (read(n) returns what has arrived so far: one chunk of a longer body)."""
+    body = bytearray()
+    while len(body) < limit:
+        async with asyncio.timeout(BODY_IDLE):
+            chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _encode(value: Any) -> bytes:
@@ -163,7 +191,10 @@ class HttpSourceConfig(SourceConfig):
     ] = 1 << 20
     max_requests: Annotated[
         int,
-        Doc("Requests waiting for their commit at once; more are answered 503."),
+        Doc(
+            "Requests being read or waiting for their commit at once; more are answered"
+            " 503 (so bodies in memory stay within `max_requests` times `max_body`)."
+        ),
         Range(1, 10000, "must be between 1 and 10000"),
     ] = 64
     max_in_flight: Annotated[
@@ -288,6 +319,7 @@ class HttpSource(Source):
         self._unanswered: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._in_flight = 0  # bytes of the requests waiting for their commit
+        self._reading = 0  # requests whose body is being read
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.url = ""
@@ -430,14 +462,19 @@ class HttpSource(Source):
             return self._refuse(400, f"bad topic {topic!r}: {problem}")
         if not self.ctx.accepting():
             return self._busy("the gateway's buffer is full; send again later")
-        if len(self._unanswered) >= cfg.max_requests:
-            return self._busy(f"{cfg.max_requests} requests are waiting already")
-        try:  # read(n) would return what has arrived so far: one chunk of a longer body
-            body = await request.content.readexactly(cfg.max_body + 1)
-        except asyncio.IncompleteReadError as err:  # the end came first: the whole body
-            body = err.partial
+        # the bodies being read count too: each holds up to max_body bytes, and as many
+        # clients as care to send at once held that many (150 of 1MiB: +150MB)
+        if len(self._unanswered) + self._reading >= cfg.max_requests:
+            return self._busy(f"{cfg.max_requests} requests are being read or waiting already")
+        self._reading += 1
+        try:
+            body = await _read_body(request, cfg.max_body + 1)
         except ConnectionError:  # the client went before its body was in: nobody to answer
             return self._refuse(400, "the client closed the connection before its body came")
+        except TimeoutError:  # gone without a word (a link lost): it held a place of max_requests
+            return self._refuse(408, f"no byte of the body came for {BODY_IDLE:g}s")
+        finally:  # no await from here until _store counts it among _unanswered
+            self._reading -= 1
         if len(body) <= cfg.max_body and _CODINGS[coding]:
             try:
                 body = _decoded(body, _CODINGS[coding], cfg.max_body)

@@ -157,7 +157,13 @@ class MysqlSource(IncrementalSource):
                     await cursor.execute(sql, tuple(args))
                     rows = await cursor.fetchall()
                     names = [d[0] for d in cursor.description or ()]
-        except (pymysql.MySQLError, OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+        except TimeoutError as err:  # "failed: timed out" named no setting
+            self._drop()
+            raise RetryableError(
+                f"reading table {self.config.table} on {self.dsn!r}: no answer within"
+                f" timeout ({self.config.timeout:g}s)"
+            ) from err
+        except (pymysql.MySQLError, OSError, asyncio.IncompleteReadError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS or _code(err) == 1064:  # 1064: syntax (a type)
                 raise PermanentError(

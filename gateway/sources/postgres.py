@@ -124,6 +124,12 @@ class PostgresSource(IncrementalSource):
                 statement = await self._conn.prepare(sql)
                 names = [a.name for a in statement.get_attributes()]
                 rows = await statement.fetch(*args)
+        except TimeoutError as err:  # "failed: timed out" named no setting
+            await self._drop()
+            raise RetryableError(
+                f"reading table {self.config.table} on {self.server}: no answer within"
+                f" timeout ({self.config.timeout:g}s)"
+            ) from err
         except _SETUP_ERRORS as err:
             await self._drop()
             raise PermanentError(

@@ -12,7 +12,8 @@ Modes (`mode:`)
 
 A stream entry's FlowFile holds its fields as a JSON object (values as text), or,
 when `field` is set, that one field's bytes as they are (an entry the redis sink
-wrote: `field: payload`); a list item's FlowFile holds the item's bytes. Its topic
+wrote: `field: payload`; an entry without that field goes to the dead letters with
+its fields as a JSON object); a list item's FlowFile holds the item's bytes. Its topic
 comes from `topic`: `{key}`, `{source}`, and in stream mode `{FIELD}` for a field
 of the entry (missing: `_`). Attributes: `redis.key` and, in stream mode,
 `redis.id` (the entry id).
@@ -114,7 +115,7 @@ class RedisSourceConfig(SourceConfig):
         str | None,
         Doc(
             "Stream: the FlowFile's content is this field's bytes (default: all fields as"
-            " a JSON object).",
+            " a JSON object); an entry without it goes to the dead letters.",
             example="payload",
         ),
     ] = None
@@ -429,12 +430,14 @@ class RedisSource(Source):
         cfg = self.config
         raw_id, fields = entry
         entry_id = raw_id.decode()
-        if cfg.field is not None:
-            content = fields.get(cfg.field.encode(), b"")
-        else:
+        content = fields.get(cfg.field.encode()) if cfg.field is not None else None
+        reject = None
+        if content is None:  # all fields; an entry without `field`: kept whole, dead-lettered
             content = orjson.dumps(
                 {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
             )
+            if cfg.field is not None:  # it became an empty FlowFile, delivered as data
+                reject = f"the entry has no field {cfg.field!r} (its fields are the content)"
         values = dict(self._fixed)
         for name in self._fields:
             value = fields.get(name.encode())
@@ -448,7 +451,10 @@ class RedisSource(Source):
         )
         self.read_count += 1
         return Message(
-            ff, ack=self._acker(entry_id), position=entry_id.encode() if position else None
+            ff,
+            ack=self._acker(entry_id),
+            position=entry_id.encode() if position else None,
+            reject=reject,
         )
 
     async def _read_list(self, client: Any) -> list[Message]:

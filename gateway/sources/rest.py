@@ -6,7 +6,8 @@ whose topic comes from `topic`, a template with `{field}` for a field of the ite
 (its `/`, `+` and `#` become `_`, so that it stays one topic level) and `{source}`
 for this source's name. An item without a field the template needs, or that is
 no object while the template needs one, goes to the dead letters. NaN and
-Infinity in an answer (no JSON, but some APIs send them) become null.
+Infinity in an answer (no JSON, but some APIs send them) become null, and so does a
+number beyond the range of a double (`1e999`).
 
 `select` is a small path language (a subset of JSONPath):
   (empty)            the whole answer
@@ -19,6 +20,10 @@ Infinity in an answer (no JSON, but some APIs send them) become null.
 What the path selects last is the items: an array selected last gives one item
 per element (so `data.readings` and `data.readings[*]` mean the same), anything
 else one item. A path that finds nothing gives no item.
+
+An answer's items are handed over 1000 at a time (the next thousand at once, before
+the next GET), so that a large answer of many small items holds only a page of
+FlowFiles in memory.
 
 A poll is a snapshot: every poll emits what the API answers then, so an item the
 API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
@@ -64,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import re
 import ssl
 from collections.abc import Iterator
@@ -140,6 +146,29 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
         else:
             items.append(item)
     return items
+
+
+PAGE = 1000  # items of an answer handed over at once; the rest follow at once, in order
+_QUERY = re.compile(r"""(https?://[^\s'"?#]*)[?#][^\s'"]*""")
+
+
+def _finite(text: str) -> float | None:
+    """A JSON number; None for one beyond a double (`1e999`), as for Infinity: Python
+    reads it as infinity, which the content held as `Infinity` (no JSON)."""
+    value = float(text)
+    return None if math.isinf(value) else value
+
+
+def _failure(err: BaseException) -> str:
+    """A failed GET in one line, without the query of any URL in it (it may hold an API
+    key): aiohttp's redirect errors read `0, message='', url='http://host/x?key=...'`."""
+    if isinstance(err, aiohttp.TooManyRedirects):
+        what = f"too many redirects ({len(err.history)})"
+    elif isinstance(err, aiohttp.ClientResponseError):
+        what = f"{err.status} {err.message}".strip()
+    else:
+        what = " ".join(str(err).split()) or type(err).__name__
+    return _QUERY.sub(r"\1", what)
 
 
 def _template_fields(template: str) -> list[str]:
@@ -259,6 +288,9 @@ class RestSource(Source):
             "{source}", ctx.name.replace("{", "{{").replace("}", "}}")
         )
         self._session: aiohttp.ClientSession | None = None
+        self._items: list[Any] = []  # the last answer's items not handed over yet
+        self._next = 0
+        self._read_at = 0
         self.failures = 0
         self.last_status: str | None = None
         self.polls = 0
@@ -309,6 +341,8 @@ class RestSource(Source):
         return self.config.url.partition("?")[0]
 
     async def poll_messages(self) -> list[Message]:
+        if self._next < len(self._items):
+            return self._page()
         if self._session is None:
             await self.connect()
         assert self._session is not None
@@ -330,20 +364,31 @@ class RestSource(Source):
                 f"GET {self._where} did not answer within {cfg.timeout:g}s"
             ) from err
         except (aiohttp.ClientError, OSError) as err:
-            what = str(err) or type(err).__name__
-            raise RetryableError(f"GET {self._where} failed: {what}") from err
+            raise RetryableError(f"GET {self._where} failed: {_failure(err)}") from err
         if len(body) > cfg.max_body:
             return self._failed(f"the answer is larger than max_body ({cfg.max_body} bytes)")
         try:
             # NaN and Infinity, which some APIs send, are no JSON: null keeps the content JSON
-            value = json.loads(body, parse_constant=lambda _: None)
+            value = json.loads(body, parse_constant=lambda _: None, parse_float=_finite)
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             return self._failed(f"the answer is not JSON ({err})")
         if self.last_status is not None:
             self.ctx.log.info("GET %s answers again", self._where)
         self.last_status = None
-        now = self.ctx.clock.now_ns()
-        return [self._message(item, now) for item in select(value, self._steps)]
+        self._read_at = self.ctx.clock.now_ns()
+        self._items, self._next = select(value, self._steps), 0
+        return self._page()
+
+    def _page(self) -> list[Message]:
+        """The next PAGE items of the answer as messages; `backlog` while more are left
+        (the engine asks again at once). An answer of a million tiny items made a million
+        FlowFiles at once: half a GB, and the gateway deaf for most of a minute."""
+        items = self._items[self._next : self._next + PAGE]
+        self._next += len(items)
+        self.backlog = self._next < len(self._items)
+        if not self.backlog:
+            self._items, self._next = [], 0
+        return [self._message(item, self._read_at) for item in items]
 
     def _message(self, item: Any, now: int) -> Message:
         try:

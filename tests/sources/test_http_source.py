@@ -21,6 +21,7 @@ import pytest
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, attributes_size
+from gateway.sources import http as http_source
 from gateway.sources.http import HttpSource
 from tests.servers import free_port
 from tests.sources.contract import SourceContract, failing_commits
@@ -326,7 +327,7 @@ async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken
         refused = [{"tag": "late"}, {"tag": "late"}, {"tag": "late"}]
         status, answer, headers = await ingest("/ingest/a", refused)
         assert status == 503 and headers["Retry-After"] == "1"
-        assert answer["error"] == "2 requests are waiting already"
+        assert answer["error"] == "2 requests are being read or waiting already"
         assert not any(t.done() for t in waiting)
         assert lines(tmp_path) == []
     finally:
@@ -338,6 +339,65 @@ async def test_max_requests_waiting_answers_503_and_the_next_after_them_is_taken
     await until(lambda: len(lines(tmp_path)) == 6)
     await asyncio.sleep(0.2)
     assert tags(tmp_path) == Counter({"w1": 2, "w2": 1, "late": 3})
+
+
+async def test_bodies_being_received_count_among_max_requests(
+    ingest_with: Any, port: int, tmp_path: Path
+) -> None:
+    """Each holds up to max_body bytes until it is in: any number of clients sending at
+    once held that many (150 bodies of 1MiB on their way: 150MB more)."""
+    ingest = await ingest_with(max_requests=2)
+    source = ingest.engine.sources["rows"].source
+    head = (
+        "POST /ingest/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    senders = []
+    for _ in range(2):  # half a body each, the rest not yet
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b'{"tag": "slow"' + b" " * 36)
+        await writer.drain()
+        senders.append((reader, writer))
+    await until(lambda: source._reading == 2)
+    status, answer, headers = await ingest("/ingest/a", {"tag": "late"})
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert answer["error"] == "2 requests are being read or waiting already"
+    for reader, writer in senders:  # the rest of each body: both stored
+        writer.write(b" " * 49 + b"}")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+    status, answer, _ = await ingest("/ingest/a", {"tag": "late"})
+    assert status == 200 and source._reading == 0
+    await until(lambda: len(lines(tmp_path)) == 3)
+    assert tags(tmp_path) == Counter({"slow": 2, "late": 1})
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_frees_its_place(
+    ingest_with: Any, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client gone mid-body without closing (a lost link) held its place among
+    max_requests for good: that many such clients, and every request was 503."""
+    monkeypatch.setattr(http_source, "BODY_IDLE", 0.3)
+    ingest = await ingest_with(max_requests=1)
+    source = ingest.engine.sources["rows"].source
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        "POST /ingest/gone HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    await writer.drain()
+    async with asyncio.timeout(30):  # a guard: it sends nothing more, ever
+        status_line = await reader.readline()
+        body = (await reader.read()).partition(b"\r\n\r\n")[2]
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert json.loads(body) == {"error": "no byte of the body came for 0.3s"}
+    assert source._reading == 0
+    status, answer, _ = await ingest("/ingest/a", {"tag": "next"})
+    assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert tags(tmp_path) == Counter({"next": 1})
 
 
 async def test_max_in_flight_bytes_waiting_answers_503_and_the_next_after_them_is_taken(
@@ -420,6 +480,19 @@ async def test_a_lone_surrogate_is_refused_in_an_object_as_in_an_array(
         assert status == 200 and answer["stored"] == 1
     await until(lambda: len(lines(tmp_path)) == 2)
     assert [r["payload"] for r in lines(tmp_path)] == [{"a": "\U0001f600"}] * 2
+
+
+async def test_a_number_beyond_a_double_is_refused_not_stored_as_infinity(
+    ingest: Any, tmp_path: Path
+) -> None:
+    """An array's object was stored as {"a":Infinity}, which is no JSON."""
+    error = {"error": "the body is not JSON: the number 1e999 is beyond the range of a double"}
+    for body in (b'[{"a":1e999}]', b'{"a":1e999}', b'[{"a":{"b":[1e999]}}]'):
+        assert await ingest("/ingest/a", body) == (400, error)
+    status, answer = await ingest("/ingest/a", b'[{"a":1e308,"b":-2.5e-320}]')
+    assert status == 200 and answer["stored"] == 1
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert [r["payload"] for r in lines(tmp_path)] == [{"a": 1e308, "b": -2.5e-320}]
 
 
 async def test_a_compressed_body_is_taken_or_refused_in_one_json_line(

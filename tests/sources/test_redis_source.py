@@ -129,6 +129,25 @@ async def test_entries_a_dead_consumer_left_pending_are_claimed(redis: Any) -> N
     await source.close()
 
 
+async def test_an_entry_without_the_field_is_dead_lettered_not_an_empty_flowfile(
+    redis: Any,
+) -> None:
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    r.xadd(key, {"payload": '{"t":1}'})
+    r.xadd(key, {"device": "d1", "other": "x"})
+    source = make(redis.url, [None], key=key, field="payload")
+    await source.connect()
+    try:
+        good, bad = await source.read()
+    finally:
+        await source.close()
+    assert good.flowfile.content == b'{"t":1}' and good.reject is None
+    assert orjson.loads(bad.flowfile.content) == {"device": "d1", "other": "x"}
+    assert bad.reject == "the entry has no field 'payload' (its fields are the content)"
+    assert bad.ack is not None and bad.position is not None, "acked and passed as any entry"
+
+
 async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     redis: Any,
 ) -> None:

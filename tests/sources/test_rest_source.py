@@ -16,7 +16,7 @@ import pytest
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
-from gateway.sources.rest import RestSource, parse_select, select
+from gateway.sources.rest import PAGE, RestSource, parse_select, select
 from tests import servers
 from tests.sources.contract import SourceContract
 
@@ -166,6 +166,21 @@ async def test_nan_and_infinity_in_an_answer_become_null(
     assert [m.flowfile.content for m in messages] == [b'{"v":null}', b'{"v":null}', b'{"v":1.5}']
 
 
+async def test_a_number_beyond_a_double_becomes_null_as_infinity_does(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # read as infinity, it was written back as {"v":Infinity}: no JSON
+    http_receiver.control(203, body='{"v":1e999,"w":[-2e308,1e308]}')
+    source = make_source(url=f"{http_receiver.url}/big")
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    assert message.flowfile.content == b'{"v":null,"w":[null,1e+308]}'
+
+
 async def test_a_lone_surrogate_in_an_answer_does_not_crash_the_source(
     http_receiver: servers.HttpReceiver,
 ) -> None:
@@ -252,3 +267,47 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     assert problems(url="http://h/x", headers={"bad header": "v"}) == [
         "sources.api.headers.bad header: is not a valid HTTP header name"
     ]
+
+
+async def test_a_redirect_loop_is_said_in_one_line_without_the_query(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    # an API key in the query must not reach the log or /api/status, as `_where` intends
+    source = make_source(url=f"{http_receiver.url}/api?api_key=s3cret-key")
+    await source.connect()
+    try:
+        http_receiver.control(302, headers={"Location": "/api?api_key=s3cret-key&again=1"})
+        with pytest.raises(RetryableError) as caught:
+            await source.poll_messages()
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    text = str(caught.value)
+    assert "s3cret" not in text and "\n" not in text
+    assert text == f"GET {http_receiver.url}/api failed: too many redirects (10)"
+
+
+async def test_an_answer_of_many_items_is_handed_over_a_page_at_a_time(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    """All of them made FlowFiles at once: a million tiny items, half a GB."""
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(2500)]))
+    source = make_source(url=f"{http_receiver.url}/many")
+    await source.connect()
+    try:
+        pages = []
+        while True:
+            pages.append(
+                [json.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+            if not source.backlog:
+                break
+        assert source.status()["polls"] == 1
+        http_receiver.control(203, body='[{"n": "again"}]')
+        (again,) = await source.poll_messages()  # the next poll GETs again
+    finally:
+        http_receiver.control(200)
+        await source.close()
+    assert [len(p) for p in pages] == [PAGE, PAGE, 500]
+    assert [n for p in pages for n in p] == list(range(2500))
+    assert json.loads(again.flowfile.content) == {"n": "again"} and not source.backlog

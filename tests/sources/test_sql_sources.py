@@ -10,7 +10,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiomysql
+import asyncpg
 import orjson
 import pytest
 
@@ -262,3 +265,103 @@ async def test_a_ca_file_the_mysql_source_cannot_use_stops_it(
         await source.close()  # a connection made in plain text is closed at once
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value) and "edge-test" not in str(caught.value)
+
+
+async def test_start_at_the_end_keeps_its_place_across_a_restart_before_any_new_row(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    table = unique_name()
+    db.create(table)
+    db.insert(table, [("old", 1, T0)] * 3)
+    source = {
+        "type": db.kind,
+        "dsn": db.dsn,
+        "table": table,
+        "cursor": "id",
+        "start": "end",
+        "interval": "100ms",
+    }
+    engine = await run_engine(source)
+    await until(lambda: engine.snapshot().sources["rows"].to_json()["position"] == [3])
+    await stop(engine)
+    db.insert(table, [("while-down", 2, T0)] * 2)  # added after it started: to be read
+    engine = await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    db.insert(table, [("new", 3, T0)])
+    await until(lambda: len(lines(tmp_path)) >= 3)
+    assert [x["payload"]["id"] for x in lines(tmp_path)] == [4, 5, 6]
+
+
+async def test_rows_with_no_cursor_value_are_passed_over_without_stalling(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    table = unique_name()
+    q = "`" if db.kind == "mysql" else '"'
+    db.server.execute(f"CREATE TABLE {q}{table}{q} (name VARCHAR(20), seq INT)")
+
+    def insert(name: str, seq: int | None) -> None:
+        value = "NULL" if seq is None else str(seq)
+        db.server.execute(f"INSERT INTO {q}{table}{q} (name, seq) VALUES ('{name}', {value})")
+
+    insert("no-seq", None)
+    insert("one", 1)
+    source = {"type": db.kind, "dsn": db.dsn, "table": table, "cursor": "seq"}
+    source["interval"] = "100ms"
+    engine = await run_engine(source)
+    await until(lambda: engine.snapshot().sources["rows"].to_json()["position"] == [1])
+    insert("two", 2)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["payload"]["name"] for x in lines(tmp_path)] == ["one", "two"]
+
+
+async def test_a_topic_level_from_null_or_bytes_reads_as_in_the_json(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """They read `None` and `b'ab'`: Python's text, not the row's."""
+    table = unique_name()
+    q, blob = ("`", "VARBINARY(8)") if db.kind == "mysql" else ('"', "BYTEA")
+    db.server.execute(f"CREATE TABLE {q}{table}{q} (id INT PRIMARY KEY, tag {blob}, name TEXT)")
+    ab = "'ab'" if db.kind == "mysql" else "'ab'::bytea"
+    db.server.execute(f"INSERT INTO {q}{table}{q} VALUES (1, NULL, NULL), (2, {ab}, 'x')")
+    source = {"type": db.kind, "dsn": db.dsn, "table": table, "cursor": "id"}
+    source["topic"] = "t/{tag}/{name}"
+    await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["topic"] for x in lines(tmp_path)] == ["t/null/null", "t/ab/x"]
+
+
+async def test_a_query_that_takes_longer_than_timeout_says_so(db: Db) -> None:
+    """It read 'failed: timed out' (PostgreSQL), 'failed: TimeoutError' (MySQL)."""
+    table = unique_name()
+    db.create(table)
+    entry = find("source", db.kind)
+    assert entry is not None
+    config, problems = build(db.kind, dsn=db.dsn, table=table, cursor="id", timeout="300ms")
+    assert problems == []
+    source = entry.cls(config, Context("rows", "source"))
+    await source.connect()
+    if db.kind == "mysql":  # another session holds the table: the SELECT waits
+        url = urlsplit(db.dsn)
+        holder: Any = await aiomysql.connect(
+            host=url.hostname,
+            port=url.port,
+            user=url.username,
+            password=url.password or "",
+            db=url.path.strip("/"),
+        )
+        async with holder.cursor() as cursor:
+            await cursor.execute(f"LOCK TABLES `{table}` WRITE")
+    else:
+        holder = await asyncpg.connect(db.dsn)
+        await holder.execute(f'BEGIN; LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+    try:
+        with pytest.raises(RetryableError) as caught:
+            await source.poll_messages()
+    finally:
+        await source.close()
+        result = holder.close()
+        if result is not None:
+            await result
+    text = str(caught.value)
+    assert text.startswith(f"reading table {table} on ")
+    assert text.endswith(": no answer within timeout (0.3s)")
