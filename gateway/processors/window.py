@@ -50,6 +50,9 @@ fewer than two times); `first` and `last` are by time (ties: by arrival).
 Output: one FlowFile per closed window and group, JSON:
   {"group": "plant/1", "start": "2024-05-01T12:00:00.000Z", "end": "...",
    "count": 60, "temp": {"avg": 21.5, "min": 20.1, "max": 23.0, "p95": 22.8}}
+An aggregate's key is its name; percentile(P)'s is pP with a `.` in P written `_`
+(percentile(95): p95, percentile(99.9): p99_9), so that a later processor reaches it
+with a field path (temp.p99_9).
 A field with no number in a window has {"count": 0} and null aggregates; an
 aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
 (avg is then the running mean). A window
@@ -157,12 +160,15 @@ N, SUM, MIN, MAX, FIRST, TFIRST, LAST, TLAST, MEAN, M2, VALUES = range(11)
 
 
 def aggregate_name(spec: str) -> str | None:
-    """The output key of an aggregate spec (`p95` for percentile(95)); None if unknown."""
+    """The output key of an aggregate spec (`p95` for percentile(95), `p99_9` for
+    percentile(99.9): a `.` would split the field path of a later processor); None if
+    unknown."""
     if spec in SIMPLE:
         return spec
     m = _PERCENTILE.match(spec)
     if m and 0 <= float(m.group(1)) <= 100:
-        return f"p{float(m.group(1)):g}"
+        # every digit written counts (`:g` made percentile(99.99999) `p100`)
+        return "p" + f"{float(m.group(1)):.15g}".replace(".", "_")
     return None
 
 
@@ -187,7 +193,8 @@ class WindowProcessorConfig:
         dict[str, list[str]],
         Doc(
             "Per JSON field, the aggregates to compute: count, sum, avg, min, max, first,"
-            " last, stddev, median, percentile(P), rate.",
+            " last, stddev, median, percentile(P), rate. Each is a key of the field's"
+            " output, percentile(P) as pP with `.` written `_` (p95, p99_9).",
             example={"temp": ["avg", "min", "max", "count", "percentile(95)"]},
         ),
     ]

@@ -21,6 +21,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.processors.filter import FilterProcessor
 from gateway.processors.window import WindowProcessor, iso
 
 pytestmark = pytest.mark.unit
@@ -697,6 +698,34 @@ def test_over_a_small_budget_no_reading_is_lost_and_the_open_count_is_right(
     out = flush(processor, clock)
     assert processor.status()["open"] == 0
     assert sum(b["count"] for b in outputs(out)) == sum(a["n"] for a in windows)
+
+
+def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
+    """percentile(99.9) was `p99.9`, which no field path reaches (`.` splits it): it
+    is `p99_9`, and a filter after the window tests it; percentile(95) stays `p95`."""
+    specs = ["percentile(95)", "percentile(99.9)", "percentile(0.5)", "percentile(99.99999)"]
+    processor = make({"kind": "count", "count": 1001, "aggregates": {"v": specs}})
+    out = []
+    for i in range(1001):
+        out += processor.process(FlowFile.create("t", json.dumps({"v": i}).encode()))
+    [window] = out
+    stats = json.loads(window.content)["v"]
+    assert stats == {
+        "p95": 950.0,
+        "p99_9": 999.0,
+        "p0_5": 5.0,
+        "p99_99999": pytest.approx(999.9999),
+    }
+    problems = Problems()
+    cfg = build_component(
+        "processor",
+        {"type": "filter", "all": [{"field": "v.p99_9", "op": "gt", "value": 998}]},
+        ("f",),
+        problems,
+    )
+    assert not problems.items, problems.items
+    later = FilterProcessor(cfg, Context("r.1", "processor", clock=FakeClock()))
+    assert later.process(window) == [window]
 
 
 def test_output_ids_are_the_same_for_the_same_window() -> None:
