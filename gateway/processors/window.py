@@ -140,6 +140,9 @@ MARK = "w|"
 MARK_SIZE = 150  # a list of three numbers, in memory
 LATE, ADDED, OPENED = 0, 1, 2  # what became of a reading: late, added, opened a window
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# Output topics made from a template with {topic.N} or {group}, remembered per (topic,
+# group) up to this estimate of their bytes, then forgotten all at once.
+TOPICS_BYTES = 4 << 20
 
 # The config keys that shape the open windows: a change to one drops them (see State).
 SHAPE = (
@@ -564,6 +567,10 @@ class WindowProcessor(Processor):
         self._group = _grouper(c.group_by)
         # `{topic}` alone always makes a valid topic; a level or the group may not.
         self._check_topic = _PLACEHOLDER.search(c.topic.replace("{topic}", "")) is not None
+        # a template without {topic} or {topic.N} makes the same topic for every topic
+        self._by_topic = "{topic" in c.topic
+        self._topics: dict[tuple[str, str], str] = {}
+        self._topics_bytes = 0
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
         self.dropped = 0  # open windows dropped because the config that made them changed
@@ -696,7 +703,7 @@ class WindowProcessor(Processor):
         if self._check_topic:
             # The window's output topic comes from its first reading: a reading whose
             # topic or group cannot make one is refused now, not when its window closes.
-            self._topic(flowfile.topic, group)
+            self._cached_topic(flowfile.topic, group)
         kv = self.kv
         assert kv is not None
         out: list[FlowFile] = []
@@ -1057,7 +1064,7 @@ class WindowProcessor(Processor):
             body["early"] = True
         ids = acc["i"]
         lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
-        topic = self._topic(acc["t"], acc["g"])
+        topic = self._cached_topic(acc["t"], acc["g"])
         return FlowFile(
             self._id(acc),
             topic,
@@ -1066,6 +1073,21 @@ class WindowProcessor(Processor):
             self.ctx.clock.now_ns(),
             lineage,
         )
+
+    def _cached_topic(self, topic: str, group: str) -> str:
+        """`_topic`, remembered: formatting and checking it costs more than a lookup,
+        and it is asked for each reading."""
+        key = (topic if self._by_topic else "", group)
+        text = self._topics.get(key)
+        if text is None:
+            text = self._topic(topic, group)  # a PermanentError is not remembered
+            size = 200 + len(key[0]) + len(group) + len(text)
+            if self._topics_bytes + size > TOPICS_BYTES:
+                self._topics.clear()
+                self._topics_bytes = 0
+            self._topics[key] = text
+            self._topics_bytes += size
+        return text
 
     def _topic(self, topic: str, group: str) -> str:
         levels = topic.split("/")

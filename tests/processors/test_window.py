@@ -21,6 +21,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.processors import window
 from gateway.processors.filter import FilterProcessor
 from gateway.processors.window import WindowProcessor, iso
 
@@ -485,6 +486,24 @@ def test_a_reading_that_cannot_make_the_output_topic_is_refused_as_it_comes() ->
     [out] = processor.tick(start + 10 * S)
     assert out.topic == "agg/1/a" and json.loads(out.content)["count"] == 1
     assert processor.status()["open"] == 0
+
+
+def test_output_topics_stay_right_past_the_bound_of_those_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The topics made from the template are remembered per (topic, group) within a
+    bound of bytes; past it they are forgotten and made again, and a reading that
+    cannot make one is refused each time."""
+    monkeypatch.setattr(window, "TOPICS_BYTES", 2000)
+    config = {"kind": "count", "count": 1, "group_by": "field.dev"}
+    processor = make({**config, "topic": "agg/{topic.1}/{group}", "aggregates": {"v": ["count"]}})
+    for _ in range(2):
+        for i in range(40):
+            [out] = processor.process(FlowFile.create(f"p/{i % 3}", b'{"dev": "d%d", "v": 1}' % i))
+            assert out.topic == f"agg/{i % 3}/d{i}"
+            with pytest.raises(PermanentError, match="wildcards"):
+                processor.process(FlowFile.create(f"p/{i % 3}", b'{"dev": "d%d/#", "v": 1}' % i))
+        assert processor._topics_bytes <= 2000
 
 
 def test_a_group_that_json_cannot_write_is_refused_with_the_default_topic() -> None:
