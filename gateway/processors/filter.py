@@ -21,7 +21,10 @@ A condition tests one subject:
 with an op and, for most ops, a value:
   eq, ne                   equal / not equal (1 equals 1.0; true does not equal 1)
   gt, ge, lt, le           compare with a number (or with text, alphabetically);
-                           a text subject (attribute, topic) is read as a number
+                           a text subject (attribute, topic) is read as a number:
+                           text holding none goes to the dead letters, and so
+                           does "nan" (NaN is neither greater nor less than
+                           anything: it would fail gt and lt alike, unseen)
   in, not_in               value is a list: [a, b, 3]
   exists, missing          no value: the field, attribute or level is there or not
   contains                 text contains the value, an array holds it, or an
@@ -32,7 +35,8 @@ A condition may also be a group: `{any: [...]}` or `{all: [...]}`.
 
 A condition on something missing is false, except `missing` and the negative
 ops `ne` and `not_in`, which hold. Against a text subject the value is
-compared as text (`value: 1` matches attribute "1").
+compared as text (`value: 1` matches attribute "1"). A value of NaN (`.nan`) is
+refused on load: no subject would ever equal it, nor be greater or less.
 
 Example
   processors:
@@ -49,6 +53,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
@@ -147,6 +152,14 @@ class Condition:
 
     def _check_value(self) -> Iterator[tuple[str, str]]:
         op, value = self.op, self.value
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(type(v) is float and math.isnan(v) for v in values):
+            yield (
+                "value",
+                "NaN (.nan) equals nothing and is neither greater nor less than anything:"
+                " give a number",
+            )
+            return
         if op in _NO_VALUE:
             if value is not UNSET:
                 yield "value", f"op {op} takes no value"
@@ -405,6 +418,8 @@ def _compile_order(
                 number = float(v)
             except ValueError:
                 raise wrong(v, "a number") from None
+            if number != number:  # "nan": it would fail gt and lt alike, and be dropped unseen
+                raise wrong(v, "a number (NaN is neither greater nor less than anything)")
             return compare(number, value)
 
         return test_number_text

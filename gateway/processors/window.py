@@ -15,14 +15,18 @@ Time
                      `time_attribute`: a number of seconds, milliseconds, micro- or
                      nanoseconds since the epoch (told apart by size) or ISO 8601 text
                      (UTC when no offset is given), within the years 1 to 9999
-With event time, the watermark is the newest event time seen minus
-`allowed_lateness`; a window closes once the watermark passes its end. A reading
-whose windows have all closed is late: counted and dropped, or dead-lettered with
-`late: dead_letter`. When no reading has raised the watermark for `idle`, it moves
-on with the gateway's clock, so that windows close even when data stops.
+With event time, each group has its own watermark: the newest event time seen in
+that group minus `allowed_lateness`; a group's window closes once the group's
+watermark passes its end. A device whose clock runs ahead (readings from 2035)
+closes only its own windows: another group's readings are judged against that
+group's own newest time. A reading whose windows have all closed is late: counted and
+dropped, or dead-lettered with `late: dead_letter`. When no reading has raised a
+group's watermark for `idle`, it moves on with the gateway's clock, so that the
+group's windows close even when its data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
-Windows close in order of their end (then start, then group). Count windows close
+A group's windows close in order of their end (then start); windows closing together
+(on one timer tick) close in order of end, start, then group. Count windows close
 on their count only.
 
 Groups
@@ -46,6 +50,9 @@ fewer than two times); `first` and `last` are by time (ties: by arrival).
 Output: one FlowFile per closed window and group, JSON:
   {"group": "plant/1", "start": "2024-05-01T12:00:00.000Z", "end": "...",
    "count": 60, "temp": {"avg": 21.5, "min": 20.1, "max": 23.0, "p95": 22.8}}
+An aggregate's key is its name; percentile(P)'s is pP with a `.` in P written `_`
+(percentile(95): p95, percentile(99.9): p99_9), so that a later processor reaches it
+with a field path (temp.p99_9).
 A field with no number in a window has {"count": 0} and null aggregates; an
 aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
 (avg is then the running mean). A window
@@ -59,7 +66,14 @@ the processor, so an output sent again after a restart is recognised by idempote
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
-after a restart (`edge-stream state show ROUTE.N`). The state also holds a
+after a restart (`edge-stream state show ROUTE.N`). With event time (but for count
+windows) the state also holds each group's watermark (a key `w|GROUP`, and in each
+open window of the group), within `max_state`: over it the oldest keys go first, and a
+group whose watermark goes is forgotten (its open windows close early; a reading of it
+that comes later starts afresh). Near the budget a group's watermark becomes the
+newest key when the group opens a window, so the group quiet the longest goes first.
+State written before watermarks were per group gives the one watermark it held to
+each group with open windows. The state also holds a
 fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
@@ -118,7 +132,24 @@ NEEDS_NUMBER = "window needs a number (within ±1.8e308)"
 # The window's own keys in an output: an aggregated field may not take one of them.
 OUTPUT_KEYS = ("group", "start", "end", "count", "early")
 META = "~meta"
+# The version of the state's layout, in META: 1 (no "v") held one watermark for every
+# group ("wm", "mx" in META); 2 holds one per group, each its own key MARK + group.
+STATE_VERSION = 2
+# A group's watermark (event time): [watermark, newest event time], the value of the
+# key MARK + group; the monotonic clock when that time was seen is kept beside it
+# (`_since`: it means nothing after a restart, and is set anew then). Each open window
+# of the group holds the watermark too (as "m", the same list): a reading that raises
+# it writes the window it went in anyway, so the watermark costs no row of its own per
+# reading. The key is written when no window written with the batch holds the new
+# value (a timer's close, an eviction); on restore the group's watermark is the
+# highest of them all.
+MARK = "w|"
+MARK_SIZE = 200  # a list of two numbers, and its entry in `_since`, in memory
+LATE, ADDED, OPENED = 0, 1, 2  # what became of a reading: late, added, opened a window
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# Output topics made from a template with {topic.N} or {group}, remembered per (topic,
+# group) up to this estimate of their bytes, then forgotten all at once.
+TOPICS_BYTES = 4 << 20
 
 # The config keys that shape the open windows: a change to one drops them (see State).
 SHAPE = (
@@ -139,12 +170,15 @@ N, SUM, MIN, MAX, FIRST, TFIRST, LAST, TLAST, MEAN, M2, VALUES = range(11)
 
 
 def aggregate_name(spec: str) -> str | None:
-    """The output key of an aggregate spec (`p95` for percentile(95)); None if unknown."""
+    """The output key of an aggregate spec (`p95` for percentile(95), `p99_9` for
+    percentile(99.9): a `.` would split the field path of a later processor); None if
+    unknown."""
     if spec in SIMPLE:
         return spec
     m = _PERCENTILE.match(spec)
     if m and 0 <= float(m.group(1)) <= 100:
-        return f"p{float(m.group(1)):g}"
+        # every digit written counts (`:g` made percentile(99.99999) `p100`)
+        return "p" + f"{float(m.group(1)):.15g}".replace(".", "_")
     return None
 
 
@@ -169,7 +203,8 @@ class WindowProcessorConfig:
         dict[str, list[str]],
         Doc(
             "Per JSON field, the aggregates to compute: count, sum, avg, min, max, first,"
-            " last, stddev, median, percentile(P), rate.",
+            " last, stddev, median, percentile(P), rate. Each is a key of the field's"
+            " output, percentile(P) as pP with `.` written `_` (p95, p99_9).",
             example={"temp": ["avg", "min", "max", "count", "percentile(95)"]},
         ),
     ]
@@ -213,7 +248,8 @@ class WindowProcessorConfig:
         str | None, Doc("event time: the attribute holding the reading's time.")
     ] = None
     allowed_lateness: Annotated[
-        Duration, Doc("event time: how far behind the newest event time a reading may be.")
+        Duration,
+        Doc("event time: how far behind its group's newest event time a reading may be."),
     ] = 0.0
     late: Annotated[
         Literal["drop", "dead_letter"],
@@ -224,8 +260,8 @@ class WindowProcessorConfig:
     idle: Annotated[
         Duration,
         Doc(
-            "event time: after this long without a reading raising the watermark, it"
-            " moves on with the clock (windows close when data stops)."
+            "event time: after this long without a reading raising a group's watermark,"
+            " it moves on with the clock (the group's windows close when its data stops)."
         ),
         Range(0, None, "must be more than 0", above=True),
     ] = 10.0
@@ -244,7 +280,10 @@ class WindowProcessorConfig:
     ] = 10_000
     max_state: Annotated[
         Size,
-        Doc("The state budget (open windows); over it the oldest windows close early (counted)."),
+        Doc(
+            "The state budget (open windows, and each group's watermark with event time);"
+            " over it the oldest windows close early (counted)."
+        ),
         Range(4096, None, "must be at least 4096 bytes"),
     ] = 64 << 20
 
@@ -535,18 +574,33 @@ class WindowProcessor(Processor):
         self._group = _grouper(c.group_by)
         # `{topic}` alone always makes a valid topic; a level or the group may not.
         self._check_topic = _PLACEHOLDER.search(c.topic.replace("{topic}", "")) is not None
+        # a template without {topic} or {topic.N} makes the same topic for every topic
+        self._by_topic = "{topic" in c.topic
+        self._topics: dict[tuple[str, str], str] = {}
+        self._topics_bytes = 0
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
         self.dropped = 0  # open windows dropped because the config that made them changed
         self.early = 0  # windows closed early over the state budget, since start
         self._fp = fingerprint(c)
-        self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
+        # The open time windows by end, (end, start, group, key): with event time one
+        # heap per group (each closes on its own watermark), else one for all under "".
+        self._heaps: dict[str, list[tuple[int, int, str, str]]] = {}
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
+        # with event time (count windows aside), each group's watermark, in the state
+        self._marked = self._event and c.kind != "count"
+        # the groups with a watermark in the state, and when (monotonic) a reading last
+        # raised it
+        self._since: dict[str, float] = {}
+        # (monotonic time, group): when, at the earliest, a group with open windows may
+        # have been quiet for `idle` (a group is in it once at most: `_waiting`); the
+        # timer looks at these groups only, not at every group each second
+        self._idle: list[tuple[float, str]] = []
+        self._waiting: set[str] = set()
         self._meta: dict[str, Any] = self._fresh_meta()
-        self._mono_at_max = ctx.clock.monotonic()
 
     def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
-        return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
+        return {"v": STATE_VERSION, "late": late, "dropped": dropped, "fp": self._fp}
 
     def status(self) -> dict[str, object]:
         """open windows, late readings, windows closed early (over `max_state`) and
@@ -554,7 +608,7 @@ class WindowProcessor(Processor):
         kv = self.kv
         assert kv is not None
         return {
-            "open": len(kv) - (META in kv),
+            "open": len(kv) - (META in kv) - len(self._since),
             "late": self.late,
             "early": self.early,
             "dropped": self.dropped,
@@ -563,6 +617,8 @@ class WindowProcessor(Processor):
 
     @staticmethod
     def _state_size(value: Any) -> int:
+        if type(value) is list:
+            return MARK_SIZE
         return 200 if "f" not in value else _stats_size(value)
 
     # -- state ------------------------------------------------------------------------
@@ -575,14 +631,17 @@ class WindowProcessor(Processor):
     def restored(self) -> None:
         kv = self.kv
         assert kv is not None
-        self._heap = []
+        self._heaps = {}
         self._sessions = {}
+        self._since = {}
+        self._idle = []
+        self._waiting = set()
         meta = kv.get(META) or self._fresh_meta()
         self.late = meta.get("late", 0)
         self.dropped = meta.get("dropped", 0)
         # State from before fingerprints (no "fp") is taken as made by this config.
         if meta.get("fp", self._fp) != self._fp:
-            windows = len(kv) - (META in kv)
+            windows = sum(1 for key, _ in kv.items() if key != META and key[:2] != MARK)
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
@@ -598,15 +657,59 @@ class WindowProcessor(Processor):
         if META in kv and meta.get("fp") != self._fp:
             meta["fp"] = self._fp
             kv.put(META, meta)
+        # Version 1 held one watermark for all groups: each group with open windows
+        # takes it (their windows are open under it, and a window of theirs it closed
+        # is not opened again). A group with none starts afresh: a device whose clock ran
+        # ahead made every other group's readings late, and no longer does.
+        old_wm, old_mx = meta.pop("wm", None), meta.pop("mx", None)
+        if meta.get("v", 1) != STATE_VERSION:
+            meta["v"] = STATE_VERSION
+            if META in kv:
+                kv.put(META, meta)
         self._meta = meta
-        self._mono_at_max = self.ctx.clock.monotonic()
-        for key, acc in kv.items():
-            if key == META or self.config.kind == "count":
+        now = self.ctx.clock.monotonic()
+        items = kv.items()
+        found = []
+        for key, value in items:
+            if key == META:
                 continue
-            self._heap.append((acc["e"], acc["s"], acc["g"], key))
+            if not key.startswith(MARK):
+                found.append((key, value))
+            elif self._marked:
+                self._since[key[len(MARK) :]] = now
+            else:  # the config changed to count or processing time
+                kv.delete(key)
+        if self.config.kind == "count":
+            found = []
+        for key, value in found:
+            group = value["g"]
+            self._heap(group).append((value["e"], value["s"], group, key))
             if self.config.kind == "session":
-                self._sessions.setdefault(acc["g"], []).append(key)
-        heapq.heapify(self._heap)
+                self._sessions.setdefault(group, []).append(key)
+            if not self._marked:
+                continue
+            mark = kv.get(MARK + group)
+            held = value.get("m")
+            if mark is None:
+                if held is not None:
+                    mark = [held[0], held[1]]
+                elif old_wm is not None:  # version 1
+                    mark = [old_wm, old_mx]
+                else:
+                    continue
+                kv.put(MARK + group, mark)
+                self._since[group] = now
+            elif held is not None:
+                mark[0], mark[1] = max(mark[0], held[0]), max(mark[1], held[1])
+            value["m"] = mark  # the same list again (changed in place: not worth writing)
+        for group, heap in self._heaps.items():
+            heapq.heapify(heap)
+            if group in self._since:
+                self._wait(group, now + self.config.idle)
+
+    def _heap(self, group: str) -> list[tuple[int, int, str, str]]:
+        """The heap of open windows that `group`'s windows go in."""
+        return self._heaps.setdefault(group if self._marked else "", [])
 
     # -- input ------------------------------------------------------------------------
 
@@ -627,7 +730,7 @@ class WindowProcessor(Processor):
         if self._check_topic:
             # The window's output topic comes from its first reading: a reading whose
             # topic or group cannot make one is refused now, not when its window closes.
-            self._topic(flowfile.topic, group)
+            self._cached_topic(flowfile.topic, group)
         kv = self.kv
         assert kv is not None
         out: list[FlowFile] = []
@@ -635,60 +738,150 @@ class WindowProcessor(Processor):
             t = self._event_time(flowfile, obj)
         else:
             t = self.ctx.clock.now_ns()
-            out.extend(self._close_until(t))
+            out.extend(self._close(self._due(self._heap(""), t)))
         if self.config.kind == "count":
             out.extend(self._add_count(group, flowfile, t, values))
-        elif self.config.kind == "session":
-            if not self._add_session(group, flowfile, t, values):
-                return self._late(flowfile, t)
-        elif not self._add_timed(group, flowfile, t, values):
-            return self._late(flowfile, t)
-        if self._event:
-            meta = self._meta
-            if meta["mx"] is None or t > meta["mx"]:
-                meta["mx"] = t
-                self._mono_at_max = self.ctx.clock.monotonic()
-                wm = t - self._lateness
-                if meta["wm"] is None or wm > meta["wm"]:
-                    meta["wm"] = wm
-                kv.put(META, meta)
-                out.extend(self._close_until(meta["wm"]))
-        evicted = [acc for key, acc in kv.take_evicted() if key != META]
+        elif not self._marked:  # processing time: no reading is late
+            if self.config.kind == "session":
+                self._add_session(group, flowfile, t, values, None, None)
+            else:
+                self._add_timed(group, flowfile, t, values, None, None)
+        else:
+            key = MARK + group
+            mark = kv.get(key)
+            now = self.ctx.clock.monotonic()
+            fresh = mark is None
+            if mark is None:
+                wm = None
+                mark = [t - self._lateness, t]
+            else:
+                wm = self._watermark(group, mark, now)
+            if self.config.kind == "session":
+                placed = self._add_session(group, flowfile, t, values, wm, mark)
+            else:
+                placed = self._add_timed(group, flowfile, t, values, wm, mark)
+            if fresh or wm is None:
+                self._since[group] = now
+                kv.put(key, mark)
+            elif placed and t > mark[1]:
+                # written with the windows the reading went in, which hold it
+                mark[0] = max(wm, t - self._lateness)
+                mark[1] = t
+                self._since[group] = now
+                if placed == OPENED and kv.bytes > kv.max_bytes // 2:
+                    # near the budget, the key becomes the newest, so that the group
+                    # whose last window opened the longest ago is forgotten first, not
+                    # the group known the longest
+                    kv.delete(key)
+                    kv.put(key, mark)
+            elif wm > mark[0]:  # moved on with the clock (idle): no window holds it
+                mark[0] = wm
+                kv.put(key, mark)
+            if not placed:
+                return self._late(flowfile, t, mark[0])
+            heap = self._heaps.get(group)
+            if heap and heap[0][0] <= mark[0]:
+                out.extend(self._close(self._due(heap, mark[0])))
+            if group not in self._waiting:
+                self._wait(group, now + self.config.idle)
+        evicted = kv.take_evicted()
         if evicted:
-            self.early += len(evicted)
-            out.extend(self._emit(acc, early=True) for acc in evicted)
+            out.extend(self._evicted(evicted))
         return out
 
     def tick(self, now_ns: int) -> list[FlowFile]:
         if self.config.kind == "count":
             return []
-        if not self._event:
-            return self._close_until(now_ns)
-        meta = self._meta
-        if meta["mx"] is None:
-            return []
-        quiet = self.ctx.clock.monotonic() - self._mono_at_max
-        if quiet < self.config.idle:
-            return []
-        wm = meta["mx"] + round(quiet * 1e9) - self._lateness
-        if meta["wm"] is not None and wm <= meta["wm"]:
-            return []
-        meta["wm"] = wm
         assert self.kv is not None
-        self.kv.put(META, meta)
-        return self._close_until(wm)
+        out = self._evicted(self.kv.take_evicted())
+        if not self._event:
+            return out + self._close(self._due(self._heap(""), now_ns))
+        kv = self.kv
+        assert kv is not None
+        now = self.ctx.clock.monotonic()
+        idle = self._idle
+        due: list[tuple[int, int, str, str]] = []
+        later: list[tuple[float, str]] = []
+        while idle and idle[0][0] <= now:
+            _, group = heapq.heappop(idle)
+            self._waiting.discard(group)
+            heap = self._heaps.get(group)
+            mark = kv.get(MARK + group)
+            if not heap or mark is None:
+                continue  # no open window, or forgotten over the budget (closed early)
+            wm = self._watermark(group, mark, now)
+            if heap[0][0] <= wm:
+                # written only when it closes a window: an idle group's watermark is
+                # worked out anew from its clock when a reading comes
+                mark[0] = wm
+                kv.put(MARK + group, mark)
+                due.extend(self._due(heap, wm))
+            if heap:  # again when the watermark, moving on with the clock, reaches it
+                reach = (heap[0][0] - mark[1] + self._lateness) / 1e9
+                later.append((self._since[group] + max(self.config.idle, reach), group))
+        for at, group in later:
+            self._wait(group, at)
+        due.sort()
+        return out + self._close(due)
 
-    def _late(self, flowfile: FlowFile, t: int) -> list[FlowFile]:
+    def _wait(self, group: str, at: float) -> None:
+        heapq.heappush(self._idle, (at, group))
+        self._waiting.add(group)
+
+    def _watermark(self, group: str, mark: list[Any], now: float) -> int:
+        """A group's watermark at `now` (monotonic): after `idle` without a reading
+        raising it, it moves on with the clock from the group's newest event time."""
+        wm: int = mark[0]
+        quiet = now - self._since[group]
+        if quiet < self.config.idle:
+            return wm
+        newest: int = mark[1]
+        return max(wm, newest + round(quiet * 1e9) - self._lateness)
+
+    def _late(self, flowfile: FlowFile, t: int, wm: int) -> list[FlowFile]:
         self.late += 1
         self._meta["late"] = self.late
         assert self.kv is not None
         self.kv.put(META, self._meta)
         if self.config.late == "dead_letter":
             raise PermanentError(
-                f"late: its time {iso(t)} is behind the watermark {iso(self._meta['wm'])}"
+                f"late: its time {iso(t)} is behind its group's watermark {iso(wm)}"
                 " and its windows are closed"
             )
         return []
+
+    def _evicted(self, evicted: list[tuple[str, Any]]) -> list[FlowFile]:
+        """Windows evicted over the state budget, closed early; a group whose watermark
+        was evicted is forgotten: its open windows close early too."""
+        kv = self.kv
+        assert kv is not None
+        out = []
+        for key, value in evicted:
+            if key.startswith(MARK):
+                # unless the reading that evicted it (a window of its group) put it back
+                if key not in kv:
+                    out.extend(self._forget(key[len(MARK) :]))
+            elif key != META:
+                self.early += 1
+                out.append(self._emit(value, early=True))
+                mark = value.get("m")
+                if mark is not None and MARK + value["g"] in kv:
+                    kv.put(MARK + value["g"], mark)  # the window held its newest value
+        return out
+
+    def _forget(self, group: str) -> list[FlowFile]:
+        kv = self.kv
+        assert kv is not None
+        self._since.pop(group, None)
+        windows = []
+        for end, _start, _group, key in sorted(self._heaps.pop(group, ())):
+            acc = kv.get(key)
+            if acc is not None and acc["e"] == end:
+                windows.append(acc)
+                kv.delete(key)
+        self._sessions.pop(group, None)
+        self.early += len(windows)
+        return [self._emit(acc, early=True) for acc in windows]
 
     def _event_time(self, flowfile: FlowFile, obj: Any) -> int:
         if self._time_path is not None:
@@ -728,13 +921,21 @@ class WindowProcessor(Processor):
             if v is not None:
                 add_value(stats[path], v, t, most)
 
-    def _add_timed(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
+    def _add_timed(
+        self,
+        group: str,
+        flowfile: FlowFile,
+        t: int,
+        values: list[Any],
+        wm: int | None,
+        mark: list[Any] | None,
+    ) -> int:
+        """LATE, ADDED (to open windows) or OPENED (a window too)."""
         kv = self.kv
         assert kv is not None
-        wm = self._meta["wm"] if self._event else None
         size, every = self._size, self._every
         start = t - t % every
-        placed = False
+        placed = LATE
         while start > t - size:
             end = start + size
             if wm is None or end > wm:
@@ -742,20 +943,32 @@ class WindowProcessor(Processor):
                 acc = kv.get(key)
                 if acc is None:
                     acc = self._new_acc(group, start, end, flowfile)
-                    heapq.heappush(self._heap, (end, start, group, key))
+                    if mark is not None:
+                        acc["m"] = mark
+                    heapq.heappush(self._heap(group), (end, start, group, key))
+                    placed = OPENED
+                elif not placed:
+                    placed = ADDED
                 self._add(acc, flowfile, t, values)
                 kv.put(key, acc)
-                placed = True
             start -= every
         return placed
 
-    def _add_session(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
+    def _add_session(
+        self,
+        group: str,
+        flowfile: FlowFile,
+        t: int,
+        values: list[Any],
+        wm: int | None,
+        mark: list[Any] | None,
+    ) -> int:
+        """LATE, ADDED (to an open session) or OPENED (a new session)."""
         kv = self.kv
         assert kv is not None
         gap = self._gap
-        wm = self._meta["wm"] if self._event else None
         if wm is not None and t + gap <= wm:
-            return False
+            return LATE
         keys = self._sessions.setdefault(group, [])
         near = [k for k in keys if k in kv and kv.get(k)["s"] - gap <= t < kv.get(k)["e"]]
         acc = self._new_acc(group, t, t + gap, flowfile)
@@ -766,11 +979,13 @@ class WindowProcessor(Processor):
         self._add(acc, flowfile, t, values)
         acc["s"] = min(acc["s"], t)
         acc["e"] = max(acc["e"], t + gap)
+        if mark is not None:
+            acc["m"] = mark
         key = f"{acc['s']}|{group}"
         self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
         kv.put(key, acc)
-        heapq.heappush(self._heap, (acc["e"], acc["s"], group, key))
-        return True
+        heapq.heappush(self._heap(group), (acc["e"], acc["s"], group, key))
+        return ADDED if near else OPENED
 
     def _merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         most = self.config.max_values
@@ -839,13 +1054,25 @@ class WindowProcessor(Processor):
 
     # -- output -------------------------------------------------------------------------
 
-    def _close_until(self, wm: int) -> list[FlowFile]:
-        heap = self._heap
+    def _due(
+        self, heap: list[tuple[int, int, str, str]], wm: int
+    ) -> list[tuple[int, int, str, str]]:
+        """The windows of `heap` that end by `wm`, taken off it in order."""
+        due = []
+        while heap and heap[0][0] <= wm:
+            due.append(heapq.heappop(heap))
+        if not heap and due:
+            group = due[0][2] if self._marked else ""
+            if self._heaps.get(group) is heap:
+                del self._heaps[group]
+        return due
+
+    def _close(self, due: list[tuple[int, int, str, str]]) -> list[FlowFile]:
+        """Emit and forget the windows `due` (end, start, group, key), in that order."""
         kv = self.kv
         assert kv is not None
         out = []
-        while heap and heap[0][0] <= wm:
-            end, _start, group, key = heapq.heappop(heap)
+        for end, _start, group, key in due:
             acc = kv.get(key)
             if acc is None or acc["e"] != end:
                 continue  # evicted, or a session that grew since
@@ -884,7 +1111,7 @@ class WindowProcessor(Processor):
             body["early"] = True
         ids = acc["i"]
         lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
-        topic = self._topic(acc["t"], acc["g"])
+        topic = self._cached_topic(acc["t"], acc["g"])
         return FlowFile(
             self._id(acc),
             topic,
@@ -893,6 +1120,21 @@ class WindowProcessor(Processor):
             self.ctx.clock.now_ns(),
             lineage,
         )
+
+    def _cached_topic(self, topic: str, group: str) -> str:
+        """`_topic`, remembered: formatting and checking it costs more than a lookup,
+        and it is asked for each reading."""
+        key = (topic if self._by_topic else "", group)
+        text = self._topics.get(key)
+        if text is None:
+            text = self._topic(topic, group)  # a PermanentError is not remembered
+            size = 200 + len(key[0]) + len(group) + len(text)
+            if self._topics_bytes + size > TOPICS_BYTES:
+                self._topics.clear()
+                self._topics_bytes = 0
+            self._topics[key] = text
+            self._topics_bytes += size
+        return text
 
     def _topic(self, topic: str, group: str) -> str:
         levels = topic.split("/")
