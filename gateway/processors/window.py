@@ -624,8 +624,10 @@ class WindowProcessor(Processor):
     # -- state ------------------------------------------------------------------------
 
     def owns_state(self, key: str, value: Any) -> bool:
-        if key == META:
-            return isinstance(value, dict) and "wm" in value
+        if key == META:  # "wm" in the first version's, "fp" in every later one's
+            return isinstance(value, dict) and ("wm" in value or "fp" in value)
+        if key[:2] == MARK:  # a group's watermark: [watermark, newest event time]
+            return isinstance(value, list)
         return isinstance(value, dict) and "g" in value and "f" in value
 
     def restored(self) -> None:
