@@ -199,6 +199,8 @@ class StoreAdmin:
 
     def dead_letter(self, seq: int) -> DeadLetterRecord | None:
         """Dead letter number `seq`, or None if there is none by that number."""
+        if not _a_seq(seq):
+            return None
         row = self.db.execute(
             "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
             " FROM dead_letters WHERE seq = ?",
@@ -367,7 +369,14 @@ class StoreAdmin:
 def _selection(seqs: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
     if seqs is None:
         return "1", ()
-    return f"seq IN ({','.join('?' * len(seqs))})", tuple(seqs)
+    # a number SQLite cannot hold names no dead letter (and would raise OverflowError)
+    chosen = tuple(n for n in seqs if _a_seq(n))
+    return f"seq IN ({','.join('?' * len(chosen))})", chosen
+
+
+def _a_seq(n: int) -> bool:
+    """Could `n` number a dead letter? (SQLite's integers are signed 64-bit.)"""
+    return 0 < n < 1 << 63
 
 
 # -- reset -----------------------------------------------------------------------------

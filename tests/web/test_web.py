@@ -93,6 +93,29 @@ async def test_status_api_page_metrics_and_health(served: str) -> None:
     assert (await asyncio.to_thread(get, f"{served}/api/dead-letters?limit=x"))[0] == 400
 
 
+async def test_a_dead_letter_number_past_sqlite_s_integers_is_none_not_a_500(
+    served: str,
+) -> None:
+    # A number SQLite cannot hold raised OverflowError in the store: 500, a traceback.
+    huge = 10**20
+    for path in (f"/api/dead-letters/{huge}", f"/api/dead-letters/{huge}/content"):
+        status, body = await asyncio.to_thread(get, served + path)
+        assert status == 404 and json.loads(body) == {"errors": [f"no dead letter {huge}"]}
+
+    def act(action: str) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{served}/api/dead-letters/{action}",
+            data=json.dumps({"seqs": [huge, -1]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+
+    for action in ("replay", "purge"):
+        status, answer = await asyncio.to_thread(act, action)
+        assert status == 200 and answer["count"] == 0
+
+
 async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> None:
     host, port = served.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
