@@ -395,3 +395,59 @@ def test_a_route_name_error_is_shown_beside_the_name_field(
     wait_for(lambda: "give the route a name" in beside_name(), 10, "the missing name")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".field-error")) == 1
     assert gw.stop() == 0
+
+
+def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The open letter's Replay answered "Replayed 0: the gateway takes it in again like
+    # new input." once it was purged (by Purge all, or another user), and after its own
+    # Purge the panel kept offering Replay and Purge for a letter that was gone.
+    name = f"uid{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
+                              "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+    try:
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")  # no account: open on localhost
+
+        def open_newest() -> str:
+            pub.send(f"{name}/bad", "not json")
+            rows = "#dead tr[data-key]"
+            listed = browser.find_elements(By.CSS_SELECTOR, rows)
+            seen = {r.get_attribute("data-key") for r in listed}
+            newest = wait_for(
+                lambda: next((r for r in browser.find_elements(By.CSS_SELECTOR, rows)
+                              if r.get_attribute("data-key") not in seen), None), 20, "a letter"
+            )  # fmt: skip
+            seq = str(newest.get_attribute("data-key"))
+            newest.find_element(By.TAG_NAME, "button").click()
+            wait_for(lambda: text(browser, "#dead-title") == f"Dead letter {seq}", 10, "it, open")
+            return seq
+
+        seq = open_newest()
+        browser.find_element(By.ID, "dead-purge-all").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#dead-all-outcome") == "Purged 1.", 10, "all purged")
+        browser.find_element(By.ID, "dead-replay").click()
+        wait_for(lambda: text(browser, "#dead-outcome") != "", 10, "the replay's outcome")
+        assert text(browser, "#dead-outcome") == (
+            f"Nothing replayed: dead letter {seq} is not there any more"
+            " (replayed or purged already)."
+        )
+        open_newest()
+        assert browser.find_element(By.ID, "dead-replay").is_enabled()  # a new letter: again
+        browser.find_element(By.ID, "dead-purge").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#dead-outcome") == "Purged 1.", 10, "purged")
+        for gone in ("dead-replay", "dead-purge"):
+            assert not browser.find_element(By.ID, gone).is_enabled(), gone
+    finally:
+        pub.close()
+    assert gw.stop() == 0

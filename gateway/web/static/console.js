@@ -877,6 +877,7 @@
     $("dead-download").href = `api/dead-letters/${d.seq}/content`;
     $("dead-download").textContent = `Download all ${W.bytes(d.bytes)} (${d.bytes} bytes)`;
     $("dead-outcome").textContent = "";
+    for (const b of [$("dead-replay"), $("dead-purge")]) { b.disabled = false; guard(b); }
     $("dead-replay").onclick = () => deadAction("replay", [d.seq]);
     $("dead-purge").onclick = () => deadAction("purge", [d.seq]);
     $("dead-title").focus();
@@ -889,11 +890,23 @@
     // one letter: said in its open panel; all of them: beside the buttons (the panel may
     // be hidden, and then the outcome would be too)
     const out = $(seqs ? "dead-outcome" : "dead-all-outcome");
-    out.className = answer.ok ? "ok" : "bad";
-    out.textContent = answer.ok ? (action === "replay" ?
-      `Replayed ${answer.data.count}: the gateway takes it in again like new input.` +
-      (answer.data.note ? ` ${answer.data.note}.` : "") :
-      `Purged ${answer.data.count}.`) : (answer.data.errors || []).join("; ");
+    const {count, note} = answer.data;
+    out.className = !answer.ok ? "bad" : (count ? "ok" : "warn");
+    // nothing done: said so, not "Replayed 0: the gateway takes it in again"
+    const none = seqs ? `dead letter ${seqs.join(", ")} is not there any more (replayed or` +
+      " purged already)" : "there are no dead letters";
+    const verb = action === "replay" ? "replayed" : "purged";
+    if (!answer.ok) out.textContent = (answer.data.errors || []).join("; ");
+    else if (action === "replay" && count) {
+      out.textContent = `Replayed ${count}: the gateway takes ${count === 1 ? "it" : "them"}` +
+        " in again like new input." + (note ? ` ${note}.` : "");
+    } else if (count) out.textContent = `Purged ${count}.`;
+    else out.textContent = `Nothing ${verb}: ` + (note || none) + ".";
+    if (seqs && answer.ok && count) {
+      // the open letter is gone: its buttons would act on nothing
+      $("dead-replay").disabled = true;
+      $("dead-purge").disabled = true;
+    }
     deadCount = -1;
   }
 
