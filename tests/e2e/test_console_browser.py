@@ -451,3 +451,40 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
     finally:
         pub.close()
     assert gw.stop() == 0
+
+
+def test_a_topic_filter_that_is_wrong_or_matches_nothing_says_so(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A filter the gateway refused left the rows of the last filter under its error, as
+    # if they were its answer; one that matched nothing said "no topics seen yet".
+    name = f"uit{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"lines": {"match": f"{name}/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+    try:
+        pub.send(f"{name}/line/1", "20.5")
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
+        wait_for(lambda: row(browser, "topics", f"topic {name}/line/1"), 15, "the topic's row")
+        field = browser.find_element(By.ID, "topic-filter")
+        field.clear()
+        field.send_keys(f"{name}/#/x\n")
+        wait_for(lambda: "'#' must be a whole level" in text(browser, "#topic-note"), 10, "error")
+        wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, "#topics tr[data-key]"), 10,
+                 "no rows of the last filter")  # fmt: skip
+        assert text(browser, "#topics") == "none: the topic filter is not valid"
+        assert field.get_attribute("aria-invalid") == "true"
+        field.clear()
+        field.send_keys("elsewhere/#\n")
+        wait_for(lambda: "none of the" in text(browser, "#topics"), 10, "none matches")
+        assert text(browser, "#topics") == "none of the 1 topics seen lately matches elsewhere/#"
+        assert field.get_attribute("aria-invalid") is None
+    finally:
+        pub.close()
+    assert gw.stop() == 0

@@ -124,6 +124,7 @@
         attrs: {colspan: cols}}));
       tbody.append(none);
     } else if (items.length && none) none.remove();
+    else if (none && none.textContent !== (empty || "none")) none.firstChild.textContent = empty || "none";
   }
 
   // -- talking to the gateway -------------------------------------------------------
@@ -470,8 +471,12 @@
     const answer = await api("GET", "api/topics?limit=500&filter=" + encodeURIComponent(filter))
       .catch(() => null);
     if (!answer) return;
+    // the filter's problem, and no rows: those of the last filter are not its answer
+    if (answer.ok) $("topic-filter").removeAttribute("aria-invalid");
+    else $("topic-filter").setAttribute("aria-invalid", "true");
     if (!answer.ok) {
       $("topic-note").textContent = (answer.data.errors || []).join("; ");
+      syncRows($("topics"), [], "none: the topic filter is not valid");
       return;
     }
     const d = answer.data;
@@ -506,7 +511,8 @@
         () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
       ]]);
     }
-    syncRows($("topics"), items, "no topics seen yet");
+    syncRows($("topics"), items, d.seen ? `none of the ${d.seen} topics seen lately matches ` +
+      filter : "no topics seen yet");
     for (const tr of $("topics").children) {
       const key = tr.dataset.key || "";
       if (key.startsWith("topic ")) tr.firstChild.setAttribute("aria-label", key.slice(6));
