@@ -143,16 +143,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def open_admin(path: str | os.PathLike[str]) -> StoreAdmin:
+def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
     """A `StoreAdmin` on the store at `path`, on a connection of its own.
 
     Refuses with a one-line StoreError when there is no store there, or when
     the file is not a valid Edge Stream store (the check the gateway's start
     makes): nothing is written into a file that is not one.
+
+    `in_gateway`: called in the process of the gateway that has the store open (the
+    console), which checked the file when it opened it. The check is then not made: it
+    reads the file's header through a file descriptor of its own, and closing that
+    descriptor drops every POSIX lock the process holds on the file, the gateway's
+    SQLite connection's too (SQLite's "how to corrupt": an `edge-stream` command run
+    afterwards then took itself for the last user of the store, checkpointed and
+    deleted the WAL under the gateway, and the gateway's store read as damaged).
     """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
+    if in_gateway:
+        return StoreAdmin(_connect(path), path)
     problem = not_a_store(path)
     if problem is not None:
         raise StoreError(

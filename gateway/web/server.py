@@ -624,7 +624,7 @@ class WebServer:
         """`do` on a store admin connection of its own, as the CLI does (blocking: call it
         in a worker thread)."""
         try:
-            with admin.open_admin(self.engine.store.path) as store:
+            with admin.open_admin(self.engine.store.path, in_gateway=True) as store:
                 return do(store)
         except StoreError as err:
             return _json({"errors": [str(err)]}, 409)

@@ -7,6 +7,7 @@ import base64
 import json
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -114,6 +115,38 @@ async def test_a_dead_letter_number_past_sqlite_s_integers_is_none_not_a_500(
     for action in ("replay", "purge"):
         status, answer = await asyncio.to_thread(act, action)
         assert status == 200 and answer["count"] == 0
+
+
+async def test_the_console_s_dead_letter_requests_keep_the_gateway_s_store_locks(
+    tmp_path: Path,
+) -> None:
+    # A console request on the dead letters checked the store file by reading its
+    # header through a file descriptor of its own; closing it dropped the gateway's
+    # SQLite locks on the file (POSIX locks are per process). The next program to close
+    # a connection to the store (`edge-stream dead-letters list`, a backup) then took
+    # itself for the last one and deleted the WAL under the running gateway, whose
+    # store then read as damaged ("file is not a database"): sinks stopped.
+    gateway, task, url = await start_gateway(tmp_path)
+    try:
+        store = tmp_path / "store.db"
+        wal = tmp_path / "store.db-wal"
+        assert wal.exists()
+        status, _ = await asyncio.to_thread(get, f"{url}/api/dead-letters/1")
+        assert status == 404
+        reader = (
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
+            " db.execute('SELECT count(*) FROM dead_letters').fetchall(); db.close()"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", reader, str(store)], timeout=30
+        )
+        assert done.returncode == 0
+        assert wal.exists(), "another program deleted the running gateway's WAL"
+        status, _ = await asyncio.to_thread(get, f"{url}/api/dead-letters/1")
+        assert status == 404
+    finally:
+        gateway.stop()
+        await task
 
 
 async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> None:
