@@ -402,7 +402,8 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
 ) -> None:
     # The open letter's Replay answered "Replayed 0: the gateway takes it in again like
     # new input." once it was purged (by Purge all, or another user), and after its own
-    # Purge the panel kept offering Replay and Purge for a letter that was gone.
+    # Purge the panel kept offering Replay and Purge for a letter that was gone; with
+    # the gateway gone, Replay did nothing at all (an unhandled rejection).
     name = f"uid{uuid.uuid4().hex[:8]}"
     gw = gateway_factory({
         "mqtt": {"url": mosquitto.url},
@@ -417,19 +418,20 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
     try:
         browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")  # no account: open on localhost
 
+        def keys() -> list[str]:
+            script = (
+                "return [...document.querySelectorAll('#dead tr[data-key]')]"
+                ".map(r => r.dataset.key)"
+            )
+            return browser.execute_script(script)  # type: ignore[no-any-return]
+
         def open_newest() -> str:
+            seen = set(keys())
             pub.send(f"{name}/bad", "not json")
-            rows = "#dead tr[data-key]"
-            listed = browser.find_elements(By.CSS_SELECTOR, rows)
-            seen = {r.get_attribute("data-key") for r in listed}
-            newest = wait_for(
-                lambda: next((r for r in browser.find_elements(By.CSS_SELECTOR, rows)
-                              if r.get_attribute("data-key") not in seen), None), 20, "a letter"
-            )  # fmt: skip
-            seq = str(newest.get_attribute("data-key"))
-            newest.find_element(By.TAG_NAME, "button").click()
+            seq = wait_for(lambda: next((k for k in keys() if k not in seen), None), 20, "it")
+            browser.find_element(By.CSS_SELECTOR, f'#dead tr[data-key="{seq}"] button').click()
             wait_for(lambda: text(browser, "#dead-title") == f"Dead letter {seq}", 10, "it, open")
-            return seq
+            return str(seq)
 
         seq = open_newest()
         browser.find_element(By.ID, "dead-purge-all").click()
@@ -448,6 +450,12 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
         wait_for(lambda: text(browser, "#dead-outcome") == "Purged 1.", 10, "purged")
         for gone in ("dead-replay", "dead-purge"):
             assert not browser.find_element(By.ID, gone).is_enabled(), gone
+        # the gateway gone while a letter is open: Replay says that nothing answered
+        open_newest()
+        assert gw.stop() == 0
+        browser.find_element(By.ID, "dead-replay").click()
+        wait_for(lambda: text(browser, "#dead-outcome").startswith("no answer from the gateway"),
+                 10, "the replay's outcome")  # fmt: skip
     finally:
         pub.close()
     assert gw.stop() == 0

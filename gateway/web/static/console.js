@@ -143,6 +143,11 @@
     return {status: answer.status, ok: answer.ok, data};
   }
 
+  /** A request that got no answer (the gateway restarting, the network gone), as an
+   * answer with the error to show: an action never does nothing without a word. */
+  const noAnswer = err => ({status: 0, ok: false, data: {errors: [
+    `no answer from the gateway (${err.message}); try again when it is back`]}});
+
   async function loadConfig(force) {
     const hash = status && status.config ? status.config.hash : null;
     if (config && !force && hash === configHash) return config;
@@ -526,7 +531,8 @@
   async function whichRoutes(e) {
     e.preventDefault();
     const topic = $("match-topic").value.trim();
-    const answer = await api("GET", "api/routes/match?topic=" + encodeURIComponent(topic));
+    const answer = await api("GET", "api/routes/match?topic=" + encodeURIComponent(topic))
+      .catch(noAnswer);
     const out = $("match-result");
     if (!answer.ok) { out.textContent = (answer.data.errors || []).join("; "); return; }
     const routes = answer.data.routes;
@@ -747,13 +753,13 @@
 
   async function rollback(name) {
     if (!confirm(`Put version ${name} back and apply it?`)) return;
-    const answer = await api("POST", "api/config/rollback", {version: name});
+    const answer = await api("POST", "api/config/rollback", {version: name}).catch(noAnswer);
     const out = $("route-outcome");
     const d = answer.data;
     out.className = answer.ok ? "ok" : "bad";
     out.textContent = answer.ok ? `Rolled back to ${name} (${d.outcome}).` +
       (d.changes && d.changes.length ? ` Restarted or changed: ${d.changes.join("; ")}.` : "") :
-      `Not rolled back (${d.outcome || answer.status}): ${(d.errors || []).join("; ")}`;
+      `Not rolled back (${d.outcome || answer.status || "no answer"}): ${(d.errors || []).join("; ")}`;
     await loadConfig(true).catch(() => {});
     renderRouteList();
     loadVersions();
@@ -863,10 +869,21 @@
   }
 
   async function openDead(seq) {
-    const answer = await api("GET", `api/dead-letters/${seq}`);
+    const answer = await api("GET", `api/dead-letters/${seq}`).catch(noAnswer);
     const box = $("dead-one");
     box.hidden = false;
-    if (!answer.ok) { $("dead-fields").textContent = (answer.data.errors || []).join("; "); return; }
+    if (!answer.ok) {
+      // nothing of the letter shown before stays, nor its buttons
+      $("dead-title").textContent = `Dead letter ${seq}`;
+      $("dead-fields").textContent = (answer.data.errors || []).join("; ");
+      $("dead-kind").textContent = "";
+      $("dead-content").textContent = "";
+      $("dead-all").hidden = true;
+      $("dead-outcome").textContent = "";
+      $("dead-replay").disabled = true;
+      $("dead-purge").disabled = true;
+      return;
+    }
     const d = answer.data;
     $("dead-title").textContent = `Dead letter ${d.seq}`;
     const fields = [["topic", d.topic], ["id", d.id], ["where", d.origin], ["sink", d.sink || ""],
@@ -892,7 +909,8 @@
   async function deadAction(action, seqs) {
     if (action === "purge" && !confirm(seqs ? `Delete dead letter ${seqs.join(", ")} for good?` :
       "Delete every dead letter for good?")) return;
-    const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true});
+    const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true})
+      .catch(noAnswer);
     // one letter: said in its open panel; all of them: beside the buttons (the panel may
     // be hidden, and then the outcome would be too)
     const out = $(seqs ? "dead-outcome" : "dead-all-outcome");
