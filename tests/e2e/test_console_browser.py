@@ -496,3 +496,28 @@ def test_a_topic_filter_that_is_wrong_or_matches_nothing_says_so(
     finally:
         pub.close()
     assert gw.stop() == 0
+
+
+def test_the_pipeline_graph_is_readable_on_a_phone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The graph was scaled down to the phone's width: at 360 px its node names were
+    # about 5 px high. It now keeps a width its words read at and scrolls in its box.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.set_window_size(360, 740)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#pipeline")  # no account: open on localhost
+    find(browser, 'g.node[data-node="sink archive"]')
+    shown = browser.execute_script(
+        "const g = document.getElementById('graph');"
+        "const size = parseFloat(getComputedStyle(g.querySelector('text.name')).fontSize);"
+        "return g.getBoundingClientRect().width / g.viewBox.baseVal.width * size"
+    )
+    assert shown >= 10, f"node names {shown:.1f} px high"
+    wide = browser.execute_script("return document.documentElement.scrollWidth")
+    assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
+    assert gw.stop() == 0
