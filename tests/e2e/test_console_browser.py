@@ -521,3 +521,33 @@ def test_the_pipeline_graph_is_readable_on_a_phone(
     wide = browser.execute_script("return document.documentElement.scrollWidth")
     assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
     assert gw.stop() == 0
+
+
+def test_an_edit_in_progress_survives_the_tab_being_hidden(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Showing a hidden tab again reopened its page: the route editor refilled its form
+    # from the config, and the technician who looked at another app lost the edit.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=lines")  # open on localhost
+    field = find(browser, "#route-match")
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the route, shown")
+    field.send_keys("\nplant2/#")
+    browser.execute_script(
+        "window.seen = [];"
+        "document.addEventListener('visibilitychange', () => seen.push(document.visibilityState))"
+    )
+    console = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # another app in front: the console's tab is hidden
+    browser.close()
+    browser.switch_to.window(console)
+    wait_for(lambda: browser.execute_script("return seen.join(' ')") == "hidden visible", 10,
+             "the tab hidden, then shown again")  # fmt: skip
+    wait_for(lambda: text(browser, "#live") == "live", 10, "the stream, back")
+    assert field.get_attribute("value") == "plant/#\nplant2/#"
+    assert gw.stop() == 0

@@ -210,13 +210,20 @@
       if (a.getAttribute("href") === "#" + page) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
+    if (page === "editor") openEditor(new URLSearchParams(query || ""));
+    if (page === "pipeline" && selected) showNode(selected.kind, selected.name);
+    resume();
+  }
+
+  /** The open page's polling started again and its data read anew; what the user is
+   * typing (the route editor's form) is left as it is. Also when a hidden tab is shown
+   * again: reopening the page there refilled the form and lost an edit in progress. */
+  function resume() {
     clearInterval(timer);
     timer = null;
     if (page === "topics") { pollTopics(); timer = setInterval(pollTopics, 2000); }
     if (page === "devices") { pollDevices(); timer = setInterval(pollDevices, 5000); }
-    if (page === "editor") openEditor(new URLSearchParams(query || ""));
     if (page === "dead") { deadCount = -1; }
-    if (page === "pipeline" && selected) showNode(selected.kind, selected.name);
     render();
   }
 
@@ -981,7 +988,7 @@
     window.addEventListener("hashchange", () => show(location.hash.slice(1)));
     document.addEventListener("visibilitychange", () => {
       // a paused tab costs nothing: no stream, no polling
-      if (document.hidden) disconnect(); else { connect(); show(location.hash.slice(1)); }
+      if (document.hidden) disconnect(); else { connect(); resume(); }
     });
     whoAmI().then(() => {
       connect();
