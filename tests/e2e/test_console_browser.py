@@ -523,7 +523,7 @@ def test_the_pipeline_graph_is_readable_on_a_phone(
     assert gw.stop() == 0
 
 
-def test_an_edit_in_progress_survives_the_tab_being_hidden(
+def test_an_edit_in_progress_stays_until_the_user_discards_it(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:
     # Showing a hidden tab again reopened its page: the route editor refilled its form
@@ -550,4 +550,10 @@ def test_an_edit_in_progress_survives_the_tab_being_hidden(
              "the tab hidden, then shown again")  # fmt: skip
     wait_for(lambda: text(browser, "#live") == "live", 10, "the stream, back")
     assert field.get_attribute("value") == "plant/#\nplant2/#"
+    # Edit on the route being edited shows it as the config has it (it did nothing: the
+    # address was already that of the route)
+    edit = row(browser, "route-list", "lines")
+    assert edit is not None
+    edit.find_element(By.TAG_NAME, "button").click()
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the edit, discarded")
     assert gw.stop() == 0

@@ -531,8 +531,15 @@
     }
   }
 
+  /** Open `hash`; the one open already too (no hashchange then: Edit on the route being
+   * edited did nothing, where it should show it as it is in the config). */
+  function go(hash) {
+    if (location.hash === hash) show(hash.slice(1));
+    else location.hash = hash;
+  }
+
   function routeTopic(topic) {
-    location.hash = "#editor?topic=" + encodeURIComponent(topic);
+    go("#editor?topic=" + encodeURIComponent(topic));
   }
 
   async function whichRoutes(e) {
@@ -571,7 +578,7 @@
     const routes = config && config.routes ? Object.entries(config.routes) : [];
     syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
       (r.sinks || []).join(", "), () => button("Edit", () => {
-        location.hash = "#editor?route=" + encodeURIComponent(n);
+        go("#editor?route=" + encodeURIComponent(n));
       })]]), "no routes");
   }
 
