@@ -556,4 +556,9 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     assert edit is not None
     edit.find_element(By.TAG_NAME, "button").click()
     wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the edit, discarded")
+    # a link to a route that is not there says so (it showed the last route's form)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=gone")
+    wait_for(lambda: "No route named gone" in text(browser, "#route-outcome"), 10, "said")
+    assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
+    assert text(browser, "#route-title") == "New route"
     assert gw.stop() == 0

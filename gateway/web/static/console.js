@@ -567,8 +567,15 @@
       const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
         .slice(-40) || "new");
       fillForm(name, {match: [topic], processors: [], sinks: []}, true);
-    } else if (route && config && config.routes[route]) {
+    } else if (route && config && config.routes && Object.hasOwn(config.routes, route)) {
       fillForm(route, config.routes[route], false);
+    } else if (route) {
+      // a link to a route that is not (or no longer) in the config: said, and a new form
+      // rather than whichever route the form showed before under its title
+      fillForm("", {match: [], processors: [], sinks: []}, true);
+      $("route-outcome").className = "bad";
+      $("route-outcome").textContent = `No route named ${route} in the config; it may have` +
+        " been removed. Choose one from the list, or make a new one here.";
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
     }
