@@ -498,7 +498,7 @@ def test_a_topic_filter_that_is_wrong_or_matches_nothing_says_so(
     assert gw.stop() == 0
 
 
-def test_the_pipeline_graph_is_readable_on_a_phone(
+def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:
     # The graph was scaled down to the phone's width: at 360 px its node names were
@@ -520,6 +520,11 @@ def test_the_pipeline_graph_is_readable_on_a_phone(
     assert shown >= 10, f"node names {shown:.1f} px high"
     wide = browser.execute_script("return document.documentElement.scrollWidth")
     assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
+    # a route has no series (/api/series: sources and sinks): said, not "no points yet"
+    browser.execute_script("arguments[0].focus()", find(browser, 'g.node[data-node="route lines"]'))
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(lambda: "no 15-minute series for a route" in text(browser, "#node-sparks"), 10,
+             "the route's panel")  # fmt: skip
     assert gw.stop() == 0
 
 

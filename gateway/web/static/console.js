@@ -458,7 +458,12 @@
       box.append(spark(key.slice(kind.length + name.length + 2) + (counter ? " per second" : ""),
         values));
     }
-    if (!box.children.length) box.append(el("p", {class: "muted", text: "no points yet"}));
+    if (!box.children.length) {
+      // /api/series keeps sources' and sinks' counters: a route never gets points
+      box.append(el("p", {class: "muted", text: kind === "route" ?
+        "no 15-minute series for a route (sources and sinks have them); its counters:" :
+        "no points yet"}));
+    }
   }
 
   function spark(label, values) {
