@@ -567,3 +567,25 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
     assert text(browser, "#route-title") == "New route"
     assert gw.stop() == 0
+
+
+def test_logging_in_leads_to_the_page_asked_for(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A bookmark to a view (/#dead) went through the login page to the overview: the
+    # view, after the #, was dropped after logging in.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+        "web": {"username": USER, "password": PASSWORD},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")
+    wait_for(lambda: "/login" in browser.current_url, 10, "the login page")
+    browser.find_element(By.ID, "username").send_keys(USER)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    find(browser, "#page-dead:not([hidden])")
+    assert browser.current_url.endswith("/#dead")
+    assert gw.stop() == 0

@@ -129,6 +129,9 @@
 
   // -- talking to the gateway -------------------------------------------------------
 
+  /** The login page, which comes back to this page (#dead, #editor?route=x) after it. */
+  const toLogin = () => { location.href = "login" + location.hash; };
+
   async function api(method, path, body) {
     const init = {method, credentials: "same-origin", headers: {}};
     if (method !== "GET") init.headers["X-CSRF-Token"] = me.csrf || "";
@@ -137,7 +140,7 @@
       init.headers["Content-Type"] = "application/json";
     }
     const answer = await fetch(path, init);
-    if (answer.status === 401) { location.href = "login"; throw new Error("logged out"); }
+    if (answer.status === 401) { toLogin(); throw new Error("logged out"); }
     const type = answer.headers.get("Content-Type") || "";
     const data = type.includes("json") ? await answer.json() : {errors: [await answer.text()]};
     return {status: answer.status, ok: answer.ok, data};
@@ -977,7 +980,7 @@
 
   async function whoAmI() {
     const answer = await fetch("api/session", {credentials: "same-origin"});
-    if (answer.status === 401) { location.href = "login"; return; }
+    if (answer.status === 401) { toLogin(); return; }
     me = await answer.json();
     $("who").textContent = me.auth === "open" ? "open console (localhost, no accounts)" :
       `${me.user} (${me.role})`;
