@@ -561,6 +561,14 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     assert edit is not None
     edit.find_element(By.TAG_NAME, "button").click()
     wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the edit, discarded")
+    # a check that finds nothing to change leaves Apply off (applying rewrote the
+    # route's lines with its defaults written out, and kept a version, for no change)
+    before = gw.config_path.read_text()
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: "Nothing to apply" in text(browser, "#route-status"), 10, "nothing to do")
+    assert text(browser, "#route-changes") == "nothing changes"
+    assert browser.find_element(By.ID, "apply").get_attribute("disabled") is not None
+    assert gw.config_path.read_text() == before
     # a link to a route that is not there says so (it showed the last route's form)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=gone")
     wait_for(lambda: "No route named gone" in text(browser, "#route-outcome"), 10, "said")

@@ -668,6 +668,7 @@
     pending = null;
     $("apply").disabled = true;
     $("apply").dataset.why = "check first";
+    $("route-status").textContent = "";
     for (const n of document.querySelectorAll("#page-editor [aria-invalid]")) {
       n.removeAttribute("aria-invalid");
       n.removeAttribute("aria-describedby");
@@ -737,6 +738,12 @@
     $("route-changes").replaceChildren(...(answer.data.changes.length ? answer.data.changes :
       ["nothing changes"]).map(c => el("li", {text: c})));
     $("route-diff").textContent = answer.data.diff || "(no difference)";
+    if (!answer.data.changes.length) {
+      // nothing to apply: applying would still rewrite the route's lines in the file
+      // (its defaults written out) and keep a version in History, for no change
+      $("route-status").textContent = "Nothing to apply: the config has this already.";
+      return;
+    }
     pending = {method, path, body, name};
     $("apply").disabled = me.role !== "operator";
     $("apply").textContent = method === "DELETE" ? `Apply: remove ${name}` : `Apply ${name}`;
