@@ -143,16 +143,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def open_admin(path: str | os.PathLike[str]) -> StoreAdmin:
+def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
     """A `StoreAdmin` on the store at `path`, on a connection of its own.
 
     Refuses with a one-line StoreError when there is no store there, or when
     the file is not a valid Edge Stream store (the check the gateway's start
     makes): nothing is written into a file that is not one.
+
+    `in_gateway`: called in the process of the gateway that has the store open (the
+    console), which checked the file when it opened it. The check is then not made: it
+    reads the file's header through a file descriptor of its own, and closing that
+    descriptor drops every POSIX lock the process holds on the file, the gateway's
+    SQLite connection's too (SQLite's "how to corrupt": an `edge-stream` command run
+    afterwards then took itself for the last user of the store, checkpointed and
+    deleted the WAL under the gateway, and the gateway's store read as damaged).
     """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
+    if in_gateway:
+        return StoreAdmin(_connect(path), path)
     problem = not_a_store(path)
     if problem is not None:
         raise StoreError(
@@ -199,6 +209,8 @@ class StoreAdmin:
 
     def dead_letter(self, seq: int) -> DeadLetterRecord | None:
         """Dead letter number `seq`, or None if there is none by that number."""
+        if not _a_seq(seq):
+            return None
         row = self.db.execute(
             "SELECT seq, id, topic, attributes, content, created, origin, sink, reason"
             " FROM dead_letters WHERE seq = ?",
@@ -367,7 +379,14 @@ class StoreAdmin:
 def _selection(seqs: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
     if seqs is None:
         return "1", ()
-    return f"seq IN ({','.join('?' * len(seqs))})", tuple(seqs)
+    # a number SQLite cannot hold names no dead letter (and would raise OverflowError)
+    chosen = tuple(n for n in seqs if _a_seq(n))
+    return f"seq IN ({','.join('?' * len(chosen))})", chosen
+
+
+def _a_seq(n: int) -> bool:
+    """Could `n` number a dead letter? (SQLite's integers are signed 64-bit.)"""
+    return 0 < n < 1 << 63
 
 
 # -- reset -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ PUT|DELETE ...?check=1             show before apply: validate the edit and answ
                                    "checked", "errors", "changes" (as `config diff`),
                                    "diff" (a unified diff of the component's effective
                                    config, secrets ***)}; 422 with the errors if invalid
+                                   (any value but 0, false, no or off asks a check)
 GET    /api/config/versions        {"versions": [{"name", "saved_at", "hash"}]}: the kept
                                    versions, newest first (as `config versions`)
 POST   /api/config/rollback        body {"version": NAME} (default: the newest): put that

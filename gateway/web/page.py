@@ -32,7 +32,8 @@ STATUS_PAGE = """<!doctype html>
 <section id="page-pipeline" hidden><h2>Pipeline</h2>
  <p class="muted">Sources, routes with their processors, and sinks; the edges show the live rate.
   Choose a node (click, or Tab and Enter) for its config, counters and the last 15 minutes.</p>
- <svg id="graph" class="graph" role="group" aria-label="The pipeline graph"></svg>
+ <div class="scroll"><svg id="graph" class="graph" role="group" aria-label="The pipeline graph">
+ </svg></div>
  <div id="node" class="panel" hidden><h3 id="node-title"></h3><p id="node-state"></p>
   <div id="node-sparks" class="sparks"></div>
   <div class="scroll"><table><thead><tr><th>Counter</th><th>Value</th></tr></thead>

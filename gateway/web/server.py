@@ -624,7 +624,7 @@ class WebServer:
         """`do` on a store admin connection of its own, as the CLI does (blocking: call it
         in a worker thread)."""
         try:
-            with admin.open_admin(self.engine.store.path) as store:
+            with admin.open_admin(self.engine.store.path, in_gateway=True) as store:
                 return do(store)
         except StoreError as err:
             return _json({"errors": [str(err)]}, 409)
@@ -661,7 +661,7 @@ class WebServer:
             return _text(413, limit, close=True)
         body = await request.read()
         status, content_type, answer = await self.config_api.handle(
-            request.method, request.path, body, check=request.query.get("check") == "1"
+            request.method, request.path, body, check=_asks_check(request.query.get("check"))
         )
         return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
 
@@ -695,6 +695,12 @@ def _content(content: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"content_hex": shown.hex()} if text is None else {"content": text}
     out["truncated"] = cut
     return out
+
+
+def _asks_check(value: str | None) -> bool:
+    """Does `?check=VALUE` ask for a check only? Any value but a plain no: `?check=true`
+    must not write and apply the edit (only `?check=1` was a check)."""
+    return value is not None and value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _equal(a: str, b: str) -> bool:

@@ -395,3 +395,205 @@ def test_a_route_name_error_is_shown_beside_the_name_field(
     wait_for(lambda: "give the route a name" in beside_name(), 10, "the missing name")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".field-error")) == 1
     assert gw.stop() == 0
+
+
+def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The open letter's Replay answered "Replayed 0: the gateway takes it in again like
+    # new input." once it was purged (by Purge all, or another user), and after its own
+    # Purge the panel kept offering Replay and Purge for a letter that was gone; with
+    # the gateway gone, Replay did nothing at all (an unhandled rejection).
+    name = f"uid{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
+                              "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+    try:
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")  # no account: open on localhost
+
+        def keys() -> list[str]:
+            script = (
+                "return [...document.querySelectorAll('#dead tr[data-key]')]"
+                ".map(r => r.dataset.key)"
+            )
+            return browser.execute_script(script)  # type: ignore[no-any-return]
+
+        def open_newest() -> str:
+            seen = set(keys())
+            pub.send(f"{name}/bad", "not json")
+            seq = wait_for(lambda: next((k for k in keys() if k not in seen), None), 20, "it")
+            browser.find_element(By.CSS_SELECTOR, f'#dead tr[data-key="{seq}"] button').click()
+            wait_for(lambda: text(browser, "#dead-title") == f"Dead letter {seq}", 10, "it, open")
+            return str(seq)
+
+        seq = open_newest()
+        browser.find_element(By.ID, "dead-purge-all").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#dead-all-outcome") == "Purged 1.", 10, "all purged")
+        browser.find_element(By.ID, "dead-replay").click()
+        wait_for(lambda: text(browser, "#dead-outcome") != "", 10, "the replay's outcome")
+        assert text(browser, "#dead-outcome") == (
+            f"Nothing replayed: dead letter {seq} is not there any more"
+            " (replayed or purged already)."
+        )
+        open_newest()
+        assert browser.find_element(By.ID, "dead-replay").is_enabled()  # a new letter: again
+        browser.find_element(By.ID, "dead-purge").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: text(browser, "#dead-outcome") == "Purged 1.", 10, "purged")
+        for gone in ("dead-replay", "dead-purge"):
+            assert not browser.find_element(By.ID, gone).is_enabled(), gone
+        # the gateway gone while a letter is open: Replay says that nothing answered
+        open_newest()
+        assert gw.stop() == 0
+        browser.find_element(By.ID, "dead-replay").click()
+        wait_for(lambda: text(browser, "#dead-outcome").startswith("no answer from the gateway"),
+                 10, "the replay's outcome")  # fmt: skip
+    finally:
+        pub.close()
+    assert gw.stop() == 0
+
+
+def test_a_topic_filter_that_is_wrong_or_matches_nothing_says_so(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A filter the gateway refused left the rows of the last filter under its error, as
+    # if they were its answer; one that matched nothing said "no topics seen yet".
+    name = f"uit{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"lines": {"match": f"{name}/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+    try:
+        pub.send(f"{name}/line/1", "20.5")
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
+        wait_for(lambda: row(browser, "topics", f"topic {name}/line/1"), 15, "the topic's row")
+        field = browser.find_element(By.ID, "topic-filter")
+        field.clear()
+        field.send_keys(f"{name}/#/x\n")
+        wait_for(lambda: "'#' must be a whole level" in text(browser, "#topic-note"), 10, "error")
+        wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, "#topics tr[data-key]"), 10,
+                 "no rows of the last filter")  # fmt: skip
+        assert text(browser, "#topics") == "none: the topic filter is not valid"
+        assert field.get_attribute("aria-invalid") == "true"
+        field.clear()
+        field.send_keys("elsewhere/#\n")
+        wait_for(lambda: "none of the" in text(browser, "#topics"), 10, "none matches")
+        assert text(browser, "#topics") == "none of the 1 topics seen lately matches elsewhere/#"
+        assert field.get_attribute("aria-invalid") is None
+    finally:
+        pub.close()
+    assert gw.stop() == 0
+
+
+def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The graph was scaled down to the phone's width: at 360 px its node names were
+    # about 5 px high. It now keeps a width its words read at and scrolls in its box.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.set_window_size(360, 740)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#pipeline")  # no account: open on localhost
+    find(browser, 'g.node[data-node="sink archive"]')
+    shown = browser.execute_script(
+        "const g = document.getElementById('graph');"
+        "const size = parseFloat(getComputedStyle(g.querySelector('text.name')).fontSize);"
+        "return g.getBoundingClientRect().width / g.viewBox.baseVal.width * size"
+    )
+    assert shown >= 10, f"node names {shown:.1f} px high"
+    wide = browser.execute_script("return document.documentElement.scrollWidth")
+    assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
+    # a route has no series (/api/series: sources and sinks): said, not "no points yet"
+    browser.execute_script("arguments[0].focus()", find(browser, 'g.node[data-node="route lines"]'))
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(lambda: "no 15-minute series for a route" in text(browser, "#node-sparks"), 10,
+             "the route's panel")  # fmt: skip
+    assert gw.stop() == 0
+
+
+def test_an_edit_in_progress_stays_until_the_user_discards_it(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Showing a hidden tab again reopened its page: the route editor refilled its form
+    # from the config, and the technician who looked at another app lost the edit.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=lines")  # open on localhost
+    field = find(browser, "#route-match")
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the route, shown")
+    field.send_keys("\nplant2/#")
+    browser.execute_script(
+        "window.seen = [];"
+        "document.addEventListener('visibilitychange', () => seen.push(document.visibilityState))"
+    )
+    console = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # another app in front: the console's tab is hidden
+    browser.close()
+    browser.switch_to.window(console)
+    wait_for(lambda: browser.execute_script("return seen.join(' ')") == "hidden visible", 10,
+             "the tab hidden, then shown again")  # fmt: skip
+    wait_for(lambda: text(browser, "#live") == "live", 10, "the stream, back")
+    assert field.get_attribute("value") == "plant/#\nplant2/#"
+    # Edit on the route being edited shows it as the config has it (it did nothing: the
+    # address was already that of the route)
+    edit = row(browser, "route-list", "lines")
+    assert edit is not None
+    edit.find_element(By.TAG_NAME, "button").click()
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the edit, discarded")
+    # a check that finds nothing to change leaves Apply off (applying rewrote the
+    # route's lines with its defaults written out, and kept a version, for no change)
+    before = gw.config_path.read_text()
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: "Nothing to apply" in text(browser, "#route-status"), 10, "nothing to do")
+    assert text(browser, "#route-changes") == "nothing changes"
+    assert browser.find_element(By.ID, "apply").get_attribute("disabled") is not None
+    assert gw.config_path.read_text() == before
+    # a link to a route that is not there says so (it showed the last route's form)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=gone")
+    wait_for(lambda: "No route named gone" in text(browser, "#route-outcome"), 10, "said")
+    assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
+    assert text(browser, "#route-title") == "New route"
+    assert gw.stop() == 0
+
+
+def test_logging_in_leads_to_the_page_asked_for(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A bookmark to a view (/#dead) went through the login page to the overview: the
+    # view, after the #, was dropped after logging in.
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+        "web": {"username": USER, "password": PASSWORD},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")
+    wait_for(lambda: "/login" in browser.current_url, 10, "the login page")
+    browser.find_element(By.ID, "username").send_keys(USER)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    find(browser, "#page-dead:not([hidden])")
+    assert browser.current_url.endswith("/#dead")
+    assert gw.stop() == 0

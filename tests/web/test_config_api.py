@@ -164,8 +164,14 @@ async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: l
     )
     assert status == 200 and answer["changes"] == ["routes.all: removed"]
     assert "-  all:" in answer["diff"]
+    # `check` spelt otherwise still only checks: `?check=true` wrote and applied the edit
+    for asked in ("true", "yes", "True", ""):
+        status, answer = await asyncio.to_thread(_call, f"{route}?check={asked}", "PUT", body)
+        assert status == 200 and answer["outcome"] == "checked", asked
     assert path.read_text() == before and calls == []  # nothing written, nothing applied
     assert files.versions(tmp_path / "data") == []
+    status, answer = await asyncio.to_thread(_call, f"{route}?check=0", "PUT", body)
+    assert status == 200 and answer["outcome"] == "applied" and len(calls) == 1
 
 
 async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[Any]) -> None:

@@ -7,6 +7,7 @@ import base64
 import json
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -91,6 +92,61 @@ async def test_status_api_page_metrics_and_health(served: str) -> None:
     assert (await asyncio.to_thread(get, f"{served}/nope"))[0] == 404
     assert (await asyncio.to_thread(get, f"{served}/healthz", None, "POST"))[0] == 405
     assert (await asyncio.to_thread(get, f"{served}/api/dead-letters?limit=x"))[0] == 400
+
+
+async def test_a_dead_letter_number_past_sqlite_s_integers_is_none_not_a_500(
+    served: str,
+) -> None:
+    # A number SQLite cannot hold raised OverflowError in the store: 500, a traceback.
+    huge = 10**20
+    for path in (f"/api/dead-letters/{huge}", f"/api/dead-letters/{huge}/content"):
+        status, body = await asyncio.to_thread(get, served + path)
+        assert status == 404 and json.loads(body) == {"errors": [f"no dead letter {huge}"]}
+
+    def act(action: str) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{served}/api/dead-letters/{action}",
+            data=json.dumps({"seqs": [huge, -1]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+
+    for action in ("replay", "purge"):
+        status, answer = await asyncio.to_thread(act, action)
+        assert status == 200 and answer["count"] == 0
+
+
+async def test_the_console_s_dead_letter_requests_keep_the_gateway_s_store_locks(
+    tmp_path: Path,
+) -> None:
+    # A console request on the dead letters checked the store file by reading its
+    # header through a file descriptor of its own; closing it dropped the gateway's
+    # SQLite locks on the file (POSIX locks are per process). The next program to close
+    # a connection to the store (`edge-stream dead-letters list`, a backup) then took
+    # itself for the last one and deleted the WAL under the running gateway, whose
+    # store then read as damaged ("file is not a database"): sinks stopped.
+    gateway, task, url = await start_gateway(tmp_path)
+    try:
+        store = tmp_path / "store.db"
+        wal = tmp_path / "store.db-wal"
+        assert wal.exists()
+        status, _ = await asyncio.to_thread(get, f"{url}/api/dead-letters/1")
+        assert status == 404
+        reader = (
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
+            " db.execute('SELECT count(*) FROM dead_letters').fetchall(); db.close()"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", reader, str(store)], timeout=30
+        )
+        assert done.returncode == 0
+        assert wal.exists(), "another program deleted the running gateway's WAL"
+        status, _ = await asyncio.to_thread(get, f"{url}/api/dead-letters/1")
+        assert status == 404
+    finally:
+        gateway.stop()
+        await task
 
 
 async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> None:

@@ -124,9 +124,13 @@
         attrs: {colspan: cols}}));
       tbody.append(none);
     } else if (items.length && none) none.remove();
+    else if (none && none.textContent !== (empty || "none")) none.firstChild.textContent = empty || "none";
   }
 
   // -- talking to the gateway -------------------------------------------------------
+
+  /** The login page, which comes back to this page (#dead, #editor?route=x) after it. */
+  const toLogin = () => { location.href = "login" + location.hash; };
 
   async function api(method, path, body) {
     const init = {method, credentials: "same-origin", headers: {}};
@@ -136,11 +140,16 @@
       init.headers["Content-Type"] = "application/json";
     }
     const answer = await fetch(path, init);
-    if (answer.status === 401) { location.href = "login"; throw new Error("logged out"); }
+    if (answer.status === 401) { toLogin(); throw new Error("logged out"); }
     const type = answer.headers.get("Content-Type") || "";
     const data = type.includes("json") ? await answer.json() : {errors: [await answer.text()]};
     return {status: answer.status, ok: answer.ok, data};
   }
+
+  /** A request that got no answer (the gateway restarting, the network gone), as an
+   * answer with the error to show: an action never does nothing without a word. */
+  const noAnswer = err => ({status: 0, ok: false, data: {errors: [
+    `no answer from the gateway (${err.message}); try again when it is back`]}});
 
   async function loadConfig(force) {
     const hash = status && status.config ? status.config.hash : null;
@@ -204,13 +213,20 @@
       if (a.getAttribute("href") === "#" + page) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
+    if (page === "editor") openEditor(new URLSearchParams(query || ""));
+    if (page === "pipeline" && selected) showNode(selected.kind, selected.name);
+    resume();
+  }
+
+  /** The open page's polling started again and its data read anew; what the user is
+   * typing (the route editor's form) is left as it is. Also when a hidden tab is shown
+   * again: reopening the page there refilled the form and lost an edit in progress. */
+  function resume() {
     clearInterval(timer);
     timer = null;
     if (page === "topics") { pollTopics(); timer = setInterval(pollTopics, 2000); }
     if (page === "devices") { pollDevices(); timer = setInterval(pollDevices, 5000); }
-    if (page === "editor") openEditor(new URLSearchParams(query || ""));
     if (page === "dead") { deadCount = -1; }
-    if (page === "pipeline" && selected) showNode(selected.kind, selected.name);
     render();
   }
 
@@ -445,7 +461,12 @@
       box.append(spark(key.slice(kind.length + name.length + 2) + (counter ? " per second" : ""),
         values));
     }
-    if (!box.children.length) box.append(el("p", {class: "muted", text: "no points yet"}));
+    if (!box.children.length) {
+      // /api/series keeps sources' and sinks' counters: a route never gets points
+      box.append(el("p", {class: "muted", text: kind === "route" ?
+        "no 15-minute series for a route (sources and sinks have them); its counters:" :
+        "no points yet"}));
+    }
   }
 
   function spark(label, values) {
@@ -470,8 +491,12 @@
     const answer = await api("GET", "api/topics?limit=500&filter=" + encodeURIComponent(filter))
       .catch(() => null);
     if (!answer) return;
+    // the filter's problem, and no rows: those of the last filter are not its answer
+    if (answer.ok) $("topic-filter").removeAttribute("aria-invalid");
+    else $("topic-filter").setAttribute("aria-invalid", "true");
     if (!answer.ok) {
       $("topic-note").textContent = (answer.data.errors || []).join("; ");
+      syncRows($("topics"), [], "none: the topic filter is not valid");
       return;
     }
     const d = answer.data;
@@ -506,21 +531,30 @@
         () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
       ]]);
     }
-    syncRows($("topics"), items, "no topics seen yet");
+    syncRows($("topics"), items, d.seen ? `none of the ${d.seen} topics seen lately matches ` +
+      filter : "no topics seen yet");
     for (const tr of $("topics").children) {
       const key = tr.dataset.key || "";
       if (key.startsWith("topic ")) tr.firstChild.setAttribute("aria-label", key.slice(6));
     }
   }
 
+  /** Open `hash`; the one open already too (no hashchange then: Edit on the route being
+   * edited did nothing, where it should show it as it is in the config). */
+  function go(hash) {
+    if (location.hash === hash) show(hash.slice(1));
+    else location.hash = hash;
+  }
+
   function routeTopic(topic) {
-    location.hash = "#editor?topic=" + encodeURIComponent(topic);
+    go("#editor?topic=" + encodeURIComponent(topic));
   }
 
   async function whichRoutes(e) {
     e.preventDefault();
     const topic = $("match-topic").value.trim();
-    const answer = await api("GET", "api/routes/match?topic=" + encodeURIComponent(topic));
+    const answer = await api("GET", "api/routes/match?topic=" + encodeURIComponent(topic))
+      .catch(noAnswer);
     const out = $("match-result");
     if (!answer.ok) { out.textContent = (answer.data.errors || []).join("; "); return; }
     const routes = answer.data.routes;
@@ -541,8 +575,15 @@
       const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
         .slice(-40) || "new");
       fillForm(name, {match: [topic], processors: [], sinks: []}, true);
-    } else if (route && config && config.routes[route]) {
+    } else if (route && config && config.routes && Object.hasOwn(config.routes, route)) {
       fillForm(route, config.routes[route], false);
+    } else if (route) {
+      // a link to a route that is not (or no longer) in the config: said, and a new form
+      // rather than whichever route the form showed before under its title
+      fillForm("", {match: [], processors: [], sinks: []}, true);
+      $("route-outcome").className = "bad";
+      $("route-outcome").textContent = `No route named ${route} in the config; it may have` +
+        " been removed. Choose one from the list, or make a new one here.";
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
     }
@@ -552,7 +593,7 @@
     const routes = config && config.routes ? Object.entries(config.routes) : [];
     syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
       (r.sinks || []).join(", "), () => button("Edit", () => {
-        location.hash = "#editor?route=" + encodeURIComponent(n);
+        go("#editor?route=" + encodeURIComponent(n));
       })]]), "no routes");
   }
 
@@ -627,6 +668,7 @@
     pending = null;
     $("apply").disabled = true;
     $("apply").dataset.why = "check first";
+    $("route-status").textContent = "";
     for (const n of document.querySelectorAll("#page-editor [aria-invalid]")) {
       n.removeAttribute("aria-invalid");
       n.removeAttribute("aria-describedby");
@@ -696,6 +738,12 @@
     $("route-changes").replaceChildren(...(answer.data.changes.length ? answer.data.changes :
       ["nothing changes"]).map(c => el("li", {text: c})));
     $("route-diff").textContent = answer.data.diff || "(no difference)";
+    if (!answer.data.changes.length) {
+      // nothing to apply: applying would still rewrite the route's lines in the file
+      // (its defaults written out) and keep a version in History, for no change
+      $("route-status").textContent = "Nothing to apply: the config has this already.";
+      return;
+    }
     pending = {method, path, body, name};
     $("apply").disabled = me.role !== "operator";
     $("apply").textContent = method === "DELETE" ? `Apply: remove ${name}` : `Apply ${name}`;
@@ -741,13 +789,13 @@
 
   async function rollback(name) {
     if (!confirm(`Put version ${name} back and apply it?`)) return;
-    const answer = await api("POST", "api/config/rollback", {version: name});
+    const answer = await api("POST", "api/config/rollback", {version: name}).catch(noAnswer);
     const out = $("route-outcome");
     const d = answer.data;
     out.className = answer.ok ? "ok" : "bad";
     out.textContent = answer.ok ? `Rolled back to ${name} (${d.outcome}).` +
       (d.changes && d.changes.length ? ` Restarted or changed: ${d.changes.join("; ")}.` : "") :
-      `Not rolled back (${d.outcome || answer.status}): ${(d.errors || []).join("; ")}`;
+      `Not rolled back (${d.outcome || answer.status || "no answer"}): ${(d.errors || []).join("; ")}`;
     await loadConfig(true).catch(() => {});
     renderRouteList();
     loadVersions();
@@ -857,10 +905,21 @@
   }
 
   async function openDead(seq) {
-    const answer = await api("GET", `api/dead-letters/${seq}`);
+    const answer = await api("GET", `api/dead-letters/${seq}`).catch(noAnswer);
     const box = $("dead-one");
     box.hidden = false;
-    if (!answer.ok) { $("dead-fields").textContent = (answer.data.errors || []).join("; "); return; }
+    if (!answer.ok) {
+      // nothing of the letter shown before stays, nor its buttons
+      $("dead-title").textContent = `Dead letter ${seq}`;
+      $("dead-fields").textContent = (answer.data.errors || []).join("; ");
+      $("dead-kind").textContent = "";
+      $("dead-content").textContent = "";
+      $("dead-all").hidden = true;
+      $("dead-outcome").textContent = "";
+      $("dead-replay").disabled = true;
+      $("dead-purge").disabled = true;
+      return;
+    }
     const d = answer.data;
     $("dead-title").textContent = `Dead letter ${d.seq}`;
     const fields = [["topic", d.topic], ["id", d.id], ["where", d.origin], ["sink", d.sink || ""],
@@ -877,6 +936,7 @@
     $("dead-download").href = `api/dead-letters/${d.seq}/content`;
     $("dead-download").textContent = `Download all ${W.bytes(d.bytes)} (${d.bytes} bytes)`;
     $("dead-outcome").textContent = "";
+    for (const b of [$("dead-replay"), $("dead-purge")]) { b.disabled = false; guard(b); }
     $("dead-replay").onclick = () => deadAction("replay", [d.seq]);
     $("dead-purge").onclick = () => deadAction("purge", [d.seq]);
     $("dead-title").focus();
@@ -885,15 +945,28 @@
   async function deadAction(action, seqs) {
     if (action === "purge" && !confirm(seqs ? `Delete dead letter ${seqs.join(", ")} for good?` :
       "Delete every dead letter for good?")) return;
-    const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true});
+    const answer = await api("POST", `api/dead-letters/${action}`, seqs ? {seqs} : {all: true})
+      .catch(noAnswer);
     // one letter: said in its open panel; all of them: beside the buttons (the panel may
     // be hidden, and then the outcome would be too)
     const out = $(seqs ? "dead-outcome" : "dead-all-outcome");
-    out.className = answer.ok ? "ok" : "bad";
-    out.textContent = answer.ok ? (action === "replay" ?
-      `Replayed ${answer.data.count}: the gateway takes it in again like new input.` +
-      (answer.data.note ? ` ${answer.data.note}.` : "") :
-      `Purged ${answer.data.count}.`) : (answer.data.errors || []).join("; ");
+    const {count, note} = answer.data;
+    out.className = !answer.ok ? "bad" : (count ? "ok" : "warn");
+    // nothing done: said so, not "Replayed 0: the gateway takes it in again"
+    const none = seqs ? `dead letter ${seqs.join(", ")} is not there any more (replayed or` +
+      " purged already)" : "there are no dead letters";
+    const verb = action === "replay" ? "replayed" : "purged";
+    if (!answer.ok) out.textContent = (answer.data.errors || []).join("; ");
+    else if (action === "replay" && count) {
+      out.textContent = `Replayed ${count}: the gateway takes ${count === 1 ? "it" : "them"}` +
+        " in again like new input." + (note ? ` ${note}.` : "");
+    } else if (count) out.textContent = `Purged ${count}.`;
+    else out.textContent = `Nothing ${verb}: ` + (note || none) + ".";
+    if (seqs && answer.ok && count) {
+      // the open letter is gone: its buttons would act on nothing
+      $("dead-replay").disabled = true;
+      $("dead-purge").disabled = true;
+    }
     deadCount = -1;
   }
 
@@ -914,7 +987,7 @@
 
   async function whoAmI() {
     const answer = await fetch("api/session", {credentials: "same-origin"});
-    if (answer.status === 401) { location.href = "login"; return; }
+    if (answer.status === 401) { toLogin(); return; }
     me = await answer.json();
     $("who").textContent = me.auth === "open" ? "open console (localhost, no accounts)" :
       `${me.user} (${me.role})`;
@@ -944,7 +1017,7 @@
     window.addEventListener("hashchange", () => show(location.hash.slice(1)));
     document.addEventListener("visibilitychange", () => {
       // a paused tab costs nothing: no stream, no polling
-      if (document.hidden) disconnect(); else { connect(); show(location.hash.slice(1)); }
+      if (document.hidden) disconnect(); else { connect(); resume(); }
     });
     whoAmI().then(() => {
       connect();

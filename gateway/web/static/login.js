@@ -12,7 +12,8 @@ document.getElementById("login").addEventListener("submit", async event => {
   try {
     const answer = await fetch("login", {method: "POST", body,
       headers: {"Content-Type": "application/json"}, credentials: "same-origin"});
-    if (answer.ok) { location.href = "./"; return; }
+    // back to the page asked for: its view is the part after # (kept through /login)
+    if (answer.ok) { location.href = "./" + location.hash; return; }
     if (answer.status === 429) error.textContent = "Too many failed logins; wait a little.";
     else error.textContent = "Wrong user name or password.";
   } catch (e) {
