@@ -192,12 +192,19 @@ def has_secret(text: str) -> bool:
 
 
 SECRET_NAMES = ("password", "secret", "token", "tokens")  # tokens: the http source
+# Request headers that carry credentials (the `headers` of the http sink and rest source)
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "apikey"}
+)
 
 
 def is_secret_key(name: object) -> bool:
-    """A key whose value is a secret by its name: password, secret, token, *_password..."""
+    """A key whose value is a secret by its name: password, secret, token, *_password,
+    *-token (a header such as X-Auth-Token), api_key, or a credential header."""
     key = str(name).lower()
-    return any(key == s or key.endswith(f"_{s}") for s in SECRET_NAMES)
+    if key in SECRET_HEADERS or key == "api_key":
+        return True
+    return any(key == s or key.endswith((f"_{s}", f"-{s}")) for s in SECRET_NAMES)
 
 
 def plaintexts(text: str, key: bytes) -> list[str]:

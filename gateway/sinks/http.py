@@ -237,7 +237,12 @@ class HttpSinkConfig(SinkConfig):
     method: Annotated[Literal["POST", "PUT"], Doc("The request method.")] = "POST"
     headers: Annotated[
         dict[str, str],
-        Doc("More request headers; values may be `ENC(...)` and are never logged."),
+        Doc(
+            "More request headers; values may be `ENC(...)` and are never logged; the values"
+            " of Authorization, Proxy-Authorization, Cookie, X-Api-Key, Api-Key and names"
+            " ending in -token, -secret or -password are shown as *** by the console and"
+            " /api/config."
+        ),
     ] = field(default_factory=dict)
     bearer_token: Annotated[
         str | None,

@@ -216,7 +216,12 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         ),
     ] = "rest/{source}"
     headers: Annotated[
-        dict[str, str], Doc("Request headers; values may be `ENC(...)`, never logged.")
+        dict[str, str],
+        Doc(
+            "Request headers; values may be `ENC(...)`, never logged; the values of"
+            " Authorization, Proxy-Authorization, Cookie, X-Api-Key, Api-Key and names ending"
+            " in -token, -secret or -password are shown as *** by the console and /api/config."
+        ),
     ] = field(default_factory=dict)
     bearer_token: Annotated[
         str | None, Doc("Sends `Authorization: Bearer <token>`; may be `ENC(...)`.")

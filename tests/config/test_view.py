@@ -78,6 +78,34 @@ def test_show_redacts_a_plain_dsn_password_and_key_value_dsns(tmp_path: Path) ->
     assert view.redact({"password": ""}) == {"password": ""}
 
 
+def test_show_redacts_credential_headers_written_plainly() -> None:
+    """An http sink's or rest source's `Authorization` or `X-Api-Key` header written
+    plainly was shown by /api/config and the console; other headers stay readable."""
+    headers = {
+        "Authorization": "Bearer Hdr-Plain-1",
+        "X-Api-Key": "Hdr-Plain-2",
+        "x-auth-token": "Hdr-Plain-3",
+        "Cookie": "sid=Hdr-Plain-4",
+        "Content-Language": "de",
+    }
+    assert view.redact({"sinks": {"hook": {"type": "http", "headers": headers}}}) == {
+        "sinks": {
+            "hook": {
+                "type": "http",
+                "headers": {
+                    "Authorization": "***",
+                    "X-Api-Key": "***",
+                    "x-auth-token": "***",
+                    "Cookie": "***",
+                    "Content-Language": "de",
+                },
+            }
+        }
+    }
+    assert not secrets.is_secret_key("key")  # the redis sink's key template
+    assert not secrets.is_secret_key("routing_key")
+
+
 def test_show_applies_overrides_and_redacts_an_enc_override(tmp_path: Path) -> None:
     path = write(tmp_path, "a.yaml", web_pw="x")
     env = {
