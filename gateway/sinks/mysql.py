@@ -218,7 +218,12 @@ class MysqlSinkConfig(SinkConfig):
     ] = "char"
     ca_file: Annotated[
         str | None,
-        Doc("Connect with TLS, verifying the server against this CA bundle (default: no TLS)."),
+        Doc(
+            "Connect with TLS, verifying the server against this CA bundle (default: no TLS)."
+            " A server that does not offer TLS is refused and the component stops; the"
+            " client library learns it only after logging in, so whoever hid the TLS"
+            " offer has seen the login: keep `require_secure_transport=ON` on the server."
+        ),
     ] = None
     timeout: Annotated[
         Duration,
