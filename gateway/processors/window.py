@@ -67,13 +67,11 @@ the processor, so an output sent again after a restart is recognised by idempote
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
 after a restart (`edge-stream state show ROUTE.N`). With event time (but for count
-windows) the state also holds each group's watermark (a key `w|GROUP`, and in each
-open window of the group), within `max_state`: over it the oldest keys go first, and a
-group whose watermark goes is forgotten (its open windows close early; a reading of it
-that comes later starts afresh). Near the budget a group's watermark becomes the
-newest key when the group opens a window, so the group quiet the longest goes first.
-State written before watermarks were per group gives the one watermark it held to
-each group with open windows. The state also holds a
+windows) the state also holds each group's watermark (a key `w|GROUP`), within
+`max_state`: over it, the oldest keys go first, so a group whose watermark has not
+risen for the longest is forgotten (its open windows close early; a reading of it
+that comes later starts afresh). State written before watermarks were per group
+gives the one watermark it held to each group with open windows. The state also holds a
 fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
@@ -135,16 +133,11 @@ META = "~meta"
 # The version of the state's layout, in META: 1 (no "v") held one watermark for every
 # group ("wm", "mx" in META); 2 holds one per group, each its own key MARK + group.
 STATE_VERSION = 2
-# A group's watermark (event time): [watermark, newest event time], the value of the
-# key MARK + group; the monotonic clock when that time was seen is kept beside it
-# (`_since`: it means nothing after a restart, and is set anew then). Each open window
-# of the group holds the watermark too (as "m", the same list): a reading that raises
-# it writes the window it went in anyway, so the watermark costs no row of its own per
-# reading. The key is written when no window written with the batch holds the new
-# value (a timer's close, an eviction); on restore the group's watermark is the
-# highest of them all.
+# A group's watermark (event time): [watermark, newest event time, the monotonic clock
+# when that time was seen]; the clock's reading means nothing after a restart, and is
+# set anew then.
 MARK = "w|"
-MARK_SIZE = 200  # a list of two numbers, and its entry in `_since`, in memory
+MARK_SIZE = 150  # a list of three numbers, in memory
 LATE, ADDED, OPENED = 0, 1, 2  # what became of a reading: late, added, opened a window
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
@@ -589,9 +582,7 @@ class WindowProcessor(Processor):
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
         # with event time (count windows aside), each group's watermark, in the state
         self._marked = self._event and c.kind != "count"
-        # the groups with a watermark in the state, and when (monotonic) a reading last
-        # raised it
-        self._since: dict[str, float] = {}
+        self._marks: set[str] = set()  # the groups with a watermark in the state
         # (monotonic time, group): when, at the earliest, a group with open windows may
         # have been quiet for `idle` (a group is in it once at most: `_waiting`); the
         # timer looks at these groups only, not at every group each second
@@ -608,7 +599,7 @@ class WindowProcessor(Processor):
         kv = self.kv
         assert kv is not None
         return {
-            "open": len(kv) - (META in kv) - len(self._since),
+            "open": len(kv) - (META in kv) - len(self._marks),
             "late": self.late,
             "early": self.early,
             "dropped": self.dropped,
@@ -635,7 +626,7 @@ class WindowProcessor(Processor):
         assert kv is not None
         self._heaps = {}
         self._sessions = {}
-        self._since = {}
+        self._marks = set()
         self._idle = []
         self._waiting = set()
         meta = kv.get(META) or self._fresh_meta()
@@ -670,43 +661,30 @@ class WindowProcessor(Processor):
                 kv.put(META, meta)
         self._meta = meta
         now = self.ctx.clock.monotonic()
-        items = kv.items()
-        found = []
-        for key, value in items:
+        for key, value in kv.items():
             if key == META:
                 continue
-            if not key.startswith(MARK):
-                found.append((key, value))
-            elif self._marked:
-                self._since[key[len(MARK) :]] = now
-            else:  # the config changed to count or processing time
-                kv.delete(key)
-        if self.config.kind == "count":
-            found = []
-        for key, value in found:
+            if key.startswith(MARK):
+                if self._marked:
+                    # the monotonic clock of the process that wrote it means nothing
+                    # here (changed in place: not worth writing)
+                    value[2] = now
+                    self._marks.add(key[len(MARK) :])
+                else:  # the config changed to count or processing time
+                    kv.delete(key)
+                continue
+            if self.config.kind == "count":
+                continue
             group = value["g"]
             self._heap(group).append((value["e"], value["s"], group, key))
             if self.config.kind == "session":
                 self._sessions.setdefault(group, []).append(key)
-            if not self._marked:
-                continue
-            mark = kv.get(MARK + group)
-            held = value.get("m")
-            if mark is None:
-                if held is not None:
-                    mark = [held[0], held[1]]
-                elif old_wm is not None:  # version 1
-                    mark = [old_wm, old_mx]
-                else:
-                    continue
-                kv.put(MARK + group, mark)
-                self._since[group] = now
-            elif held is not None:
-                mark[0], mark[1] = max(mark[0], held[0]), max(mark[1], held[1])
-            value["m"] = mark  # the same list again (changed in place: not worth writing)
+            if self._marked and old_wm is not None and group not in self._marks:
+                kv.put(MARK + group, [old_wm, old_mx, now])
+                self._marks.add(group)
         for group, heap in self._heaps.items():
             heapq.heapify(heap)
-            if group in self._since:
+            if group in self._marks:
                 self._wait(group, now + self.config.idle)
 
     def _heap(self, group: str) -> list[tuple[int, int, str, str]]:
@@ -745,40 +723,39 @@ class WindowProcessor(Processor):
             out.extend(self._add_count(group, flowfile, t, values))
         elif not self._marked:  # processing time: no reading is late
             if self.config.kind == "session":
-                self._add_session(group, flowfile, t, values, None, None)
+                self._add_session(group, flowfile, t, values, None)
             else:
-                self._add_timed(group, flowfile, t, values, None, None)
+                self._add_timed(group, flowfile, t, values, None)
         else:
             key = MARK + group
             mark = kv.get(key)
             now = self.ctx.clock.monotonic()
-            fresh = mark is None
-            if mark is None:
-                wm = None
-                mark = [t - self._lateness, t]
-            else:
-                wm = self._watermark(group, mark, now)
+            wm = None if mark is None else self._watermark(mark, now)
             if self.config.kind == "session":
-                placed = self._add_session(group, flowfile, t, values, wm, mark)
+                placed = self._add_session(group, flowfile, t, values, wm)
             else:
-                placed = self._add_timed(group, flowfile, t, values, wm, mark)
-            if fresh or wm is None:
-                self._since[group] = now
+                placed = self._add_timed(group, flowfile, t, values, wm)
+            if mark is None or wm is None:
+                mark = [t - self._lateness, t, now]
+                self._marks.add(group)
                 kv.put(key, mark)
-            elif placed and t > mark[1]:
-                # written with the windows the reading went in, which hold it
-                mark[0] = max(wm, t - self._lateness)
-                mark[1] = t
-                self._since[group] = now
-                if placed == OPENED and kv.bytes > kv.max_bytes // 2:
-                    # near the budget, the key becomes the newest, so that the group
-                    # whose last window opened the longest ago is forgotten first, not
-                    # the group known the longest
+            else:
+                changed = False
+                if placed and t > mark[1]:
+                    mark[0] = max(wm, t - self._lateness)
+                    mark[1], mark[2] = t, now
+                    changed = True
+                elif wm > mark[0]:  # moved on with the clock (idle)
+                    mark[0] = wm
+                    changed = True
+                if placed == OPENED:
+                    # the key becomes the newest, so that over the budget the group whose
+                    # last window opened the longest ago is forgotten first, not the
+                    # group known the longest
                     kv.delete(key)
+                    changed = True
+                if changed:
                     kv.put(key, mark)
-            elif wm > mark[0]:  # moved on with the clock (idle): no window holds it
-                mark[0] = wm
-                kv.put(key, mark)
             if not placed:
                 return self._late(flowfile, t, mark[0])
             heap = self._heaps.get(group)
@@ -811,7 +788,7 @@ class WindowProcessor(Processor):
             mark = kv.get(MARK + group)
             if not heap or mark is None:
                 continue  # no open window, or forgotten over the budget (closed early)
-            wm = self._watermark(group, mark, now)
+            wm = self._watermark(mark, now)
             if heap[0][0] <= wm:
                 # written only when it closes a window: an idle group's watermark is
                 # worked out anew from its clock when a reading comes
@@ -820,7 +797,7 @@ class WindowProcessor(Processor):
                 due.extend(self._due(heap, wm))
             if heap:  # again when the watermark, moving on with the clock, reaches it
                 reach = (heap[0][0] - mark[1] + self._lateness) / 1e9
-                later.append((self._since[group] + max(self.config.idle, reach), group))
+                later.append((mark[2] + max(self.config.idle, reach), group))
         for at, group in later:
             self._wait(group, at)
         due.sort()
@@ -830,11 +807,11 @@ class WindowProcessor(Processor):
         heapq.heappush(self._idle, (at, group))
         self._waiting.add(group)
 
-    def _watermark(self, group: str, mark: list[Any], now: float) -> int:
+    def _watermark(self, mark: list[Any], now: float) -> int:
         """A group's watermark at `now` (monotonic): after `idle` without a reading
         raising it, it moves on with the clock from the group's newest event time."""
         wm: int = mark[0]
-        quiet = now - self._since[group]
+        quiet: float = now - mark[2]
         if quiet < self.config.idle:
             return wm
         newest: int = mark[1]
@@ -866,15 +843,12 @@ class WindowProcessor(Processor):
             elif key != META:
                 self.early += 1
                 out.append(self._emit(value, early=True))
-                mark = value.get("m")
-                if mark is not None and MARK + value["g"] in kv:
-                    kv.put(MARK + value["g"], mark)  # the window held its newest value
         return out
 
     def _forget(self, group: str) -> list[FlowFile]:
         kv = self.kv
         assert kv is not None
-        self._since.pop(group, None)
+        self._marks.discard(group)
         windows = []
         for end, _start, _group, key in sorted(self._heaps.pop(group, ())):
             acc = kv.get(key)
@@ -924,13 +898,7 @@ class WindowProcessor(Processor):
                 add_value(stats[path], v, t, most)
 
     def _add_timed(
-        self,
-        group: str,
-        flowfile: FlowFile,
-        t: int,
-        values: list[Any],
-        wm: int | None,
-        mark: list[Any] | None,
+        self, group: str, flowfile: FlowFile, t: int, values: list[Any], wm: int | None
     ) -> int:
         """LATE, ADDED (to open windows) or OPENED (a window too)."""
         kv = self.kv
@@ -945,8 +913,6 @@ class WindowProcessor(Processor):
                 acc = kv.get(key)
                 if acc is None:
                     acc = self._new_acc(group, start, end, flowfile)
-                    if mark is not None:
-                        acc["m"] = mark
                     heapq.heappush(self._heap(group), (end, start, group, key))
                     placed = OPENED
                 elif not placed:
@@ -957,13 +923,7 @@ class WindowProcessor(Processor):
         return placed
 
     def _add_session(
-        self,
-        group: str,
-        flowfile: FlowFile,
-        t: int,
-        values: list[Any],
-        wm: int | None,
-        mark: list[Any] | None,
+        self, group: str, flowfile: FlowFile, t: int, values: list[Any], wm: int | None
     ) -> int:
         """LATE, ADDED (to an open session) or OPENED (a new session)."""
         kv = self.kv
@@ -981,8 +941,6 @@ class WindowProcessor(Processor):
         self._add(acc, flowfile, t, values)
         acc["s"] = min(acc["s"], t)
         acc["e"] = max(acc["e"], t + gap)
-        if mark is not None:
-            acc["m"] = mark
         key = f"{acc['s']}|{group}"
         self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
         kv.put(key, acc)
