@@ -15,18 +15,14 @@ Time
                      `time_attribute`: a number of seconds, milliseconds, micro- or
                      nanoseconds since the epoch (told apart by size) or ISO 8601 text
                      (UTC when no offset is given), within the years 1 to 9999
-With event time, each group has its own watermark: the newest event time seen in
-that group minus `allowed_lateness`; a group's window closes once the group's
-watermark passes its end. A device whose clock runs ahead (readings from 2035)
-closes only its own windows: another group's readings are judged against that
-group's own newest time. A reading whose windows have all closed is late: counted and
-dropped, or dead-lettered with `late: dead_letter`. When no reading has raised a
-group's watermark for `idle`, it moves on with the gateway's clock, so that the
-group's windows close even when its data stops.
+With event time, the watermark is the newest event time seen minus
+`allowed_lateness`; a window closes once the watermark passes its end. A reading
+whose windows have all closed is late: counted and dropped, or dead-lettered with
+`late: dead_letter`. When no reading has raised the watermark for `idle`, it moves
+on with the gateway's clock, so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
-A group's windows close in order of their end (then start); windows closing together
-(on one timer tick) close in order of end, start, then group. Count windows close
+Windows close in order of their end (then start, then group). Count windows close
 on their count only.
 
 Groups
@@ -66,12 +62,7 @@ the processor, so an output sent again after a restart is recognised by idempote
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
-after a restart (`edge-stream state show ROUTE.N`). With event time (but for count
-windows) the state also holds each group's watermark (a key `w|GROUP`), within
-`max_state`: over it, the oldest keys go first, so a group whose watermark has not
-risen for the longest is forgotten (its open windows close early; a reading of it
-that comes later starts afresh). State written before watermarks were per group
-gives the one watermark it held to each group with open windows. The state also holds a
+after a restart (`edge-stream state show ROUTE.N`). The state also holds a
 fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
@@ -130,15 +121,6 @@ NEEDS_NUMBER = "window needs a number (within ±1.8e308)"
 # The window's own keys in an output: an aggregated field may not take one of them.
 OUTPUT_KEYS = ("group", "start", "end", "count", "early")
 META = "~meta"
-# The version of the state's layout, in META: 1 (no "v") held one watermark for every
-# group ("wm", "mx" in META); 2 holds one per group, each its own key MARK + group.
-STATE_VERSION = 2
-# A group's watermark (event time): [watermark, newest event time, the monotonic clock
-# when that time was seen]; the clock's reading means nothing after a restart, and is
-# set anew then.
-MARK = "w|"
-MARK_SIZE = 150  # a list of three numbers, in memory
-LATE, ADDED, OPENED = 0, 1, 2  # what became of a reading: late, added, opened a window
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
 # group) up to this estimate of their bytes, then forgotten all at once.
@@ -241,8 +223,7 @@ class WindowProcessorConfig:
         str | None, Doc("event time: the attribute holding the reading's time.")
     ] = None
     allowed_lateness: Annotated[
-        Duration,
-        Doc("event time: how far behind its group's newest event time a reading may be."),
+        Duration, Doc("event time: how far behind the newest event time a reading may be.")
     ] = 0.0
     late: Annotated[
         Literal["drop", "dead_letter"],
@@ -253,8 +234,8 @@ class WindowProcessorConfig:
     idle: Annotated[
         Duration,
         Doc(
-            "event time: after this long without a reading raising a group's watermark,"
-            " it moves on with the clock (the group's windows close when its data stops)."
+            "event time: after this long without a reading raising the watermark, it"
+            " moves on with the clock (windows close when data stops)."
         ),
         Range(0, None, "must be more than 0", above=True),
     ] = 10.0
@@ -273,10 +254,7 @@ class WindowProcessorConfig:
     ] = 10_000
     max_state: Annotated[
         Size,
-        Doc(
-            "The state budget (open windows, and each group's watermark with event time);"
-            " over it the oldest windows close early (counted)."
-        ),
+        Doc("The state budget (open windows); over it the oldest windows close early (counted)."),
         Range(4096, None, "must be at least 4096 bytes"),
     ] = 64 << 20
 
@@ -576,22 +554,13 @@ class WindowProcessor(Processor):
         self.dropped = 0  # open windows dropped because the config that made them changed
         self.early = 0  # windows closed early over the state budget, since start
         self._fp = fingerprint(c)
-        # The open time windows by end, (end, start, group, key): with event time one
-        # heap per group (each closes on its own watermark), else one for all under "".
-        self._heaps: dict[str, list[tuple[int, int, str, str]]] = {}
+        self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
-        # with event time (count windows aside), each group's watermark, in the state
-        self._marked = self._event and c.kind != "count"
-        self._marks: set[str] = set()  # the groups with a watermark in the state
-        # (monotonic time, group): when, at the earliest, a group with open windows may
-        # have been quiet for `idle` (a group is in it once at most: `_waiting`); the
-        # timer looks at these groups only, not at every group each second
-        self._idle: list[tuple[float, str]] = []
-        self._waiting: set[str] = set()
         self._meta: dict[str, Any] = self._fresh_meta()
+        self._mono_at_max = ctx.clock.monotonic()
 
     def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
-        return {"v": STATE_VERSION, "late": late, "dropped": dropped, "fp": self._fp}
+        return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
 
     def status(self) -> dict[str, object]:
         """open windows, late readings, windows closed early (over `max_state`) and
@@ -599,7 +568,7 @@ class WindowProcessor(Processor):
         kv = self.kv
         assert kv is not None
         return {
-            "open": len(kv) - (META in kv) - len(self._marks),
+            "open": len(kv) - (META in kv),
             "late": self.late,
             "early": self.early,
             "dropped": self.dropped,
@@ -608,33 +577,26 @@ class WindowProcessor(Processor):
 
     @staticmethod
     def _state_size(value: Any) -> int:
-        if type(value) is list:
-            return MARK_SIZE
         return 200 if "f" not in value else _stats_size(value)
 
     # -- state ------------------------------------------------------------------------
 
     def owns_state(self, key: str, value: Any) -> bool:
-        if key == META:  # "wm" in the first version's, "fp" in every later one's
+        if key == META:
             return isinstance(value, dict) and ("wm" in value or "fp" in value)
-        if key[:2] == MARK:  # a group's watermark: [watermark, newest event time]
-            return isinstance(value, list)
         return isinstance(value, dict) and "g" in value and "f" in value
 
     def restored(self) -> None:
         kv = self.kv
         assert kv is not None
-        self._heaps = {}
+        self._heap = []
         self._sessions = {}
-        self._marks = set()
-        self._idle = []
-        self._waiting = set()
         meta = kv.get(META) or self._fresh_meta()
         self.late = meta.get("late", 0)
         self.dropped = meta.get("dropped", 0)
         # State from before fingerprints (no "fp") is taken as made by this config.
         if meta.get("fp", self._fp) != self._fp:
-            windows = sum(1 for key, _ in kv.items() if key != META and key[:2] != MARK)
+            windows = len(kv) - (META in kv)
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
@@ -650,46 +612,15 @@ class WindowProcessor(Processor):
         if META in kv and meta.get("fp") != self._fp:
             meta["fp"] = self._fp
             kv.put(META, meta)
-        # Version 1 held one watermark for all groups: each group with open windows
-        # takes it (their windows are open under it, and a window of theirs it closed
-        # is not opened again). A group with none starts afresh: a device whose clock ran
-        # ahead made every other group's readings late, and no longer does.
-        old_wm, old_mx = meta.pop("wm", None), meta.pop("mx", None)
-        if meta.get("v", 1) != STATE_VERSION:
-            meta["v"] = STATE_VERSION
-            if META in kv:
-                kv.put(META, meta)
         self._meta = meta
-        now = self.ctx.clock.monotonic()
-        for key, value in kv.items():
-            if key == META:
+        self._mono_at_max = self.ctx.clock.monotonic()
+        for key, acc in kv.items():
+            if key == META or self.config.kind == "count":
                 continue
-            if key.startswith(MARK):
-                if self._marked:
-                    # the monotonic clock of the process that wrote it means nothing
-                    # here (changed in place: not worth writing)
-                    value[2] = now
-                    self._marks.add(key[len(MARK) :])
-                else:  # the config changed to count or processing time
-                    kv.delete(key)
-                continue
-            if self.config.kind == "count":
-                continue
-            group = value["g"]
-            self._heap(group).append((value["e"], value["s"], group, key))
+            self._heap.append((acc["e"], acc["s"], acc["g"], key))
             if self.config.kind == "session":
-                self._sessions.setdefault(group, []).append(key)
-            if self._marked and old_wm is not None and group not in self._marks:
-                kv.put(MARK + group, [old_wm, old_mx, now])
-                self._marks.add(group)
-        for group, heap in self._heaps.items():
-            heapq.heapify(heap)
-            if group in self._marks:
-                self._wait(group, now + self.config.idle)
-
-    def _heap(self, group: str) -> list[tuple[int, int, str, str]]:
-        """The heap of open windows that `group`'s windows go in."""
-        return self._heaps.setdefault(group if self._marked else "", [])
+                self._sessions.setdefault(acc["g"], []).append(key)
+        heapq.heapify(self._heap)
 
     # -- input ------------------------------------------------------------------------
 
@@ -718,146 +649,60 @@ class WindowProcessor(Processor):
             t = self._event_time(flowfile, obj)
         else:
             t = self.ctx.clock.now_ns()
-            out.extend(self._close(self._due(self._heap(""), t)))
+            out.extend(self._close_until(t))
         if self.config.kind == "count":
             out.extend(self._add_count(group, flowfile, t, values))
-        elif not self._marked:  # processing time: no reading is late
-            if self.config.kind == "session":
-                self._add_session(group, flowfile, t, values, None)
-            else:
-                self._add_timed(group, flowfile, t, values, None)
-        else:
-            key = MARK + group
-            mark = kv.get(key)
-            now = self.ctx.clock.monotonic()
-            wm = None if mark is None else self._watermark(mark, now)
-            if self.config.kind == "session":
-                placed = self._add_session(group, flowfile, t, values, wm)
-            else:
-                placed = self._add_timed(group, flowfile, t, values, wm)
-            if mark is None or wm is None:
-                mark = [t - self._lateness, t, now]
-                self._marks.add(group)
-                kv.put(key, mark)
-            else:
-                changed = False
-                if placed and t > mark[1]:
-                    mark[0] = max(wm, t - self._lateness)
-                    mark[1], mark[2] = t, now
-                    changed = True
-                elif wm > mark[0]:  # moved on with the clock (idle)
-                    mark[0] = wm
-                    changed = True
-                if placed == OPENED:
-                    # the key becomes the newest, so that over the budget the group whose
-                    # last window opened the longest ago is forgotten first, not the
-                    # group known the longest
-                    kv.delete(key)
-                    changed = True
-                if changed:
-                    kv.put(key, mark)
-            if not placed:
-                return self._late(flowfile, t, mark[0])
-            heap = self._heaps.get(group)
-            if heap and heap[0][0] <= mark[0]:
-                out.extend(self._close(self._due(heap, mark[0])))
-            if group not in self._waiting:
-                self._wait(group, now + self.config.idle)
-        evicted = kv.take_evicted()
+        elif self.config.kind == "session":
+            if not self._add_session(group, flowfile, t, values):
+                return self._late(flowfile, t)
+        elif not self._add_timed(group, flowfile, t, values):
+            return self._late(flowfile, t)
+        if self._event:
+            meta = self._meta
+            if meta["mx"] is None or t > meta["mx"]:
+                meta["mx"] = t
+                self._mono_at_max = self.ctx.clock.monotonic()
+                wm = t - self._lateness
+                if meta["wm"] is None or wm > meta["wm"]:
+                    meta["wm"] = wm
+                kv.put(META, meta)
+                out.extend(self._close_until(meta["wm"]))
+        evicted = [acc for key, acc in kv.take_evicted() if key != META]
         if evicted:
-            out.extend(self._evicted(evicted))
+            self.early += len(evicted)
+            out.extend(self._emit(acc, early=True) for acc in evicted)
         return out
 
     def tick(self, now_ns: int) -> list[FlowFile]:
         if self.config.kind == "count":
             return []
-        assert self.kv is not None
-        out = self._evicted(self.kv.take_evicted())
         if not self._event:
-            return out + self._close(self._due(self._heap(""), now_ns))
-        kv = self.kv
-        assert kv is not None
-        now = self.ctx.clock.monotonic()
-        idle = self._idle
-        due: list[tuple[int, int, str, str]] = []
-        later: list[tuple[float, str]] = []
-        while idle and idle[0][0] <= now:
-            _, group = heapq.heappop(idle)
-            self._waiting.discard(group)
-            heap = self._heaps.get(group)
-            mark = kv.get(MARK + group)
-            if not heap or mark is None:
-                continue  # no open window, or forgotten over the budget (closed early)
-            wm = self._watermark(mark, now)
-            if heap[0][0] <= wm:
-                # written only when it closes a window: an idle group's watermark is
-                # worked out anew from its clock when a reading comes
-                mark[0] = wm
-                kv.put(MARK + group, mark)
-                due.extend(self._due(heap, wm))
-            if heap:  # again when the watermark, moving on with the clock, reaches it
-                reach = (heap[0][0] - mark[1] + self._lateness) / 1e9
-                later.append((mark[2] + max(self.config.idle, reach), group))
-        for at, group in later:
-            self._wait(group, at)
-        due.sort()
-        return out + self._close(due)
-
-    def _wait(self, group: str, at: float) -> None:
-        heapq.heappush(self._idle, (at, group))
-        self._waiting.add(group)
-
-    def _watermark(self, mark: list[Any], now: float) -> int:
-        """A group's watermark at `now` (monotonic): after `idle` without a reading
-        raising it, it moves on with the clock from the group's newest event time."""
-        wm: int = mark[0]
-        quiet: float = now - mark[2]
+            return self._close_until(now_ns)
+        meta = self._meta
+        if meta["mx"] is None:
+            return []
+        quiet = self.ctx.clock.monotonic() - self._mono_at_max
         if quiet < self.config.idle:
-            return wm
-        newest: int = mark[1]
-        return max(wm, newest + round(quiet * 1e9) - self._lateness)
+            return []
+        wm = meta["mx"] + round(quiet * 1e9) - self._lateness
+        if meta["wm"] is not None and wm <= meta["wm"]:
+            return []
+        meta["wm"] = wm
+        assert self.kv is not None
+        self.kv.put(META, meta)
+        return self._close_until(wm)
 
-    def _late(self, flowfile: FlowFile, t: int, wm: int) -> list[FlowFile]:
+    def _late(self, flowfile: FlowFile, t: int) -> list[FlowFile]:
         self.late += 1
         self._meta["late"] = self.late
         assert self.kv is not None
         self.kv.put(META, self._meta)
         if self.config.late == "dead_letter":
             raise PermanentError(
-                f"late: its time {iso(t)} is behind its group's watermark {iso(wm)}"
+                f"late: its time {iso(t)} is behind the watermark {iso(self._meta['wm'])}"
                 " and its windows are closed"
             )
         return []
-
-    def _evicted(self, evicted: list[tuple[str, Any]]) -> list[FlowFile]:
-        """Windows evicted over the state budget, closed early; a group whose watermark
-        was evicted is forgotten: its open windows close early too."""
-        kv = self.kv
-        assert kv is not None
-        out = []
-        for key, value in evicted:
-            if key.startswith(MARK):
-                # unless the reading that evicted it (a window of its group) put it back
-                if key not in kv:
-                    out.extend(self._forget(key[len(MARK) :]))
-            elif key != META:
-                self.early += 1
-                out.append(self._emit(value, early=True))
-        return out
-
-    def _forget(self, group: str) -> list[FlowFile]:
-        kv = self.kv
-        assert kv is not None
-        self._marks.discard(group)
-        windows = []
-        for end, _start, _group, key in sorted(self._heaps.pop(group, ())):
-            acc = kv.get(key)
-            if acc is not None and acc["e"] == end:
-                windows.append(acc)
-                kv.delete(key)
-        self._sessions.pop(group, None)
-        self.early += len(windows)
-        return [self._emit(acc, early=True) for acc in windows]
 
     def _event_time(self, flowfile: FlowFile, obj: Any) -> int:
         if self._time_path is not None:
@@ -897,15 +742,13 @@ class WindowProcessor(Processor):
             if v is not None:
                 add_value(stats[path], v, t, most)
 
-    def _add_timed(
-        self, group: str, flowfile: FlowFile, t: int, values: list[Any], wm: int | None
-    ) -> int:
-        """LATE, ADDED (to open windows) or OPENED (a window too)."""
+    def _add_timed(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
         kv = self.kv
         assert kv is not None
+        wm = self._meta["wm"] if self._event else None
         size, every = self._size, self._every
         start = t - t % every
-        placed = LATE
+        placed = False
         while start > t - size:
             end = start + size
             if wm is None or end > wm:
@@ -913,24 +756,20 @@ class WindowProcessor(Processor):
                 acc = kv.get(key)
                 if acc is None:
                     acc = self._new_acc(group, start, end, flowfile)
-                    heapq.heappush(self._heap(group), (end, start, group, key))
-                    placed = OPENED
-                elif not placed:
-                    placed = ADDED
+                    heapq.heappush(self._heap, (end, start, group, key))
                 self._add(acc, flowfile, t, values)
                 kv.put(key, acc)
+                placed = True
             start -= every
         return placed
 
-    def _add_session(
-        self, group: str, flowfile: FlowFile, t: int, values: list[Any], wm: int | None
-    ) -> int:
-        """LATE, ADDED (to an open session) or OPENED (a new session)."""
+    def _add_session(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
         kv = self.kv
         assert kv is not None
         gap = self._gap
+        wm = self._meta["wm"] if self._event else None
         if wm is not None and t + gap <= wm:
-            return LATE
+            return False
         keys = self._sessions.setdefault(group, [])
         near = [k for k in keys if k in kv and kv.get(k)["s"] - gap <= t < kv.get(k)["e"]]
         acc = self._new_acc(group, t, t + gap, flowfile)
@@ -944,8 +783,8 @@ class WindowProcessor(Processor):
         key = f"{acc['s']}|{group}"
         self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
         kv.put(key, acc)
-        heapq.heappush(self._heap(group), (acc["e"], acc["s"], group, key))
-        return ADDED if near else OPENED
+        heapq.heappush(self._heap, (acc["e"], acc["s"], group, key))
+        return True
 
     def _merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         most = self.config.max_values
@@ -1014,25 +853,13 @@ class WindowProcessor(Processor):
 
     # -- output -------------------------------------------------------------------------
 
-    def _due(
-        self, heap: list[tuple[int, int, str, str]], wm: int
-    ) -> list[tuple[int, int, str, str]]:
-        """The windows of `heap` that end by `wm`, taken off it in order."""
-        due = []
-        while heap and heap[0][0] <= wm:
-            due.append(heapq.heappop(heap))
-        if not heap and due:
-            group = due[0][2] if self._marked else ""
-            if self._heaps.get(group) is heap:
-                del self._heaps[group]
-        return due
-
-    def _close(self, due: list[tuple[int, int, str, str]]) -> list[FlowFile]:
-        """Emit and forget the windows `due` (end, start, group, key), in that order."""
+    def _close_until(self, wm: int) -> list[FlowFile]:
+        heap = self._heap
         kv = self.kv
         assert kv is not None
         out = []
-        for end, _start, group, key in due:
+        while heap and heap[0][0] <= wm:
+            end, _start, group, key = heapq.heappop(heap)
             acc = kv.get(key)
             if acc is None or acc["e"] != end:
                 continue  # evicted, or a session that grew since

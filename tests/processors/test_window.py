@@ -1,7 +1,7 @@
 """The window processor against a straightforward reference computation (hypothesis).
 
 The reference keeps, for each window, the plain list of its readings and computes
-every aggregate from that list with the statistics module; it simulates each group's
+every aggregate from that list with the statistics module; it simulates the
 watermark only to know which readings are late and which sessions are closed.
 """
 
@@ -137,19 +137,22 @@ def reference_timed(
     evs: list[tuple[int, str, int | None]], size: int, every: int, lateness: int
 ) -> tuple[list[dict[str, Any]], int]:
     windows: dict[tuple[str, int], list[tuple[int, int | None]]] = {}
-    mx: dict[str, int] = {}  # per group: the newest event time, and the watermark
+    wm: int | None = None
+    mx: int | None = None
     late = 0
     for t, g, v in evs:
         aligned = t - t % every  # windows start at multiples of `every` since the epoch
         starts = [aligned - k * every for k in range(size // every + 2)]
         starts = [s for s in starts if s <= t < s + size]
-        open_ = [s for s in starts if g not in mx or s + size > mx[g] - lateness]
+        open_ = [s for s in starts if wm is None or s + size > wm]
         if not open_:
             late += 1
             continue
         for s in open_:
             windows.setdefault((g, s), []).append((t, v))
-        mx[g] = max(mx.get(g, t), t)
+        if mx is None or t > mx:
+            mx = t
+            wm = t - lateness if wm is None else max(wm, t - lateness)
     return [expected(g, s, s + size, rows) for (g, s), rows in windows.items()], late
 
 
@@ -167,11 +170,8 @@ def flush(processor: WindowProcessor, clock: FakeClock) -> list[FlowFile]:
 
 
 def assert_in_order(out: list[FlowFile]) -> None:
-    """Each group's windows close in order (each group has its own watermark)."""
-    ends: dict[str, list[tuple[str, str]]] = {}
-    for o in outputs(out):
-        ends.setdefault(o["group"], []).append((o["end"], o["start"]))
-    assert all(e == sorted(e) for e in ends.values())
+    ends = [(o["end"], o["start"]) for o in outputs(out)]
+    assert ends == sorted(ends)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -206,9 +206,7 @@ def test_time_windows_match_the_reference(
     assert_same(outputs(out), want)
     assert processor.late == late
     assert_in_order(out)
-    # only the bookkeeping and each group's watermark are left
-    assert processor.status()["open"] == 0
-    assert processor.kv is not None and len(processor.kv) <= 1 + len({g for _, g, _ in evs})
+    assert processor.kv is not None and len(processor.kv) <= 1  # only the watermark is left
 
 
 def reference_sessions(
@@ -216,24 +214,28 @@ def reference_sessions(
 ) -> tuple[list[dict[str, Any]], int]:
     open_: dict[str, list[list[tuple[int, int | None]]]] = {}
     done: list[dict[str, Any]] = []
-    wms: dict[str, int] = {}  # per group
+    wm: int | None = None
+    mx: int | None = None
     late = 0
 
     def span(rows: list[tuple[int, int | None]]) -> tuple[int, int]:
         return min(t for t, _ in rows), max(t for t, _ in rows) + gap
 
     for t, g, v in evs:
-        if g in wms and t + gap <= wms[g]:
+        if wm is not None and t + gap <= wm:
             late += 1
             continue
         sessions = open_.setdefault(g, [])
         near = [s for s in sessions if span(s)[0] - gap <= t < span(s)[1]]
         merged = [(t, v)] + [row for s in near for row in s]
         open_[g] = [s for s in sessions if s not in near] + [merged]
-        wm = wms[g] = max(wms.get(g, t - lateness), t - lateness)
-        for s in [s for s in open_[g] if span(s)[1] <= wm]:
-            open_[g].remove(s)
-            done.append(expected(g, *span(s), s))
+        if mx is None or t > mx:
+            mx = t
+            wm = t - lateness if wm is None else max(wm, t - lateness)
+            for group, ss in open_.items():
+                for s in [s for s in ss if span(s)[1] <= wm]:
+                    ss.remove(s)
+                    done.append(expected(group, *span(s), s))
     for group, ss in open_.items():
         done.extend(expected(group, *span(s), s) for s in ss)
     return done, late
@@ -558,165 +560,6 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     assert bodies[0]["group"] == "0"  # the oldest first
     assert processor.kv is not None and processor.kv.bytes <= 8192
     assert processor.kv.evicted == len(out)
-
-
-EVENT_BY_DEVICE = {
-    "kind": "tumbling",
-    "size": "10s",
-    "time": "event",
-    "time_field": "ts",
-    "allowed_lateness": "5s",
-    "group_by": "field.dev",
-    "aggregates": {"v": ["count", "sum"]},
-}
-
-
-def device(dev: str, t_ns: int, value: int) -> FlowFile:
-    return FlowFile.create("plant", json.dumps({"dev": dev, "ts": t_ns / S, "v": value}).encode())
-
-
-def test_a_device_whose_clock_runs_ahead_makes_no_other_device_late() -> None:
-    """Each group has its own watermark: a device with readings from 2035 closes its own
-    windows only, and the others' readings are judged against their own newest time,
-    before and after a restart (the watermarks are in the state)."""
-    clock = FakeClock()
-    processor = make({**EVENT_BY_DEVICE, "late": "dead_letter"}, clock)
-    store = Store()
-    start = BASE - BASE % (10 * S)
-    ahead = start + 12 * 365 * 86400 * S  # about 2035
-    assert processor.process(device("b", start + 1 * S, 1)) == []
-    assert processor.process(device("a", ahead, 100)) == []
-    assert processor.process(device("b", start + 2 * S, 2)) == []
-    store.commit(processor)
-    processor = make({**EVENT_BY_DEVICE, "late": "dead_letter"}, clock)
-    store.restore(processor)
-    assert processor.process(device("b", start + 3 * S, 3)) == []
-    # b's own time closes b's window (10 s + 5 s allowed lateness), not a's
-    [out] = processor.process(device("b", start + 15 * S, 4))
-    assert json.loads(out.content) == {
-        "group": "b",
-        "start": iso(start),
-        "end": iso(start + 10 * S),
-        "count": 3,
-        "v": {"count": 3, "sum": 6},
-    }
-    # ... and b's late readings are judged against b's watermark
-    with pytest.raises(PermanentError, match=f"behind its group's watermark {iso(start + 10 * S)}"):
-        processor.process(device("b", start + 4 * S, 5))
-    assert processor.late == 1
-    assert processor.status()["open"] == 2  # a's window, b's window from start + 10 s
-
-
-def test_a_group_without_readings_moves_on_with_the_clock_after_idle() -> None:
-    """Another group's readings do not close a group's windows; `idle` without readings
-    of its own does, so windows close when a device stops."""
-    clock = FakeClock()
-    processor = make(EVENT_BY_DEVICE, clock)
-    start = BASE - BASE % (10 * S)
-    assert processor.process(device("a", start + 1 * S, 1)) == []
-    out = []
-    for i in range(2, 12):  # b goes on, one reading a second, past a's window and more
-        clock.mono += 1
-        out += processor.process(device("b", start + i * 5 * S, i))
-        out += processor.tick(clock.now_ns())
-    assert [json.loads(o.content)["group"] for o in out] == ["b", "b", "b", "b"]
-    # a quiet for 15 s (idle: 10 s): its watermark moves on with the clock from its own
-    # newest time, past its window's end (1 s + 15 s - 5 s allowed lateness)
-    clock.mono += 5
-    [closed] = processor.tick(clock.now_ns())
-    assert json.loads(closed.content)["group"] == "a"
-    assert processor.tick(clock.now_ns()) == []
-
-
-def test_state_with_one_watermark_for_all_groups_gives_it_to_the_groups_with_windows() -> None:
-    """State written before the watermark was per group (version 1: "wm" and "mx" in
-    ~meta) loads: each group with an open window takes the old watermark, a group
-    without one starts afresh (the old watermark may come from a clock far ahead)."""
-    clock = FakeClock()
-    start = BASE - BASE % (10 * S)
-    first = make(EVENT_BY_DEVICE, clock)
-    first.process(device("a", start + 31 * S, 1))  # the window 30-40 s is open
-    store = Store()
-    store.commit(first)
-    # made into version 1: one watermark (start + 26 s, as the old code kept it)
-    for key in [k for k in store.rows if k.startswith("w|")]:
-        del store.rows[key]
-    seq, meta = store.rows["~meta"]
-    old = {k: v for k, v in json.loads(meta).items() if k != "v"}
-    old.update(wm=start + 26 * S, mx=start + 31 * S)
-    store.rows["~meta"] = (seq, json.dumps(old).encode())
-
-    second = make(EVENT_BY_DEVICE, clock)
-    store.restore(second)
-    assert second.process(device("a", start + 25 * S, 2)) == []  # 20-30 s: still open
-    assert second.late == 0
-    assert second.process(device("a", start + 15 * S, 2)) == [], "late for a: counted"
-    assert second.late == 1
-    assert second.process(device("b", start + 1 * S, 3)) == [], "b starts afresh"
-    assert second.late == 1
-    out = outputs(second.process(device("a", start + 45 * S, 4)))
-    assert [(b["start"], b["count"]) for b in out] == [
-        (iso(start + 20 * S), 1),
-        (iso(start + 30 * S), 1),
-    ]
-    store.commit(second)
-    assert json.loads(store.rows["~meta"][1]) == {"v": 2, "late": 1, "dropped": 0, "fp": old["fp"]}
-    assert {k for k in store.rows if k.startswith("w|")} == {"w|a", "w|b"}
-
-
-def test_over_the_state_budget_the_group_quiet_the_longest_is_forgotten() -> None:
-    """The groups' watermarks are in the state's budget; an evicted one takes its group's
-    open windows with it (closed early), and the count of open windows stays right."""
-    clock = FakeClock()
-    processor = make({**EVENT_BY_DEVICE, "size": "1h", "max_state": 8192}, clock)
-    out = []
-    for i in range(100):
-        out += processor.process(device(str(i), BASE + i * S, 1))
-        out += processor.process(device("0", BASE + i * S, 1))  # 0 keeps raising its own
-    assert out and all(b["early"] for b in outputs(out))
-    kv = processor.kv
-    assert kv is not None and kv.bytes <= 8192
-    marks = [k for k, _ in kv.items() if k.startswith("w|")]
-    assert "w|0" in marks and "w|1" not in marks
-    assert processor.status()["open"] == len(kv) - 1 - len(marks)
-    # no reading lost: each is in a window closed early or in one still open
-    still = [v for k, v in kv.items() if k != "~meta" and not k.startswith("w|")]
-    assert sum(b["count"] for b in outputs(out)) + sum(a["n"] for a in still) == 200
-    assert processor.late == 0
-
-
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(
-    evs=st.lists(
-        st.tuples(st.integers(0, 200), st.integers(0, 11), st.booleans()), min_size=1, max_size=200
-    ),
-    kind=st.sampled_from(["tumbling", "session"]),
-)
-def test_over_a_small_budget_no_reading_is_lost_and_the_open_count_is_right(
-    evs: list[tuple[int, int, bool]], kind: str
-) -> None:
-    """Windows and watermarks evict each other (a window of a group may evict its own
-    group's watermark, which the reading then writes again): each reading that is not
-    late ends in exactly one window, emitted (on time or early) or still open."""
-    clock = FakeClock()
-    shape = {"size": "10s"} if kind == "tumbling" else {"gap": "5s"}
-    config = {k: v for k, v in EVENT_BY_DEVICE.items() if k != "size"}
-    processor = make({**config, "kind": kind, **shape, "max_state": 4096}, clock)
-    kv = processor.kv
-    assert kv is not None
-    out = []
-    for second, dev, tick in evs:
-        clock.mono += 0.5
-        out += processor.process(device(str(dev), BASE + second * S, 1))
-        if tick:
-            out += processor.tick(clock.ns)
-        windows = [v for k, v in kv.items() if k != "~meta" and not k.startswith("w|")]
-        assert processor.status()["open"] == len(windows)
-    taken = len(evs) - processor.late
-    assert sum(b["count"] for b in outputs(out)) + sum(a["n"] for a in windows) == taken
-    out = flush(processor, clock)
-    assert processor.status()["open"] == 0
-    assert sum(b["count"] for b in outputs(out)) == sum(a["n"] for a in windows)
 
 
 def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
