@@ -29,6 +29,7 @@ from gateway.config.units import duration_text
 from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
+from gateway.core.errors import RetryableError
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
@@ -214,9 +215,15 @@ class Engine:
         return SourceRunner(name, source, self.ingest, SOURCE_RETRY, self.gate, self.clock)
 
     async def _save_position(self, source: str, position: bytes) -> None:
-        """Commit `position` as `source`'s, with no data (see `Context.save_position`)."""
+        """Commit `position` as `source`'s, with no data (see `Context.save_position`).
+
+        A store that cannot commit is the source's retryable error: its runner closes it
+        and connects again later (a crash would restart it without closing it)."""
         async with self._commit_lock:
-            await self.store.commit(Batch([], [], {}, [], positions={source: position}))
+            try:
+                await self.store.commit(Batch([], [], {}, [], positions={source: position}))
+            except StoreError as err:
+                raise RetryableError(f"cannot keep its start position in the store: {err}") from err
 
     def _build_router(
         self, reuse: Router | None = None, keep: frozenset[str] = frozenset()

@@ -24,6 +24,7 @@ from gateway.config.model import (
 )
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Message
+from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
@@ -399,3 +400,17 @@ async def test_a_state_reset_left_for_the_next_start_does_not_wait_for_a_full_bu
             await running
     finally:
         await store.close()
+
+
+async def test_a_start_position_the_store_cannot_keep_is_the_sources_retryable_error(
+    tmp_path: Path,
+) -> None:
+    """A sql source with `start: end` commits its first position at connect; a store
+    error there crashed the source (a traceback, and the runner restarted it without
+    closing its database connection). It is a retryable error: the runner closes it."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    engine = Engine(config(tmp_path), store, clock=FakeClock())
+    await store.close()
+    with pytest.raises(RetryableError, match="cannot keep its start position in the store"):
+        await engine._save_position("db", b"[1]")
