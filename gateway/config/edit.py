@@ -177,8 +177,12 @@ def _unredact_leaf(value: Any, old: Any, path: tuple[str | int, ...], key: str |
     return value
 
 
-# A password written *** in a URL's user info (`//gw:***@db`) or a `password=***` pair.
-_MASKED_PASSWORD = re.compile(r"//[^/@\s]*:\*\*\*@|\bpassword\s*=\s*\*\*\*(?!\S)", re.IGNORECASE)
+# A password written *** in a URL's user info (`//gw:***@db`), a `password=***` pair or a
+# URL's query parameter (`?api_key=***`).
+_MASKED_PASSWORD = re.compile(
+    r"//[^/@\s]*:\*\*\*@|\bpassword\s*=\s*\*\*\*(?!\S)|://\S*[?&][^=&#\s]+=\*\*\*(?![^&#\s])",
+    re.IGNORECASE,
+)
 
 
 # -- JSON -------------------------------------------------------------------------

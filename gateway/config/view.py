@@ -32,6 +32,9 @@ from gateway.config.secrets import is_secret_key
 REDACTED = "***"
 _ENC = re.compile(r"ENC\([^)]*\)")
 _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# A URL's query parameter: `?api_key=...`, `&access_token=...` (masked when its name is a
+# secret's, as a key of the config would be)
+_QUERY_PARAM = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
 _COLLECTIONS = ("sources", "routes", "sinks")
 _MAX_SHOWN = 200  # characters of one value in a diff line
 _ABSENT = object()
@@ -71,7 +74,16 @@ def plain(value: Any) -> Any:
 def _mask_text(text: str) -> str:
     text = _ENC.sub(REDACTED, text)
     text = _KV_PASSWORD.sub(lambda m: m.group(1) + REDACTED, text)
+    if "://" in text and "?" in text:
+        text = _QUERY_PARAM.sub(_mask_query_param, text)
     return mask_password(text)
+
+
+def _mask_query_param(match: re.Match[str]) -> str:
+    sep, name, value = match.groups()
+    if value and is_secret_key(name.replace("-", "_")):
+        return f"{sep}{name}={REDACTED}"
+    return match.group(0)
 
 
 def redact(data: Any, raw: Any = _ABSENT, name: object = None) -> Any:

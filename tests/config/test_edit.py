@@ -224,6 +224,10 @@ def test_a_masked_password_with_no_file_value_behind_it_is_refused(text: str) ->
     sink = {"type": "postgres", "dsn": dsn, "table": "t"}
     with pytest.raises(ConfigError, match=r"sinks\.pg\.dsn: its password"):
         edit.set_component(text, "sinks", "pg", sink, "gw.yaml")
+    # a URL's secret query parameter, as GET shows it, where the file has another URL
+    rest = {"type": "rest", "url": "https://api.example/x?api_key=***", "interval": "1m"}
+    with pytest.raises(ConfigError, match=r"sources\.api\.url: its password"):
+        edit.set_component(text, "sources", "api", rest, "gw.yaml")
     # *** elsewhere in text is no password: a topic may hold it.
     route = {"match": "a/***", "sinks": ["archive"]}
     assert "a/***" in edit.set_component(text, "routes", "stars", route, "gw.yaml")

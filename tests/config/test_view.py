@@ -103,6 +103,10 @@ def test_show_redacts_credential_headers_written_plainly() -> None:
         }
     }
     assert not secrets.is_secret_key("key")  # the redis sink's key template
+    url = "https://api.example/v1/x?site=7&api_key=Q-Plain-1&access_token=Q-Plain-2#top"
+    assert view.redact({"url": url}) == {
+        "url": "https://api.example/v1/x?site=7&api_key=***&access_token=***#top"
+    }
     assert not secrets.is_secret_key("routing_key")
 
 
