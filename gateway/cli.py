@@ -63,7 +63,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sized
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from gateway.config import files, secrets
 from gateway.config.load import apply_env, load, parse_text, read_text
@@ -1001,14 +1001,65 @@ def main(argv: list[str] | None = None) -> int:
         args.seq, extra = [*args.seq, *map(int, extra)], []
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, not at exit, where a failure is a traceback
+        return code
     except StoreError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `edge-stream schema | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output(stdout)
         return 1
+    except _OutputError as err:  # `edge-stream schema > /dev/full`
+        print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        _drop_output(stdout)
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+class _OutputError(OSError):
+    """A write to stdout failed (a full disk, an I/O error), told from the OSErrors of the
+    files a command reads and writes itself."""
+
+
+class _Output:
+    """sys.stdout while a command runs: its write errors other than a broken pipe are
+    _OutputError, which main() says in one line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _drop_output(stream: TextIO) -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on what is left."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (pytest's capture): nothing flushes it at exit
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
 
 
 if __name__ == "__main__":

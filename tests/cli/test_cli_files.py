@@ -88,3 +88,30 @@ def test_keygen_says_when_the_environment_key_will_be_used_instead(
         "edge-stream: note: EDGE_STREAM_SECRET_KEY is set, and comes first: every command"
         f" and the gateway use it, not {key}, until it is unset\n"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["schema"], ["config", "show"], ["check-config"], ["docs", "--out", "DOCS"]],
+)
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    # `edge-stream schema > /dev/full` printed a traceback (OSError: [Errno 28]); a short
+    # output only fails when it is flushed, which Python did at exit, after main returned 0.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\n")
+    argv = [a if a != "DOCS" else str(tmp_path / "docs") for a in args]
+    if args[0] in ("config", "check-config"):
+        argv += ["-c", str(config)]
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr("sys.stdout", full)
+        code = main(argv)
+        monkeypatch.undo()
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "edge-stream: cannot write the output: No space left on device\n"
+    )
