@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import files
 from gateway.config.load import MAX_BYTES, load_data, parse_text, read_text
-from gateway.config.model import Config
+from gateway.config.model import Config, GatewaySection
 from gateway.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -199,7 +199,15 @@ def format_of(path: str | Path) -> str:
 
 
 def sign(document: Document, key: Ed25519PrivateKey) -> bytes:
-    """The envelope for `document`, signed with `key`; ConfigError if it is too large."""
+    """The envelope for `document`, signed with `key`; ConfigError if it is too large, or
+    for a gateway id or version no gateway takes (open_envelope, GatewaySection.check)."""
+    for _key, problem in GatewaySection(id=document.gateway).check():
+        raise ConfigError(f"the gateway id {problem}")
+    if document.version < 0:
+        raise ConfigError(
+            f"version {document.version}: a gateway takes a whole number >= 0, newer than"
+            " the last it applied (default: the unix time now)"
+        )
     data = document.to_bytes()
     envelope = json.dumps(
         {

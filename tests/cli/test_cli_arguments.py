@@ -41,3 +41,26 @@ def test_an_argument_a_command_does_not_take_is_refused(
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"edge-stream: {message}\n")
     assert not (tmp_path / "data").exists() and not (tmp_path / "fleet.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gateway", "a/b"], "the gateway id 'a/b' holds '/': the id is one level of MQTT"),
+        (["--gateway", "a+b"], "the gateway id 'a+b' holds '+': the id is one level of MQTT"),
+        (["--gateway", "pi-01", "--version", "-5"], "version -5: a gateway takes a whole number"),
+    ],
+)  # fmt: skip
+def test_config_sign_refuses_a_gateway_id_or_version_no_gateway_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    # Signed and pushed, 'a/b' went to edge-stream/a/b/config/set, which no gateway reads,
+    # and version -5 is refused by every gateway ("not a whole number >= 0").
+    key = tmp_path / "fleet.key"
+    assert main(["config", "keygen-signing", "--out", str(key)]) == 0
+    new = tmp_path / "new.yaml"
+    new.write_text("gateway: {id: pi-01}\n")
+    capsys.readouterr()
+    assert main(["config", "sign", str(new), "--key", str(key), *args]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"edge-stream: {message}") and err.count("\n") == 1
