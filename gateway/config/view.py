@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import re
+import typing
 from typing import Any
 
 from gateway.config import secrets
 from gateway.config.load import apply_env, load_data, parse_file
 from gateway.config.model import Config
-from gateway.config.schema import key_of, mask_password
+from gateway.config.schema import DURATION, key_of, mask_password
 from gateway.config.secrets import is_secret_key
+from gateway.config.units import duration_text
 
 REDACTED = "***"
 _ENC = re.compile(r"ENC\([^)]*\)")
@@ -37,7 +40,13 @@ _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 _QUERY_PARAM = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
 _COLLECTIONS = ("sources", "routes", "sinks")
 _MAX_SHOWN = 200  # characters of one value in a diff line
-_ABSENT = object()
+
+
+class _Absent:
+    """A key one side of a diff does not have."""
+
+
+_ABSENT: Any = _Absent()
 
 
 def load_view(
@@ -54,21 +63,41 @@ def load_view(
     return config, raw
 
 
-def plain(value: Any) -> Any:
-    """A loaded config (or part of one) as YAML-ready data: dicts, lists, scalars."""
+def plain(value: Any, as_written: bool = False) -> Any:
+    """A loaded config (or part of one) as YAML-ready data: dicts, lists, scalars; with
+    `as_written`, durations as a config writes them (`5s`, not 5.0)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            key_of(f.name): plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if not f.name.startswith("_")
-        }
+        durations = _durations(type(value)) if as_written else frozenset()
+        out = {}
+        for f in dataclasses.fields(value):
+            if f.name.startswith("_"):
+                continue
+            item = getattr(value, f.name)
+            if f.name in durations and isinstance(item, int | float):
+                out[key_of(f.name)] = duration_text(item)
+            else:
+                out[key_of(f.name)] = plain(item, as_written)
+        return out
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, as_written) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
+        return [plain(v, as_written) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+@functools.cache
+def _durations(cls: type) -> frozenset[str]:
+    """The fields of a config dataclass typed Duration (or Duration | None)."""
+
+    def is_duration(tp: Any) -> bool:
+        if DURATION in getattr(tp, "__metadata__", ()):
+            return True
+        return any(is_duration(arg) for arg in typing.get_args(tp))
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return frozenset(name for name, tp in hints.items() if is_duration(tp))
 
 
 def _mask_text(text: str) -> str:
@@ -132,6 +161,43 @@ def _leaves(data: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], An
     return {prefix: data}
 
 
+def _paired_leaves(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The leaf paths of two values, as _leaves finds them, but two lists of mappings of
+    the same length (a route's processors) compared item by item (`processors.0.size`)."""
+    mappings = isinstance(old, dict | _Absent) and isinstance(new, dict | _Absent)
+    if mappings and ((isinstance(old, dict) and old) or (isinstance(new, dict) and new)):
+        a = old if isinstance(old, dict) else {}
+        b = new if isinstance(new, dict) else {}
+        return [
+            path
+            for k in [*a, *(k for k in b if k not in a)]
+            for path in _paired_leaves(a.get(k, _ABSENT), b.get(k, _ABSENT), (*prefix, k))
+        ]
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(v, dict) for v in [*old, *new])
+    ):
+        return [
+            path
+            for i, (a_item, b_item) in enumerate(zip(old, new, strict=True))
+            for path in _paired_leaves(a_item, b_item, (*prefix, str(i)))
+        ]
+    return [prefix]
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for step in path:
+        if isinstance(data, dict) and step in data:
+            data = data[step]
+        elif isinstance(data, list) and step.isdigit() and int(step) < len(data):
+            data = data[int(step)]
+        else:
+            return _ABSENT
+    return data
+
+
 def changed_keys(old: Any, new: Any) -> list[str]:
     """The key paths (`webhook.url`, `rules.backlog.for`) where two loaded sections (or
     any two values `plain` takes) differ: names only, so that no secret is shown."""
@@ -151,15 +217,13 @@ def _text(value: Any) -> str:
 
 def _changes(old: Any, new: Any, old_shown: Any, new_shown: Any) -> list[str]:
     """`key old -> new` per changed leaf; `key changed` when a secret is involved."""
-    a, b = _leaves(old), _leaves(new)
-    a_shown, b_shown = _leaves(old_shown), _leaves(new_shown)
     out = []
-    for path in [*a, *(p for p in b if p not in a)]:
-        before, after = a.get(path, _ABSENT), b.get(path, _ABSENT)
+    for path in _paired_leaves(old, new):
+        before, after = _at(old, path), _at(new, path)
         if before == after:
             continue
         key = ".".join(path)
-        shown_a, shown_b = a_shown.get(path, _ABSENT), b_shown.get(path, _ABSENT)
+        shown_a, shown_b = _at(old_shown, path), _at(new_shown, path)
         if shown_a == shown_b or REDACTED in (shown_a, shown_b):
             out.append(f"{key} changed")
         else:
@@ -173,7 +237,8 @@ def diff(old: Config, old_raw: dict[str, Any], new: Config, new_raw: dict[str, A
     Values are compared as loaded (a re-encrypted but equal secret is no change) and
     shown redacted."""
     a, b = plain(old), plain(new)
-    a_shown, b_shown = show(old, old_raw), show(new, new_raw)
+    a_shown = redact(plain(old, as_written=True), old_raw)
+    b_shown = redact(plain(new, as_written=True), new_raw)
     lines: list[str] = []
     for section in a:
         if section in _COLLECTIONS:

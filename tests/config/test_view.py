@@ -163,6 +163,34 @@ def test_diff_names_each_component_and_section_key(tmp_path: Path) -> None:
     ]
 
 
+def test_diff_shows_durations_as_written_and_a_changed_processor_by_its_key(
+    tmp_path: Path,
+) -> None:
+    # It said `buffer.batch_linger: changed (0.005 -> 0.02)` and a route's processors as
+    # one JSON list cut off at 200 characters, the changed window size somewhere inside.
+    window = "{type: window, kind: tumbling, size: %s, aggregates: {v: [avg]}}"
+    old = view.load_view(write(tmp_path, "old.yaml"), {})
+    path = write(tmp_path, "new.yaml")
+    path.write_text(
+        path.read_text()
+        .replace("sinks: [warehouse]}", f"sinks: [warehouse], processors: [{window % '1m'}]}}")
+        .replace("log_level: info}", "log_level: info}\nbuffer: {batch_linger: 5ms}")
+    )
+    before = view.load_view(path, {})
+    path.write_text(
+        path.read_text().replace("size: 1m", "size: 90s").replace("linger: 5ms", "linger: 1s")
+    )
+    after = view.load_view(path, {})
+    assert view.diff(*before, *after) == [
+        "buffer.batch_linger: changed (5ms -> 1s)",
+        "routes.all: changed (processors.0.size 1m -> 90s)",
+    ]
+    # A processor added is the whole list, as before; the lines name no float seconds.
+    added = view.diff(*old, *after)
+    assert added[0] == "buffer.batch_linger: changed (5ms -> 1s)"
+    assert added[1].startswith('routes.all: changed (processors [] -> [{"type":"window"')
+
+
 def test_a_changed_secret_shows_as_changed_never_its_text(tmp_path: Path) -> None:
     lines = diff(
         tmp_path,
