@@ -14,8 +14,20 @@ levels kept), `{topic.N}` its level N (from 0; negative counts from the end; emp
 when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sink's
 name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that
 resolve to different URLs go in one request per URL. A request body is at most
-`max_body` bytes: a batch whose envelopes are larger goes in several requests, in
-order; a single FlowFile larger than that is dead-lettered.
+`max_body` bytes: a batch whose envelopes are larger goes in several requests; a
+single FlowFile larger than that is dead-lettered.
+
+Order: a request's array holds its FlowFiles in the order they were stored. The requests
+of one batch (one per URL and more where `max_body` cuts it, or one per FlowFile in each
+mode) are started in that order, but up to `concurrency` (default 4) are in flight at
+once, so a receiver may get them, and see them finish, in any order: a later FlowFile
+before an earlier one. The next batch (or this one's next try) starts only once every
+request of this one was answered or, after one failed, given up. With `concurrency: 1`
+the requests go one after another, in stored order for each URL (a batch's requests are
+grouped by URL, so a FlowFile for one URL may come after later ones for another). In any
+case a batch sent again after a failure brings FlowFiles the receiver may have seen
+already, after newer ones. A receiver that needs them in order sorts them itself, e.g.
+by `id` (a UUIDv7, which sorts by creation time).
 
 Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), or
 `<first id>..<last id>` of the FlowFiles in the request (batch mode; the id alone
@@ -265,14 +277,18 @@ class HttpSinkConfig(SinkConfig):
     max_body: Annotated[
         Size,
         Doc(
-            "The largest request body: a batch beyond it goes in several requests; a single"
-            " FlowFile beyond it is dead-lettered."
+            "The largest request body: a batch beyond it goes in several requests (sent"
+            " `concurrency` at once); a single FlowFile beyond it is dead-lettered."
         ),
         Range(1024, 256 << 20, "must be between 1KiB and 256MiB"),
     ] = 4 << 20
     concurrency: Annotated[
         int,
-        Doc("Requests in flight at once (each mode, or a batch split by URL or size)."),
+        Doc(
+            "Requests in flight at once (each mode, or a batch split by URL or size), so a"
+            " receiver may get a batch's requests out of order; 1 sends them one after"
+            " another."
+        ),
         Range(1, 64, "must be between 1 and 64"),
     ] = 4
     error_body: Annotated[
@@ -492,8 +508,19 @@ class HttpSink(Sink):
             for request in pending:  # shared: each request is taken by one worker
                 results.append(await self._send(*request))
 
-        workers = min(self.config.concurrency, len(requests))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        workers = [
+            asyncio.ensure_future(worker())
+            for _ in range(min(self.config.concurrency, len(requests)))
+        ]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # a failed request fails the write: the others end with it, or they would go
+            # on in the background while the engine sends the batch again
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
         return refused + [r for rejected in results for r in rejected]
 
     async def _send(

@@ -140,3 +140,11 @@ LOGIN_PAGE = """<!doctype html>
 </form>
 </body></html>
 """
+
+# The login page after a failed form login (POST /login without script answers 303 to
+# `login?failed=1`): the same page with the error in it, which needs no script
+LOGIN_FAILED = "Wrong user name or password."
+LOGIN_FAILED_PAGE = LOGIN_PAGE.replace(
+    '<div id="error" class="bad" role="alert"></div>',
+    f'<div id="error" class="bad" role="alert">{LOGIN_FAILED}</div>',
+)

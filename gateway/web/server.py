@@ -3,7 +3,9 @@
 GET /            the console (one page); its script and style are files of gateway/web/static/
                  (GET /static/NAME), since the Content-Security-Policy allows no inline script
 GET /login       the login page;  POST /login  {"username", "password"} as JSON or a form:
-                 sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /)
+                 sets the session cookie, answers {"user", "role", "csrf"} (a form: 303 to /);
+                 a wrong password answers 401 (a form: 303 to login?failed=1, the login
+                 page with "Wrong user name or password."); either counts as a failed login
 POST /logout     ends the session
 GET /healthz     200 "ok" while the gateway runs (always open: no credentials, any Host)
 GET /favicon.ico the console's icon (static/favicon.svg, also linked by the pages as
@@ -80,7 +82,7 @@ from gateway.store import admin
 from gateway.store.sqlite import StoreError
 from gateway.web import access, console_api
 from gateway.web.config_api import MAX_BODY, ConfigApi
-from gateway.web.page import LOGIN_PAGE, STATUS_PAGE
+from gateway.web.page import LOGIN_FAILED_PAGE, LOGIN_PAGE, STATUS_PAGE
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -418,8 +420,9 @@ class WebServer:
     async def page(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(body=STATUS_PAGE.encode(), content_type="text/html", charset="utf-8")
 
-    async def login_page(self, _request: web.Request) -> web.StreamResponse:
-        return web.Response(body=LOGIN_PAGE.encode(), content_type="text/html", charset="utf-8")
+    async def login_page(self, request: web.Request) -> web.StreamResponse:
+        page = LOGIN_FAILED_PAGE if "failed" in request.query else LOGIN_PAGE
+        return web.Response(body=page.encode(), content_type="text/html", charset="utf-8")
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         found = self._static.get(request.match_info["name"])
@@ -453,7 +456,12 @@ class WebServer:
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
-            if role.status == 401:
+            if role.status == 401 and form:
+                # a form posted without script: back to the login page, which says so
+                # (relative, as the page's links are; the browser keeps no #view here,
+                # since a form's post never carries the page's fragment)
+                role = web.Response(status=303, headers={"Location": "login?failed=1"})
+            elif role.status == 401:
                 role = _json({"errors": ["wrong user name or password"]}, 401)
                 role.force_close()
             return role

@@ -285,6 +285,52 @@ async def test_a_server_that_never_answers_is_a_timeout_said_so(sink_for: Any) -
         await server.wait_closed()
 
 
+async def test_a_failed_request_stops_the_rest_of_its_batch(sink_for: Any) -> None:
+    # A request that failed ended the write, but the batch's other requests went on in
+    # the background while the engine retried the batch: the next try's requests (and
+    # the next batch's) raced the first try's. Now they end with the write.
+    batch = [FlowFile.create(f"plant/{n}", b"{}") for n in range(4)]
+    held, closed = asyncio.Event(), asyncio.Event()
+    others: list[str] = []
+    taken: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        fields = {k.lower(): v for k, v in fields.items()}
+        await reader.readexactly(int(fields["content-length"]))
+        key = fields["idempotency-key"]
+        if key == batch[0].id:  # held until the client gives it up
+            held.set()
+            await reader.read()
+            closed.set()
+        elif key == batch[1].id:
+            await held.wait()
+            writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        else:
+            others.append(key)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(url=f"http://127.0.0.1:{port}/x", mode="each", concurrency=2)
+        with pytest.raises(RetryableError, match="500"):
+            await sink.write(batch)
+        async with asyncio.timeout(10):  # a bound on a hang, not a timing
+            await closed.wait()  # the held request was given up with the write
+        assert others == []
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
+
+
 def test_config_problems() -> None:
     assert config_problems(url="ftp://x/y")[1] == [
         "sinks.hook.url: 'ftp://x/y' must start with http:// or https://"

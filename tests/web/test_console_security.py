@@ -251,6 +251,37 @@ async def test_wrong_passwords_are_rate_limited(served: Served) -> None:
     assert (await call(f"{served.url}/healthz")).status == 200
 
 
+async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
+    served: Served,
+) -> None:
+    # A form posted without script got the JSON 401 as its page; now it goes back to the
+    # login page, which says why, whether the user exists or not. JSON keeps its 401.
+    login_url = f"{served.url}/login"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answers = [
+        await call(login_url, "POST", headers=form, body=b"username=olga&password=guess"),
+        await call(login_url, "POST", headers=form, body=b"username=nobody&password=guess"),
+    ]
+    for answer in answers:
+        assert answer.status == 303 and answer.headers["Location"] == "login?failed=1"
+        assert "Set-Cookie" not in answer.headers and answer.body == b""
+    page = await call(f"{served.url}/{answers[0].headers['Location']}")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert b'role="alert">Wrong user name or password.</div>' in page.body
+    assert b"Wrong user name" not in (await call(login_url)).body
+    json_answer = await call(login_url, "POST", body={"username": "olga", "password": "guess"})
+    assert json_answer.status == 401
+    assert json_answer.json() == {"errors": ["wrong user name or password"]}
+    # the form's failures count as the JSON ones do: five in all, then even a right one waits
+    for _ in range(2):
+        await call(login_url, "POST", headers=form, body=b"username=olga&password=guess")
+    limited = await call(
+        login_url, "POST", headers=form, body=b"username=olga&password=olga-pass-1"
+    )
+    assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert "Set-Cookie" not in limited.headers
+
+
 async def test_a_foreign_host_is_refused(tmp_path: Path) -> None:
     gateway, task, served = await _start(tmp_path, "  allowed_hosts: [gw.plant.example]")
     try:

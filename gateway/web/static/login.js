@@ -1,5 +1,6 @@
 // The login form: POST /login as JSON, then the status page. Without script the form
-// posts itself and the server answers 303 to the page.
+// posts itself and the server answers 303 to the page, or back here (login?failed=1,
+// which shows the error) after a wrong password.
 "use strict";
 document.getElementById("login").addEventListener("submit", async event => {
   event.preventDefault();
