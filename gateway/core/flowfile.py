@@ -11,7 +11,8 @@ from typing import NamedTuple
 # Attributes that mark a dead letter whose content is not the message that came in:
 # `edge-stream dead-letters replay` leaves such ones where they are (sending the content
 # on would pass it off as the reading), they can still be listed, shown and purged.
-CONTENT_TRUNCATED = "content.truncated"  # value: the key whose limit cut it (max_payload)
+# content.truncated: the key whose limit cut it (max_payload, a serial max_length)
+CONTENT_TRUNCATED = "content.truncated"
 MQTT_INVALID = "mqtt.invalid"  # "1": the content is the raw PUBLISH packet MQTT forbids
 
 _last_ms = 0

@@ -20,6 +20,8 @@ class Record(NamedTuple):
     reject: str | None = None
     talker: str = ""
     sentence: str = ""
+    # the key whose limit cut the content (a dead letter of a part of the input only)
+    truncated: str = ""
 
 
 class LineSplitter:
@@ -61,11 +63,13 @@ class LineSplitter:
         return out
 
 
-def too_long(limit: int) -> str:
-    return (
+def too_long(line: bytes, limit: int) -> Record:
+    """The dead letter of a line over `max_length`: its first bytes, marked as cut."""
+    reason = (
         f"line longer than max_length ({limit} bytes) without a terminator;"
         " the first bytes are kept, the rest of the line is dropped"
     )
+    return Record(line, reason, truncated="max_length")
 
 
 class LineFramer:
@@ -84,7 +88,7 @@ class LineFramer:
         out: list[Record] = []
         for line, long in self.lines.feed(data):
             if long:
-                out.append(Record(line, too_long(self.lines.max_length)))
+                out.append(too_long(line, self.lines.max_length))
                 continue
             content = line.strip() if self.strip else line
             if not content:
@@ -143,7 +147,7 @@ class RegexFramer:
         out: list[Record] = []
         for line, long in self.lines.feed(data):
             if long:
-                out.append(Record(line, too_long(self.lines.max_length)))
+                out.append(too_long(line, self.lines.max_length))
                 continue
             try:
                 text = line.decode(self.encoding)
@@ -423,7 +427,7 @@ class NmeaFramer:
         out: list[Record] = []
         for line, long in self.lines.feed(data):
             if long:
-                out.append(Record(line, too_long(self.lines.max_length)))
+                out.append(too_long(line, self.lines.max_length))
                 continue
             if line.endswith(b"\r"):
                 line = line[:-1]  # the CR of the CR LF that ends every sentence

@@ -47,9 +47,12 @@ Bad input never stops the source: garbage bytes, undecodable text, lines
 that do not match, bad NMEA checksums and lines longer than `max_length`
 (4096 bytes) go to the dead-letter table with the reason, keeping the raw
 bytes as they came (only the terminator removed: surrounding whitespace and
-NUL bytes stay). With `nmea`, spaces and tabs around a sentence and blank
-lines are layout; any other byte outside `$...*hh` (a NUL before the `$`,
-say) is garbage and becomes a dead letter of its own, next to the sentence.
+NUL bytes stay). A line over `max_length` keeps only its first `max_length`
+bytes (attribute `content.truncated: max_length`): `edge-stream dead-letters
+replay` leaves it, since sent on it would pass for the reading. With `nmea`,
+spaces and tabs around a sentence and blank lines are layout; any other byte
+outside `$...*hh` (a NUL before the `$`, say) is garbage and becomes a dead
+letter of its own, next to the sentence.
 An adapter that is unplugged (or a port missing at start) is noticed (the read
 or the open fails) and logged once as a warning; the engine tries to open it
 again at the backoff's pace (0.5 s doubling up to 30 s), each attempt logged at
@@ -74,7 +77,7 @@ from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
-from gateway.core.flowfile import FlowFile
+from gateway.core.flowfile import CONTENT_TRUNCATED, FlowFile
 from gateway.core.topics import template_parts, validate_topic
 from gateway.sources._serial_framing import (
     FixedFramer,
@@ -157,7 +160,10 @@ class SerialSourceConfig(SourceConfig):
     ] = True
     max_length: Annotated[
         Size,
-        Doc("Longer records go to the dead letters."),
+        Doc(
+            "Longer lines go to the dead letters with their first `max_length` bytes,"
+            " marked `content.truncated: max_length` (a replay leaves them)."
+        ),
         Range(16, 1 << 20, "must be between 16 bytes and 1MiB"),
     ] = 4096
     topic: Annotated[
@@ -413,6 +419,8 @@ class SerialSource(Source):
                 status["rejected"] += 1
                 status["last_error"] = rec.reject
                 a = {**attrs, "serial.error": rec.reject}
+                if rec.truncated:  # the mark keeps it out of a replay
+                    a[CONTENT_TRUNCATED] = rec.truncated
                 out.append(Message(create(topic, rec.content, a), reject=rec.reject))
                 continue
             status["records"] += 1

@@ -19,6 +19,8 @@ from gateway.core.component import Context, Message
 from gateway.core.errors import RetryableError
 from gateway.engine.runner import Ingest, SourceRunner
 from gateway.sources.serial import SerialSource, SerialSourceConfig
+from gateway.store.admin import open_admin
+from gateway.store.sqlite import Batch, DeadLetter, Store
 from tests.sources.socat_pair import SocatPair
 
 pytestmark = pytest.mark.integration
@@ -107,9 +109,43 @@ async def test_line_framing_with_dead_letters(opened: Any) -> None:
     assert got[0].flowfile.topic == "serial/dev"
     assert got[0].flowfile.attributes == {"serial.port": source.config.port}
     assert "max_length" in (got[2].reject or "")
+    # only the cut one is marked, on its own attributes (got[0] has the shared ones)
+    assert got[2].flowfile.attributes["content.truncated"] == "max_length"
+    assert "content.truncated" not in got[3].flowfile.attributes
     assert got[3].flowfile.attributes["serial.error"] == got[3].reject
     status = source.status()["serial"]
     assert (status["records"], status["rejected"], status["state"]) == (3, 2, "open")
+
+
+async def test_a_line_cut_to_max_length_stays_through_a_replay(opened: Any, tmp_path: Path) -> None:
+    # Its first max_length bytes went on to the sinks as if they were the reading.
+    make, writer = opened
+    source = await make(max_length=16, baudrate=115200)
+    writer.write(b"T" * 40 + b"\n")
+    writer.write(b"\xff not text\n")  # a whole line: replayed as any other
+    cut, raw = await read_n(source, 2)
+    assert (cut.flowfile.content, cut.flowfile.attributes["content.truncated"]) == (
+        b"T" * 16,
+        "max_length",
+    )
+    store = Store(tmp_path / "store.db")
+    await store.open(["a"])
+    reason = f"source {source.ctx.name}"
+    await store.commit(
+        Batch(
+            [],
+            [DeadLetter(m.flowfile, reason, m.reject or "") for m in (cut, raw)],
+            {},
+            [],
+        )
+    )
+    with open_admin(store.path) as admin:
+        replayed = admin.replay(None)
+        assert (replayed.count, replayed.kept) == (1, {"truncated to max_length": 1})
+        assert "truncated to max_length" in (replayed.note() or "")
+        assert [d.id for d in admin.dead_letters(10)] == [cut.flowfile.id]
+    assert [f.id for _, f, _ in await store.take_replay(10)] == [raw.flowfile.id]
+    await store.close()
 
 
 async def test_regex_framing(opened: Any) -> None:

@@ -48,6 +48,7 @@ def test_over_long_line_is_cut_reported_once_and_the_next_line_survives() -> Non
     framer = LineFramer(b"\n", 8, "utf-8", strip=True)
     (rec, ok) = framer.feed(b"0123456789ABC\nfine\n")
     assert rec.reject is not None and "max_length" in rec.reject and rec.content == b"01234567"
+    assert rec.truncated == "max_length"
     assert ok == Record(b"fine")
 
 
@@ -144,6 +145,7 @@ def test_nmea_bad_input_becomes_dead_letters() -> None:
     assert malformed.reject is not None and "malformed RMC" in malformed.reject
     (long,) = framer.feed(b"$" + b"A" * 200 + b"\r\n")
     assert long.reject is not None and "max_length" in long.reject
+    assert long.truncated == "max_length"
 
 
 def test_a_dead_letter_keeps_the_bytes_around_the_line() -> None:
