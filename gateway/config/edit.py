@@ -28,6 +28,9 @@ component did not write is left out, in nested sections (`batch:`) and in each
 processor of a route too (matched with the file's processor at the same place only
 when it has the same type). A key the file wrote stays, even when it equals the
 default; a new component keeps only the keys that differ from the defaults.
+A key the file wrote whose sent value reads the same (`10s` sent as 10.0, `64MiB` as
+67108864, `match: a/#` as `[a/#]`) keeps the file's form, and a component sent back
+with nothing changed leaves the text as it was.
 
 Secrets: the file's `ENC(...)` values are never decrypted here, so the file keeps
 them as they were. A value sent for a secret is written as sent (it may be an
@@ -94,6 +97,8 @@ def set_component(text: str, section: str, name: str, value: dict[str, Any], sou
     old_section = old_data.get(section)
     old = old_section.get(name, _MISSING) if isinstance(old_section, dict) else _MISSING
     expected = _without_defaults(_unredact(value, old, (section, name)), old, section)
+    if _identical(expected, old):
+        return text  # sent back as GET showed it, nothing changed: not a byte either
     if source.endswith(".json"):
         new_text = _json_set(text, section, name, expected)
     else:
@@ -190,6 +195,9 @@ def _prune_dataclass(cls: type, value: Any, old: Any) -> Any:
         written = old_map.get(key, _MISSING)
         if written is _MISSING and _is_default(hints[key], field, item):
             continue
+        if written is not _MISSING and _same_meaning(hints[key], written, item):
+            out[key] = written  # `10s` stays `10s`, not the 10.0 GET shows
+            continue
         out[key] = _prune_value(hints[key], item, written)
     return out
 
@@ -233,13 +241,42 @@ def _is_default(tp: Any, field: dataclasses.Field[Any], value: Any) -> bool:
         default = field.default_factory()
     else:
         return False  # a required key
+    built = _read(tp, value)
+    return built is not _MISSING and _equal(built, default)
+
+
+def _same_meaning(tp: Any, a: Any, b: Any) -> bool:
+    """Whether two values of a key read, as the loader reads them, as the same."""
+    if a == b and type(a) is type(b):
+        return True
+    built = _read(tp, a)
+    return built is not _MISSING and _equal(built, _read(tp, b))
+
+
+def _read(tp: Any, value: Any) -> Any:
+    """`value` built as the loader builds it; _MISSING if the loader would refuse it."""
     problems = Problems()
     built = build(tp, value, ("",), problems)
-    if problems:  # a value the loader refuses is never a default
+    return _MISSING if problems else built
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Equal values of the same types (1 is not 1.0 nor True), lists item by item."""
+    if type(a) is not type(b):
         return False
-    if isinstance(built, list | tuple) and isinstance(default, list | tuple):
-        built, default = list(built), list(default)
-    return bool(built == default) and isinstance(built, bool) == isinstance(default, bool)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_identical(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if a is _MISSING or b is _MISSING:
+        return False
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        a, b = list(a), list(b)
+    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
 
 
 # -- redacted values ------------------------------------------------------------
