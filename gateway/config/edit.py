@@ -21,6 +21,17 @@ back whole by ruamel.yaml, which keeps its comments but may change its spacing.
 
 A JSON file is written back as formatted JSON (indent 2).
 
+Defaults: a page sends back a component as `GET /api/config` shows it, every default
+filled in. A key whose value is the default the config model gives it (read as the
+loader reads it: `0s` and 0.0 are the same) and that the file's version of the
+component did not write is left out, in nested sections (`batch:`) and in each
+processor of a route too (matched with the file's processor at the same place only
+when it has the same type). A key the file wrote stays, even when it equals the
+default; a new component keeps only the keys that differ from the defaults.
+A key the file wrote whose sent value reads the same (`10s` sent as 10.0, `64MiB` as
+67108864, `match: a/#` as `[a/#]`) keeps the file's form, and a component sent back
+with nothing changed leaves the text as it was.
+
 Secrets: the file's `ENC(...)` values are never decrypted here, so the file keeps
 them as they were. A value sent for a secret is written as sent (it may be an
 `ENC(...)` text). A value sent as its redacted form, as `config show` and `GET
@@ -31,11 +42,13 @@ a page can send back what it was shown. A `***` with no value to keep is refused
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import os
 import re
-from typing import Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -46,7 +59,8 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from gateway.config import files
 from gateway.config.load import load_data, parse_text, plain_tag, read_text
-from gateway.config.model import Config
+from gateway.config.model import Config, RouteSection
+from gateway.config.schema import Component, Problems, build, fields
 from gateway.config.view import REDACTED, redact
 from gateway.core.errors import ConfigError
 
@@ -82,7 +96,9 @@ def set_component(text: str, section: str, name: str, value: dict[str, Any], sou
     old_data, _ = parse_text(text, source)
     old_section = old_data.get(section)
     old = old_section.get(name, _MISSING) if isinstance(old_section, dict) else _MISSING
-    expected = _unredact(value, old, (section, name))
+    expected = _without_defaults(_unredact(value, old, (section, name)), old, section)
+    if _identical(expected, old):
+        return text  # sent back as GET showed it, nothing changed: not a byte either
     if source.endswith(".json"):
         new_text = _json_set(text, section, name, expected)
     else:
@@ -134,6 +150,133 @@ def edit_file(
     config = validate(new_text, source, environ)
     kept = files.save(source, new_text, config.gateway.data_dir)
     return old_text, kept
+
+
+# -- defaults -----------------------------------------------------------------------
+
+
+def _without_defaults(value: Any, old: Any, section: str) -> Any:
+    """`value` less each key whose value is its default and that the file's version of
+    the component (`old`) did not write: a page sends back the config as GET showed it,
+    defaults filled in, and the file keeps only what the user chose."""
+    if section == "routes":
+        return _prune_dataclass(RouteSection, value, old)
+    return _prune_component(_NOUNS[section], value, old)
+
+
+def _component_class(kind: str, value: Any) -> type | None:
+    from gateway import registry
+
+    type_name = value.get("type") if isinstance(value, dict) else None
+    entry = registry.find(kind, type_name) if isinstance(type_name, str) else None
+    return entry.config if entry is not None else None
+
+
+def _prune_component(kind: str, value: Any, old: Any) -> Any:
+    cls = _component_class(kind, value)
+    if cls is None:
+        return value
+    if not (isinstance(old, dict) and old.get("type") == value.get("type")):
+        old = _MISSING  # another type: none of the old keys are the user's for this one
+    return _prune_dataclass(cls, value, old)
+
+
+def _prune_dataclass(cls: type, value: Any, old: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    hints, known = fields(cls)
+    old_map = old if isinstance(old, dict) else {}
+    out = {}
+    for key, item in value.items():
+        field = known.get(key)
+        if field is None:  # an unknown key: the loader says so
+            out[key] = item
+            continue
+        written = old_map.get(key, _MISSING)
+        if written is _MISSING and _is_default(hints[key], field, item):
+            continue
+        if written is not _MISSING and _same_meaning(hints[key], written, item):
+            out[key] = written  # `10s` stays `10s`, not the 10.0 GET shows
+            continue
+        out[key] = _prune_value(hints[key], item, written)
+    return out
+
+
+def _prune_value(tp: Any, value: Any, old: Any) -> Any:
+    """The defaults left out inside a nested section or a list of them (a processor
+    matched with the old one at its place only when it has the same type)."""
+    marks: tuple[Any, ...] = ()
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp, *more = get_args(tp)
+            marks += tuple(more)
+        elif origin in (Union, types.UnionType):
+            others = [a for a in get_args(tp) if a is not type(None)]
+            if len(others) != 1:
+                return value
+            tp = others[0]
+        else:
+            break
+    kind = next((m.kind for m in marks if isinstance(m, Component)), None)
+    if kind is not None:
+        return _prune_component(kind, value, old)
+    if get_origin(tp) is list and isinstance(value, list):
+        (item_tp,) = get_args(tp)
+        old_list = old if isinstance(old, list) else []
+        return [
+            _prune_value(item_tp, v, old_list[i] if i < len(old_list) else _MISSING)
+            for i, v in enumerate(value)
+        ]
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _prune_dataclass(tp, value, old)
+    return value
+
+
+def _is_default(tp: Any, field: dataclasses.Field[Any], value: Any) -> bool:
+    """Whether `value`, read as the loader reads it, is the field's default."""
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        return False  # a required key
+    built = _read(tp, value)
+    return built is not _MISSING and _equal(built, default)
+
+
+def _same_meaning(tp: Any, a: Any, b: Any) -> bool:
+    """Whether two values of a key read, as the loader reads them, as the same."""
+    if a == b and type(a) is type(b):
+        return True
+    built = _read(tp, a)
+    return built is not _MISSING and _equal(built, _read(tp, b))
+
+
+def _read(tp: Any, value: Any) -> Any:
+    """`value` built as the loader builds it; _MISSING if the loader would refuse it."""
+    problems = Problems()
+    built = build(tp, value, ("",), problems)
+    return _MISSING if problems else built
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Equal values of the same types (1 is not 1.0 nor True), lists item by item."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_identical(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if a is _MISSING or b is _MISSING:
+        return False
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        a, b = list(a), list(b)
+    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
 
 
 # -- redacted values ------------------------------------------------------------

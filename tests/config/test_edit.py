@@ -306,3 +306,94 @@ def test_a_version_named_by_a_start_that_fits_different_texts_is_refused(tmp_pat
     assert files.find_version(tmp_path, two[:3]) == kept[1]
     assert files.find_version(tmp_path, kept[2].name) == kept[2]
     assert files.find_version(tmp_path, None) == kept[0]
+
+
+SHORT = """\
+gateway: {id: gw, data_dir: DATA}
+routes:
+  r:
+    match: sensors/#
+    sinks: [out]
+    processors:
+      - type: json
+      - type: json
+        require_object: true   # equal to the default, but the user wrote it
+sinks:
+  out:
+    type: file
+    path: out.jsonl
+    batch:
+      max_rows: 1000
+"""
+
+
+def _as_shown(path: Path, section: str, name: str) -> Any:
+    """The component as GET /api/config shows it: defaults filled in, secrets redacted."""
+    from gateway.config.view import load_view, show
+
+    config, raw = load_view(path, {})
+    return json.loads(json.dumps(show(config, raw)[section][name]))
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_sending_back_what_get_shows_writes_no_defaults(tmp_path: Path, suffix: str) -> None:
+    text = SHORT.replace("DATA", str(tmp_path / "data"))
+    if suffix == ".json":
+        text = json.dumps(yaml.safe_load(text), indent=2) + "\n"
+    path = tmp_path / f"gw{suffix}"
+    path.write_text(text)
+    route = _as_shown(path, "routes", "r")
+    assert route["processors"][0] == {"type": "json", "require_object": True, "required": []}
+    new = edit.set_component(text, "routes", "r", route, str(path))
+    assert new == text  # `match: sensors/#` too: GET shows it as a list of one
+    sink = _as_shown(path, "sinks", "out")
+    assert sink["batch"]["linger"] == 0.0 and "rate_limit" in sink
+    new = edit.set_component(text, "sinks", "out", sink, str(path))
+    assert new == text  # batch.max_rows, written and equal to the default, stays
+
+
+def test_a_changed_value_is_written_and_a_new_component_keeps_only_what_differs(
+    tmp_path: Path,
+) -> None:
+    text = SHORT.replace("DATA", str(tmp_path / "data"))
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    route = _as_shown(path, "routes", "r")
+    route["processors"][0]["required"] = ["t"]
+    route["processors"][1]["require_object"] = False
+    new = edit.set_component(text, "routes", "r", route, str(path))
+    processors = yaml.safe_load(new)["routes"]["r"]["processors"]
+    assert processors == [
+        {"type": "json", "required": ["t"]},
+        {"type": "json", "require_object": False},
+    ]
+    sink = _as_shown(path, "sinks", "out")
+    sink["batch"]["linger"] = "5s"
+    new = edit.set_component(new, "sinks", "copy", {**sink, "path": "copy.jsonl"}, str(path))
+    assert yaml.safe_load(new)["sinks"]["copy"] == {
+        "type": "file",
+        "path": "copy.jsonl",
+        "batch": {"linger": "5s"},
+    }
+    # a processor of another type at the same place: the old one's keys are not its own
+    before = "routes:\n  r:\n    match: a\n    sinks: [out]\n    processors:\n"
+    before += "      - {type: window, group_by: topic}\n"
+    value = {"match": "a", "sinks": ["out"], "processors": [{"type": "deadband", "fields": ["v"]}]}
+    value["processors"][0] |= {"group_by": "topic", "heartbeat": None, "max_state": 16 << 20}
+    new = edit.set_component(before, "routes", "r", value, "gw.yaml")
+    assert yaml.safe_load(new)["routes"]["r"]["processors"] == [
+        {"type": "deadband", "fields": ["v"]}
+    ]
+
+
+def test_a_value_sent_back_in_the_form_get_shows_keeps_the_file_s_form(
+    text: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    host, archive = _as_shown(path, "sources", "host"), _as_shown(path, "sinks", "archive")
+    assert host["interval"] == 10.0 and archive["rotate_bytes"] == 64 << 20
+    assert edit.set_component(text, "sources", "host", host, str(path)) == text
+    archive["keep"] = 9
+    new = edit.set_component(text, "sinks", "archive", archive, str(path))
+    assert _changed_lines(text, new) == ([], ["    keep: 9"])  # 64MiB stays 64MiB
