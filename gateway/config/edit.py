@@ -61,7 +61,7 @@ from gateway.config import files
 from gateway.config.load import load_data, parse_text, plain_tag, read_text
 from gateway.config.model import Config, RouteSection
 from gateway.config.schema import Component, Problems, build, fields
-from gateway.config.view import REDACTED, redact
+from gateway.config.view import REDACTED, plain, redact
 from gateway.core.errors import ConfigError
 
 SECTIONS = ("sources", "routes", "sinks")
@@ -242,15 +242,19 @@ def _is_default(tp: Any, field: dataclasses.Field[Any], value: Any) -> bool:
     else:
         return False  # a required key
     built = _read(tp, value)
-    return built is not _MISSING and _equal(built, default)
+    return built is not _MISSING and _identical(plain(built), plain(default))
 
 
 def _same_meaning(tp: Any, a: Any, b: Any) -> bool:
-    """Whether two values of a key read, as the loader reads them, as the same."""
-    if a == b and type(a) is type(b):
+    """Whether two values of a key read, as the loader reads them, as the same: the same
+    types and order all the way down (1, 1.0 and true differ inside a filter's or a
+    transform's values, and so do two orders of a transform's renames)."""
+    if _identical(a, b):
         return True
-    built = _read(tp, a)
-    return built is not _MISSING and _equal(built, _read(tp, b))
+    built_a, built_b = _read(tp, a), _read(tp, b)
+    if built_a is _MISSING or built_b is _MISSING:
+        return False
+    return _identical(plain(built_a), plain(built_b))
 
 
 def _read(tp: Any, value: Any) -> Any:
@@ -269,14 +273,6 @@ def _identical(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if a is _MISSING or b is _MISSING:
-        return False
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        a, b = list(a), list(b)
-    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
 
 
 # -- redacted values ------------------------------------------------------------

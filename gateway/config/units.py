@@ -24,6 +24,13 @@ _SIZE_UNITS = {
 
 def parse_duration(value: object) -> float:
     """Seconds from `250ms`, `10s`, `5m`, `2h`, `1d` or a bare number of seconds."""
+    try:
+        return _duration(value)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        raise ValueError(f"the duration {str(value)[:20]}... is too large") from None
+
+
+def _duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as '10s' or '250ms', got {value!r}")
     if isinstance(value, int | float):
@@ -41,6 +48,13 @@ def parse_duration(value: object) -> float:
 
 def parse_size(value: object) -> int:
     """Bytes from `512MiB`, `1GiB`, `64KB` or a bare number of bytes."""
+    try:
+        return _size(value)
+    except OverflowError:  # `1e400KiB`: no float holds it
+        raise ValueError(f"the size {str(value)[:20]}... is too large") from None
+
+
+def _size(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as '512MiB', got {value!r}")
     if isinstance(value, int):

@@ -397,3 +397,37 @@ def test_a_value_sent_back_in_the_form_get_shows_keeps_the_file_s_form(
     archive["keep"] = 9
     new = edit.set_component(text, "sinks", "archive", archive, str(path))
     assert _changed_lines(text, new) == ([], ["    keep: 9"])  # 64MiB stays 64MiB
+
+
+def test_a_value_that_reads_alike_but_tests_or_writes_otherwise_is_written() -> None:
+    """1, 1.0 and true compared equal inside a processor, so the file's form was kept and
+    the edit was lost while the API answered 200: a filter on `value: 1` sent back with
+    `value: true`, or a transform's `set: {flag: 1}` as `{flag: true}`."""
+    text = """routes:
+  r:
+    match: a/#
+    processors:
+      - type: filter
+        all: [{field: x, op: eq, value: 1}]
+      - type: transform
+        scale: {t: 1}
+        set: {flag: 1}
+    sinks: [f]
+sinks:
+  f: {type: file, path: out.jsonl}
+"""
+    route = yaml.safe_load(text)["routes"]["r"]
+    for change in (
+        {0: {"all": [{"field": "x", "op": "eq", "value": True}]}},
+        {1: {"set": {"flag": True}}},
+        {1: {"scale": {"t": 1.5}}},
+        {1: {"scale": {"t": 1.0}}},
+    ):
+        ((at, keys),) = change.items()
+        processors = [dict(p) for p in route["processors"]]
+        processors[at] = {**processors[at], **keys}
+        new = edit.set_component(text, "routes", "r", {**route, "processors": processors}, "g.yaml")
+        assert new != text, change
+        written = yaml.safe_load(new)["routes"]["r"]["processors"][at]
+        ((key, value),) = keys.items()
+        assert written[key] == value and repr(written[key]) == repr(value), change

@@ -315,11 +315,19 @@ def test_parse_duration(text: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s", float("nan"), float("inf")]
+    "text",
+    ["", "s", "10 sec", "-1s", -1, True, "1e3s", "5 m s", float("nan"), float("inf"), 10**400],
 )
 def test_parse_duration_refuses(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_a_size_too_large_for_a_float_is_a_value_error_not_an_overflow() -> None:
+    # an integer of hundreds of digits raised OverflowError (a traceback through the
+    # config API's edit): now the one-line ValueError every bad value gives
+    with pytest.raises(ValueError, match=r"the size 1111.* is too large"):
+        parse_size("1" * 400 + "KiB")
 
 
 def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
