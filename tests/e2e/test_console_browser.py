@@ -136,6 +136,18 @@ def rows_in(postgres: Any, table: str) -> int:
         return 0
 
 
+def plant_lines_to_archive(gateway_factory: Any, mosquitto: Any, **more: Any) -> Any:
+    """A started gateway with one route, `lines` (plant/#), into a file sink `archive`."""
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+        **more,
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    return gw
+
+
 def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
     mosquitto: Any, postgres: Any, gateway_factory: Any, browser: WebDriver, tmp_path: Path
 ) -> None:
@@ -358,12 +370,7 @@ def test_a_route_name_error_is_shown_beside_the_name_field(
 ) -> None:
     # Errors about a route's name were listed but not placed beside the Name field, as
     # the errors of the other fields are.
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-    })  # fmt: skip
-    gw.start(wait_sources=False)
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#editor")  # no account: open on localhost
     wait_for(lambda: row(browser, "route-list", "lines"), 15, "the route list")
     name = browser.find_element(By.ID, "route-name")
@@ -503,12 +510,7 @@ def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
 ) -> None:
     # The graph was scaled down to the phone's width: at 360 px its node names were
     # about 5 px high. It now keeps a width its words read at and scrolls in its box.
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-    })  # fmt: skip
-    gw.start(wait_sources=False)
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
     browser.set_window_size(360, 740)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#pipeline")  # no account: open on localhost
     find(browser, 'g.node[data-node="sink archive"]')
@@ -533,12 +535,7 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
 ) -> None:
     # Showing a hidden tab again reopened its page: the route editor refilled its form
     # from the config, and the technician who looked at another app lost the edit.
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-    })  # fmt: skip
-    gw.start(wait_sources=False)
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=lines")  # open on localhost
     field = find(browser, "#route-match")
     wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the route, shown")
@@ -582,13 +579,9 @@ def test_logging_in_leads_to_the_page_asked_for(
 ) -> None:
     # A bookmark to a view (/#dead) went through the login page to the overview: the
     # view, after the #, was dropped after logging in.
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-        "web": {"username": USER, "password": PASSWORD},
-    })  # fmt: skip
-    gw.start(wait_sources=False)
+    gw = plant_lines_to_archive(
+        gateway_factory, mosquitto, web={"username": USER, "password": PASSWORD}
+    )
     browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")
     wait_for(lambda: "/login" in browser.current_url, 10, "the login page")
     browser.find_element(By.ID, "username").send_keys(USER)
