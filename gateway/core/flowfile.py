@@ -18,11 +18,17 @@ MQTT_INVALID = "mqtt.invalid"  # "1": the content is the raw PUBLISH packet MQTT
 _last_ms = 0
 _seq = 0
 _prefix = ""
+_tail = ""
 _randbits = random.Random().getrandbits
 
 
 def _ms_prefix(ms: int) -> str:
     return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
+
+
+def _random_tail() -> str:
+    """The variant bits 10, then 62 random bits, as the id's last two groups."""
+    return "-%04x-%012x" % (_randbits(14) | 0x8000, _randbits(48))  # noqa: UP031
 
 
 def uuid7() -> str:
@@ -32,22 +38,25 @@ def uuid7() -> str:
     ordered at any rate; when the counter runs out the timestamp is borrowed
     forward by a millisecond, and when the wall clock steps back we keep counting
     from the last timestamp instead of going backwards. The text up to the
-    counter is made once per millisecond: this runs for every reading.
+    counter and the 62 random bits after it are drawn once per millisecond: the
+    counter already tells one process's ids apart, the random bits another
+    process's, and this runs for every reading.
     """
-    global _last_ms, _seq, _prefix
+    global _last_ms, _seq, _prefix, _tail
     ms = time.time_ns() // 1_000_000
     if ms > _last_ms:
         _last_ms = ms
         _seq = _randbits(10)
         _prefix = _ms_prefix(ms)
+        _tail = _random_tail()
     else:
         _seq += 1
         if _seq > 0xFFF:
             _last_ms += 1
             _seq = 0
             _prefix = _ms_prefix(_last_ms)
-    # the variant bits 10, then 62 random bits (%-formatting is the quickest spelling)
-    return "%s%03x-%04x-%012x" % (_prefix, _seq, _randbits(14) | 0x8000, _randbits(48))  # noqa: UP031
+            _tail = _random_tail()
+    return "%s%03x%s" % (_prefix, _seq, _tail)  # noqa: UP031 (the quickest spelling)
 
 
 class FlowFile(NamedTuple):
