@@ -896,6 +896,18 @@ def _positive(text: str) -> int:
     return number
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0 (`--timeout 0`, -1 or nan ended the push
+    at once and said the broker could not be reached)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < number < 1e9:  # nan fails it too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
@@ -983,7 +995,7 @@ def _remote_options(conf: argparse.ArgumentParser) -> None:
     conf.add_argument("--ca-file", help="push: CA bundle for mqtts://")
     conf.add_argument("--cert-file", help="push: client certificate for mqtts://")
     conf.add_argument("--cert-key", help="push: its private key")
-    conf.add_argument("--timeout", type=float, default=30.0, help="push: seconds to wait")
+    conf.add_argument("--timeout", type=_seconds, default=30.0, help="push: seconds to wait")
 
 
 def main(argv: list[str] | None = None) -> int:

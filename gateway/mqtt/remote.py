@@ -35,6 +35,7 @@ from typing import Any
 from gateway.config import remote
 from gateway.config.files import text_hash
 from gateway.config.model import Config, RemoteConfigSection
+from gateway.config.schema import mask_password
 from gateway.core.backoff import Backoff
 from gateway.core.errors import ConfigError
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
@@ -44,7 +45,6 @@ from gateway.mqtt.urls import (
     files_tls_context,
     login,
     parse_url,
-    tls_context,
     tls_files,
 )
 
@@ -380,6 +380,18 @@ async def push(
     no answer came within `wait` seconds."""
     host, port, tls = parse_url(url)
     username, password = login(url, username, password)
+    files = (("--ca-file", ca_file), ("--cert-file", cert_file), ("--cert-key", key_file))
+    context = None
+    if key_file and not cert_file:
+        raise ConfigError("--cert-key needs the --cert-file whose key it is")
+    if tls:
+        try:
+            context = files_tls_context(files)
+        except TlsFilesError as err:
+            raise ConfigError(str(err)) from err
+    elif any(path for _option, path in files):
+        given = ", ".join(option for option, path in files if path)
+        raise ConfigError(f"{given}: for an mqtts:// broker; {mask_password(url)} is mqtt://")
     answers: asyncio.Queue[bytes] = asyncio.Queue(16)
 
     def deliver(
@@ -402,15 +414,16 @@ async def push(
                 keepalive=30,
                 username=username,
                 password=password if username else None,
-                tls=tls_context(ca_file, cert_file, key_file) if tls else None,
+                tls=context,
             )
             granted = await client.subscribe([(remote.result_topic(gateway_id), 1)])
     except (OSError, ConnectRefused, TimeoutError) as err:
         client.abort()
-        refusal = connect_refusal(err) if not isinstance(err, TimeoutError) else None
-        raise ConfigError(
-            f"cannot reach the broker {host}:{port}: {refusal or err or 'timed out'}"
-        ) from err
+        if isinstance(err, TimeoutError):  # its text is empty
+            why = f"no answer within {min(wait, 10):g} s"
+        else:
+            why = str(connect_refusal(err) or err)
+        raise ConfigError(f"cannot reach the broker {host}:{port}: {why}") from err
     try:
         if not granted or granted[0] >= 0x80:
             raise ConfigError(
