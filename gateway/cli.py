@@ -181,7 +181,8 @@ def _config_history(args: argparse.Namespace) -> int:
 
 def _data_dir(path: str) -> str:
     """The config's gateway.data_dir (overrides applied), read without validating the
-    rest: a rollback is for a file that no longer loads, too."""
+    rest: a rollback is for a file that no longer loads, too, and the store's commands
+    need no more of it."""
     try:
         return load(path).gateway.data_dir
     except ConfigError as err:
@@ -675,7 +676,10 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
 
 
 def _store_path(args: argparse.Namespace) -> Path:
-    return Path(_config(args.config).gateway.data_dir) / "store.db"
+    """<data_dir>/store.db of the config. Only its data_dir is needed: the history, the dead
+    letters and the state are read also when the rest of the file is refused (the reload it
+    failed is in the history) or its ENC(...) values have no key in this shell."""
+    return Path(_data_dir(args.config)) / "store.db"
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
