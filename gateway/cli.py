@@ -244,6 +244,14 @@ def _reload_after_rollback(path: str) -> int:
     if answer is None:
         print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
+    other = _other_file(path, answer)
+    if other is not None:
+        print(
+            f"edge-stream: the gateway at {url} runs on {other}, not on {path}: it read {other}"
+            f" again ({_outcome_text(answer)}); {path} is used by a gateway started on it",
+            file=sys.stderr,
+        )
+        return 1
     outcome = str(answer.get("outcome"))
     if outcome == "applied":
         print("the running gateway applied it")
@@ -425,11 +433,36 @@ def _ask_reload(
         return None, getattr(err, "reason", err)
 
 
+def _other_file(path: str, answer: dict[str, Any]) -> str | None:
+    """The file the answering gateway runs on when it is not `path`, else None."""
+    ran = answer.get("path")
+    if not isinstance(ran, str):
+        return None  # a gateway from before the answer named its file
+    try:
+        same = os.path.samefile(path, ran)
+    except (OSError, ValueError):  # not both to be seen from here
+        same = os.path.realpath(path) == os.path.realpath(ran)
+    return None if same else ran
+
+
+def _outcome_text(answer: dict[str, Any]) -> str:
+    return str(answer.get("outcome")).replace("_", " ")
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     url, headers, context = _reload_target(args.config)
     answer, reason = _ask_reload(url, headers, context)
     if answer is None:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
+        return 1
+    other = _other_file(args.config, answer)
+    if other is not None:
+        print(
+            f"edge-stream: {args.config}: the gateway at {url} runs on {other}, not on this"
+            f" file: it read {other} again ({_outcome_text(answer)}); copy {args.config} over"
+            f" {other} to apply it",
+            file=sys.stderr,
+        )
         return 1
     errors = [str(e) for e in answer.get("errors") or []]
     changes = [str(c) for c in answer.get("changes") or []]
