@@ -10,8 +10,9 @@ each key named `password`, `secret` or `token` (or ending `_password`, `_secret`
 `diff` compares two loaded configs component by component: sources, routes and sinks
 by name (`sinks.warehouse: changed (batch.max_rows 1000 -> 500)`, `routes.alarms:
 added`, `sources.plc1: removed`), the other sections key by key
-(`gateway.log_level: changed (info -> debug)`). A changed secret shows as
-`password changed`, never its text. Pure functions; the caller loads the files.
+(`gateway.log_level: changed (info -> debug)`). A changed secret shows as its key and
+`changed` (`password changed`, `web.password: changed`, `dsn changed`), never its text.
+Pure functions; the caller loads the files.
 """
 
 from __future__ import annotations
