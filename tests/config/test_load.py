@@ -482,6 +482,35 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert not any("sources.d." in p for p in problems(path))
 
 
+def test_remote_config_tls_files_need_an_mqtts_broker(tmp_path: Path) -> None:
+    # README: remote_config's ca_file, cert_file and key_file are "as for MQTT sinks", which
+    # refuse them on mqtt://; here they were taken and unused, the channel on plain MQTT.
+    key = base64.b64encode(bytes(32)).decode()
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+        remote_config:
+          enabled: true
+          public_key: "{key}"
+          broker: "mqtt://fleet:pw@127.0.0.1:1883"
+          ca_file: /ca.pem
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: remote_config.ca_file: needs TLS: remote_config.broker"
+        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://",
+    ]
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if "broker:" not in line))
+    assert problems(path) == [
+        f"{path}:6: remote_config.ca_file: needs TLS: the gateway's broker (mqtt.url"
+        " 'mqtt://127.0.0.1:1883') is not mqtts://",
+    ]
+    path.write_text(path.read_text().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"))
+    assert load(path, environ={}).remote_config.ca_file == "/ca.pem"
+
+
 def test_mqtt_tls_files_need_mqtts_and_a_key_needs_its_cert(tmp_path: Path) -> None:
     # The gateway's broker had no TLS files: with a private CA the status topics never
     # connected. Its new ones are checked as a source's are.
