@@ -344,6 +344,11 @@ def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
         print(
             f"{line} (hash {answer.get('hash')})" + (f"; {', '.join(changes)}" if changes else "")
         )
+        errors = answer.get("errors")
+        if errors:  # applied all the same: the version could not be kept, and the like
+            print(
+                f"edge-stream: {args.gateway}: but: {'; '.join(map(str, errors))}", file=sys.stderr
+            )
         return 0
     print(
         f"edge-stream: {line}: {'; '.join(map(str, answer.get('errors') or []))}", file=sys.stderr

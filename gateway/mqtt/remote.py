@@ -324,6 +324,8 @@ class RemoteConfig:
         errors = list(outcome.get("errors") or [])
         if self.last_outcome == "applied":
             log.info("remote_config: version %s applied (config %s)", version, digest)
+            if errors:  # applied, but its version could not be kept: replay protection
+                log.error("remote_config: version %s: %s", version, "; ".join(errors))
         else:
             log.error(
                 "remote_config: version %s %s, the running config stays: %s",
