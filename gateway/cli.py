@@ -1045,11 +1045,13 @@ def main(argv: list[str] | None = None) -> int:
     # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
     # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
     args, extra = p.parse_known_args(argv)
-    lone = extra[0] if len(extra) == 1 else "--"
-    if args.command == "secret" and args.value is None and (lone == "-" or lone[:1] != "-"):
-        args.value, extra = lone, []
-    if args.command == "config" and args.new is None and lone[:1] != "-":
-        args.new, extra = lone, []  # `config diff -c FILE NEWFILE`, the same way
+    # The first one is the positional; any after it are said as unrecognized (not the
+    # positional with them: `config diff -c A B extra` named B, the right NEWFILE).
+    first = extra[0] if extra else "--"
+    if args.command == "secret" and args.value is None and (first == "-" or first[:1] != "-"):
+        args.value, extra = first, extra[1:]
+    if args.command == "config" and args.new is None and first[:1] != "-":
+        args.new, extra = first, extra[1:]  # `config diff -c FILE NEWFILE`, the same way
     if args.command == "dead-letters" and extra and all(x.isdigit() for x in extra):
         # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
         args.seq, extra = [*args.seq, *map(int, extra)], []

@@ -123,3 +123,21 @@ def test_config_push_to_a_broker_that_never_answers_says_so(
         assert main([*argv, "--timeout", "0.3"]) == 1
     err = capsys.readouterr().err
     assert err == f"edge-stream: cannot reach the broker 127.0.0.1:{port}: no answer within 0.3 s\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "diff", "-c", "a.yaml", "b.yaml", "extra"],
+        ["secret", "encrypt", "-c", "a.yaml", "value", "extra"],
+    ],
+)
+def test_only_the_arguments_left_over_are_said_unrecognized(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # An argument after the option was taken as the positional only when it was alone:
+    # with one more, both were "unrecognized", the right NEWFILE (VALUE) too.
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith("error: unrecognized arguments: extra\n")
