@@ -38,7 +38,7 @@ from gateway.config.model import Config, RemoteConfigSection
 from gateway.config.schema import mask_password
 from gateway.core.backoff import Backoff
 from gateway.core.errors import ConfigError
-from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
+from gateway.mqtt.client import Client, ConnectRefused, connect_refusal, puback_reason
 from gateway.mqtt.urls import (
     TlsFile,
     TlsFilesError,
@@ -394,7 +394,8 @@ async def push(
     elif any(path for _option, path in files):
         given = ", ".join(option for option, path in files if path)
         raise ConfigError(f"{given}: for an mqtts:// broker; {mask_password(url)} is mqtt://")
-    answers: asyncio.Queue[bytes] = asyncio.Queue(16)
+    answers: asyncio.Queue[bytes | int] = asyncio.Queue(16)  # an int: the PUBACK's refusal
+    sent: list[int | None] = [None]  # the packet id of the envelope
 
     def deliver(
         topic: str, payload: bytes, qos: int, props: dict[int, Any], mid: int | None
@@ -404,7 +405,13 @@ async def push(
         with contextlib.suppress(asyncio.QueueFull):
             answers.put_nowait(payload)
 
-    client = Client(deliver=deliver)
+    def on_puback(mid: int, code: int) -> None:
+        # A broker whose ACL forbids the set topic says so (MQTT 5): else the push waited
+        # out its timeout and asked whether the gateway runs.
+        if mid == sent[0] and code >= 0x80:
+            answers.put_nowait(code)
+
+    client = Client(deliver=deliver, on_puback=on_puback)
     deadline = time.monotonic() + wait
     try:
         async with asyncio.timeout(min(wait, 10)):
@@ -431,10 +438,15 @@ async def push(
             raise ConfigError(
                 f"the broker refuses the subscription to {remote.result_topic(gateway_id)}"
             )
-        client.publish(remote.set_topic(gateway_id).encode(), envelope, qos=1)
+        sent[0] = client.publish(remote.set_topic(gateway_id).encode(), envelope, qos=1)
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
             while True:
                 raw = await answers.get()
+                if isinstance(raw, int):
+                    raise ConfigError(
+                        f"the broker refuses the publish to {remote.set_topic(gateway_id)}:"
+                        f" {puback_reason(raw)}; check its ACL"
+                    )
                 try:
                     answer = json.loads(raw)
                 except ValueError:
