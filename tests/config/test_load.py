@@ -606,6 +606,16 @@ def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
     ]
 
 
+def test_a_redis_password_that_ends_the_user_part_early_is_refused(tmp_path: Path) -> None:
+    # ':p@ss/x@127.0.0.1' read as host 'ss' and database 'x@...'.rpartition('@'): it
+    # passed, and redis-py connected to 'ss' with the password 'p'.
+    path = write(tmp_path, 'state:\n  replicate: {redis: "redis://:p@ss/x@127.0.0.1:6379/0"}\n')
+    assert problems(path) == [
+        f"{path}:3: state.replicate.redis: has an '@' after its host; a password holding #,"
+        " /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("listen", "why"),
     [("127.0.0.1:99999", "the port is not a number from 1 to 65535"),
@@ -1038,6 +1048,11 @@ def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
         ("postgresql://gw:hun:ter2/x@db/t", V6 + ENCODE),
         ("postgresql://gw:[hunter2/x@db/t", PORT + ENCODE),
         ("postgresql://gw:p@ss:w@db.plant.lan:5432/t", "has more than one '@'" + ENCODE),
+        # ... or as a host that is one: it passed, and the connect went to 'ss', or gw:12
+        ("postgresql://gw:p@ss/x@db.plant.lan:5432/t",
+         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
+        ("postgresql://gw:12/x@db.plant.lan:5432/t",
+         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
         ("mysql://gw:hunter2/t", PORT),  # the '@' forgotten
         ("mysql://gw:hun:ter2/t", V6),
     ],
