@@ -328,8 +328,9 @@ class RemoteConfig:
                 log.error("remote_config: version %s: %s", version, "; ".join(errors))
         else:
             log.error(
-                "remote_config: version %s %s, the running config stays: %s",
-                version,
+                "remote_config: %s %s, the running config stays: %s",
+                # not "version None": the payload was no envelope, or too large to read
+                "a document" if version is None else f"version {version}",
                 self.last_outcome.replace("_", " "),
                 "; ".join(errors),
             )

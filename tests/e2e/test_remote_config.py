@@ -201,6 +201,10 @@ def test_bad_documents_are_refused_and_nothing_changes(
             assert last["trigger"] == "remote" and last["outcome"] == "refused", last
             assert any(message in e for e in last["errors"]), (message, last)
         assert files.versions(gw.data_dir) == kept
+        assert "remote_config: a document refused, the running config stays: the payload is" in (
+            gw.log()
+        )
+        assert "version None" not in gw.log()  # as it said for a payload it could not read
         history = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "config", "history", "-c", str(gw.config_path)],
             capture_output=True,
