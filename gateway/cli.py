@@ -375,6 +375,10 @@ def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | Non
             web = WebSection(**{k: raw[k] for k in keys if k in raw})
             if not isinstance(web.listen, str) or ":" not in web.listen:
                 raise ValueError
+            if any(isinstance(v, str) and secrets.has_secret(v) for v in raw.values()):
+                # an ENC(...) this shell cannot decrypt (no key): its text was sent as the
+                # password, and the 401 said to set web.password; the load's error says why
+                raise ValueError
         except (ConfigError, TypeError, ValueError, AttributeError):
             _refuse(err, path)
     if not web.enabled:
