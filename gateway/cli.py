@@ -181,7 +181,8 @@ def _config_history(args: argparse.Namespace) -> int:
 
 def _data_dir(path: str) -> str:
     """The config's gateway.data_dir (overrides applied), read without validating the
-    rest: a rollback is for a file that no longer loads, too."""
+    rest: a rollback is for a file that no longer loads, too, and the store's commands
+    need no more of it."""
     try:
         return load(path).gateway.data_dir
     except ConfigError as err:
@@ -243,6 +244,14 @@ def _reload_after_rollback(path: str) -> int:
     if answer is None:
         print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
+    other = _other_file(path, answer)
+    if other is not None:
+        print(
+            f"edge-stream: the gateway at {url} runs on {other}, not on {path}: it read {other}"
+            f" again ({_outcome_text(answer)}); {path} is used by a gateway started on it",
+            file=sys.stderr,
+        )
+        return 1
     outcome = str(answer.get("outcome"))
     if outcome == "applied":
         print("the running gateway applied it")
@@ -335,6 +344,11 @@ def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
         print(
             f"{line} (hash {answer.get('hash')})" + (f"; {', '.join(changes)}" if changes else "")
         )
+        errors = answer.get("errors")
+        if errors:  # applied all the same: the version could not be kept, and the like
+            print(
+                f"edge-stream: {args.gateway}: but: {'; '.join(map(str, errors))}", file=sys.stderr
+            )
         return 0
     print(
         f"edge-stream: {line}: {'; '.join(map(str, answer.get('errors') or []))}", file=sys.stderr
@@ -360,6 +374,10 @@ def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | Non
             keys = ("listen", "username", "password", "tls_cert", "tls_key")
             web = WebSection(**{k: raw[k] for k in keys if k in raw})
             if not isinstance(web.listen, str) or ":" not in web.listen:
+                raise ValueError
+            if any(isinstance(v, str) and secrets.has_secret(v) for v in raw.values()):
+                # an ENC(...) this shell cannot decrypt (no key): its text was sent as the
+                # password, and the 401 said to set web.password; the load's error says why
                 raise ValueError
         except (ConfigError, TypeError, ValueError, AttributeError):
             _refuse(err, path)
@@ -424,11 +442,36 @@ def _ask_reload(
         return None, getattr(err, "reason", err)
 
 
+def _other_file(path: str, answer: dict[str, Any]) -> str | None:
+    """The file the answering gateway runs on when it is not `path`, else None."""
+    ran = answer.get("path")
+    if not isinstance(ran, str):
+        return None  # a gateway from before the answer named its file
+    try:
+        same = os.path.samefile(path, ran)
+    except (OSError, ValueError):  # not both to be seen from here
+        same = os.path.realpath(path) == os.path.realpath(ran)
+    return None if same else ran
+
+
+def _outcome_text(answer: dict[str, Any]) -> str:
+    return str(answer.get("outcome")).replace("_", " ")
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     url, headers, context = _reload_target(args.config)
     answer, reason = _ask_reload(url, headers, context)
     if answer is None:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
+        return 1
+    other = _other_file(args.config, answer)
+    if other is not None:
+        print(
+            f"edge-stream: {args.config}: the gateway at {url} runs on {other}, not on this"
+            f" file: it read {other} again ({_outcome_text(answer)}); copy {args.config} over"
+            f" {other} to apply it",
+            file=sys.stderr,
+        )
         return 1
     errors = [str(e) for e in answer.get("errors") or []]
     changes = [str(c) for c in answer.get("changes") or []]
@@ -675,7 +718,10 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
 
 
 def _store_path(args: argparse.Namespace) -> Path:
-    return Path(_config(args.config).gateway.data_dir) / "store.db"
+    """<data_dir>/store.db of the config. Only its data_dir is needed: the history, the dead
+    letters and the state are read also when the rest of the file is refused (the reload it
+    failed is in the history) or its ENC(...) values have no key in this shell."""
+    return Path(_data_dir(args.config)) / "store.db"
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
@@ -896,6 +942,18 @@ def _positive(text: str) -> int:
     return number
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0 (`--timeout 0`, -1 or nan ended the push
+    at once and said the broker could not be reached)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < number < 1e9:  # nan fails it too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
@@ -983,7 +1041,7 @@ def _remote_options(conf: argparse.ArgumentParser) -> None:
     conf.add_argument("--ca-file", help="push: CA bundle for mqtts://")
     conf.add_argument("--cert-file", help="push: client certificate for mqtts://")
     conf.add_argument("--cert-key", help="push: its private key")
-    conf.add_argument("--timeout", type=float, default=30.0, help="push: seconds to wait")
+    conf.add_argument("--timeout", type=_seconds, default=30.0, help="push: seconds to wait")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -991,11 +1049,13 @@ def main(argv: list[str] | None = None) -> int:
     # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
     # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
     args, extra = p.parse_known_args(argv)
-    lone = extra[0] if len(extra) == 1 else "--"
-    if args.command == "secret" and args.value is None and (lone == "-" or lone[:1] != "-"):
-        args.value, extra = lone, []
-    if args.command == "config" and args.new is None and lone[:1] != "-":
-        args.new, extra = lone, []  # `config diff -c FILE NEWFILE`, the same way
+    # The first one is the positional; any after it are said as unrecognized (not the
+    # positional with them: `config diff -c A B extra` named B, the right NEWFILE).
+    first = extra[0] if extra else "--"
+    if args.command == "secret" and args.value is None and (first == "-" or first[:1] != "-"):
+        args.value, extra = first, extra[1:]
+    if args.command == "config" and args.new is None and first[:1] != "-":
+        args.new, extra = first, extra[1:]  # `config diff -c FILE NEWFILE`, the same way
     if args.command == "dead-letters" and extra and all(x.isdigit() for x in extra):
         # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
         args.seq, extra = [*args.seq, *map(int, extra)], []

@@ -4,8 +4,8 @@ Session-scoped, started on first use and shared by every test:
     mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq, nats_cluster
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
-    mosquitto_factory(tls=False, user=None), postgres_factory(tls=False), mariadb_factory(),
-    redis_factory(password=None, username=None),
+    mosquitto_factory(tls=False, user=None, acl=None), postgres_factory(tls=False),
+    mariadb_factory(), redis_factory(password=None, username=None),
     nats_factory(user=None, token=None, nkey=None, tls=False, operator=None)
 Function-scoped: http_receiver (a webhook receiver of the test's own).
 
@@ -137,8 +137,9 @@ def _factory(workspace: servers.Workspace, start: Callable[..., S]) -> Iterator[
 def mosquitto_factory(
     server_workspace: servers.Workspace,
 ) -> Iterator[Callable[..., servers.Mosquitto]]:
-    """`mosquitto_factory(tls=False, user=None)` starts a private Mosquitto for this test;
-    `user=(name, password)` makes it refuse everyone else."""
+    """`mosquitto_factory(tls=False, user=None, acl=None)` starts a private Mosquitto for
+    this test; `user=(name, password)` makes it refuse everyone else, `acl` is the text of
+    its acl_file."""
     yield from _factory(server_workspace, server_workspace.mosquitto)
 
 

@@ -446,12 +446,17 @@ class Mosquitto(Server):
     run_as = "mosquitto"
 
     def __init__(
-        self, workspace: Workspace, tls: bool = False, user: tuple[str, str] | None = None
+        self,
+        workspace: Workspace,
+        tls: bool = False,
+        user: tuple[str, str] | None = None,
+        acl: str | None = None,
     ) -> None:
         super().__init__(workspace)
         self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
         self.config_file = self.dir / "mosquitto.conf"
         self.user = user  # (username, password): the only client allowed in
+        self.acl = acl  # the text of an acl_file (mosquitto.conf(5)): what clients may do
 
     @property
     def url(self) -> str:
@@ -504,6 +509,10 @@ class Mosquitto(Server):
             shutil.chown(passwords, self.run_as, self.run_as)
             passwords.chmod(0o600)
             lines.append(f"password_file {passwords}")
+        if self.acl is not None:
+            acl = self.dir / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
         self.config_file.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
@@ -1219,8 +1228,10 @@ class Workspace:
             raise
         return server
 
-    def mosquitto(self, tls: bool = False, user: tuple[str, str] | None = None) -> Mosquitto:
-        return self._started(Mosquitto(self, tls=tls, user=user))
+    def mosquitto(
+        self, tls: bool = False, user: tuple[str, str] | None = None, acl: str | None = None
+    ) -> Mosquitto:
+        return self._started(Mosquitto(self, tls=tls, user=user, acl=acl))
 
     def postgres(self, tls: bool = False) -> Postgres:
         return self._started(Postgres(self, tls=tls))

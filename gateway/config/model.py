@@ -968,8 +968,21 @@ class Config:
     def _check_tls_files(self) -> Iterator[tuple[str, str]]:
         """An MQTT source on the gateway's broker (no `url`) with TLS files needs that
         broker to be mqtts://: otherwise they were silently unused, the source on plain
-        MQTT."""
+        MQTT. So does the remote config channel (on its `broker` or the gateway's)."""
         mqtt = self.mqtt
+        remote = self.remote_config
+        if remote is not None and remote.enabled:
+            # the same for the remote config channel: it spoke plain MQTT, its files unused
+            if remote.broker:
+                broker = f"remote_config.broker {mask_password(remote.broker)!r}"
+                tls = remote.broker.startswith("mqtts://")
+            else:
+                url = mqtt.url if mqtt is not None else "auto"
+                broker = f"the gateway's broker (mqtt.url {mask_password(url)!r})"
+                tls = url.startswith("mqtts://")
+            for key in ("ca_file", "cert_file", "key_file"):
+                if not tls and getattr(remote, key):
+                    yield f"remote_config.{key}", f"needs TLS: {broker} is not mqtts://"
         if mqtt is None or mqtt.url.startswith("mqtts://"):
             return
         for name, source in (self.sources or {}).items():

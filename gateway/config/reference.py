@@ -28,7 +28,7 @@ import yaml
 
 from gateway.config.model import Config, SinkConfig
 from gateway.config.schema import DURATION, SIZE, Component, Doc, Range, fields, marks
-from gateway.config.units import duration_text
+from gateway.config.units import duration_text, size_text
 
 KINDS = ("source", "processor", "sink")
 SECTIONS = (
@@ -96,14 +96,6 @@ def _unit(tp: Any) -> Any:
 
 
 # ---- text -------------------------------------------------------------------------------
-
-
-def size_text(n: float) -> str:
-    """Bytes as a config writes them: 1GiB, 64KiB, 4096."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n and n % factor == 0:
-            return f"{int(n // factor)}{unit}"
-    return str(int(n))
 
 
 def _value_text(value: Any, unit: Any) -> str:

@@ -159,8 +159,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def keygen(out: str | Path) -> tuple[Path, str]:
-    """Write a new private key to `out` (0600, never over an existing file) and its public
-    key to `out`.pub (PEM); returns that path and the public key in base64."""
+    """Write a new private key to `out` (0600) and its public key to `out`.pub (PEM), never
+    over an existing file: a pair is written whole or not at all. Returns the public key's
+    path and the key in base64."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -172,20 +173,26 @@ def keygen(out: str | Path) -> tuple[Path, str]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    try:
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as err:
-        raise ConfigError(f"{private} exists; keygen-signing never overwrites a key") from err
-    except OSError as err:
-        raise ConfigError(f"cannot create {private}: {err.strerror or err}") from err
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     pub = key.public_key()
-    public.write_bytes(
-        pub.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    pub_pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    made: list[Path] = []
+    try:
+        for path, data, mode in ((private, pem, 0o600), (public, pub_pem, 0o644)):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            except FileExistsError as err:
+                raise ConfigError(f"{path} exists; keygen-signing never overwrites a key") from err
+            except OSError as err:
+                raise ConfigError(f"cannot create {path}: {err.strerror or err}") from err
+            made.append(path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except BaseException:
+        for path in made:  # half a pair is no use, and would be refused as existing
+            path.unlink(missing_ok=True)
+        raise
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return public, base64.b64encode(raw).decode()
 

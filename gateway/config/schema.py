@@ -412,8 +412,9 @@ def url_location_problem(url: str) -> str | None:
     if authority.count("@") > 1:
         return "has more than one '@'" + hint
     problem = check_location(authority.rpartition("@")[2])
-    if problem and "@" in rest[len(authority) :]:  # the user part ended before its '@'
-        problem += hint
+    if "@" in rest[len(authority) :]:  # the user part ended before its '@'
+        # (also where the rest of the password read as a good host: `:p@ss/x@host`)
+        return (problem or "has an '@' after its host") + hint
     return problem
 
 

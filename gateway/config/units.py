@@ -67,6 +67,14 @@ def _size(value: object) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
 
 
+def size_text(n: float) -> str:
+    """Bytes as a config writes them: 1GiB, 64KiB, 4096."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % factor == 0:
+            return f"{int(n // factor)}{unit}"
+    return str(int(n))
+
+
 def duration_text(seconds: float) -> str:
     """Seconds as a config writes them: 7d, 5m, 30s, 250ms."""
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):

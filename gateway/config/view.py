@@ -10,8 +10,9 @@ each key named `password`, `secret` or `token` (or ending `_password`, `_secret`
 `diff` compares two loaded configs component by component: sources, routes and sinks
 by name (`sinks.warehouse: changed (batch.max_rows 1000 -> 500)`, `routes.alarms:
 added`, `sources.plc1: removed`), the other sections key by key
-(`gateway.log_level: changed (info -> debug)`). A changed secret shows as
-`password changed`, never its text. Pure functions; the caller loads the files.
+(`gateway.log_level: changed (info -> debug)`). A changed secret shows as its key and
+`changed` (`password changed`, `web.password: changed`, `dsn changed`), never its text.
+Pure functions; the caller loads the files.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 from gateway.config import secrets
 from gateway.config.load import apply_env, load_data, parse_file
 from gateway.config.model import Config
-from gateway.config.schema import DURATION, key_of, mask_password
+from gateway.config.schema import DURATION, SIZE, key_of, mask_password
 from gateway.config.secrets import is_secret_key
-from gateway.config.units import duration_text
+from gateway.config.units import duration_text, size_text
 
 REDACTED = "***"
 _ENC = re.compile(r"ENC\([^)]*\)")
@@ -65,16 +66,18 @@ def load_view(
 
 def plain(value: Any, as_written: bool = False) -> Any:
     """A loaded config (or part of one) as YAML-ready data: dicts, lists, scalars; with
-    `as_written`, durations as a config writes them (`5s`, not 5.0)."""
+    `as_written`, durations and sizes as a config writes them (`5s`, not 5.0; `1GiB`, not
+    1073741824)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        durations = _durations(type(value)) if as_written else frozenset()
+        units = _units(type(value)) if as_written else {}
         out = {}
         for f in dataclasses.fields(value):
             if f.name.startswith("_"):
                 continue
             item = getattr(value, f.name)
-            if f.name in durations and isinstance(item, int | float):
-                out[key_of(f.name)] = duration_text(item)
+            unit = units.get(f.name)
+            if unit is not None and isinstance(item, int | float) and not isinstance(item, bool):
+                out[key_of(f.name)] = duration_text(item) if unit is DURATION else size_text(item)
             else:
                 out[key_of(f.name)] = plain(item, as_written)
         return out
@@ -88,16 +91,21 @@ def plain(value: Any, as_written: bool = False) -> Any:
 
 
 @functools.cache
-def _durations(cls: type) -> frozenset[str]:
-    """The fields of a config dataclass typed Duration (or Duration | None)."""
+def _units(cls: type) -> dict[str, object]:
+    """The fields of a config dataclass typed Duration or Size (or either | None), and which."""
 
-    def is_duration(tp: Any) -> bool:
-        if DURATION in getattr(tp, "__metadata__", ()):
-            return True
-        return any(is_duration(arg) for arg in typing.get_args(tp))
+    def unit_of(tp: Any) -> object | None:
+        for mark in (DURATION, SIZE):
+            if mark in getattr(tp, "__metadata__", ()):
+                return mark
+        for arg in typing.get_args(tp):
+            found = unit_of(arg)
+            if found is not None:
+                return found
+        return None
 
     hints = typing.get_type_hints(cls, include_extras=True)
-    return frozenset(name for name, tp in hints.items() if is_duration(tp))
+    return {name: unit for name, tp in hints.items() if (unit := unit_of(tp)) is not None}
 
 
 def _mask_text(text: str) -> str:

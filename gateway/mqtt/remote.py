@@ -35,16 +35,16 @@ from typing import Any
 from gateway.config import remote
 from gateway.config.files import text_hash
 from gateway.config.model import Config, RemoteConfigSection
+from gateway.config.schema import mask_password
 from gateway.core.backoff import Backoff
 from gateway.core.errors import ConfigError
-from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
+from gateway.mqtt.client import Client, ConnectRefused, connect_refusal, puback_reason
 from gateway.mqtt.urls import (
     TlsFile,
     TlsFilesError,
     files_tls_context,
     login,
     parse_url,
-    tls_context,
     tls_files,
 )
 
@@ -324,10 +324,13 @@ class RemoteConfig:
         errors = list(outcome.get("errors") or [])
         if self.last_outcome == "applied":
             log.info("remote_config: version %s applied (config %s)", version, digest)
+            if errors:  # applied, but its version could not be kept: replay protection
+                log.error("remote_config: version %s: %s", version, "; ".join(errors))
         else:
             log.error(
-                "remote_config: version %s %s, the running config stays: %s",
-                version,
+                "remote_config: %s %s, the running config stays: %s",
+                # not "version None": the payload was no envelope, or too large to read
+                "a document" if version is None else f"version {version}",
                 self.last_outcome.replace("_", " "),
                 "; ".join(errors),
             )
@@ -380,7 +383,20 @@ async def push(
     no answer came within `wait` seconds."""
     host, port, tls = parse_url(url)
     username, password = login(url, username, password)
-    answers: asyncio.Queue[bytes] = asyncio.Queue(16)
+    files = (("--ca-file", ca_file), ("--cert-file", cert_file), ("--cert-key", key_file))
+    context = None
+    if key_file and not cert_file:
+        raise ConfigError("--cert-key needs the --cert-file whose key it is")
+    if tls:
+        try:
+            context = files_tls_context(files)
+        except TlsFilesError as err:
+            raise ConfigError(str(err)) from err
+    elif any(path for _option, path in files):
+        given = ", ".join(option for option, path in files if path)
+        raise ConfigError(f"{given}: for an mqtts:// broker; {mask_password(url)} is mqtt://")
+    answers: asyncio.Queue[bytes | int] = asyncio.Queue(16)  # an int: the PUBACK's refusal
+    sent: list[int | None] = [None]  # the packet id of the envelope
 
     def deliver(
         topic: str, payload: bytes, qos: int, props: dict[int, Any], mid: int | None
@@ -390,7 +406,13 @@ async def push(
         with contextlib.suppress(asyncio.QueueFull):
             answers.put_nowait(payload)
 
-    client = Client(deliver=deliver)
+    def on_puback(mid: int, code: int) -> None:
+        # A broker whose ACL forbids the set topic says so (MQTT 5): else the push waited
+        # out its timeout and asked whether the gateway runs.
+        if mid == sent[0] and code >= 0x80:
+            answers.put_nowait(code)
+
+    client = Client(deliver=deliver, on_puback=on_puback)
     deadline = time.monotonic() + wait
     try:
         async with asyncio.timeout(min(wait, 10)):
@@ -402,24 +424,30 @@ async def push(
                 keepalive=30,
                 username=username,
                 password=password if username else None,
-                tls=tls_context(ca_file, cert_file, key_file) if tls else None,
+                tls=context,
             )
             granted = await client.subscribe([(remote.result_topic(gateway_id), 1)])
     except (OSError, ConnectRefused, TimeoutError) as err:
         client.abort()
-        refusal = connect_refusal(err) if not isinstance(err, TimeoutError) else None
-        raise ConfigError(
-            f"cannot reach the broker {host}:{port}: {refusal or err or 'timed out'}"
-        ) from err
+        if isinstance(err, TimeoutError):  # its text is empty
+            why = f"no answer within {min(wait, 10):g} s"
+        else:
+            why = str(connect_refusal(err) or err)
+        raise ConfigError(f"cannot reach the broker {host}:{port}: {why}") from err
     try:
         if not granted or granted[0] >= 0x80:
             raise ConfigError(
                 f"the broker refuses the subscription to {remote.result_topic(gateway_id)}"
             )
-        client.publish(remote.set_topic(gateway_id).encode(), envelope, qos=1)
+        sent[0] = client.publish(remote.set_topic(gateway_id).encode(), envelope, qos=1)
         async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
             while True:
                 raw = await answers.get()
+                if isinstance(raw, int):
+                    raise ConfigError(
+                        f"the broker refuses the publish to {remote.set_topic(gateway_id)}:"
+                        f" {puback_reason(raw)}; check its ACL"
+                    )
                 try:
                     answer = json.loads(raw)
                 except ValueError:

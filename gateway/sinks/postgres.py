@@ -183,6 +183,9 @@ DIALECT = Dialect(
 
 
 _ENCODE_HINT = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+_AT_AFTER_HOST = (
+    "has an '@' after its host" + _ENCODE_HINT + " (an '@' in the database or an option: %40)"
+)
 
 
 def dsn_problem(dsn: str) -> str | None:
@@ -203,6 +206,10 @@ def dsn_problem(dsn: str) -> str | None:
             if "@" in rest[len(authority) :]:  # the user part ended before its '@'
                 problem += _ENCODE_HINT
             return problem
+    if "@" in rest[len(authority) :]:
+        # The same, where the rest of the password read as a good host (`gw:p@ss/x@db`:
+        # host 'ss'; `gw:12/x@db`: host 'gw', port 12): the connect went there.
+        return _AT_AFTER_HOST
     options = _options(dsn)
     if options.get("sslrootcert") == "system" and options.get("sslmode", _SYSTEM_MODE) != (
         _SYSTEM_MODE

@@ -25,7 +25,8 @@ GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
                  the console's topic tree, route matching and sparklines (console_api.py)
 POST /api/config/reload   read the config file again now (as SIGHUP does); answers
-                 {"outcome": "applied"|"refused"|"rolled_back", "errors": [...]}
+                 {"outcome": "applied"|"refused"|"rolled_back", "errors": [...],
+                 "changes": [...], "path": the file's absolute path}
 GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
                  (config_api.py; a body of at most 256 KiB)
 
@@ -157,6 +158,7 @@ class WebServer:
         self._metrics: CollectorRegistry | None = None  # made at the first scrape
         self._reload = reload  # POST /api/config/reload; None: not offered
         self.config_api = ConfigApi(config_path, reload, settle)  # /api/config, its edits
+        self._config_file = os.path.abspath(config_path) if config_path else None
         path = users_file or access.users_path(config.users_file, "./data")
         self.users = access.Users(path, config.username, config.password)
         self.sessions = access.Sessions()
@@ -660,7 +662,12 @@ class WebServer:
             return _text(404, "no config file to reload\n")
         # `edge-stream config rollback` says what it is, for the history
         trigger = "rollback" if request.query.get("trigger") == "rollback" else "api"
-        return _json(await self._reload(trigger))
+        answer = await self._reload(trigger)
+        if self._config_file is not None:
+            # the file read: `edge-stream reload -c FILE` tells it from another FILE whose
+            # web.listen names this gateway (a copy being edited)
+            answer = {**answer, "path": self._config_file}
+        return _json(answer)
 
     async def api_config(self, request: web.Request) -> web.StreamResponse:
         length = request.content_length

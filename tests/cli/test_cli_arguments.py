@@ -4,6 +4,7 @@ Run in-process (`gateway.cli.main`); the refusal comes before any store is opene
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,79 @@ def test_config_sign_refuses_a_gateway_id_or_version_no_gateway_takes(
     assert main(["config", "sign", str(new), "--key", str(key), *args]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"edge-stream: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan"])
+def test_config_push_refuses_a_timeout_that_is_no_wait(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    # It ended the push at once with "cannot reach the broker 127.0.0.1:1883: " (and no
+    # reason), while the broker was there.
+    argv = ["config", "push", "new.yaml", "--key", "k", "--gateway", "pi-01"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--broker", "mqtt://127.0.0.1:1883", "--timeout", timeout])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --timeout: must be a number of seconds above 0, got {timeout}" in err
+
+
+def _push_argv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    key = tmp_path / "fleet.key"
+    assert main(["config", "keygen-signing", "--out", str(key)]) == 0
+    new = tmp_path / "new.yaml"
+    new.write_text("gateway: {id: pi-01}\n")
+    capsys.readouterr()
+    return ["config", "push", str(new), "--key", str(key), "--gateway", "pi-01"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--broker", "mqtts://127.0.0.1:1", "--ca-file", "/nonexistent/ca.pem"],
+         "cannot use the TLS files (--ca-file '/nonexistent/ca.pem'): [Errno 2] No such file"),
+        (["--broker", "mqtt://127.0.0.1:1", "--ca-file", "/nonexistent/ca.pem"],
+         "--ca-file: for an mqtts:// broker; mqtt://127.0.0.1:1 is mqtt://"),
+        (["--broker", "mqtts://127.0.0.1:1", "--cert-key", "/nonexistent/key.pem"],
+         "--cert-key needs the --cert-file whose key it is"),
+    ],
+)  # fmt: skip
+def test_config_push_names_the_tls_file_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    # A missing --ca-file said "cannot reach the broker 127.0.0.1:1: [Errno 2] No such file
+    # or directory", naming no file; on an mqtt:// broker it was ignored without a word.
+    assert main([*_push_argv(tmp_path, capsys), *args]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"edge-stream: {message}") and err.count("\n") == 1
+
+
+def test_config_push_to_a_broker_that_never_answers_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A TimeoutError has no text: it said "cannot reach the broker 127.0.0.1:N: " and stopped.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        argv = [*_push_argv(tmp_path, capsys), "--broker", f"mqtt://127.0.0.1:{port}"]
+        assert main([*argv, "--timeout", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"edge-stream: cannot reach the broker 127.0.0.1:{port}: no answer within 0.3 s\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "diff", "-c", "a.yaml", "b.yaml", "extra"],
+        ["secret", "encrypt", "-c", "a.yaml", "value", "extra"],
+    ],
+)
+def test_only_the_arguments_left_over_are_said_unrecognized(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # An argument after the option was taken as the positional only when it was alone:
+    # with one more, both were "unrecognized", the right NEWFILE (VALUE) too.
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith("error: unrecognized arguments: extra\n")

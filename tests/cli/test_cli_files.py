@@ -115,3 +115,37 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
     assert capsys.readouterr().err == (
         "edge-stream: cannot write the output: No space left on device\n"
     )
+
+
+def test_the_store_commands_need_only_the_data_dir_of_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They loaded the whole config: `config history`, the one place that says why a reload
+    # was refused, refused to run on the file the reload refused; and a shell without the
+    # key of an ENC(...) password could not list dead letters or the state.
+    import asyncio
+
+    from gateway.store.sqlite import Store
+
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    data_dir = tmp_path / "data"
+
+    async def make_store() -> None:
+        store = Store(data_dir / "store.db")
+        await store.open(["out"])
+        await store.close()
+
+    asyncio.run(make_store())
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: pi-01, data_dir: '{data_dir}'}}\n"
+        "mqtt: {url: mqtt://127.0.0.1:1, username: u, password: 'ENC(AAAAAAAAAAAAAAAA)'}\n"
+        "routes: {all: {match: '#', sinks: [out]}}\n"
+        "sinks: {out: {type: fiel}}\n"
+    )
+    c = str(config)
+    assert run(capsys, "config", "history", "-c", c) == (0, "no reloads recorded yet\n", "")
+    assert run(capsys, "dead-letters", "list", "-c", c) == (0, "0 dead letter(s)\n", "")
+    assert run(capsys, "state", "list", "-c", c) == (0, "", "")
+    code, out, err = run(capsys, "store", "stats", "-c", c)
+    assert (code, err) == (0, "") and out.splitlines()[1].split() == ["out", "0", "-"]

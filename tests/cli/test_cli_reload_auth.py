@@ -60,3 +60,33 @@ def test_a_401_says_which_credentials_reload_sends_and_the_sighup_way(
         " (an operator): set them, or send the gateway SIGHUP (systemctl reload"
         " edge-stream)\n"
     )
+
+
+def test_a_web_password_this_shell_cannot_decrypt_is_said_not_sent(
+    tmp_path: Path,
+    console: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the key (another user's shell, no EDGE_STREAM_SECRET_KEY), the ENC(...) text
+    # itself went out as the password, and the 401 said to set web.password, which is set.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from gateway.config import secrets
+
+    monkeypatch.delenv(secrets.ENV_KEY, raising=False)
+    token = secrets.encrypt("webpass-123", AESGCM.generate_key(bit_length=256))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\n"
+        f"web: {{listen: '127.0.0.1:{console}', username: tech, password: '{token}'}}\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["reload", "-c", str(config)])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(
+        f"edge-stream: {config}:2: web.password: the value holds ENC(...) but there is no key"
+    )
+    assert err.count("\n") == 1

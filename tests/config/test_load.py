@@ -482,6 +482,35 @@ def test_mqtt_source_problems_are_all_reported_and_tls_files_need_tls(tmp_path: 
     assert not any("sources.d." in p for p in problems(path))
 
 
+def test_remote_config_tls_files_need_an_mqtts_broker(tmp_path: Path) -> None:
+    # README: remote_config's ca_file, cert_file and key_file are "as for MQTT sinks", which
+    # refuse them on mqtt://; here they were taken and unused, the channel on plain MQTT.
+    key = base64.b64encode(bytes(32)).decode()
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+        remote_config:
+          enabled: true
+          public_key: "{key}"
+          broker: "mqtt://fleet:pw@127.0.0.1:1883"
+          ca_file: /ca.pem
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: remote_config.ca_file: needs TLS: remote_config.broker"
+        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://",
+    ]
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if "broker:" not in line))
+    assert problems(path) == [
+        f"{path}:6: remote_config.ca_file: needs TLS: the gateway's broker (mqtt.url"
+        " 'mqtt://127.0.0.1:1883') is not mqtts://",
+    ]
+    path.write_text(path.read_text().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"))
+    assert load(path, environ={}).remote_config.ca_file == "/ca.pem"
+
+
 def test_mqtt_tls_files_need_mqtts_and_a_key_needs_its_cert(tmp_path: Path) -> None:
     # The gateway's broker had no TLS files: with a private CA the status topics never
     # connected. Its new ones are checked as a source's are.
@@ -574,6 +603,16 @@ def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
         f"{path}:7: sinks.o.url: {no_db}",
         f"{path}:3: state.replicate.redis: the port is not a number from 1 to 65535",
         f"{path}:3: state.replicate.prefix: unknown placeholder {{nope}} (use {{gateway}})",
+    ]
+
+
+def test_a_redis_password_that_ends_the_user_part_early_is_refused(tmp_path: Path) -> None:
+    # ':p@ss/x@127.0.0.1' read as host 'ss' and database 'x@...'.rpartition('@'): it
+    # passed, and redis-py connected to 'ss' with the password 'p'.
+    path = write(tmp_path, 'state:\n  replicate: {redis: "redis://:p@ss/x@127.0.0.1:6379/0"}\n')
+    assert problems(path) == [
+        f"{path}:3: state.replicate.redis: has an '@' after its host; a password holding #,"
+        " /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
     ]
 
 
@@ -1009,6 +1048,11 @@ def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
         ("postgresql://gw:hun:ter2/x@db/t", V6 + ENCODE),
         ("postgresql://gw:[hunter2/x@db/t", PORT + ENCODE),
         ("postgresql://gw:p@ss:w@db.plant.lan:5432/t", "has more than one '@'" + ENCODE),
+        # ... or as a host that is one: it passed, and the connect went to 'ss', or gw:12
+        ("postgresql://gw:p@ss/x@db.plant.lan:5432/t",
+         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
+        ("postgresql://gw:12/x@db.plant.lan:5432/t",
+         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
         ("mysql://gw:hunter2/t", PORT),  # the '@' forgotten
         ("mysql://gw:hun:ter2/t", V6),
     ],

@@ -231,3 +231,20 @@ def test_a_damaged_state_file_is_an_error_not_version_zero(tmp_path: Path) -> No
     (tmp_path / remote.STATE_FILE).write_text("{")
     with pytest.raises(ConfigError, match="last remote config version"):
         remote.read_state(tmp_path)
+
+
+def test_keygen_never_overwrites_a_public_key_and_writes_a_pair_or_nothing(
+    tmp_path: Path,
+) -> None:
+    # An existing op.key.pub (the key the gateways hold) was replaced without a word; a
+    # .pub that could not be written was an IsADirectoryError traceback that left op.key
+    # behind, so the next try said "op.key exists".
+    (tmp_path / "op.key.pub").write_text("the gateways' key\n")
+    with pytest.raises(ConfigError, match=r"op\.key\.pub exists; keygen-signing never"):
+        remote.keygen(tmp_path / "op.key")
+    assert (tmp_path / "op.key.pub").read_text() == "the gateways' key\n"
+    (tmp_path / "dir.key.pub").mkdir()
+    (tmp_path / "dir.key.pub" / "x").touch()
+    with pytest.raises(ConfigError, match=r"dir\.key\.pub exists"):
+        remote.keygen(tmp_path / "dir.key")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.key.pub", "op.key.pub"]

@@ -191,6 +191,21 @@ def test_diff_shows_durations_as_written_and_a_changed_processor_by_its_key(
     assert added[1].startswith('routes.all: changed (processors [] -> [{"type":"window"')
 
 
+def test_diff_shows_sizes_as_written(tmp_path: Path) -> None:
+    # Durations read `5ms -> 1s`, but sizes `1073741824 -> 536870912`.
+    before = view.load_view(write(tmp_path, "old.yaml"), {})
+    path = write(tmp_path, "new.yaml")
+    path.write_text(
+        path.read_text()
+        .replace("log_level: info}", "log_level: info}\nbuffer: {max_bytes: 512MiB}")
+        .replace("table: readings}", "table: readings, batch: {max_bytes: 1000000}}")
+    )
+    assert view.diff(*before, *view.load_view(path, {})) == [
+        "buffer.max_bytes: changed (1GiB -> 512MiB)",
+        "sinks.warehouse: changed (batch.max_bytes 4MiB -> 1000000)",
+    ]
+
+
 def test_a_changed_secret_shows_as_changed_never_its_text(tmp_path: Path) -> None:
     lines = diff(
         tmp_path,

@@ -139,6 +139,7 @@ def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
                 "outcome": "applied",
                 "errors": [],
                 "changes": ["sink by_api added", "route all changed"],
+                "path": str(gw.config_path),
             },
         )
         wait_for(lambda: "by_api" in gw.status()["sinks"], 10, "the sink after the POST")

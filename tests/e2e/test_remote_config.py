@@ -201,6 +201,10 @@ def test_bad_documents_are_refused_and_nothing_changes(
             assert last["trigger"] == "remote" and last["outcome"] == "refused", last
             assert any(message in e for e in last["errors"]), (message, last)
         assert files.versions(gw.data_dir) == kept
+        assert "remote_config: a document refused, the running config stays: the payload is" in (
+            gw.log()
+        )
+        assert "version None" not in gw.log()  # as it said for a payload it could not read
         history = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "config", "history", "-c", str(gw.config_path)],
             capture_output=True,
@@ -268,6 +272,26 @@ def test_config_push_from_the_command_line(
     # the same version again: a replay
     done = _push(str(new), *common, "--version", "1")
     assert done.returncode == 1 and "not newer" in done.stderr, done.stderr
+
+
+def test_an_applied_version_that_cannot_be_kept_is_said_by_push_and_the_log(
+    gw: GatewayProcess, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    # Applied, but remote-config.json could not be written: after a restart an older signed
+    # config could be replayed. The answer's errors said so; `config push` printed only
+    # "applied" and the log "version 50 applied".
+    state = gw.data_dir / "remote-config.json"
+    state.unlink(missing_ok=True)
+    state.mkdir()
+    new = tmp_path / "new.yaml"
+    new.write_text(_text(gw, lambda d: d["sinks"]["out"].update(path="kept.jsonl")))
+    common = ["--gateway", _gateway_id(gw), "--broker", mosquitto.url]
+    done = _push(str(new), *common, "--key", str(tmp_path / "op.key"), "--version", "50")
+    assert done.returncode == 0, done.stderr
+    assert " applied (hash " in done.stdout
+    assert done.stderr.startswith(f"edge-stream: {_gateway_id(gw)}: but: the version could not")
+    logged = "ERROR   remote_config: version 50: the version could not be kept"
+    wait_for(lambda: logged in gw.log(), 5, "the log line")
 
 
 def test_on_the_gateway_broker_the_channel_logs_in_with_the_mqtt_credentials(
