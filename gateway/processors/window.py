@@ -667,11 +667,23 @@ class WindowProcessor(Processor):
                     meta["wm"] = wm
                 kv.put(META, meta)
                 out.extend(self._close_until(meta["wm"]))
-        evicted = [acc for key, acc in kv.take_evicted() if key != META]
-        if evicted:
-            self.early += len(evicted)
-            out.extend(self._emit(acc, early=True) for acc in evicted)
+        for key, acc in kv.take_evicted():
+            if key != META and (early := self._early(acc)) is not None:
+                self.early += 1
+                out.append(early)
         return out
+
+    def _early(self, acc: dict[str, Any]) -> FlowFile | None:
+        """The output of a window evicted over the state budget, or None when it holds
+        no reading not emitted yet: a count window's next one, still empty, or a sliding
+        count window's buffer just emitted."""
+        if "buf" in acc:  # a sliding count window: its buffer, as a window of its own
+            if not acc["buf"] or acc["k"] == 0:
+                return None
+            return self._emit(self._from_buffer(acc), early=True)
+        if acc["n"] == 0:
+            return None
+        return self._emit(acc, early=True)
 
     def tick(self, now_ns: int) -> list[FlowFile]:
         if self.config.kind == "count":

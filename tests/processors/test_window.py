@@ -562,6 +562,47 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     assert processor.kv.evicted == len(out)
 
 
+def test_count_windows_over_the_state_budget_close_early_with_their_readings_only() -> None:
+    """A sliding count window evicted over max_state failed every reading after
+    (KeyError: its state is a buffer, not a window), and a count window just emitted
+    left an empty one that was sent as an early window of count 0."""
+    sliding = make(
+        {
+            "kind": "count",
+            "count": 4,
+            "slide": 2,
+            "group_by": "topic",
+            "max_state": 4096,
+            "aggregates": {"v": ["sum"]},
+        }
+    )
+    out = []
+    for i in range(40):  # one reading per group: each buffer holds one not yet emitted
+        out += sliding.process(FlowFile.create(f"dev/{i}", json.dumps({"v": i}).encode()))
+    bodies = outputs(out)
+    assert bodies, "no window closed early"
+    assert all(b["early"] and b["count"] == 1 for b in bodies)
+    assert bodies[0]["group"] == "dev/0" and bodies[0]["v"] == {"sum": 0}
+    assert sliding.status()["early"] == len(bodies)
+
+    tumbling = make(
+        {
+            "kind": "count",
+            "count": 2,
+            "group_by": "topic",
+            "max_state": 4096,
+            "aggregates": {"v": ["sum"]},
+        }
+    )
+    out = []
+    for i in range(40):  # each group's window fills and is emitted; none is left open
+        for _ in range(2):
+            out += tumbling.process(FlowFile.create(f"dev/{i}", json.dumps({"v": i}).encode()))
+    bodies = outputs(out)
+    assert len(bodies) == 40 and all(b["count"] == 2 and "early" not in b for b in bodies)
+    assert tumbling.status()["early"] == 0
+
+
 def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
     """percentile(99.9) was `p99.9`, which no field path reaches (`.` splits it): it
     is `p99_9`, and a filter after the window tests it; percentile(95) stays `p95`."""
