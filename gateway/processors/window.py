@@ -363,6 +363,8 @@ def parse_time(value: Any) -> int:
 
 
 def _parse_time(value: Any) -> int:
+    if type(value) is int and abs(value) >= 10**17:
+        return value  # ns (float() of one past a double's range raises OverflowError)
     if type(value) in (int, float) and math.isfinite(value):
         number = float(value)
         x = abs(number)
@@ -375,9 +377,12 @@ def _parse_time(value: Any) -> int:
         return int(value)
     if type(value) is str:
         try:
-            return _parse_time(float(value))
+            number = float(value)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):
+                return _parse_time(number)
         try:
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:

@@ -517,7 +517,20 @@ def test_a_group_that_json_cannot_write_is_refused_with_the_default_topic() -> N
     assert json.loads(out.content)["group"] == "\u00e9"
 
 
-@pytest.mark.parametrize("ts", ["1e300", "-1e300", "-62135596801", '"10000-01-01T00:00:00"'])
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "1e300",
+        "-1e300",
+        "-62135596801",
+        '"10000-01-01T00:00:00"',
+        # an integer past a double's range was an OverflowError (an internal error)
+        "1" + "0" * 400,
+        "-1" + "0" * 400,
+        '"1e999"',
+        '"nan"',
+    ],
+)
 def test_an_event_time_past_the_years_1_to_9999_is_refused(ts: str) -> None:
     """Such a time was taken: its window could never be written (gmtime fails), so the
     timer failed on it every second once the watermark passed its end."""
