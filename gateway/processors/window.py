@@ -509,13 +509,15 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
 
 
 def _stats_size(acc: dict[str, Any]) -> int:
-    size = 400 + 40 * len(acc.get("i", ()))
+    # The topic and the group come from outside and may be long (an MQTT topic holds up
+    # to 65535 bytes): counted, or a budget of 64MiB could hold gigabytes.
+    size = 400 + 40 * len(acc.get("i", ())) + len(acc["g"]) + len(acc.get("t", ""))
     for s in acc["f"].values():
         size += 260
         if s[VALUES] is not None:
             size += 32 * len(s[VALUES])
     for row in acc.get("buf", ()):
-        size += 120 + 32 * len(row[1])
+        size += 120 + 32 * len(row[1]) + len(row[3])
     return size
 
 

@@ -11,6 +11,7 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.state import encode_json
 from gateway.processors.deadband import DeadbandProcessor
 from tests.processors.test_window import FakeClock, S
 
@@ -94,3 +95,18 @@ def test_groups_whose_topic_starts_with_a_tilde_are_held_to_max_state_too() -> N
         assert passed(p, f"~{i}", t=1)
     assert p.kv is not None
     assert p.kv.bytes <= 4096 and p.kv.evicted > 150
+
+
+def test_long_topics_and_attributes_count_in_the_state_budget() -> None:
+    """Only the last reading's content was counted: with 10 kB topics and 5 kB of
+    attributes, a 64KiB budget held 2.7 MB."""
+    p = make({"fields": {"v": {"absolute": 1}}, "group_by": "field.id", "max_state": 65536},
+             FakeClock())  # fmt: skip
+    topic = "t/" + "x" * 10_000
+    for i in range(300):
+        body = json.dumps({"id": i, "v": 1}).encode()
+        p.process(FlowFile.create(topic, body, {"mqtt.user.note": "y" * 5000}))
+    assert p.kv is not None
+    held = sum(len(k) + len(encode_json(v)) for k, v in p.kv.items())
+    assert held <= 65536
+    assert p.kv.bytes <= 65536

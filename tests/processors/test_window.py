@@ -21,6 +21,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.state import encode_json
 from gateway.processors import window
 from gateway.processors.filter import FilterProcessor
 from gateway.processors.window import WindowProcessor, iso
@@ -614,6 +615,27 @@ def test_count_windows_over_the_state_budget_close_early_with_their_readings_onl
     bodies = outputs(out)
     assert len(bodies) == 40 and all(b["count"] == 2 and "early" not in b for b in bodies)
     assert tumbling.status()["early"] == 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"size": "1h", "group_by": "field.id"},
+        {"kind": "count", "count": 5, "slide": 2, "group_by": "field.id"},
+    ],
+)
+def test_long_topics_count_in_the_state_budget(config: dict[str, Any]) -> None:
+    """A window keeps its first reading's topic, a sliding count window each reading's:
+    neither was counted, so 64KiB of budget held 0.8 MB and 3 MB of state with 10 kB
+    topics."""
+    processor = make({**config, "aggregates": {"v": ["avg"]}, "max_state": 65536})
+    topic = "t/" + "x" * 10_000
+    for i in range(300):
+        processor.process(FlowFile.create(topic, json.dumps({"id": i, "v": 1}).encode()))
+    assert processor.kv is not None
+    held = sum(len(k) + len(encode_json(v)) for k, v in processor.kv.items())
+    assert held <= 65536
+    assert processor.kv.bytes <= 65536
 
 
 def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
