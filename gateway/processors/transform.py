@@ -15,7 +15,8 @@ Keys (all optional, at least one needed)
   topic: "plant/{topic.1}/clean"          the output topic (a template)
 
 They apply in this order: rename, drop, scale/offset, set; so drop, scale,
-offset and set name fields as they are after renaming. A field path `a.b`
+offset and set name fields as they are after renaming. rename takes every field
+out before it puts any back, so `{a: b, b: a}` swaps two fields. A field path `a.b`
 reaches into nested objects (set creates the objects it needs); in scale and
 offset a number indexes an array (`values.0`). A field named in scale or
 offset that is missing is skipped; one that is not a number (true/false is
@@ -373,8 +374,10 @@ class TransformProcessor(Processor):
                     f"topic {topic!r} made from {self._topic.text!r} is not valid: {problem}"
                 )
         values = [(parts, get(env)) for parts, get in self._set]
-        for old, new in self._rename:
-            value = _pop(obj, old)
+        # Every field is taken out before any is put back: `{a: b, b: a}` swaps them
+        # (one after the other, `a` overwrote `b`, which then moved back to `a`).
+        moved = [(new, _pop(obj, old)) for old, new in self._rename]
+        for new, value in moved:
             if value is not MISSING:
                 _put(obj, new, value)
         for parts in self._drop:
