@@ -36,6 +36,9 @@ JSON number or text holding one (`"21.5"`: Redis stream fields and DECIMAL colum
 arrive as text); a missing field or null is left out; anything else (an integer
 past a double's ±1.8e308 too) dead-letters the reading. An aggregated field may not
 be named group, start, end, count or early (the window's own keys; rename it first).
+A field inside an object keeps its place in the output (`meta.temp`:
+{"meta": {"temp": {"avg": ...}}}), so a later processor reaches meta.temp.avg; a field
+may then not also hold another aggregated field (not both `meta` and `meta.temp`).
   count sum avg min max first last stddev rate    constant memory per window
   median percentile(P)                             a bounded buffer per window:
        exact up to `max_values` readings, then a deterministic sample of that many
@@ -265,12 +268,21 @@ class WindowProcessorConfig:
             problem = check_path(path)
             if problem:
                 yield f"aggregates.{path}", problem
-            if path in OUTPUT_KEYS:
+            head = path.split(".")[0]
+            if head in OUTPUT_KEYS:
                 yield (
                     f"aggregates.{path}",
-                    f"{path!r} is a key of the window's output ({', '.join(OUTPUT_KEYS)}):"
+                    f"{head!r} is a key of the window's output ({', '.join(OUTPUT_KEYS)}):"
                     " rename the field first, e.g. a transform with"
-                    f" rename: {{{path}: {path}_value}}",
+                    f" rename: {{{head}: {head}_value}}",
+                )
+            # A dotted field is nested in the output: one inside another would overwrite it.
+            inner = next((p for p in self.aggregates if p.startswith(path + ".")), None)
+            if inner is not None:
+                yield (
+                    f"aggregates.{path}",
+                    f"{path!r} holds {inner!r}, also aggregated: in the output both would be"
+                    f" at {path!r}; rename one first",
                 )
             if not specs:
                 yield f"aggregates.{path}", "name at least one aggregate"
@@ -911,8 +923,11 @@ class WindowProcessor(Processor):
             "end": iso(acc["e"]),
             "count": acc["n"],
         }
-        for path, _ in self._fields:
-            body[path] = results(acc["f"][path], self._names[path])
+        for path, parts in self._fields:
+            node = body
+            for part in parts[:-1]:  # `meta.temp` in its place: {"meta": {"temp": ...}}
+                node = node.setdefault(part, {})
+            node[parts[-1]] = results(acc["f"][path], self._names[path])
         if early:
             body["early"] = True
         ids = acc["i"]

@@ -666,6 +666,31 @@ def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() ->
     assert later.process(window) == [window]
 
 
+def test_a_field_inside_an_object_keeps_its_place_so_a_later_processor_reaches_it() -> None:
+    """Its aggregates were under one key `meta.temp`, which no field path reaches (a
+    filter on meta.temp.avg found nothing and dropped every window)."""
+    aggregates = {"meta.temp": ["avg"], "meta.rh": ["max"], "v": ["sum"]}
+    processor = make({"kind": "count", "count": 2, "aggregates": aggregates})
+    out = []
+    for i in range(2):
+        body = {"meta": {"temp": 20 + i, "rh": 50 + i}, "v": i}
+        out += processor.process(FlowFile.create("t", json.dumps(body).encode()))
+    [window] = out
+    body = json.loads(window.content)
+    assert body["meta"] == {"temp": {"avg": 20.5}, "rh": {"max": 51}}
+    assert body["v"] == {"sum": 1}
+    problems = Problems()
+    cfg = build_component(
+        "processor",
+        {"type": "filter", "all": [{"field": "meta.temp.avg", "op": "gt", "value": 20}]},
+        ("f",),
+        problems,
+    )
+    assert not problems.items, problems.items
+    later = FilterProcessor(cfg, Context("r.1", "processor", clock=FakeClock()))
+    assert later.process(window) == [window]
+
+
 def test_output_ids_are_the_same_for_the_same_window() -> None:
     def once() -> list[str]:
         clock = FakeClock()
@@ -706,6 +731,9 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         # an aggregated field named like a key of the output would overwrite it
         ({"size": 60, "aggregates": {"count": ["sum"]}}, "'count' is a key of the window's"),
         ({"size": 60, "aggregates": {"start": ["max"]}}, "rename the field first"),
+        ({"size": 60, "aggregates": {"group.id": ["max"]}}, "'group' is a key of the window"),
+        # a field holding another aggregated one: both would be one key of the output
+        ({"size": 60, "aggregates": {"m": ["max"], "m.t": ["avg"]}}, "'m' holds 'm.t'"),
     ],
 )
 def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:
