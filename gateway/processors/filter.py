@@ -213,6 +213,27 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: Python's == says [1] == [true] and {"a": 1} == {"a": true}."""
+    if (type(a) is bool) != (type(b) is bool):
+        return False
+    if isinstance(a, list) or isinstance(b, list):
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (
+            isinstance(a, dict)
+            and isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_json_equal(v, b[k]) for k, v in a.items())
+        )
+    return bool(a == b)
+
+
 def _key(value: Any) -> tuple[bool, Any]:
     # Python says True == 1; JSON does not. The flag keeps booleans apart.
     return (type(value) is bool, value)
@@ -321,6 +342,11 @@ def _compile_op(op: str, value: Any, subject: str, get: Get, text: bool) -> Test
 
             def equal(v: Any) -> bool:
                 return bool(v == want_text)
+        elif isinstance(value, list | dict):
+            want_json = value
+
+            def equal(v: Any) -> bool:
+                return _json_equal(v, want_json)
         else:
             want, want_bool = value, type(value) is bool
 
