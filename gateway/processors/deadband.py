@@ -131,7 +131,11 @@ class DeadbandProcessor(Processor):
         self._heartbeat = round(config.heartbeat * 1e9) if config.heartbeat else None
         # Its keys are groups (topics, field values) from outside: none is bookkeeping
         # kept over the budget, whatever its first character.
-        self.kv = State(ctx.name, config.max_state, size=_size, bookkeeping=False)
+        # A group evicted over the budget is forgotten: nothing is kept for it (kept for
+        # `take_evicted`, which nothing here calls, every evicted reading stayed in memory).
+        self.kv = State(
+            ctx.name, config.max_state, size=_size, bookkeeping=False, keep_evicted=False
+        )
 
     def process(self, flowfile: FlowFile) -> list[FlowFile]:
         obj = decode_object(flowfile.content, "deadband")

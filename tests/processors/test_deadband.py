@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -110,3 +111,19 @@ def test_long_topics_and_attributes_count_in_the_state_budget() -> None:
     held = sum(len(k) + len(encode_json(v)) for k, v in p.kv.items())
     assert held <= 65536
     assert p.kv.bytes <= 65536
+
+
+def test_groups_forgotten_over_the_budget_are_not_kept_in_memory() -> None:
+    """Each group evicted over max_state was kept, with its last reading, for a
+    `take_evicted` nothing called: 10,000 groups of 1 kB under a 4KiB budget held 10 MB."""
+    p = make({"fields": {"v": {"absolute": 1}}, "max_state": 4096}, FakeClock())
+    tracemalloc.start()
+    try:
+        for i in range(2000):
+            body = json.dumps({"v": 1, "pad": "x" * 1000}).encode()
+            assert p.process(FlowFile.create(f"t/{i}", body)), "a new group passes"
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert p.kv is not None and p.kv.evicted >= 1990
+    assert held < 500_000, f"{held} bytes held for a 4096-byte budget"
