@@ -615,7 +615,10 @@ class WindowProcessor(Processor):
         self.dropped = meta.get("dropped", 0)
         # State from before fingerprints (no "fp") is taken as made by this config.
         if meta.get("fp", self._fp) != self._fp:
-            windows = len(kv) - (META in kv)
+            # with those the restore evicted over a smaller budget: not to be emitted
+            # under this config either
+            evicted = [key for key, _ in kv.take_evicted() if key != META]
+            windows = len(kv) - (META in kv) + len(evicted)
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
@@ -686,6 +689,14 @@ class WindowProcessor(Processor):
                     meta["wm"] = wm
                 kv.put(META, meta)
                 out.extend(self._close_until(meta["wm"]))
+        out.extend(self._take_early())
+        return out
+
+    def _take_early(self) -> list[FlowFile]:
+        """The windows evicted over the state budget since the last call, closed early."""
+        kv = self.kv
+        assert kv is not None
+        out = []
         for key, acc in kv.take_evicted():
             if key != META and (early := self._early(acc)) is not None:
                 self.early += 1
@@ -705,6 +716,12 @@ class WindowProcessor(Processor):
         return self._emit(acc, early=True)
 
     def tick(self, now_ns: int) -> list[FlowFile]:
+        # Windows a restore evicted (a restart or reload with a smaller max_state) close
+        # now, in the commit that deletes them, not at the next reading, which may never
+        # come (the kill before it lost them).
+        return self._take_early() + self._tick(now_ns)
+
+    def _tick(self, now_ns: int) -> list[FlowFile]:
         if self.config.kind == "count":
             return []
         if not self._event:

@@ -576,6 +576,36 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     assert processor.kv.evicted == len(out)
 
 
+def test_windows_a_restore_evicts_over_a_smaller_budget_close_by_the_timer() -> None:
+    """Restored under a smaller max_state, the windows over it waited for the next
+    reading (which may never come, while the next commit deleted them from the store);
+    with a changed config too, they were emitted under it: KeyError on the new field."""
+    clock = FakeClock()
+    config = {"size": "1h", "group_by": "field.id", "aggregates": {"v": ["sum"]}}
+    before = make(config, clock)
+    for i in range(50):
+        before.process(FlowFile.create("t", json.dumps({"id": i, "v": 1}).encode()))
+    assert before.kv is not None
+    rows = before.kv.snapshot()
+
+    smaller = make({**config, "max_state": 8192}, clock)
+    assert smaller.kv is not None
+    smaller.kv.restore(rows)
+    smaller.restored()
+    kept = smaller.status()["open"]
+    early = outputs(smaller.tick(clock.now_ns()))
+    assert len(early) == 50 - kept and all(b["early"] for b in early)
+    assert [b["group"] for b in early] == [str(i) for i in range(50 - kept)]  # oldest first
+
+    changed = make({**config, "aggregates": {"w": ["sum"]}, "max_state": 8192}, clock)
+    assert changed.kv is not None
+    changed.kv.restore(rows)
+    changed.restored()
+    assert changed.status()["dropped"] == 50
+    assert changed.tick(clock.now_ns()) == []
+    assert changed.process(FlowFile.create("t", b'{"id": 999, "w": 1}')) == []
+
+
 def test_count_windows_over_the_state_budget_close_early_with_their_readings_only() -> None:
     """A sliding count window evicted over max_state failed every reading after
     (KeyError: its state is a buffer, not a window), and a count window just emitted
