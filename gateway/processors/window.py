@@ -129,6 +129,13 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # group) up to this estimate of their bytes, then forgotten all at once.
 TOPICS_BYTES = 4 << 20
 
+# size, every and gap: a window's start and end are times in ns within the years 1 to
+# 9999 (below 1ms, `size: 1e-12` was 0 ns, a ZeroDivisionError on every reading; past the
+# years, `size: 1e30` made windows whose end no output can write).
+MIN_SPAN = 0.001
+MAX_SPAN = 100 * 365 * 86400
+SPAN_BOUNDS = "must be between 1ms and 100 years"
+
 # The config keys that shape the open windows: a change to one drops them (see State).
 SHAPE = (
     "kind", "size", "every", "gap", "count", "slide", "time", "time_field",
@@ -193,17 +200,17 @@ class WindowProcessorConfig:
     size: Annotated[
         Duration | None,
         Doc("tumbling and hopping: the length of a window.", example="1m"),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     every: Annotated[
         Duration | None,
         Doc("hopping: how often a window starts (at most `size`, at least `size` / 1000)."),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     gap: Annotated[
         Duration | None,
         Doc("session: the quiet time after a group's last reading that ends its window."),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     count: Annotated[
         int | None,

@@ -762,6 +762,11 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "aggregates": {"count": ["sum"]}}, "'count' is a key of the window's"),
         ({"size": 60, "aggregates": {"start": ["max"]}}, "rename the field first"),
         ({"size": 60, "aggregates": {"group.id": ["max"]}}, "'group' is a key of the window"),
+        # 1e-12 s is 0 ns (ZeroDivisionError on every reading); 1e30 s ends past any
+        # time an output can write (OverflowError when the window closed early)
+        ({"size": 1e-12, "aggregates": {"v": ["avg"]}}, "must be between 1ms and 100 years"),
+        ({"size": 10**30, "aggregates": {"v": ["avg"]}}, "must be between 1ms and 100 years"),
+        ({"kind": "session", "gap": 1e-12, "aggregates": {"v": ["avg"]}}, "between 1ms and"),
         # a field holding another aggregated one: both would be one key of the output
         ({"size": 60, "aggregates": {"m": ["max"], "m.t": ["avg"]}}, "'m' holds 'm.t'"),
     ],
