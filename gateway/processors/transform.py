@@ -224,6 +224,17 @@ def _fresh(value: Any) -> Any:
     return copy.deepcopy(value) if type(value) in (dict, list) else value
 
 
+def _not_finite(value: Any) -> bool:
+    """True when a `set` value holds NaN or an infinity, anywhere inside it."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_not_finite(v) for v in value)
+    return False
+
+
 def _templates_in(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
@@ -302,6 +313,8 @@ class TransformProcessorConfig:
                     Template(text)
                 except ValueError as err:
                     yield f"set.{path}", str(err)
+            if _not_finite(value):  # every output would be dead-lettered for it
+                yield f"set.{path}", "JSON has no NaN or infinity (.nan, .inf): give a number"
         if self.topic is not None:
             try:
                 template = Template(self.topic)
