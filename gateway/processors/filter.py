@@ -152,8 +152,7 @@ class Condition:
 
     def _check_value(self) -> Iterator[tuple[str, str]]:
         op, value = self.op, self.value
-        values = value if isinstance(value, list | tuple) else [value]
-        if any(type(v) is float and math.isnan(v) for v in values):
+        if _has_nan(value):
             yield (
                 "value",
                 "NaN (.nan) equals nothing and is neither greater nor less than anything:"
@@ -184,6 +183,17 @@ class Condition:
                     yield "value", f"{value!r} is not a valid regular expression: {err}"
         elif not _scalar(value) and (self.field is None or op == "contains"):
             yield "value", f"op {op} needs text, a number, true/false or null here"
+
+
+def _has_nan(value: Any) -> bool:
+    """True when a value holds NaN, anywhere inside it (eq {a: .nan} would never hold)."""
+    if type(value) is float:
+        return math.isnan(value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_nan(v) for v in value)
+    return False
 
 
 def _scalar(value: Any) -> bool:
