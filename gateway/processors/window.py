@@ -334,6 +334,8 @@ class WindowProcessorConfig:
                 yield "time_field", "event time needs one of time_field or time_attribute"
             elif self.time_field is not None and check_path(self.time_field):
                 yield "time_field", str(check_path(self.time_field))
+            elif self.time_attribute == "":  # no attribute has it: every reading refused
+                yield "time_attribute", "the attribute name must not be empty"
         else:
             if self.time_field is not None or self.time_attribute is not None:
                 yield "time", "time_field and time_attribute need time: event"

@@ -748,6 +748,10 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "aggregates": {"v": ["mean"]}}, "unknown aggregate 'mean'"),
         ({"size": 60, "aggregates": {"v": ["percentile(101)"]}}, "unknown aggregate"),
         ({"size": 60, "time": "event", "aggregates": {"v": ["avg"]}}, "needs one of time_field"),
+        (
+            {"size": 60, "time": "event", "time_attribute": "", "aggregates": {"v": ["avg"]}},
+            "the attribute name must not be empty",
+        ),
         ({"size": 60, "topic": "{nope}/x", "aggregates": {"v": ["avg"]}}, "unknown placeholder"),
         ({"size": 60, "group_by": "device", "aggregates": {"v": ["avg"]}}, "must be topic"),
         ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
