@@ -61,7 +61,9 @@ reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
 with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
 holds the ids of its inputs (the first and last when there are more than 16) and the
 attribute `window.inputs` their count. Its id is made from the window, its group and
-the processor, so an output sent again after a restart is recognised by idempotent sinks.
+the processor, so an output sent again after a restart is recognised by idempotent sinks
+(a window closed early also from its first reading: the readings that come after it for
+the same window make an output of their own, with an id of its own).
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
@@ -960,7 +962,7 @@ class WindowProcessor(Processor):
         lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
         topic = self._cached_topic(acc["t"], acc["g"])
         return FlowFile(
-            self._id(acc),
+            self._id(acc, early),
             topic,
             {"window.inputs": str(acc["n"])},
             encode(body),
@@ -1003,10 +1005,16 @@ class WindowProcessor(Processor):
             raise PermanentError(f"topic {text!r} made from {self.config.topic!r}: {problem}")
         return text
 
-    def _id(self, acc: dict[str, Any]) -> str:
+    def _id(self, acc: dict[str, Any], early: bool = False) -> str:
         """A UUID-shaped id made from the window (time-ordered by its end), so the same
-        window emitted again after a restart has the same id."""
+        window emitted again after a restart has the same id.
+
+        A window closed early goes on taking readings in a new one of the same start,
+        end and group, emitted later: the early one's id also holds its first reading's
+        id, or both would have one id and a sink keyed by it would keep only the first."""
         what = f"{self.ctx.name}\0{acc['g']}\0{acc['s']}\0{acc['e']}\0{acc.get('w', '')}"
+        if early and acc["i"]:
+            what += f"\0early\0{acc['i'][0]}"
         h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
         ms = max(acc["e"], 0) // 1_000_000
         return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"

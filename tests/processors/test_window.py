@@ -576,6 +576,27 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     assert processor.kv.evicted == len(out)
 
 
+def test_a_window_closed_early_and_its_continuation_have_two_ids() -> None:
+    """Readings for a window closed early (over max_state) open it again; both outputs
+    had the same id, so a sink keyed by it (PostgreSQL, MySQL, Redis) kept only the
+    first and lost the readings of the second."""
+    clock = FakeClock()
+    processor = make(
+        {"size": "1h", "group_by": "field.id", "max_state": 8192, "aggregates": {"v": ["sum"]}},
+        clock,
+    )
+    out = []
+    for i in range(40):
+        out += processor.process(FlowFile.create("t", json.dumps({"id": i, "v": 1}).encode()))
+    out += processor.process(FlowFile.create("t", b'{"id": 0, "v": 5}'))
+    clock.ns += 3600 * S
+    out += processor.tick(clock.ns)
+    first = [ff for ff in out if json.loads(ff.content)["group"] == "0"]
+    assert [json.loads(ff.content)["v"]["sum"] for ff in first] == [1, 5]
+    assert first[0].id != first[1].id
+    assert len({ff.id for ff in out}) == len(out)
+
+
 def test_windows_a_restore_evicts_over_a_smaller_budget_close_by_the_timer() -> None:
     """Restored under a smaller max_state, the windows over it waited for the next
     reading (which may never come, while the next commit deleted them from the store);
