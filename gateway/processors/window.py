@@ -72,7 +72,9 @@ fingerprint of the keys that shape the windows (kind, size, every, gap, count, s
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
 (counted as `dropped`, one log line) instead of mixing them with the new ones.
-Changing only topic, allowed_lateness, late, idle or max_state keeps them.
+Changing only topic, allowed_lateness, late, idle or max_state keeps them (an open
+window whose first reading's topic cannot make the new topic, one without its level N,
+goes out on `<that topic>/agg`, with a warning).
 
 Example
   processors:
@@ -960,7 +962,22 @@ class WindowProcessor(Processor):
             body["early"] = True
         ids = acc["i"]
         lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
-        topic = self._cached_topic(acc["t"], acc["g"])
+        try:
+            topic = self._cached_topic(acc["t"], acc["g"])
+        except PermanentError as err:
+            # Readings that cannot make a topic are refused as they come, but a reload
+            # may change the template under open windows (to {topic.3} for windows of
+            # two-level topics): such a window goes out on the default topic, not lost,
+            # and its group's later windows are not stuck behind it.
+            topic = f"{acc['t']}/agg"
+            self.ctx.log.warning(
+                "the window %s-%s of group %r went out on %r: %s",
+                iso(acc["s"]),
+                iso(acc["e"]),
+                acc["g"],
+                topic,
+                err,
+            )
         return FlowFile(
             self._id(acc, early),
             topic,

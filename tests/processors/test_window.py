@@ -597,6 +597,28 @@ def test_a_window_closed_early_and_its_continuation_have_two_ids() -> None:
     assert len({ff.id for ff in out}) == len(out)
 
 
+def test_a_reload_to_a_topic_an_open_window_cannot_make_neither_loses_nor_sticks_it() -> None:
+    """A window open under `{topic}/agg`, reloaded under `{topic.2}/x`, failed to be
+    emitted: the reading that completed it was dead-lettered (while counted in it), and
+    every later reading of its group too, the window never leaving the state."""
+    clock = FakeClock()
+    config = {"kind": "count", "count": 2, "group_by": "field.id", "aggregates": {"v": ["sum"]}}
+    before = make(config, clock)
+    assert before.process(FlowFile.create("a", b'{"id": 1, "v": 1}')) == []
+    assert before.kv is not None
+    after = make({**config, "topic": "{topic.2}/x"}, clock)
+    assert after.kv is not None
+    after.kv.restore(before.kv.snapshot())
+    after.restored()
+    out = []
+    for v in (2, 3, 4):
+        out += after.process(FlowFile.create("a/b/c", b'{"id": 1, "v": %d}' % v))
+    assert [(ff.topic, json.loads(ff.content)["v"]["sum"]) for ff in out] == [
+        ("a/agg", 3),  # the window opened by the reading on `a`
+        ("c/x", 7),
+    ]
+
+
 def test_windows_a_restore_evicts_over_a_smaller_budget_close_by_the_timer() -> None:
     """Restored under a smaller max_state, the windows over it waited for the next
     reading (which may never come, while the next commit deleted them from the store);
