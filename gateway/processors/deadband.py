@@ -17,7 +17,9 @@ is not a number, or an integer past a double's ±1.8e308, dead-letters the readi
 
 State: per group the last values sent and the last reading (`max_state` bounds
 it; over it the oldest groups are forgotten, so their next reading passes). It
-is written to the store with each batch, like the window processor's.
+is written to the store with each batch, like the window processor's. A restart
+or reload that changed group_by drops the groups kept under the old one (a WARNING
+says how many): never met again, their heartbeats would go on for ever.
 
 Example
   processors:
@@ -165,6 +167,7 @@ class DeadbandProcessor(Processor):
             "c": flowfile.content.decode("utf-8", "replace"),
             "t": flowfile.topic,
             "a": flowfile.attributes,
+            "by": self.config.group_by,
         }
         if passes:
             record["v"] = {**record["v"], **values}
@@ -174,6 +177,24 @@ class DeadbandProcessor(Processor):
 
     def owns_state(self, key: str, value: Any) -> bool:
         return isinstance(value, dict) and {"v", "at", "c"} <= value.keys()
+
+    def restored(self) -> None:
+        # A group kept under another group_by (a reload from topic to field.device) is
+        # never met again, and its heartbeat would repeat its last reading for ever next
+        # to the new group's. (A group written before "by" was kept is taken as is.)
+        kv = self.kv
+        assert kv is not None
+        by = self.config.group_by
+        stale = [key for key, entry in kv.items() if entry.get("by", by) != by]
+        for key in stale:
+            kv.delete(key)
+        if stale:
+            self.ctx.log.warning(
+                "group_by is %s now: the last values of %d groups made under another"
+                " group_by were dropped",
+                by,
+                len(stale),
+            )
 
     def _moved(self, last: dict[str, Any], values: dict[str, Any]) -> bool:
         for path, _, absolute, percent in self._fields:

@@ -127,3 +127,26 @@ def test_groups_forgotten_over_the_budget_are_not_kept_in_memory() -> None:
         tracemalloc.stop()
     assert p.kv is not None and p.kv.evicted >= 1990
     assert held < 500_000, f"{held} bytes held for a 4096-byte budget"
+
+
+def test_a_reload_to_another_group_by_drops_the_old_groups_and_their_heartbeats() -> None:
+    """Groups kept under group_by topic stayed after a reload to field.dev: never met
+    again, their heartbeats repeated the last reading next to the new group's, for ever."""
+    clock = FakeClock()
+    config: dict[str, Any] = {"fields": {"t": {"absolute": 1}}, "heartbeat": "1m"}
+    p = make(config, clock)
+    assert passed(p, "plant/a", dev="a", t=1)
+    assert p.kv is not None
+    rows = [(k, s, v) for k, s, v in p.kv.changes() if v is not None]
+    again = make({**config, "group_by": "field.dev"}, clock)
+    assert again.kv is not None
+    again.kv.restore(rows)
+    again.restored()
+    assert passed(again, "plant/a", dev="a", t=1)  # a new group: its first reading
+    clock.ns += 61 * S
+    assert [json.loads(ff.content) for ff in again.tick(clock.ns)] == [{"dev": "a", "t": 1}]
+    same = make({**config, "group_by": "field.dev"}, clock)
+    assert same.kv is not None
+    same.kv.restore(again.kv.snapshot())
+    same.restored()
+    assert len(same.kv) == 1, "a restart under the same group_by keeps its groups"
