@@ -111,8 +111,10 @@ class State:
             self._dirty.add(key)
 
     def clear(self) -> None:
-        """Forget every key (each one is deleted at the next checkpoint)."""
+        """Forget every key (each one is deleted at the next checkpoint), and the keys
+        evicted but not taken yet."""
         self._dirty.update(self._data)
+        self._evicted_items.clear()
         self._data.clear()
         self._sizes.clear()
         self._seqs.clear()

@@ -635,8 +635,8 @@ class WindowProcessor(Processor):
         self.dropped = meta.get("dropped", 0)
         # State from before fingerprints (no "fp") is taken as made by this config.
         if meta.get("fp", self._fp) != self._fp:
-            # with those the restore evicted over a smaller budget: not to be emitted
-            # under this config either
+            # with those the restore evicted over a smaller budget (forgotten by clear):
+            # not to be emitted under this config either
             evicted = [key for key, _ in kv.take_evicted() if key != META]
             windows = len(kv) - (META in kv) + len(evicted)
             kv.clear()

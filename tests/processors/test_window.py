@@ -641,6 +641,14 @@ def test_windows_a_restore_evicts_over_a_smaller_budget_close_by_the_timer() -> 
     assert len(early) == 50 - kept and all(b["early"] for b in early)
     assert [b["group"] for b in early] == [str(i) for i in range(50 - kept)]  # oldest first
 
+    reset = make({**config, "max_state": 8192}, clock)  # `edge-stream state reset` then
+    assert reset.kv is not None
+    reset.kv.restore(rows)
+    reset.restored()
+    reset.kv.clear()
+    reset.restored()
+    assert reset.tick(clock.now_ns()) == [], "a reset drops its windows, not emits them"
+
     changed = make({**config, "aggregates": {"w": ["sum"]}, "max_state": 8192}, clock)
     assert changed.kv is not None
     changed.kv.restore(rows)
