@@ -50,7 +50,6 @@ Example
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -65,6 +64,7 @@ from gateway.core.topics import validate_topic
 from gateway.processors.json import (
     MISSING,
     check_path,
+    decode,
     decode_object,
     encode,
     kind,
@@ -221,7 +221,9 @@ def compile_value(value: Any) -> Getter:
 
 
 def _fresh(value: Any) -> Any:
-    return copy.deepcopy(value) if type(value) in (dict, list) else value
+    # Through JSON, not copy.deepcopy: deepcopy spends Python frames on each level and
+    # failed (RecursionError) on an array 400 deep, which the decoder had taken.
+    return decode(encode(value)) if type(value) in (dict, list) else value
 
 
 def _not_finite(value: Any) -> bool:
