@@ -11,9 +11,11 @@ commit that touched them, not a rewrite of everything.
 
 State is bounded by a byte budget. Over it, the oldest keys (the first put) are
 evicted and counted; the owner takes them with `take_evicted` and decides what
-eviction means (a window closes early and is emitted). Keys starting with `~` (the
-owner's own bookkeeping) are never evicted, unless the owner's keys are data it does not
-choose (a deadband's are topics or field values): `bookkeeping=False`.
+eviction means (a window closes early and is emitted), or, with `keep_evicted=False`,
+they are only counted (a deadband forgets a group: nothing is kept for it). Keys
+starting with `~` (the owner's own bookkeeping) are never evicted, unless the owner's
+keys are data it does not choose (a deadband's are topics or field values):
+`bookkeeping=False`.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ class State:
         max_bytes: int,
         size: Callable[[Any], int] | None = None,
         bookkeeping: bool = True,
+        keep_evicted: bool = True,
     ) -> None:
         self.component = component
+        self._keep_evicted = keep_evicted  # False: never taken, so never held
         self._pinned = "~" if bookkeeping else None  # the first character of kept keys
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -107,8 +111,10 @@ class State:
             self._dirty.add(key)
 
     def clear(self) -> None:
-        """Forget every key (each one is deleted at the next checkpoint)."""
+        """Forget every key (each one is deleted at the next checkpoint), and the keys
+        evicted but not taken yet."""
         self._dirty.update(self._data)
+        self._evicted_items.clear()
         self._data.clear()
         self._sizes.clear()
         self._seqs.clear()
@@ -127,7 +133,8 @@ class State:
                 continue
             value = self._data[key]
             self.delete(key)
-            self._evicted_items.append((key, value))
+            if self._keep_evicted:
+                self._evicted_items.append((key, value))
             self.evicted += 1
 
     # -- the engine's side ----------------------------------------------------------

@@ -17,7 +17,9 @@ is not a number, or an integer past a double's ±1.8e308, dead-letters the readi
 
 State: per group the last values sent and the last reading (`max_state` bounds
 it; over it the oldest groups are forgotten, so their next reading passes). It
-is written to the store with each batch, like the window processor's.
+is written to the store with each batch, like the window processor's. A restart
+or reload that changed group_by drops the groups kept under the old one (a WARNING
+says how many): never met again, their heartbeats would go on for ever.
 
 Example
   processors:
@@ -108,6 +110,15 @@ class DeadbandProcessorConfig:
             yield "group_by", problem
 
 
+def _size(entry: dict[str, Any]) -> int:
+    """A group's entry in bytes: the last reading's content, topic and attributes (all
+    from outside, and as long as a sender likes) are counted, not only its content."""
+    size = 200 + len(entry["c"]) * 2 + len(entry["t"]) + 40 * len(entry["v"])
+    for key, value in entry["a"].items():
+        size += 60 + len(key) + len(value)
+    return size
+
+
 class DeadbandProcessor(Processor):
     """Drops readings whose fields stayed within their deadbands; sends heartbeats."""
 
@@ -122,8 +133,10 @@ class DeadbandProcessor(Processor):
         self._heartbeat = round(config.heartbeat * 1e9) if config.heartbeat else None
         # Its keys are groups (topics, field values) from outside: none is bookkeeping
         # kept over the budget, whatever its first character.
+        # A group evicted over the budget is forgotten: nothing is kept for it (kept for
+        # `take_evicted`, which nothing here calls, every evicted reading stayed in memory).
         self.kv = State(
-            ctx.name, config.max_state, size=lambda v: 200 + len(v["c"]) * 2, bookkeeping=False
+            ctx.name, config.max_state, size=_size, bookkeeping=False, keep_evicted=False
         )
 
     def process(self, flowfile: FlowFile) -> list[FlowFile]:
@@ -154,6 +167,7 @@ class DeadbandProcessor(Processor):
             "c": flowfile.content.decode("utf-8", "replace"),
             "t": flowfile.topic,
             "a": flowfile.attributes,
+            "by": self.config.group_by,
         }
         if passes:
             record["v"] = {**record["v"], **values}
@@ -163,6 +177,24 @@ class DeadbandProcessor(Processor):
 
     def owns_state(self, key: str, value: Any) -> bool:
         return isinstance(value, dict) and {"v", "at", "c"} <= value.keys()
+
+    def restored(self) -> None:
+        # A group kept under another group_by (a reload from topic to field.device) is
+        # never met again, and its heartbeat would repeat its last reading for ever next
+        # to the new group's. (A group written before "by" was kept is taken as is.)
+        kv = self.kv
+        assert kv is not None
+        by = self.config.group_by
+        stale = [key for key, entry in kv.items() if entry.get("by", by) != by]
+        for key in stale:
+            kv.delete(key)
+        if stale:
+            self.ctx.log.warning(
+                "group_by is %s now: the last values of %d groups made under another"
+                " group_by were dropped",
+                by,
+                len(stale),
+            )
 
     def _moved(self, last: dict[str, Any], values: dict[str, Any]) -> bool:
         for path, _, absolute, percent in self._fields:

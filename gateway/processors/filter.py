@@ -152,8 +152,7 @@ class Condition:
 
     def _check_value(self) -> Iterator[tuple[str, str]]:
         op, value = self.op, self.value
-        values = value if isinstance(value, list | tuple) else [value]
-        if any(type(v) is float and math.isnan(v) for v in values):
+        if _has_nan(value):
             yield (
                 "value",
                 "NaN (.nan) equals nothing and is neither greater nor less than anything:"
@@ -186,6 +185,17 @@ class Condition:
             yield "value", f"op {op} needs text, a number, true/false or null here"
 
 
+def _has_nan(value: Any) -> bool:
+    """True when a value holds NaN, anywhere inside it (eq {a: .nan} would never hold)."""
+    if type(value) is float:
+        return math.isnan(value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_nan(v) for v in value)
+    return False
+
+
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float)
 
@@ -211,6 +221,27 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: Python's == says [1] == [true] and {"a": 1} == {"a": true}."""
+    if (type(a) is bool) != (type(b) is bool):
+        return False
+    if isinstance(a, list) or isinstance(b, list):
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (
+            isinstance(a, dict)
+            and isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_json_equal(v, b[k]) for k, v in a.items())
+        )
+    return bool(a == b)
 
 
 def _key(value: Any) -> tuple[bool, Any]:
@@ -321,6 +352,11 @@ def _compile_op(op: str, value: Any, subject: str, get: Get, text: bool) -> Test
 
             def equal(v: Any) -> bool:
                 return bool(v == want_text)
+        elif isinstance(value, list | dict):
+            want_json = value
+
+            def equal(v: Any) -> bool:
+                return _json_equal(v, want_json)
         else:
             want, want_bool = value, type(value) is bool
 

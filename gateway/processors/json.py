@@ -138,6 +138,8 @@ def encode(value: Any) -> bytes:
         return _ENCODER.encode(value).encode()
     except ValueError as err:
         raise PermanentError(f"result is not valid JSON: {err}") from err
+    except RecursionError as err:  # a transform that set a deep value deeper still
+        raise PermanentError("result is not valid JSON: nested too deeply") from err
 
 
 def split_path(path: str) -> tuple[str, ...]:

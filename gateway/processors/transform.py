@@ -15,7 +15,8 @@ Keys (all optional, at least one needed)
   topic: "plant/{topic.1}/clean"          the output topic (a template)
 
 They apply in this order: rename, drop, scale/offset, set; so drop, scale,
-offset and set name fields as they are after renaming. A field path `a.b`
+offset and set name fields as they are after renaming. rename takes every field
+out before it puts any back, so `{a: b, b: a}` swaps two fields. A field path `a.b`
 reaches into nested objects (set creates the objects it needs); in scale and
 offset a number indexes an array (`values.0`). A field named in scale or
 offset that is missing is skipped; one that is not a number (true/false is
@@ -49,7 +50,6 @@ Example
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -64,6 +64,7 @@ from gateway.core.topics import validate_topic
 from gateway.processors.json import (
     MISSING,
     check_path,
+    decode,
     decode_object,
     encode,
     kind,
@@ -220,7 +221,20 @@ def compile_value(value: Any) -> Getter:
 
 
 def _fresh(value: Any) -> Any:
-    return copy.deepcopy(value) if type(value) in (dict, list) else value
+    # Through JSON, not copy.deepcopy: deepcopy spends Python frames on each level and
+    # failed (RecursionError) on an array 400 deep, which the decoder had taken.
+    return decode(encode(value)) if type(value) in (dict, list) else value
+
+
+def _not_finite(value: Any) -> bool:
+    """True when a `set` value holds NaN or an infinity, anywhere inside it."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_not_finite(v) for v in value)
+    return False
 
 
 def _templates_in(value: Any) -> Iterator[str]:
@@ -301,6 +315,8 @@ class TransformProcessorConfig:
                     Template(text)
                 except ValueError as err:
                     yield f"set.{path}", str(err)
+            if _not_finite(value):  # every output would be dead-lettered for it
+                yield f"set.{path}", "JSON has no NaN or infinity (.nan, .inf): give a number"
         if self.topic is not None:
             try:
                 template = Template(self.topic)
@@ -373,8 +389,10 @@ class TransformProcessor(Processor):
                     f"topic {topic!r} made from {self._topic.text!r} is not valid: {problem}"
                 )
         values = [(parts, get(env)) for parts, get in self._set]
-        for old, new in self._rename:
-            value = _pop(obj, old)
+        # Every field is taken out before any is put back: `{a: b, b: a}` swaps them
+        # (one after the other, `a` overwrote `b`, which then moved back to `a`).
+        moved = [(new, _pop(obj, old)) for old, new in self._rename]
+        for new, value in moved:
             if value is not MISSING:
                 _put(obj, new, value)
         for parts in self._drop:

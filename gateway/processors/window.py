@@ -36,6 +36,9 @@ JSON number or text holding one (`"21.5"`: Redis stream fields and DECIMAL colum
 arrive as text); a missing field or null is left out; anything else (an integer
 past a double's ±1.8e308 too) dead-letters the reading. An aggregated field may not
 be named group, start, end, count or early (the window's own keys; rename it first).
+A field inside an object keeps its place in the output (`meta.temp`:
+{"meta": {"temp": {"avg": ...}}}), so a later processor reaches meta.temp.avg; a field
+may then not also hold another aggregated field (not both `meta` and `meta.temp`).
   count sum avg min max first last stddev rate    constant memory per window
   median percentile(P)                             a bounded buffer per window:
        exact up to `max_values` readings, then a deterministic sample of that many
@@ -58,7 +61,9 @@ reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
 with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
 holds the ids of its inputs (the first and last when there are more than 16) and the
 attribute `window.inputs` their count. Its id is made from the window, its group and
-the processor, so an output sent again after a restart is recognised by idempotent sinks.
+the processor, so an output sent again after a restart is recognised by idempotent sinks
+(a window closed early also from its first reading: the readings that come after it for
+the same window make an output of their own, with an id of its own).
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
@@ -67,7 +72,9 @@ fingerprint of the keys that shape the windows (kind, size, every, gap, count, s
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
 (counted as `dropped`, one log line) instead of mixing them with the new ones.
-Changing only topic, allowed_lateness, late, idle or max_state keeps them.
+Changing only topic, allowed_lateness, late, idle or max_state keeps them (an open
+window whose first reading's topic cannot make the new topic, one without its level N,
+goes out on `<that topic>/agg`, with a warning).
 
 Example
   processors:
@@ -125,6 +132,13 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
 # group) up to this estimate of their bytes, then forgotten all at once.
 TOPICS_BYTES = 4 << 20
+
+# size, every and gap: a window's start and end are times in ns within the years 1 to
+# 9999 (below 1ms, `size: 1e-12` was 0 ns, a ZeroDivisionError on every reading; past the
+# years, `size: 1e30` made windows whose end no output can write).
+MIN_SPAN = 0.001
+MAX_SPAN = 100 * 365 * 86400
+SPAN_BOUNDS = "must be between 1ms and 100 years"
 
 # The config keys that shape the open windows: a change to one drops them (see State).
 SHAPE = (
@@ -190,17 +204,17 @@ class WindowProcessorConfig:
     size: Annotated[
         Duration | None,
         Doc("tumbling and hopping: the length of a window.", example="1m"),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     every: Annotated[
         Duration | None,
         Doc("hopping: how often a window starts (at most `size`, at least `size` / 1000)."),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     gap: Annotated[
         Duration | None,
         Doc("session: the quiet time after a group's last reading that ends its window."),
-        Range(0, None, "must be more than 0", above=True),
+        Range(MIN_SPAN, MAX_SPAN, SPAN_BOUNDS),
     ] = None
     count: Annotated[
         int | None,
@@ -265,12 +279,21 @@ class WindowProcessorConfig:
             problem = check_path(path)
             if problem:
                 yield f"aggregates.{path}", problem
-            if path in OUTPUT_KEYS:
+            head = path.split(".")[0]
+            if head in OUTPUT_KEYS:
                 yield (
                     f"aggregates.{path}",
-                    f"{path!r} is a key of the window's output ({', '.join(OUTPUT_KEYS)}):"
+                    f"{head!r} is a key of the window's output ({', '.join(OUTPUT_KEYS)}):"
                     " rename the field first, e.g. a transform with"
-                    f" rename: {{{path}: {path}_value}}",
+                    f" rename: {{{head}: {head}_value}}",
+                )
+            # A dotted field is nested in the output: one inside another would overwrite it.
+            inner = next((p for p in self.aggregates if p.startswith(path + ".")), None)
+            if inner is not None:
+                yield (
+                    f"aggregates.{path}",
+                    f"{path!r} holds {inner!r}, also aggregated: in the output both would be"
+                    f" at {path!r}; rename one first",
                 )
             if not specs:
                 yield f"aggregates.{path}", "name at least one aggregate"
@@ -315,6 +338,8 @@ class WindowProcessorConfig:
                 yield "time_field", "event time needs one of time_field or time_attribute"
             elif self.time_field is not None and check_path(self.time_field):
                 yield "time_field", str(check_path(self.time_field))
+            elif self.time_attribute == "":  # no attribute has it: every reading refused
+                yield "time_attribute", "the attribute name must not be empty"
         else:
             if self.time_field is not None or self.time_attribute is not None:
                 yield "time", "time_field and time_attribute need time: event"
@@ -363,6 +388,8 @@ def parse_time(value: Any) -> int:
 
 
 def _parse_time(value: Any) -> int:
+    if type(value) is int and abs(value) >= 10**17:
+        return value  # ns (float() of one past a double's range raises OverflowError)
     if type(value) in (int, float) and math.isfinite(value):
         number = float(value)
         x = abs(number)
@@ -375,9 +402,12 @@ def _parse_time(value: Any) -> int:
         return int(value)
     if type(value) is str:
         try:
-            return _parse_time(float(value))
+            number = float(value)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):
+                return _parse_time(number)
         try:
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -504,14 +534,23 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
 
 
 def _stats_size(acc: dict[str, Any]) -> int:
-    size = 400 + 40 * len(acc.get("i", ()))
+    # The topic and the group come from outside and may be long (an MQTT topic holds up
+    # to 65535 bytes): counted, or a budget of 64MiB could hold gigabytes.
+    size = 400 + 40 * len(acc.get("i", ())) + len(acc["g"]) + len(acc.get("t", ""))
     for s in acc["f"].values():
         size += 260
         if s[VALUES] is not None:
             size += 32 * len(s[VALUES])
-    for row in acc.get("buf", ()):
-        size += 120 + 32 * len(row[1])
+    if "buf" in acc:
+        # kept up to date as rows come and go: summing up to 100000 rows at each reading
+        # cost 20 ms (state written before "bz" was kept is summed)
+        size += acc["bz"] if "bz" in acc else sum(_row_size(row) for row in acc["buf"])
     return size
+
+
+def _row_size(row: list[Any]) -> int:
+    """A sliding count window's buffered reading [time, values, id, topic], in bytes."""
+    return 120 + 32 * len(row[1]) + len(row[3])
 
 
 # -- the processor --------------------------------------------------------------
@@ -596,7 +635,10 @@ class WindowProcessor(Processor):
         self.dropped = meta.get("dropped", 0)
         # State from before fingerprints (no "fp") is taken as made by this config.
         if meta.get("fp", self._fp) != self._fp:
-            windows = len(kv) - (META in kv)
+            # with those the restore evicted over a smaller budget (forgotten by clear):
+            # not to be emitted under this config either
+            evicted = [key for key, _ in kv.take_evicted() if key != META]
+            windows = len(kv) - (META in kv) + len(evicted)
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
@@ -667,13 +709,39 @@ class WindowProcessor(Processor):
                     meta["wm"] = wm
                 kv.put(META, meta)
                 out.extend(self._close_until(meta["wm"]))
-        evicted = [acc for key, acc in kv.take_evicted() if key != META]
-        if evicted:
-            self.early += len(evicted)
-            out.extend(self._emit(acc, early=True) for acc in evicted)
+        out.extend(self._take_early())
         return out
 
+    def _take_early(self) -> list[FlowFile]:
+        """The windows evicted over the state budget since the last call, closed early."""
+        kv = self.kv
+        assert kv is not None
+        out = []
+        for key, acc in kv.take_evicted():
+            if key != META and (early := self._early(acc)) is not None:
+                self.early += 1
+                out.append(early)
+        return out
+
+    def _early(self, acc: dict[str, Any]) -> FlowFile | None:
+        """The output of a window evicted over the state budget, or None when it holds
+        no reading not emitted yet: a count window's next one, still empty, or a sliding
+        count window's buffer just emitted."""
+        if "buf" in acc:  # a sliding count window: its buffer, as a window of its own
+            if not acc["buf"] or acc["k"] == 0:
+                return None
+            return self._emit(self._from_buffer(acc), early=True)
+        if acc["n"] == 0:
+            return None
+        return self._emit(acc, early=True)
+
     def tick(self, now_ns: int) -> list[FlowFile]:
+        # Windows a restore evicted (a restart or reload with a smaller max_state) close
+        # now, in the commit that deletes them, not at the next reading, which may never
+        # come (the kill before it lost them).
+        return self._take_early() + self._tick(now_ns)
+
+    def _tick(self, now_ns: int) -> list[FlowFile]:
         if self.config.kind == "count":
             return []
         if not self._event:
@@ -828,10 +896,14 @@ class WindowProcessor(Processor):
             return [done]
         # sliding: the last `count` readings, emitted every `slide`
         if acc is None:
-            acc = {"g": group, "w": 0, "k": 0, "buf": [], "f": {}}
-        acc["buf"].append([t, values, flowfile.id, flowfile.topic])
+            acc = {"g": group, "w": 0, "k": 0, "buf": [], "f": {}, "bz": 0}
+        elif "bz" not in acc:
+            acc["bz"] = sum(_row_size(row) for row in acc["buf"])
+        row = [t, values, flowfile.id, flowfile.topic]
+        acc["buf"].append(row)
+        acc["bz"] += _row_size(row)
         if len(acc["buf"]) > c.count:
-            del acc["buf"][0]
+            acc["bz"] -= _row_size(acc["buf"].pop(0))
         acc["k"] += 1
         out = []
         if acc["k"] >= c.slide:
@@ -892,15 +964,33 @@ class WindowProcessor(Processor):
             "end": iso(acc["e"]),
             "count": acc["n"],
         }
-        for path, _ in self._fields:
-            body[path] = results(acc["f"][path], self._names[path])
+        for path, parts in self._fields:
+            node = body
+            for part in parts[:-1]:  # `meta.temp` in its place: {"meta": {"temp": ...}}
+                node = node.setdefault(part, {})
+            node[parts[-1]] = results(acc["f"][path], self._names[path])
         if early:
             body["early"] = True
         ids = acc["i"]
         lineage = tuple(ids) if acc["n"] <= LINEAGE_MAX else (ids[0], acc["li"])
-        topic = self._cached_topic(acc["t"], acc["g"])
+        try:
+            topic = self._cached_topic(acc["t"], acc["g"])
+        except PermanentError as err:
+            # Readings that cannot make a topic are refused as they come, but a reload
+            # may change the template under open windows (to {topic.3} for windows of
+            # two-level topics): such a window goes out on the default topic, not lost,
+            # and its group's later windows are not stuck behind it.
+            topic = f"{acc['t']}/agg"
+            self.ctx.log.warning(
+                "the window %s-%s of group %r went out on %r: %s",
+                iso(acc["s"]),
+                iso(acc["e"]),
+                acc["g"],
+                topic,
+                err,
+            )
         return FlowFile(
-            self._id(acc),
+            self._id(acc, early),
             topic,
             {"window.inputs": str(acc["n"])},
             encode(body),
@@ -943,10 +1033,16 @@ class WindowProcessor(Processor):
             raise PermanentError(f"topic {text!r} made from {self.config.topic!r}: {problem}")
         return text
 
-    def _id(self, acc: dict[str, Any]) -> str:
+    def _id(self, acc: dict[str, Any], early: bool = False) -> str:
         """A UUID-shaped id made from the window (time-ordered by its end), so the same
-        window emitted again after a restart has the same id."""
+        window emitted again after a restart has the same id.
+
+        A window closed early goes on taking readings in a new one of the same start,
+        end and group, emitted later: the early one's id also holds its first reading's
+        id, or both would have one id and a sink keyed by it would keep only the first."""
         what = f"{self.ctx.name}\0{acc['g']}\0{acc['s']}\0{acc['e']}\0{acc.get('w', '')}"
+        if early and acc["i"]:
+            what += f"\0early\0{acc['i'][0]}"
         h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
         ms = max(acc["e"], 0) // 1_000_000
         return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.state import encode_json
 from gateway.processors.deadband import DeadbandProcessor
 from tests.processors.test_window import FakeClock, S
 
@@ -94,3 +96,57 @@ def test_groups_whose_topic_starts_with_a_tilde_are_held_to_max_state_too() -> N
         assert passed(p, f"~{i}", t=1)
     assert p.kv is not None
     assert p.kv.bytes <= 4096 and p.kv.evicted > 150
+
+
+def test_long_topics_and_attributes_count_in_the_state_budget() -> None:
+    """Only the last reading's content was counted: with 10 kB topics and 5 kB of
+    attributes, a 64KiB budget held 2.7 MB."""
+    p = make({"fields": {"v": {"absolute": 1}}, "group_by": "field.id", "max_state": 65536},
+             FakeClock())  # fmt: skip
+    topic = "t/" + "x" * 10_000
+    for i in range(300):
+        body = json.dumps({"id": i, "v": 1}).encode()
+        p.process(FlowFile.create(topic, body, {"mqtt.user.note": "y" * 5000}))
+    assert p.kv is not None
+    held = sum(len(k) + len(encode_json(v)) for k, v in p.kv.items())
+    assert held <= 65536
+    assert p.kv.bytes <= 65536
+
+
+def test_groups_forgotten_over_the_budget_are_not_kept_in_memory() -> None:
+    """Each group evicted over max_state was kept, with its last reading, for a
+    `take_evicted` nothing called: 10,000 groups of 1 kB under a 4KiB budget held 10 MB."""
+    p = make({"fields": {"v": {"absolute": 1}}, "max_state": 4096}, FakeClock())
+    tracemalloc.start()
+    try:
+        for i in range(2000):
+            body = json.dumps({"v": 1, "pad": "x" * 1000}).encode()
+            assert p.process(FlowFile.create(f"t/{i}", body)), "a new group passes"
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert p.kv is not None and p.kv.evicted >= 1990
+    assert held < 500_000, f"{held} bytes held for a 4096-byte budget"
+
+
+def test_a_reload_to_another_group_by_drops_the_old_groups_and_their_heartbeats() -> None:
+    """Groups kept under group_by topic stayed after a reload to field.dev: never met
+    again, their heartbeats repeated the last reading next to the new group's, for ever."""
+    clock = FakeClock()
+    config: dict[str, Any] = {"fields": {"t": {"absolute": 1}}, "heartbeat": "1m"}
+    p = make(config, clock)
+    assert passed(p, "plant/a", dev="a", t=1)
+    assert p.kv is not None
+    rows = [(k, s, v) for k, s, v in p.kv.changes() if v is not None]
+    again = make({**config, "group_by": "field.dev"}, clock)
+    assert again.kv is not None
+    again.kv.restore(rows)
+    again.restored()
+    assert passed(again, "plant/a", dev="a", t=1)  # a new group: its first reading
+    clock.ns += 61 * S
+    assert [json.loads(ff.content) for ff in again.tick(clock.ns)] == [{"dev": "a", "t": 1}]
+    same = make({**config, "group_by": "field.dev"}, clock)
+    assert same.kv is not None
+    same.kv.restore(again.kv.snapshot())
+    same.restored()
+    assert len(same.kv) == 1, "a restart under the same group_by keeps its groups"

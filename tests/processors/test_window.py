@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.state import encode_json
 from gateway.processors import window
 from gateway.processors.filter import FilterProcessor
 from gateway.processors.window import WindowProcessor, iso
@@ -517,7 +519,20 @@ def test_a_group_that_json_cannot_write_is_refused_with_the_default_topic() -> N
     assert json.loads(out.content)["group"] == "\u00e9"
 
 
-@pytest.mark.parametrize("ts", ["1e300", "-1e300", "-62135596801", '"10000-01-01T00:00:00"'])
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "1e300",
+        "-1e300",
+        "-62135596801",
+        '"10000-01-01T00:00:00"',
+        # an integer past a double's range was an OverflowError (an internal error)
+        "1" + "0" * 400,
+        "-1" + "0" * 400,
+        '"1e999"',
+        '"nan"',
+    ],
+)
 def test_an_event_time_past_the_years_1_to_9999_is_refused(ts: str) -> None:
     """Such a time was taken: its window could never be written (gmtime fails), so the
     timer failed on it every second once the watermark passed its end."""
@@ -562,6 +577,167 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     assert processor.kv.evicted == len(out)
 
 
+def test_a_window_closed_early_and_its_continuation_have_two_ids() -> None:
+    """Readings for a window closed early (over max_state) open it again; both outputs
+    had the same id, so a sink keyed by it (PostgreSQL, MySQL, Redis) kept only the
+    first and lost the readings of the second."""
+    clock = FakeClock()
+    processor = make(
+        {"size": "1h", "group_by": "field.id", "max_state": 8192, "aggregates": {"v": ["sum"]}},
+        clock,
+    )
+    out = []
+    for i in range(40):
+        out += processor.process(FlowFile.create("t", json.dumps({"id": i, "v": 1}).encode()))
+    out += processor.process(FlowFile.create("t", b'{"id": 0, "v": 5}'))
+    clock.ns += 3600 * S
+    out += processor.tick(clock.ns)
+    first = [ff for ff in out if json.loads(ff.content)["group"] == "0"]
+    assert [json.loads(ff.content)["v"]["sum"] for ff in first] == [1, 5]
+    assert first[0].id != first[1].id
+    assert len({ff.id for ff in out}) == len(out)
+
+
+def test_a_reload_to_a_topic_an_open_window_cannot_make_neither_loses_nor_sticks_it() -> None:
+    """A window open under `{topic}/agg`, reloaded under `{topic.2}/x`, failed to be
+    emitted: the reading that completed it was dead-lettered (while counted in it), and
+    every later reading of its group too, the window never leaving the state."""
+    clock = FakeClock()
+    config = {"kind": "count", "count": 2, "group_by": "field.id", "aggregates": {"v": ["sum"]}}
+    before = make(config, clock)
+    assert before.process(FlowFile.create("a", b'{"id": 1, "v": 1}')) == []
+    assert before.kv is not None
+    after = make({**config, "topic": "{topic.2}/x"}, clock)
+    assert after.kv is not None
+    after.kv.restore(before.kv.snapshot())
+    after.restored()
+    out = []
+    for v in (2, 3, 4):
+        out += after.process(FlowFile.create("a/b/c", b'{"id": 1, "v": %d}' % v))
+    assert [(ff.topic, json.loads(ff.content)["v"]["sum"]) for ff in out] == [
+        ("a/agg", 3),  # the window opened by the reading on `a`
+        ("c/x", 7),
+    ]
+
+
+def test_windows_a_restore_evicts_over_a_smaller_budget_close_by_the_timer() -> None:
+    """Restored under a smaller max_state, the windows over it waited for the next
+    reading (which may never come, while the next commit deleted them from the store);
+    with a changed config too, they were emitted under it: KeyError on the new field."""
+    clock = FakeClock()
+    config = {"size": "1h", "group_by": "field.id", "aggregates": {"v": ["sum"]}}
+    before = make(config, clock)
+    for i in range(50):
+        before.process(FlowFile.create("t", json.dumps({"id": i, "v": 1}).encode()))
+    assert before.kv is not None
+    rows = before.kv.snapshot()
+
+    smaller = make({**config, "max_state": 8192}, clock)
+    assert smaller.kv is not None
+    smaller.kv.restore(rows)
+    smaller.restored()
+    kept = smaller.status()["open"]
+    early = outputs(smaller.tick(clock.now_ns()))
+    assert len(early) == 50 - kept and all(b["early"] for b in early)
+    assert [b["group"] for b in early] == [str(i) for i in range(50 - kept)]  # oldest first
+
+    reset = make({**config, "max_state": 8192}, clock)  # `edge-stream state reset` then
+    assert reset.kv is not None
+    reset.kv.restore(rows)
+    reset.restored()
+    reset.kv.clear()
+    reset.restored()
+    assert reset.tick(clock.now_ns()) == [], "a reset drops its windows, not emits them"
+
+    changed = make({**config, "aggregates": {"w": ["sum"]}, "max_state": 8192}, clock)
+    assert changed.kv is not None
+    changed.kv.restore(rows)
+    changed.restored()
+    assert changed.status()["dropped"] == 50
+    assert changed.tick(clock.now_ns()) == []
+    assert changed.process(FlowFile.create("t", b'{"id": 999, "w": 1}')) == []
+
+
+def test_count_windows_over_the_state_budget_close_early_with_their_readings_only() -> None:
+    """A sliding count window evicted over max_state failed every reading after
+    (KeyError: its state is a buffer, not a window), and a count window just emitted
+    left an empty one that was sent as an early window of count 0."""
+    sliding = make(
+        {
+            "kind": "count",
+            "count": 4,
+            "slide": 2,
+            "group_by": "topic",
+            "max_state": 4096,
+            "aggregates": {"v": ["sum"]},
+        }
+    )
+    out = []
+    for i in range(40):  # one reading per group: each buffer holds one not yet emitted
+        out += sliding.process(FlowFile.create(f"dev/{i}", json.dumps({"v": i}).encode()))
+    bodies = outputs(out)
+    assert bodies, "no window closed early"
+    assert all(b["early"] and b["count"] == 1 for b in bodies)
+    assert bodies[0]["group"] == "dev/0" and bodies[0]["v"] == {"sum": 0}
+    assert sliding.status()["early"] == len(bodies)
+
+    tumbling = make(
+        {
+            "kind": "count",
+            "count": 2,
+            "group_by": "topic",
+            "max_state": 4096,
+            "aggregates": {"v": ["sum"]},
+        }
+    )
+    out = []
+    for i in range(40):  # each group's window fills and is emitted; none is left open
+        for _ in range(2):
+            out += tumbling.process(FlowFile.create(f"dev/{i}", json.dumps({"v": i}).encode()))
+    bodies = outputs(out)
+    assert len(bodies) == 40 and all(b["count"] == 2 and "early" not in b for b in bodies)
+    assert tumbling.status()["early"] == 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"size": "1h", "group_by": "field.id"},
+        {"kind": "count", "count": 5, "slide": 2, "group_by": "field.id"},
+    ],
+)
+def test_long_topics_count_in_the_state_budget(config: dict[str, Any]) -> None:
+    """A window keeps its first reading's topic, a sliding count window each reading's:
+    neither was counted, so 64KiB of budget held 0.8 MB and 3 MB of state with 10 kB
+    topics."""
+    processor = make({**config, "aggregates": {"v": ["avg"]}, "max_state": 65536})
+    topic = "t/" + "x" * 10_000
+    for i in range(300):
+        processor.process(FlowFile.create(topic, json.dumps({"id": i, "v": 1}).encode()))
+    assert processor.kv is not None
+    held = sum(len(k) + len(encode_json(v)) for k, v in processor.kv.items())
+    assert held <= 65536
+    assert processor.kv.bytes <= 65536
+
+
+def test_a_long_sliding_count_window_costs_no_more_per_reading_as_it_fills() -> None:
+    """Its state's size was summed over every buffered reading at each reading: 20 ms a
+    reading with 100000 buffered (50 readings a second), 40 s for these 20000."""
+    processor = make({"kind": "count", "count": 20_000, "slide": 10_000,
+                      "aggregates": {"v": ["avg"]}})  # fmt: skip
+    flowfiles = [FlowFile.create("plant/d1/t", b'{"v": %d}' % i) for i in range(20_000)]
+    started = time.perf_counter()
+    out = []
+    for ff in flowfiles:
+        out += processor.process(ff)
+    assert time.perf_counter() - started < 3
+    assert [json.loads(ff.content)["count"] for ff in out] == [10_000, 20_000]
+    assert processor.kv is not None
+    [acc] = [v for k, v in processor.kv.items() if k != window.META]
+    summed = {k: v for k, v in acc.items() if k != "bz"}
+    assert window._stats_size(acc) == window._stats_size(summed), "kept up to date"
+
+
 def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
     """percentile(99.9) was `p99.9`, which no field path reaches (`.` splits it): it
     is `p99_9`, and a filter after the window tests it; percentile(95) stays `p95`."""
@@ -582,6 +758,31 @@ def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() ->
     cfg = build_component(
         "processor",
         {"type": "filter", "all": [{"field": "v.p99_9", "op": "gt", "value": 998}]},
+        ("f",),
+        problems,
+    )
+    assert not problems.items, problems.items
+    later = FilterProcessor(cfg, Context("r.1", "processor", clock=FakeClock()))
+    assert later.process(window) == [window]
+
+
+def test_a_field_inside_an_object_keeps_its_place_so_a_later_processor_reaches_it() -> None:
+    """Its aggregates were under one key `meta.temp`, which no field path reaches (a
+    filter on meta.temp.avg found nothing and dropped every window)."""
+    aggregates = {"meta.temp": ["avg"], "meta.rh": ["max"], "v": ["sum"]}
+    processor = make({"kind": "count", "count": 2, "aggregates": aggregates})
+    out = []
+    for i in range(2):
+        body = {"meta": {"temp": 20 + i, "rh": 50 + i}, "v": i}
+        out += processor.process(FlowFile.create("t", json.dumps(body).encode()))
+    [window] = out
+    body = json.loads(window.content)
+    assert body["meta"] == {"temp": {"avg": 20.5}, "rh": {"max": 51}}
+    assert body["v"] == {"sum": 1}
+    problems = Problems()
+    cfg = build_component(
+        "processor",
+        {"type": "filter", "all": [{"field": "meta.temp.avg", "op": "gt", "value": 20}]},
         ("f",),
         problems,
     )
@@ -617,6 +818,10 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "aggregates": {"v": ["mean"]}}, "unknown aggregate 'mean'"),
         ({"size": 60, "aggregates": {"v": ["percentile(101)"]}}, "unknown aggregate"),
         ({"size": 60, "time": "event", "aggregates": {"v": ["avg"]}}, "needs one of time_field"),
+        (
+            {"size": 60, "time": "event", "time_attribute": "", "aggregates": {"v": ["avg"]}},
+            "the attribute name must not be empty",
+        ),
         ({"size": 60, "topic": "{nope}/x", "aggregates": {"v": ["avg"]}}, "unknown placeholder"),
         ({"size": 60, "group_by": "device", "aggregates": {"v": ["avg"]}}, "must be topic"),
         ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
@@ -630,6 +835,14 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         # an aggregated field named like a key of the output would overwrite it
         ({"size": 60, "aggregates": {"count": ["sum"]}}, "'count' is a key of the window's"),
         ({"size": 60, "aggregates": {"start": ["max"]}}, "rename the field first"),
+        ({"size": 60, "aggregates": {"group.id": ["max"]}}, "'group' is a key of the window"),
+        # 1e-12 s is 0 ns (ZeroDivisionError on every reading); 1e30 s ends past any
+        # time an output can write (OverflowError when the window closed early)
+        ({"size": 1e-12, "aggregates": {"v": ["avg"]}}, "must be between 1ms and 100 years"),
+        ({"size": 10**30, "aggregates": {"v": ["avg"]}}, "must be between 1ms and 100 years"),
+        ({"kind": "session", "gap": 1e-12, "aggregates": {"v": ["avg"]}}, "between 1ms and"),
+        # a field holding another aggregated one: both would be one key of the output
+        ({"size": 60, "aggregates": {"m": ["max"], "m.t": ["avg"]}}, "'m' holds 'm.t'"),
     ],
 )
 def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:
