@@ -193,6 +193,14 @@ class Users:
         user = self._file_users().get(name)
         return user.role if user else None
 
+    def credential(self, name: str) -> str | None:
+        """What the account's password is checked against now (its stored hash), so
+        that a check remembered earlier can tell the password has changed since."""
+        if self._config_user is not None and name == self._config_user[0]:
+            return "config"
+        user = self._file_users().get(name)
+        return user.hash if user else None
+
     async def check(self, name: str, password: str) -> str | None:
         """The role of `name` when `password` is its password, else None."""
         if self._config_user is not None and name == self._config_user[0]:

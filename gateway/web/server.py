@@ -162,7 +162,8 @@ class WebServer:
         self.sessions = access.Sessions()
         self.limiter = access.LoginLimiter()
         self._scrypt = asyncio.Semaphore(2)  # 16 MiB each: bound the memory of checks
-        self._basic_ok: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        # checked header -> (user, until, the stored hash it was checked against)
+        self._basic_ok: OrderedDict[bytes, tuple[str, float, str | None]] = OrderedDict()
         self._basic_salt = os.urandom(16)
         self._hosts = self._known_hosts()
         self._static = _static_files()
@@ -371,9 +372,12 @@ class WebServer:
         key = hashlib.sha256(self._basic_salt + header.encode()).digest()
         known = self._basic_ok.get(key)
         if known is not None and time.monotonic() < known[1]:
-            role = self.users.role(known[0])
-            if role is not None:
-                return Identity(known[0], role, "basic")
+            # a password changed since (`web passwd`) makes the remembered check void
+            if self.users.credential(known[0]) == known[2]:
+                role = self.users.role(known[0])
+                if role is not None:
+                    return Identity(known[0], role, "basic")
+            del self._basic_ok[key]
         scheme, _, value = header.partition(" ")
         try:
             user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
@@ -381,10 +385,11 @@ class WebServer:
             sep = ""
         if scheme.lower() != "basic" or not sep:
             return self._unauthorized(request)
+        credential = self.users.credential(user)  # before the check: what it checks
         role_or_wait = await self._try_password(request, user, password)
         if isinstance(role_or_wait, web.StreamResponse):
             return role_or_wait
-        self._basic_ok[key] = (user, time.monotonic() + BASIC_TTL)
+        self._basic_ok[key] = (user, time.monotonic() + BASIC_TTL, credential)
         while len(self._basic_ok) > BASIC_CACHE:
             self._basic_ok.popitem(last=False)
         return Identity(user, role_or_wait, "basic")

@@ -251,6 +251,20 @@ async def test_wrong_passwords_are_rate_limited(served: Served) -> None:
     assert (await call(f"{served.url}/healthz")).status == 200
 
 
+async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
+    served: Served,
+) -> None:
+    # A checked basic-auth header was kept for 5 minutes whatever happened to the
+    # account: after `web passwd olga` the old password still read and changed things.
+    url = f"{served.url}/api/session"
+    assert (await call(url, basic=("olga", "olga-pass-1"))).status == 200
+    await asyncio.to_thread(
+        access.set_user, served.data / "web-users", "olga", "operator", "olga-pass-2"
+    )
+    assert (await call(url, basic=("olga", "olga-pass-1"))).status == 401
+    assert (await call(url, basic=("olga", "olga-pass-2"))).status == 200
+
+
 async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
     served: Served,
 ) -> None:
