@@ -204,6 +204,9 @@ class Users:
     async def check(self, name: str, password: str) -> str | None:
         """The role of `name` when `password` is its password, else None."""
         if self._config_user is not None and name == self._config_user[0]:
+            # As long as any other check (the dummy hash's scrypt): answered at once, the
+            # config's account would show its user name to whoever times wrong guesses.
+            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
             ok = hmac.compare_digest(password.encode(), self._config_user[1].encode())
             return "operator" if ok else None
         user = self._file_users().get(name)
