@@ -30,7 +30,8 @@ GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config
                  (config_api.py; a body of at most 256 KiB)
 
 Access (gateway/web/access.py): with no account (neither `web.username`/`web.password` nor
-a user in the users file) the console is open, and only on localhost. Otherwise every
+a user in the users file) the console is open, and only on localhost (beyond it, once the
+last account is gone, every request is refused until one is added). Otherwise every
 request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
 SameSite=Strict) or HTTP basic auth; a viewer may only read. A request that changes
 something (any method but GET and HEAD) from a browser's page of another origin is
@@ -326,6 +327,8 @@ class WebServer:
         if identity is None:
             if path == "/metrics" and self.config.metrics_open:
                 return await handler(request)
+            if not self.users.required:  # and beyond localhost
+                return self._no_account()
             if path == "/" and request.method in SAFE_METHODS:
                 raise web.HTTPSeeOther("/login")
             return self._unauthorized(request)
@@ -364,9 +367,19 @@ class WebServer:
         header = request.headers.get("Authorization", "")
         if header:
             return await self._basic(request, header)
-        if not self.users.required:
+        if not self.users.required and self.config.local_only:
             return Identity("", "operator", "open")
         return None
+
+    def _no_account(self) -> web.Response:
+        """The answer, beyond localhost, once no account is left (the users file emptied
+        or removed while the gateway runs): open is for a console on localhost only."""
+        return _text(
+            403,
+            f"no console account exists any more, and the console listens on"
+            f" {self.config.listen}, beyond localhost: add one with"
+            " `edge-stream web passwd USER`\n",
+        )
 
     async def _basic(self, request: web.Request, header: str) -> Identity | web.StreamResponse:
         key = hashlib.sha256(self._basic_salt + header.encode()).digest()
@@ -458,6 +471,8 @@ class WebServer:
         if not isinstance(user, str) or not isinstance(password, str):
             return _json({"errors": ["give username and password"]}, 400)
         if not self.users.required:
+            if not self.config.local_only:
+                return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):

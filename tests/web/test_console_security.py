@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.app import Gateway, Reloads
-from gateway.config.load import load
+from gateway.config.load import load, load_data
 from gateway.web import access
 from tests.web.test_web import free_port
 
@@ -317,6 +317,52 @@ async def test_a_foreign_host_is_refused(tmp_path: Path) -> None:
         )
         assert foreign_login.status == 421 and "Set-Cookie" not in foreign_login.headers
         assert (await call(f"{served.url}/healthz", headers={"Host": "evil.example"})).status == 200
+    finally:
+        gateway.stop()
+        await task
+
+
+async def _beyond_localhost(tmp_path: Path) -> tuple[Gateway, asyncio.Task[None], str, Path]:
+    """A gateway listening on every address whose one account is in the users file."""
+    port, data = free_port(), tmp_path / "data"
+    users = data / "web-users"
+    await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-1")
+    config = load_data(
+        {
+            "gateway": {"id": "wide", "data_dir": str(data)},
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "status": {"enabled": False},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"type": "file"}},
+            "web": {"listen": f"0.0.0.0:{port}"},
+        },
+        environ={},
+    )
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    async with asyncio.timeout(10):
+        await gateway.ready.wait()
+    return gateway, task, f"http://127.0.0.1:{port}", users
+
+
+async def test_beyond_localhost_a_removed_users_file_does_not_open_the_console(
+    tmp_path: Path,
+) -> None:
+    # With no account left the console was open to everyone as an operator, on every
+    # address: "open" is for a console on localhost only (check-config refuses the rest).
+    gateway, task, url, users = await _beyond_localhost(tmp_path)
+    try:
+        assert (await call(f"{url}/api/session")).status == 401
+        await asyncio.to_thread(users.unlink)
+        for method, path, body in (
+            ("GET", "/api/session", None),
+            ("GET", "/api/status", None),
+            ("POST", "/api/dead-letters/purge", {"all": True}),
+        ):
+            answer = await call(f"{url}{path}", method, body=body)
+            assert answer.status == 403 and b"web passwd" in answer.body, (path, answer)
+        login = await call(f"{url}/login", "POST", body={"username": "x", "password": "y"})
+        assert login.status == 403 and "Set-Cookie" not in login.headers
     finally:
         gateway.stop()
         await task
