@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from gateway.config import files
 from gateway.core.errors import ConfigError
+
+log = logging.getLogger("gateway.web")
 
 ROLES = ("viewer", "operator")
 USERS_FILE = "web-users"  # under gateway.data_dir unless web.users_file names another
@@ -169,6 +172,7 @@ class Users:
         self._config_user = (username, password) if username and password else None
         self._stat: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
+        self._broken = False  # the file is there but unreadable or malformed
 
     def _file_users(self) -> dict[str, User]:
         try:
@@ -177,14 +181,21 @@ class Users:
         except OSError:
             stat = None
         if stat != self._stat:
-            self._users = read_users(self.path) if stat is not None else {}
             self._stat = stat
+            self._broken = False
+            try:
+                self._users = read_users(self.path) if stat is not None else {}
+            except ConfigError as err:
+                # Closed until it is fixed: no user of the file gets in (a request must
+                # not be a 500), and `required` holds, so the console is not open either.
+                log.error("web: %s; no user of that file can log in until it is fixed", err)
+                self._users, self._broken = {}, True
         return self._users
 
     @property
     def required(self) -> bool:
         """Whether the console asks for credentials at all (any account exists)."""
-        return self._config_user is not None or bool(self._file_users())
+        return self._config_user is not None or bool(self._file_users()) or self._broken
 
     def role(self, name: str) -> str | None:
         """The current role of an account, None when it is gone."""

@@ -368,6 +368,28 @@ async def test_beyond_localhost_a_removed_users_file_does_not_open_the_console(
         await task
 
 
+async def test_a_users_file_spoilt_while_running_is_a_401_and_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A malformed users file (an editor's half-written save, a stray line) made every
+    # request but /healthz a 500 with a traceback in the log.
+    gateway, task, url, users = await _beyond_localhost(tmp_path)
+    try:
+        await asyncio.to_thread(users.write_text, "olga:operator\n")
+        for _ in range(2):
+            for basic in (None, ("olga", "olga-pass-1")):
+                assert (await call(f"{url}/api/session", basic=basic)).status == 401
+        problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
+        assert len(problems) == 1 and problems[0].levelname == "ERROR"
+        assert not any(r.exc_info for r in caplog.records)
+        await asyncio.to_thread(users.unlink)
+        await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
+        assert (await call(f"{url}/api/session", basic=("olga", "olga-pass-2"))).status == 200
+    finally:
+        gateway.stop()
+        await task
+
+
 async def test_every_answer_carries_the_security_headers(served: Served) -> None:
     basic = ("tech", WEB_PASS)
     page = await call(f"{served.url}/", basic=basic)
