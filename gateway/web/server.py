@@ -171,6 +171,8 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._busy: set[web.RequestHandler] = set()  # answering a request now
+        # waiting for a reload (or an edit applied as one), which may restart this server
+        self._reloading: set[web.RequestHandler] = set()
         self._evicting: set[web.RequestHandler] = set()
         self._streams = 0
         self._closing = asyncio.Event()
@@ -256,14 +258,37 @@ class WebServer:
         except ServedTlsError as err:
             raise ConfigError(f"web.{err.key}: {err}") from err
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
+        """Stop listening and close the connections; False when a request that asked
+        for the reload stopping this server still waits for its answer: then `finish`
+        does the rest, once that answer is sent (the caller, a reload, is what that
+        request waits for: waiting for it here would cut it after shutdown_timeout)."""
         self._closing.set()  # event streams end
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._runner is not None and self._runner.server is not None and self._reloading:
+            for connection in self._runner.server.connections:
+                if connection not in self._reloading:
+                    connection.close()  # once its request (if any) is answered
+            return False
+        await self.finish()
+        return True
+
+    async def finish(self) -> None:
+        """The rest of `stop`: wait for the requests still answered, then clean up."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _reload_answer(self, request: web.Request, reload: Awaitable[Any]) -> Any:
+        """The outcome of a reload asked by `request`; the connection closes after the
+        answer when the reload stopped this server (its successor runs)."""
+        self._reloading.add(request.protocol)
+        try:
+            return await reload
+        finally:
+            self._reloading.discard(request.protocol)
 
     # -- connections ------------------------------------------------------------------
 
@@ -680,7 +705,10 @@ class WebServer:
             return _text(404, "no config file to reload\n")
         # `edge-stream config rollback` says what it is, for the history
         trigger = "rollback" if request.query.get("trigger") == "rollback" else "api"
-        return _json(await self._reload(trigger))
+        answer = _json(await self._reload_answer(request, self._reload(trigger)))
+        if self._closing.is_set():
+            answer.force_close()
+        return answer
 
     async def api_config(self, request: web.Request) -> web.StreamResponse:
         length = request.content_length
@@ -688,10 +716,16 @@ class WebServer:
             limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
             return _text(413, limit, close=True)
         body = await request.read()
-        status, content_type, answer = await self.config_api.handle(
-            request.method, request.path, body, check=_asks_check(request.query.get("check"))
+        status, content_type, answer = await self._reload_answer(
+            request,
+            self.config_api.handle(
+                request.method, request.path, body, check=_asks_check(request.query.get("check"))
+            ),
         )
-        return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        response = web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        if self._closing.is_set():
+            response.force_close()
+        return response
 
     async def api_console(self, request: web.Request) -> web.StreamResponse:
         """/api/topics, /api/routes/match, /api/series (gateway/web/console_api.py)."""

@@ -390,6 +390,23 @@ async def test_a_users_file_spoilt_while_running_is_a_401_and_one_log_line(
         await task
 
 
+async def test_a_reload_that_restarts_the_web_server_is_answered(served: Served) -> None:
+    # The web server's restart waited for the request asking for the reload (which
+    # waited for the restart), then cut it: `edge-stream reload` said "no gateway
+    # answers" after 4 s though the reload was applied.
+    text = served.path.read_text().replace(
+        "  username: tech", "  metrics_open: true\n  username: tech"
+    )
+    await asyncio.to_thread(served.path.write_text, text)
+    started = asyncio.get_running_loop().time()
+    answer = await call(f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS))
+    assert answer.status == 200, answer
+    assert answer.json()["outcome"] == "applied"
+    assert any("web server restarted" in c for c in answer.json()["changes"])
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert (await call(f"{served.url}/metrics")).status == 200  # the new server runs it
+
+
 async def test_every_answer_carries_the_security_headers(served: Served) -> None:
     basic = ("tech", WEB_PASS)
     page = await call(f"{served.url}/", basic=basic)
