@@ -86,7 +86,10 @@ async def test_a_wrong_password_takes_as_long_for_the_config_account_as_for_anyo
             times.append(time.perf_counter() - started)
         return min(times)
 
-    assert await fastest("tech") > 0.5 * await fastest("nobody")
+    # scrypt's tens of ms against a string compare's microseconds: a wide margin, as
+    # other work on the machine may slow either
+    config_account, unknown = await fastest("tech"), await fastest("nobody")
+    assert config_account > 0.1 * unknown, (config_account, unknown)
 
 
 def test_sessions_are_bounded_and_expire() -> None:
