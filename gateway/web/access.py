@@ -279,6 +279,14 @@ class Sessions:
         self._by_token.move_to_end(token)
         return session
 
+    def alive(self, token: str) -> bool:
+        """Whether the session is still there and in its time (a look: not a request)."""
+        session = self._by_token.get(token)
+        if session is None:
+            return False
+        now = self._clock()
+        return now - session.seen <= self.idle and now - session.created <= self.lifetime
+
     def drop(self, token: str) -> None:
         self._by_token.pop(token, None)
 

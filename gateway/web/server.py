@@ -12,7 +12,8 @@ GET /favicon.ico the console's icon (static/favicon.svg, also linked by the page
                  `<link rel="icon">`): open, as /static/ is, and cached for a day
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
-GET /api/events  Server-Sent Events: the /api/status document each second it changes
+GET /api/events  Server-Sent Events: the /api/status document each second it changes,
+                 until the credentials it was opened with end (a logout, a new password)
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /api/dead-letters/SEQ        one in full: its content as text, or as hex when it is
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
@@ -557,6 +558,7 @@ class WebServer:
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         if self._streams >= MAX_STREAMS:
             return _text(503, f"at most {MAX_STREAMS} event streams at once\n")
+        allowed = self._still_allowed(request[IDENTITY])
         self._streams += 1
         try:
             response = web.StreamResponse(
@@ -564,7 +566,7 @@ class WebServer:
             )
             await response.prepare(request)
             last, quiet_since = b"", time.monotonic()
-            while not self._closing.is_set():
+            while not self._closing.is_set() and allowed():
                 doc = self._status_now()
                 if doc != last or time.monotonic() - quiet_since > STREAM_PING:
                     # The newest document only: a reader that does not keep up skips some.
@@ -581,6 +583,23 @@ class WebServer:
         finally:
             self._streams -= 1
         return response
+
+    def _still_allowed(self, identity: Identity) -> Callable[[], bool]:
+        """Whether the credentials a stream was opened with still hold: its session (not
+        logged out nor over its time), the account and its password (basic auth), or
+        still no account at all (an open console)."""
+        if identity.auth == "open":
+            return lambda: not self.users.required
+        credential = self.users.credential(identity.user)
+
+        def allowed() -> bool:
+            if identity.token is not None and not self.sessions.alive(identity.token):
+                return False
+            if identity.auth == "basic" and self.users.credential(identity.user) != credential:
+                return False
+            return self.users.role(identity.user) is not None
+
+        return allowed
 
     async def api_dead_letters(self, request: web.Request) -> web.StreamResponse:
         try:

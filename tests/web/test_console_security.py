@@ -497,6 +497,28 @@ async def test_events_stream_the_status_and_are_bounded(served: Served) -> None:
             response.close()
 
 
+async def test_an_event_stream_ends_with_its_session(served: Served) -> None:
+    # A stream opened with a session went on sending the status after the logout (or
+    # the session's end), for as long as its reader kept it open.
+    token, csrf = await login(served, "olga", "olga-pass-1")
+    cookie = {"Cookie": f"edge_stream_session={token}"}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.get(f"{served.url}/api/events", headers=cookie) as stream,
+    ):
+        assert stream.status == 200
+        assert (await stream.content.readline()).startswith(b"data: ")
+        out = await call(
+            f"{served.url}/logout",
+            "POST",
+            headers={**cookie, "X-CSRF-Token": csrf, "Origin": served.url},
+        )
+        assert out.status == 200
+        async with asyncio.timeout(3):
+            rest = await stream.content.read()  # to the stream's end
+        assert rest.count(b"data: ") <= 1
+
+
 async def test_no_answer_carries_a_secret(served: Served) -> None:
     token, _csrf = await login(served, "tech", WEB_PASS)
     cookie = {"Cookie": f"edge_stream_session={token}"}
