@@ -491,7 +491,7 @@ class WebServer:
             else:
                 loaded = json.loads(body)
                 fields = loaded if isinstance(loaded, dict) else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             pass
         user, password = fields.get("username"), fields.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
@@ -667,7 +667,7 @@ class WebServer:
             return _text(413, f"a body of at most {LOGIN_BODY} bytes\n", close=True)
         try:
             asked = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
         if isinstance(asked, dict) and asked.get("all") is True and seqs is None:

@@ -519,6 +519,27 @@ async def test_an_event_stream_ends_with_its_session(served: Served) -> None:
         assert rest.count(b"data: ") <= 1
 
 
+async def test_a_deeply_nested_json_body_is_a_400_not_a_traceback(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # json.loads raised RecursionError, which the handlers did not catch: a 500 and an
+    # ERROR traceback in the log, from anyone (POST /login needs no credentials).
+    nested = b"[" * 5000
+    json_type = {"Content-Type": "application/json"}
+    login = await call(f"{served.url}/login", "POST", headers=json_type, body=nested)
+    assert login.status == 400, login
+    for action in ("replay", "purge"):
+        answer = await call(
+            f"{served.url}/api/dead-letters/{action}",
+            "POST",
+            headers=json_type,
+            body=nested,
+            basic=("tech", WEB_PASS),
+        )
+        assert answer.status == 400, (action, answer)
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
 async def test_no_answer_carries_a_secret(served: Served) -> None:
     token, _csrf = await login(served, "tech", WEB_PASS)
     cookie = {"Cookie": f"edge_stream_session={token}"}
