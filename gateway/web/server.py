@@ -43,9 +43,10 @@ A request whose Host is a name this gateway does not know is refused (DNS rebind
 A 401 closes the connection.
 
 Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
-request head for 10 s is closed (idle keep-alive and slow senders alike); at most 256
-connections, and when all are taken a new one closes the one that has waited longest for a
-request, so a flood of idle or slow connections cannot lock out /healthz or a user; at
+request head for 10 s is closed (idle keep-alive and slow senders alike), and so is one
+that takes 10 s more to send its body; at most 256 connections, and when all are taken a
+new one closes the one that has waited longest for a request (or its body), so a flood of
+idle or slow connections cannot lock out /healthz or a user; at
 most 16 event streams, each sending only the newest document (a paused reader holds
 nothing, and is closed after 30 s without progress).
 """
@@ -369,6 +370,20 @@ class WebServer:
                 return _text(403, "refused: a missing or wrong X-CSRF-Token\n")
         return await handler(request)
 
+    async def _body(self, request: web.Request) -> bytes | web.Response:
+        """The request's body (bounded by its handler's check and client_max_size), or a
+        408 when it does not come within HEAD_TIMEOUT. Until it has come, the connection
+        has not sent its request: it may be closed to make room (see _admit), so that
+        slow senders of bodies cannot hold every slot either."""
+        self._busy.discard(request.protocol)
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                return await request.read()
+        except TimeoutError:
+            return _text(408, f"the body did not come within {HEAD_TIMEOUT:g} s\n", close=True)
+        finally:
+            self._busy.add(request.protocol)
+
     def _same_origin(self, request: web.Request, required: bool) -> bool:
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
@@ -482,7 +497,9 @@ class WebServer:
     async def login(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is None or request.content_length > LOGIN_BODY:
             return _text(413, f"a login body of at most {LOGIN_BODY} bytes\n", close=True)
-        body = await request.read()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         form = request.content_type != "application/json"
         fields: dict[str, Any] = {}
         try:
@@ -665,8 +682,11 @@ class WebServer:
         action = request.match_info["action"]
         if (request.content_length or 0) > LOGIN_BODY:
             return _text(413, f"a body of at most {LOGIN_BODY} bytes\n", close=True)
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
-            asked = json.loads(await request.read())
+            asked = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
@@ -734,7 +754,9 @@ class WebServer:
         if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
             limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
             return _text(413, limit, close=True)
-        body = await request.read()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         status, content_type, answer = await self._reload_answer(
             request,
             self.config_api.handle(
