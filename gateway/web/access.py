@@ -333,6 +333,20 @@ class LoginLimiter:
         bucket = self._bucket(client)
         bucket.tokens = max(0.0, bucket.tokens - 1)
 
+    def attempt(self, client: str) -> float:
+        """Take a try for `client` before its password is checked (0), or the seconds
+        it must wait. Counted before the check, so that tries sent at once are limited
+        as tries one after the other are; `passed` gives a right password's back."""
+        wait = self.wait(client)
+        if wait == 0:
+            self.failed(client)
+        return wait
+
+    def passed(self, client: str) -> None:
+        """The try `attempt` took was a right password: it does not count."""
+        bucket = self._bucket(client)
+        bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+
     def __len__(self) -> int:
         return len(self._buckets)
 

@@ -265,6 +265,16 @@ async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
     assert (await call(url, basic=("olga", "olga-pass-2"))).status == 200
 
 
+async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> None:
+    # Each attempt was counted only once its check failed: guesses sent at the same
+    # time all passed the limiter (256 guesses each time a token came, not one).
+    answers = await asyncio.gather(
+        *(call(f"{served.url}/api/status", basic=("olga", f"guess-{i}")) for i in range(20))
+    )
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [401] * 5 + [429] * 15, statuses
+
+
 async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
     served: Served,
 ) -> None:
