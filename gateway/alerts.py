@@ -9,7 +9,8 @@ again). Firing and resolving are each recorded in the store in one transaction
 with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
 event is sent once to each notifier: the MQTT topic (on the status connection,
 gateway/mqtt/status.py, acknowledged by PUBACK) and the webhook (a JSON POST with
-aiohttp's client, retried with capped backoff and jitter). An event not yet sent
+aiohttp's client, retried with capped backoff and jitter; a redirect is not followed
+but retried, as a 5xx is). An event not yet sent
 stays pending in the store, so a restart sends it then; each notifier's queue
 is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
 
@@ -400,10 +401,16 @@ class Alerts:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
+            # A redirect is not followed: aiohttp would follow a 301, 302 or 303 with a
+            # GET without the event, whose 2xx would then count as the event sent.
             async with self._session.post(
-                settings.url, json=body, timeout=aiohttp.ClientTimeout(total=settings.timeout)
+                settings.url,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                allow_redirects=False,
             ) as response:
                 status = response.status
+                location = response.headers.get("Location", "")
         except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
             self._webhook_trouble(
                 notifier, f"the webhook did not answer within {settings.timeout:g}s"
@@ -417,6 +424,14 @@ class Alerts:
                 log.info("alerts: the webhook takes events again")
             notifier.last_error = None
             return True
+        if 300 <= status < 400:
+            to = location.split("?", 1)[0][:200]  # a query may hold a token: not logged
+            self._webhook_trouble(
+                notifier,
+                f"the webhook answered HTTP {status}{f' to {to}' if to else ''} (redirects are"
+                " not followed: set alerts.webhook.url to the new place)",
+            )
+            return False
         if 400 <= status < 500 and status not in (408, 429):
             log.error(
                 "alerts: the webhook refused the event %s with HTTP %d; not sent again",

@@ -182,6 +182,7 @@ class Gateway:
         self.clock = clock
         self.broker: GatewayBroker | None = None
         self.web: WebServer | None = None
+        self._retired_web: WebServer | None = None  # stopped by a reload asked through it
         self.web_url: str | None = None
         self.ready = asyncio.Event()  # set when the first engine runs
         # The collector is the process's: only `serve` (the gateway process) sets this,
@@ -477,7 +478,7 @@ class Gateway:
             for task in services:
                 task.cancel()
             await asyncio.gather(*services, return_exceptions=True)
-            await self._stop_web()
+            await self._stop_web(final=True)
             await self._stop_broker()
             await self._close_store()
             let_go_data_dir(lock)
@@ -646,10 +647,16 @@ class Gateway:
             self.web_url = await web.start()
             self.web = web
 
-    async def _stop_web(self) -> None:
+    async def _stop_web(self, final: bool = False) -> None:
         web, self.web, self.web_url = self.web, None, None
-        if web is not None:
-            await web.stop()
+        retired, self._retired_web = self._retired_web, None
+        if retired is not None:  # its last answer, to the reload that stopped it, is sent
+            await retired.finish()
+        if web is not None and not await web.stop():
+            if final:
+                await web.finish()
+            else:  # a request waits for this reload's answer on it: finished next time
+                self._retired_web = web
 
 
 WATCH_INTERVAL = 0.5  # seconds between two looks at the config file's stat

@@ -177,3 +177,48 @@ async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_so
         "source_offline:line/plc1",
         "source_offline:pump",  # written flat (url: at the top): named after its source
     ]
+
+
+async def test_a_webhook_that_redirects_is_not_followed_and_the_event_waits() -> None:
+    """aiohttp followed a 301/302 by a GET without the event: the GET's 200 took the
+    event as sent, though no receiver ever got it (an http:// URL redirected to
+    https:// is common). A redirect is now a failed POST: retried, the event kept."""
+    from aiohttp import web
+
+    posted: list[Any] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/new")
+
+    async def new(request: web.Request) -> web.Response:
+        posted.append((request.method, await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", moved)
+    app.router.add_route("*", "/new", new)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        config: Config = load_data(
+            {
+                "gateway": {"id": "t", "data_dir": "/nonexistent"},
+                "alerts": {"webhook": {"url": f"http://127.0.0.1:{port}/hook"}},
+            },
+            environ={},
+        )
+        view = SimpleNamespace(store=FakeStore())
+        alerts = Alerts(view, lambda: config, asyncio.Event(), TopicWatch())  # type: ignore[arg-type]
+        try:
+            outcome = await alerts._send_webhook({"key": "sink_failing:db"})
+        finally:
+            if alerts._session is not None:
+                await alerts._session.close()
+        assert outcome is False and posted == []
+        assert "301" in (alerts.notifiers["webhook"].last_error or "")
+        assert "/new" in (alerts.notifiers["webhook"].last_error or "")
+    finally:
+        await runner.cleanup()

@@ -103,12 +103,23 @@ class TopicMatcher:
     """Finds which of a fixed set of filters match a topic, with a bounded cache.
 
     Topics repeat (a plant has a few thousand), so the answer for each topic is
-    computed once and remembered; the cache holds at most `cache_size` topics.
+    computed once and remembered; the cache holds at most `cache_size` topics of at most
+    CACHED_TOPIC characters (a longer one is matched each time: an MQTT topic may have
+    64 KiB, and 65,536 of those would hold gigabytes).
     """
+
+    CACHED_TOPIC = 256
 
     def __init__(self, filters: Iterable[tuple[str, str]], cache_size: int = 65536) -> None:
         self._filters = list(filters)
-        self.lookup = lru_cache(maxsize=cache_size)(self._compute)
+        self._cached = lru_cache(maxsize=cache_size)(self._compute)
+        self.cache_info = self._cached.cache_info
+
+    def lookup(self, topic: str) -> tuple[str, ...]:
+        """The names (each once, in the order given) whose filter matches `topic`."""
+        if len(topic) > self.CACHED_TOPIC:
+            return self._compute(topic)
+        return self._cached(topic)
 
     def _compute(self, topic: str) -> tuple[str, ...]:
         """The names (each once, in the order given) whose filter matches `topic`."""

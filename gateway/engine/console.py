@@ -2,7 +2,8 @@
 recent history of each component's counters (the sparklines).
 
 Both belong to the process (`gateway.app.Gateway`), so they carry across reloads, and
-both are bounded: at most `TopicsSeen.limit` topics with a payload preview of PREVIEW
+both are bounded: at most `TopicsSeen.limit` topics, whose names hold at most
+`TopicsSeen.max_bytes` (an MQTT topic may have 64 KiB), with a payload preview of PREVIEW
 bytes each, and SERIES_POINTS points per series.
 """
 
@@ -17,6 +18,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.engine.status import Snapshot
 
 PREVIEW = 256  # bytes of the last payload kept per topic
+TOPIC_BYTES = 1 << 20  # bytes of topic names kept: 2,000 topics of 512 bytes on average
 RATE_EVERY = 10.0  # seconds between two points of a topic's rate
 SERIES_EVERY = 10.0  # seconds between two points of a series
 SERIES_POINTS = 90  # 15 minutes
@@ -49,12 +51,20 @@ def preview_text(shown: bytes, cut: bool) -> str | None:
 class TopicsSeen:
     """The topics of what the engine committed lately (the console's topic tree): per
     topic the FlowFiles counted, the rate, when last seen and the start of the last
-    payload. At most `limit` topics: when full, the longest unseen tenth goes."""
+    payload. At most `limit` topics: when full, the longest unseen tenth goes; and their
+    names hold at most `max_bytes` (UTF-8): past it, the longest unseen go until it fits."""
 
-    def __init__(self, limit: int = 2000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        limit: int = 2000,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = TOPIC_BYTES,
+    ) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         self._clock = clock
         self._topics: dict[str, _Topic] = {}
+        self._bytes = 0  # of the names of `_topics`
         self._rated_at = clock()
 
     def note(self, flowfiles: Iterable[FlowFile]) -> None:
@@ -69,9 +79,11 @@ class TopicsSeen:
         for topic, n in counts.items():
             entry = topics.get(topic)
             if entry is None:
-                if len(topics) >= self.limit:
-                    self._make_room()
+                size = _name_bytes(topic)
+                if len(topics) >= self.limit or self._bytes + size > self.max_bytes:
+                    self._make_room(size)
                 entry = topics[topic] = _Topic()
+                self._bytes += size
             entry.count += n
             entry.last_seen = now
             ff = last[topic]
@@ -87,10 +99,16 @@ class TopicsSeen:
             entry.mark = entry.count
         self._rated_at = now
 
-    def _make_room(self) -> None:
-        by_age = sorted(self._topics.items(), key=lambda item: item[1].last_seen)
-        for topic, _ in by_age[: max(1, self.limit // 10)]:
+    def _make_room(self, size: int) -> None:
+        """Room for a topic whose name has `size` bytes: the longest unseen tenth goes
+        when `limit` is reached, and more while the names would hold over `max_bytes`."""
+        by_age = sorted(self._topics, key=lambda t: self._topics[t].last_seen)
+        tenth = max(1, self.limit // 10) if len(self._topics) >= self.limit else 0
+        for done, topic in enumerate(by_age):
+            if done >= tenth and self._bytes + size <= self.max_bytes:
+                break
             del self._topics[topic]
+            self._bytes -= _name_bytes(topic)
 
     def rows(
         self, keep: Callable[[str], bool], routes: Callable[[str], list[str]], limit: int
@@ -122,6 +140,10 @@ class TopicsSeen:
 
     def __len__(self) -> int:
         return len(self._topics)
+
+
+def _name_bytes(topic: str) -> int:
+    return len(topic.encode("utf-8", "surrogatepass"))
 
 
 class Series:

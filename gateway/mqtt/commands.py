@@ -65,6 +65,8 @@ def parse_command(payload: bytes) -> tuple[Any, Any]:
     """
     try:
         data = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as err:
+        raise ValueError("payload is JSON nested too deeply") from err
     except (UnicodeDecodeError, json.JSONDecodeError):
         try:
             return payload.decode("utf-8"), None

@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from gateway.config import files
 from gateway.core.errors import ConfigError
+
+log = logging.getLogger("gateway.web")
 
 ROLES = ("viewer", "operator")
 USERS_FILE = "web-users"  # under gateway.data_dir unless web.users_file names another
@@ -169,6 +172,7 @@ class Users:
         self._config_user = (username, password) if username and password else None
         self._stat: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
+        self._broken = False  # the file is there but unreadable or malformed
 
     def _file_users(self) -> dict[str, User]:
         try:
@@ -177,14 +181,21 @@ class Users:
         except OSError:
             stat = None
         if stat != self._stat:
-            self._users = read_users(self.path) if stat is not None else {}
             self._stat = stat
+            self._broken = False
+            try:
+                self._users = read_users(self.path) if stat is not None else {}
+            except ConfigError as err:
+                # Closed until it is fixed: no user of the file gets in (a request must
+                # not be a 500), and `required` holds, so the console is not open either.
+                log.error("web: %s; no user of that file can log in until it is fixed", err)
+                self._users, self._broken = {}, True
         return self._users
 
     @property
     def required(self) -> bool:
         """Whether the console asks for credentials at all (any account exists)."""
-        return self._config_user is not None or bool(self._file_users())
+        return self._config_user is not None or bool(self._file_users()) or self._broken
 
     def role(self, name: str) -> str | None:
         """The current role of an account, None when it is gone."""
@@ -193,9 +204,20 @@ class Users:
         user = self._file_users().get(name)
         return user.role if user else None
 
+    def credential(self, name: str) -> str | None:
+        """What the account's password is checked against now (its stored hash), so
+        that a check remembered earlier can tell the password has changed since."""
+        if self._config_user is not None and name == self._config_user[0]:
+            return "config"
+        user = self._file_users().get(name)
+        return user.hash if user else None
+
     async def check(self, name: str, password: str) -> str | None:
         """The role of `name` when `password` is its password, else None."""
         if self._config_user is not None and name == self._config_user[0]:
+            # As long as any other check (the dummy hash's scrypt): answered at once, the
+            # config's account would show its user name to whoever times wrong guesses.
+            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
             ok = hmac.compare_digest(password.encode(), self._config_user[1].encode())
             return "operator" if ok else None
         user = self._file_users().get(name)
@@ -257,6 +279,14 @@ class Sessions:
         self._by_token.move_to_end(token)
         return session
 
+    def alive(self, token: str) -> bool:
+        """Whether the session is still there and in its time (a look: not a request)."""
+        session = self._by_token.get(token)
+        if session is None:
+            return False
+        now = self._clock()
+        return now - session.seen <= self.idle and now - session.created <= self.lifetime
+
     def drop(self, token: str) -> None:
         self._by_token.pop(token, None)
 
@@ -302,6 +332,20 @@ class LoginLimiter:
     def failed(self, client: str) -> None:
         bucket = self._bucket(client)
         bucket.tokens = max(0.0, bucket.tokens - 1)
+
+    def attempt(self, client: str) -> float:
+        """Take a try for `client` before its password is checked (0), or the seconds
+        it must wait. Counted before the check, so that tries sent at once are limited
+        as tries one after the other are; `passed` gives a right password's back."""
+        wait = self.wait(client)
+        if wait == 0:
+            self.failed(client)
+        return wait
+
+    def passed(self, client: str) -> None:
+        """The try `attempt` took was a right password: it does not count."""
+        bucket = self._bucket(client)
+        bucket.tokens = min(float(self.burst), bucket.tokens + 1)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -16,7 +16,7 @@ GET    /api/config/versions        {"versions": [{"name", "saved_at", "hash"}]}:
                                    versions, newest first (as `config versions`)
 POST   /api/config/rollback        body {"version": NAME} (default: the newest): put that
                                    version back and apply it (as `config rollback`); the
-                                   text it replaced is kept in turn
+                                   text it replaced is kept in turn (with ?check: 400)
 
 A PUT or DELETE changes the file with `gateway.config.edit` (only the component's lines
 change; comments and formatting stay), validates the result as `check-config` does,
@@ -111,6 +111,14 @@ class ConfigApi:
         if url_path == VERSIONS:
             return await self._versions(self.path)
         if url_path == ROLLBACK:
+            if check:  # it would write and apply: refused rather than done unasked
+                return _answer(
+                    400,
+                    errors=[
+                        "a rollback has no ?check: GET /api/config/versions lists the kept"
+                        " versions; POST without ?check puts one back and applies it"
+                    ],
+                )
             async with self._lock:
                 return await self._rollback(self.path, self._reload, body)
         # ruamel.yaml (0.8 MB of RSS) comes with `edit`: only once someone edits

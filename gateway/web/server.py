@@ -12,7 +12,8 @@ GET /favicon.ico the console's icon (static/favicon.svg, also linked by the page
                  `<link rel="icon">`): open, as /static/ is, and cached for a day
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
-GET /api/events  Server-Sent Events: the /api/status document each second it changes
+GET /api/events  Server-Sent Events: the /api/status document each second it changes,
+                 until the credentials it was opened with end (a logout, a new password)
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /api/dead-letters/SEQ        one in full: its content as text, or as hex when it is
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
@@ -31,7 +32,8 @@ GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config
                  (config_api.py; a body of at most 256 KiB)
 
 Access (gateway/web/access.py): with no account (neither `web.username`/`web.password` nor
-a user in the users file) the console is open, and only on localhost. Otherwise every
+a user in the users file) the console is open, and only on localhost (beyond it, once the
+last account is gone, every request is refused until one is added). Otherwise every
 request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
 SameSite=Strict) or HTTP basic auth; a viewer may only read. A request that changes
 something (any method but GET and HEAD) from a browser's page of another origin is
@@ -42,9 +44,10 @@ A request whose Host is a name this gateway does not know is refused (DNS rebind
 A 401 closes the connection.
 
 Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
-request head for 10 s is closed (idle keep-alive and slow senders alike); at most 256
-connections, and when all are taken a new one closes the one that has waited longest for a
-request, so a flood of idle or slow connections cannot lock out /healthz or a user; at
+request head for 10 s is closed (idle keep-alive and slow senders alike), and so is one
+that takes 10 s more to send its body; at most 256 connections, and when all are taken a
+new one closes the one that has waited longest for a request (or its body), so a flood of
+idle or slow connections cannot lock out /healthz or a user; at
 most 16 event streams, each sending only the newest document (a paused reader holds
 nothing, and is closed after 30 s without progress).
 """
@@ -164,13 +167,16 @@ class WebServer:
         self.sessions = access.Sessions()
         self.limiter = access.LoginLimiter()
         self._scrypt = asyncio.Semaphore(2)  # 16 MiB each: bound the memory of checks
-        self._basic_ok: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        # checked header -> (user, until, the stored hash it was checked against)
+        self._basic_ok: OrderedDict[bytes, tuple[str, float, str | None]] = OrderedDict()
         self._basic_salt = os.urandom(16)
         self._hosts = self._known_hosts()
         self._static = _static_files()
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._busy: set[web.RequestHandler] = set()  # answering a request now
+        # waiting for a reload (or an edit applied as one), which may restart this server
+        self._reloading: set[web.RequestHandler] = set()
         self._evicting: set[web.RequestHandler] = set()
         self._streams = 0
         self._closing = asyncio.Event()
@@ -256,14 +262,37 @@ class WebServer:
         except ServedTlsError as err:
             raise ConfigError(f"web.{err.key}: {err}") from err
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
+        """Stop listening and close the connections; False when a request that asked
+        for the reload stopping this server still waits for its answer: then `finish`
+        does the rest, once that answer is sent (the caller, a reload, is what that
+        request waits for: waiting for it here would cut it after shutdown_timeout)."""
         self._closing.set()  # event streams end
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._runner is not None and self._runner.server is not None and self._reloading:
+            for connection in self._runner.server.connections:
+                if connection not in self._reloading:
+                    connection.close()  # once its request (if any) is answered
+            return False
+        await self.finish()
+        return True
+
+    async def finish(self) -> None:
+        """The rest of `stop`: wait for the requests still answered, then clean up."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _reload_answer(self, request: web.Request, reload: Awaitable[Any]) -> Any:
+        """The outcome of a reload asked by `request`; the connection closes after the
+        answer when the reload stopped this server (its successor runs)."""
+        self._reloading.add(request.protocol)
+        try:
+            return await reload
+        finally:
+            self._reloading.discard(request.protocol)
 
     # -- connections ------------------------------------------------------------------
 
@@ -327,6 +356,8 @@ class WebServer:
         if identity is None:
             if path == "/metrics" and self.config.metrics_open:
                 return await handler(request)
+            if not self.users.required:  # and beyond localhost
+                return self._no_account()
             if path == "/" and request.method in SAFE_METHODS:
                 raise web.HTTPSeeOther("/login")
             return self._unauthorized(request)
@@ -340,6 +371,20 @@ class WebServer:
             if not identity.csrf or not _equal(given, identity.csrf):
                 return _text(403, "refused: a missing or wrong X-CSRF-Token\n")
         return await handler(request)
+
+    async def _body(self, request: web.Request) -> bytes | web.Response:
+        """The request's body (bounded by its handler's check and client_max_size), or a
+        408 when it does not come within HEAD_TIMEOUT. Until it has come, the connection
+        has not sent its request: it may be closed to make room (see _admit), so that
+        slow senders of bodies cannot hold every slot either."""
+        self._busy.discard(request.protocol)
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                return await request.read()
+        except TimeoutError:
+            return _text(408, f"the body did not come within {HEAD_TIMEOUT:g} s\n", close=True)
+        finally:
+            self._busy.add(request.protocol)
 
     def _same_origin(self, request: web.Request, required: bool) -> bool:
         origin = request.headers.get("Origin")
@@ -365,17 +410,30 @@ class WebServer:
         header = request.headers.get("Authorization", "")
         if header:
             return await self._basic(request, header)
-        if not self.users.required:
+        if not self.users.required and self.config.local_only:
             return Identity("", "operator", "open")
         return None
+
+    def _no_account(self) -> web.Response:
+        """The answer, beyond localhost, once no account is left (the users file emptied
+        or removed while the gateway runs): open is for a console on localhost only."""
+        return _text(
+            403,
+            f"no console account exists any more, and the console listens on"
+            f" {self.config.listen}, beyond localhost: add one with"
+            " `edge-stream web passwd USER`\n",
+        )
 
     async def _basic(self, request: web.Request, header: str) -> Identity | web.StreamResponse:
         key = hashlib.sha256(self._basic_salt + header.encode()).digest()
         known = self._basic_ok.get(key)
         if known is not None and time.monotonic() < known[1]:
-            role = self.users.role(known[0])
-            if role is not None:
-                return Identity(known[0], role, "basic")
+            # a password changed since (`web passwd`) makes the remembered check void
+            if self.users.credential(known[0]) == known[2]:
+                role = self.users.role(known[0])
+                if role is not None:
+                    return Identity(known[0], role, "basic")
+            del self._basic_ok[key]
         scheme, _, value = header.partition(" ")
         try:
             user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
@@ -383,10 +441,11 @@ class WebServer:
             sep = ""
         if scheme.lower() != "basic" or not sep:
             return self._unauthorized(request)
+        credential = self.users.credential(user)  # before the check: what it checks
         role_or_wait = await self._try_password(request, user, password)
         if isinstance(role_or_wait, web.StreamResponse):
             return role_or_wait
-        self._basic_ok[key] = (user, time.monotonic() + BASIC_TTL)
+        self._basic_ok[key] = (user, time.monotonic() + BASIC_TTL, credential)
         while len(self._basic_ok) > BASIC_CACHE:
             self._basic_ok.popitem(last=False)
         return Identity(user, role_or_wait, "basic")
@@ -396,17 +455,17 @@ class WebServer:
     ) -> str | web.StreamResponse:
         """The role of a right password; a 429 while the client must wait; a 401."""
         client = request.remote or "?"
-        wait = self.limiter.wait(client)
+        wait = self.limiter.attempt(client)
         if wait > 0:
             response = _text(429, "too many failed logins; try again later\n", close=True)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
         async with self._scrypt:
             role = await self.users.check(user, password)
-        if role is None:
-            self.limiter.failed(client)
+        if role is None:  # the try `attempt` took stays counted
             log.warning("web: a failed login as %r from %s", user[:64], client)
             return self._unauthorized(request)
+        self.limiter.passed(client)
         return role
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -440,7 +499,9 @@ class WebServer:
     async def login(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is None or request.content_length > LOGIN_BODY:
             return _text(413, f"a login body of at most {LOGIN_BODY} bytes\n", close=True)
-        body = await request.read()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         form = request.content_type != "application/json"
         fields: dict[str, Any] = {}
         try:
@@ -449,12 +510,14 @@ class WebServer:
             else:
                 loaded = json.loads(body)
                 fields = loaded if isinstance(loaded, dict) else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             pass
         user, password = fields.get("username"), fields.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
             return _json({"errors": ["give username and password"]}, 400)
         if not self.users.required:
+            if not self.config.local_only:
+                return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
@@ -514,6 +577,7 @@ class WebServer:
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         if self._streams >= MAX_STREAMS:
             return _text(503, f"at most {MAX_STREAMS} event streams at once\n")
+        allowed = self._still_allowed(request[IDENTITY])
         self._streams += 1
         try:
             response = web.StreamResponse(
@@ -521,7 +585,7 @@ class WebServer:
             )
             await response.prepare(request)
             last, quiet_since = b"", time.monotonic()
-            while not self._closing.is_set():
+            while not self._closing.is_set() and allowed():
                 doc = self._status_now()
                 if doc != last or time.monotonic() - quiet_since > STREAM_PING:
                     # The newest document only: a reader that does not keep up skips some.
@@ -538,6 +602,23 @@ class WebServer:
         finally:
             self._streams -= 1
         return response
+
+    def _still_allowed(self, identity: Identity) -> Callable[[], bool]:
+        """Whether the credentials a stream was opened with still hold: its session (not
+        logged out nor over its time), the account and its password (basic auth), or
+        still no account at all (an open console)."""
+        if identity.auth == "open":
+            return lambda: not self.users.required
+        credential = self.users.credential(identity.user)
+
+        def allowed() -> bool:
+            if identity.token is not None and not self.sessions.alive(identity.token):
+                return False
+            if identity.auth == "basic" and self.users.credential(identity.user) != credential:
+                return False
+            return self.users.role(identity.user) is not None
+
+        return allowed
 
     async def api_dead_letters(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -562,7 +643,10 @@ class WebServer:
     async def _dead_letter(self, request: web.Request) -> Any:
         """The dead letter the path's SEQ names, or the answer to give instead (404, or
         the store's own refusal)."""
-        seq = int(request.match_info["seq"])
+        text = request.match_info["seq"]
+        if len(text) > 40:  # past any sequence number (and past int()'s 4,300 digits)
+            return _json({"errors": [f"no dead letter {text[:40]}..."]}, 404)
+        seq = int(text)
         record = await asyncio.to_thread(self._store_admin, lambda a: a.dead_letter(seq))
         if record is None:
             return _json({"errors": [f"no dead letter {seq}"]}, 404)
@@ -603,9 +687,12 @@ class WebServer:
         action = request.match_info["action"]
         if (request.content_length or 0) > LOGIN_BODY:
             return _text(413, f"a body of at most {LOGIN_BODY} bytes\n", close=True)
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
-            asked = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+            asked = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
         if isinstance(asked, dict) and asked.get("all") is True and seqs is None:
@@ -662,23 +749,34 @@ class WebServer:
             return _text(404, "no config file to reload\n")
         # `edge-stream config rollback` says what it is, for the history
         trigger = "rollback" if request.query.get("trigger") == "rollback" else "api"
-        answer = await self._reload(trigger)
+        answer = await self._reload_answer(request, self._reload(trigger))
         if self._config_file is not None:
             # the file read: `edge-stream reload -c FILE` tells it from another FILE whose
             # web.listen names this gateway (a copy being edited)
             answer = {**answer, "path": self._config_file}
-        return _json(answer)
+        response = _json(answer)
+        if self._closing.is_set():
+            response.force_close()
+        return response
 
     async def api_config(self, request: web.Request) -> web.StreamResponse:
         length = request.content_length
         if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
             limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
             return _text(413, limit, close=True)
-        body = await request.read()
-        status, content_type, answer = await self.config_api.handle(
-            request.method, request.path, body, check=_asks_check(request.query.get("check"))
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        status, content_type, answer = await self._reload_answer(
+            request,
+            self.config_api.handle(
+                request.method, request.path, body, check=_asks_check(request.query.get("check"))
+            ),
         )
-        return web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        response = web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        if self._closing.is_set():
+            response.force_close()
+        return response
 
     async def api_console(self, request: web.Request) -> web.StreamResponse:
         """/api/topics, /api/routes/match, /api/series (gateway/web/console_api.py)."""

@@ -124,7 +124,18 @@ def test_matcher_cache_is_bounded() -> None:
     matcher = TopicMatcher([("a", "sensors/+")], cache_size=10)
     for i in range(100):
         assert matcher.lookup(f"sensors/{i}") == ("a",)
-    info = matcher.lookup.cache_info()
+    info = matcher.cache_info()
     assert info.currsize == 10 and info.misses == 100
     matcher.lookup("sensors/99")
-    assert matcher.lookup.cache_info().hits == 1
+    assert matcher.cache_info().hits == 1
+
+
+def test_matcher_does_not_keep_long_topics() -> None:
+    # The cache held up to 65,536 topics of any length: topics of 60 KB (MQTT allows
+    # 64 KiB, and /api/routes/match takes 8 KiB) made it hold gigabytes.
+    matcher = TopicMatcher([("a", "sensors/#")])
+    for i in range(50):
+        assert matcher.lookup(f"sensors/{i}/" + "x" * 60_000) == ("a",)
+    assert matcher.lookup("other/" + "x" * 60_000) == ()
+    assert matcher.cache_info().currsize == 0
+    assert matcher.lookup("sensors/1") == ("a",) and matcher.cache_info().currsize == 1

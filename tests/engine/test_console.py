@@ -64,6 +64,21 @@ def test_topics_seen_stay_within_their_limit() -> None:
     assert "t/999" in kept and "t/0" not in kept  # the longest unseen went
 
 
+def test_long_topics_seen_stay_within_a_byte_budget() -> None:
+    # 2,000 topics of 60 KB each (MQTT allows 64 KiB) took 120 MB of the gateway's
+    # memory, and one /api/topics answer 120 MB more.
+    clock = Clock()
+    seen = TopicsSeen(clock=clock)
+    for i in range(300):
+        clock.now += 1
+        seen.note([ff(f"t/{i:04d}/" + "x" * 60_000)])
+    kept = [r["topic"] for r in seen.rows(lambda t: True, lambda t: [], 2000)]
+    assert sum(len(t) for t in kept) <= seen.max_bytes
+    assert kept[-1].startswith("t/0299/")  # the newest stays
+    seen.note([ff("t/short")])
+    assert "t/short" in [r["topic"] for r in seen.rows(lambda t: True, lambda t: [], 2000)]
+
+
 class View:
     def __init__(self) -> None:
         self.topics = TopicsSeen()

@@ -43,3 +43,10 @@ def test_a_result_is_always_json() -> None:
         "ok": True, "value": None, "raw": [None, 1.5], "nested": {"x": None}
     }  # fmt: skip
     assert dump({"value": 2.5}) == b'{"value": 2.5}'
+
+
+def test_a_deeply_nested_payload_is_refused_not_a_recursion_error() -> None:
+    # json's RecursionError went past the writers' `except ValueError` and out of the
+    # Modbus and OPC UA sources' write handling.
+    with pytest.raises(ValueError, match="nested"):
+        parse_command(b"[" * 100_000)

@@ -4,6 +4,7 @@ the Host and Origin checks, and the config's refusal of an open console beyond l
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,27 @@ async def test_users_are_checked_against_the_config_account_and_the_file(tmp_pat
     assert users.role("ann") == "viewer" and users.role("nobody") is None
     assert not access.Users(tmp_path / "none", None, None).required
     assert access.Users(path, None, None).required
+
+
+async def test_a_wrong_password_takes_as_long_for_the_config_account_as_for_anyone(
+    tmp_path: Path,
+) -> None:
+    # The config's account was checked at once and every other name (known or not)
+    # with scrypt: the answer's time told which user name the config holds.
+    users = access.Users(tmp_path / "web-users", "tech", "config-pass")
+
+    async def fastest(name: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert await users.check(name, "a-guess") is None
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    # scrypt's tens of ms against a string compare's microseconds: a wide margin, as
+    # other work on the machine may slow either
+    config_account, unknown = await fastest("tech"), await fastest("nobody")
+    assert config_account > 0.1 * unknown, (config_account, unknown)
 
 
 def test_sessions_are_bounded_and_expire() -> None:

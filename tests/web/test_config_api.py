@@ -209,3 +209,27 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     assert status == 409 and "no kept config version 'nope'" in answer["errors"][0]
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", b"[1]")
     assert status == 400
+
+
+async def test_a_rollback_asked_to_check_only_is_refused_not_applied(
+    tmp_path: Path, stop: list[Any]
+) -> None:
+    # ?check=1 shows an edit before applying it; on a rollback it was ignored: the
+    # rollback was written and applied by a request that asked only to look.
+    reloads: list[str] = []
+
+    async def applied(trigger: str) -> dict[str, Any]:
+        reloads.append(trigger)
+        return {"outcome": "applied", "errors": []}
+
+    gateway, task, url, path = await _serve(tmp_path, applied)
+    stop.append((gateway, task))
+    body = json.dumps({"type": "file"}).encode()
+    status, _ = await asyncio.to_thread(_call, f"{url}/api/config/sinks/two", "PUT", body)
+    assert status == 200
+    edited = path.read_text()
+    status, answer = await asyncio.to_thread(
+        _call, f"{url}/api/config/rollback?check=1", "POST", b"{}"
+    )
+    assert status == 400 and "check" in answer["errors"][0], answer
+    assert path.read_text() == edited and reloads == ["edit"]

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.app import Gateway, Reloads
-from gateway.config.load import load
+from gateway.config.load import load, load_data
 from gateway.web import access
 from tests.web.test_web import free_port
 
@@ -251,6 +251,30 @@ async def test_wrong_passwords_are_rate_limited(served: Served) -> None:
     assert (await call(f"{served.url}/healthz")).status == 200
 
 
+async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
+    served: Served,
+) -> None:
+    # A checked basic-auth header was kept for 5 minutes whatever happened to the
+    # account: after `web passwd olga` the old password still read and changed things.
+    url = f"{served.url}/api/session"
+    assert (await call(url, basic=("olga", "olga-pass-1"))).status == 200
+    await asyncio.to_thread(
+        access.set_user, served.data / "web-users", "olga", "operator", "olga-pass-2"
+    )
+    assert (await call(url, basic=("olga", "olga-pass-1"))).status == 401
+    assert (await call(url, basic=("olga", "olga-pass-2"))).status == 200
+
+
+async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> None:
+    # Each attempt was counted only once its check failed: guesses sent at the same
+    # time all passed the limiter (256 guesses each time a token came, not one).
+    answers = await asyncio.gather(
+        *(call(f"{served.url}/api/status", basic=("olga", f"guess-{i}")) for i in range(20))
+    )
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [401] * 5 + [429] * 15, statuses
+
+
 async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
     served: Served,
 ) -> None:
@@ -306,6 +330,91 @@ async def test_a_foreign_host_is_refused(tmp_path: Path) -> None:
     finally:
         gateway.stop()
         await task
+
+
+async def _beyond_localhost(tmp_path: Path) -> tuple[Gateway, asyncio.Task[None], str, Path]:
+    """A gateway listening on every address whose one account is in the users file."""
+    port, data = free_port(), tmp_path / "data"
+    users = data / "web-users"
+    await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-1")
+    config = load_data(
+        {
+            "gateway": {"id": "wide", "data_dir": str(data)},
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "status": {"enabled": False},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"type": "file"}},
+            "web": {"listen": f"0.0.0.0:{port}"},
+        },
+        environ={},
+    )
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    async with asyncio.timeout(10):
+        await gateway.ready.wait()
+    return gateway, task, f"http://127.0.0.1:{port}", users
+
+
+async def test_beyond_localhost_a_removed_users_file_does_not_open_the_console(
+    tmp_path: Path,
+) -> None:
+    # With no account left the console was open to everyone as an operator, on every
+    # address: "open" is for a console on localhost only (check-config refuses the rest).
+    gateway, task, url, users = await _beyond_localhost(tmp_path)
+    try:
+        assert (await call(f"{url}/api/session")).status == 401
+        await asyncio.to_thread(users.unlink)
+        for method, path, body in (
+            ("GET", "/api/session", None),
+            ("GET", "/api/status", None),
+            ("POST", "/api/dead-letters/purge", {"all": True}),
+        ):
+            answer = await call(f"{url}{path}", method, body=body)
+            assert answer.status == 403 and b"web passwd" in answer.body, (path, answer)
+        login = await call(f"{url}/login", "POST", body={"username": "x", "password": "y"})
+        assert login.status == 403 and "Set-Cookie" not in login.headers
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_a_users_file_spoilt_while_running_is_a_401_and_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A malformed users file (an editor's half-written save, a stray line) made every
+    # request but /healthz a 500 with a traceback in the log.
+    gateway, task, url, users = await _beyond_localhost(tmp_path)
+    try:
+        await asyncio.to_thread(users.write_text, "olga:operator\n")
+        for _ in range(2):
+            for basic in (None, ("olga", "olga-pass-1")):
+                assert (await call(f"{url}/api/session", basic=basic)).status == 401
+        problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
+        assert len(problems) == 1 and problems[0].levelname == "ERROR"
+        assert not any(r.exc_info for r in caplog.records)
+        await asyncio.to_thread(users.unlink)
+        await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
+        assert (await call(f"{url}/api/session", basic=("olga", "olga-pass-2"))).status == 200
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_a_reload_that_restarts_the_web_server_is_answered(served: Served) -> None:
+    # The web server's restart waited for the request asking for the reload (which
+    # waited for the restart), then cut it: `edge-stream reload` said "no gateway
+    # answers" after 4 s though the reload was applied.
+    text = served.path.read_text().replace(
+        "  username: tech", "  metrics_open: true\n  username: tech"
+    )
+    await asyncio.to_thread(served.path.write_text, text)
+    started = asyncio.get_running_loop().time()
+    answer = await call(f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS))
+    assert answer.status == 200, answer
+    assert answer.json()["outcome"] == "applied"
+    assert any("web server restarted" in c for c in answer.json()["changes"])
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert (await call(f"{served.url}/metrics")).status == 200  # the new server runs it
 
 
 async def test_every_answer_carries_the_security_headers(served: Served) -> None:
@@ -396,6 +505,73 @@ async def test_events_stream_the_status_and_are_bounded(served: Served) -> None:
         again.close()
         for response in streams:
             response.close()
+
+
+async def test_an_event_stream_ends_with_its_session(served: Served) -> None:
+    # A stream opened with a session went on sending the status after the logout (or
+    # the session's end), for as long as its reader kept it open.
+    token, csrf = await login(served, "olga", "olga-pass-1")
+    cookie = {"Cookie": f"edge_stream_session={token}"}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.get(f"{served.url}/api/events", headers=cookie) as stream,
+    ):
+        assert stream.status == 200
+        assert (await stream.content.readline()).startswith(b"data: ")
+        out = await call(
+            f"{served.url}/logout",
+            "POST",
+            headers={**cookie, "X-CSRF-Token": csrf, "Origin": served.url},
+        )
+        assert out.status == 200
+        async with asyncio.timeout(3):
+            rest = await stream.content.read()  # to the stream's end
+        assert rest.count(b"data: ") <= 1
+
+
+async def test_a_deeply_nested_json_body_is_a_400_not_a_traceback(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # json.loads raised RecursionError, which the handlers did not catch: a 500 and an
+    # ERROR traceback in the log, from anyone (POST /login needs no credentials).
+    nested = b"[" * 5000
+    json_type = {"Content-Type": "application/json"}
+    login = await call(f"{served.url}/login", "POST", headers=json_type, body=nested)
+    assert login.status == 400, login
+    for action in ("replay", "purge"):
+        answer = await call(
+            f"{served.url}/api/dead-letters/{action}",
+            "POST",
+            headers=json_type,
+            body=nested,
+            basic=("tech", WEB_PASS),
+        )
+        assert answer.status == 400, (action, answer)
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+async def test_connections_slow_to_send_a_body_do_not_lock_out_healthz(served: Served) -> None:
+    # A connection was only closed to make room while it sent its request head: one
+    # that had sent a login's head and kept its body coming held its slot for good, so
+    # 256 of them (no credentials needed) locked out /healthz and every user.
+    head = (
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 8000\r\n\r\n{"
+    )
+    held = []
+    try:
+        for _ in range(260):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(head)
+            held.append(writer)
+        await asyncio.gather(*(w.drain() for w in held))
+        await asyncio.sleep(0.5)  # every head is read and its body awaited
+        async with asyncio.timeout(2):
+            answer = await call(f"{served.url}/healthz")
+        assert answer.status == 200
+    finally:
+        for writer in held:
+            writer.close()
 
 
 async def test_no_answer_carries_a_secret(served: Served) -> None:

@@ -102,6 +102,11 @@ async def test_a_dead_letter_number_past_sqlite_s_integers_is_none_not_a_500(
     for path in (f"/api/dead-letters/{huge}", f"/api/dead-letters/{huge}/content"):
         status, body = await asyncio.to_thread(get, served + path)
         assert status == 404 and json.loads(body) == {"errors": [f"no dead letter {huge}"]}
+    # Past Python's 4,300 digits int() raised ValueError: a 500 and a traceback too.
+    digits = "9" * 5000
+    for path in (f"/api/dead-letters/{digits}", f"/api/dead-letters/{digits}/content"):
+        status, body = await asyncio.to_thread(get, served + path)
+        assert status == 404 and "no dead letter" in json.loads(body)["errors"][0]
 
     def act(action: str) -> tuple[int, Any]:
         request = urllib.request.Request(
