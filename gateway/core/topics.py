@@ -112,16 +112,18 @@ class TopicMatcher:
 
     def __init__(self, filters: Iterable[tuple[str, str]], cache_size: int = 65536) -> None:
         self._filters = list(filters)
-        self._cached = lru_cache(maxsize=cache_size)(self._compute)
-        self.cache_info = self._cached.cache_info
+        # `cached` for topics of at most CACHED_TOPIC characters, `compute` for longer ones
+        # (the router makes that choice inline: it runs for every FlowFile)
+        self.cached = lru_cache(maxsize=cache_size)(self.compute)
+        self.cache_info = self.cached.cache_info
 
     def lookup(self, topic: str) -> tuple[str, ...]:
         """The names (each once, in the order given) whose filter matches `topic`."""
         if len(topic) > self.CACHED_TOPIC:
-            return self._compute(topic)
-        return self._cached(topic)
+            return self.compute(topic)
+        return self.cached(topic)
 
-    def _compute(self, topic: str) -> tuple[str, ...]:
+    def compute(self, topic: str) -> tuple[str, ...]:
         """The names (each once, in the order given) whose filter matches `topic`."""
         return tuple(dict.fromkeys(name for name, f in self._filters if matches(f, topic)))
 

@@ -50,10 +50,13 @@ class Router:
         Outputs with the same id (the same FlowFile reaching several routes
         unchanged) are stored once with the union of their sinks.
         """
-        lookup = self._matcher.lookup
+        # TopicMatcher.lookup, inline: the cache only for topics of CACHED_TOPIC or fewer
+        cached, compute = self._matcher.cached, self._matcher.compute
+        longest = self._matcher.CACHED_TOPIC
         by_name = self.routes
         for ff in flowfiles:
-            names = lookup(ff.topic)
+            topic = ff.topic
+            names = cached(topic) if len(topic) <= longest else compute(topic)
             if not names:
                 self.unrouted += 1
                 continue

@@ -67,3 +67,12 @@ def test_unrouted_flowfiles_are_counted_not_stored() -> None:
     router = Router([Route("a", ("a/#",), [], 0b1)])
     out, dead = run(router, FlowFile.create("b/c", b""), FlowFile.create("$SYS/x", b""))
     assert out == {} and dead == [] and router.unrouted == 2
+
+
+def test_long_topics_are_routed_without_being_cached() -> None:
+    router = Router([Route("a", ("plant/#",), [], 0b1)])
+    long = FlowFile.create("plant/" + "x" * 5000, b"1")
+    other = FlowFile.create("b/" + "x" * 5000, b"1")
+    out, dead = run(router, long, other, FlowFile.create("plant/1", b"1"))
+    assert next(iter(out)) == long.id and len(out) == 2 and dead == [] and router.unrouted == 1
+    assert router._matcher.cache_info().currsize == 1  # plant/1 only
