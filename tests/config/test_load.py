@@ -499,13 +499,15 @@ def test_remote_config_tls_files_need_an_mqtts_broker(tmp_path: Path) -> None:
     )
     assert problems(path) == [
         f"{path}:7: remote_config.ca_file: needs TLS: remote_config.broker"
-        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://",
+        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://; set remote_config.broker:"
+        " mqtts://host:port",
     ]
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(line for line in lines if "broker:" not in line))
     assert problems(path) == [
         f"{path}:6: remote_config.ca_file: needs TLS: the gateway's broker (mqtt.url"
-        " 'mqtt://127.0.0.1:1883') is not mqtts://",
+        " 'mqtt://127.0.0.1:1883') is not mqtts://; set remote_config.broker:"
+        " mqtts://host:port, or mqtt.url",
     ]
     path.write_text(path.read_text().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"))
     assert load(path, environ={}).remote_config.ca_file == "/ca.pem"
