@@ -66,8 +66,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from gateway.config import files, secrets
-from gateway.config.load import apply_env, load, parse_text, read_text
-from gateway.config.model import Config
+from gateway.config.load import apply_env, format_problem, load, parse_text, read_text
+from gateway.config.model import Config, GatewaySection
+from gateway.config.schema import Problems, build_dataclass
 from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
@@ -179,23 +180,37 @@ def _config_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_dir(path: str) -> str:
-    """The config's gateway.data_dir (overrides applied), read without validating the
-    rest: a rollback is for a file that no longer loads, too, and the store's commands
-    need no more of it."""
+def _raw_config(path: str) -> tuple[dict[str, Any], dict[Any, int], dict[Any, str]]:
+    """The config file parsed and its overrides applied, not validated: (data, the keys'
+    lines, the keys the environment set)."""
     try:
-        return load(path).gateway.data_dir
+        data, lines = parse_text(read_text(path), path)
+        env = apply_env(data, dict(os.environ))
     except ConfigError as err:
-        try:
-            data, _ = parse_text(read_text(path), path)
-            apply_env(data, dict(os.environ))
-        except ConfigError:
-            _refuse(err, path)
-        gateway = data.get("gateway")
-        data_dir = gateway.get("data_dir", "./data") if isinstance(gateway, dict) else "./data"
-        if not isinstance(data_dir, str):
-            _refuse(err, path)
-        return data_dir
+        _refuse(err, path)
+    return data, lines, env
+
+
+def _gateway_section(
+    path: str, raw: tuple[dict[str, Any], dict[Any, int], dict[Any, str]] | None = None
+) -> GatewaySection:
+    """The config's gateway: section (overrides applied), validated alone. The commands
+    that need only its data_dir or key file run also when the rest of the file is refused
+    (a rollback is for a file that no longer loads, too; an ENC(...) value may have no key
+    in this shell), but a mistake in this section is refused as check-config says it: a
+    `datadir:` read as the default ./data had them act on another store."""
+    data, lines, env = raw or _raw_config(path)
+    problems = Problems()
+    section = build_dataclass(GatewaySection, data.get("gateway"), ("gateway",), problems)
+    if problems or section is None:
+        found = [format_problem(path, lines, p, message, env) for p, message in problems.items]
+        _refuse(ConfigError(found), path)
+    return section  # type: ignore[no-any-return]
+
+
+def _data_dir(path: str) -> str:
+    """The config's gateway.data_dir, read without validating the rest of the file."""
+    return _gateway_section(path).data_dir
 
 
 def _config_versions(args: argparse.Namespace) -> int:
@@ -490,22 +505,10 @@ def _key_file(args: argparse.Namespace) -> Path:
         return Path(args.key_file)
     if not Path(args.config).is_file():
         return Path("./data/secret.key")
-    try:
-        data, _lines = parse_text(read_text(args.config), args.config)
-        apply_env(data, dict(os.environ))
-    except ConfigError as err:
-        _refuse(err, args.config)
-    gateway = data.get("gateway")
-    if gateway is None:
-        gateway = {}
-    elif not isinstance(gateway, dict):
-        _refuse(ConfigError(f"{args.config}: gateway: expected a mapping"), args.config)
-    key_file, data_dir = gateway.get("secret_key_file"), gateway.get("data_dir", "./data")
-    for name, value in (("secret_key_file", key_file), ("data_dir", data_dir)):
-        if value is not None and not isinstance(value, str):
-            message = f"{args.config}: gateway.{name}: expected a path, got {value!r}"
-            _refuse(ConfigError(message), args.config)
-    return Path(key_file) if key_file else Path(data_dir) / "secret.key"
+    gateway = _gateway_section(args.config)
+    if gateway.secret_key_file:
+        return Path(gateway.secret_key_file)
+    return Path(gateway.data_dir) / "secret.key"
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -567,19 +570,17 @@ def _users_file(args: argparse.Namespace) -> Path:
 
     if not Path(args.config).is_file():
         return users_path(None, "./data")
-    try:
-        data, _lines = parse_text(read_text(args.config), args.config)
-        apply_env(data, dict(os.environ))
-    except ConfigError as err:
-        _refuse(err, args.config)
-    found: dict[str, Any] = {}
-    for section, key, default in (("gateway", "data_dir", "./data"), ("web", "users_file", None)):
-        value = (data.get(section) or {}).get(key, default)
-        if value is not None and not isinstance(value, str):
-            message = f"{args.config}: {section}.{key}: expected a path, got {value!r}"
-            _refuse(ConfigError(message), args.config)
-        found[key] = value
-    return users_path(found["users_file"], found["data_dir"])
+    raw = _raw_config(args.config)
+    data_dir = _gateway_section(args.config, raw).data_dir
+    web = raw[0].get("web")
+    if web is not None and not isinstance(web, dict):
+        message = f"{args.config}: web: expected a mapping, got {type(web).__name__} {web!r}"
+        _refuse(ConfigError(message), args.config)
+    users_file = (web or {}).get("users_file")
+    if users_file is not None and not isinstance(users_file, str):
+        message = f"{args.config}: web.users_file: expected a path, got {users_file!r}"
+        _refuse(ConfigError(message), args.config)
+    return users_path(users_file, data_dir)
 
 
 def cmd_web(args: argparse.Namespace) -> int:

@@ -976,13 +976,15 @@ class Config:
             if remote.broker:
                 broker = f"remote_config.broker {mask_password(remote.broker)!r}"
                 tls = remote.broker.startswith("mqtts://")
+                fix = "set remote_config.broker: mqtts://host:port"
             else:
                 url = mqtt.url if mqtt is not None else "auto"
                 broker = f"the gateway's broker (mqtt.url {mask_password(url)!r})"
                 tls = url.startswith("mqtts://")
+                fix = "set remote_config.broker: mqtts://host:port, or mqtt.url"
             for key in ("ca_file", "cert_file", "key_file"):
                 if not tls and getattr(remote, key):
-                    yield f"remote_config.{key}", f"needs TLS: {broker} is not mqtts://"
+                    yield f"remote_config.{key}", f"needs TLS: {broker} is not mqtts://; {fix}"
         if mqtt is None or mqtt.url.startswith("mqtts://"):
             return
         for name, source in (self.sources or {}).items():

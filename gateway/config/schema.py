@@ -402,20 +402,50 @@ def check_location(hostport: str) -> str | None:
     return None
 
 
-def url_location_problem(url: str) -> str | None:
-    """Why the host and port of `url` (scheme://[user[:password]@]host[:port]/...) are not
-    usable, or None; never quoting the URL: a password holding '/', '?' or '#' ends the
-    user part early (in redis-py too) and its remainder then reads as the host or port."""
+_ENCODE_HINT = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+_AT_AFTER_HOST = "has an '@' after its host" + _ENCODE_HINT + ", as must an '@' in the database"
+
+
+def _split_authority(url: str) -> tuple[str, str]:
+    """The authority of `url` (scheme://AUTHORITY/...) and what follows it. As in any URL
+    (and for asyncpg and redis-py) the authority ends at the first '/', '?' or '#', and the
+    user part at the first '@' in it."""
     rest = url.partition("://")[2]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    hint = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+    return authority, rest[len(authority) :]
+
+
+def _user_part_ended_early(authority: str, after: str) -> bool:
+    """Whether an '@' in `after` (the /path?query#fragment that follows `authority`) shows
+    a user part that a password's '/', '?' or '#' ended before its '@', so that the rest
+    of the password was read as the host (`gw:p@ss/x@db`: host 'ss'; `gw:12?x@db`: host
+    'gw', port 12). An '@' in the path or fragment is one. One in the query is an option's
+    value (`?application_name=gw@site1`, `?user=a@b`) unless no user part took an '@' and
+    it stands in an option's name (`?x@db/t`): no option's name holds an '@'."""
+    head, _, fragment = after.partition("#")
+    path, _, query = head.partition("?")
+    if "@" in path or "@" in fragment:
+        return True
+    if "@" in authority:
+        return False
+    return any("@" in item.partition("=")[0] for item in query.split("&"))
+
+
+def url_location_problem(url: str, hosts: bool = False) -> str | None:
+    """Why the host and port of `url` (scheme://[user[:password]@]host[:port]/...; with
+    `hosts`, several host[:port] separated by commas) are not usable, or None; never
+    quoting the URL: a password holding '/', '?' or '#' ends the user part early (in
+    asyncpg and redis-py too) and its remainder then reads as the host or port."""
+    authority, after = _split_authority(url)
     if authority.count("@") > 1:
-        return "has more than one '@'" + hint
-    problem = check_location(authority.rpartition("@")[2])
-    if "@" in rest[len(authority) :]:  # the user part ended before its '@'
-        # (also where the rest of the password read as a good host: `:p@ss/x@host`)
-        return (problem or "has an '@' after its host") + hint
-    return problem
+        return "has more than one '@'" + _ENCODE_HINT
+    ended_early = _user_part_ended_early(authority, after)
+    location = authority.rpartition("@")[2]
+    for one in location.split(",") if hosts else (location,):
+        problem = check_location(one)
+        if problem:
+            return problem + _ENCODE_HINT if ended_early else problem
+    return _AT_AFTER_HOST if ended_early else None
 
 
 def redis_url_problem(url: str) -> str | None:

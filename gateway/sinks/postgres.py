@@ -100,7 +100,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -112,7 +111,14 @@ import asyncpg
 import orjson
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
+from gateway.config.schema import (
+    Doc,
+    Duration,
+    Range,
+    Valid,
+    check_identifier,
+    url_location_problem,
+)
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
@@ -182,34 +188,14 @@ DIALECT = Dialect(
 )
 
 
-_ENCODE_HINT = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
-_AT_AFTER_HOST = (
-    "has an '@' after its host" + _ENCODE_HINT + " (an '@' in the database or an option: %40)"
-)
-
-
 def dsn_problem(dsn: str) -> str | None:
     """Why `dsn` cannot be a PostgreSQL DSN (never quoting it: it may hold a password)."""
-    scheme, sep, rest = dsn.partition("://")
+    scheme, sep, _ = dsn.partition("://")
     if not sep or scheme not in ("postgresql", "postgres"):
         return "must read postgresql://user:password@host:5432/database"
-    # As in any URL (and for asyncpg), the authority ends at the first '/', '?' or '#';
-    # asyncpg ends the user part at the first '@' in it. Several hosts are separated by
-    # commas.
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if authority.count("@") > 1:
-        return "has more than one '@'" + _ENCODE_HINT
-    hosts = authority.rpartition("@")[2]
-    for location in hosts.split(",") if hosts else ():
-        problem = check_location(location)
-        if problem:
-            if "@" in rest[len(authority) :]:  # the user part ended before its '@'
-                problem += _ENCODE_HINT
-            return problem
-    if "@" in rest[len(authority) :]:
-        # The same, where the rest of the password read as a good host (`gw:p@ss/x@db`:
-        # host 'ss'; `gw:12/x@db`: host 'gw', port 12): the connect went there.
-        return _AT_AFTER_HOST
+    problem = url_location_problem(dsn, hosts=True)
+    if problem:
+        return problem
     options = _options(dsn)
     if options.get("sslrootcert") == "system" and options.get("sslmode", _SYSTEM_MODE) != (
         _SYSTEM_MODE

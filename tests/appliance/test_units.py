@@ -168,3 +168,22 @@ def test_the_readme_setup_makes_what_the_unit_needs(tmp_path: Path) -> None:
     passwd = (root / "etc/passwd").read_text().splitlines()
     assert any(line.startswith(f"{user}:") for line in passwd)
     assert any(line.startswith(f"{group}:") for line in (root / "etc/group").read_text().split())
+
+
+def test_the_readme_runs_the_commands_as_the_units_user() -> None:
+    """README told to run `secret keygen`, `config rollback`, `store`... on the service's
+    files from a shell, as root: they made root-owned files (a 0600 key, a restored
+    config) that the gateway, running as the unit's User=, could not read. The commands
+    it gives run as that user, with the unit's program and config."""
+    text = (REPO / "systemd/edge-stream.service").read_text()
+    unit = dict(line.split("=", 1) for line in text.splitlines() if "=" in line[:40])
+    exec_start = unit["ExecStart"].split()
+    program, config = exec_start[0], exec_start[exec_start.index("-c") + 1]
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running it as a service", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.split())  # a command in backticks may be cut across lines
+    runs = re.findall(r"`sudo -u (\S+) (?:env \S+ )?(\S+) ([^`]*)`", section)
+    assert runs, "README 'Running it as a service' says not how to run the commands"
+    for user, command, args in runs:
+        assert (user, command) == (unit["User"], program), runs
+        assert args == "..." or f"-c {config}" in args, runs

@@ -510,8 +510,8 @@ def test_secret_rotate_refuses_and_changes_nothing(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("- a\n- b\n", ":1: the config must be a mapping of sections"),
-        ("gateway: [a]\n", ": gateway: expected a mapping"),
-        ("gateway: {data_dir: [a]}\n", ": gateway.data_dir: expected a path, got ['a']"),
+        ("gateway: [a]\n", ":1: gateway: expected a mapping, got list ['a']"),
+        ("gateway: {data_dir: [a]}\n", ":1: gateway.data_dir: expected a string, got ['a']"),
         ('gateway: {id: "x\n', ":2: invalid YAML: "),
     ],
 )

@@ -149,3 +149,60 @@ def test_the_store_commands_need_only_the_data_dir_of_the_config(
     assert run(capsys, "state", "list", "-c", c) == (0, "", "")
     code, out, err = run(capsys, "store", "stats", "-c", c)
     assert (code, err) == (0, "") and out.splitlines()[1].split() == ["out", "0", "-"]
+
+
+@pytest.mark.parametrize(
+    ("gateway", "problem"),
+    [
+        (
+            "{id: a, datadir: /x}",
+            ":1: gateway.datadir: unknown key (did you mean 'data_dir'?)",
+        ),
+        ("pi-01", ":1: gateway: expected a mapping, got str 'pi-01'"),
+        (
+            "{id: a, secret_keyfile: /x/k}",
+            ":1: gateway.secret_keyfile: unknown key (did you mean 'secret_key_file'?)",
+        ),
+    ],
+)
+def test_a_mistake_in_the_gateway_section_is_refused_not_read_as_the_default_data_dir(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: str,
+    problem: str,
+) -> None:
+    # With the rest of the file refused too (the sink's typo), only data_dir was read from
+    # it, and a missing or misspelled one was taken as ./data: `store reset --force` moved
+    # the store of the current folder aside, `dead-letters purge --all` emptied it.
+    import asyncio
+
+    from gateway.store.sqlite import Store
+
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    async def make_store() -> None:
+        store = Store(tmp_path / "data" / "store.db")
+        await store.open(["out"])
+        await store.close()
+
+    asyncio.run(make_store())
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    config = tmp_path / "typo.yaml"
+    config.write_text(f"gateway: {gateway}\nsinks: {{out: {{type: fiel}}}}\n")
+    c = str(config)
+    refused = (1, "", f"edge-stream: {c}{problem}\n")
+    for args in (
+        ["store", "reset", "--force"],
+        ["store", "stats"],
+        ["dead-letters", "purge", "--all"],
+        ["dead-letters", "replay", "--all"],
+        ["state", "reset", "r.0"],
+        ["config", "history"],
+        ["config", "versions"],
+        ["secret", "keygen"],
+        ["web", "passwd", "ops"],
+    ):
+        assert run(capsys, *args, "-c", c) == refused, args
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before

@@ -499,13 +499,15 @@ def test_remote_config_tls_files_need_an_mqtts_broker(tmp_path: Path) -> None:
     )
     assert problems(path) == [
         f"{path}:7: remote_config.ca_file: needs TLS: remote_config.broker"
-        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://",
+        " 'mqtt://fleet:***@127.0.0.1:1883' is not mqtts://; set remote_config.broker:"
+        " mqtts://host:port",
     ]
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(line for line in lines if "broker:" not in line))
     assert problems(path) == [
         f"{path}:6: remote_config.ca_file: needs TLS: the gateway's broker (mqtt.url"
-        " 'mqtt://127.0.0.1:1883') is not mqtts://",
+        " 'mqtt://127.0.0.1:1883') is not mqtts://; set remote_config.broker:"
+        " mqtts://host:port, or mqtt.url",
     ]
     path.write_text(path.read_text().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"))
     assert load(path, environ={}).remote_config.ca_file == "/ca.pem"
@@ -612,8 +614,17 @@ def test_a_redis_password_that_ends_the_user_part_early_is_refused(tmp_path: Pat
     path = write(tmp_path, 'state:\n  replicate: {redis: "redis://:p@ss/x@127.0.0.1:6379/0"}\n')
     assert problems(path) == [
         f"{path}:3: state.replicate.redis: has an '@' after its host; a password holding #,"
-        " /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+        " /, ? or @ must be percent-encoded (%23, %2F, %3F, %40), as must an '@' in the"
+        " database"
     ]
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:pw@127.0.0.1:6379/0?client_name=a@b", "redis://127.0.0.1/0?client_name=a@b"]
+)
+def test_an_at_in_a_redis_option_value_is_taken(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'state:\n  replicate: {{redis: "{url}"}}\n')
+    assert load(path, environ={}).state.replicate.redis == url
 
 
 @pytest.mark.parametrize(
@@ -1012,6 +1023,7 @@ def test_an_alias_bomb_in_an_environment_override_is_refused(tmp_path: Path) -> 
 PORT = "the port is not a number from 1 to 65535"
 V6 = "write an IPv6 address in brackets, e.g. [::1]:5432"
 ENCODE = "; a password holding #, /, ? or @ must be percent-encoded (%23, %2F, %3F, %40)"
+AT_AFTER_HOST = "has an '@' after its host" + ENCODE + ", as must an '@' in the database"
 
 
 @pytest.mark.parametrize(
@@ -1049,10 +1061,13 @@ def test_a_dsn_with_a_bad_host_or_port_is_refused_by_the_check(
         ("postgresql://gw:[hunter2/x@db/t", PORT + ENCODE),
         ("postgresql://gw:p@ss:w@db.plant.lan:5432/t", "has more than one '@'" + ENCODE),
         # ... or as a host that is one: it passed, and the connect went to 'ss', or gw:12
-        ("postgresql://gw:p@ss/x@db.plant.lan:5432/t",
-         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
-        ("postgresql://gw:12/x@db.plant.lan:5432/t",
-         "has an '@' after its host" + ENCODE + " (an '@' in the database or an option: %40)"),
+        ("postgresql://gw:p@ss/x@db.plant.lan:5432/t", AT_AFTER_HOST),
+        ("postgresql://gw:12/x@db.plant.lan:5432/t", AT_AFTER_HOST),
+        ("postgresql://gw:12?x@db.plant.lan:5432/t", AT_AFTER_HOST),
+        ("postgresql://gw:12#x@db.plant.lan:5432/t", AT_AFTER_HOST),
+        ("postgresql://gw:pw@db/t@x", AT_AFTER_HOST),  # never in the database's name
+        # an '@' in an option's value is no sign of it, and no option's name holds one
+        ("postgresql://gw:pw@db:99999/t?application_name=a@b", PORT),
         ("mysql://gw:hunter2/t", PORT),  # the '@' forgotten
         ("mysql://gw:hun:ter2/t", V6),
     ],
@@ -1078,6 +1093,10 @@ def test_a_dsn_problem_never_quotes_the_password(tmp_path: Path, dsn: str, messa
         "postgres://gw@h1:5432,h2:5433/t?target_session_attrs=read-write",
         "postgresql:///t?host=/var/run/postgresql",
         "postgresql://gw@db/t",
+        # an '@' in an option's value: valid, and the gateway started with it before
+        "postgresql://gw:pw@db:5432/t?application_name=gw@site1",
+        "postgresql://gw:pw@db/t?sslcert=/home/ops@corp/c.pem&sslmode=require",
+        "postgresql://db/t?user=a@b",
         "mysql://gw:p@ss:w@db:3306/t",
         "mysql://gw:pw@[::1]:3306/t",
         "mysql://gw:pw@db/t",
