@@ -145,11 +145,19 @@ class State:
         if not self._dirty:
             return []
         data, seqs = self._data, self._seqs
+        dirty = self._dirty
+        held: set[str] = set()
+        if self._evicted_items:
+            # Evicted and not taken yet (a restore over a smaller budget: the owner emits
+            # them at its next call): deleted in the checkpoint of the commit that takes
+            # them, so that a kill before it loses nothing.
+            held = {key for key, _ in self._evicted_items if key not in data} & dirty
+            dirty = dirty - held
         out: list[tuple[str, int, bytes | None]] = [
             (key, seqs[key], encode_json(data[key])) if key in data else (key, 0, None)
-            for key in self._dirty
+            for key in dirty
         ]
-        self._dirty.clear()
+        self._dirty = held
         return out
 
     def mark_all_changed(self) -> None:

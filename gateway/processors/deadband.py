@@ -181,11 +181,15 @@ class DeadbandProcessor(Processor):
     def restored(self) -> None:
         # A group kept under another group_by (a reload from topic to field.device) is
         # never met again, and its heartbeat would repeat its last reading for ever next
-        # to the new group's. (A group written before "by" was kept is taken as is.)
+        # to the new group's. A group written before "by" was kept is taken as made by
+        # this group_by, and stamped so: a later change of group_by drops it too.
         kv = self.kv
         assert kv is not None
         by = self.config.group_by
-        stale = [key for key, entry in kv.items() if entry.get("by", by) != by]
+        for key, entry in kv.items():
+            if "by" not in entry:
+                kv.put(key, {**entry, "by": by})
+        stale = [key for key, entry in kv.items() if entry["by"] != by]
         for key in stale:
             kv.delete(key)
         if stale:

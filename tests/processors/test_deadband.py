@@ -150,3 +150,26 @@ def test_a_reload_to_another_group_by_drops_the_old_groups_and_their_heartbeats(
     same.kv.restore(again.kv.snapshot())
     same.restored()
     assert len(same.kv) == 1, "a restart under the same group_by keeps its groups"
+
+
+def test_a_group_from_before_by_was_kept_is_dropped_at_a_later_group_by_change() -> None:
+    """A group written without "by" (an older version) was kept as is for ever: quiet,
+    only its heartbeat rewrote it, unstamped, so a later change of group_by kept it."""
+    clock = FakeClock()
+    config: dict[str, Any] = {"fields": {"t": {"absolute": 1}}, "heartbeat": "1m"}
+    p = make(config, clock)
+    assert passed(p, "plant/a", dev="a", t=1)
+    assert p.kv is not None
+    changes = [(k, s, json.loads(v)) for k, s, v in p.kv.changes() if v is not None]
+    old = [(k, s, encode_json({f: x for f, x in v.items() if f != "by"})) for k, s, v in changes]
+    upgraded = make(config, clock)
+    assert upgraded.kv is not None
+    upgraded.kv.restore(old)
+    upgraded.restored()
+    clock.ns += 61 * S
+    assert len(upgraded.tick(clock.ns)) == 1  # its heartbeat, under the same group_by
+    changed = make({**config, "group_by": "field.dev"}, clock)
+    assert changed.kv is not None
+    changed.kv.restore(upgraded.kv.snapshot())
+    changed.restored()
+    assert len(changed.kv) == 0
