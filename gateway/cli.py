@@ -1087,14 +1087,29 @@ class _OutputError(OSError):
     files a command reads and writes itself."""
 
 
+# Control characters other than newline and tab, shown as \xNN on a terminal: topics,
+# keys and reasons come from publishers, and an escape sequence in a topic would act on
+# the operator's terminal (retitle it, move the cursor, hide what follows).
+_TERMINAL_SAFE = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"
+}
+
+
 class _Output:
     """sys.stdout while a command runs: its write errors other than a broken pipe are
-    _OutputError, which main() says in one line."""
+    _OutputError, which main() says in one line; on a terminal, control characters are
+    written as \\xNN (see _TERMINAL_SAFE); into a pipe or a file, as they are."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        try:
+            self._terminal = stream.isatty()
+        except (AttributeError, OSError, ValueError):
+            self._terminal = False
 
     def write(self, text: str) -> int:
+        if self._terminal:
+            text = text.translate(_TERMINAL_SAFE)
         try:
             return self._stream.write(text)
         except BrokenPipeError:

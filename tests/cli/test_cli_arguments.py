@@ -4,12 +4,13 @@ Run in-process (`gateway.cli.main`); the refusal comes before any store is opene
 
 from __future__ import annotations
 
+import io
 import socket
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import _Output, main
 
 pytestmark = pytest.mark.unit
 
@@ -141,3 +142,20 @@ def test_only_the_arguments_left_over_are_said_unrecognized(
         main(argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err.endswith("error: unrecognized arguments: extra\n")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_control_characters_from_publishers_do_not_reach_the_terminal() -> None:
+    """A dead letter's or a state key's topic is a publisher's text: printed raw by
+    `dead-letters list` or `state list`, an escape sequence in it acted on the terminal."""
+    hostile = "plant/\x1b]0;owned\x07/\x1b[2J\x9bx\tok\n"
+    terminal = _Terminal()
+    _Output(terminal).write(hostile)
+    assert terminal.getvalue() == "plant/\\x1b]0;owned\\x07/\\x1b[2J\\x9bx\tok\n"
+    pipe = io.StringIO()  # a pipe or a file gets the text as it is
+    _Output(pipe).write(hostile)
+    assert pipe.getvalue() == hostile
