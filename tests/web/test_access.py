@@ -3,6 +3,7 @@ the Host and Origin checks, and the config's refusal of an open console beyond l
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import time
 from pathlib import Path
@@ -129,6 +130,23 @@ def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
     for i in range(1000):
         limiter.failed(f"10.1.{i // 256}.{i % 256}")
     assert len(limiter) == 100
+
+
+async def test_a_try_waits_for_the_checks_under_way_before_it_is_refused() -> None:
+    clock = Clock()
+    limiter = access.LoginLimiter(burst=2, every=10, clock=clock)
+    assert await limiter.take("c") == 0 and await limiter.take("c") == 0
+    third = asyncio.create_task(limiter.take("c"))
+    await asyncio.sleep(0)
+    assert not third.done()  # the two under way may be right: they would give theirs back
+    limiter.settled("c", right=False)
+    await asyncio.sleep(0)
+    assert not third.done()  # one still under way
+    limiter.settled("c", right=True)
+    assert await third == 0  # the right one's try went to it
+    limiter.settled("c", right=False)
+    assert await limiter.take("c") == pytest.approx(10)  # none under way: refused at once
+    assert limiter.running("c") == 0 and not limiter._ended
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,19 @@ async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> N
     assert statuses == [401] * 5 + [429] * 15, statuses
 
 
+async def test_a_right_password_sent_at_once_is_never_refused_for_tries_under_way(
+    served: Served,
+) -> None:
+    # Each try took a token before its check and gave it back once right: 8 requests
+    # of a dashboard with the right basic auth (or 7 logins) at once got 3 (2) 429s.
+    login = {"username": "olga", "password": "olga-pass-1"}
+    answers = await asyncio.gather(
+        *(call(f"{served.url}/api/status", basic=("tech", WEB_PASS)) for _ in range(8)),
+        *(call(f"{served.url}/login", "POST", body=login) for _ in range(7)),
+    )
+    assert [a.status for a in answers] == [200] * 15, [a.status for a in answers]
+
+
 async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
     served: Served,
 ) -> None:
