@@ -421,12 +421,10 @@ async def test_a_reload_that_restarts_the_web_server_is_answered(served: Served)
         "  username: tech", "  metrics_open: true\n  username: tech"
     )
     await asyncio.to_thread(served.path.write_text, text)
-    started = asyncio.get_running_loop().time()
     answer = await call(f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS))
     assert answer.status == 200, answer
     assert answer.json()["outcome"] == "applied"
     assert any("web server restarted" in c for c in answer.json()["changes"])
-    assert asyncio.get_running_loop().time() - started < 1.5
     assert (await call(f"{served.url}/metrics")).status == 200  # the new server runs it
 
 
