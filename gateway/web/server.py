@@ -374,7 +374,8 @@ class WebServer:
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         """The request's body (bounded by its handler's check and client_max_size), or a
-        408 when it does not come within HEAD_TIMEOUT. Until it has come, the connection
+        408 when it does not come within HEAD_TIMEOUT (a 400 that is never sent when the
+        connection closes first). Until it has come, the connection
         has not sent its request: it may be closed to make room (see _admit), so that
         slow senders of bodies cannot hold every slot either."""
         self._busy.discard(request.protocol)
@@ -383,6 +384,9 @@ class WebServer:
                 return await request.read()
         except TimeoutError:
             return _text(408, f"the body did not come within {HEAD_TIMEOUT:g} s\n", close=True)
+        except ConnectionError:  # closed to make room, or by the client: nobody to answer
+            log.debug("web: a connection from %s closed before its body came", request.remote)
+            return _text(400, "the connection closed before the body came\n", close=True)
         finally:
             self._busy.add(request.protocol)
 
