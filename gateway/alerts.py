@@ -9,8 +9,9 @@ again). Firing and resolving are each recorded in the store in one transaction
 with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
 event is sent once to each notifier: the MQTT topic (on the status connection,
 gateway/mqtt/status.py, acknowledged by PUBACK) and the webhook (a JSON POST with
-aiohttp's client, retried with capped backoff and jitter; a redirect is not followed
-but retried, as a 5xx is). An event not yet sent
+aiohttp's client, retried with capped backoff and jitter; a 307 or 308 redirect is
+followed with the POST, a few hops at most; a 301, 302 or 303, which would become a GET
+without the event, is not followed but retried, as a 5xx is). An event not yet sent
 stays pending in the store, so a restart sends it then; each notifier's queue
 is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
 
@@ -38,6 +39,7 @@ from gateway.engine.status import Snapshot, StatusView
 
 if TYPE_CHECKING:
     import aiohttp
+    import yarl
 
 log = logging.getLogger("gateway.alerts")
 
@@ -46,6 +48,20 @@ RESOLVE_HOLD = 5.0
 WARMUP = 3.0
 RECENT = 50  # events the console shows
 MQTT_QUEUE = 1000
+WEBHOOK_REDIRECTS = 5  # 307/308 hops followed for one POST
+
+
+def _redirect_target(url: yarl.URL, status: int, location: str) -> yarl.URL | None:
+    """Where a 307 or 308 sends the POST (same method and body), else None."""
+    import yarl  # with aiohttp, only for a webhook
+
+    if status not in (307, 308) or not location:
+        return None
+    try:
+        target = url.join(yarl.URL(location))
+    except ValueError:
+        return None
+    return target if target.scheme in ("http", "https") and target.host else None
 
 
 def _age(seconds: float) -> str:
@@ -397,20 +413,28 @@ class Alerts:
         if not settings.url:
             return None
         import aiohttp  # ~12 MB of RSS when the console is off: only to post to a webhook
+        import yarl
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        url = yarl.URL(settings.url)
         try:
-            # A redirect is not followed: aiohttp would follow a 301, 302 or 303 with a
-            # GET without the event, whose 2xx would then count as the event sent.
-            async with self._session.post(
-                settings.url,
-                json=body,
-                timeout=aiohttp.ClientTimeout(total=settings.timeout),
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                location = response.headers.get("Location", "")
+            # Redirects are followed here, not by aiohttp: it would follow a 301, 302 or
+            # 303 with a GET without the event, whose 2xx would then count as the event
+            # sent. A 307 or 308 (http:// moved to https://) is followed with the POST.
+            for hop in range(WEBHOOK_REDIRECTS + 1):
+                async with self._session.post(
+                    url,
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    location = response.headers.get("Location", "")
+                target = _redirect_target(url, status, location)
+                if target is None or hop == WEBHOOK_REDIRECTS:
+                    break
+                url = target
         except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
             self._webhook_trouble(
                 notifier, f"the webhook did not answer within {settings.timeout:g}s"
@@ -426,10 +450,15 @@ class Alerts:
             return True
         if 300 <= status < 400:
             to = location.split("?", 1)[0][:200]  # a query may hold a token: not logged
+            why = (
+                f"over {WEBHOOK_REDIRECTS} redirects are not followed"
+                if status in (307, 308) and to
+                else "only a 307 or 308 is followed, as a POST with the event"
+            )
             self._webhook_trouble(
                 notifier,
-                f"the webhook answered HTTP {status}{f' to {to}' if to else ''} (redirects are"
-                " not followed: set alerts.webhook.url to the new place)",
+                f"the webhook answered HTTP {status}{f' to {to}' if to else ''} ({why}:"
+                " set alerts.webhook.url to the new place)",
             )
             return False
         if 400 <= status < 500 and status not in (408, 429):

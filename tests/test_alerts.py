@@ -179,34 +179,48 @@ async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_so
     ]
 
 
-async def test_a_webhook_that_redirects_is_not_followed_and_the_event_waits() -> None:
-    """aiohttp followed a 301/302 by a GET without the event: the GET's 200 took the
+async def test_a_webhook_redirect_is_followed_only_as_a_post_with_the_event() -> None:
+    """aiohttp followed a 301/302/303 by a GET without the event: the GET's 200 took the
     event as sent, though no receiver ever got it (an http:// URL redirected to
-    https:// is common). A redirect is now a failed POST: retried, the event kept."""
+    https:// is common). Such a redirect is a failed POST: retried, the event kept. A
+    307 or 308 keeps the POST and its body: it is followed (a few hops at most)."""
     from aiohttp import web
 
     posted: list[Any] = []
+    redirects = {
+        "/h301": web.HTTPMovedPermanently,
+        "/h302": web.HTTPFound,
+        "/h303": web.HTTPSeeOther,
+        "/h307": web.HTTPTemporaryRedirect,
+        "/h308": web.HTTPPermanentRedirect,
+    }
 
-    async def moved(request: web.Request) -> web.Response:
-        raise web.HTTPMovedPermanently("/new")
+    async def redirect(request: web.Request) -> web.Response:
+        if request.path == "/loop":
+            raise web.HTTPPermanentRedirect("/loop")
+        if request.path == "/chain":  # a relative Location, then another hop
+            raise web.HTTPTemporaryRedirect("h308")
+        raise redirects[request.path]("/new")
 
     async def new(request: web.Request) -> web.Response:
-        posted.append((request.method, await request.read()))
+        posted.append((request.method, await request.json()))
         return web.Response(text="ok")
 
     app = web.Application()
-    app.router.add_post("/hook", moved)
+    for path in [*redirects, "/loop", "/chain"]:
+        app.router.add_post(path, redirect)
     app.router.add_route("*", "/new", new)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+
+    async def send(path: str) -> tuple[bool | None, str]:
         config: Config = load_data(
             {
                 "gateway": {"id": "t", "data_dir": "/nonexistent"},
-                "alerts": {"webhook": {"url": f"http://127.0.0.1:{port}/hook"}},
+                "alerts": {"webhook": {"url": f"http://127.0.0.1:{port}{path}"}},
             },
             environ={},
         )
@@ -217,8 +231,18 @@ async def test_a_webhook_that_redirects_is_not_followed_and_the_event_waits() ->
         finally:
             if alerts._session is not None:
                 await alerts._session.close()
-        assert outcome is False and posted == []
-        assert "301" in (alerts.notifiers["webhook"].last_error or "")
-        assert "/new" in (alerts.notifiers["webhook"].last_error or "")
+        return outcome, alerts.notifiers["webhook"].last_error or ""
+
+    try:
+        for path in ("/h301", "/h302", "/h303"):
+            outcome, error = await send(path)
+            assert outcome is False and posted == [], path
+            assert path[2:] in error and "/new" in error, error
+        for path in ("/h307", "/h308", "/chain"):
+            assert await send(path) == (True, ""), path
+            assert posted.pop() == ("POST", {"key": "sink_failing:db"}), path
+        outcome, error = await send("/loop")
+        assert outcome is False and "308" in error and "/loop" in error, error
+        assert posted == []
     finally:
         await runner.cleanup()

@@ -101,11 +101,17 @@ class TopicsSeen:
 
     def _make_room(self, size: int) -> None:
         """Room for a topic whose name has `size` bytes: the longest unseen tenth goes
-        when `limit` is reached, and more while the names would hold over `max_bytes`."""
+        when `limit` is reached, and, when the names would hold over `max_bytes`, the
+        longest unseen until they hold at most nine tenths of it. So a tenth of either
+        comes between two calls, each of which sorts every topic: the sort is paid once
+        for many new topics, not for each."""
         by_age = sorted(self._topics, key=lambda t: self._topics[t].last_seen)
         tenth = max(1, self.limit // 10) if len(self._topics) >= self.limit else 0
+        budget = self.max_bytes
+        if self._bytes + size > self.max_bytes:
+            budget -= self.max_bytes // 10
         for done, topic in enumerate(by_age):
-            if done >= tenth and self._bytes + size <= self.max_bytes:
+            if done >= tenth and self._bytes + size <= budget:
                 break
             del self._topics[topic]
             self._bytes -= _name_bytes(topic)

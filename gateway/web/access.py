@@ -303,13 +303,23 @@ class _Bucket:
 @dataclass
 class LoginLimiter:
     """Failed logins per client address: `burst` at once, then one each `every` seconds.
-    The table holds at most `limit` addresses; when full, the one seen longest ago goes."""
+    The table holds at most `limit` addresses; when full, the one seen longest ago goes.
+
+    A try is counted before its password is checked (`take`), so that tries sent at once
+    are limited as tries one after the other are, and given back when the password was
+    right (`settled`). A try that finds the client's tries taken only by checks still
+    running waits for them to end instead of being refused: a right password sent by
+    several requests at once (a dashboard polling in parallel) is not a 429."""
 
     burst: int = 5
     every: float = 10.0
     limit: int = 1024
     clock: Monotonic = time.monotonic
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
+    # checks running per client, and an event for the tries waiting on them: an entry
+    # lives only while a check runs (bounded by the connections)
+    _running: dict[str, int] = field(default_factory=dict)
+    _ended: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def _bucket(self, client: str) -> _Bucket:
         now = self.clock()
@@ -333,19 +343,37 @@ class LoginLimiter:
         bucket = self._bucket(client)
         bucket.tokens = max(0.0, bucket.tokens - 1)
 
-    def attempt(self, client: str) -> float:
-        """Take a try for `client` before its password is checked (0), or the seconds
-        it must wait. Counted before the check, so that tries sent at once are limited
-        as tries one after the other are; `passed` gives a right password's back."""
-        wait = self.wait(client)
-        if wait == 0:
-            self.failed(client)
-        return wait
+    def running(self, client: str) -> int:
+        """How many of `client`'s checks are under way (taken, not settled)."""
+        return self._running.get(client, 0)
 
-    def passed(self, client: str) -> None:
-        """The try `attempt` took was a right password: it does not count."""
-        bucket = self._bucket(client)
-        bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+    async def take(self, client: str) -> float:
+        """Take a try for `client` before its password is checked (0; `settled` must
+        follow), or the seconds it must wait. While its tries are out only because
+        checks are still running, one of which may give its try back, wait for them."""
+        while True:
+            wait = self.wait(client)
+            if wait == 0:
+                self.failed(client)
+                self._running[client] = self.running(client) + 1
+                return 0.0
+            if not self.running(client):
+                return wait
+            await self._ended.setdefault(client, asyncio.Event()).wait()
+
+    def settled(self, client: str, right: bool) -> None:
+        """The check `take` allowed has ended; a right password's try does not count."""
+        left = self.running(client) - 1
+        if left > 0:
+            self._running[client] = left
+        else:
+            self._running.pop(client, None)
+        if right:
+            bucket = self._bucket(client)
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+        ended = self._ended.pop(client, None)
+        if ended is not None:
+            ended.set()
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -374,7 +374,8 @@ class WebServer:
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         """The request's body (bounded by its handler's check and client_max_size), or a
-        408 when it does not come within HEAD_TIMEOUT. Until it has come, the connection
+        408 when it does not come within HEAD_TIMEOUT (a 400 that is never sent when the
+        connection closes first). Until it has come, the connection
         has not sent its request: it may be closed to make room (see _admit), so that
         slow senders of bodies cannot hold every slot either."""
         self._busy.discard(request.protocol)
@@ -383,6 +384,9 @@ class WebServer:
                 return await request.read()
         except TimeoutError:
             return _text(408, f"the body did not come within {HEAD_TIMEOUT:g} s\n", close=True)
+        except ConnectionError:  # closed to make room, or by the client: nobody to answer
+            log.debug("web: a connection from %s closed before its body came", request.remote)
+            return _text(400, "the connection closed before the body came\n", close=True)
         finally:
             self._busy.add(request.protocol)
 
@@ -455,17 +459,20 @@ class WebServer:
     ) -> str | web.StreamResponse:
         """The role of a right password; a 429 while the client must wait; a 401."""
         client = request.remote or "?"
-        wait = self.limiter.attempt(client)
+        wait = await self.limiter.take(client)
         if wait > 0:
             response = _text(429, "too many failed logins; try again later\n", close=True)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
-        async with self._scrypt:
-            role = await self.users.check(user, password)
-        if role is None:  # the try `attempt` took stays counted
+        role = None
+        try:
+            async with self._scrypt:
+                role = await self.users.check(user, password)
+        finally:  # a check cut short counts as failed
+            self.limiter.settled(client, right=role is not None)
+        if role is None:
             log.warning("web: a failed login as %r from %s", user[:64], client)
             return self._unauthorized(request)
-        self.limiter.passed(client)
         return role
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:

@@ -275,6 +275,19 @@ async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> N
     assert statuses == [401] * 5 + [429] * 15, statuses
 
 
+async def test_a_right_password_sent_at_once_is_never_refused_for_tries_under_way(
+    served: Served,
+) -> None:
+    # Each try took a token before its check and gave it back once right: 8 requests
+    # of a dashboard with the right basic auth (or 7 logins) at once got 3 (2) 429s.
+    login = {"username": "olga", "password": "olga-pass-1"}
+    answers = await asyncio.gather(
+        *(call(f"{served.url}/api/status", basic=("tech", WEB_PASS)) for _ in range(8)),
+        *(call(f"{served.url}/login", "POST", body=login) for _ in range(7)),
+    )
+    assert [a.status for a in answers] == [200] * 15, [a.status for a in answers]
+
+
 async def test_a_failed_form_login_goes_back_to_the_login_page_and_counts(
     served: Served,
 ) -> None:
@@ -408,12 +421,10 @@ async def test_a_reload_that_restarts_the_web_server_is_answered(served: Served)
         "  username: tech", "  metrics_open: true\n  username: tech"
     )
     await asyncio.to_thread(served.path.write_text, text)
-    started = asyncio.get_running_loop().time()
     answer = await call(f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS))
     assert answer.status == 200, answer
     assert answer.json()["outcome"] == "applied"
     assert any("web server restarted" in c for c in answer.json()["changes"])
-    assert asyncio.get_running_loop().time() - started < 1.5
     assert (await call(f"{served.url}/metrics")).status == 200  # the new server runs it
 
 
@@ -550,10 +561,14 @@ async def test_a_deeply_nested_json_body_is_a_400_not_a_traceback(
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
 
 
-async def test_connections_slow_to_send_a_body_do_not_lock_out_healthz(served: Served) -> None:
+async def test_connections_slow_to_send_a_body_do_not_lock_out_healthz(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
     # A connection was only closed to make room while it sent its request head: one
     # that had sent a login's head and kept its body coming held its slot for good, so
-    # 256 of them (no credentials needed) locked out /healthz and every user.
+    # 256 of them (no credentials needed) locked out /healthz and every user. Then each
+    # connection closed so was logged as an ERROR with a traceback (the body's read
+    # raised ConnectionResetError out of the handler).
     head = (
         b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 8000\r\n\r\n{"
@@ -561,17 +576,22 @@ async def test_connections_slow_to_send_a_body_do_not_lock_out_healthz(served: S
     held = []
     try:
         for _ in range(260):
-            _reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
             writer.write(head)
-            held.append(writer)
-        await asyncio.gather(*(w.drain() for w in held))
+            held.append((reader, writer))
+        await asyncio.gather(*(w.drain() for _r, w in held))
         await asyncio.sleep(0.5)  # every head is read and its body awaited
         async with asyncio.timeout(2):
             answer = await call(f"{served.url}/healthz")
         assert answer.status == 200
+        async with asyncio.timeout(2):  # the oldest were closed to make room
+            assert [await r.read() for r, _w in held[:5]] == [b""] * 5
+        await asyncio.sleep(0.2)  # their handlers have seen it
     finally:
-        for writer in held:
+        for _reader, writer in held:
             writer.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors[:3]
 
 
 async def test_no_answer_carries_a_secret(served: Served) -> None:
