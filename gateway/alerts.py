@@ -10,7 +10,7 @@ with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
 event is sent once to each notifier: the MQTT topic (on the status connection,
 gateway/mqtt/status.py, acknowledged by PUBACK) and the webhook (a JSON POST with
 aiohttp's client, retried with capped backoff and jitter; a 307 or 308 redirect is
-followed with the POST, a few hops at most; a 301, 302 or 303, which would become a GET
+followed with the POST, a few hops at most, never from https to http; a 301, 302 or 303, which would become a GET
 without the event, is not followed but retried, as a 5xx is). An event not yet sent
 stays pending in the store, so a restart sends it then; each notifier's queue
 is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
@@ -61,6 +61,8 @@ def _redirect_target(url: yarl.URL, status: int, location: str) -> yarl.URL | No
         target = url.join(yarl.URL(location))
     except ValueError:
         return None
+    if url.scheme == "https" and target.scheme != "https":
+        return None  # the event (and its link) would go on in plain text
     return target if target.scheme in ("http", "https") and target.host else None
 
 
@@ -450,11 +452,12 @@ class Alerts:
             return True
         if 300 <= status < 400:
             to = location.split("?", 1)[0][:200]  # a query may hold a token: not logged
-            why = (
-                f"over {WEBHOOK_REDIRECTS} redirects are not followed"
-                if status in (307, 308) and to
-                else "only a 307 or 308 is followed, as a POST with the event"
-            )
+            if status not in (307, 308) or not to:
+                why = "only a 307 or 308 is followed, as a POST with the event"
+            elif url.scheme == "https" and "://" in to and not to.lower().startswith("https:"):
+                why = "a redirect from https to http is not followed"
+            else:
+                why = f"over {WEBHOOK_REDIRECTS} redirects are not followed"
             self._webhook_trouble(
                 notifier,
                 f"the webhook answered HTTP {status}{f' to {to}' if to else ''} ({why}:"

@@ -246,3 +246,18 @@ async def test_a_webhook_redirect_is_followed_only_as_a_post_with_the_event() ->
         assert posted == []
     finally:
         await runner.cleanup()
+
+
+def test_a_webhook_redirect_from_https_to_http_is_not_followed() -> None:
+    """The event and its link would go on in plain text."""
+    import yarl
+
+    from gateway.alerts import _redirect_target
+
+    https = yarl.URL("https://hooks.example/in")
+    assert _redirect_target(https, 308, "http://hooks.example/in") is None
+    assert _redirect_target(https, 307, "HTTP://other.example/x") is None
+    assert _redirect_target(https, 308, "/v2/in") == yarl.URL("https://hooks.example/v2/in")
+    assert _redirect_target(https, 308, "https://b.example/") == yarl.URL("https://b.example/")
+    plain = yarl.URL("http://hooks.example/in")
+    assert _redirect_target(plain, 308, "https://hooks.example/in") is not None
