@@ -10,8 +10,9 @@ with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
 event is sent once to each notifier: the MQTT topic (on the status connection,
 gateway/mqtt/status.py, acknowledged by PUBACK) and the webhook (a JSON POST with
 aiohttp's client, retried with capped backoff and jitter; a 307 or 308 redirect is
-followed with the POST, a few hops at most, never from https to http; a 301, 302 or 303, which would become a GET
-without the event, is not followed but retried, as a 5xx is). An event not yet sent
+followed with the POST, a few hops at most, never from https to http; a 301, 302 or
+303, which would become a GET without the event, is not followed but retried, as a 5xx
+is). An event not yet sent
 stays pending in the store, so a restart sends it then; each notifier's queue
 is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
 
