@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import string
 import uuid
 from collections.abc import Iterator, Sequence
@@ -157,8 +158,20 @@ class _Probe(dict[str, str]):
 # --- values --------------------------------------------------------------------------------
 
 
+_ADDRESSES = (
+    ipaddress.IPv4Address,  # and the interfaces (PostgreSQL inet with a mask): subclasses
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+)
+# Times are written here, not by orjson, which refuses a time with a time zone (timetz).
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def _json_default(value: Any) -> Any:
     """JSON for what a database row may hold beyond JSON's own types."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)  # exact: a float would round a NUMERIC(38,10)
     if isinstance(value, dt.timedelta):
@@ -171,6 +184,10 @@ def _json_default(value: Any) -> Any:
             return base64.b64encode(raw).decode()
     if isinstance(value, uuid.UUID | set | frozenset):
         return str(value) if isinstance(value, uuid.UUID) else sorted(value)
+    if isinstance(value, _ADDRESSES):
+        return str(value)  # inet, cidr: as the server writes them
+    if isinstance(value, tuple):  # a named or driver tuple (a point [x, y], a box, a circle)
+        return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
@@ -266,6 +283,11 @@ class IncrementalSource(Source):
         self, sql: str, args: Sequence[Any]
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise NotImplementedError
+
+    def json_value(self, value: Any) -> Any:
+        """JSON for a value of a row beyond JSON's own types; a driver's own types are
+        added by its source. TypeError for one with no JSON form."""
+        return _json_default(value)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -381,7 +403,7 @@ class IncrementalSource(Source):
         for row in rows:
             record = dict(zip(names, row, strict=True))
             try:
-                content = orjson.dumps(record, default=_json_default)
+                content = orjson.dumps(record, default=self.json_value, option=_JSON_OPTIONS)
             except TypeError as err:
                 raise PermanentError(
                     f"table {config.table}: a row holds a value with no JSON form ({err})"

@@ -365,3 +365,39 @@ async def test_a_query_that_takes_longer_than_timeout_says_so(db: Db) -> None:
     text = str(caught.value)
     assert text.startswith(f"reading table {table} on ")
     assert text.endswith(": no answer within timeout (0.3s)")
+
+
+async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> None:
+    """An inet, cidr, point, box, polygon, range, bit or timetz column stopped the source
+    for good: 'a row holds a value with no JSON form' (with all columns, the default)."""
+    table = unique_name()
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id INT PRIMARY KEY, ip inet, net cidr, pt point, bx box,'
+        " pg polygon, r int4range, e int4range, b bit(4), t timetz, at timestamptz)"
+    )
+    postgres.execute(
+        f"""INSERT INTO "{table}" VALUES (1, '10.0.0.7/24', '10.0.0.0/8', '(1,2)',
+        '((3,4),(1,2))', '((0,0),(1,0),(1,1))', '[1,5)', 'empty', B'1010', '12:30+02',
+        '2024-05-01 12:00:00.5+00')"""
+    )
+    config, problems = build("postgres", dsn=postgres.dsn, table=table, cursor="id")
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        await source.close()
+    assert orjson.loads(message.flowfile.content) == {
+        "id": 1,
+        "ip": "10.0.0.7/24",
+        "net": "10.0.0.0/8",
+        "pt": [1.0, 2.0],
+        "bx": [[3.0, 4.0], [1.0, 2.0]],
+        "pg": [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]],
+        "r": {"lower": 1, "upper": 5, "lower_inc": True, "upper_inc": False},
+        "e": {"empty": True},
+        "b": "1010",
+        "t": "12:30:00+02:00",
+        "at": "2024-05-01T12:00:00.500000+00:00",
+    }
