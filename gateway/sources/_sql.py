@@ -197,6 +197,10 @@ def _encode_value(value: Any) -> Any:
         return {"datetime": value.isoformat()}
     if isinstance(value, dt.date):
         return {"date": value.isoformat()}
+    if isinstance(value, dt.time):  # with its offset (timetz), which orjson refuses
+        return {"time": value.isoformat()}
+    if isinstance(value, dt.timedelta):  # interval, and MySQL's TIME
+        return {"timedelta": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, Decimal):
         return {"decimal": str(value)}
     if isinstance(value, bytes):
@@ -213,6 +217,11 @@ def _decode_value(value: Any) -> Any:
             return dt.datetime.fromisoformat(text)
         if kind == "date":
             return dt.date.fromisoformat(text)
+        if kind == "time":
+            return dt.time.fromisoformat(text)
+        if kind == "timedelta":
+            days, seconds, microseconds = text
+            return dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
         if kind == "decimal":
             return Decimal(text)
         if kind == "bytes":
@@ -335,14 +344,22 @@ class IncrementalSource(Source):
 
     def _position(self, after: tuple[Any, ...]) -> bytes:
         config = self.config
-        return orjson.dumps(
-            {
-                "v": POSITION_VERSION,
-                "table": config.table,
-                "order": self._order(),
-                "after": [_encode_value(v) for v in after],
-            }
-        )
+        try:
+            return orjson.dumps(
+                {
+                    "v": POSITION_VERSION,
+                    "table": config.table,
+                    "order": self._order(),
+                    "after": [_encode_value(v) for v in after],
+                }
+            )
+        except TypeError as err:
+            kinds = ", ".join(type(v).__name__ for v in after)
+            raise PermanentError(
+                f"table {config.table}: {' and '.join(self._order())} cannot mark a position"
+                f" (its values read as {kinds}); use a number, text or time column as the"
+                " cursor"
+            ) from err
 
     async def _load_position(self) -> None:
         stored = await self.ctx.position()
@@ -371,8 +388,9 @@ class IncrementalSource(Source):
             if rows:
                 # kept at once: a restart before the next row must not skip what came
                 # meanwhile by taking the end again
+                position = self._position(tuple(rows[0]))
                 self._after = tuple(rows[0])
-                await self.ctx.save_position(self._position(self._after))
+                await self.ctx.save_position(position)
 
     # -- polling -----------------------------------------------------------------------
 

@@ -401,3 +401,64 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
         "t": "12:30:00+02:00",
         "at": "2024-05-01T12:00:00.500000+00:00",
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "column", "values"),
+    [
+        ("postgres", "time", ["'10:00'", "'11:00'"]),
+        ("postgres", "timetz", ["'10:00+02'", "'11:00+02'"]),
+        ("postgres", "interval", ["'1 day'", "'2 days'"]),
+        ("mysql", "TIME", ["'10:00'", "'11:00'"]),
+    ],
+)
+async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
+    kind: str, column: str, values: list[str], request: pytest.FixtureRequest
+) -> None:
+    """A time cursor read after a restart as text: the query failed at every poll
+    (PostgreSQL); a timetz, interval or MySQL TIME cursor could not be stored at all
+    ("TypeError: Type is not JSON serializable: datetime.timedelta")."""
+    server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
+    table = unique_name()
+    q = "`" if kind == "mysql" else '"'
+    server.execute(f"CREATE TABLE {q}{table}{q} (c {column}, n INT)")
+    server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[0]}, 1)")
+    config, problems = build(kind, dsn=server.dsn, table=table, cursor="c")
+    assert problems == []
+    entry = find("source", kind)
+    assert entry is not None
+    stored: list[bytes] = []
+
+    async def position() -> bytes | None:
+        return stored[-1] if stored else None
+
+    got = []
+    for _restart in range(2):
+        source = entry.cls(config, Context("rows", "source", position=position))
+        await source.connect()
+        try:
+            for message in await source.poll_messages():
+                stored.append(message.position)
+                got.append(orjson.loads(message.flowfile.content)["n"])
+        finally:
+            await source.close()
+        server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[1]}, 2)")
+    assert got == [1, 2]
+
+
+async def test_a_cursor_whose_values_cannot_mark_a_position_stops_the_source(
+    postgres: Any,
+) -> None:
+    """It was a TypeError traceback ("Type is not JSON serializable: IPv4Address")."""
+    table = unique_name()
+    postgres.execute(
+        f'CREATE TABLE "{table}" (c inet); INSERT INTO "{table}" VALUES (\'10.0.0.1\')'
+    )
+    config, _problems = build("postgres", dsn=postgres.dsn, table=table, cursor="c")
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        with pytest.raises(PermanentError, match=r"c cannot mark a position .*IPv4Address"):
+            await source.poll_messages()
+    finally:
+        await source.close()
