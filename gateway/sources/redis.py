@@ -165,22 +165,27 @@ class RedisSourceConfig(SourceConfig):
             problem = _location_problem(self.url)
             if problem:
                 yield "url", problem
+        if self.timeout <= 0 or self.connect_timeout <= 0:
+            yield "timeout", "timeouts must be positive"
         try:
             names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
         except ValueError as err:
             yield "topic", str(err)
             return
+        problems = []
         for name in names:
             if not name.isidentifier():
-                yield "topic", f"{{{name}}} must be a plain name: {{key}}, {{source}} or a field"
+                problems.append(f"{{{name}}} must be a plain name: {{key}}, {{source}} or a field")
             elif self.mode == "list" and name not in ("key", "source"):
-                yield "topic", f"{{{name}}}: a list item has no fields; use {{key}} or {{source}}"
+                problems.append(f"{{{name}}}: a list item has no fields; use {{key}} or {{source}}")
+        if problems:  # a {0} or {x.y} cannot be probed below (IndexError, AttributeError)
+            for problem in problems:
+                yield "topic", problem
+            return
         probe = string.Formatter().vformat(self.topic, (), _Probe())
         problem = validate_topic(probe)
         if problem:
             yield "topic", problem
-        if self.timeout <= 0 or self.connect_timeout <= 0:
-            yield "timeout", "timeouts must be positive"
 
 
 class _Probe(dict[str, str]):

@@ -209,6 +209,11 @@ def test_keys_are_checked() -> None:
     assert "a list item has no fields" in problems[1]
     _config, problems = build(url="redis://h:1/0", key="k", count=0)
     assert problems == ["sources.r.count: must be between 1 and 10000"]
+    # a field by position or with an attribute was a traceback (IndexError, AttributeError)
+    for template in ("a/{0}", "a/{x.y}", "a/{x[0]}"):
+        _config, problems = build(url="redis://h:1/0", key="k", topic=template)
+        assert len(problems) == 1 and problems[0].startswith("sources.r.topic: {"), problems
+
 
 
 async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:
