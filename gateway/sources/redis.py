@@ -167,6 +167,10 @@ class RedisSourceConfig(SourceConfig):
                 yield "url", problem
         if self.timeout <= 0 or self.connect_timeout <= 0:
             yield "timeout", "timeouts must be positive"
+        if self.mode == "list" and self.key in (self.processing, f"{self.processing}:done"):
+            # BLMOVE from a list into itself only rotates it, and every item waiting in the
+            # processing list is read again at each start
+            yield "processing", f"must be another list than key ({self.key!r})"
         try:
             names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
         except ValueError as err:

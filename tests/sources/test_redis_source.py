@@ -213,7 +213,10 @@ def test_keys_are_checked() -> None:
     for template in ("a/{0}", "a/{x.y}", "a/{x[0]}"):
         _config, problems = build(url="redis://h:1/0", key="k", topic=template)
         assert len(problems) == 1 and problems[0].startswith("sources.r.topic: {"), problems
-
+    # the list itself as its processing list rotated it, each item read again and again
+    for key in ("k", "k:done"):
+        _config, problems = build(url="redis://h:1/0", key=key, mode="list", processing="k")
+        assert problems == [f"sources.r.processing: must be another list than key ({key!r})"]
 
 
 async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:
