@@ -202,8 +202,14 @@ class FileSinkConfig(SinkConfig):
     ] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.path is not None and (not self.path or self.path.endswith(os.sep)):
+        if self.path is not None and (
+            not self.path
+            or self.path.endswith(os.sep)
+            or os.path.basename(self.path) in (".", "..")
+        ):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
+        elif self.path is not None and "\0" in self.path:  # open() would raise ValueError
+            yield "path", f"{self.path!r} cannot hold a NUL character"
         if self.rotate_bytes is not None and 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
         if self.keep not in (None, 5) and self.rotate_bytes == 0 and self.rotate_interval == 0:

@@ -481,3 +481,13 @@ def test_csv_keys_are_checked() -> None:
     problems = Problems()
     build_dataclass(entry.config, {"type": "file", "columns": ["id"]}, ("sinks", "t"), problems)
     assert problems.items[0][1] == "applies to format: csv only"
+    # a NUL crashed the sink at each restart (ValueError: embedded null byte); a directory
+    # was retried for ever
+    for path, message in [
+        ("out\0.jsonl", "'out\\x00.jsonl' cannot hold a NUL character"),
+        (".", "'.' must name a file, e.g. telemetry.jsonl"),
+        ("logs/..", "'logs/..' must name a file, e.g. telemetry.jsonl"),
+    ]:
+        problems = Problems()
+        build_dataclass(entry.config, {"type": "file", "path": path}, ("sinks", "t"), problems)
+        assert [m for _p, m in problems.items] == [message]
