@@ -342,7 +342,9 @@ class IncrementalSource(Source):
 
     # -- positions ---------------------------------------------------------------------
 
-    def _position(self, after: tuple[Any, ...]) -> bytes:
+    def _position(self, after: tuple[Any, ...] | None) -> bytes:
+        """The stored form of a position; `after` None: before the first row (a `start:
+        end` on an empty table, so that a restart reads what came meanwhile)."""
         config = self.config
         try:
             return orjson.dumps(
@@ -350,11 +352,11 @@ class IncrementalSource(Source):
                     "v": POSITION_VERSION,
                     "table": config.table,
                     "order": self._order(),
-                    "after": [_encode_value(v) for v in after],
+                    "after": None if after is None else [_encode_value(v) for v in after],
                 }
             )
         except TypeError as err:
-            kinds = ", ".join(type(v).__name__ for v in after)
+            kinds = ", ".join(type(v).__name__ for v in after or ())
             raise PermanentError(
                 f"table {config.table}: {' and '.join(self._order())} cannot mark a position"
                 f" (its values read as {kinds}); use a number, text or time column as the"
@@ -367,7 +369,8 @@ class IncrementalSource(Source):
             try:
                 data = orjson.loads(stored)
                 if data.get("table") == self.config.table and data.get("order") == self._order():
-                    self._after = tuple(_decode_value(v) for v in data["after"])
+                    after = data["after"]
+                    self._after = None if after is None else tuple(map(_decode_value, after))
                     return
                 self.ctx.log.warning(
                     "the stored position is for table %s ordered by %s, not this one; starting"
@@ -385,12 +388,12 @@ class IncrementalSource(Source):
                 )
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
-            if rows:
-                # kept at once: a restart before the next row must not skip what came
-                # meanwhile by taking the end again
-                position = self._position(tuple(rows[0]))
-                self._after = tuple(rows[0])
-                await self.ctx.save_position(position)
+            # kept at once, an empty table's too: a restart before the next row must not
+            # skip what came meanwhile by taking the end again
+            end = tuple(rows[0]) if rows else None
+            position = self._position(end)
+            self._after = end
+            await self.ctx.save_position(position)
 
     # -- polling -----------------------------------------------------------------------
 

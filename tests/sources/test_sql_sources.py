@@ -292,6 +292,37 @@ async def test_start_at_the_end_keeps_its_place_across_a_restart_before_any_new_
     assert [x["payload"]["id"] for x in lines(tmp_path)] == [4, 5, 6]
 
 
+async def test_start_at_the_end_of_an_empty_table_reads_what_came_while_it_was_stopped(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """Nothing was kept for an empty table: the next start took the end again and skipped
+    the rows inserted while the gateway was down."""
+    table = unique_name()
+    db.create(table)
+    source = {
+        "type": db.kind,
+        "dsn": db.dsn,
+        "table": table,
+        "cursor": "id",
+        "start": "end",
+        "interval": "100ms",
+    }
+    engine = await run_engine(source)
+    runs: set[str] = set()
+
+    def polled_twice() -> bool:  # the next run moved on twice: the first poll is done
+        runs.add(str(engine.snapshot().sources["rows"].to_json().get("next_run")))
+        return len(runs - {"None"}) >= 3
+
+    await until(polled_twice)
+    await stop(engine)
+    db.insert(table, [("while-down", 1, T0)])
+    await run_engine(source)
+    db.insert(table, [("new", 2, T0)])
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["payload"]["device"] for x in lines(tmp_path)] == ["while-down", "new"]
+
+
 async def test_rows_with_no_cursor_value_are_passed_over_without_stalling(
     db: Db, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
