@@ -21,7 +21,8 @@ or `header: source` with these sources:
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
 line is always one FlowFile. A file whose header is not the configured one (the
-columns changed) is rotated away when the sink opens it.
+columns changed), or with `format: jsonl` one that does not start with a JSON Lines
+line (a CSV file on the same path), is rotated away when the sink opens it.
 
 Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -300,10 +301,15 @@ class FileSink(Sink):
             f = open(self.path, "a+b")  # noqa: SIM115
             try:
                 self._size = self._trim_torn_tail(f)
-                if self.csv and self._size and not self._has_header(f):
+                if self._size and not self._has_header(f):
                     f.close()
-                    self._shift_old_files()  # the columns changed: start a file of its own
-                    self.ctx.log.info("the columns changed: %s starts anew", self.path)
+                    # the columns or the format changed: start a file of its own
+                    self._shift_old_files()
+                    self.ctx.log.info(
+                        "%s: %s starts anew",
+                        "the columns changed" if self.csv else "it held no JSON Lines",
+                        self.path,
+                    )
                     existed = False
                     f = open(self.path, "a+b")  # noqa: SIM115
                     self._size = 0
@@ -324,6 +330,10 @@ class FileSink(Sink):
             self._sync_directory(directory)
 
     def _has_header(self, f: IO[bytes]) -> bool:
+        """Whether the file starts as this sink writes it: the CSV header of its columns,
+        or a JSON Lines line (a CSV file left by `format: csv` on the same path is not)."""
+        if not self.csv:
+            return _JSONL_ID.match(os.pread(f.fileno(), 64, 0)) is not None
         head = os.pread(f.fileno(), len(self._header), 0)
         return head == self._header
 
