@@ -22,7 +22,8 @@ A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
 line is always one FlowFile. A file whose header is not the configured one (the
 columns changed), or with `format: jsonl` one that does not start with a JSON Lines
-line (a CSV file on the same path), is rotated away when the sink opens it.
+line (a CSV file on the same path), is rotated away when the sink opens it (to
+`<path>.1`, also with `keep: 0`).
 
 Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -303,8 +304,9 @@ class FileSink(Sink):
                 self._size = self._trim_torn_tail(f)
                 if self._size and not self._has_header(f):
                     f.close()
-                    # the columns or the format changed: start a file of its own
-                    self._shift_old_files()
+                    # the columns or the format changed: start a file of its own, the old
+                    # one kept as <path>.1 even with keep: 0 (it may be no file of ours)
+                    self._shift_old_files(max(self.config.keep, 1))
                     self.ctx.log.info(
                         "%s: %s starts anew",
                         "the columns changed" if self.csv else "it held no JSON Lines",
@@ -452,8 +454,8 @@ class FileSink(Sink):
         self._open()
         self.ctx.log.info("rotated %s (keeping %d old files)", self.path, self.config.keep)
 
-    def _shift_old_files(self) -> None:
-        keep = self.config.keep
+    def _shift_old_files(self, keep: int | None = None) -> None:
+        keep = self.config.keep if keep is None else keep
         try:
             if keep == 0:
                 os.remove(self.path)

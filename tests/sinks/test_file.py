@@ -430,7 +430,7 @@ async def test_a_csv_file_on_the_path_of_a_jsonl_sink_starts_a_new_file(tmp_path
     first = csv_sink(tmp_path, path="out.log")
     await first.write([flowfile(b"1")])
     await first.close()
-    second = make_sink(tmp_path, path="out.log")
+    second = make_sink(tmp_path, path="out.log", keep=0)  # kept aside all the same
     await second.write([flowfile(b"2")])
     await second.close()
     assert read_csv(tmp_path / "out.log.1")[0] == ["id", "topic", "ts", "payload"]
