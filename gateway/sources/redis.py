@@ -10,7 +10,8 @@ Modes (`mode:`)
            or `processing`) and remove them from there only after the store committed
            them. Give each gateway its own processing list.
 
-A stream entry's FlowFile holds its fields as a JSON object (values as text), or,
+A stream entry's FlowFile holds its fields as a JSON object (values as text; a name
+or value that is not UTF-8 in base64, as the sql sources write bytes), or,
 when `field` is set, that one field's bytes as they are (an entry the redis sink
 wrote: `field: payload`; an entry without that field goes to the dead letters with
 its fields as a JSON object); a list item's FlowFile holds the item's bytes. Its topic
@@ -57,6 +58,7 @@ Example
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -195,6 +197,15 @@ class RedisSourceConfig(SourceConfig):
 class _Probe(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "x"
+
+
+def _text(value: bytes) -> str:
+    """A field's name or value in the JSON of an entry: its text, or base64 for bytes that
+    are not UTF-8 (decoding them with replacement characters lost the bytes for good)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode()
 
 
 def _level(value: str) -> str:
@@ -442,9 +453,7 @@ class RedisSource(Source):
         content = fields.get(cfg.field.encode()) if cfg.field is not None else None
         reject = None
         if content is None:  # all fields; an entry without `field`: kept whole, dead-lettered
-            content = orjson.dumps(
-                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-            )
+            content = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
             if cfg.field is not None:  # it became an empty FlowFile, delivered as data
                 reject = f"the entry has no field {cfg.field!r} (its fields are the content)"
         values = dict(self._fixed)

@@ -148,6 +148,20 @@ async def test_an_entry_without_the_field_is_dead_lettered_not_an_empty_flowfile
     assert bad.ack is not None and bad.position is not None, "acked and passed as any entry"
 
 
+async def test_field_values_that_are_not_utf8_are_kept_in_base64(redis: Any) -> None:
+    """They were decoded with replacement characters: b"\xff\xfe" read "\ufffd\ufffd", the
+    bytes lost for good (in a dead letter too)."""
+    key = unique_name()
+    SyncRedis.from_url(redis.url).xadd(key, {"raw": b"\xff\xfe\x00", b"\xff": "v", "t": "21.5"})
+    source = make(redis.url, [None], key=key)
+    await source.connect()
+    try:
+        (message,) = await source.read()
+    finally:
+        await source.close()
+    assert orjson.loads(message.flowfile.content) == {"raw": "//4A", "/w==": "v", "t": "21.5"}
+
+
 async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     redis: Any,
 ) -> None:
