@@ -4,6 +4,7 @@ runner driving a polled source on a fake clock (wall clock jumps included)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -66,6 +67,24 @@ def test_cron_missed_times_skip_or_catch_up_once() -> None:
     catch.first(0.0, wall("2024-03-01T09:30:00"))
     assert catch.next(0.0, wall("2024-03-01T13:20:00")) == wall("2024-03-01T13:20:00")
     assert catch.next(0.0, wall("2024-03-01T13:20:05")) == wall("2024-03-01T14:00:00")
+
+
+def test_a_wall_clock_leap_of_years_is_passed_over_at_once() -> None:
+    """A board without RTC that learns the time leaps from 1970: each missed cron time was
+    counted with a croniter of its own, 0.1 ms each, at most 100,000 a call (then the run
+    came at once, and again): minutes of a blocked event loop."""
+    skip = Schedule(interval=1.0, cron="*/10 * * * *")
+    skip.first(0.0, wall("1970-01-02T00:00:00"))  # due 00:10
+    started = time.monotonic()
+    assert skip.next(0.0, wall("2026-11-30T11:05:00")) == wall("2026-11-30T11:10:00")
+    assert time.monotonic() - started < 1.0
+    days = (wall("2026-11-30T00:00:00") - wall("1970-01-03T00:00:00")) / 86400
+    assert skip.missed_runs == 142 + 144 * days + 67, "01-02 00:20 .. 23:50, 00:00 .. 11:00"
+    catch = Schedule(interval=1.0, cron="0 * * * *", missed="catch_up")
+    catch.first(0.0, wall("2024-03-01T09:30:00"))
+    assert catch.next(0.0, wall("2024-05-01T13:20:00")) == wall("2024-05-01T13:20:00")
+    assert catch.next(0.0, wall("2024-05-01T13:20:05")) == wall("2024-05-01T14:00:00")
+    assert catch.missed_runs == 61 * 24 + 3, "11:00 on 1 March .. 13:00 on 1 May"
 
 
 def test_bad_cron_expressions_are_explained() -> None:
