@@ -12,7 +12,8 @@ cron expression is checked or used: most gateways poll on an interval and never 
 A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:
 skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
-once at once for all the missed ones, then keeps to the schedule.
+once at once for all the missed ones, then keeps to the schedule. A wall clock set
+back moves a cron schedule back with it (its next time after the clock's new time).
 """
 
 from __future__ import annotations
@@ -142,6 +143,17 @@ class Schedule:
             self.due = wall
             return wall
         return self._jittered(slot)
+
+    def rewound(self, wall: float) -> float:
+        """While waiting for the current run: its `due`, or, when the wall clock went back
+        before a cron time ahead of this run's (set back by NTP after a wrong saved time),
+        the due of the first cron time after `wall`, so the runs go on from the clock's
+        new time rather than after waiting for the old one to come again."""
+        if self.cron is not None:
+            ahead = self._cron_after(wall)
+            if ahead < self._slot:
+                return self._jittered(ahead)
+        return self.due
 
     def settle(self, mono: float, wall: float) -> float:
         """At the wake-up for the current run: its `due`, or, when the following run's

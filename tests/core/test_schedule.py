@@ -195,6 +195,22 @@ async def test_the_runner_notices_a_wall_clock_jump_and_catches_up_once() -> Non
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_the_runner_follows_a_wall_clock_set_back() -> None:
+    """A clock that was ahead (a board whose saved time was wrong) set back a day by NTP:
+    the runner slept on toward the next cron time of the wrong day, no poll for a day."""
+    clock = FakeClock(1000.0, wall("2024-03-02T09:59:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="*/5 * * * *"))
+    runner, task = await run_with(source, clock)
+    await steps(clock, 61)
+    assert source.polls == [wall("2024-03-02T10:00:00")]
+    await steps(clock, 60, by=60.0, wall_jump=-86401.0)  # now 10:01:00 on 1 March
+    await steps(clock, 10 * 60, by=5.0)
+    assert source.polls[1:] == [wall("2024-03-01T10:05:00"), wall("2024-03-01T10:10:00")]
+    assert runner.status().to_json()["next_run"] == "2024-03-01T10:15:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_source_with_a_backlog_is_polled_again_at_once() -> None:
     clock = FakeClock(1000.0, wall("2024-03-01T10:00:00"))
     source = Counting(clock, Schedule(interval=30.0), backlog_polls=3)
