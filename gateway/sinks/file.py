@@ -231,6 +231,8 @@ class FileSinkConfig(SinkConfig):
                         yield f"columns.{i}", problem
                     if header in headers:
                         yield f"columns.{i}", f"header {header!r} is used twice"
+                    if "\n" in header or "\r" in header:  # a header of two lines
+                        yield f"columns.{i}", f"header {header!r} cannot hold a line break"
                     headers.add(header)
 
 

@@ -494,6 +494,14 @@ def test_csv_keys_are_checked() -> None:
     problems = Problems()
     build_dataclass(entry.config, {"type": "file", "columns": ["id"]}, ("sinks", "t"), problems)
     assert problems.items[0][1] == "applies to format: csv only"
+    problems = Problems()  # written as is, the header took two lines, its cells apart
+    build_dataclass(
+        entry.config,
+        {"type": "file", "format": "csv", "columns": ["id", {"a\nb": "ts"}]},
+        ("sinks", "t"),
+        problems,
+    )
+    assert [m for _p, m in problems.items] == ["header 'a\\nb' cannot hold a line break"]
     # a NUL crashed the sink at each restart (ValueError: embedded null byte); a directory
     # was retried for ever
     for path, message in [
