@@ -477,6 +477,26 @@ async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
     assert got == [1, 2]
 
 
+async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
+    mariadb: Any, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """FLOAT 0.2 reads back as 0.2 and compares as 0.200000003 > 0.2: every poll stored
+    the last row again."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (at FLOAT PRIMARY KEY, n INT)")
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (0.1, 1), (0.2, 2)")
+    source = {"type": "mysql", "dsn": mariadb.dsn, "table": table, "cursor": "at"}
+    engine = await run_engine({**source, "interval": "50ms"})
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    await asyncio.sleep(0.3)  # polls enough to read it again
+    await stop(engine)
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (0.3, 3)")
+    await run_engine({**source, "interval": "50ms"})  # from the stored position
+    await until(lambda: len(lines(tmp_path)) >= 3)
+    await asyncio.sleep(0.3)
+    assert [x["payload"]["n"] for x in lines(tmp_path)] == [1, 2, 3]
+
+
 async def test_a_cursor_whose_values_cannot_mark_a_position_stops_the_source(
     postgres: Any,
 ) -> None:
