@@ -127,6 +127,7 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
         for key in ("table", "cursor", "key"):
             name = getattr(self, key)
             if name is not None:

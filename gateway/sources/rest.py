@@ -268,6 +268,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
         if not self.url.startswith(("http://", "https://")):
             yield "url", "must start with http:// or https://"
         elif "@" in self.url.partition("://")[2].partition("/")[0]:

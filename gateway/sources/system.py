@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -81,6 +82,9 @@ class SystemSourceConfig(ScheduleKeys, SourceConfig):
             " one that cannot be read gives null values and `disk_error` in the status."
         ),
     ] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
 
 
 def _read(path: Path) -> str | None:

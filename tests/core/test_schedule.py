@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.config.model import RetrySettings
+from gateway.config.schema import Problems, build_component
 from gateway.core.clock import Clock
 from gateway.core.component import Context, Source
 from gateway.core.flowfile import FlowFile
@@ -85,6 +86,30 @@ def test_a_wall_clock_leap_of_years_is_passed_over_at_once() -> None:
     assert catch.next(0.0, wall("2024-05-01T13:20:00")) == wall("2024-05-01T13:20:00")
     assert catch.next(0.0, wall("2024-05-01T13:20:05")) == wall("2024-05-01T14:00:00")
     assert catch.missed_runs == 61 * 24 + 3, "11:00 on 1 March .. 13:00 on 1 May"
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"interval": "10s", "jitter": "1h"}, "must be less than interval (10s)"),
+        ({"interval": "10s", "jitter": "10s"}, "must be less than interval (10s)"),
+        (
+            {"schedule": "*/5 * * * *", "jitter": "5m"},
+            "must be less than the time between two runs of schedule (300s)",
+        ),
+        ({"interval": "10s", "jitter": "9s"}, None),
+        ({"schedule": "0 9 * * 1-5", "jitter": "2h"}, None),
+    ],
+)
+def test_a_jitter_as_long_as_the_time_between_polls_is_refused(
+    keys: dict[str, str], problem: str | None
+) -> None:
+    """interval 10s, jitter 1h was taken: 40 polls a day instead of 8640, the rest counted
+    as missed runs."""
+    for source in ({"type": "system"}, {"type": "rest", "url": "http://api"}):
+        problems = Problems()
+        build_component("source", {**source, **keys}, ("sources", "s"), problems)
+        assert [m for _p, m in problems.items] == ([problem] if problem else [])
 
 
 def test_bad_cron_expressions_are_explained() -> None:
