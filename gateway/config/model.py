@@ -11,11 +11,13 @@ Each key carries its description (`Doc`) and simple bounds (`Range`), from which
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from gateway.config.schema import (
@@ -1241,7 +1243,8 @@ class ScheduleKeys:
         Duration,
         Doc(
             "Delay each poll by a random time up to this, so that many gateways on one"
-            " schedule do not query the same server at the same instant (default: 0s).",
+            " schedule do not query the same server at the same instant; less than"
+            " `interval` (or the time between two runs of `schedule`). Default: 0s.",
             example="5s",
         ),
         Range(0, message="must not be negative"),
@@ -1256,6 +1259,26 @@ class ScheduleKeys:
             " `missed_runs` in /api/status."
         ),
     ] = "skip"
+
+    def schedule_problems(self, interval: float) -> Iterator[tuple[str, str]]:
+        """A `jitter` as long as the time between two polls: every poll then risks passing
+        the next poll's time, and most are skipped (interval 10s, jitter 1h: 40 polls a
+        day instead of 8640, the rest counted as missed)."""
+        if not self.jitter:
+            return
+        if self.schedule is None:
+            if self.jitter >= interval:
+                yield "jitter", f"must be less than interval ({interval:g}s)"
+            return
+        if cron_problem(self.schedule) is not None:
+            return  # said where `schedule` is checked
+        from croniter import croniter
+
+        times = croniter(self.schedule, datetime(2024, 1, 1, tzinfo=UTC))
+        runs = [times.get_next(float) for _ in range(60)]
+        gap = min(b - a for a, b in itertools.pairwise(runs))
+        if self.jitter >= gap:
+            yield "jitter", f"must be less than the time between two runs of schedule ({gap:g}s)"
 
     def poll_schedule(self, interval: float) -> Schedule:
         """The runtime schedule of these keys with the source's `interval`."""

@@ -12,7 +12,8 @@ cron expression is checked or used: most gateways poll on an interval and never 
 A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:
 skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
-once at once for all the missed ones, then keeps to the schedule.
+once at once for all the missed ones, then keeps to the schedule. A wall clock set
+back moves a cron schedule back with it (its next time after the clock's new time).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
 
@@ -91,6 +93,26 @@ class Schedule:
         start = datetime.fromtimestamp(wall, UTC)
         return float(croniter(self.cron, start).get_next(float))
 
+    def _passed(self, slot: float, wall: float) -> tuple[float, int]:
+        """The last cron time not after `wall`, and how many there are from `slot` (itself
+        one) to it. Counted one by one up to COUNT_MAX; past that (the wall clock of a
+        board without RTC leaping years ahead when it learns the time) the last one is
+        asked of croniter and the rest of the count estimated from the mean gap: counting
+        every time took croniter 0.1 ms each, a minute of blocked event loop per leap."""
+        assert self.cron is not None
+        from croniter import croniter
+
+        times = croniter(self.cron, datetime.fromtimestamp(slot, UTC))
+        passed, count, at = slot, 1, times.get_next(float)
+        while at <= wall and count < COUNT_MAX:
+            passed, count, at = at, count + 1, times.get_next(float)
+        if at <= wall:
+            gap = (passed - slot) / (count - 1)
+            last = croniter(self.cron, datetime.fromtimestamp(self._cron_after(wall), UTC))
+            passed = last.get_prev(float)
+            count += round((passed - at) / gap) + 1
+        return passed, count
+
     def first(self, mono: float, wall: float) -> float:
         """The first run's `due`, for a source started at `mono` / `wall`."""
         if self.cron is None:
@@ -112,11 +134,8 @@ class Schedule:
         slot = self._cron_after(self._slot)
         if slot > wall:
             return self._jittered(slot)
-        passed = slot
-        count = 0
-        while slot <= wall and count < 100_000:  # bounded: a clock leap of years
-            passed, count = slot, count + 1
-            slot = self._cron_after(slot)
+        passed, count = self._passed(slot, wall)
+        slot = self._cron_after(passed)
         self.missed_runs += count
         if self.missed == "catch_up":
             # one run now stands for all of them; the schedule goes on after the last
@@ -124,6 +143,17 @@ class Schedule:
             self.due = wall
             return wall
         return self._jittered(slot)
+
+    def rewound(self, wall: float) -> float:
+        """While waiting for the current run: its `due`, or, when the wall clock went back
+        before a cron time ahead of this run's (set back by NTP after a wrong saved time),
+        the due of the first cron time after `wall`, so the runs go on from the clock's
+        new time rather than after waiting for the old one to come again."""
+        if self.cron is not None:
+            ahead = self._cron_after(wall)
+            if ahead < self._slot:
+                return self._jittered(ahead)
+        return self.due
 
     def settle(self, mono: float, wall: float) -> float:
         """At the wake-up for the current run: its `due`, or, when the following run's

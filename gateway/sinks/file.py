@@ -21,7 +21,9 @@ or `header: source` with these sources:
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
 line is always one FlowFile. A file whose header is not the configured one (the
-columns changed) is rotated away when the sink opens it.
+columns changed), or with `format: jsonl` one that does not start with a JSON Lines
+line (a CSV file on the same path), is rotated away when the sink opens it (to
+`<path>.1`, also with `keep: 0`).
 
 Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -202,8 +204,14 @@ class FileSinkConfig(SinkConfig):
     ] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.path is not None and (not self.path or self.path.endswith(os.sep)):
+        if self.path is not None and (
+            not self.path
+            or self.path.endswith(os.sep)
+            or os.path.basename(self.path) in (".", "..")
+        ):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
+        elif self.path is not None and "\0" in self.path:  # open() would raise ValueError
+            yield "path", f"{self.path!r} cannot hold a NUL character"
         if self.rotate_bytes is not None and 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
         if self.keep not in (None, 5) and self.rotate_bytes == 0 and self.rotate_interval == 0:
@@ -223,6 +231,8 @@ class FileSinkConfig(SinkConfig):
                         yield f"columns.{i}", problem
                     if header in headers:
                         yield f"columns.{i}", f"header {header!r} is used twice"
+                    if "\n" in header or "\r" in header:  # a header of two lines
+                        yield f"columns.{i}", f"header {header!r} cannot hold a line break"
                     headers.add(header)
 
 
@@ -294,10 +304,16 @@ class FileSink(Sink):
             f = open(self.path, "a+b")  # noqa: SIM115
             try:
                 self._size = self._trim_torn_tail(f)
-                if self.csv and self._size and not self._has_header(f):
+                if self._size and not self._has_header(f):
                     f.close()
-                    self._shift_old_files()  # the columns changed: start a file of its own
-                    self.ctx.log.info("the columns changed: %s starts anew", self.path)
+                    # the columns or the format changed: start a file of its own, the old
+                    # one kept as <path>.1 even with keep: 0 (it may be no file of ours)
+                    self._shift_old_files(max(self.config.keep, 1))
+                    self.ctx.log.info(
+                        "%s: %s starts anew",
+                        "the columns changed" if self.csv else "it held no JSON Lines",
+                        self.path,
+                    )
                     existed = False
                     f = open(self.path, "a+b")  # noqa: SIM115
                     self._size = 0
@@ -318,6 +334,10 @@ class FileSink(Sink):
             self._sync_directory(directory)
 
     def _has_header(self, f: IO[bytes]) -> bool:
+        """Whether the file starts as this sink writes it: the CSV header of its columns,
+        or a JSON Lines line (a CSV file left by `format: csv` on the same path is not)."""
+        if not self.csv:
+            return _JSONL_ID.match(os.pread(f.fileno(), 64, 0)) is not None
         head = os.pread(f.fileno(), len(self._header), 0)
         return head == self._header
 
@@ -436,8 +456,8 @@ class FileSink(Sink):
         self._open()
         self.ctx.log.info("rotated %s (keeping %d old files)", self.path, self.config.keep)
 
-    def _shift_old_files(self) -> None:
-        keep = self.config.keep
+    def _shift_old_files(self, keep: int | None = None) -> None:
+        keep = self.config.keep if keep is None else keep
         try:
             if keep == 0:
                 os.remove(self.path)

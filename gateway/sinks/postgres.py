@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -307,6 +308,7 @@ _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _NOT_JSON: Any = object()
+_LONG_NUMBER = re.compile(rb"\d{20}")
 
 
 def _storable(value: Any) -> bool:
@@ -326,11 +328,14 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
         text = content.decode()
     except UnicodeDecodeError:
         return None, _NOT_JSON
-    try:
-        # orjson is about four times faster; what it refuses (integers beyond 64 bits,
-        # lone surrogate escapes) gets a second opinion from the standard parser.
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
+    # orjson is about four times faster; what it refuses (lone surrogate escapes) gets a
+    # second opinion from the standard parser, and so does an integer of 20 digits or
+    # more, which orjson reads as a float beyond 64 bits (the digits past 17 lost).
+    value: Any = _NOT_JSON
+    if not _LONG_NUMBER.search(content):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = orjson.loads(content)
+    if value is _NOT_JSON:
         try:
             value = _loads(text)
         except (ValueError, RecursionError):  # JSONDecodeError included

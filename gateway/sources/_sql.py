@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import string
 import uuid
 from collections.abc import Iterator, Sequence
@@ -126,6 +127,7 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
         for key in ("table", "cursor", "key"):
             name = getattr(self, key)
             if name is not None:
@@ -157,8 +159,20 @@ class _Probe(dict[str, str]):
 # --- values --------------------------------------------------------------------------------
 
 
+_ADDRESSES = (
+    ipaddress.IPv4Address,  # and the interfaces (PostgreSQL inet with a mask): subclasses
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+)
+# Times are written here, not by orjson, which refuses a time with a time zone (timetz).
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def _json_default(value: Any) -> Any:
     """JSON for what a database row may hold beyond JSON's own types."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)  # exact: a float would round a NUMERIC(38,10)
     if isinstance(value, dt.timedelta):
@@ -171,6 +185,10 @@ def _json_default(value: Any) -> Any:
             return base64.b64encode(raw).decode()
     if isinstance(value, uuid.UUID | set | frozenset):
         return str(value) if isinstance(value, uuid.UUID) else sorted(value)
+    if isinstance(value, _ADDRESSES):
+        return str(value)  # inet, cidr: as the server writes them
+    if isinstance(value, tuple):  # a named or driver tuple (a point [x, y], a box, a circle)
+        return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
@@ -180,6 +198,10 @@ def _encode_value(value: Any) -> Any:
         return {"datetime": value.isoformat()}
     if isinstance(value, dt.date):
         return {"date": value.isoformat()}
+    if isinstance(value, dt.time):  # with its offset (timetz), which orjson refuses
+        return {"time": value.isoformat()}
+    if isinstance(value, dt.timedelta):  # interval, and MySQL's TIME
+        return {"timedelta": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, Decimal):
         return {"decimal": str(value)}
     if isinstance(value, bytes):
@@ -196,6 +218,11 @@ def _decode_value(value: Any) -> Any:
             return dt.datetime.fromisoformat(text)
         if kind == "date":
             return dt.date.fromisoformat(text)
+        if kind == "time":
+            return dt.time.fromisoformat(text)
+        if kind == "timedelta":
+            days, seconds, microseconds = text
+            return dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
         if kind == "decimal":
             return Decimal(text)
         if kind == "bytes":
@@ -267,6 +294,11 @@ class IncrementalSource(Source):
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise NotImplementedError
 
+    def json_value(self, value: Any) -> Any:
+        """JSON for a value of a row beyond JSON's own types; a driver's own types are
+        added by its source. TypeError for one with no JSON form."""
+        return _json_default(value)
+
     # -- queries -----------------------------------------------------------------------
 
     def _order(self) -> list[str]:
@@ -311,16 +343,26 @@ class IncrementalSource(Source):
 
     # -- positions ---------------------------------------------------------------------
 
-    def _position(self, after: tuple[Any, ...]) -> bytes:
+    def _position(self, after: tuple[Any, ...] | None) -> bytes:
+        """The stored form of a position; `after` None: before the first row (a `start:
+        end` on an empty table, so that a restart reads what came meanwhile)."""
         config = self.config
-        return orjson.dumps(
-            {
-                "v": POSITION_VERSION,
-                "table": config.table,
-                "order": self._order(),
-                "after": [_encode_value(v) for v in after],
-            }
-        )
+        try:
+            return orjson.dumps(
+                {
+                    "v": POSITION_VERSION,
+                    "table": config.table,
+                    "order": self._order(),
+                    "after": None if after is None else [_encode_value(v) for v in after],
+                }
+            )
+        except TypeError as err:
+            kinds = ", ".join(type(v).__name__ for v in after or ())
+            raise PermanentError(
+                f"table {config.table}: {' and '.join(self._order())} cannot mark a position"
+                f" (its values read as {kinds}); use a number, text or time column as the"
+                " cursor"
+            ) from err
 
     async def _load_position(self) -> None:
         stored = await self.ctx.position()
@@ -328,7 +370,8 @@ class IncrementalSource(Source):
             try:
                 data = orjson.loads(stored)
                 if data.get("table") == self.config.table and data.get("order") == self._order():
-                    self._after = tuple(_decode_value(v) for v in data["after"])
+                    after = data["after"]
+                    self._after = None if after is None else tuple(map(_decode_value, after))
                     return
                 self.ctx.log.warning(
                     "the stored position is for table %s ordered by %s, not this one; starting"
@@ -346,11 +389,12 @@ class IncrementalSource(Source):
                 )
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
-            if rows:
-                # kept at once: a restart before the next row must not skip what came
-                # meanwhile by taking the end again
-                self._after = tuple(rows[0])
-                await self.ctx.save_position(self._position(self._after))
+            # kept at once, an empty table's too: a restart before the next row must not
+            # skip what came meanwhile by taking the end again
+            end = tuple(rows[0]) if rows else None
+            position = self._position(end)
+            self._after = end
+            await self.ctx.save_position(position)
 
     # -- polling -----------------------------------------------------------------------
 
@@ -379,14 +423,18 @@ class IncrementalSource(Source):
         now = self.ctx.clock.now_ns()
         topic_of = self._topic_maker(names)
         for row in rows:
+            after = tuple(row[i] for i in index)
+            if after == self._after:
+                # the row read last, found after its own position: the value read back is
+                # not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2)
+                continue
             record = dict(zip(names, row, strict=True))
             try:
-                content = orjson.dumps(record, default=_json_default)
+                content = orjson.dumps(record, default=self.json_value, option=_JSON_OPTIONS)
             except TypeError as err:
                 raise PermanentError(
                     f"table {config.table}: a row holds a value with no JSON form ({err})"
                 ) from err
-            after = tuple(row[i] for i in index)
             messages.append(
                 Message(
                     FlowFile.create(topic_of(record), content, self._attributes, now),
@@ -394,7 +442,7 @@ class IncrementalSource(Source):
                 )
             )
             self._after = after
-        self.rows += len(rows)
+        self.rows += len(messages)
         return messages
 
     def _topic_maker(self, names: list[str]) -> Any:

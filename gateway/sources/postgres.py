@@ -4,7 +4,11 @@ The same source as `mysql` (read its documentation: cursor, key, pages, topic
 template, positions committed with the rows), spoken to PostgreSQL through
 asyncpg: names double-quoted (checked identifiers), values bound as `$n`
 parameters. `numeric` is a string in the JSON, `timestamptz` ISO 8601, `bytea`
-text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text.
+text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text,
+`inet`/`cidr` their text, `bit` strings `"1010"`, `timetz` ISO 8601 with its offset,
+a point `[x, y]` (a box, segment, path or polygon a list of points, a circle
+`[[x, y], r]`), a range `{"lower", "upper", "lower_inc", "upper_inc"}` (`{"empty":
+true}` for an empty one).
 A dsn the server can never accept stops the source with one line, as it stops the
 `postgres` sink: a wrong password or database, a TLS file of the dsn (`?sslcert=`,
 `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full) that cannot
@@ -95,6 +99,22 @@ class PostgresSource(IncrementalSource):
 
     def param(self, n: int) -> str:
         return f"${n}"
+
+    def json_value(self, value: Any) -> Any:
+        if isinstance(value, asyncpg.BitString):
+            return value.as_string()  # bit, varbit: '1010'
+        if isinstance(value, asyncpg.Path):  # path, polygon: their points
+            return list(value)
+        if isinstance(value, asyncpg.Range):
+            if value.isempty:
+                return {"empty": True}
+            return {
+                "lower": value.lower,
+                "upper": value.upper,
+                "lower_inc": value.lower_inc,
+                "upper_inc": value.upper_inc,
+            }
+        return super().json_value(value)
 
     async def connect(self) -> None:
         config = self.config

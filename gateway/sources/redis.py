@@ -10,7 +10,8 @@ Modes (`mode:`)
            or `processing`) and remove them from there only after the store committed
            them. Give each gateway its own processing list.
 
-A stream entry's FlowFile holds its fields as a JSON object (values as text), or,
+A stream entry's FlowFile holds its fields as a JSON object (values as text; a name
+or value that is not UTF-8 in base64, as the sql sources write bytes), or,
 when `field` is set, that one field's bytes as they are (an entry the redis sink
 wrote: `field: payload`; an entry without that field goes to the dead letters with
 its fields as a JSON object); a list item's FlowFile holds the item's bytes. Its topic
@@ -57,6 +58,7 @@ Example
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -165,27 +167,45 @@ class RedisSourceConfig(SourceConfig):
             problem = _location_problem(self.url)
             if problem:
                 yield "url", problem
+        if self.timeout <= 0 or self.connect_timeout <= 0:
+            yield "timeout", "timeouts must be positive"
+        if self.mode == "list" and self.key in (self.processing, f"{self.processing}:done"):
+            # BLMOVE from a list into itself only rotates it, and every item waiting in the
+            # processing list is read again at each start
+            yield "processing", f"must be another list than key ({self.key!r})"
         try:
             names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
         except ValueError as err:
             yield "topic", str(err)
             return
+        problems = []
         for name in names:
             if not name.isidentifier():
-                yield "topic", f"{{{name}}} must be a plain name: {{key}}, {{source}} or a field"
+                problems.append(f"{{{name}}} must be a plain name: {{key}}, {{source}} or a field")
             elif self.mode == "list" and name not in ("key", "source"):
-                yield "topic", f"{{{name}}}: a list item has no fields; use {{key}} or {{source}}"
+                problems.append(f"{{{name}}}: a list item has no fields; use {{key}} or {{source}}")
+        if problems:  # a {0} or {x.y} cannot be probed below (IndexError, AttributeError)
+            for problem in problems:
+                yield "topic", problem
+            return
         probe = string.Formatter().vformat(self.topic, (), _Probe())
         problem = validate_topic(probe)
         if problem:
             yield "topic", problem
-        if self.timeout <= 0 or self.connect_timeout <= 0:
-            yield "timeout", "timeouts must be positive"
 
 
 class _Probe(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "x"
+
+
+def _text(value: bytes) -> str:
+    """A field's name or value in the JSON of an entry: its text, or base64 for bytes that
+    are not UTF-8 (decoding them with replacement characters lost the bytes for good)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode()
 
 
 def _level(value: str) -> str:
@@ -433,9 +453,7 @@ class RedisSource(Source):
         content = fields.get(cfg.field.encode()) if cfg.field is not None else None
         reject = None
         if content is None:  # all fields; an entry without `field`: kept whole, dead-lettered
-            content = orjson.dumps(
-                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-            )
+            content = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
             if cfg.field is not None:  # it became an empty FlowFile, delivered as data
                 reject = f"the entry has no field {cfg.field!r} (its fields are the content)"
         values = dict(self._fixed)

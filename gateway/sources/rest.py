@@ -36,6 +36,10 @@ that is no JSON is logged once when it starts (and when it changes), counted in
 `failures` and `last_status` in /api/status, and the next poll tries again on
 schedule. An answer larger than `max_body` counts as a failure.
 
+Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth, and
+the `headers` the console shows as ***) go to the origin of `url` only: a redirect to
+another host, port or scheme gets the request without them.
+
 Keys
   type: rest
   url: https://api.example.com/v1/readings  (required) http:// or https://
@@ -78,9 +82,11 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.secrets import is_secret_key
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -171,6 +177,22 @@ def _failure(err: BaseException) -> str:
     return _QUERY.sub(r"\1", what)
 
 
+MAX_REDIRECTS = 10  # as aiohttp's and browsers' limit
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _redirect(url: URL, location: str, where: str) -> URL:
+    """Where a redirect from `url` leads; RetryableError for a place that is no http(s) URL."""
+    try:
+        target = url.join(URL(location))
+        target.origin()  # ValueError for a URL without a host
+    except ValueError as err:
+        raise RetryableError(f"GET {where} failed: redirected to no valid URL") from err
+    if target.scheme not in ("http", "https"):
+        raise RetryableError(f"GET {where} failed: redirected to a {target.scheme}: URL")
+    return target
+
+
 def _template_fields(template: str) -> list[str]:
     """The fields a topic template uses; ValueError, in one line of ours rather than
     Python's format-string text, for a lone brace or a field that is no plain name."""
@@ -246,6 +268,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
         if not self.url.startswith(("http://", "https://")):
             yield "url", "must start with http:// or https://"
         elif "@" in self.url.partition("://")[2].partition("/")[0]:
@@ -293,6 +316,8 @@ class RestSource(Source):
             "{source}", ctx.name.replace("{", "{{").replace("}", "}}")
         )
         self._session: aiohttp.ClientSession | None = None
+        self._origin = URL(config.url).origin()
+        self._credentials: dict[str, str] = {}
         self._items: list[Any] = []  # the last answer's items not handed over yet
         self._next = 0
         self._read_at = 0
@@ -313,12 +338,18 @@ class RestSource(Source):
                     tls = ssl.create_default_context(cafile=cfg.ca_file)
                 except (OSError, ssl.SSLError) as err:
                     raise PermanentError(f"cannot read ca_file {cfg.ca_file}: {err}") from err
-        headers = {"User-Agent": "edge-stream", "Accept": "application/json", **cfg.headers}
+        headers = {"User-Agent": "edge-stream", "Accept": "application/json"}
+        credentials: dict[
+            str, str
+        ] = {}  # sent to the url's own origin only, never where it redirects
+        for name, value in cfg.headers.items():
+            (credentials if is_secret_key(name) else headers)[name] = value
         if cfg.bearer_token is not None:
-            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
+            credentials["Authorization"] = f"Bearer {cfg.bearer_token}"
         elif cfg.username and cfg.password:
             pair = f"{cfg.username}:{cfg.password}".encode()
-            headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+            credentials["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+        self._credentials = credentials
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout),
@@ -353,17 +384,35 @@ class RestSource(Source):
         assert self._session is not None
         cfg = self.config
         self.polls += 1
+        url = URL(cfg.url)
         try:
-            async with self._session.get(cfg.url, allow_redirects=True) as answer:
-                status = answer.status
-                if status >= 500 or status in (408, 429):
-                    raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
-                if status >= 300:
-                    return self._failed(f"answered {status} {answer.reason or ''}".rstrip())
-                try:  # read(n) would return what has arrived so far: one chunk of it
-                    body = await answer.content.readexactly(cfg.max_body + 1)
-                except asyncio.IncompleteReadError as err:  # the end came first: all of it
-                    body = err.partial
+            # Redirects are followed here, not by aiohttp, which sends every header but
+            # Authorization and Cookie on to another host: an X-Api-Key would go along.
+            for hops in range(MAX_REDIRECTS + 1):
+                same_origin = url.origin() == self._origin
+                async with self._session.get(
+                    url,
+                    allow_redirects=False,
+                    headers=self._credentials if same_origin else None,
+                ) as answer:
+                    status = answer.status
+                    location = answer.headers.get("Location")
+                    if status in _REDIRECTS and location is not None:
+                        if hops == MAX_REDIRECTS:
+                            raise RetryableError(
+                                f"GET {self._where} failed: too many redirects ({MAX_REDIRECTS})"
+                            )
+                        url = _redirect(url, location, self._where)
+                        continue
+                    if status >= 500 or status in (408, 429):
+                        raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
+                    if status >= 300:
+                        return self._failed(f"answered {status} {answer.reason or ''}".rstrip())
+                    try:  # read(n) would return what has arrived so far: one chunk of it
+                        body = await answer.content.readexactly(cfg.max_body + 1)
+                    except asyncio.IncompleteReadError as err:  # the end came first: all
+                        body = err.partial
+                    break
         except TimeoutError as err:  # first: aiohttp's timeouts are ClientErrors too
             raise RetryableError(
                 f"GET {self._where} did not answer within {cfg.timeout:g}s"

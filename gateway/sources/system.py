@@ -47,16 +47,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range
+from gateway.config.schema import Doc, Duration, Range, Valid
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_topic
+
+
+def _path_problem(path: str | None) -> str | None:
+    if path is not None and "\0" in path:  # os.statvfs would raise ValueError
+        return f"{path!r} cannot hold a NUL character"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,12 +76,15 @@ class SystemSourceConfig(ScheduleKeys, SourceConfig):
         Range(0.1, message="must be at least 100ms"),
     ] = 10.0
     disk_path: Annotated[
-        str | None,
+        Annotated[str | None, Valid(_path_problem)],
         Doc(
             "Whose file system the `disk_*` values describe (default: `gateway.data_dir`);"
             " one that cannot be read gives null values and `disk_error` in the status."
         ),
     ] = None
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
 
 
 def _read(path: Path) -> str | None:

@@ -4,11 +4,13 @@ runner driving a polled source on a fake clock (wall clock jumps included)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from gateway.config.model import RetrySettings
+from gateway.config.schema import Problems, build_component
 from gateway.core.clock import Clock
 from gateway.core.component import Context, Source
 from gateway.core.flowfile import FlowFile
@@ -66,6 +68,48 @@ def test_cron_missed_times_skip_or_catch_up_once() -> None:
     catch.first(0.0, wall("2024-03-01T09:30:00"))
     assert catch.next(0.0, wall("2024-03-01T13:20:00")) == wall("2024-03-01T13:20:00")
     assert catch.next(0.0, wall("2024-03-01T13:20:05")) == wall("2024-03-01T14:00:00")
+
+
+def test_a_wall_clock_leap_of_years_is_passed_over_at_once() -> None:
+    """A board without RTC that learns the time leaps from 1970: each missed cron time was
+    counted with a croniter of its own, 0.1 ms each, at most 100,000 a call (then the run
+    came at once, and again): minutes of a blocked event loop."""
+    skip = Schedule(interval=1.0, cron="*/10 * * * *")
+    skip.first(0.0, wall("1970-01-02T00:00:00"))  # due 00:10
+    started = time.monotonic()
+    assert skip.next(0.0, wall("2026-11-30T11:05:00")) == wall("2026-11-30T11:10:00")
+    assert time.monotonic() - started < 1.0
+    days = (wall("2026-11-30T00:00:00") - wall("1970-01-03T00:00:00")) / 86400
+    assert skip.missed_runs == 142 + 144 * days + 67, "01-02 00:20 .. 23:50, 00:00 .. 11:00"
+    catch = Schedule(interval=1.0, cron="0 * * * *", missed="catch_up")
+    catch.first(0.0, wall("2024-03-01T09:30:00"))
+    assert catch.next(0.0, wall("2024-05-01T13:20:00")) == wall("2024-05-01T13:20:00")
+    assert catch.next(0.0, wall("2024-05-01T13:20:05")) == wall("2024-05-01T14:00:00")
+    assert catch.missed_runs == 61 * 24 + 3, "11:00 on 1 March .. 13:00 on 1 May"
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"interval": "10s", "jitter": "1h"}, "must be less than interval (10s)"),
+        ({"interval": "10s", "jitter": "10s"}, "must be less than interval (10s)"),
+        (
+            {"schedule": "*/5 * * * *", "jitter": "5m"},
+            "must be less than the time between two runs of schedule (300s)",
+        ),
+        ({"interval": "10s", "jitter": "9s"}, None),
+        ({"schedule": "0 9 * * 1-5", "jitter": "2h"}, None),
+    ],
+)
+def test_a_jitter_as_long_as_the_time_between_polls_is_refused(
+    keys: dict[str, str], problem: str | None
+) -> None:
+    """interval 10s, jitter 1h was taken: 40 polls a day instead of 8640, the rest counted
+    as missed runs."""
+    for source in ({"type": "system"}, {"type": "rest", "url": "http://api"}):
+        problems = Problems()
+        build_component("source", {**source, **keys}, ("sources", "s"), problems)
+        assert [m for _p, m in problems.items] == ([problem] if problem else [])
 
 
 def test_bad_cron_expressions_are_explained() -> None:
@@ -172,6 +216,22 @@ async def test_the_runner_notices_a_wall_clock_jump_and_catches_up_once() -> Non
     assert len(source.polls) == 2, "one catch-up run, not three"
     assert runner.status().to_json()["missed_runs"] >= 2
     assert runner.status().to_json()["next_run"] == "2024-03-01T14:00:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_runner_follows_a_wall_clock_set_back() -> None:
+    """A clock that was ahead (a board whose saved time was wrong) set back a day by NTP:
+    the runner slept on toward the next cron time of the wrong day, no poll for a day."""
+    clock = FakeClock(1000.0, wall("2024-03-02T09:59:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="*/5 * * * *"))
+    runner, task = await run_with(source, clock)
+    await steps(clock, 61)
+    assert source.polls == [wall("2024-03-02T10:00:00")]
+    await steps(clock, 60, by=60.0, wall_jump=-86401.0)  # now 10:01:00 on 1 March
+    await steps(clock, 10 * 60, by=5.0)
+    assert source.polls[1:] == [wall("2024-03-01T10:05:00"), wall("2024-03-01T10:10:00")]
+    assert runner.status().to_json()["next_run"] == "2024-03-01T10:15:00.000Z"
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

@@ -424,6 +424,19 @@ async def test_csv_columns_that_changed_start_a_new_file(tmp_path: Path) -> None
     assert [r[1] for r in read_csv(tmp_path / "table.csv")] == ["payload", "2"]
 
 
+async def test_a_csv_file_on_the_path_of_a_jsonl_sink_starts_a_new_file(tmp_path: Path) -> None:
+    """format: csv changed to jsonl on the same path appended JSON Lines to the CSV file
+    (the other way round, the CSV header check rotated it away)."""
+    first = csv_sink(tmp_path, path="out.log")
+    await first.write([flowfile(b"1")])
+    await first.close()
+    second = make_sink(tmp_path, path="out.log", keep=0)  # kept aside all the same
+    await second.write([flowfile(b"2")])
+    await second.close()
+    assert read_csv(tmp_path / "out.log.1")[0] == ["id", "topic", "ts", "payload"]
+    assert [line["payload"] for line in read_lines(tmp_path / "out.log")] == [2]
+
+
 async def test_files_rotate_by_time_and_by_size_with_their_header(tmp_path: Path) -> None:
     clock = StepClock()
     sink = csv_sink(tmp_path, clock, rotate_interval="1h", rotate_bytes="4KiB", keep=10)
@@ -481,3 +494,21 @@ def test_csv_keys_are_checked() -> None:
     problems = Problems()
     build_dataclass(entry.config, {"type": "file", "columns": ["id"]}, ("sinks", "t"), problems)
     assert problems.items[0][1] == "applies to format: csv only"
+    problems = Problems()  # written as is, the header took two lines, its cells apart
+    build_dataclass(
+        entry.config,
+        {"type": "file", "format": "csv", "columns": ["id", {"a\nb": "ts"}]},
+        ("sinks", "t"),
+        problems,
+    )
+    assert [m for _p, m in problems.items] == ["header 'a\\nb' cannot hold a line break"]
+    # a NUL crashed the sink at each restart (ValueError: embedded null byte); a directory
+    # was retried for ever
+    for path, message in [
+        ("out\0.jsonl", "'out\\x00.jsonl' cannot hold a NUL character"),
+        (".", "'.' must name a file, e.g. telemetry.jsonl"),
+        ("logs/..", "'logs/..' must name a file, e.g. telemetry.jsonl"),
+    ]:
+        problems = Problems()
+        build_dataclass(entry.config, {"type": "file", "path": path}, ("sinks", "t"), problems)
+        assert [m for _p, m in problems.items] == [message]

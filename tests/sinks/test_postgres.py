@@ -649,3 +649,24 @@ async def test_a_dsn_asyncpg_cannot_read_is_permanent_and_not_quoted() -> None:
     assert "check its ?options" in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)
     await sink.close()
+
+
+async def test_an_integer_beyond_64_bits_keeps_every_digit(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """orjson read it as a float: 12345678901234567890123 was stored 1.2345678901234568e+22
+    (numeric 1.234567890123456800E+22); the mysql sink kept it whole."""
+    sink = await sink_for(
+        table=table,
+        columns={
+            "n": {"from": "field.n", "type": "numeric"},
+            "t": "field.n",
+            "doc": {"from": "field.doc", "type": "jsonb"},
+        },
+    )
+    big = 12345678901234567890123
+    content = json.dumps({"n": big, "doc": {"serial": big, "x": 0.5}}).encode()
+    assert await sink.write([FlowFile.create("s", content)]) == []
+    ((n, t, doc),) = postgres.fetch(f'SELECT n, t, doc::text FROM "{table}"')
+    assert (str(n), t) == (str(big), str(big))
+    assert json.loads(doc) == {"serial": big, "x": 0.5}

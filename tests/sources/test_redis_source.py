@@ -148,6 +148,20 @@ async def test_an_entry_without_the_field_is_dead_lettered_not_an_empty_flowfile
     assert bad.ack is not None and bad.position is not None, "acked and passed as any entry"
 
 
+async def test_field_values_that_are_not_utf8_are_kept_in_base64(redis: Any) -> None:
+    """They were decoded with replacement characters: b"\xff\xfe" read "\ufffd\ufffd", the
+    bytes lost for good (in a dead letter too)."""
+    key = unique_name()
+    SyncRedis.from_url(redis.url).xadd(key, {"raw": b"\xff\xfe\x00", b"\xff": "v", "t": "21.5"})
+    source = make(redis.url, [None], key=key)
+    await source.connect()
+    try:
+        (message,) = await source.read()
+    finally:
+        await source.close()
+    assert orjson.loads(message.flowfile.content) == {"raw": "//4A", "/w==": "v", "t": "21.5"}
+
+
 async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     redis: Any,
 ) -> None:
@@ -209,6 +223,14 @@ def test_keys_are_checked() -> None:
     assert "a list item has no fields" in problems[1]
     _config, problems = build(url="redis://h:1/0", key="k", count=0)
     assert problems == ["sources.r.count: must be between 1 and 10000"]
+    # a field by position or with an attribute was a traceback (IndexError, AttributeError)
+    for template in ("a/{0}", "a/{x.y}", "a/{x[0]}"):
+        _config, problems = build(url="redis://h:1/0", key="k", topic=template)
+        assert len(problems) == 1 and problems[0].startswith("sources.r.topic: {"), problems
+    # the list itself as its processing list rotated it, each item read again and again
+    for key in ("k", "k:done"):
+        _config, problems = build(url="redis://h:1/0", key=key, mode="list", processing="k")
+        assert problems == [f"sources.r.processing: must be another list than key ({key!r})"]
 
 
 async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:

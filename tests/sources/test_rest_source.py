@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
@@ -311,3 +312,42 @@ async def test_an_answer_of_many_items_is_handed_over_a_page_at_a_time(
     assert [len(p) for p in pages] == [PAGE, PAGE, 500]
     assert [n for p in pages for n in p] == list(range(2500))
     assert json.loads(again.flowfile.content) == {"n": "again"} and not source.backlog
+
+
+async def test_credentials_go_to_the_url_s_origin_only_not_where_it_redirects() -> None:
+    """aiohttp dropped only Authorization and Cookie on a redirect to another host: an
+    X-Api-Key (or X-Auth-Token) header went on to it."""
+    seen: dict[str, dict[str, str]] = {}
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen[f"{request.host}{request.path}"] = dict(request.headers)
+        if request.path == "/start":  # the same origin first, then another host
+            raise web.HTTPFound("/moved")
+        if request.path == "/moved":
+            raise web.HTTPFound(f"http://localhost:{port}/elsewhere")
+        return web.json_response({"ok": 1})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = make_source(
+        url=f"http://127.0.0.1:{port}/start",
+        headers={"X-Api-Key": "s3cret-1", "X-Auth-Token": "s3cret-2", "X-Plant": "north"},
+        bearer_token="s3cret-3",
+    )
+    try:
+        await source.connect()
+        (message,) = await source.poll_messages()
+    finally:
+        await source.close()
+        await runner.cleanup()
+    assert message.flowfile.content == b'{"ok":1}'
+    moved = seen[f"127.0.0.1:{port}/moved"]
+    assert moved["X-Api-Key"] == "s3cret-1" and moved["Authorization"] == "Bearer s3cret-3"
+    elsewhere = seen[f"localhost:{port}/elsewhere"]
+    assert elsewhere["X-Plant"] == "north"
+    assert not [v for v in elsewhere.values() if "s3cret" in v], elsewhere

@@ -292,6 +292,37 @@ async def test_start_at_the_end_keeps_its_place_across_a_restart_before_any_new_
     assert [x["payload"]["id"] for x in lines(tmp_path)] == [4, 5, 6]
 
 
+async def test_start_at_the_end_of_an_empty_table_reads_what_came_while_it_was_stopped(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """Nothing was kept for an empty table: the next start took the end again and skipped
+    the rows inserted while the gateway was down."""
+    table = unique_name()
+    db.create(table)
+    source = {
+        "type": db.kind,
+        "dsn": db.dsn,
+        "table": table,
+        "cursor": "id",
+        "start": "end",
+        "interval": "100ms",
+    }
+    engine = await run_engine(source)
+    runs: set[str] = set()
+
+    def polled_twice() -> bool:  # the next run moved on twice: the first poll is done
+        runs.add(str(engine.snapshot().sources["rows"].to_json().get("next_run")))
+        return len(runs - {"None"}) >= 3
+
+    await until(polled_twice)
+    await stop(engine)
+    db.insert(table, [("while-down", 1, T0)])
+    await run_engine(source)
+    db.insert(table, [("new", 2, T0)])
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    assert [x["payload"]["device"] for x in lines(tmp_path)] == ["while-down", "new"]
+
+
 async def test_rows_with_no_cursor_value_are_passed_over_without_stalling(
     db: Db, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
@@ -365,3 +396,120 @@ async def test_a_query_that_takes_longer_than_timeout_says_so(db: Db) -> None:
     text = str(caught.value)
     assert text.startswith(f"reading table {table} on ")
     assert text.endswith(": no answer within timeout (0.3s)")
+
+
+async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> None:
+    """An inet, cidr, point, box, polygon, range, bit or timetz column stopped the source
+    for good: 'a row holds a value with no JSON form' (with all columns, the default)."""
+    table = unique_name()
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id INT PRIMARY KEY, ip inet, net cidr, pt point, bx box,'
+        " pg polygon, r int4range, e int4range, b bit(4), t timetz, at timestamptz)"
+    )
+    postgres.execute(
+        f"""INSERT INTO "{table}" VALUES (1, '10.0.0.7/24', '10.0.0.0/8', '(1,2)',
+        '((3,4),(1,2))', '((0,0),(1,0),(1,1))', '[1,5)', 'empty', B'1010', '12:30+02',
+        '2024-05-01 12:00:00.5+00')"""
+    )
+    config, problems = build("postgres", dsn=postgres.dsn, table=table, cursor="id")
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        await source.close()
+    assert orjson.loads(message.flowfile.content) == {
+        "id": 1,
+        "ip": "10.0.0.7/24",
+        "net": "10.0.0.0/8",
+        "pt": [1.0, 2.0],
+        "bx": [[3.0, 4.0], [1.0, 2.0]],
+        "pg": [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]],
+        "r": {"lower": 1, "upper": 5, "lower_inc": True, "upper_inc": False},
+        "e": {"empty": True},
+        "b": "1010",
+        "t": "12:30:00+02:00",
+        "at": "2024-05-01T12:00:00.500000+00:00",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "column", "values"),
+    [
+        ("postgres", "time", ["'10:00'", "'11:00'"]),
+        ("postgres", "timetz", ["'10:00+02'", "'11:00+02'"]),
+        ("postgres", "interval", ["'1 day'", "'2 days'"]),
+        ("mysql", "TIME", ["'10:00'", "'11:00'"]),
+    ],
+)
+async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
+    kind: str, column: str, values: list[str], request: pytest.FixtureRequest
+) -> None:
+    """A time cursor read after a restart as text: the query failed at every poll
+    (PostgreSQL); a timetz, interval or MySQL TIME cursor could not be stored at all
+    ("TypeError: Type is not JSON serializable: datetime.timedelta")."""
+    server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
+    table = unique_name()
+    q = "`" if kind == "mysql" else '"'
+    server.execute(f"CREATE TABLE {q}{table}{q} (c {column}, n INT)")
+    server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[0]}, 1)")
+    config, problems = build(kind, dsn=server.dsn, table=table, cursor="c")
+    assert problems == []
+    entry = find("source", kind)
+    assert entry is not None
+    stored: list[bytes] = []
+
+    async def position() -> bytes | None:
+        return stored[-1] if stored else None
+
+    got = []
+    for _restart in range(2):
+        source = entry.cls(config, Context("rows", "source", position=position))
+        await source.connect()
+        try:
+            for message in await source.poll_messages():
+                stored.append(message.position)
+                got.append(orjson.loads(message.flowfile.content)["n"])
+        finally:
+            await source.close()
+        server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[1]}, 2)")
+    assert got == [1, 2]
+
+
+async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
+    mariadb: Any, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """FLOAT 0.2 reads back as 0.2 and compares as 0.200000003 > 0.2: every poll stored
+    the last row again."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (at FLOAT PRIMARY KEY, n INT)")
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (0.1, 1), (0.2, 2)")
+    source = {"type": "mysql", "dsn": mariadb.dsn, "table": table, "cursor": "at"}
+    engine = await run_engine({**source, "interval": "50ms"})
+    await until(lambda: len(lines(tmp_path)) >= 2)
+    await asyncio.sleep(0.3)  # polls enough to read it again
+    await stop(engine)
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (0.3, 3)")
+    await run_engine({**source, "interval": "50ms"})  # from the stored position
+    await until(lambda: len(lines(tmp_path)) >= 3)
+    await asyncio.sleep(0.3)
+    assert [x["payload"]["n"] for x in lines(tmp_path)] == [1, 2, 3]
+
+
+async def test_a_cursor_whose_values_cannot_mark_a_position_stops_the_source(
+    postgres: Any,
+) -> None:
+    """It was a TypeError traceback ("Type is not JSON serializable: IPv4Address")."""
+    table = unique_name()
+    postgres.execute(
+        f'CREATE TABLE "{table}" (c inet); INSERT INTO "{table}" VALUES (\'10.0.0.1\')'
+    )
+    config, _problems = build("postgres", dsn=postgres.dsn, table=table, cursor="c")
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        with pytest.raises(PermanentError, match=r"c cannot mark a position .*IPv4Address"):
+            await source.poll_messages()
+    finally:
+        await source.close()

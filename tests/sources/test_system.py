@@ -208,3 +208,6 @@ def test_config() -> None:
         (("intervall",), "unknown key (did you mean 'interval'?)"),
         (("interval",), "must be at least 100ms"),
     ]
+    problems = Problems()  # it crashed the source at every restart (ValueError)
+    build_dataclass(entry.config, {"type": "system", "disk_path": "/da\0ta"}, (), problems)
+    assert problems.items == [(("disk_path",), "'/da\\x00ta' cannot hold a NUL character")]

@@ -290,6 +290,7 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     ] = field(default_factory=OpcuaWritebackConfig)
 
     def check(self) -> Iterator[tuple[str, str]]:
+        yield from self.schedule_problems(self.interval)
         if not self.url.startswith("opc.tcp://"):
             yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
         else:
