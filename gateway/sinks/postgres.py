@@ -101,6 +101,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
