@@ -101,7 +101,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -309,7 +308,10 @@ _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _NOT_JSON: Any = object()
-_LONG_NUMBER = re.compile(rb"\d{20}")
+# An integer of 20 digits or more: its digits made zeros, then looked for (twice as quick
+# as a regular expression, and it runs for every FlowFile of a sink with field columns)
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 20
 
 
 def _storable(value: Any) -> bool:
@@ -323,8 +325,12 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _parse(content: bytes) -> tuple[str | None, Any]:
-    """(the content as jsonb text or None, the parsed JSON value or _NOT_JSON)."""
+def _parse(content: bytes, exact: bool = True) -> tuple[str | None, Any]:
+    """(the content as jsonb text or None, the parsed JSON value or _NOT_JSON).
+
+    With `exact` false (no column takes a field: the value is only checked, the text
+    is stored and PostgreSQL reads its digits) integers past 64 bits may come out as
+    floats."""
     try:
         text = content.decode()
     except UnicodeDecodeError:
@@ -333,7 +339,7 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
     # second opinion from the standard parser, and so does an integer of 20 digits or
     # more, which orjson reads as a float beyond 64 bits (the digits past 17 lost).
     value: Any = _NOT_JSON
-    if not _LONG_NUMBER.search(content):
+    if not (exact and _LONG_NUMBER in content.translate(_DIGITS_AS_ZERO)):
         with contextlib.suppress(orjson.JSONDecodeError):
             value = orjson.loads(content)
     if value is _NOT_JSON:
@@ -395,9 +401,12 @@ class _Rows:
         sources = [c.source for c in columns]
         self.needs_json = any(s in ("payload", "raw") or s.startswith("field.") for s in sources)
         self.needs_levels = any(s.startswith("topic.") for s in sources)
+        # a field's value is stored as parsed: integers past 64 bits must keep every digit
+        self.exact = any(s.startswith("field.") for s in sources)
 
     def build(self, batch: list[FlowFile]) -> list[list[Any]]:
-        parsed = [_parse(ff.content) for ff in batch] if self.needs_json else []
+        exact = self.exact
+        parsed = [_parse(ff.content, exact) for ff in batch] if self.needs_json else []
         levels = [ff.topic.split("/") for ff in batch] if self.needs_levels else []
         out: list[list[Any]] = []
         for column in self.columns:

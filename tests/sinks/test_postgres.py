@@ -670,3 +670,10 @@ async def test_an_integer_beyond_64_bits_keeps_every_digit(
     ((n, t, doc),) = postgres.fetch(f'SELECT n, t, doc::text FROM "{table}"')
     assert (str(n), t) == (str(big), str(big))
     assert json.loads(doc) == {"serial": big, "x": 0.5}
+    await sink.close()
+    # without field columns the payload is stored as written: PostgreSQL reads the digits
+    whole = await sink_for(table=table + "_p", columns={"p": {"from": "payload", "type": "jsonb"}})
+    assert await whole.write([FlowFile.create("s", content)]) == []
+    ((p,),) = postgres.fetch(f'SELECT p::text FROM "{table}_p"')
+    assert json.loads(p) == {"n": big, "doc": {"serial": big, "x": 0.5}}
+    await whole.close()
