@@ -422,12 +422,17 @@ class IncrementalSource(Source):
         messages = []
         now = self.ctx.clock.now_ns()
         topic_of = self._topic_maker(names)
+        bound = self._after  # the position the query asked for rows after
+        head = True
         for row in rows:
             after = tuple(row[i] for i in index)
-            if after == self._after:
+            if head and after == bound:
                 # the row read last, found after its own position: the value read back is
-                # not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2)
+                # not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2).
+                # Only at the head of the page: rows tied with the one before them there
+                # are rows of their own (a cursor without key that is not unique).
                 continue
+            head = False
             record = dict(zip(names, row, strict=True))
             try:
                 content = orjson.dumps(record, default=self.json_value, option=_JSON_OPTIONS)

@@ -142,6 +142,23 @@ async def test_a_timestamp_cursor_with_ties_uses_its_key(
     assert set(got[0]) == {"id", "value", "at"}, "the columns asked for, and the cursor"
 
 
+async def test_ties_of_a_cursor_without_key_in_one_page_are_all_read(
+    db: Db, tmp_path: Path, run_engine: Callable[..., Any]
+) -> None:
+    """The check for a FLOAT read back as its own position compared each row with the
+    row before it: every tie after the first of a page was left out."""
+    table = unique_name()
+    db.create(table)
+    db.insert(table, [("a", i, T0) for i in range(3)])
+    db.insert(table, [("b", 9, T0 + dt.timedelta(seconds=1))])
+    source = {"type": db.kind, "dsn": db.dsn, "table": table, "cursor": "at",
+              "columns": ["id"], "interval": "100ms"}  # fmt: skip
+    engine = await run_engine(source)
+    await until(lambda: len(lines(tmp_path)) >= 4)
+    await stop(engine)
+    assert [x["payload"]["id"] for x in lines(tmp_path)] == [1, 2, 3, 4]
+
+
 async def test_start_at_the_end_skips_the_rows_already_there(
     db: Db, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
