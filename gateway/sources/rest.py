@@ -36,9 +36,9 @@ that is no JSON is logged once when it starts (and when it changes), counted in
 `failures` and `last_status` in /api/status, and the next poll tries again on
 schedule. An answer larger than `max_body` counts as a failure.
 
-Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth, and
-the `headers` the console shows as ***) go to the origin of `url` only: a redirect to
-another host, port or scheme gets the request without them.
+Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth) and
+every one of `headers` (any of them may hold a key) go to the origin of `url` only: a
+redirect to another host, port or scheme gets the request without them.
 
 Keys
   type: rest
@@ -86,7 +86,6 @@ from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
-from gateway.config.secrets import is_secret_key
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -339,11 +338,9 @@ class RestSource(Source):
                 except (OSError, ssl.SSLError) as err:
                     raise PermanentError(f"cannot read ca_file {cfg.ca_file}: {err}") from err
         headers = {"User-Agent": "edge-stream", "Accept": "application/json"}
-        credentials: dict[
-            str, str
-        ] = {}  # sent to the url's own origin only, never where it redirects
-        for name, value in cfg.headers.items():
-            (credentials if is_secret_key(name) else headers)[name] = value
+        # The configured headers go to the url's own origin only, never where it
+        # redirects: any of them may be a credential (X-Goog-Api-Key, Dd-Api-Key, ...).
+        credentials: dict[str, str] = dict(cfg.headers)
         if cfg.bearer_token is not None:
             credentials["Authorization"] = f"Bearer {cfg.bearer_token}"
         elif cfg.username and cfg.password:
