@@ -19,8 +19,11 @@ user property, so a consumer that cares can drop repeats by id.
 
 A message the broker refuses for good (an MQTT 5 PUBACK reason code such as
 0x87 Not authorized or 0x90 Topic Name invalid), a topic that is not a valid
-MQTT topic name, or a message larger than the broker's Maximum Packet Size goes
-to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
+MQTT topic name (empty, a wildcard `+` or `#`, NUL, a control character such as
+a newline, or a Unicode non-character such as U+FFFF: Mosquitto closes the
+connection on any of these), an attribute holding such a character with
+`user_properties: true`, or a message larger than the broker's Maximum Packet
+Size goes to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
 0x97 Quota exceeded retries the batch later.
 
 A broker that refuses the sink when it starts (user name or password, client id,
@@ -82,6 +85,7 @@ Example
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -108,6 +112,18 @@ _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # PUBACK refusals that may pass later (Packet identifier in use, Quota exceeded): the
 # batch is retried rather than dead-lettered.
 RETRY_REASONS = frozenset({0x91, 0x97})
+
+# What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
+# 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
+# connection on one in a topic or a user property, so such a FlowFile would fail its batch
+# on every try and hold up every FlowFile behind it.
+_UNSENDABLE = re.compile(
+    "[\\x00-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef"
+    + "".join(
+        f"\\U{plane + 0xFFFE:08x}\\U{plane + 0xFFFF:08x}" for plane in range(0, 0x110000, 0x10000)
+    )
+    + "]"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -431,8 +447,9 @@ class MqttSink(Sink):
             if closing():
                 self._lost = "the connection was closed"
                 break
+            text = topic_of(ff.topic)
             try:
-                topic = topic_of(ff.topic).encode()
+                topic = text.encode()
             except UnicodeEncodeError:
                 rejected.append(Rejected(ff, "mqtt: the topic is not valid Unicode text"))
                 continue
@@ -443,7 +460,12 @@ class MqttSink(Sink):
                 except UnicodeEncodeError:
                     rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
                     continue
+                if ff.attributes and (found := _attribute_problem(ff.attributes)):
+                    rejected.append(Rejected(ff, f"mqtt: {found}"))
+                    continue
             problem = _topic_problem(topic)
+            if problem is None and (bad := _UNSENDABLE.search(text)):
+                problem = f"the topic {text!r} holds {_character(bad[0])}"
             if (
                 problem is None
                 and max_size is not None
@@ -471,6 +493,19 @@ class MqttSink(Sink):
                 Rejected(batch[position], f"mqtt: the broker refused it: {puback_reason(code)}")
             )
         return rejected
+
+
+def _character(char: str) -> str:
+    return (
+        f"U+{ord(char):04X}, a control character or Unicode non-character that MQTT brokers refuse"
+    )
+
+
+def _attribute_problem(attributes: Mapping[str, str]) -> str | None:
+    for name, value in attributes.items():
+        if bad := _UNSENDABLE.search(name) or _UNSENDABLE.search(value):
+            return f"the attribute {name!r} (a user property) holds {_character(bad[0])}"
+    return None
 
 
 def _topic_problem(topic: bytes) -> str | None:
