@@ -15,7 +15,8 @@ when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sin
 name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that
 resolve to different URLs go in one request per URL. A request body is at most
 `max_body` bytes: a batch whose envelopes are larger goes in several requests; a
-single FlowFile larger than that is dead-lettered.
+single FlowFile larger than that is dead-lettered, and so is one whose topic, put
+in the URL, is not valid Unicode text (a lone surrogate).
 
 Order: a request's array holds its FlowFiles in the order they were stored. The requests
 of one batch (one per URL and more where `max_body` cuts it, or one per FlowFile in each
@@ -462,8 +463,8 @@ class HttpSink(Sink):
                     body, kind = envelope(ff), "application/json"
                 if len(body) > cfg.max_body:
                     refused.append(Rejected(ff, self._too_large(len(body))))
-                else:
-                    requests.append((self.url_of(ff.topic), [ff], body, kind))
+                elif (url := self._url_or_refuse(ff, refused)) is not None:
+                    requests.append((url, [ff], body, kind))
             return requests, refused
         groups: dict[str, list[tuple[FlowFile, bytes]]] = {}
         for ff in batch:
@@ -471,7 +472,8 @@ class HttpSink(Sink):
             if len(body) + 2 > cfg.max_body:
                 refused.append(Rejected(ff, self._too_large(len(body) + 2)))
                 continue
-            groups.setdefault(self.url_of(ff.topic), []).append((ff, body))
+            if (url := self._url_or_refuse(ff, refused)) is not None:
+                groups.setdefault(url, []).append((ff, body))
         for url, items in groups.items():
             start, size = 0, 2
             for i, (_, body) in enumerate(items):
@@ -481,6 +483,15 @@ class HttpSink(Sink):
                 size += len(body) + 1
             requests.append(self._array(url, items[start:]))
         return requests, refused
+
+    def _url_or_refuse(self, ff: FlowFile, refused: list[Rejected]) -> str | None:
+        """The FlowFile's URL, or None with it refused: a lone surrogate in a topic level
+        the URL holds cannot be percent-encoded (it failed the batch at every try)."""
+        try:
+            return self.url_of(ff.topic)
+        except UnicodeEncodeError:
+            refused.append(Rejected(ff, "http: its topic is not valid Unicode text"))
+            return None
 
     @staticmethod
     def _array(

@@ -233,6 +233,20 @@ async def test_headers_auth_idempotency_key_and_url_template(
     assert "/gw/pi-01/hook/%2E%2E/%2E%2E/admin/%2E%2E/last/%2E%2E" in paths
 
 
+@pytest.mark.parametrize("mode", ["batch", "each"])
+async def test_a_topic_that_is_no_text_is_refused_alone(
+    sink_for: Any, http_receiver: servers.HttpReceiver, mode: str
+) -> None:
+    # A lone surrogate in a topic level of the URL raised UnicodeEncodeError out of
+    # write(): the batch failed at every try, and the FlowFiles behind it waited.
+    sink = await sink_for(url=f"{http_receiver.url}/in/{{topic}}", mode=mode)
+    batch = [FlowFile.create("ok/1", b"1"), FlowFile.create("bad/\udc80", b"2")]
+    rejected = await sink.write([*batch, after := FlowFile.create("ok/2", b"3")])
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "not valid Unicode text" in rejected[0].reason
+    assert [e["id"] for e in envelopes(http_receiver)] == [batch[0].id, after.id]
+
+
 async def test_each_mode_payload_body_and_basic_auth(
     sink_for: Any, http_receiver: servers.HttpReceiver
 ) -> None:
