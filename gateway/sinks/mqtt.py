@@ -85,7 +85,6 @@ Example
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -105,25 +104,21 @@ from gateway.mqtt.client import (
     tls_refusal,
     user_properties,
 )
-from gateway.mqtt.urls import client_cert_problems, login, parse_url, tls_context
+from gateway.mqtt.urls import (
+    attribute_problem,
+    client_cert_problems,
+    login,
+    parse_url,
+    tls_context,
+    unsendable,
+    unsendable_keys,
+)
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
 # PUBACK refusals that may pass later (Packet identifier in use, Quota exceeded): the
 # batch is retried rather than dead-lettered.
 RETRY_REASONS = frozenset({0x91, 0x97})
-
-# What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
-# 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
-# connection on one in a topic or a user property, so such a FlowFile would fail its batch
-# on every try and hold up every FlowFile behind it.
-_UNSENDABLE = re.compile(
-    "[\\x00-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef"
-    + "".join(
-        f"\\U{plane + 0xFFFE:08x}\\U{plane + 0xFFFF:08x}" for plane in range(0, 0x110000, 0x10000)
-    )
-    + "]"
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +207,8 @@ class MqttSinkConfig(SinkConfig):
                     if getattr(self, name):
                         yield name, "needs TLS: use an mqtts:// URL"
         yield from client_cert_problems(self.cert_file, self.key_file)
+        # The broker refused the connect at every try.
+        yield from unsendable_keys(self, ("client_id", "username"))
         topic = self.topic or ""
         try:
             fields = [name for _, name, _, _ in template_parts(topic) if name]
@@ -229,6 +226,9 @@ class MqttSinkConfig(SinkConfig):
                     )
             if any(c in topic for c in "+#\0"):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
+            if problem := unsendable(topic.replace("{topic}", "")):
+                # every message went to the dead letters
+                yield "topic", f"{self.topic!r} {problem}"
             if self.topic is not None and not topic:
                 # every message went to the dead letters: "the topic is empty"
                 yield "topic", "must not be empty (default site/{gateway}/{topic})"
@@ -460,12 +460,12 @@ class MqttSink(Sink):
                 except UnicodeEncodeError:
                     rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
                     continue
-                if ff.attributes and (found := _attribute_problem(ff.attributes)):
+                if ff.attributes and (found := attribute_problem(ff.attributes)):
                     rejected.append(Rejected(ff, f"mqtt: {found}"))
                     continue
             problem = _topic_problem(topic)
-            if problem is None and (bad := _UNSENDABLE.search(text)):
-                problem = f"the topic {text!r} holds {_character(bad[0])}"
+            if problem is None and (bad := unsendable(text)):
+                problem = f"the topic {text!r} {bad}"
             if (
                 problem is None
                 and max_size is not None
@@ -493,19 +493,6 @@ class MqttSink(Sink):
                 Rejected(batch[position], f"mqtt: the broker refused it: {puback_reason(code)}")
             )
         return rejected
-
-
-def _character(char: str) -> str:
-    return (
-        f"U+{ord(char):04X}, a control character or Unicode non-character that MQTT brokers refuse"
-    )
-
-
-def _attribute_problem(attributes: Mapping[str, str]) -> str | None:
-    for name, value in attributes.items():
-        if bad := _UNSENDABLE.search(name) or _UNSENDABLE.search(value):
-            return f"the attribute {name!r} (a user property) holds {_character(bad[0])}"
-    return None
 
 
 def _topic_problem(topic: bytes) -> str | None:

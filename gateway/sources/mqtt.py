@@ -131,6 +131,8 @@ from gateway.mqtt.urls import (
     login,
     parse_url,
     tls_files,
+    unsendable,
+    unsendable_keys,
 )
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
@@ -272,6 +274,10 @@ class MqttSourceConfig(SourceConfig):
                 problem = validate_filter(topic_filter)
                 if problem:
                     yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
+                elif problem := unsendable(topic_filter):
+                    # The broker closed the connection at every SUBSCRIBE (0x81 Malformed).
+                    yield f"topics.{i}", f"{topic_filter!r} {problem}"
+        yield from unsendable_keys(self, ("client_id", "username"))
         if self.url is not None:
             try:
                 _, _, tls = parse_url(self.url)
