@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from gateway.config.schema import mask_password
+from gateway.config.tls import load_client_cert
 
 # What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
 # 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
@@ -98,7 +99,7 @@ def url_problem(url: str) -> str | None:
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     if cert_file:
-        context.load_cert_chain(cert_file, key_file)
+        load_client_cert(context, cert_file, key_file)
     return context
 
 

@@ -113,6 +113,7 @@ from yarl import URL
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
@@ -413,7 +414,7 @@ class HttpSink(Sink):
                 try:
                     tls = ssl.create_default_context(cafile=cfg.ca_file)
                     if cfg.cert_file:
-                        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+                        load_client_cert(tls, cfg.cert_file, cfg.key_file)
                 except (OSError, ssl.SSLError) as err:
                     raise PermanentError(f"cannot read the TLS files: {err}") from err
         self._session = aiohttp.ClientSession(

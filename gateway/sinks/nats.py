@@ -120,6 +120,7 @@ from nats.js import errors as js_errors
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -305,7 +306,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         try:
             context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.cert_file:
-                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+                load_client_cert(context, cfg.cert_file, cfg.key_file)
         except (OSError, ssl.SSLError) as err:
             raise permanent(f"cannot read the TLS files: {err}") from None
         options["tls"] = context
