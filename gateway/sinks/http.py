@@ -118,7 +118,7 @@ from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.core.http_headers import auth_problems
+from gateway.core.http_headers import auth_problems, has_control
 from gateway.core.redact import written_forms
 from gateway.core.tls import certificate_refusal, error_chain
 
@@ -336,6 +336,10 @@ class HttpSinkConfig(SinkConfig):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.content_type not in (None, "application/json") and self.body == "envelope":
             yield "content_type", "content_type applies only with body: payload"
+        if self.content_type is not None and has_control(self.content_type):
+            # aiohttp refused every request with a ValueError: the sink crashed and
+            # restarted on the same batch for ever
+            yield "content_type", "cannot hold a line break or control character"
         if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 

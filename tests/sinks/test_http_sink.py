@@ -367,6 +367,10 @@ def test_config_problems() -> None:
     ]
     assert "bearer_token" in config_problems(url="http://h/x", bearer_token="t\r\n")[1][0]
     assert config_problems(url="http://h:8080/x", headers={"X-Key": "a\tb"})[1] == []
+    each = {"mode": "each", "body": "payload"}
+    assert config_problems(url="http://h/x", content_type="text/plain\r\nX-A: 1", **each)[1] == [
+        "sinks.hook.content_type: cannot hold a line break or control character"
+    ]
     assert safe_url("http://h:99999/x?token=t") == "http://h:99999/x"
     assert compile_template("http://h/{{x}}/{topic.2}") == [
         "http://h/",
