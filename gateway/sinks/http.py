@@ -203,6 +203,17 @@ def _refuse_constant(name: str) -> None:
 
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+# Headers the sink writes itself, or that describe the body it sends: one in `headers`
+# was silently replaced (Content-Type, Idempotency-Key) or made every request wrong (a
+# Content-Length the receiver trusted: it answered 200 to a body cut short, data lost).
+_OWN_HEADERS = {
+    "content-type": "set by the sink (application/json; with body: payload, content_type)",
+    "idempotency-key": "set by the sink for each request (the FlowFile ids)",
+    "content-length": "set by the sink for each request (the body's length)",
+    "transfer-encoding": "set by the sink for each request",
+    "content-encoding": "the sink sends its bodies as they are (not compressed)",
+}
+
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -255,7 +266,8 @@ class HttpSinkConfig(SinkConfig):
             "More request headers; values may be `ENC(...)` and are never logged; the values"
             " of Authorization, Proxy-Authorization, Cookie, X-Api-Key, Api-Key and names"
             " ending in -token, -secret or -password are shown as *** by the console and"
-            " /api/config."
+            " /api/config. Not Content-Type, Content-Length, Content-Encoding,"
+            " Transfer-Encoding or Idempotency-Key: the sink sets those."
         ),
     ] = field(default_factory=dict)
     bearer_token: Annotated[
@@ -332,6 +344,10 @@ class HttpSinkConfig(SinkConfig):
             yield "cert_file", "cert_file and key_file go together"
         headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
         yield from auth_problems(headers, self.bearer_token, self.username, self.password)
+        for name in headers:
+            owned = _OWN_HEADERS.get(name.lower())
+            if owned:
+                yield f"headers.{name}", owned
         if self.body == "payload" and self.mode not in (None, "each"):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.content_type not in (None, "application/json") and self.body == "envelope":

@@ -367,6 +367,14 @@ def test_config_problems() -> None:
     ]
     assert "bearer_token" in config_problems(url="http://h/x", bearer_token="t\r\n")[1][0]
     assert config_problems(url="http://h:8080/x", headers={"X-Key": "a\tb"})[1] == []
+    # a Content-Length of the config's: the receiver took a body cut short, answered 200
+    assert config_problems(url="http://h/x", headers={"content-length": "1"})[1] == [
+        "sinks.hook.headers.content-length: set by the sink for each request (the body's length)"
+    ]
+    for name in ("Content-Type", "Idempotency-Key", "Transfer-Encoding", "Content-Encoding"):
+        assert config_problems(url="http://h/x", headers={name: "x"})[1][0].startswith(
+            f"sinks.hook.headers.{name}: "
+        )
     each = {"mode": "each", "body": "payload"}
     assert config_problems(url="http://h/x", content_type="text/plain\r\nX-A: 1", **each)[1] == [
         "sinks.hook.content_type: cannot hold a line break or control character"
