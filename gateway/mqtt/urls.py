@@ -23,6 +23,9 @@ _UNSENDABLE = re.compile(
 def unsendable(text: str) -> str | None:
     """Why MQTT brokers refuse `text` as a topic, client id, user name or property (a
     control character or a Unicode non-character, named), or None."""
+    if text.isprintable():
+        # Fast: neither a control character (Cc) nor a non-character (Cn) is printable.
+        return None
     bad = _UNSENDABLE.search(text)
     if bad is None:
         return None
