@@ -220,6 +220,8 @@ class Publisher(asyncio.Protocol):
     ) -> int:
         """Queue one mandatory Basic.Publish with its content; returns its delivery tag.
 
+        ValueError, with nothing queued, if the properties cannot be encoded.
+
         Frames queued during one turn of the event loop go out in one write. Nothing is
         kept for resending: if the connection drops, the caller sends again.
         """
@@ -234,9 +236,12 @@ class Publisher(asyncio.Protocol):
                 spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
                 CHANNEL,
             )
+        # The header first: properties that cannot be encoded (ValueError, a lone
+        # surrogate in a header, say) leave nothing half-queued on the connection.
+        header = pframe.marshal(ContentHeader(0, len(body), properties), CHANNEL)
         out = self._out
         out.append(method)
-        out.append(pframe.marshal(ContentHeader(0, len(body), properties), CHANNEL))
+        out.append(header)
         size = len(body)
         step = self._body_max
         end = b"\xce"

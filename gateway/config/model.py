@@ -36,7 +36,7 @@ from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import validate_filter, validate_topic
-from gateway.mqtt.urls import client_cert_problems, parse_url, url_problem
+from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -217,6 +217,8 @@ class MqttSection:
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
+        # The broker refused the connect at every try.
+        yield from unsendable_keys(self, ("client_id", "username"))
         if self.url not in ("auto", "embedded") and not self.url.startswith(
             ("mqtt://", "mqtts://")
         ):

@@ -30,6 +30,20 @@ def _no_passphrase() -> bytes:
     raise _Encrypted
 
 
+def load_client_cert(context: ssl.SSLContext, cert_file: str, key_file: str | None) -> None:
+    """`context.load_cert_chain(cert_file, key_file)` for a client certificate, but a key
+    that asks for a passphrase is an ssl.SSLError saying so: OpenSSL would otherwise ask
+    for it on the terminal, blocking the event loop at every connect (and, with no
+    terminal, fail with "[Errno 22] Invalid argument")."""
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _Encrypted:
+        raise ssl.SSLError(
+            f"{key_file or cert_file} holds an encrypted private key (it asks for a"
+            " passphrase): give the key without one"
+        ) from None
+
+
 def _peek(key: str, path: str) -> bytes:
     try:
         with open(path, "rb") as f:

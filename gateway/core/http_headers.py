@@ -10,6 +10,12 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value (tab is)
 
 
+def has_control(value: str) -> bool:
+    """True if `value` cannot be an HTTP header value: a line break or control character
+    (aiohttp refuses the request with a ValueError)."""
+    return _CONTROL.search(value) is not None
+
+
 def auth_problems(
     headers: Mapping[str, str],
     bearer_token: str | None,

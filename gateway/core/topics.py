@@ -78,6 +78,23 @@ def validate_topic(topic: str) -> str | None:
     return None
 
 
+def filters_overlap(a: str, b: str) -> bool:
+    """True if some topic matches both valid filters `a` and `b` (`a/#` and `a/b/+`, or
+    `a/+/c` and `a/b/+`). A broker may send such a message once per matching filter."""
+    la, lb = a.split("/"), b.split("/")
+    if (la[0][:1] == "$") != (lb[0][:1] == "$"):
+        return False  # a wildcard first level never matches a $ topic
+    for x, y in zip(la, lb, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    if len(la) == len(lb):
+        return True
+    longer = la if len(la) > len(lb) else lb
+    return len(longer) == min(len(la), len(lb)) + 1 and longer[-1] == "#"  # a/# matches a
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """True if `topic` matches `topic_filter` under the MQTT rules.
 

@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from gateway.config.schema import mask_password
+from gateway.config.tls import load_client_cert
+
+# What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
+# 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
+# connection on one in a topic, a topic filter, a client id, a user name or a user property.
+_UNSENDABLE = re.compile(
+    "[\\x00-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef"
+    + "".join(f"\\U{p + 0xFFFE:08x}\\U{p + 0xFFFF:08x}" for p in range(0, 0x110000, 0x10000))
+    + "]"
+)
+
+
+def unsendable(text: str) -> str | None:
+    """Why MQTT brokers refuse `text` as a topic, client id, user name or property (a
+    control character or a Unicode non-character, named), or None."""
+    if text.isprintable():
+        # Fast: neither a control character (Cc) nor a non-character (Cn) is printable.
+        return None
+    bad = _UNSENDABLE.search(text)
+    if bad is None:
+        return None
+    return (
+        f"holds U+{ord(bad[0]):04X}, a control character or Unicode non-character that MQTT"
+        " brokers refuse"
+    )
+
+
+def unsendable_keys(config: object, names: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """(key, problem) for each of `names` whose value a broker would refuse at connect."""
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, str) and (problem := unsendable(value)):
+            yield name, f"{value!r} {problem}"
+
+
+def attribute_problem(attributes: Mapping[str, str]) -> str | None:
+    """Why one of `attributes` cannot be an MQTT user property, or None."""
+    for name, value in attributes.items():
+        if problem := unsendable(name) or unsendable(value):
+            return f"the attribute {name!r} (a user property) {problem}"
+    return None
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -60,7 +102,7 @@ def url_problem(url: str) -> str | None:
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     if cert_file:
-        context.load_cert_chain(cert_file, key_file)
+        load_client_cert(context, cert_file, key_file)
     return context
 
 

@@ -34,7 +34,8 @@ without `mandatory`. An exchange with an alternate exchange routes such
 messages there instead, and nothing comes back. A routing key longer than 255
 bytes, content larger than 128 MiB (RabbitMQ's largest message), or attributes
 (MQTT user properties, say) too large for the one frame AMQP gives a message's
-headers (128 KiB with RabbitMQ's default `frame_max`) go to the dead-letter table.
+headers (128 KiB with RabbitMQ's default `frame_max`) or that are not valid Unicode
+text (a lone surrogate) go to the dead-letter table.
 
 At connect the sink declares the exchange (`declare: true`, the default: type
 `exchange_type`, `durable`), or with `declare: false` checks that it exists.
@@ -654,7 +655,14 @@ class AmqpSink(Sink):
                     continue
                 size = len(content)
                 await window.enter(size)
-                sizes[client.publish(exchange, key, content, props)] = size
+                try:
+                    tag = client.publish(exchange, key, content, props)
+                except ValueError as err:  # UnicodeEncodeError: a lone surrogate, say
+                    window.leave(size)
+                    reason = f"amqp: its attributes cannot be sent as AMQP headers: {err}"
+                    rejected.append(Rejected(ff, reason))
+                    continue
+                sizes[tag] = size
             await window.drained()
         finally:
             self._batch = None

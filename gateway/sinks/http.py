@@ -15,7 +15,8 @@ when the topic has no such level), `{gateway}` the gateway id, `{sink}` this sin
 name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch that
 resolve to different URLs go in one request per URL. A request body is at most
 `max_body` bytes: a batch whose envelopes are larger goes in several requests; a
-single FlowFile larger than that is dead-lettered.
+single FlowFile larger than that is dead-lettered, and so is one whose topic, put
+in the URL, is not valid Unicode text (a lone surrogate).
 
 Order: a request's array holds its FlowFiles in the order they were stored. The requests
 of one batch (one per URL and more where `max_body` cuts it, or one per FlowFile in each
@@ -112,11 +113,12 @@ from yarl import URL
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.core.http_headers import auth_problems
+from gateway.core.http_headers import auth_problems, has_control
 from gateway.core.redact import written_forms
 from gateway.core.tls import certificate_refusal, error_chain
 
@@ -201,6 +203,17 @@ def _refuse_constant(name: str) -> None:
 
 
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
+# Headers the sink writes itself, or that describe the body it sends: one in `headers`
+# was silently replaced (Content-Type, Idempotency-Key) or made every request wrong (a
+# Content-Length the receiver trusted: it answered 200 to a body cut short, data lost).
+_OWN_HEADERS = {
+    "content-type": "set by the sink (application/json; with body: payload, content_type)",
+    "idempotency-key": "set by the sink for each request (the FlowFile ids)",
+    "content-length": "set by the sink for each request (the body's length)",
+    "transfer-encoding": "set by the sink for each request",
+    "content-encoding": "the sink sends its bodies as they are (not compressed)",
+}
+
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -253,7 +266,8 @@ class HttpSinkConfig(SinkConfig):
             "More request headers; values may be `ENC(...)` and are never logged; the values"
             " of Authorization, Proxy-Authorization, Cookie, X-Api-Key, Api-Key and names"
             " ending in -token, -secret or -password are shown as *** by the console and"
-            " /api/config."
+            " /api/config. Not Content-Type, Content-Length, Content-Encoding,"
+            " Transfer-Encoding or Idempotency-Key: the sink sets those."
         ),
     ] = field(default_factory=dict)
     bearer_token: Annotated[
@@ -330,10 +344,18 @@ class HttpSinkConfig(SinkConfig):
             yield "cert_file", "cert_file and key_file go together"
         headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
         yield from auth_problems(headers, self.bearer_token, self.username, self.password)
+        for name in headers:
+            owned = _OWN_HEADERS.get(name.lower())
+            if owned:
+                yield f"headers.{name}", owned
         if self.body == "payload" and self.mode not in (None, "each"):
             yield "body", "body: payload needs mode: each (a batch is a JSON array)"
         if self.content_type not in (None, "application/json") and self.body == "envelope":
             yield "content_type", "content_type applies only with body: payload"
+        if self.content_type is not None and has_control(self.content_type):
+            # aiohttp refused every request with a ValueError: the sink crashed and
+            # restarted on the same batch for ever
+            yield "content_type", "cannot hold a line break or control character"
         if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
             yield "timeout", "timeouts must be positive"
 
@@ -412,7 +434,7 @@ class HttpSink(Sink):
                 try:
                     tls = ssl.create_default_context(cafile=cfg.ca_file)
                     if cfg.cert_file:
-                        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+                        load_client_cert(tls, cfg.cert_file, cfg.key_file)
                 except (OSError, ssl.SSLError) as err:
                     raise PermanentError(f"cannot read the TLS files: {err}") from err
         self._session = aiohttp.ClientSession(
@@ -462,8 +484,8 @@ class HttpSink(Sink):
                     body, kind = envelope(ff), "application/json"
                 if len(body) > cfg.max_body:
                     refused.append(Rejected(ff, self._too_large(len(body))))
-                else:
-                    requests.append((self.url_of(ff.topic), [ff], body, kind))
+                elif (url := self._url_or_refuse(ff, refused)) is not None:
+                    requests.append((url, [ff], body, kind))
             return requests, refused
         groups: dict[str, list[tuple[FlowFile, bytes]]] = {}
         for ff in batch:
@@ -471,7 +493,8 @@ class HttpSink(Sink):
             if len(body) + 2 > cfg.max_body:
                 refused.append(Rejected(ff, self._too_large(len(body) + 2)))
                 continue
-            groups.setdefault(self.url_of(ff.topic), []).append((ff, body))
+            if (url := self._url_or_refuse(ff, refused)) is not None:
+                groups.setdefault(url, []).append((ff, body))
         for url, items in groups.items():
             start, size = 0, 2
             for i, (_, body) in enumerate(items):
@@ -481,6 +504,15 @@ class HttpSink(Sink):
                 size += len(body) + 1
             requests.append(self._array(url, items[start:]))
         return requests, refused
+
+    def _url_or_refuse(self, ff: FlowFile, refused: list[Rejected]) -> str | None:
+        """The FlowFile's URL, or None with it refused: a lone surrogate in a topic level
+        the URL holds cannot be percent-encoded (it failed the batch at every try)."""
+        try:
+            return self.url_of(ff.topic)
+        except UnicodeEncodeError:
+            refused.append(Rejected(ff, "http: its topic is not valid Unicode text"))
+            return None
 
     @staticmethod
     def _array(

@@ -19,8 +19,11 @@ user property, so a consumer that cares can drop repeats by id.
 
 A message the broker refuses for good (an MQTT 5 PUBACK reason code such as
 0x87 Not authorized or 0x90 Topic Name invalid), a topic that is not a valid
-MQTT topic name, or a message larger than the broker's Maximum Packet Size goes
-to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
+MQTT topic name (empty, a wildcard `+` or `#`, NUL, a control character such as
+a newline, or a Unicode non-character such as U+FFFF: Mosquitto closes the
+connection on any of these), an attribute holding such a character with
+`user_properties: true`, or a message larger than the broker's Maximum Packet
+Size goes to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
 0x97 Quota exceeded retries the batch later.
 
 A broker that refuses the sink when it starts (user name or password, client id,
@@ -101,7 +104,15 @@ from gateway.mqtt.client import (
     tls_refusal,
     user_properties,
 )
-from gateway.mqtt.urls import client_cert_problems, login, parse_url, tls_context
+from gateway.mqtt.urls import (
+    attribute_problem,
+    client_cert_problems,
+    login,
+    parse_url,
+    tls_context,
+    unsendable,
+    unsendable_keys,
+)
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
@@ -196,6 +207,8 @@ class MqttSinkConfig(SinkConfig):
                     if getattr(self, name):
                         yield name, "needs TLS: use an mqtts:// URL"
         yield from client_cert_problems(self.cert_file, self.key_file)
+        # The broker refused the connect at every try.
+        yield from unsendable_keys(self, ("client_id", "username"))
         topic = self.topic or ""
         try:
             fields = [name for _, name, _, _ in template_parts(topic) if name]
@@ -213,6 +226,9 @@ class MqttSinkConfig(SinkConfig):
                     )
             if any(c in topic for c in "+#\0"):
                 yield "topic", f"{self.topic!r}: a topic name has no wildcards (+, #)"
+            if problem := unsendable(topic.replace("{topic}", "")):
+                # every message went to the dead letters
+                yield "topic", f"{self.topic!r} {problem}"
             if self.topic is not None and not topic:
                 # every message went to the dead letters: "the topic is empty"
                 yield "topic", "must not be empty (default site/{gateway}/{topic})"
@@ -431,8 +447,9 @@ class MqttSink(Sink):
             if closing():
                 self._lost = "the connection was closed"
                 break
+            text = topic_of(ff.topic)
             try:
-                topic = topic_of(ff.topic).encode()
+                topic = text.encode()
             except UnicodeEncodeError:
                 rejected.append(Rejected(ff, "mqtt: the topic is not valid Unicode text"))
                 continue
@@ -443,7 +460,12 @@ class MqttSink(Sink):
                 except UnicodeEncodeError:
                     rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
                     continue
+                if ff.attributes and (found := attribute_problem(ff.attributes)):
+                    rejected.append(Rejected(ff, f"mqtt: {found}"))
+                    continue
             problem = _topic_problem(topic)
+            if problem is None and (bad := unsendable(text)):
+                problem = f"the topic {text!r} {bad}"
             if (
                 problem is None
                 and max_size is not None

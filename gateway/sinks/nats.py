@@ -36,7 +36,8 @@ encoded the same way. So `sensors/line 1/temp.c` from gateway `pi-01` goes to
 Refused for good, that FlowFile only (it goes to the dead-letter table with the
 reason, the rest of the batch is delivered): no stream takes its subject, a message
 larger than the server's `max_payload` or the stream's `max_msg_size`, a subject
-too long, or any other refusal of JetStream with a 4xx code. Retried later: the
+too long, a topic or attribute that is not valid Unicode text (a lone surrogate),
+or any other refusal of JetStream with a 4xx code. Retried later: the
 connection lost, no server reachable, no acknowledgement within `timeout`, a stream
 that has no leader right now (an election after a node failed: NATS answers "no
 responders", and the sink asks the cluster whether a stream covers the subject to
@@ -119,6 +120,7 @@ from nats.js import errors as js_errors
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -304,7 +306,7 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
         try:
             context = ssl.create_default_context(cafile=cfg.ca_file)
             if cfg.cert_file:
-                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+                load_client_cert(context, cfg.cert_file, cfg.key_file)
         except (OSError, ssl.SSLError) as err:
             raise permanent(f"cannot read the TLS files: {err}") from None
         options["tls"] = context
@@ -695,24 +697,31 @@ class NatsSink(Sink):
         try:
             async with asyncio.timeout(cfg.timeout):
                 for index, ff in enumerate(batch):
-                    subject = self.subject_of(ff.topic)
-                    headers = {
-                        "Nats-Msg-Id": ff.id,
-                        "Edge-Topic": quote(ff.topic, safe="/"),
-                        "Edge-Ts": rfc3339(ff.created),
-                    }
-                    if ff.attributes:
-                        headers["Edge-Attributes"] = json.dumps(
-                            ff.attributes, ensure_ascii=False, separators=(",", ":")
-                        )
-                    # What the server counts against max_payload: headers and content, in
-                    # bytes ("NATS/1.0" and each "Key: value", CRLF each, a CRLF at the
-                    # end). One larger makes the server close the connection.
-                    size = len(ff.content) + _HEADER_LINES + len(headers["Edge-Topic"])
-                    size += len(ff.id) + len(headers["Edge-Ts"])
-                    if ff.attributes:
-                        size += len(headers["Edge-Attributes"].encode()) + _ATTRIBUTES_LINE
-                    if len(subject.encode()) > SUBJECT_MAX:
+                    # A lone surrogate in the topic or an attribute cannot be encoded: this
+                    # FlowFile is refused, not the batch (it would fail at every try).
+                    try:
+                        subject = self.subject_of(ff.topic)
+                        subject_bytes = len(subject.encode())
+                        headers = {
+                            "Nats-Msg-Id": ff.id,
+                            "Edge-Topic": quote(ff.topic, safe="/"),
+                            "Edge-Ts": rfc3339(ff.created),
+                        }
+                        if ff.attributes:
+                            headers["Edge-Attributes"] = json.dumps(
+                                ff.attributes, ensure_ascii=False, separators=(",", ":")
+                            )
+                        # What the server counts against max_payload: headers and content, in
+                        # bytes ("NATS/1.0" and each "Key: value", CRLF each, a CRLF at the
+                        # end). One larger makes the server close the connection.
+                        size = len(ff.content) + _HEADER_LINES + len(headers["Edge-Topic"])
+                        size += len(ff.id) + len(headers["Edge-Ts"])
+                        if ff.attributes:
+                            size += len(headers["Edge-Attributes"].encode()) + _ATTRIBUTES_LINE
+                    except UnicodeEncodeError:
+                        state.answers[index] = "its topic or an attribute is not valid Unicode text"
+                        continue
+                    if subject_bytes > SUBJECT_MAX:
                         state.answers[index] = f"its subject is longer than {SUBJECT_MAX} bytes"
                         continue
                     if size > limit:

@@ -121,6 +121,7 @@ from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, redis_url_problem
+from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -560,7 +561,7 @@ class RedisSink(Sink):
         parts = urlsplit(cfg.url)
         context = ssl.create_default_context(cafile=cfg.ca_file)
         if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+            load_client_cert(context, cfg.cert_file, cfg.key_file)
         try:
             async with asyncio.timeout(min(cfg.connect_timeout, 2.0)):
                 reader, writer = await asyncio.open_connection(

@@ -123,7 +123,7 @@ from gateway.core.flowfile import (
     attributes_size,
     uuid7,
 )
-from gateway.core.topics import validate_filter
+from gateway.core.topics import filters_overlap, validate_filter
 from gateway.mqtt.urls import (
     TlsFilesError,
     client_cert_problems,
@@ -131,6 +131,8 @@ from gateway.mqtt.urls import (
     login,
     parse_url,
     tls_files,
+    unsendable,
+    unsendable_keys,
 )
 from gateway.mqtt.wire import ConnectRefused, Subscriber
 
@@ -157,7 +159,8 @@ class MqttSourceConfig(SourceConfig):
         list[str],
         Doc(
             "The topic filters to subscribe to (`+` one level, `#` the rest), one or a"
-            " list; each message becomes a FlowFile on its own topic.",
+            " list; each message becomes a FlowFile on its own topic. No two may overlap"
+            " (`a/#` and `a/b`): a message both match would come, and be stored, twice.",
             example=["sensors/+/telemetry"],
         ),
     ]
@@ -272,6 +275,26 @@ class MqttSourceConfig(SourceConfig):
                 problem = validate_filter(topic_filter)
                 if problem:
                     yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"
+                elif problem := unsendable(topic_filter):
+                    # The broker closed the connection at every SUBSCRIBE (0x81 Malformed).
+                    yield f"topics.{i}", f"{topic_filter!r} {problem}"
+            # A message on a topic two filters match came once per filter (Mosquitto
+            # sends each), and each copy was stored: QoS 2 stored it twice.
+            seen: list[str] = []
+            for i, topic_filter in enumerate(self.topics):
+                if validate_filter(topic_filter) is not None:
+                    continue
+                plain = _unshared(topic_filter)
+                other = next((f for f in seen if filters_overlap(_unshared(f), plain)), None)
+                if other is not None:
+                    yield (
+                        f"topics.{i}",
+                        f"{topic_filter!r} overlaps {other!r}: a message on a topic both match"
+                        " comes once for each and would be stored twice; keep one filter that"
+                        " covers both",
+                    )
+                seen.append(topic_filter)
+        yield from unsendable_keys(self, ("client_id", "username"))
         if self.url is not None:
             try:
                 _, _, tls = parse_url(self.url)
@@ -288,6 +311,13 @@ class MqttSourceConfig(SourceConfig):
     def maximum_packet_size(self) -> int:
         """What we announce in CONNECT: room for max_payload and generous headers."""
         return min(self.max_payload + max(self.max_payload, 64 * 1024), 268_435_455)
+
+
+def _unshared(topic_filter: str) -> str:
+    """The filter of a shared subscription (`$share/<group>/<filter>`), else itself."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[-1]
+    return topic_filter
 
 
 _topic_crc: dict[str, int] = {}

@@ -425,6 +425,58 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
     ]
 
 
+def test_mqtt_strings_a_broker_refuses_are_config_errors(tmp_path: Path) -> None:
+    # check-config said ok; the broker then closed every connect or SUBSCRIBE (0x81
+    # Malformed Packet), retried for ever with no word of which key was wrong.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883", client_id: "gw\\tone"}
+        sources:
+          a: {type: mqtt, topics: ["a/\\u0001/#"], username: "u\\0"}
+          b: {type: mqtt, topics: ["b/\\uffff"], client_id: "b\\x85"}
+        routes:
+          r: {match: "#", sinks: [up]}
+        sinks:
+          up: {type: mqtt, url: "mqtt://127.0.0.1:1884", topic: "x\\n/{topic}"}
+        """,
+    )
+    refuse = "a control character or Unicode non-character that MQTT brokers refuse"
+    assert problems(path) == [
+        f"{path}:2: mqtt.client_id: 'gw\\tone' holds U+0009, {refuse}",
+        f"{path}:4: sources.a.topics.0: 'a/\\x01/#' holds U+0001, {refuse}",
+        f"{path}:4: sources.a.username: 'u\\x00' holds U+0000, {refuse}",
+        f"{path}:5: sources.b.topics.0: 'b/\\uffff' holds U+FFFF, {refuse}",
+        f"{path}:5: sources.b.client_id: 'b\\x85' holds U+0085, {refuse}",
+        f"{path}:9: sinks.up.topic: 'x\\n/{{topic}}' holds U+000A, {refuse}",
+    ]
+
+
+def test_overlapping_topic_filters_of_one_mqtt_source_are_refused(tmp_path: Path) -> None:
+    # Mosquitto sends a message once for each filter of the session it matches, and each
+    # copy was stored: with ["o/#", "o/b", "o/+"] one QoS 2 message was stored 3 times.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          a: {type: mqtt, topics: ["o/#", "o/b", "x/+/c", "x/b/+", "$SYS/#", "#"], qos: 2}
+          b: {type: mqtt, topics: ["s/+/t", "s/+/u", "$share/g/s/+/t", "s/a"]}
+        """,
+    )
+    tail = "would be stored twice; keep one filter that covers both"
+    assert problems(path) == [
+        f"{path}:4: sources.a.topics.1: 'o/b' overlaps 'o/#': a message on a topic both"
+        f" match comes once for each and {tail}",
+        f"{path}:4: sources.a.topics.3: 'x/b/+' overlaps 'x/+/c': a message on a topic both"
+        f" match comes once for each and {tail}",
+        f"{path}:4: sources.a.topics.5: '#' overlaps 'o/#': a message on a topic both"
+        f" match comes once for each and {tail}",
+        f"{path}:5: sources.b.topics.2: '$share/g/s/+/t' overlaps 's/+/t': a message on a"
+        f" topic both match comes once for each and {tail}",
+    ]
+
+
 def test_mqtt_sources_named_status_or_remote_config_keep_their_own_client_ids(
     tmp_path: Path,
 ) -> None:

@@ -198,6 +198,22 @@ async def test_attributes_too_large_for_a_frame_are_refused_alone(
     assert [m for m, _ in rabbitmq.messages(ns)] == [large.id, after.id]
 
 
+async def test_an_attribute_that_is_no_text_is_refused_alone(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # A lone surrogate in an attribute raised out of write() with the publish half-queued:
+    # the broker closed the connection, and the batch failed so at every try.
+    sink = await sink_for()
+    before = FlowFile.create("plant/a", b"1")
+    bad = FlowFile.create("plant/b", b"2", {"note": "x\udc80"})
+    after = FlowFile.create("plant/c", b"3")
+    rejected = await sink.write([before, bad, after])
+    assert [r.flowfile.id for r in rejected] == [bad.id]
+    assert "cannot be sent as AMQP headers" in rejected[0].reason
+    assert await sink.write([last := FlowFile.create("plant/d", b"4")]) == []
+    assert [m for m, _ in rabbitmq.messages(ns)] == [before.id, after.id, last.id]
+
+
 async def test_unroutable_drop_counts_and_delivers_the_rest(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:

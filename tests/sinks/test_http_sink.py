@@ -233,6 +233,20 @@ async def test_headers_auth_idempotency_key_and_url_template(
     assert "/gw/pi-01/hook/%2E%2E/%2E%2E/admin/%2E%2E/last/%2E%2E" in paths
 
 
+@pytest.mark.parametrize("mode", ["batch", "each"])
+async def test_a_topic_that_is_no_text_is_refused_alone(
+    sink_for: Any, http_receiver: servers.HttpReceiver, mode: str
+) -> None:
+    # A lone surrogate in a topic level of the URL raised UnicodeEncodeError out of
+    # write(): the batch failed at every try, and the FlowFiles behind it waited.
+    sink = await sink_for(url=f"{http_receiver.url}/in/{{topic}}", mode=mode)
+    batch = [FlowFile.create("ok/1", b"1"), FlowFile.create("bad/\udc80", b"2")]
+    rejected = await sink.write([*batch, after := FlowFile.create("ok/2", b"3")])
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "not valid Unicode text" in rejected[0].reason
+    assert [e["id"] for e in envelopes(http_receiver)] == [batch[0].id, after.id]
+
+
 async def test_each_mode_payload_body_and_basic_auth(
     sink_for: Any, http_receiver: servers.HttpReceiver
 ) -> None:
@@ -353,6 +367,18 @@ def test_config_problems() -> None:
     ]
     assert "bearer_token" in config_problems(url="http://h/x", bearer_token="t\r\n")[1][0]
     assert config_problems(url="http://h:8080/x", headers={"X-Key": "a\tb"})[1] == []
+    # a Content-Length of the config's: the receiver took a body cut short, answered 200
+    assert config_problems(url="http://h/x", headers={"content-length": "1"})[1] == [
+        "sinks.hook.headers.content-length: set by the sink for each request (the body's length)"
+    ]
+    for name in ("Content-Type", "Idempotency-Key", "Transfer-Encoding", "Content-Encoding"):
+        assert config_problems(url="http://h/x", headers={name: "x"})[1][0].startswith(
+            f"sinks.hook.headers.{name}: "
+        )
+    each = {"mode": "each", "body": "payload"}
+    assert config_problems(url="http://h/x", content_type="text/plain\r\nX-A: 1", **each)[1] == [
+        "sinks.hook.content_type: cannot hold a line break or control character"
+    ]
     assert safe_url("http://h:99999/x?token=t") == "http://h:99999/x"
     assert compile_template("http://h/{{x}}/{topic.2}") == [
         "http://h/",

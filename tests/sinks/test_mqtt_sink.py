@@ -416,6 +416,33 @@ async def test_invalid_topics_are_refused_alone(
     assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/2"]
 
 
+async def test_characters_a_broker_refuses_are_dead_lettered_alone(
+    mosquitto: servers.Mosquitto, ns: str, collect: Any
+) -> None:
+    # Mosquitto closes the connection on a control character or a Unicode non-character
+    # in a topic or a user property: sent, such a FlowFile failed its batch on every try.
+    collector = collect(mosquitto, ns)
+    sink = make_sink(mosquitto.url, topic=f"{ns}/{{topic}}", user_properties=True, timeout="3s")
+    await sink.connect()
+    batch = [
+        FlowFile.create("ok/1", b"1", {"unit": "\u00b0C"}),
+        FlowFile.create("bad/line\nfeed", b"2"),
+        FlowFile.create("bad/\x85", b"3"),
+        FlowFile.create("bad/\uffff", b"4"),
+        FlowFile.create("ok/attr", b"5", {"note": "tab\there"}),
+        FlowFile.create("ok/\u00e9\U0001f600", b"6"),
+    ]
+    try:
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+    assert [r.flowfile.id for r in rejected] == [b.id for b in batch[1:5]]
+    assert "U+000A" in rejected[0].reason
+    assert "'note'" in rejected[3].reason
+    received = await collector.settled(at_least=2)
+    assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/\u00e9\U0001f600"]
+
+
 async def test_mqtt_3_1_1(mosquitto: servers.Mosquitto, ns: str, collect: Any) -> None:
     collector = collect(mosquitto, ns)
     sink = make_sink(mosquitto.url, topic=f"{ns}/{{topic}}", protocol=4)

@@ -115,6 +115,26 @@ async def test_subject_and_headers_carry_topic_time_and_attributes(
     assert topic_tokens("a/b.c") == "a.b%2Ec"
 
 
+async def test_a_topic_or_attribute_that_is_no_text_is_refused_alone(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    # A lone surrogate raised UnicodeEncodeError out of write(): the batch failed at
+    # every try, and the FlowFiles behind it waited.
+    async with closing(lambda: connected(make_sink(nats_cluster.urls, **stream_keys(ns)))) as op:
+        sink = await op()
+        batch = [
+            FlowFile.create("ok/1", b"1"),
+            FlowFile.create("bad/\udc80", b"2"),
+            FlowFile.create("ok/2", b"3", {"note": "x\udc80"}),
+            FlowFile.create("ok/3", b"4"),
+        ]
+        rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id, batch[2].id]
+    assert all("not valid Unicode text" in r.reason for r in rejected)
+    found = await stream_messages(nats_cluster.urls, ns.upper())
+    assert [m.headers["Nats-Msg-Id"] for m in found] == [batch[0].id, batch[3].id]
+
+
 async def test_no_stream_for_the_subject_is_a_refusal_per_flowfile(
     nats_cluster: servers.NatsCluster, ns: str
 ) -> None:
