@@ -26,6 +26,13 @@ class _Encrypted(Exception):
     """The key file asks for a passphrase: OpenSSL would prompt on a terminal for it."""
 
 
+class EncryptedKeyError(ssl.SSLError):
+    """A client key that asks for a passphrase (an ssl.SSLError, as the callers expect)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # ssl.SSLError's own would show ('the text',)
+
+
 def _no_passphrase() -> bytes:
     raise _Encrypted
 
@@ -38,7 +45,7 @@ def load_client_cert(context: ssl.SSLContext, cert_file: str, key_file: str | No
     try:
         context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
     except _Encrypted:
-        raise ssl.SSLError(
+        raise EncryptedKeyError(
             f"{key_file or cert_file} holds an encrypted private key (it asks for a"
             " passphrase): give the key without one"
         ) from None

@@ -69,3 +69,4 @@ async def test_a_sink_with_an_encrypted_key_stops_in_one_line(
     with pytest.raises(PermanentError, match="encrypted private key") as caught:
         await sink.connect()
     assert "\n" not in str(caught.value)
+    assert "('" not in str(caught.value), "the text, not ssl.SSLError's tuple of it"
