@@ -78,7 +78,7 @@ from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import CONTENT_TRUNCATED, FlowFile
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.sources._serial_framing import (
     FixedFramer,
     LineFramer,
@@ -249,7 +249,7 @@ class SerialSourceConfig(SourceConfig):
                 yield key, f"only used with framing: {' or '.join(framings)}"
         allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
         try:
-            names = {f for _, f, _, _ in template_parts(self.topic) if f is not None}
+            names = set(template_fields(self.topic))
         except ValueError as err:
             yield "topic", str(err)
             return

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.link import LinkSpec, parse_link_url
@@ -36,7 +36,7 @@ def _name_problem(name: str) -> str | None:
 
 def _template_problem(template: str, allowed: set[str]) -> str | None:
     try:
-        names = {f for _, f, _, _ in template_parts(template) if f is not None}
+        names = set(template_fields(template))
     except ValueError as err:
         return str(err)
     unknown = names - allowed

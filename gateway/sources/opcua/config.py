@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
@@ -32,7 +32,7 @@ _NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
 def template_problem(template: str, allowed: set[str]) -> str | None:
     """Why `template` is no usable topic template with these placeholders, or None."""
     try:
-        names = {f for _, f, _, _ in template_parts(template) if f is not None}
+        names = set(template_fields(template))
     except ValueError as err:
         return str(err)
     unknown = names - allowed
