@@ -751,6 +751,41 @@ async def test_a_nan_or_infinite_write_is_refused_and_the_result_is_json(
     assert plc.writes == [(1, 16, 20, layout("f", 1.5, "ABCD"))]  # only the finite one
 
 
+async def test_a_write_beyond_a_float_is_refused_and_the_source_goes_on(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    # A JSON integer too large for a float (10**400) raised OverflowError in the
+    # conversion: no result, and the source's read() failed; a finite value that the
+    # scale makes infinite wrote Infinity into the device.
+    registers = {
+        "limit": {"address": 20, "type": "float32", "writable": True},
+        "total": {"address": 24, "type": "float64", "writable": True},
+        "setpoint": {"address": 10, "type": "int16", "scale": 0.1, "writable": True},
+        "tiny": {"address": 30, "type": "float64", "scale": 1e-300, "writable": True},
+    }
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-huge"}},
+        name="huge1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/huge1/+/set/result")
+    await source.connect()
+    try:
+        async with Pump(source):
+            huge = b"1" + b"0" * 400
+            for register, payload in [("limit", huge), ("total", b"-" + huge),
+                                      ("setpoint", huge), ("tiny", b"1e10")]:  # fmt: skip
+                result = await probe.command(f"modbus/huge1/{register}/set", payload)
+                assert result["ok"] is False and "out of range" in result["error"], result
+            good = await probe.command("modbus/huge1/limit/set", 2.5)
+            assert good["ok"] is True and good["value"] == 2.5
+    finally:
+        probe.close()
+        await source.close()
+    assert plc.writes == [(1, 16, 20, layout("f", 2.5, "ABCD"))]  # only the one that fits
+
+
 async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
     source = make_source(
         {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]
