@@ -104,6 +104,14 @@ def test_conversions_for_write_back() -> None:
         (5, VT.String, False, "expected a string"),
         ("%%", VT.ByteString, False, "base64"),
         (1, VT.Double, True, "expected a JSON array"),
+        # an integer beyond a float raised OverflowError out of the write (no result);
+        # text that float() reads as NaN or an infinity was written to the server
+        (10**400, VT.Double, False, "out of range for Double"),
+        (-(10**400), VT.Float, False, "out of range for Float"),
+        ("NaN", VT.Double, False, "not a finite number"),
+        ("-Infinity", VT.Float, False, "not a finite number"),
+        ("1e999", VT.Double, False, "not a finite number"),
+        (["1", "inf"], VT.Double, True, "not a finite number"),
     ]:
         with pytest.raises(ValueError, match=message):
             convert(value, vtype, array)
