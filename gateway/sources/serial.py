@@ -215,8 +215,10 @@ class SerialSourceConfig(SourceConfig):
             else:
                 try:
                     compiled = re.compile(self.pattern)
-                except re.error as err:
-                    yield "pattern", f"not a valid regular expression: {err}"
+                except (re.error, OverflowError, RecursionError) as err:
+                    # x{99999999999} is an OverflowError, 500 nested groups a RecursionError
+                    why = "groups nested too deeply" if isinstance(err, RecursionError) else err
+                    yield "pattern", f"not a valid regular expression: {why}"
                 else:
                     if not compiled.groupindex:
                         yield "pattern", "needs named groups, e.g. (?P<weight>[0-9.]+)"

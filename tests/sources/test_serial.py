@@ -375,6 +375,15 @@ def test_config_problems() -> None:
         ({"framing": "regex"}, "pattern: framing: regex needs a pattern"),
         ({"framing": "regex", "pattern": "(\\d+"}, "pattern: not a valid regular expression"),
         ({"framing": "regex", "pattern": "\\d+"}, "pattern: needs named groups"),
+        # these raised OverflowError and RecursionError out of check-config (a traceback)
+        (
+            {"framing": "regex", "pattern": "(?P<a>x{99999999999})"},
+            "pattern: not a valid regular expression: the repetition number is too large",
+        ),
+        (
+            {"framing": "regex", "pattern": "(" * 500 + "(?P<a>x)" + ")" * 500},
+            "pattern: not a valid regular expression: groups nested too deeply",
+        ),
         ({"framing": "fixed"}, "length: framing: fixed needs length"),
         ({"framing": "fixed", "length": 4, "sync": "zz"}, "sync: 'zz' is not hex"),
         ({"framing": "line", "sync": "aa"}, "sync: only used with framing: fixed"),
