@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -551,6 +552,101 @@ async def test_a_late_answer_is_not_taken_for_the_next_request(
     # the first request was sent again (retries: 1) and answered; the device stayed online
     assert device.requests[:2] == [(0, 2), (0, 2)]
     assert source.status()["devices"]["slow"]["state"] == "online"
+
+
+async def settled(check: Callable[[], bool]) -> None:
+    """Wait until `check` holds, looking every 10 ms (for states that come with no message)."""
+    async with asyncio.timeout(WAIT):
+        while not check():  # noqa: ASYNC110 - a status field, no event to wait on
+            await asyncio.sleep(0.01)
+
+
+class GarbledDevice:
+    """A Modbus TCP device with a firmware bug: it answers every request with a well
+    framed MBAP header and a PDU made by `answer(function, count)`."""
+
+    def __init__(self, answer: Callable[[int, int], bytes]) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> GarbledDevice:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                tid, _proto, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                self.requests += 1
+                fc, _address, count = struct.unpack(">BHH", pdu[:5])
+                body = self.answer(fc, count)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_an_answer_for_another_function_is_not_taken_for_the_values() -> None:
+    # Asked for holding registers (FC 3), the device answers with an input register read
+    # (FC 4) of the right size: the values were published as the holding registers'.
+    device = await GarbledDevice(
+        lambda fc, count: bytes([4, 2 * count]) + struct.pack(f">{count}H", *range(7, 7 + count))
+    ).start()
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "200ms",
+         "retries": 0, "registers": {"a": {"address": 0}, "b": {"address": 1}}},
+        name="fc1",
+    )  # fmt: skip
+    await source.connect()
+    status = source.status()["devices"]["fc1"]
+    try:
+        async with Pump(source) as pump:
+            await settled(lambda: status["errors"] >= 1)
+            assert pump.messages == []
+            assert status["state"] == "offline"
+            assert "answer is for function 4, not 3" in status["last_error"], status
+    finally:
+        await source.close()
+        await device.close()
+
+
+async def test_a_garbled_answer_is_one_error_not_a_traceback_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An answer too short for its function (FC 3, one byte of data) raised inside
+    # pymodbus's data_received: asyncio logged "Fatal error: protocol.data_received()
+    # call failed." with a traceback at every poll, and the request waited for its timeout.
+    device = await GarbledDevice(lambda fc, count: bytes([fc, 2 * count, 0])).start()
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "2s",
+         "retries": 0, "backoff_max": "50ms", "registers": {"a": {"address": 0}}},
+        name="garbled1",
+    )  # fmt: skip
+    await source.connect()
+    status = source.status()["devices"]["garbled1"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with Pump(source) as pump:
+            await settled(lambda: status["errors"] >= 3)
+            assert loop.time() - started < 2.0  # not each one waited for the 2 s timeout
+            assert pump.messages == []
+            assert status["state"] == "offline"
+            assert "no valid answer" in status["last_error"], status
+    finally:
+        await source.close()
+        await device.close()
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == []
 
 
 async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCaptureFixture) -> None:

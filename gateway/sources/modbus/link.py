@@ -216,6 +216,31 @@ def parse_link_url(url: str) -> LinkSpec:
     )
 
 
+def _fail_garbled_answers(manager: Any) -> None:
+    """Make an answer pymodbus cannot decode fail the request waiting for it.
+
+    pymodbus raises ModbusIOException ("Unable to decode request") out of the protocol's
+    data_received for a well framed answer whose PDU does not parse (an FC 3 answer one
+    byte short, say): asyncio then logs "Fatal error: protocol.data_received() call
+    failed." with a traceback and drops the connection, and the request waits for its
+    timeout. Here the answer is dropped, with the rest of what was received, and the
+    request fails at once with that error (a LinkError for the source, one line).
+    """
+    callback_data = manager.callback_data
+
+    def checked(data: bytes, addr: Any = None) -> int:
+        try:
+            used: int = callback_data(data, addr)
+        except ModbusException as err:
+            future = manager.response_future
+            if not future.done():
+                future.set_exception(err)
+            return len(data)
+        return used
+
+    manager.callback_data = checked
+
+
 class Link:
     """One connection to one or more Modbus devices; one request at a time.
 
@@ -261,6 +286,7 @@ class Link:
         # with several unit ids behind one gateway, one dead unit must not cut the
         # others off, so the source decides when a link is broken.
         client.set_max_no_responses(1 << 30)
+        _fail_garbled_answers(client.ctx)
         return client
 
     @property
@@ -296,7 +322,7 @@ class Link:
         if self.spec.untagged and self.connected:
             await asyncio.sleep(reply_wait)
 
-    async def _execute(self, call: Any, what: str, reply_wait: float) -> Any:
+    async def _execute(self, call: Any, what: str, reply_wait: float, function: int) -> Any:
         client = self._client
         if client is None or not client.connected:
             raise LinkError(f"{self.spec.describe()} is not connected")
@@ -314,6 +340,12 @@ class Link:
         except (TimeoutError, OSError) as err:
             self.close()
             raise LinkError(f"{what}: connection lost ({err})") from err
+        answered = int(response.function_code) & 0x7F
+        if answered != function:
+            # well framed, but not an answer to this request (a device's firmware bug, a
+            # gateway mixing up requests): its values are not this request's values
+            await self._drain(reply_wait)
+            raise LinkError(f"{what}: the answer is for function {answered}, not {function}")
         if response.isError():
             raise DeviceException(int(response.exception_code), what)
         return response
@@ -328,6 +360,7 @@ class Link:
                 lambda c: c.read_holding_registers(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                3,
             )
             values: list[Any] = r.registers
         elif table == "input":
@@ -335,11 +368,12 @@ class Link:
                 lambda c: c.read_input_registers(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                4,
             )
             values = r.registers
         elif table == "coil":
             r = await self._execute(
-                lambda c: c.read_coils(address, count=count, device_id=unit), what, reply_wait
+                lambda c: c.read_coils(address, count=count, device_id=unit), what, reply_wait, 1
             )
             values = r.bits[:count]
         else:
@@ -347,6 +381,7 @@ class Link:
                 lambda c: c.read_discrete_inputs(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                2,
             )
             values = r.bits[:count]
         # A late answer to an earlier, timed-out request can look like an answer to
@@ -363,11 +398,17 @@ class Link:
         what = f"unit {unit} write holding {address}+{len(values)}"
         if len(values) == 1 and not multiple:
             await self._execute(
-                lambda c: c.write_register(address, values[0], device_id=unit), what, reply_wait
+                lambda c: c.write_register(address, values[0], device_id=unit),
+                what,
+                reply_wait,
+                6,
             )
         else:
             await self._execute(
-                lambda c: c.write_registers(address, list(values), device_id=unit), what, reply_wait
+                lambda c: c.write_registers(address, list(values), device_id=unit),
+                what,
+                reply_wait,
+                16,
             )
 
     async def write_coil(
@@ -377,9 +418,9 @@ class Link:
         what = f"unit {unit} write coil {address}"
         if multiple:
             await self._execute(
-                lambda c: c.write_coils(address, [value], device_id=unit), what, reply_wait
+                lambda c: c.write_coils(address, [value], device_id=unit), what, reply_wait, 15
             )
         else:
             await self._execute(
-                lambda c: c.write_coil(address, value, device_id=unit), what, reply_wait
+                lambda c: c.write_coil(address, value, device_id=unit), what, reply_wait, 5
             )
