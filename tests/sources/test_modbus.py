@@ -367,6 +367,40 @@ async def test_report_by_exception(plc: PlcStore) -> None:
         await source.close()
 
 
+async def test_a_value_that_stays_nan_is_not_sent_again_on_change(plc: PlcStore) -> None:
+    # A float register holding NaN (a sensor unplugged: 0x7FC00000) with on_change or a
+    # deadband was sent at every poll: NaN differs from NaN in Python, so each poll's
+    # `null` counted as a change, though the value sent (null) was the same.
+    nan = layout("f", math.nan, "ABCD")
+    registers = {
+        "tick": {"address": 0},  # always sent: each read() returns one poll
+        "temp": {"address": 1, "type": "float32", "on_change": True},
+        "flow": {"address": 3, "type": "float64", "deadband": 0.5},
+    }
+    plc.set(1, "holding", 0, [0, *nan, *layout("d", math.nan, "ABCDEFGH")])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": registers})  # fmt: skip
+    await source.connect()
+
+    async def poll() -> dict[str, Any]:
+        async with asyncio.timeout(WAIT):
+            return {k.rsplit("/", 1)[1]: v for k, v in values(await source.read()).items()}
+
+    try:
+        assert await poll() == {"tick": 0, "temp": None, "flow": None}
+        for tick in (1, 2, 3):
+            plc.set(1, "holding", 0, [tick])
+            assert await poll() == {"tick": tick}
+        plc.set(1, "holding", 0, [4, *layout("f", 21.5, "ABCD")])  # the sensor is back
+        assert await poll() == {"tick": 4, "temp": 21.5}
+        plc.set(1, "holding", 0, [5, *nan])  # and gone again: said once
+        assert await poll() == {"tick": 5, "temp": None}
+        plc.set(1, "holding", 0, [6])
+        assert await poll() == {"tick": 6}
+    finally:
+        await source.close()
+
+
 async def test_per_device_emit(plc: PlcStore) -> None:
     plc.set(1, "holding", 0, [215, *layout("f", 2.5, "ABCD")])
     source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "emit": "per_device",  # type: ignore[attr-defined]
