@@ -122,3 +122,31 @@ def test_values_as_json() -> None:
     assert plain(float("nan")) is None and plain([1.0, math.inf]) == [1.0, None]
     assert plain(datetime(2024, 1, 1, tzinfo=UTC)) == "2024-01-01T00:00:00.000Z"
     assert float32(0.10000000149011612) == 0.1
+
+
+def test_the_percent_deadband_after_an_infinity_or_nan() -> None:
+    # After an infinite value every later value was held back for good (|x - inf| <= inf
+    # * percent holds), and a node that stays NaN was sent at every poll (NaN compares
+    # false), though what is sent (null) is the same.
+    from gateway.core.component import Context
+    from gateway.sources.opcua import OpcuaSource
+
+    problems = Problems()
+    config = build_dataclass(
+        OpcuaSourceConfig,
+        {"type": "opcua", "url": "opc.tcp://127.0.0.1:4840",
+         "nodes": {"t": {"node": "ns=2;s=T", "mode": "poll", "deadband_percent": 10}}},
+        (), problems,
+    )  # fmt: skip
+    assert not problems
+    source = OpcuaSource(config, Context(name="line1", kind="source"))
+    state = source.nodes["t"]
+
+    def sent(x: float) -> bool:
+        value = ua.DataValue(ua.Variant(x, ua.VariantType.Double))
+        return source._message(state, value) is not None
+
+    assert [sent(x) for x in (20.0, 21.0, 25.0)] == [True, False, True]
+    assert [sent(x) for x in (math.inf, math.inf, 25.0, 25.5)] == [True, False, True, False]
+    assert [sent(x) for x in (math.nan, math.nan, math.nan, 25.0)] == [True, False, False, True]
+    assert [sent(x) for x in (-math.inf, 30.0)] == [True, True]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -111,6 +112,16 @@ async def _wait(clock: Clock, wake: asyncio.Event, delay: float) -> None:
     finally:
         waiter.cancel()
         sleeper.cancel()
+
+
+def _within(number: float, last: float, percent: float) -> bool:
+    """Whether `number` is within `percent` of `last`, the value sent before: held back.
+    NaN is within NaN and an infinity within itself (both are sent as null); anything
+    else next to NaN or an infinity is a change (|x - inf| <= inf * percent held every
+    value after an infinite one back for good)."""
+    if math.isfinite(number) and math.isfinite(last):
+        return abs(number - last) <= abs(last) * percent / 100.0
+    return number == last or (math.isnan(number) and math.isnan(last))
 
 
 class NodeState:
@@ -554,7 +565,7 @@ class OpcuaSource(Source):
             number = values.numeric(dv.Value.Value)
             if number is not None:
                 last = s.last_sent
-                if last is not None and abs(number - last) <= abs(last) * s.percent / 100.0:
+                if last is not None and _within(number, last, s.percent):
                     return None
                 s.last_sent = number
         content, _ = values.encode(dv)
