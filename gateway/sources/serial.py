@@ -88,6 +88,7 @@ from gateway.sources._serial_framing import (
 )
 
 READ_CHUNK = 65536
+MAX_BAUDRATE = 2**31 - 1  # what the serial driver's call takes (a C int)
 THREAD_POLL = 0.2  # seconds a blocking read in a thread waits before looking again
 
 
@@ -103,7 +104,10 @@ class SerialSourceConfig(SourceConfig):
         ),
     ]
     baudrate: Annotated[
-        int, Doc("Bits per second.", example=9600), Range(0, above=True, message="must be positive")
+        int,
+        Doc("Bits per second.", example=9600),
+        # beyond a C int pyserial raised OverflowError out of the open (a traceback)
+        Range(1, MAX_BAUDRATE, message=f"must be 1 to {MAX_BAUDRATE}"),
     ] = 9600
     bytesize: Annotated[Literal[5, 6, 7, 8], Doc("Data bits per character.")] = 8
     parity: Annotated[

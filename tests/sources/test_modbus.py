@@ -1003,6 +1003,9 @@ def test_config_problems_name_the_key() -> None:
         ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
          "registers.x.bit: must be 0..15"),
         ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),
+        # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
+        ({"url": "rtu:///dev/ttyS0?baudrate=4000000000", "registers": {"x": {"address": 0}}},
+         "url: 'rtu:///dev/ttyS0?baudrate=4000000000': baudrate must be 1 to 2147483647"),
         ({"url": tcp, "topic": "m/{devise}/{register}", "registers": {"x": {"address": 0}}},
          "topic: 'm/{devise}/{register}' uses devise"),
         ({"devices": {"a": {"url": "rtu:///dev/ttyS0?baudrate=9600",

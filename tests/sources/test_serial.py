@@ -389,6 +389,9 @@ def test_config_problems() -> None:
         ({"framing": "line", "sync": "aa"}, "sync: only used with framing: fixed"),
         ({"parity": "X"}, "parity: 'X' is not one of"),
         ({"stopbits": 3}, "stopbits: must be 1, 1.5 or 2"),
+        # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
+        ({"baudrate": 2**31}, "baudrate: must be 1 to 2147483647"),
+        ({"baudrate": 0}, "baudrate: must be 1 to 2147483647"),
         ({"topic": "serial/{sentence}"}, "topic: 'serial/{sentence}' uses sentence"),
         ({"encoding": "klingon"}, "encoding: unknown encoding"),
     ]

@@ -154,6 +154,7 @@ async def quiet_until(deadline: float) -> None:
 
 
 _SERIAL_KEYS = {"baudrate", "parity", "stopbits", "bytesize"}
+MAX_BAUDRATE = 2**31 - 1  # what the serial driver's call takes (a C int)
 
 
 def parse_link_url(url: str) -> LinkSpec:
@@ -204,8 +205,9 @@ def parse_link_url(url: str) -> LinkSpec:
                 raise ValueError(f"{url!r}: parity must be N, E or O")
             if spec.stopbits not in (1, 2) or spec.bytesize not in (7, 8):
                 raise ValueError(f"{url!r}: stopbits must be 1 or 2 and bytesize 7 or 8")
-            if spec.baudrate <= 0:
-                raise ValueError(f"{url!r}: baudrate must be positive")
+            if not 0 < spec.baudrate <= MAX_BAUDRATE:
+                # beyond a C int pyserial raised OverflowError out of the open (a traceback)
+                raise ValueError(f"{url!r}: baudrate must be 1 to {MAX_BAUDRATE}")
             return spec
     except ValueError as err:
         if str(err).startswith(repr(url)):
