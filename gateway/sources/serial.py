@@ -70,6 +70,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import serial
 
@@ -188,6 +189,10 @@ class SerialSourceConfig(SourceConfig):
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
         elif "\x00" in self.port:
             yield "port", "a serial device's path holds no NUL character"
+        else:
+            problem = _network_port_problem(self.port)
+            if problem:
+                yield "port", problem
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
         terminator = b"\n"
@@ -271,6 +276,23 @@ class SerialSourceConfig(SourceConfig):
             problem = validate_topic(self.topic.format(**{n: "x" for n in names}))
             if problem:
                 yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
+
+
+def _network_port_problem(port: str) -> str | None:
+    """Why a socket:// or rfc2217:// port cannot be opened, or None. Without a port
+    number pyserial failed at every retry with "'<=' not supported between instances
+    of 'int' and 'NoneType'"; a bad one was retried for ever too."""
+    scheme, sep, _ = port.partition("://")
+    if not sep or scheme.lower() not in ("socket", "rfc2217"):
+        return None
+    try:
+        parts = urlsplit(port)
+        number = parts.port
+    except ValueError as err:
+        return f"{port!r} is not a {scheme}://host:port URL: {err}"
+    if not parts.hostname or number is None or not 0 < number < 65536:
+        return f"{port!r}: write {scheme}://host:port, with a port from 1 to 65535"
+    return None
 
 
 def _unescape(text: str) -> bytes:

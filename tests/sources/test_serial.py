@@ -392,6 +392,13 @@ def test_config_problems() -> None:
         # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
         ({"baudrate": 2**31}, "baudrate: must be 1 to 2147483647"),
         ({"baudrate": 0}, "baudrate: must be 1 to 2147483647"),
+        # retried for ever with "'<=' not supported between instances of 'int' and 'NoneType'"
+        (
+            {"port": "socket://10.0.0.7"},
+            "port: 'socket://10.0.0.7': write socket://host:port, with a port from 1 to 65535",
+        ),
+        ({"port": "rfc2217://10.0.0.7:99999"}, "port: 'rfc2217://10.0.0.7:99999' is not a"),
+        ({"port": "socket://:4001"}, "port: 'socket://:4001': write socket://host:port"),
         ({"topic": "serial/{sentence}"}, "topic: 'serial/{sentence}' uses sentence"),
         ({"encoding": "klingon"}, "encoding: unknown encoding"),
     ]
