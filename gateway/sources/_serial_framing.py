@@ -226,18 +226,34 @@ def nmea_checksum(body: bytes) -> int:
     return value
 
 
+# NMEA numbers are plain decimals. float() and int() also take "nan", "inf", "1e999"
+# (which json.dumps writes as NaN and Infinity: not JSON) and "0_8" (8): garbage.
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_INTEGER = re.compile(r"[-+]?\d+")
+
+
 def _f(s: str) -> float | None:
-    return float(s) if s else None
+    if not s:
+        return None
+    if not _DECIMAL.fullmatch(s):
+        raise ValueError(f"bad number {s!r}")
+    return float(s)
 
 
 def _i(s: str) -> int | None:
-    return int(s) if s else None
+    if not s:
+        return None
+    if not _INTEGER.fullmatch(s):
+        raise ValueError(f"bad integer {s!r}")
+    return int(s)
 
 
 def _coord(value: str, hemisphere: str) -> float | None:
     """ddmm.mmmm / dddmm.mmmm plus N/S/E/W -> signed decimal degrees."""
     if not value:
         return None
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError(f"bad coordinate {value!r}")
     dot = value.find(".")
     head = dot if dot >= 0 else len(value)
     degrees = float(value[: head - 2]) + float(value[head - 2 :]) / 60.0
@@ -290,7 +306,7 @@ def _rmc(f: list[str]) -> dict[str, Any]:
     if time and date:
         out["datetime"] = f"{date}T{time}Z"
     if len(f) > 10 and f[9]:
-        variation = float(f[9])
+        variation = _f(f[9]) or 0.0
         out["magnetic_variation_deg"] = -variation if f[10] == "W" else variation
     return out
 
@@ -317,7 +333,7 @@ def _gsa(f: list[str]) -> dict[str, Any]:
     return {
         "mode": f[0] or None,
         "fix_type": _i(f[1]),
-        "satellites": [int(s) for s in f[2:14] if s],
+        "satellites": [_i(s) for s in f[2:14] if s],
         "pdop": _f(f[14]),
         "hdop": _f(f[15]),
         "vdop": _f(f[16]),
