@@ -1000,6 +1000,10 @@ def test_config_problems_name_the_key() -> None:
          "url: 'http://x': unknown scheme"),
         ({"url": tcp, "registers": {"x": {"address": 0, "order": "CDAB", "byte_order": "big"}}},
          "registers.x.order"),
+        # a 32-bit order on a 64-bit value was taken as the 8-letter one with the same
+        # byte and word orders (CDAB as GHEFCDAB), not as written
+        ({"url": tcp, "registers": {"x": {"address": 0, "type": "float64", "order": "CDAB"}}},
+         "registers.x.order: CDAB is a 32-bit order; float64 is 64 bits wide: use ABCDEFGH,"),
         ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
          "registers.x.bit: must be 0..15"),
         ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),

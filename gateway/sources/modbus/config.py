@@ -149,6 +149,14 @@ class RegisterConfig:
             yield "order", "set either order or byte_order/word_order, not both"
         if self.order is not None and len(self.order) == 8 and info.width not in (0, 4):
             yield "order", f"{self.order} is a 64-bit order; {self.type} is not 64 bits wide"
+        if self.order is not None and len(self.order) == 4 and info.width == 4:
+            # CDAB on a float64 meant GHEFCDAB (every register reversed), not the
+            # CDABGHEF some devices use: say which, rather than guess
+            yield (
+                "order",
+                f"{self.order} is a 32-bit order; {self.type} is 64 bits wide: use"
+                " ABCDEFGH, GHEFCDAB, BADCFEHG or HGFEDCBA",
+            )
         if self.scale == 0:
             yield "scale", "must not be 0"
         if self.deadband < 0 or self.deadband_percent < 0:
