@@ -40,6 +40,20 @@ def test_a_valid_config_has_no_problems() -> None:
         ({"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "path": "2:A"}}}, "not both"),
         ({"url": "opc.tcp://h", "nodes": {"a": {}}}, "nodes.a.node: give `node` (a node id) or"),
         ({"url": "opc.tcp://h", "nodes": {"a b": {"node": "i=1"}}}, "names use letters"),
+        # passed the check, then asyncua's struct.error came out of each connect (a
+        # traceback): a namespace index is 0..65535, a numeric id 0..4294967295
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=70000;s=T"}}},
+            "nodes.a.node: namespace index 70000 is out of range (0..65535)",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=2;i=4294967296"}}},
+            "nodes.a.node: numeric id 4294967296 is out of range (0..4294967295)",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"path": "2:Plant/99999999:T"}}},
+            "nodes.a.path: namespace index 99999999 is out of range (0..65535)",
+        ),
         # passed the check, then the gateway died at start with a traceback
         ({"url": "opc.tcp://h:99999", "nodes": {"a": {"node": "i=1"}}}, "from 1 to 65535"),
         ({"url": "opc.tcp://:4840", "nodes": {"a": {"node": "i=1"}}}, "names no host"),

@@ -115,6 +115,15 @@ class NodeConfig:
                 f"{self.node!r} is not an OPC UA node id; write e.g. ns=2;s=Temperature or"
                 " ns=2;i=1001",
             )
+        elif self.node is not None:
+            # the protocol's sizes (UInt16, UInt32): beyond them asyncua's struct.error came
+            # out of every connect
+            ns = re.match(r"ns=(\d+);", self.node)
+            numeric = re.match(r"(?:ns=\d+;)?i=(\d+)$", self.node)
+            if ns and int(ns.group(1)) > 65535:
+                yield "node", f"namespace index {ns.group(1)} is out of range (0..65535)"
+            if numeric and int(numeric.group(1)) > 4294967295:
+                yield "node", f"numeric id {numeric.group(1)} is out of range (0..4294967295)"
         if self.path is not None:
             levels = self.path.strip("/").split("/")
             bad = [lv for lv in levels if not PATH_LEVEL.fullmatch(lv)]
@@ -123,6 +132,12 @@ class NodeConfig:
                     "path",
                     f"{self.path!r} is not a browse path; write e.g. 2:Plant/2:Temperature",
                 )
+            else:
+                for lv in levels:
+                    index = lv.partition(":")[0] if ":" in lv else "0"
+                    if int(index) > 65535:
+                        yield "path", f"namespace index {index} is out of range (0..65535)"
+                        break
         if self.topic is not None:
             problem = validate_topic(self.topic)
             if problem:
