@@ -366,7 +366,14 @@ class OpcuaSource(Source):
                 endpoints = await discovery.connect_and_get_server_endpoints()
         except (UaStatusCodeError, UaError, OSError, TimeoutError, EOFError) as err:
             raise self._offline(self._connect_error(err)) from err
-        pinned = _der(self.config.server_certificate)
+        try:
+            pinned = _der(self.config.server_certificate)
+        except (OSError, ValueError) as err:  # missing, a folder, unreadable, bad PEM
+            raise self._offline(
+                PermanentError(
+                    f"cannot read server_certificate {self.config.server_certificate}: {err}"
+                )
+            ) from err
         presented = {bytes(e.ServerCertificate or b"")[: len(pinned)] for e in endpoints}
         if pinned not in presented:
             raise self._offline(
