@@ -218,6 +218,17 @@ class SerialSourceConfig(SourceConfig):
                 except LookupError:
                     text = f"{self.encoding!r} is not a text encoding (e.g. utf-8, latin-1)"
                     yield "encoding", text + " or 'binary'"
+                else:
+                    if len("a".encode(self.encoding, "replace")) != 1:
+                        # UTF-16, UTF-32: lines are cut at the terminator's bytes and then
+                        # decoded, so every line after the first began mid-character
+                        # and went to the dead letters
+                        yield (
+                            "encoding",
+                            f"{self.encoding!r} writes a character in several bytes, so a line"
+                            " cannot be cut at the terminator; use an 8-bit or UTF-8"
+                            " encoding, or 'binary'",
+                        )
         if self.framing == "regex":
             if not self.pattern:
                 yield "pattern", "framing: regex needs a pattern with named groups"
