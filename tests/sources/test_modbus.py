@@ -1028,6 +1028,9 @@ def test_config_problems_name_the_key() -> None:
         ({"url": tcp, "registers": {"x": {"address": 0}},
           "writeback": {"url": "mqtt://u:pw@h:99999"}},
          "writeback.url: 'mqtt://u:***@h:99999' is not an mqtt://host:port"),
+        # port 0 read as no port: write-back went to the broker on 1883
+        ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"url": "mqtt://h:0"}},
+         "writeback.url: 'mqtt://h:0' is not an mqtt://host:port"),
         ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"url": "http://u:pw@h"}},
          "writeback.url: 'http://u:***@h' is not an mqtt://host:port"),
         ({"registers": {"x": {"address": 0}}}, "registers at the top level need url"),
