@@ -987,6 +987,31 @@ async def test_a_stopped_source_leaves_offline_on_the_status_topics(mosquitto: A
 # ---- config ---------------------------------------------------------------------------
 
 
+def test_one_serial_port_by_two_names_is_one_port(tmp_path: Path) -> None:
+    # /dev/serial/by-id/... and the /dev/ttyUSB0 it points to were two ports to the
+    # source: two connections on one line sending at once, and neither a unit id used
+    # twice nor other line settings were refused
+    tty = tmp_path / "ttyUSB0"
+    tty.touch()
+    by_id = tmp_path / "usb-FTDI_FT232R-if00-port0"
+    by_id.symlink_to(tty)
+    x = {"x": {"address": 0}}
+
+    def devices(b_url: str, b_unit: int) -> dict[str, Any]:
+        return {"devices": {"a": {"url": f"rtu://{tty}?baudrate=9600", "registers": x},
+                            "b": {"url": b_url, "unit": b_unit, "registers": x}}}  # fmt: skip
+
+    assert problems_of(devices(f"rtu://{by_id}?baudrate=19200", 2)) == [
+        "devices.b.url: device 'a' uses the same port with other settings"
+        f" (rtu://{tty}); devices sharing a port need the same settings"
+    ]
+    assert problems_of(devices(f"rtu://{by_id}?baudrate=9600", 1)) == [
+        "devices.b.unit: unit 1 on this port is also device 'a'"
+    ]
+    source = make_source(devices(f"rtu://{by_id}?baudrate=9600", 2))
+    assert len(source._buses) == 1  # one connection, one request at a time
+
+
 def test_config_problems_name_the_key() -> None:
     tcp = "tcp://127.0.0.1:5020"
     cases: list[tuple[dict[str, Any], str]] = [

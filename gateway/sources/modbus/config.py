@@ -548,7 +548,7 @@ class ModbusSourceConfig(SourceConfig):
             if not 0 <= dev.unit <= 255 or (on_line and not 1 <= dev.unit <= 247):
                 yield f"{where}unit", "unit id must be 0..255 (1..247 on a serial line)"
             other = ports.get(spec.key)
-            if other is not None and other[1] != spec:
+            if other is not None and not other[1].same_settings(spec):
                 yield (
                     f"{where}url",
                     (

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -102,13 +103,25 @@ class LinkSpec:
     parity: Literal["N", "E", "O"] = "N"
     stopbits: int = 1
     bytesize: int = 8
+    # the serial port with symbolic links resolved (/dev/serial/by-id/... is the
+    # /dev/ttyUSB0 it points to): one port, one connection, whichever name a device uses
+    real_path: str = field(default="", compare=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
         """Devices with the same key share one connection (one request at a time)."""
         if self.kind == "rtu":
-            return ("rtu", self.path, 0)
+            return ("rtu", self.real_path or self.path, 0)
         return (self.kind, self.host, self.port)
+
+    def same_settings(self, other: LinkSpec) -> bool:
+        """Whether a device on the same port (same key) may share the connection."""
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize) == (
+            other.baudrate,
+            other.parity,
+            other.stopbits,
+            other.bytesize,
+        )
 
     @property
     def serial(self) -> bool:
@@ -196,6 +209,7 @@ def parse_link_url(url: str) -> LinkSpec:
             spec = LinkSpec(
                 kind="rtu",
                 path=path,
+                real_path=os.path.realpath(path),
                 baudrate=int(options.get("baudrate", 9600)),
                 parity=str(options.get("parity", "N")).upper(),  # type: ignore[arg-type]
                 stopbits=int(options.get("stopbits", 1)),
