@@ -230,6 +230,7 @@ def nmea_checksum(body: bytes) -> int:
 # (which json.dumps writes as NaN and Infinity: not JSON) and "0_8" (8): garbage.
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _INTEGER = re.compile(r"[-+]?\d+")
+_TIME = re.compile(r"\d{6}(?:\.\d+)?")  # hhmmss, and maybe .ss
 
 
 def _f(s: str) -> float | None:
@@ -264,7 +265,7 @@ def _time(s: str) -> str | None:
     """hhmmss(.ss) -> hh:mm:ss(.ss)."""
     if not s:
         return None
-    if len(s) < 6 or not s[:6].isdigit():
+    if not _TIME.fullmatch(s) or int(s[0:2]) > 23 or int(s[2:4]) > 59 or int(s[4:6]) > 60:
         raise ValueError(f"bad time {s!r}")
     return f"{s[0:2]}:{s[2:4]}:{s[4:]}"
 
@@ -273,7 +274,7 @@ def _date(s: str) -> str | None:
     """ddmmyy -> 20yy-mm-dd (NMEA years 80-99 are 19xx)."""
     if not s:
         return None
-    if len(s) != 6 or not s.isdigit():
+    if len(s) != 6 or not s.isdigit() or not 1 <= int(s[0:2]) <= 31 or not 1 <= int(s[2:4]) <= 12:
         raise ValueError(f"bad date {s!r}")
     yy = int(s[4:6])
     return f"{1900 + yy if yy >= 80 else 2000 + yy}-{s[2:4]}-{s[0:2]}"
@@ -343,6 +344,10 @@ def _gsa(f: list[str]) -> dict[str, Any]:
 def _zda(f: list[str]) -> dict[str, Any]:
     time = _time(f[0])
     day, month, year = _i(f[1]), _i(f[2]), _i(f[3])
+    if (day is not None and not 1 <= day <= 31) or (month is not None and not 1 <= month <= 12):
+        raise ValueError(f"bad date {f[1]}/{f[2]}")
+    if year is not None and not 1000 <= year <= 9999:
+        raise ValueError(f"bad year {f[3]!r}")
     out: dict[str, Any] = {"time": time, "day": day, "month": month, "year": year}
     if time and day and month and year:
         out["datetime"] = f"{year:04d}-{month:02d}-{day:02d}T{time}Z"
