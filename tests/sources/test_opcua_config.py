@@ -164,3 +164,20 @@ def test_the_percent_deadband_after_an_infinity_or_nan() -> None:
     assert [sent(x) for x in (math.inf, math.inf, 25.0, 25.5)] == [True, False, True, False]
     assert [sent(x) for x in (math.nan, math.nan, math.nan, 25.0)] == [True, False, False, True]
     assert [sent(x) for x in (-math.inf, 30.0)] == [True, True]
+
+
+def test_a_nodes_own_topic_is_a_template_too() -> None:
+    # it was used as written: "plant/{node}/value" was published on "plant/{node}/value"
+    from gateway.core.component import Context
+    from gateway.sources.opcua import OpcuaSource
+
+    nodes = {"t": {"node": "ns=2;s=T", "topic": "plant/{source}/{node}/v{{1}}"}}
+    problems = Problems()
+    config = build_dataclass(
+        OpcuaSourceConfig, {"type": "opcua", "url": "opc.tcp://h:4840", "nodes": nodes}, (),
+        problems,
+    )  # fmt: skip
+    assert not problems.items
+    source = OpcuaSource(config, Context(name="line1", kind="source"))
+    assert source.nodes["t"].topic == "plant/line1/t/v{1}"
+    assert problems_of({"url": "opc.tcp://h", "nodes": {"t": {"node": "i=1", "topic": "p/{x}"}}})

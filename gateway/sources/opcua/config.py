@@ -101,7 +101,10 @@ class NodeConfig:
     )
     topic: Annotated[
         str | None,
-        Doc("This node's topic (default: the source's `topic` template)."),
+        Doc(
+            "This node's topic (default: the source's `topic` template): a template too,"
+            " with `{source}` and `{node}`; `{{` and `}}` for a literal brace."
+        ),
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -139,7 +142,9 @@ class NodeConfig:
                         yield "path", f"namespace index {index} is out of range (0..65535)"
                         break
         if self.topic is not None:
-            problem = validate_topic(self.topic)
+            # a template, as the source's `topic` is (it was used as written: a node's
+            # topic "plant/{node}" was published on "plant/{node}")
+            problem = template_problem(self.topic, {"source", "node"})
             if problem:
                 yield "topic", problem
 

@@ -148,7 +148,7 @@ class NodeState:
         self.name = name
         self.config = config
         self.mode = config.mode or source.mode
-        self.topic = config.topic or source.topic.format(source=src, node=name)
+        self.topic = (config.topic or source.topic).format(source=src, node=name)
         self.node_id = config.node or ""  # a browse path is resolved at each connection
         self.attrs = {"source": src, "node": name, "node_id": self.node_id}
         self.percent = config.deadband_percent
