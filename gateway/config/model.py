@@ -969,6 +969,38 @@ class Config:
                     f"sink {name!r}",
                 )
 
+    def _check_command_topics(self) -> Iterator[tuple[str, str]]:
+        """Two Modbus sources taking write-back commands on one topic of one broker: each
+        command reached both, and the one without that device answered it too, with an
+        error ("no device named ...") on the same result topic as the other's result."""
+        mqtt = self.mqtt
+        if mqtt is None:
+            return
+        if mqtt.url in ("auto", "embedded"):
+            own: str | None = f"mqtt://{mqtt.embedded_listen}"
+        else:
+            own = None if url_problem(mqtt.url) else mqtt.url
+        taken: dict[tuple[str, int, str], str] = {}
+        for name, source in (self.sources or {}).items():
+            wb = getattr(source, "writeback", None)
+            if source is None or source.type != "modbus" or wb is None or not wb.enabled:
+                continue
+            url = wb.url or own
+            if url is None or url_problem(url):
+                continue
+            host, port, _ = parse_url(url)
+            commands = re.sub(r"\{(device|register)\}", "+", wb.topic)
+            where = (host.lower(), port, commands)
+            if where not in taken:
+                taken[where] = name
+                continue
+            yield (
+                f"sources.{name}.writeback.topic",
+                f"commands on {commands!r} at {host}:{port} reach source {taken[where]!r}"
+                " too, which answers those for devices it does not have with an error: give"
+                f" each source its own command topic, e.g. '{name}/{{device}}/{{register}}/set'",
+            )
+
     def _check_tls_files(self) -> Iterator[tuple[str, str]]:
         """An MQTT source on the gateway's broker (no `url`) with TLS files needs that
         broker to be mqtts://: otherwise they were silently unused, the source on plain
@@ -1037,6 +1069,7 @@ class Config:
         yield from self._check_claims()
         yield from self._check_served_tls()
         yield from self._check_client_ids()
+        yield from self._check_command_topics()
         yield from self._check_tls_files()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:

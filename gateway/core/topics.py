@@ -26,6 +26,26 @@ def template_parts(template: str) -> list[TemplatePart]:
         ) from None
 
 
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a topic template, each once, in order; ValueError, in one
+    line, for a lone brace or a placeholder with a conversion or format spec ({x!r},
+    {x:d}, {x:>4}): a topic level is the value itself, and `str.format` would fail
+    on one ("Unknown format code 'd'") or quote, pad or cut the value in the topic."""
+    names: list[str] = []
+    for _text, name, spec, conversion in template_parts(template):
+        if name is None:
+            continue
+        if spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(
+                f"{template!r}: {{{written}}} is no placeholder; write {{{name}}}"
+                " (no conversion or format spec)"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def _lone_brace(template: str) -> str:
     """The first brace of `template` that is neither doubled nor part of a {field}."""
     i = 0

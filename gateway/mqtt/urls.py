@@ -61,6 +61,8 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     try:
         parts = urlsplit(url)
         port = parts.port
+        if port == 0:  # read as "no port": mqtt://h:0 went to 1883
+            raise ValueError("port 0")
     except ValueError:
         # Not chained (`from None`): a traceback would print urllib's message, which
         # quotes the piece of the password that reads as the port.

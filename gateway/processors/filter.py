@@ -179,8 +179,10 @@ class Condition:
             else:
                 try:
                     re.compile(value)
-                except re.error as err:
-                    yield "value", f"{value!r} is not a valid regular expression: {err}"
+                except (re.error, OverflowError, RecursionError) as err:
+                    # x{99999999999} is an OverflowError, 500 nested groups a RecursionError
+                    why = "groups nested too deeply" if isinstance(err, RecursionError) else err
+                    yield "value", f"{value!r} is not a valid regular expression: {why}"
         elif not _scalar(value) and (self.field is None or op == "contains"):
             yield "value", f"op {op} needs text, a number, true/false or null here"
 

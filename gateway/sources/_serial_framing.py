@@ -226,18 +226,35 @@ def nmea_checksum(body: bytes) -> int:
     return value
 
 
+# NMEA numbers are plain decimals. float() and int() also take "nan", "inf", "1e999"
+# (which json.dumps writes as NaN and Infinity: not JSON) and "0_8" (8): garbage.
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_INTEGER = re.compile(r"[-+]?\d+")
+_TIME = re.compile(r"\d{6}(?:\.\d+)?")  # hhmmss, and maybe .ss
+
+
 def _f(s: str) -> float | None:
-    return float(s) if s else None
+    if not s:
+        return None
+    if not _DECIMAL.fullmatch(s):
+        raise ValueError(f"bad number {s!r}")
+    return float(s)
 
 
 def _i(s: str) -> int | None:
-    return int(s) if s else None
+    if not s:
+        return None
+    if not _INTEGER.fullmatch(s):
+        raise ValueError(f"bad integer {s!r}")
+    return int(s)
 
 
 def _coord(value: str, hemisphere: str) -> float | None:
     """ddmm.mmmm / dddmm.mmmm plus N/S/E/W -> signed decimal degrees."""
     if not value:
         return None
+    if not _DECIMAL.fullmatch(value):
+        raise ValueError(f"bad coordinate {value!r}")
     dot = value.find(".")
     head = dot if dot >= 0 else len(value)
     degrees = float(value[: head - 2]) + float(value[head - 2 :]) / 60.0
@@ -248,7 +265,7 @@ def _time(s: str) -> str | None:
     """hhmmss(.ss) -> hh:mm:ss(.ss)."""
     if not s:
         return None
-    if len(s) < 6 or not s[:6].isdigit():
+    if not _TIME.fullmatch(s) or int(s[0:2]) > 23 or int(s[2:4]) > 59 or int(s[4:6]) > 60:
         raise ValueError(f"bad time {s!r}")
     return f"{s[0:2]}:{s[2:4]}:{s[4:]}"
 
@@ -257,7 +274,7 @@ def _date(s: str) -> str | None:
     """ddmmyy -> 20yy-mm-dd (NMEA years 80-99 are 19xx)."""
     if not s:
         return None
-    if len(s) != 6 or not s.isdigit():
+    if len(s) != 6 or not s.isdigit() or not 1 <= int(s[0:2]) <= 31 or not 1 <= int(s[2:4]) <= 12:
         raise ValueError(f"bad date {s!r}")
     yy = int(s[4:6])
     return f"{1900 + yy if yy >= 80 else 2000 + yy}-{s[2:4]}-{s[0:2]}"
@@ -290,7 +307,7 @@ def _rmc(f: list[str]) -> dict[str, Any]:
     if time and date:
         out["datetime"] = f"{date}T{time}Z"
     if len(f) > 10 and f[9]:
-        variation = float(f[9])
+        variation = _f(f[9]) or 0.0
         out["magnetic_variation_deg"] = -variation if f[10] == "W" else variation
     return out
 
@@ -317,7 +334,7 @@ def _gsa(f: list[str]) -> dict[str, Any]:
     return {
         "mode": f[0] or None,
         "fix_type": _i(f[1]),
-        "satellites": [int(s) for s in f[2:14] if s],
+        "satellites": [_i(s) for s in f[2:14] if s],
         "pdop": _f(f[14]),
         "hdop": _f(f[15]),
         "vdop": _f(f[16]),
@@ -327,6 +344,10 @@ def _gsa(f: list[str]) -> dict[str, Any]:
 def _zda(f: list[str]) -> dict[str, Any]:
     time = _time(f[0])
     day, month, year = _i(f[1]), _i(f[2]), _i(f[3])
+    if (day is not None and not 1 <= day <= 31) or (month is not None and not 1 <= month <= 12):
+        raise ValueError(f"bad date {f[1]}/{f[2]}")
+    if year is not None and not 1000 <= year <= 9999:
+        raise ValueError(f"bad year {f[3]!r}")
     out: dict[str, Any] = {"time": time, "day": day, "month": month, "year": year}
     if time and day and month and year:
         out["datetime"] = f"{year:04d}-{month:02d}-{day:02d}T{time}Z"

@@ -67,7 +67,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.sinks.nats import (
     NatsConnection,
     _describe,
@@ -137,7 +137,7 @@ class NatsSourceConfig(NatsConnection, SourceConfig):
         ):
             yield "durable", f"{self.durable!r}: a consumer name has no spaces, '.', '*', '>', '/'"
         try:
-            names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
+            names = template_fields(self.topic)
         except ValueError as err:
             yield "topic", str(err)
             return

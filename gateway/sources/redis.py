@@ -78,7 +78,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.sinks.redis import _location_problem, _refusal, _safe_url
 
 COUNT_MAX = 10_000
@@ -174,7 +174,7 @@ class RedisSourceConfig(SourceConfig):
             # processing list is read again at each start
             yield "processing", f"must be another list than key ({self.key!r})"
         try:
-            names = [n for _, n, _, _ in template_parts(self.topic) if n is not None]
+            names = template_fields(self.topic)
         except ValueError as err:
             yield "topic", str(err)
             return

@@ -70,6 +70,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import serial
 
@@ -78,7 +79,7 @@ from gateway.config.schema import Doc, Range, Size
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import CONTENT_TRUNCATED, FlowFile
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.sources._serial_framing import (
     FixedFramer,
     LineFramer,
@@ -88,6 +89,7 @@ from gateway.sources._serial_framing import (
 )
 
 READ_CHUNK = 65536
+MAX_BAUDRATE = 2**31 - 1  # what the serial driver's call takes (a C int)
 THREAD_POLL = 0.2  # seconds a blocking read in a thread waits before looking again
 
 
@@ -103,7 +105,10 @@ class SerialSourceConfig(SourceConfig):
         ),
     ]
     baudrate: Annotated[
-        int, Doc("Bits per second.", example=9600), Range(0, above=True, message="must be positive")
+        int,
+        Doc("Bits per second.", example=9600),
+        # beyond a C int pyserial raised OverflowError out of the open (a traceback)
+        Range(1, MAX_BAUDRATE, message=f"must be 1 to {MAX_BAUDRATE}"),
     ] = 9600
     bytesize: Annotated[Literal[5, 6, 7, 8], Doc("Data bits per character.")] = 8
     parity: Annotated[
@@ -184,6 +189,10 @@ class SerialSourceConfig(SourceConfig):
             yield "port", "name the serial device (/dev/ttyUSB0) or a pyserial URL"
         elif "\x00" in self.port:
             yield "port", "a serial device's path holds no NUL character"
+        else:
+            problem = _network_port_problem(self.port)
+            if problem:
+                yield "port", problem
         if self.stopbits not in (1, 1.5, 2):
             yield "stopbits", "must be 1, 1.5 or 2"
         terminator = b"\n"
@@ -209,14 +218,27 @@ class SerialSourceConfig(SourceConfig):
                 except LookupError:
                     text = f"{self.encoding!r} is not a text encoding (e.g. utf-8, latin-1)"
                     yield "encoding", text + " or 'binary'"
+                else:
+                    if len("a".encode(self.encoding, "replace")) != 1:
+                        # UTF-16, UTF-32: lines are cut at the terminator's bytes and then
+                        # decoded, so every line after the first began mid-character
+                        # and went to the dead letters
+                        yield (
+                            "encoding",
+                            f"{self.encoding!r} writes a character in several bytes, so a line"
+                            " cannot be cut at the terminator; use an 8-bit or UTF-8"
+                            " encoding, or 'binary'",
+                        )
         if self.framing == "regex":
             if not self.pattern:
                 yield "pattern", "framing: regex needs a pattern with named groups"
             else:
                 try:
                     compiled = re.compile(self.pattern)
-                except re.error as err:
-                    yield "pattern", f"not a valid regular expression: {err}"
+                except (re.error, OverflowError, RecursionError) as err:
+                    # x{99999999999} is an OverflowError, 500 nested groups a RecursionError
+                    why = "groups nested too deeply" if isinstance(err, RecursionError) else err
+                    yield "pattern", f"not a valid regular expression: {why}"
                 else:
                     if not compiled.groupindex:
                         yield "pattern", "needs named groups, e.g. (?P<weight>[0-9.]+)"
@@ -249,7 +271,7 @@ class SerialSourceConfig(SourceConfig):
                 yield key, f"only used with framing: {' or '.join(framings)}"
         allowed = {"source", "talker", "sentence"} if self.framing == "nmea" else {"source"}
         try:
-            names = {f for _, f, _, _ in template_parts(self.topic) if f is not None}
+            names = set(template_fields(self.topic))
         except ValueError as err:
             yield "topic", str(err)
             return
@@ -265,6 +287,23 @@ class SerialSourceConfig(SourceConfig):
             problem = validate_topic(self.topic.format(**{n: "x" for n in names}))
             if problem:
                 yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
+
+
+def _network_port_problem(port: str) -> str | None:
+    """Why a socket:// or rfc2217:// port cannot be opened, or None. Without a port
+    number pyserial failed at every retry with "'<=' not supported between instances
+    of 'int' and 'NoneType'"; a bad one was retried for ever too."""
+    scheme, sep, _ = port.partition("://")
+    if not sep or scheme.lower() not in ("socket", "rfc2217"):
+        return None
+    try:
+        parts = urlsplit(port)
+        number = parts.port
+    except ValueError as err:
+        return f"{port!r} is not a {scheme}://host:port URL: {err}"
+    if not parts.hostname or number is None or not 0 < number < 65536:
+        return f"{port!r}: write {scheme}://host:port, with a port from 1 to 65535"
+    return None
 
 
 def _unescape(text: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -366,6 +367,40 @@ async def test_report_by_exception(plc: PlcStore) -> None:
         await source.close()
 
 
+async def test_a_value_that_stays_nan_is_not_sent_again_on_change(plc: PlcStore) -> None:
+    # A float register holding NaN (a sensor unplugged: 0x7FC00000) with on_change or a
+    # deadband was sent at every poll: NaN differs from NaN in Python, so each poll's
+    # `null` counted as a change, though the value sent (null) was the same.
+    nan = layout("f", math.nan, "ABCD")
+    registers = {
+        "tick": {"address": 0},  # always sent: each read() returns one poll
+        "temp": {"address": 1, "type": "float32", "on_change": True},
+        "flow": {"address": 3, "type": "float64", "deadband": 0.5},
+    }
+    plc.set(1, "holding", 0, [0, *nan, *layout("d", math.nan, "ABCDEFGH")])
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": registers})  # fmt: skip
+    await source.connect()
+
+    async def poll() -> dict[str, Any]:
+        async with asyncio.timeout(WAIT):
+            return {k.rsplit("/", 1)[1]: v for k, v in values(await source.read()).items()}
+
+    try:
+        assert await poll() == {"tick": 0, "temp": None, "flow": None}
+        for tick in (1, 2, 3):
+            plc.set(1, "holding", 0, [tick])
+            assert await poll() == {"tick": tick}
+        plc.set(1, "holding", 0, [4, *layout("f", 21.5, "ABCD")])  # the sensor is back
+        assert await poll() == {"tick": 4, "temp": 21.5}
+        plc.set(1, "holding", 0, [5, *nan])  # and gone again: said once
+        assert await poll() == {"tick": 5, "temp": None}
+        plc.set(1, "holding", 0, [6])
+        assert await poll() == {"tick": 6}
+    finally:
+        await source.close()
+
+
 async def test_per_device_emit(plc: PlcStore) -> None:
     plc.set(1, "holding", 0, [215, *layout("f", 2.5, "ABCD")])
     source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "emit": "per_device",  # type: ignore[attr-defined]
@@ -551,6 +586,101 @@ async def test_a_late_answer_is_not_taken_for_the_next_request(
     # the first request was sent again (retries: 1) and answered; the device stayed online
     assert device.requests[:2] == [(0, 2), (0, 2)]
     assert source.status()["devices"]["slow"]["state"] == "online"
+
+
+async def settled(check: Callable[[], bool]) -> None:
+    """Wait until `check` holds, looking every 10 ms (for states that come with no message)."""
+    async with asyncio.timeout(WAIT):
+        while not check():  # noqa: ASYNC110 - a status field, no event to wait on
+            await asyncio.sleep(0.01)
+
+
+class GarbledDevice:
+    """A Modbus TCP device with a firmware bug: it answers every request with a well
+    framed MBAP header and a PDU made by `answer(function, count)`."""
+
+    def __init__(self, answer: Callable[[int, int], bytes]) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> GarbledDevice:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                tid, _proto, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                self.requests += 1
+                fc, _address, count = struct.unpack(">BHH", pdu[:5])
+                body = self.answer(fc, count)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_an_answer_for_another_function_is_not_taken_for_the_values() -> None:
+    # Asked for holding registers (FC 3), the device answers with an input register read
+    # (FC 4) of the right size: the values were published as the holding registers'.
+    device = await GarbledDevice(
+        lambda fc, count: bytes([4, 2 * count]) + struct.pack(f">{count}H", *range(7, 7 + count))
+    ).start()
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "200ms",
+         "retries": 0, "registers": {"a": {"address": 0}, "b": {"address": 1}}},
+        name="fc1",
+    )  # fmt: skip
+    await source.connect()
+    status = source.status()["devices"]["fc1"]
+    try:
+        async with Pump(source) as pump:
+            await settled(lambda: status["errors"] >= 1)
+            assert pump.messages == []
+            assert status["state"] == "offline"
+            assert "answer is for function 4, not 3" in status["last_error"], status
+    finally:
+        await source.close()
+        await device.close()
+
+
+async def test_a_garbled_answer_is_one_error_not_a_traceback_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An answer too short for its function (FC 3, one byte of data) raised inside
+    # pymodbus's data_received: asyncio logged "Fatal error: protocol.data_received()
+    # call failed." with a traceback at every poll, and the request waited for its timeout.
+    device = await GarbledDevice(lambda fc, count: bytes([fc, 2 * count, 0])).start()
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "2s",
+         "retries": 0, "backoff_max": "50ms", "registers": {"a": {"address": 0}}},
+        name="garbled1",
+    )  # fmt: skip
+    await source.connect()
+    status = source.status()["devices"]["garbled1"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with Pump(source) as pump:
+            await settled(lambda: status["errors"] >= 3)
+            assert loop.time() - started < 2.0  # not each one waited for the 2 s timeout
+            assert pump.messages == []
+            assert status["state"] == "offline"
+            assert "no valid answer" in status["last_error"], status
+    finally:
+        await source.close()
+        await device.close()
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == []
 
 
 async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCaptureFixture) -> None:
@@ -751,6 +881,41 @@ async def test_a_nan_or_infinite_write_is_refused_and_the_result_is_json(
     assert plc.writes == [(1, 16, 20, layout("f", 1.5, "ABCD"))]  # only the finite one
 
 
+async def test_a_write_beyond_a_float_is_refused_and_the_source_goes_on(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    # A JSON integer too large for a float (10**400) raised OverflowError in the
+    # conversion: no result, and the source's read() failed; a finite value that the
+    # scale makes infinite wrote Infinity into the device.
+    registers = {
+        "limit": {"address": 20, "type": "float32", "writable": True},
+        "total": {"address": 24, "type": "float64", "writable": True},
+        "setpoint": {"address": 10, "type": "int16", "scale": 0.1, "writable": True},
+        "tiny": {"address": 30, "type": "float64", "scale": 1e-300, "writable": True},
+    }
+    source = make_source(
+        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
+         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-huge"}},
+        name="huge1",
+    )  # fmt: skip
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/huge1/+/set/result")
+    await source.connect()
+    try:
+        async with Pump(source):
+            huge = b"1" + b"0" * 400
+            for register, payload in [("limit", huge), ("total", b"-" + huge),
+                                      ("setpoint", huge), ("tiny", b"1e10")]:  # fmt: skip
+                result = await probe.command(f"modbus/huge1/{register}/set", payload)
+                assert result["ok"] is False and "out of range" in result["error"], result
+            good = await probe.command("modbus/huge1/limit/set", 2.5)
+            assert good["ok"] is True and good["value"] == 2.5
+    finally:
+        probe.close()
+        await source.close()
+    assert plc.writes == [(1, 16, 20, layout("f", 2.5, "ABCD"))]  # only the one that fits
+
+
 async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
     source = make_source(
         {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]
@@ -822,6 +987,31 @@ async def test_a_stopped_source_leaves_offline_on_the_status_topics(mosquitto: A
 # ---- config ---------------------------------------------------------------------------
 
 
+def test_one_serial_port_by_two_names_is_one_port(tmp_path: Path) -> None:
+    # /dev/serial/by-id/... and the /dev/ttyUSB0 it points to were two ports to the
+    # source: two connections on one line sending at once, and neither a unit id used
+    # twice nor other line settings were refused
+    tty = tmp_path / "ttyUSB0"
+    tty.touch()
+    by_id = tmp_path / "usb-FTDI_FT232R-if00-port0"
+    by_id.symlink_to(tty)
+    x = {"x": {"address": 0}}
+
+    def devices(b_url: str, b_unit: int) -> dict[str, Any]:
+        return {"devices": {"a": {"url": f"rtu://{tty}?baudrate=9600", "registers": x},
+                            "b": {"url": b_url, "unit": b_unit, "registers": x}}}  # fmt: skip
+
+    assert problems_of(devices(f"rtu://{by_id}?baudrate=19200", 2)) == [
+        "devices.b.url: device 'a' uses the same port with other settings"
+        f" (rtu://{tty}); devices sharing a port need the same settings"
+    ]
+    assert problems_of(devices(f"rtu://{by_id}?baudrate=9600", 1)) == [
+        "devices.b.unit: unit 1 on this port is also device 'a'"
+    ]
+    source = make_source(devices(f"rtu://{by_id}?baudrate=9600", 2))
+    assert len(source._buses) == 1  # one connection, one request at a time
+
+
 def test_config_problems_name_the_key() -> None:
     tcp = "tcp://127.0.0.1:5020"
     cases: list[tuple[dict[str, Any], str]] = [
@@ -835,9 +1025,16 @@ def test_config_problems_name_the_key() -> None:
          "url: 'http://x': unknown scheme"),
         ({"url": tcp, "registers": {"x": {"address": 0, "order": "CDAB", "byte_order": "big"}}},
          "registers.x.order"),
+        # a 32-bit order on a 64-bit value was taken as the 8-letter one with the same
+        # byte and word orders (CDAB as GHEFCDAB), not as written
+        ({"url": tcp, "registers": {"x": {"address": 0, "type": "float64", "order": "CDAB"}}},
+         "registers.x.order: CDAB is a 32-bit order; float64 is 64 bits wide: use ABCDEFGH,"),
         ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
          "registers.x.bit: must be 0..15"),
         ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),
+        # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
+        ({"url": "rtu:///dev/ttyS0?baudrate=4000000000", "registers": {"x": {"address": 0}}},
+         "url: 'rtu:///dev/ttyS0?baudrate=4000000000': baudrate must be 1 to 2147483647"),
         ({"url": tcp, "topic": "m/{devise}/{register}", "registers": {"x": {"address": 0}}},
          "topic: 'm/{devise}/{register}' uses devise"),
         ({"devices": {"a": {"url": "rtu:///dev/ttyS0?baudrate=9600",
@@ -856,6 +1053,9 @@ def test_config_problems_name_the_key() -> None:
         ({"url": tcp, "registers": {"x": {"address": 0}},
           "writeback": {"url": "mqtt://u:pw@h:99999"}},
          "writeback.url: 'mqtt://u:***@h:99999' is not an mqtt://host:port"),
+        # port 0 read as no port: write-back went to the broker on 1883
+        ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"url": "mqtt://h:0"}},
+         "writeback.url: 'mqtt://h:0' is not an mqtt://host:port"),
         ({"url": tcp, "registers": {"x": {"address": 0}}, "writeback": {"url": "http://u:pw@h"}},
          "writeback.url: 'http://u:***@h' is not an mqtt://host:port"),
         ({"registers": {"x": {"address": 0}}}, "registers at the top level need url"),

@@ -81,3 +81,40 @@ def test_a_status_topic_of_none_as_text_is_null(written: str) -> None:
 def test_unit_0_stays_valid_over_tcp() -> None:
     assert problems_of({"url": "tcp://127.0.0.1:5020", "unit": 0, "registers": ONE}) == []
     assert problems_of({"url": "rtu:///dev/ttyS0", "unit": 247, "registers": ONE}) == []
+
+
+def test_two_sources_taking_commands_on_one_topic_are_refused() -> None:
+    # Each command reached both sources; the one without the device answered it too,
+    # {"ok": false, "error": "no device named 'b1'"}, on the result topic the commander
+    # reads, next to the other source's result.
+    from gateway.config.load import load_data
+    from gateway.core.errors import ConfigError
+
+    def config(b_topic: str | None) -> dict[str, Any]:
+        wb_b: dict[str, Any] = {"enabled": True}
+        if b_topic:
+            wb_b["topic"] = b_topic
+        return {
+            "gateway": {"id": "t", "data_dir": "/nonexistent-edge-stream"},
+            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+            "sources": {
+                "a": {"type": "modbus", "devices": {"a1": {"url": "tcp://10.0.0.1:502",
+                      "registers": ONE}}, "writeback": {"enabled": True}},
+                "b": {"type": "modbus", "devices": {"b1": {"url": "tcp://10.0.0.2:502",
+                      "registers": ONE}}, "writeback": wb_b},
+            },
+            "web": {"enabled": False},
+        }  # fmt: skip
+
+    with pytest.raises(ConfigError) as raised:
+        load_data(config(None), environ={})
+    assert (
+        str(raised.value)
+        .splitlines()[-1]
+        .endswith(
+            "sources.b.writeback.topic: commands on 'modbus/+/+/set' at 127.0.0.1:1883 reach"
+            " source 'a' too, which answers those for devices it does not have with an error:"
+            " give each source its own command topic, e.g. 'b/{device}/{register}/set'"
+        )
+    )
+    load_data(config("b/{device}/{register}/set"), environ={})  # its own topic: fine

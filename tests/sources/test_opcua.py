@@ -536,6 +536,21 @@ async def test_the_wrong_server_certificate_is_refused_clearly(
     await source.close()
 
 
+@pytest.mark.parametrize("where", ["missing.der", "."])
+async def test_a_server_certificate_that_cannot_be_read_is_one_permanent_line(
+    secure_server: servers.OpcuaServer, pki: dict[str, Path], tmp_path: Path, where: str
+) -> None:
+    # FileNotFoundError or IsADirectoryError came out of connect() as is: a traceback at
+    # each retry rather than the file named in one line
+    path = str(tmp_path / where)
+    source = make_source(secure_raw(secure_server, pki, server_certificate=path))
+    with pytest.raises(PermanentError) as raised:
+        await source.connect()
+    message = str(raised.value)
+    assert message.startswith(f"cannot read server_certificate {path}: ") and "\n" not in message
+    await source.close()
+
+
 async def test_a_refused_password_is_permanent_and_never_shown(
     secure_server: servers.OpcuaServer, pki: dict[str, Path]
 ) -> None:

@@ -40,6 +40,20 @@ def test_a_valid_config_has_no_problems() -> None:
         ({"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "path": "2:A"}}}, "not both"),
         ({"url": "opc.tcp://h", "nodes": {"a": {}}}, "nodes.a.node: give `node` (a node id) or"),
         ({"url": "opc.tcp://h", "nodes": {"a b": {"node": "i=1"}}}, "names use letters"),
+        # passed the check, then asyncua's struct.error came out of each connect (a
+        # traceback): a namespace index is 0..65535, a numeric id 0..4294967295
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=70000;s=T"}}},
+            "nodes.a.node: namespace index 70000 is out of range (0..65535)",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "ns=2;i=4294967296"}}},
+            "nodes.a.node: numeric id 4294967296 is out of range (0..4294967295)",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"path": "2:Plant/99999999:T"}}},
+            "nodes.a.path: namespace index 99999999 is out of range (0..65535)",
+        ),
         # passed the check, then the gateway died at start with a traceback
         ({"url": "opc.tcp://h:99999", "nodes": {"a": {"node": "i=1"}}}, "from 1 to 65535"),
         ({"url": "opc.tcp://:4840", "nodes": {"a": {"node": "i=1"}}}, "names no host"),
@@ -104,6 +118,14 @@ def test_conversions_for_write_back() -> None:
         (5, VT.String, False, "expected a string"),
         ("%%", VT.ByteString, False, "base64"),
         (1, VT.Double, True, "expected a JSON array"),
+        # an integer beyond a float raised OverflowError out of the write (no result);
+        # text that float() reads as NaN or an infinity was written to the server
+        (10**400, VT.Double, False, "out of range for Double"),
+        (-(10**400), VT.Float, False, "out of range for Float"),
+        ("NaN", VT.Double, False, "not a finite number"),
+        ("-Infinity", VT.Float, False, "not a finite number"),
+        ("1e999", VT.Double, False, "not a finite number"),
+        (["1", "inf"], VT.Double, True, "not a finite number"),
     ]:
         with pytest.raises(ValueError, match=message):
             convert(value, vtype, array)
@@ -114,3 +136,48 @@ def test_values_as_json() -> None:
     assert plain(float("nan")) is None and plain([1.0, math.inf]) == [1.0, None]
     assert plain(datetime(2024, 1, 1, tzinfo=UTC)) == "2024-01-01T00:00:00.000Z"
     assert float32(0.10000000149011612) == 0.1
+
+
+def test_the_percent_deadband_after_an_infinity_or_nan() -> None:
+    # After an infinite value every later value was held back for good (|x - inf| <= inf
+    # * percent holds), and a node that stays NaN was sent at every poll (NaN compares
+    # false), though what is sent (null) is the same.
+    from gateway.core.component import Context
+    from gateway.sources.opcua import OpcuaSource
+
+    problems = Problems()
+    config = build_dataclass(
+        OpcuaSourceConfig,
+        {"type": "opcua", "url": "opc.tcp://127.0.0.1:4840",
+         "nodes": {"t": {"node": "ns=2;s=T", "mode": "poll", "deadband_percent": 10}}},
+        (), problems,
+    )  # fmt: skip
+    assert not problems
+    source = OpcuaSource(config, Context(name="line1", kind="source"))
+    state = source.nodes["t"]
+
+    def sent(x: float) -> bool:
+        value = ua.DataValue(ua.Variant(x, ua.VariantType.Double))
+        return source._message(state, value) is not None
+
+    assert [sent(x) for x in (20.0, 21.0, 25.0)] == [True, False, True]
+    assert [sent(x) for x in (math.inf, math.inf, 25.0, 25.5)] == [True, False, True, False]
+    assert [sent(x) for x in (math.nan, math.nan, math.nan, 25.0)] == [True, False, False, True]
+    assert [sent(x) for x in (-math.inf, 30.0)] == [True, True]
+
+
+def test_a_nodes_own_topic_is_a_template_too() -> None:
+    # it was used as written: "plant/{node}/value" was published on "plant/{node}/value"
+    from gateway.core.component import Context
+    from gateway.sources.opcua import OpcuaSource
+
+    nodes = {"t": {"node": "ns=2;s=T", "topic": "plant/{source}/{node}/v{{1}}"}}
+    problems = Problems()
+    config = build_dataclass(
+        OpcuaSourceConfig, {"type": "opcua", "url": "opc.tcp://h:4840", "nodes": nodes}, (),
+        problems,
+    )  # fmt: skip
+    assert not problems.items
+    source = OpcuaSource(config, Context(name="line1", kind="source"))
+    assert source.nodes["t"].topic == "plant/line1/t/v{1}"
+    assert problems_of({"url": "opc.tcp://h", "nodes": {"t": {"node": "i=1", "topic": "p/{x}"}}})

@@ -375,11 +375,30 @@ def test_config_problems() -> None:
         ({"framing": "regex"}, "pattern: framing: regex needs a pattern"),
         ({"framing": "regex", "pattern": "(\\d+"}, "pattern: not a valid regular expression"),
         ({"framing": "regex", "pattern": "\\d+"}, "pattern: needs named groups"),
+        # these raised OverflowError and RecursionError out of check-config (a traceback)
+        (
+            {"framing": "regex", "pattern": "(?P<a>x{99999999999})"},
+            "pattern: not a valid regular expression: the repetition number is too large",
+        ),
+        (
+            {"framing": "regex", "pattern": "(" * 500 + "(?P<a>x)" + ")" * 500},
+            "pattern: not a valid regular expression: groups nested too deeply",
+        ),
         ({"framing": "fixed"}, "length: framing: fixed needs length"),
         ({"framing": "fixed", "length": 4, "sync": "zz"}, "sync: 'zz' is not hex"),
         ({"framing": "line", "sync": "aa"}, "sync: only used with framing: fixed"),
         ({"parity": "X"}, "parity: 'X' is not one of"),
         ({"stopbits": 3}, "stopbits: must be 1, 1.5 or 2"),
+        # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
+        ({"baudrate": 2**31}, "baudrate: must be 1 to 2147483647"),
+        ({"baudrate": 0}, "baudrate: must be 1 to 2147483647"),
+        # retried for ever with "'<=' not supported between instances of 'int' and 'NoneType'"
+        (
+            {"port": "socket://10.0.0.7"},
+            "port: 'socket://10.0.0.7': write socket://host:port, with a port from 1 to 65535",
+        ),
+        ({"port": "rfc2217://10.0.0.7:99999"}, "port: 'rfc2217://10.0.0.7:99999' is not a"),
+        ({"port": "socket://:4001"}, "port: 'socket://:4001': write socket://host:port"),
         ({"topic": "serial/{sentence}"}, "topic: 'serial/{sentence}' uses sentence"),
         ({"encoding": "klingon"}, "encoding: unknown encoding"),
     ]

@@ -71,3 +71,15 @@ def test_a_key_the_framing_does_not_read_is_refused_as_length_and_pattern_are(
     assert problems_of(**raw) == [expected]
     # the default written out is no change
     assert problems_of(framing="nmea", terminator="\\n", strip=True, convert=True) == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "UTF-16BE"])
+def test_an_encoding_of_several_bytes_a_character_is_refused(encoding: str) -> None:
+    # passed check-config; lines are cut at the terminator's bytes, then decoded, so
+    # every line after the first began mid-character and was a dead letter
+    (record,) = LineFramer(b"\n", 64, encoding, strip=True).feed("ab\ncd\n".encode(encoding))[1:]
+    assert record.reject is not None  # what the source did with such a config
+    assert problems_of(encoding=encoding) == [
+        f"encoding: {encoding!r} writes a character in several bytes, so a line cannot be cut"
+        " at the terminator; use an 8-bit or UTF-8 encoding, or 'binary'"
+    ]

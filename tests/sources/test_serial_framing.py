@@ -192,3 +192,31 @@ def test_a_line_in_another_encoding_is_stored_as_utf8_text() -> None:
     # what is no text in the encoding stays garbage, with its own bytes
     (bad,) = LineFramer(b"\n", 64, "ascii", strip=True).feed(b"caf\xe9\n")
     assert bad.content == b"caf\xe9" and bad.reject is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "bad"),
+    [
+        ("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,nan,M,46.9,M,,", "'nan'"),
+        ("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,inf,M,46.9,M,,", "'inf'"),
+        ("GPRMC,123519,A,4807.038,N,01131.000,E,1e999,084.4,230394,003.1,W", "'1e999'"),
+        ("GPGGA,123519,inf00.000,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,", "'inf00.000'"),
+        ("GPGGA,123519,4807.038,N,01131.000,E,1,0_8,0.9,545.4,M,46.9,M,,", "'0_8'"),
+        ("GPHDT,-Infinity,T", "'-Infinity'"),
+        ("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,nan,W", "'nan'"),
+        # a time or date that is none made "datetime": "1994-03-23T12:35:19nanZ" and the like
+        ("GPRMC,123519nan,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W", "'123519nan'"),
+        ("GPRMC,253519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W", "'253519'"),
+        ("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,231394,003.1,W", "'231394'"),
+        ("GPZDA,201530.00,04,07,99999,00,00", "'99999'"),
+        ("GPZDA,201530.00,04,13,2002,00,00", "bad date 04/13"),
+    ],
+)
+def test_a_number_field_that_is_no_decimal_number_is_a_malformed_sentence(
+    body: str, bad: str
+) -> None:
+    # float() took "nan", "inf" and "1e999": the content held NaN or Infinity, which is
+    # not JSON (a json route, a jsonb column refused it downstream), and int() took "0_8"
+    # as 8 satellites; each is now a dead letter with its reason, as other garbage is.
+    (record,) = NmeaFramer(200, True).feed(nmea(body))
+    assert record.reject is not None and "malformed" in record.reject and bad in record.reject

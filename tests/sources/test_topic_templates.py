@@ -66,3 +66,32 @@ def test_a_sink_template_with_a_lone_brace_is_named_in_one_line(kind: str, key: 
         f"sinks.s.{key}: 'r.{{dev' has a lone '{{': a field is written {{name}},"
         " a literal brace {{ or }}"
     ]
+
+
+@pytest.mark.parametrize("entry", SOURCES, ids=lambda e: e.type)
+@pytest.mark.parametrize("field", ["{NAME:d}", "{NAME!r}", "{NAME:>4}"])
+def test_a_placeholder_with_a_format_spec_is_refused_in_one_line(entry: Any, field: str) -> None:
+    # {device:d} crashed check-config with Python's "Unknown format code 'd' for object of
+    # type 'str'" (a traceback); {device!r} and {device:>4} passed and quoted or padded
+    # the device's name in every topic (the Modbus status topic kept '{device!r}' as is).
+    name = "device" if entry.type == "modbus" else "source"
+    topic = "r/" + field.replace("NAME", name)
+    found = problems_of(entry, topic)
+    assert len(found) == 1 and found[0].startswith("sources.s.topic: "), found
+
+
+def test_the_modbus_status_topic_takes_a_plain_placeholder_only() -> None:
+    entry = next(e for e in registry.entries() if e.kind == "source" and e.type == "modbus")
+    problems = Problems()
+    keys = {
+        **reference.sample(entry.config, entry.type),
+        "writeback": {"enabled": True, "status_topic": "s/{device!r}/status"},
+    }
+    build_component("source", keys, ("sources", "s"), problems)
+    assert [(".".join(map(str, p)), m) for p, m in problems.items] == [
+        (
+            "sources.s.writeback.status_topic",
+            "'s/{device!r}/status': {device!r} is no placeholder; write {device}"
+            " (no conversion or format spec)",
+        )
+    ]

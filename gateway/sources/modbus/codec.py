@@ -198,12 +198,18 @@ def encode(
         return list(struct.unpack(f">{info.width}H", data))
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")
-    raw = (value - add) / scale if (scale != 1.0 or add != 0.0) else value
+    try:
+        raw = (value - add) / scale if (scale != 1.0 or add != 0.0) else value
+        if info.kind == "float":
+            raw = float(raw)
+    except OverflowError as err:  # an integer beyond a float (JSON allows 10**400)
+        raise ValueError(f"{value!r} is out of range for this register") from err
+    if isinstance(raw, float) and not math.isfinite(raw):
+        # finite as sent, infinite once unscaled: a device must not get Infinity
+        raise ValueError(f"{value!r} is out of range for this register (scale {scale:g})")
     code = info.code
     if info.kind == "int":
         if isinstance(raw, float):
-            if not math.isfinite(raw):
-                raise ValueError(f"{value!r} is not a finite number")
             raw = round(raw)
         bits = 16 * info.width
         if code.isupper():
@@ -213,8 +219,7 @@ def encode(
         if not lo <= raw <= hi:
             raise ValueError(f"{value!r} is out of range for this register ({lo}..{hi} raw)")
     else:
-        raw = float(raw)
-        if code == "f" and math.isfinite(raw) and abs(raw) > 3.4028234663852886e38:
+        if code == "f" and abs(raw) > 3.4028234663852886e38:
             raise ValueError(f"{value!r} is out of range for float32")
     data = struct.pack(">" + code, raw)
     if byte_order == "little":

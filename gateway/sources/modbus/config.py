@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from gateway.config.model import Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.link import LinkSpec, parse_link_url
@@ -36,7 +36,7 @@ def _name_problem(name: str) -> str | None:
 
 def _template_problem(template: str, allowed: set[str]) -> str | None:
     try:
-        names = {f for _, f, _, _ in template_parts(template) if f is not None}
+        names = set(template_fields(template))
     except ValueError as err:
         return str(err)
     unknown = names - allowed
@@ -149,6 +149,14 @@ class RegisterConfig:
             yield "order", "set either order or byte_order/word_order, not both"
         if self.order is not None and len(self.order) == 8 and info.width not in (0, 4):
             yield "order", f"{self.order} is a 64-bit order; {self.type} is not 64 bits wide"
+        if self.order is not None and len(self.order) == 4 and info.width == 4:
+            # CDAB on a float64 meant GHEFCDAB (every register reversed), not the
+            # CDABGHEF some devices use: say which, rather than guess
+            yield (
+                "order",
+                f"{self.order} is a 32-bit order; {self.type} is 64 bits wide: use"
+                " ABCDEFGH, GHEFCDAB, BADCFEHG or HGFEDCBA",
+            )
         if self.scale == 0:
             yield "scale", "must not be 0"
         if self.deadband < 0 or self.deadband_percent < 0:
@@ -540,7 +548,7 @@ class ModbusSourceConfig(SourceConfig):
             if not 0 <= dev.unit <= 255 or (on_line and not 1 <= dev.unit <= 247):
                 yield f"{where}unit", "unit id must be 0..255 (1..247 on a serial line)"
             other = ports.get(spec.key)
-            if other is not None and other[1] != spec:
+            if other is not None and not other[1].same_settings(spec):
                 yield (
                     f"{where}url",
                     (

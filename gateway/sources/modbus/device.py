@@ -93,7 +93,9 @@ class Value:
         """Report-by-exception: True when `value` is to be sent (and remembered as sent)."""
         last = self.last
         if last is not UNSET and now - self.last_sent < self.heartbeat:
-            if value == last:
+            # NaN != NaN, but both are sent as null: a register that stays NaN (a sensor
+            # unplugged) is unchanged
+            if value == last or (value != value and last != last):
                 return False
             if (
                 isinstance(value, int | float)

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -102,13 +103,25 @@ class LinkSpec:
     parity: Literal["N", "E", "O"] = "N"
     stopbits: int = 1
     bytesize: int = 8
+    # the serial port with symbolic links resolved (/dev/serial/by-id/... is the
+    # /dev/ttyUSB0 it points to): one port, one connection, whichever name a device uses
+    real_path: str = field(default="", compare=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
         """Devices with the same key share one connection (one request at a time)."""
         if self.kind == "rtu":
-            return ("rtu", self.path, 0)
+            return ("rtu", self.real_path or self.path, 0)
         return (self.kind, self.host, self.port)
+
+    def same_settings(self, other: LinkSpec) -> bool:
+        """Whether a device on the same port (same key) may share the connection."""
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize) == (
+            other.baudrate,
+            other.parity,
+            other.stopbits,
+            other.bytesize,
+        )
 
     @property
     def serial(self) -> bool:
@@ -154,6 +167,7 @@ async def quiet_until(deadline: float) -> None:
 
 
 _SERIAL_KEYS = {"baudrate", "parity", "stopbits", "bytesize"}
+MAX_BAUDRATE = 2**31 - 1  # what the serial driver's call takes (a C int)
 
 
 def parse_link_url(url: str) -> LinkSpec:
@@ -195,6 +209,7 @@ def parse_link_url(url: str) -> LinkSpec:
             spec = LinkSpec(
                 kind="rtu",
                 path=path,
+                real_path=os.path.realpath(path),
                 baudrate=int(options.get("baudrate", 9600)),
                 parity=str(options.get("parity", "N")).upper(),  # type: ignore[arg-type]
                 stopbits=int(options.get("stopbits", 1)),
@@ -204,8 +219,9 @@ def parse_link_url(url: str) -> LinkSpec:
                 raise ValueError(f"{url!r}: parity must be N, E or O")
             if spec.stopbits not in (1, 2) or spec.bytesize not in (7, 8):
                 raise ValueError(f"{url!r}: stopbits must be 1 or 2 and bytesize 7 or 8")
-            if spec.baudrate <= 0:
-                raise ValueError(f"{url!r}: baudrate must be positive")
+            if not 0 < spec.baudrate <= MAX_BAUDRATE:
+                # beyond a C int pyserial raised OverflowError out of the open (a traceback)
+                raise ValueError(f"{url!r}: baudrate must be 1 to {MAX_BAUDRATE}")
             return spec
     except ValueError as err:
         if str(err).startswith(repr(url)):
@@ -214,6 +230,31 @@ def parse_link_url(url: str) -> LinkSpec:
     raise ValueError(
         f"{url!r}: unknown scheme {parts.scheme!r}; use tcp://, udp://, rtu:// or rtu+tcp://"
     )
+
+
+def _fail_garbled_answers(manager: Any) -> None:
+    """Make an answer pymodbus cannot decode fail the request waiting for it.
+
+    pymodbus raises ModbusIOException ("Unable to decode request") out of the protocol's
+    data_received for a well framed answer whose PDU does not parse (an FC 3 answer one
+    byte short, say): asyncio then logs "Fatal error: protocol.data_received() call
+    failed." with a traceback and drops the connection, and the request waits for its
+    timeout. Here the answer is dropped, with the rest of what was received, and the
+    request fails at once with that error (a LinkError for the source, one line).
+    """
+    callback_data = manager.callback_data
+
+    def checked(data: bytes, addr: Any = None) -> int:
+        try:
+            used: int = callback_data(data, addr)
+        except ModbusException as err:
+            future = manager.response_future
+            if not future.done():
+                future.set_exception(err)
+            return len(data)
+        return used
+
+    manager.callback_data = checked
 
 
 class Link:
@@ -261,6 +302,7 @@ class Link:
         # with several unit ids behind one gateway, one dead unit must not cut the
         # others off, so the source decides when a link is broken.
         client.set_max_no_responses(1 << 30)
+        _fail_garbled_answers(client.ctx)
         return client
 
     @property
@@ -296,7 +338,7 @@ class Link:
         if self.spec.untagged and self.connected:
             await asyncio.sleep(reply_wait)
 
-    async def _execute(self, call: Any, what: str, reply_wait: float) -> Any:
+    async def _execute(self, call: Any, what: str, reply_wait: float, function: int) -> Any:
         client = self._client
         if client is None or not client.connected:
             raise LinkError(f"{self.spec.describe()} is not connected")
@@ -314,6 +356,12 @@ class Link:
         except (TimeoutError, OSError) as err:
             self.close()
             raise LinkError(f"{what}: connection lost ({err})") from err
+        answered = int(response.function_code) & 0x7F
+        if answered != function:
+            # well framed, but not an answer to this request (a device's firmware bug, a
+            # gateway mixing up requests): its values are not this request's values
+            await self._drain(reply_wait)
+            raise LinkError(f"{what}: the answer is for function {answered}, not {function}")
         if response.isError():
             raise DeviceException(int(response.exception_code), what)
         return response
@@ -328,6 +376,7 @@ class Link:
                 lambda c: c.read_holding_registers(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                3,
             )
             values: list[Any] = r.registers
         elif table == "input":
@@ -335,11 +384,12 @@ class Link:
                 lambda c: c.read_input_registers(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                4,
             )
             values = r.registers
         elif table == "coil":
             r = await self._execute(
-                lambda c: c.read_coils(address, count=count, device_id=unit), what, reply_wait
+                lambda c: c.read_coils(address, count=count, device_id=unit), what, reply_wait, 1
             )
             values = r.bits[:count]
         else:
@@ -347,6 +397,7 @@ class Link:
                 lambda c: c.read_discrete_inputs(address, count=count, device_id=unit),
                 what,
                 reply_wait,
+                2,
             )
             values = r.bits[:count]
         # A late answer to an earlier, timed-out request can look like an answer to
@@ -363,11 +414,17 @@ class Link:
         what = f"unit {unit} write holding {address}+{len(values)}"
         if len(values) == 1 and not multiple:
             await self._execute(
-                lambda c: c.write_register(address, values[0], device_id=unit), what, reply_wait
+                lambda c: c.write_register(address, values[0], device_id=unit),
+                what,
+                reply_wait,
+                6,
             )
         else:
             await self._execute(
-                lambda c: c.write_registers(address, list(values), device_id=unit), what, reply_wait
+                lambda c: c.write_registers(address, list(values), device_id=unit),
+                what,
+                reply_wait,
+                16,
             )
 
     async def write_coil(
@@ -377,9 +434,9 @@ class Link:
         what = f"unit {unit} write coil {address}"
         if multiple:
             await self._execute(
-                lambda c: c.write_coils(address, [value], device_id=unit), what, reply_wait
+                lambda c: c.write_coils(address, [value], device_id=unit), what, reply_wait, 15
             )
         else:
             await self._execute(
-                lambda c: c.write_coil(address, value, device_id=unit), what, reply_wait
+                lambda c: c.write_coil(address, value, device_id=unit), what, reply_wait, 5
             )

@@ -39,7 +39,8 @@ last value sent (many servers, asyncua's among them, lack the EURange-based perc
 deadband of the standard).
 
 Output: one FlowFile per value on `opcua/<source>/<node>` (`topic`, a template with
-`{source}` and `{node}`; a node's own `topic` overrides it), with attributes `source`,
+`{source}` and `{node}`; a node's own `topic`, a template too, overrides it), with
+attributes `source`,
 `node` (the config name) and `node_id`, and JSON content
 
   {"value": 21.5, "type": "Double", "source_ts": "2024-05-01T12:00:00.123Z",

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size
-from gateway.core.topics import template_parts, validate_topic
+from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 
 # ns=<index>; then i= (numeric), s= (string), g= (guid) or b= (opaque, base64)
@@ -32,7 +32,7 @@ _NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
 def template_problem(template: str, allowed: set[str]) -> str | None:
     """Why `template` is no usable topic template with these placeholders, or None."""
     try:
-        names = {f for _, f, _, _ in template_parts(template) if f is not None}
+        names = set(template_fields(template))
     except ValueError as err:
         return str(err)
     unknown = names - allowed
@@ -101,7 +101,10 @@ class NodeConfig:
     )
     topic: Annotated[
         str | None,
-        Doc("This node's topic (default: the source's `topic` template)."),
+        Doc(
+            "This node's topic (default: the source's `topic` template): a template too,"
+            " with `{source}` and `{node}`; `{{` and `}}` for a literal brace."
+        ),
     ] = None
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -115,6 +118,15 @@ class NodeConfig:
                 f"{self.node!r} is not an OPC UA node id; write e.g. ns=2;s=Temperature or"
                 " ns=2;i=1001",
             )
+        elif self.node is not None:
+            # the protocol's sizes (UInt16, UInt32): beyond them asyncua's struct.error came
+            # out of every connect
+            ns = re.match(r"ns=(\d+);", self.node)
+            numeric = re.match(r"(?:ns=\d+;)?i=(\d+)$", self.node)
+            if ns and int(ns.group(1)) > 65535:
+                yield "node", f"namespace index {ns.group(1)} is out of range (0..65535)"
+            if numeric and int(numeric.group(1)) > 4294967295:
+                yield "node", f"numeric id {numeric.group(1)} is out of range (0..4294967295)"
         if self.path is not None:
             levels = self.path.strip("/").split("/")
             bad = [lv for lv in levels if not PATH_LEVEL.fullmatch(lv)]
@@ -123,8 +135,16 @@ class NodeConfig:
                     "path",
                     f"{self.path!r} is not a browse path; write e.g. 2:Plant/2:Temperature",
                 )
+            else:
+                for lv in levels:
+                    index = lv.partition(":")[0] if ":" in lv else "0"
+                    if int(index) > 65535:
+                        yield "path", f"namespace index {index} is out of range (0..65535)"
+                        break
         if self.topic is not None:
-            problem = validate_topic(self.topic)
+            # a template, as the source's `topic` is (it was used as written: a node's
+            # topic "plant/{node}" was published on "plant/{node}")
+            problem = template_problem(self.topic, {"source", "node"})
             if problem:
                 yield "topic", problem
 

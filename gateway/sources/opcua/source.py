@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -113,6 +114,16 @@ async def _wait(clock: Clock, wake: asyncio.Event, delay: float) -> None:
         sleeper.cancel()
 
 
+def _within(number: float, last: float, percent: float) -> bool:
+    """Whether `number` is within `percent` of `last`, the value sent before: held back.
+    NaN is within NaN and an infinity within itself (both are sent as null); anything
+    else next to NaN or an infinity is a change (|x - inf| <= inf * percent held every
+    value after an infinite one back for good)."""
+    if math.isfinite(number) and math.isfinite(last):
+        return abs(number - last) <= abs(last) * percent / 100.0
+    return number == last or (math.isnan(number) and math.isnan(last))
+
+
 class NodeState:
     """One configured node: where it is, where its values go, what it last sent."""
 
@@ -137,7 +148,7 @@ class NodeState:
         self.name = name
         self.config = config
         self.mode = config.mode or source.mode
-        self.topic = config.topic or source.topic.format(source=src, node=name)
+        self.topic = (config.topic or source.topic).format(source=src, node=name)
         self.node_id = config.node or ""  # a browse path is resolved at each connection
         self.attrs = {"source": src, "node": name, "node_id": self.node_id}
         self.percent = config.deadband_percent
@@ -355,7 +366,14 @@ class OpcuaSource(Source):
                 endpoints = await discovery.connect_and_get_server_endpoints()
         except (UaStatusCodeError, UaError, OSError, TimeoutError, EOFError) as err:
             raise self._offline(self._connect_error(err)) from err
-        pinned = _der(self.config.server_certificate)
+        try:
+            pinned = _der(self.config.server_certificate)
+        except (OSError, ValueError) as err:  # missing, a folder, unreadable, bad PEM
+            raise self._offline(
+                PermanentError(
+                    f"cannot read server_certificate {self.config.server_certificate}: {err}"
+                )
+            ) from err
         presented = {bytes(e.ServerCertificate or b"")[: len(pinned)] for e in endpoints}
         if pinned not in presented:
             raise self._offline(
@@ -554,7 +572,7 @@ class OpcuaSource(Source):
             number = values.numeric(dv.Value.Value)
             if number is not None:
                 last = s.last_sent
-                if last is not None and abs(number - last) <= abs(last) * s.percent / 100.0:
+                if last is not None and _within(number, last, s.percent):
                     return None
                 s.last_sent = number
         content, _ = values.encode(dv)

@@ -157,9 +157,15 @@ def convert(requested: Any, vtype: VT, array: bool) -> Any:
             raise ValueError(f"expected a number ({vtype.name}), got {requested!r}")
         try:
             result = float(requested)
+        except OverflowError as err:  # an integer beyond a float: JSON allows 10**400
+            raise ValueError(f"{requested} is out of range for {vtype.name}") from err
         except (TypeError, ValueError) as err:
             raise ValueError(f"expected a number ({vtype.name}), got {requested!r}") from err
-        if vtype == VT.Float and math.isfinite(result) and abs(result) > 3.4028234663852886e38:
+        if not math.isfinite(result):
+            # JSON has no NaN or Infinity (the command parser refuses them), but text
+            # such as "NaN" or "1e999" reads as one: no setting means it
+            raise ValueError(f"{requested!r} is not a finite number; send a finite number")
+        if vtype == VT.Float and abs(result) > 3.4028234663852886e38:
             raise ValueError(f"{result} is out of range for Float")
         return result
     if vtype == VT.String:
