@@ -970,17 +970,17 @@ class Config:
                 )
 
     def _check_command_topics(self) -> Iterator[tuple[str, str]]:
-        """Two Modbus sources taking write-back commands on one topic of one broker: each
-        command reached both, and the one without that device answered it too, with an
-        error ("no device named ...") on the same result topic as the other's result."""
+        """Two Modbus sources taking write-back commands on one topic of one broker, with
+        a device of the same name: a command for it would be written by both. (Sources
+        with different devices share a topic: each subscribes to its own devices.)"""
         mqtt = self.mqtt
         if mqtt is None:
-            return
-        if mqtt.url in ("auto", "embedded"):
-            own: str | None = f"mqtt://{mqtt.embedded_listen}"
+            own: str | None = None
+        elif mqtt.url in ("auto", "embedded"):
+            own = f"mqtt://{mqtt.embedded_listen}"
         else:
             own = None if url_problem(mqtt.url) else mqtt.url
-        taken: dict[tuple[str, int, str], str] = {}
+        taken: dict[tuple[str, int, str, str], str] = {}
         for name, source in (self.sources or {}).items():
             wb = getattr(source, "writeback", None)
             if source is None or source.type != "modbus" or wb is None or not wb.enabled:
@@ -990,16 +990,20 @@ class Config:
                 continue
             host, port, _ = parse_url(url)
             commands = re.sub(r"\{(device|register)\}", "+", wb.topic)
-            where = (host.lower(), port, commands)
-            if where not in taken:
-                taken[where] = name
-                continue
-            yield (
-                f"sources.{name}.writeback.topic",
-                f"commands on {commands!r} at {host}:{port} reach source {taken[where]!r}"
-                " too, which answers those for devices it does not have with an error: give"
-                f" each source its own command topic, e.g. '{name}/{{device}}/{{register}}/set'",
-            )
+            devices = source.device_configs(name) if "{device}" in wb.topic else {"": None}
+            for device in devices:
+                where = (host.lower(), port, commands, device)
+                other = taken.setdefault(where, name)
+                if other == name:
+                    continue
+                named = f"device {device!r}" if device else "its devices"
+                yield (
+                    f"sources.{name}.writeback.topic",
+                    f"commands on {commands!r} at {host}:{port} for {named} would be written"
+                    f" by source {other!r} too: give each source its own command topic, e.g."
+                    f" '{name}/{{device}}/{{register}}/set', or the devices other names",
+                )
+                break
 
     def _check_tls_files(self) -> Iterator[tuple[str, str]]:
         """An MQTT source on the gateway's broker (no `url`) with TLS files needs that

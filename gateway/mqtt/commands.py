@@ -157,15 +157,19 @@ class CommandChannel:
         max_pending: int = 100,
         shared_tls_files: tuple[str | None, str | None, str | None] | None = None,
         will: tuple[str, Mapping[str, Any]] | None = None,
+        filters: list[str] | None = None,
     ) -> None:
         """`shared_tls_files`: on the gateway's broker, mqtt.ca_file, mqtt.cert_file and
-        mqtt.key_file (write-back has no TLS files of its own)."""
+        mqtt.key_file (write-back has no TLS files of its own). `filters`: what to
+        subscribe to, narrower than the set topic's own filter (a source's own devices,
+        so that two sources can share one command topic); each must match it."""
         self.ctx = ctx
         self.url = url
         self.client_id = client_id
         self.set_topic = set_topic
         self.result_topic = result_topic
         self.topics = TopicTemplate(set_topic, fields)
+        self.filters = filters or [self.topics.filter]
         self.username = username
         self.password = password
         self.submit = submit
@@ -208,7 +212,7 @@ class CommandChannel:
                     will=self._will(),
                 )
                 self._client = client  # deliveries may start right behind the SUBSCRIBE
-                await client.subscribe([(self.topics.filter, 1)])
+                await client.subscribe([(f, 1) for f in self.filters])
         except (OSError, TimeoutError, Exception) as err:
             self._client = None
             self.last_error = f"cannot reach MQTT broker {host}:{port} for write-back: {err}"

@@ -215,11 +215,16 @@ class SerialSourceConfig(SourceConfig):
             else:
                 try:  # hex, base64, rot13 ...: codecs, but no text encodings (bytes.decode
                     b"a".decode(self.encoding, "replace")  # refuses them: the source crashed)
-                except LookupError:
+                    # a character's bytes, not counting a mark the encoding writes first
+                    # (utf-8-sig's BOM)
+                    width = len("aa".encode(self.encoding, "replace")) - len(
+                        "a".encode(self.encoding, "replace")
+                    )
+                except (LookupError, UnicodeError):  # idna, undefined: UnicodeError
                     text = f"{self.encoding!r} is not a text encoding (e.g. utf-8, latin-1)"
                     yield "encoding", text + " or 'binary'"
                 else:
-                    if len("a".encode(self.encoding, "replace")) != 1:
+                    if width != 1:
                         # UTF-16, UTF-32: lines are cut at the terminator's bytes and then
                         # decoded, so every line after the first began mid-character
                         # and went to the dead letters

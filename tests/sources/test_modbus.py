@@ -837,6 +837,39 @@ async def test_write_back_verified_at_the_server(plc: PlcStore, mosquitto: Any) 
         await source.close()
 
 
+async def test_two_sources_on_one_command_topic_answer_only_for_their_devices(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    """Both subscribed to modbus/+/+/set: the source without the device answered each
+    command too, {"ok": false, "error": "no device named ..."}, on the same result topic."""
+    registers = {"setpoint": {"address": 10, "type": "int16", "writable": True}}
+
+    def source(name: str) -> ModbusSource:
+        writeback = {"enabled": True, "url": mosquitto.url, "client_id": f"wb-{name}"}
+        url = f"tcp://127.0.0.1:{plc.port}"  # type: ignore[attr-defined]
+        raw = {"url": url, "interval": "200ms", "registers": registers, "writeback": writeback}
+        return make_source(raw, name=name)
+
+    sources = [source("plc1"), source("plc2")]
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/#")
+    for source in sources:
+        await source.connect()
+    try:
+        async with Pump(sources[0]), Pump(sources[1]):
+            result = await probe.command("modbus/plc2/setpoint/set", 7)
+            assert result["ok"] is True and plc.tables[1]["holding"][10] == 7
+            await probe.command("modbus/plc1/setpoint/set", 8)  # a later command, answered
+            results = [
+                json.loads(p) for t, p, _ in probe.received if t.endswith("/setpoint/set/result")
+            ]
+            assert [r["ok"] for r in results] == [True, True], results
+    finally:
+        probe.close()
+        for source in sources:
+            await source.close()
+
+
 def strict_json(payload: bytes) -> Any:
     """JSON as the standard has it: NaN and Infinity are not (Python's json reads them)."""
 
@@ -1028,7 +1061,7 @@ def test_config_problems_name_the_key() -> None:
         # a 32-bit order on a 64-bit value was taken as the 8-letter one with the same
         # byte and word orders (CDAB as GHEFCDAB), not as written
         ({"url": tcp, "registers": {"x": {"address": 0, "type": "float64", "order": "CDAB"}}},
-         "registers.x.order: CDAB is a 32-bit order; float64 is 64 bits wide: use ABCDEFGH,"),
+         "registers.x.order: CDAB is a 32-bit order and float64 is 64 bits wide: give the"),
         ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
          "registers.x.bit: must be 0..15"),
         ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),
@@ -1064,6 +1097,21 @@ def test_config_problems_name_the_key() -> None:
     for raw, expected in cases:
         found = problems_of(raw)
         assert any(expected in p for p in found), (expected, found)
+
+
+def test_orders_that_read_one_way_load_on_64_bit_values_and_strings() -> None:
+    """The check for CDAB on a float64 refused every 4-letter order on a 4-register
+    value: ABCD and BADC on a float64, and BADC on a string(8), which had loaded."""
+    tcp = "tcp://127.0.0.1:5020"
+    for kind, order in [("float64", "ABCD"), ("uint64", "BADC"), ("string(8)", "BADC"),
+                        ("string(7)", "DCBA"), ("float64", "GHEFCDAB")]:  # fmt: skip
+        raw = {"url": tcp, "registers": {"x": {"address": 0, "type": kind, "order": order}}}
+        assert problems_of(raw) == [], (kind, order)
+    raw = {"url": tcp, "registers": {"x": {"address": 0, "type": "int64", "order": "DCBA"}}}
+    assert problems_of(raw) == [
+        "registers.x.order: DCBA is a 32-bit order and int64 is 64 bits wide: give the"
+        " 8-letter order (GHEFCDAB or HGFEDCBA: every register reversed)"
+    ]
 
 
 def test_the_registry_finds_the_source() -> None:

@@ -83,14 +83,15 @@ def test_unit_0_stays_valid_over_tcp() -> None:
     assert problems_of({"url": "rtu:///dev/ttyS0", "unit": 247, "registers": ONE}) == []
 
 
-def test_two_sources_taking_commands_on_one_topic_are_refused() -> None:
+def test_two_sources_on_one_command_topic_need_devices_of_their_own() -> None:
     # Each command reached both sources; the one without the device answered it too,
     # {"ok": false, "error": "no device named 'b1'"}, on the result topic the commander
-    # reads, next to the other source's result.
+    # reads. Each now subscribes to its own devices, so they may share the topic (a
+    # config that ran before); a device name in both would be written by both.
     from gateway.config.load import load_data
     from gateway.core.errors import ConfigError
 
-    def config(b_topic: str | None) -> dict[str, Any]:
+    def config(b_device: str, b_topic: str | None = None) -> dict[str, Any]:
         wb_b: dict[str, Any] = {"enabled": True}
         if b_topic:
             wb_b["topic"] = b_topic
@@ -100,21 +101,22 @@ def test_two_sources_taking_commands_on_one_topic_are_refused() -> None:
             "sources": {
                 "a": {"type": "modbus", "devices": {"a1": {"url": "tcp://10.0.0.1:502",
                       "registers": ONE}}, "writeback": {"enabled": True}},
-                "b": {"type": "modbus", "devices": {"b1": {"url": "tcp://10.0.0.2:502",
+                "b": {"type": "modbus", "devices": {b_device: {"url": "tcp://10.0.0.2:502",
                       "registers": ONE}}, "writeback": wb_b},
             },
             "web": {"enabled": False},
         }  # fmt: skip
 
+    load_data(config("b1"), environ={})  # devices of their own: fine
     with pytest.raises(ConfigError) as raised:
-        load_data(config(None), environ={})
+        load_data(config("a1"), environ={})
     assert (
         str(raised.value)
         .splitlines()[-1]
         .endswith(
-            "sources.b.writeback.topic: commands on 'modbus/+/+/set' at 127.0.0.1:1883 reach"
-            " source 'a' too, which answers those for devices it does not have with an error:"
-            " give each source its own command topic, e.g. 'b/{device}/{register}/set'"
+            "sources.b.writeback.topic: commands on 'modbus/+/+/set' at 127.0.0.1:1883 for"
+            " device 'a1' would be written by source 'a' too: give each source its own command"
+            " topic, e.g. 'b/{device}/{register}/set', or the devices other names"
         )
     )
-    load_data(config("b/{device}/{register}/set"), environ={})  # its own topic: fine
+    load_data(config("a1", "b/{device}/{register}/set"), environ={})  # its own topic: fine

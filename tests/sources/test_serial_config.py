@@ -83,3 +83,12 @@ def test_an_encoding_of_several_bytes_a_character_is_refused(encoding: str) -> N
         f"encoding: {encoding!r} writes a character in several bytes, so a line cannot be cut"
         " at the terminator; use an 8-bit or UTF-8 encoding, or 'binary'"
     ]
+
+
+def test_utf_8_with_a_byte_order_mark_is_taken_and_idna_is_one_line() -> None:
+    # utf-8-sig writes a BOM first: 'a' is 4 bytes, so the check above refused it
+    assert problems_of(encoding="utf-8-sig") == []
+    # idna's decode raises UnicodeError, not LookupError: a traceback at check-config
+    assert problems_of(encoding="idna") == [
+        "encoding: 'idna' is not a text encoding (e.g. utf-8, latin-1) or 'binary'"
+    ]

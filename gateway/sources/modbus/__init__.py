@@ -103,10 +103,11 @@ Write-back (`writeback: {enabled: true}`; also `url`, `topic`, `result_topic`,
 `status_topic`, `client_id`, `username`, `password`): the source subscribes to
 `modbus/{device}/{register}/set` (`writeback.topic`) on the gateway's broker
 (`writeback.url`, default the top-level `mqtt.url`, whose `username`, `password`
-and `client_id` prefix then apply unless write-back sets its own; two Modbus sources
-with write-back on one broker need their own command topics, e.g.
-`line2/{device}/{register}/set`, or each would answer the other's commands with an
-error: the config check refuses it). The payload is a JSON
+and `client_id` prefix then apply unless write-back sets its own). The source
+subscribes for its own devices only (`modbus/boiler/+/set`), so several Modbus
+sources share the command topic; a device name in two of them is refused by the
+config check (give one source its own topic, e.g. `line2/{device}/{register}/set`),
+and a command for a device no source has gets no answer. The payload is a JSON
 value (`21.5`, `true`, `"text"`) or `{"value": 21.5, "id": "any"}`; `NaN`,
 `Infinity` and numbers beyond a float are refused (not JSON, no setting). Only
 registers marked `writable: true` are written: the value is converted to the

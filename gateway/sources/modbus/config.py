@@ -149,13 +149,16 @@ class RegisterConfig:
             yield "order", "set either order or byte_order/word_order, not both"
         if self.order is not None and len(self.order) == 8 and info.width not in (0, 4):
             yield "order", f"{self.order} is a 64-bit order; {self.type} is not 64 bits wide"
-        if self.order is not None and len(self.order) == 4 and info.width == 4:
-            # CDAB on a float64 meant GHEFCDAB (every register reversed), not the
-            # CDABGHEF some devices use: say which, rather than guess
+        if self.order in ("CDAB", "DCBA") and info.width == 4 and info.kind in ("int", "float"):
+            # A word-swapped order on a 64-bit value: CDAB meant GHEFCDAB (every register
+            # reversed), not the CDABGHEF some devices use (not read here): say so, rather
+            # than guess.
+            # ABCD and BADC read one way only (ABCDEFGH, BADCFEHG), and a string's order
+            # is per register, whatever its width.
             yield (
                 "order",
-                f"{self.order} is a 32-bit order; {self.type} is 64 bits wide: use"
-                " ABCDEFGH, GHEFCDAB, BADCFEHG or HGFEDCBA",
+                f"{self.order} is a 32-bit order and {self.type} is 64 bits wide: give the"
+                " 8-letter order (GHEFCDAB or HGFEDCBA: every register reversed)",
             )
         if self.scale == 0:
             yield "scale", "must not be 0"

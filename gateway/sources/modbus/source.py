@@ -20,13 +20,16 @@ from gateway.core.component import Context, Message, Source
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.histogram import Buckets
-from gateway.mqtt.commands import CommandChannel, parse_command
+from gateway.mqtt.commands import CommandChannel, TopicTemplate, parse_command
 from gateway.sources.modbus import codec
 from gateway.sources.modbus.config import ModbusSourceConfig
 from gateway.sources.modbus.device import Device, Value
 from gateway.sources.modbus.link import DeviceException, Link, LinkError, LinkSpec, quiet_until
 from gateway.sources.modbus.planner import Request
 from gateway.sources.modbus.scheduler import NEVER, Group, Job, Jobs, next_due, wait
+
+# Past this many devices, write-back subscribes to the whole command template instead
+MAX_DEVICE_FILTERS = 256
 
 
 def _iso(ns: int) -> str:
@@ -148,9 +151,23 @@ class ModbusSource(Source):
                 shared_tls_files=self.ctx.mqtt_tls_files if shared else None,
                 submit=self._submit_write,
                 will=self._status_will(),
+                filters=self._command_filters(wb.topic),
             )
             self._channel_backoff.reset()
             await self._connect_channel()
+
+    def _command_filters(self, template: str) -> list[str] | None:
+        """One subscription per device of this source (`modbus/boiler/+/set`), not the
+        whole template (`modbus/+/+/set`): two sources on one command topic then each get
+        only their own devices' commands (else the one without the device answered each
+        command too, with an error, on the result topic the commander reads). A command
+        for a device no source has gets no answer. Device names are topic-level safe."""
+        if "{device}" not in template or len(self._devices) > MAX_DEVICE_FILTERS:
+            return None
+        return [
+            TopicTemplate(template.replace("{device}", name), ("register",)).filter
+            for name in self._devices
+        ]
 
     async def _open(self, bus: Bus) -> None:
         timeout = max(d.timeout for d in bus.devices)
