@@ -661,18 +661,16 @@ async def test_a_garbled_answer_is_one_error_not_a_traceback_in_the_log(
     # call failed." with a traceback at every poll, and the request waited for its timeout.
     device = await GarbledDevice(lambda fc, count: bytes([fc, 2 * count, 0])).start()
     source = make_source(
-        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "2s",
+        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "60s",
          "retries": 0, "backoff_max": "50ms", "registers": {"a": {"address": 0}}},
         name="garbled1",
     )  # fmt: skip
     await source.connect()
     status = source.status()["devices"]["garbled1"]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     try:
         async with Pump(source) as pump:
+            # within WAIT only if none waited for its 60 s timeout
             await settled(lambda: status["errors"] >= 3)
-            assert loop.time() - started < 2.0  # not each one waited for the 2 s timeout
             assert pump.messages == []
             assert status["state"] == "offline"
             assert "no valid answer" in status["last_error"], status
