@@ -23,7 +23,7 @@ break inside a value is written as the two characters `\\n` (or `\\r`), so that 
 line is always one FlowFile. A file whose header is not the configured one (the
 columns changed), or with `format: jsonl` one that does not start with a JSON Lines
 line (a CSV file on the same path), is rotated away when the sink opens it (to
-`<path>.1`, also with `keep: 0`).
+`<path>.1`; with `keep: 0`, to the first free `<path>.N`, over no other file).
 
 Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -307,8 +307,8 @@ class FileSink(Sink):
                 if self._size and not self._has_header(f):
                     f.close()
                     # the columns or the format changed: start a file of its own, the old
-                    # one kept as <path>.1 even with keep: 0 (it may be no file of ours)
-                    self._shift_old_files(max(self.config.keep, 1))
+                    # one kept aside, also with keep: 0 (it may be no file of ours)
+                    self._set_aside()
                     self.ctx.log.info(
                         "%s: %s starts anew",
                         "the columns changed" if self.csv else "it held no JSON Lines",
@@ -455,6 +455,20 @@ class FileSink(Sink):
         self._shift_old_files()
         self._open()
         self.ctx.log.info("rotated %s (keeping %d old files)", self.path, self.config.keep)
+
+    def _set_aside(self) -> None:
+        """Move a file that is not this sink's own out of its way: rotated as usual, or
+        with keep: 0 (no rotated file kept) to the first free <path>.N, over nothing."""
+        if self.config.keep:
+            self._shift_old_files()
+            return
+        n = 1
+        while os.path.lexists(f"{self.path}.{n}"):
+            n += 1
+        try:
+            os.replace(self.path, f"{self.path}.{n}")
+        except OSError as err:
+            raise RetryableError(f"cannot set {self.path} aside: {err.strerror or err}") from err
 
     def _shift_old_files(self, keep: int | None = None) -> None:
         keep = self.config.keep if keep is None else keep

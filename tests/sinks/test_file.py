@@ -435,6 +435,12 @@ async def test_a_csv_file_on_the_path_of_a_jsonl_sink_starts_a_new_file(tmp_path
     await second.close()
     assert read_csv(tmp_path / "out.log.1")[0] == ["id", "topic", "ts", "payload"]
     assert [line["payload"] for line in read_lines(tmp_path / "out.log")] == [2]
+    # and back to csv, keep: 0: the JSON Lines go aside too, not over the first CSV
+    third = csv_sink(tmp_path, path="out.log", keep=0)
+    await third.write([flowfile(b"3")])
+    await third.close()
+    assert read_csv(tmp_path / "out.log.1")[0] == ["id", "topic", "ts", "payload"]
+    assert [line["payload"] for line in read_lines(tmp_path / "out.log.2")] == [2]
 
 
 async def test_files_rotate_by_time_and_by_size_with_their_header(tmp_path: Path) -> None:
