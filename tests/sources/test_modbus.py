@@ -629,40 +629,35 @@ class GarbledDevice:
         await self.server.wait_closed()
 
 
-async def test_an_answer_for_another_function_is_not_taken_for_the_values() -> None:
-    # Asked for holding registers (FC 3), the device answers with an input register read
-    # (FC 4) of the right size: the values were published as the holding registers'.
-    device = await GarbledDevice(
-        lambda fc, count: bytes([4, 2 * count]) + struct.pack(f">{count}H", *range(7, 7 + count))
-    ).start()
-    source = make_source(
-        {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "200ms",
-         "retries": 0, "registers": {"a": {"address": 0}, "b": {"address": 1}}},
-        name="fc1",
-    )  # fmt: skip
-    await source.connect()
-    status = source.status()["devices"]["fc1"]
-    try:
-        async with Pump(source) as pump:
-            await settled(lambda: status["errors"] >= 1)
-            assert pump.messages == []
-            assert status["state"] == "offline"
-            assert "answer is for function 4, not 3" in status["last_error"], status
-    finally:
-        await source.close()
-        await device.close()
+def _input_registers_answer(fc: int, count: int) -> bytes:
+    return bytes([4, 2 * count]) + struct.pack(f">{count}H", *range(7, 7 + count))
 
 
-async def test_a_garbled_answer_is_one_error_not_a_traceback_in_the_log(
-    caplog: pytest.LogCaptureFixture,
+def _short_answer(fc: int, count: int) -> bytes:
+    return bytes([fc, 2 * count, 0])
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # Asked for holding registers (FC 3), the device answers with an input register
+        # read (FC 4) of the right size: the values were published as the holding ones.
+        (_input_registers_answer, "answer is for function 4, not 3"),
+        # An answer too short for its function (FC 3, one byte of data) raised inside
+        # pymodbus's data_received: asyncio logged "Fatal error: protocol.data_received()
+        # call failed." with a traceback at every poll, and the request waited for its
+        # timeout.
+        (_short_answer, "no valid answer"),
+    ],
+)
+async def test_a_garbled_answer_is_one_error_not_values_nor_a_traceback(
+    answer: Callable[[int, int], bytes], expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # An answer too short for its function (FC 3, one byte of data) raised inside
-    # pymodbus's data_received: asyncio logged "Fatal error: protocol.data_received()
-    # call failed." with a traceback at every poll, and the request waited for its timeout.
-    device = await GarbledDevice(lambda fc, count: bytes([fc, 2 * count, 0])).start()
+    device = await GarbledDevice(answer).start()
     source = make_source(
         {"url": f"tcp://127.0.0.1:{device.port}", "interval": "50ms", "timeout": "60s",
-         "retries": 0, "backoff_max": "50ms", "registers": {"a": {"address": 0}}},
+         "retries": 0, "backoff_max": "50ms",
+         "registers": {"a": {"address": 0}, "b": {"address": 1}}},
         name="garbled1",
     )  # fmt: skip
     await source.connect()
@@ -673,7 +668,7 @@ async def test_a_garbled_answer_is_one_error_not_a_traceback_in_the_log(
             await settled(lambda: status["errors"] >= 3)
             assert pump.messages == []
             assert status["state"] == "offline"
-            assert "no valid answer" in status["last_error"], status
+            assert expected in status["last_error"], status
     finally:
         await source.close()
         await device.close()
