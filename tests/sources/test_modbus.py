@@ -836,14 +836,7 @@ async def test_two_sources_on_one_command_topic_answer_only_for_their_devices(
     """Both subscribed to modbus/+/+/set: the source without the device answered each
     command too, {"ok": false, "error": "no device named ..."}, on the same result topic."""
     registers = {"setpoint": {"address": 10, "type": "int16", "writable": True}}
-
-    def source(name: str) -> ModbusSource:
-        writeback = {"enabled": True, "url": mosquitto.url, "client_id": f"wb-{name}"}
-        url = f"tcp://127.0.0.1:{plc.port}"  # type: ignore[attr-defined]
-        raw = {"url": url, "interval": "200ms", "registers": registers, "writeback": writeback}
-        return make_source(raw, name=name)
-
-    sources = [source("plc1"), source("plc2")]
+    sources = [writeback_source(plc, mosquitto, name, registers) for name in ("plc1", "plc2")]
     probe = MqttProbe(mosquitto.url)
     await probe.subscribe("modbus/#")
     for source in sources:
@@ -863,6 +856,16 @@ async def test_two_sources_on_one_command_topic_answer_only_for_their_devices(
             await source.close()
 
 
+def writeback_source(
+    plc: PlcStore, mosquitto: Any, name: str, registers: dict[str, Any], **keys: Any
+) -> ModbusSource:
+    """A source polling `plc` every 200 ms that takes write-back commands on `mosquitto`."""
+    writeback = {"enabled": True, "url": mosquitto.url, "client_id": f"wb-{name}"}
+    url = f"tcp://127.0.0.1:{plc.port}"  # type: ignore[attr-defined]
+    raw = {"url": url, "interval": "200ms", "registers": registers, "writeback": writeback}
+    return make_source({**raw, **keys}, name=name)
+
+
 def strict_json(payload: bytes) -> Any:
     """JSON as the standard has it: NaN and Infinity are not (Python's json reads them)."""
 
@@ -880,11 +883,7 @@ async def test_a_nan_or_infinite_write_is_refused_and_the_result_is_json(
         "limit": {"address": 20, "type": "float32", "writable": True},
         "setpoint": {"address": 10, "type": "int16", "writable": True},
     }
-    source = make_source(
-        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
-         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-nan"}},
-        name="nan1",
-    )  # fmt: skip
+    source = writeback_source(plc, mosquitto, "nan1", registers)
     probe = MqttProbe(mosquitto.url)
     await probe.subscribe("modbus/nan1/+/set/result")
     await source.connect()
@@ -919,11 +918,7 @@ async def test_a_write_beyond_a_float_is_refused_and_the_source_goes_on(
         "setpoint": {"address": 10, "type": "int16", "scale": 0.1, "writable": True},
         "tiny": {"address": 30, "type": "float64", "scale": 1e-300, "writable": True},
     }
-    source = make_source(
-        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "registers": registers,  # type: ignore[attr-defined]
-         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-huge"}},
-        name="huge1",
-    )  # fmt: skip
+    source = writeback_source(plc, mosquitto, "huge1", registers)
     probe = MqttProbe(mosquitto.url)
     await probe.subscribe("modbus/huge1/+/set/result")
     await source.connect()
@@ -943,12 +938,8 @@ async def test_a_write_beyond_a_float_is_refused_and_the_source_goes_on(
 
 
 async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosquitto: Any) -> None:
-    source = make_source(
-        {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "200ms", "timeout": "300ms",  # type: ignore[attr-defined]
-         "registers": {"sp": {"address": 1, "writable": True}},
-         "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "wb-silent"}},
-        name="mute1",
-    )  # fmt: skip
+    registers = {"sp": {"address": 1, "writable": True}}
+    source = writeback_source(plc, mosquitto, "mute1", registers, timeout="300ms")
     probe = MqttProbe(mosquitto.url)
     await probe.subscribe("modbus/mute1/#")
     await source.connect()
