@@ -238,6 +238,9 @@ class Session:
     csrf: str
     created: float
     seen: float
+    # what the password was checked against at the login (Users.credential): a session
+    # holds while it is still the account's, so a new password ends the old sessions
+    credential: str | None = None
 
 
 class Sessions:
@@ -258,10 +261,10 @@ class Sessions:
         self._clock = clock
         self._by_token: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, user: str) -> tuple[str, Session]:
+    def create(self, user: str, credential: str | None = None) -> tuple[str, Session]:
         now = self._clock()
         token = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), now, now)
+        session = Session(user, secrets.token_urlsafe(32), now, now, credential)
         self._by_token[token] = session
         while len(self._by_token) > self.limit:
             self._by_token.popitem(last=False)

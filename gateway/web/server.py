@@ -35,7 +35,8 @@ Access (gateway/web/access.py): with no account (neither `web.username`/`web.pas
 a user in the users file) the console is open, and only on localhost (beyond it, once the
 last account is gone, every request is refused until one is added). Otherwise every
 request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
-SameSite=Strict) or HTTP basic auth; a viewer may only read. A request that changes
+SameSite=Strict) or HTTP basic auth; a viewer may only read. A session (and a remembered
+basic-auth check) ends when its user gets a new password or is removed. A request that changes
 something (any method but GET and HEAD) from a browser's page of another origin is
 refused; one made with a session cookie also needs the session's CSRF token in
 `X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
@@ -408,15 +409,25 @@ class WebServer:
         token = request.cookies.get(COOKIE)
         if token:
             session = self.sessions.get(token)
-            role = self.users.role(session.user) if session else None
-            if session is not None and role is not None:
-                return Identity(session.user, role, "session", session.csrf, token)
+            if session is not None:
+                role = self._session_role(session)
+                if role is not None:
+                    return Identity(session.user, role, "session", session.csrf, token)
+                self.sessions.drop(token)  # the account is gone or has a new password
         header = request.headers.get("Authorization", "")
         if header:
             return await self._basic(request, header)
         if not self.users.required and self.config.local_only:
             return Identity("", "operator", "open")
         return None
+
+    def _session_role(self, session: access.Session) -> str | None:
+        """The role of a session's account while the account is still there with the
+        password it logged in with; None once it was removed or given a new password
+        (`web passwd`): a stolen session cookie does not outlive a password change."""
+        if self.users.credential(session.user) != session.credential:
+            return None
+        return self.users.role(session.user)
 
     def _no_account(self) -> web.Response:
         """The answer, beyond localhost, once no account is left (the users file emptied
@@ -526,6 +537,7 @@ class WebServer:
             if not self.config.local_only:
                 return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
+        credential = self.users.credential(user)  # before the check: what it checks
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
             if role.status == 401 and form:
@@ -537,7 +549,7 @@ class WebServer:
                 role = _json({"errors": ["wrong user name or password"]}, 401)
                 role.force_close()
             return role
-        token, session = self.sessions.create(user)
+        token, session = self.sessions.create(user, credential)
         log.info("web: %s logged in (%s) from %s", user, role, request.remote)
         answer: web.Response
         if form:
@@ -621,7 +633,7 @@ class WebServer:
         def allowed() -> bool:
             if identity.token is not None and not self.sessions.alive(identity.token):
                 return False
-            if identity.auth == "basic" and self.users.credential(identity.user) != credential:
+            if self.users.credential(identity.user) != credential:
                 return False
             return self.users.role(identity.user) is not None
 

@@ -265,6 +265,27 @@ async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
     assert (await call(url, basic=("olga", "olga-pass-2"))).status == 200
 
 
+async def test_a_changed_password_or_a_removed_user_ends_its_sessions(served: Served) -> None:
+    # A session cookie kept working after `web passwd olga` (only a removed user's was
+    # refused): a stolen cookie outlived the password change meant to shut it out.
+    olga = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-1'))[0]}"}
+    vic = {"Cookie": f"edge_stream_session={(await login(served, 'vic', 'vic-pass-1'))[0]}"}
+    url = f"{served.url}/api/session"
+    assert (await call(url, headers=olga)).status == 200
+    users = served.data / "web-users"
+    await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
+    assert (await call(url, headers=olga)).status == 401
+    assert (await call(url, headers=vic)).status == 200  # another user's session holds
+    # removed, then added again with the same password: a new account, a new login
+    text = users.read_text()
+    users.write_text("".join(line for line in text.splitlines(True) if line.startswith("olga:")))
+    assert (await call(url, headers=vic)).status == 401
+    await asyncio.to_thread(access.set_user, users, "vic", "viewer", "vic-pass-1")
+    assert (await call(url, headers=vic)).status == 401
+    fresh = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-2'))[0]}"}
+    assert (await call(url, headers=fresh)).status == 200
+
+
 async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> None:
     # Each attempt was counted only once its check failed: guesses sent at the same
     # time all passed the limiter (256 guesses each time a token came, not one).
