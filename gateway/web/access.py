@@ -303,10 +303,35 @@ class _Bucket:
     at: float
 
 
+def client_key(address: str) -> str:
+    """What the login limiter counts a client by: its IPv4 address, or the /64 prefix of
+    its IPv6 address. A host is given a whole /64 and may use any address of it (privacy
+    addresses rotate), so counting IPv6 addresses one by one would give each guesser an
+    unbounded number of fresh tries."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address  # not an IP address (a Unix socket): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+OVERFLOW = "*"  # the clients that found the limiter's table full of clients still held back
+
+
 @dataclass
 class LoginLimiter:
-    """Failed logins per client address: `burst` at once, then one each `every` seconds.
-    The table holds at most `limit` addresses; when full, the one seen longest ago goes.
+    """Failed logins per client (`client_key`: an IPv4 address or an IPv6 /64): `burst` at
+    once, then one each `every` seconds.
+
+    The table holds at most `limit` clients. When it is full, the one seen longest ago
+    goes only if it has all its tries back (forgetting it changes nothing); otherwise a
+    new client shares one more entry with every other client not in the table. Evicting
+    a client still held back would give its guesser fresh tries for the price of sending
+    from `limit` other addresses.
 
     A try is counted before its password is checked (`take`), so that tries sent at once
     are limited as tries one after the other are, and given back when the password was
@@ -324,17 +349,28 @@ class LoginLimiter:
     _running: dict[str, int] = field(default_factory=dict)
     _ended: dict[str, asyncio.Event] = field(default_factory=dict)
 
+    def _refill(self, bucket: _Bucket, now: float) -> None:
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
+        bucket.at = now
+
     def _bucket(self, client: str) -> _Bucket:
         now = self.clock()
-        bucket = self._buckets.get(client)
+        key = client_key(client)
+        bucket = self._buckets.get(key)
+        if bucket is None and len(self._buckets) >= self.limit:
+            oldest = next((k for k in self._buckets if k != OVERFLOW), None)
+            if oldest is not None:
+                self._refill(self._buckets[oldest], now)
+            if oldest is not None and self._buckets[oldest].tokens >= self.burst:
+                del self._buckets[oldest]
+            else:  # at most `limit` clients and the overflow entry
+                key = OVERFLOW
+                bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[client] = _Bucket(float(self.burst), now)
-            while len(self._buckets) > self.limit:
-                self._buckets.popitem(last=False)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         else:
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
-            bucket.at = now
-            self._buckets.move_to_end(client)
+            self._refill(bucket, now)
+            self._buckets.move_to_end(key)
         return bucket
 
     def wait(self, client: str) -> float:
@@ -348,12 +384,13 @@ class LoginLimiter:
 
     def running(self, client: str) -> int:
         """How many of `client`'s checks are under way (taken, not settled)."""
-        return self._running.get(client, 0)
+        return self._running.get(client_key(client), 0)
 
     async def take(self, client: str) -> float:
         """Take a try for `client` before its password is checked (0; `settled` must
         follow), or the seconds it must wait. While its tries are out only because
         checks are still running, one of which may give its try back, wait for them."""
+        client = client_key(client)  # the same key for the addresses of one IPv6 /64
         while True:
             wait = self.wait(client)
             if wait == 0:
@@ -366,6 +403,7 @@ class LoginLimiter:
 
     def settled(self, client: str, right: bool) -> None:
         """The check `take` allowed has ended; a right password's try does not count."""
+        client = client_key(client)
         left = self.running(client) - 1
         if left > 0:
             self._running[client] = left

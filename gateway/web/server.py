@@ -40,7 +40,8 @@ basic-auth check) ends when its user gets a new password or is removed. A reques
 something (any method but GET and HEAD) from a browser's page of another origin is
 refused; one made with a session cookie also needs the session's CSRF token in
 `X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
-`edge-stream reload`) needs no token. Failed logins are rate-limited per client address.
+`edge-stream reload`) needs no token. Failed logins are rate-limited per client (an IPv4
+address or an IPv6 /64).
 A request whose Host is a name this gateway does not know is refused (DNS rebinding).
 A 401 closes the connection.
 

@@ -130,7 +130,30 @@ def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
     assert limiter.wait("10.0.0.1") > 0
     for i in range(1000):
         limiter.failed(f"10.1.{i // 256}.{i % 256}")
-    assert len(limiter) == 100
+    assert len(limiter) == 101  # 100 clients and the one the others share
+    # Held back clients were evicted by the 1,000 others: sending from 100 addresses gave
+    # 10.0.0.1 five fresh tries. It stays, and the newcomers share one entry's tries.
+    assert limiter.wait("10.0.0.1") > 0
+    assert limiter.wait("10.2.0.1") > 0 and limiter.wait("10.2.0.2") > 0
+    clock.now += 60  # all have their tries back: forgetting them changes nothing now
+    assert limiter.wait("10.2.0.1") == 0
+    limiter.failed("10.2.0.3")
+    assert limiter.wait("10.2.0.3") == 0 and len(limiter) == 101
+
+
+def test_an_ipv6_client_is_counted_by_its_64_prefix() -> None:
+    # Each IPv6 address had its own five tries: a host rotating the addresses of its /64
+    # (2^64 of them) guessed without limit.
+    limiter = access.LoginLimiter(burst=5, every=10, clock=Clock())
+    for i in range(5):
+        limiter.failed(f"2001:db8:1:2::{i + 1:x}")
+    assert limiter.wait("2001:db8:1:2:ffff:1:2:3") == pytest.approx(10)
+    assert limiter.wait("2001:db8:1:3::1") == 0  # another /64: another client
+    assert access.client_key("2001:db8:1:2:abcd::1") == "2001:db8:1:2::/64"
+    assert access.client_key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert access.client_key("fe80::1%eth0") == "fe80::/64"
+    assert access.client_key("10.0.0.7") == "10.0.0.7"
+    assert len(limiter) == 2
 
 
 async def test_a_try_waits_for_the_checks_under_way_before_it_is_refused() -> None:
@@ -148,6 +171,13 @@ async def test_a_try_waits_for_the_checks_under_way_before_it_is_refused() -> No
     limiter.settled("c", right=False)
     assert await limiter.take("c") == pytest.approx(10)  # none under way: refused at once
     assert limiter.running("c") == 0 and not limiter._ended
+    # the addresses of one IPv6 /64 are one client, also for the checks they wait for
+    assert await limiter.take("2001:db8::1") == 0 and await limiter.take("2001:db8::2") == 0
+    waiting = asyncio.create_task(limiter.take("2001:db8::3"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    limiter.settled("2001:db8::1", right=True)
+    assert await waiting == 0
 
 
 @pytest.mark.parametrize(
