@@ -98,6 +98,22 @@ def validate_topic(topic: str) -> str | None:
     return None
 
 
+def _control(c: str) -> bool:
+    return c < " " or "\x7f" <= c <= "\x9f"
+
+
+def validate_received_topic(topic: str) -> str | None:
+    """Return why `topic`, made from what a client sent (an HTTP request's path), is not
+    a topic name to take, or None: `validate_topic`'s rules, and no control characters
+    (U+0001 to U+001F, U+007F to U+009F), which MQTT 5.0 (4.7.3) says a topic should not
+    hold and which would end up raw in the log, the console, files and other brokers."""
+    problem = validate_topic(topic)
+    if problem is None and any(_control(c) for c in topic):
+        bad = next(c for c in topic if _control(c))
+        return f"a topic must not contain control characters (it holds U+{ord(bad):04X})"
+    return problem
+
+
 def filters_overlap(a: str, b: str) -> bool:
     """True if some topic matches both valid filters `a` and `b` (`a/#` and `a/b/+`, or
     `a/+/c` and `a/b/+`). A broker may send such a message once per matching filter."""
