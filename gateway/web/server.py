@@ -35,15 +35,15 @@ Access (gateway/web/access.py): with no account (neither `web.username`/`web.pas
 a user in the users file) the console is open, and only on localhost (beyond it, once the
 last account is gone, every request is refused until one is added). Otherwise every
 request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
-SameSite=Strict) or HTTP basic auth; a viewer may only read. A session (and a remembered
-basic-auth check) ends when its user gets a new password or is removed. A request that changes
-something (any method but GET and HEAD) from a browser's page of another origin is
-refused; one made with a session cookie also needs the session's CSRF token in
-`X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
+SameSite=Strict) or HTTP basic auth; a viewer may only read. A session (and a
+remembered basic-auth check) ends when its user gets a new password or is removed. A
+request that changes something (any method but GET and HEAD) from a browser's page of
+another origin is refused (its Origin or Referer, `Origin: null` without a Referer of
+ours, Sec-Fetch-Site); one made with a session cookie also needs the session's CSRF token
+in `X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
 `edge-stream reload`) needs no token. Failed logins are rate-limited per client (an IPv4
-address or an IPv6 /64).
-A request whose Host is a name this gateway does not know is refused (DNS rebinding).
-A 401 closes the connection.
+address or an IPv6 /64). A request whose Host is a name this gateway does not know is
+refused (DNS rebinding). A 401 closes the connection.
 
 Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
 request head for 10 s is closed (idle keep-alive and slow senders alike), and so is one
@@ -393,9 +393,25 @@ class WebServer:
             self._busy.add(request.protocol)
 
     def _same_origin(self, request: web.Request, required: bool) -> bool:
+        """Whether a request comes from this server's own page; with `required` False,
+        also one that tells no origin at all (a script: curl, `edge-stream reload`)."""
+        # A browser tells a request of another site so (Fetch metadata), whatever else
+        # it leaves out.
+        if request.headers.get("Sec-Fetch-Site", "same-origin").lower() not in (
+            "same-origin",
+            "none",
+        ):
+            return False
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
             origin = request.headers.get("Referer")
+            if origin is None and request.headers.get("Origin") == "null":
+                # An opaque origin: a page of another site that sends no Referer
+                # (Referrer-Policy: no-referrer, a sandboxed frame) posts with
+                # `Origin: null`. No script sends it: it was taken for one, so a
+                # browser that kept basic-auth credentials (the console's 401 asks for
+                # them) reloaded, rolled back or purged for any site it visited.
+                return False
         if origin is None:
             return not required
         return access.same_origin(origin, request.scheme, request.headers.get("Host", ""))

@@ -217,6 +217,18 @@ async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> 
         reload, "POST", basic=("tech", WEB_PASS), headers={"Origin": "http://evil.example"}
     )
     assert cross.status == 403
+    # A browser that kept basic-auth credentials posts them for any site's page: one with
+    # no Referer (Referrer-Policy: no-referrer, a sandboxed frame) sends `Origin: null`,
+    # which passed as a script's request; and Fetch metadata says cross-site outright.
+    purge = f"{served.url}/api/dead-letters/purge"
+    for foreign_page in ({"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        for url in (reload, purge):
+            answer = await call(
+                url, "POST", basic=("tech", WEB_PASS), headers=foreign_page, body=b'{"all":true}'
+            )
+            assert answer.status == 403, (url, foreign_page)
+    own = {"Origin": "null", "Referer": f"{served.url}/", "Sec-Fetch-Site": "same-origin"}
+    assert (await call(reload, "POST", basic=("tech", WEB_PASS), headers=own)).status == 200
 
 
 async def test_a_viewer_can_read_but_not_change(served: Served) -> None:
