@@ -116,6 +116,17 @@ def test_sessions_are_bounded_and_expire() -> None:
     assert sessions.get(token) is None
 
 
+def test_one_user_holds_at_most_a_quarter_of_the_sessions() -> None:
+    # The sessions were bounded only in all: a viewer logging in 64 times (a right
+    # password is never limited) ended the operators' sessions.
+    sessions = access.Sessions(limit=8)
+    operators = [sessions.create(f"op{i}")[0] for i in range(2)]
+    viewer = [sessions.create("vic")[0] for _ in range(20)]
+    assert all(sessions.get(t) is not None for t in operators)
+    assert [sessions.get(t) is not None for t in viewer] == [False] * 18 + [True] * 2
+    assert len(sessions) == 4
+
+
 def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
     clock = Clock()
     limiter = access.LoginLimiter(burst=5, every=10, limit=100, clock=clock)
