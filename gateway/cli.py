@@ -591,6 +591,17 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"edge-stream: {problem}", file=sys.stderr)
         return 1
     path = _users_file(args)
+    web = _raw_config(args.config)[0].get("web") if Path(args.config).is_file() else None
+    if isinstance(web, dict) and web.get("username") == args.user and web.get("password"):
+        # The console checks the config's account first: a line for the same name in the
+        # users file was never used, and the old password went on working.
+        print(
+            f"edge-stream: {args.user} is web.username in {args.config}: its password is"
+            " web.password there (change it, then reload); give users-file accounts"
+            " other names",
+            file=sys.stderr,
+        )
+        return 1
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.user}: ")
         if getpass.getpass("again: ") != password:
