@@ -24,7 +24,8 @@ request is stored:
        1e999, neither), not an object or an array of objects, a gzip or
        deflate body that does not decompress, or a topic
        that is no valid MQTT topic name (empty, `+`, `#`, NUL, or a control
-       character: U+0001 to U+001F, U+007F to U+009F, e.g. `%0A`); a string with a
+       character: U+0001 to U+001F, U+007F to U+009F, e.g. `%0A`) or no UTF-8
+       once percent-decoded (`%FF`); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
   408  no byte of the body came for 30 s (a client gone mid-body without closing)
@@ -97,6 +98,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -134,6 +136,18 @@ MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
 BODY_IDLE = 30.0  # seconds without a byte of a body coming: the request is answered 408
+
+
+def _utf8_path(raw_path: str) -> bool:
+    """Whether a request's path, percent-decoded, is UTF-8. aiohttp leaves an escape that
+    decodes to no UTF-8 (`%FF`, an encoded surrogate `%ED%A0%80`) as the three characters
+    it was written with: `/ingest/a%FFb` was stored on topic `a%FFb`, the topic that
+    `/ingest/a%25FFb` names."""
+    try:
+        unquote_to_bytes(raw_path.partition("?")[0]).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -456,6 +470,10 @@ class HttpSource(Source):
         if length is not None and length > cfg.max_body:
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
         path = request.match_info["topic"]
+        if not _utf8_path(request.raw_path):
+            return self._refuse(
+                400, "the topic in the path is not UTF-8 once percent-decoded (e.g. %FF)"
+            )
         topic = cfg.prefix + path
         if len(topic.encode(errors="replace")) > MAX_TOPIC:
             return self._refuse(414, f"the topic is longer than {MAX_TOPIC} bytes")

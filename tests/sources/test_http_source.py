@@ -190,6 +190,9 @@ async def test_refusals_store_nothing(ingest: Any, tmp_path: Path) -> None:
         (400, "/ingest/a%1Bb", {"x": 1}, {}),
         (400, "/ingest/a%7Fb", {"x": 1}, {}),
         (400, "/ingest/a%C2%85b", {"x": 1}, {}),
+        # no UTF-8 once decoded: stored on the topic the escape was written as, "a%FFb"
+        (400, "/ingest/a%FFb", {"x": 1}, {}),
+        (400, "/ingest/a%ED%A0%80", {"x": 1}, {}),
         (404, "/other", {"x": 1}, {}),
     ]
     for status, path, body, headers in cases:
@@ -202,7 +205,7 @@ async def test_refusals_store_nothing(ingest: Any, tmp_path: Path) -> None:
     await asyncio.sleep(0.2)
     assert lines(tmp_path) == []
     status = ingest.engine.snapshot().sources["rows"].to_json()
-    assert status["refused"]["401"] == 3 and status["refused"]["400"] == 13
+    assert status["refused"]["401"] == 3 and status["refused"]["400"] == 15
 
 
 async def test_503_with_retry_after_while_the_engine_takes_no_input(port: int) -> None:
