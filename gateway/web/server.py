@@ -487,17 +487,17 @@ class WebServer:
     ) -> str | web.StreamResponse:
         """The role of a right password; a 429 while the client must wait; a 401."""
         client = request.remote or "?"
-        wait = await self.limiter.take(client)
-        if wait > 0:
+        taken = await self.limiter.take(client)
+        if taken.wait > 0:
             response = _text(429, "too many failed logins; try again later\n", close=True)
-            response.headers["Retry-After"] = str(int(wait) + 1)
+            response.headers["Retry-After"] = str(int(taken.wait) + 1)
             return response
         role = None
         try:
             async with self._scrypt:
                 role = await self.users.check(user, password)
         finally:  # a check cut short counts as failed
-            self.limiter.settled(client, right=role is not None)
+            self.limiter.settled(taken, right=role is not None)
         if role is None:
             log.warning("web: a failed login as %r from %s", user[:64], client)
             return self._unauthorized(request)
