@@ -397,10 +397,8 @@ class WebServer:
         also one that tells no origin at all (a script: curl, `edge-stream reload`)."""
         # A browser tells a request of another site so (Fetch metadata), whatever else
         # it leaves out.
-        if request.headers.get("Sec-Fetch-Site", "same-origin").lower() not in (
-            "same-origin",
-            "none",
-        ):
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if (fetch_site or "same-origin").lower() not in ("same-origin", "none"):
             return False
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
@@ -410,8 +408,11 @@ class WebServer:
                 # (Referrer-Policy: no-referrer, a sandboxed frame) posts with
                 # `Origin: null`. No script sends it: it was taken for one, so a
                 # browser that kept basic-auth credentials (the console's 401 asks for
-                # them) reloaded, rolled back or purged for any site it visited.
-                return False
+                # them) reloaded, rolled back or purged for any site it visited. The
+                # console's own page under no-referrer (a proxy adding the policy) sends
+                # the same, and its browser says so in Fetch metadata, which no page
+                # can set.
+                return (fetch_site or "").lower() == "same-origin"
         if origin is None:
             return not required
         return access.same_origin(origin, request.scheme, request.headers.get("Host", ""))

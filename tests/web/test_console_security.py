@@ -229,6 +229,19 @@ async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> 
             assert answer.status == 403, (url, foreign_page)
     own = {"Origin": "null", "Referer": f"{served.url}/", "Sec-Fetch-Site": "same-origin"}
     assert (await call(reload, "POST", basic=("tech", WEB_PASS), headers=own)).status == 200
+    # The console's own page under Referrer-Policy: no-referrer (a proxy adding it) sends
+    # `Origin: null` and no Referer too, but its browser says same-origin: the form login
+    # (no script) and a change with the session's token were refused 403.
+    no_referrer = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    form = await call(
+        f"{served.url}/login",
+        "POST",
+        headers={**no_referrer, "Content-Type": "application/x-www-form-urlencoded"},
+        body=b"username=vic&password=vic-pass-1",
+    )
+    assert form.status == 303 and "edge_stream_session=" in form.headers["Set-Cookie"]
+    own_page = {**cookie, **no_referrer, "X-CSRF-Token": csrf}
+    assert (await call(reload, "POST", headers=own_page)).status == 200
 
 
 async def test_a_viewer_can_read_but_not_change(served: Served) -> None:
