@@ -193,6 +193,14 @@ class Users:
         return self._users
 
     @property
+    def broken(self) -> bool:
+        """Whether the users file is there but cannot be read or is malformed (a typo in
+        a hand edit): no user of it logs in until it is fixed, but what was checked
+        against it holds again then."""
+        self._file_users()
+        return self._broken
+
+    @property
     def required(self) -> bool:
         """Whether the console asks for credentials at all (any account exists)."""
         return self._config_user is not None or bool(self._file_users()) or self._broken

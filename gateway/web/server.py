@@ -431,6 +431,8 @@ class WebServer:
                 role = self._session_role(session)
                 if role is not None:
                     return Identity(session.user, role, "session", session.csrf, token)
+                if self.users.broken:  # it may be fine once the file is: refused, kept
+                    return self._users_broken()
                 self.sessions.drop(token)  # the account is gone or has a new password
         header = request.headers.get("Authorization", "")
         if header:
@@ -446,6 +448,15 @@ class WebServer:
         if self.users.credential(session.user) != session.credential:
             return None
         return self.users.role(session.user)
+
+    def _users_broken(self) -> web.Response:
+        """The answer to a login made before the users file broke (a typo in a hand edit):
+        refused while it is broken, not ended, so that it holds again once it is fixed."""
+        return _text(
+            503,
+            f"the console users file {self.users.path} cannot be used (the gateway's log"
+            " says why); logins made before work again once it is fixed\n",
+        )
 
     def _no_account(self) -> web.Response:
         """The answer, beyond localhost, once no account is left (the users file emptied
@@ -466,6 +477,8 @@ class WebServer:
                 role = self.users.role(known[0])
                 if role is not None:
                     return Identity(known[0], role, "basic")
+            if self.users.broken:
+                return self._users_broken()
             del self._basic_ok[key]
         scheme, _, value = header.partition(" ")
         try:

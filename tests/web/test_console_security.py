@@ -437,20 +437,35 @@ async def test_beyond_localhost_a_removed_users_file_does_not_open_the_console(
         await task
 
 
-async def test_a_users_file_spoilt_while_running_is_a_401_and_one_log_line(
+async def test_a_users_file_spoilt_while_running_refuses_in_one_log_line_and_ends_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A malformed users file (an editor's half-written save, a stray line) made every
     # request but /healthz a 500 with a traceback in the log.
     gateway, task, url, users = await _beyond_localhost(tmp_path)
     try:
+        answer = await call(
+            f"{url}/login", "POST", body={"username": "olga", "password": "olga-pass-1"}
+        )
+        session = {"Cookie": answer.headers["Set-Cookie"].split(";", 1)[0]}
+        script = ("olga", "olga-pass-1")
+        assert (await call(f"{url}/api/session", basic=script)).status == 200
+        good = await asyncio.to_thread(users.read_text)
         await asyncio.to_thread(users.write_text, "olga:operator\n")
         for _ in range(2):
-            for basic in (None, ("olga", "olga-pass-1")):
+            for basic in (None, ("olga", "olga-pass-0")):
                 assert (await call(f"{url}/api/session", basic=basic)).status == 401
+            # A login made before, a session or a script's checked basic auth, was ended
+            # for good by a typo in a hand edit: now it is refused until the file is fixed.
+            broken = await call(f"{url}/api/session", headers=session)
+            assert broken.status == 503 and b"web-users" in broken.body
+            assert (await call(f"{url}/api/session", basic=script)).status == 503
         problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
         assert len(problems) == 1 and problems[0].levelname == "ERROR"
         assert not any(r.exc_info for r in caplog.records)
+        await asyncio.to_thread(users.write_text, good)
+        assert (await call(f"{url}/api/session", headers=session)).status == 200
+        assert (await call(f"{url}/api/session", basic=script)).status == 200
         await asyncio.to_thread(users.unlink)
         await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
         assert (await call(f"{url}/api/session", basic=("olga", "olga-pass-2"))).status == 200
