@@ -23,8 +23,9 @@ request is stored:
   400  a body that is not JSON (NaN, Infinity or a number beyond a double, such as
        1e999, neither), not an object or an array of objects, a gzip or
        deflate body that does not decompress, or a topic
-       that is no valid MQTT topic name (empty, `+`, `#`, NUL, or a control
-       character: U+0001 to U+001F, U+007F to U+009F, e.g. `%0A`) or no UTF-8
+       that is no valid MQTT topic name (empty, `+`, `#`, NUL, a control
+       character: U+0001 to U+001F, U+007F to U+009F, e.g. `%0A`, or a Unicode
+       non-character such as U+FFFF, which MQTT brokers refuse) or no UTF-8
        once percent-decoded (`%FF`); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
