@@ -42,7 +42,9 @@ edge-stream store reset [--force]                move a damaged store aside, sta
 edge-stream web passwd USER [--role viewer|operator] [-c FILE]
                                                  add a console user or set its password
                                                  (asked twice; or one line on stdin) in
-                                                 web.users_file (default <data_dir>/web-users)
+                                                 web.users_file (default <data_dir>/web-users);
+                                                 ends the user's sessions; refused for
+                                                 web.username (its password is web.password)
 edge-stream docs [--out docs/reference]          write the config reference, a page per
                                                  component, from the config schema
 edge-stream schema                               print the JSON Schema of the config file
@@ -563,24 +565,26 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def _users_file(args: argparse.Namespace) -> Path:
-    """The config's web.users_file, else <data_dir>/web-users, read without validating the
-    rest (a config that listens beyond localhost is refused until a user exists)."""
+def _web_section(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The users file (the config's web.users_file, else <data_dir>/web-users) and the
+    config's web: mapping, read once without validating the rest (a config that listens
+    beyond localhost is refused until a user exists)."""
     from gateway.web.access import users_path
 
     if not Path(args.config).is_file():
-        return users_path(None, "./data")
+        return users_path(None, "./data"), {}
     raw = _raw_config(args.config)
     data_dir = _gateway_section(args.config, raw).data_dir
     web = raw[0].get("web")
     if web is not None and not isinstance(web, dict):
         message = f"{args.config}: web: expected a mapping, got {type(web).__name__} {web!r}"
         _refuse(ConfigError(message), args.config)
-    users_file = (web or {}).get("users_file")
+    web = web or {}
+    users_file = web.get("users_file")
     if users_file is not None and not isinstance(users_file, str):
         message = f"{args.config}: web.users_file: expected a path, got {users_file!r}"
         _refuse(ConfigError(message), args.config)
-    return users_path(users_file, data_dir)
+    return users_path(users_file, data_dir), web
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -590,9 +594,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     if problem:
         print(f"edge-stream: {problem}", file=sys.stderr)
         return 1
-    path = _users_file(args)
-    web = _raw_config(args.config)[0].get("web") if Path(args.config).is_file() else None
-    if isinstance(web, dict) and web.get("username") == args.user and web.get("password"):
+    path, web = _web_section(args)
+    if web.get("username") == args.user and web.get("password"):
         # The console checks the config's account first: a line for the same name in the
         # users file was never used, and the old password went on working.
         print(

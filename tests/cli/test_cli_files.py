@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.cli
 from gateway.cli import main
 
 pytestmark = pytest.mark.unit
@@ -225,5 +226,15 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
     assert (code, out) == (1, "") and err.count("\n") == 1
     assert "tech is web.username in" in err and "web.password" in err
     assert not (tmp_path / "data" / "web-users").exists()
+    # The config was read twice (for the users file, then for web.username), and the
+    # usage text said neither that the sessions end nor that web.username is refused.
+    reads: list[str] = []
+    read_text = gateway.cli.read_text
+    monkeypatch.setattr(
+        gateway.cli, "read_text", lambda path: reads.append(path) or read_text(path)
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
     assert run(capsys, "web", "passwd", "ann", "-c", str(config))[0] == 0
+    assert reads == [str(config)]
+    usage = " ".join((gateway.cli.__doc__ or "").split())
+    assert "ends the user's sessions; refused for web.username" in usage
