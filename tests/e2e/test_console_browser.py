@@ -589,4 +589,12 @@ def test_logging_in_leads_to_the_page_asked_for(
     browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     find(browser, "#page-dead:not([hidden])")
     assert browser.current_url.endswith("/#dead")
+    # a logout in another tab (the cookie gone) leads this one to the login page too: the
+    # 401s its stream and requests met asked for basic auth, and the browser put up its
+    # own password dialog instead
+    browser.execute_script(
+        "fetch('api/session').then(r => r.json()).then(s => fetch('logout',"
+        " {method: 'POST', headers: {'X-CSRF-Token': s.csrf}}))"
+    )
+    wait_for(lambda: browser.current_url.endswith("/login#dead"), 10, "the login page")
     assert gw.stop() == 0
