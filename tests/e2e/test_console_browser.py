@@ -401,6 +401,13 @@ def test_a_route_name_error_is_shown_beside_the_name_field(
     browser.find_element(By.ID, "check").click()
     wait_for(lambda: "give the route a name" in beside_name(), 10, "the missing name")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".field-error")) == 1
+    # the file broken by hand (the gateway runs on): said, with the file's error; the
+    # editor said "no routes" and that the route "may have been removed"
+    gw.config_path.write_text(gw.config_path.read_text().replace("type: file", "type: fil"))
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=lines")
+    wait_for(lambda: "does not load" in text(browser, "#route-outcome"), 10, "the file refused")
+    assert "sinks.archive.type: unknown sink type 'fil'" in text(browser, "#route-outcome")
+    assert text(browser, "#route-list") == "none shown: the config file does not load"
     assert gw.stop() == 0
 
 

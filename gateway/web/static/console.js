@@ -20,6 +20,7 @@
   let rates = {source: {}, sink: {}, route: {}, emitted: {}};
   let config = null; // GET /api/config: the effective config, secrets ***
   let configHash = null;
+  let configErrors = []; // why GET /api/config was refused: the file does not load
   let page = "overview";
   let selected = null; // the pipeline's chosen node: {kind, name}
   let events = null;
@@ -156,6 +157,7 @@
     if (config && !force && hash === configHash) return config;
     const answer = await api("GET", "api/config");
     config = answer.ok ? answer.data.config : {sources: {}, routes: {}, sinks: {}};
+    configErrors = answer.ok ? [] : answer.data.errors || [`HTTP ${answer.status}`];
     configHash = hash;
     return config;
   }
@@ -567,11 +569,20 @@
 
   async function openEditor(query) {
     await loadConfig(true).catch(() => {});
+    if ($("route-outcome").className === "bad") $("route-outcome").textContent = "";
     renderRouteList();
     loadVersions();
     const topic = query.get("topic");
     const route = query.get("route");
-    if (topic) {
+    if (configErrors.length) {
+      // the file on disk does not load (edited by hand): no route "was removed"; the
+      // gateway runs on as before, and a kept version below can be put back
+      fillForm("", {match: [], processors: [], sinks: []}, true);
+      $("route-outcome").className = "bad";
+      $("route-outcome").textContent = "The config file does not load, so it cannot be" +
+        ` edited here: ${configErrors.join("; ")}. The gateway runs on as it was. Correct` +
+        " the file, or roll back to a version under History.";
+    } else if (topic) {
       const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
         .slice(-40) || "new");
       fillForm(name, {match: [topic], processors: [], sinks: []}, true);
@@ -594,7 +605,7 @@
     syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
       (r.sinks || []).join(", "), () => button("Edit", () => {
         go("#editor?route=" + encodeURIComponent(n));
-      })]]), "no routes");
+      })]]), configErrors.length ? "none shown: the config file does not load" : "no routes");
   }
 
   function fillForm(name, route, isNew) {
