@@ -470,6 +470,9 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
         browser.find_element(By.ID, "dead-replay").click()
         wait_for(lambda: text(browser, "#dead-outcome").startswith("no answer from the gateway"),
                  10, "the replay's outcome")  # fmt: skip
+        # and the verdict atop every page says so (it went on saying "All flowing")
+        wait_for(lambda: text(browser, "#verdict-top").startswith(
+            "No answer from the gateway since 20"), 10, "the verdict")  # fmt: skip
     finally:
         pub.close()
     assert gw.stop() == 0

@@ -16,6 +16,7 @@
 
   let me = {user: "", role: "viewer", auth: "open"};
   let status = null; // the newest /api/status document
+  let lostAt = null; // when the stream stopped answering (ms), null while it is live
   let previous = null; // the one before, with the time it came: for rates
   let rates = {source: {}, sink: {}, route: {}, emitted: {}};
   let config = null; // GET /api/config: the effective config, secrets ***
@@ -189,6 +190,7 @@
       }
       previous = {doc, at: now};
       status = doc;
+      lostAt = null;
       $("live").textContent = "live";
       $("live").className = "ok";
       render();
@@ -196,6 +198,8 @@
     events.onerror = () => {
       $("live").textContent = "cannot reach the gateway; trying again...";
       $("live").className = "bad";
+      // the verdict said what the last document said ("All flowing") with the gateway gone
+      if (lostAt === null) { lostAt = Date.now(); render(); }
       whoAmI().catch(() => {});
     };
   }
@@ -235,7 +239,7 @@
   function render() {
     if (!status) return;
     $("gw").textContent = status.gateway.id;
-    const verdict = W.verdict(status);
+    const verdict = currentVerdict();
     $("verdict-top").textContent = verdict;
     $("verdict-top").className = verdict === "All flowing" ? "ok" : "bad";
     $("disk").textContent = W.diskBanner(status);
@@ -248,13 +252,18 @@
     if (page === "editor") renderEditorLive();
   }
 
+  /** The verdict of the newest document, or that there is none since the stream stopped:
+   * the page's numbers are then from that time. */
+  const currentVerdict = () => lostAt === null ? W.verdict(status) :
+    `No answer from the gateway since ${W.when(lostAt / 1000)}`;
+
   // Overview --------------------------------------------------------------------------
 
   function renderOverview() {
     const s = status;
     const c = s.config || {};
     const r = c.last_reload;
-    const verdict = W.verdict(s);
+    const verdict = currentVerdict();
     $("verdict").textContent = verdict;
     $("verdict").className = "verdict " + (verdict === "All flowing" ? "ok" : "bad");
     const facts = [
