@@ -520,10 +520,16 @@ def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
 ) -> None:
     # The graph was scaled down to the phone's width: at 360 px its node names were
     # about 5 px high. It now keeps a width its words read at and scrolls in its box.
-    gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    tag = uuid.uuid4().hex[:8]
+    gw = plant_lines_to_archive(gateway_factory, mosquitto, sources={
+        "a": {"type": "mqtt", "topics": ["plant/a/#"], "client_id": f"gw-a-{tag}"},
+        "b": {"type": "mqtt", "topics": ["plant/b/#"], "client_id": f"gw-b-{tag}"},
+    })  # fmt: skip
     browser.set_window_size(360, 740)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#pipeline")  # no account: open on localhost
     find(browser, 'g.node[data-node="sink archive"]')
+    # two sources feed the route: its intake where their edges meet (no edge had a rate)
+    wait_for(lambda: text(browser, '[data-rate="route lines"]').endswith("/s"), 10, "the intake")
     shown = browser.execute_script(
         "const g = document.getElementById('graph');"
         "const size = parseFloat(getComputedStyle(g.querySelector('text.name')).fontSize);"

@@ -342,6 +342,7 @@
       const mid = (a[0] + b[0]) / 2;
       edges.append(svg("path", {d: `M${a[0]},${a[1]} C${mid},${a[1]} ${mid},${b[1]} ${b[0]},${b[1]}`,
         class: "edge" + (dashed ? " maybe" : "")}));
+      if (!kind) return;
       const label = svg("text", {x: mid, y: (a[1] + b[1]) / 2 - 4, class: "rate",
         "text-anchor": "middle", "data-rate": kind + " " + name});
       edges.append(label);
@@ -352,8 +353,16 @@
       const from = Object.keys(s.sources).filter(sn => feeds(sn, r));
       for (const sn of from) {
         const src = config && config.sources ? config.sources[sn] : null;
-        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : "none", rn,
+        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : null, rn,
           !(src && src.topics));
+      }
+      if (from.length > 1) {
+        // several sources: what the route takes in, where their edges meet (a source
+        // without topic filters, such as `system`, feeds every route: with one in the
+        // config no edge into a route had a rate)
+        const [x2, y2] = pos["route " + rn];
+        edges.append(svg("text", {x: x2 - 6, y: y2 + NODE_H / 2 - 6, class: "rate",
+          "text-anchor": "end", "data-rate": "route " + rn}));
       }
       for (const k of r.sinks) if (pos["sink " + k]) edge("route " + rn, "sink " + k, "emitted", rn);
     }
