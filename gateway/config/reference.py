@@ -382,7 +382,7 @@ def pages(components: Iterable[Described]) -> dict[str, str]:
         "",
         f"{_GENERATED} `edge-stream schema` prints the same as a JSON Schema.",
         "",
-        "- [Top-level sections](config.md): gateway, buffer, mqtt, web, routes",
+        f"- [Top-level sections](config.md): {', '.join(SECTIONS)}",
     ]
     for entry in entries:
         name = page_name(entry.kind, entry.type)
