@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -587,6 +588,18 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     wait_for(lambda: "No route named gone" in text(browser, "#route-outcome"), 10, "said")
     assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
     assert text(browser, "#route-title") == "New route"
+    # a reload the gateway rolled back changed nothing: the overview said "What changed"
+    put = urllib.request.Request(
+        f"http://127.0.0.1:{gw.web_port}/api/config/sources/meter",
+        data=json.dumps({"type": "serial", "port": "/dev/ttyUSB-none"}).encode(),
+        method="PUT",
+    )
+    with pytest.raises(urllib.error.HTTPError, match="409"):
+        urllib.request.urlopen(put, timeout=10)
+    wait_for(lambda: "rolled_back" in text(browser, "#editor-reload"), 10, "the reload")
+    assert "not applied: source meter added" in text(browser, "#editor-reload")
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
+    wait_for(lambda: "Not applied\nsource meter added" in text(browser, "#facts"), 10, "it")
     assert gw.stop() == 0
 
 

@@ -273,7 +273,9 @@
       ["Ingested", String(num(s.gateway.ingested))],
       ["Config", (c.path || "none") + (c.hash ? " (hash " + c.hash + ")" : "")],
       ["Last reload", r ? `${r.outcome} (${r.trigger}, ${W.when(r.at)})` : "none since start"],
-      ["What changed", r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
+      // a refused or rolled-back reload changed nothing: what it would have changed
+      [r && r.outcome !== "applied" ? "Not applied" : "What changed",
+        r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
       ["Reload errors", r && r.errors.length ? r.errors.join("; ") : ""],
       ["MQTT broker", s.broker ? s.broker.url + (s.broker.embedded ? " (embedded)" : "") : ""],
       ["Store", `${W.bytes(s.store.bytes)} of ${W.bytes(s.store.max_bytes)}, ` +
@@ -283,7 +285,10 @@
     if (dl.children.length !== facts.length * 2) {
       dl.replaceChildren(...facts.flatMap(([k]) => [el("dt", {text: k}), el("dd")]));
     }
-    facts.forEach(([, v], i) => { dl.children[2 * i + 1].textContent = v; });
+    facts.forEach(([k, v], i) => {
+      dl.children[2 * i].textContent = k;
+      dl.children[2 * i + 1].textContent = v;
+    });
     const active = (s.alerts && s.alerts.active) || [];
     syncRows($("overview-alerts"), active.map(a => [a.key,
       [{text: "firing", cls: "bad"}, a.message, W.ago(Date.now() / 1000 - a.fired_at) + " ago"]]),
@@ -840,7 +845,8 @@
   function renderEditorLive() {
     const r = status.config && status.config.last_reload;
     $("editor-reload").textContent = r ? `Last reload: ${r.outcome} (${r.trigger}, ` +
-      `${W.when(r.at)})` + (r.changes.length ? ` - ${r.changes.join("; ")}` : "") : "";
+      `${W.when(r.at)})` + (r.changes.length ? (r.outcome === "applied" ? " - " :
+        " - not applied: ") + r.changes.join("; ") : "") : "";
   }
 
   // Sinks and store -------------------------------------------------------------------
