@@ -68,9 +68,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from gateway.config import files, secrets
-from gateway.config.load import apply_env, format_problem, load, parse_text, read_text
+from gateway.config.load import apply_env, gateway_section, load, parse_text, read_text
 from gateway.config.model import Config, GatewaySection
-from gateway.config.schema import Problems, build_dataclass
 from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
@@ -202,12 +201,10 @@ def _gateway_section(
     in this shell), but a mistake in this section is refused as check-config says it: a
     `datadir:` read as the default ./data had them act on another store."""
     data, lines, env = raw or _raw_config(path)
-    problems = Problems()
-    section = build_dataclass(GatewaySection, data.get("gateway"), ("gateway",), problems)
-    if problems or section is None:
-        found = [format_problem(path, lines, p, message, env) for p, message in problems.items]
-        _refuse(ConfigError(found), path)
-    return section  # type: ignore[no-any-return]
+    try:
+        return gateway_section(path, data, lines, env)
+    except ConfigError as err:
+        _refuse(err, path)
 
 
 def _data_dir(path: str) -> str:

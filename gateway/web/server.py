@@ -419,7 +419,12 @@ class WebServer:
 
     def _unauthorized(self, request: web.Request) -> web.Response:
         response = _text(401, "credentials needed\n", close=True)
-        if COOKIE not in request.cookies:  # an expired session: the page goes to /login
+        # No challenge for an expired session, nor for a request the console's script
+        # made (fetch, EventSource: Sec-Fetch-Dest empty), whose cookie a logout in
+        # another tab deleted: the browser would put up its own password dialog and hold
+        # the request until it is answered, where the page goes to /login instead.
+        scripted = request.headers.get("Sec-Fetch-Dest") == "empty"
+        if COOKIE not in request.cookies and not scripted:
             response.headers["WWW-Authenticate"] = 'Basic realm="edge-stream"'
         return response
 

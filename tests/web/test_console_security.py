@@ -523,6 +523,20 @@ async def test_the_icon_needs_no_login_and_the_pages_link_it(served: Served) -> 
         assert b'<link rel="icon" href="static/favicon.svg" type="image/svg+xml">' in html
 
 
+async def test_a_script_s_401_asks_for_no_password_dialog(served: Served) -> None:
+    # After a logout in another tab (the cookie gone), the console's requests were
+    # answered with a basic-auth challenge: the browser put its own password dialog over
+    # the page and held the request, where the page goes to the login page on a 401.
+    script = {"Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"}
+    for path in ("/api/session", "/api/events", "/api/config/routes/x"):
+        answer = await call(f"{served.url}{path}", headers=script)
+        assert answer.status == 401 and "WWW-Authenticate" not in answer.headers, path
+    # an address typed in the browser, or curl without -u: asked for a password
+    for headers in ({"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"}, {}):
+        answer = await call(f"{served.url}/api/status", headers=headers)
+        assert answer.headers["WWW-Authenticate"] == 'Basic realm="edge-stream"'
+
+
 async def test_a_401_closes_the_connection(served: Served) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
     try:
