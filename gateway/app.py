@@ -643,6 +643,7 @@ class Gateway:
                 config_path=self.config_path,
                 users_file=users,
                 settle=self.settle_config,
+                data_dir=lambda: self.config.gateway.data_dir,
             )
             self.web_url = await web.start()
             self.web = web

@@ -18,6 +18,10 @@ POST   /api/config/rollback        body {"version": NAME} (default: the newest):
                                    version back and apply it (as `config rollback`); the
                                    text it replaced is kept in turn (with ?check: 400)
 
+Both use the running gateway's data_dir (`data_dir`), where its edits kept the versions,
+not the file's: a file broken by hand (a YAML error, a typo in `gateway:`, a data_dir
+moved or removed, an emptied file) would name no data_dir or another one.
+
 A PUT or DELETE changes the file with `gateway.config.edit` (only the component's lines
 change; comments and formatting stay), validates the result as `check-config` does,
 writes it atomically (the replaced text kept under `<data_dir>/config-history/`) and
@@ -68,17 +72,21 @@ Reload = Callable[[str], Awaitable[dict[str, Any]]]  # a reload attempt, by trig
 
 class ConfigApi:
     """Serves /api/config for the config file at `path` (None: the gateway has none),
-    applying edits through `reload` (the gateway's POST /api/config/reload path)."""
+    applying edits through `reload` (the gateway's POST /api/config/reload path);
+    `data_dir` gives the running gateway's data_dir, where the kept versions are (None:
+    the file's, as `config versions` reads it)."""
 
     def __init__(
         self,
         path: str | None,
         reload: Reload | None,
         settle: Callable[[str], None] | None = None,
+        data_dir: Callable[[], str] | None = None,
     ) -> None:
         self.path = path
         self._reload = reload
         self._settle = settle  # the file was put back to this text: no change to reload
+        self._data_dir = data_dir
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -163,10 +171,17 @@ class ConfigApi:
 
     async def _versions(self, path: str) -> Response:
         try:
-            kept = await asyncio.to_thread(_kept_versions, path)
+            kept = await asyncio.to_thread(_kept_versions, self._versions_dir(path))
         except ConfigError as err:
             return _answer(409, errors=list(err.problems))
         return 200, "application/json", json.dumps({"versions": kept}, indent=1).encode()
+
+    def _versions_dir(self, path: str) -> Callable[[], str]:
+        """Where the kept versions are: the running gateway's data_dir; without one,
+        the file's (read in the worker thread)."""
+        if self._data_dir is not None:
+            return self._data_dir
+        return lambda: _data_dir(path)
 
     async def _rollback(self, path: str, reload: Reload, body: bytes) -> Response:
         try:
@@ -177,7 +192,9 @@ class ConfigApi:
         if not isinstance(asked, dict) or not isinstance(name, str | None):
             return _answer(400, errors=['the body: {"version": NAME} or nothing (the newest)'])
         try:
-            old_text, restored, kept = await asyncio.to_thread(_restore, path, name)
+            old_text, restored, kept = await asyncio.to_thread(
+                _restore, path, self._versions_dir(path), name
+            )
         except ConfigError as err:
             return _answer(409, errors=list(err.problems))
         version = None if kept is None else kept.name
@@ -282,19 +299,22 @@ def _data_dir(path: str) -> str:
     return data_dir_of(path)
 
 
-def _kept_versions(path: str) -> list[dict[str, Any]]:
+def _kept_versions(data_dir_of: Callable[[], str]) -> list[dict[str, Any]]:
     return [
         {"name": v.name, "saved_at": v.saved_at, "hash": v.hash}
-        for v in files.versions(_data_dir(path))
+        for v in files.versions(data_dir_of())
     ]
 
 
-def _restore(path: str, name: str | None) -> tuple[str | None, str, files.Version | None]:
-    """Put kept version `name` back in `path` (as `config rollback`): the text it
-    replaced (None: it already held that), the version's name, the kept old text."""
+def _restore(
+    path: str, data_dir_of: Callable[[], str], name: str | None
+) -> tuple[str | None, str, files.Version | None]:
+    """Put kept version `name` (under data_dir_of()) back in `path` (as `config
+    rollback`): the text it replaced (None: it already held that), the version's name,
+    the kept old text."""
     from gateway.config import edit
 
-    data_dir = _data_dir(path)
+    data_dir = data_dir_of()
     version = files.find_version(data_dir, name)
     text = read_text(version.path)
     edit.validate(text, str(version.path))

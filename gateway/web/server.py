@@ -157,12 +157,14 @@ class WebServer:
         config_path: str | None = None,
         users_file: Path | None = None,
         settle: Callable[[str], None] | None = None,
+        data_dir: Callable[[], str] | None = None,
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
         self._metrics: CollectorRegistry | None = None  # made at the first scrape
         self._reload = reload  # POST /api/config/reload; None: not offered
-        self.config_api = ConfigApi(config_path, reload, settle)  # /api/config, its edits
+        # /api/config, its edits; the versions under the running gateway's data_dir
+        self.config_api = ConfigApi(config_path, reload, settle, data_dir)
         self._config_file = os.path.abspath(config_path) if config_path else None
         path = users_file or access.users_path(config.users_file, "./data")
         self.users = access.Users(path, config.username, config.password)

@@ -218,6 +218,28 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     assert status == 200 and put["version"] in [v["name"] for v in answer["versions"]], answer
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
     assert status == 200 and answer["outcome"] == "applied" and path.read_text() == original
+    # The commonest hand-breaks leave no readable data_dir in the file, or another one:
+    # the versions and the rollback answered 409, or looked in ./data. They are under
+    # the running gateway's data_dir.
+    data_line = f"gateway: {{id: api-test, data_dir: {tmp_path / 'data'}}}"
+    for broken in (
+        original.replace("routes:", "routes: [", 1),  # a YAML syntax error
+        original.replace("data_dir:", "datadir:"),  # a typo inside gateway:
+        original.replace(data_line, "gateway: {id: api-test}"),  # data_dir removed
+        original.replace(str(tmp_path / "data"), str(tmp_path / "moved")),
+        "",  # an emptied file
+    ):
+        assert broken != original
+        path.write_text(broken)
+        status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
+        assert status == 200 and put["version"] in [v["name"] for v in answer["versions"]], (
+            broken,
+            answer,
+        )
+        status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+        assert status == 200 and answer["outcome"] == "applied", (broken, answer)
+        assert path.read_text() == original
+        assert broken in [v.read_text() for v in (tmp_path / "data/config-history").iterdir()]
 
 
 async def test_a_rollback_asked_to_check_only_is_refused_not_applied(
