@@ -35,7 +35,8 @@ when it names them:
 404               DELETE of a component that is not there; an unknown section
 409 refused / rolled_back   the gateway did not apply it (the errors say why); the
                   file is put back as it was, so that it says what runs. Also: no
-                  config file (a gateway started without `-c FILE`)
+                  config file (a gateway started without `-c FILE`; "path": null), and
+                  a GET /api/config of a file that does not load ("path": the file)
 413               a body over 256 KiB
 422 refused       the new config is invalid; the errors name the key paths
                   (`gw.yaml: routes.r1.sinks.0: no sink named 'x' is defined under
@@ -113,6 +114,7 @@ class ConfigApi:
                     "the gateway was started without a config file (-c FILE),"
                     " so there is no file to show or edit"
                 ],
+                path=None,  # no file, which a page words otherwise than a broken one
             )
         if url_path == "/api/config":
             return await self._show(self.path)
@@ -222,7 +224,7 @@ class ConfigApi:
             # Reads, validates and decrypts the whole file: off the event loop.
             shown = await asyncio.to_thread(_show, path)
         except ConfigError as err:
-            return _answer(409, errors=list(err.problems))
+            return _answer(409, errors=list(err.problems), path=path)
         return 200, "application/json", json.dumps(shown, indent=1).encode()
 
     async def _edit(

@@ -600,6 +600,27 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     assert "not applied: source meter added" in text(browser, "#editor-reload")
     browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
     wait_for(lambda: "Not applied\nsource meter added" in text(browser, "#facts"), 10, "it")
+    # a file broken by hand: the route being typed stayed not (the form was emptied), and
+    # History said "no kept versions yet" (the versions answered 409); Check is off now,
+    # and the kept version that runs is marked
+    browser.execute_script("location.hash = '#editor'")
+    find(browser, "#page-editor:not([hidden])")
+    browser.find_element(By.ID, "new-route").click()
+    browser.find_element(By.ID, "route-name").send_keys("typed")
+    good = gw.config_path.read_text()
+    gw.config_path.write_text(good + "routes: [\n")
+    browser.execute_script("location.hash = '#overview'")
+    browser.execute_script("location.hash = '#editor'")
+    wait_for(lambda: "does not load" in text(browser, "#route-outcome"), 10, "the file, broken")
+    assert browser.find_element(By.ID, "route-name").get_attribute("value") == "typed"
+    assert browser.find_element(By.ID, "check").get_attribute("disabled") is not None
+    wait_for(lambda: "(running now)" in text(browser, "#versions"), 10, "the running version")
+    running = find(browser, "#versions tr[data-key] td.ok").find_element(By.XPATH, "..")
+    running.find_element(By.TAG_NAME, "button").click()
+    browser.switch_to.alert.accept()
+    wait_for(lambda: text(browser, "#route-outcome").startswith("Rolled back"), 20, "mended")
+    assert gw.config_path.read_text() == good
+    assert browser.find_element(By.ID, "check").get_attribute("disabled") is None
     assert gw.stop() == 0
 
 

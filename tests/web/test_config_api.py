@@ -138,6 +138,7 @@ async def test_without_a_config_file_there_is_nothing_to_edit(
     stop.append((gateway, task))
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config", "GET")
     assert status == 409 and "without a config file" in answer["errors"][0]
+    assert answer["path"] is None  # the page words it apart from a broken file
 
 
 async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: list[Any]) -> None:
@@ -214,6 +215,7 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     path.write_text(original.replace("type: file", "type: fil"))
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config", "GET")
     assert status == 409 and "sinks.out.type: unknown sink type 'fil'" in answer["errors"][0]
+    assert answer["path"] == str(path)
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
     assert status == 200 and put["version"] in [v["name"] for v in answer["versions"]], answer
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,62 @@ def words(script: bytes, status: dict[str, Any]) -> dict[str, str]:
         check=True,
     )
     return dict(json.loads(out.stdout))
+
+
+CALLS = """
+const fs = require("fs");
+const Words = eval(fs.readFileSync(0, "utf8") + "; Words");
+const calls = JSON.parse(process.argv[1]);
+console.log(JSON.stringify(calls.map(([name, ...args]) => Words[name](...args))));
+"""
+
+
+def words_calls(*calls: list[Any]) -> list[Any]:
+    """Each [name, args...] of the package's words.js, called by Node.js in one run."""
+    script = (resources.files("gateway.web") / "static" / "words.js").read_bytes()
+    out = subprocess.run(
+        ["node", "-e", CALLS, json.dumps(calls)],
+        input=script,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def test_the_console_words_reloads_history_and_a_locked_editor() -> None:
+    def reload(outcome: str, changes: list[str]) -> dict[str, Any]:
+        return {"at": 1, "trigger": "edit", "outcome": outcome, "errors": [], "changes": changes}
+
+    broken = "gw.yaml:4: the config is not valid YAML"
+    said = words_calls(
+        ["reloadChange", reload("applying", [])],
+        ["reloadChange", reload("rolled_back", ["source meter added"])],
+        ["reloadChange", reload("refused", [])],
+        ["reloadChange", reload("applied", ["route r1 added"])],
+        ["reloadChange", None],
+        ["historyNote", {"ok": False, "status": 409, "data": {"errors": [broken]}}],
+        ["historyNote", None],
+        ["historyNote", {"ok": True, "status": 200, "data": {"versions": []}}],
+        ["versionHash", {"hash": "0123456789ab"}, "0123456789ab"],
+        ["versionHash", {"hash": "0123456789ab"}, "ffffffffffff"],
+        ["editorLocked", ["no config file"], True],
+        ["editorLocked", [broken], False],
+    )
+    # a reload being applied said "Not applied / no component"
+    assert said[0] == ["Applying...", ""]
+    assert said[1] == ["Not applied", "source meter added"]
+    assert said[2] == ["Not applied", ""]  # a refused file names no change
+    assert said[3] == ["What changed", "route r1 added"] and said[4] == ["What changed", ""]
+    # versions that cannot be listed said "no kept versions yet"
+    assert said[5] == f"History cannot be listed: {broken}"
+    assert said[6].startswith("History cannot be listed: no answer")
+    assert said[7].startswith("no kept versions yet")
+    assert said[8] == "0123456789ab (running now)" and said[9] == "0123456789ab"
+    # no config file was worded as a broken one ("Correct the file")
+    assert "started without a config file (-c FILE)" in said[10]
+    assert "does not load" not in said[10] and "Correct" not in said[10]
+    assert broken in said[11] and "History" in said[11]
 
 
 async def test_the_console_says_disk_full_with_the_numbers(served: str) -> None:

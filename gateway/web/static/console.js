@@ -22,6 +22,9 @@
   let config = null; // GET /api/config: the effective config, secrets ***
   let configHash = null;
   let configErrors = []; // why GET /api/config was refused: the file does not load
+  let noConfigFile = false; // the gateway was started without -c FILE: nothing to edit
+  // the kept versions, and what History says when it lists none (why, on an error)
+  let versions = {list: [], note: "listing the kept versions..."};
   let page = "overview";
   let selected = null; // the pipeline's chosen node: {kind, name}
   let events = null;
@@ -159,6 +162,7 @@
     const answer = await api("GET", "api/config");
     config = answer.ok ? answer.data.config : {sources: {}, routes: {}, sinks: {}};
     configErrors = answer.ok ? [] : answer.data.errors || [`HTTP ${answer.status}`];
+    noConfigFile = !answer.ok && answer.data.path === null;
     configHash = hash;
     return config;
   }
@@ -274,8 +278,7 @@
       ["Config", (c.path || "none") + (c.hash ? " (hash " + c.hash + ")" : "")],
       ["Last reload", r ? `${r.outcome} (${r.trigger}, ${W.when(r.at)})` : "none since start"],
       // a refused or rolled-back reload changed nothing: what it would have changed
-      [r && r.outcome !== "applied" ? "Not applied" : "What changed",
-        r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
+      W.reloadChange(r),
       ["Reload errors", r && r.errors.length ? r.errors.join("; ") : ""],
       ["MQTT broker", s.broker ? s.broker.url + (s.broker.embedded ? " (embedded)" : "") : ""],
       ["Store", `${W.bytes(s.store.bytes)} of ${W.bytes(s.store.max_bytes)}, ` +
@@ -597,18 +600,18 @@
     loadVersions();
     const topic = query.get("topic");
     const route = query.get("route");
+    lockEditor();
     if (configErrors.length) {
       // the file on disk does not load (edited by hand): no route "was removed"; the
-      // gateway runs on as before, and a kept version below can be put back
-      fillForm("", {match: [], processors: [], sinks: []}, true);
+      // gateway runs on as before, and a kept version below can be put back. A route
+      // being typed stays (until the user discards it), to be checked once it loads.
+      if (topic) fillForm(topicRoute(topic), {match: [topic], processors: [], sinks: []}, true);
+      else if (route || formEmpty()) fillForm("", {match: [], processors: [], sinks: []}, true);
+      else clearResult();
       $("route-outcome").className = "bad";
-      $("route-outcome").textContent = "The config file does not load, so it cannot be" +
-        ` edited here: ${configErrors.join("; ")}. The gateway runs on as it was. Correct` +
-        " the file, or roll back to a version under History.";
+      $("route-outcome").textContent = W.editorLocked(configErrors, noConfigFile);
     } else if (topic) {
-      const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
-        .slice(-40) || "new");
-      fillForm(name, {match: [topic], processors: [], sinks: []}, true);
+      fillForm(topicRoute(topic), {match: [topic], processors: [], sinks: []}, true);
     } else if (route && config && config.routes && Object.hasOwn(config.routes, route)) {
       fillForm(route, config.routes[route], false);
     } else if (route) {
@@ -620,6 +623,26 @@
         " been removed. Choose one from the list, or make a new one here.";
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
+    }
+  }
+
+  /** The name a new route for `topic` gets. */
+  const topicRoute = topic => "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_")
+    .replace(/^_+|_+$/g, "").slice(-40) || "new");
+
+  /** Nothing typed in the route form (a new route, no name, match or processor). */
+  const formEmpty = () => !$("route-name").readOnly && !$("route-name").value.trim() &&
+    !$("route-match").value.trim() && !$("processors").children.length;
+
+  /** Check and Remove off while the config file does not load (or there is none):
+   * nothing can be checked against it. A viewer's stay off (guard). */
+  function lockEditor() {
+    const locked = configErrors.length > 0;
+    for (const b of [$("check"), $("remove-route")]) {
+      b.disabled = locked || me.role !== "operator";
+      b.title = locked ? (noConfigFile ? "No config file to edit" :
+        "The config file does not load: see the message below") : "";
+      if (!locked) guard(b);
     }
   }
 
@@ -815,10 +838,16 @@
 
   async function loadVersions() {
     const answer = await api("GET", "api/config/versions").catch(() => null);
-    const versions = answer && answer.ok ? answer.data.versions : [];
-    syncRows($("versions"), versions.slice(0, 20).map(v => [v.name, [W.when(v.saved_at), v.hash,
-      v.name, () => button("Roll back to this", () => rollback(v.name), {edit: true})]]),
-    "no kept versions yet: each edit keeps the text it replaced");
+    versions = {list: answer && answer.ok ? answer.data.versions : [], note: W.historyNote(answer)};
+    renderVersions();
+  }
+
+  /** The kept versions, the one the gateway runs marked (status.config.hash). */
+  function renderVersions() {
+    const running = status && status.config ? status.config.hash : null;
+    syncRows($("versions"), versions.list.slice(0, 20).map(v => [v.name, [W.when(v.saved_at),
+      {text: W.versionHash(v, running), cls: v.hash === running ? "ok" : ""}, v.name,
+      () => button("Roll back to this", () => rollback(v.name), {edit: true})]]), versions.note);
   }
 
   async function rollback(name) {
@@ -831,6 +860,7 @@
       (d.changes && d.changes.length ? ` Restarted or changed: ${d.changes.join("; ")}.` : "") :
       `Not rolled back (${d.outcome || answer.status || "no answer"}): ${(d.errors || []).join("; ")}`;
     await loadConfig(true).catch(() => {});
+    lockEditor();
     renderRouteList();
     loadVersions();
     if (answer.ok) {
@@ -844,9 +874,11 @@
 
   function renderEditorLive() {
     const r = status.config && status.config.last_reload;
+    const [label, changed] = W.reloadChange(r);
     $("editor-reload").textContent = r ? `Last reload: ${r.outcome} (${r.trigger}, ` +
-      `${W.when(r.at)})` + (r.changes.length ? (r.outcome === "applied" ? " - " :
-        " - not applied: ") + r.changes.join("; ") : "") : "";
+      `${W.when(r.at)})` + (changed ? (label === "What changed" ? " - " :
+        ` - ${label.toLowerCase()}: `) + changed : "") : "";
+    renderVersions();
   }
 
   // Sinks and store -------------------------------------------------------------------

@@ -121,6 +121,46 @@ const Words = (() => {
       (["failed", "offline", "refused", "firing", "missing", "lost"].includes(state) ?
         "bad" : "warn");
 
-  return {ago, bytes, rate, when, hexLines, matches, overlap, diskBanner, verdict, stateClass};
+  /** The last reload's change, as [label, value]: "Not applied" only when the gateway
+   * did not apply it (refused, rolled_back), "Applying..." while it is being applied. */
+  function reloadChange(r) {
+    if (!r) return ["What changed", ""];
+    const changes = (r.changes || []).join("; ");
+    if (r.outcome === "applying") return ["Applying...", changes];
+    if (r.outcome === "refused" || r.outcome === "rolled_back") return ["Not applied", changes];
+    return ["What changed", changes];
+  }
+
+  /** What the History table says when it lists no version: why, when the gateway
+   * answered an error (the list is not empty then: it could not be read). */
+  function historyNote(answer) {
+    if (!answer) return "History cannot be listed: no answer from the gateway";
+    if (!answer.ok) {
+      const errors = (answer.data && answer.data.errors) || [];
+      return "History cannot be listed: " + (errors.length ? errors.join("; ") :
+        `HTTP ${answer.status}`);
+    }
+    return "no kept versions yet: each edit keeps the text it replaced";
+  }
+
+  /** A kept version's hash, marked when it is the text the gateway runs (its hash is
+   * status.config.hash): rolling back to an older one goes a step further back. */
+  const versionHash = (v, running) => v.hash + (running && v.hash === running ?
+    " (running now)" : "");
+
+  /** Why the route editor cannot edit: the gateway has no config file, or the file
+   * does not load (edited by hand); `errors` from GET /api/config. */
+  function editorLocked(errors, noFile) {
+    if (noFile) {
+      return "The gateway was started without a config file (-c FILE), so there is no" +
+        " file to edit here. Start it with -c FILE to edit its routes from this page.";
+    }
+    return `The config file does not load, so it cannot be edited here: ${errors.join("; ")}.` +
+      " The gateway runs on as it was. Correct the file, or roll back to a version under" +
+      " History. What you typed in the form stays.";
+  }
+
+  return {ago, bytes, rate, when, hexLines, matches, overlap, diskBanner, verdict, stateClass,
+    reloadChange, historyNote, versionHash, editorLocked};
 })();
 if (typeof module !== "undefined") module.exports = Words;
