@@ -621,6 +621,30 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     wait_for(lambda: text(browser, "#route-outcome").startswith("Rolled back"), 20, "mended")
     assert gw.config_path.read_text() == good
     assert browser.find_element(By.ID, "check").get_attribute("disabled") is None
+    # a stream refused (16 open already: 503) is closed for good by the browser: the page
+    # said it could not reach the gateway until reloaded; it opens it anew once one is free
+    events = f"http://127.0.0.1:{gw.web_port}/api/events"
+    browser.get("about:blank")
+    held: list[Any] = []
+
+    def hold_all() -> bool:
+        try:
+            while len(held) < 16:
+                held.append(urllib.request.urlopen(events, timeout=10))
+        except urllib.error.HTTPError as err:  # the page's stream, not yet let go
+            err.close()
+            return False
+        return True
+
+    try:
+        wait_for(hold_all, 10, "every stream taken")
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
+        wait_for(lambda: "cannot reach" in text(browser, "#live"), 10, "the stream, refused")
+        held.pop().close()
+        wait_for(lambda: text(browser, "#live") == "live", 15, "the stream, opened anew")
+    finally:
+        for response in held:
+            response.close()
     assert gw.stop() == 0
 
 

@@ -169,10 +169,27 @@
 
   // -- the live stream --------------------------------------------------------------
 
+  // A document comes each second (its uptime changes): this long without one, the
+  // stream is lost though no error came (a connection cut without a word).
+  const SILENCE = 35000;
+  let heard = 0; // when the stream last sent a document (ms)
+  let retries = 0; // streams opened anew since the last document
+  let again = null; // the timer opening the stream anew
+  let watchdog = null;
+
   function connect() {
     if (events) return;
+    clearTimeout(again);
+    again = null;
     events = new EventSource("api/events");
+    heard = Date.now();
+    clearInterval(watchdog);
+    watchdog = setInterval(() => {
+      if (events && Date.now() - heard > SILENCE) { lost(); reopen(); }
+    }, 5000);
     events.onmessage = e => {
+      heard = Date.now();
+      retries = 0;
       const doc = JSON.parse(e.data);
       const now = performance.now();
       if (previous) {
@@ -200,15 +217,35 @@
       render();
     };
     events.onerror = () => {
-      $("live").textContent = "cannot reach the gateway; trying again...";
-      $("live").className = "bad";
-      // the verdict said what the last document said ("All flowing") with the gateway gone
-      if (lostAt === null) { lostAt = Date.now(); render(); }
+      lost();
+      // CONNECTING: the browser tries again by itself. CLOSED: it never will (a 503 when
+      // 16 streams are open, a 401): the page said "No answer" for good, though the
+      // gateway answered, so it is opened anew here.
+      if (events && events.readyState === EventSource.CLOSED) reopen();
       whoAmI().catch(() => {});
     };
   }
 
+  function lost() {
+    $("live").textContent = "cannot reach the gateway; trying again...";
+    $("live").className = "bad";
+    // the verdict said what the last document said ("All flowing") with the gateway gone
+    if (lostAt === null) { lostAt = Date.now(); render(); }
+  }
+
+  /** The stream opened anew after 1, 2, 4 ... at most 30 s (a shown tab only). */
+  function reopen() {
+    if (events) { events.close(); events = null; }
+    clearTimeout(again);
+    const wait = Math.min(30000, 1000 * 2 ** Math.min(retries++, 5));
+    again = setTimeout(() => { again = null; if (!document.hidden) connect(); }, wait);
+  }
+
   function disconnect() {
+    clearTimeout(again);
+    again = null;
+    clearInterval(watchdog);
+    watchdog = null;
     if (events) { events.close(); events = null; }
     previous = null;
   }
