@@ -9,6 +9,10 @@ hold (a string too long for its column, a number out of range, text in a
 numeric column) is refused instead of being silently cut, rounded or zeroed.
 The batch is then split in halves to find the refused rows: each goes to the
 dead-letter table with the server's message, the rest are delivered.
+A batch larger than the server's `max_allowed_packet` (16 MiB by default on
+MariaDB, 64 MiB on MySQL 8) is split the same way before it is sent, and a
+single row larger than that goes to the dead-letter table saying so (the
+server would drop the connection, and the row would be retried forever).
 (`INSERT IGNORE` is not used: it turns exactly those errors into warnings and
 stores the mangled value.) A lost connection, a timeout, a deadlock or a
 missing table makes the engine retry the whole batch later.
@@ -506,6 +510,14 @@ SETUP_ERRORS = frozenset(
 )
 
 
+class _TooLarge(Exception):
+    """An INSERT larger than the server's max_allowed_packet (not sent)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
 def _code(err: BaseException) -> int | None:
     args = getattr(err, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
@@ -573,6 +585,7 @@ class MysqlSink(Sink):
         self._conn: Any = None  # aiomysql.Connection
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
+        self._max_packet = 16 << 20  # the server's max_allowed_packet, read at connect
 
     def create_statement(self) -> str:
         """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
@@ -671,6 +684,7 @@ class MysqlSink(Sink):
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
                 unfilled = await self._unfilled()
+                self._max_packet = await self._max_allowed_packet()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS:
@@ -710,6 +724,13 @@ class MysqlSink(Sink):
             )
             return bool(await cursor.fetchall())
 
+    async def _max_allowed_packet(self) -> int:
+        """The largest statement the server takes, in bytes."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute("SELECT @@max_allowed_packet")
+            ((size,),) = await cursor.fetchall()
+            return int(size)
+
     async def _unfilled(self) -> list[str]:
         """The table's NOT NULL columns without a default (nor generated, nor
         auto-increment) that the sink does not write: MySQL refuses every row then."""
@@ -729,6 +750,19 @@ class MysqlSink(Sink):
         async with self._conn.cursor(_Cursor) as cursor:
             await cursor.execute(sql, args)
 
+    async def _run_insert(self, sql: str, args: list[Any]) -> None:
+        """Run an INSERT, or raise _TooLarge without sending it when it is larger than the
+        server's max_allowed_packet. The server would answer such a statement by closing
+        the connection (error 1153, or a broken protocol for a much larger one), and the
+        same batch, retried, would be refused forever. The statement is built and encoded
+        here as the driver would build it, so nothing is done twice."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            query = cursor.mogrify(sql, args).encode(self._conn.encoding, "surrogateescape")
+            # MariaDB 10.11 takes at most max_allowed_packet - 2 bytes of query text.
+            if len(query) + 2 > self._max_packet:
+                raise _TooLarge(len(query))
+            await cursor.execute(query)
+
     async def _insert(
         self, batch: list[FlowFile], values: list[Any], lo: int, hi: int, rejected: list[Rejected]
     ) -> None:
@@ -742,10 +776,16 @@ class MysqlSink(Sink):
         sql = self._head + ",".join([self._marks] * (hi - lo)) + " ON DUPLICATE KEY UPDATE id=id"
         try:
             async with asyncio.timeout(self.config.timeout):
-                await self._run(sql, values[lo * width : hi * width])
+                await self._run_insert(sql, values[lo * width : hi * width])
             return
         except UnicodeEncodeError as err:  # a lone surrogate in a topic or an attribute
             reason = f"a value is not valid Unicode text ({err.reason})"
+        except _TooLarge as err:
+            reason = (
+                f"the row takes {err.size} bytes as SQL, too many for the server's"
+                f" max_allowed_packet ({self._max_packet}); raise max_allowed_packet on"
+                " the server to store rows this large"
+            )
         except pymysql.MySQLError as err:
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err

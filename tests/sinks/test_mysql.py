@@ -285,6 +285,34 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     }
 
 
+async def test_rows_beyond_max_allowed_packet_are_split_or_refused_not_retried_forever(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # The server would close the connection on such a statement, and the same batch,
+    # retried, would never get through.
+    limit = 65536  # the server's 16 MiB would make a slow test; a session reads it at connect
+    ((default,),) = mariadb.fetch("SELECT @@global.max_allowed_packet")
+    mariadb.execute(f"SET GLOBAL max_allowed_packet = {limit}")
+    try:
+        sink = await sink_for(table=table)
+    finally:
+        mariadb.execute(f"SET GLOBAL max_allowed_packet = {default}")
+
+    def sized(n: int) -> FlowFile:
+        return FlowFile.create("s/big", b'"' + b"x" * n + b'"')
+
+    small = FlowFile.create("s/small", b"{}")
+    # two that fit one at a time but not together, and one that never fits
+    halves, huge = [sized(limit * 6 // 10), sized(limit * 6 // 10)], sized(limit)
+    rejected = await sink.write([small, *halves, huge])
+
+    assert [(r.flowfile.id, r.reason[:30]) for r in rejected] == [
+        (huge.id, "mysql refused the row: the row")
+    ]
+    assert f"max_allowed_packet ({limit})" in rejected[0].reason
+    assert set(ids(mariadb, table)) == {small.id, halves[0].id, halves[1].id}
+
+
 async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
@@ -390,13 +418,13 @@ async def test_values_are_bound_as_parameters_never_written_into_the_sql(
 ) -> None:
     sink = await sink_for(table=table)
     statements: list[tuple[str, Any]] = []
-    run = sink._run
+    run = sink._run_insert
 
-    async def spy(sql: str, args: Any = None) -> None:
+    async def spy(sql: str, args: Any) -> None:
         statements.append((sql, args))
         await run(sql, args)
 
-    monkeypatch.setattr(sink, "_run", spy)
+    monkeypatch.setattr(sink, "_run_insert", spy)
     hostile = "x'); DROP TABLE `" + table + "`; -- \\' \" 100% %s %(a)s"
     batch = [
         FlowFile.create("s/" + hostile, b"\x00'\\%s\xff", {"q": hostile}),
