@@ -46,8 +46,10 @@ digits, `_`), checked when the config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that it can write to
 it (columns, types, a unique index on id, no NOT NULL column without a default that
-it does not write). It does not change an existing table: add a column yourself, or
-point `table` at a new one. A wrong password, a missing database, schema or table
+it does not write). Its user needs the INSERT and SELECT privileges on the table
+(SELECT for `ON CONFLICT (id)`), and CREATE on the schema only to create the
+table. It does not change an existing table: add a column yourself, or point
+`table` at a new one. A wrong password, a missing database, schema or table
 (with `create_table: false`), a table of another shape, a TLS file of the dsn
 (`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full)
 that cannot be read, a server without TLS when the dsn's sslmode requires it
@@ -776,9 +778,12 @@ class PostgresSink(Sink):
         return pool
 
     async def _prepare_table(self, conn: Any, permanent: type[Exception]) -> None:
-        if self.config.create_table:
+        exists = await conn.fetchval("SELECT to_regclass($1)", self.table) is not None
+        if self.config.create_table and not exists:
+            # Only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege on
+            # the schema even when the table is there (PostgreSQL 15 grants none on public).
             await conn.execute(self.create_statement())
-        elif await conn.fetchval("SELECT to_regclass($1)", self.table) is None:
+        elif not exists:
             raise permanent(
                 f"table {self.config.table} does not exist on {self.server} and"
                 " `create_table` is false: create it, or set `create_table: true`"

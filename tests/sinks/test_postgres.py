@@ -493,6 +493,28 @@ async def test_existing_table_is_used_as_it_is_without_create_table(
     await sink.close()
 
 
+async def test_an_existing_table_needs_no_create_privilege_on_its_schema(
+    postgres: Any, table: str
+) -> None:
+    # PostgreSQL 15 grants no CREATE on schema public, and CREATE TABLE IF NOT EXISTS
+    # asks for it even when the table is there.
+    postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text)')
+    postgres.execute(f'CREATE ROLE "{table}" LOGIN; GRANT INSERT, SELECT ON "{table}" TO "{table}"')
+    try:
+        sink = make_sink(
+            postgres.dsn.replace("postgres@", f"{table}@"),
+            table=table,
+            columns={"device": "topic.0"},
+        )
+        await sink.connect()
+        ff = FlowFile.create("d1/x", b"{}")
+        assert await sink.write([ff]) == []
+        await sink.close()
+    finally:
+        postgres.execute(f'DROP OWNED BY "{table}"; DROP ROLE "{table}"')
+    assert postgres.fetch(f'SELECT id::text, device FROM "{table}"') == [(ff.id, "d1")]
+
+
 @pytest.mark.parametrize(
     ("ddl", "message"),
     [
