@@ -57,7 +57,9 @@ quoted.
 When the sink starts it creates the table if needed and checks that the columns
 exist, that a primary key or unique index is on id alone, and that no NOT NULL
 column without a default is one the sink does not write (else every row would
-be refused). It does not change an existing table: add a column yourself, or point
+be refused). Its user needs the INSERT, SELECT and UPDATE (for `ON DUPLICATE KEY
+UPDATE`) privileges on the table, and CREATE only to create it. It does not
+change an existing table: add a column yourself, or point
 `table` at a new one. The session time zone is UTC, so `ts` and `NOW()` agree.
 
 Keys
@@ -677,21 +679,36 @@ class MysqlSink(Sink):
             raise permanent(problem)
         try:
             async with asyncio.timeout(config.timeout):
-                if config.create_table:
+                # Only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege
+                # even when the table is there.
+                if config.create_table and not await self._exists():
                     await self._run(self.create_statement())
                 # Checks that the table and every column exist, with a clear message now
                 # rather than a failing write later.
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
                 unfilled = await self._unfilled()
+                if unique_id and not unfilled:  # else said below, more clearly
+                    # and that the user may insert (and update, for ON DUPLICATE KEY):
+                    # a statement of no rows
+                    nulls = ",".join(["NULL"] * len(self.columns))
+                    await self._run(
+                        f"{self._head.removesuffix('VALUES ')}SELECT {nulls} FROM DUAL"
+                        " WHERE FALSE ON DUPLICATE KEY UPDATE id=id"
+                    )
                 self._max_packet = await self._max_allowed_packet()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS:
                 hint = " (create_table is false)" if not config.create_table else ""
+                fix = (
+                    "grant the user the privilege it names (INSERT, SELECT and UPDATE on"
+                    " the table; CREATE to create it)"
+                    if _code(err) in (1044, 1142)
+                    else "fix the table or point `table` at a new one"
+                )
                 raise permanent(
-                    f"cannot write to table {config.table} on {dsn!r}: {_message(err)}{hint};"
-                    " fix the table or point `table` at a new one"
+                    f"cannot write to table {config.table} on {dsn!r}: {_message(err)}{hint}; {fix}"
                 ) from err
             raise RetryableError(
                 f"cannot prepare table {config.table} on {dsn!r}: {_message(err)}"
@@ -720,6 +737,16 @@ class MysqlSink(Sink):
                 "SELECT index_name FROM information_schema.statistics"
                 " WHERE table_schema = DATABASE() AND table_name = %s AND non_unique = 0"
                 " GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = 'id'",
+                (self.config.table,),
+            )
+            return bool(await cursor.fetchall())
+
+    async def _exists(self) -> bool:
+        """Whether the table exists (and the user may see it)."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT 1 FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND table_name = %s",
                 (self.config.table,),
             )
             return bool(await cursor.fetchall())

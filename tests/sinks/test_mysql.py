@@ -498,6 +498,29 @@ async def test_missing_table_without_create_table_is_a_permanent_error(
     await sink.close()
 
 
+async def test_privileges_on_an_existing_table_are_checked_at_connect(
+    mariadb: Any, table: str
+) -> None:
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT)")
+    mariadb.execute(f"CREATE USER '{table}'@'%' IDENTIFIED BY 'pw'")
+    dsn = f"mysql://{table}:pw@{mariadb.host}:{mariadb.port}/edge"
+    try:
+        # without UPDATE (for ON DUPLICATE KEY), every write would be refused
+        mariadb.execute(f"GRANT INSERT, SELECT ON edge.`{table}` TO '{table}'@'%'")
+        sink = make_sink(dsn, table=table, columns={"device": "topic.0"})
+        with pytest.raises(PermanentError, match=r"UPDATE command denied.*grant the user"):
+            await sink.connect()
+        # no CREATE privilege is needed for a table that is there
+        mariadb.execute(f"GRANT UPDATE ON edge.`{table}` TO '{table}'@'%'")
+        await sink.connect()
+        ff = FlowFile.create("d1/x", b"{}")
+        assert await sink.write([ff]) == []
+        await sink.close()
+    finally:
+        mariadb.execute(f"DROP USER '{table}'@'%'")
+    assert mariadb.fetch(f"SELECT id, device FROM `{table}`") == [(ff.id, "d1")]
+
+
 async def test_a_missing_column_is_a_permanent_error(mariadb: Any, table: str) -> None:
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT)")
     sink = make_sink(mariadb.dsn, table=table, columns={"device": "topic.0", "temp": "field.t"})
