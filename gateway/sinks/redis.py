@@ -39,8 +39,9 @@ needs no dedupe: writing the same values again changes nothing.
 
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
-trouble, a server out of memory, still loading or a read-only replica are
-retried later. A server that refuses the sink when it starts (user or password,
+trouble, a server out of memory, still loading or a read-only replica, and an
+ACL user that may not run the mode's command or write the key, are retried
+later. A server that refuses the sink when it starts (user or password,
 a missing ACL permission, a TLS certificate either side does not trust, a
 database number beyond its `databases`, or `cluster: true` for a server that is
 no cluster node) stops it until the config is fixed; TLS files (`ca_file`,
@@ -205,6 +206,12 @@ return errors
 TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
+
+# How Redis says that the ACL user may not run a command or touch a key: from a script
+# (7.0: "ERR The user executing the script can't run this command or subcommand"), else
+# NOPERM ("this user has no permissions to run the 'xadd' command", "... to access one of
+# the keys ...").
+_NO_PERMISSION = ("no permissions to", "can't run this command", "NOPERM")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -633,7 +640,10 @@ class RedisSink(Sink):
             # Not about one row (those come back inside the script's answer): OOM, LOADING,
             # READONLY, cluster reconfiguring, NOSCRIPT after a failover ...
             await self._reset()
-            raise RetryableError(f"{_safe_url(self.config.url)} refused the batch: {err}") from err
+            reason = _refusal(err) or err
+            raise RetryableError(
+                f"{_safe_url(self.config.url)} refused the batch: {reason}"
+            ) from err
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:
         if self.config.mode in ("stream", "hash"):
@@ -702,6 +712,9 @@ class RedisSink(Sink):
         if text.startswith(TRANSIENT):
             # The rows before it are in and recorded; the retry skips them.
             raise redis_errors.ResponseError(text)
+        if any(words in text for words in _NO_PERMISSION):
+            # The ACL user's, not the row's: every row would go to the dead letters.
+            raise redis_errors.NoPermissionError(text)
         return Rejected(ff, f"redis {self.config.mode} {self._key(ff.topic)!r}: {text}")
 
     async def _write_hashes(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:

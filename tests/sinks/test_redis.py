@@ -520,6 +520,26 @@ async def test_an_acl_user_without_a_permission_it_needs_is_permanent(
     await sink.close()
 
 
+@pytest.mark.parametrize("dedupe", [True, False], ids=["script", "pipeline"])
+async def test_an_acl_user_that_may_not_run_the_modes_command_is_retried_not_dead_lettered(
+    redis: Any, client: Any, ns: str, dedupe: bool
+) -> None:
+    # Connecting needs no XADD: the refusal comes with each row, and is no fault of the row.
+    await client.acl_setuser(
+        ns, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-xadd"]
+    )
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe=dedupe)
+    try:
+        await sink.connect()
+        with pytest.raises(RetryableError, match="grant the ACL user the permission"):
+            await sink.write([FlowFile.create("a", b"1"), FlowFile.create("b", b"2")])
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+    assert await data_keys(client, ns) == []
+
+
 async def test_cluster_true_for_a_plain_server_is_permanent(redis: Any) -> None:
     sink = make_sink(redis.url, cluster=True)
     with pytest.raises(PermanentError, match="not a Redis Cluster node"):
