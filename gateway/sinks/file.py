@@ -47,7 +47,9 @@ Keys
                            opened, after a restart), at its next write; 0 never
                            (default 0)
   keep: 5                  rotated files to keep; 0 keeps none (default 5);
-                           only with rotate_bytes or rotate_interval
+                           only with rotate_bytes or rotate_interval; after
+                           `keep` is lowered, the next rotation removes the
+                           rotated files beyond it
   fsync: true              force each batch to disk before reporting it delivered
                            (default true; false is faster but an acknowledged
                            batch can be lost on power loss)
@@ -192,7 +194,10 @@ class FileSinkConfig(SinkConfig):
     ] = 0.0
     keep: Annotated[
         int,
-        Doc("Rotated files to keep; 0 keeps none. Only with `rotate_bytes` or `rotate_interval`."),
+        Doc(
+            "Rotated files to keep; 0 keeps none. Only with `rotate_bytes` or"
+            " `rotate_interval`. Lowered, the next rotation removes the older files beyond it."
+        ),
         Range(0, 1000, "must be between 0 and 1000"),
     ] = 5
     fsync: Annotated[
@@ -476,6 +481,12 @@ class FileSink(Sink):
             if keep == 0:
                 os.remove(self.path)
             else:
+                # Rotated files beyond `keep`, left by a larger `keep` before: the oldest.
+                end = keep + 1
+                while os.path.isfile(f"{self.path}.{end}"):
+                    end += 1
+                for n in range(end - 1, keep, -1):
+                    os.remove(f"{self.path}.{n}")
                 for n in range(keep - 1, 0, -1):
                     older = f"{self.path}.{n}"
                     if os.path.exists(older):

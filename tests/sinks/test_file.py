@@ -155,6 +155,17 @@ async def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 3000  # rotated near the limit, not early
 
 
+async def test_a_lowered_keep_removes_the_older_rotated_files(tmp_path: Path) -> None:
+    for n in range(1, 6):  # left by keep: 5
+        (tmp_path / f"archive.jsonl.{n}").write_text(f"{n}\n")
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=2)
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])  # rotates
+    await sink.close()
+    assert names(tmp_path) == ["archive.jsonl", "archive.jsonl.1", "archive.jsonl.2"]
+    assert (tmp_path / "archive.jsonl.2").read_text() == "1\n"
+
+
 async def test_a_batch_is_never_split_across_files(tmp_path: Path) -> None:
     sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=1)
     await sink.write([flowfile(b'{"first": true}')])
