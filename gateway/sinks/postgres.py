@@ -41,7 +41,10 @@ JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text
 and is one of: text, boolean, smallint, integer, bigint, real, double precision,
 numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 `"21.5"` and `21.5` both fit double precision; a row whose value does not fit is
-refused alone. Table and column names are lowercase SQL identifiers (letters,
+refused alone. Into a column of an existing table that holds integers (smallint,
+integer, bigint), a value whose `type` is real, double precision or numeric must
+be a whole number (21.0 fits): PostgreSQL would round 21.5 to 22, so that row is
+refused instead. Table and column names are lowercase SQL identifiers (letters,
 digits, `_`), checked when the config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that it can write to
@@ -376,7 +379,21 @@ def _convert(column: Column) -> str:
         return "decode({}, 'base64')"
     if column.type == "text":
         return "{}"
+    if column.type.startswith(_WHOLE):
+        # A whole number as written (2.0, 1e2 as 100.0) fits; a fraction fails to
+        # convert, to the column's type straight, with the value in the message.
+        sql_type = column.type.removeprefix(_WHOLE)
+        return (
+            f"CASE WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{sql_type}"
+            f" ELSE {{0}}::{sql_type} END"
+        )
     return "{}::" + column.type
+
+
+# A `type` that PostgreSQL would round, without a word, into a table's integer column.
+_FRACTIONAL = frozenset({"real", "double precision", "numeric"})
+_INTEGER = frozenset({"smallint", "integer", "bigint"})
+_WHOLE = "whole "  # column type prefix: to this integer type, refusing a fraction
 
 
 def _base64(content: bytes) -> str:
@@ -615,11 +632,14 @@ class PostgresSink(Sink):
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
 
-    def _insert_statement(self) -> str:
+    def _insert_statement(self, types: Mapping[str, str] | None = None) -> str:
+        """The INSERT; `types` replaces the type that some columns' values are cast to."""
         names, params, exprs = [], [], []
         for i, column in enumerate(self.columns, 1):
             names.append(f'"{column.name}"')
             params.append(f"json_array_elements_text(${i}::json)")
+            if types and column.name in types:
+                column = column._replace(type=types[column.name])
             exprs.append(_convert(column).format(f"u.c{i}"))
         aliases = ", ".join(f"c{i}" for i in range(1, len(self.columns) + 1))
         return (
@@ -788,6 +808,7 @@ class PostgresSink(Sink):
                 f"table {self.config.table} does not exist on {self.server} and"
                 " `create_table` is false: create it, or set `create_table: true`"
             )
+        await self._match_integer_columns(conn)
         # An empty batch checks columns, types, privileges and the unique index on id
         # now, with a clear message, instead of failing every write later.
         await conn.execute(self._insert_sql, *("[]" for _ in self.columns))
@@ -818,6 +839,23 @@ class PostgresSink(Sink):
                 f" default that the sink does not write ({names}), so every row would be"
                 " refused; give them a default, allow NULL, or point `table` at a new table"
             )
+
+    async def _match_integer_columns(self, conn: Any) -> None:
+        """Convert to the table's own type a value whose `type` is fractional (real, double
+        precision, numeric) but whose column holds integers: through the `type`,
+        PostgreSQL would round 21.5 to 22 on the way in; to the column's type, it refuses
+        it, and the row goes to the dead letters with its value."""
+        fractional = [c.name for c in self.columns if c.type in _FRACTIONAL]
+        if not fractional:
+            return
+        rows = await conn.fetch(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid ="
+            " to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attname = ANY($2::text[])",
+            self.table,
+            fractional,
+        )
+        integer = {name: _WHOLE + sql_type for name, sql_type in rows if sql_type in _INTEGER}
+        self._insert_sql = self._insert_statement(integer)
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

@@ -493,6 +493,27 @@ async def test_existing_table_is_used_as_it_is_without_create_table(
     await sink.close()
 
 
+async def test_a_fraction_is_refused_not_rounded_into_an_integer_column_typed_double(
+    postgres: Any, table: str
+) -> None:
+    # The cast through the `type` would make PostgreSQL round 21.5 to 22, without a word.
+    postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, temp integer)')
+    columns = {"temp": {"from": "field.t", "type": "double precision"}}
+    sink = make_sink(postgres.dsn, table=table, create_table=False, columns=columns)
+    await sink.connect()
+    batch = [FlowFile.create("s", f'{{"t": {t}}}'.encode()) for t in ("21.5", "21.0", "1e2", "7")]
+    rejected = await sink.write(batch)
+    await sink.close()
+    assert [(r.flowfile.id, r.reason) for r in rejected] == [
+        (
+            batch[0].id,
+            'postgres refused the row: invalid input syntax for type integer: "21.5"'
+            " (SQLSTATE 22P02)",
+        )
+    ]
+    assert sorted(postgres.fetch(f'SELECT temp FROM "{table}"')) == [(7,), (21,), (100,)]
+
+
 async def test_an_existing_table_needs_no_create_privilege_on_its_schema(
     postgres: Any, table: str
 ) -> None:
