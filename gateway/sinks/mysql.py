@@ -49,7 +49,9 @@ timestamptz or date value may be written as RFC 3339 / ISO 8601
 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
 it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
 itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
-`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A row whose
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A column of
+the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
+fraction (21.5), which MySQL would round even in strict mode. A row whose
 value does not fit its column is refused alone. Table and column names are SQL
 identifiers (letters, digits, `_`), checked when the config is loaded and always
 quoted.
@@ -104,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import decimal
 import json
 import math
 import os
@@ -371,6 +374,27 @@ def _date(value: Any) -> Any:
     return _as_is(value)
 
 
+def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert`, for a column that holds integers: MySQL rounds 21.5 (or "21.5") to 22
+    there without a word, even in strict mode. A fraction goes as a text the column
+    refuses, which names the value; a whole number (21.0, "1e2") goes as an integer."""
+
+    def whole(value: Any) -> Any:
+        kind = type(value)
+        if kind is float or kind is str:
+            try:
+                number = decimal.Decimal(value)
+            except (decimal.InvalidOperation, ValueError):
+                return convert(value)
+            if number.is_finite():
+                if number == number.to_integral_value():
+                    return int(number)
+                return f"{value} (not a whole number)"
+        return convert(value)
+
+    return whole
+
+
 def _as_is(value: Any) -> Any:
     """Numbers, booleans and strings go as they are, for MySQL to convert or refuse."""
     if isinstance(value, dict | list):
@@ -381,8 +405,15 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, Any], Any]:
-    """(flowfile, content as JSON text or None, parsed content or None) -> column value."""
+# MySQL's integer types (as information_schema.columns names them); BOOLEAN is tinyint.
+_INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
+
+
+def _getter(
+    column: Column, binary_id: bool, whole: bool = False
+) -> Callable[[FlowFile, str | None, Any], Any]:
+    """(flowfile, content as JSON text or None, parsed content or None) -> column value;
+    `whole`: the table's column holds integers."""
     source = column.source
     if source == "id":
         if binary_id:
@@ -402,6 +433,8 @@ def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, 
         n = int(source[6:])
         return lambda ff, text, doc: level(ff.topic.split("/"), n)
     convert = _converter(column.type)
+    if whole and column.type != "BOOLEAN":
+        convert = _whole(convert)
     if source.startswith("attributes."):
         key = source[11:]
         return lambda ff, text, doc: convert(ff.attributes.get(key))
@@ -416,8 +449,11 @@ class _Rows:
     text by the sink.
     """
 
-    def __init__(self, columns: list[Column], binary_id: bool) -> None:
-        self.getters = [_getter(column, binary_id) for column in columns]
+    def __init__(
+        self, columns: list[Column], binary_id: bool, whole: frozenset[str] = frozenset()
+    ) -> None:
+        """`whole`: the names of the columns that hold integers in the table."""
+        self.getters = [_getter(c, binary_id, c.name.lower() in whole) for c in columns]
         self.width = len(columns)
         self.default = not binary_id and [c.source for c in columns] == list(DEFAULT_COLUMNS)
 
@@ -688,6 +724,8 @@ class MysqlSink(Sink):
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
                 unfilled = await self._unfilled()
+                whole = await self._integer_columns()
+                self._rows = _Rows(self.columns, config.id_type == "binary", whole)
                 if unique_id and not unfilled:  # else said below, more clearly
                     # and that the user may insert (and update, for ON DUPLICATE KEY):
                     # a statement of no rows
@@ -740,6 +778,21 @@ class MysqlSink(Sink):
                 (self.config.table,),
             )
             return bool(await cursor.fetchall())
+
+    async def _integer_columns(self) -> frozenset[str]:
+        """The names (lowercase) of the table's integer columns that take a field or an
+        attribute (topic levels are text, and taken or refused as they are)."""
+        names = [c.name for c in self.columns if c.source.startswith(("field.", "attributes."))]
+        if not names:
+            return frozenset()
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = DATABASE() AND table_name = %s",
+                (self.config.table,),
+            )
+            rows = await cursor.fetchall()
+        return frozenset(name.lower() for name, data_type in rows if data_type in _INTEGER_TYPES)
 
     async def _exists(self) -> bool:
         """Whether the table exists (and the user may see it)."""
