@@ -247,7 +247,8 @@ class RedisSinkConfig(SinkConfig):
             "`stream`: about this many entries kept; `list`: exactly this many; 0 keeps"
             " everything. Not used by `hash` and `publish`."
         ),
-        Range(0, message="must be 0 (keep everything) or more"),
+        # Redis refuses counts past 2^63 - 1, and the script (Lua numbers) rounds past 2^53.
+        Range(0, 2**53 - 1, "must be 0 (keep everything) or more, up to 2^53 - 1"),
     ] = 100_000
     value: Annotated[
         Literal["envelope", "payload"],

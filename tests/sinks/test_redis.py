@@ -855,6 +855,8 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         ({"url": "redis://cache", "key": "edge:{topic"}, "has a lone '{'"),
         ({"url": "redis://cache", "mode": "set"}, "'set' is not one of"),
         ({"url": "redis://cache", "maxlen": -1}, "maxlen: must be 0"),
+        # Redis would refuse every entry ("value is not an integer or out of range")
+        ({"url": "redis://cache", "maxlen": 10**20}, "maxlen: must be 0 (keep everything)"),
         ({"url": "redis://cache", "dedupe_prefix": "{x}"}, "without braces"),
         (
             {"url": "redis://cache", "batch": {"max_rows": 1000}, "dedupe_window": 999},
