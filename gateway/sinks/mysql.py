@@ -381,7 +381,7 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def whole(value: Any) -> Any:
         kind = type(value)
-        if kind is float or kind is str:
+        if kind is float or (kind is str and "_" not in value):  # Python reads 1_000
             try:
                 number = decimal.Decimal(value)
             except (decimal.InvalidOperation, ValueError):
