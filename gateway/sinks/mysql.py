@@ -1,8 +1,10 @@
 """Writes FlowFiles into a MySQL or MariaDB table, each exactly once, keyed by FlowFile id.
 
-Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE id=id`
-with every value bound as a parameter, so a batch delivered again after a crash
-or a lost connection adds nothing: rows already there are left alone. The
+Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE` with
+every value bound as a parameter, so a batch delivered again after a crash
+or a lost connection adds nothing: rows already there are left alone. A row
+that collides with another on a unique key you added (not id) goes to the
+dead-letter table (if the id column is NOT NULL, as a primary key is). The
 session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
@@ -138,6 +140,14 @@ from gateway.sinks._columns import (
     level,
     plan_columns,
 )
+
+# A row whose id is there already is left alone. A row that collides with another one on
+# a unique key of the table's other than id would be left out without a word: it sets
+# the id NULL instead, which strict mode refuses (error 1048 on `id`) when the id column
+# is NOT NULL (a primary key always is), and the row goes to the dead letters, as
+# PostgreSQL refuses it. (A nullable id column would take the NULL: there, the first.)
+_ON_DUPLICATE = " ON DUPLICATE KEY UPDATE id = IF(id = VALUES(id), id, NULL)"
+_ON_DUPLICATE_NULLABLE = " ON DUPLICATE KEY UPDATE id=id"
 
 SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -624,6 +634,7 @@ class MysqlSink(Sink):
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
         self._max_packet = 16 << 20  # the server's max_allowed_packet, read at connect
+        self._on_duplicate = _ON_DUPLICATE  # or _ON_DUPLICATE_NULLABLE, as the table is
 
     def create_statement(self) -> str:
         """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
@@ -725,6 +736,9 @@ class MysqlSink(Sink):
                 unique_id = await self._unique_id()
                 unfilled = await self._unfilled()
                 whole = await self._integer_columns()
+                self._on_duplicate = (
+                    _ON_DUPLICATE_NULLABLE if await self._nullable_id() else _ON_DUPLICATE
+                )
                 self._rows = _Rows(self.columns, config.id_type == "binary", whole)
                 if unique_id and not unfilled:  # else said below, more clearly
                     # and that the user may insert (and update, for ON DUPLICATE KEY):
@@ -732,7 +746,7 @@ class MysqlSink(Sink):
                     nulls = ",".join(["NULL"] * len(self.columns))
                     await self._run(
                         f"{self._head.removesuffix('VALUES ')}SELECT {nulls} FROM DUAL"
-                        " WHERE FALSE ON DUPLICATE KEY UPDATE id=id"
+                        f" WHERE FALSE{self._on_duplicate}"
                     )
                 self._max_packet = await self._max_allowed_packet()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
@@ -794,6 +808,16 @@ class MysqlSink(Sink):
             rows = await cursor.fetchall()
         return frozenset(name.lower() for name, data_type in rows if data_type in _INTEGER_TYPES)
 
+    async def _nullable_id(self) -> bool:
+        """Whether the table's id column takes NULL (a unique index, not a primary key)."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT is_nullable FROM information_schema.columns WHERE table_schema ="
+                " DATABASE() AND table_name = %s AND column_name = 'id'",
+                (self.config.table,),
+            )
+            return [row[0] for row in await cursor.fetchall()] != ["NO"]
+
     async def _exists(self) -> bool:
         """Whether the table exists (and the user may see it)."""
         async with self._conn.cursor(_Cursor) as cursor:
@@ -853,7 +877,7 @@ class MysqlSink(Sink):
         batch skips them through ON DUPLICATE KEY.
         """
         width = self._rows.width
-        sql = self._head + ",".join([self._marks] * (hi - lo)) + " ON DUPLICATE KEY UPDATE id=id"
+        sql = self._head + ",".join([self._marks] * (hi - lo)) + self._on_duplicate
         try:
             async with asyncio.timeout(self.config.timeout):
                 await self._run_insert(sql, values[lo * width : hi * width])
@@ -870,6 +894,10 @@ class MysqlSink(Sink):
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err
             reason = _message(err)
+            if _code(err) == 1048 and "'id'" in reason:  # from _ON_DUPLICATE
+                reason = (
+                    "another row of the table has the same values in a unique key other than id"
+                )
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
             raise self._failed(len(batch), err) from err
         if hi - lo == 1:

@@ -400,6 +400,28 @@ async def test_a_check_constraint_added_by_the_user_refuses_rows(
     assert len(ids(mariadb, table)) == 2
 
 
+async def test_a_row_colliding_on_another_unique_key_is_refused_not_left_out(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # ON DUPLICATE KEY fires for any unique key: the row was reported delivered, and lost.
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device VARCHAR(8), seq INT,"
+        " UNIQUE (device, seq))"
+    )
+    sink = await sink_for(table=table, columns={"device": "topic.0", "seq": "field.seq"})
+    batch = [FlowFile.create("d1", f'{{"seq": {n}}}'.encode()) for n in (1, 1, 2)]
+    for _ in range(2):  # and again, as after a crash: the same row refused, no other
+        rejected = await sink.write(batch)
+        assert [(r.flowfile.id, r.reason) for r in rejected] == [
+            (
+                batch[1].id,
+                "mysql refused the row: another row of the table has the same values in a"
+                " unique key other than id",
+            )
+        ]
+    assert sorted(ids(mariadb, table)) == [batch[0].id, batch[2].id]
+
+
 async def test_a_lone_surrogate_in_an_attribute_rejects_only_that_row(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
