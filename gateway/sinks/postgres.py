@@ -298,6 +298,13 @@ class PostgresSinkConfig(SinkConfig):
             for part in parts:
                 for message in _check_name(part):
                     yield "table", message
+            if len(parts) == 2 and (parts[0] == "pg_temp" or parts[0].startswith("pg_temp_")):
+                yield (
+                    "table",
+                    f"{self.table!r}: schema pg_temp holds temporary tables, dropped with"
+                    " the connection that made them, and the rows with them; name another"
+                    " schema",
+                )
         yield from plan_columns(self.columns, DIALECT)[1]
 
 

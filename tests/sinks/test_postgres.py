@@ -600,6 +600,8 @@ DSN = "postgresql://gw:s3cret-pw@db.example:5432/telemetry"
         ({"table": "Readings"}, "table", "must be lowercase"),
         ({"table": "a.b.c"}, "table", "must read table or schema.table"),
         ({"table": "public.1x"}, "table", "'1x' is not a valid SQL identifier"),
+        # a temporary table: each row acknowledged, then gone with the connection
+        ({"table": "pg_temp.readings"}, "table", "schema pg_temp holds temporary tables"),
         ({"table": 'x"; DROP TABLE y; --'}, "table", "is not a valid SQL identifier"),
         ({"columns": {"bad name": "topic"}}, "columns.bad name", "not a valid SQL identifier"),
         ({"columns": {"Temp": "topic"}}, "columns.Temp", "must be lowercase"),
