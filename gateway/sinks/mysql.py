@@ -439,12 +439,14 @@ def _getter(
         return lambda ff, text, doc: text
     if source == "raw":
         return lambda ff, text, doc: ff.content if text is None else None
-    if source.startswith("topic."):
-        n = int(source[6:])
-        return lambda ff, text, doc: level(ff.topic.split("/"), n)
     convert = _converter(column.type)
     if whole and column.type != "BOOLEAN":
         convert = _whole(convert)
+    if source.startswith("topic."):
+        n = int(source[6:])
+        if whole:
+            return lambda ff, text, doc: convert(level(ff.topic.split("/"), n))
+        return lambda ff, text, doc: level(ff.topic.split("/"), n)
     if source.startswith("attributes."):
         key = source[11:]
         return lambda ff, text, doc: convert(ff.attributes.get(key))
@@ -794,9 +796,10 @@ class MysqlSink(Sink):
             return bool(await cursor.fetchall())
 
     async def _integer_columns(self) -> frozenset[str]:
-        """The names (lowercase) of the table's integer columns that take a field or an
-        attribute (topic levels are text, and taken or refused as they are)."""
-        names = [c.name for c in self.columns if c.source.startswith(("field.", "attributes."))]
+        """The names (lowercase) of the table's integer columns that take a field, an
+        attribute or a topic level."""
+        sources = ("field.", "attributes.", "topic.")
+        names = [c.name for c in self.columns if c.source.startswith(sources)]
         if not names:
             return frozenset()
         async with self._conn.cursor(_Cursor) as cursor:
