@@ -387,7 +387,9 @@ def _date(value: Any) -> Any:
 def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`convert`, for a column that holds integers: MySQL rounds 21.5 (or "21.5") to 22
     there without a word, even in strict mode. A fraction goes as a text the column
-    refuses, which names the value; a whole number (21.0, "1e2") goes as an integer."""
+    refuses, which names the value; a whole number (21.0, "1e2") goes as an integer.
+    One past 64 bits goes as it is, for the column to refuse: made an int, 1e5000 has more
+    digits than the driver may print, and 1e999999999 would hold the loop for hours."""
 
     def whole(value: Any) -> Any:
         kind = type(value)
@@ -396,7 +398,7 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 number = decimal.Decimal(value)
             except (decimal.InvalidOperation, ValueError):
                 return convert(value)
-            if number.is_finite():
+            if number.is_finite() and number.adjusted() < 20:  # BIGINT UNSIGNED < 2e19
                 if number == number.to_integral_value():
                     return int(number)
                 return f"{value} (not a whole number)"
