@@ -557,6 +557,7 @@ SETUP_ERRORS = frozenset(
         1049,  # unknown database
         1054,  # unknown column
         1142,  # command denied on the table
+        1143,  # command denied on a column of the table
         1146,  # no such table
         1364,  # a NOT NULL column without a default that we do not fill
     }
@@ -761,7 +762,7 @@ class MysqlSink(Sink):
                 fix = (
                     "grant the user the privilege it names (INSERT, SELECT and UPDATE on"
                     " the table; CREATE to create it)"
-                    if _code(err) in (1044, 1142)
+                    if _code(err) in (1044, 1142, 1143)
                     else "fix the table or point `table` at a new one"
                 )
                 raise permanent(

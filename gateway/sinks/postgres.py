@@ -788,9 +788,14 @@ class PostgresSink(Sink):
                 await pool.release(conn)
         except _SETUP_ERRORS as err:
             pool.terminate()
+            fix = (
+                "grant the user INSERT and SELECT on the table (USAGE on its schema;"
+                " CREATE on the schema to create it)"
+                if isinstance(err, asyncpg.exceptions.InsufficientPrivilegeError)  # 42501
+                else "fix the table or point `table` at a new one"
+            )
             raise permanent(
-                f"cannot write to table {config.table} on {self.server}: {_message(err)};"
-                " fix the table or point `table` at a new one"
+                f"cannot write to table {config.table} on {self.server}: {_message(err)}; {fix}"
             ) from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             pool.terminate()

@@ -567,9 +567,13 @@ async def test_privileges_on_an_existing_table_are_checked_at_connect(
     mariadb.execute(f"CREATE USER '{table}'@'%' IDENTIFIED BY 'pw'")
     dsn = f"mysql://{table}:pw@{mariadb.host}:{mariadb.port}/edge"
     try:
-        # without UPDATE (for ON DUPLICATE KEY), every write would be refused
-        mariadb.execute(f"GRANT INSERT, SELECT ON edge.`{table}` TO '{table}'@'%'")
+        # SELECT on some columns only (error 1143): no table to fix, a privilege to grant
+        mariadb.execute(f"GRANT INSERT, SELECT (id) ON edge.`{table}` TO '{table}'@'%'")
         sink = make_sink(dsn, table=table, columns={"device": "topic.0"})
+        with pytest.raises(PermanentError, match=r"SELECT command denied.*grant the user"):
+            await sink.connect()
+        # without UPDATE (for ON DUPLICATE KEY), every write would be refused
+        mariadb.execute(f"GRANT SELECT ON edge.`{table}` TO '{table}'@'%'")
         with pytest.raises(PermanentError, match=r"UPDATE command denied.*grant the user"):
             await sink.connect()
         # no CREATE privilege is needed for a table that is there

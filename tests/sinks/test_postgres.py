@@ -520,13 +520,19 @@ async def test_an_existing_table_needs_no_create_privilege_on_its_schema(
     # PostgreSQL 15 grants no CREATE on schema public, and CREATE TABLE IF NOT EXISTS
     # asks for it even when the table is there.
     postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text)')
-    postgres.execute(f'CREATE ROLE "{table}" LOGIN; GRANT INSERT, SELECT ON "{table}" TO "{table}"')
+    postgres.execute(f'CREATE ROLE "{table}" LOGIN')
     try:
         sink = make_sink(
             postgres.dsn.replace("postgres@", f"{table}@"),
             table=table,
             columns={"device": "topic.0"},
         )
+        # Without a privilege it needs, the error names them (no table to fix).
+        with pytest.raises(PermanentError, match=r"grant the user INSERT and SELECT on") as caught:
+            await sink.connect()
+        assert "permission denied" in str(caught.value)
+        assert "point `table` at a new one" not in str(caught.value)
+        postgres.execute(f'GRANT INSERT, SELECT ON "{table}" TO "{table}"')
         await sink.connect()
         ff = FlowFile.create("d1/x", b"{}")
         assert await sink.write([ff]) == []
