@@ -418,6 +418,16 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+class _TableColumn(NamedTuple):
+    """A column of the table, from information_schema.columns."""
+
+    name: str
+    type: str  # data_type: int, varchar ... (lowercase)
+    nullable: bool
+    default: str | None  # None: no default (MariaDB says 'NULL' for a NULL default)
+    extra: str  # auto_increment, stored generated ... (lowercase)
+
+
 # MySQL's integer types (as information_schema.columns names them); BOOLEAN is tinyint.
 _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
 
@@ -740,11 +750,11 @@ class MysqlSink(Sink):
                 # rather than a failing write later.
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
-                unfilled = await self._unfilled()
-                whole = await self._integer_columns()
-                self._on_duplicate = (
-                    _ON_DUPLICATE_NULLABLE if await self._nullable_id() else _ON_DUPLICATE
-                )
+                table = await self._table_columns()
+                unfilled = self._unfilled(table)
+                whole = frozenset(c.name.lower() for c in table if c.type in _INTEGER_TYPES)
+                nullable_id = [c.nullable for c in table if c.name.lower() == "id"] != [False]
+                self._on_duplicate = _ON_DUPLICATE_NULLABLE if nullable_id else _ON_DUPLICATE
                 self._rows = _Rows(self.columns, config.id_type == "binary", whole)
                 if unique_id and not unfilled:  # else said below, more clearly
                     # and that the user may insert (and update, for ON DUPLICATE KEY):
@@ -799,31 +809,20 @@ class MysqlSink(Sink):
             )
             return bool(await cursor.fetchall())
 
-    async def _integer_columns(self) -> frozenset[str]:
-        """The names (lowercase) of the table's integer columns that take a field, an
-        attribute or a topic level."""
-        sources = ("field.", "attributes.", "topic.")
-        names = [c.name for c in self.columns if c.source.startswith(sources)]
-        if not names:
-            return frozenset()
+    async def _table_columns(self) -> list[_TableColumn]:
+        """The table's columns, in order, as information_schema.columns tells them."""
         async with self._conn.cursor(_Cursor) as cursor:
             await cursor.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = DATABASE() AND table_name = %s",
+                "SELECT column_name, data_type, is_nullable, column_default, extra"
+                " FROM information_schema.columns WHERE table_schema = DATABASE()"
+                " AND table_name = %s ORDER BY ordinal_position",
                 (self.config.table,),
             )
             rows = await cursor.fetchall()
-        return frozenset(name.lower() for name, data_type in rows if data_type in _INTEGER_TYPES)
-
-    async def _nullable_id(self) -> bool:
-        """Whether the table's id column takes NULL (a unique index, not a primary key)."""
-        async with self._conn.cursor(_Cursor) as cursor:
-            await cursor.execute(
-                "SELECT is_nullable FROM information_schema.columns WHERE table_schema ="
-                " DATABASE() AND table_name = %s AND column_name = 'id'",
-                (self.config.table,),
-            )
-            return [row[0] for row in await cursor.fetchall()] != ["NO"]
+        return [
+            _TableColumn(name, data_type.lower(), nullable == "YES", default, (extra or "").lower())
+            for name, data_type, nullable, default, extra in rows
+        ]
 
     async def _exists(self) -> bool:
         """Whether the table exists (and the user may see it)."""
@@ -842,20 +841,19 @@ class MysqlSink(Sink):
             ((size,),) = await cursor.fetchall()
             return int(size)
 
-    async def _unfilled(self) -> list[str]:
+    def _unfilled(self, table: list[_TableColumn]) -> list[str]:
         """The table's NOT NULL columns without a default (nor generated, nor
         auto-increment) that the sink does not write: MySQL refuses every row then."""
-        async with self._conn.cursor(_Cursor) as cursor:
-            await cursor.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = DATABASE() AND table_name = %s AND is_nullable = 'NO'"
-                " AND column_default IS NULL AND extra NOT LIKE '%%auto_increment%%'"
-                " AND extra NOT LIKE '%%GENERATED%%' ORDER BY ordinal_position",
-                (self.config.table,),
-            )
-            rows = await cursor.fetchall()
         written = {column.name.lower() for column in self.columns}
-        return [name for (name,) in rows if name.lower() not in written]
+        return [
+            c.name
+            for c in table
+            if not c.nullable
+            and c.default is None
+            and "auto_increment" not in c.extra
+            and "generated" not in c.extra
+            and c.name.lower() not in written
+        ]
 
     async def _run(self, sql: str, args: Any = None) -> None:
         async with self._conn.cursor(_Cursor) as cursor:
