@@ -439,6 +439,21 @@ async def test_a_row_colliding_on_another_unique_key_is_refused_not_left_out(
     assert sorted(ids(mariadb, table)) == [batch[0].id, batch[2].id]
 
 
+async def test_a_nullable_id_keeps_its_value_when_a_row_collides_on_another_unique_key(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # A unique index on a nullable id would take the NULL meant to make strict mode refuse
+    # the row: the row already there would lose its id. There, the first row stays.
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) NULL UNIQUE, device VARCHAR(8), seq INT,"
+        " UNIQUE (device, seq))"
+    )
+    sink = await sink_for(table=table, columns={"device": "topic.0", "seq": "field.seq"})
+    batch = [FlowFile.create("d1", f'{{"seq": {n}}}'.encode()) for n in (1, 1, 2)]
+    assert await sink.write(batch) == []
+    assert sorted(ids(mariadb, table)) == sorted([batch[0].id, batch[2].id])
+
+
 async def test_a_lone_surrogate_in_an_attribute_rejects_only_that_row(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
