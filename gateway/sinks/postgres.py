@@ -378,7 +378,9 @@ def _text(value: Any) -> str | None:
 
 
 # How each column's value, arriving as text, becomes the column's type (u.cN is the text).
-def _convert(column: Column) -> str:
+# `whole`: the table's integer type (smallint, integer, bigint) for a column whose `type`
+# is fractional: the value goes to it, refusing a fraction.
+def _convert(column: Column, whole: str | None = None) -> str:
     source = column.source
     if source == "ts":  # microseconds since the epoch, exact
         return "timestamptz 'epoch' + {}::int8 * interval '1 microsecond'"
@@ -386,13 +388,11 @@ def _convert(column: Column) -> str:
         return "decode({}, 'base64')"
     if column.type == "text":
         return "{}"
-    if column.type.startswith(_WHOLE):
+    if whole is not None:
         # A whole number as written (2.0, 1e2 as 100.0) fits; a fraction fails to
         # convert, to the column's type straight, with the value in the message.
-        sql_type = column.type.removeprefix(_WHOLE)
         return (
-            f"CASE WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{sql_type}"
-            f" ELSE {{0}}::{sql_type} END"
+            f"CASE WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{whole} ELSE {{0}}::{whole} END"
         )
     return "{}::" + column.type
 
@@ -400,7 +400,6 @@ def _convert(column: Column) -> str:
 # A `type` that PostgreSQL would round, without a word, into a table's integer column.
 _FRACTIONAL = frozenset({"real", "double precision", "numeric"})
 _INTEGER = frozenset({"smallint", "integer", "bigint"})
-_WHOLE = "whole "  # column type prefix: to this integer type, refusing a fraction
 
 
 def _base64(content: bytes) -> str:
@@ -639,15 +638,15 @@ class PostgresSink(Sink):
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
 
-    def _insert_statement(self, types: Mapping[str, str] | None = None) -> str:
-        """The INSERT; `types` replaces the type that some columns' values are cast to."""
+    def _insert_statement(self, whole: Mapping[str, str] | None = None) -> str:
+        """The INSERT; `whole` names the integer type of the table's columns whose
+        `type` is fractional (see _convert)."""
+        whole = whole or {}
         names, params, exprs = [], [], []
         for i, column in enumerate(self.columns, 1):
             names.append(f'"{column.name}"')
             params.append(f"json_array_elements_text(${i}::json)")
-            if types and column.name in types:
-                column = column._replace(type=types[column.name])
-            exprs.append(_convert(column).format(f"u.c{i}"))
+            exprs.append(_convert(column, whole.get(column.name)).format(f"u.c{i}"))
         aliases = ", ".join(f"c{i}" for i in range(1, len(self.columns) + 1))
         return (
             f"INSERT INTO {self.table} ({', '.join(names)})"
@@ -866,7 +865,7 @@ class PostgresSink(Sink):
             self.table,
             fractional,
         )
-        integer = {name: _WHOLE + sql_type for name, sql_type in rows if sql_type in _INTEGER}
+        integer = {name: sql_type for name, sql_type in rows if sql_type in _INTEGER}
         self._insert_sql = self._insert_statement(integer)
 
     def _drop(self, pool: Any) -> None:
