@@ -47,7 +47,12 @@ Keys
                            opened, after a restart), at its next write; 0 never
                            (default 0)
   keep: 5                  rotated files to keep; 0 keeps none (default 5);
-                           only with rotate_bytes or rotate_interval
+                           only with rotate_bytes or rotate_interval; after
+                           `keep` is lowered (not to 0), the next rotation
+                           removes the files beyond it that start as this sink
+                           writes (a file of other columns or format set aside
+                           as above, or one of yours, stays); lowered to 0,
+                           the rotated files stay: remove them yourself
   fsync: true              force each batch to disk before reporting it delivered
                            (default true; false is faster but an acknowledged
                            batch can be lost on power loss)
@@ -192,7 +197,13 @@ class FileSinkConfig(SinkConfig):
     ] = 0.0
     keep: Annotated[
         int,
-        Doc("Rotated files to keep; 0 keeps none. Only with `rotate_bytes` or `rotate_interval`."),
+        Doc(
+            "Rotated files to keep; 0 keeps none. Only with `rotate_bytes` or"
+            " `rotate_interval`. Lowered (not to 0), the next rotation removes the files"
+            " beyond it that start as this sink writes (a file of other columns or format"
+            " set aside, or one of yours, stays); lowered to 0, the rotated files stay for"
+            " you to remove."
+        ),
         Range(0, 1000, "must be between 0 and 1000"),
     ] = 5
     fsync: Annotated[
@@ -476,6 +487,7 @@ class FileSink(Sink):
             if keep == 0:
                 os.remove(self.path)
             else:
+                self._remove_beyond(keep)
                 for n in range(keep - 1, 0, -1):
                     older = f"{self.path}.{n}"
                     if os.path.exists(older):
@@ -483,6 +495,25 @@ class FileSink(Sink):
                 os.replace(self.path, f"{self.path}.1")
         except OSError as err:
             raise RetryableError(f"cannot rotate {self.path}: {err.strerror or err}") from err
+
+    def _remove_beyond(self, keep: int) -> None:
+        """Remove the rotated files beyond `keep` left by a larger `keep` before (the
+        oldest), and only those that start as this sink writes its files: a file set aside
+        (not this sink's, moved to the first free <path>.N) and a file of the user's that
+        happens to be numbered stay."""
+        end = keep + 1
+        while os.path.isfile(f"{self.path}.{end}"):
+            end += 1
+        for n in range(end - 1, keep, -1):
+            old = f"{self.path}.{n}"
+            try:
+                with open(old, "rb") as f:
+                    ours = self._has_header(f)
+            except OSError:  # unreadable: not known to be ours
+                ours = False
+            if ours:
+                os.remove(old)
+                self.ctx.log.warning("removed %s: keep is %d now", old, keep)
 
     def _close(self) -> None:
         f, self._file = self._file, None

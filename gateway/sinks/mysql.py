@@ -1,14 +1,21 @@
 """Writes FlowFiles into a MySQL or MariaDB table, each exactly once, keyed by FlowFile id.
 
-Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE id=id`
-with every value bound as a parameter, so a batch delivered again after a crash
-or a lost connection adds nothing: rows already there are left alone. The
+Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE` with
+every value bound as a parameter, so a batch delivered again after a crash
+or a lost connection adds nothing: rows already there are left alone. A row
+that collides with another on a unique key you added (not id) goes to the
+dead-letter table (if the id column is NOT NULL, as a primary key is; before
+this release it was left out without a word and reported delivered). The
 session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
 numeric column) is refused instead of being silently cut, rounded or zeroed.
 The batch is then split in halves to find the refused rows: each goes to the
 dead-letter table with the server's message, the rest are delivered.
+A batch larger than the server's `max_allowed_packet` (16 MiB by default on
+MariaDB, 64 MiB on MySQL 8) is split the same way before it is sent, and a
+single row larger than that goes to the dead-letter table saying so (the
+server would drop the connection, and the row would be retried forever).
 (`INSERT IGNORE` is not used: it turns exactly those errors into warnings and
 stores the mangled value.) A lost connection, a timeout, a deadlock or a
 missing table makes the engine retry the whole batch later.
@@ -45,7 +52,9 @@ timestamptz or date value may be written as RFC 3339 / ISO 8601
 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
 it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
 itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
-`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A row whose
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A column of
+the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
+fraction (21.5), which MySQL would round even in strict mode. A row whose
 value does not fit its column is refused alone. Table and column names are SQL
 identifiers (letters, digits, `_`), checked when the config is loaded and always
 quoted.
@@ -53,7 +62,9 @@ quoted.
 When the sink starts it creates the table if needed and checks that the columns
 exist, that a primary key or unique index is on id alone, and that no NOT NULL
 column without a default is one the sink does not write (else every row would
-be refused). It does not change an existing table: add a column yourself, or point
+be refused). Its user needs the INSERT, SELECT and UPDATE (for `ON DUPLICATE KEY
+UPDATE`) privileges on the table, and CREATE only to create it. It does not
+change an existing table: add a column yourself, or point
 `table` at a new one. The session time zone is UTC, so `ts` and `NOW()` agree.
 
 Keys
@@ -98,6 +109,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import decimal
 import json
 import math
 import os
@@ -129,6 +141,14 @@ from gateway.sinks._columns import (
     level,
     plan_columns,
 )
+
+# A row whose id is there already is left alone. A row that collides with another one on
+# a unique key of the table's other than id would be left out without a word: it sets
+# the id NULL instead, which strict mode refuses (error 1048 on `id`) when the id column
+# is NOT NULL (a primary key always is), and the row goes to the dead letters, as
+# PostgreSQL refuses it. (A nullable id column would take the NULL: there, the first.)
+_ON_DUPLICATE = " ON DUPLICATE KEY UPDATE id = IF(id = VALUES(id), id, NULL)"
+_ON_DUPLICATE_NULLABLE = " ON DUPLICATE KEY UPDATE id=id"
 
 SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -365,6 +385,29 @@ def _date(value: Any) -> Any:
     return _as_is(value)
 
 
+def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert`, for a column that holds integers: MySQL rounds 21.5 (or "21.5") to 22
+    there without a word, even in strict mode. A fraction goes as a text the column
+    refuses, which names the value; a whole number (21.0, "1e2") goes as an integer.
+    One past 64 bits goes as it is, for the column to refuse: made an int, 1e5000 has more
+    digits than the driver may print, and 1e999999999 would hold the loop for hours."""
+
+    def whole(value: Any) -> Any:
+        kind = type(value)
+        if kind is float or (kind is str and "_" not in value):  # Python reads 1_000
+            try:
+                number = decimal.Decimal(value)
+            except (decimal.InvalidOperation, ValueError):
+                return convert(value)
+            if number.is_finite() and number.adjusted() < 20:  # BIGINT UNSIGNED < 2e19
+                if number == number.to_integral_value():
+                    return int(number)
+                return f"{value} (not a whole number)"
+        return convert(value)
+
+    return whole
+
+
 def _as_is(value: Any) -> Any:
     """Numbers, booleans and strings go as they are, for MySQL to convert or refuse."""
     if isinstance(value, dict | list):
@@ -375,8 +418,25 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, Any], Any]:
-    """(flowfile, content as JSON text or None, parsed content or None) -> column value."""
+class _TableColumn(NamedTuple):
+    """A column of the table, from information_schema.columns."""
+
+    name: str
+    type: str  # data_type: int, varchar ... (lowercase)
+    nullable: bool
+    default: str | None  # None: no default (MariaDB says 'NULL' for a NULL default)
+    extra: str  # auto_increment, stored generated ... (lowercase)
+
+
+# MySQL's integer types (as information_schema.columns names them); BOOLEAN is tinyint.
+_INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
+
+
+def _getter(
+    column: Column, binary_id: bool, whole: bool = False
+) -> Callable[[FlowFile, str | None, Any], Any]:
+    """(flowfile, content as JSON text or None, parsed content or None) -> column value;
+    `whole`: the table's column holds integers."""
     source = column.source
     if source == "id":
         if binary_id:
@@ -392,10 +452,14 @@ def _getter(column: Column, binary_id: bool) -> Callable[[FlowFile, str | None, 
         return lambda ff, text, doc: text
     if source == "raw":
         return lambda ff, text, doc: ff.content if text is None else None
+    convert = _converter(column.type)
+    if whole and column.type != "BOOLEAN":
+        convert = _whole(convert)
     if source.startswith("topic."):
         n = int(source[6:])
+        if whole:
+            return lambda ff, text, doc: convert(level(ff.topic.split("/"), n))
         return lambda ff, text, doc: level(ff.topic.split("/"), n)
-    convert = _converter(column.type)
     if source.startswith("attributes."):
         key = source[11:]
         return lambda ff, text, doc: convert(ff.attributes.get(key))
@@ -410,8 +474,11 @@ class _Rows:
     text by the sink.
     """
 
-    def __init__(self, columns: list[Column], binary_id: bool) -> None:
-        self.getters = [_getter(column, binary_id) for column in columns]
+    def __init__(
+        self, columns: list[Column], binary_id: bool, whole: frozenset[str] = frozenset()
+    ) -> None:
+        """`whole`: the names of the columns that hold integers in the table."""
+        self.getters = [_getter(c, binary_id, c.name.lower() in whole) for c in columns]
         self.width = len(columns)
         self.default = not binary_id and [c.source for c in columns] == list(DEFAULT_COLUMNS)
 
@@ -500,10 +567,19 @@ SETUP_ERRORS = frozenset(
         1049,  # unknown database
         1054,  # unknown column
         1142,  # command denied on the table
+        1143,  # command denied on a column of the table
         1146,  # no such table
         1364,  # a NOT NULL column without a default that we do not fill
     }
 )
+
+
+class _TooLarge(Exception):
+    """An INSERT larger than the server's max_allowed_packet (not sent)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _code(err: BaseException) -> int | None:
@@ -573,6 +649,8 @@ class MysqlSink(Sink):
         self._conn: Any = None  # aiomysql.Connection
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
+        self._max_packet = 16 << 20  # the server's max_allowed_packet, read at connect
+        self._on_duplicate = _ON_DUPLICATE  # or _ON_DUPLICATE_NULLABLE, as the table is
 
     def create_statement(self) -> str:
         """The CREATE TABLE IF NOT EXISTS statement for the configured columns."""
@@ -664,20 +742,41 @@ class MysqlSink(Sink):
             raise permanent(problem)
         try:
             async with asyncio.timeout(config.timeout):
-                if config.create_table:
+                # Only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege
+                # even when the table is there.
+                if config.create_table and not await self._exists():
                     await self._run(self.create_statement())
                 # Checks that the table and every column exist, with a clear message now
                 # rather than a failing write later.
                 await self._run(f"SELECT {self._names} FROM `{config.table}` LIMIT 0")
                 unique_id = await self._unique_id()
-                unfilled = await self._unfilled()
+                table = await self._table_columns()
+                unfilled = self._unfilled(table)
+                whole = frozenset(c.name.lower() for c in table if c.type in _INTEGER_TYPES)
+                nullable_id = [c.nullable for c in table if c.name.lower() == "id"] != [False]
+                self._on_duplicate = _ON_DUPLICATE_NULLABLE if nullable_id else _ON_DUPLICATE
+                self._rows = _Rows(self.columns, config.id_type == "binary", whole)
+                if unique_id and not unfilled:  # else said below, more clearly
+                    # and that the user may insert (and update, for ON DUPLICATE KEY):
+                    # a statement of no rows
+                    nulls = ",".join(["NULL"] * len(self.columns))
+                    await self._run(
+                        f"{self._head.removesuffix('VALUES ')}SELECT {nulls} FROM DUAL"
+                        f" WHERE FALSE{self._on_duplicate}"
+                    )
+                self._max_packet = await self._max_allowed_packet()
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             self._drop()
             if _code(err) in SETUP_ERRORS:
                 hint = " (create_table is false)" if not config.create_table else ""
+                fix = (
+                    "grant the user the privilege it names (INSERT, SELECT and UPDATE on"
+                    " the table; CREATE to create it)"
+                    if _code(err) in (1044, 1142, 1143)
+                    else "fix the table or point `table` at a new one"
+                )
                 raise permanent(
-                    f"cannot write to table {config.table} on {dsn!r}: {_message(err)}{hint};"
-                    " fix the table or point `table` at a new one"
+                    f"cannot write to table {config.table} on {dsn!r}: {_message(err)}{hint}; {fix}"
                 ) from err
             raise RetryableError(
                 f"cannot prepare table {config.table} on {dsn!r}: {_message(err)}"
@@ -710,24 +809,68 @@ class MysqlSink(Sink):
             )
             return bool(await cursor.fetchall())
 
-    async def _unfilled(self) -> list[str]:
-        """The table's NOT NULL columns without a default (nor generated, nor
-        auto-increment) that the sink does not write: MySQL refuses every row then."""
+    async def _table_columns(self) -> list[_TableColumn]:
+        """The table's columns, in order, as information_schema.columns tells them."""
         async with self._conn.cursor(_Cursor) as cursor:
             await cursor.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = DATABASE() AND table_name = %s AND is_nullable = 'NO'"
-                " AND column_default IS NULL AND extra NOT LIKE '%%auto_increment%%'"
-                " AND extra NOT LIKE '%%GENERATED%%' ORDER BY ordinal_position",
+                "SELECT column_name, data_type, is_nullable, column_default, extra"
+                " FROM information_schema.columns WHERE table_schema = DATABASE()"
+                " AND table_name = %s ORDER BY ordinal_position",
                 (self.config.table,),
             )
             rows = await cursor.fetchall()
+        return [
+            _TableColumn(name, data_type.lower(), nullable == "YES", default, (extra or "").lower())
+            for name, data_type, nullable, default, extra in rows
+        ]
+
+    async def _exists(self) -> bool:
+        """Whether the table exists (and the user may see it)."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute(
+                "SELECT 1 FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND table_name = %s",
+                (self.config.table,),
+            )
+            return bool(await cursor.fetchall())
+
+    async def _max_allowed_packet(self) -> int:
+        """The largest statement the server takes, in bytes."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            await cursor.execute("SELECT @@max_allowed_packet")
+            ((size,),) = await cursor.fetchall()
+            return int(size)
+
+    def _unfilled(self, table: list[_TableColumn]) -> list[str]:
+        """The table's NOT NULL columns without a default (nor generated, nor
+        auto-increment) that the sink does not write: MySQL refuses every row then."""
         written = {column.name.lower() for column in self.columns}
-        return [name for (name,) in rows if name.lower() not in written]
+        return [
+            c.name
+            for c in table
+            if not c.nullable
+            and c.default is None
+            and "auto_increment" not in c.extra
+            and "generated" not in c.extra
+            and c.name.lower() not in written
+        ]
 
     async def _run(self, sql: str, args: Any = None) -> None:
         async with self._conn.cursor(_Cursor) as cursor:
             await cursor.execute(sql, args)
+
+    async def _run_insert(self, sql: str, args: list[Any]) -> None:
+        """Run an INSERT, or raise _TooLarge without sending it when it is larger than the
+        server's max_allowed_packet. The server would answer such a statement by closing
+        the connection (error 1153, or a broken protocol for a much larger one), and the
+        same batch, retried, would be refused forever. The statement is built and encoded
+        here as the driver would build it, so nothing is done twice."""
+        async with self._conn.cursor(_Cursor) as cursor:
+            query = cursor.mogrify(sql, args).encode(self._conn.encoding, "surrogateescape")
+            # MariaDB 10.11 takes at most max_allowed_packet - 2 bytes of query text.
+            if len(query) + 2 > self._max_packet:
+                raise _TooLarge(len(query))
+            await cursor.execute(query)
 
     async def _insert(
         self, batch: list[FlowFile], values: list[Any], lo: int, hi: int, rejected: list[Rejected]
@@ -739,17 +882,27 @@ class MysqlSink(Sink):
         batch skips them through ON DUPLICATE KEY.
         """
         width = self._rows.width
-        sql = self._head + ",".join([self._marks] * (hi - lo)) + " ON DUPLICATE KEY UPDATE id=id"
+        sql = self._head + ",".join([self._marks] * (hi - lo)) + self._on_duplicate
         try:
             async with asyncio.timeout(self.config.timeout):
-                await self._run(sql, values[lo * width : hi * width])
+                await self._run_insert(sql, values[lo * width : hi * width])
             return
         except UnicodeEncodeError as err:  # a lone surrogate in a topic or an attribute
             reason = f"a value is not valid Unicode text ({err.reason})"
+        except _TooLarge as err:
+            reason = (
+                f"the row takes {err.size} bytes as SQL, too many for the server's"
+                f" max_allowed_packet ({self._max_packet}); raise max_allowed_packet on"
+                " the server to store rows this large"
+            )
         except pymysql.MySQLError as err:
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err
             reason = _message(err)
+            if _code(err) == 1048 and "'id'" in reason:  # from _ON_DUPLICATE
+                reason = (
+                    "another row of the table has the same values in a unique key other than id"
+                )
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
             raise self._failed(len(batch), err) from err
         if hi - lo == 1:

@@ -41,13 +41,18 @@ JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text
 and is one of: text, boolean, smallint, integer, bigint, real, double precision,
 numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 `"21.5"` and `21.5` both fit double precision; a row whose value does not fit is
-refused alone. Table and column names are lowercase SQL identifiers (letters,
+refused alone. Into a column of an existing table that holds integers (smallint,
+integer, bigint), a value whose `type` is real, double precision or numeric must
+be a whole number (21.0 fits): PostgreSQL would round 21.5 to 22, so that row is
+refused instead. Table and column names are lowercase SQL identifiers (letters,
 digits, `_`), checked when the config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that it can write to
 it (columns, types, a unique index on id, no NOT NULL column without a default that
-it does not write). It does not change an existing table: add a column yourself, or
-point `table` at a new one. A wrong password, a missing database, schema or table
+it does not write). Its user needs the INSERT and SELECT privileges on the table
+(SELECT for `ON CONFLICT (id)`), and CREATE on the schema only to create the
+table. It does not change an existing table: add a column yourself, or point
+`table` at a new one. A wrong password, a missing database, schema or table
 (with `create_table: false`), a table of another shape, a TLS file of the dsn
 (`?sslcert=`, `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full)
 that cannot be read, a server without TLS when the dsn's sslmode requires it
@@ -293,6 +298,13 @@ class PostgresSinkConfig(SinkConfig):
             for part in parts:
                 for message in _check_name(part):
                     yield "table", message
+            if len(parts) == 2 and (parts[0] == "pg_temp" or parts[0].startswith("pg_temp_")):
+                yield (
+                    "table",
+                    f"{self.table!r}: schema pg_temp holds temporary tables, dropped with"
+                    " the connection that made them, and the rows with them; name another"
+                    " schema",
+                )
         yield from plan_columns(self.columns, DIALECT)[1]
 
 
@@ -366,7 +378,9 @@ def _text(value: Any) -> str | None:
 
 
 # How each column's value, arriving as text, becomes the column's type (u.cN is the text).
-def _convert(column: Column) -> str:
+# `whole`: the table's integer type (smallint, integer, bigint) for a column whose `type`
+# is fractional: the value goes to it, refusing a fraction.
+def _convert(column: Column, whole: str | None = None) -> str:
     source = column.source
     if source == "ts":  # microseconds since the epoch, exact
         return "timestamptz 'epoch' + {}::int8 * interval '1 microsecond'"
@@ -374,7 +388,18 @@ def _convert(column: Column) -> str:
         return "decode({}, 'base64')"
     if column.type == "text":
         return "{}"
+    if whole is not None:
+        # A whole number as written (2.0, 1e2 as 100.0) fits; a fraction fails to
+        # convert, to the column's type straight, with the value in the message.
+        return (
+            f"CASE WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{whole} ELSE {{0}}::{whole} END"
+        )
     return "{}::" + column.type
+
+
+# A `type` that PostgreSQL would round, without a word, into a table's integer column.
+_FRACTIONAL = frozenset({"real", "double precision", "numeric"})
+_INTEGER = frozenset({"smallint", "integer", "bigint"})
 
 
 def _base64(content: bytes) -> str:
@@ -613,12 +638,15 @@ class PostgresSink(Sink):
         self._lock = asyncio.Lock()
         self._connected_to: dict[str, str] = {}  # server and table, once connected
 
-    def _insert_statement(self) -> str:
+    def _insert_statement(self, whole: Mapping[str, str] | None = None) -> str:
+        """The INSERT; `whole` names the integer type of the table's columns whose
+        `type` is fractional (see _convert)."""
+        whole = whole or {}
         names, params, exprs = [], [], []
         for i, column in enumerate(self.columns, 1):
             names.append(f'"{column.name}"')
             params.append(f"json_array_elements_text(${i}::json)")
-            exprs.append(_convert(column).format(f"u.c{i}"))
+            exprs.append(_convert(column, whole.get(column.name)).format(f"u.c{i}"))
         aliases = ", ".join(f"c{i}" for i in range(1, len(self.columns) + 1))
         return (
             f"INSERT INTO {self.table} ({', '.join(names)})"
@@ -759,9 +787,14 @@ class PostgresSink(Sink):
                 await pool.release(conn)
         except _SETUP_ERRORS as err:
             pool.terminate()
+            fix = (
+                "grant the user INSERT and SELECT on the table (USAGE on its schema;"
+                " CREATE on the schema to create it)"
+                if isinstance(err, asyncpg.exceptions.InsufficientPrivilegeError)  # 42501
+                else "fix the table or point `table` at a new one"
+            )
             raise permanent(
-                f"cannot write to table {config.table} on {self.server}: {_message(err)};"
-                " fix the table or point `table` at a new one"
+                f"cannot write to table {config.table} on {self.server}: {_message(err)}; {fix}"
             ) from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             pool.terminate()
@@ -776,13 +809,17 @@ class PostgresSink(Sink):
         return pool
 
     async def _prepare_table(self, conn: Any, permanent: type[Exception]) -> None:
-        if self.config.create_table:
+        exists = await conn.fetchval("SELECT to_regclass($1)", self.table) is not None
+        if self.config.create_table and not exists:
+            # Only when missing: CREATE TABLE IF NOT EXISTS needs the CREATE privilege on
+            # the schema even when the table is there (PostgreSQL 15 grants none on public).
             await conn.execute(self.create_statement())
-        elif await conn.fetchval("SELECT to_regclass($1)", self.table) is None:
+        elif not exists:
             raise permanent(
                 f"table {self.config.table} does not exist on {self.server} and"
                 " `create_table` is false: create it, or set `create_table: true`"
             )
+        await self._match_integer_columns(conn)
         # An empty batch checks columns, types, privileges and the unique index on id
         # now, with a clear message, instead of failing every write later.
         await conn.execute(self._insert_sql, *("[]" for _ in self.columns))
@@ -813,6 +850,23 @@ class PostgresSink(Sink):
                 f" default that the sink does not write ({names}), so every row would be"
                 " refused; give them a default, allow NULL, or point `table` at a new table"
             )
+
+    async def _match_integer_columns(self, conn: Any) -> None:
+        """Convert to the table's own type a value whose `type` is fractional (real, double
+        precision, numeric) but whose column holds integers: through the `type`,
+        PostgreSQL would round 21.5 to 22 on the way in; to the column's type, it refuses
+        it, and the row goes to the dead letters with its value."""
+        fractional = [c.name for c in self.columns if c.type in _FRACTIONAL]
+        if not fractional:
+            return
+        rows = await conn.fetch(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid ="
+            " to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attname = ANY($2::text[])",
+            self.table,
+            fractional,
+        )
+        integer = {name: sql_type for name, sql_type in rows if sql_type in _INTEGER}
+        self._insert_sql = self._insert_statement(integer)
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

@@ -39,14 +39,16 @@ needs no dedupe: writing the same values again changes nothing.
 
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
-trouble, a server out of memory, still loading or a read-only replica are
-retried later. A server that refuses the sink when it starts (user or password,
-a missing ACL permission, a TLS certificate either side does not trust, a
-database number beyond its `databases`, or `cluster: true` for a server that is
-no cluster node) stops it until the config is fixed; TLS files (`ca_file`,
-`cert_file`, `key_file`) that cannot be read do too; the same refusal on a
-reconnect while running is retried, since the operator may be changing the
-server's side.
+trouble, a server out of memory, still loading or a read-only replica, and an
+ACL user that may not run the mode's command (or touch the dedupe keys), are
+retried later; a key or a channel the ACL user may not write (it comes from the
+row's topic) sends that row to the dead-letter table. A server that refuses
+the sink when it starts (user or password, a missing ACL permission, a TLS
+certificate either side does not trust, a database number beyond its
+`databases`, or `cluster: true` for a server that is no cluster node) stops
+it until the config is fixed; TLS files (`ca_file`, `cert_file`, `key_file`)
+that cannot be read do too; the same refusal on a reconnect while running is
+retried, since the operator may be changing the server's side.
 
 `key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
 gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
@@ -206,6 +208,14 @@ TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CL
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
+# How Redis says that the ACL user may not run a command: from a script (7.0: "ERR The
+# user executing the script can't run this command or subcommand"), else NOPERM ("this
+# user has no permissions to run the 'xadd' command", 7.2: "User u has no permissions to
+# run ..."). Not a key or a channel the user may not touch ("no permissions to access one
+# of the keys", "No permissions to access a key"): the key comes from the row's topic, so
+# that row alone goes to the dead letters, as any row Redis refuses.
+_NO_COMMAND_PERMISSION = ("no permissions to run", "can't run this command")
+
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSinkConfig(SinkConfig):
@@ -240,7 +250,8 @@ class RedisSinkConfig(SinkConfig):
             "`stream`: about this many entries kept; `list`: exactly this many; 0 keeps"
             " everything. Not used by `hash` and `publish`."
         ),
-        Range(0, message="must be 0 (keep everything) or more"),
+        # Redis refuses counts past 2^63 - 1, and the script (Lua numbers) rounds past 2^53.
+        Range(0, 2**53 - 1, "must be 0 (keep everything) or more, up to 2^53 - 1"),
     ] = 100_000
     value: Annotated[
         Literal["envelope", "payload"],
@@ -633,7 +644,10 @@ class RedisSink(Sink):
             # Not about one row (those come back inside the script's answer): OOM, LOADING,
             # READONLY, cluster reconfiguring, NOSCRIPT after a failover ...
             await self._reset()
-            raise RetryableError(f"{_safe_url(self.config.url)} refused the batch: {err}") from err
+            reason = _refusal(err) or err
+            raise RetryableError(
+                f"{_safe_url(self.config.url)} refused the batch: {reason}"
+            ) from err
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:
         if self.config.mode in ("stream", "hash"):
@@ -677,17 +691,68 @@ class RedisSink(Sink):
                 value = envelope(ff) if envelopes else ff.content
                 blobs.append(f"{index}\0{ff.id}\0".encode() + value)
             rows.append(ff)
+        calls = [self._write_group(client, slot, *group) for slot, group in groups.items()]
+        return [refused for part in await asyncio.gather(*calls) for refused in part]
+
+    async def _write_group(
+        self,
+        client: Any,
+        slot: int | None,
+        targets: dict[str, int],
+        blobs: list[bytes],
+        rows: list[FlowFile],
+    ) -> list[Rejected]:
+        """One script call for the rows of one slot; the rows Redis refused."""
         settings = (self.config.mode, self.window, self.config.maxlen)
-        calls = [
-            self._evalsha(client, [*self.dedupe_keys(slot), *targets], (*settings, *blobs))
-            for slot, (targets, blobs, _) in groups.items()
-        ]
-        answers = await asyncio.gather(*calls)
+        dedupe = self.dedupe_keys(slot)
+        try:
+            errors = await self._evalsha(client, [*dedupe, *targets], (*settings, *blobs))
+        except redis_errors.NoPermissionError as err:
+            # Redis checks every key a script names before running it, so one key the ACL
+            # user may not write refuses the whole call, nothing written. The key comes
+            # from a row's topic: each key alone, and the rows of a refused one go to the
+            # dead letters, unless it is the dedupe keys that are refused (then every row
+            # would be: the user's, retried).
+            if any(words in str(err) for words in _NO_COMMAND_PERMISSION):
+                raise
+            if len(targets) > 1:
+                return await self._write_by_key(client, slot, targets, blobs, rows)
+            if await self._may_write(client, dedupe):
+                return [self._refused(ff, str(err)) for ff in rows]
+            raise
         return [
-            self._refused(rows[int(errors[i]) - 1], errors[i + 1])
-            for (_, _, rows), errors in zip(groups.values(), answers, strict=True)
-            for i in range(0, len(errors), 2)
+            self._refused(rows[int(errors[i]) - 1], errors[i + 1]) for i in range(0, len(errors), 2)
         ]
+
+    async def _write_by_key(
+        self,
+        client: Any,
+        slot: int | None,
+        targets: dict[str, int],
+        blobs: list[bytes],
+        rows: list[FlowFile],
+    ) -> list[Rejected]:
+        """The rows of a slot, one script call per key (after the ACL refused a key)."""
+        by_index: dict[int, tuple[list[bytes], list[FlowFile]]] = {}
+        for blob, ff in zip(blobs, rows, strict=True):
+            head, _, rest = blob.partition(b"\0")
+            part = by_index.setdefault(int(head), ([], []))
+            part[0].append(b"1\0" + rest)
+            part[1].append(ff)
+        refused = []
+        for key, index in targets.items():
+            part_blobs, part_rows = by_index[index]
+            refused += await self._write_group(client, slot, {key: 1}, part_blobs, part_rows)
+        return refused
+
+    async def _may_write(self, client: Any, dedupe: tuple[str, str]) -> bool:
+        """Whether the ACL user may run the script on the dedupe keys (a call of no rows)."""
+        settings = (self.config.mode, self.window, self.config.maxlen)
+        try:
+            await self._evalsha(client, list(dedupe), settings)
+        except redis_errors.NoPermissionError:
+            return False
+        return True
 
     async def _evalsha(self, client: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
@@ -702,6 +767,9 @@ class RedisSink(Sink):
         if text.startswith(TRANSIENT):
             # The rows before it are in and recorded; the retry skips them.
             raise redis_errors.ResponseError(text)
+        if any(words in text for words in _NO_COMMAND_PERMISSION):
+            # The ACL user's, not the row's: every row would go to the dead letters.
+            raise redis_errors.NoPermissionError(text)
         return Rejected(ff, f"redis {self.config.mode} {self._key(ff.topic)!r}: {text}")
 
     async def _write_hashes(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:

@@ -155,6 +155,40 @@ async def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 3000  # rotated near the limit, not early
 
 
+async def test_a_lowered_keep_removes_the_older_rotated_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(1, 6):  # left by keep: 5
+        (tmp_path / f"archive.jsonl.{n}").write_text(f'{{"id":"{n}"}}\n')
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=2)
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])  # rotates
+    await sink.close()
+    assert names(tmp_path) == ["archive.jsonl", "archive.jsonl.1", "archive.jsonl.2"]
+    assert (tmp_path / "archive.jsonl.2").read_text() == '{"id":"1"}\n'
+    removed = [r for r in caplog.records if r.levelname == "WARNING" and "removed" in r.message]
+    assert len(removed) == 3
+
+
+async def test_a_raised_keep_leaves_files_set_aside_and_the_users_beyond_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "archive.jsonl.1").write_text('{"id":"1"}\n')
+    (tmp_path / "archive.jsonl").write_text("a,b\n1,2\n")  # not JSON Lines
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=0)
+    await sink.connect()  # sets it aside to the first free name, .2
+    await sink.close()
+    (tmp_path / "archive.jsonl.3").write_text("my notes\n")
+    (tmp_path / "archive.jsonl.4").write_text('{"id":"4"}\n')  # left by a larger keep
+    sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=1)
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])
+    await sink.write([flowfile(json.dumps({"pad": "x" * 3000}).encode())])  # rotates
+    await sink.close()
+    assert names(tmp_path) == [f"archive.jsonl{n}" for n in ("", ".1", ".2", ".3")]
+    assert (tmp_path / "archive.jsonl.2").read_text() == "a,b\n1,2\n"
+    assert (tmp_path / "archive.jsonl.3").read_text() == "my notes\n"
+
+
 async def test_a_batch_is_never_split_across_files(tmp_path: Path) -> None:
     sink = make_sink(tmp_path, rotate_bytes="4KiB", keep=1)
     await sink.write([flowfile(b'{"first": true}')])

@@ -285,6 +285,74 @@ async def test_a_value_that_does_not_fit_its_column_rejects_only_that_row(
     }
 
 
+async def test_rows_beyond_max_allowed_packet_are_split_or_refused_not_retried_forever(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # The server would close the connection on such a statement, and the same batch,
+    # retried, would never get through.
+    limit = 65536  # the server's 16 MiB would make a slow test; a session reads it at connect
+    ((default,),) = mariadb.fetch("SELECT @@global.max_allowed_packet")
+    mariadb.execute(f"SET GLOBAL max_allowed_packet = {limit}")
+    try:
+        sink = await sink_for(table=table)
+    finally:
+        mariadb.execute(f"SET GLOBAL max_allowed_packet = {default}")
+
+    def sized(n: int) -> FlowFile:
+        return FlowFile.create("s/big", b'"' + b"x" * n + b'"')
+
+    small = FlowFile.create("s/small", b"{}")
+    # two that fit one at a time but not together, and one that never fits
+    halves, huge = [sized(limit * 6 // 10), sized(limit * 6 // 10)], sized(limit)
+    rejected = await sink.write([small, *halves, huge])
+
+    assert [(r.flowfile.id, r.reason[:30]) for r in rejected] == [
+        (huge.id, "mysql refused the row: the row")
+    ]
+    assert f"max_allowed_packet ({limit})" in rejected[0].reason
+    assert set(ids(mariadb, table)) == {small.id, halves[0].id, halves[1].id}
+
+
+async def test_a_fraction_is_refused_not_rounded_into_an_integer_column(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # MySQL rounds 21.5 to 22 in an INT column, even in strict mode.
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, n INT, m DOUBLE, k BIGINT, l INT)"
+    )
+    sink = await sink_for(
+        table=table,
+        columns={
+            "n": {"from": "field.t", "type": "integer"},
+            "m": {"from": "field.t", "type": "double"},
+            "k": {"from": "attributes.k", "type": "double"},  # a table of its own
+            "l": "topic.1",
+        },
+    )
+    batch = [
+        FlowFile.create(f"s/{level}", f'{{"t": {t}}}'.encode(), {"k": k})
+        for t, k, level in (
+            ("21.5", "1", "1"),
+            ('"21.5"', "1", "1"),
+            ("21.0", "1e2", "3"),
+            ("7", "2.5", "1"),
+            ("7", "1", "1.5"),
+        )
+    ]
+    rejected = await sink.write(batch)
+    assert {r.flowfile.id for r in rejected} == {ff.id for ff in batch if ff is not batch[2]}
+    assert "Data truncated for column 'n'" in rejected[0].reason
+    assert mariadb.fetch(f"SELECT n, m, k, l FROM `{table}`") == [(21, 21.0, 100, 3)]
+
+    # Past 64 bits a whole number goes as written, for the column to refuse, never made an
+    # int: 1e5000 has more digits than the driver may print, and 1e999999999 would hold
+    # the event loop for hours. Each alone, so the old code fails on the first.
+    for huge in ("1e5000", "-1e999999999", "1e20"):
+        flowfile = FlowFile.create(f"s/{huge}", b"{}", {"k": huge})
+        assert [r.flowfile.id for r in await sink.write([flowfile])] == [flowfile.id]
+    assert mariadb.fetch(f"SELECT COUNT(*) FROM `{table}`") == [(1,)]
+
+
 async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
@@ -349,6 +417,43 @@ async def test_a_check_constraint_added_by_the_user_refuses_rows(
     assert len(ids(mariadb, table)) == 2
 
 
+async def test_a_row_colliding_on_another_unique_key_is_refused_not_left_out(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # ON DUPLICATE KEY fires for any unique key: the row was reported delivered, and lost.
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device VARCHAR(8), seq INT,"
+        " UNIQUE (device, seq))"
+    )
+    sink = await sink_for(table=table, columns={"device": "topic.0", "seq": "field.seq"})
+    batch = [FlowFile.create("d1", f'{{"seq": {n}}}'.encode()) for n in (1, 1, 2)]
+    for _ in range(2):  # and again, as after a crash: the same row refused, no other
+        rejected = await sink.write(batch)
+        assert [(r.flowfile.id, r.reason) for r in rejected] == [
+            (
+                batch[1].id,
+                "mysql refused the row: another row of the table has the same values in a"
+                " unique key other than id",
+            )
+        ]
+    assert sorted(ids(mariadb, table)) == [batch[0].id, batch[2].id]
+
+
+async def test_a_nullable_id_keeps_its_value_when_a_row_collides_on_another_unique_key(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # A unique index on a nullable id would take the NULL meant to make strict mode refuse
+    # the row: the row already there would lose its id. There, the first row stays.
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id CHAR(36) NULL UNIQUE, device VARCHAR(8), seq INT,"
+        " UNIQUE (device, seq))"
+    )
+    sink = await sink_for(table=table, columns={"device": "topic.0", "seq": "field.seq"})
+    batch = [FlowFile.create("d1", f'{{"seq": {n}}}'.encode()) for n in (1, 1, 2)]
+    assert await sink.write(batch) == []
+    assert sorted(ids(mariadb, table)) == sorted([batch[0].id, batch[2].id])
+
+
 async def test_a_lone_surrogate_in_an_attribute_rejects_only_that_row(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
@@ -390,13 +495,13 @@ async def test_values_are_bound_as_parameters_never_written_into_the_sql(
 ) -> None:
     sink = await sink_for(table=table)
     statements: list[tuple[str, Any]] = []
-    run = sink._run
+    run = sink._run_insert
 
-    async def spy(sql: str, args: Any = None) -> None:
+    async def spy(sql: str, args: Any) -> None:
         statements.append((sql, args))
         await run(sql, args)
 
-    monkeypatch.setattr(sink, "_run", spy)
+    monkeypatch.setattr(sink, "_run_insert", spy)
     hostile = "x'); DROP TABLE `" + table + "`; -- \\' \" 100% %s %(a)s"
     batch = [
         FlowFile.create("s/" + hostile, b"\x00'\\%s\xff", {"q": hostile}),
@@ -468,6 +573,33 @@ async def test_missing_table_without_create_table_is_a_permanent_error(
         await sink.connect()
     assert mariadb.fetch("SHOW TABLES LIKE %s", table) == []
     await sink.close()
+
+
+async def test_privileges_on_an_existing_table_are_checked_at_connect(
+    mariadb: Any, table: str
+) -> None:
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, device TEXT)")
+    mariadb.execute(f"CREATE USER '{table}'@'%' IDENTIFIED BY 'pw'")
+    dsn = f"mysql://{table}:pw@{mariadb.host}:{mariadb.port}/edge"
+    try:
+        # SELECT on some columns only (error 1143): no table to fix, a privilege to grant
+        mariadb.execute(f"GRANT INSERT, SELECT (id) ON edge.`{table}` TO '{table}'@'%'")
+        sink = make_sink(dsn, table=table, columns={"device": "topic.0"})
+        with pytest.raises(PermanentError, match=r"SELECT command denied.*grant the user"):
+            await sink.connect()
+        # without UPDATE (for ON DUPLICATE KEY), every write would be refused
+        mariadb.execute(f"GRANT SELECT ON edge.`{table}` TO '{table}'@'%'")
+        with pytest.raises(PermanentError, match=r"UPDATE command denied.*grant the user"):
+            await sink.connect()
+        # no CREATE privilege is needed for a table that is there
+        mariadb.execute(f"GRANT UPDATE ON edge.`{table}` TO '{table}'@'%'")
+        await sink.connect()
+        ff = FlowFile.create("d1/x", b"{}")
+        assert await sink.write([ff]) == []
+        await sink.close()
+    finally:
+        mariadb.execute(f"DROP USER '{table}'@'%'")
+    assert mariadb.fetch(f"SELECT id, device FROM `{table}`") == [(ff.id, "d1")]
 
 
 async def test_a_missing_column_is_a_permanent_error(mariadb: Any, table: str) -> None:

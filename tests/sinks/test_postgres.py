@@ -493,6 +493,55 @@ async def test_existing_table_is_used_as_it_is_without_create_table(
     await sink.close()
 
 
+async def test_a_fraction_is_refused_not_rounded_into_an_integer_column_typed_double(
+    postgres: Any, table: str
+) -> None:
+    # The cast through the `type` would make PostgreSQL round 21.5 to 22, without a word.
+    postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, temp integer)')
+    columns = {"temp": {"from": "field.t", "type": "double precision"}}
+    sink = make_sink(postgres.dsn, table=table, create_table=False, columns=columns)
+    await sink.connect()
+    batch = [FlowFile.create("s", f'{{"t": {t}}}'.encode()) for t in ("21.5", "21.0", "1e2", "7")]
+    rejected = await sink.write(batch)
+    await sink.close()
+    assert [(r.flowfile.id, r.reason) for r in rejected] == [
+        (
+            batch[0].id,
+            'postgres refused the row: invalid input syntax for type integer: "21.5"'
+            " (SQLSTATE 22P02)",
+        )
+    ]
+    assert sorted(postgres.fetch(f'SELECT temp FROM "{table}"')) == [(7,), (21,), (100,)]
+
+
+async def test_an_existing_table_needs_no_create_privilege_on_its_schema(
+    postgres: Any, table: str
+) -> None:
+    # PostgreSQL 15 grants no CREATE on schema public, and CREATE TABLE IF NOT EXISTS
+    # asks for it even when the table is there.
+    postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text)')
+    postgres.execute(f'CREATE ROLE "{table}" LOGIN')
+    try:
+        sink = make_sink(
+            postgres.dsn.replace("postgres@", f"{table}@"),
+            table=table,
+            columns={"device": "topic.0"},
+        )
+        # Without a privilege it needs, the error names them (no table to fix).
+        with pytest.raises(PermanentError, match=r"grant the user INSERT and SELECT on") as caught:
+            await sink.connect()
+        assert "permission denied" in str(caught.value)
+        assert "point `table` at a new one" not in str(caught.value)
+        postgres.execute(f'GRANT INSERT, SELECT ON "{table}" TO "{table}"')
+        await sink.connect()
+        ff = FlowFile.create("d1/x", b"{}")
+        assert await sink.write([ff]) == []
+        await sink.close()
+    finally:
+        postgres.execute(f'DROP OWNED BY "{table}"; DROP ROLE "{table}"')
+    assert postgres.fetch(f'SELECT id::text, device FROM "{table}"') == [(ff.id, "d1")]
+
+
 @pytest.mark.parametrize(
     ("ddl", "message"),
     [
@@ -557,6 +606,8 @@ DSN = "postgresql://gw:s3cret-pw@db.example:5432/telemetry"
         ({"table": "Readings"}, "table", "must be lowercase"),
         ({"table": "a.b.c"}, "table", "must read table or schema.table"),
         ({"table": "public.1x"}, "table", "'1x' is not a valid SQL identifier"),
+        # a temporary table: each row acknowledged, then gone with the connection
+        ({"table": "pg_temp.readings"}, "table", "schema pg_temp holds temporary tables"),
         ({"table": 'x"; DROP TABLE y; --'}, "table", "is not a valid SQL identifier"),
         ({"columns": {"bad name": "topic"}}, "columns.bad name", "not a valid SQL identifier"),
         ({"columns": {"Temp": "topic"}}, "columns.Temp", "must be lowercase"),

@@ -520,6 +520,69 @@ async def test_an_acl_user_without_a_permission_it_needs_is_permanent(
     await sink.close()
 
 
+@pytest.mark.parametrize("dedupe", [True, False], ids=["script", "pipeline"])
+async def test_an_acl_user_that_may_not_run_the_modes_command_is_retried_not_dead_lettered(
+    redis: Any, client: Any, ns: str, dedupe: bool
+) -> None:
+    # Connecting needs no XADD: the refusal comes with each row, and is no fault of the row.
+    await client.acl_setuser(
+        ns, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-xadd"]
+    )
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe=dedupe)
+    try:
+        await sink.connect()
+        with pytest.raises(RetryableError, match="grant the ACL user the permission"):
+            await sink.write([FlowFile.create("a", b"1"), FlowFile.create("b", b"2")])
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+    assert await data_keys(client, ns) == []
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["script", "pipeline"])
+async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
+    redis: Any, client: Any, ns: str, dedupe: bool
+) -> None:
+    # The key comes from the row's topic: the refusal is the row's, and retrying the batch
+    # would stall the sink (and, without dedupe, store the other rows again each time).
+    await client.acl_setuser(
+        ns,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"{ns}:ok*", f"{ns}-dedupe*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe=dedupe, dedupe_prefix=f"{ns}-dedupe")
+    batch = [FlowFile.create("ok1", b"1"), FlowFile.create("other", b"2")]
+    try:
+        await sink.connect()
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "permission" in rejected[0].reason
+    assert await client.xlen(f"{ns}:ok1") == 1
+    assert await data_keys(client, ns) == [f"{ns}:ok1".encode()]
+
+    if dedupe:  # the dedupe keys refused: every row would be, so the batch is retried
+        await client.acl_setuser(
+            ns, enabled=True, passwords=["+pw"], keys=[f"{ns}:*"], commands=["+@all"]
+        )
+        sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe")
+        try:
+            await sink.connect()
+            with pytest.raises(RetryableError, match="grant the ACL user the permission"):
+                await sink.write(batch)
+        finally:
+            await sink.close()
+            await client.acl_deluser(ns)
+        assert await client.xlen(f"{ns}:ok1") == 1
+
+
 async def test_cluster_true_for_a_plain_server_is_permanent(redis: Any) -> None:
     sink = make_sink(redis.url, cluster=True)
     with pytest.raises(PermanentError, match="not a Redis Cluster node"):
@@ -835,6 +898,8 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         ({"url": "redis://cache", "key": "edge:{topic"}, "has a lone '{'"),
         ({"url": "redis://cache", "mode": "set"}, "'set' is not one of"),
         ({"url": "redis://cache", "maxlen": -1}, "maxlen: must be 0"),
+        # Redis would refuse every entry ("value is not an integer or out of range")
+        ({"url": "redis://cache", "maxlen": 10**20}, "maxlen: must be 0 (keep everything)"),
         ({"url": "redis://cache", "dedupe_prefix": "{x}"}, "without braces"),
         (
             {"url": "redis://cache", "batch": {"max_rows": 1000}, "dedupe_window": 999},
