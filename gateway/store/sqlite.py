@@ -620,6 +620,8 @@ class Store:
         self.reserve = self.path.with_name("store.reserve")
         self.disk_full = False
         self.disk_free = 0
+        self.file_gone = False  # store.db was deleted or replaced under the open store
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open store.db
         self._no_reserve = False  # the reserve cannot be made on this file system
         self._oldest: dict[str, int] = {}  # sink -> `created` (ns) of its oldest waiting FlowFile
 
@@ -666,6 +668,8 @@ class Store:
             # stores written before checksums: their rows keep crc NULL and are not checked
             db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
         self._db = db
+        st = os.stat(self.path)
+        self._file_id = (st.st_dev, st.st_ino)
         self._keep_reserve_sync()
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
@@ -855,7 +859,12 @@ class Store:
         Intake pauses while less than DISK_LOW is free and resumes above DISK_OK (the
         reserve file counts as free: it is there to be given up), so that delivery
         always has room to move cursors and purge.
+
+        Also True for good once store.db was deleted or replaced while open: what would
+        be committed (and acknowledged) then goes to a file no restart finds.
         """
+        if self._gone():
+            return True
         try:
             st = os.statvfs(self.path.parent)
         except OSError:
@@ -876,6 +885,28 @@ class Store:
             self.disk_full = False
             log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
         return self.disk_full
+
+    def _gone(self) -> bool:
+        if self.file_gone or self._file_id is None:
+            return self.file_gone
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False  # cannot tell (a permission changed): SQLite says if it matters
+        else:
+            if (st.st_dev, st.st_ino) == self._file_id:
+                return False
+        self.file_gone = True
+        log.error(
+            "store: %s was deleted or replaced while the gateway ran; intake stopped (nothing"
+            " more is acknowledged into a file no restart would find), the sinks keep"
+            " delivering what it held: once they are done, restart the gateway (what still"
+            " waits then is lost with that file)",
+            self.path,
+        )
+        return True
 
     def _keep_reserve_sync(self) -> None:
         """Create the reserve file when it is missing and DISK_OK is free.

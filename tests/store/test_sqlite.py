@@ -573,6 +573,31 @@ async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) 
     await store.close()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_store_file_deleted_under_the_gateway_stops_intake(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """store.db deleted (or a copy put in its place) while open: the gateway went on
+    committing and acknowledging into the old file, which no restart finds. Intake stops
+    with one ERROR line; what the open file holds is still delivered."""
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
+    assert not store.check_disk()
+    if how == "deleted":
+        store.path.unlink()
+    else:
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(store.path.read_bytes())
+        copy.replace(store.path)
+    assert store.check_disk() and store.check_disk()
+    [line] = [r.getMessage() for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    assert str(store.path) in line and "intake stopped" in line
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    assert len(rows) == 3 and store.depth("a") == 0
+    await store.close()
+
+
 @pytest.mark.parametrize("action", ["release", "new_session"])
 async def test_a_full_disk_is_named_when_qos2_ids_are_forgotten(
     small_disk: Path, action: str
