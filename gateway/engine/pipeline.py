@@ -710,7 +710,18 @@ class Engine:
         while True:
             if data and self.store.over_budget:
                 await self.store.make_room()
-            if data and (self.store.over_budget or self.store.check_disk()):
+            if self.store.file_gone and self._intake_closed:
+                self._give_up(len(items), "its store file was deleted or replaced")
+                return
+            # Stopping (a shutdown, or a reload that restarts the engine: the one that
+            # raises buffer.max_bytes), what sources handed over is committed past the
+            # budget or into the last free space: no sink drains while the engine
+            # stops, and waiting for one hung the stop for ever.
+            if (
+                data
+                and not self._intake_closed
+                and (self.store.over_budget or self.store.check_disk())
+            ):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()
@@ -722,6 +733,9 @@ class Engine:
                     self.replicator.offer(kv, resets or [])
                 break
             except StoreError as err:
+                if self._intake_closed:
+                    self._give_up(len(items), str(err))
+                    return
                 delay = backoff.next()
                 log.error(
                     "engine: cannot commit to the store (%s); nothing is acknowledged,"
@@ -752,6 +766,15 @@ class Engine:
                 dead[0].origin,
                 dead[0].reason,
             )
+
+    def _give_up(self, count: int, why: str) -> None:
+        """At a stop, a batch that cannot be committed is left unacknowledged (its
+        sources send it again, those that can), rather than the stop waiting for ever."""
+        log.error(
+            "engine: stopping: %d message(s) handed over were not stored nor acknowledged (%s)",
+            count,
+            why,
+        )
 
     def _wake_sinks(self) -> None:
         for runner in self.sinks.values():

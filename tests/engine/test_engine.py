@@ -204,6 +204,42 @@ async def test_acks_run_after_the_commit_and_shutdown_goes_in_order(
     assert store.cursor("out") > 0 and engine.sinks["out"].delivered == 3
 
 
+@pytest.mark.parametrize("cause", ["budget", "file_gone"])
+async def test_a_stop_does_not_wait_for_room_no_sink_makes(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    """overflow: block, the budget full, its sink stuck: what a source had handed over
+    waited for room at the stop, which no sink makes while the engine stops. A SIGTERM
+    never ended, nor a reload raising buffer.max_bytes (it restarts the engine). It is
+    committed past the budget and acknowledged; with store.db deleted, left unacknowledged
+    (sent again by its source) instead of acknowledged into a file no restart finds."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    await put(store, 5)
+    if cause == "budget":
+        store.max_bytes = 1  # the five above fill it
+    else:
+        store.path.unlink()
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "write 5" in fakes and not engine.gate.is_set())
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    if cause == "budget":
+        assert fakes[-5:] == ["ack 1", "ack 2", "ack 3", "source closed", "sink closed"]
+        assert store.depth("out") == 8
+    else:
+        assert fakes[-2:] == ["source closed", "sink closed"]
+        assert not any(e.startswith("ack") for e in fakes)
+    await store.close()
+
+
 class Relabel(Processor):
     """Derives each FlowFile onto another topic, as a window or a transform does."""
 
