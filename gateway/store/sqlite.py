@@ -363,7 +363,14 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
             f" ({err.strerror or err}); give a folder the gateway may write"
         ) from err
     lock = key / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        # A data_dir on a read-only file system stopped the start with a traceback.
+        raise StoreError(
+            f"gateway.data_dir {key}: cannot use it as the gateway's folder (cannot open"
+            f" {lock}: {err.strerror or err}); give a folder the gateway may write"
+        ) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -374,8 +381,11 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
                 " stop it first, or give this gateway its own gateway.data_dir"
             ) from err
         raise StoreError(f"{lock}: cannot lock the data_dir: {err}") from err
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as err:  # the pid is for people; a full disk must not stop the start
+        log.warning("store: cannot write the pid into %s: %s", lock, err)
     _locks[key] = [fd, 1]
     return key
 

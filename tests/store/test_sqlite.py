@@ -17,7 +17,14 @@ from gateway.core.component import MARK_QOS2
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.store.admin import reset
-from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
+from gateway.store.sqlite import (
+    TAIL_MAX_BYTES,
+    Batch,
+    DeadLetter,
+    Store,
+    StoreError,
+    hold_data_dir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -571,6 +578,18 @@ async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) 
             await store.maintain(["a"])  # the maintenance loop, once a second
         assert store.reserve.exists(), f"round {round_}: intake resumed without the reserve"
     await store.close()
+
+
+def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A data_dir on a read-only file system (or a folder in place of .lock) stopped the
+    start with os.open's traceback."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(StoreError) as err:
+        hold_data_dir(tmp_path)
+    assert str(err.value) == (
+        f"gateway.data_dir {tmp_path}: cannot use it as the gateway's folder (cannot open"
+        f" {tmp_path}/.lock: Is a directory); give a folder the gateway may write"
+    )
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
