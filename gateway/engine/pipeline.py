@@ -261,6 +261,7 @@ class Engine:
         self._build()
         await self.store.register_sinks(self.sinks)
         self._store_policies()
+        await self._save_active()
         self.router = self._build_router()
         state = await self.store.load_state()
         for label, processor in self.router.stateful():
@@ -484,6 +485,16 @@ class Engine:
         )
         self.store.set_active(self.sinks)
 
+    async def _save_active(self) -> None:
+        try:
+            await self.store.save_active()
+        except StoreError as err:  # only `store drop-sink` needs it; the data does not
+            log.warning(
+                "engine: cannot note the running sinks in the store (`edge-stream store"
+                " drop-sink` cannot tell them from removed ones meanwhile): %s",
+                err,
+            )
+
     async def apply(self, config: Config, plan: Plan, check: bool = True) -> list[str]:
         """Apply `config` to this running engine as `plan` says (see gateway/engine/plan.py):
         stop what was removed or changed, start what was added or changed, update sinks in
@@ -541,6 +552,7 @@ class Engine:
             self._spawn(self._tg, f"sink {name}", sink_runner.run)
             started.append((f"sink {name}", sink_runner))
         self._store_policies()
+        await self._save_active()
         for name in plan.sources_start:
             try:
                 source_runner = self._source_runner(name, config.sources[name])

@@ -143,6 +143,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def gateway_runs(path: Path) -> bool:
+    """Whether a gateway runs on the store at `path` (it holds its data_dir's lock)."""
+    try:
+        lock = hold_data_dir(path.parent)
+    except StoreError:
+        return True
+    let_go_data_dir(lock)
+    return False
+
+
 def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
     """A `StoreAdmin` on the store at `path`, on a connection of its own.
 
@@ -282,9 +292,18 @@ class StoreAdmin:
         ).fetchone()
         return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db))
 
-    def drop_sink(self, name: str) -> int:
+    def _runs_sink(self, name: str) -> bool:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(sinks)")}
+        if "active" not in columns:  # a gateway from before it: cannot tell
+            return False
+        row = self.db.execute("SELECT active FROM sinks WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0])
+
+    def drop_sink(self, name: str, running: bool | None = None) -> int:
         """Forget a sink that is no longer in the config, with what waited for it (the
-        count is returned). A running gateway notices within 5 s (`Store.recount`)."""
+        count is returned). A running gateway notices within 5 s (`Store.recount`).
+        Refused while a gateway on the store runs it (`running` None: told by the
+        data_dir's lock)."""
         row = self.db.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (name,)).fetchone()
         if row is None:
             known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
@@ -292,6 +311,17 @@ class StoreAdmin:
                 f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
             )
         bit, cursor = row
+        if running is None:
+            running = gateway_runs(self.path)
+        if running and self._runs_sink(name):
+            # The file no longer has it, but the gateway still runs the config that did
+            # (not reloaded yet): what it routes to the sink from now on waited for a
+            # sink the store no longer knew, and a restart started it past all of it.
+            raise StoreError(
+                f"sink {name!r} still runs in the gateway on this data_dir (its config was"
+                " not reloaded since the sink was removed): reload it first"
+                " (`edge-stream reload -c CONFIG` or SIGHUP), then drop the sink"
+            )
         self.db.execute("BEGIN IMMEDIATE")
         try:
             waiting = self.db.execute(
@@ -355,13 +385,7 @@ class StoreAdmin:
         second or two; see `Store.take_resets`). `running` None: told by the data_dir's
         lock."""
         if running is None:
-            try:
-                lock = hold_data_dir(self.path.parent)
-            except StoreError:
-                running = True
-            else:
-                let_go_data_dir(lock)
-                running = False
+            running = gateway_runs(self.path)
         self.db.execute(
             "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
             (component,),

@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS flowfiles (
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
     bit INTEGER NOT NULL UNIQUE,
-    cursor INTEGER NOT NULL
+    cursor INTEGER NOT NULL,
+    active INTEGER
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -674,6 +675,8 @@ class Store:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores from before it
         if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
+        if "active" not in {row[1] for row in db.execute("PRAGMA table_info(sinks)")}:
+            db.execute("ALTER TABLE sinks ADD COLUMN active INTEGER")  # see save_active
         if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:
             # stores written before checksums: their rows keep crc NULL and are not checked
             db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
@@ -716,8 +719,18 @@ class Store:
         return int(row[0]) if row else 0
 
     def _register_sync(self, name: str) -> None:
+        db = self._db
+        assert db is not None
         if name in self._bits:
-            return
+            if db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone():
+                return
+            # Dropped by `store drop-sink` while removed, and added back before `recount`
+            # let go of it: its cursor went on in memory only, and a restart started it
+            # at the end, past what waited for it. It starts again as a new sink.
+            del self._bits[name]
+            self._cursors.pop(name, None)
+            self._depth.pop(name, None)
+            self._oldest.pop(name, None)
         used = set(self._bits.values())
         free = next((b for b in range(MAX_SINKS) if b not in used), None)
         if free is None:
@@ -1394,6 +1407,18 @@ class Store:
         by) until `edge-stream store drop-sink NAME`, or until the sink is added back and
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
+
+    async def save_active(self) -> None:
+        """Note in the store which sinks the engine runs (`set_active`), so that
+        `edge-stream store drop-sink` refuses one of them while this gateway runs."""
+        await self._call(self._save_active_sync, sorted(self._active or ()))
+
+    def _save_active_sync(self, names: list[str]) -> None:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            db.execute("UPDATE sinks SET active = 0")
+            db.executemany("UPDATE sinks SET active = 1 WHERE name = ?", [(n,) for n in names])
 
     def removed_sinks(self) -> dict[str, int]:
         """Sinks known to the store but not run now, with what waits for each."""

@@ -705,6 +705,34 @@ async def test_a_removed_sink_keeps_its_backlog_through_purges_until_dropped(
     await store.close()
 
 
+async def test_drop_sink_refuses_a_sink_the_gateway_runs_and_one_added_back_is_kept(
+    tmp_path: Path,
+) -> None:
+    """`store drop-sink` checked only the file: a sink taken out of it but still run (no
+    reload yet) was dropped under the gateway, which went on routing to it; its rows
+    waited for a sink the store no longer knew. So did a sink dropped and added back
+    within the 5 s before `recount`: its cursor was never written again."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a", "b"])
+    await store.save_active()
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="still runs"):
+        admin.drop_sink("b", running=True)
+    store.set_active(["a"])  # the reload that removed it
+    await store.save_active()
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b", running=True) == 0
+    store.set_active(["a", "b"])  # added back at once
+    await store.register_sinks(["b"])
+    await store.save_active()
+    await store.commit(batch([(ff(i), store.bit("b")) for i in range(3)]))
+    await store.close()
+    store = await open_store(tmp_path)
+    assert store.depth("b") == 3, "what waits for it after a restart"
+    await store.close()
+
+
 async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
