@@ -1427,6 +1427,13 @@ class Store:
             return {}
         return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
 
+    def blocking_mask(self) -> int:
+        """The bits of the running sinks with overflow `block`."""
+        mask = 0
+        for bit, _ in self._blocking():
+            mask |= 1 << bit
+        return mask
+
     def _blocking(self) -> list[tuple[int, str]]:
         active = self._active
         return [

@@ -240,6 +240,35 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     await store.close()
 
 
+@pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
+async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_dropped(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, overflow: str
+) -> None:
+    """With overflow drop_oldest, a FlowFile larger than buffer.max_bytes was stored,
+    acknowledged ("stored" to an HTTP client) and dropped by the next commit, before any
+    sink had it. It goes to the dead letters; a block sink keeps it as before."""
+    monkeypatch.setattr(FakeSource, "script", [[1, 10**200, 3]])
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", overflow=overflow)
+    await store.open(["out"])
+    store.max_bytes = 250  # two small FlowFiles fit; one of 200 digits does not
+    engine = Engine(fake_config(tmp_path), store, clock=FakeClock())
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "ack 3" in fakes)
+    assert [e for e in fakes if e.startswith("ack")] == ["ack 1", f"ack {10**200}", "ack 3"]
+    if overflow == "block":
+        assert (store.depth("out"), store.dead_count) == (3, 0)
+    else:
+        assert (store.depth("out"), store.dead_count) == (2, 1)
+        [dead] = await store.dead_letters(10)
+        assert "more than the whole buffer (buffer.max_bytes: 250)" in dead.reason
+    engine.stop()
+    FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
+    await store.close()
+
+
 class Relabel(Processor):
     """Derives each FlowFile onto another topic, as a window or a transform does."""
 
