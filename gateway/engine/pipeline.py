@@ -644,6 +644,7 @@ class Engine:
         direct: list[tuple[Any, int]] | None = None,
         tick: bool = False,
         resets: list[str] | None = None,
+        again: list[DeadLetter] | None = None,
     ) -> None:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
@@ -654,7 +655,7 @@ class Engine:
             committing[source] = committing.get(source, 0) + 1
         try:
             async with self._commit_lock:
-                await self._store_batch(items, replayed, direct, tick, resets)
+                await self._store_batch(items, replayed, direct, tick, resets, again)
         finally:
             for source in sources:
                 left = committing[source] - 1
@@ -670,12 +671,13 @@ class Engine:
         direct: list[tuple[Any, int]] | None = None,
         tick: bool = False,
         resets: list[str] | None = None,
+        again: list[DeadLetter] | None = None,
     ) -> None:
         assert self.router is not None
         flowfiles = []
         acks = []
         inbound = []
-        dead: list[DeadLetter] = []
+        dead: list[DeadLetter] = list(again or ())
         positions: dict[str, bytes] = {}
         for source, msg in items:
             if msg.ack is not None:
@@ -828,9 +830,25 @@ class Engine:
         replay = await self.store.take_replay(self.config.buffer.batch_max)
         if not replay:
             return
-        direct = [(ff, self.store.bit(sink)) for _, ff, sink in replay if sink in self.sinks]
-        again = [("replay", Message(ff)) for _, ff, sink in replay if sink not in self.sinks]
-        await self._commit(again, [seq for seq, _, _ in replay], direct)
+        store = self.store
+        # One a sink refused is its output: routed again, it went through the processors
+        # a second time and to the sinks that had it already. It goes back to its sink,
+        # a removed one too (kept in its backlog), or, when the store no longer knows
+        # that sink (`store drop-sink`), back to the dead letters, saying so.
+        direct = [(ff, store.bit(sink)) for _, ff, sink in replay if sink and store.knows(sink)]
+        routed = [("replay", Message(ff)) for _, ff, sink in replay if sink is None]
+        gone = [
+            DeadLetter(
+                ff,
+                "replay",
+                f"replayed, but its sink {sink!r} is no longer in the store (dropped):"
+                " add the sink back to replay it, or purge it",
+                sink,
+            )
+            for _, ff, sink in replay
+            if sink and not store.knows(sink)
+        ]
+        await self._commit(routed, [seq for seq, _, _ in replay], direct, again=gone)
         await self.store.recount()  # the CLI took them out of the dead letters
         log.info("engine: %d replayed dead letters are back in the store", len(replay))
 

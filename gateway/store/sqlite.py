@@ -960,6 +960,10 @@ class Store:
 
     # -- facts -----------------------------------------------------------
 
+    def knows(self, sink: str) -> bool:
+        """Whether the store keeps a cursor for `sink` (running or removed)."""
+        return sink in self._bits
+
     def bit(self, sink: str) -> int:
         return 1 << self._bits[sink]
 

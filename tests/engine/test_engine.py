@@ -31,7 +31,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import Ingest, SinkRunner
-from gateway.store.sqlite import Batch, Store
+from gateway.store.sqlite import Batch, DeadLetter, Store
 
 pytestmark = pytest.mark.unit
 
@@ -264,6 +264,42 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_drop
         assert "more than the whole buffer (buffer.max_bytes: 250)" in dead.reason
     engine.stop()
     FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
+    await store.close()
+
+
+async def test_a_replayed_dead_letter_of_a_sink_not_running_goes_back_to_that_sink(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead letter a sink refused, replayed once the sink was removed from the config,
+    was routed again: through the processors a second time (it is their output) and to
+    the sinks that had it already. It waits in the removed sink's backlog; for a sink the
+    store no longer knows (dropped), it goes back to the dead letters, saying why."""
+    from gateway.store.admin import open_admin
+
+    monkeypatch.setattr(FakeSource, "script", [])
+    store = Store(tmp_path / "store.db")
+    await store.open(["out", "old"])  # "old": removed from the config, still in the store
+    refused = [
+        DeadLetter(ff(1), "sink old", "refused by old", "old"),
+        DeadLetter(ff(2), "sink dropped", "refused by dropped", "dropped"),
+    ]
+    await store.commit(Batch([], refused, {}, []))
+    with open_admin(store.path) as admin:
+        assert admin.replay(None).count == 2
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    async with asyncio.timeout(5):
+        while store.dead_count != 1:
+            clock.advance(1.0)
+            await asyncio.sleep(0.01)
+    assert (store.depth("out"), store.depth("old")) == (0, 1)
+    [again] = await store.dead_letters(10)
+    assert (again.id, again.sink) == (refused[1].flowfile.id, "dropped")
+    assert "'dropped' is no longer in the store" in again.reason
+    engine.stop()
     async with asyncio.timeout(10):
         await running
     await store.close()
