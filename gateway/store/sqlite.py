@@ -938,8 +938,8 @@ class Store:
         reserve is back (see `check_disk`), and making it then changes nothing of
         what counts as free.
         """
-        if self.reserve.exists():
-            return
+        if self.reserve.exists() or self._no_reserve:
+            return  # (tried again every 5 s, the warning below came every 5 s for ever)
         new = self.reserve.with_suffix(".new")
         try:
             st = os.statvfs(self.path.parent)

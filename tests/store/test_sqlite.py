@@ -592,6 +592,25 @@ def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path:
     )
 
 
+async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file-size limit (EFBIG) or a file system without fallocate: the warning was
+    logged again at every maintenance, every 5 s for the life of the gateway."""
+    import errno
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    store = await open_store(tmp_path, ("a",))
+    store._keep_reserve_sync()
+    store._keep_reserve_sync()
+    warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
+    assert len(warned) == 1 and not store.reserve.exists()
+    await store.close()
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 async def test_a_store_file_deleted_under_the_gateway_stops_intake(
     tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
