@@ -66,6 +66,7 @@ SHORT_DISK_COMMIT_BYTES = 256 << 10
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
+STOP_COMMIT_TRIES = 3  # at a stop, the commits a batch gets before it is left unacknowledged
 DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
@@ -721,6 +722,7 @@ class Engine:
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
+        failed = 0
         # Only data waits for room. A commit of state alone (the resets and the replica's
         # restore done before the sinks start) would otherwise wait for sinks that are not
         # running yet, and the gateway would never start.
@@ -751,7 +753,8 @@ class Engine:
                     self.replicator.offer(kv, resets or [])
                 break
             except StoreError as err:
-                if self._intake_closed:
+                failed += 1
+                if self._intake_closed and failed >= STOP_COMMIT_TRIES:
                     self._give_up(len(items), str(err))
                     return
                 delay = backoff.next()

@@ -31,7 +31,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import Ingest, SinkRunner
-from gateway.store.sqlite import Batch, DeadLetter, Store
+from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 pytestmark = pytest.mark.unit
 
@@ -238,6 +238,39 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
         assert fakes[-2:] == ["source closed", "sink closed"]
         assert not any(e.startswith("ack") for e in fakes)
     await store.close()
+
+
+@pytest.mark.parametrize("refusals", [2, 1000])
+async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
+    tmp_path: Path, store: Store, fakes: list[str], monkeypatch: pytest.MonkeyPatch, refusals: int
+) -> None:
+    """A store that refuses every commit (a disk I/O error): the stop retried it for
+    ever. It gets a few tries (a store locked for a moment), then the batch is left
+    unacknowledged and the engine stops."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    commit = store.commit
+    tried = []
+
+    async def refused(batch: Batch) -> None:
+        tried.append(len(batch.rows))
+        if len(tried) <= refusals:
+            raise StoreError("store x: disk I/O error")
+        await commit(batch)
+
+    store.commit = refused  # type: ignore[method-assign]
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: bool(tried))
+    engine.stop()
+    await until(lambda: engine._intake_closed)
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(10)
+            await asyncio.sleep(0.001)
+    await running
+    acked = [e for e in fakes if e.startswith("ack")]
+    assert acked == ([] if refusals > 3 else ["ack 1", "ack 2", "ack 3"])
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
