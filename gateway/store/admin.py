@@ -27,9 +27,12 @@ from typing import Any
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
     DeadLetterSummary,
+    StoreDamaged,
     StoreError,
     count_dead_letters,
+    damaged_text,
     hold_data_dir,
+    is_damaged,
     let_go_data_dir,
     newest_dead_letters,
     not_a_store,
@@ -203,10 +206,16 @@ class StoreAdmin:
     def __exit__(
         self,
         _type: type[BaseException] | None,
-        _value: BaseException | None,
+        value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> None:
         self.close()
+        # A damaged store file (`store stats` on it) stopped the command with
+        # sqlite3's traceback: one line, saying what to do, as the gateway does.
+        if isinstance(value, sqlite3.Error):
+            if is_damaged(value):
+                raise StoreDamaged(damaged_text(self.path, value)) from value
+            raise StoreError(f"store {self.path}: {value}") from value
 
     # -- dead letters ------------------------------------------------------------
 

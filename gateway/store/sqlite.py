@@ -319,7 +319,7 @@ class StoreDamaged(StoreError, PermanentError):
     that meets it stops, shown as failed with this reason."""
 
 
-def _is_damaged(err: sqlite3.Error) -> bool:
+def is_damaged(err: sqlite3.Error) -> bool:
     code = getattr(err, "sqlite_errorcode", None)
     return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(err)
 
@@ -776,7 +776,7 @@ class Store:
                 raise StoreError(
                     f"store {self.path}: disk full ({self.disk_text()}): {err}"
                 ) from err
-            if _is_damaged(err):
+            if is_damaged(err):
                 raise StoreDamaged(damaged_text(self.path, err)) from err
             raise StoreError(f"store {self.path}: {err}") from err
 
