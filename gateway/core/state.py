@@ -127,7 +127,13 @@ class State:
         taken, self._evicted_items = self._evicted_items, []
         return taken
 
-    def _evict(self, keep: str) -> None:
+    def trim(self) -> None:
+        """Evict the oldest keys while over the budget, after puts made with
+        `evict=False` (no key is kept: the owner has put every key it needs counted)."""
+        if self.bytes > self.max_bytes:
+            self._evict(None)
+
+    def _evict(self, keep: str | None) -> None:
         for key in list(self._data):
             if self.bytes <= self.max_bytes:
                 return

@@ -671,17 +671,24 @@ class WindowProcessor(Processor):
             kv.put(META, meta)
         self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
+        converted = False
         for key, acc in kv.items():
             if key == META or key.startswith(CHUNK):
                 continue
             if self.config.kind == "count":
                 if "buf" in acc:  # written before chunks: written in chunks once
                     self._chunked(key, acc)
+                    converted = True
                 continue
             self._heap.append((acc["e"], acc["s"], acc["g"], key))
             if self.config.kind == "session":
                 self._sessions.setdefault(acc["g"], []).append(key)
         heapq.heapify(self._heap)
+        if converted:
+            # Converted without evicting (a header evicted mid-loop was converted again
+            # and put back, both open and pending early emission): the windows over the
+            # budget are evicted now, each header with its chunks, and close early.
+            kv.trim()
 
     # -- input ------------------------------------------------------------------------
 
@@ -981,7 +988,7 @@ class WindowProcessor(Processor):
         acc["bz"] = sum(_row_size(row) for row in buf)
         for n in range(0, len(buf), rows):
             kv.put(_chunk_key(acc["g"], n // rows), buf[n : n + rows], evict=False)
-        kv.put(key, acc)
+        kv.put(key, acc, evict=False)  # restored() evicts after converting them all
 
     def _from_buffer(self, acc: dict[str, Any], buf: list[list[Any]]) -> dict[str, Any]:
         first = buf[0]

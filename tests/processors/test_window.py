@@ -344,6 +344,15 @@ def test_a_restart_from_the_checkpoint_gives_the_same_outputs(
             "count": {"count": 3, "slide": 2},
         }[kind]
     )
+    with pytest.MonkeyPatch.context() as patch:
+        # a sliding count window's readings span chunks, the oldest one partly gone
+        patch.setattr(window, "CHUNK_ROWS", 2)
+        restart_gives_the_same_outputs(evs, config, cut, batch)
+
+
+def restart_gives_the_same_outputs(
+    evs: list[tuple[int, str, int | None]], config: dict[str, Any], cut: int, batch: int
+) -> None:
     clock = FakeClock()
     whole = make(config, clock)
     want = run(whole, evs) + flush(whole, clock)
@@ -925,3 +934,42 @@ def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> No
     problems = Problems()
     build_component("processor", {"type": "window", **config}, ("p",), problems)
     assert any(message in m for _, m in problems.items), problems.items
+
+
+def test_sliding_count_windows_written_whole_convert_under_a_tight_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Converting evicted other windows mid-way, and converted those again: a window
+    both open and closed early, whose chunks the early close deleted; every later
+    reading of its group failed (AttributeError), dead-lettered for ever."""
+    monkeypatch.setattr(window, "CHUNK_ROWS", 3)
+    config = {"kind": "count", "count": 20, "slide": 5, "group_by": "topic.1",
+              "aggregates": {"v": ["sum"]}}  # fmt: skip
+    clock = FakeClock()
+    evs = [(BASE + i * S, "abc"[i % 3], i) for i in range(120)]
+    first = make(config, clock)
+    run(first, evs[:64])  # none just emitted: each closes early with its readings
+    assert first.kv is not None
+    rows = []  # the state as written before chunks
+    for key, seq, value in first.kv.snapshot():
+        if key.startswith("c|"):
+            acc = first.kv.get(key)
+            old = {k: v for k, v in acc.items() if k not in ("h", "z", "c")}
+            old["buf"] = first._rows(acc)
+            rows.append((key, seq, encode_json(old)))
+        elif not key.startswith("~c|"):
+            rows.append((key, seq, value))
+    second = make(config, clock)
+    assert second.kv is not None
+    second.kv.restore(rows)
+    second.kv.max_bytes = second.kv.bytes + 50  # the old state fitted, just
+    second.kv.restore(rows)
+    second.restored()
+    closing = {key for key, _ in second.kv._evicted_items}
+    assert closing, "the budget evicts none: the test tests nothing"
+    assert not closing & set(second.kv.keys())
+    early = outputs(second.tick(clock.ns))
+    assert sorted(o["group"] for o in early) == sorted(key[2:] for key in closing)
+    assert all(o["early"] for o in early)
+    later = outputs(run(second, evs[64:]))  # no group's readings fail
+    assert {o["group"] for o in later} == {"a", "b", "c"}
