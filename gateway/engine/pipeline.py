@@ -802,15 +802,14 @@ class Engine:
         for ff, mask in rows:
             size = len(ff.content) + len(ff.topic)
             if size > most and not mask & blocking:
-                dead.append(
-                    DeadLetter(
-                        ff,
-                        "store",
-                        f"{size + ROW_OVERHEAD} bytes, more than the whole buffer"
-                        f" (buffer.max_bytes: {store.max_bytes}): overflow drop_oldest"
-                        " would drop it before any sink had it",
-                    )
+                reason = (
+                    f"{size + ROW_OVERHEAD} bytes, more than the whole buffer"
+                    f" (buffer.max_bytes: {store.max_bytes}): overflow drop_oldest"
+                    " would drop it before any sink had it"
                 )
+                # one for each of its sinks, which a replay hands to that sink only
+                sinks = store.sinks_of(mask)
+                dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
             else:
                 kept.append((ff, mask))
         return kept

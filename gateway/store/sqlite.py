@@ -1431,6 +1431,10 @@ class Store:
             return {}
         return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
 
+    def sinks_of(self, mask: int) -> list[str | None]:
+        """The names of the sinks whose bits are set in `mask`."""
+        return [name for name, bit in self._bits.items() if mask >> bit & 1]
+
     def blocking_mask(self) -> int:
         """The bits of the running sinks with overflow `block`."""
         mask = 0
