@@ -30,7 +30,6 @@ from gateway.core.backoff import Backoff
 from gateway.core.clock import SYSTEM_CLOCK, Clock
 from gateway.core.component import Context, Message, Processor, Sink, Source
 from gateway.core.errors import RetryableError
-from gateway.core.flowfile import FlowFile
 from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
@@ -45,7 +44,7 @@ from gateway.engine.status import (
     Snapshot,
     StoreStatus,
 )
-from gateway.store.sqlite import ROW_OVERHEAD, Batch, DeadLetter, Store, StoreError
+from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 if TYPE_CHECKING:
     from gateway.engine.replicate import Replicator
@@ -713,9 +712,6 @@ class Engine:
         rows = [(ff, mask) for ff, mask in out.values()]
         if direct:
             rows.extend(direct)
-        most = self.store.max_bytes - ROW_OVERHEAD
-        if any(len(ff.content) + len(ff.topic) > most for ff, _ in rows):
-            rows = self._oversized(rows, dead)
         if not (items or rows or dead or state or kv or resets or replayed or positions):
             return  # a timer that closed nothing
         batch = Batch(rows, dead, state, inbound, kv=kv, resets=resets or [], positions=positions)
@@ -787,32 +783,6 @@ class Engine:
                 dead[0].origin,
                 dead[0].reason,
             )
-
-    def _oversized(
-        self, rows: list[tuple[FlowFile, int]], dead: list[DeadLetter]
-    ) -> list[tuple[FlowFile, int]]:
-        """`rows` without the FlowFiles larger than the whole buffer that only
-        `drop_oldest` sinks wait for, which go to `dead`: stored, one would be dropped at
-        the next commit (the oldest, over the budget) before any sink had it, and its
-        source told it was stored. A `block` sink keeps what waits for it."""
-        store = self.store
-        blocking = store.blocking_mask()
-        most = store.max_bytes - ROW_OVERHEAD
-        kept = []
-        for ff, mask in rows:
-            size = len(ff.content) + len(ff.topic)
-            if size > most and not mask & blocking:
-                reason = (
-                    f"{size + ROW_OVERHEAD} bytes, more than the whole buffer"
-                    f" (buffer.max_bytes: {store.max_bytes}): overflow drop_oldest"
-                    " would drop it before any sink had it"
-                )
-                # one for each of its sinks, which a replay hands to that sink only
-                sinks = store.sinks_of(mask)
-                dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
-            else:
-                kept.append((ff, mask))
-        return kept
 
     def _give_up(self, count: int, why: str) -> None:
         """At a stop, a batch that cannot be committed is left unacknowledged (its

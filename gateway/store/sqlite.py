@@ -1113,6 +1113,9 @@ class Store:
         encoded = _encode_rows(batch.rows)
         sizes = [row[7] for row in encoded]
         added = sum(sizes)
+        if added > self.max_bytes:  # one of them may be larger than the whole buffer
+            encoded, sizes = self._oversized(batch, encoded, sizes)
+            added = sum(sizes)
         # Numbers are taken now, before the await: a commit that overlaps this one (a
         # dead-letter replay) must not hand out the same ones or undo these.
         marks = self._marks_for(batch.inbound)
@@ -1133,6 +1136,33 @@ class Store:
         for callback in self._listeners:
             callback()
         await self.make_room()
+
+    def _oversized(
+        self, batch: Batch, encoded: list[tuple[Any, ...]], sizes: list[int]
+    ) -> tuple[list[tuple[Any, ...]], list[int]]:
+        """Move to `batch.dead` the FlowFiles larger than the whole buffer that only
+        `drop_oldest` sinks wait for (stored, one would be dropped at the next commit
+        before any sink had it, and its source told it was stored), one dead letter for
+        each of its sinks, which a replay hands to that sink only. A `block` sink keeps
+        what waits for it. Returns the rows and sizes kept; sizes are those counted in
+        the budget (content, attributes, topic and ROW_OVERHEAD), measured once here."""
+        blocking = self.blocking_mask()
+        rows, kept, kept_sizes = [], [], []
+        for (ff, mask), row, size in zip(batch.rows, encoded, sizes, strict=True):
+            if size <= self.max_bytes or mask & blocking:
+                rows.append((ff, mask))
+                kept.append(row)
+                kept_sizes.append(size)
+                continue
+            reason = (
+                f"{size} bytes, more than the whole buffer (buffer.max_bytes:"
+                f" {self.max_bytes}): overflow drop_oldest would drop it before any sink"
+                " had it"
+            )
+            sinks = self.sinks_of(mask)
+            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
+        batch.rows = rows
+        return kept, kept_sizes
 
     def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch, marks: _Marks) -> int:
         """Returns the seq of the last FlowFile inserted (they get consecutive seqs)."""

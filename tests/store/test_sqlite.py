@@ -112,6 +112,22 @@ async def test_drop_oldest_counts_only_what_a_sink_still_waited_for(tmp_path: Pa
     await store.close()
 
 
+async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each_sink(
+    tmp_path: Path,
+) -> None:
+    """Its content and topic fit and its attributes (not measured) did not: it was
+    stored, then dropped by the next commit before any sink had it."""
+    store = await open_store(tmp_path, ("a", "b"), max_bytes=2000, overflow="drop_oldest")
+    a, b = store.bit("a"), store.bit("b")
+    big = FlowFile.create("t/1", b"x" * 100, {"note": "y" * 2000})
+    await store.commit(batch([(ff(1), a), (big, a | b)]))
+    assert (store.depth("a"), store.depth("b")) == (1, 0)
+    dead = await store.dead_letters(10)
+    assert sorted((d.id, d.sink) for d in dead) == [(big.id, "a"), (big.id, "b")]
+    assert "more than the whole buffer (buffer.max_bytes: 2000)" in dead[0].reason
+    await store.close()
+
+
 async def test_block_reports_over_budget_until_sinks_drain(tmp_path: Path) -> None:
     store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="block")
     while not store.over_budget:
