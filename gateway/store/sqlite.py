@@ -70,6 +70,9 @@ MAX_SINKS = 62
 RESERVE_BYTES = 4 << 20
 DISK_LOW = 8 << 20
 DISK_OK = 12 << 20
+# A reserve the file system refused for a reason other than space (a file-size limit,
+# no fallocate, a read-only or failing disk) is tried again this rarely.
+RESERVE_RETRY_S = 3600.0
 APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 # The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
@@ -633,7 +636,9 @@ class Store:
         self.disk_free = 0
         self.file_gone = False  # store.db was deleted or replaced under the open store
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open store.db
-        self._no_reserve = False  # the reserve cannot be made on this file system
+        self._no_reserve = False  # the reserve could not be made, not for want of space
+        self._reserve_retry = 0.0  # time.monotonic() of the next try then
+        self._reserve_warned = False  # since it was last made
         self._oldest: dict[str, int] = {}  # sink -> `created` (ns) of its oldest waiting FlowFile
 
     # -- lifecycle -------------------------------------------------------
@@ -938,7 +943,9 @@ class Store:
         reserve is back (see `check_disk`), and making it then changes nothing of
         what counts as free.
         """
-        if self.reserve.exists() or self._no_reserve:
+        if self.reserve.exists():
+            return
+        if self._no_reserve and time.monotonic() < self._reserve_retry:
             return  # (tried again every 5 s, the warning below came every 5 s for ever)
         new = self.reserve.with_suffix(".new")
         try:
@@ -953,10 +960,22 @@ class Store:
             os.replace(new, self.reserve)
         except OSError as err:
             new.unlink(missing_ok=True)
-            if err.errno != errno.ENOSPC:
-                # a file system that cannot hold it: intake must not wait for it forever
-                self._no_reserve = True
-            log.warning("store: cannot keep the disk reserve %s: %s", self.reserve, err)
+            # Short of space (or of quota): tried again at each maintenance, and intake
+            # waits for it after a full disk. Any other reason may last (a file-size
+            # limit, no fallocate) or pass (a disk remounted read-write): tried again
+            # rarely, and intake does not wait for it.
+            self._no_reserve = err.errno not in (errno.ENOSPC, errno.EDQUOT)
+            self._reserve_retry = time.monotonic() + RESERVE_RETRY_S
+            if not self._reserve_warned:
+                self._reserve_warned = True
+                log.warning(
+                    "store: cannot keep the disk reserve %s: %s; tried again %s",
+                    self.reserve,
+                    err,
+                    "every hour" if self._no_reserve else "as space comes back",
+                )
+        else:
+            self._no_reserve = self._reserve_warned = False
 
     # -- facts -----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import subprocess
@@ -613,7 +614,6 @@ async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
 ) -> None:
     """A file-size limit (EFBIG) or a file system without fallocate: the warning was
     logged again at every maintenance, every 5 s for the life of the gateway."""
-    import errno
 
     def refuse(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.EFBIG, "File too large")
@@ -624,6 +624,33 @@ async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
     store._keep_reserve_sync()
     warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
     assert len(warned) == 1 and not store.reserve.exists()
+    await store.close()
+
+
+@pytest.mark.parametrize("err", [errno.EDQUOT, errno.EIO])
+async def test_a_reserve_refused_for_a_while_is_made_once_it_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int
+) -> None:
+    """Any refusal but ENOSPC (a quota, an I/O error, a read-only remount) gave up the
+    reserve for the life of the gateway: the next full disk left delivery no room."""
+    fallocate = os.posix_fallocate
+    tries = []
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        tries.append(fd)
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    monkeypatch.setattr("gateway.store.sqlite.RESERVE_RETRY_S", 0.0, raising=False)
+    store = await open_store(tmp_path, ("a",))  # tries once
+    store._keep_reserve_sync()  # (an hour later, for EIO)
+    store._keep_reserve_sync()
+    assert len(tries) == 3 and not store.reserve.exists()
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    store._keep_reserve_sync()
+    assert store.reserve.exists()
+    warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
+    assert len(warned) == 1
     await store.close()
 
 
