@@ -726,7 +726,8 @@ class Engine:
         while True:
             if data and self.store.over_budget:
                 await self.store.make_room()
-            if self.store.file_gone and self._intake_closed:
+            # (running, check_disk below tells; stopping, it is not called)
+            if self._intake_closed and self.store.gone():
                 self._give_up(len(items), "its store file was deleted or replaced")
                 return
             # Stopping (a shutdown, or a reload that restarts the engine: the one that

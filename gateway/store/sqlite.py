@@ -891,7 +891,7 @@ class Store:
         Also True for good once store.db was deleted or replaced while open: what would
         be committed (and acknowledged) then goes to a file no restart finds.
         """
-        if self._gone():
+        if self.gone():
             return True
         try:
             st = os.statvfs(self.path.parent)
@@ -914,7 +914,9 @@ class Store:
             log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
         return self.disk_full
 
-    def _gone(self) -> bool:
+    def gone(self) -> bool:
+        """Whether store.db was deleted or replaced while open (for good once seen; one
+        stat while not): what would be committed then goes to a file no restart finds."""
         if self.file_gone or self._file_id is None:
             return self.file_gone
         try:

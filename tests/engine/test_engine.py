@@ -204,7 +204,7 @@ async def test_acks_run_after_the_commit_and_shutdown_goes_in_order(
     assert store.cursor("out") > 0 and engine.sinks["out"].delivered == 3
 
 
-@pytest.mark.parametrize("cause", ["budget", "file_gone"])
+@pytest.mark.parametrize("cause", ["budget", "file_gone", "file_gone_at_the_stop"])
 async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, cause: str
 ) -> None:
@@ -212,19 +212,22 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     waited for room at the stop, which no sink makes while the engine stops. A SIGTERM
     never ended, nor a reload raising buffer.max_bytes (it restarts the engine). It is
     committed past the budget and acknowledged; with store.db deleted, left unacknowledged
-    (sent again by its source) instead of acknowledged into a file no restart finds."""
+    (sent again by its source) instead of acknowledged into a file no restart finds, also
+    when deleted as the stop comes (stopping, the engine did not look)."""
     monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
     store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
     await store.open(["out"])
     await put(store, 5)
-    if cause == "budget":
-        store.max_bytes = 1  # the five above fill it
-    else:
+    if cause == "file_gone":
         store.path.unlink()
+    else:
+        store.max_bytes = 1  # the five above fill it
     clock = FakeClock()
     engine = Engine(fake_config(tmp_path), store, clock=clock)
     running = asyncio.ensure_future(engine.run())
     await until(lambda: "write 5" in fakes and not engine.gate.is_set())
+    if cause == "file_gone_at_the_stop":
+        store.path.unlink()
     engine.stop()
     async with asyncio.timeout(5):
         while not running.done():
