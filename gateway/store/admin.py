@@ -26,6 +26,8 @@ from typing import Any
 
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
+    LOCK_NAME,
+    DataDirInUse,
     DeadLetterSummary,
     StoreDamaged,
     StoreError,
@@ -146,12 +148,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def gateway_runs(path: Path) -> bool:
-    """Whether a gateway runs on the store at `path` (it holds its data_dir's lock)."""
+def gateway_runs(path: Path) -> bool | None:
+    """Whether a gateway runs on the store at `path` (it holds its data_dir's lock);
+    None when that cannot be told (the lock cannot be opened: a permission, a read-only
+    file system)."""
     try:
         lock = hold_data_dir(path.parent)
-    except StoreError:
+    except DataDirInUse:
         return True
+    except StoreError:
+        return None
     let_go_data_dir(lock)
     return False
 
@@ -313,26 +319,35 @@ class StoreAdmin:
         count is returned). A running gateway notices within 5 s (`Store.recount`).
         Refused while a gateway on the store runs it (`running` None: told by the
         data_dir's lock)."""
-        row = self.db.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
-            raise StoreError(
-                f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
-            )
-        bit, cursor = row
-        if running is None:
-            running = gateway_runs(self.path)
-        if running and self._runs_sink(name):
-            # The file no longer has it, but the gateway still runs the config that did
-            # (not reloaded yet): what it routes to the sink from now on waited for a
-            # sink the store no longer knew, and a restart started it past all of it.
-            raise StoreError(
-                f"sink {name!r} still runs in the gateway on this data_dir (its config was"
-                " not reloaded since the sink was removed): reload it first"
-                " (`edge-stream reload -c CONFIG` or SIGHUP), then drop the sink"
-            )
+        runs = gateway_runs(self.path) if running is None else running
+        # The checks in the write transaction: a gateway noting the sink as run (a reload
+        # that adds it back) between them and the drop routed to a sink dropped under it.
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            row = self.db.execute(
+                "SELECT bit, cursor FROM sinks WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
+                raise StoreError(
+                    f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
+                )
+            bit, cursor = row
+            if runs is not False and self._runs_sink(name):
+                # The file no longer has it, but the gateway still runs the config that
+                # did (not reloaded yet): what it routes to the sink from now on waited
+                # for a sink the store no longer knew, and a restart started it past all
+                # of it. (A gateway that stopped cleanly noted it runs none.)
+                raise StoreError(
+                    f"sink {name!r} still runs in the gateway on this data_dir (its config"
+                    " was not reloaded since the sink was removed): reload it first"
+                    " (`edge-stream reload -c CONFIG` or SIGHUP), then drop the sink"
+                    if runs
+                    else f"sink {name!r} was run by the gateway on this data_dir, and"
+                    f" whether that still runs cannot be told (its lock {self.path.parent}"
+                    f"/{LOCK_NAME} cannot be opened): reload or stop it first, then drop"
+                    " the sink"
+                )
             waiting = self.db.execute(
                 "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)
             ).fetchone()[0]

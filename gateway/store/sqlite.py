@@ -317,6 +317,10 @@ class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
 
 
+class DataDirInUse(StoreError):
+    """Another process holds the data_dir's lock (a gateway runs on it)."""
+
+
 class StoreDamaged(StoreError, PermanentError):
     """SQLite found the store file damaged (SQLITE_CORRUPT): retrying cannot help; a sink
     that meets it stops, shown as failed with this reason."""
@@ -380,7 +384,7 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
     except OSError as err:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StoreError(
+            raise DataDirInUse(
                 f"{key}: another Edge Stream process uses this data_dir (it holds {lock});"
                 " stop it first, or give this gateway its own gateway.data_dir"
             ) from err
@@ -762,6 +766,11 @@ class Store:
 
     def _close_sync(self) -> None:
         if self._db is not None:
+            try:
+                # stopped cleanly, it runs no sink: `store drop-sink` need not wait for it
+                self._db.execute("UPDATE sinks SET active = 0 WHERE active")
+            except sqlite3.Error as err:
+                log.warning("store: cannot note at close that no sink runs: %s", err)
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as err:

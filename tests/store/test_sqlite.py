@@ -795,6 +795,51 @@ async def test_drop_sink_refuses_a_sink_the_gateway_runs_and_one_added_back_is_k
     await store.close()
 
 
+async def test_drop_sink_checks_in_its_transaction_whether_the_gateway_runs_it(
+    tmp_path: Path,
+) -> None:
+    """The check was made before the drop's transaction: a reload adding the sink back
+    in between (its `active` noted) had it dropped under the gateway routing to it."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a"])
+    await store.save_active()
+    gateway = sqlite3.connect(store.path, isolation_level=None)
+
+    def reload_adds_it_back(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            gateway.execute("UPDATE sinks SET active = 1 WHERE name = 'b'")
+
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="still runs"):
+        admin.db.set_trace_callback(reload_adds_it_back)
+        admin.drop_sink("b", running=True)
+    gateway.close()
+    assert store.knows("b")
+    await store.close()
+
+
+async def test_drop_sink_after_a_clean_stop_when_the_lock_cannot_be_opened(
+    tmp_path: Path,
+) -> None:
+    """Any failure to take the data_dir's lock (a permission, here a folder in its
+    place) counted as a gateway running, and the sinks it ran at its stop stayed noted
+    as running: such a sink could never be dropped."""
+    from gateway.store.admin import gateway_runs, open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a", "b"])
+    await store.save_active()
+    (tmp_path / ".lock").unlink(missing_ok=True)
+    (tmp_path / ".lock").mkdir()
+    assert gateway_runs(store.path) is None  # cannot tell
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="cannot be told"):
+        admin.drop_sink("b")
+    await store.close()
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b") == 0
+
+
 async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
