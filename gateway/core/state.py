@@ -87,9 +87,11 @@ class State:
         """(key, value) pairs, oldest first."""
         return iter(list(self._data.items()))
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, evict: bool = True) -> None:
         """Set `key` (a new key is the newest; an existing one keeps its age), then
-        evict the oldest other keys while over the budget."""
+        evict the oldest other keys while over the budget (`evict=False`: not now, as
+        the owner puts next the key that counts this one's bytes, and that must not be
+        the one evicted)."""
         size = self._size(value) + len(key) + KEY_OVERHEAD
         old = self._sizes.get(key)
         if old is None:
@@ -100,7 +102,7 @@ class State:
         self._sizes[key] = size
         self.bytes += size - old
         self._dirty.add(key)
-        if self.bytes > self.max_bytes:
+        if evict and self.bytes > self.max_bytes:
             self._evict(key)
 
     def delete(self, key: str) -> None:
@@ -125,7 +127,13 @@ class State:
         taken, self._evicted_items = self._evicted_items, []
         return taken
 
-    def _evict(self, keep: str) -> None:
+    def trim(self) -> None:
+        """Evict the oldest keys while over the budget, after puts made with
+        `evict=False` (no key is kept: the owner has put every key it needs counted)."""
+        if self.bytes > self.max_bytes:
+            self._evict(None)
+
+    def _evict(self, keep: str | None) -> None:
         for key in list(self._data):
             if self.bytes <= self.max_bytes:
                 return

@@ -65,6 +65,7 @@ SHORT_DISK_COMMIT_BYTES = 256 << 10
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
+STOP_COMMIT_TRIES = 3  # at a stop, the commits a batch gets before it is left unacknowledged
 DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
@@ -261,6 +262,7 @@ class Engine:
         self._build()
         await self.store.register_sinks(self.sinks)
         self._store_policies()
+        await self._save_active()
         self.router = self._build_router()
         state = await self.store.load_state()
         for label, processor in self.router.stateful():
@@ -484,6 +486,16 @@ class Engine:
         )
         self.store.set_active(self.sinks)
 
+    async def _save_active(self) -> None:
+        try:
+            await self.store.save_active()
+        except StoreError as err:  # only `store drop-sink` needs it; the data does not
+            log.warning(
+                "engine: cannot note the running sinks in the store (`edge-stream store"
+                " drop-sink` cannot tell them from removed ones meanwhile): %s",
+                err,
+            )
+
     async def apply(self, config: Config, plan: Plan, check: bool = True) -> list[str]:
         """Apply `config` to this running engine as `plan` says (see gateway/engine/plan.py):
         stop what was removed or changed, start what was added or changed, update sinks in
@@ -541,6 +553,7 @@ class Engine:
             self._spawn(self._tg, f"sink {name}", sink_runner.run)
             started.append((f"sink {name}", sink_runner))
         self._store_policies()
+        await self._save_active()
         for name in plan.sources_start:
             try:
                 source_runner = self._source_runner(name, config.sources[name])
@@ -631,6 +644,7 @@ class Engine:
         direct: list[tuple[Any, int]] | None = None,
         tick: bool = False,
         resets: list[str] | None = None,
+        again: list[DeadLetter] | None = None,
     ) -> None:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
@@ -641,7 +655,7 @@ class Engine:
             committing[source] = committing.get(source, 0) + 1
         try:
             async with self._commit_lock:
-                await self._store_batch(items, replayed, direct, tick, resets)
+                await self._store_batch(items, replayed, direct, tick, resets, again)
         finally:
             for source in sources:
                 left = committing[source] - 1
@@ -657,12 +671,13 @@ class Engine:
         direct: list[tuple[Any, int]] | None = None,
         tick: bool = False,
         resets: list[str] | None = None,
+        again: list[DeadLetter] | None = None,
     ) -> None:
         assert self.router is not None
         flowfiles = []
         acks = []
         inbound = []
-        dead: list[DeadLetter] = []
+        dead: list[DeadLetter] = list(again or ())
         positions: dict[str, bytes] = {}
         for source, msg in items:
             if msg.ack is not None:
@@ -703,6 +718,7 @@ class Engine:
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
+        failed = 0
         # Only data waits for room. A commit of state alone (the resets and the replica's
         # restore done before the sinks start) would otherwise wait for sinks that are not
         # running yet, and the gateway would never start.
@@ -710,7 +726,19 @@ class Engine:
         while True:
             if data and self.store.over_budget:
                 await self.store.make_room()
-            if data and (self.store.over_budget or self.store.check_disk()):
+            # (running, check_disk below tells; stopping, it is not called)
+            if self._intake_closed and self.store.gone():
+                self._give_up(len(items), "its store file was deleted or replaced")
+                return
+            # Stopping (a shutdown, or a reload that restarts the engine: the one that
+            # raises buffer.max_bytes), what sources handed over is committed past the
+            # budget or into the last free space: no sink drains while the engine
+            # stops, and waiting for one hung the stop for ever.
+            if (
+                data
+                and not self._intake_closed
+                and (self.store.over_budget or self.store.check_disk())
+            ):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()
@@ -722,6 +750,10 @@ class Engine:
                     self.replicator.offer(kv, resets or [])
                 break
             except StoreError as err:
+                failed += 1
+                if self._intake_closed and failed >= STOP_COMMIT_TRIES:
+                    self._give_up(len(items), str(err))
+                    return
                 delay = backoff.next()
                 log.error(
                     "engine: cannot commit to the store (%s); nothing is acknowledged,"
@@ -753,6 +785,15 @@ class Engine:
                 dead[0].reason,
             )
 
+    def _give_up(self, count: int, why: str) -> None:
+        """At a stop, a batch that cannot be committed is left unacknowledged (its
+        sources send it again, those that can), rather than the stop waiting for ever."""
+        log.error(
+            "engine: stopping: %d message(s) handed over were not stored nor acknowledged (%s)",
+            count,
+            why,
+        )
+
     def _wake_sinks(self) -> None:
         for runner in self.sinks.values():
             runner.wake.set()
@@ -762,9 +803,25 @@ class Engine:
         replay = await self.store.take_replay(self.config.buffer.batch_max)
         if not replay:
             return
-        direct = [(ff, self.store.bit(sink)) for _, ff, sink in replay if sink in self.sinks]
-        again = [("replay", Message(ff)) for _, ff, sink in replay if sink not in self.sinks]
-        await self._commit(again, [seq for seq, _, _ in replay], direct)
+        store = self.store
+        # One a sink refused is its output: routed again, it went through the processors
+        # a second time and to the sinks that had it already. It goes back to its sink,
+        # a removed one too (kept in its backlog), or, when the store no longer knows
+        # that sink (`store drop-sink`), back to the dead letters, saying so.
+        direct = [(ff, store.bit(sink)) for _, ff, sink in replay if sink and store.knows(sink)]
+        routed = [("replay", Message(ff)) for _, ff, sink in replay if sink is None]
+        gone = [
+            DeadLetter(
+                ff,
+                "replay",
+                f"replayed, but its sink {sink!r} is no longer in the store (dropped):"
+                " add the sink back to replay it, or purge it",
+                sink,
+            )
+            for _, ff, sink in replay
+            if sink and not store.knows(sink)
+        ]
+        await self._commit(routed, [seq for seq, _, _ in replay], direct, again=gone)
         await self.store.recount()  # the CLI took them out of the dead letters
         log.info("engine: %d replayed dead letters are back in the store", len(replay))
 

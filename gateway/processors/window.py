@@ -67,7 +67,9 @@ the same window make an output of their own, with an id of its own).
 
 State: open windows live in the processor's state (one key per window and group),
 written to the store with each batch, so a gateway killed mid-window continues it
-after a restart (`edge-stream state show ROUTE.N`). The state also holds a
+after a restart (`edge-stream state show ROUTE.N`); a sliding count window keeps its
+readings in chunks of 64 (keys ~c|N|GROUP), so a commit writes the readings it added,
+not the whole window. The state also holds a
 fingerprint of the keys that shape the windows (kind, size, every, gap, count, slide,
 time, time_field, time_attribute, group_by, aggregates, max_values): a restart or a
 reload that changed one of them drops the open windows made under the old config
@@ -128,6 +130,13 @@ NEEDS_NUMBER = "window needs a number (within ±1.8e308)"
 # The window's own keys in an output: an aggregated field may not take one of them.
 OUTPUT_KEYS = ("group", "start", "end", "count", "early")
 META = "~meta"
+# A sliding count window keeps its readings in chunks of this many, one state key each
+# ("~c|<chunk>|<group>"), so that a commit writes the chunks it changed (the newest and
+# the oldest), not the whole buffer (9 MB at each commit for 100000 readings). Its
+# header (key "c|<group>") holds the index of its oldest reading ("h"), the next
+# index ("z") and the chunk size it was made with ("c").
+CHUNK_ROWS = 64
+CHUNK = "~c|"
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
 # group) up to this estimate of their bytes, then forgotten all at once.
@@ -541,7 +550,9 @@ def _stats_size(acc: dict[str, Any]) -> int:
         size += 260
         if s[VALUES] is not None:
             size += 32 * len(s[VALUES])
-    if "buf" in acc:
+    if "z" in acc:  # a sliding count window's header: its readings are in chunks
+        size += acc["bz"]
+    elif "buf" in acc:
         # kept up to date as rows come and go: summing up to 100000 rows at each reading
         # cost 20 ms (state written before "bz" was kept is summed)
         size += acc["bz"] if "bz" in acc else sum(_row_size(row) for row in acc["buf"])
@@ -607,7 +618,7 @@ class WindowProcessor(Processor):
         kv = self.kv
         assert kv is not None
         return {
-            "open": len(kv) - (META in kv),
+            "open": _windows(kv),
             "late": self.late,
             "early": self.early,
             "dropped": self.dropped,
@@ -616,6 +627,8 @@ class WindowProcessor(Processor):
 
     @staticmethod
     def _state_size(value: Any) -> int:
+        if type(value) is list:  # a chunk of a sliding count window: its header counts it
+            return 0
         return 200 if "f" not in value else _stats_size(value)
 
     # -- state ------------------------------------------------------------------------
@@ -623,6 +636,8 @@ class WindowProcessor(Processor):
     def owns_state(self, key: str, value: Any) -> bool:
         if key == META:
             return isinstance(value, dict) and ("wm" in value or "fp" in value)
+        if key.startswith(CHUNK):
+            return isinstance(value, list)
         return isinstance(value, dict) and "g" in value and "f" in value
 
     def restored(self) -> None:
@@ -638,7 +653,7 @@ class WindowProcessor(Processor):
             # with those the restore evicted over a smaller budget (forgotten by clear):
             # not to be emitted under this config either
             evicted = [key for key, _ in kv.take_evicted() if key != META]
-            windows = len(kv) - (META in kv) + len(evicted)
+            windows = _windows(kv) + len(evicted)
             kv.clear()
             self.dropped += windows
             meta = self._fresh_meta(self.late, self.dropped)
@@ -656,13 +671,24 @@ class WindowProcessor(Processor):
             kv.put(META, meta)
         self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
+        converted = False
         for key, acc in kv.items():
-            if key == META or self.config.kind == "count":
+            if key == META or key.startswith(CHUNK):
+                continue
+            if self.config.kind == "count":
+                if "buf" in acc:  # written before chunks: written in chunks once
+                    self._chunked(key, acc)
+                    converted = True
                 continue
             self._heap.append((acc["e"], acc["s"], acc["g"], key))
             if self.config.kind == "session":
                 self._sessions.setdefault(acc["g"], []).append(key)
         heapq.heapify(self._heap)
+        if converted:
+            # Converted without evicting (a header evicted mid-loop was converted again
+            # and put back, both open and pending early emission): the windows over the
+            # budget are evicted now, each header with its chunks, and close early.
+            kv.trim()
 
     # -- input ------------------------------------------------------------------------
 
@@ -727,10 +753,12 @@ class WindowProcessor(Processor):
         """The output of a window evicted over the state budget, or None when it holds
         no reading not emitted yet: a count window's next one, still empty, or a sliding
         count window's buffer just emitted."""
-        if "buf" in acc:  # a sliding count window: its buffer, as a window of its own
-            if not acc["buf"] or acc["k"] == 0:
+        if "buf" in acc or "z" in acc:  # a sliding count window: its buffer, as a window
+            rows = self._rows(acc)
+            self._drop_chunks(acc)
+            if not rows or acc["k"] == 0:
                 return None
-            return self._emit(self._from_buffer(acc), early=True)
+            return self._emit(self._from_buffer(acc, rows), early=True)
         if acc["n"] == 0:
             return None
         return self._emit(acc, early=True)
@@ -895,26 +923,74 @@ class WindowProcessor(Processor):
             kv.put(key, fresh)
             return [done]
         # sliding: the last `count` readings, emitted every `slide`
-        if acc is None:
-            acc = {"g": group, "w": 0, "k": 0, "buf": [], "f": {}, "bz": 0}
-        elif "bz" not in acc:
-            acc["bz"] = sum(_row_size(row) for row in acc["buf"])
-        row = [t, values, flowfile.id, flowfile.topic]
-        acc["buf"].append(row)
-        acc["bz"] += _row_size(row)
-        if len(acc["buf"]) > c.count:
-            acc["bz"] -= _row_size(acc["buf"].pop(0))
-        acc["k"] += 1
         out = []
+        if acc is None:
+            # A window of this group that a restore evicted holds its readings in chunks
+            # of the keys this one would write: it closes first.
+            out += self._take_early()
+            acc = {"g": group, "w": 0, "k": 0, "f": {}, "bz": 0, "h": 0, "z": 0}
+            acc["c"] = CHUNK_ROWS
+        rows = acc["c"]
+        row = [t, values, flowfile.id, flowfile.topic]
+        z = acc["z"]
+        name = _chunk_key(group, z // rows)
+        chunk = kv.get(name) if z % rows else []
+        chunk.append(row)
+        # not evicting: the header put below counts the row, and is not to be evicted
+        kv.put(name, chunk, evict=False)
+        acc["z"] = z + 1
+        acc["bz"] += _row_size(row)
+        if acc["z"] - acc["h"] > c.count:
+            h = acc["h"]
+            name = _chunk_key(group, h // rows)
+            chunk = kv.get(name)
+            acc["bz"] -= _row_size(chunk[h % rows])
+            acc["h"] = h + 1
+            if acc["h"] % rows == 0:
+                kv.delete(name)
+            else:  # gone from memory now, not when its whole chunk goes
+                chunk[h % rows] = None
+                kv.put(name, chunk, evict=False)
+        acc["k"] += 1
         if acc["k"] >= c.slide:
             acc["k"] = 0
-            out.append(self._emit(self._from_buffer(acc)))
+            out.append(self._emit(self._from_buffer(acc, self._rows(acc))))
             acc["w"] += 1
         kv.put(key, acc)
         return out
 
-    def _from_buffer(self, acc: dict[str, Any]) -> dict[str, Any]:
-        buf = acc["buf"]
+    def _rows(self, acc: dict[str, Any]) -> list[list[Any]]:
+        """A sliding count window's readings, oldest first."""
+        if "buf" in acc:  # written before chunks
+            return list(acc["buf"])
+        kv = self.kv
+        assert kv is not None
+        rows, h, z = acc["c"], acc["h"], acc["z"]
+        out: list[list[Any]] = []
+        for n in range(h // rows, (z - 1) // rows + 1):
+            out += kv.get(_chunk_key(acc["g"], n))
+        return out[h % rows :]
+
+    def _drop_chunks(self, acc: dict[str, Any]) -> None:
+        kv = self.kv
+        assert kv is not None
+        if "z" in acc:
+            for n in range(acc["h"] // acc["c"], (acc["z"] - 1) // acc["c"] + 1):
+                kv.delete(_chunk_key(acc["g"], n))
+
+    def _chunked(self, key: str, acc: dict[str, Any]) -> None:
+        """A sliding count window's header and chunks from its state written whole."""
+        kv = self.kv
+        assert kv is not None
+        buf = acc.pop("buf")
+        rows = acc["c"] = CHUNK_ROWS
+        acc["h"], acc["z"] = 0, len(buf)
+        acc["bz"] = sum(_row_size(row) for row in buf)
+        for n in range(0, len(buf), rows):
+            kv.put(_chunk_key(acc["g"], n // rows), buf[n : n + rows], evict=False)
+        kv.put(key, acc, evict=False)  # restored() evicts after converting them all
+
+    def _from_buffer(self, acc: dict[str, Any], buf: list[list[Any]]) -> dict[str, Any]:
         first = buf[0]
         ff = FlowFile(first[2], first[3], {}, b"", 0)
         window = self._new_acc(acc["g"], min(r[0] for r in buf), max(r[0] for r in buf), ff)
@@ -1046,6 +1122,15 @@ class WindowProcessor(Processor):
         h = hashlib.blake2b(what.encode(), digest_size=10).hexdigest()
         ms = max(acc["e"], 0) // 1_000_000
         return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-8{h[:3]}-{h[3:7]}-{h[7:19]}"
+
+
+def _chunk_key(group: str, n: int) -> str:
+    return f"{CHUNK}{n}|{group}"
+
+
+def _windows(kv: State) -> int:
+    """The open windows in `kv` (not its bookkeeping nor a sliding window's chunks)."""
+    return sum(1 for key, _ in kv.items() if key[:1] != "~")
 
 
 def _number(text: str) -> float | None:

@@ -26,10 +26,15 @@ from typing import Any
 
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
+    LOCK_NAME,
+    DataDirInUse,
     DeadLetterSummary,
+    StoreDamaged,
     StoreError,
     count_dead_letters,
+    damaged_text,
     hold_data_dir,
+    is_damaged,
     let_go_data_dir,
     newest_dead_letters,
     not_a_store,
@@ -143,6 +148,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def gateway_runs(path: Path) -> bool | None:
+    """Whether a gateway runs on the store at `path` (it holds its data_dir's lock);
+    None when that cannot be told (the lock cannot be opened: a permission, a read-only
+    file system)."""
+    try:
+        lock = hold_data_dir(path.parent)
+    except DataDirInUse:
+        return True
+    except StoreError:
+        return None
+    let_go_data_dir(lock)
+    return False
+
+
 def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
     """A `StoreAdmin` on the store at `path`, on a connection of its own.
 
@@ -193,10 +212,16 @@ class StoreAdmin:
     def __exit__(
         self,
         _type: type[BaseException] | None,
-        _value: BaseException | None,
+        value: BaseException | None,
         _traceback: TracebackType | None,
     ) -> None:
         self.close()
+        # A damaged store file (`store stats` on it) stopped the command with
+        # sqlite3's traceback: one line, saying what to do, as the gateway does.
+        if isinstance(value, sqlite3.Error):
+            if is_damaged(value):
+                raise StoreDamaged(damaged_text(self.path, value)) from value
+            raise StoreError(f"store {self.path}: {value}") from value
 
     # -- dead letters ------------------------------------------------------------
 
@@ -282,18 +307,47 @@ class StoreAdmin:
         ).fetchone()
         return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db))
 
-    def drop_sink(self, name: str) -> int:
+    def _runs_sink(self, name: str) -> bool:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(sinks)")}
+        if "active" not in columns:  # a gateway from before it: cannot tell
+            return False
+        row = self.db.execute("SELECT active FROM sinks WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0])
+
+    def drop_sink(self, name: str, running: bool | None = None) -> int:
         """Forget a sink that is no longer in the config, with what waited for it (the
-        count is returned). A running gateway notices within 5 s (`Store.recount`)."""
-        row = self.db.execute("SELECT bit, cursor FROM sinks WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
-            raise StoreError(
-                f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
-            )
-        bit, cursor = row
+        count is returned). A running gateway notices within 5 s (`Store.recount`).
+        Refused while a gateway on the store runs it (`running` None: told by the
+        data_dir's lock)."""
+        runs = gateway_runs(self.path) if running is None else running
+        # The checks in the write transaction: a gateway noting the sink as run (a reload
+        # that adds it back) between them and the drop routed to a sink dropped under it.
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            row = self.db.execute(
+                "SELECT bit, cursor FROM sinks WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in self.db.execute("SELECT name FROM sinks ORDER BY name")]
+                raise StoreError(
+                    f"the store knows no sink {name!r} (it knows: {', '.join(known) or 'none'})"
+                )
+            bit, cursor = row
+            if runs is not False and self._runs_sink(name):
+                # The file no longer has it, but the gateway still runs the config that
+                # did (not reloaded yet): what it routes to the sink from now on waited
+                # for a sink the store no longer knew, and a restart started it past all
+                # of it. (A gateway that stopped cleanly noted it runs none.)
+                raise StoreError(
+                    f"sink {name!r} still runs in the gateway on this data_dir (its config"
+                    " was not reloaded since the sink was removed): reload it first"
+                    " (`edge-stream reload -c CONFIG` or SIGHUP), then drop the sink"
+                    if runs
+                    else f"sink {name!r} was run by the gateway on this data_dir, and"
+                    f" whether that still runs cannot be told (its lock {self.path.parent}"
+                    f"/{LOCK_NAME} cannot be opened): reload or stop it first, then drop"
+                    " the sink"
+                )
             waiting = self.db.execute(
                 "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)
             ).fetchone()[0]
@@ -355,13 +409,7 @@ class StoreAdmin:
         second or two; see `Store.take_resets`). `running` None: told by the data_dir's
         lock."""
         if running is None:
-            try:
-                lock = hold_data_dir(self.path.parent)
-            except StoreError:
-                running = True
-            else:
-                let_go_data_dir(lock)
-                running = False
+            running = gateway_runs(self.path)
         self.db.execute(
             "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
             (component,),

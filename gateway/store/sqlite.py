@@ -70,6 +70,9 @@ MAX_SINKS = 62
 RESERVE_BYTES = 4 << 20
 DISK_LOW = 8 << 20
 DISK_OK = 12 << 20
+# A reserve the file system refused for a reason other than space (a file-size limit,
+# no fallocate, a read-only or failing disk) is tried again this rarely.
+RESERVE_RETRY_S = 3600.0
 APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
 # The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
@@ -126,7 +129,8 @@ CREATE TABLE IF NOT EXISTS flowfiles (
 CREATE TABLE IF NOT EXISTS sinks (
     name TEXT PRIMARY KEY,
     bit INTEGER NOT NULL UNIQUE,
-    cursor INTEGER NOT NULL
+    cursor INTEGER NOT NULL,
+    active INTEGER
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -313,12 +317,16 @@ class StoreError(GatewayError):
     """The store cannot write (disk full, damaged file)."""
 
 
+class DataDirInUse(StoreError):
+    """Another process holds the data_dir's lock (a gateway runs on it)."""
+
+
 class StoreDamaged(StoreError, PermanentError):
     """SQLite found the store file damaged (SQLITE_CORRUPT): retrying cannot help; a sink
     that meets it stops, shown as failed with this reason."""
 
 
-def _is_damaged(err: sqlite3.Error) -> bool:
+def is_damaged(err: sqlite3.Error) -> bool:
     code = getattr(err, "sqlite_errorcode", None)
     return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(err)
 
@@ -363,19 +371,29 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
             f" ({err.strerror or err}); give a folder the gateway may write"
         ) from err
     lock = key / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        # A data_dir on a read-only file system stopped the start with a traceback.
+        raise StoreError(
+            f"gateway.data_dir {key}: cannot use it as the gateway's folder (cannot open"
+            f" {lock}: {err.strerror or err}); give a folder the gateway may write"
+        ) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise StoreError(
+            raise DataDirInUse(
                 f"{key}: another Edge Stream process uses this data_dir (it holds {lock});"
                 " stop it first, or give this gateway its own gateway.data_dir"
             ) from err
         raise StoreError(f"{lock}: cannot lock the data_dir: {err}") from err
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as err:  # the pid is for people; a full disk must not stop the start
+        log.warning("store: cannot write the pid into %s: %s", lock, err)
     _locks[key] = [fd, 1]
     return key
 
@@ -620,7 +638,11 @@ class Store:
         self.reserve = self.path.with_name("store.reserve")
         self.disk_full = False
         self.disk_free = 0
-        self._no_reserve = False  # the reserve cannot be made on this file system
+        self.file_gone = False  # store.db was deleted or replaced under the open store
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open store.db
+        self._no_reserve = False  # the reserve could not be made, not for want of space
+        self._reserve_retry = 0.0  # time.monotonic() of the next try then
+        self._reserve_warned = False  # since it was last made
         self._oldest: dict[str, int] = {}  # sink -> `created` (ns) of its oldest waiting FlowFile
 
     # -- lifecycle -------------------------------------------------------
@@ -662,10 +684,14 @@ class Store:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores from before it
         if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
+        if "active" not in {row[1] for row in db.execute("PRAGMA table_info(sinks)")}:
+            db.execute("ALTER TABLE sinks ADD COLUMN active INTEGER")  # see save_active
         if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:
             # stores written before checksums: their rows keep crc NULL and are not checked
             db.execute("ALTER TABLE flowfiles ADD COLUMN crc INTEGER")
         self._db = db
+        st = os.stat(self.path)
+        self._file_id = (st.st_dev, st.st_ino)
         self._keep_reserve_sync()
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
@@ -702,8 +728,18 @@ class Store:
         return int(row[0]) if row else 0
 
     def _register_sync(self, name: str) -> None:
+        db = self._db
+        assert db is not None
         if name in self._bits:
-            return
+            if db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone():
+                return
+            # Dropped by `store drop-sink` while removed, and added back before `recount`
+            # let go of it: its cursor went on in memory only, and a restart started it
+            # at the end, past what waited for it. It starts again as a new sink.
+            del self._bits[name]
+            self._cursors.pop(name, None)
+            self._depth.pop(name, None)
+            self._oldest.pop(name, None)
         used = set(self._bits.values())
         free = next((b for b in range(MAX_SINKS) if b not in used), None)
         if free is None:
@@ -731,6 +767,11 @@ class Store:
     def _close_sync(self) -> None:
         if self._db is not None:
             try:
+                # stopped cleanly, it runs no sink: `store drop-sink` need not wait for it
+                self._db.execute("UPDATE sinks SET active = 0 WHERE active")
+            except sqlite3.Error as err:
+                log.warning("store: cannot note at close that no sink runs: %s", err)
+            try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as err:
                 log.warning("store: checkpoint at close failed: %s", err)
@@ -749,7 +790,7 @@ class Store:
                 raise StoreError(
                     f"store {self.path}: disk full ({self.disk_text()}): {err}"
                 ) from err
-            if _is_damaged(err):
+            if is_damaged(err):
                 raise StoreDamaged(damaged_text(self.path, err)) from err
             raise StoreError(f"store {self.path}: {err}") from err
 
@@ -855,7 +896,12 @@ class Store:
         Intake pauses while less than DISK_LOW is free and resumes above DISK_OK (the
         reserve file counts as free: it is there to be given up), so that delivery
         always has room to move cursors and purge.
+
+        Also True for good once store.db was deleted or replaced while open: what would
+        be committed (and acknowledged) then goes to a file no restart finds.
         """
+        if self.gone():
+            return True
         try:
             st = os.statvfs(self.path.parent)
         except OSError:
@@ -877,6 +923,30 @@ class Store:
             log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
         return self.disk_full
 
+    def gone(self) -> bool:
+        """Whether store.db was deleted or replaced while open (for good once seen; one
+        stat while not): what would be committed then goes to a file no restart finds."""
+        if self.file_gone or self._file_id is None:
+            return self.file_gone
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False  # cannot tell (a permission changed): SQLite says if it matters
+        else:
+            if (st.st_dev, st.st_ino) == self._file_id:
+                return False
+        self.file_gone = True
+        log.error(
+            "store: %s was deleted or replaced while the gateway ran; intake stopped (nothing"
+            " more is acknowledged into a file no restart would find), the sinks keep"
+            " delivering what it held: once they are done, restart the gateway (what still"
+            " waits then is lost with that file)",
+            self.path,
+        )
+        return True
+
     def _keep_reserve_sync(self) -> None:
         """Create the reserve file when it is missing and DISK_OK is free.
 
@@ -886,6 +956,8 @@ class Store:
         """
         if self.reserve.exists():
             return
+        if self._no_reserve and time.monotonic() < self._reserve_retry:
+            return  # (tried again every 5 s, the warning below came every 5 s for ever)
         new = self.reserve.with_suffix(".new")
         try:
             st = os.statvfs(self.path.parent)
@@ -899,12 +971,28 @@ class Store:
             os.replace(new, self.reserve)
         except OSError as err:
             new.unlink(missing_ok=True)
-            if err.errno != errno.ENOSPC:
-                # a file system that cannot hold it: intake must not wait for it forever
-                self._no_reserve = True
-            log.warning("store: cannot keep the disk reserve %s: %s", self.reserve, err)
+            # Short of space (or of quota): tried again at each maintenance, and intake
+            # waits for it after a full disk. Any other reason may last (a file-size
+            # limit, no fallocate) or pass (a disk remounted read-write): tried again
+            # rarely, and intake does not wait for it.
+            self._no_reserve = err.errno not in (errno.ENOSPC, errno.EDQUOT)
+            self._reserve_retry = time.monotonic() + RESERVE_RETRY_S
+            if not self._reserve_warned:
+                self._reserve_warned = True
+                log.warning(
+                    "store: cannot keep the disk reserve %s: %s; tried again %s",
+                    self.reserve,
+                    err,
+                    "every hour" if self._no_reserve else "as space comes back",
+                )
+        else:
+            self._no_reserve = self._reserve_warned = False
 
     # -- facts -----------------------------------------------------------
+
+    def knows(self, sink: str) -> bool:
+        """Whether the store keeps a cursor for `sink` (running or removed)."""
+        return sink in self._bits
 
     def bit(self, sink: str) -> int:
         return 1 << self._bits[sink]
@@ -1055,6 +1143,9 @@ class Store:
         encoded = _encode_rows(batch.rows)
         sizes = [row[7] for row in encoded]
         added = sum(sizes)
+        if added > self.max_bytes:  # one of them may be larger than the whole buffer
+            encoded, sizes = self._oversized(batch, encoded, sizes)
+            added = sum(sizes)
         # Numbers are taken now, before the await: a commit that overlaps this one (a
         # dead-letter replay) must not hand out the same ones or undo these.
         marks = self._marks_for(batch.inbound)
@@ -1075,6 +1166,33 @@ class Store:
         for callback in self._listeners:
             callback()
         await self.make_room()
+
+    def _oversized(
+        self, batch: Batch, encoded: list[tuple[Any, ...]], sizes: list[int]
+    ) -> tuple[list[tuple[Any, ...]], list[int]]:
+        """Move to `batch.dead` the FlowFiles larger than the whole buffer that only
+        `drop_oldest` sinks wait for (stored, one would be dropped at the next commit
+        before any sink had it, and its source told it was stored), one dead letter for
+        each of its sinks, which a replay hands to that sink only. A `block` sink keeps
+        what waits for it. Returns the rows and sizes kept; sizes are those counted in
+        the budget (content, attributes, topic and ROW_OVERHEAD), measured once here."""
+        blocking = self.blocking_mask()
+        rows, kept, kept_sizes = [], [], []
+        for (ff, mask), row, size in zip(batch.rows, encoded, sizes, strict=True):
+            if size <= self.max_bytes or mask & blocking:
+                rows.append((ff, mask))
+                kept.append(row)
+                kept_sizes.append(size)
+                continue
+            reason = (
+                f"{size} bytes, more than the whole buffer (buffer.max_bytes:"
+                f" {self.max_bytes}): overflow drop_oldest would drop it before any sink"
+                " had it"
+            )
+            sinks = self.sinks_of(mask)
+            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
+        batch.rows = rows
+        return kept, kept_sizes
 
     def _commit_sync(self, encoded: list[tuple[Any, ...]], batch: Batch, marks: _Marks) -> int:
         """Returns the seq of the last FlowFile inserted (they get consecutive seqs)."""
@@ -1354,12 +1472,35 @@ class Store:
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
 
+    async def save_active(self) -> None:
+        """Note in the store which sinks the engine runs (`set_active`), so that
+        `edge-stream store drop-sink` refuses one of them while this gateway runs."""
+        await self._call(self._save_active_sync, sorted(self._active or ()))
+
+    def _save_active_sync(self, names: list[str]) -> None:
+        db = self._db
+        assert db is not None
+        with _transaction(db):
+            db.execute("UPDATE sinks SET active = 0")
+            db.executemany("UPDATE sinks SET active = 1 WHERE name = ?", [(n,) for n in names])
+
     def removed_sinks(self) -> dict[str, int]:
         """Sinks known to the store but not run now, with what waits for each."""
         active = self._active
         if active is None:
             return {}
         return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
+
+    def sinks_of(self, mask: int) -> list[str | None]:
+        """The names of the sinks whose bits are set in `mask`."""
+        return [name for name, bit in self._bits.items() if mask >> bit & 1]
+
+    def blocking_mask(self) -> int:
+        """The bits of the running sinks with overflow `block`."""
+        mask = 0
+        for bit, _ in self._blocking():
+            mask |= 1 << bit
+        return mask
 
     def _blocking(self) -> list[tuple[int, str]]:
         active = self._active

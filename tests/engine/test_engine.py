@@ -31,7 +31,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
 from gateway.engine.runner import Ingest, SinkRunner
-from gateway.store.sqlite import Batch, Store
+from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 pytestmark = pytest.mark.unit
 
@@ -202,6 +202,144 @@ async def test_acks_run_after_the_commit_and_shutdown_goes_in_order(
         await running
     assert events[5:] == ["commit 1", "ack 4", "source closed", "written", "sink closed"]
     assert store.cursor("out") > 0 and engine.sinks["out"].delivered == 3
+
+
+@pytest.mark.parametrize("cause", ["budget", "file_gone", "file_gone_at_the_stop"])
+async def test_a_stop_does_not_wait_for_room_no_sink_makes(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    """overflow: block, the budget full, its sink stuck: what a source had handed over
+    waited for room at the stop, which no sink makes while the engine stops. A SIGTERM
+    never ended, nor a reload raising buffer.max_bytes (it restarts the engine). It is
+    committed past the budget and acknowledged; with store.db deleted, left unacknowledged
+    (sent again by its source) instead of acknowledged into a file no restart finds, also
+    when deleted as the stop comes (stopping, the engine did not look)."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    await put(store, 5)
+    if cause == "file_gone":
+        store.path.unlink()
+    else:
+        store.max_bytes = 1  # the five above fill it
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "write 5" in fakes and not engine.gate.is_set())
+    if cause == "file_gone_at_the_stop":
+        store.path.unlink()
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    if cause == "budget":
+        assert fakes[-5:] == ["ack 1", "ack 2", "ack 3", "source closed", "sink closed"]
+        assert store.depth("out") == 8
+    else:
+        assert fakes[-2:] == ["source closed", "sink closed"]
+        assert not any(e.startswith("ack") for e in fakes)
+    await store.close()
+
+
+@pytest.mark.parametrize("refusals", [2, 1000])
+async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
+    tmp_path: Path, store: Store, fakes: list[str], monkeypatch: pytest.MonkeyPatch, refusals: int
+) -> None:
+    """A store that refuses every commit (a disk I/O error): the stop retried it for
+    ever. It gets a few tries (a store locked for a moment), then the batch is left
+    unacknowledged and the engine stops."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    commit = store.commit
+    tried = []
+
+    async def refused(batch: Batch) -> None:
+        tried.append(len(batch.rows))
+        if len(tried) <= refusals:
+            raise StoreError("store x: disk I/O error")
+        await commit(batch)
+
+    store.commit = refused  # type: ignore[method-assign]
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: bool(tried))
+    engine.stop()
+    await until(lambda: engine._intake_closed)
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(10)
+            await asyncio.sleep(0.001)
+    await running
+    acked = [e for e in fakes if e.startswith("ack")]
+    assert acked == ([] if refusals > 3 else ["ack 1", "ack 2", "ack 3"])
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
+async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_dropped(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, overflow: str
+) -> None:
+    """With overflow drop_oldest, a FlowFile larger than buffer.max_bytes was stored,
+    acknowledged ("stored" to an HTTP client) and dropped by the next commit, before any
+    sink had it. It goes to the dead letters; a block sink keeps it as before."""
+    monkeypatch.setattr(FakeSource, "script", [[1, 10**200, 3]])
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", overflow=overflow)
+    await store.open(["out"])
+    store.max_bytes = 250  # two small FlowFiles fit; one of 200 digits does not
+    engine = Engine(fake_config(tmp_path), store, clock=FakeClock())
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "ack 3" in fakes)
+    assert [e for e in fakes if e.startswith("ack")] == ["ack 1", f"ack {10**200}", "ack 3"]
+    if overflow == "block":
+        assert (store.depth("out"), store.dead_count) == (3, 0)
+    else:
+        assert (store.depth("out"), store.dead_count) == (2, 1)
+        [dead] = await store.dead_letters(10)
+        assert "more than the whole buffer (buffer.max_bytes: 250)" in dead.reason
+        assert dead.sink == "out"  # a replay hands it to that sink, not the routes
+    engine.stop()
+    FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
+    await store.close()
+
+
+async def test_a_replayed_dead_letter_of_a_sink_not_running_goes_back_to_that_sink(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead letter a sink refused, replayed once the sink was removed from the config,
+    was routed again: through the processors a second time (it is their output) and to
+    the sinks that had it already. It waits in the removed sink's backlog; for a sink the
+    store no longer knows (dropped), it goes back to the dead letters, saying why."""
+    from gateway.store.admin import open_admin
+
+    monkeypatch.setattr(FakeSource, "script", [])
+    store = Store(tmp_path / "store.db")
+    await store.open(["out", "old"])  # "old": removed from the config, still in the store
+    refused = [
+        DeadLetter(ff(1), "sink old", "refused by old", "old"),
+        DeadLetter(ff(2), "sink dropped", "refused by dropped", "dropped"),
+    ]
+    await store.commit(Batch([], refused, {}, []))
+    with open_admin(store.path) as admin:
+        assert admin.replay(None).count == 2
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    async with asyncio.timeout(5):
+        while store.dead_count != 1:
+            clock.advance(1.0)
+            await asyncio.sleep(0.01)
+    assert (store.depth("out"), store.depth("old")) == (0, 1)
+    [again] = await store.dead_letters(10)
+    assert (again.id, again.sink) == (refused[1].flowfile.id, "dropped")
+    assert "'dropped' is no longer in the store" in again.reason
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+    await store.close()
 
 
 class Relabel(Processor):

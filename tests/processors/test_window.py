@@ -344,6 +344,15 @@ def test_a_restart_from_the_checkpoint_gives_the_same_outputs(
             "count": {"count": 3, "slide": 2},
         }[kind]
     )
+    with pytest.MonkeyPatch.context() as patch:
+        # a sliding count window's readings span chunks, the oldest one partly gone
+        patch.setattr(window, "CHUNK_ROWS", 2)
+        restart_gives_the_same_outputs(evs, config, cut, batch)
+
+
+def restart_gives_the_same_outputs(
+    evs: list[tuple[int, str, int | None]], config: dict[str, Any], cut: int, batch: int
+) -> None:
     clock = FakeClock()
     whole = make(config, clock)
     want = run(whole, evs) + flush(whole, clock)
@@ -748,9 +757,70 @@ def test_a_long_sliding_count_window_costs_no_more_per_reading_as_it_fills(
     assert sized <= 2 * len(flowfiles), "each reading sized when it comes and when it goes"
     assert [json.loads(ff.content)["count"] for ff in out] == [10_000, 20_000]
     assert processor.kv is not None
-    [acc] = [v for k, v in processor.kv.items() if k != window.META]
-    summed = {k: v for k, v in acc.items() if k != "bz"}
-    assert window._stats_size(acc) == window._stats_size(summed), "kept up to date"
+    acc = processor.kv.get("c|")
+    assert acc["bz"] == sum(row_size(row) for row in processor._rows(acc)), "kept up to date"
+
+
+def test_a_long_sliding_count_window_writes_only_what_changed_at_each_commit() -> None:
+    """Its whole buffer was one state key, written at each commit: 9 MB a commit with
+    100000 readings buffered. A commit writes the chunks it changed."""
+    processor = make({"kind": "count", "count": 100_000, "slide": 50_000,
+                      "aggregates": {"v": ["avg"]}})  # fmt: skip
+    assert processor.kv is not None
+    for batch in range(30):
+        for i in range(100):
+            processor.process(FlowFile.create("plant/d1/t", b'{"v": %d}' % i))
+        written = sum(len(value or b"") for _, _, value in processor.kv.changes())
+        assert written < 40_000, f"commit {batch} wrote {written} bytes"
+
+
+def test_a_sliding_count_window_restarts_exactly_from_its_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed after any commit, a sliding count window whose readings span chunks (the
+    oldest one partly gone) continues with the same windows, ids and contents."""
+    monkeypatch.setattr(window, "CHUNK_ROWS", 3)
+    config = {"kind": "count", "count": 7, "slide": 2, "group_by": "topic.1",
+              "aggregates": {"v": AGGS}}  # fmt: skip
+    evs = [(BASE + i * S, "ab"[i % 3 == 0], i) for i in range(40)]
+    clock = FakeClock()
+    want = run(make(config, clock), evs)
+    for cut in range(0, 40, 4):
+        store = Store()
+        first = make(config, clock)
+        got = []
+        for i in range(0, cut, 2):
+            got += run(first, evs[i : i + 2])
+            store.commit(first)
+        if cut < len(evs):
+            first.process(reading(*evs[cut]))  # lost: never committed
+        second = make(config, clock)
+        store.restore(second)
+        got += run(second, evs[cut:])
+        assert [ff.id for ff in got] == [ff.id for ff in want], cut
+        assert [ff.content for ff in got] == [ff.content for ff in want], cut
+        assert second.status()["open"] == 2
+
+
+def test_a_sliding_count_window_written_whole_is_continued_from_chunks() -> None:
+    """State written before chunks (the buffer in the window's key) is continued."""
+    config = {"kind": "count", "count": 100, "slide": 50, "aggregates": {"v": ["sum"]}}
+    clock = FakeClock()
+    evs = [(BASE + i * S, "a", i) for i in range(300)]
+    want = run(make(config, clock), evs)
+    first = make(config, clock)
+    got = run(first, evs[:170])
+    assert first.kv is not None
+    acc = first.kv.get("c|")
+    old = {k: v for k, v in acc.items() if k not in ("h", "z", "c")}
+    old["buf"] = first._rows(acc)
+    second = make(config, clock)
+    assert second.kv is not None
+    second.kv.restore([("~meta", 1, encode_json(first.kv.get("~meta"))),
+                       ("c|", 2, encode_json(old))])  # fmt: skip
+    second.restored()
+    got += run(second, evs[170:])
+    assert [ff.content for ff in got] == [ff.content for ff in want]
 
 
 def test_a_percentile_with_a_fraction_has_a_key_a_later_processor_can_reach() -> None:
@@ -864,3 +934,42 @@ def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> No
     problems = Problems()
     build_component("processor", {"type": "window", **config}, ("p",), problems)
     assert any(message in m for _, m in problems.items), problems.items
+
+
+def test_sliding_count_windows_written_whole_convert_under_a_tight_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Converting evicted other windows mid-way, and converted those again: a window
+    both open and closed early, whose chunks the early close deleted; every later
+    reading of its group failed (AttributeError), dead-lettered for ever."""
+    monkeypatch.setattr(window, "CHUNK_ROWS", 3)
+    config = {"kind": "count", "count": 20, "slide": 5, "group_by": "topic.1",
+              "aggregates": {"v": ["sum"]}}  # fmt: skip
+    clock = FakeClock()
+    evs = [(BASE + i * S, "abc"[i % 3], i) for i in range(120)]
+    first = make(config, clock)
+    run(first, evs[:64])  # none just emitted: each closes early with its readings
+    assert first.kv is not None
+    rows = []  # the state as written before chunks
+    for key, seq, value in first.kv.snapshot():
+        if key.startswith("c|"):
+            acc = first.kv.get(key)
+            old = {k: v for k, v in acc.items() if k not in ("h", "z", "c")}
+            old["buf"] = first._rows(acc)
+            rows.append((key, seq, encode_json(old)))
+        elif not key.startswith("~c|"):
+            rows.append((key, seq, value))
+    second = make(config, clock)
+    assert second.kv is not None
+    second.kv.restore(rows)
+    second.kv.max_bytes = second.kv.bytes + 50  # the old state fitted, just
+    second.kv.restore(rows)
+    second.restored()
+    closing = {key for key, _ in second.kv._evicted_items}
+    assert closing, "the budget evicts none: the test tests nothing"
+    assert not closing & set(second.kv.keys())
+    early = outputs(second.tick(clock.ns))
+    assert sorted(o["group"] for o in early) == sorted(key[2:] for key in closing)
+    assert all(o["early"] for o in early)
+    later = outputs(run(second, evs[64:]))  # no group's readings fail
+    assert {o["group"] for o in later} == {"a", "b", "c"}

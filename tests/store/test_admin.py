@@ -205,6 +205,23 @@ async def test_stats_count_what_waits_for_each_sink(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_damaged_page_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """`store stats` on a store with a damaged page stopped with sqlite3's traceback."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["a"])
+    big = [FlowFile.create("t/1", bytes([65 + n % 26]) * 3000) for n in range(100)]
+    await store.commit(Batch([(f, store.bit("a")) for f in big], [], {}, []))
+    await store.close()
+    with store.path.open("r+b") as f:  # pages 8 to 40 of 4 KiB: the table's, not the header
+        f.seek(8 * 4096)
+        f.write(b"\xde\xad" * (16 * 4096))
+    with pytest.raises(StoreError) as err, open_admin(store.path) as admin:
+        admin.stats()
+    message = str(err.value)
+    assert message.startswith(f"store {store.path} is damaged (")
+    assert "edge-stream store reset -c CONFIG" in message and "\n" not in message
+
+
 async def test_reset_moves_a_damaged_store_aside_and_a_valid_one_only_by_force(
     tmp_path: Path,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import subprocess
@@ -17,7 +18,14 @@ from gateway.core.component import MARK_QOS2
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.store.admin import reset
-from gateway.store.sqlite import TAIL_MAX_BYTES, Batch, DeadLetter, Store, StoreError
+from gateway.store.sqlite import (
+    TAIL_MAX_BYTES,
+    Batch,
+    DeadLetter,
+    Store,
+    StoreError,
+    hold_data_dir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +110,22 @@ async def test_drop_oldest_counts_only_what_a_sink_still_waited_for(tmp_path: Pa
     rows, _ = await store.read("a", store.cursor("a"), 5000)
     assert store.dropped > 0
     assert len(rows) + store.dropped == 1900  # every undelivered one: kept or dropped
+    await store.close()
+
+
+async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each_sink(
+    tmp_path: Path,
+) -> None:
+    """Its content and topic fit and its attributes (not measured) did not: it was
+    stored, then dropped by the next commit before any sink had it."""
+    store = await open_store(tmp_path, ("a", "b"), max_bytes=2000, overflow="drop_oldest")
+    a, b = store.bit("a"), store.bit("b")
+    big = FlowFile.create("t/1", b"x" * 100, {"note": "y" * 2000})
+    await store.commit(batch([(ff(1), a), (big, a | b)]))
+    assert (store.depth("a"), store.depth("b")) == (1, 0)
+    dead = await store.dead_letters(10)
+    assert sorted((d.id, d.sink) for d in dead) == [(big.id, "a"), (big.id, "b")]
+    assert "more than the whole buffer (buffer.max_bytes: 2000)" in dead[0].reason
     await store.close()
 
 
@@ -573,6 +597,88 @@ async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) 
     await store.close()
 
 
+def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A data_dir on a read-only file system (or a folder in place of .lock) stopped the
+    start with os.open's traceback."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(StoreError) as err:
+        hold_data_dir(tmp_path)
+    assert str(err.value) == (
+        f"gateway.data_dir {tmp_path}: cannot use it as the gateway's folder (cannot open"
+        f" {tmp_path}/.lock: Is a directory); give a folder the gateway may write"
+    )
+
+
+async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file-size limit (EFBIG) or a file system without fallocate: the warning was
+    logged again at every maintenance, every 5 s for the life of the gateway."""
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    store = await open_store(tmp_path, ("a",))
+    store._keep_reserve_sync()
+    store._keep_reserve_sync()
+    warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
+    assert len(warned) == 1 and not store.reserve.exists()
+    await store.close()
+
+
+@pytest.mark.parametrize("err", [errno.EDQUOT, errno.EIO])
+async def test_a_reserve_refused_for_a_while_is_made_once_it_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int
+) -> None:
+    """Any refusal but ENOSPC (a quota, an I/O error, a read-only remount) gave up the
+    reserve for the life of the gateway: the next full disk left delivery no room."""
+    fallocate = os.posix_fallocate
+    tries = []
+
+    def refuse(fd: int, offset: int, length: int) -> None:
+        tries.append(fd)
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    monkeypatch.setattr("gateway.store.sqlite.RESERVE_RETRY_S", 0.0, raising=False)
+    store = await open_store(tmp_path, ("a",))  # tries once
+    store._keep_reserve_sync()  # (an hour later, for EIO)
+    store._keep_reserve_sync()
+    assert len(tries) == 3 and not store.reserve.exists()
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    store._keep_reserve_sync()
+    assert store.reserve.exists()
+    warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
+    assert len(warned) == 1
+    await store.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_store_file_deleted_under_the_gateway_stops_intake(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """store.db deleted (or a copy put in its place) while open: the gateway went on
+    committing and acknowledging into the old file, which no restart finds. Intake stops
+    with one ERROR line; what the open file holds is still delivered."""
+    store = await open_store(tmp_path, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
+    assert not store.check_disk()
+    if how == "deleted":
+        store.path.unlink()
+    else:
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(store.path.read_bytes())
+        copy.replace(store.path)
+    assert store.check_disk() and store.check_disk()
+    [line] = [r.getMessage() for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    assert str(store.path) in line and "intake stopped" in line
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    assert len(rows) == 3 and store.depth("a") == 0
+    await store.close()
+
+
 @pytest.mark.parametrize("action", ["release", "new_session"])
 async def test_a_full_disk_is_named_when_qos2_ids_are_forgotten(
     small_disk: Path, action: str
@@ -659,6 +765,79 @@ async def test_a_removed_sink_keeps_its_backlog_through_purges_until_dropped(
     assert await store.maintain(["a"]) == 6
     assert store.bytes == 0
     await store.close()
+
+
+async def test_drop_sink_refuses_a_sink_the_gateway_runs_and_one_added_back_is_kept(
+    tmp_path: Path,
+) -> None:
+    """`store drop-sink` checked only the file: a sink taken out of it but still run (no
+    reload yet) was dropped under the gateway, which went on routing to it; its rows
+    waited for a sink the store no longer knew. So did a sink dropped and added back
+    within the 5 s before `recount`: its cursor was never written again."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a", "b"])
+    await store.save_active()
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="still runs"):
+        admin.drop_sink("b", running=True)
+    store.set_active(["a"])  # the reload that removed it
+    await store.save_active()
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b", running=True) == 0
+    store.set_active(["a", "b"])  # added back at once
+    await store.register_sinks(["b"])
+    await store.save_active()
+    await store.commit(batch([(ff(i), store.bit("b")) for i in range(3)]))
+    await store.close()
+    store = await open_store(tmp_path)
+    assert store.depth("b") == 3, "what waits for it after a restart"
+    await store.close()
+
+
+async def test_drop_sink_checks_in_its_transaction_whether_the_gateway_runs_it(
+    tmp_path: Path,
+) -> None:
+    """The check was made before the drop's transaction: a reload adding the sink back
+    in between (its `active` noted) had it dropped under the gateway routing to it."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a"])
+    await store.save_active()
+    gateway = sqlite3.connect(store.path, isolation_level=None)
+
+    def reload_adds_it_back(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            gateway.execute("UPDATE sinks SET active = 1 WHERE name = 'b'")
+
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="still runs"):
+        admin.db.set_trace_callback(reload_adds_it_back)
+        admin.drop_sink("b", running=True)
+    gateway.close()
+    assert store.knows("b")
+    await store.close()
+
+
+async def test_drop_sink_after_a_clean_stop_when_the_lock_cannot_be_opened(
+    tmp_path: Path,
+) -> None:
+    """Any failure to take the data_dir's lock (a permission, here a folder in its
+    place) counted as a gateway running, and the sinks it ran at its stop stayed noted
+    as running: such a sink could never be dropped."""
+    from gateway.store.admin import gateway_runs, open_admin
+
+    store = await open_store(tmp_path)
+    store.set_active(["a", "b"])
+    await store.save_active()
+    (tmp_path / ".lock").unlink(missing_ok=True)
+    (tmp_path / ".lock").mkdir()
+    assert gateway_runs(store.path) is None  # cannot tell
+    with open_admin(store.path) as admin, pytest.raises(StoreError, match="cannot be told"):
+        admin.drop_sink("b")
+    await store.close()
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b") == 0
 
 
 async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
