@@ -148,6 +148,10 @@ class Source:
     interval: float = 1.0
     schedule: Schedule | None = None
     backlog: bool = False
+    held: bool = False
+    """True while the source holds, in memory only, data it read and has not handed over
+    (the next pages of a REST answer): nothing would read it again after a restart, so a
+    stop lets it be handed over first (see `SourceRunner.stop`)."""
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
     `edge_stream_source_dropped_total` in /metrics."""

@@ -35,7 +35,7 @@ from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
-from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
+from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, stop_task, supervised
 from gateway.engine.status import (
     BrokerStatus,
     DiskStatus,
@@ -96,18 +96,6 @@ def _own_rows(
         processor.ctx.name,
     )
     return []
-
-
-async def stop_task(task: asyncio.Task[None], every: float = 1.0) -> None:
-    """Cancel `task` and wait until it has ended, cancelling it again every `every`
-    seconds: a library may swallow one cancellation (Python 3.11's asyncio.timeout does
-    when its own deadline falls at the same moment; seen with redis-py's read timeout,
-    after which the source went on reading and the shutdown waited for ever)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=every)
-    if not task.cancelled():
-        task.exception()  # retrieved: an error of its own was logged by `supervised`
 
 
 class Engine:
@@ -432,7 +420,11 @@ class Engine:
     async def _shutdown(self) -> None:
         log.info("engine: stopping intake")
         await asyncio.gather(
-            *(stop_task(t) for n, t in self._tasks.items() if n.startswith("source "))
+            *(
+                self._stop_intake(n.removeprefix("source "), t)
+                for n, t in self._tasks.items()
+                if n.startswith("source ")
+            )
         )
         # Commit what is already handed over so its sources get their acks. The ingest
         # loop is cancelled only while it waits for items; a batch it has taken is
@@ -575,10 +567,18 @@ class Engine:
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
-            await stop_task(task)
+            await self._stop_intake(name, task, runner)
         await self._drain(name)
         if runner is not None:
             await runner.close()
+
+    async def _stop_intake(
+        self, name: str, task: asyncio.Task[None], runner: SourceRunner | None = None
+    ) -> None:
+        """End source `name`'s task once it has handed over what it read (see
+        `SourceRunner.stop`)."""
+        runner = runner or self.sources.get(name)
+        await (runner.stop(task) if runner is not None else stop_task(task))
 
     async def _drain(self, source: str) -> None:
         deadline = self.clock.monotonic() + DRAIN_S

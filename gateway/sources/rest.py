@@ -25,6 +25,10 @@ An answer's items are handed over 1000 at a time (the next thousand at once, bef
 the next GET), so that a large answer of many small items holds only a page of
 FlowFiles in memory.
 
+A stop (SIGTERM, a reload that removes the source) during a poll waits for that
+answer's items to be handed over and stored: a GET that has not answered yet is
+asked again at the next start.
+
 A poll is a snapshot: every poll emits what the API answers then, so an item the
 API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
 `deadband` processor, or select only new items with the API's own query
@@ -436,7 +440,7 @@ class RestSource(Source):
         FlowFiles at once: half a GB, and the gateway deaf for most of a minute."""
         items = self._items[self._next : self._next + PAGE]
         self._next += len(items)
-        self.backlog = self._next < len(self._items)
+        self.backlog = self.held = self._next < len(self._items)
         if not self.backlog:
             self._items, self._next = [], 0
         return [self._message(item, self._read_at) for item in items]

@@ -17,9 +17,12 @@ from aiohttp import web
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
+from gateway.engine import pipeline
+from gateway.sources import rest
 from gateway.sources.rest import PAGE, RestSource, parse_select, select
 from tests import servers
 from tests.sources.contract import SourceContract
+from tests.sources.engine_run import stop, until
 
 pytestmark = pytest.mark.integration
 
@@ -312,6 +315,26 @@ async def test_an_answer_of_many_items_is_handed_over_a_page_at_a_time(
     assert [len(p) for p in pages] == [PAGE, PAGE, 500]
     assert [n for p in pages for n in p] == list(range(2500))
     assert json.loads(again.flowfile.content) == {"n": "again"} and not source.backlog
+
+
+async def test_a_stop_mid_answer_stores_all_of_it(
+    http_receiver: servers.HttpReceiver, run_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancelled the source while it waited for room in the engine's hand-over: the
+    rest of that page and the answer's further pages were lost, and the API, which has
+    answered, is not asked for them again."""
+    monkeypatch.setattr(rest, "PAGE", 100)
+    monkeypatch.setattr(pipeline, "INGEST_CAPACITY", 10)
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(300)]))
+    try:
+        engine = await run_engine({"type": "rest", "url": f"{http_receiver.url}/many"})
+        async with engine._commit_lock:  # the first commit waits: the hand-over fills up
+            await until(lambda: bool(engine._committing) and len(engine.ingest) == 10)
+            engine.stop()
+        await stop(engine)
+    finally:
+        http_receiver.control(200)
+    assert engine.ingested == 300
 
 
 async def test_credentials_go_to_the_url_s_origin_only_not_where_it_redirects() -> None:
