@@ -234,6 +234,34 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
+# How a cursor value stored as text is read as the type of its column's values: older
+# versions stored a `time` cursor as plain text ("10:00:00"), which PostgreSQL refuses
+# as a parameter for a time column, so every poll failed.
+_FROM_TEXT: dict[type, Any] = {
+    dt.datetime: dt.datetime.fromisoformat,
+    dt.date: dt.date.fromisoformat,
+    dt.time: dt.time.fromisoformat,
+    Decimal: Decimal,
+    uuid.UUID: uuid.UUID,
+    int: int,
+    float: float,
+}
+
+
+def _as_type_of(value: Any, sample: Any) -> Any:
+    """`value`, a stored cursor value, as the type of `sample`, a value of its column;
+    ValueError when text cannot be read as that type."""
+    if not isinstance(value, str) or isinstance(sample, str):
+        return value
+    read = _FROM_TEXT.get(type(sample))
+    if read is None:
+        raise ValueError(f"{value!r} is text, the column's values {type(sample).__name__}")
+    try:
+        return read(value)
+    except ArithmeticError as err:  # decimal.InvalidOperation
+        raise ValueError(f"{value!r} is no {type(sample).__name__}") from err
+
+
 def _level(value: Any) -> str:
     """A value as one topic level, written as in the row's JSON (NULL `null`, a boolean
     `true`, bytes as text or base64; it read `None`, `True`, `b'...'`)."""
@@ -278,6 +306,7 @@ class IncrementalSource(Source):
         self.schedule = config.poll_schedule(config.interval)
         self._after: tuple[Any, ...] | None = None  # cursor (and key) of the last row read
         self._loaded = False  # the stored position was read (once: it then lives here)
+        self._text = False  # the stored position holds text, maybe of another type
         self.rows = 0
         self.pages = 0
         self._attributes = {"table": config.table, "source": ctx.name}
@@ -373,6 +402,7 @@ class IncrementalSource(Source):
                 if data.get("table") == self.config.table and data.get("order") == self._order():
                     after = data["after"]
                     self._after = None if after is None else tuple(map(_decode_value, after))
+                    self._text = any(isinstance(v, str) for v in self._after or ())
                     return
                 self.ctx.log.warning(
                     "the stored position is for table %s ordered by %s, not this one; starting"
@@ -388,6 +418,10 @@ class IncrementalSource(Source):
                     err,
                     self.config.start,
                 )
+        await self._load_start()
+
+    async def _load_start(self) -> None:
+        """Start where `start` says, with no stored position to go on."""
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
             # kept at once, an empty table's too: a restart before the next row must not
@@ -402,11 +436,37 @@ class IncrementalSource(Source):
     async def poll(self) -> list[FlowFile]:
         return [m.flowfile for m in await self.poll_messages()]
 
+    async def _typed_position(self) -> bool:
+        """Read text in the stored position as the type of its column's values, learnt
+        from the newest row; False while the table has no row to learn it from (nor
+        any to read). A position that cannot be read so is dropped, as an unreadable one."""
+        assert self._after is not None
+        _names, rows = await self._fetch(self.end_sql(), [1])
+        if not rows:
+            return False
+        try:
+            self._after = tuple(map(_as_type_of, self._after, rows[0]))
+        except ValueError as err:
+            self.ctx.log.warning(
+                "the stored position cannot be read (%s); starting at the %s",
+                err,
+                self.config.start,
+            )
+            self._after = None
+            self._text = False
+            await self._load_start()
+            return True
+        self._text = False
+        return True
+
     async def poll_messages(self) -> list[Message]:
         config = self.config
         if not self._loaded:
             await self._load_position()
             self._loaded = True
+        if self._text and not await self._typed_position():
+            self.backlog = False
+            return []
         limit = config.page_size
         if self._after is None:
             names, rows = await self._fetch(self.select_sql(True), [limit])

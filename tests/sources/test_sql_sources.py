@@ -451,6 +451,10 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
     }
 
 
+UUID1 = "00000000-0000-4000-8000-000000000001"
+UUID2 = "00000000-0000-4000-8000-000000000002"
+
+
 @pytest.mark.parametrize(
     ("kind", "column", "values"),
     [
@@ -458,14 +462,24 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
         ("postgres", "timetz", ["'10:00+02'", "'11:00+02'"]),
         ("postgres", "interval", ["'1 day'", "'2 days'"]),
         ("mysql", "TIME", ["'10:00'", "'11:00'"]),
+        ("postgres", "date", ["'2024-05-01'", "'2024-05-02'"]),
+        ("postgres", "timestamp", ["'2024-05-01 10:00:00.5'", "'2024-05-01 10:00:01'"]),
+        ("postgres", "timestamptz", ["'2024-05-01 10:00:00.5+02'", "'2024-05-01 10:00+01'"]),
+        ("postgres", "numeric", ["1.5", "2.25"]),
+        ("postgres", "uuid", [f"'{UUID1}'", f"'{UUID2}'"]),
+        ("mysql", "DATE", ["'2024-05-01'", "'2024-05-02'"]),
+        ("mysql", "DATETIME(6)", ["'2024-05-01 10:00:00.5'", "'2024-05-01 10:00:01'"]),
+        ("mysql", "DECIMAL(10,3)", ["1.5", "2.25"]),
+        ("mysql", "UUID", [f"'{UUID1}'", f"'{UUID2}'"]),
     ],
 )
-async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
+async def test_a_cursor_of_each_type_keeps_its_place_across_a_restart(
     kind: str, column: str, values: list[str], request: pytest.FixtureRequest
 ) -> None:
     """A time cursor read after a restart as text: the query failed at every poll
     (PostgreSQL); a timetz, interval or MySQL TIME cursor could not be stored at all
-    ("TypeError: Type is not JSON serializable: datetime.timedelta")."""
+    ("TypeError: Type is not JSON serializable: datetime.timedelta"). The other types
+    are read back as they were stored too."""
     server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
     table = unique_name()
     q = "`" if kind == "mysql" else '"'
@@ -492,6 +506,40 @@ async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
             await source.close()
         server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[1]}, 2)")
     assert got == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "text", "after"),
+    [
+        ("time", "('10:00', 1), ('11:00', 2)", "10:00:00", [2]),
+        ("date", "('2024-05-01', 1), ('2024-05-02', 2)", "2024-05-01", [2]),
+        ("text", "('10:00:00', 1), ('11:00', 2)", "10:00:00", [2]),
+        ("time", "('10:00', 1), ('11:00', 2)", "ten o'clock", [1, 2]),
+    ],
+)
+async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
+    postgres: Any, column: str, values: str, text: str, after: list[int]
+) -> None:
+    """Versions before times were stored tagged stored a time cursor as text ("10:00:00"):
+    after an upgrade it stayed text, which PostgreSQL refuses as a time, and every poll
+    failed. Text that is no value of the column's type is dropped as an unreadable
+    position is: the source starts at `start`."""
+    table = unique_name()
+    postgres.execute(f'CREATE TABLE "{table}" (c {column}, n INT)')
+    postgres.execute(f'INSERT INTO "{table}" VALUES {values}')
+    config, _problems = build("postgres", dsn=postgres.dsn, table=table, cursor="c")
+    old = orjson.dumps({"v": 1, "table": table, "order": ["c"], "after": [text]})
+
+    async def position() -> bytes | None:
+        return old
+
+    source = PostgresSource(config, Context("rows", "source", position=position))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == after
 
 
 async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
