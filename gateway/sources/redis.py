@@ -24,12 +24,14 @@ entry id; in list mode a count of items moved) is committed with the FlowFiles.
 A gateway killed after the commit but before the XACK finds those entries still
 pending for it when it starts, sees they are at or before its position, and
 acknowledges them without reading them again; an entry not committed is read
-again. In list mode a counter key (`<processing>:done`) counts the items removed
-from the processing list, in the same MULTI as the removal, so that the items the
-store has and Redis does not yet know of are told apart the same way. Entries taken
-over from another consumer are read at least once: their FlowFile ids are made
-from the stream key and the entry id, so the SQL and Redis sinks, which write each
-id once, still store them once.
+again, as delivered once (XCLAIM with RETRYCOUNT 1: its delivery count in XPENDING
+stays 1) and with its position, so that a second crash after its commit and
+before its XACK does not read it a third time. In list mode a counter key
+(`<processing>:done`) counts the items removed from the processing list, in the
+same MULTI as the removal, so that the items the store has and Redis does not yet
+know of are told apart the same way. Entries taken over from another consumer are
+read at least once: their FlowFile ids are made from the stream key and the entry
+id, so the SQL and Redis sinks, which write each id once, still store them once.
 
 Connection trouble is retried with the engine's backoff; a server that refuses the
 credentials or an ACL permission stops the source until the config is fixed.
@@ -400,16 +402,16 @@ class RedisSource(Source):
         )
         if not pending:
             return None
-        self._recover_from = "(" + pending[-1]["message_id"].decode()
         position = None if self._position is None else _entry_key(self._position)
-        done, again = [], []
+        done, theirs, mine = [], [], []
         for p in pending:
             entry_id = p["message_id"].decode()
-            once = p["times_delivered"] == 1
-            if once and position is not None and _entry_key(entry_id) <= position:
+            if position is None or _entry_key(entry_id) > position:
+                mine.append(entry_id)  # after the position: not stored (unless taken over)
+            elif p["times_delivered"] == 1:
                 done.append(entry_id)
-            else:
-                again.append(entry_id)
+            else:  # taken over from another consumer: stored or not, the id cannot tell
+                theirs.append(entry_id)
         if done:
             await client.xack(cfg.key, cfg.group, *done)
             self.skipped += len(done)
@@ -417,13 +419,27 @@ class RedisSource(Source):
                 "%d entries pending since the last run were stored already: acknowledged",
                 len(done),
             )
-        if not again:
+        if not (theirs or mine):
+            self._recover_from = "(" + pending[-1]["message_id"].decode()
             return []
-        claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, again)
-        gone = set(again) - {e[0].decode() for e in claimed}
+        read: list[tuple[Any, bool]] = []  # (entry, whether it moves the position)
+        if theirs:
+            claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, theirs)
+            read += [(e, False) for e in claimed]
+        if mine:
+            # Read again as delivered once and with their positions, as at their first read:
+            # the count XCLAIM adds (2) marked them as taken over from another consumer, so
+            # a second crash, after their commit and before their XACK, read them again.
+            claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, mine, retrycount=1)
+            read += [(e, True) for e in claimed]
+        gone = {*theirs, *mine} - {e[0].decode() for e, _ in read}
         if gone:  # trimmed from the stream meanwhile: nothing to read
             await client.xack(cfg.key, cfg.group, *gone)
-        return [self._stream_message(e, position=False) for e in claimed if e[1] is not None]
+        # only now: a page that failed on its way is read again, its entries again `mine`
+        # (passed over, they would be acknowledged at the next start once the position
+        # moved past them, never stored)
+        self._recover_from = "(" + pending[-1]["message_id"].decode()
+        return [self._stream_message(e, position=moves) for e, moves in read if e[1] is not None]
 
     async def _claim(self, client: Any) -> list[Message]:
         cfg = self.config

@@ -106,6 +106,33 @@ async def test_a_stream_entry_is_acked_after_the_commit_and_a_crash_repeats_noth
     await restarted.close()
 
 
+async def test_entries_read_again_after_a_crash_are_not_read_again_after_a_second(
+    redis: Any,
+) -> None:
+    """Read again at the start, an entry was delivered twice and carried no position: its
+    commit, and a second crash before its XACK, read it once more at the next start."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(6)]
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=3)
+    await source.connect()
+    assert len(await source.read()) == 3
+    await crash(source)  # killed before the commit
+    again = make(redis.url, committed, key=key, count=3)
+    await again.connect()
+    recovered = await again.read()
+    assert [m.flowfile.attributes["redis.id"] for m in recovered] == ids[:3]
+    commit(recovered, committed)
+    again._to_ack.clear()  # killed after the commit, before the XACK
+    await crash(again)
+    third = make(redis.url, committed, key=key, count=3)
+    await third.connect()
+    got = await read_all(third, 3)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[3:]
+    await third.close()
+
+
 async def test_entries_a_dead_consumer_left_pending_are_claimed(redis: Any) -> None:
     key = unique_name()
     r = SyncRedis.from_url(redis.url)
