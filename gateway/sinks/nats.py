@@ -61,7 +61,8 @@ or `ca_file` turns it on; `cert_file` and `key_file` present a client certificat
 
 `create_stream` (optional) makes the stream at connect when it does not exist, with
 its `subjects` (default: the subject template with `{topic}` as `>`, so `{topic}`
-must begin a token), `retention`,
+must begin a token; subjects none of which can match a subject the template makes
+are refused when the config loads), `retention`,
 `replicas`, `max_bytes`, `max_age`, `max_msg_size`, `storage` and
 `duplicate_window`. When it exists, its subjects are checked (they must include the
 ones given: else the sink stops with the difference); other settings that differ are
@@ -356,7 +357,10 @@ class StreamSettings:
     name: Annotated[str, Doc("The stream's name.", example="EDGE")]
     subjects: Annotated[
         list[str] | None,
-        Doc("Its subjects (default: the subject template with `{topic}` as `>`)."),
+        Doc(
+            "Its subjects (default: the subject template with `{topic}` as `>`); at least"
+            " one must be able to match a subject of the template."
+        ),
     ] = None
     retention: Annotated[
         Literal["limits", "interest", "workqueue"],
@@ -443,6 +447,16 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         if problem:
             yield "subject", f"{self.subject!r}: {problem}"
             return
+        stream = self.create_stream
+        if stream is not None and stream.subjects:
+            subjects = [s for s in stream.subjects if _subject_problem(s, wildcards=True) is None]
+            if subjects and not any(_may_match(self.subject, s) for s in subjects):
+                yield (
+                    "create_stream.subjects",
+                    f"{', '.join(subjects)} cannot match any subject of the template"
+                    f" {self.subject!r} (subject): every FlowFile would be refused; add"
+                    " the subjects the template makes, or change subject",
+                )
         head, found, _ = self.subject.partition("{topic}")
         defaults = self.create_stream is not None and not self.create_stream.subjects
         if defaults and found and head and not head.endswith("."):
@@ -473,6 +487,69 @@ def _subject_problem(subject: str, wildcards: bool) -> str | None:
         ):
             return "'*' is a whole token, '>' the whole last token"
     return None
+
+
+_TOKEN = "token"  # in `_may_match`: one character of a token, any but '.'
+_OTHER = ""  # in `_may_match`: a character neither subject names
+
+
+def _subject_nfa(elements: list[str]) -> tuple[list[list[tuple[str, int]]], int]:
+    """An automaton over characters: per state, its (label, next state) moves, and the
+    state that accepts (state 0 starts); `elements` are characters, "*" (one token: text
+    without '.') or ">" (one or more tokens)."""
+    moves: list[list[tuple[str, int]]] = [[]]
+    at = 0
+    for element in elements:
+        new = len(moves)
+        moves.append([])
+        if element in ("*", ">"):
+            moves[at].append((_TOKEN, new))
+            moves[new].append((_TOKEN, new))
+            if element == ">":  # '.', then the next token
+                dot = len(moves)
+                moves.append([(_TOKEN, new)])
+                moves[new].append((".", dot))
+        else:
+            moves[at].append((element, new))
+        at = new
+    return moves, at
+
+
+def _may_match(template: str, pattern: str) -> bool:
+    """Whether a subject `template` makes may match `pattern`, a stream subject with NATS
+    wildcards. Over-approximated: `{gateway}` and `{sink}` may be any token text,
+    `{topic}` any tokens; False only when no subject of the template can match."""
+    ours: list[str] = []
+    for text, name, _spec, _conversion in template_parts(template):
+        ours.extend(text)
+        if name is not None:
+            ours.append(">" if name == "topic" else "*")
+    theirs: list[str] = []
+    for i, part in enumerate(pattern.split(".")):
+        if i:
+            theirs.append(".")
+        theirs.extend([part] if part in ("*", ">") else part)
+    (a, a_end), (b, b_end) = _subject_nfa(ours), _subject_nfa(theirs)
+    symbols = {*ours, *theirs, ".", _OTHER} - {"*", ">"}
+
+    def takes(label: str, symbol: str) -> bool:
+        return label == symbol or (label == _TOKEN and symbol != ".")
+
+    seen = {(0, 0)}
+    todo = [(0, 0)]
+    while todo:
+        x, y = todo.pop()
+        if x == a_end and y == b_end:
+            return True
+        for symbol in symbols:
+            for label_a, next_a in a[x]:
+                if not takes(label_a, symbol):
+                    continue
+                for label_b, next_b in b[y]:
+                    if takes(label_b, symbol) and (next_a, next_b) not in seen:
+                        seen.add((next_a, next_b))
+                        todo.append((next_a, next_b))
+    return False
 
 
 _TOKEN_ESCAPES = {c: f"%{ord(c):02X}" for c in ". *>%"}
