@@ -35,7 +35,8 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import template_parts, validate_topic
 
-Page = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
+Row = tuple[Any, ...]
+Page = tuple[list[str], list[Row]]  # column names, rows
 POSITION_VERSION = 1
 PAGE_MAX = 10_000
 
@@ -81,7 +82,10 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
         Doc(
             "A unique column that breaks ties between rows with the same `cursor` value"
             " (needed when the cursor is a timestamp): rows are read in (`cursor`, `key`)"
-            " order and the position holds both. Default: none, `cursor` is unique.",
+            " order and the position holds both. Default: none, `cursor` is unique; rows"
+            " that share a value are then read in one page (a page ends before them; more"
+            " than 10000 stop the source), and a row added later with the value of the"
+            " last row read is not seen.",
             example="id",
         ),
     ] = None
@@ -459,6 +463,65 @@ class IncrementalSource(Source):
         self._text = False
         return True
 
+    async def _select(self, limit: int) -> Page:
+        """At most `limit` rows after the position, in order."""
+        if self._after is None:
+            return await self._fetch(self.select_sql(True), [limit])
+        if self.config.key is None:
+            return await self._fetch(self.select_sql(False), [self._after[0], limit])
+        c, k = self._after
+        return await self._fetch(self.select_sql(False), [c, c, k, limit])
+
+    def _past_position(self, names: list[str], rows: list[Row]) -> list[Row]:
+        """`rows` less those at their head whose cursor (and key) equal the position: the
+        rows read last, found after their own position, because the value read back is
+        not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2). Only at
+        the head: rows tied with the one before them further on are rows of their own."""
+        bound = self._after
+        if bound is None:
+            return rows
+        index = [names.index(c) for c in self._order()]
+        skip = 0
+        while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
+            skip += 1
+        return rows[skip:]
+
+    async def _page_of_whole_ties(self, limit: int) -> Page:
+        """A page for a cursor without key, which may repeat: rows that share a cursor
+        value all go in one page. Cut inside such a run, the position after the page was
+        that value and `cursor > value` passed over the rest of the run for good. So a
+        page that may go on (one row more than `limit` was asked for, and came) ends
+        before the run of its last value, and a run that fills a page is read whole in a
+        page of its own, up to PAGE_MAX rows (more stop the source: only a `key` can page
+        through them)."""
+        config = self.config
+        names, rows = await self._select(limit + 1)
+        self.backlog = len(rows) > limit
+        rows = self._past_position(names, rows)
+        if not (self.backlog and rows):
+            return names, rows
+        at = names.index(config.cursor)
+        last = rows[-1][at]
+        page = [row for row in rows if row[at] != last]  # sorted: the run of `last` ends it
+        if page:
+            return names, page
+        names, rows = await self._select(PAGE_MAX + 1)
+        full = len(rows) > PAGE_MAX
+        rows = self._past_position(names, rows)
+        if not rows:
+            self.backlog = False
+            return names, rows
+        first = rows[0][at]
+        run = [row for row in rows if row[at] == first]
+        if full and len(run) == len(rows):
+            raise PermanentError(
+                f"table {config.table}: more than {PAGE_MAX} rows share the {config.cursor}"
+                f" value {_level(first)}, more than a page can hold: set `key` to a unique"
+                " column that breaks the ties"
+            )
+        self.backlog = len(run) < len(rows) or full
+        return names, run
+
     async def poll_messages(self) -> list[Message]:
         config = self.config
         if not self._loaded:
@@ -468,14 +531,12 @@ class IncrementalSource(Source):
             self.backlog = False
             return []
         limit = config.page_size
-        if self._after is None:
-            names, rows = await self._fetch(self.select_sql(True), [limit])
-        elif config.key is None:
-            names, rows = await self._fetch(self.select_sql(False), [self._after[0], limit])
+        if config.key is not None:
+            names, rows = await self._select(limit)
+            self.backlog = len(rows) >= limit
+            rows = self._past_position(names, rows)
         else:
-            c, k = self._after
-            names, rows = await self._fetch(self.select_sql(False), [c, c, k, limit])
-        self.backlog = len(rows) >= limit
+            names, rows = await self._page_of_whole_ties(limit)
         if not rows:
             return []
         self.pages += 1
@@ -483,17 +544,8 @@ class IncrementalSource(Source):
         messages = []
         now = self.ctx.clock.now_ns()
         topic_of = self._topic_maker(names)
-        bound = self._after  # the position the query asked for rows after
-        head = True
         for row in rows:
             after = tuple(row[i] for i in index)
-            if head and after == bound:
-                # the row read last, found after its own position: the value read back is
-                # not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2).
-                # Only at the head of the page: rows tied with the one before them there
-                # are rows of their own (a cursor without key that is not unique).
-                continue
-            head = False
             record = dict(zip(names, row, strict=True))
             try:
                 try:
