@@ -277,16 +277,9 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         elif "@" in self.url.partition("://")[2].partition("/")[0]:
             yield "url", "put credentials in username and password, not in the url"
         else:
-            try:
-                port = urlsplit(self.url).port
-            except ValueError:
-                port = 0
-            if not urlsplit(self.url).hostname:
-                yield "url", "names no host"
+            yield from self._url_problems()
             if self.ca_file and not self.url.startswith("https://"):
                 yield "ca_file", "needs TLS: use an https:// URL"
-            if port is not None and not 0 < port < 65536:
-                yield "url", "the port must be a number from 1 to 65535"
         try:
             parse_select(self.select)
         except ValueError as err:
@@ -300,6 +293,27 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             if problem:
                 yield "topic", f"{self.topic!r}: {problem}"
         yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
+
+    def _url_problems(self) -> Iterator[tuple[str, str]]:
+        # The url itself is not quoted back: its query may hold an API key.
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
+            yield "url", f"is not a valid URL: {err}"
+            return
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            yield "url", "the port must be a number from 1 to 65535"
+        elif not parts.hostname:
+            yield "url", "names no host"
+        else:
+            try:  # as the source reads it: an address in [] that is none was a traceback
+                URL(self.url).origin()
+            except ValueError as err:
+                yield "url", f"is not a valid URL: {err}"
 
 
 class RestSource(Source):

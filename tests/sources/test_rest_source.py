@@ -261,6 +261,14 @@ def test_keys_are_checked(tmp_path: Path) -> None:
         "sources.api.url: the port must be a number from 1 to 65535"
     ]
     assert problems(url="http:///x") == ["sources.api.url: names no host"]
+    # both were a ValueError traceback from check-config
+    assert problems(url="http://[::1/x") == [
+        "sources.api.url: is not a valid URL: Invalid IPv6 URL"
+    ]
+    assert problems(url="http://[zz]/x") == [
+        "sources.api.url: is not a valid URL: 'zz' does not appear to be an IPv4 or IPv6 address"
+    ]
+    assert problems(url="http://[::1]:8080/x") == []
     # it was ignored: the API was polled in plain HTTP
     assert problems(url="http://h/x", ca_file=str(tmp_path)) == [
         "sources.api.ca_file: needs TLS: use an https:// URL"
