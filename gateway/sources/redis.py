@@ -33,8 +33,10 @@ know of are told apart the same way. Entries taken over from another consumer ar
 read at least once: their FlowFile ids are made from the stream key and the entry
 id, so the SQL and Redis sinks, which write each id once, still store them once.
 
-Connection trouble is retried with the engine's backoff; a server that refuses the
-credentials or an ACL permission stops the source until the config is fixed.
+Connection trouble is retried with the engine's backoff; in stream mode the entries
+a read lost with the connection had delivered (pending for this consumer, never
+seen) are read first once it is back. A server that refuses the credentials or an
+ACL permission stops the source until the config is fixed.
 
 Keys
   type: redis
@@ -253,6 +255,7 @@ class RedisSource(Source):
         self._next_claim = 0.0
         self._claim_from = "0-0"
         self._recover_from = "-"  # stream: the pending entries at the start, page by page
+        self._handed: str | None = None  # stream: the highest entry id handed over
         self._list_offset = 0  # list: the next processing item to read again at the start
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
         fields = [n for _, n, _, _ in string.Formatter().parse(config.topic) if n]
@@ -354,6 +357,15 @@ class RedisSource(Source):
                 return await self._read_list(client)
             return await self._read_stream(client)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
+            if self.config.mode == "stream" and self._recovered:
+                # An XREADGROUP whose answer was lost delivered its entries all the same:
+                # pending for this consumer, never seen. Read again with the engine's
+                # backoff, they came only with XAUTOCLAIM after claim_idle, as taken over;
+                # and a restart before it found them at or before the position that newer
+                # entries had moved past them, delivered once: acknowledged, never stored.
+                # So the entries pending after the last one handed over are read first.
+                self._recovered = False
+                self._recover_from = "-" if self._handed is None else f"({self._handed}"
             raise RetryableError(f"reading {self.config.key} on {self.where}: {err}") from err
         except redis_errors.RedisError as err:
             refusal = _refusal(err)
@@ -466,6 +478,8 @@ class RedisSource(Source):
         cfg = self.config
         raw_id, fields = entry
         entry_id = raw_id.decode()
+        if self._handed is None or _entry_key(entry_id) > _entry_key(self._handed):
+            self._handed = entry_id
         content = fields.get(cfg.field.encode()) if cfg.field is not None else None
         reject = None
         if content is None:  # all fields; an entry without `field`: kept whole, dead-lettered

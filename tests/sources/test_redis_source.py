@@ -15,6 +15,7 @@ from redis import Redis as SyncRedis
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context, Message
+from gateway.core.errors import RetryableError
 from gateway.engine.pipeline import Engine
 from gateway.sources.redis import RedisSource, RedisSourceConfig, entry_flowfile_id
 from gateway.store.sqlite import Batch, Store
@@ -131,6 +132,36 @@ async def test_entries_read_again_after_a_crash_are_not_read_again_after_a_secon
     got = await read_all(third, 3)
     assert [m.flowfile.attributes["redis.id"] for m in got] == ids[3:]
     await third.close()
+
+
+async def test_entries_whose_answer_was_lost_with_the_connection_are_read_after_it(
+    redis: Any,
+) -> None:
+    """An XREADGROUP answer lost with the connection left its entries pending, unseen: they
+    came only with XAUTOCLAIM after claim_idle, and a restart before that found them
+    delivered once at or before the position and acknowledged them, never stored."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(4)]
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=2)
+    await source.connect()
+    commit(await source.read(), committed)
+    r.xreadgroup("edge-stream", "gw1", {key: ">"}, count=1)  # delivered; the answer lost
+    r.client_kill_filter(_id=await source._client.client_id())
+    with pytest.raises(RetryableError):
+        await source.read()
+    await source.close()
+    await source.connect()  # as the engine does after its backoff
+    got = await read_all(source, 3)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[2:]
+    commit(got, committed)
+    await source.close()
+    restarted = make(redis.url, committed, key=key, count=2)
+    await restarted.connect()
+    assert await read_all(restarted, 2) == []
+    assert r.xpending(key, "edge-stream")["pending"] == 0
+    await restarted.close()
 
 
 async def test_entries_a_dead_consumer_left_pending_are_claimed(redis: Any) -> None:
