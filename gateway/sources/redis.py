@@ -29,14 +29,17 @@ stays 1) and with its position, so that a second crash after its commit and
 before its XACK does not read it a third time. In list mode a counter key
 (`<processing>:done`) counts the items removed from the processing list, in the
 same MULTI as the removal, so that the items the store has and Redis does not yet
-know of are told apart the same way. Entries taken over from another consumer are
-read at least once: their FlowFile ids are made from the stream key and the entry
-id, so the SQL and Redis sinks, which write each id once, still store them once.
+know of are told apart the same way (and a removal whose answer was lost with the
+connection is not made twice: the counter says how many are left to remove).
+Entries taken over from another consumer are read at least once: their FlowFile
+ids are made from the stream key and the entry id, so the SQL and Redis sinks,
+which write each id once, still store them once.
 
 Connection trouble is retried with the engine's backoff; in stream mode the entries
 a read lost with the connection had delivered (pending for this consumer, never
-seen) are read first once it is back. A server that refuses the credentials or an
-ACL permission stops the source until the config is fixed.
+seen), and in list mode the items a move lost with it had moved, are read first
+once it is back. A server that refuses the credentials or an ACL permission stops
+the source until the config is fixed.
 
 Keys
   type: redis
@@ -248,7 +251,11 @@ class RedisSource(Source):
         self.where = _safe_url(config.url)
         self._client: Any = None
         self._to_ack: list[str] = []  # committed entries (stream ids) not yet acknowledged
-        self._to_remove = 0  # list: committed items not yet removed from processing
+        # list: items counted as the position is (see _moved): committed up to _remove_upto,
+        # removed from processing (the done counter) up to _removed as last seen
+        self._remove_upto = 0
+        self._removed = 0
+        self._list_started = False  # list: the last run's items were sorted out
         self._recovered = False  # the entries pending at the start were sorted out
         self._position: Any = None  # stream: last committed id; list: items committed
         self._moved = 0  # list: items moved into processing, counted as the position is
@@ -256,7 +263,6 @@ class RedisSource(Source):
         self._claim_from = "0-0"
         self._recover_from = "-"  # stream: the pending entries at the start, page by page
         self._handed: str | None = None  # stream: the highest entry id handed over
-        self._list_offset = 0  # list: the next processing item to read again at the start
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
         fields = [n for _, n, _, _ in string.Formatter().parse(config.topic) if n]
         self._fields = [n for n in fields if n not in ("key", "source")]
@@ -325,7 +331,7 @@ class RedisSource(Source):
         return lambda: self._to_ack.append(entry_id)
 
     def _remover(self) -> None:
-        self._to_remove += 1
+        self._remove_upto += 1
 
     async def _settle(self, client: Any) -> None:
         """Tell Redis what the store has committed since the last read."""
@@ -336,14 +342,17 @@ class RedisSource(Source):
             except BaseException:
                 self._to_ack[:0] = ids
                 raise
-        if self._to_remove:
-            n = self._to_remove
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.lpop(self.processing, n)
-                pipe.incrby(self.done_key, n)
-                await pipe.execute()
-            self._to_remove -= n
-            self._list_offset = max(self._list_offset - n, 0)
+        if self._remove_upto > self._removed:
+            # As many as the done counter says are left, not a count of our own: a removal
+            # whose answer was lost with the connection was made again, and took items the
+            # store did not have yet.
+            n = self._remove_upto - int(await client.get(self.done_key) or 0)
+            if n > 0:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.lpop(self.processing, n)
+                    pipe.incrby(self.done_key, n)
+                    await pipe.execute()
+            self._removed = self._remove_upto
 
     # -- reading -----------------------------------------------------------------------
 
@@ -357,13 +366,15 @@ class RedisSource(Source):
                 return await self._read_list(client)
             return await self._read_stream(client)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
-            if self.config.mode == "stream" and self._recovered:
+            if self._recovered:
                 # An XREADGROUP whose answer was lost delivered its entries all the same:
                 # pending for this consumer, never seen. Read again with the engine's
                 # backoff, they came only with XAUTOCLAIM after claim_idle, as taken over;
                 # and a restart before it found them at or before the position that newer
                 # entries had moved past them, delivered once: acknowledged, never stored.
-                # So the entries pending after the last one handed over are read first.
+                # So the entries pending after the last one handed over are read first; in
+                # list mode, for the same reason, the items in the processing list after
+                # those handed over.
                 self._recovered = False
                 self._recover_from = "-" if self._handed is None else f"({self._handed}"
             raise RetryableError(f"reading {self.config.key} on {self.where}: {err}") from err
@@ -508,13 +519,16 @@ class RedisSource(Source):
     async def _read_list(self, client: Any) -> list[Message]:
         cfg = self.config
         if not self._recovered:
-            if self._position is None:
+            if not self._list_started:
                 await self._load_position()
                 await self._recover_list(client)
-            # moved at the last run and never stored: read again first, a page at a time
-            offset = self._list_offset
+                # only now: a recovery that failed on its way (its removal made, the answer
+                # lost) is made again from the store's position and the done counter
+                self._list_started = True
+            # moved and never read (at the last run, or by a move whose answer was lost with
+            # the connection), after those handed over: read first, a page at a time
+            offset = max(self._moved - int(await client.get(self.done_key) or 0), 0)
             left = await client.lrange(self.processing, offset, offset + cfg.count - 1)
-            self._list_offset += len(left)
             if len(left) < cfg.count:
                 self._recovered = True
             if left:
@@ -548,7 +562,7 @@ class RedisSource(Source):
                 self.processing,
             )
         self._moved = max(committed, done)
-        self._position = self._moved
+        self._position = self._removed = self._remove_upto = self._moved
 
     def _list_message(self, item: bytes) -> Message:
         cfg = self.config
@@ -568,5 +582,5 @@ class RedisSource(Source):
             "mode": self.config.mode,
             "read": self.read_count,
             "claimed": self.claimed,
-            "pending_acks": len(self._to_ack) + self._to_remove,
+            "pending_acks": len(self._to_ack) + self._remove_upto - self._removed,
         }

@@ -238,8 +238,7 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert r.llen(f"{key}:processing") == 6
     # second is committed, the gateway dies before removing it; the last 2 never committed
     commit(second, committed)
-    source._to_remove = 0  # the removal died with the process
-    await crash(source)
+    await crash(source)  # before the removal
     restarted = make(redis.url, committed, key=key, mode="list", count=4)
     await restarted.connect()
     again = await read_all(restarted)
@@ -252,6 +251,36 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert r.llen(f"{key}:processing") == 0 and committed[0] == b"11"
     assert int(r.get(f"{key}:processing:done") or 0) == 11
     await restarted.close()
+
+
+async def test_list_moves_and_removals_whose_answers_were_lost_lose_no_item(
+    redis: Any,
+) -> None:
+    """A move whose answer was lost with the connection left an item in the processing list
+    unread, and a removal made whose answer was lost was made again: either way the next
+    removals took items the store never had."""
+    key = unique_name()
+    processing = f"{key}:processing"
+    r = SyncRedis.from_url(redis.url)
+    r.rpush(key, *[f"item{i}" for i in range(6)])
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, mode="list", count=2)
+    await source.connect()
+    commit(await source.read(), committed)
+    r.lmove(key, processing, "LEFT", "RIGHT")  # moved for the source; the answer lost
+    with r.pipeline() as pipe:  # the source's removal of the 2 committed; the answer lost
+        pipe.lpop(processing, 2).incrby(f"{processing}:done", 2).execute()
+    r.client_kill_filter(_id=await source._client.client_id())
+    with pytest.raises(RetryableError):
+        await source.read()
+    await source.close()
+    await source.connect()
+    got = await read_all(source, 3)
+    assert [m.flowfile.content for m in got] == [f"item{i}".encode() for i in range(2, 6)]
+    commit(got, committed)
+    await source.read()
+    assert r.llen(processing) == 0 and int(r.get(f"{processing}:done") or 0) == 6
+    await source.close()
 
 
 async def test_a_stream_runs_in_the_engine_once_each_across_a_restart(
