@@ -472,6 +472,23 @@ class IncrementalSource(Source):
         c, k = self._after
         return await self._fetch(self.select_sql(False), [c, c, k, limit])
 
+    def _order_index(self, names: list[str]) -> list[int]:
+        """Where `cursor` (and `key`) are among the result's `names`. MySQL matches column
+        names whatever their case: `cursor: ID` reads a column `id`, and `SELECT *` names
+        it `id` (a ValueError traceback at every poll)."""
+        index = []
+        folded = [name.casefold() for name in names]
+        for column in self._order():
+            if column in names:
+                index.append(names.index(column))
+            elif folded.count(column.casefold()) == 1:
+                index.append(folded.index(column.casefold()))
+            else:
+                raise PermanentError(
+                    f"table {self.config.table}: the rows read have no column {column}"
+                )
+        return index
+
     def _past_position(self, names: list[str], rows: list[Row]) -> list[Row]:
         """`rows` less those at their head whose cursor (and key) equal the position: the
         rows read last, found after their own position, because the value read back is
@@ -480,7 +497,7 @@ class IncrementalSource(Source):
         bound = self._after
         if bound is None:
             return rows
-        index = [names.index(c) for c in self._order()]
+        index = self._order_index(names)
         skip = 0
         while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
             skip += 1
@@ -500,7 +517,7 @@ class IncrementalSource(Source):
         rows = self._past_position(names, rows)
         if not (self.backlog and rows):
             return names, rows
-        at = names.index(config.cursor)
+        at = self._order_index(names)[0]
         last = rows[-1][at]
         page = [row for row in rows if row[at] != last]  # sorted: the run of `last` ends it
         if page:
@@ -540,7 +557,7 @@ class IncrementalSource(Source):
         if not rows:
             return []
         self.pages += 1
-        index = [names.index(c) for c in self._order()]
+        index = self._order_index(names)
         messages = []
         now = self.ctx.clock.now_ns()
         topic_of = self._topic_maker(names)

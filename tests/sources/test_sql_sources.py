@@ -565,6 +565,22 @@ async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
     assert got == after
 
 
+async def test_a_mysql_cursor_named_in_another_case_reads_its_column(mariadb: Any) -> None:
+    """MySQL takes `ID` for the column `id`, and `SELECT *` names it `id`: the source looked
+    for `ID` among the names and crashed at every poll (ValueError traceback)."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (id INT, k INT, n INT)")
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (1, 1, 1), (2, 1, 2)")
+    config, _problems = build("mysql", dsn=mariadb.dsn, table=table, cursor="ID", key="K")
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == [1, 2] and source.status()["position"] == [2, 1]
+
+
 async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
     mariadb: Any, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
