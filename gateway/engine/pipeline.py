@@ -567,18 +567,22 @@ class Engine:
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
-            await self._stop_intake(name, task, runner)
+            await self._stop_intake(name, task, runner, DRAIN_S)
         await self._drain(name)
         if runner is not None:
             await runner.close()
 
     async def _stop_intake(
-        self, name: str, task: asyncio.Task[None], runner: SourceRunner | None = None
+        self,
+        name: str,
+        task: asyncio.Task[None],
+        runner: SourceRunner | None = None,
+        within: float | None = None,
     ) -> None:
         """End source `name`'s task once it has handed over what it read (see
         `SourceRunner.stop`)."""
         runner = runner or self.sources.get(name)
-        await (runner.stop(task) if runner is not None else stop_task(task))
+        await (runner.stop(task, within) if runner is not None else stop_task(task))
 
     async def _drain(self, source: str) -> None:
         deadline = self.clock.monotonic() + DRAIN_S

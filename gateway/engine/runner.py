@@ -208,16 +208,22 @@ class SourceRunner:
             type=getattr(self.source.config, "type", ""),
         )
 
-    async def stop(self, task: asyncio.Task[None]) -> None:
+    async def stop(self, task: asyncio.Task[None], within: float | None = None) -> None:
         """Stop `task`, which runs `run`: at once while it waits (for the schedule, the
         peer, the backoff), else once it has handed over what it read and what the source
         holds of it (`Source.held`). Cancelled in the hand-over, what it had read and not
         yet put in the ingest was lost (a REST answer's pages after the first, the rest of
         a page waiting for room), though nothing would read it again: such a source has
-        no position to resume from, and its sender nothing unacknowledged to send again."""
+        no position to resume from, and its sender nothing unacknowledged to send again.
+        `within`: how long the hand-over may take (None: as long as it takes, as the
+        commit of what is in the ingest does); then it is cancelled, with a warning."""
         self.stopping = True
         if self.handing or self.source.held:
-            await asyncio.wait({task})
+            _done, late = await asyncio.wait({task}, timeout=within)
+            if late:
+                self.source.ctx.log.warning(
+                    "what it read is not handed over after %.0f s; stopped anyway", within
+                )
         await stop_task(task)
 
     async def _hand_over(self, messages: list[Message]) -> None:
