@@ -10,6 +10,10 @@ Modes (`mode:`)
            or `processing`) and remove them from there only after the store committed
            them. Give each gateway its own processing list.
 
+Two sources of one config on one consumer of a group (or on one processing list) of
+one server are refused when the config loads: each would take the other's entries
+for its own.
+
 A stream entry's FlowFile holds its fields as a JSON object (values as text; a name
 or value that is not UTF-8 in base64, as the sql sources write bytes), or,
 when `field` is set, that one field's bytes as they are (an entry the redis sink
@@ -73,6 +77,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from redis import exceptions as redis_errors
@@ -80,7 +85,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -166,6 +171,39 @@ class RedisSourceConfig(SourceConfig):
     ] = None
     connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
     timeout: Annotated[Duration, Doc("The longest one command may take (besides `block`).")] = 30.0
+
+    def claims(self) -> list[Claim]:
+        """The consumer (stream) or processing list (list) on its server: two sources
+        sharing one each take the other's entries for their own. A stream consumer's
+        pending entries at or before its position are acknowledged at its start as stored
+        (the other's too, never stored); a list source removes as many items from the
+        head of its processing list as it stored (the other's too)."""
+        if not self.url.startswith(("redis://", "rediss://")) or _location_problem(self.url):
+            return []
+        parts = urlsplit(self.url)
+        where = f"{(parts.hostname or '').lower()}:{parts.port or 6379}/{parts.path[1:] or 0}"
+        if self.mode == "stream":
+            consumer = self.consumer or ""
+            return [
+                Claim(
+                    "consumer",
+                    f"consumer {consumer or '(the gateway id)'} of group {self.group} of"
+                    f" stream {self.key} on {where}",
+                    ("redis consumer", f"{where} {self.key} {self.group}", consumer),
+                    "each would take the other's entries for its own at a start, acknowledge"
+                    " them as stored and lose them; give each its own consumer or group",
+                )
+            ]
+        processing = self.processing or f"{self.key}:processing"
+        return [
+            Claim(
+                "processing",
+                f"processing list {processing} on {where}",
+                ("redis list", where, processing),
+                "each would remove the other's items from it as its own, stored or not;"
+                " give each its own processing list",
+            )
+        ]
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith(("redis://", "rediss://")):
