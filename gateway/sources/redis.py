@@ -24,7 +24,10 @@ of the entry (missing: `_`). Attributes: `redis.key` and, in stream mode,
 `redis.id` (the entry id).
 
 Exactly once across crashes: the position of the last entry read (the stream
-entry id; in list mode a count of items moved) is committed with the FlowFiles.
+entry id; in list mode a count of items moved) is committed with the FlowFiles,
+with the stream, group and consumer (the list and processing list) it is of: a
+source whose keys changed takes no other's position for its own, and reads what
+is pending for it again.
 A gateway killed after the commit but before the XACK finds those entries still
 pending for it when it starts, sees they are at or before its position, and
 acknowledges them without reading them again; an entry not committed is read
@@ -302,6 +305,14 @@ class RedisSource(Source):
         self._recover_from = "-"  # stream: the pending entries at the start, page by page
         self._handed: str | None = None  # stream: the highest entry id handed over
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
+        # What a position is of, stored after it (and a NUL): a position of another stream,
+        # group or processing list is not taken for this one's (versions before stored none)
+        if config.mode == "stream":
+            whose = {"stream": config.key, "group": config.group, "consumer": self.consumer}
+        else:
+            whose = {"list": config.key, "processing": self.processing}
+        self._whose = orjson.dumps(whose)
+        self._mark = b"\0" + self._whose
         fields = [n for _, n, _, _ in string.Formatter().parse(config.topic) if n]
         self._fields = [n for n in fields if n not in ("key", "source")]
         self._fixed = {"key": _level(config.key), "source": _level(ctx.name)}
@@ -426,7 +437,21 @@ class RedisSource(Source):
 
     async def _load_position(self) -> None:
         stored = await self.ctx.position()
-        self._position = None if stored is None else stored.decode()
+        self._position = None
+        if stored is None:
+            return
+        value, marked, whose = stored.partition(b"\0")
+        if marked and whose != self._whose:
+            # Another stream, group or processing list (the source's keys changed): its
+            # position taken for this one acknowledged entries (removed items) never stored.
+            self.ctx.log.warning(
+                "the stored position is for %s, not %s; what is pending for this source is"
+                " read again",
+                whose.decode(errors="replace"),
+                self._whose.decode(),
+            )
+            return
+        self._position = value.decode(errors="replace")
 
     async def _read_stream(self, client: Any) -> list[Message]:
         cfg = self.config
@@ -463,7 +488,10 @@ class RedisSource(Source):
         )
         if not pending:
             return None
-        position = None if self._position is None else _entry_key(self._position)
+        try:
+            position = None if self._position is None else _entry_key(self._position)
+        except ValueError:  # no entry id: what is pending is read again
+            position = None
         done, theirs, mine = [], [], []
         for p in pending:
             entry_id = p["message_id"].decode()
@@ -550,7 +578,7 @@ class RedisSource(Source):
         return Message(
             ff,
             ack=self._acker(entry_id),
-            position=entry_id.encode() if position else None,
+            position=entry_id.encode() + self._mark if position else None,
             reject=reject,
         )
 
@@ -585,7 +613,15 @@ class RedisSource(Source):
     async def _recover_list(self, client: Any) -> None:
         """At the start: remove the items the store has (its position counts them) that
         the last run had no time to remove from the processing list."""
-        committed = int(self._position or 0)
+        try:
+            committed = int(self._position or 0)
+        except ValueError:  # a stream's entry id, stored before positions said whose
+            self.ctx.log.warning(
+                "the stored position %s is no count of list items; what is in %s is read again",
+                self._position,
+                self.processing,
+            )
+            committed = 0
         done = int(await client.get(self.done_key) or 0)
         stored = max(committed - done, 0)
         if stored:
@@ -612,7 +648,7 @@ class RedisSource(Source):
             {"redis.key": cfg.key},
             self.ctx.clock.now_ns(),
         )
-        return Message(ff, ack=self._remover, position=str(self._moved).encode())
+        return Message(ff, ack=self._remover, position=str(self._moved).encode() + self._mark)
 
     def status(self) -> dict[str, object]:
         return {

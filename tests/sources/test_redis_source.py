@@ -248,7 +248,8 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert [m.flowfile.content for m in newer] == [b"item10"]
     commit(again + newer, committed)
     await restarted.read()
-    assert r.llen(f"{key}:processing") == 0 and committed[0] == b"11"
+    assert r.llen(f"{key}:processing") == 0 and committed[0]
+    assert committed[0].partition(b"\0")[0] == b"11"
     assert int(r.get(f"{key}:processing:done") or 0) == 11
     await restarted.close()
 
@@ -281,6 +282,34 @@ async def test_list_moves_and_removals_whose_answers_were_lost_lose_no_item(
     await source.read()
     assert r.llen(processing) == 0 and int(r.get(f"{processing}:done") or 0) == 6
     await source.close()
+
+
+async def test_a_position_of_another_group_or_list_is_not_taken_for_this_one(
+    redis: Any,
+) -> None:
+    """The source's group (or list) changed, its name did not: the stored position, of the
+    other one, acknowledged this group's pending entries as stored (removed this
+    processing list's items), never stored."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(3)]
+    r.xgroup_create(key, "g2", "0")
+    r.xreadgroup("g2", "gw1", {key: ">"}, count=1)  # pending in g2, never stored
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=3)
+    await source.connect()
+    commit(await source.read(), committed)  # all three, in group edge-stream
+    await source.close()
+    moved = make(redis.url, committed, key=key, count=3, group="g2")
+    await moved.connect()
+    got = await read_all(moved, 2)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids
+    await moved.close()
+    r.rpush(f"{key}-b:processing", "b0")  # moved for a list source of key-b, never stored
+    listed = make(redis.url, committed, key=f"{key}-b", mode="list")
+    await listed.connect()
+    assert [m.flowfile.content for m in await read_all(listed, 2)] == [b"b0"]
+    await listed.close()
 
 
 async def test_a_stream_runs_in_the_engine_once_each_across_a_restart(
