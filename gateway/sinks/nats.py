@@ -126,6 +126,8 @@ from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.subjects import may_overlap, pattern_subjects, template_subjects
+from gateway.core.subjects import subject_problem as _subject_problem
 from gateway.core.tls import certificate_refusal, error_chain
 from gateway.core.topics import template_parts
 
@@ -450,7 +452,8 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         stream = self.create_stream
         if stream is not None and stream.subjects:
             subjects = [s for s in stream.subjects if _subject_problem(s, wildcards=True) is None]
-            if subjects and not any(_may_match(self.subject, s) for s in subjects):
+            ours = template_subjects(self.subject)
+            if subjects and not any(may_overlap(ours, pattern_subjects(s)) for s in subjects):
                 yield (
                     "create_stream.subjects",
                     f"{', '.join(subjects)} cannot match any subject of the template"
@@ -467,89 +470,6 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
                 " has no default subjects for it; put a '.' before {topic} or list"
                 " create_stream.subjects",
             )
-
-
-def _subject_problem(subject: str, wildcards: bool) -> str | None:
-    if not subject:
-        return "a subject must not be empty"
-    tokens = subject.split(".")
-    if any(not t for t in tokens):
-        return "a subject has no empty tokens (no leading, trailing or double '.')"
-    for i, token in enumerate(tokens):
-        if any(c in token for c in " \t\r\n\0"):
-            return "a subject has no spaces or control characters"
-        if not wildcards and ("*" in token or ">" in token):
-            return "a subject to publish on has no wildcards '*' or '>'"
-        if wildcards and (
-            ("*" in token and token != "*")
-            or (">" in token and token != ">")
-            or (token == ">" and i != len(tokens) - 1)
-        ):
-            return "'*' is a whole token, '>' the whole last token"
-    return None
-
-
-_TOKEN = "token"  # in `_may_match`: one character of a token, any but '.'
-_OTHER = ""  # in `_may_match`: a character neither subject names
-
-
-def _subject_nfa(elements: list[str]) -> tuple[list[list[tuple[str, int]]], int]:
-    """An automaton over characters: per state, its (label, next state) moves, and the
-    state that accepts (state 0 starts); `elements` are characters, "*" (one token: text
-    without '.') or ">" (one or more tokens)."""
-    moves: list[list[tuple[str, int]]] = [[]]
-    at = 0
-    for element in elements:
-        new = len(moves)
-        moves.append([])
-        if element in ("*", ">"):
-            moves[at].append((_TOKEN, new))
-            moves[new].append((_TOKEN, new))
-            if element == ">":  # '.', then the next token
-                dot = len(moves)
-                moves.append([(_TOKEN, new)])
-                moves[new].append((".", dot))
-        else:
-            moves[at].append((element, new))
-        at = new
-    return moves, at
-
-
-def _may_match(template: str, pattern: str) -> bool:
-    """Whether a subject `template` makes may match `pattern`, a stream subject with NATS
-    wildcards. Over-approximated: `{gateway}` and `{sink}` may be any token text,
-    `{topic}` any tokens; False only when no subject of the template can match."""
-    ours: list[str] = []
-    for text, name, _spec, _conversion in template_parts(template):
-        ours.extend(text)
-        if name is not None:
-            ours.append(">" if name == "topic" else "*")
-    theirs: list[str] = []
-    for i, part in enumerate(pattern.split(".")):
-        if i:
-            theirs.append(".")
-        theirs.extend([part] if part in ("*", ">") else part)
-    (a, a_end), (b, b_end) = _subject_nfa(ours), _subject_nfa(theirs)
-    symbols = {*ours, *theirs, ".", _OTHER} - {"*", ">"}
-
-    def takes(label: str, symbol: str) -> bool:
-        return label == symbol or (label == _TOKEN and symbol != ".")
-
-    seen = {(0, 0)}
-    todo = [(0, 0)]
-    while todo:
-        x, y = todo.pop()
-        if x == a_end and y == b_end:
-            return True
-        for symbol in symbols:
-            for label_a, next_a in a[x]:
-                if not takes(label_a, symbol):
-                    continue
-                for label_b, next_b in b[y]:
-                    if takes(label_b, symbol) and (next_a, next_b) not in seen:
-                        seen.add((next_a, next_b))
-                        todo.append((next_a, next_b))
-    return False
 
 
 _TOKEN_ESCAPES = {c: f"%{ord(c):02X}" for c in ". *>%"}

@@ -8,6 +8,9 @@ fetch, or at a stop). A message not acknowledged within `ack_wait` (the gateway 
 killed, or stopped taking data) is delivered again by JetStream. The consumer
 outlives restarts and reloads: a changed `subject`, `ack_wait` or `batch` updates it at
 connect (its position is kept; `deliver` only matters to a consumer not yet created).
+A `subject` that no subject of the stream can match, where a nats sink of the same
+config on the same servers makes the stream (`create_stream`), is refused when the
+config loads.
 
 Each message's FlowFile id is made from the stream's name and the message's stream
 sequence (and this gateway and source): a message delivered again gets the same id,
@@ -67,11 +70,11 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.subjects import subject_problem as _subject_problem
 from gateway.core.topics import template_fields, validate_topic
 from gateway.sinks.nats import (
     NatsConnection,
     _describe,
-    _subject_problem,
     close_connection,
     open_connection,
 )

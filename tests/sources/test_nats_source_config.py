@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from gateway.config.load import load
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
+from gateway.core.errors import ConfigError
 from gateway.core.topics import validate_topic
 from gateway.sinks.nats import topic_tokens
 from gateway.sources.nats import NatsSource, NatsSourceConfig, message_flowfile_id, subject_topic
@@ -106,3 +108,33 @@ def test_message_ids_are_stable_uuid7_and_differ_by_stream_seq_and_scope() -> No
         message_flowfile_id("FLEET", 7, 1_700_000_000_000, "pi-02/fleet"),
     }
     assert first not in others and len(others) == 3
+
+
+def test_a_subject_no_subject_of_a_stream_the_config_makes_can_match_is_refused(
+    tmp_path: Any,
+) -> None:
+    """It passed check-config; the source then read nothing (or its consumer was refused)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: gw1, data_dir: '{tmp_path}/data'}}\n"
+        "web: {enabled: false}\n"
+        "sources:\n"
+        "  a: {type: nats, servers: [nats://n1:4222], stream: EDGE, subject: cmd.>}\n"
+        "  b: {type: nats, servers: [nats://n1:4222], stream: EDGE, subject: edge.*.line1.>}\n"
+        "  c: {type: nats, servers: [nats://n2:4222], stream: EDGE, subject: cmd.>}\n"
+        "  d: {type: nats, servers: [nats://n1:4222], stream: OTHER, subject: other.x}\n"
+        "  e: {type: nats, servers: [nats://n1:4222], stream: OTHER, subject: x.y}\n"
+        "routes:\n  r: {match: ['#'], sinks: [f, g]}\n"
+        "sinks:\n"
+        "  f: {type: nats, servers: [nats://n1:4222], create_stream: {name: EDGE}}\n"
+        "  g: {type: nats, servers: [nats://n1:4222], subject: 'other.{topic}',"
+        " create_stream: {name: OTHER, subjects: ['other.>']}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    assert [p.split(": ", 1)[1] for p in caught.value.problems] == [
+        "sources.a.subject: cmd.> cannot match any subject of stream EDGE"
+        " (edge.{gateway}.>, made by sink 'f'): the source would read nothing",
+        "sources.e.subject: x.y cannot match any subject of stream OTHER"
+        " (other.>, made by sink 'g'): the source would read nothing",
+    ]
