@@ -65,7 +65,7 @@ SHORT_DISK_COMMIT_BYTES = 256 << 10
 IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
-DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
+DRAIN_S = 10.0  # a stop or reload: how long a stopping source's hand-over, then commit, may take
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
@@ -567,8 +567,8 @@ class Engine:
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
-            await self._stop_intake(name, task, runner, DRAIN_S)
-        await self._drain(name)
+            await self._stop_intake(name, task, runner)
+        await self._drain(name, runner)
         if runner is not None:
             await runner.close()
 
@@ -577,24 +577,29 @@ class Engine:
         name: str,
         task: asyncio.Task[None],
         runner: SourceRunner | None = None,
-        within: float | None = None,
     ) -> None:
-        """End source `name`'s task once it has handed over what it read (see
-        `SourceRunner.stop`)."""
+        """End source `name`'s task once it has handed over what it read, or after
+        DRAIN_S, at a stop of the gateway as at a reload (see `SourceRunner.stop`)."""
         runner = runner or self.sources.get(name)
-        await (runner.stop(task, within) if runner is not None else stop_task(task))
+        await (runner.stop(task, DRAIN_S) if runner is not None else stop_task(task))
 
-    async def _drain(self, source: str) -> None:
+    async def _drain(self, source: str, runner: SourceRunner | None) -> None:
         deadline = self.clock.monotonic() + DRAIN_S
         while self.clock.monotonic() < deadline:
             if source not in self._committing and not self.ingest.holds(source):
                 return
             await asyncio.sleep(0.01)
+        again = (
+            ""
+            if runner is not None and runner.source.lost_if_cut is not None
+            else "; unacknowledged messages are sent again by their sender"
+        )
         log.warning(
             "engine: source %s: what it handed over is not committed after %.0f s; closing"
-            " it anyway (unacknowledged messages are sent again by their sender)",
+            " it anyway (it is stored when the store takes it%s)",
             source,
             DRAIN_S,
+            again,
         )
 
     async def _stop_sink(self, name: str) -> None:

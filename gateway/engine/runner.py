@@ -72,6 +72,9 @@ class Ingest:
         self._space = asyncio.Event()
         self._space.set()
         self.waiters: set[str] = set()  # names of the sources whose senders wait (Source.waits)
+        # by source: how many messages of a `put` waiting for room are not in yet (a stop
+        # that cancels it drops them; see `SourceRunner.stop`)
+        self.unput: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -103,13 +106,15 @@ class Ingest:
             items.extend(zip(repeat(source), messages, sizes))
             self.bytes += total
         else:
-            for message, size in zip(messages, sizes, strict=True):
+            for i, (message, size) in enumerate(zip(messages, sizes, strict=True)):
                 while self._full(size):
                     self._ready.set()
                     self._space.clear()
+                    self.unput[source] = len(messages) - i  # what a cancel here drops
                     await self._space.wait()
                 items.append((source, message, size))
                 self.bytes += size
+            self.unput.pop(source, None)
         if messages:
             self._ready.set()
 
@@ -208,23 +213,43 @@ class SourceRunner:
             type=getattr(self.source.config, "type", ""),
         )
 
-    async def stop(self, task: asyncio.Task[None], within: float | None = None) -> None:
+    async def stop(self, task: asyncio.Task[None], within: float) -> None:
         """Stop `task`, which runs `run`: at once while it waits (for the schedule, the
         peer, the backoff), else once it has handed over what it read and what the source
         holds of it (`Source.held`). Cancelled in the hand-over, what it had read and not
         yet put in the ingest was lost (a REST answer's pages after the first, the rest of
         a page waiting for room), though nothing would read it again: such a source has
         no position to resume from, and its sender nothing unacknowledged to send again.
-        `within`: how long the hand-over may take (None: as long as it takes, as the
-        commit of what is in the ingest does); then it is cancelled, with a warning."""
+        `within`: how long the hand-over may take (the store full, it may take for ever);
+        then it is cancelled, and what it had not handed over is said to be dropped."""
         self.stopping = True
         if self.handing or self.source.held:
             _done, late = await asyncio.wait({task}, timeout=within)
             if late:
-                self.source.ctx.log.warning(
-                    "what it read is not handed over after %.0f s; stopped anyway", within
-                )
+                self._cut_off(within)
         await stop_task(task)
+
+    def _cut_off(self, within: float) -> None:
+        """Say what a stop that cancels the source in its hand-over drops."""
+        source = self.source
+        dropped = self.ingest.unput.pop(self.name, 0) + (source.held_items if source.held else 0)
+        if not dropped:
+            return
+        if source.lost_if_cut is None:
+            source.ctx.log.warning(
+                "%d messages it read are not handed over after %.0f s; stopped anyway (they"
+                " are read again: sent again by their sender, or from the source's position)",
+                dropped,
+                within,
+            )
+        else:
+            source.ctx.log.error(
+                "%d items it read are not handed over after %.0f s; stopped anyway: they are"
+                " lost (%s)",
+                dropped,
+                within,
+                source.lost_if_cut,
+            )
 
     async def _hand_over(self, messages: list[Message]) -> None:
         """Put `messages` in the ingest, then the pages the source still holds of the same

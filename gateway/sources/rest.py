@@ -26,8 +26,10 @@ the next GET), so that a large answer of many small items holds only a page of
 FlowFiles in memory.
 
 A stop (SIGTERM, a reload that removes the source) during a poll waits for that
-answer's items to be handed over and stored: a GET that has not answered yet is
-asked again at the next start.
+answer's items to be handed over and stored, for at most 10 s (while the store is
+full, say): a GET that has not answered yet is asked again at the next start, but
+the items of an answer not handed over by then are lost, with an error in the log
+saying how many (the API is not asked for them again).
 
 A poll is a snapshot: every poll emits what the API answers then, so an item the
 API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
@@ -321,6 +323,7 @@ class RestSource(Source):
 
     Config = RestSourceConfig
     mode = "poll"
+    lost_if_cut = "the API is not asked for them again"
 
     def __init__(self, config: RestSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
@@ -455,6 +458,7 @@ class RestSource(Source):
         items = self._items[self._next : self._next + PAGE]
         self._next += len(items)
         self.backlog = self.held = self._next < len(self._items)
+        self.held_items = len(self._items) - self._next
         if not self.backlog:
             self._items, self._next = [], 0
         return [self._message(item, self._read_at) for item in items]

@@ -345,6 +345,34 @@ async def test_a_stop_mid_answer_stores_all_of_it(
     assert engine.ingested == 300
 
 
+async def test_a_stop_waits_for_the_hand_over_at_most_drain_s_and_says_what_is_lost(
+    http_receiver: servers.HttpReceiver,
+    run_engine: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop waited with no limit for an answer to be handed over: with the store full
+    (here: its commit held up), the gateway's stop waited as long, past systemd's."""
+    monkeypatch.setattr(rest, "PAGE", 100)
+    monkeypatch.setattr(pipeline, "INGEST_CAPACITY", 10)
+    monkeypatch.setattr(pipeline, "DRAIN_S", 0.05)
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(300)]))
+    try:
+        engine = await run_engine({"type": "rest", "url": f"{http_receiver.url}/many"})
+        async with engine._commit_lock:  # no commit: the hand-over stays full
+            await until(lambda: bool(engine._committing) and len(engine.ingest) == 10)
+            engine.stop()
+            await until(engine._tasks["source rows"].done)
+        await stop(engine)
+    finally:
+        http_receiver.control(200)
+    # taken by the held-up commit 10, in the hand-over 10: 280 of the answer not handed over
+    assert engine.ingested == 20
+    [cut] = [r for r in caplog.records if "not handed over" in r.getMessage()]
+    assert cut.levelname == "ERROR"
+    assert "280 items" in cut.getMessage() and "not asked for them again" in cut.getMessage()
+
+
 async def test_credentials_go_to_the_url_s_origin_only_not_where_it_redirects() -> None:
     """aiohttp dropped only Authorization and Cookie on a redirect to another host: an
     X-Api-Key (or X-Auth-Token) header went on to it, and then one the secret-name rule
