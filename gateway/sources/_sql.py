@@ -507,37 +507,34 @@ class IncrementalSource(Source):
         """A page for a cursor without key, which may repeat: rows that share a cursor
         value all go in one page. Cut inside such a run, the position after the page was
         that value and `cursor > value` passed over the rest of the run for good. So a
-        page that may go on (one row more than `limit` was asked for, and came) ends
-        before the run of its last value, and a run that fills a page is read whole in a
-        page of its own, up to PAGE_MAX rows (more stop the source: only a `key` can page
-        through them)."""
+        page that may go on (one row more than asked for came) ends before the run of
+        its last value; when it holds nothing else (a run longer than the page, or only
+        rows read already: a MySQL FLOAT 0.2 is found again after its own position), the
+        fetch grows (2, 4... times) until that run ends, up to PAGE_MAX rows (more stop
+        the source: only a `key` can page through them)."""
         config = self.config
-        names, rows = await self._select(limit + 1)
-        self.backlog = len(rows) > limit
-        rows = self._past_position(names, rows)
-        if not (self.backlog and rows):
-            return names, rows
-        at = self._order_index(names)[0]
-        last = rows[-1][at]
-        page = [row for row in rows if row[at] != last]  # sorted: the run of `last` ends it
-        if page:
-            return names, page
-        names, rows = await self._select(PAGE_MAX + 1)
-        full = len(rows) > PAGE_MAX
-        rows = self._past_position(names, rows)
-        if not rows:
-            self.backlog = False
-            return names, rows
-        first = rows[0][at]
-        run = [row for row in rows if row[at] == first]
-        if full and len(run) == len(rows):
-            raise PermanentError(
-                f"table {config.table}: more than {PAGE_MAX} rows share the {config.cursor}"
-                f" value {_level(first)}, more than a page can hold: set `key` to a unique"
-                " column that breaks the ties"
-            )
-        self.backlog = len(run) < len(rows) or full
-        return names, run
+        want = limit
+        while True:
+            names, fetched = await self._select(want + 1)
+            more = len(fetched) > want
+            rows = self._past_position(names, fetched)
+            self.backlog = more
+            if not more:
+                return names, rows
+            if rows:
+                at = self._order_index(names)[0]
+                last = rows[-1][at]
+                page = [row for row in rows if row[at] != last]  # sorted: `last` ends it
+                if page:
+                    return names, page
+            if want >= PAGE_MAX:
+                value = _level((rows or fetched)[0][self._order_index(names)[0]])
+                raise PermanentError(
+                    f"table {config.table}: more than {PAGE_MAX} rows share the"
+                    f" {config.cursor} value {value}, more than a page can hold: set `key`"
+                    " to a unique column that breaks the ties"
+                )
+            want = min(want * 2, PAGE_MAX)
 
     async def poll_messages(self) -> list[Message]:
         config = self.config

@@ -169,6 +169,14 @@ async def test_ties_of_a_cursor_without_key_across_pages_are_all_read(db: Db) ->
     entry = find("source", db.kind)
     assert entry is not None
     source = entry.cls(config, Context("rows", "source"))
+    asked: list[int] = []
+    select = source._select
+
+    async def counted(limit: int) -> Any:
+        asked.append(limit)
+        return await select(limit)
+
+    source._select = counted
     await source.connect()
     pages = []
     try:
@@ -180,6 +188,30 @@ async def test_ties_of_a_cursor_without_key_across_pages_are_all_read(db: Db) ->
         await source.close()
     # a run that fills a page is read whole; a page ends before the run it reaches into
     assert pages == [["a"], ["b", "c", "d"], ["e", "f"], ["g"]]
+    assert max(asked) == 5, "a run longer than a page: fetches grow, not to 10,001 rows"
+
+
+async def test_a_run_of_mysql_float_ties_longer_than_a_page_is_read_past(mariadb: Any) -> None:
+    """FLOAT 0.2 compares as 0.200000003 > 0.2: after a run of 0.2 longer than a page, every
+    row fetched was one read already, none was kept, and the source asked again at once
+    for ever (backlog set), never reading the row after the run."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (at FLOAT, n INT)")
+    mariadb.execute(
+        f"INSERT INTO `{table}` VALUES (0.1, 1), (0.2, 2), (0.2, 3), (0.2, 4), (0.3, 5)"
+    )
+    config, _problems = build("mysql", dsn=mariadb.dsn, table=table, cursor="at", page_size=2)
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    pages = []
+    try:
+        while (not pages or source.backlog) and len(pages) < 10:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    assert pages == [[1], [2, 3, 4], [5]]
 
 
 async def test_start_at_the_end_skips_the_rows_already_there(
