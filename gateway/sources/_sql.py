@@ -85,7 +85,8 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
             " order and the position holds both. Default: none, `cursor` is unique; rows"
             " that share a value are then read in one page (a page ends before them; more"
             " than 10000 stop the source), and a row added later with the value of the"
-            " last row read is not seen.",
+            " last row read is not seen. Set later, it keeps the position stored without"
+            " it: the rows after its cursor value come next.",
             example="id",
         ),
     ] = None
@@ -403,7 +404,12 @@ class IncrementalSource(Source):
         if stored is not None:
             try:
                 data = orjson.loads(stored)
-                if data.get("table") == self.config.table and data.get("order") == self._order():
+                order = data.get("order")
+                # by the cursor only, before a `key` was set (as the message on too many
+                # ties asks): the rows after its value come next all the same
+                if data.get("table") == self.config.table and (
+                    order == self._order() or order == self._order()[:1]
+                ):
                     after = data["after"]
                     self._after = None if after is None else tuple(map(_decode_value, after))
                     self._text = any(isinstance(v, str) for v in self._after or ())
@@ -469,6 +475,8 @@ class IncrementalSource(Source):
             return await self._fetch(self.select_sql(True), [limit])
         if self.config.key is None:
             return await self._fetch(self.select_sql(False), [self._after[0], limit])
+        if len(self._after) == 1:  # by the cursor only (see `_load_position`): `c = NULL`
+            return await self._fetch(self.select_sql(False), [self._after[0], None, None, limit])
         c, k = self._after
         return await self._fetch(self.select_sql(False), [c, c, k, limit])
 
@@ -497,7 +505,7 @@ class IncrementalSource(Source):
         bound = self._after
         if bound is None:
             return rows
-        index = self._order_index(names)
+        index = self._order_index(names)[: len(bound)]  # by the cursor only: see `_select`
         skip = 0
         while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
             skip += 1
@@ -532,7 +540,7 @@ class IncrementalSource(Source):
                 raise PermanentError(
                     f"table {config.table}: more than {PAGE_MAX} rows share the"
                     f" {config.cursor} value {value}, more than a page can hold: set `key`"
-                    " to a unique column that breaks the ties"
+                    " to a unique column that breaks the ties (the position is kept)"
                 )
             want = min(want * 2, PAGE_MAX)
 

@@ -597,6 +597,35 @@ async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
     assert got == after
 
 
+@pytest.mark.parametrize("kind", ["mysql", "postgres"])
+async def test_a_position_by_the_cursor_only_is_kept_when_a_key_is_set(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Setting `key`, as the message on too many ties asks, changed the order the position
+    is by: the stored one was thrown away, and the source read the table again from the
+    start (or passed over the rows since, with start: end)."""
+    server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
+    table = unique_name()
+    q = "`" if kind == "mysql" else '"'
+    server.execute(f"CREATE TABLE {q}{table}{q} (c INT, k INT)")
+    server.execute(f"INSERT INTO {q}{table}{q} VALUES (1, 1), (2, 2), (2, 3), (3, 4), (3, 5)")
+    config, _problems = build(kind, dsn=server.dsn, table=table, cursor="c", key="k")
+    old = orjson.dumps({"v": 1, "table": table, "order": ["c"], "after": [2]})
+
+    async def position() -> bytes | None:
+        return old
+
+    entry = find("source", kind)
+    assert entry is not None
+    source = entry.cls(config, Context("rows", "source", position=position))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["k"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == [4, 5] and source.status()["position"] == [3, 5]
+
+
 async def test_a_mysql_cursor_named_in_another_case_reads_its_column(mariadb: Any) -> None:
     """MySQL takes `ID` for the column `id`, and `SELECT *` names it `id`: the source looked
     for `ID` among the names and crashed at every poll (ValueError traceback)."""
