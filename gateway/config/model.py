@@ -35,12 +35,6 @@ from gateway.config.schema import (
 from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
-from gateway.core.subjects import (
-    may_overlap,
-    pattern_subjects,
-    subject_problem,
-    template_subjects,
-)
 from gateway.core.topics import validate_filter, validate_topic
 from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
 
@@ -975,44 +969,6 @@ class Config:
                     f"sink {name!r}",
                 )
 
-    def _check_nats_streams(self) -> Iterator[tuple[str, str]]:
-        """A nats source whose `subject` no subject of its stream can match, where a nats
-        sink of this config on the same servers makes that stream (`create_stream`): the
-        source would read nothing (or its consumer be refused by the server)."""
-        made: dict[tuple[str, frozenset[str]], tuple[str, list[str], list[list[str]]]] = {}
-        for name, sink in (self.sinks or {}).items():
-            stream = getattr(sink, "create_stream", None)
-            if sink is None or sink.type != "nats" or stream is None:
-                continue
-            subjects = [s for s in stream.subjects or () if not subject_problem(s, True)]
-            if stream.subjects and not subjects:  # all bad: the sink's own check says so
-                continue
-            try:
-                patterns = [pattern_subjects(s) for s in subjects] or [
-                    template_subjects(sink.subject)  # {topic} as '>', as the sink makes it
-                ]
-            except ValueError:  # a bad template: the sink's own check says so
-                continue
-            shown = subjects or [sink.subject.replace("{topic}", ">")]
-            made[(stream.name, frozenset(getattr(sink, "servers", ())))] = (name, shown, patterns)
-        for name, source in (self.sources or {}).items():
-            subject = getattr(source, "subject", None)
-            if source is None or source.type != "nats" or not subject:
-                continue
-            stream_name = getattr(source, "stream", "")
-            found = made.get((stream_name, frozenset(getattr(source, "servers", ()))))
-            if found is None or subject_problem(subject, True):
-                continue
-            sink, shown, patterns = found
-            ours = pattern_subjects(subject)
-            if not any(may_overlap(ours, theirs) for theirs in patterns):
-                yield (
-                    f"sources.{name}.subject",
-                    f"{subject} cannot match any subject of stream {stream_name}"
-                    f" ({', '.join(shown)}, made by sink {sink!r}): the source would read"
-                    " nothing",
-                )
-
     def _check_command_topics(self) -> Iterator[tuple[str, str]]:
         """Two Modbus sources taking write-back commands on one topic of one broker, with
         a device of the same name: a command for it would be written by both. (Sources
@@ -1118,7 +1074,6 @@ class Config:
         yield from self._check_served_tls()
         yield from self._check_client_ids()
         yield from self._check_command_topics()
-        yield from self._check_nats_streams()
         yield from self._check_tls_files()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:

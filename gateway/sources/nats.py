@@ -8,9 +8,6 @@ fetch, or at a stop). A message not acknowledged within `ack_wait` (the gateway 
 killed, or stopped taking data) is delivered again by JetStream. The consumer
 outlives restarts and reloads: a changed `subject`, `ack_wait` or `batch` updates it at
 connect (its position is kept; `deliver` only matters to a consumer not yet created).
-A `subject` that no subject of the stream can match, where a nats sink of the same
-config on the same servers makes the stream (`create_stream`), is refused when the
-config loads.
 
 Each message's FlowFile id is made from the stream's name and the message's stream
 sequence (and this gateway and source): a message delivered again gets the same id,
