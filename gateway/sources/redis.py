@@ -293,9 +293,10 @@ class RedisSource(Source):
         self._client: Any = None
         self._to_ack: list[str] = []  # committed entries (stream ids) not yet acknowledged
         # list: items counted as the position is (see _moved): committed up to _remove_upto,
-        # removed from processing (the done counter) up to _removed as last seen
+        # removed from processing (the done counter) up to _removed as last seen or set
         self._remove_upto = 0
         self._removed = 0
+        self._done_unsure = False  # a removal's answer was lost: read the done counter
         self._list_started = False  # list: the last run's items were sorted out
         self._recovered = False  # the entries pending at the start were sorted out
         self._position: Any = None  # stream: last committed id; list: items committed
@@ -392,15 +393,21 @@ class RedisSource(Source):
                 self._to_ack[:0] = ids
                 raise
         if self._remove_upto > self._removed:
-            # As many as the done counter says are left, not a count of our own: a removal
-            # whose answer was lost with the connection was made again, and took items the
-            # store did not have yet.
-            n = self._remove_upto - int(await client.get(self.done_key) or 0)
+            # After a removal whose answer did not come, as many as the done counter says
+            # are left, not a count of our own: made again, it took items the store did not
+            # have yet. Otherwise the counter is where this source left it: not read (a
+            # round trip more at every read).
+            done = self._removed
+            if self._done_unsure:
+                done = int(await client.get(self.done_key) or 0)
+            n = self._remove_upto - done
             if n > 0:
+                self._done_unsure = True  # until the answer comes
                 async with client.pipeline(transaction=True) as pipe:
                     pipe.lpop(self.processing, n)
                     pipe.incrby(self.done_key, n)
                     await pipe.execute()
+            self._done_unsure = False
             self._removed = self._remove_upto
 
     # -- reading -----------------------------------------------------------------------
@@ -415,6 +422,7 @@ class RedisSource(Source):
                 return await self._read_list(client)
             return await self._read_stream(client)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
+            self._done_unsure = True  # what became of a removal sent is not known
             if self._recovered:
                 # An XREADGROUP whose answer was lost delivered its entries all the same:
                 # pending for this consumer, never seen. Read again with the engine's
@@ -471,6 +479,8 @@ class RedisSource(Source):
             cfg.group, self.consumer, {cfg.key: ">"}, count=cfg.count, block=int(cfg.block * 1000)
         )
         entries = reply[0][1] if reply else []
+        if entries:  # in the stream's order: the last is the highest
+            self._hand(entries[-1][0].decode())
         return [self._stream_message(e, position=True) for e in entries]
 
     async def _recover_stream(self, client: Any) -> list[Message] | None:
@@ -528,7 +538,10 @@ class RedisSource(Source):
         # (passed over, they would be acknowledged at the next start once the position
         # moved past them, never stored)
         self._recover_from = "(" + pending[-1]["message_id"].decode()
-        return [self._stream_message(e, position=moves) for e, moves in read if e[1] is not None]
+        read = [(e, moves) for e, moves in read if e[1] is not None]
+        if read:
+            self._hand(max((e[0].decode() for e, _ in read), key=_entry_key))
+        return [self._stream_message(e, position=moves) for e, moves in read]
 
     async def _claim(self, client: Any) -> list[Message]:
         cfg = self.config
@@ -543,6 +556,7 @@ class RedisSource(Source):
         self._claim_from = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         entries = [e for e in reply[1] if e[1] is not None]
         if entries:
+            self._hand(entries[-1][0].decode())  # from `start_id` on, in the stream's order
             self.claimed += len(entries)
             self.ctx.log.warning(
                 "took over %d entries another consumer of group %s left pending",
@@ -551,12 +565,16 @@ class RedisSource(Source):
             )
         return [self._stream_message(e, position=False) for e in entries]
 
+    def _hand(self, entry_id: str) -> None:
+        """Note `entry_id`, the highest of a read, as handed over (see `read`): once a read,
+        not per entry."""
+        if self._handed is None or _entry_key(entry_id) > _entry_key(self._handed):
+            self._handed = entry_id
+
     def _stream_message(self, entry: Any, position: bool) -> Message:
         cfg = self.config
         raw_id, fields = entry
         entry_id = raw_id.decode()
-        if self._handed is None or _entry_key(entry_id) > _entry_key(self._handed):
-            self._handed = entry_id
         content = fields.get(cfg.field.encode()) if cfg.field is not None else None
         reject = None
         if content is None:  # all fields; an entry without `field`: kept whole, dead-lettered

@@ -234,8 +234,11 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert [m.flowfile.content for m in first + second] == [f"item{i}".encode() for i in range(8)]
     assert r.llen(f"{key}:processing") == 8 and r.llen(key) == 2
     commit(first, committed)
+    gets = r.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     await source.read()  # removes the 4 committed, moves the last 2
     assert r.llen(f"{key}:processing") == 6
+    # the done counter is where the source left it: not read again before each removal
+    assert r.info("commandstats").get("cmdstat_get", {}).get("calls", 0) == gets
     # second is committed, the gateway dies before removing it; the last 2 never committed
     commit(second, committed)
     await crash(source)  # before the removal
