@@ -80,7 +80,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from redis import exceptions as redis_errors
@@ -184,7 +184,13 @@ class RedisSourceConfig(SourceConfig):
         if not self.url.startswith(("redis://", "rediss://")) or _location_problem(self.url):
             return []
         parts = urlsplit(self.url)
-        where = f"{(parts.hostname or '').lower()}:{parts.port or 6379}/{parts.path[1:] or 0}"
+        # the database as redis-py takes it: `?db=N` before the path's
+        db = (parse_qs(parts.query).get("db") or [parts.path[1:]])[0]
+        try:
+            db = str(int(db or 0))
+        except ValueError:
+            pass  # refused by `check`
+        where = f"{(parts.hostname or '').lower()}:{parts.port or 6379}/{db}"
         if self.mode == "stream":
             consumer = self.consumer or ""
             return [

@@ -125,7 +125,9 @@ def test_two_redis_sources_on_one_consumer_or_processing_list_are_refused(
         "  f: {type: redis, url: 'redis://redis.lan/1', key: q, mode: list}\n"
         "  g: {type: redis, url: 'redis://redis.lan/1', key: p, mode: list, processing: "
         "'q:processing'}\n"
-        "  h: {type: redis, url: 'redis://redis.lan/2', key: q, mode: list}\n",
+        "  h: {type: redis, url: 'redis://redis.lan/2', key: q, mode: list}\n"
+        "  i: {type: redis, url: 'redis://redis.lan/1?db=3', key: q, mode: list}\n"
+        "  j: {type: redis, url: 'redis://redis.lan?db=01', key: q, mode: list}\n",
     )
     assert found == [
         "sources.b.consumer: the consumer (the gateway id) of group edge-stream of stream"
@@ -133,6 +135,9 @@ def test_two_redis_sources_on_one_consumer_or_processing_list_are_refused(
         " other's entries for its own at a start, acknowledge them as stored and lose them;"
         " give each its own consumer or group",
         "sources.g.processing: the processing list q:processing on redis.lan:6379/1 is also"
+        " used by source 'f': each would remove the other's items from it as its own,"
+        " stored or not; give each its own processing list",
+        "sources.j.processing: the processing list q:processing on redis.lan:6379/1 is also"
         " used by source 'f': each would remove the other's items from it as its own,"
         " stored or not; give each its own processing list",
     ]
