@@ -258,7 +258,8 @@ def _as_type_of(value: Any, sample: Any) -> Any:
     ValueError when text cannot be read as that type."""
     if not isinstance(value, str) or isinstance(sample, str):
         return value
-    read = _FROM_TEXT.get(type(sample))
+    # along the class's bases: asyncpg gives its own subclass of uuid.UUID
+    read = next((_FROM_TEXT[t] for t in type(sample).__mro__ if t in _FROM_TEXT), None)
     if read is None:
         raise ValueError(f"{value!r} is text, the column's values {type(sample).__name__}")
     try:

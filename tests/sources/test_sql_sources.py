@@ -570,6 +570,8 @@ async def test_a_cursor_of_each_type_keeps_its_place_across_a_restart(
         ("date", "('2024-05-01', 1), ('2024-05-02', 2)", "2024-05-01", [2]),
         ("text", "('10:00:00', 1), ('11:00', 2)", "10:00:00", [2]),
         ("time", "('10:00', 1), ('11:00', 2)", "ten o'clock", [1, 2]),
+        # asyncpg's UUID is a subclass of uuid.UUID: it was read as no type known
+        ("uuid", f"('{UUID1}', 1), ('{UUID2}', 2)", UUID1, [2]),
     ],
 )
 async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
