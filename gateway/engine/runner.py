@@ -106,15 +106,17 @@ class Ingest:
             items.extend(zip(repeat(source), messages, sizes))
             self.bytes += total
         else:
-            for i, (message, size) in enumerate(zip(messages, sizes, strict=True)):
-                while self._full(size):
-                    self._ready.set()
-                    self._space.clear()
-                    self.unput[source] = len(messages) - i  # what a cancel here drops
-                    await self._space.wait()
-                items.append((source, message, size))
-                self.bytes += size
-            self.unput.pop(source, None)
+            try:
+                for i, (message, size) in enumerate(zip(messages, sizes, strict=True)):
+                    while self._full(size):
+                        self._ready.set()
+                        self._space.clear()
+                        self.unput[source] = len(messages) - i  # what a cancel here drops
+                        await self._space.wait()
+                    items.append((source, message, size))
+                    self.bytes += size
+            finally:
+                self.unput.pop(source, None)
         if messages:
             self._ready.set()
 
@@ -221,7 +223,8 @@ class SourceRunner:
         a page waiting for room), though nothing would read it again: such a source has
         no position to resume from, and its sender nothing unacknowledged to send again.
         `within`: how long the hand-over may take (the store full, it may take for ever);
-        then it is cancelled, and what it had not handed over is said to be dropped."""
+        then it is cancelled, and what it had not handed over is said to be dropped
+        (counted before the cancel: `Ingest.unput` goes with the `put`)."""
         self.stopping = True
         if self.handing or self.source.held:
             _done, late = await asyncio.wait({task}, timeout=within)
@@ -232,7 +235,7 @@ class SourceRunner:
     def _cut_off(self, within: float) -> None:
         """Say what a stop that cancels the source in its hand-over drops."""
         source = self.source
-        dropped = self.ingest.unput.pop(self.name, 0) + (source.held_items if source.held else 0)
+        dropped = self.ingest.unput.get(self.name, 0) + (source.held_items if source.held else 0)
         if not dropped:
             return
         if source.lost_if_cut is None:
