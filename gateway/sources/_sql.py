@@ -499,18 +499,45 @@ class IncrementalSource(Source):
         return index
 
     def _past_position(self, names: list[str], rows: list[Row]) -> list[Row]:
-        """`rows` less those at their head whose cursor (and key) equal the position: the
-        rows read last, found after their own position, because the value read back is
-        not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2). Only at
-        the head: rows tied with the one before them further on are rows of their own."""
+        """`rows` less those at their head that are at or before the position: rows read
+        already, found after it because the value read back is not the one stored (a
+        MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2): the row of the position, and
+        with a `key`, the rows of its cursor value with a key up to the position's (all
+        of them came again: read again at every poll, for ever). Only at the head: rows
+        tied with the one before them further on are rows of their own."""
         bound = self._after
         if bound is None:
             return rows
         index = self._order_index(names)[: len(bound)]  # by the cursor only: see `_select`
         skip = 0
-        while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
-            skip += 1
+        if len(index) == 2:
+            (c, k), (ci, ki) = bound, index
+            while skip < len(rows) and rows[skip][ci] == c and rows[skip][ki] <= k:
+                skip += 1
+        else:
+            while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
+                skip += 1
         return rows[skip:]
+
+    async def _page_by_key(self, limit: int) -> Page:
+        """A page for a cursor with a key. When each row fetched was one read already (a
+        MySQL FLOAT run, see `_past_position`), the fetch grows (2, 4... times, up to
+        PAGE_MAX rows) past them: asked again at once for the same rows, the source stalled."""
+        want = limit
+        while True:
+            names, fetched = await self._select(want)
+            rows = self._past_position(names, fetched)
+            self.backlog = len(fetched) >= want
+            if rows or not self.backlog:
+                return names, rows
+            if want >= PAGE_MAX:
+                config = self.config
+                raise PermanentError(
+                    f"table {config.table}: more than {PAGE_MAX} rows read already come"
+                    f" again after the position ({config.cursor} compares unequal to the"
+                    " value it reads back, as a FLOAT does): use an exact cursor column"
+                )
+            want = min(want * 2, PAGE_MAX)
 
     async def _page_of_whole_ties(self, limit: int) -> Page:
         """A page for a cursor without key, which may repeat: rows that share a cursor
@@ -555,9 +582,7 @@ class IncrementalSource(Source):
             return []
         limit = config.page_size
         if config.key is not None:
-            names, rows = await self._select(limit)
-            self.backlog = len(rows) >= limit
-            rows = self._past_position(names, rows)
+            names, rows = await self._page_by_key(limit)
         else:
             names, rows = await self._page_of_whole_ties(limit)
         if not rows:
