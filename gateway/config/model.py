@@ -915,10 +915,10 @@ class Config:
                     if claim.identity[0] == "serial"
                     else ""
                 )
+                why = claim.why or f"only one of them can open it{hint}"
                 yield (
                     f"sources.{name}.{claim.key}",
-                    f"the {claim.shown} is also used by {other}: only one of them can open"
-                    f" it{hint}",
+                    f"the {claim.shown} is also used by {other}: {why}",
                 )
 
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:
@@ -1204,11 +1204,13 @@ class SourceConfig:
 
 class Claim(typing.NamedTuple):
     """A serial port or listening address a component holds: the key that names it, how
-    the config writes it, and what it is (for comparing)."""
+    the config writes it, and what it is (for comparing); `why` two cannot share it, when
+    not that only one can open it."""
 
     key: str
     shown: str
     identity: tuple[str, str, str]
+    why: str = ""
 
 
 def serial_claim(key: str, port: str) -> Claim:

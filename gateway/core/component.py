@@ -148,6 +148,17 @@ class Source:
     interval: float = 1.0
     schedule: Schedule | None = None
     backlog: bool = False
+    held: bool = False
+    """True while the source holds, in memory only, data it read and has not handed over
+    (the next pages of a REST answer): nothing would read it again after a restart, so a
+    stop lets it be handed over first (see `SourceRunner.stop`)."""
+    held_items: int = 0
+    """How many items the source holds so (`held`): counted as lost if a stop cuts it off."""
+    lost_if_cut: ClassVar[str | None] = None
+    """Set when what the source read and did not hand over is read by nothing again (a
+    REST answer: the API has answered): what to say of it when a stop cuts the source
+    off ("the API is not asked for them again"). None: its sender sends it again, or
+    the source reads it again from its position."""
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
     `edge_stream_source_dropped_total` in /metrics."""

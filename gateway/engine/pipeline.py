@@ -35,7 +35,7 @@ from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
 from gateway.engine.router import Route, Router
-from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, supervised
+from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, stop_task, supervised
 from gateway.engine.status import (
     BrokerStatus,
     DiskStatus,
@@ -66,7 +66,7 @@ IDLE_RELEASE_S = 3
 SOURCE_RETRY = RetrySettings(initial=0.5, max=30.0)
 SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
 STOP_COMMIT_TRIES = 3  # at a stop, the commits a batch gets before it is left unacknowledged
-DRAIN_S = 10.0  # a reload: how long a stopping source's handed-over messages may take to commit
+DRAIN_S = 10.0  # a stop or reload: how long a stopping source's hand-over, then commit, may take
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
@@ -97,18 +97,6 @@ def _own_rows(
         processor.ctx.name,
     )
     return []
-
-
-async def stop_task(task: asyncio.Task[None], every: float = 1.0) -> None:
-    """Cancel `task` and wait until it has ended, cancelling it again every `every`
-    seconds: a library may swallow one cancellation (Python 3.11's asyncio.timeout does
-    when its own deadline falls at the same moment; seen with redis-py's read timeout,
-    after which the source went on reading and the shutdown waited for ever)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=every)
-    if not task.cancelled():
-        task.exception()  # retrieved: an error of its own was logged by `supervised`
 
 
 class Engine:
@@ -434,7 +422,11 @@ class Engine:
     async def _shutdown(self) -> None:
         log.info("engine: stopping intake")
         await asyncio.gather(
-            *(stop_task(t) for n, t in self._tasks.items() if n.startswith("source "))
+            *(
+                self._stop_intake(n.removeprefix("source "), t)
+                for n, t in self._tasks.items()
+                if n.startswith("source ")
+            )
         )
         # Commit what is already handed over so its sources get their acks. The ingest
         # loop is cancelled only while it waits for items; a batch it has taken is
@@ -588,22 +580,39 @@ class Engine:
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
-            await stop_task(task)
-        await self._drain(name)
+            await self._stop_intake(name, task, runner)
+        await self._drain(name, runner)
         if runner is not None:
             await runner.close()
 
-    async def _drain(self, source: str) -> None:
+    async def _stop_intake(
+        self,
+        name: str,
+        task: asyncio.Task[None],
+        runner: SourceRunner | None = None,
+    ) -> None:
+        """End source `name`'s task once it has handed over what it read, or after
+        DRAIN_S, at a stop of the gateway as at a reload (see `SourceRunner.stop`)."""
+        runner = runner or self.sources.get(name)
+        await (runner.stop(task, DRAIN_S) if runner is not None else stop_task(task))
+
+    async def _drain(self, source: str, runner: SourceRunner | None) -> None:
         deadline = self.clock.monotonic() + DRAIN_S
         while self.clock.monotonic() < deadline:
             if source not in self._committing and not self.ingest.holds(source):
                 return
             await asyncio.sleep(0.01)
+        again = (
+            ""
+            if runner is not None and runner.source.lost_if_cut is not None
+            else "; unacknowledged messages are sent again by their sender"
+        )
         log.warning(
             "engine: source %s: what it handed over is not committed after %.0f s; closing"
-            " it anyway (unacknowledged messages are sent again by their sender)",
+            " it anyway (it is stored when the store takes it%s)",
             source,
             DRAIN_S,
+            again,
         )
 
     async def _stop_sink(self, name: str) -> None:

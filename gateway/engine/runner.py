@@ -72,6 +72,9 @@ class Ingest:
         self._space = asyncio.Event()
         self._space.set()
         self.waiters: set[str] = set()  # names of the sources whose senders wait (Source.waits)
+        # by source: how many messages of a `put` waiting for room are not in yet (a stop
+        # that cancels it drops them; see `SourceRunner.stop`)
+        self.unput: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -103,13 +106,17 @@ class Ingest:
             items.extend(zip(repeat(source), messages, sizes))
             self.bytes += total
         else:
-            for message, size in zip(messages, sizes, strict=True):
-                while self._full(size):
-                    self._ready.set()
-                    self._space.clear()
-                    await self._space.wait()
-                items.append((source, message, size))
-                self.bytes += size
+            try:
+                for i, (message, size) in enumerate(zip(messages, sizes, strict=True)):
+                    while self._full(size):
+                        self._ready.set()
+                        self._space.clear()
+                        self.unput[source] = len(messages) - i  # what a cancel here drops
+                        await self._space.wait()
+                    items.append((source, message, size))
+                    self.bytes += size
+            finally:
+                self.unput.pop(source, None)
         if messages:
             self._ready.set()
 
@@ -176,6 +183,10 @@ class SourceRunner:
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
         self.schedule: Schedule | None = None  # a polled source's, once it polls
         self.outage = False  # failed since its last connect (see Source.quiet_retries)
+        # Handing over what a read or poll returned (and what the source still holds of
+        # it): a stop lets that finish rather than cancel it (see `stop`).
+        self.handing = False
+        self.stopping = False
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -203,6 +214,62 @@ class SourceRunner:
             histograms=self.source.histograms(),
             type=getattr(self.source.config, "type", ""),
         )
+
+    async def stop(self, task: asyncio.Task[None], within: float) -> None:
+        """Stop `task`, which runs `run`: at once while it waits (for the schedule, the
+        peer, the backoff), else once it has handed over what it read and what the source
+        holds of it (`Source.held`). Cancelled in the hand-over, what it had read and not
+        yet put in the ingest was lost (a REST answer's pages after the first, the rest of
+        a page waiting for room), though nothing would read it again: such a source has
+        no position to resume from, and its sender nothing unacknowledged to send again.
+        `within`: how long the hand-over may take (the store full, it may take for ever);
+        then it is cancelled, and what it had not handed over is said to be dropped
+        (counted before the cancel: `Ingest.unput` goes with the `put`)."""
+        self.stopping = True
+        if self.handing or self.source.held:
+            _done, late = await asyncio.wait({task}, timeout=within)
+            if late:
+                self._cut_off(within)
+        await stop_task(task)
+
+    def _cut_off(self, within: float) -> None:
+        """Say what a stop that cancels the source in its hand-over drops."""
+        source = self.source
+        dropped = self.ingest.unput.get(self.name, 0) + (source.held_items if source.held else 0)
+        if not dropped:
+            return
+        if source.lost_if_cut is None:
+            source.ctx.log.warning(
+                "%d messages it read are not handed over after %.0f s; stopped anyway (they"
+                " are read again: sent again by their sender, or from the source's position)",
+                dropped,
+                within,
+            )
+        else:
+            source.ctx.log.error(
+                "%d items it read are not handed over after %.0f s; stopped anyway: they are"
+                " lost (%s)",
+                dropped,
+                within,
+                source.lost_if_cut,
+            )
+
+    async def _hand_over(self, messages: list[Message]) -> None:
+        """Put `messages` in the ingest, then the pages the source still holds of the same
+        read (`Source.held`); a stop asked meanwhile waits for this (see `stop`). Set
+        before any await after the read returned: a cancel cannot land in between."""
+        self.handing = True
+        try:
+            while True:
+                self.produced += len(messages)
+                await self.ingest.put(self.name, messages)
+                if not (self.stopping and self.source.held):
+                    break  # running: the poll loop takes the next page, after the gate
+                messages = await self.source.poll_messages()
+        finally:
+            self.handing = False
+        if self.stopping:
+            raise asyncio.CancelledError
 
     async def run(self) -> None:
         log = self.source.ctx.log
@@ -271,8 +338,7 @@ class SourceRunner:
                 await self.gate.wait()
                 messages = await self.source.poll_messages()
                 self.backoff.reset()
-                self.produced += len(messages)
-                await self.ingest.put(self.name, messages)
+                await self._hand_over(messages)
                 if not self.source.backlog:
                     break
             due = schedule.next(clock.monotonic(), clock.now_ns() / 1e9)
@@ -298,9 +364,7 @@ class SourceRunner:
     async def _read_loop(self) -> None:
         while True:
             await self.gate.wait()
-            messages = await self.source.read()
-            self.produced += len(messages)
-            await self.ingest.put(self.name, messages)
+            await self._hand_over(await self.source.read())
 
 
 class SinkRunner:
@@ -493,6 +557,18 @@ class SinkRunner:
             await self.sink.close()
         except (RetryableError, PermanentError, OSError) as err:
             self.sink.ctx.log.warning("close failed: %s", err)
+
+
+async def stop_task(task: asyncio.Task[None], every: float = 1.0) -> None:
+    """Cancel `task` and wait until it has ended, cancelling it again every `every`
+    seconds: a library may swallow one cancellation (Python 3.11's asyncio.timeout does
+    when its own deadline falls at the same moment; seen with redis-py's read timeout,
+    after which the source went on reading and the shutdown waited for ever)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()  # retrieved: an error of its own was logged by `supervised`
 
 
 async def supervised(

@@ -61,7 +61,8 @@ or `ca_file` turns it on; `cert_file` and `key_file` present a client certificat
 
 `create_stream` (optional) makes the stream at connect when it does not exist, with
 its `subjects` (default: the subject template with `{topic}` as `>`, so `{topic}`
-must begin a token), `retention`,
+must begin a token; subjects none of which can match a subject the template makes
+are refused when the config loads), `retention`,
 `replicas`, `max_bytes`, `max_age`, `max_msg_size`, `storage` and
 `duplicate_window`. When it exists, its subjects are checked (they must include the
 ones given: else the sink stops with the difference); other settings that differ are
@@ -125,6 +126,8 @@ from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.subjects import may_overlap, pattern_subjects, template_subjects
+from gateway.core.subjects import subject_problem as _subject_problem
 from gateway.core.tls import certificate_refusal, error_chain
 from gateway.core.topics import template_parts
 
@@ -356,7 +359,10 @@ class StreamSettings:
     name: Annotated[str, Doc("The stream's name.", example="EDGE")]
     subjects: Annotated[
         list[str] | None,
-        Doc("Its subjects (default: the subject template with `{topic}` as `>`)."),
+        Doc(
+            "Its subjects (default: the subject template with `{topic}` as `>`); at least"
+            " one must be able to match a subject of the template."
+        ),
     ] = None
     retention: Annotated[
         Literal["limits", "interest", "workqueue"],
@@ -443,6 +449,17 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         if problem:
             yield "subject", f"{self.subject!r}: {problem}"
             return
+        stream = self.create_stream
+        if stream is not None and stream.subjects:
+            subjects = [s for s in stream.subjects if _subject_problem(s, wildcards=True) is None]
+            ours = template_subjects(self.subject)
+            if subjects and not any(may_overlap(ours, pattern_subjects(s)) for s in subjects):
+                yield (
+                    "create_stream.subjects",
+                    f"{', '.join(subjects)} cannot match any subject of the template"
+                    f" {self.subject!r} (subject): every FlowFile would be refused; add"
+                    " the subjects the template makes, or change subject",
+                )
         head, found, _ = self.subject.partition("{topic}")
         defaults = self.create_stream is not None and not self.create_stream.subjects
         if defaults and found and head and not head.endswith("."):
@@ -453,26 +470,6 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
                 " has no default subjects for it; put a '.' before {topic} or list"
                 " create_stream.subjects",
             )
-
-
-def _subject_problem(subject: str, wildcards: bool) -> str | None:
-    if not subject:
-        return "a subject must not be empty"
-    tokens = subject.split(".")
-    if any(not t for t in tokens):
-        return "a subject has no empty tokens (no leading, trailing or double '.')"
-    for i, token in enumerate(tokens):
-        if any(c in token for c in " \t\r\n\0"):
-            return "a subject has no spaces or control characters"
-        if not wildcards and ("*" in token or ">" in token):
-            return "a subject to publish on has no wildcards '*' or '>'"
-        if wildcards and (
-            ("*" in token and token != "*")
-            or (">" in token and token != ">")
-            or (token == ">" and i != len(tokens) - 1)
-        ):
-            return "'*' is a whole token, '>' the whole last token"
-    return None
 
 
 _TOKEN_ESCAPES = {c: f"%{ord(c):02X}" for c in ". *>%"}

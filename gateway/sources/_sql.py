@@ -35,7 +35,8 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import template_parts, validate_topic
 
-Page = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
+Row = tuple[Any, ...]
+Page = tuple[list[str], list[Row]]  # column names, rows
 POSITION_VERSION = 1
 PAGE_MAX = 10_000
 
@@ -81,7 +82,11 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
         Doc(
             "A unique column that breaks ties between rows with the same `cursor` value"
             " (needed when the cursor is a timestamp): rows are read in (`cursor`, `key`)"
-            " order and the position holds both. Default: none, `cursor` is unique.",
+            " order and the position holds both. Default: none, `cursor` is unique; rows"
+            " that share a value are then read in one page (a page ends before them; more"
+            " than 10000 stop the source), and a row added later with the value of the"
+            " last row read is not seen. Set later, it keeps the position stored without"
+            " it: the rows after its cursor value come next.",
             example="id",
         ),
     ] = None
@@ -234,6 +239,35 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
+# How a cursor value stored as text is read as the type of its column's values: older
+# versions stored a `time` cursor as plain text ("10:00:00"), which PostgreSQL refuses
+# as a parameter for a time column, so every poll failed.
+_FROM_TEXT: dict[type, Any] = {
+    dt.datetime: dt.datetime.fromisoformat,
+    dt.date: dt.date.fromisoformat,
+    dt.time: dt.time.fromisoformat,
+    Decimal: Decimal,
+    uuid.UUID: uuid.UUID,
+    int: int,
+    float: float,
+}
+
+
+def _as_type_of(value: Any, sample: Any) -> Any:
+    """`value`, a stored cursor value, as the type of `sample`, a value of its column;
+    ValueError when text cannot be read as that type."""
+    if not isinstance(value, str) or isinstance(sample, str):
+        return value
+    # along the class's bases: asyncpg gives its own subclass of uuid.UUID
+    read = next((_FROM_TEXT[t] for t in type(sample).__mro__ if t in _FROM_TEXT), None)
+    if read is None:
+        raise ValueError(f"{value!r} is text, the column's values {type(sample).__name__}")
+    try:
+        return read(value)
+    except ArithmeticError as err:  # decimal.InvalidOperation
+        raise ValueError(f"{value!r} is no {type(sample).__name__}") from err
+
+
 def _level(value: Any) -> str:
     """A value as one topic level, written as in the row's JSON (NULL `null`, a boolean
     `true`, bytes as text or base64; it read `None`, `True`, `b'...'`)."""
@@ -278,6 +312,7 @@ class IncrementalSource(Source):
         self.schedule = config.poll_schedule(config.interval)
         self._after: tuple[Any, ...] | None = None  # cursor (and key) of the last row read
         self._loaded = False  # the stored position was read (once: it then lives here)
+        self._text = False  # the stored position holds text, maybe of another type
         self.rows = 0
         self.pages = 0
         self._attributes = {"table": config.table, "source": ctx.name}
@@ -370,9 +405,15 @@ class IncrementalSource(Source):
         if stored is not None:
             try:
                 data = orjson.loads(stored)
-                if data.get("table") == self.config.table and data.get("order") == self._order():
+                order = data.get("order")
+                # by the cursor only, before a `key` was set (as the message on too many
+                # ties asks): the rows after its value come next all the same
+                if data.get("table") == self.config.table and (
+                    order == self._order() or order == self._order()[:1]
+                ):
                     after = data["after"]
                     self._after = None if after is None else tuple(map(_decode_value, after))
+                    self._text = any(isinstance(v, str) for v in self._after or ())
                     return
                 self.ctx.log.warning(
                     "the stored position is for table %s ordered by %s, not this one; starting"
@@ -388,6 +429,10 @@ class IncrementalSource(Source):
                     err,
                     self.config.start,
                 )
+        await self._load_start()
+
+    async def _load_start(self) -> None:
+        """Start where `start` says, with no stored position to go on."""
         if self.config.start == "end":
             _names, rows = await self._fetch(self.end_sql(), [1])
             # kept at once, an empty table's too: a restart before the next row must not
@@ -402,38 +447,153 @@ class IncrementalSource(Source):
     async def poll(self) -> list[FlowFile]:
         return [m.flowfile for m in await self.poll_messages()]
 
+    async def _typed_position(self) -> bool:
+        """Read text in the stored position as the type of its column's values, learnt
+        from the newest row; False while the table has no row to learn it from (nor
+        any to read). A position that cannot be read so is dropped, as an unreadable one."""
+        assert self._after is not None
+        _names, rows = await self._fetch(self.end_sql(), [1])
+        if not rows:
+            return False
+        try:
+            self._after = tuple(map(_as_type_of, self._after, rows[0]))
+        except ValueError as err:
+            self.ctx.log.warning(
+                "the stored position cannot be read (%s); starting at the %s",
+                err,
+                self.config.start,
+            )
+            self._after = None
+            self._text = False
+            await self._load_start()
+            return True
+        self._text = False
+        return True
+
+    async def _select(self, limit: int) -> Page:
+        """At most `limit` rows after the position, in order."""
+        if self._after is None:
+            return await self._fetch(self.select_sql(True), [limit])
+        if self.config.key is None:
+            return await self._fetch(self.select_sql(False), [self._after[0], limit])
+        if len(self._after) == 1:  # by the cursor only (see `_load_position`): `c = NULL`
+            return await self._fetch(self.select_sql(False), [self._after[0], None, None, limit])
+        c, k = self._after
+        return await self._fetch(self.select_sql(False), [c, c, k, limit])
+
+    def _order_index(self, names: list[str]) -> list[int]:
+        """Where `cursor` (and `key`) are among the result's `names`. MySQL matches column
+        names whatever their case: `cursor: ID` reads a column `id`, and `SELECT *` names
+        it `id` (a ValueError traceback at every poll)."""
+        index = []
+        folded = [name.casefold() for name in names]
+        for column in self._order():
+            if column in names:
+                index.append(names.index(column))
+            elif folded.count(column.casefold()) == 1:
+                index.append(folded.index(column.casefold()))
+            else:
+                raise PermanentError(
+                    f"table {self.config.table}: the rows read have no column {column}"
+                )
+        return index
+
+    def _past_position(self, names: list[str], rows: list[Row]) -> list[Row]:
+        """`rows` less those at their head that are at or before the position: rows read
+        already, found after it because the value read back is not the one stored (a
+        MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2): the row of the position, and
+        with a `key`, the rows of its cursor value with a key up to the position's (all
+        of them came again: read again at every poll, for ever). Only at the head: rows
+        tied with the one before them further on are rows of their own."""
+        bound = self._after
+        if bound is None:
+            return rows
+        index = self._order_index(names)[: len(bound)]  # by the cursor only: see `_select`
+        skip = 0
+        if len(index) == 2:
+            (c, k), (ci, ki) = bound, index
+            while skip < len(rows) and rows[skip][ci] == c and rows[skip][ki] <= k:
+                skip += 1
+        else:
+            while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
+                skip += 1
+        return rows[skip:]
+
+    async def _page_by_key(self, limit: int) -> Page:
+        """A page for a cursor with a key. When each row fetched was one read already (a
+        MySQL FLOAT run, see `_past_position`), the fetch grows (2, 4... times, up to
+        PAGE_MAX rows) past them: asked again at once for the same rows, the source stalled."""
+        want = limit
+        while True:
+            names, fetched = await self._select(want)
+            rows = self._past_position(names, fetched)
+            self.backlog = len(fetched) >= want
+            if rows or not self.backlog:
+                return names, rows
+            if want >= PAGE_MAX:
+                config = self.config
+                raise PermanentError(
+                    f"table {config.table}: more than {PAGE_MAX} rows read already come"
+                    f" again after the position ({config.cursor} compares unequal to the"
+                    " value it reads back, as a FLOAT does): use an exact cursor column"
+                )
+            want = min(want * 2, PAGE_MAX)
+
+    async def _page_of_whole_ties(self, limit: int) -> Page:
+        """A page for a cursor without key, which may repeat: rows that share a cursor
+        value all go in one page. Cut inside such a run, the position after the page was
+        that value and `cursor > value` passed over the rest of the run for good. So a
+        page that may go on (one row more than asked for came) ends before the run of
+        its last value; when it holds nothing else (a run longer than the page, or only
+        rows read already: a MySQL FLOAT 0.2 is found again after its own position), the
+        fetch grows (2, 4... times) until that run ends, up to PAGE_MAX rows (more stop
+        the source: only a `key` can page through them)."""
+        config = self.config
+        want = limit
+        while True:
+            names, fetched = await self._select(want + 1)
+            more = len(fetched) > want
+            rows = self._past_position(names, fetched)
+            self.backlog = more
+            if not more:
+                return names, rows
+            if rows:
+                at = self._order_index(names)[0]
+                last = rows[-1][at]
+                page = [row for row in rows if row[at] != last]  # sorted: `last` ends it
+                if page:
+                    return names, page
+            if want >= PAGE_MAX:
+                value = _level((rows or fetched)[0][self._order_index(names)[0]])
+                raise PermanentError(
+                    f"table {config.table}: more than {PAGE_MAX} rows share the"
+                    f" {config.cursor} value {value}, more than a page can hold: set `key`"
+                    " to a unique column that breaks the ties (the position is kept)"
+                )
+            want = min(want * 2, PAGE_MAX)
+
     async def poll_messages(self) -> list[Message]:
         config = self.config
         if not self._loaded:
             await self._load_position()
             self._loaded = True
+        if self._text and not await self._typed_position():
+            self.backlog = False
+            return []
         limit = config.page_size
-        if self._after is None:
-            names, rows = await self._fetch(self.select_sql(True), [limit])
-        elif config.key is None:
-            names, rows = await self._fetch(self.select_sql(False), [self._after[0], limit])
+        if config.key is not None:
+            names, rows = await self._page_by_key(limit)
         else:
-            c, k = self._after
-            names, rows = await self._fetch(self.select_sql(False), [c, c, k, limit])
-        self.backlog = len(rows) >= limit
+            names, rows = await self._page_of_whole_ties(limit)
         if not rows:
             return []
         self.pages += 1
-        index = [names.index(c) for c in self._order()]
+        index = self._order_index(names)
         messages = []
         now = self.ctx.clock.now_ns()
         topic_of = self._topic_maker(names)
-        bound = self._after  # the position the query asked for rows after
-        head = True
         for row in rows:
             after = tuple(row[i] for i in index)
-            if head and after == bound:
-                # the row read last, found after its own position: the value read back is
-                # not the one stored (a MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2).
-                # Only at the head of the page: rows tied with the one before them there
-                # are rows of their own (a cursor without key that is not unique).
-                continue
-            head = False
             record = dict(zip(names, row, strict=True))
             try:
                 try:

@@ -67,11 +67,11 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import MissingError, PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
+from gateway.core.subjects import subject_problem as _subject_problem
 from gateway.core.topics import template_fields, validate_topic
 from gateway.sinks.nats import (
     NatsConnection,
     _describe,
-    _subject_problem,
     close_connection,
     open_connection,
 )

@@ -10,6 +10,10 @@ Modes (`mode:`)
            or `processing`) and remove them from there only after the store committed
            them. Give each gateway its own processing list.
 
+Two sources of one config on one consumer of a group (or on one processing list) of
+one server are refused when the config loads: each would take the other's entries
+for its own.
+
 A stream entry's FlowFile holds its fields as a JSON object (values as text; a name
 or value that is not UTF-8 in base64, as the sql sources write bytes), or,
 when `field` is set, that one field's bytes as they are (an entry the redis sink
@@ -20,19 +24,29 @@ of the entry (missing: `_`). Attributes: `redis.key` and, in stream mode,
 `redis.id` (the entry id).
 
 Exactly once across crashes: the position of the last entry read (the stream
-entry id; in list mode a count of items moved) is committed with the FlowFiles.
+entry id; in list mode a count of items moved) is committed with the FlowFiles,
+with the stream, group and consumer (the list and processing list) it is of: a
+source whose keys changed takes no other's position for its own, and reads what
+is pending for it again.
 A gateway killed after the commit but before the XACK finds those entries still
 pending for it when it starts, sees they are at or before its position, and
 acknowledges them without reading them again; an entry not committed is read
-again. In list mode a counter key (`<processing>:done`) counts the items removed
-from the processing list, in the same MULTI as the removal, so that the items the
-store has and Redis does not yet know of are told apart the same way. Entries taken
-over from another consumer are read at least once: their FlowFile ids are made
-from the stream key and the entry id, so the SQL and Redis sinks, which write each
-id once, still store them once.
+again, as delivered once (XCLAIM with RETRYCOUNT 1: its delivery count in XPENDING
+stays 1) and with its position, so that a second crash after its commit and
+before its XACK does not read it a third time. In list mode a counter key
+(`<processing>:done`) counts the items removed from the processing list, in the
+same MULTI as the removal, so that the items the store has and Redis does not yet
+know of are told apart the same way (and a removal whose answer was lost with the
+connection is not made twice: the counter says how many are left to remove).
+Entries taken over from another consumer are read at least once: their FlowFile
+ids are made from the stream key and the entry id, so the SQL and Redis sinks,
+which write each id once, still store them once.
 
-Connection trouble is retried with the engine's backoff; a server that refuses the
-credentials or an ACL permission stops the source until the config is fixed.
+Connection trouble is retried with the engine's backoff; in stream mode the entries
+a read lost with the connection had delivered (pending for this consumer, never
+seen), and in list mode the items a move lost with it had moved, are read first
+once it is back. A server that refuses the credentials or an ACL permission stops
+the source until the config is fixed.
 
 Keys
   type: redis
@@ -66,6 +80,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from redis import exceptions as redis_errors
@@ -73,7 +88,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import Claim, SourceConfig
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -160,6 +175,45 @@ class RedisSourceConfig(SourceConfig):
     connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
     timeout: Annotated[Duration, Doc("The longest one command may take (besides `block`).")] = 30.0
 
+    def claims(self) -> list[Claim]:
+        """The consumer (stream) or processing list (list) on its server: two sources
+        sharing one each take the other's entries for their own. A stream consumer's
+        pending entries at or before its position are acknowledged at its start as stored
+        (the other's too, never stored); a list source removes as many items from the
+        head of its processing list as it stored (the other's too)."""
+        if not self.url.startswith(("redis://", "rediss://")) or _location_problem(self.url):
+            return []
+        parts = urlsplit(self.url)
+        # the database as redis-py takes it: `?db=N` before the path's
+        db = (parse_qs(parts.query).get("db") or [parts.path[1:]])[0]
+        try:
+            db = str(int(db or 0))
+        except ValueError:
+            pass  # refused by `check`
+        where = f"{(parts.hostname or '').lower()}:{parts.port or 6379}/{db}"
+        if self.mode == "stream":
+            consumer = self.consumer or ""
+            return [
+                Claim(
+                    "consumer",
+                    f"consumer {consumer or '(the gateway id)'} of group {self.group} of"
+                    f" stream {self.key} on {where}",
+                    ("redis consumer", f"{where} {self.key} {self.group}", consumer),
+                    "each would take the other's entries for its own at a start, acknowledge"
+                    " them as stored and lose them; give each its own consumer or group",
+                )
+            ]
+        processing = self.processing or f"{self.key}:processing"
+        return [
+            Claim(
+                "processing",
+                f"processing list {processing} on {where}",
+                ("redis list", where, processing),
+                "each would remove the other's items from it as its own, stored or not;"
+                " give each its own processing list",
+            )
+        ]
+
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.url.startswith(("redis://", "rediss://")):
             yield "url", "must read redis://host:6379/0 or rediss://host:6379/0"
@@ -244,15 +298,28 @@ class RedisSource(Source):
         self.where = _safe_url(config.url)
         self._client: Any = None
         self._to_ack: list[str] = []  # committed entries (stream ids) not yet acknowledged
-        self._to_remove = 0  # list: committed items not yet removed from processing
+        # list: items counted as the position is (see _moved): committed up to _remove_upto,
+        # removed from processing (the done counter) up to _removed as last seen or set
+        self._remove_upto = 0
+        self._removed = 0
+        self._done_unsure = False  # a removal's answer was lost: read the done counter
+        self._list_started = False  # list: the last run's items were sorted out
         self._recovered = False  # the entries pending at the start were sorted out
         self._position: Any = None  # stream: last committed id; list: items committed
         self._moved = 0  # list: items moved into processing, counted as the position is
         self._next_claim = 0.0
         self._claim_from = "0-0"
         self._recover_from = "-"  # stream: the pending entries at the start, page by page
-        self._list_offset = 0  # list: the next processing item to read again at the start
+        self._handed: str | None = None  # stream: the highest entry id handed over
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
+        # What a position is of, stored after it (and a NUL): a position of another stream,
+        # group or processing list is not taken for this one's (versions before stored none)
+        if config.mode == "stream":
+            whose = {"stream": config.key, "group": config.group, "consumer": self.consumer}
+        else:
+            whose = {"list": config.key, "processing": self.processing}
+        self._whose = orjson.dumps(whose)
+        self._mark = b"\0" + self._whose
         fields = [n for _, n, _, _ in string.Formatter().parse(config.topic) if n]
         self._fields = [n for n in fields if n not in ("key", "source")]
         self._fixed = {"key": _level(config.key), "source": _level(ctx.name)}
@@ -320,7 +387,7 @@ class RedisSource(Source):
         return lambda: self._to_ack.append(entry_id)
 
     def _remover(self) -> None:
-        self._to_remove += 1
+        self._remove_upto += 1
 
     async def _settle(self, client: Any) -> None:
         """Tell Redis what the store has committed since the last read."""
@@ -331,14 +398,23 @@ class RedisSource(Source):
             except BaseException:
                 self._to_ack[:0] = ids
                 raise
-        if self._to_remove:
-            n = self._to_remove
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.lpop(self.processing, n)
-                pipe.incrby(self.done_key, n)
-                await pipe.execute()
-            self._to_remove -= n
-            self._list_offset = max(self._list_offset - n, 0)
+        if self._remove_upto > self._removed:
+            # After a removal whose answer did not come, as many as the done counter says
+            # are left, not a count of our own: made again, it took items the store did not
+            # have yet. Otherwise the counter is where this source left it: not read (a
+            # round trip more at every read).
+            done = self._removed
+            if self._done_unsure:
+                done = int(await client.get(self.done_key) or 0)
+            n = self._remove_upto - done
+            if n > 0:
+                self._done_unsure = True  # until the answer comes
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.lpop(self.processing, n)
+                    pipe.incrby(self.done_key, n)
+                    await pipe.execute()
+            self._done_unsure = False
+            self._removed = self._remove_upto
 
     # -- reading -----------------------------------------------------------------------
 
@@ -352,6 +428,18 @@ class RedisSource(Source):
                 return await self._read_list(client)
             return await self._read_stream(client)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
+            self._done_unsure = True  # what became of a removal sent is not known
+            if self._recovered:
+                # An XREADGROUP whose answer was lost delivered its entries all the same:
+                # pending for this consumer, never seen. Read again with the engine's
+                # backoff, they came only with XAUTOCLAIM after claim_idle, as taken over;
+                # and a restart before it found them at or before the position that newer
+                # entries had moved past them, delivered once: acknowledged, never stored.
+                # So the entries pending after the last one handed over are read first; in
+                # list mode, for the same reason, the items in the processing list after
+                # those handed over.
+                self._recovered = False
+                self._recover_from = "-" if self._handed is None else f"({self._handed}"
             raise RetryableError(f"reading {self.config.key} on {self.where}: {err}") from err
         except redis_errors.RedisError as err:
             refusal = _refusal(err)
@@ -363,7 +451,21 @@ class RedisSource(Source):
 
     async def _load_position(self) -> None:
         stored = await self.ctx.position()
-        self._position = None if stored is None else stored.decode()
+        self._position = None
+        if stored is None:
+            return
+        value, marked, whose = stored.partition(b"\0")
+        if marked and whose != self._whose:
+            # Another stream, group or processing list (the source's keys changed): its
+            # position taken for this one acknowledged entries (removed items) never stored.
+            self.ctx.log.warning(
+                "the stored position is for %s, not %s; what is pending for this source is"
+                " read again",
+                whose.decode(errors="replace"),
+                self._whose.decode(),
+            )
+            return
+        self._position = value.decode(errors="replace")
 
     async def _read_stream(self, client: Any) -> list[Message]:
         cfg = self.config
@@ -383,6 +485,8 @@ class RedisSource(Source):
             cfg.group, self.consumer, {cfg.key: ">"}, count=cfg.count, block=int(cfg.block * 1000)
         )
         entries = reply[0][1] if reply else []
+        if entries:  # in the stream's order: the last is the highest
+            self._hand(entries[-1][0].decode())
         return [self._stream_message(e, position=True) for e in entries]
 
     async def _recover_stream(self, client: Any) -> list[Message] | None:
@@ -400,16 +504,19 @@ class RedisSource(Source):
         )
         if not pending:
             return None
-        self._recover_from = "(" + pending[-1]["message_id"].decode()
-        position = None if self._position is None else _entry_key(self._position)
-        done, again = [], []
+        try:
+            position = None if self._position is None else _entry_key(self._position)
+        except ValueError:  # no entry id: what is pending is read again
+            position = None
+        done, theirs, mine = [], [], []
         for p in pending:
             entry_id = p["message_id"].decode()
-            once = p["times_delivered"] == 1
-            if once and position is not None and _entry_key(entry_id) <= position:
+            if position is None or _entry_key(entry_id) > position:
+                mine.append(entry_id)  # after the position: not stored (unless taken over)
+            elif p["times_delivered"] == 1:
                 done.append(entry_id)
-            else:
-                again.append(entry_id)
+            else:  # taken over from another consumer: stored or not, the id cannot tell
+                theirs.append(entry_id)
         if done:
             await client.xack(cfg.key, cfg.group, *done)
             self.skipped += len(done)
@@ -417,13 +524,30 @@ class RedisSource(Source):
                 "%d entries pending since the last run were stored already: acknowledged",
                 len(done),
             )
-        if not again:
+        if not (theirs or mine):
+            self._recover_from = "(" + pending[-1]["message_id"].decode()
             return []
-        claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, again)
-        gone = set(again) - {e[0].decode() for e in claimed}
+        read: list[tuple[Any, bool]] = []  # (entry, whether it moves the position)
+        if theirs:
+            claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, theirs)
+            read += [(e, False) for e in claimed]
+        if mine:
+            # Read again as delivered once and with their positions, as at their first read:
+            # the count XCLAIM adds (2) marked them as taken over from another consumer, so
+            # a second crash, after their commit and before their XACK, read them again.
+            claimed = await client.xclaim(cfg.key, cfg.group, self.consumer, 0, mine, retrycount=1)
+            read += [(e, True) for e in claimed]
+        gone = {*theirs, *mine} - {e[0].decode() for e, _ in read}
         if gone:  # trimmed from the stream meanwhile: nothing to read
             await client.xack(cfg.key, cfg.group, *gone)
-        return [self._stream_message(e, position=False) for e in claimed if e[1] is not None]
+        # only now: a page that failed on its way is read again, its entries again `mine`
+        # (passed over, they would be acknowledged at the next start once the position
+        # moved past them, never stored)
+        self._recover_from = "(" + pending[-1]["message_id"].decode()
+        read = [(e, moves) for e, moves in read if e[1] is not None]
+        if read:
+            self._hand(max((e[0].decode() for e, _ in read), key=_entry_key))
+        return [self._stream_message(e, position=moves) for e, moves in read]
 
     async def _claim(self, client: Any) -> list[Message]:
         cfg = self.config
@@ -438,6 +562,7 @@ class RedisSource(Source):
         self._claim_from = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         entries = [e for e in reply[1] if e[1] is not None]
         if entries:
+            self._hand(entries[-1][0].decode())  # from `start_id` on, in the stream's order
             self.claimed += len(entries)
             self.ctx.log.warning(
                 "took over %d entries another consumer of group %s left pending",
@@ -445,6 +570,12 @@ class RedisSource(Source):
                 cfg.group,
             )
         return [self._stream_message(e, position=False) for e in entries]
+
+    def _hand(self, entry_id: str) -> None:
+        """Note `entry_id`, the highest of a read, as handed over (see `read`): once a read,
+        not per entry."""
+        if self._handed is None or _entry_key(entry_id) > _entry_key(self._handed):
+            self._handed = entry_id
 
     def _stream_message(self, entry: Any, position: bool) -> Message:
         cfg = self.config
@@ -471,20 +602,23 @@ class RedisSource(Source):
         return Message(
             ff,
             ack=self._acker(entry_id),
-            position=entry_id.encode() if position else None,
+            position=entry_id.encode() + self._mark if position else None,
             reject=reject,
         )
 
     async def _read_list(self, client: Any) -> list[Message]:
         cfg = self.config
         if not self._recovered:
-            if self._position is None:
+            if not self._list_started:
                 await self._load_position()
                 await self._recover_list(client)
-            # moved at the last run and never stored: read again first, a page at a time
-            offset = self._list_offset
+                # only now: a recovery that failed on its way (its removal made, the answer
+                # lost) is made again from the store's position and the done counter
+                self._list_started = True
+            # moved and never read (at the last run, or by a move whose answer was lost with
+            # the connection), after those handed over: read first, a page at a time
+            offset = max(self._moved - int(await client.get(self.done_key) or 0), 0)
             left = await client.lrange(self.processing, offset, offset + cfg.count - 1)
-            self._list_offset += len(left)
             if len(left) < cfg.count:
                 self._recovered = True
             if left:
@@ -503,7 +637,15 @@ class RedisSource(Source):
     async def _recover_list(self, client: Any) -> None:
         """At the start: remove the items the store has (its position counts them) that
         the last run had no time to remove from the processing list."""
-        committed = int(self._position or 0)
+        try:
+            committed = int(self._position or 0)
+        except ValueError:  # a stream's entry id, stored before positions said whose
+            self.ctx.log.warning(
+                "the stored position %s is no count of list items; what is in %s is read again",
+                self._position,
+                self.processing,
+            )
+            committed = 0
         done = int(await client.get(self.done_key) or 0)
         stored = max(committed - done, 0)
         if stored:
@@ -518,7 +660,7 @@ class RedisSource(Source):
                 self.processing,
             )
         self._moved = max(committed, done)
-        self._position = self._moved
+        self._position = self._removed = self._remove_upto = self._moved
 
     def _list_message(self, item: bytes) -> Message:
         cfg = self.config
@@ -530,7 +672,7 @@ class RedisSource(Source):
             {"redis.key": cfg.key},
             self.ctx.clock.now_ns(),
         )
-        return Message(ff, ack=self._remover, position=str(self._moved).encode())
+        return Message(ff, ack=self._remover, position=str(self._moved).encode() + self._mark)
 
     def status(self) -> dict[str, object]:
         return {
@@ -538,5 +680,5 @@ class RedisSource(Source):
             "mode": self.config.mode,
             "read": self.read_count,
             "claimed": self.claimed,
-            "pending_acks": len(self._to_ack) + self._to_remove,
+            "pending_acks": len(self._to_ack) + self._remove_upto - self._removed,
         }

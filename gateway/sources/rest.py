@@ -25,6 +25,12 @@ An answer's items are handed over 1000 at a time (the next thousand at once, bef
 the next GET), so that a large answer of many small items holds only a page of
 FlowFiles in memory.
 
+A stop (SIGTERM, a reload that removes the source) during a poll waits for that
+answer's items to be handed over and stored, for at most 10 s (while the store is
+full, say): a GET that has not answered yet is asked again at the next start, but
+the items of an answer not handed over by then are lost, with an error in the log
+saying how many (the API is not asked for them again).
+
 A poll is a snapshot: every poll emits what the API answers then, so an item the
 API keeps answering is emitted again on each poll (deduplicate downstream, e.g. a
 `deadband` processor, or select only new items with the API's own query
@@ -273,16 +279,9 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         elif "@" in self.url.partition("://")[2].partition("/")[0]:
             yield "url", "put credentials in username and password, not in the url"
         else:
-            try:
-                port = urlsplit(self.url).port
-            except ValueError:
-                port = 0
-            if not urlsplit(self.url).hostname:
-                yield "url", "names no host"
+            yield from self._url_problems()
             if self.ca_file and not self.url.startswith("https://"):
                 yield "ca_file", "needs TLS: use an https:// URL"
-            if port is not None and not 0 < port < 65536:
-                yield "url", "the port must be a number from 1 to 65535"
         try:
             parse_select(self.select)
         except ValueError as err:
@@ -297,12 +296,34 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
                 yield "topic", f"{self.topic!r}: {problem}"
         yield from auth_problems(self.headers, self.bearer_token, self.username, self.password)
 
+    def _url_problems(self) -> Iterator[tuple[str, str]]:
+        # The url itself is not quoted back: its query may hold an API key.
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
+            yield "url", f"is not a valid URL: {err}"
+            return
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            yield "url", "the port must be a number from 1 to 65535"
+        elif not parts.hostname:
+            yield "url", "names no host"
+        else:
+            try:  # as the source reads it: an address in [] that is none was a traceback
+                URL(self.url).origin()
+            except ValueError as err:
+                yield "url", f"is not a valid URL: {err}"
+
 
 class RestSource(Source):
     """GETs a URL on a schedule and turns the selected items into FlowFiles."""
 
     Config = RestSourceConfig
     mode = "poll"
+    lost_if_cut = "the API is not asked for them again"
 
     def __init__(self, config: RestSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
@@ -436,7 +457,8 @@ class RestSource(Source):
         FlowFiles at once: half a GB, and the gateway deaf for most of a minute."""
         items = self._items[self._next : self._next + PAGE]
         self._next += len(items)
-        self.backlog = self._next < len(self._items)
+        self.backlog = self.held = self._next < len(self._items)
+        self.held_items = len(self._items) - self._next
         if not self.backlog:
             self._items, self._next = [], 0
         return [self._message(item, self._read_at) for item in items]

@@ -107,3 +107,37 @@ def test_ipv4_and_ipv6_listeners_share_a_port_and_a_nul_in_a_port_is_refused(
             await server.wait_closed()
 
     asyncio.run(both())
+
+
+def test_two_redis_sources_on_one_consumer_or_processing_list_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Each took the other's entries for its own: a stream consumer's start acknowledged
+    the other's pending entries at or before its own position as stored; a list source
+    removed the other's items from the head of their processing list."""
+    found = problems(
+        tmp_path,
+        "  a: {type: redis, url: 'redis://Redis.lan:6379/0', key: readings}\n"
+        "  b: {type: redis, url: 'redis://redis.lan/0', key: readings, field: payload}\n"
+        "  c: {type: redis, url: 'redis://redis.lan/0', key: readings, group: other}\n"
+        "  d: {type: redis, url: 'redis://redis.lan/0', key: readings, consumer: d}\n"
+        "  e: {type: redis, url: 'redis://redis.lan/1', key: readings}\n"
+        "  f: {type: redis, url: 'redis://redis.lan/1', key: q, mode: list}\n"
+        "  g: {type: redis, url: 'redis://redis.lan/1', key: p, mode: list, processing: "
+        "'q:processing'}\n"
+        "  h: {type: redis, url: 'redis://redis.lan/2', key: q, mode: list}\n"
+        "  i: {type: redis, url: 'redis://redis.lan/1?db=3', key: q, mode: list}\n"
+        "  j: {type: redis, url: 'redis://redis.lan?db=01', key: q, mode: list}\n",
+    )
+    assert found == [
+        "sources.b.consumer: the consumer (the gateway id) of group edge-stream of stream"
+        " readings on redis.lan:6379/0 is also used by source 'a': each would take the"
+        " other's entries for its own at a start, acknowledge them as stored and lose them;"
+        " give each its own consumer or group",
+        "sources.g.processing: the processing list q:processing on redis.lan:6379/1 is also"
+        " used by source 'f': each would remove the other's items from it as its own,"
+        " stored or not; give each its own processing list",
+        "sources.j.processing: the processing list q:processing on redis.lan:6379/1 is also"
+        " used by source 'f': each would remove the other's items from it as its own,"
+        " stored or not; give each its own processing list",
+    ]

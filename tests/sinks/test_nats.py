@@ -443,12 +443,38 @@ async def test_a_missing_tls_file_is_named() -> None:
         ({"max_in_flight": 0}, "max_in_flight: must be between 1 and 100000"),
         # The stream made for it took 'pre.>': every FlowFile was dead-lettered.
         ({"subject": "pre{topic}", "create_stream": {"name": "A"}}, "does not begin a token"),
+        # Passed: the sink started and dead-lettered every FlowFile ("no stream takes it").
+        (
+            {"create_stream": {"name": "A", "subjects": ["edge.*", "other.>"]}},
+            "create_stream.subjects: edge.*, other.> cannot match any subject of the template"
+            " 'edge.{gateway}.{topic}' (subject)",
+        ),
     ],
 )
 def test_config_problems(keys: dict[str, Any], message: str) -> None:
     keys = {"servers": ["nats://127.0.0.1:4222"], **keys}
     _config, problems = config_problems(**keys)
     assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("subject", "subjects"),
+    [
+        ("edge.{gateway}.{topic}", ["other.>", "edge.gw1.sensors.>"]),  # some topics
+        ("edge.{gateway}.{topic}", ["*.*.*"]),
+        ("pre{topic}", ["prefix.>"]),
+        ("a.{sink}.{topic}.b", ["a.*.*.>"]),
+    ],
+)
+def test_stream_subjects_that_may_take_some_subjects_are_not_refused(
+    subject: str, subjects: list[str]
+) -> None:
+    _config, problems = config_problems(
+        servers=["nats://127.0.0.1:4222"],
+        subject=subject,
+        create_stream={"name": "A", "subjects": subjects},
+    )
+    assert problems == []
 
 
 def test_a_password_is_not_in_the_config_repr() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config.load import load
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.topics import validate_topic
@@ -106,3 +107,29 @@ def test_message_ids_are_stable_uuid7_and_differ_by_stream_seq_and_scope() -> No
         message_flowfile_id("FLEET", 7, 1_700_000_000_000, "pi-02/fleet"),
     }
     assert first not in others and len(others) == 3
+
+
+def test_a_subject_outside_create_stream_of_a_sink_of_the_config_still_loads(
+    tmp_path: Any,
+) -> None:
+    """A nats source whose subject no subject a nats sink's `create_stream` names can match
+    was refused; but the stream may exist already with more subjects (a stream is not
+    changed by create_stream), or be made by two sinks (the last one's subjects were
+    taken for all), and the source works: such a config loads."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: gw1, data_dir: '{tmp_path}/data'}}\n"
+        "web: {enabled: false}\n"
+        "sources:\n"
+        "  a: {type: nats, servers: [nats://n1:4222], stream: EDGE, subject: cmd.>}\n"
+        "  e: {type: nats, servers: [nats://n1:4222], stream: OTHER, subject: x.y}\n"
+        "routes:\n  r: {match: ['#'], sinks: [f, g, h]}\n"
+        "sinks:\n"
+        "  f: {type: nats, servers: [nats://n1:4222], create_stream: {name: EDGE}}\n"
+        "  g: {type: nats, servers: [nats://n1:4222], subject: 'x.{topic}',"
+        " create_stream: {name: OTHER, subjects: ['x.>']}}\n"
+        "  h: {type: nats, servers: [nats://n1:4222], subject: 'other.{topic}',"
+        " create_stream: {name: OTHER, subjects: ['other.>']}}\n"
+    )
+    config = load(str(path))
+    assert set(config.sources or {}) == {"a", "e"}

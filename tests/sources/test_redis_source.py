@@ -15,6 +15,7 @@ from redis import Redis as SyncRedis
 
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context, Message
+from gateway.core.errors import RetryableError
 from gateway.engine.pipeline import Engine
 from gateway.sources.redis import RedisSource, RedisSourceConfig, entry_flowfile_id
 from gateway.store.sqlite import Batch, Store
@@ -106,6 +107,63 @@ async def test_a_stream_entry_is_acked_after_the_commit_and_a_crash_repeats_noth
     await restarted.close()
 
 
+async def test_entries_read_again_after_a_crash_are_not_read_again_after_a_second(
+    redis: Any,
+) -> None:
+    """Read again at the start, an entry was delivered twice and carried no position: its
+    commit, and a second crash before its XACK, read it once more at the next start."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(6)]
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=3)
+    await source.connect()
+    assert len(await source.read()) == 3
+    await crash(source)  # killed before the commit
+    again = make(redis.url, committed, key=key, count=3)
+    await again.connect()
+    recovered = await again.read()
+    assert [m.flowfile.attributes["redis.id"] for m in recovered] == ids[:3]
+    commit(recovered, committed)
+    again._to_ack.clear()  # killed after the commit, before the XACK
+    await crash(again)
+    third = make(redis.url, committed, key=key, count=3)
+    await third.connect()
+    got = await read_all(third, 3)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[3:]
+    await third.close()
+
+
+async def test_entries_whose_answer_was_lost_with_the_connection_are_read_after_it(
+    redis: Any,
+) -> None:
+    """An XREADGROUP answer lost with the connection left its entries pending, unseen: they
+    came only with XAUTOCLAIM after claim_idle, and a restart before that found them
+    delivered once at or before the position and acknowledged them, never stored."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(4)]
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=2)
+    await source.connect()
+    commit(await source.read(), committed)
+    r.xreadgroup("edge-stream", "gw1", {key: ">"}, count=1)  # delivered; the answer lost
+    r.client_kill_filter(_id=await source._client.client_id())
+    with pytest.raises(RetryableError):
+        await source.read()
+    await source.close()
+    await source.connect()  # as the engine does after its backoff
+    got = await read_all(source, 3)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[2:]
+    commit(got, committed)
+    await source.close()
+    restarted = make(redis.url, committed, key=key, count=2)
+    await restarted.connect()
+    assert await read_all(restarted, 2) == []
+    assert r.xpending(key, "edge-stream")["pending"] == 0
+    await restarted.close()
+
+
 async def test_entries_a_dead_consumer_left_pending_are_claimed(redis: Any) -> None:
     key = unique_name()
     r = SyncRedis.from_url(redis.url)
@@ -176,12 +234,14 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert [m.flowfile.content for m in first + second] == [f"item{i}".encode() for i in range(8)]
     assert r.llen(f"{key}:processing") == 8 and r.llen(key) == 2
     commit(first, committed)
+    gets = r.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     await source.read()  # removes the 4 committed, moves the last 2
     assert r.llen(f"{key}:processing") == 6
+    # the done counter is where the source left it: not read again before each removal
+    assert r.info("commandstats").get("cmdstat_get", {}).get("calls", 0) == gets
     # second is committed, the gateway dies before removing it; the last 2 never committed
     commit(second, committed)
-    source._to_remove = 0  # the removal died with the process
-    await crash(source)
+    await crash(source)  # before the removal
     restarted = make(redis.url, committed, key=key, mode="list", count=4)
     await restarted.connect()
     again = await read_all(restarted)
@@ -191,9 +251,68 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     assert [m.flowfile.content for m in newer] == [b"item10"]
     commit(again + newer, committed)
     await restarted.read()
-    assert r.llen(f"{key}:processing") == 0 and committed[0] == b"11"
+    assert r.llen(f"{key}:processing") == 0 and committed[0]
+    assert committed[0].partition(b"\0")[0] == b"11"
     assert int(r.get(f"{key}:processing:done") or 0) == 11
     await restarted.close()
+
+
+async def test_list_moves_and_removals_whose_answers_were_lost_lose_no_item(
+    redis: Any,
+) -> None:
+    """A move whose answer was lost with the connection left an item in the processing list
+    unread, and a removal made whose answer was lost was made again: either way the next
+    removals took items the store never had."""
+    key = unique_name()
+    processing = f"{key}:processing"
+    r = SyncRedis.from_url(redis.url)
+    r.rpush(key, *[f"item{i}" for i in range(6)])
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, mode="list", count=2)
+    await source.connect()
+    commit(await source.read(), committed)
+    r.lmove(key, processing, "LEFT", "RIGHT")  # moved for the source; the answer lost
+    with r.pipeline() as pipe:  # the source's removal of the 2 committed; the answer lost
+        pipe.lpop(processing, 2).incrby(f"{processing}:done", 2).execute()
+    r.client_kill_filter(_id=await source._client.client_id())
+    with pytest.raises(RetryableError):
+        await source.read()
+    await source.close()
+    await source.connect()
+    got = await read_all(source, 3)
+    assert [m.flowfile.content for m in got] == [f"item{i}".encode() for i in range(2, 6)]
+    commit(got, committed)
+    await source.read()
+    assert r.llen(processing) == 0 and int(r.get(f"{processing}:done") or 0) == 6
+    await source.close()
+
+
+async def test_a_position_of_another_group_or_list_is_not_taken_for_this_one(
+    redis: Any,
+) -> None:
+    """The source's group (or list) changed, its name did not: the stored position, of the
+    other one, acknowledged this group's pending entries as stored (removed this
+    processing list's items), never stored."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(3)]
+    r.xgroup_create(key, "g2", "0")
+    r.xreadgroup("g2", "gw1", {key: ">"}, count=1)  # pending in g2, never stored
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, count=3)
+    await source.connect()
+    commit(await source.read(), committed)  # all three, in group edge-stream
+    await source.close()
+    moved = make(redis.url, committed, key=key, count=3, group="g2")
+    await moved.connect()
+    got = await read_all(moved, 2)
+    assert [m.flowfile.attributes["redis.id"] for m in got] == ids
+    await moved.close()
+    r.rpush(f"{key}-b:processing", "b0")  # moved for a list source of key-b, never stored
+    listed = make(redis.url, committed, key=f"{key}-b", mode="list")
+    await listed.connect()
+    assert [m.flowfile.content for m in await read_all(listed, 2)] == [b"b0"]
+    await listed.close()
 
 
 async def test_a_stream_runs_in_the_engine_once_each_across_a_restart(

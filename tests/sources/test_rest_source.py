@@ -17,9 +17,12 @@ from aiohttp import web
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
+from gateway.engine import pipeline
+from gateway.sources import rest
 from gateway.sources.rest import PAGE, RestSource, parse_select, select
 from tests import servers
 from tests.sources.contract import SourceContract
+from tests.sources.engine_run import stop, until
 
 pytestmark = pytest.mark.integration
 
@@ -258,6 +261,14 @@ def test_keys_are_checked(tmp_path: Path) -> None:
         "sources.api.url: the port must be a number from 1 to 65535"
     ]
     assert problems(url="http:///x") == ["sources.api.url: names no host"]
+    # both were a ValueError traceback from check-config
+    assert problems(url="http://[::1/x") == [
+        "sources.api.url: is not a valid URL: Invalid IPv6 URL"
+    ]
+    assert problems(url="http://[zz]/x") == [
+        "sources.api.url: is not a valid URL: 'zz' does not appear to be an IPv4 or IPv6 address"
+    ]
+    assert problems(url="http://[::1]:8080/x") == []
     # it was ignored: the API was polled in plain HTTP
     assert problems(url="http://h/x", ca_file=str(tmp_path)) == [
         "sources.api.ca_file: needs TLS: use an https:// URL"
@@ -312,6 +323,54 @@ async def test_an_answer_of_many_items_is_handed_over_a_page_at_a_time(
     assert [len(p) for p in pages] == [PAGE, PAGE, 500]
     assert [n for p in pages for n in p] == list(range(2500))
     assert json.loads(again.flowfile.content) == {"n": "again"} and not source.backlog
+
+
+async def test_a_stop_mid_answer_stores_all_of_it(
+    http_receiver: servers.HttpReceiver, run_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancelled the source while it waited for room in the engine's hand-over: the
+    rest of that page and the answer's further pages were lost, and the API, which has
+    answered, is not asked for them again."""
+    monkeypatch.setattr(rest, "PAGE", 100)
+    monkeypatch.setattr(pipeline, "INGEST_CAPACITY", 10)
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(300)]))
+    try:
+        engine = await run_engine({"type": "rest", "url": f"{http_receiver.url}/many"})
+        async with engine._commit_lock:  # the first commit waits: the hand-over fills up
+            await until(lambda: bool(engine._committing) and len(engine.ingest) == 10)
+            engine.stop()
+        await stop(engine)
+    finally:
+        http_receiver.control(200)
+    assert engine.ingested == 300
+
+
+async def test_a_stop_waits_for_the_hand_over_at_most_drain_s_and_says_what_is_lost(
+    http_receiver: servers.HttpReceiver,
+    run_engine: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop waited with no limit for an answer to be handed over: with the store full
+    (here: its commit held up), the gateway's stop waited as long, past systemd's."""
+    monkeypatch.setattr(rest, "PAGE", 100)
+    monkeypatch.setattr(pipeline, "INGEST_CAPACITY", 10)
+    monkeypatch.setattr(pipeline, "DRAIN_S", 0.05)
+    http_receiver.control(203, body=json.dumps([{"n": i} for i in range(300)]))
+    try:
+        engine = await run_engine({"type": "rest", "url": f"{http_receiver.url}/many"})
+        async with engine._commit_lock:  # no commit: the hand-over stays full
+            await until(lambda: bool(engine._committing) and len(engine.ingest) == 10)
+            engine.stop()
+            await until(engine._tasks["source rows"].done)
+        await stop(engine)
+    finally:
+        http_receiver.control(200)
+    # taken by the held-up commit 10, in the hand-over 10: 280 of the answer not handed over
+    assert engine.ingested == 20
+    [cut] = [r for r in caplog.records if "not handed over" in r.getMessage()]
+    assert cut.levelname == "ERROR"
+    assert "280 items" in cut.getMessage() and "not asked for them again" in cut.getMessage()
 
 
 async def test_credentials_go_to_the_url_s_origin_only_not_where_it_redirects() -> None:

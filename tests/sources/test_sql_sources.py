@@ -159,6 +159,76 @@ async def test_ties_of_a_cursor_without_key_in_one_page_are_all_read(
     assert [x["payload"]["id"] for x in lines(tmp_path)] == [1, 2, 3, 4]
 
 
+async def test_ties_of_a_cursor_without_key_across_pages_are_all_read(db: Db) -> None:
+    """A page that ended inside a run of rows sharing a cursor value left the position at
+    that value, and `cursor > value` passed over the rest of the run for good."""
+    table = unique_name()
+    db.create(table)
+    db.insert(table, [(d, int(v), T0) for d, v in ("a1", "b2", "c2", "d2", "e3", "f3", "g4")])
+    config, _problems = build(db.kind, dsn=db.dsn, table=table, cursor="value", page_size=2)
+    entry = find("source", db.kind)
+    assert entry is not None
+    source = entry.cls(config, Context("rows", "source"))
+    asked: list[int] = []
+    select = source._select
+
+    async def counted(limit: int) -> Any:
+        asked.append(limit)
+        return await select(limit)
+
+    source._select = counted
+    await source.connect()
+    pages = []
+    try:
+        while not pages or source.backlog:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["device"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    # a run that fills a page is read whole; a page ends before the run it reaches into
+    assert pages == [["a"], ["b", "c", "d"], ["e", "f"], ["g"]]
+    assert max(asked) == 5, "a run longer than a page: fetches grow, not to 10,001 rows"
+
+
+async def test_a_run_of_mysql_float_ties_longer_than_a_page_is_read_past(mariadb: Any) -> None:
+    """FLOAT 0.2 compares as 0.200000003 > 0.2: after a run of 0.2 longer than a page, every
+    row fetched was one read already, none was kept, and the source asked again at once
+    for ever (backlog set), never reading the row after the run."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (at FLOAT, n INT)")
+    mariadb.execute(
+        f"INSERT INTO `{table}` VALUES (0.1, 1), (0.2, 2), (0.2, 3), (0.2, 4), (0.3, 5)"
+    )
+    config, _problems = build("mysql", dsn=mariadb.dsn, table=table, cursor="at", page_size=2)
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    pages = []
+    try:
+        while (not pages or source.backlog) and len(pages) < 10:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    assert pages == [[1], [2, 3, 4], [5]]
+    # with a key, the rows of the run read already came again at every poll, for ever
+    config, _problems = build(
+        "mysql", dsn=mariadb.dsn, table=table, cursor="at", key="n", page_size=2
+    )
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    pages = []
+    try:
+        while (not pages or source.backlog) and len(pages) < 10:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    assert [n for page in pages for n in page] == [1, 2, 3, 4, 5] and len(pages) < 10
+
+
 async def test_start_at_the_end_skips_the_rows_already_there(
     db: Db, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
@@ -451,6 +521,10 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
     }
 
 
+UUID1 = "00000000-0000-4000-8000-000000000001"
+UUID2 = "00000000-0000-4000-8000-000000000002"
+
+
 @pytest.mark.parametrize(
     ("kind", "column", "values"),
     [
@@ -458,14 +532,24 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
         ("postgres", "timetz", ["'10:00+02'", "'11:00+02'"]),
         ("postgres", "interval", ["'1 day'", "'2 days'"]),
         ("mysql", "TIME", ["'10:00'", "'11:00'"]),
+        ("postgres", "date", ["'2024-05-01'", "'2024-05-02'"]),
+        ("postgres", "timestamp", ["'2024-05-01 10:00:00.5'", "'2024-05-01 10:00:01'"]),
+        ("postgres", "timestamptz", ["'2024-05-01 10:00:00.5+02'", "'2024-05-01 10:00+01'"]),
+        ("postgres", "numeric", ["1.5", "2.25"]),
+        ("postgres", "uuid", [f"'{UUID1}'", f"'{UUID2}'"]),
+        ("mysql", "DATE", ["'2024-05-01'", "'2024-05-02'"]),
+        ("mysql", "DATETIME(6)", ["'2024-05-01 10:00:00.5'", "'2024-05-01 10:00:01'"]),
+        ("mysql", "DECIMAL(10,3)", ["1.5", "2.25"]),
+        ("mysql", "UUID", [f"'{UUID1}'", f"'{UUID2}'"]),
     ],
 )
-async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
+async def test_a_cursor_of_each_type_keeps_its_place_across_a_restart(
     kind: str, column: str, values: list[str], request: pytest.FixtureRequest
 ) -> None:
     """A time cursor read after a restart as text: the query failed at every poll
     (PostgreSQL); a timetz, interval or MySQL TIME cursor could not be stored at all
-    ("TypeError: Type is not JSON serializable: datetime.timedelta")."""
+    ("TypeError: Type is not JSON serializable: datetime.timedelta"). The other types
+    are read back as they were stored too."""
     server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
     table = unique_name()
     q = "`" if kind == "mysql" else '"'
@@ -492,6 +576,87 @@ async def test_a_time_or_duration_cursor_keeps_its_place_across_a_restart(
             await source.close()
         server.execute(f"INSERT INTO {q}{table}{q} VALUES ({values[1]}, 2)")
     assert got == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "text", "after"),
+    [
+        ("time", "('10:00', 1), ('11:00', 2)", "10:00:00", [2]),
+        ("date", "('2024-05-01', 1), ('2024-05-02', 2)", "2024-05-01", [2]),
+        ("text", "('10:00:00', 1), ('11:00', 2)", "10:00:00", [2]),
+        ("time", "('10:00', 1), ('11:00', 2)", "ten o'clock", [1, 2]),
+        # asyncpg's UUID is a subclass of uuid.UUID: it was read as no type known
+        ("uuid", f"('{UUID1}', 1), ('{UUID2}', 2)", UUID1, [2]),
+    ],
+)
+async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
+    postgres: Any, column: str, values: str, text: str, after: list[int]
+) -> None:
+    """Versions before times were stored tagged stored a time cursor as text ("10:00:00"):
+    after an upgrade it stayed text, which PostgreSQL refuses as a time, and every poll
+    failed. Text that is no value of the column's type is dropped as an unreadable
+    position is: the source starts at `start`."""
+    table = unique_name()
+    postgres.execute(f'CREATE TABLE "{table}" (c {column}, n INT)')
+    postgres.execute(f'INSERT INTO "{table}" VALUES {values}')
+    config, _problems = build("postgres", dsn=postgres.dsn, table=table, cursor="c")
+    old = orjson.dumps({"v": 1, "table": table, "order": ["c"], "after": [text]})
+
+    async def position() -> bytes | None:
+        return old
+
+    source = PostgresSource(config, Context("rows", "source", position=position))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == after
+
+
+@pytest.mark.parametrize("kind", ["mysql", "postgres"])
+async def test_a_position_by_the_cursor_only_is_kept_when_a_key_is_set(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Setting `key`, as the message on too many ties asks, changed the order the position
+    is by: the stored one was thrown away, and the source read the table again from the
+    start (or passed over the rows since, with start: end)."""
+    server = request.getfixturevalue("mariadb" if kind == "mysql" else "postgres")
+    table = unique_name()
+    q = "`" if kind == "mysql" else '"'
+    server.execute(f"CREATE TABLE {q}{table}{q} (c INT, k INT)")
+    server.execute(f"INSERT INTO {q}{table}{q} VALUES (1, 1), (2, 2), (2, 3), (3, 4), (3, 5)")
+    config, _problems = build(kind, dsn=server.dsn, table=table, cursor="c", key="k")
+    old = orjson.dumps({"v": 1, "table": table, "order": ["c"], "after": [2]})
+
+    async def position() -> bytes | None:
+        return old
+
+    entry = find("source", kind)
+    assert entry is not None
+    source = entry.cls(config, Context("rows", "source", position=position))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["k"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == [4, 5] and source.status()["position"] == [3, 5]
+
+
+async def test_a_mysql_cursor_named_in_another_case_reads_its_column(mariadb: Any) -> None:
+    """MySQL takes `ID` for the column `id`, and `SELECT *` names it `id`: the source looked
+    for `ID` among the names and crashed at every poll (ValueError traceback)."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (id INT, k INT, n INT)")
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (1, 1, 1), (2, 1, 2)")
+    config, _problems = build("mysql", dsn=mariadb.dsn, table=table, cursor="ID", key="K")
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == [1, 2] and source.status()["position"] == [2, 1]
 
 
 async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
