@@ -61,7 +61,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -134,9 +134,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gateway.config import view
 
-    if args.action in ("history", "keygen-signing") and args.new is not None:
-        print(f"edge-stream: config {args.action} takes no argument", file=sys.stderr)
-        return 2
     if args.action == "history":
         return _config_history(args)
     if args.action in ("versions", "rollback"):
@@ -145,18 +142,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         return cmd_config_remote(args)
     config, raw = _view(args.config)
     if args.action == "show":
-        if args.new is not None:
-            print("edge-stream: config show takes no NEWFILE (config diff does)", file=sys.stderr)
-            return 2
         text = yaml.safe_dump(view.show(config, raw), sort_keys=False, allow_unicode=True)
         sys.stdout.write(text)
         return 0
-    if args.new is None:
-        print(
-            "edge-stream: config diff needs the new file: config diff -c FILE NEWFILE",
-            file=sys.stderr,
-        )
-        return 2
     new, new_raw = _view(args.new)
     lines = view.diff(config, raw, new, new_raw)
     print("\n".join(lines) if lines else "no changes")
@@ -219,9 +207,6 @@ def _config_versions(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args.config)
     if args.action == "versions":
-        if args.new is not None:
-            print("edge-stream: config versions takes no argument", file=sys.stderr)
-            return 2
         kept = files.versions(data_dir)
         for v in kept:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.saved_at))
@@ -292,20 +277,10 @@ def cmd_config_remote(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "keygen-signing":
-            if not args.out:
-                print("edge-stream: config keygen-signing needs --out PRIVATE", file=sys.stderr)
-                return 2
             public, b64 = remote.keygen(args.out)
             print(f"wrote {args.out} (0600, keep it secret) and {public}")
             print(f"public key (remote_config.public_key takes the file or this): {b64}")
             return 0
-        if args.new is None or not args.key or not args.gateway:
-            print(
-                f"edge-stream: config {args.action} needs FILE --key PRIVATE --gateway ID"
-                + (" --broker URL" if args.action == "push" else ""),
-                file=sys.stderr,
-            )
-            return 2
         number = args.remote_version if args.remote_version is not None else int(time.time())
         document = remote.Document(
             args.gateway, number, remote.format_of(args.new), read_text(args.new)
@@ -315,9 +290,6 @@ def cmd_config_remote(args: argparse.Namespace) -> int:
         if args.action == "sign":
             print(envelope.decode())
             return 0
-        if not args.broker:
-            print("edge-stream: config push needs --broker URL", file=sys.stderr)
-            return 2
         return _push(args, envelope, number)
     except ConfigError as err:
         print(f"edge-stream: {err.problems[0]}", file=sys.stderr)
@@ -655,9 +627,6 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
     """A new key in `key_file` and every ENC(...) of the config re-encrypted with it; the
     old file and key kept beside them (0600); each written atomically."""
     config = Path(args.config)
-    if args.value is not None:
-        print("edge-stream: secret rotate takes no value, only -c FILE", file=sys.stderr)
-        return 2
     if os.environ.get(secrets.ENV_KEY):
         print(
             f"edge-stream: the key comes from {secrets.ENV_KEY}: rotate works on a key file;"
@@ -726,16 +695,6 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    if args.action == "list" and (args.seq or args.all):
-        print(
-            "edge-stream: dead-letters list takes no numbers and no --all"
-            " (--limit N: how many, default 50)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.action == "show" and args.all:
-        print("edge-stream: dead-letters show takes numbers, not --all", file=sys.stderr)
-        return 2
     if args.action in ("replay", "purge") and args.all and args.seq:
         print(
             f"edge-stream: dead-letters {args.action} takes numbers or --all, not both",
@@ -750,9 +709,6 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{store.dead_letter_count()} dead letter(s)")
             return 0
         if args.action == "show":
-            if not args.seq:
-                print("edge-stream: dead-letters show needs their numbers (N ...)", file=sys.stderr)
-                return 2
             for seq in args.seq:
                 record = store.dead_letter(seq)
                 if record is None:
@@ -799,9 +755,6 @@ def cmd_store(args: argparse.Namespace) -> int:
         return _store_reset(_store_path(args), args.force)
     if args.action == "drop-sink":
         return _drop_sink(args)
-    if args.name is not None:
-        print(f"edge-stream: store {args.action} takes no NAME", file=sys.stderr)
-        return 2
     with admin.open_admin(_store_path(args)) as store:
         now = time.time_ns()
         stats = store.stats()
@@ -818,14 +771,6 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
-    if args.action != "list" and args.component is None:
-        print(f"edge-stream: state {args.action} needs a component (ROUTE.N)", file=sys.stderr)
-        return 2
-    if args.action == "list" and args.component is not None:
-        print(
-            "edge-stream: state list takes no component (state show ROUTE.N does)", file=sys.stderr
-        )
-        return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for item in store.states():
@@ -853,9 +798,6 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 def _drop_sink(args: argparse.Namespace) -> int:
     """`store drop-sink NAME`: forget a sink removed from the config, and its backlog."""
-    if args.name is None:
-        print("edge-stream: store drop-sink needs the sink's name", file=sys.stderr)
-        return 2
     config = _config(args.config)
     if args.name in config.sinks:
         print(
@@ -956,6 +898,9 @@ def _seconds(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line. A command with actions (`config show`, `store reset`) has a parser
+    per action, holding only that action's options: with one parser for the group,
+    `config history --timeout 5` was taken and ignored."""
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
     sub = p.add_subparsers(dest="command", required=True)
@@ -963,6 +908,22 @@ def parser() -> argparse.ArgumentParser:
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML/JSON)")
         return sp
+
+    def group(name: str, help: str, fn: Any) -> Callable[..., argparse.ArgumentParser]:
+        """The command `name` with actions; the returned function adds one."""
+        actions = sub.add_parser(name, help=help).add_subparsers(
+            dest="action", required=True, metavar="ACTION"
+        )
+
+        def action(
+            verb: str, help: str, config: bool = True, late: str | None = None
+        ) -> argparse.ArgumentParser:
+            sp = actions.add_parser(verb, help=help, description=help)
+            # late: its optional positional, which main() takes when it comes after an option
+            sp.set_defaults(fn=fn, late=late, action_parser=sp)
+            return with_config(sp) if config else sp
+
+        return action
 
     run = with_config(sub.add_parser("run", help="run the gateway"))
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -973,52 +934,74 @@ def parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
-    conf = with_config(
-        sub.add_parser(
-            "config", help="show a config, what a new one changes, its versions and reloads"
-        )
+
+    conf = group(
+        "config", "show a config, what a new one changes, its versions and reloads", cmd_config
     )
-    conf.add_argument(
-        "action", choices=["show", "diff", "history", "versions", "rollback", *REMOTE_ACTIONS]
+    conf("show", "print the effective config as YAML, secrets written ***")
+    conf("diff", "what NEWFILE would change, component by component").add_argument(
+        "new", metavar="NEWFILE", help="the new config file"
     )
-    conf.add_argument("--limit", type=_positive, default=50, help="history: how many (default 50)")
-    conf.add_argument(
-        "new",
-        nargs="?",
-        metavar="NEWFILE|VERSION|FILE",
-        help=(
-            "diff: the new config file; rollback: the kept version (default: the newest);"
-            " sign, push: the config file to send"
-        ),
+    conf("history", "the reloads recorded in the store, oldest first").add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
     )
-    conf.set_defaults(fn=cmd_config)
+    conf("versions", "the kept versions of the config file, newest first")
+    conf("rollback", "put a kept version back", late="new").add_argument(
+        "new", nargs="?", metavar="VERSION", help="the kept version (default: the newest)"
+    )
     _remote_options(conf)
-    sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
-    sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
-    sec.add_argument("value", nargs="?")
-    sec.add_argument("--key-file")
-    sec.set_defaults(fn=cmd_secret)
-    dl = with_config(sub.add_parser("dead-letters", help="inspect and replay dead letters"))
-    dl.add_argument("action", choices=["list", "show", "replay", "purge"])
-    dl.add_argument("seq", nargs="*", type=int)
-    dl.add_argument("--all", action="store_true")
-    dl.add_argument("--limit", type=_positive, default=50, help="list: how many (default 50)")
-    dl.set_defaults(fn=cmd_dead_letters)
-    st = with_config(sub.add_parser("store", help="store statistics"))
-    st.add_argument("action", choices=["stats", "reset", "drop-sink"])
-    st.add_argument("name", nargs="?", metavar="NAME", help="drop-sink: the removed sink")
-    st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
-    st.set_defaults(fn=cmd_store)
-    webp = with_config(sub.add_parser("web", help="console users"))
-    webp.add_argument("action", choices=["passwd"])
+
+    sec = group("secret", "keys and ENC(...) values", cmd_secret)
+    for verb, help, late in (
+        ("keygen", "create the key for ENC(...) secrets", None),
+        ("encrypt", "print ENC(...) for VALUE", "value"),
+        ("decrypt", "print the plaintext of an ENC(...) value", "value"),
+        ("rotate", "a new key; re-encrypt the config's ENC(...) values", None),
+    ):
+        sp = sec(verb, help, late=late)
+        if late:
+            sp.add_argument(
+                "value", nargs="?", metavar="VALUE|-", help="`-` or none: stdin, or a prompt"
+            )
+        sp.add_argument("--key-file", metavar="KEY", help="the key file (default: the config's)")
+
+    dl = group("dead-letters", "inspect and replay dead letters", cmd_dead_letters)
+    dl("list", "the newest dead letters, oldest first").add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
+    )
+    dl("show", "dead letters in full").add_argument("seq", nargs="+", type=int, metavar="N")
+    for verb, help in (
+        ("replay", "put dead letters back into the gateway's intake"),
+        ("purge", "delete dead letters"),
+    ):
+        sp = dl(verb, help, late="seq")
+        sp.add_argument("seq", nargs="*", type=int, metavar="N")
+        sp.add_argument("--all", action="store_true", help="all of them")
+
+    st = group("store", "store statistics, reset, drop a removed sink", cmd_store)
+    st("stats", "what waits for each sink, and how old it is")
+    st("reset", "move a damaged store aside, start empty").add_argument(
+        "--force", action="store_true", help="move a valid store aside too"
+    )
+    st("drop-sink", "forget a sink removed from the config, and its backlog").add_argument(
+        "name", metavar="NAME", help="the removed sink"
+    )
+
+    webp = group("web", "console users", cmd_web)(
+        "passwd", "add a console user or set its password"
+    )
     webp.add_argument("user", metavar="USER")
     webp.add_argument("--role", choices=["viewer", "operator"], default="viewer")
-    webp.set_defaults(fn=cmd_web)
-    state = with_config(sub.add_parser("state", help="processors' kept state (windows)"))
-    state.add_argument("action", choices=["list", "show", "reset"])
-    state.add_argument("component", nargs="?", metavar="COMPONENT", help="ROUTE.N")
-    state.add_argument("--limit", type=_positive, default=100, help="show: how many keys")
-    state.set_defaults(fn=cmd_state)
+
+    state = group("state", "processors' kept state (windows, deadband)", cmd_state)
+    state("list", "keys and bytes per ROUTE.N")
+    show = state("show", "a component's keys and values, oldest first")
+    show.add_argument("component", metavar="ROUTE.N")
+    show.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="how many keys (default 100)"
+    )
+    state("reset", "forget a component's state").add_argument("component", metavar="ROUTE.N")
+
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
     docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
     docs.set_defaults(fn=cmd_docs)
@@ -1027,22 +1010,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _remote_options(conf: argparse.ArgumentParser) -> None:
-    """Options of `config keygen-signing | sign | push` (the remote config's operator side)."""
-    conf.add_argument("--out", help="keygen-signing: the private key file to write")
-    conf.add_argument("--key", help="sign/push: the Ed25519 private key (PEM)")
-    conf.add_argument("--gateway", help="sign/push: the gateway id the document is for")
-    conf.add_argument(
-        "--version", dest="remote_version", type=int, help="sign/push: default: unix time now"
+def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
+    """`config keygen-signing | sign | push` (the remote config's operator side): they read
+    no config file, so they take no -c."""
+    conf("keygen-signing", "an Ed25519 key pair for remote config", config=False).add_argument(
+        "--out", required=True, metavar="KEY", help="the private key file to write"
     )
-    conf.add_argument("--broker", help="push: mqtt://host:port or mqtts://host:port")
-    conf.add_argument(
-        "--username", help=f"push: MQTT user name (password from ${PUSH_PASSWORD_ENV})"
+    sign = conf("sign", "print the signed envelope of FILE", config=False)
+    push = conf("push", "publish FILE to a gateway, wait for its answer", config=False)
+    for sp in (sign, push):
+        sp.add_argument("new", metavar="FILE", help="the config file to send")
+        sp.add_argument("--key", required=True, metavar="KEY", help="the Ed25519 private key (PEM)")
+        sp.add_argument(
+            "--gateway", required=True, metavar="ID", help="the gateway id the document is for"
+        )
+        sp.add_argument(
+            "--version", dest="remote_version", type=int, metavar="N", help="default: unix time now"
+        )
+    push.add_argument(
+        "--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port"
     )
-    conf.add_argument("--ca-file", help="push: CA bundle for mqtts://")
-    conf.add_argument("--cert-file", help="push: client certificate for mqtts://")
-    conf.add_argument("--cert-key", help="push: its private key")
-    conf.add_argument("--timeout", type=_seconds, default=30.0, help="push: seconds to wait")
+    push.add_argument(
+        "--username", metavar="U", help=f"MQTT user name (password from ${PUSH_PASSWORD_ENV})"
+    )
+    push.add_argument("--ca-file", metavar="F", help="CA bundle for mqtts://")
+    push.add_argument("--cert-file", metavar="F", help="client certificate for mqtts://")
+    push.add_argument("--cert-key", metavar="F", help="its private key")
+    push.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to wait (default 30)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1050,18 +1050,18 @@ def main(argv: list[str] | None = None) -> int:
     # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
     # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
     args, extra = p.parse_known_args(argv)
+    late = getattr(args, "late", None)
     # The first one is the positional; any after it are said as unrecognized (not the
-    # positional with them: `config diff -c A B extra` named B, the right NEWFILE).
+    # positional with them: `config rollback -c A V extra` named V, the right VERSION).
     first = extra[0] if extra else "--"
-    if args.command == "secret" and args.value is None and (first == "-" or first[:1] != "-"):
-        args.value, extra = first, extra[1:]
-    if args.command == "config" and args.new is None and first[:1] != "-":
-        args.new, extra = first, extra[1:]  # `config diff -c FILE NEWFILE`, the same way
-    if args.command == "dead-letters" and extra and all(x.isdigit() for x in extra):
+    if late == "seq" and extra and all(x.isdigit() for x in extra):
         # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
         args.seq, extra = [*args.seq, *map(int, extra)], []
+    elif late and getattr(args, late) is None and (first == "-" or first[:1] != "-"):
+        setattr(args, late, first)
+        extra = extra[1:]
     if extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, "action_parser", p).error(f"unrecognized arguments: {' '.join(extra)}")
     stdout = sys.stdout
     sys.stdout = _Output(stdout)
     try:
