@@ -13,7 +13,9 @@ A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:
 skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
 once at once for all the missed ones, then keeps to the schedule. A wall clock set
-back moves a cron schedule back with it (its next time after the clock's new time).
+back moves a cron schedule back with it (its next time after the clock's new time), but
+a cron time already polled is not polled again: a clock set back 90 s a minute after
+the poll of 10:00 polls next at 10:05, not at 10:00 a second time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
+POLLED_SPANS = 32  # spans of consecutive cron times polled, kept to skip after a step back
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
 
@@ -75,6 +78,10 @@ class Schedule:
         self._slot = 0.0  # the time of the current run without its jitter (mono or wall s)
         self.due = 0.0  # when the current run starts: monotonic (interval) or wall (cron) s
         self.missed_runs = 0  # how many run times were skipped or folded into a catch-up
+        # The cron times polled, as spans of consecutive times [first, last, the time after
+        # last], newest last: after the wall clock is set back, the times it comes to again
+        # are skipped rather than polled twice. Bounded: the oldest span goes first.
+        self._polled: list[list[float]] = []
 
     @property
     def wall(self) -> bool:
@@ -92,6 +99,29 @@ class Schedule:
 
         start = datetime.fromtimestamp(wall, UTC)
         return float(croniter(self.cron, start).get_next(float))
+
+    def _unpolled_after(self, wall: float) -> float:
+        """The first cron time after `wall` that was not polled yet."""
+        at = self._cron_after(wall)
+        moved = True
+        while moved:  # a span may end where another one begins
+            moved = False
+            for first, last, after in self._polled:
+                if first <= at <= last:
+                    at, moved = after, True
+        return at
+
+    def _polled_now(self, after: float) -> None:
+        """Record the current run's time (`_slot`) as polled; `after` is the cron time
+        following it."""
+        slot = self._slot
+        for span in self._polled:
+            if span[2] == slot:  # the next of a span: the usual case, one span grows
+                span[1], span[2] = slot, after
+                return
+        self._polled.append([slot, slot, after])
+        if len(self._polled) > POLLED_SPANS:
+            del self._polled[0]
 
     def _passed(self, slot: float, wall: float) -> tuple[float, int]:
         """The last cron time not after `wall`, and how many there are from `slot` (itself
@@ -121,6 +151,12 @@ class Schedule:
 
     def next(self, mono: float, wall: float) -> float:
         """The next run's `due`, once the current run ended at `mono` / `wall`."""
+        if self.cron is not None:
+            self._polled_now(self._cron_after(self._slot))
+        return self._after_current(mono, wall)
+
+    def _after_current(self, mono: float, wall: float) -> float:
+        """The next run's `due` after the current one, polled or missed."""
         if self.cron is None:
             slot = self._slot + self.interval
             if slot >= mono:
@@ -131,11 +167,11 @@ class Schedule:
                 return self._jittered(mono)
             # keep the grid: the next of its times still ahead
             return self._jittered(slot + behind * self.interval)
-        slot = self._cron_after(self._slot)
+        slot = self._unpolled_after(self._slot)
         if slot > wall:
             return self._jittered(slot)
         passed, count = self._passed(slot, wall)
-        slot = self._cron_after(passed)
+        slot = self._unpolled_after(passed)
         self.missed_runs += count
         if self.missed == "catch_up":
             # one run now stands for all of them; the schedule goes on after the last
@@ -147,10 +183,11 @@ class Schedule:
     def rewound(self, wall: float) -> float:
         """While waiting for the current run: its `due`, or, when the wall clock went back
         before a cron time ahead of this run's (set back by NTP after a wrong saved time),
-        the due of the first cron time after `wall`, so the runs go on from the clock's
-        new time rather than after waiting for the old one to come again."""
+        the due of the first cron time after `wall` not polled yet, so the runs go on from
+        the clock's new time rather than after waiting for the old one to come again, and
+        the times polled before the clock went back are not polled twice."""
         if self.cron is not None:
-            ahead = self._cron_after(wall)
+            ahead = self._unpolled_after(wall)
             if ahead < self._slot:
                 return self._jittered(ahead)
         return self.due
@@ -162,12 +199,14 @@ class Schedule:
         then missed too. A due not ahead of now means: run now."""
         now = wall if self.cron is not None else mono
         following = (
-            self._cron_after(self._slot) if self.cron is not None else (self._slot + self.interval)
+            self._unpolled_after(self._slot)
+            if self.cron is not None
+            else (self._slot + self.interval)
         )
         if following + self.jitter >= now:
             return self.due
         self.missed_runs += 1
-        return self.next(mono, wall)
+        return self._after_current(mono, wall)
 
     def next_run_wall(self, mono: float, wall: float) -> float:
         """`due` as wall-clock seconds (for the status page)."""

@@ -248,6 +248,32 @@ async def test_the_runner_follows_a_wall_clock_set_back() -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_cron_time_polled_is_not_polled_again_after_the_clock_is_set_back() -> None:
+    """NTP set the clock back 90 s a minute after the poll of 10:00: the runner went back
+    to the first cron time after 09:59:30, 10:00, and polled it a second time."""
+    clock = FakeClock(1000.0, wall("2024-03-01T09:59:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="*/5 * * * *"))
+    _runner, task = await run_with(source, clock)
+    await steps(clock, 61)
+    assert source.polls == [wall("2024-03-01T10:00:00")]
+    await steps(clock, 60, by=60.0, wall_jump=-91.0)  # now 09:59:30
+    await steps(clock, 10 * 60, by=5.0)  # to 10:09:30
+    assert source.polls == [wall("2024-03-01T10:00:00"), wall("2024-03-01T10:05:00")]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def test_after_a_day_set_back_the_times_polled_before_are_passed_over() -> None:
+    # a board a day ahead polled 10:00 on 2 March; set back, it polls 1 March from 10:05
+    # on, and when its clock comes to 2 March 10:00 again, it goes on at 10:05
+    s = Schedule(interval=1.0, cron="*/5 * * * *")
+    assert s.first(0.0, wall("2024-03-02T09:59:00")) == wall("2024-03-02T10:00:00")
+    assert s.next(0.0, wall("2024-03-02T10:00:01")) == wall("2024-03-02T10:05:00")
+    assert s.rewound(wall("2024-03-01T10:01:00")) == wall("2024-03-01T10:05:00")
+    assert s.next(0.0, wall("2024-03-02T09:56:00")) == wall("2024-03-02T10:05:00")
+    assert s.next(0.0, wall("2024-03-02T10:05:01")) == wall("2024-03-02T10:10:00")
+
+
 async def test_a_source_with_a_backlog_is_polled_again_at_once() -> None:
     clock = FakeClock(1000.0, wall("2024-03-01T10:00:00"))
     source = Counting(clock, Schedule(interval=30.0), backlog_polls=3)
