@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -906,6 +908,22 @@ def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text("".join(f"{'  ' * n}k{n}:\n" for n in range(200)) + "  " * 200 + "x\n")
     assert problems(path) == [f"{path}:64: nested more than 64 levels deep (limit 64)"]
+
+
+def test_a_named_pipe_given_as_the_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # `check-config -c FIFO` blocked in open() until something wrote to it: a hang
+    path = tmp_path / "gateway.yaml"
+    os.mkfifo(path)
+    found: list[list[str]] = []
+    reader = threading.Thread(target=lambda: found.append(problems(path)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that opens and closes is the EOF it waits for
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("the read waited for a writer")
+    assert found == [[f"{path}:1: the config file is empty: it needs at least sources, routes"
+                      " and sinks (config/gateway.yaml is an example to start from)"]]  # fmt: skip
 
 
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
