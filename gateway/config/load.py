@@ -21,6 +21,7 @@ A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -466,9 +467,13 @@ class _Secrets:
     def add_value(self, path: KeyPath, value: Any) -> None:
         """Record a plain (not ENC) value that is a secret by its key's name or holds a
         password in its URL or `password=` part."""
-        if any(secrets.is_secret_key(p) for p in path) and isinstance(value, str | int | float):
+        if any(secrets.is_secret_key(p) for p in path) and isinstance(
+            value, str | int | float | datetime.date
+        ):
             if not isinstance(value, bool):
                 self.add(path, str(value), "***")
+            if isinstance(value, datetime.date):  # YAML read `password: 2024-05-01` as a
+                self.add(path, repr(value), "***")  # date: "got datetime.date(2024, 5, 1)"
             return
         if not isinstance(value, str):
             return
