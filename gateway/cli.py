@@ -476,11 +476,20 @@ def _key_file(args: argparse.Namespace) -> Path:
     if args.key_file:
         return Path(args.key_file)
     if not Path(args.config).is_file():
-        return Path("./data/secret.key")
+        return _without_config(args.config, Path("./data/secret.key"))
     gateway = _gateway_section(args.config)
     if gateway.secret_key_file:
         return Path(gateway.secret_key_file)
     return Path(gateway.data_dir) / "secret.key"
+
+
+def _without_config(config: str, default: Path) -> Path:
+    """`default`, the file a command uses when its config file does not exist, said on
+    stderr: a mistyped -c wrote the key or the console user to ./data without a word,
+    where the gateway, started on the right file, does not look."""
+    what = "is not a file" if os.path.lexists(config) else "does not exist"
+    print(f"edge-stream: note: {config} {what}; using {default}", file=sys.stderr)
+    return default
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -541,7 +550,7 @@ def _users_file(args: argparse.Namespace) -> Path:
     from gateway.web.access import users_path
 
     if not Path(args.config).is_file():
-        return users_path(None, "./data")
+        return _without_config(args.config, users_path(None, "./data"))
     raw = _raw_config(args.config)
     data_dir = _gateway_section(args.config, raw).data_dir
     web = raw[0].get("web")

@@ -4,6 +4,7 @@ what to do, never a traceback. Run in-process (`gateway.cli.main`), no server.""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,23 @@ def test_a_missing_key_names_the_file_looked_for_and_the_keygen_that_makes_it(
         f"edge-stream: no key: there is no {tmp_path / 'data' / 'secret.key'}; run"
         f" 'edge-stream secret keygen -c {config}' or set EDGE_STREAM_SECRET_KEY\n"
     )
+
+
+def test_a_config_file_that_is_not_there_is_said_when_the_defaults_are_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `secret keygen -c /etc/edge-stream/gatway.yaml` (a typo) made ./data/secret.key and
+    # said only "wrote a new key", far from the gateway's data_dir; web passwd the same
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    typo = str(tmp_path / "gatway.yaml")
+    code, out, err = run(capsys, "secret", "keygen", "-c", typo)
+    assert (code, out.startswith("wrote a new key to data/secret.key")) == (0, True)
+    assert err == f"edge-stream: note: {typo} does not exist; using data/secret.key\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("password1\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(tmp_path))
+    assert (code, out.startswith("data/web-users: added ann")) == (0, True)
+    assert err == f"edge-stream: note: {tmp_path} is not a file; using data/web-users\n"
 
 
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
