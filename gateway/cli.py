@@ -646,15 +646,12 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
     old = _load_key(key_file, _keygen_hint(args))
     if old is None:
         return 1
-    try:
-        raw = config.read_bytes()
-        text = raw.decode("utf-8")
-    except OSError as err:
-        print(f"edge-stream: cannot read {config}: {err.strerror or err}", file=sys.stderr)
+    try:  # as the gateway reads it: /dev/zero given as FILE filled the memory (a traceback)
+        text = read_text(config)
+    except ConfigError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
         return 1
-    except UnicodeDecodeError:
-        print(f"edge-stream: {config}: the config file must be UTF-8", file=sys.stderr)
-        return 1
+    raw = text.encode("utf-8")  # the bytes read: UTF-8 decodes and encodes back the same
     new = secrets.new_key()
     try:
         rotated, count = secrets.rotate_text(text, old, new)

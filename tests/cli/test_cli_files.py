@@ -93,6 +93,24 @@ def test_a_config_file_that_is_not_there_is_said_when_the_defaults_are_used(
     assert err == f"edge-stream: note: {tmp_path} is not a file; using data/web-users\n"
 
 
+def test_rotate_reads_the_config_as_the_gateway_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rotate read the whole file, whatever its size: `-c /dev/zero` filled the memory and
+    # ended in a MemoryError traceback; a file the gateway refuses is refused here too
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    big = tmp_path / "gateway.yaml"
+    big.write_text("# " + "x" * (256 << 10) + "\n")
+    assert run(capsys, "secret", "rotate", "-c", str(big), "--key-file", str(key)) == (
+        1,
+        "",
+        f"edge-stream: {big}: the config is larger than 256 KiB (limit 256 KiB): is this the"
+        " right file?\n",
+    )
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
