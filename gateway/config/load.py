@@ -649,12 +649,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """The config file's text; ConfigError if it cannot be read, is too large or not UTF-8."""
     source = str(path)
     try:
-        # O_NONBLOCK: a named pipe given as the file (no writer) blocked the open, and the
-        # command hung without a word; it reads as empty now. Reads block again after it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with open(fd, "rb") as f:
-            os.set_blocking(fd, True)
-            raw = f.read(MAX_BYTES + 1)
+        raw = secrets.read_head(path, MAX_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the config file: {err.strerror or err}") from err
     if len(raw) > MAX_BYTES:

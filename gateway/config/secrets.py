@@ -28,6 +28,7 @@ from pathlib import Path
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
 
 ENV_KEY = "EDGE_STREAM_SECRET_KEY"
+KEY_FILE_MAX = 4 << 10  # a key is 64 characters; a larger file is not one
 # Anything written ENC(...) is meant as a secret: it must decrypt, or the config is refused.
 _ENC = re.compile(r"ENC\(([^)]*)\)")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+=*")
@@ -41,6 +42,17 @@ class SecretError(ValueError):
 
 class NoKeyError(SecretError):
     """A value holds ENC(...) and there is no key at all."""
+
+
+def read_head(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
+    named pipe with no writer is read as empty, not waited on (the open blocked, and the
+    command or the gateway's start hung without a word), and /dev/zero ends at `limit`
+    (read whole, it filled the memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        os.set_blocking(fd, True)
+        return f.read(limit)
 
 
 def _decode_key(text: str) -> bytes:
@@ -68,7 +80,7 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
     if not key_file or not os.path.lexists(key_file):
         return None
     try:
-        raw = Path(key_file).read_bytes()
+        raw = read_head(key_file, KEY_FILE_MAX + 1)
     except OSError as err:
         hint = ""
         if isinstance(err, PermissionError):
@@ -76,6 +88,11 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
         raise SecretError(
             f"cannot read the key file {key_file}: {err.strerror or err}{hint}"
         ) from err
+    if len(raw) > KEY_FILE_MAX:
+        raise SecretError(
+            f"the key file {key_file} is larger than {KEY_FILE_MAX >> 10} KiB; it must hold 64"
+            " hex digits or base64"
+        )
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as err:

@@ -111,6 +111,22 @@ def test_rotate_reads_the_config_as_the_gateway_does(
     )
 
 
+def test_a_key_file_is_read_no_further_than_a_key_can_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the key file was read whole: `--key-file /dev/zero` filled the memory (MemoryError,
+    # a traceback), and a named pipe hung the command
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "big.key"
+    key.write_text("a" * 5000)
+    assert run(capsys, "secret", "encrypt", "v", "--key-file", str(key)) == (
+        1,
+        "",
+        f"edge-stream: the key file {key} is larger than 4 KiB; it must hold 64 hex digits"
+        " or base64\n",
+    )
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
