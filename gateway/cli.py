@@ -66,7 +66,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from gateway.config import files, secrets
-from gateway.config.load import apply_env, format_problem, load, parse_text, read_text
+from gateway.config.load import (
+    MAX_BYTES,
+    apply_env,
+    format_problem,
+    load,
+    parse_text,
+    read_text,
+)
 from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.errors import ConfigError
@@ -522,8 +529,18 @@ def cmd_secret(args: argparse.Namespace) -> int:
     value = args.value
     if value is None or value == "-":
         prompt = f"value to {args.action}: "
-        value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
+        # bounded: `< /dev/zero` filled the memory; a config holds no longer value
+        value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read(MAX_BYTES + 1)
+        if len(value) > MAX_BYTES:
+            print(
+                f"edge-stream: secret {args.action}: the value is longer than a config file can"
+                f" be ({MAX_BYTES >> 10} KiB); nothing done",
+                file=sys.stderr,
+            )
+            return 1
         value = value.rstrip("\n")
+    if _not_text(value, f"secret {args.action}: the value"):
+        return 1
     if args.action == "encrypt":
         if not value:  # an ENC() of nothing would stand in the config for a secret
             print(
@@ -577,10 +594,18 @@ def cmd_web(args: argparse.Namespace) -> int:
         if getpass.getpass("again: ") != password:
             print("edge-stream: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+    else:  # one line, bounded: `< /dev/zero` filled the memory
+        password = sys.stdin.readline(PASSWORD_MAX + 2).rstrip("\r\n")
     if len(password) < 8:
         print("edge-stream: a console password has at least 8 characters", file=sys.stderr)
+        return 1
+    if len(password) > PASSWORD_MAX:
+        print(
+            f"edge-stream: a console password has at most {PASSWORD_MAX} characters",
+            file=sys.stderr,
+        )
+        return 1
+    if _not_text(password, "the password"):
         return 1
     try:
         new = access.set_user(path, args.user, args.role, password)
@@ -593,6 +618,25 @@ def cmd_web(args: argparse.Namespace) -> int:
     what = "added" if new else "changed"
     print(f"{path}: {what} {args.user} ({args.role}); a running gateway uses it at once")
     return 0
+
+
+PASSWORD_MAX = 1024  # characters of a console password read by `web passwd`
+
+
+def _not_text(value: str, what: str) -> bool:
+    """True, after saying so, when `value` (from argv, stdin or a prompt) holds bytes that
+    are not UTF-8: Python carries them as surrogates, which failed with a traceback when
+    the value was encrypted or hashed."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        print(
+            f"edge-stream: {what} is not UTF-8 text (byte {ord(value[err.start]) & 0xFF:#04x}"
+            f" at character {err.start + 1}); nothing done",
+            file=sys.stderr,
+        )
+        return True
+    return False
 
 
 def _cannot_write(path: Path, err: OSError) -> str:

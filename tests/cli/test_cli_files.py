@@ -127,6 +127,35 @@ def test_a_key_file_is_read_no_further_than_a_key_can_be(
     )
 
 
+def test_a_value_or_password_that_is_not_utf8_or_too_long_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bytes that are not UTF-8 (stdin or argv carries them as surrogates) ended the
+    # encryption or the hash in a UnicodeEncodeError traceback; `< /dev/zero` was read whole
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("ab\udcffcd\n"))
+    assert run(capsys, "secret", "encrypt", "--key-file", str(key)) == (
+        1,
+        "",
+        "edge-stream: secret encrypt: the value is not UTF-8 text (byte 0xff at character 3);"
+        " nothing done\n",
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("pass\udcffword\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
+    assert (code, out) == (1, "")
+    assert err.endswith(
+        "edge-stream: the password is not UTF-8 text (byte 0xff at character 5); nothing done\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 2000))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
+    assert (code, out) == (1, "")
+    assert err.endswith("edge-stream: a console password has at most 1024 characters\n")
+    assert not (tmp_path / "data" / "web-users").exists()
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
