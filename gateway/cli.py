@@ -920,6 +920,7 @@ class _PrintVersion(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
         print(f"edge-stream {_version()}")
+        sys.stdout.flush()  # a failure to write is said by main(), not lost at exit
         parser.exit()
 
 
@@ -1096,6 +1097,29 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
+    try:
+        args = _arguments(argv)
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, not at exit, where a failure is a traceback
+        return code
+    except StoreError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `edge-stream schema | head`: the reader has what it wanted
+        _drop_output(stdout)
+        return 1
+    except _OutputError as err:  # `edge-stream schema > /dev/full`
+        print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        _drop_output(stdout)
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed; a usage error exits 2 (argparse)."""
     p = parser()
     # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
     # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
@@ -1112,24 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = extra[1:]
     if extra:
         getattr(args, "action_parser", p).error(f"unrecognized arguments: {' '.join(extra)}")
-    stdout = sys.stdout
-    sys.stdout = _Output(stdout)
-    try:
-        code = int(args.fn(args))
-        sys.stdout.flush()  # here, not at exit, where a failure is a traceback
-        return code
-    except StoreError as err:
-        print(f"edge-stream: {err}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `edge-stream schema | head`: the reader has what it wanted
-        _drop_output(stdout)
-        return 1
-    except _OutputError as err:  # `edge-stream schema > /dev/full`
-        print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
-        _drop_output(stdout)
-        return 1
-    finally:
-        sys.stdout = stdout
+    return args
 
 
 class _OutputError(OSError):

@@ -173,7 +173,7 @@ def test_keygen_says_when_the_environment_key_will_be_used_instead(
 
 @pytest.mark.parametrize(
     "args",
-    [["schema"], ["config", "show"], ["check-config"], ["docs", "--out", "DOCS"]],
+    [["schema"], ["config", "show"], ["check-config"], ["docs", "--out", "DOCS"], ["--version"]],
 )
 def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
     tmp_path: Path,
