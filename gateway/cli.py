@@ -80,7 +80,8 @@ from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
 
-DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
+# An empty EDGE_STREAM_CONFIG is unset (it named the file "", "cannot read ''").
+DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG") or "config/gateway.yaml"
 
 
 def _refuse(err: ConfigError, path: str) -> NoReturn:

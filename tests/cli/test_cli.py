@@ -1346,6 +1346,14 @@ def test_config_show_and_diff_refuse_an_invalid_file_in_one_line(tmp_path: Path)
     assert missing.stderr.endswith("error: the following arguments are required: NEWFILE\n")
 
 
+def test_an_empty_edge_stream_config_is_the_default_file() -> None:
+    # `EDGE_STREAM_CONFIG= edge-stream check-config` said "edge-stream: : cannot read the
+    # config file", a file named ""
+    result = cli("check-config", env={"EDGE_STREAM_CONFIG": ""})
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("config/gateway.yaml: ok")
+
+
 def test_run_on_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path: Path) -> None:
     # It stopped with mkdir's FileExistsError traceback.
     in_the_way = tmp_path / "data"
