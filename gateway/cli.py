@@ -417,7 +417,7 @@ def _ask_reload(
     request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60, context=context) as response:
-            return json.loads(response.read(1 << 20)), None
+            body = response.read(1 << 20)
     except urllib.error.HTTPError as err:
         err.close()  # it holds the answer's connection
         hint = ""
@@ -435,6 +435,20 @@ def _ask_reload(
         raise SystemExit(1) from None
     except (OSError, ValueError) as err:
         return None, getattr(err, "reason", err)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or "outcome" not in answer:
+        # another program on web.listen: a JSON list read as the answer was an
+        # AttributeError traceback, a page "no gateway answers (Expecting value ...)"
+        print(
+            f"edge-stream: {url}: what answers there is not an Edge Stream gateway (not its"
+            " reload answer); is web.listen the address of the gateway?",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    return answer, None
 
 
 def _other_file(path: str, answer: dict[str, Any]) -> str | None:
