@@ -939,6 +939,9 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
+LIMIT_MAX = 1_000_000_000  # the largest --limit: more than a store holds
+
+
 def _positive(text: str) -> int:
     """An argparse type: a whole number of at least 1 (a --limit of 0 printed nothing, and a
     negative one everything, as SQLite reads LIMIT -1)."""
@@ -948,6 +951,8 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number > LIMIT_MAX:  # past SQLite's integers it was an OverflowError traceback
+        raise argparse.ArgumentTypeError(f"must be at most {LIMIT_MAX}, got {number}")
     return number
 
 

@@ -1175,6 +1175,10 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
             refused = cli(*args, "--limit", limit, "-c", str(config))
             assert (refused.returncode, refused.stdout) == (2, ""), args
             assert refused.stderr.endswith(f"argument --limit: must be at least 1, got {limit}\n")
+    # one past SQLite's integers was an OverflowError traceback
+    refused = cli("dead-letters", "list", "--limit", str(1 << 64), "-c", str(config))
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.endswith(f"--limit: must be at most 1000000000, got {1 << 64}\n")
 
     # the numbers after -c FILE as well as before it (argparse left those over)
     purged = cli("dead-letters", "purge", str(dead[3].seq), "-c", str(config), "999999")
