@@ -1134,6 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
         _drop_output(stdout)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C at a password prompt printed a traceback
+        print("\nedge-stream: interrupted", file=sys.stderr)
+        return 130
     finally:
         sys.stdout = stdout
 

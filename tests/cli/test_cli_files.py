@@ -156,6 +156,34 @@ def test_a_value_or_password_that_is_not_utf8_or_too_long_is_one_line(
     assert not (tmp_path / "data" / "web-users").exists()
 
 
+class _CtrlC(io.StringIO):
+    def read(self, *_args: object) -> str:
+        raise KeyboardInterrupt
+
+    readline = read
+
+
+@pytest.mark.parametrize("args", [["secret", "encrypt"], ["web", "passwd", "ann"]])
+def test_ctrl_c_at_a_prompt_ends_the_command_without_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    monkeypatch.setattr("sys.stdin", _CtrlC())
+    extra = ["--key-file", str(key)] if args[0] == "secret" else ["-c", str(tmp_path / "a")]
+    try:
+        code, out, err = run(capsys, *args, *extra)
+    except KeyboardInterrupt:  # not let through: it would stop the test run
+        pytest.fail("Ctrl-C came out of main(): a traceback")
+    assert (code, out) == (130, "")
+    assert err.endswith("\nedge-stream: interrupted\n")
+    assert not (tmp_path / "data").exists()
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
