@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import base64
 import getpass
+import http.client
 import json
 import os
 import ssl
@@ -368,8 +369,8 @@ def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | Non
             raw = data.get("web") or {}
             keys = ("listen", "username", "password", "tls_cert", "tls_key")
             web = WebSection(**{k: raw[k] for k in keys if k in raw})
-            if not isinstance(web.listen, str) or ":" not in web.listen:
-                raise ValueError
+            if not isinstance(web.listen, str) or web.listen_problem():
+                raise ValueError  # no address to ask: the load's error says why
             if any(isinstance(v, str) and secrets.has_secret(v) for v in raw.values()):
                 # an ENC(...) this shell cannot decrypt (no key): its text was sent as the
                 # password, and the 401 said to set web.password; the load's error says why
@@ -433,7 +434,7 @@ def _ask_reload(
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, http.client.HTTPException) as err:  # InvalidURL: 'a b:1'
         return None, getattr(err, "reason", err)
     try:
         answer = json.loads(body)

@@ -135,3 +135,27 @@ def test_another_program_on_web_listen_is_said_not_a_traceback(
         " an Edge Stream gateway (not its reload answer); is web.listen the address of the"
         " gateway?\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("listen", "said"),
+    [
+        ("127.0.0.1:abc", "web.listen: '127.0.0.1:abc' must read host:port, e.g. 127.0.0.1:8080"),
+        ("a b:1", "no gateway answers at http://a b:1/api/config/reload (URL can't contain"),
+    ],
+)
+def test_a_web_listen_that_makes_no_url_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str, said: str
+) -> None:
+    # both were an http.client.InvalidURL traceback ("nonnumeric port: 'abc'")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\nweb: {{listen: '{listen}'}}\n"
+    )
+    try:
+        code = main(["reload", "-c", str(config)])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert said in err
