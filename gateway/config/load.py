@@ -344,7 +344,8 @@ def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, in
         raise ConfigError(f"{source}: the config is {_TOO_LARGE}: is this the right file?")
     key_lines: dict[int, dict[Any, int]] = {}
     if source.endswith(".json"):
-        data = _parse_json(text, source)
+        # a byte order mark (Notepad writes one): YAML reads past it, json refused the file
+        data = _parse_json(text.removeprefix("\ufeff"), source)
         shape = data
         try:  # JSON is YAML: read again by the line-keeping loader, for the keys' lines
             shape, key_lines = _parse_yaml(text, source)

@@ -926,6 +926,14 @@ def test_a_named_pipe_given_as_the_file_is_refused_not_waited_on(tmp_path: Path)
                       " and sinks (config/gateway.yaml is an example to start from)"]]  # fmt: skip
 
 
+def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -> None:
+    # json refused it: "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)"
+    for name in ("gateway.json", "gateway.yaml"):
+        path = tmp_path / name
+        path.write_bytes(b'\xef\xbb\xbf{"gateway": {"id": "pi-01", "data_dir": "d"}}\n')
+        assert load(path, environ={}).gateway.id == "pi-01"
+
+
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "# " + "x" * (256 << 10) + "\n")
     assert problems(path) == [
