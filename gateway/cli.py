@@ -1118,8 +1118,9 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stdout = sys.stdout
+    stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
+    sys.stderr = _TerminalSafe(stderr)
     try:
         args = _arguments(argv)
         code = int(args.fn(args))
@@ -1139,7 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nedge-stream: interrupted", file=sys.stderr)
         return 130
     finally:
-        sys.stdout = stdout
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -1205,6 +1206,25 @@ class _Output:
             raise
         except OSError as err:
             raise _OutputError(err.errno, err.strerror) from err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _TerminalSafe:
+    """sys.stderr while a command runs: on a terminal, control characters are written as
+    \\xNN (see _TERMINAL_SAFE). The problems of a config name its keys as written, and a
+    key holding an escape sequence (a config from elsewhere) acted on the terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._terminal = stream.isatty()
+        except (AttributeError, OSError, ValueError):
+            self._terminal = False
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(_TERMINAL_SAFE) if self._terminal else text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

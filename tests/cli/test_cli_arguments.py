@@ -193,3 +193,18 @@ def test_control_characters_from_publishers_do_not_reach_the_terminal() -> None:
     pipe = io.StringIO()  # a pipe or a file gets the text as it is
     _Output(pipe).write(hostile)
     assert pipe.getvalue() == hostile
+
+
+def test_control_characters_in_a_config_s_keys_do_not_reach_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # check-config names a key as written: a source named "s\e[2J" cleared the terminal
+    config = tmp_path / "gateway.yaml"
+    config.write_text('sources:\n  "s\\e[2J": {type: system, interval: 1m}\n')
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    with pytest.raises(SystemExit) as stop:
+        main(["check-config", "-c", str(config)])
+    assert stop.value.code == 1
+    assert "\x1b" not in terminal.getvalue()
+    assert "sources.s\\x1b[2J: names use letters" in terminal.getvalue()
