@@ -95,6 +95,40 @@ class GatewaySection:
                 " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
                 " control characters",
             )
+        for key, example in (
+            ("data_dir", "/var/lib/edge-stream"),
+            ("secret_key_file", "/var/lib/edge-stream/secret.key"),
+        ):
+            problem = _path_problem(getattr(self, key), example)
+            if problem:
+                yield key, problem
+
+
+def _path_problem(path: str | None, example: str) -> str | None:
+    """Why `path` (gateway.data_dir, secret_key_file) names no place the user meant, or
+    None: '' was the current folder (/ for a service), '~/data' a folder named '~' in it."""
+    if path is None:
+        return None
+    if not path.strip():
+        return f"{path!r} is no path; write one, e.g. {example}"
+    if path.startswith("~"):
+        return (
+            f"{path!r}: ~ is not expanded (it would be a folder named '~' in the current"
+            f" one); write the path in full, e.g. {example}"
+        )
+    if not path.isprintable():
+        return f"{path!r} holds a control character"
+    return None
+    if not path.strip():
+        return f"{path!r} names no folder; write one, e.g. /var/lib/edge-stream"
+    if path.startswith("~"):
+        return (
+            f"{path!r}: ~ is not expanded (the gateway would make a folder named '~');"
+            " write the path in full, e.g. /home/pi/" + path.lstrip("~/")
+        )
+    if not path.isprintable():
+        return f"{path!r} holds a control character"
+    return None
 
 
 @dataclass(frozen=True)

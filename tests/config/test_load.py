@@ -934,6 +934,26 @@ def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -
         assert load(path, environ={}).gateway.id == "pi-01"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("data_dir", "''", "'' is no path; write one, e.g. /var/lib/edge-stream"),
+        ("data_dir", "'~/gw'", "'~/gw': ~ is not expanded (it would be a folder named '~' in"),
+        ("secret_key_file", "'~/k'", "'~/k': ~ is not expanded"),
+        ("data_dir", '"a\\nb"', "'a\\nb' holds a control character"),
+    ],
+)
+def test_a_data_dir_or_key_file_that_names_no_place_meant_is_refused(
+    tmp_path: Path, key: str, value: str, problem: str
+) -> None:
+    # '' ran the gateway in the current folder (/ for a service); '~/gw' made a folder
+    # named '~' there: both passed check-config
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{id: a, {key}: {value}}}\nsinks: {{f: {{type: file}}}}\n")
+    [found] = problems(path)
+    assert found.startswith(f"{path}:1: gateway.{key}: {problem}"), found
+
+
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "# " + "x" * (256 << 10) + "\n")
     assert problems(path) == [
