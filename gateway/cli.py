@@ -499,7 +499,10 @@ def _key_file(args: argparse.Namespace) -> Path:
     if args.key_file:
         return Path(args.key_file)
     if not Path(args.config).is_file():
-        return _without_config(args.config, Path("./data/secret.key"))
+        default = Path("./data/secret.key")
+        if args.action in ("encrypt", "decrypt") and os.environ.get(secrets.ENV_KEY):
+            return default  # not used: the key comes from the environment
+        return _without_config(args.config, default)
     gateway = _gateway_section(args.config)
     if gateway.secret_key_file:
         return Path(gateway.secret_key_file)

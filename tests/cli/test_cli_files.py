@@ -91,6 +91,10 @@ def test_a_config_file_that_is_not_there_is_said_when_the_defaults_are_used(
     code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(tmp_path))
     assert (code, out.startswith("data/web-users: added ann")) == (0, True)
     assert err == f"edge-stream: note: {tmp_path} is not a file; using data/web-users\n"
+    # with the key in the environment, no file is used: nothing to say
+    monkeypatch.setenv("EDGE_STREAM_SECRET_KEY", "ab" * 32)
+    code, out, err = run(capsys, "secret", "encrypt", "v", "-c", typo)
+    assert (code, out.startswith("ENC("), err) == (0, True, "")
 
 
 def test_rotate_reads_the_config_as_the_gateway_does(
