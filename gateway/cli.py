@@ -960,6 +960,15 @@ def _positive(text: str) -> int:
     return number
 
 
+def _path(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (`--out ""` was a ValueError
+    traceback, `-c ""` "edge-stream: : cannot read the config file", and `--key-file ""`
+    was ignored for the config's key)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name a file")
+    return text
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a number of seconds above 0 (`--timeout 0`, -1 or nan ended the push
     at once and said the broker could not be reached)."""
@@ -981,7 +990,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML/JSON)")
+        sp.add_argument(
+            "-c", "--config", type=_path, default=DEFAULT_CONFIG, help="config file (YAML/JSON)"
+        )
         return sp
 
     def group(name: str, help: str, fn: Any) -> Callable[..., argparse.ArgumentParser]:
@@ -1015,7 +1026,7 @@ def parser() -> argparse.ArgumentParser:
     )
     conf("show", "print the effective config as YAML, secrets written ***")
     conf("diff", "what NEWFILE would change, component by component").add_argument(
-        "new", metavar="NEWFILE", help="the new config file"
+        "new", type=_path, metavar="NEWFILE", help="the new config file"
     )
     conf("history", "the reloads recorded in the store, oldest first").add_argument(
         "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
@@ -1038,7 +1049,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "value", nargs="?", metavar="VALUE|-", help="`-` or none: stdin, or a prompt"
             )
-        sp.add_argument("--key-file", metavar="KEY", help="the key file (default: the config's)")
+        sp.add_argument(
+            "--key-file", type=_path, metavar="KEY", help="the key file (default: the config's)"
+        )
 
     dl = group("dead-letters", "inspect and replay dead letters", cmd_dead_letters)
     dl("list", "the newest dead letters, oldest first").add_argument(
@@ -1078,7 +1091,9 @@ def parser() -> argparse.ArgumentParser:
     state("reset", "forget a component's state").add_argument("component", metavar="ROUTE.N")
 
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
-    docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
+    docs.add_argument(
+        "--out", type=_path, default="docs/reference", help="folder (default docs/reference)"
+    )
     docs.set_defaults(fn=cmd_docs)
     schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
     schema.set_defaults(fn=cmd_schema)
@@ -1089,13 +1104,15 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
     """`config keygen-signing | sign | push` (the remote config's operator side): they read
     no config file, so they take no -c."""
     conf("keygen-signing", "an Ed25519 key pair for remote config", config=False).add_argument(
-        "--out", required=True, metavar="KEY", help="the private key file to write"
+        "--out", type=_path, required=True, metavar="KEY", help="the private key file to write"
     )
     sign = conf("sign", "print the signed envelope of FILE", config=False)
     push = conf("push", "publish FILE to a gateway, wait for its answer", config=False)
     for sp in (sign, push):
-        sp.add_argument("new", metavar="FILE", help="the config file to send")
-        sp.add_argument("--key", required=True, metavar="KEY", help="the Ed25519 private key (PEM)")
+        sp.add_argument("new", type=_path, metavar="FILE", help="the config file to send")
+        sp.add_argument(
+            "--key", type=_path, required=True, metavar="KEY", help="the Ed25519 private key (PEM)"
+        )
         sp.add_argument(
             "--gateway", required=True, metavar="ID", help="the gateway id the document is for"
         )
@@ -1108,9 +1125,11 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
     push.add_argument(
         "--username", metavar="U", help=f"MQTT user name (password from ${PUSH_PASSWORD_ENV})"
     )
-    push.add_argument("--ca-file", metavar="F", help="CA bundle for mqtts://")
-    push.add_argument("--cert-file", metavar="F", help="client certificate for mqtts://")
-    push.add_argument("--cert-key", metavar="F", help="its private key")
+    push.add_argument("--ca-file", type=_path, metavar="F", help="CA bundle for mqtts://")
+    push.add_argument(
+        "--cert-file", type=_path, metavar="F", help="client certificate for mqtts://"
+    )
+    push.add_argument("--cert-key", type=_path, metavar="F", help="its private key")
     push.add_argument(
         "--timeout",
         type=_seconds,

@@ -60,6 +60,11 @@ def test_an_argument_a_command_does_not_take_is_refused(
         (["secret", "rotate", "value"], "unrecognized arguments: value"),
         (["secret", "keygen", "value"], "unrecognized arguments: value"),
         (["web", "passwd", "ann", "--force"], "unrecognized arguments: --force"),
+        # an empty path: a ValueError traceback, "edge-stream: : cannot read", ignored
+        (["config", "keygen-signing", "--out", ""], "argument --out: an empty path; name a file"),
+        (["config", "show", "-c", ""], "argument -c/--config: an empty path; name a file"),
+        (["secret", "encrypt", "v", "--key-file", ""],
+         "argument --key-file: an empty path; name a file"),
     ],
 )  # fmt: skip
 def test_an_option_of_another_action_is_refused(
