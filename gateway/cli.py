@@ -989,25 +989,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument(
-            "-c", "--config", type=_path, default=DEFAULT_CONFIG, help="config file (YAML/JSON)"
-        )
+    def with_config(sp: argparse.ArgumentParser, default: str = DEFAULT_CONFIG) -> Any:
+        help = f"config file (YAML/JSON; default: {DEFAULT_CONFIG})"
+        sp.add_argument("-c", "--config", type=_path, default=default, help=help)
         return sp
 
     def group(name: str, help: str, fn: Any) -> Callable[..., argparse.ArgumentParser]:
         """The command `name` with actions; the returned function adds one."""
-        actions = sub.add_parser(name, help=help).add_subparsers(
-            dest="action", required=True, metavar="ACTION"
-        )
+        command = sub.add_parser(name, help=help)
+        # `config -c FILE show`, the order the one parser of the group took: kept working
+        # (see _arguments), for the actions that read a config
+        command.add_argument(
+            "-c", "--config", dest="group_config", type=_path, default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
+        actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
 
         def action(
             verb: str, help: str, config: bool = True, late: str | None = None
         ) -> argparse.ArgumentParser:
             sp = actions.add_parser(verb, help=help, description=help)
             # late: its optional positional, which main() takes when it comes after an option
-            sp.set_defaults(fn=fn, late=late, action_parser=sp)
-            return with_config(sp) if config else sp
+            sp.set_defaults(fn=fn, late=late, action_parser=sp, takes_config=config)
+            return with_config(sp, argparse.SUPPRESS) if config else sp
 
         return action
 
@@ -1183,6 +1187,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         extra = extra[1:]
     if extra:
         getattr(args, "action_parser", p).error(f"unrecognized arguments: {' '.join(extra)}")
+    group_config = vars(args).pop("group_config", None)
+    if getattr(args, "takes_config", False):  # -c after the action first, else before it
+        args.config = getattr(args, "config", None) or group_config or DEFAULT_CONFIG
+    elif group_config is not None:  # `config -c FILE sign ...`: sign reads no config
+        args.action_parser.error(f"unrecognized arguments: -c {group_config}")
     return args
 
 

@@ -213,3 +213,18 @@ def test_control_characters_in_a_config_s_keys_do_not_reach_the_terminal(
     assert stop.value.code == 1
     assert "\x1b" not in terminal.getvalue()
     assert "sources.s\\x1b[2J: names use letters" in terminal.getvalue()
+
+
+def test_the_config_file_may_come_before_the_action_as_it_did(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `config -c FILE versions`, taken by the one parser of the group, then read as the
+    # action: "invalid choice: 'FILE'"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\n")
+    assert main(["config", "-c", str(config), "versions"]) == 0
+    assert capsys.readouterr().out == f"0 kept versions under {tmp_path / 'data'}/config-history\n"
+    with pytest.raises(SystemExit) as stop:  # an action that reads no config
+        main(["config", "-c", str(config), "keygen-signing", "--out", str(tmp_path / "k")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: unrecognized arguments: -c {config}\n")
