@@ -75,7 +75,7 @@ from gateway.config.load import (
     parse_text,
     read_text,
 )
-from gateway.config.model import Config, GatewaySection
+from gateway.config.model import Config, GatewaySection, path_problem
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.errors import ConfigError
 from gateway.store import admin
@@ -597,6 +597,9 @@ def _users_file(args: argparse.Namespace) -> Path:
     if users_file is not None and not isinstance(users_file, str):
         message = f"{args.config}: web.users_file: expected a path, got {users_file!r}"
         _refuse(ConfigError(message), args.config)
+    problem = path_problem(users_file or None, "/var/lib/edge-stream/web-users")
+    if problem:  # '~/u' wrote a folder named '~' here, where the gateway does not look
+        _refuse(ConfigError(f"{args.config}: web.users_file: {problem}"), args.config)
     return users_path(users_file, data_dir)
 
 

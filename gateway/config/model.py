@@ -99,12 +99,12 @@ class GatewaySection:
             ("data_dir", "/var/lib/edge-stream"),
             ("secret_key_file", "/var/lib/edge-stream/secret.key"),
         ):
-            problem = _path_problem(getattr(self, key), example)
+            problem = path_problem(getattr(self, key), example)
             if problem:
                 yield key, problem
 
 
-def _path_problem(path: str | None, example: str) -> str | None:
+def path_problem(path: str | None, example: str) -> str | None:
     """Why `path` (gateway.data_dir, secret_key_file) names no place the user meant, or
     None: '' was the current folder (/ for a service), '~/data' a folder named '~' in it."""
     if path is None:
@@ -399,6 +399,9 @@ class WebSection:
         problem = self.listen_problem()
         if problem:
             yield "listen", problem
+        problem = path_problem(self.users_file or None, "/var/lib/edge-stream/web-users")
+        if problem:
+            yield "users_file", problem
         # HTTP basic auth sends "user:password" and splits at the first ':', so a name
         # holding one could never log in that way; a control character cannot be typed.
         bad = sorted({c for c in self.username or "" if c == ":" or not c.isprintable()})

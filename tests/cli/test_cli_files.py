@@ -188,6 +188,20 @@ def test_ctrl_c_at_a_prompt_ends_the_command_without_a_traceback(
     assert not (tmp_path / "data").exists()
 
 
+def test_web_passwd_refuses_a_users_file_under_a_tilde(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # web.users_file: ~/users wrote ./~/users (~ is not expanded), where no gateway looks
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "gateway.yaml"
+    config.write_text("gateway: {id: a, data_dir: d}\nweb: {users_file: ~/users}\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("password1\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(config))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: {config}: web.users_file: '~/users': ~ is not expanded")
+    assert not (tmp_path / "~").exists()
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
