@@ -870,15 +870,22 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 def _drop_sink(args: argparse.Namespace) -> int:
     """`store drop-sink NAME`: forget a sink removed from the config, and its backlog."""
-    config = _config(args.config)
-    if args.name in config.sinks:
+    # The sinks' names as written (overrides applied), not validated: README says the store
+    # commands validate only the gateway: section; a mistake elsewhere refused it whole.
+    raw = _raw_config(args.config)
+    data_dir = _gateway_section(args.config, raw).data_dir
+    sinks = raw[0].get("sinks") or {}
+    if not isinstance(sinks, dict):
+        message = f"{args.config}: sinks: expected a mapping, got {type(sinks).__name__}"
+        _refuse(ConfigError(message), args.config)
+    if args.name in sinks:
         print(
             f"edge-stream: sink {args.name!r} is in {args.config}; remove it from the config"
             " (and reload) before dropping what waits for it",
             file=sys.stderr,
         )
         return 1
-    with admin.open_admin(_store_path(args)) as store:
+    with admin.open_admin(Path(data_dir) / "store.db") as store:
         waiting = store.drop_sink(args.name)
     print(f"dropped sink {args.name!r} and the {waiting} FlowFile(s) that waited for it")
     return 0

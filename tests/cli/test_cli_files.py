@@ -276,6 +276,18 @@ def test_the_store_commands_need_only_the_data_dir_of_the_config(
     assert run(capsys, "state", "list", "-c", c) == (0, "", "")
     code, out, err = run(capsys, "store", "stats", "-c", c)
     assert (code, err) == (0, "") and out.splitlines()[1].split() == ["out", "0", "-"]
+    # drop-sink loaded the whole config too (its sinks' names are all it needs)
+    code, out, err = run(capsys, "store", "drop-sink", "out", "-c", c)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: sink 'out' is in {c}; remove it from the config")
+    config.write_text(config.read_text().replace("sinks: [out]", "sinks: [two]"))
+    config.write_text(config.read_text().replace("{out: {type: fiel}}", "{two: {type: fiel}}"))
+    code, out, err = run(capsys, "store", "drop-sink", "out", "-c", c)
+    assert (code, out, err) == (
+        0,
+        "dropped sink 'out' and the 0 FlowFile(s) that waited for it\n",
+        "",
+    )
 
 
 @pytest.mark.parametrize(
