@@ -10,6 +10,7 @@ edge-stream config show -c FILE                  print the effective config (ove
                                                  every secret written ***
 edge-stream config diff -c FILE NEWFILE          what NEWFILE would change, component by
                                                  component; secrets shown as `changed`
+edge-stream config history -c FILE [--limit N]   the reloads the gateway recorded
 edge-stream config versions -c FILE              the kept versions of FILE (name, time,
                                                  hash), newest first: the texts that API
                                                  edits and rollbacks replaced
@@ -33,6 +34,8 @@ edge-stream secret rotate -c FILE                a new key; re-encrypt FILE's EN
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
+edge-stream store drop-sink NAME -c FILE         forget a sink removed from FILE, and its
+                                                 backlog
 edge-stream state list|show|reset [COMPONENT]    processors' kept state (windows, deadband),
                                                  named ROUTE.N; reset on a running gateway
                                                  is done by it within seconds
@@ -46,6 +49,9 @@ edge-stream web passwd USER [--role viewer|operator] [-c FILE]
 edge-stream docs [--out docs/reference]          write the config reference, a page per
                                                  component, from the config schema
 edge-stream schema                               print the JSON Schema of the config file
+
+Each action has its own options (`edge-stream config push --help`); another action's is a
+usage error, exit 2.
 """
 
 from __future__ import annotations
