@@ -45,7 +45,9 @@ edge-stream store reset [--force]                move a damaged store aside, sta
 edge-stream web passwd USER [--role viewer|operator] [-c FILE]
                                                  add a console user or set its password
                                                  (asked twice; or one line on stdin) in
-                                                 web.users_file (default <data_dir>/web-users)
+                                                 web.users_file (default <data_dir>/web-users);
+                                                 ends the user's sessions; refused for
+                                                 web.username (its password is web.password)
 edge-stream docs [--out docs/reference]          write the config reference, a page per
                                                  component, from the config schema
 edge-stream schema                               print the JSON Schema of the config file
@@ -76,13 +78,12 @@ from gateway.config import files, secrets
 from gateway.config.load import (
     MAX_BYTES,
     apply_env,
-    format_problem,
+    gateway_section,
     load,
     parse_text,
     read_text,
 )
 from gateway.config.model import Config, GatewaySection, path_problem
-from gateway.config.schema import Problems, build_dataclass
 from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
@@ -203,12 +204,10 @@ def _gateway_section(
     in this shell), but a mistake in this section is refused as check-config says it: a
     `datadir:` read as the default ./data had them act on another store."""
     data, lines, env = raw or _raw_config(path)
-    problems = Problems()
-    section = build_dataclass(GatewaySection, data.get("gateway"), ("gateway",), problems)
-    if problems or section is None:
-        found = [format_problem(path, lines, p, message, env) for p, message in problems.items]
-        _refuse(ConfigError(found), path)
-    return section  # type: ignore[no-any-return]
+    try:
+        return gateway_section(path, data, lines, env)
+    except ConfigError as err:
+        _refuse(err, path)
 
 
 def _data_dir(path: str) -> str:
@@ -586,27 +585,29 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def _users_file(args: argparse.Namespace) -> Path:
-    """The config's web.users_file, else <data_dir>/web-users, read without validating the
-    rest (a config that listens beyond localhost is refused until a user exists)."""
+def _web_section(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The users file (the config's web.users_file, else <data_dir>/web-users) and the
+    config's web: mapping, read once without validating the rest (a config that listens
+    beyond localhost is refused until a user exists)."""
     from gateway.web.access import users_path
 
     if not Path(args.config).is_file():
-        return _without_config(args.config, users_path(None, "./data"))
+        return _without_config(args.config, users_path(None, "./data")), {}
     raw = _raw_config(args.config)
     data_dir = _gateway_section(args.config, raw).data_dir
     web = raw[0].get("web")
     if web is not None and not isinstance(web, dict):
         message = f"{args.config}: web: expected a mapping, got {type(web).__name__} {web!r}"
         _refuse(ConfigError(message), args.config)
-    users_file = (web or {}).get("users_file")
+    web = web or {}
+    users_file = web.get("users_file")
     if users_file is not None and not isinstance(users_file, str):
         message = f"{args.config}: web.users_file: expected a path, got {users_file!r}"
         _refuse(ConfigError(message), args.config)
     problem = path_problem(users_file or None, "/var/lib/edge-stream/web-users")
     if problem:  # '~/u' wrote a folder named '~' here, where the gateway does not look
         _refuse(ConfigError(f"{args.config}: web.users_file: {problem}"), args.config)
-    return users_path(users_file, data_dir)
+    return users_path(users_file, data_dir), web
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -616,7 +617,17 @@ def cmd_web(args: argparse.Namespace) -> int:
     if problem:
         print(f"edge-stream: {problem}", file=sys.stderr)
         return 1
-    path = _users_file(args)
+    path, web = _web_section(args)
+    if web.get("username") == args.user and web.get("password"):
+        # The console checks the config's account first: a line for the same name in the
+        # users file was never used, and the old password went on working.
+        print(
+            f"edge-stream: {args.user} is web.username in {args.config}: its password is"
+            " web.password there (change it, then reload); give users-file accounts"
+            " other names",
+            file=sys.stderr,
+        )
+        return 1
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.user}: ")
         if getpass.getpass("again: ") != password:

@@ -354,6 +354,9 @@ def _yaml() -> YAML:
     y = YAML(typ="rt")
     y.preserve_quotes = True
     y.width = 4096  # a long value stays on its line, as the user wrote it
+    # `[{type: json}]` stays so (ruamel.yaml writes a one-key mapping in a flow list
+    # without its braces: `[type: json]`, the same in YAML but not as it was written)
+    y.brace_single_entry_mapping_in_flow_sequence = True
     return y
 
 

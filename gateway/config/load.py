@@ -36,7 +36,7 @@ from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from gateway.config import secrets
-from gateway.config.model import Config
+from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Path as KeyPath
 from gateway.config.schema import Problems, WrittenFloat, build_dataclass
 from gateway.core.errors import ConfigError
@@ -644,6 +644,31 @@ def load_data(
             [format_problem(source, lines, p, found.scrub(p, m), env) for p, m in items]
         )
     return config  # type: ignore[no-any-return]
+
+
+def gateway_section(
+    source: str, data: dict[str, Any], lines: dict[KeyPath, int], env: dict[KeyPath, str]
+) -> GatewaySection:
+    """The parsed config's gateway: section (overrides applied), validated alone: what
+    needs only its data_dir or key file (kept versions, a rollback, the store commands)
+    works also on a file refused for another section. A mistake in this section is a
+    ConfigError as check-config words it: a `datadir:` read as the default ./data would
+    act on another store."""
+    problems = Problems()
+    section = build_dataclass(GatewaySection, data.get("gateway"), ("gateway",), problems)
+    if problems or section is None:
+        raise ConfigError(
+            [format_problem(source, lines, p, message, env) for p, message in problems.items]
+        )
+    return section  # type: ignore[no-any-return]
+
+
+def data_dir_of(path: str) -> str:
+    """The gateway.data_dir of the config file at `path`, read without validating the
+    rest of the file (see gateway_section); ConfigError if it cannot be read."""
+    data, lines = parse_text(read_text(path), path)
+    env = apply_env(data, dict(os.environ))
+    return gateway_section(path, data, lines, env).data_dir
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

@@ -342,11 +342,26 @@ def config_page(components: Iterable[Described]) -> str:
         "## Example",
         "",
         "```yaml",
-        _yaml({s: _section_sample(hints[s]) for s in SECTIONS}),
+        _yaml(_config_sample(hints, by_kind.get("sink", []))),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _config_sample(hints: dict[str, Any], sinks: list[Described]) -> dict[str, Any]:
+    """The sections' examples, with the sinks their routes name (an example route sent
+    to a sink the example lacked: check-config refused the example)."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        out[section] = _section_sample(hints[section])
+        if section != "routes":
+            continue
+        named = {n for route in out[section].values() for n in route.get("sinks", [])}
+        entry = next((e for e in sinks if e.type == "postgres"), None)
+        if named and entry is not None:
+            out["sinks"] = {n: sample(entry.cls.Config, entry.type) for n in sorted(named)}
+    return out
 
 
 def _section_sample(tp: Any) -> dict[str, Any]:
@@ -367,7 +382,7 @@ def pages(components: Iterable[Described]) -> dict[str, str]:
         "",
         f"{_GENERATED} `edge-stream schema` prints the same as a JSON Schema.",
         "",
-        "- [Top-level sections](config.md): gateway, buffer, mqtt, web, routes",
+        f"- [Top-level sections](config.md): {', '.join(SECTIONS)}",
     ]
     for entry in entries:
         name = page_name(entry.kind, entry.type)

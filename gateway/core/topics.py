@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 import time
 from collections.abc import Callable, Iterable
@@ -96,6 +97,43 @@ def validate_topic(topic: str) -> str | None:
         except UnicodeEncodeError:
             return "a topic must be valid Unicode text (it holds a lone surrogate)"
     return None
+
+
+# What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
+# 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
+# connection on one in a topic, a topic filter, a client id, a user name or a user property.
+_UNSENDABLE = re.compile(
+    "[\\x00-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef"
+    + "".join(f"\\U{p + 0xFFFE:08x}\\U{p + 0xFFFF:08x}" for p in range(0, 0x110000, 0x10000))
+    + "]"
+)
+
+
+def unsendable(text: str) -> str | None:
+    """Why MQTT brokers refuse `text` as a topic, client id, user name or property (a
+    control character or a Unicode non-character, named), or None."""
+    if text.isprintable():
+        # Fast: neither a control character (Cc) nor a non-character (Cn) is printable.
+        return None
+    bad = _UNSENDABLE.search(text)
+    if bad is None:
+        return None
+    return (
+        f"holds U+{ord(bad[0]):04X}, a control character or Unicode non-character that MQTT"
+        " brokers refuse"
+    )
+
+
+def validate_received_topic(topic: str) -> str | None:
+    """Return why `topic`, made from what a client sent (an HTTP request's path), is not
+    a topic name to take, or None: `validate_topic`'s rules, and no control character or
+    Unicode non-character (`unsendable`), which MQTT 5.0 (1.5.4, 4.7.3) says a topic
+    should not hold: it would end up raw in the log, the console and files, and an MQTT
+    sink would dead-letter it."""
+    problem = validate_topic(topic)
+    if problem is None and (bad := unsendable(topic)):
+        return f"a topic {bad}"
+    return problem
 
 
 def filters_overlap(a: str, b: str) -> bool:

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 from gateway.config.schema import mask_password
 from gateway.config.tls import load_client_cert
-
-# What an MQTT string should not hold and a broker may take for a malformed packet (MQTT
-# 5.0 section 1.5.4): control characters and Unicode non-characters. Mosquitto closes the
-# connection on one in a topic, a topic filter, a client id, a user name or a user property.
-_UNSENDABLE = re.compile(
-    "[\\x00-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef"
-    + "".join(f"\\U{p + 0xFFFE:08x}\\U{p + 0xFFFF:08x}" for p in range(0, 0x110000, 0x10000))
-    + "]"
-)
-
-
-def unsendable(text: str) -> str | None:
-    """Why MQTT brokers refuse `text` as a topic, client id, user name or property (a
-    control character or a Unicode non-character, named), or None."""
-    if text.isprintable():
-        # Fast: neither a control character (Cc) nor a non-character (Cn) is printable.
-        return None
-    bad = _UNSENDABLE.search(text)
-    if bad is None:
-        return None
-    return (
-        f"holds U+{ord(bad[0]):04X}, a control character or Unicode non-character that MQTT"
-        " brokers refuse"
-    )
+from gateway.core.topics import unsendable
 
 
 def unsendable_keys(config: object, names: tuple[str, ...]) -> Iterator[tuple[str, str]]:

@@ -95,7 +95,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import template_parts
+from gateway.core.topics import template_parts, unsendable
 from gateway.mqtt.client import (
     CONNECT_ERRORS,
     Client,
@@ -110,7 +110,6 @@ from gateway.mqtt.urls import (
     login,
     parse_url,
     tls_context,
-    unsendable,
     unsendable_keys,
 )
 

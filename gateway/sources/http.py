@@ -23,7 +23,10 @@ request is stored:
   400  a body that is not JSON (NaN, Infinity or a number beyond a double, such as
        1e999, neither), not an object or an array of objects, a gzip or
        deflate body that does not decompress, or a topic
-       that is no valid MQTT topic name (empty, `+`, `#`, NUL); a string with a
+       that is no valid MQTT topic name (empty, `+`, `#`, NUL, a control
+       character: U+0001 to U+001F, U+007F to U+009F, e.g. `%0A`, or a Unicode
+       non-character such as U+FFFF, which MQTT brokers refuse) or no UTF-8
+       once percent-decoded (`%FF`); a string with a
        lone surrogate (`"\\ud800"`: JSON, but no Unicode a database takes)
   414  a topic longer than 4096 bytes (UTF-8, prefix included)
   408  no byte of the body came for 30 s (a client gone mid-body without closing)
@@ -96,6 +99,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -106,7 +110,7 @@ from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
-from gateway.core.topics import validate_topic
+from gateway.core.topics import validate_received_topic
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -133,6 +137,18 @@ MAX_TOPIC = 4096  # bytes (UTF-8) of a topic, prefix included; longer: 414
 MAX_LINE = 64 << 10
 MAX_IDS = 100  # an answer lists the ids of up to this many FlowFiles; more: first and last
 BODY_IDLE = 30.0  # seconds without a byte of a body coming: the request is answered 408
+
+
+def _utf8_path(raw_path: str) -> bool:
+    """Whether a request's path, percent-decoded, is UTF-8. aiohttp leaves an escape that
+    decodes to no UTF-8 (`%FF`, an encoded surrogate `%ED%A0%80`) as the three characters
+    it was written with: `/ingest/a%FFb` was stored on topic `a%FFb`, the topic that
+    `/ingest/a%25FFb` names."""
+    try:
+        unquote_to_bytes(raw_path.partition("?")[0]).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -235,7 +251,7 @@ class HttpSourceConfig(SourceConfig):
             if len(token) < 16 or any(c.isspace() for c in token):
                 yield f"tokens.{i}", "a token needs at least 16 characters and no spaces"
         if self.prefix:
-            problem = validate_topic(self.prefix + "x")
+            problem = validate_received_topic(self.prefix + "x")
             if problem:
                 yield "prefix", problem
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -339,7 +355,8 @@ class HttpSource(Source):
             except ServedTlsError as err:  # the config check read them; changed since
                 raise PermanentError(f"{err.key}: {err}") from err
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
-        app.router.add_route("*", "/ingest/{topic:.*}", self._ingest)
+        # (?s): a topic holding a newline (%0A) is ours to refuse, 400, not the router's 404
+        app.router.add_route("*", "/ingest/{topic:(?s:.*)}", self._ingest)
         runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -454,10 +471,16 @@ class HttpSource(Source):
         if length is not None and length > cfg.max_body:
             return self._refuse(413, f"the body is larger than {cfg.max_body} bytes")
         path = request.match_info["topic"]
+        if not _utf8_path(request.raw_path):
+            return self._refuse(
+                400, "the topic in the path is not UTF-8 once percent-decoded (e.g. %FF)"
+            )
         topic = cfg.prefix + path
         if len(topic.encode(errors="replace")) > MAX_TOPIC:
             return self._refuse(414, f"the topic is longer than {MAX_TOPIC} bytes")
-        problem = validate_topic(topic) if path else "the path names no topic: /ingest/<topic>"
+        problem = (
+            validate_received_topic(topic) if path else "the path names no topic: /ingest/<topic>"
+        )
         if problem:
             return self._refuse(400, f"bad topic {topic!r}: {problem}")
         if not self.ctx.accepting():

@@ -123,7 +123,7 @@ from gateway.core.flowfile import (
     attributes_size,
     uuid7,
 )
-from gateway.core.topics import filters_overlap, validate_filter
+from gateway.core.topics import filters_overlap, unsendable, validate_filter
 from gateway.mqtt.urls import (
     TlsFilesError,
     client_cert_problems,
@@ -131,7 +131,6 @@ from gateway.mqtt.urls import (
     login,
     parse_url,
     tls_files,
-    unsendable,
     unsendable_keys,
 )
 from gateway.mqtt.wire import ConnectRefused, Subscriber

@@ -193,6 +193,14 @@ class Users:
         return self._users
 
     @property
+    def broken(self) -> bool:
+        """Whether the users file is there but cannot be read or is malformed (a typo in
+        a hand edit): no user of it logs in until it is fixed, but what was checked
+        against it holds again then."""
+        self._file_users()
+        return self._broken
+
+    @property
     def required(self) -> bool:
         """Whether the console asks for credentials at all (any account exists)."""
         return self._config_user is not None or bool(self._file_users()) or self._broken
@@ -238,12 +246,17 @@ class Session:
     csrf: str
     created: float
     seen: float
+    # what the password was checked against at the login (Users.credential): a session
+    # holds while it is still the account's, so a new password ends the old sessions
+    credential: str | None = None
 
 
 class Sessions:
     """Login sessions by their cookie value: at most `limit` (the least recently used
-    goes first), each ending `idle` seconds after its last request or `lifetime` after
-    the login."""
+    goes first), and at most a quarter of them one user's (that user's least recently
+    used goes first), each ending `idle` seconds after its last request or `lifetime`
+    after the login. Without the share, one account (a viewer) logging in 64 times
+    ended every other user's session."""
 
     def __init__(
         self,
@@ -258,10 +271,13 @@ class Sessions:
         self._clock = clock
         self._by_token: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, user: str) -> tuple[str, Session]:
+    def create(self, user: str, credential: str | None = None) -> tuple[str, Session]:
         now = self._clock()
         token = secrets.token_urlsafe(32)
-        session = Session(user, secrets.token_urlsafe(32), now, now)
+        session = Session(user, secrets.token_urlsafe(32), now, now, credential)
+        own = [t for t, held in self._by_token.items() if held.user == user]  # oldest first
+        for old in own[: max(0, len(own) + 1 - max(1, self.limit // 4))]:
+            del self._by_token[old]
         self._by_token[token] = session
         while len(self._by_token) > self.limit:
             self._by_token.popitem(last=False)
@@ -300,83 +316,179 @@ class _Bucket:
     at: float
 
 
+def client_keys(address: str) -> tuple[str, ...]:
+    """What the login limiter counts a client by: its address, and for an IPv6 address
+    also its /64 prefix. A host is given a whole /64 and may send from any address of it
+    (privacy addresses rotate), so counting IPv6 addresses one by one would give a guesser
+    an unbounded number of fresh tries; counting by the /64 alone let one host of a LAN (a
+    poller left with an old password) lock every other host of it out."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return (address,)  # not an IP address (a Unix socket): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return (str(ip.ipv4_mapped),)
+        return (str(ip), str(ipaddress.IPv6Network((ip, 64), strict=False)))
+    return (str(ip),)
+
+
+OVERFLOW = "*"  # the clients that found a level's table full of clients still held back
+
+
+class _Level:
+    """One count of the login limiter (per address, or per IPv6 /64): `burst` tries at
+    once, then one each `every` seconds, for at most `limit` clients and the overflow
+    entry that the others share; and the checks under way per entry."""
+
+    def __init__(self, burst: int, every: float, limit: int) -> None:
+        self.burst = burst
+        self.every = every
+        self.limit = limit
+        self.buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # checks running per entry, and an event for the tries waiting on them: an entry
+        # lives only while a check runs (bounded by the connections)
+        self.running: dict[str, int] = {}
+        self.ended: dict[str, asyncio.Event] = {}
+
+    def _refill(self, bucket: _Bucket, now: float) -> None:
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
+        bucket.at = now
+
+    def entry(self, key: str, now: float) -> str:
+        """The entry that counts `key`'s tries now, refilled: its own (made when new), or
+        the overflow entry while the table is full of clients still held back."""
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            self._refill(bucket, now)
+            self.buckets.move_to_end(key)
+            return key
+        overflow = self.buckets.get(OVERFLOW)
+        if overflow is not None:
+            self._refill(overflow, now)
+        if len(self.buckets) - (overflow is not None) >= self.limit:
+            oldest = next(k for k in self.buckets if k != OVERFLOW)
+            self._refill(self.buckets[oldest], now)
+            if self.buckets[oldest].tokens < self.burst or self.running.get(oldest):
+                # forgetting it would give it fresh tries: the new client shares the overflow
+                if overflow is None:
+                    self.buckets[OVERFLOW] = _Bucket(float(self.burst), now)
+                self.buckets.move_to_end(OVERFLOW)
+                return OVERFLOW
+            del self.buckets[oldest]  # it has all its tries back: nothing is forgotten
+        # A client may have been one of the overflow's: it starts with no more tries than
+        # the overflow has left, or a guesser that drained it would get a full bucket.
+        start = float(self.burst) if overflow is None else min(overflow.tokens, self.burst)
+        self.buckets[key] = _Bucket(start, now)
+        return key
+
+    def wait(self, entry: str) -> float:
+        """Seconds before `entry` has a try; 0 when it has one now."""
+        tokens = self.buckets[entry].tokens
+        return 0.0 if tokens >= 1 else (1 - tokens) * self.every
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `LoginLimiter.take` answers: the seconds the client must wait (0: its try is
+    taken, and `settled` must follow) and the entries the try was charged to."""
+
+    wait: float
+    entries: tuple[str, ...] = ()
+
+
 @dataclass
 class LoginLimiter:
-    """Failed logins per client address: `burst` at once, then one each `every` seconds.
-    The table holds at most `limit` addresses; when full, the one seen longest ago goes.
+    """Failed logins per client address: `burst` at once, then one each `every` seconds;
+    for an IPv6 address, also per /64 prefix (`client_keys`): `prefix_burst` at once, then
+    one each `prefix_every` seconds. A try is refused when either count has none left: a
+    host rotating the addresses of its /64 is held back by the looser prefix count, and a
+    host of a LAN failing again and again (a poller with an old password) uses up its own
+    address's tries long before the prefix's, so the other hosts still log in.
+
+    Each count's table holds at most `limit` clients. When it is full, the one seen
+    longest ago goes only if it has all its tries back (forgetting it changes nothing);
+    otherwise a new client shares one more entry with every other client not in the table.
+    Evicting a client still held back would give its guesser fresh tries for the price of
+    sending from `limit` other addresses.
 
     A try is counted before its password is checked (`take`), so that tries sent at once
     are limited as tries one after the other are, and given back when the password was
-    right (`settled`). A try that finds the client's tries taken only by checks still
-    running waits for them to end instead of being refused: a right password sent by
-    several requests at once (a dashboard polling in parallel) is not a 429."""
+    right (`settled`, to the entries `take` charged). A try that finds an entry's tries
+    taken only by checks still running waits for them to end instead of being refused: a
+    right password sent by several requests at once (a dashboard polling in parallel) is
+    not a 429."""
 
     burst: int = 5
     every: float = 10.0
+    prefix_burst: int = 50
+    prefix_every: float = 1.0
     limit: int = 1024
     clock: Monotonic = time.monotonic
-    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
-    # checks running per client, and an event for the tries waiting on them: an entry
-    # lives only while a check runs (bounded by the connections)
-    _running: dict[str, int] = field(default_factory=dict)
-    _ended: dict[str, asyncio.Event] = field(default_factory=dict)
+    _levels: tuple[_Level, _Level] = field(init=False)
 
-    def _bucket(self, client: str) -> _Bucket:
+    def __post_init__(self) -> None:
+        self._levels = (
+            _Level(self.burst, self.every, self.limit),
+            _Level(self.prefix_burst, self.prefix_every, self.limit),
+        )
+
+    def _entries(self, client: str) -> list[tuple[_Level, str]]:
         now = self.clock()
-        bucket = self._buckets.get(client)
-        if bucket is None:
-            bucket = self._buckets[client] = _Bucket(float(self.burst), now)
-            while len(self._buckets) > self.limit:
-                self._buckets.popitem(last=False)
-        else:
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
-            bucket.at = now
-            self._buckets.move_to_end(client)
-        return bucket
+        keys = client_keys(client)  # the address, and an IPv6 address's /64
+        levels = zip(self._levels, keys, strict=False)
+        return [(level, level.entry(key, now)) for level, key in levels]
 
     def wait(self, client: str) -> float:
         """Seconds before `client` may try again; 0 when it may now."""
-        bucket = self._bucket(client)
-        return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) * self.every
+        return max(level.wait(entry) for level, entry in self._entries(client))
 
     def failed(self, client: str) -> None:
-        bucket = self._bucket(client)
-        bucket.tokens = max(0.0, bucket.tokens - 1)
+        """Count a failed try of `client` (one that `take` did not count)."""
+        for level, entry in self._entries(client):
+            bucket = level.buckets[entry]
+            bucket.tokens = max(0.0, bucket.tokens - 1)
 
     def running(self, client: str) -> int:
-        """How many of `client`'s checks are under way (taken, not settled)."""
-        return self._running.get(client, 0)
+        """How many checks are under way (taken, not settled) on `client`'s address entry."""
+        level = self._levels[0]
+        return level.running.get(level.entry(client_keys(client)[0], self.clock()), 0)
 
-    async def take(self, client: str) -> float:
-        """Take a try for `client` before its password is checked (0; `settled` must
-        follow), or the seconds it must wait. While its tries are out only because
-        checks are still running, one of which may give its try back, wait for them."""
+    async def take(self, client: str) -> Taken:
+        """Take a try for `client` before its password is checked, or tell the seconds it
+        must wait. While an entry's tries are out only because checks are still running,
+        one of which may give its try back, wait for them."""
         while True:
-            wait = self.wait(client)
-            if wait == 0:
-                self.failed(client)
-                self._running[client] = self.running(client) + 1
-                return 0.0
-            if not self.running(client):
-                return wait
-            await self._ended.setdefault(client, asyncio.Event()).wait()
+            entries = self._entries(client)
+            empty = [(level, entry) for level, entry in entries if level.wait(entry) > 0]
+            if not empty:
+                for level, entry in entries:
+                    level.buckets[entry].tokens -= 1
+                    level.running[entry] = level.running.get(entry, 0) + 1
+                return Taken(0.0, tuple(entry for _, entry in entries))
+            if not all(level.running.get(entry) for level, entry in empty):
+                return Taken(max(level.wait(entry) for level, entry in empty))
+            level, entry = empty[0]
+            await level.ended.setdefault(entry, asyncio.Event()).wait()
 
-    def settled(self, client: str, right: bool) -> None:
+    def settled(self, taken: Taken, right: bool) -> None:
         """The check `take` allowed has ended; a right password's try does not count."""
-        left = self.running(client) - 1
-        if left > 0:
-            self._running[client] = left
-        else:
-            self._running.pop(client, None)
-        if right:
-            bucket = self._bucket(client)
-            bucket.tokens = min(float(self.burst), bucket.tokens + 1)
-        ended = self._ended.pop(client, None)
-        if ended is not None:
-            ended.set()
+        for level, entry in zip(self._levels, taken.entries, strict=False):
+            left = level.running.get(entry, 0) - 1
+            if left > 0:
+                level.running[entry] = left
+            else:
+                level.running.pop(entry, None)
+            bucket = level.buckets.get(entry)
+            if right and bucket is not None:
+                bucket.tokens = min(float(level.burst), bucket.tokens + 1)
+            ended = level.ended.pop(entry, None)
+            if ended is not None:
+                ended.set()
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        """The entries of the per-address count (clients and the overflow entry)."""
+        return len(self._levels[0].buckets)
 
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain")

@@ -275,9 +275,11 @@ def _preview(
 
 
 def _data_dir(path: str) -> str:
-    from gateway.config.load import load
+    """Its gateway.data_dir, as `config versions|rollback` read it: from the gateway:
+    section alone, so that a file broken elsewhere can still be rolled back."""
+    from gateway.config.load import data_dir_of
 
-    return load(path).gateway.data_dir
+    return data_dir_of(path)
 
 
 def _kept_versions(path: str) -> list[dict[str, Any]]:

@@ -35,13 +35,15 @@ Access (gateway/web/access.py): with no account (neither `web.username`/`web.pas
 a user in the users file) the console is open, and only on localhost (beyond it, once the
 last account is gone, every request is refused until one is added). Otherwise every
 request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
-SameSite=Strict) or HTTP basic auth; a viewer may only read. A request that changes
-something (any method but GET and HEAD) from a browser's page of another origin is
-refused; one made with a session cookie also needs the session's CSRF token in
-`X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
-`edge-stream reload`) needs no token. Failed logins are rate-limited per client address.
-A request whose Host is a name this gateway does not know is refused (DNS rebinding).
-A 401 closes the connection.
+SameSite=Strict) or HTTP basic auth; a viewer may only read. A session (and a
+remembered basic-auth check) ends when its user gets a new password or is removed. A
+request that changes something (any method but GET and HEAD) from a browser's page of
+another origin is refused (its Origin or Referer, `Origin: null` without a Referer of
+ours, Sec-Fetch-Site); one made with a session cookie also needs the session's CSRF token
+in `X-CSRF-Token` and an Origin or Referer of this server. Basic auth (scripts,
+`edge-stream reload`) needs no token. Failed logins are rate-limited per client (an IPv4
+address or an IPv6 /64). A request whose Host is a name this gateway does not know is
+refused (DNS rebinding). A 401 closes the connection.
 
 Bounds: request heads of at most 40 fields of 8 KiB; a connection that sends no complete
 request head for 10 s is closed (idle keep-alive and slow senders alike), and so is one
@@ -391,16 +393,38 @@ class WebServer:
             self._busy.add(request.protocol)
 
     def _same_origin(self, request: web.Request, required: bool) -> bool:
+        """Whether a request comes from this server's own page; with `required` False,
+        also one that tells no origin at all (a script: curl, `edge-stream reload`)."""
+        # A browser tells a request of another site so (Fetch metadata), whatever else
+        # it leaves out.
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if (fetch_site or "same-origin").lower() not in ("same-origin", "none"):
+            return False
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
             origin = request.headers.get("Referer")
+            if origin is None and request.headers.get("Origin") == "null":
+                # An opaque origin: a page of another site that sends no Referer
+                # (Referrer-Policy: no-referrer, a sandboxed frame) posts with
+                # `Origin: null`. No script sends it: it was taken for one, so a
+                # browser that kept basic-auth credentials (the console's 401 asks for
+                # them) reloaded, rolled back or purged for any site it visited. The
+                # console's own page under no-referrer (a proxy adding the policy) sends
+                # the same, and its browser says so in Fetch metadata, which no page
+                # can set.
+                return (fetch_site or "").lower() == "same-origin"
         if origin is None:
             return not required
         return access.same_origin(origin, request.scheme, request.headers.get("Host", ""))
 
     def _unauthorized(self, request: web.Request) -> web.Response:
         response = _text(401, "credentials needed\n", close=True)
-        if COOKIE not in request.cookies:  # an expired session: the page goes to /login
+        # No challenge for an expired session, nor for a request the console's script
+        # made (fetch, EventSource: Sec-Fetch-Dest empty), whose cookie a logout in
+        # another tab deleted: the browser would put up its own password dialog and hold
+        # the request until it is answered, where the page goes to /login instead.
+        scripted = request.headers.get("Sec-Fetch-Dest") == "empty"
+        if COOKIE not in request.cookies and not scripted:
             response.headers["WWW-Authenticate"] = 'Basic realm="edge-stream"'
         return response
 
@@ -408,15 +432,36 @@ class WebServer:
         token = request.cookies.get(COOKIE)
         if token:
             session = self.sessions.get(token)
-            role = self.users.role(session.user) if session else None
-            if session is not None and role is not None:
-                return Identity(session.user, role, "session", session.csrf, token)
+            if session is not None:
+                role = self._session_role(session)
+                if role is not None:
+                    return Identity(session.user, role, "session", session.csrf, token)
+                if self.users.broken:  # it may be fine once the file is: refused, kept
+                    return self._users_broken()
+                self.sessions.drop(token)  # the account is gone or has a new password
         header = request.headers.get("Authorization", "")
         if header:
             return await self._basic(request, header)
         if not self.users.required and self.config.local_only:
             return Identity("", "operator", "open")
         return None
+
+    def _session_role(self, session: access.Session) -> str | None:
+        """The role of a session's account while the account is still there with the
+        password it logged in with; None once it was removed or given a new password
+        (`web passwd`): a stolen session cookie does not outlive a password change."""
+        if self.users.credential(session.user) != session.credential:
+            return None
+        return self.users.role(session.user)
+
+    def _users_broken(self) -> web.Response:
+        """The answer to a login made before the users file broke (a typo in a hand edit):
+        refused while it is broken, not ended, so that it holds again once it is fixed."""
+        return _text(
+            503,
+            f"the console users file {self.users.path} cannot be used (the gateway's log"
+            " says why); logins made before work again once it is fixed\n",
+        )
 
     def _no_account(self) -> web.Response:
         """The answer, beyond localhost, once no account is left (the users file emptied
@@ -437,6 +482,8 @@ class WebServer:
                 role = self.users.role(known[0])
                 if role is not None:
                     return Identity(known[0], role, "basic")
+            if self.users.broken:
+                return self._users_broken()
             del self._basic_ok[key]
         scheme, _, value = header.partition(" ")
         try:
@@ -459,17 +506,17 @@ class WebServer:
     ) -> str | web.StreamResponse:
         """The role of a right password; a 429 while the client must wait; a 401."""
         client = request.remote or "?"
-        wait = await self.limiter.take(client)
-        if wait > 0:
+        taken = await self.limiter.take(client)
+        if taken.wait > 0:
             response = _text(429, "too many failed logins; try again later\n", close=True)
-            response.headers["Retry-After"] = str(int(wait) + 1)
+            response.headers["Retry-After"] = str(int(taken.wait) + 1)
             return response
         role = None
         try:
             async with self._scrypt:
                 role = await self.users.check(user, password)
         finally:  # a check cut short counts as failed
-            self.limiter.settled(client, right=role is not None)
+            self.limiter.settled(taken, right=role is not None)
         if role is None:
             log.warning("web: a failed login as %r from %s", user[:64], client)
             return self._unauthorized(request)
@@ -526,6 +573,7 @@ class WebServer:
             if not self.config.local_only:
                 return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
+        credential = self.users.credential(user)  # before the check: what it checks
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
             if role.status == 401 and form:
@@ -537,7 +585,7 @@ class WebServer:
                 role = _json({"errors": ["wrong user name or password"]}, 401)
                 role.force_close()
             return role
-        token, session = self.sessions.create(user)
+        token, session = self.sessions.create(user, credential)
         log.info("web: %s logged in (%s) from %s", user, role, request.remote)
         answer: web.Response
         if form:
@@ -621,7 +669,7 @@ class WebServer:
         def allowed() -> bool:
             if identity.token is not None and not self.sessions.alive(identity.token):
                 return False
-            if identity.auth == "basic" and self.users.credential(identity.user) != credential:
+            if self.users.credential(identity.user) != credential:
                 return False
             return self.users.role(identity.user) is not None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.cli
 from gateway.cli import main
 
 pytestmark = pytest.mark.unit
@@ -345,3 +346,33 @@ def test_a_mistake_in_the_gateway_section_is_refused_not_read_as_the_default_dat
     ):
         assert run(capsys, *args, "-c", c) == refused, args
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+
+
+def test_web_passwd_refuses_the_name_of_the_configs_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `web passwd tech` with web.username tech wrote a users-file line the console never
+    # read (it checks the config's account first): "changed tech", and the old password
+    # went on working, its sessions too.
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{id: t, data_dir: {tmp_path / 'data'}}}\n"
+        "web: {username: tech, password: old-pass-123}\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    code, out, err = run(capsys, "web", "passwd", "tech", "-c", str(config))
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert "tech is web.username in" in err and "web.password" in err
+    assert not (tmp_path / "data" / "web-users").exists()
+    # The config was read twice (for the users file, then for web.username), and the
+    # usage text said neither that the sessions end nor that web.username is refused.
+    reads: list[str] = []
+    read_text = gateway.cli.read_text
+    monkeypatch.setattr(
+        gateway.cli, "read_text", lambda path: reads.append(path) or read_text(path)
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    assert run(capsys, "web", "passwd", "ann", "-c", str(config))[0] == 0
+    assert reads == [str(config)]
+    usage = " ".join((gateway.cli.__doc__ or "").split())
+    assert "ends the user's sessions; refused for web.username" in usage

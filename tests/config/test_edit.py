@@ -109,6 +109,18 @@ def test_changing_a_flow_style_sink_keeps_it_on_one_line(text: str) -> None:
     assert added == ['  cache: {type: file, path: "cache.jsonl", keep: 5}']
 
 
+def test_a_one_key_mapping_in_a_flow_list_keeps_its_braces() -> None:
+    # `processors: [{type: json}]` was written back `[type: json]` (the same in YAML, but
+    # not the form the user wrote) by any edit of its route, even of its sinks alone.
+    text = 'routes:\n  r:\n    match: "a/#"\n    processors: [{type: json}]\n    sinks: [o]\n'
+    value = {"match": ["a/#"], "processors": [{"type": "json"}], "sinks": ["o", "p"]}
+    new = edit.set_component(text, "routes", "r", value, "gw.yaml")
+    assert _changed_lines(text, new) == (["    sinks: [o]"], ["    sinks: [o, p]"])
+    value["processors"].append({"type": "json"})
+    new = edit.set_component(text, "routes", "r", value, "gw.yaml")
+    assert "    processors: [{type: json}, {type: json}]\n" in new
+
+
 def test_deleting_a_source_removes_only_its_lines(text: str) -> None:
     new = edit.remove_component(text, "sources", "host", "gw.yaml")
     removed, added = _changed_lines(text, new)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.topics import TopicMatcher, matches, validate_filter, validate_topic
+from gateway.core.topics import (
+    TopicMatcher,
+    matches,
+    validate_filter,
+    validate_received_topic,
+    validate_topic,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -101,6 +107,20 @@ def test_valid_topic_names(topic: str) -> None:
 def test_invalid_topic_names(topic: str, reason: str) -> None:
     problem = validate_topic(topic)
     assert problem is not None and reason in problem
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [("a\nb", "U+000A"), ("a\x7f", "U+007F"), ("a\x85", "U+0085"), ("a\uffff", "U+FFFF"),
+     ("a\ufdd0", "U+FDD0"), ("a\U0010fffe", "U+10FFFE"), ("a/#", "wildcards"),
+     ("\ud800", "surrogate")],
+)  # fmt: skip
+def test_a_received_topic_holds_nothing_an_mqtt_broker_refuses(topic: str, reason: str) -> None:
+    # A topic the http source took with a Unicode non-character (U+FFFF) was
+    # dead-lettered by the MQTT sink: the source checked control characters only.
+    problem = validate_received_topic(topic)
+    assert problem is not None and reason in problem
+    assert validate_received_topic("ünïcode/\u00a0ok") is None
 
 
 def test_matcher_names_each_matching_route_once_in_order() -> None:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -401,6 +402,13 @@ def test_a_route_name_error_is_shown_beside_the_name_field(
     browser.find_element(By.ID, "check").click()
     wait_for(lambda: "give the route a name" in beside_name(), 10, "the missing name")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".field-error")) == 1
+    # the file broken by hand (the gateway runs on): said, with the file's error; the
+    # editor said "no routes" and that the route "may have been removed"
+    gw.config_path.write_text(gw.config_path.read_text().replace("type: file", "type: fil"))
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor?route=lines")
+    wait_for(lambda: "does not load" in text(browser, "#route-outcome"), 10, "the file refused")
+    assert "sinks.archive.type: unknown sink type 'fil'" in text(browser, "#route-outcome")
+    assert text(browser, "#route-list") == "none shown: the config file does not load"
     assert gw.stop() == 0
 
 
@@ -463,6 +471,9 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
         browser.find_element(By.ID, "dead-replay").click()
         wait_for(lambda: text(browser, "#dead-outcome").startswith("no answer from the gateway"),
                  10, "the replay's outcome")  # fmt: skip
+        # and the verdict atop every page says so (it went on saying "All flowing")
+        wait_for(lambda: text(browser, "#verdict-top").startswith(
+            "No answer from the gateway since 20"), 10, "the verdict")  # fmt: skip
     finally:
         pub.close()
     assert gw.stop() == 0
@@ -510,10 +521,16 @@ def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
 ) -> None:
     # The graph was scaled down to the phone's width: at 360 px its node names were
     # about 5 px high. It now keeps a width its words read at and scrolls in its box.
-    gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    tag = uuid.uuid4().hex[:8]
+    gw = plant_lines_to_archive(gateway_factory, mosquitto, sources={
+        "a": {"type": "mqtt", "topics": ["plant/a/#"], "client_id": f"gw-a-{tag}"},
+        "b": {"type": "mqtt", "topics": ["plant/b/#"], "client_id": f"gw-b-{tag}"},
+    })  # fmt: skip
     browser.set_window_size(360, 740)
     browser.get(f"http://127.0.0.1:{gw.web_port}/#pipeline")  # no account: open on localhost
     find(browser, 'g.node[data-node="sink archive"]')
+    # two sources feed the route: its intake where their edges meet (no edge had a rate)
+    wait_for(lambda: text(browser, '[data-rate="route lines"]').endswith("/s"), 10, "the intake")
     shown = browser.execute_script(
         "const g = document.getElementById('graph');"
         "const size = parseFloat(getComputedStyle(g.querySelector('text.name')).fontSize);"
@@ -571,6 +588,18 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     wait_for(lambda: "No route named gone" in text(browser, "#route-outcome"), 10, "said")
     assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
     assert text(browser, "#route-title") == "New route"
+    # a reload the gateway rolled back changed nothing: the overview said "What changed"
+    put = urllib.request.Request(
+        f"http://127.0.0.1:{gw.web_port}/api/config/sources/meter",
+        data=json.dumps({"type": "serial", "port": "/dev/ttyUSB-none"}).encode(),
+        method="PUT",
+    )
+    with pytest.raises(urllib.error.HTTPError, match="409"):
+        urllib.request.urlopen(put, timeout=10)
+    wait_for(lambda: "rolled_back" in text(browser, "#editor-reload"), 10, "the reload")
+    assert "not applied: source meter added" in text(browser, "#editor-reload")
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
+    wait_for(lambda: "Not applied\nsource meter added" in text(browser, "#facts"), 10, "it")
     assert gw.stop() == 0
 
 
@@ -589,4 +618,12 @@ def test_logging_in_leads_to_the_page_asked_for(
     browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     find(browser, "#page-dead:not([hidden])")
     assert browser.current_url.endswith("/#dead")
+    # a logout in another tab (the cookie gone) leads this one to the login page too: the
+    # 401s its stream and requests met asked for basic auth, and the browser put up its
+    # own password dialog instead
+    browser.execute_script(
+        "fetch('api/session').then(r => r.json()).then(s => fetch('logout',"
+        " {method: 'POST', headers: {'X-CSRF-Token': s.csrf}}))"
+    )
+    wait_for(lambda: browser.current_url.endswith("/login#dead"), 10, "the login page")
     assert gw.stop() == 0

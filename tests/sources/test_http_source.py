@@ -183,6 +183,19 @@ async def test_refusals_store_nothing(ingest: Any, tmp_path: Path) -> None:
         (400, "/ingest/a/%2B/b", {"x": 1}, {}),
         (400, "/ingest/a/%23", {"x": 1}, {}),
         (400, "/ingest/", {"x": 1}, {}),
+        (400, "/ingest/a%00b", {"x": 1}, {}),
+        # control characters were taken into the topic, raw (a newline in the log line)
+        (400, "/ingest/a%0Ab", {"x": 1}, {}),
+        (400, "/ingest/a%09b", {"x": 1}, {}),
+        (400, "/ingest/a%1Bb", {"x": 1}, {}),
+        (400, "/ingest/a%7Fb", {"x": 1}, {}),
+        (400, "/ingest/a%C2%85b", {"x": 1}, {}),
+        # Unicode non-characters were taken, and an MQTT sink dead-lettered them
+        (400, "/ingest/a%EF%BF%BFb", {"x": 1}, {}),
+        (400, "/ingest/a%EF%B7%90b", {"x": 1}, {}),
+        # no UTF-8 once decoded: stored on the topic the escape was written as, "a%FFb"
+        (400, "/ingest/a%FFb", {"x": 1}, {}),
+        (400, "/ingest/a%ED%A0%80", {"x": 1}, {}),
         (404, "/other", {"x": 1}, {}),
     ]
     for status, path, body, headers in cases:
@@ -195,7 +208,7 @@ async def test_refusals_store_nothing(ingest: Any, tmp_path: Path) -> None:
     await asyncio.sleep(0.2)
     assert lines(tmp_path) == []
     status = ingest.engine.snapshot().sources["rows"].to_json()
-    assert status["refused"]["401"] == 3 and status["refused"]["400"] == 7
+    assert status["refused"]["401"] == 3 and status["refused"]["400"] == 17
 
 
 async def test_503_with_retry_after_while_the_engine_takes_no_input(port: int) -> None:
@@ -254,6 +267,7 @@ def test_keys_are_checked() -> None:
         "sources.api.tokens.0: a token needs at least 16 characters and no spaces"
     ]
     assert "prefix" in problems(tokens=[TOKEN], prefix="a/#/")[0]
+    assert "U+001B, a control character" in problems(tokens=[TOKEN], prefix="a\x1b/")[0]
     assert "listen" in problems(tokens=[TOKEN], listen="nohost")[0]
 
 

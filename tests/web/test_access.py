@@ -116,6 +116,17 @@ def test_sessions_are_bounded_and_expire() -> None:
     assert sessions.get(token) is None
 
 
+def test_one_user_holds_at_most_a_quarter_of_the_sessions() -> None:
+    # The sessions were bounded only in all: a viewer logging in 64 times (a right
+    # password is never limited) ended the operators' sessions.
+    sessions = access.Sessions(limit=8)
+    operators = [sessions.create(f"op{i}")[0] for i in range(2)]
+    viewer = [sessions.create("vic")[0] for _ in range(20)]
+    assert all(sessions.get(t) is not None for t in operators)
+    assert [sessions.get(t) is not None for t in viewer] == [False] * 18 + [True] * 2
+    assert len(sessions) == 4
+
+
 def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
     clock = Clock()
     limiter = access.LoginLimiter(burst=5, every=10, limit=100, clock=clock)
@@ -130,24 +141,126 @@ def test_failed_logins_are_limited_per_client_in_a_bounded_table() -> None:
     assert limiter.wait("10.0.0.1") > 0
     for i in range(1000):
         limiter.failed(f"10.1.{i // 256}.{i % 256}")
-    assert len(limiter) == 100
+    assert len(limiter) == 101  # 100 clients and the one the others share
+    # Held back clients were evicted by the 1,000 others: sending from 100 addresses gave
+    # 10.0.0.1 five fresh tries. It stays, and the newcomers share one entry's tries.
+    assert limiter.wait("10.0.0.1") > 0
+    assert limiter.wait("10.2.0.1") > 0 and limiter.wait("10.2.0.2") > 0
+    clock.now += 60  # all have their tries back: forgetting them changes nothing now
+    assert limiter.wait("10.2.0.1") == 0
+    limiter.failed("10.2.0.3")
+    assert limiter.wait("10.2.0.3") == 0 and len(limiter) == 101
+
+
+def test_an_ipv6_client_is_counted_by_its_address_and_by_its_64_prefix() -> None:
+    # Each IPv6 address had its own five tries: a host rotating the addresses of its /64
+    # (2^64 of them) guessed without limit. Then the /64 alone was counted: one host of a
+    # LAN with an old password (a poller) locked every other host of it out, right
+    # passwords included. Now each address has its 5 and the /64 a looser 50.
+    limiter = access.LoginLimiter(burst=5, every=10, prefix_burst=50, prefix_every=1, clock=Clock())
+    for _ in range(5):
+        limiter.failed("fd00:1::50")
+    assert limiter.wait("fd00:1::50") == pytest.approx(10)
+    assert limiter.wait("fd00:1::a1b2") == 0  # another host of the /64 still logs in
+    for i in range(44):
+        limiter.failed(f"fd00:1::1:{i:x}")
+    assert limiter.wait("fd00:1::a1b2") == 0  # 49 of the /64's 50 are used
+    limiter.failed("fd00:1::2:1")
+    assert limiter.wait("fd00:1:0:0:ffff:1:2:3") == pytest.approx(1)  # the /64 has none
+    assert limiter.wait("fd00:1:0:1::1") == 0  # another /64: another client
+    assert access.client_keys("2001:db8:1:2:abcd::1") == (
+        "2001:db8:1:2:abcd::1",
+        "2001:db8:1:2::/64",
+    )
+    assert access.client_keys("::ffff:10.0.0.7") == ("10.0.0.7",)
+    assert access.client_keys("fe80::1%eth0") == ("fe80::1", "fe80::/64")
+    assert access.client_keys("10.0.0.7") == ("10.0.0.7",)
 
 
 async def test_a_try_waits_for_the_checks_under_way_before_it_is_refused() -> None:
     clock = Clock()
     limiter = access.LoginLimiter(burst=2, every=10, clock=clock)
-    assert await limiter.take("c") == 0 and await limiter.take("c") == 0
+    first, second = await limiter.take("c"), await limiter.take("c")
+    assert first.wait == 0 and second.wait == 0
     third = asyncio.create_task(limiter.take("c"))
     await asyncio.sleep(0)
     assert not third.done()  # the two under way may be right: they would give theirs back
-    limiter.settled("c", right=False)
+    limiter.settled(first, right=False)
     await asyncio.sleep(0)
     assert not third.done()  # one still under way
-    limiter.settled("c", right=True)
-    assert await third == 0  # the right one's try went to it
-    limiter.settled("c", right=False)
-    assert await limiter.take("c") == pytest.approx(10)  # none under way: refused at once
-    assert limiter.running("c") == 0 and not limiter._ended
+    limiter.settled(second, right=True)
+    assert (await third).wait == 0  # the right one's try went to it
+    limiter.settled(await third, right=False)
+    assert (await limiter.take("c")).wait == pytest.approx(10)  # none under way: refused
+    assert limiter.running("c") == 0
+    # the addresses of one IPv6 /64 wait for each other's checks when the /64 has none left
+    limiter = access.LoginLimiter(burst=2, every=10, prefix_burst=2, prefix_every=10, clock=clock)
+    first, second = await limiter.take("2001:db8::1"), await limiter.take("2001:db8::2")
+    assert first.wait == 0 and second.wait == 0
+    waiting = asyncio.create_task(limiter.take("2001:db8::3"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    limiter.settled(first, right=True)
+    assert (await waiting).wait == 0
+
+
+async def test_the_clients_that_share_the_overflow_entry_wait_for_each_others_checks() -> None:
+    # The checks under way were counted per client and the try charged to the overflow
+    # entry: a right password from a client of the overflow was refused (429) while
+    # the other clients' checks, any of which could give a try back, still ran.
+    limiter = access.LoginLimiter(burst=5, every=10, limit=1, clock=Clock())
+    for _ in range(5):
+        limiter.failed("10.0.0.1")  # held back: the table is full of it
+    taken = [await limiter.take(f"10.0.1.{i}") for i in range(5)]
+    assert [t.entries for t in taken] == [(access.OVERFLOW,)] * 5
+    waiting = asyncio.create_task(limiter.take("10.0.2.1"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    limiter.settled(taken[0], right=True)
+    assert (await waiting).wait == 0
+
+
+async def test_a_right_login_gives_its_try_back_to_the_entry_it_was_charged_to() -> None:
+    # settled() gave a right password's try back to the entry of the moment: once the
+    # client had left the overflow (an old entry had all its tries back), its own new
+    # one, and the overflow never got the try back.
+    clock = Clock()
+    limiter = access.LoginLimiter(burst=5, every=10, limit=2, clock=clock)
+    for _ in range(5):
+        limiter.failed("10.0.0.1")
+    clock.now += 20
+    for _ in range(5):
+        limiter.failed("10.0.0.2")
+    clock.now += 20
+    taken = await limiter.take("10.0.1.1")
+    assert taken.wait == 0 and taken.entries == (access.OVERFLOW,)
+    for _ in range(4):
+        limiter.failed("10.0.1.2")  # the overflow has none left
+    clock.now += 10  # 10.0.0.1 has all its tries back, the overflow one
+    limiter.settled(taken, right=True)
+    limiter.failed("10.0.1.3")  # a new client has the overflow's two
+    assert limiter.wait("10.0.1.3") == 0
+    limiter.failed("10.0.1.3")
+    assert limiter.wait("10.0.1.3") == pytest.approx(10)
+
+
+def test_a_client_leaving_the_overflow_has_no_more_tries_than_the_overflow() -> None:
+    # A guesser that used up the overflow entry got five fresh tries of its own as soon
+    # as an old client had all its tries back and made room.
+    clock = Clock()
+    limiter = access.LoginLimiter(burst=5, every=10, limit=2, clock=clock)
+    for _ in range(5):
+        limiter.failed("10.0.0.1")
+    clock.now += 30
+    for _ in range(5):
+        limiter.failed("10.0.0.2")
+        limiter.failed("10.0.9.9")  # the guesser, in the overflow
+    assert limiter.wait("10.0.9.9") == pytest.approx(10)
+    clock.now += 20  # 10.0.0.1 has all its tries back; the overflow two
+    limiter.failed("10.0.9.9")
+    limiter.failed("10.0.9.9")
+    assert limiter.wait("10.0.9.9") == pytest.approx(10)
+    assert len(limiter) == 3  # 10.0.0.2, the overflow and the guesser
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,15 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     assert status == 409 and "no kept config version 'nope'" in answer["errors"][0]
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", b"[1]")
     assert status == 400
+    # a file broken by hand in another section (the gateway refused its reload and runs
+    # on): the versions and the rollback that mends it were refused, 409, as the file was
+    path.write_text(original.replace("type: file", "type: fil"))
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config", "GET")
+    assert status == 409 and "sinks.out.type: unknown sink type 'fil'" in answer["errors"][0]
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
+    assert status == 200 and put["version"] in [v["name"] for v in answer["versions"]], answer
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert status == 200 and answer["outcome"] == "applied" and path.read_text() == original
 
 
 async def test_a_rollback_asked_to_check_only_is_refused_not_applied(

@@ -217,6 +217,31 @@ async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> 
         reload, "POST", basic=("tech", WEB_PASS), headers={"Origin": "http://evil.example"}
     )
     assert cross.status == 403
+    # A browser that kept basic-auth credentials posts them for any site's page: one with
+    # no Referer (Referrer-Policy: no-referrer, a sandboxed frame) sends `Origin: null`,
+    # which passed as a script's request; and Fetch metadata says cross-site outright.
+    purge = f"{served.url}/api/dead-letters/purge"
+    for foreign_page in ({"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+        for url in (reload, purge):
+            answer = await call(
+                url, "POST", basic=("tech", WEB_PASS), headers=foreign_page, body=b'{"all":true}'
+            )
+            assert answer.status == 403, (url, foreign_page)
+    own = {"Origin": "null", "Referer": f"{served.url}/", "Sec-Fetch-Site": "same-origin"}
+    assert (await call(reload, "POST", basic=("tech", WEB_PASS), headers=own)).status == 200
+    # The console's own page under Referrer-Policy: no-referrer (a proxy adding it) sends
+    # `Origin: null` and no Referer too, but its browser says same-origin: the form login
+    # (no script) and a change with the session's token were refused 403.
+    no_referrer = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    form = await call(
+        f"{served.url}/login",
+        "POST",
+        headers={**no_referrer, "Content-Type": "application/x-www-form-urlencoded"},
+        body=b"username=vic&password=vic-pass-1",
+    )
+    assert form.status == 303 and "edge_stream_session=" in form.headers["Set-Cookie"]
+    own_page = {**cookie, **no_referrer, "X-CSRF-Token": csrf}
+    assert (await call(reload, "POST", headers=own_page)).status == 200
 
 
 async def test_a_viewer_can_read_but_not_change(served: Served) -> None:
@@ -263,6 +288,27 @@ async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
     )
     assert (await call(url, basic=("olga", "olga-pass-1"))).status == 401
     assert (await call(url, basic=("olga", "olga-pass-2"))).status == 200
+
+
+async def test_a_changed_password_or_a_removed_user_ends_its_sessions(served: Served) -> None:
+    # A session cookie kept working after `web passwd olga` (only a removed user's was
+    # refused): a stolen cookie outlived the password change meant to shut it out.
+    olga = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-1'))[0]}"}
+    vic = {"Cookie": f"edge_stream_session={(await login(served, 'vic', 'vic-pass-1'))[0]}"}
+    url = f"{served.url}/api/session"
+    assert (await call(url, headers=olga)).status == 200
+    users = served.data / "web-users"
+    await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
+    assert (await call(url, headers=olga)).status == 401
+    assert (await call(url, headers=vic)).status == 200  # another user's session holds
+    # removed, then added again with the same password: a new account, a new login
+    text = users.read_text()
+    users.write_text("".join(line for line in text.splitlines(True) if line.startswith("olga:")))
+    assert (await call(url, headers=vic)).status == 401
+    await asyncio.to_thread(access.set_user, users, "vic", "viewer", "vic-pass-1")
+    assert (await call(url, headers=vic)).status == 401
+    fresh = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-2'))[0]}"}
+    assert (await call(url, headers=fresh)).status == 200
 
 
 async def test_wrong_passwords_sent_at_once_are_limited_too(served: Served) -> None:
@@ -391,20 +437,35 @@ async def test_beyond_localhost_a_removed_users_file_does_not_open_the_console(
         await task
 
 
-async def test_a_users_file_spoilt_while_running_is_a_401_and_one_log_line(
+async def test_a_users_file_spoilt_while_running_refuses_in_one_log_line_and_ends_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A malformed users file (an editor's half-written save, a stray line) made every
     # request but /healthz a 500 with a traceback in the log.
     gateway, task, url, users = await _beyond_localhost(tmp_path)
     try:
+        answer = await call(
+            f"{url}/login", "POST", body={"username": "olga", "password": "olga-pass-1"}
+        )
+        session = {"Cookie": answer.headers["Set-Cookie"].split(";", 1)[0]}
+        script = ("olga", "olga-pass-1")
+        assert (await call(f"{url}/api/session", basic=script)).status == 200
+        good = await asyncio.to_thread(users.read_text)
         await asyncio.to_thread(users.write_text, "olga:operator\n")
         for _ in range(2):
-            for basic in (None, ("olga", "olga-pass-1")):
+            for basic in (None, ("olga", "olga-pass-0")):
                 assert (await call(f"{url}/api/session", basic=basic)).status == 401
+            # A login made before, a session or a script's checked basic auth, was ended
+            # for good by a typo in a hand edit: now it is refused until the file is fixed.
+            broken = await call(f"{url}/api/session", headers=session)
+            assert broken.status == 503 and b"web-users" in broken.body
+            assert (await call(f"{url}/api/session", basic=script)).status == 503
         problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
         assert len(problems) == 1 and problems[0].levelname == "ERROR"
         assert not any(r.exc_info for r in caplog.records)
+        await asyncio.to_thread(users.write_text, good)
+        assert (await call(f"{url}/api/session", headers=session)).status == 200
+        assert (await call(f"{url}/api/session", basic=script)).status == 200
         await asyncio.to_thread(users.unlink)
         await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
         assert (await call(f"{url}/api/session", basic=("olga", "olga-pass-2"))).status == 200
@@ -460,6 +521,20 @@ async def test_the_icon_needs_no_login_and_the_pages_link_it(served: Served) -> 
     page = await call(f"{served.url}/", basic=("tech", WEB_PASS))
     for html in (page.body, (await call(f"{served.url}/login")).body):
         assert b'<link rel="icon" href="static/favicon.svg" type="image/svg+xml">' in html
+
+
+async def test_a_script_s_401_asks_for_no_password_dialog(served: Served) -> None:
+    # After a logout in another tab (the cookie gone), the console's requests were
+    # answered with a basic-auth challenge: the browser put its own password dialog over
+    # the page and held the request, where the page goes to the login page on a 401.
+    script = {"Sec-Fetch-Dest": "empty", "Sec-Fetch-Mode": "cors"}
+    for path in ("/api/session", "/api/events", "/api/config/routes/x"):
+        answer = await call(f"{served.url}{path}", headers=script)
+        assert answer.status == 401 and "WWW-Authenticate" not in answer.headers, path
+    # an address typed in the browser, or curl without -u: asked for a password
+    for headers in ({"Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate"}, {}):
+        answer = await call(f"{served.url}/api/status", headers=headers)
+        assert answer.headers["WWW-Authenticate"] == 'Basic realm="edge-stream"'
 
 
 async def test_a_401_closes_the_connection(served: Served) -> None:

@@ -16,10 +16,12 @@
 
   let me = {user: "", role: "viewer", auth: "open"};
   let status = null; // the newest /api/status document
+  let lostAt = null; // when the stream stopped answering (ms), null while it is live
   let previous = null; // the one before, with the time it came: for rates
   let rates = {source: {}, sink: {}, route: {}, emitted: {}};
   let config = null; // GET /api/config: the effective config, secrets ***
   let configHash = null;
+  let configErrors = []; // why GET /api/config was refused: the file does not load
   let page = "overview";
   let selected = null; // the pipeline's chosen node: {kind, name}
   let events = null;
@@ -156,6 +158,7 @@
     if (config && !force && hash === configHash) return config;
     const answer = await api("GET", "api/config");
     config = answer.ok ? answer.data.config : {sources: {}, routes: {}, sinks: {}};
+    configErrors = answer.ok ? [] : answer.data.errors || [`HTTP ${answer.status}`];
     configHash = hash;
     return config;
   }
@@ -187,6 +190,7 @@
       }
       previous = {doc, at: now};
       status = doc;
+      lostAt = null;
       $("live").textContent = "live";
       $("live").className = "ok";
       render();
@@ -194,6 +198,8 @@
     events.onerror = () => {
       $("live").textContent = "cannot reach the gateway; trying again...";
       $("live").className = "bad";
+      // the verdict said what the last document said ("All flowing") with the gateway gone
+      if (lostAt === null) { lostAt = Date.now(); render(); }
       whoAmI().catch(() => {});
     };
   }
@@ -233,7 +239,7 @@
   function render() {
     if (!status) return;
     $("gw").textContent = status.gateway.id;
-    const verdict = W.verdict(status);
+    const verdict = currentVerdict();
     $("verdict-top").textContent = verdict;
     $("verdict-top").className = verdict === "All flowing" ? "ok" : "bad";
     $("disk").textContent = W.diskBanner(status);
@@ -246,13 +252,18 @@
     if (page === "editor") renderEditorLive();
   }
 
+  /** The verdict of the newest document, or that there is none since the stream stopped:
+   * the page's numbers are then from that time. */
+  const currentVerdict = () => lostAt === null ? W.verdict(status) :
+    `No answer from the gateway since ${W.when(lostAt / 1000)}`;
+
   // Overview --------------------------------------------------------------------------
 
   function renderOverview() {
     const s = status;
     const c = s.config || {};
     const r = c.last_reload;
-    const verdict = W.verdict(s);
+    const verdict = currentVerdict();
     $("verdict").textContent = verdict;
     $("verdict").className = "verdict " + (verdict === "All flowing" ? "ok" : "bad");
     const facts = [
@@ -262,7 +273,9 @@
       ["Ingested", String(num(s.gateway.ingested))],
       ["Config", (c.path || "none") + (c.hash ? " (hash " + c.hash + ")" : "")],
       ["Last reload", r ? `${r.outcome} (${r.trigger}, ${W.when(r.at)})` : "none since start"],
-      ["What changed", r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
+      // a refused or rolled-back reload changed nothing: what it would have changed
+      [r && r.outcome !== "applied" ? "Not applied" : "What changed",
+        r ? (r.changes.length ? r.changes.join("; ") : "no component") : ""],
       ["Reload errors", r && r.errors.length ? r.errors.join("; ") : ""],
       ["MQTT broker", s.broker ? s.broker.url + (s.broker.embedded ? " (embedded)" : "") : ""],
       ["Store", `${W.bytes(s.store.bytes)} of ${W.bytes(s.store.max_bytes)}, ` +
@@ -272,7 +285,10 @@
     if (dl.children.length !== facts.length * 2) {
       dl.replaceChildren(...facts.flatMap(([k]) => [el("dt", {text: k}), el("dd")]));
     }
-    facts.forEach(([, v], i) => { dl.children[2 * i + 1].textContent = v; });
+    facts.forEach(([k, v], i) => {
+      dl.children[2 * i].textContent = k;
+      dl.children[2 * i + 1].textContent = v;
+    });
     const active = (s.alerts && s.alerts.active) || [];
     syncRows($("overview-alerts"), active.map(a => [a.key,
       [{text: "firing", cls: "bad"}, a.message, W.ago(Date.now() / 1000 - a.fired_at) + " ago"]]),
@@ -331,6 +347,7 @@
       const mid = (a[0] + b[0]) / 2;
       edges.append(svg("path", {d: `M${a[0]},${a[1]} C${mid},${a[1]} ${mid},${b[1]} ${b[0]},${b[1]}`,
         class: "edge" + (dashed ? " maybe" : "")}));
+      if (!kind) return;
       const label = svg("text", {x: mid, y: (a[1] + b[1]) / 2 - 4, class: "rate",
         "text-anchor": "middle", "data-rate": kind + " " + name});
       edges.append(label);
@@ -341,8 +358,16 @@
       const from = Object.keys(s.sources).filter(sn => feeds(sn, r));
       for (const sn of from) {
         const src = config && config.sources ? config.sources[sn] : null;
-        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : "none", rn,
+        edge("source " + sn, "route " + rn, from.length === 1 ? "route" : null, rn,
           !(src && src.topics));
+      }
+      if (from.length > 1) {
+        // several sources: what the route takes in, where their edges meet (a source
+        // without topic filters, such as `system`, feeds every route: with one in the
+        // config no edge into a route had a rate)
+        const [x2, y2] = pos["route " + rn];
+        edges.append(svg("text", {x: x2 - 6, y: y2 + NODE_H / 2 - 6, class: "rate",
+          "text-anchor": "end", "data-rate": "route " + rn}));
       }
       for (const k of r.sinks) if (pos["sink " + k]) edge("route " + rn, "sink " + k, "emitted", rn);
     }
@@ -567,11 +592,20 @@
 
   async function openEditor(query) {
     await loadConfig(true).catch(() => {});
+    if ($("route-outcome").className === "bad") $("route-outcome").textContent = "";
     renderRouteList();
     loadVersions();
     const topic = query.get("topic");
     const route = query.get("route");
-    if (topic) {
+    if (configErrors.length) {
+      // the file on disk does not load (edited by hand): no route "was removed"; the
+      // gateway runs on as before, and a kept version below can be put back
+      fillForm("", {match: [], processors: [], sinks: []}, true);
+      $("route-outcome").className = "bad";
+      $("route-outcome").textContent = "The config file does not load, so it cannot be" +
+        ` edited here: ${configErrors.join("; ")}. The gateway runs on as it was. Correct` +
+        " the file, or roll back to a version under History.";
+    } else if (topic) {
       const name = "route_" + (topic.replace(/[^A-Za-z0-9_]+/g, "_").replace(/^_+|_+$/g, "")
         .slice(-40) || "new");
       fillForm(name, {match: [topic], processors: [], sinks: []}, true);
@@ -594,7 +628,7 @@
     syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
       (r.sinks || []).join(", "), () => button("Edit", () => {
         go("#editor?route=" + encodeURIComponent(n));
-      })]]), "no routes");
+      })]]), configErrors.length ? "none shown: the config file does not load" : "no routes");
   }
 
   function fillForm(name, route, isNew) {
@@ -811,7 +845,8 @@
   function renderEditorLive() {
     const r = status.config && status.config.last_reload;
     $("editor-reload").textContent = r ? `Last reload: ${r.outcome} (${r.trigger}, ` +
-      `${W.when(r.at)})` + (r.changes.length ? ` - ${r.changes.join("; ")}` : "") : "";
+      `${W.when(r.at)})` + (r.changes.length ? (r.outcome === "applied" ? " - " :
+        " - not applied: ") + r.changes.join("; ") : "") : "";
   }
 
   // Sinks and store -------------------------------------------------------------------
