@@ -14,8 +14,11 @@ interval, the store blocking intake, the wall clock jumping forward). `missed:
 skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
 once at once for all the missed ones, then keeps to the schedule. A wall clock set
 back moves a cron schedule back with it (its next time after the clock's new time), but
-a cron time already polled is not polled again: a clock set back 90 s a minute after
-the poll of 10:00 polls next at 10:05, not at 10:00 a second time.
+a cron time polled less than one gap of the schedule ago (on the monotonic clock) is not
+polled again: a clock set back 90 s a minute after the poll of 10:00 polls next at 10:05,
+not at 10:00 a second time. A time polled longer ago is polled again when the clock comes
+to it (a clock set back two hours polls those two hours again): a reading twice is
+better than hours without one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
-POLLED_SPANS = 32  # spans of consecutive cron times polled, kept to skip after a step back
+POLLED_KEPT = 8  # the latest cron times polled, kept to skip after a step back
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
 
@@ -78,10 +81,12 @@ class Schedule:
         self._slot = 0.0  # the time of the current run without its jitter (mono or wall s)
         self.due = 0.0  # when the current run starts: monotonic (interval) or wall (cron) s
         self.missed_runs = 0  # how many run times were skipped or folded into a catch-up
-        # The cron times polled, as spans of consecutive times [first, last, the time after
-        # last], newest last: after the wall clock is set back, the times it comes to again
-        # are skipped rather than polled twice. Bounded: the oldest span goes first.
-        self._polled: list[list[float]] = []
+        # The latest cron times polled, each with the monotonic time of its poll, newest
+        # last: after the wall clock is set back a little, a time it comes to again less
+        # than a gap after its poll is skipped rather than polled twice. Only the monotonic
+        # time says how long ago that was: kept as spans of wall times, a clock set back
+        # two hours after three hours of polls skipped two hours of readings.
+        self._polled: list[tuple[float, float]] = []
 
     @property
     def wall(self) -> bool:
@@ -100,28 +105,24 @@ class Schedule:
         start = datetime.fromtimestamp(wall, UTC)
         return float(croniter(self.cron, start).get_next(float))
 
-    def _unpolled_after(self, wall: float) -> float:
-        """The first cron time after `wall` that was not polled yet."""
-        at = self._cron_after(wall)
-        moved = True
-        while moved:  # a span may end where another one begins
-            moved = False
-            for first, last, after in self._polled:
-                if first <= at <= last:
-                    at, moved = after, True
-        return at
+    def _unpolled_after(self, at: float, mono: float, wall: float) -> float:
+        """The first cron time after `at` that is not one polled less than a gap before the
+        clock comes to it (the clock reads `mono` / `wall` now)."""
+        polled = dict(self._polled)
+        while True:
+            at = self._cron_after(at)
+            when = polled.get(at)
+            if when is None:
+                return at
+            after = self._cron_after(at)
+            if mono + (at - wall) - when >= after - at:
+                return at  # polled a gap ago or more: poll it again rather than lose it
 
-    def _polled_now(self, after: float) -> None:
-        """Record the current run's time (`_slot`) as polled; `after` is the cron time
-        following it."""
-        slot = self._slot
-        for span in self._polled:
-            if span[2] == slot:  # the next of a span: the usual case, one span grows
-                span[1], span[2] = slot, after
-                return
-        self._polled.append([slot, slot, after])
-        if len(self._polled) > POLLED_SPANS:
-            del self._polled[0]
+    def _polled_now(self, mono: float) -> None:
+        """Record the current run's time (`_slot`) as polled, at `mono`."""
+        self._polled = [p for p in self._polled if p[0] != self._slot]
+        self._polled.append((self._slot, mono))
+        del self._polled[:-POLLED_KEPT]
 
     def _passed(self, slot: float, wall: float) -> tuple[float, int]:
         """The last cron time not after `wall`, and how many there are from `slot` (itself
@@ -152,7 +153,7 @@ class Schedule:
     def next(self, mono: float, wall: float) -> float:
         """The next run's `due`, once the current run ended at `mono` / `wall`."""
         if self.cron is not None:
-            self._polled_now(self._cron_after(self._slot))
+            self._polled_now(mono)
         return self._after_current(mono, wall)
 
     def _after_current(self, mono: float, wall: float) -> float:
@@ -167,11 +168,11 @@ class Schedule:
                 return self._jittered(mono)
             # keep the grid: the next of its times still ahead
             return self._jittered(slot + behind * self.interval)
-        slot = self._unpolled_after(self._slot)
+        slot = self._unpolled_after(self._slot, mono, wall)
         if slot > wall:
             return self._jittered(slot)
         passed, count = self._passed(slot, wall)
-        slot = self._unpolled_after(passed)
+        slot = self._unpolled_after(passed, mono, wall)
         self.missed_runs += count
         if self.missed == "catch_up":
             # one run now stands for all of them; the schedule goes on after the last
@@ -180,14 +181,14 @@ class Schedule:
             return wall
         return self._jittered(slot)
 
-    def rewound(self, wall: float) -> float:
+    def rewound(self, mono: float, wall: float) -> float:
         """While waiting for the current run: its `due`, or, when the wall clock went back
         before a cron time ahead of this run's (set back by NTP after a wrong saved time),
-        the due of the first cron time after `wall` not polled yet, so the runs go on from
-        the clock's new time rather than after waiting for the old one to come again, and
-        the times polled before the clock went back are not polled twice."""
+        the due of the first cron time after `wall` not polled less than a gap ago, so the
+        runs go on from the clock's new time rather than after waiting for the old one to
+        come again, and a time just polled is not polled twice."""
         if self.cron is not None:
-            ahead = self._unpolled_after(wall)
+            ahead = self._unpolled_after(wall, mono, wall)
             if ahead < self._slot:
                 return self._jittered(ahead)
         return self.due
@@ -199,7 +200,7 @@ class Schedule:
         then missed too. A due not ahead of now means: run now."""
         now = wall if self.cron is not None else mono
         following = (
-            self._unpolled_after(self._slot)
+            self._unpolled_after(self._slot, mono, wall)
             if self.cron is not None
             else (self._slot + self.interval)
         )
