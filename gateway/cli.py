@@ -895,7 +895,7 @@ def _drop_sink(args: argparse.Namespace) -> int:
     if not isinstance(sinks, dict):
         message = f"{args.config}: sinks: expected a mapping, got {type(sinks).__name__}"
         _refuse(ConfigError(message), args.config)
-    if args.name in sinks:
+    if args.name in {str(name) for name in sinks}:  # `1:` is YAML's int, the sink '1'
         print(
             f"edge-stream: sink {args.name!r} is in {args.config}; remove it from the config"
             " (and reload) before dropping what waits for it",

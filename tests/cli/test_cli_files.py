@@ -289,6 +289,12 @@ def test_the_store_commands_need_only_the_data_dir_of_the_config(
         "dropped sink 'out' and the 0 FlowFile(s) that waited for it\n",
         "",
     )
+    # a sink named as YAML reads a number ({1: ...}) is the gateway's sink '1': it was
+    # dropped, its backlog deleted, while the config still sent to it
+    config.write_text(config.read_text().replace("two", "1"))
+    code, out, err = run(capsys, "store", "drop-sink", "1", "-c", c)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: sink '1' is in {c}; remove it from the config")
 
 
 @pytest.mark.parametrize(
