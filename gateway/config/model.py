@@ -119,16 +119,6 @@ def path_problem(path: str | None, example: str) -> str | None:
     if not path.isprintable():
         return f"{path!r} holds a control character"
     return None
-    if not path.strip():
-        return f"{path!r} names no folder; write one, e.g. /var/lib/edge-stream"
-    if path.startswith("~"):
-        return (
-            f"{path!r}: ~ is not expanded (the gateway would make a folder named '~');"
-            " write the path in full, e.g. /home/pi/" + path.lstrip("~/")
-        )
-    if not path.isprintable():
-        return f"{path!r} holds a control character"
-    return None
 
 
 @dataclass(frozen=True)
