@@ -95,11 +95,12 @@ class GatewaySection:
                 " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
                 " control characters",
             )
-        for key, example in (
-            ("data_dir", "/var/lib/edge-stream"),
-            ("secret_key_file", "/var/lib/edge-stream/secret.key"),
+        for key, path, example in (
+            ("data_dir", self.data_dir, "/var/lib/edge-stream"),
+            # '' is the default key file, as web.users_file '' is the default users file
+            ("secret_key_file", self.secret_key_file or None, "/var/lib/edge-stream/secret.key"),
         ):
-            problem = path_problem(getattr(self, key), example)
+            problem = path_problem(path, example)
             if problem:
                 yield key, problem
 

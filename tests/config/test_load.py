@@ -954,6 +954,13 @@ def test_a_data_dir_or_key_file_that_names_no_place_meant_is_refused(
     assert found.startswith(f"{path}:1: gateway.{key}: {problem}"), found
 
 
+def test_an_empty_secret_key_file_is_the_default(tmp_path: Path) -> None:
+    # secret_key_file: '' meant <data_dir>/secret.key and ran; it was then refused
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: a, secret_key_file: ''}\nsinks: {f: {type: file}}\n")
+    load(path, environ={})
+
+
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "# " + "x" * (256 << 10) + "\n")
     assert problems(path) == [
