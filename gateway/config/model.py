@@ -106,18 +106,22 @@ class GatewaySection:
 
 
 def path_problem(path: str | None, example: str) -> str | None:
-    """Why `path` (gateway.data_dir, secret_key_file) names no place the user meant, or
-    None: '' was the current folder (/ for a service), '~/data' a folder named '~' in it."""
+    """Why `path` (gateway.data_dir, secret_key_file, web.users_file) names no place the
+    user meant, or None: '' was the current folder (/ for a service), '~/data' a folder
+    named '~' in it."""
     if path is None:
         return None
     if not path.strip():
         return f"{path!r} is no path; write one, e.g. {example}"
     if path.startswith("~"):
+        made = os.path.abspath(path)
+        # the folder a release before made, holding a store's backlog: say where it is
+        there = f" (what it wrote is in {made})" if os.path.lexists(made) else ""
         return (
             f"{path!r}: ~ is not expanded (it would be a folder named '~' in the current"
-            f" one); write the path in full, e.g. {example}"
+            f" one); write the path in full, e.g. {example}{there}"
         )
-    if not path.isprintable():
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):  # C0, DEL, C1
         return f"{path!r} holds a control character"
     return None
 

@@ -941,6 +941,8 @@ def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -
         ("data_dir", "'~/gw'", "'~/gw': ~ is not expanded (it would be a folder named '~' in"),
         ("secret_key_file", "'~/k'", "'~/k': ~ is not expanded"),
         ("data_dir", '"a\\nb"', "'a\\nb' holds a control character"),
+        ("data_dir", '"a\\x85b"', "'a\\x85b' holds a control character"),
+        ("secret_key_file", "' '", "' ' is no path"),
     ],
 )
 def test_a_data_dir_or_key_file_that_names_no_place_meant_is_refused(
@@ -959,6 +961,33 @@ def test_an_empty_secret_key_file_is_the_default(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text("gateway: {id: a, secret_key_file: ''}\nsinks: {f: {type: file}}\n")
     load(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("data_dir", '"/srv/a\\u00a0b"'),  # a no-break space is no control character
+        ("data_dir", '"/srv/a\\u200bb"'),
+    ],
+)
+def test_a_data_dir_or_key_file_that_names_a_place_is_taken(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{id: a, {key}: {value}}}\nsinks: {{f: {{type: file}}}}\n")
+    load(path, environ={})
+
+
+def test_a_data_dir_under_tilde_names_the_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '~/gw' ran before, in a folder named '~' here: the operator is told where its backlog is
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~" / "gw").mkdir(parents=True)
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: a, data_dir: '~/gw'}\nsinks: {f: {type: file}}\n")
+    [found] = problems(path)
+    assert found.endswith(f"(what it wrote is in {tmp_path}/~/gw)"), found
 
 
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:
