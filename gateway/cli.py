@@ -554,7 +554,7 @@ def cmd_secret(args: argparse.Namespace) -> int:
     if value is None or value == "-":
         prompt = f"value to {args.action}: "
         # bounded: `< /dev/zero` filled the memory; a config holds no longer value
-        value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read(MAX_BYTES + 1)
+        value = getpass.getpass(prompt) if sys.stdin.isatty() else _stdin(MAX_BYTES + 1)
         if len(value) > MAX_BYTES:
             print(
                 f"edge-stream: secret {args.action}: the value is longer than a config file can"
@@ -634,7 +634,7 @@ def cmd_web(args: argparse.Namespace) -> int:
             print("edge-stream: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
     else:  # one line, bounded: `< /dev/zero` filled the memory
-        password = sys.stdin.readline(PASSWORD_MAX + 2).rstrip("\r\n")
+        password = _stdin(4 * (PASSWORD_MAX + 2), line=True).rstrip("\r\n")
     if len(password) < 8:
         print("edge-stream: a console password has at least 8 characters", file=sys.stderr)
         return 1
@@ -660,6 +660,16 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 PASSWORD_MAX = 1024  # characters of a console password read by `web passwd`
+
+
+def _stdin(limit: int, line: bool = False) -> str:
+    """At most `limit` bytes of stdin (up to the end of a line when `line`), its newlines
+    read as text mode reads them. Bytes that are not UTF-8 are kept as surrogates, for
+    _not_text to name: read as text, a UTF-8 locale's stdin (errors=strict) raised a
+    UnicodeDecodeError traceback."""
+    raw = sys.stdin.buffer.readline(limit) if line else sys.stdin.buffer.read(limit)
+    text = raw.decode("utf-8", "surrogateescape")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _not_text(value: str, what: str) -> bool:

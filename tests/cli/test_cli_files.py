@@ -24,6 +24,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def stdin(data: bytes) -> io.TextIOWrapper:
+    """A stdin fed `data`, as a UTF-8 locale gives it (errors=strict)."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
 def test_keygen_and_docs_where_a_file_stands_for_a_folder_say_so_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -88,7 +93,7 @@ def test_a_config_file_that_is_not_there_is_said_when_the_defaults_are_used(
     code, out, err = run(capsys, "secret", "keygen", "-c", typo)
     assert (code, out.startswith("wrote a new key to data/secret.key")) == (0, True)
     assert err == f"edge-stream: note: {typo} does not exist; using data/secret.key\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO("password1\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"password1\n"))
     code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(tmp_path))
     assert (code, out.startswith("data/web-users: added ann")) == (0, True)
     assert err == f"edge-stream: note: {tmp_path} is not a file; using data/web-users\n"
@@ -141,31 +146,31 @@ def test_a_value_or_password_that_is_not_utf8_or_too_long_is_one_line(
     monkeypatch.chdir(tmp_path)
     key = tmp_path / "k"
     assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
-    monkeypatch.setattr("sys.stdin", io.StringIO("ab\udcffcd\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"ab\xffcd\n"))
     assert run(capsys, "secret", "encrypt", "--key-file", str(key)) == (
         1,
         "",
         "edge-stream: secret encrypt: the value is not UTF-8 text (byte 0xff at character 3);"
         " nothing done\n",
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("pass\udcffword\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"pass\xffword\n"))
     code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
     assert (code, out) == (1, "")
     assert err.endswith(
         "edge-stream: the password is not UTF-8 text (byte 0xff at character 5); nothing done\n"
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 2000))
+    monkeypatch.setattr("sys.stdin", stdin(b"x" * 2000))
     code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
     assert (code, out) == (1, "")
     assert err.endswith("edge-stream: a console password has at most 1024 characters\n")
     assert not (tmp_path / "data" / "web-users").exists()
 
 
-class _CtrlC(io.StringIO):
-    def read(self, *_args: object) -> str:
+class _CtrlC(io.BytesIO):
+    def read(self, *_args: object) -> bytes:
         raise KeyboardInterrupt
 
-    readline = read
+    readline = read1 = read
 
 
 @pytest.mark.parametrize("args", [["secret", "encrypt"], ["web", "passwd", "ann"]])
@@ -178,7 +183,7 @@ def test_ctrl_c_at_a_prompt_ends_the_command_without_a_traceback(
     monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
     key = tmp_path / "k"
     assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
-    monkeypatch.setattr("sys.stdin", _CtrlC())
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(_CtrlC()))
     extra = ["--key-file", str(key)] if args[0] == "secret" else ["-c", str(tmp_path / "a")]
     try:
         code, out, err = run(capsys, *args, *extra)
@@ -196,7 +201,7 @@ def test_web_passwd_refuses_a_users_file_under_a_tilde(
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "gateway.yaml"
     config.write_text("gateway: {id: a, data_dir: d}\nweb: {users_file: ~/users}\n")
-    monkeypatch.setattr("sys.stdin", io.StringIO("password1\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"password1\n"))
     code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(config))
     assert (code, out) == (1, "")
     assert err.startswith(f"edge-stream: {config}: web.users_file: '~/users': ~ is not expanded")
@@ -365,7 +370,7 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
         f"gateway: {{id: t, data_dir: {tmp_path / 'data'}}}\n"
         "web: {username: tech, password: old-pass-123}\n"
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"new-pass-123\n"))
     code, out, err = run(capsys, "web", "passwd", "tech", "-c", str(config))
     assert (code, out) == (1, "") and err.count("\n") == 1
     assert "tech is web.username in" in err and "web.password" in err
@@ -377,7 +382,7 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
     monkeypatch.setattr(
         gateway.cli, "read_text", lambda path: reads.append(path) or read_text(path)
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"new-pass-123\n"))
     assert run(capsys, "web", "passwd", "ann", "-c", str(config))[0] == 0
     assert reads == [str(config)]
     usage = " ".join((gateway.cli.__doc__ or "").split())
