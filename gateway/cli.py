@@ -1098,7 +1098,9 @@ def parser() -> argparse.ArgumentParser:
     dl("list", "the newest dead letters, oldest first").add_argument(
         "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
     )
-    dl("show", "dead letters in full").add_argument("seq", nargs="+", type=int, metavar="N")
+    dl("show", "dead letters in full", late="seq").add_argument(
+        "seq", nargs="+", type=int, metavar="N"
+    )
     for verb, help in (
         ("replay", "put dead letters back into the gateway's intake"),
         ("purge", "delete dead letters"),

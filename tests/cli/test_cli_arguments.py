@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import _Output, main
+from gateway.cli import _arguments, _Output, main
 
 pytestmark = pytest.mark.unit
 
@@ -82,6 +82,14 @@ def test_an_option_of_another_action_is_refused(
     assert out == "" and usage.startswith(f"usage: edge-stream {command} ")
     assert error == f"edge-stream {command}: error: {refused}"
     assert not (tmp_path / "fleet.key").exists()
+
+
+@pytest.mark.parametrize("action", ["show", "replay", "purge"])
+def test_dead_letter_numbers_after_an_option_are_taken(action: str) -> None:
+    # `dead-letters show 1 -c FILE 2` (as one parser took it before) was refused:
+    # 'unrecognized arguments: 2'
+    args = _arguments(["dead-letters", action, "1", "-c", "gw.yaml", "2", "3"])
+    assert (args.seq, args.config) == ([1, 2, 3], "gw.yaml")
 
 
 @pytest.mark.parametrize(
