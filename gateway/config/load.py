@@ -35,7 +35,7 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from gateway.config import secrets
+from gateway.config import files, secrets
 from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Path as KeyPath
 from gateway.config.schema import Problems, WrittenFloat, build_dataclass
@@ -675,7 +675,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """The config file's text; ConfigError if it cannot be read, is too large or not UTF-8."""
     source = str(path)
     try:
-        raw = secrets.read_head(path, MAX_BYTES + 1)
+        raw = files.read_head(path, MAX_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the config file: {err.strerror or err}") from err
     if len(raw) > MAX_BYTES:

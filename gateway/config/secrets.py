@@ -25,6 +25,8 @@ import re
 import stat
 from pathlib import Path
 
+from gateway.config import files
+
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
 
 ENV_KEY = "EDGE_STREAM_SECRET_KEY"
@@ -42,17 +44,6 @@ class SecretError(ValueError):
 
 class NoKeyError(SecretError):
     """A value holds ENC(...) and there is no key at all."""
-
-
-def read_head(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
-    named pipe with no writer is read as empty, not waited on (the open blocked, and the
-    command or the gateway's start hung without a word), and /dev/zero ends at `limit`
-    (read whole, it filled the memory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(fd, "rb") as f:
-        os.set_blocking(fd, True)
-        return f.read(limit)
 
 
 def _decode_key(text: str) -> bytes:
@@ -80,7 +71,7 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
     if not key_file or not os.path.lexists(key_file):
         return None
     try:
-        raw = read_head(key_file, KEY_FILE_MAX + 1)
+        raw = files.read_head(key_file, KEY_FILE_MAX + 1)
     except OSError as err:
         hint = ""
         if isinstance(err, PermissionError):

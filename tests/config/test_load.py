@@ -926,6 +926,29 @@ def test_a_named_pipe_given_as_the_file_is_refused_not_waited_on(tmp_path: Path)
                       " and sinks (config/gateway.yaml is an example to start from)"]]  # fmt: skip
 
 
+def test_a_named_pipe_as_the_served_certificate_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # the check read web.tls_cert with open(), which waited for a writer: check-config hung
+    from gateway.config.tls import ServedTlsError, served_tls
+
+    path = tmp_path / "web.crt"
+    os.mkfifo(path)
+    found: list[BaseException] = []
+
+    def check() -> None:
+        with pytest.raises(ServedTlsError) as info:
+            served_tls(str(path), str(path))
+        found.append(info.value)
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that opens and closes is its EOF
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(0.1)
+        pytest.fail("the read waited for a writer")
+    assert [str(e) for e in found] == [f"{path} holds no PEM certificate"]
+
+
 def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -> None:
     # json refused it: "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)"
     for name in ("gateway.json", "gateway.yaml"):
