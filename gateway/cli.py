@@ -1247,40 +1247,6 @@ _TERMINAL_SAFE = {
 }
 
 
-class _Output:
-    """sys.stdout while a command runs: its write errors other than a broken pipe are
-    _OutputError, which main() says in one line; on a terminal, control characters are
-    written as \\xNN (see _TERMINAL_SAFE); into a pipe or a file, as they are."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        try:
-            self._terminal = stream.isatty()
-        except (AttributeError, OSError, ValueError):
-            self._terminal = False
-
-    def write(self, text: str) -> int:
-        if self._terminal:
-            text = text.translate(_TERMINAL_SAFE)
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise _OutputError(err.errno, err.strerror) from err
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise _OutputError(err.errno, err.strerror) from err
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 class _TerminalSafe:
     """sys.stderr while a command runs: on a terminal, control characters are written as
     \\xNN (see _TERMINAL_SAFE). The problems of a config name its keys as written, and a
@@ -1298,6 +1264,27 @@ class _TerminalSafe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class _Output(_TerminalSafe):
+    """sys.stdout while a command runs: as _TerminalSafe, and its write errors other than a
+    broken pipe are _OutputError, which main() says in one line."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _OutputError(err.errno, err.strerror) from err
 
 
 def _drop_output(stream: TextIO) -> None:
