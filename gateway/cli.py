@@ -10,6 +10,7 @@ edge-stream config show -c FILE                  print the effective config (ove
                                                  every secret written ***
 edge-stream config diff -c FILE NEWFILE          what NEWFILE would change, component by
                                                  component; secrets shown as `changed`
+edge-stream config history -c FILE [--limit N]   the reloads the gateway recorded
 edge-stream config versions -c FILE              the kept versions of FILE (name, time,
                                                  hash), newest first: the texts that API
                                                  edits and rollbacks replaced
@@ -33,6 +34,8 @@ edge-stream secret rotate -c FILE                a new key; re-encrypt FILE's EN
 edge-stream --version                            the installed version
 edge-stream dead-letters list|show|replay|purge  inspect and replay what could not be delivered
 edge-stream store stats                          depth and oldest age per sink
+edge-stream store drop-sink NAME -c FILE         forget a sink removed from FILE, and its
+                                                 backlog
 edge-stream state list|show|reset [COMPONENT]    processors' kept state (windows, deadband),
                                                  named ROUTE.N; reset on a running gateway
                                                  is done by it within seconds
@@ -48,6 +51,9 @@ edge-stream web passwd USER [--role viewer|operator] [-c FILE]
 edge-stream docs [--out docs/reference]          write the config reference, a page per
                                                  component, from the config schema
 edge-stream schema                               print the JSON Schema of the config file
+
+Each action has its own options (`edge-stream config push --help`); another action's is a
+usage error, exit 2.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import argparse
 import asyncio
 import base64
 import getpass
+import http.client
 import json
 import os
 import ssl
@@ -63,18 +70,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from gateway.config import files, secrets
-from gateway.config.load import apply_env, gateway_section, load, parse_text, read_text
-from gateway.config.model import Config, GatewaySection
+from gateway.config.load import (
+    MAX_BYTES,
+    apply_env,
+    gateway_section,
+    load,
+    parse_text,
+    read_text,
+)
+from gateway.config.model import Config, GatewaySection, path_problem
 from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
 
-DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG", "config/gateway.yaml")
+# An empty EDGE_STREAM_CONFIG is unset (it named the file "", "cannot read ''").
+DEFAULT_CONFIG = os.environ.get("EDGE_STREAM_CONFIG") or "config/gateway.yaml"
 
 
 def _refuse(err: ConfigError, path: str) -> NoReturn:
@@ -135,9 +150,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gateway.config import view
 
-    if args.action in ("history", "keygen-signing") and args.new is not None:
-        print(f"edge-stream: config {args.action} takes no argument", file=sys.stderr)
-        return 2
     if args.action == "history":
         return _config_history(args)
     if args.action in ("versions", "rollback"):
@@ -146,18 +158,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         return cmd_config_remote(args)
     config, raw = _view(args.config)
     if args.action == "show":
-        if args.new is not None:
-            print("edge-stream: config show takes no NEWFILE (config diff does)", file=sys.stderr)
-            return 2
         text = yaml.safe_dump(view.show(config, raw), sort_keys=False, allow_unicode=True)
         sys.stdout.write(text)
         return 0
-    if args.new is None:
-        print(
-            "edge-stream: config diff needs the new file: config diff -c FILE NEWFILE",
-            file=sys.stderr,
-        )
-        return 2
     new, new_raw = _view(args.new)
     lines = view.diff(config, raw, new, new_raw)
     print("\n".join(lines) if lines else "no changes")
@@ -218,9 +221,6 @@ def _config_versions(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args.config)
     if args.action == "versions":
-        if args.new is not None:
-            print("edge-stream: config versions takes no argument", file=sys.stderr)
-            return 2
         kept = files.versions(data_dir)
         for v in kept:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.saved_at))
@@ -291,20 +291,10 @@ def cmd_config_remote(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "keygen-signing":
-            if not args.out:
-                print("edge-stream: config keygen-signing needs --out PRIVATE", file=sys.stderr)
-                return 2
             public, b64 = remote.keygen(args.out)
             print(f"wrote {args.out} (0600, keep it secret) and {public}")
             print(f"public key (remote_config.public_key takes the file or this): {b64}")
             return 0
-        if args.new is None or not args.key or not args.gateway:
-            print(
-                f"edge-stream: config {args.action} needs FILE --key PRIVATE --gateway ID"
-                + (" --broker URL" if args.action == "push" else ""),
-                file=sys.stderr,
-            )
-            return 2
         number = args.remote_version if args.remote_version is not None else int(time.time())
         document = remote.Document(
             args.gateway, number, remote.format_of(args.new), read_text(args.new)
@@ -314,9 +304,6 @@ def cmd_config_remote(args: argparse.Namespace) -> int:
         if args.action == "sign":
             print(envelope.decode())
             return 0
-        if not args.broker:
-            print("edge-stream: config push needs --broker URL", file=sys.stderr)
-            return 2
         return _push(args, envelope, number)
     except ConfigError as err:
         print(f"edge-stream: {err.problems[0]}", file=sys.stderr)
@@ -387,8 +374,8 @@ def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | Non
             raw = data.get("web") or {}
             keys = ("listen", "username", "password", "tls_cert", "tls_key")
             web = WebSection(**{k: raw[k] for k in keys if k in raw})
-            if not isinstance(web.listen, str) or ":" not in web.listen:
-                raise ValueError
+            if not isinstance(web.listen, str) or web.listen_problem():
+                raise ValueError  # no address to ask: the load's error says why
             if any(isinstance(v, str) and secrets.has_secret(v) for v in raw.values()):
                 # an ENC(...) this shell cannot decrypt (no key): its text was sent as the
                 # password, and the 401 said to set web.password; the load's error says why
@@ -436,7 +423,7 @@ def _ask_reload(
     request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60, context=context) as response:
-            return json.loads(response.read(1 << 20)), None
+            body = response.read(1 << 20)
     except urllib.error.HTTPError as err:
         err.close()  # it holds the answer's connection
         hint = ""
@@ -452,8 +439,22 @@ def _ask_reload(
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, http.client.HTTPException) as err:  # InvalidURL: 'a b:1'
         return None, getattr(err, "reason", err)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or "outcome" not in answer:
+        # another program on web.listen: a JSON list read as the answer was an
+        # AttributeError traceback, a page "no gateway answers (Expecting value ...)"
+        print(
+            f"edge-stream: {url}: what answers there is not an Edge Stream gateway (not its"
+            " reload answer); is web.listen the address of the gateway?",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    return answer, None
 
 
 def _other_file(path: str, answer: dict[str, Any]) -> str | None:
@@ -503,11 +504,23 @@ def _key_file(args: argparse.Namespace) -> Path:
     if args.key_file:
         return Path(args.key_file)
     if not Path(args.config).is_file():
-        return Path("./data/secret.key")
+        default = Path("./data/secret.key")
+        if args.action in ("encrypt", "decrypt") and os.environ.get(secrets.ENV_KEY):
+            return default  # not used: the key comes from the environment
+        return _without_config(args.config, default)
     gateway = _gateway_section(args.config)
     if gateway.secret_key_file:
         return Path(gateway.secret_key_file)
     return Path(gateway.data_dir) / "secret.key"
+
+
+def _without_config(config: str, default: Path) -> Path:
+    """`default`, the file a command uses when its config file does not exist, said on
+    stderr: a mistyped -c wrote the key or the console user to ./data without a word,
+    where the gateway, started on the right file, does not look."""
+    what = "is not a file" if os.path.lexists(config) else "does not exist"
+    print(f"edge-stream: note: {config} {what}; using {default}", file=sys.stderr)
+    return default
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -540,8 +553,18 @@ def cmd_secret(args: argparse.Namespace) -> int:
     value = args.value
     if value is None or value == "-":
         prompt = f"value to {args.action}: "
-        value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
+        # bounded: `< /dev/zero` filled the memory; a config holds no longer value
+        value = getpass.getpass(prompt) if sys.stdin.isatty() else _stdin(MAX_BYTES + 1)
+        if len(value) > MAX_BYTES:
+            print(
+                f"edge-stream: secret {args.action}: the value is longer than a config file can"
+                f" be ({MAX_BYTES >> 10} KiB); nothing done",
+                file=sys.stderr,
+            )
+            return 1
         value = value.rstrip("\n")
+    if _not_text(value, f"secret {args.action}: the value"):
+        return 1
     if args.action == "encrypt":
         if not value:  # an ENC() of nothing would stand in the config for a secret
             print(
@@ -569,7 +592,7 @@ def _web_section(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     from gateway.web.access import users_path
 
     if not Path(args.config).is_file():
-        return users_path(None, "./data"), {}
+        return _without_config(args.config, users_path(None, "./data")), {}
     raw = _raw_config(args.config)
     data_dir = _gateway_section(args.config, raw).data_dir
     web = raw[0].get("web")
@@ -581,6 +604,9 @@ def _web_section(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     if users_file is not None and not isinstance(users_file, str):
         message = f"{args.config}: web.users_file: expected a path, got {users_file!r}"
         _refuse(ConfigError(message), args.config)
+    problem = path_problem(users_file or None, "/var/lib/edge-stream/web-users")
+    if problem:  # '~/u' wrote a folder named '~' here, where the gateway does not look
+        _refuse(ConfigError(f"{args.config}: web.users_file: {problem}"), args.config)
     return users_path(users_file, data_dir), web
 
 
@@ -607,10 +633,18 @@ def cmd_web(args: argparse.Namespace) -> int:
         if getpass.getpass("again: ") != password:
             print("edge-stream: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+    else:  # one line, bounded: `< /dev/zero` filled the memory
+        password = _stdin(4 * (PASSWORD_MAX + 2), line=True).rstrip("\r\n")
     if len(password) < 8:
         print("edge-stream: a console password has at least 8 characters", file=sys.stderr)
+        return 1
+    if len(password) > PASSWORD_MAX:
+        print(
+            f"edge-stream: a console password has at most {PASSWORD_MAX} characters",
+            file=sys.stderr,
+        )
+        return 1
+    if _not_text(password, "the password"):
         return 1
     try:
         new = access.set_user(path, args.user, args.role, password)
@@ -623,6 +657,35 @@ def cmd_web(args: argparse.Namespace) -> int:
     what = "added" if new else "changed"
     print(f"{path}: {what} {args.user} ({args.role}); a running gateway uses it at once")
     return 0
+
+
+PASSWORD_MAX = 1024  # characters of a console password read by `web passwd`
+
+
+def _stdin(limit: int, line: bool = False) -> str:
+    """At most `limit` bytes of stdin (up to the end of a line when `line`), its newlines
+    read as text mode reads them. Bytes that are not UTF-8 are kept as surrogates, for
+    _not_text to name: read as text, a UTF-8 locale's stdin (errors=strict) raised a
+    UnicodeDecodeError traceback."""
+    raw = sys.stdin.buffer.readline(limit) if line else sys.stdin.buffer.read(limit)
+    text = raw.decode("utf-8", "surrogateescape")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _not_text(value: str, what: str) -> bool:
+    """True, after saying so, when `value` (from argv, stdin or a prompt) holds bytes that
+    are not UTF-8: Python carries them as surrogates, which failed with a traceback when
+    the value was encrypted or hashed."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        print(
+            f"edge-stream: {what} is not UTF-8 text (byte {ord(value[err.start]) & 0xFF:#04x}"
+            f" at character {err.start + 1}); nothing done",
+            file=sys.stderr,
+        )
+        return True
+    return False
 
 
 def _cannot_write(path: Path, err: OSError) -> str:
@@ -666,9 +729,6 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
     """A new key in `key_file` and every ENC(...) of the config re-encrypted with it; the
     old file and key kept beside them (0600); each written atomically."""
     config = Path(args.config)
-    if args.value is not None:
-        print("edge-stream: secret rotate takes no value, only -c FILE", file=sys.stderr)
-        return 2
     if os.environ.get(secrets.ENV_KEY):
         print(
             f"edge-stream: the key comes from {secrets.ENV_KEY}: rotate works on a key file;"
@@ -679,15 +739,12 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
     old = _load_key(key_file, _keygen_hint(args))
     if old is None:
         return 1
-    try:
-        raw = config.read_bytes()
-        text = raw.decode("utf-8")
-    except OSError as err:
-        print(f"edge-stream: cannot read {config}: {err.strerror or err}", file=sys.stderr)
+    try:  # as the gateway reads it: /dev/zero given as FILE filled the memory (a traceback)
+        text = read_text(config)
+    except ConfigError as err:
+        print(f"edge-stream: {err}", file=sys.stderr)
         return 1
-    except UnicodeDecodeError:
-        print(f"edge-stream: {config}: the config file must be UTF-8", file=sys.stderr)
-        return 1
+    raw = text.encode("utf-8")  # the bytes read: UTF-8 decodes and encodes back the same
     new = secrets.new_key()
     try:
         rotated, count = secrets.rotate_text(text, old, new)
@@ -737,16 +794,6 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    if args.action == "list" and (args.seq or args.all):
-        print(
-            "edge-stream: dead-letters list takes no numbers and no --all"
-            " (--limit N: how many, default 50)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.action == "show" and args.all:
-        print("edge-stream: dead-letters show takes numbers, not --all", file=sys.stderr)
-        return 2
     if args.action in ("replay", "purge") and args.all and args.seq:
         print(
             f"edge-stream: dead-letters {args.action} takes numbers or --all, not both",
@@ -761,9 +808,6 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{store.dead_letter_count()} dead letter(s)")
             return 0
         if args.action == "show":
-            if not args.seq:
-                print("edge-stream: dead-letters show needs their numbers (N ...)", file=sys.stderr)
-                return 2
             for seq in args.seq:
                 record = store.dead_letter(seq)
                 if record is None:
@@ -810,9 +854,6 @@ def cmd_store(args: argparse.Namespace) -> int:
         return _store_reset(_store_path(args), args.force)
     if args.action == "drop-sink":
         return _drop_sink(args)
-    if args.name is not None:
-        print(f"edge-stream: store {args.action} takes no NAME", file=sys.stderr)
-        return 2
     with admin.open_admin(_store_path(args)) as store:
         now = time.time_ns()
         stats = store.stats()
@@ -829,14 +870,6 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
-    if args.action != "list" and args.component is None:
-        print(f"edge-stream: state {args.action} needs a component (ROUTE.N)", file=sys.stderr)
-        return 2
-    if args.action == "list" and args.component is not None:
-        print(
-            "edge-stream: state list takes no component (state show ROUTE.N does)", file=sys.stderr
-        )
-        return 2
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for item in store.states():
@@ -864,18 +897,22 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 def _drop_sink(args: argparse.Namespace) -> int:
     """`store drop-sink NAME`: forget a sink removed from the config, and its backlog."""
-    if args.name is None:
-        print("edge-stream: store drop-sink needs the sink's name", file=sys.stderr)
-        return 2
-    config = _config(args.config)
-    if args.name in config.sinks:
+    # The sinks' names as written (overrides applied), not validated: README says the store
+    # commands validate only the gateway: section; a mistake elsewhere refused it whole.
+    raw = _raw_config(args.config)
+    data_dir = _gateway_section(args.config, raw).data_dir
+    sinks = raw[0].get("sinks") or {}
+    if not isinstance(sinks, dict):
+        message = f"{args.config}: sinks: expected a mapping, got {type(sinks).__name__}"
+        _refuse(ConfigError(message), args.config)
+    if args.name in {str(name) for name in sinks}:  # `1:` is YAML's int, the sink '1'
         print(
             f"edge-stream: sink {args.name!r} is in {args.config}; remove it from the config"
             " (and reload) before dropping what waits for it",
             file=sys.stderr,
         )
         return 1
-    with admin.open_admin(_store_path(args)) as store:
+    with admin.open_admin(Path(data_dir) / "store.db") as store:
         waiting = store.drop_sink(args.name)
     print(f"dropped sink {args.name!r} and the {waiting} FlowFile(s) that waited for it")
     return 0
@@ -939,7 +976,11 @@ class _PrintVersion(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
         print(f"edge-stream {_version()}")
+        sys.stdout.flush()  # a failure to write is said by main(), not lost at exit
         parser.exit()
+
+
+LIMIT_MAX = 1_000_000_000  # the largest --limit: more than a store holds
 
 
 def _positive(text: str) -> int:
@@ -951,7 +992,18 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if number > LIMIT_MAX:  # past SQLite's integers it was an OverflowError traceback
+        raise argparse.ArgumentTypeError(f"must be at most {LIMIT_MAX}, got {number}")
     return number
+
+
+def _path(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (`--out ""` was a ValueError
+    traceback, `-c ""` "edge-stream: : cannot read the config file", and `--key-file ""`
+    was ignored for the config's key)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name a file")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -967,13 +1019,38 @@ def _seconds(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line. A command with actions (`config show`, `store reset`) has a parser
+    per action, holding only that action's options: with one parser for the group,
+    `config history --timeout 5` was taken and ignored."""
     p = argparse.ArgumentParser(prog="edge-stream", description="Edge Stream IoT gateway")
     p.add_argument("--version", action=_PrintVersion, help="print the installed version")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML/JSON)")
+    def with_config(sp: argparse.ArgumentParser, default: str = DEFAULT_CONFIG) -> Any:
+        help = f"config file (YAML/JSON; default: {DEFAULT_CONFIG})"
+        sp.add_argument("-c", "--config", type=_path, default=default, help=help)
         return sp
+
+    def group(name: str, help: str, fn: Any) -> Callable[..., argparse.ArgumentParser]:
+        """The command `name` with actions; the returned function adds one."""
+        command = sub.add_parser(name, help=help)
+        # `config -c FILE show`, the order the one parser of the group took: kept working
+        # (see _arguments), for the actions that read a config
+        command.add_argument(
+            "-c", "--config", dest="group_config", type=_path, default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
+        actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        def action(
+            verb: str, help: str, config: bool = True, late: str | None = None
+        ) -> argparse.ArgumentParser:
+            sp = actions.add_parser(verb, help=help, description=help)
+            # late: its optional positional, which main() takes when it comes after an option
+            sp.set_defaults(fn=fn, late=late, action_parser=sp, takes_config=config)
+            return with_config(sp, argparse.SUPPRESS) if config else sp
+
+        return action
 
     run = with_config(sub.add_parser("run", help="run the gateway"))
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -984,98 +1061,133 @@ def parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("reload", help="make the running gateway read its config file again")
     ).set_defaults(fn=cmd_reload)
-    conf = with_config(
-        sub.add_parser(
-            "config", help="show a config, what a new one changes, its versions and reloads"
-        )
+
+    conf = group(
+        "config", "show a config, what a new one changes, its versions and reloads", cmd_config
     )
-    conf.add_argument(
-        "action", choices=["show", "diff", "history", "versions", "rollback", *REMOTE_ACTIONS]
+    conf("show", "print the effective config as YAML, secrets written ***")
+    conf("diff", "what NEWFILE would change, component by component").add_argument(
+        "new", type=_path, metavar="NEWFILE", help="the new config file"
     )
-    conf.add_argument("--limit", type=_positive, default=50, help="history: how many (default 50)")
-    conf.add_argument(
-        "new",
-        nargs="?",
-        metavar="NEWFILE|VERSION|FILE",
-        help=(
-            "diff: the new config file; rollback: the kept version (default: the newest);"
-            " sign, push: the config file to send"
-        ),
+    conf("history", "the reloads recorded in the store, oldest first").add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
     )
-    conf.set_defaults(fn=cmd_config)
+    conf("versions", "the kept versions of the config file, newest first")
+    conf("rollback", "put a kept version back", late="new").add_argument(
+        "new", nargs="?", metavar="VERSION", help="the kept version (default: the newest)"
+    )
     _remote_options(conf)
-    sec = with_config(sub.add_parser("secret", help="keys and ENC(...) values"))
-    sec.add_argument("action", choices=["keygen", "encrypt", "decrypt", "rotate"])
-    sec.add_argument("value", nargs="?")
-    sec.add_argument("--key-file")
-    sec.set_defaults(fn=cmd_secret)
-    dl = with_config(sub.add_parser("dead-letters", help="inspect and replay dead letters"))
-    dl.add_argument("action", choices=["list", "show", "replay", "purge"])
-    dl.add_argument("seq", nargs="*", type=int)
-    dl.add_argument("--all", action="store_true")
-    dl.add_argument("--limit", type=_positive, default=50, help="list: how many (default 50)")
-    dl.set_defaults(fn=cmd_dead_letters)
-    st = with_config(sub.add_parser("store", help="store statistics"))
-    st.add_argument("action", choices=["stats", "reset", "drop-sink"])
-    st.add_argument("name", nargs="?", metavar="NAME", help="drop-sink: the removed sink")
-    st.add_argument("--force", action="store_true", help="reset: move a valid store aside too")
-    st.set_defaults(fn=cmd_store)
-    webp = with_config(sub.add_parser("web", help="console users"))
-    webp.add_argument("action", choices=["passwd"])
+
+    sec = group("secret", "keys and ENC(...) values", cmd_secret)
+    for verb, help, late in (
+        ("keygen", "create the key for ENC(...) secrets", None),
+        ("encrypt", "print ENC(...) for VALUE", "value"),
+        ("decrypt", "print the plaintext of an ENC(...) value", "value"),
+        ("rotate", "a new key; re-encrypt the config's ENC(...) values", None),
+    ):
+        sp = sec(verb, help, late=late)
+        if late:
+            sp.add_argument(
+                "value", nargs="?", metavar="VALUE|-", help="`-` or none: stdin, or a prompt"
+            )
+        sp.add_argument(
+            "--key-file", type=_path, metavar="KEY", help="the key file (default: the config's)"
+        )
+
+    dl = group("dead-letters", "inspect and replay dead letters", cmd_dead_letters)
+    dl("list", "the newest dead letters, oldest first").add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
+    )
+    dl("show", "dead letters in full", late="seq").add_argument(
+        "seq", nargs="+", type=int, metavar="N"
+    )
+    for verb, help in (
+        ("replay", "put dead letters back into the gateway's intake"),
+        ("purge", "delete dead letters"),
+    ):
+        sp = dl(verb, help, late="seq")
+        sp.add_argument("seq", nargs="*", type=int, metavar="N")
+        sp.add_argument("--all", action="store_true", help="all of them")
+
+    st = group("store", "store statistics, reset, drop a removed sink", cmd_store)
+    st("stats", "what waits for each sink, and how old it is")
+    st("reset", "move a damaged store aside, start empty").add_argument(
+        "--force", action="store_true", help="move a valid store aside too"
+    )
+    st("drop-sink", "forget a sink removed from the config, and its backlog").add_argument(
+        "name", metavar="NAME", help="the removed sink"
+    )
+
+    webp = group("web", "console users", cmd_web)(
+        "passwd", "add a console user or set its password"
+    )
     webp.add_argument("user", metavar="USER")
     webp.add_argument("--role", choices=["viewer", "operator"], default="viewer")
-    webp.set_defaults(fn=cmd_web)
-    state = with_config(sub.add_parser("state", help="processors' kept state (windows)"))
-    state.add_argument("action", choices=["list", "show", "reset"])
-    state.add_argument("component", nargs="?", metavar="COMPONENT", help="ROUTE.N")
-    state.add_argument("--limit", type=_positive, default=100, help="show: how many keys")
-    state.set_defaults(fn=cmd_state)
+
+    state = group("state", "processors' kept state (windows, deadband)", cmd_state)
+    state("list", "keys and bytes per ROUTE.N")
+    show = state("show", "a component's keys and values, oldest first")
+    show.add_argument("component", metavar="ROUTE.N")
+    show.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="how many keys (default 100)"
+    )
+    state("reset", "forget a component's state").add_argument("component", metavar="ROUTE.N")
+
     docs = sub.add_parser("docs", help="write the config reference (Markdown) from the schema")
-    docs.add_argument("--out", default="docs/reference", help="folder (default docs/reference)")
+    docs.add_argument(
+        "--out", type=_path, default="docs/reference", help="folder (default docs/reference)"
+    )
     docs.set_defaults(fn=cmd_docs)
     schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
     schema.set_defaults(fn=cmd_schema)
     return p
 
 
-def _remote_options(conf: argparse.ArgumentParser) -> None:
-    """Options of `config keygen-signing | sign | push` (the remote config's operator side)."""
-    conf.add_argument("--out", help="keygen-signing: the private key file to write")
-    conf.add_argument("--key", help="sign/push: the Ed25519 private key (PEM)")
-    conf.add_argument("--gateway", help="sign/push: the gateway id the document is for")
-    conf.add_argument(
-        "--version", dest="remote_version", type=int, help="sign/push: default: unix time now"
+def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
+    """`config keygen-signing | sign | push` (the remote config's operator side): they read
+    no config file, so they take no -c."""
+    conf("keygen-signing", "an Ed25519 key pair for remote config", config=False).add_argument(
+        "--out", type=_path, required=True, metavar="KEY", help="the private key file to write"
     )
-    conf.add_argument("--broker", help="push: mqtt://host:port or mqtts://host:port")
-    conf.add_argument(
-        "--username", help=f"push: MQTT user name (password from ${PUSH_PASSWORD_ENV})"
+    sign = conf("sign", "print the signed envelope of FILE", config=False)
+    push = conf("push", "publish FILE to a gateway, wait for its answer", config=False)
+    for sp in (sign, push):
+        sp.add_argument("new", type=_path, metavar="FILE", help="the config file to send")
+        sp.add_argument(
+            "--key", type=_path, required=True, metavar="KEY", help="the Ed25519 private key (PEM)"
+        )
+        sp.add_argument(
+            "--gateway", required=True, metavar="ID", help="the gateway id the document is for"
+        )
+        sp.add_argument(
+            "--version", dest="remote_version", type=int, metavar="N", help="default: unix time now"
+        )
+    push.add_argument(
+        "--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port"
     )
-    conf.add_argument("--ca-file", help="push: CA bundle for mqtts://")
-    conf.add_argument("--cert-file", help="push: client certificate for mqtts://")
-    conf.add_argument("--cert-key", help="push: its private key")
-    conf.add_argument("--timeout", type=_seconds, default=30.0, help="push: seconds to wait")
+    push.add_argument(
+        "--username", metavar="U", help=f"MQTT user name (password from ${PUSH_PASSWORD_ENV})"
+    )
+    push.add_argument("--ca-file", type=_path, metavar="F", help="CA bundle for mqtts://")
+    push.add_argument(
+        "--cert-file", type=_path, metavar="F", help="client certificate for mqtts://"
+    )
+    push.add_argument("--cert-key", type=_path, metavar="F", help="its private key")
+    push.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to wait (default 30)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
-    # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
-    # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
-    args, extra = p.parse_known_args(argv)
-    # The first one is the positional; any after it are said as unrecognized (not the
-    # positional with them: `config diff -c A B extra` named B, the right NEWFILE).
-    first = extra[0] if extra else "--"
-    if args.command == "secret" and args.value is None and (first == "-" or first[:1] != "-"):
-        args.value, extra = first, extra[1:]
-    if args.command == "config" and args.new is None and first[:1] != "-":
-        args.new, extra = first, extra[1:]  # `config diff -c FILE NEWFILE`, the same way
-    if args.command == "dead-letters" and extra and all(x.isdigit() for x in extra):
-        # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
-        args.seq, extra = [*args.seq, *map(int, extra)], []
-    if extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
-    stdout = sys.stdout
-    sys.stdout = _Output(stdout)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
+    sys.stderr = _TerminalSafe(stderr)
     try:
+        args = _arguments(argv)
         code = int(args.fn(args))
         sys.stdout.flush()  # here, not at exit, where a failure is a traceback
         return code
@@ -1089,8 +1201,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
         _drop_output(stdout)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C at a password prompt printed a traceback
+        print("\nedge-stream: interrupted", file=sys.stderr)
+        return 130
     finally:
-        sys.stdout = stdout
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed; a usage error exits 2 (argparse)."""
+    p = parser()
+    # argparse gives an optional positional (secret encrypt's VALUE) its empty match as soon
+    # as an option comes first: `secret encrypt -c FILE VALUE` leaves VALUE over. Take it.
+    args, extra = p.parse_known_args(argv)
+    late = getattr(args, "late", None)
+    # The first one is the positional; any after it are said as unrecognized (not the
+    # positional with them: `config rollback -c A V extra` named V, the right VERSION).
+    first = extra[0] if extra else "--"
+    if late == "seq" and extra and all(x.isdigit() for x in extra):
+        # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
+        args.seq, extra = [*args.seq, *map(int, extra)], []
+    elif late and getattr(args, late) is None and (first == "-" or first[:1] != "-"):
+        setattr(args, late, first)
+        extra = extra[1:]
+    if extra:
+        getattr(args, "action_parser", p).error(f"unrecognized arguments: {' '.join(extra)}")
+    group_config = vars(args).pop("group_config", None)
+    if getattr(args, "takes_config", False):  # -c after the action first, else before it
+        args.config = getattr(args, "config", None) or group_config or DEFAULT_CONFIG
+    elif group_config is not None:  # `config -c FILE sign ...`: sign reads no config
+        args.action_parser.error(f"unrecognized arguments: -c {group_config}")
+    return args
 
 
 class _OutputError(OSError):
@@ -1106,10 +1247,10 @@ _TERMINAL_SAFE = {
 }
 
 
-class _Output:
-    """sys.stdout while a command runs: its write errors other than a broken pipe are
-    _OutputError, which main() says in one line; on a terminal, control characters are
-    written as \\xNN (see _TERMINAL_SAFE); into a pipe or a file, as they are."""
+class _TerminalSafe:
+    """sys.stderr while a command runs: on a terminal, control characters are written as
+    \\xNN (see _TERMINAL_SAFE). The problems of a config name its keys as written, and a
+    key holding an escape sequence (a config from elsewhere) acted on the terminal."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -1119,10 +1260,19 @@ class _Output:
             self._terminal = False
 
     def write(self, text: str) -> int:
-        if self._terminal:
-            text = text.translate(_TERMINAL_SAFE)
+        return self._stream.write(text.translate(_TERMINAL_SAFE) if self._terminal else text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Output(_TerminalSafe):
+    """sys.stdout while a command runs: as _TerminalSafe, and its write errors other than a
+    broken pipe are _OutputError, which main() says in one line."""
+
+    def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return super().write(text)
         except BrokenPipeError:
             raise
         except OSError as err:
@@ -1135,9 +1285,6 @@ class _Output:
             raise
         except OSError as err:
             raise _OutputError(err.errno, err.strerror) from err
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def _drop_output(stream: TextIO) -> None:

@@ -28,6 +28,17 @@ KEEP_VERSIONS = 20
 HISTORY_DIR = "config-history"
 
 
+def read_head(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
+    named pipe with no writer is read as empty, not waited on (the open blocked, and the
+    command or the gateway's start hung without a word), and /dev/zero ends at `limit`
+    (read whole, it filled the memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        os.set_blocking(fd, True)
+        return f.read(limit)
+
+
 def text_hash(text: str) -> str:
     """The config text's identity: the first 12 hex digits of its SHA-256."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]

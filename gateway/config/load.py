@@ -21,6 +21,7 @@ A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -34,7 +35,7 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from gateway.config import secrets
+from gateway.config import files, secrets
 from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Path as KeyPath
 from gateway.config.schema import Problems, WrittenFloat, build_dataclass
@@ -343,7 +344,8 @@ def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, in
         raise ConfigError(f"{source}: the config is {_TOO_LARGE}: is this the right file?")
     key_lines: dict[int, dict[Any, int]] = {}
     if source.endswith(".json"):
-        data = _parse_json(text, source)
+        # a byte order mark (Notepad writes one): YAML reads past it, json refused the file
+        data = _parse_json(text.removeprefix("\ufeff"), source)
         shape = data
         try:  # JSON is YAML: read again by the line-keeping loader, for the keys' lines
             shape, key_lines = _parse_yaml(text, source)
@@ -466,9 +468,13 @@ class _Secrets:
     def add_value(self, path: KeyPath, value: Any) -> None:
         """Record a plain (not ENC) value that is a secret by its key's name or holds a
         password in its URL or `password=` part."""
-        if any(secrets.is_secret_key(p) for p in path) and isinstance(value, str | int | float):
+        if any(secrets.is_secret_key(p) for p in path) and isinstance(
+            value, str | int | float | datetime.date
+        ):
             if not isinstance(value, bool):
                 self.add(path, str(value), "***")
+            if isinstance(value, datetime.date):  # YAML read `password: 2024-05-01` as a
+                self.add(path, repr(value), "***")  # date: "got datetime.date(2024, 5, 1)"
             return
         if not isinstance(value, str):
             return
@@ -669,8 +675,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """The config file's text; ConfigError if it cannot be read, is too large or not UTF-8."""
     source = str(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+        raw = files.read_head(path, MAX_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the config file: {err.strerror or err}") from err
     if len(raw) > MAX_BYTES:

@@ -95,6 +95,35 @@ class GatewaySection:
                 " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
                 " control characters",
             )
+        for key, path, example in (
+            ("data_dir", self.data_dir, "/var/lib/edge-stream"),
+            # '' is the default key file, as web.users_file '' is the default users file
+            ("secret_key_file", self.secret_key_file or None, "/var/lib/edge-stream/secret.key"),
+        ):
+            problem = path_problem(path, example)
+            if problem:
+                yield key, problem
+
+
+def path_problem(path: str | None, example: str) -> str | None:
+    """Why `path` (gateway.data_dir, secret_key_file, web.users_file) names no place the
+    user meant, or None: '' was the current folder (/ for a service), '~/data' a folder
+    named '~' in it."""
+    if path is None:
+        return None
+    if not path.strip():
+        return f"{path!r} is no path; write one, e.g. {example}"
+    if path.startswith("~"):
+        made = os.path.abspath(path)
+        # the folder a release before made, holding a store's backlog: say where it is
+        there = f" (what it wrote is in {made})" if os.path.lexists(made) else ""
+        return (
+            f"{path!r}: ~ is not expanded (it would be a folder named '~' in the current"
+            f" one); write the path in full, e.g. {example}{there}"
+        )
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):  # C0, DEL, C1
+        return f"{path!r} holds a control character"
+    return None
 
 
 @dataclass(frozen=True)
@@ -365,6 +394,9 @@ class WebSection:
         problem = self.listen_problem()
         if problem:
             yield "listen", problem
+        problem = path_problem(self.users_file or None, "/var/lib/edge-stream/web-users")
+        if problem:
+            yield "users_file", problem
         # HTTP basic auth sends "user:password" and splits at the first ':', so a name
         # holding one could never log in that way; a control character cannot be typed.
         bad = sorted({c for c in self.username or "" if c == ":" or not c.isprintable()})

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import files
+from gateway.config import files, secrets
 from gateway.config.load import MAX_BYTES, load_data, parse_text, read_text
 from gateway.config.model import Config, GatewaySection
 from gateway.core.errors import ConfigError
@@ -105,7 +105,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        raw = Path(path).read_bytes()[:4096]
+        raw = files.read_head(path, secrets.KEY_FILE_MAX)
     except OSError as err:
         inline = _base64_key(str(path))
         if inline is not None:
@@ -146,7 +146,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        raw = Path(path).read_bytes()[:4096]
+        raw = files.read_head(path, secrets.KEY_FILE_MAX)
     except OSError as err:
         raise ConfigError(f"cannot read the signing key {path}: {err.strerror or err}") from err
     try:

@@ -25,9 +25,12 @@ import re
 import stat
 from pathlib import Path
 
+from gateway.config import files
+
 # cryptography is imported where it is used: most configs hold no secret, and it costs memory.
 
 ENV_KEY = "EDGE_STREAM_SECRET_KEY"
+KEY_FILE_MAX = 4 << 10  # a key is 64 characters; a larger file is not one
 # Anything written ENC(...) is meant as a secret: it must decrypt, or the config is refused.
 _ENC = re.compile(r"ENC\(([^)]*)\)")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+=*")
@@ -68,7 +71,7 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
     if not key_file or not os.path.lexists(key_file):
         return None
     try:
-        raw = Path(key_file).read_bytes()
+        raw = files.read_head(key_file, KEY_FILE_MAX + 1)
     except OSError as err:
         hint = ""
         if isinstance(err, PermissionError):
@@ -76,6 +79,11 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes | None:
         raise SecretError(
             f"cannot read the key file {key_file}: {err.strerror or err}{hint}"
         ) from err
+    if len(raw) > KEY_FILE_MAX:
+        raise SecretError(
+            f"the key file {key_file} is larger than {KEY_FILE_MAX >> 10} KiB; it must hold 64"
+            " hex digits or base64"
+        )
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as err:

@@ -13,7 +13,12 @@ A run is *missed* when its time passed without it (a poll slower than the
 interval, the store blocking intake, the wall clock jumping forward). `missed:
 skip` (the default) waits for the next time still ahead; `missed: catch_up` runs
 once at once for all the missed ones, then keeps to the schedule. A wall clock set
-back moves a cron schedule back with it (its next time after the clock's new time).
+back moves a cron schedule back with it (its next time after the clock's new time), but
+a cron time polled less than one gap of the schedule ago (on the monotonic clock) is not
+polled again: a clock set back 90 s a minute after the poll of 10:00 polls next at 10:05,
+not at 10:00 a second time. A time polled longer ago is polled again when the clock comes
+to it (a clock set back two hours polls those two hours again): a reading twice is
+better than hours without one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
+POLLED_KEPT = 8  # the latest cron times polled, kept to skip after a step back
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
 
@@ -75,6 +81,12 @@ class Schedule:
         self._slot = 0.0  # the time of the current run without its jitter (mono or wall s)
         self.due = 0.0  # when the current run starts: monotonic (interval) or wall (cron) s
         self.missed_runs = 0  # how many run times were skipped or folded into a catch-up
+        # The latest cron times polled, each with the monotonic time of its poll, newest
+        # last: after the wall clock is set back a little, a time it comes to again less
+        # than a gap after its poll is skipped rather than polled twice. Only the monotonic
+        # time says how long ago that was: kept as spans of wall times, a clock set back
+        # two hours after three hours of polls skipped two hours of readings.
+        self._polled: list[tuple[float, float]] = []
 
     @property
     def wall(self) -> bool:
@@ -92,6 +104,25 @@ class Schedule:
 
         start = datetime.fromtimestamp(wall, UTC)
         return float(croniter(self.cron, start).get_next(float))
+
+    def _unpolled_after(self, at: float, mono: float, wall: float) -> float:
+        """The first cron time after `at` that is not one polled less than a gap before the
+        clock comes to it (the clock reads `mono` / `wall` now)."""
+        polled = dict(self._polled)
+        while True:
+            at = self._cron_after(at)
+            when = polled.get(at)
+            if when is None:
+                return at
+            after = self._cron_after(at)
+            if mono + (at - wall) - when >= after - at:
+                return at  # polled a gap ago or more: poll it again rather than lose it
+
+    def _polled_now(self, mono: float) -> None:
+        """Record the current run's time (`_slot`) as polled, at `mono`."""
+        self._polled = [p for p in self._polled if p[0] != self._slot]
+        self._polled.append((self._slot, mono))
+        del self._polled[:-POLLED_KEPT]
 
     def _passed(self, slot: float, wall: float) -> tuple[float, int]:
         """The last cron time not after `wall`, and how many there are from `slot` (itself
@@ -121,6 +152,12 @@ class Schedule:
 
     def next(self, mono: float, wall: float) -> float:
         """The next run's `due`, once the current run ended at `mono` / `wall`."""
+        if self.cron is not None:
+            self._polled_now(mono)
+        return self._after_current(mono, wall)
+
+    def _after_current(self, mono: float, wall: float) -> float:
+        """The next run's `due` after the current one, polled or missed."""
         if self.cron is None:
             slot = self._slot + self.interval
             if slot >= mono:
@@ -131,11 +168,11 @@ class Schedule:
                 return self._jittered(mono)
             # keep the grid: the next of its times still ahead
             return self._jittered(slot + behind * self.interval)
-        slot = self._cron_after(self._slot)
+        slot = self._unpolled_after(self._slot, mono, wall)
         if slot > wall:
             return self._jittered(slot)
         passed, count = self._passed(slot, wall)
-        slot = self._cron_after(passed)
+        slot = self._unpolled_after(passed, mono, wall)
         self.missed_runs += count
         if self.missed == "catch_up":
             # one run now stands for all of them; the schedule goes on after the last
@@ -144,13 +181,14 @@ class Schedule:
             return wall
         return self._jittered(slot)
 
-    def rewound(self, wall: float) -> float:
+    def rewound(self, mono: float, wall: float) -> float:
         """While waiting for the current run: its `due`, or, when the wall clock went back
         before a cron time ahead of this run's (set back by NTP after a wrong saved time),
-        the due of the first cron time after `wall`, so the runs go on from the clock's
-        new time rather than after waiting for the old one to come again."""
+        the due of the first cron time after `wall` not polled less than a gap ago, so the
+        runs go on from the clock's new time rather than after waiting for the old one to
+        come again, and a time just polled is not polled twice."""
         if self.cron is not None:
-            ahead = self._cron_after(wall)
+            ahead = self._unpolled_after(wall, mono, wall)
             if ahead < self._slot:
                 return self._jittered(ahead)
         return self.due
@@ -162,12 +200,14 @@ class Schedule:
         then missed too. A due not ahead of now means: run now."""
         now = wall if self.cron is not None else mono
         following = (
-            self._cron_after(self._slot) if self.cron is not None else (self._slot + self.interval)
+            self._unpolled_after(self._slot, mono, wall)
+            if self.cron is not None
+            else (self._slot + self.interval)
         )
         if following + self.jitter >= now:
             return self.due
         self.missed_runs += 1
-        return self.next(mono, wall)
+        return self._after_current(mono, wall)
 
     def next_run_wall(self, mono: float, wall: float) -> float:
         """`due` as wall-clock seconds (for the status page)."""

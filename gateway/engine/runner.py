@@ -350,7 +350,7 @@ class SourceRunner:
         clock = self.clock
         while True:
             if schedule.wall:
-                due = schedule.rewound(clock.now_ns() / 1e9)
+                due = schedule.rewound(clock.monotonic(), clock.now_ns() / 1e9)
                 left = min(due - clock.now_ns() / 1e9, WALL_CHECK_S)
             else:
                 left = due - clock.monotonic()

@@ -276,11 +276,16 @@ def not_a_store(path: Path) -> str | None:
     """Why the file at `path` is not an Edge Stream store, or None if it is one."""
     if not path.exists():
         return "is missing while its write-ahead log (-wal) is there"
+    if not path.is_file():  # opened, a folder was an IsADirectoryError traceback
+        return "is a folder, not a file" if path.is_dir() else "is not a regular file"
     size = path.stat().st_size
     if size == 0:
         return "is empty (0 bytes)"
-    with path.open("rb") as f:
-        header = f.read(16)
+    try:
+        with path.open("rb") as f:
+            header = f.read(16)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
     if header != b"SQLite format 3\x00":
         return f"is not a SQLite database ({size} bytes that do not start as one)"
     try:

@@ -137,9 +137,8 @@ def parse_users(text: str, where: str) -> dict[str, User]:
 
 def read_users(path: Path) -> dict[str, User]:
     """The users in the file at `path`; none when it does not exist."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_USERS_FILE + 1)
+    try:  # a named pipe is not waited on: the console's start or `web passwd` hung
+        text = files.read_head(path, MAX_USERS_FILE + 1).decode()
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as err:

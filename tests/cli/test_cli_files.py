@@ -24,6 +24,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def stdin(data: bytes) -> io.TextIOWrapper:
+    """A stdin fed `data`, as a UTF-8 locale gives it (errors=strict)."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
 def test_keygen_and_docs_where_a_file_stands_for_a_folder_say_so_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,6 +82,132 @@ def test_a_missing_key_names_the_file_looked_for_and_the_keygen_that_makes_it(
     )
 
 
+def test_a_config_file_that_is_not_there_is_said_when_the_defaults_are_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `secret keygen -c /etc/edge-stream/gatway.yaml` (a typo) made ./data/secret.key and
+    # said only "wrote a new key", far from the gateway's data_dir; web passwd the same
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    typo = str(tmp_path / "gatway.yaml")
+    code, out, err = run(capsys, "secret", "keygen", "-c", typo)
+    assert (code, out.startswith("wrote a new key to data/secret.key")) == (0, True)
+    assert err == f"edge-stream: note: {typo} does not exist; using data/secret.key\n"
+    monkeypatch.setattr("sys.stdin", stdin(b"password1\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(tmp_path))
+    assert (code, out.startswith("data/web-users: added ann")) == (0, True)
+    assert err == f"edge-stream: note: {tmp_path} is not a file; using data/web-users\n"
+    # with the key in the environment, no file is used: nothing to say
+    monkeypatch.setenv("EDGE_STREAM_SECRET_KEY", "ab" * 32)
+    code, out, err = run(capsys, "secret", "encrypt", "v", "-c", typo)
+    assert (code, out.startswith("ENC("), err) == (0, True, "")
+
+
+def test_rotate_reads_the_config_as_the_gateway_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rotate read the whole file, whatever its size: `-c /dev/zero` filled the memory and
+    # ended in a MemoryError traceback; a file the gateway refuses is refused here too
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    big = tmp_path / "gateway.yaml"
+    big.write_text("# " + "x" * (256 << 10) + "\n")
+    assert run(capsys, "secret", "rotate", "-c", str(big), "--key-file", str(key)) == (
+        1,
+        "",
+        f"edge-stream: {big}: the config is larger than 256 KiB (limit 256 KiB): is this the"
+        " right file?\n",
+    )
+
+
+def test_a_key_file_is_read_no_further_than_a_key_can_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the key file was read whole: `--key-file /dev/zero` filled the memory (MemoryError,
+    # a traceback), and a named pipe hung the command
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "big.key"
+    key.write_text("a" * 5000)
+    assert run(capsys, "secret", "encrypt", "v", "--key-file", str(key)) == (
+        1,
+        "",
+        f"edge-stream: the key file {key} is larger than 4 KiB; it must hold 64 hex digits"
+        " or base64\n",
+    )
+
+
+def test_a_value_or_password_that_is_not_utf8_or_too_long_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bytes that are not UTF-8 (stdin or argv carries them as surrogates) ended the
+    # encryption or the hash in a UnicodeEncodeError traceback; `< /dev/zero` was read whole
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    monkeypatch.setattr("sys.stdin", stdin(b"ab\xffcd\n"))
+    assert run(capsys, "secret", "encrypt", "--key-file", str(key)) == (
+        1,
+        "",
+        "edge-stream: secret encrypt: the value is not UTF-8 text (byte 0xff at character 3);"
+        " nothing done\n",
+    )
+    monkeypatch.setattr("sys.stdin", stdin(b"pass\xffword\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
+    assert (code, out) == (1, "")
+    assert err.endswith(
+        "edge-stream: the password is not UTF-8 text (byte 0xff at character 5); nothing done\n"
+    )
+    monkeypatch.setattr("sys.stdin", stdin(b"x" * 2000))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", "none.yaml")
+    assert (code, out) == (1, "")
+    assert err.endswith("edge-stream: a console password has at most 1024 characters\n")
+    assert not (tmp_path / "data" / "web-users").exists()
+
+
+class _CtrlC(io.BytesIO):
+    def read(self, *_args: object) -> bytes:
+        raise KeyboardInterrupt
+
+    readline = read1 = read
+
+
+@pytest.mark.parametrize("args", [["secret", "encrypt"], ["web", "passwd", "ann"]])
+def test_ctrl_c_at_a_prompt_ends_the_command_without_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(_CtrlC()))
+    extra = ["--key-file", str(key)] if args[0] == "secret" else ["-c", str(tmp_path / "a")]
+    try:
+        code, out, err = run(capsys, *args, *extra)
+    except KeyboardInterrupt:  # not let through: it would stop the test run
+        pytest.fail("Ctrl-C came out of main(): a traceback")
+    assert (code, out) == (130, "")
+    assert err.endswith("\nedge-stream: interrupted\n")
+    assert not (tmp_path / "data").exists()
+
+
+def test_web_passwd_refuses_a_users_file_under_a_tilde(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # web.users_file: ~/users wrote ./~/users (~ is not expanded), where no gateway looks
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "gateway.yaml"
+    config.write_text("gateway: {id: a, data_dir: d}\nweb: {users_file: ~/users}\n")
+    monkeypatch.setattr("sys.stdin", stdin(b"password1\n"))
+    code, out, err = run(capsys, "web", "passwd", "ann", "-c", str(config))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: {config}: web.users_file: '~/users': ~ is not expanded")
+    assert not (tmp_path / "~").exists()
+
+
 def test_keygen_says_when_the_environment_key_will_be_used_instead(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,7 +225,7 @@ def test_keygen_says_when_the_environment_key_will_be_used_instead(
 
 @pytest.mark.parametrize(
     "args",
-    [["schema"], ["config", "show"], ["check-config"], ["docs", "--out", "DOCS"]],
+    [["schema"], ["config", "show"], ["check-config"], ["docs", "--out", "DOCS"], ["--version"]],
 )
 def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
     tmp_path: Path,
@@ -151,6 +282,24 @@ def test_the_store_commands_need_only_the_data_dir_of_the_config(
     assert run(capsys, "state", "list", "-c", c) == (0, "", "")
     code, out, err = run(capsys, "store", "stats", "-c", c)
     assert (code, err) == (0, "") and out.splitlines()[1].split() == ["out", "0", "-"]
+    # drop-sink loaded the whole config too (its sinks' names are all it needs)
+    code, out, err = run(capsys, "store", "drop-sink", "out", "-c", c)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: sink 'out' is in {c}; remove it from the config")
+    config.write_text(config.read_text().replace("sinks: [out]", "sinks: [two]"))
+    config.write_text(config.read_text().replace("{out: {type: fiel}}", "{two: {type: fiel}}"))
+    code, out, err = run(capsys, "store", "drop-sink", "out", "-c", c)
+    assert (code, out, err) == (
+        0,
+        "dropped sink 'out' and the 0 FlowFile(s) that waited for it\n",
+        "",
+    )
+    # a sink named as YAML reads a number ({1: ...}) is the gateway's sink '1': it was
+    # dropped, its backlog deleted, while the config still sent to it
+    config.write_text(config.read_text().replace("two", "1"))
+    code, out, err = run(capsys, "store", "drop-sink", "1", "-c", c)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"edge-stream: sink '1' is in {c}; remove it from the config")
 
 
 @pytest.mark.parametrize(
@@ -221,7 +370,7 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
         f"gateway: {{id: t, data_dir: {tmp_path / 'data'}}}\n"
         "web: {username: tech, password: old-pass-123}\n"
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"new-pass-123\n"))
     code, out, err = run(capsys, "web", "passwd", "tech", "-c", str(config))
     assert (code, out) == (1, "") and err.count("\n") == 1
     assert "tech is web.username in" in err and "web.password" in err
@@ -233,7 +382,7 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
     monkeypatch.setattr(
         gateway.cli, "read_text", lambda path: reads.append(path) or read_text(path)
     )
-    monkeypatch.setattr("sys.stdin", io.StringIO("new-pass-123\n"))
+    monkeypatch.setattr("sys.stdin", stdin(b"new-pass-123\n"))
     assert run(capsys, "web", "passwd", "ann", "-c", str(config))[0] == 0
     assert reads == [str(config)]
     usage = " ".join((gateway.cli.__doc__ or "").split())

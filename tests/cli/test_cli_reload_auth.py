@@ -90,3 +90,72 @@ def test_a_web_password_this_shell_cannot_decrypt_is_said_not_sent(
         f"edge-stream: {config}:2: web.password: the value holds ENC(...) but there is no key"
     )
     assert err.count("\n") == 1
+
+
+class Other(http.server.BaseHTTPRequestHandler):
+    """Another program on the port, answering JSON that is not a reload answer."""
+
+    def do_POST(self) -> None:
+        body = self.server.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"ok"', b"null", b"<html>hello</html>"])
+def test_another_program_on_web_listen_is_said_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes
+) -> None:
+    # a JSON list was read as the answer: AttributeError: 'list' object has no attribute
+    # 'get'; a page said "no gateway answers (Expecting value: line 1 column 1 (char 0))"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    server.body = body  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\n"
+            f"web: {{listen: '127.0.0.1:{port}'}}\n"
+        )
+        with pytest.raises(SystemExit) as exit_:
+            main(["reload", "-c", str(config)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert exit_.value.code == 1
+    assert capsys.readouterr() == (
+        "",
+        f"edge-stream: http://127.0.0.1:{port}/api/config/reload: what answers there is not"
+        " an Edge Stream gateway (not its reload answer); is web.listen the address of the"
+        " gateway?\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "said"),
+    [
+        ("127.0.0.1:abc", "web.listen: '127.0.0.1:abc' must read host:port, e.g. 127.0.0.1:8080"),
+        ("a b:1", "no gateway answers at http://a b:1/api/config/reload (URL can't contain"),
+    ],
+)
+def test_a_web_listen_that_makes_no_url_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str, said: str
+) -> None:
+    # both were an http.client.InvalidURL traceback ("nonnumeric port: 'abc'")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path / 'data'}'}}\nweb: {{listen: '{listen}'}}\n"
+    )
+    try:
+        code = main(["reload", "-c", str(config)])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    assert (code, out, err.count("\n")) == (1, "", 1)
+    assert said in err

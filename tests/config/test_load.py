@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -906,6 +908,109 @@ def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text("".join(f"{'  ' * n}k{n}:\n" for n in range(200)) + "  " * 200 + "x\n")
     assert problems(path) == [f"{path}:64: nested more than 64 levels deep (limit 64)"]
+
+
+def test_a_named_pipe_given_as_the_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # `check-config -c FIFO` blocked in open() until something wrote to it: a hang
+    path = tmp_path / "gateway.yaml"
+    os.mkfifo(path)
+    found: list[list[str]] = []
+    reader = threading.Thread(target=lambda: found.append(problems(path)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that opens and closes is the EOF it waits for
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("the read waited for a writer")
+    assert found == [[f"{path}:1: the config file is empty: it needs at least sources, routes"
+                      " and sinks (config/gateway.yaml is an example to start from)"]]  # fmt: skip
+
+
+def test_a_named_pipe_as_the_served_certificate_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # the check read web.tls_cert with open(), which waited for a writer: check-config hung
+    from gateway.config.tls import ServedTlsError, served_tls
+
+    path = tmp_path / "web.crt"
+    os.mkfifo(path)
+    found: list[BaseException] = []
+
+    def check() -> None:
+        with pytest.raises(ServedTlsError) as info:
+            served_tls(str(path), str(path))
+        found.append(info.value)
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that opens and closes is its EOF
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(0.1)
+        pytest.fail("the read waited for a writer")
+    assert [str(e) for e in found] == [f"{path} holds no PEM certificate"]
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -> None:
+    # json refused it: "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)"
+    for name in ("gateway.json", "gateway.yaml"):
+        path = tmp_path / name
+        path.write_bytes(b'\xef\xbb\xbf{"gateway": {"id": "pi-01", "data_dir": "d"}}\n')
+        assert load(path, environ={}).gateway.id == "pi-01"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("data_dir", "''", "'' is no path; write one, e.g. /var/lib/edge-stream"),
+        ("data_dir", "'~/gw'", "'~/gw': ~ is not expanded (it would be a folder named '~' in"),
+        ("secret_key_file", "'~/k'", "'~/k': ~ is not expanded"),
+        ("data_dir", '"a\\nb"', "'a\\nb' holds a control character"),
+        ("data_dir", '"a\\x85b"', "'a\\x85b' holds a control character"),
+        ("secret_key_file", "' '", "' ' is no path"),
+    ],
+)
+def test_a_data_dir_or_key_file_that_names_no_place_meant_is_refused(
+    tmp_path: Path, key: str, value: str, problem: str
+) -> None:
+    # '' ran the gateway in the current folder (/ for a service); '~/gw' made a folder
+    # named '~' there: both passed check-config
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{id: a, {key}: {value}}}\nsinks: {{f: {{type: file}}}}\n")
+    [found] = problems(path)
+    assert found.startswith(f"{path}:1: gateway.{key}: {problem}"), found
+
+
+def test_an_empty_secret_key_file_is_the_default(tmp_path: Path) -> None:
+    # secret_key_file: '' meant <data_dir>/secret.key and ran; it was then refused
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: a, secret_key_file: ''}\nsinks: {f: {type: file}}\n")
+    load(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("data_dir", '"/srv/a\\u00a0b"'),  # a no-break space is no control character
+        ("data_dir", '"/srv/a\\u200bb"'),
+    ],
+)
+def test_a_data_dir_or_key_file_that_names_a_place_is_taken(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"gateway: {{id: a, {key}: {value}}}\nsinks: {{f: {{type: file}}}}\n")
+    load(path, environ={})
+
+
+def test_a_data_dir_under_tilde_names_the_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '~/gw' ran before, in a folder named '~' here: the operator is told where its backlog is
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~" / "gw").mkdir(parents=True)
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: a, data_dir: '~/gw'}\nsinks: {f: {type: file}}\n")
+    [found] = problems(path)
+    assert found.endswith(f"(what it wrote is in {tmp_path}/~/gw)"), found
 
 
 def test_a_file_larger_than_256_kib_is_refused(tmp_path: Path) -> None:

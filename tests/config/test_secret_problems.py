@@ -134,10 +134,13 @@ def test_a_plain_password_key_is_masked(tmp_path: Path) -> None:
         f"""\
         mqtt: {{password: ["{PLAIN}"]}}
         web: {{password: {{a: "{PLAIN}"}}}}
+        sinks: {{m: {{type: mqtt, url: "mqtt://h:1883", topic: t, password: 2019-07-13}}}}
         """,
     )
+    # a password that YAML reads as a date was printed: "got datetime.date(2019, 7, 13)"
     assert messages == [
         f"{tmp_path / 'gateway.yaml'}:1: mqtt.password: expected a string, got ['***']",
+        f"{tmp_path / 'gateway.yaml'}:3: sinks.m.password: expected a string, got ***",
         f"{tmp_path / 'gateway.yaml'}:2: web.password: expected a string, got {{'a': '***'}}",
     ]
 

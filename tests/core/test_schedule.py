@@ -248,6 +248,46 @@ async def test_the_runner_follows_a_wall_clock_set_back() -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_cron_time_polled_is_not_polled_again_after_the_clock_is_set_back() -> None:
+    """NTP set the clock back 90 s a minute after the poll of 10:00: the runner went back
+    to the first cron time after 09:59:30, 10:00, and polled it a second time."""
+    clock = FakeClock(1000.0, wall("2024-03-01T09:59:00"))
+    source = Counting(clock, Schedule(interval=1.0, cron="*/5 * * * *"))
+    _runner, task = await run_with(source, clock)
+    await steps(clock, 61)
+    assert source.polls == [wall("2024-03-01T10:00:00")]
+    await steps(clock, 60, by=60.0, wall_jump=-91.0)  # now 09:59:30
+    await steps(clock, 10 * 60, by=5.0)  # to 10:09:30
+    assert source.polls == [wall("2024-03-01T10:00:00"), wall("2024-03-01T10:05:00")]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def test_after_a_day_set_back_the_times_polled_a_day_ago_are_polled_again() -> None:
+    # a board a day ahead polled 10:00 on 2 March; set back, it polls 1 March from 10:05
+    # on, and when its clock comes to 2 March 10:00 again, a day later, it polls it again:
+    # passed over, that day's 10:00 would have had no reading
+    s = Schedule(interval=1.0, cron="*/5 * * * *")
+    assert s.first(0.0, wall("2024-03-02T09:59:00")) == wall("2024-03-02T10:00:00")
+    assert s.next(61.0, wall("2024-03-02T10:00:01")) == wall("2024-03-02T10:05:00")
+    assert s.rewound(120.0, wall("2024-03-01T10:01:00")) == wall("2024-03-01T10:05:00")
+    day = 86400.0
+    assert s.next(day - 180, wall("2024-03-02T09:56:00")) == wall("2024-03-02T10:00:00")
+
+
+def test_a_clock_set_back_hours_polls_those_hours_again() -> None:
+    """A `* * * * *` source polled three hours, then NTP set the clock back two: the polled
+    times were skipped as spans of wall times, so the next poll came two hours later, and
+    missed_runs said 0."""
+    s = Schedule(interval=1.0, cron="* * * * *")
+    start = wall("2024-03-01T09:59:30")
+    s.first(0.0, start)
+    for minute in range(1, 181):  # 10:00 to 12:59, each polled on time
+        s.next(30.0 + 60 * minute - 59, start + 60 * minute - 29)
+    # at 12:59:40 the clock goes back to 10:59:40
+    assert s.rewound(180 * 60 + 10.0, wall("2024-03-01T10:59:40")) == wall("2024-03-01T11:00:00")
+
+
 async def test_a_source_with_a_backlog_is_polled_again_at_once() -> None:
     clock = FakeClock(1000.0, wall("2024-03-01T10:00:00"))
     source = Counting(clock, Schedule(interval=30.0), backlog_polls=3)

@@ -71,6 +71,22 @@ def test_a_file_that_is_not_a_store_is_refused_in_one_line_and_left_alone(
     assert path.read_bytes() == content
 
 
+def test_a_folder_where_the_store_file_should_be_is_refused_in_one_line(tmp_path: Path) -> None:
+    # opened, it was an IsADirectoryError traceback (store stats, store reset, run)
+    path = tmp_path / "store.db"
+    path.mkdir()
+    with pytest.raises(StoreError) as err:
+        open_admin(path)
+    assert f"{path}: is a folder, not a file: not a valid Edge Stream store" in str(err.value)
+    done = reset(path)
+    assert done.aside is not None
+    assert (done.problem, path.exists(), done.aside.is_dir()) == (
+        "is a folder, not a file",
+        False,
+        True,
+    )
+
+
 async def test_dead_letters_are_listed_newest_first_and_shown_in_full(tmp_path: Path) -> None:
     store, dead = await store_with_dead_letters(tmp_path)
     before = time.time_ns()

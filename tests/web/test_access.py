@@ -4,7 +4,9 @@ the Host and Origin checks, and the config's refusal of an open console beyond l
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ def test_the_users_file_is_written_0600_and_read_back(tmp_path: Path) -> None:
     access.set_user(path, "bob", "operator", "pass-word-4")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert access.read_users(tmp_path / "none") == {}
+
+
+def test_a_named_pipe_as_the_users_file_is_not_waited_on(tmp_path: Path) -> None:
+    # read with open(), it waited for a writer: `web passwd` and the console's start hung
+    path = tmp_path / "web-users"
+    os.mkfifo(path)
+    found: list[dict[str, access.User]] = []
+    reader = threading.Thread(target=lambda: found.append(access.read_users(path)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that opens and closes is its EOF
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(0.1)
+        pytest.fail("the read waited for a writer")
+    assert found == [{}]
 
 
 def test_a_malformed_users_file_names_its_line(tmp_path: Path) -> None:
