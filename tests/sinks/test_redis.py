@@ -583,6 +583,69 @@ async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
         assert await client.xlen(f"{ns}:ok1") == 1
 
 
+async def test_publish_with_dedupe_needs_no_key_permission_on_the_channels(
+    redis: Any, client: Any, ns: str
+) -> None:
+    # Pub/sub ACL: the channels (&) and the dedupe keys (~), not the channels as keys. A
+    # channel the user may not publish to comes from the row's topic: that row alone goes
+    # to the dead letters.
+    await client.acl_setuser(
+        ns,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"{ns}-dedupe*"],
+        channels=[f"{ns}:ok*"],
+        commands=["+@all"],
+    )
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(f"{ns}:*")
+    await pubsub.get_message(timeout=1.0)  # the psubscribe confirmation
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:{{topic}}", mode="publish", dedupe_prefix=f"{ns}-dedupe")
+    batch = [FlowFile.create("ok1", b"1"), FlowFile.create("other", b"2")]
+    try:
+        await sink.connect()
+        rejected = await sink.write(batch)
+        message = await pubsub.get_message(timeout=1.0)
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+        await pubsub.aclose()
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "channel" in rejected[0].reason
+    assert message is not None
+    assert json.loads(message["data"])["id"] == batch[0].id
+
+
+@pytest.mark.parametrize(
+    ("mode", "dedupe"),
+    [("stream", True), ("stream", False), ("hash", True), ("publish", True), ("publish", False)],
+)
+async def test_a_key_without_the_topic_the_acl_user_may_not_write_is_retried(
+    redis: Any, client: Any, ns: str, mode: str, dedupe: bool
+) -> None:
+    # One key (or channel) for every row: the refusal is the ACL user's, not the rows'.
+    # Dead-lettering would send the whole stream to the dead letters.
+    await client.acl_setuser(
+        ns,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"{ns}-dedupe*"],
+        channels=[f"{ns}-dedupe*"],
+        commands=["+@all"],
+    )
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:all", mode=mode, dedupe=dedupe, dedupe_prefix=f"{ns}-dedupe")
+    try:
+        await sink.connect()
+        with pytest.raises(RetryableError, match="grant the ACL user the permission"):
+            await sink.write([FlowFile.create("a", b"1"), FlowFile.create("b", b"2")])
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+    assert await data_keys(client, ns) == []
+
+
 async def test_cluster_true_for_a_plain_server_is_permanent(redis: Any) -> None:
     sink = make_sink(redis.url, cluster=True)
     with pytest.raises(PermanentError, match="not a Redis Cluster node"):
