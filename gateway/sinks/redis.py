@@ -756,13 +756,20 @@ class RedisSink(Sink):
             if await self._may_write(client, slot):
                 return [self._refused(ff, str(err)) for ff in group.rows]
             raise
-        rows = group.rows
+        return self._refusals(group.rows, errors)
+
+    def _refusals(self, rows: list[FlowFile], errors: list[Any]) -> list[Rejected]:
+        """The rows a script call's answer names: [row number, error, ...]."""
         return [
             self._refused(rows[int(errors[i]) - 1], errors[i + 1]) for i in range(0, len(errors), 2)
         ]
 
     async def _write_by_key(self, client: Any, slot: int | None, group: _Group) -> list[Rejected]:
-        """The rows of a slot, one script call per key (after the ACL refused a key)."""
+        """The rows of a slot, one script call per key (after the ACL refused a key).
+
+        One round trip: the calls go in one pipeline, after a call of no rows that checks
+        the dedupe keys once (refused, every call is: the user's, retried).
+        """
         parts: dict[str, _Group] = {}
         for key, blob, ff in zip(group.keys, group.blobs, group.rows, strict=True):
             part = parts.get(key)
@@ -771,9 +778,24 @@ class RedisSink(Sink):
             part.keys.append(key)
             part.blobs.append(blob)
             part.rows.append(ff)
+        sha = self._script_sha
+        async with client.pipeline(transaction=False) as pipe:
+            dedupe = self.dedupe_keys(slot)
+            pipe.evalsha(sha, len(dedupe), *dedupe, *self._settings)
+            for part in parts.values():
+                keys, args = self._script_call(slot, part)
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        if isinstance(answers[0], Exception):
+            raise answers[0]
         refused = []
-        for part in parts.values():
-            refused += await self._write_group(client, slot, part)
+        for part, answer in zip(parts.values(), answers[1:], strict=True):
+            if isinstance(answer, redis_errors.NoPermissionError) and self._row_denial(str(answer)):
+                refused += [self._refused(ff, str(answer)) for ff in part.rows]
+            elif isinstance(answer, Exception):
+                raise answer  # NOSCRIPT (a failover) too: retried, the script loaded again
+            else:
+                refused += self._refusals(part.rows, answer)
         return refused
 
     async def _may_write(self, client: Any, slot: int | None) -> bool:

@@ -557,16 +557,24 @@ async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
     url = redis.url.replace("redis://", f"redis://{ns}:pw@")
     sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe=dedupe, dedupe_prefix=f"{ns}-dedupe")
     batch = [FlowFile.create("ok1", b"1"), FlowFile.create("other", b"2")]
+    # Many keys, half of them refused: still one round trip after the refused script call
+    # (the server reads each round trip's commands at once; INFO is one read too).
+    more = [FlowFile.create(f"{'ok' if i % 2 else 'no'}-{i}", b"3") for i in range(40)]
     try:
         await sink.connect()
         rejected = await sink.write(batch)
+        reads = (await client.info("stats"))["total_reads_processed"]
+        rejected_more = await sink.write(more)
+        reads = (await client.info("stats"))["total_reads_processed"] - reads
     finally:
         await sink.close()
         await client.acl_deluser(ns)
     assert [r.flowfile.id for r in rejected] == [batch[1].id]
     assert "permission" in rejected[0].reason
     assert await client.xlen(f"{ns}:ok1") == 1
-    assert await data_keys(client, ns) == [f"{ns}:ok1".encode()]
+    assert [r.flowfile.id for r in rejected_more] == [ff.id for ff in more[::2]]
+    assert reads <= (3 if dedupe else 2)
+    assert len(await data_keys(client, ns)) == 21
 
     if dedupe:  # the dedupe keys refused: every row would be, so the batch is retried
         await client.acl_setuser(
