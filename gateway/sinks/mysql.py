@@ -399,7 +399,8 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 number = decimal.Decimal(value)
             except (decimal.InvalidOperation, ValueError):
                 return convert(value)
-            if number.is_finite() and number.adjusted() < 20:  # BIGINT UNSIGNED < 2e19
+            # BIGINT UNSIGNED < 2e19; zero is whole whatever its exponent (0e999999999)
+            if number.is_finite() and (number.is_zero() or number.adjusted() < 20):
                 if number == number.to_integral_value():
                     return int(number)
                 return f"{value} (not a whole number)"
