@@ -233,6 +233,11 @@ def _acl_denial(text: str) -> bool:
     return any(words in text for words in (*_NO_COMMAND_PERMISSION, *_NO_KEY_PERMISSION))
 
 
+# In a cluster, how many script calls of one slot go at once after the ACL refused a key
+# (each takes a connection to the slot's node).
+_CLUSTER_CONCURRENT_CALLS = 32
+
+
 @dataclass
 class _Group:
     """The rows of one script call: their keys (in order of first use), and per row its
@@ -778,14 +783,9 @@ class RedisSink(Sink):
             part.keys.append(key)
             part.blobs.append(blob)
             part.rows.append(ff)
-        sha = self._script_sha
-        async with client.pipeline(transaction=False) as pipe:
-            dedupe = self.dedupe_keys(slot)
-            pipe.evalsha(sha, len(dedupe), *dedupe, *self._settings)
-            for part in parts.values():
-                keys, args = self._script_call(slot, part)
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
+        calls = [(list(self.dedupe_keys(slot)), list(self._settings))]
+        calls += [self._script_call(slot, part) for part in parts.values()]
+        answers = await self._evalsha_many(client, calls)
         if isinstance(answers[0], Exception):
             raise answers[0]
         refused = []
@@ -797,6 +797,29 @@ class RedisSink(Sink):
             else:
                 refused += self._refusals(part.rows, answer)
         return refused
+
+    async def _evalsha_many(
+        self, client: Any, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """The answers (or errors) of many script calls: one pipeline, one round trip.
+
+        redis-py's cluster pipeline refuses EVALSHA: in a cluster the calls (all to the
+        slot's one node) go concurrently instead, a bounded number at a time.
+        """
+        sha = self._script_sha
+        if not self.config.cluster:
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                return list(await pipe.execute(raise_on_error=False))
+        answers: list[Any] = []
+        for start in range(0, len(calls), _CLUSTER_CONCURRENT_CALLS):
+            chunk = calls[start : start + _CLUSTER_CONCURRENT_CALLS]
+            answers += await asyncio.gather(
+                *(client.evalsha(sha, len(keys), *keys, *args) for keys, args in chunk),
+                return_exceptions=True,
+            )
+        return answers
 
     async def _may_write(self, client: Any, slot: int | None) -> bool:
         """Whether the ACL user may run the script on the dedupe keys (a call of no rows)."""

@@ -1006,3 +1006,36 @@ async def test_a_topic_that_cannot_name_a_key_is_refused_alone(
     assert "NUL" in rejected[0].reason and "Unicode" in rejected[1].reason
     assert await sink.write(batch[1:3]) == rejected
     assert await data_keys(client, ns) == [f"{ns}:s".encode(), f"{ns}:s/\u00e9".encode()]
+
+
+async def test_cluster_a_refused_rows_key_dead_letters_that_row(
+    redis_cluster: list[ClusterNode], ns: str
+) -> None:
+    # One slot (a hash tag) for many keys, some refused: the per-key calls of that slot's
+    # rows go in one cluster pipeline.
+    for node in redis_cluster:
+        conn = aioredis.Redis(host=node.host, port=node.port)
+        try:
+            await conn.acl_setuser(
+                ns,
+                enabled=True,
+                passwords=["+pw"],
+                keys=[f"{{{ns}}}:ok*", f"{ns}-dedupe*"],
+                commands=["+@all"],
+            )
+        finally:
+            await conn.aclose()
+    url = f"redis://{ns}:pw@{redis_cluster[1].host}:{redis_cluster[1].port}/0"
+    sink = make_sink(url, cluster=True, key=f"{{{{{ns}}}}}:{{topic}}", dedupe_prefix=f"{ns}-dedupe")
+    batch = [FlowFile.create(f"{'ok' if i % 2 else 'no'}-{i}", b"1") for i in range(10)]
+    try:
+        await sink.connect()
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in batch[::2]]
+    conn = RedisCluster.from_url(f"redis://{redis_cluster[1].host}:{redis_cluster[1].port}/0")
+    try:
+        assert [await conn.xlen(f"{{{ns}}}:{ff.topic}") for ff in batch] == [0, 1] * 5
+    finally:
+        await conn.aclose()
