@@ -52,7 +52,10 @@ Keys
                            removes the files beyond it that start as this sink
                            writes (a file of other columns or format set aside
                            as above, or one of yours, stays); lowered to 0,
-                           the rotated files stay: remove them yourself
+                           the rotated files stay: remove them yourself. A file
+                           not this sink's at <path>.<keep> is moved to the
+                           first free <path>.N beyond keep (with a WARNING)
+                           rather than replaced by the rotation
   fsync: true              force each batch to disk before reporting it delivered
                            (default true; false is faster but an acknowledged
                            batch can be lost on power loss)
@@ -202,7 +205,8 @@ class FileSinkConfig(SinkConfig):
             " `rotate_interval`. Lowered (not to 0), the next rotation removes the files"
             " beyond it that start as this sink writes (a file of other columns or format"
             " set aside, or one of yours, stays); lowered to 0, the rotated files stay for"
-            " you to remove."
+            " you to remove. A file not this sink's at `<path>.<keep>` is moved to the first"
+            " free `<path>.N` beyond it, with a WARNING, rather than replaced by a rotation."
         ),
         Range(0, 1000, "must be between 0 and 1000"),
     ] = 5
@@ -488,6 +492,7 @@ class FileSink(Sink):
                 os.remove(self.path)
             else:
                 self._remove_beyond(keep)
+                self._move_beyond(keep)
                 for n in range(keep - 1, 0, -1):
                     older = f"{self.path}.{n}"
                     if os.path.exists(older):
@@ -506,14 +511,34 @@ class FileSink(Sink):
             end += 1
         for n in range(end - 1, keep, -1):
             old = f"{self.path}.{n}"
-            try:
-                with open(old, "rb") as f:
-                    ours = self._has_header(f)
-            except OSError:  # unreadable: not known to be ours
-                ours = False
-            if ours:
+            if self._ours(old):
                 os.remove(old)
                 self.ctx.log.warning("removed %s: keep is %d now", old, keep)
+
+    def _move_beyond(self, keep: int) -> None:
+        """Before the shift replaces <path>.<keep> (the oldest kept file): a file there that
+        is not this sink's (set aside, or the user's) goes to the first free <path>.N
+        beyond `keep` instead, where no rotation replaces or removes it."""
+        last = f"{self.path}.{keep}"
+        if not os.path.isfile(last) or self._ours(last):
+            return
+        n = keep + 1
+        while os.path.lexists(f"{self.path}.{n}"):
+            n += 1
+        os.replace(last, f"{self.path}.{n}")
+        self.ctx.log.warning(
+            "moved %s to %s: it is not a file this sink wrote, and rotation would replace it",
+            last,
+            f"{self.path}.{n}",
+        )
+
+    def _ours(self, path: str) -> bool:
+        """Whether the file at `path` starts as this sink writes its files."""
+        try:
+            with open(path, "rb") as f:
+                return self._has_header(f)
+        except OSError:  # unreadable: not known to be ours
+            return False
 
     def _close(self) -> None:
         f, self._file = self._file, None

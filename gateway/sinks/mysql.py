@@ -4,8 +4,8 @@ Every batch goes in as ONE multi-row `INSERT … ON DUPLICATE KEY UPDATE` with
 every value bound as a parameter, so a batch delivered again after a crash
 or a lost connection adds nothing: rows already there are left alone. A row
 that collides with another on a unique key you added (not id) goes to the
-dead-letter table (if the id column is NOT NULL, as a primary key is; before
-this release it was left out without a word and reported delivered). The
+dead-letter table only when the id column is NOT NULL, as a primary key is
+(with a nullable id column it is left out and reported delivered). The
 session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
@@ -399,7 +399,8 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 number = decimal.Decimal(value)
             except (decimal.InvalidOperation, ValueError):
                 return convert(value)
-            if number.is_finite() and number.adjusted() < 20:  # BIGINT UNSIGNED < 2e19
+            # BIGINT UNSIGNED < 2e19; zero is whole whatever its exponent (0e999999999)
+            if number.is_finite() and (number.is_zero() or number.adjusted() < 20):
                 if number == number.to_integral_value():
                     return int(number)
                 return f"{value} (not a whole number)"

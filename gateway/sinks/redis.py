@@ -40,15 +40,18 @@ needs no dedupe: writing the same values again changes nothing.
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
 trouble, a server out of memory, still loading or a read-only replica, and an
-ACL user that may not run the mode's command (or touch the dedupe keys), are
-retried later; a key or a channel the ACL user may not write (it comes from the
-row's topic) sends that row to the dead-letter table. A server that refuses
-the sink when it starts (user or password, a missing ACL permission, a TLS
-certificate either side does not trust, a database number beyond its
-`databases`, or `cluster: true` for a server that is no cluster node) stops
-it until the config is fixed; TLS files (`ca_file`, `cert_file`, `key_file`)
-that cannot be read do too; the same refusal on a reconnect while running is
-retried, since the operator may be changing the server's side.
+ACL user that may not run the mode's command, touch the dedupe keys or write a
+key or channel without `{topic}` in it, are retried later; a key or a channel
+from the row's topic that the ACL user may not write sends that row to the
+dead-letter table. With dedupe, publish mode needs key permission on the dedupe
+keys (`~<dedupe_prefix>:*`) besides the channels (`&...`); the channels need
+none. A server that refuses the sink when it starts (user or password, a
+missing ACL permission, a TLS certificate either side does not trust, a
+database number beyond its `databases`, or `cluster: true` for a server that
+is no cluster node) stops it until the config is fixed; TLS files (`ca_file`,
+`cert_file`, `key_file`) that cannot be read do too; the same refusal on a
+reconnect while running is retried, since the operator may be changing the
+server's side.
 
 `key` is a template: `{topic}` is the FlowFile's topic, `{gateway}` the
 gateway id, `{sink}` this sink's name; write `{{` and `}}` for literal braces,
@@ -109,7 +112,7 @@ import json
 import os
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -132,10 +135,12 @@ from gateway.core.tls import certificate_refusal, error_chain
 from gateway.core.topics import template_parts
 from gateway.mqtt.urls import tls_context
 
-# KEYS: the recent-ids set, the order list, then the target keys (streams, lists, channels).
-# ARGV: mode, window, maxlen, then one blob per row:
-#   "<target index>\0<id>\0<topic>\0<ts>\0<attributes>\0<payload bytes>" (stream) or
-#   "<target index>\0<id>\0<value bytes>" (list, publish).
+# KEYS: the recent-ids set, the order list, then the target keys (streams, lists).
+# ARGV: mode, window, maxlen, then two arguments per row: its target, the index of its key
+# in KEYS (stream, list) or its channel (publish: a channel is no key, and a script's KEYS
+# are checked against the ACL user's key patterns), and one blob:
+#   "<id>\0<topic>\0<ts>\0<attributes>\0<payload bytes>" (stream) or
+#   "<id>\0<value bytes>" (list, publish).
 # One blob per row rather than six arguments: packing arguments is most of the client's
 # work per row. Only the last part may hold NUL bytes (a topic never does, the JSON
 # attributes escape it). An id is recorded only together with a successful write, and
@@ -146,20 +151,24 @@ local recent, order = KEYS[1], KEYS[2]
 local mode, window, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local find, sub, unpack, min = string.find, string.sub, unpack, math.min
 local errors, pushed, added, fresh = {}, {}, {}, {}
-for row = 1, #ARGV - 3 do
-  local blob = ARGV[row + 3]
+for row = 1, (#ARGV - 3) / 2 do
+  local target, blob = ARGV[2 * row + 2], ARGV[2 * row + 3]
   local p1 = find(blob, '\0', 1, true)
-  local p2 = find(blob, '\0', p1 + 1, true)
-  local id = sub(blob, p1 + 1, p2 - 1)
+  local id = sub(blob, 1, p1 - 1)
   if not fresh[id] and redis.call('SISMEMBER', recent, id) == 0 then
-    local target = KEYS[tonumber(sub(blob, 1, p1 - 1)) + 2]
     local r
+    if mode == 'publish' then
+      -- a channel is no key: it comes in ARGV, so no key permission is needed for it
+      r = redis.pcall('PUBLISH', target, sub(blob, p1 + 1))
+    else
+      target = KEYS[tonumber(target) + 2]
+    end
     if mode == 'stream' then
+      local p2 = find(blob, '\0', p1 + 1, true)
       local p3 = find(blob, '\0', p2 + 1, true)
       local p4 = find(blob, '\0', p3 + 1, true)
-      local p5 = find(blob, '\0', p4 + 1, true)
-      local topic, ts = sub(blob, p2 + 1, p3 - 1), sub(blob, p3 + 1, p4 - 1)
-      local attributes, payload = sub(blob, p4 + 1, p5 - 1), sub(blob, p5 + 1)
+      local topic, ts = sub(blob, p1 + 1, p2 - 1), sub(blob, p2 + 1, p3 - 1)
+      local attributes, payload = sub(blob, p3 + 1, p4 - 1), sub(blob, p4 + 1)
       if maxlen > 0 then
         r = redis.pcall('XADD', target, 'MAXLEN', '~', maxlen, '*', 'id', id, 'topic', topic,
           'ts', ts, 'attributes', attributes, 'payload', payload)
@@ -168,10 +177,8 @@ for row = 1, #ARGV - 3 do
           'attributes', attributes, 'payload', payload)
       end
     elseif mode == 'list' then
-      r = redis.pcall('RPUSH', target, sub(blob, p2 + 1))
+      r = redis.pcall('RPUSH', target, sub(blob, p1 + 1))
       if not (type(r) == 'table' and r.err) then pushed[target] = true end
-    else
-      r = redis.pcall('PUBLISH', target, sub(blob, p2 + 1))
     end
     if type(r) == 'table' and r.err then
       errors[#errors + 1] = row
@@ -211,10 +218,35 @@ _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # How Redis says that the ACL user may not run a command: from a script (7.0: "ERR The
 # user executing the script can't run this command or subcommand"), else NOPERM ("this
 # user has no permissions to run the 'xadd' command", 7.2: "User u has no permissions to
-# run ..."). Not a key or a channel the user may not touch ("no permissions to access one
-# of the keys", "No permissions to access a key"): the key comes from the row's topic, so
-# that row alone goes to the dead letters, as any row Redis refuses.
+# run ...").
 _NO_COMMAND_PERMISSION = ("no permissions to run", "can't run this command")
+# ... and a key or a channel it may not touch (7.0: "... no permissions to access one of the
+# keys used as arguments", from a script "... can't access at least one of the keys ..."
+# and "... can't publish to the channel ..."; 7.2: "No permissions to access a key"). When
+# the key (or channel) comes from the row's topic, that row alone goes to the dead letters,
+# as any row Redis refuses; a key without {topic} is every row's: the batch is retried.
+_NO_KEY_PERMISSION = ("no permissions to access", "can't access", "can't publish")
+
+
+def _acl_denial(text: str) -> bool:
+    """Whether Redis's error text says the ACL user may not do it."""
+    return any(words in text for words in (*_NO_COMMAND_PERMISSION, *_NO_KEY_PERMISSION))
+
+
+# In a cluster, how many script calls of one slot go at once after the ACL refused a key
+# (each takes a connection to the slot's node).
+_CLUSTER_CONCURRENT_CALLS = 32
+
+
+@dataclass
+class _Group:
+    """The rows of one script call: their keys (in order of first use), and per row its
+    key, blob and FlowFile."""
+
+    targets: dict[str, int] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)
+    rows: list[FlowFile] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -669,7 +701,7 @@ class RedisSink(Sink):
         """Stream, list, publish with dedupe: one script call (in a cluster, one per slot)."""
         cluster, stream = self.config.cluster, self.config.mode == "stream"
         envelopes = self.config.value == "envelope"
-        groups: dict[int | None, tuple[dict[str, int], list[bytes], list[FlowFile]]] = {}
+        groups: dict[int | None, _Group] = {}
         for ff in batch:
             topic = ff.topic
             key = self._key(topic)
@@ -678,83 +710,136 @@ class RedisSink(Sink):
             slot = key_slot(key.encode()) if cluster else None
             group = groups.get(slot)
             if group is None:
-                group = groups[slot] = ({}, [], [])
-            targets, blobs, rows = group
-            index = targets.get(key)
-            if index is None:
-                index = targets[key] = len(targets) + 1  # Lua counts from 1
+                group = groups[slot] = _Group()
+            if key not in group.targets:
+                group.targets[key] = len(group.targets) + 1  # Lua counts from 1
             if stream:
                 attributes = attributes_json(ff.attributes)
-                head = f"{index}\0{ff.id}\0{topic}\0{rfc3339(ff.created)}\0{attributes}\0"
-                blobs.append(head.encode() + ff.content)
+                head = f"{ff.id}\0{topic}\0{rfc3339(ff.created)}\0{attributes}\0"
+                group.blobs.append(head.encode() + ff.content)
             else:
                 value = envelope(ff) if envelopes else ff.content
-                blobs.append(f"{index}\0{ff.id}\0".encode() + value)
-            rows.append(ff)
-        calls = [self._write_group(client, slot, *group) for slot, group in groups.items()]
+                group.blobs.append(f"{ff.id}\0".encode() + value)
+            group.keys.append(key)
+            group.rows.append(ff)
+        calls = [self._write_group(client, slot, group) for slot, group in groups.items()]
         return [refused for part in await asyncio.gather(*calls) for refused in part]
 
-    async def _write_group(
-        self,
-        client: Any,
-        slot: int | None,
-        targets: dict[str, int],
-        blobs: list[bytes],
-        rows: list[FlowFile],
-    ) -> list[Rejected]:
+    @property
+    def _settings(self) -> tuple[Any, ...]:
+        """The script's first arguments."""
+        return (self.config.mode, self.window, self.config.maxlen)
+
+    def _script_call(self, slot: int | None, group: _Group) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of one script call for `group`."""
+        args: list[Any] = list(self._settings)
+        if self.config.mode == "publish":
+            # The channels go in ARGV: as KEYS they would need key permissions.
+            for key, blob in zip(group.keys, group.blobs, strict=True):
+                args += (key, blob)
+            return list(self.dedupe_keys(slot)), args
+        targets = group.targets
+        for key, blob in zip(group.keys, group.blobs, strict=True):
+            args += (targets[key], blob)
+        return [*self.dedupe_keys(slot), *targets], args
+
+    async def _write_group(self, client: Any, slot: int | None, group: _Group) -> list[Rejected]:
         """One script call for the rows of one slot; the rows Redis refused."""
-        settings = (self.config.mode, self.window, self.config.maxlen)
-        dedupe = self.dedupe_keys(slot)
         try:
-            errors = await self._evalsha(client, [*dedupe, *targets], (*settings, *blobs))
+            errors = await self._evalsha(client, *self._script_call(slot, group))
         except redis_errors.NoPermissionError as err:
             # Redis checks every key a script names before running it, so one key the ACL
-            # user may not write refuses the whole call, nothing written. The key comes
+            # user may not write refuses the whole call, nothing written. A key that comes
             # from a row's topic: each key alone, and the rows of a refused one go to the
             # dead letters, unless it is the dedupe keys that are refused (then every row
-            # would be: the user's, retried).
-            if any(words in str(err) for words in _NO_COMMAND_PERMISSION):
+            # would be: the user's, retried). A fixed key, or in publish mode (no key but
+            # the dedupe keys), the user's: retried.
+            if not self._row_denial(str(err)) or self.config.mode == "publish":
                 raise
-            if len(targets) > 1:
-                return await self._write_by_key(client, slot, targets, blobs, rows)
-            if await self._may_write(client, dedupe):
-                return [self._refused(ff, str(err)) for ff in rows]
+            if len(group.targets) > 1:
+                return await self._write_by_key(client, slot, group)
+            if await self._may_write(client, slot):
+                return [self._refused(ff, str(err)) for ff in group.rows]
             raise
+        return self._refusals(group.rows, errors)
+
+    def _refusals(self, rows: list[FlowFile], errors: list[Any]) -> list[Rejected]:
+        """The rows a script call's answer names: [row number, error, ...]."""
         return [
             self._refused(rows[int(errors[i]) - 1], errors[i + 1]) for i in range(0, len(errors), 2)
         ]
 
-    async def _write_by_key(
-        self,
-        client: Any,
-        slot: int | None,
-        targets: dict[str, int],
-        blobs: list[bytes],
-        rows: list[FlowFile],
-    ) -> list[Rejected]:
-        """The rows of a slot, one script call per key (after the ACL refused a key)."""
-        by_index: dict[int, tuple[list[bytes], list[FlowFile]]] = {}
-        for blob, ff in zip(blobs, rows, strict=True):
-            head, _, rest = blob.partition(b"\0")
-            part = by_index.setdefault(int(head), ([], []))
-            part[0].append(b"1\0" + rest)
-            part[1].append(ff)
+    async def _write_by_key(self, client: Any, slot: int | None, group: _Group) -> list[Rejected]:
+        """The rows of a slot, one script call per key (after the ACL refused a key).
+
+        One round trip: the calls go in one pipeline, after a call of no rows that checks
+        the dedupe keys once (refused, every call is: the user's, retried).
+        """
+        parts: dict[str, _Group] = {}
+        for key, blob, ff in zip(group.keys, group.blobs, group.rows, strict=True):
+            part = parts.get(key)
+            if part is None:
+                part = parts[key] = _Group(targets={key: 1})
+            part.keys.append(key)
+            part.blobs.append(blob)
+            part.rows.append(ff)
+        calls = [(list(self.dedupe_keys(slot)), list(self._settings))]
+        calls += [self._script_call(slot, part) for part in parts.values()]
+        answers = await self._evalsha_many(client, calls)
+        if isinstance(answers[0], Exception):
+            raise answers[0]
         refused = []
-        for key, index in targets.items():
-            part_blobs, part_rows = by_index[index]
-            refused += await self._write_group(client, slot, {key: 1}, part_blobs, part_rows)
+        for part, answer in zip(parts.values(), answers[1:], strict=True):
+            if isinstance(answer, redis_errors.NoPermissionError) and self._row_denial(str(answer)):
+                refused += [self._refused(ff, str(answer)) for ff in part.rows]
+            elif isinstance(answer, Exception):
+                raise answer  # NOSCRIPT (a failover) too: retried, the script loaded again
+            else:
+                refused += self._refusals(part.rows, answer)
         return refused
 
-    async def _may_write(self, client: Any, dedupe: tuple[str, str]) -> bool:
+    async def _evalsha_many(
+        self, client: Any, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """The answers (or errors) of many script calls: one pipeline, one round trip.
+
+        redis-py's cluster pipeline refuses EVALSHA: in a cluster the calls (all to the
+        slot's one node) go concurrently instead, a bounded number at a time.
+        """
+        sha = self._script_sha
+        if not self.config.cluster:
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                return list(await pipe.execute(raise_on_error=False))
+        answers: list[Any] = []
+        for start in range(0, len(calls), _CLUSTER_CONCURRENT_CALLS):
+            chunk = calls[start : start + _CLUSTER_CONCURRENT_CALLS]
+            answers += await asyncio.gather(
+                *(client.evalsha(sha, len(keys), *keys, *args) for keys, args in chunk),
+                return_exceptions=True,
+            )
+        return answers
+
+    async def _may_write(self, client: Any, slot: int | None) -> bool:
         """Whether the ACL user may run the script on the dedupe keys (a call of no rows)."""
-        settings = (self.config.mode, self.window, self.config.maxlen)
         try:
-            await self._evalsha(client, list(dedupe), settings)
+            await self._evalsha(client, list(self.dedupe_keys(slot)), list(self._settings))
         except redis_errors.NoPermissionError:
             return False
         return True
 
-    async def _evalsha(self, client: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+    def _row_denial(self, text: str) -> bool:
+        """Whether an ACL refusal is the row's: a key or channel that comes from its topic.
+
+        A command the user may not run, or a key every row shares, is the user's: every
+        row would go to the dead letters.
+        """
+        if any(words in text for words in _NO_COMMAND_PERMISSION):
+            return False
+        return len(self._key_parts) > 1 and any(words in text for words in _NO_KEY_PERMISSION)
+
+    async def _evalsha(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await client.evalsha(self._script_sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
@@ -767,7 +852,7 @@ class RedisSink(Sink):
         if text.startswith(TRANSIENT):
             # The rows before it are in and recorded; the retry skips them.
             raise redis_errors.ResponseError(text)
-        if any(words in text for words in _NO_COMMAND_PERMISSION):
+        if _acl_denial(text) and not self._row_denial(text):
             # The ACL user's, not the row's: every row would go to the dead letters.
             raise redis_errors.NoPermissionError(text)
         return Rejected(ff, f"redis {self.config.mode} {self._key(ff.topic)!r}: {text}")

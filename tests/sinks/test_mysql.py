@@ -351,6 +351,10 @@ async def test_a_fraction_is_refused_not_rounded_into_an_integer_column(
         flowfile = FlowFile.create(f"s/{huge}", b"{}", {"k": huge})
         assert [r.flowfile.id for r in await sink.write([flowfile])] == [flowfile.id]
     assert mariadb.fetch(f"SELECT COUNT(*) FROM `{table}`") == [(1,)]
+    # Zero with any exponent is zero, a whole number.
+    zero = FlowFile.create("s/4", b"{}", {"k": "0e999999999"})
+    assert await sink.write([zero]) == []
+    assert mariadb.fetch(f"SELECT k FROM `{table}` WHERE id = %s", zero.id) == [(0,)]
 
 
 async def test_rfc3339_times_and_dates_fit_timestamptz_and_date_columns(

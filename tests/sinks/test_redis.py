@@ -557,16 +557,24 @@ async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
     url = redis.url.replace("redis://", f"redis://{ns}:pw@")
     sink = make_sink(url, key=f"{ns}:{{topic}}", dedupe=dedupe, dedupe_prefix=f"{ns}-dedupe")
     batch = [FlowFile.create("ok1", b"1"), FlowFile.create("other", b"2")]
+    # Many keys, half of them refused: still one round trip after the refused script call
+    # (the server reads each round trip's commands at once; INFO is one read too).
+    more = [FlowFile.create(f"{'ok' if i % 2 else 'no'}-{i}", b"3") for i in range(40)]
     try:
         await sink.connect()
         rejected = await sink.write(batch)
+        reads = (await client.info("stats"))["total_reads_processed"]
+        rejected_more = await sink.write(more)
+        reads = (await client.info("stats"))["total_reads_processed"] - reads
     finally:
         await sink.close()
         await client.acl_deluser(ns)
     assert [r.flowfile.id for r in rejected] == [batch[1].id]
     assert "permission" in rejected[0].reason
     assert await client.xlen(f"{ns}:ok1") == 1
-    assert await data_keys(client, ns) == [f"{ns}:ok1".encode()]
+    assert [r.flowfile.id for r in rejected_more] == [ff.id for ff in more[::2]]
+    assert reads <= (3 if dedupe else 2)
+    assert len(await data_keys(client, ns)) == 21
 
     if dedupe:  # the dedupe keys refused: every row would be, so the batch is retried
         await client.acl_setuser(
@@ -581,6 +589,69 @@ async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
             await sink.close()
             await client.acl_deluser(ns)
         assert await client.xlen(f"{ns}:ok1") == 1
+
+
+async def test_publish_with_dedupe_needs_no_key_permission_on_the_channels(
+    redis: Any, client: Any, ns: str
+) -> None:
+    # Pub/sub ACL: the channels (&) and the dedupe keys (~), not the channels as keys. A
+    # channel the user may not publish to comes from the row's topic: that row alone goes
+    # to the dead letters.
+    await client.acl_setuser(
+        ns,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"{ns}-dedupe*"],
+        channels=[f"{ns}:ok*"],
+        commands=["+@all"],
+    )
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(f"{ns}:*")
+    await pubsub.get_message(timeout=1.0)  # the psubscribe confirmation
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:{{topic}}", mode="publish", dedupe_prefix=f"{ns}-dedupe")
+    batch = [FlowFile.create("ok1", b"1"), FlowFile.create("other", b"2")]
+    try:
+        await sink.connect()
+        rejected = await sink.write(batch)
+        message = await pubsub.get_message(timeout=1.0)
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+        await pubsub.aclose()
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "channel" in rejected[0].reason
+    assert message is not None
+    assert json.loads(message["data"])["id"] == batch[0].id
+
+
+@pytest.mark.parametrize(
+    ("mode", "dedupe"),
+    [("stream", True), ("stream", False), ("hash", True), ("publish", True), ("publish", False)],
+)
+async def test_a_key_without_the_topic_the_acl_user_may_not_write_is_retried(
+    redis: Any, client: Any, ns: str, mode: str, dedupe: bool
+) -> None:
+    # One key (or channel) for every row: the refusal is the ACL user's, not the rows'.
+    # Dead-lettering would send the whole stream to the dead letters.
+    await client.acl_setuser(
+        ns,
+        enabled=True,
+        passwords=["+pw"],
+        keys=[f"{ns}-dedupe*"],
+        channels=[f"{ns}-dedupe*"],
+        commands=["+@all"],
+    )
+    url = redis.url.replace("redis://", f"redis://{ns}:pw@")
+    sink = make_sink(url, key=f"{ns}:all", mode=mode, dedupe=dedupe, dedupe_prefix=f"{ns}-dedupe")
+    try:
+        await sink.connect()
+        with pytest.raises(RetryableError, match="grant the ACL user the permission"):
+            await sink.write([FlowFile.create("a", b"1"), FlowFile.create("b", b"2")])
+    finally:
+        await sink.close()
+        await client.acl_deluser(ns)
+    assert await data_keys(client, ns) == []
 
 
 async def test_cluster_true_for_a_plain_server_is_permanent(redis: Any) -> None:
@@ -935,3 +1006,36 @@ async def test_a_topic_that_cannot_name_a_key_is_refused_alone(
     assert "NUL" in rejected[0].reason and "Unicode" in rejected[1].reason
     assert await sink.write(batch[1:3]) == rejected
     assert await data_keys(client, ns) == [f"{ns}:s".encode(), f"{ns}:s/\u00e9".encode()]
+
+
+async def test_cluster_a_refused_rows_key_dead_letters_that_row(
+    redis_cluster: list[ClusterNode], ns: str
+) -> None:
+    # One slot (a hash tag) for many keys, some refused: the per-key calls of that slot's
+    # rows go in one cluster pipeline.
+    for node in redis_cluster:
+        conn = aioredis.Redis(host=node.host, port=node.port)
+        try:
+            await conn.acl_setuser(
+                ns,
+                enabled=True,
+                passwords=["+pw"],
+                keys=[f"{{{ns}}}:ok*", f"{ns}-dedupe*"],
+                commands=["+@all"],
+            )
+        finally:
+            await conn.aclose()
+    url = f"redis://{ns}:pw@{redis_cluster[1].host}:{redis_cluster[1].port}/0"
+    sink = make_sink(url, cluster=True, key=f"{{{{{ns}}}}}:{{topic}}", dedupe_prefix=f"{ns}-dedupe")
+    batch = [FlowFile.create(f"{'ok' if i % 2 else 'no'}-{i}", b"1") for i in range(10)]
+    try:
+        await sink.connect()
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in batch[::2]]
+    conn = RedisCluster.from_url(f"redis://{redis_cluster[1].host}:{redis_cluster[1].port}/0")
+    try:
+        assert [await conn.xlen(f"{{{ns}}}:{ff.topic}") for ff in batch] == [0, 1] * 5
+    finally:
+        await conn.aclose()
