@@ -406,15 +406,16 @@ class StoreAdmin:
         here, and the request left for the next start, whose engine then does not restore
         the Redis replica over it and replaces the replica's copy), "asked" when one does
         (its engine forgets it in memory and in the store with its next commit, within a
-        second or two; see `Store.take_resets`). `running` None: told by the data_dir's
-        lock."""
+        second or two; see `Store.take_resets`), and "asked" too when that cannot be told
+        (the request is then done by the gateway if it runs, or at its next start).
+        `running` None: told by the data_dir's lock."""
         if running is None:
             running = gateway_runs(self.path)
         self.db.execute(
             "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
             (component,),
         )
-        if running:
+        if running is not False:  # None: it may run, and would write the rows back
             return "asked"
         self.db.execute("DELETE FROM state_kv WHERE component = ?", (component,))
         return "done"

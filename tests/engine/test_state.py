@@ -146,6 +146,24 @@ async def test_state_reset_goes_through_the_running_engine(tmp_path: Path, store
     assert await store._query("SELECT * FROM state_reset") == []
 
 
+async def test_a_state_reset_when_it_cannot_be_told_whether_the_gateway_runs_is_left_to_it(
+    tmp_path: Path, store: Store
+) -> None:
+    """A lock that could not be opened counted as no gateway running: the CLI deleted the
+    state under a gateway that may run, and wrote it back with its next commit."""
+    engine = await started(config(tmp_path), store, FakeClock())
+    await engine._commit([reading(1, 5)])
+    lock = tmp_path / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(lock)  # opening it fails (ELOOP), for root too
+    assert admin.gateway_runs(store.path) is None
+    with admin.open_admin(store.path) as a:
+        assert a.reset_state("agg.0") == "asked"
+    assert len(await rows(store)) == 2, "left to the gateway, or to its next start"
+    await engine._reset_state()
+    assert await rows(store) == []
+
+
 RELOADED = """
 gateway: {{id: t, data_dir: {data}}}
 buffer: {{batch_linger: 0}}
