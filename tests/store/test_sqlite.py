@@ -125,7 +125,42 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each
     assert (store.depth("a"), store.depth("b")) == (1, 0)
     dead = await store.dead_letters(10)
     assert sorted((d.id, d.sink) for d in dead) == [(big.id, "a"), (big.id, "b")]
-    assert "more than the whole buffer (buffer.max_bytes: 2000)" in dead[0].reason
+    assert "(1900 bytes of buffer.max_bytes: 2000)" in dead[0].reason
+    await store.close()
+
+
+async def test_a_flowfile_larger_than_drop_oldest_keeps_is_stored_for_its_block_sinks_only(
+    tmp_path: Path,
+) -> None:
+    """Routed to a `block` sink and a `drop_oldest` one, it was stored for both: once the
+    `block` sink had it, the next commit dropped it, before the other had it (lost)."""
+    store = await open_store(tmp_path, max_bytes=2000, overflow="drop_oldest")
+    store.set_overflow({"a": "block"})
+    a, b = store.bit("a"), store.bit("b")
+    big = FlowFile.create("t/1", b"x" * 2000)
+    await store.commit(batch([(big, a | b)]))
+    assert (store.depth("a"), store.depth("b")) == (1, 0)
+    assert [(d.id, d.sink) for d in await store.dead_letters(10)] == [(big.id, "b")]
+    await store.close()
+    store = await open_store(tmp_path, max_bytes=2000, overflow="drop_oldest")
+    store.set_overflow({"a": "block"})
+    rows, _ = await store.read("a", store.cursor("a"), 10)  # its checksum holds
+    assert [f.content for _, f in rows] == [big.content]
+    assert store.depth("b") == 0
+    await store.close()
+
+
+async def test_a_flowfile_just_under_the_budget_is_dead_lettered_not_dropped_at_once(
+    tmp_path: Path,
+) -> None:
+    """One between the 95 % drop_oldest keeps and the whole budget was stored (its source
+    acknowledged), then dropped by the next commit before any sink had it."""
+    store = await open_store(tmp_path, ("a",), max_bytes=2000, overflow="drop_oldest")
+    near = FlowFile.create("t/1", b"x" * (1950 - 96 - 3 - 2))  # 1950 bytes counted
+    await store.commit(batch([(near, store.bit("a"))]))
+    await store.commit(batch([(ff(1), store.bit("a"))]))
+    assert (store.depth("a"), store.dropped) == (1, 0)
+    assert [(d.id, d.sink) for d in await store.dead_letters(10)] == [(near.id, "a")]
     await store.close()
 
 
