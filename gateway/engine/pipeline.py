@@ -19,7 +19,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -478,9 +478,9 @@ class Engine:
         )
         self.store.set_active(self.sinks)
 
-    async def _save_active(self) -> None:
+    async def _save_active(self, starting: Iterable[str] = ()) -> None:
         try:
-            await self.store.save_active()
+            await self.store.save_active(starting)
         except StoreError as err:  # only `store drop-sink` needs it; the data does not
             log.warning(
                 "engine: cannot note the running sinks in the store (`edge-stream store"
@@ -504,8 +504,12 @@ class Engine:
         assert plan.restart is None, "a restart is the caller's: run a new engine"
         old, self.config = self.config, config
         failures: list[str] = []
-        # Sinks first learn their bits, so that the new router may route to them at once.
+        # Sinks first learn their bits, so that the new router may route to them at once,
+        # and are noted as run: `store drop-sink` must not drop one the router routes to
+        # (the stops below may take seconds before `_save_active` notes the rest).
         await self.store.register_sinks(plan.sinks_start)
+        if plan.sinks_start:
+            await self._save_active(plan.sinks_start)
         if plan.routes:
             keep = frozenset(n for n, r in config.routes.items() if old.routes.get(n) == r)
             try:

@@ -18,7 +18,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -152,14 +153,27 @@ def gateway_runs(path: Path) -> bool | None:
     """Whether a gateway runs on the store at `path` (it holds its data_dir's lock);
     None when that cannot be told (the lock cannot be opened: a permission, a read-only
     file system)."""
+    with _gateway_lock(path) as runs:
+        return runs
+
+
+@contextmanager
+def _gateway_lock(path: Path) -> Iterator[bool | None]:
+    """`gateway_runs`, and while it is False the data_dir's lock is held, so that no
+    gateway starts on the store until the block ends (it is refused, "another Edge
+    Stream process uses this data_dir")."""
     try:
         lock = hold_data_dir(path.parent)
     except DataDirInUse:
-        return True
+        yield True
+        return
     except StoreError:
-        return None
-    let_go_data_dir(lock)
-    return False
+        yield None
+        return
+    try:
+        yield False
+    finally:
+        let_go_data_dir(lock)
 
 
 def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
@@ -319,9 +333,13 @@ class StoreAdmin:
         count is returned). A running gateway notices within 5 s (`Store.recount`).
         Refused while a gateway on the store runs it (`running` None: told by the
         data_dir's lock)."""
-        runs = gateway_runs(self.path) if running is None else running
+        with _gateway_lock(self.path) if running is None else nullcontext(running) as runs:
+            return self._drop_sink(name, runs)
+
+    def _drop_sink(self, name: str, runs: bool | None) -> int:
         # The checks in the write transaction: a gateway noting the sink as run (a reload
         # that adds it back) between them and the drop routed to a sink dropped under it.
+        # (And no gateway starts meanwhile when none ran: `_gateway_lock` holds the lock.)
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.db.execute(

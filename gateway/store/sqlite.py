@@ -1499,10 +1499,11 @@ class Store:
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
 
-    async def save_active(self) -> None:
-        """Note in the store which sinks the engine runs (`set_active`), so that
-        `edge-stream store drop-sink` refuses one of them while this gateway runs."""
-        await self._call(self._save_active_sync, sorted(self._active or ()))
+    async def save_active(self, starting: Iterable[str] = ()) -> None:
+        """Note in the store which sinks the engine runs (`set_active`), and those
+        `starting` (a reload's, before it may route to them), so that `edge-stream store
+        drop-sink` refuses one of them while this gateway runs."""
+        await self._call(self._save_active_sync, sorted({*(self._active or ()), *starting}))
 
     def _save_active_sync(self, names: list[str]) -> None:
         db = self._db

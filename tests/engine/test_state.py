@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,35 @@ async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     again.router = again._build_router()
     await again._load_kv([p for _, p in again.router.stateful()])
     assert again.router.stateful()[0][1].dropped == 2  # type: ignore[attr-defined]
+
+
+async def test_a_sink_a_reload_adds_is_noted_as_run_before_it_is_routed_to(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was noted only after the stops of the reload (seconds): `store drop-sink`
+    meanwhile dropped a sink the new router already routed to."""
+    text = RELOADED.format(data=tmp_path, size="10s", topic="agg")
+    first = validate(text, "gateway.yaml")
+    more = validate(
+        text.replace("sinks: [out]", "sinks: [out, more]")
+        + f"  more: {{type: file, path: {tmp_path}/more.jsonl}}\n",
+        "gateway.yaml",
+    )
+    engine, running = await two_windows_open(first, store, FakeClock())
+    noted: list[object] = []
+    build = engine._build_router
+
+    def routes(*args: Any) -> Any:
+        with sqlite3.connect(store.path) as db:
+            noted.extend(db.execute("SELECT active FROM sinks WHERE name = 'more'"))
+        return build(*args)
+
+    monkeypatch.setattr(engine, "_build_router", routes)
+    assert await engine.apply(more, plan(first, more)) == []
+    assert noted == [(1,)]
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
 
 
 async def test_state_left_behind_by_a_processor_moved_in_its_route_is_named_once(

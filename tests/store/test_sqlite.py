@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -851,6 +852,36 @@ async def test_drop_sink_checks_in_its_transaction_whether_the_gateway_runs_it(
         admin.drop_sink("b", running=True)
     gateway.close()
     assert store.knows("b")
+    await store.close()
+
+
+async def test_drop_sink_holds_the_lock_of_a_gateway_that_does_not_run_until_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """Whether a gateway ran was told before the drop's transaction: one starting in
+    between (and running the sink) had it dropped under it."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    lock = tmp_path / ".lock"
+    lock.touch()  # a gateway ran here and stopped
+    starts: list[bool] = []
+
+    def a_gateway_starts(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                starts.append(True)
+            except BlockingIOError:
+                starts.append(False)
+            finally:
+                os.close(fd)
+
+    with open_admin(store.path) as admin:
+        admin.db.set_trace_callback(a_gateway_starts)
+        assert admin.drop_sink("b") == 0
+    assert starts == [False], "a gateway is refused while the drop holds the lock"
     await store.close()
 
 
