@@ -14,6 +14,8 @@ its store; the CLI and the web server call these functions and format the result
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
@@ -28,7 +30,6 @@ from typing import Any
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
     LOCK_NAME,
-    DataDirInUse,
     DeadLetterSummary,
     StoreDamaged,
     StoreError,
@@ -161,19 +162,28 @@ def gateway_runs(path: Path) -> bool | None:
 def _gateway_lock(path: Path) -> Iterator[bool | None]:
     """`gateway_runs`, and while it is False the data_dir's lock is held, so that no
     gateway starts on the store until the block ends (it is refused, "another Edge
-    Stream process uses this data_dir")."""
+    Stream process uses this data_dir").
+
+    The lock file is opened read-only and never created nor written: made by `root`
+    (the CLI run by root), the gateway's user could not open it and its next start
+    failed. No lock file: no gateway has it, none runs."""
     try:
-        lock = hold_data_dir(path.parent)
-    except DataDirInUse:
-        yield True
+        fd = os.open(path.parent / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
         return
-    except StoreError:
+    except OSError:
         yield None
         return
+    runs: bool | None = False
     try:
-        yield False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        runs = True if err.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
+    try:
+        yield runs
     finally:
-        let_go_data_dir(lock)
+        os.close(fd)  # lets go of the lock
 
 
 def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
@@ -363,8 +373,8 @@ class StoreAdmin:
                     if runs
                     else f"sink {name!r} was run by the gateway on this data_dir, and"
                     f" whether that still runs cannot be told (its lock {self.path.parent}"
-                    f"/{LOCK_NAME} cannot be opened): reload or stop it first, then drop"
-                    " the sink"
+                    f"/{LOCK_NAME} cannot be opened; or run this as the gateway's user):"
+                    " reload or stop it first, then drop the sink"
                 )
             waiting = self.db.execute(
                 "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)

@@ -26,6 +26,7 @@ from gateway.store.sqlite import (
     Store,
     StoreError,
     hold_data_dir,
+    let_go_data_dir,
 )
 
 pytestmark = pytest.mark.integration
@@ -888,22 +889,47 @@ async def test_drop_sink_holds_the_lock_of_a_gateway_that_does_not_run_until_it_
 async def test_drop_sink_after_a_clean_stop_when_the_lock_cannot_be_opened(
     tmp_path: Path,
 ) -> None:
-    """Any failure to take the data_dir's lock (a permission, here a folder in its
-    place) counted as a gateway running, and the sinks it ran at its stop stayed noted
-    as running: such a sink could never be dropped."""
+    """Any failure to take the data_dir's lock (a permission, here a link to itself in
+    its place) counted as a gateway running, and the sinks it ran at its stop stayed
+    noted as running: such a sink could never be dropped."""
     from gateway.store.admin import gateway_runs, open_admin
 
     store = await open_store(tmp_path)
     store.set_active(["a", "b"])
     await store.save_active()
-    (tmp_path / ".lock").unlink(missing_ok=True)
-    (tmp_path / ".lock").mkdir()
+    lock = tmp_path / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(lock)  # opening it fails (ELOOP), for root too
     assert gateway_runs(store.path) is None  # cannot tell
-    with open_admin(store.path) as admin, pytest.raises(StoreError, match="cannot be told"):
+    with (
+        open_admin(store.path) as admin,
+        pytest.raises(StoreError, match=r"cannot be told .*run this as the gateway's user"),
+    ):
         admin.drop_sink("b")
     await store.close()
     with open_admin(store.path) as admin:
         assert admin.drop_sink("b") == 0
+
+
+def test_telling_whether_a_gateway_runs_neither_creates_nor_writes_its_lock(
+    tmp_path: Path,
+) -> None:
+    """It took the lock as a gateway does: run by root with no lock file, it left one
+    owned by root that the gateway's user could not open (its next start failed), and it
+    emptied the gateway's pid out of one."""
+    from gateway.store.admin import gateway_runs
+
+    lock = tmp_path / ".lock"
+    assert gateway_runs(tmp_path / "store.db") is False
+    assert not lock.exists()
+    lock.write_text("1234\n")
+    assert gateway_runs(tmp_path / "store.db") is False
+    assert lock.read_text() == "1234\n"
+    key = hold_data_dir(tmp_path)
+    try:
+        assert gateway_runs(tmp_path / "store.db") is True
+    finally:
+        let_go_data_dir(key)
 
 
 async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
