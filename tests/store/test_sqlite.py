@@ -664,28 +664,58 @@ async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
     await store.close()
 
 
-@pytest.mark.parametrize("err", [errno.EDQUOT, errno.EIO])
-async def test_a_reserve_refused_for_a_while_is_made_once_it_can_be(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int
-) -> None:
-    """Any refusal but ENOSPC (a quota, an I/O error, a read-only remount) gave up the
-    reserve for the life of the gateway: the next full disk left delivery no room."""
-    fallocate = os.posix_fallocate
-    tries = []
+def refuse_fallocate(monkeypatch: pytest.MonkeyPatch, err: int) -> list[int]:
+    """posix_fallocate fails with `err`; returns the list of its tries."""
+    tries: list[int] = []
 
     def refuse(fd: int, offset: int, length: int) -> None:
         tries.append(fd)
         raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(os, "posix_fallocate", refuse)
-    monkeypatch.setattr("gateway.store.sqlite.RESERVE_RETRY_S", 0.0, raising=False)
+    return tries
+
+
+async def test_a_reserve_refused_for_want_of_quota_is_tried_at_each_maintenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quota is short of space: tried again at each maintenance, and intake waits for
+    the reserve after a full disk (it gave up the reserve for the life of the gateway)."""
+    fallocate = os.posix_fallocate
+    tries = refuse_fallocate(monkeypatch, errno.EDQUOT)
     store = await open_store(tmp_path, ("a",))  # tries once
-    store._keep_reserve_sync()  # (an hour later, for EIO)
     store._keep_reserve_sync()
-    assert len(tries) == 3 and not store.reserve.exists()
+    assert not store._no_reserve
+    store._keep_reserve_sync()
+    assert len(tries) == 3 and not store._no_reserve and not store.reserve.exists()
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
     store._keep_reserve_sync()
     assert store.reserve.exists()
+    await store.close()
+
+
+async def test_a_reserve_refused_for_another_reason_is_tried_again_every_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An I/O error, a read-only remount: it gave up the reserve for the life of the
+    gateway, and the next full disk left delivery no room."""
+    fallocate = os.posix_fallocate
+    tries = refuse_fallocate(monkeypatch, errno.EIO)
+    store = await open_store(tmp_path, ("a",))  # tries once
+    assert store._no_reserve
+    now, hour = time.monotonic(), 3600  # the README's promise, not the constant
+    with monkeypatch.context() as clock:  # not around an await: the event loop's clock
+        clock.setattr(time, "monotonic", lambda: now + hour - 1)
+        store._keep_reserve_sync()
+        assert len(tries) == 1, "not before the hour"
+        clock.setattr(time, "monotonic", lambda: now + hour + 1)
+        store._keep_reserve_sync()
+        store._keep_reserve_sync()
+        assert len(tries) == 2, "once after it"
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+        clock.setattr(time, "monotonic", lambda: now + 2 * hour + 2)
+        store._keep_reserve_sync()
+    assert store.reserve.exists() and not store._no_reserve
     warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
     assert len(warned) == 1
     await store.close()
