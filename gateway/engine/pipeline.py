@@ -792,7 +792,8 @@ class Engine:
             ack()
         if dead:
             log.warning(
-                "engine: %d FlowFiles dead-lettered (first: %s: %s)",
+                "engine: %d FlowFiles dead-lettered, %d dead letters (one per sink; first: %s: %s)",
+                len({d.flowfile.id for d in dead}),
                 len(dead),
                 dead[0].origin,
                 dead[0].reason,
@@ -800,7 +801,10 @@ class Engine:
 
     def _give_up(self, count: int, why: str) -> None:
         """At a stop, a batch that cannot be committed is left unacknowledged (its
-        sources send it again, those that can), rather than the stop waiting for ever."""
+        sources send it again, those that can), rather than the stop waiting for ever.
+        A commit of state only (a timer's) has no message to say it of."""
+        if not count:
+            return
         log.error(
             "engine: stopping: %d message(s) handed over were not stored nor acknowledged (%s)",
             count,

@@ -1212,8 +1212,8 @@ class Store:
                 f" buffer.max_bytes: {self.max_bytes}): it would drop it before the sink"
                 " had it"
             )
-            sinks = self.sinks_of(dropping)
-            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
+            sinks: list[str | None] = [*self.sinks_of(dropping)] or [None]
+            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks)
             if mask & blocking:  # rare: re-encoded, as the checksum covers the mask
                 rows.append((ff, mask & blocking))
                 kept.append(_encode_rows([(ff, mask & blocking)])[0])
@@ -1519,7 +1519,7 @@ class Store:
             return {}
         return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
 
-    def sinks_of(self, mask: int) -> list[str | None]:
+    def sinks_of(self, mask: int) -> list[str]:
         """The names of the sinks whose bits are set in `mask`."""
         return [name for name, bit in self._bits.items() if mask >> bit & 1]
 

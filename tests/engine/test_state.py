@@ -272,6 +272,33 @@ async def test_a_sink_a_reload_adds_is_noted_as_run_before_it_is_routed_to(
         await running
 
 
+async def test_the_log_counts_flowfiles_and_dead_letters_apart_and_no_message_given_up(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One FlowFile dead-lettered for two sinks was logged as 2 FlowFiles; a commit of
+    state only given up at a stop logged "0 message(s) ... were not stored"."""
+    text = f"""
+gateway: {{id: t, data_dir: {tmp_path}}}
+buffer: {{batch_linger: 0}}
+web: {{enabled: false}}
+routes:
+  all: {{match: "#", sinks: [out, more]}}
+sinks:
+  out: {{type: file, path: {tmp_path}/out.jsonl}}
+  more: {{type: file, path: {tmp_path}/more.jsonl}}
+"""
+    cfg = validate(text, "gateway.yaml")
+    await store.register_sinks(["more"])
+    store.max_bytes = 300
+    engine = Engine(cfg, store, clock=FakeClock())
+    engine.router = engine._build_router()
+    with caplog.at_level(logging.WARNING):
+        await engine._commit([("src", Message(FlowFile.create("plant/x", b"x" * 400)))])
+        engine._give_up(0, "the store refused it")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "1 FlowFiles dead-lettered, 2 dead letters" in logged[0]
+
+
 async def test_state_left_behind_by_a_processor_moved_in_its_route_is_named_once(
     tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
