@@ -19,7 +19,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -478,9 +478,9 @@ class Engine:
         )
         self.store.set_active(self.sinks)
 
-    async def _save_active(self) -> None:
+    async def _save_active(self, starting: Iterable[str] = ()) -> None:
         try:
-            await self.store.save_active()
+            await self.store.save_active(starting)
         except StoreError as err:  # only `store drop-sink` needs it; the data does not
             log.warning(
                 "engine: cannot note the running sinks in the store (`edge-stream store"
@@ -504,8 +504,12 @@ class Engine:
         assert plan.restart is None, "a restart is the caller's: run a new engine"
         old, self.config = self.config, config
         failures: list[str] = []
-        # Sinks first learn their bits, so that the new router may route to them at once.
+        # Sinks first learn their bits, so that the new router may route to them at once,
+        # and are noted as run: `store drop-sink` must not drop one the router routes to
+        # (the stops below may take seconds before `_save_active` notes the rest).
         await self.store.register_sinks(plan.sinks_start)
+        if plan.sinks_start:
+            await self._save_active(plan.sinks_start)
         if plan.routes:
             keep = frozenset(n for n, r in config.routes.items() if old.routes.get(n) == r)
             try:
@@ -788,7 +792,8 @@ class Engine:
             ack()
         if dead:
             log.warning(
-                "engine: %d FlowFiles dead-lettered (first: %s: %s)",
+                "engine: %d FlowFiles dead-lettered, %d dead letters (one per sink; first: %s: %s)",
+                len({d.flowfile.id for d in dead}),
                 len(dead),
                 dead[0].origin,
                 dead[0].reason,
@@ -796,7 +801,10 @@ class Engine:
 
     def _give_up(self, count: int, why: str) -> None:
         """At a stop, a batch that cannot be committed is left unacknowledged (its
-        sources send it again, those that can), rather than the stop waiting for ever."""
+        sources send it again, those that can), rather than the stop waiting for ever.
+        A commit of state only (a timer's) has no message to say it of."""
+        if not count:
+            return
         log.error(
             "engine: stopping: %d message(s) handed over were not stored nor acknowledged (%s)",
             count,

@@ -14,11 +14,14 @@ its store; the CLI and the web server call these functions and format the result
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +30,6 @@ from typing import Any
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
     LOCK_NAME,
-    DataDirInUse,
     DeadLetterSummary,
     StoreDamaged,
     StoreError,
@@ -152,14 +154,36 @@ def gateway_runs(path: Path) -> bool | None:
     """Whether a gateway runs on the store at `path` (it holds its data_dir's lock);
     None when that cannot be told (the lock cannot be opened: a permission, a read-only
     file system)."""
+    with _gateway_lock(path) as runs:
+        return runs
+
+
+@contextmanager
+def _gateway_lock(path: Path) -> Iterator[bool | None]:
+    """`gateway_runs`, and while it is False the data_dir's lock is held, so that no
+    gateway starts on the store until the block ends (it is refused, "another Edge
+    Stream process uses this data_dir").
+
+    The lock file is opened read-only and never created nor written: made by `root`
+    (the CLI run by root), the gateway's user could not open it and its next start
+    failed. No lock file: no gateway has it, none runs."""
     try:
-        lock = hold_data_dir(path.parent)
-    except DataDirInUse:
-        return True
-    except StoreError:
-        return None
-    let_go_data_dir(lock)
-    return False
+        fd = os.open(path.parent / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
+        return
+    except OSError:
+        yield None
+        return
+    runs: bool | None = False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        runs = True if err.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
+    try:
+        yield runs
+    finally:
+        os.close(fd)  # lets go of the lock
 
 
 def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
@@ -319,9 +343,13 @@ class StoreAdmin:
         count is returned). A running gateway notices within 5 s (`Store.recount`).
         Refused while a gateway on the store runs it (`running` None: told by the
         data_dir's lock)."""
-        runs = gateway_runs(self.path) if running is None else running
+        with _gateway_lock(self.path) if running is None else nullcontext(running) as runs:
+            return self._drop_sink(name, runs)
+
+    def _drop_sink(self, name: str, runs: bool | None) -> int:
         # The checks in the write transaction: a gateway noting the sink as run (a reload
         # that adds it back) between them and the drop routed to a sink dropped under it.
+        # (And no gateway starts meanwhile when none ran: `_gateway_lock` holds the lock.)
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.db.execute(
@@ -345,8 +373,8 @@ class StoreAdmin:
                     if runs
                     else f"sink {name!r} was run by the gateway on this data_dir, and"
                     f" whether that still runs cannot be told (its lock {self.path.parent}"
-                    f"/{LOCK_NAME} cannot be opened): reload or stop it first, then drop"
-                    " the sink"
+                    f"/{LOCK_NAME} cannot be opened; or run this as the gateway's user):"
+                    " reload or stop it first, then drop the sink"
                 )
             waiting = self.db.execute(
                 "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)
@@ -406,15 +434,16 @@ class StoreAdmin:
         here, and the request left for the next start, whose engine then does not restore
         the Redis replica over it and replaces the replica's copy), "asked" when one does
         (its engine forgets it in memory and in the store with its next commit, within a
-        second or two; see `Store.take_resets`). `running` None: told by the data_dir's
-        lock."""
+        second or two; see `Store.take_resets`), and "asked" too when that cannot be told
+        (the request is then done by the gateway if it runs, or at its next start).
+        `running` None: told by the data_dir's lock."""
         if running is None:
             running = gateway_runs(self.path)
         self.db.execute(
             "INSERT INTO state_reset (component) VALUES (?) ON CONFLICT DO NOTHING",
             (component,),
         )
-        if running:
+        if running is not False:  # None: it may run, and would write the rows back
             return "asked"
         self.db.execute("DELETE FROM state_kv WHERE component = ?", (component,))
         return "done"

@@ -75,6 +75,9 @@ DISK_OK = 12 << 20
 RESERVE_RETRY_S = 3600.0
 APPLICATION_ID = 0x45535354  # "ESST" in the SQLite header: this file is an Edge Stream store
 ROW_OVERHEAD = 96  # bytes of SQLite bookkeeping counted per stored FlowFile
+# Overflow drop_oldest drops down to this share of buffer.max_bytes: a FlowFile larger than
+# it would be dropped by the next commit before any sink had it.
+KEEP_SHARE = 0.95
 # The newest FlowFiles are kept in memory for sinks that are caught up: at most TAIL_MAX
 # of them and TAIL_MAX_BYTES of their contents (at 250 KB payloads that is 32, not 10,000).
 TAIL_MAX = 10_000
@@ -615,7 +618,7 @@ class Store:
         synchronous: str = "normal",
     ) -> None:
         self.path = Path(path)
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # sets keep_bytes too
         self.overflow = overflow
         self.synchronous = synchronous
         self.bytes = 0
@@ -1006,6 +1009,17 @@ class Store:
         return self._depth.get(sink, 0)
 
     @property
+    def max_bytes(self) -> int:
+        """The budget (buffer.max_bytes)."""
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._max_bytes = value
+        # what overflow drop_oldest drops down to; a FlowFile larger is never stored for it
+        self.keep_bytes = int(value * KEEP_SHARE)
+
+    @property
     def over_budget(self) -> bool:
         """True when the budget is full of data that `block` sinks still wait for."""
         return self.bytes >= self.max_bytes
@@ -1148,7 +1162,7 @@ class Store:
         encoded = _encode_rows(batch.rows)
         sizes = [row[7] for row in encoded]
         added = sum(sizes)
-        if added > self.max_bytes:  # one of them may be larger than the whole buffer
+        if added > self.keep_bytes:  # one of them may be larger than drop_oldest keeps
             encoded, sizes = self._oversized(batch, encoded, sizes)
             added = sum(sizes)
         # Numbers are taken now, before the await: a commit that overlaps this one (a
@@ -1175,27 +1189,35 @@ class Store:
     def _oversized(
         self, batch: Batch, encoded: list[tuple[Any, ...]], sizes: list[int]
     ) -> tuple[list[tuple[Any, ...]], list[int]]:
-        """Move to `batch.dead` the FlowFiles larger than the whole buffer that only
-        `drop_oldest` sinks wait for (stored, one would be dropped at the next commit
-        before any sink had it, and its source told it was stored), one dead letter for
-        each of its sinks, which a replay hands to that sink only. A `block` sink keeps
-        what waits for it. Returns the rows and sizes kept; sizes are those counted in
-        the budget (content, attributes, topic and ROW_OVERHEAD), measured once here."""
+        """Move to `batch.dead` the FlowFiles larger than what `drop_oldest` keeps
+        (`keep_bytes`) for their `drop_oldest` sinks (stored, one would be dropped at the
+        next commit before such a sink had it, and its source told it was stored), one
+        dead letter for each of those sinks, which a replay hands to that sink only. A
+        `block` sink keeps what waits for it: such a FlowFile is stored for the `block`
+        sinks only (stored for all, it was dropped once they had it, lost to the others).
+        Returns the rows and sizes kept; sizes are those counted in the budget (content,
+        attributes, topic and ROW_OVERHEAD), measured once here."""
         blocking = self.blocking_mask()
+        keep = self.keep_bytes
         rows, kept, kept_sizes = [], [], []
         for (ff, mask), row, size in zip(batch.rows, encoded, sizes, strict=True):
-            if size <= self.max_bytes or mask & blocking:
+            dropping = mask & ~blocking  # its drop_oldest sinks
+            if size <= keep or (mask and not dropping):
                 rows.append((ff, mask))
                 kept.append(row)
                 kept_sizes.append(size)
                 continue
             reason = (
-                f"{size} bytes, more than the whole buffer (buffer.max_bytes:"
-                f" {self.max_bytes}): overflow drop_oldest would drop it before any sink"
+                f"{size} bytes, more than overflow drop_oldest keeps ({keep} bytes of"
+                f" buffer.max_bytes: {self.max_bytes}): it would drop it before the sink"
                 " had it"
             )
-            sinks = self.sinks_of(mask)
-            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks or [None])
+            sinks: list[str | None] = [*self.sinks_of(dropping)] or [None]
+            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks)
+            if mask & blocking:  # rare: re-encoded, as the checksum covers the mask
+                rows.append((ff, mask & blocking))
+                kept.append(_encode_rows([(ff, mask & blocking)])[0])
+                kept_sizes.append(size)
         batch.rows = rows
         return kept, kept_sizes
 
@@ -1477,10 +1499,11 @@ class Store:
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
 
-    async def save_active(self) -> None:
-        """Note in the store which sinks the engine runs (`set_active`), so that
-        `edge-stream store drop-sink` refuses one of them while this gateway runs."""
-        await self._call(self._save_active_sync, sorted(self._active or ()))
+    async def save_active(self, starting: Iterable[str] = ()) -> None:
+        """Note in the store which sinks the engine runs (`set_active`), and those
+        `starting` (a reload's, before it may route to them), so that `edge-stream store
+        drop-sink` refuses one of them while this gateway runs."""
+        await self._call(self._save_active_sync, sorted({*(self._active or ()), *starting}))
 
     def _save_active_sync(self, names: list[str]) -> None:
         db = self._db
@@ -1496,7 +1519,7 @@ class Store:
             return {}
         return {n: self._depth.get(n, 0) for n in sorted(self._bits) if n not in active}
 
-    def sinks_of(self, mask: int) -> list[str | None]:
+    def sinks_of(self, mask: int) -> list[str]:
         """The names of the sinks whose bits are set in `mask`."""
         return [name for name, bit in self._bits.items() if mask >> bit & 1]
 
@@ -1530,7 +1553,7 @@ class Store:
         state = (self.bytes, tuple(self._cursors.values()))
         if state == self._futile:
             return  # nothing changed since a scan that found nothing to drop
-        target = int(self.max_bytes * 0.95)
+        target = self.keep_bytes
         dropped: list[int] = []
         lost = 0  # of them, those a sink still waited for (the others were delivered)
         after = 0

@@ -297,7 +297,7 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_drop
     else:
         assert (store.depth("out"), store.dead_count) == (2, 1)
         [dead] = await store.dead_letters(10)
-        assert "more than the whole buffer (buffer.max_bytes: 250)" in dead.reason
+        assert "bytes of buffer.max_bytes: 250)" in dead.reason
         assert dead.sink == "out"  # a replay hands it to that sink, not the routes
     engine.stop()
     FakeSink.release.set()

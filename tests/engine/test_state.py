@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,24 @@ async def test_state_reset_goes_through_the_running_engine(tmp_path: Path, store
     assert await store._query("SELECT * FROM state_reset") == []
 
 
+async def test_a_state_reset_when_it_cannot_be_told_whether_the_gateway_runs_is_left_to_it(
+    tmp_path: Path, store: Store
+) -> None:
+    """A lock that could not be opened counted as no gateway running: the CLI deleted the
+    state under a gateway that may run, and wrote it back with its next commit."""
+    engine = await started(config(tmp_path), store, FakeClock())
+    await engine._commit([reading(1, 5)])
+    lock = tmp_path / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(lock)  # opening it fails (ELOOP), for root too
+    assert admin.gateway_runs(store.path) is None
+    with admin.open_admin(store.path) as a:
+        assert a.reset_state("agg.0") == "asked"
+    assert len(await rows(store)) == 2, "left to the gateway, or to its next start"
+    await engine._reset_state()
+    assert await rows(store) == []
+
+
 RELOADED = """
 gateway: {{id: t, data_dir: {data}}}
 buffer: {{batch_linger: 0}}
@@ -222,6 +241,62 @@ async def test_a_reload_that_changes_the_window_drops_its_open_windows(
     again.router = again._build_router()
     await again._load_kv([p for _, p in again.router.stateful()])
     assert again.router.stateful()[0][1].dropped == 2  # type: ignore[attr-defined]
+
+
+async def test_a_sink_a_reload_adds_is_noted_as_run_before_it_is_routed_to(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was noted only after the stops of the reload (seconds): `store drop-sink`
+    meanwhile dropped a sink the new router already routed to."""
+    text = RELOADED.format(data=tmp_path, size="10s", topic="agg")
+    first = validate(text, "gateway.yaml")
+    more = validate(
+        text.replace("sinks: [out]", "sinks: [out, more]")
+        + f"  more: {{type: file, path: {tmp_path}/more.jsonl}}\n",
+        "gateway.yaml",
+    )
+    engine, running = await two_windows_open(first, store, FakeClock())
+    noted: list[object] = []
+    build = engine._build_router
+
+    def routes(*args: Any) -> Any:
+        with sqlite3.connect(store.path) as db:
+            noted.extend(db.execute("SELECT active FROM sinks WHERE name = 'more'"))
+        return build(*args)
+
+    monkeypatch.setattr(engine, "_build_router", routes)
+    assert await engine.apply(more, plan(first, more)) == []
+    assert noted == [(1,)]
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
+async def test_the_log_counts_flowfiles_and_dead_letters_apart_and_no_message_given_up(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One FlowFile dead-lettered for two sinks was logged as 2 FlowFiles; a commit of
+    state only given up at a stop logged "0 message(s) ... were not stored"."""
+    text = f"""
+gateway: {{id: t, data_dir: {tmp_path}}}
+buffer: {{batch_linger: 0}}
+web: {{enabled: false}}
+routes:
+  all: {{match: "#", sinks: [out, more]}}
+sinks:
+  out: {{type: file, path: {tmp_path}/out.jsonl}}
+  more: {{type: file, path: {tmp_path}/more.jsonl}}
+"""
+    cfg = validate(text, "gateway.yaml")
+    await store.register_sinks(["more"])
+    store.max_bytes = 300
+    engine = Engine(cfg, store, clock=FakeClock())
+    engine.router = engine._build_router()
+    with caplog.at_level(logging.WARNING):
+        await engine._commit([("src", Message(FlowFile.create("plant/x", b"x" * 400)))])
+        engine._give_up(0, "the store refused it")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "1 FlowFiles dead-lettered, 2 dead letters" in logged[0]
 
 
 async def test_state_left_behind_by_a_processor_moved_in_its_route_is_named_once(

@@ -344,6 +344,7 @@ def test_a_restart_from_the_checkpoint_gives_the_same_outputs(
             "count": {"count": 3, "slide": 2},
         }[kind]
     )
+    restart_gives_the_same_outputs(evs, config, cut, batch)  # in one chunk, as a rule
     with pytest.MonkeyPatch.context() as patch:
         # a sliding count window's readings span chunks, the oldest one partly gone
         patch.setattr(window, "CHUNK_ROWS", 2)

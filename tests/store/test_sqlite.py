@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from gateway.store.sqlite import (
     Store,
     StoreError,
     hold_data_dir,
+    let_go_data_dir,
 )
 
 pytestmark = pytest.mark.integration
@@ -125,7 +127,42 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each
     assert (store.depth("a"), store.depth("b")) == (1, 0)
     dead = await store.dead_letters(10)
     assert sorted((d.id, d.sink) for d in dead) == [(big.id, "a"), (big.id, "b")]
-    assert "more than the whole buffer (buffer.max_bytes: 2000)" in dead[0].reason
+    assert "(1900 bytes of buffer.max_bytes: 2000)" in dead[0].reason
+    await store.close()
+
+
+async def test_a_flowfile_larger_than_drop_oldest_keeps_is_stored_for_its_block_sinks_only(
+    tmp_path: Path,
+) -> None:
+    """Routed to a `block` sink and a `drop_oldest` one, it was stored for both: once the
+    `block` sink had it, the next commit dropped it, before the other had it (lost)."""
+    store = await open_store(tmp_path, max_bytes=2000, overflow="drop_oldest")
+    store.set_overflow({"a": "block"})
+    a, b = store.bit("a"), store.bit("b")
+    big = FlowFile.create("t/1", b"x" * 2000)
+    await store.commit(batch([(big, a | b)]))
+    assert (store.depth("a"), store.depth("b")) == (1, 0)
+    assert [(d.id, d.sink) for d in await store.dead_letters(10)] == [(big.id, "b")]
+    await store.close()
+    store = await open_store(tmp_path, max_bytes=2000, overflow="drop_oldest")
+    store.set_overflow({"a": "block"})
+    rows, _ = await store.read("a", store.cursor("a"), 10)  # its checksum holds
+    assert [f.content for _, f in rows] == [big.content]
+    assert store.depth("b") == 0
+    await store.close()
+
+
+async def test_a_flowfile_just_under_the_budget_is_dead_lettered_not_dropped_at_once(
+    tmp_path: Path,
+) -> None:
+    """One between the 95 % drop_oldest keeps and the whole budget was stored (its source
+    acknowledged), then dropped by the next commit before any sink had it."""
+    store = await open_store(tmp_path, ("a",), max_bytes=2000, overflow="drop_oldest")
+    near = FlowFile.create("t/1", b"x" * (1950 - 96 - 3 - 2))  # 1950 bytes counted
+    await store.commit(batch([(near, store.bit("a"))]))
+    await store.commit(batch([(ff(1), store.bit("a"))]))
+    assert (store.depth("a"), store.dropped) == (1, 0)
+    assert [(d.id, d.sink) for d in await store.dead_letters(10)] == [(near.id, "a")]
     await store.close()
 
 
@@ -627,28 +664,58 @@ async def test_a_reserve_the_file_system_cannot_hold_is_warned_about_once(
     await store.close()
 
 
-@pytest.mark.parametrize("err", [errno.EDQUOT, errno.EIO])
-async def test_a_reserve_refused_for_a_while_is_made_once_it_can_be(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int
-) -> None:
-    """Any refusal but ENOSPC (a quota, an I/O error, a read-only remount) gave up the
-    reserve for the life of the gateway: the next full disk left delivery no room."""
-    fallocate = os.posix_fallocate
-    tries = []
+def refuse_fallocate(monkeypatch: pytest.MonkeyPatch, err: int) -> list[int]:
+    """posix_fallocate fails with `err`; returns the list of its tries."""
+    tries: list[int] = []
 
     def refuse(fd: int, offset: int, length: int) -> None:
         tries.append(fd)
         raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(os, "posix_fallocate", refuse)
-    monkeypatch.setattr("gateway.store.sqlite.RESERVE_RETRY_S", 0.0, raising=False)
+    return tries
+
+
+async def test_a_reserve_refused_for_want_of_quota_is_tried_at_each_maintenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quota is short of space: tried again at each maintenance, and intake waits for
+    the reserve after a full disk (it gave up the reserve for the life of the gateway)."""
+    fallocate = os.posix_fallocate
+    tries = refuse_fallocate(monkeypatch, errno.EDQUOT)
     store = await open_store(tmp_path, ("a",))  # tries once
-    store._keep_reserve_sync()  # (an hour later, for EIO)
     store._keep_reserve_sync()
-    assert len(tries) == 3 and not store.reserve.exists()
+    assert not store._no_reserve
+    store._keep_reserve_sync()
+    assert len(tries) == 3 and not store._no_reserve and not store.reserve.exists()
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
     store._keep_reserve_sync()
     assert store.reserve.exists()
+    await store.close()
+
+
+async def test_a_reserve_refused_for_another_reason_is_tried_again_every_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An I/O error, a read-only remount: it gave up the reserve for the life of the
+    gateway, and the next full disk left delivery no room."""
+    fallocate = os.posix_fallocate
+    tries = refuse_fallocate(monkeypatch, errno.EIO)
+    store = await open_store(tmp_path, ("a",))  # tries once
+    assert store._no_reserve
+    now, hour = time.monotonic(), 3600  # the README's promise, not the constant
+    with monkeypatch.context() as clock:  # not around an await: the event loop's clock
+        clock.setattr(time, "monotonic", lambda: now + hour - 1)
+        store._keep_reserve_sync()
+        assert len(tries) == 1, "not before the hour"
+        clock.setattr(time, "monotonic", lambda: now + hour + 1)
+        store._keep_reserve_sync()
+        store._keep_reserve_sync()
+        assert len(tries) == 2, "once after it"
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+        clock.setattr(time, "monotonic", lambda: now + 2 * hour + 2)
+        store._keep_reserve_sync()
+    assert store.reserve.exists() and not store._no_reserve
     warned = [r for r in caplog.records if "cannot keep the disk reserve" in r.getMessage()]
     assert len(warned) == 1
     await store.close()
@@ -819,25 +886,80 @@ async def test_drop_sink_checks_in_its_transaction_whether_the_gateway_runs_it(
     await store.close()
 
 
+async def test_drop_sink_holds_the_lock_of_a_gateway_that_does_not_run_until_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """Whether a gateway ran was told before the drop's transaction: one starting in
+    between (and running the sink) had it dropped under it."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    lock = tmp_path / ".lock"
+    lock.touch()  # a gateway ran here and stopped
+    starts: list[bool] = []
+
+    def a_gateway_starts(sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                starts.append(True)
+            except BlockingIOError:
+                starts.append(False)
+            finally:
+                os.close(fd)
+
+    with open_admin(store.path) as admin:
+        admin.db.set_trace_callback(a_gateway_starts)
+        assert admin.drop_sink("b") == 0
+    assert starts == [False], "a gateway is refused while the drop holds the lock"
+    await store.close()
+
+
 async def test_drop_sink_after_a_clean_stop_when_the_lock_cannot_be_opened(
     tmp_path: Path,
 ) -> None:
-    """Any failure to take the data_dir's lock (a permission, here a folder in its
-    place) counted as a gateway running, and the sinks it ran at its stop stayed noted
-    as running: such a sink could never be dropped."""
+    """Any failure to take the data_dir's lock (a permission, here a link to itself in
+    its place) counted as a gateway running, and the sinks it ran at its stop stayed
+    noted as running: such a sink could never be dropped."""
     from gateway.store.admin import gateway_runs, open_admin
 
     store = await open_store(tmp_path)
     store.set_active(["a", "b"])
     await store.save_active()
-    (tmp_path / ".lock").unlink(missing_ok=True)
-    (tmp_path / ".lock").mkdir()
+    lock = tmp_path / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(lock)  # opening it fails (ELOOP), for root too
     assert gateway_runs(store.path) is None  # cannot tell
-    with open_admin(store.path) as admin, pytest.raises(StoreError, match="cannot be told"):
+    with (
+        open_admin(store.path) as admin,
+        pytest.raises(StoreError, match=r"cannot be told .*run this as the gateway's user"),
+    ):
         admin.drop_sink("b")
     await store.close()
     with open_admin(store.path) as admin:
         assert admin.drop_sink("b") == 0
+
+
+def test_telling_whether_a_gateway_runs_neither_creates_nor_writes_its_lock(
+    tmp_path: Path,
+) -> None:
+    """It took the lock as a gateway does: run by root with no lock file, it left one
+    owned by root that the gateway's user could not open (its next start failed), and it
+    emptied the gateway's pid out of one."""
+    from gateway.store.admin import gateway_runs
+
+    lock = tmp_path / ".lock"
+    assert gateway_runs(tmp_path / "store.db") is False
+    assert not lock.exists()
+    lock.write_text("1234\n")
+    assert gateway_runs(tmp_path / "store.db") is False
+    assert lock.read_text() == "1234\n"
+    key = hold_data_dir(tmp_path)
+    try:
+        assert gateway_runs(tmp_path / "store.db") is True
+    finally:
+        let_go_data_dir(key)
 
 
 async def test_a_sink_added_back_resumes_from_its_cursor(tmp_path: Path) -> None:
