@@ -229,12 +229,13 @@ _NO_KEY_PERMISSION = ("no permissions to access", "can't access", "can't publish
 
 
 def _acl_denial(text: str) -> bool:
-    """Whether Redis's error text says the ACL user may not do it."""
+    """Whether Redis's error text says the ACL user may not do it (in any version's case)."""
+    text = text.lower()
     return any(words in text for words in (*_NO_COMMAND_PERMISSION, *_NO_KEY_PERMISSION))
 
 
 # In a cluster, how many script calls of one slot go at once after the ACL refused a key
-# (each takes a connection to the slot's node).
+# (each takes a connection to the slot's node; the slots of a batch go side by side).
 _CLUSTER_CONCURRENT_CALLS = 32
 
 
@@ -772,8 +773,10 @@ class RedisSink(Sink):
     async def _write_by_key(self, client: Any, slot: int | None, group: _Group) -> list[Rejected]:
         """The rows of a slot, one script call per key (after the ACL refused a key).
 
-        One round trip: the calls go in one pipeline, after a call of no rows that checks
-        the dedupe keys once (refused, every call is: the user's, retried).
+        One round trip on a server (the calls go in one pipeline), a few in a cluster (its
+        pipeline takes no EVALSHA: the calls go _CLUSTER_CONCURRENT_CALLS at a time), after a
+        call of no rows that checks the dedupe keys once (refused, every call is: the
+        user's, retried).
         """
         parts: dict[str, _Group] = {}
         for key, blob, ff in zip(group.keys, group.blobs, group.rows, strict=True):
@@ -835,6 +838,7 @@ class RedisSink(Sink):
         A command the user may not run, or a key every row shares, is the user's: every
         row would go to the dead letters.
         """
+        text = text.lower()  # 7.0 writes "no permissions", 7.2 and Valkey "No permissions"
         if any(words in text for words in _NO_COMMAND_PERMISSION):
             return False
         return len(self._key_parts) > 1 and any(words in text for words in _NO_KEY_PERMISSION)

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.redis import RedisSink, RedisSinkConfig, slot_tag
+from gateway.sinks.redis import RedisSink, RedisSinkConfig, _acl_denial, slot_tag
 from tests import servers
 from tests.sinks.contract import (
     SinkContract,
@@ -540,6 +540,23 @@ async def test_an_acl_user_that_may_not_run_the_modes_command_is_retried_not_dea
     assert await data_keys(client, ns) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [
+        ("no permissions to access one of the keys used as arguments", True),  # 7.0
+        ("No permissions to access a key", True),  # 7.2 and Valkey
+        ("ACL failure in script: No permissions to access a channel", True),
+        ("User gw has no permissions to run the 'xadd' command", False),
+        ("NOPERM User gw has No permissions to run the 'evalsha' command", False),
+    ],
+)
+def test_acl_refusals_are_told_apart_in_every_versions_wording(text: str, rows: bool) -> None:
+    # The local server is 7.0; 7.2 and Valkey capitalise "No permissions".
+    assert _acl_denial(text)
+    assert make_sink("redis://127.0.0.1:1", key="edge:{topic}")._row_denial(text) is rows
+    assert not make_sink("redis://127.0.0.1:1", key="edge:all")._row_denial(text)
+
+
 @pytest.mark.parametrize("dedupe", [True, False], ids=["script", "pipeline"])
 async def test_an_acl_user_that_may_not_write_a_rows_key_dead_letters_that_row(
     redis: Any, client: Any, ns: str, dedupe: bool
@@ -1012,7 +1029,7 @@ async def test_cluster_a_refused_rows_key_dead_letters_that_row(
     redis_cluster: list[ClusterNode], ns: str
 ) -> None:
     # One slot (a hash tag) for many keys, some refused: the per-key calls of that slot's
-    # rows go in one cluster pipeline.
+    # rows go a few at a time (a cluster pipeline takes no EVALSHA).
     for node in redis_cluster:
         conn = aioredis.Redis(host=node.host, port=node.port)
         try:
