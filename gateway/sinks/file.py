@@ -477,11 +477,8 @@ class FileSink(Sink):
         if self.config.keep:
             self._shift_old_files()
             return
-        n = 1
-        while os.path.lexists(f"{self.path}.{n}"):
-            n += 1
         try:
-            os.replace(self.path, f"{self.path}.{n}")
+            os.replace(self.path, self._free_number(1))
         except OSError as err:
             raise RetryableError(f"cannot set {self.path} aside: {err.strerror or err}") from err
 
@@ -520,17 +517,21 @@ class FileSink(Sink):
         is not this sink's (set aside, or the user's) goes to the first free <path>.N
         beyond `keep` instead, where no rotation replaces or removes it."""
         last = f"{self.path}.{keep}"
-        if not os.path.isfile(last) or self._ours(last):
+        if not os.path.lexists(last) or (os.path.isfile(last) and self._ours(last)):
             return
-        n = keep + 1
-        while os.path.lexists(f"{self.path}.{n}"):
-            n += 1
-        os.replace(last, f"{self.path}.{n}")
+        free = self._free_number(keep + 1)
+        os.replace(last, free)
         self.ctx.log.warning(
             "moved %s to %s: it is not a file this sink wrote, and rotation would replace it",
             last,
-            f"{self.path}.{n}",
+            free,
         )
+
+    def _free_number(self, n: int) -> str:
+        """The first <path>.N from `n` on that names nothing."""
+        while os.path.lexists(f"{self.path}.{n}"):
+            n += 1
+        return f"{self.path}.{n}"
 
     def _ours(self, path: str) -> bool:
         """Whether the file at `path` starts as this sink writes its files."""
