@@ -269,11 +269,57 @@ async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
     await until(lambda: engine._intake_closed)
     async with asyncio.timeout(5):
         while not running.done():
-            clock.advance(10)
+            clock.advance(1)
             await asyncio.sleep(0.001)
     await running
     acked = [e for e in fakes if e.startswith("ack")]
     assert acked == ([] if refusals > 3 else ["ack 1", "ack 2", "ack 3"])
+
+
+@pytest.mark.parametrize("try_s", [0, 6])
+async def test_a_stop_gives_up_every_batch_after_one_given_up(
+    tmp_path: Path,
+    store: Store,
+    fakes: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    try_s: float,
+) -> None:
+    """At a stop, each batch had its own 3 tries: the first given up, the next one
+    committed and acknowledged past it (a position saved beyond it, a Redis list trimmed
+    by count): the first was lost for good. A store refusing every commit took 3 tries
+    (each up to the 5 s busy_timeout) per batch, past systemd's TimeoutStopSec. Once one
+    is given up, all after it are, with one ERROR line; the tries stop at DRAIN_S (each
+    refused try taking `try_s` seconds) and a refusal before the stop is not counted."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    commit = store.commit
+    clock = FakeClock()
+    tried = []
+
+    async def refused(batch: Batch) -> None:
+        tried.append(len(batch.rows))
+        clock.advance(try_s)
+        if len(tried) <= 4:  # one while running, three at the stop
+            raise StoreError("store x: disk I/O error")
+        await commit(batch)
+
+    store.commit = refused  # type: ignore[method-assign]
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: bool(tried))
+    for n in range(4, 9):  # handed over behind the batch retrying
+        engine.ingest.offer("src", Message(ff(n), ack=lambda n=n: fakes.append(f"ack {n}")))
+    engine.stop()
+    await until(lambda: engine._intake_closed)
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.5)
+            await asyncio.sleep(0.001)
+    await running
+    assert not [e for e in fakes if e.startswith("ack")]
+    assert len(tried) == (4 if try_s == 0 else 3), "a few tries in all, within DRAIN_S"
+    given_up = [r.getMessage() for r in caplog.records if "not stored nor" in r.getMessage()]
+    assert len(given_up) == 1 and given_up[0].startswith("engine: stopping: 8 message(s)")
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
