@@ -762,12 +762,9 @@ class Engine:
             # Stopping (a shutdown, or a reload that restarts the engine: the one that
             # raises buffer.max_bytes), what sources handed over is committed past the
             # budget or into the last free space: no sink drains while the engine
-            # stops, and waiting for one hung the stop for ever.
-            if (
-                data
-                and not self._intake_closed
-                and (self.store.over_budget or self.store.check_disk())
-            ):
+            # stops, and waiting for one hung the stop for ever (or, while sources
+            # still handed over, cut them off after DRAIN_S).
+            if data and not self._stopping and (self.store.over_budget or self.store.check_disk()):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()

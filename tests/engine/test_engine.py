@@ -243,6 +243,50 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     await store.close()
 
 
+class FakePager(FakeSource):
+    """A polled source holding the pages of one read after the first (a REST answer)."""
+
+    mode = "poll"
+    pages: list[list[int]] = []
+
+    async def poll_messages(self) -> list[Message]:
+        numbers = self.pages.pop(0) if self.pages else []
+        self.held = bool(self.pages)  # the next page at the next poll, or at a stop
+        self.held_items = sum(map(len, self.pages))
+        return [Message(ff(n), ack=self._acker(n)) for n in numbers]
+
+
+async def test_a_stop_commits_past_the_budget_while_a_source_still_hands_over(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overflow: block, the store full, a source holding pages of a read: the stop let
+    it hand them over but committed past the budget only once every source had stopped,
+    so the source waited for room, was cut off after DRAIN_S and its pages lost."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    monkeypatch.setattr("gateway.engine.pipeline.DRAIN_S", 2.0)
+    monkeypatch.setattr(FakePager, "pages", [[1], [2], [3]])
+    classes = {"source": FakePager, "sink": FakeSink}  # the sink stuck in its write
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[k]))
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    await put(store, 5)
+    store.max_bytes = 1  # the five above fill it
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: not engine.gate.is_set())  # page 1 waits for room
+    clock.advance(1)  # the next poll: it waits at the gate, holding pages 2 and 3
+    await asyncio.sleep(0.01)
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    assert [e for e in fakes if e.startswith("ack")] == ["ack 1", "ack 2", "ack 3"]
+    await store.close()
+
+
 @pytest.mark.parametrize("refusals", [2, 1000])
 async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
     tmp_path: Path, store: Store, fakes: list[str], monkeypatch: pytest.MonkeyPatch, refusals: int
