@@ -593,8 +593,8 @@ class Engine:
         ]
 
     async def _stop_source(self, name: str) -> None:
-        """Stop a source's intake, let what it handed over commit and be acknowledged
-        (at most DRAIN_S), then close it."""
+        """Stop a source's intake (its hand-over: at most DRAIN_S), let what it handed
+        over commit and be acknowledged (at most DRAIN_S more), then close it."""
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
