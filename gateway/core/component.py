@@ -154,11 +154,11 @@ class Source:
     stop lets it be handed over first (see `SourceRunner.stop`)."""
     held_items: int = 0
     """How many items the source holds so (`held`): counted as lost if a stop cuts it off."""
-    lost_if_cut: ClassVar[str | None] = None
+    lost_if_cut: str | None = None
     """Set when what the source read and did not hand over is read by nothing again (a
-    REST answer: the API has answered): what to say of it when a stop cuts the source
-    off ("the API is not asked for them again"). None: its sender sends it again, or
-    the source reads it again from its position."""
+    REST answer: the API has answered; a reading of a device; MQTT QoS 0): what to say
+    of it when a stop cuts the source off ("the API is not asked for them again"). None:
+    its sender sends it again, or the source reads it again from its position."""
     dropped: int = 0
     """Messages this source dropped before handing them over (MQTT QoS 0 under load):
     `edge_stream_source_dropped_total` in /metrics."""

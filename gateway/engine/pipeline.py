@@ -146,6 +146,14 @@ class Engine:
         self._taking = False  # the ingest loop waits for items (holds none)
         self._committing: dict[str, int] = {}  # source -> commits under way holding its items
         self._intake_closed = False
+        # A stop (see `_shutdown`): once a commit is given up (refused STOP_COMMIT_TRIES
+        # times, past the stop's deadline, or the store file gone), every later one is
+        # too: committing a later batch would acknowledge past the one given up (a
+        # position saved beyond it, a Redis list trimmed by count), losing it for good.
+        self._stopping = False
+        self._stop_by: float | None = None  # the commits' deadline, once intake is closed
+        self._give_up_why: str | None = None
+        self._given_up = 0  # messages handed over, neither stored nor acknowledged
         # One commit at a time: processor state is taken at each commit, and the store
         # must receive those changes in the order they were taken (ingest, timers, replay).
         self._commit_lock = asyncio.Lock()
@@ -421,6 +429,7 @@ class Engine:
 
     async def _shutdown(self) -> None:
         log.info("engine: stopping intake")
+        self._stopping = True
         await asyncio.gather(
             *(
                 self._stop_intake(n.removeprefix("source "), t)
@@ -432,6 +441,7 @@ class Engine:
         # loop is cancelled only while it waits for items; a batch it has taken is
         # committed and acked first (cancelled in the commit, it would be stored unacked).
         self._intake_closed = True
+        self._stop_by = self.clock.monotonic() + DRAIN_S
         if self._taking:
             self._tasks["ingest"].cancel()
         await asyncio.gather(self._tasks["ingest"], return_exceptions=True)
@@ -443,6 +453,14 @@ class Engine:
         while len(self.ingest):
             await self._commit(
                 await self.ingest.take(self.config.buffer.batch_max, 0, COMMIT_MAX_BYTES)
+            )
+        if self._given_up:
+            log.error(
+                "engine: stopping: %d message(s) handed over were not stored nor"
+                " acknowledged (%s): read again where their source can (a sender's retry,"
+                " a position), lost otherwise",
+                self._given_up,
+                self._give_up_why,
             )
         for source_runner in self.sources.values():
             await source_runner.close()
@@ -579,8 +597,8 @@ class Engine:
         ]
 
     async def _stop_source(self, name: str) -> None:
-        """Stop a source's intake, let what it handed over commit and be acknowledged
-        (at most DRAIN_S), then close it."""
+        """Stop a source's intake (its hand-over: at most DRAIN_S), let what it handed
+        over commit and be acknowledged (at most DRAIN_S more), then close it."""
         runner = self.sources.pop(name, None)
         task = self._tasks.pop(f"source {name}", None)
         if task is not None:
@@ -658,17 +676,17 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
-    ) -> None:
+    ) -> bool:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
-        of everything it handed over (see `_drain`)."""
+        of everything it handed over (see `_drain`). False: given up at a stop."""
         sources = {source for source, _ in items}
         committing = self._committing
         for source in sources:
             committing[source] = committing.get(source, 0) + 1
         try:
             async with self._commit_lock:
-                await self._store_batch(items, replayed, direct, tick, resets, again)
+                return await self._store_batch(items, replayed, direct, tick, resets, again)
         finally:
             for source in sources:
                 left = committing[source] - 1
@@ -685,8 +703,11 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
-    ) -> None:
+    ) -> bool:
         assert self.router is not None
+        if self._give_up_why is not None:
+            self._given_up += len(items)
+            return False
         flowfiles = []
         acks = []
         inbound = []
@@ -726,12 +747,12 @@ class Engine:
         if direct:
             rows.extend(direct)
         if not (items or rows or dead or state or kv or resets or replayed or positions):
-            return  # a timer that closed nothing
+            return True  # a timer that closed nothing
         batch = Batch(rows, dead, state, inbound, kv=kv, resets=resets or [], positions=positions)
         if replayed:
             batch.replayed = replayed
         backoff = Backoff(0.2, 10.0)
-        failed = 0
+        failed = 0  # tries refused since the stop began
         # Only data waits for room. A commit of state alone (the resets and the replica's
         # restore done before the sinks start) would otherwise wait for sinks that are not
         # running yet, and the gateway would never start.
@@ -740,18 +761,14 @@ class Engine:
             if data and self.store.over_budget:
                 await self.store.make_room()
             # (running, check_disk below tells; stopping, it is not called)
-            if self._intake_closed and self.store.gone():
-                self._give_up(len(items), "its store file was deleted or replaced")
-                return
+            if self._stopping and self.store.gone():
+                return self._give_up(len(items), "its store file was deleted or replaced")
             # Stopping (a shutdown, or a reload that restarts the engine: the one that
             # raises buffer.max_bytes), what sources handed over is committed past the
             # budget or into the last free space: no sink drains while the engine
-            # stops, and waiting for one hung the stop for ever.
-            if (
-                data
-                and not self._intake_closed
-                and (self.store.over_budget or self.store.check_disk())
-            ):
+            # stops, and waiting for one hung the stop for ever (or, while sources
+            # still handed over, cut them off after DRAIN_S).
+            if data and not self._stopping and (self.store.over_budget or self.store.check_disk()):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()
@@ -763,10 +780,11 @@ class Engine:
                     self.replicator.offer(kv, resets or [])
                 break
             except StoreError as err:
-                failed += 1
-                if self._intake_closed and failed >= STOP_COMMIT_TRIES:
-                    self._give_up(len(items), str(err))
-                    return
+                if self._stopping:
+                    failed += 1
+                    late = self._stop_by is not None and self.clock.monotonic() >= self._stop_by
+                    if failed >= STOP_COMMIT_TRIES or late:
+                        return self._give_up(len(items), str(err))
                 delay = backoff.next()
                 log.error(
                     "engine: cannot commit to the store (%s); nothing is acknowledged,"
@@ -798,18 +816,15 @@ class Engine:
                 dead[0].origin,
                 dead[0].reason,
             )
+        return True
 
-    def _give_up(self, count: int, why: str) -> None:
+    def _give_up(self, count: int, why: str) -> bool:
         """At a stop, a batch that cannot be committed is left unacknowledged (its
-        sources send it again, those that can), rather than the stop waiting for ever.
-        A commit of state only (a timer's) has no message to say it of."""
-        if not count:
-            return
-        log.error(
-            "engine: stopping: %d message(s) handed over were not stored nor acknowledged (%s)",
-            count,
-            why,
-        )
+        sources send it again, those that can), rather than the stop waiting for ever; so
+        is every later one (see `_stopping`), counted for `_shutdown`'s one ERROR line."""
+        self._give_up_why = why
+        self._given_up += count
+        return False
 
     def _wake_sinks(self) -> None:
         for runner in self.sinks.values():
@@ -838,7 +853,8 @@ class Engine:
             for _, ff, sink in replay
             if sink and not store.knows(sink)
         ]
-        await self._commit(routed, [seq for seq, _, _ in replay], direct, again=gone)
+        if not await self._commit(routed, [seq for seq, _, _ in replay], direct, again=gone):
+            return  # a stop gave it up: they are still in the store's replay queue
         await self.store.recount()  # the CLI took them out of the dead letters
         log.info("engine: %d replayed dead letters are back in the store", len(replay))
 

@@ -187,6 +187,7 @@ class SourceRunner:
         # it): a stop lets that finish rather than cancel it (see `stop`).
         self.handing = False
         self.stopping = False
+        self._stop_asked = asyncio.Event()  # wakes a poll loop waiting at the gate
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -226,6 +227,7 @@ class SourceRunner:
         then it is cancelled, and what it had not handed over is said to be dropped
         (counted before the cancel: `Ingest.unput` goes with the `put`)."""
         self.stopping = True
+        self._stop_asked.set()
         if self.handing or self.source.held:
             _done, late = await asyncio.wait({task}, timeout=within)
             if late:
@@ -335,13 +337,33 @@ class SourceRunner:
         while True:
             await self._sleep_until(schedule, due)
             while True:  # a source with a backlog (a page limit reached) goes on at once
-                await self.gate.wait()
+                await self._pass_gate()
                 messages = await self.source.poll_messages()
                 self.backoff.reset()
                 await self._hand_over(messages)
                 if not self.source.backlog:
                     break
             due = schedule.next(clock.monotonic(), clock.now_ns() / 1e9)
+
+    async def _pass_gate(self) -> None:
+        """Wait for the gate (the store has room with overflow: block), but not in a stop
+        while the source holds pages of a read (`Source.held`): the stop commits them past
+        the budget, and waiting there cut the source off after DRAIN_S, losing them."""
+        gate = self.gate
+        if gate.is_set():
+            return
+        if not self.stopping:
+            waits = {
+                asyncio.ensure_future(gate.wait()),
+                asyncio.ensure_future(self._stop_asked.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if not (self.stopping and self.source.held):
+            await gate.wait()
 
     async def _sleep_until(self, schedule: Schedule, due: float) -> None:
         """Sleep on the clock until `due`: monotonic seconds, or wall seconds for a cron

@@ -563,14 +563,18 @@ class IncrementalSource(Source):
                 page = [row for row in rows if row[at] != last]  # sorted: `last` ends it
                 if page:
                     return names, page
-            if want >= PAGE_MAX:
+            # PAGE_MAX bounds the rows not read already; those at the head (read already,
+            # see `_past_position`) come on top: counted in it, a run of PAGE_MAX rows or
+            # fewer stopped the source
+            cap = PAGE_MAX + len(fetched) - len(rows)
+            if len(rows) > PAGE_MAX or want >= cap:
                 value = _level((rows or fetched)[0][self._order_index(names)[0]])
                 raise PermanentError(
                     f"table {config.table}: more than {PAGE_MAX} rows share the"
                     f" {config.cursor} value {value}, more than a page can hold: set `key`"
                     " to a unique column that breaks the ties (the position is kept)"
                 )
-            want = min(want * 2, PAGE_MAX)
+            want = min(want * 2, cap)
 
     async def poll_messages(self) -> list[Message]:
         config = self.config

@@ -391,6 +391,8 @@ class MqttSource(Source):
         self._drained = asyncio.Event()  # set when `unacked` comes down to 0
         self.pauses = 0  # times reading stopped because too much was in flight
         self.dropped_qos0 = 0
+        if config.qos == 0:
+            self.lost_if_cut = "QoS 0: the broker does not send them again"
         self._drops_logged = 0
         self._drop_logged_at = 0.0
         self.redeliveries = 0

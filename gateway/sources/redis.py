@@ -403,10 +403,11 @@ class RedisSource(Source):
             # are left, not a count of our own: made again, it took items the store did not
             # have yet. Otherwise the counter is where this source left it: not read (a
             # round trip more at every read).
+            upto = self._remove_upto  # acks arriving during the awaits: the next removal
             done = self._removed
             if self._done_unsure:
                 done = int(await client.get(self.done_key) or 0)
-            n = self._remove_upto - done
+            n = upto - done
             if n > 0:
                 self._done_unsure = True  # until the answer comes
                 async with client.pipeline(transaction=True) as pipe:
@@ -414,7 +415,7 @@ class RedisSource(Source):
                     pipe.incrby(self.done_key, n)
                     await pipe.execute()
             self._done_unsure = False
-            self._removed = self._remove_upto
+            self._removed = upto
 
     # -- reading -----------------------------------------------------------------------
 

@@ -322,6 +322,7 @@ class SerialSource(Source):
     Config = SerialSourceConfig
     mode = "stream"
     quiet_retries = True  # an unplugged adapter: one warning, not one every 30 s
+    lost_if_cut = "a serial line is not read again"
 
     def __init__(self, config: SerialSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

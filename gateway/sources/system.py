@@ -125,6 +125,7 @@ class SystemSource(Source):
 
     Config = SystemSourceConfig
     mode = "poll"
+    lost_if_cut = "readings are not taken again"
 
     def __init__(self, config: SystemSourceConfig, ctx: Context, *, root: str = "/") -> None:
         """`root` is where /proc and /sys are looked up (tests point it at a fake tree)."""

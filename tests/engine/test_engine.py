@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -243,6 +244,50 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     await store.close()
 
 
+class FakePager(FakeSource):
+    """A polled source holding the pages of one read after the first (a REST answer)."""
+
+    mode = "poll"
+    pages: list[list[int]] = []
+
+    async def poll_messages(self) -> list[Message]:
+        numbers = self.pages.pop(0) if self.pages else []
+        self.held = bool(self.pages)  # the next page at the next poll, or at a stop
+        self.held_items = sum(map(len, self.pages))
+        return [Message(ff(n), ack=self._acker(n)) for n in numbers]
+
+
+async def test_a_stop_commits_past_the_budget_while_a_source_still_hands_over(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overflow: block, the store full, a source holding pages of a read: the stop let
+    it hand them over but committed past the budget only once every source had stopped,
+    so the source waited for room, was cut off after DRAIN_S and its pages lost."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    monkeypatch.setattr("gateway.engine.pipeline.DRAIN_S", 2.0)
+    monkeypatch.setattr(FakePager, "pages", [[1], [2], [3]])
+    classes = {"source": FakePager, "sink": FakeSink}  # the sink stuck in its write
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[k]))
+    store = Store(tmp_path / "store.db", max_bytes=1 << 20, overflow="block")
+    await store.open(["out"])
+    await put(store, 5)
+    store.max_bytes = 1  # the five above fill it
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: not engine.gate.is_set())  # page 1 waits for room
+    clock.advance(1)  # the next poll: it waits at the gate, holding pages 2 and 3
+    await asyncio.sleep(0.01)
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    assert [e for e in fakes if e.startswith("ack")] == ["ack 1", "ack 2", "ack 3"]
+    await store.close()
+
+
 @pytest.mark.parametrize("refusals", [2, 1000])
 async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
     tmp_path: Path, store: Store, fakes: list[str], monkeypatch: pytest.MonkeyPatch, refusals: int
@@ -269,11 +314,67 @@ async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
     await until(lambda: engine._intake_closed)
     async with asyncio.timeout(5):
         while not running.done():
-            clock.advance(10)
+            clock.advance(1)
             await asyncio.sleep(0.001)
     await running
     acked = [e for e in fakes if e.startswith("ack")]
     assert acked == ([] if refusals > 3 else ["ack 1", "ack 2", "ack 3"])
+
+
+@pytest.mark.parametrize("try_s", [0, 6])
+async def test_a_stop_gives_up_every_batch_after_one_given_up(
+    tmp_path: Path,
+    store: Store,
+    fakes: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    try_s: float,
+) -> None:
+    """At a stop, each batch had its own 3 tries: the first given up, the next one
+    committed and acknowledged past it (a position saved beyond it, a Redis list trimmed
+    by count): the first was lost for good. A store refusing every commit took 3 tries
+    (each up to the 5 s busy_timeout) per batch, past systemd's TimeoutStopSec. Once one
+    is given up, all after it are, with one ERROR line; the tries stop at DRAIN_S (each
+    refused try taking `try_s` seconds) and a refusal before the stop is not counted."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    commit = store.commit
+    clock = FakeClock()
+    tried = []
+
+    async def refused(batch: Batch) -> None:
+        tried.append(len(batch.rows))
+        clock.advance(try_s)
+        if len(tried) <= 4:  # one while running, three at the stop
+            raise StoreError("store x: disk I/O error")
+        await commit(batch)
+
+    store.commit = refused  # type: ignore[method-assign]
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: bool(tried))
+    for n in range(4, 9):  # handed over behind the batch retrying
+        engine.ingest.offer("src", Message(ff(n), ack=lambda n=n: fakes.append(f"ack {n}")))
+    engine.stop()
+    await until(lambda: engine._intake_closed)
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.5)
+            await asyncio.sleep(0.001)
+    await running
+    assert not [e for e in fakes if e.startswith("ack")]
+    assert len(tried) == (4 if try_s == 0 else 3), "a few tries in all, within DRAIN_S"
+    given_up = [r.getMessage() for r in caplog.records if "not stored nor" in r.getMessage()]
+    assert len(given_up) == 1 and given_up[0].startswith("engine: stopping: 8 message(s)")
+    # a replay committed after it is given up too, not said to be back in the store
+    from gateway.store.admin import open_admin
+
+    await commit(Batch([], [DeadLetter(ff(9), "sink out", "refused", "out")], {}, []))
+    with open_admin(store.path) as admin:
+        assert admin.replay(None).count == 1
+    caplog.set_level(logging.INFO)
+    await engine._replay()
+    assert not any("back in the store" in r.getMessage() for r in caplog.records)
+    assert len(await store.take_replay(10)) == 1
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "block"])

@@ -478,3 +478,18 @@ async def test_a_slow_commit_after_a_new_session_is_not_a_connect_timeout(
     fake_broker.publish("acks/s", b"new", 1)
     assert [m.flowfile.content for m in await read_n(source, 1)] == [b"new"]
     await source.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_stop_cutting_off_qos_0_messages_says_they_are_lost(qos: int) -> None:
+    """A stop cutting a source off in its hand-over said its messages "are read again:
+    sent again by their sender"; at QoS 0 the broker sends nothing again (nor does a
+    serial line, a Modbus or OPC UA device, /proc): they are lost, at ERROR."""
+    from gateway.sources.modbus.source import ModbusSource
+    from gateway.sources.opcua.source import OpcuaSource
+    from gateway.sources.serial import SerialSource
+    from gateway.sources.system import SystemSource
+
+    source = make_source(None, "cut", qos=qos)
+    assert (source.lost_if_cut is not None) == (qos == 0)
+    assert all(c.lost_if_cut for c in (SerialSource, ModbusSource, OpcuaSource, SystemSource))

@@ -257,6 +257,43 @@ async def test_a_list_item_leaves_the_processing_list_after_the_commit_only(
     await restarted.close()
 
 
+async def test_list_items_committed_during_a_removal_are_removed_by_the_next(
+    redis: Any,
+) -> None:
+    """Acks arriving while the removal's EXEC was under way were counted as removed but
+    never popped: committed items stayed in the processing list until a reconnect."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    r.rpush(key, *[f"item{i}" for i in range(8)])
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, mode="list", count=4)
+    await source.connect()
+    first = await source.read()
+    second = await source.read()
+    commit(first, committed)
+    client = source._client
+    real = client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        execute = pipe.execute
+
+        async def during(*a: Any, **k: Any) -> Any:
+            commit(second, committed)  # the store commits the next batch meanwhile
+            return await execute(*a, **k)
+
+        pipe.execute = during
+        return pipe
+
+    client.pipeline = pipeline
+    await source.read()  # removes the first 4
+    client.pipeline = real
+    assert r.llen(f"{key}:processing") == 4
+    await source.read()  # and now the 4 committed during that removal
+    assert r.llen(f"{key}:processing") == 0
+    await source.close()
+
+
 async def test_list_moves_and_removals_whose_answers_were_lost_lose_no_item(
     redis: Any,
 ) -> None:

@@ -229,6 +229,31 @@ async def test_a_run_of_mysql_float_ties_longer_than_a_page_is_read_past(mariadb
     assert [n for page in pages for n in page] == [1, 2, 3, 4, 5] and len(pages) < 10
 
 
+async def test_a_run_of_page_max_ties_after_float_rows_read_already_is_read(
+    mariadb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows of a FLOAT position read again (0.2 compares as 0.200000003 > 0.2) were
+    counted in PAGE_MAX, then stripped: a run of PAGE_MAX ties after them stopped the
+    source ("more than PAGE_MAX rows share the value"), which a page can hold."""
+    monkeypatch.setattr("gateway.sources._sql.PAGE_MAX", 4)
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (at FLOAT, n INT)")
+    rows = [(0.2, 1), (0.2, 2), (0.2, 3), (0.5, 4), (0.5, 5), (0.5, 6), (0.5, 7), (0.75, 8)]
+    mariadb.execute(f"INSERT INTO `{table}` VALUES " + ", ".join(map(str, rows)))
+    config, _problems = build("mysql", dsn=mariadb.dsn, table=table, cursor="at", page_size=2)
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    pages = []
+    try:
+        while (not pages or source.backlog) and len(pages) < 10:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    assert pages == [[1, 2, 3], [4, 5, 6, 7], [8]]
+
+
 async def test_start_at_the_end_skips_the_rows_already_there(
     db: Db, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:

@@ -79,6 +79,7 @@ class ModbusSource(Source):
 
     Config = ModbusSourceConfig
     mode = "stream"
+    lost_if_cut = "the devices are not asked for these readings again"
 
     def __init__(self, config: ModbusSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

@@ -225,6 +225,7 @@ class OpcuaSource(Source):
 
     Config = OpcuaSourceConfig
     mode = "stream"
+    lost_if_cut = "the server does not send these values again"
 
     def __init__(self, config: OpcuaSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
