@@ -284,7 +284,9 @@ class Sessions:
             self._by_token.popitem(last=False)
         return token, session
 
-    def get(self, token: str) -> Session | None:
+    def get(self, token: str, seen: bool = True) -> Session | None:
+        """The session of `token` while it is in its time; `seen`: a request of it, which
+        starts its idle time again (see `seen` once it is known to be answered)."""
         session = self._by_token.get(token)
         if session is None:
             return None
@@ -292,9 +294,16 @@ class Sessions:
         if now - session.seen > self.idle or now - session.created > self.lifetime:
             del self._by_token[token]
             return None
-        session.seen = now
-        self._by_token.move_to_end(token)
+        if seen:
+            self.seen(token)
         return session
+
+    def seen(self, token: str) -> None:
+        """A request of the session of `token`: its idle time starts again."""
+        session = self._by_token.get(token)
+        if session is not None:
+            session.seen = self._clock()
+            self._by_token.move_to_end(token)
 
     def alive(self, token: str) -> bool:
         """Whether the session is still there and in its time (a look: not a request)."""

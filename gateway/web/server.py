@@ -433,10 +433,13 @@ class WebServer:
     async def _identity(self, request: web.Request) -> Identity | web.StreamResponse | None:
         token = request.cookies.get(COOKIE)
         if token:
-            session = self.sessions.get(token)
+            # seen only once it is let in: a 503 (the users file broken) is not a use of
+            # it, and must not keep it alive past its idle time
+            session = self.sessions.get(token, seen=False)
             if session is not None:
                 role = self._session_role(session)
                 if role is not None:
+                    self.sessions.seen(token)
                     return Identity(session.user, role, "session", session.csrf, token)
                 if self.users.broken:  # it may be fine once the file is: refused, kept
                     return self._users_broken()

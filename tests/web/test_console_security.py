@@ -450,6 +450,9 @@ async def test_a_users_file_spoilt_while_running_refuses_in_one_log_line_and_end
         session = {"Cookie": answer.headers["Set-Cookie"].split(";", 1)[0]}
         script = ("olga", "olga-pass-1")
         assert (await call(f"{url}/api/session", basic=script)).status == 200
+        assert gateway.web is not None
+        held = next(iter(gateway.web.sessions._by_token.values()))
+        seen = held.seen
         good = await asyncio.to_thread(users.read_text)
         await asyncio.to_thread(users.write_text, "olga:operator\n")
         for _ in range(2):
@@ -460,6 +463,8 @@ async def test_a_users_file_spoilt_while_running_refuses_in_one_log_line_and_end
             broken = await call(f"{url}/api/session", headers=session)
             assert broken.status == 503 and b"web-users" in broken.body
             assert (await call(f"{url}/api/session", basic=script)).status == 503
+        # a 503 was taken for a use of the session: its idle time started again at each
+        assert held.seen == seen
         problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
         assert len(problems) == 1 and problems[0].levelname == "ERROR"
         assert not any(r.exc_info for r in caplog.records)
