@@ -498,6 +498,10 @@ class WebServer:
         if scheme.lower() != "basic" or not sep:
             return self._unauthorized(request)
         credential = self.users.credential(user)  # before the check: what it checks
+        if credential is None and self.users.broken:
+            # maybe a user of the file: told so, not a 401 that says the password is wrong,
+            # and not charged to the limiter (a script would be locked out by its 429s)
+            return self._users_broken()
         role_or_wait = await self._try_password(request, user, password)
         if isinstance(role_or_wait, web.StreamResponse):
             return role_or_wait
@@ -579,6 +583,10 @@ class WebServer:
                 return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
         credential = self.users.credential(user)  # before the check: what it checks
+        if credential is None and self.users.broken:
+            # maybe a user of the file: told so, not a 401 that says the password is wrong,
+            # and not charged to the limiter (a script would be locked out by its 429s)
+            return self._users_broken()
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
             if role.status == 401 and form:
