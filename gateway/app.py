@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import logging
 import os
 import signal
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.alerts import Alerts
+from gateway.config import files
 from gateway.config.load import load, read_text
 from gateway.config.model import Config
 from gateway.config.view import changed_keys
@@ -676,10 +676,6 @@ def _file_stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 class Reloads:
     """Every reload trigger (SIGHUP, the file watcher, the API) goes through here.
 
@@ -704,7 +700,7 @@ class Reloads:
             except ConfigError:  # unreadable: only the hash is missing then
                 text = None
             if text is not None:
-                gateway.config_hash = self._tried_hash = _text_hash(text)
+                gateway.config_hash = self._tried_hash = files.text_hash(text)
 
     def request(self, trigger: str) -> asyncio.Future[Outcome] | None:
         """Ask for an attempt; its outcome comes in the future (None: not reloading)."""
@@ -729,7 +725,7 @@ class Reloads:
         """The file was put back to `text` (a remote config not applied): not a change."""
         assert self.path is not None
         self._stamp = _file_stamp(self.path)
-        self._tried_hash = _text_hash(text)
+        self._tried_hash = files.text_hash(text)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -800,7 +796,7 @@ class Reloads:
 
     def _read_and_load(self, path: str) -> Config:
         """In a worker thread: note the text's hash (refused or not), then load it."""
-        self._tried_hash = _text_hash(read_text(path))
+        self._tried_hash = files.text_hash(read_text(path))
         return load(path)
 
     async def watch(self) -> None:
@@ -829,7 +825,7 @@ class Reloads:
             if stamp is None:
                 continue  # gone: the next file written there is a change
             try:
-                digest = await asyncio.to_thread(lambda: _text_hash(read_text(path)))
+                digest = await asyncio.to_thread(lambda: files.text_hash(read_text(path)))
             except ConfigError:
                 digest = None  # unreadable now: the attempt says why
             if digest is not None and digest == self._tried_hash:

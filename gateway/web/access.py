@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import time
@@ -282,7 +283,9 @@ class Sessions:
             self._by_token.popitem(last=False)
         return token, session
 
-    def get(self, token: str) -> Session | None:
+    def get(self, token: str, seen: bool = True) -> Session | None:
+        """The session of `token` while it is in its time; `seen`: a request of it, which
+        starts its idle time again (see `seen` once it is known to be answered)."""
         session = self._by_token.get(token)
         if session is None:
             return None
@@ -290,9 +293,16 @@ class Sessions:
         if now - session.seen > self.idle or now - session.created > self.lifetime:
             del self._by_token[token]
             return None
-        session.seen = now
-        self._by_token.move_to_end(token)
+        if seen:
+            self.seen(token)
         return session
+
+    def seen(self, token: str) -> None:
+        """A request of the session of `token`: its idle time starts again."""
+        session = self._by_token.get(token)
+        if session is not None:
+            session.seen = self._clock()
+            self._by_token.move_to_end(token)
 
     def alive(self, token: str) -> bool:
         """Whether the session is still there and in its time (a look: not a request)."""
@@ -309,10 +319,76 @@ class Sessions:
         return len(self._by_token)
 
 
-@dataclass
+@dataclass(slots=True)
+class _Count:
+    """A count's rule: `burst` tries at once, then one each `every` seconds."""
+
+    burst: int
+    every: float
+
+
+@dataclass(slots=True, eq=False)
 class _Bucket:
+    """The tries one entry has left as of `at`, the checks charged to it still running,
+    and the event the tries waiting on those checks wait for."""
+
+    count: _Count
     tokens: float
     at: float
+    running: int = 0
+    ended: asyncio.Event | None = None
+
+    def left(self, now: float) -> float:
+        """Its tries at `now` (a look: nothing changes)."""
+        return min(float(self.count.burst), self.tokens + (now - self.at) / self.count.every)
+
+    def idle(self, now: float) -> bool:
+        """Whether forgetting it changes nothing: all its tries back, no check running."""
+        return not self.running and self.left(now) >= self.count.burst
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """A client of the limiter's table: an IPv4 address (`own` counts it), or an IPv6 /64
+    (`own` counts the /64, `hosts` at most HOSTS of its addresses one by one)."""
+
+    own: _Bucket
+    hosts: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
+
+    def idle(self, now: float) -> bool:
+        return self.own.idle(now) and all(host.idle(now) for host in self.hosts.values())
+
+
+@dataclass(slots=True)
+class _Charge:
+    """One entry a try would be charged to: its name, its rule, its tries now, its bucket
+    (None: made when a try is charged), and the bucket whose running checks may give it
+    tries back (its own, or the shared one a new entry starts from)."""
+
+    name: str
+    count: _Count
+    tokens: float
+    bucket: _Bucket | None
+    pending: _Bucket | None
+
+    def wait(self) -> float:
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.count.every
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Where a try of a client goes now: the entries charged and what charging it makes:
+    a slot (evicting `evict`), a host entry in a /64's slot (evicting `evict_host`), the
+    overflow entry."""
+
+    charges: list[_Charge]
+    key: str
+    host: str | None = None
+    new_slot: bool = False
+    evict: str | None = None
+    new_host: bool = False
+    evict_host: str | None = None
+    overflow: bool = False
 
 
 def client_keys(address: str) -> tuple[str, ...]:
@@ -332,59 +408,8 @@ def client_keys(address: str) -> tuple[str, ...]:
     return (str(ip),)
 
 
-OVERFLOW = "*"  # the clients that found a level's table full of clients still held back
-
-
-class _Level:
-    """One count of the login limiter (per address, or per IPv6 /64): `burst` tries at
-    once, then one each `every` seconds, for at most `limit` clients and the overflow
-    entry that the others share; and the checks under way per entry."""
-
-    def __init__(self, burst: int, every: float, limit: int) -> None:
-        self.burst = burst
-        self.every = every
-        self.limit = limit
-        self.buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        # checks running per entry, and an event for the tries waiting on them: an entry
-        # lives only while a check runs (bounded by the connections)
-        self.running: dict[str, int] = {}
-        self.ended: dict[str, asyncio.Event] = {}
-
-    def _refill(self, bucket: _Bucket, now: float) -> None:
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) / self.every)
-        bucket.at = now
-
-    def entry(self, key: str, now: float) -> str:
-        """The entry that counts `key`'s tries now, refilled: its own (made when new), or
-        the overflow entry while the table is full of clients still held back."""
-        bucket = self.buckets.get(key)
-        if bucket is not None:
-            self._refill(bucket, now)
-            self.buckets.move_to_end(key)
-            return key
-        overflow = self.buckets.get(OVERFLOW)
-        if overflow is not None:
-            self._refill(overflow, now)
-        if len(self.buckets) - (overflow is not None) >= self.limit:
-            oldest = next(k for k in self.buckets if k != OVERFLOW)
-            self._refill(self.buckets[oldest], now)
-            if self.buckets[oldest].tokens < self.burst or self.running.get(oldest):
-                # forgetting it would give it fresh tries: the new client shares the overflow
-                if overflow is None:
-                    self.buckets[OVERFLOW] = _Bucket(float(self.burst), now)
-                self.buckets.move_to_end(OVERFLOW)
-                return OVERFLOW
-            del self.buckets[oldest]  # it has all its tries back: nothing is forgotten
-        # A client may have been one of the overflow's: it starts with no more tries than
-        # the overflow has left, or a guesser that drained it would get a full bucket.
-        start = float(self.burst) if overflow is None else min(overflow.tokens, self.burst)
-        self.buckets[key] = _Bucket(start, now)
-        return key
-
-    def wait(self, entry: str) -> float:
-        """Seconds before `entry` has a try; 0 when it has one now."""
-        tokens = self.buckets[entry].tokens
-        return 0.0 if tokens >= 1 else (1 - tokens) * self.every
+OVERFLOW = "*"  # the clients that found the table full of clients still held back
+HOSTS = 16  # the addresses of an IPv6 /64 counted one by one; the others by the /64 alone
 
 
 @dataclass(frozen=True)
@@ -394,6 +419,7 @@ class Taken:
 
     wait: float
     entries: tuple[str, ...] = ()
+    buckets: tuple[_Bucket, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -405,11 +431,17 @@ class LoginLimiter:
     host of a LAN failing again and again (a poller with an old password) uses up its own
     address's tries long before the prefix's, so the other hosts still log in.
 
-    Each count's table holds at most `limit` clients. When it is full, the one seen
-    longest ago goes only if it has all its tries back (forgetting it changes nothing);
-    otherwise a new client shares one more entry with every other client not in the table.
-    Evicting a client still held back would give its guesser fresh tries for the price of
-    sending from `limit` other addresses.
+    The table holds at most `limit` clients, each an IPv4 address or an IPv6 /64: a host
+    rotating the 2^64 addresses of its /64 takes one place, not all. A /64's place counts
+    at most HOSTS of its addresses one by one; while those are all held back, its other
+    addresses are counted by the /64 alone (which holds back a rotating host anyway).
+    When the table is full, the client charged longest ago goes only if it has all its
+    tries back (forgetting it changes nothing); otherwise a new client shares one more
+    entry with every other client not in the table. Evicting a client still held back
+    would give its guesser fresh tries for the price of sending from `limit` other
+    addresses; for the same reason a client leaving that shared entry starts with no more
+    tries than the shared entry has. Only a try that is charged makes or evicts entries:
+    looking, and a refused try, change nothing.
 
     A try is counted before its password is checked (`take`), so that tries sent at once
     are limited as tries one after the other are, and given back when the password was
@@ -424,70 +456,134 @@ class LoginLimiter:
     prefix_every: float = 1.0
     limit: int = 1024
     clock: Monotonic = time.monotonic
-    _levels: tuple[_Level, _Level] = field(init=False)
+    _address: _Count = field(init=False)
+    _prefix: _Count = field(init=False)
+    _slots: OrderedDict[str, _Slot] = field(init=False, default_factory=OrderedDict)
+    _overflow: _Bucket | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._levels = (
-            _Level(self.burst, self.every, self.limit),
-            _Level(self.prefix_burst, self.prefix_every, self.limit),
-        )
+        self._address = _Count(self.burst, self.every)
+        self._prefix = _Count(self.prefix_burst, self.prefix_every)
 
-    def _entries(self, client: str) -> list[tuple[_Level, str]]:
-        now = self.clock()
+    def _plan(self, client: str, now: float) -> _Plan:
+        """Where a try of `client` goes now (a look: nothing changes)."""
         keys = client_keys(client)  # the address, and an IPv6 address's /64
-        levels = zip(self._levels, keys, strict=False)
-        return [(level, level.entry(key, now)) for level, key in levels]
+        key, host = keys[-1], (keys[0] if len(keys) > 1 else None)
+        slot = self._slots.get(key)
+        if slot is None:
+            shared = self._overflow
+            evict = None
+            if len(self._slots) >= self.limit:
+                evict = next(iter(self._slots))
+                if not self._slots[evict].idle(now):
+                    # forgetting it would give it fresh tries: the client shares the overflow
+                    tokens = float(self.burst) if shared is None else shared.left(now)
+                    charge = _Charge(OVERFLOW, self._address, tokens, shared, shared)
+                    return _Plan([charge], key, overflow=True)
+            # A client may have been one of the overflow's: it starts with no more tries
+            # than the overflow has left, or a guesser that drained it would get new ones.
+            cap = math.inf if shared is None else shared.left(now)
+            own = self._prefix if host is not None else self._address
+            charges = [_Charge(key, own, min(own.burst, cap), None, shared)]
+            if host is not None:
+                start = min(self.burst, cap)
+                charges.insert(0, _Charge(host, self._address, start, None, shared))
+            return _Plan(charges, key, host, new_slot=True, evict=evict, new_host=bool(host))
+        own_charge = _Charge(key, slot.own.count, slot.own.left(now), slot.own, slot.own)
+        if host is None:
+            return _Plan([own_charge], key)
+        bucket = slot.hosts.get(host)
+        if bucket is not None:
+            charge = _Charge(host, self._address, bucket.left(now), bucket, bucket)
+            return _Plan([charge, own_charge], key, host)
+        evict_host = None
+        if len(slot.hosts) >= HOSTS:
+            evict_host = next(iter(slot.hosts))
+            if not slot.hosts[evict_host].idle(now):
+                return _Plan([own_charge], key)  # counted by the /64 alone
+        charge = _Charge(host, self._address, float(self.burst), None, None)
+        return _Plan([charge, own_charge], key, host, new_host=True, evict_host=evict_host)
+
+    def _charge(self, plan: _Plan, now: float, check: bool) -> tuple[_Bucket, ...]:
+        """Charge a try to the entries of `plan`, made as needed; `check`: its check
+        runs now (`settled` follows)."""
+        if plan.overflow:
+            if self._overflow is None:
+                self._overflow = _Bucket(self._address, float(self.burst), now)
+            plan.charges[0].bucket = self._overflow
+        else:
+            if plan.new_slot:
+                if plan.evict is not None:
+                    del self._slots[plan.evict]  # it has all its tries back: nothing is lost
+                own = plan.charges[-1]
+                own.bucket = _Bucket(own.count, own.tokens, now)
+                self._slots[plan.key] = _Slot(own.bucket)
+            slot = self._slots[plan.key]
+            self._slots.move_to_end(plan.key)
+            if plan.new_host and plan.host is not None:
+                if plan.evict_host is not None:
+                    del slot.hosts[plan.evict_host]
+                host = plan.charges[0]
+                host.bucket = slot.hosts[plan.host] = _Bucket(host.count, host.tokens, now)
+            if plan.host is not None and plan.host in slot.hosts:
+                slot.hosts.move_to_end(plan.host)
+        buckets = []
+        for charge in plan.charges:
+            bucket = charge.bucket
+            assert bucket is not None  # made above
+            bucket.tokens, bucket.at = max(0.0, charge.tokens - 1), now
+            bucket.running += check
+            buckets.append(bucket)
+        return tuple(buckets)
 
     def wait(self, client: str) -> float:
         """Seconds before `client` may try again; 0 when it may now."""
-        return max(level.wait(entry) for level, entry in self._entries(client))
+        return max(charge.wait() for charge in self._plan(client, self.clock()).charges)
 
     def failed(self, client: str) -> None:
         """Count a failed try of `client` (one that `take` did not count)."""
-        for level, entry in self._entries(client):
-            bucket = level.buckets[entry]
-            bucket.tokens = max(0.0, bucket.tokens - 1)
+        now = self.clock()
+        self._charge(self._plan(client, now), now, check=False)
 
     def running(self, client: str) -> int:
-        """How many checks are under way (taken, not settled) on `client`'s address entry."""
-        level = self._levels[0]
-        return level.running.get(level.entry(client_keys(client)[0], self.clock()), 0)
+        """How many checks are under way (taken, not settled) on `client`'s entry."""
+        bucket = self._plan(client, self.clock()).charges[0].bucket
+        return bucket.running if bucket is not None else 0
 
     async def take(self, client: str) -> Taken:
         """Take a try for `client` before its password is checked, or tell the seconds it
         must wait. While an entry's tries are out only because checks are still running,
         one of which may give its try back, wait for them."""
         while True:
-            entries = self._entries(client)
-            empty = [(level, entry) for level, entry in entries if level.wait(entry) > 0]
+            now = self.clock()
+            plan = self._plan(client, now)
+            empty = [charge for charge in plan.charges if charge.tokens < 1]
             if not empty:
-                for level, entry in entries:
-                    level.buckets[entry].tokens -= 1
-                    level.running[entry] = level.running.get(entry, 0) + 1
-                return Taken(0.0, tuple(entry for _, entry in entries))
-            if not all(level.running.get(entry) for level, entry in empty):
-                return Taken(max(level.wait(entry) for level, entry in empty))
-            level, entry = empty[0]
-            await level.ended.setdefault(entry, asyncio.Event()).wait()
+                buckets = self._charge(plan, now, check=True)
+                return Taken(0.0, tuple(charge.name for charge in plan.charges), buckets)
+            pending = [charge.pending for charge in empty]
+            if not all(bucket is not None and bucket.running for bucket in pending):
+                return Taken(max(charge.wait() for charge in empty))
+            bucket = pending[0]
+            assert bucket is not None
+            if bucket.ended is None:
+                bucket.ended = asyncio.Event()
+            await bucket.ended.wait()
 
     def settled(self, taken: Taken, right: bool) -> None:
         """The check `take` allowed has ended; a right password's try does not count."""
-        for level, entry in zip(self._levels, taken.entries, strict=False):
-            left = level.running.get(entry, 0) - 1
-            if left > 0:
-                level.running[entry] = left
-            else:
-                level.running.pop(entry, None)
-            bucket = level.buckets.get(entry)
-            if right and bucket is not None:
-                bucket.tokens = min(float(level.burst), bucket.tokens + 1)
-            ended = level.ended.pop(entry, None)
-            if ended is not None:
-                ended.set()
+        now = self.clock()
+        for bucket in taken.buckets:
+            bucket.running = max(0, bucket.running - 1)
+            if right:
+                bucket.tokens, bucket.at = min(bucket.count.burst, bucket.left(now) + 1), now
+            if bucket.ended is not None:
+                bucket.ended.set()
+                bucket.ended = None
 
     def __len__(self) -> int:
-        """The entries of the per-address count (clients and the overflow entry)."""
-        return len(self._levels[0].buckets)
+        """The clients in the table, and the overflow entry the others share."""
+        return len(self._slots) + (self._overflow is not None)
 
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain")

@@ -433,10 +433,13 @@ class WebServer:
     async def _identity(self, request: web.Request) -> Identity | web.StreamResponse | None:
         token = request.cookies.get(COOKIE)
         if token:
-            session = self.sessions.get(token)
+            # seen only once it is let in: a 503 (the users file broken) is not a use of
+            # it, and must not keep it alive past its idle time
+            session = self.sessions.get(token, seen=False)
             if session is not None:
                 role = self._session_role(session)
                 if role is not None:
+                    self.sessions.seen(token)
                     return Identity(session.user, role, "session", session.csrf, token)
                 if self.users.broken:  # it may be fine once the file is: refused, kept
                     return self._users_broken()
@@ -495,6 +498,10 @@ class WebServer:
         if scheme.lower() != "basic" or not sep:
             return self._unauthorized(request)
         credential = self.users.credential(user)  # before the check: what it checks
+        if credential is None and self.users.broken:
+            # maybe a user of the file: told so, not a 401 that says the password is wrong,
+            # and not charged to the limiter (a script would be locked out by its 429s)
+            return self._users_broken()
         role_or_wait = await self._try_password(request, user, password)
         if isinstance(role_or_wait, web.StreamResponse):
             return role_or_wait
@@ -576,6 +583,10 @@ class WebServer:
                 return self._no_account()
             return _json({"errors": ["no accounts are set up: the console is open"]}, 409)
         credential = self.users.credential(user)  # before the check: what it checks
+        if credential is None and self.users.broken:
+            # maybe a user of the file: told so, not a 401 that says the password is wrong,
+            # and not charged to the limiter (a script would be locked out by its 429s)
+            return self._users_broken()
         role = await self._try_password(request, user, password)
         if isinstance(role, web.StreamResponse):
             if role.status == 401 and form:

@@ -280,6 +280,65 @@ def test_a_client_leaving_the_overflow_has_no_more_tries_than_the_overflow() -> 
     assert len(limiter) == 3  # 10.0.0.2, the overflow and the guesser
 
 
+async def test_one_64_rotating_its_addresses_takes_one_place_of_the_table() -> None:
+    # Each IPv6 address had a place of its own in the table, and a refused try made one
+    # too: one host rotating the addresses of its /64 filled the table with places held
+    # back, and every new client (IPv4 too) shared the overflow entry it had drained: a
+    # right password was a 429.
+    clock = Clock()
+    limiter = access.LoginLimiter(limit=8, clock=clock)
+    for i in range(300):
+        clock.now += 0.05
+        taken = await limiter.take(f"2001:db8:1:2::{i:x}")
+        if taken.wait == 0:
+            limiter.settled(taken, right=False)
+    assert len(limiter) == 1  # the /64's place: no overflow entry either
+    for i in range(7):  # the table's other places
+        taken = await limiter.take(f"10.9.0.{i}")
+        assert taken.wait == 0 and taken.entries == (f"10.9.0.{i}",)
+        limiter.settled(taken, right=True)
+
+
+async def test_one_64_rotating_its_addresses_is_held_back_by_the_64() -> None:
+    clock = Clock()
+    limiter = access.LoginLimiter(clock=clock)
+    checked = 0
+    for i in range(200):
+        taken = await limiter.take(f"2001:db8:1:2::{i:x}")
+        if taken.wait == 0:
+            limiter.settled(taken, right=False)
+            checked += 1
+    assert checked == 50
+    assert (await limiter.take("2001:db8:1:2:ffff::1")).wait == pytest.approx(1)
+    clock.now += 1
+    taken = await limiter.take("2001:db8:1:2:ffff::1")
+    assert taken.wait == 0  # one a second
+    limiter.settled(taken, right=False)
+    assert (await limiter.take("2001:db8:1:2:ffff::2")).wait > 0
+    assert (await limiter.take("2001:db8:1:3::1")).wait == 0  # another /64
+
+
+async def test_a_lan_host_with_an_old_password_does_not_lock_out_its_64() -> None:
+    # A poller failing once a second, from one address, next to 15 other hosts of the
+    # LAN that failed too: its own count holds it back, not the /64's, so another host
+    # of the /64 still logs in.
+    clock = Clock()
+    limiter = access.LoginLimiter(clock=clock)
+    for i in range(15):
+        limiter.settled(await limiter.take(f"fd00:1::1:{i:x}"), right=False)
+    refused = 0
+    for _ in range(120):
+        clock.now += 1
+        taken = await limiter.take("fd00:1::50")
+        if taken.wait == 0:
+            limiter.settled(taken, right=False)
+        else:
+            refused += 1
+    assert refused > 100
+    taken = await limiter.take("fd00:1::a1b2")
+    assert taken.wait == 0 and taken.entries == ("fd00:1::a1b2", "fd00:1::/64")
+
+
 @pytest.mark.parametrize(
     ("host", "ok"),
     [

@@ -450,16 +450,29 @@ async def test_a_users_file_spoilt_while_running_refuses_in_one_log_line_and_end
         session = {"Cookie": answer.headers["Set-Cookie"].split(";", 1)[0]}
         script = ("olga", "olga-pass-1")
         assert (await call(f"{url}/api/session", basic=script)).status == 200
+        assert gateway.web is not None
+        held = next(iter(gateway.web.sessions._by_token.values()))
+        seen = held.seen
         good = await asyncio.to_thread(users.read_text)
         await asyncio.to_thread(users.write_text, "olga:operator\n")
+        unchecked = {"Authorization": "basic " + base64.b64encode(b"olga:olga-pass-1").decode()}
         for _ in range(2):
-            for basic in (None, ("olga", "olga-pass-0")):
-                assert (await call(f"{url}/api/session", basic=basic)).status == 401
+            assert (await call(f"{url}/api/session")).status == 401
+            # A basic auth not checked before (or whose check was no longer remembered)
+            # was a 401 and charged to the limiter: a script with the right password was
+            # told it was wrong, then refused 429. It is refused 503 now, not charged.
+            for _ in range(3):
+                for basic in (None, ("olga", "olga-pass-0")):
+                    headers = unchecked if basic is None else None
+                    answer = await call(f"{url}/api/session", headers=headers, basic=basic)
+                    assert answer.status == 503 and b"web-users" in answer.body
             # A login made before, a session or a script's checked basic auth, was ended
             # for good by a typo in a hand edit: now it is refused until the file is fixed.
             broken = await call(f"{url}/api/session", headers=session)
             assert broken.status == 503 and b"web-users" in broken.body
             assert (await call(f"{url}/api/session", basic=script)).status == 503
+        # a 503 was taken for a use of the session: its idle time started again at each
+        assert held.seen == seen
         problems = [r for r in caplog.records if "web-users:1" in r.getMessage()]
         assert len(problems) == 1 and problems[0].levelname == "ERROR"
         assert not any(r.exc_info for r in caplog.records)

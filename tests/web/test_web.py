@@ -190,25 +190,6 @@ def test_listening_beyond_localhost_needs_credentials() -> None:
 # The console's words (static/words.js, served from package data), run by Node.js: what
 # the pages would say about a status document. The pages themselves run in a real browser
 # (tests/e2e/test_console_browser.py).
-WORDS = """
-const fs = require("fs");
-const Words = eval(fs.readFileSync(0, "utf8") + "; Words");
-const status = JSON.parse(process.argv[1]);
-console.log(JSON.stringify({verdict: Words.verdict(status), disk: Words.diskBanner(status)}));
-"""
-
-
-def words(script: bytes, status: dict[str, Any]) -> dict[str, str]:
-    out = subprocess.run(
-        ["node", "-e", WORDS, json.dumps(status)],
-        input=script,
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
 CALLS = """
 const fs = require("fs");
 const Words = eval(fs.readFileSync(0, "utf8") + "; Words");
@@ -217,9 +198,11 @@ console.log(JSON.stringify(calls.map(([name, ...args]) => Words[name](...args)))
 """
 
 
-def words_calls(*calls: list[Any]) -> list[Any]:
-    """Each [name, args...] of the package's words.js, called by Node.js in one run."""
-    script = (resources.files("gateway.web") / "static" / "words.js").read_bytes()
+def words_calls(*calls: list[Any], script: bytes | None = None) -> list[Any]:
+    """Each [name, args...] of a words.js (the package's unless `script` is given),
+    called by Node.js in one run."""
+    if script is None:
+        script = (resources.files("gateway.web") / "static" / "words.js").read_bytes()
     out = subprocess.run(
         ["node", "-e", CALLS, json.dumps(calls)],
         input=script,
@@ -228,6 +211,12 @@ def words_calls(*calls: list[Any]) -> list[Any]:
         check=True,
     )
     return list(json.loads(out.stdout))
+
+
+def words(script: bytes, status: dict[str, Any]) -> dict[str, str]:
+    """The verdict and the disk banner the words.js `script` gives `status`."""
+    verdict, disk = words_calls(["verdict", status], ["diskBanner", status], script=script)
+    return {"verdict": verdict, "disk": disk}
 
 
 def test_the_console_words_reloads_history_and_a_locked_editor() -> None:

@@ -233,11 +233,13 @@
     if (lostAt === null) { lostAt = Date.now(); render(); }
   }
 
-  /** The stream opened anew after 1, 2, 4 ... at most 30 s (a shown tab only). */
+  /** The stream opened anew after 1, 2, 4 ... at most 30 s, give or take a fifth so that
+   * the tabs a gateway restart cut off do not all come back at the same moment (a shown
+   * tab only). */
   function reopen() {
     if (events) { events.close(); events = null; }
     clearTimeout(again);
-    const wait = Math.min(30000, 1000 * 2 ** Math.min(retries++, 5));
+    const wait = Math.min(30000, 1000 * 2 ** Math.min(retries++, 5)) * (0.8 + 0.4 * Math.random());
     again = setTimeout(() => { again = null; if (!document.hidden) connect(); }, wait);
   }
 
@@ -1089,9 +1091,20 @@
 
   // -- start --------------------------------------------------------------------------
 
+  /** What whoAmI throws when the gateway answered with a refusal it has shown. */
+  class Answered extends Error {}
+
   async function whoAmI() {
     const answer = await fetch("api/session", {credentials: "same-origin"});
     if (answer.status === 401) { toLogin(); return; }
+    if (!answer.ok) {
+      // the gateway answered (a 503 while the users file is broken says why in its text):
+      // read as JSON it threw, and the page said "cannot reach the gateway"
+      const said = (await answer.text()).trim() || `the gateway answered ${answer.status}`;
+      $("live").textContent = said;
+      $("live").className = "bad";
+      throw new Answered(said);
+    }
     me = await answer.json();
     $("who").textContent = me.auth === "open" ? "open console (localhost, no accounts)" :
       `${me.user} (${me.role})`;
@@ -1126,7 +1139,9 @@
     whoAmI().then(() => {
       connect();
       show(location.hash.slice(1) || "overview");
-    }).catch(e => { $("live").textContent = "cannot reach the gateway: " + e; });
+    }).catch(e => {
+      if (!(e instanceof Answered)) $("live").textContent = "cannot reach the gateway: " + e;
+    });
   }
 
   start();
