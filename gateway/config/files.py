@@ -15,8 +15,10 @@ KEEP_VERSIONS are kept.
 from __future__ import annotations
 
 import calendar
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,13 +30,21 @@ KEEP_VERSIONS = 20
 HISTORY_DIR = "config-history"
 
 
-def read_head(path: str | os.PathLike[str], limit: int) -> bytes:
+# How far a certificate or key file is looked at (a PEM chain and its key are a few kB).
+PEM_PEEK = 1 << 20
+
+
+def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -> bytes:
     """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
     named pipe with no writer is read as empty, not waited on (the open blocked, and the
     command or the gateway's start hung without a word), and /dev/zero ends at `limit`
-    (read whole, it filled the memory)."""
+    (read whole, it filled the memory). `regular`: anything but a regular file is an
+    OSError "not a regular file" (a file OpenSSL opens again itself: a pipe, with a
+    writer or not, would hang its open)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as f:
+        if regular and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         os.set_blocking(fd, True)
         return f.read(limit)
 

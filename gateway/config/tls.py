@@ -11,8 +11,7 @@ import ssl
 
 from gateway.config import files
 
-# A PEM certificate chain or key is a few kB; a look this far tells what a file holds.
-_PEEK = 1 << 20
+_PEEK = files.PEM_PEEK
 
 
 class ServedTlsError(ValueError):
@@ -55,7 +54,7 @@ def load_client_cert(context: ssl.SSLContext, cert_file: str, key_file: str | No
 
 def _peek(key: str, path: str) -> bytes:
     try:
-        return files.read_head(path, _PEEK)  # a named pipe hung the check
+        return files.read_head(path, _PEEK, regular=True)  # OpenSSL's own open of a pipe hangs
     except OSError as err:
         raise ServedTlsError(key, f"{path} cannot be read ({err.strerror or err})") from err
     except ValueError as err:  # open() refuses a path with a NUL in it
@@ -66,11 +65,6 @@ def served_tls(cert: str, key: str) -> ssl.SSLContext:
     """The server-side TLS context for the PEM certificate (chain) `cert` and its private
     key `key`; ServedTlsError names the key and file at fault, in one line."""
     cert_text, key_text = _peek("tls_cert", cert), _peek("tls_key", key)
-    # said before OpenSSL opens the files: a named pipe read as empty here, it waited on
-    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
-        raise ServedTlsError("tls_cert", f"{cert} holds no PEM certificate")
-    if b"PRIVATE KEY-----" not in key_text:
-        raise ServedTlsError("tls_key", f"{key} holds no PEM private key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key, password=_no_passphrase)
@@ -82,6 +76,12 @@ def served_tls(cert: str, key: str) -> ssl.SSLContext:
     except ssl.SSLError as err:
         if err.reason == "KEY_VALUES_MISMATCH":
             raise ServedTlsError("tls_key", f"{key} is not the key of tls_cert {cert}") from err
+        # OpenSSL decides what it serves (a TRUSTED CERTIFICATE, a key after a long chain);
+        # these only say why it refused
+        if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+            raise ServedTlsError("tls_cert", f"{cert} holds no PEM certificate") from err
+        if b"PRIVATE KEY-----" not in key_text:
+            raise ServedTlsError("tls_key", f"{key} holds no PEM private key") from err
         raise ServedTlsError(
             "tls_cert", f"cannot serve {cert} with tls_key {key}: {err.reason or err}"
         ) from err

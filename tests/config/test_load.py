@@ -946,7 +946,7 @@ def test_a_named_pipe_as_the_served_certificate_is_refused_not_waited_on(tmp_pat
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         reader.join(0.1)
         pytest.fail("the read waited for a writer")
-    assert [str(e) for e in found] == [f"{path} holds no PEM certificate"]
+    assert [str(e) for e in found] == [f"{path} cannot be read (not a regular file)"]
 
 
 def test_a_json_file_with_a_byte_order_mark_is_read_as_yaml_is(tmp_path: Path) -> None:
@@ -1491,3 +1491,68 @@ def test_a_served_tls_path_with_a_nul_is_one_line_not_a_traceback(tmp_path: Path
         f"{path}:5: web.tls_cert: '/etc/edge-stream/web\\x00.crt' cannot be read (the path"
         " holds a NUL)"
     ]
+
+
+def _openssl_pair(folder: Path) -> tuple[bytes, bytes]:
+    import subprocess
+
+    key, cert = folder / "k.pem", folder / "c.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=gw", "-days", "2", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert.read_bytes(), key.read_bytes()
+
+
+def test_a_served_certificate_openssl_takes_is_not_refused_by_a_marker_check(
+    tmp_path: Path,
+) -> None:
+    # a check for the PEM markers ran before OpenSSL and refused what it serves: a
+    # TRUSTED CERTIFICATE (openssl x509 -addtrust), a key after more than 1 MiB of chain
+    import subprocess
+
+    from gateway.config.tls import served_tls
+
+    cert, key = _openssl_pair(tmp_path)
+    (tmp_path / "k.pem").write_bytes(key)
+    trusted = subprocess.run(
+        ["openssl", "x509", "-addtrust", "serverAuth", "-trustout"],
+        input=cert, check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    assert b"BEGIN TRUSTED CERTIFICATE" in trusted
+    (tmp_path / "t.pem").write_bytes(trusted)
+    served_tls(str(tmp_path / "t.pem"), str(tmp_path / "k.pem"))
+    (tmp_path / "long.pem").write_bytes(cert * (1100 * 1024 // len(cert)) + key)
+    served_tls(str(tmp_path / "long.pem"), str(tmp_path / "long.pem"))
+
+
+def test_a_named_pipe_with_a_writer_as_the_served_certificate_is_refused(tmp_path: Path) -> None:
+    # the peek read what the writer wrote, then OpenSSL's own open of the pipe waited
+    from gateway.config.tls import ServedTlsError, served_tls
+
+    cert, key = _openssl_pair(tmp_path)
+    path = tmp_path / "web.crt"
+    os.mkfifo(path)
+    writer = os.open(path, os.O_RDWR)  # a writer that stays: the pipe never ends
+    os.write(writer, cert + key)
+    found: list[str] = []
+
+    def check() -> None:
+        with pytest.raises(ServedTlsError) as info:
+            served_tls(str(path), str(path))
+        found.append(str(info.value))
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    reader.join(10)
+    os.close(writer)
+    if reader.is_alive():  # let it go: writers that open and close are the EOF it waits on
+        for _ in range(100):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            reader.join(0.05)
+        pytest.fail("the check waited on the pipe")
+    assert found == [f"{path} cannot be read (not a regular file)"]
