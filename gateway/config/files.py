@@ -34,6 +34,10 @@ HISTORY_DIR = "config-history"
 PEM_PEEK = 1 << 20
 
 
+class NotARegularFile(OSError):
+    """read_head(regular=True) of a pipe, a device, a folder."""
+
+
 def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -> bytes:
     """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
     named pipe with no writer is read as empty, not waited on (the open blocked, and the
@@ -44,7 +48,7 @@ def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as f:
         if regular and not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+            raise NotARegularFile(errno.EINVAL, "not a regular file")
         os.set_blocking(fd, True)
         return f.read(limit)
 

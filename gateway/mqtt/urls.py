@@ -6,6 +6,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
+from gateway.config import files
 from gateway.config.schema import mask_password
 from gateway.config.tls import load_client_cert
 from gateway.core.topics import unsendable
@@ -84,24 +85,23 @@ def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None
     return context
 
 
-# A PEM certificate chain and its key are a few kB; a look this far tells what a file holds.
-_PEEK = 1 << 20
-
-
 def client_cert_problems(cert_file: str | None, key_file: str | None) -> Iterator[tuple[str, str]]:
     """The config check of a client certificate: `key_file` needs its `cert_file`; a
     `cert_file` alone is a combined PEM (`load_cert_chain` reads the key from it), so it
-    must hold a private key too. A file that cannot be read is left to the connect, whose
-    error names it, as for a pair."""
+    must hold a private key too (if it is longer than the look, OpenSSL decides). A file
+    that cannot be read is left to the connect, whose error names it, as for a pair; but
+    not a named pipe, whose open would hang the check and OpenSSL's at every connect."""
     if key_file and not cert_file:
         yield "key_file", "key_file needs the cert_file whose key it is"
     elif cert_file and not key_file:
         try:
-            with open(cert_file, "rb") as f:
-                text = f.read(_PEEK)
+            text = files.read_head(cert_file, files.PEM_PEEK, regular=True)
+        except files.NotARegularFile:
+            yield "cert_file", f"{cert_file} cannot be read (not a regular file)"
+            return
         except (OSError, ValueError):  # ValueError: a path with a NUL
             return
-        if b"PRIVATE KEY-----" not in text:
+        if b"PRIVATE KEY-----" not in text and len(text) < files.PEM_PEEK:
             yield (
                 "cert_file",
                 f"{cert_file} holds no private key: set key_file, or put the key in this"

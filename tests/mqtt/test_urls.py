@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import pytest
 
 from gateway.mqtt.broker import GatewayBroker
-from gateway.mqtt.urls import TlsFilesError, files_tls_context, login, parse_url
+from gateway.mqtt.urls import (
+    TlsFilesError,
+    client_cert_problems,
+    files_tls_context,
+    login,
+    parse_url,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +58,32 @@ def test_a_tls_file_path_with_a_nul_is_a_tls_files_error() -> None:
     # the status channel crashed on it instead of naming the file in their error.
     with pytest.raises(TlsFilesError, match=r"cannot use the TLS files \(ca_file '/ca\\x00"):
         files_tls_context((("ca_file", "/ca\0.pem"), ("cert_file", None), ("key_file", None)))
+
+
+def test_a_named_pipe_as_a_client_certificate_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    # the check read it with open(): with a writer that stays, check-config hung
+    path = tmp_path / "client.pem"
+    os.mkfifo(path)
+    writer = os.open(path, os.O_RDWR)
+    os.write(writer, b"-----BEGIN PRIVATE KEY-----\n")
+    found: list[list[tuple[str, str]]] = []
+    reader = threading.Thread(
+        target=lambda: found.append(list(client_cert_problems(str(path), None))), daemon=True
+    )
+    reader.start()
+    reader.join(10)
+    os.close(writer)  # its EOF, if it waited
+    reader.join(10)
+    assert found == [[("cert_file", f"{path} cannot be read (not a regular file)")]]
+
+
+def test_a_combined_client_pem_whose_key_follows_a_long_chain_is_left_to_openssl(
+    tmp_path: Path,
+) -> None:
+    # the key was looked for in the first 1 MiB only: "holds no private key"
+    cert = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 64 + b"\n-----END CERTIFICATE-----\n"
+    path = tmp_path / "combined.pem"
+    path.write_bytes(cert * (1100 * 1024 // len(cert)) + b"-----BEGIN PRIVATE KEY-----\n")
+    assert list(client_cert_problems(str(path), None)) == []
+    path.write_bytes(cert)
+    assert [k for k, _ in client_cert_problems(str(path), None)] == ["cert_file"]
