@@ -555,7 +555,8 @@ def cmd_secret(args: argparse.Namespace) -> int:
         prompt = f"value to {args.action}: "
         # bounded: `< /dev/zero` filled the memory; a config holds no longer value
         value = getpass.getpass(prompt) if sys.stdin.isatty() else _stdin(MAX_BYTES + 1)
-        if len(value) > MAX_BYTES:
+        # bytes, as read: a count of characters let 'é' + 262,200 'a' through, cut short
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_BYTES:
             print(
                 f"edge-stream: secret {args.action}: the value is longer than a config file can"
                 f" be ({MAX_BYTES >> 10} KiB); nothing done",

@@ -164,6 +164,14 @@ def test_a_value_or_password_that_is_not_utf8_or_too_long_is_one_line(
     assert (code, out) == (1, "")
     assert err.endswith("edge-stream: a console password has at most 1024 characters\n")
     assert not (tmp_path / "data" / "web-users").exists()
+    # the limit is in bytes, as read: a count of characters let this one be cut and encrypted
+    monkeypatch.setattr("sys.stdin", stdin("é".encode() + b"a" * 262_200))
+    assert run(capsys, "secret", "encrypt", "--key-file", str(key)) == (
+        1,
+        "",
+        "edge-stream: secret encrypt: the value is longer than a config file can be (256 KiB);"
+        " nothing done\n",
+    )
 
 
 class _CtrlC(io.BytesIO):
