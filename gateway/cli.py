@@ -563,7 +563,7 @@ def cmd_secret(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        value = value.rstrip("\n")
+        value = _line_end_off(value)
     if _not_text(value, f"secret {args.action}: the value"):
         return 1
     if args.action == "encrypt":
@@ -635,7 +635,7 @@ def cmd_web(args: argparse.Namespace) -> int:
             print("edge-stream: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
     else:  # one line, bounded: `< /dev/zero` filled the memory
-        password = _stdin(4 * (PASSWORD_MAX + 2), line=True).rstrip("\r\n")
+        password = _line_end_off(_stdin(4 * (PASSWORD_MAX + 2), line=True))
     if len(password) < 8:
         print("edge-stream: a console password has at least 8 characters", file=sys.stderr)
         return 1
@@ -664,13 +664,19 @@ PASSWORD_MAX = 1024  # characters of a console password read by `web passwd`
 
 
 def _stdin(limit: int, line: bool = False) -> str:
-    """At most `limit` bytes of stdin (up to the end of a line when `line`), its newlines
-    read as text mode reads them. Bytes that are not UTF-8 are kept as surrogates, for
-    _not_text to name: read as text, a UTF-8 locale's stdin (errors=strict) raised a
-    UnicodeDecodeError traceback."""
+    """At most `limit` bytes of stdin (up to the end of a line when `line`), as they are:
+    a \r is the secret's own, as Linux's text stdin leaves it (turned into \n, it changed
+    the secret). Bytes that are not UTF-8 are kept as surrogates, for _not_text to name:
+    read as text, a UTF-8 locale's stdin (errors=strict) raised a UnicodeDecodeError
+    traceback."""
     raw = sys.stdin.buffer.readline(limit) if line else sys.stdin.buffer.read(limit)
-    text = raw.decode("utf-8", "surrogateescape")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _line_end_off(text: str) -> str:
+    """`text` without one final \n or \r\n (the end of the line `echo` or an editor
+    adds); any other \r or \n is part of the value."""
+    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
 
 
 def _not_text(value: str, what: str) -> bool:

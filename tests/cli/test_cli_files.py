@@ -25,8 +25,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def stdin(data: bytes) -> io.TextIOWrapper:
-    """A stdin fed `data`, as a UTF-8 locale gives it (errors=strict)."""
-    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    """A stdin fed `data`, as a UTF-8 locale on Linux gives it (errors=strict, newlines
+    left as they are)."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="\n")
 
 
 def test_keygen_and_docs_where_a_file_stands_for_a_folder_say_so_in_one_line(
@@ -395,3 +396,26 @@ def test_web_passwd_refuses_the_name_of_the_configs_account(
     assert reads == [str(config)]
     usage = " ".join((gateway.cli.__doc__ or "").split())
     assert "ends the user's sessions; refused for web.username" in usage
+
+
+def test_a_carriage_return_in_a_value_or_password_from_stdin_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stdin's \r and \r\n were turned into \n: `printf 'password1\rrest\n' | web passwd`
+    # stored "password1\nrest"; only the one line end is taken off
+    from gateway.config import secrets
+    from gateway.web import access
+
+    monkeypatch.delenv("EDGE_STREAM_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", stdin(b"password1\rrest\n"))
+    assert run(capsys, "web", "passwd", "ann", "-c", "none.yaml")[0] == 0
+    stored = access.read_users(tmp_path / "data" / "web-users")["ann"]
+    assert access.verify_password("password1\rrest", stored.hash)
+    key = tmp_path / "k"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    for given, kept in [(b"a\rb\r\n", "a\rb"), (b"a\r\nb\n\n", "a\r\nb\n"), (b"ab\r", "ab\r")]:
+        monkeypatch.setattr("sys.stdin", stdin(given))
+        code, out, _ = run(capsys, "secret", "encrypt", "--key-file", str(key))
+        assert code == 0, given
+        assert secrets.decrypt(out.strip()[4:-1], secrets.load_key(key) or b"") == kept
