@@ -139,13 +139,17 @@ def parse_users(text: str, where: str) -> dict[str, User]:
 def read_users(path: Path) -> dict[str, User]:
     """The users in the file at `path`; none when it does not exist."""
     try:  # a named pipe is not waited on: the console's start or `web passwd` hung
-        text = files.read_head(path, MAX_USERS_FILE + 1).decode()
+        raw = files.read_head(path, MAX_USERS_FILE + 1)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise ConfigError(f"{path}: cannot read the console users file ({err})") from err
-    if len(text) > MAX_USERS_FILE:
+    if len(raw) > MAX_USERS_FILE:  # bytes: a count of characters let a longer file be cut
         raise ConfigError(f"{path}: the console users file is over 1 MiB")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read the console users file ({err})") from err
     return parse_users(text, str(path))
 
 

@@ -67,6 +67,17 @@ def test_a_named_pipe_as_the_users_file_is_not_waited_on(tmp_path: Path) -> None
     assert found == [{}]
 
 
+def test_a_users_file_over_1_mib_of_bytes_is_refused_not_cut(tmp_path: Path) -> None:
+    # its size was counted in characters once decoded: 1 MiB + 1 bytes of 'é' read as
+    # half that, and the users after them were silently dropped
+    path = tmp_path / "web-users"
+    path.write_bytes(
+        b"#" + "é".encode() * (access.MAX_USERS_FILE // 2) + b"\nann:operator:scrypt$1\n"
+    )
+    with pytest.raises(ConfigError, match=r"web-users: the console users file is over 1 MiB"):
+        access.read_users(path)
+
+
 def test_a_malformed_users_file_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "web-users"
     path.write_text("# users\nann:operator:scrypt$1\nbob:root:scrypt$1\n")
