@@ -1225,7 +1225,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     # The first one is the positional; any after it are said as unrecognized (not the
     # positional with them: `config rollback -c A V extra` named V, the right VERSION).
     first = extra[0] if extra else "--"
-    if late == "seq" and extra and all(x.isdigit() for x in extra):
+    if late == "seq" and extra and all(x.isascii() and x.isdigit() for x in extra):
         # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
         args.seq, extra = [*args.seq, *map(int, extra)], []
     elif late and getattr(args, late) is None and (first == "-" or first[:1] != "-"):

@@ -53,6 +53,8 @@ def test_an_argument_a_command_does_not_take_is_refused(
         (["dead-letters", "list", "--all"], "unrecognized arguments: --all"),
         (["dead-letters", "show", "3", "--all"], "unrecognized arguments: --all"),
         (["dead-letters", "replay", "--limit", "3"], "unrecognized arguments: --limit"),
+        # '²'.isdigit(): taken as a number, int('²') was a ValueError traceback
+        (["dead-letters", "show", "1", "-c", "f", "²"], "unrecognized arguments: ²"),
         (["state", "list", "r.0"], "unrecognized arguments: r.0"),
         (["state", "reset", "r.0", "--limit", "3"], "unrecognized arguments: --limit 3"),
         (["store", "stats", "--force"], "unrecognized arguments: --force"),
