@@ -509,8 +509,7 @@ class RedisSink(Sink):
         self._client: Any = None
         self._script_sha: str | None = None
         # {gateway} and {sink} are fixed: resolve them now; {topic} is filled per FlowFile.
-        template = config.key.replace("{topic}", "\0")
-        template = template.format(gateway=ctx.gateway_id, sink=ctx.name)
+        template = config.key.format(gateway=ctx.gateway_id, sink=ctx.name, topic="\0")
         self._key_parts = template.split("\0")
         self._prefix = config.dedupe_prefix or f"edge:{ctx.name}"
         self.window = config.dedupe_window or max(10 * config.batch.max_rows, 10_000)

@@ -1005,6 +1005,8 @@ def test_key_templates() -> None:
     sink = make_sink("redis://cache", key="{{edge}}:{gateway}:{sink}:{topic}/x")
     assert sink._key("a/b") == "{edge}:pi-01:cache:a/b/x"
     assert make_sink("redis://cache", key="fixed")._key("a/b") == "fixed"
+    # A literal {topic} in the key (doubled braces) is text, not the placeholder.
+    assert make_sink("redis://cache", key="x:{{topic}}:{topic}")._key("a") == "x:{topic}:a"
 
 
 @pytest.mark.parametrize("mode", ["stream", "list", "hash"])
