@@ -106,7 +106,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import aiohttp
 from yarl import URL
@@ -313,6 +313,19 @@ class HttpSinkConfig(SinkConfig):
     connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
     timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
 
+    def _check_head(self, split: SplitResult) -> Iterator[tuple[str, str]]:
+        """The url's fixed head: a host written out, no credentials, a port in range."""
+        if not split.hostname:
+            yield "url", "the host must be written out (no placeholder in it)"
+        if "@" in split.netloc:
+            yield "url", "put credentials in username and password, not in the url"
+        try:
+            port = split.port
+        except ValueError:
+            port = 0
+        if port is not None and not 0 < port < 65536:
+            yield "url", "the port must be a number from 1 to 65535"
+
     def check(self) -> Iterator[tuple[str, str]]:
         # A key that failed is None here (its problem is reported already).
         if self.url is None:
@@ -326,16 +339,12 @@ class HttpSinkConfig(SinkConfig):
                 yield "url", f"{safe_url(self.url)!r}: {err}"
             else:
                 head = parts[0] if parts and isinstance(parts[0], str) else ""
-                if not urlsplit(head).hostname:
-                    yield "url", "the host must be written out (no placeholder in it)"
-                if "@" in urlsplit(head).netloc:
-                    yield "url", "put credentials in username and password, not in the url"
                 try:
-                    port = urlsplit(head).port
-                except ValueError:
-                    port = 0
-                if port is not None and not 0 < port < 65536:
-                    yield "url", "the port must be a number from 1 to 65535"
+                    split = urlsplit(head)
+                except ValueError as err:  # "http://[::1/x": an unclosed IPv6 address
+                    yield "url", f"cannot be read: {err}"
+                else:
+                    yield from self._check_head(split)
             if not self.url.startswith("https://"):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):
