@@ -101,6 +101,7 @@ import base64
 import email.utils
 import json
 import re
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -116,7 +117,13 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import PermanentError, RetryableError, RetryLater, error_text
+from gateway.core.errors import (
+    MissingError,
+    PermanentError,
+    RetryableError,
+    RetryLater,
+    error_text,
+)
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.http_headers import auth_problems, has_control
 from gateway.core.redact import written_forms
@@ -431,10 +438,19 @@ class HttpSink(Sink):
 
     async def connect(self) -> None:
         """Make the client (nothing is sent: a webhook may have no address to probe);
-        PermanentError for TLS files that cannot be read."""
+        PermanentError for TLS files that cannot be read, MissingError for a host name
+        that does not resolve (a reload naming it is rolled back)."""
         if self._session is not None:
             return
         cfg = self.config
+        head = urlsplit(self._parts[0]) if isinstance(self._parts[0], str) else None
+        if head is not None and head.hostname:
+            try:
+                await asyncio.get_running_loop().getaddrinfo(head.hostname, None)
+            except socket.gaierror as err:
+                raise MissingError(
+                    f"{safe_url(cfg.url)}: its host name does not resolve ({err.strerror})"
+                ) from err
         tls: ssl.SSLContext | bool = True
         if cfg.url.startswith("https://"):
             if not cfg.verify:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.core.component import Context
-from gateway.core.errors import PermanentError, RetryableError, RetryLater
+from gateway.core.errors import MissingError, PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.http import (
     HttpSink,
@@ -281,6 +281,14 @@ async def test_connection_refused_is_retryable(sink_for: Any) -> None:
     sink = await sink_for(url=f"http://127.0.0.1:{servers.free_port()}/x")
     with pytest.raises(RetryableError, match="failed"):
         await sink.write([FlowFile.create("plant/a", b"{}")])
+
+
+async def test_a_host_name_that_does_not_resolve_is_missing() -> None:
+    # so a reload that names it is rolled back, as the README says
+    sink = make_sink(url="http://gw-hook.invalid/x")
+    with pytest.raises(MissingError, match=r"gw-hook\.invalid/x: its host name does not resolve"):
+        await sink.connect()
+    await sink.close()
 
 
 async def test_a_server_that_never_answers_is_a_timeout_said_so(sink_for: Any) -> None:
