@@ -156,9 +156,12 @@ def test_a_component_that_cannot_start_rolls_the_reload_back(
         "topic": f"{name}/meter",
     }
     bad["sinks"]["one"]["batch"] = {"max_rows": 3}
+    bad["sinks"]["hook"] = {"type": "http", "url": "http://gw-hook.invalid/in"}
+    bad["routes"]["first"]["sinks"].append("hook")
     last = reload(gw, bad)
     assert last["outcome"] == "rolled_back", last
     assert any("source meter" in e and "no such device" in e for e in last["errors"]), last
+    assert any("sink hook" in e and "does not resolve" in e for e in last["errors"]), last
     status = gw.status()
     assert set(status["sources"]) == {"plant"}, "the new source was stopped again"
     assert status["config"]["hash"] == hash_before, "the running config is the old one"
