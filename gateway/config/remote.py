@@ -205,15 +205,20 @@ def format_of(path: str | Path) -> str:
     return "json" if str(path).endswith(".json") else "yaml"
 
 
+# The largest version: every JSON reader keeps it exact. One past it, applied by mistake,
+# made the gateway refuse every version a signer would use after it.
+VERSION_MAX = 2**53 - 1
+
+
 def sign(document: Document, key: Ed25519PrivateKey) -> bytes:
     """The envelope for `document`, signed with `key`; ConfigError if it is too large, or
     for a gateway id or version no gateway takes (open_envelope, GatewaySection.check)."""
     for _key, problem in GatewaySection(id=document.gateway).check():
         raise ConfigError(f"the gateway id {problem}")
-    if document.version < 0:
+    if not 0 <= document.version <= VERSION_MAX:
         raise ConfigError(
-            f"version {document.version}: a gateway takes a whole number >= 0, newer than"
-            " the last it applied (default: the unix time now)"
+            f"version {document.version}: a gateway takes a whole number from 0 to"
+            f" {VERSION_MAX}, newer than the last it applied (default: the unix time now)"
         )
     data = document.to_bytes()
     envelope = json.dumps(
@@ -269,8 +274,8 @@ def open_envelope(payload: bytes, key: Ed25519PublicKey, gateway_id: str) -> Doc
     if not isinstance(body, dict):
         raise Refused("the signed document is not a JSON object")
     version = body.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise Refused("the document's version is not a whole number >= 0")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= VERSION_MAX:
+        raise Refused(f"the document's version is not a whole number from 0 to {VERSION_MAX}")
     target, fmt, text = body.get("gateway"), body.get("format"), body.get("config")
     if target != gateway_id:
         raise Refused(f"the document is for gateway {target!r}, this is {gateway_id!r}", version)

@@ -100,13 +100,15 @@ def test_dead_letter_numbers_after_an_option_are_taken(action: str) -> None:
         (["--gateway", "a/b"], "the gateway id 'a/b' holds '/': the id is one level of MQTT"),
         (["--gateway", "a+b"], "the gateway id 'a+b' holds '+': the id is one level of MQTT"),
         (["--gateway", "pi-01", "--version", "-5"], "version -5: a gateway takes a whole number"),
+        (["--gateway", "pi-01", "--version", str(2**53)], f"version {2**53}: a gateway takes"),
     ],
 )  # fmt: skip
 def test_config_sign_refuses_a_gateway_id_or_version_no_gateway_takes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     # Signed and pushed, 'a/b' went to edge-stream/a/b/config/set, which no gateway reads,
-    # and version -5 is refused by every gateway ("not a whole number >= 0").
+    # and version -5 is refused by every gateway; one past 2^53 - 1, once applied, made the
+    # gateway refuse every later push.
     key = tmp_path / "fleet.key"
     assert main(["config", "keygen-signing", "--out", str(key)]) == 0
     new = tmp_path / "new.yaml"

@@ -134,6 +134,7 @@ def test_a_signed_document_with_a_bad_version_or_format_is_refused(
     for body, message in [
         ({"gateway": "pi-01", "version": "3", "format": "yaml", "config": ""}, "version"),
         ({"gateway": "pi-01", "version": True, "format": "yaml", "config": ""}, "version"),
+        ({"gateway": "pi-01", "version": 2**53, "format": "yaml", "config": ""}, "version"),
         ({"gateway": "pi-01", "version": 3, "format": "toml", "config": ""}, "format"),
         ({"gateway": "pi-01", "version": 3, "format": "yaml"}, "no config text"),
     ]:
