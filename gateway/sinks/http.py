@@ -444,7 +444,9 @@ class HttpSink(Sink):
             return
         cfg = self.config
         head = urlsplit(self._parts[0]) if isinstance(self._parts[0], str) else None
-        if head is not None and head.hostname:
+        # Only a host written out whole: in http://dev-{topic.1}.example.com/ it is not.
+        whole = head is not None and (self._static or head.path or head.query or head.fragment)
+        if head is not None and head.hostname and whole:
             try:
                 await asyncio.get_running_loop().getaddrinfo(head.hostname, None)
             except socket.gaierror as err:
