@@ -644,6 +644,7 @@ class Gateway:
                 users_file=users,
                 settle=self.settle_config,
                 data_dir=lambda: self.config.gateway.data_dir,
+                ready=self.ready,
             )
             self.web_url = await web.start()
             self.web = web

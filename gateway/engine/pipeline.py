@@ -68,6 +68,9 @@ SINK_FINISH_S = 5.0  # at shutdown, how long a sink may take to finish its batch
 STOP_COMMIT_TRIES = 3  # at a stop, the commits a batch gets before it is left unacknowledged
 DRAIN_S = 10.0  # a stop or reload: how long a stopping source's hand-over, then commit, may take
 START_CHECK_S = 3.0  # a reload: how long a started component has to fail outright
+# A start: how long the sources' first connects may hold back readiness (READY=1,
+# /healthz), so that a message published once the gateway says it is up is read.
+FIRST_CONNECT_S = 10.0
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
 
@@ -299,6 +302,7 @@ class Engine:
                 self._spawn(tg, f"sink {name}", runner.run)
             for name, src in self.sources.items():
                 self._spawn(tg, f"source {name}", src.run)
+            await self._first_connects()
             self.ready.set()
             log.info(
                 "engine: running with %d sources, %d routes, %d sinks; store %s",
@@ -581,6 +585,24 @@ class Engine:
             failures.extend(await self._start_check(started))
         self._wake_sinks()
         return failures
+
+    async def _first_connects(self) -> None:
+        """Wait until every source has connected (an MQTT source subscribed: on a new
+        session, what is published before its SUBSCRIBE is not kept for it), is retrying
+        or failed; at most FIRST_CONNECT_S, or until a stop is asked."""
+        if not self.sources:
+            return
+        tried: asyncio.Future[Any] = asyncio.gather(
+            *(r.tried.wait() for r in self.sources.values())
+        )
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait(
+                {tried, stop}, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            tried.cancel()
+            stop.cancel()
 
     async def _start_check(self, started: list[tuple[str, SinkRunner | SourceRunner]]) -> list[str]:
         """Wait until each started component has connected, is retrying, or failed for

@@ -188,6 +188,9 @@ class SourceRunner:
         self.handing = False
         self.stopping = False
         self._stop_asked = asyncio.Event()  # wakes a poll loop waiting at the gate
+        # Set when the first connect has ended: connected (an MQTT source has its SUBACK),
+        # retrying or failed. The engine is ready once every source's is (see `Engine.run`).
+        self.tried = asyncio.Event()
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -281,6 +284,7 @@ class SourceRunner:
                 self.state = "connecting"
                 await self.source.connect()
                 self.state = "running"
+                self.tried.set()
                 self.missing = False
                 self.outage = False
                 if self.source.mode == "poll":
@@ -316,6 +320,7 @@ class SourceRunner:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.last_error = reason
         self.state = "retrying"
+        self.tried.set()
 
     async def close(self) -> None:
         try:

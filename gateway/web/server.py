@@ -7,7 +7,9 @@ GET /login       the login page;  POST /login  {"username", "password"} as JSON 
                  a wrong password answers 401 (a form: 303 to login?failed=1, the login
                  page with "Wrong user name or password."); either counts as a failed login
 POST /logout     ends the session
-GET /healthz     200 "ok" while the gateway runs (always open: no credentials, any Host)
+GET /healthz     200 "ok" while the gateway runs; 503 "starting" until its sources have
+                 first connected (MQTT: subscribed), at most 10 s after the start (always
+                 open: no credentials, any Host)
 GET /favicon.ico the console's icon (static/favicon.svg, also linked by the pages as
                  `<link rel="icon">`): open, as /static/ is, and cached for a day
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
@@ -158,9 +160,11 @@ class WebServer:
         users_file: Path | None = None,
         settle: Callable[[str], None] | None = None,
         data_dir: Callable[[], str] | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.engine = view  # the store, and the snapshot of whichever engine runs now
         self.config = config
+        self._ready = ready  # the gateway's first engine reads (None: from the start)
         self._metrics: CollectorRegistry | None = None  # made at the first scrape
         self._reload = reload  # POST /api/config/reload; None: not offered
         # /api/config, its edits; the versions under the running gateway's data_dir
@@ -628,6 +632,8 @@ class WebServer:
     # -- the API ----------------------------------------------------------------------
 
     async def healthz(self, _request: web.Request) -> web.StreamResponse:
+        if self._ready is not None and not self._ready.is_set():
+            return _text(503, "starting\n")
         return _text(200, "ok\n")
 
     async def api_status(self, _request: web.Request) -> web.StreamResponse:

@@ -95,6 +95,53 @@ async def test_status_api_page_metrics_and_health(served: str) -> None:
     assert (await asyncio.to_thread(get, f"{served}/api/dead-letters?limit=x"))[0] == 400
 
 
+async def test_healthz_says_starting_until_the_mqtt_source_has_subscribed(
+    tmp_path: Path,
+) -> None:
+    # On a new session the broker keeps nothing for the gateway before its SUBSCRIBE: a
+    # message published once /healthz said ok, but before that, was lost. A broker that
+    # accepts the connection and never answers holds the source in its connect.
+    held: list[asyncio.StreamWriter] = []
+    came = asyncio.Event()
+
+    def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        came.set()
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = free_port()
+    config = load_data(
+        {
+            "gateway": {"id": "web-test", "data_dir": str(tmp_path)},
+            "mqtt": {"url": f"mqtt://127.0.0.1:{silent.sockets[0].getsockname()[1]}"},
+            "sources": {"in": {"type": "mqtt", "topics": ["#"], "qos": 1}},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"type": "file"}},
+            "web": {"listen": f"127.0.0.1:{port}"},
+        },
+        environ={},
+    )
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    try:
+        async with asyncio.timeout(10):
+            await came.wait()
+        assert await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz") == (
+            503,
+            b"starting\n",
+        )
+        assert not gateway.ready.is_set()
+        for writer in held:  # the broker goes away: the source retries, the gateway is up
+            writer.close()
+        silent.close()
+        async with asyncio.timeout(5):
+            await gateway.ready.wait()
+        assert await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
+    finally:
+        gateway.stop()
+        await task
+
+
 async def test_a_dead_letter_number_past_sqlite_s_integers_is_none_not_a_500(
     served: str,
 ) -> None:
