@@ -571,9 +571,11 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN ... COMMIT, or roll back on any error and re-raise that error."""
-    db.execute("BEGIN")
+def _transaction(db: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[None]:
+    """BEGIN ... COMMIT, or roll back on any error and re-raise that error. With `begin`
+    "BEGIN IMMEDIATE" it takes the write lock first: what it reads is then what it
+    writes over, with no other process's commit in between."""
+    db.execute(begin)
     try:
         yield
         db.execute("COMMIT")
@@ -1779,34 +1781,31 @@ class Store:
         # At most PURGE_CHUNK rows a call, so a drained backlog does not hold up the
         # store thread (sinks read and commit on it); the next call takes the rest.
         # Counted first and deleted in one statement: one SQLite step each (a
-        # RETURNING clause would step, and hand the GIL around, once per row).
+        # RETURNING clause would step, and hand the GIL around, once per row). The two
+        # in one transaction that holds the write lock: a `store drop-sink` committed
+        # between them (it clears the dropped sink's bits) had the delete take rows the
+        # count had left out, and `bytes` stayed above what the store held, for good.
         purged = freed = 0
         if pins != self._pins:
             self._pins, self._swept = pins, 0  # a sink removed, added back or dropped: rescan
-        if pins:
-            # Rows a removed sink still waits for stay; the window moves past them.
-            first = db.execute(
-                "SELECT min(seq) FROM flowfiles WHERE seq > ?", (self._swept,)
-            ).fetchone()[0]
-            if first is not None and first <= upto:
-                last = min(upto, first + PURGE_CHUNK)
+        # (seqs are deleted only by this thread: the range holds outside the transaction)
+        after = self._swept if pins else 0
+        first = db.execute("SELECT min(seq) FROM flowfiles WHERE seq > ?", (after,)).fetchone()[0]
+        if first is not None and first <= upto:
+            last = min(upto, first + PURGE_CHUNK)
+            if pins:
+                # Rows a removed sink still waits for stay; the window moves past them.
                 held = " OR ".join(f"(seq > {int(c)} AND sinks & {1 << int(b)})" for b, c in pins)
-                where = f"seq >= ? AND seq <= ? AND NOT ({held})"
+                where, bounds = f"seq >= ? AND seq <= ? AND NOT ({held})", [first, last]
+            else:
+                where, bounds = "seq <= ?", [last]
+            with _transaction(db, "BEGIN IMMEDIATE"):
                 purged, freed = db.execute(
-                    f"SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE {where}",
-                    (first, last),
+                    f"SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE {where}", bounds
                 ).fetchone()
-                db.execute(f"DELETE FROM flowfiles WHERE {where}", (first, last))
+                db.execute(f"DELETE FROM flowfiles WHERE {where}", bounds)
+            if pins:
                 self._swept = last
-        else:
-            first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
-            if first is not None and first <= upto:
-                last = min(upto, first + PURGE_CHUNK)
-                purged, freed = db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE seq <= ?",
-                    (last,),
-                ).fetchone()
-                db.execute("DELETE FROM flowfiles WHERE seq <= ?", (last,))
 
         if short:
             # Give space back in small steps: the WAL first, then 1 MiB of free pages at a

@@ -834,6 +834,46 @@ async def test_a_removed_sink_keeps_its_backlog_through_purges_until_dropped(
     await store.close()
 
 
+async def test_a_sink_dropped_while_a_purge_runs_leaves_the_store_bytes_right(
+    tmp_path: Path,
+) -> None:
+    """The purge counted the bytes it deleted, then deleted, in two statements: a `store
+    drop-sink` that committed in between had the delete take the dropped sink's rows
+    too, uncounted, and the store's bytes (`/api/status`, the budget) stayed above what
+    it held for good, 0 once it was empty."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    await store.commit(batch([(ff(i), a | b) for i in range(10)]))
+    rows, seen = await store.read("a", store.cursor("a"), 100)
+    await store.advance("a", seen, len(rows), [])
+    store.set_active(["a"])  # b removed, its 10 waiting: the purge passes them by
+    dropped: list[int | None] = []
+
+    def the_cli_drops_b(sql: str) -> None:
+        if sql.startswith("DELETE FROM flowfiles") and not dropped:
+            with open_admin(store.path, in_gateway=True) as admin:
+                admin.db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    dropped.append(admin.drop_sink("b", running=False))
+                except sqlite3.OperationalError:  # locked: it waits for the purge
+                    dropped.append(None)
+
+    assert store._db is not None
+    store._db.set_trace_callback(the_cli_drops_b)
+    await store.maintain(["a"])
+    store._db.set_trace_callback(None)
+    if dropped == [None]:
+        with open_admin(store.path, in_gateway=True) as admin:
+            assert admin.drop_sink("b", running=False) == 10
+    await store.recount()
+    await store.maintain(["a"])
+    assert await store._query("SELECT count(*) FROM flowfiles") == [(0,)]
+    assert store.bytes == 0
+    await store.close()
+
+
 async def test_drop_sink_refuses_a_sink_the_gateway_runs_and_one_added_back_is_kept(
     tmp_path: Path,
 ) -> None:
