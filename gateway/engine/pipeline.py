@@ -590,19 +590,22 @@ class Engine:
         """Wait until every source has connected (an MQTT source subscribed: on a new
         session, what is published before its SUBSCRIBE is not kept for it), is retrying
         or failed; at most FIRST_CONNECT_S, or until a stop is asked."""
-        if not self.sources:
-            return
-        tried: asyncio.Future[Any] = asyncio.gather(
-            *(r.tried.wait() for r in self.sources.values())
-        )
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self.stop_requested.wait())
+        runners = list(self.sources.values())
+
+        async def all_tried() -> None:
+            for runner in runners:
+                await runner.tried.wait()
+
+        waits = [
+            asyncio.ensure_future(all_tried()),
+            asyncio.ensure_future(self.stop_requested.wait()),
+        ]
         try:
-            await asyncio.wait(
-                {tried, stop}, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waits, timeout=FIRST_CONNECT_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            tried.cancel()
-            stop.cancel()
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _start_check(self, started: list[tuple[str, SinkRunner | SourceRunner]]) -> list[str]:
         """Wait until each started component has connected, is retrying, or failed for
