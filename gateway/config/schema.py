@@ -463,6 +463,24 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+def safe_url(url: str) -> str:
+    """`url` for messages, logs and the status page: its password written `***` and its
+    query and fragment left out (a query may hold a token). A password holding '/', '?'
+    or '#' ends the user part early for a URL parser; it is masked whole all the same."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    authority, after = _split_authority("://" + rest)
+    if _user_part_ended_early(authority, after):
+        user, at, location = rest.rpartition("@")
+    else:
+        user, at, location = authority.rpartition("@")
+        location += after
+    location = re.split(r"[?#]", location, maxsplit=1)[0]
+    login = f"{user.partition(':')[0]}:***@" if at else ""
+    return f"{head}{sep}{login}{location}"
+
+
 def mask_password(url: str) -> str:
     """`url` with the password of its user part written `***`, for messages and logs."""
     scheme, sep, rest = url.partition("://")

@@ -31,19 +31,13 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from gateway.config.model import ReplicateSettings
+from gateway.config.schema import safe_url
 from gateway.core.backoff import Backoff
 from gateway.core.clock import Clock
 
 log = logging.getLogger("gateway.engine")
 
 CHUNK = 1000  # fields per HSET when copying a whole component
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, location = rest.rpartition("@")
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{location}" if at else url
 
 
 def describe(err: BaseException, timeout: float) -> str:

@@ -121,7 +121,7 @@ from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -283,21 +283,21 @@ class AmqpSinkConfig(SinkConfig):
 
 def _url_problem(url: str) -> str | None:
     if not url.startswith(("amqp://", "amqps://")):
-        return f"{_safe_url(url)!r} must start with amqp:// or amqps://"
+        return f"{safe_url(url)!r} must start with amqp:// or amqps://"
     try:
         parsed = URL(url)
         port = parsed.port
     except ValueError:
         return (
-            f"{_safe_url(url)} is not a valid URL (percent-encode #, /, ? and @ in user and"
+            f"{safe_url(url)} is not a valid URL (percent-encode #, /, ? and @ in user and"
             " password)"
         )
     if not parsed.host:
-        return f"{_safe_url(url)} names no host"
+        return f"{safe_url(url)} names no host"
     if port is not None and not 0 < port < 65536:
-        return f"{_safe_url(url)}: the port must be between 1 and 65535"
+        return f"{safe_url(url)}: the port must be between 1 and 65535"
     if parsed.path.count("/") > 1:
-        return f"{_safe_url(url)}: write a vhost holding / percent-encoded (%2F)"
+        return f"{safe_url(url)}: write a vhost holding / percent-encoded (%2F)"
     return None
 
 
@@ -313,16 +313,6 @@ def _template_problems(
         if name not in allowed:
             choices = ", ".join(f"{{{n}}}" for n in sorted(allowed))
             yield key, f"{template!r}: unknown placeholder {{{name}}}; use {choices}"
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, location = rest.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{location}"
 
 
 def _is_json(content: bytes) -> bool:
@@ -438,7 +428,7 @@ class AmqpSink(Sink):
         if config.password is not None:
             url = url.with_password(config.password)
         self._url = url
-        self.where = _safe_url(config.url)
+        self.where = safe_url(config.url)
         self._client: Publisher | None = None
         self._batch: _Batch | None = None
         self._lock = asyncio.Lock()

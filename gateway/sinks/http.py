@@ -107,13 +107,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
-from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
@@ -174,21 +174,6 @@ def _level(level: str) -> str:
     if level in (".", ".."):
         return level.replace(".", "%2E")
     return quote(level, safe="")
-
-
-def safe_url(url: str) -> str:
-    """`url` without a password or query string, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an unreadable URL)"
-    host = parts.hostname or ""
-    port = parts.netloc.rpartition("@")[2].rpartition(":")[2]  # as written: .port may raise
-    if port.isdigit():
-        host = f"{host}:{port}"
-    if parts.username:
-        host = f"{parts.username}:***@{host}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def retry_after(value: str | None, now: float) -> float:

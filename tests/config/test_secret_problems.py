@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import secrets
 from gateway.config.load import _Secrets, load
+from gateway.config.schema import safe_url
 from gateway.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -231,3 +232,21 @@ def test_a_short_secret_is_replaced_where_it_stands_alone_not_inside_words() -> 
     message = "use bearer_token or username and password, not both"
     assert found.scrub(at, message) == message
     assert found.scrub(at, "got t, T and [t]; 't' too") == "got ***, *** and [***]; '***' too"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://h:99999/x?token=t", "http://h:99999/x"),
+        ("http://[::1]:8080/in?token=t#part", "http://[::1]:8080/in"),
+        ("redis://:pw@h:6379/0?password=pw", "redis://:***@h:6379/0"),
+        ("amqp://edge:pw@/plant", "amqp://edge:***@/plant"),
+        # A password holding '/', '?' or '#' ends the user part early for a URL parser.
+        ("redis://gw:p/w@h/0", "redis://gw:***@h/0"),
+        ("http://gw:1?2@h/x", "http://gw:***@h/x"),
+        ("https://h/in?owner=a@b.example&token=t", "https://h/in"),
+        ("gw:pw@h/in?token=t", "gw:***@h/in"),
+    ],
+)
+def test_a_url_in_a_message_shows_no_password_nor_query(url: str, shown: str) -> None:
+    assert safe_url(url) == shown
