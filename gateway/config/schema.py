@@ -28,6 +28,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import SplitResult
 
 from gateway.config.units import parse_duration, parse_size
 
@@ -479,6 +480,19 @@ def safe_url(url: str) -> str:
     location = re.split(r"[?#]", location, maxsplit=1)[0]
     login = f"{user.partition(':')[0]}:***@" if at else ""
     return f"{head}{sep}{login}{location}"
+
+
+def url_port_problem(parts: SplitResult) -> str | None:
+    """Why the port written in `parts` is no number from 1 to 65535, or None (a URL may
+    leave it out). urllib's own error for it is not passed on: it quotes the port's
+    text, a piece of the password when one holds '/', '?' or '#'."""
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        return "the port must be a number from 1 to 65535"
+    return None
 
 
 def mask_password(url: str) -> str:

@@ -112,6 +112,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pamqp import commands as spec
@@ -121,7 +122,7 @@ from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_port_problem
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -285,8 +286,7 @@ def _url_problem(url: str) -> str | None:
     if not url.startswith(("amqp://", "amqps://")):
         return f"{safe_url(url)!r} must start with amqp:// or amqps://"
     try:
-        parsed = URL(url)
-        port = parsed.port
+        parsed, parts = URL(url), urlsplit(url)
     except ValueError:
         return (
             f"{safe_url(url)} is not a valid URL (percent-encode #, /, ? and @ in user and"
@@ -294,8 +294,8 @@ def _url_problem(url: str) -> str | None:
         )
     if not parsed.host:
         return f"{safe_url(url)} names no host"
-    if port is not None and not 0 < port < 65536:
-        return f"{safe_url(url)}: the port must be between 1 and 65535"
+    if problem := url_port_problem(parts):
+        return f"{safe_url(url)}: {problem}"
     if parsed.path.count("/") > 1:
         return f"{safe_url(url)}: write a vhost holding / percent-encoded (%2F)"
     return None

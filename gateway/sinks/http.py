@@ -113,7 +113,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_port_problem
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
@@ -311,12 +311,8 @@ class HttpSinkConfig(SinkConfig):
             yield "url", "the host must be written out (no placeholder in it)"
         if "@" in split.netloc:
             yield "url", "put credentials in username and password, not in the url"
-        try:
-            port = split.port
-        except ValueError:
-            port = 0
-        if port is not None and not 0 < port < 65536:
-            yield "url", "the port must be a number from 1 to 65535"
+        if problem := url_port_problem(split):
+            yield "url", problem
 
     def check(self) -> Iterator[tuple[str, str]]:
         # A key that failed is None here (its problem is reported already).

@@ -91,7 +91,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.schema import Doc, Duration, Range, Size, url_port_problem
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -303,12 +303,8 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
         except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
             yield "url", f"is not a valid URL: {err}"
             return
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port is not None and not 0 < port < 65536:
-            yield "url", "the port must be a number from 1 to 65535"
+        if problem := url_port_problem(parts):
+            yield "url", problem
         elif not parts.hostname:
             yield "url", "names no host"
         else:

@@ -44,6 +44,10 @@ def test_the_defaults_build() -> None:
             "sinks.fleet.url: amqp://edge:***@/plant names no host",
         ),
         (
+            {"url": "amqp://edge:s3cret-pw@h:0/plant"},
+            "sinks.fleet.url: amqp://edge:***@h:0/plant: the port must be a number from 1 to 65535",
+        ),
+        (
             {"url": "amqp://edge:s3cret-pw@h/a/b"},
             "sinks.fleet.url: amqp://edge:***@h/a/b: write a vhost holding / percent-encoded (%2F)",
         ),

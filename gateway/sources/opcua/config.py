@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, Size
+from gateway.config.schema import Doc, Duration, Range, Size, url_port_problem
 from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 
@@ -314,15 +314,12 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
         if not self.url.startswith("opc.tcp://"):
             yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
         else:
-            try:
-                port = urlsplit(self.url).port
-            except ValueError:
-                port = 0
-            if port is not None and not 0 < port < 65536:
-                yield "url", "the port must be a number from 1 to 65535"
-            elif "@" in urlsplit(self.url).netloc:  # it would show on the status page
+            parts = urlsplit(self.url)
+            if problem := url_port_problem(parts):
+                yield "url", problem
+            elif "@" in parts.netloc:  # it would show on the status page
                 yield "url", "put credentials in username and password, not in the url"
-            elif not urlsplit(self.url).hostname:
+            elif not parts.hostname:
                 yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
         if not self.nodes:
             yield "nodes", "name at least one node to read"
