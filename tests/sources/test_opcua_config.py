@@ -57,6 +57,8 @@ def test_a_valid_config_has_no_problems() -> None:
         # passed the check, then the gateway died at start with a traceback
         ({"url": "opc.tcp://h:99999", "nodes": {"a": {"node": "i=1"}}}, "from 1 to 65535"),
         ({"url": "opc.tcp://:4840", "nodes": {"a": {"node": "i=1"}}}, "names no host"),
+        # check-config ended in a traceback
+        ({"url": "opc.tcp://[::1:4840", "nodes": {"a": {"node": "i=1"}}}, "not a valid URL"),
         (  # passed the check, then the source crashed with a traceback at each start
             {
                 "url": "opc.tcp://h",

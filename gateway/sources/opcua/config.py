@@ -311,16 +311,7 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
 
     def check(self) -> Iterator[tuple[str, str]]:
         yield from self.schedule_problems(self.interval)
-        if not self.url.startswith("opc.tcp://"):
-            yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
-        else:
-            parts = urlsplit(self.url)
-            if problem := url_port_problem(parts):
-                yield "url", problem
-            elif "@" in parts.netloc:  # it would show on the status page
-                yield "url", "put credentials in username and password, not in the url"
-            elif not parts.hostname:
-                yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
+        yield from self._url_problems()
         if not self.nodes:
             yield "nodes", "name at least one node to read"
         seen: dict[str, str] = {}
@@ -344,3 +335,19 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
                     yield key, f"security_policy {self.security_policy} needs `{key}` (a file)"
         if self.password is not None and self.username is None:
             yield "password", "a password needs a `username`"
+
+    def _url_problems(self) -> Iterator[tuple[str, str]]:
+        if not self.url.startswith("opc.tcp://"):
+            yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
+            return
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
+            yield "url", f"is not a valid URL: {err}"
+            return
+        if problem := url_port_problem(parts):
+            yield "url", problem
+        elif "@" in parts.netloc:  # it would show on the status page
+            yield "url", "put credentials in username and password, not in the url"
+        elif not parts.hostname:
+            yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
