@@ -28,7 +28,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import SplitResult
+from urllib.parse import urlsplit
 
 from gateway.config.units import parse_duration, parse_size
 
@@ -482,10 +482,15 @@ def safe_url(url: str) -> str:
     return f"{head}{sep}{login}{location}"
 
 
-def url_port_problem(parts: SplitResult) -> str | None:
-    """Why the port written in `parts` is no number from 1 to 65535, or None (a URL may
-    leave it out). urllib's own error for it is not passed on: it quotes the port's
-    text, a piece of the password when one holds '/', '?' or '#'."""
+def url_syntax_problem(url: str) -> str | None:
+    """Why `url` cannot be read or its port is no number from 1 to 65535, or None (a URL
+    may leave the port out). Neither message quotes the URL; urllib's own error for the
+    port is not passed on: it quotes the port's text, a piece of the password when one
+    holds '/', '?' or '#'."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
+        return f"is not a valid URL: {err}"
     try:
         port = parts.port
     except ValueError:  # not a number, or above 65535

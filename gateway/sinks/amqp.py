@@ -112,7 +112,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 import orjson
 from pamqp import commands as spec
@@ -122,7 +121,7 @@ from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_port_problem
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_syntax_problem
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -286,7 +285,7 @@ def _url_problem(url: str) -> str | None:
     if not url.startswith(("amqp://", "amqps://")):
         return f"{safe_url(url)!r} must start with amqp:// or amqps://"
     try:
-        parsed, parts = URL(url), urlsplit(url)
+        parsed = URL(url)
     except ValueError:
         return (
             f"{safe_url(url)} is not a valid URL (percent-encode #, /, ? and @ in user and"
@@ -294,7 +293,7 @@ def _url_problem(url: str) -> str | None:
         )
     if not parsed.host:
         return f"{safe_url(url)} names no host"
-    if problem := url_port_problem(parts):
+    if problem := url_syntax_problem(url):
         return f"{safe_url(url)}: {problem}"
     if parsed.path.count("/") > 1:
         return f"{safe_url(url)}: write a vhost holding / percent-encoded (%2F)"

@@ -107,13 +107,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_port_problem
+from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_syntax_problem
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
@@ -305,14 +305,17 @@ class HttpSinkConfig(SinkConfig):
     connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
     timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
 
-    def _check_head(self, split: SplitResult) -> Iterator[tuple[str, str]]:
-        """The url's fixed head: a host written out, no credentials, a port in range."""
+    def _check_head(self, head: str) -> Iterator[tuple[str, str]]:
+        """The url's fixed head: readable, a port in range, a host written out, no
+        credentials."""
+        if problem := url_syntax_problem(head):
+            yield "url", problem
+            return
+        split = urlsplit(head)
         if not split.hostname:
             yield "url", "the host must be written out (no placeholder in it)"
         if "@" in split.netloc:
             yield "url", "put credentials in username and password, not in the url"
-        if problem := url_port_problem(split):
-            yield "url", problem
 
     def check(self) -> Iterator[tuple[str, str]]:
         # A key that failed is None here (its problem is reported already).
@@ -327,12 +330,7 @@ class HttpSinkConfig(SinkConfig):
                 yield "url", f"{safe_url(self.url)!r}: {err}"
             else:
                 head = parts[0] if parts and isinstance(parts[0], str) else ""
-                try:
-                    split = urlsplit(head)
-                except ValueError as err:  # "http://[::1/x": an unclosed IPv6 address
-                    yield "url", f"cannot be read: {err}"
-                else:
-                    yield from self._check_head(split)
+                yield from self._check_head(head)
             if not self.url.startswith("https://"):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):

@@ -91,7 +91,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, Size, url_port_problem
+from gateway.config.schema import Doc, Duration, Range, Size, url_syntax_problem
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -298,14 +298,9 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
 
     def _url_problems(self) -> Iterator[tuple[str, str]]:
         # The url itself is not quoted back: its query may hold an API key.
-        try:
-            parts = urlsplit(self.url)
-        except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
-            yield "url", f"is not a valid URL: {err}"
-            return
-        if problem := url_port_problem(parts):
+        if problem := url_syntax_problem(self.url):
             yield "url", problem
-        elif not parts.hostname:
+        elif not urlsplit(self.url).hostname:
             yield "url", "names no host"
         else:
             try:  # as the source reads it: an address in [] that is none was a traceback

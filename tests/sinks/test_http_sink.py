@@ -374,7 +374,7 @@ def test_config_problems() -> None:
         "sinks.hook.url: the port must be a number from 1 to 65535"
     ]
     assert config_problems(url="http://[::1/x")[1] == [
-        "sinks.hook.url: cannot be read: Invalid IPv6 URL"
+        "sinks.hook.url: is not a valid URL: Invalid IPv6 URL"
     ]
     assert config_problems(url="http://h/x", headers={"X-Key": "secret\nmore"})[1] == [
         "sinks.hook.headers.X-Key: a header value cannot hold a line break or control character"

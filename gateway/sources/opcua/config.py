@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, Size, url_port_problem
+from gateway.config.schema import Doc, Duration, Range, Size, url_syntax_problem
 from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 
@@ -311,7 +311,14 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
 
     def check(self) -> Iterator[tuple[str, str]]:
         yield from self.schedule_problems(self.interval)
-        yield from self._url_problems()
+        if not self.url.startswith("opc.tcp://"):
+            yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
+        elif problem := url_syntax_problem(self.url):
+            yield "url", problem
+        elif "@" in urlsplit(self.url).netloc:  # it would show on the status page
+            yield "url", "put credentials in username and password, not in the url"
+        elif not urlsplit(self.url).hostname:
+            yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
         if not self.nodes:
             yield "nodes", "name at least one node to read"
         seen: dict[str, str] = {}
@@ -335,19 +342,3 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
                     yield key, f"security_policy {self.security_policy} needs `{key}` (a file)"
         if self.password is not None and self.username is None:
             yield "password", "a password needs a `username`"
-
-    def _url_problems(self) -> Iterator[tuple[str, str]]:
-        if not self.url.startswith("opc.tcp://"):
-            yield "url", f"{self.url!r} must read opc.tcp://host:port[/path]"
-            return
-        try:
-            parts = urlsplit(self.url)
-        except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
-            yield "url", f"is not a valid URL: {err}"
-            return
-        if problem := url_port_problem(parts):
-            yield "url", problem
-        elif "@" in parts.netloc:  # it would show on the status page
-            yield "url", "put credentials in username and password, not in the url"
-        elif not parts.hostname:
-            yield "url", f"{self.url!r} names no host: opc.tcp://host:port[/path]"
