@@ -89,12 +89,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.config.model import Claim, SourceConfig
-from gateway.config.schema import Doc, Duration, Range
+from gateway.config.schema import Doc, Duration, Range, safe_url
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import template_fields, validate_topic
-from gateway.sinks.redis import _location_problem, _refusal, _safe_url
+from gateway.sinks.redis import _location_problem, _refusal
 
 COUNT_MAX = 10_000
 
@@ -295,7 +295,7 @@ class RedisSource(Source):
         self.consumer = config.consumer or f"{ctx.gateway_id}"
         self.processing = config.processing or f"{config.key}:processing"
         self.done_key = f"{self.processing}:done"
-        self.where = _safe_url(config.url)
+        self.where = safe_url(config.url)
         self._client: Any = None
         self._to_ack: list[str] = []  # committed entries (stream ids) not yet acknowledged
         # list: items counted as the position is (see _moved): committed up to _remove_upto,

@@ -980,6 +980,8 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
     [
         ({"url": "http://cache:6379"}, "url: 'http://cache:6379' must start with redis://"),
         ({"url": "tcp://u:s3cret@cache"}, "must start with redis://"),
+        # redis-py reads a password from the query too
+        ({"url": "tcp://cache/0?password=s3cret"}, "'tcp://cache/0' must start with redis://"),
         ({"url": "redis://cache", "ca_file": "/ca.pem"}, "ca_file: needs TLS"),
         ({"url": "rediss://cache", "cert_file": "/c.pem"}, "cert_file and key_file go together"),
         ({"url": "redis://cache", "key": "edge:{device}"}, "unknown placeholder {device}"),
