@@ -420,7 +420,11 @@ class Alerts:
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        url = yarl.URL(settings.url)
+        try:
+            url = yarl.URL(settings.url)
+        except ValueError as err:  # check-config refuses such a URL; kept waiting, not lost
+            self._webhook_trouble(notifier, f"alerts.webhook.url cannot be read: {err}")
+            return False
         try:
             # Redirects are followed here, not by aiohttp: it would follow a 301, 302 or
             # 303 with a GET without the event, whose 2xx would then count as the event

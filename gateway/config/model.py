@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from gateway.config.schema import (
     Component,
@@ -675,8 +676,23 @@ class WebhookSettings:
     ] = field(default_factory=lambda: RetrySettings())
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
+        if self.url is None:
+            return
+        if not self.url.startswith(("http://", "https://")):
             yield "url", f"{mask_password(self.url)!r} must be an http:// or https:// URL"
+            return
+        # What the webhook's POST will read (yarl, as urlsplit): a URL it refuses crashed
+        # the alerts at their first event, over and over, and no event went anywhere.
+        try:
+            split = urlsplit(self.url)
+            port = split.port
+        except ValueError as err:  # "http://[::1/x", "http://h:99999/"
+            yield "url", f"cannot be read: {err}"
+            return
+        if not split.hostname:
+            yield "url", "the host must be written out (http://host/path)"
+        elif port is not None and not 0 < port < 65536:
+            yield "url", "the port must be a number from 1 to 65535"
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,22 @@ def test_a_threshold_of_another_condition_is_refused(tmp_path: Path) -> None:
     assert "alerts.rules.sink_backlog.topic: applies to no_data rules only" in problem(
         tmp_path, "    sink_backlog: {topic: a/b}\n"
     )
+
+
+def test_a_webhook_url_the_post_cannot_read_is_refused(tmp_path: Path) -> None:
+    """`http://[::1/x` passed check-config; the alerts then crashed at each event, with a
+    traceback, and no event went anywhere (MQTT neither)."""
+    path = tmp_path / "g.yaml"
+    for url, expected in {
+        "http://[::1/x": "cannot be read: Invalid IPv6 URL",
+        "http://h:99999/x": "cannot be read: Port out of range 0-65535",
+        "http://": "the host must be written out (http://host/path)",
+        "https://:8443/x": "the host must be written out (http://host/path)",
+        "http://h:0/x": "the port must be a number from 1 to 65535",
+    }.items():
+        path.write_text(f"gateway: {{id: t}}\nalerts:\n  webhook: {{url: {url!r}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path, environ={})
+        assert str(info.value) == f"{path}:3: alerts.webhook.url: {expected}", url
+    path.write_text("gateway: {id: t}\nalerts:\n  webhook: {url: 'http://[::1]:8080/in'}\n")
+    assert load(path, environ={}).alerts.webhook.url == "http://[::1]:8080/in"
