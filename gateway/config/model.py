@@ -665,7 +665,13 @@ class WebhookSettings:
             example="https://hooks.example.com/edge-stream",
         ),
     ] = None
-    timeout: Annotated[Duration, Doc("How long one POST may take.")] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("How long one POST may take."),
+        # aiohttp takes a total of 0 as no timeout: a webhook that never answers would
+        # hold every event after it for ever
+        Range(0, None, "must be more than 0", above=True),
+    ] = 10.0
     queue: Annotated[
         int,
         Doc("Events kept for the webhook while it is down; past it the oldest are dropped."),

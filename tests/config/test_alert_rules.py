@@ -119,3 +119,13 @@ def test_a_webhook_url_the_post_cannot_read_is_refused(tmp_path: Path) -> None:
         assert str(info.value) == f"{path}:3: alerts.webhook.url: {expected}", url
     path.write_text("gateway: {id: t}\nalerts:\n  webhook: {url: 'http://[::1]:8080/in'}\n")
     assert load(path, environ={}).alerts.webhook.url == "http://[::1]:8080/in"
+
+
+def test_a_webhook_timeout_of_0s_is_refused(tmp_path: Path) -> None:
+    """It was taken, and aiohttp reads a total of 0 as no timeout at all: a webhook that
+    never answered held the event, and every one after it, for ever."""
+    path = tmp_path / "g.yaml"
+    path.write_text("gateway: {id: t}\nalerts:\n  webhook: {url: 'http://h/in', timeout: 0s}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == f"{path}:3: alerts.webhook.timeout: must be more than 0"
