@@ -534,6 +534,9 @@ class RemoteConfigSection:
             yield "public_key", str(err)
 
 
+STATS_MIN = 0.1  # seconds: the shortest status.stats_interval but 0 (off)
+
+
 @dataclass(frozen=True)
 class StatusSection:
     """The gateway's own topics on its broker: `edge-stream/<id>/status` and `.../stats`.
@@ -552,9 +555,17 @@ class StatusSection:
     ] = True
     stats_interval: Annotated[
         Duration,
-        Doc("How often the retained summary goes to `edge-stream/<id>/stats`; `0s`: never."),
+        Doc(
+            "How often the retained summary goes to `edge-stream/<id>/stats`; `0s`: never;"
+            " else at least 100ms."
+        ),
         Range(0, 86400, "must be between 0s (off) and 1 day"),
     ] = 60.0
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        # Each summary is a status snapshot, published retained: a few a second at most.
+        if self.stats_interval is not None and 0 < self.stats_interval < STATS_MIN:
+            yield "stats_interval", "must be 0s (off) or at least 100ms"
 
 
 AlertCondition = Literal[

@@ -171,15 +171,24 @@ class StatusChannel:
         if self.on_online is not None:
             self.on_online()
         loop = asyncio.get_running_loop()
-        next_stats = loop.time()
+        last: float | None = None  # when the last stats were due
         while not client.closing():
+            # Read at each turn: a reload's new interval counts from the last stats.
             interval = self._config().status.stats_interval
-            if interval and loop.time() >= next_stats:
-                body = json.dumps(self._stats(), separators=(",", ":")).encode()
-                client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
-                next_stats = loop.time() + interval
+            wait = IDLE
+            if interval:
+                now = loop.time()
+                due = now if last is None else last + interval
+                if now >= due:
+                    body = json.dumps(self._stats(), separators=(",", ":")).encode()
+                    client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
+                    # On its grid: a wake a little late does not push the next one back
+                    # (they went every whole IDLE second: 1.5s was every 2 s, 1m 60-61 s).
+                    last = due if now - due < interval else now
+                    due = last + interval
+                wait = min(IDLE, max(0.0, due - loop.time()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE):
+                async with asyncio.timeout(wait):
                     await self._lost.wait()
             if self._plan() != plan:
                 log.info("status: the settings changed; reconnecting")

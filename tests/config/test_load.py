@@ -279,6 +279,18 @@ def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 # -- durations and sizes ----------------------------------------------------------
 
 
+def test_a_stats_interval_under_100ms_is_refused(tmp_path: Path) -> None:
+    """The stats go when due now (they went at most once a second): 1ms would publish a
+    snapshot a thousand times a second."""
+    path = write(tmp_path, "status: {stats_interval: 50ms}\n")
+    assert problems(path) == [
+        f"{path}:2: status.stats_interval: must be 0s (off) or at least 100ms"
+    ]
+    assert load(write(tmp_path, "status: {stats_interval: 0s}\n"), environ={}).status
+    config = load(write(tmp_path, "status: {stats_interval: 100ms}\n"), environ={})
+    assert config.status.stats_interval == 0.1
+
+
 def test_durations_and_sizes_in_the_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -1,5 +1,5 @@
 """The status channel (gateway.mqtt.status) on a real Mosquitto: its connection lost while
-a publish waits for its PUBACK."""
+a publish waits for its PUBACK; the stats' schedule."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, GatewaySection, MqttSection, RemoteConfigSection
+from gateway.config.model import (
+    Config,
+    GatewaySection,
+    MqttSection,
+    RemoteConfigSection,
+    StatusSection,
+)
 from gateway.config.remote import Outcome
+from gateway.mqtt import status as status_module
 from gateway.mqtt.remote import RemoteConfig
 from gateway.mqtt.status import StatusChannel
 from tests import servers
@@ -126,3 +133,33 @@ async def test_the_gateway_s_own_client_ids_are_none_a_component_can_have() -> N
     )
     remote_plan = channel._plan()
     assert remote_plan is not None and remote_plan.client_id == "edge-stream-pi-01.remote-config"
+
+
+async def test_the_stats_go_every_stats_interval_not_at_the_next_idle_look(
+    mosquitto: servers.Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop looked at the stats' due time only once each IDLE second: 1.5s went every
+    # 2 s, 1m every 60 to 61 s. It now wakes when they are due (IDLE made long here).
+    monkeypatch.setattr(status_module, "IDLE", 60.0)
+    config = Config(
+        gateway=GatewaySection(id="status-grid"), status=StatusSection(stats_interval=0.1)
+    )
+    ready = asyncio.Event()
+    ready.set()
+    made: list[int] = []
+
+    def stats() -> dict[str, Any]:
+        made.append(len(made))
+        return {"n": len(made)}
+
+    channel = StatusChannel(
+        config=lambda: config, broker_url=lambda: mosquitto.url, stats=stats, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(made) < 3:  # noqa: ASYNC110 - a guard on our own list
+                await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
