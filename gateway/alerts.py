@@ -143,12 +143,16 @@ class Alerts:
         ready: asyncio.Event,
         watch: TopicWatch,
         mqtt_send: Callable[[str, bytes], Awaitable[bool]] | None = None,
+        has_broker: Callable[[], bool] = lambda: True,
     ) -> None:
         self.view = view
         self._config = config
         self._ready = ready
         self.watch = watch
         self._mqtt_send = mqtt_send
+        # The gateway has a broker for its status topics (none is started only for them):
+        # without one, an event for MQTT would wait for ever, and go stale if one came.
+        self._has_broker = has_broker
         self.active: dict[str, dict[str, Any]] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._pending: dict[str, float] = {}  # key -> monotonic time the condition began
@@ -380,7 +384,12 @@ class Alerts:
     def _targets(self) -> list[str]:
         config = self._config()
         targets = []
-        if config.alerts.mqtt_topic and config.status.enabled and self._mqtt_send is not None:
+        if (
+            config.alerts.mqtt_topic
+            and config.status.enabled
+            and self._mqtt_send is not None
+            and self._has_broker()
+        ):
             targets.append("mqtt")
         if config.alerts.webhook.url:
             targets.append("webhook")
@@ -401,8 +410,8 @@ class Alerts:
     async def _send_mqtt(self, body: dict[str, Any]) -> bool | None:
         config = self._config()
         topic = config.alerts.mqtt_topic
-        if not topic or self._mqtt_send is None:
-            return None  # turned off since: nothing to send it to
+        if not topic or self._mqtt_send is None or not self._has_broker():
+            return None  # turned off since, or no broker any more: nothing to send it to
         topic = topic.replace("{gateway}", config.gateway.id)
         return await self._mqtt_send(topic, json.dumps(body).encode())
 

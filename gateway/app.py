@@ -218,7 +218,14 @@ class Gateway:
             stats=self.stats,
             ready=self.ready,
         )
-        self.alerts = Alerts(self, lambda: self.config, self.ready, self.watch, self.status.send)
+        self.alerts = Alerts(
+            self,
+            lambda: self.config,
+            self.ready,
+            self.watch,
+            self.status.send,
+            has_broker=self.status.has_broker,
+        )
         self.status.on_online = self.alerts.notifiers["mqtt"].again
         # systemd's notify socket (READY, STATUS); idle without NOTIFY_SOCKET
         self.notify = notify if notify is not None else Notifier({})

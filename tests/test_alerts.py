@@ -160,6 +160,51 @@ async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_
     assert len(sent) == 2
 
 
+async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
+    """A gateway with no broker (none is started for the status topics alone) kept every
+    event pending for MQTT: past 1000 of them an ERROR at each event ("more than 1000
+    events wait"), and the stale ones were all published once a broker came."""
+    store, clock = FakeStore(), Clock()
+    config: Config = load_data(
+        {"gateway": {"id": "t", "data_dir": "/nonexistent"}, "alerts": {"rules": {}}},
+        environ={},
+    )
+    sent: list[str] = []
+
+    async def mqtt_send(topic: str, payload: bytes) -> bool:
+        sent.append(topic)
+        return True
+
+    broker = False
+    view = SimpleNamespace(store=store)
+    alerts = Alerts(
+        view,  # type: ignore[arg-type]
+        lambda: config,
+        asyncio.Event(),
+        TopicWatch(clock),
+        mqtt_send,
+        has_broker=lambda: broker,
+    )
+    targets: list[list[str]] = []
+
+    async def alert_event(key: str, at: float, body: str, firing: bool, to: list[str]) -> int:
+        targets.append(to)
+        return len(targets)
+
+    store.alert_event = alert_event  # type: ignore[method-assign]
+    await alerts._load()
+    full = SimpleNamespace(dead_letters=0, bytes=100, max_bytes=100)
+    await alerts.evaluate(SimpleNamespace(store=full, sinks={}, sources={}), clock.now)
+    broker = True  # a broker now: the next event goes to it
+    for _ in range(2):  # it resolves 5 s after the store has room again
+        clock.now += 6
+        await alerts.evaluate(snapshot(), clock.now)
+    assert targets == [[], ["mqtt"]]
+    broker = False  # gone again: what waits is given up, not kept for ever
+    assert await alerts._send_mqtt({"key": "store_budget:store"}) is None
+    assert sent == []
+
+
 async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_source() -> None:
     store, clock = FakeStore(), Clock()
     alerts = make({"source_offline": {"for": "0s"}}, store, clock)
