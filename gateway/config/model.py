@@ -36,7 +36,7 @@ from gateway.config.schema import (
 from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
-from gateway.core.topics import validate_filter, validate_topic
+from gateway.core.topics import unsendable, validate_filter, validate_topic
 from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
@@ -753,6 +753,12 @@ class AlertsSection:
             problem = validate_topic(topic)
             if problem is None and ("{" in topic or "}" in topic):
                 problem = "only {gateway} is replaced (by the gateway id)"
+            # What the broker refuses: it closed the status connection at each event (the
+            # status topic went `offline` each time), or refused it ($SYS) for ever.
+            if problem is None:
+                problem = unsendable(topic)
+            if problem is None and topic.startswith("$"):
+                problem = "a topic beginning with '$' is the broker's own ($SYS), not a client's"
             if problem:
                 yield "mqtt_topic", f"{self.mqtt_topic!r} is not a topic to publish on: {problem}"
         for name, rule in (self.rules or {}).items():
