@@ -106,6 +106,10 @@ class Notifier:
             await self._done(old, self.name)
         self._ready.set()
 
+    def clear(self) -> None:
+        """Forget what waits (the store still has it, to be put again)."""
+        self._queue.clear()
+
     def again(self) -> None:
         """The destination is back: try the waiting event now, not after the backoff."""
         self._again.set()
@@ -205,6 +209,13 @@ class Alerts:
         # input in the gateway's first seconds counts too (those from before a restart not).
         self._dead_total = self.view.store.dead_count
         active, events = await self.view.store.alert_state(RECENT)
+        # The store holds the truth: run() again after a crash (a store error) rebuilds
+        # from it, rather than adding it to what is there (each pending event was queued,
+        # so sent, twice, and the console's recent events doubled).
+        self.active.clear()
+        self.recent.clear()
+        for notifier in self.notifiers.values():
+            notifier.clear()
         for key, _fired_at, body in active:
             self.active[key] = json.loads(body)
         for seq, _at, body, pending in events:
@@ -213,7 +224,7 @@ class Alerts:
             for name in pending:
                 if name in self.notifiers:
                     await self.notifiers[name].put(seq, event)
-        if self.active:
+        if self.active and not self.loaded.is_set():
             log.info("alerts: %d active alert(s) kept from before the restart", len(self.active))
         self.loaded.set()
 

@@ -160,6 +160,25 @@ async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_
     assert len(sent) == 2
 
 
+async def test_alerts_run_again_after_a_crash_rebuild_from_the_store() -> None:
+    """`supervised` runs Alerts.run again after an error (a store write failing): its
+    load added the store's pending events to the notifiers' queues again, so each went
+    twice, and the console's recent events doubled."""
+    store = FakeStore()
+    event = {"key": "store_budget:store", "state": "firing", "fired_at": 1.0}
+
+    async def alert_state(recent: int) -> tuple[list[Any], list[Any]]:
+        body = json.dumps(event)
+        return [("store_budget:store", 1.0, body)], [(7, 1.0, body, ["webhook"])]
+
+    store.alert_state = alert_state  # type: ignore[method-assign]
+    alerts = make({}, store, Clock())
+    for _ in range(2):
+        await alerts._load()
+    assert alerts.console() == {"active": [event], "recent": [event]}
+    assert list(alerts.notifiers["webhook"]._queue) == [(7, event)]
+
+
 async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
     """A gateway with no broker (none is started for the status topics alone) kept every
     event pending for MQTT: past 1000 of them an ERROR at each event ("more than 1000
