@@ -83,7 +83,10 @@ KEEP_SHARE = 0.95
 TAIL_MAX = 10_000
 TAIL_MAX_BYTES = 8 << 20
 HISTORY_KEEP = 1000  # reload records kept (`edge-stream config history`)
-ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved), sent or not
+ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
+# ... and those still to be sent: more than the notifiers' queues hold (webhook 10000 at
+# most, MQTT 1000), which drop the oldest, logged
+ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
@@ -1436,7 +1439,12 @@ class Store:
                 ).lastrowid
                 or 0
             )
-            db.execute("DELETE FROM alert_events WHERE seq <= ?", (seq - ALERT_EVENTS_KEEP,))
+            # An event still to be sent stays (a restart sends it) until its notifier
+            # sends or drops it (each notifier's queue is bounded); a hard cap past those.
+            db.execute(
+                "DELETE FROM alert_events WHERE seq <= ? AND (pending = '[]' OR seq <= ?)",
+                (seq - ALERT_EVENTS_KEEP, seq - ALERT_EVENTS_PENDING_KEEP),
+            )
         return seq
 
     async def alert_sent(self, seq: int, notifier: str) -> None:

@@ -1038,3 +1038,30 @@ async def test_the_oldest_age_is_a_number_whenever_something_waits(tmp_path: Pat
     age_a, age_b = store.oldest_age("a"), store.oldest_age("b")
     assert age_a is not None and age_a < 3600 and age_b is not None and age_b < 3600
     await store.close()
+
+
+async def test_an_alert_event_still_to_be_sent_outlives_the_kept_1000(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store kept the newest 1000 events, sent or not: with the webhook down longer
+    (its queue may hold 10000), a restart sent only the newest 1000 and the older ones
+    were lost without a word."""
+    from gateway.store import sqlite as module
+
+    monkeypatch.setattr(module, "ALERT_EVENTS_KEEP", 3)
+    store = await open_store(tmp_path)
+    first = await store.alert_event("k", 1.0, '{"n": 1}', True, ["webhook"])
+    for n in range(2, 8):
+        await store.alert_event("k", float(n), f'{{"n": {n}}}', n % 2 == 1, [])
+    _, events = await store.alert_state(3)
+    assert [(seq, body) for seq, _, body, _ in events] == [
+        (first, '{"n": 1}'),
+        (5, '{"n": 5}'),
+        (6, '{"n": 6}'),
+        (7, '{"n": 7}'),
+    ]
+    await store.alert_sent(first, "webhook")  # sent: now it goes with the next event
+    await store.alert_event("k", 8.0, '{"n": 8}', True, [])
+    _, events = await store.alert_state(100)
+    assert [seq for seq, _, _, _ in events] == [6, 7, 8]
+    await store.close()
