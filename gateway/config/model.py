@@ -582,6 +582,7 @@ DEFAULT_ALERTS: tuple[str, ...] = (
     "store_budget",
 )
 # `for` when a rule sets none: the conditions that say "for X" take X from it.
+NO_DATA_MIN_FOR = 1.0  # seconds: the shortest silence a no_data rule may watch for
 DEFAULT_FOR = {"sink_failing": 300.0, "source_offline": 300.0, "no_data": 300.0}
 
 
@@ -611,7 +612,8 @@ class AlertRule:
         Duration | None,
         Doc(
             "How long the condition must hold before the alert fires (default 0s; 5m for"
-            " `sink_failing`, `source_offline` and `no_data`, whose threshold it is)."
+            " `sink_failing`, `source_offline` and `no_data`, whose threshold it is; at least 1s"
+            " for `no_data`)."
         ),
     ] = None
     older_than: Annotated[
@@ -780,6 +782,14 @@ class AlertsSection:
                 )
                 continue
             condition = rule.condition or name
+            if condition == "no_data" and rule.for_ is not None and rule.for_ < NO_DATA_MIN_FOR:
+                # Held every second against when a topic was last seen (noted every half
+                # second): a shorter silence fired while data flowed, and resolved, each second.
+                yield (
+                    f"rules.{name}.for",
+                    "a no_data rule's for is the silence that fires it: at least 1s (the"
+                    " rules are held against the gateway's state every second)",
+                )
             for key, owner in _THRESHOLD_OF.items():
                 if condition != owner and getattr(rule, key) != _RULE_DEFAULTS[key]:
                     # a value of its default there is harmless: it cannot be told from none

@@ -134,3 +134,15 @@ def test_a_webhook_timeout_of_0s_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path, environ={})
     assert str(info.value) == f"{path}:3: alerts.webhook.timeout: must be more than 0"
+
+
+def test_a_no_data_rule_watches_a_silence_of_1s_at_least(tmp_path: Path) -> None:
+    """`for: 0s` was taken: the alert fired at the first look while data flowed, resolved
+    when the next message was noted, and fired again, each second."""
+    assert problem(tmp_path, "    q: {condition: no_data, topic: a/#, for: 0s}\n") == (
+        "g.yaml:9: alerts.rules.q.for: a no_data rule's for is the silence that fires it:"
+        " at least 1s (the rules are held against the gateway's state every second)"
+    )
+    assert "alerts.rules.no_data.for: a no_data rule's for" in problem(
+        tmp_path, "    no_data: {topic: a/#, for: 500ms}\n"
+    )
