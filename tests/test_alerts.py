@@ -224,6 +224,26 @@ async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
     assert sent == []
 
 
+@pytest.mark.parametrize(
+    ("config", "has"),
+    [
+        ({"sources": {"s": {"type": "system"}}}, False),  # `auto`, and nothing uses it
+        ({"sources": {"m": {"type": "mqtt", "topics": ["a/#"]}}}, True),
+        ({"mqtt": {"url": "mqtt://broker.lan:1883"}}, True),
+        ({"mqtt": {"url": "embedded"}}, True),
+    ],
+)
+def test_whether_the_gateway_has_a_broker_is_told_by_its_config(
+    config: dict[str, Any], has: bool
+) -> None:
+    # From the config, not the broker running now: a reload of `mqtt:` stops and starts
+    # it, and an event meanwhile would have been given up.
+    from gateway.app import Gateway
+
+    config = {"gateway": {"id": "t", "data_dir": "/nonexistent"}, **config}
+    assert Gateway(load_data(config, environ={})).has_broker() is has
+
+
 async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_source() -> None:
     store, clock = FakeStore(), Clock()
     alerts = make({"source_offline": {"for": "0s"}}, store, clock)

@@ -94,10 +94,6 @@ class StatusChannel:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
-    def has_broker(self) -> bool:
-        """The status topics are on: the gateway has a broker and `status.enabled`."""
-        return self._plan() is not None
-
     def _plan(self) -> _Plan | None:
         config = self._config()
         if not config.status.enabled:
