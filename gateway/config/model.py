@@ -582,6 +582,7 @@ DEFAULT_ALERTS: tuple[str, ...] = (
     "store_budget",
 )
 # `for` when a rule sets none: the conditions that say "for X" take X from it.
+MQTT_TOPIC_MAX = 65535  # bytes of UTF-8: the length of an MQTT string is two bytes
 NO_DATA_MIN_FOR = 1.0  # seconds: the shortest silence a no_data rule may watch for
 DEFAULT_FOR = {"sink_failing": 300.0, "source_offline": 300.0, "no_data": 300.0}
 
@@ -761,8 +762,15 @@ class AlertsSection:
                 problem = unsendable(topic)
             if problem is None and topic.startswith("$"):
                 problem = "a topic beginning with '$' is the broker's own ($SYS), not a client's"
+            if problem is None and len(topic.encode()) > MQTT_TOPIC_MAX - 1000:
+                # with the id in it (ids are far shorter): the PUBLISH could not be encoded,
+                # and the alerts crashed at each event
+                problem = "longer than an MQTT topic may be (65535 bytes, with the gateway id)"
             if problem:
-                yield "mqtt_topic", f"{self.mqtt_topic!r} is not a topic to publish on: {problem}"
+                shown = repr(self.mqtt_topic)
+                if len(shown) > 80:
+                    shown = shown[:60] + "..."
+                yield "mqtt_topic", f"{shown} is not a topic to publish on: {problem}"
         for name, rule in (self.rules or {}).items():
             if rule is None:
                 continue

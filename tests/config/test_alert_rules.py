@@ -89,6 +89,15 @@ def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
             info.value
         )
         assert expected in str(info.value)
+    # the PUBLISH could not be encoded (its topic's length is two bytes): the alerts
+    # crashed at each event; the line quotes the start of it only
+    path.write_text(f"gateway: {{id: t}}\nalerts:\n  mqtt_topic: {'a' * 70000}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == (
+        f"{path}:3: alerts.mqtt_topic: '{'a' * 59}... is not a topic to publish on: longer"
+        " than an MQTT topic may be (65535 bytes, with the gateway id)"
+    )
     path.write_text("gateway: {id: t}\nalerts:\n  mqtt_topic: 'site/{gateway}/alarms'\n")
     assert load(path, environ={}).alerts.mqtt_topic == "site/{gateway}/alarms"
 
