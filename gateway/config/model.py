@@ -1229,8 +1229,17 @@ class BatchSettings:
 class RetrySettings:
     """Capped exponential backoff with jitter, from `initial` up to `max`."""
 
-    initial: Annotated[Duration, Doc("The first wait after a failed write or connect.")] = 0.5
-    max: Annotated[Duration, Doc("The longest wait; each failure doubles it up to this.")] = 30.0
+    # At least 10ms each: `max: 0s` retried a dead upstream a thousand times a second.
+    initial: Annotated[
+        Duration,
+        Doc("The first wait after a failed write or connect."),
+        Range(0.01, None, "must be at least 10ms"),
+    ] = 0.5
+    max: Annotated[
+        Duration,
+        Doc("The longest wait; each failure doubles it up to this."),
+        Range(0.01, None, "must be at least 10ms"),
+    ] = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)

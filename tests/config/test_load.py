@@ -80,6 +80,21 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     ]
 
 
+def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
+    # `max: 0s` retried a dead upstream about a thousand times a second
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          archive: {type: file, retry: {initial: 0s, max: 5ms}}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sinks.archive.retry.initial: must be at least 10ms",
+        f"{path}:3: sinks.archive.retry.max: must be at least 10ms",
+    ]
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
