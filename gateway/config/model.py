@@ -51,7 +51,7 @@ class GatewaySection:
         Doc(
             "The gateway's name: the `{gateway}` of sink topics and keys, and part of the"
             " default MQTT client ids (`edge-stream-<id>`). One level of MQTT topics"
-            " (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`.",
+            " (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`; at most 256 bytes.",
             example="pi-01",
         ),
     ] = "edge-stream"
@@ -96,6 +96,9 @@ class GatewaySection:
                 " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
                 " control characters",
             )
+        elif len(self.id.encode()) > 256:
+            # 70,000 characters passed: no status topic or client id could be encoded
+            yield "id", f"{self.id[:20]!r}... is {len(self.id.encode())} bytes; at most 256"
         for key, path, example in (
             ("data_dir", self.data_dir, "/var/lib/edge-stream"),
             # '' is the default key file, as web.users_file '' is the default users file

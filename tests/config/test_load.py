@@ -95,6 +95,14 @@ def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    path.write_text(path.read_text().replace("id: pi-01", f"id: {'x' * 257}"))
+    assert problems(path) == [f"{path}:1: gateway.id: {'x' * 20!r}... is 257 bytes; at most 256"]
+    path.write_text(path.read_text().replace("x" * 257, "x" * 256))
+    assert load(path, environ={}).gateway.id == "x" * 256
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
