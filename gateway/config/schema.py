@@ -472,9 +472,11 @@ def safe_url(url: str) -> str:
     if not sep:
         head, rest = "", url
     authority, after = _split_authority("://" + rest)
-    if _user_part_ended_early(authority, after):
-        user, at, location = rest.rpartition("@")
-    else:
+    user, at, location = rest.rpartition("@")
+    # An '@' after the host is a user part ended early only if a name comes before its
+    # ':' (`gw:p/w@h`); else it stands in the path, query or fragment (`h/in?t=x#a@b`).
+    name = user.partition(":")[0]
+    if not _user_part_ended_early(authority, after) or re.search(r"[/?#]", name):
         user, at, location = authority.rpartition("@")
         location += after
     location = re.split(r"[?#]", location, maxsplit=1)[0]

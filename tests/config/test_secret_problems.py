@@ -246,6 +246,13 @@ def test_a_short_secret_is_replaced_where_it_stands_alone_not_inside_words() -> 
         ("http://gw:1?2@h/x", "http://gw:***@h/x"),
         ("https://h/in?owner=a@b.example&token=t", "https://h/in"),
         ("gw:pw@h/in?token=t", "gw:***@h/in"),
+        # an '@' after the host with no user part before it: the path, query or fragment
+        ("https://h/in?token=t#a@b", "https://h/in"),
+        (
+            "https://h/users/me@x.example/ev?key=t&o=ops@x.example",
+            "https://h/users/me@x.example/ev",
+        ),
+        ("https://registry.example/@scope/pkg", "https://registry.example/@scope/pkg"),
     ],
 )
 def test_a_url_in_a_message_shows_no_password_nor_query(url: str, shown: str) -> None:
