@@ -303,7 +303,10 @@ class Engine:
             for name, src in self.sources.items():
                 self._spawn(tg, f"source {name}", src.run)
             await self._first_connects()
-            self.ready.set()
+            if not self.stop_requested.is_set():
+                # Stopped before (a reload, SIGTERM): the gateway is not up with this
+                # engine; the next one answers the reload and says READY=1.
+                self.ready.set()
             log.info(
                 "engine: running with %d sources, %d routes, %d sinks; store %s",
                 len(self.sources),

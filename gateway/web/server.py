@@ -7,9 +7,10 @@ GET /login       the login page;  POST /login  {"username", "password"} as JSON 
                  a wrong password answers 401 (a form: 303 to login?failed=1, the login
                  page with "Wrong user name or password."); either counts as a failed login
 POST /logout     ends the session
-GET /healthz     200 "ok" while the gateway runs; 503 "starting" until its sources have
-                 first connected (MQTT: subscribed), at most 10 s after the start (always
-                 open: no credentials, any Host)
+GET /healthz     200 "ok" while the gateway runs; 503 "starting" until it is ready as for
+                 systemd's READY=1 (each source has tried its first connect, an MQTT source
+                 that connected has subscribed: see `Engine.run`); always open: no
+                 credentials, any Host
 GET /favicon.ico the console's icon (static/favicon.svg, also linked by the pages as
                  `<link rel="icon">`): open, as /static/ is, and cached for a day
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}

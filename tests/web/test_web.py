@@ -110,18 +110,15 @@ async def test_healthz_says_starting_until_the_mqtt_source_has_subscribed(
 
     silent = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = free_port()
-    config = load_data(
-        {
-            "gateway": {"id": "web-test", "data_dir": str(tmp_path)},
-            "mqtt": {"url": f"mqtt://127.0.0.1:{silent.sockets[0].getsockname()[1]}"},
-            "sources": {"in": {"type": "mqtt", "topics": ["#"], "qos": 1}},
-            "routes": {"all": {"match": "#", "sinks": ["out"]}},
-            "sinks": {"out": {"type": "file"}},
-            "web": {"listen": f"127.0.0.1:{port}"},
-        },
-        environ={},
-    )
-    gateway = Gateway(config)
+    doc: dict[str, Any] = {
+        "gateway": {"id": "web-test", "data_dir": str(tmp_path)},
+        "mqtt": {"url": f"mqtt://127.0.0.1:{silent.sockets[0].getsockname()[1]}"},
+        "sources": {"in": {"type": "mqtt", "topics": ["#"], "qos": 1}},
+        "routes": {"all": {"match": "#", "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file"}},
+        "web": {"listen": f"127.0.0.1:{port}"},
+    }
+    gateway = Gateway(load_data(doc, environ={}))
     task = asyncio.create_task(gateway.run())
     try:
         async with asyncio.timeout(10):
@@ -130,12 +127,19 @@ async def test_healthz_says_starting_until_the_mqtt_source_has_subscribed(
             503,
             b"starting\n",
         )
-        assert not gateway.ready.is_set()
+        # A reload meanwhile starts another engine; the stopped one is not up (it answered
+        # the reload at once, and /healthz said ok with no source subscribed).
+        doc["gateway"]["log_level"] = "debug"
+        reload = asyncio.create_task(gateway.apply(load_data(doc, environ={})))
+        await asyncio.sleep(0.5)
+        assert not reload.done() and not gateway.ready.is_set()
+        assert (await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz"))[0] == 503
         for writer in held:  # the broker goes away: the source retries, the gateway is up
             writer.close()
         silent.close()
         async with asyncio.timeout(5):
             await gateway.ready.wait()
+            assert (await reload)[0] == "applied"
         assert await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
     finally:
         gateway.stop()
