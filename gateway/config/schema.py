@@ -484,6 +484,15 @@ def safe_url(url: str) -> str:
     return f"{head}{sep}{login}{location}"
 
 
+def safe_redis_url(url: str) -> str:
+    """`safe_url`, and the `?db=N` the query may hold: redis-py takes it over the path's
+    number, so without it a message could name the wrong database."""
+    query = url.partition("?")[2].partition("#")[0]
+    db = [v for k, _, v in (item.partition("=") for item in query.split("&")) if k == "db"]
+    shown = safe_url(url)
+    return f"{shown}?db={db[0]}" if db and db[0].isdigit() else shown
+
+
 def url_syntax_problem(url: str) -> str | None:
     """Why `url` cannot be read or its port is no number from 1 to 65535, or None (a URL
     may leave the port out). Neither message quotes the URL; urllib's own error for the

@@ -31,7 +31,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from gateway.config.model import ReplicateSettings
-from gateway.config.schema import safe_url
+from gateway.config.schema import safe_redis_url
 from gateway.core.backoff import Backoff
 from gateway.core.clock import Clock
 
@@ -121,7 +121,7 @@ class Replicator:
         log.warning(
             "engine: state replication to %s is %d changes behind; they are dropped and"
             " the whole state is copied again when Redis answers",
-            safe_url(self.settings.redis or ""),
+            safe_redis_url(self.settings.redis or ""),
             self.settings.max_pending,
         )
 
@@ -132,7 +132,7 @@ class Replicator:
 
     def status(self) -> dict[str, Any]:
         return {
-            "redis": safe_url(self.settings.redis or ""),
+            "redis": safe_redis_url(self.settings.redis or ""),
             "state": self.state,
             "pending": len(self._pending) + self._inflight,
             "full_copy_due": self._full,
@@ -172,7 +172,7 @@ class Replicator:
                         log.warning(
                             "engine: cannot replicate the state to %s (%s); the gateway runs"
                             " on and catches up when Redis answers",
-                            safe_url(self.settings.redis or ""),
+                            safe_redis_url(self.settings.redis or ""),
                             text,
                         )
                     self.state, self.last_error = "down", text

@@ -125,7 +125,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, redis_url_problem, safe_url
+from gateway.config.schema import Doc, Duration, Range, redis_url_problem, safe_redis_url
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
@@ -336,7 +336,7 @@ class RedisSinkConfig(SinkConfig):
         if self.url is None:
             pass
         elif not self.url.startswith(("redis://", "rediss://")):
-            yield "url", f"{safe_url(self.url)!r} must start with redis:// or rediss://"
+            yield "url", f"{safe_redis_url(self.url)!r} must start with redis:// or rediss://"
         elif problem := _location_problem(self.url):
             yield "url", problem
         elif not self.url.startswith("rediss://"):
@@ -562,14 +562,14 @@ class RedisSink(Sink):
             # redis-py could not read the URL. Its message, and so a chained traceback,
             # may quote a piece of the password: neither is shown.
             raise permanent(
-                f"redis-py cannot read the url {safe_url(cfg.url)}: percent-encode #, /, ?"
+                f"redis-py cannot read the url {safe_redis_url(cfg.url)}: percent-encode #, /, ?"
                 " and @ in user and password"
             ) from None
         except (redis_errors.RedisError, RedisClusterException, OSError) as err:
             if client is not None:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
                     await client.aclose()
-            where = safe_url(cfg.url)
+            where = safe_redis_url(cfg.url)
             refusal = _refusal(err)
             if refusal is None and cfg.url.startswith("rediss://"):
                 refusal = await self._tls_refusal(err)
@@ -577,7 +577,7 @@ class RedisSink(Sink):
                 raise permanent(f"{where} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to {where}: {err}") from err
         self._client = client
-        self.ctx.log.info("connected to %s (%s mode)", safe_url(cfg.url), cfg.mode)
+        self.ctx.log.info("connected to %s (%s mode)", safe_redis_url(cfg.url), cfg.mode)
         return client
 
     async def _tls_refusal(self, err: BaseException) -> str | None:
@@ -656,11 +656,11 @@ class RedisSink(Sink):
                 return refused + await self._write_plain(client, batch)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
             await self._reset()
-            raise RetryableError(f"lost {safe_url(self.config.url)}: {err}") from err
+            raise RetryableError(f"lost {safe_redis_url(self.config.url)}: {err}") from err
         except TimeoutError as err:
             await self._reset()
             raise RetryableError(
-                f"{safe_url(self.config.url)} did not answer within {self.config.timeout:g}s"
+                f"{safe_redis_url(self.config.url)} did not answer within {self.config.timeout:g}s"
             ) from err
         except (redis_errors.RedisError, RedisClusterException) as err:
             # Not about one row (those come back inside the script's answer): OOM, LOADING,
@@ -668,7 +668,7 @@ class RedisSink(Sink):
             await self._reset()
             reason = _refusal(err) or err
             raise RetryableError(
-                f"{safe_url(self.config.url)} refused the batch: {reason}"
+                f"{safe_redis_url(self.config.url)} refused the batch: {reason}"
             ) from err
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:

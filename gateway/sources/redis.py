@@ -89,7 +89,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.config.model import Claim, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, safe_url
+from gateway.config.schema import Doc, Duration, Range, safe_redis_url
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -295,7 +295,7 @@ class RedisSource(Source):
         self.consumer = config.consumer or f"{ctx.gateway_id}"
         self.processing = config.processing or f"{config.key}:processing"
         self.done_key = f"{self.processing}:done"
-        self.where = safe_url(config.url)
+        self.where = safe_redis_url(config.url)
         self._client: Any = None
         self._to_ack: list[str] = []  # committed entries (stream ids) not yet acknowledged
         # list: items counted as the position is (see _moved): committed up to _remove_upto,

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import secrets
 from gateway.config.load import _Secrets, load
-from gateway.config.schema import safe_url
+from gateway.config.schema import safe_redis_url, safe_url
 from gateway.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -257,3 +257,9 @@ def test_a_short_secret_is_replaced_where_it_stands_alone_not_inside_words() -> 
 )
 def test_a_url_in_a_message_shows_no_password_nor_query(url: str, shown: str) -> None:
     assert safe_url(url) == shown
+
+
+def test_a_redis_url_in_a_message_keeps_its_database() -> None:
+    # redis-py takes `?db=N` over the path's number: without it, the wrong database was named
+    assert safe_redis_url("redis://:pw@cache/0?db=3&password=pw") == "redis://:***@cache/0?db=3"
+    assert safe_redis_url("redis://cache?password=pw") == "redis://cache"
