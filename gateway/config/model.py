@@ -32,6 +32,7 @@ from gateway.config.schema import (
     did_you_mean,
     mask_password,
     redis_url_problem,
+    url_syntax_problem,
 )
 from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
@@ -706,16 +707,10 @@ class WebhookSettings:
             return
         # What the webhook's POST will read (yarl, as urlsplit): a URL it refuses crashed
         # the alerts at their first event, over and over, and no event went anywhere.
-        try:
-            split = urlsplit(self.url)
-            port = split.port
-        except ValueError as err:  # "http://[::1/x", "http://h:99999/"
-            yield "url", f"cannot be read: {err}"
-            return
-        if not split.hostname:
+        if problem := url_syntax_problem(self.url):  # "http://[::1/x", "http://h:99999/"
+            yield "url", problem
+        elif not urlsplit(self.url).hostname:
             yield "url", "the host must be written out (http://host/path)"
-        elif port is not None and not 0 < port < 65536:
-            yield "url", "the port must be a number from 1 to 65535"
 
 
 @dataclass(frozen=True)

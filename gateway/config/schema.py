@@ -501,6 +501,11 @@ def url_syntax_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']'
+        if "NFKC" in str(err):  # its message quotes the host and user part, password too
+            return (
+                "is not a valid URL: its host or user part holds a character that NFKC"
+                " normalization turns into /, ?, #, @ or :"
+            )
         return f"is not a valid URL: {err}"
     try:
         port = parts.port

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.config import secrets
 from gateway.config.load import load
 from gateway.core.errors import ConfigError
 
@@ -121,8 +123,8 @@ def test_a_webhook_url_the_post_cannot_read_is_refused(tmp_path: Path) -> None:
     traceback, and no event went anywhere (MQTT neither)."""
     path = tmp_path / "g.yaml"
     for url, expected in {
-        "http://[::1/x": "cannot be read: Invalid IPv6 URL",
-        "http://h:99999/x": "cannot be read: Port out of range 0-65535",
+        "http://[::1/x": "is not a valid URL: Invalid IPv6 URL",
+        "http://h:99999/x": "the port must be a number from 1 to 65535",
         "http://": "the host must be written out (http://host/path)",
         "https://:8443/x": "the host must be written out (http://host/path)",
         "http://h:0/x": "the port must be a number from 1 to 65535",
@@ -133,6 +135,25 @@ def test_a_webhook_url_the_post_cannot_read_is_refused(tmp_path: Path) -> None:
         assert str(info.value) == f"{path}:3: alerts.webhook.url: {expected}", url
     path.write_text("gateway: {id: t}\nalerts:\n  webhook: {url: 'http://[::1]:8080/in'}\n")
     assert load(path, environ={}).alerts.webhook.url == "http://[::1]:8080/in"
+
+
+def test_a_webhook_url_refused_does_not_show_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password holding an unencoded '/' ends the user part early, and the rest of it
+    reads as the port: urllib's error, quoted in the line, showed the password's start
+    ("Port could not be cast to integer value as 'Xy9'"), written plain or as ENC(...)."""
+    key = AESGCM.generate_key(bit_length=256)
+    monkeypatch.setenv(secrets.ENV_KEY, key.hex())
+    path = tmp_path / "g.yaml"
+    url = "https://bot:Xy9/s3cretT0ken@hooks.example.com/in"
+    for written in (url, secrets.encrypt(url, key), "https://bot:pa\u2100ss@h/in"):
+        path.write_text(f"gateway: {{id: t}}\nalerts:\n  webhook: {{url: {json.dumps(written)}}}\n")
+        with pytest.raises(ConfigError) as info:
+            load(path, environ={})
+        assert str(info.value).startswith(f"{path}:3: alerts.webhook.url: "), written
+        for piece in ("Xy9", "s3cret", "pa\u2100ss", "ss@"):
+            assert piece not in str(info.value), written
 
 
 def test_a_webhook_timeout_of_0s_is_refused(tmp_path: Path) -> None:
