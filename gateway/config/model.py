@@ -755,11 +755,13 @@ class AlertsSection:
             if problem is None and ("{" in topic or "}" in topic):
                 problem = "only {gateway} is replaced (by the gateway id)"
             # What the broker refuses: it closed the status connection at each event (the
-            # status topic went `offline` each time), or refused it ($SYS) for ever.
+            # status topic went `offline` each time), or refused it ($SYS) for ever. Other
+            # topics beginning with '$' are a client's: `$aws/rules/...` (AWS IoT Core's
+            # Basic Ingest), `$iothub/...`.
             if problem is None:
                 problem = unsendable(topic)
-            if problem is None and topic.startswith("$"):
-                problem = "a topic beginning with '$' is the broker's own ($SYS), not a client's"
+            if problem is None and topic.split("/", 1)[0] == "$SYS":
+                problem = "the topics under $SYS are the broker's own, not a client's"
             if problem is None and len(topic.encode()) > MQTT_TOPIC_MAX - 1000:
                 # with the id in it (ids are far shorter): the PUBLISH could not be encoded,
                 # and the alerts crashed at each event

@@ -82,7 +82,8 @@ def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
         # the broker closed the status connection at each event (`offline` each time)
         "alerts/\x01/{gateway}": "holds U+0001, a control character",
         # refused (PUBACK 0x87) for ever: no event after it went
-        "$SYS/{gateway}/alerts": "a topic beginning with '$' is the broker's own",
+        "$SYS/{gateway}/alerts": "the topics under $SYS are the broker's own, not a client's",
+        "$SYS": "the topics under $SYS are the broker's own",
     }.items():
         path.write_text(f"gateway: {{id: t}}\nalerts:\n  mqtt_topic: {json.dumps(topic)}\n")
         with pytest.raises(ConfigError) as info:
@@ -100,8 +101,16 @@ def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
         f"{path}:3: alerts.mqtt_topic: '{'a' * 59}... is not a topic to publish on: longer"
         " than an MQTT topic may be (65535 bytes, with the gateway id)"
     )
-    path.write_text("gateway: {id: t}\nalerts:\n  mqtt_topic: 'site/{gateway}/alarms'\n")
-    assert load(path, environ={}).alerts.mqtt_topic == "site/{gateway}/alarms"
+    # other topics beginning with '$' are a client's (all of them were refused): AWS IoT
+    # Core's Basic Ingest, Azure IoT Hub
+    for topic in (
+        "site/{gateway}/alarms",
+        "$aws/rules/edge_alerts/{gateway}",
+        "$iothub/x",
+        "$SYSTEM/a",
+    ):
+        path.write_text(f"gateway: {{id: t}}\nalerts:\n  mqtt_topic: {json.dumps(topic)}\n")
+        assert load(path, environ={}).alerts.mqtt_topic == topic
 
 
 def test_a_threshold_of_another_condition_is_refused(tmp_path: Path) -> None:
