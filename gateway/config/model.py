@@ -41,6 +41,7 @@ from gateway.core.topics import unsendable, validate_filter, validate_topic
 from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
+GATEWAY_ID_MAX = 256  # bytes of UTF-8
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,12 @@ class GatewaySection:
                 " (edge-stream/<id>/status), so not empty and without '/', '+', '#' or"
                 " control characters",
             )
-        elif len(self.id.encode()) > 256:
+        elif len(self.id.encode()) > GATEWAY_ID_MAX:
             # 70,000 characters passed: no status topic or client id could be encoded
-            yield "id", f"{self.id[:20]!r}... is {len(self.id.encode())} bytes; at most 256"
+            yield (
+                "id",
+                f"{self.id[:20]!r}... is {len(self.id.encode())} bytes; at most {GATEWAY_ID_MAX}",
+            )
         for key, path, example in (
             ("data_dir", self.data_dir, "/var/lib/edge-stream"),
             # '' is the default key file, as web.users_file '' is the default users file
@@ -762,10 +766,15 @@ class AlertsSection:
                 problem = unsendable(topic)
             if problem is None and topic.split("/", 1)[0] == "$SYS":
                 problem = "the topics under $SYS are the broker's own, not a client's"
-            if problem is None and len(topic.encode()) > MQTT_TOPIC_MAX - 1000:
-                # with the id in it (ids are far shorter): the PUBLISH could not be encoded,
-                # and the alerts crashed at each event
-                problem = "longer than an MQTT topic may be (65535 bytes, with the gateway id)"
+            # With the longest id in each {gateway}: the PUBLISH could not be encoded, and
+            # the alerts crashed at each event.
+            longest = len(self.mqtt_topic.replace("{gateway}", "").encode())
+            longest += self.mqtt_topic.count("{gateway}") * GATEWAY_ID_MAX
+            if problem is None and longest > MQTT_TOPIC_MAX:
+                problem = (
+                    f"longer than an MQTT topic may be ({MQTT_TOPIC_MAX} bytes, each {{gateway}}"
+                    f" counted as {GATEWAY_ID_MAX}, the longest id)"
+                )
             if problem:
                 shown = repr(self.mqtt_topic)
                 if len(shown) > 80:

@@ -99,8 +99,18 @@ def test_the_alerts_topic_must_be_one_to_publish_on(tmp_path: Path) -> None:
         load(path, environ={})
     assert str(info.value) == (
         f"{path}:3: alerts.mqtt_topic: '{'a' * 59}... is not a topic to publish on: longer"
-        " than an MQTT topic may be (65535 bytes, with the gateway id)"
+        " than an MQTT topic may be (65535 bytes, each {gateway} counted as 256, the longest"
+        " id)"
     )
+    # each {gateway} may be an id of 256 bytes: 77,108 bytes with 300 of them were taken
+    for topic, taken in (("a/" + "{gateway}/" * 300 + "alerts", False), ("{gateway}" * 255, True)):
+        path.write_text(f"gateway: {{id: t}}\nalerts:\n  mqtt_topic: {json.dumps(topic)}\n")
+        if taken:
+            assert load(path, environ={}).alerts.mqtt_topic == topic
+            continue
+        with pytest.raises(ConfigError) as info:
+            load(path, environ={})
+        assert "longer than an MQTT topic may be" in str(info.value)
     # other topics beginning with '$' are a client's (all of them were refused): AWS IoT
     # Core's Basic Ingest, Azure IoT Hub
     for topic in (
