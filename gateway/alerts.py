@@ -82,7 +82,7 @@ class Notifier:
         self,
         name: str,
         send: Callable[[dict[str, Any]], Awaitable[bool | None]],
-        done: Callable[[int, str], Awaitable[None]],
+        done: Callable[[list[int], str], Awaitable[None]],
         size: Callable[[], int],
         retry: Callable[[], tuple[float, float]],
     ) -> None:
@@ -97,14 +97,25 @@ class Notifier:
         self.last_error: str | None = None
 
     async def put(self, seq: int, body: dict[str, Any]) -> None:
-        self._queue.append((seq, body))
-        while len(self._queue) > self._size():
-            old, _ = self._queue.popleft()
+        await self.put_all([(seq, body)])
+
+    async def put_all(self, events: list[tuple[int, dict[str, Any]]]) -> None:
+        """Queue `events` (seq, body), oldest first. Past the queue's size the oldest are
+        dropped: in one line and one store transaction however many (thousands may wait
+        in the store at a start, or when a reload makes the queue smaller)."""
+        self._queue.extend(events)
+        size = self._size()
+        dropped = [self._queue.popleft()[0] for _ in range(len(self._queue) - size)]
+        if dropped:
             log.error(
-                "alerts: %s: more than %d events wait; dropped the oldest", self.name, self._size()
+                "alerts: %s: more than %d events wait; dropped the oldest %d",
+                self.name,
+                size,
+                len(dropped),
             )
-            await self._done(old, self.name)
-        self._ready.set()
+            await self._done(dropped, self.name)
+        if self._queue:
+            self._ready.set()
 
     def clear(self) -> None:
         """Forget what waits (the store still has it, to be put again)."""
@@ -134,7 +145,7 @@ class Notifier:
             backoff = None
             if self._queue and self._queue[0][0] == seq:
                 self._queue.popleft()
-            await self._done(seq, self.name)
+            await self._done([seq], self.name)
 
 
 class Alerts:
@@ -218,12 +229,15 @@ class Alerts:
             notifier.clear()
         for key, _fired_at, body in active:
             self.active[key] = json.loads(body)
+        waiting: dict[str, list[tuple[int, dict[str, Any]]]] = {n: [] for n in self.notifiers}
         for seq, _at, body, pending in events:
             event = json.loads(body)
             self.recent.append(event)
             for name in pending:
-                if name in self.notifiers:
-                    await self.notifiers[name].put(seq, event)
+                if name in waiting:
+                    waiting[name].append((seq, event))
+        for name, queued in waiting.items():
+            await self.notifiers[name].put_all(queued)
         if self.active and not self.loaded.is_set():
             log.info("alerts: %d active alert(s) kept from before the restart", len(self.active))
         self.loaded.set()
@@ -413,8 +427,8 @@ class Alerts:
         for name in targets:
             await self.notifiers[name].put(seq, body)
 
-    async def _sent(self, seq: int, notifier: str) -> None:
-        await self.view.store.alert_sent(seq, notifier)
+    async def _sent(self, seqs: list[int], notifier: str) -> None:
+        await self.view.store.alert_sent(seqs, notifier)
 
     # -- the notifiers ------------------------------------------------------------
 

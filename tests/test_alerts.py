@@ -24,6 +24,7 @@ class FakeStore:
     def __init__(self, dead_count: int = 0) -> None:
         self.dead_count = dead_count
         self.events: list[dict[str, Any]] = []
+        self.sent: list[tuple[list[int], str]] = []  # each call: one transaction
 
     async def alert_state(self, recent: int) -> tuple[list[Any], list[Any]]:
         return [], []
@@ -34,8 +35,8 @@ class FakeStore:
         self.events.append(json.loads(body))
         return len(self.events)
 
-    async def alert_sent(self, seq: int, notifier: str) -> None:
-        pass
+    async def alert_sent(self, seqs: list[int], notifier: str) -> None:
+        self.sent.append((list(seqs), notifier))
 
 
 def snapshot(dead_letters: int = 0, sinks: dict[str, Any] | None = None) -> Any:
@@ -145,7 +146,7 @@ async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_
         tried.set()
         return outcomes.pop(0)
 
-    async def mark(seq: int, name: str) -> None:
+    async def mark(seqs: list[int], name: str) -> None:
         delivered.set()
 
     notifier = Notifier("mqtt", send, mark, lambda: 10, lambda: (30.0, 60.0))
@@ -177,6 +178,36 @@ async def test_alerts_run_again_after_a_crash_rebuild_from_the_store() -> None:
         await alerts._load()
     assert alerts.console() == {"active": [event], "recent": [event]}
     assert list(alerts.notifiers["webhook"]._queue) == [(7, event)]
+
+
+async def test_events_past_the_queue_at_a_start_are_dropped_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Thousands of events waiting in the store for a webhook with a small queue were
+    dropped one by one at the start: an ERROR line and a store transaction each."""
+    store = FakeStore()
+    pending = [(seq, 1.0, json.dumps({"key": f"k{seq}"}), ["webhook"]) for seq in range(1, 5001)]
+
+    async def alert_state(recent: int) -> tuple[list[Any], list[Any]]:
+        return [], pending
+
+    store.alert_state = alert_state  # type: ignore[method-assign]
+    config: Config = load_data(
+        {
+            "gateway": {"id": "t", "data_dir": "/nonexistent"},
+            "alerts": {"webhook": {"url": "http://127.0.0.1:9/in", "queue": 10}},
+        },
+        environ={},
+    )
+    view = SimpleNamespace(store=store)
+    alerts = Alerts(view, lambda: config, asyncio.Event(), TopicWatch(Clock()))  # type: ignore[arg-type]
+    with caplog.at_level("ERROR", logger="gateway.alerts"):
+        await alerts._load()
+    assert [r.getMessage() for r in caplog.records] == [
+        "alerts: webhook: more than 10 events wait; dropped the oldest 4990"
+    ]
+    assert store.sent == [(list(range(1, 4991)), "webhook")]
+    assert [seq for seq, _ in alerts.notifiers["webhook"]._queue] == list(range(4991, 5001))
 
 
 async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:

@@ -45,7 +45,7 @@ import sqlite3
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1442,25 +1442,39 @@ class Store:
             # An event still to be sent stays (a restart sends it) until its notifier
             # sends or drops it (each notifier's queue is bounded); a hard cap past those.
             db.execute(
-                "DELETE FROM alert_events WHERE seq <= ? AND (pending = '[]' OR seq <= ?)",
-                (seq - ALERT_EVENTS_KEEP, seq - ALERT_EVENTS_PENDING_KEEP),
+                "DELETE FROM alert_events WHERE seq <= ? AND pending = '[]'",
+                (seq - ALERT_EVENTS_KEEP,),
+            )
+            lost = db.execute(
+                "DELETE FROM alert_events WHERE seq <= ?", (seq - ALERT_EVENTS_PENDING_KEEP,)
+            ).rowcount
+        if lost > 0:
+            log.warning(
+                "store: deleted %d alert event(s) not yet sent: at most the newest %d are kept",
+                lost,
+                ALERT_EVENTS_PENDING_KEEP,
             )
         return seq
 
-    async def alert_sent(self, seq: int, notifier: str) -> None:
-        """`notifier` has sent event `seq` (or gave it up): it is no longer pending there."""
-        await self._call(self._spared, self._alert_sent_sync, seq, notifier)
+    async def alert_sent(self, seqs: Sequence[int], notifier: str) -> None:
+        """`notifier` has sent the events `seqs` (or gave them up): they are no longer
+        pending there. One transaction, however many."""
+        await self._call(self._spared, self._alert_sent_sync, seqs, notifier)
 
-    def _alert_sent_sync(self, seq: int, notifier: str) -> None:
+    def _alert_sent_sync(self, seqs: Sequence[int], notifier: str) -> None:
         db = self._db
         assert db is not None
         with _transaction(db):
-            row = db.execute("SELECT pending FROM alert_events WHERE seq = ?", (seq,)).fetchone()
-            if row is not None:
-                left = [n for n in json.loads(row[0]) if n != notifier]
-                db.execute(
-                    "UPDATE alert_events SET pending = ? WHERE seq = ?", (json.dumps(left), seq)
-                )
+            for seq in seqs:
+                row = db.execute(
+                    "SELECT pending FROM alert_events WHERE seq = ?", (seq,)
+                ).fetchone()
+                if row is not None:
+                    left = [n for n in json.loads(row[0]) if n != notifier]
+                    db.execute(
+                        "UPDATE alert_events SET pending = ? WHERE seq = ?",
+                        (json.dumps(left), seq),
+                    )
 
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back: the dead-letter

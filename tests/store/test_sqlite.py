@@ -1060,8 +1060,39 @@ async def test_an_alert_event_still_to_be_sent_outlives_the_kept_1000(
         (6, '{"n": 6}'),
         (7, '{"n": 7}'),
     ]
-    await store.alert_sent(first, "webhook")  # sent: now it goes with the next event
+    await store.alert_sent([first], "webhook")  # sent: now it goes with the next event
     await store.alert_event("k", 8.0, '{"n": 8}', True, [])
     _, events = await store.alert_state(100)
     assert [seq for seq, _, _, _ in events] == [6, 7, 8]
+    await store.close()
+
+
+async def test_alert_events_deleted_unsent_at_the_hard_cap_are_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the cap of events still to be sent, the oldest were deleted without a word."""
+    from gateway.store import sqlite as module
+
+    monkeypatch.setattr(module, "ALERT_EVENTS_KEEP", 2)
+    monkeypatch.setattr(module, "ALERT_EVENTS_PENDING_KEEP", 4)
+    store = await open_store(tmp_path)
+    for n in range(1, 5):
+        await store.alert_event("k", float(n), f'{{"n": {n}}}', True, ["webhook"])
+    assert not caplog.records
+    await store.alert_sent([1, 2, 3], "webhook")  # several in one call
+    with caplog.at_level("WARNING", logger="gateway.store"):
+        await store.alert_event("k", 5.0, '{"n": 5}', True, ["webhook"])  # 1 to 3 go
+        assert not caplog.records
+        for n in range(6, 9):
+            await store.alert_event("k", float(n), f'{{"n": {n}}}', True, ["webhook"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "store: deleted 1 alert event(s) not yet sent: at most the newest 4 are kept"
+    ]
+    _, events = await store.alert_state(100)
+    assert [(seq, pending) for seq, _, _, pending in events] == [
+        (5, ["webhook"]),
+        (6, ["webhook"]),
+        (7, ["webhook"]),
+        (8, ["webhook"]),
+    ]
     await store.close()
