@@ -158,16 +158,17 @@ class Alerts:
         ready: asyncio.Event,
         watch: TopicWatch,
         mqtt_send: Callable[[str, bytes], Awaitable[bool]] | None = None,
-        has_broker: Callable[[], bool] = lambda: True,
+        mqtt_wanted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.view = view
         self._config = config
         self._ready = ready
         self.watch = watch
         self._mqtt_send = mqtt_send
-        # The gateway has a broker for its status topics (none is started only for them):
-        # without one, an event for MQTT would wait for ever, and go stale if one came.
-        self._has_broker = has_broker
+        # The status connection is wanted (`StatusChannel.wanted`: status.enabled and the
+        # gateway has a broker): else an event for MQTT would wait for ever, and all
+        # those would go stale once it came.
+        self._mqtt_wanted = mqtt_wanted
         self.active: dict[str, dict[str, Any]] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._pending: dict[str, float] = {}  # key -> monotonic time the condition began
@@ -409,12 +410,7 @@ class Alerts:
     def _targets(self) -> list[str]:
         config = self._config()
         targets = []
-        if (
-            config.alerts.mqtt_topic
-            and config.status.enabled
-            and self._mqtt_send is not None
-            and self._has_broker()
-        ):
+        if config.alerts.mqtt_topic and self._mqtt_send is not None and self._mqtt_wanted():
             targets.append("mqtt")
         if config.alerts.webhook.url:
             targets.append("webhook")
@@ -435,8 +431,10 @@ class Alerts:
     async def _send_mqtt(self, body: dict[str, Any]) -> bool | None:
         config = self._config()
         topic = config.alerts.mqtt_topic
-        if not topic or self._mqtt_send is None or not self._has_broker():
-            return None  # turned off since, or no broker any more: nothing to send it to
+        if not topic or self._mqtt_send is None or not self._mqtt_wanted():
+            # turned off since (the topic, or status.enabled), or no broker any more:
+            # nothing to send it to, and it would be stale once there was
+            return None
         topic = topic.replace("{gateway}", config.gateway.id)
         return await self._mqtt_send(topic, json.dumps(body).encode())
 

@@ -224,16 +224,11 @@ class Gateway:
             self.ready,
             self.watch,
             self.status.send,
-            has_broker=self.has_broker,
+            self.status.wanted,
         )
         self.status.on_online = self.alerts.notifiers["mqtt"].again
         # systemd's notify socket (READY, STATUS); idle without NOTIFY_SOCKET
         self.notify = notify if notify is not None else Notifier({})
-
-    def has_broker(self) -> bool:
-        """The gateway has a broker for its status topics and the alerts (none is started
-        for them alone): from the config, so also while a reload sets it up again."""
-        return self.config.mqtt.url != "auto" or bool(broker_users(self.config))
 
     # -- the view the web server and metrics read -----------------------------
 

@@ -233,7 +233,7 @@ async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
         asyncio.Event(),
         TopicWatch(clock),
         mqtt_send,
-        has_broker=lambda: broker,
+        mqtt_wanted=lambda: broker,
     )
     targets: list[list[str]] = []
 
@@ -262,17 +262,24 @@ async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
         ({"sources": {"m": {"type": "mqtt", "topics": ["a/#"]}}}, True),
         ({"mqtt": {"url": "mqtt://broker.lan:1883"}}, True),
         ({"mqtt": {"url": "embedded"}}, True),
+        # a reload turned the status topics off: what waited was tried again and again,
+        # and all of it went out, stale, once they were back on
+        ({"mqtt": {"url": "embedded"}, "status": {"enabled": False}}, False),
     ],
 )
-def test_whether_the_gateway_has_a_broker_is_told_by_its_config(
+async def test_mqtt_events_go_while_the_gateway_has_a_broker_and_status_topics(
     config: dict[str, Any], has: bool
 ) -> None:
-    # From the config, not the broker running now: a reload of `mqtt:` stops and starts
-    # it, and an event meanwhile would have been given up.
+    # Told from the config, not the broker running now: a reload of `mqtt:` stops and
+    # starts it, and an event meanwhile would have been given up.
     from gateway.app import Gateway
 
     config = {"gateway": {"id": "t", "data_dir": "/nonexistent"}, **config}
-    assert Gateway(load_data(config, environ={})).has_broker() is has
+    gateway = Gateway(load_data(config, environ={}))
+    assert gateway.status.wanted() is has
+    assert ("mqtt" in gateway.alerts._targets()) is has
+    # not connected: an event waits (False) while there is a broker to send it to
+    assert await gateway.alerts._send_mqtt({"key": "k"}) is (False if has else None)
 
 
 async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_source() -> None:

@@ -458,15 +458,24 @@ class GatewayBroker:
         }
 
 
+def has_gateway_broker(config: Any) -> bool:
+    """Whether the gateway has a broker, for its status topics and the alerts' MQTT
+    events too: `mqtt.url` names one or is `embedded`, or (`auto`) a component uses one;
+    none is started for the status topics alone. Told from the config, not from a broker
+    running now: a reload of `mqtt:` stops and starts the embedded one."""
+    return config.mqtt.url != "auto" or bool(broker_users(config))
+
+
 async def open_gateway_broker(config: Any, data_dir: str) -> GatewayBroker | None:
     """Resolve `mqtt.url` and start the embedded broker if it is needed (see the module
     doc). None when the gateway's broker is not used; ConfigError when it cannot start."""
+    if not has_gateway_broker(config):
+        return None
     mqtt = config.mqtt
     users = broker_users(config)
     if mqtt.url not in ("auto", "embedded"):
+        # the status channel finds a broker named here in `mqtt.url` itself
         return GatewayBroker(mqtt.url, None, users) if users else None
-    if mqtt.url == "auto" and not users:
-        return None
     broker = EmbeddedBroker(data_dir, mqtt.embedded_listen, mqtt.url)
     await wait_for_leftovers(broker.dir / "mosquitto.conf")
     address = broker.address

@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.config.model import Config
 from gateway.core.backoff import Backoff
+from gateway.mqtt.broker import has_gateway_broker
 from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
 from gateway.mqtt.urls import (
     NO_TLS_FILES,
@@ -94,9 +95,15 @@ class StatusChannel:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
+    def wanted(self) -> bool:
+        """The status topics are published (and the alerts' MQTT events sent): with
+        `status.enabled` and a broker of the gateway's (`has_gateway_broker`)."""
+        config = self._config()
+        return config.status.enabled and has_gateway_broker(config)
+
     def _plan(self) -> _Plan | None:
         config = self._config()
-        if not config.status.enabled:
+        if not self.wanted():
             return None
         url = self._broker_url()
         if url is None and config.mqtt.url.startswith(("mqtt://", "mqtts://")):

@@ -34,7 +34,7 @@ async def lost(
     """A status channel online on a private broker that is then stopped (SIGSTOP): no
     PUBACK comes while it stands; the second item kills it, which drops the connection."""
     broker = mosquitto_factory()
-    config = Config(gateway=GatewaySection(id="status-lost"))
+    config = Config(gateway=GatewaySection(id="status-lost"), mqtt=MqttSection(url=broker.url))
     ready = asyncio.Event()
     ready.set()
     channel = StatusChannel(
@@ -142,7 +142,9 @@ async def test_the_stats_go_every_stats_interval_not_at_the_next_idle_look(
     # 2 s, 1m every 60 to 61 s. It now wakes when they are due (IDLE made long here).
     monkeypatch.setattr(status_module, "IDLE", 60.0)
     config = Config(
-        gateway=GatewaySection(id="status-grid"), status=StatusSection(stats_interval=0.1)
+        gateway=GatewaySection(id="status-grid"),
+        mqtt=MqttSection(url=mosquitto.url),
+        status=StatusSection(stats_interval=0.1),
     )
     ready = asyncio.Event()
     ready.set()
