@@ -15,6 +15,8 @@ followed with the POST, a few hops at most, never from https to http; a 301, 302
 is). An event not yet sent
 stays pending in the store, so a restart sends it then; each notifier's queue
 is bounded (`alerts.webhook.queue`), the oldest event dropped past it, logged.
+What waits for a notifier turned off (the webhook's url removed; for MQTT also
+`status.enabled` off, or no broker) is given up, logged with its count.
 
 After a restart the active alerts come back from the store: they do not fire
 again, and resolve (once) when their condition is gone. Evaluation starts WARMUP
@@ -85,12 +87,16 @@ class Notifier:
         done: Callable[[list[int], str], Awaitable[None]],
         size: Callable[[], int],
         retry: Callable[[], tuple[float, float]],
+        off: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.name = name
         self._send = send  # True: sent; False: try again later; None: refused, give up
         self._done = done
         self._size = size
         self._retry = retry
+        # Why there is nowhere to send to now (turned off, no broker), or None: what waits
+        # is given up, else it would wait for ever, and go out stale if that changed.
+        self._off = off
         self._queue: deque[tuple[int, dict[str, Any]]] = deque()
         self._ready = asyncio.Event()
         self._again = asyncio.Event()
@@ -131,6 +137,18 @@ class Notifier:
             if not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
+                continue
+            off = self._off()
+            if off is not None:
+                given_up = [seq for seq, _ in self._queue]
+                self._queue.clear()
+                log.warning(
+                    "alerts: %s: gave up %d event(s) that waited: %s",
+                    self.name,
+                    len(given_up),
+                    off,
+                )
+                await self._done(given_up, self.name)
                 continue
             seq, body = self._queue[0]
             outcome = await self._send(body)
@@ -180,7 +198,12 @@ class Alerts:
         self._session: aiohttp.ClientSession | None = None
         self.notifiers = {
             "mqtt": Notifier(
-                "mqtt", self._send_mqtt, self._sent, lambda: MQTT_QUEUE, lambda: (1.0, 60.0)
+                "mqtt",
+                self._send_mqtt,
+                self._sent,
+                lambda: MQTT_QUEUE,
+                lambda: (1.0, 60.0),
+                self._mqtt_off,
             ),
             "webhook": Notifier(
                 "webhook",
@@ -188,6 +211,7 @@ class Alerts:
                 self._sent,
                 lambda: self._config().alerts.webhook.queue,
                 self._webhook_retry,
+                lambda: None if self._config().alerts.webhook.url else "alerts.webhook.url is off",
             ),
         }
         self.loaded = asyncio.Event()
@@ -428,13 +452,22 @@ class Alerts:
 
     # -- the notifiers ------------------------------------------------------------
 
+    def _mqtt_off(self) -> str | None:
+        """Why the MQTT events have nowhere to go now, or None."""
+        config = self._config()
+        if not config.alerts.mqtt_topic or self._mqtt_send is None:
+            return "alerts.mqtt_topic is off"
+        if not config.status.enabled:
+            return "status.enabled is off (MQTT events go on the status connection)"
+        if not self._mqtt_wanted():
+            return "the gateway has no broker (mqtt.url: auto, and no component uses one)"
+        return None
+
     async def _send_mqtt(self, body: dict[str, Any]) -> bool | None:
         config = self._config()
         topic = config.alerts.mqtt_topic
         if not topic or self._mqtt_send is None or not self._mqtt_wanted():
-            # turned off since (the topic, or status.enabled), or no broker any more:
-            # nothing to send it to, and it would be stale once there was
-            return None
+            return False  # turned off just now: the notifier's next look gives it up
         topic = topic.replace("{gateway}", config.gateway.id)
         return await self._mqtt_send(topic, json.dumps(body).encode())
 
@@ -446,7 +479,7 @@ class Alerts:
         notifier = self.notifiers["webhook"]
         settings = self._config().alerts.webhook
         if not settings.url:
-            return None
+            return False  # turned off just now: the notifier's next look gives it up
         import aiohttp  # ~12 MB of RSS when the console is off: only to post to a webhook
         import yarl
 

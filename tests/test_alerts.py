@@ -210,10 +210,13 @@ async def test_events_past_the_queue_at_a_start_are_dropped_in_one_line(
     assert [seq for seq, _ in alerts.notifiers["webhook"]._queue] == list(range(4991, 5001))
 
 
-async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
+async def test_with_no_broker_an_event_is_not_kept_for_mqtt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A gateway with no broker (none is started for the status topics alone) kept every
     event pending for MQTT: past 1000 of them an ERROR at each event ("more than 1000
-    events wait"), and the stale ones were all published once a broker came."""
+    events wait"), and the stale ones were all published once a broker came. Those given
+    up were given up without a word."""
     store, clock = FakeStore(), Clock()
     config: Config = load_data(
         {"gateway": {"id": "t", "data_dir": "/nonexistent"}, "alerts": {"rules": {}}},
@@ -251,8 +254,22 @@ async def test_with_no_broker_an_event_is_not_kept_for_mqtt() -> None:
         await alerts.evaluate(snapshot(), clock.now)
     assert targets == [[], ["mqtt"]]
     broker = False  # gone again: what waits is given up, not kept for ever
-    assert await alerts._send_mqtt({"key": "store_budget:store"}) is None
+    notifier = alerts.notifiers["mqtt"]
+    await notifier.put(3, {"key": "k"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gateway.alerts"):
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(notifier.run())
+            async with asyncio.timeout(5):
+                while not store.sent:  # noqa: ASYNC110 - a guard on the fake's list
+                    await asyncio.sleep(0)
+            task.cancel()
     assert sent == []
+    assert store.sent == [([2, 3], "mqtt")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "alerts: mqtt: gave up 2 event(s) that waited: the gateway has no broker (mqtt.url:"
+        " auto, and no component uses one)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -278,8 +295,8 @@ async def test_mqtt_events_go_while_the_gateway_has_a_broker_and_status_topics(
     gateway = Gateway(load_data(config, environ={}))
     assert gateway.status.wanted() is has
     assert ("mqtt" in gateway.alerts._targets()) is has
-    # not connected: an event waits (False) while there is a broker to send it to
-    assert await gateway.alerts._send_mqtt({"key": "k"}) is (False if has else None)
+    # else what waits is given up (it waited for ever, and went out stale)
+    assert (gateway.alerts._mqtt_off() is None) is has
 
 
 async def test_a_modbus_device_is_the_subject_source_slash_device_or_the_flat_source() -> None:

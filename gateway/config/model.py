@@ -745,7 +745,9 @@ class AlertsSection:
         str | None,
         Doc(
             "The topic of the events on the gateway's broker (`{gateway}`: the gateway id);"
-            " `null`: none. Needs `status.enabled`."
+            " `null`: none. Needs the gateway to have a broker (none is started for the"
+            " alerts alone) and `status.enabled`; without them no event goes to MQTT, and"
+            " those that waited are given up (logged)."
         ),
     ] = "edge-stream/{gateway}/alerts"
     webhook: Annotated[
