@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import DEFAULT_FOR, AlertRule, Config
+from gateway.config.schema import post_url_problem
 from gateway.core.backoff import Backoff
 from gateway.core.errors import error_text
 from gateway.core.topics import TopicWatch
@@ -487,8 +488,13 @@ class Alerts:
             self._session = aiohttp.ClientSession()
         try:
             url = yarl.URL(settings.url)
-        except ValueError as err:  # check-config refuses such a URL; kept waiting, not lost
-            self._webhook_trouble(notifier, f"alerts.webhook.url cannot be read: {err}")
+        except ValueError:  # check-config refuses such a URL; kept waiting, not lost
+            self._webhook_trouble(
+                notifier,
+                f"alerts.webhook.url {post_url_problem(settings.url)}; the events wait until"
+                " it is changed",
+                logging.ERROR,
+            )
             return False
         try:
             # Redirects are followed here, not by aiohttp: it would follow a 301, 302 or
@@ -545,7 +551,8 @@ class Alerts:
         return False
 
     @staticmethod
-    def _webhook_trouble(notifier: Notifier, message: str) -> None:
+    def _webhook_trouble(notifier: Notifier, message: str, level: int = logging.WARNING) -> None:
         if message != notifier.last_error:
-            log.warning("alerts: %s; retrying with backoff", message)
+            then = "; retrying with backoff" if level == logging.WARNING else ""
+            log.log(level, "alerts: %s%s", message, then)
         notifier.last_error = message

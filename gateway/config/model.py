@@ -31,6 +31,7 @@ from gateway.config.schema import (
     check_location,
     did_you_mean,
     mask_password,
+    post_url_problem,
     redis_url_problem,
     url_syntax_problem,
 )
@@ -709,12 +710,15 @@ class WebhookSettings:
         if not self.url.startswith(("http://", "https://")):
             yield "url", f"{mask_password(self.url)!r} must be an http:// or https:// URL"
             return
-        # What the webhook's POST will read (yarl, as urlsplit): a URL it refuses crashed
-        # the alerts at their first event, over and over, and no event went anywhere.
+        # What the webhook's POST will read (yarl): a URL it refuses crashed the alerts at
+        # their first event, over and over, and no event went anywhere; then, logged at
+        # each, the events waited for ever.
         if problem := url_syntax_problem(self.url):  # "http://[::1/x", "http://h:99999/"
             yield "url", problem
         elif not urlsplit(self.url).hostname:
             yield "url", "the host must be written out (http://host/path)"
+        elif problem := post_url_problem(self.url):  # "http://[::1]x/", "http://h\\x/"
+            yield "url", problem
 
 
 @dataclass(frozen=True)

@@ -516,6 +516,24 @@ def url_syntax_problem(url: str) -> str | None:
     return None
 
 
+def post_url_problem(url: str) -> str | None:
+    """Why aiohttp's URL parser (yarl) cannot read `url`, or None: it refuses more than
+    urlsplit does (`http://[::1]x/in`, a '\\' in the host), and a POST to such a URL never
+    goes. Imports yarl (about 1 MB; not aiohttp, 12 MB), so only for a URL to be POSTed to.
+    The message leaves the user part out, which yarl's may quote."""
+    import yarl
+
+    try:
+        yarl.URL(url)
+    except ValueError as err:
+        text = str(err).rstrip(".")
+        user = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0].rpartition("@")[0]
+        if user:
+            text = text.replace(user, "***")
+        return f"is not a valid URL: {text}"
+    return None
+
+
 def mask_password(url: str) -> str:
     """`url` with the password of its user part written `***`, for messages and logs."""
     scheme, sep, rest = url.partition("://")
