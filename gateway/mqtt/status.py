@@ -64,6 +64,30 @@ class _Plan:
     tls_files: tuple[TlsFile, TlsFile, TlsFile]
 
 
+class StatsGrid:
+    """When the stats go: every `stats_interval` on a grid from the first, so a wake a
+    little late does not push the next one back (they went at the loop's next whole-second
+    look: 1.5s was every 2 s, 1m every 60 to 61 s). Times are the loop's clock."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None  # when the last stats were due
+
+    def due(self, now: float, interval: float) -> bool:
+        """Whether stats are due at `now`; if so they count as sent."""
+        due = now if self.last is None else self.last + interval
+        if now < due:
+            return False
+        # a wake later than a whole interval (the loop held up) starts the grid anew
+        self.last = due if now - due < interval else now
+        return True
+
+    def wait(self, now: float, interval: float) -> float:
+        """Seconds from `now` to the next look: when the next stats are due, IDLE at most
+        (the settings are looked at again then)."""
+        due = now if self.last is None else self.last + interval
+        return min(IDLE, max(0.0, due - now))
+
+
 class StatusChannel:
     """`run()` until cancelled, once `ready` is set; `close()` says `offline` cleanly.
 
@@ -178,22 +202,16 @@ class StatusChannel:
         if self.on_online is not None:
             self.on_online()
         loop = asyncio.get_running_loop()
-        last: float | None = None  # when the last stats were due
+        grid = StatsGrid()
         while not client.closing():
             # Read at each turn: a reload's new interval counts from the last stats.
             interval = self._config().status.stats_interval
             wait = IDLE
             if interval:
-                now = loop.time()
-                due = now if last is None else last + interval
-                if now >= due:
+                if grid.due(loop.time(), interval):
                     body = json.dumps(self._stats(), separators=(",", ":")).encode()
                     client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
-                    # On its grid: a wake a little late does not push the next one back
-                    # (they went every whole IDLE second: 1.5s was every 2 s, 1m 60-61 s).
-                    last = due if now - due < interval else now
-                    due = last + interval
-                wait = min(IDLE, max(0.0, due - loop.time()))
+                wait = grid.wait(loop.time(), interval)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._lost.wait()

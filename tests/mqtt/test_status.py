@@ -4,6 +4,7 @@ a publish waits for its PUBACK; the stats' schedule."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -141,6 +142,17 @@ async def test_the_stats_go_every_stats_interval_not_at_the_next_idle_look(
     # The loop looked at the stats' due time only once each IDLE second: 1.5s went every
     # 2 s, 1m every 60 to 61 s. It now wakes when they are due (IDLE made long here).
     monkeypatch.setattr(status_module, "IDLE", 60.0)
+    dues: list[float] = []  # the grid's times the stats went at (the loop's clock)
+
+    class Grid(status_module.StatsGrid):
+        def due(self, now: float, interval: float) -> bool:
+            if not super().due(now, interval):
+                return False
+            assert self.last is not None and now >= self.last  # never early
+            dues.append(self.last)
+            return True
+
+    monkeypatch.setattr(status_module, "StatsGrid", Grid)
     config = Config(
         gateway=GatewaySection(id="status-grid"),
         mqtt=MqttSection(url=mosquitto.url),
@@ -165,3 +177,37 @@ async def test_the_stats_go_every_stats_interval_not_at_the_next_idle_look(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+    # the loop keeps to the grid (its positions: test_the_stats_keep_to_their_grid): one
+    # stats_interval apart at least, however fast or slow the machine
+    assert len(dues) == len(made)
+    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(dues)), dues
+
+
+def test_the_stats_keep_to_their_grid() -> None:
+    """On a fake clock, the loop's looks as `_session` makes them: each after the wait
+    the grid asks for, some of them late. The stats went at the next whole-second look:
+    1.5s every 2 s."""
+    grid = status_module.StatsGrid()
+    now, sent = 100.0, []
+    late = iter([0.0, 0.25, 0.0, 0.1, 2.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
+    for _ in range(12):
+        if grid.due(now, 1.5):
+            assert grid.last is not None
+            sent.append((round(now, 2), round(grid.last, 2)))  # (sent at, due at)
+        now += grid.wait(now, 1.5) + next(late)
+    # each when due, on the grid 100 + 1.5k however late the look (101.75 for 101.5);
+    # a look later than a whole interval (held up 2 s) starts the grid anew from there
+    assert sent == [
+        (100.0, 100.0),
+        (101.75, 101.5),
+        (103.1, 103.0),
+        (106.1, 106.1),
+        (107.6, 107.6),
+        (109.1, 109.1),
+        (110.6, 110.6),
+    ]
+    # a reload's new interval counts from the last stats; a look at least each IDLE
+    last = grid.last
+    assert last is not None and grid.wait(last, 60.0) == status_module.IDLE
+    assert not grid.due(last + 59.9, 60.0)
+    assert grid.due(last + 60.0, 60.0)
