@@ -113,7 +113,15 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_syntax_problem
+from gateway.config.schema import (
+    Doc,
+    Duration,
+    Range,
+    Size,
+    post_url_problem,
+    safe_url,
+    url_syntax_problem,
+)
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Sink
@@ -308,7 +316,7 @@ class HttpSinkConfig(SinkConfig):
     def _check_head(self, head: str) -> Iterator[tuple[str, str]]:
         """The url's fixed head: readable, a port in range, a host written out, no
         credentials."""
-        if problem := url_syntax_problem(head):
+        if problem := url_syntax_problem(head) or post_url_problem(head):
             yield "url", problem
             return
         split = urlsplit(head)

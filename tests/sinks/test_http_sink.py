@@ -376,6 +376,10 @@ def test_config_problems() -> None:
     assert config_problems(url="http://[::1/x")[1] == [
         "sinks.hook.url: is not a valid URL: Invalid IPv6 URL"
     ]
+    # urlsplit read these, aiohttp's parser did not: no POST ever went
+    for url in ("http://[::1]x/in", "http://hooks\\example.com/in"):
+        assert config_problems(url=url)[1][0].startswith("sinks.hook.url: is not a valid URL")
+    assert config_problems(url="http://dev-{topic.1}.example.com/in")[1] == []
     assert config_problems(url="http://h/x", headers={"X-Key": "secret\nmore"})[1] == [
         "sinks.hook.headers.X-Key: a header value cannot hold a line break or control character"
     ]
