@@ -141,14 +141,15 @@ def expected_rows() -> list[tuple[Any, ...]]:
 
 
 class Feeder(threading.Thread):
-    """XADDs readings[first:last] in small chunks, a little at a time, up to `limit`: the
-    test raises it stage by stage, so a kill always finds the feeder paused mid-stream
-    with minutes still open, however slow the machine."""
+    """XADDs readings[first:last] in small chunks, `pause` seconds apart, up to `limit`:
+    the test raises it stage by stage, so a kill always finds the feeder paused
+    mid-stream with minutes still open, however slow the machine."""
 
-    def __init__(self, url: str, key: str, first: int, last: int) -> None:
+    def __init__(self, url: str, key: str, first: int, last: int, pause: float = 0.02) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(url)
         self.key, self.first, self.last = key, first, last
+        self.pause = pause
         self.sent = first
         self.limit = last
         self.raised = threading.Event()
@@ -171,7 +172,7 @@ class Feeder(threading.Thread):
                     pipe.xadd(self.key, reading(i))  # type: ignore[arg-type]
                 pipe.execute()
                 self.sent = end
-                time.sleep(0.02)
+                time.sleep(self.pause)
         except BaseException as err:
             self.error = err
 
@@ -188,7 +189,7 @@ def aggregation_run(
     config["sinks"]["warehouse"].update(dsn=postgres.dsn, table=table)
     gw = gateway_factory(config)
     gw.start()
-    feeder = Feeder(redis_url, key, 0, READINGS)
+    feeder = Feeder(redis_url, key, 0, READINGS, pause=0.02 if kills else 0.0)
     stage = READINGS // (kills + 1)
     feeder.limit = stage
     feeder.start()
