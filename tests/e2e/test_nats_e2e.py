@@ -96,7 +96,7 @@ def test_source_kill_9_while_reading_every_message_once_in_postgres(
                 "servers": nats_cluster.urls,
                 "stream": stream,
                 "batch": 200,
-                "ack_wait": "3s",
+                "ack_wait": "2s",
                 "topic": "fleet/{subject}",
             }
         },
@@ -113,7 +113,7 @@ def test_source_kill_9_while_reading_every_message_once_in_postgres(
     asyncio.run(_publish(nats_cluster.urls, stream, name, total // 2, total // 2))
     gw.start()
     wait_for(lambda: up.count() >= total, 120, "every message in PostgreSQL")
-    time.sleep(4)  # longer than ack_wait: a late redelivery would show now
+    time.sleep(2.5)  # longer than ack_wait: a late redelivery would show now
     seqs = up.seqs()
     assert sorted(seqs) == list(range(total)), (
         f"{len(seqs)} rows for {total} messages, {len(set(seqs))} distinct"
