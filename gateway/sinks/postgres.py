@@ -488,6 +488,10 @@ _CONNECTION_ERRORS = (
     OSError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    # "cannot switch to state 12; another operation (2) is in progress": the server went
+    # away in the middle of a write and the connection's protocol lost its place (it
+    # crashed the sink, with a traceback); the connection is dropped and made again
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
