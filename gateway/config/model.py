@@ -765,13 +765,14 @@ class AlertsSection:
             if problem is None and ("{" in topic or "}" in topic):
                 problem = "only {gateway} is replaced (by the gateway id)"
             # What the broker refuses: it closed the status connection at each event (the
-            # status topic went `offline` each time), or refused it ($SYS) for ever. Other
-            # topics beginning with '$' are a client's: `$aws/rules/...` (AWS IoT Core's
-            # Basic Ingest), `$iothub/...`.
+            # status topic went `offline` each time), or refused it for ever: Mosquitto
+            # refuses a PUBLISH to a topic that begins with `$SYS` (`$SYSTEM/a` too) or
+            # `$share`. Other topics beginning with '$' are a client's: `$aws/rules/...`
+            # (AWS IoT Core's Basic Ingest), `$iothub/...`.
             if problem is None:
                 problem = unsendable(topic)
-            if problem is None and topic.split("/", 1)[0] == "$SYS":
-                problem = "the topics under $SYS are the broker's own, not a client's"
+            if problem is None and topic.startswith(("$SYS", "$share")):
+                problem = "topics beginning with $SYS or $share are the broker's, not a client's"
             # With the longest id in each {gateway}: the PUBLISH could not be encoded, and
             # the alerts crashed at each event.
             longest = len(self.mqtt_topic.replace("{gateway}", "").encode())
