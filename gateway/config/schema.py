@@ -28,7 +28,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.config.units import parse_duration, parse_size
 
@@ -467,28 +467,38 @@ def redis_url_problem(url: str) -> str | None:
 def safe_url(url: str) -> str:
     """`url` for messages, logs and the status page: its password written `***` and its
     query and fragment left out (a query may hold a token). A password holding '/', '?'
-    or '#' ends the user part early for a URL parser; it is masked whole all the same."""
+    or '#' ends the user part early for a URL parser; it is masked whole all the same:
+    then the user part is a name (no '?', '#' or '@' in it), a ':' and the password, up
+    to the first '@' after it (`gw:p/w@h/in?o=a@b`). An '@' after the host with no such
+    name before it stands in the path, query or fragment (`h/in?t=x#a@b`)."""
     head, sep, rest = url.partition("://")
     if not sep:
         head, rest = "", url
     authority, after = _split_authority("://" + rest)
-    user, at, location = rest.rpartition("@")
-    # An '@' after the host is a user part ended early only if a name comes before its
-    # ':' (`gw:p/w@h`); else it stands in the path, query or fragment (`h/in?t=x#a@b`).
-    name = user.partition(":")[0]
-    if not _user_part_ended_early(authority, after) or re.search(r"[/?#]", name):
+    name, colon, _ = rest.partition(":")
+    end = rest.find("@", len(name))
+    if (
+        _user_part_ended_early(authority, after)
+        and colon
+        and end > 0
+        and not re.search(r"[?#@]", name)
+    ):
+        login, location = f"{name}:***@", rest[end + 1 :]
+    else:
         user, at, location = authority.rpartition("@")
+        login = f"{user.partition(':')[0]}:***@" if at else ""
         location += after
     location = re.split(r"[?#]", location, maxsplit=1)[0]
-    login = f"{user.partition(':')[0]}:***@" if at else ""
     return f"{head}{sep}{login}{location}"
 
 
 def safe_redis_url(url: str) -> str:
     """`safe_url`, and the `?db=N` the query may hold: redis-py takes it over the path's
-    number, so without it a message could name the wrong database."""
-    query = url.partition("?")[2].partition("#")[0]
-    db = [v for k, _, v in (item.partition("=") for item in query.split("&")) if k == "db"]
+    number (read as it reads it), so without it a message could name the wrong database."""
+    try:
+        db = parse_qs(urlsplit(url).query).get("db")
+    except ValueError:  # refused by the url's check
+        db = None
     shown = safe_url(url)
     return f"{shown}?db={db[0]}" if db and db[0].isdigit() else shown
 

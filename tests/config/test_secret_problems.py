@@ -253,6 +253,11 @@ def test_a_short_secret_is_replaced_where_it_stands_alone_not_inside_words() -> 
             "https://h/users/me@x.example/ev",
         ),
         ("https://registry.example/@scope/pkg", "https://registry.example/@scope/pkg"),
+        # a name holding '/' is still a user part; it ends at the first '@' after its ':'
+        ("amqps://tenant/gw:S3cretPw@broker", "amqps://tenant/gw:***@broker"),
+        ("https://hub/dev:S3cretPw@h/in", "https://hub/dev:***@h/in"),
+        ("https://gw:p/w@h/in?o=a@b&token=t", "https://gw:***@h/in"),
+        ("https://gw:p/w@h/in?x@y=t", "https://gw:***@h/in"),
     ],
 )
 def test_a_url_in_a_message_shows_no_password_nor_query(url: str, shown: str) -> None:
@@ -263,3 +268,5 @@ def test_a_redis_url_in_a_message_keeps_its_database() -> None:
     # redis-py takes `?db=N` over the path's number: without it, the wrong database was named
     assert safe_redis_url("redis://:pw@cache/0?db=3&password=pw") == "redis://:***@cache/0?db=3"
     assert safe_redis_url("redis://cache?password=pw") == "redis://cache"
+    assert safe_redis_url("redis://cache/0?db=%32") == "redis://cache/0?db=2"
+    assert safe_redis_url("redis://cache/0#?db=3") == "redis://cache/0"
