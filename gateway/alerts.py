@@ -150,6 +150,7 @@ class Notifier:
                     off,
                 )
                 await self._done(given_up, self.name)
+                backoff = None  # a later outage starts again at the first wait
                 continue
             seq, body = self._queue[0]
             outcome = await self._send(body)
@@ -435,7 +436,7 @@ class Alerts:
     def _targets(self) -> list[str]:
         config = self._config()
         targets = []
-        if config.alerts.mqtt_topic and self._mqtt_send is not None and self._mqtt_wanted():
+        if self._mqtt_off() is None:
             targets.append("mqtt")
         if config.alerts.webhook.url:
             targets.append("webhook")
@@ -465,11 +466,10 @@ class Alerts:
         return None
 
     async def _send_mqtt(self, body: dict[str, Any]) -> bool | None:
-        config = self._config()
-        topic = config.alerts.mqtt_topic
-        if not topic or self._mqtt_send is None or not self._mqtt_wanted():
+        if self._mqtt_off() is not None or self._mqtt_send is None:
             return False  # turned off just now: the notifier's next look gives it up
-        topic = topic.replace("{gateway}", config.gateway.id)
+        config = self._config()
+        topic = (config.alerts.mqtt_topic or "").replace("{gateway}", config.gateway.id)
         return await self._mqtt_send(topic, json.dumps(body).encode())
 
     def _webhook_retry(self) -> tuple[float, float]:

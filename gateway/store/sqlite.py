@@ -1449,7 +1449,7 @@ class Store:
                 "DELETE FROM alert_events WHERE seq <= ?", (seq - ALERT_EVENTS_PENDING_KEEP,)
             ).rowcount
         if lost > 0:
-            log.warning(
+            log.error(
                 "store: deleted %d alert event(s) not yet sent: at most the newest %d are kept",
                 lost,
                 ALERT_EVENTS_PENDING_KEEP,
