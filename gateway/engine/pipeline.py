@@ -685,13 +685,20 @@ class Engine:
         while not self._intake_closed:
             limit = self.config.buffer.batch_max  # read each time: a reload may change them
             linger = self.config.buffer.batch_linger
+            store = self.store
+            most = (
+                COMMIT_MAX_BYTES if store.disk_free > SHORT_DISK_FREE else SHORT_DISK_COMMIT_BYTES
+            )
+            if store.blocking_mask():
+                # With `block` sinks a commit takes no more than the room left in the
+                # budget (at least one message): the store stops within buffer.max_bytes,
+                # not a whole commit (COMMIT_MAX_BYTES, four times a small budget) past it.
+                # What drop_oldest may drop counts as room.
+                if store.over_budget:
+                    await store.make_room()
+                most = min(most, max(store.max_bytes - store.bytes, 1))
             # take() removes items only after its last await: cancelled in it, it has none
             self._taking = True
-            most = (
-                COMMIT_MAX_BYTES
-                if self.store.disk_free > SHORT_DISK_FREE
-                else SHORT_DISK_COMMIT_BYTES
-            )
             items = await self.ingest.take(limit, linger, most)
             self._taking = False
             await self._commit(items)

@@ -244,6 +244,34 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     await store.close()
 
 
+async def test_overflow_block_stops_within_the_budget_not_a_commit_past_it(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overflow: block, its sink down: a commit took up to 500 messages or 4 MiB whatever
+    room the budget had left, so a store of 1 MiB held 1.6 MiB, or four times its budget
+    when a broker delivered its backlog at once. A commit now takes what fits (at least
+    one message); the rest waits unacknowledged."""
+    monkeypatch.setattr(FakeSource, "script", [list(range(1, 51))])
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", overflow="block")
+    await store.open(["out"])
+    store.max_bytes = 1000  # about eight of these small FlowFiles
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: not engine.gate.is_set() or "ack 50" in fakes)
+    one = store.bytes // store.depth("out")
+    assert store.max_bytes <= store.bytes < store.max_bytes + one
+    assert len([e for e in fakes if e.startswith("ack")]) == store.depth("out") < 50
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    await store.close()
+
+
 class FakePager(FakeSource):
     """A polled source holding the pages of one read after the first (a REST answer)."""
 
@@ -383,19 +411,23 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_drop
 ) -> None:
     """With overflow drop_oldest, a FlowFile larger than buffer.max_bytes was stored,
     acknowledged ("stored" to an HTTP client) and dropped by the next commit, before any
-    sink had it. It goes to the dead letters; a block sink keeps it as before."""
+    sink had it. It goes to the dead letters; a block sink keeps it as before (and, the
+    budget now full, stops taking input: the third waits unacknowledged until the stop)."""
     monkeypatch.setattr(FakeSource, "script", [[1, 10**200, 3]])
     monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
     store = Store(tmp_path / "store.db", overflow=overflow)
     await store.open(["out"])
     store.max_bytes = 250  # two small FlowFiles fit; one of 200 digits does not
-    engine = Engine(fake_config(tmp_path), store, clock=FakeClock())
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
     running = asyncio.ensure_future(engine.run())
-    await until(lambda: "ack 3" in fakes)
-    assert [e for e in fakes if e.startswith("ack")] == ["ack 1", f"ack {10**200}", "ack 3"]
     if overflow == "block":
-        assert (store.depth("out"), store.dead_count) == (3, 0)
+        await until(lambda: not engine.gate.is_set())
+        assert [e for e in fakes if e.startswith("ack")] == ["ack 1", f"ack {10**200}"]
+        assert (store.depth("out"), store.dead_count) == (2, 0)
     else:
+        await until(lambda: "ack 3" in fakes)
+        assert [e for e in fakes if e.startswith("ack")] == ["ack 1", f"ack {10**200}", "ack 3"]
         assert (store.depth("out"), store.dead_count) == (2, 1)
         [dead] = await store.dead_letters(10)
         assert "bytes of buffer.max_bytes: 250)" in dead.reason
@@ -403,7 +435,11 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_drop
     engine.stop()
     FakeSink.release.set()
     async with asyncio.timeout(10):
-        await running
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    assert "ack 3" in fakes
     await store.close()
 
 
