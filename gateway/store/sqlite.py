@@ -667,7 +667,14 @@ class Store:
 
     def _open_sync(self, sinks: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or _wal(self.path).exists():
+        wal = _wal(self.path)
+        if not self.path.exists() and wal.exists() and wal.stat().st_size == 0:
+            # What the close of a store.db deleted while the gateway ran leaves: an empty
+            # WAL (and its -shm) that hold nothing. The restart its ERROR line asks for
+            # starts a new store, rather than refusing "missing while its WAL is there".
+            for leftover in (wal, self.path.with_name(self.path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        if self.path.exists() or wal.exists():
             problem = not_a_store(self.path)
             if problem:
                 raise StoreError(
