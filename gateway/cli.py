@@ -838,7 +838,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"purged {store.purge(seqs)} dead letter(s)")
             return 0
         # replay: into the store's replay inbox, which the gateway takes in like new input:
-        # a refusal by a sink goes back to that sink, a refusal by a route is routed again.
+        # a refusal by a sink goes back to that sink, one by a route's processor goes
+        # through that processor on, to that route's sinks.
         replayed = store.replay(seqs)
         print(f"replayed {replayed.count} dead letter(s)")
         note = replayed.note()

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -47,6 +48,7 @@ from gateway.engine.status import (
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 if TYPE_CHECKING:
+    from gateway.core.flowfile import FlowFile
     from gateway.engine.replicate import Replicator
 
 log = logging.getLogger("gateway.engine")
@@ -55,6 +57,8 @@ log = logging.getLogger("gateway.engine")
 # and INGEST_MAX_BYTES of them; one commit takes at most buffer.batch_max messages and
 # COMMIT_MAX_BYTES. With 250 KB payloads that is 32 messages waiting and 16 per commit.
 INGEST_CAPACITY = 20000
+# The origin of a dead letter a route's processor refused (its label, see `_build_router`).
+_REFUSED_BY = re.compile(r"route (.+): processor (\d+) \([^()]*\)")
 INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
 # Near a full disk a commit is kept small: its pages go to the WAL and then to the file,
@@ -711,6 +715,7 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
+        rerun: list[tuple[FlowFile, str, int]] | None = None,
     ) -> bool:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
@@ -721,7 +726,7 @@ class Engine:
             committing[source] = committing.get(source, 0) + 1
         try:
             async with self._commit_lock:
-                return await self._store_batch(items, replayed, direct, tick, resets, again)
+                return await self._store_batch(items, replayed, direct, tick, resets, again, rerun)
         finally:
             for source in sources:
                 left = committing[source] - 1
@@ -738,6 +743,7 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
+        rerun: list[tuple[FlowFile, str, int]] | None = None,
     ) -> bool:
         assert self.router is not None
         if self._give_up_why is not None:
@@ -762,6 +768,11 @@ class Engine:
         out: dict[str, list[Any]] = {}
         if flowfiles:
             self.router.run(flowfiles, out, dead)
+        if rerun:  # replayed dead letters a route refused
+            for ff, route, start in rerun:
+                self.router.rerun(ff, route, start, out, dead)
+            # seen like routed input (a no_data rule, the console's topics), as before
+            flowfiles.extend(ff for ff, _, _ in rerun)
         if tick:
             self.router.tick(self.clock.now_ns(), out, dead)
         for _, p in self.router.stateful() if resets else ():
@@ -875,20 +886,45 @@ class Engine:
         # a second time and to the sinks that had it already. It goes back to its sink,
         # a removed one too (kept in its backlog), or, when the store no longer knows
         # that sink (`store drop-sink`), back to the dead letters, saying so.
-        direct = [(ff, store.bit(sink)) for _, ff, sink in replay if sink and store.knows(sink)]
-        routed = [("replay", Message(ff)) for _, ff, sink in replay if sink is None]
-        gone = [
-            DeadLetter(
-                ff,
-                "replay",
-                f"replayed, but its sink {sink!r} is no longer in the store (dropped):"
-                " add the sink back to replay it, or purge it",
-                sink,
-            )
-            for _, ff, sink in replay
-            if sink and not store.knows(sink)
-        ]
-        if not await self._commit(routed, [seq for seq, _, _ in replay], direct, again=gone):
+        # One a route's processor refused goes through that processor and the ones after
+        # it, to that route's sinks: routed again from the start, the other routes' sinks
+        # had it twice, and the processors before it ran on their own output.
+        assert self.router is not None
+        direct = []
+        routed = []
+        rerun: list[tuple[FlowFile, str, int]] = []
+        gone = []
+        for _, ff, sink, origin in replay:
+            if sink:
+                if store.knows(sink):
+                    direct.append((ff, store.bit(sink)))
+                else:
+                    gone.append(
+                        DeadLetter(
+                            ff,
+                            "replay",
+                            f"replayed, but its sink {sink!r} is no longer in the store"
+                            " (dropped): add the sink back to replay it, or purge it",
+                            sink,
+                        )
+                    )
+                continue
+            refused = _REFUSED_BY.fullmatch(origin or "")
+            if refused is None:  # a source's, or replayed by a version that kept no origin
+                routed.append(("replay", Message(ff)))
+            elif refused[1] in self.router.routes:
+                rerun.append((ff, refused[1], int(refused[2])))
+            else:
+                gone.append(
+                    DeadLetter(
+                        ff,
+                        "replay",
+                        f"replayed, but its route {refused[1]!r} is no longer in the config:"
+                        " add the route back to replay it, or purge it",
+                    )
+                )
+        seqs = [seq for seq, _, _, _ in replay]
+        if not await self._commit(routed, seqs, direct, again=gone, rerun=rerun):
             return  # a stop gave it up: they are still in the store's replay queue
         await self.store.recount()  # the CLI took them out of the dead letters
         log.info("engine: %d replayed dead letters are back in the store", len(replay))

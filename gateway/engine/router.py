@@ -74,6 +74,21 @@ class Router:
                 else:
                     entry[1] = entry[1] | route.mask  # type: ignore[operator]
 
+    def rerun(
+        self,
+        ff: FlowFile,
+        name: str,
+        start: int,
+        out: dict[str, list[FlowFile | int]],
+        dead: list[DeadLetter],
+    ) -> None:
+        """A replayed dead letter that processor `start` of route `name` refused: through
+        that processor and the ones after it, to that route's sinks only (the other
+        routes had it already; the processors before made it)."""
+        route = self.routes[name]
+        route.received += 1
+        self._emit(route, self._through(route, [ff], route.processors[start:], dead), out)
+
     def match(self, topic: str) -> list[str]:
         """The routes whose filters match `topic` (the console's "which routes" box)."""
         return list(self._matcher.lookup(topic))

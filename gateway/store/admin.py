@@ -287,11 +287,15 @@ class StoreAdmin:
         """
         chosen, params = _selection(seqs)
         where = f"({chosen}) AND {_REPLAYABLE}"
+        # the origin tells the gateway which route refused it (a store a gateway of this
+        # version has not opened yet has no such column: routed through every route then)
+        columns = "id, topic, attributes, content, created, lineage, sink"
+        if "origin" in {row[1] for row in self.db.execute("PRAGMA table_info(replay)")}:
+            columns += ", origin"
         self.db.execute("BEGIN IMMEDIATE")
         try:
             moved = self.db.execute(
-                "INSERT INTO replay (id, topic, attributes, content, created, lineage, sink)"
-                " SELECT id, topic, attributes, content, created, lineage, sink FROM"
+                f"INSERT INTO replay ({columns}) SELECT {columns} FROM"
                 f" dead_letters WHERE {where} ORDER BY seq",
                 params,
             ).rowcount

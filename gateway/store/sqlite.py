@@ -173,7 +173,8 @@ CREATE TABLE IF NOT EXISTS replay (
     content BLOB NOT NULL,
     created INTEGER NOT NULL,
     lineage TEXT NOT NULL,
-    sink TEXT
+    sink TEXT,
+    origin TEXT
 );
 CREATE TABLE IF NOT EXISTS alerts (
     key TEXT PRIMARY KEY,
@@ -702,8 +703,11 @@ class Store:
         db.executescript(SCHEMA)
         if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # stores from before it
-        if "sink" not in {row[1] for row in db.execute("PRAGMA table_info(replay)")}:
+        replay_columns = {row[1] for row in db.execute("PRAGMA table_info(replay)")}
+        if "sink" not in replay_columns:
             db.execute("ALTER TABLE replay ADD COLUMN sink TEXT")
+        if "origin" not in replay_columns:
+            db.execute("ALTER TABLE replay ADD COLUMN origin TEXT")  # see take_replay
         if "active" not in {row[1] for row in db.execute("PRAGMA table_info(sinks)")}:
             db.execute("ALTER TABLE sinks ADD COLUMN active INTEGER")  # see save_active
         if "crc" not in {row[1] for row in db.execute("PRAGMA table_info(flowfiles)")}:
@@ -1350,19 +1354,21 @@ class Store:
         self._tail.clear()
         self.tail_bytes = 0
 
-    async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None]]:
+    async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None, str | None]]:
         """Dead letters the CLI sent back (see `edge-stream dead-letters replay`).
 
         Each comes with the sink that refused it, or None when a route refused it
-        and it must be routed again. The engine commits them like new input, so
-        the running gateway's counters and memory tail stay right.
+        and it must be routed again, and its origin (which processor of which route
+        refused it; None when replayed by a version that did not keep it). The engine
+        commits them like new input, so the running gateway's counters and memory
+        tail stay right.
         """
         rows = await self._query(
-            "SELECT seq, id, topic, attributes, content, created, lineage, sink FROM replay"
-            " ORDER BY seq LIMIT ?",
+            "SELECT seq, id, topic, attributes, content, created, lineage, sink, origin"
+            " FROM replay ORDER BY seq LIMIT ?",
             (limit,),
         )
-        return [(row[0], _decode(row), row[7]) for row in rows]
+        return [(row[0], _decode(row), row[7], row[8]) for row in rows]
 
     async def record_reload(
         self,

@@ -1200,7 +1200,7 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
         s = Store(store)
         await s.open()
         try:
-            return [(f.id, sink) for _, f, sink in await s.take_replay(10)]
+            return [(f.id, sink) for _, f, sink, _ in await s.take_replay(10)]
         finally:
             await s.close()
 

@@ -515,6 +515,61 @@ async def test_no_data_watches_what_sources_hand_over_not_what_processors_make(
         await running
 
 
+async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_only(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead letter processor 1 of route "strict" refused was routed again from the
+    start, through every route: route "plain"'s sink had it a second time, and
+    processor 0 ran on its own output. It goes through processor 1 on, to "strict"'s
+    sink; one whose route left the config goes back to the dead letters, saying so."""
+    from gateway.store.admin import open_admin
+
+    monkeypatch.setattr(FakeSource, "script", [])
+    find = registry.find
+    monkeypatch.setattr(
+        registry,
+        "find",
+        lambda kind, name: (
+            registry.Entry(kind, name, Relabel) if kind == "processor" else find(kind, name)
+        ),
+    )
+    relabel = SimpleNamespace(type="relabel")
+    routes = {
+        "strict": RouteSection(match=["#"], sinks=["out"], processors=[relabel, relabel]),
+        "plain": RouteSection(match=["#"], sinks=["other"]),
+    }
+    sinks = {name: SinkConfig(type="fake", batch=BatchSettings(linger=0)) for name in routes}
+    sinks = {"out": sinks["strict"], "other": sinks["plain"]}
+    config = dataclasses.replace(fake_config(tmp_path), routes=routes, sinks=sinks)
+    store = Store(tmp_path / "store.db")
+    await store.open(["out", "other"])
+    refused = [
+        DeadLetter(ff(1), "route strict: processor 1 (relabel)", "refused"),
+        DeadLetter(ff(2), "route old: processor 0 (relabel)", "refused by a route removed"),
+    ]
+    await store.commit(Batch([], refused, {}, []))
+    with open_admin(store.path) as admin:
+        assert admin.replay(None).count == 2
+    clock = FakeClock()
+    engine = Engine(config, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    async with asyncio.timeout(5):
+        while store.dead_count != 1:
+            clock.advance(1.0)
+            await asyncio.sleep(0.01)
+    assert (store.depth("out"), store.depth("other")) == (1, 0)
+    [(_, stored)], _ = await store.read("out", 0, 10)
+    assert stored.topic == "derived/plant/line1"  # processor 1 only, once
+    [again] = await store.dead_letters(10)
+    assert again.id == refused[1].flowfile.id
+    assert "its route 'old' is no longer in the config" in again.reason
+    engine.stop()
+    FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
+    await store.close()
+
+
 # -- a sink's cursor, backoff and permanent errors ------------------------------------
 
 

@@ -144,7 +144,7 @@ async def test_a_line_cut_to_max_length_stays_through_a_replay(opened: Any, tmp_
         assert (replayed.count, replayed.kept) == (1, {"truncated to max_length": 1})
         assert "truncated to max_length" in (replayed.note() or "")
         assert [d.id for d in admin.dead_letters(10)] == [cut.flowfile.id]
-    assert [f.id for _, f, _ in await store.take_replay(10)] == [raw.flowfile.id]
+    assert [f.id for _, f, _, _ in await store.take_replay(10)] == [raw.flowfile.id]
     await store.close()
 
 

@@ -138,7 +138,7 @@ async def test_replay_goes_back_to_the_sink_that_refused_or_through_the_routes(
         assert [d.id for d in admin.dead_letters(10)] == [dead[2].id]
     replayed = await store.take_replay(10)
     # in the order they failed; each with the sink that refused it, None: route again
-    assert [(f.id, f.content, f.attributes, sink) for _, f, sink in replayed] == [
+    assert [(f.id, f.content, f.attributes, sink) for _, f, sink, _ in replayed] == [
         (dead[0].id, b"reading 1", {"n": "1"}, None),
         (dead[1].id, b"reading 2", {"n": "2"}, "a"),
     ]
@@ -146,7 +146,7 @@ async def test_replay_goes_back_to_the_sink_that_refused_or_through_the_routes(
     assert store.dead_count == 1
     with open_admin(store.path) as admin:
         assert admin.replay(None).count == 1 and admin.dead_letter_count() == 0
-    assert [(f.id, sink) for _, f, sink in await store.take_replay(10)][-1] == (dead[2].id, "b")
+    assert [(f.id, sink) for _, f, sink, _ in await store.take_replay(10)][-1] == (dead[2].id, "b")
     await store.close()
 
 
@@ -199,7 +199,7 @@ async def test_replay_leaves_the_dead_letters_whose_content_is_not_the_message(
         assert record is not None and record.content == b"\x32\x0a"
         assert admin.purge(None) == 2
     # what went to the replay inbox: the two others, in the order they were replayed
-    assert [f.id for _, f, _ in await store.take_replay(10)] == [good.id, refused.id]
+    assert [f.id for _, f, _, _ in await store.take_replay(10)] == [good.id, refused.id]
     await store.close()
 
 
