@@ -918,7 +918,7 @@ class Engine:
                 gone.append(
                     DeadLetter(
                         ff,
-                        "replay",
+                        refused[0],  # its origin still: replayed again, it goes to that route
                         f"replayed, but its route {refused[1]!r} is no longer in the config:"
                         " add the route back to replay it, or purge it",
                     )

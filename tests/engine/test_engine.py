@@ -563,6 +563,7 @@ async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_on
     [again] = await store.dead_letters(10)
     assert again.id == refused[1].flowfile.id
     assert "its route 'old' is no longer in the config" in again.reason
+    assert again.origin == "route old: processor 0 (relabel)"  # replayed again: to that route
     engine.stop()
     FakeSink.release.set()
     async with asyncio.timeout(10):
