@@ -693,11 +693,12 @@ class Engine:
             most = (
                 COMMIT_MAX_BYTES if store.disk_free > SHORT_DISK_FREE else SHORT_DISK_COMMIT_BYTES
             )
-            if store.blocking_mask():
+            if not self._stopping and store.blocking_mask():
                 # With `block` sinks a commit takes no more than the room left in the
                 # budget (at least one message): the store stops within buffer.max_bytes,
                 # not a whole commit (COMMIT_MAX_BYTES, four times a small budget) past it.
-                # What drop_oldest may drop counts as room.
+                # What drop_oldest may drop counts as room. (Stopping, what sources handed
+                # over is committed past the budget in whole commits, see `_store_batch`.)
                 if store.over_budget:
                     await store.make_room()
                 most = min(most, max(store.max_bytes - store.bytes, 1))
