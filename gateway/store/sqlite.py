@@ -1225,11 +1225,14 @@ class Store:
                 continue
             reason = (
                 f"{size} bytes, more than overflow drop_oldest keeps ({keep} bytes of"
-                f" buffer.max_bytes: {self.max_bytes}): it would drop it before the sink"
-                " had it"
+                f" buffer.max_bytes: {self.max_bytes}): it would drop it before"
             )
             sinks: list[str | None] = [*self.sinks_of(dropping)] or [None]
-            batch.dead.extend(DeadLetter(ff, "store", reason, s) for s in sinks)
+            # one for each sink, which the listing (origin, reason) tells apart
+            batch.dead.extend(
+                DeadLetter(ff, "store", f"{reason} {f'sink {s!r}' if s else 'the sink'} had it", s)
+                for s in sinks
+            )
             if mask & blocking:  # rare: re-encoded, as the checksum covers the mask
                 rows.append((ff, mask & blocking))
                 kept.append(_encode_rows([(ff, mask & blocking)])[0])
