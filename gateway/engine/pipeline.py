@@ -815,7 +815,9 @@ class Engine:
             # budget or into the last free space: no sink drains while the engine
             # stops, and waiting for one hung the stop for ever (or, while sources
             # still handed over, cut them off after DRAIN_S).
-            if data and not self._stopping and (self.store.over_budget or self.store.check_disk()):
+            # check_disk also while over budget: it measures what /api/status shows
+            # (store.disk.free_bytes read 0 for as long as a restart found the budget full)
+            if data and not self._stopping and (self.store.check_disk() or self.store.over_budget):
                 # full of data `block` sinks wait for, or the disk is short of space: stop
                 # polling and acking until sinks drain (the maintenance loop purges)
                 self.gate.clear()
