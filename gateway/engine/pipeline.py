@@ -302,6 +302,7 @@ class Engine:
             if self.router.stateful():
                 self._spawn(tg, "timers", self._tick_loop)
             self._spawn(tg, "maintenance", self._maintenance_loop)
+            self._spawn(tg, "requests", self._requests_loop)
             for name, runner in self.sinks.items():
                 self._spawn(tg, f"sink {name}", runner.run)
             for name, src in self.sources.items():
@@ -495,6 +496,7 @@ class Engine:
                     while self.replicator.busy():  # noqa: ASYNC110 - a few polls at exit
                         await asyncio.sleep(0.05)
             await stop_task(replication)
+        await stop_task(self._tasks["requests"])
         await stop_task(self._tasks["maintenance"])
 
     # -- reload by diff -------------------------------------------------------
@@ -701,6 +703,8 @@ class Engine:
                 # over is committed past the budget in whole commits, see `_store_batch`.)
                 if store.over_budget:
                     await store.make_room()
+                    if self._intake_closed:
+                        break  # a stop came meanwhile: it waits for this loop, not for a take
                 most = min(most, max(store.max_bytes - store.bytes, 1))
             # take() removes items only after its last await: cancelled in it, it has none
             self._taking = True
@@ -716,7 +720,7 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
-        rerun: list[tuple[FlowFile, str, int]] | None = None,
+        rerun: list[tuple[FlowFile, str]] | None = None,
     ) -> bool:
         """Route, store and acknowledge `items` (see `_store_batch`); meanwhile their
         sources count as committing, so that a reload closes a source only after the acks
@@ -744,7 +748,7 @@ class Engine:
         tick: bool = False,
         resets: list[str] | None = None,
         again: list[DeadLetter] | None = None,
-        rerun: list[tuple[FlowFile, str, int]] | None = None,
+        rerun: list[tuple[FlowFile, str]] | None = None,
     ) -> bool:
         assert self.router is not None
         if self._give_up_why is not None:
@@ -770,10 +774,10 @@ class Engine:
         if flowfiles:
             self.router.run(flowfiles, out, dead)
         if rerun:  # replayed dead letters a route refused
-            for ff, route, start in rerun:
-                self.router.rerun(ff, route, start, out, dead)
+            for ff, origin in rerun:
+                self.router.rerun(ff, origin, out, dead)
             # seen like routed input (a no_data rule, the console's topics), as before
-            flowfiles.extend(ff for ff, _, _ in rerun)
+            flowfiles.extend(ff for ff, _ in rerun)
         if tick:
             self.router.tick(self.clock.now_ns(), out, dead)
         for _, p in self.router.stateful() if resets else ():
@@ -895,7 +899,7 @@ class Engine:
         assert self.router is not None
         direct = []
         routed = []
-        rerun: list[tuple[FlowFile, str, int]] = []
+        rerun: list[tuple[FlowFile, str]] = []
         gone = []
         for _, ff, sink, origin in replay:
             if sink:
@@ -915,17 +919,8 @@ class Engine:
             refused = _REFUSED_BY.fullmatch(origin or "")
             if refused is None:  # a source's, or replayed by a version that kept no origin
                 routed.append(("replay", Message(ff)))
-            elif refused[1] in self.router.routes:
-                rerun.append((ff, refused[1], int(refused[2])))
-            else:
-                gone.append(
-                    DeadLetter(
-                        ff,
-                        refused[0],  # its origin still: replayed again, it goes to that route
-                        f"replayed, but its route {refused[1]!r} is no longer in the config:"
-                        " add the route back to replay it, or purge it",
-                    )
-                )
+            else:  # the router of the commit tells whether that processor is still there
+                rerun.append((ff, refused[0]))
         seqs = [seq for seq, _, _, _ in replay]
         if not await self._commit(routed, seqs, direct, again=gone, rerun=rerun):
             return  # a stop gave it up: they are still in the store's replay queue
@@ -951,6 +946,19 @@ class Engine:
         await self._commit([], resets=resets)
         log.info("engine: state of %s reset", ", ".join(resets))
 
+    async def _requests_loop(self) -> None:
+        """Every second, what the CLI or the console asked of the running gateway: dead
+        letters to replay, state to reset. Apart from the maintenance loop: their commits
+        wait for the commit lock, and a replay for room in a full `block` budget, which
+        only the maintenance loop's purge makes (run in it, intake stopped for good)."""
+        while True:
+            await self.clock.sleep(1.0)
+            try:
+                await self._replay()
+                await self._reset_state()
+            except StoreError as err:
+                log.warning("engine: a replay or state reset failed: %s", err)
+
     async def _maintenance_loop(self) -> None:
         ticks = 0
         activity = (-1, -1)
@@ -960,8 +968,6 @@ class Engine:
             try:
                 await self.store.maintain(self.sinks)
                 await self.store.refresh_oldest(self.sinks)
-                await self._replay()
-                await self._reset_state()
                 ticks += 1
                 if ticks % 5 == 0:
                     await self.store.recount()

@@ -675,6 +675,11 @@ class Store:
             # starts a new store, rather than refusing "missing while its WAL is there".
             for leftover in (wal, self.path.with_name(self.path.name + "-shm")):
                 leftover.unlink(missing_ok=True)
+            log.warning(
+                "store: %s was gone, its write-ahead log empty: a new store is made there"
+                " (what the old file held and its sinks had not delivered is not in it)",
+                self.path,
+            )
         if self.path.exists() or wal.exists():
             problem = not_a_store(self.path)
             if problem:

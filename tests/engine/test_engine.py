@@ -523,7 +523,8 @@ async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_on
     """A dead letter processor 1 of route "strict" refused was routed again from the
     start, through every route: route "plain"'s sink had it a second time, and
     processor 0 ran on its own output. It goes through processor 1 on, to "strict"'s
-    sink; one whose route left the config goes back to the dead letters, saying so."""
+    sink; one whose route or processor left the config goes back to the dead letters,
+    saying so."""
     from gateway.store.admin import open_admin
 
     monkeypatch.setattr(FakeSource, "script", [])
@@ -548,28 +549,102 @@ async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_on
     refused = [
         DeadLetter(ff(1), "route strict: processor 1 (relabel)", "refused"),
         DeadLetter(ff(2), "route old: processor 0 (relabel)", "refused by a route removed"),
+        # the route has no processor 5 now: sent to its sinks unprocessed, before
+        DeadLetter(ff(3), "route strict: processor 5 (relabel)", "refused by a processor gone"),
     ]
     await store.commit(Batch([], refused, {}, []))
     with open_admin(store.path) as admin:
-        assert admin.replay(None).count == 2
+        assert admin.replay(None).count == 3
     clock = FakeClock()
     engine = Engine(config, store, clock=clock)
     running = asyncio.ensure_future(engine.run())
     async with asyncio.timeout(5):
-        while store.dead_count != 1:
+        while store.dead_count != 2:
             clock.advance(1.0)
             await asyncio.sleep(0.01)
     assert (store.depth("out"), store.depth("other")) == (1, 0)
     [(_, stored)], _ = await store.read("out", 0, 10)
     assert stored.topic == "derived/plant/line1"  # processor 1 only, once
-    [again] = await store.dead_letters(10)
-    assert again.id == refused[1].flowfile.id
-    assert "its route 'old' is no longer in the config" in again.reason
-    assert again.origin == "route old: processor 0 (relabel)"  # replayed again: to that route
+    back = {letter.id: letter for letter in await store.dead_letters(10)}
+    for letter in refused[1:]:
+        again = back[letter.flowfile.id]
+        assert f"replayed, but {letter.origin} is no longer in the config" in again.reason
+        assert again.origin == letter.origin  # replayed again: to that processor
     engine.stop()
     FakeSink.release.set()
     async with asyncio.timeout(10):
         await running
+    await store.close()
+
+
+async def test_a_stop_while_the_ingest_makes_room_for_a_block_sink_ends(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ingest loop made room (drop_oldest's share) before a take; a stop meanwhile
+    # found it not taking, waited for it, and it then waited for items for ever.
+    monkeypatch.setattr(FakeSource, "script", [[1]])
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", overflow="block")
+    await store.open(["out"])
+    store.max_bytes = 1
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    make_room = store.make_room
+    entered = asyncio.Event()
+
+    async def busy_make_room() -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "ingest":
+            entered.set()
+            await asyncio.sleep(0.2)  # the store thread busy with a sink's read
+        await make_room()
+
+    monkeypatch.setattr(store, "make_room", busy_make_room)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: "ack 1" in fakes)
+    await entered.wait()
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
+    await store.close()
+
+
+async def test_a_replay_while_a_block_budget_is_full_does_not_stop_intake_for_good(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The replay ran in the maintenance loop, and its commit waited for room that only
+    # that loop's purge makes: once the sink had delivered everything, intake stayed shut.
+    from gateway.store.admin import open_admin
+
+    monkeypatch.setattr(FakeSource, "script", [list(range(1, 21)), [21]])
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 0.01)
+    store = Store(tmp_path / "store.db", overflow="block")
+    await store.open(["out"])
+    await store.commit(Batch([], [DeadLetter(ff(99), "source src", "x")], {}, []))
+    with open_admin(store.path) as admin:
+        assert admin.replay(None).count == 1
+    store.max_bytes = 1000
+    clock = FakeClock()
+    engine = Engine(fake_config(tmp_path), store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await until(lambda: not engine.gate.is_set())
+    for _ in range(30):
+        clock.advance(0.1)
+        await asyncio.sleep(0.005)
+    FakeSink.release.set()  # the sink comes back and delivers everything
+    async with asyncio.timeout(5):
+        while "ack 21" not in fakes:
+            clock.advance(0.1)
+            await asyncio.sleep(0.005)
+    engine.stop()
+    async with asyncio.timeout(5):
+        while not running.done():
+            clock.advance(0.1)
+            await asyncio.sleep(0.001)
+    await running
     await store.close()
 
 
