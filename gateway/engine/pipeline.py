@@ -58,7 +58,7 @@ log = logging.getLogger("gateway.engine")
 # COMMIT_MAX_BYTES. With 250 KB payloads that is 32 messages waiting and 16 per commit.
 INGEST_CAPACITY = 20000
 # The origin of a dead letter a route's processor refused (its label, see `_build_router`).
-_REFUSED_BY = re.compile(r"route (.+): processor (\d+) \([^()]*\)")
+_REFUSED_BY = re.compile(r"route .+: processor \d+ \([^()]*\)")  # a processor's label
 INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
 # Near a full disk a commit is kept small: its pages go to the WAL and then to the file,
@@ -775,9 +775,8 @@ class Engine:
             self.router.run(flowfiles, out, dead)
         if rerun:  # replayed dead letters a route refused
             for ff, origin in rerun:
-                self.router.rerun(ff, origin, out, dead)
-            # seen like routed input (a no_data rule, the console's topics), as before
-            flowfiles.extend(ff for ff, _ in rerun)
+                if self.router.rerun(ff, origin, out, dead):
+                    flowfiles.append(ff)  # seen like routed input (no_data, the topics)
         if tick:
             self.router.tick(self.clock.now_ns(), out, dead)
         for _, p in self.router.stateful() if resets else ():
@@ -916,11 +915,11 @@ class Engine:
                         )
                     )
                 continue
-            refused = _REFUSED_BY.fullmatch(origin or "")
-            if refused is None:  # a source's, or replayed by a version that kept no origin
+            if origin is None or not _REFUSED_BY.fullmatch(origin):
+                # a source's, or replayed by a version that kept no origin
                 routed.append(("replay", Message(ff)))
             else:  # the router of the commit tells whether that processor is still there
-                rerun.append((ff, refused[0]))
+                rerun.append((ff, origin))
         seqs = [seq for seq, _, _, _ in replay]
         if not await self._commit(routed, seqs, direct, again=gone, rerun=rerun):
             return  # a stop gave it up: they are still in the store's replay queue
@@ -950,14 +949,15 @@ class Engine:
         """Every second, what the CLI or the console asked of the running gateway: dead
         letters to replay, state to reset. Apart from the maintenance loop: their commits
         wait for the commit lock, and a replay for room in a full `block` budget, which
-        only the maintenance loop's purge makes (run in it, intake stopped for good)."""
-        while True:
+        only the maintenance loop's purge makes: run in that loop, a replay while the
+        budget was full stopped intake for good."""
+        while not self._intake_closed:  # stopping: what is asked waits for the next start
             await self.clock.sleep(1.0)
-            try:
-                await self._replay()
-                await self._reset_state()
-            except StoreError as err:
-                log.warning("engine: a replay or state reset failed: %s", err)
+            for request in (self._reset_state, self._replay):  # each, whatever the other does
+                try:
+                    await request()
+                except StoreError as err:
+                    log.warning("engine: a replay or state reset failed: %s", err)
 
     async def _maintenance_loop(self) -> None:
         ticks = 0

@@ -80,23 +80,24 @@ class Router:
         origin: str,
         out: dict[str, list[FlowFile | int]],
         dead: list[DeadLetter],
-    ) -> None:
+    ) -> bool:
         """A replayed dead letter that the processor labelled `origin` refused: through
         that processor and the ones after it, to that route's sinks only (the other
         routes had it already; the processors before made it). With no processor of
         that label now (its route removed, or the route's processors changed), back to
-        the dead letters under the same origin, saying so."""
+        the dead letters under the same origin, saying so (False)."""
         for route in self.routes.values():
             for i, (label, _) in enumerate(route.processors):
                 if label == origin:
                     route.received += 1
                     self._emit(route, self._through(route, [ff], route.processors[i:], dead), out)
-                    return
+                    return True
         reason = (
             f"replayed, but {origin} is no longer in the config (the route was removed, or"
             " its processors changed): put it back to replay it, or purge it"
         )
         dead.append(DeadLetter(ff, origin, reason))
+        return False
 
     def match(self, topic: str) -> list[str]:
         """The routes whose filters match `topic` (the console's "which routes" box)."""

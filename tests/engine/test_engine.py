@@ -551,15 +551,16 @@ async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_on
         DeadLetter(ff(2), "route old: processor 0 (relabel)", "refused by a route removed"),
         # the route has no processor 5 now: sent to its sinks unprocessed, before
         DeadLetter(ff(3), "route strict: processor 5 (relabel)", "refused by a processor gone"),
+        DeadLetter(ff(4), "route strict: processor 1 (filter)", "another type there now"),
     ]
     await store.commit(Batch([], refused, {}, []))
     with open_admin(store.path) as admin:
-        assert admin.replay(None).count == 3
+        assert admin.replay(None).count == 4
     clock = FakeClock()
     engine = Engine(config, store, clock=clock)
     running = asyncio.ensure_future(engine.run())
     async with asyncio.timeout(5):
-        while store.dead_count != 2:
+        while store.dead_count != 3:
             clock.advance(1.0)
             await asyncio.sleep(0.01)
     assert (store.depth("out"), store.depth("other")) == (1, 0)
@@ -639,6 +640,7 @@ async def test_a_replay_while_a_block_budget_is_full_does_not_stop_intake_for_go
         while "ack 21" not in fakes:
             clock.advance(0.1)
             await asyncio.sleep(0.005)
+    assert await store.take_replay(10) == []  # the replayed letter is in the store too
     engine.stop()
     async with asyncio.timeout(5):
         while not running.done():
