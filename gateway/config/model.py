@@ -590,9 +590,9 @@ DEFAULT_ALERTS: tuple[str, ...] = (
     "dead_letters",
     "store_budget",
 )
-# `for` when a rule sets none: the conditions that say "for X" take X from it.
 MQTT_TOPIC_MAX = 65535  # bytes of UTF-8: the length of an MQTT string is two bytes
 NO_DATA_MIN_FOR = 1.0  # seconds: the shortest silence a no_data rule may watch for
+# `for` when a rule sets none: the conditions that say "for X" take X from it.
 DEFAULT_FOR = {"sink_failing": 300.0, "source_offline": 300.0, "no_data": 300.0}
 
 

@@ -57,10 +57,10 @@ log = logging.getLogger("gateway.engine")
 # and INGEST_MAX_BYTES of them; one commit takes at most buffer.batch_max messages and
 # COMMIT_MAX_BYTES. With 250 KB payloads that is 32 messages waiting and 16 per commit.
 INGEST_CAPACITY = 20000
-# The origin of a dead letter a route's processor refused (its label, see `_build_router`).
-_REFUSED_BY = re.compile(r"route .+: processor \d+ \([^()]*\)")  # a processor's label
 INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
+# The origin of a dead letter a route's processor refused (its label, see `_build_router`).
+_REFUSED_BY = re.compile(r"route .+: processor \d+ \([^()]*\)")
 # Near a full disk a commit is kept small: its pages go to the WAL and then to the file,
 # so the last commit before intake pauses must not take the room that delivery needs to
 # move its cursors and purge.
@@ -883,7 +883,8 @@ class Engine:
             runner.wake.set()
 
     async def _replay(self) -> None:
-        """Take dead letters sent back by the CLI: to their sink, or through the routes."""
+        """Take dead letters sent back by the CLI: to their sink, from the processor that
+        refused them, or through the routes (a source's)."""
         replay = await self.store.take_replay(self.config.buffer.batch_max)
         if not replay:
             return

@@ -283,7 +283,8 @@ class StoreAdmin:
         not the message (marked `content.truncated` or `mqtt.invalid` when written).
 
         The gateway takes the inbox in like new input: one that a sink refused goes
-        back to that sink, one that a route refused is routed again.
+        back to that sink, one a route's processor refused goes through that processor
+        and the ones after it, to that route's sinks, and a source's is routed again.
         """
         chosen, params = _selection(seqs)
         where = f"({chosen}) AND {_REPLAYABLE}"

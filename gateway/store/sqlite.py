@@ -1365,9 +1365,9 @@ class Store:
     async def take_replay(self, limit: int) -> list[tuple[int, FlowFile, str | None, str | None]]:
         """Dead letters the CLI sent back (see `edge-stream dead-letters replay`).
 
-        Each comes with the sink that refused it, or None when a route refused it
-        and it must be routed again, and its origin (which processor of which route
-        refused it; None when replayed by a version that did not keep it). The engine
+        Each comes with the sink that refused it (or None), and its origin: which
+        processor of which route refused it, rerun from that processor (None when
+        replayed by a version that did not keep it: routed again). The engine
         commits them like new input, so the running gateway's counters and memory
         tail stay right.
         """
