@@ -81,6 +81,17 @@ async def until(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.001)
 
 
+async def advance_until(
+    clock: FakeClock, predicate: Callable[[], bool], step: float = 0.1, within: float = 5.0
+) -> None:
+    """Move the fake clock on by `step` until `predicate` holds (a guard, not a
+    measurement: `within` seconds of real time)."""
+    async with asyncio.timeout(within):
+        while not predicate():
+            clock.advance(step)
+            await asyncio.sleep(0.001)
+
+
 def ff(n: int) -> FlowFile:
     return FlowFile.create("plant/line1", str(n).encode())
 
@@ -232,10 +243,7 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     if cause == "file_gone_at_the_stop":
         store.path.unlink()
     engine.stop()
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done)
     await running
     if cause == "budget":
         assert fakes[-5:] == ["ack 1", "ack 2", "ack 3", "source closed", "sink closed"]
@@ -266,10 +274,7 @@ async def test_overflow_block_stops_within_the_budget_not_a_commit_past_it(
     assert store.max_bytes <= store.bytes < store.max_bytes + one
     assert len([e for e in fakes if e.startswith("ack")]) == store.depth("out") < 50
     engine.stop()
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done)
     await running
     await store.close()
 
@@ -309,10 +314,7 @@ async def test_a_stop_commits_past_the_budget_while_a_source_still_hands_over(
     clock.advance(1)  # the next poll: it waits at the gate, holding pages 2 and 3
     await asyncio.sleep(0.01)
     engine.stop()
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done)
     await running
     assert [e for e in fakes if e.startswith("ack")] == ["ack 1", "ack 2", "ack 3"]
     await store.close()
@@ -342,10 +344,7 @@ async def test_a_stop_retries_a_refused_commit_a_few_times_not_for_ever(
     await until(lambda: bool(tried))
     engine.stop()
     await until(lambda: engine._intake_closed)
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done, 1)
     await running
     acked = [e for e in fakes if e.startswith("ack")]
     assert acked == ([] if refusals > 3 else ["ack 1", "ack 2", "ack 3"])
@@ -386,10 +385,7 @@ async def test_a_stop_gives_up_every_batch_after_one_given_up(
         engine.ingest.offer("src", Message(ff(n), ack=lambda n=n: fakes.append(f"ack {n}")))
     engine.stop()
     await until(lambda: engine._intake_closed)
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.5)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done, 0.5)
     await running
     assert not [e for e in fakes if e.startswith("ack")]
     assert len(tried) == (4 if try_s == 0 else 3), "a few tries in all, within DRAIN_S"
@@ -436,10 +432,7 @@ async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_not_drop
         assert dead.sink == "out"  # a replay hands it to that sink, not the routes
     engine.stop()
     FakeSink.release.set()
-    async with asyncio.timeout(10):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done, within=10)
     await running
     assert "ack 3" in fakes
     await store.close()
@@ -467,10 +460,7 @@ async def test_a_replayed_dead_letter_of_a_sink_not_running_goes_back_to_that_si
     clock = FakeClock()
     engine = Engine(fake_config(tmp_path), store, clock=clock)
     running = asyncio.ensure_future(engine.run())
-    async with asyncio.timeout(5):
-        while store.dead_count != 1:
-            clock.advance(1.0)
-            await asyncio.sleep(0.01)
+    await advance_until(clock, lambda: store.dead_count == 1, 1.0)
     assert (store.depth("out"), store.depth("old")) == (0, 1)
     [again] = await store.dead_letters(10)
     assert (again.id, again.sink) == (refused[1].flowfile.id, "dropped")
@@ -559,10 +549,7 @@ async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_on
     clock = FakeClock()
     engine = Engine(config, store, clock=clock)
     running = asyncio.ensure_future(engine.run())
-    async with asyncio.timeout(5):
-        while store.dead_count != 3:
-            clock.advance(1.0)
-            await asyncio.sleep(0.01)
+    await advance_until(clock, lambda: store.dead_count == 3, 1.0)
     assert (store.depth("out"), store.depth("other")) == (1, 0)
     [(_, stored)], _ = await store.read("out", 0, 10)
     assert stored.topic == "derived/plant/line1"  # processor 1 only, once
@@ -605,10 +592,7 @@ async def test_a_stop_while_the_ingest_makes_room_for_a_block_sink_ends(
     await until(lambda: "ack 1" in fakes)
     await entered.wait()
     engine.stop()
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done)
     await running
     await store.close()
 
@@ -636,16 +620,10 @@ async def test_a_replay_while_a_block_budget_is_full_does_not_stop_intake_for_go
         clock.advance(0.1)
         await asyncio.sleep(0.005)
     FakeSink.release.set()  # the sink comes back and delivers everything
-    async with asyncio.timeout(5):
-        while "ack 21" not in fakes:
-            clock.advance(0.1)
-            await asyncio.sleep(0.005)
+    await advance_until(clock, lambda: "ack 21" in fakes)
     assert await store.take_replay(10) == []  # the replayed letter is in the store too
     engine.stop()
-    async with asyncio.timeout(5):
-        while not running.done():
-            clock.advance(0.1)
-            await asyncio.sleep(0.001)
+    await advance_until(clock, running.done)
     await running
     await store.close()
 
