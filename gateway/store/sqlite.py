@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -323,6 +323,12 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
+
+
+def _then_when_done(then: Callable[[Any], None], done: asyncio.Future[Any]) -> None:
+    """`Store._call`'s `then` for a caller cancelled while the store thread worked."""
+    if not done.cancelled() and done.exception() is None:
+        then(done.result())
 
 
 class StoreError(GatewayError):
@@ -807,12 +813,27 @@ class Store:
             self._db.close()
             self._db = None
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None
+    ) -> T:
+        """Run `fn(*args)` on the store thread. `then(result)` runs on the loop once `fn`
+        succeeded, also when the caller was cancelled meanwhile: `fn` goes on to its end on
+        the thread, and what it wrote in the file the store's memory must say too (a
+        cursor moved, rows committed), or the next reader acts on what it was before."""
         if self._executor is None:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            done = loop.run_in_executor(self._executor, fn, *args)
+            if then is None:
+                return await done
+            try:
+                result = await asyncio.shield(done)
+            except asyncio.CancelledError:
+                done.add_done_callback(partial(_then_when_done, then))
+                raise
+            then(result)
+            return result
         except sqlite3.Error as err:
             if _is_full(err):
                 self.check_disk()
@@ -1189,22 +1210,25 @@ class Store:
         # Numbers are taken now, before the await: a commit that overlaps this one (a
         # dead-letter replay) must not hand out the same ones or undo these.
         marks = self._marks_for(batch.inbound)
-        last = await self._call(self._commit_sync, encoded, batch, marks)
-        self.bytes += added
-        if batch.rows:
-            self._remember(last - len(batch.rows) + 1, batch.rows, sizes)
-        masks: dict[int, int] = {}
-        for _, mask in batch.rows:
-            masks[mask] = masks.get(mask, 0) + 1
-        self._note_oldest(batch.rows, masks)
-        for mask, count in masks.items():
-            for name, bit in self._bits.items():
-                if mask >> bit & 1:
-                    self._depth[name] += count
-        self._marks_committed(marks)
-        self.dead_count += len(batch.dead)
-        for callback in self._listeners:
-            callback()
+
+        def committed(last: int) -> None:
+            self.bytes += added
+            if batch.rows:
+                self._remember(last - len(batch.rows) + 1, batch.rows, sizes)
+            masks: dict[int, int] = {}
+            for _, mask in batch.rows:
+                masks[mask] = masks.get(mask, 0) + 1
+            self._note_oldest(batch.rows, masks)
+            for mask, count in masks.items():
+                for name, bit in self._bits.items():
+                    if mask >> bit & 1:
+                        self._depth[name] += count
+            self._marks_committed(marks)
+            self.dead_count += len(batch.dead)
+            for callback in self._listeners:
+                callback()
+
+        await self._call(self._commit_sync, encoded, batch, marks, then=committed)
         await self.make_room()
 
     def _oversized(
@@ -1767,12 +1791,17 @@ class Store:
 
     async def advance(self, sink: str, upto: int, delivered: int, dead: list[DeadLetter]) -> None:
         """Move `sink`'s cursor to `upto` after a delivery, recording its dead letters."""
-        await self._call(self._spared, self._advance_sync, sink, upto, dead)
-        self._cursors[sink] = upto
-        self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
-        if not self._depth[sink]:
-            self._oldest.pop(sink, None)  # the next commit notes the new oldest
-        self.dead_count += len(dead)
+
+        def moved(_: None) -> None:
+            self.dead_count += len(dead)
+            if sink not in self._cursors:
+                return  # dropped meanwhile (`store drop-sink` of a removed sink)
+            self._cursors[sink] = upto
+            self._depth[sink] = max(0, self._depth[sink] - delivered - len(dead))
+            if not self._depth[sink]:
+                self._oldest.pop(sink, None)  # the next commit notes the new oldest
+
+        await self._call(self._spared, self._advance_sync, sink, upto, dead, then=moved)
 
     def _advance_sync(self, sink: str, upto: int, dead: list[DeadLetter]) -> None:
         db = self._db
@@ -1807,9 +1836,12 @@ class Store:
             if n not in running and self._depth.get(n, 0) > 0
         ]
         short = self.check_disk()
-        purged, freed = await self._call(self._spared, self._purge_sync, upto, short, pins)
+
+        def freed(result: tuple[int, int]) -> None:
+            self.bytes -= result[1]
+
+        purged, _ = await self._call(self._spared, self._purge_sync, upto, short, pins, then=freed)
         purged = int(purged)
-        self.bytes -= freed
         if short:
             self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged

@@ -1104,3 +1104,78 @@ async def test_alert_events_deleted_unsent_at_the_hard_cap_are_told(
         (8, ["webhook"]),
     ]
     await store.close()
+
+
+async def test_an_advance_cancelled_while_it_writes_moves_the_cursor_in_memory_too(
+    tmp_path: Path,
+) -> None:
+    """A sink cancelled in the middle of `advance` (a reload removing it past its finish
+    time) had its cursor moved in the file but not in memory: added back in the same
+    process, it delivered that batch again."""
+    import threading
+
+    store = await open_store(tmp_path)
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
+    rows, _ = await store.read("a", 0, 10)
+    upto = rows[-1][0]
+    writing = threading.Event()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the advance's UPDATE waits for this lock
+
+    def traced(sql: str) -> None:
+        if sql.startswith("UPDATE sinks SET cursor"):
+            writing.set()
+
+    assert store._db is not None
+    store._db.set_trace_callback(traced)
+    advance = asyncio.create_task(store.advance("a", upto, len(rows), []))
+    await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
+    assert writing.is_set()
+    advance.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await advance
+    other.execute("COMMIT")  # the store thread's UPDATE goes on and commits
+    other.close()
+    await store._call(lambda: None)  # queued behind the advance on the store thread
+    await asyncio.sleep(0)
+    assert store.cursor("a") == upto
+    assert store.depth("a") == 0
+    await store.close()
+    store = await open_store(tmp_path)
+    assert store.cursor("a") == upto, "the file says the same"
+    await store.close()
+
+
+async def test_a_commit_cancelled_while_it_writes_is_counted_in_memory_too(
+    tmp_path: Path,
+) -> None:
+    """The ingest loop cancelled while the store thread committed: the rows were in the
+    file but not in the sinks' depth, the budget's bytes or the tail."""
+    import threading
+
+    store = await open_store(tmp_path)
+    writing = threading.Event()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the commit's INSERT waits for this lock
+
+    def traced(sql: str) -> None:
+        if sql.startswith("INSERT INTO flowfiles"):
+            writing.set()
+
+    assert store._db is not None
+    store._db.set_trace_callback(traced)
+    commit = asyncio.create_task(store.commit(batch([(ff(i), store.bit("a")) for i in range(3)])))
+    await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
+    assert writing.is_set()
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    other.execute("COMMIT")
+    other.close()
+    await store._call(lambda: None)  # queued behind the commit on the store thread
+    await asyncio.sleep(0)
+    assert store.depth("a") == 3
+    assert store.bytes > 0
+    rows, _ = await store.read("a", 0, 10)
+    assert [f.content.strip() for _, f in rows] == [b"0", b"1", b"2"]
+    await store.close()
