@@ -44,8 +44,11 @@ numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 refused alone. Into a column of an existing table that holds integers (smallint,
 integer, bigint), a value whose `type` is real, double precision or numeric must
 be a whole number (21.0 fits): PostgreSQL would round 21.5 to 22, so that row is
-refused instead. Table and column names are lowercase SQL identifiers (letters,
-digits, `_`), checked when the config is loaded and always quoted.
+refused instead. A timestamptz value without an offset (`2024-05-01 12:00:00`) is
+read in the session's time zone: the server's TimeZone setting, unless the dsn sets
+one (`?options=-c%20timezone%3DUTC`); the mysql sink reads it as UTC. Table and
+column names are lowercase SQL identifiers (letters, digits, `_`), checked when
+the config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that it can write to
 it (columns, types, a unique index on id, no NOT NULL column without a default that
