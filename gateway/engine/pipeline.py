@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -35,7 +34,7 @@ from gateway.core.histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Buckets
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.plan import Plan
-from gateway.engine.router import Route, Router
+from gateway.engine.router import Route, Router, is_processor_label, processor_label
 from gateway.engine.runner import Ingest, SinkRunner, SourceRunner, stop_task, supervised
 from gateway.engine.status import (
     BrokerStatus,
@@ -59,8 +58,6 @@ log = logging.getLogger("gateway.engine")
 INGEST_CAPACITY = 20000
 INGEST_MAX_BYTES = 8 << 20
 COMMIT_MAX_BYTES = 4 << 20
-# The origin of a dead letter a route's processor refused (its label, see `_build_router`).
-_REFUSED_BY = re.compile(r"route .+: processor \d+ \([^()]*\)")
 # Near a full disk a commit is kept small: its pages go to the WAL and then to the file,
 # so the last commit before intake pauses must not take the room that delivery needs to
 # move its cursors and purge.
@@ -243,7 +240,7 @@ class Engine:
             for i, p_cfg in enumerate(route_cfg.processors):
                 entry = registry.find("processor", p_cfg.type)
                 assert entry is not None
-                label = f"route {name}: processor {i} ({p_cfg.type})"
+                label = processor_label(name, i, p_cfg.type)
                 processors.append(
                     (label, entry.cls(p_cfg, self._context(f"{name}.{i}", "processor")))
                 )
@@ -916,7 +913,7 @@ class Engine:
                         )
                     )
                 continue
-            if origin is None or not _REFUSED_BY.fullmatch(origin):
+            if origin is None or not is_processor_label(origin):
                 # a source's, or replayed by a version that kept no origin
                 routed.append(("replay", Message(ff)))
             else:  # the router of the commit tells whether that processor is still there

@@ -7,6 +7,7 @@ route's sinks. A FlowFile that a processor refuses goes to the dead letters.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gateway.core.component import Processor
@@ -14,6 +15,21 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicMatcher
 from gateway.store.sqlite import DeadLetter
+
+# The label of a route's processor, and so the origin of the dead letters it refuses: a
+# replay finds that processor again by it. Made and recognised here only.
+_PROCESSOR_LABEL = re.compile(r"route .+: processor \d+ \([^()]*\)")
+
+
+def processor_label(route: str, index: int, kind: str) -> str:
+    """The label of processor `index` (of type `kind`) of route `route`."""
+    return f"route {route}: processor {index} ({kind})"
+
+
+def is_processor_label(origin: str) -> bool:
+    """Whether a dead letter's `origin` is a processor's label (see `processor_label`),
+    not a source's, a sink's or the store's."""
+    return _PROCESSOR_LABEL.fullmatch(origin) is not None
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
-from gateway.engine.router import Route, Router
+from gateway.engine.router import Route, Router, is_processor_label, processor_label
 from gateway.store.sqlite import DeadLetter
 
 pytestmark = pytest.mark.unit
@@ -28,7 +28,20 @@ class Broken(Processor):
 
 
 def proc(cls: type[Processor]) -> tuple[str, Processor]:
-    return (f"route x: processor 0 ({cls.__name__})", cls(None, Context("p", "processor")))
+    return (processor_label("x", 0, cls.__name__), cls(None, Context("p", "processor")))
+
+
+def test_a_processor_label_is_recognised_and_no_other_origin_is() -> None:
+    """A processor's label is the origin of the dead letters it refuses; a replay reruns
+    one from that processor only when it recognises the label (else it routes it again
+    from the start). The label was written in the engine and recognised by a regex in
+    the replay, two copies of one format."""
+    for route, index, kind in (("r", 0, "json"), ("plant-1_\u00fc", 12, "window")):
+        label = processor_label(route, index, kind)
+        assert label == f"route {route}: processor {index} ({kind})"
+        assert is_processor_label(label)
+    for origin in ("source plant", "sink a", "store", "replay", "route r: processor 0"):
+        assert not is_processor_label(origin)
 
 
 def run(router: Router, *flowfiles: FlowFile) -> tuple[dict[str, list], list[DeadLetter]]:
