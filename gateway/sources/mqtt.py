@@ -665,8 +665,10 @@ class MqttSource(Source):
                 self._drop_qos0()
                 return
             ack = _Ack(self, None, 0, self._epoch, size)
-        else:
-            reason += " (packet id 0: it cannot be acknowledged, the broker may send it again)"
+        else:  # QoS 1/2 with packet id 0 (handed over as None): nothing to acknowledge
+            if "packet id 0" not in reason:  # another fault came first and is the one named
+                reason += f"; it has packet id 0 at QoS {qos}, which cannot be acknowledged"
+            reason += "; the broker may send it again"
             ack = _Ack(self, None, 0, self._epoch, size)
         self.invalid += 1
         ff = FlowFile(uuid7(), topic, attrs, raw, time_ns(), ())

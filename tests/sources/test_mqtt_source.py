@@ -456,6 +456,29 @@ async def test_packet_id_0_messages_pause_reading_at_receive_max_bytes(
     await source.close()
 
 
+async def test_a_packet_id_0_dead_letter_says_once_that_it_cannot_be_acknowledged(
+    fake_broker: FakeBroker,
+) -> None:
+    """Its reason read "... at QoS 1, which cannot be acknowledged (packet id 0: it cannot
+    be acknowledged, the broker may send it again)". With another fault named first, the
+    packet id 0 is still said."""
+    source = make_source(fake_broker, "pid0-reason")
+    await source.connect()
+    fake_broker.send_raw(publish_packet("acks/z", b"z", 1, 0))
+    fake_broker.send_raw(publish_packet("acks/+", b"w", 2, 0))  # a wildcard, and id 0
+    plain, wildcard = [m.reject for m in await read_n(source, 2)]
+    assert plain == (
+        "invalid PUBLISH: it has packet id 0 at QoS 1, which cannot be acknowledged; the"
+        " broker may send it again; the content is the raw PUBLISH packet"
+    )
+    assert wildcard is not None and wildcard.startswith("invalid PUBLISH: its topic 'acks/+'")
+    assert wildcard.endswith(
+        "; it has packet id 0 at QoS 2, which cannot be acknowledged; the broker may send"
+        " it again; the content is the raw PUBLISH packet"
+    )
+    await source.close()
+
+
 async def test_a_slow_commit_after_a_new_session_is_not_a_connect_timeout(
     fake_broker: FakeBroker, monkeypatch: Any, caplog: Any
 ) -> None:
