@@ -123,6 +123,7 @@ from gateway.core.flowfile import (
     attributes_size,
     uuid7,
 )
+from gateway.core.throttle import LogThrottle
 from gateway.core.topics import filters_overlap, unsendable, validate_filter
 from gateway.mqtt.urls import (
     TlsFilesError,
@@ -393,13 +394,11 @@ class MqttSource(Source):
         self.dropped_qos0 = 0
         if config.qos == 0:
             self.lost_if_cut = "QoS 0: the broker does not send them again"
-        self._drops_logged = 0
-        self._drop_logged_at = 0.0
+        self._drops_log = LogThrottle(DROP_LOG_INTERVAL, ctx.clock.monotonic)
         self.redeliveries = 0
         self.possible_duplicates = 0
         self.invalid = 0
-        self._invalid_logged = 0
-        self._invalid_logged_at = -DROP_LOG_INTERVAL  # the first one is logged at once
+        self._invalid_log = LogThrottle(DROP_LOG_INTERVAL, ctx.clock.monotonic)
         self._last_invalid = ("", "")
         self.oversized = 0
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
@@ -692,14 +691,9 @@ class MqttSource(Source):
 
     def _log_drops(self) -> None:
         """At most one WARNING every DROP_LOG_INTERVAL seconds, with the count since the last."""
-        new = self.dropped_qos0 - self._drops_logged
+        new = self._drops_log.due(self.dropped_qos0)
         if not new:
             return
-        now = self.ctx.clock.monotonic()
-        if now - self._drop_logged_at < DROP_LOG_INTERVAL:
-            return
-        self._drop_logged_at = now
-        self._drops_logged = self.dropped_qos0
         self.ctx.log.warning(
             "dropped %d QoS 0 messages (%d in all): they arrived faster than the gateway"
             " stores them, and QoS 0 allows dropping; subscribe with qos: 1 to keep every one",
@@ -709,14 +703,9 @@ class MqttSource(Source):
 
     def _log_invalid(self) -> None:
         """Like `_log_drops`: at most one WARNING every DROP_LOG_INTERVAL seconds."""
-        new = self.invalid - self._invalid_logged
+        new = self._invalid_log.due(self.invalid)
         if not new:
             return
-        now = self.ctx.clock.monotonic()
-        if now - self._invalid_logged_at < DROP_LOG_INTERVAL:
-            return
-        self._invalid_logged_at = now
-        self._invalid_logged = self.invalid
         reason, topic = self._last_invalid
         if new == 1:
             self.ctx.log.warning("%s (topic %r); it goes to the dead letters", reason, topic)

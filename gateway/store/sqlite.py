@@ -57,6 +57,7 @@ from typing import Any, NamedTuple, TypeVar
 from gateway.core.component import MARK_DUP, MARK_QOS2
 from gateway.core.errors import GatewayError, PermanentError
 from gateway.core.flowfile import FlowFile, attributes_json
+from gateway.core.throttle import LogThrottle
 
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
@@ -88,6 +89,7 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 # most, MQTT 1000), which drop the oldest, logged
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
+DROP_LOG_INTERVAL = 30.0  # seconds between two lines about drop_oldest drops (as QoS 0 ones)
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
 REDELIVERY_WINDOW = 32_768
@@ -635,6 +637,8 @@ class Store:
         self.synchronous = synchronous
         self.bytes = 0
         self.dropped = 0
+        # one ERROR line about drops per DROP_LOG_INTERVAL (a full budget drops at every commit)
+        self._drops_log = LogThrottle(DROP_LOG_INTERVAL, time.monotonic)
         self.dead_count = 0
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -1556,6 +1560,22 @@ class Store:
         """Drop what may be dropped to get under the budget (see `_drop_oldest_sync`)."""
         if self.bytes >= self.max_bytes:
             await self._call(self._drop_oldest_sync)
+            self._log_drops()
+
+    def _log_drops(self) -> None:
+        """What `drop_oldest` dropped (of what a sink still waited for): the first drop at
+        once, then at most one ERROR line every DROP_LOG_INTERVAL seconds, with the count
+        since the last (`maintain` logs the last ones once drops stop)."""
+        new = self._drops_log.due(self.dropped)
+        if new:
+            log.error(
+                "store: the buffer reached its budget of %d bytes; dropped %d of the oldest"
+                " FlowFiles (%d in all; overflow: drop_oldest). Sinks are not keeping up or"
+                " are down.",
+                self.max_bytes,
+                new,
+                self.dropped,
+            )
 
     def set_overflow(self, policies: dict[str, str]) -> None:
         """Per-sink overflow policies (`block` or `drop_oldest`) that override the default."""
@@ -1668,15 +1688,8 @@ class Store:
             _rollback(db)
             raise
         # Rows every sink had delivered (not yet purged) go too, but lose nothing: only
-        # what a sink still waited for counts as dropped and is logged.
+        # what a sink still waited for counts as dropped and is logged (`_log_drops`).
         self.dropped += lost
-        if lost:
-            log.error(
-                "store: the buffer reached its budget of %d bytes; dropped the %d oldest"
-                " FlowFiles (overflow: drop_oldest). Sinks are not keeping up or are down.",
-                self.max_bytes,
-                lost,
-            )
 
     # -- delivery ----------------------------------------------------------
 
@@ -1824,6 +1837,7 @@ class Store:
 
         Returns the number of FlowFiles purged.
         """
+        self._log_drops()  # the drops since the last line, once it is due
         names = [n for n in active if n in self._cursors]
         if not names:
             return 0

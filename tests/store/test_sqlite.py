@@ -115,6 +115,45 @@ async def test_drop_oldest_counts_only_what_a_sink_still_waited_for(tmp_path: Pa
     await store.close()
 
 
+async def test_drop_oldest_logs_one_error_line_per_interval_with_the_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full budget drops at every commit, and each drop was an ERROR line (as many
+    lines as commits); the QoS 0 drops are said once per interval with the count."""
+    store = await open_store(tmp_path, ("a",), max_bytes=1 << 20, overflow="drop_oldest")
+    now = [1000.0]
+    store._drops_log.monotonic = lambda: now[0]
+    a = store.bit("a")
+
+    def lines() -> list[str]:
+        said = [r for r in caplog.records if "reached its budget" in r.getMessage()]
+        assert all(r.levelname == "ERROR" for r in said)
+        return [r.getMessage() for r in said]
+
+    start = 0
+    while not store.dropped:
+        await store.commit(batch([(ff(i, size=2000), a) for i in range(start, start + 100)]))
+        start += 100
+    logged = store.dropped
+    for more in range(start, start + 1000, 100):
+        await store.commit(batch([(ff(i, size=2000), a) for i in range(more, more + 100)]))
+    assert store.dropped > logged
+    [first] = lines()  # the first drop, at once; the others within the interval: not yet
+    assert f"dropped {logged} of the oldest FlowFiles ({logged} in all" in first
+    now[0] += 29.0
+    await store.maintain(["a"])
+    assert len(lines()) == 1
+    now[0] += 1.0  # the interval is over: the maintenance pass says the rest
+    await store.maintain(["a"])
+    second = lines()[1]
+    assert f"dropped {store.dropped - logged} of the oldest" in second
+    assert f"({store.dropped} in all" in second
+    now[0] += 60.0
+    await store.maintain(["a"])
+    assert len(lines()) == 2  # nothing new: nothing said
+    await store.close()
+
+
 async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each_sink(
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,39 @@
+"""When to log a count that keeps growing: the first at once, then at most one line
+per interval, with what was added since the last.
+
+One helper for the log lines that would otherwise come once per event under load: the
+MQTT source's QoS 0 drops and invalid PUBLISH packets, the store's `drop_oldest` drops.
+It says when and how many; the caller logs, in its own words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class LogThrottle:
+    """Rate-limits the log lines about a growing total (of drops, say).
+
+    `due(total)` answers how many were added since the last line when a line is due:
+    the first time at once, then not before `interval` seconds after the last line
+    (read from `monotonic`). A caller calls it when the total grows, and again later
+    (each read, each maintenance pass) so that the last ones are logged too.
+    """
+
+    def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
+        self.interval = interval
+        self.monotonic = monotonic
+        self._logged = 0  # the total at the last line
+        self._at: float | None = None  # when that line was logged
+
+    def due(self, total: int) -> int:
+        """How many of `total` to log now (they count as logged); 0: none new, or too soon."""
+        new = total - self._logged
+        if new <= 0:
+            return 0
+        now = self.monotonic()
+        if self._at is not None and now - self._at < self.interval:
+            return 0
+        self._at = now
+        self._logged = total
+        return new
