@@ -834,17 +834,26 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 print(json.dumps(item, indent=2))
             return 0
         seqs = _selection(args)
+        done: admin.Purged | admin.Replayed
         if args.action == "purge":
-            print(f"purged {store.purge(seqs)} dead letter(s)")
-            return 0
-        # replay: into the store's replay inbox, which the gateway takes in like new input:
-        # a refusal by a sink goes back to that sink, one by a route's processor goes
-        # through that processor on, to that route's sinks.
-        replayed = store.replay(seqs)
-        print(f"replayed {replayed.count} dead letter(s)")
-        note = replayed.note()
-        if note:
-            print(note)
+            done = store.purge(seqs)
+            if seqs is None or len(done.missing) < len(set(seqs)):
+                print(f"purged {done.count} dead letter(s)")
+        else:
+            # replay: into the store's replay inbox, which the gateway takes in like new
+            # input: a refusal by a sink goes back to that sink, one by a route's
+            # processor goes through that processor on, to that route's sinks.
+            done = store.replay(seqs)
+            if seqs is None or len(done.missing) < len(set(seqs)):
+                print(f"replayed {done.count} dead letter(s)")
+            note = done.note()
+            if note:
+                print(note)
+        # A mistyped number: said, not "replayed 0" and success (the others asked for
+        # are done; a number that names none is the only line when all are).
+        if done.missing:
+            print(f"edge-stream: {admin.not_found(done.missing)}", file=sys.stderr)
+            return 1
         return 0
 
 

@@ -45,6 +45,7 @@ from gateway.store.sqlite import (
 __all__ = [
     "DeadLetterRecord",
     "DeadLetterSummary",
+    "Purged",
     "ReloadRecord",
     "Replayed",
     "Reset",
@@ -62,10 +63,11 @@ __all__ = [
 class Replayed:
     """What `StoreAdmin.replay` did: `count` dead letters moved to the replay inbox;
     `kept`: why the others asked for were left (their content is not the message) ->
-    how many."""
+    how many; `missing`: the numbers asked for that name no dead letter."""
 
     count: int
     kept: dict[str, int]
+    missing: tuple[int, ...] = ()
 
     def note(self) -> str | None:
         """One line on those left, or None when every one asked for was replayed."""
@@ -80,6 +82,22 @@ class Replayed:
             f"{left} dead letter(s) not replayed: their content is not the message: {why}"
             " (they stay: list, show or purge them)"
         )
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What `StoreAdmin.purge` did: `count` dead letters deleted; `missing`: the numbers
+    asked for that name no dead letter."""
+
+    count: int
+    missing: tuple[int, ...] = ()
+
+
+def not_found(missing: Sequence[int]) -> str:
+    """The line on dead letter numbers that name none (a mistyped number: nothing done
+    for it)."""
+    numbers = ", ".join(map(str, missing))
+    return f"no dead letter{'s' if len(missing) > 1 else ''} {numbers}"
 
 
 # What a source marks a dead letter whose content is not the message with (see
@@ -272,10 +290,30 @@ class StoreAdmin:
             seq, fid, topic, json.loads(attributes), content, created, origin, sink, reason
         )
 
-    def purge(self, seqs: Sequence[int] | None) -> int:
-        """Delete the dead letters numbered `seqs` (None: all of them); how many went."""
+    def purge(self, seqs: Sequence[int] | None) -> Purged:
+        """Delete the dead letters numbered `seqs` (None: all of them), in one
+        transaction; how many went, and the numbers that named none."""
         where, params = _selection(seqs)
-        return int(self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            missing = self._missing(seqs)
+            gone = self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return Purged(int(gone), missing)
+
+    def _missing(self, seqs: Sequence[int] | None) -> tuple[int, ...]:
+        """The numbers of `seqs` that name no dead letter, each once, in the order given."""
+        if seqs is None:
+            return ()
+        where, params = _selection(seqs)
+        found = {
+            row[0] for row in self.db.execute(f"SELECT seq FROM dead_letters WHERE {where}", params)
+        }
+        return tuple(dict.fromkeys(n for n in seqs if n not in found))
 
     def replay(self, seqs: Sequence[int] | None) -> Replayed:
         """Move the dead letters numbered `seqs` (None: all) into the replay inbox, in
@@ -295,6 +333,7 @@ class StoreAdmin:
             columns += ", origin"
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            missing = self._missing(seqs)
             moved = self.db.execute(
                 f"INSERT INTO replay ({columns}) SELECT {columns} FROM"
                 f" dead_letters WHERE {where} ORDER BY seq",
@@ -316,7 +355,7 @@ class StoreAdmin:
             "the raw invalid packet" if cut is None else f"truncated to {cut}": int(n)
             for cut, n in left
         }
-        return Replayed(int(moved), kept)
+        return Replayed(int(moved), kept, missing)
 
     # -- statistics ----------------------------------------------------------------
 

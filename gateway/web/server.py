@@ -22,8 +22,9 @@ GET /api/dead-letters/SEQ        one in full: its content as text, or as hex whe
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
 GET /api/dead-letters/SEQ/content  its whole content as a file (application/octet-stream)
 POST /api/dead-letters/replay|purge  body {"seqs": [SEQ, ...]} or {"all": true}: as
-                 `edge-stream dead-letters replay|purge` (operators); answers {"count"},
-                 and for a replay {"note"}: null, or the line on those not replayed
+                 `edge-stream dead-letters replay|purge` (operators); answers {"count",
+                 "missing"} (the numbers that name no dead letter), and for a replay
+                 {"note"}: null, or the line on those not replayed
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
@@ -781,6 +782,8 @@ class WebServer:
         )
         if isinstance(done, web.Response):
             return done
+        # `missing`: the numbers asked for that name no dead letter (nothing done for them)
+        missing = list(done.missing)
         if isinstance(done, admin.Replayed):
             note = done.note()
             log.info(
@@ -788,9 +791,9 @@ class WebServer:
                 done.count,
                 f"; {note}" if note else "",
             )
-            return _json({"action": action, "count": done.count, "note": note})
-        log.info("web: %s %s dead letter(s) through the console", action, done)
-        return _json({"action": action, "count": done})
+            return _json({"action": action, "count": done.count, "note": note, "missing": missing})
+        log.info("web: %s %s dead letter(s) through the console", action, done.count)
+        return _json({"action": action, "count": done.count, "missing": missing})
 
     def _store_admin(self, do: Callable[[admin.StoreAdmin], Any]) -> Any:
         """`do` on a store admin connection of its own, as the CLI does (blocking: call it

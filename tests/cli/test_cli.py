@@ -877,7 +877,12 @@ def test_a_dead_letter_truncated_to_max_payload_is_not_replayed(
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as answer:
-        assert json.loads(answer.read()) == {"action": "replay", "count": 0, "note": note}
+        assert json.loads(answer.read()) == {
+            "action": "replay",
+            "count": 0,
+            "note": note,
+            "missing": [],
+        }
     purged = cli("dead-letters", "purge", cut["seq"], "-c", str(gw.config_path))
     assert purged.stdout.strip() == "purged 1 dead letter(s)"
     assert gw.stop() == 0
@@ -1180,9 +1185,16 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr.endswith(f"--limit: must be at most 1000000000, got {1 << 64}\n")
 
+    # A number that names no dead letter (mistyped) printed "replayed 0" and exited 0:
+    # one line names it; the others asked for are done.
+    for action in ("replay", "purge"):
+        wrong = cli("dead-letters", action, "999999", "1000000", "-c", str(config))
+        assert (wrong.returncode, wrong.stdout) == (1, "")
+        assert wrong.stderr == "edge-stream: no dead letters 999999, 1000000\n"
     # the numbers after -c FILE as well as before it (argparse left those over)
     purged = cli("dead-letters", "purge", str(dead[3].seq), "-c", str(config), "999999")
-    assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n"), purged.stderr
+    assert (purged.returncode, purged.stdout) == (1, "purged 1 dead letter(s)\n")
+    assert purged.stderr == "edge-stream: no dead letter 999999\n"
     replayed = cli("dead-letters", "replay", str(dead[1].seq), "-c", str(config))
     assert (replayed.returncode, replayed.stdout) == (0, "replayed 1 dead letter(s)\n")
     left = cli("dead-letters", "list", "-c", str(config)).stdout

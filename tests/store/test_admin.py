@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.flowfile import FlowFile
-from gateway.store.admin import open_admin, reset
+from gateway.store.admin import Purged, open_admin, reset
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
 pytestmark = pytest.mark.integration
@@ -118,11 +118,12 @@ async def test_purge_by_number_and_all(tmp_path: Path) -> None:
     store, dead = await store_with_dead_letters(tmp_path)
     with open_admin(store.path) as admin:
         first, second, third = reversed(admin.dead_letters(10))
-        assert admin.purge([second.seq, 999_999]) == 1
+        # the numbers that name no dead letter are said, each once (a mistyped one)
+        assert admin.purge([second.seq, 999_999, 999_999]) == Purged(1, (999_999,))
         assert [d.id for d in admin.dead_letters(10)] == [dead[2].id, dead[0].id]
-        assert admin.purge(None) == 2
+        assert admin.purge(None) == Purged(2)
         assert admin.dead_letters(10) == [] and admin.dead_letter_count() == 0
-        assert admin.purge([first.seq, third.seq]) == 0
+        assert admin.purge([first.seq, third.seq]) == Purged(0, (first.seq, third.seq))
     await store.recount()
     assert store.dead_count == 0
     await store.close()
@@ -192,12 +193,12 @@ async def test_replay_leaves_the_dead_letters_whose_content_is_not_the_message(
         )
         assert {d.id for d in admin.dead_letters(10)} == {cut.id, raw.id}
         assert admin.replay(None).note() is not None and admin.dead_letter_count() == 2
-        nothing = admin.replay([seqs[good.id]])  # gone already: nothing to say
-        assert (nothing.count, nothing.note()) == (0, None)
+        nothing = admin.replay([seqs[good.id], 0])  # gone already, or never there
+        assert (nothing.count, nothing.note(), nothing.missing) == (0, None, (seqs[good.id], 0))
         # shown and purged as any other
         record = admin.dead_letter(seqs[raw.id])
         assert record is not None and record.content == b"\x32\x0a"
-        assert admin.purge(None) == 2
+        assert admin.purge(None).count == 2
     # what went to the replay inbox: the two others, in the order they were replayed
     assert [f.id for _, f, _, _ in await store.take_replay(10)] == [good.id, refused.id]
     await store.close()
