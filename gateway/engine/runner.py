@@ -463,6 +463,7 @@ class SinkRunner:
     async def _deliver_loop(self) -> None:
         log = self.sink.ctx.log
         clock = self.clock
+        await self.store.settled()  # this sink's last advance, if a reload cancelled it
         after = self.store.cursor(self.name)
         while not self.stopping:
             config = self.config  # read each time: a reload may update it in place

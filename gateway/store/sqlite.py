@@ -327,10 +327,16 @@ def _trim_heap() -> None:
 _malloc_trim: Any = None
 
 
-def _then_when_done(then: Callable[[Any], None], done: asyncio.Future[Any]) -> None:
-    """`Store._call`'s `then` for a caller cancelled while the store thread worked."""
-    if not done.cancelled() and done.exception() is None:
+def _run_then(
+    then: Callable[[Any], None], failed: list[Exception], done: asyncio.Future[Any]
+) -> None:
+    """`Store._call`'s `then`, run as soon as the store thread's result is on the loop."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    try:
         then(done.result())
+    except Exception as err:  # for the caller to raise (or `_unseen` to log)
+        failed.append(err)
 
 
 class StoreError(GatewayError):
@@ -642,6 +648,7 @@ class Store:
         self.dead_count = 0
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._settling: set[asyncio.Future[Any]] = set()  # see `_call`
         self._bits: dict[str, int] = {}
         self._cursors: dict[str, int] = {}
         self._depth: dict[str, int] = {}
@@ -821,9 +828,11 @@ class Store:
         self, fn: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None
     ) -> T:
         """Run `fn(*args)` on the store thread. `then(result)` runs on the loop once `fn`
-        succeeded, also when the caller was cancelled meanwhile: `fn` goes on to its end on
-        the thread, and what it wrote in the file the store's memory must say too (a
-        cursor moved, rows committed), or the next reader acts on what it was before."""
+        succeeded, before the caller (or any later call's caller) resumes, and also when the
+        caller was cancelled meanwhile: with `then`, `fn` goes on to its end on the thread,
+        even when cancelled before it began, since what it writes in the file the store's
+        memory must say too (a cursor moved, rows committed), or the next reader acts on
+        what it was before. `settled` waits for those still under way."""
         if self._executor is None:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
@@ -831,12 +840,18 @@ class Store:
             done = loop.run_in_executor(self._executor, fn, *args)
             if then is None:
                 return await done
+            failed: list[Exception] = []
+            # registered first: runs before the caller's wake-up (shield's, added after)
+            done.add_done_callback(partial(_run_then, then, failed))
+            self._settling.add(done)
+            done.add_done_callback(self._settling.discard)
             try:
                 result = await asyncio.shield(done)
             except asyncio.CancelledError:
-                done.add_done_callback(partial(_then_when_done, then))
+                done.add_done_callback(partial(self._unseen, failed))
                 raise
-            then(result)
+            if failed:
+                raise failed[0]
             return result
         except sqlite3.Error as err:
             if _is_full(err):
@@ -847,6 +862,20 @@ class Store:
             if is_damaged(err):
                 raise StoreDamaged(damaged_text(self.path, err)) from err
             raise StoreError(f"store {self.path}: {err}") from err
+
+    async def settled(self) -> None:
+        """Wait until what the store thread writes for cancelled callers is done and in
+        memory (see `_call`): a sink starting again reads its cursor after this."""
+        if self._settling:
+            await asyncio.wait(list(self._settling))
+
+    def _unseen(self, failed: list[Exception], done: asyncio.Future[Any]) -> None:
+        """Log what went wrong in a call whose caller was cancelled: no one else will."""
+        err = failed[0] if failed else None if done.cancelled() else done.exception()
+        if err is not None:
+            log.error(
+                "store %s: a write finished after its caller stopped failed: %s", self.path, err
+            )
 
     def _spared(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the store thread; if the disk is full, give up the reserve and run

@@ -1145,40 +1145,53 @@ async def test_alert_events_deleted_unsent_at_the_hard_cap_are_told(
     await store.close()
 
 
+class _Held:
+    """Another connection holding the store's write lock, so that the store thread's
+    next write waits in the middle of its statement (busy_timeout) until `release`."""
+
+    def __init__(self, store: Store, statement: str) -> None:
+        import threading
+
+        self.other = sqlite3.connect(store.path, isolation_level=None)
+        self.other.execute("BEGIN IMMEDIATE")
+        self.waiting = threading.Event()
+        assert store._db is not None
+        store._db.set_trace_callback(
+            lambda sql: self.waiting.set() if sql.startswith(statement) else None
+        )
+
+    async def reached(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.waiting.wait, 5)
+        assert self.waiting.is_set(), "the store thread reached the statement"
+
+    def release(self) -> None:
+        if self.other.in_transaction:
+            self.other.execute("COMMIT")
+        self.other.close()
+
+
 async def test_an_advance_cancelled_while_it_writes_moves_the_cursor_in_memory_too(
     tmp_path: Path,
 ) -> None:
     """A sink cancelled in the middle of `advance` (a reload removing it past its finish
-    time) had its cursor moved in the file but not in memory: added back in the same
+    time) had its cursor moved in the file but not in memory: started again in the same
     process, it delivered that batch again."""
-    import threading
-
     store = await open_store(tmp_path)
     await store.commit(batch([(ff(i), store.bit("a")) for i in range(3)]))
     rows, _ = await store.read("a", 0, 10)
     upto = rows[-1][0]
-    writing = threading.Event()
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the advance's UPDATE waits for this lock
-
-    def traced(sql: str) -> None:
-        if sql.startswith("UPDATE sinks SET cursor"):
-            writing.set()
-
-    assert store._db is not None
-    store._db.set_trace_callback(traced)
-    advance = asyncio.create_task(store.advance("a", upto, len(rows), []))
-    await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
-    assert writing.is_set()
-    advance.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await advance
-    other.execute("COMMIT")  # the store thread's UPDATE goes on and commits
-    other.close()
-    await store._call(lambda: None)  # queued behind the advance on the store thread
-    await asyncio.sleep(0)
-    assert store.cursor("a") == upto
-    assert store.depth("a") == 0
+    held = _Held(store, "UPDATE sinks SET cursor")
+    try:
+        advance = asyncio.create_task(store.advance("a", upto, len(rows), []))
+        await held.reached()
+        advance.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await advance
+        assert store.cursor("a") == 0, "still writing"
+    finally:
+        held.release()  # the store thread's UPDATE goes on and commits
+    await store.settled()  # what a sink starting again waits for
+    assert (store.cursor("a"), store.depth("a")) == (upto, 0)
     await store.close()
     store = await open_store(tmp_path)
     assert store.cursor("a") == upto, "the file says the same"
@@ -1189,32 +1202,44 @@ async def test_a_commit_cancelled_while_it_writes_is_counted_in_memory_too(
     tmp_path: Path,
 ) -> None:
     """The ingest loop cancelled while the store thread committed: the rows were in the
-    file but not in the sinks' depth, the budget's bytes or the tail."""
-    import threading
-
+    file but not in the sinks' depth, the budget's bytes, the tail or the dedupe marks."""
     store = await open_store(tmp_path)
-    writing = threading.Event()
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the commit's INSERT waits for this lock
-
-    def traced(sql: str) -> None:
-        if sql.startswith("INSERT INTO flowfiles"):
-            writing.set()
-
-    assert store._db is not None
-    store._db.set_trace_callback(traced)
-    commit = asyncio.create_task(store.commit(batch([(ff(i), store.bit("a")) for i in range(3)])))
-    await asyncio.get_running_loop().run_in_executor(None, writing.wait, 5)
-    assert writing.is_set()
-    commit.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await commit
-    other.execute("COMMIT")
-    other.close()
-    await store._call(lambda: None)  # queued behind the commit on the store thread
-    await asyncio.sleep(0)
+    held = _Held(store, "INSERT INTO flowfiles")
+    try:
+        rows = [(ff(i), store.bit("a")) for i in range(3)]
+        commit = asyncio.create_task(store.commit(batch(rows, [("plc", 7, b"digest-1")])))
+        await held.reached()
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+    finally:
+        held.release()
+    await store.settled()
     assert store.depth("a") == 3
     assert store.bytes > 0
-    rows, _ = await store.read("a", 0, 10)
-    assert [f.content.strip() for _, f in rows] == [b"0", b"1", b"2"]
+    assert store.committed("plc", 7, b"digest-1"), "a redelivery is known as stored"
+    read, _ = await store.read("a", 0, 10)
+    assert [f.content.strip() for _, f in read] == [b"0", b"1", b"2"]
+    await store.close()
+
+
+async def test_what_a_write_puts_in_memory_comes_before_a_later_call_s_caller_resumes(
+    tmp_path: Path,
+) -> None:
+    """A commit's in-memory counts were made one loop turn after a later call's caller
+    resumed: a recount of the dead letters (which read the commit's) then had the
+    commit's letters added on top, counting them twice."""
+    store = await open_store(tmp_path)
+    held = _Held(store, "INSERT INTO flowfiles")
+    try:
+        dead = [DeadLetter(ff(9), "route r", "not JSON")]
+        commit = asyncio.create_task(store.commit(Batch([(ff(1), store.bit("a"))], dead, {}, [])))
+        await held.reached()
+        recount = asyncio.create_task(store.recount())  # queued behind the commit
+        await asyncio.sleep(0)
+    finally:
+        held.release()
+    time.sleep(0.3)  # noqa: ASYNC251 - the loop busy while both finish on the store thread
+    await asyncio.gather(commit, recount)
+    assert store.dead_count == 1
     await store.close()
