@@ -815,11 +815,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{store.dead_letter_count()} dead letter(s)")
             return 0
         if args.action == "show":
+            missing: list[int] = []
             for seq in args.seq:
                 record = store.dead_letter(seq)
                 if record is None:
-                    print(f"edge-stream: no dead letter {seq}", file=sys.stderr)
-                    return 1
+                    missing.append(seq)
+                    continue
                 item = {
                     "seq": record.seq,
                     "id": record.id,
@@ -832,6 +833,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                     "reason": record.reason,
                 }
                 print(json.dumps(item, indent=2))
+            if missing:  # the others are shown, as replay and purge do the others
+                print(f"edge-stream: {admin.not_found(missing)}", file=sys.stderr)
+                return 1
             return 0
         seqs = _selection(args)
         done: admin.Purged | admin.Replayed

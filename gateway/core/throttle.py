@@ -17,7 +17,8 @@ class LogThrottle:
     `due(total)` answers how many were added since the last line when a line is due:
     the first time at once, then not before `interval` seconds after the last line
     (read from `monotonic`). A caller calls it when the total grows, and again later
-    (each read, each maintenance pass) so that the last ones are logged too.
+    (each read, each maintenance pass), and with `now=True` when it stops, so that the
+    last ones are logged too.
     """
 
     def __init__(self, interval: float, monotonic: Callable[[], float]) -> None:
@@ -26,14 +27,15 @@ class LogThrottle:
         self._logged = 0  # the total at the last line
         self._at: float | None = None  # when that line was logged
 
-    def due(self, total: int) -> int:
-        """How many of `total` to log now (they count as logged); 0: none new, or too soon."""
+    def due(self, total: int, now: bool = False) -> int:
+        """How many of `total` to log now (they count as logged); 0: none new, or too soon.
+        `now`: whatever the interval (the last line, at a close)."""
         new = total - self._logged
         if new <= 0:
             return 0
-        now = self.monotonic()
-        if self._at is not None and now - self._at < self.interval:
+        at = self.monotonic()
+        if not now and self._at is not None and at - self._at < self.interval:
             return 0
-        self._at = now
+        self._at = at
         self._logged = total
         return new

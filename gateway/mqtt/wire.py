@@ -80,6 +80,8 @@ REASON_STRING = 0x1F
 MAXIMUM_PACKET_SIZE = 0x27
 
 # PUBACK (0x40) and PUBREC (0x50) with remaining length 2: success needs no reason code.
+# The reason of a QoS 1/2 PUBLISH with packet id 0 (the source tells it apart by it)
+PACKET_ID_0 = "it has packet id 0 at QoS {qos}, which cannot be acknowledged"
 ACK_HEADER = {1: b"\x40\x02", 2: b"\x50\x02"}
 # the same with room for the packet id: a PUBACK/PUBREC is one big-endian 32-bit word
 ACK_WORD = {1: 0x40020000, 2: 0x50020000}
@@ -486,7 +488,7 @@ class Subscriber(asyncio.Protocol):
             elif "\x00" in topic or "+" in topic or "#" in topic:
                 problem = f"its topic {topic!r} contains U+0000 or a wildcard"
             elif mid == 0:
-                problem = f"it has packet id 0 at QoS {qos}, which cannot be acknowledged"
+                problem = PACKET_ID_0.format(qos=qos)
         dup = bool(first & 0x08)
         if problem is not None:
             if self._reject is None:

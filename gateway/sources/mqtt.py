@@ -134,7 +134,7 @@ from gateway.mqtt.urls import (
     tls_files,
     unsendable_keys,
 )
-from gateway.mqtt.wire import ConnectRefused, Subscriber
+from gateway.mqtt.wire import PACKET_ID_0, ConnectRefused, Subscriber
 
 READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
@@ -665,8 +665,9 @@ class MqttSource(Source):
                 return
             ack = _Ack(self, None, 0, self._epoch, size)
         else:  # QoS 1/2 with packet id 0 (handed over as None): nothing to acknowledge
-            if "packet id 0" not in reason:  # another fault came first and is the one named
-                reason += f"; it has packet id 0 at QoS {qos}, which cannot be acknowledged"
+            if reason != f"invalid PUBLISH: {PACKET_ID_0.format(qos=qos)}":
+                # another fault came first and is the one the wire named
+                reason += f"; {PACKET_ID_0.format(qos=qos)}"
             reason += "; the broker may send it again"
             ack = _Ack(self, None, 0, self._epoch, size)
         self.invalid += 1
@@ -689,9 +690,10 @@ class MqttSource(Source):
         self.dropped = self.dropped_qos0
         self._log_drops()
 
-    def _log_drops(self) -> None:
-        """At most one WARNING every DROP_LOG_INTERVAL seconds, with the count since the last."""
-        new = self._drops_log.due(self.dropped_qos0)
+    def _log_drops(self, now: bool = False) -> None:
+        """At most one WARNING every DROP_LOG_INTERVAL seconds, with the count since the last
+        (`now`: whatever the interval, at a close)."""
+        new = self._drops_log.due(self.dropped_qos0, now)
         if not new:
             return
         self.ctx.log.warning(
@@ -701,9 +703,9 @@ class MqttSource(Source):
             self.dropped_qos0,
         )
 
-    def _log_invalid(self) -> None:
+    def _log_invalid(self, now: bool = False) -> None:
         """Like `_log_drops`: at most one WARNING every DROP_LOG_INTERVAL seconds."""
-        new = self._invalid_log.due(self.invalid)
+        new = self._invalid_log.due(self.invalid, now)
         if not new:
             return
         reason, topic = self._last_invalid
@@ -782,6 +784,8 @@ class MqttSource(Source):
         client.ack(acks)
 
     async def close(self) -> None:
+        self._log_drops(now=True)
+        self._log_invalid(now=True)
         client, self._client = self._client, None
         if client is not None:
             if self._acks:

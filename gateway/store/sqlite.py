@@ -806,6 +806,7 @@ class Store:
     async def close(self) -> None:
         if self._executor is None:
             return
+        self._log_drops(now=True)
         await self._call(self._close_sync)
         self._executor.shutdown(wait=True)
         self._executor = None
@@ -1591,11 +1592,11 @@ class Store:
             await self._call(self._drop_oldest_sync)
             self._log_drops()
 
-    def _log_drops(self) -> None:
+    def _log_drops(self, now: bool = False) -> None:
         """What `drop_oldest` dropped (of what a sink still waited for): the first drop at
         once, then at most one ERROR line every DROP_LOG_INTERVAL seconds, with the count
-        since the last (`maintain` logs the last ones once drops stop)."""
-        new = self._drops_log.due(self.dropped)
+        since the last (`maintain` logs the last ones once drops stop, `close` at once)."""
+        new = self._drops_log.due(self.dropped, now)
         if new:
             log.error(
                 "store: the buffer reached its budget of %d bytes; dropped %d of the oldest"

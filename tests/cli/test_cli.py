@@ -1165,6 +1165,10 @@ def test_dead_letters_commands_print_what_they_did_line_by_line(tmp_path: Path) 
     missing = cli("dead-letters", "show", "999999", "-c", str(config))
     assert (missing.returncode, missing.stdout) == (1, "")
     assert missing.stderr == "edge-stream: no dead letter 999999\n"
+    # the ones there are shown, the others named in one line (it stopped at the first)
+    mixed = cli("dead-letters", "show", "999999", str(dead[3].seq), "99998", "-c", str(config))
+    assert mixed.returncode == 1 and f'"seq": {dead[3].seq},' in mixed.stdout
+    assert mixed.stderr == "edge-stream: no dead letters 999999, 99998\n"
 
     for action in ("purge", "replay"):
         unnamed = cli("dead-letters", action, "-c", str(config))

@@ -465,13 +465,16 @@ async def test_a_packet_id_0_dead_letter_says_once_that_it_cannot_be_acknowledge
     source = make_source(fake_broker, "pid0-reason")
     await source.connect()
     fake_broker.send_raw(publish_packet("acks/z", b"z", 1, 0))
-    fake_broker.send_raw(publish_packet("acks/+", b"w", 2, 0))  # a wildcard, and id 0
+    # a wildcard, and id 0; the topic's words are not the reason's
+    fake_broker.send_raw(publish_packet("acks/packet id 0/+", b"w", 2, 0))
     plain, wildcard = [m.reject for m in await read_n(source, 2)]
     assert plain == (
         "invalid PUBLISH: it has packet id 0 at QoS 1, which cannot be acknowledged; the"
         " broker may send it again; the content is the raw PUBLISH packet"
     )
-    assert wildcard is not None and wildcard.startswith("invalid PUBLISH: its topic 'acks/+'")
+    assert wildcard is not None and wildcard.startswith(
+        "invalid PUBLISH: its topic 'acks/packet id 0/+'"
+    )
     assert wildcard.endswith(
         "; it has packet id 0 at QoS 2, which cannot be acknowledged; the broker may send"
         " it again; the content is the raw PUBLISH packet"

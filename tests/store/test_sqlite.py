@@ -151,7 +151,13 @@ async def test_drop_oldest_logs_one_error_line_per_interval_with_the_count(
     now[0] += 60.0
     await store.maintain(["a"])
     assert len(lines()) == 2  # nothing new: nothing said
-    await store.close()
+    before = store.dropped
+    for more in range(start + 1000, start + 1300, 100):
+        await store.commit(batch([(ff(i, size=2000), a) for i in range(more, more + 100)]))
+    assert len(lines()) == 3  # the first after a quiet interval, at once
+    assert store.dropped > before + 100, "more dropped within the interval"
+    await store.close()  # a stop says those at once
+    assert f"({store.dropped} in all" in lines()[-1]
 
 
 async def test_a_flowfile_larger_than_the_whole_buffer_is_dead_lettered_for_each_sink(
