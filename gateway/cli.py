@@ -65,6 +65,7 @@ import getpass
 import http.client
 import json
 import os
+import pwd
 import ssl
 import sys
 import time
@@ -1203,12 +1204,63 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
+# The commands that write into the gateway's folders. Run as root, what they create there
+# (a key, a users file, a kept config version, the data_dir's .lock, SQLite's -wal and
+# -shm) belongs to root, and the gateway, which runs as its own user, cannot use it.
+_WRITES_AS_OWNER = {
+    ("secret", "keygen"),
+    ("secret", "rotate"),
+    ("config", "rollback"),
+    ("web", "passwd"),
+    ("dead-letters", "replay"),
+    ("dead-letters", "purge"),
+    ("state", "reset"),
+    ("store", "reset"),
+    ("store", "drop-sink"),
+}
+
+
+def _not_as_root(args: argparse.Namespace) -> str | None:
+    """The line refusing a command that writes, run as root on the folders of a gateway
+    that runs as another user (the config file's folder, its data_dir); None: go on."""
+    if os.geteuid() != 0 or (args.command, getattr(args, "action", None)) not in _WRITES_AS_OWNER:
+        return None
+    path = getattr(args, "config", None) or DEFAULT_CONFIG
+    folders = [Path(path).absolute().parent]
+    try:
+        data, lines = parse_text(read_text(path), path)
+        env = apply_env(data, dict(os.environ))
+        folders.append(Path(gateway_section(path, data, lines, env).data_dir).absolute())
+    except (ConfigError, OSError, ValueError):
+        pass  # the command itself says what is wrong with the file
+    for folder in folders:
+        try:
+            uid = folder.stat().st_uid
+        except OSError:
+            continue
+        if uid != 0:
+            try:
+                owner = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                owner = str(uid)
+            return (
+                f"{folder} belongs to {owner}, not root: run this as that user (sudo -u"
+                f" {owner} edge-stream ...); as root it would leave files there that a"
+                " gateway running as that user cannot read or write"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
     sys.stderr = _TerminalSafe(stderr)
     try:
         args = _arguments(argv)
+        refused = _not_as_root(args)
+        if refused is not None:
+            print(f"edge-stream: {refused}", file=sys.stderr)
+            return 1
         code = int(args.fn(args))
         sys.stdout.flush()  # here, not at exit, where a failure is a traceback
         return code

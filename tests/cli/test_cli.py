@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import pty
+import pwd
 import re
 import shutil
 import signal
@@ -1389,3 +1390,34 @@ def test_run_on_a_data_dir_that_is_a_file_stops_with_one_line(tmp_path: Path) ->
         f"edge-stream: gateway.data_dir {in_the_way}: cannot use it as the gateway's folder"
         " (it is a file, not a folder); give a folder the gateway may write\n"
     )
+
+
+def test_a_command_that_writes_is_refused_as_root_on_the_gateway_user_s_folders(
+    tmp_path: Path,
+) -> None:
+    """README: run them as the service user, not as root. As root they left files there
+    owned by root (a 0600 key, the data_dir's .lock, a users file) that the gateway,
+    running as its own user, could not read: the start then failed."""
+    nobody = pwd.getpwnam("nobody")
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"gateway: {{data_dir: {data}}}\nsinks: {{}}\nroutes: {{}}\n")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    refused = [
+        cli("secret", "keygen", "-c", str(config)),
+        cli("store", "reset", "-c", str(config)),
+        cli("dead-letters", "purge", "--all", "-c", str(config)),
+    ]
+    for result in refused:
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"edge-stream: {data} belongs to nobody, not root: run this as that user"
+            " (sudo -u nobody edge-stream ...); as root it would leave files there that a"
+            " gateway running as that user cannot read or write\n"
+        )
+    assert list(data.iterdir()) == [], "nothing made as root"
+    # reading is not refused, and a folder of root's is root's to write in
+    assert "belongs to" not in cli("store", "stats", "-c", str(config)).stderr
+    os.chown(data, 0, 0)
+    assert cli("secret", "keygen", "-c", str(config)).returncode == 0
