@@ -10,8 +10,10 @@ each key named `password`, `secret` or `token` (or ending `_password`, `_secret`
 `diff` compares two loaded configs component by component: sources, routes and sinks
 by name (`sinks.warehouse: changed (batch.max_rows 1000 -> 500)`, `routes.alarms:
 added`, `sources.plc1: removed`), the other sections key by key
-(`gateway.log_level: changed (info -> debug)`). A changed secret shows as its key and
-`changed` (`password changed`, `web.password: changed`, `dsn changed`), never its text.
+(`gateway.log_level: changed (info -> debug)`), a whole block only one side has once
+(`alerts.rules.behind: added`, not each of its keys with its default). A changed
+secret shows as its key and `changed` (`password changed`, `web.password: changed`,
+`dsn changed`), never its text.
 Pure functions; the caller loads the files.
 """
 
@@ -159,27 +161,17 @@ def show(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def _leaves(data: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Mapping leaves by key path; lists are leaves (compared whole)."""
-    if isinstance(data, dict) and data:
-        out: dict[tuple[str, ...], Any] = {}
-        for k, v in data.items():
-            out.update(_leaves(v, (*prefix, str(k))))
-        return out
-    return {prefix: data}
-
-
 def _paired_leaves(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """The leaf paths of two values, as _leaves finds them, but two lists of mappings of
-    the same length (a route's processors) compared item by item (`processors.0.size`)."""
-    mappings = isinstance(old, dict | _Absent) and isinstance(new, dict | _Absent)
-    if mappings and ((isinstance(old, dict) and old) or (isinstance(new, dict) and new)):
-        a = old if isinstance(old, dict) else {}
-        b = new if isinstance(new, dict) else {}
+    """The leaf paths of two values (mappings by key; lists are leaves, compared whole),
+    but two lists of mappings of the same length (a route's processors) compared item by
+    item (`processors.0.size`), and a mapping that one side does not have at all (an
+    alert rule added) one path: its keys are no changes of their own, only defaults."""
+    mappings = isinstance(old, dict) and isinstance(new, dict)
+    if mappings and (old or new):
         return [
             path
-            for k in [*a, *(k for k in b if k not in a)]
-            for path in _paired_leaves(a.get(k, _ABSENT), b.get(k, _ABSENT), (*prefix, k))
+            for k in [*old, *(k for k in new if k not in old)]
+            for path in _paired_leaves(old.get(k, _ABSENT), new.get(k, _ABSENT), (*prefix, k))
         ]
     if (
         isinstance(old, list)
@@ -206,11 +198,31 @@ def _at(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
+def _differences(old: Any, new: Any) -> list[tuple[tuple[str, ...], str | None]]:
+    """Where two plain values differ: each path, with `added` or `removed` for a whole
+    mapping only one side has (said once, not key by key with its defaults), else None."""
+    out: list[tuple[tuple[str, ...], str | None]] = []
+    for path in _paired_leaves(old, new):
+        before, after = _at(old, path), _at(new, path)
+        if before == after:
+            continue
+        if before is _ABSENT and isinstance(after, dict):
+            out.append((path, "added"))
+        elif after is _ABSENT and isinstance(before, dict):
+            out.append((path, "removed"))
+        else:
+            out.append((path, None))
+    return out
+
+
 def changed_keys(old: Any, new: Any) -> list[str]:
     """The key paths (`webhook.url`, `rules.backlog.for`) where two loaded sections (or
-    any two values `plain` takes) differ: names only, so that no secret is shown."""
-    a, b = _leaves(plain(old)), _leaves(plain(new))
-    return [".".join(p) for p in [*a, *(p for p in b if p not in a)] if a.get(p) != b.get(p)]
+    any two values `plain` takes) differ, `rules.backlog added` for a whole mapping one
+    side lacks: names only, so that no secret is shown."""
+    return [
+        ".".join(path) + (f" {block}" if block else "")
+        for path, block in _differences(plain(old), plain(new))
+    ]
 
 
 def _text(value: Any) -> str:
@@ -224,15 +236,15 @@ def _text(value: Any) -> str:
 
 
 def _changes(old: Any, new: Any, old_shown: Any, new_shown: Any) -> list[str]:
-    """`key old -> new` per changed leaf; `key changed` when a secret is involved."""
+    """`key old -> new` per changed leaf; `key changed` when a secret is involved;
+    `key added` / `key removed` for a whole mapping one side lacks."""
     out = []
-    for path in _paired_leaves(old, new):
-        before, after = _at(old, path), _at(new, path)
-        if before == after:
-            continue
+    for path, block in _differences(old, new):
         key = ".".join(path)
         shown_a, shown_b = _at(old_shown, path), _at(new_shown, path)
-        if shown_a == shown_b or REDACTED in (shown_a, shown_b):
+        if block:
+            out.append(f"{key} {block}")
+        elif shown_a == shown_b or REDACTED in (shown_a, shown_b):
             out.append(f"{key} changed")
         else:
             out.append(f"{key} {_text(shown_a)} -> {_text(shown_b)}")
@@ -268,6 +280,9 @@ def diff(old: Config, old_raw: dict[str, Any], new: Config, new_raw: dict[str, A
             continue
         for line in _changes(a[section], b[section], a_shown[section], b_shown[section]):
             key, _, rest = line.partition(" ")
-            detail = "" if rest == "changed" else f" ({rest})"
-            lines.append(f"{section}.{key}: changed{detail}")
+            if rest in ("added", "removed"):
+                lines.append(f"{section}.{key}: {rest}")
+            else:
+                detail = "" if rest == "changed" else f" ({rest})"
+                lines.append(f"{section}.{key}: changed{detail}")
     return lines

@@ -223,3 +223,56 @@ def test_a_changed_secret_shows_as_changed_never_its_text(tmp_path: Path) -> Non
     assert lines == [
         "sinks.warehouse: changed (dsn postgresql://gw:***@db/x -> postgresql://gw:***@db2/x)"
     ]
+
+
+ALERTS = """\
+alerts:
+  rules:
+    sink_backlog: {older_than: 5m}
+    behind: {condition: sink_backlog, components: [warehouse]}
+"""
+
+
+def test_an_added_or_removed_alert_rule_is_one_line_not_its_defaults(tmp_path: Path) -> None:
+    # Adding a rule listed every key of it with its default, none of them written:
+    # `alerts.rules.behind.per_minute: changed (absent -> 10)`, `...topic: changed
+    # (absent -> null)`, and the reload's changes `alerts changed (rules.behind.condition,
+    # rules.behind.for, ...)`.
+    old = view.load_view(write(tmp_path, "old.yaml"), {})
+    path = write(tmp_path, "new.yaml")
+    path.write_text(path.read_text() + ALERTS)
+    new = view.load_view(path, {})
+    assert view.diff(*old, *new) == [
+        "alerts.rules.sink_backlog: added",
+        "alerts.rules.behind: added",
+    ]
+    assert view.diff(*new, *old) == [
+        "alerts.rules.sink_backlog: removed",
+        "alerts.rules.behind: removed",
+    ]
+    assert view.changed_keys(old[0].alerts, new[0].alerts) == [
+        "rules.sink_backlog added",
+        "rules.behind added",
+    ]
+    # A changed key is said as before, with its values.
+    path.write_text(path.read_text().replace("older_than: 5m", "older_than: 7m"))
+    changed = view.load_view(path, {})
+    assert view.diff(*new, *changed) == ["alerts.rules.sink_backlog.older_than: changed (5m -> 7m)"]
+    assert view.changed_keys(new[0].alerts, changed[0].alerts) == ["rules.sink_backlog.older_than"]
+
+
+def test_a_block_added_inside_a_component_is_one_key(tmp_path: Path) -> None:
+    # Any mapping one side lacks, not only an alert rule: a Modbus register added.
+    text = (
+        "gateway: {data_dir: '%s'}\n"
+        "sources:\n"
+        "  plc: {type: modbus, url: 'tcp://127.0.0.1:502', registers: {%s}}\n"
+    )
+    one = "t: {address: 0, type: int16}"
+    path = tmp_path / "gw.yaml"
+    path.write_text(text % (tmp_path / "data", one))
+    old = view.load_view(path, {})
+    path.write_text(text % (tmp_path / "data", f"{one}, p: {{address: 1, type: int16}}"))
+    new = view.load_view(path, {})
+    assert view.diff(*old, *new) == ["sources.plc: changed (registers.p added)"]
+    assert view.diff(*new, *old) == ["sources.plc: changed (registers.p removed)"]
