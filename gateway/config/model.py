@@ -2,8 +2,9 @@
 
 Sections: `gateway`, `buffer`, `mqtt`, `sources`, `routes`, `sinks`, `web`,
 `remote_config`, `status`, `alerts`, `state`.
-Sources and sinks are mappings keyed by the name you give them; routes name
-the sinks they feed. Every component's own keys are documented in its module.
+Sources, routes, sinks and alert rules are mappings keyed by the name you give
+them (letters, digits, `_` and `-`: `name_problem`); routes name the sinks they
+feed. Every component's own keys are documented in its module.
 Each key carries its description (`Doc`) and simple bounds (`Range`), from which
 `edge-stream docs` writes docs/reference/ and `edge-stream schema` the JSON Schema.
 """
@@ -22,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from gateway.config.schema import (
+    CheckProblem,
     Component,
     Doc,
     Duration,
@@ -297,6 +299,15 @@ class MqttSection:
                 "embedded_listen",
                 f"{self.embedded_listen!r}: write an IPv6 address in brackets, e.g. [::1]:1883",
             )
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a source, route, sink or alert rule (None: it can). Names
+    become parts of keys joined with `.`, `:` and `/` (metrics labels, MQTT client ids,
+    alert keys `<rule>:<subject>`, the store's ROUTE.N), so they hold none of them."""
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        return "names use letters, digits, '_' and '-'"
+    return None
 
 
 def _filter_problem(topic_filter: str) -> str | None:
@@ -741,7 +752,8 @@ class AlertsSection:
     rules: Annotated[
         dict[str, AlertRule],
         Doc(
-            "Rules by name; a name that is a condition needs no `condition`.",
+            "Rules by name (letters, digits, `_` and `-`); a name that is a condition needs"
+            " no `condition`.",
             example={"warehouse_behind": {"condition": "sink_backlog", "older_than": "5m"}},
         ),
     ] = field(default_factory=dict)
@@ -758,7 +770,7 @@ class AlertsSection:
         WebhookSettings, Doc("An HTTP endpoint that gets every event as a JSON POST.")
     ] = field(default_factory=WebhookSettings)
 
-    def check(self) -> Iterator[tuple[str, str]]:
+    def check(self) -> Iterator[CheckProblem]:
         if self.mqtt_topic is not None:
             topic = self.mqtt_topic.replace("{gateway}", "id")
             problem = validate_topic(topic)
@@ -788,6 +800,9 @@ class AlertsSection:
                     shown = shown[:60] + "..."
                 yield "mqtt_topic", f"{shown} is not a topic to publish on: {problem}"
         for name, rule in (self.rules or {}).items():
+            if problem := name_problem(name):
+                yield ("rules", name), problem
+                continue
             if rule is None:
                 continue
             if rule.condition is None and name not in ALERT_CONDITIONS:
@@ -934,15 +949,24 @@ class Config:
     ] = field(default_factory=MqttSection)
     sources: Annotated[
         dict[str, Annotated[Any, Component("source")]],
-        Doc("The sources, by the name you give them; each picks its kind by `type`."),
+        Doc(
+            "The sources, by the name you give them (letters, digits, `_` and `-`); each"
+            " picks its kind by `type`."
+        ),
     ] = field(default_factory=dict)
     routes: Annotated[
         dict[str, RouteSection],
-        Doc("The routes, by name: which topics go through which processors to which sinks."),
+        Doc(
+            "The routes, by name (letters, digits, `_` and `-`): which topics go through"
+            " which processors to which sinks."
+        ),
     ] = field(default_factory=dict)
     sinks: Annotated[
         dict[str, Annotated[Any, Component("sink")]],
-        Doc("The sinks, by the name routes use; each picks its kind by `type`."),
+        Doc(
+            "The sinks, by the name routes use (letters, digits, `_` and `-`); each picks"
+            " its kind by `type`."
+        ),
     ] = field(default_factory=dict)
     web: Annotated[WebSection, Doc("The status page, JSON API and /metrics.")] = field(
         default_factory=WebSection
@@ -1160,7 +1184,7 @@ class Config:
             except ServedTlsError as err:
                 yield f"{where}.{err.key}", str(err)
 
-    def check(self) -> Iterator[tuple[str, str]]:
+    def check(self) -> Iterator[CheckProblem]:
         routes: Mapping[str, RouteSection | None] = self.routes or {}
         for name, route in routes.items():
             if route is None or self.sinks is None:
@@ -1182,8 +1206,8 @@ class Config:
         yield from self._check_tls_files()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
-                if not name or not all(c.isalnum() or c in "_-" for c in name):
-                    yield f"{section}.{name}", "names use letters, digits, '_' and '-'"
+                if problem := name_problem(name):
+                    yield (section, name), problem
         web = self.web
         if web is not None and web.enabled and not web.listen_problem() and not web.local_only:
             users_file = web.users_file or os.path.join(

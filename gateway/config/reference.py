@@ -317,8 +317,9 @@ def config_page(components: Iterable[Described]) -> str:
     lines = [
         "# The config file: top-level sections",
         "",
-        "One YAML (or JSON) file; sources, routes and sinks are mappings keyed by the name"
-        " you give them. Durations read `250ms`, `10s`, `5m`; sizes `512MiB`, `1GiB`."
+        "One YAML (or JSON) file; sources, routes, sinks and alert rules are mappings keyed"
+        " by the name you give them (letters, digits, `_` and `-`). Durations read `250ms`,"
+        " `10s`, `5m`; sizes `512MiB`, `1GiB`."
         f" {_GENERATED}",
         "",
     ]

@@ -33,6 +33,9 @@ from urllib.parse import parse_qs, urlsplit
 from gateway.config.units import parse_duration, parse_size
 
 Path = tuple[str | int, ...]
+# What a config class's `check()` yields: the key below it that a problem is about
+# ("match.0"; a Path where a name may hold a '.' itself) and the problem.
+CheckProblem = tuple[str | Path, str]
 
 
 class _Unit:
@@ -326,12 +329,16 @@ def _run_check(obj: Any, path: Path, problems: Problems) -> None:
             bounded.append((order[name], name, message))
     check = getattr(obj, "check", None)
     for key, message in check() if check is not None else ():
-        at = order.get(key.partition(".")[0], -1)
+        # a dotted key ("match.0") names a place below this object; a tuple names one
+        # through a name that may hold a '.' itself (`("sinks", "x.y")`, refused for it)
+        if isinstance(key, tuple):
+            parts: Path = key
+        else:
+            parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
+        at = order.get(str(parts[0]) if parts else "", -1)
         while bounded and bounded[0][0] < at:
             _, name, text = bounded.pop(0)
             problems.add((*path, name), text)
-        # a dotted key ("match.0") names a place below this object
-        parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
         problems.add((*path, *parts), message)
     for _, name, text in bounded:
         problems.add((*path, name), text)

@@ -42,6 +42,22 @@ def test_a_mistyped_built_in_rule_is_named_with_a_suggestion(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "condition"),
+    [('""', "sink_backlog"), ('"a b:c/#"', "sink_backlog"), ('"x.y"', None), ('"late!"', None)],
+)
+def test_a_rule_name_follows_the_rule_of_component_names(
+    tmp_path: Path, name: str, condition: str | None
+) -> None:
+    """`""` and `a b:c/#` loaded (alerts are keyed `<rule>:<subject>`), or were refused for
+    a missing condition only: now one line with the key path, as a source's name."""
+    rule = f"{{condition: {condition}}}" if condition else "{older_than: 5m}"
+    shown = name.strip('"')
+    assert problem(tmp_path, f"    {name}: {rule}\n") == (
+        f"g.yaml:9: alerts.rules.{shown}: names use letters, digits, '_' and '-'"
+    )
+
+
 def test_a_rule_of_ones_own_needs_a_condition(tmp_path: Path) -> None:
     assert "alerts.rules.late.condition: required when" in problem(
         tmp_path, "    late: {older_than: 5m}\n"

@@ -188,6 +188,19 @@ def test_an_undefined_sink_error_names_its_line(tmp_path: Path) -> None:
     assert problems(path)[0].startswith(f"{path}:5: routes.telemetry.sinks.1: ")
 
 
+def test_a_name_with_a_dot_is_refused_at_its_own_line(tmp_path: Path) -> None:
+    # `sinks.x.y` was looked up as sinks -> x -> y and given the line of `sinks:`.
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          ok: {type: file}
+          x.y: {type: file}
+        """,
+    )
+    assert problems(path) == [f"{path}:4: sinks.x.y: names use letters, digits, '_' and '-'"]
+
+
 def test_an_invalid_match_filter(tmp_path: Path) -> None:
     path = write(
         tmp_path,
