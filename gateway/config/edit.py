@@ -30,7 +30,9 @@ when it has the same type). A key the file wrote stays, even when it equals the
 default; a new component keeps only the keys that differ from the defaults.
 A key the file wrote whose sent value reads the same (`10s` sent as 10.0, `64MiB` as
 67108864, `match: a/#` as `[a/#]`) keeps the file's form, and a component sent back
-with nothing changed leaves the text as it was.
+with nothing changed leaves the text as it was. A key an environment override sets,
+sent back as GET showed it (the override's value, `***` for a secret), keeps the
+file's value or stays out: the value is the environment's, not the file's.
 
 Secrets: the file's `ENC(...)` values are never decrypted here, so the file keeps
 them as they were. A value sent for a secret is written as sent (it may be an
@@ -58,10 +60,10 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from gateway.config import files
-from gateway.config.load import load_data, parse_text, plain_tag, read_text
+from gateway.config.load import apply_env, load_data, parse_text, plain_tag, read_text
 from gateway.config.model import Config, RouteSection
 from gateway.config.schema import Component, Problems, build, fields
-from gateway.config.view import REDACTED, plain, redact
+from gateway.config.view import REDACTED, plain, redact, show
 from gateway.core.errors import ConfigError
 
 SECTIONS = ("sources", "routes", "sinks")
@@ -85,17 +87,26 @@ def check_name(section: str, name: str) -> None:
         raise ConfigError(f"a {_NOUNS[section]} name is printable text without outer spaces")
 
 
-def set_component(text: str, section: str, name: str, value: dict[str, Any], source: str) -> str:
+def set_component(
+    text: str,
+    section: str,
+    name: str,
+    value: dict[str, Any],
+    source: str,
+    environ: dict[str, str] | None = None,
+) -> str:
     """`text` with `section.name` added or replaced by `value` (plain data, as from JSON).
 
-    `source` is the file's name (`.json`: a JSON file). ConfigError if the text cannot
-    be read, or a redacted value has nothing to keep."""
+    `source` is the file's name (`.json`: a JSON file); `environ` the gateway's
+    environment, whose overrides GET showed. ConfigError if the text cannot be read, or a
+    redacted value has nothing to keep."""
     check_name(section, name)
     if not isinstance(value, dict):
         raise ConfigError(f"{section}.{name}: expected a mapping of the component's keys")
     old_data, _ = parse_text(text, source)
     old_section = old_data.get(section)
     old = old_section.get(name, _MISSING) if isinstance(old_section, dict) else _MISSING
+    value = _without_overrides(value, old, old_data, section, name, source, environ or {})
     expected = _without_defaults(_unredact(value, old, (section, name)), old, section)
     if _identical(expected, old):
         return text  # sent back as GET showed it, nothing changed: not a byte either
@@ -143,13 +154,77 @@ def edit_file(
     Blocking (reads, validates, fsyncs): call it in a worker thread."""
     source = str(path)
     old_text = read_text(path)
+    env = dict(os.environ) if environ is None else environ
     if value is None:
         new_text = remove_component(old_text, section, name, source)
     else:
-        new_text = set_component(old_text, section, name, value, source)
-    config = validate(new_text, source, environ)
+        new_text = set_component(old_text, section, name, value, source, env)
+    config = validate(new_text, source, env)
     kept = files.save(source, new_text, config.gateway.data_dir)
     return old_text, kept
+
+
+# -- environment overrides ------------------------------------------------------------
+
+
+def _without_overrides(
+    value: dict[str, Any],
+    old: Any,
+    data: dict[str, Any],
+    section: str,
+    name: str,
+    source: str,
+    environ: dict[str, str],
+) -> dict[str, Any]:
+    """`value` with each key an environment override sets, sent back as GET showed it
+    (the override's value, `***` for a secret), put back to the file's value, or left
+    out where the file has none: the value is the environment's, not the file's. It was
+    written into the file (a path from the environment, kept after the variable went),
+    and a secret given by the environment was refused as a `***` with nothing behind it."""
+    effective = copy.deepcopy(data)
+    try:
+        overridden = apply_env(effective, environ)
+    except ConfigError:
+        return value  # the loader says what is wrong with the variable
+    paths = [p[2:] for p in overridden if p[:2] == (section, name) and len(p) > 2]
+    if not paths:
+        return value
+    try:
+        config = load_data(copy.deepcopy(data), source, {}, environ)
+    except ConfigError:
+        return value  # GET showed no config: nothing was sent back from it
+    shown = show(config, effective).get(section, {}).get(name, _MISSING)
+    out = copy.deepcopy(value)
+    for path in paths:
+        sent = _get(out, path)
+        if sent is _MISSING or not _identical(sent, _get(shown, path)):
+            continue  # a value of the caller's own: written as sent
+        _put(out, path, _get(old, path))
+    return out
+
+
+def _get(data: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        in_map = isinstance(data, dict) and step in data
+        in_list = isinstance(data, list) and isinstance(step, int) and step < len(data)
+        if not (in_map or in_list):
+            return _MISSING
+        data = data[step]
+    return data
+
+
+def _put(data: Any, path: tuple[str | int, ...], value: Any) -> None:
+    """`value` at `path` in `data`, the key removed for _MISSING (an item of a list,
+    which has no such thing, is left as it is)."""
+    parent = _get(data, path[:-1])
+    key = path[-1]
+    if isinstance(parent, dict):
+        if value is _MISSING:
+            parent.pop(key, None)
+        else:
+            parent[key] = value
+    elif isinstance(parent, list) and isinstance(key, int) and value is not _MISSING:
+        parent[key] = value
 
 
 # -- defaults -----------------------------------------------------------------------

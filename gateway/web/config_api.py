@@ -275,7 +275,7 @@ def _preview(
     if value is None:
         new_text = edit.remove_component(text, section, name, path)
     else:
-        new_text = edit.set_component(text, section, name, value, path)
+        new_text = edit.set_component(text, section, name, value, path, dict(os.environ))
     data, _lines = parse_text(new_text, path)
     new_raw = copy.deepcopy(data)
     new = load_data(data, path, {}, dict(os.environ))

@@ -12,6 +12,7 @@ import yaml
 
 from gateway.config import edit, files
 from gateway.config.load import load, parse_text
+from gateway.config.view import load_view, show
 from gateway.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -443,3 +444,38 @@ sinks:
         written = yaml.safe_load(new)["routes"]["r"]["processors"][at]
         ((key, value),) = keys.items()
         assert written[key] == value and repr(written[key]) == repr(value), change
+
+
+def test_a_value_from_an_environment_override_sent_back_is_not_written(
+    text: str, tmp_path: Path
+) -> None:
+    # GET /api/config shows the effective config, overrides applied. Sent back, the
+    # override's path was written into the file (kept after the variable went), and a
+    # password from the environment, shown `***`, was refused: nothing stood behind it.
+    environ = {
+        "EDGE_STREAM__SINKS__ARCHIVE__PATH": "/elsewhere/archive.jsonl",
+        "EDGE_STREAM__SOURCES__PLANT__PASSWORD": "Env-Secret-1",
+    }
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    got = show(*load_view(path, environ))
+    assert got["sinks"]["archive"]["path"] == "/elsewhere/archive.jsonl"
+    assert got["sources"]["plant"]["password"] == "***"
+    archive = {**got["sinks"]["archive"], "keep": 3}
+    edit.edit_file(path, "sinks", "archive", archive, environ)
+    assert _changed_lines(text, path.read_text()) == ([], ["    keep: 3"])
+    path.write_text(text)
+    plant = {**got["sources"]["plant"], "qos": 2}
+    edit.edit_file(path, "sources", "plant", plant, environ)
+    new = path.read_text()
+    assert "Env-Secret-1" not in new and "***" not in new
+    assert yaml.safe_load(new)["sources"]["plant"] == {
+        "type": "mqtt",
+        "url": "mqtt://127.0.0.1:1",
+        "topics": ["sensors/+/telemetry"],
+        "qos": 2,
+    }
+    # A value of the caller's own at an overridden key is written as sent.
+    mine = {**got["sinks"]["archive"], "path": "mine.jsonl"}
+    new = edit.set_component(text, "sinks", "archive", mine, "gw.yaml", environ)
+    assert yaml.safe_load(new)["sinks"]["archive"]["path"] == "mine.jsonl"
