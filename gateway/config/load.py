@@ -574,16 +574,18 @@ def format_problem(
     """`file:line: key.path: message`, or `VARIABLE: key.path: message` when the value
     came from an environment override."""
     where = None
+    # a key no line holds, made by an override of a key under it (a component the
+    # environment adds to a section the file has: not the line of `sinks:`)
+    made = [var for key, var in (env or {}).items() if path and key[: len(path)] == path]
     for n in range(len(path), 0, -1):
         if env and path[:n] in env:
             where = env[path[:n]]
             break
         line = lines.get(path[:n])
         if line is not None:
-            where = f"{source}:{line}"
+            where = f"{source}:{line}" if n == len(path) or not made else made[0]
             break
-    else:  # a key no line holds: made by an override of a key under it
-        made = [var for key, var in (env or {}).items() if path and key[: len(path)] == path]
+    else:
         where = made[0] if made else None
     dotted = ".".join(str(p) for p in path)
     where = where or source

@@ -1212,6 +1212,15 @@ def test_a_problem_from_an_environment_override_names_the_variable(tmp_path: Pat
     ]
 
 
+def test_a_component_an_override_adds_is_named_by_its_variable(tmp_path: Path) -> None:
+    # A sink the environment adds to the file's `sinks:` was placed at the line of `sinks:`.
+    path = write(tmp_path, "sinks:\n  out: {type: file}\n")
+    environ = {"EDGE_STREAM__SINKS__X:Y__TYPE": "file"}
+    assert problems(path, environ) == [
+        "EDGE_STREAM__SINKS__X:Y__TYPE: sinks.x:y: names use letters, digits, '_' and '-'"
+    ]
+
+
 def test_an_alias_bomb_in_an_environment_override_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "sinks:\n  w: {type: file}\n")
     bomb = "{" + ", ".join(f"l{n}: {line.split(': ', 1)[1]}" for n, line in
