@@ -149,7 +149,8 @@ def edit_file(
 ) -> tuple[str, files.Version | None]:
     """Set (`value`) or remove (None) one component of the file at `path`, validate the
     result and write it with `files.save`. Returns the text it replaced and the kept
-    version of it. ConfigError, and nothing written, if the result is refused.
+    version of it (None: no file before, or nothing changed and nothing written).
+    ConfigError, and nothing written, if the result is refused.
 
     Blocking (reads, validates, fsyncs): call it in a worker thread."""
     source = str(path)
@@ -160,6 +161,10 @@ def edit_file(
     else:
         new_text = set_component(old_text, section, name, value, source, env)
     config = validate(new_text, source, env)
+    if new_text == old_text:
+        # sent back as it is: a version of the same text would push a real one out of
+        # the 20 kept, and `config rollback` to it would change nothing
+        return old_text, None
     kept = files.save(source, new_text, config.gateway.data_dir)
     return old_text, kept
 

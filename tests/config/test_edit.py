@@ -265,6 +265,19 @@ def test_an_accepted_edit_keeps_the_old_text_as_a_version(text: str, tmp_path: P
     assert "host:" not in path.read_text()
 
 
+def test_an_edit_that_changes_nothing_keeps_no_version(text: str, tmp_path: Path) -> None:
+    # A component sent back as it is kept the very text as a version each time: 20 such
+    # pushed the real versions out, and `config rollback` to one changed nothing.
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    stat = path.stat()
+    cache = {"type": "file", "path": "cache.jsonl", "keep": 2}
+    old, kept = edit.edit_file(path, "sinks", "cache", cache, environ={})
+    assert (old, kept) == (text, None)
+    assert path.read_text() == text and path.stat().st_ino == stat.st_ino
+    assert files.versions(tmp_path / "data") == []
+
+
 @pytest.mark.parametrize(
     ("section", "name"), [("web", "x"), ("sinks", ""), ("sinks", " a"), ("sinks", "a\nb")]
 )
