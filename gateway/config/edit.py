@@ -690,7 +690,22 @@ def _verify(
     else:
         components[name] = expected
     if new != want:
+        anchors = sorted(set(_ANCHOR.findall(old_text)) & set(_ALIAS.findall(old_text)))
+        if anchors:
+            # A YAML alias reads the anchor's very node: the edit reached it too.
+            tied = ", ".join(f"&{a} and *{a}" for a in anchors)
+            raise ConfigError(
+                f"{source}: {section}.{name}: the file's YAML anchors and aliases ({tied}) tie"
+                " this component to other keys, which the edit would change too; nothing was"
+                " written: write the values out in place of the aliases, or edit by hand"
+            )
         raise ConfigError(
             f"{source}: {section}.{name}: the edited file would not read back as sent;"
             " nothing was written (please report this, with the value sent)"
         )
+
+
+# YAML anchors (`&base`) and aliases (`*base`), as a value begins (after `: `, `- `, `[`,
+# `,` or `{`, or alone on a line), not a `*` or `&` inside a plain value.
+_ANCHOR = re.compile(r"(?:^|[\s\[{,])&([^\s\[\]{},]+)", re.MULTILINE)
+_ALIAS = re.compile(r"(?:^|[\s\[{,])\*([^\s\[\]{},]+)", re.MULTILINE)

@@ -265,6 +265,26 @@ def test_an_accepted_edit_keeps_the_old_text_as_a_version(text: str, tmp_path: P
     assert "host:" not in path.read_text()
 
 
+def test_a_component_tied_to_others_by_a_yaml_alias_is_refused_saying_so() -> None:
+    # Its edit would change the aliases too; refused, but as "please report this".
+    text = "sinks:\n  a: &base {type: file, path: x}\n  b: *base\n"
+    sent = {"type": "file", "path": "x", "keep": 3}
+    for change in (
+        lambda: edit.set_component(text, "sinks", "a", sent, "gw.yaml"),
+        lambda: edit.remove_component(text, "sinks", "a", "gw.yaml"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            change()
+        assert str(refused.value) == (
+            "gw.yaml: sinks.a: the file's YAML anchors and aliases (&base and *base) tie this"
+            " component to other keys, which the edit would change too; nothing was written:"
+            " write the values out in place of the aliases, or edit by hand"
+        )
+    # the alias itself is written out
+    new = edit.set_component(text, "sinks", "b", sent, "gw.yaml")
+    assert yaml.safe_load(new)["sinks"] == {"a": {"type": "file", "path": "x"}, "b": sent}
+
+
 def test_an_edit_that_changes_nothing_keeps_no_version(text: str, tmp_path: Path) -> None:
     # A component sent back as it is kept the very text as a version each time: 20 such
     # pushed the real versions out, and `config rollback` to one changed nothing.
