@@ -992,6 +992,22 @@ class Config:
     # of its own; a field or an entry that failed is None here.
     check_incomplete: ClassVar[bool] = True
 
+    def _check_alerts_topic(self) -> Iterator[tuple[str, str]]:
+        """`alerts.mqtt_topic` with this gateway's id in `{gateway}`: the section's own
+        check puts a stand-in there, and an id such as `$SYS` at the front made a topic
+        of the broker's, whose PUBLISH Mosquitto answers by closing the connection (the
+        status went `offline` at each event, and no event went out)."""
+        topic = self.alerts.mqtt_topic if self.alerts is not None else None
+        if topic is None or self.gateway is None or not topic.startswith("{gateway}"):
+            return
+        real = topic.replace("{gateway}", self.gateway.id)
+        if real.startswith(("$SYS", "$share")):
+            yield (
+                "alerts.mqtt_topic",
+                f"{topic!r} would be {real[:80]!r} with gateway.id {self.gateway.id!r}: topics"
+                " beginning with $SYS or $share are the broker's, not a client's",
+            )
+
     def _check_alert_components(self) -> Iterator[tuple[str, str]]:
         """An alert rule's `components` name sinks, or sources and Modbus devices, that
         exist: a mistyped name would leave the rule watching nothing, silently."""
@@ -1199,6 +1215,7 @@ class Config:
                         ),
                     )
         yield from self._check_alert_components()
+        yield from self._check_alerts_topic()
         yield from self._check_claims()
         yield from self._check_served_tls()
         yield from self._check_client_ids()

@@ -216,3 +216,19 @@ def test_a_no_data_rule_watches_a_silence_of_1s_at_least(tmp_path: Path) -> None
     assert "alerts.rules.no_data.for: a no_data rule's for" in problem(
         tmp_path, "    no_data: {topic: a/#, for: 500ms}\n"
     )
+
+
+def test_a_gateway_id_that_makes_the_alerts_topic_the_brokers_is_refused(
+    tmp_path: Path,
+) -> None:
+    # `{gateway}/alerts` with the id `$SYS`: Mosquitto refuses a client's PUBLISH there,
+    # and no event went out; the topic was checked with a stand-in id only.
+    path = tmp_path / "g.yaml"
+    path.write_text('gateway: {id: "$SYS"}\nalerts: {mqtt_topic: "{gateway}/alerts"}\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value).replace(str(path), "g.yaml") == (
+        "g.yaml:2: alerts.mqtt_topic: '{gateway}/alerts' would be '$SYS/alerts' with"
+        " gateway.id '$SYS': topics beginning with $SYS or $share are the broker's, not a"
+        " client's"
+    )
