@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config.model import DEFAULT_FOR, AlertRule, Config
 from gateway.config.schema import post_url_problem
 from gateway.core.backoff import Backoff
-from gateway.core.errors import error_text
+from gateway.core.errors import PermanentError, error_text
 from gateway.core.topics import TopicWatch
 from gateway.engine.status import Snapshot, StatusView
 
@@ -470,7 +470,22 @@ class Alerts:
             return False  # turned off just now: the notifier's next look gives it up
         config = self._config()
         topic = (config.alerts.mqtt_topic or "").replace("{gateway}", config.gateway.id)
-        return await self._mqtt_send(topic, json.dumps(body).encode())
+        notifier = self.notifiers["mqtt"]
+        try:
+            sent = await self._mqtt_send(topic, json.dumps(body).encode())
+        except PermanentError as err:  # refused (an ACL): kept, in order, and said once
+            message = (
+                f"{error_text(err)}; the events wait until it takes them (let the gateway"
+                " publish there, or change alerts.mqtt_topic)"
+            )
+            if message != notifier.last_error:
+                log.error("alerts: %s", message)
+            notifier.last_error = message
+            return False
+        if sent and notifier.last_error is not None:
+            log.info("alerts: the broker takes the events again")
+            notifier.last_error = None
+        return sent
 
     def _webhook_retry(self) -> tuple[float, float]:
         retry = self._config().alerts.webhook.retry

@@ -13,6 +13,7 @@ import pytest
 from gateway.alerts import Alerts
 from gateway.config.load import load_data
 from gateway.config.model import Config
+from gateway.core.errors import PermanentError
 from gateway.core.topics import TopicWatch
 
 pytestmark = pytest.mark.unit
@@ -429,4 +430,43 @@ async def test_a_webhook_url_the_post_cannot_read_is_one_error_line(
             " not allowed in the authority component per RFC 3986; the events wait until it"
             " is changed",
         )
+    ]
+
+
+async def test_an_event_the_broker_refuses_waits_and_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Refused by the broker's ACL, the event was tried again and again without a word.
+    config: Config = load_data(
+        {"gateway": {"id": "t", "data_dir": "/nonexistent"}, "mqtt": {"url": "embedded"}},
+        environ={},
+    )
+    answers: list[Any] = [
+        PermanentError("the broker refused the PUBLISH to edge-stream/t/alerts: Not authorized"),
+        PermanentError("the broker refused the PUBLISH to edge-stream/t/alerts: Not authorized"),
+        True,
+    ]
+
+    async def mqtt_send(topic: str, payload: bytes) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return bool(answer)
+
+    alerts = Alerts(
+        SimpleNamespace(store=FakeStore()),  # type: ignore[arg-type]
+        lambda: config,
+        asyncio.Event(),
+        TopicWatch(Clock()),
+        mqtt_send,
+        mqtt_wanted=lambda: True,
+    )
+    with caplog.at_level("INFO", logger="gateway.alerts"):
+        outcomes = [await alerts._send_mqtt({"key": "k"}) for _ in range(3)]
+    assert outcomes == [False, False, True]  # kept, to be sent again, until taken
+    assert [r.getMessage() for r in caplog.records] == [
+        "alerts: the broker refused the PUBLISH to edge-stream/t/alerts: Not authorized; the"
+        " events wait until it takes them (let the gateway publish there, or change"
+        " alerts.mqtt_topic)",
+        "alerts: the broker takes the events again",
     ]

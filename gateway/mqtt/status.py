@@ -26,8 +26,9 @@ from typing import Any
 
 from gateway.config.model import Config
 from gateway.core.backoff import Backoff
+from gateway.core.errors import PermanentError
 from gateway.mqtt.broker import has_gateway_broker
-from gateway.mqtt.client import Client, ConnectRefused, connect_refusal
+from gateway.mqtt.client import Client, ConnectRefused, connect_refusal, puback_reason
 from gateway.mqtt.urls import (
     NO_TLS_FILES,
     TlsFile,
@@ -227,8 +228,10 @@ class StatusChannel:
             future.set_result(reason)
 
     async def send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
-        """Publish at QoS 1 and wait for the PUBACK; False if not connected, refused or
-        not acknowledged in time (the caller sends it again later)."""
+        """Publish at QoS 1 and wait for the PUBACK; False if not connected or not
+        acknowledged in time (the caller sends it again later). PermanentError, saying
+        why, if the broker refused it (its ACL denies the topic): it was False, and an
+        alert event was sent again and again, never taken, without a word."""
         client = self._client
         if client is None or not client.connected:
             return False
@@ -242,6 +245,10 @@ class StatusChannel:
             return False
         finally:
             self._acks.pop(mid, None)
+        if 0x80 <= reason < LOST:
+            raise PermanentError(
+                f"the broker refused the PUBLISH to {topic}: {puback_reason(reason)}"
+            )
         return reason < 0x80
 
     async def _goodbye(self, client: Client, topic: str) -> None:

@@ -20,6 +20,7 @@ from gateway.config.model import (
     StatusSection,
 )
 from gateway.config.remote import Outcome
+from gateway.core.errors import PermanentError
 from gateway.mqtt import status as status_module
 from gateway.mqtt.remote import RemoteConfig
 from gateway.mqtt.status import StatusChannel
@@ -78,6 +79,34 @@ async def test_a_send_whose_connection_is_lost_says_not_sent(lost: Any) -> None:
     kill()
     async with asyncio.timeout(10):
         assert await sending is False
+
+
+async def test_a_publish_the_broker_refuses_says_why(
+    mosquitto_factory: Callable[..., servers.Mosquitto],
+) -> None:
+    # An ACL that denies the alerts' topic: send() said False, as for a broker away, and
+    # the event was sent again and again, never taken, with nothing in the log.
+    broker = mosquitto_factory(acl="topic readwrite edge-stream/#\n")
+    config = Config(gateway=GatewaySection(id="status-acl"), mqtt=MqttSection(url=broker.url))
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(
+        config=lambda: config, broker_url=lambda: broker.url, stats=dict, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    try:
+        async with asyncio.timeout(10):
+            while not channel.connected:  # noqa: ASYNC110 - a guard on our own flag
+                await asyncio.sleep(0.01)
+            assert await channel.send("edge-stream/status-acl/alerts", b"{}") is True
+            with pytest.raises(PermanentError) as refused:
+                await channel.send("denied/alerts", b"{}")
+        assert str(refused.value) == (
+            "the broker refused the PUBLISH to denied/alerts: Not authorized (0x87)"
+        )
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_mqtt_tls_files_that_cannot_be_read_are_named_in_the_error(tmp_path: Any) -> None:
