@@ -216,6 +216,35 @@ def _data_dir(path: str) -> str:
     return _gateway_section(path).data_dir
 
 
+def _as_owner(args: argparse.Namespace, *folders: str | Path) -> None:
+    """Refuse, in one line (exit 1), a command that writes in `folders`, run as root where
+    a folder (or the nearest one above it that exists) belongs to another user: what it
+    made there (a 0600 key, a users file, a kept config version, the data_dir's .lock,
+    SQLite's -wal) would be root's, and the gateway, run as that user, could not use it."""
+    if os.geteuid() != 0:
+        return
+    for folder in folders:
+        path = Path(folder).absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            uid = path.stat().st_uid
+        except OSError:
+            continue
+        if uid == 0:
+            continue
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            owner = f"#{uid}"  # as sudo -u takes a number
+        program = sys.argv[0] if os.path.basename(sys.argv[0]) == "edge-stream" else "edge-stream"
+        raise SystemExit(
+            f"edge-stream: {path} belongs to {owner}, not root: run this as that user (sudo"
+            f" -u {owner} {program} {args.command} {args.action} ...); as root it would leave"
+            " files there that a gateway running as that user cannot read or write"
+        )
+
+
 def _config_versions(args: argparse.Namespace) -> int:
     """`config versions` and `config rollback [VERSION]`."""
     from gateway.config import edit
@@ -228,6 +257,7 @@ def _config_versions(args: argparse.Namespace) -> int:
             print(f"{v.name}  {when}  {v.hash}")
         print(f"{_count(kept, 'kept version')} under {files.history_dir(data_dir)}")
         return 0
+    _as_owner(args, Path(args.config).absolute().parent, data_dir)
     try:
         version = files.find_version(data_dir, args.new)
         text = read_text(version.path)
@@ -527,6 +557,10 @@ def _without_config(config: str, default: Path) -> Path:
 def cmd_secret(args: argparse.Namespace) -> int:
     path = _key_file(args)
     if args.action == "keygen":
+        _as_owner(args, path.absolute().parent)
+    elif args.action == "rotate":
+        _as_owner(args, path.absolute().parent, Path(args.config).absolute().parent)
+    if args.action == "keygen":
         if os.path.lexists(path):
             print(
                 f"edge-stream: {path} exists; not replacing a key that may be in use",
@@ -620,6 +654,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"edge-stream: {problem}", file=sys.stderr)
         return 1
     path, web = _web_section(args)
+    _as_owner(args, path.absolute().parent)
     if web.get("username") == args.user and web.get("password"):
         # The console checks the config's account first: a line for the same name in the
         # users file was never used, and the old password went on working.
@@ -808,6 +843,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.action in ("replay", "purge"):
+        _as_owner(args, _store_path(args).parent)
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for d in reversed(store.dead_letters(args.limit)):
@@ -873,6 +910,7 @@ def _selection(args: argparse.Namespace) -> list[int] | None:
 
 def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "reset":
+        _as_owner(args, _store_path(args).parent)
         return _store_reset(_store_path(args), args.force)
     if args.action == "drop-sink":
         return _drop_sink(args)
@@ -892,6 +930,8 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
+    if args.action == "reset":
+        _as_owner(args, _store_path(args).parent)
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
             for item in store.states():
@@ -934,6 +974,7 @@ def _drop_sink(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    _as_owner(args, data_dir)
     with admin.open_admin(Path(data_dir) / "store.db") as store:
         waiting = store.drop_sink(args.name)
     print(f"dropped sink {args.name!r} and the {waiting} FlowFile(s) that waited for it")
@@ -1204,63 +1245,12 @@ def _remote_options(conf: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
-# The commands that write into the gateway's folders. Run as root, what they create there
-# (a key, a users file, a kept config version, the data_dir's .lock, SQLite's -wal and
-# -shm) belongs to root, and the gateway, which runs as its own user, cannot use it.
-_WRITES_AS_OWNER = {
-    ("secret", "keygen"),
-    ("secret", "rotate"),
-    ("config", "rollback"),
-    ("web", "passwd"),
-    ("dead-letters", "replay"),
-    ("dead-letters", "purge"),
-    ("state", "reset"),
-    ("store", "reset"),
-    ("store", "drop-sink"),
-}
-
-
-def _not_as_root(args: argparse.Namespace) -> str | None:
-    """The line refusing a command that writes, run as root on the folders of a gateway
-    that runs as another user (the config file's folder, its data_dir); None: go on."""
-    if os.geteuid() != 0 or (args.command, getattr(args, "action", None)) not in _WRITES_AS_OWNER:
-        return None
-    path = getattr(args, "config", None) or DEFAULT_CONFIG
-    folders = [Path(path).absolute().parent]
-    try:
-        data, lines = parse_text(read_text(path), path)
-        env = apply_env(data, dict(os.environ))
-        folders.append(Path(gateway_section(path, data, lines, env).data_dir).absolute())
-    except (ConfigError, OSError, ValueError):
-        pass  # the command itself says what is wrong with the file
-    for folder in folders:
-        try:
-            uid = folder.stat().st_uid
-        except OSError:
-            continue
-        if uid != 0:
-            try:
-                owner = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                owner = str(uid)
-            return (
-                f"{folder} belongs to {owner}, not root: run this as that user (sudo -u"
-                f" {owner} edge-stream ...); as root it would leave files there that a"
-                " gateway running as that user cannot read or write"
-            )
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
     sys.stderr = _TerminalSafe(stderr)
     try:
         args = _arguments(argv)
-        refused = _not_as_root(args)
-        if refused is not None:
-            print(f"edge-stream: {refused}", file=sys.stderr)
-            return 1
         code = int(args.fn(args))
         sys.stdout.flush()  # here, not at exit, where a failure is a traceback
         return code

@@ -106,7 +106,8 @@ def set_component(
     old_data, _ = parse_text(text, source)
     old_section = old_data.get(section)
     old = old_section.get(name, _MISSING) if isinstance(old_section, dict) else _MISSING
-    value = _without_overrides(value, old, old_data, section, name, source, environ or {})
+    if old is not _MISSING:  # one the environment alone makes is written as sent, whole
+        value = _without_overrides(value, old, old_data, section, name, source, environ or {})
     expected = _without_defaults(_unredact(value, old, (section, name)), old, section)
     if _identical(expected, old):
         return text  # sent back as GET showed it, nothing changed: not a byte either
@@ -146,10 +147,10 @@ def edit_file(
     name: str,
     value: dict[str, Any] | None,
     environ: dict[str, str] | None = None,
-) -> tuple[str, files.Version | None]:
+) -> tuple[str, files.Version | None, bool]:
     """Set (`value`) or remove (None) one component of the file at `path`, validate the
-    result and write it with `files.save`. Returns the text it replaced and the kept
-    version of it (None: no file before, or nothing changed and nothing written).
+    result and write it with `files.save`. Returns the text it replaced, the kept
+    version of it (None: no file before, or nothing changed) and whether it wrote.
     ConfigError, and nothing written, if the result is refused.
 
     Blocking (reads, validates, fsyncs): call it in a worker thread."""
@@ -164,9 +165,9 @@ def edit_file(
     if new_text == old_text:
         # sent back as it is: a version of the same text would push a real one out of
         # the 20 kept, and `config rollback` to it would change nothing
-        return old_text, None
+        return old_text, None, False
     kept = files.save(source, new_text, config.gateway.data_dir)
-    return old_text, kept
+    return old_text, kept, True
 
 
 # -- environment overrides ------------------------------------------------------------

@@ -234,14 +234,19 @@ class ConfigApi:
 
         try:
             # Read, change, validate (decrypting secrets) and fsync: in a worker thread.
-            old_text, kept = await asyncio.to_thread(edit.edit_file, path, section, name, value)
+            old_text, kept, wrote = await asyncio.to_thread(
+                edit.edit_file, path, section, name, value
+            )
         except edit.NoSuchComponent as err:
             return _answer(404, errors=list(err.problems))
         except ConfigError as err:
             return _answer(422, errors=list(err.problems))
         version = None if kept is None else kept.name
         what = f"{section}.{name} {'removed' if value is None else 'written'}"
-        log.info("web: %s in %s through the API (old text kept as %s)", what, path, version)
+        if not wrote:
+            log.info("web: %s in %s through the API: no change, nothing written", what, path)
+        else:
+            log.info("web: %s in %s through the API (old text kept as %s)", what, path, version)
         outcome = await reload("edit")
         result = str(outcome.get("outcome", "refused"))
         errors = [str(e) for e in outcome.get("errors") or []]

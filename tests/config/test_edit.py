@@ -259,8 +259,8 @@ def test_a_refused_edit_writes_nothing(text: str, tmp_path: Path) -> None:
 def test_an_accepted_edit_keeps_the_old_text_as_a_version(text: str, tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(text)
-    old, kept = edit.edit_file(path, "sources", "host", None, environ={})
-    assert old == text and kept is not None
+    old, kept, wrote = edit.edit_file(path, "sources", "host", None, environ={})
+    assert old == text and kept is not None and wrote
     assert kept.path.read_text() == text
     assert "host:" not in path.read_text()
 
@@ -292,8 +292,8 @@ def test_an_edit_that_changes_nothing_keeps_no_version(text: str, tmp_path: Path
     path.write_text(text)
     stat = path.stat()
     cache = {"type": "file", "path": "cache.jsonl", "keep": 2}
-    old, kept = edit.edit_file(path, "sinks", "cache", cache, environ={})
-    assert (old, kept) == (text, None)
+    old, kept, wrote = edit.edit_file(path, "sinks", "cache", cache, environ={})
+    assert (old, kept, wrote) == (text, None, False)
     assert path.read_text() == text and path.stat().st_ino == stat.st_ino
     assert files.versions(tmp_path / "data") == []
 
@@ -512,3 +512,15 @@ def test_a_value_from_an_environment_override_sent_back_is_not_written(
     mine = {**got["sinks"]["archive"], "path": "mine.jsonl"}
     new = edit.set_component(text, "sinks", "archive", mine, "gw.yaml", environ)
     assert yaml.safe_load(new)["sinks"]["archive"]["path"] == "mine.jsonl"
+    # A component the environment alone makes is written whole: without its type (an
+    # override's), the file held a sink that no longer loaded once the variables went.
+    alone = {"EDGE_STREAM__SINKS__X__TYPE": "file", "EDGE_STREAM__SINKS__X__PATH": "x.jsonl"}
+    path.write_text(text)
+    x = {**show(*load_view(path, alone))["sinks"]["x"], "keep": 3}
+    edit.edit_file(path, "sinks", "x", x, alone)
+    assert yaml.safe_load(path.read_text())["sinks"]["x"] == {
+        "type": "file",
+        "path": "x.jsonl",
+        "keep": 3,
+    }
+    load_view(path, {})  # loads without the variables
