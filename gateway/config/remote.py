@@ -283,6 +283,16 @@ def open_envelope(payload: bytes, key: Ed25519PublicKey, gateway_id: str) -> Doc
         raise Refused(f"the document's format is {fmt!r}; 'yaml' or 'json'", version)
     if not isinstance(text, str):
         raise Refused("the document has no config text", version)
+    try:
+        text.encode()
+    except UnicodeEncodeError as err:
+        # JSON lets a string escape half a surrogate pair ("\ud800"), which no file holds:
+        # hashing or writing the text crashed the channel, and the pusher got no answer.
+        raise Refused(
+            f"the document's config text holds a lone surrogate (U+{ord(text[err.start]):04X}"
+            f" at character {err.start}), which is not text a config file can hold",
+            version,
+        ) from err
     return Document(target, version, fmt, text)
 
 

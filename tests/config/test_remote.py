@@ -137,6 +137,8 @@ def test_a_signed_document_with_a_bad_version_or_format_is_refused(
         ({"gateway": "pi-01", "version": 2**53, "format": "yaml", "config": ""}, "version"),
         ({"gateway": "pi-01", "version": 3, "format": "toml", "config": ""}, "format"),
         ({"gateway": "pi-01", "version": 3, "format": "yaml"}, "no config text"),
+        # a JSON escape of half a surrogate pair: the text cannot be hashed nor written
+        ({"gateway": "pi-01", "version": 3, "format": "yaml", "config": "x: \ud800"}, "surrogate"),
     ]:
         data = json.dumps(body).encode()
         assert message in _refusal(_envelope(data, key.sign(data)), key).problems[0]
