@@ -41,12 +41,14 @@ JSON) is NULL. `type` applies to topic.N, field.* and attributes.* (default text
 and is one of: text, boolean, smallint, integer, bigint, real, double precision,
 numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 `"21.5"` and `21.5` both fit double precision; a row whose value does not fit is
-refused alone. Into a column of an existing table that holds integers (smallint,
-integer, bigint), a value whose `type` is real, double precision or numeric must
-be a whole number (21.0 fits): PostgreSQL would round 21.5 to 22, so that row is
-refused instead. A timestamptz value without an offset (`2024-05-01 12:00:00`) is
-read in the session's time zone: the server's TimeZone setting, unless the dsn sets
-one (`?options=-c%20timezone%3DUTC`); the mysql sink reads it as UTC. Table and
+refused alone (1e999 into double precision too). A number goes as written, every
+digit kept: into numeric, text or jsonb, 12345678901234.5678 stays that. Into a
+column of an existing table that holds integers (smallint, integer, bigint), a
+value whose `type` is real, double precision or numeric must be a whole number
+(21.0 fits): PostgreSQL would round 21.5 to 22, so that row is refused instead.
+A timestamptz value without an offset (`2024-05-01 12:00:00`) is read in the
+session's time zone: the server's TimeZone setting, unless the dsn sets one
+(`?options=-c%20timezone%3DUTC`); the mysql sink reads it as UTC. Table and
 column names are lowercase SQL identifiers (letters, digits, `_`), checked when
 the config is loaded and always quoted.
 
@@ -107,6 +109,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import decimal
 import json
 import os
 import socket
@@ -321,22 +324,36 @@ def _refuse_constant(name: str) -> None:
 # Built once: json.loads/dumps with keyword arguments build a new codec on every call.
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+# Fractions read as written, for a value stored as parsed (a field column): a double keeps
+# 15 to 17 digits, so 12345678901234.5678 went into a numeric column as 12345678901234.568,
+# and 1e999 became Infinity, which a double precision column took.
+_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 
 _NOT_JSON: Any = object()
-# An integer of 20 digits or more: its digits made zeros, then looked for (twice as quick
-# as a regular expression, and it runs for every FlowFile of a sink with field columns)
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_NUMBER = b"0" * 20
+# A long number: its digits and dots made zeros, then looked for (twice as quick as a
+# regular expression, and it runs for every FlowFile of a sink with field columns). 17 of
+# them: an integer past 64 bits (20 digits or more) or a fraction of 16 digits or more,
+# which a double may not keep (15 always come back); an integer of 17 to 19 digits, which
+# orjson keeps, takes the slower parser needlessly.
+_NUMBER_AS_ZEROS = bytes.maketrans(b"123456789.", b"0000000000")
+_LONG_NUMBER = b"0" * 17
 
 
 def _storable(value: Any) -> bool:
     """False if jsonb cannot hold `value`: a NUL or a lone surrogate in a string."""
-    if isinstance(value, str):
-        return "\x00" not in value and (value.isascii() or not has_surrogate(value))
-    if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_storable(v) for v in value)
+    # With a stack rather than recursion: JSON nested some 500 deep with a \\u escape in it
+    # raised RecursionError here, and the sink crashed on that batch again and again.
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item or (not item.isascii() and has_surrogate(item)):
+                return False
+        elif isinstance(item, dict):
+            todo += item.keys()
+            todo += item.values()
+        elif isinstance(item, list):
+            todo += item
     return True
 
 
@@ -345,21 +362,23 @@ def _parse(content: bytes, exact: bool = True) -> tuple[str | None, Any]:
 
     With `exact` false (no column takes a field: the value is only checked, the text
     is stored and PostgreSQL reads its digits) integers past 64 bits may come out as
-    floats."""
+    floats; with it, a number a double cannot keep (more digits, or beyond its range)
+    comes out as a Decimal."""
     try:
         text = content.decode()
     except UnicodeDecodeError:
         return None, _NOT_JSON
     # orjson is about four times faster; what it refuses (lone surrogate escapes) gets a
     # second opinion from the standard parser, and so does an integer of 20 digits or
-    # more, which orjson reads as a float beyond 64 bits (the digits past 17 lost).
+    # more, which orjson reads as a float beyond 64 bits (the digits past 17 lost), and, to
+    # be stored exactly, a fraction of many digits or one orjson refuses (1e999).
     value: Any = _NOT_JSON
-    if not (exact and _LONG_NUMBER in content.translate(_DIGITS_AS_ZERO)):
+    if not (exact and _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS)):
         with contextlib.suppress(orjson.JSONDecodeError):
             value = orjson.loads(content)
     if value is _NOT_JSON:
         try:
-            value = _loads(text)
+            value = (_loads_exact if exact else _loads)(text)
         except (ValueError, RecursionError):  # JSONDecodeError included
             return None, _NOT_JSON
     # Only a \\u escape can hide a NUL or a lone surrogate in valid UTF-8 JSON.
@@ -377,7 +396,47 @@ def _text(value: Any) -> str | None:
         return repr(value)  # the JSON spelling, and far quicker than the encoder for numbers
     if kind is bool:
         return "true" if value else "false"
-    return _dumps(value)
+    if kind is decimal.Decimal:
+        return str(value)  # always finite here, and its spelling is a JSON number
+    return _json(value)
+
+
+def _json(value: Any) -> str:
+    """A parsed JSON value as JSON text, Decimals (see _parse) with every digit."""
+    try:
+        return _dumps(value)
+    except (TypeError, RecursionError):
+        # a Decimal inside, or nested deeper than the encoder goes (orjson reads 1024
+        # levels): rare, so written out here rather than by the encoder
+        pass
+    # With a stack rather than recursion: the value may be nested as deep as the parser goes.
+    parts: list[str] = []
+    todo: list[Any] = [value]
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind is _Punctuation:
+            parts.append(item)
+        elif kind is decimal.Decimal:
+            parts.append(str(item))  # always finite here, and its spelling is a JSON number
+        elif kind is dict or kind is list:
+            opening, closing = ("{", "}") if kind is dict else ("[", "]")
+            parts.append(opening)
+            todo.append(_Punctuation(closing))
+            pairs = item.items() if kind is dict else ((None, v) for v in item)
+            for i, (key, element) in reversed(list(enumerate(pairs))):
+                todo.append(element)
+                if key is not None:
+                    todo.append(_Punctuation(_dumps(key) + ":"))
+                if i:
+                    todo.append(_Punctuation(","))
+        else:
+            parts.append(_dumps(item))
+    return "".join(parts)
+
+
+class _Punctuation(str):
+    """JSON text _json writes as it is, told apart from the strings of the value."""
 
 
 # How each column's value, arriving as text, becomes the column's type (u.cN is the text).
@@ -468,7 +527,7 @@ class _Rows:
                 else:
                     dug = [dig(v, path) for _, v in parsed]
                 if column.type == "jsonb":
-                    out.append([None if v is None else _dumps(v) for v in dug])
+                    out.append([None if v is None else _json(v) for v in dug])
                 else:
                     out.append([_text(v) for v in dug])
         return out

@@ -728,3 +728,49 @@ async def test_an_integer_beyond_64_bits_keeps_every_digit(
     ((p,),) = postgres.fetch(f'SELECT p::text FROM "{table}_p"')
     assert json.loads(p) == {"n": big, "doc": {"serial": big, "x": 0.5}}
     await whole.close()
+
+
+async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """Read as a double, 12345678901234.5678 went into a numeric column as 12345678901234.568
+    and 1e999 into a double precision column as Infinity; now numeric keeps the digits, text
+    and jsonb the value as written, and double precision refuses what it cannot hold."""
+    sink = await sink_for(
+        table=table,
+        columns={
+            "n": {"from": "field.n", "type": "numeric"},
+            "t": "field.n",
+            "doc": {"from": "field.doc", "type": "jsonb"},
+            "d": {"from": "field.d", "type": "double precision"},
+        },
+    )
+    exact = b'{"n": 12345678901234.5678, "doc": {"x": [0.12345678901234567891], "y": 0.5}}'
+    huge = b'{"n": 1e999, "d": 1e999}'
+    batch = [FlowFile.create("s/exact", exact), FlowFile.create("s/huge", huge)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.topic for r in rejected] == ["s/huge"]
+    assert "out of range for type double precision" in rejected[0].reason
+    ((n, t, doc),) = postgres.fetch(f'SELECT n::text, t, doc::text FROM "{table}"')
+    assert (n, t) == ("12345678901234.5678", "12345678901234.5678")
+    assert doc == '{"x": [0.12345678901234567891], "y": 0.5}'
+    await sink.close()
+
+
+async def test_json_nested_hundreds_deep_is_stored(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """Checking such a payload for NULs recursed: with a \\u escape in it, JSON nested 600
+    deep raised RecursionError, and the sink crashed on that batch again and again."""
+    sink = await sink_for(
+        table=table,
+        columns={"payload": "payload", "doc": {"from": "field.doc", "type": "jsonb"}},
+    )
+    depth = 600
+    content = b'{"doc": ' + b'{"a": ' * depth + b'"caf\\u00e9 0.12345678901234567891"'
+    content += b"}" * depth + b"}"
+    assert await sink.write([FlowFile.create("s/deep", content)]) == []
+    ((payload, doc),) = postgres.fetch(f'SELECT payload::text, doc::text FROM "{table}"')
+    assert json.loads(payload) == json.loads(content)
+    assert json.loads(doc) == json.loads(content)["doc"]
+    await sink.close()
