@@ -31,6 +31,9 @@ layout as the postgres sink):
     payload    JSON,                  -- the content when it is valid UTF-8 JSON, else NULL
     raw        LONGBLOB               -- the content bytes when it is not JSON, else NULL
   ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+(JSON the server's JSON type cannot hold, a lone surrogate such as `\\ud800` in a
+string or lists and objects nested 32 deep or more, which MariaDB refuses, counts as
+not JSON here: it is kept whole in raw.)
 
 `columns:` replaces that layout with your own; `id` is always there. Each column
 names where its value comes from, written `name: source` or
@@ -314,6 +317,25 @@ _NOT_JSON: Any = object()
 _ts = utc_text("%Y-%m-%d %H:%M:%S")
 
 
+# The nesting of JSON that MariaDB's JSON_VALID, the check of its JSON columns, refuses
+# (`[[...]]` 32 deep; MySQL's JSON type allows 100): such a payload sent its FlowFile to the
+# dead letters, where the default table keeps what is not JSON to the server in raw.
+_JSON_DEPTH = 32
+
+
+def _deeper(value: Any, depth: int) -> bool:
+    """Whether `value` nests lists and objects `depth` deep or more."""
+    todo = [(value, 1)] if type(value) is dict or type(value) is list else []
+    while todo:
+        item, level = todo.pop()
+        if level >= depth:
+            return True
+        for inner in item.values() if type(item) is dict else item:
+            if type(inner) is dict or type(inner) is list:
+                todo.append((inner, level + 1))
+    return False
+
+
 def _parse(content: bytes) -> tuple[str | None, Any]:
     """(the content as JSON text or None, the parsed value or _NOT_JSON)."""
     try:
@@ -323,6 +345,9 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
         return None, _NOT_JSON
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
     if "\\u" in text and has_surrogate(_dumps(value)):
+        return None, value
+    # So is JSON nested too deep for the server; fewer brackets cannot nest that deep.
+    if content.count(b"[") + content.count(b"{") >= _JSON_DEPTH and _deeper(value, _JSON_DEPTH):
         return None, value
     return text, value
 

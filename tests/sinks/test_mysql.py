@@ -173,6 +173,24 @@ async def test_strict_mode_refuses_a_value_that_would_be_truncated(
     assert "tool" not in rows.values()
 
 
+async def test_json_nested_deeper_than_the_server_takes_is_kept_as_bytes(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    """MariaDB's JSON check refuses JSON nested 32 deep or more: such a payload sent the
+    whole FlowFile to the dead letters, where the default table keeps what is not JSON
+    to it in raw."""
+    sink = await sink_for(table=table)
+    cases = {depth: b"[" * depth + b"1" + b"]" * depth for depth in (31, 32, 600)}
+    cases[40] = b'{"a": ' * 40 + b'"x"' + b"}" * 40
+    batch = {depth: FlowFile.create(f"s/{depth}", content) for depth, content in cases.items()}
+    assert await sink.write(list(batch.values())) == []
+    stored = {r[0]: r[1:] for r in mariadb.fetch(f"SELECT id, payload, raw FROM `{table}`")}
+    assert json.loads(stored[batch[31].id][0]) == json.loads(cases[31])
+    for depth in (32, 40, 600):
+        assert stored[batch[depth].id] == (None, cases[depth]), depth
+    await sink.close()
+
+
 async def test_columns_map_topic_levels_json_fields_and_attributes(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
