@@ -9,6 +9,7 @@ is a `Dialect`.
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -182,3 +183,42 @@ def has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def json_text(value: Any, dumps: Callable[[Any], str]) -> str:
+    """A parsed JSON value as JSON text by `dumps`, a Decimal (a number read with every
+    digit it was written with, where a double would lose some) written as it reads."""
+    try:
+        return dumps(value)
+    except (TypeError, RecursionError):
+        # a Decimal inside, or nested deeper than the encoder goes (orjson reads 1024
+        # levels): rare, so written out here rather than by the encoder
+        pass
+    # With a stack rather than recursion: the value may be nested as deep as the parser goes.
+    parts: list[str] = []
+    todo: list[Any] = [value]
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind is _Punctuation:
+            parts.append(item)
+        elif kind is decimal.Decimal:
+            parts.append(str(item))  # finite, as read from JSON: its spelling is a JSON number
+        elif kind is dict or kind is list:
+            opening, closing = ("{", "}") if kind is dict else ("[", "]")
+            parts.append(opening)
+            todo.append(_Punctuation(closing))
+            pairs = item.items() if kind is dict else ((None, v) for v in item)
+            for i, (key, element) in reversed(list(enumerate(pairs))):
+                todo.append(element)
+                if key is not None:
+                    todo.append(_Punctuation(dumps(key) + ":"))
+                if i:
+                    todo.append(_Punctuation(","))
+        else:
+            parts.append(dumps(item))
+    return "".join(parts)
+
+
+class _Punctuation(str):
+    """JSON text json_text writes as it is, told apart from the strings of the value."""

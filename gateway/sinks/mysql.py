@@ -58,9 +58,10 @@ itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
 `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A column of
 the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
 fraction (21.5), which MySQL would round even in strict mode. A row whose
-value does not fit its column is refused alone. Table and column names are SQL
-identifiers (letters, digits, `_`), checked when the config is loaded and always
-quoted.
+value does not fit its column is refused alone. A number goes as written, every
+digit kept: into numeric, text or jsonb, 12345678901234.5678 stays that. Table
+and column names are SQL identifiers (letters, digits, `_`), checked when the
+config is loaded and always quoted.
 
 When the sink starts it creates the table if needed and checks that the columns
 exist, that a primary key or unique index is on id alone, and that no NOT NULL
@@ -141,6 +142,7 @@ from gateway.sinks._columns import (
     columns_for,
     dig,
     has_surrogate,
+    json_text,
     level,
     plan_columns,
 )
@@ -311,6 +313,21 @@ def _refuse_constant(name: str) -> None:
 # Built once: json.loads/dumps with keyword arguments build a new codec on every call.
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Fractions read as written, when the content holds a long one: a double keeps 15 to 17
+# digits, so 12345678901234.5678 went into a DECIMAL column as 12345678901234.568.
+_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
+# A long number: its digits and dots made zeros, then looked for (quicker than a regular
+# expression). 17 of them: a fraction of 16 digits or more, which a double may not keep
+# (15 always come back); a long integer, which the parser keeps anyway, takes the slower
+# parser needlessly.
+_NUMBER_AS_ZEROS = bytes.maketrans(b"123456789.", b"0000000000")
+_LONG_NUMBER = b"0" * 17
+
+
+def _json(value: Any) -> str:
+    """A parsed JSON value as JSON text, Decimals (see _parse) with every digit."""
+    return json_text(value, _dumps)
+
 
 _NOT_JSON: Any = object()
 # `YYYY-MM-DD HH:MM:SS.ffffff` in UTC: what a DATETIME(6) column takes
@@ -340,11 +357,12 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
     """(the content as JSON text or None, the parsed value or _NOT_JSON)."""
     try:
         text = content.decode()
-        value = _loads(text)
+        exact = _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS)
+        value = (_loads_exact if exact else _loads)(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None, _NOT_JSON
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
-    if "\\u" in text and has_surrogate(_dumps(value)):
+    if "\\u" in text and has_surrogate(_json(value)):
         return None, value
     # So is JSON nested too deep for the server; fewer brackets cannot nest that deep.
     if content.count(b"[") + content.count(b"{") >= _JSON_DEPTH and _deeper(value, _JSON_DEPTH):
@@ -355,9 +373,9 @@ def _parse(content: bytes) -> tuple[str | None, Any]:
 def _converter(sql_type: str) -> Callable[[Any], Any]:
     """How a JSON value is bound for a column of `sql_type`."""
     if sql_type == "JSON":
-        return lambda v: None if v is None else _dumps(v)
+        return lambda v: None if v is None else _json(v)
     if sql_type == "TEXT":
-        return lambda v: v if v is None or type(v) is str else _dumps(v)
+        return lambda v: v if v is None or type(v) is str else _json(v)
     if sql_type == "DATETIME(6)":
         return _datetime
     if sql_type == "DATE":
@@ -419,7 +437,8 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def whole(value: Any) -> Any:
         kind = type(value)
-        if kind is float or (kind is str and "_" not in value):  # Python reads 1_000
+        # Python reads 1_000 (a str); a Decimal is a long fraction as written (_parse)
+        if kind is float or kind is decimal.Decimal or (kind is str and "_" not in value):
             try:
                 number = decimal.Decimal(value)
             except (decimal.InvalidOperation, ValueError):
@@ -437,9 +456,13 @@ def _whole(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _as_is(value: Any) -> Any:
     """Numbers, booleans and strings go as they are, for MySQL to convert or refuse."""
     if isinstance(value, dict | list):
-        return _dumps(value)
+        return _json(value)
     if type(value) is float and not math.isfinite(value):
         # JSON 1e999 is inf, which the driver cannot bind: as text the column refuses it.
+        return str(value)
+    if type(value) is decimal.Decimal:
+        # As its text: the driver writes a Decimal out in full, and 1.2345678901234567e999999999
+        # would be a billion digits.
         return str(value)
     return value
 

@@ -142,6 +142,7 @@ from gateway.sinks._columns import (
     columns_for,
     dig,
     has_surrogate,
+    json_text,
     level,
     plan_columns,
 )
@@ -403,40 +404,7 @@ def _text(value: Any) -> str | None:
 
 def _json(value: Any) -> str:
     """A parsed JSON value as JSON text, Decimals (see _parse) with every digit."""
-    try:
-        return _dumps(value)
-    except (TypeError, RecursionError):
-        # a Decimal inside, or nested deeper than the encoder goes (orjson reads 1024
-        # levels): rare, so written out here rather than by the encoder
-        pass
-    # With a stack rather than recursion: the value may be nested as deep as the parser goes.
-    parts: list[str] = []
-    todo: list[Any] = [value]
-    while todo:
-        item = todo.pop()
-        kind = type(item)
-        if kind is _Punctuation:
-            parts.append(item)
-        elif kind is decimal.Decimal:
-            parts.append(str(item))  # always finite here, and its spelling is a JSON number
-        elif kind is dict or kind is list:
-            opening, closing = ("{", "}") if kind is dict else ("[", "]")
-            parts.append(opening)
-            todo.append(_Punctuation(closing))
-            pairs = item.items() if kind is dict else ((None, v) for v in item)
-            for i, (key, element) in reversed(list(enumerate(pairs))):
-                todo.append(element)
-                if key is not None:
-                    todo.append(_Punctuation(_dumps(key) + ":"))
-                if i:
-                    todo.append(_Punctuation(","))
-        else:
-            parts.append(_dumps(item))
-    return "".join(parts)
-
-
-class _Punctuation(str):
-    """JSON text _json writes as it is, told apart from the strings of the value."""
+    return json_text(value, _dumps)
 
 
 # How each column's value, arriving as text, becomes the column's type (u.cN is the text).

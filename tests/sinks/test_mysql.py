@@ -191,6 +191,32 @@ async def test_json_nested_deeper_than_the_server_takes_is_kept_as_bytes(
     await sink.close()
 
 
+async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    """Read as a double, 12345678901234.5678 went into a decimal column as
+    12345678901234.5680000000; a field keeps the digits written in the JSON now."""
+    sink = await sink_for(
+        table=table,
+        columns={
+            "n": {"from": "field.n", "type": "numeric"},
+            "t": "field.n",
+            "doc": {"from": "field.doc", "type": "json"},
+            "whole": {"from": "field.w", "type": "bigint"},
+        },
+    )
+    exact = b'{"n": 12345678901234.5678, "doc": {"x": [0.12345678901234567891]}, "w": 5.0}'
+    # a fraction of that many digits and an exponent a DECIMAL cannot hold: refused, quickly
+    huge = b'{"n": 1.2345678901234567e999999999}'
+    batch = [FlowFile.create("s/exact", exact), FlowFile.create("s/huge", huge)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.topic for r in rejected] == ["s/huge"]
+    ((n, t, doc, whole),) = mariadb.fetch(f"SELECT n, t, doc, whole FROM `{table}`")
+    assert (str(n), t, whole) == ("12345678901234.5678000000", "12345678901234.5678", 5)
+    assert doc == '{"x":[0.12345678901234567891]}'
+    await sink.close()
+
+
 async def test_columns_map_topic_levels_json_fields_and_attributes(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
