@@ -34,8 +34,11 @@ Every request carries an `Idempotency-Key` header: the FlowFile id (each mode), 
 `<first id>..<last id>` of the FlowFiles in the request (batch mode; the id alone
 when the request holds one). Delivery is
 **at least once**: a request whose answer was lost (a timeout, a connection cut,
-a gateway killed before it moved its cursor) is sent again, and a batch retried
-after a failure part-way sends its earlier requests again. In each mode a FlowFile
+a gateway killed before it moved its cursor) is sent again. A batch retried after
+a failure part-way leaves out what its other requests delivered (answered 2xx) or had
+refused for good (those go to the dead letters then), so that a receiver failing one
+request in a few still lets large batches through; after a restart of the gateway or
+a reload of the sink, all of it goes again. In each mode a FlowFile
 comes again with the same key and body; in batch mode a batch read again may hold
 more FlowFiles than the first try (what arrived meanwhile), so its key and body can
 differ. A receiver that must not see a FlowFile twice dedupes by the key (each
@@ -405,9 +408,13 @@ class HttpSink(Sink):
         )
         self.requests = 0
         self.refused = 0
+        # What the requests of a write that failed settled, by FlowFile id: None delivered
+        # (2xx), else refused for good. The engine sends that batch again; only the rest goes.
+        self._settled: dict[str, Rejected | None] = {}
 
     def update(self, config: HttpSinkConfig) -> bool:
         self.config = config
+        self._settled.clear()  # another url or body: send it all again
         return True
 
     def _redact(self, text: str) -> str:
@@ -544,15 +551,28 @@ class HttpSink(Sink):
             return []
         if self._session is None:
             await self.connect()
+        settled, earlier = self._settled, []
+        if settled:
+            # A try of this batch failed: what its other requests settled is not sent again
+            # (a receiver failing one request in a few let no large batch through whole).
+            ids = {ff.id for ff in batch}
+            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
+                del settled[gone]
+            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+            batch = [ff for ff in batch if ff.id not in settled]
         requests, refused = self._requests(batch)
         if not requests:
-            return refused
+            settled.clear()
+            return earlier + refused
         pending = iter(requests)
         results: list[list[Rejected]] = []
 
         async def worker() -> None:
             for request in pending:  # shared: each request is taken by one worker
-                results.append(await self._send(*request))
+                rejected = await self._send(*request)
+                results.append(rejected)
+                settled.update(dict.fromkeys((ff.id for ff in request[1]), None))
+                settled.update((r.flowfile.id, r) for r in rejected)
 
         workers = [
             asyncio.ensure_future(worker())
@@ -567,7 +587,8 @@ class HttpSink(Sink):
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             raise
-        return refused + [r for rejected in results for r in rejected]
+        settled.clear()
+        return earlier + refused + [r for rejected in results for r in rejected]
 
     async def _send(
         self, url: str, flowfiles: list[FlowFile], body: bytes, kind: str

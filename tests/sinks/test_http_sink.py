@@ -467,3 +467,57 @@ async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
         for writer in taken:
             writer.close()
         await server.wait_closed()
+
+
+async def test_a_batch_sent_again_leaves_out_what_its_last_try_delivered(sink_for: Any) -> None:
+    """A failed request failed the whole write, and the engine's next try sent every
+    FlowFile again, those answered 2xx too: against a receiver that fails one request in
+    a few, a batch of many requests almost never went through whole, and the sink sent
+    the same FlowFiles over and over without moving on."""
+    batch = [FlowFile.create(f"plant/{n}", b"{}") for n in range(5)]
+    answered: list[tuple[str, int]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        fields = {k.lower(): v for k, v in fields.items()}
+        await reader.readexactly(int(fields["content-length"]))
+        key = fields["idempotency-key"]
+        status = 200
+        if key == batch[1].id:
+            status = 400  # refused for good: a dead letter, whichever try
+        elif key == batch[3].id and (key, 500) not in answered:
+            status = 500  # the first time only
+        answered.append((key, status))
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(url=f"http://127.0.0.1:{port}/x", mode="each", concurrency=1)
+        with pytest.raises(RetryableError, match="500"):
+            await sink.write(batch)
+        more = FlowFile.create("plant/5", b"{}")  # what arrived meanwhile
+        rejected = await sink.write([*batch, more])
+        assert [(r.flowfile.id, "answered 400" in r.reason) for r in rejected] == [
+            (batch[1].id, True)
+        ]
+        ids = [ff.id for ff in [*batch, more]]
+        assert answered == [
+            (ids[0], 200),
+            (ids[1], 400),
+            (ids[2], 200),
+            (ids[3], 500),
+            (ids[3], 200),
+            (ids[4], 200),
+            (ids[5], 200),
+        ]
+        # once a write went through, nothing of it is remembered: sent again, all goes again
+        assert await sink.write(batch[:1]) == []
+        assert answered[-1] == (ids[0], 200)
+    finally:
+        server.close()
+        await server.wait_closed()
