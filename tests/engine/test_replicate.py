@@ -39,3 +39,23 @@ async def test_a_redis_that_does_not_answer_is_said_with_the_timeout(redis: Any)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         admin.close()
+
+
+async def test_fields_of_the_replica_that_are_not_its_own_are_left_out(
+    redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field that was not `<seq>:<value>` (written by hand, or by something else) raised
+    ValueError out of the engine's start: a standby with an empty store could not start."""
+    settings = ReplicateSettings(redis=redis.url, prefix="t-{gateway}")
+    replicator = Replicator(settings, "gw", lambda: ["r.0"], _rows, SYSTEM_CLOCK)
+    admin = redis_sync.Redis.from_url(redis.url)
+    admin.hset(
+        "t-gw:r.1",
+        mapping={b"good": b"7:{}", b"junk": b"not-a-seq", b"\xff\xfe": b"3:{}", b"empty": b""},
+    )
+    try:
+        assert await replicator.load("r.1") == [("good", 7, b"{}")]
+        assert "3 fields of t-gw:r.1 are not state the gateway wrote" in caplog.text
+    finally:
+        await replicator.close()
+        admin.close()
