@@ -5,7 +5,9 @@ template, positions committed with the rows), spoken to PostgreSQL through
 asyncpg: names double-quoted (checked identifiers), values bound as `$n`
 parameters. `numeric` is a string in the JSON, `timestamptz` ISO 8601, `bytea`
 text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text,
-`inet`/`cidr` their text, `bit` strings `"1010"`, `timetz` ISO 8601 with its offset,
+`inet`/`cidr` their text, `bit` strings `"1010"`, `timetz` ISO 8601 with its offset
+(a date or time that ISO 8601 in Python cannot hold: as PostgreSQL writes it, such as
+`infinity`, `0044-03-15 BC`, `10000-01-01 00:00:00` or `24:00:00`),
 a point `[x, y]` (a box, segment, path or polygon a list of points, a circle
 `[[x, y], r]`), a range `{"lower", "upper", "lower_inc", "upper_inc"}` (`{"empty":
 true}` for an empty one).
@@ -30,7 +32,8 @@ Example
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -65,6 +68,38 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
+
+
+def _or_text(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A decoder of a date or time type's text: `parse`'s value, or the text itself when
+    Python cannot hold it (a year BC or past 9999, infinity, 24:00)."""
+
+    def decode(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            return text
+
+    return decode
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)  # as the binary codec gave it
+
+
+def _date_param(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.date | dt.time) else str(value)
+
+
+# Read as text, not with asyncpg's binary codecs: a date BC or past 9999, or a time of
+# 24:00, raised ValueError in the driver, and the source crashed on that row at every poll.
+_DATE_TYPES = {
+    "date": _or_text(dt.date.fromisoformat),
+    "timestamp": _or_text(dt.datetime.fromisoformat),
+    "timestamptz": _or_text(_utc),
+    "time": _or_text(dt.time.fromisoformat),
+    "timetz": _or_text(dt.time.fromisoformat),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,15 +158,31 @@ class PostgresSource(IncrementalSource):
         if problem:
             raise PermanentError(problem)
         try:
-            self._conn = await asyncpg.connect(
+            conn = await asyncpg.connect(
                 dsn,
                 timeout=config.timeout,
                 command_timeout=config.timeout,
-                server_settings={"application_name": f"edge-stream {self.ctx.name}"},
+                # ISO: the text of the date and time types below is parsed as ISO 8601
+                server_settings={
+                    "application_name": f"edge-stream {self.ctx.name}",
+                    "DateStyle": "ISO, YMD",
+                },
             )
         except CONNECT_ERRORS as err:
             # The same line as the postgres sink's for the same dsn.
             raise connect_error(err, self.server, config.dsn, PermanentError) from err
+        try:
+            for name, decoder in _DATE_TYPES.items():
+                await conn.set_type_codec(
+                    name, schema="pg_catalog", encoder=_date_param, decoder=decoder, format="text"
+                )
+        except BaseException as err:  # a connection lost meanwhile, cancellation: no leak
+            conn.terminate()
+            if isinstance(err, _CONNECTION_ERRORS):
+                message = f"connecting to {self.server} failed: {_message(err)}"
+                raise RetryableError(message) from err
+            raise
+        self._conn = conn
         self.ctx.log.info("connected to %s, reading table %s", self.server, config.table)
 
     async def _fetch(

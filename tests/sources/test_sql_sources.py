@@ -546,6 +546,45 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
     }
 
 
+async def test_postgres_dates_and_times_python_cannot_hold_come_as_text(postgres: Any) -> None:
+    """A date BC or past 9999, or a time of 24:00, raised ValueError in the driver: the
+    source crashed on that row at every poll, and no later row was ever read."""
+    table = unique_name()
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id INT PRIMARY KEY, d date, ts timestamp, tz timestamptz,'
+        " t time, tt timetz)"
+    )
+    postgres.execute(
+        f"""INSERT INTO "{table}" VALUES
+        (1, '0044-03-15 BC', '10000-01-01 00:00', 'infinity', '24:00', '24:00+02'),
+        (2, '2024-05-01', '2024-05-01 12:00:00.25', '2024-05-01 14:00+02', '12:30', '12:30+02')"""
+    )
+    config, problems = build("postgres", dsn=postgres.dsn, table=table, cursor="id")
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        first, second = await source.poll_messages()
+    finally:
+        await source.close()
+    assert orjson.loads(first.flowfile.content) == {
+        "id": 1,
+        "d": "0044-03-15 BC",
+        "ts": "10000-01-01 00:00:00",
+        "tz": "infinity",
+        "t": "24:00:00",
+        "tt": "24:00:00+02",
+    }
+    assert orjson.loads(second.flowfile.content) == {
+        "id": 2,
+        "d": "2024-05-01",
+        "ts": "2024-05-01T12:00:00.250000",
+        "tz": "2024-05-01T12:00:00+00:00",
+        "t": "12:30:00",
+        "tt": "12:30:00+02:00",
+    }
+
+
 UUID1 = "00000000-0000-4000-8000-000000000001"
 UUID2 = "00000000-0000-4000-8000-000000000002"
 
