@@ -7,7 +7,9 @@ parameters. `numeric` is a string in the JSON, `timestamptz` ISO 8601, `bytea`
 text when it is UTF-8 and base64 otherwise, `json`/`jsonb` columns their text,
 `inet`/`cidr` their text, `bit` strings `"1010"`, `timetz` ISO 8601 with its offset
 (a date or time that ISO 8601 in Python cannot hold: as PostgreSQL writes it, such as
-`infinity`, `0044-03-15 BC`, `10000-01-01 00:00:00` or `24:00:00`),
+`infinity`, `0044-03-15 BC`, `10000-01-01 00:00:00` or `24:00:00`; a `real` or `double
+precision` NaN or ±Infinity null, as JSON has none, where `numeric`'s are the strings
+`"NaN"` and `"Infinity"`),
 a point `[x, y]` (a box, segment, path or polygon a list of points, a circle
 `[[x, y], r]`), a range `{"lower", "upper", "lower_inc", "upper_inc"}` (`{"empty":
 true}` for an empty one).

@@ -552,12 +552,13 @@ async def test_postgres_dates_and_times_python_cannot_hold_come_as_text(postgres
     table = unique_name()
     postgres.execute(
         f'CREATE TABLE "{table}" (id INT PRIMARY KEY, d date, ts timestamp, tz timestamptz,'
-        " t time, tt timetz)"
+        " t time, tt timetz, f float8, n numeric)"
     )
     postgres.execute(
         f"""INSERT INTO "{table}" VALUES
-        (1, '0044-03-15 BC', '10000-01-01 00:00', 'infinity', '24:00', '24:00+02'),
-        (2, '2024-05-01', '2024-05-01 12:00:00.25', '2024-05-01 14:00+02', '12:30', '12:30+02')"""
+        (1, '0044-03-15 BC', '10000-01-01 00:00', 'infinity', '24:00', '24:00+02', 'NaN', 'NaN'),
+        (2, '2024-05-01', '2024-05-01 12:00:00.25', '2024-05-01 14:00+02', '12:30', '12:30+02',
+         '-Infinity', 'Infinity')"""
     )
     config, problems = build("postgres", dsn=postgres.dsn, table=table, cursor="id")
     assert problems == []
@@ -574,6 +575,8 @@ async def test_postgres_dates_and_times_python_cannot_hold_come_as_text(postgres
         "tz": "infinity",
         "t": "24:00:00",
         "tt": "24:00:00+02",
+        "f": None,  # JSON has no NaN nor infinity; numeric's are strings
+        "n": "NaN",
     }
     assert orjson.loads(second.flowfile.content) == {
         "id": 2,
@@ -582,6 +585,8 @@ async def test_postgres_dates_and_times_python_cannot_hold_come_as_text(postgres
         "tz": "2024-05-01T12:00:00+00:00",
         "t": "12:30:00",
         "tt": "12:30:00+02:00",
+        "f": None,
+        "n": "Infinity",
     }
 
 
