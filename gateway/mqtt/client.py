@@ -244,7 +244,8 @@ class Client(asyncio.Protocol):
         return self.session_present
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
-        """Subscribe to `(filter, qos)` pairs; returns the granted QoS (or error code) of each."""
+        """Subscribe to `(filter, options)` pairs, options being the QoS and, with MQTT 5, the
+        subscription option bits (3.8.3.1); returns the granted QoS (or error code) of each."""
         packet_id = self._take_id()
         self._in_use.discard(packet_id)  # a SUBACK, not a PUBACK, answers it
         body = struct.pack("!H", packet_id) + (b"\x00" if self.protocol == 5 else b"")

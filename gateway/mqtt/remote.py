@@ -8,7 +8,8 @@ Receive Maximum 1, so the broker sends the next document only once the last one 
 answered. A packet larger than MAX_PACKET closes the connection before its body is
 read; the session is clean (a config pushed while the gateway is away is not kept
 for it; `config/active` tells the fleet what each gateway runs), so the broker
-forgets that packet and the channel reconnects without it. Each document is handled in turn
+forgets that packet and the channel reconnects without it. A message retained on
+config/set is not taken (it would come again at every connect). Each document is handled in turn
 (gateway/config/remote.py checks and applies it), answered on `.../config/result`
 and then acknowledged; after each apply, and on each connect, the active config's
 version and hash go out retained on `.../config/active`.
@@ -51,6 +52,11 @@ from gateway.mqtt.urls import (
 log = logging.getLogger("gateway.remote_config")
 
 MAX_PACKET = remote.MAX_PAYLOAD + (16 << 10)  # the envelope plus topic and header
+# Subscription option Retain Handling 2 (MQTT 5.0, 3.8.3.1): no retained message is sent
+# at the subscription. One over MAX_PACKET retained on config/set came back at every
+# connect, closed it again at once, and no document got through any more; a retained
+# document would be answered again at every connect.
+NO_RETAINED = 0x20
 QUEUE = 4  # documents waiting (QoS 0 ones are not flow-controlled by Receive Maximum)
 IDLE = 1.0  # seconds between two looks at whether the settings changed
 
@@ -228,7 +234,7 @@ class RemoteConfig:
                 password=plan.password if plan.username else None,
                 tls=context,
             )
-            granted = await client.subscribe([(remote.set_topic(plan.gateway_id), 1)])
+            granted = await client.subscribe([(remote.set_topic(plan.gateway_id), 1 | NO_RETAINED)])
         if not granted or granted[0] >= 0x80:
             raise ConfigError(
                 f"the broker refuses the subscription to {remote.set_topic(plan.gateway_id)}"

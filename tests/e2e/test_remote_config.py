@@ -235,6 +235,30 @@ def test_bad_documents_are_refused_and_nothing_changes(
         fleet.close()
 
 
+def test_a_message_retained_on_config_set_is_ignored(
+    gw: GatewayProcess, mosquitto: Mosquitto, signing: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    """A message over 1 MiB retained on config/set came back at every connect: the channel
+    dropped the connection, reconnected at once, got it again, and no document reached
+    the gateway again. A retained document would be answered again at every connect."""
+    key, _ = signing
+    gid = _gateway_id(gw)
+    fleet = Fleet(mosquitto.url, gid)
+    topic = remote.set_topic(gid)
+    try:
+        gw.stop()  # the retained message is there when the channel subscribes
+        fleet.client.publish(topic, b"{" * (2 << 20), qos=1, retain=True).wait_for_publish(10)
+        gw.start()
+        wait_for(lambda: gw.status()["remote_config"]["connected"], 20, "the channel")
+        good = _text(gw, lambda d: d["sinks"]["out"].update(path="b.jsonl"))
+        answer = fleet.push(remote.sign(remote.Document(gid, 10, "yaml", good), key))
+        assert answer["outcome"] == "applied", answer
+        assert "malformed packet" not in gw.log()
+    finally:
+        fleet.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        fleet.close()
+
+
 def _push(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", "config", "push", *args],
