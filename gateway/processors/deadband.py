@@ -213,7 +213,8 @@ class DeadbandProcessor(Processor):
             if percent is not None:
                 if old == 0 and change > 0:
                     return True
-                if change > abs(old) * percent / 100:
+                # abs(old) * percent first overflowed to inf near a double's range: no change passed
+                if change > abs(old) * (percent / 100):
                     return True
         return False
 

@@ -78,6 +78,16 @@ def test_an_integer_past_a_doubles_range_is_refused_and_the_group_goes_on() -> N
     assert not passed(p, "a", t=2.55)
 
 
+def test_a_percent_band_of_a_value_near_a_doubles_range_is_not_infinite() -> None:
+    """10% of 1e308 was computed as 1e308 * 10 / 100, which overflowed to infinity: from
+    such a value on, no change of its group passed any more (only the heartbeat)."""
+    p = make({"fields": {"t": {"percent": 10}}}, FakeClock())
+    assert passed(p, "a", t=1e308)
+    assert not passed(p, "a", t=9.5e307)
+    assert passed(p, "a", t=-1e308)
+    assert passed(p, "a", t=0)
+
+
 def test_a_group_that_is_no_valid_text_is_refused() -> None:
     """A lone surrogate in the group_by field became a state key that SQLite could not
     store: the gateway's ingest crashed on the commit and then took in nothing more."""
