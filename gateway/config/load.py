@@ -38,7 +38,7 @@ from yaml.resolver import Resolver
 from gateway.config import files, secrets
 from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Path as KeyPath
-from gateway.config.schema import Problems, WrittenFloat, build_dataclass
+from gateway.config.schema import Problems, WrittenFloat, WrittenInt, build_dataclass
 from gateway.core.errors import ConfigError
 from gateway.core.redact import written_forms
 
@@ -218,6 +218,23 @@ def _construct_written_float(loader: _LineLoader, node: yaml.ScalarNode) -> Writ
 
 
 _LineLoader.add_constructor(_EXPONENT_TAG, _construct_written_float)
+
+
+# YAML 1.1 reads 007 as 7, 0123 as the octal 83, 0x1F as 31, 1_000 as 1000 and 12:30 as
+# 750: a gateway id written 007 became "7", a password 0123 "83". A number written
+# otherwise than Python writes it remembers its text, for a key that takes text.
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    value: int = loader.construct_yaml_int(node)
+    return value if node.value == str(value) else WrittenInt(value, node.value)
+
+
+def _construct_float(loader: _LineLoader, node: yaml.ScalarNode) -> float:
+    value: float = loader.construct_yaml_float(node)
+    return value if node.value == repr(value) else WrittenFloat(node.value, value)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_LineLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 class _PlainResolver(Resolver):

@@ -128,14 +128,15 @@ def _type_name(tp: Any) -> str:
 
 
 class WrittenFloat(float):
-    """A number the config wrote with an exponent (`1e-3`, `1e6`; see config/load.py),
-    which remembers its text: a text key given `1e5` unquoted (a password, an id) keeps
-    "1e5", as YAML 1.1 read it, rather than "100000.0". `build` never lets it out."""
+    """A number the config wrote with an exponent (`1e-3`, `1e6`; see config/load.py), or
+    otherwise than Python writes it (`1.50`), which remembers its text: a text key given
+    `1e5` unquoted (a password, an id) keeps "1e5", as YAML 1.1 read it, rather than
+    "100000.0". `build` never lets it out."""
 
     text: str
 
-    def __new__(cls, text: str) -> WrittenFloat:
-        number = super().__new__(cls, text)
+    def __new__(cls, text: str, value: float | None = None) -> WrittenFloat:
+        number = super().__new__(cls, text if value is None else value)
         number.text = text
         return number
 
@@ -147,10 +148,31 @@ class WrittenFloat(float):
     __repr__ = __str__
 
 
+class WrittenInt(int):
+    """An integer the config wrote otherwise than Python writes it (`007`, `0x1F`, `1_000`,
+    YAML 1.1's `12:30`; see config/load.py), which remembers its text: a gateway id written
+    007 keeps "007", not "7", a password 0123 "0123", not the octal "83". `build` never
+    lets it out."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> WrittenInt:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
 def _plain_numbers(value: Any) -> Any:
-    """`value` with every WrittenFloat inside made a float."""
+    """`value` with every WrittenFloat and WrittenInt inside made a float or an int."""
     if isinstance(value, WrittenFloat):
         return float(value)
+    if isinstance(value, WrittenInt):
+        return int(value)
     if isinstance(value, dict):
         return {k: _plain_numbers(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -237,13 +259,13 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)  # not a WrittenInt
         if isinstance(value, WrittenFloat) and value.is_integer() and abs(value) <= 2**53:
             return int(value)  # 1e4; past 2**53 a float holds no exact integer
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, WrittenFloat):
+        if isinstance(value, WrittenFloat | WrittenInt):
             return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)

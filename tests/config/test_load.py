@@ -399,12 +399,12 @@ def test_nan_and_infinity_are_refused_in_one_line_each(tmp_path: Path) -> None:
           o: {type: file, path: x.jsonl}
         """,
     )
-    assert problems(path) == [
-        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms', got inf",
+    assert problems(path) == [  # the values quoted as the file writes them
+        f"{path}:3: sources.host.interval: expected a duration such as '10s' or '250ms', got .inf",
         f"{path}:9: routes.r.processors.0.size: expected a duration such as '10s' or '250ms',"
-        " got nan",
-        f"{path}:10: routes.r.processors.1.fields.t.absolute: nan is not a finite number",
-        f"{path}:10: routes.r.processors.1.fields.t.percent: inf is not a finite number",
+        " got .nan",
+        f"{path}:10: routes.r.processors.1.fields.t.absolute: .nan is not a finite number",
+        f"{path}:10: routes.r.processors.1.fields.t.percent: .inf is not a finite number",
     ]
 
 
@@ -1485,6 +1485,37 @@ def test_a_text_key_given_an_exponent_number_keeps_its_text(tmp_path: Path) -> N
         """,
     )
     assert problems(path) == [f"{path}:3: sinks.out.batch.max_rows: expected an integer, got 1e23"]
+
+
+def test_a_text_key_given_any_number_keeps_its_text(tmp_path: Path) -> None:
+    """YAML 1.1 reads 007 as 7, 0123 as the octal 83, 0x1F as 31, 1_000 as 1000, 12:30
+    as 750 and 1.50 as 1.5: a gateway id written 007 became "7" (its topics, its client
+    ids, the remote config topic), a password 0123 became "83". A key that takes text
+    keeps what was written; a key that takes a number reads it as before."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: 007, data_dir: '{tmp_path}'}}\n"
+        "sources:\n"
+        '  s: {type: mqtt, topics: ["a/#"], client_id: 0x1F, qos: 01}\n'
+        'mqtt: {url: "mqtt://127.0.0.1:1883", username: 12:30, password: 0123}\n'
+        "sinks:\n"
+        "  out: {type: file, path: 1.50, batch: {max_rows: 1_000}}\n"
+        "routes:\n"
+        '  r: {match: "a/#", sinks: [out],\n'
+        "      processors: [{type: transform, set: {k: [010, 1.50]}}]}\n"
+    )
+    config = load(path, environ={})
+    assert config.gateway.id == "007"
+    assert (config.mqtt.username, config.mqtt.password) == ("12:30", "0123")
+    assert config.sources["s"].client_id == "0x1F"
+    assert config.sinks["out"].path.endswith("1.50")
+    assert config.sinks["out"].batch.max_rows == 1000
+    qos = config.sources["s"].qos
+    assert qos == 1 and type(qos) is int
+    values = config.routes["r"].processors[0].set["k"]
+    assert values == [8, 1.5] and [type(v) for v in values] == [int, float]
+    data, _ = parse_text("a: [007, 0x1F, 1_000, 12:30, 10, 1.50, 2.5]\n", "x.yaml")
+    assert data == {"a": [7, 31, 1000, 750, 10, 1.5, 2.5]}
 
 
 def test_a_json_config_names_the_line_of_each_problem_and_refuses_a_repeated_key(
