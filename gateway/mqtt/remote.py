@@ -432,7 +432,8 @@ async def push(
                 password=password if username else None,
                 tls=context,
             )
-            granted = await client.subscribe([(remote.result_topic(gateway_id), 1)])
+            # not a message retained there: it was taken for the gateway's answer
+            granted = await client.subscribe([(remote.result_topic(gateway_id), 1 | NO_RETAINED)])
     except (OSError, ConnectRefused, TimeoutError) as err:
         client.abort()
         if isinstance(err, TimeoutError):  # its text is empty
