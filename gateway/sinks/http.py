@@ -234,6 +234,10 @@ def envelope(ff: FlowFile) -> bytes:
     return f'{head}"payload":{text}}}'.encode()
 
 
+# What a request line cannot hold as it is: spaces, control characters, anything not ASCII.
+_UNSENT = re.compile(r"[\x00-\x20\x7f-\U0010ffff]")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HttpSinkConfig(SinkConfig):
     """Keys of the `http` sink (plus batch, retry, rate_limit, overflow from SinkConfig)."""
@@ -243,7 +247,9 @@ class HttpSinkConfig(SinkConfig):
         Doc(
             "`http://` or `https://` URL template: `{topic}` (levels percent-encoded,"
             " `..` too), `{topic.N}` (level N from 0, negative from the end; empty if the"
-            " topic has none), `{gateway}`, `{sink}`; `{{` and `}}` for literal braces.",
+            " topic has none), `{gateway}`, `{sink}`; `{{` and `}}` for literal braces. The"
+            " rest is sent as written: percent-encode a space (`%20`) or a character"
+            " outside ASCII.",
             example="https://hooks.example.com/in/{topic}",
         ),
     ]
@@ -342,6 +348,16 @@ class HttpSinkConfig(SinkConfig):
             else:
                 head = parts[0] if parts and isinstance(parts[0], str) else ""
                 yield from self._check_head(head)
+                written = "".join(part for part in parts if isinstance(part, str))
+                if bad := _UNSENT.search(written):
+                    # The url goes as written (the topic's levels percent-encoded into it):
+                    # the receiver refused the request line, 400, and every FlowFile went
+                    # to the dead letters.
+                    yield (
+                        "url",
+                        f"holds {bad[0]!r}, which a URL cannot hold as it is: percent-encode"
+                        " it (a space is %20, é is %C3%A9)",
+                    )
             if not self.url.startswith("https://"):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):

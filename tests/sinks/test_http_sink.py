@@ -380,6 +380,13 @@ def test_config_problems() -> None:
     for url in ("http://[::1]x/in", "http://hooks\\example.com/in"):
         assert config_problems(url=url)[1][0].startswith("sinks.hook.url: is not a valid URL")
     assert config_problems(url="http://dev-{topic.1}.example.com/in")[1] == []
+    # sent as written, the request line was refused (400) and every FlowFile dead-lettered
+    for url, bad in (("http://h/my hook/{topic}", "' '"), ("http://h/t\u00e9/x", "'\u00e9'")):
+        assert config_problems(url=url)[1] == [
+            f"sinks.hook.url: holds {bad}, which a URL cannot hold as it is: percent-encode it"
+            " (a space is %20, \u00e9 is %C3%A9)"
+        ]
+    assert config_problems(url="http://h/my%20hook/{topic}?a=%C3%A9")[1] == []
     assert config_problems(url="http://h/x", headers={"X-Key": "secret\nmore"})[1] == [
         "sinks.hook.headers.X-Key: a header value cannot hold a line break or control character"
     ]
