@@ -613,7 +613,7 @@ def _dump(y: YAML, data: dict[str, Any]) -> str:
     for key, value in data.items():
         inner = CommentedMap()
         for k, v in value.items():
-            inner[k] = v
+            inner[_key(k)] = v
         wrapper[key] = inner
     out = io.StringIO()
     y.dump(wrapper, out)
@@ -631,7 +631,11 @@ def _merge(old: Any, old_plain: Any, new: Any) -> Any:
         for key in [k for k in old if k not in new]:
             del old[key]
         for key, value in new.items():
-            old[key] = _merge(old.get(key, _MISSING), plain_map.get(key, _MISSING), value)
+            merged = _merge(old.get(key, _MISSING), plain_map.get(key, _MISSING), value)
+            if key in old:
+                old[key] = merged  # the key as the user wrote it
+            else:
+                old[_key(key)] = merged
         return old
     if isinstance(new, list):
         if isinstance(old, CommentedSeq) and isinstance(old_plain, list) and len(old) == len(new):
@@ -655,7 +659,7 @@ def _convert(value: Any) -> Any:
     if isinstance(value, dict):
         node = CommentedMap()
         for k, v in value.items():
-            node[str(k)] = _convert(v)
+            node[_key(str(k))] = _convert(v)
         return node
     if isinstance(value, list):
         seq = CommentedSeq(_convert(v) for v in value)
@@ -665,6 +669,12 @@ def _convert(value: Any) -> Any:
     if isinstance(value, str) and _reads_as(value) != _STR_TAG:
         return SingleQuotedScalarString(value)  # `yes`, `1_000`, `2024-01-01` stay text
     return value
+
+
+def _key(name: str) -> str:
+    """A key to write: quoted when the loader would read it plain as another type
+    (ruamel.yaml, YAML 1.2, writes `yes:` and `on:` plain; YAML 1.1 reads them as true)."""
+    return SingleQuotedScalarString(name) if _reads_as(name) != _STR_TAG else name
 
 
 def _reads_as(text: str) -> str:

@@ -168,6 +168,26 @@ def test_a_string_the_loader_would_read_as_another_type_is_quoted(text: str) -> 
     assert "path: 'yes'" in new
 
 
+@pytest.mark.parametrize("name", ["yes", "on", "No", "OFF"])
+def test_a_name_the_loader_would_read_as_another_type_is_quoted(
+    text: str, tmp_path: Path, name: str
+) -> None:
+    # YAML 1.1 (the loader) reads `yes:`, `on:` as true; ruamel.yaml (1.2) wrote them
+    # plain, and the edit was refused as "would not read back as sent ... please report"
+    route = {"match": "alarms/#", "sinks": ["archive"]}
+    new = edit.set_component(text, "routes", name, route, "gw.yaml")
+    assert parse_text(new, "gw.yaml")[0]["routes"][name] == route
+    # a key inside a component too, new in a new component and in an old one
+    columns = {name.lower(): "payload", "topic": "topic"}  # PostgreSQL: lowercase
+    sink = {"type": "postgres", "dsn": "postgresql://gw@db/x", "table": "t", "columns": columns}
+    new = edit.set_component(new, "sinks", "db", sink, "gw.yaml")
+    new = edit.set_component(new, "sinks", "db", {**sink, "columns": {**columns, "y": "id"}}, "x")
+    assert parse_text(new, "gw.yaml")[0]["sinks"]["db"]["columns"] == {**columns, "y": "id"}
+    path = tmp_path / "gw.yaml"
+    path.write_text(new)
+    assert name in load(path, environ={}).routes
+
+
 def test_a_new_section_is_appended(tmp_path: Path) -> None:
     text = "# only a comment and a gateway\ngateway: {id: x}\n"
     new = edit.set_component(text, "sinks", "out", {"type": "file"}, "gw.yaml")
