@@ -55,7 +55,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError as RuamelError
-from ruamel.yaml.scalarstring import SingleQuotedScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
@@ -497,7 +497,7 @@ def _splice(
 ) -> str | None:
     """The text with only the component's lines replaced (node None: removed); None when
     the file's layout is not one this can do line by line."""
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     if doc.fa.flow_style():
         return None
     components = doc.get(section, _MISSING)
@@ -556,12 +556,21 @@ def _splice(
         if node is None:
             return None
         start = end = span(len(keys) - 1)[1]
-    chunk_lines = _dump(y, {section: {name: node}}).splitlines(keepends=True)[1:]
+    chunk_lines = _lines(_dump(y, {section: {name: node}}))[1:]
     chunk_lines = _without_block(chunk_lines, [t for t in tail if t.strip()])
     chunk = "".join(chunk_lines[: _trim(chunk_lines, 0, len(chunk_lines), indent)])
     if start > 0 and not lines[start - 1].endswith("\n"):
         lines[start - 1] += "\n"
     return "".join(lines[:start]) + chunk + "".join(lines[end:])
+
+
+def _lines(text: str) -> list[str]:
+    """`text` cut into lines as ruamel.yaml numbers them: after a \\n or a lone \\r (not
+    str.splitlines, which also cuts at \\f, NEL, U+2028 and more)."""
+    return _LINE.findall(text)
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
 def _drop_tail(node: Any) -> None:
@@ -666,9 +675,16 @@ def _convert(value: Any) -> Any:
         if all(not isinstance(v, dict | list) for v in value):
             seq.fa.set_flow_style()  # `sinks: [a, b]`, as people write them
         return seq
+    if isinstance(value, str) and any(c in value for c in _YAML_11_BREAKS):
+        # YAML 1.1 (the loader) breaks lines there, 1.2 (ruamel.yaml) does not and wrote
+        # them raw: NEL read back as a space. Double quotes write them as escapes.
+        return DoubleQuotedScalarString(value)
     if isinstance(value, str) and _reads_as(value) != _STR_TAG:
         return SingleQuotedScalarString(value)  # `yes`, `1_000`, `2024-01-01` stay text
     return value
+
+
+_YAML_11_BREAKS = "\x85\u2028\u2029"
 
 
 def _key(name: str) -> str:

@@ -544,3 +544,31 @@ def test_a_value_from_an_environment_override_sent_back_is_not_written(
         "keep": 3,
     }
     load_view(path, {})  # loads without the variables
+
+
+def test_a_line_break_of_yaml_1_1_only_leaves_the_edits_working(text: str) -> None:
+    # NEL, U+2028 and U+2029 end a line for str.splitlines (and YAML 1.1, the loader),
+    # not for ruamel.yaml, whose line numbers the splice uses: every edit below one (a
+    # file written by hand, or by an earlier edit) was refused as "would not read back
+    # as sent ... please report this"
+    odd = text.replace("# a second copy, kept short", "# a second copy, kept short\u2028")
+    odd = odd.replace('path: "cache.jsonl"', 'path: "cache\u2028.jsonl"')
+    assert parse_text(odd, "gw.yaml")[0]["sinks"]["cache"]["path"] == "cache\u2028.jsonl"
+    new = edit.set_component(odd, "sinks", "archive", {"type": "file", "path": "a"}, "gw.yaml")
+    assert "# a second copy, kept short\u2028\n" in new
+    new = edit.set_component(new, "sinks", "more", {"type": "file"}, "gw.yaml")
+    new = edit.remove_component(new, "sinks", "cache", "gw.yaml")
+    assert set(parse_text(new, "gw.yaml")[0]["sinks"]) == {"archive", "more"}
+
+
+@pytest.mark.parametrize("value", ["a\x85b", "a\u2028b", "\u2029"])
+def test_a_value_with_a_yaml_1_1_line_break_is_written_escaped(text: str, value: str) -> None:
+    # YAML 1.1 (the loader) reads NEL, U+2028 and U+2029 as line breaks, 1.2 does not:
+    # ruamel.yaml wrote them raw, across lines, and NEL read back as a space
+    sink = {"type": "file", "path": value}
+    new = edit.set_component(text, "sinks", "odd", sink, "gw.yaml")
+    assert parse_text(new, "gw.yaml")[0]["sinks"]["odd"] == sink
+    assert not any(c in new for c in "\x85\u2028\u2029")
+    new = edit.set_component(new, "sinks", "later", {"type": "file"}, "gw.yaml")
+    new = edit.remove_component(new, "sinks", "odd", "gw.yaml")
+    assert set(parse_text(new, "gw.yaml")[0]["sinks"]) == {"archive", "cache", "later"}
