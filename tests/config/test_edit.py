@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -572,3 +573,15 @@ def test_a_value_with_a_yaml_1_1_line_break_is_written_escaped(text: str, value:
     new = edit.set_component(new, "sinks", "later", {"type": "file"}, "gw.yaml")
     new = edit.remove_component(new, "sinks", "odd", "gw.yaml")
     assert set(parse_text(new, "gw.yaml")[0]["sinks"]) == {"archive", "cache", "later"}
+
+
+def test_a_component_holding_a_long_list_is_edited_in_time(text: str) -> None:
+    # the edit copied the component with copy.deepcopy, quadratic in a list's length
+    # with ruamel.yaml: 4,000 filters took half a minute (holding the GIL, so the
+    # gateway's loop with it); a check of one with 20,000 ran for a quarter of an hour
+    filters = [f"t/{i}" for i in range(4000)]
+    new = edit.set_component(text, "routes", "many", {"match": filters, "sinks": ["archive"]}, "x")
+    started = time.monotonic()
+    new = edit.set_component(new, "routes", "many", {"match": filters[:9], "sinks": ["cache"]}, "x")
+    assert time.monotonic() - started < 8
+    assert parse_text(new, "gw.yaml")[0]["routes"]["many"]["match"] == filters[:9]
