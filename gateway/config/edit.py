@@ -60,7 +60,14 @@ from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from gateway.config import files
-from gateway.config.load import apply_env, load_data, parse_text, plain_tag, read_text
+from gateway.config.load import (
+    apply_env,
+    load_data,
+    parse_text,
+    past_limits,
+    plain_tag,
+    read_text,
+)
 from gateway.config.model import Config, RouteSection
 from gateway.config.schema import Component, Problems, build, fields
 from gateway.config.view import REDACTED, plain, redact, show
@@ -708,10 +715,6 @@ def _verify(
     """The new text reads (with the loader's own parser) as the old one with exactly this
     change: a guard against a writer that says something else than was meant."""
     old, _ = parse_text(old_text, source)
-    try:
-        new, _ = parse_text(new_text, source)
-    except ConfigError:
-        new = None
     want = copy.deepcopy(old)
     components = want.get(section)
     if not isinstance(components, dict):
@@ -720,6 +723,13 @@ def _verify(
         components.pop(name, None)
     else:
         components[name] = expected
+    problem = past_limits(new_text, want)
+    if problem:  # not the writer's mistake: the loader would refuse the file
+        raise ConfigError(f"{source}: {section}.{name}: {problem}; nothing was written")
+    try:
+        new, _ = parse_text(new_text, source)
+    except ConfigError:
+        new = None
     if new != want:
         anchors = sorted(set(_ANCHOR.findall(old_text)) & set(_ALIAS.findall(old_text)))
         if anchors:

@@ -283,6 +283,19 @@ def _json_size(data: Any) -> tuple[int, int]:
     return deepest, nodes
 
 
+def past_limits(text: str, data: Any) -> str | None:
+    """Which of the loader's limits a config `text` holding `data` is past, in words
+    (None: within them): an edit says so rather than write a file that is refused."""
+    if len(text) > MAX_BYTES:
+        return f"the config would be {_TOO_LARGE}"
+    depth, nodes = _json_size(data)
+    if depth > MAX_DEPTH:
+        return f"the config would be {_TOO_DEEP}"
+    if nodes > MAX_NODES:
+        return f"the config would hold more than {MAX_NODES} keys and values (limit {MAX_NODES})"
+    return None
+
+
 class _DuplicateKey(ValueError):
     """A JSON object that writes one key twice (json.loads would keep the last)."""
 

@@ -585,3 +585,22 @@ def test_a_component_holding_a_long_list_is_edited_in_time(text: str) -> None:
     new = edit.set_component(new, "routes", "many", {"match": filters[:9], "sinks": ["cache"]}, "x")
     assert time.monotonic() - started < 8
     assert parse_text(new, "gw.yaml")[0]["routes"]["many"]["match"] == filters[:9]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ({"match": [f"t/{i:05}" for i in range(30_000)]}, "larger than 256 KiB"),
+        ({"match": ["a"] * 60_000}, "more than 50000 keys and values"),
+        ({"match": "a", "deep": json.loads("[" * 70 + "]" * 70)}, "nested more than 64"),
+    ],
+)
+def test_an_edit_past_the_loader_s_limits_is_refused_in_words(
+    text: str, value: dict[str, Any], said: str
+) -> None:
+    # the edited text was refused by its own read-back check: "would not read back as
+    # sent ... please report this", for a file the loader would refuse by its limits
+    with pytest.raises(ConfigError) as refused:
+        edit.set_component(text, "routes", "many", {**value, "sinks": ["archive"]}, "gw.yaml")
+    assert str(refused.value).startswith("gw.yaml: routes.many: ")
+    assert said in str(refused.value) and "report" not in str(refused.value)
