@@ -147,7 +147,9 @@ class ConfigApi:
         value = None
         if method == "PUT":
             try:
-                value = json.loads(body)
+                value = json.loads(body, parse_constant=_no_constant)
+            except _NotJson as err:
+                return _answer(400, errors=[f"{section}.{name}: {err}"])
             except (ValueError, RecursionError):
                 value = None
             if not isinstance(value, dict):
@@ -337,6 +339,16 @@ def _show(path: str) -> dict[str, Any]:
     text = read_text(path)
     config, raw = load_view(path)
     return {"path": path, "hash": files.text_hash(text), "config": show(config, raw)}
+
+
+class _NotJson(ValueError):
+    """NaN or Infinity in a body: Python's json reads them, JSON has none."""
+
+
+def _no_constant(name: str) -> Any:
+    # A NaN written to the file reads back as a NaN, which equals nothing (itself
+    # included): the edit was refused as "would not read back as sent ... report this".
+    raise _NotJson(f"{name} is not JSON; send a number")
 
 
 def _answer(

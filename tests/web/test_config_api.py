@@ -122,6 +122,14 @@ async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any])
     assert status == 400 and "JSON object" in answer["errors"][0]
     status, _ = await asyncio.to_thread(_call, f"{url}/api/config/webs/x", "PUT", good, creds)
     assert status == 404
+    # Python's json takes NaN, which no JSON has: it went on to "would not read back as
+    # sent ... please report this" (NaN equals nothing, itself included)
+    for odd in (b"NaN", b"-Infinity"):
+        body = b'{"type": "file", "rotate_interval": ' + odd + b"}"
+        for where in (sink, f"{sink}?check=1"):
+            status, answer = await asyncio.to_thread(_call, where, "PUT", body, creds)
+            assert status == 400, answer
+            assert answer["errors"] == [f"sinks.two: {odd.decode()} is not JSON; send a number"]
     assert path.read_text() == before
     status, shown = await asyncio.to_thread(_call, f"{url}/api/config", "GET", None, creds)
     assert status == 200 and shown["config"]["web"]["password"] == "***"
