@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from gateway.config.model import WebSection
 from gateway.config.tls import ServedTlsError, served_tls
@@ -248,6 +249,7 @@ class WebServer:
             # decoding answered a broken gzip body 500 and br or zstd 400 in its words,
             # each with an ERROR traceback in the log that any client could provoke.
             auto_decompress=False,
+            logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await runner.setup()
         loop = asyncio.get_running_loop()
@@ -869,6 +871,24 @@ class WebServer:
 
     async def api_metrics(self, _request: web.Request) -> web.StreamResponse:
         return _json(metrics_json(self.metrics))
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, but a request it cannot parse (an overlong line, a repeated
+    Content-Length, a NUL in a header: a client's mistake, or someone probing) is one
+    line at DEBUG, not an ERROR with a traceback that any client of the LAN could add to
+    the gateway's log without credentials. A handler's failure (a 500) stays an ERROR."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        err = kwargs.get("exc_info")
+        if isinstance(err, HttpProcessingError):
+            said = (err.message.splitlines() or [""])[0].rstrip(":")[:200]
+            client = args[0] if args else "?"
+            log.debug(
+                "web: a request from %s that is not valid HTTP: %s: %r", client, err.code, said
+            )
+            return
+        super().exception(msg, *args, **kwargs)
 
 
 class _Refused(asyncio.Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -216,6 +217,33 @@ async def test_garbage_and_slow_clients_do_not_hurt_the_server(served: str) -> N
     assert (await reader.read()).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     writer.close()
     assert (await asyncio.to_thread(get, f"{served}/healthz"))[0] == 200
+
+
+async def test_a_malformed_request_is_a_400_and_no_error_in_the_log(
+    served: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp logged each request it could not parse as an ERROR with a traceback: any
+    # client of the LAN, without credentials, filled the gateway's log with them
+    host, port = served.removeprefix("http://").split(":")
+    heads = [
+        b"GET /api/status HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /api/topics?" + b"filter=x&" * 1000 + b" HTTP/1.1\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    ]
+    caplog.set_level(logging.DEBUG)
+    for head in heads:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head)
+        await writer.drain()
+        assert (await reader.read()).split(b"\r\n")[0].endswith(b" 400 Bad Request"), head
+        writer.close()
+    assert (await asyncio.to_thread(get, f"{served}/healthz"))[0] == 200
+    web = [r for r in caplog.records if r.name.startswith(("aiohttp", "gateway.web"))]
+    assert not [r for r in web if r.levelno >= logging.WARNING or r.exc_info]
+    said = [r.getMessage() for r in web if "not valid HTTP" in r.getMessage()]
+    assert len(said) == len(heads), said
+    assert "Duplicate Content-Length" in said[0] and "\n" not in "".join(said)
 
 
 async def test_credentials_are_required_everywhere_but_healthz(tmp_path: Path) -> None:
