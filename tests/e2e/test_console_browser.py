@@ -640,8 +640,11 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
         wait_for(hold_all, 10, "every stream taken")
         browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
         wait_for(lambda: "cannot reach" in text(browser, "#live"), 10, "the stream, refused")
+        # the verdict atop the page said "loading..." for as long, having had no document
+        assert text(browser, "#verdict-top").startswith("No answer from the gateway since 20")
         held.pop().close()
         wait_for(lambda: text(browser, "#live") == "live", 15, "the stream, opened anew")
+        wait_for(lambda: text(browser, "#verdict-top") == "All flowing", 5, "the verdict")
     finally:
         for response in held:
             response.close()

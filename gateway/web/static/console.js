@@ -280,11 +280,13 @@
   }
 
   function render() {
-    if (!status) return;
-    $("gw").textContent = status.gateway.id;
+    // no document yet (the first stream refused: 16 open): "No answer ...", not "loading..."
+    if (!status && lostAt === null) return;
     const verdict = currentVerdict();
     $("verdict-top").textContent = verdict;
     $("verdict-top").className = verdict === "All flowing" ? "ok" : "bad";
+    if (!status) return;
+    $("gw").textContent = status.gateway.id;
     $("disk").textContent = W.diskBanner(status);
     if (page === "overview") renderOverview();
     if (page === "pipeline") renderPipeline();
