@@ -201,6 +201,11 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/versions", "GET")
     assert [v["name"] for v in answer["versions"]] == [put["version"]]
     assert answer["versions"][0]["hash"] == files.text_hash(original)
+    # the same again (Apply pressed twice) changes no byte: no version of the same text
+    # pushes a kept one out of the 20
+    status, again = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
+    assert (status, again["outcome"], again["version"]) == (200, "applied", None)
+    assert [v.name for v in files.versions(tmp_path / "data")] == [put["version"]]
     # the gateway refuses the rolled-back text: the file stays as it runs
     outcomes[0] = "refused"
     asked = json.dumps({"version": put["version"]}).encode()
