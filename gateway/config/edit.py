@@ -416,6 +416,9 @@ _MASKED_PASSWORD = re.compile(
 
 
 def _json_set(text: str, section: str, name: str, value: Any) -> str:
+    # a byte order mark (Notepad writes one), which the loader reads past: kept
+    mark = "\ufeff" if text.startswith("\ufeff") else ""
+    text = text.removeprefix(mark)
     data = json.loads(text) if text.strip() else {}
     components = data.get(section)
     if not isinstance(components, dict):
@@ -424,7 +427,7 @@ def _json_set(text: str, section: str, name: str, value: Any) -> str:
         del components[name]
     else:
         components[name] = _ordered_like(components.get(name), value)
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return mark + json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def _ordered_like(old: Any, new: Any) -> Any:

@@ -230,6 +230,19 @@ def test_json_is_written_back_as_formatted_json() -> None:
     )
 
 
+def test_a_json_file_with_a_byte_order_mark_is_edited_and_keeps_it() -> None:
+    # the loader reads past the mark (Notepad writes one); the edit's json.loads did not:
+    # every API edit of such a file was a 500, a traceback in the log
+    text = "\ufeff" + json.dumps({"sinks": {"out": {"type": "file"}}}, indent=2) + "\n"
+    new = edit.set_component(text, "sinks", "two", {"type": "file"}, "gw.json")
+    assert new.startswith("\ufeff{") and set(parse_text(new, "gw.json")[0]["sinks"]) == {
+        "out",
+        "two",
+    }
+    new = edit.remove_component(new, "sinks", "out", "gw.json")
+    assert new == "\ufeff" + json.dumps({"sinks": {"two": {"type": "file"}}}, indent=2) + "\n"
+
+
 def test_enc_values_stay_encrypted_and_a_redacted_value_keeps_the_file_s(text: str) -> None:
     secret = "ENC(AAAAbm90IGEgcmVhbCBzZWNyZXQ=)"
     text = text.replace('url: "mqtt://127.0.0.1:1"', f'url: "mqtt://u:{secret}@127.0.0.1:1"')
