@@ -38,6 +38,8 @@ when it names them:
                   config file (a gateway started without `-c FILE`; "path": null), and
                   a GET /api/config of a file that does not load ("path": the file)
 413               a body over 256 KiB
+500               the file or its kept version cannot be written (a full disk, a
+                  folder the gateway's user may not write): the error says which
 422 refused       the new config is invalid; the errors name the key paths
                   (`gw.yaml: routes.r1.sinks.0: no sink named 'x' is defined under
                   sinks:`); nothing is written
@@ -178,6 +180,8 @@ class ConfigApi:
             kept = await asyncio.to_thread(_kept_versions, self._versions_dir(path))
         except ConfigError as err:
             return _answer(409, errors=list(err.problems))
+        except OSError as err:  # a config-history/ left to root (a command run as root)
+            return _answer(500, errors=[f"{err.filename}: cannot read it ({err.strerror})"])
         return 200, "application/json", json.dumps({"versions": kept}, indent=1).encode()
 
     def _versions_dir(self, path: str) -> Callable[[], str]:
@@ -201,6 +205,8 @@ class ConfigApi:
             )
         except ConfigError as err:
             return _answer(409, errors=list(err.problems))
+        except OSError as err:
+            return _answer(500, errors=[_unsaved(err, path)])
         version = None if kept is None else kept.name
         if old_text is None:
             return _answer(200, "unchanged", [f"{path} already holds {restored}"], version)
@@ -243,6 +249,8 @@ class ConfigApi:
             return _answer(404, errors=list(err.problems))
         except ConfigError as err:
             return _answer(422, errors=list(err.problems))
+        except OSError as err:
+            return _answer(500, errors=[_unsaved(err, path)])
         version = None if kept is None else kept.name
         what = f"{section}.{name} {'removed' if value is None else 'written'}"
         if not wrote:
@@ -339,6 +347,15 @@ def _show(path: str) -> dict[str, Any]:
     text = read_text(path)
     config, raw = load_view(path)
     return {"path": path, "hash": files.text_hash(text), "config": show(config, raw)}
+
+
+def _unsaved(err: OSError, path: str) -> str:
+    """One line for a file an edit or a rollback could not write (a full disk, a folder
+    left to root by a command run as root): the file was not changed, nor applied."""
+    return (
+        f"{err.filename or path}: cannot write there ({err.strerror or err}); nothing was"
+        " changed: free some space, or let the gateway's user write there"
+    )
 
 
 class _NotJson(ValueError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,6 +100,34 @@ async def test_an_edit_the_gateway_rolls_back_puts_the_file_back(
     assert "  two:" in calls[0]  # the reload saw the edited file
     assert path.read_text() == before  # and it is back as it was
     assert [v.name for v in files.versions(tmp_path / "data")] == [answer["version"]]
+
+
+async def test_an_edit_that_cannot_be_saved_says_why_in_one_line(
+    tmp_path: Path, stop: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk, or a config-history/ left to root by `sudo edge-stream config
+    # rollback` (README: run it as the service user): each edit was a 500 "Internal
+    # Server Error" with a traceback in the log, and the page said nothing useful.
+    calls = []
+
+    async def applied(_trigger: str) -> dict[str, Any]:
+        calls.append(_trigger)
+        return {"outcome": "applied", "errors": [], "changes": []}
+
+    gateway, task, url, path = await _serve(tmp_path, applied)
+    stop.append((gateway, task))
+    before = path.read_text()
+    (tmp_path / "data" / "config-history").write_text("not a folder")
+    body = json.dumps({"type": "file", "path": "two.jsonl"}).encode()
+    for where, method, sent in (("sinks/two", "PUT", body), ("routes/all", "DELETE", None)):
+        status, answer = await asyncio.to_thread(_call, f"{url}/api/config/{where}", method, sent)
+        assert status == 500, answer
+        assert answer["errors"] == [
+            f"{tmp_path / 'data' / 'config-history'}: cannot write there (File exists);"
+            " nothing was changed: free some space, or let the gateway's user write there"
+        ]
+    assert path.read_text() == before and calls == []
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any]) -> None:
