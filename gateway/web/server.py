@@ -487,7 +487,8 @@ class WebServer:
         )
 
     async def _basic(self, request: web.Request, header: str) -> Identity | web.StreamResponse:
-        key = hashlib.sha256(self._basic_salt + header.encode()).digest()
+        # aiohttp reads header bytes as UTF-8 with surrogate escapes: give them back as sent
+        key = hashlib.sha256(self._basic_salt + header.encode(errors="surrogateescape")).digest()
         known = self._basic_ok.get(key)
         if known is not None and time.monotonic() < known[1]:
             # a password changed since (`web passwd`) makes the remembered check void
@@ -915,7 +916,8 @@ def _asks_check(value: str | None) -> bool:
 
 
 def _equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    # a header's bytes that are not UTF-8 come as surrogate escapes: a mismatch, not a 500
+    return hmac.compare_digest(a.encode(errors="surrogateescape"), b.encode())
 
 
 def _text(status: int, text: str, close: bool = False) -> web.Response:

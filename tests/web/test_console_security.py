@@ -179,6 +179,32 @@ async def test_a_login_sets_an_httponly_strict_session_cookie(served: Served) ->
     assert (await call(f"{served.url}/api/status", headers=cookie_header)).status == 401
 
 
+async def test_credentials_that_are_not_utf_8_are_refused_not_a_500(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp reads header bytes as UTF-8 with surrogate escapes, which .encode() refused:
+    # an Authorization header of other bytes, from anyone, was a 500 and an ERROR with a
+    # traceback in the log; a session's X-CSRF-Token of them too
+    token, _csrf = await login(served, "olga", "olga-pass-1")
+    own = f"Host: 127.0.0.1:{served.port}\r\nOrigin: {served.url}\r\n".encode()
+    cases = [
+        (b"Authorization: Basic \xff\xfe\r\n", b" 401 "),
+        (b"Authorization: \xff\xfe \xc3\xa9\r\n", b" 401 "),
+        (
+            f"Cookie: edge_stream_session={token}\r\n".encode() + b"X-CSRF-Token: \xff\xc3\r\n",
+            b" 403 ",
+        ),
+    ]
+    for header, status in cases:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(b"POST /api/config/reload HTTP/1.1\r\n" + own + header)
+        writer.write(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        assert status in (await reader.read()).split(b"\r\n")[0], header
+        writer.close()
+    assert not [r for r in caplog.records if r.exc_info or r.name.startswith("aiohttp")]
+
+
 async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> None:
     token, csrf = await login(served, "olga", "olga-pass-1")
     cookie = {"Cookie": f"edge_stream_session={token}"}
