@@ -230,7 +230,9 @@ class Users:
             # As long as any other check (the dummy hash's scrypt): answered at once, the
             # config's account would show its user name to whoever times wrong guesses.
             await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-            ok = hmac.compare_digest(password.encode(), self._config_user[1].encode())
+            # a lone surrogate (JSON "\ud800") matches no password: a mismatch, not a 500
+            given = password.encode(errors="surrogatepass")
+            ok = hmac.compare_digest(given, self._config_user[1].encode())
             return "operator" if ok else None
         user = self._file_users().get(name)
         # scrypt takes ~50 ms of CPU: in a worker thread. An unknown name costs the same.

@@ -202,6 +202,13 @@ async def test_credentials_that_are_not_utf_8_are_refused_not_a_500(
         await writer.drain()
         assert status in (await reader.read()).split(b"\r\n")[0], header
         writer.close()
+    # a JSON password with a lone surrogate, for the config's account: a 500 too
+    for user in ("tech", "olga"):
+        body = b'{"username": "%s", "password": "\\ud800"}' % user.encode()
+        answer = await call(
+            f"{served.url}/login", "POST", headers={"Content-Type": "application/json"}, body=body
+        )
+        assert answer.status == 401, (user, answer.body)
     assert not [r for r in caplog.records if r.exc_info or r.name.startswith("aiohttp")]
 
 
