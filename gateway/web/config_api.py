@@ -156,6 +156,13 @@ class ConfigApi:
                 value = None
             if not isinstance(value, dict):
                 return _answer(400, errors=[f"{section}.{name}: the body must be a JSON object"])
+            try:  # "\ud800" is JSON, but half a character: no file can hold it
+                json.dumps(value, ensure_ascii=False).encode()
+            except UnicodeEncodeError as err:
+                half = err.object[err.start : err.end].encode(errors="backslashreplace").decode()
+                return _answer(
+                    400, errors=[f"{section}.{name}: {half} is half of a character, not text"]
+                )
         if check:
             return await self._check(self.path, section, name, value)
         async with self._lock:

@@ -159,6 +159,12 @@ async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any])
             status, answer = await asyncio.to_thread(_call, where, "PUT", body, creds)
             assert status == 400, answer
             assert answer["errors"] == [f"sinks.two: {odd.decode()} is not JSON; send a number"]
+    # nor does a file hold a lone surrogate, which JSON may write ("\ud800")
+    for odd in (b'"path": "a\\ud800"', b'"\\udfff": 1'):
+        body = b'{"type": "file", ' + odd + b"}"
+        status, answer = await asyncio.to_thread(_call, f"{sink}?check=1", "PUT", body, creds)
+        assert status == 400, answer
+        assert answer["errors"][0].endswith("is half of a character, not text"), answer
     assert path.read_text() == before
     status, shown = await asyncio.to_thread(_call, f"{url}/api/config", "GET", None, creds)
     assert status == 200 and shown["config"]["web"]["password"] == "***"
