@@ -428,6 +428,10 @@ def apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[KeyPath, st
             if not isinstance(child, dict | list):
                 child = {}
                 node[key] = child
+                # A mapping the override made (`SINKS__WAREHOUS__DSN`, a sink name mistyped):
+                # a problem in it (its missing `type`) names the variable, not the line of
+                # the file's `sinks:`, which has no such sink.
+                changed.setdefault((*path, key), var)
             node = child
             path.append(key)
         key, _ = _step(var, node, parts[-1], path)

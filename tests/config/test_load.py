@@ -278,6 +278,20 @@ def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:
     assert message.endswith("sinks.w.keep: expected an integer, got 'lots'")
 
 
+def test_a_key_an_override_made_names_the_variable_not_a_line(tmp_path: Path) -> None:
+    # A mistyped sink name in the variable made a sink of its own, whose missing type
+    # was reported at the file's `sinks:` line: the file has no such sink.
+    path = write(tmp_path, "sinks:\n  warehouse: {type: file}\n")
+    var = "EDGE_STREAM__SINKS__WAREHOUS__PATH"
+    assert problems(path, {var: "b.jsonl"}) == [
+        f"{var}: sinks.warehous.type: required key is missing"
+        " (one of amqp, file, http, mqtt, mysql, nats, postgres, redis)"
+    ]
+    # a value of the file the override made a mapping of
+    var = "EDGE_STREAM__GATEWAY__ID__X"
+    assert problems(path, {var: "1"}) == [f"{var}: gateway.id: expected a string, got {{'x': 1}}"]
+
+
 def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
     # EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE replaced the whole processors list with
     # a mapping: "routes.r.processors: expected a list, got dict", at the file's line.
