@@ -80,6 +80,23 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     ]
 
 
+def test_a_bound_is_reported_with_the_other_problems_of_its_component(tmp_path: Path) -> None:
+    # A key out of its bounds was reported only once the component's other keys were
+    # fixed: a second round of check-config for the same file.
+    path = write(
+        tmp_path,
+        """\
+        sources:
+          host: {type: system, interval: 10ms, missed: catchup}
+        """,
+    )
+    assert problems(path)[:2] == [
+        f"{path}:3: sources.host.missed: 'catchup' is not one of 'skip', 'catch_up'"
+        " (did you mean 'catch_up'?)",
+        f"{path}:3: sources.host.interval: must be at least 100ms",
+    ]
+
+
 def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
     # `max: 0s` retried a dead upstream about a thousand times a second
     path = write(
