@@ -319,7 +319,8 @@ def config_page(components: Iterable[Described]) -> str:
         "",
         "One YAML (or JSON) file; sources, routes, sinks and alert rules are mappings keyed"
         " by the name you give them (letters, digits, `_` and `-`). Durations read `250ms`,"
-        " `10s`, `5m`; sizes `512MiB`, `1GiB`."
+        " `10s`, `5m`; sizes `512MiB`, `1GiB`; a number without a unit is seconds for a"
+        " duration, bytes for a size."
         f" {_GENERATED}",
         "",
     ]

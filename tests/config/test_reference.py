@@ -134,6 +134,14 @@ def test_sizes_and_durations_read_as_configs_write_them() -> None:
     ]
 
 
+def test_the_reference_says_what_a_number_without_a_unit_is() -> None:
+    # `batch_linger: 5` reads 5 seconds, `max_bytes: 1000` 1000 bytes; the docs named only
+    # the forms with a unit, so a technician meaning 5 ms got a 5 s linger.
+    page = reference.config_page(registry.entries())
+    assert "a number without a unit is seconds for a duration, bytes for a size" in page
+    assert (units.parse_duration(5), units.parse_size(1000)) == (5.0, 1000)
+
+
 def test_every_component_guide_reads_as_written() -> None:
     # A module docstring is a component's user guide: an escape such as `\r` written in
     # it must reach the reader as the two characters, not as a control character.
