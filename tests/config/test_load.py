@@ -97,6 +97,24 @@ def test_a_bound_is_reported_with_the_other_problems_of_its_component(tmp_path: 
     ]
 
 
+def test_a_choice_written_in_capitals_is_suggested_in_lowercase(tmp_path: Path) -> None:
+    # `log_level: INFO`, `type: MQTT`: difflib finds nothing close, so no hint was given
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}', log_level: INFO}}\n"
+        "buffer: {overflow: DROP_OLDEST}\n"
+        "sources:\n"
+        "  plant: {type: MQTT, topics: [a/b]}\n"
+    )
+    assert problems(path) == [
+        f"{path}:1: gateway.log_level: 'INFO' is not one of 'debug', 'info', 'warning',"
+        " 'error' (did you mean 'info'?)",
+        f"{path}:2: buffer.overflow: 'DROP_OLDEST' is not one of 'drop_oldest', 'block'"
+        " (did you mean 'drop_oldest'?)",
+        f"{path}:4: sources.plant.type: unknown source type 'MQTT' (did you mean 'mqtt'?)",
+    ]
+
+
 def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
     # `max: 0s` retried a dead upstream about a thousand times a second
     path = write(
