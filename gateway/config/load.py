@@ -350,6 +350,11 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
         where = f"{source}:{mark.line + 1}" if mark else source
         if err.problem == _LIBYAML_TOO_DEEP:  # libyaml's own limit (1000), met scanning ahead
             raise ConfigError(f"{where}: {_TOO_DEEP}") from err
+        if "cannot start any token" in str(err.problem) and mark and _tab_indented(text, mark.line):
+            # YAML's own words, "found character that cannot start any token", name no tab
+            raise ConfigError(
+                f"{where}: invalid YAML: a tab indents this line; indent with spaces"
+            ) from err
         raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}") from err
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
@@ -363,6 +368,15 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
         raise ConfigError(f"{source}: invalid YAML: {first}") from err
     finally:
         loader.dispose()
+
+
+def _tab_indented(text: str, line: int) -> bool:
+    """Whether line `line` (from 0) of `text` has a tab in its indentation."""
+    lines = text.splitlines()
+    if line >= len(lines):
+        return False
+    row = lines[line]
+    return "\t" in row[: len(row) - len(row.lstrip(" \t"))]
 
 
 def parse_text(text: str, source: str) -> tuple[dict[str, Any], dict[KeyPath, int]]:

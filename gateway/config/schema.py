@@ -184,8 +184,29 @@ def _plain_numbers(value: Any) -> Any:
     return value
 
 
+# `match: #`: YAML reads ' #' as the start of a comment, so the key has no value; the
+# problem read "expected a list, got NoneType" (or "..., got None").
+EMPTY_VALUE = (
+    "the value is empty (in YAML ' #' starts a comment: quote a value that holds one, '#')"
+)
+
+
+def _takes_none(tp: Any) -> bool:
+    """Whether a key of type `tp` may be written empty: an optional one, or a section or
+    settings mapping (empty: its defaults)."""
+    if any(isinstance(mark, Component) for mark in marks(tp)):
+        return False  # a source, processor or sink: at least its `type`
+    base = _base(tp)
+    if get_origin(base) in (Union, types.UnionType):
+        return type(None) in get_args(base)
+    return base is Any or dataclasses.is_dataclass(base)
+
+
 def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     """Convert `value` to type `tp`; on a problem record it and return None."""
+    if value is None and not _takes_none(tp):
+        problems.add(path, EMPTY_VALUE)
+        return None
     origin = get_origin(tp)
     if origin is Annotated:
         base, *marks = get_args(tp)
@@ -273,6 +294,14 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+    if tp is str and isinstance(value, bool):
+        # `id: no`, `password: on`: YAML 1.1 reads yes, no, on, off as true or false
+        problems.add(
+            path,
+            f"expected a string, got {str(value).lower()} (YAML reads yes, no, on, off, true"
+            " and false unquoted as true or false: write the text in quotes)",
+        )
+        return None
     problems.add(path, f"expected {_type_name(tp)}, got {value!r}")
     return None
 

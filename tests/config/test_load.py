@@ -138,6 +138,42 @@ def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
     assert load(path, environ={}).gateway.id == "x" * 256
 
 
+def test_yaml_traps_are_explained(tmp_path: Path) -> None:
+    # `match: #` is a key with a comment and no value ("expected a list, got NoneType");
+    # `id: no` is YAML 1.1's false ("expected a string, got False"); a tab in the
+    # indentation read "found character that cannot start any token".
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: no, data_dir: '{tmp_path}'}}\n"
+        "routes:\n"
+        "  all:\n"
+        "    match: #\n"
+        "    sinks: [f]\n"
+        "sinks:\n"
+        "  f: {type: file}\n"
+        "web:\n"
+        "  listen:\n"
+    )
+    assert problems(path) == [
+        f"{path}:1: gateway.id: expected a string, got false (YAML reads yes, no, on, off,"
+        " true and false unquoted as true or false: write the text in quotes)",
+        f"{path}:4: routes.all.match: the value is empty (in YAML ' #' starts a comment:"
+        " quote a value that holds one, '#')",
+        f"{path}:9: web.listen: the value is empty (in YAML ' #' starts a comment:"
+        " quote a value that holds one, '#')",
+    ]
+    var = "EDGE_STREAM__GATEWAY__ID"
+    path.write_text(f"gateway: {{id: pi-01, data_dir: '{tmp_path}'}}\nsinks:\n\tf: {{}}\n")
+    assert problems(path) == [
+        f"{path}:3: invalid YAML: a tab indents this line; indent with spaces"
+    ]
+    path.write_text(f"gateway: {{data_dir: '{tmp_path}'}}\n")
+    assert problems(path, {var: ""}) == [
+        f"{var}: gateway.id: the value is empty (in YAML ' #' starts a comment: quote a"
+        " value that holds one, '#')"
+    ]
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
