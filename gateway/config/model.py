@@ -435,9 +435,13 @@ class WebSection:
     def listen_problem(self) -> str | None:
         """Why `listen` is no host:port to listen on, or None (a port over 65535 passed
         check-config and the web server then crashed at start with a traceback)."""
-        problem = check_location(self.listen)
         host, colon, _ = self.listen.rpartition(":")
-        if not problem and (not colon or not host or self.listen.endswith("]")):
+        problem: str | None
+        if "://" in self.listen:  # `http://0.0.0.0:8080` read "write an IPv6 address in brackets"
+            problem = "an address, without a scheme such as http://"
+        elif not (problem := check_location(self.listen)) and colon and not host:
+            problem = "it has no host; 0.0.0.0:PORT listens on every address"  # Go's `:8080`
+        elif not problem and (not colon or self.listen.endswith("]")):
             problem = "it has no port"
         if problem:
             return f"{self.listen!r} must read host:port, e.g. 127.0.0.1:8080 ({problem})"
