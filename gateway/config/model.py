@@ -55,8 +55,10 @@ class GatewaySection:
         str,
         Doc(
             "The gateway's name: the `{gateway}` of sink topics and keys, and part of the"
-            " default MQTT client ids (`edge-stream-<id>`). One level of MQTT topics"
-            " (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`; at most 256 bytes.",
+            " default MQTT client ids (`edge-stream-<id>`), so each gateway on one broker"
+            " needs its own (two with one id take each other's sessions). One level of MQTT"
+            " topics (`edge-stream/<id>/status`): not empty, no `/`, `+`, `#`; at most 256"
+            " bytes.",
             example="pi-01",
         ),
     ] = "edge-stream"

@@ -138,6 +138,9 @@ from gateway.mqtt.wire import PACKET_ID_0, ConnectRefused, Subscriber
 
 READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
+# A connection the broker closes within this long after accepting it, without a reason,
+# may have been taken over by another client with the same client id.
+TAKEOVER_WINDOW = 10.0
 QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
 DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or invalid ones)
 CLOSE_WAIT = 2.0  # seconds close() waits for the broker to end the connection after DISCONNECT
@@ -404,6 +407,7 @@ class MqttSource(Source):
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
         self._client_id = config.client_id or f"{prefix}-{ctx.name}"
         self._broker_address: str | None = None  # host:port, once connected
+        self._connected_at: float | None = None  # clock.monotonic() of the last CONNACK+SUBACK
         self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
@@ -432,6 +436,7 @@ class MqttSource(Source):
                 # for ever; as the MQTT sink does, the source stops until it is fixed.
                 raise PermanentError(str(err)) from err
         self._lost = None
+        self._connected_at = None
         self._releases.clear()  # the broker sends those PUBRELs again on the new connection
         try:
             self._connecting = True
@@ -490,6 +495,7 @@ class MqttSource(Source):
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
         self._broker_address = f"{host}:{port}"
+        self._connected_at = self.ctx.clock.monotonic()
         self.ctx.log.info(
             "connected to %s:%d as %s (%s session)",
             host,
@@ -520,8 +526,25 @@ class MqttSource(Source):
         self._reset_due = False
 
     def _on_lost(self, reason: str) -> None:
-        self._lost = reason
+        self._lost = reason + self._taken_over_hint(reason)
         self._ready.set()
+
+    def _taken_over_hint(self, reason: str) -> str:
+        """Why a broker may have closed a connection it had just accepted: a second client
+        with this client id (two gateways with one gateway.id, a cloned SD card) takes the
+        session over, each connect closing the other's, and all the log said was "the broker
+        closed the connection; retrying" on both. MQTT 5 brokers may say so (reason code
+        0x8e); Mosquitto 2.0.11 closes the socket without a word."""
+        if "reason code 0x8e" not in reason:
+            if reason != "the broker closed the connection" or self._connected_at is None:
+                return ""
+            if self.ctx.clock.monotonic() - self._connected_at > TAKEOVER_WINDOW:
+                return ""
+        return (
+            f" (soon after it accepted it: if this repeats, another client uses the client id"
+            f" {self._client_id}; two gateways with the same gateway.id take each other's"
+            " session)"
+        )
 
     def _on_release(self, mid: int) -> None:
         """PUBREL: the id is forgotten in a commit (in `read`), and only then PUBCOMP."""

@@ -297,6 +297,32 @@ async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any)
     await server.wait_closed()
 
 
+async def test_a_session_taken_over_by_a_client_with_the_same_id_is_named(
+    mosquitto: Any,
+) -> None:
+    # Two gateways with one gateway.id (a cloned SD card) take each other's session; the
+    # log said only "the broker closed the connection; retrying", on both, for ever.
+    source = make_source(mosquitto, "gw-taken-over")
+    await source.connect()
+    other = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="gw-taken-over", protocol=paho.MQTTv5
+    )
+    other.connect("127.0.0.1", mosquitto.port)
+    other.loop_start()
+    try:
+        with pytest.raises(RetryableError) as err:
+            await read_n(source, 1)
+    finally:
+        other.disconnect()
+        other.loop_stop()
+        await source.close()
+    assert str(err.value) == (
+        "the broker closed the connection (soon after it accepted it: if this repeats,"
+        " another client uses the client id gw-taken-over; two gateways with the same"
+        " gateway.id take each other's session)"
+    )
+
+
 async def test_the_gateway_broker_credentials_and_client_id_prefix_apply_to_its_sources(
     mosquitto_factory: Any,
 ) -> None:
