@@ -350,6 +350,15 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
         where = f"{source}:{mark.line + 1}" if mark else source
         if err.problem == _LIBYAML_TOO_DEEP:  # libyaml's own limit (1000), met scanning ahead
             raise ConfigError(f"{where}: {_TOO_DEEP}") from err
+        unknown_tag = _UNKNOWN_TAG.match(str(err.problem))
+        if unknown_tag:
+            # Home Assistant's `!include` and `!secret`: this config is one file, its
+            # secrets written ENC(...)
+            raise ConfigError(
+                f"{where}: the YAML tag {_tag_text(unknown_tag.group(1))} is not supported:"
+                " a config is one file, its secrets written ENC(...) (edge-stream secret"
+                " encrypt)"
+            ) from err
         if "cannot start any token" in str(err.problem) and mark and _tab_indented(text, mark.line):
             # YAML's own words, "found character that cannot start any token", name no tab
             raise ConfigError(
@@ -368,6 +377,15 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
         raise ConfigError(f"{source}: invalid YAML: {first}") from err
     finally:
         loader.dispose()
+
+
+_UNKNOWN_TAG = re.compile(r"could not determine a constructor for the tag '([^']*)'")
+
+
+def _tag_text(tag: str) -> str:
+    """A tag as a config writes it: `!!python/object`, not `tag:yaml.org,2002:...`."""
+    standard = "tag:yaml.org,2002:"
+    return "!!" + tag.removeprefix(standard) if tag.startswith(standard) else tag
 
 
 def _tab_indented(text: str, line: int) -> bool:

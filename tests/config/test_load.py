@@ -174,6 +174,14 @@ def test_yaml_traps_are_explained(tmp_path: Path) -> None:
     ]
 
 
+def test_a_yaml_tag_of_another_program_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "sinks: !include sinks.yaml\n")
+    assert problems(path) == [
+        f"{path}:2: the YAML tag !include is not supported: a config is one file, its secrets"
+        " written ENC(...) (edge-stream secret encrypt)"
+    ]
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -1245,7 +1253,7 @@ HOSTILE = [
     ("x: !<tag:yaml.org,2002:int> zz", 1, "not a valid integer"),
     ("x: !!set {[a]: ~}", 1, "invalid YAML: found unhashable key"),
     ("x: !!binary 'a'", 1, "invalid YAML: failed to decode base64 data"),
-    ("x: !!python/object:os.system {}", 1, "invalid YAML: could not determine a constructor"),
+    ("x: !!python/object:os.system {}", 1, "the YAML tag !!python/object:os.system is not"),
     ("x: !!str [a]", 1, "invalid YAML: expected a scalar node, but found sequence"),
     ("<<: 1", 1, "invalid YAML: expected a mapping or list of mappings for merging"),
     ("x: *nope", 1, "invalid YAML: found undefined alias 'nope'"),
