@@ -19,6 +19,7 @@ reported in one pass.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import functools
 import ipaddress
@@ -202,6 +203,30 @@ def _takes_none(tp: Any) -> bool:
     return base is Any or dataclasses.is_dataclass(base)
 
 
+def _not_json(value: Any, path: Path, problems: Problems) -> None:
+    """Report each part of `value` that has no JSON form: YAML's dates and times
+    (`set: {since: 2024-01-01}` dead-lettered every FlowFile, "Object of type date is not
+    JSON serializable"; a filter's `value: 2024-01-01` equalled no field), `!!binary`,
+    `!!set`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _not_json(v, (*path, str(k)), problems)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _not_json(v, (*path, i), problems)
+    elif isinstance(value, datetime.date):
+        problems.add(
+            path,
+            f"YAML reads {value.isoformat()} unquoted as a date or time, which JSON has not:"
+            " write it in quotes",
+        )
+    elif not (value is None or isinstance(value, str | int | float)):
+        kind = (
+            "binary data (!!binary)" if isinstance(value, bytes) else f"a !!{type(value).__name__}"
+        )
+        problems.add(path, f"{kind} is not a JSON value")
+
+
 def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
     """Convert `value` to type `tp`; on a problem record it and return None."""
     if value is None and not _takes_none(tp):
@@ -270,8 +295,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
         return {str(k): build(item_tp, v, (*path, str(k)), problems) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path, problems)  # type: ignore[arg-type]
-    if tp is Any:
-        return _plain_numbers(value)
+    if tp is Any:  # a value that goes into JSON (a filter's value, transform's set)
+        before = len(problems.items)
+        _not_json(value, path, problems)
+        return _plain_numbers(value) if len(problems.items) == before else None
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -294,6 +321,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+    if isinstance(value, bytes):
+        # `!!binary`: its bytes were quoted ("got b'hello'"), a password's too
+        problems.add(path, f"expected {_type_name(tp)}, got binary data (a !!binary value)")
+        return None
     if tp is str and isinstance(value, bool):
         # `id: no`, `password: on`: YAML 1.1 reads yes, no, on, off as true or false
         problems.add(

@@ -174,6 +174,36 @@ def test_yaml_traps_are_explained(tmp_path: Path) -> None:
     ]
 
 
+def test_values_that_have_no_json_form_are_refused_where_json_is_made(tmp_path: Path) -> None:
+    # `set: {since: 2024-01-01}` passed check-config, then dead-lettered every FlowFile
+    # with a traceback ("Object of type date is not JSON serializable"); a filter's
+    # `value: 2024-01-01` (a date) equalled no field, and so dropped everything.
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          r:
+            match: "#"
+            sinks: [f]
+            processors:
+              - {type: transform, set: {since: 2024-01-01, raw: [!!binary aGk=], ok: "2024-01-01"}}
+              - {type: filter, all: [{field: day, op: eq, value: 2024-01-01}]}
+        sinks:
+          f: {type: file}
+        web: {password: !!binary aGk=}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: routes.r.processors.0.set.since: YAML reads 2024-01-01 unquoted as a date"
+        " or time, which JSON has not: write it in quotes",
+        f"{path}:7: routes.r.processors.0.set.raw.0: binary data (!!binary) is not a JSON value",
+        f"{path}:8: routes.r.processors.1.all.0.value: YAML reads 2024-01-01 unquoted as a date"
+        " or time, which JSON has not: write it in quotes",
+        # it quoted the bytes, b'hi': a password's too
+        f"{path}:11: web.password: expected a string, got binary data (a !!binary value)",
+    ]
+
+
 def test_a_yaml_tag_of_another_program_is_refused_in_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, "sinks: !include sinks.yaml\n")
     assert problems(path) == [
