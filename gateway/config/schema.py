@@ -166,6 +166,11 @@ class WrittenInt(int):
         number.text = text
         return number
 
+    def __getnewargs__(self) -> tuple[int, str]:  # type: ignore[override]
+        # copy.deepcopy of a parsed config (config show, config diff) called
+        # WrittenInt(value) and crashed: `id: 0123` gave a traceback
+        return int(self), self.text
+
     def __str__(self) -> str:
         return self.text
 

@@ -60,7 +60,7 @@ def _size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative, got {value!r}")
-        return value
+        return int(value)  # an int subclass YAML made (config.schema.WrittenInt): a plain one
     m = _SIZE.match(str(value))
     if not m:
         raise ValueError(f"expected a size such as '512MiB', '1GiB' or '64KB', got {value!r}")

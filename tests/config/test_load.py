@@ -212,6 +212,29 @@ def test_a_yaml_tag_of_another_program_is_refused_in_one_line(tmp_path: Path) ->
     ]
 
 
+def test_a_number_kept_as_written_survives_a_copy_of_the_parsed_config(
+    tmp_path: Path,
+) -> None:
+    # config show and config diff copy the parsed file (load_view): `id: 0123`, a
+    # WrittenInt, crashed them with a traceback (WrittenInt.__new__() missing 'text')
+    from gateway.config.view import load_view
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: 0123, data_dir: '{tmp_path}'}}\n"
+        "mqtt: {client_id: 1_000, password: 1:30, username: 1.10}\n"
+        "buffer: {batch_max: 0x10}\n"
+    )
+    config, raw = load_view(path, environ={})
+    assert (config.gateway.id, config.mqtt.client_id, config.mqtt.password) == (
+        "0123",
+        "1_000",
+        "1:30",
+    )
+    assert (str(raw["gateway"]["id"]), str(raw["mqtt"]["username"])) == ("0123", "1.10")
+    assert config.buffer.batch_max == 16 and type(config.buffer.batch_max) is int
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
