@@ -359,6 +359,15 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
                 " a config is one file, its secrets written ENC(...) (edge-stream secret"
                 " encrypt)"
             ) from err
+        flow_hash = _flow_comment_line(text, mark.line) if mark else None
+        if flow_hash is not None and str(err.problem).startswith("did not find expected"):
+            # `topics: [#]`: the '#' starts a comment, which takes the rest of the line and
+            # the list's end; YAML's words were "did not find expected node content", on
+            # the line after it
+            raise ConfigError(
+                f"{source}:{flow_hash + 1}: invalid YAML: the '#' in [...] or {{...}} starts"
+                ' a comment there, cutting the list short: write it in quotes, ["#"]'
+            ) from err
         if "cannot start any token" in str(err.problem) and mark and _tab_indented(text, mark.line):
             # YAML's own words, "found character that cannot start any token", name no tab
             raise ConfigError(
@@ -386,6 +395,19 @@ def _tag_text(tag: str) -> str:
     """A tag as a config writes it: `!!python/object`, not `tag:yaml.org,2002:...`."""
     standard = "tag:yaml.org,2002:"
     return "!!" + tag.removeprefix(standard) if tag.startswith(standard) else tag
+
+
+_FLOW_HASH = re.compile(r"[\[{,]\s*#")
+
+
+def _flow_comment_line(text: str, line: int) -> int | None:
+    """The line (from 0) at or just before `line` where a '#' follows a '[', '{' or ','
+    (so starts a comment inside a flow collection), or None."""
+    lines = text.splitlines()
+    for n in range(min(line, len(lines) - 1), max(line - 3, -1), -1):
+        if _FLOW_HASH.search(lines[n]):
+            return n
+    return None
 
 
 def _tab_indented(text: str, line: int) -> bool:

@@ -275,6 +275,8 @@ class MqttSourceConfig(SourceConfig):
             if not self.topics:
                 yield "topics", "subscribe to at least one topic filter"
             for i, topic_filter in enumerate(self.topics):
+                if topic_filter is None:
+                    continue  # an item that failed (`- #`: empty) is reported already
                 problem = validate_filter(topic_filter)
                 if problem:
                     yield f"topics.{i}", f"{topic_filter!r} is not a valid topic filter: {problem}"

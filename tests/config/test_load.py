@@ -167,6 +167,24 @@ def test_yaml_traps_are_explained(tmp_path: Path) -> None:
     assert problems(path) == [
         f"{path}:3: invalid YAML: a tab indents this line; indent with spaces"
     ]
+    # `topics: [#]`: "did not find expected node content", at the line after it
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}'}}\nsources:\n  p: {{type: mqtt, topics: [#]}}\n"
+    )
+    assert problems(path) == [
+        f"{path}:3: invalid YAML: the '#' in [...] or {{...}} starts a comment there, cutting"
+        ' the list short: write it in quotes, ["#"]'
+    ]
+    # `- #`: an empty item, said once (the source's own check said "None is not a valid
+    # topic filter" too)
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}'}}\n"
+        "sources:\n  p:\n    type: mqtt\n    topics:\n      - #\n"
+    )
+    assert problems(path) == [
+        f"{path}:5: sources.p.topics.0: the value is empty (in YAML ' #' starts a comment:"
+        " quote a value that holds one, '#')"
+    ]
     path.write_text(f"gateway: {{data_dir: '{tmp_path}'}}\n")
     assert problems(path, {var: ""}) == [
         f"{var}: gateway.id: the value is empty (in YAML ' #' starts a comment: quote a"
