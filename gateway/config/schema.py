@@ -177,6 +177,9 @@ class WrittenInt(int):
     __repr__ = __str__
 
 
+_OCTAL = re.compile(r"^[-+]?0[0-7_]*[1-7][0-7_]*[0-7]$")  # 010, not 01 (1 either way)
+
+
 def _plain_numbers(value: Any) -> Any:
     """`value` with every WrittenFloat and WrittenInt inside made a float or an int."""
     if isinstance(value, WrittenFloat):
@@ -315,6 +318,15 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
                 return None
             return float(value)
     elif tp is int:
+        if isinstance(value, WrittenInt) and _OCTAL.match(value.text):
+            # `address: 0100` was register 64: YAML 1.1 reads a leading 0 as octal, where
+            # YAML 1.2 and every Modbus map mean 100 (01 to 07 are the same either way)
+            problems.add(
+                path,
+                f"YAML reads {value.text} as the octal number {int(value)}: write"
+                f" {int(value.text.replace('_', ''))} without the leading 0 (or 0x{int(value):x})",
+            )
+            return None
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)  # not a WrittenInt
         if isinstance(value, WrittenFloat) and value.is_integer() and abs(value) <= 2**53:

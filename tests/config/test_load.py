@@ -251,6 +251,13 @@ def test_a_number_kept_as_written_survives_a_copy_of_the_parsed_config(
     )
     assert (str(raw["gateway"]["id"]), str(raw["mqtt"]["username"])) == ("0123", "1.10")
     assert config.buffer.batch_max == 16 and type(config.buffer.batch_max) is int
+    # where an integer is asked, a leading 0 that YAML 1.1 reads as octal is refused:
+    # `batch_max: 0100` was 64 (YAML 1.2 and a Modbus map mean 100); 01 to 07 are alike
+    path.write_text(path.read_text().replace("batch_max: 0x10", "batch_max: 0100"))
+    assert problems(path) == [
+        f"{path}:3: buffer.batch_max: YAML reads 0100 as the octal number 64: write 100"
+        " without the leading 0 (or 0x40)"
+    ]
 
 
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
