@@ -232,3 +232,17 @@ def test_a_gateway_id_that_makes_the_alerts_topic_the_brokers_is_refused(
         " gateway.id '$SYS': topics beginning with $SYS or $share are the broker's, not a"
         " client's"
     )
+
+
+def test_a_rule_problem_is_reported_with_a_webhook_problem(tmp_path: Path) -> None:
+    # A webhook key out of its bounds hid every problem of the rules, until it was fixed.
+    path = tmp_path / "g.yaml"
+    path.write_text(HEAD + "    mine: {for: 1m}\n  webhook: {url: 'http://h/x', queue: 0}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert [p.replace(str(path), "g.yaml") for p in info.value.problems] == [
+        "g.yaml:10: alerts.webhook.queue: must be between 1 and 10000",
+        "g.yaml:9: alerts.rules.mine.condition: required when the rule's name is not a"
+        " condition (one of sink_backlog, sink_failing, source_offline, no_data,"
+        " dead_letters, store_budget)",
+    ]
