@@ -180,6 +180,21 @@ class WrittenInt(int):
 _OCTAL = re.compile(r"^[-+]?0[0-7_]*[1-7][0-7_]*[0-7]$")  # 010, not 01 (1 either way)
 
 
+def _unquoted_reads_as(tp: Any, text: str) -> bool:
+    """Whether `text`, written without quotes, would be a value of `tp` (int, float, bool)."""
+    plain = text.strip()
+    if tp is bool:
+        return plain in ("true", "false")
+    if tp is int:
+        return re.fullmatch(r"[-+]?[0-9]+", plain) is not None
+    if tp is float:
+        try:
+            return math.isfinite(float(plain)) and "_" not in plain
+        except ValueError:
+            return False
+    return False
+
+
 def _plain_numbers(value: Any) -> Any:
     """`value` with every WrittenFloat and WrittenInt inside made a float or an int."""
     if isinstance(value, WrittenFloat):
@@ -338,6 +353,15 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+    if isinstance(value, str) and _unquoted_reads_as(tp, value):
+        # `batch_max: "500"`: as `qos: "1"` says (Literal above), say what differs
+        plain = value.strip()
+        what = "true or false" if tp is bool else "a number"
+        problems.add(
+            path,
+            f"expected {_type_name(tp)}, got {value!r} ({what}: write {plain} without quotes)",
+        )
+        return None
     if isinstance(value, bytes):
         # `!!binary`: its bytes were quoted ("got b'hello'"), a password's too
         problems.add(path, f"expected {_type_name(tp)}, got binary data (a !!binary value)")

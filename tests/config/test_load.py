@@ -889,6 +889,21 @@ def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None
     assert problems(path) == [
         f"{path}:3: sources.a.qos: '1' is not one of 0, 1, 2 (a number: write 1 without quotes)"
     ]
+    # so do an integer, a number and true or false (a JSON config's "500" above all)
+    path = tmp_path / "gateway.json"
+    path.write_text(
+        f'{{"gateway": {{"data_dir": "{tmp_path}"}}, "buffer": {{"batch_max": "500"}},\n'
+        ' "sinks": {"f": {"type": "file", "rate_limit": "2.5", "fsync": "true", "keep": "x"}}}\n'
+    )
+    assert problems(path) == [
+        f"{path}:1: buffer.batch_max: expected an integer, got '500' (a number: write 500"
+        " without quotes)",
+        f"{path}:2: sinks.f.rate_limit: expected a number, got '2.5' (a number: write 2.5"
+        " without quotes)",
+        f"{path}:2: sinks.f.keep: expected an integer, got 'x'",
+        f"{path}:2: sinks.f.fsync: expected true or false, got 'true' (true or false: write"
+        " true without quotes)",
+    ]
 
 
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
