@@ -612,7 +612,11 @@ def _encoded(text: str) -> tuple[str, ...]:
     return tuple(f for f in written_forms(text) if f != text)
 
 
-_DID_YOU_MEAN = re.compile(r" \(did you mean '[^']*'\?\)")
+# A hint that quotes the value again, in the message of a secret: "(did you mean '...'?)",
+# "(a number: write ... without quotes)", which read "write ENC(...) without quotes"
+_DID_YOU_MEAN = re.compile(
+    r" \((?:did you mean '[^']*'\?|(?:a number|true or false): write .* without quotes)\)"
+)
 _KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 
 

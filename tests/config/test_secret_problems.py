@@ -270,3 +270,13 @@ def test_a_redis_url_in_a_message_keeps_its_database() -> None:
     assert safe_redis_url("redis://cache?password=pw") == "redis://cache"
     assert safe_redis_url("redis://cache/0?db=%32") == "redis://cache/0?db=2"
     assert safe_redis_url("redis://cache/0#?db=3") == "redis://cache/0"
+
+
+def test_a_quoted_number_hint_is_left_out_for_a_secret(tmp_path: Path, key: bytes) -> None:
+    # "(a number: write 500 without quotes)" said "write ENC(...) without quotes"
+    enc = secrets.encrypt("500", key)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f'sinks:\n  f: {{type: file, batch: {{max_rows: "{enc}"}}}}\n')
+    assert problems(tmp_path, path.read_text()) == [
+        f"{path}:2: sinks.f.batch.max_rows: expected an integer, got 'ENC(...)'"
+    ]
