@@ -97,7 +97,7 @@ def test_a_dead_letter_in_full_as_hex_then_purged(mosquitto: Any, gateway_factor
     assert _post(gw, "/api/dead-letters/purge", b'{"seqs": "all"}')[0] == 400
     assert _post(gw, "/api/dead-letters/purge", json.dumps({"seqs": [seq]}).encode()) == (
         200,
-        {"action": "purge", "count": 1},
+        {"action": "purge", "count": 1, "missing": []},
     )
     with pytest.raises(urllib.error.HTTPError) as gone:
         gw.get(f"/api/dead-letters/{seq}")
