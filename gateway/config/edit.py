@@ -491,7 +491,7 @@ def _yaml_edit(text: str, section: str, name: str, value: Any, old_plain: Any) -
     if value is _MISSING:
         del components[name]
     else:
-        components[name] = node
+        components[_key(name)] = node
     out = io.StringIO()
     y.dump(doc, out)
     return out.getvalue()
@@ -726,13 +726,16 @@ def _verify(
         components.pop(name, None)
     else:
         components[name] = expected
-    problem = past_limits(new_text, want)
-    if problem:  # not the writer's mistake: the loader would refuse the file
-        raise ConfigError(f"{source}: {section}.{name}: {problem}; nothing was written")
     try:
         new, _ = parse_text(new_text, source)
     except ConfigError:
         new = None
+    # What the loader would refuse the file for: its size in bytes (read back, it is
+    # counted in characters), and, when it did not read back, its values and depth
+    # (counted here on `want`, where an alias's values are counted again: only then).
+    problem = past_limits(new_text, want if new is None else None)
+    if problem:  # not the writer's mistake: the loader would refuse the file
+        raise ConfigError(f"{source}: {section}.{name}: {problem}; nothing was written")
     if new != want:
         anchors = sorted(set(_ANCHOR.findall(old_text)) & set(_ALIAS.findall(old_text)))
         if anchors:

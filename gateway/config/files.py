@@ -101,8 +101,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | No
 
 
 def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
-    """Copy the config file's current text into config-history/ (None: no file yet),
-    then drop the oldest versions beyond KEEP_VERSIONS."""
+    """Copy the config file's current text into config-history/ (None: no file yet);
+    `save` then drops the oldest versions beyond KEEP_VERSIONS."""
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
@@ -118,16 +118,28 @@ def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
     kept = folder / f"{stamp}Z-{digest}{ext}"
     write_atomic(kept, text)
     os.chmod(kept, 0o600)
-    for old in versions(data_dir)[KEEP_VERSIONS:]:
-        old.path.unlink(missing_ok=True)
     return Version(kept.name, kept, now, digest)
 
 
+def _prune(data_dir: str | Path) -> None:
+    """Drop the oldest versions beyond KEEP_VERSIONS."""
+    for old in versions(data_dir)[KEEP_VERSIONS:]:
+        old.path.unlink(missing_ok=True)
+
+
 def save(path: str | Path, text: str, data_dir: str | Path) -> Version | None:
-    """Keep the current text as a version, then write `text` atomically in its place.
-    Returns the kept version (None when there was no file)."""
+    """Keep the current text as a version, then write `text` atomically in its place,
+    then drop the oldest versions beyond KEEP_VERSIONS. Returns the kept version (None
+    when there was no file). A write that fails takes its version back and drops none:
+    a config folder that cannot be written must not wear the history away."""
     kept = keep_version(path, data_dir)
-    write_atomic(path, text)
+    try:
+        write_atomic(path, text)
+    except BaseException:
+        if kept is not None:
+            kept.path.unlink(missing_ok=True)
+        raise
+    _prune(data_dir)
     return kept
 
 

@@ -287,9 +287,12 @@ def _json_size(data: Any) -> tuple[int, int]:
 
 def past_limits(text: str, data: Any) -> str | None:
     """Which of the loader's limits a config `text` holding `data` is past, in words
-    (None: within them): an edit says so rather than write a file that is refused."""
-    if len(text) > MAX_BYTES:
+    (None: within them): an edit says so rather than write a file that is refused.
+    `data` None: the size of `text` alone."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:  # as read_text counts
         return f"the config would be {_TOO_LARGE}"
+    if data is None:
+        return None
     depth, nodes = _json_size(data)
     if depth > MAX_DEPTH:
         return f"the config would be {_TOO_DEEP}"

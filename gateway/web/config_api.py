@@ -270,6 +270,9 @@ class ConfigApi:
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
         if result == "applied":
             return _answer(200, result, errors, version, **extra)
+        if not wrote:  # nothing to put back: the file is as it was
+            log.warning("web: the gateway did not apply %s (%s)", path, result)
+            return _answer(409, result, errors, version, **extra)
         # Not running: put the text back, so that the file says what runs.
         await asyncio.to_thread(files.write_atomic, path, old_text)
         if self._settle is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import time
 from pathlib import Path
@@ -187,6 +188,58 @@ def test_a_name_the_loader_would_read_as_another_type_is_quoted(
     path = tmp_path / "gw.yaml"
     path.write_text(new)
     assert name in load(path, environ={}).routes
+    # a section written in flow style, which ruamel.yaml writes whole
+    flow = "routes: {r: {match: a/#, sinks: [s]}}\nsinks: {s: {type: file}}\n"
+    new = edit.set_component(flow, "routes", name, {"match": "b/#", "sinks": ["s"]}, "gw.yaml")
+    assert parse_text(new, "gw.yaml")[0]["routes"][name] == {"match": "b/#", "sinks": ["s"]}
+
+
+def test_a_file_whose_aliases_repeat_many_values_stays_editable() -> None:
+    # The edit counted the values of the file with each alias's repeated, where the
+    # loader counts an alias once: a file that loads had every edit refused as past
+    # the loader's 50,000 values
+    filters = "".join(f"      - f/{i}/#\n" for i in range(1000))
+    routes = "".join(f"  r{i}:\n    match: *many\n    sinks: [s]\n" for i in range(60))
+    text = f"routes:\n  first:\n    match: &many\n{filters}    sinks: [s]\n{routes}"
+    text += "sinks:\n  s: {type: file}\n"
+    new = edit.set_component(text, "sinks", "other", {"type": "file"}, "gw.yaml")
+    assert parse_text(new, "gw.yaml")[0]["sinks"]["other"] == {"type": "file"}
+
+
+def test_an_edit_past_the_loader_s_size_in_bytes_is_refused(text: str) -> None:
+    # The edit measured the text in characters and the loader reads bytes: 140,000
+    # characters of "é" (280,000 bytes) were written, then refused at the reload
+    new = edit.set_component(text, "sinks", "a", {"type": "file", "path": "é" * 70_000}, "x")
+    with pytest.raises(ConfigError, match="larger than 256 KiB"):
+        edit.set_component(new, "sinks", "b", {"type": "file", "path": "é" * 70_000}, "x")
+
+
+def test_a_save_that_cannot_write_the_file_keeps_no_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A config folder the gateway cannot write (its disk full, a root-owned /etc/...):
+    # each failed save kept a version of the same text and dropped the oldest, till the
+    # 20 kept were all one text
+    from gateway.config import files
+
+    path, data = tmp_path / "gw.yaml", tmp_path / "data"
+    path.write_text("v0\n")
+    for n in range(1, files.KEEP_VERSIONS + 1):
+        files.save(path, f"v{n}\n", data)
+    kept = [v.name for v in files.versions(data)]
+    write = files.write_atomic
+
+    def full_disk(target: str | Path, text: str) -> None:
+        if Path(target) == path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(target, text)
+
+    monkeypatch.setattr(files, "write_atomic", full_disk)
+    for _ in range(3):
+        with pytest.raises(OSError):
+            files.save(path, "new\n", data)
+    assert [v.name for v in files.versions(data)] == kept
+    assert path.read_text() == f"v{files.KEEP_VERSIONS}\n"
 
 
 def test_a_new_section_is_appended(tmp_path: Path) -> None:
