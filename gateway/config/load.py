@@ -4,9 +4,7 @@ Every problem is reported with the file, the line and the key path, e.g.
 `config/gateway.yaml:14: sinks.warehouse.table: 'read-ings' is not a valid SQL
 identifier`. Environment variables `EDGE_STREAM__SECTION__NAME__KEY=value`
 override `section.name.key` (the value is read as YAML, so `5`, `true`, `10s` work);
-a problem with such a value names the variable instead of a line. Values are never
-expanded: one that is a `${NAME}`, or a URL holding one, is refused, naming the
-variable that would set it.
+a problem with such a value names the variable instead of a line.
 
 A config file is at most 256 KiB of UTF-8 text holding at most 50,000 values (each
 key, value, list and mapping counts one), nested at most 64 levels deep, and its YAML
@@ -633,32 +631,6 @@ def _passwords(text: str) -> list[str]:
     return found
 
 
-# `${DB_DSN}`, `postgresql://gw:${DB_PASSWORD}@db/x`: shell-style references, which
-# a config does not expand (docker compose and Telegraf do); taken as text, the DSN was
-# refused as no DSN and a password was sent to the broker as written.
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-[^}]*)?\}")
-
-
-def _placeholders(data: Any, path: KeyPath, problems: Problems) -> None:
-    """Refuse each value that is a `${NAME}` reference, or a URL holding one; a value
-    written ENC(...) is not looked at (a secret that does hold `${` is written so)."""
-    if isinstance(data, dict):
-        for k, v in data.items():
-            _placeholders(v, (*path, str(k)), problems)
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            _placeholders(v, (*path, i), problems)
-    elif isinstance(data, str) and not secrets.has_secret(data):
-        found = _PLACEHOLDER.search(data)
-        if found and (found.group(0) == data.strip() or "://" in data):
-            var = ENV_PREFIX + "__".join(str(p).upper() for p in path)
-            problems.add(
-                path,
-                f"refers to the environment variable {found.group(1)}, but a config does not"
-                f" expand ${{...}} in its values; set {var} to the whole value instead",
-            )
-
-
 def _reveal_secrets(
     data: Any, key: bytes | None, path: KeyPath, problems: Problems, found: _Secrets
 ) -> Any:
@@ -755,7 +727,6 @@ def load_data(
         f" 'edge-stream secret keygen -c {config_arg}' and encrypt the value again"
         f" with 'edge-stream secret encrypt -c {config_arg}'"
     )
-    _placeholders(data, (), problems)
     data = _reveal_secrets(data, key, (), problems, found)
     secret_problems = list(problems.items)
     config = build_dataclass(Config, data, (), problems)

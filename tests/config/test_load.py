@@ -449,41 +449,6 @@ def test_a_key_an_override_made_names_the_variable_not_a_line(tmp_path: Path) ->
     assert problems(path, {var: "1"}) == [f"{var}: gateway.id: expected a string, got {{'x': 1}}"]
 
 
-def test_a_shell_style_variable_in_a_value_is_refused_naming_the_override(
-    tmp_path: Path,
-) -> None:
-    # `${DB_DSN}` was taken as text: the DSN refused as "must read postgresql://...", a
-    # password sent to the broker as written.
-    path = write(
-        tmp_path,
-        """\
-        sources:
-          plant: {type: mqtt, topics: [a/b], password: "${MQTT_PASS}"}
-        routes:
-          r: {match: "#", sinks: [w]}
-        sinks:
-          w: {type: postgres, dsn: "postgresql://gw:${DB_PASSWORD:-x}@db/t", table: "t"}
-          f: {type: file, path: "a-${n}.jsonl"}
-        """,
-    )
-    why = "but a config does not expand ${...} in its values; set"
-    assert problems(path) == [
-        f"{path}:3: sources.plant.password: refers to the environment variable MQTT_PASS,"
-        f" {why} EDGE_STREAM__SOURCES__PLANT__PASSWORD to the whole value instead",
-        f"{path}:7: sinks.w.dsn: refers to the environment variable DB_PASSWORD,"
-        f" {why} EDGE_STREAM__SINKS__W__DSN to the whole value instead",
-    ]
-    # what it says works; text that only holds a `${` in the middle is taken as written
-    config = load(
-        path,
-        environ={
-            "EDGE_STREAM__SOURCES__PLANT__PASSWORD": "pw",
-            "EDGE_STREAM__SINKS__W__DSN": "postgresql://gw:pw@db/t",
-        },
-    )
-    assert config.sinks["f"].path == "a-${n}.jsonl"
-
-
 def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
     # EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE replaced the whole processors list with
     # a mapping: "routes.r.processors: expected a list, got dict", at the file's line.
