@@ -313,8 +313,9 @@ def _refuse_constant(name: str) -> None:
 # Built once: json.loads/dumps with keyword arguments build a new codec on every call.
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-# Fractions read as written, when the content holds a long one: a double keeps 15 to 17
-# digits, so 12345678901234.5678 went into a DECIMAL column as 12345678901234.568.
+# Fractions read as written, for a sink whose field columns gain from it (see
+# _Rows.exact): a double keeps 15 to 17 digits, so 12345678901234.5678 went into a
+# DECIMAL column as 12345678901234.568.
 _loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 # A long number: its digits and dots made zeros, then looked for (quicker than a regular
 # expression). 17 of them: a fraction of 16 digits or more, which a double may not keep
@@ -322,6 +323,9 @@ _loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=dec
 # parser needlessly.
 _NUMBER_AS_ZEROS = bytes.maketrans(b"123456789.", b"0000000000")
 _LONG_NUMBER = b"0" * 17
+# The column types a field's number keeps every digit in when read exactly; a double (or
+# boolean, date ...) column gains nothing from it.
+_EXACT_TYPES = frozenset({"DECIMAL(38,10)", "TEXT", "JSON"})
 
 
 def _json(value: Any) -> str:
@@ -340,6 +344,34 @@ _ts = utc_text("%Y-%m-%d %H:%M:%S")
 _JSON_DEPTH = 32
 
 
+# What the nesting is read from: the brackets and quotes, { and } made [ and ].
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_MARKS = bytes(set(range(256)) - set(b'[]{}"'))
+
+
+def _nested(content: bytes, depth: int) -> bool:
+    """Whether the JSON text `content` (valid: it parsed) may nest `depth` deep or more:
+    never False when it does. It all stays in C: a Python walk of the parsed value cost an
+    array of 40 readings twice its parse.
+
+    Once the escapes (\\\\ and \\") are gone, the quotes delimit the strings; with all but
+    the brackets and quotes gone, two quotes side by side go (that keeps every other quote
+    opening or closing a string), and none are left unless a string holds a bracket: its
+    text is then cut at the quotes. The brackets left outside strings are balanced, and
+    each round of taking out the innermost pairs takes one level off, so brackets left
+    after depth - 1 rounds nest that deep."""
+    if b"\\" in content:
+        content = content.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = content.translate(_BRACKETS, _NOT_MARKS).replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = b"".join(brackets.split(b'"')[::2])
+    for _ in range(depth - 1):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
 def _deeper(value: Any, depth: int) -> bool:
     """Whether `value` nests lists and objects `depth` deep or more."""
     todo = [(value, 1)] if type(value) is dict or type(value) is list else []
@@ -353,19 +385,30 @@ def _deeper(value: Any, depth: int) -> bool:
     return False
 
 
-def _parse(content: bytes) -> tuple[str | None, Any]:
-    """(the content as JSON text or None, the parsed value or _NOT_JSON)."""
+def _parse(content: bytes, exact: bool = False) -> tuple[str | None, Any]:
+    """(the content as JSON text or None, the parsed value or _NOT_JSON).
+
+    With `exact` (a field column gains from it, see _Rows.exact), a content holding a
+    long number is read with its fractions as Decimals, every digit kept."""
     try:
         text = content.decode()
-        exact = _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS)
-        value = (_loads_exact if exact else _loads)(text)
+        if exact and _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS):
+            value = _loads_exact(text)
+        else:
+            value = _loads(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         return None, _NOT_JSON
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
     if "\\u" in text and has_surrogate(_json(value)):
         return None, value
-    # So is JSON nested too deep for the server; fewer brackets cannot nest that deep.
-    if content.count(b"[") + content.count(b"{") >= _JSON_DEPTH and _deeper(value, _JSON_DEPTH):
+    # So is JSON nested too deep for the server; fewer bytes or brackets cannot nest that
+    # deep, and the walk of the value runs only when the brackets outside strings do.
+    if (
+        len(content) >= 2 * _JSON_DEPTH
+        and content.count(b"[") + content.count(b"{") >= _JSON_DEPTH
+        and _nested(content, _JSON_DEPTH)
+        and _deeper(value, _JSON_DEPTH)
+    ):
         return None, value
     return text, value
 
@@ -530,13 +573,21 @@ class _Rows:
         self.getters = [_getter(c, binary_id, c.name.lower() in whole) for c in columns]
         self.width = len(columns)
         self.default = not binary_id and [c.source for c in columns] == list(DEFAULT_COLUMNS)
+        # Decided once: a long number is read exactly only for a field column that keeps its
+        # digits (decimal, text, json) or whose table column holds integers (where
+        # 21.00000000000000001 is refused, its double 21.0 taken); the default table stores
+        # the content's text.
+        self.exact = any(
+            c.source.startswith("field.") and (c.type in _EXACT_TYPES or c.name.lower() in whole)
+            for c in columns
+        )
 
     def build(self, batch: list[FlowFile]) -> list[Any]:
         if self.default:
             return self._default(batch)
-        getters, values = self.getters, []
+        getters, values, exact = self.getters, [], self.exact
         for ff in batch:
-            text, doc = _parse(ff.content)
+            text, doc = _parse(ff.content, exact)
             if doc is _NOT_JSON:
                 doc = None
             values += [get(ff, text, doc) for get in getters]

@@ -15,7 +15,16 @@ import pytest
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.mysql import MysqlSink, MysqlSinkConfig, parse_dsn
+from gateway.sinks._columns import columns_for
+from gateway.sinks.mysql import (
+    DIALECT,
+    MysqlSink,
+    MysqlSinkConfig,
+    _deeper,
+    _nested,
+    _Rows,
+    parse_dsn,
+)
 from tests.servers import free_port, make_pki
 from tests.sinks.contract import (
     SinkContract,
@@ -214,6 +223,59 @@ async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
     ((n, t, doc, whole),) = mariadb.fetch(f"SELECT n, t, doc, whole FROM `{table}`")
     assert (str(n), t, whole) == ("12345678901234.5678000000", "12345678901234.5678", 5)
     assert doc == '{"x":[0.12345678901234567891]}'
+    await sink.close()
+
+
+def test_only_a_field_column_that_keeps_digits_reads_long_numbers_exactly() -> None:
+    """The exact parse (Decimals) cost every FlowFile a scan for long numbers, the
+    default table's too, which stores the content's text: it is decided once now."""
+
+    def exact(columns: Any, whole: frozenset[str] = frozenset()) -> bool:
+        return _Rows(columns_for(columns, DIALECT), False, whole).exact
+
+    assert not exact(None)
+    assert not exact({"t": {"from": "field.t", "type": "double"}, "p": "payload"})
+    assert not exact({"t": {"from": "field.t", "type": "boolean"}, "d": "topic.1"})
+    for sql_type in ("numeric", "decimal", "text", "json", "jsonb"):
+        assert exact({"t": {"from": "field.t", "type": sql_type}}), sql_type
+    assert exact({"t": "field.t"})  # text
+    # a double into the table's INT column: 21.00000000000000001 is not whole, 21.0 is
+    assert exact({"t": {"from": "field.t", "type": "double"}}, frozenset({"t"}))
+
+
+def test_the_nesting_precheck_never_misses_what_the_walk_finds() -> None:
+    """The walk of the parsed value ran for any payload of 32 brackets or more (an array
+    of 40 readings cost twice its parse); it runs now only when the brackets outside
+    strings nest that deep, which strings holding brackets, quotes and escapes must not
+    hide."""
+    strings = ["a]b", "[[{", '\\"]', "x\\\\", '\\\\"[', "}{", "é"]
+    payloads: list[Any] = [[{"t": i, "v": 20.5} for i in range(40)], ["]" * 40] * 40]
+    for depth in (31, 32, 33):
+        for text in strings:
+            value: Any = text
+            for level in range(depth):
+                value = [value, text] if level % 2 else {text: value, "]]": "[["}
+            payloads.append(value)
+    for value in payloads:
+        for content in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+            deep = _deeper(value, 32)
+            assert _nested(content.encode(), 32) == deep, content[:80]
+    assert not _nested(json.dumps(payloads[0]).encode(), 32)
+
+
+async def test_a_long_fraction_of_a_double_field_is_refused_by_an_integer_column(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    """Read as a double, 21.00000000000000001 is 21.0, a whole number the INT column took."""
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, n INT)")
+    sink = await sink_for(table=table, columns={"n": {"from": "field.t", "type": "double"}})
+    batch = [
+        FlowFile.create("s/1", b'{"t": 21.00000000000000001}'),
+        FlowFile.create("s/2", b'{"t": 7}'),
+    ]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[0].id]
+    assert mariadb.fetch(f"SELECT n FROM `{table}`") == [(7,)]
     await sink.close()
 
 
