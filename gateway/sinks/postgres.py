@@ -330,6 +330,9 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 # and 1e999 became Infinity, which a double precision column took.
 _loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 
+# The column types a field's number keeps every digit in when read exactly.
+_EXACT = frozenset({"numeric", "text", "jsonb"})
+
 _NOT_JSON: Any = object()
 # A long number: its digits and dots made zeros, then looked for (twice as quick as a
 # regular expression, and it runs for every FlowFile of a sink with field columns). 17 of
@@ -358,28 +361,30 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _parse(content: bytes, exact: bool = True) -> tuple[str | None, Any]:
+def _parse(content: bytes, exact: bool = True, fields: bool = True) -> tuple[str | None, Any]:
     """(the content as jsonb text or None, the parsed JSON value or _NOT_JSON).
 
-    With `exact` false (no column takes a field: the value is only checked, the text
+    With `fields` false (no column takes a field: the value is only checked, the text
     is stored and PostgreSQL reads its digits) integers past 64 bits may come out as
-    floats; with it, a number a double cannot keep (more digits, or beyond its range)
-    comes out as a Decimal."""
+    floats; with it, a number orjson refuses (1e999) comes out as a Decimal, for the
+    column to refuse; with `exact` too (a column that keeps the digits, see
+    _Rows.exact), so does a number a double cannot keep."""
     try:
         text = content.decode()
     except UnicodeDecodeError:
         return None, _NOT_JSON
-    # orjson is about four times faster; what it refuses (lone surrogate escapes) gets a
-    # second opinion from the standard parser, and so does an integer of 20 digits or
-    # more, which orjson reads as a float beyond 64 bits (the digits past 17 lost), and, to
-    # be stored exactly, a fraction of many digits or one orjson refuses (1e999).
+    # orjson is about four times faster; what it refuses (lone surrogate escapes, 1e999)
+    # gets a second opinion from the standard parser, and so, to be stored exactly, does
+    # content with a long number: an integer of 20 digits or more, which orjson reads as a
+    # float beyond 64 bits (the digits past 17 lost), or a fraction of many digits.
     value: Any = _NOT_JSON
-    if not (exact and _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS)):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            value = orjson.loads(content)
+    with contextlib.suppress(orjson.JSONDecodeError):
+        value = orjson.loads(content)
+        if exact and _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS):
+            value = _NOT_JSON
     if value is _NOT_JSON:
         try:
-            value = (_loads_exact if exact else _loads)(text)
+            value = (_loads_exact if exact or fields else _loads)(text)
         except (ValueError, RecursionError):  # JSONDecodeError included
             return None, _NOT_JSON
     # Only a \\u escape can hide a NUL or a lone surrogate in valid UTF-8 JSON.
@@ -451,17 +456,26 @@ def _json_array(values: list[Any]) -> str:
 class _Rows:
     """Turns a batch into one list per column; the column-building is the hot path."""
 
-    def __init__(self, columns: list[Column]) -> None:
+    def __init__(self, columns: list[Column], whole: frozenset[str] = frozenset()) -> None:
+        """`whole`: the names of the table's integer columns a fractional `type` goes to."""
         self.columns = columns
         sources = [c.source for c in columns]
         self.needs_json = any(s in ("payload", "raw") or s.startswith("field.") for s in sources)
         self.needs_levels = any(s.startswith("topic.") for s in sources)
-        # a field's value is stored as parsed: integers past 64 bits must keep every digit
-        self.exact = any(s.startswith("field.") for s in sources)
+        # A field's value is stored as parsed: read exactly (Decimals, every digit) when
+        # a long number is there and a field column keeps its digits (numeric, text,
+        # jsonb) or goes to a table's integer column (where 21.00000000000000001 is refused,
+        # its double 21.0 taken); real, double precision and integer columns gain nothing.
+        # Decided once: the scan for a long number cost every FlowFile of a readings table
+        # twice its parse.
+        self.fields = any(s.startswith("field.") for s in sources)
+        self.exact = any(
+            c.source.startswith("field.") and (c.type in _EXACT or c.name in whole) for c in columns
+        )
 
     def build(self, batch: list[FlowFile]) -> list[list[Any]]:
-        exact = self.exact
-        parsed = [_parse(ff.content, exact) for ff in batch] if self.needs_json else []
+        exact, fields = self.exact, self.fields
+        parsed = [_parse(ff.content, exact, fields) for ff in batch] if self.needs_json else []
         levels = [ff.topic.split("/") for ff in batch] if self.needs_levels else []
         out: list[list[Any]] = []
         for column in self.columns:
@@ -901,6 +915,7 @@ class PostgresSink(Sink):
         )
         integer = {name: sql_type for name, sql_type in rows if sql_type in _INTEGER}
         self._insert_sql = self._insert_statement(integer)
+        self._rows = _Rows(self.columns, frozenset(integer))
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

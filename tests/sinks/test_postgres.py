@@ -18,7 +18,8 @@ import pytest
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks.postgres import PostgresSink, PostgresSinkConfig
+from gateway.sinks._columns import columns_for
+from gateway.sinks.postgres import DIALECT, PostgresSink, PostgresSinkConfig, _Rows
 from tests.servers import free_port, make_pki
 from tests.sinks.contract import (
     SinkContract,
@@ -501,15 +502,18 @@ async def test_a_fraction_is_refused_not_rounded_into_an_integer_column_typed_do
     columns = {"temp": {"from": "field.t", "type": "double precision"}}
     sink = make_sink(postgres.dsn, table=table, create_table=False, columns=columns)
     await sink.connect()
-    batch = [FlowFile.create("s", f'{{"t": {t}}}'.encode()) for t in ("21.5", "21.0", "1e2", "7")]
+    # read as a double, 21.00000000000000001 would be 21.0, a whole number
+    values = ("21.5", "21.0", "1e2", "7", "21.00000000000000001")
+    batch = [FlowFile.create("s", f'{{"t": {t}}}'.encode()) for t in values]
     rejected = await sink.write(batch)
     await sink.close()
     assert [(r.flowfile.id, r.reason) for r in rejected] == [
         (
-            batch[0].id,
-            'postgres refused the row: invalid input syntax for type integer: "21.5"'
+            batch[i].id,
+            f'postgres refused the row: invalid input syntax for type integer: "{values[i]}"'
             " (SQLSTATE 22P02)",
         )
+        for i in (0, 4)
     ]
     assert sorted(postgres.fetch(f'SELECT temp FROM "{table}"')) == [(7,), (21,), (100,)]
 
@@ -754,6 +758,45 @@ async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
     ((n, t, doc),) = postgres.fetch(f'SELECT n::text, t, doc::text FROM "{table}"')
     assert (n, t) == ("12345678901234.5678", "12345678901234.5678")
     assert doc == '{"x": [0.12345678901234567891], "y": 0.5}'
+    await sink.close()
+
+
+def test_only_a_field_column_that_keeps_digits_reads_long_numbers_exactly() -> None:
+    """Any field column made every FlowFile holding 17 digits and dots in a row (a computed
+    float, 3.3000000000000003; nanoseconds since the epoch) skip orjson for the parser that
+    keeps every digit, which a double precision or bigint column gains nothing from."""
+
+    def exact(columns: Any, whole: frozenset[str] = frozenset()) -> bool:
+        return _Rows(columns_for(columns, DIALECT), whole).exact
+
+    readings = {
+        "temp": {"from": "field.temp", "type": "double precision"},
+        "hum": {"from": "field.hum", "type": "real"},
+        "ns": {"from": "field.ns", "type": "bigint"},
+        "at": {"from": "field.at", "type": "timestamptz"},
+    }
+    assert not exact(None)
+    assert not exact(readings)
+    for sql_type in ("numeric", "text", "jsonb"):
+        assert exact({"n": {"from": "field.n", "type": sql_type}}), sql_type
+    assert exact({"n": "field.n"})  # text
+    assert exact(readings, frozenset({"temp"}))  # a double into an integer column
+
+
+async def test_a_double_precision_column_refuses_1e999_without_exact_columns(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """orjson refuses 1e999; read again as a double it would be Infinity, which the column
+    takes."""
+    sink = await sink_for(
+        table=table, columns={"d": {"from": "field.d", "type": "double precision"}}
+    )
+    batch = [FlowFile.create("s/huge", b'{"d": 1e999}')]
+    batch.append(FlowFile.create("s/ok", b'{"d": 3.3000000000000003, "ns": 1700000000123456789}'))
+    rejected = await sink.write(batch)
+    assert [r.flowfile.topic for r in rejected] == ["s/huge"]
+    assert "out of range for type double precision" in rejected[0].reason
+    assert postgres.fetch(f'SELECT d FROM "{table}"') == [(3.3000000000000003,)]
     await sink.close()
 
 
