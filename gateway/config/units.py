@@ -60,8 +60,9 @@ def _size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative, got {value!r}")
-        return int(value)  # an int subclass YAML made (config.schema.WrittenInt): a plain one
-    m = _SIZE.match(str(value))
+        return int(value)  # the loader's WrittenInt (1_048_576, 0x100000) prints as written
+    # A float as Python writes it: the loader's WrittenFloat prints as written (+512.0).
+    m = _SIZE.match(repr(float(value)) if isinstance(value, float) else str(value))
     if not m:
         raise ValueError(f"expected a size such as '512MiB', '1GiB' or '64KB', got {value!r}")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])

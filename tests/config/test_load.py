@@ -518,6 +518,28 @@ def test_durations_and_sizes_in_the_file(tmp_path: Path) -> None:
     assert config.sinks["w"].retry.max == 3600.0
 
 
+def test_sizes_written_otherwise_than_python_writes_them(tmp_path: Path) -> None:
+    """An integer size written 1_048_576, 0x100000 or +4096 came out of the loader as
+    written (the built config printed `0x100000`), and a float written +8192.0 was refused
+    (its text was matched, not its value)."""
+    path = write(
+        tmp_path,
+        """\
+        buffer: {max_bytes: 1_048_576}
+        sinks:
+          a: {type: file, rotate_bytes: 0x100000}
+          b: {type: file, rotate_bytes: +4096}
+          c: {type: file, rotate_bytes: +8192.0}
+          d: {type: file, rotate_bytes: 1.5e4}
+        """,
+    )
+    config = load(path, environ={})
+    sizes = [config.buffer.max_bytes] + [s.rotate_bytes for s in config.sinks.values()]
+    assert sizes == [2**20, 2**20, 4096, 8192, 15000]
+    assert [type(size) for size in sizes] == [int] * 5
+    assert [repr(size) for size in sizes] == ["1048576", "1048576", "4096", "8192", "15000"]
+
+
 def test_bad_durations_are_explained(tmp_path: Path) -> None:
     path = write(tmp_path, "sources:\n  host: {type: system, interval: 10 parsecs}\n")
     assert problems(path) == [
