@@ -430,7 +430,9 @@ class HttpSink(Sink):
 
     def update(self, config: HttpSinkConfig) -> bool:
         self.config = config
-        self._settled.clear()  # another url or body: send it all again
+        # Forget what was settled: a new dict, as a write still in flight goes on storing
+        # into the one it took (cleared, that one would fill again behind the reload).
+        self._settled = {}
         return True
 
     def _redact(self, text: str) -> str:
@@ -567,6 +569,7 @@ class HttpSink(Sink):
             return []
         if self._session is None:
             await self.connect()
+        # this write's own: a reload (update) meanwhile gives the sink a new one
         settled, earlier = self._settled, []
         if settled:
             # A try of this batch failed: what its other requests settled is not sent again

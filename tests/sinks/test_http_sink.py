@@ -476,6 +476,54 @@ async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
         await server.wait_closed()
 
 
+async def test_a_reload_during_a_write_forgets_what_that_write_settles(sink_for: Any) -> None:
+    """A reload (update) cleared what the failed tries had settled while a write was still
+    in flight: its requests answered after that went on filling the same dict, so the
+    batch sent again after the reload left them out anyway."""
+    batch = [FlowFile.create(f"plant/{n}", b"{}") for n in range(2)]
+    arrived, release = asyncio.Event(), asyncio.Event()
+    answered: list[tuple[str, int]] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        fields = {k.lower(): v for k, v in fields.items()}
+        await reader.readexactly(int(fields["content-length"]))
+        key = fields["idempotency-key"]
+        status = 200
+        if not answered:  # the first request waits for the reload
+            arrived.set()
+            await release.wait()
+        elif key == batch[1].id and len(answered) == 1:
+            status = 500  # the first try of the second FlowFile: the write fails
+        answered.append((key, status))
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        keys = {"url": f"http://127.0.0.1:{port}/x", "mode": "each", "concurrency": 1}
+        sink = await sink_for(**keys)
+        write = asyncio.ensure_future(sink.write(batch))
+        await arrived.wait()
+        reloaded, problems = config_problems(**keys, batch={"max_rows": 10})
+        assert problems == []
+        assert sink.update(reloaded)
+        release.set()
+        with pytest.raises(RetryableError, match="500"):
+            await write
+        assert await sink.write(batch) == []
+        ids = [ff.id for ff in batch]
+        assert answered == [(ids[0], 200), (ids[1], 500), (ids[0], 200), (ids[1], 200)]
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_batch_sent_again_leaves_out_what_its_last_try_delivered(sink_for: Any) -> None:
     """A failed request failed the whole write, and the engine's next try sent every
     FlowFile again, those answered 2xx too: against a receiver that fails one request in
