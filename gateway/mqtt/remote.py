@@ -8,11 +8,12 @@ Receive Maximum 1, so the broker sends the next document only once the last one 
 answered. A packet larger than MAX_PACKET closes the connection before its body is
 read; the session is clean (a config pushed while the gateway is away is not kept
 for it; `config/active` tells the fleet what each gateway runs), so the broker
-forgets that packet and the channel reconnects without it. A message retained on
-config/set is not taken (it would come again at every connect). Each document is handled in turn
-(gateway/config/remote.py checks and applies it), answered on `.../config/result`
-and then acknowledged; after each apply, and on each connect, the active config's
-version and hash go out retained on `.../config/active`.
+forgets that packet and the channel reconnects without it. The broker's stored copy
+of a message retained on config/set is not taken at a (re)connect (it would come again
+at every connect); one published retained while connected arrives as any other. Each
+document is handled in turn (gateway/config/remote.py checks and applies it), answered
+on `.../config/result` and then acknowledged; after each apply, and on each connect,
+the active config's version and hash go out retained on `.../config/active`.
 
 A broker that is away never stops the gateway: the channel reconnects with capped
 exponential backoff and jitter and shows its state in /api/status (`remote_config`).

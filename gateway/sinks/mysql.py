@@ -59,7 +59,9 @@ itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
 the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
 fraction (21.5), which MySQL would round even in strict mode. A row whose
 value does not fit its column is refused alone. A number goes as written, every
-digit kept: into numeric, text or jsonb, 12345678901234.5678 stays that. Table
+digit kept: into text or jsonb, 12345678901234.5678 stays that; numeric is
+DECIMAL(38,10), which keeps it too but rounds past 10 decimals (0.12345678901234567891
+is stored 0.1234567890, without a word, even in strict mode). Table
 and column names are SQL identifiers (letters, digits, `_`), checked when the
 config is loaded and always quoted.
 

@@ -223,6 +223,11 @@ async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
     ((n, t, doc, whole),) = mariadb.fetch(f"SELECT n, t, doc, whole FROM `{table}`")
     assert (str(n), t, whole) == ("12345678901234.5678000000", "12345678901234.5678", 5)
     assert doc == '{"x":[0.12345678901234567891]}'
+    # DECIMAL(38,10) rounds past 10 decimals, as the guide says; text keeps them
+    fine = FlowFile.create("s/fine", b'{"n": 0.12345678901234567891}')
+    assert await sink.write([fine]) == []
+    rows = mariadb.fetch(f"SELECT n, t FROM `{table}` WHERE id = %s", fine.id)
+    assert [(str(n), t) for n, t in rows] == [("0.1234567890", "0.12345678901234567891")]
     await sink.close()
 
 
