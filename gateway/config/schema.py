@@ -180,6 +180,18 @@ class WrittenInt(int):
 _OCTAL = re.compile(r"^[-+]?0[0-7_]*[1-7][0-7_]*[0-7]$")  # 010, not 01 (1 either way)
 
 
+def _octal_problem(value: Any) -> str | None:
+    """What is wrong with `value` if YAML 1.1 read it as an octal number (`0100`: 64), or
+    None. `address: 0100` was register 64, `interval: 010` 8 s, where YAML 1.2 and every
+    Modbus map mean 100 and 10 (0 and 01 to 07 are the same either way)."""
+    if not (isinstance(value, WrittenInt) and _OCTAL.match(value.text)):
+        return None
+    return (
+        f"YAML reads {value.text} as the octal number {int(value)}: write"
+        f" {int(value.text.replace('_', ''))} without the leading 0 (or 0x{int(value):x})"
+    )
+
+
 def _unquoted_reads_as(tp: Any, text: str) -> bool:
     """Whether `text`, written without quotes, would be a value of `tp` (int, float, bool)."""
     plain = text.strip()
@@ -260,6 +272,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
         base, *marks = get_args(tp)
         for mark in marks:
             if isinstance(mark, _Unit):
+                octal = _octal_problem(value)
+                if octal:
+                    problems.add(path, octal)
+                    return None
                 try:
                     return (parse_duration if mark is DURATION else parse_size)(value)
                 except ValueError as err:
@@ -333,14 +349,9 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
                 return None
             return float(value)
     elif tp is int:
-        if isinstance(value, WrittenInt) and _OCTAL.match(value.text):
-            # `address: 0100` was register 64: YAML 1.1 reads a leading 0 as octal, where
-            # YAML 1.2 and every Modbus map mean 100 (01 to 07 are the same either way)
-            problems.add(
-                path,
-                f"YAML reads {value.text} as the octal number {int(value)}: write"
-                f" {int(value.text.replace('_', ''))} without the leading 0 (or 0x{int(value):x})",
-            )
+        octal = _octal_problem(value)
+        if octal:
+            problems.add(path, octal)
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             return int(value)  # not a WrittenInt

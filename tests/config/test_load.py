@@ -260,6 +260,39 @@ def test_a_number_kept_as_written_survives_a_copy_of_the_parsed_config(
     ]
 
 
+def test_a_size_or_duration_refuses_a_leading_0_yaml_reads_as_octal(tmp_path: Path) -> None:
+    # `interval: 010` was 8 s and `max_bytes: 0100000000` 16 MiB: an integer key refused
+    # them, a size or a duration took the octal number
+    path = write(
+        tmp_path,
+        """\
+        buffer: {max_bytes: 0100000000, batch_linger: 0}
+        sources:
+          host: {type: system, interval: 010}
+        status: {stats_interval: 0}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: buffer.max_bytes: YAML reads 0100000000 as the octal number 16777216:"
+        " write 100000000 without the leading 0 (or 0x1000000)",
+        f"{path}:4: sources.host.interval: YAML reads 010 as the octal number 8: write 10"
+        " without the leading 0 (or 0x8)",
+    ]
+    # a plain 0 (and 00, 07: the same either way) is taken
+    path = write(
+        tmp_path,
+        """\
+        buffer: {batch_linger: 07}
+        status: {stats_interval: 0}
+        sinks:
+          f: {type: file, rotate_bytes: 0, rotate_interval: 00}
+        """,
+    )
+    config = load(path, environ={})
+    assert config.buffer.batch_linger == 7.0 and config.status.stats_interval == 0
+    assert (config.sinks["f"].rotate_bytes, config.sinks["f"].rotate_interval) == (0, 0)
+
+
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
