@@ -614,9 +614,11 @@ def _encoded(text: str) -> tuple[str, ...]:
 
 
 # A hint that quotes the value again, in the message of a secret: "(did you mean '...'?)",
-# "(a number: write ... without quotes)", which read "write ENC(...) without quotes"
+# "(a number: write ... without quotes)", which read "write ENC(...) without quotes",
+# "(YAML reads ... as text: write 8 without the leading 0)"
 _DID_YOU_MEAN = re.compile(
-    r" \((?:did you mean '[^']*'\?|(?:a number|true or false): write .* without quotes)\)"
+    r" \((?:did you mean '[^']*'\?|(?:a number|true or false): write .* without quotes"
+    r"|YAML reads .* as text: write .* without the leading 0)\)"
 )
 _KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 

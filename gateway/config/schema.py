@@ -192,19 +192,36 @@ def _octal_problem(value: Any) -> str | None:
     )
 
 
-def _unquoted_reads_as(tp: Any, text: str) -> bool:
-    """Whether `text`, written without quotes, would be a value of `tp` (int, float, bool)."""
+# A leading 0 and an 8 or a 9 after it (08, 0900): no octal number, so text to YAML 1.1
+_LEADING_0_TEXT = re.compile(r"[-+]?0[0-9_]*[89][0-9_]*")
+# Which tags (their last part) a value of a type may be written as, unquoted
+_PLAIN_TAGS = {int: ("int",), float: ("int", "float", "exponent-float"), bool: ("bool",)}
+
+
+def _text_hint(tp: Any, text: str) -> str:
+    """How to write `text`, read as text where `tp` (int, float, bool) is asked, so that it
+    reads as one (" (a number: write 500 without quotes)"), or "".
+
+    Only a text the loader's resolver would read otherwise if written plain says "without
+    quotes" (it can only be text because it was quoted, a JSON string say): unquoted, `08`
+    and `0900` are text to YAML 1.1 already, and are to be written without the leading 0.
+    """
+    from gateway.config.load import plain_tag  # load imports this module
+
     plain = text.strip()
+    if tp in (int, float) and _LEADING_0_TEXT.fullmatch(plain):
+        number = int(plain.replace("_", ""))
+        return f" (YAML reads {plain} as text: write {number} without the leading 0)"
+    if plain_tag(plain).rpartition(":")[2] not in _PLAIN_TAGS.get(tp, ()):
+        return ""
     if tp is bool:
-        return plain in ("true", "false")
-    if tp is int:
-        return re.fullmatch(r"[-+]?[0-9]+", plain) is not None
-    if tp is float:
-        try:
-            return math.isfinite(float(plain)) and "_" not in plain
-        except ValueError:
-            return False
-    return False
+        written = "true" if plain.lower() in ("true", "yes", "on") else "false"
+        return f" (true or false: write {written} without quotes)"
+    if not any(c.isdigit() for c in plain):
+        return ""  # .inf, .nan: numbers to YAML, but not finite
+    if re.fullmatch(r"[-+]?0[0-9_]+", plain):
+        plain = str(int(plain.replace("_", "")))  # "0100": written 0100, YAML's octal 64
+    return f" (a number: write {plain} without quotes)"
 
 
 def _plain_numbers(value: Any) -> Any:
@@ -364,14 +381,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
             return value.text
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-    if isinstance(value, str) and _unquoted_reads_as(tp, value):
+    hint = _text_hint(tp, value) if isinstance(value, str) else ""
+    if hint:
         # `batch_max: "500"`: as `qos: "1"` says (Literal above), say what differs
-        plain = value.strip()
-        what = "true or false" if tp is bool else "a number"
-        problems.add(
-            path,
-            f"expected {_type_name(tp)}, got {value!r} ({what}: write {plain} without quotes)",
-        )
+        problems.add(path, f"expected {_type_name(tp)}, got {value!r}{hint}")
         return None
     if isinstance(value, bytes):
         # `!!binary`: its bytes were quoted ("got b'hello'"), a password's too

@@ -924,6 +924,26 @@ def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None
         f"{path}:2: sinks.f.fsync: expected true or false, got 'true' (true or false: write"
         " true without quotes)",
     ]
+    # unquoted, YAML 1.1 reads 08, 09 and 0800 as text: the hint said to write them
+    # "without quotes", as they were; a quoted 0100 said to write 0100, YAML's octal 64
+    path = write(
+        tmp_path,
+        """\
+        buffer: {batch_max: 08}
+        sinks:
+          f: {type: file, rate_limit: 0900, keep: "0100", fsync: "yes"}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: buffer.batch_max: expected an integer, got '08' (YAML reads 08 as text:"
+        " write 8 without the leading 0)",
+        f"{path}:4: sinks.f.rate_limit: expected a number, got '0900' (YAML reads 0900 as"
+        " text: write 900 without the leading 0)",
+        f"{path}:4: sinks.f.keep: expected an integer, got '0100' (a number: write 100"
+        " without quotes)",
+        f"{path}:4: sinks.f.fsync: expected true or false, got 'yes' (true or false: write"
+        " true without quotes)",
+    ]
 
 
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:

@@ -280,3 +280,9 @@ def test_a_quoted_number_hint_is_left_out_for_a_secret(tmp_path: Path, key: byte
     assert problems(tmp_path, path.read_text()) == [
         f"{path}:2: sinks.f.batch.max_rows: expected an integer, got 'ENC(...)'"
     ]
+    # nor the one that says how to write a number YAML reads as text ("write 8")
+    enc = secrets.encrypt("08", key)
+    path.write_text(f'sinks:\n  f: {{type: file, batch: {{max_rows: "{enc}"}}}}\n')
+    assert problems(tmp_path, path.read_text()) == [
+        f"{path}:2: sinks.f.batch.max_rows: expected an integer, got 'ENC(...)'"
+    ]
