@@ -360,7 +360,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
                 " a config is one file, its secrets written ENC(...) (edge-stream secret"
                 " encrypt)"
             ) from err
-        flow_hash = _flow_comment_line(text, mark.line) if mark else None
+        flow_hash = _flow_comment_line(text, mark.line, err) if mark else None
         if flow_hash is not None and str(err.problem).startswith("did not find expected"):
             # `topics: [#]`: the '#' starts a comment, which takes the rest of the line and
             # the list's end; YAML's words were "did not find expected node content", on
@@ -398,15 +398,43 @@ def _tag_text(tag: str) -> str:
     return "!!" + tag.removeprefix(standard) if tag.startswith(standard) else tag
 
 
-_FLOW_HASH = re.compile(r"[\[{,]\s*#")
+def _comment_start(row: str) -> int | None:
+    """Where the comment on a line of YAML starts (its '#'), or None: the first '#' outside
+    quotes that starts a token (at the line's start, after a space, a tab or a flow
+    indicator; in `a#b` it is text)."""
+    i, starts_token = 0, True
+    while i < len(row):
+        ch = row[i]
+        if starts_token and ch in "'\"":  # a quoted scalar: a '#' in it is text
+            i += 1
+            while i < len(row) and row[i] != ch:
+                i += 2 if ch == '"' and row[i] == "\\" else 1
+            i += 1  # past the closing quote ('' in single quotes: a new one opens)
+            continue
+        if ch == "#" and starts_token:
+            return i
+        starts_token = ch in " \t[]{},"
+        i += 1
+    return None
 
 
-def _flow_comment_line(text: str, line: int) -> int | None:
-    """The line (from 0) at or just before `line` where a '#' follows a '[', '{' or ','
-    (so starts a comment inside a flow collection), or None."""
+_FLOW_CONTEXTS = ("while parsing a flow sequence", "while parsing a flow mapping")
+
+
+def _flow_comment_line(text: str, line: int, err: yaml.MarkedYAMLError) -> int | None:
+    """The line (from 0) whose comment starts with a '#' right after a '[', '{' or ','
+    (so cuts a flow collection short) among those the parser's complaint `err`, at `line`,
+    covers: from where the flow collection it was reading opened (else from the line
+    before, as the parser complains past the end of the line) to `line`; the last such
+    line, or None. A '[#' in an ordinary comment or in quotes is none."""
+    first = line - 1
+    context = err.context_mark
+    if context and err.context in _FLOW_CONTEXTS and context.line <= line:
+        first = context.line
     lines = text.splitlines()
-    for n in range(min(line, len(lines) - 1), max(line - 3, -1), -1):
-        if _FLOW_HASH.search(lines[n]):
+    for n in range(min(line, len(lines) - 1), max(first, 0) - 1, -1):
+        at = _comment_start(lines[n])
+        if at is not None and lines[n][:at].rstrip(" \t")[-1:] in ("[", "{", ","):
             return n
     return None
 

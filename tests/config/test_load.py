@@ -175,6 +175,27 @@ def test_yaml_traps_are_explained(tmp_path: Path) -> None:
         f"{path}:3: invalid YAML: the '#' in [...] or {{...}} starts a comment there, cutting"
         ' the list short: write it in quotes, ["#"]'
     ]
+    # a '[#' in an ordinary comment, or in quotes, is no such '#': the error below it
+    # was said at the comment's line, as that '#'
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}'}}\nsources:   # see issue [#12]\n"
+        '  m: {type: mqtt, topics: ["a"}\n'
+    )
+    assert problems(path) == [f"{path}:3: invalid YAML: did not find expected ',' or ']'"]
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}'}}\nsources:\n"
+        '  m: {type: mqtt, topics: ["a/[#", "b"}\n'
+    )
+    assert problems(path) == [f"{path}:3: invalid YAML: did not find expected ',' or ']'"]
+    # the one after a ',' in a list that goes on for lines is found where it is
+    path.write_text(
+        f"gateway: {{data_dir: '{tmp_path}'}}\nsources:\n  p:\n    type: mqtt\n"
+        "    topics: [a, #]\n\n\n\n  q: {type: system}\n"
+    )
+    assert problems(path) == [
+        f"{path}:5: invalid YAML: the '#' in [...] or {{...}} starts a comment there, cutting"
+        ' the list short: write it in quotes, ["#"]'
+    ]
     # `- #`: an empty item, said once (the source's own check said "None is not a valid
     # topic filter" too)
     path.write_text(
