@@ -249,6 +249,24 @@ def test_a_yaml_tag_of_another_program_is_refused_in_one_line(tmp_path: Path) ->
         f"{path}:2: the YAML tag !include is not supported: a config is one file, its secrets"
         " written ENC(...) (edge-stream secret encrypt)"
     ]
+    path = write(tmp_path, "sinks:\n  f: !include_dir_named sinks\n")
+    assert problems(path) == [
+        f"{path}:3: the YAML tag !include_dir_named is not supported: a config is one file,"
+        " its secrets written ENC(...) (edge-stream secret encrypt)"
+    ]
+    # a password that starts with '!' was taken for such a tag, and printed
+    path = write(tmp_path, "mqtt:\n  username: gw\n  password: !Xy9zQ7kk\n")
+    assert problems(path) == [
+        f"{path}:4: a value starting with '!' is read as a YAML tag, which is not supported:"
+        " write the value in quotes"
+    ]
+    # and one with a character no tag may hold ('^'; a '}' after it in a flow mapping)
+    for text in ("password: !!Xy9zQ7kk", "password: !Xy9^zQ7kk", "{password: !Xy9zQ7kk}"):
+        path = write(tmp_path, f"mqtt: {text}\n" if text[0] == "{" else f"mqtt:\n  {text}\n")
+        assert problems(path) == [
+            f"{path}:{2 if text[0] == '{' else 3}: a value starting with '!' is read as a YAML"
+            " tag, which is not supported: write the value in quotes"
+        ]
 
 
 def test_a_number_kept_as_written_survives_a_copy_of_the_parsed_config(
