@@ -210,7 +210,7 @@ def _text_hint(tp: Any, text: str) -> str:
 
     plain = text.strip()
     if tp in (int, float) and _LEADING_0_TEXT.fullmatch(plain):
-        number = int(plain.replace("_", ""))
+        number = _without_leading_0(plain)
         return f" (YAML reads {plain} as text: write {number} without the leading 0)"
     if plain_tag(plain).rpartition(":")[2] not in _PLAIN_TAGS.get(tp, ()):
         return ""
@@ -220,8 +220,14 @@ def _text_hint(tp: Any, text: str) -> str:
     if not any(c.isdigit() for c in plain):
         return ""  # .inf, .nan: numbers to YAML, but not finite
     if re.fullmatch(r"[-+]?0[0-9_]+", plain):
-        plain = str(int(plain.replace("_", "")))  # "0100": written 0100, YAML's octal 64
+        plain = _without_leading_0(plain)  # "0100": written 0100, YAML's octal 64
     return f" (a number: write {plain} without quotes)"
+
+
+def _without_leading_0(digits: str) -> str:
+    """`-0_100` as `-100`; by its text, as int() refuses more than 4300 digits."""
+    sign = "-" if digits.startswith("-") else ""
+    return sign + (digits.lstrip("+-").replace("_", "").lstrip("0") or "0")
 
 
 def _plain_numbers(value: Any) -> Any:

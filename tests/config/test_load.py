@@ -983,6 +983,12 @@ def test_a_quoted_number_where_a_number_is_asked_says_so(tmp_path: Path) -> None
         f"{path}:4: sinks.f.fsync: expected true or false, got 'yes' (true or false: write"
         " true without quotes)",
     ]
+    # (by its text: int() refuses more than 4300 digits)
+    path = write(tmp_path, f'buffer: {{batch_max: "0{"9" * 5000}"}}\n')
+    (message,) = problems(path)
+    assert message.endswith(
+        f"(YAML reads 0{'9' * 5000} as text: write {'9' * 5000} without the leading 0)"
+    )
 
 
 def test_state_replicate_and_redis_urls_are_checked(tmp_path: Path) -> None:
