@@ -177,18 +177,22 @@ class WrittenInt(int):
     __repr__ = __str__
 
 
-_OCTAL = re.compile(r"^[-+]?0[0-7_]*[1-7][0-7_]*[0-7]$")  # 010, not 01 (1 either way)
+_OCTAL = re.compile(r"^[-+]?0[0-7]*[1-7][0-7]*$")  # 010, not 01 (1 either way); no `_`
 
 
 def _octal_problem(value: Any) -> str | None:
     """What is wrong with `value` if YAML 1.1 read it as an octal number (`0100`: 64), or
     None. `address: 0100` was register 64, `interval: 010` 8 s, where YAML 1.2 and every
     Modbus map mean 100 and 10 (0 and 01 to 07 are the same either way)."""
-    if not (isinstance(value, WrittenInt) and _OCTAL.match(value.text)):
+    if not isinstance(value, WrittenInt):
         return None
+    digits = value.text.replace("_", "")  # YAML 1.1 takes 010_ as 010
+    if len(digits.lstrip("+-")) < 3 or not _OCTAL.match(digits):
+        return None
+    sign = "-" if value < 0 else ""
     return (
         f"YAML reads {value.text} as the octal number {int(value)}: write"
-        f" {int(value.text.replace('_', ''))} without the leading 0 (or 0x{int(value):x})"
+        f" {int(digits)} without the leading 0 (or {sign}0x{abs(int(value)):x})"
     )
 
 
@@ -365,6 +369,10 @@ def build(tp: Any, value: Any, path: Path, problems: Problems) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is float:
+        octal = _octal_problem(value)
+        if octal:  # `absolute: 010` was 8.0
+            problems.add(path, octal)
+            return None
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
                 # YAML's .nan and .inf: no band, scale or threshold means anything with them.

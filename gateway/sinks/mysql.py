@@ -327,7 +327,7 @@ _NUMBER_AS_ZEROS = bytes.maketrans(b"123456789.", b"0000000000")
 _LONG_NUMBER = b"0" * 17
 # The column types a field's number keeps every digit in when read exactly; a double (or
 # boolean, date ...) column gains nothing from it.
-_EXACT_TYPES = frozenset({"DECIMAL(38,10)", "TEXT", "JSON"})
+_EXACT_TYPES = frozenset({"DECIMAL(38,10)", "TEXT", "JSON", "DATETIME(6)"})
 
 
 def _json(value: Any) -> str:
@@ -374,19 +374,6 @@ def _nested(content: bytes, depth: int) -> bool:
     return bool(brackets)
 
 
-def _deeper(value: Any, depth: int) -> bool:
-    """Whether `value` nests lists and objects `depth` deep or more."""
-    todo = [(value, 1)] if type(value) is dict or type(value) is list else []
-    while todo:
-        item, level = todo.pop()
-        if level >= depth:
-            return True
-        for inner in item.values() if type(item) is dict else item:
-            if type(inner) is dict or type(inner) is list:
-                todo.append((inner, level + 1))
-    return False
-
-
 def _parse(content: bytes, exact: bool = False) -> tuple[str | None, Any]:
     """(the content as JSON text or None, the parsed value or _NOT_JSON).
 
@@ -403,13 +390,12 @@ def _parse(content: bytes, exact: bool = False) -> tuple[str | None, Any]:
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
     if "\\u" in text and has_surrogate(_json(value)):
         return None, value
-    # So is JSON nested too deep for the server; fewer bytes or brackets cannot nest that
-    # deep, and the walk of the value runs only when the brackets outside strings do.
+    # So is JSON nested too deep for the server, which reads the text: what its brackets
+    # outside strings say (a key written twice keeps one value, not one nesting).
     if (
         len(content) >= 2 * _JSON_DEPTH
         and content.count(b"[") + content.count(b"{") >= _JSON_DEPTH
         and _nested(content, _JSON_DEPTH)
-        and _deeper(value, _JSON_DEPTH)
     ):
         return None, value
     return text, value

@@ -330,6 +330,26 @@ def test_a_size_or_duration_refuses_a_leading_0_yaml_reads_as_octal(tmp_path: Pa
     config = load(path, environ={})
     assert config.buffer.batch_linger == 7.0 and config.status.stats_interval == 0
     assert (config.sinks["f"].rotate_bytes, config.sinks["f"].rotate_interval) == (0, 0)
+    # a trailing `_` (YAML 1.1 takes 010_ as 010), a float key, and a negative number
+    path = write(
+        tmp_path,
+        """\
+        buffer: {batch_max: 010_}
+        sources:
+          m: {type: mqtt, url: "mqtt://127.0.0.1:1", topics: [a/#]}
+        routes:
+          r:
+            match: a/#
+            sinks: [f]
+            processors: [{type: deadband, fields: {v: {absolute: 010, percent: -010}}}]
+        sinks:
+          f: {type: file}
+        """,
+    )
+    said = problems(path)
+    assert f"{path}:2: buffer.batch_max: YAML reads 010_ as the octal number 8: write 10" in said[0]
+    assert "routes.r.processors.0.fields.v.absolute: YAML reads 010 as the octal" in said[1]
+    assert said[2].endswith(": write -10 without the leading 0 (or -0x8)")
 
 
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:
