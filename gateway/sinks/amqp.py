@@ -20,10 +20,13 @@ broker confirmed every message of it (publisher confirms). At most
 `max_inflight` messages, and `max_inflight_bytes` of content, wait for their
 confirm at any time. A broker that answers a publish with a nack (a queue full
 with `overflow: reject-publish`, an internal error), a connection or channel
-lost, a broker restarting, or confirms missing after `timeout` make the whole
-batch go again after a reconnect: delivery is **at least once**. A batch sent
-again after a crash or an outage may reach a queue twice; every copy has the
-same `message_id`, by which consumers drop repeats.
+lost, a broker restarting, or confirms missing after `timeout` make the batch
+go again after a reconnect, without what the broker confirmed of it (so a queue
+with room for part of a batch takes the rest at the next tries); after a restart
+of the gateway or a reload of the sink, all of it goes again: delivery is **at
+least once**. A message whose confirm was lost, or a batch sent again after a
+crash, may reach a queue twice; every copy has the same `message_id`, by which
+consumers drop repeats.
 
 Messages are published `mandatory`: one that no queue is bound to take comes
 back from the broker. With `unroutable: dead_letter` (the default) it goes to
@@ -406,6 +409,8 @@ class _Batch:
     def __init__(self, window: _ByteWindow) -> None:
         self.window = window
         self.sizes: OrderedDict[int, int] = OrderedDict()
+        self.ids: dict[int, str] = {}  # delivery tag -> FlowFile id
+        self.acked: list[int] = []  # the delivery tags the broker confirmed (ack)
         self.nacked = 0
         self.returned: list[tuple[str | None, str]] = []  # (message_id, reason)
 
@@ -430,6 +435,10 @@ class AmqpSink(Sink):
         self.where = safe_url(config.url)
         self._client: Publisher | None = None
         self._batch: _Batch | None = None
+        # What the broker settled of a batch whose write failed, by FlowFile id: None
+        # confirmed (ack), else refused for good. The engine sends that batch again; only the
+        # rest goes (a queue with room for part of a batch nacked the rest at every try).
+        self._settled: dict[str, Rejected | None] = {}
         self._lock = asyncio.Lock()
         self.unroutable = 0  # messages returned and dropped (unroutable: drop)
 
@@ -561,13 +570,17 @@ class AmqpSink(Sink):
                 if first > tag:
                     break
                 leave(sizes.pop(first))
-                if not ack:
+                if ack:
+                    state.acked.append(first)
+                else:
                     state.nacked += 1
         else:
             size = sizes.pop(tag, None)
             if size is not None:
                 leave(size)
-                if not ack:
+                if ack:
+                    state.acked.append(tag)
+                else:
                     state.nacked += 1
 
     def _returned(self, code: int, text: str, message_id: str | None) -> None:
@@ -577,6 +590,32 @@ class AmqpSink(Sink):
     def _lost(self, error: BaseException) -> None:
         if self._batch is not None:
             self._batch.window.fail(error)
+
+    def _settle(self, batch: list[FlowFile], state: _Batch) -> None:
+        """Keeps what the broker confirmed of this try, for a retry of the batch to leave
+        out: a confirmed message is in its queues (or was returned: dead-lettered or
+        dropped, as the rest of the batch will say)."""
+        if not state.acked:
+            return
+        returned = {message_id: reason for message_id, reason in state.returned}
+        by_id = {ff.id: ff for ff in batch}
+        for tag in state.acked:
+            message_id = state.ids[tag]
+            reason = returned.get(message_id)
+            if reason is None:
+                self._settled[message_id] = None
+            elif self.config.unroutable == "drop":
+                self._settled[message_id] = None
+                self.unroutable += 1
+            else:
+                ff = by_id[message_id]
+                self._settled[message_id] = Rejected(ff, self._unroutable_reason(ff, reason))
+
+    def _unroutable_reason(self, ff: FlowFile, reason: str) -> str:
+        return (
+            f"amqp: exchange {self.exchange_name!r} has no queue for routing key"
+            f" {self._routing_key(ff.topic)!r} ({reason})"
+        )
 
     # --- writing --------------------------------------------------------------------------
 
@@ -592,10 +631,24 @@ class AmqpSink(Sink):
         if not batch:
             return []
         async with self._lock:
+            settled, earlier = self._settled, []
+            if settled:
+                # A try of this batch failed: what the broker confirmed then (or returned as
+                # unroutable) is not sent again.
+                ids = {ff.id for ff in batch}
+                for gone in [key for key in settled if key not in ids]:  # no longer in it
+                    del settled[gone]
+                earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+                batch = [ff for ff in batch if ff.id not in settled]
+                if not batch:
+                    settled.clear()
+                    return earlier
             client = await self._open()
             try:
                 async with asyncio.timeout(self.config.timeout):
-                    return await self._publish(client, batch)
+                    rejected = await self._publish(client, batch)
+                settled.clear()
+                return earlier + rejected
             except TimeoutError as err:
                 await self._drop()
                 raise RetryableError(
@@ -652,10 +705,15 @@ class AmqpSink(Sink):
                     rejected.append(Rejected(ff, reason))
                     continue
                 sizes[tag] = size
+                state.ids[tag] = ff.id
             await window.drained()
+        except BaseException:
+            self._settle(batch, state)  # a timeout, the connection lost: retried
+            raise
         finally:
             self._batch = None
         if state.nacked:
+            self._settle(batch, state)
             raise RetryableError(
                 f"{self.where} refused {state.nacked} of {len(batch)} messages for now (nack:"
                 " a queue full with overflow reject-publish, or an error of the broker's);"
@@ -679,13 +737,7 @@ class AmqpSink(Sink):
             else:
                 for position, reason in returned:
                     ff = batch[position]
-                    rejected.append(
-                        Rejected(
-                            ff,
-                            f"amqp: exchange {self.exchange_name!r} has no queue for routing key"
-                            f" {self._routing_key(ff.topic)!r} ({reason})",
-                        )
-                    )
+                    rejected.append(Rejected(ff, self._unroutable_reason(ff, reason)))
         return rejected
 
 

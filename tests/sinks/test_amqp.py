@@ -225,7 +225,9 @@ async def test_unroutable_drop_counts_and_delivers_the_rest(
     assert sink.status()["unroutable"] == 2
 
 
-async def test_a_nack_sends_the_batch_again(rabbitmq: Any, ns: str, sink_for: Any) -> None:
+async def test_a_nack_sends_again_only_what_was_not_confirmed(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
     sink = await sink_for(queue=None)
     # A queue that refuses publishes beyond 10 messages: the broker nacks the rest.
     connection = await aio_pika.connect(rabbitmq.url)
@@ -235,16 +237,50 @@ async def test_a_nack_sends_the_batch_again(rabbitmq: Any, ns: str, sink_for: An
     )
     await queue.bind(ns, "#")
     try:
-        batch = [FlowFile.create("plant/a", json.dumps({"seq": i}).encode()) for i in range(15)]
-        with pytest.raises(RetryableError, match=r"refused 5 of 15 messages for now \(nack"):
+        batch = [FlowFile.create("plant/a", json.dumps({"seq": i}).encode()) for i in range(25)]
+        with pytest.raises(RetryableError, match=r"refused 15 of 25 messages for now \(nack"):
+            await sink.write(batch)
+        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch[:10]]
+        await queue.purge()  # a consumer took them
+        # Sent again (the engine retries): the 10 confirmed are left out, so the batch gets
+        # through, 10 at a time; sending it whole filled the queue with the same 10 at every
+        # try, and the last 15 never went.
+        with pytest.raises(RetryableError, match=r"refused 5 of 15 messages"):
+            await sink.write(batch)
+        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch[10:20]]
+        await queue.purge()
+        assert await sink.write(batch) == []
+        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch[20:]]
+        await queue.purge()
+        # Done: the next batch goes whole.
+        later = [FlowFile.create("plant/a", b"{}") for _ in range(3)]
+        assert await sink.write(later) == []
+        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in later]
+    finally:
+        await connection.close()
+
+
+async def test_a_retried_batch_still_dead_letters_what_came_back(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    sink = await sink_for(queue=None)
+    connection = await aio_pika.connect(rabbitmq.url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(
+        ns, durable=True, arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
+    await queue.bind(ns, "plant.#")
+    try:
+        # The second goes to no queue (returned), the fourth finds the queue full (nacked).
+        topics = ["plant/a", "other/b", "plant/c", "plant/d"]
+        batch = [FlowFile.create(topic, b"{}") for topic in topics]
+        with pytest.raises(RetryableError, match="refused 1 of 4"):
             await sink.write(batch)
         await queue.purge()
-        # Sent again (the engine retries): all of it fits now.
-        with pytest.raises(RetryableError):
-            await sink.write(batch)  # 15 > 10 still: nacked again, nothing is lost
-        await queue.purge()
-        assert await sink.write(batch[:10]) == []
-        assert [m for m, _ in rabbitmq.messages(ns)] == [ff.id for ff in batch[:10]]
+        rejected = await sink.write(batch)
+        assert [r.flowfile.id for r in rejected] == [batch[1].id]
+        assert "no queue for routing key 'other.b'" in rejected[0].reason
+        assert [m for m, _ in rabbitmq.messages(ns)] == [batch[3].id]
     finally:
         await connection.close()
 
