@@ -212,6 +212,16 @@ return errors
 
 # Errors that say "not now" rather than "never": the batch is retried later.
 TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+# The same errors as redis-py hands back a pipelined command's: it cuts the code it knows off
+# the text ("OOM command not allowed ..." reads "command not allowed ..."), the class says it.
+TRANSIENT_ERRORS = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.MasterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 
@@ -867,6 +877,8 @@ class RedisSink(Sink):
             answers = await pipe.execute(raise_on_error=False)
         refused = {}
         for key, answer in zip(latest, answers, strict=True):
+            if isinstance(answer, TRANSIENT_ERRORS):
+                raise answer  # Redis full (part way), loading ...: the batch is retried
             if isinstance(answer, redis_errors.ResponseError):
                 refused[key] = self._refused(latest[key], answer.args[0] if answer.args else answer)
             elif isinstance(answer, Exception):
@@ -898,6 +910,8 @@ class RedisSink(Sink):
         rejected = []
         # zip stops at the batch's end: the LTRIM answers that follow are not rows.
         for ff, answer in zip(batch, answers, strict=False):
+            if isinstance(answer, TRANSIENT_ERRORS):
+                raise answer  # Redis full (part way), loading ...: the batch is retried
             if isinstance(answer, redis_errors.ResponseError):
                 rejected.append(self._refused(ff, answer.args[0] if answer.args else answer))
             elif isinstance(answer, Exception):

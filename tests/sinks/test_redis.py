@@ -393,6 +393,50 @@ async def test_publish_mode_reaches_a_subscriber_once(client: Any, ns: str, sink
 # --- failures -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"mode": "stream", "dedupe": False},
+        {"mode": "list", "dedupe": False, "value": "envelope"},
+        {"mode": "hash"},
+    ],
+    ids=["stream-plain", "list-plain", "hash"],
+)
+async def test_out_of_memory_part_way_is_retried_not_dead_lettered(
+    redis_factory: Any, ns: str, keys: dict[str, Any]
+) -> None:
+    # Redis fills up in the middle of a pipelined batch: redis-py hands back the rows after
+    # that point as OutOfMemoryError with the "OOM" code cut off, so they read as refused for
+    # good and went to the dead letters; a full Redis is retried, like the batch as a whole.
+    server = redis_factory()
+    admin = aioredis.Redis.from_url(server.url)
+    sink = make_sink(server.url, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe", **keys)
+    await sink.connect()
+    try:
+        batch = [FlowFile.create(f"s/{i}", json.dumps({"i": i}).encode()) for i in range(300)]
+        assert await sink.write(batch[:3]) == []
+        used = (await admin.info("memory"))["used_memory"]
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", str(used + 4000))
+        with pytest.raises(RetryableError, match="maxmemory"):
+            await sink.write(batch)
+        await admin.config_set("maxmemory", "0")
+        assert await write_until_delivered(sink, batch) == []
+        found = set()
+        for key in await data_keys(admin, ns):
+            kind = await admin.type(key)
+            if kind == b"stream":
+                found |= {f[b"id"].decode() for _, f in await admin.xrange(key)}
+            elif kind == b"list":
+                found |= {json.loads(v)["id"] for v in await admin.lrange(key, 0, -1)}
+            else:
+                found.add((await admin.hget(key, "id")).decode())
+        assert found == {ff.id for ff in batch}  # at least once: repeats are allowed here
+    finally:
+        await sink.close()
+        await admin.aclose()
+
+
 async def test_out_of_memory_is_retryable_and_nothing_is_lost(redis_factory: Any, ns: str) -> None:
     server = redis_factory()
     admin = aioredis.Redis.from_url(server.url)
