@@ -12,8 +12,10 @@ A batch counts as delivered, and the sink's cursor moves on, only after the
 broker has sent a PUBACK for every message of it; at most `max_inflight`
 messages (and never more than the broker's Receive Maximum) wait for their
 PUBACK at any time. If the connection drops before all PUBACKs arrived, the
-batch is sent again after reconnecting, whole: delivery is **at least once**,
-and a subscriber may see a message twice after an outage. With
+batch is sent again after reconnecting, without what the broker acknowledged of
+it; after a restart of the gateway or a reload of the sink, all of it goes again:
+delivery is **at least once**, and a subscriber may see a message twice after an
+outage (one whose PUBACK was lost, or a batch sent again after a crash). With
 `user_properties: true` (MQTT 5) each message carries its FlowFile `id` as a
 user property, so a consumer that cares can drop repeats by id.
 
@@ -24,7 +26,10 @@ a newline, or a Unicode non-character such as U+FFFF: Mosquitto closes the
 connection on any of these), an attribute holding such a character with
 `user_properties: true`, or a message larger than the broker's Maximum Packet
 Size goes to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
-0x97 Quota exceeded retries the batch later.
+0x97 Quota exceeded or 0x91 Packet identifier in use sends that message again later.
+MQTT 3.1.1 (`protocol: 4`) has no way to refuse a message: a broker whose ACL denies
+a topic acknowledges the message and drops it (Mosquitto does), so nothing reaches
+the dead letters; use MQTT 5 where refusals must be seen.
 
 A broker that refuses the sink when it starts (user name or password, client id,
 Not authorized, banned, a TLS certificate either side does not trust, TLS files
@@ -269,6 +274,10 @@ class MqttSink(Sink):
         # Packet id -> position in the batch being written, for messages not yet acked.
         self._inflight: dict[int, int] = {}
         self._refused: dict[int, int] = {}  # position -> reason code
+        self._acked: list[int] = []  # positions the broker took (PUBACK, success)
+        # What the broker settled of a batch whose write failed, by FlowFile id: None taken,
+        # else refused for good. The engine sends that batch again; only the rest goes.
+        self._settled: dict[str, Rejected | None] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 0
         self._lost: str | None = None
@@ -385,6 +394,8 @@ class MqttSink(Sink):
             return  # from an earlier batch or connection: nothing waits for it
         if reason >= 0x80:
             self._refused[position] = reason
+        else:
+            self._acked.append(position)
         waiter = self._waiter
         if waiter is not None and len(self._inflight) <= self._wake_at and not waiter.done():
             waiter.set_result(None)
@@ -409,6 +420,18 @@ class MqttSink(Sink):
         if not batch:
             return []
         async with self._lock:
+            settled, earlier = self._settled, []
+            if settled:
+                # A try of this batch failed: what the broker took (or refused for good) then
+                # is not sent again, so a batch that fails part way still gets through.
+                ids = {ff.id for ff in batch}
+                for gone in [key for key in settled if key not in ids]:  # no longer in it
+                    del settled[gone]
+                earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+                batch = [ff for ff in batch if ff.id not in settled]
+                if not batch:
+                    settled.clear()
+                    return earlier
             client = await self._open()
             try:
                 async with asyncio.timeout(self.config.timeout):
@@ -417,14 +440,30 @@ class MqttSink(Sink):
                 waiting = len(self._inflight)
                 self._lost = "timed out"
                 await self._drop()
+                self._settle(batch)
                 raise RetryableError(
                     f"{waiting} of {len(batch)} messages got no PUBACK within "
-                    f"{self.config.timeout:g}s; the batch will be sent again"
+                    f"{self.config.timeout:g}s; the rest of the batch will be sent again"
                 ) from err
+            except RetryableError:
+                self._settle(batch)
+                raise
             finally:
                 self._inflight.clear()
                 self._refused.clear()
-        return rejected
+                self._acked.clear()
+            settled.clear()
+        return earlier + rejected
+
+    def _settle(self, batch: list[FlowFile]) -> None:
+        """Keeps what the broker answered of this try, for a retry of the batch to leave out."""
+        settled = self._settled
+        for position in self._acked:
+            settled[batch[position].id] = None
+        for position, code in self._refused.items():
+            if code not in RETRY_REASONS:
+                ff = batch[position]
+                settled[ff.id] = Rejected(ff, f"mqtt: the broker refused it: {puback_reason(code)}")
 
     async def _publish(self, client: Client, batch: list[FlowFile]) -> list[Rejected]:
         cfg = self.config
@@ -479,13 +518,13 @@ class MqttSink(Sink):
         if self._lost is not None:
             raise RetryableError(
                 f"{self._lost} with {len(inflight)} of {len(batch)} messages unacknowledged;"
-                " the batch will be sent again (at least once)"
+                " those and the rest of the batch will be sent again (at least once)"
             )
         retry = [code for code in self._refused.values() if code in RETRY_REASONS]
         if retry:
             raise RetryableError(
                 f"the broker refused {len(retry)} messages for now "
-                f"({puback_reason(retry[0])}); the batch will be sent again"
+                f"({puback_reason(retry[0])}); those will be sent again"
             )
         for position, code in sorted(self._refused.items()):
             rejected.append(

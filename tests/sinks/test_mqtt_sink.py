@@ -326,6 +326,32 @@ async def test_a_connection_lost_mid_batch_is_retryable_then_delivered(
     assert {json.loads(p)["i"] for _, p, _ in received} == set(range(100))
 
 
+async def test_a_batch_retried_after_a_lost_connection_leaves_out_what_was_acked(
+    mosquitto: servers.Mosquitto, proxy: Proxy, ns: str, collect: Any
+) -> None:
+    collector = collect(mosquitto, ns)
+    sink = make_sink(f"mqtt://127.0.0.1:{proxy.port}", topic=f"{ns}/{{topic}}", max_inflight=10)
+    await sink.connect()
+    try:
+        batch = [FlowFile.create("s", json.dumps({"i": i}).encode()) for i in range(3000)]
+        writing = asyncio.ensure_future(sink.write(batch))
+        await collector.settled(at_least=500, quiet=0, limit=10)
+        proxy.flowing.clear()  # the PUBACKs from here on are held, then the connection cut
+        await collector.settled(quiet=0.3, limit=5)
+        proxy.cut()
+        with pytest.raises(RetryableError, match=r"unacknowledged"):
+            await asyncio.wait_for(writing, 10)
+        proxy.flowing.set()
+        assert await write_until_delivered(sink, batch) == []
+    finally:
+        await sink.close()
+    received = await collector.settled(at_least=3000)
+    assert {json.loads(p)["i"] for _, p, _ in received} == set(range(3000))
+    # Sent again: only what got no PUBACK (at most the window of 10, plus PUBACKs that were
+    # on their way); the whole batch went again before, the first 500 and more twice.
+    assert len(received) <= 3000 + 10 + 10
+
+
 async def test_a_stopped_broker_is_retryable_and_everything_arrives(
     mosquitto_factory: Any, ns: str, collect: Any
 ) -> None:
