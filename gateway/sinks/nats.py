@@ -17,10 +17,12 @@ their acknowledgement at a time.
 Effectively once into the stream, as long as a FlowFile written again arrives within
 the stream's duplicate window (`duplicate_window`, 2 minutes by default in JetStream):
 the gateway only ever writes again the batch that was in flight when something
-failed, at once after a crash, or after an outage once the server is back. An outage
-longer than the window can leave a copy of that one batch (at most `batch.max_rows`
-messages); give the stream a longer window (`create_stream.duplicate_window`, e.g.
-1h) where that matters.
+failed, at once after a crash, or after an outage once the server is back; a retry
+while it runs leaves out what JetStream had acknowledged of it (stored, or refused
+for good). An outage longer than the window can leave a copy of what of that one
+batch got no acknowledgement (at most `batch.max_rows` messages; the whole batch
+after a crash); give the stream a longer window (`create_stream.duplicate_window`,
+e.g. 1h) where that matters.
 
 Subjects. `subject` holds `{topic}`, `{gateway}` (the gateway id) and `{sink}` (this
 sink's name), e.g. `plant.{gateway}.{topic}`. Each MQTT topic level becomes one NATS
@@ -514,12 +516,18 @@ class NatsSink(Sink):
         self._nc: Any = None
         self._inbox = ""
         self._batch: _Batch | None = None
+        self._last: _Batch | None = None  # the batch of the latest try, for write() to settle
         self._batches = 0
         # {gateway} and {sink} are fixed: resolve them now; {topic} is filled per FlowFile.
         template = config.subject.replace("{topic}", "\0")
         template = template.format(gateway=token(ctx.gateway_id), sink=token(ctx.name))
         self._subject_parts = template.split("\0")
         self.duplicates = 0
+        # What JetStream settled of a batch whose write failed, by FlowFile id: None stored,
+        # else refused for good. The engine sends that batch again; only the rest goes (a
+        # stream full for part of it answered "duplicate" to all the rest at every try, and
+        # past the duplicate window stored it again).
+        self._settled: dict[str, Rejected | None] = {}
 
     def status(self) -> dict[str, object]:
         return {"duplicates": self.duplicates}
@@ -686,9 +694,35 @@ class NatsSink(Sink):
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         if not batch:
             return []
+        settled, earlier = self._settled, []
+        if settled:
+            ids = {ff.id for ff in batch}
+            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
+                del settled[gone]
+            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+            batch = [ff for ff in batch if ff.id not in settled]
+            if not batch:
+                settled.clear()
+                return earlier
+        self._last = None
+        try:
+            rejected = await self._write(batch)
+        except RetryableError:
+            # Answered before the failure: stored (or a duplicate), or refused for good.
+            state = self._last
+            if state is not None:
+                for index, answer in enumerate(state.answers):
+                    if answer is not None:
+                        ff = batch[index]
+                        settled[ff.id] = Rejected(ff, f"nats: {answer}") if answer else None
+            raise
+        settled.clear()
+        return earlier + rejected
+
+    async def _write(self, batch: list[FlowFile]) -> list[Rejected]:
         nc = await self._open()
         self._batches += 1
-        state = self._batch = _Batch(self._batches, len(batch))
+        state = self._batch = self._last = _Batch(self._batches, len(batch))
         cfg = self.config
         limit = nc.max_payload
         try:

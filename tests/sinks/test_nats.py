@@ -515,3 +515,49 @@ async def test_a_topic_never_reaches_the_servers_own_subjects(
     # a `$` anywhere else in the topic, or after a prefix of the template's, is just a character
     prefixed = make_sink(nats_cluster.urls, subject="edge.{topic}")
     assert prefixed.subject_of("$JS/API") == "edge.$JS.API"
+
+
+async def test_a_batch_retried_after_a_full_stream_leaves_out_what_was_stored(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    # A work queue that holds 5 messages and refuses more (discard new): each try of a batch
+    # of 12 stores what fits, then a consumer takes them. Sent whole again, what the stream had
+    # stored came back as duplicates at every try (and was stored again past the window).
+    nc = await nats.connect(servers=nats_cluster.urls)
+    js = nc.jetstream()
+    await js.add_stream(
+        js_api.StreamConfig(
+            name=ns.upper(),
+            subjects=[f"{ns}.>"],
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            max_msgs=5,
+            discard=js_api.DiscardPolicy.NEW,
+            num_replicas=3,
+        )
+    )
+    consumer = await js.pull_subscribe(f"{ns}.>", "taker", stream=ns.upper())
+    taken: list[str] = []
+
+    async def take(count: int) -> None:
+        for message in await consumer.fetch(count, timeout=10):
+            taken.append(message.headers["Nats-Msg-Id"])
+            await message.ack_sync()
+
+    try:
+        async with closing(
+            lambda: connected(make_sink(nats_cluster.urls, subject=f"{ns}.{{topic}}"))
+        ) as opened:
+            sink = await opened()
+            batch = [FlowFile.create("t", json.dumps({"i": i}).encode()) for i in range(12)]
+            with pytest.raises(RetryableError, match="maximum messages exceeded"):
+                await sink.write(batch)
+            await take(5)
+            with pytest.raises(RetryableError, match="maximum messages exceeded"):
+                await sink.write(batch)
+            await take(5)
+            assert await sink.write(batch) == []
+            await take(2)
+            assert sink.status()["duplicates"] == 0
+    finally:
+        await nc.close()
+    assert taken == [ff.id for ff in batch]
