@@ -928,6 +928,39 @@ class RabbitMQ(Server):
         finally:
             await connection.close()
 
+    def declare(
+        self, exchange: str, exchange_type: str, durable: bool, queue: str | None = None
+    ) -> None:
+        """Declare `exchange` (as an operator would), and `queue` bound to it by `#`."""
+        _run_async(self._declare(exchange, exchange_type, durable, queue))
+
+    async def _declare(
+        self, exchange: str, exchange_type: str, durable: bool, queue: str | None
+    ) -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(self.url)
+        try:
+            channel = await connection.channel()
+            declared = await channel.declare_exchange(exchange, exchange_type, durable=durable)
+            if queue is not None:
+                await (await channel.declare_queue(queue, durable=True)).bind(declared, "#")
+        finally:
+            await connection.close()
+
+    def delete_exchange(self, exchange: str) -> None:
+        """Delete `exchange` (its bindings go with it)."""
+        _run_async(self._delete_exchange(exchange))
+
+    async def _delete_exchange(self, exchange: str) -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(self.url)
+        try:
+            await (await connection.channel()).exchange_delete(exchange)
+        finally:
+            await connection.close()
+
     def messages(self, queue: str) -> list[tuple[str | None, bytes]]:
         """(message_id, body) of every message ready in `queue`, oldest first, left in it
         (read without acknowledging; closing the connection puts them back)."""

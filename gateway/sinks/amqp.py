@@ -422,6 +422,7 @@ class AmqpSink(Sink):
 
     def __init__(self, config: AmqpSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
+        self._ran = False  # connected once: a refusal from now on is retried
         self.config: AmqpSinkConfig = config
         self.exchange_name = config.exchange.format(gateway=ctx.gateway_id, sink=ctx.name)
         template = config.routing_key.replace("{topic}", "\0")
@@ -456,8 +457,12 @@ class AmqpSink(Sink):
         refuses us: user or password, the vhost, a permission, an exchange or queue that
         exists with other settings or does not exist, a TLS certificate.
         """
+        # A refusal stops the sink only at its start; once it ran, the same refusal is retried
+        # (the operator may be changing the broker's side): the engine reconnects with this.
+        permanent = RetryableError if self._ran else PermanentError
         async with self._lock:
-            await self._open(permanent=PermanentError)
+            await self._open(permanent=permanent)
+        self._ran = True
 
     async def close(self) -> None:
         async with self._lock:
@@ -717,7 +722,7 @@ class AmqpSink(Sink):
             raise RetryableError(
                 f"{self.where} refused {state.nacked} of {len(batch)} messages for now (nack:"
                 " a queue full with overflow reject-publish, or an error of the broker's);"
-                " the batch will be sent again (at least once)"
+                " those will be sent again (at least once)"
             )
         if state.returned:
             positions = {ff.id: position for position, ff in enumerate(batch)}

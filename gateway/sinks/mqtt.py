@@ -264,6 +264,7 @@ class MqttSink(Sink):
 
     def __init__(self, config: MqttSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
+        self._ran = False  # connected once: a refusal from now on is retried
         self.config: MqttSinkConfig = config
         self.host, self.port, self.tls = parse_url(config.url)
         self.client_id = config.client_id or f"edge-stream-{ctx.gateway_id}-{ctx.name}"
@@ -296,8 +297,12 @@ class MqttSink(Sink):
         refuses us: user name or password, client id, authorization, a TLS certificate
         either side does not trust.
         """
+        # A refusal stops the sink only at its start; once it ran, the same refusal is retried
+        # (the operator may be changing the broker's side): the engine reconnects with this.
+        permanent = RetryableError if self._ran else PermanentError
         async with self._lock:
-            await self._open(permanent=PermanentError)
+            await self._open(permanent=permanent)
+        self._ran = True
 
     async def close(self) -> None:
         async with self._lock:

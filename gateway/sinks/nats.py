@@ -512,6 +512,7 @@ class NatsSink(Sink):
 
     def __init__(self, config: NatsSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
+        self._ran = False  # connected once: a refusal from now on is retried
         self.config: NatsSinkConfig = config
         self._nc: Any = None
         self._inbox = ""
@@ -537,7 +538,10 @@ class NatsSink(Sink):
     async def connect(self) -> None:
         """Connect, then create or check the stream. PermanentError when the server refuses
         the credentials or the certificate, or the stream exists with other subjects."""
-        await self._open(permanent=PermanentError)
+        # A refusal stops the sink only at its start; once it ran, the same refusal is retried
+        # (the operator may be changing the broker's side): the engine reconnects with this.
+        await self._open(permanent=RetryableError if self._ran else PermanentError)
+        self._ran = True
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

@@ -505,6 +505,7 @@ class RedisSink(Sink):
 
     def __init__(self, config: RedisSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
+        self._ran = False  # connected once: a refusal from now on is retried
         self.config: RedisSinkConfig = config
         self._client: Any = None
         self._script_sha: str | None = None
@@ -530,7 +531,10 @@ class RedisSink(Sink):
         if it refuses us: user or password, an ACL permission, a TLS certificate, or
         `cluster: true` on a server that is no cluster node.
         """
-        await self._open(permanent=PermanentError)
+        # A refusal stops the sink only at its start; once it ran, the same refusal is retried
+        # (the operator may be changing the broker's side): the engine reconnects with this.
+        await self._open(permanent=RetryableError if self._ran else PermanentError)
+        self._ran = True
 
     async def close(self) -> None:
         client, self._client = self._client, None

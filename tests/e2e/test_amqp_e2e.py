@@ -7,7 +7,9 @@ with one clear line in its status and the log, without a traceback or the passwo
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 
 from tests.e2e.harness import GatewayProcess, Publisher, wait_for
 from tests.e2e.upstreams import AmqpUpstream
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -93,3 +96,52 @@ def test_a_refused_password_stops_the_sink_with_one_clear_line(
     assert len(refused) == 1, log
     assert "Traceback" not in log, log
     assert secret not in log and secret not in repr(status), log
+
+
+def test_an_exchange_deleted_while_running_is_retried_until_it_is_back(
+    rabbitmq: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> None:
+    # declare: false, and the operator deletes the exchange, then makes it again: the sink
+    # waits (it had stopped for good at its first reconnect, "fix and reload"), nothing lost.
+    name, port, token = "amqp_gone", free_port(), "a-long-random-token-0123"
+    exchange = {"exchange": name, "exchange_type": "topic", "durable": True}
+    rabbitmq.declare(queue=name, **exchange)
+    gw = gateway_factory(
+        {
+            "sources": {"web": {"type": "http", "tokens": [token], "listen": f"127.0.0.1:{port}"}},
+            "routes": {"all": {"match": "#", "sinks": ["fleet"]}},
+            "sinks": {
+                "fleet": {"type": "amqp", "url": rabbitmq.url, "declare": False, **exchange}
+                | FAST_RETRY
+            },
+        }
+    )
+    gw.start()
+
+    def post(seqs: range) -> None:
+        body = json.dumps([{"seq": seq} for seq in seqs]).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ingest/plant/a",
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+
+    post(range(10))
+    wait_for(lambda: rabbitmq.depth(name) >= 10, 30, "the first 10 in the queue")
+    rabbitmq.delete_exchange(name)
+    post(range(10, 20))
+    wait_for(
+        lambda: "NOT_FOUND" in (gw.sink("fleet")["last_error"] or ""), 30, "the sink to notice"
+    )
+    wait_for(lambda: gw.sink("fleet")["errors"] >= 3, 30, "tries while it is gone")
+    assert gw.sink("fleet")["state"] != "failed", gw.sink("fleet")
+    rabbitmq.declare(queue=name, **exchange)
+    wait_for(lambda: rabbitmq.depth(name) >= 20, 30, "the last 10 once it is back")
+    wait_for(lambda: gw.sink("fleet")["depth"] == 0, 30, "depth 0")
+    seqs = [json.loads(body)["seq"] for _, body in rabbitmq.messages(name)]
+    assert set(seqs) == set(range(20)), seqs
+    assert gw.sink("fleet")["state"] == "running"
+    assert gw.stop() == 0
+    assert "Traceback" not in gw.log_path.read_text(errors="replace")
