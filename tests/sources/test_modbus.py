@@ -161,6 +161,12 @@ async def test_every_type_and_order_decodes(plc: PlcStore) -> None:
         expected[f"modbus/plc1/coil{i}"] = v
     registers["di"] = {"table": "discrete", "address": 100, "type": "bool"}
     expected["modbus/plc1/di"] = True
+    # a coil or discrete input without a type is a bool: it was refused ('use type bool,
+    # not uint16', a type never written)
+    registers["coil_untyped"] = {"table": "coil", "address": 5}
+    expected["modbus/plc1/coil_untyped"] = True
+    registers["di_untyped"] = {"table": "discrete", "address": 100}
+    expected["modbus/plc1/di_untyped"] = True
 
     source = make_source(
         {"url": f"tcp://127.0.0.1:{plc.port}", "interval": "1h", "registers": registers},  # type: ignore[attr-defined]

@@ -46,6 +46,10 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         # was said twice
         ({"url": "tcp://127.0.0.1:5020", "registers": {}},
          "registers: list at least one register"),
+        # heartbeat 0 sent every poll: on_change and the deadbands silently undone
+        ({"url": "tcp://127.0.0.1:5020",
+          "registers": {"x": {"address": 0, "on_change": True, "heartbeat": 0}}},
+         "registers.x.heartbeat: must be more than 0"),
         # a quoted "null" is text: every device's status went retained to topic "null"
         ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
          "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"

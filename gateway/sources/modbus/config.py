@@ -65,13 +65,14 @@ class RegisterConfig:
         Table, Doc("Where the value is: `coil`, `discrete` (input), `holding` or `input` register.")
     ] = "holding"
     type: Annotated[
-        str,
+        str | None,
         Doc(
             "bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, or"
-            " string(N) of N bytes.",
+            " string(N) of N bytes (default: bool in a coil or discrete input, uint16 in a"
+            " register).",
             example="int16",
         ),
-    ] = "uint16"
+    ] = None
     bit: Annotated[
         int | None, Doc("A bool inside a holding or input register: its bit, 0 to 15.")
     ] = None
@@ -117,9 +118,12 @@ class RegisterConfig:
         ),
     ] = 0.0
     deadband_percent: Annotated[float, Doc("The same in percent of the last value sent.")] = 0.0
-    heartbeat: Annotated[Duration | None, Doc("Send an unchanged value again after this long.")] = (
-        None
-    )
+    heartbeat: Annotated[
+        Duration | None,
+        Doc("Send an unchanged value again after this long."),
+        # 0 would send every poll: on_change and the deadbands silently undone.
+        Range(0, None, "must be more than 0", above=True),
+    ] = None
     writable: Annotated[
         bool, Doc("Accept write-back commands for this value (coils and holding registers only).")
     ] = False
@@ -131,15 +135,22 @@ class RegisterConfig:
         ),
     ] = None
 
+    @property
+    def data_type(self) -> str:
+        """The type written, or the table's own: a coil or discrete input holds one bit."""
+        if self.type is not None:
+            return self.type
+        return "bool" if self.table in ("coil", "discrete") else "uint16"
+
     def check(self) -> Iterator[tuple[str, str]]:
         try:
-            info = codec.parse_type(self.type)
+            info = codec.parse_type(self.data_type)
         except ValueError as err:
             yield "type", str(err)
             return
         bits = self.table in ("coil", "discrete")
         if bits and info.kind != "bool":
-            yield "type", f"a {self.table} holds one bit: use type bool, not {self.type}"
+            yield "type", f"a {self.table} holds one bit: use type bool, not {self.data_type}"
         if self.bit is not None:
             if bits or info.kind != "bool":
                 yield "bit", "bit selects a bool inside a holding or input register"
@@ -148,7 +159,7 @@ class RegisterConfig:
         if self.order is not None and (self.byte_order or self.word_order):
             yield "order", "set either order or byte_order/word_order, not both"
         if self.order is not None and len(self.order) == 8 and info.width not in (0, 4):
-            yield "order", f"{self.order} is a 64-bit order; {self.type} is not 64 bits wide"
+            yield "order", f"{self.order} is a 64-bit order; {self.data_type} is not 64 bits wide"
         if self.order in ("CDAB", "DCBA") and info.width == 4 and info.kind in ("int", "float"):
             # A word-swapped order on a 64-bit value: CDAB meant GHEFCDAB (every register
             # reversed), not the CDABGHEF some devices use (not read here): say so, rather
@@ -157,7 +168,7 @@ class RegisterConfig:
             # is per register, whatever its width.
             yield (
                 "order",
-                f"{self.order} is a 32-bit order and {self.type} is 64 bits wide: give the"
+                f"{self.order} is a 32-bit order and {self.data_type} is 64 bits wide: give the"
                 " 8-letter order (GHEFCDAB or HGFEDCBA: every register reversed)",
             )
         if self.scale == 0:
@@ -571,13 +582,13 @@ class ModbusSourceConfig(SourceConfig):
                     problem = f"{reg.address} is below address_base {base}"
                     yield f"{where}registers.{reg_name}.address", problem
                 try:
-                    width = max(codec.parse_type(reg.type).width, 1)
+                    width = max(codec.parse_type(reg.data_type).width, 1)
                 except ValueError:
                     continue
                 if reg.address - base + width > 65536:
                     yield f"{where}registers.{reg_name}.address", "runs past register 65535"
                 if width > self.setting(dev, "max_registers"):
-                    problem = f"{reg.type} takes {width} registers, more than max_registers"
+                    problem = f"{reg.data_type} takes {width} registers, more than max_registers"
                     yield f"{where}registers.{reg_name}.type", problem
             taken = units.setdefault(spec.key, {})
             if dev.unit in taken:

@@ -59,7 +59,7 @@ class Value:
         self.name = name
         self.config = cfg
         self.table = cfg.table
-        self.info = codec.parse_type(cfg.type)
+        self.info = codec.parse_type(cfg.data_type)
         self.bit = cfg.bit
         self.width = max(self.info.width, 1)
         if cfg.order is not None:
