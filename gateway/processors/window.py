@@ -137,6 +137,7 @@ META = "~meta"
 # index ("z") and the chunk size it was made with ("c").
 CHUNK_ROWS = 64
 CHUNK = "~c|"
+HEAP_SLACK = 1024  # stale close-order entries kept before the heap is rebuilt
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
 # group) up to this estimate of their bytes, then forgotten all at once.
@@ -605,6 +606,7 @@ class WindowProcessor(Processor):
         self.early = 0  # windows closed early over the state budget, since start
         self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
+        self._heap_max = HEAP_SLACK  # over it, the heap is rebuilt from the open windows
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
         self._meta: dict[str, Any] = self._fresh_meta()
         self._mono_at_max = ctx.clock.monotonic()
@@ -684,6 +686,7 @@ class WindowProcessor(Processor):
             if self.config.kind == "session":
                 self._sessions.setdefault(acc["g"], []).append(key)
         heapq.heapify(self._heap)
+        self._heap_max = 2 * len(self._heap) + HEAP_SLACK
         if converted:
             # Converted without evicting (a header evicted mid-loop was converted again
             # and put back, both open and pending early emission): the windows over the
@@ -857,6 +860,8 @@ class WindowProcessor(Processor):
                 kv.put(key, acc)
                 placed = True
             start -= every
+        if len(self._heap) > self._heap_max:
+            self._compact_heap()
         return placed
 
     def _add_session(self, group: str, flowfile: FlowFile, t: int, values: list[Any]) -> bool:
@@ -880,7 +885,21 @@ class WindowProcessor(Processor):
         self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
         kv.put(key, acc)
         heapq.heappush(self._heap, (acc["e"], acc["s"], group, key))
+        if len(self._heap) > self._heap_max:
+            self._compact_heap()
         return True
+
+    def _compact_heap(self) -> None:
+        """Rebuild the close order from the open windows. The entries of windows closed
+        early over max_state (and a session's before it grew) would otherwise stay until
+        their end: one per group ever seen in a long window, outside the state budget."""
+        kv = self.kv
+        assert kv is not None
+        self._heap = [
+            (acc["e"], acc["s"], acc["g"], key) for key, acc in kv.items() if key[:1] != "~"
+        ]
+        heapq.heapify(self._heap)
+        self._heap_max = 2 * len(self._heap) + HEAP_SLACK
 
     def _merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         most = self.config.max_values
