@@ -89,6 +89,16 @@ def test_a_valid_config_has_no_problems() -> None:
             },
             "needs {node}",
         ),
+        # the server's deadband filter is for subscribed nodes: on a polled one it was
+        # taken and ignored, every value sent
+        (
+            {"url": "opc.tcp://h", "mode": "poll", "nodes": {"a": {"node": "i=1", "deadband": 1}}},
+            "nodes.a.deadband: applied by the server to subscribed nodes only",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "mode": "poll", "deadband": 1}}},
+            "nodes.a.deadband: applied by the server to subscribed nodes only",
+        ),
     ],
 )
 def test_config_mistakes_are_named(raw: dict[str, Any], expected: str) -> None:

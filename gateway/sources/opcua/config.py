@@ -329,6 +329,12 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
                     f"{name!r}: names use letters, digits, '_', '-' and '.'"
                     " (they become topic levels)",
                 )
+            if node.deadband is not None and (node.mode or self.mode) == "poll":
+                yield (
+                    f"nodes.{name}.deadband",
+                    "applied by the server to subscribed nodes only, and this node is polled:"
+                    " use deadband_percent (applied by the gateway), or mode: subscribe",
+                )
             ident = node.node or f"path:{node.path}"
             if ident in seen:
                 yield f"nodes.{name}", f"reads the same node as {seen[ident]!r}"
