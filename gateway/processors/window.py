@@ -747,7 +747,12 @@ class WindowProcessor(Processor):
         assert kv is not None
         out = []
         for key, acc in kv.take_evicted():
-            if key != META and (early := self._early(acc)) is not None:
+            if key == META:
+                continue
+            if self.config.kind == "session" and key not in kv:
+                # else its group's entry stayed for good (one per group ever seen)
+                self._forget_session(acc["g"], key)
+            if (early := self._early(acc)) is not None:
                 self.early += 1
                 out.append(early)
         return out
@@ -1045,12 +1050,15 @@ class WindowProcessor(Processor):
                 )
             kv.delete(key)
             if self.config.kind == "session":
-                keys = self._sessions.get(group)
-                if keys is not None and key in keys:
-                    keys.remove(key)
-                    if not keys:
-                        del self._sessions[group]
+                self._forget_session(group, key)
         return out
+
+    def _forget_session(self, group: str, key: str) -> None:
+        keys = self._sessions.get(group)
+        if keys is not None and key in keys:
+            keys.remove(key)
+            if not keys:
+                del self._sessions[group]
 
     def _emit(self, acc: dict[str, Any], early: bool = False) -> FlowFile:
         body: dict[str, Any] = {

@@ -590,7 +590,8 @@ def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
 def test_windows_closed_early_leave_nothing_behind_in_memory(kind: str) -> None:
     """The close order of windows evicted over max_state was kept until their end: one
     entry per group ever seen in a 1h window, outside the budget (0.4 kB each, 100 MB
-    for 250,000 groups under a 4 MiB max_state)."""
+    for 250,000 groups under a 4 MiB max_state); a session window's list of its group's
+    sessions kept an evicted one for good."""
     shape = {"tumbling": {"size": "1h"}, "hopping": {"size": "1h", "every": "30m"},
              "session": {"gap": "1h"}}[kind]  # fmt: skip
     clock = FakeClock()
@@ -611,7 +612,7 @@ def test_windows_closed_early_leave_nothing_behind_in_memory(kind: str) -> None:
     for body in outputs(out):
         per_group[body["group"]] = per_group.get(body["group"], 0) + body["count"]
     assert per_group == {str(i): 2 if kind == "hopping" else 1 for i in range(20_000)}
-    assert _windows(processor.kv) == 0 and not processor._heap
+    assert _windows(processor.kv) == 0 and not processor._heap and not processor._sessions
 
 
 def test_a_window_closed_early_and_its_continuation_have_two_ids() -> None:
