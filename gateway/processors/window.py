@@ -137,7 +137,11 @@ META = "~meta"
 # index ("z") and the chunk size it was made with ("c").
 CHUNK_ROWS = 64
 CHUNK = "~c|"
-HEAP_SLACK = 1024  # stale close-order entries kept before the heap is rebuilt
+# The close order is rebuilt once it holds more than twice the open windows and this many:
+# its stale entries (windows closed early, a session's before it grew) then outnumber the
+# open windows, so each rebuild is paid for by as many events; a growing state alone never
+# rebuilds it.
+HEAP_SLACK = 1024
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # Output topics made from a template with {topic.N} or {group}, remembered per (topic,
 # group) up to this estimate of their bytes, then forgotten all at once.
@@ -606,7 +610,6 @@ class WindowProcessor(Processor):
         self.early = 0  # windows closed early over the state budget, since start
         self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
-        self._heap_max = HEAP_SLACK  # over it, the heap is rebuilt from the open windows
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
         self._meta: dict[str, Any] = self._fresh_meta()
         self._mono_at_max = ctx.clock.monotonic()
@@ -686,7 +689,6 @@ class WindowProcessor(Processor):
             if self.config.kind == "session":
                 self._sessions.setdefault(acc["g"], []).append(key)
         heapq.heapify(self._heap)
-        self._heap_max = 2 * len(self._heap) + HEAP_SLACK
         if converted:
             # Converted without evicting (a header evicted mid-loop was converted again
             # and put back, both open and pending early emission): the windows over the
@@ -865,7 +867,7 @@ class WindowProcessor(Processor):
                 kv.put(key, acc)
                 placed = True
             start -= every
-        if len(self._heap) > self._heap_max:
+        if len(self._heap) > 2 * len(kv) + HEAP_SLACK:
             self._compact_heap()
         return placed
 
@@ -890,7 +892,7 @@ class WindowProcessor(Processor):
         self._sessions[group] = [k for k in keys if k not in near and k in kv] + [key]
         kv.put(key, acc)
         heapq.heappush(self._heap, (acc["e"], acc["s"], group, key))
-        if len(self._heap) > self._heap_max:
+        if len(self._heap) > 2 * len(kv) + HEAP_SLACK:
             self._compact_heap()
         return True
 
@@ -904,7 +906,6 @@ class WindowProcessor(Processor):
             (acc["e"], acc["s"], acc["g"], key) for key, acc in kv.items() if key[:1] != "~"
         ]
         heapq.heapify(self._heap)
-        self._heap_max = 2 * len(self._heap) + HEAP_SLACK
 
     def _merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         most = self.config.max_values
