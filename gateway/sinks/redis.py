@@ -34,8 +34,11 @@ them under memory pressure and a batch written again after that would be stored
 twice; `noeviction` or a `volatile-*` policy keeps them. Give each sink that
 writes to the same Redis its own `dedupe_prefix` (the default, edge:<sink name>,
 does), and keep it apart from the data keys. `dedupe: false` writes without the
-script (faster; a batch written again after a crash is stored twice). Hash mode
-needs no dedupe: writing the same values again changes nothing.
+script (faster; a batch written again after a crash or a reload, or after a
+connection lost before Redis answered, is stored twice; a retry while the sink
+runs after Redis refused part of a batch for now, say out of memory, leaves out
+what Redis had taken of it). Hash mode needs no dedupe: writing the same values
+again changes nothing.
 
 A value Redis refuses for good (say the key holds another type: WRONGTYPE) sends
 that FlowFile to the dead-letter table; the rest are delivered. Connection
@@ -307,7 +310,9 @@ class RedisSinkConfig(SinkConfig):
         bool,
         Doc(
             "Skip FlowFiles written already (their ids are among the recent ones);"
-            " `false` is faster, but a batch written again after a crash is stored twice."
+            " `false` is faster, but a batch written again after a crash, a reload or a lost"
+            " connection is stored twice (a retry after Redis refused part of it for now, out"
+            " of memory, leaves out what Redis had taken)."
         ),
     ] = True
     dedupe_window: Annotated[
@@ -514,12 +519,20 @@ class RedisSink(Sink):
         self._key_parts = template.split("\0")
         self._prefix = config.dedupe_prefix or f"edge:{ctx.name}"
         self.window = config.dedupe_window or max(10 * config.batch.max_rows, 10_000)
+        # What Redis settled of a batch whose write failed part way (dedupe: false), by
+        # FlowFile id: None taken, else refused for good. The engine sends that batch again;
+        # only the rest goes (a pipeline is no transaction: what ran before Redis filled up
+        # stays, and each try stored it again).
+        self._settled: dict[str, Rejected | None] = {}
 
     def update(self, config: RedisSinkConfig) -> bool:
         """In place unless the dedupe window follows `batch.max_rows` and that changed."""
         if config.dedupe_window is None and config.batch.max_rows != self.config.batch.max_rows:
             return False
         self.config = config
+        # Forget what was settled: a new dict, as a write still in flight goes on storing
+        # into the one it took (cleared, that one would fill again behind the reload).
+        self._settled = {}
         return True
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -647,8 +660,21 @@ class RedisSink(Sink):
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         if not batch:
             return []
+        # this write's own: a reload (update) meanwhile gives the sink a new one
+        settled, earlier = self._settled, []
+        if settled:
+            # A try of this batch failed part way: what Redis took (or refused for good)
+            # then is not written again.
+            ids = {ff.id for ff in batch}
+            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
+                del settled[gone]
+            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+            batch = [ff for ff in batch if ff.id not in settled]
+            if not batch:
+                settled.clear()
+                return earlier
         client = await self._open()
-        refused = []
+        refused = earlier
         if not all(ff.topic.isascii() and "\0" not in ff.topic for ff in batch):
             # A topic that cannot name a key (rare): refuse those rows, write the rest.
             rows = []
@@ -660,14 +686,16 @@ class RedisSink(Sink):
                     rows.append(ff)
             batch = rows
             if not batch:
+                settled.clear()
                 return refused
         try:
             async with asyncio.timeout(self.config.timeout):
                 if self.config.mode == "hash":
-                    return refused + await self._write_hashes(client, batch)
-                if self._uses_script:
-                    return refused + await self._write_once(client, batch)
-                return refused + await self._write_plain(client, batch)
+                    rejected = await self._write_hashes(client, batch)
+                elif self._uses_script:
+                    rejected = await self._write_once(client, batch)
+                else:
+                    rejected = await self._write_plain(client, batch, settled)
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as err:
             await self._reset()
             raise RetryableError(f"lost {safe_redis_url(self.config.url)}: {err}") from err
@@ -684,6 +712,8 @@ class RedisSink(Sink):
             raise RetryableError(
                 f"{safe_redis_url(self.config.url)} refused the batch: {reason}"
             ) from err
+        settled.clear()
+        return refused + rejected
 
     def _values(self, ff: FlowFile) -> tuple[Any, ...]:
         if self.config.mode in ("stream", "hash"):
@@ -891,8 +921,13 @@ class RedisSink(Sink):
             Rejected(ff, refused[k].reason) for ff in batch if (k := self._key(ff.topic)) in refused
         ]
 
-    async def _write_plain(self, client: Any, batch: list[FlowFile]) -> list[Rejected]:
-        """Without markers: pipelined XADD / RPUSH+LTRIM / PUBLISH; at least once."""
+    async def _write_plain(
+        self, client: Any, batch: list[FlowFile], settled: dict[str, Rejected | None]
+    ) -> list[Rejected]:
+        """Without markers: pipelined XADD / RPUSH+LTRIM / PUBLISH; at least once.
+
+        When the batch fails part way, what Redis answered of it goes into `settled`.
+        """
         mode, maxlen = self.config.mode, self.config.maxlen
         keys = [self._key(ff.topic) for ff in batch]
         async with client.pipeline(transaction=False) as pipe:
@@ -911,13 +946,22 @@ class RedisSink(Sink):
                 for key in dict.fromkeys(keys):
                     pipe.ltrim(key, -maxlen, -1)
             answers = await pipe.execute(raise_on_error=False)
-        rejected = []
-        # zip stops at the batch's end: the LTRIM answers that follow are not rows.
-        for ff, answer in zip(batch, answers, strict=False):
-            if isinstance(answer, TRANSIENT_ERRORS):
-                raise answer  # Redis full (part way), loading ...: the batch is retried
-            if isinstance(answer, redis_errors.ResponseError):
-                rejected.append(self._refused(ff, answer.args[0] if answer.args else answer))
-            elif isinstance(answer, Exception):
-                raise answer
+        rejected: list[Rejected] = []
+        try:
+            # zip stops at the batch's end: the LTRIM answers that follow are not rows.
+            for ff, answer in zip(batch, answers, strict=False):
+                if isinstance(answer, TRANSIENT_ERRORS):
+                    raise answer  # Redis full (part way), loading ...: the batch is retried
+                if isinstance(answer, redis_errors.ResponseError):
+                    rejected.append(self._refused(ff, answer.args[0] if answer.args else answer))
+                elif isinstance(answer, Exception):
+                    raise answer
+        except redis_errors.RedisError:
+            # No transaction: the commands that answered OK ran and stay; the retry of this
+            # batch leaves them out, and those refused for good.
+            for ff, answer in zip(batch, answers, strict=False):
+                if not isinstance(answer, Exception):
+                    settled[ff.id] = None
+            settled.update((r.flowfile.id, r) for r in rejected)
+            raise
         return rejected

@@ -437,6 +437,47 @@ async def test_out_of_memory_part_way_is_retried_not_dead_lettered(
         await admin.aclose()
 
 
+@pytest.mark.parametrize(
+    ("keys", "ids_in"),
+    [
+        ({"mode": "stream", "dedupe": False}, stream_ids),
+        ({"mode": "list", "dedupe": False, "value": "envelope"}, list_ids),
+    ],
+    ids=["stream-plain", "list-plain"],
+)
+async def test_out_of_memory_part_way_retries_only_the_rest(
+    redis_factory: Any, ns: str, keys: dict[str, Any], ids_in: Callable[..., Any]
+) -> None:
+    # A pipeline is no transaction: the rows before the OOM are in. Sent whole again, each
+    # try stored them once more (and with MAXLEN ~ / LTRIM the copies trimmed real entries).
+    server = redis_factory()
+    admin = aioredis.Redis.from_url(server.url)
+    sink = make_sink(server.url, key=f"{ns}:{{topic}}", dedupe_prefix=f"{ns}-dedupe", **keys)
+    await sink.connect()
+    try:
+        first = [FlowFile.create(f"s/{i}", b"{}") for i in range(3)]  # the keys exist
+        assert await sink.write(first) == []
+        # 2 kB a row: room for about 60 of them besides what the pipeline's bytes take
+        pad = "x" * 2000
+        batch = [
+            FlowFile.create(f"s/{i % 3}", json.dumps({"i": i, "pad": pad}).encode())
+            for i in range(300)
+        ]
+        used = (await admin.info("memory"))["used_memory"]
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", str(used + 200_000))
+        with pytest.raises(RetryableError, match="maxmemory"):
+            await sink.write(batch)
+        assert 3 < len(await ids_in(admin, ns)) < 303  # part way: some of the batch is in
+        await admin.config_set("maxmemory", "0")
+        assert await write_until_delivered(sink, batch) == []
+        found = Counter(await ids_in(admin, ns))
+        assert found == Counter(ff.id for ff in first + batch)  # each once
+    finally:
+        await sink.close()
+        await admin.aclose()
+
+
 async def test_out_of_memory_is_retryable_and_nothing_is_lost(redis_factory: Any, ns: str) -> None:
     server = redis_factory()
     admin = aioredis.Redis.from_url(server.url)
