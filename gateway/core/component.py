@@ -268,6 +268,26 @@ class Rejected(NamedTuple):
     reason: str
 
 
+# What a failed try of a batch settled, by FlowFile id: None taken by the upstream, or
+# its refusal for good. A sink keeps one, so that a retry sends only the rest.
+Settled = dict[str, Rejected | None]
+
+
+def unsettled(settled: Settled, batch: list[FlowFile]) -> tuple[list[FlowFile], list[Rejected]]:
+    """The FlowFiles of `batch` that an earlier failed try did not settle, and what it
+    refused of them for good. An upstream that takes part of a batch and fails the rest
+    (a receiver failing one request in a few, a queue that nacks past its length) would
+    otherwise be sent the whole batch at every try, and no large batch would get through
+    (or each try would add copies). What is no longer in `batch` is forgotten."""
+    if not settled:
+        return batch, []
+    ids = {ff.id for ff in batch}
+    for gone in [key for key in settled if key not in ids]:
+        del settled[gone]
+    earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
+    return [ff for ff in batch if ff.id not in settled], earlier
+
+
 class Sink:
     """Base for sinks: `connect / write(batch) / close`.
 

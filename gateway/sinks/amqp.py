@@ -126,7 +126,7 @@ from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_syntax_problem
 from gateway.core.clock import rfc3339
-from gateway.core.component import Context, Rejected, Sink
+from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
@@ -439,7 +439,7 @@ class AmqpSink(Sink):
         # What the broker settled of a batch whose write failed, by FlowFile id: None
         # confirmed (ack), else refused for good. The engine sends that batch again; only the
         # rest goes (a queue with room for part of a batch nacked the rest at every try).
-        self._settled: dict[str, Rejected | None] = {}
+        self._settled: Settled = {}
         self._lock = asyncio.Lock()
         self.unroutable = 0  # messages returned and dropped (unroutable: drop)
 
@@ -636,18 +636,12 @@ class AmqpSink(Sink):
         if not batch:
             return []
         async with self._lock:
-            settled, earlier = self._settled, []
-            if settled:
-                # A try of this batch failed: what the broker confirmed then (or returned as
-                # unroutable) is not sent again.
-                ids = {ff.id for ff in batch}
-                for gone in [key for key in settled if key not in ids]:  # no longer in it
-                    del settled[gone]
-                earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
-                batch = [ff for ff in batch if ff.id not in settled]
-                if not batch:
-                    settled.clear()
-                    return earlier
+            settled = self._settled
+            # what the broker confirmed (or returned as unroutable) is not sent again
+            batch, earlier = unsettled(settled, batch)
+            if not batch:
+                settled.clear()
+                return earlier
             client = await self._open()
             try:
                 async with asyncio.timeout(self.config.timeout):

@@ -127,7 +127,7 @@ from gateway.config.schema import (
 )
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
-from gateway.core.component import Context, Rejected, Sink
+from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import (
     MissingError,
     PermanentError,
@@ -426,7 +426,7 @@ class HttpSink(Sink):
         self.refused = 0
         # What the requests of a write that failed settled, by FlowFile id: None delivered
         # (2xx), else refused for good. The engine sends that batch again; only the rest goes.
-        self._settled: dict[str, Rejected | None] = {}
+        self._settled: Settled = {}
 
     def update(self, config: HttpSinkConfig) -> bool:
         self.config = config
@@ -570,15 +570,8 @@ class HttpSink(Sink):
         if self._session is None:
             await self.connect()
         # this write's own: a reload (update) meanwhile gives the sink a new one
-        settled, earlier = self._settled, []
-        if settled:
-            # A try of this batch failed: what its other requests settled is not sent again
-            # (a receiver failing one request in a few let no large batch through whole).
-            ids = {ff.id for ff in batch}
-            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
-                del settled[gone]
-            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
-            batch = [ff for ff in batch if ff.id not in settled]
+        settled = self._settled
+        batch, earlier = unsettled(settled, batch)
         requests, refused = self._requests(batch)
         if not requests:
             settled.clear()

@@ -97,7 +97,7 @@ from typing import Annotated, Literal
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range
-from gateway.core.component import Context, Rejected, Sink
+from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import template_parts, unsendable
@@ -278,7 +278,7 @@ class MqttSink(Sink):
         self._acked: list[int] = []  # positions the broker took (PUBACK, success)
         # What the broker settled of a batch whose write failed, by FlowFile id: None taken,
         # else refused for good. The engine sends that batch again; only the rest goes.
-        self._settled: dict[str, Rejected | None] = {}
+        self._settled: Settled = {}
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 0
         self._lost: str | None = None
@@ -425,18 +425,11 @@ class MqttSink(Sink):
         if not batch:
             return []
         async with self._lock:
-            settled, earlier = self._settled, []
-            if settled:
-                # A try of this batch failed: what the broker took (or refused for good) then
-                # is not sent again, so a batch that fails part way still gets through.
-                ids = {ff.id for ff in batch}
-                for gone in [key for key in settled if key not in ids]:  # no longer in it
-                    del settled[gone]
-                earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
-                batch = [ff for ff in batch if ff.id not in settled]
-                if not batch:
-                    settled.clear()
-                    return earlier
+            settled = self._settled
+            batch, earlier = unsettled(settled, batch)  # what the broker took is not sent again
+            if not batch:
+                settled.clear()
+                return earlier
             client = await self._open()
             try:
                 async with asyncio.timeout(self.config.timeout):

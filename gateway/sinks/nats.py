@@ -125,7 +125,7 @@ from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
-from gateway.core.component import Context, Rejected, Sink
+from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.subjects import may_overlap, pattern_subjects, template_subjects
@@ -528,7 +528,7 @@ class NatsSink(Sink):
         # else refused for good. The engine sends that batch again; only the rest goes (a
         # stream full for part of it answered "duplicate" to all the rest at every try, and
         # past the duplicate window stored it again).
-        self._settled: dict[str, Rejected | None] = {}
+        self._settled: Settled = {}
 
     def status(self) -> dict[str, object]:
         return {"duplicates": self.duplicates}
@@ -698,16 +698,11 @@ class NatsSink(Sink):
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         if not batch:
             return []
-        settled, earlier = self._settled, []
-        if settled:
-            ids = {ff.id for ff in batch}
-            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
-                del settled[gone]
-            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
-            batch = [ff for ff in batch if ff.id not in settled]
-            if not batch:
-                settled.clear()
-                return earlier
+        settled = self._settled
+        batch, earlier = unsettled(settled, batch)  # what JetStream stored is not sent again
+        if not batch:
+            settled.clear()
+            return earlier
         self._last = None
         try:
             rejected = await self._write(batch)

@@ -131,7 +131,7 @@ from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, redis_url_problem, safe_redis_url
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
-from gateway.core.component import Context, Rejected, Sink
+from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
@@ -523,7 +523,7 @@ class RedisSink(Sink):
         # FlowFile id: None taken, else refused for good. The engine sends that batch again;
         # only the rest goes (a pipeline is no transaction: what ran before Redis filled up
         # stays, and each try stored it again).
-        self._settled: dict[str, Rejected | None] = {}
+        self._settled: Settled = {}
 
     def update(self, config: RedisSinkConfig) -> bool:
         """In place unless the dedupe window follows `batch.max_rows` and that changed."""
@@ -661,18 +661,11 @@ class RedisSink(Sink):
         if not batch:
             return []
         # this write's own: a reload (update) meanwhile gives the sink a new one
-        settled, earlier = self._settled, []
-        if settled:
-            # A try of this batch failed part way: what Redis took (or refused for good)
-            # then is not written again.
-            ids = {ff.id for ff in batch}
-            for gone in [key for key in settled if key not in ids]:  # no longer in the batch
-                del settled[gone]
-            earlier = [r for ff in batch if (r := settled.get(ff.id)) is not None]
-            batch = [ff for ff in batch if ff.id not in settled]
-            if not batch:
-                settled.clear()
-                return earlier
+        settled = self._settled
+        batch, earlier = unsettled(settled, batch)  # what Redis took is not written again
+        if not batch:
+            settled.clear()
+            return earlier
         client = await self._open()
         refused = earlier
         if not all(ff.topic.isascii() and "\0" not in ff.topic for ff in batch):
