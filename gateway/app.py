@@ -108,7 +108,13 @@ def setup_logging(level: str) -> None:
 
 def _store_settings(config: Config) -> tuple[Any, ...]:
     b = config.buffer
-    return (config.gateway.data_dir, b.max_bytes, b.overflow, b.synchronous)
+    return (
+        config.gateway.data_dir,
+        b.max_bytes,
+        b.overflow,
+        b.synchronous,
+        b.dead_letters_max_bytes,
+    )
 
 
 def _broker_plan(config: Config) -> tuple[Any, ...]:
@@ -628,6 +634,7 @@ class Gateway:
             max_bytes=config.buffer.max_bytes,
             overflow=config.buffer.overflow,
             synchronous=config.buffer.synchronous,
+            dead_max_bytes=config.buffer.dead_letters_max_bytes,
         )
         await store.open()
         self._store = store

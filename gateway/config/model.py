@@ -153,6 +153,16 @@ class BufferSection:
         ),
         Range(1 << 20, message="must be at least 1MiB"),
     ] = 1 << 30
+    dead_letters_max_bytes: Annotated[
+        Size,
+        Doc(
+            "The dead letters' own budget, outside `max_bytes`: what they may take (content,"
+            " topic, attributes, reason and a per-row overhead). Past it, the oldest dead"
+            " letters are deleted down to 90% of it (counted and logged).",
+            example="256MiB",
+        ),
+        Range(1 << 20, message="must be at least 1MiB"),
+    ] = 64 << 20
     overflow: Annotated[
         Overflow,
         Doc(

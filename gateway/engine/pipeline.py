@@ -1005,6 +1005,7 @@ class Engine:
                 overflow=store.overflow,
                 dropped=store.dropped,
                 dead_letters=store.dead_count,
+                dead_dropped=store.dead_dropped,
                 blocked=not self.gate.is_set(),
                 disk=DiskStatus(
                     full=store.disk_full,

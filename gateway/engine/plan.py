@@ -80,7 +80,8 @@ def _restart_reason(old: Config, new: Config) -> str | None:
     if old.state != new.state:
         return "state changed"
     a, b = old.buffer, new.buffer
-    if (a.max_bytes, a.overflow, a.synchronous) != (b.max_bytes, b.overflow, b.synchronous):
+    kept = ("max_bytes", "overflow", "synchronous", "dead_letters_max_bytes")
+    if any(getattr(a, key) != getattr(b, key) for key in kept):
         return "the store's settings (buffer) changed"
     return None
 

@@ -151,6 +151,7 @@ class StoreStatus:
     wal_bytes: int = 0  # its write-ahead log
     # sinks removed from the config whose backlog the store keeps: name -> FlowFiles waiting
     removed_sinks: dict[str, int] = field(default_factory=dict)
+    dead_dropped: int = 0  # the oldest dead letters deleted over their budget
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ class StoreStatus:
             "overflow": self.overflow,
             "dropped": self.dropped,
             "dead_letters": self.dead_letters,
+            "dead_dropped": self.dead_dropped,
             "blocked": self.blocked,
             "disk": self.disk.to_json(),
             "removed_sinks": {n: {"depth": d} for n, d in self.removed_sinks.items()},

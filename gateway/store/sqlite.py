@@ -90,6 +90,17 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 DROP_LOG_INTERVAL = 30.0  # seconds between two lines about drop_oldest drops (as QoS 0 ones)
+# The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
+# oldest are deleted down to this share of it, at most DEAD_TRIM_CHUNK rows a maintenance
+# pass. A dead letter counts its content, topic, attributes and reason, and the overhead.
+DEAD_KEEP_SHARE = 0.9
+DEAD_TRIM_CHUNK = PURGE_CHUNK
+DEAD_ROW_OVERHEAD = ROW_OVERHEAD
+# The size of a dead letter in SQL (bytes, not characters: text is cast to a blob)
+_DEAD_SIZE = (
+    "length(CAST(content AS BLOB)) + length(CAST(topic AS BLOB))"
+    f" + length(CAST(attributes AS BLOB)) + length(CAST(reason AS BLOB)) + {DEAD_ROW_OVERHEAD}"
+)
 # A redelivered message matches a stored one only if that one is among the source's
 # last REDELIVERY_WINDOW messages; see `committed`.
 REDELIVERY_WINDOW = 32_768
@@ -247,6 +258,24 @@ _INSERT_DEAD = (
     "INSERT INTO dead_letters (id, topic, attributes, content, created, lineage, origin, sink,"
     " reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _octets(value: str | bytes) -> int:
+    return len(value.encode() if isinstance(value, str) else value)
+
+
+def _dead_bytes(rows: Iterable[tuple[Any, ...]]) -> int:
+    """What dead letters count in their budget, from their `_INSERT_DEAD` rows: the
+    same as `_DEAD_SIZE` says of them once stored."""
+    return sum(
+        _octets(r[1]) + _octets(r[2]) + _octets(r[3]) + _octets(r[8]) + DEAD_ROW_OVERHEAD
+        for r in rows
+    )
+
+
+def dead_letter_bytes(db: sqlite3.Connection) -> int:
+    """What the dead letters take, as their budget counts it (one pass over the table)."""
+    return int(db.execute(f"SELECT coalesce(sum({_DEAD_SIZE}), 0) FROM dead_letters").fetchone()[0])
 
 
 def _is_full(err: sqlite3.Error) -> bool:
@@ -636,9 +665,11 @@ class Store:
         max_bytes: int = 1 << 30,
         overflow: str = "drop_oldest",
         synchronous: str = "normal",
+        dead_max_bytes: int = 64 << 20,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes  # sets keep_bytes too
+        self.dead_max_bytes = dead_max_bytes  # buffer.dead_letters_max_bytes
         self.overflow = overflow
         self.synchronous = synchronous
         self.bytes = 0
@@ -646,6 +677,11 @@ class Store:
         # one ERROR line about drops per DROP_LOG_INTERVAL (a full budget drops at every commit)
         self._drops_log = LogThrottle(DROP_LOG_INTERVAL, time.monotonic)
         self.dead_count = 0
+        # What the dead letters take (see `_DEAD_SIZE`): read at open and by `recount`,
+        # added to by each write of dead letters, taken from by `_trim_dead_sync`.
+        self.dead_bytes = 0
+        self.dead_dropped = 0  # the oldest dead letters deleted over dead_max_bytes
+        self._dead_log = LogThrottle(DROP_LOG_INTERVAL, time.monotonic)
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._settling: set[asyncio.Future[Any]] = set()  # see `_call`
@@ -746,6 +782,7 @@ class Store:
             self._register_sync(name)
         self.bytes = db.execute("SELECT coalesce(sum(size), 0) FROM flowfiles").fetchone()[0]
         self.dead_count = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self.dead_bytes = dead_letter_bytes(db)
         for name in self._bits:
             self._depth[name] = self._count_sync(name)
             if self._depth[name]:
@@ -807,6 +844,7 @@ class Store:
         if self._executor is None:
             return
         self._log_drops(now=True)
+        self._log_dead_drops(now=True)
         await self._call(self._close_sync)
         self._executor.shutdown(wait=True)
         self._executor = None
@@ -1258,7 +1296,9 @@ class Store:
                     if mask >> bit & 1:
                         self._depth[name] += count
             self._marks_committed(marks)
-            self.dead_count += len(batch.dead)
+            if batch.dead:
+                self.dead_count += len(batch.dead)
+                self.dead_bytes += _dead_bytes(self._dead_row(d, 0) for d in batch.dead)
             for callback in self._listeners:
                 callback()
 
@@ -1558,7 +1598,7 @@ class Store:
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back: the dead-letter
         count, and removed sinks that `edge-stream store drop-sink` dropped."""
-        self.dead_count = await self._call(count_dead_letters, self._db)
+        self.dead_count, self.dead_bytes = await self._call(self._count_dead_sync)
         known = await self._query("SELECT name FROM sinks")
         if len(known) != len(self._bits):
             names = {row[0] for row in known}
@@ -1567,6 +1607,11 @@ class Store:
                     del self._bits[name]
                     self._cursors.pop(name, None)
                     self._depth.pop(name, None)
+
+    def _count_dead_sync(self) -> tuple[int, int]:
+        db = self._db
+        assert db is not None
+        return count_dead_letters(db), dead_letter_bytes(db)
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
@@ -1751,13 +1796,14 @@ class Store:
                     if len(rows) == limit:
                         return rows, seq
             return rows, first + len(tail) - 1
-        rows, seen, corrupt = await self._call(
+        rows, seen, corrupt, dead_bytes = await self._call(
             self._spared, self._read_sync, sink, after, limit, budget
         )
         if corrupt:
             # Recorded once: the read took the sink's bit off these rows, so no later
             # read (a retry, a dropped read-ahead) sees them again.
             self.dead_count += len(corrupt)
+            self.dead_bytes += dead_bytes
             self._depth[sink] = max(0, self._depth[sink] - len(corrupt))
             self._unmark_tail(sink, {seq for seq, _ in corrupt})
             log.error(
@@ -1778,7 +1824,9 @@ class Store:
 
     def _read_sync(
         self, sink: str, after: int, limit: int, budget: int
-    ) -> tuple[list[tuple[int, FlowFile]], int, list[tuple[int, str]]]:
+    ) -> tuple[list[tuple[int, FlowFile]], int, list[tuple[int, str]], int]:
+        """The rows, the last seq seen, the corrupt rows dead-lettered (seq, id) and
+        what those dead letters count in their budget."""
         db = self._db
         assert db is not None
         bit = 1 << self._bits[sink]
@@ -1814,11 +1862,9 @@ class Store:
             # the other sinks (each records it once too) until the purge.
             now = time.time_ns()
             reason = "corrupt in store: its checksum does not match what was stored"
+            dead = [(*row[1:7], "store", sink, reason, now) for row in bad]
             with _transaction(db):
-                db.executemany(
-                    _INSERT_DEAD,
-                    [(*row[1:7], "store", sink, reason, now) for row in bad],
-                )
+                db.executemany(_INSERT_DEAD, dead)
                 db.executemany(
                     "UPDATE flowfiles SET sinks = sinks & ~? WHERE seq = ?",
                     [(bit, row[0]) for row in bad],
@@ -1827,6 +1873,7 @@ class Store:
             [(row[0], _decode(row)) for row in good],
             seen,
             [(row[0], row[1]) for row in bad],
+            _dead_bytes(dead) if bad else 0,
         )
 
     def cursor(self, sink: str) -> int:
@@ -1836,7 +1883,9 @@ class Store:
         """Move `sink`'s cursor to `upto` after a delivery, recording its dead letters."""
 
         def moved(_: None) -> None:
-            self.dead_count += len(dead)
+            if dead:
+                self.dead_count += len(dead)
+                self.dead_bytes += _dead_bytes(self._dead_row(d, 0) for d in dead)
             if sink not in self._cursors:
                 return  # dropped meanwhile (`store drop-sink` of a removed sink)
             self._cursors[sink] = upto
@@ -1868,6 +1917,9 @@ class Store:
         Returns the number of FlowFiles purged.
         """
         self._log_drops()  # the drops since the last line, once it is due
+        if self.dead_bytes > self.dead_max_bytes:
+            await self.trim_dead_letters()
+        self._log_dead_drops()
         names = [n for n in active if n in self._cursors]
         if not names:
             return 0
@@ -1889,6 +1941,53 @@ class Store:
         if short:
             self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
+
+    async def trim_dead_letters(self) -> None:
+        """Delete the oldest dead letters down to DEAD_KEEP_SHARE of `dead_max_bytes`
+        (at most DEAD_TRIM_CHUNK of them a call: the next pass takes the rest)."""
+        excess = self.dead_bytes - int(self.dead_max_bytes * DEAD_KEEP_SHARE)
+
+        def trimmed(result: tuple[int, int]) -> None:
+            self.dead_count = max(0, self.dead_count - result[0])
+            self.dead_bytes = max(0, self.dead_bytes - result[1])
+            self.dead_dropped += result[0]
+
+        await self._call(self._spared, self._trim_dead_sync, excess, then=trimmed)
+
+    def _trim_dead_sync(self, excess: int) -> tuple[int, int]:
+        """Delete the fewest oldest dead letters whose sizes reach `excess`; returns how
+        many and their bytes. Counted and deleted in one transaction (the CLI may
+        delete or replay dead letters in between otherwise)."""
+        db = self._db
+        assert db is not None
+        if excess <= 0:
+            return 0, 0
+        with _transaction(db, "BEGIN IMMEDIATE"):
+            # `before`: what the older rows of the chunk take; a row goes while that is
+            # short of the excess (the row that reaches it goes too).
+            last, count, size = db.execute(
+                "SELECT max(seq), count(*), coalesce(sum(size), 0) FROM ("
+                " SELECT seq, size, sum(size) OVER (ORDER BY seq) - size AS before FROM ("
+                f"  SELECT seq, {_DEAD_SIZE} AS size FROM dead_letters ORDER BY seq LIMIT ?"
+                " )) WHERE before < ?",
+                (DEAD_TRIM_CHUNK, excess),
+            ).fetchone()
+            if last is not None:
+                db.execute("DELETE FROM dead_letters WHERE seq <= ?", (last,))
+        return int(count), int(size)
+
+    def _log_dead_drops(self, now: bool = False) -> None:
+        """The dead letters deleted over their budget: the first at once, then at most one
+        WARNING line every DROP_LOG_INTERVAL seconds, with the count since the last."""
+        new = self._dead_log.due(self.dead_dropped, now)
+        if new:
+            log.warning(
+                "store: dead letters past buffer.dead_letters_max_bytes: deleted %d of the"
+                " oldest (%d in all; budget %d bytes)",
+                new,
+                self.dead_dropped,
+                self.dead_max_bytes,
+            )
 
     def _purge_sync(
         self, upto: int, short: bool = False, pins: list[tuple[int, int]] | None = None

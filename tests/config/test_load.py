@@ -1972,3 +1972,14 @@ def test_a_named_pipe_with_a_writer_as_the_served_certificate_is_refused(tmp_pat
             reader.join(0.05)
         pytest.fail("the check waited on the pipe")
     assert found == [f"{path} cannot be read (not a regular file)"]
+
+
+def test_the_dead_letters_budget_loads_defaults_and_refuses_under_1mib(tmp_path: Path) -> None:
+    """buffer.dead_letters_max_bytes: the dead letters' own budget (they had none)."""
+    body = "sources:\n  host: {type: system}\nsinks:\n  w: {type: file}\n"
+    config = load(write(tmp_path, body), environ={})
+    assert config.buffer.dead_letters_max_bytes == 64 * 2**20
+    path = write(tmp_path, "buffer: {dead_letters_max_bytes: 256MiB}\n" + body)
+    assert load(path, environ={}).buffer.dead_letters_max_bytes == 256 * 2**20
+    path = write(tmp_path, "buffer: {dead_letters_max_bytes: 512KiB}\n" + body)
+    assert problems(path) == [f"{path}:2: buffer.dead_letters_max_bytes: must be at least 1MiB"]

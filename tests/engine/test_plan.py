@@ -65,6 +65,8 @@ def test_delivery_settings_are_taken_in_place() -> None:
         ("gateway", {"id": "other"}, "gateway.id changed"),
         ("mqtt", {"keepalive": "10s"}, "mqtt changed"),
         ("buffer", {"max_bytes": "10MiB"}, "the store's settings (buffer) changed"),
+        # the store is opened again with the dead letters' new budget
+        ("buffer", {"dead_letters_max_bytes": "8MiB"}, "the store's settings (buffer) changed"),
     ],
 )
 def test_what_reaches_every_component_restarts_the_engine(

@@ -501,6 +501,7 @@ async def test_a_flipped_byte_in_a_stored_payload_is_dead_lettered_not_delivered
     assert sorted(d[0] for d in dead) == ["a", "b"]
     assert all(d[1] == "store" and d[2].startswith("corrupt in store") for d in dead)
     assert all(d[3] == flipped for d in dead) and store.dead_count == 2
+    assert store.dead_bytes == _dead_sum(store.path) > 2 * len(flipped)  # their budget's
     await store.close()
 
 
@@ -1248,4 +1249,74 @@ async def test_what_a_write_puts_in_memory_comes_before_a_later_call_s_caller_re
     time.sleep(0.3)  # noqa: ASYNC251 - the loop busy while both finish on the store thread
     await asyncio.gather(commit, recount)
     assert store.dead_count == 1
+    await store.close()
+
+
+def _dead_sum(path: Path) -> int:
+    """What the dead letters take, read afresh from the file (as the budget counts them)."""
+    from gateway.store.sqlite import dead_letter_bytes
+
+    db = sqlite3.connect(path)
+    try:
+        return dead_letter_bytes(db)
+    finally:
+        db.close()
+
+
+async def test_dead_letters_past_their_budget_lose_the_oldest_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dead letters had no bound and were outside buffer.max_bytes: a serial line of
+    garbage made 425 MB of store.db in 10 s. Past buffer.dead_letters_max_bytes the
+    oldest go, down to 90 % of it, counted and logged; the newest stay."""
+    from gateway.store.admin import open_admin
+
+    cap = 100_000
+    store = await open_store(tmp_path, ("a",), dead_max_bytes=cap)
+    path = store.path
+    a = store.bit("a")
+    # about 1.2 KB each, in commits (a route's) and in advances (a sink's refusals)
+    for n in range(0, 120, 10):
+        dead = [DeadLetter(ff(i, "bad/é", 1000), "route r", "not JSON") for i in range(n, n + 5)]
+        await store.commit(Batch([(ff(n), a)], dead, {}, []))
+        _, seen = await store.read("a", store.cursor("a"), 100)
+        refused = [
+            DeadLetter(ff(i, "garbage/é", 1000), "sink a", "refused", "a")
+            for i in range(n + 5, n + 10)
+        ]
+        await store.advance("a", seen, 0, refused)
+    assert store.dead_count == 120
+    assert store.dead_bytes == _dead_sum(path) > cap
+    with caplog.at_level("WARNING", logger="gateway.store"):
+        await store.maintain(["a"])
+    left = await store._query("SELECT content FROM dead_letters ORDER BY seq")
+    kept = [int(row[0]) for row in left]
+    assert kept == list(range(120 - len(kept), 120))  # the newest, all of them
+    assert store.dead_bytes == _dead_sum(path) <= cap * 0.9
+    size = _dead_sum(path) // len(kept)
+    assert store.dead_bytes > cap * 0.9 - size  # no more than needed went
+    assert store.dead_count == len(kept) and store.dead_dropped == 120 - len(kept)
+    said = [r.getMessage() for r in caplog.records if "dead_letters_max_bytes" in r.getMessage()]
+    assert said == [
+        "store: dead letters past buffer.dead_letters_max_bytes: deleted"
+        f" {120 - len(kept)} of the oldest ({120 - len(kept)} in all; budget {cap} bytes)"
+    ]
+    # under the budget: nothing more goes
+    await store.maintain(["a"])
+    assert store.dead_count == len(kept)
+    # the CLI purges some behind the gateway's back: recount reads the bytes again
+    [(first,)] = await store._query("SELECT min(seq) FROM dead_letters")
+    with open_admin(path, in_gateway=True) as admin:
+        assert admin.purge([first]).count == 1
+    await store.recount()
+    assert store.dead_bytes == _dead_sum(path) and store.dead_count == len(kept) - 1
+    await store.close()
+    store = await open_store(tmp_path, ("a",), dead_max_bytes=cap)
+    assert store.dead_bytes == _dead_sum(path) and store.dead_count == len(kept) - 1
+    # a lower budget after a reload (the store reopened with it) trims at the next pass
+    await store.close()
+    store = await open_store(tmp_path, ("a",), dead_max_bytes=cap // 4)
+    await store.maintain(["a"])
+    assert store.dead_bytes == _dead_sum(path) <= cap // 4 * 0.9
+    assert [int(r[0]) for r in await store._query("SELECT content FROM dead_letters")][-1] == 119
     await store.close()
