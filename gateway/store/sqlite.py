@@ -91,8 +91,9 @@ ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 DROP_LOG_INTERVAL = 30.0  # seconds between two lines about drop_oldest drops (as QoS 0 ones)
 # The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
-# oldest are deleted down to this share of it, at most DEAD_TRIM_CHUNK rows a maintenance
-# pass. A dead letter counts its content, topic, attributes and reason, and the overhead.
+# oldest are deleted down to this share of it, DEAD_TRIM_CHUNK rows a transaction (as many
+# as it takes, at each maintenance pass). A dead letter counts its content, topic,
+# attributes and reason, and the overhead.
 DEAD_KEEP_SHARE = 0.9
 DEAD_TRIM_CHUNK = PURGE_CHUNK
 DEAD_ROW_OVERHEAD = ROW_OVERHEAD
@@ -1918,7 +1919,10 @@ class Store:
         """
         self._log_drops()  # the drops since the last line, once it is due
         if self.dead_bytes > self.dead_max_bytes:
-            await self.trim_dead_letters()
+            # A chunk a call, as many as it takes (a flood may add more than a chunk a second)
+            keep = int(self.dead_max_bytes * DEAD_KEEP_SHARE)
+            while await self.trim_dead_letters() and self.dead_bytes > keep:
+                pass
         self._log_dead_drops()
         names = [n for n in active if n in self._cursors]
         if not names:
@@ -1942,9 +1946,10 @@ class Store:
             self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
 
-    async def trim_dead_letters(self) -> None:
-        """Delete the oldest dead letters down to DEAD_KEEP_SHARE of `dead_max_bytes`
-        (at most DEAD_TRIM_CHUNK of them a call: the next pass takes the rest)."""
+    async def trim_dead_letters(self) -> int:
+        """Delete the oldest dead letters down to DEAD_KEEP_SHARE of `dead_max_bytes`, at
+        most DEAD_TRIM_CHUNK of them a call (one store-thread transaction: the sinks'
+        reads and the commits go between two). Returns how many went."""
         excess = self.dead_bytes - int(self.dead_max_bytes * DEAD_KEEP_SHARE)
 
         def trimmed(result: tuple[int, int]) -> None:
@@ -1952,7 +1957,8 @@ class Store:
             self.dead_bytes = max(0, self.dead_bytes - result[1])
             self.dead_dropped += result[0]
 
-        await self._call(self._spared, self._trim_dead_sync, excess, then=trimmed)
+        count, _ = await self._call(self._spared, self._trim_dead_sync, excess, then=trimmed)
+        return int(count)
 
     def _trim_dead_sync(self, excess: int) -> tuple[int, int]:
         """Delete the fewest oldest dead letters whose sizes reach `excess`; returns how

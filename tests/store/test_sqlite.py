@@ -1320,3 +1320,23 @@ async def test_dead_letters_past_their_budget_lose_the_oldest_counted_and_logged
     assert store.dead_bytes == _dead_sum(path) <= cap // 4 * 0.9
     assert [int(r[0]) for r in await store._query("SELECT content FROM dead_letters")][-1] == 119
     await store.close()
+
+
+async def test_a_flood_of_dead_letters_larger_than_a_chunk_is_trimmed_in_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A REST snapshot of 4M items without a topic was dead-lettered at every poll: more
+    than a chunk of deletes a second. One maintenance pass takes chunk after chunk
+    until the dead letters are within their budget."""
+    import gateway.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "DEAD_TRIM_CHUNK", 7)
+    store = await open_store(tmp_path, ("a",), dead_max_bytes=20_000)
+    dead = [DeadLetter(ff(i, "x", 500), "route r", "no topic") for i in range(200)]
+    await store.commit(Batch([], dead, {}, []))
+    await store.maintain(["a"])
+    assert store.dead_bytes == _dead_sum(store.path) <= 18_000
+    left = [int(r[0]) for r in await store._query("SELECT content FROM dead_letters ORDER BY seq")]
+    assert left == list(range(200 - len(left), 200))
+    assert store.dead_dropped == 200 - len(left) > 7
+    await store.close()
