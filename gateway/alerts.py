@@ -245,7 +245,7 @@ class Alerts:
     async def _load(self) -> None:
         # Dead letters count from here, not from the first evaluation after WARMUP: bad
         # input in the gateway's first seconds counts too (those from before a restart not).
-        self._dead_total = self.view.store.dead_count
+        self._dead_total = self.view.store.dead_count + self.view.store.dead_dropped
         active, events = await self.view.store.alert_state(RECENT)
         # The store holds the truth: run() again after a crash (a store error) rebuilds
         # from it, rather than adding it to what is there (each pending event was queued,
@@ -312,9 +312,10 @@ class Alerts:
                 await self._resolve(key)
 
     def _new_dead_letters(self, snap: Snapshot, now: float) -> int:
-        """Dead letters added in the last minute (the table's count only grows but for
-        replays and purges, which start the count afresh)."""
-        total = snap.store.dead_letters
+        """Dead letters added in the last minute (the table's count, with those deleted
+        over their budget, only grows but for replays and purges, which start the count
+        afresh)."""
+        total = snap.store.dead_letters + snap.store.dead_dropped
         if self._dead_total is not None and total > self._dead_total:
             self._dead.append((now, total - self._dead_total))
         self._dead_total = total

@@ -257,6 +257,11 @@ class EngineCollector:
         yield CounterMetricFamily(
             "edge_stream_store_dropped", "FlowFiles dropped by overflow", value=st.dropped
         )
+        yield CounterMetricFamily(
+            "edge_stream_dead_letters_dropped",
+            "The oldest dead letters deleted over buffer.dead_letters_max_bytes",
+            value=st.dead_dropped,
+        )
         yield GaugeMetricFamily(
             "edge_stream_store_file_bytes", "Size of store.db on disk", value=st.file_bytes
         )

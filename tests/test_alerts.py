@@ -24,6 +24,7 @@ class FakeStore:
 
     def __init__(self, dead_count: int = 0) -> None:
         self.dead_count = dead_count
+        self.dead_dropped = 0
         self.events: list[dict[str, Any]] = []
         self.sent: list[tuple[list[int], str]] = []  # each call: one transaction
 
@@ -40,8 +41,12 @@ class FakeStore:
         self.sent.append((list(seqs), notifier))
 
 
-def snapshot(dead_letters: int = 0, sinks: dict[str, Any] | None = None) -> Any:
-    store = SimpleNamespace(dead_letters=dead_letters, bytes=0, max_bytes=1 << 20)
+def snapshot(
+    dead_letters: int = 0, sinks: dict[str, Any] | None = None, dead_dropped: int = 0
+) -> Any:
+    store = SimpleNamespace(
+        dead_letters=dead_letters, dead_dropped=dead_dropped, bytes=0, max_bytes=1 << 20
+    )
     return SimpleNamespace(store=store, sinks=sinks or {}, sources={})
 
 
@@ -72,6 +77,18 @@ async def test_dead_letters_in_the_first_seconds_count() -> None:
     assert [(e["key"], e["state"], e["value"]) for e in store.events] == [
         ("dead_letters:store", "firing", 1)
     ]
+
+
+async def test_dead_letters_deleted_over_their_budget_still_count() -> None:
+    """Past buffer.dead_letters_max_bytes the oldest are deleted as new ones come: the
+    table's count stood still, and a flood of dead letters fired no alert."""
+    store, clock = FakeStore(dead_count=1000), Clock()  # the budget full already
+    alerts = make({"dead_letters": {"per_minute": 100}}, store, clock)
+    await alerts._load()
+    for second in range(1, 4):
+        clock.now += 1.0
+        await alerts.evaluate(snapshot(1000, dead_dropped=1000 * second), clock.now)
+    assert [(e["key"], e["state"]) for e in store.events] == [("dead_letters:store", "firing")]
 
 
 async def test_dead_letters_from_before_a_restart_do_not_count() -> None:

@@ -99,7 +99,7 @@ DEAD_TRIM_CHUNK = PURGE_CHUNK
 DEAD_ROW_OVERHEAD = ROW_OVERHEAD
 # The size of a dead letter in SQL (bytes, not characters: text is cast to a blob)
 _DEAD_SIZE = (
-    "length(CAST(content AS BLOB)) + length(CAST(topic AS BLOB))"
+    "length(content) + length(CAST(topic AS BLOB))"
     f" + length(CAST(attributes AS BLOB)) + length(CAST(reason AS BLOB)) + {DEAD_ROW_OVERHEAD}"
 )
 # A redelivered message matches a stored one only if that one is among the source's
@@ -1950,25 +1950,28 @@ class Store:
         """Delete the oldest dead letters down to DEAD_KEEP_SHARE of `dead_max_bytes`, at
         most DEAD_TRIM_CHUNK of them a call (one store-thread transaction: the sinks'
         reads and the commits go between two). Returns how many went."""
-        excess = self.dead_bytes - int(self.dead_max_bytes * DEAD_KEEP_SHARE)
+        keep = int(self.dead_max_bytes * DEAD_KEEP_SHARE)
 
         def trimmed(result: tuple[int, int]) -> None:
             self.dead_count = max(0, self.dead_count - result[0])
-            self.dead_bytes = max(0, self.dead_bytes - result[1])
+            self.dead_bytes = result[1]
             self.dead_dropped += result[0]
 
-        count, _ = await self._call(self._spared, self._trim_dead_sync, excess, then=trimmed)
+        count, _ = await self._call(self._spared, self._trim_dead_sync, keep, then=trimmed)
         return int(count)
 
-    def _trim_dead_sync(self, excess: int) -> tuple[int, int]:
-        """Delete the fewest oldest dead letters whose sizes reach `excess`; returns how
-        many and their bytes. Counted and deleted in one transaction (the CLI may
-        delete or replay dead letters in between otherwise)."""
+    def _trim_dead_sync(self, keep: int) -> tuple[int, int]:
+        """Delete the fewest oldest dead letters that bring them down to `keep` bytes;
+        returns how many went and what the rest take. The total is read here, in the
+        transaction that deletes: the estimate may be behind a purge or a replay made
+        through the console or the CLI, and would then delete dead letters within it."""
         db = self._db
         assert db is not None
-        if excess <= 0:
-            return 0, 0
         with _transaction(db, "BEGIN IMMEDIATE"):
+            total = dead_letter_bytes(db)
+            excess = total - keep
+            if excess <= 0:
+                return 0, total
             # `before`: what the older rows of the chunk take; a row goes while that is
             # short of the excess (the row that reaches it goes too).
             last, count, size = db.execute(
@@ -1980,7 +1983,7 @@ class Store:
             ).fetchone()
             if last is not None:
                 db.execute("DELETE FROM dead_letters WHERE seq <= ?", (last,))
-        return int(count), int(size)
+        return int(count), total - int(size)
 
     def _log_dead_drops(self, now: bool = False) -> None:
         """The dead letters deleted over their budget: the first at once, then at most one

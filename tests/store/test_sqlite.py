@@ -1322,6 +1322,31 @@ async def test_dead_letters_past_their_budget_lose_the_oldest_counted_and_logged
     await store.close()
 
 
+async def test_a_purge_through_the_console_does_not_make_the_trim_delete_within_budget(
+    tmp_path: Path,
+) -> None:
+    """The trim went by the estimate, which a purge through the console or the CLI (on
+    their own connection) leaves behind until a recount: dead letters that came after a
+    purge of all were deleted though the table held a tenth of its budget."""
+    from gateway.store.admin import open_admin
+
+    cap = 100_000
+    store = await open_store(tmp_path, ("a",), dead_max_bytes=cap)
+    a = store.bit("a")
+    dead = [DeadLetter(ff(i, "bad", 1000), "route r", "not JSON") for i in range(80)]
+    await store.commit(Batch([(ff(0), a)], dead, {}, []))
+    with open_admin(store.path, in_gateway=True) as admin:
+        admin.purge(None)  # all of them, behind the store's back
+    more = [DeadLetter(ff(i, "bad", 1000), "route r", "not JSON") for i in range(100, 110)]
+    await store.commit(Batch([(ff(1), a)], more, {}, []))
+    assert store.dead_bytes > cap  # the estimate, before a recount
+    await store.maintain(["a"])
+    assert store.dead_dropped == 0
+    assert len(await store._query("SELECT seq FROM dead_letters")) == 10
+    assert store.dead_bytes == _dead_sum(store.path)
+    await store.close()
+
+
 async def test_a_flood_of_dead_letters_larger_than_a_chunk_is_trimmed_in_one_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
