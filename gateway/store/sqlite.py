@@ -1920,9 +1920,12 @@ class Store:
         self._log_drops()  # the drops since the last line, once it is due
         if self.dead_bytes > self.dead_max_bytes:
             # A chunk a call, as many as it takes (a flood may add more than a chunk a second)
+            # The first reads the table's bytes, the others go by what that left (a sum
+            # over millions of rows a chunk would hold up the store thread for minutes).
             keep = int(self.dead_max_bytes * DEAD_KEEP_SHARE)
-            while await self.trim_dead_letters() and self.dead_bytes > keep:
-                pass
+            if await self.trim_dead_letters():
+                while self.dead_bytes > keep and await self.trim_dead_letters(exact=False):
+                    pass
         self._log_dead_drops()
         names = [n for n in active if n in self._cursors]
         if not names:
@@ -1946,10 +1949,11 @@ class Store:
             self.check_disk()  # the purge and the truncated WAL may have given space back
         return purged
 
-    async def trim_dead_letters(self) -> int:
+    async def trim_dead_letters(self, exact: bool = True) -> int:
         """Delete the oldest dead letters down to DEAD_KEEP_SHARE of `dead_max_bytes`, at
         most DEAD_TRIM_CHUNK of them a call (one store-thread transaction: the sinks'
-        reads and the commits go between two). Returns how many went."""
+        reads and the commits go between two). Returns how many went. `exact`: read what
+        the dead letters take from the table first (the first call of a pass)."""
         keep = int(self.dead_max_bytes * DEAD_KEEP_SHARE)
 
         def trimmed(result: tuple[int, int]) -> None:
@@ -1957,18 +1961,20 @@ class Store:
             self.dead_bytes = result[1]
             self.dead_dropped += result[0]
 
-        count, _ = await self._call(self._spared, self._trim_dead_sync, keep, then=trimmed)
+        known = None if exact else self.dead_bytes
+        count, _ = await self._call(self._spared, self._trim_dead_sync, keep, known, then=trimmed)
         return int(count)
 
-    def _trim_dead_sync(self, keep: int) -> tuple[int, int]:
+    def _trim_dead_sync(self, keep: int, known: int | None = None) -> tuple[int, int]:
         """Delete the fewest oldest dead letters that bring them down to `keep` bytes;
         returns how many went and what the rest take. The total is read here, in the
         transaction that deletes: the estimate may be behind a purge or a replay made
-        through the console or the CLI, and would then delete dead letters within it."""
+        through the console or the CLI, and would then delete dead letters within it.
+        `known`: the total as the previous chunk of this pass left it, not read again."""
         db = self._db
         assert db is not None
         with _transaction(db, "BEGIN IMMEDIATE"):
-            total = dead_letter_bytes(db)
+            total = dead_letter_bytes(db) if known is None else known
             excess = total - keep
             if excess <= 0:
                 return 0, total
