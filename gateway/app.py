@@ -289,6 +289,7 @@ class Gateway:
                 "bytes": snap.store.bytes,
                 "max_bytes": snap.store.max_bytes,
                 "dead_letters": snap.store.dead_letters,
+                "dead_dropped": snap.store.dead_dropped,
             },
             "alerts": sorted(self.alerts.active),
         }

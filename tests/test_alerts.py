@@ -264,7 +264,7 @@ async def test_with_no_broker_an_event_is_not_kept_for_mqtt(
 
     store.alert_event = alert_event  # type: ignore[method-assign]
     await alerts._load()
-    full = SimpleNamespace(dead_letters=0, bytes=100, max_bytes=100)
+    full = SimpleNamespace(dead_letters=0, dead_dropped=0, bytes=100, max_bytes=100)
     await alerts.evaluate(SimpleNamespace(store=full, sinks={}, sources={}), clock.now)
     broker = True  # a broker now: the next event goes to it
     for _ in range(2):  # it resolves 5 s after the store has room again

@@ -190,9 +190,11 @@ def _octal_problem(value: Any) -> str | None:
     if len(digits.lstrip("+-")) < 3 or not _OCTAL.match(digits):
         return None
     sign = "-" if value < 0 else ""
+    if len(digits) > 40:  # int() and str() refuse more than 4300 digits
+        return f"YAML reads {value.text[:20]}... as an octal number: write it without the leading 0"
     return (
         f"YAML reads {value.text} as the octal number {int(value)}: write"
-        f" {int(digits)} without the leading 0 (or {sign}0x{abs(int(value)):x})"
+        f" {_without_leading_0(digits)} without the leading 0 (or {sign}0x{abs(int(value)):x})"
     )
 
 

@@ -1599,7 +1599,9 @@ class Store:
     async def recount(self) -> None:
         """Re-read what the CLI may change behind the gateway's back: the dead-letter
         count, and removed sinks that `edge-stream store drop-sink` dropped."""
-        self.dead_count, self.dead_bytes = await self._call(self._count_dead_sync)
+        self.dead_count, bytes_ = await self._call(self._count_dead_sync, self.dead_count)
+        if bytes_ is not None:
+            self.dead_bytes = bytes_
         known = await self._query("SELECT name FROM sinks")
         if len(known) != len(self._bits):
             names = {row[0] for row in known}
@@ -1609,10 +1611,14 @@ class Store:
                     self._cursors.pop(name, None)
                     self._depth.pop(name, None)
 
-    def _count_dead_sync(self) -> tuple[int, int]:
+    def _count_dead_sync(self, known: int) -> tuple[int, int | None]:
+        """The dead letters' count, and their bytes when the count is not the `known` one
+        (the console or the CLI purged or replayed some): a sum over the whole table is
+        not made every few seconds for nothing."""
         db = self._db
         assert db is not None
-        return count_dead_letters(db), dead_letter_bytes(db)
+        count = count_dead_letters(db)
+        return count, None if count == known else dead_letter_bytes(db)
 
     @staticmethod
     def _dead_row(d: DeadLetter, now: int) -> tuple[Any, ...]:
@@ -1956,18 +1962,23 @@ class Store:
         the dead letters take from the table first (the first call of a pass)."""
         keep = int(self.dead_max_bytes * DEAD_KEEP_SHARE)
 
-        def trimmed(result: tuple[int, int]) -> None:
-            self.dead_count = max(0, self.dead_count - result[0])
-            self.dead_bytes = result[1]
-            self.dead_dropped += result[0]
+        def trimmed(result: tuple[int, int, int]) -> None:
+            count, left, freed = result
+            self.dead_count = max(0, self.dead_count - count)
+            # read from the table: what it holds; else what went (a commit's dead letters
+            # may have been added since `known` was taken)
+            self.dead_bytes = left if exact else max(0, self.dead_bytes - freed)
+            self.dead_dropped += count
 
         known = None if exact else self.dead_bytes
-        count, _ = await self._call(self._spared, self._trim_dead_sync, keep, known, then=trimmed)
+        count, _, _ = await self._call(
+            self._spared, self._trim_dead_sync, keep, known, then=trimmed
+        )
         return int(count)
 
-    def _trim_dead_sync(self, keep: int, known: int | None = None) -> tuple[int, int]:
+    def _trim_dead_sync(self, keep: int, known: int | None = None) -> tuple[int, int, int]:
         """Delete the fewest oldest dead letters that bring them down to `keep` bytes;
-        returns how many went and what the rest take. The total is read here, in the
+        returns how many went, what the rest take and what went. The total is read here, in the
         transaction that deletes: the estimate may be behind a purge or a replay made
         through the console or the CLI, and would then delete dead letters within it.
         `known`: the total as the previous chunk of this pass left it, not read again."""
@@ -1977,7 +1988,7 @@ class Store:
             total = dead_letter_bytes(db) if known is None else known
             excess = total - keep
             if excess <= 0:
-                return 0, total
+                return 0, total, 0
             # `before`: what the older rows of the chunk take; a row goes while that is
             # short of the excess (the row that reaches it goes too).
             last, count, size = db.execute(
@@ -1989,7 +2000,7 @@ class Store:
             ).fetchone()
             if last is not None:
                 db.execute("DELETE FROM dead_letters WHERE seq <= ?", (last,))
-        return int(count), total - int(size)
+        return int(count), total - int(size), int(size)
 
     def _log_dead_drops(self, now: bool = False) -> None:
         """The dead letters deleted over their budget: the first at once, then at most one

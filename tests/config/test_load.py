@@ -350,6 +350,10 @@ def test_a_size_or_duration_refuses_a_leading_0_yaml_reads_as_octal(tmp_path: Pa
     assert f"{path}:2: buffer.batch_max: YAML reads 010_ as the octal number 8: write 10" in said[0]
     assert "routes.r.processors.0.fields.v.absolute: YAML reads 010 as the octal" in said[1]
     assert said[2].endswith(": write -10 without the leading 0 (or -0x8)")
+    # an octal number longer than int() and str() write (4,300 digits): one line too
+    path = write(tmp_path, f"buffer: {{batch_max: 0{'7' * 4500}}}\n")
+    [line] = problems(path)
+    assert "buffer.batch_max: YAML reads 0777" in line and "octal number: write it" in line
 
 
 def test_errors_inside_lists_point_at_the_nearest_line(tmp_path: Path) -> None:

@@ -1333,7 +1333,7 @@ async def test_a_purge_through_the_console_does_not_make_the_trim_delete_within_
     cap = 100_000
     store = await open_store(tmp_path, ("a",), dead_max_bytes=cap)
     a = store.bit("a")
-    dead = [DeadLetter(ff(i, "bad", 1000), "route r", "not JSON") for i in range(80)]
+    dead = [DeadLetter(ff(i, "bad", 1000), "route r", "not JSON") for i in range(100)]
     await store.commit(Batch([(ff(0), a)], dead, {}, []))
     with open_admin(store.path, in_gateway=True) as admin:
         admin.purge(None)  # all of them, behind the store's back
