@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# Seconds between two lines about a growing count (drops, invalid packets, dead letters
+# deleted over their budget): the first comes at once.
+LOG_INTERVAL = 30.0
+
 
 class LogThrottle:
     """Rate-limits the log lines about a growing total (of drops, say).

@@ -123,7 +123,7 @@ from gateway.core.flowfile import (
     attributes_size,
     uuid7,
 )
-from gateway.core.throttle import LogThrottle
+from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 from gateway.core.topics import filters_overlap, unsendable, validate_filter
 from gateway.mqtt.urls import (
     TlsFilesError,
@@ -142,7 +142,6 @@ CONNECT_TIMEOUT = 15.0
 # may have been taken over by another client with the same client id.
 TAKEOVER_WINDOW = 10.0
 QOS0_CAPACITY = 10_000  # QoS 0 messages waiting to be handed over, at most
-DROP_LOG_INTERVAL = 30.0  # seconds between two log lines about QoS 0 drops (or invalid ones)
 CLOSE_WAIT = 2.0  # seconds close() waits for the broker to end the connection after DISCONNECT
 SHARED_ATTRS_BYTES = 1 << 20  # the attribute dicts shared per topic hold at most about this
 _QOS_TEXT = ("0", "1", "2")
@@ -399,11 +398,11 @@ class MqttSource(Source):
         self.dropped_qos0 = 0
         if config.qos == 0:
             self.lost_if_cut = "QoS 0: the broker does not send them again"
-        self._drops_log = LogThrottle(DROP_LOG_INTERVAL, ctx.clock.monotonic)
+        self._drops_log = LogThrottle(LOG_INTERVAL, ctx.clock.monotonic)
         self.redeliveries = 0
         self.possible_duplicates = 0
         self.invalid = 0
-        self._invalid_log = LogThrottle(DROP_LOG_INTERVAL, ctx.clock.monotonic)
+        self._invalid_log = LogThrottle(LOG_INTERVAL, ctx.clock.monotonic)
         self._last_invalid = ("", "")
         self.oversized = 0
         prefix = ctx.mqtt_client_prefix or f"edge-stream-{ctx.gateway_id}"
@@ -716,7 +715,7 @@ class MqttSource(Source):
         self._log_drops()
 
     def _log_drops(self, now: bool = False) -> None:
-        """At most one WARNING every DROP_LOG_INTERVAL seconds, with the count since the last
+        """At most one WARNING every LOG_INTERVAL seconds, with the count since the last
         (`now`: whatever the interval, at a close)."""
         new = self._drops_log.due(self.dropped_qos0, now)
         if not new:
@@ -729,7 +728,7 @@ class MqttSource(Source):
         )
 
     def _log_invalid(self, now: bool = False) -> None:
-        """Like `_log_drops`: at most one WARNING every DROP_LOG_INTERVAL seconds."""
+        """Like `_log_drops`: at most one WARNING every LOG_INTERVAL seconds."""
         new = self._invalid_log.due(self.invalid, now)
         if not new:
             return

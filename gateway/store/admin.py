@@ -33,6 +33,7 @@ from gateway.store.sqlite import (
     DeadLetterSummary,
     StoreDamaged,
     StoreError,
+    _transaction,
     count_dead_letters,
     damaged_text,
     hold_data_dir,
@@ -294,15 +295,9 @@ class StoreAdmin:
         """Delete the dead letters numbered `seqs` (None: all of them), in one
         transaction; how many went, and the numbers that named none."""
         where, params = _selection(seqs)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db, "BEGIN IMMEDIATE"):
             missing = self._missing(seqs)
             gone = self.db.execute(f"DELETE FROM dead_letters WHERE {where}", params).rowcount
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         return Purged(int(gone), missing)
 
     def _missing(self, seqs: Sequence[int] | None) -> tuple[int, ...]:
@@ -331,8 +326,7 @@ class StoreAdmin:
         columns = "id, topic, attributes, content, created, lineage, sink"
         if "origin" in {row[1] for row in self.db.execute("PRAGMA table_info(replay)")}:
             columns += ", origin"
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db, "BEGIN IMMEDIATE"):
             missing = self._missing(seqs)
             moved = self.db.execute(
                 f"INSERT INTO replay ({columns}) SELECT {columns} FROM"
@@ -345,11 +339,6 @@ class StoreAdmin:
                 f" WHERE ({chosen}) AND NOT {_REPLAYABLE} GROUP BY 1 ORDER BY 1 NULLS LAST",
                 params,
             ).fetchall()
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         # not truncated, so marked invalid: the raw packet
         kept = {
             "the raw invalid packet" if cut is None else f"truncated to {cut}": int(n)
@@ -394,8 +383,7 @@ class StoreAdmin:
         # The checks in the write transaction: a gateway noting the sink as run (a reload
         # that adds it back) between them and the drop routed to a sink dropped under it.
         # (And no gateway starts meanwhile when none ran: `_gateway_lock` holds the lock.)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db, "BEGIN IMMEDIATE"):
             row = self.db.execute(
                 "SELECT bit, cursor FROM sinks WHERE name = ?", (name,)
             ).fetchone()
@@ -428,10 +416,6 @@ class StoreAdmin:
                 "UPDATE flowfiles SET sinks = sinks & ? WHERE sinks & ?", (~(1 << bit), 1 << bit)
             )
             self.db.execute("DELETE FROM sinks WHERE name = ?", (name,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return int(waiting)
 
     def reload_history(self, limit: int) -> list[ReloadRecord]:

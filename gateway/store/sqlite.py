@@ -57,7 +57,7 @@ from typing import Any, NamedTuple, TypeVar
 from gateway.core.component import MARK_DUP, MARK_QOS2
 from gateway.core.errors import GatewayError, PermanentError
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.core.throttle import LogThrottle
+from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
@@ -89,7 +89,6 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 # most, MQTT 1000), which drop the oldest, logged
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
-DROP_LOG_INTERVAL = 30.0  # seconds between two lines about drop_oldest drops (as QoS 0 ones)
 # The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
 # oldest are deleted down to this share of it, DEAD_TRIM_CHUNK rows a transaction (as many
 # as it takes, at each maintenance pass). A dead letter counts its content, topic,
@@ -675,14 +674,14 @@ class Store:
         self.synchronous = synchronous
         self.bytes = 0
         self.dropped = 0
-        # one ERROR line about drops per DROP_LOG_INTERVAL (a full budget drops at every commit)
-        self._drops_log = LogThrottle(DROP_LOG_INTERVAL, time.monotonic)
+        # one ERROR line about drops per LOG_INTERVAL (a full budget drops at every commit)
+        self._drops_log = LogThrottle(LOG_INTERVAL, time.monotonic)
         self.dead_count = 0
         # What the dead letters take (see `_DEAD_SIZE`): read at open and by `recount`,
         # added to by each write of dead letters, taken from by `_trim_dead_sync`.
         self.dead_bytes = 0
         self.dead_dropped = 0  # the oldest dead letters deleted over dead_max_bytes
-        self._dead_log = LogThrottle(DROP_LOG_INTERVAL, time.monotonic)
+        self._dead_log = LogThrottle(LOG_INTERVAL, time.monotonic)
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._settling: set[asyncio.Future[Any]] = set()  # see `_call`
@@ -1646,7 +1645,7 @@ class Store:
 
     def _log_drops(self, now: bool = False) -> None:
         """What `drop_oldest` dropped (of what a sink still waited for): the first drop at
-        once, then at most one ERROR line every DROP_LOG_INTERVAL seconds, with the count
+        once, then at most one ERROR line every LOG_INTERVAL seconds, with the count
         since the last (`maintain` logs the last ones once drops stop, `close` at once)."""
         new = self._drops_log.due(self.dropped, now)
         if new:
@@ -2004,7 +2003,7 @@ class Store:
 
     def _log_dead_drops(self, now: bool = False) -> None:
         """The dead letters deleted over their budget: the first at once, then at most one
-        WARNING line every DROP_LOG_INTERVAL seconds, with the count since the last."""
+        WARNING line every LOG_INTERVAL seconds, with the count since the last."""
         new = self._dead_log.due(self.dead_dropped, now)
         if new:
             log.warning(
