@@ -765,6 +765,8 @@ class NatsSink(Sink):
                         or state.bytes + size > cfg.max_in_flight_bytes
                     ):
                         await self._progress(nc, state)
+                    if state.retry:
+                        break  # "not now": send no more, but hear out what is in flight
                     state.sizes[index] = size
                     state.bytes += size
                     await nc.publish(
@@ -774,9 +776,11 @@ class NatsSink(Sink):
                         headers=headers,
                     )
                 await nc.flush(timeout=max(cfg.timeout, 1))
+                # Every answer is awaited even after a "not now": a message stored after it
+                # and not heard of would be sent again (a duplicate at the next try).
                 while state.sizes:
                     await self._progress(nc, state)
-                if state.no_responders:
+                if state.no_responders and not state.retry:
                     await self._sort_no_responders(nc, batch, state)
         except TimeoutError as err:
             waiting = len(state.sizes)
@@ -794,11 +798,8 @@ class NatsSink(Sink):
         return [Rejected(batch[i], f"nats: {a}") for i, a in enumerate(state.answers) if a]
 
     async def _progress(self, nc: Any, state: _Batch) -> None:
-        """Wait for the next acknowledgement; RetryableError if the connection closed or an
-        answer said "not now"."""
+        """Wait for the next acknowledgement; RetryableError if the connection closed."""
         state.progress.clear()
-        if state.retry:
-            raise RetryableError(state.retry)
         if not nc.is_connected:
             await self.close()
             raise RetryableError("lost the NATS connection")

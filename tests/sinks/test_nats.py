@@ -571,3 +571,38 @@ async def test_a_batch_retried_after_a_full_stream_leaves_out_what_was_stored(
     finally:
         await nc.close()
     assert taken == [ff.id for ff in batch]  # each once, in order
+
+
+async def test_answers_in_flight_after_a_full_stream_are_heard_out(
+    nats_cluster: servers.NatsCluster, ns: str
+) -> None:
+    # The first message goes to a full stream ("not now"), the rest to another that stores
+    # them. The try gave up at the first answer: the rest, stored, were not heard of and
+    # came back at the next try as duplicates (11 of them).
+    nc = await nats.connect(servers=nats_cluster.urls)
+    js = nc.jetstream()
+    full = js_api.StreamConfig(
+        name=ns.upper() + "_FULL",
+        subjects=[f"{ns}.full.>"],
+        max_msgs=1,
+        discard=js_api.DiscardPolicy.NEW,
+    )
+    try:
+        await js.add_stream(full)
+        await js.add_stream(name=ns.upper(), subjects=[f"{ns}.open.>"])
+        await js.publish(f"{ns}.full.x", b"{}")
+        async with closing(
+            lambda: connected(make_sink(nats_cluster.urls, subject=f"{ns}.{{topic}}"))
+        ) as opened:
+            sink = await opened()
+            batch = [FlowFile.create("full/x", b"{}")]
+            batch += [FlowFile.create("open/x", json.dumps({"i": i}).encode()) for i in range(11)]
+            with pytest.raises(RetryableError, match="maximum messages exceeded"):
+                await sink.write(batch)
+            await js.purge_stream(full.name)
+            assert await sink.write(batch) == []
+            assert sink.status()["duplicates"] == 0
+    finally:
+        await nc.close()
+    found = await stream_messages(nats_cluster.urls, ns.upper())
+    assert [m.headers["Nats-Msg-Id"] for m in found] == [ff.id for ff in batch[1:]]
