@@ -419,6 +419,9 @@ class SinkRunner:
         self.delivered = 0
         self.rejected = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
+        # The last write or connect failed, and no write has worked since: a connect alone
+        # does not make the sink "running" again (see `_deliver_loop`).
+        self.failing = False
         self.errors_by_kind: dict[str, int] = {}  # "retryable" | "permanent" | "store"
         # for /metrics: the age of each FlowFile when delivered, and the size of each write
         self.latency = Buckets(LATENCY_BOUNDS)
@@ -482,7 +485,11 @@ class SinkRunner:
                     await self.sink.connect()
                     self.connected = True
                     self.missing = False
-                    self.state = "running"
+                    # After a failure, running again takes a write that works (or nothing
+                    # to write): an upstream that takes the connection and then fails or
+                    # times out every write showed "running" most of the time, so
+                    # sink_failing never fired and edge_stream_sink_up said 1.
+                    self.state = "retrying" if self.failing else "running"
                     log.info("connected")
                 ahead, self._ahead = self._ahead, None
                 if ahead is not None:
@@ -490,6 +497,9 @@ class SinkRunner:
                 else:
                     rows, seen = await self.store.read(self.name, after, limit, max_bytes)
                 if not rows:
+                    if self.failing:  # connected, and nothing waits to be written
+                        self.failing = False
+                        self.state = "running"
                     if seen > after:
                         await self.store.advance(self.name, seen, 0, [])
                         after = seen
@@ -544,6 +554,7 @@ class SinkRunner:
                 if self.state != "running":
                     log.info("delivering again")
                 self.state = "running"
+                self.failing = False
                 if rate:
                     pause = len(rows) / rate - (clock.monotonic() - started)
                     if pause > 0:
@@ -571,6 +582,7 @@ class SinkRunner:
         self.errors += 1
         self.last_error = reason
         self.state = "retrying"
+        self.failing = True
         self.connected = False
         # the upstream said when to come back (Retry-After): not sooner, within the cap
         delay = max(self.backoff.next(), min(after, self.config.retry.max))

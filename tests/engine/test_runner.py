@@ -245,3 +245,58 @@ async def test_a_polled_source_that_connects_but_fails_its_polls_backs_off_doubl
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class TimingOut(Sink):
+    """A sink whose upstream takes the connection, then lets each write hang until the
+    test ends it: with a timeout (`fail`) or an answer (`answer`)."""
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.writing = asyncio.Event()
+        self.outcome: asyncio.Future[bool] | None = None
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        self.outcome = asyncio.get_running_loop().create_future()
+        self.writing.set()
+        if not await self.outcome:
+            raise RetryableError("POST http://hook/in did not answer within 30s")
+        return []
+
+    async def next_write(self) -> None:
+        await asyncio.wait_for(self.writing.wait(), 10)
+        self.writing.clear()
+
+    def end(self, worked: bool) -> None:
+        assert self.outcome is not None
+        self.outcome.set_result(worked)
+
+
+async def test_a_sink_whose_writes_time_out_is_retrying_not_running_while_it_tries_again(
+    tmp_path: Path,
+) -> None:
+    """The sink was "running" from each reconnect until its write timed out: most of the
+    time for an upstream that takes connections and answers nothing, so the sink_failing
+    alert (it must be failing for 5 minutes) never fired and edge_stream_sink_up was 1."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    await store.commit(Batch([(FlowFile.create("t/1", b"x"), store.bit("out"))], [], {}, []))
+    config = SinkConfig(type="test")
+    sink = TimingOut(config, Context("out", "sink"))
+    runner = SinkRunner("out", sink, config, store, clock=Sleeps())
+    task = asyncio.ensure_future(runner.run())
+    await sink.next_write()
+    assert runner.state == "running", "its first try: nothing has failed yet"
+    sink.end(False)
+    for _ in range(3):
+        await sink.next_write()  # connected again, the write hangs again
+        assert runner.state == "retrying" and runner.status().state == "retrying"
+        sink.end(False)
+    await sink.next_write()
+    sink.end(True)
+    await asyncio.wait_for(runner.idle.wait(), 10)
+    assert runner.state == "running" and runner.delivered == 1
+    runner.stopping = True
+    runner.wake.set()
+    await task
+    await store.close()
