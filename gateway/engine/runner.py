@@ -183,6 +183,9 @@ class SourceRunner:
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
         self.schedule: Schedule | None = None  # a polled source's, once it polls
         self.outage = False  # failed since its last connect (see Source.quiet_retries)
+        # A polled source's last poll (or connect) failed, and no poll has worked since: its
+        # connect alone does not make it "running" again (see `run`).
+        self.failing = False
         # Handing over what a read or poll returned (and what the source still holds of
         # it): a stop lets that finish rather than cancel it (see `stop`).
         self.handing = False
@@ -283,7 +286,11 @@ class SourceRunner:
                 await self.gate.wait()
                 self.state = "connecting"
                 await self.source.connect()
-                self.state = "running"
+                polled = self.source.mode == "poll"
+                # After a failure a polled source is running again once a poll works: a
+                # REST API that takes the connection and times out every request showed
+                # "running" most of the time, and source_offline never fired.
+                self.state = "retrying" if polled and self.failing else "running"
                 self.tried.set()
                 self.missing = False
                 self.outage = False
@@ -320,6 +327,7 @@ class SourceRunner:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.last_error = reason
         self.state = "retrying"
+        self.failing = True
         self.tried.set()
 
     async def close(self) -> None:
@@ -345,6 +353,9 @@ class SourceRunner:
                 await self._pass_gate()
                 messages = await self.source.poll_messages()
                 self.backoff.reset()
+                if self.failing:
+                    self.failing = False
+                    self.state = "running"
                 await self._hand_over(messages)
                 if not self.source.backlog:
                     break

@@ -300,3 +300,57 @@ async def test_a_sink_whose_writes_time_out_is_retrying_not_running_while_it_tri
     runner.wake.set()
     await task
     await store.close()
+
+
+class Hanging(Source):
+    """A polled source whose API takes the connection, then lets each poll hang until the
+    test ends it: with a timeout (`end(False)`) or an answer (`end(True)`)."""
+
+    mode = "poll"
+    interval = 60.0
+
+    def __init__(self) -> None:
+        super().__init__(SourceConfig(type="test"), Context("api", "source"))
+        self.polling = asyncio.Event()
+        self.outcome: asyncio.Future[bool] | None = None
+
+    async def poll(self) -> list[FlowFile]:
+        self.outcome = asyncio.get_running_loop().create_future()
+        self.polling.set()
+        if not await self.outcome:
+            raise RetryableError("GET http://api/x did not answer within 30s")
+        return [FlowFile.create("t/1", b"{}")]
+
+    async def next_poll(self) -> None:
+        await asyncio.wait_for(self.polling.wait(), 10)
+        self.polling.clear()
+
+    def end(self, worked: bool) -> None:
+        assert self.outcome is not None
+        self.outcome.set_result(worked)
+
+
+async def test_a_polled_source_whose_polls_time_out_is_retrying_not_running_meanwhile() -> None:
+    """The source was "running" from each reconnect until its poll timed out: most of the
+    time for an API that answers nothing, so source_offline never fired."""
+    clock = Ticking()
+    source = Hanging()
+    runner = SourceRunner(
+        "api", source, Ingest(capacity=100), RetrySettings(0.5, 30.0), asyncio.Event(), clock
+    )
+    runner.gate.set()
+    task = asyncio.ensure_future(runner.run())
+    await source.next_poll()
+    assert runner.state == "running", "its first poll: nothing has failed yet"
+    source.end(False)
+    for _ in range(3):
+        await source.next_poll()  # connected again, the poll hangs again
+        assert runner.state == "retrying" and runner.status().state == "retrying"
+        source.end(False)
+    await source.next_poll()
+    source.end(True)
+    await source.next_poll()  # the next one, at the interval
+    assert runner.state == "running" and runner.produced == 1
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
