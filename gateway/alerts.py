@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import DEFAULT_FOR, AlertRule, Config
@@ -39,7 +39,7 @@ from gateway.config.schema import post_url_problem
 from gateway.core.backoff import Backoff
 from gateway.core.errors import PermanentError, error_text
 from gateway.core.topics import TopicWatch
-from gateway.engine.status import Snapshot, StatusView
+from gateway.engine.status import SinkStatus, Snapshot, SourceStatus, StatusView
 
 if TYPE_CHECKING:
     import aiohttp
@@ -168,6 +168,33 @@ class Notifier:
             await self._done([seq], self.name)
 
 
+def _first_try(condition: str, rule: AlertRule, snap: Snapshot) -> list[str]:
+    """The subjects of a sink_failing or source_offline rule whose state is not known yet:
+    the component's first try since it started (`starting`, or `connecting` with no error
+    yet), a Modbus device not yet polled (`unknown`). They neither hold nor clear."""
+    picked = set(rule.components)
+    out: list[str] = []
+    components: Mapping[str, SinkStatus | SourceStatus]
+    if condition == "sink_failing":
+        components = snap.sinks
+    elif condition == "source_offline":
+        components = snap.sources
+    else:
+        return out
+    for name, c in components.items():
+        first = c.state == "starting" or (c.state == "connecting" and c.last_error is None)
+        if first and (not picked or name in picked):
+            out.append(name)
+        devices = c.extra.get("devices") if condition == "source_offline" else None
+        if not isinstance(devices, dict):
+            continue
+        for dev, st in devices.items():
+            unknown = isinstance(st, dict) and st.get("state") == "unknown"
+            if unknown and (not picked or dev in picked or name in picked):
+                out.append(name if dev == name else f"{name}/{dev}")
+    return out
+
+
 class Alerts:
     """Evaluates the rules against `view` and sends the events (see the module doc)."""
 
@@ -284,11 +311,13 @@ class Alerts:
         )
         new_dead = self._new_dead_letters(snap, now)
         holding: dict[str, tuple[str, str, AlertRule, str, Any, str]] = {}
+        undecided: set[str] = set()
         for name, (condition, rule) in rules.items():
             for subject, (value, message) in self._holding(
                 name, condition, rule, snap, now, new_dead
             ).items():
                 holding[f"{name}:{subject}"] = (name, condition, rule, subject, value, message)
+            undecided.update(f"{name}:{subject}" for subject in _first_try(condition, rule, snap))
         for key, (name, condition, rule, subject, value, message) in holding.items():
             self._clear.pop(key, None)
             if key in self.active:
@@ -300,9 +329,15 @@ class Alerts:
             if now - since >= wait:
                 self._pending.pop(key, None)
                 await self._fire(key, name, condition, subject, value, message)
-        for key in [k for k in self._pending if k not in holding]:
+        for key in [k for k in self._pending if k not in holding and k not in undecided]:
             del self._pending[key]
         for key in [k for k in self.active if k not in holding]:
+            if key in undecided:
+                # Its first try since it started is under way (a restart, a reload): a
+                # connect may take its whole timeout to fail, and the alert kept from
+                # before resolved meanwhile, then fired again.
+                self._clear.pop(key, None)
+                continue
             since = self._clear.setdefault(key, now)
             # A silence is over when data comes: no hold (the next one must last `for`).
             hold = 0.0 if self.active[key].get("condition") == "no_data" else RESOLVE_HOLD

@@ -487,3 +487,65 @@ async def test_an_event_the_broker_refuses_waits_and_is_said_once(
         " alerts.mqtt_topic)",
         "alerts: the broker takes the events again",
     ]
+
+
+class KeptStore(FakeStore):
+    """A store that kept one active alert from before the restart."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        rule, subject = key.split(":", 1)
+        self.kept = {"key": key, "rule": rule, "condition": rule, "subject": subject}
+        self.kept.update(state="firing", fired_at=900.0, at=900.0)
+
+    async def alert_state(self, recent: int) -> tuple[list[Any], list[Any]]:
+        return [(self.kept["key"], 900.0, json.dumps(self.kept))], []
+
+
+def sink(state: str, error: str | None) -> Any:
+    return SimpleNamespace(state=state, last_error=error, oldest_age_s=None)
+
+
+def source(state: str, error: str | None, devices: dict[str, Any] | None = None) -> Any:
+    return SimpleNamespace(state=state, last_error=error, extra={"devices": devices or {}})
+
+
+@pytest.mark.parametrize(
+    ("rule", "key", "first", "down"),
+    [
+        (
+            "sink_failing",
+            "sink_failing:db",
+            {"sinks": {"db": sink("connecting", None)}},
+            {"sinks": {"db": sink("retrying", "timed out")}},
+        ),
+        (
+            "source_offline",
+            "source_offline:field",
+            {"sources": {"field": source("connecting", None)}},
+            {"sources": {"field": source("retrying", "timed out")}},
+        ),
+        (
+            "source_offline",
+            "source_offline:plc/plc1",
+            {"sources": {"plc": source("running", None, {"plc1": {"state": "unknown"}})}},
+            {"sources": {"plc": source("running", None, {"plc1": {"state": "offline"}})}},
+        ),
+    ],
+)
+async def test_an_alert_kept_over_a_restart_waits_for_the_first_try_to_end(
+    rule: str, key: str, first: dict[str, Any], down: dict[str, Any]
+) -> None:
+    """After a restart the sink (or source, or device) tries its first connect, which may
+    take its whole timeout (30 s for PostgreSQL, a host that does not answer): the alert
+    kept from before resolved 5 s in, then fired again when the connect failed."""
+    store, clock = KeptStore(key), Clock()
+    alerts = make({rule: {"for": "1s"}}, store, clock)
+    await alerts._load()
+    for state in [first] * 30 + [down] * 3:
+        snap = snapshot()
+        snap.sinks, snap.sources = state.get("sinks", {}), state.get("sources", {})
+        await alerts.evaluate(snap, clock.now)
+        clock.now += 1.0
+    assert store.events == [], "neither resolved nor fired again"
+    assert [a["key"] for a in alerts.console()["active"]] == [key]
