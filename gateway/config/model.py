@@ -265,13 +265,20 @@ class MqttSection:
     ] = "127.0.0.1:1883"
     keepalive: Annotated[
         Duration,
-        Doc("The MQTT keepalive of the components on this broker that set none of their own."),
+        Doc(
+            "The MQTT keepalive (whole seconds) of the components on this broker that set"
+            " none of their own, and of the status connection (its last will goes when the"
+            " broker has heard nothing for 1.5 times it; 0s: none, and a gateway gone is"
+            " never noticed)."
+        ),
         Range(0, 65535, "must be between 0s (none) and 65535s, MQTT's limit"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         # The broker refused the connect at every try.
         yield from unsendable_keys(self, ("client_id", "username"))
+        if problem := keepalive_problem(self.keepalive):
+            yield "keepalive", problem
         if self.url not in ("auto", "embedded") and not self.url.startswith(
             ("mqtt://", "mqtts://")
         ):
@@ -311,6 +318,14 @@ class MqttSection:
                 "embedded_listen",
                 f"{self.embedded_listen!r}: write an IPv6 address in brackets, e.g. [::1]:1883",
             )
+
+
+def keepalive_problem(keepalive: float | None) -> str | None:
+    """An MQTT keepalive is whole seconds: 500ms was sent as 0, no keepalive at all (the
+    broker never noticed a gateway gone, and the status topic's last will never went)."""
+    if keepalive is not None and keepalive != int(keepalive):
+        return f"must be whole seconds, as MQTT counts it ({keepalive:g}s is not), or 0s for none"
+    return None
 
 
 def name_problem(name: str) -> str | None:

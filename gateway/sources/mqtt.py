@@ -111,7 +111,7 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Annotated, ClassVar, Literal
 
-from gateway.config.model import SourceConfig
+from gateway.config.model import SourceConfig, keepalive_problem
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
@@ -243,7 +243,10 @@ class MqttSourceConfig(SourceConfig):
     ] = 7 * 86400.0
     keepalive: Annotated[
         Duration | None,
-        Doc("The MQTT keepalive (default: `mqtt.keepalive` on the gateway's broker, else 30s)."),
+        Doc(
+            "The MQTT keepalive, whole seconds (default: `mqtt.keepalive` on the gateway's"
+            " broker, else 30s)."
+        ),
         Range(0, 65535, "must be between 0s (none) and 65535s, MQTT's limit"),
     ] = None
     ca_file: Annotated[
@@ -270,6 +273,8 @@ class MqttSourceConfig(SourceConfig):
     check_incomplete: ClassVar[bool] = True
 
     def check(self) -> Iterator[tuple[str, str]]:
+        if problem := keepalive_problem(self.keepalive):
+            yield "keepalive", problem
         if self.topics is not None:
             if not self.topics:
                 yield "topics", "subscribe to at least one topic filter"

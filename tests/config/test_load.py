@@ -725,6 +725,26 @@ def test_values_that_crashed_the_start_are_refused_in_one_line_each(tmp_path: Pa
     ]
 
 
+def test_an_mqtt_keepalive_that_is_not_whole_seconds_is_refused(tmp_path: Path) -> None:
+    # MQTT sends the keepalive in whole seconds: 500ms went as 0, no keepalive at all, so
+    # the broker never noticed a gateway gone (a power cut) and its status topic's last
+    # will (`offline`) never went; 1.5s went as 1.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883", keepalive: 500ms}
+        sources:
+          plant: {type: mqtt, topics: ["a/#"], keepalive: 1.5s}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: mqtt.keepalive: must be whole seconds, as MQTT counts it (0.5s is not),"
+        " or 0s for none",
+        f"{path}:4: sources.plant.keepalive: must be whole seconds, as MQTT counts it (1.5s"
+        " is not), or 0s for none",
+    ]
+
+
 def test_the_remote_config_broker_url_is_checked(tmp_path: Path) -> None:
     # Only its scheme was checked: mqtt://h:99999 passed check-config, then the channel
     # logged a ValueError traceback ("remote_config: crashed; restarting") for ever.
