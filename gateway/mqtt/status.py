@@ -109,6 +109,7 @@ class StatusChannel:
         self._stats = stats
         self._ready = ready
         self._client: Client | None = None
+        self._topic: str | None = None  # the status topic the connection said `online` on
         self._acks: dict[int, asyncio.Future[int]] = {}
         self._lost = asyncio.Event()
         self.last_error: str | None = None
@@ -200,6 +201,7 @@ class StatusChannel:
         self.last_error = None
         log.info("status: %s is online on %s:%d", topic, host, port)
         client.publish(topic.encode(), b"online", qos=1, retain=True)
+        self._topic = topic
         if self.on_online is not None:
             self.on_online()
         loop = asyncio.get_running_loop()
@@ -265,13 +267,16 @@ class StatusChannel:
     async def close(self) -> None:
         """A clean stop: `offline` on the status topic, then DISCONNECT."""
         client = self._client
-        plan = self._plan()
-        if client is not None and plan is not None:
-            await self._goodbye(client, status_topic(plan.gateway_id))
+        # The topic it said `online` on, not the settings' now: a reload that changed the
+        # gateway id or turned status off, not yet seen by `run` (it looks each second),
+        # left `online` retained for good (the DISCONNECT holds back the last will).
+        if client is not None and self._topic is not None:
+            await self._goodbye(client, self._topic)
         self._drop()
 
     def _drop(self) -> None:
         client, self._client = self._client, None
+        self._topic = None
         # Answered, not cancelled: the waiters (close()'s goodbye, an alert in send) are
         # other tasks, and a cancelled future raised CancelledError in them. run() drops
         # the channel when its connection goes, also while close() waits for the PUBACK of

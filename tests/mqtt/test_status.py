@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import queue
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
 from gateway.config.model import (
@@ -240,3 +242,58 @@ def test_the_stats_keep_to_their_grid() -> None:
     assert last is not None and grid.wait(last, 60.0) == status_module.IDLE
     assert not grid.due(last + 59.9, 60.0)
     assert grid.due(last + 60.0, 60.0)
+
+
+def retained(port: int, topic: str) -> bytes | None:
+    """The message the broker keeps retained on `topic` (None: none within 5 s)."""
+    got: queue.Queue[bytes] = queue.Queue()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, m: got.put(bytes(m.payload)) if m.retain else None
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        return got.get(timeout=5)
+    except queue.Empty:
+        return None
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+@pytest.mark.parametrize("change", ["id", "status off"])
+async def test_a_stop_right_after_a_reload_says_offline_where_it_said_online(
+    mosquitto: servers.Mosquitto, change: str
+) -> None:
+    """close() said `offline` on the status topic of the settings of now: a stop within a
+    second of a reload that changed the gateway id put it on the new id's topic (and none
+    when the reload turned status off), and `online` stayed retained on the old for good."""
+    config = Config(gateway=GatewaySection(id="status-old"), mqtt=MqttSection(url=mosquitto.url))
+    now = [config]
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(
+        config=lambda: now[0], broker_url=lambda: mosquitto.url, stats=dict, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    try:
+        async with asyncio.timeout(10):
+            while not channel.connected:  # noqa: ASYNC110 - a guard on our own flag
+                await asyncio.sleep(0.01)
+        topic = "edge-stream/status-old/status"
+        assert await asyncio.to_thread(retained, mosquitto.port, topic) == b"online"
+        if change == "id":
+            now[0] = Config(
+                gateway=GatewaySection(id="status-new"), mqtt=MqttSection(url=mosquitto.url)
+            )
+        else:
+            now[0] = Config(
+                gateway=GatewaySection(id="status-old"),
+                mqtt=MqttSection(url=mosquitto.url),
+                status=StatusSection(enabled=False),
+            )
+        await channel.close()  # the gateway stops before run() looked at the settings
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert await asyncio.to_thread(retained, mosquitto.port, topic) == b"offline"
