@@ -17,6 +17,10 @@ import nats
 import nkeys
 from nats.js import api as js_api
 
+# The tests' JetStream API requests (a stream made, its info read) wait this long: a 3-node
+# cluster on a loaded 2-core machine took longer than nats-py's 5 s to make a stream.
+JS_TIMEOUT = 30.0
+
 
 async def stream_messages(urls: list[str], stream: str, **connect: Any) -> list[Any]:
     """Every message in `stream` (an ephemeral consumer reads it from the start); `connect`
@@ -35,7 +39,7 @@ async def stream_messages(urls: list[str], stream: str, **connect: Any) -> list[
 async def _stream_messages(urls: list[str], stream: str, **connect: Any) -> list[Any]:
     nc = await nats.connect(servers=urls, **connect)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JS_TIMEOUT)
         try:
             total = (await js.stream_info(stream)).state.messages
         except nats.js.errors.NotFoundError:

@@ -25,6 +25,7 @@ from tests import servers
 from tests.e2e import test_sinks_e2e
 from tests.e2e.harness import GatewayProcess, wait_for
 from tests.e2e.upstreams import NatsUpstream, PostgresUpstream, Upstream
+from tests.nats_helpers import JS_TIMEOUT
 from tests.sinks.contract import unique_name
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +63,7 @@ def test_sink_kill_9_during_delivery_every_message_once_in_the_stream(
 async def _publish(urls: list[str], stream: str, subject: str, first: int, count: int) -> None:
     nc = await nats.connect(servers=urls)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JS_TIMEOUT)
         with_stream = [s.config.name for s in await js.streams_info()]
         if stream not in with_stream:
             await js.add_stream(

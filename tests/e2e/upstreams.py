@@ -401,10 +401,13 @@ class NatsUpstream(Upstream):
 
         import nats
 
+        from tests.nats_helpers import JS_TIMEOUT
+
         async def messages() -> int:
             nc = await nats.connect(servers=self.cluster.urls, allow_reconnect=False)
             try:
-                return int((await nc.jetstream().stream_info(self.stream)).state.messages)
+                info = await nc.jetstream(timeout=JS_TIMEOUT).stream_info(self.stream)
+                return int(info.state.messages)
             except nats.js.errors.NotFoundError:
                 return 0
             finally:

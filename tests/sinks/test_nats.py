@@ -23,7 +23,7 @@ from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks.nats import NatsSink, NatsSinkConfig, topic_tokens
 from tests import servers
-from tests.nats_helpers import new_nkey, new_operator, stream_messages
+from tests.nats_helpers import JS_TIMEOUT, new_nkey, new_operator, stream_messages
 from tests.sinks.contract import SinkContract, closing, connected, unique_name
 from tests.sinks.contract import config_problems as sink_config_problems
 
@@ -152,7 +152,9 @@ async def test_an_existing_stream_with_other_subjects_stops_the_sink(
     nats_cluster: servers.NatsCluster, ns: str
 ) -> None:
     nc = await nats.connect(servers=nats_cluster.urls)
-    await nc.jetstream().add_stream(js_api.StreamConfig(name=ns.upper(), subjects=["elsewhere.>"]))
+    await nc.jetstream(timeout=JS_TIMEOUT).add_stream(
+        js_api.StreamConfig(name=ns.upper(), subjects=["elsewhere.>"])
+    )
     await nc.close()
     sink = make_sink(nats_cluster.urls, **stream_keys(ns))
     with pytest.raises(PermanentError, match=rf"stream {ns.upper()} exists with subjects"):
@@ -241,7 +243,7 @@ async def test_an_existing_stream_with_other_settings_is_left_with_a_warning(
     stream = js_api.StreamConfig(
         name=ns.upper(), subjects=[f"{ns}.pi-01.>"], max_age=3600, max_msg_size=100
     )
-    await nc.jetstream().add_stream(stream)
+    await nc.jetstream(timeout=JS_TIMEOUT).add_stream(stream)
     await nc.close()
     keys = single_stream_keys(ns)
     keys["create_stream"]["max_age"] = "2h"
@@ -493,7 +495,7 @@ async def test_a_topic_never_reaches_the_servers_own_subjects(
     victim = ns.upper() + "_VICTIM"
     nc = await nats.connect(servers=nats_cluster.urls)
     try:
-        await nc.jetstream().add_stream(name=victim, subjects=[f"{ns}.victim.>"])
+        await nc.jetstream(timeout=JS_TIMEOUT).add_stream(name=victim, subjects=[f"{ns}.victim.>"])
     finally:
         await nc.close()
     stream = {"name": ns.upper(), "subjects": ["%24JS.>", "%24SYS.>"], "replicas": 3}
@@ -509,7 +511,7 @@ async def test_a_topic_never_reaches_the_servers_own_subjects(
     ]
     nc = await nats.connect(servers=nats_cluster.urls)
     try:
-        assert (await nc.jetstream().stream_info(victim)).config.name == victim
+        assert (await nc.jetstream(timeout=JS_TIMEOUT).stream_info(victim)).config.name == victim
     finally:
         await nc.close()
     # a `$` anywhere else in the topic, or after a prefix of the template's, is just a character
@@ -524,7 +526,7 @@ async def test_a_batch_retried_after_a_full_stream_leaves_out_what_was_stored(
     # of 12 stores what fits, then a consumer takes them. Sent whole again, what the stream had
     # stored came back as duplicates at every try (and was stored again past the window).
     nc = await nats.connect(servers=nats_cluster.urls)
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=JS_TIMEOUT)
     await js.add_stream(
         js_api.StreamConfig(
             name=ns.upper(),
@@ -580,7 +582,7 @@ async def test_answers_in_flight_after_a_full_stream_are_heard_out(
     # them. The try gave up at the first answer: the rest, stored, were not heard of and
     # came back at the next try as duplicates (11 of them).
     nc = await nats.connect(servers=nats_cluster.urls)
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=JS_TIMEOUT)
     full = js_api.StreamConfig(
         name=ns.upper() + "_FULL",
         subjects=[f"{ns}.full.>"],

@@ -21,6 +21,7 @@ from gateway.core.errors import MissingError, RetryableError
 from gateway.engine.plan import plan
 from gateway.sources.nats import NatsSource, NatsSourceConfig
 from tests import servers
+from tests.nats_helpers import JS_TIMEOUT
 from tests.sinks.contract import unique_name
 from tests.sources.contract import SourceContract
 from tests.sources.engine_run import config_for, lines, stop, until
@@ -40,7 +41,7 @@ def make_source(urls: list[str], stream: str, **keys: Any) -> NatsSource:
 async def publish(urls: list[str], stream: str, count: int, create: bool = True) -> None:
     nc = await nats.connect(servers=urls)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JS_TIMEOUT)
         if create:
             await js.add_stream(
                 js_api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"], num_replicas=1)
@@ -152,7 +153,7 @@ class NatsProducer:
     async def _js(self) -> Any:
         if self.nc is None:
             self.nc = await nats.connect(servers=self.urls)
-        return self.nc.jetstream()
+        return self.nc.jetstream(timeout=JS_TIMEOUT)
 
     async def send(self, tag: str, n: int) -> None:
         js = await self._js()
@@ -240,7 +241,7 @@ async def test_a_changed_subject_ack_wait_or_batch_updates_the_existing_consumer
     assert {m.flowfile.topic for m in read} == {f"{stream.lower()}/dev1"}
     nc = await nats.connect(servers=nats_cluster.urls)
     try:
-        info = await nc.jetstream().consumer_info(stream, second.durable)
+        info = await nc.jetstream(timeout=JS_TIMEOUT).consumer_info(stream, second.durable)
     finally:
         await nc.close()
     assert (info.config.ack_wait, info.config.max_ack_pending) == (7.0, 40)
@@ -268,7 +269,7 @@ async def test_what_was_committed_before_a_lost_connection_is_acked_after_it(
     assert [m.flowfile.attributes["nats.seq"] for m in more] == [str(s) for s in range(6, 11)]
     nc = await nats.connect(servers=nats_cluster.urls)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JS_TIMEOUT)
         info = await js.consumer_info(stream, source.durable)
         deadline = asyncio.get_running_loop().time() + 30
         while info.ack_floor.stream_seq < 5 and asyncio.get_running_loop().time() < deadline:
