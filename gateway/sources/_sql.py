@@ -268,17 +268,28 @@ def _as_type_of(value: Any, sample: Any) -> Any:
         raise ValueError(f"{value!r} is no {type(sample).__name__}") from err
 
 
-def _level(value: Any) -> str:
+def _level(value: Any, json_value: Any = _json_default) -> str:
     """A value as one topic level, written as in the row's JSON (NULL `null`, a boolean
-    `true`, bytes as text or base64; it read `None`, `True`, `b'...'`)."""
-    if value is None or isinstance(value, bool):
-        text = orjson.dumps(value).decode()
+    `true`, bytes as text or base64, an interval its seconds, a range or an array their
+    JSON; it read `None`, `True`, `b'...'`, `0:01:30`, `<Range [1, 5)>`, `[1, 2]`).
+    `json_value`: the source's JSON for what JSON has no type for."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Decimal | int) and not isinstance(value, bool):
+        text = str(value)
     elif isinstance(value, dt.date | dt.time):
         text = value.isoformat()
-    elif isinstance(value, bytes | bytearray | memoryview):
-        text = _json_default(value)
     else:
-        text = str(value)
+        try:
+            if not isinstance(value, None | bool | float | list | dict):
+                value = json_value(value)
+            text = (
+                value
+                if isinstance(value, str)
+                else orjson.dumps(value, default=json_value, option=_JSON_OPTIONS).decode()
+            )
+        except TypeError:
+            text = str(value)
     return text.replace("/", "_").replace("+", "_").replace("#", "_").replace("\0", "_") or "_"
 
 
@@ -632,7 +643,11 @@ class IncrementalSource(Source):
         fixed = {"table": _level(config.table), "source": _level(self.ctx.name)}
 
         def topic(record: dict[str, Any]) -> str:
-            values = {name: _level(record[name]) for name in self._fields if name in record}
+            values = {
+                name: _level(record[name], self.json_value)
+                for name in self._fields
+                if name in record
+            }
             return template.format_map({**fixed, **values})
 
         return topic

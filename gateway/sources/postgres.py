@@ -12,7 +12,10 @@ precision` NaN or ±Infinity null, as JSON has none, where `numeric`'s are the s
 `"NaN"` and `"Infinity"`),
 a point `[x, y]` (a box, segment, path or polygon a list of points, a circle
 `[[x, y], r]`), a range `{"lower", "upper", "lower_inc", "upper_inc"}` (`{"empty":
-true}` for an empty one).
+true}` for an empty one), a composite type (`CREATE TYPE ... AS (...)`) an object of its
+fields. A composite type with a date or time field cannot be read (the date and time
+types are read as text, above, and the driver reads a composite's fields only in binary):
+it stops the source with one line naming the type; leave its column out with `columns`.
 A dsn the server can never accept stops the source with one line, as it stops the
 `postgres` sink: a wrong password or database, a TLS file of the dsn (`?sslcert=`,
 `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full) that cannot
@@ -138,6 +141,8 @@ class PostgresSource(IncrementalSource):
         return f"${n}"
 
     def json_value(self, value: Any) -> Any:
+        if isinstance(value, asyncpg.Record):  # a composite type: its fields by name
+            return dict(value.items())
         if isinstance(value, asyncpg.BitString):
             return value.as_string()  # bit, varbit: '1010'
         if isinstance(value, asyncpg.Path):  # path, polygon: their points
@@ -207,6 +212,14 @@ class PostgresSource(IncrementalSource):
             await self._drop()
             raise PermanentError(
                 f"cannot read table {self.config.table} on {self.server}: {_message(err)}"
+            ) from err
+        except asyncpg.exceptions.UnsupportedClientFeatureError as err:
+            # A composite type with a date or time field (see the docstring): an
+            # InterfaceError, taken for a lost connection, it was retried for ever.
+            await self._drop()
+            raise PermanentError(
+                f"cannot read table {self.config.table} on {self.server}: {_message(err)};"
+                " leave that column out with `columns`"
             ) from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             await self._drop()

@@ -546,6 +546,60 @@ async def test_postgres_types_beyond_json_have_a_json_form(postgres: Any) -> Non
     }
 
 
+async def test_a_postgres_composite_column_is_a_json_object(postgres: Any) -> None:
+    """A column of a composite type (CREATE TYPE ... AS), or an array of them, stopped the
+    source for good: 'a row holds a value with no JSON form (... Record)'. In a topic, it
+    and an interval read as in the JSON (they read `<Record a=2 b=None>`, `0:01:30`)."""
+    table, kind = unique_name(), unique_name()
+    postgres.execute(f'CREATE TYPE "{kind}" AS (a int, b text, n numeric)')
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id INT PRIMARY KEY, c "{kind}", cs "{kind}"[], s interval)'
+    )
+    postgres.execute(
+        f"""INSERT INTO "{table}" VALUES (1, ROW(1, 'x', 1.5),
+        ARRAY[ROW(2, NULL, NULL)::"{kind}"], '90 seconds')"""
+    )
+    config, problems = build(
+        "postgres", dsn=postgres.dsn, table=table, cursor="id", topic="t/{s}/{cs}"
+    )
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        await source.close()
+    assert orjson.loads(message.flowfile.content) == {
+        "id": 1,
+        "c": {"a": 1, "b": "x", "n": "1.5"},
+        "cs": [{"a": 2, "b": None, "n": None}],
+        "s": 90.0,
+    }
+    assert message.flowfile.topic == 't/90.0/[{"a":2,"b":null,"n":null}]'
+
+
+async def test_a_postgres_composite_with_a_time_field_stops_the_source(postgres: Any) -> None:
+    """The driver cannot read it (the date and time types are read as text): the error, an
+    InterfaceError taken for a lost connection, was retried for ever."""
+    table, kind = unique_name(), unique_name()
+    postgres.execute(f'CREATE TYPE "{kind}" AS (a int, at timestamptz)')
+    postgres.execute(f'CREATE TABLE "{table}" (id INT PRIMARY KEY, c "{kind}")')
+    postgres.execute(f"""INSERT INTO "{table}" VALUES (1, ROW(1, '2024-05-01 12:00+00'))""")
+    config, problems = build("postgres", dsn=postgres.dsn, table=table, cursor="id")
+    assert problems == []
+    source = PostgresSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await source.poll_messages()
+    finally:
+        await source.close()
+    text = str(caught.value)
+    assert f'"public"."{kind}"' in text
+    assert text.endswith("leave that column out with `columns`")
+    assert "\n" not in text
+
+
 async def test_postgres_dates_and_times_python_cannot_hold_come_as_text(postgres: Any) -> None:
     """A date BC or past 9999, or a time of 24:00, raised ValueError in the driver: the
     source crashed on that row at every poll, and no later row was ever read."""
