@@ -24,6 +24,7 @@ better than hours without one.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -31,6 +32,10 @@ COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
 POLLED_KEPT = 8  # the latest cron times polled, kept to skip after a step back
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
+# croniter's `R` (a random value, drawn again each time the expression is read: at each run
+# and each wall clock check, so `R * * * *` polled at a new random minute each time, three
+# polls in one hour and none in the next) and `H` (hashed from an id it is not given)
+_RANDOM = re.compile(r"[rh](\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
 
 
 def cron_problem(expression: str) -> str | None:
@@ -41,6 +46,12 @@ def cron_problem(expression: str) -> str | None:
             f"{expression!r} is not a cron schedule: it needs 5 fields (minute hour day month"
             " weekday) or 6 (with seconds last), e.g. '*/5 * * * *'"
         )
+    for field in fields:
+        if _RANDOM.match(field):
+            return (
+                f"{expression!r}: {field!r} (croniter's random or hashed time) is not a cron"
+                " field: name the times, e.g. '17 * * * *'"
+            )
     from croniter import croniter
 
     if not croniter.is_valid(expression):

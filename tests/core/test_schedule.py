@@ -135,6 +135,15 @@ def test_bad_cron_expressions_are_explained() -> None:
             f"{never!r} names no date that exists (such as 30 February): it never runs"
         )
     assert cron_problem("0 0 29 2 *") is None  # leap days come
+    # croniter's random minute, drawn again at each run and clock check: polls came at
+    # random minutes, three in one hour and none in the next
+    for random_time in ("R * * * *", "0 r(1-5) * * *", "0 0 * * * R/10", "H * * * *"):
+        field = next(f for f in random_time.split() if f[0] in "RrH")
+        assert cron_problem(random_time) == (
+            f"{random_time!r}: {field!r} (croniter's random or hashed time) is not a cron"
+            " field: name the times, e.g. '17 * * * *'"
+        )
+    assert cron_problem("0 0 * mar fri") is None
 
 
 class FakeClock(Clock):
