@@ -10,7 +10,9 @@ ever makes the engine wait: when Redis is slow or down the changes pile up (and
 /api/status says `replication.state: down` with the error); past `max_pending`
 they are dropped and, once Redis answers again, the whole committed state is read
 from the local store and copied (each component's hash replaced in one MULTI).
-The first copy after the gateway starts is such a full copy too.
+The first copy after the gateway starts is such a full copy too, and so is the copy after
+a reset (`edge-stream state reset`), which also deletes the hash of a component reset
+that no processor runs now (the old ROUTE.N of a renamed route).
 
 A gateway that starts with an empty store and this setting reads the hashes back
 (`load`) before its first batch: a standby continues the windows of the gateway
@@ -80,6 +82,11 @@ class Replicator:
         self._pending: dict[tuple[str, str], bytes | None] = {}
         self._inflight = 0  # changes in the pipeline being written
         self._full = True  # copy the whole committed state next
+        # Components reset that no processor runs now (a route renamed: `edge-stream state
+        # reset` of its old ROUTE.N): the full copy goes over the running ones only, so
+        # their hashes stayed in Redis for ever, and a standby restored them once a
+        # processor stood at that ROUTE.N again.
+        self._forgotten: set[str] = set()
         self._wake = asyncio.Event()
         self._wake.set()
         self._client: Redis | None = None
@@ -103,6 +110,7 @@ class Replicator:
         """A committed batch's state changes (never blocks, never raises)."""
         if resets:
             self._full = True  # a reset component: its hash is replaced by the full copy
+            self._forgotten.update(resets)  # or deleted, when none runs
         if self._full:
             self._wake.set()
             return  # the full copy reads the store after this commit
@@ -232,8 +240,13 @@ class Replicator:
         Changes committed from here on go to `_pending` and are written after."""
         self._full = False
         self._pending.clear()
+        forgotten, self._forgotten = self._forgotten, set()
         try:
-            for component in self.components():
+            running = self.components()
+            gone = [self.key(c) for c in sorted(forgotten - set(running))]
+            if gone:
+                await self.client().delete(*gone)
+            for component in running:
                 rows = await self.load_committed(component)
                 pipe = self.client().pipeline(transaction=True)
                 pipe.delete(self.key(component))
@@ -244,4 +257,5 @@ class Replicator:
                 self.replicated += len(rows)
         except BaseException:
             self._full = True
+            self._forgotten |= forgotten
             raise

@@ -59,3 +59,29 @@ async def test_fields_of_the_replica_that_are_not_its_own_are_left_out(
     finally:
         await replicator.close()
         admin.close()
+
+
+async def test_a_reset_of_state_no_processor_runs_deletes_its_hash(redis: Any) -> None:
+    """`edge-stream state reset` of a renamed route's old ROUTE.N forgot it in the store but
+    not in Redis: the full copy went over the running components only, so the hash stayed
+    for ever, and a standby restored it once a processor stood at that ROUTE.N again."""
+    settings = ReplicateSettings(redis=redis.url, prefix="t-{gateway}")
+    replicator = Replicator(settings, "gw", lambda: ["new.0"], _rows, SYSTEM_CLOCK)
+    admin = redis_sync.Redis.from_url(redis.url)
+    admin.hset("t-gw:old.0", mapping={b"k": b"3:{}"})
+    admin.hset("t-gw:kept.0", mapping={b"k": b"4:{}"})  # no processor runs it, not reset
+    task = asyncio.ensure_future(replicator.run())
+    try:
+        async with asyncio.timeout(10):
+            while not admin.exists("t-gw:new.0"):  # noqa: ASYNC110 - the first full copy
+                await asyncio.sleep(0.02)
+        replicator.offer([], ["old.0"])
+        async with asyncio.timeout(10):
+            while admin.exists("t-gw:old.0"):  # noqa: ASYNC110 - the task deletes it
+                await asyncio.sleep(0.02)
+        assert admin.hgetall("t-gw:new.0") == {b"k": b"1:{}"}
+        assert admin.hgetall("t-gw:kept.0") == {b"k": b"4:{}"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        admin.close()
