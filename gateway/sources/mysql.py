@@ -7,14 +7,14 @@ Every poll (every `interval`, or at the times of `schedule`) runs
 (with a `key`: `WHERE (cursor > ? OR (cursor = ? AND key > ?)) ORDER BY cursor, key`),
 the values bound as parameters and the names checked as SQL identifiers when
 the config loads. Each row becomes one FlowFile: its content is the row as a
-JSON object (DECIMAL as a string, DATETIME as ISO 8601, binary as text when it
-is UTF-8, else base64), its topic comes from `topic`, its attributes are `table`
-and `source`. The position after each row (the cursor value, and the key's) is
-committed to the store in the same transaction as the row, so a gateway killed
-at any point starts again after the last row it stored: no row missed, none
-read twice. A full page is followed by the next one at once. A lost connection
-is retried with the engine's backoff; wrong credentials, an unknown database,
-table or column stop the source with the server's message.
+JSON object (DECIMAL as a string, DATETIME as ISO 8601, BIT as a number, binary
+as text when it is UTF-8, else base64), its topic comes from `topic`, its
+attributes are `table` and `source`. The position after each row (the cursor
+value, and the key's) is committed to the store in the same transaction as the
+row, so a gateway killed at any point starts again after the last row it stored:
+no row missed, none read twice. A full page is followed by the next one at once.
+A lost connection is retried with the engine's backoff; wrong credentials, an
+unknown database, table or column stop the source with the server's message.
 
 What the cursor cannot see: a row inserted with a cursor value below one already
 read (a long transaction that commits after a later one, a timestamp set by a
@@ -53,6 +53,8 @@ from typing import Annotated, Any
 
 import aiomysql
 import pymysql
+from pymysql.constants import FIELD_TYPE
+from pymysql.converters import conversions
 
 from gateway.config.schema import Doc, Valid
 from gateway.core.component import Context
@@ -65,6 +67,15 @@ from gateway.sinks.mysql import (
     tls_context,
 )
 from gateway.sources._sql import IncrementalSource, SqlSourceKeys
+
+
+def _bit(value: bytes) -> int:
+    return int.from_bytes(value)
+
+
+# BIT as the number it is (b'1010' is 10): the driver gives its bytes, which were written
+# as text, a BIT(1) flag "\u0001" in the JSON and in a topic.
+_CONVERSIONS = {**conversions, FIELD_TYPE.BIT: _bit}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +152,7 @@ class MysqlSource(IncrementalSource):
                     ssl=context,
                     connect_timeout=config.timeout,
                     init_command="SET SESSION time_zone='+00:00'",
+                    conv=_CONVERSIONS,
                 )
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             kind = PermanentError if _code(err) in SETUP_ERRORS else RetryableError

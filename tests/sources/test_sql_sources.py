@@ -782,6 +782,28 @@ async def test_a_mysql_cursor_named_in_another_case_reads_its_column(mariadb: An
     assert got == [1, 2] and source.status()["position"] == [2, 1]
 
 
+async def test_a_mysql_bit_column_is_a_number(mariadb: Any) -> None:
+    """BIT came as its bytes, written as text: a BIT(1) flag read "\\u0001" in the JSON and
+    the topic, a BIT(10) b'1010' "\\u0000\\n"."""
+    table = unique_name()
+    mariadb.execute(f"CREATE TABLE `{table}` (id INT, flag BIT(1), b BIT(10), n BIT(64))")
+    mariadb.execute(f"INSERT INTO `{table}` VALUES (1, b'1', b'1010', b'0'), (2, b'0', NULL, ~0)")
+    config, _problems = build(
+        "mysql", dsn=mariadb.dsn, table=table, cursor="id", topic="t/{flag}/{b}"
+    )
+    source = MysqlSource(config, Context("rows", "source"))
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+    finally:
+        await source.close()
+    assert [orjson.loads(m.flowfile.content) for m in messages] == [
+        {"id": 1, "flag": 1, "b": 10, "n": 0},
+        {"id": 2, "flag": 0, "b": None, "n": 2**64 - 1},
+    ]
+    assert [m.flowfile.topic for m in messages] == ["t/1/10", "t/0/null"]
+
+
 async def test_a_mysql_float_cursor_does_not_read_its_last_row_again(
     mariadb: Any, tmp_path: Path, run_engine: Callable[..., Any]
 ) -> None:
