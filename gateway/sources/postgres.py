@@ -12,10 +12,9 @@ precision` NaN or ±Infinity null, as JSON has none, where `numeric`'s are the s
 `"NaN"` and `"Infinity"`),
 a point `[x, y]` (a box, segment, path or polygon a list of points, a circle
 `[[x, y], r]`), a range `{"lower", "upper", "lower_inc", "upper_inc"}` (`{"empty":
-true}` for an empty one), a composite type (`CREATE TYPE ... AS (...)`) an object of its
-fields. A composite type with a date or time field cannot be read (the date and time
-types are read as text, above, and the driver reads a composite's fields only in binary):
-it stops the source with one line naming the type; leave its column out with `columns`.
+true}` for an empty one; a `tstzrange`'s bounds as its times), a composite type (`CREATE
+TYPE ... AS (...)`) an object of its fields. A type the driver cannot read stops the
+source with one line naming it; leave its column out with `columns`.
 A dsn the server can never accept stops the source with one line, as it stops the
 `postgres` sink: a wrong password or database, a TLS file of the dsn (`?sslcert=`,
 `?sslkey=`, and `?sslrootcert=` with sslmode verify-ca or verify-full) that cannot
@@ -37,8 +36,7 @@ Example
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -56,6 +54,7 @@ from gateway.sinks.postgres import (
     dsn_problem,
     tls_file_problem,
 )
+from gateway.sources._pg_times import CODECS as TIME_CODECS
 from gateway.sources._sql import IncrementalSource, SqlSourceKeys
 
 # The server refuses us or the table is not what the config says: an operator has to act.
@@ -73,38 +72,6 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-
-
-def _or_text(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A decoder of a date or time type's text: `parse`'s value, or the text itself when
-    Python cannot hold it (a year BC or past 9999, infinity, 24:00)."""
-
-    def decode(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError:
-            return text
-
-    return decode
-
-
-def _utc(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)  # as the binary codec gave it
-
-
-def _date_param(value: Any) -> str:
-    return value.isoformat() if isinstance(value, dt.date | dt.time) else str(value)
-
-
-# Read as text, not with asyncpg's binary codecs: a date BC or past 9999, or a time of
-# 24:00, raised ValueError in the driver, and the source crashed on that row at every poll.
-_DATE_TYPES = {
-    "date": _or_text(dt.date.fromisoformat),
-    "timestamp": _or_text(dt.datetime.fromisoformat),
-    "timestamptz": _or_text(_utc),
-    "time": _or_text(dt.time.fromisoformat),
-    "timetz": _or_text(dt.time.fromisoformat),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,9 +146,9 @@ class PostgresSource(IncrementalSource):
             # The same line as the postgres sink's for the same dsn.
             raise connect_error(err, self.server, config.dsn, PermanentError) from err
         try:
-            for name, decoder in _DATE_TYPES.items():
+            for name, (encoder, decoder) in TIME_CODECS.items():
                 await conn.set_type_codec(
-                    name, schema="pg_catalog", encoder=_date_param, decoder=decoder, format="text"
+                    name, schema="pg_catalog", encoder=encoder, decoder=decoder, format="tuple"
                 )
         except BaseException as err:  # a connection lost meanwhile, cancellation: no leak
             conn.terminate()
