@@ -221,6 +221,9 @@ class RedisSourceConfig(SourceConfig):
             problem = _location_problem(self.url)
             if problem:
                 yield "url", problem
+        for name in ("key", "group", "consumer", "processing"):
+            if getattr(self, name) == "":
+                yield name, "must not be empty"
         if self.timeout <= 0 or self.connect_timeout <= 0:
             yield "timeout", "timeouts must be positive"
         if self.mode == "list" and self.key in (self.processing, f"{self.processing}:done"):

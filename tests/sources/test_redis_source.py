@@ -387,6 +387,12 @@ def test_keys_are_checked() -> None:
     for key in ("k", "k:done"):
         _config, problems = build(url="redis://h:1/0", key=key, mode="list", processing="k")
         assert problems == [f"sources.r.processing: must be another list than key ({key!r})"]
+    # empty names were taken: a stream "" read by a group "" (or, for consumer and
+    # processing, the default used instead of what was written)
+    for keys in ({"key": ""}, {"group": ""}, {"consumer": ""}, {"processing": "", "mode": "list"}):
+        _config, problems = build(url="redis://h:1/0", **{"key": "k", **keys})
+        name = next(k for k, v in keys.items() if v == "")
+        assert problems == [f"sources.r.{name}: must not be empty"]
 
 
 async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:
