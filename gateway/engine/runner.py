@@ -182,6 +182,7 @@ class SourceRunner:
         self.produced = 0
         self.missing = False  # the last error was a MissingError (see `Engine.apply`)
         self.schedule: Schedule | None = None  # a polled source's, once it polls
+        self._retry_at: float | None = None  # wall s of the next connect, while retrying
         self.outage = False  # failed since its last connect (see Source.quiet_retries)
         # A polled source's last poll (or connect) failed, and no poll has worked since: its
         # connect alone does not make it "running" again (see `run`).
@@ -201,13 +202,19 @@ class SourceRunner:
         if schedule is None:
             return extra
         clock = self.clock
-        at = schedule.next_run_wall(clock.monotonic(), clock.now_ns() / 1e9)
-        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
-        return {
-            **extra,
-            "next_run": when.replace("+00:00", "Z"),
-            "missed_runs": schedule.missed_runs,
-        }
+        # Retrying, the run that failed goes again once connected (see `_poll_loop`); a
+        # failed source runs no more. The schedule's time, long past, was shown for both.
+        if self.state == "failed":
+            at: float | None = None
+        elif self.state == "retrying" and self._retry_at is not None:
+            at = self._retry_at
+        else:
+            at = schedule.next_run_wall(clock.monotonic(), clock.now_ns() / 1e9)
+        when = None
+        if at is not None:
+            text = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+            when = text.replace("+00:00", "Z")
+        return {**extra, "next_run": when, "missed_runs": schedule.missed_runs}
 
     def status(self) -> SourceStatus:
         return SourceStatus(
@@ -313,6 +320,7 @@ class SourceRunner:
                 else:
                     log.warning("%s; retrying in %.1f s, quietly until it is back", err, delay)
                 self.outage = True
+                self._retry_at = self.clock.now_ns() / 1e9 + delay
                 await self.close()
                 await self.clock.sleep(delay)
             except PermanentError as err:

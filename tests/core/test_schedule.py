@@ -13,6 +13,7 @@ from gateway.config.model import RetrySettings
 from gateway.config.schema import Problems, build_component
 from gateway.core.clock import Clock
 from gateway.core.component import Context, Source
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.engine.runner import Ingest, SourceRunner
@@ -221,6 +222,45 @@ async def test_the_runner_polls_at_cron_times_and_shows_the_next_run() -> None:
     await steps(clock, 10 * 60, by=5.0)
     assert source.polls == [wall("2024-03-01T10:05:00"), wall("2024-03-01T10:10:00")]
     assert runner.status().to_json()["next_run"] == "2024-03-01T10:15:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class Failing(Counting):
+    """Fails its polls with `errors`, one each, then polls."""
+
+    def __init__(self, clock: FakeClock, schedule: Schedule, errors: list[Exception]) -> None:
+        super().__init__(clock, schedule)
+        self.errors = errors
+
+    async def poll(self) -> list[FlowFile]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().poll()
+
+
+async def test_the_next_run_of_a_retrying_source_is_its_retry_and_a_failed_one_has_none() -> None:
+    """Both showed the time of the poll that failed, long past (a database down for an
+    hour: an hour-old next_run)."""
+    clock = FakeClock(1000.0, wall("2024-03-01T10:04:00"))
+    source = Failing(clock, Schedule(interval=1.0, cron="*/5 * * * *"), [RetryableError("down")])
+    runner = SourceRunner(
+        "failing", source, Ingest(10_000), RetrySettings(initial=20.0, max=20.0),
+        asyncio.Event(), clock,
+    )  # fmt: skip
+    runner.gate.set()
+    task = asyncio.ensure_future(runner.run())
+    await steps(clock, 61)  # the poll of 10:05 fails: retried within 20 s
+    status = runner.status().to_json()
+    assert status["state"] == "retrying"
+    retry = datetime.fromisoformat(str(status["next_run"]))
+    assert wall("2024-03-01T10:05:01") <= retry.timestamp() <= wall("2024-03-01T10:05:21")
+    await steps(clock, 30)  # connected again: the poll that failed goes again at once
+    assert source.polls and runner.status().to_json()["next_run"] == "2024-03-01T10:10:00.000Z"
+    source.errors.append(PermanentError("no such table"))
+    await steps(clock, 5 * 60)
+    assert runner.status().to_json()["state"] == "failed"
+    assert runner.status().to_json()["next_run"] is None
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
