@@ -1,0 +1,68 @@
+"""scripts/build-image's parts that run fast, sourced from the script itself (a whole
+image takes minutes under emulation: `make image`)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+
+
+def _build_image(function: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one function of scripts/build-image (sourced: it defines them, runs nothing)."""
+    return subprocess.run(
+        ["bash", "-c", f'source scripts/build-image && {function} "$@"', "build-image", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=60,
+    )
+
+
+def test_sourcing_the_script_runs_nothing() -> None:
+    result = _build_image("true")
+    assert result.returncode == 0 and not result.stdout + result.stderr, result
+
+
+def test_the_overlay_is_roots_and_leaves_the_base_folders_alone(tmp_path: Path) -> None:
+    """rootfs/ was copied with `cp -a`, which gives the image's /, /etc, /usr/lib and the
+    overlay's files the owner and modes of the checkout: cloned by a user (uid 1000) and
+    built with sudo, the image's root folder and /etc belonged to its `edge` user (uid
+    1000 there too), and a group-writable checkout (umask 002) made them group-writable."""
+    if os.geteuid() != 0:
+        pytest.fail("the overlay test needs root (file ownership)", pytrace=False)
+    source = tmp_path / "rootfs"
+    (source / "etc/mosquitto").mkdir(parents=True)
+    (source / "usr/lib/edge-stream").mkdir(parents=True)
+    (source / "etc/mosquitto/mosquitto.conf").write_text("listener 1883\n")
+    (source / "usr/lib/edge-stream/firstboot").write_text("#!/bin/sh\n")
+    for path in [source, *source.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+        path.chmod(0o775 if path.is_dir() or path.name == "firstboot" else 0o664)
+    root = tmp_path / "root"
+    for folder in ("etc", "usr/lib"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc").chmod(0o755)
+    root.chmod(0o755)
+
+    result = _build_image("overlay", str(source), str(root))
+    assert result.returncode == 0, result.stderr
+
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (0, 0), f"{path} owned by {info.st_uid}"
+        assert not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH), f"{path} {info.st_mode:o}"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "etc").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "usr/lib/edge-stream/firstboot").stat().st_mode) == 0o755
+    assert (root / "etc/mosquitto/mosquitto.conf").read_text() == "listener 1883\n"
