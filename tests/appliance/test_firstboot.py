@@ -1,8 +1,9 @@
 """The appliance's first-boot script (rootfs/usr/lib/edge-stream/firstboot), run for real
 in a private mount and host-name namespace: the folders it writes (/etc/edge-stream,
-/var/lib/edge-stream, /etc/systemd/network, /etc/mosquitto, /etc/ssh, the boot partition)
-are fresh tmpfs mounts there, /etc an overlay (its passwd holds the gateway's user),
-/opt/edge-stream/venv a wrapper around this checkout. Nothing of this machine changes."""
+/var/lib/edge-stream and -firstboot, /etc/systemd/network, /etc/mosquitto, /etc/ssh, boot)
+are fresh tmpfs mounts there, /etc, /var/lib and /opt overlays (passwd holds the
+gateway's user), /opt/edge-stream/venv a wrapper around this checkout. Nothing of this
+machine changes."""
 
 from __future__ import annotations
 
@@ -20,20 +21,26 @@ REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "rootfs"
 UNSHARE = ["unshare", "--mount", "--uts", "--propagation", "private"]
 
-# What the namespace gets before the script runs; $T is the test's folder.
+# What the namespace gets before the script runs; $T is the test's folder. Every folder
+# the script writes in is a fresh mount here.
 SETUP = r"""
 set -euo pipefail
 T=$1
 fresh() { mkdir -p "$1"; mount -t tmpfs -o mode=0755 tmpfs "$1"; }
-# /etc as an overlay: what the script writes there (passwd, hosts, hostname) stays here
+# /etc, /var/lib and /opt as overlays: what is made or written there (passwd, hosts,
+# the folders below) stays in this namespace
 fresh "$T/overlay"
-mkdir "$T/overlay/upper" "$T/overlay/work"
-mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/overlay/upper,workdir=$T/overlay/work" /etc
+for top in etc var/lib opt; do
+  o=$T/overlay/${top//\//-}
+  mkdir "$o" "$o-work"
+  mount -t overlay overlay -o "lowerdir=/$top,upperdir=$o,workdir=$o-work" "/$top"
+done
 echo "edge-stream:x:$GW_UID:$GW_UID::/var/lib/edge-stream:/usr/sbin/nologin" >>/etc/passwd
 echo "edge-stream:x:$GW_UID:" >>/etc/group
 grep -q '^mosquitto:' /etc/group || echo "mosquitto:x:$((GW_UID + 1)):" >>/etc/group
 fresh /etc/edge-stream
 fresh /var/lib/edge-stream
+fresh /var/lib/edge-stream-firstboot
 fresh /etc/systemd/network
 fresh /etc/mosquitto
 fresh /etc/ssh
@@ -44,7 +51,12 @@ cp -a "$ROOTFS/etc/systemd/network/." /etc/systemd/network/
 install -o edge-stream -g edge-stream -m 0640 "$ROOTFS/etc/edge-stream/gateway.yaml" \
   /etc/edge-stream/gateway.yaml
 chown edge-stream:edge-stream /etc/edge-stream /var/lib/edge-stream
-touch /var/lib/edge-stream/.grown   # a tmpfs has no partition to grow
+# what the gateway's user could have put in its own folders before a boot
+if [ -n "${PLANT:-}" ]; then
+  ln -s "$T/planted-grown" /var/lib/edge-stream/.grown
+  ln -s "$T/planted-hostname" /var/lib/edge-stream/.hostname-config
+  ln -s "$T/planted-credentials" /etc/edge-stream/.credentials-made
+fi
 mkdir -p /opt/edge-stream/venv/bin
 for name in python edge-stream; do
   run='exec "$PY" "$@"'
@@ -71,8 +83,11 @@ def _gateway_uid() -> int:
     return 64999 if probe.returncode == 0 else 0
 
 
-def _firstboot(tmp_path: Path, card: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the script with `card` (name: text) on the boot partition."""
+def _firstboot(
+    tmp_path: Path, card: dict[str, str], plant: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
+    links in the gateway's folders first (see SETUP)."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -87,6 +102,7 @@ def _firstboot(tmp_path: Path, card: dict[str, str]) -> subprocess.CompletedProc
         "PYTHON": sys.executable,
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
+        "PLANT": "1" if plant else "",
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -138,3 +154,18 @@ def test_an_invalid_config_on_the_card_is_left_there_with_the_reason(tmp_path: P
     assert "datadir" in error
     assert (tmp_path / "card-after/edge-stream.yaml").exists()
     assert "id: edge-stream " in (tmp_path / "gateway.yaml").read_text()
+
+
+def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> None:
+    """The script runs as root; /var/lib/edge-stream and /etc/edge-stream are the gateway
+    user's. Its marks there (.grown, .hostname-config, .credentials-made) were written
+    through whatever that user had put in their place: a symbolic link to /etc/passwd
+    had root overwrite it with a hash at the next boot, one to /etc/nologin created it.
+    A tmpfs data folder (no partition to grow) is passed over too."""
+    (tmp_path / "planted-hostname").write_text("root:x:0:0::/root:/bin/bash\n")
+    result = _firstboot(tmp_path, {}, plant=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "planted-hostname").read_text() == "root:x:0:0::/root:/bin/bash\n"
+    assert not (tmp_path / "planted-grown").exists()
+    assert not (tmp_path / "planted-credentials").exists()
+    assert "edge-stream-credentials.txt" in {p.name for p in (tmp_path / "card-after").iterdir()}
