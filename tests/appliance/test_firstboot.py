@@ -35,9 +35,18 @@ for top in etc var/lib opt; do
   mkdir "$o" "$o-work"
   mount -t overlay overlay -o "lowerdir=/$top,upperdir=$o,workdir=$o-work" "/$top"
 done
-echo "edge-stream:x:$GW_UID:$GW_UID::/var/lib/edge-stream:/usr/sbin/nologin" >>/etc/passwd
-echo "edge-stream:x:$GW_UID:" >>/etc/group
-grep -q '^mosquitto:' /etc/group || echo "mosquitto:x:$((GW_UID + 1)):" >>/etc/group
+echo "edge-stream:x:64999:64999::/var/lib/edge-stream:/usr/sbin/nologin" >>/etc/passwd
+echo "edge-stream:x:64999:" >>/etc/group
+grep -q '^mosquitto:' /etc/group || echo "mosquitto:x:64998:" >>/etc/group
+# a Python under /root (mode 0700: root's alone) is reached by the gateway's user through
+# a 0755 /root holding the same folder
+if [ -n "$UNDER_ROOT" ]; then
+  mkdir "$T/root"
+  mount --bind /root "$T/root"
+  mount -t tmpfs -o mode=0755 tmpfs /root
+  mkdir "/root/$UNDER_ROOT"
+  mount --bind "$T/root/$UNDER_ROOT" "/root/$UNDER_ROOT"
+fi
 fresh /etc/edge-stream
 fresh /var/lib/edge-stream
 fresh /var/lib/edge-stream-firstboot
@@ -70,17 +79,15 @@ EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
 cp -a /etc/systemd/network/. "$T/network/"
 cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
+stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
+  /var/lib/edge-stream/web-users >"$T/owners"
 """
 
 
-def _gateway_uid() -> int:
-    """A uid for the gateway's user that can run this Python (a venv under /root, mode
-    0700, is root's alone: then the user is root under another name)."""
-    probe = subprocess.run(
-        ["runuser", "-u", "nobody", "--", sys.executable, "-c", ""],
-        capture_output=True,
-    )
-    return 64999 if probe.returncode == 0 else 0
+def _under_root() -> str:
+    """The folder of /root that holds this Python, if it is there ("" if not)."""
+    real = Path(os.path.realpath(sys.executable))
+    return real.parts[2] if real.parts[:2] == ("/", "root") else ""
 
 
 def _firstboot(
@@ -98,7 +105,7 @@ def _firstboot(
     setup.write_text(textwrap.dedent(SETUP))
     env = {
         **os.environ,
-        "GW_UID": str(_gateway_uid()),
+        "UNDER_ROOT": _under_root(),
         "PYTHON": sys.executable,
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
@@ -142,6 +149,8 @@ def test_the_first_boot_takes_the_config_and_writes_the_passwords(tmp_path: Path
     assert {"edge-stream.yaml.applied", "edge-stream-credentials.txt"} <= after, after
     assert "edge-stream-error.txt" not in after
     assert "id: boiler-room" in (tmp_path / "gateway.yaml").read_text()
+    owners = (tmp_path / "owners").read_text().split()
+    assert owners == ["edge-stream:0640", "edge-stream:0600", "edge-stream:0600"], owners
     assert "hostname boiler-room (gateway.id)" in result.stdout
     credentials = (tmp_path / "card-after/edge-stream-credentials.txt").read_text()
     assert "user admin" in credentials and "user sensors" in credentials
