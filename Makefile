@@ -5,10 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
 
-.PHONY: help install deps run test test-fast faults check lint bench bench-targets bench-compare clean preflight image image-test
+.PHONY: help install deps run test test-fast faults check bench bench-targets bench-compare clean preflight image image-test
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@python3 -c 'import ensurepip' 2>/dev/null || bash scripts/install-deps python3-venv
