@@ -65,6 +65,13 @@ if [ -n "${PLANT:-}" ]; then
   ln -s "$T/planted-grown" /var/lib/edge-stream/.grown
   ln -s "$T/planted-hostname" /var/lib/edge-stream/.hostname-config
   ln -s "$T/planted-credentials" /etc/edge-stream/.credentials-made
+  printf 'X=1\n' >"$T/planted-environment"
+  chmod 0600 "$T/planted-environment"
+  ln -s "$T/planted-environment" /etc/edge-stream/environment
+fi
+if [ -n "${ENVIRONMENT:-}" ]; then
+  printf '%s' "$ENVIRONMENT" >/etc/edge-stream/environment
+  chown edge-stream:edge-stream /etc/edge-stream/environment
 fi
 mkdir -p /opt/edge-stream/venv/bin
 for name in python edge-stream; do
@@ -91,10 +98,11 @@ def _under_root() -> str:
 
 
 def _firstboot(
-    tmp_path: Path, card: dict[str, str], plant: bool = False
+    tmp_path: Path, card: dict[str, str], plant: bool = False, environment: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
-    links in the gateway's folders first (see SETUP)."""
+    links in the gateway's folders first (see SETUP); `environment`: the text of
+    /etc/edge-stream/environment."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -110,6 +118,7 @@ def _firstboot(
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
         "PLANT": "1" if plant else "",
+        "ENVIRONMENT": environment,
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -177,4 +186,29 @@ def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> Non
     assert (tmp_path / "planted-hostname").read_text() == "root:x:0:0::/root:/bin/bash\n"
     assert not (tmp_path / "planted-grown").exists()
     assert not (tmp_path / "planted-credentials").exists()
+    environment = (tmp_path / "planted-environment").stat()
+    assert (environment.st_uid, environment.st_gid) == (0, 0)  # no chown through the link
     assert "edge-stream-credentials.txt" in {p.name for p in (tmp_path / "card-after").iterdir()}
+
+
+def test_the_environment_file_is_read_not_run(tmp_path: Path) -> None:
+    """/etc/edge-stream/environment (EnvironmentFile= of the unit) is in the gateway
+    user's folder; the script, as root, sourced it as shell to check the card's config
+    with its overrides: whatever that user wrote there ran as root at the next boot. Its
+    EDGE_STREAM__ lines are still taken, quoted as systemd reads them."""
+    environment = (
+        "EDGE_STREAM__WEB__USERNAME=operator\n"
+        f'EDGE_STREAM__WEB__PASSWORD="a long $(touch {tmp_path}/ran-too) password"\n'
+        f"touch {tmp_path}/ran-as-root\n"
+    )
+    # listening on the LAN needs an account: here only the environment's, as users_file
+    # names a file that does not exist
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
+        "  users_file: /var/lib/edge-stream/no-users\n"
+    )
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config}, environment=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "ran-as-root").exists()
+    assert not (tmp_path / "ran-too").exists()
+    after = {p.name for p in (tmp_path / "card-after").iterdir()}
+    assert "edge-stream.yaml.applied" in after, result.stdout
