@@ -74,13 +74,12 @@ if [ -n "${ENVIRONMENT:-}" ]; then
   chown edge-stream:edge-stream /etc/edge-stream/environment
 fi
 mkdir -p /opt/edge-stream/venv/bin
-for name in python edge-stream; do
-  run='exec "$PY" "$@"'
-  [ "$name" = edge-stream ] && run='exec "$PY" -m gateway.cli "$@"'
-  printf '#!/bin/sh\nPY=%s\nexport PYTHONPATH=%s\n%s\n' "$PYTHON" "$REPO" "$run" \
-    >/opt/edge-stream/venv/bin/$name
-  chmod 0755 /opt/edge-stream/venv/bin/$name
-done
+printf '#!/bin/sh\nexport PYTHONPATH=%s\nexec %s "$@"\n' "$REPO" "$PYTHON" \
+  >/opt/edge-stream/venv/bin/python
+# no shell in between, as pip's entry point: a shell drops EDGE_STREAM__SINKS__a-b__X
+printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n' "$PYTHON" "$REPO" \
+  'from gateway.cli import main; sys.exit(main())' >/opt/edge-stream/venv/bin/edge-stream
+chmod 0755 /opt/edge-stream/venv/bin/python /opt/edge-stream/venv/bin/edge-stream
 cp -a "$T/card/." "$T/boot/"
 EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
 cp -a /etc/systemd/network/. "$T/network/"
@@ -200,12 +199,14 @@ def test_the_environment_file_is_read_not_run(tmp_path: Path) -> None:
         "EDGE_STREAM__WEB__USERNAME=operator\n"
         f'EDGE_STREAM__WEB__PASSWORD="a long $(touch {tmp_path}/ran-too) password"\n'
         f"touch {tmp_path}/ran-as-root\n"
+        "EDGE_STREAM__SINKS__local-file__TYPE=file\n"  # no shell variable name
     )
     # listening on the LAN needs an account: here only the environment's, as users_file
-    # names a file that does not exist
+    # names a file that does not exist; the file sink's type is only in the environment
     config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
         "  users_file: /var/lib/edge-stream/no-users\n"
     )
+    config = config.replace("    type: file\n", "").replace("local_file", "local-file")
     result = _firstboot(tmp_path, {"edge-stream.yaml": config}, environment=environment)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "ran-as-root").exists()
