@@ -199,14 +199,16 @@ def test_the_environment_file_is_read_not_run(tmp_path: Path) -> None:
         "EDGE_STREAM__WEB__USERNAME=operator\n"
         f'EDGE_STREAM__WEB__PASSWORD="a long $(touch {tmp_path}/ran-too) password"\n'
         f"touch {tmp_path}/ran-as-root\n"
-        "EDGE_STREAM__SINKS__local-file__TYPE=file\n"  # no shell variable name
+        # systemd drops a name it does not take (only letters, digits, _): so does the
+        # script (as a shell variable, it stopped the script)
+        "EDGE_STREAM__SINKS__local-file__NO_SUCH_KEY=1\n"
     )
     # listening on the LAN needs an account: here only the environment's, as users_file
-    # names a file that does not exist; the file sink's type is only in the environment
+    # names a file that does not exist
     config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
         "  users_file: /var/lib/edge-stream/no-users\n"
     )
-    config = config.replace("    type: file\n", "").replace("local_file", "local-file")
+    config = config.replace("local_file", "local-file")
     result = _firstboot(tmp_path, {"edge-stream.yaml": config}, environment=environment)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "ran-as-root").exists()
