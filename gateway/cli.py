@@ -934,8 +934,11 @@ def cmd_state(args: argparse.Namespace) -> int:
         _as_owner(args, _store_path(args).parent)
     with admin.open_admin(_store_path(args)) as store:
         if args.action == "list":
-            for item in store.states():
+            states = store.states()
+            for item in states:
                 print(f"{item.component:<24} {item.keys:>8} keys {item.bytes:>12} bytes")
+            if not states:  # as `config history` says it: no output read as a failure
+                print("no kept state")
             return 0
         known = [item.component for item in store.states()]
         if args.component not in known:

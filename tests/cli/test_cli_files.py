@@ -288,7 +288,7 @@ def test_the_store_commands_need_only_the_data_dir_of_the_config(
     c = str(config)
     assert run(capsys, "config", "history", "-c", c) == (0, "no reloads recorded yet\n", "")
     assert run(capsys, "dead-letters", "list", "-c", c) == (0, "0 dead letter(s)\n", "")
-    assert run(capsys, "state", "list", "-c", c) == (0, "", "")
+    assert run(capsys, "state", "list", "-c", c) == (0, "no kept state\n", "")
     code, out, err = run(capsys, "store", "stats", "-c", c)
     assert (code, err) == (0, "") and out.splitlines()[1].split() == ["out", "0", "-"]
     # drop-sink loaded the whole config too (its sinks' names are all it needs)
