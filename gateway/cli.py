@@ -285,7 +285,18 @@ def _reload_after_rollback(path: str) -> int:
     except SystemExit:  # web.enabled is false: no API to ask
         print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
         return 0
-    answer, _reason = _ask_reload(url, headers, context)
+    try:
+        answer, _reason = _ask_reload(url, headers, context, login_refused=_LoginRefused)
+    except _LoginRefused as err:
+        # The appliance's console has its accounts in the users file only: the restore is
+        # done, and nothing refused it; the gateway takes it as it takes an edit by hand.
+        print(
+            f"the gateway at {url} answered {err}: reload asks with web.username and"
+            " web.password from the config (an operator), which it does not give; the"
+            " gateway reads the restored file when it sees the change"
+            " (gateway.watch_config), or on SIGHUP (systemctl reload edge-stream)"
+        )
+        return 0
     if answer is None:
         print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
@@ -446,17 +457,27 @@ def _reload_target(path: str) -> tuple[str, dict[str, str], ssl.SSLContext | Non
     return f"{scheme}://{host}:{port}/api/config/reload", headers, context
 
 
+class _LoginRefused(Exception):
+    """The console answered 401 or 403 to the reload (`config rollback` goes on)."""
+
+
 def _ask_reload(
-    url: str, headers: dict[str, str], context: ssl.SSLContext | None
+    url: str,
+    headers: dict[str, str],
+    context: ssl.SSLContext | None,
+    login_refused: type[Exception] | None = None,
 ) -> tuple[dict[str, Any] | None, object]:
     """POST the reload URL: (the gateway's answer, None), or (None, why) when no gateway
-    answers. An HTTP error answer is said in one line, and exits 1."""
+    answers. An HTTP error answer is said in one line, and exits 1; a 401 or 403 raises
+    `login_refused` instead, when given."""
     request = urllib.request.Request(url, data=b"", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60, context=context) as response:
             body = response.read(1 << 20)
     except urllib.error.HTTPError as err:
         err.close()  # it holds the answer's connection
+        if login_refused is not None and err.code in (401, 403):
+            raise login_refused(f"{err.code} {err.reason}") from None
         hint = ""
         if err.code in (401, 403):
             # the console's accounts are all in web.users_file, or web.username is a viewer

@@ -62,6 +62,32 @@ def test_a_401_says_which_credentials_reload_sends_and_the_sighup_way(
     )
 
 
+def test_a_rollback_answered_401_is_restored_and_says_how_it_is_taken(
+    tmp_path: Path, console: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The appliance's console has its accounts in the users file only: `config rollback`
+    restored the file, then ended with exit 1 and "set web.username and web.password",
+    though nothing refused it and the gateway takes the change when it sees it."""
+    from gateway.config import files
+
+    config = tmp_path / "gateway.yaml"
+    data_dir = tmp_path / "data"
+    old = f"gateway: {{id: a, data_dir: '{data_dir}'}}\nweb: {{listen: '127.0.0.1:{console}'}}\n"
+    config.write_text(old)
+    files.save(config, old.replace("id: a", "id: b"), data_dir)  # keeps `old`
+    assert main(["config", "rollback", "-c", str(config)]) == 0
+    assert config.read_text() == old
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.splitlines()[-1] == (
+        f"the gateway at http://127.0.0.1:{console}/api/config/reload?trigger=rollback"
+        " answered 401 Unauthorized: reload asks with web.username and web.password from"
+        " the config (an operator), which it does not give; the gateway reads the restored"
+        " file when it sees the change (gateway.watch_config), or on SIGHUP (systemctl"
+        " reload edge-stream)"
+    )
+
+
 def test_a_web_password_this_shell_cannot_decrypt_is_said_not_sent(
     tmp_path: Path,
     console: int,
