@@ -29,10 +29,13 @@ from typing import Any
 
 from gateway.core.flowfile import CONTENT_TRUNCATED, MQTT_INVALID
 from gateway.store.sqlite import (
+    CRC_V2,
     LOCK_NAME,
     DeadLetterSummary,
     StoreDamaged,
     StoreError,
+    _checksum,
+    _intact,
     _transaction,
     count_dead_letters,
     damaged_text,
@@ -412,11 +415,35 @@ class StoreAdmin:
                 "SELECT count(*) FROM flowfiles WHERE seq > ? AND sinks & ?", (cursor, 1 << bit)
             ).fetchone()[0]
             # its bit may go to a new sink: no row may carry it any more
-            self.db.execute(
-                "UPDATE flowfiles SET sinks = sinks & ? WHERE sinks & ?", (~(1 << bit), 1 << bit)
-            )
+            self._clear_bit(1 << bit)
             self.db.execute("DELETE FROM sinks WHERE name = ?", (name,))
         return int(waiting)
+
+    def _clear_bit(self, bit: int) -> None:
+        """Take a sink's bit off every row, in the caller's transaction. A row's checksum
+        covers its sinks mask (CRC_V2): one that other sinks still want is checksummed
+        again for the mask left, else they would find it "corrupt in store" and
+        dead-letter it. A row that did not match its checksum keeps the old one (it is
+        still found corrupt); a row for this sink alone is left for no sink (purged)."""
+        self.db.execute("UPDATE flowfiles SET sinks = 0 WHERE sinks = ?", (bit,))
+        after = 0
+        while True:  # by chunks of rows, not all their contents at once
+            rows = self.db.execute(
+                "SELECT seq, id, topic, attributes, content, created, lineage, size, crc,"
+                " sinks FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT 500",
+                (after, bit),
+            ).fetchall()
+            if not rows:
+                return
+            changed = []
+            for row in rows:
+                seq, fid, topic, attrs, content, created, lineage, size, crc, sinks = row
+                mask = sinks & ~bit
+                if crc is not None and int(crc) & CRC_V2 and _intact(row):
+                    crc = _checksum(fid, topic, attrs, content, created, lineage, mask, size)
+                changed.append((mask, crc, seq))
+            self.db.executemany("UPDATE flowfiles SET sinks = ?, crc = ? WHERE seq = ?", changed)
+            after = rows[-1][0]
 
     def reload_history(self, limit: int) -> list[ReloadRecord]:
         """The newest `limit` reload records, oldest first."""

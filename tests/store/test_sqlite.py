@@ -888,6 +888,31 @@ async def test_a_removed_sink_keeps_its_backlog_through_purges_until_dropped(
     await store.close()
 
 
+async def test_dropping_a_removed_sink_leaves_the_rows_other_sinks_wait_for_intact(
+    tmp_path: Path,
+) -> None:
+    """A row's checksum covers its sinks mask, and `store drop-sink` cleared the dropped
+    sink's bit without writing the checksum again: every FlowFile that another sink still
+    waited for was then found "corrupt in store" by that sink and dead-lettered instead
+    of delivered (30 of 60 readings into PostgreSQL, with the gateway running)."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(tmp_path)
+    a, b = store.bit("a"), store.bit("b")
+    await store.commit(batch([(ff(i), a | b) for i in range(10)]))
+    await store.commit(batch([(ff(i), b) for i in range(10, 15)]))  # for b alone
+    store.set_active(["a"])  # b removed while a is down: both wait
+    await store.close()
+    with open_admin(store.path) as admin:
+        assert admin.drop_sink("b") == 15
+    store = await open_store(tmp_path, sinks=("a",))
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert [f.content for _, f in rows] == [ff(i).content for i in range(10)]
+    assert store.dead_count == 0
+    assert await store._query("SELECT count(*) FROM dead_letters") == [(0,)]
+    await store.close()
+
+
 async def test_a_sink_dropped_while_a_purge_runs_leaves_the_store_bytes_right(
     tmp_path: Path,
 ) -> None:
