@@ -89,6 +89,7 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 # most, MQTT 1000), which drop the oldest, logged
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
+SHORT_PURGE_BYTES = 1 << 20  # ... a transaction when the disk is short (see `_purge_sync`)
 # The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
 # oldest are deleted down to this share of it, DEAD_TRIM_CHUNK rows a transaction (as many
 # as it takes, at each maintenance pass). A dead letter counts its content, topic,
@@ -601,6 +602,15 @@ def _encode_rows(rows: list[tuple[FlowFile, int]]) -> list[tuple[Any, ...]]:
             crc = crc32(content, crc32(own, start)) | CRC_V2
         append((fid, topic, attrs, content, created, lineage, mask, size, crc))
     return out
+
+
+def _vacuum(db: sqlite3.Connection, pages: int) -> None:
+    """Give up to `pages` free pages back to the file system (auto_vacuum incremental).
+    Each step of the pragma frees one page, and `execute` steps a statement without result
+    columns once: `execute(...).fetchall()` freed one page a call (a drained backlog went
+    back 4 KiB every 5 s, 256 KiB a second on a full disk). A script runs it to the end;
+    not in a transaction, there is none for it to commit first."""
+    db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -2031,42 +2041,80 @@ class Store:
         purged = freed = 0
         if pins != self._pins:
             self._pins, self._swept = pins, 0  # a sink removed, added back or dropped: rescan
-        # (seqs are deleted only by this thread: the range holds outside the transaction)
-        after = self._swept if pins else 0
-        first = db.execute("SELECT min(seq) FROM flowfiles WHERE seq > ?", (after,)).fetchone()[0]
-        if first is not None and first <= upto:
-            last = min(upto, first + PURGE_CHUNK)
+        if short:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deletes' WAL needs the room
+        end = None
+        while True:
+            # (seqs are deleted only by this thread: the range holds outside the transaction)
+            after = self._swept if pins else 0
+            row = db.execute("SELECT min(seq) FROM flowfiles WHERE seq > ?", (after,)).fetchone()
+            first = row[0]
+            if first is None or first > (upto if end is None else end):
+                break
+            if end is None:
+                end = min(upto, first + PURGE_CHUNK)
+            last = end
+            if short:
+                # A delete writes to the WAL about half the bytes it deletes: on a full
+                # disk, where only the reserve gave room back, a backlog is deleted
+                # SHORT_PURGE_BYTES a transaction (at least one row), the WAL truncated
+                # between them (in one, a drained backlog of over 8 MiB never fitted: each
+                # pass failed, and intake never resumed).
+                last = db.execute(
+                    "SELECT coalesce(max(seq), ?) FROM (SELECT seq, sum(size) OVER"
+                    " (ORDER BY seq) AS run FROM flowfiles WHERE seq >= ? AND seq <= ?)"
+                    " WHERE run <= ?",
+                    (first, first, end, SHORT_PURGE_BYTES),
+                ).fetchone()[0]
             if pins:
                 # Rows a removed sink still waits for stay; the window moves past them.
                 held = " OR ".join(f"(seq > {int(c)} AND sinks & {1 << int(b)})" for b, c in pins)
                 where, bounds = f"seq >= ? AND seq <= ? AND NOT ({held})", [first, last]
             else:
                 where, bounds = "seq <= ?", [last]
-            with _transaction(db, "BEGIN IMMEDIATE"):
-                purged, freed = db.execute(
-                    f"SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE {where}", bounds
-                ).fetchone()
-                db.execute(f"DELETE FROM flowfiles WHERE {where}", bounds)
+            try:
+                with _transaction(db, "BEGIN IMMEDIATE"):
+                    count, size = db.execute(
+                        f"SELECT count(*), coalesce(sum(size), 0) FROM flowfiles WHERE {where}",
+                        bounds,
+                    ).fetchone()
+                    db.execute(f"DELETE FROM flowfiles WHERE {where}", bounds)
+            except sqlite3.Error:
+                if not purged:
+                    raise
+                return int(purged), int(freed)  # what went is counted; the next pass goes on
+            purged += count
+            freed += size
             if pins:
                 self._swept = last
+            if not short or last >= end:
+                break
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                return int(purged), int(freed)  # as above: counted, the next pass goes on
 
         if short:
             # Give space back in small steps: the WAL first, then 1 MiB of free pages at a
-            # time, each followed by a checkpoint that shrinks the file (each step of the
-            # vacuum pragma frees one page: it is stepped to the end).
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            for _ in range(64):
-                if not db.execute("PRAGMA freelist_count").fetchone()[0]:
-                    break
-                db.execute("PRAGMA incremental_vacuum(256)").fetchall()
+            # time, each followed by a checkpoint that shrinks the file.
+            try:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                for _ in range(64):
+                    if not db.execute("PRAGMA freelist_count").fetchone()[0]:
+                        break
+                    _vacuum(db, 256)
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                if not purged:
+                    raise
+                return int(purged), int(freed)  # what went is counted; the next pass goes on
             self._keep_reserve_sync()  # before intake resumes (see `check_disk`)
             return int(purged), int(freed)
         now = time.monotonic()
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
             self._keep_reserve_sync()
-            db.execute("PRAGMA incremental_vacuum(2048)").fetchall()  # a page per step
+            _vacuum(db, 2048)
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -683,6 +683,62 @@ async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) 
     await store.close()
 
 
+async def test_a_full_disk_purges_a_delivered_backlog_of_small_rows(small_disk: Path) -> None:
+    """Delivered on a full disk, a backlog of small readings (1 KB: several a page, so the
+    delete rewrote every page of it) was purged in one transaction, whose WAL needed more
+    than the 4 MiB reserve gave back: each maintenance pass failed with "disk full", for
+    good, and intake never resumed while the disk stayed full of the store itself. Then
+    the freed pages went back to the file system 64 a pass (see the next test)."""
+    store = await open_store(small_disk, ("a",))
+    a = store.bit("a")
+    for n in range(12):  # 12 MB of 1 KB rows
+        await store.commit(batch([(ff(i, size=1000), a) for i in range(n * 1000, n * 1000 + 1000)]))
+    take_disk(small_disk / "filler", 0)
+    await store.maintain(["a"])  # the disk is short: the WAL is truncated
+    assert store.disk_full and store.file_sizes()[1] == 0
+    take_disk(small_disk / "filler2", 0)  # and another file takes what that gave back
+    rows, seen = await store.read("a", store.cursor("a"), 20_000)
+    assert len(rows) == 12_000
+    await store.advance("a", seen, len(rows), [])  # on the reserve if need be
+    for _ in range(5):  # the maintenance loop, once a second
+        try:
+            await store.maintain(["a"])
+        except StoreError as err:
+            raise AssertionError(f"a maintenance pass failed: {err}") from err
+        empty = await store._query("SELECT count(*) FROM flowfiles") == [(0,)]
+        if empty and not store.check_disk():
+            break
+    assert await store._query("SELECT count(*) FROM flowfiles") == [(0,)]
+    assert store.bytes == 0
+    assert not store.check_disk(), f"the purged backlog's space went back: {store.disk_text()}"
+    await store.close()
+
+
+async def test_a_drained_backlog_gives_its_pages_back_to_the_file_system(
+    tmp_path: Path,
+) -> None:
+    """The maintenance pass meant to give up to 2048 free pages (8 MiB) back every 5 s,
+    but the vacuum pragma, run by `execute`, freed one page a call: store.db stayed at
+    its largest."""
+    store = await open_store(tmp_path, ("a",))
+    a = store.bit("a")
+    for n in range(4):  # 4 MB of 1 KB rows
+        await store.commit(batch([(ff(i, size=1000), a) for i in range(n * 1000, n * 1000 + 1000)]))
+    rows, seen = await store.read("a", store.cursor("a"), 10_000)
+    await store.advance("a", seen, len(rows), [])
+    store._last_maintenance = time.monotonic()  # the vacuum ran a moment ago
+    assert await store.maintain(["a"]) == 4000
+    checkpoint = store._db.execute  # type: ignore[union-attr]
+    await store._call(checkpoint, "PRAGMA wal_checkpoint(TRUNCATE)")
+    big = store.file_sizes()[0]
+    assert big > 4 << 20
+    store._last_maintenance = 0.0  # 5 s later
+    await store.maintain(["a"])
+    await store._call(checkpoint, "PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.file_sizes()[0] < big - (3 << 20), (big, store.file_sizes())
+    await store.close()
+
+
 def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path: Path) -> None:
     """A data_dir on a read-only file system (or a folder in place of .lock) stopped the
     start with os.open's traceback."""
