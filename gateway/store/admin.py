@@ -224,7 +224,7 @@ def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreA
     deleted the WAL under the gateway, and the gateway's store read as damaged).
     """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a link to nowhere: said below
         raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
     if in_gateway:
         return StoreAdmin(_connect(path), path)
@@ -567,7 +567,7 @@ def reset(path: Path, force: bool = False) -> Reset:
         present = [
             path.with_name(path.name + suffix)
             for suffix in ("", "-wal", "-shm")
-            if path.with_name(path.name + suffix).exists()
+            if os.path.lexists(path.with_name(path.name + suffix))  # a link to nowhere too
         ]
         if not present:
             return Reset([], None, None)

@@ -313,6 +313,8 @@ def _create(path: Path) -> None:
 
 def not_a_store(path: Path) -> str | None:
     """Why the file at `path` is not an Edge Stream store, or None if it is one."""
+    if path.is_symlink() and not path.exists():  # a disk not mounted, a link to itself
+        return f"is a symbolic link to {os.readlink(path)}, which is not there"
     if not path.exists():
         return "is missing while its write-ahead log (-wal) is there"
     if not path.is_file():  # opened, a folder was an IsADirectoryError traceback
@@ -732,7 +734,8 @@ class Store:
     def _open_sync(self, sinks: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         wal = _wal(self.path)
-        if not self.path.exists() and wal.exists() and wal.stat().st_size == 0:
+        gone = not self.path.exists() and not self.path.is_symlink()
+        if gone and wal.exists() and wal.stat().st_size == 0:
             # What the close of a store.db deleted while the gateway ran leaves: an empty
             # WAL (and its -shm) that hold nothing. The restart its ERROR line asks for
             # starts a new store, rather than refusing "missing while its WAL is there".
@@ -743,7 +746,9 @@ class Store:
                 " (what the old file held and its sinks had not delivered is not in it)",
                 self.path,
             )
-        if self.path.exists() or wal.exists():
+        # A link that leads nowhere is no missing store: made anew, the new file replaced
+        # the link, and what it led to was left out for good.
+        if self.path.is_symlink() or self.path.exists() or wal.exists():
             problem = not_a_store(self.path)
             if problem:
                 raise StoreError(

@@ -87,6 +87,29 @@ def test_a_folder_where_the_store_file_should_be_is_refused_in_one_line(tmp_path
     )
 
 
+async def test_a_store_file_linked_to_what_is_not_there_is_refused_not_replaced(
+    tmp_path: Path,
+) -> None:
+    """store.db a symbolic link to a disk not mounted yet (or a link to itself): taken for
+    no store, the gateway started empty and replaced the link with a new file, the
+    FlowFiles behind it left out for good."""
+    path = tmp_path / "store.db"
+    path.symlink_to(tmp_path / "ssd" / "store.db")
+    with pytest.raises(StoreError) as err:
+        await Store(path).open(["a"])
+    message = str(err.value)
+    assert f"{path}: is a symbolic link to {tmp_path}/ssd/store.db, which is not there" in message
+    assert "not a valid Edge Stream store" in message and "\n" not in message
+    assert path.is_symlink()
+    with pytest.raises(StoreError, match=r"is a symbolic link to .*, which is not there"):
+        open_admin(path)  # `store stats`, `dead-letters list`: not "no store"
+    done = reset(path)  # `store reset` moves the link aside, as it does a damaged file
+    assert done.aside is not None and done.aside.is_symlink() and not path.is_symlink()
+    (tmp_path / "loop.db").symlink_to(tmp_path / "loop.db")
+    with pytest.raises(StoreError, match=r"is a symbolic link to .*loop\.db, which is not there"):
+        await Store(tmp_path / "loop.db").open(["a"])
+
+
 async def test_dead_letters_are_listed_newest_first_and_shown_in_full(tmp_path: Path) -> None:
     store, dead = await store_with_dead_letters(tmp_path)
     before = time.time_ns()
