@@ -478,10 +478,11 @@ class Engine:
             sink_runner.stopping = True
             sink_runner.wake.set()
         sink_tasks = [t for n, t in self._tasks.items() if n.startswith("sink ")]
-        _done, pending = (
-            await asyncio.wait(sink_tasks, timeout=SINK_FINISH_S) if sink_tasks else (set(), set())
-        )
-        await asyncio.gather(*(stop_task(task) for task in pending))
+        # one sleeping out its backoff has no batch to finish: not waited for
+        resting = {self._tasks[f"sink {n}"] for n, r in self.sinks.items() if r.resting}
+        busy = [t for t in sink_tasks if t not in resting]
+        _done, pending = await asyncio.wait(busy, timeout=SINK_FINISH_S) if busy else (set(), set())
+        await asyncio.gather(*(stop_task(task) for task in pending | resting))
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         for sink_runner in self.sinks.values():
             await sink_runner.close()
@@ -669,8 +670,10 @@ class Engine:
         )
 
     async def _stop_sink(self, name: str) -> None:
-        """Let a sink finish the batch it is writing (at most SINK_FINISH_S), then close it.
-        Its cursor stays in the store where its last delivery left it."""
+        """Let a sink finish the batch it is writing (at most SINK_FINISH_S), then close it;
+        one sleeping out its backoff is stopped at once (a reload that removed a sink
+        whose upstream was down waited 5 s). Its cursor stays in the store where its last
+        delivery left it."""
         runner = self.sinks.pop(name, None)
         task = self._tasks.pop(f"sink {name}", None)
         if runner is None:
@@ -678,7 +681,8 @@ class Engine:
         runner.stopping = True
         runner.wake.set()
         if task is not None:
-            await asyncio.wait({task}, timeout=SINK_FINISH_S)
+            if not runner.resting:  # one sleeping out its backoff has no batch to finish
+                await asyncio.wait({task}, timeout=SINK_FINISH_S)
             await stop_task(task)
         await runner.close()
 

@@ -446,6 +446,9 @@ class SinkRunner:
         self.latency = Buckets(LATENCY_BOUNDS)
         self.batch_sizes = Buckets(BATCH_BOUNDS)
         self.stopping = False
+        # sleeping out its backoff, nothing in flight: a stop cancels it at once rather
+        # than waiting for a batch to finish (see `Engine._stop_sink`)
+        self.resting = False
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
 
@@ -609,7 +612,11 @@ class SinkRunner:
             "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
         )
         await self.close()
-        await self.clock.sleep(delay)
+        self.resting = True
+        try:
+            await self.clock.sleep(delay)
+        finally:
+            self.resting = False
 
     async def close(self) -> None:
         try:

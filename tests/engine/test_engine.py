@@ -31,6 +31,7 @@ from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
 from gateway.engine.pipeline import Engine
+from gateway.engine.plan import plan
 from gateway.engine.runner import Ingest, SinkRunner
 from gateway.store.sqlite import Batch, DeadLetter, Store, StoreError
 
@@ -251,6 +252,47 @@ async def test_a_stop_does_not_wait_for_room_no_sink_makes(
     else:
         assert fakes[-2:] == ["source closed", "sink closed"]
         assert not any(e.startswith("ack") for e in fakes)
+    await store.close()
+
+
+class DownSink(Sink):
+    """An upstream that is down: every write fails, to be retried."""
+
+    async def write(self, batch: list[FlowFile]) -> list[Rejected]:
+        raise RetryableError("upstream down")
+
+
+@pytest.mark.parametrize("how", ["stop", "reload"])
+async def test_a_sink_waiting_out_its_backoff_is_stopped_at_once(
+    tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A stop, or a reload that removes the sink or restarts the engine (a store setting),
+    waited up to SINK_FINISH_S (5 s) for a sink that was only sleeping out its backoff,
+    writing nothing: 5 s without intake at each such reload while an upstream was down.
+    Such a sink is stopped at once; one writing a batch still gets to finish it."""
+    monkeypatch.setattr("gateway.engine.pipeline.SINK_FINISH_S", 3600.0)
+    monkeypatch.setattr(
+        registry,
+        "find",
+        lambda kind, name: registry.Entry(
+            kind, name, {("source", "fake"): FakeSource, ("sink", "fake"): DownSink}[(kind, name)]
+        ),
+    )
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    clock = FakeClock()  # never advanced: the backoff never ends by itself
+    config = fake_config(tmp_path)
+    engine = Engine(config, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    sinks = engine.sinks
+    await until(lambda: "out" in sinks and sinks["out"].state == "retrying" and clock.slept)
+    async with asyncio.timeout(10):  # a guard: the backoff is not waited out
+        if how == "reload":
+            without = dataclasses.replace(config, sinks={}, routes={})
+            await engine.apply(without, plan(config, without))
+            assert "out" not in engine.sinks
+        engine.stop()
+        await running
     await store.close()
 
 
