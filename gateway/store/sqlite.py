@@ -90,6 +90,7 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 SHORT_PURGE_BYTES = 1 << 20  # ... a transaction when the disk is short (see `_purge_sync`)
+VACUUM_MIN_PAGES = 1024  # free pages (4 MiB) past which the maintenance gives them back
 # The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
 # oldest are deleted down to this share of it, DEAD_TRIM_CHUNK rows a transaction (as many
 # as it takes, at each maintenance pass). A dead letter counts its content, topic,
@@ -2119,7 +2120,10 @@ class Store:
         if now - self._last_maintenance > 5.0:
             self._last_maintenance = now
             self._keep_reserve_sync()
-            _vacuum(db, 2048)
+            # What a drained backlog freed goes back, 8 MiB every 5 s; the few pages a
+            # steady flow frees and takes again are left for the next commits to reuse.
+            if db.execute("PRAGMA freelist_count").fetchone()[0] > VACUUM_MIN_PAGES:
+                _vacuum(db, 2048)
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if not db.execute("SELECT 1 FROM flowfiles LIMIT 1").fetchone():
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
