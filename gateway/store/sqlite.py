@@ -1049,16 +1049,21 @@ class Store:
         if not self.disk_full and room < DISK_LOW:
             self.disk_full = True
             log.error(
-                "store: disk full: %s; intake paused until %d MiB are free, sinks keep"
-                " delivering and purging",
+                "store: disk full: %s; intake paused until %d MiB are free (the %d MiB"
+                " reserve counted), sinks keep delivering and purging",
                 self.disk_text(),
                 DISK_OK >> 20,
+                RESERVE_BYTES >> 20,
             )
         elif self.disk_full and room > DISK_OK and (self.reserve.exists() or self._no_reserve):
             # The reserve first (the maintenance loop makes it again): without it the
             # next full disk would leave delivery no room to move its cursors.
             self.disk_full = False
-            log.warning("store: disk space is back: %s; intake resumes", self.disk_text())
+            log.warning(
+                "store: disk space is back: %s%s; intake resumes",
+                self.disk_text(),
+                f", and the {RESERVE_BYTES >> 20} MiB reserve" if self.reserve.exists() else "",
+            )
         return self.disk_full
 
     def gone(self) -> bool:

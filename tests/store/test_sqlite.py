@@ -664,9 +664,13 @@ def take_disk(path: Path, leave: int) -> None:
             left -= chunk
 
 
-async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) -> None:
+async def test_the_disk_reserve_is_back_before_intake_resumes(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A full disk took the reserve; once space comes back, intake resumes only with the
-    reserve made again, so the next full disk has one too."""
+    reserve made again, so the next full disk has one too. The log counts the reserve
+    as the threshold does (it read "paused until 12 MiB are free", then "back: 9.3 MiB
+    free; intake resumes")."""
     store = await open_store(small_disk, ("a",))
     assert store.reserve.exists() and not store.check_disk()
     for round_ in range(2):
@@ -680,6 +684,10 @@ async def test_the_disk_reserve_is_back_before_intake_resumes(small_disk: Path) 
         while store.check_disk():
             await store.maintain(["a"])  # the maintenance loop, once a second
         assert store.reserve.exists(), f"round {round_}: intake resumed without the reserve"
+    paused = [r.getMessage() for r in caplog.records if "disk full" in r.getMessage()]
+    back = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]
+    assert "until 12 MiB are free (the 4 MiB reserve counted)" in paused[0]
+    assert "MiB (store.db and WAL), and the 4 MiB reserve; intake resumes" in back[0]
     await store.close()
 
 
