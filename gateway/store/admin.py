@@ -44,6 +44,7 @@ from gateway.store.sqlite import (
     let_go_data_dir,
     newest_dead_letters,
     not_a_store,
+    unopenable,
 )
 
 __all__ = [
@@ -537,6 +538,7 @@ def damage(path: Path) -> str | None:
         finally:
             admin.close()
     except sqlite3.DatabaseError as err:
+        unopenable(path, err)
         return f"cannot be read ({err})"
     return None if found == ["ok"] else f"is damaged ({'; '.join(found)})"
 

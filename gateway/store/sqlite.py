@@ -339,6 +339,7 @@ def not_a_store(path: Path) -> str | None:
         finally:
             db.close()
     except sqlite3.DatabaseError as err:
+        unopenable(path, err)
         return f"cannot be read ({err})"
     if not {"flowfiles", "sinks"} <= tables:
         return "is a SQLite database without the store's tables"
@@ -383,6 +384,36 @@ class DataDirInUse(StoreError):
 class StoreDamaged(StoreError, PermanentError):
     """SQLite found the store file damaged (SQLITE_CORRUPT): retrying cannot help; a sink
     that meets it stops, shown as failed with this reason."""
+
+
+# What SQLite says when it cannot open or write a file, not when the file is bad: a full
+# disk (it cannot make the -shm file), an I/O error, a read-only or forbidden folder.
+_NOT_THE_FILE = (
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_PERM,
+)
+
+
+def unopenable(path: Path, err: sqlite3.Error) -> None:
+    """Raise a one-line StoreError if `err`, met checking the store at `path`, is about
+    the disk rather than the file: such a store is not to be called damaged (a full disk
+    had the start, and `store reset`, take a whole valid store for one and tell to move
+    it aside, its backlog with it)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _NOT_THE_FILE:
+        return
+    try:
+        st = os.statvfs(path.parent)
+        free = f"{st.f_bavail * st.f_frsize / 1048576:.1f} MiB free under {path.parent}"
+    except OSError:
+        free = f"? MiB free under {path.parent}"
+    raise StoreError(
+        f"{path}: cannot be opened ({err}; {free}); the file was not found damaged:"
+        " make room on the disk (or see to it), then try again"
+    ) from err
 
 
 def is_damaged(err: sqlite3.Error) -> bool:

@@ -747,6 +747,36 @@ async def test_a_drained_backlog_gives_its_pages_back_to_the_file_system(
     await store.close()
 
 
+async def test_a_store_on_a_full_disk_is_not_called_damaged_nor_reset(small_disk: Path) -> None:
+    """With no byte free, SQLite cannot make the store's -shm file: the start, `store stats`
+    and the other store commands said the store "cannot be read (disk I/O error): not a
+    valid Edge Stream store" and to run `store reset`, which then moved the whole valid
+    store aside without --force: the gateway started empty, its backlog left behind."""
+    from gateway.store.admin import open_admin
+
+    store = await open_store(small_disk, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(10)]))
+    await store.close()
+    store.reserve.unlink()  # given up at the full disk that came before
+    take_disk(small_disk / "filler", 0)
+    path = small_disk / "store.db"
+    for attempt in (lambda: Store(path).open(["a"]), lambda: open_admin(path), lambda: reset(path)):
+        with pytest.raises(StoreError) as err:
+            result = attempt()
+            if asyncio.iscoroutine(result):
+                await result
+        message = str(err.value)
+        assert "cannot be opened" in message and "MiB free" in message, message
+        assert "not a valid" not in message and "store reset" not in message, message
+        assert "\n" not in message
+    assert path.exists()
+    (small_disk / "filler").unlink()
+    store = await open_store(small_disk, ("a",))
+    rows, _ = await store.read("a", store.cursor("a"), 100)
+    assert len(rows) == 10
+    await store.close()
+
+
 def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path: Path) -> None:
     """A data_dir on a read-only file system (or a folder in place of .lock) stopped the
     start with os.open's traceback."""
