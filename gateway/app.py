@@ -603,11 +603,29 @@ class Gateway:
             self.broker.users = broker_users(new)
         if store:
             log.info("gateway: the reload changes the store settings; reopening the store")
+            if again is None and new.gateway.data_dir != old.gateway.data_dir:
+                self._left_behind(old)
             done.append("store")
             await self._close_store()
             await self._open_store()
         if web:
             await self._start_web()
+
+    def _left_behind(self, old: Config) -> None:
+        """Say what the store of the data_dir being left still waits to deliver: the new
+        data_dir has a store of its own, and the old one's backlog is not sent from it."""
+        store = self._store
+        if store is None:
+            return
+        names = sorted(set(old.sinks) | set(store.removed_sinks()))
+        waiting = [f"{store.depth(n)} for sink {n}" for n in names if store.depth(n) > 0]
+        if waiting:
+            log.warning(
+                "gateway: FlowFiles left in %s, undelivered (%s): the store of the new"
+                " data_dir does not have them; set gateway.data_dir back to deliver them",
+                store.path,
+                ", ".join(waiting),
+            )
 
     # -- the services --------------------------------------------------------
 

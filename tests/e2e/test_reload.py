@@ -269,3 +269,30 @@ def _started_and_stopped_again(gw: GatewayProcess, what: str, stopped: Any) -> N
     assert (status, answer["outcome"]) == (200, "applied"), answer
     assert answer["changes"] == [f"{what} started again (it had stopped)"]
     wait_for(stopped, 20, f"{what} to stop again")
+
+
+def test_a_new_data_dir_says_what_the_old_store_keeps_undelivered(tmp_path: Path) -> None:
+    """A reload to another gateway.data_dir opens the store there: what the sinks had not
+    delivered stayed in the old one, never sent, and nothing said so."""
+    config = _config()
+    config["sinks"]["out"] = {"type": "http", "url": f"http://127.0.0.1:{free_port()}/in"}
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    try:
+        wait_for(lambda: gw.sink("out")["depth"] >= 2, 30, "a backlog for the down sink")
+        old = gw.data_dir
+
+        def move(data: dict[str, Any]) -> None:
+            data["gateway"]["data_dir"] = str(tmp_path / "data2")
+
+        _edit(gw, move)
+        wait_for(lambda: gw.status()["store"]["path"].endswith("data2/store.db"), 30, "data2")
+        line = wait_for(
+            lambda: next((x for x in gw.log().splitlines() if "left in" in x), None),
+            10,
+            "the line about the old store",
+        )
+        assert f"{old}/store.db" in line and "sink out" in line and "WARNING" in line
+        assert "data_dir back" in line
+    finally:
+        gw.close()
