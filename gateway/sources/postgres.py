@@ -181,8 +181,9 @@ class PostgresSource(IncrementalSource):
                 f"cannot read table {self.config.table} on {self.server}: {_message(err)}"
             ) from err
         except asyncpg.exceptions.UnsupportedClientFeatureError as err:
-            # A composite type with a date or time field (see the docstring): an
-            # InterfaceError, taken for a lost connection, it was retried for ever.
+            # A type the driver reads only as text inside a composite, which it reads
+            # only in binary (a `money` field): an InterfaceError, taken for a lost
+            # connection, it was retried for ever.
             await self._drop()
             raise PermanentError(
                 f"cannot read table {self.config.table} on {self.server}: {_message(err)};"
