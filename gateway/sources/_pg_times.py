@@ -8,7 +8,8 @@ driver reads their parts only in binary. So they are read in binary through the
 tuple form (a count of days or microseconds from 2000-01-01, PostgreSQL's own):
 Python's value when it can hold it, else the text PostgreSQL writes for it in ISO
 DateStyle (`0044-03-15 BC`, `10000-01-01 00:00:00`, `infinity`, `24:00:00+02`; a
-`timestamptz` in UTC, `+00`). A cursor value of such text is written back the same way.
+`timestamptz` in UTC, `+00`). A cursor value of such text is written back the same way,
+and kept as text when a stored position is read again (see `written`).
 """
 
 from __future__ import annotations
@@ -222,3 +223,22 @@ CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "time": (_encode_time, _decode_time),
     "timetz": (_encode_timetz, _decode_timetz),
 }
+
+
+def written(text: str, sample: Any) -> bool:
+    """True when `text`, a stored cursor value, is the text a decoder writes for a value of
+    the type of `sample` (a value of its column) that Python cannot hold: the encoder takes
+    it back as that value. Read as Python's type, it failed, and the position was dropped."""
+    if isinstance(sample, dt.datetime):
+        name = "timestamp" if sample.tzinfo is None else "timestamptz"
+    elif isinstance(sample, dt.date):
+        name = "date"
+    elif isinstance(sample, dt.time):
+        name = "time" if sample.tzinfo is None else "timetz"
+    else:
+        return False
+    encoder, decoder = CODECS[name]
+    try:
+        return bool(decoder(encoder(text)) == text)
+    except (ValueError, OverflowError):
+        return False

@@ -21,7 +21,7 @@ import datetime as dt
 import ipaddress
 import string
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -253,19 +253,28 @@ _FROM_TEXT: dict[type, Any] = {
 }
 
 
-def _as_type_of(value: Any, sample: Any) -> Any:
+def _as_type_of(
+    value: Any, sample: Any, kept: Callable[[str, Any], bool] = lambda text, sample: False
+) -> Any:
     """`value`, a stored cursor value, as the type of `sample`, a value of its column;
-    ValueError when text cannot be read as that type."""
+    ValueError when text cannot be read as that type. Text for which `kept(text, sample)`
+    is true stays text: the driver's own for a value Python cannot hold (a PostgreSQL
+    date BC, `-infinity`), which its encoder takes."""
     if not isinstance(value, str) or isinstance(sample, str):
         return value
     # along the class's bases: asyncpg gives its own subclass of uuid.UUID
     read = next((_FROM_TEXT[t] for t in type(sample).__mro__ if t in _FROM_TEXT), None)
-    if read is None:
-        raise ValueError(f"{value!r} is text, the column's values {type(sample).__name__}")
     try:
-        return read(value)
-    except ArithmeticError as err:  # decimal.InvalidOperation
-        raise ValueError(f"{value!r} is no {type(sample).__name__}") from err
+        if read is None:
+            raise ValueError(f"{value!r} is text, the column's values {type(sample).__name__}")
+        try:
+            return read(value)
+        except ArithmeticError as err:  # decimal.InvalidOperation
+            raise ValueError(f"{value!r} is no {type(sample).__name__}") from err
+    except ValueError:
+        if kept(value, sample):
+            return value
+        raise
 
 
 def _level(value: Any, json_value: Any = _json_default) -> str:
@@ -345,6 +354,12 @@ class IncrementalSource(Source):
         """JSON for a value of a row beyond JSON's own types; a driver's own types are
         added by its source. TypeError for one with no JSON form."""
         return _json_default(value)
+
+    def text_value(self, text: str, sample: Any) -> bool:
+        """True when `text`, a cursor value of a stored position, is the driver's text for
+        a value of `sample`'s column that Python cannot hold (the `postgres` source's dates
+        and times): kept as text, which the driver takes, rather than read as that type."""
+        return False
 
     # -- queries -----------------------------------------------------------------------
 
@@ -467,7 +482,10 @@ class IncrementalSource(Source):
         if not rows:
             return False
         try:
-            self._after = tuple(map(_as_type_of, self._after, rows[0]))
+            self._after = tuple(
+                _as_type_of(value, sample, self.text_value)
+                for value, sample in zip(self._after, rows[0], strict=False)
+            )
         except ValueError as err:
             self.ctx.log.warning(
                 "the stored position cannot be read (%s); starting at the %s",

@@ -55,6 +55,7 @@ from gateway.sinks.postgres import (
     tls_file_problem,
 )
 from gateway.sources._pg_times import CODECS as TIME_CODECS
+from gateway.sources._pg_times import written
 from gateway.sources._sql import IncrementalSource, SqlSourceKeys
 
 # The server refuses us or the table is not what the config says: an operator has to act.
@@ -124,6 +125,9 @@ class PostgresSource(IncrementalSource):
                 "upper_inc": value.upper_inc,
             }
         return super().json_value(value)
+
+    def text_value(self, text: str, sample: Any) -> bool:
+        return written(text, sample)
 
     async def connect(self) -> None:
         config = self.config

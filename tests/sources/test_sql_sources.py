@@ -810,6 +810,71 @@ async def test_a_position_stored_as_text_is_read_as_its_column_s_type(
     assert got == after
 
 
+@pytest.mark.parametrize(
+    ("column", "text", "values", "order"),
+    [
+        ("timestamp", "-infinity", ["2024-01-01", "2024-01-02"], "k"),
+        ("timestamptz", "-infinity", ["2024-01-01 00:00+00", "2024-01-02 00:00+00"], "k"),
+        ("date", "-infinity", ["2024-01-01", "2024-01-02"], "k"),
+        ("date", "0044-03-15 BC", ["2024-01-01", "2024-01-02"], "k"),
+        ("timestamp", "0044-03-15 12:34:56.5 BC", ["2024-01-01", "2024-01-02"], "k"),
+        ("timestamptz", "0044-03-15 12:34:56.5+00 BC", ["2024-01-01Z", "2024-01-02Z"], "k"),
+        # sorted last, they are never a position the newest row is not: as a key's
+        ("timestamp", "infinity", ["2024-01-01", "2024-01-02"], "n,k"),
+        ("date", "infinity", ["2024-01-01", "2024-01-02"], "n,k"),
+        ("date", "10000-01-01", ["2024-01-01", "2024-01-02"], "n,k"),
+        ("timestamp", "10000-01-01 00:00:00", ["2024-01-01", "2024-01-02"], "n,k"),
+        ("timestamptz", "10000-01-01 05:30:00+00", ["2024-01-01Z", "2024-01-02Z"], "n,k"),
+        ("time", "24:00:00", ["10:00", "11:00"], "n,k"),
+        ("timetz", "24:00:00+02", ["10:00+02", "11:00+02"], "n,k"),
+    ],
+)
+async def test_a_postgres_position_at_a_time_python_cannot_hold_survives_a_restart(
+    postgres: Any,
+    column: str,
+    text: str,
+    values: list[str],
+    order: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Such a cursor value is stored as the text PostgreSQL writes for it; after a restart
+    it was read as its column's type (the newest row's: a Python datetime), which failed,
+    so the position was dropped: with start: beginning the first row came again at every
+    restart (with start: end, the rows up to the end were lost)."""
+    table = unique_name()
+    postgres.execute(f'CREATE TABLE "{table}" (n INT, k {column})')
+    postgres.execute(
+        f'INSERT INTO "{table}" VALUES (1, $1::text::{column}), (2, $2::text::{column}),'
+        f" (3, $3::text::{column})",
+        text,
+        *values,
+    )
+    cursor, *key = order.split(",")
+    config, problems = build(
+        "postgres", dsn=postgres.dsn, table=table, cursor=cursor, key=key[0] if key else None,
+        page_size=1,
+    )  # fmt: skip
+    assert problems == []
+    stored: list[bytes] = []
+
+    async def position() -> bytes | None:
+        return stored[-1] if stored else None
+
+    got = []
+    for _restart in range(3):
+        source = PostgresSource(config, Context("rows", "source", position=position))
+        await source.connect()
+        try:
+            for message in await source.poll_messages():
+                stored.append(message.position)
+                got.append(orjson.loads(message.flowfile.content)["n"])
+        finally:
+            await source.close()
+    assert got == [1, 2, 3]
+    assert "stored position" not in caplog.text
+    assert orjson.loads(stored[0])["after"][0 if cursor == "k" else 1] == text
+
+
 @pytest.mark.parametrize("kind", ["mysql", "postgres"])
 async def test_a_position_by_the_cursor_only_is_kept_when_a_key_is_set(
     kind: str, request: pytest.FixtureRequest
