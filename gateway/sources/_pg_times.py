@@ -202,7 +202,10 @@ def _clock_us(value: Any) -> tuple[int, int | None]:
         us = ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000
         offset = value.utcoffset()
         return us + value.microsecond, None if offset is None else int(offset.total_seconds())
-    _, us, east = _parsed(f"2000-01-01 {str(value).strip()}")
+    try:
+        _, us, east = _parsed(f"2000-01-01 {str(value).strip()}")
+    except ValueError:
+        raise ValueError(f"{value!r} is no time PostgreSQL writes") from None
     return us, east
 
 

@@ -305,6 +305,12 @@ def _level(value: Any, json_value: Any = _json_default) -> str:
 # --- the source ----------------------------------------------------------------------------
 
 
+class PositionError(Exception):
+    """Raised by `_fetch` when the driver cannot send a parameter as its column's type:
+    only a stored position's cursor values can be such (text its encoder cannot parse).
+    The position is then dropped, as an unreadable one."""
+
+
 class Dialect:
     """How one database is spoken to: implemented by the `mysql` and `postgres` sources."""
 
@@ -487,22 +493,35 @@ class IncrementalSource(Source):
                 for value, sample in zip(self._after, rows[0], strict=False)
             )
         except ValueError as err:
-            self.ctx.log.warning(
-                "the stored position cannot be read (%s); starting at the %s",
-                err,
-                self.config.start,
-            )
-            self._after = None
-            self._text = False
-            await self._load_start()
+            await self._start_over(err)
             return True
         self._text = False
         return True
 
+    async def _start_over(self, err: Exception) -> None:
+        """Drop the stored position, which cannot be read, and start at `start`."""
+        self.ctx.log.warning(
+            "the stored position cannot be read (%s); starting at the %s",
+            err,
+            self.config.start,
+        )
+        self._after = None
+        self._text = False
+        await self._load_start()
+
     async def _select(self, limit: int) -> Page:
         """At most `limit` rows after the position, in order."""
+        if self._after is not None:
+            try:
+                return await self._select_after(limit)
+            except PositionError as err:  # it was retried for ever as a lost connection
+                await self._start_over(err)
         if self._after is None:
             return await self._fetch(self.select_sql(True), [limit])
+        return await self._select_after(limit)
+
+    async def _select_after(self, limit: int) -> Page:
+        assert self._after is not None
         if self.config.key is None:
             return await self._fetch(self.select_sql(False), [self._after[0], limit])
         if len(self._after) == 1:  # by the cursor only (see `_load_position`): `c = NULL`

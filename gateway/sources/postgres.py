@@ -56,7 +56,7 @@ from gateway.sinks.postgres import (
 )
 from gateway.sources._pg_times import CODECS as TIME_CODECS
 from gateway.sources._pg_times import written
-from gateway.sources._sql import IncrementalSource, SqlSourceKeys
+from gateway.sources._sql import IncrementalSource, PositionError, SqlSourceKeys
 
 # The server refuses us or the table is not what the config says: an operator has to act.
 _SETUP_ERRORS = (
@@ -194,6 +194,12 @@ class PostgresSource(IncrementalSource):
                 " leave that column out with `columns`"
             ) from err
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
+            if isinstance(err, asyncpg.exceptions.DataError) and err.__cause__ is not None:
+                # A parameter its encoder refused (its error the cause), raised before
+                # anything was sent: only a stored position's cursor text can be one. It
+                # was retried for ever. A DataError of the server's (SQLSTATE 22, a view
+                # that divides by zero) has no cause: retried as before.
+                raise PositionError(" ".join(str(err).split())) from err
             await self._drop()
             raise RetryableError(
                 f"reading table {self.config.table} on {self.server} failed: {_message(err)}"

@@ -875,6 +875,68 @@ async def test_a_postgres_position_at_a_time_python_cannot_hold_survives_a_resta
     assert orjson.loads(stored[0])["after"][0 if cursor == "k" else 1] == text
 
 
+@pytest.mark.parametrize("start", ["beginning", "end"])
+async def test_a_postgres_position_the_driver_cannot_send_starts_over_at_start(
+    postgres: Any, start: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored time the column's encoder cannot parse (text kept as text, the newest row's
+    time being text too: 24:00:00) made asyncpg raise DataError, an InterfaceError taken
+    for a lost connection: retried for ever, the source never read again."""
+    table = unique_name()
+    postgres.execute(f'CREATE TABLE "{table}" (c time, n INT)')
+    postgres.execute(f"""INSERT INTO "{table}" VALUES ('10:00', 1), ('24:00', 2)""")
+    config, _problems = build(
+        "postgres", dsn=postgres.dsn, table=table, cursor="c", key="n", start=start
+    )
+    old = orjson.dumps({"v": 1, "table": table, "order": ["c"], "after": ["ten o'clock"]})
+
+    async def position() -> bytes | None:
+        return old
+
+    saved: list[bytes] = []
+
+    async def save_position(position: bytes) -> None:
+        saved.append(position)
+
+    ctx = Context("rows", "source", position=position, save_position=save_position)
+    source = PostgresSource(config, ctx)
+    await source.connect()
+    try:
+        got = [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+        postgres.execute(f"""INSERT INTO "{table}" VALUES ('24:00', 3)""")
+        got += [orjson.loads(m.flowfile.content)["n"] for m in await source.poll_messages()]
+    finally:
+        await source.close()
+    assert got == ([1, 2, 3] if start == "beginning" else [3])
+    (line,) = [r.getMessage() for r in caplog.records if "stored position" in r.getMessage()]
+    assert line.startswith("source rows: the stored position cannot be read (")
+    assert line.endswith(f"); starting at the {start}") and "\n" not in line
+
+
+async def test_a_postgres_data_error_of_the_server_keeps_the_position(postgres: Any) -> None:
+    """A DataError the server raises (a view that divides by zero) is no position the
+    driver could not send: retried, the position kept (dropped, the rows since `start`
+    came again)."""
+    table, view = unique_name(), unique_name()
+    postgres.execute(f'CREATE TABLE "{table}" (c INT, d INT)')
+    postgres.execute(f'INSERT INTO "{table}" VALUES (1, 1), (2, 0)')
+    postgres.execute(f'CREATE VIEW "{view}" AS SELECT c, 1 / d AS x FROM "{table}"')
+    config, _problems = build("postgres", dsn=postgres.dsn, table=view, cursor="c")
+    old = orjson.dumps({"v": 1, "table": view, "order": ["c"], "after": [1]})
+
+    async def position() -> bytes | None:
+        return old
+
+    source = PostgresSource(config, Context("rows", "source", position=position))
+    await source.connect()
+    try:
+        with pytest.raises(RetryableError, match="division by zero"):
+            await source.poll_messages()
+    finally:
+        await source.close()
+    assert source.status()["position"] == [1]
+
+
 @pytest.mark.parametrize("kind", ["mysql", "postgres"])
 async def test_a_position_by_the_cursor_only_is_kept_when_a_key_is_set(
     kind: str, request: pytest.FixtureRequest
