@@ -161,6 +161,26 @@ class Schedule:
             return self._jittered(mono)
         return self._jittered(self._cron_after(wall))
 
+    def at_once(self, mono: float, wall: float) -> float:
+        """The due of a run now, out of the schedule's times: a source back after an error
+        (its poll or its connect failed) polls at once, whatever the missed-run policy. The
+        times that passed since the current run's are folded into it (missed), and the
+        schedule goes on after now: for cron, the run stands for the last time not after
+        `wall` (polled, after a clock set back, as any other)."""
+        if self.cron is None:
+            self.missed_runs += max(int((mono - self._slot) // self.interval), 0)
+            self._slot = self.due = mono
+            return mono
+        following = self._cron_after(self._slot)
+        if following <= wall:
+            self.missed_runs += self._passed(following, wall)[1]
+        last = self._cron_after(wall)
+        from croniter import croniter
+
+        self._slot = float(croniter(self.cron, datetime.fromtimestamp(last, UTC)).get_prev(float))
+        self.due = wall
+        return wall
+
     def next(self, mono: float, wall: float) -> float:
         """The next run's `due`, once the current run ended at `mono` / `wall`."""
         if self.cron is not None:

@@ -199,22 +199,26 @@ class SourceRunner:
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
         schedule = self.schedule
-        if schedule is None:
+        # Until it connects again after an error, a polled source's next run is its next
+        # try (`_retry_at`), which polls at once (see `_poll_loop`), a first connect's too;
+        # a failed source runs no more. The schedule's time, long past, was shown for both.
+        retry_at = self._retry_at if self.source.mode == "poll" else None
+        if schedule is None and retry_at is None:
             return extra
         clock = self.clock
-        # Retrying, the run that failed goes again once connected (see `_poll_loop`); a
-        # failed source runs no more. The schedule's time, long past, was shown for both.
         if self.state == "failed":
             at: float | None = None
-        elif self.state == "retrying" and self._retry_at is not None:
-            at = self._retry_at
+        elif retry_at is not None:
+            at = retry_at
         else:
+            assert schedule is not None
             at = schedule.next_run_wall(clock.monotonic(), clock.now_ns() / 1e9)
         when = None
         if at is not None:
             text = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
             when = text.replace("+00:00", "Z")
-        return {**extra, "next_run": when, "missed_runs": schedule.missed_runs}
+        missed = 0 if schedule is None else schedule.missed_runs
+        return {**extra, "next_run": when, "missed_runs": missed}
 
     def status(self) -> SourceStatus:
         return SourceStatus(
@@ -298,6 +302,7 @@ class SourceRunner:
                 # REST API that takes the connection and times out every request showed
                 # "running" most of the time, and source_offline never fired.
                 self.state = "retrying" if polled and self.failing else "running"
+                self._retry_at = None  # the try happened: a polled source polls now
                 self.tried.set()
                 self.missing = False
                 self.outage = False
@@ -350,13 +355,22 @@ class SourceRunner:
     async def _poll_loop(self) -> None:
         clock = self.clock
         schedule = self.schedule
+        mono, wall = clock.monotonic(), clock.now_ns() / 1e9
         if schedule is None:
             schedule = self.schedule = self._schedule()
-            due = schedule.first(clock.monotonic(), clock.now_ns() / 1e9)
-        else:  # back after an error and the backoff: the run that failed goes again now
-            due = schedule.due = clock.now_ns() / 1e9 if schedule.wall else clock.monotonic()
+            due = schedule.first(mono, wall)
+        # Back after an error and the backoff (a poll or the first connect failed): it
+        # polls now, as its next_run said. Through `_sleep_until`, `settle` took the run
+        # for missed once a cron time had passed meanwhile, and a cron source whose first
+        # connect failed waited for its first time: retrying (source_offline firing) for
+        # up to a gap of the schedule, a day for `0 3 * * *`.
+        at_once = self.failing
+        if at_once:
+            due = schedule.at_once(mono, wall)
         while True:
-            await self._sleep_until(schedule, due)
+            if not at_once:
+                await self._sleep_until(schedule, due)
+            at_once = False
             while True:  # a source with a backlog (a page limit reached) goes on at once
                 await self._pass_gate()
                 messages = await self.source.poll_messages()

@@ -265,6 +265,78 @@ async def test_the_next_run_of_a_retrying_source_is_its_retry_and_a_failed_one_h
     await asyncio.gather(task, return_exceptions=True)
 
 
+class Unreachable(Counting):
+    """Its connects fail with `errors`, one each, then it connects."""
+
+    def __init__(self, clock: FakeClock, schedule: Schedule, errors: list[Exception]) -> None:
+        super().__init__(clock, schedule)
+        self.errors = errors
+
+    async def connect(self) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def retrying_runner(
+    source: Counting, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> SourceRunner:
+    """A runner whose retries come 20 s after a failure, no jitter."""
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
+    runner = SourceRunner(
+        "failing", source, Ingest(10_000), RetrySettings(initial=20.0, max=20.0),
+        asyncio.Event(), clock,
+    )  # fmt: skip
+    runner.gate.set()
+    return runner
+
+
+async def test_a_cron_source_whose_first_connect_failed_polls_once_it_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It waited for the next cron time, a day for `0 3 * * *`: retrying (source_offline
+    firing) all that time, with a next_run in the past."""
+    clock = FakeClock(1000.0, wall("2024-03-01T10:00:00"))
+    source = Unreachable(clock, Schedule(interval=1.0, cron="0 3 * * *"), [RetryableError("down")])
+    runner = retrying_runner(source, clock, monkeypatch)
+    task = asyncio.ensure_future(runner.run())
+    await steps(clock, 5)
+    status = runner.status().to_json()
+    assert status["state"] == "retrying"
+    assert str(status["next_run"]) == "2024-03-01T10:00:20.000Z", "its next try"
+    await steps(clock, 20)  # connected at 10:00:20
+    assert source.polls == [wall("2024-03-01T10:00:20")], "the next try polls at once"
+    status = runner.status().to_json()
+    assert status["state"] == "running" and status["next_run"] == "2024-03-02T03:00:00.000Z"
+    assert status["missed_runs"] == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("missed", ["skip", "catch_up"])
+async def test_a_cron_source_back_after_an_outage_of_more_than_a_gap_polls_at_once(
+    missed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll that failed went again once connected, but settle() took it for missed
+    (the next cron time had passed meanwhile) and waited for the next one: retrying for
+    up to a gap more, with its retry time, long past, as next_run."""
+    clock = FakeClock(1000.0, wall("2024-03-01T10:04:00"))
+    errors: list[Exception] = [RetryableError("down")] * 40
+    source = Failing(clock, Schedule(interval=1.0, cron="*/5 * * * *", missed=missed), errors)
+    runner = retrying_runner(source, clock, monkeypatch)
+    task = asyncio.ensure_future(runner.run())
+    await steps(clock, 850)  # to 10:18:10: the poll of 10:05 and 39 tries, 20 s apart, failed
+    assert source.polls == [] and runner.status().to_json()["state"] == "retrying"
+    await steps(clock, 20)  # the try of 10:18:20 works
+    assert source.polls == [wall("2024-03-01T10:18:20")], "once, at once"
+    status = runner.status().to_json()
+    assert status["state"] == "running" and status["next_run"] == "2024-03-01T10:20:00.000Z"
+    assert status["missed_runs"] == 2, "10:10 and 10:15"
+    await steps(clock, 5 * 60)
+    assert source.polls[1:] == [wall("2024-03-01T10:20:00")]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_the_runner_notices_a_wall_clock_jump_and_catches_up_once() -> None:
     clock = FakeClock(1000.0, wall("2024-03-01T09:59:00"))
     source = Counting(clock, Schedule(interval=1.0, cron="0 * * * *", missed="catch_up"))
