@@ -31,6 +31,7 @@ S = TypeVar("S", bound=servers.Server)
 
 # Session servers that the test after a stop/kill should find running again.
 _shared: list[servers.Server] = []
+_clusters: list[servers.NatsCluster] = []
 
 
 def _start(start: Callable[..., S], **options: Any) -> S:
@@ -103,7 +104,9 @@ def nats_cluster(server_workspace: servers.Workspace) -> Iterator[servers.NatsCl
     except servers.ServerError as err:
         pytest.fail(str(err), pytrace=False)
     _shared.extend(cluster.nodes)
+    _clusters.append(cluster)
     yield cluster
+    _clusters.remove(cluster)
     for node in cluster.nodes:
         _shared.remove(node)
     cluster.close()
@@ -112,12 +115,22 @@ def nats_cluster(server_workspace: servers.Workspace) -> Iterator[servers.NatsCl
 @pytest.fixture(autouse=True)
 def _restart_stopped_shared_servers() -> Iterator[None]:
     yield
+    restarted = []
     for server in _shared:
         if not server.running:
             try:
                 server.start()
             except servers.ServerError as err:
                 pytest.fail(f"restarting the shared {server.kind} failed: {err}", pytrace=False)
+            restarted.append(server)
+    # A cluster node started again: the next test waits until the cluster has its meta
+    # leader and the node has caught up (a stream made meanwhile timed out on a busy machine).
+    for cluster in _clusters:
+        if any(node in restarted for node in cluster.nodes):
+            try:
+                cluster.wait_healthy()
+            except servers.ServerError as err:
+                pytest.fail(str(err), pytrace=False)
 
 
 def _factory(workspace: servers.Workspace, start: Callable[..., S]) -> Iterator[Callable[..., S]]:
