@@ -8,6 +8,7 @@ machine changes."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -38,15 +39,24 @@ done
 echo "edge-stream:x:64999:64999::/var/lib/edge-stream:/usr/sbin/nologin" >>/etc/passwd
 echo "edge-stream:x:64999:" >>/etc/group
 grep -q '^mosquitto:' /etc/group || echo "mosquitto:x:64998:" >>/etc/group
-# a Python under /root (mode 0700: root's alone) is reached by the gateway's user through
-# a 0755 /root holding the same folder
-if [ -n "$UNDER_ROOT" ]; then
-  mkdir "$T/root"
-  mount --bind /root "$T/root"
-  mount -t tmpfs -o mode=0755 tmpfs /root
-  mkdir "/root/$UNDER_ROOT"
-  mount --bind "$T/root/$UNDER_ROOT" "/root/$UNDER_ROOT"
-fi
+# what the gateway's user must reach (this checkout, the venv, the Python it is made
+# from) behind a folder it cannot enter (a 0700 /root: a CI clone in /root/ci, a pyenv
+# Python in /root/.pyenv): that folder is a 0755 tmpfs here, holding just those paths
+umask 022
+n=0
+declare -A veiled=()
+while IFS=$'\t' read -r closed path; do
+  [ -n "$closed" ] || continue
+  if [ -z "${veiled[$closed]:-}" ]; then
+    n=$((n + 1))
+    mkdir "$T/veiled-$n"
+    mount --bind "$closed" "$T/veiled-$n"
+    mount -t tmpfs -o mode=0755 tmpfs "$closed"
+    veiled[$closed]=$T/veiled-$n
+  fi
+  mkdir -p "$path"
+  mount --bind "${veiled[$closed]}${path#"$closed"}" "$path"
+done <<<"$VEILED"
 fresh /etc/edge-stream
 fresh /var/lib/edge-stream
 fresh /var/lib/edge-stream-firstboot
@@ -90,10 +100,23 @@ stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key 
 """
 
 
-def _under_root() -> str:
-    """The folder of /root that holds this Python, if it is there ("" if not)."""
+def _veiled() -> str:
+    """Lines "CLOSED<TAB>PATH": each path the gateway's user needs (this checkout, the
+    venv, this Python's installation) that lies under a folder others cannot enter
+    (CLOSED, the highest such), for SETUP to expose."""
     real = Path(os.path.realpath(sys.executable))
-    return real.parts[2] if real.parts[:2] == ("/", "root") else ""
+    needed = {REPO, Path(sys.prefix), Path(sys.base_prefix), real.parent.parent}
+    needed = {Path(os.path.realpath(p)) for p in needed}
+    # a path inside another needed one comes with it
+    needed = {p for p in needed if not any(q != p and q in p.parents for q in needed)}
+    lines = []
+    for path in sorted(needed):
+        closed = next(
+            (a for a in reversed(path.parents) if not os.stat(a).st_mode & stat.S_IXOTH), None
+        )
+        if closed is not None:
+            lines.append(f"{closed}\t{path}")
+    return "\n".join(lines)
 
 
 def _firstboot(
@@ -112,7 +135,7 @@ def _firstboot(
     setup.write_text(textwrap.dedent(SETUP))
     env = {
         **os.environ,
-        "UNDER_ROOT": _under_root(),
+        "VEILED": _veiled(),
         "PYTHON": sys.executable,
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
