@@ -59,7 +59,9 @@ while IFS=$'\t' read -r closed path; do
 done <<<"$VEILED"
 fresh /etc/edge-stream
 fresh /var/lib/edge-stream
-fresh /var/lib/edge-stream-firstboot
+# the script's marks folder as on a new card, or one set up before the marks moved there:
+# none (/var/lib is this namespace's overlay)
+mountpoint -q /var/lib && rm -rf /var/lib/edge-stream-firstboot
 fresh /etc/systemd/network
 fresh /etc/mosquitto
 fresh /etc/ssh
@@ -75,6 +77,18 @@ if [ -n "${PLANT:-}" ]; then
   ln -s "$T/planted-grown" /var/lib/edge-stream/.grown
   ln -s "$T/planted-hostname" /var/lib/edge-stream/.hostname-config
   ln -s "$T/planted-credentials" /etc/edge-stream/.credentials-made
+fi
+# a board set up by the script before its marks moved to /var/lib/edge-stream-firstboot:
+# its old marks, accounts and passwords
+if [ -n "${PLANT:-}" ] || [ -n "${OLD_MARKS:-}" ]; then
+  if [ -n "${OLD_MARKS:-}" ]; then
+    touch /var/lib/edge-stream/.grown /etc/edge-stream/.credentials-made
+  fi
+  printf 'sensors:$7$old-hash\n' >/etc/mosquitto/passwd
+  install -o edge-stream -g edge-stream -m 0600 /dev/null /var/lib/edge-stream/web-users
+  printf 'admin:operator:old-hash\n' >/var/lib/edge-stream/web-users
+fi
+if [ -n "${PLANT:-}" ]; then
   printf 'X=1\n' >"$T/planted-environment"
   chmod 0600 "$T/planted-environment"
   ln -s "$T/planted-environment" /etc/edge-stream/environment
@@ -95,6 +109,8 @@ EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
 cp -a /etc/systemd/network/. "$T/network/"
 cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
+cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
+cp /var/lib/edge-stream/web-users "$T/web-users"
 stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
   /var/lib/edge-stream/web-users >"$T/owners"
 """
@@ -120,11 +136,15 @@ def _veiled() -> str:
 
 
 def _firstboot(
-    tmp_path: Path, card: dict[str, str], plant: bool = False, environment: str = ""
+    tmp_path: Path,
+    card: dict[str, str],
+    plant: bool = False,
+    environment: str = "",
+    old_marks: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
-    /etc/edge-stream/environment."""
+    /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -140,6 +160,7 @@ def _firstboot(
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
         "PLANT": "1" if plant else "",
+        "OLD_MARKS": "1" if old_marks else "",
         "ENVIRONMENT": environment,
     }
     return subprocess.run(
@@ -210,7 +231,27 @@ def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> Non
     assert not (tmp_path / "planted-credentials").exists()
     environment = (tmp_path / "planted-environment").stat()
     assert (environment.st_uid, environment.st_gid) == (0, 0)  # no chown through the link
-    assert "edge-stream-credentials.txt" in {p.name for p in (tmp_path / "card-after").iterdir()}
+    # the links stand where the old script's marks were: the board was set up, and its
+    # passwords stay
+    _assert_no_new_credentials(tmp_path, result)
+
+
+def _assert_no_new_credentials(tmp_path: Path, result: subprocess.CompletedProcess[str]) -> None:
+    after = {p.name for p in (tmp_path / "card-after").iterdir()}
+    assert "edge-stream-credentials.txt" not in after
+    assert "credentials written" not in result.stdout
+    assert (tmp_path / "mosquitto-passwd").read_text() == "sensors:$7$old-hash\n"
+    assert (tmp_path / "web-users").read_text() == "admin:operator:old-hash\n"
+
+
+def test_a_board_set_up_before_the_marks_moved_keeps_its_passwords(tmp_path: Path) -> None:
+    """The marks moved from the gateway's folders (.credentials-made, .grown) to
+    /var/lib/edge-stream-firstboot; a board set up by the old script, given the new one,
+    made new credentials at its next boot: the console's admin password replaced, the
+    MQTT sensors' password file made again."""
+    result = _firstboot(tmp_path, {}, old_marks=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_no_new_credentials(tmp_path, result)
 
 
 def test_the_environment_file_is_read_not_run(tmp_path: Path) -> None:
