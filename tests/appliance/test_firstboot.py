@@ -100,8 +100,11 @@ fi
 mkdir -p /opt/edge-stream/venv/bin
 printf '#!/bin/sh\nexport PYTHONPATH=%s\nexec %s "$@"\n' "$REPO" "$PYTHON" \
   >/opt/edge-stream/venv/bin/python
-# no shell in between, as pip's entry point: a shell drops EDGE_STREAM__SINKS__a-b__X
-printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n' "$PYTHON" "$REPO" \
+# no shell in between, as pip's entry point: a shell drops EDGE_STREAM__SINKS__a-b__X.
+# It notes the command lines of the processes that started it (any user can read them)
+mkdir -m 1777 /var/lib/cmdlines
+printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n%s\n' "$PYTHON" "$REPO" \
+  'from tests.appliance.cmdlines import note; note("/var/lib/cmdlines")' \
   'from gateway.cli import main; sys.exit(main())' >/opt/edge-stream/venv/bin/edge-stream
 chmod 0755 /opt/edge-stream/venv/bin/python /opt/edge-stream/venv/bin/edge-stream
 cp -a "$T/card/." "$T/boot/"
@@ -111,6 +114,7 @@ cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
 cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
 cp /var/lib/edge-stream/web-users "$T/web-users"
+cat /var/lib/cmdlines/* >"$T/cmdlines"
 stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
   /var/lib/edge-stream/web-users >"$T/owners"
 """
@@ -279,3 +283,21 @@ def test_the_environment_file_is_read_not_run(tmp_path: Path) -> None:
     assert not (tmp_path / "ran-too").exists()
     after = {p.name for p in (tmp_path / "card-after").iterdir()}
     assert "edge-stream.yaml.applied" in after, result.stdout
+
+
+def test_the_environment_files_secrets_are_on_no_command_line(tmp_path: Path) -> None:
+    """The environment file's values (the console's password, DSNs) reached the gateway's
+    commands as `runuser ... -- env NAME=value ...`: a command line, which every user of
+    the board reads in /proc while the command runs. They go through the environment."""
+    secret = "a-password-nobody-may-read"
+    environment = f"EDGE_STREAM__WEB__USERNAME=operator\nEDGE_STREAM__WEB__PASSWORD={secret}\n"
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
+        "  users_file: /var/lib/edge-stream/no-users\n"
+    )
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config}, environment=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # check-config took the config, with the account the environment file gives
+    assert "edge-stream.yaml.applied" in {p.name for p in (tmp_path / "card-after").iterdir()}
+    cmdlines = (tmp_path / "cmdlines").read_text()
+    assert "runuser" in cmdlines and "check-config" in cmdlines, cmdlines
+    assert secret not in cmdlines
