@@ -114,7 +114,8 @@ cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
 cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
 cp /var/lib/edge-stream/web-users "$T/web-users"
-cat /var/lib/cmdlines/* >"$T/cmdlines"
+cat /var/lib/cmdlines/*[0-9] >"$T/cmdlines"
+sort -u /var/lib/cmdlines/*.env >"$T/overrides"
 stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
   /var/lib/edge-stream/web-users >"$T/owners"
 """
@@ -301,3 +302,27 @@ def test_the_environment_files_secrets_are_on_no_command_line(tmp_path: Path) ->
     cmdlines = (tmp_path / "cmdlines").read_text()
     assert "runuser" in cmdlines and "check-config" in cmdlines, cmdlines
     assert secret not in cmdlines
+
+
+def test_the_environment_file_is_read_as_systemd_reads_it(tmp_path: Path) -> None:
+    """The unit's EnvironmentFile= is read by systemd's rules; the script's own reading
+    dropped `NAME = value` (systemd takes the spaces off), kept trailing spaces and the
+    backslash of \\" and the CR of a file written on Windows: check-config checked the
+    card's config with other values than the gateway then ran with."""
+    environment = (
+        "# the console's account\r\n"
+        "EDGE_STREAM__WEB__USERNAME = operator  \r\n"
+        'EDGE_STREAM__WEB__PASSWORD="a \\"quoted\\" \\\\ password"\r\n'
+        "EDGE_STREAM__GATEWAY__ID=boiler-\\\nroom\r\n"
+    )
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
+        "  users_file: /var/lib/edge-stream/no-users\n"
+    )
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config}, environment=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = {p.name for p in (tmp_path / "card-after").iterdir()}
+    assert "edge-stream.yaml.applied" in after, result.stdout
+    overrides = (tmp_path / "overrides").read_text().splitlines()
+    assert "('EDGE_STREAM__WEB__USERNAME', 'operator')" in overrides
+    assert """('EDGE_STREAM__WEB__PASSWORD', 'a "quoted" \\\\ password')""" in overrides
+    assert "('EDGE_STREAM__GATEWAY__ID', 'boiler-room')" in overrides

@@ -32,6 +32,7 @@ FILES = [
     "etc/systemd/network/80-wifi.network",
     "etc/fstab",
     "usr/lib/edge-stream/firstboot",
+    "usr/lib/edge-stream/read-environment",
 ]
 
 
