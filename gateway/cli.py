@@ -285,16 +285,17 @@ def _reload_after_rollback(path: str) -> int:
     except SystemExit:  # web.enabled is false: no API to ask
         print("the gateway reads it at its next start, on SIGHUP or when it sees the change")
         return 0
+    # Sent with no login (the appliance's console has its accounts in the users file only,
+    # and the config none), a 401 leaves the restore done and its reload unknown. A login
+    # that was sent and refused (a wrong password, a viewer) is the user's to fix: exit 1.
+    refused = None if "Authorization" in headers else _LoginRefused
     try:
-        answer, _reason = _ask_reload(url, headers, context, login_refused=_LoginRefused)
-    except _LoginRefused as err:
-        # The appliance's console has its accounts in the users file only: the restore is
-        # done, and nothing refused it; the gateway takes it as it takes an edit by hand.
+        answer, _reason = _ask_reload(url, headers, context, login_refused=refused)
+    except _LoginRefused:
         print(
-            f"the gateway at {url} answered {err}: reload asks with web.username and"
-            " web.password from the config (an operator), which it does not give; the"
-            " gateway reads the restored file when it sees the change"
-            " (gateway.watch_config), or on SIGHUP (systemctl reload edge-stream)"
+            f"the reload is not confirmed (the console at {url} asks for a login, which the"
+            " config does not give): the gateway takes the restored file when it sees the"
+            " change (gateway.watch_config), or on SIGHUP (systemctl reload edge-stream)"
         )
         return 0
     if answer is None:

@@ -2,20 +2,28 @@
 file: one line that says what to do (README: set web.username/web.password, or SIGHUP).
 
 The gateway's side of the 401 is tested with the console (tests/web); here a loopback
-HTTP server answers as it does, so the test needs no gateway."""
+HTTP server answers as it does, so the test needs no gateway. `config rollback` is
+asked by a real gateway's console."""
 
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.cli import main
+from gateway.config import files
+from tests.e2e.harness import GatewayProcess
 
 pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "gateway.cli"]
 
 
 class Refuse(http.server.BaseHTTPRequestHandler):
@@ -62,29 +70,81 @@ def test_a_401_says_which_credentials_reload_sends_and_the_sighup_way(
     )
 
 
-def test_a_rollback_answered_401_is_restored_and_says_how_it_is_taken(
-    tmp_path: Path, console: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The appliance's console has its accounts in the users file only: `config rollback`
-    restored the file, then ended with exit 1 and "set web.username and web.password",
-    though nothing refused it and the gateway takes the change when it sees it."""
-    from gateway.config import files
+@pytest.fixture
+def console_gateway(
+    tmp_path: Path, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
+) -> GatewayProcess:
+    """A running gateway whose console has its accounts in the users file only (as the
+    appliance's): an operator `admin` and a viewer `guest`; its config kept one version
+    back in config-history/ (`config rollback` restores it)."""
+    gw = gateway_factory({"gateway": {"watch_config": False}})
+    for user, role in (("admin", "operator"), ("guest", "viewer")):
+        made = subprocess.run(
+            [*CLI, "web", "passwd", user, "--role", role, "-c", str(gw.config_path)],
+            input="a-long-password\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+    gw.start(wait_sources=False)
+    text = gw.config_path.read_text()
+    files.save(gw.config_path, text.replace("id: e2e", "id: e2e-next"), gw.data_dir)
+    return gw
 
-    config = tmp_path / "gateway.yaml"
-    data_dir = tmp_path / "data"
-    old = f"gateway: {{id: a, data_dir: '{data_dir}'}}\nweb: {{listen: '127.0.0.1:{console}'}}\n"
-    config.write_text(old)
-    files.save(config, old.replace("id: a", "id: b"), data_dir)  # keeps `old`
-    assert main(["config", "rollback", "-c", str(config)]) == 0
-    assert config.read_text() == old
+
+def _rollback(gw: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(["config", "rollback", "-c", str(gw.config_path)])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
     out, err = capsys.readouterr()
-    assert err == ""
+    assert "id: e2e\n" in gw.config_path.read_text()  # restored, whatever the reload
+    return code, out, err
+
+
+def test_a_rollback_sent_with_no_login_is_restored_and_its_reload_not_confirmed(
+    console_gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The appliance's console has its accounts in the users file only, and the config
+    gives no login: `config rollback` restored the file, then ended with exit 1 and "set
+    web.username and web.password". The restore is done and only its reload unknown."""
+    code, out, err = _rollback(console_gateway, capsys)
+    assert (code, err) == (0, ""), out + err
+    url = f"http://127.0.0.1:{console_gateway.web_port}/api/config/reload?trigger=rollback"
     assert out.splitlines()[-1] == (
-        f"the gateway at http://127.0.0.1:{console}/api/config/reload?trigger=rollback"
-        " answered 401 Unauthorized: reload asks with web.username and web.password from"
-        " the config (an operator), which it does not give; the gateway reads the restored"
-        " file when it sees the change (gateway.watch_config), or on SIGHUP (systemctl"
-        " reload edge-stream)"
+        f"the reload is not confirmed (the console at {url} asks for a login, which the"
+        " config does not give): the gateway takes the restored file when it sees the"
+        " change (gateway.watch_config), or on SIGHUP (systemctl reload edge-stream)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "answer"),
+    [
+        ("admin", "a-wrong-password", "401 Unauthorized"),
+        ("guest", "a-long-password", "403 Forbidden"),
+    ],
+)
+def test_a_rollback_whose_login_is_refused_exits_1_saying_what_to_set(
+    console_gateway: GatewayProcess,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    user: str,
+    password: str,
+    answer: str,
+) -> None:
+    """A login that was sent and refused (a wrong password, a viewer's account) was taken
+    as "the gateway reads the restored file", exit 0: the user's mistake went unsaid."""
+    monkeypatch.setenv("EDGE_STREAM__WEB__USERNAME", user)
+    monkeypatch.setenv("EDGE_STREAM__WEB__PASSWORD", password)
+    code, out, err = _rollback(console_gateway, capsys)
+    assert code == 1, out + err
+    url = f"http://127.0.0.1:{console_gateway.web_port}/api/config/reload?trigger=rollback"
+    assert err == (
+        f"edge-stream: {url}: the gateway answered {answer}; reload asks with web.username"
+        " and web.password from the config (an operator): set them, or send the gateway"
+        " SIGHUP (systemctl reload edge-stream)\n"
     )
 
 
