@@ -74,6 +74,40 @@ def test_the_overlay_is_roots_and_leaves_the_base_folders_alone(tmp_path: Path) 
     assert (root / "etc/mosquitto/mosquitto.conf").read_text() == "listener 1883\n"
 
 
+def test_a_checkout_made_with_umask_077_gives_readable_files(tmp_path: Path) -> None:
+    """The overlay's copy only took group and other write off: a checkout cloned with
+    umask 077 (files 0600, folders 0700) gave the image a mosquitto.conf Mosquitto could
+    not read and an /etc/mosquitto nobody but root could enter."""
+    if os.geteuid() != 0:
+        pytest.fail("the overlay test needs root (file ownership)", pytrace=False)
+    source = tmp_path / "rootfs"
+    (source / "etc/mosquitto").mkdir(parents=True)
+    (source / "usr/lib/edge-stream").mkdir(parents=True)
+    (source / "etc/mosquitto/mosquitto.conf").write_text("listener 1883\n")
+    (source / "usr/lib/edge-stream/firstboot").write_text("#!/bin/sh\n")
+    for path in [*source.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() or path.name == "firstboot" else 0o600)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc").chmod(0o755)
+
+    result = _build_image("overlay", str(source), str(root))
+    assert result.returncode == 0, result.stderr
+
+    modes = {
+        str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode) for path in root.rglob("*")
+    }
+    assert modes == {
+        "etc": 0o755,
+        "etc/mosquitto": 0o755,
+        "etc/mosquitto/mosquitto.conf": 0o644,
+        "usr": 0o755,
+        "usr/lib": 0o755,
+        "usr/lib/edge-stream": 0o755,
+        "usr/lib/edge-stream/firstboot": 0o755,
+    }, {k: f"{v:o}" for k, v in modes.items()}
+
+
 def test_preflight_on_an_arm64_host_needs_no_emulation(tmp_path: Path) -> None:
     """README: `make image` on Debian 12 x86-64 or arm64. On arm64 the image's programs run
     natively, and Debian's qemu-user-static registers no qemu-aarch64 for its own CPU
