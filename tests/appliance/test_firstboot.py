@@ -86,12 +86,17 @@ if [ -n "${PLANT:-}" ] || [ -n "${OLD_MARKS:-}" ]; then
   fi
   printf 'sensors:$7$old-hash\n' >/etc/mosquitto/passwd
   install -o edge-stream -g edge-stream -m 0600 /dev/null /var/lib/edge-stream/web-users
+  install -o edge-stream -g edge-stream -m 0600 /dev/null /var/lib/edge-stream/secret.key
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >/var/lib/edge-stream/secret.key
   printf 'admin:operator:old-hash\n' >/var/lib/edge-stream/web-users
 fi
 if [ -n "${PLANT:-}" ]; then
   printf 'X=1\n' >"$T/planted-environment"
   chmod 0600 "$T/planted-environment"
   ln -s "$T/planted-environment" /etc/edge-stream/environment
+  printf 'gateway:\n  id: read-as-root\n' >"$T/planted-config"
+  chmod 0600 "$T/planted-config"
+  ln -sf "$T/planted-config" /etc/edge-stream/gateway.yaml
 fi
 if [ -n "${ENVIRONMENT:-}" ]; then
   printf '%s' "$ENVIRONMENT" >/etc/edge-stream/environment
@@ -114,8 +119,8 @@ cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
 cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
 cp /var/lib/edge-stream/web-users "$T/web-users"
-cat /var/lib/cmdlines/*[0-9] >"$T/cmdlines"
-sort -u /var/lib/cmdlines/*.env >"$T/overrides"
+find /var/lib/cmdlines -type f ! -name '*.env' -exec cat {} + >"$T/cmdlines"
+find /var/lib/cmdlines -type f -name '*.env' -exec cat {} + | sort -u >"$T/overrides"
 stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
   /var/lib/edge-stream/web-users >"$T/owners"
 """
@@ -226,7 +231,8 @@ def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> Non
     """The script runs as root; /var/lib/edge-stream and /etc/edge-stream are the gateway
     user's. Its marks there (.grown, .hostname-config, .credentials-made) were written
     through whatever that user had put in their place: a symbolic link to /etc/passwd
-    had root overwrite it with a hash at the next boot, one to /etc/nologin created it.
+    had root overwrite it with a hash at the next boot, one to /etc/nologin created it;
+    a link in the config's place had root read the target for the hostname.
     A tmpfs data folder (no partition to grow) is passed over too."""
     (tmp_path / "planted-hostname").write_text("root:x:0:0::/root:/bin/bash\n")
     result = _firstboot(tmp_path, {}, plant=True)
@@ -236,6 +242,10 @@ def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> Non
     assert not (tmp_path / "planted-credentials").exists()
     environment = (tmp_path / "planted-environment").stat()
     assert (environment.st_uid, environment.st_gid) == (0, 0)  # no chown through the link
+    # a link in the config's place: root read the target (a file of root's) for the
+    # hostname, gateway.id
+    assert "read-as-root" not in result.stdout
+    assert "is not a regular file: the hostname stays" in result.stdout
     # the links stand where the old script's marks were: the board was set up, and its
     # passwords stay
     _assert_no_new_credentials(tmp_path, result)
