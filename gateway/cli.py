@@ -1289,6 +1289,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
         _drop_output(stdout)
         return 1
+    except PermissionError as err:  # a folder of another user's (the service's), say
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"edge-stream: {where}permission denied: run it as the user the file belongs to",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:  # Ctrl-C at a password prompt printed a traceback
         print("\nedge-stream: interrupted", file=sys.stderr)
         return 130

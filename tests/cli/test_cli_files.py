@@ -419,3 +419,25 @@ def test_a_carriage_return_in_a_value_or_password_from_stdin_is_kept(
         code, out, _ = run(capsys, "secret", "encrypt", "--key-file", str(key))
         assert code == 0, given
         assert secrets.decrypt(out.strip()[4:-1], secrets.load_key(key) or b"") == kept
+
+
+def test_a_config_in_a_folder_the_user_cannot_enter_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a user who cannot enter /etc/edge-stream (mode 0750, the service's), `secret keygen
+    # -c /etc/edge-stream/gateway.yaml` printed a traceback. The refusal is the kernel's
+    # (the tests run as root, whom it never refuses): stood in for at the one call.
+    config = tmp_path / "closed" / "gateway.yaml"
+    real_is_file = Path.is_file
+
+    def is_file(self: Path) -> bool:
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(config))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    assert run(capsys, "secret", "keygen", "-c", str(config)) == (
+        1,
+        "",
+        f"edge-stream: {config}: permission denied: run it as the user the file belongs to\n",
+    )
