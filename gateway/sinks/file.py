@@ -5,7 +5,8 @@ Each line reads
    "attributes": {"mqtt.qos": "1"}, "payload": {"temp": 21.5}}
 `ts` is the FlowFile's creation time in UTC (RFC 3339, microseconds). The
 content is written under one of three keys, so that a reader gets every byte back:
-  "payload": {"temp": 21.5}       content that is JSON, as that JSON (on one line)
+  "payload": {"temp": 21.5}       content that is JSON, as that JSON (on one line,
+                                  its numbers as written: 1e400, every digit)
   "payload_text": "21.5 C"        other content that is valid UTF-8 text, as a string
   "payload_base64": "/wA…"        any other bytes, base64-encoded (RFC 4648)
 
@@ -16,7 +17,8 @@ or `header: source` with these sources:
                                        base64 when it is not UTF-8)
   topic.N                              topic level N (negative counts from the end)
   field.a.b                            a field of the JSON content (objects, lists
-                                       as JSON)
+                                       as JSON; a number with every digit it was
+                                       written with, 1e400 as 1E+400)
   attributes.KEY                       one attribute
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
@@ -73,8 +75,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import decimal
 import io
 import json
+import math
 import os
 import re
 import time
@@ -87,7 +91,7 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks._columns import dig, level
+from gateway.sinks._columns import dig, json_text, level
 
 _TAIL_CHUNK = 65536
 
@@ -104,11 +108,35 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
-def _parse(text: str) -> object:
+def _exact_float(text: str) -> float | decimal.Decimal:
+    """A JSON number with a fraction or an exponent: a double where one holds it as written,
+    else a Decimal with every digit (12345678901234.5678; 1e400, a double's infinity, which
+    JSON cannot write; 1e-400, a double's 0)."""
+    value = float(text)
+    if len(text) > 15 or not 1e-300 < abs(value) < math.inf:
+        return decimal.Decimal(text)
+    return value
+
+
+# For the values of `field.` columns, which are written out again: every digit kept.
+_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_exact_float).decode
+# Whitespace between the tokens of JSON text, or a string (kept as it is).
+_JSON_SPACE = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+')
+
+
+def _parse(text: str, loads: Callable[[str], Any] = _loads) -> object:
     try:
-        return _loads(text)
+        return loads(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
+
+
+def _one_line(text: str) -> str:
+    """Valid JSON text written over several lines, on one line as it was written: its
+    numbers as they read (a double would round 12345678901234.5678 and turn 1e400 into
+    Infinity, which is no JSON). A valid JSON string holds no raw line break, so every
+    one is whitespace between tokens."""
+    return _JSON_SPACE.sub(lambda m: m.group(1) or "", text)
 
 
 CSV_DEFAULT = ["id", "topic", "ts", "payload"]
@@ -144,7 +172,7 @@ def _cell(value: Any) -> str:
         return ""
     if value is True or value is False:
         return "true" if value else "false"
-    text = value if isinstance(value, str) else _dumps(value)
+    text = value if isinstance(value, str) else json_text(value, _dumps)
     if "\n" in text or "\r" in text:
         text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text
@@ -576,8 +604,8 @@ class FileSink(Sink):
             value = _parse(text)
             if value is not _NOT_JSON:
                 if "\n" in text or "\r" in text:
-                    # Pretty-printed JSON: re-encode it on one line. Compact JSON is copied as is.
-                    text = _dumps(value)
+                    # Pretty-printed JSON: on one line. Compact JSON is copied as is.
+                    text = _one_line(text)
                 return f'{head}"payload":{text.strip()}}}\n'.encode()
             return f'{head}"payload_text":{_dumps(text)}}}\n'.encode()
         encoded = base64.b64encode(content).decode()
@@ -614,7 +642,7 @@ class FileSink(Sink):
             value = None
             if self._needs_json:
                 try:
-                    value = _parse(ff.content.decode())
+                    value = _parse(ff.content.decode(), _loads_exact)
                 except UnicodeDecodeError:
                     value = None
             levels = ff.topic.split("/") if self._needs_levels else []
@@ -632,5 +660,5 @@ def _payload_text(content: bytes) -> str:
         return base64.b64encode(content).decode()
     value = _parse(text)
     if value is not _NOT_JSON and ("\n" in text or "\r" in text):
-        return str(_dumps(value))  # pretty-printed JSON, on one line
+        return _one_line(text)  # pretty-printed JSON, on one line
     return text.strip() if value is not _NOT_JSON else text

@@ -88,6 +88,29 @@ async def test_writes_one_json_line_per_flowfile(tmp_path: Path) -> None:
     assert path.read_bytes().count(b"\n") == len(batch)
 
 
+async def test_json_numbers_are_written_as_they_read_also_from_pretty_printed_json(
+    tmp_path: Path,
+) -> None:
+    # Pretty-printed JSON was read into doubles and written out again: digits rounded away
+    # and 1e400 written as Infinity, which no strict JSON reader (jq) takes.
+    pretty = b'{\n  "v": 12345678901234.5678,\n  "big": 1e400,\n  "s": "a  b, \\"c\\" "\n}\n'
+    sink = make_sink(tmp_path)
+    await sink.write([flowfile(pretty)])
+    await sink.close()
+    line = (tmp_path / "archive.jsonl").read_text()
+    assert line.count("\n") == 1
+    assert '"payload":{"v":12345678901234.5678,"big":1e400,"s":"a  b, \\"c\\" "}}' in line
+    columns = ["payload", {"v": "field.v"}, {"big": "field.big"}, {"t": "field.tiny"}]
+    table = csv_sink(tmp_path, columns=columns)
+    compact = b'{"v": 12345678901234.5678, "big": 1e400, "tiny": 1e-400}'
+    await table.write([flowfile(pretty), flowfile(compact)])
+    await table.close()
+    rows = read_csv(tmp_path / "table.csv")
+    one_line = '{"v":12345678901234.5678,"big":1e400,"s":"a  b, \\"c\\" "}'
+    assert rows[1] == [one_line, "12345678901234.5678", "1E+400", ""]
+    assert rows[2][1:] == ["12345678901234.5678", "1E+400", "1E-400"]
+
+
 async def test_text_that_is_not_json_is_written_as_text_and_other_bytes_as_base64(
     tmp_path: Path,
 ) -> None:
