@@ -119,6 +119,12 @@ class GatewaySection:
                 yield key, problem
 
 
+def _rotated_of(path: str, other: str) -> bool:
+    """Whether `path` is `other` rotated: <other>.N."""
+    number = path.removeprefix(other + ".")
+    return number != path and number.isdigit()
+
+
 def path_problem(path: str | None, example: str) -> str | None:
     """Why `path` (gateway.data_dir, secret_key_file, web.users_file) names no place the
     user meant, or None: '' was the current folder (/ for a service), '~/data' a folder
@@ -1101,6 +1107,69 @@ class Config:
                     f"the {claim.shown} is also used by {other}: {why}",
                 )
 
+    def _check_file_sink_paths(self) -> Iterator[tuple[str, str]]:
+        """A file sink's file is its own: not a file of the gateway's (a sink set to
+        store.db moved the live store aside as "no JSON Lines" and intake stopped), nor
+        another file sink's or one of its rotated files (two sinks appending to one file,
+        a rotation of one moving the other's file away)."""
+        data_dir = self.gateway.data_dir if self.gateway else "./data"
+        web = self.web
+
+        def where(path: str) -> str:
+            return os.path.realpath(os.path.join(data_dir, path))
+
+        own = {
+            where(name): f"the gateway's {what}"
+            for name, what in (
+                ("store.db", "store"),
+                ("store.db-wal", "store"),
+                ("store.db-shm", "store"),
+                ("store.db-journal", "store"),
+                ("store.reserve", "store's disk reserve"),
+                (".lock", "lock file"),
+                ("remote-config.json", "remote config state"),
+                (
+                    (self.gateway.secret_key_file if self.gateway else "") or "secret.key",
+                    "secret key file",
+                ),
+                ((web.users_file if web else "") or "web-users", "console users file"),
+            )
+        }
+        own_dirs = [where(name) for name in ("broker", "config-history")]
+        taken: dict[str, str] = {}
+        for name, sink in (self.sinks or {}).items():
+            if sink is None or sink.type != "file":
+                continue
+            path = getattr(sink, "path", None)
+            if path is not None and (not path or "\0" in path):
+                continue  # refused by the sink's own check
+            ext = "csv" if getattr(sink, "format", None) == "csv" else "jsonl"
+            try:
+                target = where(path or f"{name}.{ext}")
+            except (OSError, ValueError):
+                continue
+            clash = own.get(target) and f"is {own[target]}"
+            for folder in own_dirs:
+                if not clash and target.startswith(folder + os.sep):
+                    clash = f"is in the gateway's {os.path.basename(folder)}/ folder"
+            for held, who in taken.items():
+                if clash:
+                    break
+                if target == held:
+                    clash = f"is the file of sink {who!r} too"
+                elif _rotated_of(target, held):
+                    clash = f"is where sink {who!r} rotates its file"
+                elif _rotated_of(held, target):
+                    clash = f"is rotated to where sink {who!r} writes"
+            if clash:
+                yield (
+                    f"sinks.{name}.path",
+                    f"{path or f'{name}.{ext} (the default)'}: {target} {clash}; give this"
+                    " sink a file of its own",
+                )
+            else:
+                taken[target] = name
+
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:
         """One MQTT client id per broker: two clients with the same one take the session
         from each other for ever (each connect closes the other), and share its
@@ -1256,6 +1325,7 @@ class Config:
         yield from self._check_client_ids()
         yield from self._check_command_topics()
         yield from self._check_tls_files()
+        yield from self._check_file_sink_paths()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if problem := name_problem(name):

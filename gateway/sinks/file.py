@@ -39,7 +39,9 @@ yet reported delivered, so it is written again in full).
 Keys
   type: file
   path: telemetry.jsonl    the file; a relative path is under gateway.data_dir
-                           (default: <data_dir>/<sink name>.jsonl)
+                           (default: <data_dir>/<sink name>.jsonl); its own: a
+                           file of the gateway's (store.db, secret.key, broker/ ...)
+                           or another file sink's (or its <path>.N) is refused
   format: jsonl            or csv (default jsonl)
   columns: [id, ts, device: field.device]   csv only: the columns, in order
   rotate_bytes: 64MiB      when a batch would take the file past this size, it is
@@ -186,7 +188,8 @@ class FileSinkConfig(SinkConfig):
         str | None,
         Doc(
             "The file; a relative path is under `gateway.data_dir` (default"
-            " `<data_dir>/<sink name>.jsonl`, or `.csv`).",
+            " `<data_dir>/<sink name>.jsonl`, or `.csv`). Its own: a file of the gateway's"
+            " (`store.db`, `secret.key` ...) or another file sink's is refused.",
             example="telemetry.jsonl",
         ),
     ] = None

@@ -141,3 +141,47 @@ def test_two_redis_sources_on_one_consumer_or_processing_list_are_refused(
         " used by source 'f': each would remove the other's items from it as its own,"
         " stored or not; give each its own processing list",
     ]
+
+
+def sink_problems(tmp_path: Path, sinks: str) -> list[str]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path}/data'}}\nweb: {{enabled: false}}\nsinks:\n{sinks}"
+    )
+    try:
+        load(str(path))
+    except ConfigError as err:
+        return [p.split(": ", 1)[1] for p in err.problems]
+    return []
+
+
+def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused(
+    tmp_path: Path,
+) -> None:
+    # `path: store.db` passed the check; the sink then found "no JSON Lines" in the live
+    # store, moved it aside to store.db.1 and intake stopped. Two sinks on one file
+    # appended to it both, and the rotation of one moved the other's file away.
+    data = os.path.realpath(tmp_path / "data")
+    found = sink_problems(
+        tmp_path,
+        "  a: {type: file, path: out.jsonl}\n"
+        f"  b: {{type: file, path: '{data}/sub/../out.jsonl'}}\n"
+        "  c: {type: file, path: out.jsonl.2}\n"
+        "  d: {type: file, path: store.db}\n"
+        "  e: {type: file, path: secret.key}\n"
+        "  f: {type: file, path: broker/x.jsonl}\n"
+        "  g: {type: file, path: h.csv}\n"
+        "  h: {type: file, format: csv}\n"
+        "  i: {type: file, path: out.jsonl.old}\n",
+    )
+    tail = "; give this sink a file of its own"
+    assert found == [
+        f"sinks.b.path: {data}/sub/../out.jsonl: {data}/out.jsonl is the file of sink 'a'"
+        f" too{tail}",
+        f"sinks.c.path: out.jsonl.2: {data}/out.jsonl.2 is where sink 'a' rotates its file{tail}",
+        f"sinks.d.path: store.db: {data}/store.db is the gateway's store{tail}",
+        f"sinks.e.path: secret.key: {data}/secret.key is the gateway's secret key file{tail}",
+        f"sinks.f.path: broker/x.jsonl: {data}/broker/x.jsonl is in the gateway's broker/"
+        f" folder{tail}",
+        f"sinks.h.path: h.csv (the default): {data}/h.csv is the file of sink 'g' too{tail}",
+    ]
