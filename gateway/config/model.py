@@ -1170,6 +1170,35 @@ class Config:
             else:
                 taken[target] = name
 
+    def _check_dedupe_prefixes(self) -> Iterator[tuple[str, str]]:
+        """Redis sinks that dedupe on one server keep their recent ids apart: with one
+        `dedupe_prefix` (or one set to another's default, edge:<name>), a FlowFile routed
+        to both was written by the first and left out by the second as "written already",
+        and reported delivered."""
+        taken: dict[tuple[str, str], str] = {}
+        for name, sink in (self.sinks or {}).items():
+            if sink is None or sink.type != "redis" or getattr(sink, "mode", None) == "hash":
+                continue
+            url = getattr(sink, "url", None)
+            if not getattr(sink, "dedupe", True) or not isinstance(url, str):
+                continue
+            try:
+                parts = urlsplit(url)
+                server = f"{parts.hostname}:{parts.port or 6379}{parts.path.rstrip('/') or '/0'}"
+            except ValueError:
+                continue  # refused by the sink's own check
+            prefix = getattr(sink, "dedupe_prefix", None) or f"edge:{name}"
+            other = taken.get((server, prefix))
+            if other is None:
+                taken[(server, prefix)] = name
+                continue
+            yield (
+                f"sinks.{name}.dedupe_prefix",
+                f"{prefix!r} is the dedupe_prefix of sink {other!r} too, on the same Redis:"
+                " a FlowFile routed to both would be written by one and left out by the"
+                " other as written already; give each sink its own",
+            )
+
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:
         """One MQTT client id per broker: two clients with the same one take the session
         from each other for ever (each connect closes the other), and share its
@@ -1326,6 +1355,7 @@ class Config:
         yield from self._check_command_topics()
         yield from self._check_tls_files()
         yield from self._check_file_sink_paths()
+        yield from self._check_dedupe_prefixes()
         for section in ("sources", "sinks", "routes"):
             for name in getattr(self, section) or {}:
                 if problem := name_problem(name):

@@ -185,3 +185,27 @@ def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused
         f" folder{tail}",
         f"sinks.h.path: h.csv (the default): {data}/h.csv is the file of sink 'g' too{tail}",
     ]
+
+
+def test_redis_sinks_sharing_a_dedupe_prefix_on_one_server_are_refused(tmp_path: Path) -> None:
+    # Both passed the check: a FlowFile routed to both was XADDed by `a` and left out by `b`
+    # as written already (its id among the recent ones), and reported delivered.
+    url = "redis://127.0.0.1:6379/0"
+    found = sink_problems(
+        tmp_path,
+        f"  a: {{type: redis, url: '{url}', dedupe_prefix: shared}}\n"
+        f"  b: {{type: redis, url: '{url}', mode: list, dedupe_prefix: shared}}\n"
+        f"  c: {{type: redis, url: '{url}', mode: publish, dedupe_prefix: 'edge:d'}}\n"
+        f"  d: {{type: redis, url: 'redis://u:p@127.0.0.1/0', mode: list}}\n"
+        "  e: {type: redis, url: 'redis://127.0.0.1:6379/1', dedupe_prefix: shared}\n"
+        f"  f: {{type: redis, url: '{url}', dedupe_prefix: shared, dedupe: false}}\n"
+        f"  g: {{type: redis, url: '{url}', dedupe_prefix: shared, mode: hash}}\n",
+    )
+    tail = (
+        " too, on the same Redis: a FlowFile routed to both would be written by one and left"
+        " out by the other as written already; give each sink its own"
+    )
+    assert found == [
+        f"sinks.b.dedupe_prefix: 'shared' is the dedupe_prefix of sink 'a'{tail}",
+        f"sinks.d.dedupe_prefix: 'edge:d' is the dedupe_prefix of sink 'c'{tail}",
+    ]
