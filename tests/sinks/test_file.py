@@ -435,6 +435,28 @@ def test_config_keys() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("  ", "'  ' is no path; write one, e.g. telemetry.jsonl"),
+        (
+            "~/telemetry.jsonl",
+            "'~/telemetry.jsonl': ~ is not expanded (it would be a folder named '~' under"
+            " gateway.data_dir); write the path in full, e.g. /home/pi/telemetry.jsonl",
+        ),
+        ("telemetry.jsonl\n", "'telemetry.jsonl\\n' holds a control character"),
+    ],
+)
+def test_a_path_that_names_no_file_the_user_meant_is_refused(path: str, problem: str) -> None:
+    # Each passed: a file named "  ", or under a folder named "~", in data_dir; a file name
+    # ending in a line break (pasted with the path).
+    entry = registry.find("sink", "file")
+    assert entry is not None
+    problems = Problems()
+    build_dataclass(entry.config, {"type": "file", "path": path}, ("sinks", "f"), problems)
+    assert problems.items == [(("sinks", "f", "path"), problem)]
+
+
 # -- CSV, time rotation, a batch sent again after a restart ----------------------------
 
 
