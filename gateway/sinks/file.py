@@ -283,6 +283,8 @@ class FileSinkConfig(SinkConfig):
             for i, column in enumerate(self.columns):
                 if column is None:
                     continue  # of the wrong type, reported where it is
+                if column == {}:  # [{}] wrote an empty header, then an empty line per FlowFile
+                    yield f"columns.{i}", "names no column: write `source` or `{header: source}`"
                 for header, source in csv_columns([column]):
                     problem = _source_problem(source)
                     if problem:

@@ -610,6 +610,13 @@ def test_csv_keys_are_checked() -> None:
         problems,
     )
     assert [m for _p, m in problems.items] == ["header 'a\\nb' cannot hold a line break"]
+    problems = Problems()  # an empty header, then an empty line for each FlowFile
+    build_dataclass(
+        entry.config, {"type": "file", "format": "csv", "columns": [{}]}, ("sinks", "t"), problems
+    )
+    assert problems.items == [
+        (("sinks", "t", "columns", 0), "names no column: write `source` or `{header: source}`")
+    ]
     # a NUL crashed the sink at each restart (ValueError: embedded null byte); a directory
     # was retried for ever
     for path, message in [
