@@ -77,7 +77,9 @@ Keys
                            if set) and takes sslmode=verify-full only. Checked
                            when the config loads: the scheme, each host (an IPv6
                            address in brackets, [::1]) and port (1-65535))
-  table: readings          the table, optionally schema.table (default readings)
+  table: readings          the table, optionally schema.table (default readings);
+                           the sink creates tables, not schemas: plant.climate
+                           needs CREATE SCHEMA plant first
   create_table: true       create the table when it does not exist (default true)
   columns: null            your own columns, see above (default: the table above)
   pool_size: 1             connections, 1 or 2 (default 1)
@@ -835,12 +837,20 @@ class PostgresSink(Sink):
                 await pool.release(conn)
         except _SETUP_ERRORS as err:
             pool.terminate()
-            fix = (
-                "grant the user INSERT and SELECT on the table (USAGE on its schema;"
-                " CREATE on the schema to create it)"
-                if isinstance(err, asyncpg.exceptions.InsufficientPrivilegeError)  # 42501
-                else "fix the table or point `table` at a new one"
-            )
+            if isinstance(err, asyncpg.exceptions.InsufficientPrivilegeError):  # 42501
+                fix = (
+                    "grant the user INSERT and SELECT on the table (USAGE on its schema;"
+                    " CREATE on the schema to create it)"
+                )
+            elif isinstance(err, asyncpg.exceptions.InvalidSchemaNameError):  # 3F000
+                # the sink creates a table, never a schema: "fix the table" sent the
+                # user looking at a table that could not be there
+                fix = (
+                    f"create the schema (CREATE SCHEMA {config.table.partition('.')[0]}),"
+                    " or point `table` at one that exists"
+                )
+            else:
+                fix = "fix the table or point `table` at a new one"
             raise permanent(
                 f"cannot write to table {config.table} on {self.server}: {_message(err)}; {fix}"
             ) from err

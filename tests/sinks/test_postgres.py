@@ -287,6 +287,19 @@ async def test_schema_qualified_table(postgres: Any, table: str, sink_for: Any) 
     assert postgres.fetch(f'SELECT id::text FROM "{table}_s"."readings"') == [(ff.id,)]
 
 
+async def test_a_missing_schema_says_to_create_it(postgres: Any, table: str) -> None:
+    # The printed example (table: plant.climate) said "fix the table or point `table` at a
+    # new one" when the schema did not exist: the sink creates tables, never schemas.
+    sink = make_sink(postgres.dsn, table=f"{table}_none.climate")
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert str(caught.value).endswith(
+        f'schema "{table}_none" does not exist (SQLSTATE 3F000); create the schema'
+        f" (CREATE SCHEMA {table}_none), or point `table` at one that exists"
+    )
+    await sink.close()
+
+
 # --- connections and outages --------------------------------------------------------------
 
 
