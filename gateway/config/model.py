@@ -1121,10 +1121,6 @@ class Config:
         own = {
             where(name): f"the gateway's {what}"
             for name, what in (
-                ("store.db", "store"),
-                ("store.db-wal", "store"),
-                ("store.db-shm", "store"),
-                ("store.db-journal", "store"),
                 ("store.reserve", "store's disk reserve"),
                 (".lock", "lock file"),
                 ("remote-config.json", "remote config state"),
@@ -1136,6 +1132,7 @@ class Config:
             )
         }
         own_dirs = [where(name) for name in ("broker", "config-history")]
+        home = where(".")
         taken: dict[str, str] = {}
         for name, sink in (self.sinks or {}).items():
             if sink is None or sink.type != "file":
@@ -1149,6 +1146,10 @@ class Config:
             except (OSError, ValueError):
                 continue
             clash = own.get(target) and f"is {own[target]}"
+            if os.path.dirname(target) == home and os.path.basename(target).startswith("store.db"):
+                # store.db, its -wal and -shm, the store.db.new of a compaction, the
+                # store.db.corrupt-<time> of one set aside
+                clash = "is the gateway's store, or one of its files"
             for folder in own_dirs:
                 if not clash and target.startswith(folder + os.sep):
                     clash = f"is in the gateway's {os.path.basename(folder)}/ folder"

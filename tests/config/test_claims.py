@@ -172,18 +172,23 @@ def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused
         "  f: {type: file, path: broker/x.jsonl}\n"
         "  g: {type: file, path: h.csv}\n"
         "  h: {type: file, format: csv}\n"
-        "  i: {type: file, path: out.jsonl.old}\n",
+        "  i: {type: file, path: out.jsonl.old}\n"
+        "  j: {type: file, path: store.db-wal}\n"
+        "  k: {type: file, path: store.dbx/x.jsonl}\n",
     )
     tail = "; give this sink a file of its own"
     assert found == [
         f"sinks.b.path: {data}/sub/../out.jsonl: {data}/out.jsonl is the file of sink 'a'"
         f" too{tail}",
         f"sinks.c.path: out.jsonl.2: {data}/out.jsonl.2 is where sink 'a' rotates its file{tail}",
-        f"sinks.d.path: store.db: {data}/store.db is the gateway's store{tail}",
+        f"sinks.d.path: store.db: {data}/store.db is the gateway's store, or one of its"
+        f" files{tail}",
         f"sinks.e.path: secret.key: {data}/secret.key is the gateway's secret key file{tail}",
         f"sinks.f.path: broker/x.jsonl: {data}/broker/x.jsonl is in the gateway's broker/"
         f" folder{tail}",
         f"sinks.h.path: h.csv (the default): {data}/h.csv is the file of sink 'g' too{tail}",
+        f"sinks.j.path: store.db-wal: {data}/store.db-wal is the gateway's store, or one of"
+        f" its files{tail}",
     ]
 
 
