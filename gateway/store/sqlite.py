@@ -90,6 +90,11 @@ ALERT_EVENTS_KEEP = 1000  # alert events kept (firing, resolved) once sent
 ALERT_EVENTS_PENDING_KEEP = 20000
 PURGE_CHUNK = 50_000  # delivered FlowFiles deleted per maintenance pass
 SHORT_PURGE_BYTES = 1 << 20  # ... a transaction when the disk is short (see `_purge_sync`)
+# ... and in one pass at most these bytes of rows walked, these seconds, these pages vacuumed
+# (the store thread is shared with the sinks: a full disk does not stall delivery)
+SHORT_PASS_BYTES = 16 << 20
+SHORT_PASS_S = 0.5
+SHORT_PASS_PAGES = 4096
 VACUUM_MIN_PAGES = 1024  # free pages (4 MiB) past which the maintenance gives them back
 # The dead letters have their own budget (buffer.dead_letters_max_bytes): past it, the
 # oldest are deleted down to this share of it, DEAD_TRIM_CHUNK rows a transaction (as many
@@ -636,6 +641,25 @@ def _encode_rows(rows: list[tuple[FlowFile, int]]) -> list[tuple[Any, ...]]:
             crc = crc32(content, crc32(own, start)) | CRC_V2
         append((fid, topic, attrs, content, created, lineage, mask, size, crc))
     return out
+
+
+def _chunk_end(db: sqlite3.Connection, first: int, end: int, limit: int) -> tuple[int, int]:
+    """The last seq of the rows from `first` up to `end` whose sizes add up to at most
+    `limit` (`first` at least), and that sum: the rows are walked in order, a page at a
+    time, and the walk stops at the first row past `limit`."""
+    last, run, after = first, 0, first - 1
+    while True:
+        rows = db.execute(
+            "SELECT seq, size FROM flowfiles WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 256",
+            (after, end),
+        ).fetchall()
+        for seq, size in rows:
+            if run + size > limit and seq != first:
+                return last, run
+            last, run = seq, run + size
+        if len(rows) < 256:
+            return last, run
+        after = rows[-1][0]
 
 
 def _vacuum(db: sqlite3.Connection, pages: int) -> None:
@@ -2086,6 +2110,7 @@ class Store:
         if short:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deletes' WAL needs the room
         end = None
+        walked, deadline = 0, time.monotonic() + SHORT_PASS_S
         while True:
             # (seqs are deleted only by this thread: the range holds outside the transaction)
             after = self._swept if pins else 0
@@ -2102,12 +2127,10 @@ class Store:
                 # SHORT_PURGE_BYTES a transaction (at least one row), the WAL truncated
                 # between them (in one, a drained backlog of over 8 MiB never fitted: each
                 # pass failed, and intake never resumed).
-                last = db.execute(
-                    "SELECT coalesce(max(seq), ?) FROM (SELECT seq, sum(size) OVER"
-                    " (ORDER BY seq) AS run FROM flowfiles WHERE seq >= ? AND seq <= ?)"
-                    " WHERE run <= ?",
-                    (first, first, end, SHORT_PURGE_BYTES),
-                ).fetchone()[0]
+                # The chunk's end is walked to from `first` (a sum over the window's
+                # rows before each chunk made a pass quadratic: 6 s for 600 MB).
+                last, run = _chunk_end(db, first, end, SHORT_PURGE_BYTES)
+                walked += run
             if pins:
                 # Rows a removed sink still waits for stay; the window moves past them.
                 held = " OR ".join(f"(seq > {int(c)} AND sinks & {1 << int(b)})" for b, c in pins)
@@ -2135,13 +2158,17 @@ class Store:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 return int(purged), int(freed)  # as above: counted, the next pass goes on
+            if walked >= SHORT_PASS_BYTES or time.monotonic() > deadline:
+                break  # the next pass goes on
 
         if short:
             # Give space back in small steps: the WAL first, then 1 MiB of free pages at a
             # time, each followed by a checkpoint that shrinks the file.
             try:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                for _ in range(64):
+                for _ in range(SHORT_PASS_PAGES // 256):
+                    if time.monotonic() > deadline:
+                        break  # the next pass goes on
                     if not db.execute("PRAGMA freelist_count").fetchone()[0]:
                         break
                     _vacuum(db, 256)

@@ -20,6 +20,8 @@ from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
 from gateway.store.admin import reset
 from gateway.store.sqlite import (
+    SHORT_PASS_BYTES,
+    SHORT_PURGE_BYTES,
     TAIL_MAX_BYTES,
     Batch,
     DeadLetter,
@@ -1483,4 +1485,37 @@ async def test_a_flood_of_dead_letters_larger_than_a_chunk_is_trimmed_in_one_pas
     left = [int(r[0]) for r in await store._query("SELECT content FROM dead_letters ORDER BY seq")]
     assert left == list(range(200 - len(left), 200))
     assert store.dead_dropped == 200 - len(left) > 7
+    await store.close()
+
+
+async def test_a_purge_pass_on_a_full_disk_is_bounded(tmp_path: Path) -> None:
+    """On a full disk, a delivered backlog was purged 1 MiB a transaction, each chunk's end
+    found by summing the sizes of every row left in the pass's window: the work grew with
+    the square of the backlog (6 s of store thread for 600 MB), and one pass went on to
+    the end of it, holding up delivery. A pass now walks at most SHORT_PASS_BYTES of rows,
+    each row once, and the next pass goes on."""
+    store = await open_store(tmp_path, ("a",))
+    a = store.bit("a")
+    for n in range(24):  # 24 MB of 1 KB rows
+        await store.commit(batch([(ff(i, size=1000), a) for i in range(n * 1000, n * 1000 + 1000)]))
+    rows, seen = await store.read("a", store.cursor("a"), 30_000)
+    await store.advance("a", seen, len(rows), [])
+    db = store._db
+    assert db is not None
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    db.set_progress_handler(step, 1000)
+    purged, freed = await store._call(store._purge_sync, store.cursor("a"), True, [])
+    db.set_progress_handler(None, 0)
+    assert 0 < freed <= SHORT_PASS_BYTES + SHORT_PURGE_BYTES, "a pass stops at its cap"
+    assert steps[0] * 1000 < purged * 200, f"{steps[0] * 1000} SQLite steps for {purged} rows"
+    left = (await store._query("SELECT count(*) FROM flowfiles"))[0][0]
+    assert left == 24_000 - purged
+    while left:  # the next passes go on
+        await store._call(store._purge_sync, store.cursor("a"), True, [])
+        left = (await store._query("SELECT count(*) FROM flowfiles"))[0][0]
     await store.close()
