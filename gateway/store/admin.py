@@ -573,7 +573,12 @@ def reset(path: Path, force: bool = False) -> Reset:
         ]
         if not present:
             return Reset([], None, None)
-        problem = damage(path)
+        try:
+            problem = damage(path)
+        except StoreError as err:  # the disk or a permission, not the file (`unopenable`)
+            if not force:
+                raise StoreError(f"{err}; to start empty anyway, add --force") from err
+            problem = None  # moved aside by force, as a valid store
         if problem is None and not force:
             raise StoreError(
                 f"{path} is a valid store, not reset: it may hold data not"

@@ -402,22 +402,47 @@ _NOT_THE_FILE = (
 )
 
 
+# ... of which these say the disk has no room (a full disk cannot make the -shm file)
+_NO_ROOM = (
+    sqlite3.SQLITE_IOERR_SHMOPEN,
+    sqlite3.SQLITE_IOERR_SHMSIZE,
+    sqlite3.SQLITE_IOERR_SHMMAP,
+)
+
+
 def unopenable(path: Path, err: sqlite3.Error) -> None:
     """Raise a one-line StoreError if `err`, met checking the store at `path`, is about
-    the disk rather than the file: such a store is not to be called damaged (a full disk
-    had the start, and `store reset`, take a whole valid store for one and tell to move
-    it aside, its backlog with it)."""
+    the disk or a permission rather than the file: such a store is not to be called
+    damaged (a full disk had the start, and `store reset`, take a whole valid store for
+    one and tell to move it aside, its backlog with it). The line says what to see to:
+    room on the disk only when the disk is short of it, else the permission or the disk
+    that could not be read (a failing SD card)."""
     code = getattr(err, "sqlite_errorcode", None)
     if code is None or code & 0xFF not in _NOT_THE_FILE:
         return
+    what = str(err)
+    denied = code & 0xFF in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY)
     try:
         st = os.statvfs(path.parent)
+        room: int | None = st.f_bavail * st.f_frsize
         free = f"{st.f_bavail * st.f_frsize / 1048576:.1f} MiB free under {path.parent}"
     except OSError:
-        free = f"? MiB free under {path.parent}"
+        room, free = None, f"? MiB free under {path.parent}"
+    if code & 0xFF == sqlite3.SQLITE_FULL or code in _NO_ROOM:
+        todo = "make room on the disk, then try again"
+    elif denied:
+        todo = (
+            "permission denied: let the gateway's user read and write it and its folder"
+            " (or run this as that user), then try again"
+        )
+    elif room is not None and room < RESERVE_BYTES:
+        todo = "make room on the disk (or see to it), then try again"
+    elif code & 0xFF == sqlite3.SQLITE_CANTOPEN:
+        todo = "see to the disk and the folder's permissions, then try again"
+    else:
+        todo = "the disk could not be read: see to it (dmesg shows its errors), then try again"
     raise StoreError(
-        f"{path}: cannot be opened ({err}; {free}); the file was not found damaged:"
-        " make room on the disk (or see to it), then try again"
+        f"{path}: cannot be opened ({what}; {free}); the file was not found damaged: {todo}"
     ) from err
 
 

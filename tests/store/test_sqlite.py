@@ -29,6 +29,7 @@ from gateway.store.sqlite import (
     StoreError,
     hold_data_dir,
     let_go_data_dir,
+    unopenable,
 )
 
 pytestmark = pytest.mark.integration
@@ -777,6 +778,50 @@ async def test_a_store_on_a_full_disk_is_not_called_damaged_nor_reset(small_disk
     rows, _ = await store.read("a", store.cursor("a"), 100)
     assert len(rows) == 10
     await store.close()
+
+
+async def test_store_reset_force_moves_aside_a_store_the_disk_cannot_open(
+    small_disk: Path,
+) -> None:
+    """`store reset --force` is the operator's way to start fresh: it refused too, saying
+    to make room, whenever SQLite could not open the store (a failing SD card as well)."""
+    store = await open_store(small_disk, ("a",))
+    await store.commit(batch([(ff(i), store.bit("a")) for i in range(10)]))
+    await store.close()
+    store.reserve.unlink()
+    take_disk(small_disk / "filler", 0)
+    path = small_disk / "store.db"
+    with pytest.raises(StoreError) as err:
+        reset(path)
+    assert "make room on the disk" in str(err.value) and "add --force" in str(err.value)
+    assert path.exists()
+    done = reset(path, force=True)
+    assert done.moved and done.moved[0] == path and not path.exists()
+    assert done.aside is not None and done.aside.exists()
+
+
+def test_an_io_error_with_room_on_the_disk_does_not_say_make_room(tmp_path: Path) -> None:
+    """Every SQLITE_IOERR was "make room on the disk", a read error of a failing SD card
+    with 74 GB free too. Room is said only for a full disk, the -shm file, or little free
+    space; the other I/O errors say the disk could not be read."""
+    path = tmp_path / "store.db"
+    path.write_bytes(b"")
+
+    def error(code: int) -> sqlite3.OperationalError:
+        err = sqlite3.OperationalError("disk I/O error")
+        err.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return err
+
+    said = {}
+    for name in ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHMOPEN", "SQLITE_FULL"):
+        with pytest.raises(StoreError) as err:
+            unopenable(path, error(getattr(sqlite3, name)))
+        said[name] = str(err.value)
+    assert "make room" not in said["SQLITE_IOERR_READ"], said
+    assert "the disk could not be read" in said["SQLITE_IOERR_READ"], said
+    assert "make room on the disk" in said["SQLITE_IOERR_SHMOPEN"], said
+    assert "make room on the disk" in said["SQLITE_FULL"], said
+    unopenable(path, error(sqlite3.SQLITE_CORRUPT))  # the file's own: said by the caller
 
 
 def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_one_line(tmp_path: Path) -> None:
