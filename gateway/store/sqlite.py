@@ -332,6 +332,7 @@ def not_a_store(path: Path) -> str | None:
         with path.open("rb") as f:
             header = f.read(16)
     except OSError as err:
+        unopenable(path, err)  # a permission or the disk: not the file
         return f"cannot be read ({err.strerror or err})"
     if header != b"SQLite format 3\x00":
         return f"is not a SQLite database ({size} bytes that do not start as one)"
@@ -408,27 +409,35 @@ _NO_ROOM = (
     sqlite3.SQLITE_IOERR_SHMSIZE,
     sqlite3.SQLITE_IOERR_SHMMAP,
 )
+# The errors of Python's own open that are about the disk or a permission, not the file
+_NOT_THE_FILE_ERRNO = (errno.EACCES, errno.EPERM, errno.EIO)
 
 
-def unopenable(path: Path, err: sqlite3.Error) -> None:
+def unopenable(path: Path, err: sqlite3.Error | OSError) -> None:
     """Raise a one-line StoreError if `err`, met checking the store at `path`, is about
     the disk or a permission rather than the file: such a store is not to be called
     damaged (a full disk had the start, and `store reset`, take a whole valid store for
     one and tell to move it aside, its backlog with it). The line says what to see to:
     room on the disk only when the disk is short of it, else the permission or the disk
     that could not be read (a failing SD card)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is None or code & 0xFF not in _NOT_THE_FILE:
-        return
-    what = str(err)
-    denied = code & 0xFF in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY)
+    if isinstance(err, OSError):
+        if err.errno not in _NOT_THE_FILE_ERRNO:
+            return
+        code, what = None, err.strerror or str(err)
+        denied = err.errno != errno.EIO
+    else:
+        code = getattr(err, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _NOT_THE_FILE:
+            return
+        what = str(err)
+        denied = code & 0xFF in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY)
     try:
         st = os.statvfs(path.parent)
         room: int | None = st.f_bavail * st.f_frsize
         free = f"{st.f_bavail * st.f_frsize / 1048576:.1f} MiB free under {path.parent}"
     except OSError:
         room, free = None, f"? MiB free under {path.parent}"
-    if code & 0xFF == sqlite3.SQLITE_FULL or code in _NO_ROOM:
+    if code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or code in _NO_ROOM):
         todo = "make room on the disk, then try again"
     elif denied:
         todo = (
@@ -437,7 +446,7 @@ def unopenable(path: Path, err: sqlite3.Error) -> None:
         )
     elif room is not None and room < RESERVE_BYTES:
         todo = "make room on the disk (or see to it), then try again"
-    elif code & 0xFF == sqlite3.SQLITE_CANTOPEN:
+    elif code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN:
         todo = "see to the disk and the folder's permissions, then try again"
     else:
         todo = "the disk could not be read: see to it (dmesg shows its errors), then try again"

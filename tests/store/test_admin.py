@@ -3,6 +3,7 @@ list / show / purge / replay, stats, reset, and the refusal of a file that is no
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import time
@@ -291,6 +292,36 @@ async def test_reset_moves_a_damaged_store_aside_and_a_valid_one_only_by_force(
     assert damaged.aside is not None
     assert damaged.aside.with_name(damaged.aside.name + "-wal").exists()
     assert not path.exists() and not path.with_name("store.db-wal").exists()
+
+
+async def test_a_store_python_may_not_open_is_not_taken_for_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store the gateway's user may not read (a PermissionError from the header check,
+    before SQLite) was "cannot be read (Permission denied): not a valid Edge Stream
+    store", and a plain `store reset` moved the valid store aside. (The tests run as
+    root, whom no mode stops: the header check's open is refused as the OS would.)"""
+    path = tmp_path / "store.db"
+    store = Store(path)
+    await store.open(["a"])
+    await store.close()
+    real = Path.open
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        if self == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", refuse)
+    for attempt in (lambda: open_admin(path), lambda: reset(path)):
+        with pytest.raises(StoreError) as err:
+            attempt()
+        message = str(err.value)
+        assert "permission denied" in message and "not found damaged" in message, message
+        assert "not a valid" not in message and "\n" not in message, message
+    assert path.exists()
+    forced = reset(path, force=True)
+    assert forced.moved == [path] and not path.exists()
 
 
 def test_reset_is_refused_while_another_process_holds_the_data_dir(tmp_path: Path) -> None:
