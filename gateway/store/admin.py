@@ -105,6 +105,8 @@ def not_found(missing: Sequence[int]) -> str:
     return f"no dead letter{'s' if len(missing) > 1 else ''} {numbers}"
 
 
+CLEAR_CHUNK_BYTES = 8 << 20  # the rows `store drop-sink` checksums again at once
+
 # What a source marks a dead letter whose content is not the message with (see
 # gateway.core.flowfile): such ones are never replayed.
 _TRUNCATED = f"json_extract(attributes, '$.\"{CONTENT_TRUNCATED}\"')"
@@ -428,14 +430,28 @@ class StoreAdmin:
         still found corrupt); a row for this sink alone is left for no sink (purged)."""
         self.db.execute("UPDATE flowfiles SET sinks = 0 WHERE sinks = ?", (bit,))
         after = 0
-        while True:  # by chunks of rows, not all their contents at once
+        while True:  # by chunks of CLEAR_CHUNK_BYTES, not all their contents at once
+            # The chunk's end, from the sizes alone (500 rows a chunk were 125 MB of 250 KB
+            # readings held at once); a row larger than a chunk is one alone.
+            last, run = None, 0
+            walk = self.db.execute(
+                "SELECT seq, size FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq",
+                (after, bit),
+            )
+            try:
+                for seq, size in walk:
+                    if last is not None and run + size > CLEAR_CHUNK_BYTES:
+                        break
+                    last, run = seq, run + size
+            finally:
+                walk.close()
+            if last is None:
+                return
             rows = self.db.execute(
                 "SELECT seq, id, topic, attributes, content, created, lineage, size, crc,"
-                " sinks FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq LIMIT 500",
-                (after, bit),
+                " sinks FROM flowfiles WHERE seq > ? AND seq <= ? AND sinks & ? ORDER BY seq",
+                (after, last, bit),
             ).fetchall()
-            if not rows:
-                return
             changed = []
             for row in rows:
                 seq, fid, topic, attrs, content, created, lineage, size, crc, sinks = row
@@ -444,7 +460,8 @@ class StoreAdmin:
                     crc = _checksum(fid, topic, attrs, content, created, lineage, mask, size)
                 changed.append((mask, crc, seq))
             self.db.executemany("UPDATE flowfiles SET sinks = ?, crc = ? WHERE seq = ?", changed)
-            after = rows[-1][0]
+            del rows, row, content  # before the next chunk is read, not after
+            after = last
 
     def reload_history(self, limit: int) -> list[ReloadRecord]:
         """The newest `limit` reload records, oldest first."""
