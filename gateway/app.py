@@ -601,31 +601,37 @@ class Gateway:
             await self._start_broker()
         elif self.broker is not None:
             self.broker.users = broker_users(new)
+        left = None
         if store:
             log.info("gateway: the reload changes the store settings; reopening the store")
             if again is None and new.gateway.data_dir != old.gateway.data_dir:
-                self._left_behind(old)
+                left = self._left_behind(new)  # counted before the store closes
             done.append("store")
             await self._close_store()
             await self._open_store()
         if web:
             await self._start_web()
+        if left:
+            # Said once the new config runs: a failure above reopens the old store, and
+            # then nothing was left behind.
+            log.warning(left)
 
-    def _left_behind(self, old: Config) -> None:
-        """Say what the store of the data_dir being left still waits to deliver: the new
-        data_dir has a store of its own, and the old one's backlog is not sent from it."""
+    def _left_behind(self, new: Config) -> str | None:
+        """The line on what the store of the data_dir being left still waits to deliver
+        to the sinks `new` runs (the new data_dir has a store of its own, and the old
+        one's backlog is not sent from it); None when nothing. A removed sink's backlog
+        is not counted: no data_dir delivers it."""
         store = self._store
         if store is None:
-            return
-        names = sorted(set(old.sinks) | set(store.removed_sinks()))
-        waiting = [f"{store.depth(n)} for sink {n}" for n in names if store.depth(n) > 0]
-        if waiting:
-            log.warning(
-                "gateway: FlowFiles left in %s, undelivered (%s): the store of the new"
-                " data_dir does not have them; set gateway.data_dir back to deliver them",
-                store.path,
-                ", ".join(waiting),
-            )
+            return None
+        waiting = [f"{store.depth(n)} for sink {n}" for n in sorted(new.sinks) if store.depth(n)]
+        if not waiting:
+            return None
+        return (
+            f"gateway: FlowFiles left in {store.path}, undelivered ({', '.join(waiting)}):"
+            " the store of the new data_dir does not have them; set gateway.data_dir back"
+            " to deliver them"
+        )
 
     # -- the services --------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from gateway.app import GC_YOUNG_THRESHOLD, process_changes, settle_heap
 from gateway.config.load import load_data
 from gateway.config.model import Config
+from gateway.core.flowfile import FlowFile
+from gateway.store.sqlite import Batch, Store, StoreError, hold_data_dir, let_go_data_dir
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +78,51 @@ def test_a_reload_that_adds_an_alert_rule_says_so_once() -> None:
     # a changed key is said as before
     changed = _with_rule(older_than="7m")
     assert process_changes(new, changed) == ["alerts changed (rules.behind.older_than)"]
+
+
+async def test_a_new_data_dir_says_what_it_leaves_behind_once_the_new_store_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line on what the old data_dir's store keeps undelivered was logged before the
+    new store opened: when it could not, the old store was opened again, and the log
+    said its backlog was left behind all the same. It counted too the sinks the same
+    reload removed, which no data_dir delivers to."""
+    from gateway.app import Gateway
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    store = Store(one / "store.db")
+    await store.open(["a", "b"])
+    both = store.bit("a") | store.bit("b")
+    await store.commit(Batch([(FlowFile.create("t/1", b"1"), both)], [], {}, []))
+    await store.close()
+
+    def config(data_dir: Path, sinks: str) -> Config:
+        sink = {"type": "http", "url": "http://127.0.0.1:9/in"}
+        doc = {"gateway": {"id": "t", "data_dir": str(data_dir)}, "web": {"enabled": False}}
+        return load_data({**doc, "sinks": {n: sink for n in sinks}}, environ={})
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "left in" in r.getMessage()]
+
+    gateway = Gateway(config(one, "ab"))
+    lock = hold_data_dir(one)
+    await gateway._open_store()
+    try:
+        (two / "store.db").mkdir()  # the new data_dir's store cannot be opened
+        with pytest.raises(StoreError):
+            await gateway._switch(config(two, "ab"), lock)
+        assert gateway._store is not None and gateway._store.path == one / "store.db"
+        assert said() == [], "the old store runs again: nothing was left behind"
+        (two / "store.db").rmdir()
+        lock = await gateway._switch(config(two, "a"), lock)  # b removed by the same reload
+        assert gateway._store is not None and gateway._store.path == two / "store.db"
+        assert said() == [
+            f"gateway: FlowFiles left in {one}/store.db, undelivered (1 for sink a): the"
+            " store of the new data_dir does not have them; set gateway.data_dir back to"
+            " deliver them"
+        ]
+    finally:
+        await gateway._close_store()
+        let_go_data_dir(lock)
