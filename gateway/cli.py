@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import getpass
 import http.client
 import json
@@ -1274,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = _Output(stdout)  # from the start: --version writes while the line is parsed
     sys.stderr = _TerminalSafe(stderr)
+    args = None
     try:
         args = _arguments(argv)
         code = int(args.fn(args))
@@ -1289,10 +1291,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-stream: cannot write the output: {err.strerror or err}", file=sys.stderr)
         _drop_output(stdout)
         return 1
-    except PermissionError as err:  # a folder of another user's (the service's), say
-        where = f"{err.filename}: " if err.filename else ""
+    except PermissionError as err:
+        # A one-shot command on a file in the service's folder (mode 0750) is one line; any
+        # other refusal (the gateway's own, one naming no file) keeps its traceback.
+        if args is None or args.fn is cmd_run or err.errno != errno.EACCES or not err.filename:
+            raise
         print(
-            f"edge-stream: {where}permission denied: run it as the user the file belongs to",
+            f"edge-stream: {err.filename}: permission denied: run it as the user the file"
+            " belongs to",
             file=sys.stderr,
         )
         return 1
