@@ -435,7 +435,8 @@ class StoreAdmin:
             # readings held at once); a row larger than a chunk is one alone.
             last, run = None, 0
             walk = self.db.execute(
-                "SELECT seq, size FROM flowfiles WHERE seq > ? AND sinks & ? ORDER BY seq",
+                "SELECT seq, ifnull(CAST(size AS INTEGER), 0) FROM flowfiles"
+                " WHERE seq > ? AND sinks & ? ORDER BY seq",
                 (after, bit),
             )
             try:

@@ -684,7 +684,9 @@ def _chunk_end(db: sqlite3.Connection, first: int, end: int, limit: int) -> tupl
     last, run, after = first, 0, first - 1
     while True:
         rows = db.execute(
-            "SELECT seq, size FROM flowfiles WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 256",
+            # (a damaged size, text, counts 0 rather than failing the pass)
+            "SELECT seq, ifnull(CAST(size AS INTEGER), 0) FROM flowfiles"
+            " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 256",
             (after, end),
         ).fetchall()
         for seq, size in rows:
@@ -2200,8 +2202,10 @@ class Store:
             # time, each followed by a checkpoint that shrinks the file.
             try:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                for _ in range(SHORT_PASS_PAGES // 256):
-                    if time.monotonic() > deadline:
+                for step in range(SHORT_PASS_PAGES // 256):
+                    # at least one step a pass, however long the deletes took: until a
+                    # pass gives pages back, the disk has no more room (intake waits)
+                    if step and time.monotonic() > deadline:
                         break  # the next pass goes on
                     if not db.execute("PRAGMA freelist_count").fetchone()[0]:
                         break
