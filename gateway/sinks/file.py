@@ -96,6 +96,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.sinks._columns import dig, json_text, level
 
 _TAIL_CHUNK = 65536
+TAIL_IDS = 10_000  # the fewest last lines whose ids are read back at open (see _tail_ids)
 
 _NOT_JSON = object()
 
@@ -402,8 +403,10 @@ class FileSink(Sink):
         return head == self._header
 
     def _tail_ids(self, f: IO[bytes], size: int) -> set[str]:
-        """The ids of the last lines of the file, as many as one batch may hold."""
-        rows = self.config.batch.max_rows
+        """The ids of the last lines of the file, as many as one batch may hold (at least
+        TAIL_IDS: the batch sent again after a restart may have been written under a larger
+        batch.max_rows than the sink now has, and its first rows are then further back)."""
+        rows = max(self.config.batch.max_rows, TAIL_IDS)
         # a batch holds at most max_bytes of content, and a line less than 3x its content
         # (base64, escapes) plus its head; read that much of the end at most
         span = min(size, 3 * self.config.batch.max_bytes + rows * 1024)

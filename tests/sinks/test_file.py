@@ -586,6 +586,25 @@ async def test_a_batch_sent_again_after_a_restart_is_not_written_twice(
     assert [text.count(ff.id) for ff in ffs] == [1, 1, 1, 1, 2, 1]
 
 
+async def test_a_batch_sent_again_under_a_smaller_max_rows_is_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    # Written as one batch of 12, then the gateway restarted with batch.max_rows 4: the
+    # sink read back only the last 4 ids, so the first batch sent again (the first 4) was
+    # not found, and all 12 were written twice.
+    ffs = [flowfile(f'{{"n": {n}}}'.encode()) for n in range(12)]
+    first = make_sink(tmp_path, path="out.jsonl")
+    await first.write(ffs)
+    await first.close()
+    again = make_sink(tmp_path, path="out.jsonl", batch={"max_rows": 4})
+    await again.connect()
+    for start in range(0, 12, 4):
+        await again.write(ffs[start : start + 4])
+    await again.close()
+    text = (tmp_path / "out.jsonl").read_text()
+    assert [text.count(ff.id) for ff in ffs] == [1] * 12
+
+
 def test_csv_keys_are_checked() -> None:
     entry = registry.find("sink", "file")
     assert entry is not None
