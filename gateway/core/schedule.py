@@ -166,10 +166,15 @@ class Schedule:
         (its poll or its connect failed) polls at once, whatever the missed-run policy. The
         times that passed since the current run's are folded into it (missed), and the
         schedule goes on after now: for cron, the run stands for the last time not after
-        `wall` (polled, after a clock set back, as any other)."""
+        `wall` (polled, after a clock set back, as any other); for an interval, the last
+        time of its grid not after `mono`, so the grid holds across the tries of an outage
+        (each try restarted it at its own time: a try every 20 s of a 60 s interval counted
+        no time missed however long the outage, the leftover of each gap lost)."""
         if self.cron is None:
-            self.missed_runs += max(int((mono - self._slot) // self.interval), 0)
-            self._slot = self.due = mono
+            passed = max(int((mono - self._slot) // self.interval), 0)
+            self.missed_runs += passed
+            self._slot += passed * self.interval
+            self.due = mono
             return mono
         following = self._cron_after(self._slot)
         if following <= wall:

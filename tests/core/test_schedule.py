@@ -313,26 +313,49 @@ async def test_a_cron_source_whose_first_connect_failed_polls_once_it_connects(
 
 
 @pytest.mark.parametrize("missed", ["skip", "catch_up"])
-async def test_a_cron_source_back_after_an_outage_of_more_than_a_gap_polls_at_once(
-    missed: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("when", "tries", "next_run", "missed_runs", "polls"),
+    [
+        # the poll of 10:05 fails, then 39 tries; 10:10 and 10:15 are missed
+        ("*/5 * * * *", 40, "10:20:00", 2, ["10:20:00"]),
+        # every 60 s from 10:04: 43 tries fail (10:04:00 to 10:18:00), the grid's times
+        # 10:05 to 10:18 are missed and the poll of 10:18:20 stands for 10:18. Each try
+        # restarted the grid at its own time: missed_runs 0 however long the outage,
+        # and the polls went on at :20 past the minute
+        (60.0, 43, "10:19:00", 14, ["10:19:00", "10:20:00", "10:21:00", "10:22:00", "10:23:00"]),
+    ],
+)
+async def test_a_source_back_after_an_outage_of_more_than_a_gap_polls_at_once(
+    missed: str,
+    when: str | float,
+    tries: int,
+    next_run: str,
+    missed_runs: int,
+    polls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The poll that failed went again once connected, but settle() took it for missed
     (the next cron time had passed meanwhile) and waited for the next one: retrying for
     up to a gap more, with its retry time, long past, as next_run."""
     clock = FakeClock(1000.0, wall("2024-03-01T10:04:00"))
-    errors: list[Exception] = [RetryableError("down")] * 40
-    source = Failing(clock, Schedule(interval=1.0, cron="*/5 * * * *", missed=missed), errors)
+    errors: list[Exception] = [RetryableError("down")] * tries
+    if isinstance(when, str):
+        schedule = Schedule(interval=1.0, cron=when, missed=missed)
+    else:
+        schedule = Schedule(interval=when, missed=missed)
+    source = Failing(clock, schedule, errors)
     runner = retrying_runner(source, clock, monkeypatch)
     task = asyncio.ensure_future(runner.run())
-    await steps(clock, 850)  # to 10:18:10: the poll of 10:05 and 39 tries, 20 s apart, failed
+    await steps(clock, 850)  # to 10:18:10, every try 20 s after the one before failed
     assert source.polls == [] and runner.status().to_json()["state"] == "retrying"
     await steps(clock, 20)  # the try of 10:18:20 works
     assert source.polls == [wall("2024-03-01T10:18:20")], "once, at once"
     status = runner.status().to_json()
-    assert status["state"] == "running" and status["next_run"] == "2024-03-01T10:20:00.000Z"
-    assert status["missed_runs"] == 2, "10:10 and 10:15"
+    assert status["state"] == "running"
+    assert status["next_run"] == f"2024-03-01T{next_run}.000Z"
+    assert status["missed_runs"] == missed_runs
     await steps(clock, 5 * 60)
-    assert source.polls[1:] == [wall("2024-03-01T10:20:00")]
+    assert source.polls[1:] == [wall(f"2024-03-01T{t}") for t in polls]
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
