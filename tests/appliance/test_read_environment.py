@@ -23,7 +23,7 @@ assert _spec is not None
 read_environment = importlib.util.module_from_spec(_spec)
 _loader.exec_module(read_environment)
 
-# (the file's text, what systemd sets), from systemd's parser
+# (the file's text, what systemd sets), from the parser of systemd 252 (Debian 12)
 CASES = [
     ("A = v\n", {"A": "v"}),
     ("A=v   \n", {"A": "v"}),
@@ -46,6 +46,10 @@ CASES = [
     ("A=a'b'c\n", {"A": "a'b'c"}),
     ("A\nB=1\n", {"B": "1"}),
     ("A='x'y\"z\"\n", {"A": 'xy"z"'}),
+    # systemd 252 (Debian 12): a backslash ending a comment line continues the comment
+    ("# a comment \\\nA=1\nB=2\n", {"B": "2"}),
+    ("# \\\r\nA=1\r\n", {"A": "1"}),  # the backslash takes the CR, the LF ends it
+    ("# a \\ b\nA=1\n", {"A": "1"}),
 ]
 
 
