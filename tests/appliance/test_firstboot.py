@@ -336,3 +336,23 @@ def test_the_environment_file_is_read_as_systemd_reads_it(tmp_path: Path) -> Non
     assert "('EDGE_STREAM__WEB__USERNAME', 'operator')" in overrides
     assert """('EDGE_STREAM__WEB__PASSWORD', 'a "quoted" \\\\ password')""" in overrides
     assert "('EDGE_STREAM__GATEWAY__ID', 'boiler-room')" in overrides
+
+
+def test_the_environment_files_values_win_over_the_scripts_data_dir(tmp_path: Path) -> None:
+    """In edge-stream.service, EnvironmentFile= overrides Environment= (which sets
+    EDGE_STREAM__GATEWAY__DATA_DIR); the script exported its data_dir after the file's
+    pairs, so check-config checked the card's config with another data_dir than the
+    gateway then ran with."""
+    environment = (
+        "EDGE_STREAM__GATEWAY__DATA_DIR=/var/lib/edge-stream/elsewhere\n"
+        "EDGE_STREAM__WEB__USERNAME=operator\nEDGE_STREAM__WEB__PASSWORD=a-long-password\n"
+    )
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text()
+    result = _firstboot(
+        tmp_path, {"edge-stream.yaml": config}, environment=environment, old_marks=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    overrides = (tmp_path / "overrides").read_text().splitlines()
+    assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream/elsewhere')" in overrides
+    assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream')" not in overrides
+
