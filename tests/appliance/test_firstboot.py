@@ -356,3 +356,24 @@ def test_the_environment_files_values_win_over_the_scripts_data_dir(tmp_path: Pa
     assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream/elsewhere')" in overrides
     assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream')" not in overrides
 
+
+def test_an_environment_file_systemd_skips_is_said_so_and_skipped(tmp_path: Path) -> None:
+    """A value that is not UTF-8 (a file saved as Latin-1) makes systemd skip the whole
+    file (EnvironmentFile=-, the gateway runs without its overrides); the reader's failure
+    was hidden from `set -e` by `< <(...)`, and nothing said why the file's values were
+    not taken."""
+    environment = "EDGE_STREAM__GATEWAY__ID=caf\udce9\nEDGE_STREAM__WEB__USERNAME=operator\n"
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text()
+    result = _firstboot(
+        tmp_path, {"edge-stream.yaml": config}, environment=environment, old_marks=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "/etc/edge-stream/environment" in line]
+    assert lines == [
+        "edge-stream-firstboot: /etc/edge-stream/environment: cannot be read (invalid UTF-8"
+        " in the value of EDGE_STREAM__GATEWAY__ID): systemd skips the whole file too, so"
+        " the gateway runs without any of its values; the card's config is checked without"
+        " them"
+    ], result.stdout
+    overrides = (tmp_path / "overrides").read_text()
+    assert "WEB__USERNAME" not in overrides and "GATEWAY__ID" not in overrides

@@ -81,3 +81,31 @@ def test_a_symbolic_link_or_a_fifo_is_not_read(tmp_path: Path) -> None:
         )
         assert result.returncode != 0 and result.stdout == "", name
         assert result.stderr.startswith(str(tmp_path / name)), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "out", "problem"),
+    [
+        # a comment's bytes are not checked by systemd: the file is read
+        (b"# caf\xe9\nEDGE_STREAM__A=caf\xc3\xa9\n", "EDGE_STREAM__A=café\0".encode(), None),
+        # a name or value that is not UTF-8, any name: systemd skips the whole file
+        (b"EDGE_STREAM__A=1\nEDGE_STREAM__B=caf\xe9\n", b"", "in the value of EDGE_STREAM__B"),
+        (b"EDGE_STREAM__A=1\nX\xe9=1\n", b"", "in the name X\\xe9"),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_taken_as_systemd_takes_them(
+    tmp_path: Path, data: bytes, out: bytes, problem: str | None
+) -> None:
+    """Any byte that was not UTF-8 failed the reader, one in a comment too, where systemd
+    reads the file; a name or value that is not UTF-8 makes systemd skip the file."""
+    path = tmp_path / "environment"
+    path.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-I", str(SCRIPT), str(path)], capture_output=True, timeout=30
+    )
+    assert result.stdout == out
+    if problem is None:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert result.stderr.decode() == f"{path}: cannot be read (invalid UTF-8 {problem})\n"
