@@ -8,10 +8,13 @@ machine changes."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,39 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "rootfs"
 UNSHARE = ["unshare", "--mount", "--uts", "--propagation", "private"]
+
+# What the gateway's user must reach (this checkout, the venv, the Python it is made
+# from) behind a folder it cannot enter (a 0700 /root: a CI clone in /root/ci, a pyenv
+# Python in /root/.pyenv): that folder is a 0755 tmpfs here, holding just those paths.
+# A path that is itself closed (a checkout of mode 0700) is an overlay there, whose top,
+# made here, is 0755: bound as it is, it stayed closed. $VEILED: see `_veiled`.
+VEIL = r"""
+umask 022
+n=0
+declare -A veiled=()
+mkdir -p "$T/veil-tops"
+mountpoint -q "$T/veil-tops" || mount -t tmpfs -o mode=0755 tmpfs "$T/veil-tops"
+while IFS=$'\t' read -r closed path; do
+  [ -n "$closed" ] || continue
+  if [ -z "${veiled[$closed]:-}" ]; then
+    n=$((n + 1))
+    mkdir "$T/veiled-$n"
+    mount --bind "$closed" "$T/veiled-$n"
+    mount -t tmpfs -o mode=0755 tmpfs "$closed"
+    veiled[$closed]=$T/veiled-$n
+  fi
+  mkdir -p "$path"
+  inside=${veiled[$closed]}${path#"$closed"}
+  if (( 0$(stat -c %a "$inside") & 1 )); then
+    mount --bind "$inside" "$path"
+  else
+    top=$(mktemp -d "$T/veil-tops/XXXXXX")
+    chmod 0755 "$top"
+    mkdir "$top-work"
+    mount -t overlay overlay -o "lowerdir=$inside,upperdir=$top,workdir=$top-work" "$path"
+  fi
+done <<<"$VEILED"
+"""
 
 # What the namespace gets before the script runs; $T is the test's folder. Every folder
 # the script writes in is a fresh mount here.
@@ -39,24 +75,9 @@ done
 echo "edge-stream:x:64999:64999::/var/lib/edge-stream:/usr/sbin/nologin" >>/etc/passwd
 echo "edge-stream:x:64999:" >>/etc/group
 grep -q '^mosquitto:' /etc/group || echo "mosquitto:x:64998:" >>/etc/group
-# what the gateway's user must reach (this checkout, the venv, the Python it is made
-# from) behind a folder it cannot enter (a 0700 /root: a CI clone in /root/ci, a pyenv
-# Python in /root/.pyenv): that folder is a 0755 tmpfs here, holding just those paths
-umask 022
-n=0
-declare -A veiled=()
-while IFS=$'\t' read -r closed path; do
-  [ -n "$closed" ] || continue
-  if [ -z "${veiled[$closed]:-}" ]; then
-    n=$((n + 1))
-    mkdir "$T/veiled-$n"
-    mount --bind "$closed" "$T/veiled-$n"
-    mount -t tmpfs -o mode=0755 tmpfs "$closed"
-    veiled[$closed]=$T/veiled-$n
-  fi
-  mkdir -p "$path"
-  mount --bind "${veiled[$closed]}${path#"$closed"}" "$path"
-done <<<"$VEILED"
+"""
+SETUP += VEIL
+SETUP += r"""
 fresh /etc/edge-stream
 fresh /var/lib/edge-stream
 # the script's marks folder as on a new card, or one set up before the marks moved there:
@@ -126,22 +147,40 @@ stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key 
 """
 
 
-def _veiled() -> str:
-    """Lines "CLOSED<TAB>PATH": each path the gateway's user needs (this checkout, the
-    venv, this Python's installation) that lies under a folder others cannot enter
-    (CLOSED, the highest such), for SETUP to expose."""
-    real = Path(os.path.realpath(sys.executable))
-    needed = {REPO, Path(sys.prefix), Path(sys.base_prefix), real.parent.parent}
+# what SETUP lays its own mounts over, the veils of `_veiled` aside: the test's folder may
+# not be there (its files would be hidden, or written where the test does not read them)
+REPLACED = (Path("/etc"), Path("/var/lib"), Path("/opt"))
+
+
+def _veiled(tmp_path: Path, needed: set[Path] | None = None) -> str:
+    """Lines "CLOSED<TAB>PATH": each path the gateway's user needs (`needed`, by default
+    this checkout, the venv, this Python's installation) that is, or lies under, a folder
+    others cannot enter (CLOSED, the highest such), for VEIL to expose. A CLOSED (made a
+    tmpfs by VEIL) that holds the test's folder `tmp_path` fails the test with what to do:
+    VEIL hid the folder it then wrote in, and the test failed far from the cause."""
+    if needed is None:
+        real = Path(os.path.realpath(sys.executable))
+        needed = {REPO, Path(sys.prefix), Path(sys.base_prefix), real.parent.parent}
     needed = {Path(os.path.realpath(p)) for p in needed}
     # a path inside another needed one comes with it
     needed = {p for p in needed if not any(q != p and q in p.parents for q in needed)}
+    here = Path(os.path.realpath(tmp_path))
     lines = []
     for path in sorted(needed):
         closed = next(
-            (a for a in reversed(path.parents) if not os.stat(a).st_mode & stat.S_IXOTH), None
+            (a for a in (*reversed(path.parents), path) if not os.stat(a).st_mode & stat.S_IXOTH),
+            None,
         )
         if closed is not None:
             lines.append(f"{closed}\t{path}")
+    for folder in [Path(line.split("\t")[0]) for line in lines] + list(REPLACED):
+        if folder == here or folder in here.parents:
+            pytest.fail(
+                f"the first-boot test's folder {here} is in {folder}, which the test mounts"
+                f" over: run pytest with a --basetemp outside it (e.g. --basetemp"
+                f" /tmp/firstboot-test)",
+                pytrace=False,
+            )
     return "\n".join(lines)
 
 
@@ -165,7 +204,7 @@ def _firstboot(
     setup.write_text(textwrap.dedent(SETUP))
     env = {
         **os.environ,
-        "VEILED": _veiled(),
+        "VEILED": _veiled(tmp_path),
         "PYTHON": sys.executable,
         "REPO": str(REPO),
         "ROOTFS": str(ROOTFS),
@@ -377,3 +416,55 @@ def test_an_environment_file_systemd_skips_is_said_so_and_skipped(tmp_path: Path
     ], result.stdout
     overrides = (tmp_path / "overrides").read_text()
     assert "WEB__USERNAME" not in overrides and "GATEWAY__ID" not in overrides
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder any user may enter, all the way from / (pytest's own are in a 0700 one)."""
+    folder = Path(tempfile.mkdtemp(prefix="firstboot-veil-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("under", ["", "ci/"])
+def test_a_checkout_that_is_itself_closed_or_under_one_is_reached(
+    tmp_path: Path, open_folder: Path, under: str
+) -> None:
+    """Only the folders above a needed path were looked at: a checkout of mode 0700 itself
+    (not under a closed folder) was not veiled, and the gateway's user could not read it."""
+    if os.geteuid() != 0:
+        pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
+    repo = open_folder / under / "repo"
+    (repo / "gateway").mkdir(parents=True)
+    (repo / "gateway/module.py").write_text("reached\n")
+    closed = open_folder / "ci" if under else repo
+    closed.chmod(0o700)
+    lines = _veiled(tmp_path, {repo})
+    assert lines == f"{closed}\t{repo}"
+    script = (
+        "set -euo pipefail\nT=$1\n" + VEIL + 'runuser -u nobody -- cat "$2/gateway/module.py"\n'
+    )
+    result = subprocess.run(
+        [*UNSHARE, "bash", "-c", script, "veil", str(tmp_path), str(repo)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VEILED": lines},
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "reached\n"), result.stderr
+
+
+def test_a_test_folder_in_a_folder_the_test_mounts_over_fails_at_once(open_folder: Path) -> None:
+    """A test folder under a closed folder (pytest's --basetemp in /root) was hidden by the
+    tmpfs put there: the script then failed far from the cause."""
+    closed = open_folder / "ci"
+    (closed / "repo").mkdir(parents=True)
+    closed.chmod(0o700)
+    with pytest.raises(pytest.fail.Exception, match=r"--basetemp outside it") as failed:
+        _veiled(closed / "pytest/test0", {closed / "repo"})
+    assert str(failed.value).startswith(
+        f"the first-boot test's folder {closed}/pytest/test0 is in {closed}, which the test"
+    )
+    with pytest.raises(pytest.fail.Exception, match=r"is in /var/lib, which"):
+        _veiled(Path("/var/lib/ci/test0"), {closed / "repo"})
