@@ -18,7 +18,9 @@ or `header: source` with these sources:
   topic.N                              topic level N (negative counts from the end)
   field.a.b                            a field of the JSON content (objects, lists
                                        as JSON; a number with every digit it was
-                                       written with, 1e400 as 1E+400)
+                                       written with, as Python's Decimal writes
+                                       it: 1.50 as 1.50, 1e5 as 1E+5, 1e400 as
+                                       1E+400, 1e-3 as 0.001)
   attributes.KEY                       one attribute
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
@@ -80,7 +82,6 @@ import csv
 import decimal
 import io
 import json
-import math
 import os
 import re
 import time
@@ -111,18 +112,23 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
-def _exact_float(text: str) -> float | decimal.Decimal:
-    """A JSON number with a fraction or an exponent: a double where one holds it as written,
-    else a Decimal with every digit (12345678901234.5678; 1e400, a double's infinity, which
-    JSON cannot write; 1e-400, a double's 0)."""
-    value = float(text)
-    if len(text) > 15 or not 1e-300 < abs(value) < math.inf:
+# For the values of `field.` columns, which are written out again: a number with a
+# fraction or an exponent read as a Decimal, every digit kept (1.50 stays 1.50, where a
+# double wrote 1.5; 12345678901234.5678; 1e400, a double's infinity, which JSON cannot
+# write), and written as Decimal writes it. One rule for every such number.
+_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
+
+
+def _decimal_or_double(text: str) -> decimal.Decimal | float:
+    try:
         return decimal.Decimal(text)
-    return value
+    except decimal.InvalidOperation:
+        return float(text)
 
 
-# For the values of `field.` columns, which are written out again: every digit kept.
-_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_exact_float).decode
+_loads_beyond = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_decimal_or_double
+).decode
 # The tokens of JSON text: a string (its blanks kept), or a run of anything else but
 # whitespace. Joined, they are the text without the whitespace between its tokens.
 _JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^ \t\n\r"]+')
@@ -133,6 +139,11 @@ def _parse(text: str, loads: Callable[[str], Any] = _loads) -> object:
         return loads(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
+    except decimal.InvalidOperation:
+        # an exponent beyond a Decimal's (1e9999999999999999999): raised out of write,
+        # the sink crashed and restarted on the same batch for ever. Rare: read again,
+        # such a number as a double (infinity, or 0), the others still as Decimals.
+        return _parse(text, _loads_beyond)
 
 
 def _one_line(text: str) -> str:
@@ -178,7 +189,12 @@ def _cell(value: Any) -> str:
         return ""
     if value is True or value is False:
         return "true" if value else "false"
-    text = value if isinstance(value, str) else json_text(value, _dumps)
+    if isinstance(value, str):
+        text = value
+    elif type(value) is decimal.Decimal:
+        text = str(value)  # finite, as read from JSON: its spelling is a JSON number
+    else:
+        text = json_text(value, _dumps)
     if "\n" in text or "\r" in text:
         text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text

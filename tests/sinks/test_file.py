@@ -113,6 +113,22 @@ async def test_json_numbers_are_written_as_they_read_also_from_pretty_printed_js
     assert rows[2][1:] == ["12345678901234.5678", "1E+400", "1E-400"]
 
 
+async def test_a_field_column_keeps_every_digit_of_a_short_number_too(tmp_path: Path) -> None:
+    # Only long numbers kept their digits: a short one went through a double, so 1.50
+    # came out 1.5 and 1e5 as 100000.0, digits it was never written with.
+    columns = [{n: f"field.{n}"} for n in ("a", "b", "c", "d", "e", "o", "huge")]
+    table = csv_sink(tmp_path, columns=columns)
+    content = (
+        b'{"a": 1.50, "b": 1e5, "c": -0.0, "d": 0.1, "e": 2.5E-3, "o": {"x": [1.50, 1e5]},'
+        b' "huge": 1e9999999999999999999}'
+    )
+    assert await table.write([flowfile(content)]) == []
+    await table.close()
+    # An exponent beyond a Decimal's raised out of write: the sink crashed on it for ever.
+    rows = read_csv(tmp_path / "table.csv")
+    assert rows[1] == ["1.50", "1E+5", "-0.0", "0.1", "0.0025", '{"x":[1.50,1E+5]}', "Infinity"]
+
+
 async def test_pretty_printed_json_keeps_its_strings_as_written_on_one_line(
     tmp_path: Path,
 ) -> None:
