@@ -1124,13 +1124,22 @@ class Config:
                 ("store.reserve", "store's disk reserve"),
                 (".lock", "lock file"),
                 ("remote-config.json", "remote config state"),
-                (
-                    (self.gateway.secret_key_file if self.gateway else "") or "secret.key",
-                    "secret key file",
-                ),
-                ((web.users_file if web else "") or "web-users", "console users file"),
             )
         }
+        # Set, these two are opened as written: a relative one from the working directory
+        # (the CLI, the loader, the console), not under data_dir; only the defaults are.
+        key_file = self.gateway.secret_key_file if self.gateway else ""
+        users_file = web.users_file if web else ""
+        for path, default, what in (
+            (key_file, "secret.key", "secret key file"),
+            (users_file, "web-users", "console users file"),
+        ):
+            if path and path_problem(path, ""):
+                continue  # refused by its own check
+            try:
+                own[os.path.realpath(path) if path else where(default)] = f"the gateway's {what}"
+            except (OSError, ValueError):
+                continue
         own_dirs = [where(name) for name in ("broker", "config-history")]
         home = where(".")
         taken: dict[str, str] = {}

@@ -143,10 +143,12 @@ def test_two_redis_sources_on_one_consumer_or_processing_list_are_refused(
     ]
 
 
-def sink_problems(tmp_path: Path, sinks: str) -> list[str]:
+def sink_problems(
+    tmp_path: Path, sinks: str, gateway: str = "", web: str = "{enabled: false}"
+) -> list[str]:
     path = tmp_path / "gateway.yaml"
     path.write_text(
-        f"gateway: {{id: a, data_dir: '{tmp_path}/data'}}\nweb: {{enabled: false}}\nsinks:\n{sinks}"
+        f"gateway: {{id: a, data_dir: '{tmp_path}/data'{gateway}}}\nweb: {web}\nsinks:\n{sinks}"
     )
     try:
         load(str(path))
@@ -190,6 +192,41 @@ def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused
         f"sinks.j.path: store.db-wal: {data}/store.db-wal is the gateway's store, or one of"
         f" its files{tail}",
     ]
+
+
+def test_a_secret_key_or_users_file_set_relative_is_where_the_gateway_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set, both are opened from the working directory (the CLI, the loader, the console),
+    # but the check put them under data_dir: a sink on data/keys/secret.key was refused
+    # though no gateway file is there, and one on the real file passed.
+    monkeypatch.chdir(tmp_path)
+    data = os.path.realpath(tmp_path / "data")
+    here = os.path.realpath(tmp_path)
+    found = sink_problems(
+        tmp_path,
+        "  a: {type: file, path: keys/secret.key}\n"
+        "  b: {type: file, path: keys/users}\n"
+        f"  c: {{type: file, path: '{here}/keys/secret.key'}}\n"
+        f"  d: {{type: file, path: '{here}/keys/users'}}\n"
+        "  e: {type: file, path: web-users}\n",
+        gateway=", secret_key_file: keys/secret.key",
+        web="{enabled: false, users_file: keys/users}",
+    )
+    tail = "; give this sink a file of its own"
+    assert found == [
+        f"sinks.c.path: {here}/keys/secret.key: {here}/keys/secret.key is the gateway's"
+        f" secret key file{tail}",
+        f"sinks.d.path: {here}/keys/users: {here}/keys/users is the gateway's console users"
+        f" file{tail}",
+    ]
+    # Left unset, each is the default file under data_dir.
+    found = sink_problems(
+        tmp_path,
+        "  a: {type: file, path: secret.key}\n  b: {type: file, path: web-users}\n",
+    )
+    assert [p.split(":")[0] for p in found] == ["sinks.a.path", "sinks.b.path"]
+    assert data in found[0]
 
 
 def test_redis_sinks_sharing_a_dedupe_prefix_on_one_server_are_refused(tmp_path: Path) -> None:
