@@ -119,6 +119,12 @@ class GatewaySection:
                 yield key, problem
 
 
+# The files of the store in data_dir (gateway/store/): store.db and its -wal, -shm and
+# -journal, the store.db.new a new store is made as, a store.db.corrupt-<time> set aside
+# (with its -wal and -shm). Not any name starting store.db: store.dbx.csv is no store's.
+_STORE_FILE = re.compile(r"store\.db(\.new|\.corrupt-.+)?(-wal|-shm|-journal)?")
+
+
 def _rotated_of(path: str, other: str) -> bool:
     """Whether `path` is `other` rotated: <other>.N."""
     number = path.removeprefix(other + ".")
@@ -1122,6 +1128,7 @@ class Config:
             where(name): f"the gateway's {what}"
             for name, what in (
                 ("store.reserve", "store's disk reserve"),
+                ("store.new", "store's disk reserve"),  # made so, then renamed store.reserve
                 (".lock", "lock file"),
                 ("remote-config.json", "remote config state"),
             )
@@ -1155,9 +1162,7 @@ class Config:
             except (OSError, ValueError):
                 continue
             clash = own.get(target) and f"is {own[target]}"
-            if os.path.dirname(target) == home and os.path.basename(target).startswith("store.db"):
-                # store.db, its -wal and -shm, the store.db.new of a compaction, the
-                # store.db.corrupt-<time> of one set aside
+            if os.path.dirname(target) == home and _STORE_FILE.fullmatch(os.path.basename(target)):
                 clash = "is the gateway's store, or one of its files"
             for folder in own_dirs:
                 if not clash and target.startswith(folder + os.sep):

@@ -194,6 +194,31 @@ def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused
     ]
 
 
+def test_only_the_stores_own_files_are_refused_not_any_name_starting_store_db(
+    tmp_path: Path,
+) -> None:
+    # Any name starting with store.db was refused: store.dbx.csv, store.db-export.jsonl.
+    names = [
+        "store.dbx.csv",
+        "store.db-export.jsonl",
+        "store.db.jsonl",
+        "store.db-journal",
+        "store.db.new",
+        "store.db.new-wal",
+        "store.db.corrupt-20261130T230000Z",
+        "store.db.corrupt-20261130T230000Z-shm",
+        "store.new",
+    ]
+    found = sink_problems(
+        tmp_path, "".join(f"  s{i}: {{type: file, path: {n}}}\n" for i, n in enumerate(names))
+    )
+    refused = [p.split(": ", 2)[1] for p in found]
+    assert refused == names[3:]
+    assert found[-1].endswith(
+        "is the gateway's store's disk reserve; give this sink a file of its own"
+    )
+
+
 def test_a_secret_key_or_users_file_set_relative_is_where_the_gateway_opens_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
