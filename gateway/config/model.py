@@ -1153,9 +1153,11 @@ class Config:
         for name, sink in (self.sinks or {}).items():
             if sink is None or sink.type != "file":
                 continue
+            if any(key == "path" for key, _ in sink.check()):  # a FileSinkConfig
+                # refused by the sink's own check (blank, ~, a control character): a
+                # second line on it said the same path again, a line break and all
+                continue
             path = getattr(sink, "path", None)
-            if path is not None and (not path or "\0" in path):
-                continue  # refused by the sink's own check
             ext = "csv" if getattr(sink, "format", None) == "csv" else "jsonl"
             try:
                 target = where(path or f"{name}.{ext}")
@@ -1179,8 +1181,8 @@ class Config:
             if clash:
                 yield (
                     f"sinks.{name}.path",
-                    f"{path or f'{name}.{ext} (the default)'}: {target} {clash}; give this"
-                    " sink a file of its own",
+                    f"{path or f'{name}.{ext}'!r}{'' if path else ' (the default)'}:"
+                    f" {target!r} {clash}; give this sink a file of its own",
                 )
             else:
                 taken[target] = name

@@ -180,17 +180,18 @@ def test_a_file_sink_on_a_file_of_the_gateway_or_of_another_file_sink_is_refused
     )
     tail = "; give this sink a file of its own"
     assert found == [
-        f"sinks.b.path: {data}/sub/../out.jsonl: {data}/out.jsonl is the file of sink 'a'"
+        f"sinks.b.path: '{data}/sub/../out.jsonl': '{data}/out.jsonl' is the file of sink 'a'"
         f" too{tail}",
-        f"sinks.c.path: out.jsonl.2: {data}/out.jsonl.2 is where sink 'a' rotates its file{tail}",
-        f"sinks.d.path: store.db: {data}/store.db is the gateway's store, or one of its"
+        f"sinks.c.path: 'out.jsonl.2': '{data}/out.jsonl.2' is where sink 'a' rotates its"
+        f" file{tail}",
+        f"sinks.d.path: 'store.db': '{data}/store.db' is the gateway's store, or one of its"
         f" files{tail}",
-        f"sinks.e.path: secret.key: {data}/secret.key is the gateway's secret key file{tail}",
-        f"sinks.f.path: broker/x.jsonl: {data}/broker/x.jsonl is in the gateway's broker/"
+        f"sinks.e.path: 'secret.key': '{data}/secret.key' is the gateway's secret key file{tail}",
+        f"sinks.f.path: 'broker/x.jsonl': '{data}/broker/x.jsonl' is in the gateway's broker/"
         f" folder{tail}",
-        f"sinks.h.path: h.csv (the default): {data}/h.csv is the file of sink 'g' too{tail}",
-        f"sinks.j.path: store.db-wal: {data}/store.db-wal is the gateway's store, or one of"
-        f" its files{tail}",
+        f"sinks.h.path: 'h.csv' (the default): '{data}/h.csv' is the file of sink 'g' too{tail}",
+        f"sinks.j.path: 'store.db-wal': '{data}/store.db-wal' is the gateway's store, or one"
+        f" of its files{tail}",
     ]
 
 
@@ -213,10 +214,28 @@ def test_only_the_stores_own_files_are_refused_not_any_name_starting_store_db(
         tmp_path, "".join(f"  s{i}: {{type: file, path: {n}}}\n" for i, n in enumerate(names))
     )
     refused = [p.split(": ", 2)[1] for p in found]
-    assert refused == names[3:]
+    assert refused == [repr(name) for name in names[3:]]
     assert found[-1].endswith(
         "is the gateway's store's disk reserve; give this sink a file of its own"
     )
+
+
+def test_a_path_the_file_sink_refuses_itself_is_said_once_and_paths_are_quoted(
+    tmp_path: Path,
+) -> None:
+    # The claims check looked at such a path again: a second line, for the same path, with
+    # the line break pasted into it written out raw (a message of two lines).
+    found = sink_problems(
+        tmp_path,
+        '  a: {type: file, path: "out.jsonl\\n"}\n'
+        '  b: {type: file, path: "out.jsonl\\n"}\n'
+        "  c: {type: file, path: '~/out.jsonl'}\n"
+        "  d: {type: file, path: '~/out.jsonl'}\n"
+        "  e: {type: file, path: 'x\ty.jsonl'}\n"
+        "  f: {type: file, path: 'x\ty.jsonl'}\n",
+    )
+    assert [p.split(": ", 1)[0] for p in found] == [f"sinks.{n}.path" for n in "abcdef"]
+    assert all("\n" not in p and "too" not in p for p in found), found
 
 
 def test_a_secret_key_or_users_file_set_relative_is_where_the_gateway_opens_it(
@@ -240,10 +259,10 @@ def test_a_secret_key_or_users_file_set_relative_is_where_the_gateway_opens_it(
     )
     tail = "; give this sink a file of its own"
     assert found == [
-        f"sinks.c.path: {here}/keys/secret.key: {here}/keys/secret.key is the gateway's"
+        f"sinks.c.path: '{here}/keys/secret.key': '{here}/keys/secret.key' is the gateway's"
         f" secret key file{tail}",
-        f"sinks.d.path: {here}/keys/users: {here}/keys/users is the gateway's console users"
-        f" file{tail}",
+        f"sinks.d.path: '{here}/keys/users': '{here}/keys/users' is the gateway's console"
+        f" users file{tail}",
     ]
     # Left unset, each is the default file under data_dir.
     found = sink_problems(
