@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from gateway.config.schema import (
     CheckProblem,
@@ -1188,10 +1188,11 @@ class Config:
                 taken[target] = name
 
     def _check_dedupe_prefixes(self) -> Iterator[tuple[str, str]]:
-        """Redis sinks that dedupe on one server keep their recent ids apart: with one
-        `dedupe_prefix` (or one set to another's default, edge:<name>), a FlowFile routed
-        to both was written by the first and left out by the second as "written already",
-        and reported delivered."""
+        """Redis sinks that dedupe on the same host, port and database in their URLs keep
+        their recent ids apart: with one `dedupe_prefix` (or one set to another's default,
+        edge:<name>), a FlowFile routed to both was written by the first and left out by
+        the second as "written already", and reported delivered. Two names of one server
+        (an address and a host name) are not seen as one."""
         taken: dict[tuple[str, str], str] = {}
         for name, sink in (self.sinks or {}).items():
             if sink is None or sink.type != "redis" or getattr(sink, "mode", None) == "hash":
@@ -1201,9 +1202,20 @@ class Config:
                 continue
             try:
                 parts = urlsplit(url)
-                server = f"{parts.hostname}:{parts.port or 6379}{parts.path.rstrip('/') or '/0'}"
+                host = (parts.hostname or "").lower()
+                server = f"{f'[{host}]' if ':' in host else host}:{parts.port or 6379}"
             except ValueError:
                 continue  # refused by the sink's own check
+            if getattr(sink, "cluster", False):
+                # a cluster has database 0 alone, and its recent ids are keyed by slot
+                server += " (cluster)"
+            else:
+                # the database as redis-py takes it: `?db=N` before the path's /N
+                db = (parse_qs(parts.query).get("db") or [unquote(parts.path).replace("/", "")])[0]
+                try:
+                    server += f"/{int(db or 0)}"
+                except ValueError:
+                    continue  # redis-py refuses the url when the sink connects
             prefix = getattr(sink, "dedupe_prefix", None) or f"edge:{name}"
             other = taken.get((server, prefix))
             if other is None:
@@ -1211,9 +1223,9 @@ class Config:
                 continue
             yield (
                 f"sinks.{name}.dedupe_prefix",
-                f"{prefix!r} is the dedupe_prefix of sink {other!r} too, on the same Redis:"
-                " a FlowFile routed to both would be written by one and left out by the"
-                " other as written already; give each sink its own",
+                f"{prefix!r} is the dedupe_prefix of sink {other!r} too, on the same Redis"
+                f" ({server}): a FlowFile routed to both would be written by one and left out"
+                " by the other as written already; give each sink its own",
             )
 
     def _check_client_ids(self) -> Iterator[tuple[str, str]]:

@@ -33,8 +33,10 @@ TTL: with a `maxmemory-policy` that evicts any key (`allkeys-*`), Redis may drop
 them under memory pressure and a batch written again after that would be stored
 twice; `noeviction` or a `volatile-*` policy keeps them. Give each sink that
 writes to the same Redis its own `dedupe_prefix` (the default, edge:<sink name>,
-does; two sinks of one config with the same prefix on one server are refused, as the
-second would leave out what the first wrote), and keep it apart from the data keys.
+does; two sinks of one config with the same prefix and the same host in the URL
+are refused, as the second would leave out what the first wrote: the same host
+name or address, port and database, `/N` or `?db=N`; with `cluster: true` any
+database), and keep it apart from the data keys.
 `dedupe: false` writes without the script (faster; a batch written again after a
 crash or a reload, or after a connection lost before Redis answered, is stored
 twice; a retry while the sink runs after Redis refused part of a batch for now, say
@@ -327,8 +329,9 @@ class RedisSinkConfig(SinkConfig):
         str | None,
         Doc(
             "Prefix of the recent-ids keys (default `edge:<sink name>`); give each sink"
-            " writing to the same Redis its own (two sinks of one config with the same on one"
-            " server are refused: the second would leave out what the first wrote)."
+            " writing to the same Redis its own (two sinks of one config with one prefix and the"
+            " same host in the URL, with its port and database, are refused: the second would"
+            " leave out what the first wrote)."
         ),
     ] = None
     cluster: Annotated[bool, Doc("The URL names a node of a Redis Cluster.")] = False

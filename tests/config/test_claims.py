@@ -288,10 +288,42 @@ def test_redis_sinks_sharing_a_dedupe_prefix_on_one_server_are_refused(tmp_path:
         f"  g: {{type: redis, url: '{url}', dedupe_prefix: shared, mode: hash}}\n",
     )
     tail = (
-        " too, on the same Redis: a FlowFile routed to both would be written by one and left"
-        " out by the other as written already; give each sink its own"
+        ": a FlowFile routed to both would be written by one and left out by the other as"
+        " written already; give each sink its own"
     )
     assert found == [
-        f"sinks.b.dedupe_prefix: 'shared' is the dedupe_prefix of sink 'a'{tail}",
-        f"sinks.d.dedupe_prefix: 'edge:d' is the dedupe_prefix of sink 'c'{tail}",
+        f"sinks.b.dedupe_prefix: 'shared' is the dedupe_prefix of sink 'a' too, on the same"
+        f" Redis (127.0.0.1:6379/0){tail}",
+        f"sinks.d.dedupe_prefix: 'edge:d' is the dedupe_prefix of sink 'c' too, on the same"
+        f" Redis (127.0.0.1:6379/0){tail}",
     ]
+
+
+def test_redis_sinks_dedupe_apart_on_the_database_of_the_query_and_not_in_a_cluster(
+    tmp_path: Path,
+) -> None:
+    # redis-py takes `?db=N` over the path's /N: sinks on databases 1 and 2 were refused as
+    # sharing one (both read as /0), and one on /1 clashed with ?db=1 unseen. A cluster has
+    # database 0 alone: /0 and /1 there are one database (its keys are per slot, apart from
+    # those of a sink that is no cluster).
+    found = sink_problems(
+        tmp_path,
+        "  a: {type: redis, url: 'redis://localhost?db=1', dedupe_prefix: p}\n"
+        "  b: {type: redis, url: 'redis://localhost?db=2', dedupe_prefix: p}\n"
+        "  c: {type: redis, url: 'redis://LOCALHOST:6379/1', dedupe_prefix: p}\n"
+        "  d: {type: redis, url: 'redis://localhost/3?db=01', dedupe_prefix: p}\n"
+        "  e: {type: redis, url: 'redis://localhost/0', cluster: true, dedupe_prefix: p}\n"
+        "  f: {type: redis, url: 'redis://localhost/0', cluster: true, dedupe_prefix: q}\n"
+        "  g: {type: redis, url: 'redis://localhost?db=3', cluster: true, dedupe_prefix: q}\n"
+        "  h: {type: redis, url: 'redis://[::1]:6380/2', dedupe_prefix: q}\n"
+        "  i: {type: redis, url: 'redis://[::1]:6380?db=2', dedupe_prefix: q}\n",
+    )
+    assert [problem.split(" is ")[0] for problem in found] == [
+        "sinks.c.dedupe_prefix: 'p'",
+        "sinks.d.dedupe_prefix: 'p'",
+        "sinks.g.dedupe_prefix: 'q'",
+        "sinks.i.dedupe_prefix: 'q'",
+    ]
+    assert "sink 'a' too, on the same Redis (localhost:6379/1)" in found[0]
+    assert "sink 'f' too, on the same Redis (localhost:6379 (cluster))" in found[2]
+    assert "sink 'h' too, on the same Redis ([::1]:6380/2)" in found[3]
