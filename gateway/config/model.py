@@ -126,9 +126,10 @@ _STORE_FILE = re.compile(r"store\.db(\.new|\.corrupt-.+)?(-wal|-shm|-journal)?")
 
 
 def _rotated_of(path: str, other: str) -> bool:
-    """Whether `path` is `other` rotated: <other>.N."""
+    """Whether `path` is `other` rotated: <other>.N, N as the sink writes it (1, 2 ...;
+    not 05, nor a digit of another script, ², which str.isdigit takes)."""
     number = path.removeprefix(other + ".")
-    return number != path and number.isdigit()
+    return number != path and number.isascii() and number.isdigit() and not number.startswith("0")
 
 
 def path_problem(path: str | None, example: str) -> str | None:

@@ -220,6 +220,21 @@ def test_only_the_stores_own_files_are_refused_not_any_name_starting_store_db(
     )
 
 
+def test_only_the_numbers_a_rotation_writes_make_a_rotated_file(tmp_path: Path) -> None:
+    # isdigit() took x.05, x.0 and x.² for rotations of x; the sink writes x.5 only.
+    found = sink_problems(
+        tmp_path,
+        "  a: {type: file, path: x}\n"
+        "  b: {type: file, path: x.05}\n"
+        "  c: {type: file, path: x.0}\n"
+        "  d: {type: file, path: x.²}\n"
+        "  e: {type: file, path: x.\u0661}\n"  # an Arabic-Indic 1
+        "  f: {type: file, path: x.12}\n",
+    )
+    assert [problem.split(": ", 1)[0] for problem in found] == ["sinks.f.path"]
+    assert "is where sink 'a' rotates its file" in found[0]
+
+
 def test_a_path_the_file_sink_refuses_itself_is_said_once_and_paths_are_quoted(
     tmp_path: Path,
 ) -> None:
