@@ -845,9 +845,15 @@ class PostgresSink(Sink):
             elif isinstance(err, asyncpg.exceptions.InvalidSchemaNameError):  # 3F000
                 # the sink creates a table, never a schema: "fix the table" sent the
                 # user looking at a table that could not be there
+                schema, dot, _ = config.table.rpartition(".")
                 fix = (
-                    f"create the schema (CREATE SCHEMA {config.table.partition('.')[0]}),"
-                    " or point `table` at one that exists"
+                    f"create the schema (CREATE SCHEMA {schema}), or point `table` at one"
+                    " that exists"
+                    if dot
+                    # an unqualified table: no schema of the user's search_path exists
+                    # (CREATE SCHEMA readings named the table, not a schema)
+                    else "set the user's search_path to a schema that exists (ALTER ROLE"
+                    " ... SET search_path), or write `table` as schema.table"
                 )
             else:
                 fix = "fix the table or point `table` at a new one"

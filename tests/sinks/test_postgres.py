@@ -300,6 +300,24 @@ async def test_a_missing_schema_says_to_create_it(postgres: Any, table: str) -> 
     await sink.close()
 
 
+async def test_an_unqualified_table_with_no_schema_to_create_in_names_no_schema(
+    postgres: Any, table: str
+) -> None:
+    # A search_path of no existing schema: SQLSTATE 3F000 too, and the fix said
+    # "CREATE SCHEMA <the table's name>", a schema no one asked for.
+    dsn = f"{postgres.dsn}?options=-c%20search_path%3D{table}_nowhere"
+    sink = make_sink(dsn, table=table)
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    assert str(caught.value).endswith(
+        "no schema has been selected to create in (SQLSTATE 3F000); set the user's"
+        " search_path to a schema that exists (ALTER ROLE ... SET search_path), or write"
+        " `table` as schema.table"
+    )
+    assert "CREATE SCHEMA" not in str(caught.value)
+    await sink.close()
+
+
 # --- connections and outages --------------------------------------------------------------
 
 
