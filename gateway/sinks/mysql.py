@@ -385,7 +385,9 @@ def _parse(content: bytes, exact: bool = False) -> tuple[str | None, Any]:
             value = _loads_exact(text)
         else:
             value = _loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+    # ArithmeticError: an exponent past any Decimal's (1e99999999999999999999), which
+    # escaped the sink's write and had it retry the batch for ever
+    except (ValueError, RecursionError, ArithmeticError):  # Unicode/JSONDecodeError too
         return None, _NOT_JSON
     # A lone surrogate escape ("\ud800") is valid JSON that MySQL's JSON type refuses.
     if "\\u" in text and has_surrogate(_json(value)):

@@ -387,7 +387,9 @@ def _parse(content: bytes, exact: bool = True, fields: bool = True) -> tuple[str
     if value is _NOT_JSON:
         try:
             value = (_loads_exact if exact or fields else _loads)(text)
-        except (ValueError, RecursionError):  # JSONDecodeError included
+        # ArithmeticError: an exponent past any Decimal's (1e99999999999999999999), which
+        # escaped the sink's write and had it retry the batch for ever
+        except (ValueError, RecursionError, ArithmeticError):  # JSONDecodeError included
             return None, _NOT_JSON
     # Only a \\u escape can hide a NUL or a lone surrogate in valid UTF-8 JSON.
     if "\\u" in text and not _storable(value):

@@ -200,6 +200,27 @@ async def test_json_nested_deeper_than_the_server_takes_is_kept_as_bytes(
     await sink.close()
 
 
+async def test_an_exponent_past_any_decimal_is_kept_as_bytes_not_a_crash(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    """1e99999999999999999999 (with a 20-digit exponent, a long number) was read as a
+    Decimal, whose InvalidOperation escaped the write: the sink retried that batch for
+    ever. It is content the server's JSON cannot hold: raw, as other such content."""
+    columns = {
+        "id": "id",
+        "payload": "payload",
+        "raw": "raw",
+        "n": {"from": "field.n", "type": "numeric"},
+    }
+    sink = await sink_for(table=table, columns=columns)
+    content = b'{"n": 1e99999999999999999999}'
+    huge = FlowFile.create("s/huge", content)
+    assert await sink.write([huge, FlowFile.create("s/ok", b'{"n": 1.5}')]) == []
+    stored = {r[0]: r[1:] for r in mariadb.fetch(f"SELECT id, payload, raw FROM `{table}`")}
+    assert stored[huge.id] == (None, content)
+    await sink.close()
+
+
 async def test_a_decimal_with_more_digits_than_a_double_keeps_every_digit(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import decimal
 import json
 import logging
 import os
@@ -828,6 +829,23 @@ async def test_a_double_precision_column_refuses_1e999_without_exact_columns(
     assert [r.flowfile.topic for r in rejected] == ["s/huge"]
     assert "out of range for type double precision" in rejected[0].reason
     assert postgres.fetch(f'SELECT d FROM "{table}"') == [(3.3000000000000003,)]
+    await sink.close()
+
+
+async def test_an_exponent_past_any_decimal_is_refused_not_a_crash(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """1e99999999999999999999 was read as a Decimal, whose InvalidOperation escaped the
+    write: the sink retried that batch for ever. It is JSON no jsonb or numeric holds: kept
+    as content that is not JSON, its field empty."""
+    sink = await sink_for(
+        table=table,
+        columns={"topic": "topic", "n": {"from": "field.n", "type": "numeric"}},
+    )
+    huge = FlowFile.create("s/huge", b'{"n": 1e99999999999999999999}')
+    assert await sink.write([huge, FlowFile.create("s/ok", b'{"n": 1.5}')]) == []
+    rows = postgres.fetch(f'SELECT topic, n FROM "{table}" ORDER BY topic')
+    assert rows == [("s/huge", None), ("s/ok", decimal.Decimal("1.5"))]
     await sink.close()
 
 
