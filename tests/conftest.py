@@ -4,7 +4,7 @@ Session-scoped, started on first use and shared by every test:
     mosquitto, mosquitto_tls, postgres, mariadb, redis, rabbitmq, nats_cluster
 Function-scoped factories, for a private server (outage tests, auth tests); each call starts
 one, and it is stopped and deleted when the test ends:
-    mosquitto_factory(tls=False, user=None, acl=None), postgres_factory(tls=False),
+    mosquitto_factory(tls=False, user=None, acl=None, options=None), postgres_factory(tls=False),
     mariadb_factory(), redis_factory(password=None, username=None),
     nats_factory(user=None, token=None, nkey=None, tls=False, operator=None)
 Function-scoped: http_receiver (a webhook receiver of the test's own).
@@ -150,9 +150,9 @@ def _factory(workspace: servers.Workspace, start: Callable[..., S]) -> Iterator[
 def mosquitto_factory(
     server_workspace: servers.Workspace,
 ) -> Iterator[Callable[..., servers.Mosquitto]]:
-    """`mosquitto_factory(tls=False, user=None, acl=None)` starts a private Mosquitto for
-    this test; `user=(name, password)` makes it refuse everyone else, `acl` is the text of
-    its acl_file."""
+    """`mosquitto_factory(tls=False, user=None, acl=None, options=None)` starts a private
+    Mosquitto for this test; `user=(name, password)` makes it refuse everyone else, `acl`
+    is the text of its acl_file, `options` more lines of its mosquitto.conf."""
     yield from _factory(server_workspace, server_workspace.mosquitto)
 
 

@@ -453,12 +453,14 @@ class Mosquitto(Server):
         tls: bool = False,
         user: tuple[str, str] | None = None,
         acl: str | None = None,
+        options: str | None = None,
     ) -> None:
         super().__init__(workspace)
         self.tls: TlsFiles | None = make_pki(self.dir / "tls") if tls else None
         self.config_file = self.dir / "mosquitto.conf"
         self.user = user  # (username, password): the only client allowed in
         self.acl = acl  # the text of an acl_file (mosquitto.conf(5)): what clients may do
+        self.options = options  # more mosquitto.conf lines, e.g. "max_qos 1"
 
     @property
     def url(self) -> str:
@@ -515,6 +517,8 @@ class Mosquitto(Server):
             acl = self.dir / "acl"
             acl.write_text(self.acl)
             lines.append(f"acl_file {acl}")
+        if self.options is not None:
+            lines.append(self.options)
         self.config_file.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
@@ -1270,9 +1274,13 @@ class Workspace:
         return server
 
     def mosquitto(
-        self, tls: bool = False, user: tuple[str, str] | None = None, acl: str | None = None
+        self,
+        tls: bool = False,
+        user: tuple[str, str] | None = None,
+        acl: str | None = None,
+        options: str | None = None,
     ) -> Mosquitto:
-        return self._started(Mosquitto(self, tls=tls, user=user, acl=acl))
+        return self._started(Mosquitto(self, tls=tls, user=user, acl=acl, options=options))
 
     def postgres(self, tls: bool = False) -> Postgres:
         return self._started(Postgres(self, tls=tls))

@@ -43,7 +43,9 @@ properties. A key that comes more than once keeps every value: the first under
 `mqtt.user.<key>`, the next ones under `mqtt.user.<key>.1`, `.2`, ... in order.
 
 What each QoS gets (the subscription's QoS; a message published at a lower
-QoS is delivered at that lower one):
+QoS is delivered at that lower one, and a broker capped at a lower QoS, such as
+Mosquitto's `max_qos`, grants the subscription that one: an ERROR line at each
+connect names the filters and what they then get):
 
 - QoS 0: at most once. Under load the gateway drops what it cannot take
   (more than 10,000 messages or `receive_max_bytes` waiting); every drop is
@@ -500,6 +502,19 @@ class MqttSource(Source):
         refused = [f for f, code in zip(cfg.topics, granted, strict=False) if code >= 0x80]
         if refused:
             self.ctx.log.error("the broker refused the subscription to %s", ", ".join(refused))
+        # A broker capped at a lower QoS (Mosquitto's max_qos) grants that one: qos: 2 then
+        # got at-least-once duplicates, qos: 1 lost messages, and nothing said why.
+        lower = [(f, code) for f, code in zip(cfg.topics, granted, strict=False) if code < cfg.qos]
+        for code in sorted({code for _, code in lower}):
+            self.ctx.log.error(
+                "the broker granted QoS %d, not the qos: %d asked for, to %s: messages come %s"
+                " (the broker's maximum QoS; raise it there, or set qos: %d)",
+                code,
+                cfg.qos,
+                ", ".join(f for f, c in lower if c == code),
+                "at least once, not exactly once" if code else "at most once and may be lost",
+                code,
+            )
         self._broker_address = f"{host}:{port}"
         self._connected_at = self.ctx.clock.monotonic()
         self.ctx.log.info(

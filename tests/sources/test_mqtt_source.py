@@ -545,3 +545,23 @@ def test_a_stop_cutting_off_qos_0_messages_says_they_are_lost(qos: int) -> None:
     source = make_source(None, "cut", qos=qos)
     assert (source.lost_if_cut is not None) == (qos == 0)
     assert all(c.lost_if_cut for c in (SerialSource, ModbusSource, OpcuaSource, SystemSource))
+
+
+async def test_a_lower_qos_granted_by_the_broker_is_said(
+    mosquitto_factory: Any, caplog: Any
+) -> None:
+    """A broker capped at QoS 1 (Mosquitto's max_qos) grants qos: 2 as 1: at least once,
+    not the exactly once the docs promise for QoS 2; the log said nothing of it."""
+    broker = mosquitto_factory(options="max_qos 1")
+    source = make_source(broker, "granted-lower", qos=2, topics=["acks/#", "other/+"])
+    await source.connect()
+    try:
+        lines = [r.getMessage() for r in caplog.records if "granted" in r.getMessage()]
+        assert lines == [
+            "source plant: the broker granted QoS 1, not the qos: 2 asked for, to acks/#,"
+            " other/+: messages"
+            " come at least once, not exactly once (the broker's maximum QoS; raise it"
+            " there, or set qos: 1)"
+        ]
+    finally:
+        await source.close()
