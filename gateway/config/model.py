@@ -1088,6 +1088,22 @@ class Config:
                         f"no {what} named {component!r} is defined{did_you_mean(component, known)}",
                     )
 
+    def _embedded_claim(self) -> Claim | None:
+        """`mqtt.embedded_listen`, when the gateway starts a broker there: `embedded`, or
+        `auto` with a component on the gateway's broker (else none is started)."""
+        from gateway.mqtt.broker import broker_users  # it reads this module's Config
+
+        mqtt = self.mqtt
+        if mqtt is None or mqtt.url not in ("auto", "embedded") or mqtt.embedded_listen is None:
+            return None
+        if any(key == "embedded_listen" for key, _ in mqtt.check()):
+            return None
+        if mqtt.url == "auto" and (
+            self.sources is None or self.sinks is None or not broker_users(self)
+        ):
+            return None
+        return listen_claim("embedded_listen", mqtt.embedded_listen)
+
     def _check_claims(self) -> Iterator[tuple[str, str]]:
         """One serial port, one source; one address, one listener (a source's or the
         console's): the second would retry forever ("cannot connect", "in use")."""
@@ -1095,6 +1111,16 @@ class Config:
         web = self.web
         if web is not None and web.enabled and not web.listen_problem():
             taken.append((listen_claim("listen", web.listen), "web.listen (the console)"))
+        # The embedded broker starts first: a console or source on its address then stopped
+        # the start with "web.listen ... is in use by another program", the gateway's own.
+        if (broker := self._embedded_claim()) is not None:
+            other = next((who for held, who in taken if _claims_clash(held, broker)), None)
+            if other is not None:
+                yield (
+                    "mqtt.embedded_listen",
+                    f"the {broker.shown} is also used by {other}: only one of them can open it",
+                )
+            taken.append((broker, "mqtt.embedded_listen (the gateway's broker)"))
         for name, source in (self.sources or {}).items():
             if source is None:
                 continue

@@ -342,3 +342,33 @@ def test_redis_sinks_dedupe_apart_on_the_database_of_the_query_and_not_in_a_clus
     assert "sink 'a' too, on the same Redis (localhost:6379/1)" in found[0]
     assert "sink 'f' too, on the same Redis (localhost:6379 (cluster))" in found[2]
     assert "sink 'h' too, on the same Redis ([::1]:6380/2)" in found[3]
+
+
+def test_a_listener_on_the_embedded_brokers_address_is_refused(tmp_path: Path) -> None:
+    """The embedded broker starts first: the console on its address stopped the start with
+    "web.listen 127.0.0.1:18090 is in use by another program", the gateway's own broker;
+    an http source there retried for ever. Under `auto` with nothing on the gateway's
+    broker none is started, so its address is free."""
+    mqtt_source = "  m: {type: mqtt, topics: [a/#]}\n"
+    http = f"  h: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.1:18091'}}\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path}/data'}}\n"
+        "mqtt: {url: embedded, embedded_listen: '127.0.0.1:18090'}\n"
+        "web: {listen: '127.0.0.1:18090'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    assert [p.split(": ", 1)[1] for p in caught.value.problems] == [
+        "mqtt.embedded_listen: the address 127.0.0.1:18090 is also used by web.listen (the"
+        " console): only one of them can open it"
+    ]
+    found = problems(
+        tmp_path,
+        mqtt_source + http + "mqtt: {embedded_listen: '0.0.0.0:18091'}\n",
+    )
+    assert found == [
+        "sources.h.listen: the address 127.0.0.1:18091 is also used by mqtt.embedded_listen"
+        " (the gateway's broker): only one of them can open it"
+    ]
+    assert problems(tmp_path, http + "mqtt: {embedded_listen: '127.0.0.1:18091'}\n") == []
