@@ -160,6 +160,8 @@ class MqttSinkConfig(SinkConfig):
             "MQTT 5: how long the broker keeps the session after a disconnect; only with"
             " `protocol: 5` and `clean_session: false` (MQTT 3.1.1 has no session expiry)."
         ),
+        # 200000d passed the check, then every connect crashed with a traceback (struct.error)
+        Range(0, 2**32 - 1, "must be between 0s and 4294967295s (136 years), MQTT's limit"),
     ] = 86400.0
     protocol: Annotated[Literal[5, 4], Doc("5 (MQTT 5) or 4 (MQTT 3.1.1).")] = 5
     max_inflight: Annotated[
@@ -253,8 +255,11 @@ class MqttSinkConfig(SinkConfig):
                 )
         if self.client_id is not None and not self.client_id:
             yield "client_id", "must not be empty"
-        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
-            yield "timeout", "timeouts must be positive"
+        for name in ("connect_timeout", "timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                # it was "timeout: timeouts must be positive" for connect_timeout: 0s too
+                yield name, "must be more than 0s"
 
 
 class MqttSink(Sink):

@@ -639,6 +639,9 @@ async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_runnin
         ({"url": "mqtt://b", "protocol": 3}, "3 is not one of 5, 4"),
         ({"url": "mqtt://b", "protocol": 4, "user_properties": True}, "needs MQTT 5"),
         ({"url": "mqtt://b", "qos": 2}, "unknown key"),
+        ({"url": "mqtt://b", "session_expiry": "200000d"}, "session_expiry: must be between 0s"),
+        ({"url": "mqtt://b", "connect_timeout": "0s"}, "connect_timeout: must be more than 0s"),
+        ({"url": "mqtt://b", "timeout": "0s"}, "sinks.central.timeout: must be more than 0s"),
     ],
 )
 def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> None:
