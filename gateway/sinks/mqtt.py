@@ -100,7 +100,7 @@ from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.topics import template_parts, unsendable
+from gateway.core.topics import template_fields, unsendable
 from gateway.mqtt.client import (
     CONNECT_ERRORS,
     Client,
@@ -217,7 +217,9 @@ class MqttSinkConfig(SinkConfig):
         yield from unsendable_keys(self, ("client_id", "username"))
         topic = self.topic or ""
         try:
-            fields = [name for _, name, _, _ in template_parts(topic) if name]
+            # template_fields refuses {topic!r} and {gateway:>10}: the first crashed the
+            # sink at its start (KeyError), the second padded the id in the topic
+            fields = template_fields(topic)
         except ValueError as err:
             yield "topic", str(err)
         else:
