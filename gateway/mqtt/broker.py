@@ -26,8 +26,10 @@ running on the same config is stopped the same way before a new one starts.
 The config keeps sessions and queued messages on disk (so sensors' QoS 1
 messages survive a broker restart) and raises Mosquitto's default queue limit
 of 1000 messages per offline client, which would otherwise drop data while the
-gateway restarts. A system Mosquitto used by `auto` keeps its own settings
-(see README, "What your MQTT broker needs").
+gateway restarts. A `mosquitto.db` there that Mosquitto cannot read (damaged) stops
+the start with one line that names it: moved aside, the broker starts without
+the sessions and messages it held. A system Mosquitto used by `auto` keeps its
+own settings (see README, "What your MQTT broker needs").
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import errno
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -116,6 +119,20 @@ def _reachable(folder: Path, uid: int, gid: int) -> bool:
 
 class PortInUse(RetryableError):
     """Another program holds the address the embedded broker should listen on."""
+
+
+class UnreadableStore(RetryableError):
+    """Mosquitto exits at start: it cannot read its saved sessions (mosquitto.db)."""
+
+
+def _said(stderr: bytes) -> str:
+    """What Mosquitto wrote on stderr, in one line: its lines without their timestamps,
+    its errors alone if it wrote any (not "Warning: Mosquitto should not be run as root")."""
+    lines = [
+        re.sub(r"^\d+: ", "", line).strip() for line in stderr.decode(errors="replace").splitlines()
+    ]
+    errors = [line for line in lines if line.startswith("Error")]
+    return " ".join(errors or [line for line in lines if line])
 
 
 class EmbeddedBroker:
@@ -205,8 +222,17 @@ class EmbeddedBroker:
         )
         for _ in range(100):
             if self._proc.returncode is not None:
-                err = (await self._proc.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]
-                raise RetryableError(f"the embedded Mosquitto exited at start: {err.strip()}")
+                said = _said(await self._proc.stderr.read())  # type: ignore[union-attr]
+                if "database" in said:
+                    # "Unable to restore persistent database. Unrecognised file format." It
+                    # was a two-line error naming mqtt.embedded_listen, which is not at fault.
+                    raise UnreadableStore(
+                        f"the embedded Mosquitto cannot read its saved sessions and queued"
+                        f" messages, {self.dir / 'mosquitto.db'} ({said}): if the file is"
+                        " damaged, move it aside (the sessions and messages in it are lost)"
+                        " and start again"
+                    )
+                raise RetryableError(f"the embedded Mosquitto exited at start: {said}")
             try:
                 _, writer = await asyncio.open_connection(self.host, self.port)
                 writer.close()
@@ -225,6 +251,8 @@ class EmbeddedBroker:
             await self.start()
         except PortInUse as err:
             raise ConfigError(in_use("mqtt.embedded_listen", address)) from err
+        except UnreadableStore as err:
+            raise ConfigError(str(err)) from err
         except RetryableError as err:
             raise ConfigError(f"mqtt.embedded_listen {address}: {err}") from err
 

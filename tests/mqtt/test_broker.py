@@ -120,3 +120,24 @@ def test_mosquitto_missing_under_auto_says_auto(
     )
     with pytest.raises(ConfigError, match=r"^mqtt\.url is 'embedded' but Mosquitto"):
         EmbeddedBroker(str(tmp_path), "127.0.0.1:1883", "embedded")._binary()
+
+
+async def test_a_damaged_mosquitto_db_is_named_in_one_line(tmp_path: Path) -> None:
+    """Mosquitto exits at start on a mosquitto.db it cannot read; the gateway said so in
+    two lines of Mosquitto's, after "mqtt.embedded_listen 127.0.0.1:PORT:", a key that was
+    not at fault, and nothing of what to do."""
+    broker = EmbeddedBroker(str(tmp_path), f"127.0.0.1:{free_port()}")
+    broker.dir.mkdir()
+    (broker.dir / "mosquitto.db").write_bytes(b"not a mosquitto database, " * 4)
+    with pytest.raises(ConfigError) as caught:
+        await broker.start_first()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "the embedded Mosquitto cannot read its saved sessions and queued messages,"
+        f" {broker.dir / 'mosquitto.db'} (Error: Unable to restore persistent database."
+    )
+    assert message.endswith(
+        "if the file is damaged, move it aside (the sessions and messages in it are lost)"
+        " and start again"
+    )
