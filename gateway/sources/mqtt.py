@@ -164,7 +164,8 @@ class MqttSourceConfig(SourceConfig):
         Doc(
             "The topic filters to subscribe to (`+` one level, `#` the rest), one or a"
             " list; each message becomes a FlowFile on its own topic. No two may overlap"
-            " (`a/#` and `a/b`): a message both match would come, and be stored, twice.",
+            " (`a/#` and `a/b`): a message both match would come, and be stored, twice. A"
+            " shared subscription reads `$share/<group>/<filter>`.",
             example=["sensors/+/telemetry"],
         ),
     ]
@@ -289,6 +290,8 @@ class MqttSourceConfig(SourceConfig):
                 elif problem := unsendable(topic_filter):
                     # The broker closed the connection at every SUBSCRIBE (0x81 Malformed).
                     yield f"topics.{i}", f"{topic_filter!r} {problem}"
+                elif problem := _share_problem(topic_filter):
+                    yield f"topics.{i}", f"{topic_filter!r} {problem}"
             # A message on a topic two filters match came once per filter (Mosquitto
             # sends each), and each copy was stored: QoS 2 stored it twice.
             seen: list[str] = []
@@ -322,6 +325,22 @@ class MqttSourceConfig(SourceConfig):
     def maximum_packet_size(self) -> int:
         """What we announce in CONNECT: room for max_payload and generous headers."""
         return min(self.max_payload + max(self.max_payload, 64 * 1024), 268_435_455)
+
+
+def _share_problem(topic_filter: str) -> str | None:
+    """Why a shared subscription (`$share/<group>/<filter>`) is not one, or None. Mosquitto
+    took `$share/g` and `$share//a` as plain filters that no topic matches: nothing came."""
+    if not topic_filter.startswith("$share/"):
+        return None
+    _, group, *rest = topic_filter.split("/", 2)
+    if not group or group in ("+", "#"):
+        return "has no share name: write $share/<group>/<filter>, e.g. $share/gateways/sensors/#"
+    if not rest or not rest[0]:
+        return (
+            "has no topic filter after its share name: write $share/<group>/<filter>, e.g."
+            " $share/gateways/sensors/#"
+        )
+    return None
 
 
 def _unshared(topic_filter: str) -> str:

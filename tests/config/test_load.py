@@ -836,6 +836,32 @@ def test_overlapping_topic_filters_of_one_mqtt_source_are_refused(tmp_path: Path
     ]
 
 
+def test_a_shared_subscription_without_a_share_name_or_a_filter_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Mosquitto took these as plain filters that no topic matches: the source subscribed,
+    # and nothing ever came.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          a:
+            type: mqtt
+            topics: ["$share/g", "$share//a", "$share/+/b", "$share/g/", "$share/g/c/#"]
+        """,
+    )
+    example = "write $share/<group>/<filter>, e.g. $share/gateways/sensors/#"
+    assert problems(path) == [
+        f"{path}:6: sources.a.topics.0: '$share/g' has no topic filter after its share name:"
+        f" {example}",
+        f"{path}:6: sources.a.topics.1: '$share//a' has no share name: {example}",
+        f"{path}:6: sources.a.topics.2: '$share/+/b' has no share name: {example}",
+        f"{path}:6: sources.a.topics.3: '$share/g/' has no topic filter after its share"
+        f" name: {example}",
+    ]
+
+
 def test_mqtt_sources_named_status_or_remote_config_keep_their_own_client_ids(
     tmp_path: Path,
 ) -> None:
