@@ -92,6 +92,10 @@ console's Replay) leaves them in the dead letters and says how many and why:
 their content would reach the sinks as if it were the reading. They can still
 be listed, shown, downloaded and purged.
 
+A broker whose TLS certificate `ca_file` does not trust, or that refuses the
+client certificate (or its absence), is said so in the source's error, naming
+the key to check; the source retries.
+
 TLS files (`ca_file`, `cert_file`, `key_file`) that cannot be read stop the
 source, named in its error, until the config is fixed and reloaded.
 
@@ -127,6 +131,7 @@ from gateway.core.flowfile import (
 )
 from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 from gateway.core.topics import filters_overlap, unsendable, validate_filter
+from gateway.mqtt.client import connect_refusal, tls_refusal
 from gateway.mqtt.urls import (
     TlsFilesError,
     client_cert_problems,
@@ -515,6 +520,14 @@ class MqttSource(Source):
             ) from err
         except (OSError, ssl.SSLError) as err:
             self._connecting = False
+            # A broker that refuses our client certificate (or none) mostly ends the TLS 1.3
+            # connection in a bare reset: "Connection reset by peer" was all the log said.
+            keys = "mqtt." if shared and not (cfg.ca_file or cfg.cert_file) else ""
+            refusal = connect_refusal(err, keys)
+            if refusal is None and context is not None:
+                refusal = await tls_refusal(host, port, context, 2.0)
+            if refusal is not None:
+                raise RetryableError(f"MQTT broker {host}:{port} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to MQTT broker {host}:{port}: {err}") from err
         self._connecting = False
         self._check_pause()

@@ -565,3 +565,36 @@ async def test_a_lower_qos_granted_by_the_broker_is_said(
         ]
     finally:
         await source.close()
+
+
+async def test_a_broker_refusing_tls_certificates_is_said(
+    mosquitto_tls: Any, tmp_path: Any
+) -> None:
+    """No client certificate for a broker that requires one: the TLS 1.3 connection ended
+    in a bare reset, and all the source said was "Connection reset by peer"."""
+    assert mosquitto_tls.cert_file is not None and mosquitto_tls.key_file is not None
+    no_certificate = make_source(mosquitto_tls, "tls-refused", ca_file=str(mosquitto_tls.ca_file))
+    with pytest.raises(RetryableError) as caught:
+        await no_certificate.connect()
+    await no_certificate.close()
+    assert str(caught.value).startswith(
+        f"MQTT broker 127.0.0.1:{mosquitto_tls.port} refused us: it refused our TLS client"
+        " certificate ("
+    )
+    assert str(caught.value).endswith("; check cert_file)")
+    # a CA that did not sign the broker's certificate
+    wrong_ca = make_source(
+        mosquitto_tls,
+        "tls-untrusted",
+        ca_file=str(mosquitto_tls.cert_file),
+        cert_file=str(mosquitto_tls.cert_file),
+        key_file=str(mosquitto_tls.key_file),
+    )
+    with pytest.raises(RetryableError) as caught:
+        await wrong_ca.connect()
+    await wrong_ca.close()
+    assert str(caught.value).startswith(
+        f"MQTT broker 127.0.0.1:{mosquitto_tls.port} refused us: its TLS certificate is not"
+        " trusted: "
+    )
+    assert str(caught.value).endswith("(check ca_file)")
