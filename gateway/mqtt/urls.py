@@ -53,6 +53,14 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(
             f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
         )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        # Ignored: mqtt://u:1/b@broker (a password with an unencoded /) connected to host
+        # u, port 1; mqtt://broker:1883/plant read as a topic prefix was none.
+        raise ValueError(
+            f"{mask_password(url)!r} is not an mqtt://host:port or mqtts://host:port URL"
+            " (MQTT has no path or query after host:port; a password holding #, /, ? or @"
+            " must be percent-encoded: %23, %2F, %3F, %40)"
+        )
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 

@@ -25,6 +25,25 @@ def test_parse_url() -> None:
     assert parse_url("mqtts://u:p%2Fw@broker") == ("broker", 8883, True)
 
 
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("mqtt://gw:1/Pw0rdQz@broker:1883", "'mqtt://gw:***@broker:1883'"),
+        ("mqtt://broker:1883/plant", "'mqtt://broker:1883/plant'"),
+        ("mqtts://broker?x=1", "'mqtts://broker?x=1'"),
+    ],
+)
+def test_a_path_or_query_after_host_and_port_is_refused(url: str, masked: str) -> None:
+    """Ignored before: a password with an unencoded / (gw:1/Pw0rdQz) made host gw, port 1;
+    a path meant as a topic prefix did nothing."""
+    with pytest.raises(ValueError) as caught:
+        parse_url(url)
+    assert str(caught.value).startswith(
+        f"{masked} is not an mqtt://host:port or mqtts://host:port URL (MQTT has no path"
+    )
+    assert parse_url("mqtt://broker:1883/") == ("broker", 1883, False)
+
+
 def test_a_user_name_and_password_in_the_url_are_used_unless_the_keys_give_them() -> None:
     # They were dropped without a word: the client connected anonymously and the broker
     # answered Not authorized, while the startup line showed mqtt://gw:***@host.
