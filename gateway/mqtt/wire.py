@@ -8,7 +8,7 @@ and every received message costs Python time on a Pi. gmqtt acknowledges when
 a per-message handler task returns, so getting this from it meant reaching
 into its internals, and its per-message path cost about as much as the rest of
 the gateway. This module does only what a subscriber needs: CONNECT (MQTT 5,
-persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, PUBLISH in
+persistent session, Receive Maximum, credentials, TLS), SUBSCRIBE, UNSUBSCRIBE, PUBLISH in
 at QoS 0/1/2 with user properties, PUBACK/PUBREC out in batches,
 PUBREL/PUBCOMP, keepalive and DISCONNECT. Publishing is `gateway.mqtt.client`,
 which shares this module's packet code.
@@ -41,7 +41,7 @@ from gateway.core.errors import error_text
 
 # Packet types (high nibble of the first byte).
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 
 # Properties we read in PUBLISH and CONNACK, with how their value is encoded.
 _BYTE, _U16, _U32, _VARINT, _STR, _BIN, _PAIR = range(7)
@@ -316,6 +316,17 @@ class Subscriber(asyncio.Protocol):
         self._write(_packet((SUBSCRIBE << 4) | 0x02, body))
         return list(await future)
 
+    async def unsubscribe(self, filters: list[str]) -> list[int]:
+        """Unsubscribe from `filters`; returns the reason code of each (0x11: there was no
+        such subscription)."""
+        self._next_id = self._next_id % 65535 + 1
+        packet_id = self._next_id
+        body = struct.pack("!H", packet_id) + b"\x00" + b"".join(_utf8(f) for f in filters)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._subacks[packet_id] = future  # an UNSUBACK is read as a SUBACK is
+        self._write(_packet((UNSUBSCRIBE << 4) | 0x02, body))
+        return list(await future)
+
     # -- acknowledging and flow control ---------------------------------------------
 
     def ack(self, acks: list[tuple[int, int]]) -> None:
@@ -530,6 +541,12 @@ class Subscriber(asyncio.Protocol):
             self._fail(f"the broker disconnected us (reason code 0x{code:02x})")
         elif kind in (PUBACK, PUBREC, PUBCOMP):
             pass  # we publish nothing on this connection
+        elif kind == UNSUBACK:  # last: it comes only at a connect, after a change of topics
+            packet_id = struct.unpack_from("!H", body)[0]
+            plen, start = _read_varint(body, 2)
+            future = self._subacks.pop(packet_id, None)
+            if future is not None and not future.done():
+                future.set_result(body[start + plen :])
         else:
             raise ProtocolError(f"unexpected packet type {kind}")
 

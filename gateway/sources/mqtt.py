@@ -92,6 +92,14 @@ console's Replay) leaves them in the dead letters and says how many and why:
 their content would reach the sinks as if it were the reading. They can still
 be listed, shown, downloaded and purged.
 
+The broker keeps a persistent session's subscriptions: a filter taken out of
+`topics` (or a changed one, `a/#` narrowed to `a/b`) is unsubscribed when the
+source next connects, after the new ones are subscribed, so its messages stop
+coming. The store keeps what the session is subscribed to, with the source's
+name, client id and broker. What it does not know of, a filter already gone
+from `topics` at the first connect after a `store reset` (or on a session an
+older version made), keeps coming until the session expires (`session_expiry`).
+
 A broker whose TLS certificate `ca_file` does not trust, or that refuses the
 client certificate (or its absence), is said so in the source's error, naming
 the key to check; the source retries.
@@ -109,6 +117,7 @@ gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import zlib
 from collections import deque
@@ -385,6 +394,19 @@ _FLAG_BYTES = tuple(
 )
 
 
+def _read_subscribed(stored: bytes | None) -> tuple[str | None, str | None, list[str]]:
+    """(broker, client id, filters) from the position `_keep_subscribed` committed; a
+    position of another kind of source (a reload may give the name to one) is none."""
+    try:
+        record = json.loads(stored or b"null")["mqtt"]
+        broker, client_id, filters = record["broker"], record["client_id"], record["topics"]
+    except (ValueError, TypeError, KeyError):
+        return None, None, []
+    if not (isinstance(filters, list) and all(isinstance(f, str) for f in filters)):
+        return None, None, []
+    return str(broker), str(client_id), filters
+
+
 def _user_attributes(attrs: dict[str, str], user: list[tuple[str, str]]) -> None:
     """MQTT 5 user properties as attributes; a repeated key keeps every value (.1, .2 ...)."""
     for key, value in user:
@@ -440,6 +462,8 @@ class MqttSource(Source):
         self._client_id = config.client_id or f"{prefix}-{ctx.name}"
         self._broker_address: str | None = None  # host:port, once connected
         self._connected_at: float | None = None  # clock.monotonic() of the last CONNACK+SUBACK
+        # (broker, client id, filters) the broker's session is subscribed to, as committed
+        self._subscribed: tuple[str | None, str | None, list[str]] | None = None
         self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
@@ -504,10 +528,29 @@ class MqttSource(Source):
                 await self._forget_old_session()
                 if not client.connected:
                     raise RetryableError(f"MQTT broker {host}:{port}: {client.closed_reason}")
+            where = f"{host}:{port}"
+            stale = await self._stale_filters(where, present)
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 granted = await client.subscribe(
                     [(f, cfg.qos) for f in cfg.topics], _RETAIN_HANDLING[cfg.retained]
                 )
+                # after the new filters, so that no message falls between the two
+                if stale:
+                    unsubscribed = await client.unsubscribe(stale)
+            if stale:
+                self.ctx.log.info(
+                    "unsubscribed from %s: no longer in topics (the broker kept the"
+                    " subscription in the session)",
+                    ", ".join(stale),
+                )
+                failed = [f for f, code in zip(stale, unsubscribed, strict=False) if code >= 0x80]
+                if failed:
+                    self.ctx.log.error(
+                        "the broker refused to unsubscribe from %s, no longer in topics: its"
+                        " messages keep coming",
+                        ", ".join(failed),
+                    )
+            await self._keep_subscribed(where, list(cfg.topics))
         except ConnectRefused as err:
             self._connecting = False
             if err.permanent:
@@ -556,6 +599,33 @@ class MqttSource(Source):
             self._client_id,
             "resumed" if present else "new",
         )
+
+    async def _stale_filters(self, where: str, present: bool) -> list[str]:
+        """The filters a resumed session holds that `topics` no longer has: removed from
+        the config, the broker kept them in the session and their messages kept coming (a
+        narrowed filter, `a/#` to `a/b`, brought each message twice). What the session
+        holds is kept as the source's position in the store, the stale ones with the
+        current ones until they are unsubscribed."""
+        if self._subscribed is None:
+            self._subscribed = _read_subscribed(await self.ctx.position())
+        broker, client_id, filters = self._subscribed
+        stale: list[str] = []
+        if present and broker == where and client_id == self._client_id:
+            stale = [f for f in filters if f not in self.config.topics]
+        await self._keep_subscribed(where, [*self.config.topics, *stale])
+        return stale
+
+    async def _keep_subscribed(self, where: str, filters: list[str]) -> None:
+        """Commit what the session is subscribed to, if it changed."""
+        record = (where, self._client_id, filters)
+        if record == self._subscribed:
+            return
+        await self.ctx.save_position(
+            json.dumps(
+                {"mqtt": {"broker": where, "client_id": self._client_id, "topics": filters}}
+            ).encode()
+        )
+        self._subscribed = record
 
     async def _forget_old_session(self) -> None:
         """Clear the store's QoS 2 ids and redelivery marks once the old session's

@@ -598,3 +598,44 @@ async def test_a_broker_refusing_tls_certificates_is_said(
         " trusted: "
     )
     assert str(caught.value).endswith("(check ca_file)")
+
+
+async def test_a_filter_no_longer_in_topics_is_unsubscribed(mosquitto: Any) -> None:
+    """The broker keeps a persistent session's subscriptions: a filter taken out of
+    `topics` kept bringing its messages, and `a/#` narrowed to `a/b` brought each of
+    `a/b`'s twice (once per filter), both stored. What the session holds is kept as the
+    source's position (in memory here; the store's in the engine)."""
+    prefix = unique_name()
+    kept: list[bytes | None] = [None]
+
+    async def position() -> bytes | None:
+        return kept[0]
+
+    async def save_position(value: bytes) -> None:
+        kept[0] = value
+
+    def source(topics: list[str]) -> MqttSource:
+        made = make_source(mosquitto, prefix, topics=topics)
+        made.ctx.position = position
+        made.ctx.save_position = save_position
+        return made
+
+    first = source([f"{prefix}/a/#", f"{prefix}/old"])
+    await first.connect()
+    await first.close()
+    second = source([f"{prefix}/a/b", f"{prefix}/end"])
+    await second.connect()
+    try:
+        publish(mosquitto, f"{prefix}/a/b", [b"kept"])
+        publish(mosquitto, f"{prefix}/a/x", [b"narrowed out"])
+        publish(mosquitto, f"{prefix}/old", [b"removed"])
+        publish(mosquitto, f"{prefix}/end", [b"end"])
+        got: list[bytes] = []
+        async with asyncio.timeout(15):
+            while b"end" not in got:
+                got.extend(m.flowfile.content for m in await second.read())
+        assert got == [b"kept", b"end"]
+    finally:
+        await second.close()
+    # once unsubscribed, the kept record holds the current topics alone
+    assert json.loads(kept[0] or b"")["mqtt"]["topics"] == [f"{prefix}/a/b", f"{prefix}/end"]
