@@ -33,7 +33,7 @@ sources:
     # receive_max_bytes: 16MiB    the same bound in bytes: reading stops while the messages
     #                             not yet stored hold this much (payload, topic, user
     #                             properties and ~200 bytes each); QoS 0 messages beyond it
-    #                             are dropped (and counted)
+    #                             are dropped (and counted); one alone is always taken
     # session_expiry: 7d          how long the broker keeps our session while we are away
 ```
 
@@ -247,7 +247,8 @@ class MqttSourceConfig(SourceConfig):
         Size,
         Doc(
             "The same bound in bytes (payload, topic, user properties and about 200 bytes"
-            " each); QoS 0 messages beyond it are dropped and counted."
+            " each); QoS 0 messages beyond it are dropped and counted (one alone is always"
+            " taken)."
         ),
         Range(64 * 1024, message="must be at least 64KiB"),
     ] = 16 * 1024 * 1024
@@ -759,10 +760,12 @@ class MqttSource(Source):
         self._hand(_tuple_new(Message, (ff, ack, dedupe, reject, None)), size, qos)
 
     def _qos0_full(self, size: int) -> bool:
-        """Whether a QoS 0 message of `size` bytes must be dropped: too much is waiting."""
-        return (
-            len(self._buffer) >= QOS0_CAPACITY
-            or self.inflight_bytes + size > self.config.receive_max_bytes
+        """Whether a QoS 0 message of `size` bytes must be dropped: too much is waiting.
+        With nothing waiting it is taken, however large (as QoS 1 is): a receive_max_bytes
+        below max_payload dropped every larger QoS 0 message, the gateway idle."""
+        inflight = self.inflight_bytes
+        return len(self._buffer) >= QOS0_CAPACITY or (
+            inflight > 0 and inflight + size > self.config.receive_max_bytes
         )
 
     def _first_copy(self, mid: int, digest: bytes, qos: int, dup: bool) -> bool:

@@ -441,6 +441,20 @@ async def test_user_properties_count_in_the_byte_bound(fake_broker: FakeBroker) 
     await source.close()
 
 
+async def test_a_lone_qos0_message_larger_than_receive_max_bytes_is_taken(
+    fake_broker: FakeBroker,
+) -> None:
+    # receive_max_bytes 64KiB and the default max_payload: every QoS 0 message over 64 KiB
+    # was dropped, the gateway holding nothing (QoS 1 ones were taken).
+    source = make_source(fake_broker, "bytes-lone", qos=0, receive_max_bytes="64KiB")
+    await source.connect()
+    fake_broker.send_raw(publish_packet("acks/big", b"b" * 100_000, 0, 0))
+    await buffered(source, 1)
+    assert source._buffer[0].flowfile.content == b"b" * 100_000
+    assert source.dropped_qos0 == 0
+    await source.close()
+
+
 async def test_invalid_qos0_messages_are_bounded_and_logged_once(
     fake_broker: FakeBroker, caplog: Any
 ) -> None:
