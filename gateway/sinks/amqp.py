@@ -130,7 +130,7 @@ from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.tls import certificate_refusal, error_chain
-from gateway.core.topics import template_parts
+from gateway.core.topics import template_fields
 from gateway.mqtt.urls import tls_context
 
 _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
@@ -144,7 +144,7 @@ LOST = (AmqpError, OSError)
 
 
 def _placeholders(template: str) -> list[str]:
-    return [name for _, name, _, _ in template_parts(template) if name is not None]
+    return template_fields(template)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,7 +131,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.subjects import may_overlap, pattern_subjects, template_subjects
 from gateway.core.subjects import subject_problem as _subject_problem
 from gateway.core.tls import certificate_refusal, error_chain
-from gateway.core.topics import template_parts
+from gateway.core.topics import template_fields
 
 SUBJECT_MAX = 2048
 # Bytes of a message's headers besides their values: "NATS/1.0\r\n", "Nats-Msg-Id: ",
@@ -434,7 +434,7 @@ class NatsSinkConfig(NatsConnection, SinkConfig):
         if self.subject is None:
             return
         try:
-            fields = [n for _, n, _, _ in template_parts(self.subject) if n is not None]
+            fields = template_fields(self.subject)
         except ValueError as err:
             yield "subject", str(err)
             return

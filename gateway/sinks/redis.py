@@ -138,7 +138,7 @@ from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
-from gateway.core.topics import template_parts
+from gateway.core.topics import template_fields
 from gateway.mqtt.urls import tls_context
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists).
@@ -366,7 +366,7 @@ class RedisSinkConfig(SinkConfig):
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         try:
-            fields = [name for _, name, _, _ in template_parts(self.key or "") if name]
+            fields = template_fields(self.key or "")
         except ValueError as err:
             yield "key", str(err)
         else:

@@ -421,3 +421,19 @@ async def test_a_missing_tls_file_is_named() -> None:
     with pytest.raises(PermanentError, match=r"^ca_file /nonexistent/ca\.pem cannot be read$"):
         await sink.connect()
     await sink.close()
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"routing_key": "edge.{topic!r}"}, "{topic!r} is no placeholder"),
+        ({"routing_key": "edge.{}"}, "unknown placeholder {}"),
+        ({"exchange": "x-{gateway:>9}"}, "{gateway:>9} is no placeholder"),
+    ],
+)
+def test_a_template_with_a_conversion_or_an_empty_field_is_refused(
+    keys: dict[str, Any], message: str
+) -> None:
+    # they passed, and the sink crashed at its start (KeyError, IndexError) or padded names
+    _config, problems = config_problems(url="amqp://broker", **keys)
+    assert any(message in p for p in problems), problems

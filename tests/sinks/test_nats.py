@@ -437,6 +437,7 @@ async def test_a_missing_tls_file_is_named() -> None:
         ({"subject": "edge.{topic}.*"}, "no wildcards"),
         ({"subject": "edge..{topic}"}, "no empty tokens"),
         ({"subject": "edge.{device}"}, "unknown placeholder {device}"),
+        ({"subject": "edge.{topic!r}"}, "{topic!r} is no placeholder"),
         ({"subject": "edge {topic}"}, "no spaces"),
         ({"user": "gw"}, "user and password go together"),
         ({"token": "t", "user": "gw", "password": "p"}, "use one way to log in"),

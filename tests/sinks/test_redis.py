@@ -1071,6 +1071,10 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         ({"url": "rediss://cache", "cert_file": "/c.pem"}, "cert_file and key_file go together"),
         ({"url": "redis://cache", "key": "edge:{device}"}, "unknown placeholder {device}"),
         ({"url": "redis://cache", "key": "edge:{topic"}, "has a lone '{'"),
+        # passed, and the sink crashed at its start (KeyError, IndexError) or padded the key
+        ({"url": "redis://cache", "key": "edge:{topic!r}"}, "{topic!r} is no placeholder"),
+        ({"url": "redis://cache", "key": "edge:{}"}, "unknown placeholder {}"),
+        ({"url": "redis://cache", "key": "e:{gateway:>9}"}, "{gateway:>9} is no placeholder"),
         ({"url": "redis://cache", "mode": "set"}, "'set' is not one of"),
         ({"url": "redis://cache", "maxlen": -1}, "maxlen: must be 0"),
         # Redis would refuse every entry ("value is not an integer or out of range")
