@@ -518,6 +518,7 @@ def apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[KeyPath, st
     changed: dict[KeyPath, str] = {}
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX):
+            _refuse_near_override(var)
             continue
         parts = [p for p in var[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
@@ -539,6 +540,21 @@ def apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[KeyPath, st
         node[key] = _env_value(var, raw)
         changed[(*path, key)] = var
     return changed
+
+
+def _refuse_near_override(var: str) -> None:
+    """A variable meant as an override but not named like one (`EDGE_STREAM_SINKS__DB__DSN`,
+    one `_` after the prefix, or the prefix in lowercase) was skipped without a word, and
+    the gateway ran on the file's value: refused, naming the spelling it reads."""
+    if not var.upper().startswith(ENV_PREFIX[:-1]):
+        return
+    rest = var[len(ENV_PREFIX) - 1 :].lstrip("_")
+    if "__" not in rest:
+        return  # EDGE_STREAM_CONFIG, EDGE_STREAM_SECRET_KEY: the commands' own variables
+    raise ConfigError(
+        f"{var}: not read as an override: an override's name starts with {ENV_PREFIX}"
+        f" (in capitals, two underscores), e.g. {ENV_PREFIX}{rest.upper()}"
+    )
 
 
 def _step(

@@ -525,6 +525,22 @@ def test_environment_overrides_match_names_case_insensitively(tmp_path: Path) ->
     assert config.sinks["Archive"].keep == 9
 
 
+def test_a_variable_named_almost_like_an_override_is_refused_not_skipped(
+    tmp_path: Path,
+) -> None:
+    # One `_` after the prefix, or the prefix in lowercase: the variable was skipped without
+    # a word, and the gateway ran on the file's DSN (check-config said "ok").
+    path = write(tmp_path, "sinks:\n  w: {type: file, keep: 2}\n")
+    for var in ("EDGE_STREAM_SINKS__W__KEEP", "edge_stream__sinks__w__keep"):
+        assert problems(path, {var: "9"}) == [
+            f"{var}: not read as an override: an override's name starts with EDGE_STREAM__"
+            " (in capitals, two underscores), e.g. EDGE_STREAM__SINKS__W__KEEP"
+        ]
+    # the commands' own variables are not overrides
+    environ = {"EDGE_STREAM_CONFIG": "x.yaml", "EDGE_STREAM_SECRET_KEY": "k" * 44}
+    assert load(path, environ=environ).sinks["w"].keep == 2
+
+
 def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:
     path = write(tmp_path, "sinks:\n  w: {type: file}\n")
     (message,) = problems(path, {"EDGE_STREAM__SINKS__W__KEEP": "lots"})
