@@ -383,6 +383,9 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, dict[Any, int]]]
             raise ConfigError(
                 f"{where}: invalid YAML: a tab indents this line; indent with spaces"
             ) from err
+        opened = _unclosed(err)
+        if opened is not None:
+            raise ConfigError(f"{source}:{opened}") from err
         raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}") from err
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
@@ -435,6 +438,28 @@ def _comment_start(row: str) -> int | None:
 
 
 _FLOW_CONTEXTS = ("while parsing a flow sequence", "while parsing a flow mapping")
+
+
+def _unclosed(err: yaml.MarkedYAMLError) -> str | None:
+    """Where a quote, '[' or '{' that YAML never saw closed was opened, and what YAML said
+    where it gave up (`{line}: invalid YAML: ...`), or None. YAML's complaint names the
+    line it gave up on: for `path: "a.jsonl` with no closing quote, the file's last line
+    ("found unexpected end of stream"), far from the mistake."""
+    context, problem = err.context_mark, err.problem_mark
+    if context is None or problem is None or context.line == problem.line:
+        return None
+    if err.context == "while scanning a quoted scalar":
+        return (
+            f"{context.line + 1}: invalid YAML: the quote opened on this line is not closed"
+            f" (YAML read on to line {problem.line + 1}: {err.problem})"
+        )
+    if err.context in _FLOW_CONTEXTS:
+        bracket = "[" if "sequence" in err.context else "{"
+        return (
+            f"{problem.line + 1}: invalid YAML: {err.problem}: the '{bracket}' opened on line"
+            f" {context.line + 1} is not closed (or a quote in it is not)"
+        )
+    return None
 
 
 def _flow_comment_line(text: str, line: int, err: yaml.MarkedYAMLError) -> int | None:

@@ -513,7 +513,7 @@ def test_secret_rotate_refuses_and_changes_nothing(tmp_path: Path) -> None:
         ("- a\n- b\n", ":1: the config must be a mapping of sections"),
         ("gateway: [a]\n", ":1: gateway: expected a mapping, got list ['a']"),
         ("gateway: {data_dir: [a]}\n", ":1: gateway.data_dir: expected a string, got ['a']"),
-        ('gateway: {id: "x\n', ":2: invalid YAML: "),
+        ('gateway: {id: "x\n', ":1: invalid YAML: the quote opened on this line is not closed"),
     ],
 )
 def test_secret_commands_report_a_config_they_cannot_use_in_one_line(

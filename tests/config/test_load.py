@@ -42,6 +42,35 @@ def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
 # -- where errors point ----------------------------------------------------------
 
 
+def test_an_unclosed_quote_or_bracket_is_said_where_it_opened(tmp_path: Path) -> None:
+    # YAML named only the line it gave up on: the file's end for a quote never closed
+    # ("found unexpected end of stream"), the next key for a '[' or '{'.
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          w: {type: file, path: "a.jsonl}
+          v: {type: file}
+        routes:
+          r: {match: 'a/#', sinks: [w]}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: invalid YAML: the quote opened on this line is not closed (YAML read on"
+        " to line 7: found unexpected end of stream)"
+    ]
+    path = write(tmp_path, "routes:\n  r:\n    match: '#'\n    sinks: [w\nsinks:\n  w: {}\n")
+    assert problems(path) == [
+        f"{path}:6: invalid YAML: did not find expected ',' or ']': the '[' opened on line 5"
+        " is not closed (or a quote in it is not)"
+    ]
+    path = write(tmp_path, "routes:\n  r: {match: '#', sinks: [w]\nsinks:\n  w: {}\n")
+    assert problems(path) == [
+        f"{path}:4: invalid YAML: did not find expected ',' or '}}': the '{{' opened on line 3"
+        " is not closed (or a quote in it is not)"
+    ]
+
+
 def test_unknown_key_names_file_line_path_and_a_suggestion(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -1488,7 +1517,7 @@ def test_the_c_parser_reads_the_file_and_gives_the_lines_errors_name(tmp_path: P
     cases = {
         "a: 1\nb: [1,\nc: }\n": 3,  # a parser error
         "a: 1\nb: 2\n  c: 3\n": 3,  # a scanner error
-        'a: 1\n\nb: "open\n': 4,  # the end of the stream, in a quoted scalar
+        'a: 1\n\nb: "open\n': 3,  # the end of the stream in a quoted scalar: where it opened
         "a: 1\nb: 2\nb: 3\n": 3,  # our duplicate key
         "a: 1\nb: !!binary 'a'\n": 2,  # a constructor error
         "a:\n  b:\n    c: !!int x\n": 3,  # ours: a value that cannot be built
