@@ -74,6 +74,7 @@ START_CHECK_S = 3.0  # a reload: how long a started component has to fail outrig
 FIRST_CONNECT_S = 10.0
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
+UNROUTED_NAMED = 200  # topics that no route takes, named in the log (each once)
 
 
 def _own_rows(
@@ -163,6 +164,12 @@ class Engine:
         self._commit_lock = asyncio.Lock()
         self._ticking = False  # the timer loop is committing (shutdown lets it finish)
         self._unowned_told: set[str] = set()  # kept state owned by no processor, logged
+        # FlowFiles no route takes are dropped (counted as `unrouted`): their topics said
+        # in the log once each, at most UNROUTED_NAMED of them (see `_warn_unrouted`)
+        self._unrouted_said = 0  # router.unrouted when last looked at
+        self._unrouted_since = 0.0  # the topics seen (wall clock) from this on are new
+        self._unrouted_named: set[str] = set()
+        self._unrouted_looks = 0  # scans of the topics seen still to make for them
         self.ready = asyncio.Event()
 
     # -- building ----------------------------------------------------------
@@ -968,6 +975,7 @@ class Engine:
         while True:
             await self.clock.sleep(1.0)
             try:
+                self._warn_unrouted()
                 await self.store.maintain(self.sinks)
                 await self.store.refresh_oldest(self.sinks)
                 ticks += 1
@@ -981,6 +989,42 @@ class Engine:
                     await self.store.release_memory()
             except StoreError as err:
                 log.warning("engine: store maintenance failed: %s", err)
+
+    def _warn_unrouted(self) -> None:
+        """Say in the log the topics of FlowFiles no route took, which are dropped: a route
+        whose `match` misses what a source makes (`sensor/#` for `sensors/...`, a Modbus
+        device's `modbus/...` with no route for it) lost every reading without a word, the
+        count only in /api/status and /metrics. Each topic once, at most UNROUTED_NAMED."""
+        router = self.router
+        if router is None:
+            return
+        if router.unrouted > self._unrouted_said:
+            self._unrouted_said = router.unrouted
+            # looked for twice: the FlowFiles are routed before their commit, and the
+            # topics seen are told of them after it
+            self._unrouted_looks = 2
+        if self._unrouted_looks == 0 or len(self._unrouted_named) >= UNROUTED_NAMED:
+            return
+        self._unrouted_looks -= 1
+        if self.topics is None:  # no topics kept: the count alone, once
+            new = [] if self._unrouted_named else ["?"]
+        else:
+            self._unrouted_since, seen = self.topics.seen_since(self._unrouted_since)
+            new = [t for t in seen if t not in self._unrouted_named and not router.match(t)]
+        new = new[: UNROUTED_NAMED - len(self._unrouted_named)]
+        if not new:
+            return
+        self._unrouted_named.update(new)
+        named = "" if new == ["?"] else " of " + ", ".join(repr(t) for t in new[:5])
+        more = f" and {len(new) - 5} more topics" if len(new) > 5 else ""
+        log.warning(
+            "engine: FlowFiles%s%s match no route and are dropped (%d so far); give a route a"
+            " `match` for them if they are wanted (/api/topics lists the topics seen and"
+            " the routes of each)",
+            named,
+            more,
+            router.unrouted,
+        )
 
     # -- status -------------------------------------------------------------------
 

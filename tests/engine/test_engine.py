@@ -30,6 +30,7 @@ from gateway.core.component import Context, Message, Processor, Rejected, Sink, 
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
+from gateway.engine.console import TopicsSeen
 from gateway.engine.pipeline import Engine
 from gateway.engine.plan import plan
 from gateway.engine.runner import Ingest, SinkRunner
@@ -545,6 +546,36 @@ async def test_no_data_watches_what_sources_hand_over_not_what_processors_make(
     assert watch.last_seen("derived/#", 0) == clock.now - 60
     engine.stop()
     FakeSink.release.set()
+    async with asyncio.timeout(10):
+        await running
+
+
+async def test_the_topics_no_route_takes_are_said_in_the_log_once_each(
+    tmp_path: Path, store: Store, fakes: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A route whose match misses what the source makes (`plant/line2` for `plant/line1`)
+    # dropped every reading without a word: only `unrouted` in /api/status counted them.
+    route = RouteSection(match=["plant/line2"], sinks=["out"])
+    config = dataclasses.replace(fake_config(tmp_path), routes={"r": route})
+    FakeSource.script = [[1, 2], [3]]
+    clock = FakeClock()
+    engine = Engine(config, store, clock=clock, topics=TopicsSeen())
+    running = asyncio.ensure_future(engine.run())
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "match no route" in r.getMessage()]
+
+    await advance_until(clock, lambda: bool(said()) and "ack 3" in fakes)
+    slept = len(clock.slept)
+    await advance_until(clock, lambda: len(clock.slept) >= slept + 10)  # a few more looks
+    (line,) = said()  # once, though more came after it
+    assert line.startswith("engine: FlowFiles of 'plant/line1' match no route and are dropped")
+    assert line.endswith(
+        "so far); give a route a `match` for them if they are wanted (/api/topics lists the"
+        " topics seen and the routes of each)"
+    )
+    assert engine.router is not None and engine.router.unrouted == 3
+    engine.stop()
     async with asyncio.timeout(10):
         await running
 
