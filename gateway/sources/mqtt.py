@@ -140,7 +140,7 @@ from gateway.core.flowfile import (
 )
 from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 from gateway.core.topics import filters_overlap, unsendable, validate_filter
-from gateway.mqtt.client import connect_refusal, tls_refusal
+from gateway.mqtt.client import CONNACK_MESSAGES, connect_refusal, tls_refusal
 from gateway.mqtt.urls import (
     TlsFilesError,
     client_cert_problems,
@@ -420,6 +420,22 @@ def _user_attributes(attrs: dict[str, str], user: list[tuple[str, str]]) -> None
         attrs[name] = value
 
 
+def _refusal(err: ConnectRefused) -> str:
+    """A refused connect in words: the broker's reason code said what it means when the
+    broker sent no reason text (`reason code 0x87` alone was all a wrong password gave),
+    and, for a refused login, the keys that give it."""
+    text = str(err)
+    meaning = CONNACK_MESSAGES.get(err.code, "").removeprefix("Connection Refused: ")
+    if meaning and text.endswith(f"(reason code 0x{err.code:02x})"):
+        text = f"{text[:-1]}: {meaning})"
+    if err.code in (0x86, 0x87):  # bad user name or password, not authorized
+        text += (
+            "; check the user name and password it connects with (the source's `username`"
+            " and `password`, or its `url`'s; else mqtt.username and mqtt.password)"
+        )
+    return text
+
+
 class MqttSource(Source):
     """A persistent MQTT subscription whose acknowledgements follow the store's commits."""
 
@@ -555,8 +571,8 @@ class MqttSource(Source):
         except ConnectRefused as err:
             self._connecting = False
             if err.permanent:
-                raise PermanentError(f"MQTT broker {host}:{port}: {err}") from err
-            raise RetryableError(f"MQTT broker {host}:{port}: {err}") from err
+                raise PermanentError(f"MQTT broker {host}:{port}: {_refusal(err)}") from err
+            raise RetryableError(f"MQTT broker {host}:{port}: {_refusal(err)}") from err
         except TimeoutError as err:
             self._connecting = False
             raise RetryableError(

@@ -323,6 +323,29 @@ async def test_a_session_taken_over_by_a_client_with_the_same_id_is_named(
     )
 
 
+async def test_a_refused_login_says_what_the_code_means_and_which_keys_give_it(
+    mosquitto_factory: Any,
+) -> None:
+    # Mosquitto sends no reason text: "the broker refused the connection (reason code
+    # 0x87)" was all a missing or wrong password gave.
+    broker = mosquitto_factory(user=("gw", "s3cret"))
+    problems = Problems()
+    for extra in ({}, {"username": "gw", "password": "wrong"}):
+        raw = {"type": "mqtt", "topics": ["a/#"], "url": broker.url, **extra}
+        config = build_dataclass(MqttSourceConfig, raw, (), problems)
+        assert not problems, problems.items
+        source = MqttSource(config, Context(name="plant", kind="source"))
+        with pytest.raises(PermanentError) as info:
+            await source.connect()
+        await source.close()
+        assert str(info.value) == (
+            f"MQTT broker 127.0.0.1:{broker.port}: the broker refused the connection (reason"
+            " code 0x87: Not authorized); check the user name and password it connects with"
+            " (the source's `username` and `password`, or its `url`'s; else mqtt.username"
+            " and mqtt.password)"
+        )
+
+
 async def test_the_gateway_broker_credentials_and_client_id_prefix_apply_to_its_sources(
     mosquitto_factory: Any,
 ) -> None:
