@@ -422,28 +422,38 @@ class FileSink(Sink):
         return head == self._header
 
     def _tail_ids(self, f: IO[bytes], size: int) -> set[str]:
-        """The ids of the last lines of the file, as many as one batch may hold (at least
-        TAIL_IDS: the batch sent again after a restart may have been written under a larger
-        batch.max_rows than the sink now has, and its first rows are then further back)."""
+        """The ids of the last lines of the file: as many as one batch may hold, and at
+        least TAIL_IDS (the batch sent again after a restart may have been written under a
+        larger batch.max_rows than the sink now has, its first rows further back), within
+        what a batch of batch.max_bytes can take up. Read back a chunk at a time, only the
+        ids kept: reading the whole span at once held three copies of it (70 MB for one
+        of 22 MB)."""
         rows = max(self.config.batch.max_rows, TAIL_IDS)
         # a batch holds at most max_bytes of content, and a line less than 3x its content
         # (base64, escapes) plus its head; read that much of the end at most
-        span = min(size, 3 * self.config.batch.max_bytes + rows * 1024)
-        chunks: list[bytes] = []
-        start, newlines = size, 0
-        while start > size - span and newlines <= rows:  # back from the end, a chunk a time
-            step = min(_TAIL_CHUNK, start - (size - span))
-            start -= step
-            chunk = os.pread(f.fileno(), step, start)
-            chunks.append(chunk)
-            newlines += chunk.count(b"\n")
-        tail = b"".join(reversed(chunks))
-        lines = tail.split(b"\n")[:-1]  # the file ends with a newline
-        if start > 0:
-            lines = lines[1:]  # the first one may be cut
+        floor = size - min(size, 3 * self.config.batch.max_bytes + rows * 1024)
         ids: set[str] = set()
-        for line in lines[-rows:]:
-            found = self._line_id(line)
+        start, lines = size, 0
+        carry: list[bytes] = []  # the start of the line the chunks read so far begin in
+        fd = f.fileno()
+        while start > floor and lines < rows:  # back from the end, a chunk a time
+            step = min(_TAIL_CHUNK, start - floor)
+            start -= step
+            chunk = os.pread(fd, step, start)
+            if b"\n" not in chunk:
+                carry.append(chunk)  # inside one long line
+                continue
+            carry.append(chunk)
+            parts = b"".join(reversed(carry)).split(b"\n")
+            carry = [parts[0]]  # may be cut: the next chunk back has its start
+            for line in reversed(parts[1:]):
+                if line and lines < rows:
+                    lines += 1
+                    found = self._line_id(line)
+                    if found:
+                        ids.add(found)
+        if start == 0 and carry and lines < rows:  # the file's first line, whole
+            found = self._line_id(b"".join(reversed(carry)))
             if found:
                 ids.add(found)
         return ids
