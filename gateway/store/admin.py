@@ -435,7 +435,7 @@ class StoreAdmin:
             # readings held at once); a row larger than a chunk is one alone.
             last, run = None, 0
             walk = self.db.execute(
-                "SELECT seq, ifnull(CAST(size AS INTEGER), 0) FROM flowfiles"
+                "SELECT seq, max(ifnull(CAST(size AS INTEGER), 0), 0) FROM flowfiles"
                 " WHERE seq > ? AND sinks & ? ORDER BY seq",
                 (after, bit),
             )

@@ -684,8 +684,8 @@ def _chunk_end(db: sqlite3.Connection, first: int, end: int, limit: int) -> tupl
     last, run, after = first, 0, first - 1
     while True:
         rows = db.execute(
-            # (a damaged size, text, counts 0 rather than failing the pass)
-            "SELECT seq, ifnull(CAST(size AS INTEGER), 0) FROM flowfiles"
+            # (a damaged size, text or below 0, counts 0: the pass neither fails nor grows)
+            "SELECT seq, max(ifnull(CAST(size AS INTEGER), 0), 0) FROM flowfiles"
             " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 256",
             (after, end),
         ).fetchall()

@@ -28,6 +28,7 @@ from gateway.store.sqlite import (
     DeadLetter,
     Store,
     StoreError,
+    _chunk_end,
     hold_data_dir,
     let_go_data_dir,
     unopenable,
@@ -1618,4 +1619,24 @@ async def test_a_purge_pass_past_its_time_still_gives_pages_back(
         await store._call(store._purge_sync, store.cursor("a"), True, [])
         before, pages = pages, (await store._query("PRAGMA page_count"))[0][0]
         assert pages < before, "each pass gives some pages back"
+    await store.close()
+
+
+async def test_a_damaged_size_neither_fails_nor_grows_a_purge_chunk(tmp_path: Path) -> None:
+    # The chunk walk adds sizes in Python: a size damaged to text raised TypeError out of
+    # the pass, and one damaged below 0 let the chunk grow past its bytes.
+    store = await open_store(tmp_path, ("a",))
+    a = store.bit("a")
+    await store.commit(batch([(ff(i, size=1000), a) for i in range(10)]))
+    db = store._db
+    assert db is not None
+
+    def walk() -> tuple[int, int]:
+        db.execute("UPDATE flowfiles SET size = 'x' WHERE seq = 2")
+        db.execute("UPDATE flowfiles SET size = -1000000000 WHERE seq = 3")
+        first = db.execute("SELECT min(seq) FROM flowfiles").fetchone()[0]
+        return _chunk_end(db, first, first + 100, 2500)
+
+    last, run = await store._call(walk)
+    assert run <= 2500 and last == 4  # rows 1-4 (two of them counting 0)
     await store.close()
