@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import errno
 import getpass
 import http.client
 import json
@@ -1292,9 +1291,9 @@ def main(argv: list[str] | None = None) -> int:
         _drop_output(stdout)
         return 1
     except PermissionError as err:
-        # A one-shot command on a file in the service's folder (mode 0750) is one line; any
-        # other refusal (the gateway's own, one naming no file) keeps its traceback.
-        if args is None or args.fn is cmd_run or err.errno != errno.EACCES or not err.filename:
+        # A one-shot command on a file in the service's folder (mode 0750) is one line; the
+        # running gateway's refusals, and one naming no file, keep their traceback.
+        if args is None or args.fn is cmd_run or not err.filename:
             raise
         print(
             f"edge-stream: {err.filename}: permission denied: run it as the user the file"

@@ -447,12 +447,13 @@ def test_a_refusal_inside_the_running_gateway_keeps_its_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only a one-shot command's refusal on a named file is the one line above: the gateway's
-    # own (an EPERM from inside `run`) is not said as "run it as the file's owner".
+    # own (a serial port it may not open, from inside `run`) is not said as "run it as the
+    # file's owner".
     config = tmp_path / "gateway.yaml"
     config.write_text(f"gateway: {{data_dir: {tmp_path / 'data'}}}\n")
 
     def serve(*_args: object, **_kwargs: object) -> int:
-        raise PermissionError(1, "Operation not permitted", "/sys/x")
+        raise PermissionError(13, "Permission denied", "/dev/ttyUSB0")  # not in dialout
 
     monkeypatch.setattr("gateway.app.serve", serve)
     with pytest.raises(PermissionError):
