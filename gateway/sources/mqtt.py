@@ -481,6 +481,8 @@ class MqttSource(Source):
         self._connected_at: float | None = None  # clock.monotonic() of the last CONNACK+SUBACK
         # (broker, client id, filters) the broker's session is subscribed to, as committed
         self._subscribed: tuple[str | None, str | None, list[str]] | None = None
+        # stale filters the broker closed the connection on when asked to unsubscribe
+        self._unsubscribe_drops: set[str] = set()
         self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
@@ -551,23 +553,10 @@ class MqttSource(Source):
                 granted = await client.subscribe(
                     [(f, cfg.qos) for f in cfg.topics], _RETAIN_HANDLING[cfg.retained]
                 )
-                # after the new filters, so that no message falls between the two
-                if stale:
-                    unsubscribed = await client.unsubscribe(stale)
-            if stale:
-                self.ctx.log.info(
-                    "unsubscribed from %s: no longer in topics (the broker kept the"
-                    " subscription in the session)",
-                    ", ".join(stale),
-                )
-                failed = [f for f, code in zip(stale, unsubscribed, strict=False) if code >= 0x80]
-                if failed:
-                    self.ctx.log.error(
-                        "the broker refused to unsubscribe from %s, no longer in topics: its"
-                        " messages keep coming",
-                        ", ".join(failed),
-                    )
-            await self._keep_subscribed(where, list(cfg.topics))
+            kept = await self._unsubscribe(client, stale, granted)
+            if not client.connected:
+                raise RetryableError(f"MQTT broker {host}:{port}: {client.closed_reason}")
+            await self._keep_subscribed(where, [*cfg.topics, *kept])
         except ConnectRefused as err:
             self._connecting = False
             if err.permanent:
@@ -622,15 +611,76 @@ class MqttSource(Source):
         the config, the broker kept them in the session and their messages kept coming (a
         narrowed filter, `a/#` to `a/b`, brought each message twice). What the session
         holds is kept as the source's position in the store, the stale ones with the
-        current ones until they are unsubscribed."""
+        current ones until they are unsubscribed. The broker the record names is not
+        compared: the same one reached by another URL (localhost, 127.0.0.1) holds them,
+        and another broker answers 0x11 (no such subscription), which is harmless."""
         if self._subscribed is None:
             self._subscribed = _read_subscribed(await self.ctx.position())
-        broker, client_id, filters = self._subscribed
+        _, client_id, filters = self._subscribed
         stale: list[str] = []
-        if present and broker == where and client_id == self._client_id:
+        if present and client_id == self._client_id:
             stale = [f for f in filters if f not in self.config.topics]
         await self._keep_subscribed(where, [*self.config.topics, *stale])
         return stale
+
+    async def _unsubscribe(
+        self, client: Subscriber, stale: list[str], granted: list[int]
+    ) -> list[str]:
+        """Unsubscribe from the `stale` filters, once the new ones are granted; returns the
+        ones the session still holds, kept in the record to be tried at the next connect.
+        A failure here is not the connect's: the new subscriptions are in."""
+        if not stale:
+            return []
+        if any(code >= 0x80 for code in granted):
+            # a/# replaced by $share/g/a/# on a broker without shared subscriptions: with
+            # a/# gone too, nothing would be subscribed
+            self.ctx.log.warning(
+                "kept the subscription to %s, no longer in topics: the broker refused a new"
+                " one (said below); its messages keep coming",
+                ", ".join(stale),
+            )
+            return stale
+        dropped = [f for f in stale if f in self._unsubscribe_drops]
+        asked = [f for f in stale if f not in self._unsubscribe_drops]
+        if not asked:
+            return stale
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                codes = await client.unsubscribe(asked)
+        except TimeoutError:
+            self.ctx.log.warning(
+                "no answer from the broker within %g s to unsubscribe from %s, no longer in"
+                " topics: its messages keep coming; tried again at the next connect",
+                CONNECT_TIMEOUT,
+                ", ".join(asked),
+            )
+            return stale
+        except ConnectionError:
+            # Asking again at once would lose the connection again, at every connect: not
+            # again until the gateway restarts (or the source is reloaded).
+            self._unsubscribe_drops.update(asked)
+            self.ctx.log.warning(
+                "the broker closed the connection when asked to unsubscribe from %s, no"
+                " longer in topics (an ACL?): its messages keep coming; not asked again"
+                " until the gateway restarts",
+                ", ".join(asked),
+            )
+            return stale
+        failed = [f for f, code in zip(asked, codes, strict=False) if code >= 0x80]
+        done = [f for f in asked if f not in failed]
+        if done:
+            self.ctx.log.info(
+                "unsubscribed from %s: no longer in topics (the broker kept the"
+                " subscription in the session)",
+                ", ".join(done),
+            )
+        if failed:
+            self.ctx.log.error(
+                "the broker refused to unsubscribe from %s, no longer in topics: its"
+                " messages keep coming; tried again at the next connect",
+                ", ".join(failed),
+            )
+        return [*dropped, *failed]
 
     async def _keep_subscribed(self, where: str, filters: list[str]) -> None:
         """Commit what the session is subscribed to, if it changed."""

@@ -72,6 +72,11 @@ class FakeBroker:
         self.connects = 0
         self.acks: list[tuple[str, int]] = []  # ("puback"|"pubrec"|"pubcomp", packet id)
         self.disconnect_codes: list[int] = []
+        # UNSUBSCRIBE: "ignore" (no UNSUBACK), "close" (close the connection), or a dict of
+        # reason codes by filter (0x00 for the others)
+        self.unsubscribe_answer: str | dict[str, int] = "ignore"
+        self.unsubscribes: list[list[str]] = []  # the filters of each UNSUBSCRIBE received
+        self.refused: set[str] = set()  # filters whose SUBSCRIBE is refused (0x9E)
         self._writer: asyncio.StreamWriter | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._serving: set[asyncio.Task[None]] = set()
@@ -206,6 +211,9 @@ class FakeBroker:
                     client = self._connect(body, writer)
                 elif kind == 8:
                     self._subscribe(client, body, writer)
+                elif kind == 10:
+                    if not self._unsubscribe(client, body, writer):
+                        break
                 elif kind in (4, 5, 7):
                     self._ack(client, kind, struct.unpack_from("!H", body)[0], writer)
                 elif kind == 12:
@@ -268,11 +276,36 @@ class FakeBroker:
             topic_filter = body[pos + 2 : pos + 2 + n].decode()
             options = body[pos + 2 + n]
             pos += 3 + n
+            if topic_filter in self.refused:
+                granted.append(0x9E)  # shared subscriptions not supported
+                continue
             session.subscriptions.append((topic_filter, options))
             granted.append(options & 0x03)
         writer.write(
             b"\x90" + varint(3 + len(granted)) + struct.pack("!H", mid) + b"\x00" + granted
         )
+
+    def _unsubscribe(self, client: str | None, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer an UNSUBSCRIBE as `unsubscribe_answer` says; False: close the connection."""
+        mid = struct.unpack_from("!H", body)[0]
+        pos = 3 + body[2]
+        filters = []
+        while pos < len(body):
+            n = struct.unpack_from("!H", body, pos)[0]
+            filters.append(body[pos + 2 : pos + 2 + n].decode())
+            pos += 2 + n
+        self.unsubscribes.append(filters)
+        answer = self.unsubscribe_answer
+        if answer == "close":
+            return False
+        if isinstance(answer, dict):
+            session = self.sessions[client or ""]
+            codes = bytes(answer.get(f, 0) for f in filters)
+            gone = {f for f in filters if answer.get(f, 0) < 0x80}
+            session.subscriptions = [s for s in session.subscriptions if s[0] not in gone]
+            head = b"\xb0" + varint(3 + len(codes)) + struct.pack("!H", mid)
+            writer.write(head + b"\x00" + codes)
+        return True
 
     def _ack(self, client: str | None, kind: int, mid: int, writer: asyncio.StreamWriter) -> None:
         name = {4: "puback", 5: "pubrec", 7: "pubcomp"}[kind]

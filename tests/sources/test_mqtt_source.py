@@ -676,3 +676,145 @@ async def test_a_filter_no_longer_in_topics_is_unsubscribed(mosquitto: Any) -> N
         await second.close()
     # once unsubscribed, the kept record holds the current topics alone
     assert json.loads(kept[0] or b"")["mqtt"]["topics"] == [f"{prefix}/a/b", f"{prefix}/end"]
+
+
+def kept_position(source: MqttSource, kept: list[bytes | None]) -> MqttSource:
+    """The source keeps its position in `kept[0]` (the store's, in the engine)."""
+
+    async def position() -> bytes | None:
+        return kept[0]
+
+    async def save_position(value: bytes) -> None:
+        kept[0] = value
+
+    source.ctx.position = position
+    source.ctx.save_position = save_position
+    return source
+
+
+def recorded(kept: list[bytes | None]) -> list[str]:
+    return json.loads(kept[0] or b"")["mqtt"]["topics"]  # type: ignore[no-any-return]
+
+
+async def narrowed(
+    broker: FakeBroker, client_id: str, kept: list[bytes | None], before: list[str], **extra: Any
+) -> MqttSource:
+    """A source on `before`, connected once, then one on `extra`'s topics (not connected)."""
+    first = kept_position(make_source(broker, client_id, topics=before), kept)
+    await first.connect()
+    await first.close()
+    return kept_position(make_source(broker, client_id, **extra), kept)
+
+
+async def test_an_unanswered_unsubscribe_does_not_stop_the_source(
+    fake_broker: FakeBroker, monkeypatch: Any, caplog: Any
+) -> None:
+    """The UNSUBSCRIBE of a filter gone from topics ran inside the connect: no UNSUBACK in
+    time failed the connect, and as the record still named the filter, every reconnect
+    failed the same way: a source that had worked never started again."""
+    monkeypatch.setattr(mqtt_source, "CONNECT_TIMEOUT", 0.5)
+    kept: list[bytes | None] = [None]
+    source = await narrowed(fake_broker, "unsub-silent", kept, ["a/#", "old"], topics=["a/#"])
+    await source.connect()  # the broker does not answer the UNSUBSCRIBE
+    await source.close()
+    assert fake_broker.unsubscribes == [["old"]]
+    assert recorded(kept) == ["a/#", "old"]
+    assert any(
+        r.levelname == "WARNING" and "unsubscribe from old" in r.getMessage()
+        for r in caplog.records
+    )
+    fake_broker.unsubscribe_answer = {}  # it answers now: tried again, and done
+    await source.connect()
+    await source.close()
+    assert fake_broker.unsubscribes == [["old"], ["old"]]
+    assert recorded(kept) == ["a/#"]
+
+
+async def test_a_broker_closing_on_an_unsubscribe_does_not_stop_the_source(
+    fake_broker: FakeBroker, caplog: Any
+) -> None:
+    """A broker that closes the connection on the UNSUBSCRIBE (an ACL) closes it at every
+    connect: the source is not asked to unsubscribe again until it is started anew."""
+    kept: list[bytes | None] = [None]
+    source = await narrowed(fake_broker, "unsub-close", kept, ["a/#", "old"], topics=["a/#"])
+    fake_broker.unsubscribe_answer = "close"
+    with pytest.raises(RetryableError):
+        await source.connect()
+    await source.close()
+    await source.connect()  # not asked again: connected
+    try:
+        assert fake_broker.unsubscribes == [["old"]]
+        assert recorded(kept) == ["a/#", "old"]
+        assert any(
+            r.levelname == "WARNING" and "not asked again" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        await source.close()
+
+
+async def test_a_refused_unsubscribe_is_kept_and_tried_again(
+    fake_broker: FakeBroker, caplog: Any
+) -> None:
+    """An UNSUBACK refusing a filter was logged, but the record kept topics alone: the
+    filter was forgotten, never tried again, and the INFO line said it was unsubscribed."""
+    caplog.set_level("INFO")
+    kept: list[bytes | None] = [None]
+    source = await narrowed(
+        fake_broker, "unsub-refused", kept, ["a/#", "old", "gone"], topics=["a/#"]
+    )
+    fake_broker.unsubscribe_answer = {"old": 0x87}
+    await source.connect()
+    await source.close()
+    assert recorded(kept) == ["a/#", "old"]
+    said = [r.getMessage() for r in caplog.records if "unsubscribe" in r.getMessage()]
+    assert said == [
+        "source plant: unsubscribed from gone: no longer in topics (the broker kept the"
+        " subscription in the session)",
+        "source plant: the broker refused to unsubscribe from old, no longer in topics: its"
+        " messages keep coming; tried again at the next connect",
+    ]
+    fake_broker.unsubscribe_answer = {}
+    await source.connect()
+    await source.close()
+    assert fake_broker.unsubscribes[-1] == ["old"]
+    assert recorded(kept) == ["a/#"]
+
+
+async def test_a_stale_filter_stays_when_its_replacement_is_refused(
+    fake_broker: FakeBroker, caplog: Any
+) -> None:
+    """a/# replaced by $share/g/a/# on a broker without shared subscriptions: a/# was
+    unsubscribed all the same, and nothing was subscribed."""
+    kept: list[bytes | None] = [None]
+    source = await narrowed(fake_broker, "unsub-replaced", kept, ["a/#"], topics=["$share/g/a/#"])
+    fake_broker.refused.add("$share/g/a/#")
+    fake_broker.unsubscribe_answer = {}
+    await source.connect()
+    await source.close()
+    assert fake_broker.unsubscribes == []
+    assert recorded(kept) == ["$share/g/a/#", "a/#"]
+    assert any(
+        r.levelname == "WARNING" and "kept the subscription to a/#" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_a_stale_filter_is_unsubscribed_on_the_same_broker_by_another_url(
+    fake_broker: FakeBroker,
+) -> None:
+    """The record's broker was compared as host:port text: localhost for 127.0.0.1 found
+    the session but left the stale filter subscribed, and the record forgot it."""
+    kept: list[bytes | None] = [None]
+    source = await narrowed(
+        fake_broker,
+        "unsub-url",
+        kept,
+        ["a/#", "old"],
+        topics=["a/#"],
+        url=f"mqtt://localhost:{fake_broker.port}",
+    )
+    fake_broker.unsubscribe_answer = {}
+    await source.connect()
+    await source.close()
+    assert fake_broker.unsubscribes == [["old"]]
+    assert recorded(kept) == ["a/#"]
