@@ -26,9 +26,10 @@ running on the same config is stopped the same way before a new one starts.
 The config keeps sessions and queued messages on disk (so sensors' QoS 1
 messages survive a broker restart) and raises Mosquitto's default queue limit
 of 1000 messages per offline client, which would otherwise drop data while the
-gateway restarts. A `mosquitto.db` there that Mosquitto cannot read (damaged) stops
-the start with one line that names it: moved aside, the broker starts without
-the sessions and messages it held. A system Mosquitto used by `auto` keeps its
+gateway restarts. A `mosquitto.db` there that Mosquitto cannot read (damaged, or
+written by a newer Mosquitto) stops the start with one line that names it and
+says what to do: upgrade Mosquitto (a newer one's file), or move it aside and the
+broker starts without the sessions and messages it held. A system Mosquitto used by `auto` keeps its
 own settings (see README, "What your MQTT broker needs").
 """
 
@@ -223,14 +224,23 @@ class EmbeddedBroker:
         for _ in range(100):
             if self._proc.returncode is not None:
                 said = _said(await self._proc.stderr.read())  # type: ignore[union-attr]
-                if "database" in said:
-                    # "Unable to restore persistent database. Unrecognised file format." It
-                    # was a two-line error naming mqtt.embedded_listen, which is not at fault.
+                db = self.dir / "mosquitto.db"
+                if "Unable to restore persistent database" in said:
+                    # "... Unrecognised file format." It was a two-line error naming
+                    # mqtt.embedded_listen, which is not at fault.
                     raise UnreadableStore(
                         f"the embedded Mosquitto cannot read its saved sessions and queued"
-                        f" messages, {self.dir / 'mosquitto.db'} ({said}): if the file is"
-                        " damaged, move it aside (the sessions and messages in it are lost)"
-                        " and start again"
+                        f" messages, {db} ({said}): if the file is damaged, move it aside"
+                        " (the sessions and messages in it are lost) and start again"
+                    )
+                if "Unsupported persistent database" in said or "Incompatible database" in said:
+                    # a newer Mosquitto's file (a downgrade): not damaged, and an upgrade
+                    # reads it with nothing lost
+                    raise UnreadableStore(
+                        f"the embedded Mosquitto cannot read its saved sessions and queued"
+                        f" messages, {db} ({said}): it was written by a newer (or otherwise"
+                        " built) Mosquitto: upgrade Mosquitto, or move the file aside (the"
+                        " sessions and messages in it are lost) and start again"
                     )
                 raise RetryableError(f"the embedded Mosquitto exited at start: {said}")
             try:

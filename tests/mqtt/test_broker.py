@@ -141,3 +141,22 @@ async def test_a_damaged_mosquitto_db_is_named_in_one_line(tmp_path: Path) -> No
         "if the file is damaged, move it aside (the sessions and messages in it are lost)"
         " and start again"
     )
+
+
+async def test_a_mosquitto_db_of_a_newer_mosquitto_says_to_upgrade(tmp_path: Path) -> None:
+    """Any start error naming the database read "if the file is damaged, move it aside":
+    a file a newer Mosquitto wrote (after a downgrade) is not damaged, and moving it aside
+    loses what an upgrade would read."""
+    broker = EmbeddedBroker(str(tmp_path), f"127.0.0.1:{free_port()}")
+    broker.dir.mkdir()
+    magic = b"\x00\xb5\x00mosquitto db"
+    (broker.dir / "mosquitto.db").write_bytes(magic + b"\x00" * 4 + (99).to_bytes(4, "big"))
+    with pytest.raises(ConfigError) as caught:
+        await broker.start_first()
+    message = str(caught.value)
+    assert "Unsupported persistent database format version 99" in message
+    assert "damaged" not in message
+    assert message.endswith(
+        "written by a newer (or otherwise built) Mosquitto: upgrade Mosquitto, or move the"
+        " file aside (the sessions and messages in it are lost) and start again"
+    )
