@@ -95,10 +95,17 @@ be listed, shown, downloaded and purged.
 The broker keeps a persistent session's subscriptions: a filter taken out of
 `topics` (or a changed one, `a/#` narrowed to `a/b`) is unsubscribed when the
 source next connects, after the new ones are subscribed, so its messages stop
-coming. The store keeps what the session is subscribed to, with the source's
-name, client id and broker. What it does not know of, a filter already gone
-from `topics` at the first connect after a `store reset` (or on a session an
-older version made), keeps coming until the session expires (`session_expiry`).
+coming. With `retained: new_subscription_only`, a narrowed (or any changed)
+filter is a new subscription: its retained messages come once more. If the
+broker refuses a new filter, the old ones are kept (`a/#` is not left for a
+`$share/g/a/#` the broker does not support), with a WARNING. An unsubscribe the
+broker does not answer, or refuses, is logged and tried again at the next
+connect; one it closes the connection on (an ACL) is not asked again until the
+gateway restarts. The store keeps what the session is subscribed to, with the
+source's name, client id and broker. What it does not know of, a filter already
+gone from `topics` at the first connect after a `store reset` (or on a session
+an older version made), keeps coming until the session expires
+(`session_expiry`).
 
 A broker whose TLS certificate `ca_file` does not trust, or that refuses the
 client certificate (or its absence), is said so in the source's error, naming
