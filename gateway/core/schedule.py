@@ -98,6 +98,7 @@ class Schedule:
         # time says how long ago that was: kept as spans of wall times, a clock set back
         # two hours after three hours of polls skipped two hours of readings.
         self._polled: list[tuple[float, float]] = []
+        self._at_once: float | None = None  # when the current run was one at once (interval)
 
     @property
     def wall(self) -> bool:
@@ -174,6 +175,7 @@ class Schedule:
             passed = max(int((mono - self._slot) // self.interval), 0)
             self.missed_runs += passed
             self._slot += passed * self.interval
+            self._at_once = mono
             self.due = mono
             return mono
         following = self._cron_after(self._slot)
@@ -196,6 +198,11 @@ class Schedule:
         """The next run's `due` after the current one, polled or missed."""
         if self.cron is None:
             slot = self._slot + self.interval
+            at_once, self._at_once = self._at_once, None
+            if at_once is not None and slot - at_once < self.interval / 2:
+                # a run at once nearer this time of the grid than the last stands for it (an
+                # hourly poll back at 59:59 was followed by another at 60:00)
+                slot += self.interval
             if slot >= mono:
                 return self._jittered(slot)
             behind = int((mono - slot) // self.interval) + 1  # run times now passed

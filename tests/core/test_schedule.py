@@ -34,6 +34,20 @@ def test_an_interval_keeps_its_grid_and_skips_missed_times() -> None:
     assert s.missed_runs == 2
 
 
+def test_a_run_at_once_near_the_next_time_of_the_grid_stands_for_it() -> None:
+    # an hourly source back from an error at 59:59 polled at once, then again at 60:00
+    s = Schedule(interval=3600.0)
+    s.first(0.0, 0.0)
+    assert s.at_once(3599.0, 0.0) == 3599.0
+    assert s.next(3599.5, 0.0) == 7200.0
+    assert s.missed_runs == 0
+    # back early in a gap, the grid's next time is polled as usual
+    s = Schedule(interval=3600.0)
+    s.first(0.0, 0.0)
+    s.at_once(600.0, 0.0)
+    assert s.next(601.0, 0.0) == 3600.0
+
+
 def test_an_interval_catches_up_once() -> None:
     s = Schedule(interval=10.0, missed="catch_up")
     s.first(100.0, 0.0)
