@@ -134,16 +134,21 @@ printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n%s\n' "$PYTHON" "$REPO" 
   'from gateway.cli import main; sys.exit(main())' >/opt/edge-stream/venv/bin/edge-stream
 chmod 0755 /opt/edge-stream/venv/bin/python /opt/edge-stream/venv/bin/edge-stream
 cp -a "$T/card/." "$T/boot/"
-EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
+# $BOOTS boots of the board, one after the other
+for _ in $(seq "$BOOTS"); do EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"; done
 cp -a /etc/systemd/network/. "$T/network/"
 cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
 cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
-cp /var/lib/edge-stream/web-users "$T/web-users"
+cp /var/lib/edge-stream/web-users "$T/web-users" 2>/dev/null || true
 find /var/lib/cmdlines -type f ! -name '*.env' -exec cat {} + >"$T/cmdlines"
 find /var/lib/cmdlines -type f -name '*.env' -exec cat {} + | sort -u >"$T/overrides"
-stat -c '%U:%04a' /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
-  /var/lib/edge-stream/web-users >"$T/owners"
+for f in /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
+  /var/lib/edge-stream/web-users; do
+  stat -c '%U:%04a' "$f" 2>/dev/null || echo missing
+done >"$T/owners"
+# what the data partition holds, and where
+find /var/lib/edge-stream -mindepth 1 -printf '%P\n' | sort >"$T/data-files"
 """
 
 
@@ -190,10 +195,12 @@ def _firstboot(
     plant: bool = False,
     environment: str = "",
     old_marks: bool = False,
+    boots: int = 1,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
-    /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved."""
+    /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved;
+    `boots`: how many times it runs (the board booted again)."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -211,6 +218,7 @@ def _firstboot(
         "PLANT": "1" if plant else "",
         "OLD_MARKS": "1" if old_marks else "",
         "ENVIRONMENT": environment,
+        "BOOTS": str(boots),
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -394,6 +402,39 @@ def test_the_environment_files_values_win_over_the_scripts_data_dir(tmp_path: Pa
     overrides = (tmp_path / "overrides").read_text().splitlines()
     assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream/elsewhere')" in overrides
     assert "('EDGE_STREAM__GATEWAY__DATA_DIR', '/var/lib/edge-stream')" not in overrides
+
+
+ELSEWHERE = (
+    "EDGE_STREAM__GATEWAY__DATA_DIR=/var/lib/edge-stream/elsewhere\n"
+    "EDGE_STREAM__WEB__USERNAME=operator\nEDGE_STREAM__WEB__PASSWORD=a-long-password\n"
+)
+
+
+def test_the_secret_key_is_looked_for_in_the_data_dir_the_gateway_uses(tmp_path: Path) -> None:
+    """With EDGE_STREAM__GATEWAY__DATA_DIR in the environment file, `secret keygen` writes
+    the key under that data_dir, but the script looked for it under /var/lib/edge-stream:
+    every boot after the first ran keygen again, which refused ("exists; not replacing
+    a key that may be in use") in the journal."""
+    result = _firstboot(tmp_path, {}, environment=ELSEWHERE, boots=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not replacing" not in result.stderr, result.stderr
+    assert result.stdout.count("made the gateway's secret key") == 1, result.stdout
+    files = (tmp_path / "data-files").read_text().splitlines()
+    assert "elsewhere/secret.key" in files and "secret.key" not in files, files
+
+
+def test_a_config_from_the_card_is_kept_in_the_data_dir_the_gateway_uses(tmp_path: Path) -> None:
+    """The config a card's edge-stream.yaml replaces is kept under the data_dir's
+    config-history/ (for `config rollback`); with EDGE_STREAM__GATEWAY__DATA_DIR in the
+    environment file it went under /var/lib/edge-stream, where the gateway and `config
+    rollback` do not look."""
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text()
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config + "# new\n"}, environment=ELSEWHERE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "took edge-stream.yaml" in result.stdout, result.stdout
+    files = (tmp_path / "data-files").read_text().splitlines()
+    assert any(f.startswith("elsewhere/config-history/") for f in files), files
+    assert "config-history" not in files, files
 
 
 def test_an_environment_file_systemd_skips_is_said_so_and_skipped(tmp_path: Path) -> None:
