@@ -134,6 +134,12 @@ printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n%s\n' "$PYTHON" "$REPO" 
   'from gateway.cli import main; sys.exit(main())' >/opt/edge-stream/venv/bin/edge-stream
 chmod 0755 /opt/edge-stream/venv/bin/python /opt/edge-stream/venv/bin/edge-stream
 cp -a "$T/card/." "$T/boot/"
+# a temp folder nothing can be written in (a full or read-only /tmp)
+if [ -n "${RO_TMP:-}" ]; then
+  mkdir "$T/tmp"
+  mount -t tmpfs -o ro tmpfs "$T/tmp"
+  export TMPDIR=$T/tmp
+fi
 # $BOOTS boots of the board, one after the other
 for _ in $(seq "$BOOTS"); do EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"; done
 cp -a /etc/systemd/network/. "$T/network/"
@@ -196,11 +202,13 @@ def _firstboot(
     environment: str = "",
     old_marks: bool = False,
     boots: int = 1,
+    ro_tmp: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
     /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved;
-    `boots`: how many times it runs (the board booted again)."""
+    `boots`: how many times it runs (the board booted again); `ro_tmp`: its TMPDIR a
+    read-only folder."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -219,6 +227,7 @@ def _firstboot(
         "OLD_MARKS": "1" if old_marks else "",
         "ENVIRONMENT": environment,
         "BOOTS": str(boots),
+        "RO_TMP": "1" if ro_tmp else "",
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -435,6 +444,25 @@ def test_a_config_from_the_card_is_kept_in_the_data_dir_the_gateway_uses(tmp_pat
     files = (tmp_path / "data-files").read_text().splitlines()
     assert any(f.startswith("elsewhere/config-history/") for f in files), files
     assert "config-history" not in files, files
+
+
+def test_the_environment_files_values_go_through_no_temp_file(tmp_path: Path) -> None:
+    """The environment file's pairs (the console's password, DSNs) went through a mktemp
+    file: left in /tmp until the next reboot when the unit's timeout killed the script in
+    between, and a temp folder that cannot be written (full, read-only) stopped the whole
+    first boot under set -e, before the credentials were made."""
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text() + (
+        "  users_file: /var/lib/edge-stream/no-users\n"
+    )
+    environment = "EDGE_STREAM__WEB__USERNAME=operator\nEDGE_STREAM__WEB__PASSWORD=a-long-one\n"
+    result = _firstboot(
+        tmp_path, {"edge-stream.yaml": config}, environment=environment, ro_tmp=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = {p.name for p in (tmp_path / "card-after").iterdir()}
+    assert {"edge-stream.yaml.applied", "edge-stream-credentials.txt"} <= after, result.stdout
+    overrides = (tmp_path / "overrides").read_text().splitlines()
+    assert "('EDGE_STREAM__WEB__PASSWORD', 'a-long-one')" in overrides
 
 
 def test_an_environment_file_systemd_skips_is_said_so_and_skipped(tmp_path: Path) -> None:
