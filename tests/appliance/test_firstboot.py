@@ -29,7 +29,9 @@ UNSHARE = ["unshare", "--mount", "--uts", "--propagation", "private"]
 # from) behind a folder it cannot enter (a 0700 /root: a CI clone in /root/ci, a pyenv
 # Python in /root/.pyenv): that folder is a 0755 tmpfs here, holding just those paths.
 # A path that is itself closed (a checkout of mode 0700) is an overlay there, whose top,
-# made here, is 0755: bound as it is, it stayed closed. $VEILED: see `_veiled`.
+# made here, is 0755: bound as it is, it stayed closed. What lies inside is as it is:
+# a checkout cloned under umask 077 is refused by `_veiled`, saying what to do.
+# $VEILED: see `_veiled`.
 VEIL = r"""
 umask 022
 n=0
@@ -168,11 +170,16 @@ def _veiled(tmp_path: Path, needed: set[Path] | None = None) -> str:
     this checkout, the venv, this Python's installation) that is, or lies under, a folder
     others cannot enter (CLOSED, the highest such), for VEIL to expose. A CLOSED (made a
     tmpfs by VEIL) that holds the test's folder `tmp_path` fails the test with what to do:
-    VEIL hid the folder it then wrote in, and the test failed far from the cause."""
+    VEIL hid the folder it then wrote in, and the test failed far from the cause. So
+    does a checkout whose gateway/ or modules others cannot read: VEIL opens only the
+    closed folder's top, and a clone made under umask 077 (0700 folders, 0600 files)
+    stayed unreadable to the gateway's user, the script failing with no word of why."""
     if needed is None:
         real = Path(os.path.realpath(sys.executable))
         needed = {REPO, Path(sys.prefix), Path(sys.base_prefix), real.parent.parent}
     needed = {Path(os.path.realpath(p)) for p in needed}
+    for checkout in sorted(p for p in needed if (p / "gateway").is_dir()):
+        _readable_by_others(checkout)
     # a path inside another needed one comes with it
     needed = {p for p in needed if not any(q != p and q in p.parents for q in needed)}
     here = Path(os.path.realpath(tmp_path))
@@ -193,6 +200,24 @@ def _veiled(tmp_path: Path, needed: set[Path] | None = None) -> str:
                 pytrace=False,
             )
     return "\n".join(lines)
+
+
+def _readable_by_others(checkout: Path) -> None:
+    """Fail the test, saying what to do, when others (the gateway's user) cannot read
+    the checkout's gateway/ folder or one of its modules."""
+    package = checkout / "gateway"
+    modules = sorted(package.glob("*.py"))
+    wanted = [(package, stat.S_IROTH | stat.S_IXOTH), *[(m, stat.S_IROTH) for m in modules[:1]]]
+    for path, bits in wanted:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & bits != bits:
+            pytest.fail(
+                f"{path} (mode {mode:04o}) cannot be read by other users, so neither by the"
+                f" gateway's user the first-boot test runs it as: the checkout was cloned"
+                f" under a umask such as 077; run chmod -R o+rX {checkout} (or clone it"
+                f" with umask 022)",
+                pytrace=False,
+            )
 
 
 def _firstboot(
@@ -507,6 +532,8 @@ def test_a_checkout_that_is_itself_closed_or_under_one_is_reached(
     repo = open_folder / under / "repo"
     (repo / "gateway").mkdir(parents=True)
     (repo / "gateway/module.py").write_text("reached\n")
+    (repo / "gateway").chmod(0o755)
+    (repo / "gateway/module.py").chmod(0o644)
     closed = open_folder / "ci" if under else repo
     closed.chmod(0o700)
     lines = _veiled(tmp_path, {repo})
@@ -522,6 +549,32 @@ def test_a_checkout_that_is_itself_closed_or_under_one_is_reached(
         timeout=60,
     )
     assert (result.returncode, result.stdout) == (0, "reached\n"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("package", "module"), [(0o700, 0o600), (0o755, 0o600)], ids=["folder", "module"]
+)
+def test_a_checkout_others_cannot_read_fails_at_once_saying_what_to_do(
+    tmp_path: Path, open_folder: Path, package: int, module: int
+) -> None:
+    """VEIL opens only the closed folder's top: a checkout cloned under umask 077 (0700
+    folders, 0600 files) was still unreadable to the gateway's user, and the first-boot
+    script failed on an import with no word of the cause."""
+    repo = open_folder / "repo"
+    (repo / "gateway").mkdir(parents=True)
+    (repo / "gateway/module.py").write_text("reached\n")
+    (repo / "gateway").chmod(package)
+    (repo / "gateway/module.py").chmod(module)
+    repo.chmod(0o700)
+    unreadable = repo / "gateway" if package == 0o700 else repo / "gateway/module.py"
+    with pytest.raises(pytest.fail.Exception, match=r"chmod -R o\+rX") as failed:
+        _veiled(tmp_path, {repo})
+    assert str(failed.value) == (
+        f"{unreadable} (mode {package if package == 0o700 else module:04o}) cannot be read"
+        " by other users, so neither by the gateway's user the first-boot test runs it as:"
+        f" the checkout was cloned under a umask such as 077; run chmod -R o+rX {repo}"
+        " (or clone it with umask 022)"
+    )
 
 
 def test_a_test_folder_in_a_folder_the_test_mounts_over_fails_at_once(open_folder: Path) -> None:
