@@ -36,6 +36,7 @@ own settings (see README, "What your MQTT broker needs").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -299,7 +300,11 @@ class EmbeddedBroker:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
-        proc.terminate()
+        # Not proc.terminate(): Popen's send_signal reaps a child that died already (a
+        # SIGTERM to the whole group, a service stop), and asyncio's watcher, waiting for
+        # it too, then logged "Unknown child process pid ..., will report returncode 255".
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(5):
                 await proc.wait()
@@ -319,7 +324,8 @@ class EmbeddedBroker:
                 " since its last autosave may be lost)",
                 STOP_WAIT,
             )
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
 
 
