@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import getpass
 import http.client
 import json
@@ -1295,9 +1296,9 @@ def main(argv: list[str] | None = None) -> int:
         # running gateway's refusals, and one naming no file, keep their traceback.
         if args is None or args.fn is cmd_run or not err.filename:
             raise
+        advice = ": run it as the user the file belongs to" if err.errno == errno.EACCES else ""
         print(
-            f"edge-stream: {err.filename}: permission denied: run it as the user the file"
-            " belongs to",
+            f"edge-stream: {err.filename}: {(err.strerror or 'refused').lower()}{advice}",
             file=sys.stderr,
         )
         return 1

@@ -21,6 +21,7 @@ A value YAML cannot build (a mapping or list used as a key, `2024-02-30`, `!!int
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -576,6 +577,8 @@ def _refuse_near_override(var: str) -> None:
     rest = var[len(ENV_PREFIX) - 1 :].lstrip("_")
     if "__" not in rest:
         return  # EDGE_STREAM_CONFIG, EDGE_STREAM_SECRET_KEY: the commands' own variables
+    if rest.partition("__")[0].lower() not in {f.name for f in dataclasses.fields(Config)}:
+        return  # not one of the config's sections: a variable for something else
     raise ConfigError(
         f"{var}: not read as an override: an override's name starts with {ENV_PREFIX}"
         f" (in capitals, two underscores), e.g. {ENV_PREFIX}{rest.upper()}"

@@ -234,14 +234,25 @@ class EmbeddedBroker:
                         f" messages, {db} ({said}): if the file is damaged, move it aside"
                         " (the sessions and messages in it are lost) and start again"
                     )
-                if "Unsupported persistent database" in said or "Incompatible database" in said:
-                    # a newer Mosquitto's file (a downgrade): not damaged, and an upgrade
-                    # reads it with nothing lost
+                newer = "Unsupported persistent database" in said or re.search(
+                    r"Incompatible database configuration \(dbid size is [48] bytes", said
+                )
+                if newer:
+                    # a newer Mosquitto's file (a downgrade), or one of a build with other
+                    # sizes: not damaged, and that Mosquitto reads it with nothing lost
                     raise UnreadableStore(
                         f"the embedded Mosquitto cannot read its saved sessions and queued"
                         f" messages, {db} ({said}): it was written by a newer (or otherwise"
                         " built) Mosquitto: upgrade Mosquitto, or move the file aside (the"
                         " sessions and messages in it are lost) and start again"
+                    )
+                if "database" in said:
+                    # Damaged otherwise ("Corrupt persistent database.", "Couldn't open
+                    # database." after a truncated file, a dbid size of 0 bytes)
+                    raise UnreadableStore(
+                        f"the embedded Mosquitto cannot read its saved sessions and queued"
+                        f" messages, {db} ({said}): if the file is damaged, move it aside"
+                        " (the sessions and messages in it are lost) and start again"
                     )
                 raise RetryableError(f"the embedded Mosquitto exited at start: {said}")
             try:

@@ -429,10 +429,11 @@ def test_a_config_in_a_folder_the_user_cannot_enter_is_one_line(
     # (the tests run as root, whom it never refuses): stood in for at the one call.
     config = tmp_path / "closed" / "gateway.yaml"
     real_is_file = Path.is_file
+    refusal = PermissionError(13, "Permission denied", str(config))
 
     def is_file(self: Path) -> bool:
         if self == config:
-            raise PermissionError(13, "Permission denied", str(config))
+            raise refusal
         return real_is_file(self)
 
     monkeypatch.setattr(Path, "is_file", is_file)
@@ -440,6 +441,13 @@ def test_a_config_in_a_folder_the_user_cannot_enter_is_one_line(
         1,
         "",
         f"edge-stream: {config}: permission denied: run it as the user the file belongs to\n",
+    )
+    # EPERM (an immutable file, a chown): its owner is refused too, so no such advice
+    refusal = PermissionError(1, "Operation not permitted", str(config))
+    assert run(capsys, "secret", "keygen", "-c", str(config)) == (
+        1,
+        "",
+        f"edge-stream: {config}: operation not permitted\n",
     )
 
 

@@ -568,6 +568,9 @@ def test_a_variable_named_almost_like_an_override_is_refused_not_skipped(
     # the commands' own variables are not overrides
     environ = {"EDGE_STREAM_CONFIG": "x.yaml", "EDGE_STREAM_SECRET_KEY": "k" * 44}
     assert load(path, environ=environ).sinks["w"].keep == 2
+    # nor one for another program that shares the prefix: it names no section of the config
+    # (refused, it stopped the gateway and every command, the recovery ones too)
+    assert load(path, environ={"EDGE_STREAM_BACKUP__TARGET": "/mnt"}).sinks["w"].keep == 2
 
 
 def test_an_invalid_override_is_reported_with_its_key(tmp_path: Path) -> None:

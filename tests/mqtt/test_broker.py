@@ -160,3 +160,23 @@ async def test_a_mosquitto_db_of_a_newer_mosquitto_says_to_upgrade(tmp_path: Pat
         "written by a newer (or otherwise built) Mosquitto: upgrade Mosquitto, or move the"
         " file aside (the sessions and messages in it are lost) and start again"
     )
+
+
+async def test_a_truncated_mosquitto_db_is_called_damaged(tmp_path: Path) -> None:
+    """A file cut short after its header: Mosquitto says "Couldn't open database." (or
+    "Corrupt persistent database."), which the newer-Mosquitto check took for a start
+    failure to retry for ever, Mosquitto's lines after mqtt.embedded_listen again."""
+    broker = EmbeddedBroker(str(tmp_path), f"127.0.0.1:{free_port()}")
+    broker.dir.mkdir()
+    magic = b"\x00\xb5\x00mosquitto db"
+    header = magic + b"\x00" * 4 + (6).to_bytes(4, "big")  # the format version 2.x writes
+    chunk = (1).to_bytes(4, "big") + (100).to_bytes(4, "big") + b"\x00" * 5  # cut short
+    (broker.dir / "mosquitto.db").write_bytes(header + chunk)
+    with pytest.raises(ConfigError) as caught:
+        await broker.start_first()
+    message = str(caught.value)
+    assert "\n" not in message and "newer" not in message
+    assert message.endswith(
+        "if the file is damaged, move it aside (the sessions and messages in it are lost)"
+        " and start again"
+    )
