@@ -147,11 +147,6 @@ class TopicsSeen:
     def __len__(self) -> int:
         return len(self._topics)
 
-    def seen_since(self, since: float) -> tuple[float, list[str]]:
-        """The time now, and the topics seen at or after `since` (a time this gave)."""
-        now = self._clock()
-        return now, [t for t, entry in self._topics.items() if entry.last_seen >= since]
-
 
 def _name_bytes(topic: str) -> int:
     return len(topic.encode("utf-8", "surrogatepass"))

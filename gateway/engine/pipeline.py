@@ -74,7 +74,6 @@ START_CHECK_S = 3.0  # a reload: how long a started component has to fail outrig
 FIRST_CONNECT_S = 10.0
 REPLICA_FINISH_S = 2.0  # at shutdown, how long the state replica may take to catch up
 TICK_S = 1.0  # how often stateful processors' timers run (a window closing without new data)
-UNROUTED_NAMED = 200  # topics that no route takes, named in the log (each once)
 
 
 def _own_rows(
@@ -164,12 +163,6 @@ class Engine:
         self._commit_lock = asyncio.Lock()
         self._ticking = False  # the timer loop is committing (shutdown lets it finish)
         self._unowned_told: set[str] = set()  # kept state owned by no processor, logged
-        # FlowFiles no route takes are dropped (counted as `unrouted`): their topics said
-        # in the log once each, at most UNROUTED_NAMED of them (see `_warn_unrouted`)
-        self._unrouted_said = 0  # router.unrouted when last looked at
-        self._unrouted_since = 0.0  # the topics seen (wall clock) from this on are new
-        self._unrouted_named: set[str] = set()
-        self._unrouted_looks = 0  # scans of the topics seen still to make for them
         self.ready = asyncio.Event()
 
     # -- building ----------------------------------------------------------
@@ -557,6 +550,7 @@ class Engine:
                     if label in state:
                         processor.restore(state[label])  # a changed route's last checkpoint
                 await self._load_kv([p for _, p in fresh])
+                self._warn_unrouted()  # what the old routes dropped, named under them
                 self.router = router  # between two commits: each takes the router once
                 await self._warn_unowned_state()
             except Exception as err:  # a processor refused its config: roll back
@@ -994,35 +988,20 @@ class Engine:
         """Say in the log the topics of FlowFiles no route took, which are dropped: a route
         whose `match` misses what a source makes (`sensor/#` for `sensors/...`, a Modbus
         device's `modbus/...` with no route for it) lost every reading without a word, the
-        count only in /api/status and /metrics. Each topic once, at most UNROUTED_NAMED."""
+        count only in /api/status and /metrics. The router notes each topic where it drops
+        the FlowFile, once (see Router.take_unrouted); a router built at a reload that
+        changes the routes notes them afresh."""
         router = self.router
         if router is None:
             return
-        if router.unrouted > self._unrouted_said:
-            self._unrouted_said = router.unrouted
-            # looked for twice: the FlowFiles are routed before their commit, and the
-            # topics seen are told of them after it
-            self._unrouted_looks = 2
-        if self._unrouted_looks == 0 or len(self._unrouted_named) >= UNROUTED_NAMED:
-            return
-        self._unrouted_looks -= 1
-        if self.topics is None:  # no topics kept: the count alone, once
-            new = [] if self._unrouted_named else ["?"]
-        else:
-            self._unrouted_since, seen = self.topics.seen_since(self._unrouted_since)
-            new = [t for t in seen if t not in self._unrouted_named and not router.match(t)]
-        new = new[: UNROUTED_NAMED - len(self._unrouted_named)]
+        new = router.take_unrouted()
         if not new:
             return
-        self._unrouted_named.update(new)
-        named = "" if new == ["?"] else " of " + ", ".join(repr(t) for t in new[:5])
-        more = f" and {len(new) - 5} more topics" if len(new) > 5 else ""
         log.warning(
-            "engine: FlowFiles%s%s match no route and are dropped (%d so far); give a route a"
-            " `match` for them if they are wanted (/api/topics lists the topics seen and"
+            "engine: FlowFiles of %s match no route and are dropped (%d so far); give a route"
+            " a `match` for them if they are wanted (/api/topics lists the topics seen and"
             " the routes of each)",
-            named,
-            more,
+            ", ".join(repr(t) for t in new),
             router.unrouted,
         )
 

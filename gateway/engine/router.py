@@ -20,6 +20,12 @@ from gateway.store.sqlite import DeadLetter
 # replay finds that processor again by it. Made and recognised here only.
 _PROCESSOR_LABEL = re.compile(r"route .+: processor \d+ \([^()]*\)")
 
+# The topics of dropped FlowFiles (no route took them) a router notes for the engine to
+# name in the log, each once: at most this many, and this many bytes of names (a topic
+# has at most 65535). Past either, a router notes no more of them.
+UNROUTED_NAMED = 200
+UNROUTED_NAMED_BYTES = 64 * 1024
+
 
 def processor_label(route: str, index: int, kind: str) -> str:
     """The label of processor `index` (of type `kind`) of route `route`."""
@@ -54,6 +60,12 @@ class Router:
         self._matcher = TopicMatcher((r.name, f) for r in routes for f in r.filters)
         self.unrouted = 0
         self.errors = 0
+        # The topics of the FlowFiles dropped so far (see UNROUTED_NAMED), and those of
+        # them not yet taken by `take_unrouted`: noted where they are dropped, so a
+        # one-off is not missed, and a topic once only, so a steady drop costs a lookup.
+        self._unrouted_topics: set[str] = set()
+        self._unrouted_bytes = 0
+        self._unrouted_new: list[str] = []
 
     def run(
         self,
@@ -75,6 +87,8 @@ class Router:
             names = cached(topic) if len(topic) <= longest else compute(topic)
             if not names:
                 self.unrouted += 1
+                if topic not in self._unrouted_topics:
+                    self._note_unrouted(topic)
                 continue
             for name in names:
                 route = by_name[name]
@@ -114,6 +128,23 @@ class Router:
         )
         dead.append(DeadLetter(ff, origin, reason))
         return False
+
+    def _note_unrouted(self, topic: str) -> None:
+        if len(self._unrouted_topics) >= UNROUTED_NAMED:
+            return
+        size = len(topic.encode("utf-8", "surrogatepass"))
+        if self._unrouted_bytes + size > UNROUTED_NAMED_BYTES:
+            return
+        self._unrouted_topics.add(topic)
+        self._unrouted_bytes += size
+        self._unrouted_new.append(topic)
+
+    def take_unrouted(self) -> list[str]:
+        """The topics of dropped FlowFiles (no route took them) not taken before, in the
+        order they were first dropped: each topic once in this router's life, at most
+        UNROUTED_NAMED of them (and UNROUTED_NAMED_BYTES of names)."""
+        new, self._unrouted_new = self._unrouted_new, []
+        return new
 
     def match(self, topic: str) -> list[str]:
         """The routes whose filters match `topic` (the console's "which routes" box)."""

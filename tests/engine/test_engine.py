@@ -580,6 +580,54 @@ async def test_the_topics_no_route_takes_are_said_in_the_log_once_each(
         await running
 
 
+class TopicSource(FakeSource):
+    """Hands over a FlowFile for each topic put in `topics`."""
+
+    topics: asyncio.Queue[list[str]]
+
+    async def read(self) -> list[Message]:
+        return [Message(FlowFile.create(t, b"1")) for t in await self.topics.get()]
+
+
+async def test_every_unrouted_topic_is_named_and_again_after_a_reload_of_the_routes(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven new unrouted topics at once: five were named and the rest marked named, so
+    never said; a topic named once was never named again, even when a reload changed the
+    routes; and with no topics kept (no console) the line named none."""
+    monkeypatch.setattr(TopicSource, "topics", asyncio.Queue(), raising=False)
+    classes = {("source", "fake"): TopicSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[(k, n)]))
+    config = dataclasses.replace(
+        fake_config(tmp_path), routes={"r": RouteSection(match=["plant/line0"], sinks=["out"])}
+    )
+    clock = FakeClock()
+    engine = Engine(config, store, clock=clock)  # no TopicsSeen
+    running = asyncio.ensure_future(engine.run())
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "match no route" in r.getMessage()]
+
+    topics = [f"plant/line{n}" for n in range(1, 8)]
+    TopicSource.topics.put_nowait(topics)
+    await advance_until(clock, lambda: bool(said()))
+    (line,) = said()
+    assert line.startswith(
+        "engine: FlowFiles of " + ", ".join(repr(t) for t in topics) + " match no route"
+    )
+    other = dataclasses.replace(
+        config, routes={"r": RouteSection(match=["plant/line8"], sinks=["out"])}
+    )
+    assert await engine.apply(other, plan(config, other)) == []
+    TopicSource.topics.put_nowait(["plant/line1"])
+    await advance_until(clock, lambda: len(said()) == 2)
+    assert said()[1].startswith("engine: FlowFiles of 'plant/line1' match no route")
+    assert engine.router is not None and engine.router.unrouted == 8
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
 async def test_a_replayed_dead_letter_a_route_refused_goes_through_that_route_only(
     tmp_path: Path, fakes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,6 +82,29 @@ def test_unrouted_flowfiles_are_counted_not_stored() -> None:
     assert out == {} and dead == [] and router.unrouted == 2
 
 
+def test_the_topics_of_dropped_flowfiles_are_noted_where_dropped_each_once_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine guessed the unrouted topics every second by matching the topics seen
+    against the routes again: a cost each second while anything stayed unrouted, and a
+    one-off missed when its commit took longer than two looks. The router notes them
+    where it drops the FlowFiles, each topic once, at most so many topics and bytes."""
+    router = Router([Route("a", ("a/#",), [], 0b1)])
+    run(router, *(FlowFile.create(t, b"") for t in ("b/1", "a/1", "b/2", "b/1")))
+    assert router.take_unrouted() == ["b/1", "b/2"]
+    assert router.take_unrouted() == []
+    run(router, FlowFile.create("b/1", b""), FlowFile.create("b/3", b""))
+    assert router.take_unrouted() == ["b/3"], "a topic once in the router's life"
+    monkeypatch.setattr("gateway.engine.router.UNROUTED_NAMED", 5)
+    run(router, *(FlowFile.create(f"c/{i}", b"") for i in range(5)))
+    assert router.take_unrouted() == ["c/0", "c/1"], "at most UNROUTED_NAMED topics"
+    monkeypatch.setattr("gateway.engine.router.UNROUTED_NAMED", 100)
+    monkeypatch.setattr("gateway.engine.router.UNROUTED_NAMED_BYTES", 30)
+    run(router, FlowFile.create("d/" + "x" * 20, b""), FlowFile.create("e/1", b""))
+    assert router.take_unrouted() == ["e/1"], "at most UNROUTED_NAMED_BYTES of names"
+    assert router.unrouted == 12
+
+
 def test_long_topics_are_routed_without_being_cached() -> None:
     router = Router([Route("a", ("plant/#",), [], 0b1)])
     long = FlowFile.create("plant/" + "x" * 5000, b"1")
