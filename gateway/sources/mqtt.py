@@ -100,8 +100,9 @@ filter is a new subscription: its retained messages come once more. If the
 broker refuses a new filter, the old ones are kept (`a/#` is not left for a
 `$share/g/a/#` the broker does not support), with a WARNING. An unsubscribe the
 broker does not answer, or refuses, is logged and tried again at the next
-connect; one it closes the connection on (an ACL) is not asked again until the
-gateway restarts. The store keeps what the session is subscribed to, with the
+connect; one that the connection is lost on (a broker that closes it, for an ACL)
+is asked again at the next connect, at most 3 times, then not until the gateway
+restarts or a reload changes the source. The store keeps what the session is subscribed to, with the
 source's name, client id and broker. What it does not know of, a filter already
 gone from `topics` at the first connect after a `store reset` (or on a session
 an older version made), keeps coming until the session expires
@@ -161,6 +162,7 @@ from gateway.mqtt.wire import PACKET_ID_0, ConnectRefused, Subscriber
 
 READ_BATCH = 2000
 CONNECT_TIMEOUT = 15.0
+UNSUBSCRIBE_TRIES = 3  # connections lost unsubscribing from a stale filter, then it is left
 # A connection the broker closes within this long after accepting it, without a reason,
 # may have been taken over by another client with the same client id.
 TAKEOVER_WINDOW = 10.0
@@ -488,8 +490,8 @@ class MqttSource(Source):
         self._connected_at: float | None = None  # clock.monotonic() of the last CONNACK+SUBACK
         # (broker, client id, filters) the broker's session is subscribed to, as committed
         self._subscribed: tuple[str | None, str | None, list[str]] | None = None
-        # stale filters the broker closed the connection on when asked to unsubscribe
-        self._unsubscribe_drops: set[str] = set()
+        # stale filters -> connections lost while unsubscribing from them (see `_unsubscribe`)
+        self._unsubscribe_drops: dict[str, int] = {}
         self._counted = False  # the counters show from the first read() on
 
     async def connect(self) -> None:
@@ -638,17 +640,27 @@ class MqttSource(Source):
         A failure here is not the connect's: the new subscriptions are in."""
         if not stale:
             return []
-        if any(code >= 0x80 for code in granted):
-            # a/# replaced by $share/g/a/# on a broker without shared subscriptions: with
-            # a/# gone too, nothing would be subscribed
+        refused = [
+            _unshared(f)
+            for f, code in zip(self.config.topics, granted, strict=False)
+            if code >= 0x80
+        ]
+        # a/# replaced by $share/g/a/# on a broker without shared subscriptions: with a/#
+        # gone too, nothing of a/# would be subscribed. Only a stale filter that overlaps a
+        # refused one is kept: the others would bring their messages twice.
+        held = [f for f in stale if any(filters_overlap(_unshared(f), r) for r in refused)]
+        if held:
             self.ctx.log.warning(
                 "kept the subscription to %s, no longer in topics: the broker refused a new"
                 " one (said below); its messages keep coming",
-                ", ".join(stale),
+                ", ".join(held),
             )
-            return stale
-        dropped = [f for f in stale if f in self._unsubscribe_drops]
-        asked = [f for f in stale if f not in self._unsubscribe_drops]
+        dropped = [
+            f
+            for f in stale
+            if f not in held and self._unsubscribe_drops.get(f, 0) >= UNSUBSCRIBE_TRIES
+        ]
+        asked = [f for f in stale if f not in held and f not in dropped]
         if not asked:
             return stale
         try:
@@ -663,15 +675,30 @@ class MqttSource(Source):
             )
             return stale
         except ConnectionError:
-            # Asking again at once would lose the connection again, at every connect: not
-            # again until the gateway restarts (or the source is reloaded).
-            self._unsubscribe_drops.update(asked)
-            self.ctx.log.warning(
-                "the broker closed the connection when asked to unsubscribe from %s, no"
-                " longer in topics (an ACL?): its messages keep coming; not asked again"
-                " until the gateway restarts",
-                ", ".join(asked),
-            )
+            # A broker that closes the connection on this UNSUBSCRIBE (an ACL) would close
+            # it at every connect; a network blip would not. Asked again at the next
+            # connect, at most UNSUBSCRIBE_TRIES times, then not until this source starts
+            # anew (a gateway restart, or a reload that changes it).
+            for f in asked:
+                self._unsubscribe_drops[f] = self._unsubscribe_drops.get(f, 0) + 1
+            left = [f for f in asked if self._unsubscribe_drops[f] >= UNSUBSCRIBE_TRIES]
+            again = [f for f in asked if f not in left]
+            if again:
+                self.ctx.log.warning(
+                    "the connection to the broker was lost while unsubscribing from %s, no"
+                    " longer in topics: its messages keep coming; tried again at the next"
+                    " connect",
+                    ", ".join(again),
+                )
+            if left:
+                self.ctx.log.warning(
+                    "the connection to the broker was lost each of the %d times the source"
+                    " unsubscribed from %s, no longer in topics: its messages keep coming; not"
+                    " asked again until the gateway restarts or a reload changes this source"
+                    " (if the broker closes the connection on it, see its ACL)",
+                    UNSUBSCRIBE_TRIES,
+                    ", ".join(left),
+                )
             return stale
         failed = [f for f, code in zip(asked, codes, strict=False) if code >= 0x80]
         done = [f for f in asked if f not in failed]
@@ -687,7 +714,7 @@ class MqttSource(Source):
                 " messages keep coming; tried again at the next connect",
                 ", ".join(failed),
             )
-        return [*dropped, *failed]
+        return [f for f in stale if f in held or f in dropped or f in failed]
 
     async def _keep_subscribed(self, where: str, filters: list[str]) -> None:
         """Commit what the session is subscribed to, if it changed."""
