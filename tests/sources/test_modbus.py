@@ -256,6 +256,33 @@ async def test_filled_hole_refused_by_the_device_is_split(plc: PlcStore) -> None
     assert source.status()["devices"]["plant"]["state"] == "online"
 
 
+async def test_a_register_the_device_lacks_does_not_take_its_neighbours_with_it(
+    plc: PlcStore,
+) -> None:
+    """Contiguous values share one read; a device that lacks one of them refuses the
+    whole read (illegal data address). The read was refused on every poll, and its
+    good values were never sent: it is now read value by value, and only the missing
+    one is named in `last_error`."""
+    plc.set(1, "holding", 0, [10, 11, 12, 13])
+    plc.holes[1] = {2}
+    registers = {"r0": {"address": 0}, "r1": {"address": 1}, "ghost": {"address": 2},
+                 "r3": {"address": 3}}  # fmt: skip
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "50ms",  # type: ignore[attr-defined]
+                          "registers": registers})  # fmt: skip
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(values(ms)) == 3, "the three good values")
+    finally:
+        await source.close()
+    assert values(pump.messages) == {"modbus/plant/r0": 10, "modbus/plant/r1": 11,
+                                     "modbus/plant/r3": 13}  # fmt: skip
+    assert device["state"] == "online"
+    assert device["last_error"] and device["last_error"].startswith("ghost: "), device
+    assert plc.requests[0][1:] == (3, 0, 4)
+
+
 async def test_a_refused_register_answered_again_is_no_error_any_more(
     plc: PlcStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,8 @@ Pure functions and plain objects, no I/O. `plan` merges (start, width) spans
 into blocks within the request limit, filling holes up to `max_gap`;
 `plan_requests` groups a device's values by poll interval and table and turns
 each block into a `Request`; `Request.split` re-plans a block without its
-filler for a device that refuses reads with holes (illegal data address).
+filler, or a block without filler value by value, for a device that refuses
+it (illegal data address).
 """
 
 from __future__ import annotations
@@ -115,13 +116,17 @@ class Request(Generic[V]):
         ]
 
     def split(self) -> list[Request[V]]:
-        """This read as its contiguous runs, without the filler between them."""
+        """This read as its contiguous runs, without the filler between them; a read
+        without filler, as its values (values that overlap stay together). One request
+        when there is nothing to split."""
         spans = [(v.protocol_address, v.width) for v, _, _ in self.items]
-        block = Block(self.start, self.count, tuple(range(len(spans))), self.runs)
+        if self.gapped:
+            block = Block(self.start, self.count, tuple(range(len(spans))), self.runs)
+            blocks = split_runs(spans, block)
+        else:
+            blocks = plan(spans, self.count, -1)  # a hole of -1: only overlaps merge
         values = [v for v, _, _ in self.items]
-        return [
-            Request(self.table, b, [values[j] for j in b.items]) for b in split_runs(spans, block)
-        ]
+        return [Request(self.table, b, [values[j] for j in b.items]) for b in blocks]
 
 
 def plan_requests(

@@ -490,15 +490,18 @@ class ModbusSource(Source):
         dev = group.device
         dev.status["errors"] += 1
         names = ", ".join(v.name for v, _, _ in req.items)
-        if req.gapped and err.code == 2:
-            # The device refuses the filler between values: read the runs separately.
+        parts = req.split() if err.code == 2 else []
+        if len(parts) > 1:
+            # The device lacks an address the read covers: the filler between values,
+            # or one of the values. Read the runs, or the values, separately: the
+            # values it has are read, and a refusal names only the ones it lacks.
             i = group.requests.index(req)
-            parts = req.split()
             group.requests[i : i + 1] = parts
             self.ctx.log.warning(
-                "device %s refused a %s read with holes (%s); reading %d parts instead",
+                "device %s refused a %s read %s (%s); reading %d parts instead",
                 dev.name,
                 req.table,
+                "with holes" if req.gapped else "of several values",
                 err,
                 len(parts),
             )
