@@ -1099,6 +1099,10 @@ def test_config_problems_name_the_key() -> None:
          "writeback.topic: the command topic needs both"),
         ({"url": "rtu:///dev/ttyS0?baud=9600", "registers": {"x": {"address": 0}}},
          "unknown serial option 'baud'"),
+        # a top-level unit is the flat device's: with devices: it was silently ignored,
+        # each device asked as unit 1
+        ({"unit": 3, "devices": {"a": {"url": tcp, "registers": {"x": {"address": 0}}}}},
+         "unit: unit at the top level is the flat device's (with url:); with devices:"),
         # passed the check, then the source crashed with a traceback at each start
         ({"url": tcp, "registers": {"x": {"address": 0}},
           "writeback": {"url": "mqtt://u:pw@h:99999"}},

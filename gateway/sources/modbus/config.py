@@ -387,7 +387,13 @@ class ModbusSourceConfig(SourceConfig):
             example="tcp://10.0.0.5:502",
         ),
     ] = None
-    unit: Annotated[int, Doc("The flat device's unit id.")] = 1
+    unit: Annotated[
+        int | None,
+        Doc(
+            "The flat device's unit id (default 1). Not with `devices`: each device gives"
+            " its own `unit`."
+        ),
+    ] = None
     registers: Annotated[
         dict[str, RegisterConfig],
         Doc(
@@ -507,7 +513,8 @@ class ModbusSourceConfig(SourceConfig):
         """Every device, the flat form included (named after the source)."""
         if self.url is None:
             return dict(self.devices)
-        return {own_name: DeviceConfig(url=self.url, unit=self.unit, registers=self.registers)}
+        unit = 1 if self.unit is None else self.unit
+        return {own_name: DeviceConfig(url=self.url, unit=unit, registers=self.registers)}
 
     def setting(self, device: DeviceConfig, key: str) -> Any:
         value = getattr(device, key)
@@ -536,6 +543,13 @@ class ModbusSourceConfig(SourceConfig):
             yield "url", "give either url: (one device) or devices:, not both"
         if self.url is None and self.registers:
             yield "registers", "registers at the top level need url: (or move them under devices:)"
+        if self.url is None and self.unit is not None:
+            # not a default for the devices: they were asked as unit 1, whatever it said
+            yield (
+                "unit",
+                "unit at the top level is the flat device's (with url:); with devices:,"
+                " give each device its own unit",
+            )
         for key, template, allowed in (
             ("topic", self.topic, _TOPIC_FIELDS),
             ("device_topic", self.device_topic, {"device", "unit"}),
