@@ -116,6 +116,20 @@ def test_scale_offset_and_float32_rounding() -> None:
     assert codec.json_scalar(math.inf) == "null"
 
 
+def test_precision_keeps_integers_exact_and_zero_decimals_whole() -> None:
+    # An integer register with a precision went through a float: the largest uint64
+    # came out as 1.8446744073709552e19, and precision: 0 wrote 215 as 215.0.
+    top = decode("uint64", [0xFFFF] * 4, precision=0)
+    assert top == 2**64 - 1 and isinstance(top, int)
+    assert codec.json_scalar(decode("uint16", [215], precision=0)) == "215"
+    assert codec.json_scalar(decode("int32", [0xFFFF, 0xFFFE], scale=10, precision=1)) == "-20"
+    assert codec.json_scalar(decode("uint16", [215], scale=0.1, precision=0)) == "22"
+    assert codec.json_scalar(decode("float32", regs_for("f", 23.4, "ABCD"), precision=0)) == "23"
+    assert math.isnan(decode("float32", regs_for("f", math.nan, "ABCD"), precision=0))
+    assert decode("float32", regs_for("f", math.inf, "ABCD"), precision=0) == math.inf
+    assert decode("uint16", [215], scale=0.1, precision=2) == 21.5
+
+
 def test_encode_scaling_and_ranges() -> None:
     int16 = codec.parse_type("int16")
     assert codec.encode(int16, 21.5, scale=0.1) == [215]

@@ -60,7 +60,8 @@ input, uint16 in a register), `bit` (0-15, a bool inside a
 holding or input register), `byte_order`/`word_order` or `order` (ABCD,
 CDAB, BADC, DCBA and ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA), `scale` and
 `offset` (value = raw * scale + offset; integers with a decimal scale are
-rounded to the scale's decimals), `precision` (decimals to round to), `unit`,
+rounded to the scale's decimals), `precision` (decimals to round to; 0: a whole
+number), `unit`,
 `interval` (its own poll rate), `writable`, `topic`, and report-by-exception:
 `on_change` (send a value only when it differs from the last one sent),
 `deadband` and `deadband_percent` (send a number only when it moved more than

@@ -163,15 +163,27 @@ def make_decoder(
     if code == "f":
         base = raw
         raw = lambda buf, values: _short_float32(base(buf, values))  # noqa: E731
+    if info.kind == "int" and float(scale).is_integer() and float(add).is_integer():
+        # An integer stays an exact integer (a uint64 beyond 2**53 too): no decimals to
+        # round to, whatever `precision` says (through a float it was 18446744073709551615
+        # read as 1.8446744073709552e19, and precision: 0 wrote 215 as 215.0).
+        if scale == 1.0 and add == 0.0:
+            return raw
+        iscale, iadd = int(scale), int(add)
+        return lambda buf, values: raw(buf, values) * iscale + iadd
     if scale == 1.0 and add == 0.0 and precision is None:
         return raw
     if precision is None:
-        if info.kind == "int" and float(scale).is_integer() and float(add).is_integer():
-            iscale, iadd = int(scale), int(add)
-            return lambda buf, values: raw(buf, values) * iscale + iadd
         precision = max(_decimals(scale), _decimals(add)) if info.kind == "int" else None
     if precision is None:
         return lambda buf, values: raw(buf, values) * scale + add
+    if precision == 0:
+        # no decimals: an integer (22, not 22.0); NaN and infinities stay as they are
+        def whole(buf: bytes, values: Sequence[Any]) -> Any:
+            x = raw(buf, values) * scale + add
+            return round(x) if math.isfinite(x) else x
+
+        return whole
     digits = precision
     return lambda buf, values: round(raw(buf, values) * scale + add, digits)
 

@@ -99,7 +99,12 @@ class RegisterConfig:
     ] = 1.0
     offset: Annotated[float, Doc("Added after `scale`.")] = 0.0
     precision: Annotated[
-        int | None, Doc("Decimals to round the value to."), Range(0, 15, "must be 0..15")
+        int | None,
+        Doc(
+            "Decimals to round the value to (0: a whole number, written without `.0`); an"
+            " integer type with a whole `scale` and `offset` stays exact, whatever it says."
+        ),
+        Range(0, 15, "must be 0..15"),
     ] = None
     unit: Annotated[str | None, Doc("The unit written beside the value, e.g. `°C`.")] = None
     interval: Annotated[
