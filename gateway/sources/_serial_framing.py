@@ -54,7 +54,9 @@ class LineSplitter:
             else:
                 out.append((line, False))
         del buf[:pos]
-        if len(buf) > limit:
+        # Past `limit`, the line is too long unless what is past it may be the start of the
+        # terminator (a line of exactly `limit` bytes whose \r\n straddles two reads).
+        if len(buf) > limit and not term.startswith(bytes(buf[limit:])):
             if not self._discarding:
                 out.append((bytes(buf[:limit]), True))
                 self._discarding = True

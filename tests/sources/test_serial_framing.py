@@ -52,6 +52,17 @@ def test_over_long_line_is_cut_reported_once_and_the_next_line_survives() -> Non
     assert ok == Record(b"fine")
 
 
+def test_a_line_of_max_length_whose_terminator_straddles_two_reads_is_a_line() -> None:
+    # 16 bytes and the \r of \r\n were 17 > max_length: cut as too long, and the line,
+    # as long as allowed, went to the dead letters
+    splitter = LineSplitter(b"\r\n", 16)
+    assert splitter.feed(b"0123456789abcdef\r") == []
+    assert splitter.feed(b"\nnext\r\n") == [(b"0123456789abcdef", False), (b"next", False)]
+    # one byte more is too long, once, and the next line survives
+    assert splitter.feed(b"0123456789abcdefg\r") == [(b"0123456789abcdef", True)]
+    assert splitter.feed(b"\nok\r\n") == [(b"ok", False)]
+
+
 def test_garbage_that_is_not_text_is_rejected() -> None:
     framer = LineFramer(b"\n", 64, "utf-8", strip=True)
     bad, good = framer.feed(b"\xff\xfe\x00junk\nok\n")
