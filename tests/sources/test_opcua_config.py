@@ -77,6 +77,22 @@ def test_a_valid_config_has_no_problems() -> None:
             },
             "needs `server_certificate`",
         ),
+        # without security_policy these were ignored: an unsigned, unencrypted channel
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "security_mode": "Sign"},
+            "security_mode: only used with security_policy: Basic256Sha256; without it",
+        ),
+        (
+            {
+                "url": "opc.tcp://h",
+                "nodes": {"a": {"node": "i=1"}},
+                "security_mode": "SignAndEncrypt",
+                "certificate": "c.pem",
+                "private_key": "k.pem",
+                "server_certificate": "s.der",
+            },
+            "server_certificate: only used with security_policy: Basic256Sha256",
+        ),
         (
             {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "password": "x"},
             "needs a `username`",

@@ -55,11 +55,14 @@ Float, Double → numbers (NaN and infinities → null); String → text; DateTi
 array. Other types arrive as their text form (untested).
 
 Security: `security_policy: None` (the default) or `Basic256Sha256` with
-`security_mode: Sign` or `SignAndEncrypt`; then `certificate` and `private_key` (PEM or
-DER files: the gateway's application instance certificate, which the server must
-trust; its subject alternative name URI is used as the application URI) and
+`security_mode: Sign` or `SignAndEncrypt` (the default); then `certificate` and
+`private_key` (PEM or DER files: the gateway's application instance certificate,
+which the server must trust; its subject alternative name URI is used as the
+application URI) and
 `server_certificate` (the server's certificate: the gateway encrypts to it, so a server
-with another one cannot open the channel). `username`/`password` log in as that user
+with another one cannot open the channel). These keys and `security_mode` are refused
+without `security_policy: Basic256Sha256`, which alone secures the channel (they were
+ignored: neither signed nor encrypted). `username`/`password` log in as that user
 (`password` may be `ENC(...)` and is never printed); without them, anonymously.
 
 Errors: a server that cannot be reached, that times out or that drops the connection

@@ -259,9 +259,9 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
         ),
     ] = "None"
     security_mode: Annotated[
-        Literal["Sign", "SignAndEncrypt"],
-        Doc("With `Basic256Sha256`: `Sign` or `SignAndEncrypt`."),
-    ] = "SignAndEncrypt"
+        Literal["Sign", "SignAndEncrypt"] | None,
+        Doc("With `Basic256Sha256`: `Sign` or `SignAndEncrypt` (the default)."),
+    ] = None
     certificate: Annotated[
         str | None,
         Doc(
@@ -346,5 +346,21 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
             for key in ("certificate", "private_key", "server_certificate"):
                 if getattr(self, key) is None:
                     yield key, f"security_policy {self.security_policy} needs `{key}` (a file)"
+        else:
+            # Without a policy these were ignored: the channel was neither signed nor
+            # encrypted, whatever security_mode said and whichever certificates were given.
+            for key in (
+                "security_mode",
+                "certificate",
+                "private_key",
+                "private_key_password",
+                "server_certificate",
+            ):
+                if getattr(self, key) is not None:
+                    yield (
+                        key,
+                        "only used with security_policy: Basic256Sha256; without it the"
+                        " connection is neither signed nor encrypted",
+                    )
         if self.password is not None and self.username is None:
             yield "password", "a password needs a `username`"

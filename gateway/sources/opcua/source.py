@@ -342,7 +342,7 @@ class OpcuaSource(Source):
             uri = _application_uri(cfg.certificate)
             if uri:
                 client.application_uri = uri  # servers check it against the certificate
-            mode = getattr(ua.MessageSecurityMode, cfg.security_mode)
+            mode = getattr(ua.MessageSecurityMode, cfg.security_mode or "SignAndEncrypt")
             await client.set_security(
                 security_policies.SecurityPolicyBasic256Sha256,
                 cfg.certificate,
