@@ -115,6 +115,14 @@ def test_a_valid_config_has_no_problems() -> None:
             {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1", "mode": "poll", "deadband": 1}}},
             "nodes.a.deadband: applied by the server to subscribed nodes only",
         ),
+        (
+            {
+                "url": "opc.tcp://h",
+                "mode": "poll",
+                "nodes": {"a": {"node": "i=1", "sampling_interval": "100ms"}},
+            },
+            "nodes.a.sampling_interval: how often the server samples a subscribed node",
+        ),
     ],
 )
 def test_config_mistakes_are_named(raw: dict[str, Any], expected: str) -> None:

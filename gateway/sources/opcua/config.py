@@ -76,7 +76,9 @@ class NodeConfig:
     ] = None
     sampling_interval: Annotated[
         Duration | None,
-        Doc("How often the server samples this node (default: the source's)."),
+        Doc(
+            "Subscribed nodes only: how often the server samples this node (default: the source's)."
+        ),
         Range(0, message="must not be negative"),
     ] = None
     deadband: Annotated[
@@ -334,6 +336,13 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
                     f"nodes.{name}.deadband",
                     "applied by the server to subscribed nodes only, and this node is polled:"
                     " use deadband_percent (applied by the gateway), or mode: subscribe",
+                )
+            if node.sampling_interval is not None and (node.mode or self.mode) == "poll":
+                # taken and ignored: the node was read every `interval`
+                yield (
+                    f"nodes.{name}.sampling_interval",
+                    "how often the server samples a subscribed node, and this node is polled:"
+                    " it is read every `interval`, or set mode: subscribe",
                 )
             ident = node.node or f"path:{node.path}"
             if ident in seen:
