@@ -281,6 +281,9 @@ async def test_a_register_the_device_lacks_does_not_take_its_neighbours_with_it(
     assert device["state"] == "online"
     assert device["last_error"] and device["last_error"].startswith("ghost: "), device
     assert plc.requests[0][1:] == (3, 0, 4)
+    # halved, then halved again: r0 and r1 still in one read
+    assert {(3, 0, 2), (3, 2, 1), (3, 3, 1)} <= {r[1:] for r in plc.requests}
+    assert (3, 0, 1) not in {r[1:] for r in plc.requests}
 
 
 async def test_a_refused_register_answered_again_is_no_error_any_more(

@@ -183,3 +183,31 @@ def test_split_runs() -> None:
     parts = planner.split_runs(spans, block)
     assert [(p.start, p.length, p.items) for p in parts] == [(0, 2, (0,)), (5, 2, (1, 2)),
                                                               (20, 1, (3,))]  # fmt: skip
+
+
+class _Reg:
+    """What the planner needs of a value (see planner.Readable)."""
+
+    def __init__(self, address: int, width: int = 1) -> None:
+        self.table = "holding"
+        self.protocol_address = address
+        self.width = width
+        self.interval = 1.0
+
+    def decoder_at(self, offset: int) -> Any:
+        return lambda buf, values: values[offset]
+
+
+def test_a_contiguous_read_is_split_in_halves_by_value() -> None:
+    # A refused read without holes is halved (values that overlap stay together): the
+    # value the device lacks is found in a few polls, the others read in few requests.
+    regs = [_Reg(a) for a in range(8)] + [_Reg(2, 2)]  # a uint32 over 2 and 3
+    ((_, (req,)),) = planner.plan_requests(regs, max_registers=125, max_bits=2000, max_gap=0)
+    halves = req.split()
+    assert [(r.start, r.count, len(r.items)) for r in halves] == [(0, 4, 5), (4, 4, 4)]
+    assert [(r.start, r.count) for r in halves[1].split()] == [(4, 2), (6, 2)]
+    (one,) = halves[1].split()[0].split()[0].split()
+    assert (one.start, one.count) == (4, 1)
+    pair = planner.plan_requests([_Reg(0, 2), _Reg(1)], max_registers=125, max_bits=2000,
+                                 max_gap=0)[0][1][0]  # fmt: skip
+    assert len(pair.split()) == 1  # overlapping: nothing to split

@@ -73,8 +73,9 @@ requests as possible: contiguous and overlapping values share a request,
 holes up to `max_gap` are filled, no request exceeds 125 registers or 2000
 bits. A device that refuses a filled block (illegal data address) gets that
 block split into its contiguous parts from then on, and a contiguous block it
-refuses split into its values: a register the device lacks is named alone in
-`last_error`, and the values beside it are still read.
+refuses halved (again at each refusal) until a register the device lacks is
+read alone: it is named alone in `last_error`, and the values beside it are
+still read, in few requests.
 
 Output (`emit: per_value`, the default): one FlowFile per value on
 `modbus/<device>/<register>` (`topic` template; `{device}`, `{register}`,

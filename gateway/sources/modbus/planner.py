@@ -117,16 +117,29 @@ class Request(Generic[V]):
 
     def split(self) -> list[Request[V]]:
         """This read as its contiguous runs, without the filler between them; a read
-        without filler, as its values (values that overlap stay together). One request
-        when there is nothing to split."""
+        without filler, in two halves by value (values that overlap stay together), so
+        that a value the device lacks is found in a few polls and the others are still
+        read in few requests. One request when there is nothing to split."""
         spans = [(v.protocol_address, v.width) for v, _, _ in self.items]
         if self.gapped:
             block = Block(self.start, self.count, tuple(range(len(spans))), self.runs)
             blocks = split_runs(spans, block)
         else:
-            blocks = plan(spans, self.count, -1)  # a hole of -1: only overlaps merge
+            parts = plan(spans, self.count, -1)  # a hole of -1: only overlaps merge
+            if len(parts) > 2:
+                half = len(parts) // 2
+                parts = [_joined(parts[:half]), _joined(parts[half:])]
+            blocks = parts
         values = [v for v, _, _ in self.items]
         return [Request(self.table, b, [values[j] for j in b.items]) for b in blocks]
+
+
+def _joined(blocks: Sequence[Block]) -> Block:
+    """Adjacent blocks (in address order, without holes between them) as one."""
+    start = blocks[0].start
+    end = max(b.start + b.length for b in blocks)
+    items = tuple(i for b in blocks for i in b.items)
+    return Block(start, end - start, items, ((start, end - start),))
 
 
 def plan_requests(
