@@ -122,6 +122,7 @@ class GatewaySection:
 # The files of the store in data_dir (gateway/store/): store.db and its -wal, -shm and
 # -journal, the store.db.new a new store is made as, a store.db.corrupt-<time> set aside
 # (with its -wal and -shm). Not any name starting store.db: store.dbx.csv is no store's.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 _STORE_FILE = re.compile(r"store\.db(\.new|\.corrupt-.+)?(-wal|-shm|-journal)?")
 
 
@@ -428,7 +429,8 @@ class WebSection:
         Doc(
             "More names the console may be reached by (the `Host` of a request), besides"
             " IP addresses, `localhost`, the listen host and this machine's name; a"
-            " request for any other name is refused (DNS rebinding).",
+            " request for any other name is refused (DNS rebinding). Names alone: no"
+            " scheme, port or wildcard.",
             example=["gateway.plant.example"],
         ),
     ] = field(default_factory=list)
@@ -471,6 +473,17 @@ class WebSection:
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             yield missing, "HTTPS needs both web.tls_cert and web.tls_key"
+        for index, name in enumerate(self.allowed_hosts):
+            # A request's Host is matched by its name alone: 'gw.example:8080' (the Host
+            # header as sent), a URL or '*.example' passed check-config and matched no
+            # request, each answered 421 as if the name had not been added.
+            if not _HOST_NAME.fullmatch(name) and not _ip_address(name.strip("[]")):
+                yield (
+                    f"allowed_hosts.{index}",
+                    f"{name!r} is not a host name (letters, digits, '-', '_' and '.'): write"
+                    " the name alone, without scheme, port, path or wildcard, e.g."
+                    " 'gateway.plant.example'; it is let in on the console's port",
+                )
 
     def listen_problem(self) -> str | None:
         """Why `listen` is no host:port to listen on, or None (a port over 65535 passed
@@ -497,6 +510,14 @@ class WebSection:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
+
+
+def _ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _has_console_users(path: str) -> bool:

@@ -2081,3 +2081,24 @@ def test_the_dead_letters_budget_loads_defaults_and_refuses_under_1mib(tmp_path:
     assert load(path, environ={}).buffer.dead_letters_max_bytes == 256 * 2**20
     path = write(tmp_path, "buffer: {dead_letters_max_bytes: 512KiB}\n" + body)
     assert problems(path) == [f"{path}:2: buffer.dead_letters_max_bytes: must be at least 1MiB"]
+
+
+@pytest.mark.parametrize(
+    "written", ["gw.plant.example:8080", "https://gw.plant.example", "*.plant.example", "gw/"]
+)
+def test_a_web_allowed_host_no_request_can_name_is_refused(tmp_path: Path, written: str) -> None:
+    # A request's Host is matched by its name alone: 'gw.plant.example:8080' (the Host
+    # header as a browser sends it) passed check-config, and every request by that name
+    # was then answered 421 as if it had not been added.
+    path = write(tmp_path, f'web: {{allowed_hosts: [gw.example, "{written}"]}}\n')
+    assert problems(path) == [
+        f"{path}:2: web.allowed_hosts.1: {written!r} is not a host name (letters, digits,"
+        " '-', '_' and '.'): write the name alone, without scheme, port, path or wildcard,"
+        " e.g. 'gateway.plant.example'; it is let in on the console's port"
+    ]
+
+
+def test_web_allowed_hosts_take_names_and_addresses(tmp_path: Path) -> None:
+    names = "[gw.plant.example, GW-2.local., edge_01, 192.168.1.5, '::1', '[fe80::1]']"
+    path = write(tmp_path, f"web: {{allowed_hosts: {names}}}\n")
+    assert load(path, environ={}).web.allowed_hosts[0] == "gw.plant.example"
