@@ -44,7 +44,9 @@ edge-stream store reset [--force]                move a damaged store aside, sta
                                                  a gateway runs on the data_dir)
 edge-stream web passwd USER [--role viewer|operator] [-c FILE]
                                                  add a console user or set its password
-                                                 (asked twice; or one line on stdin) in
+                                                 (asked twice; or one line on stdin; a new
+                                                 user is a viewer, a user keeps its role
+                                                 unless --role) in
                                                  web.users_file (default <data_dir>/web-users);
                                                  ends the user's sessions; refused for
                                                  web.username (its password is web.password)
@@ -708,6 +710,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         return 1
     try:
         new = access.set_user(path, args.user, args.role, password)
+        role = args.role or access.read_users(path)[args.user].role
     except ConfigError as err:
         print(f"edge-stream: {err}", file=sys.stderr)
         return 1
@@ -715,7 +718,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"edge-stream: {path}: cannot write it ({err.strerror or err})", file=sys.stderr)
         return 1
     what = "added" if new else "changed"
-    print(f"{path}: {what} {args.user} ({args.role}); a running gateway uses it at once")
+    print(f"{path}: {what} {args.user} ({role}); a running gateway uses it at once")
     return 0
 
 
@@ -1211,7 +1214,8 @@ def parser() -> argparse.ArgumentParser:
         "passwd", "add a console user or set its password"
     )
     webp.add_argument("user", metavar="USER")
-    webp.add_argument("--role", choices=["viewer", "operator"], default="viewer")
+    # no default: a user given a new password keeps its role (a new user is a viewer)
+    webp.add_argument("--role", choices=["viewer", "operator"], default=None)
 
     state = group("state", "processors' kept state (windows, deadband)", cmd_state)
     state("list", "keys and bytes per ROUTE.N")

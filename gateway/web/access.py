@@ -153,13 +153,16 @@ def read_users(path: Path) -> dict[str, User]:
     return parse_users(text, str(path))
 
 
-def set_user(path: Path, name: str, role: str, password: str) -> bool:
+def set_user(path: Path, name: str, role: str | None, password: str) -> bool:
     """Add or change one user of the users file (written atomically, mode 0600); True
-    when the user was new."""
+    when the user was new. `role` None: a user's own (a new user is a viewer), so that
+    an operator given a new password stays one."""
     users = read_users(path)
     new = name not in users
     if not new:
         os.chmod(path, 0o600)  # write_atomic keeps the old mode
+    if role is None:
+        role = "viewer" if new else users[name].role
     users[name] = User(name, role, hash_password(password))
     text = "".join(f"{u.name}:{u.role}:{u.hash}\n" for u in users.values())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import pytest
 
 import gateway.cli
 from gateway.cli import main
+from gateway.web import access
 
 pytestmark = pytest.mark.unit
 
@@ -466,3 +467,30 @@ def test_a_refusal_inside_the_running_gateway_keeps_its_traceback(
     monkeypatch.setattr("gateway.app.serve", serve)
     with pytest.raises(PermissionError):
         main(["run", "-c", str(config)])
+
+
+def test_web_passwd_keeps_an_operators_role_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `web passwd ops` to give an operator a new password made it a viewer (--role
+    # defaulted to viewer for a change too): the operator's edits were then refused 403.
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"gateway: {{id: t, data_dir: {tmp_path / 'data'}}}\n")
+    users = tmp_path / "data" / "web-users"
+
+    def passwd(*args: str) -> str:
+        monkeypatch.setattr("sys.stdin", stdin(b"pass-word-123\n"))
+        code, out, err = run(capsys, "web", "passwd", *args, "-c", str(config))
+        assert (code, err) == (0, ""), err
+        return out
+
+    assert passwd("ops", "--role", "operator") == f"{users}: added ops (operator); " + RUNNING
+    assert passwd("ops") == f"{users}: changed ops (operator); " + RUNNING
+    assert passwd("vic") == f"{users}: added vic (viewer); " + RUNNING
+    assert passwd("vic") == f"{users}: changed vic (viewer); " + RUNNING
+    assert passwd("ops", "--role", "viewer") == f"{users}: changed ops (viewer); " + RUNNING
+    roles = {u.name: u.role for u in access.read_users(users).values()}
+    assert roles == {"ops": "viewer", "vic": "viewer"}
+
+
+RUNNING = "a running gateway uses it at once\n"
