@@ -825,7 +825,9 @@ class WebServer:
         if (request.content_length or 0) > MAX_HEAD or request.headers.get("Transfer-Encoding"):
             return _text(413, "no body needed\n", close=True)
         if request.method != "POST":
-            return _text(405, "only POST\n")
+            response = _text(405, "only POST\n")
+            response.headers["Allow"] = "POST"  # as RFC 9110 asks of a 405
+            return response
         if self._reload is None:
             return _text(404, "no config file to reload\n")
         # `edge-stream config rollback` says what it is, for the history
@@ -855,6 +857,8 @@ class WebServer:
             ),
         )
         response = web.Response(status=status, body=answer, headers={"Content-Type": content_type})
+        if status == 405:  # the methods the path takes, as RFC 9110 asks of a 405
+            response.headers["Allow"] = ", ".join(self.config_api.allowed(request.path))
         if self._closing.is_set():
             response.force_close()
         return response

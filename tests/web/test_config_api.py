@@ -314,3 +314,27 @@ async def test_a_rollback_asked_to_check_only_is_refused_not_applied(
     )
     assert status == 400 and "check" in answer["errors"][0], answer
     assert path.read_text() == edited and reloads == ["edit"]
+
+
+async def test_a_405_names_the_methods_the_path_takes(tmp_path: Path, stop: list[Any]) -> None:
+    # The config API's 405s (and /api/config/reload's) said no Allow, which RFC 9110
+    # asks of every 405 (aiohttp's own 405s of the other paths carry one).
+    gateway, task, url, _path = await _serve(tmp_path, None)
+    stop.append((gateway, task))
+
+    def allow(path: str, method: str) -> tuple[int, str | None]:
+        request = urllib.request.Request(f"{url}{path}", data=b"{}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers.get("Allow")
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Allow")
+
+    for path, method, allowed in (
+        ("/api/config", "PUT", "GET, HEAD"),
+        ("/api/config/versions", "DELETE", "GET, HEAD"),
+        ("/api/config/rollback", "PUT", "POST"),
+        ("/api/config/sinks/out", "POST", "PUT, DELETE"),
+        ("/api/config/reload", "PUT", "POST"),
+    ):
+        assert await asyncio.to_thread(allow, path, method) == (405, allowed), path
