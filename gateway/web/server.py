@@ -574,7 +574,10 @@ class WebServer:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        form = request.content_type != "application/json"
+        # JSON sent without its Content-Type (`curl -d '{"username": ...}'` says a form)
+        # was read as a form, and answered "give username and password": no form
+        # begins with '{'
+        form = request.content_type != "application/json" and not body.lstrip().startswith(b"{")
         fields: dict[str, Any] = {}
         try:
             if form:

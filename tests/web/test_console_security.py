@@ -845,3 +845,26 @@ async def test_a_compressed_body_is_refused_in_one_line(
     for headers in ({}, {"Content-Encoding": "identity"}):
         plain = await call(f"{served.url}/login", "POST", headers=headers, body={"x": 1})
         assert plain.status == 400 and plain.json() == {"errors": ["give username and password"]}
+
+
+async def test_a_json_login_sent_as_a_form_is_read_as_json(served: Served) -> None:
+    # `curl -d '{"username": ..., "password": ...}'` sends it as a form
+    # (application/x-www-form-urlencoded): it was answered 400 "give username and
+    # password", though both were given.
+    for kind in ("application/x-www-form-urlencoded", "text/plain"):
+        answer = await call(
+            f"{served.url}/login",
+            "POST",
+            headers={"Content-Type": kind},
+            body=json.dumps({"username": "olga", "password": "olga-pass-1"}).encode(),
+        )
+        assert answer.status == 200, answer.body
+        assert answer.json()["user"] == "olga" and "Set-Cookie" in answer.headers
+    # a form is still a form: its login goes to the page
+    form = await call(
+        f"{served.url}/login",
+        "POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=b"username=olga&password=olga-pass-1",
+    )
+    assert form.status == 303 and form.headers["Location"] == "/"
