@@ -777,6 +777,18 @@ class WebServer:
         except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
+        if isinstance(asked, dict) and "all" in asked and "seqs" in asked:
+            # as the command refuses `replay --all 5`: {"all": true, "seqs": [5]} did
+            # only 5, {"all": false, "seqs": [5]} did 5 too
+            return _json(
+                {
+                    "errors": [
+                        f'{action} takes seqs or all, not both: {{"seqs": [SEQ, ...]}}'
+                        ' or {"all": true}'
+                    ]
+                },
+                400,
+            )
         if isinstance(asked, dict) and asked.get("all") is True and seqs is None:
             chosen: list[int] | None = None
         elif isinstance(seqs, list) and seqs and all(type(n) is int for n in seqs):

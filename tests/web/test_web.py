@@ -376,3 +376,28 @@ async def test_the_verdict_says_what_is_stuck_in_words(served: str) -> None:
     status["sinks"]["out"].update(oldest_age_s=0, state="failed")
     status["sources"] = {}
     assert (await asyncio.to_thread(words, script, status))["verdict"] == "out failed"
+
+
+async def test_a_dead_letter_action_with_both_seqs_and_all_is_refused(served: str) -> None:
+    # {"all": true, "seqs": [5]} replayed only 5 (and purged only 5), where
+    # `edge-stream dead-letters replay --all 5` is refused: which was meant is not known.
+    def act(action: str, body: dict[str, Any]) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{served}/api/dead-letters/{action}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    for action in ("replay", "purge"):
+        for everything in (True, False):
+            status, answer = await asyncio.to_thread(act, action, {"all": everything, "seqs": [5]})
+            assert status == 400, answer
+            assert answer["errors"] == [
+                f'{action} takes seqs or all, not both: {{"seqs": [SEQ, ...]}} or {{"all": true}}'
+            ]
+        assert (await asyncio.to_thread(act, action, {"seqs": [5]}))[0] == 200
