@@ -152,7 +152,15 @@ class ConfigApi:
                 value = json.loads(body, parse_constant=_no_constant)
             except _NotJson as err:
                 return _answer(400, errors=[f"{section}.{name}: {err}"])
-            except (ValueError, RecursionError):
+            except json.JSONDecodeError as err:  # a hand-typed body: say where it went wrong
+                return _answer(
+                    400,
+                    errors=[
+                        f"{section}.{name}: the body is not JSON: {err.msg} at line"
+                        f" {err.lineno} column {err.colno}"
+                    ],
+                )
+            except (ValueError, RecursionError):  # [[[[..., a number of 5,000 digits
                 value = None
             if not isinstance(value, dict):
                 return _answer(400, errors=[f"{section}.{name}: the body must be a JSON object"])

@@ -149,6 +149,18 @@ async def test_requests_are_bounded_and_checked(tmp_path: Path, stop: list[Any])
     assert (await asyncio.to_thread(_call, f"{url}/api/config", "PUT", good, creds))[0] == 405
     status, answer = await asyncio.to_thread(_call, sink, "PUT", b"[1, 2]", creds)
     assert status == 400 and "JSON object" in answer["errors"][0]
+    # a typo in a hand-typed body was "the body must be a JSON object", which it was
+    # meant to be: now it says where it is not JSON
+    typo = b'{"type": "file",\n "path": "x.jsonl",}'
+    for where in (sink, f"{sink}?check=1"):
+        status, answer = await asyncio.to_thread(_call, where, "PUT", typo, creds)
+        assert (status, answer["errors"]) == (
+            400,
+            [
+                "sinks.two: the body is not JSON: Expecting property name enclosed in double"
+                " quotes at line 2 column 20"
+            ],
+        )
     status, _ = await asyncio.to_thread(_call, f"{url}/api/config/webs/x", "PUT", good, creds)
     assert status == 404
     # Python's json takes NaN, which no JSON has: it went on to "would not read back as
