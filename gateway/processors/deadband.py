@@ -13,7 +13,9 @@ is not a number, or an integer past a double's ±1.8e308, dead-letters the readi
     both given: passes when either is exceeded
   heartbeat: 5m    after this long without passing anything for a group, the
                    last reading received is sent again (a new FlowFile, the same
-                   content), even when no new reading arrives (checked every second)
+                   content), even when no new reading arrives (checked every second);
+                   its values are then the last sent, which the next readings are
+                   compared with
 
 State: per group the last values sent and the last reading (`max_state` bounds
 it; over it the oldest groups are forgotten, so their next reading passes). It
@@ -139,8 +141,8 @@ class DeadbandProcessor(Processor):
             ctx.name, config.max_state, size=_size, bookkeeping=False, keep_evicted=False
         )
 
-    def process(self, flowfile: FlowFile) -> list[FlowFile]:
-        obj = decode_object(flowfile.content, "deadband")
+    def _values(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The configured fields a reading holds; PermanentError for one not a number."""
         values: dict[str, Any] = {}
         for path, parts, _, _ in self._fields:
             v = lookup(obj, parts)
@@ -153,6 +155,11 @@ class DeadbandProcessor(Processor):
                     " (within ±1.8e308)"
                 )
             values[path] = v
+        return values
+
+    def process(self, flowfile: FlowFile) -> list[FlowFile]:
+        obj = decode_object(flowfile.content, "deadband")
+        values = self._values(obj)
         group = self._group(flowfile, obj)
         kv = self.kv
         assert kv is not None
@@ -227,6 +234,15 @@ class DeadbandProcessor(Processor):
         for group, entry in kv.items():
             if now_ns - entry["at"] >= self._heartbeat:
                 entry["at"] = now_ns
+                # The heartbeat sent the last reading: its values are the last sent now.
+                # Compared with the older ones, a value going back was not passed
+                # (absolute 0.5: 20.0 sent, 20.4 sent by the heartbeat, then 19.8, 0.6
+                # from 20.4 but within 0.5 of 20.0), the receiver left with 20.4.
+                try:
+                    sent = self._values(decode_object(entry["c"].encode(), "deadband"))
+                except PermanentError:  # fields changed by a reload: compared as before
+                    sent = {}
+                entry["v"] = {**entry["v"], **sent}
                 kv.put(group, entry)
                 out.append(
                     FlowFile.create(entry["t"], entry["c"].encode(), dict(entry["a"]), now_ns)

@@ -183,3 +183,16 @@ def test_a_group_from_before_by_was_kept_is_dropped_at_a_later_group_by_change()
     changed.kv.restore(upgraded.kv.snapshot())
     changed.restored()
     assert len(changed.kv) == 0
+
+
+def test_a_heartbeat_makes_its_values_the_last_sent() -> None:
+    clock = FakeClock()
+    p = make({"fields": {"t": {"absolute": 0.5}}, "heartbeat": "1m"}, clock)
+    assert passed(p, "a", t=20.0)
+    assert not passed(p, "a", t=20.4)
+    clock.ns += 61 * S
+    [beat] = p.tick(clock.ns)
+    assert json.loads(beat.content) == {"t": 20.4}
+    # 0.6 from the 20.4 the receiver holds now (only 0.2 from the 20.0 sent before it)
+    assert passed(p, "a", t=19.8)
+    assert not passed(p, "a", t=20.2), "0.4 from 19.8, the last sent"
