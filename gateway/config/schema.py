@@ -284,6 +284,17 @@ def _not_json(value: Any, path: Path, problems: Problems) -> None:
             f"YAML reads {value.isoformat()} unquoted as a date or time, which JSON has not:"
             " write it in quotes",
         )
+    elif isinstance(value, WrittenInt | WrittenFloat) and ":" in value.text:
+        # `set: {shift: 12:30}` set 750, and a filter's `value: 12:30` compared 750
+        problems.add(
+            path,
+            f"YAML reads {value.text} unquoted as the number"
+            f" {int(value) if isinstance(value, int) else float(value)} in base 60:"
+            f" write it in quotes, '{value.text}'",
+        )
+    elif octal := _octal_problem(value):
+        # `set: {zone: 0100}` set 64, and `{topic: 1, op: eq, value: 007}` matched "7"
+        problems.add(path, f"{octal}, or in quotes for text, '{value}'")
     elif not (value is None or isinstance(value, str | int | float)):
         kind = (
             "binary data (!!binary)" if isinstance(value, bytes) else f"a !!{type(value).__name__}"

@@ -272,6 +272,35 @@ def test_values_that_have_no_json_form_are_refused_where_json_is_made(tmp_path: 
     ]
 
 
+def test_json_values_refuse_yaml_11_octal_and_base_60_numbers(tmp_path: Path) -> None:
+    # `set: {zone: 0100, shift: 12:30}` set 64 and 750, and a filter's `value: 007`
+    # compared the topic level with "7": no "007" ever matched
+    path = write(
+        tmp_path,
+        """\
+        routes:
+          r:
+            match: "#"
+            sinks: [f]
+            processors:
+              - {type: transform, set: {zone: 0100, shift: 12:30, n: [1, 010], ok: 10, z: 0}}
+              - {type: filter, all: [{topic: 1, op: eq, value: 007}, {field: a, op: eq, value: 07}]}
+        sinks:
+          f: {type: file}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: routes.r.processors.0.set.zone: YAML reads 0100 as the octal number 64:"
+        " write 100 without the leading 0 (or 0x40), or in quotes for text, '0100'",
+        f"{path}:7: routes.r.processors.0.set.shift: YAML reads 12:30 unquoted as the number"
+        " 750 in base 60: write it in quotes, '12:30'",
+        f"{path}:7: routes.r.processors.0.set.n.1: YAML reads 010 as the octal number 8: write"
+        " 10 without the leading 0 (or 0x8), or in quotes for text, '010'",
+        f"{path}:8: routes.r.processors.1.all.0.value: YAML reads 007 as the octal number 7:"
+        " write 7 without the leading 0 (or 0x7), or in quotes for text, '007'",
+    ]
+
+
 def test_a_yaml_tag_of_another_program_is_refused_in_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, "sinks: !include sinks.yaml\n")
     assert problems(path) == [
@@ -1928,7 +1957,7 @@ def test_a_text_key_given_any_number_keeps_its_text(tmp_path: Path) -> None:
         "  out: {type: file, path: 1.50, batch: {max_rows: 1_000}}\n"
         "routes:\n"
         '  r: {match: "a/#", sinks: [out],\n'
-        "      processors: [{type: transform, set: {k: [010, 1.50]}}]}\n"
+        "      processors: [{type: transform, set: {k: [0x1F, 1.50]}}]}\n"
     )
     config = load(path, environ={})
     assert config.gateway.id == "007"
@@ -1939,7 +1968,7 @@ def test_a_text_key_given_any_number_keeps_its_text(tmp_path: Path) -> None:
     qos = config.sources["s"].qos
     assert qos == 1 and type(qos) is int
     values = config.routes["r"].processors[0].set["k"]
-    assert values == [8, 1.5] and [type(v) for v in values] == [int, float]
+    assert values == [31, 1.5] and [type(v) for v in values] == [int, float]
     data, _ = parse_text("a: [007, 0x1F, 1_000, 12:30, 10, 1.50, 2.5]\n", "x.yaml")
     assert data == {"a": [7, 31, 1000, 750, 10, 1.5, 2.5]}
 
