@@ -16,7 +16,11 @@ Keys (all optional, at least one needed)
 
 They apply in this order: rename, drop, scale/offset, set; so drop, scale,
 offset and set name fields as they are after renaming. rename takes every field
-out before it puts any back, so `{a: b, b: a}` swaps two fields. A field path `a.b`
+out before it puts any back, so `{a: b, b: a}` swaps two fields; a target put inside
+one put before it joins it (`{meta: m, ts: m.time}`), and so does a `set` key inside an
+object set before it. Refused when the config is loaded: two renames to one field (or
+to a field holding another's), a `set` key holding one set before it, and drop, scale
+or offset naming a field rename has moved away (name its new place). A field path `a.b`
 reaches into nested objects (set creates the objects it needs); in scale and
 offset a number indexes an array (`values.0`). A field named in scale or
 offset that is missing is skipped; one that is not a number (true/false is
@@ -299,6 +303,7 @@ class TransformProcessorConfig:
             problem = check_path(path)
             if problem:
                 yield f"drop.{i}", problem
+        yield from self._check_overlaps()
         for key in ("scale", "offset"):
             for path, number in getattr(self, key).items():
                 problem = check_path(path)
@@ -326,6 +331,65 @@ class TransformProcessorConfig:
                 problem = validate_topic(template.sample())
                 if problem:
                     yield "topic", f"{self.topic!r} does not make a valid topic: {problem}"
+
+    def _check_overlaps(self) -> Iterator[tuple[str, str]]:
+        """Fields that one key would write over another's, or that a key names after
+        rename moved them away: each lost a value, or dead-lettered every FlowFile."""
+        if any(check_path(p) for p in (*self.rename, *self.rename.values(), *self.set)):
+            return  # reported above
+        # A field put inside one put before it is fine (`{meta: m, ts: m.time}` moves ts
+        # into the moved object); the same field, or one holding a field put before it,
+        # overwrites that one.
+        targets = [(name, split_path(to)) for name, to in self.rename.items()]
+        for i, (name, to) in enumerate(targets):
+            for earlier, earlier_to in targets[:i]:
+                if _within(earlier_to, to):
+                    yield (
+                        f"rename.{name}",
+                        f"{'.'.join(to)!r} would overwrite what rename.{earlier} moved to"
+                        f" {'.'.join(earlier_to)!r}: rename to another field",
+                    )
+        paths = [(split_path(p), v) for p, v in self.set.items()]
+        for i, (path, _) in enumerate(paths):
+            for before, value in paths[:i]:
+                where = f"set.{'.'.join(path)}"
+                if _within(before, path):
+                    yield where, f"it would overwrite set.{'.'.join(before)}, set before it"
+                elif _within(path, before) and not _may_hold(value):
+                    yield where, f"set.{'.'.join(before)}, set before it, is no object to hold it"
+        renamed = [(split_path(old), split_path(new)) for old, new in self.rename.items()]
+        named = [(f"drop.{i}", p) for i, p in enumerate(self.drop)]
+        named += [(f"{k}.{p}", p) for k in ("scale", "offset") for p in getattr(self, k)]
+        for where, text in named:
+            path = split_path(text)
+            if check_path(text) or any(_within(path, new) for _, new in renamed):
+                continue
+            for old, new in renamed:
+                if _within(path, old):
+                    moved = ".".join(new + path[len(old) :])
+                    yield (
+                        where,
+                        f"rename moves {'.'.join(old)!r} to {'.'.join(new)!r} first, so"
+                        f" {text!r} is never there: name it {moved!r}",
+                    )
+                    break
+
+
+def _may_hold(value: Any) -> bool:
+    """Whether a `set` value is or may be an object (a placeholder alone may copy one)."""
+    if isinstance(value, dict):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        return Template(value).single is not None
+    except ValueError:
+        return True  # reported already
+
+
+def _within(path: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    """Whether `path` is the field `outer` or a field inside it."""
+    return path[: len(outer)] == outer
 
 
 def _pop(obj: dict[str, Any], parts: tuple[str, ...]) -> Any:
