@@ -52,7 +52,7 @@ Output: one FlowFile per closed window and group, JSON:
 An aggregate's key is its name; percentile(P)'s is pP with a `.` in P written `_`
 (percentile(95): p95, percentile(99.9): p99_9), so that a later processor reaches it
 with a field path (temp.p99_9).
-A field with no number in a window has {"count": 0} and null aggregates; an
+A field with no number in a window has a count of 0 and null aggregates; an
 aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
 (avg is then the running mean). A window
 closed early because the state budget (`max_state`) was full has "early": true.
@@ -440,7 +440,13 @@ def _parse_time(value: Any) -> int:
 def iso(ns: int) -> str:
     """ns since the epoch as ISO 8601 UTC with milliseconds."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+    g = time.gmtime(seconds)
+    # the year in four digits: strftime's %Y wrote the year 900 `900-01-01`, which no
+    # ISO 8601 reader (a database's timestamp column) takes
+    return (
+        f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T{g.tm_hour:02d}:{g.tm_min:02d}"
+        f":{g.tm_sec:02d}.{rest // 1_000_000:03d}Z"
+    )
 
 
 # -- per-field statistics -----------------------------------------------------

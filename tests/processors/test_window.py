@@ -565,6 +565,21 @@ def test_an_event_time_past_the_years_1_to_9999_is_refused(ts: str) -> None:
     assert processor.status()["open"] == 0
 
 
+def test_a_window_of_a_year_before_1000_writes_its_times_in_iso_8601() -> None:
+    # strftime's %Y wrote `900-03-01T...`: a timestamp column refused every such window
+    clock = FakeClock()
+    processor = make(
+        {"size": "1m", "time": "event", "time_field": "ts", "aggregates": {"v": ["count"]}},
+        clock,
+    )
+    processor.process(FlowFile.create("a", b'{"ts": "0900-03-01T10:00:55Z", "v": 1}'))
+    clock.mono += 11
+    [out] = processor.tick(clock.now_ns())
+    body = json.loads(out.content)
+    assert (body["start"], body["end"]) == ("0900-03-01T10:00:00.000Z", "0900-03-01T10:01:00.000Z")
+    assert iso(0) == "1970-01-01T00:00:00.000Z"
+
+
 def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     processor = make(
         {
