@@ -145,7 +145,9 @@ def _bounds_text(tp: Any) -> str:
         if isinstance(mark, Range):
             low = None if mark.low is None else _value_text(mark.low, unit)
             high = None if mark.high is None else _value_text(mark.high, unit)
-            if low is not None and high is not None:
+            if low is not None and high is not None and mark.above:
+                parts.append(f"> {low}, ≤ {high}")
+            elif low is not None and high is not None:
                 parts.append(f"{low} to {high}")
             elif low is not None:
                 parts.append(f"{'>' if mark.above else '≥'} {low}")

@@ -51,7 +51,7 @@ from gateway.processors.json import (
     shown,
     split_path,
 )
-from gateway.processors.window import _check_group, _grouper
+from gateway.processors.window import MAX_SPAN, _check_group, _grouper
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class DeadbandProcessorConfig:
     heartbeat: Annotated[
         Duration | None,
         Doc("Send the last reading again after this long without sending one (default: never)."),
-        Range(0, None, "must be more than 0", above=True),
+        Range(0, MAX_SPAN, "must be more than 0s and at most 100 years", above=True),
     ] = None
     group_by: Annotated[
         str, Doc("topic, topic.N or field.PATH: whose readings are compared (default: topic).")

@@ -251,7 +251,9 @@ class WindowProcessorConfig:
         str | None, Doc("event time: the attribute holding the reading's time.")
     ] = None
     allowed_lateness: Annotated[
-        Duration, Doc("event time: how far behind the newest event time a reading may be.")
+        Duration,
+        Doc("event time: how far behind the newest event time a reading may be."),
+        Range(0, MAX_SPAN, "must be between 0s and 100 years"),
     ] = 0.0
     late: Annotated[
         Literal["drop", "dead_letter"],
@@ -265,7 +267,7 @@ class WindowProcessorConfig:
             "event time: after this long without a reading raising the watermark, it"
             " moves on with the clock (windows close when data stops)."
         ),
-        Range(0, None, "must be more than 0", above=True),
+        Range(0, MAX_SPAN, "must be more than 0s and at most 100 years", above=True),
     ] = 10.0
     group_by: Annotated[
         str | None,

@@ -196,3 +196,11 @@ def test_a_heartbeat_makes_its_values_the_last_sent() -> None:
     # 0.6 from the 20.4 the receiver holds now (only 0.2 from the 20.0 sent before it)
     assert passed(p, "a", t=19.8)
     assert not passed(p, "a", t=20.2), "0.4 from 19.8, the last sent"
+
+
+def test_a_heartbeat_past_100_years_is_refused_at_load() -> None:
+    # 1e300 s passed check-config, and the gateway's start failed with an OverflowError
+    problems = Problems()
+    config = {"type": "deadband", "fields": {"t": {"absolute": 1}}, "heartbeat": 1e300}
+    build_component("processor", config, ("p",), problems)
+    assert problems.items == [(("p", "heartbeat"), "must be more than 0s and at most 100 years")]

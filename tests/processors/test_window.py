@@ -990,12 +990,23 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"kind": "session", "gap": 1e-12, "aggregates": {"v": ["avg"]}}, "between 1ms and"),
         # a field holding another aggregated one: both would be one key of the output
         ({"size": 60, "aggregates": {"m": ["max"], "m.t": ["avg"]}}, "'m' holds 'm.t'"),
+        # past a double's range in ns: check-config said ok, the start an OverflowError
+        (
+            {"size": 60, "time": "event", "time_field": "ts", "allowed_lateness": 1e300}
+            | {"aggregates": {"v": ["avg"]}},
+            "allowed_lateness: must be between 0s and 100 years",
+        ),
+        (
+            {"size": 60, "time": "event", "time_field": "ts", "idle": 1e300}
+            | {"aggregates": {"v": ["avg"]}},
+            "idle: must be more than 0s and at most 100 years",
+        ),
     ],
 )
 def test_config_mistakes_are_refused(config: dict[str, Any], message: str) -> None:
     problems = Problems()
     build_component("processor", {"type": "window", **config}, ("p",), problems)
-    assert any(message in m for _, m in problems.items), problems.items
+    assert any(message in f"{path[-1]}: {m}" for path, m in problems.items), problems.items
 
 
 def test_sliding_count_windows_written_whole_convert_under_a_tight_budget(
