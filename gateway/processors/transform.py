@@ -19,8 +19,9 @@ offset and set name fields as they are after renaming. rename takes every field
 out before it puts any back, so `{a: b, b: a}` swaps two fields; a target put inside
 one put before it joins it (`{meta: m, ts: m.time}`), and so does a `set` key inside an
 object set before it. Refused when the config is loaded: two renames to one field (or
-to a field holding another's), a `set` key holding one set before it, and drop, scale
-or offset naming a field rename has moved away (name its new place). A field path `a.b`
+to a field holding another's), a rename of a field inside one renamed before it (write
+it first), a `set` key holding one set before it, and drop, scale or offset naming a
+field rename has moved away (name its new place). A field path `a.b`
 reaches into nested objects (set creates the objects it needs); in scale and
 offset a number indexes an array (`values.0`). A field named in scale or
 offset that is missing is skipped; one that is not a number (true/false is
@@ -348,6 +349,16 @@ class TransformProcessorConfig:
                         f"rename.{name}",
                         f"{'.'.join(to)!r} would overwrite what rename.{earlier} moved to"
                         f" {'.'.join(earlier_to)!r}: rename to another field",
+                    )
+        sources = [split_path(name) for name in self.rename]
+        for i, source in enumerate(sources):
+            for first in sources[:i]:
+                if source != first and _within(source, first):
+                    text = ".".join(source)
+                    yield (
+                        f"rename.{text}",
+                        f"rename.{'.'.join(first)} takes it away first, so {text!r} is"
+                        " never there: write it before that one",
                     )
         paths = [(split_path(p), v) for p, v in self.set.items()]
         for i, (path, _) in enumerate(paths):
