@@ -20,8 +20,9 @@ out before it puts any back, so `{a: b, b: a}` swaps two fields; a target put in
 one put before it joins it (`{meta: m, ts: m.time}`), and so does a `set` key inside an
 object set before it. Refused when the config is loaded: two renames to one field (or
 to a field holding another's), a rename of a field inside one renamed before it (write
-it first), a `set` key holding one set before it, and drop, scale or offset naming a
-field rename has moved away (name its new place). A field path `a.b`
+it first), a `set` key holding one set before it, drop, scale or offset naming a field
+rename has moved away (name its new place), and scale or offset naming a dropped field.
+A field path `a.b`
 reaches into nested objects (set creates the objects it needs); in scale and
 offset a number indexes an array (`values.0`). A field named in scale or
 offset that is missing is skipped; one that is not a number (true/false is
@@ -371,19 +372,33 @@ class TransformProcessorConfig:
         renamed = [(split_path(old), split_path(new)) for old, new in self.rename.items()]
         named = [(f"drop.{i}", p) for i, p in enumerate(self.drop)]
         named += [(f"{k}.{p}", p) for k in ("scale", "offset") for p in getattr(self, k)]
+        gone: set[str] = set()  # named after rename moved them (or malformed)
         for where, text in named:
             path = split_path(text)
-            if check_path(text) or any(_within(path, new) for _, new in renamed):
+            if check_path(text):
+                gone.add(text)
+                continue
+            if any(_within(path, new) for _, new in renamed):
                 continue
             for old, new in renamed:
                 if _within(path, old):
                     moved = ".".join(new + path[len(old) :])
+                    gone.add(text)
                     yield (
                         where,
                         f"rename moves {'.'.join(old)!r} to {'.'.join(new)!r} first, so"
                         f" {text!r} is never there: name it {moved!r}",
                     )
                     break
+        dropped = [(d, split_path(d)) for d in self.drop if d not in gone]
+        for key in ("scale", "offset"):
+            for text in getattr(self, key):
+                if text in gone:
+                    continue
+                path = split_path(text)
+                drop = next((d for d, parts in dropped if _within(path, parts)), None)
+                if drop is not None:
+                    yield f"{key}.{text}", f"drop removes {drop!r} first: {text!r} is never there"
 
 
 def _may_hold(value: Any) -> bool:
