@@ -23,7 +23,8 @@ on with the gateway's clock, so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
 Windows close in order of their end (then start, then group). Count windows close
-on their count only.
+on their count only (event time orders first, last and rate; allowed_lateness, late
+and idle are refused).
 
 Groups
   group_by: topic          one set of windows per topic
@@ -356,6 +357,16 @@ class WindowProcessorConfig:
                 yield "time_field", str(check_path(self.time_field))
             elif self.time_attribute == "":  # no attribute has it: every reading refused
                 yield "time_attribute", "the attribute name must not be empty"
+            if self.kind == "count":
+                # Count windows close on their count: the watermark closes none, so
+                # these would be ignored without a word (late: dead_letter never was).
+                for key, default in (("allowed_lateness", 0.0), ("late", "drop"), ("idle", 10.0)):
+                    if getattr(self, key) != default:
+                        yield (
+                            key,
+                            "count windows close on their count only: no reading is ever"
+                            " late and no watermark closes them",
+                        )
         else:
             if self.time_field is not None or self.time_attribute is not None:
                 yield "time", "time_field and time_attribute need time: event"

@@ -332,16 +332,15 @@ def test_a_restart_from_the_checkpoint_gives_the_same_outputs(
         "kind": kind,
         "time": "event",
         "time_field": "ts",
-        "allowed_lateness": 5,
         "group_by": "topic.1",
         "aggregates": {"v": AGGS},
     }
     config.update(
         {
-            "tumbling": {"size": 60},
-            "hopping": {"size": 60, "every": 20},
-            "session": {"gap": 30},
-            "count": {"count": 3, "slide": 2},
+            "tumbling": {"size": 60, "allowed_lateness": 5},
+            "hopping": {"size": 60, "every": 20, "allowed_lateness": 5},
+            "session": {"gap": 30, "allowed_lateness": 5},
+            "count": {"count": 3, "slide": 2},  # never late: it takes no allowed_lateness
         }[kind]
     )
     restart_gives_the_same_outputs(evs, config, cut, batch)  # in one chunk, as a rule
@@ -974,6 +973,12 @@ def test_output_ids_are_the_same_for_the_same_window() -> None:
         ({"size": 60, "allowed_lateness": 5, "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "late": "dead_letter", "aggregates": {"v": ["avg"]}}, "needs time: event"),
         ({"size": 60, "idle": 30, "aggregates": {"v": ["avg"]}}, "needs time: event"),
+        # a count window is never late: `late: dead_letter` was ignored without a word
+        (
+            {"kind": "count", "count": 5, "time": "event", "time_field": "ts"}
+            | {"late": "dead_letter", "aggregates": {"v": ["avg"]}},
+            "late: count windows close on their count only",
+        ),
         # `1ms` meant as `1m`: 60000 windows per reading, half a second of work each
         (
             {"kind": "hopping", "size": "1m", "every": "1ms", "aggregates": {"v": ["avg"]}},
