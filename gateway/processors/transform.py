@@ -402,15 +402,17 @@ class TransformProcessorConfig:
 
 
 def _may_hold(value: Any) -> bool:
-    """Whether a `set` value is or may be an object (a placeholder alone may copy one)."""
+    """Whether a `set` value is or may be an object (`{field.NAME}` alone may copy one;
+    the topic and attributes are text)."""
     if isinstance(value, dict):
         return True
     if not isinstance(value, str):
         return False
     try:
-        return Template(value).single is not None
+        single = Template(value).single is not None
     except ValueError:
         return True  # reported already
+    return single and value.strip("{} ").startswith("field.")
 
 
 def _within(path: tuple[str, ...], outer: tuple[str, ...]) -> bool:
