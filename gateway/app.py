@@ -723,6 +723,10 @@ class Reloads:
     (any number of them coalesce into one). An attempt reads and validates the file
     in a worker thread; a valid config goes to `Gateway.reload`, an invalid one is
     refused with its errors. Either way the outcome is the gateway's `last_reload`.
+
+    The text the gateway runs is held here: an attempt that reads another text keeps
+    it as a config version first (`files.keep_running`), so that a file changed by
+    hand (broken, say, and refused) can be rolled back to exactly what runs.
     """
 
     def __init__(self, gateway: Gateway, path: str | None, stopping: Callable[[], bool]) -> None:
@@ -733,6 +737,8 @@ class Reloads:
         self._again: str | None = None  # the trigger of the attempt asked for meanwhile
         self._waiting: list[asyncio.Future[Outcome]] = []  # API calls: the next attempt
         self._tried_hash: str | None = None  # the text the last attempt read
+        self._tried_text: str | None = None
+        self._running_text: str | None = None  # the text of the config that runs
         self._stamp = None if path is None else _file_stamp(path)
         if path is not None:
             try:
@@ -741,6 +747,7 @@ class Reloads:
                 text = None
             if text is not None:
                 gateway.config_hash = self._tried_hash = files.text_hash(text)
+                self._running_text = text
 
     def request(self, trigger: str) -> asyncio.Future[Outcome] | None:
         """Ask for an attempt; its outcome comes in the future (None: not reloading)."""
@@ -766,6 +773,7 @@ class Reloads:
         assert self.path is not None
         self._stamp = _file_stamp(self.path)
         self._tried_hash = files.text_hash(text)
+        self._tried_text = text
 
     async def close(self) -> None:
         if self._task is not None:
@@ -800,7 +808,8 @@ class Reloads:
             # Reading, parsing and validating walk the whole file (and decrypt its
             # secrets): off the event loop, so that /healthz, MQTT keepalives and the
             # sinks go on meanwhile. The loader bounds its size, depth and aliases.
-            new = await asyncio.to_thread(self._read_and_load, path)
+            data_dir = self.gateway.config.gateway.data_dir  # where the running one keeps
+            new = await asyncio.to_thread(self._read_and_load, path, data_dir)
         except ConfigError as err:
             errors = list(err.problems)
             log.error(
@@ -813,7 +822,7 @@ class Reloads:
             log.error("gateway: reload refused, the running config stays: %s", errors[0])
             log.debug("gateway: the reload failed here", exc_info=True)
         changes: list[str] = []
-        tried = self._tried_hash
+        tried, tried_text = self._tried_hash, self._tried_text
         if new is not None and not self.stopping():
             log.info("gateway: reloading %s (%s)", path, trigger)
             # while it applies (stopping and starting components, the start check):
@@ -822,6 +831,7 @@ class Reloads:
             outcome, errors, changes = await self.gateway.apply(new)
             if outcome == "applied":
                 self.gateway.config_hash = tried
+                self._running_text = tried_text
                 self.gateway.loaded_at = time.time()
         else:
             outcome = "refused"
@@ -834,10 +844,36 @@ class Reloads:
         await self.gateway.record(now, tried, trigger, outcome, changes, errors)
         return {"outcome": outcome, "errors": errors, "changes": changes}
 
-    def _read_and_load(self, path: str) -> Config:
-        """In a worker thread: note the text's hash (refused or not), then load it."""
-        self._tried_hash = files.text_hash(read_text(path))
+    def _read_and_load(self, path: str, data_dir: str) -> Config:
+        """In a worker thread: note the text (refused or not), keep the running text as
+        a version if this one is another (or none can be read), then load it."""
+        try:
+            text = read_text(path)
+        except ConfigError:  # removed or unreadable: what runs is in no file now
+            self._keep_running(path, None, data_dir)
+            raise
+        self._tried_hash, self._tried_text = files.text_hash(text), text
+        self._keep_running(path, text, data_dir)
         return load(path)
+
+    def _keep_running(self, path: str, text: str | None, data_dir: str) -> None:
+        """Keep the running text as a version before `text` (None: no text) replaces
+        it in the file for good; the reload goes on if it cannot be kept."""
+        running = self._running_text
+        if running is None or running == text:
+            return
+        try:
+            kept = files.keep_running(path, running, data_dir)
+        except OSError as err:
+            log.warning(
+                "gateway: the running config could not be kept under %s (%s: %s)",
+                files.history_dir(data_dir),
+                err.filename,
+                err.strerror or err,
+            )
+            return
+        if kept is not None:
+            log.info("gateway: %s changed; the running config is kept as %s", path, kept.name)
 
     async def watch(self) -> None:
         """Poll the file's stat; a change that holds still for WATCH_SETTLE reloads."""

@@ -10,6 +10,10 @@ file's mode is kept (a config holding ENC() values is often 0600).
 A kept version is named `<UTC time>-<hash>.<ext>`, the hash being the first 12
 hex digits of the text's SHA-256 (the `config.hash` of /api/status); the newest
 KEEP_VERSIONS are kept.
+
+A change made by hand is not written here, but the gateway keeps the text it was
+running when it reads one (`keep_running`): a file broken by hand, whose reload is
+refused, can be rolled back to exactly what runs.
 """
 
 from __future__ import annotations
@@ -108,17 +112,32 @@ def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    return _keep(text, data_dir, source.suffix)
+
+
+def _keep(text: str, data_dir: str | Path, suffix: str) -> Version:
     folder = history_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.3f}"[1:]
     digest = text_hash(text)
-    ext = source.suffix or ".yaml"
-    kept = folder / f"{stamp}Z-{digest}{ext}"
+    kept = folder / f"{stamp}Z-{digest}{suffix or '.yaml'}"
     write_atomic(kept, text)
     os.chmod(kept, 0o600)
     return Version(kept.name, kept, now, digest)
+
+
+def keep_running(path: str | Path, text: str, data_dir: str | Path) -> Version | None:
+    """Keep `text`, the config the gateway runs, as the newest version, unless the newest
+    already is that text (None then): the file at `path` was changed by hand, and the
+    text it replaced would be lost with it. Drops the oldest beyond KEEP_VERSIONS."""
+    kept = versions(data_dir)
+    if kept and kept[0].hash == text_hash(text):
+        return None
+    version = _keep(text, data_dir, Path(path).suffix)
+    _prune(data_dir)
+    return version
 
 
 def _prune(data_dir: str | Path) -> None:

@@ -242,6 +242,24 @@ def test_a_save_that_cannot_write_the_file_keeps_no_version(
     assert path.read_text() == f"v{files.KEEP_VERSIONS}\n"
 
 
+def test_the_running_text_is_kept_once_and_the_versions_stay_bounded(tmp_path: Path) -> None:
+    # What the gateway runs, kept when the file changes by hand: the newest already that
+    # text keeps nothing more, and the oldest beyond KEEP_VERSIONS go, as with `save`
+    from gateway.config import files
+
+    path, data = tmp_path / "gw.yaml", tmp_path / "data"
+    path.write_text("v0\n")
+    for n in range(1, files.KEEP_VERSIONS + 1):
+        files.save(path, f"v{n}\n", data)
+    kept = files.keep_running(path, "running\n", data)
+    assert kept is not None and kept.hash == files.text_hash("running\n")
+    assert files.keep_running(path, "running\n", data) is None
+    found = files.versions(data)
+    assert len(found) == files.KEEP_VERSIONS
+    assert found[0].name == kept.name and found[0].path.read_text() == "running\n"
+    assert found[0].path.stat().st_mode & 0o777 == 0o600
+
+
 def test_a_new_section_is_appended(tmp_path: Path) -> None:
     text = "# only a comment and a gateway\ngateway: {id: x}\n"
     new = edit.set_component(text, "sinks", "out", {"type": "file"}, "gw.yaml")

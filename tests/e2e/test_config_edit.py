@@ -148,3 +148,37 @@ def test_edits_through_the_api_apply_and_keep_the_file(gw: GatewayProcess) -> No
     rolled = _cli("rollback", "-c", str(gw.config_path), oldest)
     assert rolled.returncode == 0, rolled.stderr
     assert gw.config_path.read_text() == original
+
+
+def test_the_running_text_stays_recoverable_after_a_hand_broken_file(gw: GatewayProcess) -> None:
+    """An API edit, then a syntax error typed by hand: the gateway runs on with the
+    edited config and refuses the file. The text it runs is kept as the newest version
+    (so History marks it running), and a rollback to the newest puts back exactly what
+    runs: the removed source stays removed."""
+    status, answer = _call(gw, "DELETE", "/api/config/sources/spare")
+    assert (status, answer["outcome"]) == (200, "applied"), answer
+    running = gw.config_path.read_text()
+    running_hash = gw.status()["config"]["hash"]
+
+    gw.config_path.write_text(running + "sinks: [oops\n")  # broken by hand
+    status, answer = _call(gw, "POST", "/api/config/reload")
+    assert answer["outcome"] == "refused", answer
+    assert gw.status()["config"]["hash"] == running_hash  # the edited config still runs
+
+    status, answer = _call(gw, "GET", "/api/config/versions")
+    assert status == 200, answer
+    newest = answer["versions"][0]
+    assert newest["hash"] == running_hash, answer  # History marks it "(running now)"
+    assert len({v["hash"] for v in answer["versions"]}) == len(answer["versions"]), answer
+
+    # broken again, the running text is not kept twice
+    gw.config_path.write_text(running + "sinks: [oops, again\n")
+    status, again = _call(gw, "POST", "/api/config/reload")
+    assert again["outcome"] == "refused", again
+    assert _call(gw, "GET", "/api/config/versions")[1] == answer
+
+    status, answer = _call(gw, "POST", "/api/config/rollback", {})
+    assert (status, answer["outcome"]) == (200, "applied"), answer
+    assert answer["restored"] == newest["name"]
+    assert gw.config_path.read_text() == running
+    assert "spare" not in gw.status()["sources"]
