@@ -16,17 +16,27 @@ Keys (all optional, at least one needed)
 
 They apply in this order: rename, drop, scale/offset, set; so drop, scale,
 offset and set name fields as they are after renaming. rename takes every field
-out before it puts any back, so `{a: b, b: a}` swaps two fields; a target put inside
-one put before it joins it (`{meta: m, ts: m.time}`), and so does a `set` key inside an
-object set before it. Refused when the config is loaded: two renames to one field (or
-to a field holding another's), a rename of a field inside one renamed before it (write
-it first), a `set` key holding one set before it, drop, scale or offset naming a field
-rename has moved away (name its new place), and scale or offset naming a dropped field.
-A field path `a.b`
-reaches into nested objects (set creates the objects it needs); in scale and
-offset a number indexes an array (`values.0`). A field named in scale or
-offset that is missing is skipped; one that is not a number (true/false is
-not a number) dead-letters the FlowFile.
+out before it puts any back, so `{a: b, b: a}` swaps two fields. Two renames to
+the same field give one name to a field devices send under either
+(`{t: temp, temperature: temp}`); when both are there, the later one wins. A
+target put inside one put before it joins it (`{meta: m, ts: m.time}`), and so
+does a `set` key inside an object set before it.
+
+Refused when the config is loaded (each lost a value or dead-lettered every FlowFile):
+- a rename target holding one put before it (write it first);
+- a rename of a field inside one renamed before it (write it first);
+- a `set` key holding one set before it (write it first);
+- a `set` key inside a value set before it that is no object: a number, a
+  list, or text, even text made from the topic or an attribute (only an object
+  or a lone `{field.NAME}` can hold it);
+- drop, scale or offset naming a field rename has moved away (name its new
+  place);
+- scale or offset naming a field drop removes.
+
+A field path `a.b` reaches into nested objects (set creates the objects it
+needs); in scale and offset a number indexes an array (`values.0`). A field
+named in scale or offset that is missing is skipped; one that is not a number
+(true/false is not a number) dead-letters the FlowFile.
 
 Templates
   {topic}            the whole input topic
@@ -262,7 +272,9 @@ class TransformProcessorConfig:
     rename: Annotated[
         dict[str, str],
         Doc(
-            "Move fields, old path to new path (a missing field is skipped).", example={"t": "temp"}
+            "Move fields, old path to new path (a missing field is skipped; of two moved to"
+            " one path, the later one wins when both are there).",
+            example={"t": "temp"},
         ),
     ] = field(default_factory=dict)
     drop: Annotated[list[str], Doc("Remove fields (a missing field is skipped).")] = field(
@@ -345,11 +357,13 @@ class TransformProcessorConfig:
         targets = [(name, split_path(to)) for name, to in self.rename.items()]
         for i, (name, to) in enumerate(targets):
             for earlier, earlier_to in targets[:i]:
-                if _within(earlier_to, to):
+                # The same field twice names one field sent under either name.
+                if earlier_to != to and _within(earlier_to, to):
                     yield (
                         f"rename.{name}",
                         f"{'.'.join(to)!r} would overwrite what rename.{earlier} moved to"
-                        f" {'.'.join(earlier_to)!r}: rename to another field",
+                        f" {'.'.join(earlier_to)!r}: write rename.{name} before"
+                        f" rename.{earlier}",
                     )
         sources = [split_path(name) for name in self.rename]
         for i, source in enumerate(sources):
@@ -366,9 +380,17 @@ class TransformProcessorConfig:
             for before, value in paths[:i]:
                 where = f"set.{'.'.join(path)}"
                 if _within(before, path):
-                    yield where, f"it would overwrite set.{'.'.join(before)}, set before it"
+                    yield (
+                        where,
+                        f"it would overwrite set.{'.'.join(before)}, set before it:"
+                        f" write {where} first",
+                    )
                 elif _within(path, before) and not _may_hold(value):
-                    yield where, f"set.{'.'.join(before)}, set before it, is no object to hold it"
+                    yield (
+                        where,
+                        f"set.{'.'.join(before)}, set before it, is no object to hold it:"
+                        " set it as an object, or name another field",
+                    )
         renamed = [(split_path(old), split_path(new)) for old, new in self.rename.items()]
         named = [(f"drop.{i}", p) for i, p in enumerate(self.drop)]
         named += [(f"{k}.{p}", p) for k in ("scale", "offset") for p in getattr(self, k)]
@@ -398,7 +420,11 @@ class TransformProcessorConfig:
                 path = split_path(text)
                 drop = next((d for d, parts in dropped if _within(path, parts)), None)
                 if drop is not None:
-                    yield f"{key}.{text}", f"drop removes {drop!r} first: {text!r} is never there"
+                    yield (
+                        f"{key}.{text}",
+                        f"drop removes {drop!r} first: {text!r} is never there; {key} it"
+                        " in an earlier transform before dropping it, or take it out of drop",
+                    )
 
 
 def _may_hold(value: Any) -> bool:
