@@ -14,7 +14,10 @@ Time
   time: event        the reading's own time, from `time_field` (a JSON field) or
                      `time_attribute`: a number of seconds, milliseconds, micro- or
                      nanoseconds since the epoch (told apart by size) or ISO 8601 text
-                     (UTC when no offset is given), within the years 1 to 9999
+                     (UTC when no offset is given), within the years 1 to 9999,
+                     and so must its windows be (in a 1d window, a reading at
+                     9999-12-31T12:00, which would end in the year 10000, is
+                     dead-lettered)
 With event time, the watermark is the newest event time seen minus
 `allowed_lateness`; a window closes once the watermark passes its end. A reading
 whose windows have all closed is late: counted and dropped, or dead-lettered with
@@ -742,6 +745,8 @@ class WindowProcessor(Processor):
         else:
             t = self.ctx.clock.now_ns()
             out.extend(self._close_until(t))
+        if self.config.kind != "count":
+            self._check_span(t)
         if self.config.kind == "count":
             out.extend(self._add_count(group, flowfile, t, values))
         elif self.config.kind == "session":
@@ -816,6 +821,28 @@ class WindowProcessor(Processor):
         assert self.kv is not None
         self.kv.put(META, meta)
         return self._close_until(wm)
+
+    def _check_span(self, t: int) -> None:
+        """PermanentError when a window of a reading at `t` starts before the year 1 or
+        ends after the year 9999: its start or end cannot be written in ISO 8601 (a 1d
+        window of 9999-12-31 ended 10000-01-01T00:00:00.000Z, five digits no timestamp
+        column takes)."""
+        if self.config.kind == "session":
+            first, last = t, t + self._gap
+        else:
+            size, every = self._size, self._every
+            start = t - t % every
+            first, last = start - (start - t + size - 1) // every * every, start + size
+        if last >= TIME_MAX:
+            raise PermanentError(
+                f"the time {iso(t)} falls in a window ending after the year 9999:"
+                " windows lie within the years 1 to 9999"
+            )
+        if first < TIME_MIN:
+            raise PermanentError(
+                f"the time {iso(t)} falls in a window starting before the year 1:"
+                " windows lie within the years 1 to 9999"
+            )
 
     def _late(self, flowfile: FlowFile, t: int) -> list[FlowFile]:
         self.late += 1

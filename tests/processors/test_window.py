@@ -579,6 +579,37 @@ def test_a_window_of_a_year_before_1000_writes_its_times_in_iso_8601() -> None:
     assert iso(0) == "1970-01-01T00:00:00.000Z"
 
 
+@pytest.mark.parametrize(
+    ("config", "ts", "problem"),
+    [
+        ({"kind": "tumbling", "size": "1d"}, "9999-12-31T12:00:00Z", "ending after the year 9999"),
+        ({"kind": "tumbling", "size": "7d"}, "0001-01-01T00:00:00Z", "starting before the year 1"),
+        (
+            {"kind": "hopping", "size": "2d", "every": "1d"},
+            "9999-12-30T12:00:00Z",
+            "ending after the year 9999",
+        ),
+        ({"kind": "session", "gap": "1h"}, "9999-12-31T23:00:00Z", "ending after the year 9999"),
+    ],
+)
+def test_a_reading_whose_window_would_leave_the_years_1_to_9999_is_refused(
+    config: dict[str, Any], ts: str, problem: str
+) -> None:
+    """A 1d window of 9999-12-31 ended `10000-01-01T00:00:00.000Z`: five digits, which no
+    timestamp column takes; a 7d window of 0001-01-01 started in the year 0."""
+    clock = FakeClock()
+    aggs = {"v": ["count"]}
+    processor = make({**config, "time": "event", "time_field": "ts", "aggregates": aggs}, clock)
+    refused = FlowFile.create("a", json.dumps({"ts": ts, "v": 1}).encode())
+    with pytest.raises(PermanentError, match=f"the time .* falls in a window {problem}"):
+        processor.process(refused)
+    assert processor.status()["open"] == 0
+    processor.process(FlowFile.create("a", b'{"ts": "9999-12-29T12:00:00Z", "v": 1}'))
+    clock.mono += 3 * 86400  # idle: the watermark moves on past the window's end
+    outs = outputs(processor.tick(clock.now_ns()))
+    assert outs and all(o["end"].startswith("9999-12-") for o in outs)
+
+
 def test_over_the_state_budget_the_oldest_windows_close_early() -> None:
     processor = make(
         {
