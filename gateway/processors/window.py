@@ -56,10 +56,10 @@ Output: one FlowFile per closed window and group, JSON:
 An aggregate's key is its name; percentile(P)'s is pP with a `.` in P written `_`
 (percentile(95): p95, percentile(99.9): p99_9), so that a later processor reaches it
 with a field path (temp.p99_9).
-A field with no number in a window has a count of 0 and null aggregates; an
-aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no infinity
-(avg is then the running mean). A window
-closed early because the state budget (`max_state`) was full has "early": true.
+A field with no number in a window has null aggregates (its count, when asked for, is
+0); an aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no
+infinity (avg is then the running mean). A window closed early because the state
+budget (`max_state`) was full has "early": true.
 The topic is `topic`, a template with `{topic}` (the topic of the window's first
 reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
 with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
