@@ -19,6 +19,7 @@ refused, can be rolled back to exactly what runs.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import errno
 import hashlib
 import os
@@ -119,8 +120,17 @@ def _keep(text: str, data_dir: str | Path, suffix: str) -> Version:
     folder = history_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.3f}"[1:]
+    # Named by the time in milliseconds, and after the newest kept: versions are pruned
+    # by name, and a board without a clock, set back at boot, named the one it kept
+    # older than the rest, which the prune then took at once.
+    ms = int(time.time() * 1000)
+    newest = versions(data_dir)[:1]
+    if newest:
+        stem = newest[0].name.rsplit("-", 1)[0].rstrip("Z")
+        with contextlib.suppress(ValueError):
+            ms = max(ms, int(newest[0].saved_at) * 1000 + int(stem[16:19] or 0) + 1)
+    now = ms / 1000
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
     digest = text_hash(text)
     kept = folder / f"{stamp}Z-{digest}{suffix or '.yaml'}"
     write_atomic(kept, text)

@@ -698,3 +698,19 @@ def test_an_edit_past_the_loader_s_limits_is_refused_in_words(
         edit.set_component(text, "routes", "many", {**value, "sinks": ["archive"]}, "gw.yaml")
     assert str(refused.value).startswith("gw.yaml: routes.many: ")
     assert said in str(refused.value) and "report" not in str(refused.value)
+
+
+def test_a_version_kept_with_the_clock_set_back_is_the_newest_and_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A board with no clock boots in 1970: the running text kept then was named older
+    # than the 20 versions there, sorted last, and the prune deleted it at once.
+    path = tmp_path / "gateway.yaml"
+    for n in range(files.KEEP_VERSIONS):
+        files.keep_running(path, f"v{n}\n", tmp_path)
+    monkeypatch.setattr(files.time, "time", lambda: 172_800.0)
+    kept = files.keep_running(path, "running\n", tmp_path)
+    assert kept is not None and kept.path.exists()
+    newest = files.versions(tmp_path)
+    assert newest[0].name == kept.name and len(newest) == files.KEEP_VERSIONS
+    assert files.find_version(tmp_path, None).path.read_text() == "running\n"
