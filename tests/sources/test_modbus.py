@@ -286,6 +286,47 @@ async def test_a_register_the_device_lacks_does_not_take_its_neighbours_with_it(
     assert (3, 0, 1) not in {r[1:] for r in plc.requests}
 
 
+async def test_a_device_refusing_every_read_for_a_while_is_read_as_planned_once_it_answers(
+    plc: PlcStore,
+) -> None:
+    """A meter still booting (or a TCP gateway answering exception 2 for an absent
+    unit) refuses every read. Each refused read was halved, at every poll, for good:
+    500 values were read 4, 8, 16 ... 500 requests a poll, and stayed at 500 once the
+    device answered; last_error said nothing while it halved. Both halves refused is
+    the whole block refused: it is read whole, and once it answers, as planned."""
+    plc.set(1, "holding", 0, list(range(500)))
+    plc.holes[1] = set(range(500))
+    regs = {f"r{a}": {"address": a} for a in range(500)}
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": regs})  # fmt: skip
+    planned = {(3, 0, 125), (3, 125, 125), (3, 250, 125), (3, 375, 125)}
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        async with Pump(source) as pump:
+            async with asyncio.timeout(WAIT):
+                while len(plc.requests) < 60:  # about 12 polls refused
+                    await asyncio.sleep(0.01)
+                    if len(plc.requests) > 4:  # the first poll is over: it says why
+                        assert device["last_error"], device
+                        assert "illegal data address" in device["last_error"]
+            assert device["state"] == "online"
+            refusal = device["last_error"]
+            assert refusal and refusal.startswith("r0, r1, "), refusal
+            assert max(r[3] for r in plc.requests[-4:]) == 125, plc.requests[-8:]
+            plc.holes[1] = set()
+            await pump.until(lambda ms: len(values(ms)) == 500, "every value")
+            seen = len(plc.requests)
+            async with asyncio.timeout(WAIT):
+                while len(plc.requests) < seen + 8:  # noqa: ASYNC110 - two more polls
+                    await asyncio.sleep(0.01)
+            asked = [r[1:] for r in plc.requests[seen:]]
+    finally:
+        await source.close()
+    assert set(asked) == planned, asked
+    assert device["last_error"] is None and device["previous_error"] == refusal
+
+
 async def test_a_refused_register_answered_again_is_no_error_any_more(
     plc: PlcStore, caplog: pytest.LogCaptureFixture
 ) -> None:

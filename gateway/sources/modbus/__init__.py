@@ -75,7 +75,11 @@ bits. A device that refuses a filled block (illegal data address) gets that
 block split into its contiguous parts from then on, and a contiguous block it
 refuses halved (again at each refusal) until a register the device lacks is
 read alone: it is named alone in `last_error`, and the values beside it are
-still read, in few requests.
+still read, in few requests. A block whose parts are all refused in one poll is
+refused whole (a meter still booting, a TCP gateway answering exception 2 for
+an absent unit): it is read whole again, halved again only after a few polls,
+and a split whose parts all answer is read whole again, so a device that
+refused everything for a while is read as planned once it answers.
 
 Output (`emit: per_value`, the default): one FlowFile per value on
 `modbus/<device>/<register>` (`topic` template; `{device}`, `{register}`,

@@ -4,8 +4,9 @@ Pure functions and plain objects, no I/O. `plan` merges (start, width) spans
 into blocks within the request limit, filling holes up to `max_gap`;
 `plan_requests` groups a device's values by poll interval and table and turns
 each block into a `Request`; `Request.split` re-plans a block without its
-filler, or a block without filler value by value, for a device that refuses
-it (illegal data address).
+filler, or a block without filler in halves, for a device that refuses it
+(illegal data address); each part keeps its `parent`, so the source can put a
+split back together (see ModbusSource._replan).
 """
 
 from __future__ import annotations
@@ -100,7 +101,20 @@ V = TypeVar("V", bound=Readable)
 class Request(Generic[V]):
     """One planned read: a block of one table, and the values decoded from it."""
 
-    __slots__ = ("count", "gapped", "items", "refused", "runs", "start", "table")
+    __slots__ = (
+        "count",
+        "gapped",
+        "held",
+        "hold",
+        "items",
+        "merged",
+        "parent",
+        "refused",
+        "runs",
+        "split_for_good",
+        "start",
+        "table",
+    )
 
     def __init__(self, table: Table, block: Block, values: list[V]) -> None:
         self.table = table
@@ -109,6 +123,13 @@ class Request(Generic[V]):
         self.runs = block.runs
         self.gapped = len(block.runs) > 1
         self.refused: str | None = None  # why the device refuses this read, while it does
+        self.parent: Request[V] | None = None  # the read this one is a part of, when split
+        # Read whole, not split, for `hold` more refusals: its parts were all refused at
+        # once (the device refused the whole block); `held` doubles at each such time.
+        self.hold = 0
+        self.held = 0
+        self.merged = False  # put together again from its parts, not answered since
+        self.split_for_good = False  # refused again once put together: stays in parts
         # (value, offset in the block, decoder) for each value in the block
         self.items: list[tuple[V, int, Decoder]] = [
             (v, v.protocol_address - block.start, v.decoder_at(v.protocol_address - block.start))
@@ -131,7 +152,19 @@ class Request(Generic[V]):
                 parts = [_joined(parts[:half]), _joined(parts[half:])]
             blocks = parts
         values = [v for v, _, _ in self.items]
-        return [Request(self.table, b, [values[j] for j in b.items]) for b in blocks]
+        requests = [Request(self.table, b, [values[j] for j in b.items]) for b in blocks]
+        for part in requests:
+            part.parent = self
+        return requests
+
+    def descends_from(self, other: Request[V]) -> bool:
+        """This read is a part (or a part of a part) of `other`."""
+        up = self.parent
+        while up is not None:
+            if up is other:
+                return True
+            up = up.parent
+        return False
 
 
 def _joined(blocks: Sequence[Block]) -> Block:

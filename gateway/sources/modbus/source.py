@@ -330,6 +330,9 @@ class ModbusSource(Source):
         clock = self.ctx.clock
         link = bus.link
         answered: tuple[int, str] | None = None
+        refusals: dict[Request[Value], DeviceException] = {}
+        read_ok: set[Request[Value]] = set()
+        news = False
         for req in list(group.requests):
             if bus.writes:
                 await self._serve_writes(bus)
@@ -347,10 +350,10 @@ class ModbusSource(Source):
                     self._device_failed(dev, err, clock.monotonic())
                     break
                 # A refusal is an answer: the device is there, its register map is wrong.
-                news = self._device_answered(dev, _iso(clock.now_ns()))
-                self._request_refused(group, req, err)
-                if news:
-                    self._publish_status(dev)
+                # What to do with it is decided once the poll is over (_replan): the
+                # parts of a split all refused are the whole block refused.
+                news = self._device_answered(dev, _iso(clock.now_ns())) or news
+                refusals[req] = err
                 continue
             now = clock.monotonic()
             created = clock.now_ns()
@@ -359,7 +362,14 @@ class ModbusSource(Source):
             self._device_ok(dev, ts)
             if req.refused is not None:
                 self._request_answered(dev, req)
+            req.hold = req.held = 0
+            req.merged = False
+            read_ok.add(req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
+        if refusals or read_ok:
+            self._replan(group, refusals, read_ok)
+        if news and dev.online:
+            self._publish_status(dev)
         return answered
 
     def _emit(
@@ -486,17 +496,108 @@ class ModbusSource(Source):
         )
         self._publish_status(dev)
 
+    def _replan(
+        self,
+        group: Group,
+        refusals: dict[Request[Value], DeviceException],
+        read: set[Request[Value]],
+    ) -> None:
+        """After a poll of `group`: the reads refused in it (`refusals`) and answered
+        (`read`) decide its reads for the next poll. A split whose parts were all
+        refused is the whole block refused (a meter still booting, a TCP gateway
+        answering exception 2 for an absent unit): it is read whole again, not split
+        any further. A split whose parts all answered is read whole again too. So a
+        device refusing everything for a while is not left read one value at a time."""
+        dev = group.device
+        reqs = group.requests
+        for req in (*refusals, *read):
+            up = req.parent
+            while up is not None:  # its parts were tried: they speak for it now
+                up.refused = None
+                up = up.parent
+
+        def parts_of(parent: Request[Value]) -> list[Request[Value]]:
+            return [r for r in reqs if r.descends_from(parent)]
+
+        def put_back(parent: Request[Value], parts: list[Request[Value]]) -> None:
+            i = reqs.index(parts[0])  # the parts of a read are next to each other
+            reqs[i : i + len(parts)] = [parent]
+
+        changed = True
+        while changed:
+            changed = False
+            for req, err in refusals.items():
+                parent = req.parent
+                if parent is None or err.code != 2:
+                    continue
+                parts = parts_of(parent)
+                if all(r in refusals and refusals[r].code == 2 for r in parts):
+                    put_back(parent, parts)
+                    for r in parts:
+                        del refusals[r]
+                    refusals[parent] = err
+                    # whole for a few polls, then halved again (a register it lacks
+                    # is still found once the rest answers), for longer each time
+                    parent.held = min(2 * parent.held or 4, 64)
+                    parent.hold = parent.held
+                    dev.status["errors"] += len(parts) - 1  # counted as one below
+                    changed = True
+                    break
+        changed = True
+        while changed:
+            changed = False
+            for req in read:
+                parent = req.parent
+                if parent is None or parent.gapped or parent.split_for_good:
+                    continue  # a device that refused the filler still would
+                parts = parts_of(parent)
+                if all(r in read for r in parts):
+                    put_back(parent, parts)
+                    read.difference_update(parts)
+                    read.add(parent)
+                    parent.merged = True
+                    self.ctx.log.info(
+                        "device %s answers every part of %s %d+%d: reading it whole again",
+                        dev.name,
+                        parent.table,
+                        parent.start,
+                        parent.count,
+                    )
+                    changed = True
+                    break
+        for req, err in refusals.items():
+            self._request_refused(group, req, err)
+        if dev.online:
+            now_refused = self._refusals(dev)
+            status = dev.status
+            if now_refused != status["last_error"]:
+                if now_refused is None:
+                    status["previous_error"], status["last_error"] = status["last_error"], None
+                else:
+                    status["last_error"] = now_refused
+                    status["last_error_at"] = _iso(self.ctx.clock.now_ns())
+
     def _request_refused(self, group: Group, req: Request[Value], err: DeviceException) -> None:
         dev = group.device
         dev.status["errors"] += 1
         names = ", ".join(v.name for v, _, _ in req.items)
-        parts = req.split() if err.code == 2 else []
+        problem = f"{names}: {err}"
+        if req.hold:
+            req.hold -= 1
+        if err.code == 2 and req.merged:
+            # Its parts answered, put together it is refused (a device whose reads are
+            # shorter than ours): it stays in parts.
+            req.split_for_good = True
+        parts = req.split() if err.code == 2 and not req.hold else []
         if len(parts) > 1:
             # The device lacks an address the read covers: the filler between values,
             # or one of the values. Read the runs, or the values, separately: the
             # values it has are read, and a refusal names only the ones it lacks.
             i = group.requests.index(req)
             group.requests[i : i + 1] = parts
+            req.refused = problem  # until its parts are read (see _replan, _refusals)
+            dev.status["last_error"] = self._refusals(dev)
+            dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
             self.ctx.log.warning(
                 "device %s refused a %s read %s (%s); reading %d parts instead",
                 dev.name,
@@ -506,8 +607,8 @@ class ModbusSource(Source):
                 len(parts),
             )
             return
-        problem = f"{names}: {err}"
-        first = req.refused is None
+        # said once, and not again each time a block held whole is put back (held > 4)
+        first = req.refused is None and req.held <= 4
         req.refused = problem
         dev.status["last_error"] = self._refusals(dev)
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
@@ -524,13 +625,16 @@ class ModbusSource(Source):
 
     def _refusals(self, dev: Device) -> str | None:
         """Every read of `dev` it refuses now, "names: error", joined with "; "."""
-        found = [
-            req.refused
-            for g in self._buses[dev.spec.key].groups
-            if g.device is dev
-            for req in g.requests
-            if req.refused is not None
-        ]
+        found: dict[str, None] = {}  # in order, once each
+        for g in self._buses[dev.spec.key].groups:
+            if g.device is not dev:
+                continue
+            for req in g.requests:
+                up: Request[Value] | None = req
+                while up is not None:  # a read just split is refused until its parts answer
+                    if up.refused is not None:
+                        found[up.refused] = None
+                    up = up.parent
         return "; ".join(found) if found else None
 
     def _request_answered(self, dev: Device, req: Request[Value]) -> None:
