@@ -130,6 +130,19 @@ def test_precision_keeps_integers_exact_and_zero_decimals_whole() -> None:
     assert decode("uint16", [215], scale=0.1, precision=2) == 21.5
 
 
+def test_precision_zero_keeps_a_float_beyond_2_to_the_53_a_float() -> None:
+    # a float32 3e30 came out as a 31-digit integer, a float64 1e300 as 301 digits
+    big = decode("float32", regs_for("f", 3e30, "ABCD"), precision=0)
+    assert isinstance(big, float) and big == 3e30  # as float32 reads are written
+    huge = decode("float64", regs_for("d", -1e300, "ABCDEFGH"), precision=0)
+    assert isinstance(huge, float) and huge == -1e300
+    assert codec.json_scalar(huge) == "-1e+300"
+    edge = decode("float64", regs_for("d", 2.0**53 - 1, "ABCDEFGH"), precision=0)
+    assert edge == 2**53 - 1 and isinstance(edge, int)
+    assert isinstance(decode("float64", regs_for("d", 2.0**53, "ABCDEFGH"), precision=0), float)
+    assert decode("float32", regs_for("f", 22.4, "ABCD"), precision=0) == 22
+
+
 def test_encode_scaling_and_ranges() -> None:
     int16 = codec.parse_type("int16")
     assert codec.encode(int16, 21.5, scale=0.1) == [215]

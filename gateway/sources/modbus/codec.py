@@ -104,6 +104,9 @@ def _short_float32(v: float) -> float:
 Decoder = Callable[[bytes, Sequence[Any]], Any]
 
 
+_EXACT = 2.0**53  # every integer below it is exactly a float
+
+
 def make_decoder(
     info: TypeInfo,
     offset: int,
@@ -178,10 +181,12 @@ def make_decoder(
     if precision is None:
         return lambda buf, values: raw(buf, values) * scale + add
     if precision == 0:
-        # no decimals: an integer (22, not 22.0); NaN and infinities stay as they are
+        # no decimals: an integer (22, not 22.0) while a float holds it exactly; beyond
+        # 2**53 a float is whole anyway, and stays one (a float32 3e30 is not written as
+        # a 31-digit integer, nor a float64 1e300 as 301 digits); NaN and infinities too
         def whole(buf: bytes, values: Sequence[Any]) -> Any:
             x = raw(buf, values) * scale + add
-            return round(x) if math.isfinite(x) else x
+            return round(x) if abs(x) < _EXACT else x
 
         return whole
     digits = precision

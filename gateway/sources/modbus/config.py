@@ -101,8 +101,9 @@ class RegisterConfig:
     precision: Annotated[
         int | None,
         Doc(
-            "Decimals to round the value to (0: a whole number, written without `.0`); an"
-            " integer type with a whole `scale` and `offset` stays exact, whatever it says."
+            "Decimals to round the value to (0: a whole number, written without `.0` up to"
+            " 2**53, as a float beyond); an integer type with a whole `scale` and `offset`"
+            " stays exact, whatever it says."
         ),
         Range(0, 15, "must be 0..15"),
     ] = None
