@@ -30,6 +30,11 @@ class LineSplitter:
     def __init__(self, terminator: bytes, max_length: int) -> None:
         self.terminator = terminator
         self.max_length = max_length
+        # With "\n", a device ending its lines "\r\n" leaves a \r on each, which every
+        # framing takes for the end of the line (strip, the regex's strip, NMEA's CR):
+        # it does not count against `max_length` either.
+        self._cr = terminator == b"\n"
+        self._end = b"\r\n" if self._cr else terminator
         self._buf = bytearray()
         self._discarding = False
 
@@ -49,14 +54,14 @@ class LineSplitter:
             if self._discarding:
                 self._discarding = False  # the tail of a line already reported as too long
                 continue
-            if len(line) > limit:
+            if len(line) - (self._cr and line.endswith(b"\r")) > limit:
                 out.append((line[:limit], True))
             else:
                 out.append((line, False))
         del buf[:pos]
         # Past `limit`, the line is too long unless what is past it may be the start of the
         # terminator (a line of exactly `limit` bytes whose \r\n straddles two reads).
-        if len(buf) > limit and not term.startswith(bytes(buf[limit:])):
+        if len(buf) > limit and not self._end.startswith(bytes(buf[limit:])):
             if not self._discarding:
                 out.append((bytes(buf[:limit]), True))
                 self._discarding = True

@@ -167,7 +167,8 @@ class SerialSourceConfig(SourceConfig):
         Size,
         Doc(
             "Longer lines go to the dead letters with their first `max_length` bytes,"
-            " marked `content.truncated: max_length` (a replay leaves them)."
+            " marked `content.truncated: max_length` (a replay leaves them). The terminator"
+            " does not count, nor, with `\\n`, the `\\r` of a line ended `\\r\\n`."
         ),
         Range(16, 1 << 20, "must be between 16 bytes and 1MiB"),
     ] = 4096

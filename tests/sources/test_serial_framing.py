@@ -63,6 +63,20 @@ def test_a_line_of_max_length_whose_terminator_straddles_two_reads_is_a_line() -
     assert splitter.feed(b"\nok\r\n") == [(b"ok", False)]
 
 
+def test_a_line_of_max_length_ended_by_cr_lf_is_a_line_with_the_default_terminator() -> None:
+    # With terminator "\n" and a device sending "\r\n", the \r counted against
+    # max_length: a line of exactly max_length bytes went to the dead letters as too long.
+    splitter = LineSplitter(b"\n", 5)
+    assert splitter.feed(b"abcde\r\n") == [(b"abcde\r", False)]
+    assert splitter.feed(b"abcde\r") == []  # its \n may come in the next read
+    assert splitter.feed(b"\nabcdef\r\n") == [(b"abcde\r", False), (b"abcde", True)]
+    assert splitter.feed(b"abcde\r\r\n") == [(b"abcde", True)]  # one \r only is the end's
+    framer = LineFramer(b"\n", 5, "utf-8", strip=True)
+    assert framer.feed(b"abcde\r\nfghij\r") == [Record(b"abcde")]
+    assert framer.feed(b"\n") == [Record(b"fghij")]
+    assert NmeaFramer(8, False).feed(b"$GPTXT,1\r\n")[0].reject is None
+
+
 def test_garbage_that_is_not_text_is_rejected() -> None:
     framer = LineFramer(b"\n", 64, "utf-8", strip=True)
     bad, good = framer.feed(b"\xff\xfe\x00junk\nok\n")
