@@ -1146,7 +1146,8 @@ def test_config_problems_name_the_key() -> None:
         # a top-level unit is the flat device's: with devices: it was silently ignored,
         # each device asked as unit 1
         ({"unit": 3, "devices": {"a": {"url": tcp, "registers": {"x": {"address": 0}}}}},
-         "unit: unit at the top level is the flat device's (with url:); with devices:"),
+         "unit: unit: 3 at the top level is the flat device's (with url:), not a default"
+         " for devices:; set unit on each device instead"),
         # passed the check, then the source crashed with a traceback at each start
         ({"url": tcp, "registers": {"x": {"address": 0}},
           "writeback": {"url": "mqtt://u:pw@h:99999"}},

@@ -87,6 +87,17 @@ def test_unit_0_stays_valid_over_tcp() -> None:
     assert problems_of({"url": "rtu:///dev/ttyS0", "unit": 247, "registers": ONE}) == []
 
 
+def test_a_top_level_unit_1_beside_devices_still_loads() -> None:
+    # Refused since a top-level unit is no default for devices:, though unit: 1 said what
+    # every device was asked as anyway: a config that loaded for years was refused.
+    devices = {"m": {"url": "tcp://127.0.0.1:5020", "unit": 3, "registers": ONE}}
+    assert problems_of({"unit": 1, "devices": devices}) == []
+    assert problems_of({"unit": 2, "devices": devices}) == [
+        "unit: unit: 2 at the top level is the flat device's (with url:), not a default for"
+        " devices:; set unit on each device instead"
+    ]
+
+
 def test_two_sources_on_one_command_topic_need_devices_of_their_own() -> None:
     # Each command reached both sources; the one without the device answered it too,
     # {"ok": false, "error": "no device named 'b1'"}, on the result topic the commander

@@ -396,8 +396,8 @@ class ModbusSourceConfig(SourceConfig):
     unit: Annotated[
         int | None,
         Doc(
-            "The flat device's unit id (default 1). Not with `devices`: each device gives"
-            " its own `unit`."
+            "The flat device's unit id (default 1). With `devices`, 1 or nothing: each"
+            " device gives its own `unit`."
         ),
     ] = None
     registers: Annotated[
@@ -549,12 +549,13 @@ class ModbusSourceConfig(SourceConfig):
             yield "url", "give either url: (one device) or devices:, not both"
         if self.url is None and self.registers:
             yield "registers", "registers at the top level need url: (or move them under devices:)"
-        if self.url is None and self.unit is not None:
-            # not a default for the devices: they were asked as unit 1, whatever it said
+        if self.url is None and self.unit not in (None, 1):
+            # Not a default for the devices: they were asked as unit 1, whatever it said.
+            # unit: 1 said just that, harmless: an older config keeps loading.
             yield (
                 "unit",
-                "unit at the top level is the flat device's (with url:); with devices:,"
-                " give each device its own unit",
+                f"unit: {self.unit} at the top level is the flat device's (with url:), not a"
+                " default for devices:; set unit on each device instead",
             )
         for key, template, allowed in (
             ("topic", self.topic, _TOPIC_FIELDS),
