@@ -327,6 +327,61 @@ async def test_a_device_refusing_every_read_for_a_while_is_read_as_planned_once_
     assert device["last_error"] is None and device["previous_error"] == refusal
 
 
+class _Refuses:
+    """A PLC's holes that are there while `now(request)` says so: the request being
+    answered is the last one logged."""
+
+    def __init__(self, plc: PlcStore, now: Callable[[tuple[int, int, int, int]], bool]) -> None:
+        self.plc = plc
+        self.now = now
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, address: object) -> bool:
+        return self.now(self.plc.requests[-1])
+
+
+async def _first_reads(plc: PlcStore, source: ModbusSource, n: int) -> list[tuple[int, int]]:
+    async with Pump(source), asyncio.timeout(WAIT):
+        while len(plc.requests) < n:  # noqa: ASYNC110 - a refusal wakes no read()
+            await asyncio.sleep(0.01)
+    return [r[2:] for r in plc.requests[:n]]
+
+
+async def test_a_split_whose_parts_all_answer_is_read_whole_again(plc: PlcStore) -> None:
+    # Refused once (the device not ready yet), the read was halved for good.
+    plc.set(1, "holding", 0, [10, 11, 12, 13])
+    plc.holes[1] = _Refuses(plc, lambda r: len(plc.requests) == 1)  # type: ignore[assignment]
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": {f"r{a}": {"address": a} for a in range(4)}})  # fmt: skip
+    await source.connect()
+    device = source.status()["devices"]["plant"]
+    try:
+        reads = await _first_reads(plc, source, 6)
+    finally:
+        await source.close()
+    assert reads == [(0, 4), (0, 2), (2, 2), (0, 4), (0, 4), (0, 4)]
+    assert device["last_error"] is None
+    assert device["previous_error"].startswith("r0, r1, r2, r3: "), device
+
+
+async def test_a_device_refusing_long_reads_keeps_them_split(plc: PlcStore) -> None:
+    # A device answering exception 2 to a read longer than it takes: put together
+    # again, the read is refused again, so it stays in parts rather than flip at
+    # each poll.
+    plc.set(1, "holding", 0, [10, 11, 12, 13])
+    plc.holes[1] = _Refuses(plc, lambda r: r[3] > 2)  # type: ignore[assignment]
+    source = make_source({"url": f"tcp://127.0.0.1:{plc.port}", "interval": "20ms",  # type: ignore[attr-defined]
+                          "registers": {f"r{a}": {"address": a} for a in range(4)}})  # fmt: skip
+    await source.connect()
+    try:
+        reads = await _first_reads(plc, source, 12)
+    finally:
+        await source.close()
+    assert reads == [(0, 4), (0, 2), (2, 2), (0, 4)] + [(0, 2), (2, 2)] * 4
+
+
 async def test_a_refused_register_answered_again_is_no_error_any_more(
     plc: PlcStore, caplog: pytest.LogCaptureFixture
 ) -> None:
