@@ -366,7 +366,7 @@ class ModbusSource(Source):
             req.merged = False
             read_ok.add(req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
-        if refusals or read_ok:
+        if refusals or any(r.parent is not None for r in read_ok):  # else: as planned
             self._replan(group, refusals, read_ok)
         if news and dev.online:
             self._publish_status(dev)
