@@ -366,7 +366,8 @@ class ModbusSource(Source):
             req.merged = False
             read_ok.add(req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
-        if refusals or any(r.parent is not None for r in read_ok):  # else: as planned
+        # else as planned; a device gone offline mid-poll keeps its plan and its error
+        if dev.online and (refusals or any(r.parent is not None for r in read_ok)):
             self._replan(group, refusals, read_ok)
         if news and dev.online:
             self._publish_status(dev)
@@ -503,11 +504,13 @@ class ModbusSource(Source):
         read: set[Request[Value]],
     ) -> None:
         """After a poll of `group`: the reads refused in it (`refusals`) and answered
-        (`read`) decide its reads for the next poll. A split whose parts were all
-        refused is the whole block refused (a meter still booting, a TCP gateway
-        answering exception 2 for an absent unit): it is read whole again, not split
-        any further. A split whose parts all answered is read whole again too. So a
-        device refusing everything for a while is not left read one value at a time."""
+        (`read`) decide its reads for the next poll. A refused read is halved (in
+        `_request_refused`) until what the device lacks is read alone, and a split whose
+        parts all answered is read whole again: a device that refused everything for a
+        while (a meter still booting, a TCP gateway answering exception 2 for an absent
+        unit) is read as planned once it answers, not one value at a time for good.
+        Refused parts are never put back together: a device refusing both halves may
+        lack a register in each (two typos in a map), and its other values are read."""
         dev = group.device
         reqs = group.requests
         for req in (*refusals, *read):
@@ -523,26 +526,6 @@ class ModbusSource(Source):
             i = reqs.index(parts[0])  # the parts of a read are next to each other
             reqs[i : i + len(parts)] = [parent]
 
-        changed = True
-        while changed:
-            changed = False
-            for req, err in refusals.items():
-                parent = req.parent
-                if parent is None or err.code != 2:
-                    continue
-                parts = parts_of(parent)
-                if all(r in refusals and refusals[r].code == 2 for r in parts):
-                    put_back(parent, parts)
-                    for r in parts:
-                        del refusals[r]
-                    refusals[parent] = err
-                    # whole for a few polls, then halved again (a register it lacks
-                    # is still found once the rest answers), for longer each time
-                    parent.held = min(2 * parent.held or 4, 64)
-                    parent.hold = parent.held
-                    dev.status["errors"] += len(parts) - 1  # counted as one below
-                    changed = True
-                    break
         changed = True
         while changed:
             changed = False
@@ -598,6 +581,8 @@ class ModbusSource(Source):
             req.refused = problem  # until its parts are read (see _replan, _refusals)
             dev.status["last_error"] = self._refusals(dev)
             dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
+            if req.held > 4:
+                return  # a block refused whole again and again: said the first times
             self.ctx.log.warning(
                 "device %s refused a %s read %s (%s); reading %d parts instead",
                 dev.name,
