@@ -124,10 +124,6 @@ class Request(Generic[V]):
         self.gapped = len(block.runs) > 1
         self.refused: str | None = None  # why the device refuses this read, while it does
         self.parent: Request[V] | None = None  # the read this one is a part of, when split
-        # Read whole, not split, for `hold` more refusals: its parts were all refused at
-        # once (the device refused the whole block); `held` doubles at each such time.
-        self.hold = 0
-        self.held = 0
         self.merged = False  # put together again from its parts, not answered since
         self.split_for_good = False  # refused again once put together: stays in parts
         # (value, offset in the block, decoder) for each value in the block

@@ -362,7 +362,6 @@ class ModbusSource(Source):
             self._device_ok(dev, ts)
             if req.refused is not None:
                 self._request_answered(dev, req)
-            req.hold = req.held = 0
             req.merged = False
             read_ok.add(req)
             self._emit(dev, req, values, now, created, ts, out, per_device)
@@ -565,13 +564,11 @@ class ModbusSource(Source):
         dev.status["errors"] += 1
         names = ", ".join(v.name for v, _, _ in req.items)
         problem = f"{names}: {err}"
-        if req.hold:
-            req.hold -= 1
         if err.code == 2 and req.merged:
             # Its parts answered, put together it is refused (a device whose reads are
             # shorter than ours): it stays in parts.
             req.split_for_good = True
-        parts = req.split() if err.code == 2 and not req.hold else []
+        parts = req.split() if err.code == 2 else []
         if len(parts) > 1:
             # The device lacks an address the read covers: the filler between values,
             # or one of the values. Read the runs, or the values, separately: the
@@ -581,8 +578,6 @@ class ModbusSource(Source):
             req.refused = problem  # until its parts are read (see _replan, _refusals)
             dev.status["last_error"] = self._refusals(dev)
             dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
-            if req.held > 4:
-                return  # a block refused whole again and again: said the first times
             self.ctx.log.warning(
                 "device %s refused a %s read %s (%s); reading %d parts instead",
                 dev.name,
@@ -592,8 +587,7 @@ class ModbusSource(Source):
                 len(parts),
             )
             return
-        # said once, and not again each time a block held whole is put back (held > 4)
-        first = req.refused is None and req.held <= 4
+        first = req.refused is None  # said once
         req.refused = problem
         dev.status["last_error"] = self._refusals(dev)
         dev.status["last_error_at"] = _iso(self.ctx.clock.now_ns())
