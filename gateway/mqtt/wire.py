@@ -103,11 +103,45 @@ class ProtocolError(Exception):
         self.code = code
 
 
+# CONNACK return (3.1.1) and reason (5) codes, as the refusal messages have always said them.
+CONNACK_MESSAGES = {
+    1: "Connection Refused: unacceptable protocol version",
+    2: "Connection Refused: identifier rejected",
+    3: "Connection Refused: broker unavailable",
+    4: "Connection Refused: bad user name or password",
+    5: "Connection Refused: not authorised",
+    128: "Connection Refused: Unspecified error",
+    129: "Connection Refused: Malformed Packet",
+    130: "Connection Refused: Protocol Error",
+    131: "Connection Refused: Implementation specific error",
+    132: "Connection Refused: Unsupported Protocol Version",
+    133: "Connection Refused: Client Identifier not valid",
+    134: "Connection Refused: Bad User Name or Password",
+    135: "Connection Refused: Not authorized",
+    136: "Connection Refused: Server unavailable",
+    137: "Connection Refused: Server busy",
+    138: "Connection Refused: Banned",
+    140: "Connection Refused: Bad authentication method",
+    144: "Connection Refused: Topic Name invalid",
+    149: "Connection Refused: Packet too large",
+    151: "Connection Refused: Quota exceeded",
+    153: "Connection Refused: Payload format invalid",
+    154: "Connection Refused: Retain not supported",
+    155: "Connection Refused: QoS not supported",
+    156: "Connection Refused: Use another server",
+    157: "Connection Refused: Server moved",
+    159: "Connection Refused: Connection rate exceeded",
+}
+
+
 class ConnectRefused(Exception):
-    """The broker answered CONNECT with a failure reason code."""
+    """The broker answered CONNECT with a failure reason code: its reason string, or what
+    the code means when it sent none (Mosquitto sends none: `reason code 0x87` alone was
+    all a wrong password gave)."""
 
     def __init__(self, code: int, reason: str | None) -> None:
         self.code = code
+        reason = reason or CONNACK_MESSAGES.get(code, "").removeprefix("Connection Refused: ")
         text = f"the broker refused the connection (reason code 0x{code:02x}"
         super().__init__(text + (f": {reason})" if reason else ")"))
 

@@ -148,7 +148,7 @@ from gateway.core.flowfile import (
 )
 from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 from gateway.core.topics import filters_overlap, unsendable, validate_filter
-from gateway.mqtt.client import CONNACK_MESSAGES, connect_refusal, tls_refusal
+from gateway.mqtt.client import connect_refusal, tls_refusal
 from gateway.mqtt.urls import (
     TlsFilesError,
     client_cert_problems,
@@ -430,13 +430,9 @@ def _user_attributes(attrs: dict[str, str], user: list[tuple[str, str]]) -> None
 
 
 def _refusal(err: ConnectRefused) -> str:
-    """A refused connect in words: the broker's reason code said what it means when the
-    broker sent no reason text (`reason code 0x87` alone was all a wrong password gave),
-    and, for a refused login, the keys that give it."""
+    """A refused connect in words (the code's meaning is the wire's), and, for a refused
+    login, the keys that give it."""
     text = str(err)
-    meaning = CONNACK_MESSAGES.get(err.code, "").removeprefix("Connection Refused: ")
-    if meaning and text.endswith(f"(reason code 0x{err.code:02x})"):
-        text = f"{text[:-1]}: {meaning})"
     if err.code in (0x86, 0x87):  # bad user name or password, not authorized
         text += (
             "; check the user name and password it connects with (the source's `username`"
