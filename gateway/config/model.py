@@ -133,15 +133,20 @@ def _rotated_of(path: str, other: str) -> bool:
     return number != path and number.isascii() and number.isdigit() and not number.startswith("0")
 
 
-def path_problem(path: str | None, example: str) -> str | None:
-    """Why `path` (gateway.data_dir, secret_key_file, web.users_file) names no place the
-    user meant, or None: '' was the current folder (/ for a service), '~/data' a folder
-    named '~' in it."""
+def path_problem(path: str | None, example: str, under: str | None = None) -> str | None:
+    """Why `path` (gateway.data_dir, secret_key_file, web.users_file; a file sink's path,
+    relative to `under`, gateway.data_dir) names no place the user meant, or None: ''
+    was the current folder (/ for a service), '~/data' a folder named '~' in it."""
     if path is None:
         return None
     if not path.strip():
         return f"{path!r} is no path; write one, e.g. {example}"
     if path.startswith("~"):
+        if under is not None:
+            return (
+                f"{path!r}: ~ is not expanded (it would be a folder named '~' under {under});"
+                f" write the path in full, e.g. {example}"
+            )
         made = os.path.abspath(path)
         # the folder a release before made, holding a store's backlog: say where it is
         there = f" (what it wrote is in {made})" if os.path.lexists(made) else ""

@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Annotated, Any, Literal
 
-from gateway.config.model import SinkConfig
+from gateway.config.model import SinkConfig, path_problem
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
@@ -278,18 +278,9 @@ class FileSinkConfig(SinkConfig):
             yield "path", f"{self.path!r} must name a file, e.g. telemetry.jsonl"
         elif self.path is not None and "\0" in self.path:  # open() would raise ValueError
             yield "path", f"{self.path!r} cannot hold a NUL character"
-        elif self.path is not None and not self.path.strip():  # a file named "  " in data_dir
-            yield "path", f"{self.path!r} is no path; write one, e.g. telemetry.jsonl"
-        elif self.path is not None and self.path.startswith("~"):
-            yield (
-                "path",
-                f"{self.path!r}: ~ is not expanded (it would be a folder named '~' under"
-                " gateway.data_dir); write the path in full, e.g. /home/pi/telemetry.jsonl",
-            )
-        elif self.path is not None and any(
-            ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in self.path
-        ):  # a line break in a file name, pasted by mistake
-            yield "path", f"{self.path!r} holds a control character"
+        # blank (a file named "  "), ~ (a folder named '~'), a line break pasted with it
+        elif problem := path_problem(self.path, "/home/pi/telemetry.jsonl", "gateway.data_dir"):
+            yield "path", problem
         if self.rotate_bytes is not None and 0 < self.rotate_bytes < 4096:
             yield "rotate_bytes", "must be 0 (never rotate) or at least 4KiB"
         if self.keep not in (None, 5) and self.rotate_bytes == 0 and self.rotate_interval == 0:

@@ -502,7 +502,7 @@ def test_config_keys() -> None:
 @pytest.mark.parametrize(
     ("path", "problem"),
     [
-        ("  ", "'  ' is no path; write one, e.g. telemetry.jsonl"),
+        ("  ", "'  ' is no path; write one, e.g. /home/pi/telemetry.jsonl"),
         (
             "~/telemetry.jsonl",
             "'~/telemetry.jsonl': ~ is not expanded (it would be a folder named '~' under"
