@@ -1,4 +1,5 @@
-"""Column planning shared by the SQL sinks (postgres, mysql): what a `columns:` mapping means.
+"""Column planning shared by the SQL sinks (postgres, mysql): what a `columns:` mapping means,
+and the JSON decoding every sink that reads content as JSON shares.
 
 Each column names where its value comes from, `name: source` or
 `name: {from: source, type: sql type}`; see the postgres sink's documentation.
@@ -10,6 +11,7 @@ is a `Dialect`.
 from __future__ import annotations
 
 import decimal
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -183,6 +185,19 @@ def has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# What the sinks parse content with: JSON as written, NaN and Infinity refused. Built once:
+# json.loads with keyword arguments builds a new decoder on every call.
+loads = json.JSONDecoder(parse_constant=refuse_constant).decode
+# Fractions read as Decimals, every digit kept, for a value written out again or stored
+# as parsed (a field column): a double keeps 15 to 17 digits, so 12345678901234.5678
+# became 12345678901234.568, and 1e400 a double's infinity, which JSON cannot write.
+loads_exact = json.JSONDecoder(parse_constant=refuse_constant, parse_float=decimal.Decimal).decode
 
 
 def json_text(value: Any, dumps: Callable[[Any], str]) -> str:

@@ -94,7 +94,7 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.sinks._columns import dig, json_text, level
+from gateway.sinks._columns import dig, json_text, level, loads, loads_exact, refuse_constant
 
 _TAIL_CHUNK = 65536
 TAIL_IDS = 10_000  # the fewest last lines whose ids are read back at open (see _tail_ids)
@@ -102,21 +102,9 @@ TAIL_IDS = 10_000  # the fewest last lines whose ids are read back at open (see 
 _NOT_JSON = object()
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 # Built once: json.loads/json.dumps with keywords would build a new codec per call.
 # ASCII output keeps even a lone surrogate (legal in a JSON escape) writable.
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
-
-
-# For the values of `field.` columns, which are written out again: a number with a
-# fraction or an exponent read as a Decimal, every digit kept (1.50 stays 1.50, where a
-# double wrote 1.5; 12345678901234.5678; 1e400, a double's infinity, which JSON cannot
-# write), and written as Decimal writes it. One rule for every such number.
-_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 
 
 def _decimal_or_double(text: str) -> decimal.Decimal | float:
@@ -127,16 +115,16 @@ def _decimal_or_double(text: str) -> decimal.Decimal | float:
 
 
 _loads_beyond = json.JSONDecoder(
-    parse_constant=_refuse_constant, parse_float=_decimal_or_double
+    parse_constant=refuse_constant, parse_float=_decimal_or_double
 ).decode
 # The tokens of JSON text: a string (its blanks kept), or a run of anything else but
 # whitespace. Joined, they are the text without the whitespace between its tokens.
 _JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^ \t\n\r"]+')
 
 
-def _parse(text: str, loads: Callable[[str], Any] = _loads) -> object:
+def _parse(text: str, decode: Callable[[str], Any] = loads) -> object:
     try:
-        return loads(text)
+        return decode(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
     except decimal.InvalidOperation:
@@ -682,7 +670,7 @@ class FileSink(Sink):
             value = None
             if self._needs_json:
                 try:
-                    value = _parse(ff.content.decode(), _loads_exact)
+                    value = _parse(ff.content.decode(), loads_exact)
                 except UnicodeDecodeError:
                     value = None
             levels = ff.topic.split("/") if self._needs_levels else []

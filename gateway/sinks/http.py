@@ -139,6 +139,7 @@ from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.http_headers import auth_problems, has_control
 from gateway.core.redact import written_forms
 from gateway.core.tls import certificate_refusal, error_chain
+from gateway.sinks._columns import loads
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _LEVEL = re.compile(r"topic\.(-?\d+)")
@@ -201,11 +202,6 @@ def retry_after(value: str | None, now: float) -> float:
     return max(0.0, when.timestamp() - now)
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 # Headers the sink writes itself, or that describe the body it sends: one in `headers`
 # was silently replaced (Content-Type, Idempotency-Key) or made every request wrong (a
 # Content-Length the receiver trusted: it answered 200 to a body cut short, data lost).
@@ -228,7 +224,7 @@ def envelope(ff: FlowFile) -> bytes:
     )
     try:
         text = ff.content.decode()
-        _loads(text)
+        loads(text)
     except (ValueError, RecursionError):
         return f'{head}"payload_base64":"{base64.b64encode(ff.content).decode()}"}}'.encode()
     return f'{head}"payload":{text}}}'.encode()

@@ -146,6 +146,8 @@ from gateway.sinks._columns import (
     has_surrogate,
     json_text,
     level,
+    loads,
+    loads_exact,
     plan_columns,
 )
 
@@ -308,17 +310,8 @@ def parse_dsn(dsn: str) -> Dsn:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 # Built once: json.loads/dumps with keyword arguments build a new codec on every call.
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-# Fractions read as written, for a sink whose field columns gain from it (see
-# _Rows.exact): a double keeps 15 to 17 digits, so 12345678901234.5678 went into a
-# DECIMAL column as 12345678901234.568.
-_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 # A long number: its digits and dots made zeros, then looked for (quicker than a regular
 # expression). 17 of them: a fraction of 16 digits or more, which a double may not keep
 # (15 always come back); a long integer, which the parser keeps anyway, takes the slower
@@ -382,9 +375,9 @@ def _parse(content: bytes, exact: bool = False) -> tuple[str | None, Any]:
     try:
         text = content.decode()
         if exact and _LONG_NUMBER in content.translate(_NUMBER_AS_ZEROS):
-            value = _loads_exact(text)
+            value = loads_exact(text)
         else:
-            value = _loads(text)
+            value = loads(text)
     # ArithmeticError: an exponent past any Decimal's (1e99999999999999999999), which
     # escaped the sink's write and had it retry the batch for ever
     except (ValueError, RecursionError, ArithmeticError):  # Unicode/JSONDecodeError too

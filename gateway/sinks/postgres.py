@@ -146,6 +146,8 @@ from gateway.sinks._columns import (
     has_surrogate,
     json_text,
     level,
+    loads,
+    loads_exact,
     plan_columns,
 )
 
@@ -320,17 +322,8 @@ class PostgresSinkConfig(SinkConfig):
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 # Built once: json.loads/dumps with keyword arguments build a new codec on every call.
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-# Fractions read as written, for a value stored as parsed (a field column): a double keeps
-# 15 to 17 digits, so 12345678901234.5678 went into a numeric column as 12345678901234.568,
-# and 1e999 became Infinity, which a double precision column took.
-_loads_exact = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=decimal.Decimal).decode
 
 # The column types a field's number keeps every digit in when read exactly.
 _EXACT = frozenset({"numeric", "text", "jsonb"})
@@ -386,7 +379,7 @@ def _parse(content: bytes, exact: bool = True, fields: bool = True) -> tuple[str
             value = _NOT_JSON
     if value is _NOT_JSON:
         try:
-            value = (_loads_exact if exact or fields else _loads)(text)
+            value = (loads_exact if exact or fields else loads)(text)
         # ArithmeticError: an exponent past any Decimal's (1e99999999999999999999), which
         # escaped the sink's write and had it retry the batch for ever
         except (ValueError, RecursionError, ArithmeticError):  # JSONDecodeError included

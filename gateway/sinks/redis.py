@@ -140,6 +140,7 @@ from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.tls import certificate_refusal, error_chain
 from gateway.core.topics import template_fields
 from gateway.mqtt.urls import tls_context
+from gateway.sinks._columns import loads
 
 # KEYS: the recent-ids set, the order list, then the target keys (streams, lists).
 # ARGV: mode, window, maxlen, then two arguments per row: its target, the index of its key
@@ -470,11 +471,6 @@ def _refusal(err: BaseException) -> str | None:
     return None
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -486,7 +482,7 @@ def envelope(ff: FlowFile) -> bytes:
     )
     try:
         text = ff.content.decode()
-        _loads(text)
+        loads(text)
     except (ValueError, RecursionError):
         return f'{head}"payload_base64":"{base64.b64encode(ff.content).decode()}"}}'.encode()
     return f'{head}"payload":{text}}}'.encode()
