@@ -33,6 +33,7 @@ from gateway.config.schema import Doc, Duration, Range, check_identifier
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import template_parts, validate_topic
 
 Row = tuple[Any, ...]
@@ -123,7 +124,7 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
     interval: Annotated[
         Duration,
         Doc("How often to look for new rows (unless `schedule` is set).", example="5s"),
-        Range(0.01, message="must be at least 10ms"),
+        Range(0.01, INTERVAL_MAX, "must be between 10ms and 100 years"),
     ] = 10.0
     timeout: Annotated[
         Duration,

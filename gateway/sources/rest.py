@@ -96,6 +96,7 @@ from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.core.http_headers import auth_problems
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import template_parts, validate_topic
 
 _STEP = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]|\[\*\]|\.\*|\["((?:[^"\\]|\\.)*)"\]')
@@ -224,7 +225,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
     interval: Annotated[
         Duration,
         Doc("How often to poll (unless `schedule` is set).", example="60s"),
-        Range(0.05, message="must be at least 50ms"),
+        Range(0.05, INTERVAL_MAX, "must be between 50ms and 100 years"),
     ] = 60.0
     select: Annotated[
         str,

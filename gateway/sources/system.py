@@ -57,6 +57,7 @@ from gateway.config.schema import Doc, Duration, Range, Valid
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import validate_topic
 
 
@@ -73,7 +74,7 @@ class SystemSourceConfig(ScheduleKeys, SourceConfig):
     interval: Annotated[
         Duration,
         Doc("How often to read the gateway's health.", example="10s"),
-        Range(0.1, message="must be at least 100ms"),
+        Range(0.1, INTERVAL_MAX, "must be between 100ms and 100 years"),
     ] = 10.0
     disk_path: Annotated[
         Annotated[str | None, Valid(_path_problem)],

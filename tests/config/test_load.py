@@ -122,7 +122,7 @@ def test_a_bound_is_reported_with_the_other_problems_of_its_component(tmp_path: 
     assert problems(path)[:2] == [
         f"{path}:3: sources.host.missed: 'catchup' is not one of 'skip', 'catch_up'"
         " (did you mean 'catch_up'?)",
-        f"{path}:3: sources.host.interval: must be at least 100ms",
+        f"{path}:3: sources.host.interval: must be between 100ms and 100 years",
     ]
 
 

@@ -139,6 +139,44 @@ def test_a_jitter_as_long_as_the_time_between_polls_is_refused(
         assert [m for _p, m in problems.items] == ([problem] if problem else [])
 
 
+NODE = {"node": "ns=2;i=2"}
+
+
+@pytest.mark.parametrize(
+    ("source", "low"),
+    [
+        ({"type": "system"}, "100ms"),
+        ({"type": "rest", "url": "http://api"}, "50ms"),
+        ({"type": "postgres", "dsn": "postgresql://db/x", "table": "t", "cursor": "id"}, "10ms"),
+        ({"type": "opcua", "url": "opc.tcp://p", "mode": "poll", "nodes": {"t": NODE}}, "50ms"),
+    ],
+)
+def test_an_interval_past_100_years_is_refused(source: dict[str, Any], low: str) -> None:
+    """`interval: 1e12` was taken: the next run's date, in the year 33715, could not be
+    written, and every /api/status was a 500 (the alerts and the stats crashing with it,
+    each second)."""
+    for interval, problems_expected in (
+        ("36500d", []),
+        ("36501d", [f"must be between {low} and 100 years"]),
+        (1e12, [f"must be between {low} and 100 years"]),
+    ):
+        problems = Problems()
+        build_component("source", {**source, "interval": interval}, ("sources", "s"), problems)
+        assert [m for p, m in problems.items if p[2:] == ("interval",)] == problems_expected
+        assert [p for p, _m in problems.items if p[2:] != ("interval",)] == []
+
+
+async def test_the_next_run_of_an_interval_of_100_years_is_shown() -> None:
+    clock = FakeClock(1000.0, wall("2024-03-01T10:03:00"))
+    source = Counting(clock, Schedule(interval=100 * 365 * 86400.0))
+    runner, task = await run_with(source, clock)
+    await steps(clock, 2)
+    assert len(source.polls) == 1
+    assert runner.status().to_json()["next_run"] == "2124-02-06T10:03:00.000Z"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def test_bad_cron_expressions_are_explained() -> None:
     assert cron_problem("*/5 * * * *") is None
     assert "5 fields" in (cron_problem("*/5 * *") or "")

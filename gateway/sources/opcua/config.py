@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import Doc, Duration, Range, Size, url_syntax_problem
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 
@@ -244,7 +245,7 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     interval: Annotated[
         Duration,
         Doc("How often polled nodes are read (or see `schedule`).", example="10s"),
-        Range(0.05, message="must be at least 50ms"),
+        Range(0.05, INTERVAL_MAX, "must be between 50ms and 100 years"),
     ] = 10.0
     topic: Annotated[
         str,
