@@ -154,6 +154,17 @@ def check_path(path: str) -> str | None:
     return None
 
 
+def array_index(part: str, length: int) -> int | None:
+    """The index of an array of `length` items that the path part `part` names, or None.
+    Only ASCII digits index (str.isdigit takes `²`, which int() refuses: a path `a.²` on
+    an array was an internal error at every FlowFile), and no more of them than `length`
+    has (int() refuses text of over 4300 digits)."""
+    if not (part.isascii() and part.isdigit()) or len(part.lstrip("0")) > len(str(length)):
+        return None
+    index = int(part)
+    return index if index < length else None
+
+
 def lookup(value: Any, parts: tuple[str, ...]) -> Any:
     """The value at a split path, or MISSING. Digits index arrays."""
     for part in parts:
@@ -161,9 +172,9 @@ def lookup(value: Any, parts: tuple[str, ...]) -> Any:
             value = value.get(part, MISSING)
             if value is MISSING:
                 return MISSING
-        elif type(value) is list and part.isdigit():
-            index = int(part)
-            if index >= len(value):
+        elif type(value) is list:
+            index = array_index(part, len(value))
+            if index is None:
                 return MISSING
             value = value[index]
         else:

@@ -79,6 +79,7 @@ from gateway.core.flowfile import FlowFile
 from gateway.core.topics import validate_topic
 from gateway.processors.json import (
     MISSING,
+    array_index,
     check_path,
     decode,
     decode_object,
@@ -531,8 +532,10 @@ class TransformProcessor(Processor):
     ) -> None:
         parent = lookup(obj, parts[:-1])
         key: Any = parts[-1]
-        if type(parent) is list and key.isdigit() and int(key) < len(parent):
-            key = int(key)
+        if type(parent) is list:
+            key = array_index(key, len(parent))
+            if key is None:
+                return
         elif type(parent) is not dict or key not in parent:
             return
         value = parent[key]
