@@ -62,7 +62,16 @@ from gateway.config.schema import Doc
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
-from gateway.processors.json import MISSING, check_path, decode, kind, lookup, shown, split_path
+from gateway.processors.json import (
+    MISSING,
+    check_path,
+    decode,
+    kind,
+    level_number,
+    lookup,
+    shown,
+    split_path,
+)
 
 Op = Literal[
     "eq",
@@ -209,9 +218,7 @@ def _number(value: Any) -> bool:
 def _topic_level(topic: str | int) -> int | None:
     if isinstance(topic, int):
         return topic
-    if re.fullmatch(r"-?\d+", topic):
-        return int(topic)
-    return None
+    return level_number(topic)
 
 
 def _text(value: Any) -> str:

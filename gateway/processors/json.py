@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,6 +153,22 @@ def check_path(path: str) -> str | None:
     if not path or "" in path.split("."):
         return f"{path!r} is not a field path (names joined by '.', e.g. 'meta.site')"
     return None
+
+
+# A topic level number of more digits than this names a level no topic has (an MQTT topic
+# has at most 32768): it is read as this many, int() refusing text of over 4300 digits.
+LEVEL_DIGITS = 9
+LEVEL_PAST = 1_000_000_000  # 10**LEVEL_DIGITS
+
+
+def level_number(text: str) -> int | None:
+    """The topic level that `text` names (`0` the first, `-1` the last), or None when it
+    is no level number. `topic.<5000 digits>` was a traceback from check-config."""
+    if not re.fullmatch(r"-?\d+", text):
+        return None
+    if len(text.lstrip("-").lstrip("0")) > LEVEL_DIGITS:
+        return -LEVEL_PAST if text.startswith("-") else LEVEL_PAST
+    return int(text)
 
 
 def array_index(part: str, length: int) -> int | None:

@@ -85,6 +85,7 @@ from gateway.processors.json import (
     decode_object,
     encode,
     kind,
+    level_number,
     lookup,
     shown,
     split_path,
@@ -154,8 +155,9 @@ def _placeholder(name: str) -> Getter:
     head, dot, rest = name.partition(".")
     if name == "topic":
         return _topic
-    if head == "topic" and dot and re.fullmatch(r"-?\d+", rest):
-        return _level_getter(int(rest), name)
+    level = level_number(rest) if head == "topic" and dot else None
+    if level is not None:
+        return _level_getter(level, name)
     if head == "attributes" and rest:
         return _attribute_getter(rest, name)
     if head == "field" and rest and check_path(rest) is None:

@@ -121,6 +121,7 @@ from gateway.processors.json import (
     decode_object,
     encode,
     kind,
+    level_number,
     lookup,
     shown,
 )
@@ -1172,7 +1173,8 @@ class WindowProcessor(Processor):
                 return topic
             if name == "group":
                 return group
-            n = int(name[6:])
+            n = level_number(name[6:])
+            assert n is not None  # checked on load
             if -len(levels) <= n < len(levels):
                 return levels[n]
             raise PermanentError(f"the topic {topic!r} has no level {n} for {self.config.topic!r}")
@@ -1227,7 +1229,8 @@ def _grouper(group_by: str | None) -> Any:
     if group_by == "topic":
         return lambda ff, obj: ff.topic
     if group_by.startswith("topic."):
-        n = int(group_by[6:])
+        n = level_number(group_by[6:])
+        assert n is not None  # checked on load
 
         def level(ff: FlowFile, obj: Any) -> str:
             levels = ff.topic.split("/")

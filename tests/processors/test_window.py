@@ -1082,3 +1082,16 @@ def test_sliding_count_windows_written_whole_convert_under_a_tight_budget(
     assert all(o["early"] for o in early)
     later = outputs(run(second, evs[64:]))  # no group's readings fail
     assert {o["group"] for o in later} == {"a", "b", "c"}
+
+
+def test_a_topic_level_of_more_digits_than_int_takes_is_a_level_no_topic_has() -> None:
+    """`group_by: topic.<5000 digits>` and `{topic.<5000 digits>}` were a traceback from
+    check-config (int() refuses over 4300 digits)."""
+    many = "9" * 5000
+    for config, reason in (
+        ({"group_by": f"topic.{many}"}, "has no level 1000000000 to group by"),
+        ({"topic": f"agg/{{topic.-{many}}}"}, "has no level -1000000000 for"),
+    ):
+        proc = make({"kind": "tumbling", "size": "1m", "aggregates": {"v": ["sum"]}, **config})
+        with pytest.raises(PermanentError, match=reason):
+            proc.process(reading(BASE, "a", 1))
