@@ -533,7 +533,13 @@ def percentile(values: list[float], p: float) -> float | None:
     k = (len(ordered) - 1) * p / 100
     lo = math.floor(k)
     hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    low, high, fraction = ordered[lo], ordered[hi], k - lo
+    if fraction == 0:
+        return low
+    spread = high - low
+    if math.isinf(spread):  # -1e308 and 1e308: their difference is past a double's range
+        return low * (1 - fraction) + high * fraction
+    return low + spread * fraction
 
 
 def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, Any]:
@@ -558,7 +564,10 @@ def results(s: list[Any], names: list[tuple[str, float | None]]) -> dict[str, An
         elif name == "last":
             out[name] = s[LAST]
         elif name == "stddev":
-            out[name] = math.sqrt(max(s[M2], 0.0) / n)
+            # (M2 is -inf once a difference of two readings passed a double's range: the
+            # clamp below rounding's small negatives made it 0.0, a spread of nothing)
+            m2 = s[M2]
+            out[name] = math.sqrt(max(m2, 0.0) / n) if math.isfinite(m2) else None
         elif name == "rate":
             span = s[TLAST] - s[TFIRST]
             out[name] = (s[LAST] - s[FIRST]) / (span / 1e9) if span > 0 else None

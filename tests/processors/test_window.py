@@ -1095,3 +1095,19 @@ def test_a_topic_level_of_more_digits_than_int_takes_is_a_level_no_topic_has() -
         proc = make({"kind": "tumbling", "size": "1m", "aggregates": {"v": ["sum"]}, **config})
         with pytest.raises(PermanentError, match=reason):
             proc.process(reading(BASE, "a", 1))
+
+
+def test_readings_a_doubles_range_apart_have_no_stddev_and_their_percentiles() -> None:
+    """-1e308 and 1e308 are numbers, but their difference is not: stddev was 0.0 (a
+    spread of nothing; null now, as for every aggregate past a double's range), and the
+    median, p0 and p100 were null, though each is a number between them."""
+    processor = make(
+        {
+            "kind": "count",
+            "count": 2,
+            "aggregates": {"v": ["stddev", "median", "percentile(0)", "percentile(100)"]},
+        }
+    )
+    assert processor.process(FlowFile.create("t", b'{"v": -1e308}')) == []
+    (out,) = outputs(processor.process(FlowFile.create("t", b'{"v": 1e308}')))
+    assert out["v"] == {"stddev": None, "median": 0.0, "p0": -1e308, "p100": 1e308}
