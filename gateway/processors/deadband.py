@@ -15,7 +15,8 @@ is not a number, or an integer past a double's ±1.8e308, dead-letters the readi
                    last reading received is sent again (a new FlowFile, the same
                    content), even when no new reading arrives (checked every second);
                    its values are then the last sent, which the next readings are
-                   compared with
+                   compared with; a clock set back by more than a heartbeat sends
+                   it too, and the silence is counted from the new time
 
 State: per group the last values sent and the last reading (`max_state` bounds
 it; over it the oldest groups are forgotten, so their next reading passes). It
@@ -166,7 +167,7 @@ class DeadbandProcessor(Processor):
         now = self.ctx.clock.now_ns()
         entry = kv.get(group)
         passes = entry is None or self._moved(entry["v"], values)
-        if not passes and self._heartbeat is not None and now - entry["at"] >= self._heartbeat:
+        if not passes and self._beat_due(now, entry["at"]):
             passes = True
         record = {
             "v": entry["v"] if entry is not None else {},
@@ -225,6 +226,15 @@ class DeadbandProcessor(Processor):
                     return True
         return False
 
+    def _beat_due(self, now: int, at: int) -> bool:
+        """Whether a group last sent at wall time `at` is owed its heartbeat at `now`. A
+        clock set back by more than a heartbeat (a board without RTC that ran ahead,
+        corrected by NTP; a restart on a clock behind the one its state was written on)
+        owes it too, and the silence is counted again from the new time: else no
+        heartbeat went until the clock came back to `at`, years later maybe."""
+        heartbeat = self._heartbeat
+        return heartbeat is not None and (now - at >= heartbeat or at - now > heartbeat)
+
     def tick(self, now_ns: int) -> list[FlowFile]:
         if self._heartbeat is None:
             return []
@@ -232,7 +242,7 @@ class DeadbandProcessor(Processor):
         assert kv is not None
         out = []
         for group, entry in kv.items():
-            if now_ns - entry["at"] >= self._heartbeat:
+            if self._beat_due(now_ns, entry["at"]):
                 entry["at"] = now_ns
                 # The heartbeat sent the last reading: its values are the last sent now.
                 # Compared with the older ones, a value going back was not passed

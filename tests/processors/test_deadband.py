@@ -204,3 +204,21 @@ def test_a_heartbeat_past_100_years_is_refused_at_load() -> None:
     config = {"type": "deadband", "fields": {"t": {"absolute": 1}}, "heartbeat": 1e300}
     build_component("processor", config, ("p",), problems)
     assert problems.items == [(("p", "heartbeat"), "must be more than 0s and at most 100 years")]
+
+
+def test_a_clock_set_back_sends_the_heartbeat_and_counts_the_silence_again() -> None:
+    """The state kept the wall time of each group's last send: a clock set back (a board
+    without RTC that ran a year ahead, corrected by NTP) sent no heartbeat, and passed
+    no steady reading, until it came back to that time, a year later."""
+    clock = FakeClock()
+    p = make({"fields": {"t": {"absolute": 1}}, "heartbeat": "1m"}, clock)
+    assert passed(p, "a", t=1) and passed(p, "b", t=1)
+    clock.ns -= 30 * S  # set back by less than a heartbeat: no heartbeat yet
+    assert p.tick(clock.ns) == []
+    assert not passed(p, "a", t=1)
+    clock.ns -= 365 * 86400 * S
+    assert passed(p, "a", t=1), "a steady reading goes: the silence is unknown"
+    assert [beat.topic for beat in p.tick(clock.ns)] == ["b"]
+    assert p.tick(clock.ns + 59 * S) == [], "the silence counts from the new time"
+    assert not passed(p, "b", t=1)
+    assert [beat.topic for beat in p.tick(clock.ns + 60 * S)] == ["a", "b"]
