@@ -25,6 +25,9 @@ whose windows have all closed is late: counted and dropped, or dead-lettered wit
 on with the gateway's clock, so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
+A clock set back (a board without RTC that ran ahead, corrected by NTP) closes early
+("early": true) the windows that start more than their own length after its new time,
+rather than keep them open until it comes back to them.
 Windows close in order of their end (then start, then group). Count windows close
 on their count only (event time orders first, last and rate; allowed_lateness, late
 and idle are refused).
@@ -59,7 +62,8 @@ with a field path (temp.p99_9).
 A field with no number in a window has null aggregates (its count, when asked for, is
 0); an aggregate past a double's range (a sum of 1e308s) is null too, as JSON has no
 infinity (avg is then the running mean). A window closed early because the state
-budget (`max_state`) was full has "early": true.
+budget (`max_state`) was full, or the clock set back far behind it (processing time),
+has "early": true.
 The topic is `topic`, a template with `{topic}` (the topic of the window's first
 reading), `{topic.N}` and `{group}`; a reading that could not make a valid topic
 with it (no level N, a group holding `+`) is dead-lettered as it arrives. Its lineage
@@ -645,6 +649,7 @@ class WindowProcessor(Processor):
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
         self._meta: dict[str, Any] = self._fresh_meta()
         self._mono_at_max = ctx.clock.monotonic()
+        self._clock_seen: int | None = None  # processing time: the clock at the last tick
 
     def _fresh_meta(self, late: int = 0, dropped: int = 0) -> dict[str, Any]:
         return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
@@ -708,6 +713,7 @@ class WindowProcessor(Processor):
             kv.put(META, meta)
         self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
+        self._clock_seen = None  # the clock may be behind the one the state was written on
         converted = False
         for key, acc in kv.items():
             if key == META or key.startswith(CHUNK):
@@ -817,7 +823,11 @@ class WindowProcessor(Processor):
         if self.config.kind == "count":
             return []
         if not self._event:
-            return self._close_until(now_ns)
+            out = self._close_until(now_ns)
+            if self._clock_seen is None or now_ns < self._clock_seen:
+                out += self._close_ahead(now_ns)
+            self._clock_seen = now_ns
+            return out
         meta = self._meta
         if meta["mx"] is None:
             return []
@@ -831,6 +841,30 @@ class WindowProcessor(Processor):
         assert self.kv is not None
         self.kv.put(META, meta)
         return self._close_until(wm)
+
+    def _close_ahead(self, now_ns: int) -> list[FlowFile]:
+        """Processing time: the windows that start more than their own length after
+        `now_ns`, closed early. The clock was set back (a board without RTC that ran
+        ahead, corrected by NTP; a restart on a clock behind the one the state was written
+        on): they waited for it to come back to them, a year later maybe, while the
+        readings went to the windows of the new time. One set back by less waits."""
+        kv = self.kv
+        assert kv is not None
+        ahead = sorted(
+            (acc["e"], acc["s"], acc["g"], key)
+            for key, acc in kv.items()
+            if key != META and acc["s"] - now_ns > acc["e"] - acc["s"]
+        )
+        out = []
+        for _end, _start, group, key in ahead:
+            acc = kv.get(key)
+            kv.delete(key)
+            if self.config.kind == "session":
+                self._forget_session(group, key)
+            if (early := self._early(acc)) is not None:
+                self.early += 1
+                out.append(early)
+        return out
 
     def _check_span(self, t: int) -> None:
         """PermanentError when a window of a reading at `t` starts before the year 1 or

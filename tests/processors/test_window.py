@@ -1111,3 +1111,40 @@ def test_readings_a_doubles_range_apart_have_no_stddev_and_their_percentiles() -
     assert processor.process(FlowFile.create("t", b'{"v": -1e308}')) == []
     (out,) = outputs(processor.process(FlowFile.create("t", b'{"v": 1e308}')))
     assert out["v"] == {"stddev": None, "median": 0.0, "p0": -1e308, "p100": 1e308}
+
+
+@pytest.mark.parametrize(
+    "kind", [{"kind": "tumbling", "size": "1m"}, {"kind": "session", "gap": "1m"}]
+)
+def test_a_clock_set_back_far_closes_the_windows_ahead_of_it_early(kind: dict[str, str]) -> None:
+    """A processing-time window of a clock that ran a year ahead (a board without RTC,
+    corrected by NTP) stayed open until the clock came back to it, a year later, while
+    the readings went to the windows of the new time; so too after a restart."""
+    clock = FakeClock()
+    config = {**kind, "group_by": "topic", "aggregates": {"v": ["sum"]}}
+    processor = make(config, clock)
+    assert processor.process(reading(clock.ns, "a", 1)) == []
+    assert processor.process(reading(clock.ns, "b", 2)) == []
+    assert processor.tick(clock.ns) == []
+    clock.ns -= 30 * S  # set back by less than a window: it waits
+    assert processor.tick(clock.ns) == []
+    clock.ns -= 365 * 86400 * S
+    assert processor.process(reading(clock.ns, "a", 5)) == []
+    early = outputs(processor.tick(clock.ns))
+    assert [(o["group"], o["v"]["sum"], o["early"]) for o in early] == [
+        ("dev/a", 1, True),
+        ("dev/b", 2, True),
+    ]
+    assert processor.status()["open"] == 1 and processor.status()["early"] == 2
+    later = processor.tick(clock.ns + S) + processor.tick(clock.ns + 121 * S)
+    assert [(o["v"]["sum"], "early" in o) for o in outputs(later)] == [(5, False)]
+    # a restart on a clock behind the state's
+    ahead = make(config, clock)
+    assert ahead.process(reading(clock.ns, "c", 7)) == []
+    assert ahead.kv is not None
+    again = make(config, clock)
+    assert again.kv is not None
+    again.kv.restore(ahead.kv.snapshot())
+    again.restored()
+    clock.ns -= 365 * 86400 * S
+    assert [(o["group"], o["early"]) for o in outputs(again.tick(clock.ns))] == [("dev/c", True)]
