@@ -539,7 +539,7 @@ def percentile(values: list[float], p: float) -> float | None:
     hi = min(lo + 1, len(ordered) - 1)
     low, high, fraction = ordered[lo], ordered[hi], k - lo
     if fraction == 0:
-        return low
+        return float(low)  # a float as the interpolation gives it (2.0, not 2)
     spread = high - low
     if math.isinf(spread):  # -1e308 and 1e308: their difference is past a double's range
         return low * (1 - fraction) + high * fraction

@@ -1148,3 +1148,12 @@ def test_a_clock_set_back_far_closes_the_windows_ahead_of_it_early(kind: dict[st
     again.restored()
     clock.ns -= 365 * 86400 * S
     assert [(o["group"], o["early"]) for o in outputs(again.tick(clock.ns))] == [("dev/c", True)]
+
+
+def test_a_median_at_a_rank_of_whole_numbers_is_written_as_a_float() -> None:
+    aggregates = {"v": ["median", "percentile(0)"]}
+    processor = make({"kind": "count", "count": 3, "aggregates": aggregates})
+    out: list[FlowFile] = []
+    for v in (1, 2, 3):
+        out += processor.process(FlowFile.create("t", json.dumps({"v": v}).encode()))
+    assert b'"v":{"median":2.0,"p0":1.0}' in out[0].content
