@@ -464,6 +464,11 @@ def _bounds(cls: type) -> tuple[tuple[str, Range], ...]:
     )
 
 
+def _index_or_name(part: str) -> int | str:
+    """A part of a dotted key: a list's index (a number of ASCII digits), else a name."""
+    return int(part) if part.isascii() and part.isdigit() and len(part) < 19 else part
+
+
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
     if value is None:
         value = {}
@@ -526,7 +531,9 @@ def _run_check(obj: Any, path: Path, problems: Problems) -> None:
         if isinstance(key, tuple):
             parts: Path = key
         else:
-            parts = tuple(int(k) if k.isdigit() else k for k in key.split(".")) if key else ()
+            # (ASCII digits only: str.isdigit takes `²`, which int() refuses, and a field
+            # path `²..x` made check-config a traceback)
+            parts = tuple(_index_or_name(k) for k in key.split(".")) if key else ()
         at = order.get(str(parts[0]) if parts else "", -1)
         while bounded and bounded[0][0] < at:
             _, name, text = bounded.pop(0)

@@ -126,6 +126,28 @@ def test_a_bound_is_reported_with_the_other_problems_of_its_component(tmp_path: 
     ]
 
 
+def test_a_field_path_with_a_digit_of_another_script_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # `²` is a digit to str.isdigit, not to int(): check-config was a ValueError traceback
+    path = write(
+        tmp_path,
+        """\
+        sources: {host: {type: system}}
+        routes:
+          r:
+            match: "#"
+            sinks: [k]
+            processors: [{type: deadband, fields: {"²..x": {absolute: 1}}}]
+        sinks: {k: {type: file}}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: routes.r.processors.0.fields.²..x: '²..x' is not a field path (names"
+        " joined by '.', e.g. 'meta.site')"
+    ]
+
+
 def test_a_choice_written_in_capitals_is_suggested_in_lowercase(tmp_path: Path) -> None:
     # `log_level: INFO`, `type: MQTT`: difflib finds nothing close, so no hint was given
     path = tmp_path / "gateway.yaml"
