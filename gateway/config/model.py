@@ -322,7 +322,7 @@ class MqttSection:
                     )
         yield from client_cert_problems(self.cert_file, self.key_file)
         host, _, port = self.embedded_listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             yield (
                 "embedded_listen",
                 f"{self.embedded_listen!r} must read host:port, e.g. 127.0.0.1:1883",

@@ -148,6 +148,15 @@ def test_a_field_path_with_a_digit_of_another_script_is_a_problem_not_a_tracebac
     ]
 
 
+def test_an_embedded_listen_port_in_another_script_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "mqtt: {embedded_listen: '127.0.0.1:²'}\n")
+    assert problems(path) == [
+        f"{path}:2: mqtt.embedded_listen: '127.0.0.1:²' must read host:port, e.g. 127.0.0.1:1883"
+    ]
+
+
 def test_a_choice_written_in_capitals_is_suggested_in_lowercase(tmp_path: Path) -> None:
     # `log_level: INFO`, `type: MQTT`: difflib finds nothing close, so no hint was given
     path = tmp_path / "gateway.yaml"
