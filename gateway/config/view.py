@@ -191,7 +191,7 @@ def _at(data: Any, path: tuple[str, ...]) -> Any:
     for step in path:
         if isinstance(data, dict) and step in data:
             data = data[step]
-        elif isinstance(data, list) and step.isdigit() and int(step) < len(data):
+        elif isinstance(data, list) and step.isascii() and step.isdigit() and int(step) < len(data):
             data = data[int(step)]
         else:
             return _ABSENT

@@ -193,6 +193,8 @@ async def test_429_with_retry_after_is_retried_later(
         await sink.write([FlowFile.create("plant/a", b"{}")])
     assert caught.value.after == 7.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+    # "²" is a digit to str.isdigit and not to float(): it raised out of the write
+    assert retry_after("\u00b2", 1445412470.0) == 0.0
 
 
 async def test_wrong_credentials_stop_the_sink_and_keep_the_data(

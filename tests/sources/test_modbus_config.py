@@ -36,6 +36,9 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
          "url: 'rtu:///dev/ttyS0?baudrate=abc': baudrate must be a whole number, not 'abc'"),
         ({"url": "rtu:///dev/ttyS0?stopbits=1.5", "registers": ONE},
          "url: 'rtu:///dev/ttyS0?stopbits=1.5': stopbits must be a whole number, not '1.5'"),
+        # a digit to str.isdigit, not to int(): was "invalid literal for int()"
+        ({"url": "rtu:///dev/ttyS0?baudrate=\u00b2", "registers": ONE},
+         "url: 'rtu:///dev/ttyS0?baudrate=\u00b2': baudrate must be a whole number, not '\u00b2'"),
         # read as the relative path dev/ttyUSB0: offline for good, and no claim on the port
         ({"url": "rtu://dev/ttyUSB0?baudrate=19200", "registers": ONE},
          "url: 'rtu://dev/ttyUSB0?baudrate=19200': the serial port needs its full path, e.g."

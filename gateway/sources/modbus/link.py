@@ -203,7 +203,7 @@ def parse_link_url(url: str) -> LinkSpec:
                 if key not in _SERIAL_KEYS:
                     known = ", ".join(sorted(_SERIAL_KEYS))
                     raise ValueError(f"{url!r}: unknown serial option {key!r} (use {known})")
-                if key != "parity" and not value.isdigit():
+                if key != "parity" and not (value.isascii() and value.isdigit()):
                     raise ValueError(f"{url!r}: {key} must be a whole number, not {value!r}")
                 options[key] = value
             spec = LinkSpec(
