@@ -646,8 +646,8 @@ class StatusSection:
     stats_interval: Annotated[
         Duration,
         Doc(
-            "How often the retained summary goes to `edge-stream/<id>/stats`; `0s`: never;"
-            " else at least 100ms."
+            "How often the retained summary goes to `edge-stream/<id>/stats`; `0s`: never"
+            " (and a summary retained there before is removed); else at least 100ms."
         ),
         Range(0, 86400, "must be between 0s (off) and 1 day"),
     ] = 60.0

@@ -6,8 +6,9 @@ gateway's broker, opened with a last will: a retained `offline` on
 ends without a DISCONNECT (the process killed, the board unplugged). On connect a
 retained `online` replaces it; a clean stop publishes `offline` before it
 disconnects. Every `status.stats_interval` a retained JSON summary goes to
-`edge-stream/<id>/stats`. The alerts' MQTT notifier (gateway/alerts.py) sends on this
-connection through `send`.
+`edge-stream/<id>/stats`; with the stats off (`0s`) the retained summary is removed, so
+that no stale one is read as current. The alerts' MQTT notifier (gateway/alerts.py) sends
+on this connection through `send`.
 
 A broker that is away never stops the gateway: the channel reconnects with capped
 exponential backoff and jitter; a reload that changes the broker, the gateway id or
@@ -206,15 +207,24 @@ class StatusChannel:
             self.on_online()
         loop = asyncio.get_running_loop()
         grid = StatsGrid()
+        cleared = False
         while not client.closing():
             # Read at each turn: a reload's new interval counts from the last stats.
             interval = self._config().status.stats_interval
             wait = IDLE
             if interval:
+                cleared = False
                 if grid.due(loop.time(), interval):
                     body = json.dumps(self._stats(), separators=(",", ":")).encode()
                     client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
                 wait = grid.wait(loop.time(), interval)
+            elif not cleared:
+                # Stats off: the last summary, retained, would be read as today's for good.
+                # An empty retained message removes it (sent once per connection, and again
+                # after a reload turns them off).
+                client.publish(stats_topic(plan.gateway_id).encode(), b"", qos=1, retain=True)
+                grid = StatsGrid()
+                cleared = True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._lost.wait()

@@ -297,3 +297,72 @@ async def test_a_stop_right_after_a_reload_says_offline_where_it_said_online(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
     assert await asyncio.to_thread(retained, mosquitto.port, topic) == b"offline"
+
+
+async def test_stats_turned_off_take_the_retained_summary_away(
+    mosquitto: servers.Mosquitto,
+) -> None:
+    """With `stats_interval: 0s` the last summary stayed retained on the stats topic, read
+    by a dashboard as current for good. An empty retained message now removes it: on a
+    reload that turns the stats off, and on a connect with them off."""
+    topic = "edge-stream/status-stats-off/stats"
+    payloads: queue.Queue[bytes] = queue.Queue()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda _c, _u, m: payloads.put(bytes(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(topic, qos=1)
+    watcher.loop_start()
+
+    def config(interval: float) -> Config:
+        return Config(
+            gateway=GatewaySection(id="status-stats-off"),
+            mqtt=MqttSection(url=mosquitto.url),
+            status=StatusSection(stats_interval=interval),
+        )
+
+    now = [config(0.1)]
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(
+        config=lambda: now[0], broker_url=lambda: mosquitto.url, stats=lambda: {"n": 1}, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    try:
+        assert await asyncio.to_thread(payloads.get, timeout=10) == b'{"n":1}'
+        now[0] = config(0.0)  # a reload turns the stats off
+        async with asyncio.timeout(10):
+            while await asyncio.to_thread(payloads.get, timeout=10) != b"":
+                pass
+        await channel.close()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        watcher.loop_stop()
+        watcher.disconnect()
+
+    # a summary left retained by an earlier run, and a gateway started with the stats off
+    publisher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    publisher.publish(topic, b'{"old":1}', qos=1, retain=True).wait_for_publish(10)
+    publisher.loop_stop()
+    publisher.disconnect()
+    assert await asyncio.to_thread(retained, mosquitto.port, topic) == b'{"old":1}'
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda _c, _u, m: payloads.put(bytes(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(topic, qos=1)
+    watcher.loop_start()
+    channel = StatusChannel(
+        config=lambda: now[0], broker_url=lambda: mosquitto.url, stats=dict, ready=ready
+    )
+    try:
+        assert await asyncio.to_thread(payloads.get, timeout=10) == b'{"old":1}'
+        running = asyncio.ensure_future(channel.run())
+        assert await asyncio.to_thread(payloads.get, timeout=10) == b""
+        await channel.close()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        watcher.loop_stop()
+        watcher.disconnect()
