@@ -415,7 +415,8 @@ class WebSection:
     username: Annotated[
         str | None,
         Doc(
-            "An operator account's name (no ':'), asked for by the login page and HTTP basic auth."
+            "An operator account's name (no ':'), asked for by the login page and HTTP basic"
+            " auth; set with `password` (one without the other is refused)."
         ),
     ] = None
     password: Annotated[str | None, Doc("Its password (may be `ENC(...)`); never logged.")] = None
@@ -474,6 +475,16 @@ class WebSection:
                 f"{self.username!r} holds {', '.join(repr(c) for c in bad)}: a console user"
                 " name has no ':' (HTTP basic auth sends user:password) and no control"
                 " characters",
+            )
+        if bool(self.username) != bool(self.password):
+            # One without the other made no account: the console stayed open on localhost
+            # (and its user believed it asked for a password), with no word said.
+            given, missing = ("username", "password") if self.username else ("password", "username")
+            state = "empty" if getattr(self, missing) == "" else "missing"
+            yield (
+                missing,
+                f"{state} while web.{given} is set: the console's account needs both"
+                " (without an account the console asks for no password at all)",
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
@@ -1447,7 +1458,8 @@ class Config:
             users_file = web.users_file or os.path.join(
                 self.gateway.data_dir if self.gateway else "./data", "web-users"
             )
-            if not (web.username and web.password) and not _has_console_users(users_file):
+            # half an account (username without password) is said by WebSection.check
+            if not (web.username or web.password) and not _has_console_users(users_file):
                 host = web.listen.rpartition(":")[0]
                 yield (
                     "web.listen",

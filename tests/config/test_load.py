@@ -1248,6 +1248,25 @@ def test_a_web_username_basic_auth_cannot_send_is_refused(
     ]
 
 
+@pytest.mark.parametrize(
+    ("web", "key", "problem"),
+    [("{password: long-enough}", "username", "missing while web.password is set"),
+     ("{username: tech}", "password", "missing while web.username is set"),
+     ("{username: tech, password: ''}", "password", "empty while web.username is set"),
+     ("{listen: '0.0.0.0:8080', password: long-enough}", "username",
+      "missing while web.password is set")],
+)  # fmt: skip
+def test_half_a_web_account_is_refused(tmp_path: Path, web: str, key: str, problem: str) -> None:
+    # web.password without web.username (or the other way round) made no account: on
+    # localhost the console stayed open to anyone, with no word said, while its user
+    # believed it asked for that password.
+    path = write(tmp_path, f"web: {web}\n")
+    assert problems(path) == [
+        f"{path}:2: web.{key}: {problem}: the console's account needs both (without an"
+        " account the console asks for no password at all)"
+    ]
+
+
 def test_event_time_keys_on_a_processing_time_window_are_refused(tmp_path: Path) -> None:
     # allowed_lateness and late passed check-config with processing time and did nothing
     # (no reading is late on the gateway's clock), while time_field was refused.
