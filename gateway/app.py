@@ -117,6 +117,15 @@ def _store_settings(config: Config) -> tuple[Any, ...]:
     )
 
 
+def _web_settings(config: Config) -> tuple[Any, ...]:
+    """What the web server is made from: `web:`, and the users file it checks, which is
+    under gateway.data_dir unless web.users_file names one (a reload moving data_dir
+    kept the old folder's users for logins, while `web passwd` wrote the new one's)."""
+    from gateway.web.access import users_path  # no aiohttp in it
+
+    return (config.web, users_path(config.web.users_file, config.gateway.data_dir))
+
+
 def _broker_plan(config: Config) -> tuple[Any, ...]:
     """What `open_gateway_broker` decides from: a reload that keeps it keeps the broker."""
     return (config.mqtt, config.gateway.data_dir, bool(broker_users(config)))
@@ -374,7 +383,7 @@ class Gateway:
             logging.getLogger().setLevel(config.gateway.log_level.upper())
         if self.broker is not None:
             self.broker.users = broker_users(config)
-        if config.web != old.web:
+        if _web_settings(config) != _web_settings(old):
             log.info("gateway: the reload changes web; restarting the web server")
             await self._stop_web()
             try:
@@ -587,7 +596,7 @@ class Gateway:
         self.config = new
         if self.log_level_override is None:
             logging.getLogger().setLevel(new.gateway.log_level.upper())
-        web = new.web != old.web if again is None else "web" in again
+        web = _web_settings(new) != _web_settings(old) if again is None else "web" in again
         broker = _broker_plan(new) != _broker_plan(old) if again is None else "broker" in again
         store = _store_settings(new) != _store_settings(old) if again is None else "store" in again
         if web:

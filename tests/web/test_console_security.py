@@ -535,6 +535,23 @@ async def test_a_reload_that_restarts_the_web_server_is_answered(served: Served)
     assert (await call(f"{served.url}/metrics")).status == 200  # the new server runs it
 
 
+async def test_a_reload_that_moves_data_dir_checks_the_users_of_the_new_one(
+    served: Served,
+) -> None:
+    # The users file is <data_dir>/web-users, but a reload that moved gateway.data_dir
+    # (web: unchanged) kept the web server checking the old folder's file: a user that
+    # `edge-stream web passwd -c FILE` added (to the new folder's file) could not log in
+    # until a restart, while one removed from it still could.
+    moved = served.data.parent / "moved"
+    await asyncio.to_thread(access.set_user, moved / "web-users", "nina", "viewer", "nina-pass-1")
+    text = served.path.read_text().replace(str(served.data), str(moved))
+    await asyncio.to_thread(served.path.write_text, text)
+    answer = await call(f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS))
+    assert answer.status == 200 and answer.json()["outcome"] == "applied", answer.body
+    assert (await call(f"{served.url}/api/status", basic=("nina", "nina-pass-1"))).status == 200
+    assert (await call(f"{served.url}/api/status", basic=("vic", "vic-pass-1"))).status == 401
+
+
 async def test_every_answer_carries_the_security_headers(served: Served) -> None:
     basic = ("tech", WEB_PASS)
     page = await call(f"{served.url}/", basic=basic)
