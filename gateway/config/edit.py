@@ -514,14 +514,18 @@ def _splice(
     lines = _lines(text)
     if doc.fa.flow_style():
         return None
+    # A document end marker (`...`, which YAML allows after the last value) closes the
+    # content: what is added goes before it. After it, the edit began a second document,
+    # and every edit of a file ending so was refused as not reading back.
+    closing = next((i for i, line in enumerate(lines) if _DOC_END.match(line)), len(lines))
     components = doc.get(section, _MISSING)
     if components is _MISSING:  # no such section yet: append it
         if node is None:
             return None
         chunk = _dump(y, {section: {name: node}})
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        return "".join(lines) + chunk
+        if closing and not lines[closing - 1].endswith("\n"):
+            lines[closing - 1] += "\n"
+        return "".join(lines[:closing]) + chunk + "".join(lines[closing:])
     if doc.lc.key(section)[1] != 0:
         return None
     section_line = doc.lc.key(section)[0]
@@ -546,7 +550,7 @@ def _splice(
     if columns != {indent}:
         return None
     later = [doc.lc.key(k)[0] for k in doc if doc.lc.key(k)[0] > section_line]
-    section_end = min(later) if later else len(lines)
+    section_end = min(later) if later else closing
 
     def span(index: int) -> tuple[int, int, int]:
         """Where the component's lines start and end, and where the lines after it that
@@ -576,6 +580,9 @@ def _splice(
     if start > 0 and not lines[start - 1].endswith("\n"):
         lines[start - 1] += "\n"
     return "".join(lines[:start]) + chunk + "".join(lines[end:])
+
+
+_DOC_END = re.compile(r"\.\.\.(?:[ \t]|\r|\n|\Z)")  # at a line's start: no value starts so
 
 
 def _lines(text: str) -> list[str]:

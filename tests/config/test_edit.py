@@ -266,6 +266,23 @@ def test_a_new_section_is_appended(tmp_path: Path) -> None:
     assert new == text + "sinks:\n  out:\n    type: file\n"
 
 
+def test_a_file_ending_in_a_document_end_marker_is_edited_before_it(tmp_path: Path) -> None:
+    # YAML's `...` after the last value: a new component or section went after it, into
+    # a second document, and every such edit was refused as "would not read back as
+    # sent ... please report this".
+    path = tmp_path / "gw.yaml"
+    head = f"---\ngateway: {{id: x, data_dir: '{tmp_path}'}}\nsinks:\n  out: {{type: file}}\n"
+    path.write_text(head + "...\n# the end\n")
+    edit.edit_file(path, "routes", "all", {"match": "#", "sinks": ["out"]}, {})
+    edit.edit_file(path, "sinks", "two", {"type": "file", "path": "two.jsonl"}, {})
+    assert path.read_text() == (
+        head + "  two:\n    type: file\n    path: two.jsonl\n"
+        "routes:\n  all:\n    match: '#'\n    sinks: [out]\n...\n# the end\n"
+    )
+    edit.edit_file(path, "routes", "all", None, {})
+    assert path.read_text().endswith("routes: {}\n...\n# the end\n")
+
+
 def test_removing_the_last_component_leaves_an_empty_section(text: str) -> None:
     new = edit.remove_component(text, "sources", "host", "gw.yaml")
     new = edit.remove_component(new, "sources", "plant", "gw.yaml")
