@@ -122,6 +122,7 @@ def set_component(
         new_text = _json_set(text, section, name, expected)
     else:
         new_text = _yaml_edit(text, section, name, expected, old)
+    new_text = _line_ends_of(text, new_text)
     _verify(text, new_text, source, section, name, expected)
     return new_text
 
@@ -137,8 +138,21 @@ def remove_component(text: str, section: str, name: str, source: str) -> str:
         new_text = _json_set(text, section, name, _MISSING)
     else:
         new_text = _yaml_edit(text, section, name, _MISSING, old_section[name])
+    new_text = _line_ends_of(text, new_text)
     _verify(text, new_text, source, section, name, _MISSING)
     return new_text
+
+
+def _line_ends_of(text: str, new_text: str) -> str:
+    """`new_text` with the line ends of `text` when those are all \\r\\n (a file written
+    on Windows): the lines an edit wrote ended in \\n alone, and the file came out with
+    both kinds. YAML reads either the same."""
+    if "\r\n" not in text or text.count("\n") != text.count("\r\n"):
+        return new_text
+    return _BARE_LF.sub("\r\n", new_text)
+
+
+_BARE_LF = re.compile(r"(?<!\r)\n")
 
 
 def validate(text: str, source: str, environ: dict[str, str] | None = None) -> Config:

@@ -283,6 +283,24 @@ def test_a_file_ending_in_a_document_end_marker_is_edited_before_it(tmp_path: Pa
     assert path.read_text().endswith("routes: {}\n...\n# the end\n")
 
 
+@pytest.mark.parametrize("name", ["gw.yaml", "gw.json"])
+def test_a_file_with_windows_line_ends_keeps_them(name: str) -> None:
+    # The lines an edit wrote ended in \n alone: a file written on Windows came out
+    # with both kinds of line end.
+    text = (
+        "sinks:\r\n  out: {type: file}\r\nroutes:\r\n  all: {match: '#', sinks: [out]}\r\n"
+        if name.endswith(".yaml")
+        else json.dumps({"sinks": {"out": {"type": "file"}}}, indent=2).replace("\n", "\r\n")
+    )
+    new = edit.set_component(text, "sinks", "two", {"type": "file", "path": "t.jsonl"}, name)
+    new = edit.set_component(new, "routes", "more", {"match": "a/#", "sinks": ["two"]}, name)
+    assert new.count("\n") == new.count("\r\n") > text.count("\n")
+    new = edit.remove_component(new, "sinks", "out", name)
+    assert new.count("\n") == new.count("\r\n")
+    if name.endswith(".yaml"):
+        assert new.startswith("sinks:\r\n  two:\r\n    type: file\r\n")
+
+
 def test_removing_the_last_component_leaves_an_empty_section(text: str) -> None:
     new = edit.remove_component(text, "sources", "host", "gw.yaml")
     new = edit.remove_component(new, "sources", "plant", "gw.yaml")
