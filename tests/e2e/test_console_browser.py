@@ -675,3 +675,33 @@ def test_logging_in_leads_to_the_page_asked_for(
     )
     wait_for(lambda: browser.current_url.endswith("/login#dead"), 10, "the login page")
     assert gw.stop() == 0
+
+
+def test_the_login_page_says_what_is_wrong_when_it_is_not_the_password(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The login page said "Wrong user name or password." to every refusal: while the
+    # users file could not be read (a typo in a hand edit: 503), a right password was
+    # told wrong, and its user tried again and again; with no account (the console open,
+    # 409) the page asked for a login there was none for.
+    gw = plant_lines_to_archive(
+        gateway_factory, mosquitto, web={"username": USER, "password": PASSWORD}
+    )
+    (gw.data_dir / "web-users").write_text("vic:viewer:not a hash\n")
+    base = f"http://127.0.0.1:{gw.web_port}"
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "username").send_keys("vic")
+    browser.find_element(By.ID, "password").send_keys("viewer-pass-1")
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    wait_for(lambda: "users file" in text(browser, "#error"), 10, "the users file named")
+    assert "Wrong" not in text(browser, "#error")
+    assert gw.stop() == 0
+
+    (gw.data_dir / "web-users").unlink()  # the same folder: no account at all now
+    open_gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    browser.get(f"http://127.0.0.1:{open_gw.web_port}/login#dead")
+    browser.find_element(By.ID, "username").send_keys("anyone")
+    browser.find_element(By.ID, "password").send_keys("anything")
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    find(browser, "#page-dead:not([hidden])")
+    assert open_gw.stop() == 0

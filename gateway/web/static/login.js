@@ -14,10 +14,23 @@ document.getElementById("login").addEventListener("submit", async event => {
     const answer = await fetch("login", {method: "POST", body,
       headers: {"Content-Type": "application/json"}, credentials: "same-origin"});
     // back to the page asked for: its view is the part after # (kept through /login)
-    if (answer.ok) { location.href = "./" + location.hash; return; }
+    // 409: no account is set up, the console is open (it asks for no login)
+    if (answer.ok || answer.status === 409) { location.href = "./" + location.hash; return; }
     if (answer.status === 429) error.textContent = "Too many failed logins; wait a little.";
-    else error.textContent = "Wrong user name or password.";
+    else if (answer.status === 401) error.textContent = "Wrong user name or password.";
+    // anything else is not about the password (the users file cannot be read: 503, no
+    // account left beyond localhost: 403): the gateway's own words, as text
+    else error.textContent = await said(answer);
   } catch (e) {
     error.textContent = "Cannot reach the gateway: " + e;
   }
 });
+
+async function said(answer) {
+  const text = (await answer.text()).trim();
+  try {
+    const errors = JSON.parse(text).errors;
+    if (Array.isArray(errors) && errors.length) return errors.join("; ");
+  } catch (e) { /* not JSON: the text itself */ }
+  return text || `The gateway answered ${answer.status}.`;
+}
