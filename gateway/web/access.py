@@ -618,6 +618,21 @@ def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
     return name in LOCAL_NAMES or name in {a.lower().rstrip(".") for a in allowed}
 
 
+SESSION_COOKIE = "edge_stream_session"
+
+
+def session_cookie(host_header: str) -> str:
+    """The session cookie's name for a request's Host: `edge_stream_session`, followed by
+    the Host's port when it has one. A browser keeps a cookie per host name whatever the
+    port, so two gateways it reaches on one host (SSH tunnels to localhost:8081 and
+    localhost:8082, a router forwarding two ports, two gateways on a laptop) shared one
+    cookie: logging in to one logged the browser out of the other."""
+    host = host_header.strip()
+    port = host.rpartition("]")[2] if host.startswith("[") else host
+    port = port.rpartition(":")[2] if port.count(":") == 1 else ""
+    return f"{SESSION_COOKIE}_{port}" if port.isascii() and port.isdigit() else SESSION_COOKIE
+
+
 def same_origin(origin: str, scheme: str, host_header: str) -> bool:
     """Whether an Origin (or a Referer's scheme://host[:port]) is this server's own."""
     scheme_given, sep, rest = origin.partition("://")

@@ -109,7 +109,6 @@ STREAM_PING = 15.0  # seconds between comments on a quiet event stream
 LOGIN_BODY = 8192
 BASIC_CACHE = 32  # checked basic-auth headers kept, so that scripts do not pay scrypt
 BASIC_TTL = 300.0
-COOKIE = "edge_stream_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 MAX_SHOWN = 64 << 10  # bytes of a dead letter's content shown
 ICON = "favicon.svg"  # of static/: what GET /favicon.ico answers
@@ -434,12 +433,12 @@ class WebServer:
         # another tab deleted: the browser would put up its own password dialog and hold
         # the request until it is answered, where the page goes to /login instead.
         scripted = request.headers.get("Sec-Fetch-Dest") == "empty"
-        if COOKIE not in request.cookies and not scripted:
+        if _cookie(request) not in request.cookies and not scripted:
             response.headers["WWW-Authenticate"] = 'Basic realm="edge-stream"'
         return response
 
     async def _identity(self, request: web.Request) -> Identity | web.StreamResponse | None:
-        token = request.cookies.get(COOKIE)
+        token = request.cookies.get(_cookie(request))
         if token:
             # seen only once it is let in: a 503 (the users file broken) is not a use of
             # it, and must not keep it alive past its idle time
@@ -618,7 +617,12 @@ class WebServer:
         else:
             answer = _json({"user": user, "role": role, "csrf": session.csrf})
         answer.set_cookie(
-            COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/"
+            _cookie(request),
+            token,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
         )
         return answer
 
@@ -627,7 +631,7 @@ class WebServer:
         if identity.token:
             self.sessions.drop(identity.token)
         answer = _json({"user": identity.user, "logged_out": True})
-        answer.del_cookie(COOKIE, path="/")
+        answer.del_cookie(_cookie(request), path="/")
         return answer
 
     async def api_session(self, request: web.Request) -> web.StreamResponse:
@@ -926,6 +930,11 @@ def _content(content: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"content_hex": shown.hex()} if text is None else {"content": text}
     out["truncated"] = cut
     return out
+
+
+def _cookie(request: web.Request) -> str:
+    """The name of the session cookie for this request's Host (one per port)."""
+    return access.session_cookie(request.headers.get("Host", ""))
 
 
 def _asks_check(value: str | None) -> bool:

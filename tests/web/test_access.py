@@ -368,6 +368,15 @@ def test_the_host_must_be_an_address_or_a_known_name(host: str, ok: bool) -> Non
     assert access.host_allowed(host, ["gw.plant.example"]) is ok
 
 
+def test_the_session_cookie_is_named_after_the_port_of_the_host() -> None:
+    assert access.session_cookie("localhost:8081") == "edge_stream_session_8081"
+    assert access.session_cookie("[::1]:8082") == "edge_stream_session_8082"
+    assert access.session_cookie("gw.plant.example") == "edge_stream_session"
+    assert access.session_cookie("[::1]") == "edge_stream_session"
+    assert access.session_cookie("a:b:c") == "edge_stream_session"  # no port to tell
+    assert access.session_cookie("gw:\uff18\uff10") == "edge_stream_session"  # not ASCII digits
+
+
 def test_same_origin_compares_scheme_host_and_port() -> None:
     assert access.same_origin("http://10.0.0.5:8080", "http", "10.0.0.5:8080")
     assert access.same_origin("http://10.0.0.5:8080/page?x", "http", "10.0.0.5:8080")

@@ -125,6 +125,15 @@ async def call(
         return Answer(response.status, response.headers, await response.read())
 
 
+def cookie_name(served: Served) -> str:
+    """The session cookie's name: it carries the port (see access.session_cookie)."""
+    return f"edge_stream_session_{served.port}"
+
+
+def session_cookie(served: Served, token: str) -> dict[str, str]:
+    return {"Cookie": f"{cookie_name(served)}={token}"}
+
+
 async def login(served: Served, user: str, password: str) -> tuple[str, str]:
     """The session cookie value and the CSRF token of a login."""
     answer = await call(
@@ -132,7 +141,7 @@ async def login(served: Served, user: str, password: str) -> tuple[str, str]:
     )
     assert answer.status == 200, answer.body
     cookie = answer.headers["Set-Cookie"]
-    token = re.match(r"edge_stream_session=([^;]+);", cookie)
+    token = re.match(rf"{cookie_name(served)}=([^;]+);", cookie)
     assert token, cookie
     return token.group(1), answer.json()["csrf"]
 
@@ -149,11 +158,9 @@ async def test_a_login_sets_an_httponly_strict_session_cookie(served: Served) ->
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
     assert "secure" not in cookie  # plain HTTP here; see the TLS test
     token, csrf = await login(served, "olga", "olga-pass-1")
-    me = await call(f"{served.url}/api/session", headers={"Cookie": f"edge_stream_session={token}"})
+    me = await call(f"{served.url}/api/session", headers=session_cookie(served, token))
     assert me.json() == {"user": "olga", "role": "operator", "auth": "session", "csrf": csrf}
-    status = await call(
-        f"{served.url}/api/status", headers={"Cookie": f"edge_stream_session={token}"}
-    )
+    status = await call(f"{served.url}/api/status", headers=session_cookie(served, token))
     assert status.status == 200 and status.json()["gateway"]["id"] == "sec-test"
     # a form login (no script) goes to the page
     form = await call(
@@ -163,13 +170,13 @@ async def test_a_login_sets_an_httponly_strict_session_cookie(served: Served) ->
         body=b"username=vic&password=vic-pass-1",
     )
     assert form.status == 303 and form.headers["Location"] == "/"
-    assert "edge_stream_session=" in form.headers["Set-Cookie"]
+    assert f"{cookie_name(served)}=" in form.headers["Set-Cookie"]
     # without credentials: the page sends the browser to the login page, the API says 401
     assert (await call(f"{served.url}/")).status == 303
     assert (await call(f"{served.url}/api/status")).status == 401
     assert (await call(f"{served.url}/login")).status == 200
     # logging out ends the session
-    cookie_header = {"Cookie": f"edge_stream_session={token}"}
+    cookie_header = session_cookie(served, token)
     out = await call(
         f"{served.url}/logout",
         "POST",
@@ -191,7 +198,7 @@ async def test_credentials_that_are_not_utf_8_are_refused_not_a_500(
         (b"Authorization: Basic \xff\xfe\r\n", b" 401 "),
         (b"Authorization: \xff\xfe \xc3\xa9\r\n", b" 401 "),
         (
-            f"Cookie: edge_stream_session={token}\r\n".encode() + b"X-CSRF-Token: \xff\xc3\r\n",
+            f"Cookie: {cookie_name(served)}={token}\r\n".encode() + b"X-CSRF-Token: \xff\xc3\r\n",
             b" 403 ",
         ),
     ]
@@ -214,7 +221,7 @@ async def test_credentials_that_are_not_utf_8_are_refused_not_a_500(
 
 async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> None:
     token, csrf = await login(served, "olga", "olga-pass-1")
-    cookie = {"Cookie": f"edge_stream_session={token}"}
+    cookie = session_cookie(served, token)
     reload = f"{served.url}/api/config/reload"
     no_token = await call(reload, "POST", headers={**cookie, "Origin": served.url})
     assert no_token.status == 403 and b"X-CSRF-Token" in no_token.body
@@ -272,14 +279,14 @@ async def test_a_change_needs_the_csrf_token_and_this_origin(served: Served) -> 
         headers={**no_referrer, "Content-Type": "application/x-www-form-urlencoded"},
         body=b"username=vic&password=vic-pass-1",
     )
-    assert form.status == 303 and "edge_stream_session=" in form.headers["Set-Cookie"]
+    assert form.status == 303 and f"{cookie_name(served)}=" in form.headers["Set-Cookie"]
     own_page = {**cookie, **no_referrer, "X-CSRF-Token": csrf}
     assert (await call(reload, "POST", headers=own_page)).status == 200
 
 
 async def test_a_viewer_can_read_but_not_change(served: Served) -> None:
     token, csrf = await login(served, "vic", "vic-pass-1")
-    headers = {"Cookie": f"edge_stream_session={token}", "X-CSRF-Token": csrf, "Origin": served.url}
+    headers = {**session_cookie(served, token), "X-CSRF-Token": csrf, "Origin": served.url}
     assert (await call(f"{served.url}/api/status", headers=headers)).status == 200
     assert (await call(f"{served.url}/api/config", headers=headers)).status == 200
     assert (await call(f"{served.url}/api/dead-letters", headers=headers)).status == 200
@@ -326,8 +333,8 @@ async def test_a_changed_password_ends_the_old_one_for_basic_auth_at_once(
 async def test_a_changed_password_or_a_removed_user_ends_its_sessions(served: Served) -> None:
     # A session cookie kept working after `web passwd olga` (only a removed user's was
     # refused): a stolen cookie outlived the password change meant to shut it out.
-    olga = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-1'))[0]}"}
-    vic = {"Cookie": f"edge_stream_session={(await login(served, 'vic', 'vic-pass-1'))[0]}"}
+    olga = session_cookie(served, (await login(served, "olga", "olga-pass-1"))[0])
+    vic = session_cookie(served, (await login(served, "vic", "vic-pass-1"))[0])
     url = f"{served.url}/api/session"
     assert (await call(url, headers=olga)).status == 200
     users = served.data / "web-users"
@@ -340,7 +347,7 @@ async def test_a_changed_password_or_a_removed_user_ends_its_sessions(served: Se
     assert (await call(url, headers=vic)).status == 401
     await asyncio.to_thread(access.set_user, users, "vic", "viewer", "vic-pass-1")
     assert (await call(url, headers=vic)).status == 401
-    fresh = {"Cookie": f"edge_stream_session={(await login(served, 'olga', 'olga-pass-2'))[0]}"}
+    fresh = session_cookie(served, (await login(served, "olga", "olga-pass-2"))[0])
     assert (await call(url, headers=fresh)).status == 200
 
 
@@ -552,6 +559,30 @@ async def test_a_reload_that_moves_data_dir_checks_the_users_of_the_new_one(
     assert (await call(f"{served.url}/api/status", basic=("vic", "vic-pass-1"))).status == 401
 
 
+async def test_two_gateways_on_one_host_keep_their_sessions_apart(tmp_path: Path) -> None:
+    # A browser keeps a cookie per host name whatever the port: logging in to a second
+    # gateway on the same host (SSH tunnels to localhost:8081 and :8082, a router's port
+    # forwards) replaced the first one's session cookie, which logged it out.
+    one, one_task, first = await _start(tmp_path / "one")
+    two, two_task, second = await _start(tmp_path / "two")
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            for served in (first, second):
+                base = f"http://localhost:{served.port}"
+                answer = await browser.post(
+                    f"{base}/login", json={"username": "olga", "password": "olga-pass-1"}
+                )
+                assert answer.status == 200, await answer.text()
+            for served in (first, second):
+                me = await browser.get(f"http://localhost:{served.port}/api/session")
+                assert me.status == 200 and (await me.json())["auth"] == "session"
+    finally:
+        one.stop()
+        two.stop()
+        await one_task
+        await two_task
+
+
 async def test_every_answer_carries_the_security_headers(served: Served) -> None:
     basic = ("tech", WEB_PASS)
     page = await call(f"{served.url}/", basic=basic)
@@ -660,7 +691,7 @@ async def test_an_event_stream_ends_with_its_session(served: Served) -> None:
     # A stream opened with a session went on sending the status after the logout (or
     # the session's end), for as long as its reader kept it open.
     token, csrf = await login(served, "olga", "olga-pass-1")
-    cookie = {"Cookie": f"edge_stream_session={token}"}
+    cookie = session_cookie(served, token)
     async with (
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
         session.get(f"{served.url}/api/events", headers=cookie) as stream,
@@ -734,7 +765,7 @@ async def test_connections_slow_to_send_a_body_do_not_lock_out_healthz(
 
 async def test_no_answer_carries_a_secret(served: Served) -> None:
     token, _csrf = await login(served, "tech", WEB_PASS)
-    cookie = {"Cookie": f"edge_stream_session={token}"}
+    cookie = session_cookie(served, token)
     await asyncio.sleep(1.5)  # the postgres sink has failed to connect by now
     seen = []
     for path in (
