@@ -547,6 +547,29 @@ def test_the_pipeline_graph_and_a_route_s_panel_read_right_on_a_phone(
     assert gw.stop() == 0
 
 
+def test_a_sink_s_last_error_reads_on_a_phone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The last error's column got the width the others left it: at 360 px, a few words
+    # a line, and the row of a sink that cannot connect was over 200 px tall.
+    gw = plant_lines_to_archive(gateway_factory, mosquitto, sinks={
+        "archive": {"type": "file", "path": "archive.jsonl"},
+        "db": {"type": "postgres", "dsn": "postgresql://gw@127.0.0.1:1/x", "table": "readings"},
+    })  # fmt: skip
+    browser.set_window_size(360, 740)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#sinks")  # no account: open on localhost
+    error = "#sinks tr[data-key=db] td.error-text"
+    wait_for(lambda: "127.0.0.1:1" in text(browser, error), 15, "the sink's last error")
+    assert browser.execute_script("return window.innerWidth") <= 400
+    height = browser.execute_script(
+        f"return document.querySelector('{error}').getBoundingClientRect().height"
+    )
+    assert height < 120, f"the error cell is {height:.0f} px tall"
+    wide = browser.execute_script("return document.documentElement.scrollWidth")
+    assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
+    assert gw.stop() == 0
+
+
 def test_an_edit_in_progress_stays_until_the_user_discards_it(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:
