@@ -212,8 +212,13 @@ class ConfigApi:
         except (ValueError, RecursionError):
             asked = None
         name = asked.get("version") if isinstance(asked, dict) else None
-        if not isinstance(asked, dict) or not isinstance(name, str | None):
-            return _answer(400, errors=['the body: {"version": NAME} or nothing (the newest)'])
+        # {"versoin": NAME} rolled back to the newest, not to NAME
+        unknown = sorted(set(asked) - {"version"}) if isinstance(asked, dict) else []
+        if not isinstance(asked, dict) or not isinstance(name, str | None) or unknown:
+            shape = 'the body: {"version": NAME} or nothing (the newest)'
+            if unknown:
+                shape += f", not {', '.join(repr(k[:40]) for k in unknown[:5])}"
+            return _answer(400, errors=[shape])
         try:
             old_text, restored, kept = await asyncio.to_thread(
                 _restore, path, self._versions_dir(path), name

@@ -781,6 +781,19 @@ class WebServer:
         except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
+        unknown = sorted(set(asked) - {"seqs", "all"}) if isinstance(asked, dict) else []
+        if unknown:
+            # {"all": true, "topic": "x"} purged every dead letter, not those of x
+            return _json(
+                {
+                    "errors": [
+                        f"{action} takes only seqs or all, not"
+                        f" {', '.join(repr(k[:40]) for k in unknown[:5])}:"
+                        ' {"seqs": [SEQ, ...]} or {"all": true}'
+                    ]
+                },
+                400,
+            )
         if isinstance(asked, dict) and "all" in asked and "seqs" in asked:
             # as the command refuses `replay --all 5`: {"all": true, "seqs": [5]} did
             # only 5, {"all": false, "seqs": [5]} did 5 too

@@ -270,6 +270,13 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     assert status == 409 and "no kept config version 'nope'" in answer["errors"][0]
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", b"[1]")
     assert status == 400
+    # a misspelt key rolled back to the newest version, not the one named
+    typo = json.dumps({"versoin": put["version"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", typo)
+    assert status == 400 and answer["errors"] == [
+        "the body: {\"version\": NAME} or nothing (the newest), not 'versoin'"
+    ]
+    assert path.read_text() == original
     # a file broken by hand in another section (the gateway refused its reload and runs
     # on): the versions and the rollback that mends it were refused, 409, as the file was
     path.write_text(original.replace("type: file", "type: fil"))
