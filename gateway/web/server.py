@@ -879,6 +879,12 @@ class WebServer:
         if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
             limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
             return _text(413, limit, close=True)
+        unknown = sorted(set(request.query) - {"check"})
+        if unknown and request.method not in SAFE_METHODS:
+            # `?chek=1` or `?dry_run=1` wrote and applied the edit it meant to check
+            named = ", ".join(repr(k[:40]) for k in unknown[:5])
+            said = f"the config API takes only ?check (show before apply), not {named}"
+            return _json({"outcome": "refused", "errors": [said], "version": None}, 400)
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body

@@ -224,6 +224,11 @@ async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: l
     for asked in ("true", "yes", "True", ""):
         status, answer = await asyncio.to_thread(_call, f"{route}?check={asked}", "PUT", body)
         assert status == 200 and answer["outcome"] == "checked", asked
+    # a query it does not take is refused: `?chek=1` or `?dry_run=1` applied the edit
+    for asked in ("chek=1", "dry_run=1", "check=1&dryrun=1"):
+        status, answer = await asyncio.to_thread(_call, f"{route}?{asked}", "PUT", body)
+        assert status == 400 and answer["outcome"] == "refused", asked
+        assert "the config API takes only ?check (show before apply)" in answer["errors"][0]
     assert path.read_text() == before and calls == []  # nothing written, nothing applied
     assert files.versions(tmp_path / "data") == []
     status, answer = await asyncio.to_thread(_call, f"{route}?check=0", "PUT", body)
