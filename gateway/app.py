@@ -316,6 +316,16 @@ class Gateway:
             self._running.stop()
 
     async def apply(self, config: Config) -> tuple[str, list[str], list[str]]:
+        """Apply `config` (already valid); returns (outcome, errors, changes). See
+        `_apply`; once applied, the console's certificate files are served anew when
+        they changed (a renewal written over them, then a reload with the same config)."""
+        outcome, errors, changes = await self._apply(config)
+        if outcome == "applied" and self.web is not None and await self.web.renew_tls():
+            changes = [*changes, "web certificate renewed (tls_cert and tls_key read again)"]
+            log.info("gateway: the console serves the certificate files anew (they changed)")
+        return outcome, errors, changes
+
+    async def _apply(self, config: Config) -> tuple[str, list[str], list[str]]:
         """Apply `config` (already valid); returns (outcome, errors, changes).
 
         As a diff when it can (see gateway/engine/plan.py): only the sources, routes and

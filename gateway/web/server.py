@@ -192,6 +192,8 @@ class WebServer:
         self._closing = asyncio.Event()
         self._status_doc: tuple[float, bytes] = (-1.0, b"")
         self.secure = bool(config.tls_cert)
+        self._tls_files: tuple[tuple[int, int, int] | None, ...] = ()
+        self._context: ssl.SSLContext | None = None  # served to new connections
 
     def _known_hosts(self) -> set[str]:
         hosts = {h.lower() for h in self.config.allowed_hosts}
@@ -235,6 +237,7 @@ class WebServer:
         listen = self.config.listen
         host, _, port = listen.rpartition(":")
         context = self._tls() if self.secure else None
+        self._tls_files, self._context = self._tls_stamp(), context
         runner = web.AppRunner(
             self._app(),
             handle_signals=False,
@@ -272,6 +275,59 @@ class WebServer:
             return served_tls(str(self.config.tls_cert), str(self.config.tls_key))
         except ServedTlsError as err:
             raise ConfigError(f"web.{err.key}: {err}") from err
+
+    def _tls_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """What tells the certificate files changed: each one's mtime, size and inode (a
+        renewal written over it, or a symbolic link moved to a new one, as certbot does)."""
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in (self.config.tls_cert, self.config.tls_key) if self.secure else ():
+            try:
+                st = os.stat(str(path))
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    async def renew_tls(self) -> bool:
+        """Serve the certificate files anew when they changed since they were read (a
+        renewal written over them, then a reload): the listening socket is opened again
+        with them, while the open connections and the sessions stay. True when it did.
+        Files that cannot be served (changed since the reload's config check read them)
+        leave the certificate served as it was, said in a WARNING."""
+        if self._listener is None or self._closing.is_set():
+            return False
+        stamp = self._tls_stamp()
+        if stamp == self._tls_files:
+            return False
+        try:
+            context = self._tls()
+        except ConfigError as err:
+            log.warning("web: %s; the console serves the certificate it had", err)
+            return False
+        host, _, port = self.config.listen.rpartition(":")
+        old = self._listener
+        old.close()  # the open connections stay (and keep the TLS they began with)
+        loop = asyncio.get_running_loop()
+        try:
+            self._listener = await loop.create_server(
+                self._admit, host.strip("[]"), int(port), ssl=context, backlog=128
+            )
+        except OSError as err:  # the port, taken in between: listen as before
+            try:
+                self._listener = await loop.create_server(
+                    self._admit, host.strip("[]"), int(port), ssl=self._context, backlog=128
+                )
+            except OSError:
+                self._listener = None
+            log.error(
+                "web: cannot listen on %s again (%s); %s",
+                self.config.listen,
+                err.strerror or err,
+                "serving the certificate it had" if self._listener else "restart the gateway",
+            )
+            return False
+        self._tls_files, self._context = stamp, context
+        return True
 
     async def stop(self) -> bool:
         """Stop listening and close the connections; False when a request that asked

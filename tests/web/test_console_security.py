@@ -134,10 +134,15 @@ def session_cookie(served: Served, token: str) -> dict[str, str]:
     return {"Cookie": f"{cookie_name(served)}={token}"}
 
 
-async def login(served: Served, user: str, password: str) -> tuple[str, str]:
+async def login(
+    served: Served, user: str, password: str, ssl_context: ssl.SSLContext | None = None
+) -> tuple[str, str]:
     """The session cookie value and the CSRF token of a login."""
     answer = await call(
-        f"{served.url}/login", "POST", body={"username": user, "password": password}
+        f"{served.url}/login",
+        "POST",
+        body={"username": user, "password": password},
+        ssl_context=ssl_context,
     )
     assert answer.status == 200, answer.body
     cookie = answer.headers["Set-Cookie"]
@@ -852,6 +857,38 @@ async def test_the_console_serves_https_with_a_certificate_file(tmp_path: Path) 
         assert answer.status == 200 and "secure" in answer.headers["Set-Cookie"].lower()
         with pytest.raises(aiohttp.ClientError):
             await call(f"http://127.0.0.1:{served.port}/healthz")  # no plain HTTP
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_a_reload_serves_a_renewed_certificate(tmp_path: Path) -> None:
+    # The certificate was read when the web server started, and only a change of web:
+    # restarted it: a renewed certificate written over the files, then `systemctl reload
+    # edge-stream`, still served the old one (expired, soon) until the gateway restarted.
+    cert, key = _self_signed(tmp_path / "pki")
+    extra = f'  tls_cert: "{cert}"\n  tls_key: "{key}"'
+    gateway, task, served = await _start(tmp_path, extra)
+    try:
+        old = ssl.create_default_context(cafile=str(cert))
+        assert (await call(f"{served.url}/healthz", ssl_context=old)).status == 200
+        token, _csrf = await login(served, "olga", "olga-pass-1", old)
+        renewed, renewed_key = _self_signed(tmp_path / "renewed")
+        cert.write_bytes(renewed.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        new = ssl.create_default_context(cafile=str(cert))
+        answer = await call(
+            f"{served.url}/api/config/reload", "POST", basic=("tech", WEB_PASS), ssl_context=old
+        )
+        assert answer.status == 200 and answer.json()["outcome"] == "applied", answer.body
+        assert (await call(f"{served.url}/healthz", ssl_context=new)).status == 200
+        with pytest.raises(aiohttp.ClientError):
+            await call(f"{served.url}/healthz", ssl_context=old)
+        # served anew in place: a login made before holds
+        me = await call(
+            f"{served.url}/api/session", headers=session_cookie(served, token), ssl_context=new
+        )
+        assert me.status == 200
     finally:
         gateway.stop()
         await task
