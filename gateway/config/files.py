@@ -80,8 +80,11 @@ def history_dir(data_dir: str | Path) -> Path:
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> None:
     """Replace `path` with `data` (text is written as UTF-8): a temp file in the same
     folder, fsync, rename, fsync of the folder, so a crash leaves the old file or the new
-    one. The file gets `mode`; without one, the old file's (0600 for a new file)."""
-    target = Path(path)
+    one. The file gets `mode`; without one, the old file's (0600 for a new file). A
+    symbolic link stays one: its target is replaced (a config kept in a git checkout and
+    linked from /etc was cut off from it by the first edit through the console, every
+    later edit of the checkout unseen, and the temp file went to the link's folder)."""
+    target = Path(os.path.realpath(path))
     if mode is None:
         try:
             mode = target.stat().st_mode & 0o7777

@@ -301,6 +301,25 @@ def test_a_file_with_windows_line_ends_keeps_them(name: str) -> None:
         assert new.startswith("sinks:\r\n  two:\r\n    type: file\r\n")
 
 
+def test_a_symlinked_config_stays_a_link_through_an_edit_and_a_rollback(tmp_path: Path) -> None:
+    # The edit replaced the link with a file of its own: a config kept in a git checkout
+    # and linked from /etc was cut off from it (as `secret rotate` already knew not to).
+    checkout = tmp_path / "ops" / "gateway.yaml"
+    checkout.parent.mkdir()
+    checkout.write_text(
+        f"gateway: {{id: x, data_dir: '{tmp_path}'}}\nsinks:\n  out: {{type: file}}\n"
+    )
+    link = tmp_path / "etc" / "gateway.yaml"
+    link.parent.mkdir()
+    link.symlink_to(checkout)
+    before = checkout.read_text()
+    _old, kept, _wrote = edit.edit_file(link, "routes", "all", {"match": "#", "sinks": ["out"]}, {})
+    assert link.is_symlink() and "routes:" in checkout.read_text()
+    assert kept is not None
+    files.save(link, kept.path.read_text(), tmp_path)  # as `config rollback` puts it back
+    assert link.is_symlink() and checkout.read_text() == before
+
+
 def test_removing_the_last_component_leaves_an_empty_section(text: str) -> None:
     new = edit.remove_component(text, "sources", "host", "gw.yaml")
     new = edit.remove_component(new, "sources", "plant", "gw.yaml")
