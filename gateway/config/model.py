@@ -508,6 +508,10 @@ class WebSection:
         problem: str | None
         if "://" in self.listen:  # `http://0.0.0.0:8080` read "write an IPv6 address in brackets"
             problem = "an address, without a scheme such as http://"
+        elif any(c.isspace() for c in self.listen):
+            # ' 127.0.0.1:8080' was taken for an address beyond localhost: "listening on
+            # 127.0.0.1 needs web.username and web.password"
+            problem = "it holds a space"
         elif not (problem := check_location(self.listen)) and colon and not host:
             problem = "it has no host; 0.0.0.0:PORT listens on every address"  # Go's `:8080`
         elif not problem and (not colon or self.listen.endswith("]")):

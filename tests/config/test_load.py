@@ -1219,7 +1219,9 @@ def test_an_at_in_a_redis_option_value_is_taken(tmp_path: Path, url: str) -> Non
      ("8080", "it has no port"), ("[::1]", "it has no port"),
      (":8080", "it has no host; 0.0.0.0:PORT listens on every address"),
      ("http://127.0.0.1:8080", "an address, without a scheme such as http://"),
-     ("::1:8080", "write an IPv6 address in brackets, e.g. [::1]:5432")],
+     ("::1:8080", "write an IPv6 address in brackets, e.g. [::1]:5432"),
+     (" 127.0.0.1:8080", "it holds a space"),
+     ("127.0.0.1: 8080", "it holds a space")],
 )  # fmt: skip
 def test_a_web_listen_that_cannot_be_listened_on_is_one_line(
     tmp_path: Path, listen: str, why: str
