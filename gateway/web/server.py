@@ -326,6 +326,10 @@ class WebServer:
                 "serving the certificate it had" if self._listener else "restart the gateway",
             )
             return False
+        if self._closing.is_set():  # stopped meanwhile: the new socket goes too
+            self._listener.close()
+            self._listener = None
+            return False
         self._tls_files, self._context = stamp, context
         return True
 
