@@ -227,7 +227,7 @@ def test_another_program_on_web_listen_is_said_not_a_traceback(
     ("listen", "said"),
     [
         ("127.0.0.1:abc", "web.listen: '127.0.0.1:abc' must read host:port, e.g. 127.0.0.1:8080"),
-        ("a b:1", "no gateway answers at http://a b:1/api/config/reload (URL can't contain"),
+        ("a b:1", "web.listen: 'a b:1' must read host:port, e.g. 127.0.0.1:8080 (it holds a"),
     ],
 )
 def test_a_web_listen_that_makes_no_url_is_one_line(
