@@ -1773,6 +1773,8 @@ class Store:
     def set_overflow(self, policies: dict[str, str]) -> None:
         """Per-sink overflow policies (`block` or `drop_oldest`) that override the default."""
         self._policies = dict(policies)
+        # A sink that no longer blocks may free what a scan found nothing to drop in.
+        self._futile = None
 
     def set_active(self, names: Iterable[str]) -> None:
         """The sinks the engine runs now. A sink the store knows that is not among them
@@ -1780,6 +1782,7 @@ class Store:
         by) until `edge-stream store drop-sink NAME`, or until the sink is added back and
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
+        self._futile = None  # a removed `block` sink's backlog may be dropped now
 
     async def save_active(self, starting: Iterable[str] = ()) -> None:
         """Note in the store which sinks the engine runs (`set_active`), and those

@@ -361,6 +361,32 @@ async def test_per_sink_overflow_drops_only_what_no_blocking_sink_waits_for(tmp_
     await store.close()
 
 
+@pytest.mark.parametrize("change", ["removed", "drop_oldest"])
+async def test_a_budget_full_for_a_block_sink_makes_room_once_it_no_longer_blocks(
+    tmp_path: Path, change: str
+) -> None:
+    """The budget full of what a `block` sink waited for, make_room found nothing to drop
+    and remembered so; a reload that removed that sink (its backlog then counts as
+    drop_oldest) or set it to `overflow: drop_oldest` changed neither the bytes nor the
+    cursors, so make_room still found "nothing changed" and intake stayed blocked for
+    good."""
+    store = await open_store(tmp_path, ("a", "b"), max_bytes=1 << 20)
+    store.set_overflow({"a": "block"})
+    store.set_active(["a", "b"])
+    while not store.over_budget:
+        await store.commit(batch([(ff(i, size=4000), store.bit("a")) for i in range(50)]))
+    await store.make_room()
+    assert store.over_budget and store.dropped == 0  # all of it waits for the block sink
+    if change == "removed":
+        store.set_active(["b"])
+    else:
+        store.set_overflow({})
+    await store.make_room()
+    assert not store.over_budget
+    assert store.dropped > 0
+    await store.close()
+
+
 async def test_reads_from_the_memory_tail_match_reads_from_disk(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
