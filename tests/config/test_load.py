@@ -190,6 +190,22 @@ def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_a_retry_whose_first_wait_is_longer_than_its_longest_is_refused(tmp_path: Path) -> None:
+    # `max` is documented as the longest wait, yet `initial: 1m, max: 1s` waited 30 to 60 s
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          archive: {type: file, retry: {initial: 1m, max: 1s}}
+          equal: {type: file, path: ./data/equal.jsonl, retry: {initial: 2s, max: 2s}}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sinks.archive.retry.initial: 1m is longer than max (1s), the longest wait:"
+        " lower initial or raise max",
+    ]
+
+
 def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     path.write_text(path.read_text().replace("id: pi-01", f"id: {'x' * 257}"))
