@@ -350,6 +350,13 @@ class Gateway:
             _store_settings(config) != _store_settings(old)
         )
         engine = self._running
+        store = self._store
+        same_store = config.gateway.data_dir == old.gateway.data_dir
+        if store is not None and same_store and (full := store.sink_room_problem(config.sinks)):
+            # Found before anything stops: a sink the store cannot take a bit for failed
+            # the reload half way, its outcome "applying" for ever, and reloads ended.
+            log.error("gateway: reload refused, the running config stays:\n  %s", full)
+            return "refused", [full], changes
         if work.restart or services or engine is None or not engine.ready.is_set():
             self._next = asyncio.get_running_loop().create_future()
             self._pending = config

@@ -39,6 +39,7 @@ from gateway.config.schema import (
 )
 from gateway.config.tls import ServedTlsError, served_tls
 from gateway.config.units import duration_text
+from gateway.core.component import MAX_SINKS
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import unsendable, validate_filter, validate_topic
@@ -1445,6 +1446,10 @@ class Config:
                             f"{did_you_mean(sink, self.sinks)}"
                         ),
                     )
+        if self.sinks and len(self.sinks) > MAX_SINKS:
+            # each sink has a bit in every stored FlowFile: the start failed, after
+            # check-config had said ok
+            yield "sinks", f"{len(self.sinks)} sinks, more than the {MAX_SINKS} one store can keep"
         yield from self._check_alert_components()
         yield from self._check_alerts_topic()
         yield from self._check_claims()

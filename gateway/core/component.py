@@ -30,6 +30,9 @@ class ComponentLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 # Flags a push source appends to a 8-byte `Message.dedupe` digest (a ninth byte).
 MARK_DUP = 0x01  # the broker sent it with DUP set: it says it may have sent it before
 MARK_QOS2 = 0x02  # MQTT QoS 2: held by packet id until PUBREL instead of matched by digest
+# The most sinks one store keeps, running and removed: each has a bit of a 64-bit SQLite
+# integer in every stored FlowFile (the sinks it waits for).
+MAX_SINKS = 62
 
 
 class InboundMarks(Protocol):

@@ -260,6 +260,8 @@ class Engine:
         order (intake, commit and ack what was handed over, sinks finish, close) and
         return. The store stays open: it belongs to the caller."""
         self._build()
+        if problem := self.store.sink_room_problem(self.sinks):
+            raise StoreError(problem)
         await self.store.register_sinks(self.sinks)
         self._store_policies()
         await self._save_active()

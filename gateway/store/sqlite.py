@@ -54,7 +54,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from gateway.core.component import MARK_DUP, MARK_QOS2
+from gateway.core.component import MARK_DUP, MARK_QOS2, MAX_SINKS
 from gateway.core.errors import GatewayError, PermanentError
 from gateway.core.flowfile import FlowFile, attributes_json
 from gateway.core.throttle import LOG_INTERVAL, LogThrottle
@@ -62,7 +62,6 @@ from gateway.core.throttle import LOG_INTERVAL, LogThrottle
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 
-MAX_SINKS = 62
 # The disk under data_dir: a preallocated reserve file (store.reserve) is given up when
 # SQLite finds the disk full, so that sinks can still move their cursors and purge what
 # they delivered; intake pauses while less than DISK_LOW is free (the reserve counted as
@@ -885,6 +884,8 @@ class Store:
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
             self._cursors[name] = cursor
+        if problem := self.sink_room_problem(sinks):
+            raise StoreError(problem)
         for name in sinks:
             self._register_sync(name)
         self.bytes = db.execute("SELECT coalesce(sum(size), 0) FROM flowfiles").fetchone()[0]
@@ -942,6 +943,27 @@ class Store:
         self._bits[name] = free
         self._cursors[name] = end
         self._depth[name] = 0
+
+    def sink_room_problem(self, names: Iterable[str]) -> str | None:
+        """Why the store cannot run the sinks `names` of a config (None: it can): it keeps
+        at most MAX_SINKS, those removed from the config counted until `edge-stream store
+        drop-sink` drops them."""
+        wanted = set(names)
+        known = wanted | set(self._bits)
+        if len(known) <= MAX_SINKS:
+            return None
+        removed = sorted(set(self._bits) - wanted)
+        text = (
+            f"at most {MAX_SINKS} sinks can share one store; with this config it would keep"
+            f" {len(known)}: the {len(wanted)} configured"
+        )
+        if removed:
+            shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
+            text += (
+                f" and {len(removed)} removed ({shown}), kept until `edge-stream store"
+                " drop-sink NAME` drops them (with a config without them running)"
+            )
+        return text
 
     async def register_sinks(self, names: Iterable[str]) -> None:
         for name in names:

@@ -206,6 +206,15 @@ def test_a_retry_whose_first_wait_is_longer_than_its_longest_is_refused(tmp_path
     ]
 
 
+def test_more_sinks_than_one_store_keeps_are_refused(tmp_path: Path) -> None:
+    # check-config said ok to 63 sinks; the start then failed "at most 62 sinks"
+    sinks = "".join(f"  s{i}: {{type: file, path: ./data/s{i}.jsonl}}\n" for i in range(63))
+    path = write(tmp_path, "sinks:\n" + sinks)
+    assert problems(path) == [f"{path}:2: sinks: 63 sinks, more than the 62 one store can keep"]
+    path = write(tmp_path, "sinks:\n" + "".join(sinks.splitlines(keepends=True)[:62]))
+    assert len(load(path, environ={}).sinks) == 62
+
+
 def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     path.write_text(path.read_text().replace("id: pi-01", f"id: {'x' * 257}"))

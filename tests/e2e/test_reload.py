@@ -4,6 +4,7 @@ is refused, its errors are in /api/status and the running config stays."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -145,6 +146,54 @@ def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
         wait_for(lambda: "by_api" in gw.status()["sinks"], 10, "the sink after the POST")
         # watch_config: false, so only the POSTs reloaded
         assert gw.log().count("reload refused") == 1
+    finally:
+        gw.close()
+
+
+def test_a_sink_the_store_has_no_room_for_is_refused_and_reloads_go_on(tmp_path: Path) -> None:
+    """The store keeps 62 sinks at most, removed ones included until `store drop-sink`:
+    a reload adding one more (a rename, after 61 others came and went) failed half way
+    with a StoreError; its outcome said "applying" for ever and no reload was taken
+    after it. It is refused, naming the removed sinks, and the next reload applies."""
+    from gateway.store.sqlite import Store
+
+    gw = GatewayProcess(tmp_path, _config(watch_config=False))
+    gw.data_dir.mkdir()
+
+    async def fill() -> None:  # 61 sinks of earlier configs, removed since
+        store = Store(gw.store_path)
+        await store.open([f"old{i}" for i in range(61)])
+        await store.close()
+
+    asyncio.run(fill())
+    gw.start()
+    try:
+        _edit(gw, _add_sink("two"))
+        status, answer = _reload(gw)
+        assert status == 200 and answer["outcome"] == "refused", answer
+        assert answer["errors"] == [
+            "at most 62 sinks can share one store; with this config it would keep 63: the 2"
+            " configured and 61 removed (old0, old1, old10, old11, old12, ...), kept until"
+            " `edge-stream store drop-sink NAME` drops them (with a config without them"
+            " running)"
+        ]
+        assert gw.status()["sinks"]["out"]["state"] == "running"
+        dropped = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "store", "drop-sink", "old0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "EDGE_STREAM_CONFIG": str(gw.config_path)},
+        )
+        assert dropped.returncode == 0, dropped.stderr
+        wait_for(
+            lambda: "old0" not in gw.status()["store"]["removed_sinks"],
+            10,
+            "the running gateway to let go of the dropped sink",
+        )
+        status, answer = _reload(gw)
+        assert answer["outcome"] == "applied", answer
+        wait_for(lambda: "two" in gw.status()["sinks"], 10, "the sink added once room was made")
     finally:
         gw.close()
 
