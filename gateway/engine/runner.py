@@ -592,9 +592,7 @@ class SinkRunner:
                 self.state = "running"
                 self.failing = False
                 if rate:
-                    pause = len(rows) / rate - (clock.monotonic() - started)
-                    if pause > 0:
-                        await clock.sleep(pause)
+                    await self._pace(len(rows), started)
             except (RetryableError, StoreError, PermanentError) as err:
                 self._drop_read_ahead()  # it followed a delivery that did not happen
                 if isinstance(err, PermanentError):
@@ -610,6 +608,24 @@ class SinkRunner:
                 self._count_error("retryable" if retryable else "store")
                 told = err.after if isinstance(err, RetryLater) else 0.0
                 await self._retry(str(err) if retryable else f"store: {err}", told)
+
+    async def _pace(self, count: int, started: float) -> None:
+        """Wait out what `rate_limit` asks after a write of `count` FlowFiles begun at
+        `started`. The limit is read again each second: one a reload lowered or lifted
+        in place counts at once (`rate_limit: 0.01` had its 100 s slept out whole).
+        Nothing is in flight meanwhile, so a stop cancels the pause (`resting`)."""
+        self.resting = True
+        try:
+            while not self.stopping:
+                rate = self.config.rate_limit
+                if not rate:
+                    return
+                pause = count / rate - (self.clock.monotonic() - started)
+                if pause <= 0:
+                    return
+                await self.clock.sleep(min(pause, 1.0))
+        finally:
+            self.resting = False
 
     def _count_error(self, kind: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1

@@ -203,6 +203,37 @@ async def test_rate_limit_holds_in_every_second_not_only_on_average(tmp_path: Pa
         assert within <= 10, (second, sent_at)
 
 
+async def test_a_rate_limit_pause_takes_a_reload_and_a_stop_at_once(tmp_path: Path) -> None:
+    """The pause after a write was slept out whole: a reload that lifted `rate_limit:
+    0.01` (taken in place, as documented) waited up to 100 s for it, and a stop waited
+    the 5 s a sink gets to finish a batch, though no batch was under way."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    rows = [(FlowFile.create("t/1", b"x"), store.bit("out")) for _ in range(3)]
+    await store.commit(Batch(rows, [], {}, []))
+    config = SinkConfig(type="test", rate_limit=0.01)
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = 3
+    runner = SinkRunner("out", sink, config, store)  # the real clock: a 100 s pause
+    task = asyncio.ensure_future(runner.run())
+    # the first FlowFile written, its pause begun: resting, so that a stop (or a reload
+    # that restarts the sink) cancels it at once (Engine._stop_sink)
+    for _ in range(1000):
+        if runner.resting:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.resting
+    assert sink.batches == [[1]]
+    runner.update(SinkConfig(type="test", rate_limit=1000))
+    async with asyncio.timeout(5):
+        await sink.all_there.wait()
+    assert [len(b) for b in sink.batches] == [1, 1, 1]
+    runner.stopping = True
+    runner.wake.set()
+    await task
+    await store.close()
+
+
 class Failing(Source):
     """A polled source that connects at once and whose polls fail `failures` times."""
 
