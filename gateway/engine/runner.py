@@ -548,8 +548,15 @@ class SinkRunner:
                             await self.wake.wait()
                     except TimeoutError:
                         pass
-                    if linger > 0:
-                        await clock.sleep(linger)
+                    if linger > 0 and not self.stopping:
+                        # nothing in flight: a stop cancels it at once (`resting`), where
+                        # it waited the 5 s a batch gets to finish, a linger of 10 s each
+                        # stop and each reload that restarted the sink
+                        self.resting = True
+                        try:
+                            await clock.sleep(linger)
+                        finally:
+                            self.resting = False
                     continue
                 self.idle.clear()
                 started = clock.monotonic()

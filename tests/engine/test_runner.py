@@ -151,6 +151,48 @@ async def test_an_idle_sink_woken_writes_at_once_unless_it_is_told_to_linger(
     assert [s for s in clock.sleeps if s] == sleeps
 
 
+async def test_a_lingering_sink_is_stopped_at_once(tmp_path: Path) -> None:
+    """An idle sink woken lingers with nothing in flight: a stop (Engine._stop_sink)
+    cancels it at once, where it waited the 5 s a batch gets to finish; and a stop's own
+    wake does not start a linger."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    config = SinkConfig(type="test", batch=BatchSettings(linger=60.0))
+    sink = Recording(config, Context("out", "sink"))
+    runner = SinkRunner("out", sink, config, store, clock=Sleeps())
+    task = asyncio.ensure_future(runner.run())
+    await runner.idle.wait()
+    runner.stopping = True
+    runner.wake.set()  # a stop wakes it: it ends rather than linger
+    async with asyncio.timeout(5):
+        await task
+    held = Held()
+    runner = SinkRunner("out", sink, config, store, clock=held)
+    task = asyncio.ensure_future(runner.run())
+    await runner.idle.wait()
+    runner.wake.set()  # new FlowFiles: it lingers for more
+    async with asyncio.timeout(5):
+        await held.sleeping.wait()
+    assert held.asked == [60.0] and runner.resting
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.close()
+
+
+class Held(Clock):
+    """A clock whose sleeps last until cancelled; `asked` records them."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.sleeping = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        self.sleeping.set()
+        await asyncio.Event().wait()
+
+
 class Ticking(Clock):
     """Time that passes only by sleeping on it (at once); every sleep is recorded."""
 
