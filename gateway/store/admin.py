@@ -155,6 +155,7 @@ class StoreStats:
     flowfiles: int
     bytes: int  # what the FlowFiles count against buffer.max_bytes
     dead_letters: int
+    replaying: int = 0  # dead letters replayed that the gateway has not taken in yet
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,8 @@ class StoreAdmin:
         flowfiles, size = self.db.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM flowfiles"
         ).fetchone()
-        return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db))
+        replaying = self.db.execute("SELECT count(*) FROM replay").fetchone()[0]
+        return StoreStats(backlog, flowfiles, size, count_dead_letters(self.db), replaying)
 
     def _runs_sink(self, name: str) -> bool:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(sinks)")}

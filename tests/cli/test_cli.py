@@ -1249,6 +1249,14 @@ def test_store_stats_prints_a_line_per_sink_and_the_totals(tmp_path: Path) -> No
         assert re.fullmatch(rf"{name} {{29}}1 +\d+\.\ds\n", text), text
         assert len(text) == 43, text  # 20 + 1 + 10 + 1 + 10 and the newline
     assert lines[2] == "2 FlowFiles, 0.0 MiB buffered; 4 dead letter(s)\n"
+    # replayed, with no gateway running to take them in: neither count has them, and
+    # the line said "0 dead letter(s)" as if they were gone
+    assert cli("dead-letters", "replay", "1", "2", "-c", str(config)).returncode == 0
+    result = cli("store", "stats", "-c", str(config))
+    assert result.stdout.splitlines()[-1] == (
+        "2 FlowFiles, 0.0 MiB buffered; 2 dead letter(s); 2 replayed dead letter(s) not yet"
+        " taken in by the gateway"
+    )
 
 
 def test_the_store_commands_refuse_a_file_that_is_not_a_store_in_one_line(
