@@ -375,7 +375,12 @@ class Gateway:
         # affair, not the reload's: it is no reason to roll back.
         stopped = _stopped_for_good(engine.sinks, config.sinks, work.sinks_start)
         stopped_sources = _stopped_for_good(engine.sources, config.sources, work.sources_start)
-        failures = await engine.apply(config, work)
+        try:
+            failures = await engine.apply(config, work)
+        except StoreError as err:  # the new sinks not noted in the store: nothing changed
+            # it failed the reload half way: "applying" for ever, and no reload after it
+            log.error("gateway: reload refused, the running config stays:\n  %s", err)
+            return "refused", [str(err)], changes
         if failures:
             log.error(
                 "gateway: the new config failed to start; the previous one is restored:\n  %s",

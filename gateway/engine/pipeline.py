@@ -533,12 +533,14 @@ class Engine:
         """
         assert self._tg is not None and self.router is not None, "apply() on a running engine"
         assert plan.restart is None, "a restart is the caller's: run a new engine"
-        old, self.config = self.config, config
-        failures: list[str] = []
         # Sinks first learn their bits, so that the new router may route to them at once,
         # and are noted as run: `store drop-sink` must not drop one the router routes to
-        # (the stops below may take seconds before `_save_active` notes the rest).
+        # (the stops below may take seconds before `_save_active` notes the rest). A store
+        # that cannot note them (locked, the disk full) raises StoreError here, before
+        # anything changed: the caller refuses the reload.
         await self.store.register_sinks(plan.sinks_start)
+        old, self.config = self.config, config
+        failures: list[str] = []
         if plan.sinks_start:
             await self._save_active(plan.sinks_start)
         if plan.routes:

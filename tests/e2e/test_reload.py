@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import GatewayProcess, free_port, wait_for
+from tests.e2e.harness import GatewayProcess, free_port, store_write_lock, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -194,6 +194,30 @@ def test_a_sink_the_store_has_no_room_for_is_refused_and_reloads_go_on(tmp_path:
         status, answer = _reload(gw)
         assert answer["outcome"] == "applied", answer
         wait_for(lambda: "two" in gw.status()["sinks"], 10, "the sink added once room was made")
+    finally:
+        gw.close()
+
+
+def test_a_reload_the_store_cannot_note_is_refused_and_reloads_go_on(tmp_path: Path) -> None:
+    """A store that cannot note a new sink (its write lock held past the busy timeout, as
+    by another program, or a full disk) failed the reload half way: its outcome said
+    "applying" for ever and no reload was taken after it. It is refused, nothing
+    changed, and the next one applies."""
+    config = _config(watch_config=False)
+    del config["sources"]
+    gw = GatewayProcess(tmp_path, config)
+    gw.start()
+    try:
+        _edit(gw, _add_sink("two"))
+        with store_write_lock(gw.store_path):
+            status, answer = _reload(gw)
+        assert status == 200 and answer["outcome"] == "refused", answer
+        assert answer["errors"] == [f"store {gw.store_path}: database is locked"], answer
+        assert "two" not in gw.status()["sinks"]
+        assert gw.status()["sinks"]["out"]["state"] == "running"
+        status, answer = _reload(gw)
+        assert answer["outcome"] == "applied", answer
+        wait_for(lambda: "two" in gw.status()["sinks"], 10, "the sink added by the next reload")
     finally:
         gw.close()
 
