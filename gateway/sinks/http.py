@@ -315,8 +315,16 @@ class HttpSinkConfig(SinkConfig):
         Doc("Bytes of a refusing answer's body kept in the dead letter's reason."),
         Range(0, 65536, "must be between 0 and 65536"),
     ] = 512
-    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
-    timeout: Annotated[Duration, Doc("The longest one request may take.")] = 30.0
+    connect_timeout: Annotated[
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("The longest one request may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
 
     def _check_head(self, head: str) -> Iterator[tuple[str, str]]:
         """The url's fixed head: readable, a port in range, a host written out, no
@@ -374,8 +382,6 @@ class HttpSinkConfig(SinkConfig):
             # aiohttp refused every request with a ValueError: the sink crashed and
             # restarted on the same batch for ever
             yield "content_type", "cannot hold a line break or control character"
-        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
-            yield "timeout", "timeouts must be positive"
 
 
 class HttpSink(Sink):

@@ -349,8 +349,16 @@ class RedisSinkConfig(SinkConfig):
         str | None, Doc("Client certificate (PEM) for `rediss://`; goes with `key_file`.")
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
-    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
-    timeout: Annotated[Duration, Doc("The longest one batch may take.")] = 30.0
+    connect_timeout: Annotated[
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("The longest one batch may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         # A key that failed is None here (its problem is reported already).
@@ -395,8 +403,6 @@ class RedisSinkConfig(SinkConfig):
             not self.dedupe_prefix or any(c in self.dedupe_prefix for c in "{} ")
         ):
             yield "dedupe_prefix", "must be a non-empty name without braces or spaces"
-        if any(t is not None and t <= 0 for t in (self.connect_timeout, self.timeout)):
-            yield "timeout", "timeouts must be positive"
         # Set away from its default in a mode that does not read it, a key would be ignored.
         if self.value not in (None, "envelope") and self.mode in ("stream", "hash"):
             yield "value", "value applies only with mode: list or publish"

@@ -215,6 +215,22 @@ def test_more_sinks_than_one_store_keeps_are_refused(tmp_path: Path) -> None:
     assert len(load(path, environ={}).sinks) == 62
 
 
+def test_a_sink_timeout_of_zero_is_refused_under_its_own_key(tmp_path: Path) -> None:
+    # both said "timeout: timeouts must be positive", for connect_timeout: 0s too
+    path = write(
+        tmp_path,
+        """\
+        sinks:
+          cache: {type: redis, url: "redis://127.0.0.1:6379/0", connect_timeout: 0s}
+          hook: {type: http, url: "http://127.0.0.1:9/in", connect_timeout: 1s, timeout: 0s}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3: sinks.cache.connect_timeout: must be more than 0s",
+        f"{path}:4: sinks.hook.timeout: must be more than 0s",
+    ]
+
+
 def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     path.write_text(path.read_text().replace("id: pi-01", f"id: {'x' * 257}"))
