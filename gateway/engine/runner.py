@@ -465,10 +465,14 @@ class SinkRunner:
         self.resting = False
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
+        self._retry_changed = asyncio.Event()
 
     def update(self, config: SinkConfig) -> None:
         """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
-        delivery loop reads them for its next batch."""
+        delivery loop reads them for its next batch; new `retry` settings end the wait
+        for the next try."""
+        if config.retry != self.config.retry:
+            self._retry_changed.set()
         self.config = config
         self.backoff = Backoff(config.retry.initial, config.retry.max)
 
@@ -650,9 +654,16 @@ class SinkRunner:
         )
         await self.close()
         self.resting = True
+        # A reload that changes `retry` (taken in place) ends the wait: with retry.max: 1h
+        # the new settings waited for the old hour's end.
+        self._retry_changed.clear()
+        sleep = asyncio.ensure_future(self.clock.sleep(delay))
+        changed = asyncio.ensure_future(self._retry_changed.wait())
         try:
-            await self.clock.sleep(delay)
+            await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            sleep.cancel()
+            changed.cancel()
             self.resting = False
 
     async def close(self) -> None:

@@ -825,6 +825,28 @@ async def test_a_failing_sink_backs_off_on_the_clock_doubling_up_to_its_cap(
     await stop(runner, task)
 
 
+async def test_new_retry_settings_end_the_wait_for_the_next_try(store: Store) -> None:
+    """`retry` is taken in place by a reload; the wait under way was slept out whole, so
+    a sink on retry.max: 1h tried again an hour later whatever the new settings said.
+    Other new settings (a batch size) leave the wait alone."""
+    start = store.cursor("out")
+    await put(store, 3)
+    clock = FakeClock()
+    runner = runner_for(store, [RetryableError("upstream down")], clock)
+    task = asyncio.ensure_future(runner.run())
+    await clock.sleeps(1)  # the first wait, and the clock never moves
+    assert runner.resting and len(clock.slept) == 1
+    config = runner.config
+    runner.update(dataclasses.replace(config, batch=BatchSettings(max_rows=10)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.resting and runner.delivered == 0, "not a retry change: still waiting"
+    runner.update(dataclasses.replace(config, retry=RetrySettings(initial=0.1, max=1.0)))
+    await until(lambda: runner.delivered == 3)
+    assert store.cursor("out") == start + 3 and len(clock.slept) == 1
+    await stop(runner, task)
+
+
 async def test_refused_rows_are_dead_lettered_and_a_permanent_error_stops_the_sink(
     store: Store,
 ) -> None:
