@@ -1082,6 +1082,12 @@ class Config:
     # The references between sections are checked even when a section has problems
     # of its own; a field or an entry that failed is None here.
     check_incomplete: ClassVar[bool] = True
+    # Keys a user may write for one of ours, named by what the docs and /api/status call
+    # it: `store: {max_bytes: ...}` was met with "did you mean 'sources'?".
+    key_hints: ClassVar[dict[str, str]] = {
+        "store": "did you mean 'buffer'? the store's max_bytes, overflow and synchronous"
+        " are set there"
+    }
 
     def _check_alerts_topic(self) -> Iterator[tuple[str, str]]:
         """`alerts.mqtt_topic` with this gateway's id in `{gateway}`: the section's own

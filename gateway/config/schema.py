@@ -476,9 +476,12 @@ def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> An
         problems.add(path, f"expected a mapping, got {type(value).__name__} {value!r}")
         return None
     hints, fields = _fields(cls)
+    hints_for: dict[str, str] = getattr(cls, "key_hints", {})
     for key in value:
         if key not in fields:
-            problems.add((*path, str(key)), f"unknown key{did_you_mean(str(key), fields)}")
+            hint = hints_for.get(str(key))
+            said = f" ({hint})" if hint else did_you_mean(str(key), fields)
+            problems.add((*path, str(key)), f"unknown key{said}")
     before = len(problems.items)
     kwargs: dict[str, Any] = {}
     complete = True

@@ -231,6 +231,16 @@ def test_a_sink_timeout_of_zero_is_refused_under_its_own_key(tmp_path: Path) -> 
     ]
 
 
+def test_a_store_section_is_pointed_to_buffer(tmp_path: Path) -> None:
+    # /api/status and the docs say store.max_bytes; the key was met with "did you mean
+    # 'sources'?"
+    path = write(tmp_path, "store: {max_bytes: 1GiB}\n")
+    assert problems(path) == [
+        f"{path}:2: store: unknown key (did you mean 'buffer'? the store's max_bytes,"
+        " overflow and synchronous are set there)"
+    ]
+
+
 def test_a_gateway_id_too_long_for_a_topic_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     path.write_text(path.read_text().replace("id: pi-01", f"id: {'x' * 257}"))
