@@ -33,6 +33,7 @@ from gateway.config.schema import (
     check_location,
     did_you_mean,
     mask_password,
+    port_number,
     post_url_problem,
     redis_url_problem,
     url_syntax_problem,
@@ -324,7 +325,7 @@ class MqttSection:
                     )
         yield from client_cert_problems(self.cert_file, self.key_file)
         host, _, port = self.embedded_listen.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        if not host or port_number(port) is None:
             yield (
                 "embedded_listen",
                 f"{self.embedded_listen!r} must read host:port, e.g. 127.0.0.1:1883",

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.config.units import parse_duration, parse_size
+from gateway.config.units import ascii_int, parse_duration, parse_size
 
 Path = tuple[str | int, ...]
 # What a config class's `check()` yields: the key below it that a problem is about
@@ -465,8 +465,10 @@ def _bounds(cls: type) -> tuple[tuple[str, Range], ...]:
 
 
 def _index_or_name(part: str) -> int | str:
-    """A part of a dotted key: a list's index (a number of ASCII digits), else a name."""
-    return int(part) if part.isascii() and part.isdigit() and len(part) < 19 else part
+    """A part of a dotted key: a list's index (a number of ASCII digits, written as
+    check() writes one), else a name: a field path's `00` or `0`*5000 is said as written."""
+    index = ascii_int(part, 18)
+    return index if index is not None and str(index) == part else part
 
 
 def build_dataclass(cls: type, value: Any, path: Path, problems: Problems) -> Any:
@@ -582,6 +584,14 @@ def check_identifier(name: str) -> Iterator[str]:
         )
 
 
+def port_number(text: str) -> int | None:
+    """The port from 1 to 65535 that `text` writes in at most 5 ASCII digits, or None. (The
+    drivers and the broker read it again with int(), which refuses text of over 4300 digits,
+    leading zeros included: `127.0.0.1:` and 5000 zeros then 1883 is refused here.)"""
+    port = ascii_int(text, 5) if len(text) <= 5 else None
+    return port if port is not None and 1 <= port <= 65535 else None
+
+
 def check_location(hostport: str) -> str | None:
     """Why `host[:port]` from a DSN is not usable, or None. An IPv6 address is written
     in brackets, `[::1]:5432`; a port is a number from 1 to 65535.
@@ -607,7 +617,7 @@ def check_location(hostport: str) -> str | None:
             if ":" in host:
                 return "write an IPv6 address in brackets, e.g. [::1]:5432"
             port = after
-    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    if port is not None and port_number(port) is None:
         return "the port is not a number from 1 to 65535"
     return None
 

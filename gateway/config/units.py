@@ -1,4 +1,4 @@
-"""Durations (`250ms`, `10s`, `5m`) and sizes (`512MiB`) as written in configs."""
+"""Durations (`250ms`, `10s`, `5m`), sizes (`512MiB`) and numbers as written in configs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,19 @@ _SIZE_UNITS = {
     "GiB": 2**30,
     "TiB": 2**40,
 }
+
+
+def ascii_int(text: str, max_digits: int) -> int | None:
+    """The number `text` writes in ASCII digits, or None: for other text (str.isdigit takes
+    `²`, which int() refuses) and for a number of more than `max_digits` digits. Leading
+    zeros do not count, and are stripped before int(), which refuses text of over 4300
+    digits, zeros included (a port or an index of 5000 zeros was a traceback)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    if len(digits) > max_digits:
+        return None
+    return int(digits) if digits else 0
 
 
 def parse_duration(value: object) -> float:

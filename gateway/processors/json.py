@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
 from gateway.config.schema import Doc
+from gateway.config.units import ascii_int
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -159,26 +160,36 @@ def check_path(path: str) -> str | None:
 # has at most 32768): it is read as this many, int() refusing text of over 4300 digits.
 LEVEL_DIGITS = 9
 LEVEL_PAST = 1_000_000_000  # 10**LEVEL_DIGITS
+# An array index of more digits than this names an item no array has.
+INDEX_DIGITS = 18
+# The indexes most paths name, read once: a step into an array is taken for every reading,
+# and a dict's get costs less than reading the digits again each time (ascii_int reads
+# the others: `01`, `256`, `0`*5000).
+_INDEXES = {str(i): i for i in range(256)}
 
 
 def level_number(text: str) -> int | None:
     """The topic level that `text` names (`0` the first, `-1` the last), or None when it
-    is no level number. `topic.<5000 digits>` was a traceback from check-config."""
-    if not re.fullmatch(r"-?\d+", text):
+    is no level number (ASCII digits only). `topic.<5000 digits>` was a traceback from
+    check-config; so, its zeros counted by int(), was `topic.<5000 zeros>`."""
+    if not re.fullmatch(r"-?[0-9]+", text):
         return None
-    if len(text.lstrip("-").lstrip("0")) > LEVEL_DIGITS:
-        return -LEVEL_PAST if text.startswith("-") else LEVEL_PAST
-    return int(text)
+    level = ascii_int(text.lstrip("-"), LEVEL_DIGITS)
+    if level is None:
+        level = LEVEL_PAST
+    return -level if text.startswith("-") else level
 
 
 def array_index(part: str, length: int) -> int | None:
     """The index of an array of `length` items that the path part `part` names, or None.
     Only ASCII digits index (str.isdigit takes `²`, which int() refuses: a path `a.²` on
-    an array was an internal error at every FlowFile), and no more of them than `length`
-    has (int() refuses text of over 4300 digits)."""
-    if not (part.isascii() and part.isdigit()) or len(part.lstrip("0")) > len(str(length)):
-        return None
-    index = int(part)
+    an array was an internal error at every FlowFile), and so many of them as int() takes
+    (it refuses text of over 4300 digits, leading zeros included)."""
+    index = _INDEXES.get(part)
+    if index is None:
+        index = ascii_int(part, INDEX_DIGITS)
+        if index is None:
+            return None
     return index if index < length else None
 
 
@@ -190,8 +201,13 @@ def lookup(value: Any, parts: tuple[str, ...]) -> Any:
             if value is MISSING:
                 return MISSING
         elif type(value) is list:
-            index = array_index(part, len(value))
+            # (array_index inlined: this runs for every reading)
+            index = _INDEXES.get(part)
             if index is None:
+                index = ascii_int(part, INDEX_DIGITS)
+                if index is None:
+                    return MISSING
+            if index >= len(value):
                 return MISSING
             value = value[index]
         else:

@@ -198,7 +198,7 @@ def _check_group(group_by: str) -> str | None:
     if group_by == "topic":
         return None
     if group_by.startswith("topic."):
-        if re.fullmatch(r"-?\d+", group_by[6:]):
+        if level_number(group_by[6:]) is not None:
             return None
         return f"{group_by!r}: topic.N needs a level number (0 is the first, -1 the last)"
     if group_by.startswith("field."):
@@ -393,7 +393,9 @@ class WindowProcessorConfig:
                 yield "group_by", problem
         for m in _PLACEHOLDER.finditer(self.topic):
             name = m.group(1)
-            if name not in ("topic", "group") and not re.fullmatch(r"topic\.-?\d+", name):
+            if name not in ("topic", "group") and not (
+                name.startswith("topic.") and level_number(name[6:]) is not None
+            ):
                 yield (
                     "topic",
                     f"unknown placeholder {{{name}}} (use {{topic}}, {{topic.N}}, {{group}})",

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config import secrets
 from gateway.config.load import load, load_data, parse_text
-from gateway.config.units import parse_duration, parse_size
+from gateway.config.units import ascii_int, parse_duration, parse_size
 from gateway.core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -155,6 +155,85 @@ def test_an_embedded_listen_port_in_another_script_is_a_problem_not_a_traceback(
     assert problems(path) == [
         f"{path}:2: mqtt.embedded_listen: '127.0.0.1:²' must read host:port, e.g. 127.0.0.1:1883"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "most", "number"),
+    [("0", 1, 0), ("007", 1, 7), ("0" * 5000, 1, 0), ("0" * 5000 + "12", 2, 12),
+     ("123", 2, None), ("9" * 5000, 18, None), ("²", 5, None), ("٣", 5, None), ("", 5, None),
+     ("-1", 5, None), ("+1", 5, None), (" 1", 5, None), ("1_0", 5, None)],
+)  # fmt: skip
+def test_ascii_int_reads_ascii_digits_of_at_most_so_many_after_the_zeros(
+    text: str, most: int, number: int | None
+) -> None:
+    assert ascii_int(text, most) == number
+
+
+def test_a_field_path_of_digits_is_said_as_written(tmp_path: Path) -> None:
+    # a part of leading zeros was said as a list index (fields.0..x for '00..x')
+    path = write(
+        tmp_path,
+        """\
+        sources: {host: {type: system}}
+        routes:
+          r:
+            match: "#"
+            sinks: [k]
+            processors: [{type: deadband, fields: {"00..x": {absolute: 1}}}]
+        sinks: {k: {type: file}}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:7: routes.r.processors.0.fields.00..x: '00..x' is not a field path (names"
+        " joined by '.', e.g. 'meta.site')"
+    ]
+
+
+@pytest.mark.parametrize("port", ["9" * 5000, "0" * 5000 + "1883"])
+def test_a_port_of_more_digits_than_int_takes_is_a_problem_not_a_traceback(
+    tmp_path: Path, port: str
+) -> None:
+    # int() refuses text of over 4300 digits, leading zeros included: check-config was a
+    # ValueError traceback for each
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{embedded_listen: '127.0.0.1:{port}'}}
+        state:
+          replicate: {{redis: "redis://127.0.0.1:{port}/0"}}
+        web: {{listen: '127.0.0.1:{port}'}}
+        """,
+    )
+    found = problems(path)
+    no_port = "the port is not a number from 1 to 65535"
+    assert found[0] == (
+        f"{path}:2: mqtt.embedded_listen: '127.0.0.1:{port}' must read host:port, e.g."
+        " 127.0.0.1:1883"
+    )
+    assert found[1:] == [
+        f"{path}:5: web.listen: '127.0.0.1:{port}' must read host:port, e.g. 127.0.0.1:8080"
+        f" ({no_port})",
+        f"{path}:4: state.replicate.redis: {no_port}",
+    ]
+
+
+def test_a_filter_on_a_topic_level_of_5000_zeros_is_level_0(tmp_path: Path) -> None:
+    # int() counted the zeros the digit count had stripped: a check-config traceback
+    zeros = "0" * 5000
+    path = write(
+        tmp_path,
+        f"""\
+        sources: {{host: {{type: system}}}}
+        routes:
+          r:
+            match: "#"
+            sinks: [k]
+            processors: [{{type: filter, all: [{{topic: "{zeros}", op: eq, value: x}}]}}]
+        sinks: {{k: {{type: file}}}}
+        """,
+    )
+    (route,) = load(path, environ={}).routes.values()
+    assert route.processors[0].all[0].topic == zeros
 
 
 def test_a_choice_written_in_capitals_is_suggested_in_lowercase(tmp_path: Path) -> None:
