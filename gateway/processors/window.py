@@ -26,8 +26,8 @@ on with the gateway's clock, so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
 A clock set back (a board without RTC that ran ahead, corrected by NTP) closes early
-("early": true) the windows that start more than their own length after its new time,
-rather than keep them open until it comes back to them.
+("early": true) the windows that start more than their own length (a session: its gap)
+after its new time, rather than keep them open until it comes back to them.
 Windows close in order of their end (then start, then group). Count windows close
 on their count only (event time orders first, last and rate; allowed_lateness, late
 and idle are refused).
@@ -845,23 +845,28 @@ class WindowProcessor(Processor):
         return self._close_until(wm)
 
     def _close_ahead(self, now_ns: int) -> list[FlowFile]:
-        """Processing time: the windows that start more than their own length after
-        `now_ns`, closed early. The clock was set back (a board without RTC that ran
-        ahead, corrected by NTP; a restart on a clock behind the one the state was written
-        on): they waited for it to come back to them, a year later maybe, while the
-        readings went to the windows of the new time. One set back by less waits."""
+        """Processing time: the windows that start more than their own length (a
+        session: its gap) after `now_ns`, closed early. The clock was set back (a board
+        without RTC that ran ahead, corrected by NTP; a restart on a clock behind the one
+        the state was written on): they waited for it to come back to them, a year later
+        maybe, while the readings went to the windows of the new time. One set back by
+        less waits. A session's length grows with its readings: a session of 10 days,
+        the clock set back a day before it, waited, and then took the readings of both
+        sides of the step; its gap is what a reading must be within to join it."""
         kv = self.kv
         assert kv is not None
+        session = self.config.kind == "session"
+        gap = self._gap
         ahead = sorted(
             (acc["e"], acc["s"], acc["g"], key)
             for key, acc in kv.items()
-            if key != META and acc["s"] - now_ns > acc["e"] - acc["s"]
+            if key[:1] != "~" and acc["s"] - now_ns > (gap if session else acc["e"] - acc["s"])
         )
         out = []
         for _end, _start, group, key in ahead:
             acc = kv.get(key)
             kv.delete(key)
-            if self.config.kind == "session":
+            if session:
                 self._forget_session(group, key)
             if (early := self._early(acc)) is not None:
                 self.early += 1

@@ -1150,6 +1150,25 @@ def test_a_clock_set_back_far_closes_the_windows_ahead_of_it_early(kind: dict[st
     assert [(o["group"], o["early"]) for o in outputs(again.tick(clock.ns))] == [("dev/c", True)]
 
 
+def test_a_clock_set_back_before_a_long_session_closes_it_early() -> None:
+    """A session's length grows with its readings: one of 10 days, the clock set back a
+    day before its start (less than its length), stayed open, and when the clock came
+    back to it the session of the readings after the step ran into it and took them."""
+    clock = FakeClock()
+    processor = make({"kind": "session", "gap": "1h", "aggregates": {"v": ["sum"]}}, clock)
+    start = clock.ns
+    for _ in range(10 * 24):
+        assert processor.process(reading(clock.ns, "a", 1)) == []
+        clock.ns += 3600 * S - S
+    assert processor.tick(clock.ns) == []
+    clock.ns = start - 86400 * S
+    assert processor.process(reading(clock.ns, "a", 5)) == []
+    (early,) = outputs(processor.tick(clock.ns))
+    assert (early["count"], early["v"]["sum"], early["early"]) == (240, 240, True)
+    later = outputs(processor.tick(clock.ns + 2 * 3600 * S))
+    assert [(o["count"], o["v"]["sum"], "early" in o) for o in later] == [(1, 5, False)]
+
+
 def test_a_median_at_a_rank_of_whole_numbers_is_written_as_a_float() -> None:
     aggregates = {"v": ["median", "percentile(0)"]}
     processor = make({"kind": "count", "count": 3, "aggregates": aggregates})
