@@ -25,9 +25,11 @@ whose windows have all closed is late: counted and dropped, or dead-lettered wit
 on with the gateway's clock, so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
-A clock set back (a board without RTC that ran ahead, corrected by NTP) closes early
-("early": true) the windows that start more than their own length (a session: its gap)
-after its new time, rather than keep them open until it comes back to them.
+A clock seen going back while the gateway runs (a board without RTC that ran ahead,
+corrected by NTP) closes early ("early": true) the windows that start more than their
+own length (a session: its gap) after its new time, rather than keep them open until it
+comes back to them. A restart on a clock behind the state's closes nothing early: at
+boot the clock may not be set yet, and the windows wait for it.
 Windows close in order of their end (then start, then group). Count windows close
 on their count only (event time orders first, last and rate; allowed_lateness, late
 and idle are refused).
@@ -715,7 +717,9 @@ class WindowProcessor(Processor):
             kv.put(META, meta)
         self._meta = meta
         self._mono_at_max = self.ctx.clock.monotonic()
-        self._clock_seen = None  # the clock may be behind the one the state was written on
+        # the clock may be behind the one the state was written on, and not yet set: a
+        # set back is seen from tick to tick, not against the state's times
+        self._clock_seen = None
         converted = False
         for key, acc in kv.items():
             if key == META or key.startswith(CHUNK):
@@ -826,7 +830,10 @@ class WindowProcessor(Processor):
             return []
         if not self._event:
             out = self._close_until(now_ns)
-            if self._clock_seen is None or now_ns < self._clock_seen:
+            # Only a clock seen going back while running: the first tick after a restore
+            # may come on a clock not yet set (a Pi booting on fake-hwclock's time, or in
+            # 1970, seconds before NTP), and buffered windows are not closed on it alone.
+            if self._clock_seen is not None and now_ns < self._clock_seen:
                 out += self._close_ahead(now_ns)
             self._clock_seen = now_ns
             return out
@@ -845,14 +852,14 @@ class WindowProcessor(Processor):
         return self._close_until(wm)
 
     def _close_ahead(self, now_ns: int) -> list[FlowFile]:
-        """Processing time: the windows that start more than their own length (a
-        session: its gap) after `now_ns`, closed early. The clock was set back (a board
-        without RTC that ran ahead, corrected by NTP; a restart on a clock behind the one
-        the state was written on): they waited for it to come back to them, a year later
-        maybe, while the readings went to the windows of the new time. One set back by
-        less waits. A session's length grows with its readings: a session of 10 days,
-        the clock set back a day before it, waited, and then took the readings of both
-        sides of the step; its gap is what a reading must be within to join it."""
+        """Processing time, the clock seen going back while running: the windows that
+        start more than their own length (a session: its gap) after `now_ns`, closed
+        early. The clock was set back (a board without RTC that ran ahead, corrected by
+        NTP): they waited for it to come back to them, a year later maybe, while the
+        readings went to the windows of the new time. One set back by less waits. A
+        session's length grows with its readings: a session of 10 days, the clock set
+        back a day before it, waited, and then took the readings of both sides of the
+        step; its gap is what a reading must be within to join it."""
         kv = self.kv
         assert kv is not None
         session = self.config.kind == "session"
