@@ -167,7 +167,12 @@ class DeadbandProcessor(Processor):
         now = self.ctx.clock.now_ns()
         entry = kv.get(group)
         passes = entry is None or self._moved(entry["v"], values)
-        if not passes and self._beat_due(now, entry["at"]):
+        # A clock set back by more than a heartbeat (a board without RTC that ran ahead,
+        # corrected by NTP) owes it too, the silence counted from the new time: else none
+        # went until the clock came back to `at`, years later maybe. (Inline: this runs
+        # for every reading dropped.)
+        hb = self._heartbeat
+        if not passes and hb is not None and abs(now - entry["at"]) >= hb:
             passes = True
         record = {
             "v": entry["v"] if entry is not None else {},
@@ -226,23 +231,15 @@ class DeadbandProcessor(Processor):
                     return True
         return False
 
-    def _beat_due(self, now: int, at: int) -> bool:
-        """Whether a group last sent at wall time `at` is owed its heartbeat at `now`. A
-        clock set back by more than a heartbeat (a board without RTC that ran ahead,
-        corrected by NTP; a restart on a clock behind the one its state was written on)
-        owes it too, and the silence is counted again from the new time: else no
-        heartbeat went until the clock came back to `at`, years later maybe."""
-        heartbeat = self._heartbeat
-        return heartbeat is not None and (now - at >= heartbeat or at - now > heartbeat)
-
     def tick(self, now_ns: int) -> list[FlowFile]:
-        if self._heartbeat is None:
+        hb = self._heartbeat
+        if hb is None:
             return []
         kv = self.kv
         assert kv is not None
         out = []
         for group, entry in kv.items():
-            if self._beat_due(now_ns, entry["at"]):
+            if abs(now_ns - entry["at"]) >= hb:  # (a clock set back by one too: see process)
                 entry["at"] = now_ns
                 # The heartbeat sent the last reading: its values are the last sent now.
                 # Compared with the older ones, a value going back was not passed
