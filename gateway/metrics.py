@@ -310,7 +310,7 @@ PROCESSOR_METRICS = (
     ("evicted", "edge_stream_processor_state_evicted", "counter", "State keys evicted over budget"),
     ("open", "edge_stream_window_open", "gauge", "Open windows of a window processor"),
     ("late", "edge_stream_window_late", "counter", "Late readings (dropped or dead-lettered)"),
-    ("early", "edge_stream_window_early_closed", "counter", "Windows closed early (max_state)"),
+    ("early", "edge_stream_window_early_closed", "counter", "Windows closed early (budget, clock)"),
     ("dropped", "edge_stream_window_dropped", "counter", "Open windows dropped: config changed"),
 )
 

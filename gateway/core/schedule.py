@@ -32,9 +32,10 @@ COUNT_MAX = 1000  # missed cron times counted one by one; beyond, estimated
 POLLED_KEPT = 8  # the latest cron times polled, kept to skip after a step back
 WALL_CHECK_S = 60.0  # the longest sleep toward a cron time before the wall clock is read again
 MISSED = ("skip", "catch_up")
-# The longest `interval` (and retry wait) a source may have: 100 years. The next run's time
-# is shown as a UTC date, and one past the year 9999 (`interval: 1e12`) made every
-# /api/status a 500, and crashed the alerts and the stats with it, again each second.
+# The longest `interval` a polled source may have, and a window's size, every and gap and a
+# deadband's heartbeat (gateway.processors.window): 100 years. The next run's time is shown
+# as a UTC date, and one past the year 9999 (`interval: 1e12`) made every /api/status a
+# 500, and crashed the alerts and the stats with it, again each second.
 INTERVAL_MAX = 100 * 365 * 86400
 # croniter's `R` (a random value, drawn again each time the expression is read: at each run
 # and each wall clock check, so `R * * * *` polled at a new random minute each time, three

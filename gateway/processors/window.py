@@ -118,6 +118,7 @@ from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Processor
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.state import State
 from gateway.core.topics import validate_topic
 from gateway.processors.json import (
@@ -162,7 +163,7 @@ TOPICS_BYTES = 4 << 20
 # 9999 (below 1ms, `size: 1e-12` was 0 ns, a ZeroDivisionError on every reading; past the
 # years, `size: 1e30` made windows whose end no output can write).
 MIN_SPAN = 0.001
-MAX_SPAN = 100 * 365 * 86400
+MAX_SPAN = INTERVAL_MAX  # the polled sources' longest interval: one bound for both
 SPAN_BOUNDS = "must be between 1ms and 100 years"
 
 # The config keys that shape the open windows: a change to one drops them (see State).
@@ -647,7 +648,9 @@ class WindowProcessor(Processor):
         self.kv = State(ctx.name, c.max_state, size=self._state_size)
         self.late = 0
         self.dropped = 0  # open windows dropped because the config that made them changed
-        self.early = 0  # windows closed early over the state budget, since start
+        # windows closed early (over the state budget, or the clock set back far
+        # behind them), since start
+        self.early = 0
         self._fp = fingerprint(c)
         self._heap: list[tuple[int, int, str, str]] = []  # (end, start, group, key)
         self._sessions: dict[str, list[str]] = {}  # group -> keys of its open sessions
@@ -659,8 +662,9 @@ class WindowProcessor(Processor):
         return {"wm": None, "mx": None, "late": late, "dropped": dropped, "fp": self._fp}
 
     def status(self) -> dict[str, object]:
-        """open windows, late readings, windows closed early (over `max_state`) and
-        dropped (a config change), with the state's keys, bytes and evictions."""
+        """open windows, late readings, windows closed early (over `max_state`, or the
+        clock set back far behind them) and dropped (a config change), with the state's
+        keys, bytes and evictions."""
         kv = self.kv
         assert kv is not None
         return {
@@ -806,9 +810,9 @@ class WindowProcessor(Processor):
         return out
 
     def _early(self, acc: dict[str, Any]) -> FlowFile | None:
-        """The output of a window evicted over the state budget, or None when it holds
-        no reading not emitted yet: a count window's next one, still empty, or a sliding
-        count window's buffer just emitted."""
+        """The output of a window closed early (evicted over the state budget, or the clock
+        set back far behind it), or None when it holds no reading not emitted yet: a count
+        window's next one, still empty, or a sliding count window's buffer just emitted."""
         if "buf" in acc or "z" in acc:  # a sliding count window: its buffer, as a window
             rows = self._rows(acc)
             self._drop_chunks(acc)

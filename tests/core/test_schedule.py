@@ -15,7 +15,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.schedule import Schedule, cron_problem
+from gateway.core.schedule import INTERVAL_MAX, Schedule, cron_problem
 from gateway.engine.runner import Ingest, SourceRunner
 
 pytestmark = pytest.mark.unit
@@ -168,7 +168,7 @@ def test_an_interval_past_100_years_is_refused(source: dict[str, Any], low: str)
 
 async def test_the_next_run_of_an_interval_of_100_years_is_shown() -> None:
     clock = FakeClock(1000.0, wall("2024-03-01T10:03:00"))
-    source = Counting(clock, Schedule(interval=100 * 365 * 86400.0))
+    source = Counting(clock, Schedule(interval=float(INTERVAL_MAX)))
     runner, task = await run_with(source, clock)
     await steps(clock, 2)
     assert len(source.polls) == 1
