@@ -88,6 +88,7 @@ from gateway.config.load import (
     read_text,
 )
 from gateway.config.model import Config, GatewaySection, path_problem
+from gateway.config.units import ascii_int
 from gateway.core.errors import ConfigError
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
@@ -1331,9 +1332,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     # The first one is the positional; any after it are said as unrecognized (not the
     # positional with them: `config rollback -c A V extra` named V, the right VERSION).
     first = extra[0] if extra else "--"
-    if late == "seq" and extra and all(x.isascii() and x.isdigit() for x in extra):
+    seqs = [ascii_int(x, 19) for x in extra]
+    if late == "seq" and extra and None not in seqs:
         # `dead-letters replay -c FILE 3 4`: the numbers after the option, the same way
-        args.seq, extra = [*args.seq, *map(int, extra)], []
+        args.seq, extra = [*args.seq, *(s for s in seqs if s is not None)], []
     elif late and getattr(args, late) is None and (first == "-" or first[:1] != "-"):
         setattr(args, late, first)
         extra = extra[1:]

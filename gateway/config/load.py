@@ -40,6 +40,7 @@ from gateway.config import files, secrets
 from gateway.config.model import Config, GatewaySection
 from gateway.config.schema import Path as KeyPath
 from gateway.config.schema import Problems, WrittenFloat, WrittenInt, build_dataclass
+from gateway.config.units import ascii_int
 from gateway.core.errors import ConfigError
 from gateway.core.redact import written_forms
 
@@ -592,7 +593,8 @@ def _step(
     override of a list's item (EDGE_STREAM__ROUTES__R__PROCESSORS__0__SIZE) replaced the
     whole list with a mapping, and the problem then named the file's line."""
     if isinstance(node, list):
-        if not (part.isascii() and part.isdigit() and int(part) < len(node)):
+        index = ascii_int(part, 9)
+        if index is None or index >= len(node):
             where = ".".join(str(p) for p in path)
             raise ConfigError(
                 f"{var}: {where} is a list of {len(node)}; {part!r} is not an index in it"
@@ -600,7 +602,7 @@ def _step(
                 if node
                 else f"{var}: {where} is an empty list; there is no item to override"
             )
-        return int(part), node[int(part)]
+        return index, node[index]
     key = _match_key(node, part)
     return key, node.get(key)
 

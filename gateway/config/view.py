@@ -33,7 +33,7 @@ from gateway.config.load import apply_env, load_data, parse_file
 from gateway.config.model import Config
 from gateway.config.schema import DURATION, SIZE, key_of, mask_password
 from gateway.config.secrets import is_secret_key
-from gateway.config.units import duration_text, size_text
+from gateway.config.units import ascii_int, duration_text, size_text
 
 REDACTED = "***"
 _ENC = re.compile(r"ENC\([^)]*\)")
@@ -191,8 +191,8 @@ def _at(data: Any, path: tuple[str, ...]) -> Any:
     for step in path:
         if isinstance(data, dict) and step in data:
             data = data[step]
-        elif isinstance(data, list) and step.isascii() and step.isdigit() and int(step) < len(data):
-            data = data[int(step)]
+        elif isinstance(data, list) and (i := ascii_int(step, 9)) is not None and i < len(data):
+            data = data[i]
         else:
             return _ABSENT
     return data

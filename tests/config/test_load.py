@@ -810,6 +810,11 @@ def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
     assert problems(path, {var: "5m"}) == [
         f"{var}: routes.r.processors is a list of 2; '2' is not an index in it (0 to 1)"
     ]
+    # an index of more digits than int() reads (4300) was a ValueError traceback
+    var = "EDGE_STREAM__ROUTES__R__PROCESSORS__" + "9" * 5000 + "__SIZE"
+    assert problems(path, {var: "5m"}) == [
+        f"{var}: routes.r.processors is a list of 2; '{'9' * 5000}' is not an index in it (0 to 1)"
+    ]
 
 
 def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
