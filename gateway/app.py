@@ -738,15 +738,6 @@ WATCH_SETTLE = 1.0  # a change must hold still this long before it is read
 Outcome = dict[str, Any]
 
 
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    """What tells a changed config file: mtime_ns, size, inode (None: it is missing)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 class Reloads:
     """Every reload trigger (SIGHUP, the file watcher, the API) goes through here.
 
@@ -770,7 +761,7 @@ class Reloads:
         self._tried_hash: str | None = None  # the text the last attempt read
         self._tried_text: str | None = None
         self._running_text: str | None = None  # the text of the config that runs
-        self._stamp = None if path is None else _file_stamp(path)
+        self._stamp = None if path is None else files.stamp(path)
         if path is not None:
             try:
                 text = read_text(path)
@@ -802,7 +793,7 @@ class Reloads:
     def settle(self, text: str) -> None:
         """The file was put back to `text` (a remote config not applied): not a change."""
         assert self.path is not None
-        self._stamp = _file_stamp(self.path)
+        self._stamp = files.stamp(self.path)
         self._tried_hash = files.text_hash(text)
         self._tried_text = text
 
@@ -832,7 +823,7 @@ class Reloads:
     async def _attempt(self, trigger: str) -> Outcome:
         path = self.path
         assert path is not None
-        self._stamp = _file_stamp(path)  # what this attempt reads; the watcher starts here
+        self._stamp = files.stamp(path)  # what this attempt reads; the watcher starts here
         errors: list[str] = []
         new: Config | None = None
         try:
@@ -916,9 +907,9 @@ class Reloads:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             if not self.gateway.config.gateway.watch_config or self.stopping():
-                self._stamp, seen = _file_stamp(path), None
+                self._stamp, seen = files.stamp(path), None
                 continue
-            stamp = _file_stamp(path)
+            stamp = files.stamp(path)
             if stamp == self._stamp:
                 seen = None
                 continue

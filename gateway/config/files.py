@@ -58,6 +58,20 @@ def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -
         return f.read(limit)
 
 
+Stamp = tuple[int, int, int]
+
+
+def stamp(path: str | os.PathLike[str]) -> Stamp | None:
+    """What tells a changed file: its mtime_ns, size and inode (None: it is missing or
+    cannot be looked at). The inode tells a file renamed over it, or a symbolic link moved
+    to a new one (as certbot renews), even with the same size and time."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def text_hash(text: str) -> str:
     """The config text's identity: the first 12 hex digits of its SHA-256."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]

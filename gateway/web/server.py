@@ -82,8 +82,9 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
+from gateway.config import files
 from gateway.config.model import WebSection
-from gateway.config.tls import ServedTlsError, served_tls
+from gateway.config.tls import ServedTlsError, load_served, served_tls
 from gateway.core.errors import ConfigError
 from gateway.engine.console import preview_text
 from gateway.engine.status import StatusView
@@ -192,7 +193,7 @@ class WebServer:
         self._closing = asyncio.Event()
         self._status_doc: tuple[float, bytes] = (-1.0, b"")
         self.secure = bool(config.tls_cert)
-        self._tls_files: tuple[tuple[int, int, int] | None, ...] = ()
+        self._tls_files: tuple[files.Stamp | None, ...] = ()
         self._context: ssl.SSLContext | None = None  # served to new connections
 
     def _known_hosts(self) -> set[str]:
@@ -276,61 +277,69 @@ class WebServer:
         except ServedTlsError as err:
             raise ConfigError(f"web.{err.key}: {err}") from err
 
-    def _tls_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
-        """What tells the certificate files changed: each one's mtime, size and inode (a
-        renewal written over it, or a symbolic link moved to a new one, as certbot does)."""
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in (self.config.tls_cert, self.config.tls_key) if self.secure else ():
-            try:
-                st = os.stat(str(path))
-                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
+    def _tls_stamp(self) -> tuple[files.Stamp | None, ...]:
+        """What tells the certificate files changed (see `files.stamp`)."""
+        if not self.secure:
+            return ()
+        return (files.stamp(str(self.config.tls_cert)), files.stamp(str(self.config.tls_key)))
 
     async def renew_tls(self) -> bool:
         """Serve the certificate files anew when they changed since they were read (a
-        renewal written over them, then a reload): the listening socket is opened again
-        with them, while the open connections and the sessions stay. True when it did.
-        Files that cannot be served (changed since the reload's config check read them)
-        leave the certificate served as it was, said in a WARNING."""
-        if self._listener is None or self._closing.is_set():
+        renewal written over them, then a reload); True when it did. They are loaded into
+        the context the listening socket serves: new connections get the new certificate,
+        open ones keep theirs, and the socket stays open (no connection refused meanwhile,
+        no port to lose to another program). Files that cannot be served (changed since
+        the reload's config check read them) leave the certificate served as it was, said
+        in a WARNING."""
+        if self._listener is None or self._context is None or self._closing.is_set():
             return False
-        stamp = self._tls_stamp()
+        # a stat and a read of a few kB each, off the loop all the same (a slow disk)
+        stamp = await asyncio.to_thread(self._tls_stamp)
         if stamp == self._tls_files:
             return False
         try:
-            context = self._tls()
+            checked = await asyncio.to_thread(self._tls)  # a context of its own: the check
         except ConfigError as err:
             log.warning("web: %s; the console serves the certificate it had", err)
             return False
+        if self._closing.is_set() or self._listener is None:
+            return False  # stopped meanwhile
+        try:
+            # on the loop: handshakes use this context, so it must not change under one
+            load_served(self._context, str(self.config.tls_cert), str(self.config.tls_key))
+        except ServedTlsError as err:
+            # changed again since the check: a failed load may leave the context with the
+            # new certificate and no key, so the socket is opened anew with the checked one
+            log.warning("web: web.%s: %s; listening anew with the files as checked", err.key, err)
+            return await self._listen_anew(stamp, checked)
+        self._tls_files = stamp
+        return True
+
+    async def _listen_anew(
+        self, stamp: tuple[files.Stamp | None, ...], context: ssl.SSLContext
+    ) -> bool:
+        """Close the listening socket and listen again serving `context` (the open
+        connections stay, with the TLS they began with)."""
+        assert self._listener is not None
         host, _, port = self.config.listen.rpartition(":")
-        old = self._listener
-        old.close()  # the open connections stay (and keep the TLS they began with)
+        self._listener.close()
+        self._listener = None
         loop = asyncio.get_running_loop()
         try:
-            self._listener = await loop.create_server(
+            listener = await loop.create_server(
                 self._admit, host.strip("[]"), int(port), ssl=context, backlog=128
             )
-        except OSError as err:  # the port, taken in between: listen as before
-            try:
-                self._listener = await loop.create_server(
-                    self._admit, host.strip("[]"), int(port), ssl=self._context, backlog=128
-                )
-            except OSError:
-                self._listener = None
+        except OSError as err:  # the port, taken in between
             log.error(
-                "web: cannot listen on %s again (%s); %s",
+                "web: cannot listen on %s again (%s); restart the gateway",
                 self.config.listen,
                 err.strerror or err,
-                "serving the certificate it had" if self._listener else "restart the gateway",
             )
             return False
         if self._closing.is_set():  # stopped meanwhile: the new socket goes too
-            self._listener.close()
-            self._listener = None
+            listener.close()
             return False
-        self._tls_files, self._context = stamp, context
+        self._listener, self._tls_files, self._context = listener, stamp, context
         return True
 
     async def stop(self) -> bool:

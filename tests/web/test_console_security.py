@@ -10,7 +10,9 @@ import datetime
 import gzip
 import json
 import logging
+import os
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.app import Gateway, Reloads
 from gateway.config.load import load, load_data
-from gateway.web import access
+from gateway.web import access, server
 from tests.web.test_web import free_port
 
 pytestmark = pytest.mark.integration
@@ -889,6 +891,64 @@ async def test_a_reload_serves_a_renewed_certificate(tmp_path: Path) -> None:
             f"{served.url}/api/session", headers=session_cookie(served, token), ssl_context=new
         )
         assert me.status == 200
+    finally:
+        gateway.stop()
+        await task
+
+
+def _listening_inode(gateway: Gateway) -> int:
+    assert gateway.web is not None and gateway.web._listener is not None
+    return os.fstat(gateway.web._listener.sockets[0].fileno()).st_ino
+
+
+async def test_a_renewed_certificate_is_served_on_the_socket_that_listens(tmp_path: Path) -> None:
+    # Before: the renewal closed the listening socket and opened another, so a connection
+    # coming in meanwhile was refused and another program could take the port; now the
+    # new certificate is loaded into the context the socket serves.
+    cert, key = _self_signed(tmp_path / "pki")
+    gateway, task, served = await _start(tmp_path, f'  tls_cert: "{cert}"\n  tls_key: "{key}"')
+    try:
+        listening = _listening_inode(gateway)
+        renewed, renewed_key = _self_signed(tmp_path / "renewed")
+        cert.write_bytes(renewed.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        assert gateway.web is not None and await gateway.web.renew_tls()
+        assert _listening_inode(gateway) == listening
+        new = ssl.create_default_context(cafile=str(cert))
+        assert (await call(f"{served.url}/healthz", ssl_context=new)).status == 200
+        assert not await gateway.web.renew_tls()  # nothing changed since
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_a_renewal_listening_anew_while_the_console_stops_leaves_nothing_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files that cannot be loaded into the served context (changed again since the check)
+    # have the socket opened anew with the checked ones; a stop meanwhile closed the old
+    # socket, but the new one stayed, listening after the stop.
+    cert, key = _self_signed(tmp_path / "pki")
+    gateway, task, served = await _start(tmp_path, f'  tls_cert: "{cert}"\n  tls_key: "{key}"')
+    web = gateway.web
+    assert web is not None
+    stopping: list[asyncio.Task[bool]] = []
+
+    def changed_again(*_args: Any) -> None:
+        stopping.append(asyncio.get_running_loop().create_task(web.stop()))
+        raise server.ServedTlsError("tls_cert", "changed again")
+
+    monkeypatch.setattr(server, "load_served", changed_again)
+    try:
+        renewed, renewed_key = _self_signed(tmp_path / "renewed")
+        cert.write_bytes(renewed.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        assert not await web.renew_tls()
+        await stopping[0]
+        assert web._listener is None
+        with socket.socket() as probe:  # the port is free: nothing listens on it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", served.port))
     finally:
         gateway.stop()
         await task
