@@ -220,13 +220,19 @@ def _data_dir(path: str) -> str:
     return _gateway_section(path).data_dir
 
 
-def _as_owner(args: argparse.Namespace, *folders: str | Path) -> None:
+def _as_owner(
+    args: argparse.Namespace, *folders: str | Path, written: tuple[str | Path, ...] = ()
+) -> None:
     """Refuse, in one line (exit 1), a command that writes in `folders`, run as root where
     a folder (or the nearest one above it that exists) belongs to another user: what it
     made there (a 0600 key, a users file, a kept config version, the data_dir's .lock,
-    SQLite's -wal) would be root's, and the gateway, run as that user, could not use it."""
+    SQLite's -wal) would be root's, and the gateway, run as that user, could not use it.
+    `written`: files replaced in place (`files.write_atomic`), whose folder is checked and,
+    for a symbolic link, its target's folder too, where the new file is made."""
     if os.geteuid() != 0:
         return
+    for file in written:
+        folders += (Path(file).absolute().parent, Path(os.path.realpath(file)).parent)
     for folder in folders:
         path = Path(folder).absolute()
         while not path.exists() and path != path.parent:
@@ -261,7 +267,7 @@ def _config_versions(args: argparse.Namespace) -> int:
             print(f"{v.name}  {when}  {v.hash}")
         print(f"{_count(kept, 'kept version')} under {files.history_dir(data_dir)}")
         return 0
-    _as_owner(args, Path(args.config).absolute().parent, data_dir)
+    _as_owner(args, data_dir, written=(args.config,))
     try:
         version = files.find_version(data_dir, args.new)
         text = read_text(version.path)
@@ -583,9 +589,9 @@ def _without_config(config: str, default: Path) -> Path:
 def cmd_secret(args: argparse.Namespace) -> int:
     path = _key_file(args)
     if args.action == "keygen":
-        _as_owner(args, path.absolute().parent)
+        _as_owner(args, written=(path,))
     elif args.action == "rotate":
-        _as_owner(args, path.absolute().parent, Path(args.config).absolute().parent)
+        _as_owner(args, written=(path, args.config))
     if args.action == "keygen":
         if os.path.lexists(path):
             print(
@@ -680,7 +686,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"edge-stream: {problem}", file=sys.stderr)
         return 1
     path, web = _web_section(args)
-    _as_owner(args, path.absolute().parent)
+    _as_owner(args, written=(path,))
     if web.get("username") == args.user and web.get("password"):
         # The console checks the config's account first: a line for the same name in the
         # users file was never used, and the old password went on working.
@@ -840,10 +846,10 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
                 f.flush()
                 os.fsync(f.fileno())
         # The key first: from here on a crash leaves the backups to put back by hand.
-        # resolve(): a symlinked config or key stays a symlink, its target is replaced.
-        files.write_atomic(key_file.resolve(), secrets.key_text(new), 0o600)
+        # a symlinked config or key stays a symlink: write_atomic replaces its target
+        files.write_atomic(key_file, secrets.key_text(new), 0o600)
         mode = config.stat().st_mode & 0o777
-        files.write_atomic(config.resolve(), rotated, mode)
+        files.write_atomic(config, rotated, mode)
     except OSError as err:
         print(f"edge-stream: cannot rotate: {err}", file=sys.stderr)
         return 1

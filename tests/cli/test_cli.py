@@ -1429,3 +1429,39 @@ def test_a_command_that_writes_is_refused_as_root_on_the_gateway_user_s_folders(
     assert made.returncode == 0, made.stderr
     os.chown(data, 0, 0)
     assert cli("secret", "keygen", "-c", str(config)).returncode == 0
+
+
+def test_a_command_as_root_through_a_link_into_the_gateway_user_s_folder_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A file written through its symbolic link lands in the target's folder: root's
+    `web passwd` or `secret rotate` from a root folder holding the link made a root-owned
+    0600 file there, which the gateway could not read (every login answered 503)."""
+    nobody = pwd.getpwnam("nobody")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    users = theirs / "web-users"
+    key = theirs / "secret.key"
+    assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    users.write_text("")
+    target = theirs / "gateway.yaml"
+    target.write_text(
+        f"gateway: {{data_dir: {tmp_path / 'data'}, secret_key_file: {key}}}\n"
+        f"web: {{users_file: {tmp_path / 'web-users'}}}\nsinks: {{}}\nroutes: {{}}\n"
+    )
+    (tmp_path / "web-users").symlink_to(users)
+    config = tmp_path / "gateway.yaml"
+    config.symlink_to(target)
+    for file in (theirs, users, key, target):
+        os.chown(file, nobody.pw_uid, nobody.pw_gid)
+    before = {f: (f.read_bytes(), f.stat().st_uid) for f in (users, key, target)}
+    for command, stdin in ((("web", "passwd", "ann"), "ann-pass-1\n"), (("secret", "rotate"), "")):
+        result = cli_in(stdin, *command, "-c", str(config))
+        assert (result.returncode, result.stderr) == (
+            1,
+            f"edge-stream: {theirs} belongs to nobody, not root: run this as that user"
+            f" (sudo -u nobody edge-stream {' '.join(command[:2])} ...); as root it would leave"
+            " files there that a gateway running as that user cannot read or write\n",
+        )
+    assert {f: (f.read_bytes(), f.stat().st_uid) for f in (users, key, target)} == before
+    assert sorted(p.name for p in theirs.iterdir()) == ["gateway.yaml", "secret.key", "web-users"]
