@@ -479,16 +479,6 @@ class WebSection:
                 " name has no ':' (HTTP basic auth sends user:password) and no control"
                 " characters",
             )
-        if bool(self.username) != bool(self.password):
-            # One without the other made no account: the console stayed open on localhost
-            # (and its user believed it asked for a password), with no word said.
-            given, missing = ("username", "password") if self.username else ("password", "username")
-            state = "empty" if getattr(self, missing) == "" else "missing"
-            yield (
-                missing,
-                f"{state} while web.{given} is set: the console's account needs both"
-                " (without an account the console asks for no password at all)",
-            )
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             yield missing, "HTTPS needs both web.tls_cert and web.tls_key"
@@ -543,13 +533,37 @@ def _ip_address(text: str) -> bool:
     return True
 
 
+def _half_an_account(web: WebSection, users_file: str) -> tuple[str, str]:
+    """web.username without web.password, or the other way round: one without the other
+    made no account, and the console stayed open on localhost (its user believing it
+    asked for that password), with no word said."""
+    given, missing = ("username", "password") if web.username else ("password", "username")
+    state = "empty" if getattr(web, missing) == "" else "missing"
+    if _has_console_users(users_file):
+        # the users file's accounts hold: the console asks for a password all the same
+        what = f"remove web.{given} or set web.{missing} ({users_file} has the console's accounts)"
+    else:
+        what = (
+            "the console's account needs both (without an account the console asks for"
+            " no password at all)"
+        )
+    how = "in the file (as is or as ENC(...))" if missing == "password" else "in the file"
+    return (
+        f"web.{missing}",
+        f"{state} while web.{given} is set: {what}; web.{missing} is set {how} or by"
+        f" EDGE_STREAM__WEB__{missing.upper()} in the environment (check-config run from"
+        " a shell does not see /etc/edge-stream/environment: a value kept there is"
+        " reported missing)",
+    )
+
+
 def _has_console_users(path: str) -> bool:
     """Whether the console users file at `path` has a user (gateway/web/access.py
     reads it in full)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return any(":scrypt$" in line for line in f.read(1 << 20).splitlines())
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path (said as users_file's)
         return False
 
 
@@ -1471,19 +1485,23 @@ class Config:
                 if problem := name_problem(name):
                     yield (section, name), problem
         web = self.web
-        if web is not None and web.enabled and not web.listen_problem() and not web.local_only:
-            users_file = web.users_file or os.path.join(
-                self.gateway.data_dir if self.gateway else "./data", "web-users"
-            )
-            # half an account (username without password) is said by WebSection.check
-            if not (web.username or web.password) and not _has_console_users(users_file):
-                host = web.listen.rpartition(":")[0]
-                yield (
-                    "web.listen",
-                    f"listening on {host} needs web.username and web.password, or a user in"
-                    f" {users_file} (`edge-stream web passwd USER`); without them the"
-                    " console stays on 127.0.0.1",
-                )
+        if web is None or not web.enabled:
+            return
+        users_file = web.users_file or os.path.join(
+            self.gateway.data_dir if self.gateway else "./data", "web-users"
+        )
+        if bool(web.username) != bool(web.password):
+            yield _half_an_account(web, users_file)
+            return
+        if web.username or web.local_only or web.listen_problem() or _has_console_users(users_file):
+            return  # an account, or only localhost (a listen problem is said as such)
+        host = web.listen.rpartition(":")[0]
+        yield (
+            "web.listen",
+            f"listening on {host} needs web.username and web.password, or a user in"
+            f" {users_file} (`edge-stream web passwd USER`); without them the"
+            " console stays on 127.0.0.1",
+        )
 
 
 @dataclass(frozen=True)

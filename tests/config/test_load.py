@@ -1385,6 +1385,18 @@ def test_a_web_username_basic_auth_cannot_send_is_refused(
     ]
 
 
+HOW = {
+    "password": "web.password is set in the file (as is or as ENC(...)) or by"
+    " EDGE_STREAM__WEB__PASSWORD in the environment",
+    "username": "web.username is set in the file or by EDGE_STREAM__WEB__USERNAME in the"
+    " environment",
+}
+SHELL = (
+    " (check-config run from a shell does not see /etc/edge-stream/environment: a value"
+    " kept there is reported missing)"
+)
+
+
 @pytest.mark.parametrize(
     ("web", "key", "problem"),
     [("{password: long-enough}", "username", "missing while web.password is set"),
@@ -1400,8 +1412,30 @@ def test_half_a_web_account_is_refused(tmp_path: Path, web: str, key: str, probl
     path = write(tmp_path, f"web: {web}\n")
     assert problems(path) == [
         f"{path}:2: web.{key}: {problem}: the console's account needs both (without an"
-        " account the console asks for no password at all)"
+        f" account the console asks for no password at all); {HOW[key]}{SHELL}"
     ]
+
+
+def test_half_a_web_account_beside_a_users_file_is_refused_in_its_own_words(
+    tmp_path: Path,
+) -> None:
+    # With accounts in the users file, "without an account the console asks for no
+    # password at all" was false: the console asks for one all the same. A password kept
+    # in /etc/edge-stream/environment is missing to check-config run from a shell.
+    (tmp_path / "web-users").write_text("ann:operator:scrypt$16384$8$1$c2FsdA$aGFzaA\n")
+    path = write(tmp_path, "web: {username: tech}\n")
+    assert problems(path) == [
+        f"{path}:2: web.password: missing while web.username is set: remove web.username"
+        f" or set web.password ({tmp_path}/web-users has the console's accounts);"
+        f" {HOW['password']}{SHELL}"
+    ]
+    assert load(path, environ={"EDGE_STREAM__WEB__PASSWORD": "long-enough"}).web is not None
+
+
+def test_half_a_web_account_of_a_console_turned_off_is_not_refused(tmp_path: Path) -> None:
+    # web.enabled: false starts no console: its account asks for nothing
+    path = write(tmp_path, "web: {enabled: false, username: tech}\n")
+    assert load(path, environ={}).web is not None
 
 
 def test_event_time_keys_on_a_processing_time_window_are_refused(tmp_path: Path) -> None:
