@@ -31,7 +31,9 @@ which `edge-stream config rollback VERSION` restores), plus the reload's `change
 when it names them:
 
 200 applied       the new config runs
-400               the body is not a JSON object, or a name is not usable
+400               the body is not a JSON object, or a name is not usable; a query
+                  parameter other than ?check (a rollback's: any), or a rollback body
+                  key other than "version" (named, with a "did you mean")
 404               DELETE of a component that is not there; an unknown section
 409 refused / rolled_back   the gateway did not apply it (the errors say why); the
                   file is put back as it was, so that it says what runs. Also: no
@@ -54,12 +56,13 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 from urllib.parse import unquote
 
 from gateway.config import files
 from gateway.config.load import apply_env, load_data, parse_text, read_text
+from gateway.config.schema import did_you_mean
 from gateway.core.errors import ConfigError
 
 log = logging.getLogger("gateway.web")
@@ -68,6 +71,17 @@ MAX_BODY = 256 << 10
 PREFIX = "/api/config/"
 VERSIONS = PREFIX + "versions"
 ROLLBACK = PREFIX + "rollback"
+
+
+def not_taken(given: Iterable[str], taken: Collection[str]) -> str:
+    """The names of `given` that are not in `taken`, for "..., not NAMES": each quoted,
+    with a "did you mean" when one of `taken` is close (`'versoin' (did you mean
+    'version'?)`), at most five of them, each cut to 40 characters; "" when all are
+    taken. A key or query parameter misspelt was ignored: `{"versoin": NAME}` rolled
+    back to the newest version, `?chek=1` wrote and applied the edit it meant to check."""
+    unknown = sorted(set(given) - set(taken))
+    return ", ".join(f"{k[:40]!r}{did_you_mean(k, taken)}" for k in unknown[:5])
+
 
 Response = tuple[int, str, bytes]
 Reload = Callable[[str], Awaitable[dict[str, Any]]]  # a reload attempt, by trigger
@@ -212,12 +226,11 @@ class ConfigApi:
         except (ValueError, RecursionError):
             asked = None
         name = asked.get("version") if isinstance(asked, dict) else None
-        # {"versoin": NAME} rolled back to the newest, not to NAME
-        unknown = sorted(set(asked) - {"version"}) if isinstance(asked, dict) else []
+        unknown = not_taken(asked, ("version",)) if isinstance(asked, dict) else ""
         if not isinstance(asked, dict) or not isinstance(name, str | None) or unknown:
             shape = 'the body: {"version": NAME} or nothing (the newest)'
             if unknown:
-                shape += f", not {', '.join(repr(k[:40]) for k in unknown[:5])}"
+                shape += f", not {unknown}"
             return _answer(400, errors=[shape])
         try:
             old_text, restored, kept = await asyncio.to_thread(

@@ -24,7 +24,8 @@ GET /api/dead-letters/SEQ/content  its whole content as a file (application/octe
 POST /api/dead-letters/replay|purge  body {"seqs": [SEQ, ...]} or {"all": true}: as
                  `edge-stream dead-letters replay|purge` (operators); answers {"count",
                  "missing"} (the numbers that name no dead letter), and for a replay
-                 {"note"}: null, or the line on those not replayed
+                 {"note"}: null, or the line on those not replayed; another key, or
+                 both, is refused (400)
 GET /metrics     Prometheus text format (open with `web.metrics_open`)
 GET /api/metrics the same values as JSON (gateway/metrics.py, docs/metrics.md)
 GET /api/topics?filter=F&limit=N, /api/routes/match?topic=T, /api/series
@@ -33,13 +34,19 @@ POST /api/config/reload   read the config file again now (as SIGHUP does); answe
                  {"outcome": "applied"|"refused"|"rolled_back", "errors": [...],
                  "changes": [...], "path": the file's absolute path}
 GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
-                 (config_api.py; a body of at most 256 KiB)
+                 (config_api.py; a body of at most 256 KiB); a change with a query
+                 parameter other than ?check (a rollback: any) is refused (400)
+
+A body key or query parameter that is not taken is refused, named with a "did you
+mean" when a taken one is close (`config_api.not_taken`): misspelt, it was ignored
+and the request did what it did not ask (`?chek=1` applied the edit it meant to check).
 
 Access (gateway/web/access.py): with no account (neither `web.username`/`web.password` nor
 a user in the users file) the console is open, and only on localhost (beyond it, once the
-last account is gone, every request is refused until one is added). Otherwise every
-request but /healthz, /login, /favicon.ico and /static/ needs a session cookie (HttpOnly,
-SameSite=Strict) or HTTP basic auth; a viewer may only read. A session (and a
+last account is gone, every request but /healthz and the login page with its files is
+refused until one is added). Otherwise every request but /healthz, /login, /favicon.ico
+and /static/ needs a session cookie (HttpOnly, SameSite=Strict, named after the port the
+Host names: `access.session_cookie`) or HTTP basic auth; a viewer may only read. A session (and a
 remembered basic-auth check) ends when its user gets a new password or is removed. A
 request that changes something (any method but GET and HEAD) from a browser's page of
 another origin is refused (its Origin or Referer, `Origin: null` without a Referer of
@@ -93,7 +100,7 @@ from gateway.mqtt.broker import in_use
 from gateway.store import admin
 from gateway.store.sqlite import StoreError
 from gateway.web import access, console_api
-from gateway.web.config_api import MAX_BODY, ConfigApi
+from gateway.web.config_api import MAX_BODY, ROLLBACK, ConfigApi, not_taken
 from gateway.web.page import LOGIN_FAILED_PAGE, LOGIN_PAGE, STATUS_PAGE
 
 if TYPE_CHECKING:
@@ -850,30 +857,15 @@ class WebServer:
         except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[...: not a 500
             asked = None
         seqs = asked.get("seqs") if isinstance(asked, dict) else None
-        unknown = sorted(set(asked) - {"seqs", "all"}) if isinstance(asked, dict) else []
-        if unknown:
-            # {"all": true, "topic": "x"} purged every dead letter, not those of x
+        # {"all": true, "topic": "x"} purged every dead letter, not those of x; as the
+        # command refuses `replay --all 5`, {"all": true, "seqs": [5]} did only 5
+        wrong = not_taken(asked, ("seqs", "all")) if isinstance(asked, dict) else ""
+        if isinstance(asked, dict) and not wrong and {"seqs", "all"} <= asked.keys():
+            wrong = "both"
+        if wrong:
+            shape = '{"seqs": [SEQ, ...]} or {"all": true}'
             return _json(
-                {
-                    "errors": [
-                        f"{action} takes only seqs or all, not"
-                        f" {', '.join(repr(k[:40]) for k in unknown[:5])}:"
-                        ' {"seqs": [SEQ, ...]} or {"all": true}'
-                    ]
-                },
-                400,
-            )
-        if isinstance(asked, dict) and "all" in asked and "seqs" in asked:
-            # as the command refuses `replay --all 5`: {"all": true, "seqs": [5]} did
-            # only 5, {"all": false, "seqs": [5]} did 5 too
-            return _json(
-                {
-                    "errors": [
-                        f'{action} takes seqs or all, not both: {{"seqs": [SEQ, ...]}}'
-                        ' or {"all": true}'
-                    ]
-                },
-                400,
+                {"errors": [f"{action} takes only seqs or all, not {wrong}: {shape}"]}, 400
             )
         if isinstance(asked, dict) and asked.get("all") is True and seqs is None:
             chosen: list[int] | None = None
@@ -948,12 +940,10 @@ class WebServer:
         if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
             limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
             return _text(413, limit, close=True)
-        unknown = sorted(set(request.query) - {"check"})
-        if unknown and request.method not in SAFE_METHODS:
-            # `?chek=1` or `?dry_run=1` wrote and applied the edit it meant to check
-            named = ", ".join(repr(k[:40]) for k in unknown[:5])
-            said = f"the config API takes only ?check (show before apply), not {named}"
-            return _json({"outcome": "refused", "errors": [said], "version": None}, 400)
+        if request.method not in SAFE_METHODS:
+            said = _query_not_taken(request)
+            if said:
+                return _json({"outcome": "refused", "errors": [said], "version": None}, 400)
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
@@ -1023,6 +1013,22 @@ def _content(content: bytes) -> dict[str, Any]:
 def _cookie(request: web.Request) -> str:
     """The name of the session cookie for this request's Host (one per port)."""
     return access.session_cookie(request.headers.get("Host", ""))
+
+
+def _query_not_taken(request: web.Request) -> str:
+    """Why the query of a config API request that changes something is refused, or "":
+    `?chek=1` or `?dry_run=1` wrote and applied the edit it meant to check. A rollback
+    takes none (its ?check is refused by the config API, in words of its own)."""
+    if request.path == ROLLBACK:
+        wrong = not_taken([k for k in request.query if k != "check"], ())
+        if wrong:
+            return (
+                f"a rollback takes no query parameters, not {wrong}: POST {ROLLBACK} with"
+                ' the body {"version": NAME} or nothing (the newest)'
+            )
+        return ""
+    wrong = not_taken(request.query, ("check",))
+    return f"the config API takes only ?check (show before apply), not {wrong}" if wrong else ""
 
 
 def _asks_check(value: str | None) -> bool:

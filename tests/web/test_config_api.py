@@ -229,6 +229,10 @@ async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: l
         status, answer = await asyncio.to_thread(_call, f"{route}?{asked}", "PUT", body)
         assert status == 400 and answer["outcome"] == "refused", asked
         assert "the config API takes only ?check (show before apply)" in answer["errors"][0]
+    status, answer = await asyncio.to_thread(_call, f"{route}?chek=1", "PUT", body)
+    assert answer["errors"] == [
+        "the config API takes only ?check (show before apply), not 'chek' (did you mean 'check'?)"
+    ]
     assert path.read_text() == before and calls == []  # nothing written, nothing applied
     assert files.versions(tmp_path / "data") == []
     status, answer = await asyncio.to_thread(_call, f"{route}?check=0", "PUT", body)
@@ -279,7 +283,8 @@ async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[
     typo = json.dumps({"versoin": put["version"]}).encode()
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", typo)
     assert status == 400 and answer["errors"] == [
-        "the body: {\"version\": NAME} or nothing (the newest), not 'versoin'"
+        "the body: {\"version\": NAME} or nothing (the newest), not 'versoin' (did you mean"
+        " 'version'?)"
     ]
     assert path.read_text() == original
     # a file broken by hand in another section (the gateway refused its reload and runs
@@ -337,6 +342,19 @@ async def test_a_rollback_asked_to_check_only_is_refused_not_applied(
         _call, f"{url}/api/config/rollback?check=1", "POST", b"{}"
     )
     assert status == 400 and "check" in answer["errors"][0], answer
+    # nor any other query: it was told "takes only ?check (show before apply)", which
+    # a rollback refuses
+    for asked, named in (("chek=1", "chek"), ("check=1&dry_run=1", "dry_run")):
+        status, answer = await asyncio.to_thread(
+            _call, f"{url}/api/config/rollback?{asked}", "POST", b"{}"
+        )
+        assert (status, answer["errors"]) == (
+            400,
+            [
+                f"a rollback takes no query parameters, not '{named}': POST"
+                ' /api/config/rollback with the body {"version": NAME} or nothing (the newest)'
+            ],
+        ), asked
     assert path.read_text() == edited and reloads == ["edit"]
 
 

@@ -398,7 +398,8 @@ async def test_a_dead_letter_action_with_both_seqs_and_all_is_refused(served: st
             status, answer = await asyncio.to_thread(act, action, {"all": everything, "seqs": [5]})
             assert status == 400, answer
             assert answer["errors"] == [
-                f'{action} takes seqs or all, not both: {{"seqs": [SEQ, ...]}} or {{"all": true}}'
+                f"{action} takes only seqs or all, not both:"
+                ' {"seqs": [SEQ, ...]} or {"all": true}'
             ]
         assert (await asyncio.to_thread(act, action, {"seqs": [5]}))[0] == 200
         # a key it does not take: {"all": true, "topic": "x"} purged every dead letter
@@ -408,3 +409,11 @@ async def test_a_dead_letter_action_with_both_seqs_and_all_is_refused(served: st
             f"{action} takes only seqs or all, not 'topic':"
             ' {"seqs": [SEQ, ...]} or {"all": true}'
         ]
+        status, answer = await asyncio.to_thread(act, action, {"seq": [5]})
+        assert (status, answer["errors"]) == (
+            400,
+            [
+                f"{action} takes only seqs or all, not 'seq' (did you mean 'seqs'?):"
+                ' {"seqs": [SEQ, ...]} or {"all": true}'
+            ],
+        )
