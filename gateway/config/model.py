@@ -39,7 +39,6 @@ from gateway.config.schema import (
     url_syntax_problem,
 )
 from gateway.config.tls import ServedTlsError, served_tls
-from gateway.config.units import duration_text
 from gateway.core.component import MAX_SINKS
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
@@ -1558,19 +1557,12 @@ class RetrySettings:
     ] = 0.5
     max: Annotated[
         Duration,
-        Doc("The longest wait (not less than `initial`); each failure doubles it up to this."),
+        Doc(
+            "The longest wait; each failure doubles the wait up to this. An `initial` above"
+            " it is taken as it."
+        ),
         Range(0.01, None, "must be at least 10ms"),
     ] = 30.0
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        # The first wait is about `initial` whatever `max` says: `initial: 1m, max: 1s`
-        # waited 30 to 60 s between tries, not the 1 s at most that `max` promises.
-        if self.initial is not None and self.max is not None and self.initial > self.max:
-            yield (
-                "initial",
-                f"{duration_text(self.initial)} is longer than max ({duration_text(self.max)}),"
-                " the longest wait: lower initial or raise max",
-            )
 
 
 @dataclass(frozen=True, kw_only=True)

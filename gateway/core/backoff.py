@@ -16,11 +16,12 @@ class Backoff:
     """Capped exponential backoff: the n-th wait is `initial * 2**n`, at most `maximum`.
 
     With `jitter` (the default, full jitter) each wait is random in
-    [initial / 2, that]; without, it is exactly that.
+    [initial / 2, that]; without, it is exactly that. An `initial` above
+    `maximum` is taken as `maximum`: no wait is longer than `maximum`.
     """
 
     def __init__(self, initial: float, maximum: float, *, jitter: bool = True) -> None:
-        self.initial = max(initial, 0.001)
+        self.initial = max(min(initial, maximum), 0.001)
         self.maximum = maximum
         self.jitter = jitter
         self.attempt = 0
@@ -30,7 +31,7 @@ class Backoff:
         self.attempt = min(self.attempt + 1, 32)
         if not self.jitter:
             return cap
-        return random.uniform(self.initial / 2, max(cap, self.initial))
+        return random.uniform(self.initial / 2, cap)
 
     def reset(self) -> None:
         self.attempt = 0

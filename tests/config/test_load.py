@@ -269,20 +269,24 @@ def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
     ]
 
 
-def test_a_retry_whose_first_wait_is_longer_than_its_longest_is_refused(tmp_path: Path) -> None:
-    # `max` is documented as the longest wait, yet `initial: 1m, max: 1s` waited 30 to 60 s
+def test_a_retry_max_below_the_default_initial_is_taken(tmp_path: Path) -> None:
+    # `retry: {max: 200ms}` alone was refused as "retry.initial: 500ms is longer than max",
+    # a key the user never wrote, so configs that had run failed to load; the first wait
+    # is capped at max instead (Backoff), as `initial: 1m, max: 1s` is
     path = write(
         tmp_path,
         """\
         sinks:
-          archive: {type: file, retry: {initial: 1m, max: 1s}}
-          equal: {type: file, path: ./data/equal.jsonl, retry: {initial: 2s, max: 2s}}
+          archive: {type: file, retry: {max: 200ms}}
+          capped: {type: file, path: ./data/capped.jsonl, retry: {initial: 1m, max: 1s}}
+        alerts:
+          webhook: {url: "http://127.0.0.1:9/hook", retry: {max: 200ms}}
         """,
     )
-    assert problems(path) == [
-        f"{path}:3: sinks.archive.retry.initial: 1m is longer than max (1s), the longest wait:"
-        " lower initial or raise max",
-    ]
+    config = load(path, environ={})
+    assert config.sinks["archive"].retry.max == 0.2
+    assert config.sinks["capped"].retry.initial == 60.0
+    assert config.alerts.webhook.retry.max == 0.2
 
 
 def test_more_sinks_than_one_store_keeps_are_refused(tmp_path: Path) -> None:
