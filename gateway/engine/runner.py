@@ -469,12 +469,14 @@ class SinkRunner:
 
     def update(self, config: SinkConfig) -> None:
         """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
-        delivery loop reads them for its next batch; new `retry` settings end the wait
-        for the next try."""
-        if config.retry != self.config.retry:
-            self._retry_changed.set()
+        delivery loop reads them for its next batch; new `retry` settings shorten the
+        wait for the next try to their `max`. Other changes (a batch size) keep the
+        backoff where it is: they are no reason to retry a dead upstream faster."""
+        changed = config.retry != self.config.retry
         self.config = config
-        self.backoff = Backoff(config.retry.initial, config.retry.max)
+        if changed:
+            self.backoff = Backoff(config.retry.initial, config.retry.max)
+            self._retry_changed.set()
 
     def status(self) -> SinkStatus:
         return SinkStatus(
@@ -642,6 +644,9 @@ class SinkRunner:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     async def _retry(self, reason: str, after: float = 0.0) -> None:
+        # Cleared before the delay is drawn: a reload landing from here on (during the
+        # close, say) shortens this wait; cleared after the close, it was lost.
+        self._retry_changed.clear()
         self.errors += 1
         self.last_error = reason
         self.state = "retrying"
@@ -654,17 +659,34 @@ class SinkRunner:
         )
         await self.close()
         self.resting = True
-        # A reload that changes `retry` (taken in place) ends the wait: with retry.max: 1h
-        # the new settings waited for the old hour's end.
-        self._retry_changed.clear()
-        sleep = asyncio.ensure_future(self.clock.sleep(delay))
-        changed = asyncio.ensure_future(self._retry_changed.wait())
         try:
-            await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
+            await self._rest(delay)
         finally:
-            sleep.cancel()
-            changed.cancel()
             self.resting = False
+
+    async def _rest(self, delay: float) -> None:
+        """Sleep `delay` on the clock; new `retry` settings taken meanwhile (see `update`)
+        shorten what is left of it to their `max`: with retry.max: 1h the new settings
+        waited for the old hour's end."""
+        clock = self.clock
+        deadline = clock.monotonic() + delay
+        while True:
+            if self._retry_changed.is_set():
+                self._retry_changed.clear()
+                deadline = min(deadline, clock.monotonic() + self.config.retry.max)
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                return
+            sleep = asyncio.ensure_future(clock.sleep(remaining))
+            changed = asyncio.ensure_future(self._retry_changed.wait())
+            try:
+                await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                changed.cancel()
+                await asyncio.gather(sleep, changed, return_exceptions=True)
+            if not sleep.cancelled():
+                return  # slept out
 
     async def close(self) -> None:
         try:

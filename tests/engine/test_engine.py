@@ -27,7 +27,7 @@ from gateway.config.model import (
 )
 from gateway.core.clock import Clock
 from gateway.core.component import Context, Message, Processor, Rejected, Sink, Source
-from gateway.core.errors import PermanentError, RetryableError
+from gateway.core.errors import PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
@@ -760,6 +760,13 @@ class ScriptedSink(Sink):
         self.outcomes = outcomes
         self.calls = 0
         self.gate: asyncio.Event | None = None
+        self.close_gate: asyncio.Event | None = None
+        self.closing = asyncio.Event()
+
+    async def close(self) -> None:
+        self.closing.set()
+        if self.close_gate is not None:
+            await self.close_gate.wait()
 
     async def write(self, batch: list[FlowFile]) -> list[Rejected]:
         self.calls += 1
@@ -771,12 +778,13 @@ class ScriptedSink(Sink):
         return [Rejected(batch[i], "refused") for i in outcome]
 
 
-def runner_for(store: Store, sink_outcomes: list[Any], clock: Clock) -> SinkRunner:
-    config = SinkConfig(
-        type="test",
-        batch=BatchSettings(linger=0),
-        retry=RetrySettings(initial=0.5, max=4.0),
-    )
+def runner_for(
+    store: Store,
+    sink_outcomes: list[Any],
+    clock: Clock,
+    retry: RetrySettings = RetrySettings(initial=0.5, max=4.0),  # noqa: B008 - frozen
+) -> SinkRunner:
+    config = SinkConfig(type="test", batch=BatchSettings(linger=0), retry=retry)
     sink = ScriptedSink(config, Context("out", "sink"), sink_outcomes)
     return SinkRunner("out", sink, config, store, clock)
 
@@ -825,25 +833,82 @@ async def test_a_failing_sink_backs_off_on_the_clock_doubling_up_to_its_cap(
     await stop(runner, task)
 
 
-async def test_new_retry_settings_end_the_wait_for_the_next_try(store: Store) -> None:
+@pytest.mark.parametrize("told", [False, True], ids=["backoff", "retry-after"])
+async def test_new_retry_settings_shorten_the_wait_for_the_next_try_to_their_max(
+    store: Store, monkeypatch: pytest.MonkeyPatch, told: bool
+) -> None:
     """`retry` is taken in place by a reload; the wait under way was slept out whole, so
-    a sink on retry.max: 1h tried again an hour later whatever the new settings said.
-    Other new settings (a batch size) leave the wait alone."""
+    a sink on retry.max: 1h tried again an hour later whatever the new settings said. It
+    is shortened to the new max, a wait the upstream asked for (Retry-After) too, not
+    ended outright. Other new settings (a batch size) leave the wait alone."""
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
     start = store.cursor("out")
     await put(store, 3)
     clock = FakeClock()
-    runner = runner_for(store, [RetryableError("upstream down")], clock)
+    error = RetryLater("busy", after=3600.0) if told else RetryableError("upstream down")
+    hour = RetrySettings(initial=1.0 if told else 3600.0, max=3600.0)
+    runner = runner_for(store, [error], clock, hour)
     task = asyncio.ensure_future(runner.run())
-    await clock.sleeps(1)  # the first wait, and the clock never moves
-    assert runner.resting and len(clock.slept) == 1
+    assert await clock.sleeps(1) == [3600.0]
     config = runner.config
     runner.update(dataclasses.replace(config, batch=BatchSettings(max_rows=10)))
     for _ in range(20):
         await asyncio.sleep(0)
-    assert runner.resting and runner.delivered == 0, "not a retry change: still waiting"
-    runner.update(dataclasses.replace(config, retry=RetrySettings(initial=0.1, max=1.0)))
+    assert runner.resting and clock.slept == [3600.0], "not a retry change: still waiting"
+    runner.update(dataclasses.replace(config, retry=RetrySettings(initial=0.1, max=2.0)))
+    assert await clock.sleeps(2) == [3600.0, 2.0]
+    clock.advance(1.0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.resting and runner.delivered == 0, "the new max is waited out"
+    clock.advance(1.0)
     await until(lambda: runner.delivered == 3)
-    assert store.cursor("out") == start + 3 and len(clock.slept) == 1
+    assert store.cursor("out") == start + 3 and len(clock.slept) == 2
+    await stop(runner, task)
+
+
+async def test_new_retry_settings_taken_while_the_sink_closes_shorten_its_wait(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload landing while the failed sink closes its connection was lost (the wake
+    was cleared after the close), and the old wait slept out whole."""
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
+    await put(store, 3)
+    clock = FakeClock()
+    hour = RetrySettings(initial=3600.0, max=3600.0)
+    runner = runner_for(store, [RetryableError("upstream down")], clock, hour)
+    sink = runner.sink
+    assert isinstance(sink, ScriptedSink)
+    sink.close_gate = asyncio.Event()
+    task = asyncio.ensure_future(runner.run())
+    async with asyncio.timeout(10):
+        await sink.closing.wait()
+    runner.update(dataclasses.replace(runner.config, retry=RetrySettings(initial=0.1, max=2.0)))
+    sink.close_gate.set()
+    await until(lambda: 2.0 in clock.slept)
+    clock.advance(2.0)
+    await until(lambda: runner.delivered == 3)
+    await stop(runner, task)
+
+
+async def test_other_new_settings_keep_the_backoff_where_it_is(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload changing a batch size during an outage started the backoff over from
+    retry.initial: a dead upstream was tried again sooner and sooner with each reload."""
+    monkeypatch.setattr("gateway.core.backoff.random.uniform", lambda low, high: high)
+    await put(store, 3)
+    clock = FakeClock()
+    runner = runner_for(store, [RetryableError("upstream down")] * 3, clock)
+    task = asyncio.ensure_future(runner.run())
+    await clock.sleeps(1)
+    clock.advance(0.5)
+    await clock.sleeps(2)
+    runner.update(dataclasses.replace(runner.config, batch=BatchSettings(max_rows=10)))
+    clock.advance(1.0)
+    assert await clock.sleeps(3) == [0.5, 1.0, 2.0]
+    clock.advance(2.0)
+    await until(lambda: runner.delivered == 3)
     await stop(runner, task)
 
 
