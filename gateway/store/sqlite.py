@@ -801,7 +801,12 @@ class Store:
         self._active: set[str] | None = None  # the sinks the engine runs (None: all known)
         self._swept = 0  # purge: every row up to here that no removed sink holds is gone
         self._pins: list[tuple[int, int]] | None = None  # the removed sinks' (bit, cursor)
-        self._futile: tuple[int, tuple[int, ...]] | None = None
+        # make_room's "nothing to drop" note: (generation, bytes, cursors) of a scan that
+        # found nothing. The generation moves with each set_overflow/set_active (on the
+        # loop), so a scan begun with the old `block` sinks (on the store thread) and
+        # ending after them notes a state that never matches again.
+        self._futile: tuple[int, int, tuple[int, ...]] | None = None
+        self._generation = 0
         self._tail: list[tuple[int, FlowFile, int, int]] = []  # seq, FlowFile, sinks, size
         self._tail_first = 0
         self.tail_bytes = 0
@@ -1796,6 +1801,7 @@ class Store:
         """Per-sink overflow policies (`block` or `drop_oldest`) that override the default."""
         self._policies = dict(policies)
         # A sink that no longer blocks may free what a scan found nothing to drop in.
+        self._generation += 1
         self._futile = None
 
     def set_active(self, names: Iterable[str]) -> None:
@@ -1804,7 +1810,8 @@ class Store:
         by) until `edge-stream store drop-sink NAME`, or until the sink is added back and
         resumes from its cursor. Its data counts as `drop_oldest` for the budget."""
         self._active = set(names)
-        self._futile = None  # a removed `block` sink's backlog may be dropped now
+        self._generation += 1  # a removed `block` sink's backlog may be dropped now
+        self._futile = None
 
     async def save_active(self, starting: Iterable[str] = ()) -> None:
         """Note in the store which sinks the engine runs (`set_active`), and those
@@ -1854,10 +1861,11 @@ class Store:
         """
         db = self._db
         assert db is not None
+        generation = self._generation  # read before the list it stands for (see __init__)
         blocking = self._blocking()
         if len(blocking) == len(self._bits):
             return
-        state = (self.bytes, tuple(self._cursors.values()))
+        state = (generation, self.bytes, tuple(self._cursors.values()))
         if state == self._futile:
             return  # nothing changed since a scan that found nothing to drop
         target = self.keep_bytes

@@ -387,6 +387,39 @@ async def test_a_budget_full_for_a_block_sink_makes_room_once_it_no_longer_block
     await store.close()
 
 
+@pytest.mark.parametrize("change", ["removed", "drop_oldest"])
+async def test_a_sink_no_longer_blocking_while_a_scan_runs_makes_room_after_it(
+    tmp_path: Path, change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload's reset of make_room's "nothing to drop" note (set_active, set_overflow,
+    on the event loop) landed while a scan on the store thread, begun with the old
+    `block` sinks, still ran: the scan wrote its note back after the reset, and intake
+    stayed blocked for good."""
+    store = await open_store(tmp_path, ("a", "b"), max_bytes=1 << 20)
+    store.set_overflow({"a": "block"})
+    store.set_active(["a", "b"])
+    while not store.over_budget:
+        await store.commit(batch([(ff(i, size=4000), store.bit("a")) for i in range(50)]))
+    blocking = store._blocking
+
+    def then_the_reload() -> list[tuple[int, str]]:
+        old = blocking()  # the scan has the old list; the reload lands now
+        if change == "removed":
+            store.set_active(["b"])
+        else:
+            store.set_overflow({})
+        return old
+
+    monkeypatch.setattr(store, "_blocking", then_the_reload)
+    await store.make_room()
+    monkeypatch.setattr(store, "_blocking", blocking)
+    assert store.over_budget and store.dropped == 0  # that scan still kept it all
+    await store.make_room()
+    assert not store.over_budget
+    assert store.dropped > 0
+    await store.close()
+
+
 async def test_reads_from_the_memory_tail_match_reads_from_disk(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
