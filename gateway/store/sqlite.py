@@ -889,10 +889,7 @@ class Store:
         for name, bit, cursor in db.execute("SELECT name, bit, cursor FROM sinks"):
             self._bits[name] = bit
             self._cursors[name] = cursor
-        if problem := self.sink_room_problem(sinks):
-            raise StoreError(problem)
-        for name in sinks:
-            self._register_sync(name)
+        self._register_sync(sinks)
         self.bytes = db.execute("SELECT coalesce(sum(size), 0) FROM flowfiles").fetchone()[0]
         self.dead_count = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         self.dead_bytes = dead_letter_bytes(db)
@@ -923,31 +920,51 @@ class Store:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _register_sync(self, name: str) -> None:
+    def _register_sync(self, names: list[str]) -> None:
+        """Give each new sink of `names` a bit and a cursor, all in one transaction: one
+        commit per name left the first of two new sinks registered when the second
+        failed (a removed sink in `store stats`, holding one of the MAX_SINKS bits). The
+        maps in memory change only once it has committed."""
         db = self._db
         assert db is not None
-        if name in self._bits:
-            if db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone():
-                return
-            # Dropped by `store drop-sink` while removed, and added back before `recount`
-            # let go of it: its cursor went on in memory only, and a restart started it
-            # at the end, past what waited for it. It starts again as a new sink.
+        if not names:
+            return
+        bits = dict(self._bits)
+        forgotten: list[str] = []
+        added: dict[str, tuple[int, int]] = {}  # name -> (bit, cursor)
+        # IMMEDIATE: what it reads (the sinks there, the end) is what it writes over
+        with _transaction(db, "BEGIN IMMEDIATE"):
+            end: int | None = None
+            for name in dict.fromkeys(names):
+                if name in bits:
+                    if db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone():
+                        continue
+                    # Dropped by `store drop-sink` while removed, and added back before
+                    # `recount` let go of it: its cursor went on in memory only, and a
+                    # restart started it at the end, past what waited for it. It starts
+                    # again as a new sink.
+                    del bits[name]
+                    forgotten.append(name)
+                used = set(bits.values())
+                free = next((b for b in range(MAX_SINKS) if b not in used), None)
+                if free is None:
+                    raise StoreError(f"at most {MAX_SINKS} sinks can share one store")
+                if end is None:  # a new sink starts at the current end: no old data
+                    end = db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]
+                db.execute(
+                    "INSERT INTO sinks (name, bit, cursor) VALUES (?, ?, ?)", (name, free, end)
+                )
+                bits[name] = free
+                added[name] = (free, end)
+        for name in forgotten:
             del self._bits[name]
             self._cursors.pop(name, None)
             self._depth.pop(name, None)
             self._oldest.pop(name, None)
-        used = set(self._bits.values())
-        free = next((b for b in range(MAX_SINKS) if b not in used), None)
-        if free is None:
-            raise StoreError(f"at most {MAX_SINKS} sinks can share one store")
-        # A new sink starts at the current end: it does not receive old data.
-        end = self._db.execute("SELECT coalesce(max(seq), 0) FROM flowfiles").fetchone()[0]  # type: ignore[union-attr]
-        self._db.execute(  # type: ignore[union-attr]
-            "INSERT INTO sinks (name, bit, cursor) VALUES (?, ?, ?)", (name, free, end)
-        )
-        self._bits[name] = free
-        self._cursors[name] = end
-        self._depth[name] = 0
+        for name, (bit, cursor) in added.items():
+            self._bits[name] = bit
+            self._cursors[name] = cursor
+            self._depth[name] = 0
 
     def sink_room_problem(self, names: Iterable[str]) -> str | None:
         """Why the store cannot run the sinks `names` of a config (None: it can): it keeps
@@ -971,8 +988,8 @@ class Store:
         return text
 
     async def register_sinks(self, names: Iterable[str]) -> None:
-        for name in names:
-            await self._call(self._register_sync, name)
+        """Register the sinks of `names` the store does not know yet, all or none."""
+        await self._call(self._register_sync, list(names))
 
     async def close(self) -> None:
         if self._executor is None:

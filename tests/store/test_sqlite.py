@@ -420,6 +420,28 @@ async def test_a_sink_no_longer_blocking_while_a_scan_runs_makes_room_after_it(
     await store.close()
 
 
+async def test_new_sinks_are_registered_all_or_none(tmp_path: Path) -> None:
+    """Each new sink was registered in a transaction of its own: of two new sinks, the
+    first stayed when the second failed, shown as a removed sink (`store stats`,
+    /api/status) and holding one of the 62 bits, though no config ever ran it."""
+    names = tuple(f"s{i}" for i in range(61))
+    store = await open_store(tmp_path, names)
+    store.set_active(names)
+    with pytest.raises(StoreError, match="at most 62 sinks"):
+        await store.register_sinks([*names, "x", "y"])  # x fits, y is the 63rd
+    assert store.removed_sinks() == {}
+    with pytest.raises(KeyError):
+        store.bit("x")
+    await store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    assert db.execute("SELECT count(*) FROM sinks WHERE name = 'x'").fetchone()[0] == 0
+    db.close()
+    store = await open_store(tmp_path, ())
+    await store.register_sinks(["x"])  # the bit it would have held is free
+    assert store.cursor("x") == 0 and store.depth("x") == 0
+    await store.close()
+
+
 async def test_reads_from_the_memory_tail_match_reads_from_disk(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
