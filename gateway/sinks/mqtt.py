@@ -196,9 +196,15 @@ class MqttSinkConfig(SinkConfig):
     keepalive: Annotated[
         Duration, Doc("The MQTT keepalive."), Range(1, 65535, "must be between 1s and 65535s")
     ] = 30.0
-    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
+    connect_timeout: Annotated[
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 10.0
     timeout: Annotated[
-        Duration, Doc("The longest a batch may wait for its PUBACKs before it is sent again.")
+        Duration,
+        Doc("The longest a batch may wait for its PUBACKs before it is sent again."),
+        Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -257,11 +263,6 @@ class MqttSinkConfig(SinkConfig):
                 )
         if self.client_id is not None and not self.client_id:
             yield "client_id", "must not be empty"
-        for name in ("connect_timeout", "timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                # it was "timeout: timeouts must be positive" for connect_timeout: 0s too
-                yield name, "must be more than 0s"
 
 
 class MqttSink(Sink):

@@ -172,8 +172,16 @@ class RedisSourceConfig(SourceConfig):
         str | None,
         Doc("CA bundle that verifies the server, for `rediss://` (default: the system's)."),
     ] = None
-    connect_timeout: Annotated[Duration, Doc("The longest a connect may take.")] = 10.0
-    timeout: Annotated[Duration, Doc("The longest one command may take (besides `block`).")] = 30.0
+    connect_timeout: Annotated[
+        Duration,
+        Doc("The longest a connect may take."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 10.0
+    timeout: Annotated[
+        Duration,
+        Doc("The longest one command may take (besides `block`)."),
+        Range(0, above=True, message="must be more than 0s"),
+    ] = 30.0
 
     def claims(self) -> list[Claim]:
         """The consumer (stream) or processing list (list) on its server: two sources
@@ -224,8 +232,6 @@ class RedisSourceConfig(SourceConfig):
         for name in ("key", "group", "consumer", "processing"):
             if getattr(self, name) == "":
                 yield name, "must not be empty"
-        if self.timeout <= 0 or self.connect_timeout <= 0:
-            yield "timeout", "timeouts must be positive"
         if self.mode == "list" and self.key in (self.processing, f"{self.processing}:done"):
             # BLMOVE from a list into itself only rotates it, and every item waiting in the
             # processing list is read again at each start

@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.config import reference
 from gateway.core.component import Context
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -650,6 +651,12 @@ async def test_a_wrong_password_is_permanent_at_connect_and_retried_while_runnin
 def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> None:
     _, problems = config_problems(**keys)
     assert any(message in p for p in problems), problems
+
+
+def test_the_timeouts_bound_is_in_the_reference() -> None:
+    # checked in check() alone, the bound was missing from docs/reference/sink-mqtt.md
+    rows = {k.path: k for k in reference.keys(MqttSinkConfig)}
+    assert rows["connect_timeout"].bounds == rows["timeout"].bounds == "> 0s"
 
 
 def test_defaults() -> None:

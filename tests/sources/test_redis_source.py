@@ -13,6 +13,7 @@ import orjson
 import pytest
 from redis import Redis as SyncRedis
 
+from gateway.config import reference
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context, Message
 from gateway.core.errors import RetryableError
@@ -393,6 +394,16 @@ def test_keys_are_checked() -> None:
         _config, problems = build(url="redis://h:1/0", **{"key": "k", **keys})
         name = next(k for k, v in keys.items() if v == "")
         assert problems == [f"sources.r.{name}: must not be empty"]
+
+
+def test_a_timeout_of_zero_is_refused_under_its_own_key() -> None:
+    # connect_timeout: 0s was said as "timeout: timeouts must be positive", a key the user
+    # had not written; the bound is in the reference now (docs/reference/source-redis.md)
+    for key in ("connect_timeout", "timeout"):
+        _config, problems = build(url="redis://h:1/0", key="k", **{key: "0s"})
+        assert problems == [f"sources.r.{key}: must be more than 0s"]
+    rows = {k.path: k for k in reference.keys(RedisSourceConfig)}
+    assert rows["connect_timeout"].bounds == rows["timeout"].bounds == "> 0s"
 
 
 async def test_a_store_position_is_committed_with_the_batch(tmp_path: Path) -> None:
