@@ -159,13 +159,15 @@ async def test_a_lingering_sink_is_stopped_at_once(tmp_path: Path) -> None:
     await store.open(["out"])
     config = SinkConfig(type="test", batch=BatchSettings(linger=60.0))
     sink = Recording(config, Context("out", "sink"))
-    runner = SinkRunner("out", sink, config, store, clock=Sleeps())
+    clock = Sleeps()
+    runner = SinkRunner("out", sink, config, store, clock=clock)
     task = asyncio.ensure_future(runner.run())
     await runner.idle.wait()
     runner.stopping = True
     runner.wake.set()  # a stop wakes it: it ends rather than linger
     async with asyncio.timeout(5):
         await task
+    assert not [s for s in clock.sleeps if s], "no linger for a stop's wake"
     held = Held()
     runner = SinkRunner("out", sink, config, store, clock=held)
     task = asyncio.ensure_future(runner.run())
