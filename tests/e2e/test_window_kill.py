@@ -21,7 +21,7 @@ from tests.e2e.harness import GatewayProcess, Publisher, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOTAL = 8000
+TOTAL = 6000
 TOPICS = 8
 END = 1_000_000  # a last reading far ahead moves the watermark past every window
 
@@ -106,7 +106,7 @@ def test_windows_are_the_same_with_and_without_kill_9(
     tmp_path: Path, mosquitto: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
 ) -> None:
     calm = run("calm", [], tmp_path, mosquitto, gateway_factory)
-    killed = run("killed", [0.45, 0.75], tmp_path, mosquitto, gateway_factory)
+    killed = run("killed", [0.5, 0.8], tmp_path, mosquitto, gateway_factory)
     assert len(calm) == (TOTAL + 99) // 100 * TOPICS
     assert killed == calm
     every = sorted(calm.values(), key=lambda b: b["start"])
