@@ -40,7 +40,7 @@ def test_a_broker_restart_under_load_loses_nothing(
     mosquitto: Any, rabbitmq: Any, gateway_factory: Callable[[dict[str, Any]], GatewayProcess]
 ) -> None:
     name = "amqp_restart"
-    total, rate = 3000, 300  # 10 s of publishing: the restart happens under load
+    total, rate = 2400, 300  # 8 s of publishing: the restart happens under load
     up = AmqpUpstream(rabbitmq, name)
     gw = gateway_factory(gateway_config(mosquitto, name, up.sink()))
     gw.start()
@@ -51,8 +51,12 @@ def test_a_broker_restart_under_load_loses_nothing(
     rabbitmq.stop()
     stopped_at = publisher.sent
     wait_for(lambda: gw.sink("fleet")["state"] != "running", 30, "the sink to notice")
-    time.sleep(2.0)  # under load, the gateway buffers meanwhile
-    depth = gw.sink("fleet")["depth"]
+    # under load, the gateway buffers meanwhile: a second of it at least
+    depth = wait_for(
+        lambda: gw.sink("fleet")["depth"] >= rate and gw.sink("fleet")["depth"],
+        30,
+        "a second of load buffered",
+    )
     rabbitmq.start()
     assert publisher.sent > stopped_at, "the restart should happen while publishing"
 
