@@ -32,7 +32,7 @@ def test_status_and_stats_topics_across_a_kill(gateway_factory: Any, mosquitto: 
             "sources": {"plant": {"type": "mqtt", "topics": [f"{gid}/#"], "qos": 1}},
             "routes": {"r": {"match": f"{gid}/#", "sinks": ["f"]}},
             "sinks": {"f": {"type": "file", "path": "out.jsonl"}},
-            "status": {"stats_interval": "1s"},
+            "status": {"stats_interval": "200ms"},
         }
     )
     status = f"edge-stream/{gid}/status"
@@ -55,7 +55,7 @@ def test_status_and_stats_topics_across_a_kill(gateway_factory: Any, mosquitto: 
         assert stats["routes"]["r"]["received"] == N  # "per source, route and sink counters"
         assert stats["sinks"]["f"]["state"] == "running"
         count = len(_stats(watcher, gid))
-        wait_for(lambda: len(_stats(watcher, gid)) >= count + 2, 10, "two more, 1 s apart")
+        wait_for(lambda: len(_stats(watcher, gid)) >= count + 2, 10, "two more, 200 ms apart")
 
         # a new subscriber gets both at once, retained
         late: list[tuple[str, bytes, bool]] = []
