@@ -1663,6 +1663,11 @@ def _claims_clash(a: Claim, b: Claim) -> bool:
         return True
     if kind_a != "address":
         return False
+    # localhost binds 127.0.0.1 and ::1: the console on localhost:1883 passed the check
+    # beside the embedded broker on 127.0.0.1:1883, then stopped the start with "in use
+    # by another program", the gateway's own broker
+    if _loopback_names(where_a) & _loopback_names(where_b):
+        return True
     families_a, families_b = _families(where_a), _families(where_b)
     for wildcard, other in ((where_a, families_b), (where_b, families_a)):
         if wildcard in ("", "*") or (wildcard == "0.0.0.0" and "4" in other):
@@ -1670,6 +1675,16 @@ def _claims_clash(a: Claim, b: Claim) -> bool:
         if wildcard == "::" and "6" in other:
             return True
     return False
+
+
+def _loopback_names(host: str) -> set[str]:
+    """The addresses a listen host binds of those `localhost` names (127.0.0.1, ::1)."""
+    if host.lower().rstrip(".") == "localhost":
+        return {"127.0.0.1", "::1"}
+    try:
+        return {str(ipaddress.ip_address(host))} & {"127.0.0.1", "::1"}
+    except ValueError:
+        return set()
 
 
 def _families(host: str) -> str:

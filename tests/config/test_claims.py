@@ -372,3 +372,32 @@ def test_a_listener_on_the_embedded_brokers_address_is_refused(tmp_path: Path) -
         " (the gateway's broker): only one of them can open it"
     ]
     assert problems(tmp_path, http + "mqtt: {embedded_listen: '127.0.0.1:18091'}\n") == []
+
+
+def test_localhost_and_its_loopback_address_are_one_address(tmp_path: Path) -> None:
+    """localhost binds 127.0.0.1 and ::1: the console on localhost:18092 passed the check
+    beside the embedded broker on 127.0.0.1:18092, then stopped the start with "web.listen
+    localhost:18092 is in use by another program", the gateway's own broker."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: a, data_dir: '{tmp_path}/data'}}\n"
+        "mqtt: {url: embedded, embedded_listen: '127.0.0.1:18092'}\n"
+        "web: {listen: 'localhost:18092'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    assert [p.split(": ", 1)[1] for p in caught.value.problems] == [
+        "mqtt.embedded_listen: the address 127.0.0.1:18092 is also used by web.listen (the"
+        " console): only one of them can open it"
+    ]
+    found = problems(
+        tmp_path,
+        f"  a: {{type: http, tokens: [{TOKEN}], listen: 'LocalHost:18093'}}\n"
+        f"  b: {{type: http, tokens: [{TOKEN}], listen: '[::1]:18093'}}\n"
+        f"  c: {{type: http, tokens: [{TOKEN}], listen: 'localhost:18094'}}\n"
+        f"  d: {{type: http, tokens: [{TOKEN}], listen: '127.0.0.2:18094'}}\n",
+    )
+    assert found == [
+        "sources.b.listen: the address [::1]:18093 is also used by source 'a': only one"
+        " of them can open it"
+    ]
