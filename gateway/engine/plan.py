@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.model import Config
+from gateway.config.units import duration_text
 
 # Sink keys the engine's runner applies itself, without restarting the sink.
 RUNNER_KEYS = frozenset({"batch", "retry", "rate_limit", "overflow"})
@@ -92,9 +93,9 @@ def plan(old: Config, new: Config) -> Plan:
     if old.buffer.batch_max != new.buffer.batch_max:
         p.changes.append(f"buffer.batch_max {old.buffer.batch_max} -> {new.buffer.batch_max}")
     if old.buffer.batch_linger != new.buffer.batch_linger:
-        p.changes.append(
-            f"buffer.batch_linger {old.buffer.batch_linger} -> {new.buffer.batch_linger}"
-        )
+        # as a config writes it, as `config diff` says it: it said 0.005 -> 3600.0
+        before, after = old.buffer.batch_linger, new.buffer.batch_linger
+        p.changes.append(f"buffer.batch_linger {duration_text(before)} -> {duration_text(after)}")
     removed, added, changed = _by_name("source", old.sources, new.sources, p.changes)
     p.sources_stop = removed + changed
     p.sources_start = added + changed

@@ -86,3 +86,10 @@ def test_batch_sizes_and_a_removed_sink() -> None:
     assert p.restart is None
     assert p.sinks_stop == ["two"]
     assert p.changes == ["buffer.batch_max 100 -> 200", "sink two removed"]
+
+
+def test_a_changed_linger_is_said_as_a_config_writes_it() -> None:
+    """As `config diff` says it: `edge-stream reload` printed `buffer.batch_linger 0.005 ->
+    3600.0`."""
+    p = plan(config(), config(lambda d: d.update(buffer={"batch_linger": "1h"})))
+    assert p.changes == ["buffer.batch_linger 5ms -> 1h"]
