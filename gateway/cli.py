@@ -284,10 +284,10 @@ def _config_versions(args: argparse.Namespace) -> int:
     replaced = files.save(args.config, text, data_dir)
     also = f"; the text it replaced is kept as {replaced.name}" if replaced else ""
     print(f"{args.config}: restored {version.name}{also}")
-    return _reload_after_rollback(args.config)
+    return _reload_after_rollback(args.config, data_dir)
 
 
-def _reload_after_rollback(path: str) -> int:
+def _reload_after_rollback(path: str, data_dir: str) -> int:
     """Ask a running gateway to apply the restored file; none answering is fine."""
     try:
         url, headers, context = _reload_target(path)
@@ -309,7 +309,19 @@ def _reload_after_rollback(path: str) -> int:
         )
         return 0
     if answer is None:
-        print(f"no gateway answers at {url}; the restored file is used at the next start")
+        from gateway.store.admin import gateway_runs
+
+        # The address asked is the restored file's web.listen: a version whose console
+        # was elsewhere or off (web.enabled: false in the running file) found none there,
+        # and "used at the next start" had the user restart a gateway that reads it anyway.
+        if gateway_runs(Path(data_dir) / "store.db"):
+            print(
+                f"no gateway answers at {url}, but one runs on {data_dir}: it takes the"
+                " restored file when it sees the change (gateway.watch_config), or on"
+                " SIGHUP (systemctl reload edge-stream)"
+            )
+        else:
+            print(f"no gateway answers at {url}; the restored file is used at the next start")
         return 0
     other = _other_file(path, answer)
     if other is not None:

@@ -245,3 +245,42 @@ def test_a_web_listen_that_makes_no_url_is_one_line(
     out, err = capsys.readouterr()
     assert (code, out, err.count("\n")) == (1, "", 1)
     assert said in err
+
+
+def test_a_rollback_to_a_console_elsewhere_says_the_running_gateway_takes_it(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The reload is asked at the restored file's web.listen: a version whose console was
+    elsewhere (or off in the running file) found none there, and the command said "the
+    restored file is used at the next start" of a gateway that runs on it and reads it."""
+    gw = gateway_factory({"gateway": {"watch_config": False}})
+    gw.start(wait_sources=False)
+    text = gw.config_path.read_text()
+    assert f"127.0.0.1:{gw.web_port}" in text
+    elsewhere = text.replace(f"127.0.0.1:{gw.web_port}", "127.0.0.1:1")
+    gw.config_path.write_text(elsewhere)
+    files.save(gw.config_path, text, gw.data_dir)  # keeps the version of the console on port 1
+    code, out, err = _rollback_to(gw, capsys)
+    assert (code, err) == (0, ""), out + err
+    assert out.splitlines()[-1] == (
+        "no gateway answers at http://127.0.0.1:1/api/config/reload?trigger=rollback, but"
+        f" one runs on {gw.data_dir}: it takes the restored file when it sees the change"
+        " (gateway.watch_config), or on SIGHUP (systemctl reload edge-stream)"
+    )
+    gw.stop()
+    files.save(gw.config_path, text, gw.data_dir)
+    code, out, err = _rollback_to(gw, capsys)
+    assert out.splitlines()[-1] == (
+        "no gateway answers at http://127.0.0.1:1/api/config/reload?trigger=rollback; the"
+        " restored file is used at the next start"
+    )
+
+
+def _rollback_to(gw: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(["config", "rollback", "-c", str(gw.config_path)])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
