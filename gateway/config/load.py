@@ -829,10 +829,26 @@ def load_data(
         if not any(path[: len(s)] == s for s, _ in secret_problems)
     ]
     if items or config is None:
+        items = [(p, _list_by_index(p, m, env)) for p, m in items]
         raise ConfigError(
             [format_problem(source, lines, p, found.scrub(p, m), env) for p, m in items]
         )
     return config  # type: ignore[no-any-return]
+
+
+def _list_by_index(path: KeyPath, message: str, env: dict[KeyPath, str]) -> str:
+    """The problem of a list an override made a mapping of: EDGE_STREAM__WEB__ALLOWED_HOSTS__0
+    with no allowed_hosts in the file said "expected a list, got dict", and not why."""
+    var = env.get(path)
+    if message != "expected a list, got dict" or var is None:
+        return message
+    if len([p for p in var[len(ENV_PREFIX) :].split("__") if p]) <= len(path):
+        return message  # the variable set this key itself, to a mapping
+    return (
+        "expected a list: an override's index reaches an item the file's list has, and the"
+        f" file has no list here; set the whole list in one variable,"
+        f" {ENV_PREFIX}{'__'.join(str(p).upper() for p in path)}='[a, b]'"
+    )
 
 
 def gateway_section(

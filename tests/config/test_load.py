@@ -821,6 +821,24 @@ def test_an_override_reaches_into_a_list_by_index(tmp_path: Path) -> None:
     ]
 
 
+def test_an_index_into_a_list_the_file_lacks_says_to_set_the_whole_list(tmp_path: Path) -> None:
+    # It said "web.allowed_hosts: expected a list, got dict": the override's index had made
+    # a mapping {'0': ...} of a list the file does not have.
+    path = write(tmp_path, "sinks:\n  w: {type: file}\n")
+    var = "EDGE_STREAM__WEB__ALLOWED_HOSTS__0"
+    assert problems(path, {var: "gw.example"}) == [
+        f"{var}: web.allowed_hosts: expected a list: an override's index reaches an item the"
+        " file's list has, and the file has no list here; set the whole list in one variable,"
+        " EDGE_STREAM__WEB__ALLOWED_HOSTS='[a, b]'"
+    ]
+    # the variable of the list itself, set to a mapping, is told what it gave
+    var = "EDGE_STREAM__WEB__ALLOWED_HOSTS"
+    found = problems(path, {var: "{a: 1}"})
+    assert found == [f"{var}: web.allowed_hosts: expected a list, got dict"]
+    config = load(path, environ={var: "[gw.example]"})
+    assert config.web.allowed_hosts == ("gw.example",)
+
+
 def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_STREAM__GATEWAY__ID", "from-env")
     assert load(write(tmp_path, "")).gateway.id == "from-env"
