@@ -564,14 +564,11 @@ class Gateway:
             self.notify.send(*(["READY=1"] if first else []), "STATUS=" + self.status_line())
             if first:
                 await self.record(time.time(), self.config_hash, "start", "applied", [], [])
-            if self.web_url:
-                mqtt = f"; {self.broker.describe()}" if self.broker else ""
-                log.info(
-                    "gateway: %s is up; status page %s%s",
-                    self.config.gateway.id,
-                    self.web_url,
-                    mqtt,
-                )
+            # also with the console off (web.enabled: false), which logged no line at
+            # all: the one that says the gateway is up and which broker it uses
+            page = self.web_url or "off (web.enabled: false)"
+            mqtt = f"; {self.broker.describe()}" if self.broker else ""
+            log.info("gateway: %s is up; status page %s%s", self.config.gateway.id, page, mqtt)
         try:
             await running
         finally:

@@ -4,6 +4,7 @@ says it changed besides the engine (`process_changes`)."""
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,46 @@ async def test_a_new_data_dir_says_what_it_leaves_behind_once_the_new_store_runs
     finally:
         await gateway._close_store()
         let_go_data_dir(lock)
+
+
+async def test_the_startup_line_is_logged_with_the_console_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With web.enabled: false the gateway logged no line saying it was up (nor which
+    broker it used): the README's startup line came only with a status page."""
+    import asyncio
+
+    from gateway.app import Gateway
+
+    config = load_data(
+        {
+            "gateway": {"id": "quiet", "data_dir": str(tmp_path)},
+            "mqtt": {"url": "mqtt://127.0.0.1:1"},
+            "routes": {"all": {"match": "#", "sinks": ["out"]}},
+            "sinks": {"out": {"type": "file"}},
+            "status": {"enabled": False},
+            "web": {"enabled": False},
+        },
+        environ={},
+    )
+    up = asyncio.Event()
+
+    class Up(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if " is up; " in record.getMessage():
+                up.set()
+
+    caplog.set_level("INFO", logger="gateway")
+    handler = Up()
+    logging.getLogger("gateway").addHandler(handler)
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    try:
+        async with asyncio.timeout(10):
+            await up.wait()
+    finally:
+        logging.getLogger("gateway").removeHandler(handler)
+        gateway.stop()
+        await task
+    said = [r.getMessage() for r in caplog.records if " is up; " in r.getMessage()]
+    assert said == ["gateway: quiet is up; status page off (web.enabled: false)"]
