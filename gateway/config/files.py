@@ -97,13 +97,23 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | No
     one. The file gets `mode`; without one, the old file's (0600 for a new file). A
     symbolic link stays one: its target is replaced (a config kept in a git checkout and
     linked from /etc was cut off from it by the first edit through the console, every
-    later edit of the checkout unseen, and the temp file went to the link's folder)."""
+    later edit of the checkout unseen, and the temp file went to the link's folder).
+    What is there and is no regular file is refused, OSError: `web.users_file: /dev/null`
+    had `web passwd`, run as root, rename a file over the system's /dev/null."""
     target = Path(os.path.realpath(path))
+    try:
+        now = target.stat()
+    except FileNotFoundError:
+        now = None
+    if now is not None and not stat.S_ISREG(now.st_mode):
+        raise OSError(
+            errno.EINVAL,
+            "it is not a regular file (a folder, a device, a pipe or a socket), which is"
+            " never replaced; give the path of a file",
+            str(path),
+        )
     if mode is None:
-        try:
-            mode = target.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o600
+        mode = 0o600 if now is None else now.st_mode & 0o7777
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)  # before the data: a secret is never readable by others

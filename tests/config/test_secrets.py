@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,31 @@ def test_rotate_refuses_a_value_the_old_key_cannot_open_naming_its_line() -> Non
     assert str(info.value) == "line 7: cannot decrypt ENC(...): wrong key or damaged value"
     with pytest.raises(secrets.SecretError, match=r"^line 3: ENC\( has no closing"):
         secrets.rotate_text(YAML.format(a="ENC(abc", b="x"), old, other)
+
+
+def test_write_atomic_writes_through_a_link_and_replaces_no_device_or_socket(
+    tmp_path: Path,
+) -> None:
+    """A config linked from a managed folder was cut off from it (the rename put a file
+    in the link's place); `web.users_file: /dev/null` had `web passwd`, run as root,
+    rename a file over the system's /dev/null. A socket stands in for the device here."""
+    managed = tmp_path / "managed"
+    managed.mkdir()
+    (managed / "pi-01.yaml").write_text("old\n")
+    link = tmp_path / "gateway.yaml"
+    link.symlink_to(managed / "pi-01.yaml")
+    files.write_atomic(link, "new\n")
+    assert link.is_symlink() and (managed / "pi-01.yaml").read_text() == "new\n"
+    assert sorted(p.name for p in managed.iterdir()) == ["pi-01.yaml"]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        with pytest.raises(OSError, match="it is not a regular file") as info:
+            files.write_atomic(tmp_path / "sock", "x\n")
+        assert stat.S_ISSOCK((tmp_path / "sock").stat().st_mode)
+    assert info.value.filename == str(tmp_path / "sock")
+    with pytest.raises(OSError, match="it is not a regular file"):
+        files.write_atomic(managed, "x\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml", "managed", "sock"]
 
 
 def test_write_atomic_replaces_with_the_mode_and_leaves_no_temp_file(
