@@ -466,6 +466,13 @@ class WebSection:
         if problem:
             yield "listen", problem
         problem = path_problem(self.users_file or None, "/var/lib/edge-stream/web-users")
+        if not problem and self.users_file and os.path.isdir(self.users_file):
+            # it passed, then no user could log in (the file unreadable), and a console
+            # with no account was closed all the same
+            problem = (
+                f"{self.users_file} is a folder; give the users file's path, e.g."
+                " /var/lib/edge-stream/web-users"
+            )
         if problem:
             yield "users_file", problem
         # HTTP basic auth sends "user:password" and splits at the first ':', so a name

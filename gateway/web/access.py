@@ -143,7 +143,10 @@ def read_users(path: Path) -> dict[str, User]:
     except FileNotFoundError:
         return {}
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read the console users file ({err})") from err
+        # its words alone: a folder's error named the file descriptor ("Is a directory: 14")
+        raise ConfigError(
+            f"{path}: cannot read the console users file ({err.strerror or err})"
+        ) from err
     if len(raw) > MAX_USERS_FILE:  # bytes: a count of characters let a longer file be cut
         raise ConfigError(f"{path}: the console users file is over 1 MiB")
     try:

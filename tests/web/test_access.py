@@ -78,6 +78,23 @@ def test_a_users_file_over_1_mib_of_bytes_is_refused_not_cut(tmp_path: Path) -> 
         access.read_users(path)
 
 
+def test_a_users_file_that_is_a_folder_is_one_line_and_refused_by_the_check(
+    tmp_path: Path,
+) -> None:
+    # The error named the file descriptor ("[Errno 21] Is a directory: 14"), and
+    # check-config passed the folder: no user could log in, and a console with no
+    # account was closed all the same.
+    with pytest.raises(ConfigError) as info:
+        access.read_users(tmp_path)
+    assert str(info.value) == f"{tmp_path}: cannot read the console users file (Is a directory)"
+    with pytest.raises(ConfigError) as info:
+        load_data({"web": {"users_file": str(tmp_path)}}, environ={})
+    assert info.value.problems == [
+        f"<config>: web.users_file: {tmp_path} is a folder; give the users file's path, e.g."
+        " /var/lib/edge-stream/web-users"
+    ]
+
+
 def test_a_malformed_users_file_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "web-users"
     path.write_text("# users\nann:operator:scrypt$1\nbob:root:scrypt$1\n")
