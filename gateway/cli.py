@@ -287,6 +287,13 @@ def _config_versions(args: argparse.Namespace) -> int:
     return _reload_after_rollback(args.config, data_dir)
 
 
+def _gateway_runs_on(data_dir: str) -> bool:
+    """Whether a gateway holds the lock of `data_dir` (False also when it cannot be told)."""
+    from gateway.store.admin import gateway_runs
+
+    return bool(gateway_runs(Path(data_dir) / "store.db"))
+
+
 def _reload_after_rollback(path: str, data_dir: str) -> int:
     """Ask a running gateway to apply the restored file; none answering is fine."""
     try:
@@ -309,12 +316,10 @@ def _reload_after_rollback(path: str, data_dir: str) -> int:
         )
         return 0
     if answer is None:
-        from gateway.store.admin import gateway_runs
-
         # The address asked is the restored file's web.listen: a version whose console
         # was elsewhere or off (web.enabled: false in the running file) found none there,
         # and "used at the next start" had the user restart a gateway that reads it anyway.
-        if gateway_runs(Path(data_dir) / "store.db"):
+        if _gateway_runs_on(data_dir):
             print(
                 f"no gateway answers at {url}, but one runs on {data_dir}: it takes the"
                 " restored file when it sees the change (gateway.watch_config), or on"
@@ -553,6 +558,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
     answer, reason = _ask_reload(url, headers, context)
     if answer is None:
         print(f"edge-stream: no gateway answers at {url} ({reason})", file=sys.stderr)
+        try:
+            data_dir = _data_dir(args.config)
+        except SystemExit:  # the gateway: section is refused: nothing more to tell
+            return 1
+        if _gateway_runs_on(data_dir):
+            # the file's web.listen changed (or web.enabled), the running console is
+            # where the old file had it: "no gateway answers" alone sent the user to start one
+            print(
+                f"edge-stream: but a gateway runs on {data_dir}, its console elsewhere (its"
+                f" web.listen or web.enabled is not {args.config}'s): send it SIGHUP"
+                " (systemctl reload edge-stream) to read its config file again",
+                file=sys.stderr,
+            )
         return 1
     other = _other_file(args.config, answer)
     if other is not None:

@@ -284,3 +284,33 @@ def _rollback_to(gw: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> tupl
         code = int(exit_.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_a_reload_that_finds_no_console_says_a_gateway_runs_on_the_data_dir(
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """web.listen changed in the file (or a copy with another one): "no gateway answers"
+    alone sent the user to start a gateway that runs, on the same data_dir."""
+    gw = gateway_factory({"gateway": {"watch_config": False}})
+    gw.start(wait_sources=False)
+    moved = gw.folder / "moved.yaml"
+    moved.write_text(gw.config_path.read_text().replace(f"127.0.0.1:{gw.web_port}", "127.0.0.1:1"))
+    url = "http://127.0.0.1:1/api/config/reload"
+    try:
+        code = main(["reload", "-c", str(moved)])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"edge-stream: no gateway answers at {url} ([Errno 111] Connection refused)",
+        f"edge-stream: but a gateway runs on {gw.data_dir}, its console elsewhere (its"
+        f" web.listen or web.enabled is not {moved}'s): send it SIGHUP (systemctl reload"
+        " edge-stream) to read its config file again",
+    ]
+    gw.stop()
+    assert main(["reload", "-c", str(moved)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"edge-stream: no gateway answers at {url} ([Errno 111] Connection refused)"
+    ]
