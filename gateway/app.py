@@ -869,6 +869,10 @@ class Reloads:
         try:
             text = read_text(path)
         except ConfigError:  # removed or unreadable: what runs is in no file now
+            # This attempt read no text: the running one put back is a change the watcher
+            # tries (it was taken for the text already tried, and the refusal of a file
+            # over 256 KiB or not UTF-8 stayed in /api/status over the file put right).
+            self._tried_hash = self._tried_text = None
             self._keep_running(path, None, data_dir)
             raise
         self._tried_hash, self._tried_text = files.text_hash(text), text

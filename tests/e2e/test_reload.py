@@ -122,6 +122,27 @@ def test_a_file_renamed_over_the_config_is_noticed(gw: GatewayProcess) -> None:
     assert gw.status()["config"]["last_reload"]["trigger"] == "file"
 
 
+def test_the_running_text_put_back_after_an_unreadable_one_is_read(gw: GatewayProcess) -> None:
+    """A file over 256 KiB (or not UTF-8, or removed) is refused before its text is read:
+    the running text put back was taken for the text already tried, and the refusal
+    stayed in /api/status over the file put right."""
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(text + ("# " + "x" * 1000 + "\n") * 300)
+    wait_for(
+        lambda: (gw.status()["config"]["last_reload"] or {}).get("outcome") == "refused",
+        10,
+        "the refusal of the file over 256 KiB",
+    )
+    assert "larger than 256 KiB" in gw.status()["config"]["last_reload"]["errors"][0]
+    gw.config_path.write_text(text)
+    wait_for(
+        lambda: gw.status()["config"]["last_reload"]["outcome"] == "applied",
+        10,
+        "the running text put back, read again",
+    )
+    assert gw.status()["config"]["last_reload"]["errors"] == []
+
+
 def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path, _config(watch_config=False))
     gw.start()
