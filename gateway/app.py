@@ -730,6 +730,22 @@ class Gateway:
 
 WATCH_INTERVAL = 0.5  # seconds between two looks at the config file's stat
 WATCH_SETTLE = 1.0  # a change must hold still this long before it is read
+# A refused file's problems a reload keeps (the log, /api/status, the store's history):
+# a 256 KiB file can hold thousands, each attempt's kept whole in 1000 history records
+# and sent in every status document. `edge-stream check-config` says them all.
+RELOAD_ERRORS_KEPT = 50
+
+
+def _kept_errors(errors: list[str], path: str) -> list[str]:
+    """`errors`, the first RELOAD_ERRORS_KEPT of them and a line on the rest."""
+    if len(errors) <= RELOAD_ERRORS_KEPT:
+        return errors
+    more = len(errors) - RELOAD_ERRORS_KEPT
+    return [
+        *errors[:RELOAD_ERRORS_KEPT],
+        f"... and {more} more problems: `edge-stream check-config -c {path}` says them all",
+    ]
+
 
 # {"outcome": "applied"|"refused"|"rolled_back", "errors": [...], "changes": [...]?}
 Outcome = dict[str, Any]
@@ -830,7 +846,7 @@ class Reloads:
             data_dir = self.gateway.config.gateway.data_dir  # where the running one keeps
             new = await asyncio.to_thread(self._read_and_load, path, data_dir)
         except ConfigError as err:
-            errors = list(err.problems)
+            errors = _kept_errors(list(err.problems), path)
             log.error(
                 "gateway: reload refused, the running config stays:\n  %s", "\n  ".join(errors)
             )

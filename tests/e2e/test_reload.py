@@ -143,6 +143,29 @@ def test_the_running_text_put_back_after_an_unreadable_one_is_read(gw: GatewayPr
     assert gw.status()["config"]["last_reload"]["errors"] == []
 
 
+def test_a_refused_reload_keeps_the_first_50_problems_and_counts_the_rest(
+    gw: GatewayProcess,
+) -> None:
+    """A 256 KiB file can hold thousands of problems: each refused attempt kept them all
+    in the store's 1000 history records, the log and every /api/status document."""
+    data = yaml.safe_load(gw.config_path.read_text())
+    data["sinks"].update({f"s{i}": {"type": "nowhere"} for i in range(300)})
+    gw.config_path.write_text(yaml.safe_dump(data))
+    last = wait_for(
+        lambda: (
+            (gw.status()["config"]["last_reload"] or {}).get("outcome") == "refused"
+            and gw.status()["config"]["last_reload"]
+        ),
+        10,
+        "the refusal of the file with 300 problems",
+    )
+    errors = last["errors"]
+    assert len(errors) == 51 and all("nowhere" in e for e in errors[:50]), errors[-2:]
+    assert errors[50] == (
+        f"... and 250 more problems: `edge-stream check-config -c {gw.config_path}` says them all"
+    )
+
+
 def test_post_api_config_reload_answers_the_outcome(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path, _config(watch_config=False))
     gw.start()
