@@ -68,14 +68,14 @@ from gateway.config.load import (
     plain_tag,
     read_text,
 )
-from gateway.config.model import Config, RouteSection
+from gateway.config.model import NAME_MAX, Config, RouteSection
 from gateway.config.schema import Component, Problems, build, fields
 from gateway.config.view import REDACTED, plain, redact, show
 from gateway.core.errors import ConfigError
 
 SECTIONS = ("sources", "routes", "sinks")
 _NOUNS = {"sources": "source", "routes": "route", "sinks": "sink"}
-MAX_NAME = 128
+MAX_NAME = NAME_MAX  # what the loader takes (config/model.py)
 _STR_TAG = "tag:yaml.org,2002:str"
 _MISSING = object()
 

@@ -53,6 +53,7 @@ from gateway.mqtt.urls import (
 
 Overflow = Literal["drop_oldest", "block"]
 GATEWAY_ID_MAX = 256  # bytes of UTF-8
+NAME_MAX = 128  # characters of a source, route, sink or alert rule name
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,10 @@ def name_problem(name: str) -> str | None:
     alert keys `<rule>:<subject>`, the store's ROUTE.N), so they hold none of them."""
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         return "names use letters, digits, '_' and '-'"
+    if len(name) > NAME_MAX:
+        # the config API (and the console) edits names of at most this many: a longer
+        # one passed check-config, then could be neither changed nor removed there
+        return f"a name has at most {NAME_MAX} characters (this one {len(name)})"
     return None
 
 

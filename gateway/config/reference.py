@@ -320,7 +320,8 @@ def config_page(components: Iterable[Described]) -> str:
         "# The config file: top-level sections",
         "",
         "One YAML (or JSON) file; sources, routes, sinks and alert rules are mappings keyed"
-        " by the name you give them (letters, digits, `_` and `-`). Durations read `250ms`,"
+        " by the name you give them (letters, digits, `_` and `-`, at most 128). Durations"
+        " read `250ms`,"
         " `10s`, `5m`; sizes `512MiB`, `1GiB`; a number without a unit is seconds for a"
         " duration, bytes for a size."
         f" {_GENERATED}",

@@ -677,6 +677,26 @@ def test_a_name_with_a_dot_is_refused_at_its_own_line(tmp_path: Path) -> None:
     assert problems(path) == [f"{path}:4: sinks.x.y: names use letters, digits, '_' and '-'"]
 
 
+def test_a_name_longer_than_the_config_api_edits_is_refused(tmp_path: Path) -> None:
+    # A route named with 200 characters passed check-config; the config API (and the
+    # console) edits names of at most 128, so it could be neither changed nor removed.
+    from gateway.config import edit
+
+    long, longest = "r" * 129, "r" * 128
+    path = write(
+        tmp_path, f"routes:\n  {long}: {{match: a, sinks: [o]}}\nsinks: {{o: {{type: file}}}}\n"
+    )
+    assert problems(path) == [
+        f"{path}:3: routes.{long}: a name has at most 128 characters (this one 129)"
+    ]
+    path = write(
+        tmp_path, f"routes:\n  {longest}: {{match: a, sinks: [o]}}\nsinks: {{o: {{type: file}}}}\n"
+    )
+    text = path.read_text()
+    assert longest in load(path).routes
+    assert longest not in edit.remove_component(text, "routes", longest, str(path))
+
+
 def test_an_invalid_match_filter(tmp_path: Path) -> None:
     path = write(
         tmp_path,
