@@ -382,7 +382,21 @@ def cmd_config_remote(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace, envelope: bytes, number: int) -> int:
     from gateway.mqtt.remote import push
+    from gateway.mqtt.urls import login
 
+    try:
+        user, password = login(args.broker, args.username, os.environ.get(PUSH_PASSWORD_ENV))
+    except ValueError:  # a bad URL is said by the push
+        user, password = args.username, None
+    if password and not user:
+        # an MQTT client sends a password only with a user name: it went unsent, and
+        # the broker's refusal (not authorized) said nothing of the password set
+        print(
+            f"edge-stream: ${PUSH_PASSWORD_ENV} (or the password in --broker) needs a user"
+            " name: give --username, or user:password@ in --broker",
+            file=sys.stderr,
+        )
+        return 1
     try:
         answer = asyncio.run(
             push(

@@ -163,6 +163,25 @@ def test_config_push_names_the_tls_file_it_cannot_use(
     assert out == "" and err.startswith(f"edge-stream: {message}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("broker", ["mqtt://127.0.0.1:1", "mqtt://:s3cret-pw@127.0.0.1:1"])
+def test_config_push_refuses_a_password_without_a_user_name(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    broker: str,
+) -> None:
+    # An MQTT client sends a password only with a user name: it went unsent, and the
+    # broker's refusal ("not authorized") said nothing of the password set.
+    monkeypatch.setenv("EDGE_STREAM_PUSH_PASSWORD", "s3cret-pw")
+    assert main([*_push_argv(tmp_path, capsys), "--broker", broker]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == (
+        "",
+        "edge-stream: $EDGE_STREAM_PUSH_PASSWORD (or the password in --broker) needs a user"
+        " name: give --username, or user:password@ in --broker\n",
+    )
+
+
 def test_config_push_to_a_broker_that_never_answers_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
