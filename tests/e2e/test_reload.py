@@ -149,7 +149,8 @@ def test_a_refused_reload_keeps_the_first_50_problems_and_counts_the_rest(
     """A 256 KiB file can hold thousands of problems: each refused attempt kept them all
     in the store's 1000 history records, the log and every /api/status document."""
     data = yaml.safe_load(gw.config_path.read_text())
-    data["sinks"].update({f"s{i}": {"type": "nowhere"} for i in range(300)})
+    # sources: 300 sinks would bring one more problem (a store keeps at most 62 sinks)
+    data.setdefault("sources", {}).update({f"s{i}": {"type": "nowhere"} for i in range(300)})
     gw.config_path.write_text(yaml.safe_dump(data))
     last = wait_for(
         lambda: (
