@@ -540,6 +540,10 @@ class Engine:
         # anything changed: the caller refuses the reload.
         await self.store.register_sinks(plan.sinks_start)
         old, self.config = self.config, config
+        if config.buffer.batch_linger < old.buffer.batch_linger:
+            # taken in place: a commit lingering for the old time (1h) held what came
+            # in until then; it goes now, and the next lingers for the new time
+            self.ingest.cut_linger()
         failures: list[str] = []
         if plan.sinks_start:
             await self._save_active(plan.sinks_start)

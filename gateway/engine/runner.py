@@ -75,6 +75,7 @@ class Ingest:
         # by source: how many messages of a `put` waiting for room are not in yet (a stop
         # that cancels it drops them; see `SourceRunner.stop`)
         self.unput: dict[str, int] = {}
+        self._lingering: asyncio.Future[None] | None = None  # `take`'s linger, see cut_linger
 
     def __len__(self) -> int:
         return len(self._items)
@@ -120,6 +121,12 @@ class Ingest:
         if messages:
             self._ready.set()
 
+    def cut_linger(self) -> None:
+        """End the linger of a `take` under way: what waits is handed over now (a reload
+        that shortens buffer.batch_linger takes it in place)."""
+        if self._lingering is not None:
+            self._lingering.cancel()
+
     async def take(
         self, limit: int, linger: float, max_bytes: int = 1 << 62
     ) -> list[tuple[str, Message]]:
@@ -136,7 +143,12 @@ class Ingest:
         if len(self._items) < limit and self.bytes < max_bytes and linger > 0:
             waiters = self.waiters
             if not (waiters and all(item[0] in waiters for item in self._items)):
-                await self.clock.sleep(linger)
+                self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
+                try:
+                    await asyncio.wait((lingering,))  # ended by the time or by cut_linger
+                finally:
+                    self._lingering = None
+                    lingering.cancel()
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0

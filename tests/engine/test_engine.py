@@ -127,6 +127,46 @@ async def test_ingest_gives_at_most_the_limit_and_lingers_on_the_clock() -> None
     assert len(await take) == 4, "what came while it lingered is in the batch"
 
 
+async def test_a_linger_under_way_is_cut_short() -> None:
+    """A reload that shortens buffer.batch_linger takes it in place: a commit lingering for
+    the old time (1h) held what came in until then."""
+    clock = FakeClock()
+    ingest = Ingest(capacity=100, clock=clock)
+    await ingest.put("s", [Message(ff(1))])
+    take = asyncio.ensure_future(ingest.take(5, 3600.0))
+    assert await clock.sleeps(1) == [3600.0]
+    ingest.cut_linger()
+    async with asyncio.timeout(10):
+        assert len(await take) == 1, "handed over at once, the clock not moved"
+    ingest.cut_linger()  # with no linger under way: nothing happens
+
+
+async def test_a_reload_that_shortens_batch_linger_commits_what_lingers(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TopicSource, "topics", asyncio.Queue(), raising=False)
+    classes = {("source", "fake"): TopicSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[(k, n)]))
+    events: list[str] = []
+    monkeypatch.setattr(FakeSink, "events", events)
+    monkeypatch.setattr(FakeSink, "release", asyncio.Event())
+    FakeSink.release.set()
+    config = fake_config(tmp_path)
+    config = dataclasses.replace(config, buffer=BufferSection(batch_linger=3600.0))
+    clock = FakeClock()
+    engine = Engine(config, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    TopicSource.topics.put_nowait(["plant/line1"])
+    await until(lambda: 3600.0 in clock.slept)
+    shorter = dataclasses.replace(config, buffer=BufferSection(batch_linger=0.005))
+    assert await engine.apply(shorter, plan(config, shorter)) == []
+    await until(lambda: "written" in events)  # committed, then delivered
+    assert events == ["write 1", "written"]
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
 # -- acks after the commit, and shutdown order ----------------------------------------
 
 
