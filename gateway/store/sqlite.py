@@ -927,6 +927,15 @@ class Store:
         maps in memory change only once it has committed."""
         db = self._db
         assert db is not None
+        # Known sinks need no write, so no write lock: `store purge`, `replay` or
+        # `drop-sink` holding it past the busy timeout made the gateway's start, or a
+        # reload that only restarts a sink, fail for nothing. A read needs no lock in WAL.
+        names = [
+            name
+            for name in dict.fromkeys(names)
+            if name not in self._bits
+            or not db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone()
+        ]
         if not names:
             return
         bits = dict(self._bits)
@@ -935,7 +944,7 @@ class Store:
         # IMMEDIATE: what it reads (the sinks there, the end) is what it writes over
         with _transaction(db, "BEGIN IMMEDIATE"):
             end: int | None = None
-            for name in dict.fromkeys(names):
+            for name in names:  # checked again: the CLI may have written since
                 if name in bits:
                     if db.execute("SELECT 1 FROM sinks WHERE name = ?", (name,)).fetchone():
                         continue

@@ -442,6 +442,26 @@ async def test_new_sinks_are_registered_all_or_none(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_known_sinks_register_while_the_cli_holds_the_write_lock(tmp_path: Path) -> None:
+    """Registering took the write lock even when every sink was known: with `store purge`
+    (or replay, drop-sink) holding it past the busy timeout, the gateway's start and a
+    reload that only restarts a sink failed with a StoreError."""
+    store = await open_store(tmp_path)
+    await store._query("PRAGMA busy_timeout = 0")  # a wait for the lock fails at once
+    cli = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    cli.execute("BEGIN IMMEDIATE")
+    try:
+        await store.register_sinks(["a", "b", "a"])
+        with pytest.raises(StoreError):  # a new sink does need the lock
+            await store.register_sinks(["a", "c"])
+    finally:
+        cli.execute("ROLLBACK")
+        cli.close()
+    await store.register_sinks(["a", "c"])
+    assert store.cursor("c") == 0
+    await store.close()
+
+
 async def test_reads_from_the_memory_tail_match_reads_from_disk(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     a, b = store.bit("a"), store.bit("b")
