@@ -52,19 +52,6 @@ def load_client_cert(context: ssl.SSLContext, cert_file: str, key_file: str | No
         ) from None
 
 
-def load_served(context: ssl.SSLContext, cert: str, key: str) -> None:
-    """Load the certificate `cert` and its key `key` into `context`, a server context
-    that serves already (a renewal): the next handshakes use them. ServedTlsError when
-    they cannot be loaded; the context may then hold the new certificate without a key,
-    so the caller serves another one."""
-    try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
-    except _Encrypted:
-        raise ServedTlsError("tls_key", f"{key} is encrypted (it asks for a passphrase)") from None
-    except (ssl.SSLError, OSError) as err:
-        raise ServedTlsError("tls_cert", f"cannot serve {cert} with tls_key {key}: {err}") from err
-
-
 def _peek(key: str, path: str) -> bytes:
     try:
         return files.read_head(path, _PEEK, regular=True)  # OpenSSL's own open of a pipe hangs

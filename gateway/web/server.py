@@ -91,7 +91,7 @@ from aiohttp.http import HttpProcessingError
 
 from gateway.config import files
 from gateway.config.model import WebSection
-from gateway.config.tls import ServedTlsError, load_served, served_tls
+from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.engine.console import preview_text
 from gateway.engine.status import StatusView
@@ -201,7 +201,9 @@ class WebServer:
         self._status_doc: tuple[float, bytes] = (-1.0, b"")
         self.secure = bool(config.tls_cert)
         self._tls_files: tuple[files.Stamp | None, ...] = ()
-        self._context: ssl.SSLContext | None = None  # served to new connections
+        # what new connections are served: a renewal swaps it, never changes it (one
+        # half-loaded served no handshake at all)
+        self._serving: ssl.SSLContext | None = None
 
     def _known_hosts(self) -> set[str]:
         hosts = {h.lower() for h in self.config.allowed_hosts}
@@ -245,7 +247,13 @@ class WebServer:
         listen = self.config.listen
         host, _, port = listen.rpartition(":")
         context = self._tls() if self.secure else None
-        self._tls_files, self._context = self._tls_stamp(), context
+        if context is not None:
+            # each handshake switches to the context served now (called with SNI or
+            # without, then with None), so a renewal changes no context in use
+            context.sni_callback = lambda ssl_obj, _name, _ctx: setattr(
+                ssl_obj, "context", self._serving
+            )
+        self._tls_files, self._serving = self._tls_stamp(), context
         runner = web.AppRunner(
             self._app(),
             handle_signals=False,
@@ -292,61 +300,26 @@ class WebServer:
 
     async def renew_tls(self) -> bool:
         """Serve the certificate files anew when they changed since they were read (a
-        renewal written over them, then a reload); True when it did. They are loaded into
-        the context the listening socket serves: new connections get the new certificate,
-        open ones keep theirs, and the socket stays open (no connection refused meanwhile,
-        no port to lose to another program). Files that cannot be served (changed since
-        the reload's config check read them) leave the certificate served as it was, said
-        in a WARNING."""
-        if self._listener is None or self._context is None or self._closing.is_set():
+        renewal written over them, then a reload); True when it did. They are checked
+        in a context of their own, off the loop, which new handshakes then switch to:
+        new connections get the new certificate, open ones keep theirs, and the
+        listening socket stays open (no connection refused meanwhile, no port to lose to
+        another program). Files that cannot be served (changed since the reload's config
+        check read them) leave the certificate served as it was, said in an ERROR."""
+        if self._listener is None or self._serving is None or self._closing.is_set():
             return False
         # a stat and a read of a few kB each, off the loop all the same (a slow disk)
         stamp = await asyncio.to_thread(self._tls_stamp)
         if stamp == self._tls_files:
             return False
         try:
-            checked = await asyncio.to_thread(self._tls)  # a context of its own: the check
+            checked = await asyncio.to_thread(self._tls)
         except ConfigError as err:
-            log.warning("web: %s; the console serves the certificate it had", err)
+            log.error("web: %s; the console still serves the certificate it had", err)
             return False
         if self._closing.is_set() or self._listener is None:
             return False  # stopped meanwhile
-        try:
-            # on the loop: handshakes use this context, so it must not change under one
-            load_served(self._context, str(self.config.tls_cert), str(self.config.tls_key))
-        except ServedTlsError as err:
-            # changed again since the check: a failed load may leave the context with the
-            # new certificate and no key, so the socket is opened anew with the checked one
-            log.warning("web: web.%s: %s; listening anew with the files as checked", err.key, err)
-            return await self._listen_anew(stamp, checked)
-        self._tls_files = stamp
-        return True
-
-    async def _listen_anew(
-        self, stamp: tuple[files.Stamp | None, ...], context: ssl.SSLContext
-    ) -> bool:
-        """Close the listening socket and listen again serving `context` (the open
-        connections stay, with the TLS they began with)."""
-        assert self._listener is not None
-        host, _, port = self.config.listen.rpartition(":")
-        self._listener.close()
-        self._listener = None
-        loop = asyncio.get_running_loop()
-        try:
-            listener = await loop.create_server(
-                self._admit, host.strip("[]"), int(port), ssl=context, backlog=128
-            )
-        except OSError as err:  # the port, taken in between
-            log.error(
-                "web: cannot listen on %s again (%s); restart the gateway",
-                self.config.listen,
-                err.strerror or err,
-            )
-            return False
-        if self._closing.is_set():  # stopped meanwhile: the new socket goes too
-            listener.close()
-            return False
-        self._listener, self._tls_files, self._context = listener, stamp, context
+        self._tls_files, self._serving = stamp, checked
         return True
 
     async def stop(self) -> bool:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -903,10 +902,45 @@ def _listening_inode(gateway: Gateway) -> int:
 
 async def test_a_renewed_certificate_is_served_on_the_socket_that_listens(tmp_path: Path) -> None:
     # Before: the renewal closed the listening socket and opened another, so a connection
-    # coming in meanwhile was refused and another program could take the port; now the
-    # new certificate is loaded into the context the socket serves.
+    # coming in meanwhile was refused and another program could take the port; now each
+    # handshake on that socket switches to the context checked last.
     cert, key = _self_signed(tmp_path / "pki")
     gateway, task, served = await _start(tmp_path, f'  tls_cert: "{cert}"\n  tls_key: "{key}"')
+    try:
+        listening = _listening_inode(gateway)
+        old = ssl.create_default_context(cafile=str(cert))
+        renewed, renewed_key = _self_signed(tmp_path / "renewed")
+        cert.write_bytes(renewed.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        assert gateway.web is not None and await gateway.web.renew_tls()
+        assert _listening_inode(gateway) == listening
+        new = ssl.create_default_context(cafile=str(cert))
+        assert (await call(f"{served.url}/healthz", ssl_context=new)).status == 200
+        with pytest.raises(aiohttp.ClientError):
+            await call(f"{served.url}/healthz", ssl_context=old)
+        assert not await gateway.web.renew_tls()  # nothing changed since
+    finally:
+        gateway.stop()
+        await task
+
+
+async def test_files_changed_again_after_their_check_leave_the_checked_ones_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the checked files were loaded again into the context that served, and a
+    # key written back in between (the new certificate, the old key) left it half-loaded;
+    # the listening socket was then closed and opened anew with the checked context.
+    cert, key = _self_signed(tmp_path / "pki")
+    old_key = key.read_bytes()
+    gateway, task, served = await _start(tmp_path, f'  tls_cert: "{cert}"\n  tls_key: "{key}"')
+    checked = server.served_tls
+
+    def then_changed(cert_file: str, key_file: str) -> ssl.SSLContext:
+        context = checked(cert_file, key_file)
+        key.write_bytes(old_key)  # no longer the certificate's key
+        return context
+
+    monkeypatch.setattr(server, "served_tls", then_changed)
     try:
         listening = _listening_inode(gateway)
         renewed, renewed_key = _self_signed(tmp_path / "renewed")
@@ -916,39 +950,31 @@ async def test_a_renewed_certificate_is_served_on_the_socket_that_listens(tmp_pa
         assert _listening_inode(gateway) == listening
         new = ssl.create_default_context(cafile=str(cert))
         assert (await call(f"{served.url}/healthz", ssl_context=new)).status == 200
-        assert not await gateway.web.renew_tls()  # nothing changed since
     finally:
         gateway.stop()
         await task
 
 
-async def test_a_renewal_listening_anew_while_the_console_stops_leaves_nothing_listening(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_renewal_with_files_that_cannot_be_served_keeps_the_old_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Files that cannot be loaded into the served context (changed again since the check)
-    # have the socket opened anew with the checked ones; a stop meanwhile closed the old
-    # socket, but the new one stayed, listening after the stop.
+    # The files changed since the reload's check read them: the certificate served stays,
+    # on the same socket, and an ERROR names the files (the renewal needs the operator).
     cert, key = _self_signed(tmp_path / "pki")
     gateway, task, served = await _start(tmp_path, f'  tls_cert: "{cert}"\n  tls_key: "{key}"')
-    web = gateway.web
-    assert web is not None
-    stopping: list[asyncio.Task[bool]] = []
-
-    def changed_again(*_args: Any) -> None:
-        stopping.append(asyncio.get_running_loop().create_task(web.stop()))
-        raise server.ServedTlsError("tls_cert", "changed again")
-
-    monkeypatch.setattr(server, "load_served", changed_again)
     try:
-        renewed, renewed_key = _self_signed(tmp_path / "renewed")
-        cert.write_bytes(renewed.read_bytes())
-        key.write_bytes(renewed_key.read_bytes())
-        assert not await web.renew_tls()
-        await stopping[0]
-        assert web._listener is None
-        with socket.socket() as probe:  # the port is free: nothing listens on it
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", served.port))
+        listening = _listening_inode(gateway)
+        old = ssl.create_default_context(cafile=str(cert))
+        renewed, _renewed_key = _self_signed(tmp_path / "renewed")
+        cert.write_bytes(renewed.read_bytes())  # the new certificate, the old key
+        assert gateway.web is not None and not await gateway.web.renew_tls()
+        assert _listening_inode(gateway) == listening
+        assert (await call(f"{served.url}/healthz", ssl_context=old)).status == 200
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [
+            f"web: web.tls_key: {key} is not the key of tls_cert {cert}; the console still"
+            " serves the certificate it had"
+        ]
     finally:
         gateway.stop()
         await task
