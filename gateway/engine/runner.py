@@ -670,6 +670,8 @@ class SinkRunner:
             "%s; retrying in %.1f s (depth %d)", reason, delay, self.store.depth(self.name)
         )
         await self.close()
+        if self.stopping:  # came during the close: no wait to begin
+            return
         self.resting = True
         try:
             await self._rest(delay)
@@ -698,6 +700,7 @@ class SinkRunner:
                 changed.cancel()
                 await asyncio.gather(sleep, changed, return_exceptions=True)
             if not sleep.cancelled():
+                sleep.result()  # a clock's own error is raised, not taken for slept out
                 return  # slept out
 
     async def close(self) -> None:

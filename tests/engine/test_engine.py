@@ -931,6 +931,46 @@ async def test_new_retry_settings_taken_while_the_sink_closes_shorten_its_wait(
     await stop(runner, task)
 
 
+async def test_a_stop_while_the_failed_sink_closes_starts_no_wait(store: Store) -> None:
+    """A stop landing while the failed sink closed its connection found it not resting:
+    the engine gave it SINK_FINISH_S to finish a batch it did not have, while it began
+    the backoff's wait, then cancelled it."""
+    await put(store, 3)
+    clock = FakeClock()
+    hour = RetrySettings(initial=3600.0, max=3600.0)
+    runner = runner_for(store, [RetryableError("upstream down")], clock, hour)
+    sink = runner.sink
+    assert isinstance(sink, ScriptedSink)
+    sink.close_gate = asyncio.Event()
+    task = asyncio.ensure_future(runner.run())
+    async with asyncio.timeout(10):
+        await sink.closing.wait()
+    runner.stopping = True
+    sink.close_gate.set()
+    await until(lambda: task.done() or bool(clock.slept))
+    assert clock.slept == [] and task.done() and not runner.resting
+    await task
+
+
+async def test_an_error_of_the_clock_while_the_sink_waits_is_raised(store: Store) -> None:
+    """The wait for the next try gathered its sleep with return_exceptions: a clock
+    whose sleep failed was taken for a wait slept out, the error lost, and the sink
+    retried at once."""
+
+    class BrokenClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            self.slept.append(seconds)
+            raise RuntimeError("the clock broke")
+
+    await put(store, 3)
+    runner = runner_for(store, [RetryableError("upstream down")], BrokenClock())
+    task = asyncio.ensure_future(runner.run())
+    await until(lambda: task.done() or runner.delivered > 0)
+    assert task.done() and runner.delivered == 0
+    with pytest.raises(RuntimeError, match="the clock broke"):
+        await task
+
+
 async def test_other_new_settings_keep_the_backoff_where_it_is(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
