@@ -1460,8 +1460,8 @@ HOW = {
     " environment",
 }
 SHELL = (
-    " (check-config run from a shell does not see /etc/edge-stream/environment: a value"
-    " kept there is reported missing)"
+    " (a value kept only in /etc/edge-stream/environment is not seen by check-config run"
+    " from a shell)"
 )
 
 
