@@ -1441,18 +1441,22 @@ def test_a_command_as_root_through_a_link_into_the_gateway_user_s_folder_is_refu
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     users = theirs / "web-users"
-    key = theirs / "secret.key"
+    # root's folder: only the config's link leads `secret rotate` into theirs
+    (tmp_path / "keys").mkdir()
+    key = tmp_path / "keys" / "secret.key"
     assert cli("secret", "keygen", "--key-file", str(key)).returncode == 0
+    sealed = cli("secret", "encrypt", "out.jsonl", "--key-file", str(key)).stdout.strip()
     users.write_text("")
     target = theirs / "gateway.yaml"
-    target.write_text(
+    target.write_text(  # a value to rotate: `secret rotate` writes the config
         f"gateway: {{data_dir: {tmp_path / 'data'}, secret_key_file: {key}}}\n"
-        f"web: {{users_file: {tmp_path / 'web-users'}}}\nsinks: {{}}\nroutes: {{}}\n"
+        f"web: {{users_file: {tmp_path / 'web-users'}}}\n"
+        f"sinks: {{a: {{type: file, path: '{sealed}'}}}}\nroutes: {{}}\n"
     )
     (tmp_path / "web-users").symlink_to(users)
     config = tmp_path / "gateway.yaml"
     config.symlink_to(target)
-    for file in (theirs, users, key, target):
+    for file in (theirs, users, target):
         os.chown(file, nobody.pw_uid, nobody.pw_gid)
     before = {f: (f.read_bytes(), f.stat().st_uid) for f in (users, key, target)}
     for command, stdin in ((("web", "passwd", "ann"), "ann-pass-1\n"), (("secret", "rotate"), "")):
@@ -1464,4 +1468,4 @@ def test_a_command_as_root_through_a_link_into_the_gateway_user_s_folder_is_refu
             " files there that a gateway running as that user cannot read or write\n",
         )
     assert {f: (f.read_bytes(), f.stat().st_uid) for f in (users, key, target)} == before
-    assert sorted(p.name for p in theirs.iterdir()) == ["gateway.yaml", "secret.key", "web-users"]
+    assert sorted(p.name for p in theirs.iterdir()) == ["gateway.yaml", "web-users"]
