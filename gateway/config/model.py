@@ -43,13 +43,7 @@ from gateway.core.component import MAX_SINKS
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import unsendable, validate_filter, validate_topic
-from gateway.mqtt.urls import (
-    client_cert_problems,
-    login,
-    parse_url,
-    unsendable_keys,
-    url_problem,
-)
+from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
 
 Overflow = Literal["drop_oldest", "block"]
 GATEWAY_ID_MAX = 256  # bytes of UTF-8
@@ -263,10 +257,7 @@ class MqttSection:
     ] = None
     password: Annotated[
         str | None,
-        Doc(
-            "Its password (may be `ENC(...)`); never logged. It needs a user name:"
-            " `username`, or `user:password@` in `url`."
-        ),
+        Doc("Its password (may be `ENC(...)`); never logged."),
     ] = None
     ca_file: Annotated[
         str | None,
@@ -333,7 +324,6 @@ class MqttSection:
                         f"needs TLS: url {mask_password(self.url)!r} is not mqtts://host:port",
                     )
         yield from client_cert_problems(self.cert_file, self.key_file)
-        yield from self._login_problems()
         host, _, port = self.embedded_listen.rpartition(":")
         if not host or port_number(port) is None:
             yield (
@@ -349,23 +339,6 @@ class MqttSection:
             yield (
                 "embedded_listen",
                 f"{self.embedded_listen!r}: write an IPv6 address in brackets, e.g. [::1]:1883",
-            )
-
-    def _login_problems(self) -> Iterator[tuple[str, str]]:
-        """A password with no user name: the gateway's MQTT clients send a password only
-        with a user name, and it was dropped without a word (the broker then refused the
-        status topics' connection as anonymous, with the password set)."""
-        username, password = self.username, self.password
-        if self.url.startswith(("mqtt://", "mqtts://")):
-            try:
-                username, password = login(self.url, username, password)
-            except ValueError:
-                return  # the URL's own problem is said
-        if password and not username:
-            yield (
-                "password" if self.password else "url",
-                "a password needs a user name (the gateway's MQTT clients send none without"
-                " one): set mqtt.username too, or user:password@ in mqtt.url",
             )
 
 

@@ -1030,32 +1030,6 @@ def test_an_mqtt_keepalive_that_is_not_whole_seconds_is_refused(tmp_path: Path) 
     ]
 
 
-@pytest.mark.parametrize(
-    ("mqtt", "key"),
-    [
-        ('{url: "mqtt://127.0.0.1:1883", password: s3cret-pw}', "password"),
-        ("{password: s3cret-pw}", "password"),
-        ('{url: "mqtt://:s3cret-pw@127.0.0.1:1883"}', "url"),
-    ],
-)
-def test_an_mqtt_password_without_a_user_name_is_refused(
-    tmp_path: Path, mqtt: str, key: str
-) -> None:
-    # The gateway's MQTT clients send a password only with a user name: it was dropped
-    # without a word, and the broker refused the status topics' connection as anonymous.
-    path = write(tmp_path, f"mqtt: {mqtt}\n")
-    assert problems(path) == [
-        f"{path}:2: mqtt.{key}: a password needs a user name (the gateway's MQTT clients"
-        " send none without one): set mqtt.username too, or user:password@ in mqtt.url"
-    ]
-    for good in (
-        '{url: "mqtt://127.0.0.1:1883", username: gw, password: s3cret-pw}',
-        '{url: "mqtt://gw:s3cret-pw@127.0.0.1:1883"}',
-        '{url: "mqtt://gw@127.0.0.1:1883", password: s3cret-pw}',
-    ):
-        assert load(write(tmp_path, f"mqtt: {good}\n")).mqtt.url.startswith("mqtt://")
-
-
 def test_the_remote_config_broker_url_is_checked(tmp_path: Path) -> None:
     # Only its scheme was checked: mqtt://h:99999 passed check-config, then the channel
     # logged a ValueError traceback ("remote_config: crashed; restarting") for ever.
