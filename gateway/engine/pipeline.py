@@ -132,6 +132,7 @@ class Engine:
         self.topics = topics  # the console's topics seen, told of each commit
         self.data_dir = Path(config.gateway.data_dir)
         self.ingest = Ingest(INGEST_CAPACITY, INGEST_MAX_BYTES, clock)
+        self.ingest.linger = config.buffer.batch_linger
         self.gate = asyncio.Event()
         self.gate.set()
         self.sources: dict[str, SourceRunner] = {}
@@ -540,10 +541,10 @@ class Engine:
         # anything changed: the caller refuses the reload.
         await self.store.register_sinks(plan.sinks_start)
         old, self.config = self.config, config
-        if config.buffer.batch_linger < old.buffer.batch_linger:
-            # taken in place: a commit lingering for the old time (1h) held what came
-            # in until then; it goes now, and the next lingers for the new time
-            self.ingest.cut_linger()
+        if config.buffer.batch_linger != old.buffer.batch_linger:
+            # taken in place: a commit lingering for the old time (1h) held what came in
+            # until then; it goes now, and the next lingers for the new time
+            self.ingest.cut_linger(config.buffer.batch_linger)
         failures: list[str] = []
         if plan.sinks_start:
             await self._save_active(plan.sinks_start)
@@ -700,7 +701,6 @@ class Engine:
     async def _ingest_loop(self) -> None:
         while not self._intake_closed:
             limit = self.config.buffer.batch_max  # read each time: a reload may change them
-            linger = self.config.buffer.batch_linger
             store = self.store
             most = (
                 COMMIT_MAX_BYTES if store.disk_free > SHORT_DISK_FREE else SHORT_DISK_COMMIT_BYTES
@@ -718,7 +718,7 @@ class Engine:
                 most = min(most, max(store.max_bytes - store.bytes, 1))
             # take() removes items only after its last await: cancelled in it, it has none
             self._taking = True
-            items = await self.ingest.take(limit, linger, most)
+            items = await self.ingest.take(limit, None, most)  # ingest.linger: see apply
             self._taking = False
             await self._commit(items)
 

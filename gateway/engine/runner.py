@@ -31,6 +31,9 @@ from gateway.store.sqlite import DeadLetter, Store, StoreError
 # attributes dict id -> (the dict, its size): most FlowFiles share a few small dicts (the
 # MQTT source makes one per topic); holding the dict keeps its id from being reused
 _attribute_sizes: dict[int, tuple[dict[str, str], int]] = {}
+# A linger this long or longer can be cut short by a reload (Ingest.cut_linger); a shorter
+# one (the default is 5 ms) is a plain sleep, with no task made for each commit.
+LONG_LINGER = 0.1
 _CACHED_SIZE_MAX = 1024  # larger dicts are not shared (user properties): not kept
 
 
@@ -75,7 +78,10 @@ class Ingest:
         # by source: how many messages of a `put` waiting for room are not in yet (a stop
         # that cancels it drops them; see `SourceRunner.stop`)
         self.unput: dict[str, int] = {}
-        self._lingering: asyncio.Future[None] | None = None  # `take`'s linger, see cut_linger
+        # What `take` lingers for when told None: read once the first item is in, so that a
+        # reload's shorter linger (`cut_linger`) holds for a take already waiting
+        self.linger = 0.0
+        self._lingering: asyncio.Future[None] | None = None  # `take`'s long linger
 
     def __len__(self) -> int:
         return len(self._items)
@@ -121,14 +127,26 @@ class Ingest:
         if messages:
             self._ready.set()
 
-    def cut_linger(self) -> None:
-        """End the linger of a `take` under way: what waits is handed over now (a reload
-        that shortens buffer.batch_linger takes it in place)."""
+    async def _linger(self, linger: float) -> None:
+        """Sleep `linger` seconds unless `cut_linger` ends it first."""
+        self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
+        try:
+            await asyncio.wait((lingering,))
+        finally:
+            self._lingering = None
+            lingering.cancel()
+        if not lingering.cancelled():
+            lingering.result()  # the clock's own error, if it raised one
+
+    def cut_linger(self, linger: float) -> None:
+        """Linger for `linger` from now on, and end a longer linger under way: what waits is
+        handed over now (a reload that shortens buffer.batch_linger takes it in place)."""
+        self.linger = linger
         if self._lingering is not None:
             self._lingering.cancel()
 
     async def take(
-        self, limit: int, linger: float, max_bytes: int = 1 << 62
+        self, limit: int, linger: float | None, max_bytes: int = 1 << 62
     ) -> list[tuple[str, Message]]:
         """Wait for at least one item, then give up to `limit` items and `max_bytes`
         (at least one), lingering to fill, unless every item waiting was handed over by a
@@ -140,15 +158,15 @@ class Ingest:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        if linger is None:
+            linger = self.linger
         if len(self._items) < limit and self.bytes < max_bytes and linger > 0:
             waiters = self.waiters
             if not (waiters and all(item[0] in waiters for item in self._items)):
-                self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
-                try:
-                    await asyncio.wait((lingering,))  # ended by the time or by cut_linger
-                finally:
-                    self._lingering = None
-                    lingering.cancel()
+                if linger < LONG_LINGER:
+                    await self.clock.sleep(linger)  # the usual few ms: not worth cutting
+                else:
+                    await self._linger(linger)
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0

@@ -135,10 +135,20 @@ async def test_a_linger_under_way_is_cut_short() -> None:
     await ingest.put("s", [Message(ff(1))])
     take = asyncio.ensure_future(ingest.take(5, 3600.0))
     assert await clock.sleeps(1) == [3600.0]
-    ingest.cut_linger()
+    ingest.cut_linger(0.005)
     async with asyncio.timeout(10):
         assert len(await take) == 1, "handed over at once, the clock not moved"
-    ingest.cut_linger()  # with no linger under way: nothing happens
+    # a take waiting for its first item lingers for the linger of when that comes
+    ingest.linger = 3600.0
+    take = asyncio.ensure_future(ingest.take(5, None))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    ingest.cut_linger(0.005)
+    await ingest.put("s", [Message(ff(2))])
+    assert await clock.sleeps(2) == [3600.0, 0.005]
+    clock.advance(0.005)
+    async with asyncio.timeout(10):
+        assert len(await take) == 1
 
 
 async def test_a_reload_that_shortens_batch_linger_commits_what_lingers(
