@@ -29,6 +29,7 @@ import dataclasses
 import gc
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -743,7 +744,8 @@ def _kept_errors(errors: list[str], path: str) -> list[str]:
     more = len(errors) - RELOAD_ERRORS_KEPT
     return [
         *errors[:RELOAD_ERRORS_KEPT],
-        f"... and {more} more problems: `edge-stream check-config -c {path}` says them all",
+        f"... and {more} more problems: `edge-stream check-config -c {shlex.quote(path)}`"
+        " says them all",
     ]
 
 

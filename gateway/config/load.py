@@ -845,8 +845,8 @@ def _list_by_index(path: KeyPath, message: str, env: dict[KeyPath, str]) -> str:
     if len([p for p in var[len(ENV_PREFIX) :].split("__") if p]) <= len(path):
         return message  # the variable set this key itself, to a mapping
     return (
-        "expected a list: an override's index reaches an item the file's list has, and the"
-        f" file has no list here; set the whole list in one variable,"
+        "expected a list: an override's index reaches into a list the file does not have;"
+        " set the whole list in one variable,"
         f" {ENV_PREFIX}{'__'.join(str(p).upper() for p in path)}='[a, b]'"
     )
 

@@ -847,8 +847,8 @@ def test_an_index_into_a_list_the_file_lacks_says_to_set_the_whole_list(tmp_path
     path = write(tmp_path, "sinks:\n  w: {type: file}\n")
     var = "EDGE_STREAM__WEB__ALLOWED_HOSTS__0"
     assert problems(path, {var: "gw.example"}) == [
-        f"{var}: web.allowed_hosts: expected a list: an override's index reaches an item the"
-        " file's list has, and the file has no list here; set the whole list in one variable,"
+        f"{var}: web.allowed_hosts: expected a list: an override's index reaches into a list"
+        " the file does not have; set the whole list in one variable,"
         " EDGE_STREAM__WEB__ALLOWED_HOSTS='[a, b]'"
     ]
     # the variable of the list itself, set to a mapping, is told what it gave
