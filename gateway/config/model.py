@@ -43,7 +43,13 @@ from gateway.core.component import MAX_SINKS
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
 from gateway.core.topics import unsendable, validate_filter, validate_topic
-from gateway.mqtt.urls import client_cert_problems, parse_url, unsendable_keys, url_problem
+from gateway.mqtt.urls import (
+    client_cert_problems,
+    parse_url,
+    too_long,
+    unsendable_keys,
+    url_problem,
+)
 
 Overflow = Literal["drop_oldest", "block"]
 GATEWAY_ID_MAX = 256  # bytes of UTF-8
@@ -1130,6 +1136,40 @@ class Config:
                 " beginning with $SYS or $share are the broker's, not a client's",
             )
 
+    def _check_mqtt_sink_topics(self) -> Iterator[tuple[str, str]]:
+        """An `mqtt` sink's topic with this gateway's id and the sink's name in it. One
+        beginning with $SYS or $share is the broker's: Mosquitto refuses a client's PUBLISH
+        there, so every message went to the dead letters, and with `protocol: 4` it
+        acknowledges it and drops it, every message lost without a word. One whose fixed
+        part is longer than an MQTT topic may be dead-lettered every message."""
+        if self.gateway is None:
+            return
+        for name, sink in (self.sinks or {}).items():
+            topic = getattr(sink, "topic", None)
+            if sink is None or sink.type != "mqtt" or not isinstance(topic, str):
+                continue
+            try:
+                fixed = topic.replace("{topic}", "").format(gateway=self.gateway.id, sink=name)
+            except (ValueError, KeyError, IndexError):
+                continue  # the sink's own check said why
+            real = topic.replace("{topic}", "\0").format(gateway=self.gateway.id, sink=name)
+            key = f"sinks.{name}.topic"
+            if real.startswith(("$SYS", "$share")):
+                shown = f" with gateway.id {self.gateway.id!r}" if "{gateway}" in topic else ""
+                yield (
+                    key,
+                    f"{topic[:80]!r} would publish on {real[:80].replace(chr(0), '...')!r}"
+                    f"{shown}: topics beginning with $SYS or $share are the broker's, not a"
+                    " client's (Mosquitto refuses them, or with protocol: 4 drops them)",
+                )
+            shortest = len(fixed.encode(errors="surrogatepass")) + ("{topic}" in topic)
+            if shortest > MQTT_TOPIC_MAX:
+                yield (
+                    key,
+                    f"{topic[:40]!r}... makes topics of {shortest} bytes or more, longer than an"
+                    f" MQTT topic may be ({MQTT_TOPIC_MAX} bytes)",
+                )
+
     def _check_alert_components(self) -> Iterator[tuple[str, str]]:
         """An alert rule's `components` name sinks, or sources and Modbus devices, that
         exist: a mistyped name would leave the rule watching nothing, silently."""
@@ -1360,13 +1400,22 @@ class Config:
             else:
                 taken[where] = who
 
+        # A long mqtt.client_id made ids no CONNECT can hold (the status topics and the
+        # sources on the gateway's broker crashed at every connect); their own client_id
+        # keys are checked with the component's.
+        derived = [f"{prefix}.remote-config"] if mqtt.client_id is not None else []
         for name, source in (self.sources or {}).items():
             if source is not None and source.type == "mqtt":
                 url = getattr(source, "url", None)
                 client_id = getattr(source, "client_id", None) or f"{prefix}-{name}"
+                if not getattr(source, "client_id", None):
+                    derived.append(client_id)
                 yield from claim(
                     url or own, client_id, f"sources.{name}.client_id", f"source {name!r}"
                 )
+        longest = max(derived, key=lambda client_id: len(client_id.encode()), default="")
+        if problem := too_long(longest):
+            yield "mqtt.client_id", f"makes a client id that {problem}"
         for name, sink in (self.sinks or {}).items():
             if sink is not None and sink.type == "mqtt":
                 client_id = getattr(sink, "client_id", None) or f"edge-stream-{gateway.id}-{name}"
@@ -1483,6 +1532,7 @@ class Config:
             yield "sinks", f"{len(self.sinks)} sinks, more than the {MAX_SINKS} one store can keep"
         yield from self._check_alert_components()
         yield from self._check_alerts_topic()
+        yield from self._check_mqtt_sink_topics()
         yield from self._check_claims()
         yield from self._check_served_tls()
         yield from self._check_client_ids()

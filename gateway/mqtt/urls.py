@@ -11,13 +11,33 @@ from gateway.config.schema import mask_password
 from gateway.config.tls import load_client_cert
 from gateway.core.topics import unsendable
 
+# Bytes of an MQTT string or binary field (a client id, user name, password, topic): its
+# length is written in two bytes.
+MQTT_STRING_MAX = 65535
+
+
+def too_long(value: str) -> str | None:
+    """Why `value` cannot be an MQTT string or binary field (over MQTT_STRING_MAX bytes of
+    UTF-8), without quoting it, or None."""
+    size = len(value.encode(errors="surrogatepass"))
+    if size > MQTT_STRING_MAX:
+        return f"is {size} bytes, longer than MQTT allows ({MQTT_STRING_MAX} bytes)"
+    return None
+
 
 def unsendable_keys(config: object, names: tuple[str, ...]) -> Iterator[tuple[str, str]]:
-    """(key, problem) for each of `names` whose value a broker would refuse at connect."""
-    for name in names:
+    """(key, problem) for each of `names` whose value a broker would refuse at connect, and
+    for a password (never quoted) that cannot be sent at all: a client id, user name or
+    password over 65535 bytes passed check-config, and every connect crashed with a
+    traceback (struct.error) while encoding the CONNECT."""
+    for name in (*names, "password"):
         value = getattr(config, name, None)
-        if isinstance(value, str) and (problem := unsendable(value)):
+        if not isinstance(value, str):
+            continue
+        if name != "password" and (problem := unsendable(value)):
             yield name, f"{value!r} {problem}"
+        elif problem := too_long(value):
+            yield name, problem if name == "password" else f"{value[:40]!r}... {problem}"
 
 
 def attribute_problem(attributes: Mapping[str, str]) -> str | None:

@@ -141,7 +141,8 @@ class MqttSinkConfig(SinkConfig):
         str,
         Doc(
             "The topic to publish on: `{topic}` is the FlowFile's topic, `{gateway}` the"
-            " gateway id, `{sink}` this sink's name."
+            " gateway id, `{sink}` this sink's name. One beginning with `$SYS` or `$share`"
+            " (the broker's topics, which it refuses or drops) is refused."
         ),
     ] = "site/{gateway}/{topic}"
     client_id: Annotated[

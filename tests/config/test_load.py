@@ -1069,6 +1069,80 @@ def test_two_mqtt_clients_with_one_client_id_on_one_broker_are_refused(tmp_path:
     ]
 
 
+def test_mqtt_strings_longer_than_mqtt_allows_are_config_errors(tmp_path: Path) -> None:
+    # check-config said ok; the source (and the status topics) then crashed at every
+    # connect with a struct.error traceback, the CONNECT unable to hold the string. (The
+    # file holds 256 KiB at most: the user name and passwords come from the environment.)
+    long = "c" * 65536
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883", client_id: "{"m" * 65522}"}}
+        sources:
+          a: {{type: mqtt, topics: ["a/#"], client_id: "{long}"}}
+          b: {{type: mqtt, topics: ["b/#"], client_id: b}}
+          c: {{type: mqtt, topics: ["c/#"], client_id: c}}
+        routes:
+          r: {{match: "#", sinks: [up]}}
+        sinks:
+          up: {{type: mqtt, url: "mqtt://127.0.0.1:1884", client_id: "{long}"}}
+        """,
+    )
+    environ = {
+        "EDGE_STREAM__SOURCES__B__USERNAME": long,
+        "EDGE_STREAM__SOURCES__B__PASSWORD": "p" * 65536,
+        "EDGE_STREAM__SOURCES__C__PASSWORD": "p" * 65535,  # the most MQTT allows
+    }
+    over = "is 65536 bytes, longer than MQTT allows (65535 bytes)"
+    assert problems(path, environ) == [
+        f"{path}:4: sources.a.client_id: {'c' * 40!r}... {over}",
+        f"EDGE_STREAM__SOURCES__B__USERNAME: sources.b.username: {'c' * 40!r}... {over}",
+        # never quoted
+        f"EDGE_STREAM__SOURCES__B__PASSWORD: sources.b.password: {over}",
+        f"{path}:10: sinks.up.client_id: {'c' * 40!r}... {over}",
+        # its sources' and remote config's ids add to it (".remote-config")
+        f"{path}:2: mqtt.client_id: makes a client id that {over}",
+    ]
+
+
+def test_an_mqtt_sinks_topic_the_broker_refuses_is_a_config_error(tmp_path: Path) -> None:
+    # check-config said ok; Mosquitto refuses a client's PUBLISH to $SYS... or $share...
+    # (0x87: every message went to the dead letters), and with protocol: 4 it acknowledged
+    # and dropped each one, all lost without a word. A fixed part over 65535 bytes made
+    # every topic too long.
+    path = write(
+        tmp_path,
+        f"""\
+        mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+        sources:
+          a: {{type: mqtt, topics: ["a/#"]}}
+        routes:
+          r: {{match: "#", sinks: [sys, gw, share, aws, own, fits, long]}}
+        sinks:
+          sys: {{type: mqtt, url: "mqtt://u:1", topic: "$SYSTEM/{{topic}}", protocol: 4}}
+          gw: {{type: mqtt, url: "mqtt://u:1", topic: "{{gateway}}/{{topic}}"}}
+          share: {{type: mqtt, url: "mqtt://u:1", topic: "$share/g/{{sink}}/{{topic}}"}}
+          aws: {{type: mqtt, url: "mqtt://u:1", topic: "$aws/rules/r/{{topic}}"}}
+          own: {{type: mqtt, url: "mqtt://u:1", topic: "{{topic}}"}}
+          fits: {{type: mqtt, url: "mqtt://u:1", topic: "{"f" * 65534}{{topic}}"}}
+          long: {{type: mqtt, url: "mqtt://u:1", topic: "{"l" * 65531}{{sink}}/{{topic}}"}}
+        """,
+    )
+    theirs = (
+        "topics beginning with $SYS or $share are the broker's, not a client's (Mosquitto"
+        " refuses them, or with protocol: 4 drops them)"
+    )
+    assert problems(path, {"EDGE_STREAM__GATEWAY__ID": "$SYS"}) == [
+        f"{path}:8: sinks.sys.topic: '$SYSTEM/{{topic}}' would publish on '$SYSTEM/...': {theirs}",
+        f"{path}:9: sinks.gw.topic: '{{gateway}}/{{topic}}' would publish on '$SYS/...' with"
+        f" gateway.id '$SYS': {theirs}",
+        f"{path}:10: sinks.share.topic: '$share/g/{{sink}}/{{topic}}' would publish on"
+        f" '$share/g/share/...': {theirs}",
+        f"{path}:14: sinks.long.topic: {'l' * 40!r}... makes topics of 65537 bytes or more,"
+        " longer than an MQTT topic may be (65535 bytes)",
+    ]
+
+
 def test_mqtt_strings_a_broker_refuses_are_config_errors(tmp_path: Path) -> None:
     # check-config said ok; the broker then closed every connect or SUBSCRIBE (0x81
     # Malformed Packet), retried for ever with no word of which key was wrong.
