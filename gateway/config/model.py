@@ -356,6 +356,16 @@ def keepalive_problem(keepalive: float | None) -> str | None:
     return None
 
 
+def whole_seconds_problem(seconds: float | None) -> str | None:
+    """An MQTT duration (a Session Expiry Interval, a keepalive) is whole seconds: a
+    session_expiry of 500ms was sent as 0, a session the broker ends at each disconnect,
+    so what was published while the gateway was away (a restart, a network blip) was
+    lost; 1.5s was 1s."""
+    if seconds is not None and seconds != int(seconds):
+        return f"must be whole seconds, as MQTT counts it ({seconds:g}s is not)"
+    return None
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name a source, route, sink or alert rule (None: it can). Names
     become parts of keys joined with `.`, `:` and `/` (metrics labels, MQTT client ids,

@@ -95,7 +95,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from gateway.config.model import SinkConfig
+from gateway.config.model import SinkConfig, whole_seconds_problem
 from gateway.config.schema import Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
@@ -158,8 +158,9 @@ class MqttSinkConfig(SinkConfig):
     session_expiry: Annotated[
         Duration,
         Doc(
-            "MQTT 5: how long the broker keeps the session after a disconnect; only with"
-            " `protocol: 5` and `clean_session: false` (MQTT 3.1.1 has no session expiry)."
+            "MQTT 5: how long the broker keeps the session after a disconnect, whole seconds;"
+            " only with `protocol: 5` and `clean_session: false` (MQTT 3.1.1 has no session"
+            " expiry)."
         ),
         # 200000d passed the check, then every connect crashed with a traceback (struct.error)
         Range(0, 2**32 - 1, "must be between 0s and 4294967295s (136 years), MQTT's limit"),
@@ -195,7 +196,9 @@ class MqttSinkConfig(SinkConfig):
         Doc("The client certificate's private key (PEM; default: read from `cert_file`)."),
     ] = None
     keepalive: Annotated[
-        Duration, Doc("The MQTT keepalive."), Range(1, 65535, "must be between 1s and 65535s")
+        Duration,
+        Doc("The MQTT keepalive, whole seconds."),
+        Range(1, 65535, "must be between 1s and 65535s"),
     ] = 30.0
     connect_timeout: Annotated[
         Duration,
@@ -247,6 +250,10 @@ class MqttSinkConfig(SinkConfig):
             if self.topic is not None and not topic:
                 # every message went to the dead letters: "the topic is empty"
                 yield "topic", "must not be empty (default site/{gateway}/{topic})"
+        if problem := whole_seconds_problem(self.keepalive):
+            yield "keepalive", problem
+        if problem := whole_seconds_problem(self.session_expiry):
+            yield "session_expiry", problem
         if self.user_properties and self.protocol not in (None, 5):
             yield "user_properties", "needs MQTT 5 (protocol: 5)"
         if self.session_expiry not in (None, 86400.0):

@@ -134,7 +134,7 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Annotated, ClassVar, Literal
 
-from gateway.config.model import SourceConfig, keepalive_problem
+from gateway.config.model import SourceConfig, keepalive_problem, whole_seconds_problem
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import MARK_DUP, MARK_QOS2, Context, Message, Source
 from gateway.core.errors import GatewayError, PermanentError, RetryableError
@@ -264,7 +264,8 @@ class MqttSourceConfig(SourceConfig):
     session_expiry: Annotated[
         Duration,
         Doc(
-            "How long the broker keeps the session (and queues messages) while the gateway is away."
+            "How long the broker keeps the session (and queues messages) while the gateway is"
+            " away, whole seconds."
         ),
         Range(0, 2**32 - 1, "must be between 0s and 4294967295s (136 years), MQTT's limit"),
     ] = 7 * 86400.0
@@ -302,6 +303,8 @@ class MqttSourceConfig(SourceConfig):
     def check(self) -> Iterator[tuple[str, str]]:
         if problem := keepalive_problem(self.keepalive):
             yield "keepalive", problem
+        if problem := whole_seconds_problem(self.session_expiry):
+            yield "session_expiry", problem
         if self.topics is not None:
             if not self.topics:
                 yield "topics", "subscribe to at least one topic filter"

@@ -1030,6 +1030,32 @@ def test_an_mqtt_keepalive_that_is_not_whole_seconds_is_refused(tmp_path: Path) 
     ]
 
 
+def test_an_mqtt_session_expiry_that_is_not_whole_seconds_is_refused(tmp_path: Path) -> None:
+    # MQTT sends the Session Expiry Interval in whole seconds: a source's 500ms went as 0,
+    # a session the broker ends at each disconnect, so what sensors published while the
+    # gateway restarted was lost; 1.5s went as 1 (a sink's keepalive too).
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          plant: {type: mqtt, topics: ["a/#"], session_expiry: 500ms}
+          whole: {type: mqtt, topics: ["b/#"], session_expiry: 0s}
+        routes:
+          r: {match: "#", sinks: [up]}
+        sinks:
+          up: {type: mqtt, url: "mqtt://127.0.0.1:1884", session_expiry: 1.5s, keepalive: 2500ms}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:4: sources.plant.session_expiry: must be whole seconds, as MQTT counts it"
+        " (0.5s is not)",
+        f"{path}:9: sinks.up.keepalive: must be whole seconds, as MQTT counts it (2.5s is not)",
+        f"{path}:9: sinks.up.session_expiry: must be whole seconds, as MQTT counts it (1.5s"
+        " is not)",
+    ]
+
+
 def test_the_remote_config_broker_url_is_checked(tmp_path: Path) -> None:
     # Only its scheme was checked: mqtt://h:99999 passed check-config, then the channel
     # logged a ValueError traceback ("remote_config: crashed; restarting") for ever.
