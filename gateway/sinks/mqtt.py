@@ -23,7 +23,8 @@ A message the broker refuses for good (an MQTT 5 PUBACK reason code such as
 0x87 Not authorized or 0x90 Topic Name invalid), a topic that is not a valid
 MQTT topic name (empty, a wildcard `+` or `#`, NUL, a control character such as
 a newline, or a Unicode non-character such as U+FFFF: Mosquitto closes the
-connection on any of these), an attribute holding such a character with
+connection on any of these) or that is the broker's own (beginning with `$SYS` or
+`$share`, which it refuses or drops), an attribute holding such a character with
 `user_properties: true`, or a message larger than the broker's Maximum Packet
 Size goes to the dead-letter table; the rest of the batch is delivered. A PUBACK saying
 0x97 Quota exceeded or 0x91 Packet identifier in use sends that message again later.
@@ -554,4 +555,9 @@ def _topic_problem(topic: bytes) -> str | None:
         return f"{topic.decode(errors='replace')!r} is not a valid topic name (+, # or NUL)"
     if len(topic) > 65535:
         return "the topic is longer than 65535 bytes"
+    if topic[:1] == b"$" and topic.startswith((b"$SYS", b"$share")):
+        # Mosquitto refuses a client's PUBLISH there (0x87), and under MQTT 3.1.1, which
+        # cannot refuse, acknowledges it and drops it: lost without a word (a {topic}
+        # template with what a source subscribed to $SYS/# read).
+        return f"{topic[:80].decode(errors='replace')!r} is the broker's topic ($SYS, $share)"
     return None

@@ -452,6 +452,31 @@ async def test_invalid_topics_are_refused_alone(
     assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/2"]
 
 
+async def test_topics_of_the_broker_are_dead_lettered_alone(
+    mosquitto: servers.Mosquitto, ns: str, collect: Any
+) -> None:
+    # A {topic} template with what a source subscribed to $SYS/# read: Mosquitto answers a
+    # client's PUBLISH to $SYS... or $share... with 0x87 under MQTT 5, and under MQTT 3.1.1
+    # acknowledges it and drops it, so each was reported delivered and lost.
+    collector = collect(mosquitto, ns)
+    sink = make_sink(mosquitto.url, topic="{topic}", protocol=4)
+    await sink.connect()
+    batch = [
+        FlowFile.create(f"{ns}/ok/1", b"1"),
+        FlowFile.create("$SYS/broker/uptime", b"2"),
+        FlowFile.create("$share/g/x", b"3"),
+        FlowFile.create(f"{ns}/ok/2", b"4"),
+    ]
+    try:
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+    assert [r.flowfile.id for r in rejected] == [batch[1].id, batch[2].id]
+    assert "'$SYS/broker/uptime' is the broker's topic ($SYS, $share)" in rejected[0].reason
+    received = await collector.settled(at_least=2)
+    assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/2"]
+
+
 async def test_characters_a_broker_refuses_are_dead_lettered_alone(
     mosquitto: servers.Mosquitto, ns: str, collect: Any
 ) -> None:
