@@ -112,6 +112,10 @@ class StatusChannel:
         self._client: Client | None = None
         self._topic: str | None = None  # the status topic the connection said `online` on
         self._acks: dict[int, asyncio.Future[int]] = {}
+        # The status and stats publishes whose PUBACK is looked at, by packet id: their
+        # topic. A refusal (an ACL that denies them) is said once until one is taken again.
+        self._watched: dict[int, str] = {}
+        self._refused: set[str] = set()
         self._lost = asyncio.Event()
         self.last_error: str | None = None
         self.stopping = False  # the gateway stops: a lost connection is expected
@@ -201,7 +205,7 @@ class StatusChannel:
         backoff.reset()
         self.last_error = None
         log.info("status: %s is online on %s:%d", topic, host, port)
-        client.publish(topic.encode(), b"online", qos=1, retain=True)
+        self._publish(client, topic, b"online")
         self._topic = topic
         if self.on_online is not None:
             self.on_online()
@@ -216,13 +220,13 @@ class StatusChannel:
                 cleared = False
                 if grid.due(loop.time(), interval):
                     body = json.dumps(self._stats(), separators=(",", ":")).encode()
-                    client.publish(stats_topic(plan.gateway_id).encode(), body, qos=1, retain=True)
+                    self._publish(client, stats_topic(plan.gateway_id), body)
                 wait = grid.wait(loop.time(), interval)
             elif not cleared:
                 # Stats off: the last summary, retained, would be read as today's for good.
                 # An empty retained message removes it (sent once per connection, and again
                 # after a reload turns them off).
-                client.publish(stats_topic(plan.gateway_id).encode(), b"", qos=1, retain=True)
+                self._publish(client, stats_topic(plan.gateway_id), b"")
                 grid = StatsGrid()
                 cleared = True
             with contextlib.suppress(TimeoutError):
@@ -234,10 +238,30 @@ class StatusChannel:
                 return
         raise ConnectionError(client.closed_reason or "closed")
 
+    def _publish(self, client: Client, topic: str, payload: bytes) -> None:
+        """Publish a status or stats message (QoS 1, retained); its PUBACK is looked at."""
+        self._watched[client.publish_qos1(topic.encode(), payload, retain=True)] = topic
+
     def _puback(self, mid: int, reason: int) -> None:
         future = self._acks.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(reason)
+        topic = self._watched.pop(mid, None)
+        if topic is None:
+            return
+        # A broker whose ACL denies the status topics answered each publish with a
+        # refusal: the log said the status was online, and nothing reached the topics.
+        if reason >= 0x80 and topic not in self._refused:
+            self._refused.add(topic)
+            log.error(
+                "status: the broker refused the PUBLISH to %s: %s; nothing goes there until"
+                " its ACL lets the gateway's MQTT user publish on it",
+                topic,
+                puback_reason(reason),
+            )
+        elif reason < 0x80 and topic in self._refused:
+            self._refused.discard(topic)
+            log.info("status: the broker takes the PUBLISH to %s again", topic)
 
     async def send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         """Publish at QoS 1 and wait for the PUBACK; False if not connected or not
@@ -296,5 +320,6 @@ class StatusChannel:
             if not future.done():
                 future.set_result(LOST)
         self._acks.clear()
+        self._watched.clear()
         if client is not None:
             client.close()

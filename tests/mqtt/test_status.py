@@ -299,6 +299,52 @@ async def test_a_stop_right_after_a_reload_says_offline_where_it_said_online(
     assert await asyncio.to_thread(retained, mosquitto.port, topic) == b"offline"
 
 
+async def test_status_topics_the_broker_refuses_are_said_once(
+    mosquitto_factory: Callable[..., servers.Mosquitto], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An ACL that denies the status topics: the log said the status was online, and
+    # nothing reached edge-stream/<id>/status or /stats, without a word.
+    broker = mosquitto_factory(acl="topic readwrite other/#\n")
+    config = Config(
+        gateway=GatewaySection(id="status-denied"),
+        mqtt=MqttSection(url=broker.url),
+        status=StatusSection(stats_interval=0.1),
+    )
+    ready = asyncio.Event()
+    ready.set()
+    summaries: list[dict[str, int]] = []
+
+    def stats() -> dict[str, int]:
+        summaries.append({"n": len(summaries)})
+        return summaries[-1]
+
+    channel = StatusChannel(
+        config=lambda: config, broker_url=lambda: broker.url, stats=stats, ready=ready
+    )
+    caplog.set_level("INFO", logger="gateway.status")
+    running = asyncio.ensure_future(channel.run())
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+    try:
+        async with asyncio.timeout(10):
+            # five summaries refused, each answered (at 0.1 s) before the next goes
+            while len(summaries) < 6:  # noqa: ASYNC110 - the channel's own count
+                await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    tail = (
+        "Not authorized (0x87); nothing goes there until its ACL lets the gateway's MQTT user"
+        " publish on it"
+    )
+    assert refusals() == [
+        f"status: the broker refused the PUBLISH to edge-stream/status-denied/status: {tail}",
+        f"status: the broker refused the PUBLISH to edge-stream/status-denied/stats: {tail}",
+    ]
+
+
 async def test_stats_turned_off_take_the_retained_summary_away(
     mosquitto: servers.Mosquitto,
 ) -> None:
