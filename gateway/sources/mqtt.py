@@ -119,7 +119,10 @@ What your broker needs: a persistent session keeps messages for the gateway
 while it is away, up to the broker's queue limit. Mosquitto keeps only 1000 by
 default; set `max_queued_messages` (e.g. 1000000) and `max_queued_bytes` in
 mosquitto.conf, or messages beyond that are dropped by the broker during a
-gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so.
+gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so. A
+reconnect that finds the broker without the session it had (a broker restarted
+without persistence or killed before it saved it, a session expired) is said in
+a WARNING: what the session held for the gateway is lost.
 """
 
 from __future__ import annotations
@@ -492,6 +495,7 @@ class MqttSource(Source):
         # stale filters -> connections lost while unsubscribing from them (see `_unsubscribe`)
         self._unsubscribe_drops: dict[str, int] = {}
         self._counted = False  # the counters show from the first read() on
+        self._session_lost = False  # the last connect found the broker without our session
 
     async def connect(self) -> None:
         cfg = self.config
@@ -613,6 +617,17 @@ class MqttSource(Source):
             self._client_id,
             "resumed" if present else "new",
         )
+        if self._session_lost:
+            # It said only "(new session)" at INFO: a broker restarted without persistence,
+            # or a session expired, lost messages with no word of it.
+            self.ctx.log.warning(
+                "the broker no longer had the session of %s: what was published for it while"
+                " the gateway was away (or disconnected), and what it had not acknowledged,"
+                " is lost; the broker keeps sessions across its restarts only with"
+                " `persistence true`, and for session_expiry (%gs) at most",
+                self._client_id,
+                self.config.session_expiry,
+            )
 
     async def _stale_filters(self, where: str, present: bool) -> list[str]:
         """The filters a resumed session holds that `topics` no longer has: removed from
@@ -624,7 +639,16 @@ class MqttSource(Source):
         and another broker answers 0x11 (no such subscription), which is harmless."""
         if self._subscribed is None:
             self._subscribed = _read_subscribed(await self.ctx.position())
-        _, client_id, filters = self._subscribed
+        broker, client_id, filters = self._subscribed
+        # The broker had this session, subscribed, and no longer has it: what was published
+        # for it while the gateway was away, and what it had not acknowledged, is gone.
+        self._session_lost = bool(
+            not present
+            and filters
+            and broker == where
+            and client_id == self._client_id
+            and self.config.session_expiry
+        )
         stale: list[str] = []
         if present and client_id == self._client_id:
             stale = [f for f in filters if f not in self.config.topics]

@@ -297,6 +297,38 @@ async def test_a_connect_timeout_names_the_broker_and_the_time(monkeypatch: Any)
     await server.wait_closed()
 
 
+async def test_a_session_the_broker_lost_is_said(
+    mosquitto_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broker killed before it saved its sessions (or one without persistence, or a
+    # session expired): what was published for the gateway meanwhile was lost, and the
+    # log said only "(new session)" at INFO.
+    broker = mosquitto_factory()
+    source = make_source(broker, "gw-session-lost")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    await source.connect()  # the first session: nothing was lost
+    await source.close()
+    assert warnings() == []
+    broker.kill()  # before it saved the session
+    broker.start()
+    await source.connect()
+    await source.close()
+    assert warnings() == [
+        "source plant: the broker no longer had the session of gw-session-lost: what was"
+        " published for it while the gateway was away (or disconnected), and what it had not"
+        " acknowledged, is lost; the broker keeps sessions across its restarts only with"
+        " `persistence true`, and for session_expiry (604800s) at most"
+    ]
+    broker.stop()  # saves the session: resumed, nothing more said
+    broker.start()
+    await source.connect()
+    await source.close()
+    assert len(warnings()) == 1
+
+
 async def test_a_session_taken_over_by_a_client_with_the_same_id_is_named(
     mosquitto: Any,
 ) -> None:
