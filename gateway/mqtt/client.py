@@ -54,6 +54,7 @@ from gateway.mqtt.wire import (
 )
 
 RECEIVE_MAXIMUM = 0x21
+MAXIMUM_QOS = 0x24
 RESPONSE_TOPIC = 0x08
 CORRELATION_DATA = 0x09
 
@@ -138,6 +139,7 @@ class Client(asyncio.Protocol):
         self._ping: asyncio.TimerHandle | None = None
         self.receive_maximum = 65535  # from CONNACK: QoS 1 messages the broker takes unacked
         self.maximum_packet_size: int | None = None  # from CONNACK, if the broker set one
+        self.maximum_qos = 2  # from CONNACK (MQTT 5): the highest QoS the broker takes
         self.session_present = False
         self._accepted = False  # the broker answered CONNECT with success
         # A packet announcing more than this many bytes closes the connection before its
@@ -427,6 +429,7 @@ class Client(asyncio.Protocol):
                 self._connack.set_exception(ConnectRefused(code))
                 return
             self.receive_maximum = int(props.get(RECEIVE_MAXIMUM, 65535))
+            self.maximum_qos = int(props.get(MAXIMUM_QOS, 2))
             if MAXIMUM_PACKET_SIZE in props:
                 self.maximum_packet_size = int(props[MAXIMUM_PACKET_SIZE])
             if SERVER_KEEP_ALIVE in props:

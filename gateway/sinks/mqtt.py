@@ -37,7 +37,8 @@ was closed, 3 tries in a row, goes to the dead letters, and the rest is delivere
 
 A broker that refuses the sink when it starts (user name or password, client id,
 Not authorized, banned, a TLS certificate either side does not trust, TLS files
-that cannot be read) stops it until the config is fixed; the same refusal on a
+that cannot be read, or, MQTT 5, a Maximum QoS of 0: Mosquitto's `max_qos 0`)
+stops it until the config is fixed; the same refusal on a
 reconnect while running is retried, since the operator may be changing the
 broker's side. A broker that cannot be reached, is busy or unavailable is
 retried with backoff.
@@ -392,6 +393,14 @@ class MqttSink(Sink):
             if refusal is not None:
                 raise permanent(f"{where} refused us: {refusal}") from err
             raise RetryableError(f"cannot connect to {where}: {err}") from err
+        if client.maximum_qos < 1:
+            # Mosquitto's max_qos 0: it closed the connection on each QoS 1 PUBLISH, and
+            # the sink sent the same batch again for good, 'the connection was closed'.
+            client.abort()
+            raise permanent(
+                f"{where} refused us: it takes QoS 0 at most (its Maximum QoS; Mosquitto's"
+                " max_qos), and the sink publishes at QoS 1 (at least once): raise it there"
+            )
         self._connected_as = {
             "broker": f"{self.host}:{self.port}",
             "client_id": self.client_id,

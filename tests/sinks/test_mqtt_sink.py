@@ -543,6 +543,26 @@ async def test_mqtt_3_1_1_a_message_the_broker_closes_the_connection_on_is_dead_
     assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/2"]
 
 
+async def test_a_broker_that_takes_qos_0_only_is_a_refusal(
+    mosquitto_factory: Callable[..., servers.Mosquitto],
+) -> None:
+    # Mosquitto's max_qos 0 says Maximum QoS 0 in its CONNACK and closes the connection on
+    # a QoS 1 PUBLISH: the sink sent the same batch again for good, 'the connection was
+    # closed', and everything behind it waited.
+    broker = mosquitto_factory(options="max_qos 0")
+    sink = make_sink(broker.url, topic="q/{topic}")
+    try:
+        with pytest.raises(PermanentError) as refused:
+            await sink.connect()
+    finally:
+        await sink.close()
+    assert str(refused.value) == (
+        f"mqtt://127.0.0.1:{broker.port} refused us: it takes QoS 0 at most (its Maximum QoS;"
+        " Mosquitto's max_qos), and the sink publishes at QoS 1 (at least once): raise it"
+        " there"
+    )
+
+
 async def test_mqtt_3_1_1(mosquitto: servers.Mosquitto, ns: str, collect: Any) -> None:
     collector = collect(mosquitto, ns)
     sink = make_sink(mosquitto.url, topic=f"{ns}/{{topic}}", protocol=4)
