@@ -232,8 +232,13 @@ class StatusChannel:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._lost.wait()
-            if self._plan() != plan:
+            new = self._plan()
+            if new != plan:
                 log.info("status: the settings changed; reconnecting")
+                if new is None or new.gateway_id != plan.gateway_id:
+                    # status turned off, or another gateway id: the summary retained here
+                    # would be read as current for good (the status topic says offline)
+                    self._publish(client, stats_topic(plan.gateway_id), b"")
                 await self._goodbye(client, topic)
                 return
         raise ConnectionError(client.closed_reason or "closed")

@@ -4,6 +4,7 @@ a publish waits for its PUBACK; the stats' schedule."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import queue
@@ -406,6 +407,48 @@ async def test_stats_turned_off_take_the_retained_summary_away(
         assert await asyncio.to_thread(payloads.get, timeout=10) == b'{"old":1}'
         running = asyncio.ensure_future(channel.run())
         assert await asyncio.to_thread(payloads.get, timeout=10) == b""
+        await channel.close()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+@pytest.mark.parametrize("change", ["status off", "id"])
+async def test_a_reload_that_turns_status_off_or_changes_the_id_takes_the_stats_away(
+    mosquitto: servers.Mosquitto, change: str
+) -> None:
+    """The status topic said `offline`, and the last stats summary stayed retained beside
+    it, read by a dashboard as current for good."""
+    topic = "edge-stream/status-reload-off/stats"
+    payloads: queue.Queue[bytes] = queue.Queue()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda _c, _u, m: payloads.put(bytes(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(topic, qos=1)
+    watcher.loop_start()
+    config = Config(
+        gateway=GatewaySection(id="status-reload-off"),
+        mqtt=MqttSection(url=mosquitto.url),
+        status=StatusSection(stats_interval=0.1),
+    )
+    now = [config]
+    ready = asyncio.Event()
+    ready.set()
+    channel = StatusChannel(
+        config=lambda: now[0], broker_url=lambda: mosquitto.url, stats=lambda: {"n": 1}, ready=ready
+    )
+    running = asyncio.ensure_future(channel.run())
+    try:
+        assert await asyncio.to_thread(payloads.get, timeout=10) == b'{"n":1}'
+        if change == "id":
+            now[0] = dataclasses.replace(config, gateway=GatewaySection(id="status-reload-new"))
+        else:
+            now[0] = dataclasses.replace(config, status=StatusSection(enabled=False))
+        async with asyncio.timeout(10):
+            while await asyncio.to_thread(payloads.get, timeout=10) != b"":
+                pass
         await channel.close()
     finally:
         running.cancel()
