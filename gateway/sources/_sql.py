@@ -551,8 +551,9 @@ class IncrementalSource(Source):
         """`rows` less those at their head that are at or before the position: rows read
         already, found after it because the value read back is not the one stored (a
         MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2): the row of the position, and
-        with a `key`, the rows of its cursor value with a key up to the position's (all
-        of them came again: read again at every poll, for ever). Only at the head: rows
+        with a `key`, the rows of its cursor value up to the position's row, in the
+        order the server sent them (all of them came again: read again at every poll,
+        for ever). Only at the head: rows
         tied with the one before them further on are rows of their own."""
         bound = self._after
         if bound is None:
@@ -561,8 +562,18 @@ class IncrementalSource(Source):
         skip = 0
         if len(index) == 2:
             (c, k), (ci, ki) = bound, index
-            while skip < len(rows) and rows[skip][ci] == c and rows[skip][ki] <= k:
-                skip += 1
+            run = 0  # the rows at the head with the position's cursor value, in the server's order
+            while run < len(rows) and rows[run][ci] == c:
+                run += 1
+            keys = [row[ki] for row in rows[:run]]
+            if k in keys:  # the position's own row: it and those before it were read
+                skip = keys.index(k) + 1
+            elif not isinstance(k, str):
+                # Text is ordered by the column's collation, not as Python orders it: with
+                # MySQL's case-insensitive ones (and PostgreSQL's locales) 'B' follows 'a',
+                # which Python puts first, so the rows after a key 'a' were left out for good
+                while skip < run and keys[skip] <= k:
+                    skip += 1
         else:
             while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
                 skip += 1

@@ -1040,3 +1040,29 @@ async def test_a_cursor_whose_values_cannot_mark_a_position_stops_the_source(
             await source.poll_messages()
     finally:
         await source.close()
+
+
+async def test_a_text_key_is_paged_in_the_order_of_its_collation(db: Db) -> None:
+    """Rows after the position were told from rows read already by Python's order of the
+    key: MySQL's case-insensitive collations (and PostgreSQL's locales) put 'B' after 'a',
+    Python before it, and the row with key 'B' was left out for good."""
+    table = unique_name()
+    if db.kind == "mysql":
+        db.server.execute(f"CREATE TABLE `{table}` (at INT NOT NULL, k VARCHAR(8) PRIMARY KEY)")
+        db.server.execute(f"INSERT INTO `{table}` VALUES (1, 'a'), (1, 'B'), (1, 'c'), (2, 'D')")
+    else:
+        db.server.execute(f'CREATE TABLE "{table}" (at INT NOT NULL, k TEXT COLLATE "und-x-icu")')
+        db.server.execute(f"INSERT INTO \"{table}\" VALUES (1, 'a'), (1, 'B'), (1, 'c'), (2, 'D')")
+    config, _problems = build(db.kind, dsn=db.dsn, table=table, cursor="at", key="k", page_size=1)
+    kind = MysqlSource if db.kind == "mysql" else PostgresSource
+    source = kind(config, Context("rows", "source"))
+    await source.connect()
+    pages = []
+    try:
+        while (not pages or source.backlog) and len(pages) < 10:
+            pages.append(
+                [orjson.loads(m.flowfile.content)["k"] for m in await source.poll_messages()]
+            )
+    finally:
+        await source.close()
+    assert [k for page in pages for k in page] == ["a", "B", "c", "D"]
