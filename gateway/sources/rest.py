@@ -324,9 +324,9 @@ class RestSource(Source):
         self.schedule = config.poll_schedule(config.interval)
         self._steps = parse_select(config.select)
         self._fields = [f for f in _template_fields(config.topic) if f != "source"]
-        self._topic = config.topic.replace(
-            "{source}", ctx.name.replace("{", "{{").replace("}", "}}")
-        )
+        # {source} is filled in with the item's fields: put into the template as text, the
+        # name it made of a literal `{{source}}` ({src}) was a field, a KeyError at each poll
+        self._source = ctx.name.translate(_SAFE)
         self._session: aiohttp.ClientSession | None = None
         self._origin = URL(config.url).origin()
         self._credentials: dict[str, str] = {}
@@ -475,7 +475,7 @@ class RestSource(Source):
                     values[f] = text.translate(_SAFE).encode("utf-8", "backslashreplace").decode()
         topic = f"rest/{self.ctx.name}"
         if reject is None:
-            topic = self._topic.format(**values)
+            topic = self.config.topic.format(**values, source=self._source)
             problem = validate_topic(topic)
             if problem:
                 reject, topic = f"topic {topic!r}: {problem}", f"rest/{self.ctx.name}"

@@ -416,3 +416,23 @@ async def test_credentials_go_to_the_url_s_origin_only_not_where_it_redirects() 
     elsewhere = seen[f"localhost:{port}/elsewhere"]
     assert "X-Plant" not in elsewhere, "no configured header: any may hold a key"
     assert not [v for v in elsewhere.values() if "s3cret" in v], elsewhere
+
+
+async def test_a_literal_brace_around_source_stays_text(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    """`{source}` was put into the template as the name before it was filled in, so the
+    documented `{{source}}` (the text {source}) became the field {api}: a KeyError at
+    every poll."""
+    post(http_receiver, "/braces", {"dev": "a", "v": 1})
+    source = make_source(
+        url=f"{http_receiver.url}/braces",
+        select="data.readings",
+        topic="r/{{source}}/{source}/{dev}",
+    )
+    await source.connect()
+    try:
+        (message,) = await source.poll_messages()
+    finally:
+        await source.close()
+    assert message.reject is None and message.flowfile.topic == "r/{source}/api/a"
