@@ -40,6 +40,7 @@ Row = tuple[Any, ...]
 Page = tuple[list[str], list[Row]]  # column names, rows
 POSITION_VERSION = 1
 PAGE_MAX = 10_000
+BEHIND_CHECK_S = 60.0  # at most this often, a poll that found nothing looks at the newest row
 
 
 def _template_fields(template: str) -> Iterator[str]:
@@ -342,6 +343,8 @@ class IncrementalSource(Source):
         self._text = False  # the stored position holds text, maybe of another type
         self.rows = 0
         self.pages = 0
+        self._behind_at = float("-inf")  # when a poll that found nothing looks again
+        self._behind: tuple[Any, ...] | None = None  # the newest row, before the position
         self._attributes = {"table": config.table, "source": ctx.name}
         self._fields = set(_template_fields(config.topic))
 
@@ -650,6 +653,8 @@ class IncrementalSource(Source):
         else:
             names, rows = await self._page_of_whole_ties(limit)
         if not rows:
+            if not self.backlog and self._after is not None:
+                await self._check_behind()
             return []
         self.pages += 1
         index = self._order_index(names)
@@ -677,6 +682,42 @@ class IncrementalSource(Source):
             self._after = after
         self.rows += len(messages)
         return messages
+
+    async def _check_behind(self) -> None:
+        """After a poll that found nothing: say so when the table's newest row comes before
+        the position (the table emptied and its ids started again, TRUNCATE ... RESTART
+        IDENTITY, a table made again): the rows up to the position are never read, and
+        nothing said why. Once until it changes; at most every BEHIND_CHECK_S."""
+        now = self.ctx.clock.monotonic()
+        if now < self._behind_at:
+            return
+        self._behind_at = now + BEHIND_CHECK_S
+        bound = self._after
+        assert bound is not None
+        _names, rows = await self._fetch(self.end_sql(), [1])
+        newest = tuple(rows[0])[: len(bound)] if rows else None
+        if newest is None or newest == bound:
+            self._behind = None
+            return
+        # not the position's row: before it, unless a row came after it meanwhile (or a
+        # FLOAT cursor's value reads back unequal), which the next poll reads
+        if self._past_position(*await self._select(1)):
+            return
+        if newest != self._behind:
+            config = self.config
+            self.ctx.log.warning(
+                "table %s: its newest row (%s %s) comes before the position (%s): the rows"
+                " from there were deleted. If the table was emptied and its %s values"
+                " started again (TRUNCATE ... RESTART IDENTITY, a table made again), rows"
+                " up to the position are not read: give the source another name to read"
+                " the table again from `start`",
+                config.table,
+                " and ".join(self._order()),
+                ", ".join(map(_level, newest)),
+                ", ".join(map(_level, bound)),
+                config.cursor,
+            )
+        self._behind = newest
 
     def _topic_maker(self, names: list[str]) -> Any:
         config = self.config

@@ -19,7 +19,10 @@ unknown database, table or column stop the source with the server's message.
 What the cursor cannot see: a row inserted with a cursor value below one already
 read (a long transaction that commits after a later one, a timestamp set by a
 client with a slow clock). Use an auto-increment id where you can, or a
-timestamp set by the server when the row is written.
+timestamp set by the server when the row is written. Nor does it see the rows of a
+table emptied whose ids start again (TRUNCATE, a table made again) until they pass
+the position: a WARNING says so when a poll finds the newest row before it (give the
+source another name to read the table again from `start`).
 
 Keys
   type: mysql

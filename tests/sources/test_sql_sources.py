@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1066,3 +1067,33 @@ async def test_a_text_key_is_paged_in_the_order_of_its_collation(db: Db) -> None
     finally:
         await source.close()
     assert [k for page in pages for k in page] == ["a", "B", "c", "D"]
+
+
+async def test_a_table_whose_ids_started_again_below_the_position_is_said(
+    db: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table emptied with its ids started again (TRUNCATE ... RESTART IDENTITY): the new
+    rows are below the position, never read, and nothing said so."""
+    table = unique_name()
+    db.create(table)
+    db.insert(table, [("a", i, T0) for i in range(3)])
+    config, _problems = build(db.kind, dsn=db.dsn, table=table, cursor="id")
+    source = (MysqlSource if db.kind == "mysql" else PostgresSource)(
+        config, Context("rows", "source")
+    )
+    await source.connect()
+    try:
+        assert len(await source.poll_messages()) == 3
+        assert await source.poll_messages() == []
+        assert "comes before the position" not in caplog.text, "the position's row is newest"
+        if db.kind == "mysql":
+            db.server.execute(f"TRUNCATE TABLE `{table}`")
+        else:
+            db.server.execute(f'TRUNCATE TABLE "{table}" RESTART IDENTITY')
+        db.insert(table, [("b", 1, T0)])
+        source._behind_at = 0.0  # the next poll looks again (at most once a minute)
+        with caplog.at_level(logging.WARNING):
+            assert await source.poll_messages() == []
+        assert f"table {table}: its newest row (id 1) comes before the position (3)" in caplog.text
+    finally:
+        await source.close()
