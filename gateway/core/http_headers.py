@@ -1,8 +1,9 @@
 """Checks of the HTTP request settings the webhook sink and the REST source share: extra
-headers, bearer token and basic auth (pure logic, no I/O)."""
+headers, bearer token and basic auth; and the Retry-After of an answer (pure logic, no I/O)."""
 
 from __future__ import annotations
 
+import email.utils
 import re
 from collections.abc import Iterator, Mapping
 
@@ -36,3 +37,17 @@ def auth_problems(
         yield "username", "basic auth needs both username and password"
     if username and ":" in username:
         yield "username", "a basic auth user name cannot hold ':'"
+
+
+def retry_after(value: str | None, now: float) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or 0."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # "²" is a digit to isdigit, not to float
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - now)

@@ -101,7 +101,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import re
 import socket
@@ -136,7 +135,7 @@ from gateway.core.errors import (
     error_text,
 )
 from gateway.core.flowfile import FlowFile, attributes_json
-from gateway.core.http_headers import auth_problems, has_control
+from gateway.core.http_headers import auth_problems, has_control, retry_after
 from gateway.core.redact import written_forms
 from gateway.core.tls import certificate_refusal, error_chain
 from gateway.sinks._columns import loads
@@ -186,20 +185,6 @@ def _level(level: str) -> str:
     if level in (".", ".."):
         return level.replace(".", "%2E")
     return quote(level, safe="")
-
-
-def retry_after(value: str | None, now: float) -> float:
-    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or 0."""
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # "²" is a digit to isdigit, not to float
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - now)
 
 
 # Headers the sink writes itself, or that describe the body it sends: one in `headers`

@@ -36,11 +36,12 @@ API keeps answering is emitted again on each poll (deduplicate downstream, e.g. 
 `deadband` processor, or select only new items with the API's own query
 parameters). Delivery into the store is at least once.
 
-Failures: a connection refused or cut, a timeout or a 5xx answer is retried with the
-engine's backoff (counted in `errors` in /api/status). A 4xx answer or a body
+Failures: a connection refused or cut, a timeout, a 408 or a 5xx answer is retried
+with the engine's backoff (counted in `errors` in /api/status). A 4xx answer or a body
 that is no JSON is logged once when it starts (and when it changes), counted in
 `failures` and `last_status` in /api/status, and the next poll tries again on
-schedule. An answer larger than `max_body` counts as a failure.
+schedule; after a 429 (too many requests) with a `Retry-After`, the first poll once that
+time has passed. An answer larger than `max_body` counts as a failure.
 
 Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth) and
 every one of `headers` (any of them may hold a key) go to the origin of `url` only: a
@@ -82,6 +83,7 @@ import json
 import math
 import re
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -95,7 +97,7 @@ from gateway.config.schema import Doc, Duration, Range, Size, url_syntax_problem
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
-from gateway.core.http_headers import auth_problems
+from gateway.core.http_headers import auth_problems, retry_after
 from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import template_parts, validate_topic
 
@@ -336,6 +338,7 @@ class RestSource(Source):
         self.failures = 0
         self.last_status: str | None = None
         self.polls = 0
+        self._quiet_until = 0.0  # monotonic: no GET before (a 429's Retry-After)
 
     async def connect(self) -> None:
         if self._session is not None:
@@ -382,6 +385,16 @@ class RestSource(Source):
         self.last_status = what
         return []
 
+    def _too_many(self, reason: str | None, header: str | None) -> list[Message]:
+        """A 429: a failure, the next GET at the first poll after its Retry-After."""
+        after = retry_after(header, time.time())
+        if after > 0:
+            self._quiet_until = self.ctx.clock.monotonic() + after
+            return self._failed(
+                f"answered 429 {reason or ''}".rstrip() + f" (Retry-After {after:g}s)"
+            )
+        return self._failed(f"answered 429 {reason or ''}".rstrip())
+
     @property
     def _where(self) -> str:
         return self.config.url.partition("?")[0]
@@ -393,6 +406,8 @@ class RestSource(Source):
             await self.connect()
         assert self._session is not None
         cfg = self.config
+        if self.ctx.clock.monotonic() < self._quiet_until:
+            return []  # the API asked for no request before then (429, Retry-After)
         self.polls += 1
         url = URL(cfg.url)
         try:
@@ -414,7 +429,11 @@ class RestSource(Source):
                             )
                         url = _redirect(url, location, self._where)
                         continue
-                    if status >= 500 or status in (408, 429):
+                    if status == 429:
+                        # Too many requests: retried with the engine's backoff (from 0.5 s)
+                        # it polled a rate-limited API more often than its schedule does
+                        return self._too_many(answer.reason, answer.headers.get("Retry-After"))
+                    if status >= 500 or status == 408:
                         raise RetryableError(f"GET {self._where} answered {status} {answer.reason}")
                     if status >= 300:
                         return self._failed(f"answered {status} {answer.reason or ''}".rstrip())

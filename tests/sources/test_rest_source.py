@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config.schema import Problems, build_component
+from gateway.core.clock import Clock
 from gateway.core.component import Context
 from gateway.core.errors import RetryableError
 from gateway.engine import pipeline
@@ -436,3 +437,42 @@ async def test_a_literal_brace_around_source_stays_text(
     finally:
         await source.close()
     assert message.reject is None and message.flowfile.topic == "r/{source}/api/a"
+
+
+class _Clock(Clock):
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_a_429_waits_for_the_next_poll_after_its_retry_after(
+    http_receiver: servers.HttpReceiver,
+) -> None:
+    """A 429 was retried with the engine's backoff, from 0.5 s: a rate-limited API every
+    minute was asked again within a second, and more often the more it refused."""
+    post(http_receiver, "/limited", {"v": 1})
+    problems = Problems()
+    config = build_component(
+        "source",
+        {"type": "rest", "url": f"{http_receiver.url}/limited", "select": "data.readings"},
+        ("sources", "api"),
+        problems,
+    )
+    clock = _Clock()
+    source = RestSource(config, Context("api", "source", clock=clock))
+    await source.connect()
+    try:
+        http_receiver.control(429, times=1, headers={"Retry-After": "120"})
+        assert await source.poll_messages() == []  # a failure, not a RetryableError
+        assert source.status()["failures"] == 1
+        assert "429" in str(source.status()["last_status"])
+        gets = len([r for r in http_receiver.requests() if r["path"] == "/limited"])
+        clock.now += 60
+        assert await source.poll_messages() == []  # within Retry-After: no request
+        assert len([r for r in http_receiver.requests() if r["path"] == "/limited"]) == gets
+        clock.now += 61
+        assert len(await source.poll_messages()) == 1
+    finally:
+        await source.close()
