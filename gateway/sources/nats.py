@@ -50,6 +50,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -191,6 +192,8 @@ class NatsSource(Source):
         self._nc: Any = None
         self._sub: Any = None
         self._to_ack: list[Any] = []  # committed messages not yet acknowledged
+        self._open = 0  # messages handed over whose commit has not come yet
+        self._committed = asyncio.Event()  # set by each commit (the acks it runs)
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
         self.read_count = 0
         self.redelivered = 0
@@ -308,6 +311,15 @@ class NatsSource(Source):
         if nc is None or sub is None or not nc.is_connected:
             await self.close()
             raise RetryableError(f"not connected to NATS (stream {self.config.stream})")
+        if self._open > self.config.batch:
+            # JetStream delivers at most max_ack_pending (2 x batch) unacknowledged: with a
+            # batch waiting for its commit and more in hand, a fetch now got nothing and
+            # waited out `wait`, the acks that would make room held back until the next
+            # read (a backlog read at 2 x batch per `wait`: batch: 10, 20 a second)
+            self._committed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.wait):
+                    await self._committed.wait()
         try:
             await self._settle(nc)
             try:
@@ -347,7 +359,14 @@ class NatsSource(Source):
             self.ctx.clock.now_ns(),
         )
         self.read_count += 1
-        return Message(ff, ack=lambda: self._to_ack.append(msg))
+        self._open += 1
+        return Message(ff, ack=lambda: self._committed_one(msg))
+
+    def _committed_one(self, msg: Any) -> None:
+        """A message's ack, run after the commit that holds it."""
+        self._to_ack.append(msg)
+        self._open -= 1
+        self._committed.set()
 
     def status(self) -> dict[str, object]:
         return {

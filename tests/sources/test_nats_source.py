@@ -308,3 +308,30 @@ async def test_a_subject_that_is_not_utf8_is_read_escaped_and_the_rest_follows(
         f"{stream.lower()}/bad\\xff",
         f"{stream.lower()}/dev0",
     ]
+
+
+async def test_a_commit_during_a_read_makes_room_for_it_at_once(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """JetStream delivers at most 2 x batch unacknowledged: a read while a batch waited for
+    its commit and another was in hand fetched nothing and waited out `wait`, the commit's
+    acks held back until the next read, so a backlog was read at 2 x batch per `wait`."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 30)
+    source = make_source(nats_cluster.urls, stream, batch=5, wait="5s")
+    await source.connect()
+    try:
+        first = await read_n(source, 5)
+        await read_n(source, 5)  # a second batch in hand: no room for a third
+        reading = asyncio.create_task(source.read())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the read is under way
+        assert not reading.done()
+        for message in first:  # the engine commits the first batch meanwhile
+            assert message.ack is not None
+            message.ack()
+        async with asyncio.timeout(2.5):  # before: only once `wait` (5 s) ran out, with none
+            third = await reading
+        assert [m.flowfile.attributes["nats.seq"] for m in third] == [str(n) for n in range(11, 16)]
+    finally:
+        await source.close()
