@@ -3,9 +3,10 @@
 The source fetches up to `batch` messages at a time from the durable consumer
 `durable` of stream `stream` (created when missing, from the start of the stream or
 only new messages, `deliver`, optionally filtered by `subject`), and acknowledges a
-message only after the store committed its FlowFile (the acks go out with the next
-fetch, or at a stop). A message not acknowledged within `ack_wait` (the gateway was
-killed, or stopped taking data) is delivered again by JetStream. The consumer
+message only after the store committed its FlowFile (the acks go out once the commit
+is made, during a fetch too, or at a stop). A message not acknowledged within
+`ack_wait` (the gateway was killed, or stopped taking data) is delivered again by
+JetStream. The consumer
 outlives restarts and reloads: a changed `subject`, `ack_wait` or `batch` updates it at
 connect (its position is kept; `deliver` only matters to a consumer not yet created).
 
@@ -323,7 +324,7 @@ class NatsSource(Source):
         try:
             await self._settle(nc)
             try:
-                msgs = await sub.fetch(self.config.batch, timeout=self.config.wait)
+                msgs = await self._fetch(nc, sub)
             except TimeoutError:
                 # Nothing within `wait`: nats-py says so with its own TimeoutError or, when
                 # the wait ran out between its two pull requests, asyncio's. A connection
@@ -333,6 +334,28 @@ class NatsSource(Source):
             await self.close()
             raise RetryableError(f"reading stream {self.config.stream}: {_describe(err)}") from err
         return [self._message(m) for m in msgs]
+
+    async def _fetch(self, nc: Any, sub: Any) -> list[Any]:
+        """One fetch; the acks of commits made while it waits go out at once. Held back
+        until the next read, they came after `ack_wait` when `wait` is as long (wait: 4s,
+        ack_wait: 2s: every message idle fetches came after was delivered and stored twice)."""
+        fetch = asyncio.ensure_future(sub.fetch(self.config.batch, timeout=self.config.wait))
+        try:
+            while True:
+                committed = asyncio.ensure_future(self._committed.wait())
+                try:
+                    await asyncio.wait({fetch, committed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    committed.cancel()
+                if fetch.done():
+                    return fetch.result()  # type: ignore[no-any-return]
+                self._committed.clear()
+                await self._settle(nc)
+        finally:  # an ack that failed, a stop: the fetch is not waited for
+            if not fetch.done():
+                fetch.cancel()
+            elif not fetch.cancelled():
+                fetch.exception()  # seen: no "never retrieved" at its end
 
     def _message(self, msg: Any) -> Message:
         cfg = self.config

@@ -335,3 +335,26 @@ async def test_a_commit_during_a_read_makes_room_for_it_at_once(
         assert [m.flowfile.attributes["nats.seq"] for m in third] == [str(n) for n in range(11, 16)]
     finally:
         await source.close()
+
+
+async def test_a_commit_during_an_idle_fetch_is_acknowledged_within_ack_wait(
+    nats_cluster: servers.NatsCluster,
+) -> None:
+    """The acks of a commit made while a fetch waited went out with the next read: with a
+    `wait` as long as `ack_wait`, JetStream had delivered every such message again."""
+    stream = unique_name().upper()
+    await publish(nats_cluster.urls, stream, 3)
+    source = make_source(nats_cluster.urls, stream, wait="3s", ack_wait="1s")
+    await source.connect()
+    try:
+        first = await read_n(source, 3)
+        reading = asyncio.create_task(source.read())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the read is under way
+        for message in first:  # the engine commits them meanwhile
+            assert message.ack is not None
+            message.ack()
+        assert await reading == [], "nothing delivered again"
+        assert source.status()["pending_acks"] == 0
+    finally:
+        await source.close()
