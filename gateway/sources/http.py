@@ -543,6 +543,8 @@ class HttpSource(Source):
             if b"\\u" in body:  # an escaped lone surrogate is JSON, but no text to store
                 _encode(value)
             content = body.strip()
+            if each + len(content) > limit:  # as an array of it is: "on its own 413"
+                raise _TooLarge(self._too_large(1, each + len(content)))
             return [FlowFile.create(topic, content, {}, now)], each + len(content)
         flowfiles = []
         size = 0

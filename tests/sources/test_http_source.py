@@ -573,3 +573,23 @@ async def test_a_request_that_is_no_http_or_a_client_gone_is_no_error_in_the_log
     assert loud == [], [r.getMessage() for r in loud]
     # the source still answers
     assert (await ingest("/ingest/a", {"x": 1}))[0] == 200
+
+
+async def test_one_object_holding_more_than_max_in_flight_on_its_own_is_413(
+    ingest_with: Any, tmp_path: Path
+) -> None:
+    """An array of one such object was refused 413, the object alone taken: max_in_flight
+    held no bound on a request that came while nothing else waited."""
+    ingest = await ingest_with(max_in_flight="1KiB", max_body="4KiB")
+    big = of_size(2000, "big")
+    status, answer, _ = await ingest("/ingest/a", big)
+    assert status == 413
+    assert answer["error"].endswith(
+        "more than max_in_flight (1024): send fewer objects per request"
+    )
+    status, _answer, _ = await ingest("/ingest/a", b"[" + big + b"]")
+    assert status == 413
+    status, _answer, _ = await ingest("/ingest/a", of_size(500, "small"))
+    assert status == 200
+    await until(lambda: len(lines(tmp_path)) == 1)
+    assert tags(tmp_path) == Counter({"small": 1})
