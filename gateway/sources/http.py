@@ -36,8 +36,9 @@ request is stored:
        for their commit, or `max_in_flight` bytes of FlowFiles are waiting for
        their commit already, or the source is
        stopping; with `Retry-After` (seconds). A request not confirmed within
-       `ack_timeout` is answered 503 too; it may still be stored, so sending it
-       again may store it twice (at least once).
+       `ack_timeout` is answered 503 too: withdrawn if the engine had not taken it
+       yet ("nothing of it is stored"), else it may still be stored ("it may be
+       stored"), so sending it again may store it twice (at least once).
 The one exception: a request that is no valid HTTP (a request line over 64KiB, a
 header line over 8KiB, a malformed header or chunk) is refused 400 by the HTTP layer
 (aiohttp) before the source sees it, in plain text; it is logged at DEBUG only, as is a
@@ -573,7 +574,8 @@ class HttpSource(Source):
         # Commits are in order: the last message's ack says the whole request is stored.
         messages = [Message(ff) for ff in flowfiles[:-1]]
         messages.append(Message(flowfiles[-1], ack=committed))
-        self._waiting.append(_Request(messages, size, answer))
+        request = _Request(messages, size, answer)
+        self._waiting.append(request)
         self._unanswered.add(answer)
         self._in_flight += size
         self._ready.set()
@@ -581,6 +583,16 @@ class HttpSource(Source):
             async with asyncio.timeout(self.config.ack_timeout):
                 await asyncio.shield(answer)
         except TimeoutError:
+            if request in self._waiting:
+                # Not handed over yet (the engine's intake held up: store commits failing):
+                # withdrawn, so that the 503 holds. Left waiting, each such request kept its
+                # body in memory uncounted, a place of max_requests freed for the next: a
+                # queue without bound while it lasted, all of it stored later, and twice
+                # what its clients sent again.
+                self._waiting.remove(request)
+                return self._busy(
+                    f"not taken within {self.config.ack_timeout:g}s; nothing of it is stored"
+                )
             return self._busy(
                 f"not confirmed within {self.config.ack_timeout:g}s; it may be stored"
             )

@@ -593,3 +593,31 @@ async def test_one_object_holding_more_than_max_in_flight_on_its_own_is_413(
     assert status == 200
     await until(lambda: len(lines(tmp_path)) == 1)
     assert tags(tmp_path) == Counter({"small": 1})
+
+
+async def test_a_request_not_taken_within_ack_timeout_is_withdrawn(port: int) -> None:
+    """While the engine took nothing (its intake held up by failing store commits), each
+    request answered 503 after ack_timeout stayed waiting, its body in memory and no
+    longer counted: without bound while it lasted, and all of it stored later (twice,
+    once its clients sent it again)."""
+    source = make_source(listen=f"127.0.0.1:{port}", tokens=[TOKEN], ack_timeout="200ms")
+    await source.connect()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/ingest/a",
+                json={"x": 1},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert answer.status == 503
+            assert "nothing of it is stored" in (await answer.json())["error"]
+        assert not source._waiting and source._in_flight == 0
+        reading = asyncio.ensure_future(source.read())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not reading.done(), "nothing to hand over"
+        reading.cancel()
+    finally:
+        await source.close()
