@@ -677,9 +677,12 @@ class RedisSource(Source):
         if first is None:
             return []
         items = [first]
-        if cfg.count > 1:
+        # as many moves as there are items (another reader may take some meanwhile: None),
+        # not count - 1 of them: an item at a time, 499 commands for nothing each
+        more = min(cfg.count - 1, await client.llen(cfg.key)) if cfg.count > 1 else 0
+        if more:
             async with client.pipeline(transaction=False) as pipe:
-                for _ in range(cfg.count - 1):
+                for _ in range(more):
                     pipe.lmove(cfg.key, self.processing, "LEFT", "RIGHT")
                 items.extend(i for i in await pipe.execute() if i is not None)
         return [self._list_message(item) for item in items]

@@ -498,3 +498,22 @@ async def test_entries_the_group_delivers_again_after_its_id_went_back_are_not_r
     assert [m.flowfile.attributes["redis.id"] for m in got] == ids[5:]
     assert again.skipped == 5
     await again.close()
+
+
+async def test_a_list_read_moves_as_many_items_as_there_are(redis: Any) -> None:
+    """After the BLMOVE of the first item, count - 1 LMOVEs were sent whatever the list
+    held: items coming one at a time cost 500 commands each."""
+    key = unique_name()
+    r = SyncRedis.from_url(redis.url)
+    committed: list[bytes | None] = [None]
+    source = make(redis.url, committed, key=key, mode="list", count=500)
+    await source.connect()
+    try:
+        assert await read_all(source, 1) == []  # sorted out the last run: nothing
+        r.rpush(key, "a", "b", "c")
+        moves = r.info("commandstats").get("cmdstat_lmove", {}).get("calls", 0)
+        got = await source.read()
+        assert [m.flowfile.content for m in got] == [b"a", b"b", b"c"]
+        assert r.info("commandstats").get("cmdstat_lmove", {}).get("calls", 0) - moves == 2
+    finally:
+        await source.close()
