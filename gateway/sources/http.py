@@ -63,7 +63,9 @@ The listener is the source's own (`listen`, default 127.0.0.1:8088), not the
 console's. Serve it beyond localhost only behind TLS: give `tls_cert` and
 `tls_key` (HTTPS), or put a reverse proxy in front; the config check reads them,
 as it reads the console's (a file that cannot be read, holds no PEM certificate or
-key, a key that is not the certificate's or asks for a passphrase: one line). Tokens
+key, a key that is not the certificate's or asks for a passphrase: one line); a
+certificate renewed over the files is served from the next reload on, to new
+connections (its `changes` say `source NAME certificate renewed`). Tokens
 may be `ENC(...)` secrets and are never logged; at least one is required.
 
 Keys
@@ -95,6 +97,7 @@ import hmac
 import json
 import logging
 import math
+import ssl
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -105,9 +108,10 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.config import files
 from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
-from gateway.config.tls import ServedTlsError, served_tls
+from gateway.config.tls import ServedTlsError, load_served, served_tls
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
@@ -232,7 +236,11 @@ class HttpSourceConfig(SourceConfig):
         Range(0, above=True, message="must be more than 0s"),
     ] = 30.0
     tls_cert: Annotated[
-        str | None, Doc("A PEM certificate (chain) file: serve HTTPS with it; needs `tls_key`.")
+        str | None,
+        Doc(
+            "A PEM certificate (chain) file: serve HTTPS with it; needs `tls_key`. A"
+            " certificate renewed over the files is served from the next reload on."
+        ),
     ] = None
     tls_key: Annotated[str | None, Doc("The PEM private key file of `tls_cert`.")] = None
 
@@ -340,6 +348,8 @@ class HttpSource(Source):
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.url = ""
+        self._context: ssl.SSLContext | None = None  # the one the listener serves
+        self._tls_files: tuple[files.Stamp | None, ...] = ()  # what it was read from
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -351,10 +361,12 @@ class HttpSource(Source):
         cfg = self.config
         context = None
         if cfg.tls_cert and cfg.tls_key:
+            stamp = self._tls_stamp()
             try:
                 context = served_tls(cfg.tls_cert, cfg.tls_key)
             except ServedTlsError as err:  # the config check read them; changed since
                 raise PermanentError(f"{err.key}: {err}") from err
+            self._context, self._tls_files = context, stamp
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
         # (?s): a topic holding a newline (%0A) is ours to refuse, 400, not the router's 404
         app.router.add_route("*", "/ingest/{topic:(?s:.*)}", self._ingest)
@@ -387,6 +399,54 @@ class HttpSource(Source):
         self._runner = runner
         self.url = f"{'https' if context else 'http'}://{cfg.listen}/ingest/"
         self.ctx.log.info("listening on %s", self.url)
+
+    def _tls_stamp(self) -> tuple[files.Stamp | None, ...]:
+        cfg = self.config
+        return (files.stamp(cfg.tls_cert or ""), files.stamp(cfg.tls_key or ""))
+
+    async def renew_tls(self) -> bool:
+        """Serve `tls_cert` and `tls_key` anew when they changed since they were read (a
+        renewal written over them, then a reload: the source's config is the same, so it
+        was not restarted and served the old certificate until it expired); True when it
+        did. As the console does: loaded into the context the listener serves, new
+        connections get the new certificate; files that cannot be served leave the old
+        one served, said in a WARNING."""
+        cfg = self.config
+        context, runner = self._context, self._runner
+        if context is None or runner is None or not (cfg.tls_cert and cfg.tls_key):
+            return False
+        stamp = await asyncio.to_thread(self._tls_stamp)  # a stat, off the loop all the same
+        if stamp == self._tls_files:
+            return False
+        try:  # a context of its own: the check
+            checked = await asyncio.to_thread(served_tls, cfg.tls_cert, cfg.tls_key)
+        except ServedTlsError as err:
+            self.ctx.log.warning("%s: %s; serving the certificate it had", err.key, err)
+            return False
+        if self._runner is not runner:
+            return False  # closed meanwhile
+        try:  # on the loop: handshakes use this context, so it must not change under one
+            load_served(context, cfg.tls_cert, cfg.tls_key)
+        except ServedTlsError as err:
+            # changed again since the check: a failed load may leave the context with the
+            # new certificate and no key, so the listener is opened anew with the checked one
+            self.ctx.log.warning("%s: %s; listening anew with the files as checked", err.key, err)
+            for site in list(runner.sites):
+                await site.stop()
+            host, _, port = cfg.listen.rpartition(":")
+            try:
+                await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=checked).start()
+            except OSError as err:  # the port, taken in between
+                self.ctx.log.error(
+                    "cannot listen on %s again (%s); restart the gateway",
+                    cfg.listen,
+                    err.strerror or err,
+                )
+                return False
+            self._context = checked
+        self._tls_files = stamp
+        self.ctx.log.info("serving the renewed certificate %s", cfg.tls_cert)
+        return True
 
     async def read(self) -> list[Message]:
         while not self._waiting:

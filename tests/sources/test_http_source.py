@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import json
 import logging
+import ssl
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,12 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.app import Gateway
+from gateway.config.load import load
 from gateway.config.schema import Problems, build_component
 from gateway.core.component import Context
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, attributes_size
 from gateway.sources import http as http_source
 from gateway.sources.http import HttpSource
-from tests.servers import free_port
+from tests.servers import free_port, make_pki
 from tests.sources.contract import SourceContract, failing_commits
 from tests.sources.engine_run import lines, until
 
@@ -621,3 +624,56 @@ async def test_a_request_not_taken_within_ack_timeout_is_withdrawn(port: int) ->
         reading.cancel()
     finally:
         await source.close()
+
+
+async def test_a_renewed_certificate_is_served_after_a_reload(tmp_path: Path) -> None:
+    """The source's config unchanged, a reload did not restart it: a certificate renewed
+    over its files was never served, and clients were refused once the old one expired.
+    Renewed as the console's is, on the listener that serves, `changes` saying so."""
+    first, renewed = make_pki(tmp_path / "first"), make_pki(tmp_path / "renewed")
+    cert, key = tmp_path / "ingest.crt", tmp_path / "ingest.key"
+    cert.write_bytes(first.server_cert_file.read_bytes())
+    key.write_bytes(first.server_key_file.read_bytes())
+    port, web_port = free_port(), free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        f"gateway: {{id: gw, data_dir: '{tmp_path / 'data'}'}}\n"
+        f"sources:\n  api: {{type: http, listen: '127.0.0.1:{port}', tokens: [{TOKEN}],"
+        f" tls_cert: '{cert}', tls_key: '{key}'}}\n"
+        "routes:\n  all: {match: '#', sinks: [out]}\n"
+        "sinks:\n  out: {type: file}\n"
+        f"web: {{listen: '127.0.0.1:{web_port}'}}\n"
+    )
+    gateway = Gateway(load(path, environ={}), str(path))
+    task = asyncio.create_task(gateway.run())
+
+    async def post(ca: Path) -> int:
+        context = ssl.create_default_context(cafile=str(ca))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"https://127.0.0.1:{port}/ingest/a",
+                json={"x": 1},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                ssl=context,
+            ) as answer,
+        ):
+            return answer.status
+
+    try:
+        async with asyncio.timeout(10):
+            await gateway.ready.wait()
+        await until(lambda: gateway._running is not None
+                    and gateway._running.sources["api"].state == "running")  # fmt: skip
+        assert await post(first.ca_file) == 200
+        cert.write_bytes(renewed.server_cert_file.read_bytes())
+        key.write_bytes(renewed.server_key_file.read_bytes())
+        outcome, errors, changes = await gateway.apply(load(path, environ={}))
+        assert (outcome, errors) == ("applied", [])
+        assert "source api certificate renewed (tls_cert and tls_key read again)" in changes
+        assert await post(renewed.ca_file) == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await post(first.ca_file)
+    finally:
+        gateway.stop()
+        await task
