@@ -33,6 +33,15 @@ def auth_problems(
         yield "bearer_token", "cannot hold a line break or control character"
     if bearer_token is not None and (username or password):
         yield "bearer_token", "use bearer_token or username and password, not both"
+    if bearer_token is not None or (username and password):
+        # both went out (`authorization` and `Authorization`), or one replaced the other
+        for name in headers:
+            if name.lower() == "authorization":
+                yield (
+                    f"headers.{name}",
+                    "bearer_token (or username and password) sets Authorization already:"
+                    " give one of them",
+                )
     if bool(username) != bool(password):
         yield "username", "basic auth needs both username and password"
     if username and ":" in username:

@@ -476,3 +476,19 @@ async def test_a_429_waits_for_the_next_poll_after_its_retry_after(
         assert len(await source.poll_messages()) == 1
     finally:
         await source.close()
+
+
+def test_an_authorization_header_besides_a_token_or_basic_auth_is_refused() -> None:
+    """Both were taken: the token replaced the header `Authorization`, and with the header
+    written `authorization` the request went out with two Authorization headers."""
+    for keys in (
+        {"headers": {"authorization": "Bearer a"}, "bearer_token": "b"},
+        {"headers": {"Authorization": "Bearer a"}, "username": "u", "password": "p"},
+    ):
+        problems = Problems()
+        build_component(
+            "source", {"type": "rest", "url": "http://h/x", **keys}, ("sources", "api"), problems
+        )
+        (only,) = problems.items
+        assert only[0] == ("sources", "api", "headers", next(iter(keys["headers"])))
+        assert "sets Authorization already" in only[1]
