@@ -111,7 +111,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.config import files
 from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
-from gateway.config.tls import ServedTlsError, load_served, served_tls
+from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
@@ -348,7 +348,7 @@ class HttpSource(Source):
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.url = ""
-        self._context: ssl.SSLContext | None = None  # the one the listener serves
+        self._serving: ssl.SSLContext | None = None  # what new handshakes switch to
         self._tls_files: tuple[files.Stamp | None, ...] = ()  # what it was read from
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -366,7 +366,12 @@ class HttpSource(Source):
                 context = served_tls(cfg.tls_cert, cfg.tls_key)
             except ServedTlsError as err:  # the config check read them; changed since
                 raise PermanentError(f"{err.key}: {err}") from err
-            self._context, self._tls_files = context, stamp
+            # each handshake switches to the context served now (called with SNI or
+            # without, then with None), so a renewal changes no context in use
+            context.sni_callback = lambda ssl_obj, _name, _ctx: setattr(
+                ssl_obj, "context", self._serving
+            )
+            self._serving, self._tls_files = context, stamp
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
         # (?s): a topic holding a newline (%0A) is ours to refuse, 400, not the router's 404
         app.router.add_route("*", "/ingest/{topic:(?s:.*)}", self._ingest)
@@ -408,43 +413,24 @@ class HttpSource(Source):
         """Serve `tls_cert` and `tls_key` anew when they changed since they were read (a
         renewal written over them, then a reload: the source's config is the same, so it
         was not restarted and served the old certificate until it expired); True when it
-        did. As the console does: loaded into the context the listener serves, new
-        connections get the new certificate; files that cannot be served leave the old
-        one served, said in a WARNING."""
+        did. As the console does: checked in a context of their own, off the loop, which
+        new handshakes then switch to; the listening socket stays open. Files that cannot
+        be served leave the old certificate served, said in an ERROR."""
         cfg = self.config
-        context, runner = self._context, self._runner
-        if context is None or runner is None or not (cfg.tls_cert and cfg.tls_key):
+        runner = self._runner
+        if self._serving is None or runner is None or not (cfg.tls_cert and cfg.tls_key):
             return False
         stamp = await asyncio.to_thread(self._tls_stamp)  # a stat, off the loop all the same
         if stamp == self._tls_files:
             return False
-        try:  # a context of its own: the check
+        try:
             checked = await asyncio.to_thread(served_tls, cfg.tls_cert, cfg.tls_key)
         except ServedTlsError as err:
-            self.ctx.log.warning("%s: %s; serving the certificate it had", err.key, err)
+            self.ctx.log.error("%s: %s; serving the certificate it had", err.key, err)
             return False
         if self._runner is not runner:
             return False  # closed meanwhile
-        try:  # on the loop: handshakes use this context, so it must not change under one
-            load_served(context, cfg.tls_cert, cfg.tls_key)
-        except ServedTlsError as err:
-            # changed again since the check: a failed load may leave the context with the
-            # new certificate and no key, so the listener is opened anew with the checked one
-            self.ctx.log.warning("%s: %s; listening anew with the files as checked", err.key, err)
-            for site in list(runner.sites):
-                await site.stop()
-            host, _, port = cfg.listen.rpartition(":")
-            try:
-                await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=checked).start()
-            except OSError as err:  # the port, taken in between
-                self.ctx.log.error(
-                    "cannot listen on %s again (%s); restart the gateway",
-                    cfg.listen,
-                    err.strerror or err,
-                )
-                return False
-            self._context = checked
-        self._tls_files = stamp
+        self._tls_files, self._serving = stamp, checked
         self.ctx.log.info("serving the renewed certificate %s", cfg.tls_cert)
         return True
 
