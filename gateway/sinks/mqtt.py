@@ -30,10 +30,7 @@ Size goes to the dead-letter table; the rest of the batch is delivered. A PUBACK
 0x97 Quota exceeded or 0x91 Packet identifier in use sends that message again later.
 MQTT 3.1.1 (`protocol: 4`) has no way to refuse a message: a broker whose ACL denies
 a topic acknowledges the message and drops it (Mosquitto does), so nothing reaches
-the dead letters; use MQTT 5 where refusals must be seen. One it will not take at all
-(over its packet size limit, which 3.1.1 does not tell the client) it closes the
-connection on: a message that was the first unacknowledged one when the connection
-was closed, 3 tries in a row, goes to the dead letters, and the rest is delivered.
+the dead letters; use MQTT 5 where refusals must be seen.
 
 A broker that refuses the sink when it starts (user name or password, client id,
 Not authorized, banned, a TLS certificate either side does not trust, TLS files
@@ -128,9 +125,6 @@ _PLACEHOLDERS = frozenset({"topic", "gateway", "sink"})
 # PUBACK refusals that may pass later (Packet identifier in use, Quota exceeded): the
 # batch is retried rather than dead-lettered.
 RETRY_REASONS = frozenset({0x91, 0x97})
-# MQTT 3.1.1: tries in a row on which the broker closed the connection with the same
-# message the first it had not acknowledged, before that message goes to the dead letters.
-CLOSED_ON_TRIES = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,9 +300,6 @@ class MqttSink(Sink):
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 0
         self._lost: str | None = None
-        # MQTT 3.1.1: the message the broker last closed the connection on (the first it
-        # had not acknowledged), and on how many tries in a row
-        self._closed_on: tuple[str, int] = ("", 0)
         self._connected_as: dict[str, object] = {}  # broker, client id, session present
 
     def status(self) -> Mapping[str, object]:
@@ -480,40 +471,13 @@ class MqttSink(Sink):
                 ) from err
             except RetryableError:
                 self._settle(batch)
-                self._closed_on_first(batch)
                 raise
             finally:
                 self._inflight.clear()
                 self._refused.clear()
                 self._acked.clear()
             settled.clear()
-            self._closed_on = ("", 0)
         return earlier + rejected
-
-    def _closed_on_first(self, batch: list[FlowFile]) -> None:
-        """MQTT 3.1.1 has no way to refuse a message: a broker closes the connection on
-        one it will not take (Mosquitto on one over its max_packet_size, which 3.1.1 does
-        not tell the client). Sent again at every try, it held up the sink for good, with
-        everything behind it. A message that was the first unacknowledged one each time
-        the connection was closed, CLOSED_ON_TRIES tries in a row, goes to the dead
-        letters (a broker acknowledges in order, so the ones before it were taken)."""
-        if self.config.protocol != 4 or self._lost != "the connection was closed":
-            return
-        if not self._inflight:
-            self._closed_on = ("", 0)
-            return
-        ff = batch[min(self._inflight.values())]
-        seen, tries = self._closed_on
-        tries = tries + 1 if seen == ff.id else 1
-        self._closed_on = (ff.id, tries)
-        if tries >= CLOSED_ON_TRIES:
-            self._closed_on = ("", 0)
-            self._settled[ff.id] = Rejected(
-                ff,
-                f"mqtt: the broker closed the connection on it at {tries} tries in a row"
-                f" ({len(ff.content)} bytes: over the broker's packet size limit, or"
-                " something else it will not take; MQTT 3.1.1 cannot say which)",
-            )
 
     def _settle(self, batch: list[FlowFile]) -> None:
         """Keeps what the broker answered of this try, for a retry of the batch to leave out."""

@@ -504,45 +504,6 @@ async def test_characters_a_broker_refuses_are_dead_lettered_alone(
     assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/\u00e9\U0001f600"]
 
 
-async def test_mqtt_3_1_1_a_message_the_broker_closes_the_connection_on_is_dead_lettered(
-    mosquitto_factory: Callable[..., servers.Mosquitto], ns: str, collect: Any
-) -> None:
-    # MQTT 3.1.1 does not tell the client the broker's packet size limit, and has no way
-    # to refuse a message: Mosquitto closed the connection on the large one at every try,
-    # and the batch, with everything behind it, was held up for good.
-    broker = mosquitto_factory(options="max_packet_size 1000")
-    collector = collect(broker, ns)
-    sink = make_sink(broker.url, topic=f"{ns}/{{topic}}", protocol=4)
-    await sink.connect()
-    batch = [
-        FlowFile.create("ok/1", b"1"),
-        FlowFile.create("big", b"x" * 2000),
-        FlowFile.create("ok/2", b"2"),
-    ]
-    tries = 0
-    try:
-        while True:
-            tries += 1
-            try:
-                rejected = await sink.write(batch)
-            except RetryableError:
-                assert tries < 5
-                continue
-            break
-    finally:
-        await sink.close()
-    assert tries == 4  # closed on it three times; the fourth try sends the rest
-    [refused] = rejected
-    assert refused.flowfile is batch[1]
-    assert refused.reason == (
-        "mqtt: the broker closed the connection on it at 3 tries in a row (2000 bytes: over"
-        " the broker's packet size limit, or something else it will not take; MQTT 3.1.1"
-        " cannot say which)"
-    )
-    received = await collector.settled(at_least=2)
-    assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/2"]
-
-
 async def test_a_broker_that_takes_qos_0_only_is_a_refusal(
     mosquitto_factory: Callable[..., servers.Mosquitto],
 ) -> None:
