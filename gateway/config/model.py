@@ -351,9 +351,15 @@ class MqttSection:
 def keepalive_problem(keepalive: float | None) -> str | None:
     """An MQTT keepalive is whole seconds: 500ms was sent as 0, no keepalive at all (the
     broker never noticed a gateway gone, and the status topic's last will never went)."""
-    if keepalive is not None and keepalive != int(keepalive):
+    if keepalive is not None and not _whole(keepalive):
         return f"must be whole seconds, as MQTT counts it ({keepalive:g}s is not), or 0s for none"
     return None
+
+
+def _whole(seconds: float) -> bool:
+    """Whether `seconds` is whole, as written: 4.1m is 245.99999999999997 s as a float
+    (sent rounded, never cut to 245)."""
+    return abs(seconds - round(seconds)) < 1e-6
 
 
 def whole_seconds_problem(seconds: float | None) -> str | None:
@@ -361,7 +367,7 @@ def whole_seconds_problem(seconds: float | None) -> str | None:
     session_expiry of 500ms was sent as 0, a session the broker ends at each disconnect,
     so what was published while the gateway was away (a restart, a network blip) was
     lost; 1.5s was 1s."""
-    if seconds is not None and seconds != int(seconds):
+    if seconds is not None and not _whole(seconds):
         return f"must be whole seconds, as MQTT counts it ({seconds:g}s is not)"
     return None
 

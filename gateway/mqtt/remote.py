@@ -143,7 +143,7 @@ class RemoteConfig:
             # on the gateway's broker, what remote_config leaves unset comes from `mqtt:`
             username = username or mqtt.username
             password = password or mqtt.password
-            keepalive = int(mqtt.keepalive)
+            keepalive = round(mqtt.keepalive)
             shared = (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
         username, password = login(url, username, password)
         own = (settings.ca_file, settings.cert_file, settings.key_file)

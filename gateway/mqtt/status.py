@@ -150,7 +150,7 @@ class StatusChannel:
             f"{prefix}.status",
             username,
             password,
-            int(mqtt.keepalive),
+            round(mqtt.keepalive),
             tls_files(NO_TLS_FILES, (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)),
         )
 

@@ -354,10 +354,10 @@ class MqttSink(Sink):
                     self.port,
                     client_id=self.client_id,
                     clean_start=cfg.clean_session,
-                    keepalive=int(cfg.keepalive),
+                    keepalive=round(cfg.keepalive),
                     protocol=cfg.protocol,
                     session_expiry=(
-                        int(cfg.session_expiry)
+                        round(cfg.session_expiry)
                         if cfg.protocol == 5 and not cfg.clean_session
                         else 0
                     ),
