@@ -122,7 +122,7 @@ mosquitto.conf, or messages beyond that are dropped by the broker during a
 gateway restart. The embedded broker (`mqtt.url: embedded`) is set up so. A
 reconnect that finds the broker without the session it had (a broker restarted
 without persistence or killed before it saved it, a session expired) is said in
-a WARNING: what the session held for the gateway is lost.
+a WARNING: what the session held for the gateway, if anything, is lost.
 """
 
 from __future__ import annotations
@@ -623,7 +623,7 @@ class MqttSource(Source):
             self.ctx.log.warning(
                 "the broker no longer had the session of %s: what was published for it while"
                 " the gateway was away (or disconnected), and what it had not acknowledged,"
-                " is lost; the broker keeps sessions across its restarts only with"
+                " if anything, is lost; the broker keeps sessions across its restarts only with"
                 " `persistence true`, and for session_expiry (%gs) at most",
                 self._client_id,
                 self.config.session_expiry,

@@ -319,8 +319,8 @@ async def test_a_session_the_broker_lost_is_said(
     assert warnings() == [
         "source plant: the broker no longer had the session of gw-session-lost: what was"
         " published for it while the gateway was away (or disconnected), and what it had not"
-        " acknowledged, is lost; the broker keeps sessions across its restarts only with"
-        " `persistence true`, and for session_expiry (604800s) at most"
+        " acknowledged, if anything, is lost; the broker keeps sessions across its restarts"
+        " only with `persistence true`, and for session_expiry (604800s) at most"
     ]
     broker.stop()  # saves the session: resumed, nothing more said
     broker.start()
