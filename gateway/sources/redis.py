@@ -38,10 +38,6 @@ before its XACK does not read it a third time. In list mode a counter key
 same MULTI as the removal, so that the items the store has and Redis does not yet
 know of are told apart the same way (and a removal whose answer was lost with the
 connection is not made twice: the counter says how many are left to remove).
-Entries the group delivers again as new, at or before the committed position (its last
-delivered id went back: the group deleted and made again, XGROUP SETID, a Redis
-restarted from an older snapshot), are acknowledged without being read again, with a
-warning.
 Entries taken over from another consumer are read at least once: their FlowFile
 ids are made from the stream key and the entry id, so the SQL and Redis sinks,
 which write each id once, still store them once.
@@ -324,7 +320,6 @@ class RedisSource(Source):
         self._claim_from = "0-0"
         self._recover_from = "-"  # stream: the pending entries at the start, page by page
         self._handed: str | None = None  # stream: the highest entry id handed over
-        self._stored: tuple[int, int] | None = None  # stream: the highest entry id committed
         self._scope = f"{ctx.gateway_id}/{ctx.name}"
         # What a position is of, stored after it (and a NUL): a position of another stream,
         # group or processing list is not taken for this one's (versions before stored none)
@@ -397,16 +392,8 @@ class RedisSource(Source):
 
     # -- acknowledgements (after the store's commit) -------------------------------------
 
-    def _acker(self, entry_id: str, moves: bool) -> Any:
-        if not moves:
-            return lambda: self._to_ack.append(entry_id)
-        key = _entry_key(entry_id)
-
-        def ack() -> None:  # after the commit that holds the position `entry_id`
-            self._to_ack.append(entry_id)
-            self._stored = key if self._stored is None else max(self._stored, key)
-
-        return ack
+    def _acker(self, entry_id: str) -> Any:
+        return lambda: self._to_ack.append(entry_id)
 
     def _remover(self) -> None:
         self._remove_upto += 1
@@ -494,9 +481,6 @@ class RedisSource(Source):
         cfg = self.config
         if not self._recovered:
             await self._load_position()
-            if self._position is not None:
-                with contextlib.suppress(ValueError):  # no entry id: nothing known
-                    self._stored = max(self._stored or (0, 0), _entry_key(self._position))
             messages = await self._recover_stream(client)
             if messages is not None:
                 return messages
@@ -513,31 +497,7 @@ class RedisSource(Source):
         entries = reply[0][1] if reply else []
         if entries:  # in the stream's order: the last is the highest
             self._hand(entries[-1][0].decode())
-            entries = self._not_stored(entries)
         return [self._stream_message(e, position=True) for e in entries]
-
-    def _not_stored(self, entries: list[Any]) -> list[Any]:
-        """`entries`, new to the group, less those at or before the committed position:
-        stored already, delivered again because the group's last delivered id went back
-        (the group deleted and made again from `start`, XGROUP SETID, a Redis restarted
-        from a snapshot or an AOF that lost its last second). They were stored twice.
-        Acknowledged with the next read instead."""
-        stored = self._stored
-        if stored is None or _entry_key(entries[0][0].decode()) > stored:
-            return entries
-        old = [e[0].decode() for e in entries if _entry_key(e[0].decode()) <= stored]
-        self._to_ack.extend(old)
-        self.skipped += len(old)
-        self.ctx.log.warning(
-            "group %s delivered %d entries of %s again that were stored already (up to %s):"
-            " its last delivered id went back (the group made again, or Redis restarted"
-            " from an older save); acknowledged, not stored again",
-            self.config.group,
-            len(old),
-            self.config.key,
-            old[-1],
-        )
-        return entries[len(old) :]
 
     async def _recover_stream(self, client: Any) -> list[Message] | None:
         """At the start: this consumer's pending entries, a page at a time (None when
@@ -651,7 +611,7 @@ class RedisSource(Source):
         self.read_count += 1
         return Message(
             ff,
-            ack=self._acker(entry_id, moves=position),
+            ack=self._acker(entry_id),
             position=entry_id.encode() + self._mark if position else None,
             reject=reject,
         )

@@ -466,40 +466,6 @@ class TestRedisSourceContract(SourceContract):
         return lambda tag, seq: f"redis/{key}"
 
 
-async def test_entries_the_group_delivers_again_after_its_id_went_back_are_not_read_again(
-    redis: Any,
-) -> None:
-    """A group whose last delivered id went back (made again from `start`, XGROUP SETID, a
-    Redis restarted from an older save) delivered the entries the store had again as new:
-    each was stored twice, though the position said it was stored."""
-    key = unique_name()
-    r = SyncRedis.from_url(redis.url)
-    ids = [r.xadd(key, {"v": str(i)}).decode() for i in range(4)]
-    committed: list[bytes | None] = [None]
-    source = make(redis.url, committed, key=key, count=10)
-    await source.connect()
-    first = await read_all(source, 2)
-    commit(first, committed)
-    await source.read()  # acked
-    r.xgroup_setid(key, "edge-stream", "0")  # as a Redis restarted from an older save
-    ids.append(r.xadd(key, {"v": "4"}).decode())
-    got = await read_all(source, 3)
-    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[4:]
-    commit(got, committed)
-    await source.read()
-    assert r.xpending(key, "edge-stream")["pending"] == 0
-    await crash(source)
-    # at a start, from the stored position, as after a group made again from `start`
-    r.xgroup_destroy(key, "edge-stream")
-    ids.append(r.xadd(key, {"v": "5"}).decode())
-    again = make(redis.url, committed, key=key, count=10)
-    await again.connect()
-    got = await read_all(again, 3)
-    assert [m.flowfile.attributes["redis.id"] for m in got] == ids[5:]
-    assert again.skipped == 5
-    await again.close()
-
-
 async def test_a_list_read_moves_as_many_items_as_there_are(redis: Any) -> None:
     """After the BLMOVE of the first item, count - 1 LMOVEs were sent whatever the list
     held: items coming one at a time cost 500 commands each."""
