@@ -41,7 +41,7 @@ with the engine's backoff (counted in `errors` in /api/status). A 4xx answer or 
 that is no JSON is logged once when it starts (and when it changes), counted in
 `failures` and `last_status` in /api/status, and the next poll tries again on
 schedule; after a 429 (too many requests) with a `Retry-After`, the first poll once that
-time has passed. An answer larger than `max_body` counts as a failure.
+time (an hour at most) has passed. An answer larger than `max_body` counts as a failure.
 
 Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth) and
 every one of `headers` (any of them may hold a key) go to the origin of `url` only: a
@@ -83,7 +83,6 @@ import json
 import math
 import re
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -162,6 +161,7 @@ def select(value: Any, steps: list[Step]) -> list[Any]:
     return items
 
 
+RETRY_AFTER_MAX = 3600.0  # seconds: the longest Retry-After a 429 is taken for
 PAGE = 1000  # items of an answer handed over at once; the rest follow at once, in order
 _QUERY = re.compile(r"""(https?://[^\s'"?#]*)[?#][^\s'"]*""")
 
@@ -386,8 +386,10 @@ class RestSource(Source):
         return []
 
     def _too_many(self, reason: str | None, header: str | None) -> list[Message]:
-        """A 429: a failure, the next GET at the first poll after its Retry-After."""
-        after = retry_after(header, time.time())
+        """A 429: a failure, the next GET at the first poll after its Retry-After, which is
+        taken for an hour at most (an HTTP date read against a board's clock stuck in the
+        past, or a proxy's error, silenced the source for years while it said running)."""
+        after = min(retry_after(header, self.ctx.clock.now_ns() / 1e9), RETRY_AFTER_MAX)
         if after > 0:
             self._quiet_until = self.ctx.clock.monotonic() + after
             return self._failed(

@@ -474,6 +474,12 @@ async def test_a_429_waits_for_the_next_poll_after_its_retry_after(
         assert len([r for r in http_receiver.requests() if r["path"] == "/limited"]) == gets
         clock.now += 61
         assert len(await source.poll_messages()) == 1
+        # a Retry-After of years (a date read against a clock stuck in the past, a proxy's
+        # error) is taken for an hour at most
+        http_receiver.control(429, times=1, headers={"Retry-After": "99999999"})
+        assert await source.poll_messages() == []
+        clock.now += 3601
+        assert len(await source.poll_messages()) == 1
     finally:
         await source.close()
 
