@@ -38,8 +38,12 @@ from gateway.core.topics import template_parts, validate_topic
 
 Row = tuple[Any, ...]
 Page = tuple[list[str], list[Row]]  # column names, rows
+# A page as fetched after a position with a `key`: also, for each row, whether the server
+# orders its key after the position's (see `_past_position`); None without that column
+Fetched = tuple[list[str], list[Row], list[Any] | None]
 POSITION_VERSION = 1
 PAGE_MAX = 10_000
+AFTER_FLAG = "_es_after"  # the page query's last column with a `key`: see `select_sql`
 BEHIND_CHECK_S = 60.0  # at most this often, a poll that found nothing looks at the newest row
 
 
@@ -382,22 +386,30 @@ class IncrementalSource(Source):
         config, q, p = self.config, self.quote, self.param
         order = self._order()
         if config.columns is None:
-            names = "*"
+            names = f"{q(config.table)}.*"  # MySQL may refuse a bare * with another column
         else:
             wanted = list(dict.fromkeys([*config.columns, *order]))
             names = ", ".join(q(c) for c in wanted)
+        if first or config.key is None:
+            n = 0
+        else:
+            # last, taken off before the row is read (see `_past_position`): whether the
+            # server orders the row's key after the position's, by the key's collation
+            names += f", ({q(config.key)} > {p(1)}) AS {q(AFTER_FLAG)}"
+            n = 1
         # a NULL cursor or key sorts first (MySQL) or last (PostgreSQL) and compares with
         # nothing: read as the position, no row would ever come after it
         sql = f"SELECT {names} FROM {q(config.table)} WHERE {self._not_null()}"
         if not first:
             if config.key is None:
-                sql += f" AND {q(config.cursor)} > {p(1)}"
+                sql += f" AND {q(config.cursor)} > {p(n + 1)}"
+                n += 1
             else:
                 c, k = q(config.cursor), q(config.key)
-                sql += f" AND ({c} > {p(1)} OR ({c} = {p(2)} AND {k} > {p(3)}))"
+                sql += f" AND ({c} > {p(n + 1)} OR ({c} = {p(n + 2)} AND {k} > {p(n + 3)}))"
+                n += 3
         by = ", ".join(q(c) for c in order)
-        limit = 1 if first else (2 if config.key is None else 4)
-        return f"{sql} ORDER BY {by} LIMIT {p(limit)}"
+        return f"{sql} ORDER BY {by} LIMIT {p(n + 1)}"
 
     def end_sql(self) -> str:
         """The position of the newest row (for `start: end`)."""
@@ -513,25 +525,30 @@ class IncrementalSource(Source):
         self._text = False
         await self._load_start()
 
-    async def _select(self, limit: int) -> Page:
-        """At most `limit` rows after the position, in order."""
+    async def _select(self, limit: int) -> Fetched:
+        """At most `limit` rows after the position, in order, and with a `key`, whether
+        each one's key comes after the position's (see `_past_position`)."""
         if self._after is not None:
             try:
                 return await self._select_after(limit)
             except PositionError as err:  # it was retried for ever as a lost connection
                 await self._start_over(err)
         if self._after is None:
-            return await self._fetch(self.select_sql(True), [limit])
+            return (*await self._fetch(self.select_sql(True), [limit]), None)
         return await self._select_after(limit)
 
-    async def _select_after(self, limit: int) -> Page:
+    async def _select_after(self, limit: int) -> Fetched:
         assert self._after is not None
         if self.config.key is None:
-            return await self._fetch(self.select_sql(False), [self._after[0], limit])
+            return (*await self._fetch(self.select_sql(False), [self._after[0], limit]), None)
         if len(self._after) == 1:  # by the cursor only (see `_load_position`): `c = NULL`
-            return await self._fetch(self.select_sql(False), [self._after[0], None, None, limit])
-        c, k = self._after
-        return await self._fetch(self.select_sql(False), [c, c, k, limit])
+            args = [None, self._after[0], None, None, limit]
+        else:
+            c, k = self._after
+            args = [k, c, c, k, limit]
+        names, rows = await self._fetch(self.select_sql(False), args)
+        # the flag, last, is no column of the table: not in the rows' content
+        return names[:-1], [row[:-1] for row in rows], [row[-1] for row in rows]
 
     def _order_index(self, names: list[str]) -> list[int]:
         """Where `cursor` (and `key`) are among the result's `names`. MySQL matches column
@@ -550,33 +567,32 @@ class IncrementalSource(Source):
                 )
         return index
 
-    def _past_position(self, names: list[str], rows: list[Row]) -> list[Row]:
+    def _past_position(
+        self, names: list[str], rows: list[Row], after: list[Any] | None
+    ) -> list[Row]:
         """`rows` less those at their head that are at or before the position: rows read
         already, found after it because the value read back is not the one stored (a
         MySQL FLOAT 0.2 reads 0.2, is 0.200000003 > 0.2): the row of the position, and
-        with a `key`, the rows of its cursor value up to the position's row, in the
-        order the server sent them (all of them came again: read again at every poll,
-        for ever). Only at the head: rows
-        tied with the one before them further on are rows of their own."""
+        with a `key`, the rows of its cursor value whose key the server orders up to the
+        position's (all of them came again: read again at every poll, for ever). Only at
+        the head: rows tied with the one before them further on are rows of their own.
+
+        `after`, with a `key`: for each row, whether the server orders its key after the
+        position's. Text is ordered by the column's collation, not as Python orders it
+        (with MySQL's case-insensitive ones and PostgreSQL's locales 'B' follows 'a'), so
+        the server tells: compared in Python, the rows after a key 'a' were left out for
+        good; looked for by the position's own row, rows read already came again for ever
+        when that row was not among those fetched (or deleted)."""
         bound = self._after
         if bound is None:
             return rows
         index = self._order_index(names)[: len(bound)]  # by the cursor only: see `_select`
         skip = 0
         if len(index) == 2:
-            (c, k), (ci, ki) = bound, index
-            run = 0  # the rows at the head with the position's cursor value, in the server's order
-            while run < len(rows) and rows[run][ci] == c:
-                run += 1
-            keys = [row[ki] for row in rows[:run]]
-            if k in keys:  # the position's own row: it and those before it were read
-                skip = keys.index(k) + 1
-            elif not isinstance(k, str):
-                # Text is ordered by the column's collation, not as Python orders it: with
-                # MySQL's case-insensitive ones (and PostgreSQL's locales) 'B' follows 'a',
-                # which Python puts first, so the rows after a key 'a' were left out for good
-                while skip < run and keys[skip] <= k:
-                    skip += 1
+            assert after is not None
+            c, ci = bound[0], index[0]
+            while skip < len(rows) and rows[skip][ci] == c and not after[skip]:
+                skip += 1
         else:
             while skip < len(rows) and tuple(rows[skip][i] for i in index) == bound:
                 skip += 1
@@ -588,8 +604,8 @@ class IncrementalSource(Source):
         PAGE_MAX rows) past them: asked again at once for the same rows, the source stalled."""
         want = limit
         while True:
-            names, fetched = await self._select(want)
-            rows = self._past_position(names, fetched)
+            names, fetched, after = await self._select(want)
+            rows = self._past_position(names, fetched, after)
             self.backlog = len(fetched) >= want
             if rows or not self.backlog:
                 return names, rows
@@ -614,9 +630,9 @@ class IncrementalSource(Source):
         config = self.config
         want = limit
         while True:
-            names, fetched = await self._select(want + 1)
+            names, fetched, after = await self._select(want + 1)
             more = len(fetched) > want
-            rows = self._past_position(names, fetched)
+            rows = self._past_position(names, fetched, after)
             self.backlog = more
             if not more:
                 return names, rows
