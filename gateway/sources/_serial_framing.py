@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -245,7 +246,14 @@ def _f(s: str) -> float | None:
         return None
     if not _DECIMAL.fullmatch(s):
         raise ValueError(f"bad number {s!r}")
-    return float(s)
+    return _finite(float(s), s)
+
+
+def _finite(value: float, s: str) -> float:
+    # 400 digits are a plain decimal, but beyond a float: float() makes them inf
+    if not math.isfinite(value):
+        raise ValueError(f"bad number {s[:16]!r}... ({len(s)} characters, beyond a float)")
+    return value
 
 
 def _i(s: str) -> int | None:
@@ -264,7 +272,7 @@ def _coord(value: str, hemisphere: str) -> float | None:
         raise ValueError(f"bad coordinate {value!r}")
     dot = value.find(".")
     head = dot if dot >= 0 else len(value)
-    degrees = float(value[: head - 2]) + float(value[head - 2 :]) / 60.0
+    degrees = _finite(float(value[: head - 2]) + float(value[head - 2 :]) / 60.0, value)
     return round(-degrees if hemisphere in ("S", "W") else degrees, 7)
 
 

@@ -235,6 +235,10 @@ def test_a_line_in_another_encoding_is_stored_as_utf8_text() -> None:
         ("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,231394,003.1,W", "'231394'"),
         ("GPZDA,201530.00,04,07,99999,00,00", "'99999'"),
         ("GPZDA,201530.00,04,13,2002,00,00", "bad date 04/13"),
+        # a plain decimal of 400 digits is beyond a float: float() made it inf
+        ("GPHDT," + "1" * 400 + ",T", "beyond a float"),
+        ("GPVTG,054.7,T,034.4,M,005.5,N," + "9" * 310 + ".5,K", "beyond a float"),
+        ("GPGGA,123519," + "4" * 400 + ".038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,", "beyond"),
     ],
 )
 def test_a_number_field_that_is_no_decimal_number_is_a_malformed_sentence(
@@ -243,5 +247,5 @@ def test_a_number_field_that_is_no_decimal_number_is_a_malformed_sentence(
     # float() took "nan", "inf" and "1e999": the content held NaN or Infinity, which is
     # not JSON (a json route, a jsonb column refused it downstream), and int() took "0_8"
     # as 8 satellites; each is now a dead letter with its reason, as other garbage is.
-    (record,) = NmeaFramer(200, True).feed(nmea(body))
+    (record,) = NmeaFramer(1000, True).feed(nmea(body))
     assert record.reject is not None and "malformed" in record.reject and bad in record.reject
