@@ -307,6 +307,34 @@ async def test_polled_nodes_by_path_and_id_follow_the_server(
         assert not pump.values("opcua/s1/missing")
 
 
+async def test_a_string_whose_bytes_are_not_utf8_arrives_subscribed_and_polled(
+    plain_server: servers.OpcuaServer, writer: Client
+) -> None:
+    # A PLC writing "23.5 °C" in latin-1 sends the byte 0xB0, which asyncua decodes with
+    # surrogateescape; no JSON encoder writes the lone surrogate: the subscribed value
+    # was lost without a word, and the polled source crashed with a traceback at each
+    # poll, its other nodes never read. Each byte that is not UTF-8 is now U+FFFD.
+    await write(writer, "String", b"23.5 \xb0C".decode("utf-8", "surrogateescape"))
+    try:
+        for mode in ("subscribe", "poll"):
+            source = make_source(
+                {
+                    "url": plain_server.url,
+                    "mode": mode,
+                    "interval": "100ms",
+                    "publishing_interval": "50ms",
+                    "nodes": {"text": {"node": "ns=2;s=String"}, "n": {"node": "ns=2;s=Int32"}},
+                }
+            )
+            async with Pump(source) as pump:
+                await pump.until(
+                    lambda: bool(pump.values("opcua/s1/text") and pump.values("opcua/s1/n"))
+                )
+                assert pump.values("opcua/s1/text")[0] == "23.5 \ufffdC", mode
+    finally:
+        await write(writer, "String", VARIABLES["String"][0])
+
+
 async def test_poll_times_missed_are_counted_in_the_status(
     plain_server: servers.OpcuaServer,
 ) -> None:

@@ -50,9 +50,10 @@ attributes `source`,
 (null when it sent none); `status` is the status code's name (`Good`,
 `BadSensorFailure`, ...) and `status_code` its number. Tested types, as JSON: Boolean
 → true/false; SByte, Byte, Int16, UInt16, Int32, UInt32, Int64, UInt64 → integers;
-Float, Double → numbers (NaN and infinities → null); String → text; DateTime → ISO
-8601 UTC text; ByteString → base64 text; a one-dimensional array of these → a JSON
-array. Other types arrive as their text form (untested).
+Float, Double → numbers (NaN and infinities → null); String → text (a byte that is
+not UTF-8, such as a latin-1 "°", as U+FFFD); DateTime → ISO 8601 UTC text;
+ByteString → base64 text; a one-dimensional array of these → a JSON array. Other
+types arrive as their text form (untested).
 
 Security: `security_policy: None` (the default) or `Basic256Sha256` with
 `security_mode: Sign` or `SignAndEncrypt` (the default); then `certificate` and

@@ -1,7 +1,8 @@
 """OPC UA values to JSON and JSON back to OPC UA values (write-back), without I/O.
 
 A value's JSON: Boolean → true/false; the integer types → numbers; Float and Double →
-numbers (NaN and infinities → null); String → a string; DateTime → an ISO 8601 UTC
+numbers (NaN and infinities → null); String → a string (bytes that are not UTF-8 each
+as U+FFFD); DateTime → an ISO 8601 UTC
 string (`2024-05-01T12:00:00.000Z`); ByteString → base64 text; an array → a JSON
 array of its elements. Any other type becomes its text (`str()`), so nothing is lost
 silently, but only the types above are tested.
@@ -49,8 +50,10 @@ def iso_now() -> str:
 
 def plain(value: Any) -> Any:
     """A Python value from asyncua as a JSON-ready one (see the module documentation)."""
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, str):
+        return value if value.isascii() else text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, datetime):
@@ -59,7 +62,24 @@ def plain(value: Any) -> Any:
         return base64.b64encode(value).decode()
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    return str(value)
+    return text(str(value))
+
+
+def text(value: str) -> str:
+    """`value` as UTF-8 can hold it. asyncua decodes a String with surrogateescape, so
+    a server's bytes that are not UTF-8 (a PLC's latin-1 "°" as 0xB0) came as lone
+    surrogates, which no JSON encoder writes: the value was lost without a word when
+    subscribed, and a polled source crashed at each poll. Each such byte becomes
+    U+FFFD, as a Modbus string's do."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            data = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no byte stands for
+            data = value.encode("utf-8", "replace")
+        return data.decode("utf-8", "replace")
+    return value
 
 
 def float32(value: Any) -> Any:
