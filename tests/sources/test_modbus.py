@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -869,6 +870,33 @@ async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCapture
     finally:
         await source.close()
         await other_server.shutdown()
+
+
+async def test_a_port_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    # pymodbus answers False and logs the reason to its own (quieted) logger: the status
+    # and the log said "cannot connect to rtu:///dev/ttyUSB0" and no more, the same for
+    # an unplugged adapter, a file that is no serial port and a refused connection
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there
+    not_a_tty = tmp_path / "not-a-tty"
+    not_a_tty.write_bytes(b"")
+    one = {"v": {"address": 0}}
+    source = make_source({
+        "devices": {"gone": {"url": f"rtu://{tmp_path}/ttyUSB9", "registers": one},
+                    "file": {"url": f"rtu://{not_a_tty}", "registers": one},
+                    "tcp": {"url": f"tcp://127.0.0.1:{port}", "registers": one}},
+    })  # fmt: skip
+    await source.connect()
+    try:
+        devices = source.status()["devices"]
+        assert devices["gone"]["state"] == "offline"
+        assert "No such file or directory" in devices["gone"]["last_error"], devices
+        assert "Inappropriate ioctl" in devices["file"]["last_error"], devices
+        assert devices["tcp"]["last_error"].endswith(": connection refused"), devices
+    finally:
+        await source.close()
 
 
 # ---- write-back ---------------------------------------------------------------------

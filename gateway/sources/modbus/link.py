@@ -257,6 +257,17 @@ def _fail_garbled_answers(manager: Any) -> None:
     manager.callback_data = checked
 
 
+def _connect_problem(err: BaseException | None, wait: float) -> str:
+    """Why a connection could not be opened, as ": ..." (or nothing, unknown)."""
+    if err is None:
+        return ""
+    if isinstance(err, TimeoutError):  # pymodbus waits `wait` for the socket or port
+        return f": no connection within {wait:g}s"
+    if isinstance(err, ConnectionError) and err.errno:  # not "Connect call failed (...)"
+        return f": {os.strerror(err.errno).lower()}"
+    return f": {err.strerror or err}" if isinstance(err, OSError) else f": {err}"
+
+
 class Link:
     """One connection to one or more Modbus devices; one request at a time.
 
@@ -269,6 +280,7 @@ class Link:
         self.spec = spec
         self._name = name
         self._client: Any = None
+        self._connect_error: BaseException | None = None
 
     def _make_client(self, timeout: float) -> Any:
         # reconnect_delay=0: pymodbus must not reconnect behind our back (its own
@@ -303,7 +315,26 @@ class Link:
         # others off, so the source decides when a link is broken.
         client.set_max_no_responses(1 << 30)
         _fail_garbled_answers(client.ctx)
+        self._keep_connect_error(client.ctx)
         return client
+
+    def _keep_connect_error(self, ctx: Any) -> None:
+        """pymodbus's connect() answers False when the port or socket cannot be opened,
+        and logs why (to its logger, kept quiet above): the source said "cannot connect
+        to rtu:///dev/ttyUSB0" and no more, for a missing adapter, a port the gateway
+        user may not open (not in the dialout group) and a refused connection alike.
+        The error is kept here, for the LinkError to say it."""
+        create = ctx.call_create
+        self._connect_error = None
+
+        async def call_create() -> Any:
+            try:
+                return await create()
+            except (OSError, TimeoutError) as err:
+                self._connect_error = err
+                raise
+
+        ctx.call_create = call_create
 
     @property
     def connected(self) -> bool:
@@ -320,7 +351,8 @@ class Link:
             raise LinkError(f"cannot connect to {self.spec.describe()}: {err}") from err
         if not ok or not self._client.connected:
             self.close()
-            raise LinkError(f"cannot connect to {self.spec.describe()}")
+            why = _connect_problem(self._connect_error, reply_wait)
+            raise LinkError(f"cannot connect to {self.spec.describe()}{why}")
 
     def close(self) -> None:
         """Close the connection; safe to call at any time."""
