@@ -8,6 +8,7 @@ request log, its registers) and what came out of `read()`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import socket
@@ -870,6 +871,41 @@ async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCapture
     finally:
         await source.close()
         await other_server.shutdown()
+
+
+async def test_frame_delay_is_kept_on_a_serial_line_only(plc: PlcStore) -> None:
+    # A source-level frame_delay, meant for its RTU devices, slowed every request of
+    # its tcp:// devices too (the docs: "on a serial line"): here 3 requests a poll
+    plc.requests.clear()
+    plc.times.clear()
+    port = plc.port  # type: ignore[attr-defined]
+    regs = {n: {"address": a} for n, a in (("a", 0), ("b", 10), ("c", 20))}
+    source = make_source({
+        "frame_delay": "300ms", "max_gap": 0,
+        "devices": {"t": {"url": f"tcp://127.0.0.1:{port}", "registers": regs},
+                    "r": {"url": "rtu:///nonexistent/ttyUSB9", "registers": regs}},
+    })  # fmt: skip
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(plc.times) >= 3, "one poll of t")
+        gaps = [b - a for a, b in itertools.pairwise(plc.times[:3])]
+        assert max(gaps) < 0.2, gaps
+    finally:
+        await source.close()
+    # set where no device has a serial line, it is refused rather than ignored
+    one = {"v": {"address": 0}}
+    tcp = {"url": "tcp://127.0.0.1:502", "registers": one}
+    assert problems_of({"frame_delay": "5ms", "devices": {"t": tcp}}) == [
+        "frame_delay: only on a serial line (rtu://, rtu+tcp://): no device has one"
+    ]
+    assert problems_of({"devices": {"t": {**tcp, "frame_delay": "5ms"}}}) == [
+        "devices.t.frame_delay: only on a serial line (rtu://, rtu+tcp://), not tcp://"
+    ]
+    assert problems_of({"url": "udp://127.0.0.1:502", "registers": one, "frame_delay": "5ms"})
+    assert not problems_of({"url": "rtu+tcp://127.0.0.1:502", "registers": one,
+                            "frame_delay": "5ms"})  # fmt: skip
+    assert problems_of({"devices": {"t": {**tcp, "frame_delay": "100000h"}}})
 
 
 async def test_a_port_that_cannot_be_opened_says_why(tmp_path: Path) -> None:

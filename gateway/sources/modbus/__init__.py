@@ -38,8 +38,10 @@ with the same URL (host and port, or serial port) share one connection and
 are asked one request at a time (a serial port belongs to one source: a second
 source, Modbus or serial, naming it is refused by the config check); on a
 serial line the source keeps the inter-frame silence (`frame_delay`, default
-3.5 characters, 1.75 ms above 19200 baud) between the end of one answer and
-the next request. RTU answers (`rtu://`, `rtu+tcp://`) carry no transaction
+3.5 characters, 1.75 ms above 19200 baud; with `rtu+tcp://` none unless set)
+between the end of one answer and the next request; `tcp://` and `udp://`
+devices keep none (a source-level `frame_delay` is for its RTU devices, and
+one that no device can use is refused). RTU answers (`rtu://`, `rtu+tcp://`) carry no transaction
 id, so after an unanswered request the line stays quiet for one more `timeout`
 and whatever arrives then is dropped: a device slower than `timeout` costs
 polls, never a late answer published under the next request's registers.

@@ -277,9 +277,11 @@ class DeviceConfig:
     frame_delay: Annotated[
         Duration | None,
         Doc(
-            "On a serial line, the silence kept between an answer and the next request"
-            " (default: 3.5 characters, 1.75 ms above 19200 baud). Default: the source's."
+            "On a serial line (rtu://, or rtu+tcp:// through a converter), the silence kept"
+            " between an answer and the next request (default on rtu://: 3.5 characters,"
+            " 1.75 ms above 19200 baud); tcp:// and udp:// keep none. Default: the source's."
         ),
+        Range(0, 60, "must be between 0s and 60s"),
     ] = None
     write_multiple: Annotated[
         bool | None,
@@ -474,10 +476,12 @@ class ModbusSourceConfig(SourceConfig):
     frame_delay: Annotated[
         Duration | None,
         Doc(
-            "On a serial line, the silence kept between an answer and the next request"
-            " (default: 3.5 characters, 1.75 ms above 19200 baud). Each device may set its"
-            " own."
+            "On a serial line (rtu://, or rtu+tcp:// through a converter), the silence kept"
+            " between an answer and the next request (default on rtu://: 3.5 characters,"
+            " 1.75 ms above 19200 baud); tcp:// and udp:// keep none. Each device may set"
+            " its own."
         ),
+        Range(0, 60, "must be between 0s and 60s"),
     ] = None
     write_multiple: Annotated[
         bool,
@@ -567,6 +571,7 @@ class ModbusSourceConfig(SourceConfig):
         ports: dict[tuple[str, str, int], tuple[str, LinkSpec]] = {}
         units: dict[tuple[str, str, int], dict[int, str]] = {}
         devices = self.device_configs("source")
+        lines = 0  # devices on an RTU line
         for name, dev in devices.items():
             where = "" if self.url is not None else f"devices.{name}."
             problem = _name_problem(name)
@@ -580,6 +585,12 @@ class ModbusSourceConfig(SourceConfig):
             # On a serial line (rtu://, or rtu+tcp:// through a converter to one) 0 is the
             # broadcast address, which no device answers, and 248..255 are reserved.
             on_line = spec.kind in ("rtu", "rtu+tcp")
+            if on_line:
+                lines += 1
+            elif dev.frame_delay or (self.url is not None and self.frame_delay):
+                # the silence of a serial line: a tcp:// or udp:// device keeps none
+                key = "frame_delay" if self.url is not None else f"{where}frame_delay"
+                yield key, f"only on a serial line (rtu://, rtu+tcp://), not {spec.kind}://"
             if not 0 <= dev.unit <= 255 or (on_line and not 1 <= dev.unit <= 247):
                 yield f"{where}unit", "unit id must be 0..255 (1..247 on a serial line)"
             other = ports.get(spec.key)
@@ -616,3 +627,5 @@ class ModbusSourceConfig(SourceConfig):
                 problem = f"unit {dev.unit} on this port is also device {taken[dev.unit]!r}"
                 yield f"{where}unit", problem
             taken.setdefault(dev.unit, name)
+        if self.url is None and self.devices and self.frame_delay and not lines:
+            yield "frame_delay", "only on a serial line (rtu://, rtu+tcp://): no device has one"

@@ -152,7 +152,9 @@ class Device:
         self.backoff_max = float(get("backoff_max"))
         delay = get("frame_delay")
         self.spec = parse_link_url(cfg.url)
-        if delay is None:
+        if delay is None or not self.spec.untagged:
+            # a source's frame_delay is for its devices on a serial line (rtu://, and
+            # rtu+tcp:// through a converter); it slowed every tcp:// request beside them
             delay = self.spec.silent_interval() if self.spec.serial else 0.0
         self.frame_delay = float(delay)
         self.values = {n: Value(self, n, r, source_cfg) for n, r in cfg.registers.items()}
