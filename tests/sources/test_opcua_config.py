@@ -123,6 +123,11 @@ def test_a_valid_config_has_no_problems() -> None:
             },
             "nodes.a.sampling_interval: how often the server samples a subscribed node",
         ),
+        # sent in milliseconds as a UInt32: 50d made every connect a struct.error traceback
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "timeout": "50d"},
+            "timeout: must be between 100ms and 1h",
+        ),
     ],
 )
 def test_config_mistakes_are_named(raw: dict[str, Any], expected: str) -> None:

@@ -292,7 +292,9 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     timeout: Annotated[
         Duration,
         Doc("The longest a connection or one request may take."),
-        Range(0.1, message="must be at least 100ms"),
+        # sent to the server in milliseconds as a UInt32: past 49 days asyncua's
+        # struct.error came out of every connect as a traceback
+        Range(0.1, 3600, "must be between 100ms and 1h"),
     ] = 5.0
     watchdog: Annotated[
         Duration,
