@@ -873,6 +873,30 @@ async def test_tcp_device_lost_and_back(plc: PlcStore, caplog: pytest.LogCapture
         await other_server.shutdown()
 
 
+async def test_a_bit_without_a_type_is_a_bool(plc: PlcStore) -> None:
+    # {address: 30, bit: 3} was refused ("bit selects a bool inside a holding or input
+    # register", where it was): the type defaulted to uint16; with bit it is bool, as
+    # in a coil
+    plc.set(1, "holding", 30, [0b1000])
+    plc.set(1, "input", 30, [0b0100])
+    port = plc.port  # type: ignore[attr-defined]
+    source = make_source({
+        "url": f"tcp://127.0.0.1:{port}",
+        "registers": {"alarm": {"address": 30, "bit": 3},
+                      "low": {"address": 30, "bit": 0},
+                      "in2": {"table": "input", "address": 30, "bit": 2}},
+    })  # fmt: skip
+    await source.connect()
+    try:
+        assert values(await source.read()) == {
+            "modbus/plant/alarm": True,
+            "modbus/plant/low": False,
+            "modbus/plant/in2": True,
+        }
+    finally:
+        await source.close()
+
+
 async def test_frame_delay_is_kept_on_a_serial_line_only(plc: PlcStore) -> None:
     # A source-level frame_delay, meant for its RTU devices, slowed every request of
     # its tcp:// devices too (the docs: "on a serial line"): here 3 requests a poll
@@ -1267,6 +1291,12 @@ def test_config_problems_name_the_key() -> None:
          "registers.x.order: CDAB is a 32-bit order and float64 is 64 bits wide: give the"),
         ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16, "type": "bool"}}},
          "registers.x.bit: must be 0..15"),
+        ({"url": tcp, "registers": {"x": {"address": 0, "bit": 16}}},
+         "registers.x.bit: must be 0..15"),
+        ({"url": tcp, "registers": {"x": {"address": 0, "bit": 1, "type": "uint16"}}},
+         "registers.x.bit: bit reads a bool (type bool, or no type), not uint16"),
+        ({"url": tcp, "registers": {"x": {"address": 0, "bit": 1, "table": "coil"}}},
+         "registers.x.bit: a coil is one bit: bit is for a holding or input register"),
         ({"url": tcp, "registers": {"x/y": {"address": 0}}}, "registers.x/y"),
         # beyond a C int: pyserial's OverflowError came out of connect() as a traceback
         ({"url": "rtu:///dev/ttyS0?baudrate=4000000000", "registers": {"x": {"address": 0}}},

@@ -58,7 +58,7 @@ read and thrown away rather than sending another request), `max_registers`
 Register keys: `table` (coil, discrete, holding, input; default holding),
 `address`, `type` (bool, int16, uint16, int32, uint32, int64, uint64,
 float32, float64, string(N) with N bytes; default bool in a coil or discrete
-input, uint16 in a register), `bit` (0-15, a bool inside a
+input or with `bit`, uint16 in a register), `bit` (0-15, a bool inside a
 holding or input register), `byte_order`/`word_order` or `order` (ABCD,
 CDAB, BADC, DCBA and ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA), `scale` and
 `offset` (value = raw * scale + offset; integers with a decimal scale are

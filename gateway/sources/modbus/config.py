@@ -68,8 +68,8 @@ class RegisterConfig:
         str | None,
         Doc(
             "bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, or"
-            " string(N) of N bytes (default: bool in a coil or discrete input, uint16 in a"
-            " register).",
+            " string(N) of N bytes (default: bool in a coil or discrete input or with `bit`,"
+            " uint16 in a register).",
             example="int16",
         ),
     ] = None
@@ -143,10 +143,13 @@ class RegisterConfig:
 
     @property
     def data_type(self) -> str:
-        """The type written, or the table's own: a coil or discrete input holds one bit."""
+        """The type written, or the table's own: a coil or discrete input holds one bit,
+        and so does a register's `bit` (`{address: 30, bit: 3}` was refused, saying that
+        bit selects a bool inside a holding register, where it was)."""
         if self.type is not None:
             return self.type
-        return "bool" if self.table in ("coil", "discrete") else "uint16"
+        bits = self.table in ("coil", "discrete") or self.bit is not None
+        return "bool" if bits else "uint16"
 
     def check(self) -> Iterator[tuple[str, str]]:
         try:
@@ -158,8 +161,10 @@ class RegisterConfig:
         if bits and info.kind != "bool":
             yield "type", f"a {self.table} holds one bit: use type bool, not {self.data_type}"
         if self.bit is not None:
-            if bits or info.kind != "bool":
-                yield "bit", "bit selects a bool inside a holding or input register"
+            if bits:
+                yield "bit", f"a {self.table} is one bit: bit is for a holding or input register"
+            elif info.kind != "bool":
+                yield "bit", f"bit reads a bool (type bool, or no type), not {self.data_type}"
             elif not 0 <= self.bit <= 15:
                 yield "bit", "must be 0..15"
         if self.order is not None and (self.byte_order or self.word_order):
