@@ -384,7 +384,12 @@ class Link:
                 self.close()
             else:
                 await self._drain(reply_wait)
-            raise LinkError(f"{what}: no valid answer within {reply_wait:g}s ({err})") from err
+            detail = str(err)
+            # pymodbus's "No response received after 0 retries, continue with next
+            # request" (its own retries are off: the source's are counted per device)
+            # read as if retries: 1 had not been taken
+            why = "" if "No response received" in detail else f" ({detail})"
+            raise LinkError(f"{what}: no valid answer within {reply_wait:g}s{why}") from err
         except (TimeoutError, OSError) as err:
             self.close()
             raise LinkError(f"{what}: connection lost ({err})") from err
