@@ -39,6 +39,10 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         # a digit to str.isdigit, not to int(): was "invalid literal for int()"
         ({"url": "rtu:///dev/ttyS0?baudrate=\u00b2", "registers": ONE},
          "url: 'rtu:///dev/ttyS0?baudrate=\u00b2': baudrate must be a whole number, not '\u00b2'"),
+        # the last one was taken, without a word
+        ({"url": "rtu:///dev/ttyS0?baudrate=9600&parity=E&baudrate=19200", "registers": ONE},
+         "url: 'rtu:///dev/ttyS0?baudrate=9600&parity=E&baudrate=19200': baudrate is given"
+         " twice (9600 and 19200); keep one"),
         # read as the relative path dev/ttyUSB0: offline for good, and no claim on the port
         ({"url": "rtu://dev/ttyUSB0?baudrate=19200", "registers": ONE},
          "url: 'rtu://dev/ttyUSB0?baudrate=19200': the serial port needs its full path, e.g."

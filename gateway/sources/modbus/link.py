@@ -205,6 +205,11 @@ def parse_link_url(url: str) -> LinkSpec:
                     raise ValueError(f"{url!r}: unknown serial option {key!r} (use {known})")
                 if key != "parity" and not (value.isascii() and value.isdigit()):
                     raise ValueError(f"{url!r}: {key} must be a whole number, not {value!r}")
+                if key in options and options[key] != value:
+                    # the last one was taken, without a word
+                    raise ValueError(
+                        f"{url!r}: {key} is given twice ({options[key]} and {value}); keep one"
+                    )
                 options[key] = value
             spec = LinkSpec(
                 kind="rtu",
