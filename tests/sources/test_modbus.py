@@ -1200,6 +1200,32 @@ async def test_write_to_a_silent_device_reports_the_failure(plc: PlcStore, mosqu
         await source.close()
 
 
+async def test_a_write_under_way_when_the_source_stops_is_answered(
+    plc: PlcStore, mosquitto: Any
+) -> None:
+    # A reload or a stop cancelled the write under way: its commander never got a result
+    registers = {"sp": {"address": 1, "writable": True}}
+    source = writeback_source(plc, mosquitto, "cut1", registers, timeout="2s")
+    probe = MqttProbe(mosquitto.url)
+    await probe.subscribe("modbus/cut1/#")
+    await source.connect()
+    try:
+        async with Pump(source) as pump:
+            await pump.until(lambda ms: len(ms) >= 1, "first poll")
+            plc.muted.add(1)
+            answer = asyncio.ensure_future(probe.command("modbus/cut1/sp/set", 3))
+            # the write is under way: taken from the queue, the device silent for 2s
+            [bus] = source._buses.values()
+            await settled(lambda: bool(source._channel.pending and not bus.writes))
+        await source.close()
+        result = await answer
+        assert result["ok"] is False and "stopped during the write" in result["error"], result
+    finally:
+        plc.muted.discard(1)
+        probe.close()
+        await source.close()
+
+
 async def test_a_stopped_source_leaves_offline_on_the_status_topics(mosquitto: Any) -> None:
     # The retained status said "online" for ever after the gateway stopped.
     store = PlcStore(units=(1, 2))

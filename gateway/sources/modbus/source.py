@@ -28,6 +28,7 @@ from gateway.sources.modbus.link import DeviceException, Link, LinkError, LinkSp
 from gateway.sources.modbus.planner import Request
 from gateway.sources.modbus.scheduler import NEVER, Group, Job, Jobs, next_due, wait
 
+CUT_SHORT = "the source stopped during the write; it may or may not have reached the device"
 # Past this many devices, write-back subscribes to the whole command template instead
 MAX_DEVICE_FILTERS = 256
 
@@ -668,6 +669,12 @@ class ModbusSource(Source):
                 result["id"] = ident
             result["requested"] = requested
             result.update(await self._write_value(bus, dev, v, requested))
+        except asyncio.CancelledError:
+            # The source stops (a reload, a shutdown) under the write: its commander
+            # waited for a result that never came (the channel closes after the jobs).
+            result.update(ok=False, error=CUT_SHORT, ts=_iso(self.ctx.clock.now_ns()))
+            cmd.reply(result)
+            raise
         except ValueError as err:
             result.update(ok=False, error=str(err))
         except (LinkError, DeviceException) as err:
