@@ -603,6 +603,50 @@ async def test_unreachable_server_is_retryable_and_offline() -> None:
     await source.close()
 
 
+async def test_a_write_under_way_when_the_source_stops_is_answered(
+    workspace: servers.Workspace, mosquitto: Any
+) -> None:
+    # A reload or a stop cancelled the write under way: its commander never got a result
+    server = workspace.opcua([])
+    source = make_source(
+        {
+            "url": server.url,
+            "timeout": "10s",
+            "nodes": {"Double": {"node": "ns=2;s=Double", "writable": True}},
+            "writeback": {"enabled": True, "url": mosquitto.url, "client_id": "opcua-wb-cut"},
+        },
+        name="cut",
+    )
+    results: list[dict[str, Any]] = []
+    subscribed = threading.Event()
+    probe = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="opcua-wb-cut-probe")
+    probe.on_message = lambda _c, _u, msg: results.append(json.loads(msg.payload))
+    probe.on_subscribe = lambda *a: subscribed.set()
+    probe.connect("127.0.0.1", mosquitto.port)
+    probe.loop_start()
+    try:
+        probe.subscribe("opcua/cut/+/set/result", qos=1)
+        assert await asyncio.to_thread(subscribed.wait, 30)
+        async with Pump(source) as pump:
+            await until(lambda: source.status().get("writeback") == "connected")
+            await pump.until(lambda: bool(pump.values("opcua/cut/Double")))
+            os.kill(server._proc.pid, signal.SIGSTOP)  # the write waits for its answer
+            try:
+                probe.publish("opcua/cut/Double/set", '{"value": 1.5, "id": "w1"}', qos=1)
+                await until(lambda: bool(source._channel.pending and not source._writes))
+            finally:
+                # leaving the block cancels read(), as a stop does, then closes the source
+                os.kill(server._proc.pid, signal.SIGCONT)
+        await until(lambda: bool(results))
+        [result] = results
+        assert result["ok"] is False and "stopped during the write" in result["error"], result
+        assert result["id"] == "w1" and result["requested"] == 1.5
+    finally:
+        probe.loop_stop()
+        probe.disconnect()
+        workspace.discard(server)
+
+
 async def test_write_back_converts_writes_reads_back_and_answers(
     plain_server: servers.OpcuaServer, writer: Client, mosquitto: Any
 ) -> None:

@@ -128,7 +128,9 @@ and compared, and the outcome published on `modbus/{device}/{register}/set/resul
 has one): `{"ok": true, "value": 21.5, "raw": [...]}` or `{"ok": false,
 "error": "..."}`. Commands are carried out by the source's own polling (between two
 requests on the device's port, never interleaved with them), so they take effect
-while the engine is reading from the source.
+while the engine is reading from the source; one under way when the
+source stops (a reload, a shutdown) is answered `"ok": false`, "the source stopped
+during the write", as it may or may not have been written.
 
 Inside: `config` (the keys above), `planner` (which reads cover the values),
 `scheduler` (when each group is due; the jobs polling each port), `device`

@@ -103,7 +103,9 @@ element by element), written, read back and compared, and the outcome published 
 `opcua/<source>/{node}/set/result` (and on an MQTT 5 response topic if the command has
 one): `{"node": "setpoint", "ok": true, "value": 21.5, "requested": 21.5, "ts": ...}` or
 `{"ok": false, "error": "..."}`. Commands are carried out between two reads of the
-source, so they take effect while the engine is reading from it.
+source, so they take effect while the engine is reading from it; one under way when the
+source stops (a reload, a shutdown) is answered `"ok": false`, "the source stopped
+during the write", as it may or may not have been written.
 
 Inside: `config` (the keys), `values` (OPC UA values to JSON and back) and `source`
 (`OpcuaSource`, the only user of asyncua's client); write-back's MQTT connection is

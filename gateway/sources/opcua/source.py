@@ -34,6 +34,7 @@ from gateway.sources.opcua.config import NodeConfig, OpcuaSourceConfig
 
 NEVER = float("inf")
 DROP_LOG_EVERY_S = 30.0
+CUT_SHORT = "the source stopped during the write; it may or may not have reached the server"
 # asyncua logs a lost connection and each failed request at WARNING/ERROR with tracebacks;
 # the source says it once, in one line, itself.
 for _name in ("asyncua", "asyncua.client.client", "asyncua.client.ua_client"):
@@ -709,7 +710,20 @@ class OpcuaSource(Source):
     async def _run_writes(self) -> None:
         while self._writes:
             cmd = self._writes.popleft()
-            result = await self._write(cmd.state, cmd.payload)
+            try:
+                result = await self._write(cmd.state, cmd.payload)
+            except asyncio.CancelledError:
+                # the source stops (a reload, a shutdown) under the write: its commander
+                # waited for a result that never came
+                result = {"ok": False, "error": CUT_SHORT, "ts": values.iso_now()}
+                try:
+                    requested, ident = parse_command(cmd.payload)
+                    result = {**({"id": ident} if ident is not None else {}),
+                              "requested": requested, **result}  # fmt: skip
+                except ValueError:
+                    pass  # not a command: it was never going to be written
+                cmd.reply(result)
+                raise
             result["ts"] = values.iso_now()
             self.writes += 1
             if result["ok"]:
