@@ -123,16 +123,20 @@ def _undecodable(data: bytes, encoding: str | None) -> str | None:
     return None
 
 
+# A number as a device prints one: ASCII digits, a point, an exponent. int() and float()
+# also read "1_000" as 1000 and other scripts' digits ("١٢" as 12): such text stays text.
+_PLAIN_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*", re.ASCII)
+
+
 def _number(text: str) -> Any:
+    if not _PLAIN_NUMBER.fullmatch(text):
+        return text
     try:
         return int(text)
     except ValueError:
         pass
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return value if value == value and value not in (float("inf"), float("-inf")) else text
+    value = float(text)
+    return value if math.isfinite(value) else text
 
 
 class RegexFramer:

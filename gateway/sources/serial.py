@@ -147,9 +147,13 @@ class SerialSourceConfig(SourceConfig):
             " line; a line that does not match is a dead letter."
         ),
     ] = None
-    convert: Annotated[bool, Doc("`regex` framing: numbers in the groups become JSON numbers.")] = (
-        True
-    )
+    convert: Annotated[
+        bool,
+        Doc(
+            "`regex` framing: numbers in the groups (ASCII digits, a point, an exponent)"
+            " become JSON numbers."
+        ),
+    ] = True
     length: Annotated[
         int | None, Doc("`fixed` framing: the record length in bytes (at most `max_length`).")
     ] = None

@@ -97,6 +97,14 @@ def test_regex_named_groups_become_fields() -> None:
     assert json.loads(raw.feed(b"id 0042\n")[0].content) == {"n": "0042"}
 
 
+def test_regex_convert_takes_plain_ascii_numbers_only() -> None:
+    # int() read "1_000" as 1000 and "١٢" (Arabic-Indic digits) as 12: a reading garbled
+    # on the line was stored as another number; it stays the text it is
+    framer = RegexFramer(b"\n", 128, "utf-8", r"^(?P<a>\S+) (?P<b>\S+) (?P<c>\S+)", True)
+    (record,) = framer.feed("1_000 \u0661\u0662 -2.5e1\n".encode())
+    assert json.loads(record.content) == {"a": "1_000", "b": "\u0661\u0662", "c": -25.0}
+
+
 def test_fixed_records_with_sync_and_garbage() -> None:
     framer = FixedFramer(6, bytes.fromhex("aa55"))
     data = b"\x00\x01" + b"\xaa\x55abcd" + b"\xaa\x55ef" + b"gh" + b"\x13\xaa"
