@@ -70,7 +70,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import serial
 
@@ -313,7 +313,25 @@ def _network_port_problem(port: str) -> str | None:
         return f"{port!r} is not a {scheme}://host:port URL: {err}"
     if not parts.hostname or number is None or not 0 < number < 65536:
         return f"{port!r}: write {scheme}://host:port, with a port from 1 to 65535"
+    # pyserial's options; another (a typo) failed each open, retried quietly for ever
+    # with "Could not open port ...: 'debug|info|warning|error'"
+    known = _URL_OPTIONS[scheme.lower()]
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in known:
+            return f"{port!r}: unknown option {key!r} ({scheme}:// takes {', '.join(known)})"
+        if key == "logging" and value not in _LOG_LEVELS:
+            return f"{port!r}: logging must be one of {', '.join(_LOG_LEVELS)}"
+        if key == "timeout" and not _SECONDS.fullmatch(value):
+            return f"{port!r}: timeout must be a number of seconds, not {value!r}"
     return None
+
+
+_URL_OPTIONS = {
+    "socket": ("logging",),
+    "rfc2217": ("logging", "ign_set_control", "poll_modem", "timeout"),
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_SECONDS = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
 
 
 def _unescape(text: str) -> bytes:

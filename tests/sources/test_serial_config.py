@@ -92,3 +92,24 @@ def test_utf_8_with_a_byte_order_mark_is_taken_and_idna_is_one_line() -> None:
     assert problems_of(encoding="idna") == [
         "encoding: 'idna' is not a text encoding (e.g. utf-8, latin-1) or 'binary'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("port", "why"),
+    [
+        ("socket://10.0.0.7:4001?foo=bar", "unknown option 'foo' (socket:// takes logging)"),
+        ("socket://10.0.0.7:4001?logging=verbose", "logging must be one of debug, info"),
+        ("rfc2217://10.0.0.7:2217?timeout=soon", "timeout must be a number of seconds"),
+        ("rfc2217://10.0.0.7:2217?pol_modem", "unknown option 'pol_modem' (rfc2217:// takes"),
+    ],
+)
+def test_a_network_port_option_pyserial_does_not_take_is_refused(port: str, why: str) -> None:
+    # pyserial raised its SerialException at each open, so the source was retried quietly
+    # for ever, saying "Could not open port ...: 'debug|info|warning|error'"
+    [problem] = problems_of(port=port)
+    assert problem.startswith(f"port: {port!r}: {why}"), problem
+
+
+def test_the_network_port_options_pyserial_takes_pass() -> None:
+    assert not problems_of(port="socket://10.0.0.7:4001?logging=debug")
+    assert not problems_of(port="rfc2217://10.0.0.7:2217?poll_modem&timeout=2.5&logging=error")
