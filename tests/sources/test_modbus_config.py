@@ -57,6 +57,17 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         ({"url": "tcp://127.0.0.1:5020",
           "registers": {"x": {"address": 0, "on_change": True, "heartbeat": 0}}},
          "registers.x.heartbeat: must be more than 0"),
+        # taken and ignored: per_device sends the device's values on device_topic
+        ({"url": "tcp://127.0.0.1:5020", "emit": "per_device",
+          "registers": {"x": {"address": 0, "topic": "y/{register}"}}},
+         "registers.x.topic: used with emit: per_value only; with per_device the device's"
+         " values go together on device_topic"),
+        ({"emit": "per_device", "devices": {"m": {"url": "tcp://127.0.0.1:5020",
+          "emit": "per_value", "registers": {"x": {"address": 0, "topic": "y/{register}"}}},
+          "n": {"url": "tcp://127.0.0.1:5020", "unit": 2,
+                "registers": {"x": {"address": 0, "topic": "y/{register}"}}}}},
+         "devices.n.registers.x.topic: used with emit: per_value only; with per_device the"
+         " device's values go together on device_topic"),
         # a quoted "null" is text: every device's status went retained to topic "null"
         ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
          "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"

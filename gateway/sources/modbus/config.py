@@ -136,8 +136,8 @@ class RegisterConfig:
     topic: Annotated[
         str | None,
         Doc(
-            "This value's topic (default: the source's `topic`): `{device}`,"
-            " `{register}`, `{unit}`, `{table}`."
+            "This value's topic with `emit: per_value` (default: the source's `topic`):"
+            " `{device}`, `{register}`, `{unit}`, `{table}`."
         ),
     ] = None
 
@@ -611,10 +611,18 @@ class ModbusSourceConfig(SourceConfig):
             if not dev.registers:
                 yield f"{where}registers", "list at least one register"
             base = self.setting(dev, "address_base")
+            per_device = self.setting(dev, "emit") == "per_device"
             for reg_name, reg in dev.registers.items():
                 problem = _name_problem(reg_name)
                 if problem:
                     yield f"{where}registers.{reg_name}", problem
+                if per_device and reg.topic is not None:
+                    # taken and ignored: per_device sends one FlowFile on device_topic
+                    yield (
+                        f"{where}registers.{reg_name}.topic",
+                        "used with emit: per_value only; with per_device the device's values"
+                        " go together on device_topic",
+                    )
                 if reg.address < base:
                     problem = f"{reg.address} is below address_base {base}"
                     yield f"{where}registers.{reg_name}.address", problem
