@@ -68,6 +68,16 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
                 "registers": {"x": {"address": 0, "topic": "y/{register}"}}}}},
          "devices.n.registers.x.topic: used with emit: per_value only; with per_device the"
          " device's values go together on device_topic"),
+        # taken and ignored: a bool or a text is sent as read
+        ({"url": "tcp://127.0.0.1:5020",
+          "registers": {"x": {"address": 0, "bit": 3, "scale": 0.1}}},
+         "registers.x.scale: applies to numbers; bool is sent as read"),
+        ({"url": "tcp://127.0.0.1:5020",
+          "registers": {"x": {"address": 0, "type": "string(4)", "precision": 1}}},
+         "registers.x.precision: applies to numbers; string(4) is sent as read"),
+        ({"url": "tcp://127.0.0.1:5020",
+          "registers": {"x": {"table": "coil", "address": 0, "offset": 1}}},
+         "registers.x.offset: applies to numbers; bool is sent as read"),
         # a quoted "null" is text: every device's status went retained to topic "null"
         ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
          "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"

@@ -182,6 +182,15 @@ class RegisterConfig:
                 f"{self.order} is a 32-bit order and {self.data_type} is 64 bits wide: give the"
                 " 8-letter order (GHEFCDAB or HGFEDCBA: every register reversed)",
             )
+        if info.kind in ("bool", "string"):
+            # taken and ignored: a bool or a text is sent as read
+            for key, changed in (
+                ("scale", self.scale != 1.0),
+                ("offset", self.offset != 0.0),
+                ("precision", self.precision is not None),
+            ):
+                if changed:
+                    yield key, f"applies to numbers; {self.data_type} is sent as read"
         if self.scale == 0:
             yield "scale", "must not be 0"
         if self.deadband < 0 or self.deadband_percent < 0:
