@@ -78,6 +78,11 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
         ({"url": "tcp://127.0.0.1:5020",
           "registers": {"x": {"table": "coil", "address": 0, "offset": 1}}},
          "registers.x.offset: applies to numbers; bool is sent as read"),
+        # taken and ignored: without report-by-exception every value is sent each poll
+        ({"url": "tcp://127.0.0.1:5020",
+          "registers": {"x": {"address": 0, "heartbeat": "5m"}}},
+         "registers.x.heartbeat: sends an unchanged value again, with on_change, deadband or"
+         " deadband_percent; without them every value is sent at every poll"),
         # a quoted "null" is text: every device's status went retained to topic "null"
         ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
          "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"

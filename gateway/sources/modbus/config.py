@@ -126,7 +126,10 @@ class RegisterConfig:
     deadband_percent: Annotated[float, Doc("The same in percent of the last value sent.")] = 0.0
     heartbeat: Annotated[
         Duration | None,
-        Doc("Send an unchanged value again after this long."),
+        Doc(
+            "Send an unchanged value again after this long (with `on_change`, `deadband`"
+            " or `deadband_percent`)."
+        ),
         # 0 would send every poll: on_change and the deadbands silently undone.
         Range(0, None, "must be more than 0", above=True),
     ] = None
@@ -195,6 +198,14 @@ class RegisterConfig:
             yield "scale", "must not be 0"
         if self.deadband < 0 or self.deadband_percent < 0:
             yield "deadband", "must not be negative"
+        rbe = self.on_change or self.deadband > 0 or self.deadband_percent > 0
+        if self.heartbeat is not None and not rbe:
+            # taken and ignored: without them every value is sent at every poll
+            yield (
+                "heartbeat",
+                "sends an unchanged value again, with on_change, deadband or"
+                " deadband_percent; without them every value is sent at every poll",
+            )
         if self.writable and self.table not in ("coil", "holding"):
             yield "writable", f"a {self.table} cannot be written (only coils and holding registers)"
         if self.topic is not None:
