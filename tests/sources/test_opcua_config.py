@@ -123,6 +123,32 @@ def test_a_valid_config_has_no_problems() -> None:
             },
             "nodes.a.sampling_interval: how often the server samples a subscribed node",
         ),
+        # taken and ignored: each key reads nodes of one mode only
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "schedule": "* * * * *"},
+            "schedule: applies to polled nodes, and every node here is subscribed",
+        ),
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "jitter": "1s"},
+            "jitter: applies to polled nodes, and every node here is subscribed",
+        ),
+        (
+            {
+                "url": "opc.tcp://h",
+                "mode": "poll",
+                "nodes": {"a": {"node": "i=1"}},
+                "queue_size": 10,
+            },
+            "queue_size: applies to subscribed nodes, and every node here is polled",
+        ),
+        (
+            {
+                "url": "opc.tcp://h",
+                "nodes": {"a": {"node": "i=1", "mode": "poll"}},
+                "sampling_interval": "50ms",
+            },
+            "sampling_interval: applies to subscribed nodes, and every node here is polled",
+        ),
         # sent in milliseconds as a UInt32: 50d made every connect a struct.error traceback
         (
             {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "timeout": "50d"},

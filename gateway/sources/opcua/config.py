@@ -351,6 +351,19 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
             if ident in seen:
                 yield f"nodes.{name}", f"reads the same node as {seen[ident]!r}"
             seen[ident] = name
+        modes = {node.mode or self.mode for node in self.nodes.values()}
+        # taken and ignored: each key reads nodes of one mode only
+        if self.nodes and "poll" not in modes:
+            for key, changed in (("schedule", self.schedule is not None), ("jitter", self.jitter)):
+                if changed:
+                    yield key, "applies to polled nodes, and every node here is subscribed"
+        if self.nodes and "subscribe" not in modes:
+            for key, changed in (
+                ("sampling_interval", self.sampling_interval is not None),
+                ("queue_size", self.queue_size != 1),
+            ):
+                if changed:
+                    yield key, "applies to subscribed nodes, and every node here is polled"
         problem = template_problem(self.topic, {"source", "node"})
         if problem:
             yield "topic", problem
