@@ -83,6 +83,12 @@ def problems_of(raw: dict[str, Any]) -> list[str]:
           "registers": {"x": {"address": 0, "heartbeat": "5m"}}},
          "registers.x.heartbeat: sends an unchanged value again, with on_change, deadband or"
          " deadband_percent; without them every value is sent at every poll"),
+        # each device's retained state replaced the one before on one topic
+        ({"writeback": {"enabled": True, "status_topic": "plant/status"},
+          "devices": {"m": {"url": "tcp://127.0.0.1:5020", "registers": ONE},
+                      "n": {"url": "tcp://127.0.0.1:5020", "unit": 2, "registers": ONE}}},
+         "writeback.status_topic: 'plant/status' has no {device}: the devices' retained"
+         " states would replace each other on one topic"),
         # a quoted "null" is text: every device's status went retained to topic "null"
         ({"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": "null"}},
          "writeback.status_topic: 'null' would be a topic; write status_topic: null (no quotes)"

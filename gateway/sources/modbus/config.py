@@ -360,7 +360,8 @@ class WritebackConfig:
     status_topic: Annotated[
         str | None,
         Doc(
-            "Where each device's state is published, retained: `{device}`; `null` or `none`"
+            "Where each device's state is published, retained: `{device}` (needed with"
+            " several devices); `null` or `none`"
             " (any case): not published. A stopping source publishes `offline` for each"
             " device; with one device, a last will also leaves `offline` if the gateway is"
             " killed (MQTT allows one will per connection, so with several a killed gateway"
@@ -660,5 +661,13 @@ class ModbusSourceConfig(SourceConfig):
                 problem = f"unit {dev.unit} on this port is also device {taken[dev.unit]!r}"
                 yield f"{where}unit", problem
             taken.setdefault(dev.unit, name)
+        status_topic = self.writeback.status_topic if self.writeback.enabled else None
+        if status_topic is not None and len(devices) > 1 and "{device}" not in status_topic:
+            # each device's retained state replaced the one before: the last one won
+            yield (
+                "writeback.status_topic",
+                f"{status_topic!r} has no {{device}}: the devices' retained states would"
+                " replace each other on one topic",
+            )
         if self.url is None and self.devices and self.frame_delay and not lines:
             yield "frame_delay", "only on a serial line (rtu://, rtu+tcp://): no device has one"
