@@ -217,7 +217,10 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
         Doc(
             "The variables to read, by name (the name is the `{node}` of topics and"
             " write-back commands: letters, digits, `_`, `-`, `.`).",
-            example={"temperature": {"node": "ns=2;s=Temperature", "deadband": 0.5}},
+            example={
+                "temperature": {"node": "ns=2;s=Temperature", "deadband": 0.5},
+                "counter": {"node": "ns=2;i=1001", "mode": "poll"},
+            },
         ),
     ]
     mode: Annotated[
