@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import termios
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -273,6 +274,35 @@ def _connect_problem(err: BaseException | None, wait: float) -> str:
     return f": {err.strerror or err}" if isinstance(err, OSError) else f": {err}"
 
 
+async def _open_error(spec: LinkSpec, wait: float) -> BaseException | None:
+    """Why the port or socket of `spec` cannot be opened, found by opening it once more
+    (after a failed connect only): pymodbus's connect() answers False and logs the reason
+    to its own logger, kept quiet, so the source said "cannot connect to
+    rtu:///dev/ttyUSB0" and no more, for an unplugged adapter, a port the gateway's user
+    may not open (not in the dialout group) and a refused connection alike."""
+    try:
+        if spec.kind == "rtu":
+            await asyncio.to_thread(_open_serial, spec.path)  # blocking calls, a few
+        elif spec.kind in ("tcp", "rtu+tcp"):
+            async with asyncio.timeout(wait):
+                _, writer = await asyncio.open_connection(spec.host, spec.port)
+            writer.close()
+    except (OSError, TimeoutError, termios.error) as err:
+        if isinstance(err, termios.error):  # (errno, text), no OSError
+            return OSError(err.args[0], err.args[1])
+        return err
+    return None
+
+
+def _open_serial(path: str) -> None:
+    """Open `path` as a serial port and close it: raises what keeps it from being one."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        termios.tcgetattr(fd)  # ENOTTY: a file that is no serial port
+    finally:
+        os.close(fd)
+
+
 class Link:
     """One connection to one or more Modbus devices; one request at a time.
 
@@ -285,7 +315,6 @@ class Link:
         self.spec = spec
         self._name = name
         self._client: Any = None
-        self._connect_error: BaseException | None = None
 
     def _make_client(self, timeout: float) -> Any:
         # reconnect_delay=0: pymodbus must not reconnect behind our back (its own
@@ -320,26 +349,7 @@ class Link:
         # others off, so the source decides when a link is broken.
         client.set_max_no_responses(1 << 30)
         _fail_garbled_answers(client.ctx)
-        self._keep_connect_error(client.ctx)
         return client
-
-    def _keep_connect_error(self, ctx: Any) -> None:
-        """pymodbus's connect() answers False when the port or socket cannot be opened,
-        and logs why (to its logger, kept quiet above): the source said "cannot connect
-        to rtu:///dev/ttyUSB0" and no more, for a missing adapter, a port the gateway
-        user may not open (not in the dialout group) and a refused connection alike.
-        The error is kept here, for the LinkError to say it."""
-        create = ctx.call_create
-        self._connect_error = None
-
-        async def call_create() -> Any:
-            try:
-                return await create()
-            except (OSError, TimeoutError) as err:
-                self._connect_error = err
-                raise
-
-        ctx.call_create = call_create
 
     @property
     def connected(self) -> bool:
@@ -356,7 +366,7 @@ class Link:
             raise LinkError(f"cannot connect to {self.spec.describe()}: {err}") from err
         if not ok or not self._client.connected:
             self.close()
-            why = _connect_problem(self._connect_error, reply_wait)
+            why = _connect_problem(await _open_error(self.spec, reply_wait), reply_wait)
             raise LinkError(f"cannot connect to {self.spec.describe()}{why}")
 
     def close(self) -> None:
