@@ -37,9 +37,10 @@ GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config
                  (config_api.py; a body of at most 256 KiB); a change with a query
                  parameter other than ?check (a rollback: any) is refused (400)
 
-A body key or query parameter that is not taken is refused, named with a "did you
-mean" when a taken one is close (`config_api.not_taken`): misspelt, it was ignored
-and the request did what it did not ask (`?chek=1` applied the edit it meant to check).
+A config API change's query parameter, a rollback's body key and a dead-letter replay or
+purge body key that is not taken are refused, named with a "did you mean" when a taken
+one is close (`config_api.not_taken`): misspelt, it was ignored and the request did what
+it did not ask (`?chek=1` applied the edit it meant to check).
 
 Access (gateway/web/access.py): with no account (neither `web.username`/`web.password` nor
 a user in the users file) the console is open, and only on localhost (beyond it, once the

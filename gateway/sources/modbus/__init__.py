@@ -61,14 +61,16 @@ float32, float64, string(N) with N bytes; default bool in a coil or discrete
 input or with `bit`, uint16 in a register), `bit` (0-15, a bool inside a
 holding or input register), `byte_order`/`word_order` or `order` (ABCD,
 CDAB, BADC, DCBA and ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA), `scale` and
-`offset` (value = raw * scale + offset; integers with a decimal scale are
-rounded to the scale's decimals), `precision` (decimals to round to; 0: a whole
-number), `unit`,
-`interval` (its own poll rate), `writable`, `topic`, and report-by-exception:
+`offset` (numbers only; value = raw * scale + offset; integers with a decimal
+scale are rounded to the scale's decimals), `precision` (numbers only; decimals
+to round to; 0: a whole number), `unit`,
+`interval` (its own poll rate), `writable`, `topic` (its own, with `emit:
+per_value`), and report-by-exception:
 `on_change` (send a value only when it differs from the last one sent),
 `deadband` and `deadband_percent` (send a number only when it moved more than
 this, absolute or in percent of the last value sent; either implies on_change)
-and `heartbeat` (send an unchanged value again after this long).
+and `heartbeat` (with one of those three: send an unchanged value again after
+this long).
 
 The planner reads the registers of one device, table and interval in as few
 requests as possible: contiguous and overlapping values share a request,
