@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +255,16 @@ def test_a_reload_the_store_cannot_note_is_refused_and_reloads_go_on(tmp_path: P
     gw.start()
     try:
         _edit(gw, _add_sink("two"))
-        with store_write_lock(gw.store_path):
-            status, answer = _reload(gw)
+        with ThreadPoolExecutor(1) as pool:
+            with store_write_lock(gw.store_path):
+                pending = pool.submit(_reload, gw)
+                # let go once refused: the reload's record then waits for no busy timeout
+                wait_for(
+                    lambda: "reload refused" in gw.log_path.read_text(errors="replace"),
+                    30,
+                    "the refusal of the reload the store cannot note",
+                )
+            status, answer = pending.result(timeout=30)
         assert status == 200 and answer["outcome"] == "refused", answer
         assert answer["errors"] == [f"store {gw.store_path}: database is locked"], answer
         assert "two" not in gw.status()["sinks"]
