@@ -359,7 +359,8 @@ def keepalive_problem(keepalive: float | None) -> str | None:
 def _whole(seconds: float) -> bool:
     """Whether `seconds` is whole, as written: 4.1m is 245.99999999999997 s as a float
     (sent rounded, never cut to 245)."""
-    return abs(seconds - round(seconds)) < 1e-6
+    whole = round(seconds)
+    return abs(seconds - whole) < 1e-6 and (whole > 0 or seconds == 0)  # 1e-7 is not 0
 
 
 def whole_seconds_problem(seconds: float | None) -> str | None:

@@ -235,9 +235,9 @@ class StatusChannel:
             new = self._plan()
             if new != plan:
                 log.info("status: the settings changed; reconnecting")
-                if new is None or new.gateway_id != plan.gateway_id:
-                    # status turned off, or another gateway id: the summary retained here
-                    # would be read as current for good (the status topic says offline)
+                if new is None or (new.url, new.gateway_id) != (plan.url, plan.gateway_id):
+                    # status turned off, another broker or gateway id: the summary retained
+                    # here would be read as current for good (the status topic says offline)
                     self._publish(client, stats_topic(plan.gateway_id), b"")
                 await self._goodbye(client, topic)
                 return

@@ -1043,6 +1043,7 @@ def test_an_mqtt_session_expiry_that_is_not_whole_seconds_is_refused(tmp_path: P
           whole: {type: mqtt, topics: ["b/#"], session_expiry: 0s}
           # whole as written, 245.99999999999997 s as a float: taken
           close: {type: mqtt, topics: ["c/#"], session_expiry: 4.1m, keepalive: 0.07h}
+          tiny: {type: mqtt, topics: ["d/#"], session_expiry: 0.0001ms}
         routes:
           r: {match: "#", sinks: [up]}
         sinks:
@@ -1052,8 +1053,10 @@ def test_an_mqtt_session_expiry_that_is_not_whole_seconds_is_refused(tmp_path: P
     assert problems(path) == [
         f"{path}:4: sources.plant.session_expiry: must be whole seconds, as MQTT counts it"
         " (0.5s is not)",
-        f"{path}:11: sinks.up.keepalive: must be whole seconds, as MQTT counts it (2.5s is not)",
-        f"{path}:11: sinks.up.session_expiry: must be whole seconds, as MQTT counts it (1.5s"
+        f"{path}:8: sources.tiny.session_expiry: must be whole seconds, as MQTT counts it"
+        " (1e-07s is not)",
+        f"{path}:12: sinks.up.keepalive: must be whole seconds, as MQTT counts it (2.5s is not)",
+        f"{path}:12: sinks.up.session_expiry: must be whole seconds, as MQTT counts it (1.5s"
         " is not)",
     ]
 

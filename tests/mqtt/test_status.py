@@ -415,7 +415,7 @@ async def test_stats_turned_off_take_the_retained_summary_away(
         watcher.disconnect()
 
 
-@pytest.mark.parametrize("change", ["status off", "id"])
+@pytest.mark.parametrize("change", ["status off", "id", "broker"])
 async def test_a_reload_that_turns_status_off_or_changes_the_id_takes_the_stats_away(
     mosquitto: servers.Mosquitto, change: str
 ) -> None:
@@ -436,14 +436,17 @@ async def test_a_reload_that_turns_status_off_or_changes_the_id_takes_the_stats_
     now = [config]
     ready = asyncio.Event()
     ready.set()
+    urls = [mosquitto.url]
     channel = StatusChannel(
-        config=lambda: now[0], broker_url=lambda: mosquitto.url, stats=lambda: {"n": 1}, ready=ready
+        config=lambda: now[0], broker_url=lambda: urls[0], stats=lambda: {"n": 1}, ready=ready
     )
     running = asyncio.ensure_future(channel.run())
     try:
         assert await asyncio.to_thread(payloads.get, timeout=10) == b'{"n":1}'
         if change == "id":
             now[0] = dataclasses.replace(config, gateway=GatewaySection(id="status-reload-new"))
+        elif change == "broker":  # another address (the same broker, so it is watched)
+            urls[0] = mosquitto.url.replace("127.0.0.1", "localhost")
         else:
             now[0] = dataclasses.replace(config, status=StatusSection(enabled=False))
         async with asyncio.timeout(10):

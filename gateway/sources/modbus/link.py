@@ -284,7 +284,7 @@ async def _open_error(spec: LinkSpec, wait: float) -> BaseException | None:
         if spec.kind == "rtu":
             await asyncio.to_thread(_open_serial, spec.path)  # blocking calls, a few
         elif spec.kind in ("tcp", "rtu+tcp"):
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(min(wait, 1.0)):  # refused or reset: at once
                 _, writer = await asyncio.open_connection(spec.host, spec.port)
             writer.close()
     except (OSError, TimeoutError, termios.error) as err:
@@ -359,6 +359,7 @@ class Link:
         """Open the connection or raise LinkError."""
         self.close()
         self._client = self._make_client(reply_wait)
+        started = time.monotonic()
         try:
             ok = await self._client.connect()
         except (OSError, ModbusException) as err:
@@ -366,7 +367,12 @@ class Link:
             raise LinkError(f"cannot connect to {self.spec.describe()}: {err}") from err
         if not ok or not self._client.connected:
             self.close()
-            why = _connect_problem(await _open_error(self.spec, reply_wait), reply_wait)
+            if time.monotonic() - started >= reply_wait * 0.9:
+                # it waited out the whole time: no answer, and no second wait for the
+                # reason with the bus held
+                why = _connect_problem(TimeoutError(), reply_wait)
+            else:
+                why = _connect_problem(await _open_error(self.spec, reply_wait), reply_wait)
             raise LinkError(f"cannot connect to {self.spec.describe()}{why}")
 
     def close(self) -> None:
