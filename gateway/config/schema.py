@@ -101,6 +101,10 @@ class Range:
         return None
 
 
+# The bound of a timeout or a wait that must be some time, however short.
+POSITIVE_DURATION = Range(0, above=True, message="must be more than 0s")
+
+
 def marks(tp: Any) -> tuple[Any, ...]:
     """The marks of an `Annotated` type (nested ones flattened), else ()."""
     return tuple(get_args(tp)[1:]) if get_origin(tp) is Annotated else ()

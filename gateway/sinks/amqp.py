@@ -124,7 +124,15 @@ from yarl import URL
 
 from gateway.amqp.client import AmqpError, BrokerClosed, LoginRefused, Publisher, vhost_of
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Size, safe_url, url_syntax_problem
+from gateway.config.schema import (
+    POSITIVE_DURATION,
+    Doc,
+    Duration,
+    Range,
+    Size,
+    safe_url,
+    url_syntax_problem,
+)
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
@@ -230,12 +238,12 @@ class AmqpSinkConfig(SinkConfig):
     connect_timeout: Annotated[
         Duration,
         Doc("The longest a connect may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest a batch may wait for its confirms before it is sent again."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

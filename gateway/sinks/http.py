@@ -116,6 +116,7 @@ from yarl import URL
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import (
+    POSITIVE_DURATION,
     Doc,
     Duration,
     Range,
@@ -303,12 +304,12 @@ class HttpSinkConfig(SinkConfig):
     connect_timeout: Annotated[
         Duration,
         Doc("The longest a connect may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest one request may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def _check_head(self, head: str) -> Iterator[tuple[str, str]]:

@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from gateway.config.model import SinkConfig, whole_seconds_problem
-from gateway.config.schema import Doc, Duration, Range
+from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -205,12 +205,12 @@ class MqttSinkConfig(SinkConfig):
     connect_timeout: Annotated[
         Duration,
         Doc("The longest a connect may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest a batch may wait for its PUBACKs before it is sent again."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

@@ -130,7 +130,14 @@ import pymysql
 from pymysql.constants import CLIENT
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, Valid, check_identifier, check_location
+from gateway.config.schema import (
+    POSITIVE_DURATION,
+    Doc,
+    Duration,
+    Valid,
+    check_identifier,
+    check_location,
+)
 from gateway.core.clock import utc_text
 from gateway.core.component import Context, Rejected, Sink
 from gateway.core.errors import PermanentError, RetryableError
@@ -260,7 +267,7 @@ class MysqlSinkConfig(SinkConfig):
             "The longest a connect or one statement may take before the connection is"
             " dropped and the batch retried."
         ),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

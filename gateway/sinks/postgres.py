@@ -126,6 +126,7 @@ import orjson
 
 from gateway.config.model import SinkConfig
 from gateway.config.schema import (
+    POSITIVE_DURATION,
     Doc,
     Duration,
     Range,
@@ -298,7 +299,7 @@ class PostgresSinkConfig(SinkConfig):
             "The longest a connect or one statement may take before the connection is"
             " dropped and the batch retried."
         ),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

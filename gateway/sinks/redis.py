@@ -131,7 +131,14 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.config.model import SinkConfig
-from gateway.config.schema import Doc, Duration, Range, redis_url_problem, safe_redis_url
+from gateway.config.schema import (
+    POSITIVE_DURATION,
+    Doc,
+    Duration,
+    Range,
+    redis_url_problem,
+    safe_redis_url,
+)
 from gateway.config.tls import load_client_cert
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
@@ -352,12 +359,12 @@ class RedisSinkConfig(SinkConfig):
     connect_timeout: Annotated[
         Duration,
         Doc("The longest a connect may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest one batch may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import orjson
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, check_identifier
+from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, check_identifier
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError
 from gateway.core.flowfile import FlowFile
@@ -134,7 +134,7 @@ class SqlSourceKeys(ScheduleKeys, SourceConfig):
     timeout: Annotated[
         Duration,
         Doc("The longest a connect or one query may take before it is retried."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:

@@ -110,7 +110,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import files
 from gateway.config.model import Claim, SourceConfig, listen_claim
-from gateway.config.schema import Doc, Duration, Range, Size, check_location
+from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, check_location
 from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -233,7 +233,7 @@ class HttpSourceConfig(SourceConfig):
             "The longest a request waits for its commit before it is answered 503 (it may"
             " still be stored)."
         ),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
     tls_cert: Annotated[
         str | None,

@@ -89,7 +89,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.config.model import Claim, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, safe_redis_url
+from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, safe_redis_url
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -175,12 +175,12 @@ class RedisSourceConfig(SourceConfig):
     connect_timeout: Annotated[
         Duration,
         Doc("The longest a connect may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 10.0
     timeout: Annotated[
         Duration,
         Doc("The longest one command may take (besides `block`)."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def claims(self) -> list[Claim]:

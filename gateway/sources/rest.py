@@ -92,7 +92,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
-from gateway.config.schema import Doc, Duration, Range, Size, url_syntax_problem
+from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, url_syntax_problem
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -272,7 +272,7 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
     timeout: Annotated[
         Duration,
         Doc("The longest one request may take."),
-        Range(0, above=True, message="must be more than 0s"),
+        POSITIVE_DURATION,
     ] = 30.0
 
     def check(self) -> Iterator[tuple[str, str]]:
