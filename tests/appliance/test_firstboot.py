@@ -7,6 +7,7 @@ machine changes."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import stat
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +124,21 @@ if [ -n "${PLANT:-}" ]; then
   chmod 0600 "$T/planted-config"
   ln -sf "$T/planted-config" /etc/edge-stream/gateway.yaml
 fi
+# a board set up by this script before it gave each board its own gateway.id: its
+# marks, accounts and passwords
+if [ -n "${NEW_MARKS:-}" ]; then
+  install -d -m 0700 /var/lib/edge-stream-firstboot
+  touch /var/lib/edge-stream-firstboot/grown /var/lib/edge-stream-firstboot/credentials-made
+  printf 'sensors:$7$old-hash\n' >/etc/mosquitto/passwd
+  install -o edge-stream -g edge-stream -m 0600 /dev/null /var/lib/edge-stream/web-users
+  install -o edge-stream -g edge-stream -m 0600 /dev/null /var/lib/edge-stream/secret.key
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >/var/lib/edge-stream/secret.key
+  printf 'admin:operator:old-hash\n' >/var/lib/edge-stream/web-users
+fi
+# the board's machine id (systemd writes it before any unit starts)
+if [ -n "${MACHINE_ID:-}" ]; then
+  printf '%s\n' "$MACHINE_ID" >/etc/machine-id
+fi
 if [ -n "${ENVIRONMENT:-}" ]; then
   printf '%s' "$ENVIRONMENT" >/etc/edge-stream/environment
   chown edge-stream:edge-stream /etc/edge-stream/environment
@@ -147,6 +165,8 @@ for _ in $(seq "$BOOTS"); do EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stre
 cp -a /etc/systemd/network/. "$T/network/"
 cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
+hostname >"$T/hostname"
+cp /etc/hostname "$T/etc-hostname"
 cp /etc/mosquitto/passwd "$T/mosquitto-passwd" 2>/dev/null || true
 cp /var/lib/edge-stream/web-users "$T/web-users" 2>/dev/null || true
 find /var/lib/cmdlines -type f ! -name '*.env' -exec cat {} + >"$T/cmdlines"
@@ -228,12 +248,15 @@ def _firstboot(
     old_marks: bool = False,
     boots: int = 1,
     ro_tmp: bool = False,
+    marks: bool = False,
+    machine_id: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
     /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved;
     `boots`: how many times it runs (the board booted again); `ro_tmp`: its TMPDIR a
-    read-only folder."""
+    read-only folder; `marks`: a board set up by this script before it gave each board
+    its own gateway.id; `machine_id`: /etc/machine-id (this machine's when empty)."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -253,6 +276,8 @@ def _firstboot(
         "ENVIRONMENT": environment,
         "BOOTS": str(boots),
         "RO_TMP": "1" if ro_tmp else "",
+        "NEW_MARKS": "1" if marks else "",
+        "MACHINE_ID": machine_id,
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -299,13 +324,145 @@ def test_the_first_boot_takes_the_config_and_writes_the_passwords(tmp_path: Path
     assert "user admin" in credentials and "user sensors" in credentials
 
 
+# two boards' machine ids (systemd writes a random one at the first boot)
+BOARD_A = "0f8e2c4b6a1d4e3f9b7c5a2d1e0f3c4b"
+BOARD_B = "5a6b7c8d9e0f41a2b3c4d5e6f7a8b9c0"
+
+
+def _board_id(machine_id: str) -> str:
+    """The id the first boot gives: `edge-stream-` and the first 6 hex digits of
+    `systemd-id128 machine-id --app-specific=a18c2967-de06-47fb-ad3b-c6c53abf96bc`."""
+    app = uuid.UUID("a18c2967-de06-47fb-ad3b-c6c53abf96bc").bytes
+    return "edge-stream-" + hmac.new(bytes.fromhex(machine_id), app, "sha256").hexdigest()[:6]
+
+
+def _gateway_id(tmp_path: Path) -> object:
+    return yaml.safe_load((tmp_path / "gateway.yaml").read_text())["gateway"].get("id")
+
+
+def test_the_first_boot_gives_the_board_its_own_id_and_hostname(tmp_path: Path) -> None:
+    """Every card of the image had gateway.id edge-stream and so the hostname
+    edge-stream: ten boards were ten edge-stream.local, and with an upstream MQTT sink
+    each, the same client ids (edge-stream-<gateway id>-...): they took each other's
+    sessions in a loop. The first boot gives the image's config the board's own id, from
+    its machine id, with the file's comments kept; the hostname and the credentials
+    follow."""
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A)
+    assert result.returncode == 0, result.stdout + result.stderr
+    own = _board_id(BOARD_A)
+    assert _gateway_id(tmp_path) == own
+    shipped = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text().splitlines()
+    written = (tmp_path / "gateway.yaml").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(shipped, written, strict=True) if a != b]
+    assert changed == [
+        (
+            "  id: edge-stream              # the board's own name, also its hostname (set"
+            " at boot):",
+            f"  id: {own}       # the board's own name, also its hostname (set at boot):",
+        )
+    ]
+    assert f"gateway.id {own}, the board's own (from the machine id)" in result.stdout
+    assert f"hostname {own} (gateway.id)" in result.stdout
+    assert (tmp_path / "hostname").read_text() == f"{own}\n"
+    assert (tmp_path / "etc-hostname").read_text() == f"{own}\n"
+    credentials = (tmp_path / "card-after/edge-stream-credentials.txt").read_text()
+    assert credentials.startswith(f"Edge Stream on {own}: made at the first boot"), credentials
+    assert f"http://{own}.local:8080/" in credentials
+    assert "user admin" in credentials and "user sensors" in credentials
+
+
+def test_two_boards_get_two_ids(tmp_path: Path) -> None:
+    ids = []
+    for name, machine_id in (("a", BOARD_A), ("b", BOARD_B)):
+        (tmp_path / name).mkdir()
+        result = _firstboot(tmp_path / name, {}, machine_id=machine_id)
+        assert result.returncode == 0, result.stdout + result.stderr
+        ids.append((_gateway_id(tmp_path / name), (tmp_path / name / "hostname").read_text()))
+    assert ids == [(_board_id(m), f"{_board_id(m)}\n") for m in (BOARD_A, BOARD_B)]
+    assert ids[0] != ids[1]
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("id: boiler-room #", "boiler-room"),  # its own: kept
+        ("id: edge-stream              # mine,", _board_id(BOARD_A)),  # the image's, copied
+        ('id: "edge-stream" #', _board_id(BOARD_A)),
+    ],
+    ids=["own", "the-images", "the-images-quoted"],
+)
+def test_a_config_from_the_card_keeps_its_own_id_only(
+    tmp_path: Path, written: str, expected: str
+) -> None:
+    """The card's config is taken first; an id of its own stays (and the hostname
+    follows it), the image's edge-stream (a copy of the shipped file) becomes the
+    board's own."""
+    shipped = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text()
+    config = shipped.replace("id: edge-stream              #", written)
+    assert config != shipped
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config}, machine_id=BOARD_A)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "took edge-stream.yaml from the boot partition" in result.stdout
+    assert _gateway_id(tmp_path) == expected
+    assert (tmp_path / "hostname").read_text() == f"{expected}\n"
+    assert ("gateway.id edge-stream-" in result.stdout) == (expected != "boiler-room")
+    credentials = (tmp_path / "card-after/edge-stream-credentials.txt").read_text()
+    assert f"http://{expected}.local:8080/" in credentials
+
+
+def test_a_config_from_the_card_without_an_id_gets_the_boards_own(tmp_path: Path) -> None:
+    """gateway.id left out is the model's default, edge-stream: the same on every board
+    as the image's. The first boot adds the board's own under `gateway:`."""
+    config = "gateway:\n  data_dir: /var/lib/edge-stream\nsinks:\n  f:\n    type: file\n"
+    config += "    path: out.jsonl\nroutes:\n  r:\n    match: '#'\n    sinks: [f]\n"
+    result = _firstboot(tmp_path, {"edge-stream.yaml": config}, machine_id=BOARD_A)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "took edge-stream.yaml from the boot partition" in result.stdout
+    own = _board_id(BOARD_A)
+    assert (tmp_path / "gateway.yaml").read_text() == config.replace(
+        "gateway:\n", f"gateway:\n  id: {own}\n"
+    )
+    assert (tmp_path / "hostname").read_text() == f"{own}\n"
+
+
+def test_a_second_boot_changes_no_id(tmp_path: Path) -> None:
+    """The id is given once: the boots after the first leave gateway.id as it is, even
+    edge-stream put back (the user's choice then)."""
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("gateway.id edge-stream-") == 1, result.stdout
+    assert result.stdout.count("hostname ") == 1, result.stdout
+    assert _gateway_id(tmp_path) == _board_id(BOARD_A)
+    assert result.stdout.count("credentials written") == 1, result.stdout
+
+
+@pytest.mark.parametrize("marks", ["old", "new"])
+def test_a_board_set_up_before_keeps_its_id(tmp_path: Path, marks: str) -> None:
+    """A board set up before the first boot gave each board its own id (its credentials
+    made, the marks in the gateway's folders or in root's) keeps edge-stream at the
+    boot after the upgrade: a new id would change its upstream identities (MQTT client
+    ids, consumer names), its sessions and subscriptions left behind."""
+    result = _firstboot(
+        tmp_path, {}, machine_id=BOARD_A, old_marks=marks == "old", marks=marks == "new"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _gateway_id(tmp_path) == "edge-stream"
+    assert (tmp_path / "gateway.yaml").read_text() == (
+        ROOTFS / "etc/edge-stream/gateway.yaml"
+    ).read_text()
+    assert "gateway.id edge-stream-" not in result.stdout
+    _assert_no_new_credentials(tmp_path, result)
+
+
 def test_an_invalid_config_on_the_card_is_left_there_with_the_reason(tmp_path: Path) -> None:
     result = _firstboot(tmp_path, {"edge-stream.yaml": "gateway:\n  datadir: /x\n"})
     assert result.returncode == 0, result.stdout + result.stderr
     error = (tmp_path / "card-after/edge-stream-error.txt").read_text()
     assert "datadir" in error
     assert (tmp_path / "card-after/edge-stream.yaml").exists()
-    assert "id: edge-stream " in (tmp_path / "gateway.yaml").read_text()
+    # the image's config stays, with the board's own id
+    assert "data_dir: /var/lib/edge-stream " in (tmp_path / "gateway.yaml").read_text()
+    assert "datadir" not in (tmp_path / "gateway.yaml").read_text()
 
 
 def test_root_writes_nothing_through_the_gateways_folders(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ FILES = [
     "etc/fstab",
     "usr/lib/edge-stream/firstboot",
     "usr/lib/edge-stream/read-environment",
+    "usr/lib/edge-stream/board-id",
 ]
 
 
