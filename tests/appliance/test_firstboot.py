@@ -331,10 +331,10 @@ BOARD_B = "5a6b7c8d9e0f41a2b3c4d5e6f7a8b9c0"
 
 
 def _board_id(machine_id: str) -> str:
-    """The id the first boot gives: `edge-stream-` and the first 6 hex digits of
+    """The id the first boot gives: `edge-stream-` and the first 8 hex digits of
     `systemd-id128 machine-id --app-specific=a18c2967-de06-47fb-ad3b-c6c53abf96bc`."""
     app = uuid.UUID("a18c2967-de06-47fb-ad3b-c6c53abf96bc").bytes
-    return "edge-stream-" + hmac.new(bytes.fromhex(machine_id), app, "sha256").hexdigest()[:6]
+    return "edge-stream-" + hmac.new(bytes.fromhex(machine_id), app, "sha256").hexdigest()[:8]
 
 
 def _gateway_id(tmp_path: Path) -> object:
@@ -359,7 +359,7 @@ def test_the_first_boot_gives_the_board_its_own_id_and_hostname(tmp_path: Path) 
         (
             "  id: edge-stream              # the board's own name, also its hostname (set"
             " at boot):",
-            f"  id: {own}       # the board's own name, also its hostname (set at boot):",
+            f"  id: {own}     # the board's own name, also its hostname (set at boot):",
         )
     ]
     assert f"gateway.id {own}, the board's own (from the machine id)" in result.stdout
