@@ -7,6 +7,8 @@ machine changes."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import os
 import re
@@ -161,8 +163,23 @@ if [ -n "${RO_TMP:-}" ]; then
   mount -t tmpfs -o ro tmpfs "$T/tmp"
   export TMPDIR=$T/tmp
 fi
-# $BOOTS boots of the board, one after the other
-for _ in $(seq "$BOOTS"); do EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"; done
+# $BOOTS boots of the board, one after the other, $BETWEEN run before each after the
+# first. $CUT: the first boot stops (the power cut) before the first of its commands
+# where that test holds; bash reads $BASH_ENV before the script, and the trap it sets
+# runs before each command of the script's own (not within its functions)
+for n in $(seq "$BOOTS"); do
+  if [ "$n" -gt 1 ]; then eval "${BETWEEN:-}"; fi
+  if [ "$n" -eq 1 ] && [ -n "${CUT:-}" ]; then
+    printf 'unset BASH_ENV\ntrap %q DEBUG\n' "if $CUT; then touch $T/cut; exit 99; fi" \
+      >"$T/cut.sh"
+    status=0
+    BASH_ENV=$T/cut.sh EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot" \
+      || status=$?
+    [ "$status" -eq 0 ] || [ -e "$T/cut" ]
+  else
+    EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
+  fi
+done
 cp -a /etc/systemd/network/. "$T/network/"
 cp -a "$T/boot/." "$T/card-after/"
 cp /etc/edge-stream/gateway.yaml "$T/gateway.yaml"
@@ -251,13 +268,17 @@ def _firstboot(
     ro_tmp: bool = False,
     marks: bool = False,
     machine_id: str = "",
+    between: str = "",
+    cut: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
     /etc/edge-stream/environment; `old_marks`: a board set up before the marks moved;
     `boots`: how many times it runs (the board booted again); `ro_tmp`: its TMPDIR a
     read-only folder; `marks`: a board set up by this script before it gave each board
-    its own gateway.id; `machine_id`: /etc/machine-id (this machine's when empty)."""
+    its own gateway.id; `machine_id`: /etc/machine-id (this machine's when empty);
+    `between`: shell run between two boots; `cut`: a shell test, the first boot cut
+    short before the first of its commands where it holds (see SETUP)."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -279,6 +300,8 @@ def _firstboot(
         "RO_TMP": "1" if ro_tmp else "",
         "NEW_MARKS": "1" if marks else "",
         "MACHINE_ID": machine_id,
+        "BETWEEN": between,
+        "CUT": cut,
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -431,12 +454,64 @@ def test_a_config_from_the_card_without_an_id_gets_the_boards_own(tmp_path: Path
 def test_a_second_boot_changes_no_id(tmp_path: Path) -> None:
     """The id is given once: the boots after the first leave gateway.id as it is, even
     edge-stream put back (the user's choice then)."""
-    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2)
+    put_back = "sed -i 's/id: edge-stream-[0-9a-f]*/id: edge-stream/' /etc/edge-stream/gateway.yaml"
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2, between=put_back)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("gateway.id edge-stream-") == 1, result.stdout
-    assert result.stdout.count("hostname ") == 1, result.stdout
-    assert _gateway_id(tmp_path) == _board_id(BOARD_A)
+    assert _gateway_id(tmp_path) == "edge-stream"
+    assert (tmp_path / "hostname").read_text() == "edge-stream\n"
     assert result.stdout.count("credentials written") == 1, result.stdout
+
+
+def test_a_board_asked_for_new_passwords_keeps_its_id(tmp_path: Path) -> None:
+    """Deleting the credentials-made mark makes new passwords at the next boot. On a
+    board set up before the first boot gave ids (upgraded, its id-mark missing), that
+    boot gave it a new gateway.id too: its upstream identities changed with it."""
+    # (the planted users file's line is no real one, which `web passwd` refuses)
+    again = "rm /var/lib/edge-stream-firstboot/credentials-made; : >/var/lib/edge-stream/web-users"
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, marks=True, boots=2, between=again)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gateway.id edge-stream-" not in result.stdout
+    assert _gateway_id(tmp_path) == "edge-stream"
+    assert result.stdout.count("credentials written") == 1, result.stdout
+
+
+def _mqtt_password_works(tmp_path: Path, password: str) -> bool:
+    """Whether Mosquitto's password file (PBKDF2-SHA512, `$7$`) takes `password` for
+    the user sensors."""
+    line = (tmp_path / "mosquitto-passwd").read_text().strip()
+    user, hashed = line.split(":", 1)
+    _, _seven, iterations, salt, digest = hashed.split("$")
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    return user == "sensors" and base64.b64encode(key).decode() == digest
+
+
+@pytest.mark.parametrize("cut", ["written", "marked"])
+def test_a_first_boot_cut_short_leaves_the_passwords_in_use_named_by_the_boards_host(
+    tmp_path: Path, cut: str
+) -> None:
+    """The credentials went to the boot partition while the hostname was still
+    edge-stream, and again at the end; a power cut in between (`written`) left
+    http://edge-stream.local:8080/ on the card for good, the mark already set. The mark
+    was set before the first write: a cut right after it (`marked`) left no file at
+    all, and the passwords in use nowhere. Whatever the cut, the card ends up naming the
+    board's own host with the passwords it takes."""
+    when = {
+        "written": f"[ -e {tmp_path}/boot/edge-stream-credentials.txt ]",
+        "marked": "[ -e /var/lib/edge-stream-firstboot/credentials-made ]",
+    }[cut]
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2, cut=when)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "cut").exists(), result.stdout
+    own = _board_id(BOARD_A)
+    assert sorted(p.name for p in (tmp_path / "card-after").iterdir()) == [
+        "edge-stream-credentials.txt"
+    ]
+    credentials = (tmp_path / "card-after/edge-stream-credentials.txt").read_text()
+    assert credentials.startswith(f"Edge Stream on {own}: made at the first boot"), credentials
+    assert f"http://{own}.local:8080/" in credentials
+    mqtt = re.search(r"user sensors\s+password (\S+)", credentials)
+    assert mqtt is not None and _mqtt_password_works(tmp_path, mqtt[1]), credentials
 
 
 @pytest.mark.parametrize("marks", ["old", "new"])
