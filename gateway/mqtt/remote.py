@@ -13,7 +13,9 @@ of a message retained on config/set is not taken at a (re)connect (it would come
 at every connect); one published retained while connected arrives as any other. Each
 document is handled in turn (gateway/config/remote.py checks and applies it), answered
 on `.../config/result` and then acknowledged; after each apply, and on each connect,
-the active config's version and hash go out retained on `.../config/active`.
+the active config's version and hash go out retained on `.../config/active`, and
+again within a second of a reload of another kind (a console edit, a rollback, SIGHUP)
+that changed the running config's hash.
 
 A broker that is away never stops the gateway: the channel reconnects with capped
 exponential backoff and jitter and shows its state in /api/status (`remote_config`).
@@ -112,6 +114,7 @@ class RemoteConfig:
         self._queue: asyncio.Queue[tuple[bytes, int, int | None]] = asyncio.Queue(QUEUE)
         self._client: Client | None = None
         self._lost = asyncio.Event()
+        self._active_hash: str | None = None  # the hash config/active says now
         self.state: remote.Applied | None = None  # the last version applied
         self.last_outcome: str | None = None
         self.last_error: str | None = None
@@ -259,6 +262,10 @@ class RemoteConfig:
                 if self._plan() != plan:
                     log.info("remote_config: the settings changed; reconnecting")
                     return
+                if self._config_hash() != self._active_hash and client.connected:
+                    # Another reload changed what runs (a console edit, a rollback, a
+                    # SIGHUP): config/active said the old text until the next connect.
+                    self._publish_active(client, plan.gateway_id)
                 continue
             payload, qos, mid = item
             answer = await self._handle(payload, plan.gateway_id, key)
@@ -353,9 +360,10 @@ class RemoteConfig:
 
     def _publish_active(self, client: Client, gateway_id: str) -> None:
         state = self.state
+        self._active_hash = self._config_hash()
         body = {
             "version": None if state is None else state.version,
-            "hash": self._config_hash(),
+            "hash": self._active_hash,
             "applied_at": None if state is None else state.applied_at,
         }
         client.publish(

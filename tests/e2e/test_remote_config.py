@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import sys
 import uuid
@@ -160,6 +161,36 @@ def test_a_signed_config_is_applied_reported_and_active(
     assert [v.hash for v in files.versions(gw.data_dir)] == [before]
     active = _retained(mosquitto.url, remote.active_topic(gid))
     assert (active["version"], active["hash"]) == (10, digest) and active["applied_at"] > 0
+
+
+def test_config_active_follows_a_change_made_on_the_gateway(
+    gw: GatewayProcess, mosquitto: Mosquitto, signing: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    """A pushed version, then the file edited on the gateway and reloaded (SIGHUP):
+    config/active says the hash that runs now, not the pushed one's until a reconnect."""
+    key, _ = signing
+    gid = _gateway_id(gw)
+    pushed = _text(gw, lambda d: d["sinks"]["out"].update(path="b.jsonl"))
+    fleet = Fleet(mosquitto.url, gid)
+    try:
+        assert (
+            fleet.push(remote.sign(remote.Document(gid, 10, "yaml", pushed), key))["outcome"]
+            == "applied"
+        )
+    finally:
+        fleet.close()
+    local = _text(gw, lambda d: d["sinks"]["out"].update(path="c.jsonl"))
+    gw.config_path.write_text(local)
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    digest = files.text_hash(local)
+    wait_for(lambda: gw.status()["config"]["hash"] == digest, 20, "the local change to run")
+    wait_for(
+        lambda: _retained(mosquitto.url, remote.active_topic(gid))["hash"] == digest,
+        10,
+        "config/active to say the hash that runs",
+    )
+    assert _retained(mosquitto.url, remote.active_topic(gid))["version"] == 10
 
 
 def test_bad_documents_are_refused_and_nothing_changes(
