@@ -174,7 +174,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _config_history(args: argparse.Namespace) -> int:
     """`config history`: the reloads the gateway recorded in its store, oldest first."""
-    with admin.open_admin(_store_path(args)) as store:
+    with admin.open_admin(_store_path(args), write=False) as store:
         records = store.reload_history(args.limit)
     if not records:
         print("no reloads recorded yet")
@@ -922,7 +922,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return 2
     if args.action in ("replay", "purge"):
         _as_owner(args, _store_path(args).parent)
-    with admin.open_admin(_store_path(args)) as store:
+    write = args.action in ("replay", "purge")
+    with admin.open_admin(_store_path(args), write=write) as store:
         if args.action == "list":
             for d in reversed(store.dead_letters(args.limit)):
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_at / 1e9))
@@ -991,7 +992,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         return _store_reset(_store_path(args), args.force)
     if args.action == "drop-sink":
         return _drop_sink(args)
-    with admin.open_admin(_store_path(args)) as store:
+    with admin.open_admin(_store_path(args), write=False) as store:
         now = time.time_ns()
         stats = store.stats()
     print(f"{'sink':<20} {'waiting':>10} {'oldest':>10}")
@@ -1017,7 +1018,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     """`state list | show COMPONENT | reset COMPONENT`: processors' key/value state."""
     if args.action == "reset":
         _as_owner(args, _store_path(args).parent)
-    with admin.open_admin(_store_path(args)) as store:
+    with admin.open_admin(_store_path(args), write=args.action == "reset") as store:
         if args.action == "list":
             states = store.states()
             for item in states:

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from gateway.store.sqlite import (
     let_go_data_dir,
     newest_dead_letters,
     not_a_store,
+    read_only_fs,
     unopenable,
 )
 
@@ -170,10 +172,32 @@ class ReloadRecord:
     errors: list[str]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+def _connect(path: Path, uri: str | None = None) -> sqlite3.Connection:
+    db = sqlite3.connect(uri or path, isolation_level=None, timeout=10, uri=uri is not None)
     db.execute("PRAGMA busy_timeout = 10000")
     return db
+
+
+def read_only_uri(path: Path) -> str | None:
+    """On a read-only file system (an SD card the kernel remounted so after errors), the
+    SQLite URI the store at `path` can still be read through; None on a writable one.
+
+    SQLite opens a store in WAL mode only where it can make its -shm file, so the commands
+    that only read failed there ("unable to open database file"). With a -wal that holds
+    commits, or a gateway running (through another, writable mount), it is read read-only
+    with its WAL (`mode=ro`, through the -shm left there); else the file alone holds every
+    commit and cannot change, and is read as such (`immutable=1`)."""
+    if not read_only_fs(path):
+        return None
+    quoted = urllib.parse.quote(str(path.resolve()))
+    wal = path.with_name(path.name + "-wal")
+    try:
+        commits = wal.stat().st_size > 0
+    except OSError:
+        commits = False
+    if commits or gateway_runs(path) is not False:
+        return f"file:{quoted}?mode=ro"
+    return f"file:{quoted}?immutable=1"
 
 
 def gateway_runs(path: Path) -> bool | None:
@@ -212,7 +236,9 @@ def _gateway_lock(path: Path) -> Iterator[bool | None]:
         os.close(fd)  # lets go of the lock
 
 
-def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreAdmin:
+def open_admin(
+    path: str | os.PathLike[str], in_gateway: bool = False, write: bool = True
+) -> StoreAdmin:
     """A `StoreAdmin` on the store at `path`, on a connection of its own.
 
     Refuses with a one-line StoreError when there is no store there, or when
@@ -226,20 +252,32 @@ def open_admin(path: str | os.PathLike[str], in_gateway: bool = False) -> StoreA
     SQLite connection's too (SQLite's "how to corrupt": an `edge-stream` command run
     afterwards then took itself for the last user of the store, checkpointed and
     deleted the WAL under the gateway, and the gateway's store read as damaged).
+
+    `write: False`: the caller only reads, so a store on a read-only file system is read
+    (`read_only_uri`); one that writes is refused there in one line.
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():  # a link to nowhere: said below
         raise StoreError(f"no store at {path}: has the gateway run with this data_dir?")
     if in_gateway:
         return StoreAdmin(_connect(path), path)
-    problem = not_a_store(path)
+    uri = None
+    if write and read_only_fs(path):
+        raise StoreError(
+            f"{path}: the file system of {path.parent} is mounted read-only (a disk remounted"
+            " so after errors: dmesg says why), so nothing in the store can be changed: mount"
+            " it read-write, then try again"
+        )
+    if not write:
+        uri = read_only_uri(path)
+    problem = not_a_store(path, uri)
     if problem is not None:
         raise StoreError(
             f"{path}: {problem}: not a valid Edge Stream store. To start the gateway with"
             " an empty one, stop it and run `edge-stream store reset -c CONFIG`: it moves"
             f" the file aside to {path.name}.corrupt-<time>"
         )
-    return StoreAdmin(_connect(path), path)
+    return StoreAdmin(_connect(path, uri), path)
 
 
 class StoreAdmin:

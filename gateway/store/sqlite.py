@@ -316,8 +316,9 @@ def _create(path: Path) -> None:
             os.replace(new, path)
 
 
-def not_a_store(path: Path) -> str | None:
-    """Why the file at `path` is not an Edge Stream store, or None if it is one."""
+def not_a_store(path: Path, uri: str | None = None) -> str | None:
+    """Why the file at `path` is not an Edge Stream store, or None if it is one (`uri`:
+    the SQLite URI to read it through instead of its path, see admin.read_only_uri)."""
     if path.is_symlink() and not path.exists():  # a disk not mounted, a link to itself
         return f"is a symbolic link to {os.readlink(path)}, which is not there"
     if not path.exists():
@@ -336,7 +337,7 @@ def not_a_store(path: Path) -> str | None:
     if header != b"SQLite format 3\x00":
         return f"is not a SQLite database ({size} bytes that do not start as one)"
     try:
-        db = sqlite3.connect(path, isolation_level=None)
+        db = sqlite3.connect(uri or path, isolation_level=None, uri=uri is not None)
         try:
             if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
                 return None
@@ -438,6 +439,11 @@ def unopenable(path: Path, err: sqlite3.Error | OSError) -> None:
         room, free = None, f"? MiB free under {path.parent}"
     if code is not None and (code & 0xFF == sqlite3.SQLITE_FULL or code in _NO_ROOM):
         todo = "make room on the disk, then try again"
+    elif read_only_fs(path):
+        todo = (
+            f"the file system of {path.parent} is mounted read-only (a disk remounted so"
+            " after errors: dmesg says why): mount it read-write, then try again"
+        )
     elif denied:
         todo = (
             "permission denied: let the gateway's user read and write it and its folder"
@@ -452,6 +458,14 @@ def unopenable(path: Path, err: sqlite3.Error | OSError) -> None:
     raise StoreError(
         f"{path}: cannot be opened ({what}; {free}); the file was not found damaged: {todo}"
     ) from err
+
+
+def read_only_fs(path: Path) -> bool:
+    """Whether the file system that holds `path` (a file or folder there) is read-only."""
+    try:
+        return bool(os.statvfs(path.resolve().parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def is_damaged(err: sqlite3.Error) -> bool:

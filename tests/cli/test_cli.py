@@ -1278,6 +1278,76 @@ def test_the_store_commands_refuse_a_file_that_is_not_a_store_in_one_line(
     assert store.read_bytes() == b"these are not the pages of a database\n" * 100
 
 
+@pytest.fixture
+def read_only_data_dir(tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """tmp_path/data as a tmpfs (the tests run as root) and a function that remounts it
+    read-only, as the kernel does to an SD card after write errors."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], check=True)
+    try:
+        yield lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_the_store_commands_that_read_work_on_a_read_only_file_system(
+    tmp_path: Path, read_only_data_dir: Callable[[], None], killed: bool
+) -> None:
+    """An SD card remounted read-only: the commands that only read failed with "unable to
+    open database file" (SQLite makes its -shm file to open a WAL store) and "see to the
+    disk and the folder's permissions"; now they read it, with what its WAL holds after a
+    kill, and the ones that write say in one line that the file system is read-only."""
+    config, store = stored_config(tmp_path)
+    if killed:  # the files of an open store, its commits still in the WAL
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        fill_store(staged / "store.db")
+        from gateway.core.flowfile import FlowFile
+        from gateway.store.sqlite import Batch, DeadLetter, Store
+
+        async def more() -> None:
+            opened = Store(staged / "store.db")
+            await opened.open(["a", "b"])
+            late = FlowFile.create("t/5", b"late")
+            await opened.commit(Batch([], [DeadLetter(late, "sink a", "late", "a")], {}, []))
+            for suffix in ("", "-wal", "-shm"):
+                shutil.copy(f"{staged / 'store.db'}{suffix}", f"{store}{suffix}")
+            await opened.close()
+
+        asyncio.run(more())
+        assert os.path.getsize(f"{store}-wal") > 0
+    else:
+        fill_store(store)
+    read_only_data_dir()
+    expected = 5 if killed else 4
+    listed = cli("dead-letters", "list", "-c", str(config))
+    assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
+    assert listed.stdout.splitlines()[-1] == f"{expected} dead letter(s)"
+    shown = cli("dead-letters", "show", "1", "-c", str(config))
+    assert shown.returncode == 0 and json.loads(shown.stdout)["seq"] == 1, shown.stderr
+    stats = cli("store", "stats", "-c", str(config))
+    assert stats.returncode == 0, stats.stderr
+    assert stats.stdout.splitlines()[-1].endswith(f"; {expected} dead letter(s)")
+    for command in (["state", "list"], ["config", "history"]):
+        read = cli(*command, "-c", str(config))
+        assert (read.returncode, read.stderr) == (0, ""), (command, read.stderr)
+    for command in (
+        ["dead-letters", "purge", "1"],
+        ["dead-letters", "replay", "--all"],
+        ["state", "reset", "r.0"],
+        ["store", "drop-sink", "gone"],
+    ):
+        refused = cli(*command, "-c", str(config))
+        assert (refused.returncode, refused.stdout) == (1, ""), command
+        assert refused.stderr == (
+            f"edge-stream: {store}: the file system of {store.parent} is mounted read-only (a"
+            " disk remounted so after errors: dmesg says why), so nothing in the store can be"
+            " changed: mount it read-write, then try again\n"
+        ), command
+
+
 def test_store_reset_says_what_it_moved_and_why(tmp_path: Path) -> None:
     config, store = stored_config(tmp_path)
     nothing = cli("store", "reset", "-c", str(config))
