@@ -312,6 +312,25 @@ def _firstboot(
     )
 
 
+def test_the_hostname_is_the_id_the_gateway_runs_with(tmp_path: Path) -> None:
+    """`id: 007` is the gateway id "007" (README: a key that takes text keeps an unquoted
+    number as written), and an EDGE_STREAM__GATEWAY__ID in /etc/edge-stream/environment
+    wins over the file: the hostname was read with YAML 1.1 (the number 7) from the file
+    alone."""
+    config = (ROOTFS / "etc/edge-stream/gateway.yaml").read_text()
+    as_written = config.replace("id: edge-stream ", "id: 007 ")
+    assert as_written != config
+    (tmp_path / "a").mkdir()
+    result = _firstboot(tmp_path / "a", {"edge-stream.yaml": as_written})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hostname 007 (gateway.id)" in result.stdout, result.stdout
+    environment = "EDGE_STREAM__GATEWAY__ID=boiler-room\n"
+    (tmp_path / "b").mkdir()
+    result = _firstboot(tmp_path / "b", {}, environment=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hostname boiler-room (gateway.id)" in result.stdout, result.stdout
+
+
 def test_a_network_file_from_the_card_comes_before_the_dhcp_defaults(tmp_path: Path) -> None:
     """systemd-networkd applies the first .network file (by name) that matches an
     interface: a static address in `eth0.network` (README's example) sorted after the
