@@ -132,6 +132,15 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | No
         os.close(dir_fd)
 
 
+def unsaved(err: OSError, path: str | Path) -> str:
+    """One line for a file an edit or a rollback could not write (a full disk, a folder
+    left to root by a command run as root): the file was not changed, nor applied."""
+    return (
+        f"{err.filename or path}: cannot write there ({err.strerror or err}); nothing was"
+        " changed: free some space, or let the gateway's user write there"
+    )
+
+
 def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
     """Copy the config file's current text into config-history/ (None: no file yet);
     `save` then drops the oldest versions beyond KEEP_VERSIONS."""

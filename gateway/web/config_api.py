@@ -239,7 +239,7 @@ class ConfigApi:
         except ConfigError as err:
             return _answer(409, errors=list(err.problems))
         except OSError as err:
-            return _answer(500, errors=[_unsaved(err, path)])
+            return _answer(500, errors=[files.unsaved(err, path)])
         version = None if kept is None else kept.name
         if old_text is None:
             return _answer(200, "unchanged", [f"{path} already holds {restored}"], version)
@@ -283,7 +283,7 @@ class ConfigApi:
         except ConfigError as err:
             return _answer(422, errors=list(err.problems))
         except OSError as err:
-            return _answer(500, errors=[_unsaved(err, path)])
+            return _answer(500, errors=[files.unsaved(err, path)])
         version = None if kept is None else kept.name
         what = f"{section}.{name} {'removed' if value is None else 'written'}"
         if not wrote:
@@ -383,15 +383,6 @@ def _show(path: str) -> dict[str, Any]:
     text = read_text(path)
     config, raw = load_view(path)
     return {"path": path, "hash": files.text_hash(text), "config": show(config, raw)}
-
-
-def _unsaved(err: OSError, path: str) -> str:
-    """One line for a file an edit or a rollback could not write (a full disk, a folder
-    left to root by a command run as root): the file was not changed, nor applied."""
-    return (
-        f"{err.filename or path}: cannot write there ({err.strerror or err}); nothing was"
-        " changed: free some space, or let the gateway's user write there"
-    )
 
 
 class _NotJson(ValueError):

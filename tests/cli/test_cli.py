@@ -9,6 +9,7 @@ reset print, on a store file with no gateway running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -1346,6 +1347,39 @@ def test_the_store_commands_that_read_work_on_a_read_only_file_system(
             " disk remounted so after errors: dmesg says why), so nothing in the store can be"
             " changed: mount it read-write, then try again\n"
         ), command
+
+
+def test_a_rollback_on_a_full_disk_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    """`config rollback` with no room left under the data_dir, where it keeps the text it
+    replaces: an OSError traceback (the console's rollback answers 500 in one line)."""
+    from gateway.config import files
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(data_dir)], check=True)
+    try:
+        config = tmp_path / "gateway.yaml"
+        old = f"gateway: {{id: one, data_dir: '{data_dir}'}}\n"
+        config.write_text(old)
+        files.save(config, old.replace("one", "two"), data_dir)
+        kept = [v.name for v in files.versions(data_dir)]
+        fd = os.open(data_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        for size in (1 << 16, 512):  # then what is left, smaller than a chunk
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+        os.close(fd)
+        before = config.read_text()
+        result = cli("config", "rollback", "-c", str(config))
+        assert (result.returncode, result.stdout) == (1, ""), result.stderr
+        assert result.stderr == (
+            f"edge-stream: {config}: cannot write there (No space left on device); nothing"
+            " was changed: free some space, or let the gateway's user write there\n"
+        )
+        assert config.read_text() == before
+        assert [v.name for v in files.versions(data_dir)] == kept
+    finally:
+        subprocess.run(["umount", "-l", str(data_dir)], check=False)
 
 
 def test_store_reset_says_what_it_moved_and_why(tmp_path: Path) -> None:
