@@ -549,3 +549,50 @@ async def test_an_alert_kept_over_a_restart_waits_for_the_first_try_to_end(
         clock.now += 1.0
     assert store.events == [], "neither resolved nor fired again"
     assert [a["key"] for a in alerts.console()["active"]] == [key]
+
+
+@pytest.mark.parametrize("first_poll", ["ok", "down"])
+async def test_an_alert_kept_over_a_restart_waits_for_a_polled_source_s_first_poll(
+    first_poll: str,
+) -> None:
+    """A REST source polled at `*/5 * * * *` whose polls failed before a restart: after it,
+    its connect (a client session) made it "running" at once, and its first poll waits for
+    the next cron time: the alert kept from before resolved 5 s in, and fired again after
+    that poll failed, a resolved event sent for a source that never came back. Now the
+    first poll decides: still down, the alert stays, without an event; back, it resolves."""
+    from gateway.config.model import RetrySettings
+    from gateway.core.errors import RetryableError
+    from gateway.core.schedule import Schedule
+    from gateway.engine.runner import Ingest, SourceRunner
+    from tests.core.test_schedule import Failing, FakeClock, steps, wall
+
+    engine_clock = FakeClock(1000.0, wall("2024-03-01T10:03:00"))
+    errors: list[Exception] = [RetryableError("down")] if first_poll == "down" else []
+    source = Failing(engine_clock, Schedule(interval=1.0, cron="*/5 * * * *"), errors)
+    runner = SourceRunner(
+        "api", source, Ingest(10_000), RetrySettings(initial=60.0, max=60.0), asyncio.Event(),
+        engine_clock,
+    )  # fmt: skip
+    runner.gate.set()
+    task = asyncio.ensure_future(runner.run())
+    store, clock = KeptStore("source_offline:api"), Clock()
+    alerts = make({"source_offline": {"for": "1s"}}, store, clock)
+    await alerts._load()
+    try:
+        for _ in range(150):  # 10:03:00 to 10:05:30: the first poll at 10:05
+            await steps(engine_clock, 1.0)
+            snap = snapshot()
+            snap.sources = {"api": runner.status()}
+            await alerts.evaluate(snap, clock.now)
+            clock.now += 1.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert source.polls == ([] if first_poll == "down" else [wall("2024-03-01T10:05:00")])
+    if first_poll == "down":
+        assert store.events == [], "neither resolved nor fired again"
+        assert [a["key"] for a in alerts.console()["active"]] == ["source_offline:api"]
+    else:
+        assert [(e["key"], e["state"]) for e in store.events] == [
+            ("source_offline:api", "resolved")
+        ]

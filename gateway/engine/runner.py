@@ -225,6 +225,9 @@ class SourceRunner:
         # Set when the first connect has ended: connected (an MQTT source has its SUBACK),
         # retrying or failed. The engine is ready once every source's is (see `Engine.run`).
         self.tried = asyncio.Event()
+        # A poll (or a connect) has ended since the runner started: until then a polled
+        # source's "running" says nothing of its upstream (see SourceStatus.first_try).
+        self._polled = False
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -261,6 +264,7 @@ class SourceRunner:
             errors_by_kind=dict(self.errors_by_kind),
             histograms=self.source.histograms(),
             type=getattr(self.source.config, "type", ""),
+            first_try=self.source.mode == "poll" and not self._polled and self.state == "running",
         )
 
     async def stop(self, task: asyncio.Task[None], within: float) -> None:
@@ -366,6 +370,7 @@ class SourceRunner:
                 return
 
     def _failed(self, reason: str, kind: str) -> None:
+        self._polled = True
         self.errors += 1
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.last_error = reason
@@ -404,6 +409,7 @@ class SourceRunner:
             while True:  # a source with a backlog (a page limit reached) goes on at once
                 await self._pass_gate()
                 messages = await self.source.poll_messages()
+                self._polled = True
                 self.backoff.reset()
                 if self.failing:
                     self.failing = False

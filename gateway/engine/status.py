@@ -181,6 +181,9 @@ class SourceStatus:
     errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     histograms: Mapping[str, Buckets] = field(default_factory=dict)
     type: str = ""
+    # for the alerts only: a polled source "running" whose first poll since it started (a
+    # restart, a reload) has not ended; its alerts neither hold nor clear meanwhile
+    first_try: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
