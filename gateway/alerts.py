@@ -171,8 +171,8 @@ class Notifier:
 def _first_try(condition: str, rule: AlertRule, snap: Snapshot) -> list[str]:
     """The subjects of a sink_failing or source_offline rule whose state is not known yet:
     the component's first try since it started (`starting`, or `connecting` with no error
-    yet; a polled source until its first poll ends), a Modbus device not yet polled
-    (`unknown`). They neither hold nor clear."""
+    yet; a polled source until its first poll ends, a sink until its first write of what
+    waits ends), a Modbus device not yet polled (`unknown`). They neither hold nor clear."""
     picked = set(rule.components)
     out: list[str] = []
     components: Mapping[str, SinkStatus | SourceStatus]
@@ -184,8 +184,8 @@ def _first_try(condition: str, rule: AlertRule, snap: Snapshot) -> list[str]:
         return out
     for name, c in components.items():
         first = c.state == "starting" or (c.state == "connecting" and c.last_error is None)
-        # a polled source's connect proves nothing: its first poll (the next cron time, up
-        # to a gap of the schedule away, or one that takes its whole timeout) decides
+        # a polled source's connect proves nothing, nor a webhook sink's: its first poll
+        # (the next cron time, or one that takes its whole timeout), or write, decides
         first = first or getattr(c, "first_try", False)
         if first and (not picked or name in picked):
             out.append(name)

@@ -596,3 +596,52 @@ async def test_an_alert_kept_over_a_restart_waits_for_a_polled_source_s_first_po
         assert [(e["key"], e["state"]) for e in store.events] == [
             ("source_offline:api", "resolved")
         ]
+
+
+async def test_an_alert_kept_over_a_restart_waits_for_a_sink_s_first_write(tmp_path: Any) -> None:
+    """A webhook down before a restart: its connect sends nothing, so the sink was
+    "running" at once while its first write of the backlog waited out its timeout (30 s):
+    the sink_failing alert kept from before resolved 5 s in, and fired again 5 minutes
+    after that write failed. Now the first write decides."""
+    from gateway.config.model import SinkConfig
+    from gateway.core.component import Context
+    from gateway.core.flowfile import FlowFile
+    from gateway.engine.runner import SinkRunner
+    from gateway.store.sqlite import Batch, Store
+    from tests.engine.test_runner import Sleeps, TimingOut
+
+    store = Store(tmp_path / "store.db")
+    await store.open(["hook"])
+    await store.commit(Batch([(FlowFile.create("t/1", b"x"), store.bit("hook"))], [], {}, []))
+    config = SinkConfig(type="test")
+    sink = TimingOut(config, Context("hook", "sink"))
+    runner = SinkRunner("hook", sink, config, store, clock=Sleeps())
+    task = asyncio.ensure_future(runner.run())
+    kept, clock = KeptStore("sink_failing:hook"), Clock()
+    alerts = make({"sink_failing": {"for": "1s"}}, kept, clock)
+    await alerts._load()
+
+    async def evaluate(seconds: int) -> None:
+        for _ in range(seconds):
+            snap = snapshot()
+            snap.sinks = {"hook": runner.status()}
+            await alerts.evaluate(snap, clock.now)
+            clock.now += 1.0
+
+    try:
+        await sink.next_write()
+        await evaluate(30)  # the first write hangs for its timeout
+        sink.end(False)
+        await sink.next_write()
+        await evaluate(3)
+        assert kept.events == [], "neither resolved nor fired again"
+        assert [a["key"] for a in alerts.console()["active"]] == ["sink_failing:hook"]
+        sink.end(True)  # back: it resolves, once
+        await asyncio.wait_for(runner.idle.wait(), 10)
+        await evaluate(7)
+        assert [(e["key"], e["state"]) for e in kept.events] == [("sink_failing:hook", "resolved")]
+    finally:
+        runner.stopping = True
+        runner.wake.set()
+        await asyncio.wait_for(task, 10)
+        await store.close()

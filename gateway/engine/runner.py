@@ -502,6 +502,10 @@ class SinkRunner:
         self.idle = asyncio.Event()
         self._ahead: asyncio.Future[tuple[list[tuple[int, FlowFile]], int]] | None = None
         self._retry_changed = asyncio.Event()
+        # A write (or a connect) has ended since the runner started, or nothing waited to
+        # be written: until then "running" says nothing of its upstream (a webhook's
+        # connect sends nothing; see SinkStatus.first_try).
+        self._tried = False
 
     def update(self, config: SinkConfig) -> None:
         """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
@@ -528,6 +532,7 @@ class SinkRunner:
             errors_by_kind=dict(self.errors_by_kind),
             latency=self.latency,
             batch_sizes=self.batch_sizes,
+            first_try=self.state == "running" and not self._tried,
         )
 
     async def run(self) -> None:
@@ -575,6 +580,7 @@ class SinkRunner:
                 else:
                     rows, seen = await self.store.read(self.name, after, limit, max_bytes)
                 if not rows:
+                    self._tried = True
                     if self.failing:  # connected, and nothing waits to be written
                         self.failing = False
                         self.state = "running"
@@ -612,6 +618,7 @@ class SinkRunner:
                         self.store.read(self.name, seen, limit, max_bytes)
                     )
                 rejected = await self.sink.write([ff for _, ff in rows])
+                self._tried = True
                 upto = seen
                 dead = [
                     DeadLetter(r.flowfile, f"sink {self.name}", r.reason, self.name)
@@ -643,6 +650,7 @@ class SinkRunner:
                 if rate:
                     await self._pace(len(rows), started)
             except (RetryableError, StoreError, PermanentError) as err:
+                self._tried = True
                 self._drop_read_ahead()  # it followed a delivery that did not happen
                 if isinstance(err, PermanentError):
                     self._count_error("permanent")

@@ -236,6 +236,9 @@ class SinkStatus:
     errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     latency: Buckets | None = None
     batch_sizes: Buckets | None = None
+    # for the alerts only: "running" before its first write since it started (a restart, a
+    # reload) has ended; its alerts neither hold nor clear meanwhile
+    first_try: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
