@@ -166,6 +166,13 @@ def keygen(out: str | Path) -> tuple[Path, str]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private = Path(out)
+    if not private.name or str(out).endswith("/") or private.is_dir():
+        # `--out .` was a ValueError traceback ("has an empty name")
+        folder = str(out).rstrip("/") or "/"
+        raise ConfigError(
+            f"{out} is a folder: give the private key's file name, e.g."
+            f" {Path(folder) / 'fleet.key'} (its public key goes beside it, as .pub)"
+        )
     public = private.with_name(private.name + ".pub")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(

@@ -494,3 +494,23 @@ def test_web_passwd_keeps_an_operators_role_unless_told(
 
 
 RUNNING = "a running gateway uses it at once\n"
+
+
+def test_keygen_signing_into_a_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`config keygen-signing --out .` was a ValueError traceback ("has an empty name"),
+    and `--out FOLDER` said the folder "exists; keygen-signing never overwrites a key"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys").mkdir()
+    cases = ((".", "fleet.key"), ("keys", "keys/fleet.key"), ("keys/", "keys/fleet.key"))
+    for out, example in cases:
+        assert run(capsys, "config", "keygen-signing", "--out", out) == (
+            1,
+            "",
+            f"edge-stream: {out} is a folder: give the private key's file name, e.g. {example}"
+            " (its public key goes beside it, as .pub)\n",
+        )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keys"]
+    code, out, _ = run(capsys, "config", "keygen-signing", "--out", "keys/fleet.key")
+    assert code == 0 and (tmp_path / "keys/fleet.key.pub").exists(), out
