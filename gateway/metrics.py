@@ -154,12 +154,13 @@ class EngineCollector:
         )
         route_dead = CounterMetricFamily(
             "edge_stream_route_dead_lettered",
-            "FlowFiles a processor of each route refused (dead letters)",
+            "FlowFiles a processor of each route refused or failed on (dead letters)",
             labels=["route"],
         )
         route_errors = CounterMetricFamily(
             "edge_stream_route_errors",
-            "FlowFiles a processor of each route failed on (internal errors, dead-lettered)",
+            "Internal errors of each route's processors: FlowFiles one failed on"
+            " (dead-lettered) and failed runs of a window's timer",
             labels=["route"],
         )
         for name, rt in e.routes.items():
