@@ -329,6 +329,12 @@ def test_the_hostname_is_the_id_the_gateway_runs_with(tmp_path: Path) -> None:
     result = _firstboot(tmp_path / "b", {}, environment=environment)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hostname boiler-room (gateway.id)" in result.stdout, result.stdout
+    # cut to the 63 characters of a host name, it does not end with '-' (RFC 1123)
+    long_id = "a" * 62 + "-b"
+    (tmp_path / "c").mkdir()
+    result = _firstboot(tmp_path / "c", {}, environment=f"EDGE_STREAM__GATEWAY__ID={long_id}\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"hostname {long_id[:62]} (gateway.id)" in result.stdout, result.stdout
 
 
 def test_a_network_file_from_the_card_comes_before_the_dhcp_defaults(tmp_path: Path) -> None:
