@@ -88,7 +88,8 @@ Keys
   dedupe: true             skip FlowFiles written already, as described above
                            (default true)
   dedupe_window: null      how many recent ids to remember, at least batch.max_rows
-                           (default 10 x batch.max_rows, at least 10000)
+                           (default 10 x batch.max_rows, at least 10000); this and
+                           dedupe_prefix only with dedupe, not in hash mode
   dedupe_prefix: null      prefix of the recent-ids keys (default edge:<sink name>);
                            give each sink writing to the same Redis its own prefix
   cluster: false           the URL is a Redis Cluster node (default false)
@@ -330,7 +331,7 @@ class RedisSinkConfig(SinkConfig):
         int | None,
         Doc(
             "How many recent ids to remember, at least `batch.max_rows` (default 10 x"
-            " `batch.max_rows`, at least 10000)."
+            " `batch.max_rows`, at least 10000). Only with `dedupe`, not in `hash` mode."
         ),
     ] = None
     dedupe_prefix: Annotated[
@@ -339,7 +340,7 @@ class RedisSinkConfig(SinkConfig):
             "Prefix of the recent-ids keys (default `edge:<sink name>`); give each sink"
             " writing to the same Redis its own (two sinks of one config with one prefix and the"
             " same host in the URL, with its port and database, are refused: the second would"
-            " leave out what the first wrote)."
+            " leave out what the first wrote). Only with `dedupe`, not in `hash` mode."
         ),
     ] = None
     cluster: Annotated[bool, Doc("The URL names a node of a Redis Cluster.")] = False
@@ -415,6 +416,19 @@ class RedisSinkConfig(SinkConfig):
             yield "value", "value applies only with mode: list or publish"
         if self.maxlen not in (None, 100_000) and self.mode in ("hash", "publish"):
             yield "maxlen", "maxlen applies only with mode: stream or list"
+        # The recent ids are kept only by a sink that dedupes (hash mode needs none).
+        unread = (
+            "mode: hash writes no recent ids (the latest value of a key, written again, is"
+            " the same)"
+            if self.mode == "hash"
+            else "dedupe is false: no recent ids are kept"
+            if self.dedupe is False
+            else None
+        )
+        if unread:
+            for name in ("dedupe_window", "dedupe_prefix"):
+                if getattr(self, name) is not None:
+                    yield name, f"{name} applies only with dedupe; {unread}"
 
 
 # Host, port and database number (redis://h:6379/abc passed check-config); the scheme is

@@ -299,8 +299,12 @@ def test_redis_sinks_sharing_a_dedupe_prefix_on_one_server_are_refused(tmp_path:
         f"  c: {{type: redis, url: '{url}', mode: publish, dedupe_prefix: 'edge:d'}}\n"
         f"  d: {{type: redis, url: 'redis://u:p@127.0.0.1/0', mode: list}}\n"
         "  e: {type: redis, url: 'redis://127.0.0.1:6379/1', dedupe_prefix: shared}\n"
-        f"  f: {{type: redis, url: '{url}', dedupe_prefix: shared, dedupe: false}}\n"
-        f"  g: {{type: redis, url: '{url}', dedupe_prefix: shared, mode: hash}}\n",
+        f"  f: {{type: redis, url: '{url}', dedupe: false}}\n"
+        f"  g: {{type: redis, url: '{url}', mode: hash}}\n"
+        "  h: {type: redis, url: 'redis://127.0.0.1:6379/0', dedupe: false, mode: list}\n"
+        # the defaults of f and g, which keep no recent ids
+        f"  i: {{type: redis, url: '{url}', dedupe_prefix: 'edge:f'}}\n"
+        f"  j: {{type: redis, url: '{url}', mode: list, dedupe_prefix: 'edge:g'}}\n",
     )
     tail = (
         ": a FlowFile routed to both would be written by one and left out by the other as"

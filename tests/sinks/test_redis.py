@@ -43,6 +43,8 @@ def config_problems(**keys: Any) -> tuple[Any, list[str]]:
 
 
 def make_sink(url: str, **keys: Any) -> RedisSink:
+    if keys.get("mode") == "hash" or keys.get("dedupe") is False:
+        keys.pop("dedupe_prefix", None)  # the tests give one to every sink; these keep no ids
     config, problems = config_problems(url=url, **keys)
     assert problems == []
     assert isinstance(config, RedisSinkConfig)
@@ -1083,6 +1085,23 @@ async def test_cluster_hash_mode(redis_cluster: list[ClusterNode], ns: str) -> N
         (
             {"url": "redis://cache", "batch": {"max_rows": 1000}, "dedupe_window": 999},
             "dedupe_window: must be at least batch.max_rows (1000)",
+        ),
+        # taken and ignored: hash mode and dedupe: false keep no recent ids
+        (
+            {"url": "redis://cache", "mode": "hash", "dedupe_window": 20000},
+            "dedupe_window: dedupe_window applies only with dedupe; mode: hash writes no",
+        ),
+        (
+            {"url": "redis://cache", "mode": "hash", "dedupe_prefix": "edge:latest"},
+            "dedupe_prefix: dedupe_prefix applies only with dedupe; mode: hash",
+        ),
+        (
+            {"url": "redis://cache", "dedupe": False, "dedupe_window": 20000},
+            "dedupe_window: dedupe_window applies only with dedupe; dedupe is false",
+        ),
+        (
+            {"url": "redis://cache", "mode": "list", "dedupe": False, "dedupe_prefix": "p"},
+            "dedupe_prefix: dedupe_prefix applies only with dedupe; dedupe is false",
         ),
     ],
 )
