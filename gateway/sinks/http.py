@@ -64,7 +64,8 @@ values may be `ENC(...)` secrets and are never logged nor shown in a dead letter
 reason (an answer's body that quotes one, of 4 characters or more, shows `***`
 instead). TLS: an `https://` URL; `ca_file` verifies the server (default: the
 system's CAs), `cert_file` and `key_file` present a client certificate,
-`verify: false` turns verification off (testing only).
+`verify: false` turns that verification off (testing only; a client certificate
+is still presented).
 
 Keys
   type: http
@@ -277,7 +278,11 @@ class HttpSinkConfig(SinkConfig):
     ] = None
     key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
     verify: Annotated[
-        bool, Doc("Verify the server's certificate; `false` is for testing only.")
+        bool,
+        Doc(
+            "Verify the server's certificate (https:// only); `false` is for testing only"
+            " (`cert_file` is still presented; not with `ca_file`)."
+        ),
     ] = True
     max_body: Annotated[
         Size,
@@ -352,6 +357,13 @@ class HttpSinkConfig(SinkConfig):
                 for name in ("ca_file", "cert_file", "key_file"):
                     if getattr(self, name):
                         yield name, "needs TLS: use an https:// URL"
+                if self.verify is False:
+                    yield "verify", "needs TLS: use an https:// URL (http:// verifies nothing)"
+            elif self.verify is False and self.ca_file:
+                yield (
+                    "ca_file",
+                    "verifies the server, which verify: false turns off: give one of them",
+                )
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
@@ -455,15 +467,18 @@ class HttpSink(Sink):
                 ) from err
         tls: ssl.SSLContext | bool = True
         if cfg.url.startswith("https://"):
-            if not cfg.verify:
-                tls = False
-            else:
-                try:
-                    tls = ssl.create_default_context(cafile=cfg.ca_file)
-                    if cfg.cert_file:
-                        load_client_cert(tls, cfg.cert_file, cfg.key_file)
-                except (OSError, ssl.SSLError) as err:
-                    raise PermanentError(f"cannot read the TLS files: {err}") from err
+            try:
+                tls = ssl.create_default_context(cafile=cfg.ca_file)
+                if not cfg.verify:
+                    # the server's certificate unchecked; a client certificate is still
+                    # presented (ssl=False dropped it, and a server that asks for one
+                    # refused every request)
+                    tls.check_hostname = False
+                    tls.verify_mode = ssl.CERT_NONE
+                if cfg.cert_file:
+                    load_client_cert(tls, cfg.cert_file, cfg.key_file)
+            except (OSError, ssl.SSLError) as err:
+                raise PermanentError(f"cannot read the TLS files: {err}") from err
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),

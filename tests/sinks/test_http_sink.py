@@ -478,6 +478,53 @@ async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
         await server.wait_closed()
 
 
+async def test_verify_false_still_presents_the_client_certificate(
+    sink_for: Any, tmp_path: Path
+) -> None:
+    """With `verify: false` the sink sent no client certificate (cert_file was taken and
+    ignored): a server that asks for one refused every request."""
+    pki = servers.make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
+    context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
+    context.verify_mode = ssl.CERT_REQUIRED
+    taken: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = await sink_for(
+            url=f"https://127.0.0.1:{port}/x",  # its CA not given: unverified
+            verify=False,
+            cert_file=str(pki.cert_file),
+            key_file=str(pki.key_file),
+        )
+        assert await sink.write([FlowFile.create("plant/a", b"{}")]) == []
+        assert sink.requests == 1
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
+
+
+def test_verify_false_goes_with_https_and_without_ca_file() -> None:
+    # both were taken and ignored: http:// verifies nothing, and verify: false read no CA
+    assert config_problems(url="http://h/x", verify=False)[1] == [
+        "sinks.hook.verify: needs TLS: use an https:// URL (http:// verifies nothing)"
+    ]
+    assert config_problems(url="https://h/x", verify=False, ca_file="/ca.pem")[1] == [
+        "sinks.hook.ca_file: verifies the server, which verify: false turns off: give one of them"
+    ]
+    assert config_problems(url="https://h/x", verify=False)[1] == []
+
+
 async def test_a_reload_during_a_write_forgets_what_that_write_settles(sink_for: Any) -> None:
     """A reload (update) cleared what the failed tries had settled while a write was still
     in flight: its requests answered after that went on filling the same dict, so the
