@@ -71,9 +71,11 @@ Keys
   declare: true            declare the exchange at connect; false: it must
                            exist (default true)
   durable: true            the exchange declared survives a broker restart
-                           (default true)
+                           (default true); this and exchange_type only where
+                           the exchange is declared (declare: true, not "")
   queue: null              a durable queue to declare and bind (default none)
-  binding_key: "#"         how `queue` is bound to the exchange (default #)
+  binding_key: "#"         how `queue` is bound to the exchange (default #);
+                           only with queue, and not on the default exchange
   routing_key: "{topic}"   {topic}, {gateway}, {sink} (default {topic})
   topic_separator: "."     what the MQTT level separator `/` becomes in
                            {topic}: "." or "/" (kept) (default ".")
@@ -176,18 +178,28 @@ class AmqpSinkConfig(SinkConfig):
     ] = "edge"
     exchange_type: Annotated[
         Literal["topic", "direct", "fanout", "headers"],
-        Doc("The exchange's type, for declaring it."),
+        Doc(
+            'The exchange\'s type, for declaring it (not with `declare: false` or `exchange: ""`).'
+        ),
     ] = "topic"
     declare: Annotated[
         bool,
         Doc("Declare the exchange at connect (`false`: it must exist, which is checked)."),
     ] = True
-    durable: Annotated[bool, Doc("The exchange declared survives a broker restart.")] = True
+    durable: Annotated[
+        bool,
+        Doc(
+            "The exchange declared survives a broker restart (not with `declare: false` or"
+            ' `exchange: ""`).'
+        ),
+    ] = True
     queue: Annotated[
         str | None,
         Doc("A durable queue to declare at connect and bind to the exchange with `binding_key`."),
     ] = None
-    binding_key: Annotated[str, Doc("How `queue` is bound to the exchange.")] = "#"
+    binding_key: Annotated[
+        str, Doc('How `queue` is bound to the exchange (only with `queue`, not `exchange: ""`).')
+    ] = "#"
     routing_key: Annotated[
         str,
         Doc(
@@ -274,6 +286,31 @@ class AmqpSinkConfig(SinkConfig):
                 yield "routing_key", f"must be at most {MAX_KEY_BYTES} bytes long"
         if self.binding_key is not None and len(self.binding_key.encode()) > MAX_KEY_BYTES:
             yield "binding_key", "must be at most 255 bytes long"
+        yield from self._unread_problems()
+
+    def _unread_problems(self) -> Iterator[tuple[str, str]]:
+        """Keys set away from their defaults where nothing reads them, which would be
+        taken and ignored."""
+        default_exchange = self.exchange == ""
+        if self.binding_key not in (None, "#"):
+            if self.queue is None:
+                yield "binding_key", "binding_key applies only with queue (which it binds)"
+            elif default_exchange:
+                yield (
+                    "binding_key",
+                    'the default exchange (exchange: "") takes no binding: it routes to the'
+                    " queue named by the routing key",
+                )
+        if default_exchange:
+            unused = 'the default exchange (exchange: "") is never declared'
+        elif self.declare is False:
+            unused = "with declare: false the exchange is only checked to exist"
+        else:
+            return
+        if self.exchange_type not in (None, "topic"):
+            yield "exchange_type", f"exchange_type is for declaring the exchange; {unused}"
+        if self.durable is False:
+            yield "durable", f"durable is for declaring the exchange; {unused}"
 
     def _exchange_problems(self, exchange: str) -> Iterator[tuple[str, str]]:
         example = exchange.replace("{gateway}", "g").replace("{sink}", "s")

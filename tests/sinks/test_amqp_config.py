@@ -100,6 +100,46 @@ def test_amq_exchanges_may_be_used_without_declaring() -> None:
     assert problems(exchange="amq.topic", declare=False) == []
 
 
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (
+            {"binding_key": "plant.#"},
+            "sinks.fleet.binding_key: binding_key applies only with queue (which it binds)",
+        ),
+        (
+            {"exchange": "", "queue": "q", "binding_key": "plant.#"},
+            'sinks.fleet.binding_key: the default exchange (exchange: "") takes no binding: it'
+            " routes to the queue named by the routing key",
+        ),
+        (
+            {"exchange": "amq.fanout", "declare": False, "exchange_type": "fanout"},
+            "sinks.fleet.exchange_type: exchange_type is for declaring the exchange; with"
+            " declare: false the exchange is only checked to exist",
+        ),
+        (
+            {"declare": False, "durable": False},
+            "sinks.fleet.durable: durable is for declaring the exchange; with declare: false"
+            " the exchange is only checked to exist",
+        ),
+        (
+            {"exchange": "", "exchange_type": "direct"},
+            "sinks.fleet.exchange_type: exchange_type is for declaring the exchange; the"
+            ' default exchange (exchange: "") is never declared',
+        ),
+    ],
+)
+def test_keys_nothing_reads_are_refused(keys: dict[str, Any], expected: str) -> None:
+    # each was taken and ignored: no queue to bind, or no exchange declared
+    assert problems(**keys) == [expected]
+
+
+def test_keys_read_where_they_apply() -> None:
+    assert problems(queue="q", binding_key="plant.#") == []
+    assert problems(exchange_type="fanout", durable=False) == []
+    assert problems(exchange="", queue="q", routing_key="q") == []
+
+
 def sink(**keys: Any) -> AmqpSink:
     config, found = sink_config_problems("amqp", "fleet", **{"url": URL, **keys})
     assert found == []
