@@ -42,10 +42,11 @@ and is one of: text, boolean, smallint, integer, bigint, real, double precision,
 numeric, timestamptz, date, jsonb, uuid. PostgreSQL converts the value to it, so
 `"21.5"` and `21.5` both fit double precision; a row whose value does not fit is
 refused alone (1e999 into double precision too). A number goes as written, every
-digit kept: into numeric, text or jsonb, 12345678901234.5678 stays that. Into a
-column of an existing table that holds integers (smallint, integer, bigint), a
-value whose `type` is real, double precision or numeric must be a whole number
-(21.0 fits): PostgreSQL would round 21.5 to 22, so that row is refused instead.
+digit kept: into numeric, text or jsonb, 12345678901234.5678 stays that. A value
+whose `type` is smallint, integer or bigint, or (into a column of an existing
+table that holds integers) real, double precision or numeric, must be a whole
+number, as the mysql sink takes it: 21.0 and "1e2" fit; PostgreSQL would round
+21.5 to 22 through a fractional type, so that row is refused instead.
 A timestamptz value without an offset (`2024-05-01 12:00:00`) is read in the
 session's time zone: the server's TimeZone setting, unless the dsn sets one
 (`?options=-c%20timezone%3DUTC`); the mysql sink reads it as UTC. Table and
@@ -114,6 +115,7 @@ import contextlib
 import decimal
 import json
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping
@@ -411,8 +413,9 @@ def _json(value: Any) -> str:
 
 
 # How each column's value, arriving as text, becomes the column's type (u.cN is the text).
-# `whole`: the table's integer type (smallint, integer, bigint) for a column whose `type`
-# is fractional: the value goes to it, refusing a fraction.
+# `whole`: the integer type (smallint, integer, bigint) of a column whose `type` is one, or
+# the table's for a column whose `type` is fractional: the value goes to it as a whole
+# number (21.0 and "1e2" too, as the mysql sink takes them), refusing a fraction.
 def _convert(column: Column, whole: str | None = None) -> str:
     source = column.source
     if source == "ts":  # microseconds since the epoch, exact
@@ -589,6 +592,10 @@ _SETUP_ERRORS = (
 )
 
 
+# PostgreSQL's message for a value whose type does not convert to its column's.
+_MISMATCH = re.compile(r'column "([^"]+)" is of type (.+?) but expression is of type')
+
+
 def _message(err: BaseException) -> str:
     """The server's message on one line (with its DETAIL), cut to a sane length."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -678,7 +685,11 @@ class PostgresSink(Sink):
         self.columns = columns = columns_for(config.columns, DIALECT)
         self.table = ".".join(f'"{part}"' for part in config.table.split("."))
         self.server = _server(config.dsn)
-        self._rows = _Rows(columns)
+        # An integer `type` takes a whole number written as a fraction (21.0, which JSON
+        # encoders write for a float): PostgreSQL's integer input refused it, the row
+        # dead-lettered, where a fractional `type` into an integer column took it.
+        self._integers = {c.name: c.type for c in columns if c.type in _INTEGER}
+        self._rows = _Rows(columns, frozenset(self._integers))
         self._insert_sql = self._insert_statement()
         self._pool: Any = None  # asyncpg.Pool
         self._lock = asyncio.Lock()
@@ -687,7 +698,7 @@ class PostgresSink(Sink):
     def _insert_statement(self, whole: Mapping[str, str] | None = None) -> str:
         """The INSERT; `whole` names the integer type of the table's columns whose
         `type` is fractional (see _convert)."""
-        whole = whole or {}
+        whole = {**self._integers, **(whole or {})}
         names, params, exprs = [], [], []
         for i, column in enumerate(self.columns, 1):
             names.append(f'"{column.name}"')
@@ -851,6 +862,8 @@ class PostgresSink(Sink):
                     else "set the user's search_path to a schema that exists (ALTER ROLE"
                     " ... SET search_path), or write `table` as schema.table"
                 )
+            elif isinstance(err, asyncpg.exceptions.DatatypeMismatchError):  # 42804
+                fix = self._type_fix(str(err))
             else:
                 fix = "fix the table or point `table` at a new one"
             raise permanent(
@@ -911,6 +924,28 @@ class PostgresSink(Sink):
                 " refused; give them a default, allow NULL, or point `table` at a new table"
             )
 
+    def _type_fix(self, message: str) -> str:
+        """What to do about a column of the table whose type the value's `type` does not
+        convert to (`column "n" is of type integer but expression is of type text`): most
+        often a `type` left out (text), where the table's own type would do."""
+        found = _MISMATCH.search(message)
+        column = next((c for c in self.columns if found and c.name == found[1]), None)
+        if found is None or column is None or column.source in FIXED:
+            return "fix the table or point `table` at a new one"
+        table_type = found[2]
+        known = TYPES.get(table_type) or (
+            "timestamptz" if table_type == "timestamp with time zone" else None
+        )
+        if known:
+            return (
+                f"give columns.{column.name} `type: {known}`, as the table has it (it is"
+                f" {column.type}), or point `table` at a new one"
+            )
+        return (
+            f"columns.{column.name} is {column.type}, and a `type` is one of"
+            f" {', '.join(DIALECT.shown_types)}: change the column, or point `table` at a new one"
+        )
+
     async def _match_integer_columns(self, conn: Any) -> None:
         """Convert to the table's own type a value whose `type` is fractional (real, double
         precision, numeric) but whose column holds integers: through the `type`,
@@ -927,7 +962,7 @@ class PostgresSink(Sink):
         )
         integer = {name: sql_type for name, sql_type in rows if sql_type in _INTEGER}
         self._insert_sql = self._insert_statement(integer)
-        self._rows = _Rows(self.columns, frozenset(integer))
+        self._rows = _Rows(self.columns, frozenset(self._integers) | frozenset(integer))
 
     def _drop(self, pool: Any) -> None:
         """Forget a broken pool; the next write reconnects and checks the table again."""

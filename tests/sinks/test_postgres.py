@@ -550,6 +550,25 @@ async def test_a_fraction_is_refused_not_rounded_into_an_integer_column_typed_do
     assert sorted(postgres.fetch(f'SELECT temp FROM "{table}"')) == [(7,), (21,), (100,)]
 
 
+@pytest.mark.parametrize("sql_type", ["smallint", "integer", "bigint"])
+async def test_an_integer_type_takes_a_whole_number_written_as_a_fraction(
+    sink_for: Any, postgres: Any, table: str, sql_type: str
+) -> None:
+    # JSON encoders write a float 21.0 as "21.0": PostgreSQL's integer input refused it,
+    # and every such row went to the dead letters (the mysql sink takes it, and so did a
+    # fractional `type` into an integer column).
+    columns = {"n": {"from": "field.n", "type": sql_type}}
+    sink = await sink_for(table=table, columns=columns)
+    values = ("21.0", '"21.0"', "1e2", '"1e2"', "7", "21.5", '"abc"', "21.00000000000000001")
+    batch = [FlowFile.create("s", f'{{"n": {v}}}'.encode()) for v in values]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[i].id for i in (5, 6, 7)]
+    assert f'invalid input syntax for type {sql_type}: "21.5"' in rejected[0].reason
+    assert "abc" in rejected[1].reason
+    stored = sorted(postgres.fetch(f'SELECT n FROM "{table}"'))
+    assert stored == [(7,), (21,), (21,), (100,), (100,)]
+
+
 async def test_an_existing_table_needs_no_create_privilege_on_its_schema(
     postgres: Any, table: str
 ) -> None:
@@ -602,6 +621,39 @@ async def test_an_existing_table_that_cannot_take_the_rows_is_a_permanent_error(
     finally:
         await sink.close()
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "fix"),
+    [
+        (
+            "integer",
+            "; give columns.temperature `type: integer`, as the table has it (it is text),"
+            " or point `table` at a new one",
+        ),
+        (
+            "timestamp with time zone",
+            "; give columns.temperature `type: timestamptz`, as the table has it (it is text),",
+        ),
+        (
+            "interval",
+            "; columns.temperature is text, and a `type` is one of bigint, boolean, date,",
+        ),
+    ],
+)
+async def test_a_column_left_text_for_a_typed_table_column_says_to_give_a_type(
+    postgres: Any, table: str, ddl: str, fix: str
+) -> None:
+    # A `type` left out (text) for an integer column: the sink stopped with "fix the
+    # table", which was not the table's fault.
+    postgres.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, temperature {ddl})')
+    sink = make_sink(postgres.dsn, table=table, columns={"temperature": "field.t"})
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await sink.connect()
+    finally:
+        await sink.close()
+    assert fix in str(caught.value)
 
 
 async def test_a_not_null_column_the_sink_does_not_write_is_a_permanent_error(
