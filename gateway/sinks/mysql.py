@@ -55,7 +55,8 @@ timestamptz or date value may be written as RFC 3339 / ISO 8601
 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
 it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
 itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
-`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case. A column of
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case, or the number
+1 or 0 (another number, 2 or 0.5, is refused, as PostgreSQL does). A column of
 the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
 fraction (21.5), which MySQL would round even in strict mode. A row whose
 value does not fit its column is refused alone. A number goes as written, every
@@ -435,6 +436,24 @@ def _boolean(value: Any) -> Any:
     return _as_is(value)
 
 
+def _flag(value: Any) -> Any:
+    """A boolean for a column of `type: boolean` that holds integers (BOOLEAN is a TINYINT):
+    true and false, the texts `_boolean` reads, and the numbers 1 and 0 (1.0 too) as 1 or
+    0; anything else as a text the column refuses, naming the value, as PostgreSQL
+    refuses it. MySQL stored 2 there, 0.5 rounded to 1, and -7 as it is."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if kind is str:
+        flag = _BOOLEANS.get(value.strip().lower())
+        if flag is not None:
+            return flag
+    if (kind is int or kind is float or kind is decimal.Decimal) and value in (0, 1):
+        return int(value)
+    text = value if kind is str else _json(value)
+    return f"not a boolean: {text}"
+
+
 def _iso(value: str) -> dt.datetime | None:
     """An RFC 3339 / ISO 8601 text as a datetime, or None when it is not one."""
     try:
@@ -535,8 +554,8 @@ def _getter(
     if source == "raw":
         return lambda ff, text, doc: ff.content if text is None else None
     convert = _converter(column.type)
-    if whole and column.type != "BOOLEAN":
-        convert = _whole(convert)
+    if whole:
+        convert = _flag if column.type == "BOOLEAN" else _whole(convert)
     if source.startswith("topic."):
         n = int(source[6:])
         if whole:

@@ -548,11 +548,17 @@ async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
     values = {"true": 1, " Yes": 1, "ON": 1, "t": 1, "1": 1, "false": 0, "No": 0, "off": 0}
     batch = [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in values]
     batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (True, False)]
-    wrong = FlowFile.create("s/b", b'{"ok": "maybe"}')
-    rejected = await sink.write([*batch, wrong])
-    assert [r.flowfile.id for r in rejected] == [wrong.id]
+    batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (1, 0, 1.0)]
+    # MariaDB stored 2 and -7 in its TINYINT as they are, and rounded 0.5 to 1
+    wrong = [
+        FlowFile.create("s/b", json.dumps({"ok": v}).encode())
+        for v in ("maybe", 2, 0.5, -7, "2", [1])
+    ]
+    rejected = await sink.write([*batch, *wrong])
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in wrong]
+    assert "Incorrect integer value: 'not a boolean: 2' for column" in rejected[1].reason
     rows = dict(mariadb.fetch(f"SELECT id, ok FROM `{table}`"))
-    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0]
+    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0, 1, 0, 1]
 
 
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
