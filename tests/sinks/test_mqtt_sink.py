@@ -707,6 +707,13 @@ def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> Non
     assert any(message in p for p in problems), problems
 
 
+def test_a_nul_in_the_topic_is_said_once_and_not_called_a_wildcard() -> None:
+    assert config_problems(url="mqtt://b", topic="a\x00b/{topic}")[1] == [
+        "sinks.central.topic: 'a\\x00b/{topic}' holds U+0000, a control character or Unicode"
+        " non-character that MQTT brokers refuse"
+    ]
+
+
 def test_the_timeouts_bound_is_in_the_reference() -> None:
     # checked in check() alone, the bound was missing from docs/reference/sink-mqtt.md
     rows = {k.path: k for k in reference.keys(MqttSinkConfig)}
