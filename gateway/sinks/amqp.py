@@ -45,7 +45,8 @@ At connect the sink declares the exchange (`declare: true`, the default: type
 With `queue` set it also declares that durable queue and binds it to the
 exchange with `binding_key`, so that messages are kept even before any
 consumer came. `exchange: ""` is the broker's default exchange, which routes
-a message to the queue named by its routing key (and takes no binding).
+a message to the queue named by its routing key (and takes no binding): with
+`queue` there, `routing_key` is that queue's name.
 
 A broker that refuses the sink when it starts (user or password, no access to
 the virtual host, a missing permission to declare, an exchange that exists with
@@ -301,6 +302,13 @@ class AmqpSinkConfig(SinkConfig):
                     'the default exchange (exchange: "") takes no binding: it routes to the'
                     " queue named by the routing key",
                 )
+        if default_exchange and self.queue and self.routing_key not in (None, self.queue):
+            # every message came back unroutable, to the dead letters, the queue left empty
+            yield (
+                "routing_key",
+                f'the default exchange (exchange: "") routes a message to the queue its'
+                f" routing key names: set routing_key: {self.queue} for queue {self.queue}",
+            )
         if default_exchange:
             unused = 'the default exchange (exchange: "") is never declared'
         elif self.declare is False:

@@ -108,7 +108,7 @@ def test_amq_exchanges_may_be_used_without_declaring() -> None:
             "sinks.fleet.binding_key: binding_key applies only with queue (which it binds)",
         ),
         (
-            {"exchange": "", "queue": "q", "binding_key": "plant.#"},
+            {"exchange": "", "queue": "q", "routing_key": "q", "binding_key": "plant.#"},
             'sinks.fleet.binding_key: the default exchange (exchange: "") takes no binding: it'
             " routes to the queue named by the routing key",
         ),
@@ -121,6 +121,11 @@ def test_amq_exchanges_may_be_used_without_declaring() -> None:
             {"declare": False, "durable": False},
             "sinks.fleet.durable: durable is for declaring the exchange; with declare: false"
             " the exchange is only checked to exist",
+        ),
+        (
+            {"exchange": "", "queue": "readings"},
+            'sinks.fleet.routing_key: the default exchange (exchange: "") routes a message to'
+            " the queue its routing key names: set routing_key: readings for queue readings",
         ),
         (
             {"exchange": "", "exchange_type": "direct"},
