@@ -110,7 +110,8 @@ def plan_columns(
         key = f"columns.{name}"
         problems += [(key, message) for message in dialect.check_name(name)]
         if dialect.fold_case:
-            if name != "id" and name.lower() in seen:
+            # 'ID' is the id column (said below), not a second one
+            if name.lower() != "id" and name.lower() in seen:
                 problems.append(
                     (key, f"{name!r} is there twice ({dialect.name} names ignore case)")
                 )

@@ -975,6 +975,13 @@ def test_config_problems_are_reported(keys: dict[str, Any], message: str) -> Non
     assert not any("s3cret" in p for p in problems)
 
 
+def test_an_id_column_in_capitals_is_one_problem_not_a_second_column() -> None:
+    # it was said twice: 'ID' is there twice, then 'id' is always the FlowFile id
+    assert config_problems(dsn="mysql://gw:pw@db/t", columns={"ID": "topic"})[1] == [
+        "sinks.db.columns.ID: 'id' is always the FlowFile id; name this column otherwise"
+    ]
+
+
 def test_create_statement_quotes_names_and_types() -> None:
     sink = make_sink(
         "mysql://gw:pw@db/t",
