@@ -85,7 +85,9 @@ Keys
   create_table: true       create the table when it does not exist (default true)
   columns: null            your own columns, see above (default: the table above)
   id_type: char            the id column: char (CHAR(36), readable) or binary
-                           (BINARY(16), a smaller index) (default char)
+                           (BINARY(16), a smaller index) (default char); an
+                           existing table's id column must be of that kind (text
+                           or bytes), else the sink stops with one line
   ca_file: null            connect with TLS, verifying the server against this CA
                            bundle (default: no TLS); a server that does not offer
                            TLS, or a file that cannot be read or holds no
@@ -529,6 +531,9 @@ class _TableColumn(NamedTuple):
     extra: str  # auto_increment, stored generated ... (lowercase)
 
 
+# The column types of an id written as text (id_type: char) and as bytes (binary).
+_TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext"})
+_BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 # MySQL's integer types (as information_schema.columns names them); BOOLEAN is tinyint.
 _INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
 
@@ -861,6 +866,7 @@ class MysqlSink(Sink):
                 unique_id = await self._unique_id()
                 table = await self._table_columns()
                 unfilled = self._unfilled(table)
+                id_problem = self._id_type_problem(table)
                 whole = frozenset(c.name.lower() for c in table if c.type in _INTEGER_TYPES)
                 nullable_id = [c.nullable for c in table if c.name.lower() == "id"] != [False]
                 self._on_duplicate = _ON_DUPLICATE_NULLABLE if nullable_id else _ON_DUPLICATE
@@ -897,6 +903,9 @@ class MysqlSink(Sink):
                 " alone, so a batch written again would be stored twice; add one"
                 " (ALTER TABLE ... ADD PRIMARY KEY (id)) or point `table` at a new table"
             )
+        if id_problem:
+            self._drop()
+            raise permanent(f"table {config.table} on {dsn!r}: {id_problem}")
         if unfilled:
             self._drop()
             raise permanent(
@@ -932,6 +941,25 @@ class MysqlSink(Sink):
             _TableColumn(name, data_type.lower(), nullable == "YES", default, (extra or "").lower())
             for name, data_type, nullable, default, extra in rows
         ]
+
+    def _id_type_problem(self, table: list[_TableColumn]) -> str | None:
+        """Why the table's id column cannot take the ids as `id_type` writes them, or None:
+        a table made with the other id_type. Binary ids went into a CHAR(36) column as
+        16 bytes of text, delivered but unreadable, and text ids into a BINARY(16) one
+        were each refused as too long, every row to the dead letters."""
+        kind = next((c.type for c in table if c.name.lower() == "id"), None)
+        binary = self.config.id_type == "binary"
+        if kind in _TEXT_TYPES and binary:
+            return (
+                f"its id column is {kind.upper()}, text, and id_type: binary writes 16 bytes:"
+                " set id_type: char, or point `table` at a new one"
+            )
+        if kind in _BINARY_TYPES and not binary:
+            return (
+                f"its id column is {kind.upper()}, bytes, and id_type: char writes the id as"
+                " 36 characters: set id_type: binary, or point `table` at a new one"
+            )
+        return None
 
     async def _exists(self) -> bool:
         """Whether the table exists (and the user may see it)."""

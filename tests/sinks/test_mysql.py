@@ -653,6 +653,41 @@ async def test_binary_ids_and_redelivery(mariadb: Any, table: str, sink_for: Any
     ) == [("binary(16)",)]
 
 
+@pytest.mark.parametrize(
+    ("made", "then", "message"),
+    [
+        (
+            "char",
+            "binary",
+            "its id column is CHAR, text, and id_type: binary writes 16 bytes: set id_type:"
+            " char, or point `table` at a new one",
+        ),
+        (
+            "binary",
+            "char",
+            "its id column is BINARY, bytes, and id_type: char writes the id as 36 characters:"
+            " set id_type: binary, or point `table` at a new one",
+        ),
+    ],
+)
+async def test_an_id_type_other_than_the_tables_stops_the_sink(
+    mariadb: Any, table: str, sink_for: Any, made: str, then: str, message: str
+) -> None:
+    # id_type changed on a table made with the other one: binary ids went into CHAR(36) as
+    # 16 bytes of text (delivered, unreadable); text ids into BINARY(16) were each refused
+    # as too long, every FlowFile to the dead letters.
+    first = await sink_for(table=table, id_type=made)
+    assert await first.write([FlowFile.create("s", b"{}")]) == []
+    sink = make_sink(mariadb.dsn, table=table, id_type=then)
+    try:
+        with pytest.raises(PermanentError) as raised:
+            await sink.connect()
+    finally:
+        await sink.close()
+    assert str(raised.value).endswith(message)
+    assert len(mariadb.fetch(f"SELECT id FROM `{table}`")) == 1
+
+
 async def test_values_are_bound_as_parameters_never_written_into_the_sql(
     mariadb: Any, table: str, sink_for: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
