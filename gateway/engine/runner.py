@@ -506,6 +506,7 @@ class SinkRunner:
         # be written: until then "running" says nothing of its upstream (a webhook's
         # connect sends nothing; see SinkStatus.first_try).
         self._tried = False
+        self._lingering: asyncio.Future[None] | None = None  # the linger after a wake
 
     def update(self, config: SinkConfig) -> None:
         """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
@@ -513,10 +514,15 @@ class SinkRunner:
         wait for the next try to their `max`. Other changes (a batch size) keep the
         backoff where it is: they are no reason to retry a dead upstream faster."""
         changed = config.retry != self.config.retry
+        shorter = config.batch.linger < self.config.batch.linger
         self.config = config
         if changed:
             self.backoff = Backoff(config.retry.initial, config.retry.max)
             self._retry_changed.set()
+        if shorter and self._lingering is not None:
+            # a linger of the old length (1h) held what came in until then: it goes now,
+            # and the next wake lingers for the new time, as buffer.batch_linger does
+            self._lingering.cancel()
 
     def status(self) -> SinkStatus:
         return SinkStatus(
@@ -602,7 +608,7 @@ class SinkRunner:
                         # stop and each reload that restarted the sink
                         self.resting = True
                         try:
-                            await clock.sleep(linger)
+                            await self._linger(linger)
                         finally:
                             self.resting = False
                     continue
@@ -665,6 +671,17 @@ class SinkRunner:
                 self._count_error("retryable" if retryable else "store")
                 told = err.after if isinstance(err, RetryLater) else 0.0
                 await self._retry(str(err) if retryable else f"store: {err}", told)
+
+    async def _linger(self, linger: float) -> None:
+        """Sleep `linger` on the clock unless `update` takes a shorter one meanwhile."""
+        self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
+        try:
+            await asyncio.wait((lingering,))
+        finally:
+            self._lingering = None
+            lingering.cancel()
+        if not lingering.cancelled():
+            lingering.result()  # the clock's own error, if it raised one
 
     async def _pace(self, count: int, started: float) -> None:
         """Wait out what `rate_limit` asks after a write of `count` FlowFiles begun at

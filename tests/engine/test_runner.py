@@ -182,6 +182,38 @@ async def test_a_lingering_sink_is_stopped_at_once(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_reload_with_a_shorter_linger_ends_the_linger_under_way(tmp_path: Path) -> None:
+    """batch.linger is taken in place by a reload: a linger of the old length (1h) under
+    way held what came in until its end, the new 0s notwithstanding."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    config = SinkConfig(type="test", batch=BatchSettings(linger=3600.0))
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = 2
+    held = Held()
+    runner = SinkRunner("out", sink, config, store, clock=held)
+    task = asyncio.ensure_future(runner.run())
+    await runner.idle.wait()
+    rows = [(FlowFile.create("t/1", b"x"), store.bit("out")) for _ in range(2)]
+    await store.commit(Batch(rows, [], {}, []))
+    runner.wake.set()
+    async with asyncio.timeout(5):
+        await held.sleeping.wait()
+    assert held.asked == [3600.0]
+    runner.update(SinkConfig(type="test", batch=BatchSettings(linger=7200.0)))  # longer
+    lingering = runner._lingering
+    assert lingering is not None and not lingering.cancelled(), "a longer one cuts nothing"
+    runner.update(SinkConfig(type="test", batch=BatchSettings(linger=0.0)))
+    async with asyncio.timeout(5):
+        await sink.all_there.wait()
+    assert sink.batches == [[1, 1]]
+    runner.stopping = True
+    runner.wake.set()
+    async with asyncio.timeout(5):
+        await task
+    await store.close()
+
+
 class Held(Clock):
     """A clock whose sleeps last until cancelled; `asked` records them."""
 
