@@ -16,7 +16,11 @@ name; `{{` and `}}` are literal braces. In batch mode the FlowFiles of a batch t
 resolve to different URLs go in one request per URL. A request body is at most
 `max_body` bytes: a batch whose envelopes are larger goes in several requests; a
 single FlowFile larger than that is dead-lettered, and so is one whose topic, put
-in the URL, is not valid Unicode text (a lone surrogate).
+in the URL, is not valid Unicode text (a lone surrogate). In the host, only
+`{topic.N}` may stand (`http://dev-{topic.1}.plant.lan/in`; not at its start), and a
+FlowFile whose level makes no host name there (a space or a character outside
+letters, digits, `-` and `_`, or a label over 63) is dead-lettered; a placeholder in
+the port or before an `@` is refused.
 
 Order: a request's array holds its FlowFiles in the order they were stored. The requests
 of one batch (one per URL and more where `max_body` cuts it, or one per FlowFile in each
@@ -178,6 +182,32 @@ def compile_template(template: str) -> list[str | tuple[str, int | None]]:
                 )
     parts.append(template[at:])
     return [p for p in parts if p != ""]
+
+
+# A placeholder's place in the url text, for finding which part of the url it is in.
+_MARK = "\ue000"
+
+
+def authority_fields(parts: list[str | tuple[str, int | None]]) -> tuple[str, str, str]:
+    """The url's user info, host and port (after its last ':'), placeholders written
+    `_MARK` and {topic} (whole) as `_MARK * 2`."""
+    text = "".join(
+        p if isinstance(p, str) else _MARK * (2 if p == ("topic", None) else 1) for p in parts
+    )
+    rest = text.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    user, _, hostport = authority.rpartition("@")
+    host, port = hostport, ""
+    if not hostport.startswith("[") and ":" in hostport:
+        host, _, port = hostport.rpartition(":")
+    return user, host, port
+
+
+# What a host name made from a topic level may be: dot-separated labels of letters,
+# digits, - and _, each 1 to 63 long (253 in all). A level holding anything else comes
+# percent-encoded, which no host name holds, and a longer label failed the request
+# with a UnicodeError out of the sink (the idna codec), the batch crashed on for ever.
+_HOST = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
 def _level(level: str) -> str:
@@ -343,6 +373,19 @@ class HttpSinkConfig(SinkConfig):
             else:
                 head = parts[0] if parts and isinstance(parts[0], str) else ""
                 yield from self._check_head(head)
+                user, host, port = authority_fields(parts)
+                if _MARK in user:
+                    yield "url", "put credentials in username and password, not in the url"
+                if _MARK in port:
+                    # the request failed with a ValueError out of the sink, for ever
+                    yield "url", "the port must be written out (no placeholder in it)"
+                if _MARK * 2 in host:
+                    # its levels are joined by /, which ends the host: the rest went to
+                    # the path (http://x{topic}/in sent a/b to http://xa/b/in)
+                    yield (
+                        "url",
+                        "{topic} cannot be in the host (its levels go with /): use {topic.N}",
+                    )
                 written = "".join(part for part in parts if isinstance(part, str))
                 if bad := _UNSENT.search(written):
                     # The url goes as written (the topic's levels percent-encoded into it):
@@ -405,6 +448,12 @@ class HttpSink(Sink):
             else:
                 self._parts.append(part[1])
         self._static = len(self._parts) == 1 and isinstance(self._parts[0], str)
+        self._host_from_topic = (
+            _MARK
+            in authority_fields(
+                [p if isinstance(p, str) or p[0] == "topic" else "x" for p in parts]
+            )[1]
+        )
         headers = {"User-Agent": "edge-stream", **config.headers}
         if config.bearer_token is not None:
             headers["Authorization"] = f"Bearer {config.bearer_token}"
@@ -549,12 +598,21 @@ class HttpSink(Sink):
 
     def _url_or_refuse(self, ff: FlowFile, refused: list[Rejected]) -> str | None:
         """The FlowFile's URL, or None with it refused: a lone surrogate in a topic level
-        the URL holds cannot be percent-encoded (it failed the batch at every try)."""
+        the URL holds cannot be percent-encoded (it failed the batch at every try), and
+        a level in the host must make a host name (see _HOST)."""
         try:
-            return self.url_of(ff.topic)
+            url = self.url_of(ff.topic)
         except UnicodeEncodeError:
             refused.append(Rejected(ff, "http: its topic is not valid Unicode text"))
             return None
+        if self._host_from_topic:
+            host = urlsplit(url).hostname or ""
+            if not _HOST.fullmatch(host):
+                refused.append(
+                    Rejected(ff, f"http: its topic makes no host name in the url ({host!r})")
+                )
+                return None
+        return url
 
     @staticmethod
     def _array(

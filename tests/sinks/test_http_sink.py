@@ -248,6 +248,38 @@ async def test_a_topic_that_is_no_text_is_refused_alone(
     assert [e["id"] for e in envelopes(http_receiver)] == [batch[0].id, after.id]
 
 
+@pytest.mark.parametrize("mode", ["batch", "each"])
+async def test_a_topic_level_that_makes_no_host_name_is_refused_alone(
+    sink_for: Any, http_receiver: servers.HttpReceiver, mode: str
+) -> None:
+    # A level of 64 characters or more raised UnicodeError (idna) out of write(): the sink
+    # crashed on that batch for ever. One with a space went as dev-a%20b..., never to resolve.
+    port = http_receiver.url.rsplit(":", 1)[1]
+    sink = await sink_for(url=f"http://d{{topic.0}}.localhost:{port}/in", mode=mode)
+    long, spaced = FlowFile.create("x" * 63 + "/t", b"1"), FlowFile.create("a b/t", b"2")
+    rejected = await sink.write([long, spaced])
+    assert [r.flowfile.id for r in rejected] == [long.id, spaced.id]
+    assert rejected[1].reason == (
+        "http: its topic makes no host name in the url ('da%20b.localhost')"
+    )
+
+
+def test_a_placeholder_in_the_port_the_user_or_the_host_as_topic_is_refused() -> None:
+    # the port: a ValueError out of write() for every FlowFile, the sink crashing on it
+    assert config_problems(url="http://h:{topic.1}/x")[1] == [
+        "sinks.hook.url: the port must be written out (no placeholder in it)"
+    ]
+    assert config_problems(url="http://u{topic.1}@h/x")[1] == [
+        "sinks.hook.url: put credentials in username and password, not in the url"
+    ]
+    # {topic}'s / ended the host: a/b went to http://xa/b/in
+    assert config_problems(url="http://x{topic}/in")[1] == [
+        "sinks.hook.url: {topic} cannot be in the host (its levels go with /): use {topic.N}"
+    ]
+    for url in ("http://dev-{topic.1}.example.com:8080/in", "http://h/a:{topic.1}@b?{topic}"):
+        assert config_problems(url=url)[1] == []
+
+
 async def test_each_mode_payload_body_and_basic_auth(
     sink_for: Any, http_receiver: servers.HttpReceiver
 ) -> None:
