@@ -24,10 +24,13 @@ or `header: source` with these sources:
   attributes.KEY                       one attribute
 A missing value is an empty cell. Values are quoted as RFC 4180 says; a line
 break inside a value is written as the two characters `\\n` (or `\\r`), so that a
-line is always one FlowFile. A file whose header is not the configured one (the
-columns changed), or with `format: jsonl` one that does not start with a JSON Lines
-line (a CSV file on the same path), is rotated away when the sink opens it (to
-`<path>.1`; with `keep: 0`, to the first free `<path>.N`, over no other file).
+line is always one FlowFile. A FlowFile with a value UTF-8 cannot write (a lone
+surrogate, `"\\ud800"`, in its topic, an attribute or a JSON field) goes to the
+dead-letter table; the rest of its batch is written. A file whose header is not
+the configured one (the columns changed), or with `format: jsonl` one that does
+not start with a JSON Lines line (a CSV file on the same path), is rotated away
+when the sink opens it (to `<path>.1`; with `keep: 0`, to the first free
+`<path>.N`, over no other file).
 
 Delivery is effectively once: a batch is written with one append and, with
 `fsync: true`, is on disk before the sink reports it delivered. If the
@@ -341,8 +344,7 @@ class FileSink(Sink):
         async with self._lock:
             # Encoding, write and fsync run in a worker thread: fsync on an SD card
             # can take tens of milliseconds, which must not stall the event loop.
-            await asyncio.to_thread(self._write, batch)
-        return []
+            return await asyncio.to_thread(self._write, batch)
 
     async def close(self) -> None:
         async with self._lock:
@@ -466,26 +468,32 @@ class FileSink(Sink):
             f.truncate(end)
         return end
 
-    def _write(self, batch: list[FlowFile]) -> None:
+    def _write(self, batch: list[FlowFile]) -> list[Rejected]:
         if self._file is None:
             self._open()
         recent = self._recent
         if recent is not None:
-            skip = 0
-            while skip < len(batch) and batch[skip].id in recent:
-                skip += 1
-            if skip:
+            # Each one, not only the batch's first ones: a FlowFile the batch's first try
+            # refused (a dead letter, see _lines) is not in the file, the ones after it are.
+            left = [ff for ff in batch if ff.id not in recent]
+            if len(left) < len(batch):
                 self.ctx.log.info(
                     "left out %d FlowFiles already at the end of %s (written before a restart)",
-                    skip,
+                    len(batch) - len(left),
                     self.path,
                 )
-                batch = batch[skip:]
+                batch = left
             if batch:
                 self._recent = None
             if not batch:
-                return
-        data = self._lines(batch) if self.csv else b"".join([self._line(ff) for ff in batch])
+                return []
+        refused: list[Rejected] = []
+        if self.csv:
+            data, refused = self._lines(batch)
+        else:
+            data = b"".join([self._line(ff) for ff in batch])
+        if not data:
+            return refused
         limit = self.config.rotate_bytes
         written = self._size > len(self._header)
         if (written and limit and self._size + len(data) > limit) or (
@@ -506,6 +514,7 @@ class FileSink(Sink):
             self._undo(before)
             raise RetryableError(f"cannot write to {self.path}: {err.strerror or err}") from err
         self._size = before + len(data)
+        return refused
 
     def _undo(self, size: int) -> None:
         """After a failed write (disk full), cut the partial batch so a retry starts clean."""
@@ -662,7 +671,8 @@ class FileSink(Sink):
         path = tuple(source.removeprefix("field.").split("."))
         return lambda _ff, _levels, value: dig(value, path)
 
-    def _lines(self, batch: list[FlowFile]) -> bytes:
+    def _lines(self, batch: list[FlowFile]) -> tuple[bytes, list[Rejected]]:
+        """The CSV lines of `batch`, and the FlowFiles refused (see below)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         cells = self._cells
@@ -675,7 +685,25 @@ class FileSink(Sink):
                     value = None
             levels = ff.topic.split("/") if self._needs_levels else []
             writer.writerow([_cell(get(ff, levels, value)) for get in cells])
-        return out.getvalue().encode()
+        text = out.getvalue()
+        try:
+            return text.encode(), []
+        except UnicodeEncodeError:
+            pass
+        # A lone surrogate (a topic, an attribute or a JSON field "\ud800") has no UTF-8:
+        # that row goes to the dead letters (it raised out of write, the sink crashing on
+        # the batch for ever); the rows are one line each (line breaks are escaped).
+        rows: list[bytes] = []
+        refused: list[Rejected] = []
+        # (not splitlines: it breaks at U+2028, \x0c and others that a value keeps)
+        for ff, line in zip(batch, text.split("\n")[:-1], strict=True):
+            try:
+                rows.append(line.encode() + b"\n")
+            except UnicodeEncodeError:
+                refused.append(
+                    Rejected(ff, "file: a value is not valid Unicode text (a lone surrogate)")
+                )
+        return b"".join(rows), refused
 
 
 _JSONL_ID = re.compile(rb'\{"id":"([^"\\]+)"')

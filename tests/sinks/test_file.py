@@ -727,3 +727,30 @@ def test_csv_keys_are_checked() -> None:
         problems = Problems()
         build_dataclass(entry.config, {"type": "file", "path": path}, ("sinks", "t"), problems)
         assert [m for _p, m in problems.items] == [message]
+
+
+async def test_a_csv_value_with_no_utf8_is_a_dead_letter_and_the_rest_written(
+    tmp_path: Path,
+) -> None:
+    # A lone surrogate (a topic, or a JSON field "\ud800") raised UnicodeEncodeError out of
+    # write: the sink crashed on that batch for ever, the FlowFiles behind it waiting.
+    columns = ["id", {"device": "topic.1"}, {"note": "field.note"}]
+    path = tmp_path / "t.csv"
+    sink = make_sink(tmp_path, path=str(path), format="csv", columns=columns)
+    good = [flowfile(b'{"note": "a\\u2028b\\fc"}'), flowfile(b"{}", topic="s/b")]
+    bad = [flowfile(b"{}", topic="s/\udc80"), flowfile(b'{"note": "\\ud800"}')]
+    batch = [good[0], bad[0], bad[1], good[1]]
+    rejected = await sink.write(batch)
+    await sink.close()
+    assert [r.flowfile.id for r in rejected] == [ff.id for ff in bad]
+    assert rejected[0].reason == "file: a value is not valid Unicode text (a lone surrogate)"
+    rows = list(csv.reader(path.read_text().split("\n")[:-1]))
+    assert [row[0] for row in rows] == ["id", good[0].id, good[1].id]
+    # the batch again after a restart, with one more: the ones after the refused ones are
+    # in the file already and left out (only the first ones were), nothing written twice
+    again = make_sink(tmp_path, path=str(path), format="csv", columns=columns)
+    more = flowfile(b"{}", topic="s/c")
+    assert [r.flowfile.id for r in await again.write([*batch, more])] == [ff.id for ff in bad]
+    await again.close()
+    rows = list(csv.reader(path.read_text().split("\n")[:-1]))
+    assert [row[0] for row in rows] == ["id", good[0].id, good[1].id, more.id]
