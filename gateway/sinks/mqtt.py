@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -521,6 +522,16 @@ class MqttSink(Sink):
                     properties = user_properties([("id", ff.id), *ff.attributes.items()])
                 except UnicodeEncodeError:
                     rejected.append(Rejected(ff, "mqtt: an attribute is not valid Unicode text"))
+                    continue
+                except struct.error:  # a length past the 2 bytes MQTT gives it
+                    # (it raised out of write: the sink crashed on that batch for ever)
+                    rejected.append(
+                        Rejected(
+                            ff,
+                            "mqtt: an attribute (a user property) is longer than 65535"
+                            " bytes, the most MQTT takes",
+                        )
+                    )
                     continue
                 if ff.attributes and (found := attribute_problem(ff.attributes)):
                     rejected.append(Rejected(ff, f"mqtt: {found}"))

@@ -504,6 +504,31 @@ async def test_characters_a_broker_refuses_are_dead_lettered_alone(
     assert [t for t, _, _ in received] == [f"{ns}/ok/1", f"{ns}/ok/\u00e9\U0001f600"]
 
 
+async def test_an_attribute_too_long_for_a_user_property_is_dead_lettered_alone(
+    mosquitto: servers.Mosquitto, ns: str, collect: Any
+) -> None:
+    # A user property's key and value each have a 2-byte length: a longer one raised
+    # struct.error out of write, and the sink crashed on that batch for ever.
+    collector = collect(mosquitto, ns)
+    sink = make_sink(mosquitto.url, topic=f"{ns}/{{topic}}", user_properties=True)
+    await sink.connect()
+    batch = [
+        FlowFile.create("long/key", b"1", {"k" * 65536: "v"}),
+        FlowFile.create("long/value", b"2", {"k": "v" * 65536}),
+        FlowFile.create("ok/1", b"3", {"k": "v" * 65535}),
+    ]
+    try:
+        rejected = await sink.write(batch)
+    finally:
+        await sink.close()
+    assert [r.flowfile.id for r in rejected] == [batch[0].id, batch[1].id]
+    assert rejected[0].reason == (
+        "mqtt: an attribute (a user property) is longer than 65535 bytes, the most MQTT takes"
+    )
+    received = await collector.settled(at_least=1)
+    assert [t for t, _, _ in received] == [f"{ns}/ok/1"]
+
+
 async def test_a_broker_that_takes_qos_0_only_is_a_refusal(
     mosquitto_factory: Callable[..., servers.Mosquitto],
 ) -> None:
