@@ -37,8 +37,9 @@ without `mandatory`. An exchange with an alternate exchange routes such
 messages there instead, and nothing comes back. A routing key longer than 255
 bytes, content larger than 128 MiB (RabbitMQ's largest message), or attributes
 (MQTT user properties, say) too large for the one frame AMQP gives a message's
-headers (128 KiB with RabbitMQ's default `frame_max`) or that are not valid Unicode
-text (a lone surrogate) go to the dead-letter table.
+headers (128 KiB with RabbitMQ's default `frame_max`), with a name longer than 128
+bytes (the most a header name takes here) or that are not valid Unicode text (a lone
+surrogate) go to the dead-letter table.
 
 At connect the sink declares the exchange (`declare: true`, the default: type
 `exchange_type`, `durable`), or with `declare: false` checks that it exists.
@@ -826,7 +827,21 @@ def _message_problem(key: str, ff: FlowFile) -> str | None:
         return f"the routing key is {key_bytes} bytes long, longer than AMQP's 255"
     if len(ff.content) > MAX_BODY_BYTES:
         return f"{len(ff.content)} bytes is larger than RabbitMQ's largest message (128 MiB)"
+    for name in ff.attributes:
+        # pamqp cut a longer header name to 128 bytes without a word (two names alike in
+        # their first 128 bytes became one, a value lost); 4 bytes a character at most
+        if len(name) > MAX_HEADER_NAME // 4 and len(name.encode(errors="replace")) > (
+            MAX_HEADER_NAME
+        ):
+            return (
+                f"the attribute {name[:40]!r}... has a name longer than {MAX_HEADER_NAME}"
+                " bytes, the most an AMQP header name takes here"
+            )
     return None
+
+
+# The longest header name pamqp (the AMQP client's codec) sends: it cuts a longer one.
+MAX_HEADER_NAME = 128
 
 
 def _header_problem(ff: FlowFile, props: spec.Basic.Properties, limit: int) -> str | None:

@@ -214,6 +214,24 @@ async def test_an_attribute_that_is_no_text_is_refused_alone(
     assert [m for m, _ in rabbitmq.messages(ns)] == [before.id, after.id, last.id]
 
 
+async def test_an_attribute_name_longer_than_a_header_name_is_refused_alone(
+    rabbitmq: Any, ns: str, sink_for: Any
+) -> None:
+    # pamqp cut it to 128 bytes with a WARNING holding the whole name: two names alike in
+    # their first 128 bytes became one header, the first value lost.
+    sink = await sink_for()
+    cut = FlowFile.create("plant/a", b"1", {"k" * 129: "v", "k" * 130: "w"})
+    whole = FlowFile.create("plant/b", b"2", {"\u00e9" * 64: "v"})  # 128 bytes
+    rejected = await sink.write([cut, whole])
+    assert [r.flowfile.id for r in rejected] == [cut.id]
+    assert rejected[0].reason == (
+        f"amqp: the attribute {'k' * 40!r}... has a name longer than 128 bytes, the most an"
+        " AMQP header name takes here"
+    )
+    (message,) = await messages(rabbitmq, ns)
+    assert message.message_id == whole.id and message.headers["\u00e9" * 64] == "v"
+
+
 async def test_unroutable_drop_counts_and_delivers_the_rest(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:
