@@ -87,8 +87,10 @@ Keys
     storage: file                    file or memory
     max_bytes: null                  the stream's size limit (default: none)
     max_age: null                    the oldest message kept (default: no limit)
-    max_msg_size: null               the largest message taken (default: the server's)
-    duplicate_window: 2m             how long a Nats-Msg-Id is remembered
+    max_msg_size: null               the largest message taken (default: the server's;
+                                     at most 2GiB - 1 byte)
+    duplicate_window: 2m             how long a Nats-Msg-Id is remembered; at most
+                                     max_age (JetStream refuses a longer one)
   max_in_flight: 1000                messages awaiting their acknowledgement
   max_in_flight_bytes: 8MiB          their bytes
   connect_timeout: 10s
@@ -124,6 +126,7 @@ from nats.js import errors as js_errors
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.config.tls import load_client_cert
+from gateway.config.units import duration_text
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
@@ -354,6 +357,9 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
 # --- the sink -------------------------------------------------------------------------------
 
 
+_MAX_MSG_SIZE = 2**31 - 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class StreamSettings:
     """`create_stream`: the JetStream stream the sink creates at connect, or checks."""
@@ -381,7 +387,10 @@ class StreamSettings:
     ] = None
     duplicate_window: Annotated[
         Duration,
-        Doc("How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again."),
+        Doc(
+            "How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again; at"
+            " most `max_age`."
+        ),
         Range(1, message="must be at least 1s"),
     ] = 120.0
 
@@ -392,6 +401,21 @@ class StreamSettings:
             problem = _subject_problem(subject, wildcards=True)
             if problem:
                 yield "subjects", f"{subject!r}: {problem}"
+        if (
+            self.max_age is not None
+            and self.duplicate_window is not None
+            and 0 < self.max_age < self.duplicate_window
+        ):
+            # JetStream refuses such a stream: its creation was retried for ever
+            yield (
+                "duplicate_window",
+                f"{duration_text(self.duplicate_window)} is longer than max_age"
+                f" ({duration_text(self.max_age)}), which JetStream refuses: set"
+                f" duplicate_window: {duration_text(self.max_age)} or less (2m by default)",
+            )
+        if self.max_msg_size is not None and self.max_msg_size > _MAX_MSG_SIZE:
+            # JetStream takes a 32-bit number: it answered "invalid JSON"
+            yield "max_msg_size", "must be at most 2GiB - 1 byte (JetStream's 32-bit limit)"
 
 
 @dataclass(frozen=True, kw_only=True)

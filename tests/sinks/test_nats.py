@@ -427,6 +427,28 @@ async def test_a_missing_tls_file_is_named() -> None:
         await sink.connect()
 
 
+def test_a_stream_jetstream_refuses_is_refused_when_the_config_loads() -> None:
+    # max_age under the default window: JetStream refused the stream ("duplicates window
+    # can not be larger then max age") and its creation was retried for ever; 2GiB said
+    # "invalid JSON"
+    found = config_problems(
+        servers=["nats://127.0.0.1:4222"], create_stream={"name": "A", "max_age": "30s"}
+    )[1]
+    assert found == [
+        "sinks.fleet.create_stream.duplicate_window: 2m is longer than max_age (30s), which"
+        " JetStream refuses: set duplicate_window: 30s or less (2m by default)"
+    ]
+    found = config_problems(
+        servers=["nats://127.0.0.1:4222"], create_stream={"name": "A", "max_msg_size": "2GiB"}
+    )[1]
+    assert found == [
+        "sinks.fleet.create_stream.max_msg_size: must be at most 2GiB - 1 byte (JetStream's"
+        " 32-bit limit)"
+    ]
+    stream = {"name": "A", "max_age": "30s", "duplicate_window": "30s"}
+    assert config_problems(servers=["nats://127.0.0.1:4222"], create_stream=stream)[1] == []
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
