@@ -606,6 +606,10 @@ class AmqpSink(Sink):
                 refusal = _REFUSALS.get((cause.scope, cause.code))
                 if refusal is None:
                     return None  # the broker shutting down (320), an error of its own ...
+                if cause.scope == "channel" and " queue '" in cause.text:
+                    # about `queue`, which is declared whatever `declare` says: the
+                    # exchange's hint sent the user to keys that changed nothing
+                    refusal = _QUEUE_REFUSALS.get(cause.code, refusal)
                 if cause.code == 530:
                     refusal = refusal.format(vhost=vhost_of(self._url.raw_path))
                 return f"{_reason(cause)} ({refusal})"
@@ -810,6 +814,19 @@ _REFUSALS = {
     ("channel", 406): (
         "it exists with other settings: match exchange_type and durable to it, or set"
         " declare: false"
+    ),
+}
+
+
+# The same refusals about the queue that `queue` names.
+_QUEUE_REFUSALS = {
+    403: (
+        "grant the user the configure permission on the queue, or leave `queue` out and"
+        " bind the queue on the broker yourself"
+    ),
+    406: (
+        "the queue exists with other settings (the sink declares it durable, with no"
+        " arguments): leave `queue` out and bind it on the broker yourself, or delete it"
     ),
 }
 

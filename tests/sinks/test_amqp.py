@@ -333,6 +333,28 @@ async def test_an_exchange_of_another_type_is_refused_for_good(rabbitmq: Any, ns
     await other.close()
 
 
+async def test_a_queue_of_other_settings_says_what_to_do_about_the_queue(
+    rabbitmq: Any, ns: str
+) -> None:
+    # It said "match exchange_type and durable to it, or set declare: false": neither
+    # touches the queue, which `queue` declares whatever `declare` says.
+    connection = await aio_pika.connect(rabbitmq.url)
+    try:
+        await (await connection.channel()).declare_queue(ns, durable=False)
+    finally:
+        await connection.close()
+    sink = make_sink(rabbitmq.url, exchange=ns, queue=ns)
+    with pytest.raises(PermanentError) as refused:
+        await sink.connect()
+    await sink.close()
+    message = str(refused.value)
+    assert f"inequivalent arg 'durable' for queue '{ns}'" in message
+    assert message.endswith(
+        "(the queue exists with other settings (the sink declares it durable, with no"
+        " arguments): leave `queue` out and bind it on the broker yourself, or delete it)"
+    )
+
+
 async def test_a_refused_password_is_permanent_and_not_shown(rabbitmq: Any, ns: str) -> None:
     secret = "Wr0ng-pa55-@#"
     sink = make_sink(rabbitmq.url, exchange=ns, username="edge", password=secret)
