@@ -9,7 +9,8 @@ dead-letter table only when the id column is NOT NULL, as a primary key is
 session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
-numeric column) is refused instead of being silently cut, rounded or zeroed.
+numeric column) is refused instead of being silently cut, rounded or zeroed;
+so is a row a trigger of yours refuses with SIGNAL SQLSTATE '45000'.
 The batch is then split in halves to find the refused rows: each goes to the
 dead-letter table with the server's message, the rest are delivered.
 A batch larger than the server's `max_allowed_packet` (16 MiB by default on
@@ -666,6 +667,7 @@ ROW_ERRORS = frozenset(
         1406,  # data too long
         1411,  # incorrect value for function
         1452,  # foreign key constraint fails
+        1644,  # a trigger's SIGNAL (SQLSTATE 45000): it held the sink on the batch for ever
         1690,  # value out of range
         3140,  # invalid JSON text (MySQL)
         3819,  # check constraint violated (MySQL)

@@ -7,8 +7,9 @@ splits and converts to the column's type. Every value is bound, none is spliced 
 the SQL; a batch delivered again after a crash or a lost connection adds nothing. A
 row the table refuses (a value that does not fit a typed column, a field holding
 `\\u0000`, which text and jsonb columns cannot hold, a CHECK or NOT NULL constraint
-you added) is found by splitting the batch in halves; it goes to the dead-letter
-table with PostgreSQL's message and the rest of the batch is delivered. A lost
+you added, a trigger of yours that raises an exception) is found by splitting the
+batch in halves; it goes to the dead-letter table with PostgreSQL's message and the
+rest of the batch is delivered. A lost
 connection, a timeout or a server shutting down makes the engine retry the whole
 batch later.
 
@@ -520,12 +521,16 @@ class _Rows:
 
 # What one row's values can cause: data exceptions (22: bad input syntax, out of range,
 # untranslatable characters, asyncpg's own "invalid input for query argument"), integrity
-# violations (23: NOT NULL, CHECK, foreign keys, other unique indexes) and program limits
-# (54: a value too large for an index, JSON nested too deep).
+# violations (23: NOT NULL, CHECK, foreign keys, other unique indexes), program limits
+# (54: a value too large for an index, JSON nested too deep) and a trigger's refusal.
 _ROW_ERRORS = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,
     asyncpg.exceptions.ProgramLimitExceededError,
+    # a trigger of the table's refusing the row: RAISE EXCEPTION (P0001) or ASSERT (P0004)
+    # (retried as no fault of the row's, it held the sink on that batch for ever)
+    asyncpg.exceptions.RaiseError,
+    asyncpg.exceptions.AssertError,
 )
 
 # The connection or the server is not usable right now (TimeoutError is an OSError).

@@ -561,6 +561,25 @@ async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
     assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0, 1, 0, 1]
 
 
+async def test_a_trigger_that_signals_refuses_its_row_alone(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # SIGNAL SQLSTATE '45000' (error 1644) was taken for no fault of the row's: the batch
+    # was retried for ever and the rows behind it never went.
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE)")
+    mariadb.execute(
+        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
+        " IF NEW.t > 100 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'out of range';"
+        " END IF"
+    )
+    sink = await sink_for(table=table, columns={"t": {"from": "field.t", "type": "double"}})
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id]
+    assert "out of range (error 1644)" in rejected[0].reason
+    assert len(ids(mariadb, table)) == 2
+
+
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:

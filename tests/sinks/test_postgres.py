@@ -262,6 +262,30 @@ async def test_a_check_constraint_added_by_the_user_refuses_rows(
     assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2
 
 
+async def test_a_trigger_that_raises_refuses_its_row_alone(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    # RAISE EXCEPTION (P0001) and ASSERT (P0004) were taken for no fault of the row's: the
+    # batch was retried for ever and the rows behind it never went.
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, t double precision);'
+        f' CREATE FUNCTION "{table}_check"() RETURNS trigger AS $$ BEGIN'
+        " IF NEW.t > 100 THEN RAISE EXCEPTION 'temperature % out of range', NEW.t; END IF;"
+        " ASSERT NEW.t > -100, 'below the scale'; RETURN NEW; END $$ LANGUAGE plpgsql;"
+        f' CREATE TRIGGER "{table}_t" BEFORE INSERT ON "{table}" FOR EACH ROW'
+        f' EXECUTE FUNCTION "{table}_check"()'
+    )
+    sink = await sink_for(
+        table=table, columns={"t": {"from": "field.t", "type": "double precision"}}
+    )
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, -200, 30)]
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[1].id, batch[2].id]
+    assert "temperature 150 out of range (SQLSTATE P0001)" in rejected[0].reason
+    assert "below the scale (SQLSTATE P0004)" in rejected[1].reason
+    assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2
+
+
 async def test_duplicate_ids_within_a_batch_are_stored_once(
     postgres: Any, table: str, sink_for: Any
 ) -> None:
