@@ -266,9 +266,10 @@ class Session:
 class Sessions:
     """Login sessions by their cookie value: at most `limit` (the least recently used
     goes first), and at most a quarter of them one user's (that user's least recently
-    used goes first), each ending `idle` seconds after its last request or `lifetime`
-    after the login. Without the share, one account (a viewer) logging in 64 times
-    ended every other user's session."""
+    used goes first), each ending `idle` seconds after its last use (a request, or a
+    document its console's live stream sent: a wall display showing a page is in use)
+    or `lifetime` after the login, used or not. Without the share, one account (a
+    viewer) logging in 64 times ended every other user's session."""
 
     def __init__(
         self,
@@ -310,10 +311,10 @@ class Sessions:
         return session
 
     def seen(self, token: str) -> None:
-        """A request of the session of `token`: its idle time starts again."""
-        session = self._by_token.get(token)
-        if session is not None:
-            session.seen = self._clock()
+        """A use of the session of `token` (a request, a live document sent): its idle
+        time starts again, while it is in its time (an ended one stays ended)."""
+        if self.alive(token):
+            self._by_token[token].seen = self._clock()
             self._by_token.move_to_end(token)
 
     def alive(self, token: str) -> bool:

@@ -16,7 +16,10 @@ GET /favicon.ico the console's icon (static/favicon.svg, also linked by the page
 GET /api/session {"user", "role", "auth": "session"|"basic"|"open", "csrf"?}
 GET /api/status  sources, routes, sinks with state and store depth, dead letters
 GET /api/events  Server-Sent Events: the /api/status document each second it changes,
-                 until the credentials it was opened with end (a logout, a new password)
+                 until the credentials it was opened with end (a logout, a new password,
+                 a session's lifetime); what it sends is a use of its session, whose
+                 idle time starts again (the console holds it open only while shown:
+                 a wall display stays logged in, a tab left in the background does not)
 GET /api/dead-letters?limit=50   the newest dead letters with their reasons
 GET /api/dead-letters/SEQ        one in full: its content as text, or as hex when it is
                  not UTF-8 (`content_hex`), at most 64 KiB of it (`truncated`)
@@ -713,7 +716,8 @@ class WebServer:
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         if self._streams >= MAX_STREAMS:
             return _text(503, f"at most {MAX_STREAMS} event streams at once\n")
-        allowed = self._still_allowed(request[IDENTITY])
+        identity = request[IDENTITY]
+        allowed, token = self._still_allowed(identity), identity.token
         self._streams += 1
         try:
             response = web.StreamResponse(
@@ -728,6 +732,10 @@ class WebServer:
                     async with asyncio.timeout(STREAM_WRITE_TIMEOUT):
                         await response.write(b"data: " + doc + b"\n\n" if doc != last else b":\n\n")
                     last, quiet_since = doc, time.monotonic()
+                    if token is not None:
+                        # A page open and shown is a user: a wall display showing the
+                        # pipeline was logged out after the idle time (no request came).
+                        self.sessions.seen(token)
                 try:
                     async with asyncio.timeout(1.0):
                         await self._closing.wait()

@@ -161,6 +161,26 @@ def test_sessions_are_bounded_and_expire() -> None:
     assert sessions.get(token) is None
 
 
+def test_a_use_keeps_a_session_only_within_its_lifetime() -> None:
+    # What the console's live stream calls at each document it sends: it keeps an idle
+    # session (a wall display) going, but never past its lifetime, nor once it ended.
+    clock = Clock()
+    sessions = access.Sessions(idle=60, lifetime=300, clock=clock)
+    token, _ = sessions.create("wall")
+    for _ in range(5):
+        clock.now += 50
+        assert sessions.alive(token)
+        sessions.seen(token)
+    clock.now += 51
+    assert not sessions.alive(token)  # 301 s after the login, seen 51 s ago
+    sessions.seen(token)
+    assert not sessions.alive(token) and sessions.get(token) is None
+    idle, _ = sessions.create("idle")
+    clock.now += 61
+    sessions.seen(idle)  # over its idle time: not brought back
+    assert sessions.get(idle) is None
+
+
 def test_one_user_holds_at_most_a_quarter_of_the_sessions() -> None:
     # The sessions were bounded only in all: a viewer logging in 64 times (a right
     # password is never limited) ended the operators' sessions.

@@ -56,6 +56,7 @@ class Served:
     port: int
     path: Path
     data: Path
+    gateway: Gateway | None = None
 
 
 @dataclass
@@ -89,7 +90,7 @@ async def _start(tmp_path: Path, extra: str = "") -> tuple[Gateway, asyncio.Task
     async with asyncio.timeout(10):
         await gateway.ready.wait()
     scheme = "https" if "tls_cert" in extra else "http"
-    return gateway, task, Served(f"{scheme}://127.0.0.1:{port}", port, path, data)
+    return gateway, task, Served(f"{scheme}://127.0.0.1:{port}", port, path, data, gateway)
 
 
 @pytest.fixture
@@ -713,6 +714,42 @@ async def test_an_event_stream_ends_with_its_session(served: Served) -> None:
         async with asyncio.timeout(3):
             rest = await stream.content.read()  # to the stream's end
         assert rest.count(b"data: ") <= 1
+
+
+async def test_an_event_stream_keeps_its_session_until_its_lifetime(served: Served) -> None:
+    # A wall display showing the pipeline makes no request: its live stream is all it
+    # has. The session ended 2 hours after the login, the page sent to the login page.
+    assert served.gateway is not None and served.gateway.web is not None
+    sessions = served.gateway.web.sessions
+    now = [1000.0]
+    sessions._clock = lambda: now[0]
+    token, _ = await login(served, "olga", "olga-pass-1")
+    cookie = session_cookie(served, token)
+
+    async def documents(stream: aiohttp.ClientResponse, count: int) -> None:
+        seen = 0
+        while seen < count:
+            line = await stream.content.readline()
+            assert line, "the stream ended"
+            seen += line.startswith(b"data: ")
+
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.get(f"{served.url}/api/events", headers=cookie) as stream,
+    ):
+        assert stream.status == 200
+        async with asyncio.timeout(20):  # a document a second
+            await documents(stream, 1)
+            for _ in range(3):  # 5.7 hours after the login, no request but the stream
+                now[0] += 1.9 * 3600
+                await documents(stream, 2)  # the second sent after the clock moved on
+        answer = await call(f"{served.url}/api/session", headers=cookie)
+        assert answer.status == 200 and answer.json()["user"] == "olga"
+        now[0] = 1000.0 + 12 * 3600 + 1  # its lifetime is up, however much it was used
+        async with asyncio.timeout(5):
+            rest = await stream.content.read()  # to the stream's end
+        assert rest.count(b"data: ") <= 1
+    assert (await call(f"{served.url}/api/session", headers=cookie)).status == 401
 
 
 async def test_a_deeply_nested_json_body_is_a_400_not_a_traceback(
