@@ -66,7 +66,9 @@ that takes 10 s more to send its body; at most 256 connections, and when all are
 new one closes the one that has waited longest for a request (or its body), so a flood of
 idle or slow connections cannot lock out /healthz or a user; at
 most 16 event streams, each sending only the newest document (a paused reader holds
-nothing, and is closed after 30 s without progress).
+nothing, and is closed after 30 s without progress). A body over its route's bound
+(8 KiB: POST /login, the dead-letter actions, a reload, which needs none; 256 KiB: the
+config API) or without a Content-Length (chunked) is refused 413 in the route's JSON, unread.
 """
 
 from __future__ import annotations
@@ -621,8 +623,9 @@ class WebServer:
         return web.Response(body=body, headers={"Content-Type": kind, "Cache-Control": ICON_CACHE})
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        if request.content_length is None or request.content_length > LOGIN_BODY:
-            return _text(413, f"a login body of at most {LOGIN_BODY} bytes\n", close=True)
+        if request.content_length is None or _body_over(request, LOGIN_BODY):
+            said = f"a login body of at most {LOGIN_BODY} bytes, with a Content-Length"
+            return _too_large({"errors": [said]})
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
@@ -829,8 +832,9 @@ class WebServer:
 
     async def api_dead_letters_act(self, request: web.Request) -> web.StreamResponse:
         action = request.match_info["action"]
-        if (request.content_length or 0) > LOGIN_BODY:
-            return _text(413, f"a body of at most {LOGIN_BODY} bytes\n", close=True)
+        if _body_over(request, LOGIN_BODY):
+            said = f"a body of at most {LOGIN_BODY} bytes, with a Content-Length"
+            return _too_large({"errors": [said]})
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
@@ -897,8 +901,8 @@ class WebServer:
         )
 
     async def api_reload(self, request: web.Request) -> web.StreamResponse:
-        if (request.content_length or 0) > MAX_HEAD or request.headers.get("Transfer-Encoding"):
-            return _text(413, "no body needed\n", close=True)
+        if _body_over(request, MAX_HEAD):
+            return _too_large({"errors": ["a reload takes no body"]})
         if request.method != "POST":
             response = _text(405, "only POST\n")
             response.headers["Allow"] = "POST"  # as RFC 9110 asks of a 405
@@ -918,10 +922,9 @@ class WebServer:
         return response
 
     async def api_config(self, request: web.Request) -> web.StreamResponse:
-        length = request.content_length
-        if request.headers.get("Transfer-Encoding") or not 0 <= (length or 0) <= MAX_BODY:
-            limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length\n"
-            return _text(413, limit, close=True)
+        if _body_over(request, MAX_BODY):
+            limit = f"a body of at most {MAX_BODY >> 10} KiB, with a Content-Length"
+            return _too_large({"outcome": "refused", "errors": [limit], "version": None})
         if request.method not in SAFE_METHODS:
             said = _query_not_taken(request)
             if said:
@@ -1028,6 +1031,21 @@ def _text(status: int, text: str, close: bool = False) -> web.Response:
     response = web.Response(status=status, text=text, content_type="text/plain")
     if close:
         response.force_close()
+    return response
+
+
+def _body_over(request: web.Request, limit: int) -> bool:
+    """Whether a request's body may be over `limit` bytes: its Content-Length says so,
+    or it comes in chunks, with none (its size known only once it is all read)."""
+    length = request.content_length
+    return bool(request.headers.get("Transfer-Encoding")) or not 0 <= (length or 0) <= limit
+
+
+def _too_large(doc: dict[str, Any]) -> web.Response:
+    """A 413 as the route's other errors are, in JSON; the connection is closed rather
+    than its body read."""
+    response = _json(doc, 413)
+    response.force_close()
     return response
 
 

@@ -1055,6 +1055,43 @@ async def test_a_compressed_body_is_refused_in_one_line(
         assert plain.status == 400 and plain.json() == {"errors": ["give username and password"]}
 
 
+async def test_a_body_over_its_bound_is_a_413_in_the_route_s_json(served: Served) -> None:
+    # The 413s were plain text where every other answer of these routes is JSON: the
+    # console's script and scripts reading "errors" found none. A chunked body (no
+    # Content-Length) to a dead-letter action was read up to 256 KiB past its 8 KiB.
+    basic = "Basic " + base64.b64encode(f"tech:{WEB_PASS}".encode()).decode()
+    cases = [
+        ("PUT", "/api/config/sinks/extra", 300 << 10, "a body of at most 256 KiB"),
+        ("POST", "/api/config/rollback", 300 << 10, "a body of at most 256 KiB"),
+        ("POST", "/api/dead-letters/replay", 9000, "a body of at most 8192 bytes"),
+        ("POST", "/api/dead-letters/purge", 9000, "a body of at most 8192 bytes"),
+        ("POST", "/api/config/reload", 9000, "a reload takes no body"),
+        ("POST", "/login", 9000, "a login body of at most 8192 bytes"),
+    ]
+    for method, path, length, said in cases:
+        for size in (f"Content-Length: {length}", "Transfer-Encoding: chunked"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {basic}\r\n"
+                f"Content-Type: application/json\r\n{size}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            async with asyncio.timeout(5):  # answered before the body comes
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+                assert length, head
+                body = await reader.readexactly(int(length.group(1)))
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 413 "), (path, size, head)
+            assert b"\r\nConnection: close\r\n" in head
+            assert b"Content-Type: application/json" in head, (path, head)
+            doc = json.loads(body)
+            assert doc["errors"][0].startswith(said), (path, doc)
+            if path.startswith("/api/config/") and path != "/api/config/reload":
+                assert (doc["outcome"], doc["version"]) == ("refused", None)
+    assert "extra" not in served.path.read_text()
+
+
 async def test_a_json_login_sent_as_a_form_is_read_as_json(served: Served) -> None:
     # `curl -d '{"username": ..., "password": ...}'` sends it as a form
     # (application/x-www-form-urlencoded): it was answered 400 "give username and
