@@ -325,16 +325,12 @@ class Gateway:
             changes = [*changes, "web certificate renewed (tls_cert and tls_key read again)"]
             log.info("gateway: the console serves the certificate files anew (they changed)")
         if outcome == "applied" and self._running is not None:
-            # an `http` source that was not restarted: its certificate files, likewise
-            for name, runner in list(self._running.sources.items()):
-                renew = getattr(runner.source, "renew_tls", None)
-                if renew is None:
-                    continue
-                if await renew():
-                    changes = [
-                        *changes,
-                        f"source {name} certificate renewed (tls_cert and tls_key read again)",
-                    ]
+            # a source that serves TLS (`http`) and was not restarted: its files, likewise
+            for name in await self._running.renew_tls():
+                changes = [
+                    *changes,
+                    f"source {name} certificate renewed (tls_cert and tls_key read again)",
+                ]
         return outcome, errors, changes
 
     async def _apply(self, config: Config) -> tuple[str, list[str], list[str]]:

@@ -2,12 +2,15 @@
 
 Read by the config check (check-config, run, reload: `Config.check`) and again when
 the listener starts, with the same one-line message naming the key and the file:
-OpenSSL's own says "PEM lib" and names neither.
+OpenSSL's own says "PEM lib" and names neither. `ServedTls` holds what a listener
+serves, and serves a renewal written over the files (then a reload) in place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Callable
 
 from gateway.config import files
 
@@ -88,3 +91,60 @@ def served_tls(cert: str, key: str) -> ssl.SSLContext:
     except OSError as err:  # gone since it was read
         raise ServedTlsError("tls_cert", f"{cert} cannot be read ({err.strerror or err})") from err
     return context
+
+
+class ServedTls:
+    """The certificate a listener serves from `cert` and `key`, renewed in place.
+
+    `listening()` is the context the listening socket is made with; each handshake on it
+    switches to the context served now (its `sni_callback`, called with SNI or without),
+    so that `renew()` swaps in a context checked on its own and never changes one in use
+    (one half-loaded served no handshake at all). New connections get the new
+    certificate, open ones keep theirs, and the socket stays open: no connection is
+    refused meanwhile, and no other program can take the port. `load` makes a context
+    from the files (`served_tls`, or one that names them in its caller's words)."""
+
+    def __init__(
+        self,
+        cert: str,
+        key: str,
+        load: Callable[[str, str], ssl.SSLContext] = served_tls,
+    ) -> None:
+        self.cert = cert
+        self.key = key
+        self._load = load
+        self._serving: ssl.SSLContext | None = None  # what new handshakes switch to
+        self._files: tuple[files.Stamp | None, ...] = ()  # what it was read from
+
+    def listening(self) -> ssl.SSLContext:
+        """The context to listen with, from the files as they are now (blocking: a stat
+        and a read of a few kB each); what `load` raises when they cannot be served
+        (ServedTlsError: it names the key and the file)."""
+        stamp = self._stamp()
+        context = self._load(self.cert, self.key)
+        context.sni_callback = self._switch
+        self._serving, self._files = context, stamp
+        return context
+
+    def _switch(self, ssl_obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        assert self._serving is not None
+        ssl_obj.context = self._serving
+
+    def _stamp(self) -> tuple[files.Stamp | None, ...]:
+        """What tells the files changed (see `files.stamp`)."""
+        return (files.stamp(self.cert), files.stamp(self.key))
+
+    async def renew(self) -> bool:
+        """Serve the files anew when they changed since they were read (a renewal written
+        over them); True when it did. They are looked at and checked off the loop (a slow
+        disk), in a context of their own that new handshakes then switch to. Files that
+        cannot be served raise what `load` raises, and the certificate served stays as it
+        was (its caller says so in an ERROR: the renewal needs the operator)."""
+        if self._serving is None:
+            return False  # not listening yet
+        stamp = await asyncio.to_thread(self._stamp)
+        if stamp == self._files:
+            return False
+        checked = await asyncio.to_thread(self._load, self.cert, self.key)
+        self._serving, self._files = checked, stamp
+        return True

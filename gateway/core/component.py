@@ -198,6 +198,12 @@ class Source:
     async def close(self) -> None:
         """Release everything; must be safe to call twice."""
 
+    async def renew_tls(self) -> bool:
+        """Serve the certificate files it serves with anew when they changed since they
+        were read (a renewal written over them, then a reload that left this source
+        running); True when it did. Default: it serves none, False."""
+        return False
+
     def status(self) -> Mapping[str, object]:
         """What this source adds to its entry in /api/status and on the status page,
         after the engine's own keys (state, produced, errors, last_error). Values must

@@ -520,6 +520,14 @@ class Engine:
                 err,
             )
 
+    async def renew_tls(self) -> list[str]:
+        """The sources that serve their certificate files anew, which changed since they
+        were read (a renewal written over them, then a reload that left the sources
+        running): see `Source.renew_tls`."""
+        return [
+            name for name, runner in list(self.sources.items()) if await runner.source.renew_tls()
+        ]
+
     async def apply(self, config: Config, plan: Plan, check: bool = True) -> list[str]:
         """Apply `config` to this running engine as `plan` says (see gateway/engine/plan.py):
         stop what was removed or changed, start what was added or changed, update sinks in

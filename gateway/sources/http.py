@@ -97,7 +97,6 @@ import hmac
 import json
 import logging
 import math
-import ssl
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -108,10 +107,9 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.config import files
 from gateway.config.model import Claim, SourceConfig, listen_claim
 from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, check_location
-from gateway.config.tls import ServedTlsError, served_tls
+from gateway.config.tls import ServedTls, ServedTlsError
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FLOWFILE_OVERHEAD, FlowFile, attributes_size
@@ -348,8 +346,7 @@ class HttpSource(Source):
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.url = ""
-        self._serving: ssl.SSLContext | None = None  # what new handshakes switch to
-        self._tls_files: tuple[files.Stamp | None, ...] = ()  # what it was read from
+        self._tls: ServedTls | None = None  # what it serves, renewed in place (`renew_tls`)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -361,17 +358,11 @@ class HttpSource(Source):
         cfg = self.config
         context = None
         if cfg.tls_cert and cfg.tls_key:
-            stamp = self._tls_stamp()
-            try:
-                context = served_tls(cfg.tls_cert, cfg.tls_key)
+            self._tls = ServedTls(cfg.tls_cert, cfg.tls_key)
+            try:  # off the loop (a slow disk)
+                context = await asyncio.to_thread(self._tls.listening)
             except ServedTlsError as err:  # the config check read them; changed since
                 raise PermanentError(f"{err.key}: {err}") from err
-            # each handshake switches to the context served now (called with SNI or
-            # without, then with None), so a renewal changes no context in use
-            context.sni_callback = lambda ssl_obj, _name, _ctx: setattr(
-                ssl_obj, "context", self._serving
-            )
-            self._serving, self._tls_files = context, stamp
         app = web.Application(client_max_size=cfg.max_body, middlewares=[self._one_line])
         # (?s): a topic holding a newline (%0A) is ours to refuse, 400, not the router's 404
         app.router.add_route("*", "/ingest/{topic:(?s:.*)}", self._ingest)
@@ -405,33 +396,23 @@ class HttpSource(Source):
         self.url = f"{'https' if context else 'http'}://{cfg.listen}/ingest/"
         self.ctx.log.info("listening on %s", self.url)
 
-    def _tls_stamp(self) -> tuple[files.Stamp | None, ...]:
-        cfg = self.config
-        return (files.stamp(cfg.tls_cert or ""), files.stamp(cfg.tls_key or ""))
-
     async def renew_tls(self) -> bool:
         """Serve `tls_cert` and `tls_key` anew when they changed since they were read (a
         renewal written over them, then a reload: the source's config is the same, so it
         was not restarted and served the old certificate until it expired); True when it
-        did. As the console does: checked in a context of their own, off the loop, which
-        new handshakes then switch to; the listening socket stays open. Files that cannot
-        be served leave the old certificate served, said in an ERROR."""
-        cfg = self.config
-        runner = self._runner
-        if self._serving is None or runner is None or not (cfg.tls_cert and cfg.tls_key):
-            return False
-        stamp = await asyncio.to_thread(self._tls_stamp)  # a stat, off the loop all the same
-        if stamp == self._tls_files:
+        did. As the console does (see `ServedTls`): on the socket that listens. Files
+        that cannot be served leave the old certificate served, said in an ERROR."""
+        runner, tls = self._runner, self._tls
+        if runner is None or tls is None:
             return False
         try:
-            checked = await asyncio.to_thread(served_tls, cfg.tls_cert, cfg.tls_key)
+            renewed = await tls.renew()
         except ServedTlsError as err:
             self.ctx.log.error("%s: %s; serving the certificate it had", err.key, err)
             return False
-        if self._runner is not runner:
-            return False  # closed meanwhile
-        self._tls_files, self._serving = stamp, checked
-        self.ctx.log.info("serving the renewed certificate %s", cfg.tls_cert)
+        if not renewed or self._runner is not runner:
+            return False  # the same files, or closed meanwhile
+        self.ctx.log.info("serving the renewed certificate %s", tls.cert)
         return True
 
     async def read(self) -> list[Message]:

@@ -95,9 +95,8 @@ from urllib.parse import parse_qs
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
-from gateway.config import files
 from gateway.config.model import WebSection
-from gateway.config.tls import ServedTlsError, served_tls
+from gateway.config.tls import ServedTls, ServedTlsError, served_tls
 from gateway.core.errors import ConfigError
 from gateway.engine.console import preview_text
 from gateway.engine.status import StatusView
@@ -206,10 +205,10 @@ class WebServer:
         self._closing = asyncio.Event()
         self._status_doc: tuple[float, bytes] = (-1.0, b"")
         self.secure = bool(config.tls_cert)
-        self._tls_files: tuple[files.Stamp | None, ...] = ()
-        # what new connections are served: a renewal swaps it, never changes it (one
-        # half-loaded served no handshake at all)
-        self._serving: ssl.SSLContext | None = None
+        # what new connections are served, renewed in place (`renew_tls`)
+        self._tls: ServedTls | None = None
+        if self.secure:
+            self._tls = ServedTls(str(config.tls_cert), str(config.tls_key), self._load_tls)
 
     def _known_hosts(self) -> set[str]:
         hosts = {h.lower() for h in self.config.allowed_hosts}
@@ -249,17 +248,12 @@ class WebServer:
         return app
 
     async def start(self) -> str:
-        """Listen on `web.listen`; an address that cannot be had is a ConfigError, one line."""
+        """Listen on `web.listen`; an address that cannot be had, or certificate files
+        that cannot be served, is a ConfigError, one line."""
         listen = self.config.listen
         host, _, port = listen.rpartition(":")
-        context = self._tls() if self.secure else None
-        if context is not None:
-            # each handshake switches to the context served now (called with SNI or
-            # without, then with None), so a renewal changes no context in use
-            context.sni_callback = lambda ssl_obj, _name, _ctx: setattr(
-                ssl_obj, "context", self._serving
-            )
-        self._tls_files, self._serving = self._tls_stamp(), context
+        # the files read off the loop all the same (a slow disk)
+        context = await asyncio.to_thread(self._tls.listening) if self._tls else None
         runner = web.AppRunner(
             self._app(),
             handle_signals=False,
@@ -292,41 +286,29 @@ class WebServer:
         self._runner = runner
         return f"{'https' if self.secure else 'http'}://{listen}"
 
-    def _tls(self) -> ssl.SSLContext:
-        try:  # the config check read them; they may have changed since
-            return served_tls(str(self.config.tls_cert), str(self.config.tls_key))
-        except ServedTlsError as err:
-            raise ConfigError(f"web.{err.key}: {err}") from err
-
-    def _tls_stamp(self) -> tuple[files.Stamp | None, ...]:
-        """What tells the certificate files changed (see `files.stamp`)."""
-        if not self.secure:
-            return ()
-        return (files.stamp(str(self.config.tls_cert)), files.stamp(str(self.config.tls_key)))
-
     async def renew_tls(self) -> bool:
         """Serve the certificate files anew when they changed since they were read (a
-        renewal written over them, then a reload); True when it did. They are checked
-        in a context of their own, off the loop, which new handshakes then switch to:
-        new connections get the new certificate, open ones keep theirs, and the
-        listening socket stays open (no connection refused meanwhile, no port to lose to
-        another program). Files that cannot be served (changed since the reload's config
-        check read them) leave the certificate served as it was, said in an ERROR."""
-        if self._listener is None or self._serving is None or self._closing.is_set():
-            return False
-        # a stat and a read of a few kB each, off the loop all the same (a slow disk)
-        stamp = await asyncio.to_thread(self._tls_stamp)
-        if stamp == self._tls_files:
+        renewal written over them, then a reload); True when it did (see `ServedTls`:
+        new connections get the new certificate on the socket that listens). Files that
+        cannot be served (changed since the reload's config check read them) leave the
+        certificate served as it was, said in an ERROR."""
+        if self._listener is None or self._tls is None or self._closing.is_set():
             return False
         try:
-            checked = await asyncio.to_thread(self._tls)
+            renewed = await self._tls.renew()
         except ConfigError as err:
             log.error("web: %s; the console still serves the certificate it had", err)
             return False
-        if self._closing.is_set() or self._listener is None:
-            return False  # stopped meanwhile
-        self._tls_files, self._serving = stamp, checked
-        return True
+        return renewed and not self._closing.is_set()  # not stopped meanwhile
+
+    def _load_tls(self, cert: str, key: str) -> ssl.SSLContext:
+        """The context `ServedTls` serves; files that cannot be served are a ConfigError
+        naming the web: key and the file (the config check read them; they may have
+        changed since)."""
+        try:
+            return served_tls(cert, key)
+        except ServedTlsError as err:
+            raise ConfigError(f"web.{err.key}: {err}") from err
 
     async def stop(self) -> bool:
         """Stop listening and close the connections; False when a request that asked
