@@ -752,6 +752,27 @@ async def test_an_event_stream_keeps_its_session_until_its_lifetime(served: Serv
     assert (await call(f"{served.url}/api/session", headers=cookie)).status == 401
 
 
+async def test_an_event_stream_that_keeps_its_session_ends_at_a_new_password(
+    served: Served,
+) -> None:
+    # The stream is a use of its session (a wall display), not a way around a password
+    # change meant to shut a stolen cookie out.
+    token, _ = await login(served, "olga", "olga-pass-1")
+    cookie = session_cookie(served, token)
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.get(f"{served.url}/api/events", headers=cookie) as stream,
+    ):
+        assert stream.status == 200
+        assert (await stream.content.readline()).startswith(b"data: ")
+        users = served.data / "web-users"
+        await asyncio.to_thread(access.set_user, users, "olga", "operator", "olga-pass-2")
+        async with asyncio.timeout(5):
+            rest = await stream.content.read()  # to the stream's end
+        assert rest.count(b"data: ") <= 1
+    assert (await call(f"{served.url}/api/session", headers=cookie)).status == 401
+
+
 async def test_a_deeply_nested_json_body_is_a_400_not_a_traceback(
     served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
