@@ -674,6 +674,58 @@ def test_an_edit_in_progress_stays_until_the_user_discards_it(
     assert gw.stop() == 0
 
 
+def test_a_tab_opened_in_the_background_opens_its_stream_only_when_shown(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A console opened in a background tab (ctrl+click, a restored browser session) opened
+    # its live stream at once and held it until shown and hidden again: the stream kept
+    # its session alive to its 12-hour lifetime, where a background tab is logged out
+    # after its 2 idle hours. Seen from the gateway: 15 streams held by the test, the
+    # 16th is free while the tab is hidden, and the page's once it is shown.
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "Object.defineProperty(document, 'hidden',"
+            " {configurable: true, get: () => !window.shown});"
+            "Object.defineProperty(document, 'visibilityState',"
+            " {configurable: true, get: () => window.shown ? 'visible' : 'hidden'});"
+        },
+    )
+    events = f"http://127.0.0.1:{gw.web_port}/api/events"
+    held: list[Any] = []
+
+    def take() -> bool:
+        """One stream more for the test, or False when the gateway refuses it (16 open)."""
+        try:
+            held.append(urllib.request.urlopen(events, timeout=10))
+        except urllib.error.HTTPError as err:
+            err.close()
+            assert err.code == 503, err
+            return False
+        return True
+
+    try:
+        for _ in range(15):
+            assert take()
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#overview")
+        find(browser, "#page-overview:not([hidden])")  # started: its stream asked for, if any
+        # a request of the page's after that: a stream asked for before it has come first
+        browser.execute_async_script("fetch('api/session').then(() => arguments[0]())")
+        assert browser.execute_script("return document.hidden") is True
+        assert take(), "the hidden tab holds an event stream"
+        held.pop().close()
+        browser.execute_script(
+            "window.shown = true; document.dispatchEvent(new Event('visibilitychange'))"
+        )
+        wait_for(lambda: text(browser, "#live") == "live", 15, "the stream, opened when shown")
+        assert not take(), "the page's stream is not open at the gateway"
+    finally:
+        for response in held:
+            response.close()
+    assert gw.stop() == 0
+
+
 def test_logging_in_leads_to_the_page_asked_for(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:

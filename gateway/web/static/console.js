@@ -1139,7 +1139,9 @@
       if (document.hidden) disconnect(); else { connect(); resume(); }
     });
     whoAmI().then(() => {
-      connect();
+      // a tab opened in the background (ctrl+click, a restored browser session) opens its
+      // stream when first shown: open, it kept the session alive to its 12-hour lifetime
+      if (!document.hidden) connect();
       show(location.hash.slice(1) || "overview");
     }).catch(e => {
       if (!(e instanceof Answered)) $("live").textContent = "cannot reach the gateway: " + e;
