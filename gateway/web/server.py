@@ -886,11 +886,12 @@ class WebServer:
         if _body_over(request, MAX_HEAD):
             return _too_large({"errors": ["a reload takes no body"]})
         if request.method != "POST":
-            response = _text(405, "only POST\n")
+            # JSON as the route's 413 and its answers are
+            response = _json({"errors": ["a reload is a POST"]}, 405)
             response.headers["Allow"] = "POST"  # as RFC 9110 asks of a 405
             return response
         if self._reload is None:
-            return _text(404, "no config file to reload\n")
+            return _json({"errors": ["no config file to reload"]}, 404)
         # `edge-stream config rollback` says what it is, for the history
         trigger = "rollback" if request.query.get("trigger") == "rollback" else "api"
         answer = await self._reload_answer(request, self._reload(trigger))

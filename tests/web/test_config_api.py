@@ -196,6 +196,18 @@ async def test_without_a_config_file_there_is_nothing_to_edit(
     assert answer["path"] is None  # the page words it apart from a broken file
 
 
+async def test_a_reload_refused_says_why_in_json(tmp_path: Path, stop: list[Any]) -> None:
+    # /api/config/reload's 413 was JSON ({"errors": [...]}) but its 405 ("only POST") and
+    # its 404 (no config file) plain text: a client reading the errors read none.
+    gateway, task, url, _ = await _serve(tmp_path, None, with_path=False)
+    stop.append((gateway, task))
+    reload = f"{url}/api/config/reload"
+    status, answer = await asyncio.to_thread(_call, reload, "GET")
+    assert (status, answer) == (405, {"errors": ["a reload is a POST"]})
+    status, answer = await asyncio.to_thread(_call, reload, "POST", b"")
+    assert (status, answer) == (404, {"errors": ["no config file to reload"]})
+
+
 async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: list[Any]) -> None:
     calls: list[str] = []
 
