@@ -87,8 +87,9 @@ Keys
   columns: null            your own columns, see above (default: the table above)
   id_type: char            the id column: char (CHAR(36), readable) or binary
                            (BINARY(16), a smaller index) (default char); an
-                           existing table's id column must be of that kind (text
-                           or bytes), else the sink stops with one line
+                           existing table's id column must hold them (binary: a
+                           bytes column of 16 bytes or more; char: text or bytes
+                           of 36 or more), else the sink stops with one line
   ca_file: null            connect with TLS, verifying the server against this CA
                            bundle (default: no TLS); a server that does not offer
                            TLS, or a file that cannot be read or holds no
@@ -530,6 +531,7 @@ class _TableColumn(NamedTuple):
     nullable: bool
     default: str | None  # None: no default (MariaDB says 'NULL' for a NULL default)
     extra: str  # auto_increment, stored generated ... (lowercase)
+    length: int | None  # character_maximum_length: characters for text, bytes for bytes
 
 
 # The column types of an id written as text (id_type: char) and as bytes (binary).
@@ -933,33 +935,56 @@ class MysqlSink(Sink):
         """The table's columns, in order, as information_schema.columns tells them."""
         async with self._conn.cursor(_Cursor) as cursor:
             await cursor.execute(
-                "SELECT column_name, data_type, is_nullable, column_default, extra"
+                "SELECT column_name, data_type, is_nullable, column_default, extra,"
+                " character_maximum_length"
                 " FROM information_schema.columns WHERE table_schema = DATABASE()"
                 " AND table_name = %s ORDER BY ordinal_position",
                 (self.config.table,),
             )
             rows = await cursor.fetchall()
         return [
-            _TableColumn(name, data_type.lower(), nullable == "YES", default, (extra or "").lower())
-            for name, data_type, nullable, default, extra in rows
+            _TableColumn(
+                name,
+                data_type.lower(),
+                nullable == "YES",
+                default,
+                (extra or "").lower(),
+                None if length is None else int(length),
+            )
+            for name, data_type, nullable, default, extra, length in rows
         ]
 
     def _id_type_problem(self, table: list[_TableColumn]) -> str | None:
-        """Why the table's id column cannot take the ids as `id_type` writes them, or None:
-        a table made with the other id_type. Binary ids went into a CHAR(36) column as
-        16 bytes of text, delivered but unreadable, and text ids into a BINARY(16) one
-        were each refused as too long, every row to the dead letters."""
-        kind = next((c.type for c in table if c.name.lower() == "id"), None)
-        binary = self.config.id_type == "binary"
-        if kind in _TEXT_TYPES and binary:
-            return (
-                f"its id column is {kind.upper()}, text, and id_type: binary writes 16 bytes:"
-                " set id_type: char, or point `table` at a new one"
+        """Why the table's id column cannot take the ids as `id_type` writes them, or None.
+
+        Binary ids (16 bytes) need a bytes column (BINARY, VARBINARY, BLOB) of 16 bytes or
+        more: in a text one they went in as 16 bytes of text, delivered but unreadable (and
+        compared by its collation, case and trailing spaces aside). Char ids (36
+        characters) fit a text or a bytes column of 36 or more: a shorter one (BINARY(16),
+        VARCHAR(32)) refused each as too long, every row to the dead letters. A bytes column
+        that holds 36 (VARBINARY(64), BINARY(36), BLOB) stores and dedupes them fine."""
+        column = next((c for c in table if c.name.lower() == "id"), None)
+        if column is None or column.type not in _TEXT_TYPES | _BINARY_TYPES:
+            return None
+        kind = column.type.upper()
+        if self.config.id_type == "binary":
+            if column.type in _TEXT_TYPES:
+                return (
+                    f"its id column is {kind}, text, and id_type: binary writes 16 bytes:"
+                    " set id_type: char, or point `table` at a new one"
+                )
+            need, unit = 16, "bytes"
+        else:
+            need, unit = 36, "characters"
+        if column.length is not None and column.length < need:
+            fix = (
+                "set id_type: binary, or point `table` at a new one"
+                if column.type in _BINARY_TYPES and column.length >= 16
+                else "point `table` at a new one"
             )
-        if kind in _BINARY_TYPES and not binary:
             return (
-                f"its id column is {kind.upper()}, bytes, and id_type: char writes the id as"
-                " 36 characters: set id_type: binary, or point `table` at a new one"
+                f"its id column is {kind}({column.length}), too short for the {need} {unit}"
+                f" id_type: {self.config.id_type} writes: {fix}"
             )
         return None
 

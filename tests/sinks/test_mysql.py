@@ -684,8 +684,8 @@ async def test_binary_ids_and_redelivery(mariadb: Any, table: str, sink_for: Any
         (
             "binary",
             "char",
-            "its id column is BINARY, bytes, and id_type: char writes the id as 36 characters:"
-            " set id_type: binary, or point `table` at a new one",
+            "its id column is BINARY(16), too short for the 36 characters id_type: char"
+            " writes: set id_type: binary, or point `table` at a new one",
         ),
     ],
 )
@@ -705,6 +705,73 @@ async def test_an_id_type_other_than_the_tables_stops_the_sink(
         await sink.close()
     assert str(raised.value).endswith(message)
     assert len(mariadb.fetch(f"SELECT id FROM `{table}`")) == 1
+
+
+@pytest.mark.parametrize(
+    ("id_column", "id_type"),
+    [
+        ("VARBINARY(64)", "char"),
+        ("BINARY(36)", "char"),
+        ("BLOB", "char"),
+        ("VARCHAR(40)", "char"),
+        ("VARBINARY(64)", "binary"),
+        ("BLOB", "binary"),
+    ],
+)
+async def test_an_id_column_that_holds_the_id_takes_it_whatever_its_kind(
+    mariadb: Any, table: str, sink_for: Any, id_column: str, id_type: str
+) -> None:
+    # A bytes id column long enough for the 36-character id (VARBINARY(64), BINARY(36),
+    # BLOB) stores and dedupes it: it was refused as "bytes" and the sink stopped.
+    key = "id(36)" if id_column == "BLOB" else "id"
+    mariadb.execute(
+        f"CREATE TABLE `{table}` (id {id_column} NOT NULL, topic TEXT, UNIQUE KEY ({key}))"
+    )
+    sink = await sink_for(table=table, id_type=id_type, columns={"topic": "topic"})
+    flowfile = FlowFile.create("s", b"{}")
+    assert await sink.write([flowfile]) == []
+    assert await sink.write([flowfile]) == []
+    stored = mariadb.fetch(f"SELECT id FROM `{table}`")
+    assert len(stored) == 1
+    expected = uuid.UUID(flowfile.id).bytes if id_type == "binary" else flowfile.id.encode()
+    value = stored[0][0]
+    assert (value if isinstance(value, bytes) else value.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    ("id_column", "id_type", "message"),
+    [
+        (
+            "VARBINARY(35)",
+            "char",
+            "its id column is VARBINARY(35), too short for the 36 characters id_type: char"
+            " writes: set id_type: binary, or point `table` at a new one",
+        ),
+        (
+            "VARCHAR(32)",
+            "char",
+            "its id column is VARCHAR(32), too short for the 36 characters id_type: char"
+            " writes: point `table` at a new one",
+        ),
+        (
+            "BINARY(8)",
+            "binary",
+            "its id column is BINARY(8), too short for the 16 bytes id_type: binary"
+            " writes: point `table` at a new one",
+        ),
+    ],
+)
+async def test_an_id_column_too_short_for_the_id_stops_the_sink(
+    mariadb: Any, table: str, id_column: str, id_type: str, message: str
+) -> None:
+    mariadb.execute(f"CREATE TABLE `{table}` (id {id_column} NOT NULL PRIMARY KEY, topic TEXT)")
+    sink = make_sink(mariadb.dsn, table=table, id_type=id_type, columns={"topic": "topic"})
+    try:
+        with pytest.raises(PermanentError) as raised:
+            await sink.connect()
+    finally:
+        await sink.close()
+    assert str(raised.value).endswith(message)
 
 
 async def test_values_are_bound_as_parameters_never_written_into_the_sql(
