@@ -10,7 +10,13 @@ session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
 numeric column) is refused instead of being silently cut, rounded or zeroed;
-so is a row a trigger of yours refuses with SIGNAL SQLSTATE '45000'.
+so is a row a trigger of yours refuses with SIGNAL SQLSTATE '45000' (the
+user-defined exception, what a check of the row's values signals). A SIGNAL of
+any other SQLSTATE, SIGNAL SQLSTATE '40001' for "not now" say, has the whole
+batch held and retried until it goes, as an outage does: signal that when the
+fault is not the row's (a table the trigger writes to is missing) and you mean
+to fix it. Either way nothing is lost: dead letters can be replayed
+(`edge-stream dead-letters replay`) once the trigger lets them in.
 The batch is then split in halves to find the refused rows: each goes to the
 dead-letter table with the server's message, the rest are delivered.
 A batch larger than the server's `max_allowed_packet` (16 MiB by default on
@@ -669,7 +675,7 @@ ROW_ERRORS = frozenset(
         1406,  # data too long
         1411,  # incorrect value for function
         1452,  # foreign key constraint fails
-        1644,  # a trigger's SIGNAL (SQLSTATE 45000): it held the sink on the batch for ever
+        1644,  # a SIGNAL without MYSQL_ERRNO: a row's only with SQLSTATE 45000, see _signalled
         1690,  # value out of range
         3140,  # invalid JSON text (MySQL)
         3819,  # check constraint violated (MySQL)
@@ -1062,6 +1068,8 @@ class MysqlSink(Sink):
         except pymysql.MySQLError as err:
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err
+            if _code(err) == 1644 and await self._signalled() != "45000":
+                raise self._failed(len(batch), err) from err
             reason = _message(err)
             if _code(err) == 1048 and "'id'" in reason:  # from _ON_DUPLICATE
                 reason = (
@@ -1075,6 +1083,27 @@ class MysqlSink(Sink):
         mid = (lo + hi) // 2
         await self._insert(batch, values, lo, mid, rejected)
         await self._insert(batch, values, mid, hi, rejected)
+
+    async def _signalled(self) -> str | None:
+        """The SQLSTATE of the SIGNAL that just failed the INSERT (error 1644), or None if
+        the server cannot tell it now.
+
+        1644 is the number of every SIGNAL without MYSQL_ERRNO, whatever its SQLSTATE, and
+        PyMySQL drops the SQLSTATE the server sent. Only '45000', the user-defined
+        exception a row check signals, refuses the row; another ('40001', "try again
+        later") retries the batch. The diagnostics area still holds the failed
+        statement's condition: GET DIAGNOSTICS does not clear it, and nothing ran since."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                async with self._conn.cursor(_Cursor) as cursor:
+                    await cursor.execute(
+                        "GET DIAGNOSTICS CONDITION 1 @edge_stream_sqlstate = RETURNED_SQLSTATE"
+                    )
+                    await cursor.execute("SELECT @edge_stream_sqlstate")
+                    row = await cursor.fetchone()
+        except (pymysql.MySQLError, OSError, TimeoutError, asyncio.IncompleteReadError):
+            return None  # the batch is retried, and the connection made again
+        return None if row is None or row[0] is None else str(row[0])
 
     def _failed(self, size: int, err: BaseException) -> RetryableError:
         """Not the data's fault: forget the connection; the engine retries the batch."""

@@ -9,9 +9,19 @@ row the table refuses (a value that does not fit a typed column, a field holding
 `\\u0000`, which text and jsonb columns cannot hold, a CHECK or NOT NULL constraint
 you added, a trigger of yours that raises an exception) is found by splitting the
 batch in halves; it goes to the dead-letter table with PostgreSQL's message and the
-rest of the batch is delivered. A lost
-connection, a timeout or a server shutting down makes the engine retry the whole
-batch later.
+rest of the batch is delivered. A lost connection, a timeout, a server shutting
+down or any other error makes the engine retry the whole batch later.
+
+A trigger's refusal is the row's: RAISE EXCEPTION (SQLSTATE P0001 unless it says
+otherwise), ASSERT (P0004) or an ERRCODE of classes 22 or 23 dead-letters the row,
+as a CHECK does. That includes a trigger that routes rows to partitions and finds
+the next partition missing: every row of that time range goes to the dead letters
+(PostgreSQL's own partitioning does the same: "no partition of relation found for
+row" is a constraint violation, 23514). Nothing is lost, dead letters can be
+replayed (`edge-stream dead-letters replay`) once the partition is made; to have
+such rows held and the batch retried until you act, raise another class:
+`RAISE EXCEPTION 'no partition for %', NEW.ts USING ERRCODE = 'lock_not_available'`
+(55P03; any SQLSTATE outside classes 22, 23, 54, P0001 and P0004 is retried).
 
 The default table, created when missing unless `create_table: false`:
 
@@ -528,7 +538,8 @@ _ROW_ERRORS = (
     asyncpg.exceptions.IntegrityConstraintViolationError,
     asyncpg.exceptions.ProgramLimitExceededError,
     # a trigger of the table's refusing the row: RAISE EXCEPTION (P0001) or ASSERT (P0004)
-    # (retried as no fault of the row's, it held the sink on that batch for ever)
+    # (retried as no fault of the row's, it held the sink on that batch for ever); a
+    # trigger that means "not now" raises another ERRCODE, as the docstring tells
     asyncpg.exceptions.RaiseError,
     asyncpg.exceptions.AssertError,
 )

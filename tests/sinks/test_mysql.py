@@ -580,6 +580,26 @@ async def test_a_trigger_that_signals_refuses_its_row_alone(
     assert len(ids(mariadb, table)) == 2
 
 
+async def test_a_trigger_that_signals_another_sqlstate_has_the_batch_retried(
+    mariadb: Any, table: str, sink_for: Any
+) -> None:
+    # 1644 is the number of any SIGNAL without MYSQL_ERRNO: a trigger's SQLSTATE '40001'
+    # ("retry later") was dead-lettered as if the row were at fault.
+    mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE)")
+    mariadb.execute(
+        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
+        " IF NEW.t > 100 THEN SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'not now';"
+        " END IF"
+    )
+    sink = await sink_for(table=table, columns={"t": {"from": "field.t", "type": "double"}})
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
+    with pytest.raises(RetryableError, match=r"not now \(error 1644\)"):
+        await sink.write(batch)
+    mariadb.execute(f"DROP TRIGGER `{table}_t`")
+    assert await sink.write(batch) == []
+    assert sorted(ids(mariadb, table)) == sorted(ff.id for ff in batch)
+
+
 async def test_a_check_constraint_added_by_the_user_refuses_rows(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:

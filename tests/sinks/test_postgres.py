@@ -286,6 +286,32 @@ async def test_a_trigger_that_raises_refuses_its_row_alone(
     assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2
 
 
+async def test_a_trigger_that_raises_another_errcode_has_the_batch_retried(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    # What the docstring tells a trigger's author whose refusal means "not now" (a
+    # partition-routing trigger whose next partition is missing): an ERRCODE outside the
+    # row's classes holds the batch until the operator acts, nothing dead-lettered.
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, t double precision);'
+        f' CREATE FUNCTION "{table}_route"() RETURNS trigger AS $$ BEGIN'
+        " IF NEW.t > 100 THEN RAISE EXCEPTION 'no partition for %', NEW.t"
+        " USING ERRCODE = 'lock_not_available'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql;"
+        f' CREATE TRIGGER "{table}_t" BEFORE INSERT ON "{table}" FOR EACH ROW'
+        f' EXECUTE FUNCTION "{table}_route"()'
+    )
+    sink = await sink_for(
+        table=table, columns={"t": {"from": "field.t", "type": "double precision"}}
+    )
+    batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
+    with pytest.raises(RetryableError, match=r"no partition for 150 \(SQLSTATE 55P03\)"):
+        await sink.write(batch)
+    assert postgres.fetch(f'SELECT 1 FROM "{table}"') == []
+    postgres.execute(f'DROP TRIGGER "{table}_t" ON "{table}"')
+    assert await sink.write(batch) == []
+    assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 3
+
+
 async def test_duplicate_ids_within_a_batch_are_stored_once(
     postgres: Any, table: str, sink_for: Any
 ) -> None:
