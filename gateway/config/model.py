@@ -1187,6 +1187,22 @@ class Config:
                     f" MQTT topic may be ({MQTT_TOPIC_MAX} bytes)",
                 )
 
+    def _check_amqp_routing_keys(self) -> Iterator[tuple[str, str]]:
+        """An `amqp` sink's routing key with this gateway's id and the sink's name in it,
+        against the queue the default exchange routes it to (the sink's own check sees a
+        key without placeholders only)."""
+        gateway_id = self.gateway.id if self.gateway else None
+        for name, sink in (self.sinks or {}).items():
+            check = getattr(sink, "default_exchange_problem", None)
+            if sink is None or sink.type != "amqp" or check is None:
+                continue
+            routing_key = getattr(sink, "routing_key", None)
+            if not isinstance(routing_key, str) or "{" not in routing_key:
+                continue  # none, or checked by the sink itself
+            problem = check(gateway_id, name)
+            if problem:
+                yield f"sinks.{name}.routing_key", problem
+
     def _check_alert_components(self) -> Iterator[tuple[str, str]]:
         """An alert rule's `components` name sinks, or sources and Modbus devices, that
         exist: a mistyped name would leave the rule watching nothing, silently."""
@@ -1550,6 +1566,7 @@ class Config:
         yield from self._check_alert_components()
         yield from self._check_alerts_topic()
         yield from self._check_mqtt_sink_topics()
+        yield from self._check_amqp_routing_keys()
         yield from self._check_claims()
         yield from self._check_served_tls()
         yield from self._check_client_ids()

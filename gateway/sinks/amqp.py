@@ -47,7 +47,9 @@ With `queue` set it also declares that durable queue and binds it to the
 exchange with `binding_key`, so that messages are kept even before any
 consumer came. `exchange: ""` is the broker's default exchange, which routes
 a message to the queue named by its routing key (and takes no binding): with
-`queue` there, `routing_key` is that queue's name.
+`queue` there, `routing_key` is that queue's name. A key fixed when the sink
+starts (no placeholder, or only {gateway} and {sink}, filled in) that is not is
+refused when the config loads; a {topic} key is taken as written.
 
 A broker that refuses the sink when it starts (user or password, no access to
 the virtual host, a missing permission to declare, an exchange that exists with
@@ -282,7 +284,8 @@ class AmqpSinkConfig(SinkConfig):
                 yield "queue", "must be 1 to 255 bytes long"
             elif self.queue.startswith("amq."):
                 yield "queue", f"{self.queue!r}: amq.* names are the broker's own"
-        with contextlib.suppress(ValueError, KeyError, IndexError):  # reported above
+        # reported above ({topic.1}: an unknown placeholder, AttributeError in format)
+        with contextlib.suppress(ValueError, KeyError, IndexError, AttributeError):
             fixed = (self.routing_key or "").format(topic="", gateway="", sink="")
             if len(fixed.encode()) > MAX_KEY_BYTES:
                 yield "routing_key", f"must be at most {MAX_KEY_BYTES} bytes long"
@@ -303,13 +306,9 @@ class AmqpSinkConfig(SinkConfig):
                     'the default exchange (exchange: "") takes no binding: it routes to the'
                     " queue named by the routing key",
                 )
-        if default_exchange and self.queue and self.routing_key not in (None, self.queue):
-            # every message came back unroutable, to the dead letters, the queue left empty
-            yield (
-                "routing_key",
-                f'the default exchange (exchange: "") routes a message to the queue its'
-                f" routing key names: set routing_key: {self.queue} for queue {self.queue}",
-            )
+        problem = self.default_exchange_problem(None, None)
+        if problem:
+            yield "routing_key", problem
         if default_exchange:
             unused = 'the default exchange (exchange: "") is never declared'
         elif self.declare is False:
@@ -320,6 +319,30 @@ class AmqpSinkConfig(SinkConfig):
             yield "exchange_type", f"exchange_type is for declaring the exchange; {unused}"
         if self.durable is False:
             yield "durable", f"durable is for declaring the exchange; {unused}"
+
+    def default_exchange_problem(self, gateway_id: str | None, sink: str | None) -> str | None:
+        """With `exchange: ""` and `queue`, a routing key that never names the queue: every
+        message came back unroutable, to the dead letters, the queue left empty. Only a
+        key fixed when the sink starts is checked: one without placeholders here, one with
+        {gateway} or {sink} too when the loader passes the gateway id and the sink's name
+        (`{topic}` depends on the FlowFile, and may be the queue's name)."""
+        if self.exchange != "" or not self.queue or self.routing_key is None:
+            return None
+        try:
+            names = set(_placeholders(self.routing_key))
+            fill = {"gateway": gateway_id, "sink": sink}
+            if any(fill.get(name) is None for name in names):
+                return None  # {topic}, or not known here: the loader checks it with them
+            key = self.routing_key.format(**{name: fill[name] for name in names})
+        except (ValueError, KeyError, IndexError, AttributeError):
+            return None  # reported by its own check
+        if key == self.queue:
+            return None
+        written = f" ({self.routing_key!r} is {key!r})" if names else ""
+        return (
+            f'the default exchange (exchange: "") routes a message to the queue its routing'
+            f" key names{written}: set routing_key: {self.queue} for queue {self.queue}"
+        )
 
     def _exchange_problems(self, exchange: str) -> Iterator[tuple[str, str]]:
         example = exchange.replace("{gateway}", "g").replace("{sink}", "s")

@@ -1136,6 +1136,34 @@ def test_mqtt_strings_longer_than_mqtt_allows_are_config_errors(tmp_path: Path) 
     ]
 
 
+def test_an_amqp_routing_key_is_checked_with_the_sinks_name_and_the_gateway_id(
+    tmp_path: Path,
+) -> None:
+    # exchange: "" routes by queue name: routing_key "{sink}" on a sink named as its
+    # queue routes there, and was refused at load; filled in, it is checked still.
+    path = write(
+        tmp_path,
+        """\
+        mqtt: {url: "mqtt://127.0.0.1:1883"}
+        sources:
+          a: {type: mqtt, topics: ["a/#"]}
+        routes:
+          r: {match: "#", sinks: [telemetry, gw, topic, other]}
+        sinks:
+          telemetry:
+            {type: amqp, url: amqp://h, exchange: "", queue: telemetry, routing_key: "{sink}"}
+          gw: {type: amqp, url: amqp://h, exchange: "", queue: pi-01, routing_key: "{gateway}"}
+          topic: {type: amqp, url: amqp://h, exchange: "", queue: telemetry}
+          other: {type: amqp, url: amqp://h, exchange: "", queue: telemetry, routing_key: "{sink}"}
+        """,
+    )
+    assert problems(path) == [
+        f'{path}:12: sinks.other.routing_key: the default exchange (exchange: "") routes a'
+        " message to the queue its routing key names ('{sink}' is 'other'): set routing_key:"
+        " telemetry for queue telemetry"
+    ]
+
+
 def test_an_mqtt_sinks_topic_the_broker_refuses_is_a_config_error(tmp_path: Path) -> None:
     # check-config said ok; Mosquitto refuses a client's PUBLISH to $SYS... or $share...
     # (0x87: every message went to the dead letters), and with protocol: 4 it acknowledged

@@ -158,6 +158,25 @@ async def test_the_default_exchange_routes_by_queue_name(
     assert [m.message_id for m in await messages(rabbitmq, ns)] == [ff.id for ff in batch]
 
 
+async def test_the_default_exchange_routes_by_a_key_that_names_the_sink(
+    rabbitmq: Any, ns: str
+) -> None:
+    # routing_key: "{sink}" on a sink named as its queue routes each message there: it was
+    # refused at load as "not the queue's name", a working setup stopped by an upgrade.
+    config, problems = sink_config_problems(
+        "amqp", ns, url=rabbitmq.url, exchange="", queue=ns, routing_key="{sink}"
+    )
+    assert problems == []
+    assert isinstance(config, AmqpSinkConfig)
+    async with closing(
+        lambda: connected(AmqpSink(config, Context(name=ns, kind="sink", gateway_id="pi-01")))
+    ) as opened:
+        sink = await opened()
+        batch = [FlowFile.create(f"plant/{i}", b"{}") for i in range(3)]
+        assert await sink.write(batch) == []
+    assert [m.message_id for m in await messages(rabbitmq, ns)] == [ff.id for ff in batch]
+
+
 async def test_a_batch_keeps_its_order_with_a_small_window(
     rabbitmq: Any, ns: str, sink_for: Any
 ) -> None:

@@ -123,7 +123,7 @@ def test_amq_exchanges_may_be_used_without_declaring() -> None:
             " the exchange is only checked to exist",
         ),
         (
-            {"exchange": "", "queue": "readings"},
+            {"exchange": "", "queue": "readings", "routing_key": "plant"},
             'sinks.fleet.routing_key: the default exchange (exchange: "") routes a message to'
             " the queue its routing key names: set routing_key: readings for queue readings",
         ),
@@ -143,6 +143,25 @@ def test_keys_read_where_they_apply() -> None:
     assert problems(queue="q", binding_key="plant.#") == []
     assert problems(exchange_type="fanout", durable=False) == []
     assert problems(exchange="", queue="q", routing_key="q") == []
+
+
+@pytest.mark.parametrize("routing_key", ["{sink}", "{gateway}", "{topic}", "q.{topic}"])
+def test_a_routing_key_with_placeholders_is_not_taken_for_another_queues_name(
+    routing_key: str,
+) -> None:
+    # routing_key: "{sink}" on a sink named as its queue routes there, and {topic} does
+    # for a topic of that name: each was refused as "not the queue's name". (The loader
+    # checks {sink} and {gateway} filled in, see tests/config/test_load.py.)
+    assert problems(exchange="", queue="q", routing_key=routing_key) == []
+
+
+def test_a_routing_key_with_a_topic_level_is_one_line_not_a_crash() -> None:
+    # {topic.1} raised AttributeError ('str' object has no attribute '1') out of the
+    # check: a traceback where the config's mistake wanted one line.
+    assert problems(exchange="", queue="q", routing_key="{topic.1}") == [
+        "sinks.fleet.routing_key: '{topic.1}': unknown placeholder {topic.1}; use {gateway},"
+        " {sink}, {topic}"
+    ]
 
 
 def sink(**keys: Any) -> AmqpSink:
