@@ -88,9 +88,10 @@ Keys
     max_bytes: null                  the stream's size limit (default: none)
     max_age: null                    the oldest message kept (default: no limit)
     max_msg_size: null               the largest message taken (default: the server's;
-                                     at most 2GiB - 1 byte)
-    duplicate_window: 2m             how long a Nats-Msg-Id is remembered; at most
-                                     max_age (JetStream refuses a longer one)
+                                     a stream is made with at most 2GiB - 1 byte)
+    duplicate_window: null           how long a Nats-Msg-Id is remembered (default 2m,
+                                     or max_age when shorter, as JetStream does); at
+                                     most max_age (JetStream refuses a longer one)
   max_in_flight: 1000                messages awaiting their acknowledgement
   max_in_flight_bytes: 8MiB          their bytes
   connect_timeout: 10s
@@ -126,7 +127,7 @@ from nats.js import errors as js_errors
 from gateway.config.model import SinkConfig
 from gateway.config.schema import Doc, Duration, Range, Size, check_location
 from gateway.config.tls import load_client_cert
-from gateway.config.units import duration_text
+from gateway.config.units import duration_text, size_text
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import PermanentError, RetryableError
@@ -357,7 +358,8 @@ async def open_connection(cfg: NatsConnection, ctx: Context, permanent: type[Exc
 # --- the sink -------------------------------------------------------------------------------
 
 
-_MAX_MSG_SIZE = 2**31 - 1
+_MAX_MSG_SIZE = 2**31 - 1  # JetStream's max_msg_size is a 32-bit number
+_DEFAULT_WINDOW = 120.0  # JetStream's duplicate window when a stream is made without one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,16 +385,28 @@ class StreamSettings:
     max_bytes: Annotated[Size | None, Doc("The stream's size limit (default: none).")] = None
     max_age: Annotated[Duration | None, Doc("The oldest message kept (default: no limit).")] = None
     max_msg_size: Annotated[
-        Size | None, Doc("The largest message the stream takes (default: the server's).")
+        Size | None,
+        Doc(
+            "The largest message the stream takes (default: the server's); a stream is made"
+            " with at most 2GiB - 1 byte."
+        ),
     ] = None
     duplicate_window: Annotated[
-        Duration,
+        Duration | None,
         Doc(
             "How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again; at"
-            " most `max_age`."
+            " most `max_age` (default: 2m, or `max_age` when shorter, as JetStream does)."
         ),
         Range(1, message="must be at least 1s"),
-    ] = 120.0
+    ] = None
+
+    @property
+    def window(self) -> float:
+        """The duplicate window the stream is made with: JetStream's own default (2m, or
+        max_age when shorter) when `duplicate_window` is not set."""
+        if self.duplicate_window is not None:
+            return self.duplicate_window
+        return min(_DEFAULT_WINDOW, self.max_age) if self.max_age else _DEFAULT_WINDOW
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not self.name or any(c in self.name for c in " .*>\t\r\n/\\"):
@@ -406,16 +420,14 @@ class StreamSettings:
             and self.duplicate_window is not None
             and 0 < self.max_age < self.duplicate_window
         ):
-            # JetStream refuses such a stream: its creation was retried for ever
+            # JetStream refuses such a stream: its creation was retried for ever. (Left
+            # out, the window is max_age when shorter than 2m, as JetStream makes it.)
             yield (
                 "duplicate_window",
                 f"{duration_text(self.duplicate_window)} is longer than max_age"
                 f" ({duration_text(self.max_age)}), which JetStream refuses: set"
-                f" duplicate_window: {duration_text(self.max_age)} or less (2m by default)",
+                f" duplicate_window: {duration_text(self.max_age)} or less, or leave it out",
             )
-        if self.max_msg_size is not None and self.max_msg_size > _MAX_MSG_SIZE:
-            # JetStream takes a 32-bit number: it answered "invalid JSON"
-            yield "max_msg_size", "must be at most 2GiB - 1 byte (JetStream's 32-bit limit)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -620,11 +632,20 @@ class NatsSink(Sink):
             max_bytes=settings.max_bytes if settings.max_bytes is not None else -1,
             max_age=settings.max_age or 0,
             max_msg_size=settings.max_msg_size if settings.max_msg_size is not None else -1,
-            duplicate_window=settings.duplicate_window,
+            duplicate_window=settings.window,
         )
         try:
             info = await js.stream_info(settings.name)
         except js_errors.NotFoundError:
+            size = settings.max_msg_size
+            if size is not None and size > _MAX_MSG_SIZE:
+                # JetStream answered "invalid JSON". Only making the stream needs it: one
+                # that exists is left as it is, this setting warned about as any other.
+                raise permanent(
+                    f"cannot create stream {settings.name}: create_stream.max_msg_size"
+                    f" {size_text(size)} is more than JetStream takes (2GiB - 1 byte); set it"
+                    " lower or leave it out (the server's max_payload bounds a message anyway)"
+                ) from None
             try:
                 await js.add_stream(wanted)
             except js_errors.APIError as err:

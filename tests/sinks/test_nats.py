@@ -428,25 +428,72 @@ async def test_a_missing_tls_file_is_named() -> None:
 
 
 def test_a_stream_jetstream_refuses_is_refused_when_the_config_loads() -> None:
-    # max_age under the default window: JetStream refused the stream ("duplicates window
-    # can not be larger then max age") and its creation was retried for ever; 2GiB said
-    # "invalid JSON"
+    # a duplicate_window written longer than max_age: JetStream refused the stream
+    # ("duplicates window can not be larger then max age"), its creation retried for ever
     found = config_problems(
-        servers=["nats://127.0.0.1:4222"], create_stream={"name": "A", "max_age": "30s"}
+        servers=["nats://127.0.0.1:4222"],
+        create_stream={"name": "A", "max_age": "30s", "duplicate_window": "2m"},
     )[1]
     assert found == [
         "sinks.fleet.create_stream.duplicate_window: 2m is longer than max_age (30s), which"
-        " JetStream refuses: set duplicate_window: 30s or less (2m by default)"
-    ]
-    found = config_problems(
-        servers=["nats://127.0.0.1:4222"], create_stream={"name": "A", "max_msg_size": "2GiB"}
-    )[1]
-    assert found == [
-        "sinks.fleet.create_stream.max_msg_size: must be at most 2GiB - 1 byte (JetStream's"
-        " 32-bit limit)"
+        " JetStream refuses: set duplicate_window: 30s or less, or leave it out"
     ]
     stream = {"name": "A", "max_age": "30s", "duplicate_window": "30s"}
     assert config_problems(servers=["nats://127.0.0.1:4222"], create_stream=stream)[1] == []
+
+
+async def test_a_short_max_age_makes_the_window_as_short_as_jetstream_does(
+    nats_factory: Callable[..., servers.Nats], ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # create_stream: {max_age: 30s} was refused at load (the default window, 2m, is longer),
+    # a setup that ran against its stream stopped by an upgrade. JetStream itself makes
+    # the window max_age when shorter than 2m; so does the sink, and a stream it made
+    # compares equal.
+    server = nats_factory()
+    keys = single_stream_keys(ns)
+    keys["create_stream"]["max_age"] = "30s"
+    for _ in range(2):  # made, then found as it was made: no warning
+        sink = make_sink([server.url], **keys)
+        await sink.connect()
+        await sink.close()
+    assert "other settings" not in caplog.text
+    nc = await nats.connect(servers=[server.url])
+    try:
+        info = await nc.jetstream(timeout=JS_TIMEOUT).stream_info(ns.upper())
+    finally:
+        await nc.close()
+    assert (info.config.max_age, info.config.duplicate_window) == (30.0, 30.0)
+
+
+async def test_a_max_msg_size_past_jetstreams_stops_only_the_making_of_a_stream(
+    nats_factory: Callable[..., servers.Nats], ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # max_msg_size over 2GiB - 1 byte was refused at load: a stream that exists is left
+    # as it is (the setting warned about, as any other); only making one cannot work
+    # (JetStream answered "invalid JSON").
+    server = nats_factory()
+    keys = single_stream_keys(ns)
+    keys["create_stream"]["max_msg_size"] = "3GiB"
+    with pytest.raises(PermanentError) as raised:
+        await make_sink([server.url], **keys).connect()
+    assert str(raised.value) == (
+        f"cannot create stream {ns.upper()}: create_stream.max_msg_size 3GiB is more than"
+        " JetStream takes (2GiB - 1 byte); set it lower or leave it out (the server's"
+        " max_payload bounds a message anyway)"
+    )
+    nc = await nats.connect(servers=[server.url])
+    try:
+        stream = js_api.StreamConfig(name=ns.upper(), subjects=[f"{ns}.pi-01.>"])
+        await nc.jetstream(timeout=JS_TIMEOUT).add_stream(stream)
+    finally:
+        await nc.close()
+    sink = make_sink([server.url], **keys)
+    await sink.connect()
+    try:
+        assert await sink.write([FlowFile.create("a", b"{}")]) == []
+    finally:
+        await sink.close()
+    assert f"max_msg_size -1 (config: {3 * 2**30})" in caplog.text
 
 
 @pytest.mark.parametrize(
