@@ -62,8 +62,10 @@ timestamptz or date value may be written as RFC 3339 / ISO 8601
 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`), as the postgres sink takes
 it: a time with an offset is stored in UTC, a date keeps the day as written (MySQL
 itself refuses the `T`, the `Z` and offsets); a boolean may be the text `true`,
-`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case, or the number
-1 or 0 (another number, 2 or 0.5, is refused, as PostgreSQL does). A column of
+`false`, `yes`, `no`, `on`, `off`, `t`, `f`, `1` or `0`, in any case, or a number
+or numeric text equal to 1 or 0 (1.0, "1e0", "0.0", which MySQL takes and
+PostgreSQL refuses); another number (2, -7, 0.5, "2") is refused, as PostgreSQL
+refuses it, where MySQL would store it or round it. A column of
 the table that holds integers takes a whole number (21, 21.0, "1e2") and refuses a
 fraction (21.5), which MySQL would round even in strict mode. A row whose
 value does not fit its column is refused alone. A number goes as written, every
@@ -448,20 +450,32 @@ def _boolean(value: Any) -> Any:
 
 def _flag(value: Any) -> Any:
     """A boolean for a column of `type: boolean` that holds integers (BOOLEAN is a TINYINT):
-    true and false, the texts `_boolean` reads, and the numbers 1 and 0 (1.0 too) as 1 or
-    0; anything else as a text the column refuses, naming the value, as PostgreSQL
-    refuses it. MySQL stored 2 there, 0.5 rounded to 1, and -7 as it is."""
+    true and false, the texts `_boolean` reads, and a number or a numeric text equal to 1
+    or 0 (1.0, "1.0", "1e0", "0.00") as 1 or 0, as MySQL took them; anything else (2,
+    -7, 0.5, "2") as a text the column refuses, naming the value, as PostgreSQL refuses
+    it. MySQL stored 2 there, 0.5 rounded to 1, and -7 as it is."""
     kind = type(value)
     if value is None or kind is bool:
         return value
+    number = value
     if kind is str:
         flag = _BOOLEANS.get(value.strip().lower())
         if flag is not None:
             return flag
-    if (kind is int or kind is float or kind is decimal.Decimal) and value in (0, 1):
-        return int(value)
+        # Python reads 0_1 as 1; a number is compared, never expanded (1e999999999)
+        if "_" not in value:
+            try:
+                number = decimal.Decimal(value.strip())
+            except (decimal.InvalidOperation, ValueError):
+                number = None
+    if type(number) in (int, float, decimal.Decimal) and _finite(number) and number in (0, 1):
+        return int(number)
     text = value if kind is str else _json(value)
     return f"not a boolean: {text}"
+
+
+def _finite(number: float | decimal.Decimal) -> bool:
+    return number.is_finite() if isinstance(number, decimal.Decimal) else math.isfinite(number)
 
 
 def _iso(value: str) -> dt.datetime | None:

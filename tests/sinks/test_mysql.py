@@ -549,16 +549,20 @@ async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
     batch = [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in values]
     batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (True, False)]
     batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in (1, 0, 1.0)]
+    # numeric texts equal to 1 or 0 were stored by MySQL, and dead-lettered once 1.0 was
+    # taken: so are they again, through Decimal
+    texts = ("1.0", "0.0", "1e0", " 0.00 ", "0e999999999")
+    batch += [FlowFile.create("s/a", json.dumps({"ok": v}).encode()) for v in texts]
     # MariaDB stored 2 and -7 in its TINYINT as they are, and rounded 0.5 to 1
     wrong = [
         FlowFile.create("s/b", json.dumps({"ok": v}).encode())
-        for v in ("maybe", 2, 0.5, -7, "2", [1])
+        for v in ("maybe", 2, 0.5, -7, "2", [1], "0.5", "-7", "NaN", "0_1", "1e999999999")
     ]
     rejected = await sink.write([*batch, *wrong])
     assert [r.flowfile.id for r in rejected] == [ff.id for ff in wrong]
     assert "Incorrect integer value: 'not a boolean: 2' for column" in rejected[1].reason
     rows = dict(mariadb.fetch(f"SELECT id, ok FROM `{table}`"))
-    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0, 1, 0, 1]
+    assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0, 1, 0, 1, 1, 0, 1, 0, 0]
 
 
 async def test_a_trigger_that_signals_refuses_its_row_alone(
