@@ -436,12 +436,24 @@ def _convert(column: Column, whole: str | None = None) -> str:
     if column.type == "text":
         return "{}"
     if whole is not None:
-        # A whole number as written (2.0, 1e2 as 100.0) fits; a fraction fails to
-        # convert, to the column's type straight, with the value in the message.
+        # A whole number as written (2.0, 1e2 as 100.0) fits, through numeric; a fraction,
+        # and anything that is not a decimal number ("high"), is converted to the integer
+        # type straight and fails there, so the message names the column's own type and
+        # the value ('invalid input syntax for type integer: "high"'): through numeric it
+        # said "type numeric" for an integer column. (CASE tries its branches in order,
+        # where the order of an AND's operands is not defined.)
         return (
-            f"CASE WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{whole} ELSE {{0}}::{whole} END"
+            f"CASE WHEN {{0}} !~ '{_DECIMAL}' THEN {{0}}::{whole}"
+            f" WHEN {{0}}::numeric % 1 = 0 THEN {{0}}::numeric::{whole} ELSE {{0}}::{whole} END"
         )
     return "{}::" + column.type
+
+
+# A decimal number as numeric reads it, its exponent under 4 digits (1e9999 goes to the
+# integer type, which says it is out of range or not an integer, never numeric's overflow).
+_DECIMAL = (
+    "^[[:space:]]*[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9][0-9]?[0-9]?)?[[:space:]]*$"
+)
 
 
 # A `type` that PostgreSQL would round, without a word, into a table's integer column.
@@ -476,8 +488,9 @@ class _Rows:
         self.needs_levels = any(s.startswith("topic.") for s in sources)
         # A field's value is stored as parsed: read exactly (Decimals, every digit) when
         # a long number is there and a field column keeps its digits (numeric, text,
-        # jsonb) or goes to a table's integer column (where 21.00000000000000001 is refused,
-        # its double 21.0 taken); real, double precision and integer columns gain nothing.
+        # jsonb) or goes to an integer column, by its `type` or the table's (where
+        # 21.00000000000000001 is refused, its double 21.0 taken); real and double
+        # precision columns gain nothing.
         # Decided once: the scan for a long number cost every FlowFile of a readings table
         # twice its parse.
         self.fields = any(s.startswith("field.") for s in sources)
