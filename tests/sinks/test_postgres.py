@@ -312,6 +312,27 @@ async def test_a_trigger_that_raises_another_errcode_has_the_batch_retried(
     assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 3
 
 
+async def test_a_row_without_a_partition_is_dead_lettered_as_the_docs_say(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    # What the docstring compares a partition-routing trigger's RAISE EXCEPTION to:
+    # PostgreSQL's own partitioning refuses a row no partition takes as a constraint
+    # violation (23514), the row dead-lettered, the rest delivered. (By id: UUIDv7 ids
+    # are time-ordered, and a unique index must hold the partition key.)
+    batch = [FlowFile.create("s", b"{}") for _ in range(3)]
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, topic text) PARTITION BY RANGE (id);'
+        f' CREATE TABLE "{table}_old" PARTITION OF "{table}"'
+        f" FOR VALUES FROM (MINVALUE) TO ('{batch[2].id}')"
+    )
+    sink = await sink_for(table=table, create_table=False, columns={"topic": "topic"})
+    rejected = await sink.write(batch)
+    assert [r.flowfile.id for r in rejected] == [batch[2].id]
+    assert "no partition of relation" in rejected[0].reason
+    assert "(SQLSTATE 23514)" in rejected[0].reason
+    assert len(postgres.fetch(f'SELECT 1 FROM "{table}"')) == 2
+
+
 async def test_duplicate_ids_within_a_batch_are_stored_once(
     postgres: Any, table: str, sink_for: Any
 ) -> None:
