@@ -42,7 +42,7 @@ from gateway.config.tls import ServedTlsError, served_tls
 from gateway.core.component import MAX_SINKS
 from gateway.core.errors import ConfigError
 from gateway.core.schedule import Schedule, cron_problem
-from gateway.core.topics import unsendable, validate_filter, validate_topic
+from gateway.core.topics import template_fields, unsendable, validate_filter, validate_topic
 from gateway.mqtt.urls import (
     client_cert_problems,
     parse_url,
@@ -1197,8 +1197,11 @@ class Config:
             if sink is None or sink.type != "amqp" or check is None:
                 continue
             routing_key = getattr(sink, "routing_key", None)
-            if not isinstance(routing_key, str) or "{" not in routing_key:
-                continue  # none, or checked by the sink itself
+            try:
+                if not isinstance(routing_key, str) or not template_fields(routing_key):
+                    continue  # none, or checked by the sink itself
+            except ValueError:
+                continue  # the sink's own check said why
             problem = check(gateway_id, name)
             if problem:
                 yield f"sinks.{name}.routing_key", problem

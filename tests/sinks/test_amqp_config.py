@@ -4,11 +4,14 @@ that bounds what waits for a confirm."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.config.load import load
 from gateway.core.component import Context
+from gateway.core.errors import ConfigError
 from gateway.sinks.amqp import AmqpSink, _ByteWindow
 from tests.sinks.contract import config_problems as sink_config_problems
 
@@ -153,6 +156,26 @@ def test_a_routing_key_with_placeholders_is_not_taken_for_another_queues_name(
     # for a topic of that name: each was refused as "not the queue's name". (The loader
     # checks {sink} and {gateway} filled in, see tests/config/test_load.py.)
     assert problems(exchange="", queue="q", routing_key=routing_key) == []
+
+
+def test_a_routing_key_with_escaped_braces_is_checked_once(tmp_path: Path) -> None:
+    # "{{q}}" has no placeholder: the sink's check reads it as "{q}", the loader leaves it
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"gateway: {{id: pi-01, data_dir: '{tmp_path}'}}\n"
+        "mqtt: {url: 'mqtt://127.0.0.1:1883'}\n"
+        "sources: {a: {type: mqtt, topics: ['a/#']}}\n"
+        "routes: {r: {match: '#', sinks: [s]}}\n"
+        "sinks: {s: {type: amqp, url: 'amqp://h', exchange: '', queue: q,"
+        " routing_key: '{{q}}'}}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load(path, environ={})
+    assert raised.value.problems == [
+        f'{path}:5: sinks.s.routing_key: the default exchange (exchange: "") routes a message'
+        " to the queue its routing key names: set routing_key: q for queue q"
+    ]
+    assert problems(exchange="", queue="{q}", routing_key="{{q}}") == []
 
 
 def test_a_routing_key_with_a_topic_level_is_one_line_not_a_crash() -> None:
