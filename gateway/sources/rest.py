@@ -60,7 +60,10 @@ Keys
   username: null           basic auth user (with password)
   password: null
   ca_file: null            CA bundle for https:// (default: the system's)
-  verify: true             verify the server's certificate (default true)
+  cert_file: null          client certificate (PEM) for https://; goes with key_file
+  key_file: null           its private key (PEM)
+  verify: true             verify the server's certificate (default true; false still
+                           presents cert_file)
   max_body: 8MiB           the largest answer read (default 8MiB)
   timeout: 30s             the longest one request may take (default 30s)
 
@@ -93,6 +96,7 @@ from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, url_syntax_problem
+from gateway.config.tls import load_client_cert
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -261,9 +265,17 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
     ca_file: Annotated[
         str | None, Doc("CA bundle that verifies an https:// server (default: the system's).")
     ] = None
-    verify: Annotated[bool, Doc("Verify the server's certificate; `false` for testing only.")] = (
-        True
-    )
+    cert_file: Annotated[
+        str | None, Doc("Client certificate (PEM) for https://; goes with `key_file`.")
+    ] = None
+    key_file: Annotated[str | None, Doc("The client certificate's private key (PEM).")] = None
+    verify: Annotated[
+        bool,
+        Doc(
+            "Verify the server's certificate (https:// only); `false` is for testing only"
+            " (`cert_file` is still presented; not with `ca_file`)."
+        ),
+    ] = True
     max_body: Annotated[
         Size,
         Doc("The largest answer read; a larger one counts as a failure."),
@@ -283,8 +295,19 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             yield "url", "put credentials in username and password, not in the url"
         else:
             yield from self._url_problems()
-            if self.ca_file and not self.url.startswith("https://"):
-                yield "ca_file", "needs TLS: use an https:// URL"
+            if not self.url.startswith("https://"):
+                for name in ("ca_file", "cert_file", "key_file"):
+                    if getattr(self, name):
+                        yield name, "needs TLS: use an https:// URL"
+                if self.verify is False:
+                    yield "verify", "needs TLS: use an https:// URL (http:// verifies nothing)"
+            elif self.verify is False and self.ca_file:
+                yield (
+                    "ca_file",
+                    "verifies the server, which verify: false turns off: give one of them",
+                )
+        if bool(self.cert_file) != bool(self.key_file):
+            yield "cert_file", "cert_file and key_file go together"
         try:
             parse_select(self.select)
         except ValueError as err:
@@ -346,13 +369,18 @@ class RestSource(Source):
         cfg = self.config
         tls: ssl.SSLContext | bool = True
         if cfg.url.startswith("https://"):
-            if not cfg.verify:
-                tls = False
-            else:
-                try:
-                    tls = ssl.create_default_context(cafile=cfg.ca_file)
-                except (OSError, ssl.SSLError) as err:
-                    raise PermanentError(f"cannot read ca_file {cfg.ca_file}: {err}") from err
+            try:
+                tls = ssl.create_default_context(cafile=cfg.ca_file)
+                if not cfg.verify:
+                    # the server's certificate unchecked; a client certificate is still
+                    # presented (ssl=False would drop it, and a server that asks for one
+                    # would refuse every GET), as in the http sink
+                    tls.check_hostname = False
+                    tls.verify_mode = ssl.CERT_NONE
+                if cfg.cert_file:
+                    load_client_cert(tls, cfg.cert_file, cfg.key_file)
+            except (OSError, ssl.SSLError) as err:
+                raise PermanentError(f"cannot read the TLS files: {err}") from err
         headers = {"User-Agent": "edge-stream", "Accept": "application/json"}
         # The configured headers go to the url's own origin only, never where it
         # redirects: any of them may be a credential (X-Goog-Api-Key, Dd-Api-Key, ...).

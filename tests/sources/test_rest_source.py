@@ -5,8 +5,10 @@ least once), then the select paths, topic templates, 4xx and bad answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -279,6 +281,69 @@ def test_keys_are_checked(tmp_path: Path) -> None:
     ]
     assert problems(url="http://h/x", headers={"bad header": "v"}) == [
         "sources.api.headers.bad header: is not a valid HTTP header name"
+    ]
+
+
+async def test_verify_false_still_presents_the_client_certificate(tmp_path: Path) -> None:
+    """With `verify: false` the source sent no client certificate (ssl=False, and no
+    cert_file to give): an API that asks for one refused every GET."""
+    pki = servers.make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
+    context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
+    context.verify_mode = ssl.CERT_REQUIRED
+    taken: list[asyncio.StreamWriter] = []
+    body = b'[{"v": 1}]'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    source = make_source(
+        url=f"https://127.0.0.1:{port}/x",  # its CA not given: unverified
+        verify=False,
+        cert_file=str(pki.cert_file),
+        key_file=str(pki.key_file),
+    )
+    await source.connect()
+    try:
+        messages = await source.poll_messages()
+        assert [json.loads(m.flowfile.content) for m in messages] == [{"v": 1}]
+    finally:
+        await source.close()
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()
+
+
+def test_verify_false_goes_with_https_and_without_ca_file(tmp_path: Path) -> None:
+    def problems(**keys: Any) -> list[str]:
+        found = Problems()
+        build_component("source", {"type": "rest", **keys}, ("sources", "api"), found)
+        return [f"{'.'.join(map(str, p))}: {m}" for p, m in found.items]
+
+    # both were taken and ignored: http:// verifies nothing, and verify: false read no CA
+    assert problems(url="http://h/x", verify=False) == [
+        "sources.api.verify: needs TLS: use an https:// URL (http:// verifies nothing)"
+    ]
+    assert problems(url="https://h/x", verify=False, ca_file="/ca.pem") == [
+        "sources.api.ca_file: verifies the server, which verify: false turns off: give one of them"
+    ]
+    assert problems(url="https://h/x", verify=False) == []
+    assert problems(url="https://h/x", cert_file="/c.pem") == [
+        "sources.api.cert_file: cert_file and key_file go together"
+    ]
+    assert problems(url="http://h/x", cert_file="/c.pem", key_file="/k.pem") == [
+        "sources.api.cert_file: needs TLS: use an https:// URL",
+        "sources.api.key_file: needs TLS: use an https:// URL",
     ]
 
 
