@@ -41,6 +41,11 @@ columns; without it, a reader may see a line twice). A line cut short by a
 power loss is removed when the sink next opens the file (that batch was not
 yet reported delivered, so it is written again in full).
 
+The path must be a regular file (or name none yet: it is created). A folder, a FIFO,
+a device or a socket there stops the sink with one line saying what is there, found
+when the sink opens the file (check-config cannot know: the file may not exist yet);
+the data stays buffered until the path is fixed and the config reloaded.
+
 Keys
   type: file
   path: telemetry.jsonl    the file; a relative path is under gateway.data_dir
@@ -83,10 +88,12 @@ import asyncio
 import base64
 import csv
 import decimal
+import errno
 import io
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,7 +102,7 @@ from typing import IO, Annotated, Any, Literal
 from gateway.config.model import SinkConfig, path_problem
 from gateway.config.schema import Doc, Duration, Range, Size
 from gateway.core.component import Context, Rejected, Sink
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks._columns import dig, json_text, level, loads, loads_exact, refuse_constant
 
@@ -360,9 +367,7 @@ class FileSink(Sink):
         try:
             os.makedirs(directory, exist_ok=True)
             existed = os.path.exists(self.path)
-            # Append mode, also readable so a torn last line can be found; it stays
-            # open across writes and _close closes it.
-            f = open(self.path, "a+b")  # noqa: SIM115
+            f = self._open_file()
             try:
                 self._size = self._trim_torn_tail(f)
                 if self._size and not self._has_header(f):
@@ -376,7 +381,7 @@ class FileSink(Sink):
                         self.path,
                     )
                     existed = False
-                    f = open(self.path, "a+b")  # noqa: SIM115
+                    f = self._open_file()
                     self._size = 0
                 if self._size == 0 and self._header:
                     f.write(self._header)
@@ -393,6 +398,57 @@ class FileSink(Sink):
         self._started = self.ctx.clock.monotonic()
         if not existed and self.config.fsync:
             self._sync_directory(directory)
+
+    def _open_file(self) -> IO[bytes]:
+        """The file at `path`, opened to append and to read (so a torn last line can be
+        found); it stays open across writes and _close closes it. A folder, a FIFO, a
+        device or a socket there is a PermanentError naming it: each was retried for ever
+        (a FIFO as "not seekable"), which no retry could fix. Opened O_NONBLOCK, so that a
+        FIFO or a device there cannot hold this thread waiting for its other end; its kind
+        is read from the open descriptor, so that a file replaced between a look and the
+        open cannot slip through."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as err:
+            if err.errno in (errno.EISDIR, errno.ENXIO):  # ENXIO: a socket, a device
+                raise PermanentError(self._not_a_file(None)) from err
+            raise
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise PermanentError(self._not_a_file(mode))
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "a+b")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _not_a_file(self, mode: int | None) -> str:
+        """One line: what is at `path` instead of a regular file, and what to do."""
+        if mode is None:
+            try:
+                mode = os.stat(self.path).st_mode
+            except OSError:
+                mode = 0
+        if stat.S_ISDIR(mode):
+            name = f"{self.ctx.name}.{'csv' if self.csv else 'jsonl'}"
+            return (
+                f"{self.path} is a folder, not a file: set path to a file in it"
+                f" (e.g. {os.path.join(self.path, name)})"
+            )
+        if stat.S_ISFIFO(mode):
+            kind = "a FIFO (named pipe)"
+        elif stat.S_ISSOCK(mode):
+            kind = "a socket"
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = "a device"
+        else:
+            kind = "no regular file"
+        return (
+            f"{self.path} is {kind}: the sink appends to, trims and rotates a regular file;"
+            " set path to one (or remove what is there)"
+        )
 
     def _has_header(self, f: IO[bytes]) -> bool:
         """Whether the file starts as this sink writes it: the CSV header of its columns,
@@ -601,10 +657,19 @@ class FileSink(Sink):
     def _ours(self, path: str) -> bool:
         """Whether the file at `path` starts as this sink writes its files."""
         try:
-            with open(path, "rb") as f:
-                return self._has_header(f)
+            # O_NONBLOCK: a FIFO put there since it was looked at must not hold the thread
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # unreadable: not known to be ours
             return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return self._has_header(f)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def _close(self) -> None:
         f, self._file = self._file, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import csv
@@ -10,6 +11,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +24,7 @@ from gateway import registry
 from gateway.config.schema import Problems, build_dataclass
 from gateway.core.clock import Clock
 from gateway.core.component import Context
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
 from gateway.sinks import file as file_sink
 from gateway.sinks.file import FileSink
@@ -392,6 +394,47 @@ async def test_unwritable_path_is_retryable(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file, not a directory")
     sink = make_sink(tmp_path, path="blocker/out.jsonl")
     with pytest.raises(RetryableError, match="cannot open"):
+        await sink.connect()
+    await sink.close()
+
+
+async def test_a_folder_at_the_path_stops_the_sink_in_one_line(tmp_path: Path) -> None:
+    # it was retried for ever ("cannot open ...: Is a directory"), a fix no retry could make
+    (tmp_path / "archive.jsonl").mkdir()
+    sink = make_sink(tmp_path)
+    with pytest.raises(PermanentError) as caught:
+        await sink.connect()
+    where = tmp_path / "archive.jsonl"
+    assert str(caught.value) == (
+        f"{where} is a folder, not a file: set path to a file in it"
+        f" (e.g. {where / 'archive.jsonl'})"
+    )
+    await sink.close()
+    assert names(tmp_path) == ["archive.jsonl"] and names(where) == []
+
+
+async def test_a_fifo_at_the_path_stops_the_sink_in_one_line(tmp_path: Path) -> None:
+    """A FIFO at the path was retried for ever ("File or stream is not seekable"); it is
+    opened without waiting for a reader (O_NONBLOCK): no FIFO or device holds the thread."""
+    fifo = tmp_path / "archive.jsonl"
+    os.mkfifo(fifo)
+    sink = make_sink(tmp_path, fsync=False)
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await asyncio.wait_for(sink.connect(), 10)
+    finally:
+        await sink.close()
+    assert str(caught.value) == (
+        f"{fifo} is a FIFO (named pipe): the sink appends to, trims and rotates a regular"
+        " file; set path to one (or remove what is there)"
+    )
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+async def test_a_device_at_the_path_stops_the_sink(tmp_path: Path) -> None:
+    # /dev/null: taken as the file, a rotation would rename it (the gateway runs as root)
+    sink = make_sink(tmp_path, path="/dev/null")
+    with pytest.raises(PermanentError, match=r"^/dev/null is a device: "):
         await sink.connect()
     await sink.close()
 
