@@ -215,8 +215,10 @@ class BufferSection:
         Duration,
         Doc(
             "How long a commit waits for more messages to fill its batch (not while only"
-            " senders that wait for the commit, such as HTTP clients, have handed data over)."
+            " senders that wait for the commit, such as HTTP clients, have handed data over);"
+            " at most 10s, as what it waits with is not acknowledged yet."
         ),
+        Range(0, 10, "must be between 0s and 10s (what a commit waits with is not acknowledged)"),
     ] = 0.005
 
 
@@ -1622,7 +1624,8 @@ class BatchSettings:
                           commits already group what came in within
                           buffer.batch_linger. A longer linger means fewer, larger
                           writes at low rates (a metered or far upstream), at that
-                          much latency; a sink with a backlog never lingers.
+                          much latency; a sink with a backlog never lingers. At
+                          most 1h.
     """
 
     max_rows: Annotated[
@@ -1643,9 +1646,13 @@ class BatchSettings:
         Doc(
             "How long an idle sink, woken by new FlowFiles, waits for more before it writes"
             " (0: at once; what arrives during a write forms the next batch). Longer means"
-            " fewer, larger writes at low rates, at that much latency."
+            " fewer, larger writes at low rates, at that much latency; at most 1h."
         ),
+        Range(0, 3600, "must be between 0s and 1h (what lingers is not delivered yet)"),
     ] = 0.0
+
+
+RETRY_MAX = 86400.0  # seconds: the longest wait between two tries of a failed upstream
 
 
 @dataclass(frozen=True)
@@ -1656,15 +1663,16 @@ class RetrySettings:
     initial: Annotated[
         Duration,
         Doc("The first wait after a failed write or connect."),
-        Range(0.01, None, "must be at least 10ms"),
+        Range(0.01, RETRY_MAX, "must be between 10ms and 1d"),
     ] = 0.5
     max: Annotated[
         Duration,
         Doc(
             "The longest wait; each failure doubles the wait up to this. An `initial` above"
-            " it is taken as it."
+            " it is taken as it. At most 1d, so that an upstream that is back is tried"
+            " within a day (a wait an upstream asks for, `Retry-After`, is cut to it too)."
         ),
-        Range(0.01, None, "must be at least 10ms"),
+        Range(0.01, RETRY_MAX, "must be between 10ms and 1d"),
     ] = 30.0
 
 

@@ -264,8 +264,34 @@ def test_a_retry_of_no_wait_is_refused(tmp_path: Path) -> None:
         """,
     )
     assert problems(path) == [
-        f"{path}:3: sinks.archive.retry.initial: must be at least 10ms",
-        f"{path}:3: sinks.archive.retry.max: must be at least 10ms",
+        f"{path}:3: sinks.archive.retry.initial: must be between 10ms and 1d",
+        f"{path}:3: sinks.archive.retry.max: must be between 10ms and 1d",
+    ]
+
+
+def test_waits_of_years_are_refused(tmp_path: Path) -> None:
+    """`batch.linger: 100000h` and `retry.max: 100000h` were taken: an idle sink woken held
+    what came for eleven years before writing it, and a failed one (or one a Retry-After
+    asked to wait that long) was tried again years later; a commit's linger of an hour held
+    every reading unacknowledged for that hour."""
+    path = write(
+        tmp_path,
+        """        buffer: {batch_linger: 1h}
+        sinks:
+          archive: {type: file, batch: {linger: 100000h}, retry: {initial: 2d, max: 100000h}}
+          within: {type: file, path: ./b.jsonl, batch: {linger: 1h}, retry: {initial: 1d, max: 1d}}
+        alerts:
+          webhook: {url: "http://127.0.0.1:9/hook", retry: {max: 30d}}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: buffer.batch_linger: must be between 0s and 10s (what a commit waits with"
+        " is not acknowledged)",
+        f"{path}:4: sinks.archive.batch.linger: must be between 0s and 1h (what lingers is"
+        " not delivered yet)",
+        f"{path}:4: sinks.archive.retry.initial: must be between 10ms and 1d",
+        f"{path}:4: sinks.archive.retry.max: must be between 10ms and 1d",
+        f"{path}:7: alerts.webhook.retry.max: must be between 10ms and 1d",
     ]
 
 
