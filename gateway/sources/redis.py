@@ -61,6 +61,7 @@ Keys
   count: 500               entries per read (1 - 10000)
   block: 1s                how long one read waits for new entries
   claim_idle: 60s          stream: take over another consumer's entries idle this long
+                           (at most 1d)
   topic: "redis/{key}"     the topic template
   username, password, ca_file, connect_timeout, timeout: as for the redis sink
 
@@ -88,7 +89,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.config.model import Claim, SourceConfig
+from gateway.config.model import RETRY_MAX, Claim, SourceConfig
 from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, safe_redis_url
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
@@ -152,8 +153,11 @@ class RedisSourceConfig(SourceConfig):
     ] = 1.0
     claim_idle: Annotated[
         Duration,
-        Doc("Stream: take over entries another consumer left pending this long."),
-        Range(1, message="must be at least 1s"),
+        Doc(
+            "Stream: take over entries another consumer left pending this long (at most"
+            " 1d: what a consumer that died left is delivered within it)."
+        ),
+        Range(1, RETRY_MAX, "must be between 1s and 1d"),
     ] = 60.0
     topic: Annotated[
         str,

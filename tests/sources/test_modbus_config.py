@@ -99,6 +99,34 @@ def test_a_problem_is_said_once_with_its_key(raw: dict[str, Any], expected: str)
     assert problems_of(raw) == [expected]
 
 
+def test_waits_of_years_are_refused() -> None:
+    # backoff_max: 100000h was taken, so a device that was offline a while was tried
+    # again years later; interval had no bound, where every other polled source's is
+    assert problems_of(
+        {"url": "tcp://127.0.0.1:5020", "registers": ONE, "backoff_max": "100000h"}
+    ) == ["backoff_max: must be between 10ms and 1d"]
+    assert problems_of(
+        {"devices": {"m": {"url": "tcp://127.0.0.1:5020", "registers": ONE,
+                           "backoff_max": "2d", "interval": "36501d"}}}
+    ) == [
+        "devices.m.interval: must be between 1ms and 100 years",
+        "devices.m.backoff_max: must be between 10ms and 1d",
+    ]  # fmt: skip
+    assert problems_of(
+        {"url": "tcp://127.0.0.1:5020", "interval": 1e12,
+         "registers": {"x": {"address": 0, "interval": "36501d"}}}
+    ) == [
+        "registers.x.interval: must be between 1ms and 100 years",
+        "interval: must be between 1ms and 100 years",
+    ]  # fmt: skip
+    assert (
+        problems_of(
+            {"url": "tcp://127.0.0.1:5020", "registers": ONE, "backoff_max": "1d", "interval": "1d"}
+        )
+        == []
+    )
+
+
 def test_a_null_status_topic_publishes_no_status() -> None:
     raw = {"url": "tcp://127.0.0.1:5020", "registers": ONE, "writeback": {"status_topic": None}}
     assert problems_of(raw) == []

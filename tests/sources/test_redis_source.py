@@ -396,6 +396,14 @@ def test_keys_are_checked() -> None:
         assert problems == [f"sources.r.{name}: must not be empty"]
 
 
+def test_a_claim_idle_of_years_is_refused() -> None:
+    # 100000h was taken: what a consumer that died left pending was never taken over
+    _config, problems = build(url="redis://h:1/0", key="k", claim_idle="100000h")
+    assert problems == ["sources.r.claim_idle: must be between 1s and 1d"]
+    _config, problems = build(url="redis://h:1/0", key="k", claim_idle="1d")
+    assert problems == []
+
+
 def test_a_timeout_of_zero_is_refused_under_its_own_key() -> None:
     # connect_timeout: 0s was said as "timeout: timeouts must be positive", a key the user
     # had not written; the bound is in the reference now (docs/reference/source-redis.md)

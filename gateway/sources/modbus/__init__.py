@@ -98,7 +98,7 @@ every tenth poll).
 A device that does not answer (after `retries`), whose connection fails (its
 serial port or host name does not exist, too: a reload is not rolled back for it), or
 that answers with a device-trouble exception (4, 5, 6, 8, 10, 11) is marked
-offline and retried after its interval, doubling up to `backoff_max` (30s);
+offline and retried after its interval, doubling up to `backoff_max` (30s, at most 1d);
 the other devices, on its port or elsewhere, keep their schedule. Its state
 (online/offline, last error, last poll, counters) is in the source's status
 under `devices`: `last_error` is what is wrong now and is cleared when an

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from gateway.config.model import Claim, SourceConfig, serial_claim
+from gateway.config.model import RETRY_MAX, Claim, SourceConfig, serial_claim
 from gateway.config.schema import Doc, Duration, Range
+from gateway.core.schedule import INTERVAL_MAX
 from gateway.core.topics import template_fields, validate_topic
 from gateway.mqtt.urls import url_problem
 from gateway.sources.modbus import codec
@@ -111,7 +112,7 @@ class RegisterConfig:
     interval: Annotated[
         Duration | None,
         Doc("This value's own poll rate (default: the device's interval)."),
-        Range(0.001, message="must be at least 1ms"),
+        Range(0.001, INTERVAL_MAX, "must be between 1ms and 100 years"),
     ] = None
     on_change: Annotated[bool, Doc("Send a value only when it differs from the last one sent.")] = (
         False
@@ -254,7 +255,7 @@ class DeviceConfig:
     interval: Annotated[
         Duration | None,
         Doc("How often the registers are read. Default: the source's."),
-        Range(0.001, message="must be at least 1ms"),
+        Range(0.001, INTERVAL_MAX, "must be between 1ms and 100 years"),
     ] = None
     timeout: Annotated[
         Duration | None,
@@ -325,10 +326,10 @@ class DeviceConfig:
     backoff_max: Annotated[
         Duration | None,
         Doc(
-            "A device that fails is retried after its interval, doubling up to this."
-            " Default: the source's."
+            "A device that fails is retried after its interval, doubling up to this (at"
+            " most 1d). Default: the source's."
         ),
-        Range(0.01, message="must be at least 10ms"),
+        Range(0.01, RETRY_MAX, "must be between 10ms and 1d"),
     ] = None
 
 
@@ -445,7 +446,7 @@ class ModbusSourceConfig(SourceConfig):
     interval: Annotated[
         Duration,
         Doc("How often the registers are read. Each device may set its own.", example="1s"),
-        Range(0.001, message="must be at least 1ms"),
+        Range(0.001, INTERVAL_MAX, "must be between 1ms and 100 years"),
     ] = 1.0
     timeout: Annotated[
         Duration,
@@ -526,10 +527,11 @@ class ModbusSourceConfig(SourceConfig):
     backoff_max: Annotated[
         Duration,
         Doc(
-            "A device that fails is retried after its interval, doubling up to this. Each"
-            " device may set its own."
+            "A device that fails is retried after its interval, doubling up to this (at"
+            " most 1d, so that a device back is read within a day). Each device may set its"
+            " own."
         ),
-        Range(0.01, message="must be at least 10ms"),
+        Range(0.01, RETRY_MAX, "must be between 10ms and 1d"),
     ] = 30.0
     topic: Annotated[
         str,
