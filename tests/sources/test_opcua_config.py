@@ -154,6 +154,11 @@ def test_a_valid_config_has_no_problems() -> None:
             {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "timeout": "50d"},
             "timeout: must be between 100ms and 1h",
         ),
+        # taken: a connection gone silent was never checked (it is the check's wait too)
+        (
+            {"url": "opc.tcp://h", "nodes": {"a": {"node": "i=1"}}, "watchdog": "100000h"},
+            "watchdog: must be between 100ms and 1h",
+        ),
     ],
 )
 def test_config_mistakes_are_named(raw: dict[str, Any], expected: str) -> None:

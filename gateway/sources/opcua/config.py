@@ -301,8 +301,12 @@ class OpcuaSourceConfig(ScheduleKeys, SourceConfig):
     ] = 5.0
     watchdog: Annotated[
         Duration,
-        Doc("How often the connection is checked when nothing else is sent."),
-        Range(0.1, message="must be at least 100ms"),
+        Doc(
+            "How often the connection is checked when nothing else is sent (at most 1h, the"
+            " session timeout the source asks for)."
+        ),
+        # a watchdog of years never checked a connection gone silent
+        Range(0.1, 3600, "must be between 100ms and 1h"),
     ] = 2.0
     max_queue_bytes: Annotated[
         Size,
