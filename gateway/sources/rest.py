@@ -47,6 +47,10 @@ Redirects are followed, at most 10. The credentials (`bearer_token`, basic auth)
 every one of `headers` (any of them may hold a key) go to the origin of `url` only: a
 redirect to another host, port or scheme gets the request without them.
 
+TLS: an `https://` URL; `ca_file` verifies the server (default: the system's CAs),
+`cert_file` and `key_file` present a client certificate, `verify: false` turns that
+verification off (testing only; a client certificate is still presented).
+
 Keys
   type: rest
   url: https://api.example.com/v1/readings  (required) http:// or https://
