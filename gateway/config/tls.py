@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway.config import files
 
@@ -53,6 +53,40 @@ def load_client_cert(context: ssl.SSLContext, cert_file: str, key_file: str | No
             f"{key_file or cert_file} holds an encrypted private key (it asks for a"
             " passphrase): give the key without one"
         ) from None
+
+
+def client_tls_problems(
+    url: str, verify: bool, ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> Iterator[tuple[str, str]]:
+    """What an HTTP client's TLS keys (the http sink's, the rest source's) cannot mean
+    together with a valid `url`: TLS keys on an http:// URL, verify: false beside the
+    ca_file it ignores."""
+    if not url.startswith("https://"):
+        for name, value in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+            if value:
+                yield name, "needs TLS: use an https:// URL"
+        if verify is False:
+            yield "verify", "needs TLS: use an https:// URL (http:// verifies nothing)"
+    elif verify is False and ca_file:
+        yield "ca_file", "verifies the server, which verify: false turns off: give one of them"
+
+
+def client_tls(
+    url: str, verify: bool, ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> ssl.SSLContext | bool:
+    """The `ssl` an HTTP client connects to `url` with (True: the default, for http://).
+    verify: false leaves the server's certificate unchecked but still presents a client
+    certificate (ssl=False dropped it, and a server that asks for one refused every
+    request). OSError or ssl.SSLError when the files cannot be read."""
+    if not url.startswith("https://"):
+        return True
+    tls = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        load_client_cert(tls, cert_file, key_file)
+    return tls
 
 
 def _peek(key: str, path: str) -> bytes:

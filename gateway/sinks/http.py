@@ -130,7 +130,7 @@ from gateway.config.schema import (
     safe_url,
     url_syntax_problem,
 )
-from gateway.config.tls import load_client_cert
+from gateway.config.tls import client_tls, client_tls_problems
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import (
@@ -396,17 +396,9 @@ class HttpSinkConfig(SinkConfig):
                         f"holds {bad[0]!r}, which a URL cannot hold as it is: percent-encode"
                         " it (a space is %20, é is %C3%A9)",
                     )
-            if not self.url.startswith("https://"):
-                for name in ("ca_file", "cert_file", "key_file"):
-                    if getattr(self, name):
-                        yield name, "needs TLS: use an https:// URL"
-                if self.verify is False:
-                    yield "verify", "needs TLS: use an https:// URL (http:// verifies nothing)"
-            elif self.verify is False and self.ca_file:
-                yield (
-                    "ca_file",
-                    "verifies the server, which verify: false turns off: give one of them",
-                )
+            yield from client_tls_problems(
+                self.url, self.verify, self.ca_file, self.cert_file, self.key_file
+            )
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         headers = {k: v for k, v in (self.headers or {}).items() if v is not None}
@@ -514,20 +506,10 @@ class HttpSink(Sink):
                 raise MissingError(
                     f"{safe_url(cfg.url)}: its host name does not resolve ({err.strerror})"
                 ) from err
-        tls: ssl.SSLContext | bool = True
-        if cfg.url.startswith("https://"):
-            try:
-                tls = ssl.create_default_context(cafile=cfg.ca_file)
-                if not cfg.verify:
-                    # the server's certificate unchecked; a client certificate is still
-                    # presented (ssl=False dropped it, and a server that asks for one
-                    # refused every request)
-                    tls.check_hostname = False
-                    tls.verify_mode = ssl.CERT_NONE
-                if cfg.cert_file:
-                    load_client_cert(tls, cfg.cert_file, cfg.key_file)
-            except (OSError, ssl.SSLError) as err:
-                raise PermanentError(f"cannot read the TLS files: {err}") from err
+        try:
+            tls = client_tls(cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise PermanentError(f"cannot read the TLS files: {err}") from err
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),

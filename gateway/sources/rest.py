@@ -100,7 +100,7 @@ from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, url_syntax_problem
-from gateway.config.tls import load_client_cert
+from gateway.config.tls import client_tls, client_tls_problems
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -299,17 +299,9 @@ class RestSourceConfig(ScheduleKeys, SourceConfig):
             yield "url", "put credentials in username and password, not in the url"
         else:
             yield from self._url_problems()
-            if not self.url.startswith("https://"):
-                for name in ("ca_file", "cert_file", "key_file"):
-                    if getattr(self, name):
-                        yield name, "needs TLS: use an https:// URL"
-                if self.verify is False:
-                    yield "verify", "needs TLS: use an https:// URL (http:// verifies nothing)"
-            elif self.verify is False and self.ca_file:
-                yield (
-                    "ca_file",
-                    "verifies the server, which verify: false turns off: give one of them",
-                )
+            yield from client_tls_problems(
+                self.url, self.verify, self.ca_file, self.cert_file, self.key_file
+            )
         if bool(self.cert_file) != bool(self.key_file):
             yield "cert_file", "cert_file and key_file go together"
         try:
@@ -371,20 +363,10 @@ class RestSource(Source):
         if self._session is not None:
             return
         cfg = self.config
-        tls: ssl.SSLContext | bool = True
-        if cfg.url.startswith("https://"):
-            try:
-                tls = ssl.create_default_context(cafile=cfg.ca_file)
-                if not cfg.verify:
-                    # the server's certificate unchecked; a client certificate is still
-                    # presented (ssl=False would drop it, and a server that asks for one
-                    # would refuse every GET), as in the http sink
-                    tls.check_hostname = False
-                    tls.verify_mode = ssl.CERT_NONE
-                if cfg.cert_file:
-                    load_client_cert(tls, cfg.cert_file, cfg.key_file)
-            except (OSError, ssl.SSLError) as err:
-                raise PermanentError(f"cannot read the TLS files: {err}") from err
+        try:
+            tls = client_tls(cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise PermanentError(f"cannot read the TLS files: {err}") from err
         headers = {"User-Agent": "edge-stream", "Accept": "application/json"}
         # The configured headers go to the url's own origin only, never where it
         # redirects: any of them may be a credential (X-Goog-Api-Key, Dd-Api-Key, ...).
