@@ -135,6 +135,12 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | No
 def unsaved(err: OSError, path: str | Path) -> str:
     """One line for a file an edit or a rollback could not write (a full disk, a folder
     left to root by a command run as root): the file was not changed, nor applied."""
+    if err.errno == errno.EROFS:  # no room nor permission to see to
+        return (
+            f"{err.filename or path}: cannot write there: the file system is mounted"
+            " read-only (a disk remounted so after errors: dmesg says why); nothing was"
+            " changed: mount it read-write, then try again"
+        )
     return (
         f"{err.filename or path}: cannot write there ({err.strerror or err}); nothing was"
         " changed: free some space, or let the gateway's user write there"

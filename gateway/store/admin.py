@@ -189,8 +189,12 @@ def read_only_uri(path: Path) -> str | None:
     commit and cannot change, and is read as such (`immutable=1`)."""
     if not read_only_fs(path):
         return None
-    quoted = urllib.parse.quote(str(path.resolve()))
-    wal = path.with_name(path.name + "-wal")
+    # SQLite keeps the -wal and -shm beside the file a symbolic link points to (a store
+    # linked to another disk), not beside the link: looked for there, a -wal full of
+    # commits was not seen and the store was read without them.
+    real = path.resolve()
+    quoted = urllib.parse.quote(str(real))
+    wal = real.with_name(real.name + "-wal")
     try:
         commits = wal.stat().st_size > 0
     except OSError:

@@ -517,6 +517,12 @@ def hold_data_dir(data_dir: str | os.PathLike[str]) -> Path:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         # A data_dir on a read-only file system stopped the start with a traceback.
+        if err.errno == errno.EROFS:
+            raise StoreError(
+                f"gateway.data_dir {key}: the file system is mounted read-only (a disk"
+                " remounted so after errors: dmesg says why), so the gateway's folder"
+                f" cannot be used (it writes {lock}): mount it read-write, then try again"
+            ) from err
         raise StoreError(
             f"gateway.data_dir {key}: cannot use it as the gateway's folder (cannot open"
             f" {lock}: {err.strerror or err}); give a folder the gateway may write"

@@ -1279,6 +1279,28 @@ def test_the_store_commands_refuse_a_file_that_is_not_a_store_in_one_line(
     assert store.read_bytes() == b"these are not the pages of a database\n" * 100
 
 
+def killed_store(tmp_path: Path, store: Path) -> None:
+    """At `store`, the files of an open store whose last commit (a fifth dead letter) is
+    still in its WAL, as a kill leaves them."""
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    fill_store(staged / "store.db")
+    from gateway.core.flowfile import FlowFile
+    from gateway.store.sqlite import Batch, DeadLetter, Store
+
+    async def more() -> None:
+        opened = Store(staged / "store.db")
+        await opened.open(["a", "b"])
+        late = FlowFile.create("t/5", b"late")
+        await opened.commit(Batch([], [DeadLetter(late, "sink a", "late", "a")], {}, []))
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copy(f"{staged / 'store.db'}{suffix}", f"{store}{suffix}")
+        await opened.close()
+
+    asyncio.run(more())
+    assert os.path.getsize(f"{store}-wal") > 0
+
+
 @pytest.fixture
 def read_only_data_dir(tmp_path: Path) -> Iterator[Callable[[], None]]:
     """tmp_path/data as a tmpfs (the tests run as root) and a function that remounts it
@@ -1301,24 +1323,8 @@ def test_the_store_commands_that_read_work_on_a_read_only_file_system(
     disk and the folder's permissions"; now they read it, with what its WAL holds after a
     kill, and the ones that write say in one line that the file system is read-only."""
     config, store = stored_config(tmp_path)
-    if killed:  # the files of an open store, its commits still in the WAL
-        staged = tmp_path / "staged"
-        staged.mkdir()
-        fill_store(staged / "store.db")
-        from gateway.core.flowfile import FlowFile
-        from gateway.store.sqlite import Batch, DeadLetter, Store
-
-        async def more() -> None:
-            opened = Store(staged / "store.db")
-            await opened.open(["a", "b"])
-            late = FlowFile.create("t/5", b"late")
-            await opened.commit(Batch([], [DeadLetter(late, "sink a", "late", "a")], {}, []))
-            for suffix in ("", "-wal", "-shm"):
-                shutil.copy(f"{staged / 'store.db'}{suffix}", f"{store}{suffix}")
-            await opened.close()
-
-        asyncio.run(more())
-        assert os.path.getsize(f"{store}-wal") > 0
+    if killed:
+        killed_store(tmp_path, store)
     else:
         fill_store(store)
     read_only_data_dir()
@@ -1380,6 +1386,58 @@ def test_a_rollback_on_a_full_disk_is_one_line_and_changes_nothing(tmp_path: Pat
         assert [v.name for v in files.versions(data_dir)] == kept
     finally:
         subprocess.run(["umount", "-l", str(data_dir)], check=False)
+
+
+def test_store_reset_and_config_rollback_say_the_file_system_is_read_only(
+    tmp_path: Path, read_only_data_dir: Callable[[], None]
+) -> None:
+    """A data_dir remounted read-only: `store reset` said to give a folder the gateway may
+    write, and `config rollback` to free some space or let the gateway's user write there,
+    where the other commands that write say the file system is read-only."""
+    from gateway.config import files
+
+    config, store = stored_config(tmp_path)
+    fill_store(store)
+    first = config.read_text()
+    files.save(config, first.replace("cli-store", "cli-store-2"), store.parent)
+    read_only_data_dir()
+    reset = cli("store", "reset", "--force", "-c", str(config))
+    assert (reset.returncode, reset.stdout) == (1, ""), reset.stderr
+    assert reset.stderr == (
+        f"edge-stream: store reset refused: gateway.data_dir {store.parent}: the file system"
+        " is mounted read-only (a disk remounted so after errors: dmesg says why), so the"
+        f" gateway's folder cannot be used (it writes {store.parent}/.lock): mount it"
+        " read-write, then try again\n"
+    )
+    rollback = cli("config", "rollback", "-c", str(config))
+    assert (rollback.returncode, rollback.stdout) == (1, ""), rollback.stderr
+    assert "the file system is mounted read-only" in rollback.stderr, rollback.stderr
+    assert rollback.stderr.endswith("nothing was changed: mount it read-write, then try again\n")
+    assert len(rollback.stderr.splitlines()) == 1
+    assert config.read_text() != first
+
+
+def test_a_store_linked_to_a_read_only_disk_is_read_with_its_wal(tmp_path: Path) -> None:
+    """<data_dir>/store.db a symbolic link to another disk, remounted read-only after a
+    kill: SQLite keeps the -wal beside the link's target, where it was not looked for, and
+    the store was read without it (4 dead letters listed, the fifth, in the WAL, unseen)."""
+    config, link = stored_config(tmp_path)
+    link.parent.mkdir()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        killed_store(tmp_path, disk / "store.db")
+        link.symlink_to(disk / "store.db")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        listed = cli("dead-letters", "list", "-c", str(config))
+        assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
+        assert listed.stdout.splitlines()[-1] == "5 dead letter(s)"
+        stats = cli("store", "stats", "-c", str(config))
+        assert stats.returncode == 0, stats.stderr
+        assert stats.stdout.splitlines()[-1].endswith("; 5 dead letter(s)")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_store_reset_says_what_it_moved_and_why(tmp_path: Path) -> None:
