@@ -281,14 +281,19 @@ def _config_versions(args: argparse.Namespace) -> int:
     if current == text:
         print(f"{args.config} already holds {version.name}; nothing to restore")
         return 0
+    durable = True
     try:
         replaced = files.save(args.config, text, data_dir)
+    except files.NotDurable as err:  # replaced all the same: said, then applied as such
+        print(f"edge-stream: {files.unsaved(err, args.config)}", file=sys.stderr)
+        replaced, durable = err.kept, False
     except OSError as err:  # a full disk: as the console's rollback answers it, in one line
         print(f"edge-stream: {files.unsaved(err, args.config)}", file=sys.stderr)
         return 1
     also = f"; the text it replaced is kept as {replaced.name}" if replaced else ""
     print(f"{args.config}: restored {version.name}{also}")
-    return _reload_after_rollback(args.config, data_dir)
+    reloaded = _reload_after_rollback(args.config, data_dir)
+    return reloaded if durable else 1
 
 
 def _gateway_runs_on(data_dir: str) -> bool:

@@ -43,6 +43,14 @@ class NotARegularFile(OSError):
     """read_head(regular=True) of a pipe, a device, a folder."""
 
 
+class NotDurable(OSError):
+    """write_atomic: the file WAS replaced, but its folder could not be synced to the disk
+    (an I/O error), so a power cut may yet bring back the old one. Not "nothing changed".
+    `save` sets `kept`, the version it kept of the text replaced."""
+
+    kept: Version | None = None
+
+
 def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -> bytes:
     """The first `limit` bytes of the file at `path` (OSError if it cannot be read). A
     named pipe with no writer is read as empty, not waited on (the open blocked, and the
@@ -125,16 +133,26 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise NotDurable(err.errno, err.strerror, str(path)) from err
 
 
 def unsaved(err: OSError, path: str | Path) -> str:
     """One line for a file an edit or a rollback could not write (a full disk, a folder
-    left to root by a command run as root): the file was not changed, nor applied."""
+    left to root by a command run as root): the file was not changed, nor applied. A
+    `NotDurable` error says that the file was changed."""
+    if isinstance(err, NotDurable):
+        return (
+            f"{path}: the file was replaced, but its folder could not be synced to the disk"
+            f" ({err.strerror or err}), so a power cut may yet bring back the old text: see"
+            " to the disk (dmesg says why)"
+        )
     if err.errno == errno.EROFS:  # no room nor permission to see to
         return (
             f"{err.filename or path}: cannot write there: the file system is mounted"
@@ -202,10 +220,19 @@ def save(path: str | Path, text: str, data_dir: str | Path) -> Version | None:
     """Keep the current text as a version, then write `text` atomically in its place,
     then drop the oldest versions beyond KEEP_VERSIONS. Returns the kept version (None
     when there was no file). A write that fails takes its version back and drops none:
-    a config folder that cannot be written must not wear the history away."""
-    kept = keep_version(path, data_dir)
+    a config folder that cannot be written must not wear the history away. One that
+    failed after the file was replaced (`NotDurable`) keeps it: the text it replaced is
+    gone from the file, and `kept` on the error names where it went."""
+    try:
+        kept = keep_version(path, data_dir)
+    except NotDurable as err:  # the copy's folder, not the file: nothing was replaced
+        raise OSError(err.errno, err.strerror, err.filename) from err
     try:
         write_atomic(path, text)
+    except NotDurable as err:
+        err.kept = kept
+        _prune(data_dir)
+        raise
     except BaseException:
         if kept is not None:
             kept.path.unlink(missing_ok=True)

@@ -514,3 +514,44 @@ def test_keygen_signing_into_a_folder_is_one_line(
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keys"]
     code, out, _ = run(capsys, "config", "keygen-signing", "--out", "keys/fleet.key")
     assert code == 0 and (tmp_path / "keys/fleet.key.pub").exists(), out
+
+
+def test_a_rollback_whose_folder_cannot_be_synced_says_the_file_was_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync of the config's folder failed (EIO) after the new text was renamed over
+    the file: `save` deleted the version it kept of the replaced text and the command said
+    "nothing was changed", while the file held the restored text."""
+    import errno
+    import os
+
+    from gateway.config import files
+
+    data = tmp_path / "data"
+    config = tmp_path / "gw.yaml"
+    old = (
+        f"gateway: {{id: first, data_dir: {data}}}\nweb: {{enabled: false}}\n"
+        "mqtt: {url: 'mqtt://127.0.0.1:1'}\nroutes: {all: {match: '#', sinks: [a]}}\n"
+        "sinks: {a: {type: file}}\n"
+    )
+    config.write_text(old)
+    files.save(config, old.replace("first", "second"), data)
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    code, out, err = run(capsys, "config", "rollback", "-c", str(config))
+    assert config.read_text() == old
+    assert code == 1
+    assert err == (
+        f"edge-stream: {config}: the file was replaced, but its folder could not be synced"
+        " to the disk (Input/output error), so a power cut may yet bring back the old text:"
+        " see to the disk (dmesg says why)\n"
+    )
+    kept = files.versions(data)[0]
+    assert kept.path.read_text() == old.replace("first", "second")
+    assert out.startswith(f"{config}: restored ") and kept.name in out, out
