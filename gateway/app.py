@@ -537,6 +537,8 @@ class Gateway:
             let_go_data_dir(lock)
 
     async def _run_engine(self) -> None:
+        before = self._engine  # a reload's engine: the one it replaces
+        failing = () if before is None else (n for n, r in before.sources.items() if r.failing)
         engine = Engine(
             self.config,
             self.store,
@@ -546,6 +548,7 @@ class Gateway:
             watch=self.watch,
             topics=self.topics,
             first=self._engine is None,
+            at_once=frozenset(failing),
         )
         self._running = engine
         if self._engine is None:

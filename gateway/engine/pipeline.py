@@ -117,12 +117,16 @@ class Engine:
         watch: TopicWatch | None = None,
         topics: TopicsSeen | None = None,
         first: bool = False,
+        at_once: frozenset[str] = frozenset(),
     ) -> None:
         """`mqtt_url` is the gateway's broker (resolved by the process from `mqtt.url`);
         None when no component uses it. `watch` is told the topics of what commits, while
         it watches some filter (the `no_data` alerts). `first`: the process's first engine
-        (not a reload's), the one that waits for the state replica (`restore_wait`)."""
+        (not a reload's), the one that waits for the state replica (`restore_wait`).
+        `at_once`: the polled sources that poll at once, not at their schedule's first
+        time: a reload's engine, they were failing in the one before (SourceRunner.at_once)."""
         self.config = config
+        self.at_once = at_once
         self.first = first
         self.config_path = config_path
         self.store = store
@@ -194,6 +198,7 @@ class Engine:
             self.sinks[name] = self._sink_runner(name, sink_cfg)
         for name, src_cfg in cfg.sources.items():
             self.sources[name] = self._source_runner(name, src_cfg)
+            self.sources[name].at_once = name in self.at_once
 
     def _sink_runner(self, name: str, sink_cfg: Any) -> SinkRunner:
         entry = registry.find("sink", sink_cfg.type)
@@ -574,6 +579,9 @@ class Engine:
                 failures.append(f"routes: {err}")
             if self.router.stateful() and "timers" not in self._tasks:
                 self._spawn(self._tg, "timers", self._tick_loop)
+        # A polled source that was failing polls at once when started again, not at its
+        # schedule's first time (see SourceRunner.at_once): its alert held till then.
+        failing = {n for n in plan.sources_stop if n in self.sources and self.sources[n].failing}
         for name in plan.sources_stop:
             await self._stop_source(name)
         for name in plan.sinks_stop:
@@ -603,6 +611,7 @@ class Engine:
             except Exception as err:
                 failures.append(f"source {name}: {err}")
                 continue
+            source_runner.at_once = name in failing
             self.sources[name] = source_runner
             self._spawn(self._tg, f"source {name}", source_runner.run)
             started.append((f"source {name}", source_runner))

@@ -228,6 +228,11 @@ class SourceRunner:
         # A poll (or a connect) has ended since the runner started: until then a polled
         # source's "running" says nothing of its upstream (see SourceStatus.first_try).
         self._polled = False
+        # Its first poll is at once, not at the schedule's first time: it replaces, at a
+        # reload, a runner whose source was failing (see `Engine.apply`). The fix may be in
+        # the new config (the URL put right), or on the upstream's side; at the first time
+        # of `0 3 * * *` its source_offline alert, kept, fired for up to a day after it.
+        self.at_once = False
 
     def _extra(self) -> Mapping[str, object]:
         extra = self.source.status()
@@ -399,7 +404,7 @@ class SourceRunner:
         # for missed once a cron time had passed meanwhile, and a cron source whose first
         # connect failed waited for its first time: retrying (source_offline firing) for
         # up to a gap of the schedule, a day for `0 3 * * *`.
-        at_once = self.failing
+        at_once, self.at_once = self.failing or self.at_once, False
         if at_once:
             due = schedule.at_once(mono, wall)
         while True:

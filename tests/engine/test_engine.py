@@ -29,6 +29,7 @@ from gateway.core.clock import Clock
 from gateway.core.component import Context, Message, Processor, Rejected, Sink, Source
 from gateway.core.errors import PermanentError, RetryableError, RetryLater
 from gateway.core.flowfile import FlowFile
+from gateway.core.schedule import Schedule
 from gateway.core.topics import TopicWatch
 from gateway.engine.console import TopicsSeen
 from gateway.engine.pipeline import Engine
@@ -1023,3 +1024,96 @@ async def test_refused_rows_are_dead_lettered_and_a_permanent_error_stops_the_si
     assert runner.state == "failed" and runner.last_error == "table is gone"
     assert clock.slept == [], "no backoff for what can never work"
     assert store.cursor("out") == start + 3 and store.depth("out") == 2, "the data stays"
+
+
+# -- a polled source started again by a reload ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CronConfig(SourceConfig):
+    url: str = "http://good"
+
+
+class CronSource(Source):
+    """Polled at 03:00 each day; its polls fail while its url is http://bad."""
+
+    polls: list[str] = []
+
+    def __init__(self, config: CronConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.schedule = Schedule(interval=1.0, cron="0 3 * * *")
+
+    async def poll(self) -> list[FlowFile]:
+        self.polls.append(self.config.url)
+        if self.config.url == "http://bad":
+            raise RetryableError("connection refused")
+        return [ff(1)]
+
+
+@pytest.mark.parametrize("was", ["failing", "working"])
+async def test_a_reload_of_a_failing_polled_source_polls_it_at_once(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, was: str
+) -> None:
+    """A source polled at `0 3 * * *` whose polls failed, its URL put right by a reload:
+    the new runner waited for 03:00 the next day for its first poll, "running" and no
+    error meanwhile, and its source_offline alert, kept, firing till then. It now polls at
+    once; one that worked waits for its schedule, as at a start."""
+    classes = {("source", "cron"): CronSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[(k, n)]))
+    monkeypatch.setattr(CronSource, "polls", [])
+    monkeypatch.setattr(FakeSink, "events", [])
+    monkeypatch.setattr(FakeSink, "release", asyncio.Event())
+    FakeSink.release.set()
+    first = "http://bad" if was == "failing" else "http://good"
+    config = dataclasses.replace(
+        fake_config(tmp_path), sources={"src": CronConfig(type="cron", url=first)}
+    )
+    clock = FakeClock()  # 1970-01-01 00:16:40: the first poll at 03:00
+    engine = Engine(config, store, clock=clock)
+    running = asyncio.ensure_future(engine.run())
+    await advance_until(clock, lambda: bool(CronSource.polls), step=60.0)
+    old = engine.sources["src"]
+    assert old.failing == (was == "failing")
+    fixed = dataclasses.replace(
+        config, sources={"src": CronConfig(type="cron", url="http://fixed")}
+    )
+    assert await engine.apply(fixed, plan(config, fixed)) == []
+    new = engine.sources["src"]
+    assert new is not old
+    if was == "failing":
+        await advance_until(clock, lambda: CronSource.polls[-1] == "http://fixed", within=2.0)
+        assert not new.status().first_try and new.state == "running"
+    else:
+        await advance_until(clock, lambda: new.state == "running", within=2.0)
+        clock.advance(60.0)
+        await asyncio.sleep(0.01)
+        assert CronSource.polls[-1] != "http://fixed" and new.status().first_try
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
+
+
+async def test_an_engine_run_again_by_a_reload_polls_the_sources_failing_before_at_once(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that runs a new engine (the mqtt section changed): the sources that were
+    failing in the engine before poll at once (`at_once`), the others at their schedule."""
+    classes = {("source", "cron"): CronSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[(k, n)]))
+    monkeypatch.setattr(CronSource, "polls", [])
+    sources = {
+        "fixed": CronConfig(type="cron", url="http://fixed"),
+        "other": CronConfig(type="cron"),
+    }
+    config = dataclasses.replace(fake_config(tmp_path), sources=sources)
+    clock = FakeClock()
+    engine = Engine(config, store, clock=clock, at_once=frozenset({"fixed"}))
+    running = asyncio.ensure_future(engine.run())
+    await advance_until(clock, lambda: bool(CronSource.polls), within=2.0)
+    clock.advance(60.0)
+    await asyncio.sleep(0.01)
+    assert CronSource.polls == ["http://fixed"]
+    assert engine.sources["other"].status().first_try
+    engine.stop()
+    async with asyncio.timeout(10):
+        await running
