@@ -96,7 +96,9 @@ fresh /etc/mosquitto
 fresh /etc/ssh
 fresh /opt/edge-stream
 fresh "$T/boot"
-mount --bind /dev/null /dev/console
+# what the script prints on the console, for the test to read
+: >"$T/console"
+mount --bind "$T/console" /dev/console
 cp -a "$ROOTFS/etc/systemd/network/." /etc/systemd/network/
 install -o edge-stream -g edge-stream -m 0640 "$ROOTFS/etc/edge-stream/gateway.yaml" \
   /etc/edge-stream/gateway.yaml
@@ -157,6 +159,10 @@ printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\n%s\n%s\n' "$PYTHON" "$REPO" 
   'from gateway.cli import main; sys.exit(main())' >/opt/edge-stream/venv/bin/edge-stream
 chmod 0755 /opt/edge-stream/venv/bin/python /opt/edge-stream/venv/bin/edge-stream
 cp -a "$T/card/." "$T/boot/"
+# a boot partition that cannot be written (remounted read-only after errors, or full)
+if [ -n "${RO_BOOT:-}" ]; then
+  mount -o remount,ro "$T/boot"
+fi
 # a temp folder nothing can be written in (a full or read-only /tmp)
 if [ -n "${RO_TMP:-}" ]; then
   mkdir "$T/tmp"
@@ -270,6 +276,7 @@ def _firstboot(
     machine_id: str = "",
     between: str = "",
     cut: str = "",
+    ro_boot: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
@@ -278,7 +285,8 @@ def _firstboot(
     read-only folder; `marks`: a board set up by this script before it gave each board
     its own gateway.id; `machine_id`: /etc/machine-id (this machine's when empty);
     `between`: shell run between two boots; `cut`: a shell test, the first boot cut
-    short before the first of its commands where it holds (see SETUP)."""
+    short before the first of its commands where it holds (see SETUP); `ro_boot`: the
+    boot partition read-only. What went to the console is in tmp_path/console."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -302,6 +310,7 @@ def _firstboot(
         "MACHINE_ID": machine_id,
         "BETWEEN": between,
         "CUT": cut,
+        "RO_BOOT": "1" if ro_boot else "",
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -335,6 +344,60 @@ def test_the_hostname_is_the_id_the_gateway_runs_with(tmp_path: Path) -> None:
     result = _firstboot(tmp_path / "c", {}, environment=f"EDGE_STREAM__GATEWAY__ID={long_id}\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"hostname {long_id[:62]} (gateway.id)" in result.stdout, result.stdout
+
+
+def test_the_hostname_follows_any_override_of_the_gateway_section(tmp_path: Path) -> None:
+    """The gateway takes EDGE_STREAM__GATEWAY='{id: x}' and EDGE_STREAM__gateway__id (the
+    keys after the prefix in any case); only EDGE_STREAM__GATEWAY__ID= was looked at to
+    tell a change, so a change of such an override left the hostname stale."""
+    environment = "EDGE_STREAM__GATEWAY='{id: first-name}'\n"
+    change = (
+        "printf 'EDGE_STREAM__gateway__id=second-name\\n' >/etc/edge-stream/environment;"
+        " chown root:edge-stream /etc/edge-stream/environment"
+    )
+    result = _firstboot(tmp_path, {}, environment=environment, boots=2, between=change)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hostname first-name (gateway.id)" in result.stdout, result.stdout
+    assert "hostname second-name (gateway.id)" in result.stdout, result.stdout
+    assert (tmp_path / "hostname").read_text() == "second-name\n"
+
+
+def test_a_config_the_gateway_refuses_leaves_the_hostname_said_and_read_again(
+    tmp_path: Path,
+) -> None:
+    """The reader's stderr went to /dev/null and its mark was written before the name was
+    read: a refused config left the hostname without a line in the journal, and was
+    never read again (the mark the same) when what refused it was put right."""
+    environment = "EDGE_STREAM__GATEWAY__IDD=typo\n"
+    result = _firstboot(tmp_path, {}, environment=environment, boots=2, marks=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    refused = [line for line in result.stdout.splitlines() if "the hostname stays" in line]
+    assert len(refused) == 2, result.stdout
+    assert refused[0].startswith(
+        "edge-stream-firstboot: the hostname stays: the gateway refuses its config ("
+    ), refused
+    assert "EDGE_STREAM__GATEWAY__IDD" in refused[0], refused
+
+
+def test_a_boot_partition_that_cannot_be_written_shows_the_passwords_on_the_console(
+    tmp_path: Path,
+) -> None:
+    """The credentials' file could not be written (a boot partition full or read-only):
+    set -e stopped the script before the console and the mark, and every boot made new
+    passwords and showed them nowhere. Now the console shows them, once, and they stay
+    the passwords in use."""
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2, ro_boot=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = [line for line in result.stdout.splitlines() if "credentials" in line]
+    assert said == [
+        "edge-stream-firstboot: credentials not written to the boot partition (Read-only"
+        " file system): shown on the console only"
+    ], result.stdout
+    console = (tmp_path / "console").read_text()
+    assert console.count("made at the first boot") == 1, console
+    mqtt = re.search(r"user sensors\s+password (\S+)", console)
+    assert mqtt is not None and _mqtt_password_works(tmp_path, mqtt[1]), console
+    assert list((tmp_path / "card-after").iterdir()) == []
 
 
 def test_a_network_file_from_the_card_comes_before_the_dhcp_defaults(tmp_path: Path) -> None:
