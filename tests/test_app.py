@@ -170,3 +170,54 @@ async def test_the_startup_line_is_logged_with_the_console_off(
         await task
     said = [r.getMessage() for r in caplog.records if " is up; " in r.getMessage()]
     assert said == ["gateway: quiet is up; status page off (web.enabled: false)"]
+
+
+async def test_a_reload_that_runs_a_new_engine_polls_a_failing_source_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that changes the mqtt section runs a new engine: a cron source (0 3 * * *)
+    failing in the old one, its URL put right by the same reload, waited for 03:00 in the
+    new one, "running" with no error and its source_offline alert firing till then."""
+    import asyncio
+    import dataclasses
+
+    from gateway import registry
+    from gateway.app import Gateway
+    from gateway.config.model import MqttSection
+    from tests.engine.test_engine import (
+        CronConfig,
+        CronSource,
+        FakeClock,
+        FakeSink,
+        advance_until,
+        fake_config,
+    )
+
+    classes = {("source", "cron"): CronSource, ("sink", "fake"): FakeSink}
+    monkeypatch.setattr(registry, "find", lambda k, n: registry.Entry(k, n, classes[(k, n)]))
+    monkeypatch.setattr(CronSource, "polls", [])
+    monkeypatch.setattr(FakeSink, "events", [])
+    monkeypatch.setattr(FakeSink, "release", asyncio.Event())
+    FakeSink.release.set()
+    config = dataclasses.replace(
+        fake_config(tmp_path),
+        mqtt=MqttSection(url="mqtt://127.0.0.1:1"),
+        sources={"src": CronConfig(type="cron", url="http://bad")},
+    )
+    clock = FakeClock()
+    gateway = Gateway(config, clock=clock)
+    task = asyncio.create_task(gateway.run())
+    try:
+        await advance_until(clock, lambda: bool(CronSource.polls), step=60.0, within=10.0)
+        fixed = dataclasses.replace(
+            config,
+            mqtt=MqttSection(url="mqtt://127.0.0.1:2"),
+            sources={"src": CronConfig(type="cron", url="http://fixed")},
+        )
+        outcome, errors, _ = await gateway.apply(fixed)
+        assert (outcome, errors) == ("applied", [])
+        await advance_until(clock, lambda: CronSource.polls[-1] == "http://fixed", within=2.0)
+    finally:
+        gateway.stop()
+        async with asyncio.timeout(10):
+            await task
