@@ -54,6 +54,34 @@ def message_bytes(message: Message) -> int:
     return len(ff.content) + len(ff.topic) + size + FLOWFILE_OVERHEAD
 
 
+class Linger:
+    """A sleep on `clock` that `cut` ends at once: a reload that shortens a linger hands
+    over what it held now, not at the old length's end (an hour)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._sleeping: asyncio.Future[None] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        self._sleeping = sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait((sleeping,))
+        finally:
+            self._sleeping = None
+            sleeping.cancel()
+        if not sleeping.cancelled():
+            sleeping.result()  # the clock's own error, if it raised one
+
+    def cut(self) -> None:
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+
+    @property
+    def under_way(self) -> bool:
+        """A sleep goes on, not cut."""
+        return self._sleeping is not None and not self._sleeping.cancelled()
+
+
 class Ingest:
     """The bounded hand-over from sources to the engine's commit loop.
 
@@ -81,7 +109,7 @@ class Ingest:
         # What `take` lingers for when told None: read once the first item is in, so that a
         # reload's shorter linger (`cut_linger`) holds for a take already waiting
         self.linger = 0.0
-        self._lingering: asyncio.Future[None] | None = None  # `take`'s long linger
+        self._lingering = Linger(clock)  # `take`'s long linger
 
     def __len__(self) -> int:
         return len(self._items)
@@ -127,23 +155,11 @@ class Ingest:
         if messages:
             self._ready.set()
 
-    async def _linger(self, linger: float) -> None:
-        """Sleep `linger` seconds unless `cut_linger` ends it first."""
-        self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
-        try:
-            await asyncio.wait((lingering,))
-        finally:
-            self._lingering = None
-            lingering.cancel()
-        if not lingering.cancelled():
-            lingering.result()  # the clock's own error, if it raised one
-
     def cut_linger(self, linger: float) -> None:
         """Linger for `linger` from now on, and end a longer linger under way: what waits is
         handed over now (a reload that shortens buffer.batch_linger takes it in place)."""
         self.linger = linger
-        if self._lingering is not None:
-            self._lingering.cancel()
+        self._lingering.cut()
 
     async def take(
         self, limit: int, linger: float | None, max_bytes: int = 1 << 62
@@ -166,7 +182,7 @@ class Ingest:
                 if linger < LONG_LINGER:
                     await self.clock.sleep(linger)  # the usual few ms: not worth cutting
                 else:
-                    await self._linger(linger)
+                    await self._lingering.sleep(linger)
         items = self._items
         batch: list[tuple[str, Message]] = []
         taken = 0
@@ -511,7 +527,7 @@ class SinkRunner:
         # be written: until then "running" says nothing of its upstream (a webhook's
         # connect sends nothing; see SinkStatus.first_try).
         self._tried = False
-        self._lingering: asyncio.Future[None] | None = None  # the linger after a wake
+        self._lingering = Linger(self.clock)  # the linger after a wake
 
     def update(self, config: SinkConfig) -> None:
         """Take new delivery settings (batch, retry, rate_limit, overflow) in place: the
@@ -524,10 +540,10 @@ class SinkRunner:
         if changed:
             self.backoff = Backoff(config.retry.initial, config.retry.max)
             self._retry_changed.set()
-        if shorter and self._lingering is not None:
+        if shorter:
             # a linger of the old length (1h) held what came in until then: it goes now,
             # and the next wake lingers for the new time, as buffer.batch_linger does
-            self._lingering.cancel()
+            self._lingering.cut()
 
     def status(self) -> SinkStatus:
         return SinkStatus(
@@ -613,7 +629,7 @@ class SinkRunner:
                         # stop and each reload that restarted the sink
                         self.resting = True
                         try:
-                            await self._linger(linger)
+                            await self._lingering.sleep(linger)
                         finally:
                             self.resting = False
                     continue
@@ -676,17 +692,6 @@ class SinkRunner:
                 self._count_error("retryable" if retryable else "store")
                 told = err.after if isinstance(err, RetryLater) else 0.0
                 await self._retry(str(err) if retryable else f"store: {err}", told)
-
-    async def _linger(self, linger: float) -> None:
-        """Sleep `linger` on the clock unless `update` takes a shorter one meanwhile."""
-        self._lingering = lingering = asyncio.ensure_future(self.clock.sleep(linger))
-        try:
-            await asyncio.wait((lingering,))
-        finally:
-            self._lingering = None
-            lingering.cancel()
-        if not lingering.cancelled():
-            lingering.result()  # the clock's own error, if it raised one
 
     async def _pace(self, count: int, started: float) -> None:
         """Wait out what `rate_limit` asks after a write of `count` FlowFiles begun at
