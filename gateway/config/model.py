@@ -1625,7 +1625,7 @@ class BatchSettings:
                           buffer.batch_linger. A longer linger means fewer, larger
                           writes at low rates (a metered or far upstream), at that
                           much latency; a sink with a backlog never lingers. At
-                          most 1h.
+                          most 1d.
     """
 
     max_rows: Annotated[
@@ -1646,9 +1646,9 @@ class BatchSettings:
         Doc(
             "How long an idle sink, woken by new FlowFiles, waits for more before it writes"
             " (0: at once; what arrives during a write forms the next batch). Longer means"
-            " fewer, larger writes at low rates, at that much latency; at most 1h."
+            " fewer, larger writes at low rates, at that much latency; at most 1d."
         ),
-        Range(0, 3600, "must be between 0s and 1h (what lingers is not delivered yet)"),
+        Range(0, 86400, "must be between 0s and 1d (what lingers is not delivered yet)"),
     ] = 0.0
 
 

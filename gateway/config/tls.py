@@ -1,4 +1,5 @@
-"""The certificate and key that the console and the http source serve HTTPS with.
+"""TLS files: the certificate and key that the console and the http source serve HTTPS
+with, and the files an HTTP client (the http sink, the rest source) connects with.
 
 Read by the config check (check-config, run, reload: `Config.check`) and again when
 the listener starts, with the same one-line message naming the key and the file:
@@ -9,7 +10,9 @@ serves, and serves a renewal written over the files (then a reload) in place.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import stat
 from collections.abc import Callable, Iterator
 
 from gateway.config import files
@@ -71,21 +74,42 @@ def client_tls_problems(
         yield "ca_file", "verifies the server, which verify: false turns off: give one of them"
 
 
+class ClientTlsError(ValueError):
+    """An HTTP client's TLS files cannot be used; the message (one line) names each by its
+    key and says why."""
+
+
 def client_tls(
     url: str, verify: bool, ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> ssl.SSLContext | bool:
     """The `ssl` an HTTP client connects to `url` with (True: the default, for http://).
     verify: false leaves the server's certificate unchecked but still presents a client
     certificate (ssl=False dropped it, and a server that asks for one refused every
-    request). OSError or ssl.SSLError when the files cannot be read."""
+    request). It reads files: call it off the event loop. A file that is not a regular
+    one (a named pipe, whose open by OpenSSL waits for a writer) is refused before it is
+    opened; ClientTlsError for any file that cannot be used."""
     if not url.startswith("https://"):
         return True
-    tls = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
-    if cert_file:
-        load_client_cert(tls, cert_file, key_file)
+    named = [
+        (k, p)
+        for k, p in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file))
+        if p
+    ]
+    try:
+        for key, path in named:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise ClientTlsError(f"{key} {path!r} is not a regular file: give the PEM file")
+        tls = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        if cert_file:
+            load_client_cert(tls, cert_file, key_file)
+    except ClientTlsError:
+        raise
+    except (OSError, ValueError) as err:  # ssl.SSLError included; ValueError: a NUL in a path
+        which = ", ".join(f"{key} {path!r}" for key, path in named)
+        raise ClientTlsError(f"cannot use the TLS files ({which}): {err}") from err
     return tls
 
 

@@ -582,7 +582,6 @@ class SinkRunner:
             config = self.config  # read each time: a reload may update it in place
             limit = config.batch.max_rows
             max_bytes = config.batch.max_bytes
-            linger = config.batch.linger
             rate = config.rate_limit
             if rate:  # None or 0: no limit
                 # A batch holds at most one second's worth, so that no second carries more
@@ -623,6 +622,9 @@ class SinkRunner:
                             await self.wake.wait()
                     except TimeoutError:
                         pass
+                    # read after the wait: a reload's shorter linger taken meanwhile holds
+                    # (`update` cuts only a linger under way)
+                    linger = self.config.batch.linger
                     if linger > 0 and not self.stopping:
                         # nothing in flight: a stop cancels it at once (`resting`), where
                         # it waited the 5 s a batch gets to finish, a linger of 10 s each

@@ -109,7 +109,6 @@ import base64
 import json
 import re
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,7 +129,7 @@ from gateway.config.schema import (
     safe_url,
     url_syntax_problem,
 )
-from gateway.config.tls import client_tls, client_tls_problems
+from gateway.config.tls import ClientTlsError, client_tls, client_tls_problems
 from gateway.core.clock import rfc3339
 from gateway.core.component import Context, Rejected, Settled, Sink, unsettled
 from gateway.core.errors import (
@@ -507,9 +506,11 @@ class HttpSink(Sink):
                     f"{safe_url(cfg.url)}: its host name does not resolve ({err.strerror})"
                 ) from err
         try:
-            tls = client_tls(cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file)
-        except (OSError, ssl.SSLError) as err:
-            raise PermanentError(f"cannot read the TLS files: {err}") from err
+            tls = await asyncio.to_thread(
+                client_tls, cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file
+            )
+        except ClientTlsError as err:
+            raise PermanentError(str(err)) from err
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),

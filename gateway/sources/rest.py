@@ -89,7 +89,6 @@ import base64
 import json
 import math
 import re
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -100,7 +99,7 @@ from yarl import URL
 
 from gateway.config.model import ScheduleKeys, SourceConfig
 from gateway.config.schema import POSITIVE_DURATION, Doc, Duration, Range, Size, url_syntax_problem
-from gateway.config.tls import client_tls, client_tls_problems
+from gateway.config.tls import ClientTlsError, client_tls, client_tls_problems
 from gateway.core.component import Context, Message, Source
 from gateway.core.errors import PermanentError, RetryableError
 from gateway.core.flowfile import FlowFile
@@ -364,9 +363,11 @@ class RestSource(Source):
             return
         cfg = self.config
         try:
-            tls = client_tls(cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file)
-        except (OSError, ssl.SSLError) as err:
-            raise PermanentError(f"cannot read the TLS files: {err}") from err
+            tls = await asyncio.to_thread(
+                client_tls, cfg.url, cfg.verify, cfg.ca_file, cfg.cert_file, cfg.key_file
+            )
+        except ClientTlsError as err:
+            raise PermanentError(str(err)) from err
         headers = {"User-Agent": "edge-stream", "Accept": "application/json"}
         # The configured headers go to the url's own origin only, never where it
         # redirects: any of them may be a credential (X-Goog-Api-Key, Dd-Api-Key, ...).

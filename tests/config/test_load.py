@@ -279,7 +279,7 @@ def test_waits_of_years_are_refused(tmp_path: Path) -> None:
         """        buffer: {batch_linger: 1h}
         sinks:
           archive: {type: file, batch: {linger: 100000h}, retry: {initial: 2d, max: 100000h}}
-          within: {type: file, path: ./b.jsonl, batch: {linger: 1h}, retry: {initial: 1d, max: 1d}}
+          within: {type: file, path: ./b.jsonl, batch: {linger: 1d}, retry: {initial: 1d, max: 1d}}
         alerts:
           webhook: {url: "http://127.0.0.1:9/hook", retry: {max: 30d}}
         """,
@@ -287,7 +287,7 @@ def test_waits_of_years_are_refused(tmp_path: Path) -> None:
     assert problems(path) == [
         f"{path}:2: buffer.batch_linger: must be between 0s and 10s (what a commit waits with"
         " is not acknowledged)",
-        f"{path}:4: sinks.archive.batch.linger: must be between 0s and 1h (what lingers is"
+        f"{path}:4: sinks.archive.batch.linger: must be between 0s and 1d (what lingers is"
         " not delivered yet)",
         f"{path}:4: sinks.archive.retry.initial: must be between 10ms and 1d",
         f"{path}:4: sinks.archive.retry.max: must be between 10ms and 1d",

@@ -213,6 +213,32 @@ async def test_a_reload_with_a_shorter_linger_ends_the_linger_under_way(tmp_path
     await store.close()
 
 
+async def test_a_shorter_linger_taken_while_idle_holds_for_the_next_wake(tmp_path: Path) -> None:
+    """A reload's shorter batch.linger taken while the sink waits for a wake, before any
+    linger began, is the one the next wake lingers for: the old one (1h) was read before
+    the wait and slept in full."""
+    store = Store(tmp_path / "store.db")
+    await store.open(["out"])
+    config = SinkConfig(type="test", batch=BatchSettings(linger=3600.0))
+    sink = Recording(config, Context("out", "sink"))
+    sink.expected = 1
+    held = Held()
+    runner = SinkRunner("out", sink, config, store, clock=held)
+    task = asyncio.ensure_future(runner.run())
+    await runner.idle.wait()
+    runner.update(SinkConfig(type="test", batch=BatchSettings(linger=0.0)))
+    await store.commit(Batch([(FlowFile.create("t/1", b"x"), store.bit("out"))], [], {}, []))
+    runner.wake.set()
+    async with asyncio.timeout(5):
+        await sink.all_there.wait()
+    assert held.asked == []
+    runner.stopping = True
+    runner.wake.set()
+    async with asyncio.timeout(5):
+        await task
+    await store.close()
+
+
 class Held(Clock):
     """A clock whose sleeps last until cancelled; `asked` records them."""
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from aiohttp import web
 from gateway.config.schema import Problems, build_component
 from gateway.core.clock import Clock
 from gateway.core.component import Context
-from gateway.core.errors import RetryableError
+from gateway.core.errors import PermanentError, RetryableError
 from gateway.engine import pipeline
 from gateway.sources import rest
 from gateway.sources.rest import PAGE, RestSource, parse_select, select
@@ -322,6 +323,24 @@ async def test_verify_false_still_presents_the_client_certificate(tmp_path: Path
         for writer in taken:
             writer.close()
         await server.wait_closed()
+
+
+async def test_tls_files_that_cannot_be_used_stop_the_source_naming_them(tmp_path: Path) -> None:
+    """A named pipe given as a TLS file froze the whole gateway at connect (OpenSSL's open
+    waits for a writer, on the event loop), and a missing file was 'cannot read the TLS
+    files: [Errno 2] No such file or directory', naming no key."""
+    pki = servers.make_pki(tmp_path)
+    pipe = tmp_path / "cert.pem"
+    os.mkfifo(pipe)
+    source = make_source(
+        url="https://127.0.0.1:9/x", cert_file=str(pipe), key_file=str(pki.key_file)
+    )
+    with pytest.raises(PermanentError, match=r"cert_file '.*cert\.pem' is not a regular file"):
+        async with asyncio.timeout(5):
+            await source.connect()
+    missing = make_source(url="https://127.0.0.1:9/x", ca_file=str(tmp_path / "gone.pem"))
+    with pytest.raises(PermanentError, match=r"ca_file '.*gone\.pem'.*No such file"):
+        await missing.connect()
 
 
 def test_verify_false_goes_with_https_and_without_ca_file(tmp_path: Path) -> None:
