@@ -4,7 +4,7 @@ Every EVAL_INTERVAL the rules (`AlertsSection.effective`) are held against the
 status snapshot. Each rule watches subjects (a sink, a source, a Modbus device,
 a topic filter, the store); an alert (rule, subject) fires once its condition
 has held for the rule's `for`, and resolves once the condition has not held for
-RESOLVE_HOLD (so that a sink between two reconnects does not resolve and fire
+`alerts.resolve_after` (so that a sink between two reconnects does not resolve and fire
 again). Firing and resolving are each recorded in the store in one transaction
 with the event (gateway/store/sqlite.py: `alerts`, `alert_events`), and the
 event is sent once to each notifier: the MQTT topic (on the status connection,
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.alerts")
 
 EVAL_INTERVAL = 1.0
-RESOLVE_HOLD = 5.0
 WARMUP = 3.0
 RECENT = 50  # events the console shows
 MQTT_QUEUE = 1000
@@ -344,7 +343,8 @@ class Alerts:
                 continue
             since = self._clear.setdefault(key, now)
             # A silence is over when data comes: no hold (the next one must last `for`).
-            hold = 0.0 if self.active[key].get("condition") == "no_data" else RESOLVE_HOLD
+            no_data = self.active[key].get("condition") == "no_data"
+            hold = 0.0 if no_data else settings.resolve_after
             if now - since >= hold:
                 self._clear.pop(key, None)
                 self._silent_since.pop(key, None)

@@ -58,9 +58,12 @@ class Clock:
         return self.now
 
 
-def make(rules: dict[str, Any], store: FakeStore, clock: Clock) -> Alerts:
+def make(rules: dict[str, Any], store: FakeStore, clock: Clock, **settings: Any) -> Alerts:
     config: Config = load_data(
-        {"gateway": {"id": "t", "data_dir": "/nonexistent"}, "alerts": {"rules": rules}},
+        {
+            "gateway": {"id": "t", "data_dir": "/nonexistent"},
+            "alerts": {"rules": rules, **settings},
+        },
         environ={},
     )
     view = SimpleNamespace(store=store)
@@ -148,6 +151,29 @@ async def test_a_sink_alert_still_waits_5_s_before_it_resolves() -> None:
         await alerts.evaluate(snapshot(sinks={"db": ok}), clock.now)
         clock.now += 1.0
     assert [e["state"] for e in store.events] == ["firing", "resolved"]
+
+
+@pytest.mark.parametrize(("resolve_after", "resolved_after"), [("1s", 1), ("0s", 0), ("8s", 8)])
+async def test_a_sink_alert_resolves_after_alerts_resolve_after(
+    resolve_after: str, resolved_after: int
+) -> None:
+    store, clock = FakeStore(), Clock()
+    alerts = make({"sink_failing": {"for": "1s"}}, store, clock, resolve_after=resolve_after)
+    await alerts._load()
+    failing = SimpleNamespace(state="retrying", last_error="down", oldest_age_s=None, depth=0)
+    ok = SimpleNamespace(state="running", last_error=None, oldest_age_s=None, depth=0)
+    for _ in range(2):
+        await alerts.evaluate(snapshot(sinks={"db": failing}), clock.now)
+        clock.now += 1.0
+    assert [e["state"] for e in store.events] == ["firing"]
+    cleared = clock.now
+    for _ in range(10):
+        await alerts.evaluate(snapshot(sinks={"db": ok}), clock.now)
+        if len(store.events) > 1:
+            break
+        clock.now += 1.0
+    assert [e["state"] for e in store.events] == ["firing", "resolved"]
+    assert clock.now - cleared == resolved_after
 
 
 async def test_an_event_waiting_behind_the_backoff_goes_as_soon_as_its_notifier_is_told() -> None:

@@ -894,6 +894,15 @@ class AlertsSection:
             example={"warehouse_behind": {"condition": "sink_backlog", "older_than": "5m"}},
         ),
     ] = field(default_factory=dict)
+    resolve_after: Annotated[
+        Duration,
+        Doc(
+            "How long a rule's condition must have stopped holding before its alert resolves,"
+            " so that a sink between two reconnects does not resolve and fire again (a"
+            " `no_data` alert resolves as soon as data comes)."
+        ),
+        Range(0, 3600, "must be between 0s and 1h"),
+    ] = 5.0
     mqtt_topic: Annotated[
         str | None,
         Doc(

@@ -206,6 +206,18 @@ def test_a_webhook_timeout_of_0s_is_refused(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}:3: alerts.webhook.timeout: must be more than 0"
 
 
+def test_resolve_after_is_5s_unless_set_and_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("gateway: {id: t}\n")
+    assert load(path, environ={}).alerts.resolve_after == 5.0
+    path.write_text("gateway: {id: t}\nalerts: {resolve_after: 30s}\n")
+    assert load(path, environ={}).alerts.resolve_after == 30.0
+    path.write_text("gateway: {id: t}\nalerts: {resolve_after: 2h}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == f"{path}:2: alerts.resolve_after: must be between 0s and 1h"
+
+
 def test_a_no_data_rule_watches_a_silence_of_1s_at_least(tmp_path: Path) -> None:
     """`for: 0s` was taken: the alert fired at the first look while data flowed, resolved
     when the next message was noted, and fired again, each second."""

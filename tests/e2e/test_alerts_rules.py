@@ -188,6 +188,7 @@ def rig(
                     "bad_input": {"condition": "dead_letters", "per_minute": 0},
                     "quiet_beat": {"condition": "no_data", "topic": f"{GID}/beat", "for": "2s"},
                 },
+                "resolve_after": "1s",  # short, as the rules' thresholds
                 "webhook": {
                     "url": hook.url + "/hook",
                     "retry": {"initial": "200ms", "max": "1s"},

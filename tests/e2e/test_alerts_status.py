@@ -86,6 +86,7 @@ def test_backlog_alert_fires_once_and_resolves_once_across_a_kill(
             "alerts": {
                 "defaults": False,
                 "rules": {"sink_backlog": {"older_than": "2s"}},
+                "resolve_after": "1s",  # short, as the rule's threshold
                 "webhook": {"url": receiver.url, "retry": {"initial": "200ms", "max": "1s"}},
             },
         }
