@@ -68,10 +68,10 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def test_backlog_alert_fires_once_and_resolves_once_across_a_kill(
-    gateway_factory: Any, mosquitto: Any, postgres_factory: Any, receiver: WebhookReceiver
+    gateway_factory: Any, mosquitto: Any, postgres: Any, receiver: WebhookReceiver
 ) -> None:
     gid = "alerts1"
-    pg = PostgresUpstream(postgres_factory(), "alert_rows")
+    pg = PostgresUpstream(postgres, "alert_rows")  # stopped and started again here
     watcher = Watcher(mosquitto.port, gid)
     status_topic = f"edge-stream/{gid}/status"
     alerts_topic = f"edge-stream/{gid}/alerts"
