@@ -122,7 +122,7 @@ def set_component(
         new_text = _json_set(text, section, name, expected)
     else:
         new_text = _yaml_edit(text, section, name, expected, old)
-    new_text = _line_ends_of(text, new_text)
+    new_text = line_ends_of(text, new_text)
     _verify(text, new_text, source, section, name, expected)
     return new_text
 
@@ -138,12 +138,12 @@ def remove_component(text: str, section: str, name: str, source: str) -> str:
         new_text = _json_set(text, section, name, _MISSING)
     else:
         new_text = _yaml_edit(text, section, name, _MISSING, old_section[name])
-    new_text = _line_ends_of(text, new_text)
+    new_text = line_ends_of(text, new_text)
     _verify(text, new_text, source, section, name, _MISSING)
     return new_text
 
 
-def _line_ends_of(text: str, new_text: str) -> str:
+def line_ends_of(text: str, new_text: str) -> str:
     """`new_text` with the line ends of `text` when those are all \\r\\n (a file written
     on Windows): the lines an edit wrote ended in \\n alone, and the file came out with
     both kinds. YAML reads either the same."""
@@ -455,7 +455,9 @@ def _ordered_like(old: Any, new: Any) -> Any:
 # -- YAML ---------------------------------------------------------------------------
 
 
-def _yaml() -> YAML:
+def round_trip_yaml() -> YAML:
+    """The ruamel.yaml reader and writer of config edits: comments and quotes kept, each
+    value on its line as the user wrote it."""
     y = YAML(typ="rt")
     y.preserve_quotes = True
     y.width = 4096  # a long value stays on its line, as the user wrote it
@@ -466,7 +468,7 @@ def _yaml() -> YAML:
 
 
 def _yaml_edit(text: str, section: str, name: str, value: Any, old_plain: Any) -> str:
-    y = _yaml()
+    y = round_trip_yaml()
     try:
         _guess, indent, dash = load_yaml_guess_indent(text)
         doc = y.load(text)  # again: the guess does not keep the quotes
@@ -525,7 +527,7 @@ def _splice(
 ) -> str | None:
     """The text with only the component's lines replaced (node None: removed); None when
     the file's layout is not one this can do line by line."""
-    lines = _lines(text)
+    lines = yaml_lines(text)
     if doc.fa.flow_style():
         return None
     # A document end marker (`...`, which YAML allows after the last value) closes the
@@ -588,7 +590,7 @@ def _splice(
         if node is None:
             return None
         start = end = span(len(keys) - 1)[1]
-    chunk_lines = _lines(_dump(y, {section: {name: node}}))[1:]
+    chunk_lines = yaml_lines(_dump(y, {section: {name: node}}))[1:]
     chunk_lines = _without_block(chunk_lines, [t for t in tail if t.strip()])
     chunk = "".join(chunk_lines[: _trim(chunk_lines, 0, len(chunk_lines), indent)])
     if start > 0 and not lines[start - 1].endswith("\n"):
@@ -599,7 +601,7 @@ def _splice(
 _DOC_END = re.compile(r"\.\.\.(?:[ \t]|\r|\n|\Z)")  # at a line's start: no value starts so
 
 
-def _lines(text: str) -> list[str]:
+def yaml_lines(text: str) -> list[str]:
     """`text` cut into lines as ruamel.yaml numbers them: after a \\n or a lone \\r (not
     str.splitlines, which also cuts at \\f, NEL, U+2028 and more)."""
     return _LINE.findall(text)
