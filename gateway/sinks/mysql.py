@@ -10,13 +10,16 @@ session runs in strict SQL mode (`STRICT_ALL_TABLES`, `NO_ZERO_DATE`,
 `NO_ZERO_IN_DATE`, `ERROR_FOR_DIVISION_BY_ZERO`), so a value the table cannot
 hold (a string too long for its column, a number out of range, text in a
 numeric column) is refused instead of being silently cut, rounded or zeroed;
-so is a row a trigger of yours refuses with SIGNAL SQLSTATE '45000' (the
-user-defined exception, what a check of the row's values signals). A SIGNAL of
-any other SQLSTATE, SIGNAL SQLSTATE '40001' for "not now" say, has the whole
-batch held and retried until it goes, as an outage does: signal that when the
-fault is not the row's (a table the trigger writes to is missing) and you mean
-to fix it. Either way nothing is lost: dead letters can be replayed
-(`edge-stream dead-letters replay`) once the trigger lets them in.
+so is a row a trigger of yours refuses with a SIGNAL of class 45 (SQLSTATE
+'45000', the user-defined exception, what a check of the row's values signals),
+22 (a data exception) or 23 (a constraint violation: the row checks written as
+triggers before MySQL 8.0.16 had CHECK signal '23000'), as the postgres sink
+does classes 22 and 23. A SIGNAL of any other SQLSTATE, SIGNAL SQLSTATE '40001'
+for "not now" say, has the whole batch held and retried until it goes, as an
+outage does: signal that when the fault is not the row's (a table the trigger
+writes to is missing) and you mean to fix it. Either way nothing is lost: dead
+letters can be replayed (`edge-stream dead-letters replay`) once the trigger
+lets them in.
 The batch is then split in halves to find the refused rows: each goes to the
 dead-letter table with the server's message, the rest are delivered.
 A batch larger than the server's `max_allowed_packet` (16 MiB by default on
@@ -689,13 +692,17 @@ ROW_ERRORS = frozenset(
         1406,  # data too long
         1411,  # incorrect value for function
         1452,  # foreign key constraint fails
-        1644,  # a SIGNAL without MYSQL_ERRNO: a row's only with SQLSTATE 45000, see _signalled
+        1644,  # a SIGNAL without MYSQL_ERRNO: a row's only in classes 22, 23, 45, see _signalled
         1690,  # value out of range
         3140,  # invalid JSON text (MySQL)
         3819,  # check constraint violated (MySQL)
         4025,  # CONSTRAINT failed (MariaDB CHECK, JSON_VALID)
     }
 )
+
+# The SQLSTATE classes of a SIGNAL (error 1644) that refuse the row, not the batch: a
+# data exception, a constraint violation, the user-defined exception.
+_ROW_CLASSES = frozenset({"22", "23", "45"})
 
 # The server refuses us, or the table cannot take our rows: an operator has to act.
 SETUP_ERRORS = frozenset(
@@ -1082,7 +1089,7 @@ class MysqlSink(Sink):
         except pymysql.MySQLError as err:
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err
-            if _code(err) == 1644 and await self._signalled() != "45000":
+            if _code(err) == 1644 and (await self._signalled() or "")[:2] not in _ROW_CLASSES:
                 raise self._failed(len(batch), err) from err
             reason = _message(err)
             if _code(err) == 1048 and "'id'" in reason:  # from _ON_DUPLICATE
@@ -1103,15 +1110,26 @@ class MysqlSink(Sink):
         the server cannot tell it now.
 
         1644 is the number of every SIGNAL without MYSQL_ERRNO, whatever its SQLSTATE, and
-        PyMySQL drops the SQLSTATE the server sent. Only '45000', the user-defined
-        exception a row check signals, refuses the row; another ('40001', "try again
-        later") retries the batch. The diagnostics area still holds the failed
-        statement's condition: GET DIAGNOSTICS does not clear it, and nothing ran since."""
+        PyMySQL drops the SQLSTATE the server sent. Only classes 45 (the user-defined
+        exception a row check signals), 22 and 23 (what row checks written as triggers
+        signalled before MySQL 8.0.16 had CHECK) refuse the row; another ('40001', "try
+        again later") retries the batch. The diagnostics area still holds the failed
+        statement's conditions: SHOW WARNINGS and GET DIAGNOSTICS do not clear it, and
+        nothing else ran since. The error is found among them by its number, not taken as
+        the first: a note or a warning may come before it (MySQL 8.0.20+ warns that
+        VALUES() is deprecated, 1287; a value cut of its trailing spaces is a note)."""
         try:
             async with asyncio.timeout(self.config.timeout):
                 async with self._conn.cursor(_Cursor) as cursor:
+                    # Level, Code, Message of every condition, in the order GET
+                    # DIAGNOSTICS numbers them; a SELECT would clear them all.
+                    await cursor.execute("SHOW WARNINGS")
+                    codes = [row[1] for row in await cursor.fetchall()]
+                    if 1644 not in codes:
+                        return None
                     await cursor.execute(
-                        "GET DIAGNOSTICS CONDITION 1 @edge_stream_sqlstate = RETURNED_SQLSTATE"
+                        f"GET DIAGNOSTICS CONDITION {codes.index(1644) + 1}"
+                        " @edge_stream_sqlstate = RETURNED_SQLSTATE"
                     )
                     await cursor.execute("SELECT @edge_stream_sqlstate")
                     row = await cursor.fetchone()
