@@ -172,7 +172,8 @@ def edit_file(
     """Set (`value`) or remove (None) one component of the file at `path`, validate the
     result and write it with `files.save`. Returns the text it replaced, the kept
     version of it (None: no file before, or nothing changed) and whether it wrote.
-    ConfigError, and nothing written, if the result is refused.
+    ConfigError, and nothing written, if the result is refused. `files.NotDurable`
+    (with `replaced`, the old text) if it was written but not synced to the disk.
 
     Blocking (reads, validates, fsyncs): call it in a worker thread."""
     source = str(path)
@@ -187,7 +188,11 @@ def edit_file(
         # sent back as it is: a version of the same text would push a real one out of
         # the 20 kept, and `config rollback` to it would change nothing
         return old_text, None, False
-    kept = files.save(source, new_text, config.gateway.data_dir)
+    try:
+        kept = files.save(source, new_text, config.gateway.data_dir)
+    except files.NotDurable as err:  # written all the same: the caller applies it as such
+        err.replaced = old_text
+        raise
     return old_text, kept, True
 
 

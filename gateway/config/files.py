@@ -46,9 +46,11 @@ class NotARegularFile(OSError):
 class NotDurable(OSError):
     """write_atomic: the file WAS replaced, but its folder could not be synced to the disk
     (an I/O error), so a power cut may yet bring back the old one. Not "nothing changed".
-    `save` sets `kept`, the version it kept of the text replaced."""
+    `save` sets `kept`, the version it kept of the text replaced; `edit.edit_file` sets
+    `replaced`, that text."""
 
     kept: Version | None = None
+    replaced: str | None = None
 
 
 def read_head(path: str | os.PathLike[str], limit: int, regular: bool = False) -> bytes:

@@ -381,6 +381,7 @@ async def apply(
         return _refused(
             f"version {document.version} is not newer than the last applied, {last_version}"
         ), None
+    warnings: list[str] = []
     try:
         # Parsing and validating walk the whole text (and decrypt its secrets): off the loop.
         config = await asyncio.to_thread(validate, document, config_path)
@@ -388,6 +389,8 @@ async def apply(
         await asyncio.to_thread(files.save, config_path, document.config, data_dir)
     except ConfigError as err:
         return _refused(*err.problems), None
+    except files.NotDurable as err:  # written all the same: reloaded as such, and said
+        warnings.append(files.unsaved(err, config_path))
     except OSError as err:
         return _refused(f"cannot write {config_path}: {err.strerror or err}"), None
     try:
@@ -397,6 +400,8 @@ async def apply(
         raise
     except ConfigError as err:  # the reload path gave up with an error, not an outcome
         outcome = {"outcome": "rolled_back", "errors": list(err.problems)}
+    if warnings:
+        outcome = {**outcome, "errors": [*outcome.get("errors", []), *warnings]}
     if outcome.get("outcome") != "applied":
         await asyncio.to_thread(files.write_atomic, config_path, old)
         settle(old)

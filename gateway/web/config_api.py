@@ -233,7 +233,7 @@ class ConfigApi:
                 shape += f", not {unknown}"
             return _answer(400, errors=[shape])
         try:
-            old_text, restored, kept = await asyncio.to_thread(
+            old_text, restored, kept, durable = await asyncio.to_thread(
                 _restore, path, self._versions_dir(path), name
             )
         except ConfigError as err:
@@ -248,7 +248,7 @@ class ConfigApi:
         )
         outcome = await reload("rollback")
         result = str(outcome.get("outcome", "refused"))
-        errors = [str(e) for e in outcome.get("errors") or []]
+        errors = [str(e) for e in outcome.get("errors") or []] + _warned(durable, path)
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
         if result == "applied":
             return _answer(200, result, errors, version, restored=restored, **extra)
@@ -273,6 +273,7 @@ class ConfigApi:
     ) -> Response:
         from gateway.config import edit
 
+        durable: files.NotDurable | None = None
         try:
             # Read, change, validate (decrypting secrets) and fsync: in a worker thread.
             old_text, kept, wrote = await asyncio.to_thread(
@@ -282,6 +283,9 @@ class ConfigApi:
             return _answer(404, errors=list(err.problems))
         except ConfigError as err:
             return _answer(422, errors=list(err.problems))
+        except files.NotDurable as err:  # written all the same: applied as such, and said
+            assert err.replaced is not None  # edit_file sets it
+            old_text, kept, wrote, durable = err.replaced, err.kept, True, err
         except OSError as err:
             return _answer(500, errors=[files.unsaved(err, path)])
         version = None if kept is None else kept.name
@@ -292,7 +296,7 @@ class ConfigApi:
             log.info("web: %s in %s through the API (old text kept as %s)", what, path, version)
         outcome = await reload("edit")
         result = str(outcome.get("outcome", "refused"))
-        errors = [str(e) for e in outcome.get("errors") or []]
+        errors = [str(e) for e in outcome.get("errors") or []] + _warned(durable, path)
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
         if result == "applied":
             return _answer(200, result, errors, version, **extra)
@@ -361,10 +365,11 @@ def _kept_versions(data_dir_of: Callable[[], str]) -> list[dict[str, Any]]:
 
 def _restore(
     path: str, data_dir_of: Callable[[], str], name: str | None
-) -> tuple[str | None, str, files.Version | None]:
+) -> tuple[str | None, str, files.Version | None, files.NotDurable | None]:
     """Put kept version `name` (under data_dir_of()) back in `path` (as `config
     rollback`): the text it replaced (None: it already held that), the version's name,
-    the kept old text."""
+    the kept old text, and the error if the file was replaced but not synced to the
+    disk (it is applied all the same, as `config rollback` does)."""
     from gateway.config import edit
 
     data_dir = data_dir_of()
@@ -373,8 +378,20 @@ def _restore(
     edit.validate(text, str(version.path))
     current = read_text(path)
     if current == text:
-        return None, version.name, None
-    return current, version.name, files.save(path, text, data_dir)
+        return None, version.name, None, None
+    try:
+        return current, version.name, files.save(path, text, data_dir), None
+    except files.NotDurable as err:
+        return current, version.name, err.kept, err
+
+
+def _warned(durable: files.NotDurable | None, path: str) -> list[str]:
+    """The line an answer adds when the file was replaced but not synced to the disk."""
+    if durable is None:
+        return []
+    line = files.unsaved(durable, path)
+    log.warning("web: %s", line)
+    return [line]
 
 
 def _show(path: str) -> dict[str, Any]:

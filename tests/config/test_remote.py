@@ -251,3 +251,32 @@ def test_keygen_never_overwrites_a_public_key_and_writes_a_pair_or_nothing(
     with pytest.raises(ConfigError, match=r"dir\.key\.pub exists"):
         remote.keygen(tmp_path / "dir.key")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.key.pub", "op.key.pub"]
+
+
+def test_a_config_written_but_not_synced_is_reloaded_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync of the config's folder failed (EIO) after the new text was renamed over
+    the file: the document was answered "refused: cannot write", with no reload, while
+    the file held its text."""
+    import errno
+    import os
+
+    path, data_dir = _setup(tmp_path)
+    new = path.read_text().replace("out.jsonl", "b.jsonl")
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    answer, applied, read, _ = _apply(path, data_dir, _doc(9, config=new), 4, "applied")
+    assert answer["outcome"] == "applied" and read == [new] and path.read_text() == new
+    assert answer["errors"] == [
+        f"{path}: the file was replaced, but its folder could not be synced to the disk"
+        " (Input/output error), so a power cut may yet bring back the old text: see to the"
+        " disk (dmesg says why)"
+    ]
+    assert applied is not None and remote.read_state(data_dir) == applied

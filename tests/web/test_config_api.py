@@ -392,3 +392,45 @@ async def test_a_405_names_the_methods_the_path_takes(tmp_path: Path, stop: list
         ("/api/config/reload", "PUT", "POST"),
     ):
         assert await asyncio.to_thread(allow, path, method) == (405, allowed), path
+
+
+async def test_an_edit_and_a_rollback_written_but_not_synced_are_applied_and_said(
+    tmp_path: Path, stop: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync of the config's folder failed (EIO) after the new text was renamed over
+    the file: the edit and the rollback answered 500 and did not reload, while the file
+    held their text."""
+    import errno
+    import os
+
+    reloads: list[str] = []
+
+    async def reload(trigger: str) -> dict[str, Any]:
+        reloads.append(trigger)
+        return {"outcome": "applied", "errors": []}
+
+    gateway, task, url, path = await _serve(tmp_path, reload)
+    stop.append((gateway, task))
+    original = path.read_text()
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    warning = (
+        f"{path}: the file was replaced, but its folder could not be synced to the disk"
+        " (Input/output error), so a power cut may yet bring back the old text: see to the"
+        " disk (dmesg says why)"
+    )
+    body = json.dumps({"match": "alarms/#", "sinks": ["out"]}).encode()
+    status, put = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
+    assert (status, put["outcome"], put["errors"]) == (200, "applied", [warning]), put
+    assert "alarms/#" in path.read_text() and reloads == ["edit"]
+    assert [v.name for v in files.versions(tmp_path / "data")] == [put["version"]]
+    asked = json.dumps({"version": put["version"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert (status, answer["outcome"], answer["errors"]) == (200, "applied", [warning]), answer
+    assert path.read_text() == original and reloads == ["edit", "rollback"]
