@@ -883,6 +883,7 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
     if count == 0:
         print(f"edge-stream: {config} holds no ENC(...) value; nothing changed", file=sys.stderr)
         return 1
+    unsynced: list[str] = []
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for n in range(1, 100):  # a second rotation within the same second
         config_backup = config.with_name(f"{config.name}.bak-{stamp}")
@@ -899,10 +900,18 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
                 f.flush()
                 os.fsync(f.fileno())
         # The key first: from here on a crash leaves the backups to put back by hand.
-        # a symlinked config or key stays a symlink: write_atomic replaces its target
-        files.write_atomic(key_file, secrets.key_text(new), 0o600)
-        mode = config.stat().st_mode & 0o777
-        files.write_atomic(config, rotated, mode)
+        # a symlinked config or key stays a symlink: write_atomic replaces its target.
+        # A file replaced but not synced to the disk (NotDurable) holds its new text: the
+        # config is rotated all the same (the new key would not open the old values), and
+        # it is said.
+        for target, content, mode in (
+            (key_file, secrets.key_text(new), 0o600),
+            (config, rotated, config.stat().st_mode & 0o777),
+        ):
+            try:
+                files.write_atomic(target, content, mode)
+            except files.NotDurable as err:
+                unsynced.append(files.unsaved(err, target))
     except OSError as err:
         print(f"edge-stream: cannot rotate: {err}", file=sys.stderr)
         return 1
@@ -912,7 +921,9 @@ def _rotate(args: argparse.Namespace, key_file: Path) -> int:
         f" (old ones kept as {config_backup} and {key_backup}); a running gateway"
         " picks it up on reload (SIGHUP)"
     )
-    return 0
+    for line in unsynced:
+        print(f"edge-stream: {line}", file=sys.stderr)
+    return 1 if unsynced else 0
 
 
 def _store_path(args: argparse.Namespace) -> Path:

@@ -555,3 +555,47 @@ def test_a_rollback_whose_folder_cannot_be_synced_says_the_file_was_replaced(
     kept = files.versions(data)[0]
     assert kept.path.read_text() == old.replace("first", "second")
     assert out.startswith(f"{config}: restored ") and kept.name in out, out
+
+
+def test_a_rotation_whose_key_folder_cannot_be_synced_rotates_the_config_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync of the key's folder failed (EIO) after the new key was renamed over the
+    file: rotate said "cannot rotate" and left the config's values under the old key,
+    which the key file no longer held: the gateway could open none of them."""
+    import errno
+    import os
+
+    from gateway.config import secrets
+
+    keys = tmp_path / "keys"
+    key = keys / "secret.key"
+    assert run(capsys, "secret", "keygen", "--key-file", str(key))[0] == 0
+    loaded = secrets.load_key(key)
+    assert loaded is not None
+    enc = secrets.encrypt("out-a.jsonl", loaded)
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{id: a, data_dir: {tmp_path / 'data'}, secret_key_file: {key}}}\n"
+        f"mqtt: {{url: 'mqtt://127.0.0.1:1'}}\nroutes: {{all: {{match: '#', sinks: [a]}}}}\n"
+        f"sinks: {{a: {{type: file, path: '{enc}'}}}}\n"
+    )
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(keys)):  # the key's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    code, out, err = run(capsys, "secret", "rotate", "-c", str(config))
+    assert code == 1
+    assert out.startswith(f"rotated 1 ENC(...) value in {config}"), out
+    assert err == (
+        f"edge-stream: {key}: the file was replaced, but its folder could not be synced to"
+        " the disk (Input/output error), so a power cut may yet bring back the old text: see"
+        " to the disk (dmesg says why)\n"
+    )
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert enc not in config.read_text()
+    assert run(capsys, "check-config", "-c", str(config))[0] == 0
