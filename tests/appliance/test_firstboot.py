@@ -151,6 +151,11 @@ fi
 mkdir -p /opt/edge-stream/venv/bin
 printf '#!/bin/sh\nexport PYTHONPATH=%s\nexec %s "$@"\n' "$REPO" "$PYTHON" \
   >/opt/edge-stream/venv/bin/python
+# a Python that writes a line on stderr as it exits (a warning at shutdown)
+if [ -n "${STRAY:-}" ]; then
+  printf '#!/bin/sh\nexport PYTHONPATH=%s\n%s "$@"\ns=$?\n%s\nexit $s\n' "$REPO" "$PYTHON" \
+    'echo "Exception ignored in: <function _exit at 0x7f>" >&2' >/opt/edge-stream/venv/bin/python
+fi
 # no shell in between, as pip's entry point: a shell drops EDGE_STREAM__SINKS__a-b__X.
 # It notes the command lines of the processes that started it (any user can read them)
 mkdir -m 1777 /var/lib/cmdlines
@@ -277,6 +282,7 @@ def _firstboot(
     between: str = "",
     cut: str = "",
     ro_boot: bool = False,
+    stray: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
@@ -286,7 +292,8 @@ def _firstboot(
     its own gateway.id; `machine_id`: /etc/machine-id (this machine's when empty);
     `between`: shell run between two boots; `cut`: a shell test, the first boot cut
     short before the first of its commands where it holds (see SETUP); `ro_boot`: the
-    boot partition read-only. What went to the console is in tmp_path/console."""
+    boot partition read-only; `stray`: the venv's Python writes a line on stderr as it
+    exits. What went to the console is in tmp_path/console."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -311,6 +318,7 @@ def _firstboot(
         "BETWEEN": between,
         "CUT": cut,
         "RO_BOOT": "1" if ro_boot else "",
+        "STRAY": "1" if stray else "",
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -398,6 +406,18 @@ def test_a_boot_partition_that_cannot_be_written_shows_the_passwords_on_the_cons
     mqtt = re.search(r"user sensors\s+password (\S+)", console)
     assert mqtt is not None and _mqtt_password_works(tmp_path, mqtt[1]), console
     assert list((tmp_path / "card-after").iterdir()) == []
+
+
+def test_a_stray_line_on_stderr_is_not_taken_for_the_hostname(tmp_path: Path) -> None:
+    """The hostname was the last line of the id reader's stdout and stderr together: a
+    line on stderr (a warning as Python exits) became the hostname, or `hostname`
+    refused it and set -e stopped the boot."""
+    environment = "EDGE_STREAM__GATEWAY__ID=boiler-room\n"
+    result = _firstboot(tmp_path, {}, environment=environment, stray=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hostname boiler-room (gateway.id)" in result.stdout, result.stdout
+    assert (tmp_path / "hostname").read_text() == "boiler-room\n"
+    assert (tmp_path / "etc-hostname").read_text() == "boiler-room\n"
 
 
 def test_a_network_file_from_the_card_comes_before_the_dhcp_defaults(tmp_path: Path) -> None:
@@ -767,12 +787,19 @@ ELSEWHERE = (
 )
 
 
-def test_the_secret_key_is_looked_for_in_the_data_dir_the_gateway_uses(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name", ["EDGE_STREAM__GATEWAY__DATA_DIR", "EDGE_STREAM__gateway__Data_Dir"]
+)
+def test_the_secret_key_is_looked_for_in_the_data_dir_the_gateway_uses(
+    tmp_path: Path, name: str
+) -> None:
     """With EDGE_STREAM__GATEWAY__DATA_DIR in the environment file, `secret keygen` writes
     the key under that data_dir, but the script looked for it under /var/lib/edge-stream:
     every boot after the first ran keygen again, which refused ("exists; not replacing
-    a key that may be in use") in the journal."""
-    result = _firstboot(tmp_path, {}, environment=ELSEWHERE, boots=2)
+    a key that may be in use") in the journal. The gateway takes the name in any case
+    after the prefix; the script saw only that spelling."""
+    environment = ELSEWHERE.replace("EDGE_STREAM__GATEWAY__DATA_DIR", name)
+    result = _firstboot(tmp_path, {}, environment=environment, boots=2)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not replacing" not in result.stderr, result.stderr
     assert result.stdout.count("made the gateway's secret key") == 1, result.stdout
