@@ -206,6 +206,8 @@ for f in /etc/edge-stream/gateway.yaml /var/lib/edge-stream/secret.key \
 done >"$T/owners"
 # what the data partition holds, and where
 find /var/lib/edge-stream -mindepth 1 -printf '%P\n' | sort >"$T/data-files"
+# the script's own marks
+find /var/lib/edge-stream-firstboot -mindepth 1 -printf '%P\n' | sort >"$T/marks"
 """
 
 
@@ -399,13 +401,49 @@ def test_a_boot_partition_that_cannot_be_written_shows_the_passwords_on_the_cons
     said = [line for line in result.stdout.splitlines() if "credentials" in line]
     assert said == [
         "edge-stream-firstboot: credentials not written to the boot partition (Read-only"
-        " file system): shown on the console only"
+        " file system): kept for root in /var/lib/edge-stream-firstboot/credentials.txt,"
+        " for the boot partition at a later boot, and shown on the console",
+        "edge-stream-firstboot: credentials still not written to the boot partition"
+        " (Read-only file system): kept for root in"
+        " /var/lib/edge-stream-firstboot/credentials.txt",
     ], result.stdout
     console = (tmp_path / "console").read_text()
     assert console.count("made at the first boot") == 1, console
     mqtt = re.search(r"user sensors\s+password (\S+)", console)
     assert mqtt is not None and _mqtt_password_works(tmp_path, mqtt[1]), console
     assert list((tmp_path / "card-after").iterdir()) == []
+
+
+def test_passwords_the_card_could_not_take_are_kept_for_it_and_written_once(
+    tmp_path: Path,
+) -> None:
+    """A boot partition that could not be written left the passwords on the console only:
+    on a board with no screen nobody saw them, and they were written nowhere. Root keeps
+    a copy (0600 in its 0700 marks folder) until a later boot writes the card's file,
+    which is written once: the user deletes it after reading."""
+    between = (
+        'mount -o remount,rw "$T/boot"; stat -c %a /var/lib/edge-stream-firstboot'
+        ' /var/lib/edge-stream-firstboot/credentials.txt >>"$T/modes" 2>/dev/null || true;'
+        ' if [ -e "$T/boot/edge-stream-credentials.txt" ]; then'
+        ' mv "$T/boot/edge-stream-credentials.txt" "$T/read.txt"; fi'
+    )
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=3, ro_boot=True, between=between)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "modes").read_text() == "700\n600\n700\n"
+    said = [line for line in result.stdout.splitlines() if "credentials" in line]
+    assert said[1:] == [
+        "edge-stream-firstboot: credentials made at the first boot written to the boot"
+        " partition's edge-stream-credentials.txt"
+    ], result.stdout
+    console = (tmp_path / "console").read_text()
+    read = (tmp_path / "read.txt").read_text()
+    for user in ("admin", "edge", "sensors"):
+        shown = re.search(rf"user {user}\s+password (\S+)", console)
+        assert shown is not None and f"password {shown[1]}" in read, (console, read)
+    raw = (tmp_path / "read.txt").read_bytes()  # CRLF, as the first boot writes it
+    assert raw.count(b"\r\n") == raw.count(b"\n") == 6 and b"\r\r" not in raw, raw
+    assert list((tmp_path / "card-after").iterdir()) == []
+    assert "credentials.txt" not in (tmp_path / "marks").read_text().split()
 
 
 def test_a_stray_line_on_stderr_is_not_taken_for_the_hostname(tmp_path: Path) -> None:
