@@ -338,7 +338,7 @@ class RemoteConfig:
         errors = list(outcome.get("errors") or [])
         if self.last_outcome == "applied":
             log.info("remote_config: version %s applied (config %s)", version, digest)
-            if errors:  # applied, but its version could not be kept: replay protection
+            if errors:  # applied, but its version not kept (replay protection) or not synced
                 log.error("remote_config: version %s: %s", version, "; ".join(errors))
         else:
             log.error(
