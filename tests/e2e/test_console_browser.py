@@ -780,3 +780,50 @@ def test_the_login_page_says_what_is_wrong_when_it_is_not_the_password(
     browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     find(browser, "#page-dead:not([hidden])")
     assert open_gw.stop() == 0
+
+
+def test_a_bidi_override_in_a_topic_does_not_turn_the_page_around(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A topic holding U+202E (RIGHT-TO-LEFT OVERRIDE) was set as text, and its override
+    # turned the rest of its line around: "plant/\u202egnp.exe" read "plant/exe.png", and
+    # "... goes to: lines" after such a topic read backwards. The controls show as <U+202E>.
+    name = f"uib{uuid.uuid4().hex[:8]}"
+    spoof = f"{name}/\u202egnp.exe"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"lines": {"match": f"{name}/#", "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+    try:
+        pub.send(spoof, "\u2067" + MARKUP)
+        pub.send(f"{name}/big", b"x" * 200_000)  # under max_payload
+        pub.send(f"{name}/raw", b"\xff\xfe\x00bad")
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
+        for topic in (f"{name}/raw", f"{name}/big"):
+            wait_for(lambda t=topic: row(browser, "topics", f"topic {t}"), 15, topic)
+        wait_for(lambda: row(browser, "topics", f"topic {spoof}"), 15, "the spoof's row")
+        field = browser.find_element(By.ID, "match-topic")
+        field.send_keys(spoof + "\n")
+        wait_for(lambda: "goes to" in text(browser, "#match-result"), 10, "which routes")
+        page = browser.execute_script("return document.body.textContent")
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('[title],[aria-label]')]"
+            ".map(n => n.title + ' ' + n.getAttribute('aria-label')).join(' ')"
+        )
+        for control in ("\u202e", "\u2067"):
+            assert control not in page and control not in shown
+        assert text(browser, "#match-result").startswith(f"{name}/<U+202E>gnp.exe goes to: lines")
+        assert "<U+2067><script>" in page  # the payload's markup as text
+        assert browser.execute_script("return window.pwned") is None
+        big = row(browser, "topics", f"topic {name}/big")
+        assert big is not None and len(big.text) < 400  # a long payload cut short
+        raw = row(browser, "topics", f"topic {name}/raw")
+        assert raw is not None and "hex ff fe 00 62 61 64" in raw.text
+    finally:
+        pub.close()
+    assert gw.stop() == 0

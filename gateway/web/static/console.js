@@ -35,6 +35,43 @@
 
   // -- building DOM: text only ------------------------------------------------------
 
+  // Bidi controls in outside text (a topic holding U+202E RIGHT-TO-LEFT OVERRIDE) turned
+  // the rest of its line around: "plant/\u202Eexe.gnp" read "plant/png.exe", and the
+  // words after a topic ("goes to: lines") read backwards. They are shown as "<U+202E>",
+  // in every text and tooltip of the page, by one observer rather than at each use.
+  const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/;
+  const BIDI_ALL = new RegExp(BIDI.source, "g");
+  const visible = s => String(s ?? "").replace(BIDI_ALL, c =>
+    `<U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}>`);
+  const SHOWN_ATTRS = ["title", "aria-label"];
+
+  function unbidiOne(node) {
+    if (node.nodeType === Node.TEXT_NODE) {
+      if (BIDI.test(node.data)) node.data = visible(node.data);
+    } else if (node.nodeType === Node.ELEMENT_NODE) {
+      for (const name of SHOWN_ATTRS) {
+        const v = node.getAttribute(name);
+        if (v && BIDI.test(v)) node.setAttribute(name, visible(v));
+      }
+    }
+  }
+
+  /** `node` and all in it. */
+  function unbidi(node) {
+    unbidiOne(node);
+    if (node.nodeType !== Node.ELEMENT_NODE) return;
+    const walk = document.createTreeWalker(node, NodeFilter.SHOW_TEXT | NodeFilter.SHOW_ELEMENT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) unbidiOne(n);
+  }
+
+  new MutationObserver(records => {
+    for (const r of records) {
+      if (r.type === "childList") r.addedNodes.forEach(unbidi);
+      else unbidiOne(r.target);
+    }
+  }).observe(document.body, {childList: true, characterData: true, subtree: true,
+    attributes: true, attributeFilter: SHOWN_ATTRS});
+
   /** An element; `props`: class, text, attrs {name: value}, on {event: fn}; children are
    * nodes or strings (text nodes). */
   function el(tag, props, ...kids) {
@@ -112,7 +149,7 @@
         const td = tr.children[i];
         const text = c !== null && typeof c === "object" ? c.text : c;
         const cls = c !== null && typeof c === "object" ? (c.cls || "") : "";
-        if (td.textContent !== String(text ?? "")) td.textContent = String(text ?? "");
+        if (td.textContent !== visible(text)) td.textContent = String(text ?? "");
         if (td.className !== cls) td.className = cls;
         if (c && c.title !== undefined) td.title = c.title;
       });
