@@ -71,7 +71,7 @@ STATUS_PAGE = """<!doctype html>
   <ul id="route-errors" class="errors" role="alert"></ul>
   <div id="route-preview" hidden><h4>What it changes</h4><ul id="route-changes"></ul>
    <pre id="route-diff" class="diff"></pre></div>
-  <p id="route-outcome" role="status"></p>
+  <p id="route-outcome" role="status" tabindex="-1"></p>
  </form>
  <h3>History</h3><p id="editor-reload" class="muted"></p>
  <div class="scroll"><table><thead><tr><th>Kept at</th><th>Hash</th><th>Version</th>

@@ -827,3 +827,56 @@ def test_a_bidi_override_in_a_topic_does_not_turn_the_page_around(
     finally:
         pub.close()
     assert gw.stop() == 0
+
+
+def test_a_route_is_made_and_applied_from_the_keyboard_alone(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Up on a processor moved its own list item, and Remove removed it: the focused button
+    # left the page, and the keyboard's user was back on the page's body.
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor")  # no account: open on localhost
+    wait_for(lambda: "plant/#" in text(browser, "#route-list"), 10, "the route list")
+    browser.execute_script("document.getElementById('new-route').focus()")
+
+    def keys(*typed: str) -> None:
+        for k in typed:
+            browser.switch_to.active_element.send_keys(k)
+
+    def focused() -> str:
+        return str(browser.execute_script(
+            "const a = document.activeElement, li = a.closest('#processors li');"
+            "return (a.id || a.textContent) + (li ? ' ' + li.querySelector('input').value : '')"
+        ))  # fmt: skip
+
+    keys(Keys.ENTER, Keys.TAB, "kbd", Keys.TAB, "plant/kbd/#", Keys.TAB)
+    assert focused() == "add-processor"
+    keys(Keys.ENTER, Keys.ENTER, Keys.ENTER)  # three processors, json each
+    for _ in range(4):  # back from Add to the last processor's type: Remove, Down, Up, settings
+        keys(Keys.SHIFT + Keys.TAB)
+    keys(Keys.SHIFT + Keys.TAB, Keys.BACKSPACE * 4, "filter", Keys.TAB)
+    keys(Keys.BACKSPACE * 2, '{"condition": "true"}', Keys.TAB)
+    assert focused() == "Up filter"
+    keys(Keys.ENTER)
+    assert focused() == "Up filter"  # it moved, and the focus with it
+    keys(Keys.ENTER)
+    assert focused() == "Up filter"
+    types = "return [...document.querySelectorAll('#processors .ptype')].map(i => i.value)"
+    assert browser.execute_script(types) == ["filter", "json", "json"]
+    keys(Keys.TAB, Keys.TAB, Keys.ENTER)  # Remove the filter: the focus to its follower's
+    assert focused() == "Remove json"
+    keys(Keys.ENTER, Keys.ENTER)
+    assert focused() == "add-processor"  # none left
+    keys(Keys.TAB, Keys.SPACE, Keys.TAB)  # the sink archive chosen; then Check
+    assert focused() == "check"
+    keys(Keys.ENTER)
+    wait_for(lambda: text(browser, "#route-changes") == "routes.kbd: added", 10, "the diff")
+    assert "+  kbd:" in browser.find_element(By.ID, "route-diff").text
+    keys(Keys.TAB)
+    assert focused() == "apply"
+    keys(Keys.ENTER)
+    wait_for(lambda: text(browser, "#route-outcome").startswith("Applied"), 10, "applied")
+    assert "Restarted or changed: route kbd added." in text(browser, "#route-outcome")
+    assert focused().startswith("route-outcome")  # Apply, off while it ran, lost it
+    assert "kbd:" in gw.config_path.read_text()
+    assert gw.stop() == 0

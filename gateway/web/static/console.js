@@ -768,10 +768,18 @@
       el("textarea", {class: "psettings", text: Object.keys(settings).length ?
         JSON.stringify(settings, null, 1) : "{}", attrs: {id: setId, rows: 3},
       on: {input: clearResult}}),
+      // the processor moved is left where it is and its neighbour moved past it: a moved
+      // node loses the keyboard focus, and Up (or Remove) left it on the page's body
       el("div", {class: "row"},
-        button("Up", () => { if (li.previousSibling) list.insertBefore(li, li.previousSibling); clearResult(); }, SECONDARY_EDIT),
+        button("Up", () => { if (li.previousSibling) list.insertBefore(li.previousSibling, li.nextSibling); clearResult(); }, SECONDARY_EDIT),
         button("Down", () => { if (li.nextSibling) list.insertBefore(li.nextSibling, li); clearResult(); }, SECONDARY_EDIT),
-        button("Remove", () => { li.remove(); clearResult(); }, SECONDARY_EDIT)));
+        button("Remove", () => {
+          // the focus to the same button of the processor taking its place, else Add
+          const next = li.nextSibling || li.previousSibling;
+          li.remove();
+          (next ? next.querySelectorAll("button")[2] : $("add-processor")).focus();
+          clearResult();
+        }, SECONDARY_EDIT)));
     list.append(li);
   }
 
@@ -887,6 +895,9 @@
   async function apply() {
     if (!pending) return;
     const {method, path, body, name} = pending;
+    // Apply is off while it runs, and a button turned off loses the keyboard focus: the
+    // outcome takes it (the page's body had it, and Tab went on from the top)
+    const keyboard = document.activeElement === $("apply");
     $("apply").disabled = true;
     $("route-status").textContent = "applying...";
     const answer = await api(method, path, body).catch(unreachable);
@@ -912,6 +923,7 @@
         `Not applied (${d.outcome || answer.status}); the file is as it was.`;
       showErrors(name, d.errors || []);
     }
+    if (keyboard) out.focus();
   }
 
   async function loadVersions() {
