@@ -56,7 +56,7 @@ STATUS_PAGE = """<!doctype html>
  <div class="scroll"><table><thead><tr><th>Route</th><th>Match</th><th>Sinks</th>
   <th><span class="sr">Action</span></th></tr></thead><tbody id="route-list"></tbody></table></div>
  <p><button id="new-route" type="button">New route</button></p>
- <form id="route-form" class="panel" novalidate><h3 id="route-title">New route</h3>
+ <form id="route-form" class="panel" novalidate><h3 id="route-title" tabindex="-1">New route</h3>
   <label for="route-name">Name</label><input id="route-name" spellcheck="false">
   <label for="route-match">Match: topic filters, one a line (+ one level, # the rest)</label>
   <textarea id="route-match" rows="2" spellcheck="false"></textarea>
@@ -109,7 +109,7 @@ STATUS_PAGE = """<!doctype html>
   <p id="dead-all" hidden><a id="dead-download" download>Download all of it</a></p>
   <p class="row"><button id="dead-replay" type="button">Replay</button>
    <button id="dead-purge" type="button">Purge...</button>
-   <span id="dead-outcome" role="status"></span></p></div>
+   <span id="dead-outcome" role="status" tabindex="-1"></span></p></div>
 </section>
 <section id="page-alerts" hidden><h2>Alerts</h2>
  <h3>Active</h3><div class="scroll"><table><thead><tr><th>State</th><th>Subject</th><th>What</th>

@@ -880,3 +880,51 @@ def test_a_route_is_made_and_applied_from_the_keyboard_alone(
     assert focused().startswith("route-outcome")  # Apply, off while it ran, lost it
     assert "kbd:" in gw.config_path.read_text()
     assert gw.stop() == 0
+
+
+def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_goes_on(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Route this topic hid the Topics page with its focused button, and a dead letter's
+    # Replay was turned off once done: the focus fell to the page's body both times, and
+    # the keyboard's user went on from the top of the page.
+    name = f"uif{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
+                              "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    pub = Publisher(mosquitto.port)
+
+    def press(css: str, key: str = Keys.ENTER) -> None:
+        browser.execute_script("arguments[0].focus()", find(browser, css))
+        browser.switch_to.active_element.send_keys(key)
+
+    def focused() -> str:
+        return str(browser.execute_script("return document.activeElement.id"))
+
+    try:
+        pub.send(f"{name}/bad", "not json")
+        browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
+        press(f'#topics tr[data-key="topic {name}/bad"] button')
+        field = find(browser, "#route-match")
+        wait_for(lambda: field.get_attribute("value") == f"{name}/bad", 10, "the form, filled")
+        wait_for(lambda: focused() == "route-title", 10, "the focus on the form")
+        press('#route-list tr[data-key="strict"] button')  # Edit: the form, below the list
+        wait_for(lambda: text(browser, "#route-title") == "Route strict", 10, "the route")
+        assert focused() == "route-title"
+        browser.execute_script("location.hash = '#dead'")
+        press("#dead tr[data-key] button")
+        wait_for(lambda: focused() == "dead-title", 10, "the letter, open")
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        assert focused() == "dead-replay"
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        wait_for(lambda: text(browser, "#dead-outcome").startswith("Replayed 1"), 10, "replayed")
+        assert focused() == "dead-outcome"
+    finally:
+        pub.close()
+    assert gw.stop() == 0

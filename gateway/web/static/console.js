@@ -702,6 +702,11 @@
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
     }
+    // Route this topic (on the Topics page, hidden now) and Edit (above the form) leave
+    // the keyboard's focus where the form is: it was on the page's body, or on the list
+    if ((topic || route) && !document.activeElement.closest("form#route-form")) {
+      $("route-title").focus();
+    }
   }
 
   /** The name a new route for `topic` gets. */
@@ -1120,7 +1125,9 @@
     } else if (count) out.textContent = `Purged ${count}.`;
     else out.textContent = `Nothing ${verb}: ` + (note || none) + ".";
     if (seqs && answer.ok && count) {
-      // the open letter is gone: its buttons would act on nothing
+      // the open letter is gone: its buttons would act on nothing, and the one pressed,
+      // turned off, loses the keyboard's focus to the page's body: the outcome takes it
+      if ([$("dead-replay"), $("dead-purge")].includes(document.activeElement)) out.focus();
       $("dead-replay").disabled = true;
       $("dead-purge").disabled = true;
     }
