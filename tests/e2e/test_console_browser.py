@@ -551,8 +551,10 @@ def test_a_sink_s_last_error_reads_on_a_phone(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:
     # The last error's column got the width the others left it: at 360 px, a few words
-    # a line, and the row of a sink that cannot connect was over 200 px tall.
-    gw = plant_lines_to_archive(gateway_factory, mosquitto, sinks={
+    # a line, and the row of a sink that cannot connect was over 200 px tall. A gateway
+    # id without a space (up to 256 bytes) widened every page past the phone's width.
+    gid = "<img src=x onerror=window.pwned=1>" + "W" * 120
+    gw = plant_lines_to_archive(gateway_factory, mosquitto, gateway={"id": gid}, sinks={
         "archive": {"type": "file", "path": "archive.jsonl"},
         "db": {"type": "postgres", "dsn": "postgresql://gw@127.0.0.1:1/x", "table": "readings"},
     })  # fmt: skip
@@ -567,6 +569,8 @@ def test_a_sink_s_last_error_reads_on_a_phone(
     assert height < 120, f"the error cell is {height:.0f} px tall"
     wide = browser.execute_script("return document.documentElement.scrollWidth")
     assert wide <= browser.execute_script("return window.innerWidth")  # the box scrolls
+    assert text(browser, "#gw") == gid
+    assert browser.execute_script("return window.pwned") is None
     assert gw.stop() == 0
 
 
