@@ -932,3 +932,43 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
     finally:
         pub.close()
     assert gw.stop() == 0
+
+
+def test_a_route_being_typed_is_back_after_a_gateway_restart_logged_the_user_out(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # A restart ends the sessions (README, Access): the page went to the login page, and
+    # the route being typed was gone when it came back after the login.
+    gw = plant_lines_to_archive(
+        gateway_factory, mosquitto, web={"username": USER, "password": PASSWORD}
+    )
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor")
+
+    def log_in() -> None:
+        wait_for(lambda: browser.current_url.endswith("/login#editor"), 30, "the login page")
+        find(browser, "#username").send_keys(USER)
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        wait_for(lambda: text(browser, "#who") == f"{USER} (operator)", 15, "logged in")
+
+    log_in()
+    wait_for(lambda: "plant/#" in text(browser, "#route-list"), 10, "the route list")
+    browser.find_element(By.ID, "route-name").send_keys("typed")
+    browser.find_element(By.ID, "route-match").send_keys("plant/typed/#\nplant/more/+")
+    browser.find_element(By.ID, "add-processor").click()
+    find(browser, "#processors .psettings").send_keys(Keys.BACKSPACE * 2, '{"condition": "')
+    browser.find_element(By.CSS_SELECTOR, "#route-sinks input[value=archive]").click()
+    assert gw.stop() == 0
+    gw.start(wait_sources=False)
+    log_in()
+    wait_for(lambda: "is back as you left it" in text(browser, "#route-outcome"), 10, "back")
+    assert browser.find_element(By.ID, "route-name").get_attribute("value") == "typed"
+    assert browser.find_element(By.ID, "route-match").get_attribute("value") == (
+        "plant/typed/#\nplant/more/+"
+    )
+    settings = browser.find_element(By.CSS_SELECTOR, "#processors .psettings")
+    assert settings.get_attribute("value") == '{"condition": "'  # as typed, not JSON yet
+    assert browser.find_element(By.CSS_SELECTOR, "#route-sinks input[value=archive]").is_selected()
+    # once: the next visit of the editor has no draft to bring back
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert gw.stop() == 0

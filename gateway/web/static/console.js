@@ -172,7 +172,53 @@
   // -- talking to the gateway -------------------------------------------------------
 
   /** The login page, which comes back to this page (#dead, #editor?route=x) after it. */
-  const toLogin = () => { location.href = "login" + location.hash; };
+  const toLogin = () => { saveDraft(); location.href = "login" + location.hash; };
+
+  // The route being typed when the session ended (2 idle hours, a gateway restart, a
+  // logout in another tab) was lost with the page: it is kept in the tab's
+  // sessionStorage and put back in the form after the login.
+  const DRAFT = "edge-stream route draft";
+  let filledWith = null; // the form as fillForm left it: nothing typed since
+
+  /** The form as typed, raw (settings as written, perhaps not JSON yet). */
+  const formText = () => JSON.stringify({
+    name: $("route-name").value, isNew: !$("route-name").readOnly,
+    match: $("route-match").value,
+    processors: [...$("processors").children].map(li => [li.querySelector(".ptype").value,
+      li.querySelector(".psettings").value]),
+    sinks: [...$("route-sinks").querySelectorAll("input:checked")].map(i => i.value),
+  });
+
+  function saveDraft() {
+    const typed = formText();
+    if (typed === filledWith || formEmpty()) return;
+    try { sessionStorage.setItem(DRAFT, typed); } catch (e) { /* storage off: as before */ }
+  }
+
+  /** The draft kept at the logout, back in the form (and gone from the storage). */
+  function restoreDraft() {
+    let draft = null;
+    try {
+      draft = JSON.parse(sessionStorage.getItem(DRAFT) || "null");
+      sessionStorage.removeItem(DRAFT);
+    } catch (e) { return false; }
+    if (!draft || typeof draft !== "object") return false;
+    fillForm(String(draft.name ?? ""), {match: [], processors: [],
+      sinks: Array.isArray(draft.sinks) ? draft.sinks : []}, !!draft.isNew);
+    $("route-match").value = String(draft.match ?? "");
+    for (const [type, settings] of Array.isArray(draft.processors) ? draft.processors : []) {
+      addProcessor({type: String(type ?? "")});
+      const li = $("processors").lastChild;
+      li.querySelector(".psettings").value = String(settings ?? "{}");
+    }
+    filledWith = null;
+    // said after what openEditor said already (the config file does not load ...)
+    const out = $("route-outcome");
+    if (!out.textContent) out.className = "warn";
+    out.textContent = (out.textContent ? out.textContent + " " : "") + "The route you were" +
+      " typing when you were logged out is back as you left it: check it, then apply.";
+    return true;
+  }
 
   async function api(method, path, body) {
     const init = {method, credentials: "same-origin", headers: {}};
@@ -702,6 +748,7 @@
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
     }
+    restoreDraft();
     // Route this topic (on the Topics page, hidden now) and Edit (above the form) leave
     // the keyboard's focus where the form is: it was on the page's body, or on the list
     if ((topic || route) && !document.activeElement.closest("form#route-form")) {
@@ -747,6 +794,7 @@
     renderSinkChoice(route.sinks || []);
     $("remove-route").hidden = isNew;
     clearResult();
+    filledWith = formText();
   }
 
   function renderSinkChoice(chosen) {
