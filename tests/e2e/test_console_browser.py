@@ -826,6 +826,7 @@ def test_a_bidi_override_in_a_topic_does_not_turn_the_page_around(
         assert browser.execute_script("return window.pwned") is None
         big = row(browser, "topics", f"topic {name}/big")
         assert big is not None and len(big.text) < 400  # a long payload cut short
+        assert "… (195.3 KiB in all)" in big.text  # and its size said
         raw = row(browser, "topics", f"topic {name}/raw")
         assert raw is not None and "hex ff fe 00 62 61 64" in raw.text
     finally:

@@ -676,8 +676,11 @@
         {text: levels[levels.length - 1] || "(empty)", cls: `leaf l${Math.min(levels.length - 1, 6)}`,
           title: t.topic},
         W.rate(t.rate), String(t.count),
+        // the gateway keeps the start of the last payload only: a cut one says its size
+        // (it read "xxxx…" alike for 300 bytes and for 200 KiB)
         {text: payload === "" ? "(empty)" : (payload.length > 120 ? cut(payload, 120) :
-          payload + (t.truncated ? "…" : "")), cls: "payload", title: payload},
+          payload + (t.truncated ? "…" : "")) + (t.truncated ? ` (${W.bytes(t.size)} in all)` : ""),
+        cls: "payload", title: payload + (t.truncated ? `… (the start of ${t.size} bytes)` : "")},
         W.ago(now - t.last_seen) + " ago",
         {text: t.routes.length ? t.routes.join(", ") : "no route", cls: t.routes.length ? "" : "warn"},
         () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
