@@ -973,3 +973,35 @@ def test_a_route_being_typed_is_back_after_a_gateway_restart_logged_the_user_out
     # once: the next visit of the editor has no draft to bring back
     assert browser.execute_script("return sessionStorage.length") == 0
     assert gw.stop() == 0
+
+
+def test_names_of_128_characters_stay_within_a_phone_s_width(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The route form's title, a sink's checkbox label, Apply's button and the pipeline
+    # panel's title held the name unbroken: at 360 px the editor was 1,050 px wide.
+    route, sink = "r" * 128, "s" * 128
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {route: {"match": "plant/#", "sinks": [sink]}},
+        "sinks": {sink: {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    browser.set_window_size(360, 740)
+    base = f"http://127.0.0.1:{gw.web_port}"
+
+    def fits() -> bool:
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        return bool(wide <= browser.execute_script("return window.innerWidth"))
+
+    browser.get(f"{base}/#editor?route={route}")  # no account: open on localhost
+    find(browser, "#route-match").send_keys("\nplant2/#")
+    wait_for(lambda: text(browser, "#route-title") == f"Route {route}", 10, "the route")
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: browser.find_element(By.ID, "apply").is_enabled(), 10, "checked")
+    assert fits(), "the editor"
+    browser.get(f"{base}/#pipeline")
+    find(browser, f'g.node[data-node="sink {sink}"]').click()
+    find(browser, "#node:not([hidden])")
+    assert fits(), "the pipeline's panel"
+    assert gw.stop() == 0
