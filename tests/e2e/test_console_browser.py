@@ -1005,3 +1005,35 @@ def test_names_of_128_characters_stay_within_a_phone_s_width(
     find(browser, "#node:not([hidden])")
     assert fits(), "the pipeline's panel"
     assert gw.stop() == 0
+
+
+def test_apply_after_the_config_changed_since_the_check_shows_the_new_diff_first(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # Check showed the diff against the config of that moment; another user's edit of
+    # the same route came between, and Apply wrote this form over it: their match was
+    # undone, though the diff shown said nothing of it.
+    gw = plant_lines_to_archive(gateway_factory, mosquitto)
+    base = f"http://127.0.0.1:{gw.web_port}"
+    browser.get(f"{base}/#editor?route=lines")  # no account: open on localhost
+    field = find(browser, "#route-match")
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the route, shown")
+    field.send_keys("\nplant2/#")
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: browser.find_element(By.ID, "apply").is_enabled(), 10, "checked")
+    assert "-  - plant3/#" not in browser.find_element(By.ID, "route-diff").text
+    other = {"match": ["plant/#", "plant3/#"], "sinks": ["archive"]}  # another user's edit
+    put = urllib.request.Request(
+        f"{base}/api/config/routes/lines", data=json.dumps(other).encode(), method="PUT"
+    )
+    with urllib.request.urlopen(put, timeout=10):
+        pass
+    wait_for(lambda: "route lines changed" in text(browser, "#editor-reload"), 10, "the reload")
+    browser.find_element(By.ID, "apply").click()
+    wait_for(lambda: "changed since your check" in text(browser, "#route-outcome"), 10, "said")
+    assert "plant3/#" in gw.config_path.read_text()  # not applied over the other edit
+    wait_for(lambda: "plant3" in browser.find_element(By.ID, "route-diff").text, 10, "new diff")
+    browser.find_element(By.ID, "apply").click()  # seen: now it applies
+    wait_for(lambda: text(browser, "#route-outcome").startswith("Applied"), 10, "applied")
+    assert "plant2/#" in gw.config_path.read_text()
+    assert gw.stop() == 0

@@ -943,14 +943,29 @@
       $("route-status").textContent = "Nothing to apply: the config has this already.";
       return;
     }
-    pending = {method, path, body, name};
+    pending = {method, path, body, name, hash: runningHash()};
     $("apply").disabled = me.role !== "operator";
     $("apply").textContent = method === "DELETE" ? `Apply: remove ${name}` : `Apply ${name}`;
   }
 
+  /** The hash of the config the gateway runs, from the live stream. */
+  const runningHash = () => (status && status.config ? status.config.hash : null);
+
   async function apply() {
     if (!pending) return;
     const {method, path, body, name} = pending;
+    if (pending.hash !== runningHash()) {
+      // the config changed since the check (another user's edit, a rollback, the file
+      // edited by hand): the diff shown is not what Apply would do (it would undo the
+      // other change in this route without a word); checked again, shown, not applied
+      const out = $("route-outcome");
+      await check(method);
+      out.className = "warn";
+      out.textContent = "Not applied: the config the gateway runs changed since your check." +
+        " It is checked again above: see what the edit changes now, then apply.";
+      if (document.activeElement === document.body) out.focus();
+      return;
+    }
     // Apply is off while it runs, and a button turned off loses the keyboard focus: the
     // outcome takes it (the page's body had it, and Tab went on from the top)
     const keyboard = document.activeElement === $("apply");
