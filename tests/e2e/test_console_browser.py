@@ -915,14 +915,20 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
     try:
         pub.send(f"{name}/bad", "not json")
         browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
-        press(f'#topics tr[data-key="topic {name}/bad"] button')
+        # each row's button names its row (a screen reader's list read "Edit, Edit, ...")
+        route_it = f'#topics tr[data-key="topic {name}/bad"] button'
+        assert find(browser, route_it).accessible_name == f"Route topic {name}/bad"
+        press(route_it)
         field = find(browser, "#route-match")
         wait_for(lambda: field.get_attribute("value") == f"{name}/bad", 10, "the form, filled")
         wait_for(lambda: focused() == "route-title", 10, "the focus on the form")
+        assert find(browser, "#route-list tr button").accessible_name == "Edit route strict"
         press('#route-list tr[data-key="strict"] button')  # Edit: the form, below the list
         wait_for(lambda: text(browser, "#route-title") == "Route strict", 10, "the route")
         assert focused() == "route-title"
         browser.execute_script("location.hash = '#dead'")
+        seq = find(browser, "#dead tr[data-key]").get_attribute("data-key")
+        assert find(browser, "#dead tr button").accessible_name == f"Open dead letter {seq}"
         press("#dead tr[data-key] button")
         wait_for(lambda: focused() == "dead-title", 10, "the letter, open")
         browser.switch_to.active_element.send_keys(Keys.TAB)

@@ -100,8 +100,10 @@
 
   const button = (label, fn, opts) => {
     opts = opts || {};
-    const b = el("button", {text: label, class: opts.class, attrs: {type: "button"},
-      on: {click: fn}});
+    // a row's button names its row ("Edit route lines"): a screen reader's list of the
+    // page's buttons read "Edit, Edit, Edit"
+    const b = el("button", {text: label, class: opts.class,
+      attrs: {type: "button", "aria-label": opts.name}, on: {click: fn}});
     if (opts.edit) guard(b);
     return b;
   };
@@ -683,7 +685,8 @@
         cls: "payload", title: payload + (t.truncated ? `… (the start of ${t.size} bytes)` : "")},
         W.ago(now - t.last_seen) + " ago",
         {text: t.routes.length ? t.routes.join(", ") : "no route", cls: t.routes.length ? "" : "warn"},
-        () => button("Route this topic", () => routeTopic(t.topic), {edit: true}),
+        () => button("Route this topic", () => routeTopic(t.topic), {edit: true,
+          name: `Route topic ${t.topic}`}),
       ]]);
     }
     syncRows($("topics"), items, d.seen ? `none of the ${d.seen} topics seen lately matches ` +
@@ -784,7 +787,7 @@
     syncRows($("route-list"), routes.map(([n, r]) => [n, [n, (r.match || []).join(", "),
       (r.sinks || []).join(", "), () => button("Edit", () => {
         go("#editor?route=" + encodeURIComponent(n));
-      })]]), configErrors.length ? "none shown: the config file does not load" : "no routes");
+      }, {name: `Edit route ${n}`})]]), configErrors.length ? "none shown: the config file does not load" : "no routes");
   }
 
   function fillForm(name, route, isNew) {
@@ -1008,7 +1011,8 @@
     const running = status && status.config ? status.config.hash : null;
     syncRows($("versions"), versions.list.slice(0, 20).map(v => [v.name, [W.when(v.saved_at),
       {text: W.versionHash(v, running), cls: v.hash === running ? "ok" : ""}, v.name,
-      () => button("Roll back to this", () => rollback(v.name), {edit: true})]]), versions.note);
+      () => button("Roll back to this", () => rollback(v.name), {edit: true,
+        name: `Roll back to version ${v.name}`})]]), versions.note);
   }
 
   async function rollback(name) {
@@ -1129,7 +1133,8 @@
     syncRows($("dead"), answer.data.map(d => [String(d.seq), [String(d.seq),
       W.when(d.failed_at_ns / 1e9), {text: d.topic, cls: "topic"}, d.origin,
       {text: d.reason, cls: "error-text"}, W.bytes(d.bytes),
-      () => button("Open", () => openDead(d.seq))]]), "no dead letters");
+      () => button("Open", () => openDead(d.seq), {name: `Open dead letter ${d.seq}`})]]),
+    "no dead letters");
   }
 
   async function openDead(seq) {
