@@ -862,6 +862,8 @@ def test_a_route_is_made_and_applied_from_the_keyboard_alone(
     keys(Keys.SHIFT + Keys.TAB, Keys.BACKSPACE * 4, "filter", Keys.TAB)
     keys(Keys.BACKSPACE * 2, '{"condition": "true"}', Keys.TAB)
     assert focused() == "Up filter"
+    described = "return document.activeElement.ariaDescribedByElements[0].value"
+    assert browser.execute_script(described) == "filter"  # "Up, filter" to a screen reader
     keys(Keys.ENTER)
     assert focused() == "Up filter"  # it moved, and the focus with it
     keys(Keys.ENTER)

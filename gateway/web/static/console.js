@@ -839,6 +839,9 @@
           (next ? next.querySelectorAll("button")[2] : $("add-processor")).focus();
           clearResult();
         }, SECONDARY_EDIT)));
+    // Up, Down and Remove described by their processor's type ("Up, json"), which a
+    // screen reader read alike for every processor
+    for (const b of li.querySelectorAll(".row button")) b.setAttribute("aria-describedby", typeId);
     list.append(li);
   }
 
