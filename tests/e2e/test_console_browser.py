@@ -929,6 +929,9 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
         wait_for(lambda: text(browser, "#route-title") == "Route strict", 10, "the route")
         assert focused() == "route-title"
         browser.execute_script("location.hash = '#dead'")
+        browser.set_window_size(360, 740)  # the topic column stays readable on a phone
+        width = "return document.querySelector('#dead td.topic').getBoundingClientRect().width"
+        assert wait_for(lambda: browser.execute_script(width), 10, "the topic") >= 170
         seq = find(browser, "#dead tr[data-key]").get_attribute("data-key")
         assert find(browser, "#dead tr button").accessible_name == f"Open dead letter {seq}"
         press("#dead tr[data-key] button")
