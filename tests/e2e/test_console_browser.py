@@ -916,10 +916,12 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
 
     try:
         pub.send(f"{name}/bad", "not json")
+        browser.set_window_size(360, 740)  # on a phone: the tables' columns squeezed
         browser.get(f"http://127.0.0.1:{gw.web_port}/#topics")  # no account: open on localhost
         # each row's button names its row (a screen reader's list read "Edit, Edit, ...")
         route_it = f'#topics tr[data-key="topic {name}/bad"] button'
         assert find(browser, route_it).accessible_name == f"Route topic {name}/bad"
+        assert find(browser, route_it).rect["height"] < 60  # one line, not a letter a line
         press(route_it)
         field = find(browser, "#route-match")
         wait_for(lambda: field.get_attribute("value") == f"{name}/bad", 10, "the form, filled")
@@ -929,7 +931,6 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
         wait_for(lambda: text(browser, "#route-title") == "Route strict", 10, "the route")
         assert focused() == "route-title"
         browser.execute_script("location.hash = '#dead'")
-        browser.set_window_size(360, 740)  # the topic column stays readable on a phone
         width = "return document.querySelector('#dead td.topic').getBoundingClientRect().width"
         assert wait_for(lambda: browser.execute_script(width), 10, "the topic") >= 170
         seq = find(browser, "#dead tr[data-key]").get_attribute("data-key")
