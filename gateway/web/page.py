@@ -41,6 +41,7 @@ STATUS_PAGE = """<!doctype html>
   <h4>Effective config (secrets ***)</h4><pre id="node-config"></pre></div>
 </section>
 <section id="page-topics" hidden><h2>Topics</h2>
+ <p class="viewer-note warn" hidden>You are signed in as a viewer: routing a topic needs an operator.</p>
  <form id="topic-filter-form" class="row"><label for="topic-filter">Topic filter</label>
   <input id="topic-filter" value="#" spellcheck="false"> <button type="submit">Show</button></form>
  <p id="topic-note" class="muted"></p>

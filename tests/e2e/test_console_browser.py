@@ -361,6 +361,11 @@ def test_a_viewer_reads_every_page_but_cannot_edit(
     find(browser, "#page-dead:not([hidden])")
     assert browser.find_element(By.ID, "dead-replay-all").get_attribute("disabled") is not None
     assert browser.find_element(By.ID, "dead-purge-all").get_attribute("disabled") is not None
+    # Route this topic is off too, which a disabled button cannot say to the keyboard
+    # (it takes no focus, nor shows its title): the page says it, as the editor's does
+    browser.get(f"{base}/#topics")
+    find(browser, "#page-topics:not([hidden])")
+    assert "routing a topic needs an operator" in text(browser, "#page-topics .viewer-note")
     browser.get(f"{base}/#pipeline")
     find(browser, 'g.node[data-node="sink archive"]')  # reading works
     assert gw.stop() == 0
