@@ -167,6 +167,18 @@ def unsaved(err: OSError, path: str | Path) -> str:
     )
 
 
+def put_back(path: str | Path, text: str) -> list[str]:
+    """Write `text` back in `path` after the gateway refused (or rolled back) what an
+    edit, a rollback or a remote document wrote there. The text is back even when the
+    folder's fsync fails (NotDurable, on the disk that failed the first write): that
+    returns the line saying so, instead of raising past the caller's settle and answer."""
+    try:
+        write_atomic(path, text)
+    except NotDurable as err:
+        return [unsaved(err, path)]
+    return []
+
+
 def keep_version(path: str | Path, data_dir: str | Path) -> Version | None:
     """Copy the config file's current text into config-history/ (None: no file yet);
     `save` then drops the oldest versions beyond KEEP_VERSIONS."""

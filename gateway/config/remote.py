@@ -396,15 +396,20 @@ async def apply(
     try:
         outcome = await reload()
     except asyncio.CancelledError:
-        files.write_atomic(config_path, old)  # stopping meanwhile: the file must not change
+        files.put_back(config_path, old)  # stopping meanwhile: the file must not change
         raise
     except ConfigError as err:  # the reload path gave up with an error, not an outcome
         outcome = {"outcome": "rolled_back", "errors": list(err.problems)}
+    if outcome.get("outcome") != "applied":
+        # On the disk that failed the write's sync, putting back fails it too: the old
+        # text is back all the same, settled, and the document answered (a QoS 1 one left
+        # unacked was sent again at each reconnect, written and reloaded again, for ever).
+        put = await asyncio.to_thread(files.put_back, config_path, old)
+        settle(old)
+        warnings += [line for line in put if line not in warnings]
     if warnings:
         outcome = {**outcome, "errors": [*outcome.get("errors", []), *warnings]}
     if outcome.get("outcome") != "applied":
-        await asyncio.to_thread(files.write_atomic, config_path, old)
-        settle(old)
         return outcome, None
     applied = Applied(document.version, files.text_hash(document.config), time.time())
     try:

@@ -252,9 +252,7 @@ class ConfigApi:
         extra = {"changes": outcome["changes"]} if "changes" in outcome else {}
         if result == "applied":
             return _answer(200, result, errors, version, restored=restored, **extra)
-        await asyncio.to_thread(files.write_atomic, path, old_text)
-        if self._settle is not None:
-            self._settle(old_text)
+        errors += await self._put_back(path, old_text, errors)
         log.warning(
             "web: the gateway did not apply %s (%s); %s is back as it was", restored, result, path
         )
@@ -304,13 +302,24 @@ class ConfigApi:
             log.warning("web: the gateway did not apply %s (%s)", path, result)
             return _answer(409, result, errors, version, **extra)
         # Not running: put the text back, so that the file says what runs.
-        await asyncio.to_thread(files.write_atomic, path, old_text)
-        if self._settle is not None:
-            self._settle(old_text)
+        errors += await self._put_back(path, old_text, errors)
         log.warning(
             "web: the gateway did not apply %s (%s); %s is back as it was", what, result, path
         )
         return _answer(409, result, errors, version, **extra)
+
+    async def _put_back(self, path: str, old_text: str, errors: list[str]) -> list[str]:
+        """Write `old_text` back after the gateway did not apply an edit or a rollback, and
+        settle it. On the disk that failed the write's sync, the put-back fails it too (the
+        text is back all the same): the line saying so, unless `errors` has it already; it
+        was a 500 with a traceback, the file's watcher left unsettled."""
+        put = await asyncio.to_thread(files.put_back, path, old_text)
+        if self._settle is not None:
+            self._settle(old_text)
+        lines = [line for line in put if line not in errors]
+        for line in lines:
+            log.warning("web: %s", line)
+        return lines
 
 
 def _preview(

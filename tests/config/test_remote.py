@@ -280,3 +280,37 @@ def test_a_config_written_but_not_synced_is_reloaded_and_said(
         " disk (dmesg says why)"
     ]
     assert applied is not None and remote.read_state(data_dir) == applied
+
+
+@pytest.mark.parametrize("outcome", ["refused", "rolled_back"])
+def test_a_document_refused_is_put_back_and_answered_on_a_disk_that_cannot_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """The fsync of the config's folder fails (EIO) and the reload refuses the document:
+    putting the old text back failed the same fsync and raised out of `apply`, unsettled
+    and unanswered; the connection dropped as "cannot reach the broker", and the QoS 1
+    document, never acked, came back at each reconnect to be written and reloaded again."""
+    import errno
+    import os
+
+    path, data_dir = _setup(tmp_path)
+    old = path.read_text()
+    new = old.replace("out.jsonl", "b.jsonl")
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    answer, applied, read, settled = _apply(path, data_dir, _doc(9, config=new), 4, outcome)
+    assert answer["outcome"] == outcome and applied is None
+    assert read == [new] and path.read_text() == old and settled == [old]
+    assert answer["errors"] == [
+        "it failed",
+        f"{path}: the file was replaced, but its folder could not be synced to the disk"
+        " (Input/output error), so a power cut may yet bring back the old text: see to the"
+        " disk (dmesg says why)",
+    ]
+    assert remote.read_state(data_dir) is None

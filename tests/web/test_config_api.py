@@ -38,7 +38,11 @@ Reload = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 async def _serve(
-    tmp_path: Path, reload: Reload | None, with_path: bool = True, auth: str = ""
+    tmp_path: Path,
+    reload: Reload | None,
+    with_path: bool = True,
+    auth: str = "",
+    settle: Callable[[str], None] | None = None,
 ) -> tuple[Gateway, asyncio.Task[None], str, Path]:
     port = free_port()
     path = tmp_path / "gw.yaml"
@@ -46,6 +50,8 @@ async def _serve(
     path.write_text(text.replace("AUTH", auth))
     gateway = Gateway(load(path, environ={}), str(path) if with_path else None)
     gateway.reload_now = reload
+    if settle is not None:
+        gateway.settle_config = settle
     task = asyncio.create_task(gateway.run())
     async with asyncio.timeout(10):
         await gateway.ready.wait()
@@ -434,3 +440,54 @@ async def test_an_edit_and_a_rollback_written_but_not_synced_are_applied_and_sai
     status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
     assert (status, answer["outcome"], answer["errors"]) == (200, "applied", [warning]), answer
     assert path.read_text() == original and reloads == ["edit", "rollback"]
+
+
+async def test_an_edit_and_a_rollback_refused_are_put_back_on_a_disk_that_cannot_sync(
+    tmp_path: Path, stop: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync of the config's folder fails (EIO) and the gateway refuses what was
+    written: putting the old text back failed the same fsync and answered 500 with a
+    traceback, the text back but the file's watcher never settled on it."""
+    import errno
+    import os
+
+    reloads: list[str] = []
+    settled: list[str] = []
+
+    async def reload(trigger: str) -> dict[str, Any]:
+        reloads.append(trigger)
+        if len(reloads) == 1:
+            return {"outcome": "applied", "errors": []}
+        return {"outcome": "refused", "errors": ["it failed"]}
+
+    gateway, task, url, path = await _serve(tmp_path, reload, settle=settled.append)
+    stop.append((gateway, task))
+    original = path.read_text()
+    body = json.dumps({"match": "alarms/#", "sinks": ["out"]}).encode()
+    status, put = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
+    assert (status, put["outcome"]) == (200, "applied"), put
+    edited = path.read_text()
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    warning = (
+        f"{path}: the file was replaced, but its folder could not be synced to the disk"
+        " (Input/output error), so a power cut may yet bring back the old text: see to the"
+        " disk (dmesg says why)"
+    )
+    body = json.dumps({"match": "alarms/+", "sinks": ["out"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
+    assert (status, answer["outcome"]) == (409, "refused"), answer
+    assert answer["errors"] == ["it failed", warning]
+    assert path.read_text() == edited and settled == [edited]
+    asked = json.dumps({"version": put["version"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{url}/api/config/rollback", "POST", asked)
+    assert (status, answer["outcome"]) == (409, "refused"), answer
+    assert answer["errors"] == ["it failed", warning]
+    assert path.read_text() == edited and settled == [edited, edited]
+    assert original != edited and reloads == ["edit", "edit", "rollback"]
