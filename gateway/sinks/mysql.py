@@ -704,6 +704,17 @@ ROW_ERRORS = frozenset(
 # data exception, a constraint violation, the user-defined exception.
 _ROW_CLASSES = frozenset({"22", "23", "45"})
 
+# How many conditions a statement keeps for SHOW WARNINGS (the session's max_error_count,
+# set at connect): the most MariaDB and MySQL 5.7 and 8 take. At MariaDB's and MySQL
+# 5.7's default, 64 (MySQL 8's is 1024), a batch's notes (a value cut of its trailing
+# spaces, one a row) crowded out a SIGNAL's error, whose SQLSTATE then could not be
+# found: the batch was held for ever.
+_MAX_ERROR_COUNT = 65535
+
+# What `_signalled` answers when the conditions kept are all notes and warnings, the error
+# crowded out: the batch is halved, down to rows whose conditions fit.
+_CROWDED = "crowded"
+
 # The server refuses us, or the table cannot take our rows: an operator has to act.
 SETUP_ERRORS = frozenset(
     {
@@ -875,7 +886,10 @@ class MysqlSink(Sink):
                     autocommit=True,
                     ssl=context,
                     connect_timeout=config.timeout,
-                    init_command=f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00'",
+                    init_command=(
+                        f"SET SESSION sql_mode='{SQL_MODE}', time_zone='+00:00',"
+                        f" max_error_count={_MAX_ERROR_COUNT}"
+                    ),
                 )
         except (pymysql.MySQLError, OSError, TimeoutError) as err:
             kind = permanent if _code(err) in SETUP_ERRORS else RetryableError
@@ -1089,8 +1103,14 @@ class MysqlSink(Sink):
         except pymysql.MySQLError as err:
             if _code(err) not in ROW_ERRORS:
                 raise self._failed(len(batch), err) from err
-            if _code(err) == 1644 and (await self._signalled() or "")[:2] not in _ROW_CLASSES:
-                raise self._failed(len(batch), err) from err
+            if _code(err) == 1644:
+                state = await self._signalled()
+                # Crowded out by the rows' notes: halved as a row's refusal is, until the
+                # error is found in a part small enough (nothing lost; a part written is
+                # not written twice, see _ON_DUPLICATE).
+                crowded = state == _CROWDED and hi - lo > 1
+                if not crowded and (state or "")[:2] not in _ROW_CLASSES:
+                    raise self._failed(len(batch), err) from err
             reason = _message(err)
             if _code(err) == 1048 and "'id'" in reason:  # from _ON_DUPLICATE
                 reason = (
@@ -1106,8 +1126,9 @@ class MysqlSink(Sink):
         await self._insert(batch, values, mid, hi, rejected)
 
     async def _signalled(self) -> str | None:
-        """The SQLSTATE of the SIGNAL that just failed the INSERT (error 1644), or None if
-        the server cannot tell it now.
+        """The SQLSTATE of the SIGNAL that just failed the INSERT (error 1644), `_CROWDED`
+        if the conditions kept (max_error_count of them) are all others, or None if the
+        server cannot tell it now.
 
         1644 is the number of every SIGNAL without MYSQL_ERRNO, whatever its SQLSTATE, and
         PyMySQL drops the SQLSTATE the server sent. Only classes 45 (the user-defined
@@ -1126,7 +1147,10 @@ class MysqlSink(Sink):
                     await cursor.execute("SHOW WARNINGS")
                     codes = [row[1] for row in await cursor.fetchall()]
                     if 1644 not in codes:
-                        return None
+                        await cursor.execute("SELECT @@SESSION.max_error_count")
+                        kept = await cursor.fetchone()
+                        crowded = kept is not None and len(codes) >= int(kept[0])
+                        return _CROWDED if crowded else None
                     await cursor.execute(
                         f"GET DIAGNOSTICS CONDITION {codes.index(1644) + 1}"
                         " @edge_stream_sqlstate = RETURNED_SQLSTATE"
