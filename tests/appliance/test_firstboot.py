@@ -177,18 +177,22 @@ fi
 # $BOOTS boots of the board, one after the other, $BETWEEN run before each after the
 # first. $CUT: the first boot stops (the power cut) before the first of its commands
 # where that test holds; bash reads $BASH_ENV before the script, and the trap it sets
-# runs before each command of the script's own (not within its functions)
+# runs before each command of the script's own (not within its functions). $SHIMS: shell
+# read there too, at each boot (functions standing in for commands; $SHIM_T is $T)
+printf 'unset BASH_ENV\nSHIM_T=%q\n%s\n' "$T" "${SHIMS:-}" >"$T/shims.sh"
+shims=
+if [ -n "${SHIMS:-}" ]; then shims=$T/shims.sh; fi
 for n in $(seq "$BOOTS"); do
   if [ "$n" -gt 1 ]; then eval "${BETWEEN:-}"; fi
   if [ "$n" -eq 1 ] && [ -n "${CUT:-}" ]; then
-    printf 'unset BASH_ENV\ntrap %q DEBUG\n' "if $CUT; then touch $T/cut; exit 99; fi" \
+    printf '. %q\ntrap %q DEBUG\n' "$T/shims.sh" "if $CUT; then touch $T/cut; exit 99; fi" \
       >"$T/cut.sh"
     status=0
     BASH_ENV=$T/cut.sh EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot" \
       || status=$?
     [ "$status" -eq 0 ] || [ -e "$T/cut" ]
   else
-    EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
+    BASH_ENV=$shims EDGE_STREAM_BOOT=$T/boot "$ROOTFS/usr/lib/edge-stream/firstboot"
   fi
 done
 cp -a /etc/systemd/network/. "$T/network/"
@@ -285,6 +289,7 @@ def _firstboot(
     cut: str = "",
     ro_boot: bool = False,
     stray: bool = False,
+    shims: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """Run the script with `card` (name: text) on the boot partition; `plant`: symbolic
     links in the gateway's folders first (see SETUP); `environment`: the text of
@@ -295,7 +300,8 @@ def _firstboot(
     `between`: shell run between two boots; `cut`: a shell test, the first boot cut
     short before the first of its commands where it holds (see SETUP); `ro_boot`: the
     boot partition read-only; `stray`: the venv's Python writes a line on stderr as it
-    exits. What went to the console is in tmp_path/console."""
+    exits; `shims`: shell each boot reads first (see SETUP). What went to the console is
+    in tmp_path/console."""
     if os.geteuid() != 0:
         pytest.fail("the first-boot test needs root (mount namespaces)", pytrace=False)
     for folder in ("card", "card-after", "network"):
@@ -321,6 +327,7 @@ def _firstboot(
         "CUT": cut,
         "RO_BOOT": "1" if ro_boot else "",
         "STRAY": "1" if stray else "",
+        "SHIMS": shims,
     }
     return subprocess.run(
         [*UNSHARE, "bash", str(setup), str(tmp_path)],
@@ -442,6 +449,82 @@ def test_passwords_the_card_could_not_take_are_kept_for_it_and_written_once(
         assert shown is not None and f"password {shown[1]}" in read, (console, read)
     raw = (tmp_path / "read.txt").read_bytes()  # CRLF, as the first boot writes it
     assert raw.count(b"\r\n") == raw.count(b"\n") == 6 and b"\r\r" not in raw, raw
+    assert list((tmp_path / "card-after").iterdir()) == []
+    assert "credentials.txt" not in (tmp_path / "marks").read_text().split()
+
+
+# `sync` noting what it synced (its arguments; none: everything), for `_POWER_CUT`
+_SYNC_NOTED = 'sync() { printf "%s\\n" "${*:-ALL}" >>"$SHIM_T/synced"; command sync "$@"; }'
+
+# What a power cut loses: the copy of the credentials' text, unless it was synced
+_POWER_CUT = (
+    'mount -o remount,rw "$T/boot"; k=/var/lib/edge-stream-firstboot/credentials.txt;'
+    ' if ! grep -qxE "ALL|$k( .*)?|-f $k" "$T/synced" 2>/dev/null; then : >"$k"; fi'
+)
+
+
+def test_passwords_kept_for_the_card_are_synced_before_the_mark(tmp_path: Path) -> None:
+    """The copy of the passwords a read-only card could not take was not synced before
+    the credentials-made mark was set: a power cut could leave it empty, the mark set,
+    and a later boot wrote that empty file to the card and deleted the copy."""
+    marked = "[ -e /var/lib/edge-stream-firstboot/credentials-made ]"
+    result = _firstboot(
+        tmp_path,
+        {},
+        machine_id=BOARD_A,
+        boots=2,
+        ro_boot=True,
+        cut=marked,
+        shims=_SYNC_NOTED,
+        between=_POWER_CUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "cut").exists(), result.stdout
+    console = (tmp_path / "console").read_text()
+    read = (tmp_path / "card-after/edge-stream-credentials.txt").read_text()
+    for user in ("admin", "edge", "sensors"):
+        shown = re.search(rf"user {user}\s+password (\S+)", console)
+        assert shown is not None and f"password {shown[1]}" in read, (console, read)
+
+
+def test_a_copy_of_the_passwords_not_whole_is_kept_and_said_not_written_to_the_card(
+    tmp_path: Path,
+) -> None:
+    """A copy a power cut left empty (the mark set) was written to the card as it was,
+    an empty file, and deleted: the passwords lost without a word."""
+    between = 'mount -o remount,rw "$T/boot"; : >/var/lib/edge-stream-firstboot/credentials.txt'
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2, ro_boot=True, between=between)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = [line for line in result.stdout.splitlines() if "credentials" in line]
+    assert said[1:] == [
+        "edge-stream-firstboot: credentials not written to the boot partition:"
+        " /var/lib/edge-stream-firstboot/credentials.txt does not hold them whole (cut"
+        " short by a power cut?), so it is kept as it is; for new passwords delete"
+        " /var/lib/edge-stream-firstboot/credentials-made and reboot"
+    ], result.stdout
+    assert list((tmp_path / "card-after").iterdir()) == []
+    assert "credentials.txt" in (tmp_path / "marks").read_text().split()
+
+
+def test_a_card_file_renamed_into_place_is_written_even_if_the_last_sync_fails(
+    tmp_path: Path,
+) -> None:
+    """The card's last `sync -f` failing after the rename kept the copy, and a later boot
+    wrote the card's file again, after the user had read and deleted it."""
+    failing = (
+        'sync() { if [ "${1:-}" = -f ] && [ -e "$SHIM_T/boot/edge-stream-credentials.txt" ];'
+        " then echo \"sync: error syncing '$2': Input/output error\" >&2; return 1; fi;"
+        ' command sync "$@"; }'
+    )
+    between = 'mv "$T/boot/edge-stream-credentials.txt" "$T/read.txt"'
+    result = _firstboot(tmp_path, {}, machine_id=BOARD_A, boots=2, shims=failing, between=between)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = [line for line in result.stdout.splitlines() if "credentials" in line]
+    assert said == [
+        "edge-stream-firstboot: credentials written to the boot partition's"
+        " edge-stream-credentials.txt"
+    ], result.stdout
+    assert "made at the first boot" in (tmp_path / "read.txt").read_text()
     assert list((tmp_path / "card-after").iterdir()) == []
     assert "credentials.txt" not in (tmp_path / "marks").read_text().split()
 
