@@ -839,6 +839,39 @@ def test_a_bidi_override_in_a_topic_does_not_turn_the_page_around(
     assert gw.stop() == 0
 
 
+def test_a_bidi_mark_in_a_processor_s_setting_is_written_back_as_it_is(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The page showed bidi controls as <U+200F> in a textarea too, whose text is its
+    # value: an RLM in a Hebrew setting, untouched, was written back by Apply as the
+    # literal text "<U+200F>".
+    site = "\u200fמפעל"
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "routes": {"lines": {"match": "plant/#", "sinks": ["archive"],
+                             "processors": [{"type": "transform", "set": {"site": site}}]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start(wait_sources=False)
+    base = f"http://127.0.0.1:{gw.web_port}"
+    browser.get(f"{base}/#editor?route=lines")  # no account: open on localhost
+    field = find(browser, "#route-match")
+    wait_for(lambda: field.get_attribute("value") == "plant/#", 10, "the route, shown")
+    settings = find(browser, "#processors .psettings")
+    assert site in settings.get_attribute("value")
+    field.send_keys("\nplant2/#")
+    browser.find_element(By.ID, "check").click()
+    wait_for(lambda: browser.find_element(By.ID, "apply").is_enabled(), 10, "checked")
+    assert "site" not in browser.find_element(By.ID, "route-diff").text  # only the match
+    browser.find_element(By.ID, "apply").click()
+    wait_for(lambda: text(browser, "#route-outcome").startswith("Applied"), 10, "applied")
+    with urllib.request.urlopen(f"{base}/api/config", timeout=10) as answer:
+        route = json.load(answer)["config"]["routes"]["lines"]
+    assert route["match"] == ["plant/#", "plant2/#"]
+    assert route["processors"][0]["set"] == {"site": site}
+    assert gw.stop() == 0
+
+
 def test_a_route_is_made_and_applied_from_the_keyboard_alone(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:

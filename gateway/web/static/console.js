@@ -44,10 +44,18 @@
   const visible = s => String(s ?? "").replace(BIDI_ALL, c =>
     `<U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}>`);
   const SHOWN_ATTRS = ["title", "aria-label"];
+  // Only what the page shows: the text of a textarea (a processor's settings, set as
+  // its text) is its value, and of an option too: rewritten there, Apply wrote
+  // "<U+200F>" for the RLM of a Hebrew setting, and Check's diff showed no change.
+  const EDITABLE = "textarea, input, select, option, [contenteditable]";
+  const editable = node => {
+    const at = node.nodeType === Node.ELEMENT_NODE ? node : node.parentElement;
+    return !!at && (!!at.closest(EDITABLE) || at.isContentEditable);
+  };
 
   function unbidiOne(node) {
     if (node.nodeType === Node.TEXT_NODE) {
-      if (BIDI.test(node.data)) node.data = visible(node.data);
+      if (BIDI.test(node.data) && !editable(node)) node.data = visible(node.data);
     } else if (node.nodeType === Node.ELEMENT_NODE) {
       for (const name of SHOWN_ATTRS) {
         const v = node.getAttribute(name);
