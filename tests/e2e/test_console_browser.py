@@ -1025,6 +1025,46 @@ def test_a_route_being_typed_is_back_after_a_gateway_restart_logged_the_user_out
     assert gw.stop() == 0
 
 
+def test_a_route_typed_by_one_user_is_not_given_to_the_next_one_logging_in(
+    mosquitto: Any, gateway_factory: Any, browser: WebDriver
+) -> None:
+    # The draft kept at a forced logout was the tab's, not the user's: another user
+    # logging in next in the same tab got it, "The route you were typing is back".
+    gw = plant_lines_to_archive(
+        gateway_factory, mosquitto, web={"username": USER, "password": PASSWORD}
+    )
+    added = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "web", "passwd", "olga", "-c", str(gw.config_path)],
+        input="olga-pass-1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    browser.get(f"http://127.0.0.1:{gw.web_port}/#editor")
+
+    def log_in(user: str, password: str) -> None:
+        wait_for(lambda: browser.current_url.endswith("/login#editor"), 30, "the login page")
+        find(browser, "#username").send_keys(user)
+        browser.find_element(By.ID, "password").send_keys(password)
+        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        wait_for(lambda: text(browser, "#who").startswith(f"{user} ("), 15, "logged in")
+
+    log_in(USER, PASSWORD)
+    wait_for(lambda: "plant/#" in text(browser, "#route-list"), 10, "the route list")
+    browser.find_element(By.ID, "route-name").send_keys("typed")
+    browser.find_element(By.ID, "route-match").send_keys("plant/typed/#")
+    assert gw.stop() == 0
+    gw.start(wait_sources=False)
+    log_in("olga", "olga-pass-1")
+    wait_for(lambda: "plant/#" in text(browser, "#route-list"), 10, "the route list")
+    assert "is back" not in text(browser, "#route-outcome")
+    assert browser.find_element(By.ID, "route-name").get_attribute("value") == ""
+    assert browser.find_element(By.ID, "route-match").get_attribute("value") == ""
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert gw.stop() == 0
+
+
 def test_names_of_128_characters_stay_within_a_phone_s_width(
     mosquitto: Any, gateway_factory: Any, browser: WebDriver
 ) -> None:

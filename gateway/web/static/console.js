@@ -186,9 +186,12 @@
 
   // The route being typed when the session ended (2 idle hours, a gateway restart, a
   // logout in another tab) was lost with the page: it is kept in the tab's
-  // sessionStorage and put back in the form after the login.
+  // sessionStorage and put back in the form after the login, for the same user only
+  // (another one logging in next in this tab got it), once, on the editor the login
+  // came back to or opened without a route or topic asked for. Logout drops it.
   const DRAFT = "edge-stream route draft";
   let filledWith = null; // the form as fillForm left it: nothing typed since
+  let draft = null; // the kept one, taken from the storage once this user is known
 
   /** The form as typed, raw (settings as written, perhaps not JSON yet). */
   const formText = () => JSON.stringify({
@@ -201,22 +204,38 @@
 
   function saveDraft() {
     const typed = formText();
-    if (typed === filledWith || formEmpty()) return;
-    try { sessionStorage.setItem(DRAFT, typed); } catch (e) { /* storage off: as before */ }
+    if (!me.user || typed === filledWith || formEmpty()) return;
+    try {
+      sessionStorage.setItem(DRAFT, JSON.stringify({user: me.user, hash: location.hash,
+        form: JSON.parse(typed)}));
+    } catch (e) { /* storage off: as before */ }
   }
 
-  /** The draft kept at the logout, back in the form (and gone from the storage). */
-  function restoreDraft() {
-    let draft = null;
-    try {
-      draft = JSON.parse(sessionStorage.getItem(DRAFT) || "null");
-      sessionStorage.removeItem(DRAFT);
-    } catch (e) { return false; }
-    if (!draft || typeof draft !== "object") return false;
-    fillForm(String(draft.name ?? ""), {match: [], processors: [],
-      sinks: Array.isArray(draft.sinks) ? draft.sinks : []}, !!draft.isNew);
-    $("route-match").value = String(draft.match ?? "");
-    for (const [type, settings] of Array.isArray(draft.processors) ? draft.processors : []) {
+  const dropDraft = () => {
+    draft = null;
+    try { sessionStorage.removeItem(DRAFT); } catch (e) { /* storage off: none kept */ }
+  };
+
+  /** The draft kept at the logout, if this user's (gone from the storage either way). */
+  function takeDraft() {
+    let kept = null;
+    try { kept = JSON.parse(sessionStorage.getItem(DRAFT) || "null"); } catch (e) { /* none */ }
+    dropDraft();
+    if (kept && typeof kept === "object" && me.user && kept.user === me.user &&
+        kept.form && typeof kept.form === "object") draft = kept;
+  }
+
+  /** The draft taken at the login, back in the form: on the first open of the editor,
+   * unless it was asked for another route or topic (Edit, Route this topic). */
+  function restoreDraft(topic, route) {
+    const kept = draft;
+    draft = null;
+    if (!kept || ((topic || route) && location.hash !== kept.hash)) return false;
+    const form = kept.form;
+    fillForm(String(form.name ?? ""), {match: [], processors: [],
+      sinks: Array.isArray(form.sinks) ? form.sinks : []}, !!form.isNew);
+    $("route-match").value = String(form.match ?? "");
+    for (const [type, settings] of Array.isArray(form.processors) ? form.processors : []) {
       addProcessor({type: String(type ?? "")});
       const li = $("processors").lastChild;
       li.querySelector(".psettings").value = String(settings ?? "{}");
@@ -762,7 +781,7 @@
     } else if (!$("route-name").value) {
       fillForm("", {match: [], processors: [], sinks: []}, true);
     }
-    restoreDraft();
+    restoreDraft(topic, route);
     // Route this topic (on the Topics page, hidden now) and Edit (above the form) leave
     // the keyboard's focus where the form is: it was on the page's body, or on the list
     if ((topic || route) && !document.activeElement.closest("form#route-form")) {
@@ -1277,6 +1296,7 @@
       if (document.hidden) disconnect(); else { connect(); resume(); }
     });
     whoAmI().then(() => {
+      takeDraft();
       // a tab opened in the background (ctrl+click, a restored browser session) opens its
       // stream when first shown: open, it kept the session alive to its 12-hour lifetime
       if (!document.hidden) connect();
