@@ -11,7 +11,12 @@ PUT|DELETE ...?check=1             show before apply: validate the edit and answ
                                    "checked", "errors", "changes" (as `config diff`),
                                    "diff" (a unified diff of the component's effective
                                    config, secrets ***)}; 422 with the errors if invalid
-                                   (any value but 0, false, no or off asks a check)
+                                   (any value but 0, false, no or off asks a check),
+                                   and "hash", the file's hash it was checked against
+PUT|DELETE ...?hash=HASH           apply only if the file's hash is still HASH (the
+                                   check's or GET /api/config's): otherwise 409
+                                   "changed", nothing written (another user's edit, a
+                                   rollback, a hand edit came between)
 GET    /api/config/versions        {"versions": [{"name", "saved_at", "hash"}]}: the kept
                                    versions, newest first (as `config versions`)
 POST   /api/config/rollback        body {"version": NAME} (default: the newest): put that
@@ -39,6 +44,7 @@ when it names them:
                   file is put back as it was, so that it says what runs. Also: no
                   config file (a gateway started without `-c FILE`; "path": null), and
                   a GET /api/config of a file that does not load ("path": the file)
+409 changed       ?hash=HASH and the file's hash is no longer HASH; nothing written
 413               a body over 256 KiB
 500               the file or its kept version cannot be written (a full disk, a
                   folder the gateway's user may not write): the error says which
@@ -117,9 +123,15 @@ class ConfigApi:
         return ("POST",) if path == ROLLBACK else ("PUT", "DELETE")
 
     async def handle(
-        self, method: str, url_path: str, body: bytes, check: bool = False
+        self,
+        method: str,
+        url_path: str,
+        body: bytes,
+        check: bool = False,
+        expect: str | None = None,
     ) -> Response:
-        """Answer one request (already authorized, its body read and bounded)."""
+        """Answer one request (already authorized, its body read and bounded); `expect`:
+        a change's ?hash, the file's hash it was checked against."""
         if method not in self.allowed(url_path):
             allowed = " or ".join(self.allowed(url_path))
             return _answer(405, errors=[f"{url_path}: only {allowed} here"])
@@ -188,7 +200,7 @@ class ConfigApi:
         if check:
             return await self._check(self.path, section, name, value)
         async with self._lock:
-            return await self._edit(self.path, self._reload, section, name, value)
+            return await self._edit(self.path, self._reload, section, name, value, expect)
 
     async def _check(
         self, path: str, section: str, name: str, value: dict[str, Any] | None
@@ -197,12 +209,14 @@ class ConfigApi:
 
         try:
             # Reads, changes and validates (decrypting secrets): in a worker thread.
-            changes, text_diff = await asyncio.to_thread(_preview, path, section, name, value)
+            changes, text_diff, checked = await asyncio.to_thread(
+                _preview, path, section, name, value
+            )
         except edit.NoSuchComponent as err:
             return _answer(404, errors=list(err.problems))
         except ConfigError as err:
             return _answer(422, errors=list(err.problems))
-        return _answer(200, "checked", changes=changes, diff=text_diff)
+        return _answer(200, "checked", changes=changes, diff=text_diff, hash=checked)
 
     async def _versions(self, path: str) -> Response:
         try:
@@ -267,7 +281,13 @@ class ConfigApi:
         return 200, "application/json", json.dumps(shown, indent=1).encode()
 
     async def _edit(
-        self, path: str, reload: Reload, section: str, name: str, value: dict[str, Any] | None
+        self,
+        path: str,
+        reload: Reload,
+        section: str,
+        name: str,
+        value: dict[str, Any] | None,
+        expect: str | None = None,
     ) -> Response:
         from gateway.config import edit
 
@@ -275,8 +295,10 @@ class ConfigApi:
         try:
             # Read, change, validate (decrypting secrets) and fsync: in a worker thread.
             old_text, kept, wrote = await asyncio.to_thread(
-                edit.edit_file, path, section, name, value
+                _edit_file, path, section, name, value, expect
             )
+        except _Changed as err:
+            return _answer(409, "changed", [str(err)])
         except edit.NoSuchComponent as err:
             return _answer(404, errors=list(err.problems))
         except ConfigError as err:
@@ -322,11 +344,34 @@ class ConfigApi:
         return lines
 
 
+class _Changed(Exception):
+    """The file's hash is not the one the edit was checked against."""
+
+
+def _edit_file(
+    path: str, section: str, name: str, value: dict[str, Any] | None, expect: str | None
+) -> tuple[str, files.Version | None, bool]:
+    """`edit.edit_file`, but with `expect` (a ?hash) only if the file's hash is still
+    that: the edit checked against it would undo a change made since, in that component,
+    which its diff did not show. (API edits take turns under the lock.)"""
+    from gateway.config import edit
+
+    if expect is not None:
+        now = files.text_hash(read_text(path))
+        if now != expect:
+            raise _Changed(
+                f"{path} changed since your check (another edit, a rollback or a hand edit:"
+                f" its hash is {now}, not {expect[:40]!r}); nothing written: check again"
+            )
+    return edit.edit_file(path, section, name, value)
+
+
 def _preview(
     path: str, section: str, name: str, value: dict[str, Any] | None
-) -> tuple[list[str], str]:
-    """What setting (or removing) one component would change: `config diff` lines, and a
-    unified diff of the component's effective config (secrets redacted)."""
+) -> tuple[list[str], str, str]:
+    """What setting (or removing) one component would change: `config diff` lines, a
+    unified diff of the component's effective config (secrets redacted), and the hash of
+    the file checked."""
     import difflib
 
     import yaml
@@ -354,7 +399,7 @@ def _preview(
     lines = difflib.unified_diff(
         component(old, old_raw), component(new, new_raw), "running", "new", lineterm=""
     )
-    return diff(old, old_raw, new, new_raw), "\n".join(lines)
+    return diff(old, old_raw, new, new_raw), "\n".join(lines), files.text_hash(text)
 
 
 def _data_dir(path: str) -> str:

@@ -38,7 +38,7 @@ POST /api/config/reload   read the config file again now (as SIGHUP does); answe
                  "changes": [...], "path": the file's absolute path}
 GET /api/config, PUT|DELETE /api/config/{sources|routes|sinks}/NAME   the config API
                  (config_api.py; a body of at most 256 KiB); a change with a query
-                 parameter other than ?check (a rollback: any) is refused (400)
+                 parameter other than ?check and ?hash (a rollback: any) is refused (400)
 
 A config API change's query parameter, a rollback's body key and a dead-letter replay or
 purge body key that is not taken are refused, named with a "did you mean" when a taken
@@ -918,7 +918,11 @@ class WebServer:
         status, content_type, answer = await self._reload_answer(
             request,
             self.config_api.handle(
-                request.method, request.path, body, check=_asks_check(request.query.get("check"))
+                request.method,
+                request.path,
+                body,
+                check=_asks_check(request.query.get("check")),
+                expect=request.query.get("hash"),
             ),
         )
         response = web.Response(status=status, body=answer, headers={"Content-Type": content_type})
@@ -995,8 +999,10 @@ def _query_not_taken(request: web.Request) -> str:
                 ' the body {"version": NAME} or nothing (the newest)'
             )
         return ""
-    wrong = not_taken(request.query, ("check",))
-    return f"the config API takes only ?check (show before apply), not {wrong}" if wrong else ""
+    wrong = not_taken(request.query, ("check", "hash"))
+    if wrong:
+        return f"the config API takes only ?check (show before apply) and ?hash, not {wrong}"
+    return ""
 
 
 def _asks_check(value: str | None) -> bool:

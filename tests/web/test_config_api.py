@@ -249,12 +249,41 @@ async def test_check_shows_the_change_and_writes_nothing(tmp_path: Path, stop: l
         assert "the config API takes only ?check (show before apply)" in answer["errors"][0]
     status, answer = await asyncio.to_thread(_call, f"{route}?chek=1", "PUT", body)
     assert answer["errors"] == [
-        "the config API takes only ?check (show before apply), not 'chek' (did you mean 'check'?)"
+        "the config API takes only ?check (show before apply) and ?hash,"
+        " not 'chek' (did you mean 'check'?)"
     ]
     assert path.read_text() == before and calls == []  # nothing written, nothing applied
     assert files.versions(tmp_path / "data") == []
     status, answer = await asyncio.to_thread(_call, f"{route}?check=0", "PUT", body)
     assert status == 200 and answer["outcome"] == "applied" and len(calls) == 1
+
+
+async def test_an_edit_with_the_checked_hash_is_refused_once_the_file_changed(
+    tmp_path: Path, stop: list[Any]
+) -> None:
+    # the console's Apply sends the hash its check answered: another change between the
+    # two was overwritten in that route, which the diff shown said nothing of
+    async def applied(_trigger: str) -> dict[str, Any]:
+        return {"outcome": "applied", "errors": [], "changes": []}
+
+    gateway, task, url, path = await _serve(tmp_path, applied)
+    stop.append((gateway, task))
+    route = f"{url}/api/config/routes/all"
+    body = json.dumps({"match": "a/#", "sinks": ["out"]}).encode()
+    status, answer = await asyncio.to_thread(_call, f"{route}?check=1", "PUT", body)
+    assert status == 200 and answer["hash"] == files.text_hash(path.read_text())
+    checked = answer["hash"]
+    path.write_text(path.read_text().replace('"#"', '"b/#"'))  # another user's change
+    changed = path.read_text()
+    for method, sent in (("PUT", body), ("DELETE", None)):
+        status, answer = await asyncio.to_thread(_call, f"{route}?hash={checked}", method, sent)
+        assert status == 409 and answer["outcome"] == "changed", answer
+        assert "changed since your check" in answer["errors"][0]
+    assert path.read_text() == changed
+    now = files.text_hash(changed)
+    status, answer = await asyncio.to_thread(_call, f"{route}?hash={now}", "PUT", body)
+    assert status == 200 and answer["outcome"] == "applied", answer
+    assert '"a/#"' in path.read_text() or "a/#" in path.read_text()
 
 
 async def test_versions_and_rollback_through_the_api(tmp_path: Path, stop: list[Any]) -> None:

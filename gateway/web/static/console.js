@@ -976,38 +976,40 @@
       $("route-status").textContent = "Nothing to apply: the config has this already.";
       return;
     }
-    pending = {method, path, body, name, hash: runningHash()};
+    // the file's hash the check read: Apply sends it, and the gateway refuses the edit
+    // if the file changed since (the live stream's hash was stale in a hidden tab)
+    pending = {method, path, body, name, hash: answer.data.hash};
     $("apply").disabled = me.role !== "operator";
     $("apply").textContent = method === "DELETE" ? `Apply: remove ${name}` : `Apply ${name}`;
   }
 
-  /** The hash of the config the gateway runs, from the live stream. */
-  const runningHash = () => (status && status.config ? status.config.hash : null);
-
   async function apply() {
     if (!pending) return;
-    const {method, path, body, name} = pending;
-    if (pending.hash !== runningHash()) {
-      // the config changed since the check (another user's edit, a rollback, the file
-      // edited by hand): the diff shown is not what Apply would do (it would undo the
-      // other change in this route without a word); checked again, shown, not applied
-      const out = $("route-outcome");
-      await check(method);
-      out.className = "warn";
-      out.textContent = "Not applied: the config the gateway runs changed since your check." +
-        " It is checked again above: see what the edit changes now, then apply.";
-      if (document.activeElement === document.body) out.focus();
-      return;
-    }
+    const {method, path, body, name, hash} = pending;
     // Apply is off while it runs, and a button turned off loses the keyboard focus: the
     // outcome takes it (the page's body had it, and Tab went on from the top)
     const keyboard = document.activeElement === $("apply");
     $("apply").disabled = true;
     $("route-status").textContent = "applying...";
-    const answer = await api(method, path, body).catch(unreachable);
+    const answer = await api(method, hash ? `${path}?hash=${encodeURIComponent(hash)}` : path,
+      body).catch(unreachable);
     $("route-status").textContent = "";
     pending = null;
     const d = answer.data;
+    if (answer.status === 409 && d.outcome === "changed") {
+      // the config changed since the check (another user's edit, a rollback, the file
+      // edited by hand): written, the edit would have undone the other change in this
+      // route without a word; checked again, shown, not applied
+      const out = $("route-outcome");
+      await check(method);
+      out.className = "warn";
+      out.textContent = "Not applied: the config file changed since your check. " + (
+        pending ? "It is checked again above: see what the edit changes now, then apply." :
+        $("route-preview").hidden ? "Checking it again failed: see the message above," +
+          " then check again." : "It is checked again above: it has this edit already.");
+      if (keyboard || document.activeElement === document.body) out.focus();
+      return;
+    }
     const changed = (d.changes && d.changes.length) ? d.changes : [];
     const out = $("route-outcome");
     if (answer.ok) {
@@ -1274,6 +1276,7 @@
   function start() {
     $("logout").addEventListener("click", async () => {
       await api("POST", "logout").catch(() => {});
+      dropDraft(); // after the call: a session ended already kept the form in toLogin
       location.href = "login";
     });
     $("topic-filter-form").addEventListener("submit", e => { e.preventDefault(); pollTopics(); });
