@@ -12,6 +12,7 @@ import pytest
 import gateway.cli
 from gateway.cli import main
 from gateway.web import access
+from tests.disk import fail_fsync_of
 
 pytestmark = pytest.mark.unit
 
@@ -522,8 +523,6 @@ def test_a_rollback_whose_folder_cannot_be_synced_says_the_file_was_replaced(
     """The fsync of the config's folder failed (EIO) after the new text was renamed over
     the file: `save` deleted the version it kept of the replaced text and the command said
     "nothing was changed", while the file held the restored text."""
-    import errno
-    import os
 
     from gateway.config import files
 
@@ -536,14 +535,7 @@ def test_a_rollback_whose_folder_cannot_be_synced_says_the_file_was_replaced(
     )
     config.write_text(old)
     files.save(config, old.replace("first", "second"), data)
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, tmp_path)  # the config's folder
     code, out, err = run(capsys, "config", "rollback", "-c", str(config))
     assert config.read_text() == old
     assert code == 1
@@ -563,8 +555,6 @@ def test_a_rotation_whose_key_folder_cannot_be_synced_rotates_the_config_and_say
     """The fsync of the key's folder failed (EIO) after the new key was renamed over the
     file: rotate said "cannot rotate" and left the config's values under the old key,
     which the key file no longer held: the gateway could open none of them."""
-    import errno
-    import os
 
     from gateway.config import secrets
 
@@ -580,14 +570,7 @@ def test_a_rotation_whose_key_folder_cannot_be_synced_rotates_the_config_and_say
         f"mqtt: {{url: 'mqtt://127.0.0.1:1'}}\nroutes: {{all: {{match: '#', sinks: [a]}}}}\n"
         f"sinks: {{a: {{type: file, path: '{enc}'}}}}\n"
     )
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(keys)):  # the key's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, keys)  # the key's folder
     code, out, err = run(capsys, "secret", "rotate", "-c", str(config))
     assert code == 1
     assert out.startswith(f"rotated 1 ENC(...) value in {config}"), out
@@ -596,6 +579,5 @@ def test_a_rotation_whose_key_folder_cannot_be_synced_rotates_the_config_and_say
         " the disk (Input/output error), so a power cut may yet bring back the old text: see"
         " to the disk (dmesg says why)\n"
     )
-    monkeypatch.setattr(os, "fsync", fsync)
     assert enc not in config.read_text()
     assert run(capsys, "check-config", "-c", str(config))[0] == 0

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import files, remote
 from gateway.core.errors import ConfigError
+from tests.disk import fail_fsync_of
 
 pytestmark = pytest.mark.unit
 
@@ -259,19 +260,10 @@ def test_a_config_written_but_not_synced_is_reloaded_and_said(
     """The fsync of the config's folder failed (EIO) after the new text was renamed over
     the file: the document was answered "refused: cannot write", with no reload, while
     the file held its text."""
-    import errno
-    import os
 
     path, data_dir = _setup(tmp_path)
     new = path.read_text().replace("out.jsonl", "b.jsonl")
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, tmp_path)  # the config's folder
     answer, applied, read, _ = _apply(path, data_dir, _doc(9, config=new), 4, "applied")
     assert answer["outcome"] == "applied" and read == [new] and path.read_text() == new
     assert answer["errors"] == [
@@ -290,20 +282,11 @@ def test_a_document_refused_is_put_back_and_answered_on_a_disk_that_cannot_sync(
     putting the old text back failed the same fsync and raised out of `apply`, unsettled
     and unanswered; the connection dropped as "cannot reach the broker", and the QoS 1
     document, never acked, came back at each reconnect to be written and reloaded again."""
-    import errno
-    import os
 
     path, data_dir = _setup(tmp_path)
     old = path.read_text()
     new = old.replace("out.jsonl", "b.jsonl")
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, tmp_path)  # the config's folder
     answer, applied, read, settled = _apply(path, data_dir, _doc(9, config=new), 4, outcome)
     assert answer["outcome"] == outcome and applied is None
     assert read == [new] and path.read_text() == old and settled == [old]

@@ -19,6 +19,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import files
 from gateway.config.load import load
+from tests.disk import fail_fsync_of
 from tests.web.test_web import free_port
 
 pytestmark = pytest.mark.integration
@@ -435,8 +436,6 @@ async def test_an_edit_and_a_rollback_written_but_not_synced_are_applied_and_sai
     """The fsync of the config's folder failed (EIO) after the new text was renamed over
     the file: the edit and the rollback answered 500 and did not reload, while the file
     held their text."""
-    import errno
-    import os
 
     reloads: list[str] = []
 
@@ -447,14 +446,7 @@ async def test_an_edit_and_a_rollback_written_but_not_synced_are_applied_and_sai
     gateway, task, url, path = await _serve(tmp_path, reload)
     stop.append((gateway, task))
     original = path.read_text()
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, tmp_path)  # the config's folder
     warning = (
         f"{path}: the file was replaced, but its folder could not be synced to the disk"
         " (Input/output error), so a power cut may yet bring back the old text: see to the"
@@ -477,8 +469,6 @@ async def test_an_edit_and_a_rollback_refused_are_put_back_on_a_disk_that_cannot
     """The fsync of the config's folder fails (EIO) and the gateway refuses what was
     written: putting the old text back failed the same fsync and answered 500 with a
     traceback, the text back but the file's watcher never settled on it."""
-    import errno
-    import os
 
     reloads: list[str] = []
     settled: list[str] = []
@@ -496,14 +486,7 @@ async def test_an_edit_and_a_rollback_refused_are_put_back_on_a_disk_that_cannot
     status, put = await asyncio.to_thread(_call, f"{url}/api/config/routes/alarms", "PUT", body)
     assert (status, put["outcome"]) == (200, "applied"), put
     edited = path.read_text()
-    fsync = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.path.samestat(os.fstat(fd), os.stat(tmp_path)):  # the config's folder
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync_of(monkeypatch, tmp_path)  # the config's folder
     warning = (
         f"{path}: the file was replaced, but its folder could not be synced to the disk"
         " (Input/output error), so a power cut may yet bring back the old text: see to the"
