@@ -160,6 +160,66 @@ def test_a_retained_message_is_stored_once_across_reloads_and_a_restart(
         client.loop_stop()
 
 
+def retain(port: int, topic: str, payload: bytes) -> None:
+    """Publish `payload` retained on `topic` (an empty one removes the retained message)."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def payloads(gw: Any) -> list[Any]:
+    return [line["payload"] for line in lines(gw)]
+
+
+def test_retained_never_stores_no_retained_message(mosquitto: Any, gateway_factory: Any) -> None:
+    """`retained: never` (README, Delivery guarantees): the message retained on the
+    broker before the gateway subscribed is not stored; what is published afterwards
+    is (it comes after the retained one would have, so waiting for it is enough)."""
+    name = f"never{uuid.uuid4().hex[:8]}"
+    retain(mosquitto.port, f"{name}/dev", b'{"v": "old"}')
+    try:
+        gw = gateway_factory(file_config(mosquitto.url, name, retained="never"))
+        gw.start()
+        wait_for(lambda: connections(gw) == 1, 30, "the subscription")  # logged after SUBACK
+        retain(mosquitto.port, f"{name}/dev", b'{"v": "new"}')
+        wait_for(lambda: payloads(gw), 10, "the message published after the subscription")
+        assert payloads(gw) == [{"v": "new"}]
+        assert gw.stop() == 0
+    finally:
+        retain(mosquitto.port, f"{name}/dev", b"")
+
+
+def test_retained_always_stores_it_again_at_each_subscribe(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    """`retained: always`: the broker sends the retained message at every (re)subscribe,
+    here a reload that starts the source anew, so it is stored once more each time."""
+    name = f"always{uuid.uuid4().hex[:8]}"
+    retain(mosquitto.port, f"{name}/dev", PAYLOAD)
+    try:
+        config = file_config(mosquitto.url, name, retained="always")
+        gw = gateway_factory(config)
+        gw.start()
+        wait_for(lambda: len(lines(gw)) == 1, 10, "the retained message")
+        assert gw.proc is not None
+        config["sources"]["plant"]["keepalive"] = 31  # the source is started anew
+        gw.config_path.write_text(yaml.safe_dump(config))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(lines(gw)) == 2, 30, "the retained message again after a reload")
+        assert gw.stop() == 0
+        gw.start()
+        wait_for(lambda: len(lines(gw)) == 3, 30, "the retained message again after a restart")
+        assert payloads(gw) == [json.loads(PAYLOAD)] * 3
+        assert gw.stop() == 0
+    finally:
+        retain(mosquitto.port, f"{name}/dev", b"")
+
+
 def metric(gw: Any, name: str) -> float:
     url = f"http://127.0.0.1:{gw.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
