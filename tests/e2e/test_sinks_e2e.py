@@ -274,3 +274,38 @@ def test_kill_9_during_delivery_loses_nothing_and_duplicates_nothing(
         f" kill 2 left {left} pending"
     )
     assert gw.stop() == 0
+
+
+def test_a_backlog_is_delivered_oldest_first_once_the_upstream_is_back(
+    mosquitto: Any,
+    gateway_factory: Callable[[dict[str, Any]], GatewayProcess],
+    upstream_factory: Callable[[str, str], Upstream],
+) -> None:
+    """README, Delivery guarantees: an upstream that is down makes the store grow, and
+    the sink "drains oldest first when it is back". The readings of one topic that
+    waited in the store reach the upstream broker in the order they were published
+    (first arrivals; the MQTT sink is at least once, a repeat may follow)."""
+    name = "drain_order"
+    up = upstream_factory("mqtt", name)
+    gw = gateway_factory(gateway_config(mosquitto, name, {"up": up.sink()}))
+    gw.start()
+    first = Publisher(mosquitto.port, 10, topics=1, prefix=name)
+    first.start()
+    first.join_checked()
+    wait_for(lambda: all_arrived(up, 10), 30, "the first readings upstream")
+
+    up.stop()
+    waiting = 300
+    during = Publisher(mosquitto.port, waiting, topics=1, prefix=name, first=10)
+    during.start()
+    during.join_checked()
+    wait_for(
+        lambda: (s := gw.sink("up"))["depth"] == waiting and s["state"] != "running",
+        30,
+        "the readings buffered in the store while the upstream is down",
+    )
+    up.start()
+    wait_for(lambda: all_arrived(up, 10 + waiting), 60, "the backlog upstream")
+    arrivals = list(dict.fromkeys(up.seqs()))  # first arrivals, in their order
+    assert arrivals == sorted(arrivals), f"not oldest first: {arrivals}"
+    assert gw.stop() == 0
