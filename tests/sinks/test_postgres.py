@@ -993,3 +993,25 @@ async def test_json_nested_hundreds_deep_is_stored(
     assert json.loads(payload) == json.loads(content)
     assert json.loads(doc) == json.loads(content)["doc"]
     await sink.close()
+
+
+async def test_a_row_colliding_on_another_unique_key_goes_to_the_dead_letters(
+    postgres: Any, table: str, sink_for: Any
+) -> None:
+    """README, Delivery guarantees: a row that collides with another on a unique key you
+    added to the table (not id) goes to the dead letters with PostgreSQL; the rows
+    beside it are stored, and the same batch again (after a crash) stores nothing twice."""
+    postgres.execute(
+        f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, device text, seq integer,'
+        " UNIQUE (device, seq))"
+    )
+    sink = await sink_for(
+        table=table, columns={"device": "topic.0", "seq": {"from": "field.seq", "type": "integer"}}
+    )
+    batch = [FlowFile.create("d1", f'{{"seq": {n}}}'.encode()) for n in (1, 1, 2)]
+    for _ in range(2):
+        rejected = await sink.write(batch)
+        assert [r.flowfile.id for r in rejected] == [batch[1].id]
+        assert rejected[0].reason.startswith("postgres refused the row: "), rejected[0].reason
+    stored = sorted(row[0] for row in postgres.fetch(f'SELECT id::text FROM "{table}"'))
+    assert stored == sorted([batch[0].id, batch[2].id])
