@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.harness import publish_qos1 as publish
 from tests.e2e.harness import wait_for
@@ -107,3 +108,76 @@ def test_numbers_past_a_doubles_range_lose_no_window_and_stop_no_group(
         assert sum(why in reason for reason in reasons) == 1, (why, reasons)
     assert gw.status()["routes"]["win"]["processor_state"]["win.0"]["open"] == 0
     assert "Traceback" not in gw.log_path.read_text()
+
+
+def test_a_restart_on_a_changed_window_size_drops_its_open_windows(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    """README, Windows and processor state: after a restart that changed a key that
+    shapes the windows (here `size`), the open windows are dropped, not continued under
+    the new config: one log line, counted in the processor's `dropped`; a restart that
+    changed only the output topic continues them."""
+    n = f"shape{uuid.uuid4().hex[:8]}"
+
+    def config(size: str, topic: str) -> dict[str, Any]:
+        return {
+            "mqtt": {"url": mosquitto.url},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
+            "routes": {
+                "win": {
+                    "match": f"{n}/+",
+                    "processors": [
+                        {
+                            "type": "window",
+                            "size": size,
+                            "time": "event",
+                            "time_field": "t",
+                            "group_by": "topic",
+                            "aggregates": {"v": ["count", "sum"]},
+                            "topic": topic,
+                        }
+                    ],
+                    "sinks": ["out"],
+                }
+            },
+            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+        }
+
+    def state() -> dict[str, Any]:
+        return gw.status()["routes"]["win"]["processor_state"]["win.0"]  # type: ignore[no-any-return]
+
+    t0 = 1_800_000_000  # a multiple of 100 s and of 200 s
+    gw = gateway_factory(config("100s", "{topic}/a"))
+    gw.start()
+    publish(mosquitto.port, [(f"{n}/{d}", json.dumps({"t": t0 + 1, "v": 1})) for d in "ab"])
+    wait_for(lambda: state()["open"] == 2, 20, "two windows open")
+    assert gw.stop() == 0
+
+    def rewrite(size: str, topic: str) -> None:
+        kept = yaml.safe_load(gw.config_path.read_text())  # the harness's data_dir and port
+        kept["routes"] = config(size, topic)["routes"]
+        gw.config_path.write_text(yaml.safe_dump(kept))
+
+    rewrite("100s", "{topic}/b")  # the output topic only
+    gw.start()
+    assert state()["open"] == 2 and state()["dropped"] == 0, state()
+    assert gw.stop() == 0
+
+    rewrite("200s", "{topic}/b")  # the size
+    gw.start()
+    wait_for(lambda: state()["dropped"] == 2, 20, "the open windows dropped")
+    assert state()["open"] == 0, state()
+    said = [line for line in gw.log().splitlines() if "2 open windows" in line]
+    assert len(said) == 1, gw.log()[-2000:]
+    publish(
+        mosquitto.port,
+        [
+            (f"{n}/a", json.dumps({"t": t0 + 2, "v": 10})),
+            (f"{n}/a", json.dumps({"t": t0 + 1000, "v": 0})),  # closes the window
+        ],
+    )
+    out_file = gw.data_dir / "out.jsonl"
+    wait_for(lambda: outputs(out_file).get(f"{n}/a/b"), 20, "the window of 200 s")
+    [window] = outputs(out_file)[f"{n}/a/b"]
+    assert window["v"] == {"count": 1, "sum": 10}, "the reading before the change is not in it"
+    assert gw.stop() == 0
