@@ -85,3 +85,47 @@ async def test_a_reset_of_state_no_processor_runs_deletes_its_hash(redis: Any) -
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         admin.close()
+
+
+async def test_past_max_pending_the_changes_are_dropped_and_the_whole_state_copied_again(
+    redis_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README (state.replicate): with Redis down the changes wait in memory, at most
+    `max_pending`; past it they are dropped and the whole committed state is copied
+    again once Redis answers."""
+    server = redis_factory()
+    committed: dict[str, tuple[int, bytes]] = {"k0": (1, b"{}")}
+
+    async def rows(component: str) -> list[tuple[str, int, bytes]]:
+        return [(k, seq, v) for k, (seq, v) in committed.items()]
+
+    settings = ReplicateSettings(redis=server.url, prefix="t-{gateway}", max_pending=100)
+    replicator = Replicator(settings, "gw", lambda: ["r.0"], rows, SYSTEM_CLOCK)
+    admin = redis_sync.Redis.from_url(server.url)
+    task = asyncio.ensure_future(replicator.run())
+    try:
+        async with asyncio.timeout(10):
+            while not admin.exists("t-gw:r.0"):  # noqa: ASYNC110 - the first full copy
+                await asyncio.sleep(0.02)
+        admin.close()
+        server.stop()
+        changes = [("r.0", f"k{n}", n + 1, b'{"n": %d}' % n) for n in range(1, 151)]
+        for _, key, seq, value in changes:
+            committed[key] = (seq, value)
+        for i in range(0, len(changes), 50):  # three commits, 150 changes past 100
+            replicator.offer(changes[i : i + 50], [])
+        shown = replicator.status()
+        assert shown["pending"] <= 100 and shown["full_copy_due"], shown
+        assert shown["overflows"] == 1, shown
+        assert "is 100 changes behind; they are dropped" in caplog.text
+        server.start()
+        admin = redis_sync.Redis.from_url(server.url)
+        wanted = {k.encode(): b"%d:%s" % (seq, v) for k, (seq, v) in committed.items()}
+        async with asyncio.timeout(30):
+            while admin.hgetall("t-gw:r.0") != wanted:  # noqa: ASYNC110 - the full copy
+                await asyncio.sleep(0.05)
+        assert replicator.status()["pending"] == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        admin.close()
