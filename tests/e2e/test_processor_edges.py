@@ -181,3 +181,37 @@ def test_a_restart_on_a_changed_window_size_drops_its_open_windows(
     [window] = outputs(out_file)[f"{n}/a/b"]
     assert window["v"] == {"count": 1, "sum": 10}, "the reading before the change is not in it"
     assert gw.stop() == 0
+
+
+def test_a_deadband_heartbeat_sends_the_last_reading_again_when_no_reading_comes(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    """README: the deadband's `heartbeat` sends the last reading again after a maximum
+    silence, with no new reading to carry it (the engine's timer), and keeps doing so;
+    a reading inside the band is not passed meanwhile."""
+    n = f"beat{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory(
+        {
+            "mqtt": {"url": mosquitto.url},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
+            "routes": {
+                "band": {
+                    "match": f"{n}/+",
+                    "processors": [
+                        {"type": "deadband", "fields": {"v": {"absolute": 1}}, "heartbeat": "2s"}
+                    ],
+                    "sinks": ["out"],
+                }
+            },
+            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+        }
+    )
+    gw.start()
+    publish(mosquitto.port, [(f"{n}/a", '{"v": 10}'), (f"{n}/a", '{"v": 10.5}')])
+    out_file = gw.data_dir / "out.jsonl"
+    wait_for(lambda: len(outputs(out_file).get(f"{n}/a", [])) >= 3, 20, "two heartbeats")
+    # the reading inside the band is not passed; the heartbeat repeats the last reading
+    # received (10.5), as the deadband's documentation says
+    got = outputs(out_file)[f"{n}/a"]
+    assert got[0] == {"v": 10} and got[1:] == [{"v": 10.5}] * (len(got) - 1), got
+    assert gw.stop() == 0
