@@ -22,7 +22,9 @@ With event time, the watermark is the newest event time seen minus
 `allowed_lateness`; a window closes once the watermark passes its end. A reading
 whose windows have all closed is late: counted and dropped, or dead-lettered with
 `late: dead_letter`. When no reading has raised the watermark for `idle`, it moves
-on with the gateway's clock, so that windows close even when data stops.
+on from the newest event time at the pace of the gateway's clock (not to the clock's
+time: readings stamped by a device's clock, or from the past, are not closed by the
+gateway's), so that windows close even when data stops.
 Processing-time windows close on the gateway's clock (checked every second): no
 reading is late, and allowed_lateness, late and idle are refused without time: event.
 A clock seen going back while the gateway runs (a board without RTC that ran ahead,
@@ -277,7 +279,8 @@ class WindowProcessorConfig:
         Duration,
         Doc(
             "event time: after this long without a reading raising the watermark, it"
-            " moves on with the clock (windows close when data stops)."
+            " moves on from the newest event time at the clock's pace (windows close when"
+            " data stops)."
         ),
         Range(0, MAX_SPAN, "must be more than 0s and at most 100 years", above=True),
     ] = 10.0

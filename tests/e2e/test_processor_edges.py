@@ -8,6 +8,7 @@ or aggregated to null; no window is lost, no group stops, no traceback is logged
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -214,4 +215,52 @@ def test_a_deadband_heartbeat_sends_the_last_reading_again_when_no_reading_comes
     # received (10.5), as the deadband's documentation says
     got = outputs(out_file)[f"{n}/a"]
     assert got[0] == {"v": 10} and got[1:] == [{"v": 10.5}] * (len(got) - 1), got
+    assert gw.stop() == 0
+
+
+def test_an_event_time_window_closes_by_the_timer_once_readings_stop_for_idle(
+    mosquitto: Any, gateway_factory: Any
+) -> None:
+    """README: windows close by the watermark or, when no data comes, by the engine's
+    timer: in event time, after `idle` without new data the watermark moves on from the
+    newest event time at the clock's pace (not to the clock's time: readings from 2023
+    still wait for what was left of their window)."""
+    n = f"idle{uuid.uuid4().hex[:8]}"
+    gw = gateway_factory(
+        {
+            "mqtt": {"url": mosquitto.url},
+            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
+            "routes": {
+                "win": {
+                    "match": f"{n}/+",
+                    "processors": [
+                        {
+                            "type": "window",
+                            "size": "4s",
+                            "time": "event",
+                            "time_field": "ts",
+                            "idle": "1s",
+                            "group_by": "topic",
+                            "aggregates": {"v": ["count", "sum"]},
+                        }
+                    ],
+                    "sinks": ["out"],
+                }
+            },
+            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+        }
+    )
+    gw.start()
+    t0 = 1_700_000_040  # in 2023, a multiple of 4 s: the window ends at t0 + 4
+    publish(mosquitto.port, [(f"{n}/a", json.dumps({"ts": t0 + i, "v": i})) for i in range(2)])
+    sent = time.monotonic()
+    out_file = gw.data_dir / "out.jsonl"
+    wait_for(lambda: outputs(out_file).get(f"{n}/a/agg"), 20, "the window closed by the timer")
+    waited = time.monotonic() - sent
+    [window] = outputs(out_file)[f"{n}/a/agg"]
+    assert window["v"] == {"count": 2, "sum": 1}
+    assert window["start"] == "2023-11-14T22:14:00.000Z"
+    # the newest reading was at t0 + 1: 3 s of silence move the watermark to the end
+    assert waited >= 2.5, waited
+    assert gw.status()["routes"]["win"]["processor_state"]["win.0"]["open"] == 0
     assert gw.stop() == 0
