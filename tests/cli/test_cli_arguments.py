@@ -5,6 +5,8 @@ Run in-process (`gateway.cli.main`); the refusal comes before any store is opene
 from __future__ import annotations
 
 import io
+import itertools
+import re
 import socket
 from pathlib import Path
 
@@ -259,3 +261,78 @@ def test_the_config_file_may_come_before_the_action_as_it_did(
         main(["config", "-c", str(config), "keygen-signing", "--out", str(tmp_path / "k")])
     assert stop.value.code == 2
     assert capsys.readouterr().err.endswith(f"error: unrecognized arguments: -c {config}\n")
+
+
+_README = Path(__file__).resolve().parents[2] / "README.md"
+# A placeholder of the README's usage lines, and a value a technician would put there
+_FILLED = {
+    "FILE": "gateway.yaml", "NEWFILE": "new.yaml", "N": "3", "L": "debug", "KEY": "fleet.key",
+    "ID": "pi-01", "URL": "mqtts://fleet.example.com:8883", "VERSION": "v1", "NAME": "out",
+    "USER": "bob", "ROUTE.N": "minute.0", "VALUE|-": "-", "U": "gw", "F": "ca.pem",
+}  # fmt: skip
+
+
+def _readme_usages() -> list[str]:
+    """Each `edge-stream ...` usage the README prints: the Command line block (a usage
+    ends where its description's column starts) and the remote config block."""
+    text = _README.read_text(encoding="utf-8")
+    block = text[text.index("## Command line") :]
+    block = block[block.index("```\n") + 4 :]
+    block = block[: block.index("```")]
+    usages = []
+    for line in block.splitlines():
+        if line.startswith("edge-stream "):
+            # its description starts at column 40 (or a word past it) with a lowercase word
+            cut = re.search(r"\s{2,}|(?<=.{37}) (?=[a-z(])", line)
+            usage = line[: cut.start()] if cut else line
+            usages.append(usage)
+    remote = text[text.index("## Remote config for a fleet") : text.index("## What your MQTT")]
+    for found in re.finditer(r"^edge-stream (?:[^\n]|\\\n)*(?:\n    [\[-][^\n]*)*", remote, re.M):
+        usages.append(" ".join(found.group(0).split("#")[0].replace("\\\n", " ").split()))
+    return usages
+
+
+def _argvs(usage: str) -> list[list[str]]:
+    """The command lines a usage allows, every optional part given, each alternative once."""
+    words = usage.split()[1:]
+    alternatives = [words]
+    if "|" in words:  # `show|replay|purge N ... | --all`
+        at = words.index("|")
+        alternatives = [words[:at], [w for w in words[: at - 2] if w != "..."] + words[at + 1 :]]
+    argvs = []
+    for shown in alternatives:
+        choices: list[list[str]] = []
+        for word in shown:
+            word = word.strip("[]")
+            if word == "...":
+                continue
+            if word in _FILLED:
+                choices.append([_FILLED[word]])
+            elif "|" in word and not word.startswith("-"):
+                choices.append(word.split("|"))
+            else:
+                choices.append([word])
+        argvs += [list(argv) for argv in itertools.product(*choices)]
+    return argvs
+
+
+def test_every_command_line_the_readme_prints_is_taken() -> None:
+    usages = _readme_usages()
+    assert len(usages) >= 30, usages
+    taken, refused = [], []
+    for usage in usages:
+        for argv in _argvs(usage):
+            if argv == ["--version"]:
+                continue  # prints and exits
+            if argv[:2] == ["dead-letters", "show"] and "--all" in argv:
+                continue  # "show takes numbers", the README says
+            try:
+                _arguments(argv)
+                taken.append(argv)
+            except SystemExit:
+                refused.append(argv)
+    assert refused == [], refused
+    assert ["config", "push", "gateway.yaml", "--key", "fleet.key", "--gateway", "pi-01",
+            "--broker", "mqtts://fleet.example.com:8883", "--version", "3", "--username",
+            "gw", "--ca-file", "ca.pem", "--cert-file", "ca.pem", "--cert-key", "ca.pem",
+            "--timeout", "30"] in taken  # fmt: skip

@@ -152,3 +152,34 @@ def test_the_config_reference_example_lacks_only_the_files_it_names() -> None:
         load_data(data, environ={})
     problems = refused.value.problems
     assert problems and all(re.search(r"cannot (be )?read", p) for p in problems), problems
+
+
+def _readme_yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def test_every_yaml_snippet_of_the_readme_is_taken_as_the_text_completes_it(
+    tmp_path: Path,
+) -> None:
+    # What the text around each snippet says to add: an ENC(...) is what `secret encrypt`
+    # prints, the public key is the file `config keygen-signing` wrote, and a route's
+    # sink `warehouse` is the one the config file's example defines.
+    from gateway.config import remote, secrets
+
+    key = secrets.load_key(secrets.generate_key_file(tmp_path / "secret.key"))
+    assert key is not None
+    sealed = secrets.encrypt("a-token-of-sixteen-or-more", key)
+    public, _ = remote.keygen(tmp_path / "fleet.key")
+    blocks = _readme_yaml_blocks()
+    assert len(blocks) >= 5
+    for block in blocks:
+        text = block.replace("ENC(...)", sealed)
+        text = text.replace("/etc/edge-stream/fleet.key.pub", str(public))
+        data = yaml.safe_load(text)
+        data.setdefault("gateway", {})["data_dir"] = str(tmp_path)
+        if "warehouse" in str(data.get("routes")) and "sinks" not in data:
+            data["sinks"] = {"warehouse": {"type": "file", "path": str(tmp_path / "w.jsonl")}}
+        try:
+            load_data(data, "README.md", environ={})
+        except ConfigError as err:
+            pytest.fail(f"{block}\n{err.problems}")
