@@ -284,10 +284,13 @@ def page_name(kind: str, type_name: str) -> str:
 
 
 def example_config(entry: Described) -> dict[str, Any]:
-    """The sample config of a component, placed where it goes in a config file."""
+    """The sample config of a component, placed where it goes in a config file: a
+    processor in a route, with the sink the route names (a page showed `processors:` at
+    the top of the file, which check-config refused as an unknown key)."""
     conf = sample(entry.cls.Config, entry.type)
     if entry.kind == "processor":
-        return {"processors": [conf]}
+        route = {"match": "#", "processors": [conf], "sinks": ["my_file"]}
+        return {"routes": {"my_route": route}, "sinks": {"my_file": {"type": "file"}}}
     return {f"{entry.kind}s": {f"my_{entry.type}": conf}}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+import yaml
 
 from gateway import cli, registry
 from gateway.config import reference, units
@@ -149,3 +150,23 @@ def test_every_component_guide_reads_as_written() -> None:
         guide = sys.modules[entry.module].__doc__ or ""
         controls = sorted({hex(ord(c)) for c in guide if ord(c) < 32 and c != "\n"})
         assert controls == [], f"{entry.module}'s guide holds control characters {controls}"
+
+
+def test_the_example_of_every_component_page_passes_check_config(tmp_path: Path) -> None:
+    # A processor's page showed `processors: [...]` at the top of the file, which
+    # check-config refused ("processors: unknown key"): a technician pasting it got nothing
+    # that runs. Each page's example is now a config file on its own.
+    from gateway.config.load import load_data
+    from gateway.core.errors import ConfigError
+
+    refused = {}
+    for name, page in reference.pages(registry.entries()).items():
+        if name in ("README.md", "config.md"):
+            continue  # config.md's example names TLS files: test_conformance checks it
+        data = yaml.safe_load(page.split("```yaml\n")[-1].split("```")[0])
+        data["gateway"] = {"data_dir": str(tmp_path)}
+        try:
+            load_data(data, name, environ={})
+        except ConfigError as err:
+            refused[name] = err.problems
+    assert refused == {}
