@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any, get_args
 
@@ -183,3 +185,59 @@ def test_every_yaml_snippet_of_the_readme_is_taken_as_the_text_completes_it(
             load_data(data, "README.md", environ={})
         except ConfigError as err:
             pytest.fail(f"{block}\n{err.problems}")
+
+
+def _docstring_examples(doc: str) -> list[str]:
+    """The YAML examples of a module's guide: its ```yaml blocks, and the indented block
+    under a line `Example` or `Examples`."""
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
+    for found in re.finditer(r"(?m)^Examples?\n((?:[ \t]+\S.*\n|[ \t]*\n)+)", doc + "\n"):
+        block = textwrap.dedent(found.group(1))
+        # a command that follows the config (`curl ...` to the http source) is not YAML
+        blocks.append(re.split(r"(?m)^(?=curl |edge-stream |mosquitto_pub )", block)[0])
+    return blocks
+
+
+def _as_config(kind: str, example: Any) -> dict[str, Any]:
+    """An example placed in a config file as the text around it has it: a component's
+    keys under a name, components under their section, processors in a route."""
+    if isinstance(example, dict) and list(example) == ["processors"]:
+        example = example["processors"]
+    if isinstance(example, list):  # a route's processors
+        route = {"match": "#", "processors": example, "sinks": ["out"]}
+        return {"routes": {"r": route}, "sinks": {"out": {"type": "file"}}}
+    if "type" in example:
+        return {f"{kind}s": {"example": example}}
+    if set(example) <= {"sources", "routes", "sinks"}:
+        data = dict(example)
+        for route in (data.get("routes") or {}).values():
+            for sink in route.get("sinks", []):  # a route's sink the example leaves out
+                data.setdefault("sinks", {}).setdefault(sink, {"type": "file"})
+        return data
+    return {f"{kind}s": example}
+
+
+@pytest.mark.parametrize(("kind", "type_name"), BUILTINS)
+def test_the_examples_of_a_builtin_s_guide_pass_check_config(
+    tmp_path: Path, kind: str, type_name: str
+) -> None:
+    # The guide (the module docstring the reference page points to) is what a technician
+    # copies from; an ENC(...) there is what `secret encrypt` prints, and a certificate
+    # file it names is one they have.
+    from gateway.config import secrets
+
+    key = secrets.load_key(secrets.generate_key_file(tmp_path / "secret.key"))
+    assert key is not None
+    sealed = secrets.encrypt("a-token-of-sixteen-or-more", key)
+    doc = sys.modules[_entry(kind, type_name).module].__doc__ or ""
+    blocks = _docstring_examples(doc)
+    assert blocks, "the guide shows no example"
+    for block in blocks:
+        example = yaml.safe_load(block.replace("ENC(...)", sealed))
+        data = _as_config(kind, example)
+        data["gateway"] = {"data_dir": str(tmp_path)}
+        try:
+            load_data(data, "example", environ={})
+        except ConfigError as err:
+            problems = [p for p in err.problems if not re.search(r"cannot (be )?read", p)]
+            assert problems == [], block
