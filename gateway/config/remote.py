@@ -114,6 +114,12 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
             f"cannot read the public key {path}: {err.strerror or err}; `edge-stream config"
             " keygen-signing` makes a key pair"
         ) from err
+    if b"PRIVATE KEY-----" in raw:
+        raise ConfigError(
+            f"{path} holds a private key: give the gateway the public key (the .pub file"
+            " `edge-stream config keygen-signing` wrote beside it), and keep the private"
+            " key off the gateways"
+        )
     if b"-----BEGIN" in raw:
         try:
             key = serialization.load_pem_public_key(raw)

@@ -75,6 +75,20 @@ def test_a_public_key_file_that_is_not_one_is_refused(
         remote.load_public_key(tmp_path / "k.pub")
 
 
+def test_the_private_key_given_as_the_public_key_is_named_so(tmp_path: Path) -> None:
+    # `public_key: fleet.key` (the file beside fleet.key.pub) was refused with the
+    # library's words, "Valid PEM but no BEGIN PUBLIC KEY/END PUBLIC KEY delimiters",
+    # not saying that it is the private key, which belongs off the gateways
+    remote.keygen(tmp_path / "fleet.key")
+    with pytest.raises(ConfigError) as refused:
+        remote.load_public_key(tmp_path / "fleet.key")
+    assert str(refused.value) == (
+        f"{tmp_path / 'fleet.key'} holds a private key: give the gateway the public key"
+        " (the .pub file `edge-stream config keygen-signing` wrote beside it), and keep"
+        " the private key off the gateways"
+    )
+
+
 def test_a_signed_envelope_opens_to_its_document(key: Ed25519PrivateKey) -> None:
     document = _doc()
     opened = remote.open_envelope(remote.sign(document, key), key.public_key(), "pi-01")
