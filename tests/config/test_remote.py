@@ -89,6 +89,20 @@ def test_the_private_key_given_as_the_public_key_is_named_so(tmp_path: Path) -> 
     )
 
 
+def test_the_public_key_given_to_sign_is_named_so(tmp_path: Path) -> None:
+    # `config sign --key fleet.key.pub` said "not an unencrypted PEM private key"
+    public, b64 = remote.keygen(tmp_path / "fleet.key")
+    (tmp_path / "raw.pub").write_text(b64 + "\n")
+    for given in (public, tmp_path / "raw.pub"):
+        with pytest.raises(ConfigError) as refused:
+            remote.load_private_key(given)
+        assert str(refused.value) == (
+            f"{given} holds a public key, which only checks signatures: sign with the"
+            " private key `edge-stream config keygen-signing` wrote (the file without .pub)"
+        )
+    remote.load_private_key(tmp_path / "fleet.key")
+
+
 def test_a_signed_envelope_opens_to_its_document(key: Ed25519PrivateKey) -> None:
     document = _doc()
     opened = remote.open_envelope(remote.sign(document, key), key.public_key(), "pi-01")
