@@ -25,10 +25,14 @@ or reload that changed group_by drops the groups kept under the old one (a WARNI
 says how many): never met again, their heartbeats would go on for ever.
 
 Example
-  processors:
-    - type: deadband
-      fields: {temp: {absolute: 0.5}, humidity: {percent: 5}}
-      heartbeat: 10m
+  routes:
+    telemetry:
+      match: "sensors/+/telemetry"
+      processors:
+        - type: deadband
+          fields: {temp: {absolute: 0.5}, humidity: {percent: 5}}
+          heartbeat: 10m
+      sinks: [warehouse]
 """
 
 from __future__ import annotations

@@ -39,15 +39,19 @@ compared as text (`value: 1` matches attribute "1"). A value of NaN (`.nan`) is
 refused on load: no subject would ever equal it, nor be greater or less.
 
 Example
-  processors:
-    - {type: json}
-    - type: filter
-      all:
-        - {field: temp, op: gt, value: 30}
-        - {topic: 1, op: in, value: [plc1, plc2]}
-        - any:
-            - {attribute: mqtt.retain, op: eq, value: "0"}
-            - {field: alarm, op: exists}
+  routes:
+    alarms:
+      match: "plant/+/telemetry"
+      processors:
+        - {type: json}
+        - type: filter
+          all:
+            - {field: temp, op: gt, value: 30}
+            - {topic: 1, op: in, value: [plc1, plc2]}
+            - any:
+                - {attribute: mqtt.retain, op: eq, value: "0"}
+                - {field: alarm, op: exists}
+      sinks: [warehouse]
 """
 
 from __future__ import annotations

@@ -54,14 +54,18 @@ invalid topic (e.g. a field value holding `+` or `#`). Unknown placeholders
 and invalid topics are refused when the config is loaded.
 
 Example
-  processors:
-    - type: transform
-      rename: {t: temp}
-      scale: {temp: 0.1}
-      offset: {temp: -40}
-      set: {device: "{topic.1}", qos: "{attributes.mqtt.qos}"}
-      drop: [raw]
-      topic: "clean/{topic.1}/temperature"
+  routes:
+    clean:
+      match: "raw/+/temp"
+      processors:
+        - type: transform
+          rename: {t: temp}
+          scale: {temp: 0.1}
+          offset: {temp: -40}
+          set: {device: "{topic.1}", qos: "{attributes.mqtt.qos}"}
+          drop: [raw]
+          topic: "clean/{topic.1}/temperature"
+      sinks: [warehouse]
 """
 
 from __future__ import annotations

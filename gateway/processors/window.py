@@ -91,16 +91,20 @@ window whose first reading's topic cannot make the new topic, one without its le
 goes out on `<that topic>/agg`, with a warning).
 
 Example
-  processors:
-    - type: window
-      kind: tumbling
-      size: 1m
-      time: event
-      time_field: ts
-      allowed_lateness: 5s
-      group_by: topic
-      aggregates: {temp: [avg, min, max, count, "percentile(95)"]}
-      topic: "{topic}/agg/1m"
+  routes:
+    minutes:
+      match: "sensors/+/telemetry"
+      processors:
+        - type: window
+          kind: tumbling
+          size: 1m
+          time: event
+          time_field: ts
+          allowed_lateness: 5s
+          group_by: topic
+          aggregates: {temp: [avg, min, max, count, "percentile(95)"]}
+          topic: "{topic}/agg/1m"
+      sinks: [warehouse]
 """
 
 from __future__ import annotations

@@ -201,8 +201,6 @@ def _docstring_examples(doc: str) -> list[str]:
 def _as_config(kind: str, example: Any) -> dict[str, Any]:
     """An example placed in a config file as the text around it has it: a component's
     keys under a name, components under their section, processors in a route."""
-    if isinstance(example, dict) and list(example) == ["processors"]:
-        example = example["processors"]
     if isinstance(example, list):  # a route's processors
         route = {"match": "#", "processors": example, "sinks": ["out"]}
         return {"routes": {"r": route}, "sinks": {"out": {"type": "file"}}}
