@@ -151,15 +151,18 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    public = (
+        "a public key, which only checks signatures: sign with the private key"
+        " `edge-stream config keygen-signing` wrote (the file without .pub)"
+    )
     try:
         raw = files.read_head(path, secrets.KEY_FILE_MAX)
     except OSError as err:
+        if _base64_key(str(path)) is not None:  # the public key's base64 given as --key
+            raise ConfigError(f"--key is {public}") from err
         raise ConfigError(f"cannot read the signing key {path}: {err.strerror or err}") from err
     if b"PUBLIC KEY-----" in raw or _base64_key(raw.decode("ascii", "replace")) is not None:
-        raise ConfigError(
-            f"{path} holds a public key, which only checks signatures: sign with the private"
-            " key `edge-stream config keygen-signing` wrote (the file without .pub)"
-        )
+        raise ConfigError(f"{path} holds {public}")
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError) as err:

@@ -100,6 +100,9 @@ def test_the_public_key_given_to_sign_is_named_so(tmp_path: Path) -> None:
             f"{given} holds a public key, which only checks signatures: sign with the"
             " private key `edge-stream config keygen-signing` wrote (the file without .pub)"
         )
+    with pytest.raises(ConfigError) as refused:  # the key itself, as public_key takes it
+        remote.load_private_key(b64)
+    assert str(refused.value).startswith("--key is a public key, which only checks signatures")
     remote.load_private_key(tmp_path / "fleet.key")
 
 
