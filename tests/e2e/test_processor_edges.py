@@ -199,7 +199,7 @@ def test_a_deadband_heartbeat_sends_the_last_reading_again_when_no_reading_comes
                 "band": {
                     "match": f"{n}/+",
                     "processors": [
-                        {"type": "deadband", "fields": {"v": {"absolute": 1}}, "heartbeat": "2s"}
+                        {"type": "deadband", "fields": {"v": {"absolute": 1}}, "heartbeat": "1s"}
                     ],
                     "sinks": ["out"],
                 }
@@ -208,8 +208,13 @@ def test_a_deadband_heartbeat_sends_the_last_reading_again_when_no_reading_comes
         }
     )
     gw.start()
-    publish(mosquitto.port, [(f"{n}/a", '{"v": 10}'), (f"{n}/a", '{"v": 10.5}')])
     out_file = gw.data_dir / "out.jsonl"
+    published = time.monotonic()
+    publish(mosquitto.port, [(f"{n}/a", '{"v": 10}'), (f"{n}/a", '{"v": 10.5}')])
+    wait_for(lambda: len(outputs(out_file).get(f"{n}/a", [])) >= 2, 20, "a heartbeat")
+    # the second output is the heartbeat, a second after the first: 10.5 passed by
+    # mistake would have come at once, and looks the same
+    assert time.monotonic() - published >= 0.5, "the reading inside the band was passed"
     wait_for(lambda: len(outputs(out_file).get(f"{n}/a", [])) >= 3, 20, "two heartbeats")
     # the reading inside the band is not passed; the heartbeat repeats the last reading
     # received (10.5), as the deadband's documentation says
