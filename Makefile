@@ -28,7 +28,7 @@ run: install ## run the gateway on config/gateway.yaml (MQTT on 127.0.0.1:1883)
 	$(VENV)/bin/edge-stream run -c $(CONFIG)
 
 test: deps install ## run every test (unit, integration against real servers, end to end)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 test-fast: install ## run the unit layer only: pure logic, no server, no subprocess
 	$(VENV)/bin/pytest -q -m unit
