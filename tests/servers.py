@@ -39,6 +39,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -1328,3 +1329,31 @@ class Workspace:
         self.servers.clear()
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.close)
+
+
+# How a raw listener answers a connection it took (nothing at all: None).
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_listener(
+    answer: Answer | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """A listener on a free loopback port whose connections `answer` handles as it likes
+    (never answering, a body without end, a TLS handshake asking for a client
+    certificate); yields its port, and closes it and every connection it took after."""
+    taken: list[asyncio.StreamWriter] = []
+
+    async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        taken.append(writer)
+        if answer is not None:
+            await answer(reader, writer)
+
+    server = await asyncio.start_server(take, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in taken:
+            writer.close()
+        await server.wait_closed()

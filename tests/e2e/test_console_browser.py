@@ -137,6 +137,28 @@ def rows_in(postgres: Any, table: str) -> int:
         return 0
 
 
+def submit_login(browser: WebDriver, user: str, password: str) -> None:
+    """Fill in the login page's form and send it."""
+    find(browser, "#username").send_keys(user)
+    browser.find_element(By.ID, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+
+
+def strict_json_to_archive(gateway_factory: Any, mosquitto: Any, name: str) -> Any:
+    """A started gateway taking `name`/# through a json processor (what is not JSON goes
+    to the dead letters) into a file sink `archive`."""
+    gw = gateway_factory({
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
+                              "client_id": f"gw-{name}"}},
+        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
+                              "sinks": ["archive"]}},
+        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
+    })  # fmt: skip
+    gw.start()
+    return gw
+
+
 def plant_lines_to_archive(gateway_factory: Any, mosquitto: Any, **more: Any) -> Any:
     """A started gateway with one route, `lines` (plant/#), into a file sink `archive`."""
     gw = gateway_factory({
@@ -188,9 +210,7 @@ def test_a_technician_wires_a_topic_to_postgres_from_the_browser(
         # log in
         browser.get(f"{base}/")
         wait_for(lambda: browser.current_url.endswith("/login"), 10, "the login page")
-        browser.find_element(By.ID, "username").send_keys(USER)
-        browser.find_element(By.ID, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        submit_login(browser, USER, PASSWORD)
         wait_for(lambda: text(browser, "#verdict") == "All flowing", 15, "the verdict")
         assert text(browser, "#who") == f"{USER} (operator)"
         assert name not in text(browser, "#facts") and "e2e" in text(browser, "#facts")
@@ -341,9 +361,7 @@ def test_a_viewer_reads_every_page_but_cannot_edit(
     gw.start(wait_sources=False)
     base = f"http://127.0.0.1:{gw.web_port}"
     browser.get(f"{base}/login")
-    browser.find_element(By.ID, "username").send_keys("vic")
-    browser.find_element(By.ID, "password").send_keys("viewer-pass-1")
-    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    submit_login(browser, "vic", "viewer-pass-1")
     wait_for(lambda: text(browser, "#who") == "vic (viewer)", 15, "logged in as a viewer")
     browser.get(f"{base}/#editor?route=lines")
     wait_for(lambda: browser.find_element(By.ID, "route-match").get_attribute("value")
@@ -425,15 +443,7 @@ def test_a_dead_letter_gone_from_under_its_panel_is_said_gone(
     # Purge the panel kept offering Replay and Purge for a letter that was gone; with
     # the gateway gone, Replay did nothing at all (an unhandled rejection).
     name = f"uid{uuid.uuid4().hex[:8]}"
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
-                              "client_id": f"gw-{name}"}},
-        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
-                              "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-    })  # fmt: skip
-    gw.start()
+    gw = strict_json_to_archive(gateway_factory, mosquitto, name)
     pub = Publisher(mosquitto.port)
     try:
         browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")  # no account: open on localhost
@@ -745,9 +755,7 @@ def test_logging_in_leads_to_the_page_asked_for(
     )
     browser.get(f"http://127.0.0.1:{gw.web_port}/#dead")
     wait_for(lambda: "/login" in browser.current_url, 10, "the login page")
-    browser.find_element(By.ID, "username").send_keys(USER)
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    submit_login(browser, USER, PASSWORD)
     find(browser, "#page-dead:not([hidden])")
     assert browser.current_url.endswith("/#dead")
     # a logout in another tab (the cookie gone) leads this one to the login page too: the
@@ -774,9 +782,7 @@ def test_the_login_page_says_what_is_wrong_when_it_is_not_the_password(
     (gw.data_dir / "web-users").write_text("vic:viewer:not a hash\n")
     base = f"http://127.0.0.1:{gw.web_port}"
     browser.get(f"{base}/login")
-    browser.find_element(By.ID, "username").send_keys("vic")
-    browser.find_element(By.ID, "password").send_keys("viewer-pass-1")
-    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    submit_login(browser, "vic", "viewer-pass-1")
     wait_for(lambda: "users file" in text(browser, "#error"), 10, "the users file named")
     assert "Wrong" not in text(browser, "#error")
     assert gw.stop() == 0
@@ -784,9 +790,7 @@ def test_the_login_page_says_what_is_wrong_when_it_is_not_the_password(
     (gw.data_dir / "web-users").unlink()  # the same folder: no account at all now
     open_gw = plant_lines_to_archive(gateway_factory, mosquitto)
     browser.get(f"http://127.0.0.1:{open_gw.web_port}/login#dead")
-    browser.find_element(By.ID, "username").send_keys("anyone")
-    browser.find_element(By.ID, "password").send_keys("anything")
-    browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    submit_login(browser, "anyone", "anything")
     find(browser, "#page-dead:not([hidden])")
     assert open_gw.stop() == 0
 
@@ -934,15 +938,7 @@ def test_route_this_topic_and_replay_leave_the_keyboard_s_focus_where_the_user_g
     # Replay was turned off once done: the focus fell to the page's body both times, and
     # the keyboard's user went on from the top of the page.
     name = f"uif{uuid.uuid4().hex[:8]}"
-    gw = gateway_factory({
-        "mqtt": {"url": mosquitto.url},
-        "sources": {"plant": {"type": "mqtt", "topics": [f"{name}/#"], "qos": 1,
-                              "client_id": f"gw-{name}"}},
-        "routes": {"strict": {"match": f"{name}/#", "processors": [{"type": "json"}],
-                              "sinks": ["archive"]}},
-        "sinks": {"archive": {"type": "file", "path": "archive.jsonl"}},
-    })  # fmt: skip
-    gw.start()
+    gw = strict_json_to_archive(gateway_factory, mosquitto, name)
     pub = Publisher(mosquitto.port)
 
     def press(css: str, key: str = Keys.ENTER) -> None:
@@ -997,9 +993,7 @@ def test_a_route_being_typed_is_back_after_a_gateway_restart_logged_the_user_out
 
     def log_in() -> None:
         wait_for(lambda: browser.current_url.endswith("/login#editor"), 30, "the login page")
-        find(browser, "#username").send_keys(USER)
-        browser.find_element(By.ID, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        submit_login(browser, USER, PASSWORD)
         wait_for(lambda: text(browser, "#who") == f"{USER} (operator)", 15, "logged in")
 
     log_in()
@@ -1045,9 +1039,7 @@ def test_a_route_typed_by_one_user_is_not_given_to_the_next_one_logging_in(
 
     def log_in(user: str, password: str) -> None:
         wait_for(lambda: browser.current_url.endswith("/login#editor"), 30, "the login page")
-        find(browser, "#username").send_keys(user)
-        browser.find_element(By.ID, "password").send_keys(password)
-        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        submit_login(browser, user, password)
         wait_for(lambda: text(browser, "#who").startswith(f"{user} ("), 15, "logged in")
 
     log_in(USER, PASSWORD)

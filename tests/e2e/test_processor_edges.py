@@ -34,6 +34,16 @@ def outputs(path: Path) -> dict[str, list[Any]]:
     return out
 
 
+def one_route(mosquitto: Any, n: str, route: str, processor: dict[str, Any]) -> dict[str, Any]:
+    """A config: what comes on `n`/+ through `processor` (route `route`) into out.jsonl."""
+    return {
+        "mqtt": {"url": mosquitto.url},
+        "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
+        "routes": {route: {"match": f"{n}/+", "processors": [processor], "sinks": ["out"]}},
+        "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+    }
+
+
 def test_numbers_past_a_doubles_range_lose_no_window_and_stop_no_group(
     mosquitto: Any, gateway_factory: Any
 ) -> None:
@@ -121,28 +131,16 @@ def test_a_restart_on_a_changed_window_size_drops_its_open_windows(
     n = f"shape{uuid.uuid4().hex[:8]}"
 
     def config(size: str, topic: str) -> dict[str, Any]:
-        return {
-            "mqtt": {"url": mosquitto.url},
-            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
-            "routes": {
-                "win": {
-                    "match": f"{n}/+",
-                    "processors": [
-                        {
-                            "type": "window",
-                            "size": size,
-                            "time": "event",
-                            "time_field": "t",
-                            "group_by": "topic",
-                            "aggregates": {"v": ["count", "sum"]},
-                            "topic": topic,
-                        }
-                    ],
-                    "sinks": ["out"],
-                }
-            },
-            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
+        window = {
+            "type": "window",
+            "size": size,
+            "time": "event",
+            "time_field": "t",
+            "group_by": "topic",
+            "aggregates": {"v": ["count", "sum"]},
+            "topic": topic,
         }
+        return one_route(mosquitto, n, "win", window)
 
     def state() -> dict[str, Any]:
         return gw.status()["routes"]["win"]["processor_state"]["win.0"]  # type: ignore[no-any-return]
@@ -191,22 +189,8 @@ def test_a_deadband_heartbeat_sends_the_last_reading_again_when_no_reading_comes
     silence, with no new reading to carry it (the engine's timer), and keeps doing so;
     a reading inside the band is not passed meanwhile."""
     n = f"beat{uuid.uuid4().hex[:8]}"
-    gw = gateway_factory(
-        {
-            "mqtt": {"url": mosquitto.url},
-            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
-            "routes": {
-                "band": {
-                    "match": f"{n}/+",
-                    "processors": [
-                        {"type": "deadband", "fields": {"v": {"absolute": 1}}, "heartbeat": "1s"}
-                    ],
-                    "sinks": ["out"],
-                }
-            },
-            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
-        }
-    )
+    deadband = {"type": "deadband", "fields": {"v": {"absolute": 1}}, "heartbeat": "1s"}
+    gw = gateway_factory(one_route(mosquitto, n, "band", deadband))
     gw.start()
     out_file = gw.data_dir / "out.jsonl"
     published = time.monotonic()
@@ -231,30 +215,16 @@ def test_an_event_time_window_closes_by_the_timer_once_readings_stop_for_idle(
     newest event time at the clock's pace (not to the clock's time: readings from 2023
     still wait for what was left of their window)."""
     n = f"idle{uuid.uuid4().hex[:8]}"
-    gw = gateway_factory(
-        {
-            "mqtt": {"url": mosquitto.url},
-            "sources": {"plant": {"type": "mqtt", "topics": [f"{n}/#"], "qos": 1}},
-            "routes": {
-                "win": {
-                    "match": f"{n}/+",
-                    "processors": [
-                        {
-                            "type": "window",
-                            "size": "4s",
-                            "time": "event",
-                            "time_field": "ts",
-                            "idle": "1s",
-                            "group_by": "topic",
-                            "aggregates": {"v": ["count", "sum"]},
-                        }
-                    ],
-                    "sinks": ["out"],
-                }
-            },
-            "sinks": {"out": {"type": "file", "path": "out.jsonl"}},
-        }
-    )
+    window = {
+        "type": "window",
+        "size": "4s",
+        "time": "event",
+        "time_field": "ts",
+        "idle": "1s",
+        "group_by": "topic",
+        "aggregates": {"v": ["count", "sum"]},
+    }
+    gw = gateway_factory(one_route(mosquitto, n, "win", window))
     gw.start()
     t0 = 1_700_000_040  # in 2023, a multiple of 4 s: the window ends at t0 + 4
     publish(mosquitto.port, [(f"{n}/a", json.dumps({"ts": t0 + i, "v": i})) for i in range(2)])

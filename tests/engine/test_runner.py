@@ -182,18 +182,35 @@ async def test_a_lingering_sink_is_stopped_at_once(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_a_reload_with_a_shorter_linger_ends_the_linger_under_way(tmp_path: Path) -> None:
-    """batch.linger is taken in place by a reload: a linger of the old length (1h) under
-    way held what came in until its end, the new 0s notwithstanding."""
+async def lingering_sink(
+    tmp_path: Path, expected: int
+) -> tuple[Store, Recording, Held, SinkRunner, asyncio.Future[None]]:
+    """A sink runner lingering 1h on a clock whose sleeps last until cut, idle once it
+    returns; its sink records the `expected` FlowFiles."""
     store = Store(tmp_path / "store.db")
     await store.open(["out"])
     config = SinkConfig(type="test", batch=BatchSettings(linger=3600.0))
     sink = Recording(config, Context("out", "sink"))
-    sink.expected = 2
+    sink.expected = expected
     held = Held()
     runner = SinkRunner("out", sink, config, store, clock=held)
     task = asyncio.ensure_future(runner.run())
     await runner.idle.wait()
+    return store, sink, held, runner, task
+
+
+async def stop_lingering(runner: SinkRunner, task: asyncio.Future[None], store: Store) -> None:
+    runner.stopping = True
+    runner.wake.set()
+    async with asyncio.timeout(5):
+        await task
+    await store.close()
+
+
+async def test_a_reload_with_a_shorter_linger_ends_the_linger_under_way(tmp_path: Path) -> None:
+    """batch.linger is taken in place by a reload: a linger of the old length (1h) under
+    way held what came in until its end, the new 0s notwithstanding."""
+    store, sink, held, runner, task = await lingering_sink(tmp_path, expected=2)
     rows = [(FlowFile.create("t/1", b"x"), store.bit("out")) for _ in range(2)]
     await store.commit(Batch(rows, [], {}, []))
     runner.wake.set()
@@ -206,37 +223,21 @@ async def test_a_reload_with_a_shorter_linger_ends_the_linger_under_way(tmp_path
     async with asyncio.timeout(5):
         await sink.all_there.wait()
     assert sink.batches == [[1, 1]]
-    runner.stopping = True
-    runner.wake.set()
-    async with asyncio.timeout(5):
-        await task
-    await store.close()
+    await stop_lingering(runner, task, store)
 
 
 async def test_a_shorter_linger_taken_while_idle_holds_for_the_next_wake(tmp_path: Path) -> None:
     """A reload's shorter batch.linger taken while the sink waits for a wake, before any
     linger began, is the one the next wake lingers for: the old one (1h) was read before
     the wait and slept in full."""
-    store = Store(tmp_path / "store.db")
-    await store.open(["out"])
-    config = SinkConfig(type="test", batch=BatchSettings(linger=3600.0))
-    sink = Recording(config, Context("out", "sink"))
-    sink.expected = 1
-    held = Held()
-    runner = SinkRunner("out", sink, config, store, clock=held)
-    task = asyncio.ensure_future(runner.run())
-    await runner.idle.wait()
+    store, sink, held, runner, task = await lingering_sink(tmp_path, expected=1)
     runner.update(SinkConfig(type="test", batch=BatchSettings(linger=0.0)))
     await store.commit(Batch([(FlowFile.create("t/1", b"x"), store.bit("out"))], [], {}, []))
     runner.wake.set()
     async with asyncio.timeout(5):
         await sink.all_there.wait()
     assert held.asked == []
-    runner.stopping = True
-    runner.wake.set()
-    async with asyncio.timeout(5):
-        await task
-    await store.close()
+    await stop_lingering(runner, task, store)
 
 
 class Held(Clock):

@@ -330,18 +330,10 @@ async def test_a_host_name_that_does_not_resolve_is_missing() -> None:
 
 async def test_a_server_that_never_answers_is_a_timeout_said_so(sink_for: Any) -> None:
     # a listener that takes the connection and never answers (the log said "failed: ")
-    taken: list[asyncio.StreamWriter] = []
-    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with servers.raw_listener() as port:
         sink = await sink_for(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
         with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
             await sink.write([FlowFile.create("plant/a", b"{}")])
-    finally:
-        server.close()
-        for writer in taken:
-            writer.close()
-        await server.wait_closed()
 
 
 async def test_a_failed_request_stops_the_rest_of_its_batch(sink_for: Any) -> None:
@@ -475,6 +467,14 @@ async def test_a_2xx_answer_body_is_read_bounded(sink_for: Any) -> None:
         await server.wait_closed()
 
 
+async def answer_200_empty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer every request on the connection 200 with no body."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
 async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
     sink_for: Any, tmp_path: Path
 ) -> None:
@@ -482,19 +482,8 @@ async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
     pki = servers.make_pki(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
-    taken: list[asyncio.StreamWriter] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        taken.append(writer)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-    port = server.sockets[0].getsockname()[1]
     ff = FlowFile.create("plant/a", b"{}")
-    try:
+    async with servers.raw_listener(answer_200_empty, tls=context) as port:
         sink = await sink_for(url=f"https://127.0.0.1:{port}/x")  # the system's CAs
         with pytest.raises(PermanentError) as raised:
             await sink.write([ff])
@@ -503,11 +492,6 @@ async def test_an_untrusted_server_certificate_stops_the_sink_in_one_line(
         assert message.endswith("(check ca_file)") and "\n" not in message
         trusting = await sink_for(url=f"https://127.0.0.1:{port}/x", ca_file=str(pki.ca_file))
         assert await trusting.write([ff]) == []  # the same server, its CA given: delivered
-    finally:
-        server.close()
-        for writer in taken:
-            writer.close()
-        await server.wait_closed()
 
 
 async def test_verify_false_still_presents_the_client_certificate(
@@ -519,18 +503,7 @@ async def test_verify_false_still_presents_the_client_certificate(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
     context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
     context.verify_mode = ssl.CERT_REQUIRED
-    taken: list[asyncio.StreamWriter] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        taken.append(writer)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with servers.raw_listener(answer_200_empty, tls=context) as port:
         sink = await sink_for(
             url=f"https://127.0.0.1:{port}/x",  # its CA not given: unverified
             verify=False,
@@ -539,11 +512,6 @@ async def test_verify_false_still_presents_the_client_certificate(
         )
         assert await sink.write([FlowFile.create("plant/a", b"{}")]) == []
         assert sink.requests == 1
-    finally:
-        server.close()
-        for writer in taken:
-            writer.close()
-        await server.wait_closed()
 
 
 def test_verify_false_goes_with_https_and_without_ca_file() -> None:

@@ -566,17 +566,22 @@ async def test_boolean_texts_fit_a_boolean_column_as_in_postgres(
     assert [rows[ff.id] for ff in batch] == [*values.values(), 1, 0, 1, 0, 1, 1, 0, 1, 0, 0]
 
 
+def signal_over_100(mariadb: Any, table: str, sqlstate: str, message: str) -> None:
+    """A trigger of `table` that refuses a row whose t is over 100 with SIGNAL `sqlstate`."""
+    mariadb.execute(
+        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
+        f" IF NEW.t > 100 THEN SIGNAL SQLSTATE '{sqlstate}' SET MESSAGE_TEXT = '{message}';"
+        " END IF"
+    )
+
+
 async def test_a_trigger_that_signals_refuses_its_row_alone(
     mariadb: Any, table: str, sink_for: Any
 ) -> None:
     # SIGNAL SQLSTATE '45000' (error 1644) was taken for no fault of the row's: the batch
     # was retried for ever and the rows behind it never went.
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE)")
-    mariadb.execute(
-        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
-        " IF NEW.t > 100 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'out of range';"
-        " END IF"
-    )
+    signal_over_100(mariadb, table, "45000", "out of range")
     sink = await sink_for(table=table, columns={"t": {"from": "field.t", "type": "double"}})
     batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
     rejected = await sink.write(batch)
@@ -597,11 +602,7 @@ async def test_a_trigger_signalling_a_row_class_refuses_its_row_alone(
     # warns that VALUES() is deprecated): here the first row's 'abc   ' is cut to
     # VARCHAR(3), a note (1265), before the second row's trigger signals.
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE, s VARCHAR(3))")
-    mariadb.execute(
-        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
-        f" IF NEW.t > 100 THEN SIGNAL SQLSTATE '{sqlstate}' SET MESSAGE_TEXT = 'out of range';"
-        " END IF"
-    )
+    signal_over_100(mariadb, table, sqlstate, "out of range")
     columns = {"t": {"from": "field.t", "type": "double"}, "s": {"from": "field.s"}}
     sink = await sink_for(table=table, columns=columns)
     s = "abc   " if noted else "abc"
@@ -623,11 +624,7 @@ async def test_a_trigger_signalling_after_70_notes_refuses_its_row_alone(
     if kept is not None:
         monkeypatch.setattr(mysql, "_MAX_ERROR_COUNT", kept)
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE, s VARCHAR(3))")
-    mariadb.execute(
-        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
-        " IF NEW.t > 100 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'out of range';"
-        " END IF"
-    )
+    signal_over_100(mariadb, table, "45000", "out of range")
     columns = {"t": {"from": "field.t", "type": "double"}, "s": {"from": "field.s"}}
     sink = await sink_for(table=table, columns=columns)
     rows = [(20, "abc   ")] * 70 + [(150, "abc"), (30, "abc")]
@@ -644,11 +641,7 @@ async def test_a_trigger_that_signals_another_sqlstate_has_the_batch_retried(
     # 1644 is the number of any SIGNAL without MYSQL_ERRNO: a trigger's SQLSTATE '40001'
     # ("retry later") was dead-lettered as if the row were at fault.
     mariadb.execute(f"CREATE TABLE `{table}` (id CHAR(36) PRIMARY KEY, t DOUBLE)")
-    mariadb.execute(
-        f"CREATE TRIGGER `{table}_t` BEFORE INSERT ON `{table}` FOR EACH ROW"
-        " IF NEW.t > 100 THEN SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'not now';"
-        " END IF"
-    )
+    signal_over_100(mariadb, table, "40001", "not now")
     sink = await sink_for(table=table, columns={"t": {"from": "field.t", "type": "double"}})
     batch = [FlowFile.create("s", json.dumps({"t": t}).encode()) for t in (20, 150, 30)]
     with pytest.raises(RetryableError, match=r"not now \(error 1644\)"):

@@ -218,20 +218,14 @@ async def test_an_unreachable_api_is_retryable() -> None:
 
 async def test_an_api_that_never_answers_is_a_timeout_said_so() -> None:
     # a listener that takes the connection and never answers (the log said "failed: ")
-    taken: list[asyncio.StreamWriter] = []
-    server = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    source = make_source(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
-    await source.connect()
-    try:
-        with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
-            await source.poll_messages()
-    finally:
-        await source.close()
-        server.close()
-        for writer in taken:
-            writer.close()
-        await server.wait_closed()
+    async with servers.raw_listener() as port:
+        source = make_source(url=f"http://127.0.0.1:{port}/x", timeout="200ms")
+        await source.connect()
+        try:
+            with pytest.raises(RetryableError, match=r"did not answer within 0\.2s"):
+                await source.poll_messages()
+        finally:
+            await source.close()
 
 
 def test_keys_are_checked(tmp_path: Path) -> None:
@@ -292,11 +286,9 @@ async def test_verify_false_still_presents_the_client_certificate(tmp_path: Path
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
     context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
     context.verify_mode = ssl.CERT_REQUIRED
-    taken: list[asyncio.StreamWriter] = []
     body = b'[{"v": 1}]'
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        taken.append(writer)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             while True:
                 await reader.readuntil(b"\r\n\r\n")
@@ -305,24 +297,19 @@ async def test_verify_false_still_presents_the_client_certificate(tmp_path: Path
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                 )
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
-    port = server.sockets[0].getsockname()[1]
-    source = make_source(
-        url=f"https://127.0.0.1:{port}/x",  # its CA not given: unverified
-        verify=False,
-        cert_file=str(pki.cert_file),
-        key_file=str(pki.key_file),
-    )
-    await source.connect()
-    try:
-        messages = await source.poll_messages()
-        assert [json.loads(m.flowfile.content) for m in messages] == [{"v": 1}]
-    finally:
-        await source.close()
-        server.close()
-        for writer in taken:
-            writer.close()
-        await server.wait_closed()
+    async with servers.raw_listener(answer, tls=context) as port:
+        source = make_source(
+            url=f"https://127.0.0.1:{port}/x",  # its CA not given: unverified
+            verify=False,
+            cert_file=str(pki.cert_file),
+            key_file=str(pki.key_file),
+        )
+        await source.connect()
+        try:
+            messages = await source.poll_messages()
+            assert [json.loads(m.flowfile.content) for m in messages] == [{"v": 1}]
+        finally:
+            await source.close()
 
 
 async def test_tls_files_that_cannot_be_used_stop_the_source_naming_them(tmp_path: Path) -> None:
